@@ -1,0 +1,175 @@
+// Build-time constant folding of small shape computations (Shape → Gather → Concat → Reshape chains).
+// Exported graphs (torch.onnx) compute reshape targets at run time; with static shapes we can know them
+// at build time, which both makes shape inference possible and keeps that plumbing out of the backward pass.
+
+import type { Node, TensorData, TypedData } from './ir.ts';
+import { allocData, numel } from './ir.ts';
+import { type ShapeCtx, attrInt, broadcastShapes, constInts, normAxis, sliceParams } from './shapes.ts';
+
+const MAX_FOLD = 1 << 16;
+const RESHAPING = new Set(['Identity', 'Reshape', 'Unsqueeze', 'Squeeze', 'Flatten']);
+
+function isIntLike(t: TensorData): boolean {
+  return t.dtype === 'int64' || t.dtype === 'int32' || t.dtype === 'bool';
+}
+function get(t: TensorData, i: number): number {
+  return Number((t.data as ArrayLike<number | bigint>)[i]);
+}
+function make(like: TensorData['dtype'], dims: number[], values: number[]): TensorData {
+  const data: TypedData = allocData(like, values.length);
+  if (data instanceof BigInt64Array) values.forEach((v, i) => (data[i] = BigInt(Math.trunc(v))));
+  else values.forEach((v, i) => ((data as Float32Array)[i] = v));
+  return { dtype: like, dims, data };
+}
+function strides(dims: number[]): number[] {
+  const s = new Array(dims.length).fill(1);
+  for (let i = dims.length - 2; i >= 0; i--) s[i] = s[i + 1] * dims[i + 1];
+  return s;
+}
+function broadcastIndex(outIdx: number, outDims: number[], inDims: number[]): number {
+  const os = strides(outDims), is = strides(inDims);
+  let k = 0;
+  const off = outDims.length - inDims.length;
+  for (let d = 0; d < outDims.length; d++) {
+    const c = Math.floor(outIdx / os[d]) % outDims[d];
+    const id = d - off;
+    if (id >= 0 && inDims[id] !== 1) k += c * is[id];
+  }
+  return k;
+}
+
+/** Returns folded output values, or undefined when the node is not foldable. */
+export function foldConstant(node: Node, c: ShapeCtx): (TensorData | undefined)[] | undefined {
+  try {
+    return foldInner(node, c);
+  } catch {
+    return undefined; // folding is an optimization; shape inference already validated the node
+  }
+}
+
+function foldInner(node: Node, c: ShapeCtx): (TensorData | undefined)[] | undefined {
+  const op = node.op;
+  if (op === 'Shape') {
+    const s = c.info(0).shape;
+    const r = s.length;
+    let start = attrInt(c.attr, 'start', 0), end = attrInt(c.attr, 'end', r);
+    if (start < 0) start += r;
+    if (end < 0) end += r;
+    const dims = s.slice(Math.max(0, start), Math.min(r, end));
+    return [make('int64', [dims.length], dims)];
+  }
+  if (op === 'Size') return [make('int64', [], [numel(c.info(0).shape)])];
+  if (op === 'Constant') {
+    const a = c.attr.value ?? c.attr.value_int ?? c.attr.value_ints ?? c.attr.value_float ?? c.attr.value_floats;
+    if (!a) return undefined;
+    if (a.type === 'tensor') return [a.v];
+    if (a.type === 'int') return [make('int64', [], [a.v])];
+    if (a.type === 'ints') return [make('int64', [a.v.length], a.v)];
+    if (a.type === 'float') return [make('float32', [], [a.v])];
+    if (a.type === 'floats') return [make('float32', [a.v.length], a.v)];
+    return undefined;
+  }
+  const ins: TensorData[] = [];
+  for (let i = 0; i < node.inputs.length; i++) {
+    if (!c.has(i)) continue;
+    const t = c.const(i);
+    if (!t) return undefined;
+    ins[i] = t;
+  }
+  const x = ins[0];
+  if (op === 'ConstantOfShape') {
+    const shape = constInts(x, 'shape');
+    const n = numel(shape);
+    if (n > MAX_FOLD) return undefined;
+    const v = c.attr.value;
+    const dtype = v?.type === 'tensor' ? v.v.dtype : 'float32';
+    const fill = v?.type === 'tensor' ? get(v.v, 0) : 0;
+    return [make(dtype, shape, new Array(n).fill(fill))];
+  }
+  if (!x || numel(x.dims) > MAX_FOLD) return undefined;
+  // Only fold integer plumbing (and tiny float scalars feeding it): never fold real float compute.
+  if (!isIntLike(x) && numel(x.dims) > 16) return undefined;
+  if (RESHAPING.has(op)) {
+    const outShape = shapeOf(node, c);
+    return [{ dtype: x.dtype, dims: outShape, data: x.data }];
+  }
+  if (op === 'Cast') {
+    const to = shapeOf(node, c, 'dtype') as unknown as TensorData['dtype'];
+    return [make(to, [...x.dims], Array.from({ length: numel(x.dims) }, (_, i) => get(x, i)))];
+  }
+  if (op === 'Gather') {
+    const axis = normAxis(attrInt(c.attr, 'axis', 0), x.dims.length);
+    const idx = ins[1];
+    const outDims = [...x.dims.slice(0, axis), ...idx.dims, ...x.dims.slice(axis + 1)];
+    const inner = numel(x.dims.slice(axis + 1));
+    const outer = numel(x.dims.slice(0, axis));
+    const vals: number[] = [];
+    for (let o = 0; o < outer; o++)
+      for (let j = 0; j < numel(idx.dims); j++) {
+        let k = get(idx, j);
+        if (k < 0) k += x.dims[axis];
+        for (let q = 0; q < inner; q++) vals.push(get(x, (o * x.dims[axis] + k) * inner + q));
+      }
+    return [make(x.dtype, outDims, vals)];
+  }
+  if (op === 'Concat') {
+    if (ins.some((t) => t.dims.length !== 1)) return undefined;
+    const vals = ins.flatMap((t) => Array.from({ length: numel(t.dims) }, (_, i) => get(t, i)));
+    return [make(x.dtype, [vals.length], vals)];
+  }
+  if (op === 'Slice') {
+    if (x.dims.length !== 1) return undefined;
+    const [p] = sliceParams(x.dims, constInts(ins[1], ''), constInts(ins[2], ''), ins[3] ? constInts(ins[3], '') : undefined, ins[4] ? constInts(ins[4], '') : undefined);
+    const vals: number[] = [];
+    for (let k = 0, i = p.start; k < p.size; k++, i += p.step) vals.push(get(x, i));
+    return [make(x.dtype, [vals.length], vals)];
+  }
+  if (op === 'Range') {
+    const s = get(ins[0], 0), l = get(ins[1], 0), d = get(ins[2], 0);
+    const n = Math.max(0, Math.ceil((l - s) / d));
+    return [make(x.dtype, [n], Array.from({ length: n }, (_, i) => s + i * d))];
+  }
+  const BIN: Record<string, (a: number, b: number) => number> = {
+    Add: (a, b) => a + b,
+    Sub: (a, b) => a - b,
+    Mul: (a, b) => a * b,
+    Div: (a, b) => (isIntLike(x) ? Math.trunc(a / b) : a / b),
+    Equal: (a, b) => (a === b ? 1 : 0),
+    Less: (a, b) => (a < b ? 1 : 0),
+    Greater: (a, b) => (a > b ? 1 : 0),
+    Max: (a, b) => Math.max(a, b),
+    Min: (a, b) => Math.min(a, b),
+  };
+  const f = BIN[op];
+  if (f && ins.length === 2) {
+    const y = ins[1];
+    const dims = broadcastShapes(x.dims, y.dims);
+    const vals = Array.from({ length: numel(dims) }, (_, i) => f(get(x, broadcastIndex(i, dims, x.dims)), get(y, broadcastIndex(i, dims, y.dims))));
+    return [make(op === 'Equal' || op === 'Less' || op === 'Greater' ? 'bool' : x.dtype, dims, vals)];
+  }
+  if (op === 'Where') {
+    const [cond, a, b] = ins;
+    const dims = broadcastShapes(cond.dims, a.dims, b.dims);
+    const vals = Array.from({ length: numel(dims) }, (_, i) =>
+      get(cond, broadcastIndex(i, dims, cond.dims)) ? get(a, broadcastIndex(i, dims, a.dims)) : get(b, broadcastIndex(i, dims, b.dims)),
+    );
+    return [make(a.dtype, dims, vals)];
+  }
+  if (op === 'Expand') {
+    const dims = shapeOf(node, c);
+    if (numel(dims) > MAX_FOLD) return undefined;
+    const vals = Array.from({ length: numel(dims) }, (_, i) => get(x, broadcastIndex(i, dims, x.dims)));
+    return [make(x.dtype, dims, vals)];
+  }
+  if (op === 'Neg') return [make(x.dtype, [...x.dims], Array.from({ length: numel(x.dims) }, (_, i) => -get(x, i)))];
+  return undefined;
+}
+
+// The output info of this node was recorded by the builder before folding; re-derive it from the rule.
+import { SHAPE_RULES } from './shapes.ts';
+function shapeOf(node: Node, c: ShapeCtx): number[];
+function shapeOf(node: Node, c: ShapeCtx, what: 'dtype'): string;
+function shapeOf(node: Node, c: ShapeCtx, what?: 'dtype'): number[] | string {
+  const r = SHAPE_RULES[node.op](c)[0];
+  return what === 'dtype' ? r.dtype : r.shape;
+}
