@@ -1,0 +1,237 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { PayloadTooLargeError, PreconditionFailedError, ValidationError } from '../../errors.ts';
+import { assertValidKey, assertValidPrefix } from '../../keys.ts';
+import type {
+  BlobMeta,
+  BlobObject,
+  BlobStore,
+  ListOptions,
+  ListPage,
+  PutOptions,
+  SignedPut,
+  SignedPutOptions,
+} from '../../ports.ts';
+import { KeyedMutex, withDirLock } from './lock.ts';
+import { buildLocalSignedUrl } from './signing.ts';
+
+export interface LocalBlobStoreOptions {
+  /** Everything lives under here: objects/, meta/, tmp/, locks/. */
+  rootDir: string;
+  /** HMAC key for signed URLs (at least 32 characters). */
+  signingSecret: string;
+  /** Where the local server that serves `/blobs/*` is reachable, e.g. http://127.0.0.1:8787 */
+  publicBaseUrl: string;
+}
+
+const MAX_SIGNED_EXPIRY_SEC = 7 * 24 * 3600;
+
+function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/**
+ * Filesystem BlobStore. Objects are written to a temp file and renamed into place, so readers
+ * never see a torn object. Etags are the sha256 of the content. Every write to a key holds that
+ * key's lock (in-process mutex + cross-process lock directory), so the check and the write of a
+ * conditional operation are one atomic step: of many concurrent conditional writers exactly one wins.
+ */
+export class LocalBlobStore implements BlobStore {
+  private readonly root: string;
+  private readonly mutex = new KeyedMutex();
+
+  constructor(private readonly options: LocalBlobStoreOptions) {
+    if (options.signingSecret.length < 32) throw new ValidationError('signingSecret must be at least 32 characters', 'signingSecret');
+    this.root = resolve(options.rootDir);
+  }
+
+  private objectPath(key: string): string {
+    return join(this.root, 'objects', key);
+  }
+  private metaPath(key: string): string {
+    return join(this.root, 'meta', `${key}.json`);
+  }
+
+  private withKeyLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const lockName = createHash('sha256').update(key).digest('hex');
+    return this.mutex.run(key, () => withDirLock(join(this.root, 'locks', lockName), fn));
+  }
+
+  private async atomicWrite(path: string, data: Uint8Array | string): Promise<void> {
+    const tmpDir = join(this.root, 'tmp');
+    await mkdir(tmpDir, { recursive: true });
+    const tmp = join(tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
+    await writeFile(tmp, data);
+    try {
+      await mkdir(dirname(path), { recursive: true });
+      await rename(tmp, path);
+    } catch (error) {
+      await rm(tmp, { force: true });
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOTDIR' || code === 'EISDIR' || code === 'EEXIST') {
+        throw new ValidationError(`key conflicts with an existing key used as a folder: ${path}`, 'key');
+      }
+      throw error;
+    }
+  }
+
+  private async writeObject(key: string, body: Uint8Array, options: PutOptions): Promise<{ etag: string }> {
+    // Metadata first: a crash in between leaves stale metadata for the old body, never a body without any.
+    await this.atomicWrite(this.metaPath(key), JSON.stringify({ contentType: options.contentType ?? null }));
+    await this.atomicWrite(this.objectPath(key), body);
+    return { etag: sha256(body) };
+  }
+
+  private async readObject(key: string): Promise<BlobObject | null> {
+    let body: Buffer;
+    let modified: Date;
+    try {
+      [body, modified] = await Promise.all([
+        readFile(this.objectPath(key)),
+        stat(this.objectPath(key)).then((s) => s.mtime),
+      ]);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return null;
+      throw error;
+    }
+    let contentType: string | undefined;
+    try {
+      contentType = JSON.parse(await readFile(this.metaPath(key), 'utf8')).contentType ?? undefined;
+    } catch {
+      contentType = undefined;
+    }
+    const bytes = new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+    return { key, body: bytes, size: body.byteLength, etag: sha256(bytes), contentType, lastModified: modified };
+  }
+
+  async put(key: string, body: Uint8Array, options: PutOptions = {}): Promise<{ etag: string }> {
+    assertValidKey(key);
+    return this.withKeyLock(key, () => this.writeObject(key, body, options));
+  }
+
+  async get(key: string): Promise<BlobObject | null> {
+    assertValidKey(key);
+    return this.readObject(key);
+  }
+
+  async head(key: string): Promise<BlobMeta | null> {
+    const object = await this.get(key);
+    if (!object) return null;
+    const { body: _body, ...meta } = object;
+    return meta;
+  }
+
+  async list(prefix: string, options: ListOptions = {}): Promise<ListPage> {
+    assertValidPrefix(prefix);
+    const limit = options.limit ?? 1000;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ValidationError('limit must be 1..1000', 'limit');
+    // Walk only the deepest folder the prefix fully names.
+    const baseFolder = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : '';
+    const keys: string[] = [];
+    const walk = async (relDir: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(join(this.root, 'objects', relDir), { withFileTypes: true });
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT' || (error as NodeJS.ErrnoException).code === 'ENOTDIR') return;
+        throw error;
+      }
+      for (const entry of entries) {
+        const rel = relDir ? `${relDir}/${entry.name}` : entry.name;
+        if (entry.isDirectory()) await walk(rel);
+        else if (entry.isFile() && rel.startsWith(prefix)) keys.push(rel);
+      }
+    };
+    await walk(baseFolder);
+    // Plain code-unit order equals S3's UTF-8 byte order for the ASCII keys assertValidKey allows.
+    keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const after = options.cursor;
+    const remaining = after === undefined ? keys : keys.filter((k) => k > after);
+    const pageKeys = remaining.slice(0, limit);
+    const items: BlobMeta[] = [];
+    for (const key of pageKeys) {
+      const meta = await this.head(key);
+      if (meta) items.push(meta); // deleted between readdir and head: skip
+    }
+    return remaining.length > limit ? { items, cursor: pageKeys[pageKeys.length - 1] } : { items };
+  }
+
+  async delete(key: string): Promise<void> {
+    assertValidKey(key);
+    await this.withKeyLock(key, async () => {
+      await rm(this.objectPath(key), { force: true });
+      await rm(this.metaPath(key), { force: true });
+    });
+  }
+
+  async putIfAbsent(key: string, body: Uint8Array, options: PutOptions = {}): Promise<{ etag: string }> {
+    assertValidKey(key);
+    return this.withKeyLock(key, async () => {
+      if (await this.readObject(key)) throw new PreconditionFailedError(`object already exists: ${key}`);
+      return this.writeObject(key, body, options);
+    });
+  }
+
+  async replaceIfMatch(key: string, body: Uint8Array, etag: string, options: PutOptions = {}): Promise<{ etag: string }> {
+    assertValidKey(key);
+    return this.withKeyLock(key, async () => {
+      const current = await this.readObject(key);
+      if (!current) throw new PreconditionFailedError(`object does not exist: ${key}`);
+      if (current.etag !== etag) throw new PreconditionFailedError(`etag mismatch for ${key}`);
+      return this.writeObject(key, body, options);
+    });
+  }
+
+  async signedGetUrl(key: string, expiresSec: number): Promise<string> {
+    assertValidKey(key);
+    checkExpiry(expiresSec);
+    return buildLocalSignedUrl(this.options.publicBaseUrl, this.options.signingSecret, {
+      method: 'GET',
+      key,
+      expiresAtSec: Math.floor(Date.now() / 1000) + expiresSec,
+    });
+  }
+
+  async signedPutUrl(key: string, options: SignedPutOptions): Promise<SignedPut> {
+    assertValidKey(key);
+    checkExpiry(options.expiresSec);
+    checkPutLimits(options);
+    const expiresAtSec = Math.floor(Date.now() / 1000) + options.expiresSec;
+    const url = buildLocalSignedUrl(this.options.publicBaseUrl, this.options.signingSecret, {
+      method: 'PUT',
+      key,
+      expiresAtSec,
+      maxBytes: options.contentLength ?? options.maxBytes,
+      contentType: options.contentType,
+    });
+    return {
+      url,
+      method: 'PUT',
+      headers: { 'content-type': options.contentType },
+      expiresAt: new Date(expiresAtSec * 1000),
+      // The local server reads `max` from the verified URL and refuses larger bodies.
+      enforcesMaxBytes: true,
+    };
+  }
+}
+
+export function checkExpiry(expiresSec: number): void {
+  if (!Number.isInteger(expiresSec) || expiresSec < 1 || expiresSec > MAX_SIGNED_EXPIRY_SEC) {
+    throw new ValidationError(`expiresSec must be an integer in 1..${MAX_SIGNED_EXPIRY_SEC}`, 'expiresSec');
+  }
+}
+
+export function checkPutLimits(options: SignedPutOptions): void {
+  if (!Number.isInteger(options.maxBytes) || options.maxBytes < 1) throw new ValidationError('maxBytes must be a positive integer', 'maxBytes');
+  if (!/^[\w.+-]+\/[\w.+-]+$/.test(options.contentType)) throw new ValidationError('invalid content type', 'contentType');
+  if (options.contentLength !== undefined) {
+    if (!Number.isInteger(options.contentLength) || options.contentLength < 0) {
+      throw new ValidationError('contentLength must be a non-negative integer', 'contentLength');
+    }
+    if (options.contentLength > options.maxBytes) {
+      throw new PayloadTooLargeError(`upload of ${options.contentLength} bytes exceeds the ${options.maxBytes}-byte limit`, { param: 'contentLength' });
+    }
+  }
+}

@@ -1,0 +1,254 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { PreconditionFailedError, ValidationError } from '../../errors.ts';
+import { newId } from '../../ids.ts';
+import type { JobQueue, ReceivedMessage, ReceiveOptions } from '../../ports.ts';
+import { KeyedMutex, withDirLock } from './lock.ts';
+
+export interface LocalJobQueueOptions {
+  /** The queue's folder; messages live in `<dir>/messages`, dead letters in `<dir>/dlq`. */
+  dir: string;
+  /** Default visibility timeout for received messages (default 30). */
+  visibilitySec?: number;
+  /** A message received this many times without an ack goes to the dead-letter queue instead
+   * of being delivered again (default 3, like the SQS redrive policy). `Infinity`: never. */
+  maxReceives?: number;
+  /** Whether to keep a dead-letter queue (default true). */
+  deadLetter?: boolean;
+  /** How often a long poll re-reads the disk, for messages sent by another process (default 200 ms). */
+  pollIntervalMs?: number;
+}
+
+interface StoredMessage {
+  id: string;
+  body: string;
+  sentAt: number;
+  visibleAt: number;
+  receiveCount: number;
+  /** Changes on every delivery; a receipt names the delivery it came from. */
+  deliveryToken: string | null;
+}
+
+const MAX_BODY_BYTES = 256 * 1024;
+
+/** Long-poll waiters per queue folder in this process, woken when a message becomes visible. */
+const waiters = new Map<string, Set<() => void>>();
+function notify(dir: string): void {
+  for (const wake of waiters.get(dir) ?? []) wake();
+}
+
+const mutex = new KeyedMutex();
+
+/**
+ * A durable queue on disk, one JSON file per message, with SQS semantics: visibility timeouts,
+ * redelivery with an incremented receive count, dead-letter after `maxReceives`, and long polling.
+ * All state (including in-flight visibility deadlines) is on disk, so a new instance on the same
+ * folder, after a crash or restart, sees every message and gets in-flight ones back when their
+ * timeout passes. Stricter than SQS in one way: a receipt from an earlier delivery is refused
+ * (PreconditionFailedError), so a worker whose lease expired cannot ack another worker's delivery.
+ */
+export class LocalJobQueue implements JobQueue {
+  readonly deadLetter: LocalJobQueue | undefined;
+  private readonly dir: string;
+  private readonly visibilitySec: number;
+  private readonly maxReceives: number;
+  private readonly pollIntervalMs: number;
+
+  constructor(options: LocalJobQueueOptions) {
+    this.dir = resolve(options.dir);
+    this.visibilitySec = options.visibilitySec ?? 30;
+    this.maxReceives = options.maxReceives ?? 3;
+    this.pollIntervalMs = options.pollIntervalMs ?? 200;
+    checkVisibility(this.visibilitySec);
+    if (!(this.maxReceives === Infinity || (Number.isInteger(this.maxReceives) && this.maxReceives >= 1))) {
+      throw new ValidationError('maxReceives must be a positive integer or Infinity', 'maxReceives');
+    }
+    this.deadLetter =
+      options.deadLetter === false
+        ? undefined
+        : new LocalJobQueue({
+            dir: join(this.dir, 'dlq'),
+            visibilitySec: this.visibilitySec,
+            maxReceives: Infinity,
+            deadLetter: false,
+            pollIntervalMs: this.pollIntervalMs,
+          });
+  }
+
+  private get messagesDir(): string {
+    return join(this.dir, 'messages');
+  }
+  private messagePath(id: string): string {
+    return join(this.messagesDir, `${id}.json`);
+  }
+
+  private locked<T>(fn: () => Promise<T>): Promise<T> {
+    return mutex.run(this.dir, () => withDirLock(join(this.dir, 'lock'), fn));
+  }
+
+  private async write(message: StoredMessage): Promise<void> {
+    const tmpDir = join(this.dir, 'tmp');
+    await mkdir(tmpDir, { recursive: true });
+    await mkdir(this.messagesDir, { recursive: true });
+    const tmp = join(tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
+    await writeFile(tmp, JSON.stringify(message));
+    await rename(tmp, this.messagePath(message.id));
+  }
+
+  private async read(id: string): Promise<StoredMessage | null> {
+    try {
+      return JSON.parse(await readFile(this.messagePath(id), 'utf8')) as StoredMessage;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw error;
+    }
+  }
+
+  private async readAll(): Promise<StoredMessage[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.messagesDir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw error;
+    }
+    names.sort(); // ids are time-sortable: oldest first
+    const messages: StoredMessage[] = [];
+    for (const name of names) {
+      if (!name.endsWith('.json')) continue;
+      const message = await this.read(name.slice(0, -5));
+      if (message) messages.push(message);
+    }
+    return messages;
+  }
+
+  /** Used by the dead-letter move: keeps the original id, body and send time. */
+  private async adopt(message: StoredMessage): Promise<void> {
+    await this.locked(() => this.write({ ...message, visibleAt: Date.now(), receiveCount: 0, deliveryToken: null }));
+    notify(this.dir);
+  }
+
+  async send(body: string, options: { delaySec?: number } = {}): Promise<{ messageId: string }> {
+    if (typeof body !== 'string' || body.length === 0) throw new ValidationError('message body must be a non-empty string', 'body');
+    if (Buffer.byteLength(body) > MAX_BODY_BYTES) throw new ValidationError('message body exceeds 256 KiB', 'body');
+    const delaySec = options.delaySec ?? 0;
+    if (!Number.isInteger(delaySec) || delaySec < 0 || delaySec > 900) throw new ValidationError('delaySec must be 0..900', 'delaySec');
+    const now = Date.now();
+    const message: StoredMessage = { id: newId(now), body, sentAt: now, visibleAt: now + delaySec * 1000, receiveCount: 0, deliveryToken: null };
+    await this.locked(() => this.write(message));
+    if (delaySec === 0) notify(this.dir);
+    return { messageId: message.id };
+  }
+
+  async receive(options: ReceiveOptions = {}): Promise<ReceivedMessage[]> {
+    const max = options.max ?? 1;
+    const waitSec = options.waitSec ?? 0;
+    const visibilitySec = options.visibilitySec ?? this.visibilitySec;
+    if (!Number.isInteger(max) || max < 1 || max > 10) throw new ValidationError('max must be 1..10', 'max');
+    if (!(waitSec >= 0 && waitSec <= 20)) throw new ValidationError('waitSec must be 0..20', 'waitSec');
+    checkVisibility(visibilitySec);
+    const deadline = Date.now() + waitSec * 1000;
+    for (;;) {
+      const { received, nextVisibleAt } = await this.tryReceive(max, visibilitySec);
+      const now = Date.now();
+      if (received.length > 0 || now >= deadline) return received;
+      const sleepMs = Math.max(1, Math.min(deadline - now, this.pollIntervalMs, (nextVisibleAt ?? Infinity) - now));
+      await this.waitForWake(sleepMs);
+    }
+  }
+
+  private waitForWake(ms: number): Promise<void> {
+    return new Promise((resolveWait) => {
+      let set = waiters.get(this.dir);
+      if (!set) waiters.set(this.dir, (set = new Set()));
+      const done = () => {
+        clearTimeout(timer);
+        set.delete(done);
+        resolveWait();
+      };
+      const timer = setTimeout(done, ms);
+      set.add(done);
+    });
+  }
+
+  private async tryReceive(max: number, visibilitySec: number) {
+    const deadLettered: StoredMessage[] = [];
+    const result = await this.locked(async () => {
+      const now = Date.now();
+      const received: ReceivedMessage[] = [];
+      let nextVisibleAt: number | undefined;
+      for (const message of await this.readAll()) {
+        if (message.visibleAt > now) {
+          nextVisibleAt = Math.min(nextVisibleAt ?? Infinity, message.visibleAt);
+          continue;
+        }
+        if (received.length >= max) continue;
+        if (message.receiveCount >= this.maxReceives && this.deadLetter) {
+          deadLettered.push(message);
+          continue;
+        }
+        const delivered: StoredMessage = {
+          ...message,
+          receiveCount: message.receiveCount + 1,
+          visibleAt: now + visibilitySec * 1000,
+          deliveryToken: randomBytes(12).toString('hex'),
+        };
+        await this.write(delivered);
+        received.push({
+          messageId: delivered.id,
+          body: delivered.body,
+          receipt: `${delivered.id}.${delivered.deliveryToken}`,
+          receiveCount: delivered.receiveCount,
+          sentAt: new Date(delivered.sentAt),
+        });
+      }
+      return { received, nextVisibleAt };
+    });
+    // Copy to the DLQ before removing here: a crash in between duplicates a dead letter, never loses one.
+    for (const message of deadLettered) {
+      await this.deadLetter!.adopt(message);
+      await this.locked(async () => {
+        const current = await this.read(message.id);
+        if (current && current.deliveryToken === message.deliveryToken) await rm(this.messagePath(message.id), { force: true });
+      });
+    }
+    return result;
+  }
+
+  /** Runs `fn` on the stored message of a live receipt; refuses receipts of earlier deliveries. */
+  private async withDelivery(receipt: string, fn: (message: StoredMessage) => Promise<void>): Promise<void> {
+    const match = /^([0-9a-z]{26})\.([0-9a-f]{24})$/.exec(receipt);
+    if (!match) throw new ValidationError('malformed receipt', 'receipt');
+    const [, id, token] = match;
+    await this.locked(async () => {
+      const message = await this.read(id);
+      if (!message) throw new PreconditionFailedError('message no longer exists (already acked or dead-lettered)');
+      if (message.deliveryToken !== token) throw new PreconditionFailedError('receipt is from an earlier delivery');
+      await fn(message);
+    });
+  }
+
+  async extendVisibility(receipt: string, visibilitySec: number): Promise<void> {
+    checkVisibility(visibilitySec);
+    await this.withDelivery(receipt, (message) => this.write({ ...message, visibleAt: Date.now() + visibilitySec * 1000 }));
+  }
+
+  async ack(receipt: string): Promise<void> {
+    await this.withDelivery(receipt, (message) => rm(this.messagePath(message.id), { force: true }));
+  }
+
+  async release(receipt: string): Promise<void> {
+    await this.withDelivery(receipt, (message) => this.write({ ...message, visibleAt: Date.now() }));
+    notify(this.dir);
+  }
+
+  /** Messages currently stored (visible, delayed or in flight); for tests and operators. */
+  async depth(): Promise<number> {
+    return (await this.readAll()).length;
+  }
+}
+
+function checkVisibility(sec: number): void {
+  if (!(Number.isFinite(sec) && sec >= 0 && sec <= 43_200)) throw new ValidationError('visibility must be 0..43200 s', 'visibilitySec');
+}

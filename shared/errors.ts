@@ -1,0 +1,145 @@
+/**
+ * Typed errors shared by the API and the worker.
+ *
+ * Every error carries a stable machine-readable `code` (part of the public API
+ * contract, never reworded), an HTTP status hint for the API layer, and a
+ * `retryable` flag the worker uses to decide between releasing a message
+ * (retry later) and failing the job for good.
+ */
+
+export interface ClipagErrorOptions {
+  code?: string;
+  param?: string;
+  cause?: unknown;
+}
+
+export abstract class ClipagError extends Error {
+  abstract readonly status: number;
+  abstract readonly retryable: boolean;
+  readonly code: string;
+  /** The request field the error is about, when there is one (e.g. `width`). */
+  readonly param: string | undefined;
+
+  protected constructor(defaultCode: string, message: string, options: ClipagErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = options.code ?? defaultCode;
+    this.param = options.param;
+  }
+}
+
+export class ValidationError extends ClipagError {
+  readonly status = 400;
+  readonly retryable = false;
+  constructor(message: string, param?: string, options: Omit<ClipagErrorOptions, 'param'> = {}) {
+    super('validation_error', message, { ...options, param });
+  }
+}
+
+export class AuthError extends ClipagError {
+  readonly status = 401;
+  readonly retryable = false;
+  constructor(message = 'missing, invalid or revoked API key', options: ClipagErrorOptions = {}) {
+    super('unauthorized', message, options);
+  }
+}
+
+export class NotFoundError extends ClipagError {
+  readonly status = 404;
+  readonly retryable = false;
+  constructor(message = 'not found', options: ClipagErrorOptions = {}) {
+    super('not_found', message, options);
+  }
+}
+
+export class ConflictError extends ClipagError {
+  readonly status = 409;
+  readonly retryable = false;
+  constructor(message: string, options: ClipagErrorOptions = {}) {
+    super('conflict', message, options);
+  }
+}
+
+/** A conditional write lost: the object exists already, or its version/etag moved on. */
+export class PreconditionFailedError extends ClipagError {
+  readonly status = 412;
+  readonly retryable = false;
+  constructor(message: string, options: ClipagErrorOptions = {}) {
+    super('precondition_failed', message, options);
+  }
+}
+
+export class PayloadTooLargeError extends ClipagError {
+  readonly status = 413;
+  readonly retryable = false;
+  constructor(message: string, options: ClipagErrorOptions = {}) {
+    super('payload_too_large', message, options);
+  }
+}
+
+/** Transient: throttling, a dependency timing out, a lost lease. Try again later. */
+export class RetryableError extends ClipagError {
+  readonly status = 503;
+  readonly retryable = true;
+  constructor(message: string, options: ClipagErrorOptions = {}) {
+    super('unavailable', message, options);
+  }
+}
+
+/** Permanent: retrying cannot help (bad model bundle, corrupt input, misconfiguration). */
+export class NonRetryableError extends ClipagError {
+  readonly status = 500;
+  readonly retryable = false;
+  constructor(message: string, options: ClipagErrorOptions = {}) {
+    super('internal_error', message, options);
+  }
+}
+
+/** Configuration is invalid; lists every problem at once so an operator fixes them in one go. */
+export class ConfigError extends ClipagError {
+  readonly status = 500;
+  readonly retryable = false;
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[]) {
+    super('config_error', `invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.problems = problems;
+  }
+}
+
+export function isClipagError(error: unknown): error is ClipagError {
+  return error instanceof ClipagError;
+}
+
+/** Whether an arbitrary thrown value should be retried. Unknown errors are treated as retryable
+ * only when they look like transient I/O; everything else is permanent so a poison job cannot loop. */
+export function isRetryable(error: unknown): boolean {
+  if (error instanceof ClipagError) return error.retryable;
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && ['ECONNRESET', 'ETIMEDOUT', 'ECONNREFUSED', 'EPIPE', 'EAI_AGAIN'].includes(code);
+}
+
+export interface ErrorEnvelopeBody {
+  error: { code: string; message: string; param: string | null; request_id: string };
+}
+
+/** The one error shape of every 4xx/5xx response. Unknown errors never leak their message. */
+export function toErrorEnvelope(error: unknown, requestId: string): { status: number; body: ErrorEnvelopeBody } {
+  if (error instanceof ClipagError) {
+    const internal = error.status >= 500;
+    return {
+      status: error.status,
+      body: {
+        error: {
+          code: error.code,
+          message: internal && !(error instanceof RetryableError) ? 'internal error' : error.message,
+          param: error.param ?? null,
+          request_id: requestId,
+        },
+      },
+    };
+  }
+  return {
+    status: 500,
+    body: { error: { code: 'internal_error', message: 'internal error', param: null, request_id: requestId } },
+  };
+}

@@ -1,0 +1,67 @@
+import { randomBytes } from 'node:crypto';
+
+/**
+ * Time-sortable ids (ULID-like: 10 Crockford base32 chars of milliseconds + 16 random chars,
+ * lowercase, 26 chars in all).
+ *
+ * `newId` sorts oldest-first. `newJobId` inverts the time part so that ids sort **newest-first**:
+ * blob stores (S3, the filesystem adapter) list keys in ascending order, so a listing of
+ * `jobs/<owner>/` is already newest-first and can be paged with a plain start-after cursor,
+ * with no index and no database.
+ */
+
+const ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz';
+const TIME_CHARS = 10;
+const RANDOM_CHARS = 16;
+const MAX_TIME = 2 ** 48 - 1;
+
+export const SORTABLE_ID_PATTERN = /^[0-9abcdefghjkmnpqrstvwxyz]{26}$/;
+
+function encodeTime(ms: number): string {
+  if (!Number.isInteger(ms) || ms < 0 || ms > MAX_TIME) throw new RangeError(`time out of range: ${ms}`);
+  let out = '';
+  let rest = ms;
+  for (let i = 0; i < TIME_CHARS; i++) {
+    out = ALPHABET[rest % 32] + out;
+    rest = Math.floor(rest / 32);
+  }
+  return out;
+}
+
+function decodeTime(chars: string): number {
+  let ms = 0;
+  for (const ch of chars) {
+    const digit = ALPHABET.indexOf(ch);
+    if (digit < 0) throw new RangeError(`not a sortable id: ${chars}`);
+    ms = ms * 32 + digit;
+  }
+  return ms;
+}
+
+function randomPart(): string {
+  const bytes = randomBytes(RANDOM_CHARS);
+  let out = '';
+  for (const b of bytes) out += ALPHABET[b & 31];
+  return out;
+}
+
+/** Oldest-first sortable id (plain ULID ordering). */
+export function newId(nowMs: number = Date.now()): string {
+  return encodeTime(nowMs) + randomPart();
+}
+
+/** Newest-first sortable id, used for jobs. Ids made within the same millisecond have no defined order. */
+export function newJobId(nowMs: number = Date.now()): string {
+  return encodeTime(MAX_TIME - nowMs) + randomPart();
+}
+
+/** The creation time (ms since epoch) encoded in an id from `newId`. */
+export function idTime(id: string): number {
+  if (!SORTABLE_ID_PATTERN.test(id)) throw new RangeError(`not a sortable id: ${id}`);
+  return decodeTime(id.slice(0, TIME_CHARS));
+}
+
+/** The creation time (ms since epoch) encoded in an id from `newJobId`. */
+export function jobIdTime(id: string): number {
+  return MAX_TIME - idTime(id);
+}

@@ -1,0 +1,25 @@
+import { ValidationError } from './errors.ts';
+
+/**
+ * Blob keys: `/`-separated segments of safe characters. Rejecting `..`, empty segments, leading
+ * slashes and backslashes here means a key can never escape its prefix, on S3 or on disk.
+ */
+const SEGMENT = /^[A-Za-z0-9_.=+@-]{1,200}$/;
+
+export function assertValidKey(key: string, param = 'key'): void {
+  if (typeof key !== 'string' || key.length === 0 || key.length > 1024) {
+    throw new ValidationError('blob key must be 1..1024 characters', param);
+  }
+  for (const segment of key.split('/')) {
+    if (!SEGMENT.test(segment) || segment === '.' || segment === '..') {
+      throw new ValidationError(`invalid blob key: ${JSON.stringify(key)}`, param);
+    }
+  }
+}
+
+/** Prefixes may be empty or end in `/`; the non-empty part follows the key rules. */
+export function assertValidPrefix(prefix: string): void {
+  if (prefix === '') return;
+  const trimmed = prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+  assertValidKey(trimmed, 'prefix');
+}

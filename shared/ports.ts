@@ -1,0 +1,146 @@
+/**
+ * The ports both sides of the system program against. Adapters: `adapters/local/` (filesystem)
+ * and `adapters/aws/` (S3, SQS); one contract suite (test/shared/contract) runs against both.
+ */
+import type { JobRecord } from './schemas/job.ts';
+
+// ---------------------------------------------------------------- BlobStore
+
+export interface BlobMeta {
+  key: string;
+  size: number;
+  /** Opaque version token; pass it back unchanged to `replaceIfMatch`. */
+  etag: string;
+  contentType: string | undefined;
+  lastModified: Date;
+}
+
+export interface BlobObject extends BlobMeta {
+  body: Uint8Array;
+}
+
+export interface PutOptions {
+  contentType?: string;
+}
+
+export interface ListOptions {
+  /** Returned by the previous page; listing resumes after it. */
+  cursor?: string;
+  /** Page size, 1..1000 (default 1000). */
+  limit?: number;
+}
+
+export interface ListPage {
+  /** Ascending by key. */
+  items: BlobMeta[];
+  /** Present when more items may follow. */
+  cursor?: string;
+}
+
+export interface SignedPutOptions {
+  contentType: string;
+  /** Upper bound on the upload size. */
+  maxBytes: number;
+  expiresSec: number;
+  /**
+   * The exact size the client promised. When given (and ≤ maxBytes) it is signed into the URL,
+   * so S3 rejects a body of any other length. Without it a presigned PUT cannot bound the size
+   * on S3 (only a presigned POST policy can carry a content-length-range): the caller must then
+   * `head` the object after upload and reject it if it is too large. See `enforcesMaxBytes`.
+   */
+  contentLength?: number;
+}
+
+export interface SignedPut {
+  url: string;
+  method: 'PUT';
+  /** Headers the client must send verbatim (they are part of the signature). */
+  headers: Record<string, string>;
+  expiresAt: Date;
+  /** True when the store itself rejects bodies over maxBytes. */
+  enforcesMaxBytes: boolean;
+}
+
+export interface BlobStore {
+  put(key: string, body: Uint8Array, options?: PutOptions): Promise<{ etag: string }>;
+  /** `null` when absent. */
+  get(key: string): Promise<BlobObject | null>;
+  /** `null` when absent. */
+  head(key: string): Promise<BlobMeta | null>;
+  list(prefix: string, options?: ListOptions): Promise<ListPage>;
+  /** Idempotent: deleting an absent key succeeds. */
+  delete(key: string): Promise<void>;
+  /** Conditional create. Throws PreconditionFailedError when the key exists. */
+  putIfAbsent(key: string, body: Uint8Array, options?: PutOptions): Promise<{ etag: string }>;
+  /** Conditional replace. Throws PreconditionFailedError when the key is absent or its etag differs. */
+  replaceIfMatch(key: string, body: Uint8Array, etag: string, options?: PutOptions): Promise<{ etag: string }>;
+  signedGetUrl(key: string, expiresSec: number): Promise<string>;
+  signedPutUrl(key: string, options: SignedPutOptions): Promise<SignedPut>;
+}
+
+// ---------------------------------------------------------------- JobQueue
+
+export interface ReceivedMessage {
+  messageId: string;
+  /** Raw body; parse it with `parseQueueMessage` (a malformed body must not crash a consumer). */
+  body: string;
+  /** Handle for ack/extend/release of *this* delivery. */
+  receipt: string;
+  /** 1 on first delivery; incremented on every redelivery. */
+  receiveCount: number;
+  sentAt: Date;
+}
+
+export interface ReceiveOptions {
+  /** 1..10 (default 1). */
+  max?: number;
+  /** Long-poll wait, 0..20 s (default 0). Returns as soon as a message is available. */
+  waitSec?: number;
+  /** How long received messages stay hidden from other consumers (default: the queue's). */
+  visibilitySec?: number;
+}
+
+export interface JobQueue {
+  send(body: string, options?: { delaySec?: number }): Promise<{ messageId: string }>;
+  receive(options?: ReceiveOptions): Promise<ReceivedMessage[]>;
+  /** Keep the message hidden for `visibilitySec` more seconds from now (a heartbeat). */
+  extendVisibility(receipt: string, visibilitySec: number): Promise<void>;
+  /** Done with it: delete the message. */
+  ack(receipt: string): Promise<void>;
+  /** Give it back now: visible again immediately (receiveCount is kept). */
+  release(receipt: string): Promise<void>;
+  /** The dead-letter queue messages land in after too many receives, for inspection and redrive. */
+  readonly deadLetter: JobQueue | undefined;
+}
+
+// ---------------------------------------------------------------- JobStore
+
+export interface UpdateOptions {
+  /** How many times to re-read and re-apply `mutate` after losing a write race (default 5). */
+  retries?: number;
+  /** Fail with PreconditionFailedError (no retry) unless the stored version is exactly this. */
+  expectedVersion?: number;
+}
+
+/**
+ * Receives the current record and returns the next one (the store sets `version`), or `null`
+ * to leave the record unchanged. May be called several times when writes race; keep it pure.
+ * May throw (e.g. ConflictError for a terminal job) to abort the update.
+ */
+export type JobMutation = (current: Readonly<JobRecord>) => JobRecord | null;
+
+export interface JobPage {
+  /** Newest first. */
+  jobs: JobRecord[];
+  cursor?: string;
+}
+
+export interface JobStore {
+  /** Conditional create: PreconditionFailedError if a job with this owner/id exists. */
+  create(job: JobRecord): Promise<JobRecord>;
+  /** `null` when absent, including when the id belongs to another owner. */
+  get(owner: string, id: string): Promise<JobRecord | null>;
+  /** Optimistically versioned read-modify-write. NotFoundError when absent. */
+  update(owner: string, id: string, mutate: JobMutation, options?: UpdateOptions): Promise<JobRecord>;
+  listByOwner(owner: string, options?: { limit?: number; cursor?: string }): Promise<JobPage>;
+}

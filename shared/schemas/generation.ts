@@ -1,0 +1,81 @@
+import { z } from '@hono/zod-openapi';
+import { RESOURCE_ID_PATTERN } from './common.ts';
+
+export const PROMPT_MAX_CHARS = 300;
+export const MIN_SIDE = 64;
+export const MAX_SIDE = 1024;
+export const SIDE_MULTIPLE = 32;
+export const MAX_STEPS = 500;
+export const MAX_IMAGES = 4;
+
+const PromptText = z
+  .string()
+  .trim()
+  .min(1, 'prompt must not be empty')
+  .max(PROMPT_MAX_CHARS, `prompt must be at most ${PROMPT_MAX_CHARS} characters`);
+
+const Side = z
+  .number()
+  .int()
+  .min(MIN_SIDE)
+  .max(MAX_SIDE)
+  .refine((v) => v % SIDE_MULTIPLE === 0, { message: `must be a multiple of ${SIDE_MULTIPLE}` })
+  .default(224);
+
+export const WeightedPrompt = z
+  .object({
+    text: PromptText,
+    weight: z
+      .number()
+      .refine((w) => Number.isFinite(w) && w !== 0, { message: 'weight must be a finite non-zero number' }),
+  })
+  .strict()
+  .openapi('WeightedPrompt');
+
+const UPLOAD_INIT = new RegExp(`^upload:${RESOURCE_ID_PATTERN.source.slice(1, -1)}$`);
+
+export const InitSpec = z
+  .string()
+  .refine((v) => v === 'gmm' || v === 'noise' || UPLOAD_INIT.test(v), {
+    message: 'init must be "gmm", "noise" or "upload:<id>"',
+  })
+  .openapi({ example: 'gmm', description: '"gmm" (class-conditional Gaussian prior), "noise", or "upload:<id>"' });
+
+export const ModelName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/);
+
+export const GenerationRequest = z
+  .object({
+    prompt: PromptText.optional(),
+    prompts: z.array(WeightedPrompt).min(1).max(8).optional(),
+    negative_prompt: PromptText.optional(),
+    width: Side,
+    height: Side,
+    steps: z.number().int().min(1).max(MAX_STEPS).default(100),
+    seed: z.number().int().min(0).max(0xffffffff).optional(),
+    n: z.number().int().min(1).max(MAX_IMAGES).default(1),
+    init: InitSpec.default('gmm'),
+    strength: z.number().min(0).max(1).optional(),
+    model: ModelName.default('toy'),
+  })
+  .strict()
+  .superRefine((req, ctx) => {
+    const has = [req.prompt !== undefined, req.prompts !== undefined].filter(Boolean).length;
+    if (has !== 1) {
+      ctx.addIssue({ code: 'custom', path: ['prompt'], message: 'give exactly one of "prompt" or "prompts"' });
+    }
+    if (req.prompts && req.prompts.every((p) => p.weight <= 0)) {
+      ctx.addIssue({ code: 'custom', path: ['prompts'], message: 'at least one prompt weight must be positive' });
+    }
+  })
+  .openapi('GenerationRequest');
+
+/** What the caller sent (defaults optional). */
+export type GenerationRequestInput = z.input<typeof GenerationRequest>;
+/** The normalized spec after parsing (defaults filled in); this is what the job record stores. */
+export type GenerationSpec = z.output<typeof GenerationRequest>;
+export type WeightedPrompt = z.output<typeof WeightedPrompt>;
+
+/** The prompts as one weighted list, whichever form the request used. */
+export function weightedPrompts(spec: GenerationSpec): WeightedPrompt[] {
+  return spec.prompts ?? [{ text: spec.prompt as string, weight: 1 }];
+}

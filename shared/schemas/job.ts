@@ -1,0 +1,97 @@
+import { z } from '@hono/zod-openapi';
+import { OwnerId, ResourceId, Timestamp } from './common.ts';
+import { GenerationRequest } from './generation.ts';
+
+export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'canceled'] as const;
+export const JobStatus = z.enum(JOB_STATUSES).openapi('JobStatus');
+export type JobStatus = z.infer<typeof JobStatus>;
+
+export const TERMINAL_STATUSES: ReadonlySet<JobStatus> = new Set(['succeeded', 'failed', 'canceled']);
+export function isTerminal(status: JobStatus): boolean {
+  return TERMINAL_STATUSES.has(status);
+}
+
+export const JobOutput = z
+  .object({
+    key: z.string().min(1),
+    width: z.number().int().positive(),
+    height: z.number().int().positive(),
+    clip_score: z.number().finite().optional(),
+  })
+  .strict()
+  .openapi('JobOutput');
+
+export const JobError = z.object({ code: z.string().min(1), message: z.string() }).strict().openapi('JobError');
+
+export const JobUsage = z
+  .object({
+    encoder_passes: z.number().int().nonnegative(),
+    worker_seconds: z.number().nonnegative(),
+  })
+  .strict()
+  .openapi('JobUsage');
+
+export const JobProgress = z
+  .object({ step: z.number().int().nonnegative(), total: z.number().int().nonnegative() })
+  .strict()
+  .refine((p) => p.step <= p.total, { message: 'step must not exceed total' });
+
+/** The job record: one JSON document per job in the blob store (see docs/adr/0002). */
+export const JobRecord = z
+  .object({
+    id: ResourceId,
+    owner: OwnerId,
+    status: JobStatus,
+    /** Starts at 1; every successful write bumps it by exactly one. */
+    version: z.number().int().min(1),
+    spec: GenerationRequest,
+    progress: JobProgress,
+    created_at: Timestamp,
+    started_at: Timestamp.nullable(),
+    finished_at: Timestamp.nullable(),
+    outputs: z.array(JobOutput),
+    error: JobError.nullable(),
+    usage: JobUsage,
+    cancel_requested: z.boolean(),
+    /** How many times a worker has started this job (redeliveries included). */
+    attempts: z.number().int().nonnegative(),
+    idempotency_key: z.string().min(1).max(255).nullable(),
+    /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
+    body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
+  })
+  .strict()
+  .openapi('JobRecord');
+
+export type JobRecord = z.output<typeof JobRecord>;
+export type JobOutput = z.output<typeof JobOutput>;
+export type JobUsage = z.output<typeof JobUsage>;
+export type JobError = z.output<typeof JobError>;
+
+/** A fresh `queued` record for a validated spec. */
+export function newJobRecord(args: {
+  id: string;
+  owner: string;
+  spec: z.output<typeof GenerationRequest>;
+  now?: Date;
+  idempotencyKey?: string | null;
+  bodyHash?: string | null;
+}): JobRecord {
+  return JobRecord.parse({
+    id: args.id,
+    owner: args.owner,
+    status: 'queued',
+    version: 1,
+    spec: args.spec,
+    progress: { step: 0, total: args.spec.steps },
+    created_at: (args.now ?? new Date()).toISOString(),
+    started_at: null,
+    finished_at: null,
+    outputs: [],
+    error: null,
+    usage: { encoder_passes: 0, worker_seconds: 0 },
+    cancel_requested: false,
+    attempts: 0,
+    idempotency_key: args.idempotencyKey ?? null,
+    body_hash: args.bodyHash ?? null,
+  });
+}
