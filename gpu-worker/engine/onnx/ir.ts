@@ -53,6 +53,11 @@ export interface ValueInfo {
   dtype: DType;
   /** Static shape; every dim is a non-negative integer. */
   shape: number[];
+  /**
+   * Only on values decoded from foreign ONNX files: the file declares no shape at all (unknown rank),
+   * and `shape` is then []. Graphs we build never set it.
+   */
+  rankUnknown?: boolean;
 }
 
 /** A whole model: what the codec reads/writes and the runtime loads. */
