@@ -31,7 +31,7 @@
 // After ftfy, `pythonHtmlUnescape` reproduces Python's html.unescape (named entities through the
 // `entities` package's HTML5 table with the same longest-legacy-prefix rule; numeric references
 // with Python's replacement tables), and whitespace/lower() follow Python semantics
-// (White_Space set for \s, str.isspace for strip, no final-sigma rule in lower()).
+// (White_Space set for \s, str.isspace for strip; lower() with the final-sigma rule, as in JS).
 
 import { decodeHTML, DecodingMode } from 'entities';
 
@@ -152,8 +152,8 @@ const STRIP_RE = new RegExp(`^[${PY_STRIP}]+|[${PY_STRIP}]+$`, 'g');
 export const PY_WHITESPACE_CLASS = PY_WS;
 
 const pyStrip = (s: string) => s.replace(STRIP_RE, '');
-/** Python str.lower(): like toLowerCase() but without the context-dependent final sigma. */
-const pyLower = (s: string) => s.replace(/\u03a3/g, '\u03c3').toLowerCase();
+/** Python str.lower() = full Unicode lowercasing incl. the Final_Sigma rule, as toLowerCase(). */
+const pyLower = (s: string) => s.toLowerCase();
 
 /** The exact string CLIP regex-splits and BPE-encodes. */
 export function cleanClipText(text: string): string {

@@ -1,0 +1,303 @@
+// The engine's text tokenizer: prompt → [sot, ...ids, eot] zero-padded to the context length,
+// as OpenAI CLIP's `clip.tokenize` does. Loads any Hugging Face `tokenizer.json`:
+// - the CLIP byte-level BPE (see tokenizer-json.ts), reproducing the official ids exactly;
+// - a WordLevel (or other) tokenizer.json, e.g. the project's toy models.
+//
+// Division of labour with @huggingface/tokenizers 0.2 (pure JS):
+// - The library does the vocabulary and the BPE merges (its BPE model honours
+//   `end_of_word_suffix: "</w>"`), and the whole pipeline for non-CLIP tokenizers.
+// - Done here in TS, because the library cannot reproduce the official CLIP pipeline:
+//   * text cleaning (ftfy subset, html.unescape ×2, Python whitespace/lower), see text-clean.ts;
+//     the library has no ftfy/HTML step, and its NFC/\s+/Lowercase normalizer differs from
+//     Python's at the edges (JS \s includes U+FEFF), so for tokenizers whose normalizer only does
+//     those steps we drop it: the cleaning here subsumes it.
+//   * for byte-level BPE: the official regex split and the special-token rule. In openai/CLIP a
+//     literal "<|endoftext|>" in the prompt becomes the special id only where the split regex
+//     matches it as a whole token (e.g. not in "!<|endoftext|>", where "!<|" is one punctuation
+//     run), whereas the library's added-token splitter matches it anywhere. Python's regex is
+//     also case-insensitive and uses Unicode White_Space for \s. So we split with the official
+//     regex, map pieces to bytes (bytes_to_unicode) and call the library's BPE model per piece.
+//   * `WordLevel` is not a model type in tokenizers.js 0.2; a vocab-only model falls back to its
+//     "Legacy" model (token → id lookup), whose unknown-token id comes from the tokenizer config,
+//     so we pass `unk_token` from the model section.
+//   * adding sot/eot, truncation and padding (done here so every tokenizer behaves alike).
+
+import { readFileSync } from 'node:fs';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { EngineError } from '../errors.ts';
+import { cleanClipText, PY_WHITESPACE_CLASS } from './text-clean.ts';
+import { bytesToUnicode, CLIP_EOT, CLIP_SOT } from './tokenizer-json.ts';
+
+export const DEFAULT_CONTEXT_LENGTH = 77;
+
+export interface EncodeOptions {
+  /** Output length, sot and eot included. Default 77. */
+  contextLength?: number;
+  /** Default true: keep sot + first (contextLength-2) tokens + eot. False: throw if too long. */
+  truncate?: boolean;
+  /**
+   * Default false: an empty or whitespace-only prompt is an error. True: encode it as [sot, eot]
+   * like openai/CLIP does (used to compare against the reference vectors).
+   */
+  allowEmpty?: boolean;
+}
+
+export interface TextTokenizerOptions {
+  /** Name of the start token among the added tokens. Default "<|startoftext|>". */
+  sotToken?: string;
+  /** Name of the end token among the added tokens. Default "<|endoftext|>". */
+  eotToken?: string;
+  /** Where the JSON came from, used in error messages. */
+  source?: string;
+}
+
+export interface EncodedBatch {
+  /** B × contextLength, row-major, zero-padded. */
+  ids: Int32Array;
+  /** Per row, the first position that holds eotId (what CLIP's `argmax` pooling picks). */
+  eotIndex: Int32Array;
+  batchSize: number;
+  contextLength: number;
+}
+
+type Json = Record<string, unknown>;
+const isObj = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Official CLIP split (after lower()); `regex` module semantics: IGNORECASE, White_Space \s. */
+const CLIP_SPLIT_RE = new RegExp(
+  `<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^${PY_WHITESPACE_CLASS}\\p{L}\\p{N}]+`,
+  'giu',
+);
+const BYTE_SYMBOL: string[] = (() => {
+  const t = new Array<string>(256);
+  for (const [b, ch] of bytesToUnicode()) t[b] = ch;
+  return t;
+})();
+const utf8 = new TextEncoder();
+
+/** Normalizer steps already done (in their Python form) by cleanClipText. */
+function normalizerIsSubsumed(n: unknown): boolean {
+  if (n === null || n === undefined) return true;
+  if (!isObj(n)) return false;
+  switch (n.type) {
+    case 'NFC':
+    case 'Lowercase':
+      return true;
+    case 'Replace': {
+      const p = n.pattern;
+      return isObj(p) && (p.Regex === '\\s+' || p.String === ' ') && n.content === ' ';
+    }
+    case 'Strip':
+      return true;
+    case 'Sequence':
+      return Array.isArray(n.normalizers) && n.normalizers.every(normalizerIsSubsumed);
+    default:
+      return false;
+  }
+}
+
+function hasByteLevel(pre: unknown): boolean {
+  if (!isObj(pre)) return false;
+  if (pre.type === 'ByteLevel') return true;
+  if (pre.type === 'Sequence' && Array.isArray(pre.pretokenizers)) return pre.pretokenizers.some(hasByteLevel);
+  return false;
+}
+
+export class TextTokenizer {
+  readonly sotId: number;
+  readonly eotId: number;
+  readonly vocabSize: number;
+  /** 'clip-bpe': byte-level BPE following openai/CLIP exactly; 'generic': the tokenizer.json pipeline. */
+  readonly mode: 'clip-bpe' | 'generic';
+  private readonly hf: Tokenizer;
+  private readonly special = new Map<string, number>();
+  private readonly source: string;
+
+  private constructor(json: Json, opts: TextTokenizerOptions) {
+    const src = opts.source ?? '<tokenizer json>';
+    this.source = src;
+    const bad = (what: string): never => {
+      throw new EngineError('invalid_tokenizer', `tokenizer ${src}: ${what}`, { file: src });
+    };
+    const model = json.model;
+    if (!isObj(model)) bad('no "model" object (not a Hugging Face tokenizer.json?)');
+    const m = model as Json;
+    if (!isObj(m.vocab)) bad(`model.vocab must be an object of token → id (model type ${String(m.type)})`);
+    if (m.type !== undefined && m.type !== 'BPE' && m.type !== 'WordLevel') {
+      bad(`model type ${JSON.stringify(m.type)} is not supported (BPE or WordLevel)`);
+    }
+    if (m.type === 'BPE' && !Array.isArray(m.merges)) bad('BPE model has no "merges" array');
+    const added = json.added_tokens;
+    if (!Array.isArray(added)) bad('no "added_tokens" array (the start/end tokens must be added tokens)');
+
+    const sotName = opts.sotToken ?? CLIP_SOT;
+    const eotName = opts.eotToken ?? CLIP_EOT;
+    for (const t of added as unknown[]) {
+      if (!isObj(t) || typeof t.content !== 'string' || !Number.isInteger(t.id) || (t.id as number) < 0) {
+        bad(`malformed added token ${JSON.stringify(t)}`);
+      }
+      const tok = t as { content: string; id: number };
+      this.special.set(tok.content, tok.id);
+    }
+    const sot = this.special.get(sotName);
+    const eot = this.special.get(eotName);
+    const missing = [sot === undefined ? sotName : null, eot === undefined ? eotName : null].filter(Boolean);
+    if (missing.length) bad(`missing special token(s) ${missing.map((x) => JSON.stringify(x)).join(', ')} in added_tokens`);
+    this.sotId = sot!;
+    this.eotId = eot!;
+
+    let maxId = -1;
+    for (const [tok, id] of Object.entries(m.vocab as Json)) {
+      if (!Number.isInteger(id) || (id as number) < 0) bad(`vocab entry ${JSON.stringify(tok)} has a bad id ${JSON.stringify(id)}`);
+      maxId = Math.max(maxId, id as number);
+    }
+    for (const id of this.special.values()) maxId = Math.max(maxId, id);
+    this.vocabSize = maxId + 1;
+
+    this.mode = m.type === 'BPE' && hasByteLevel(json.pre_tokenizer) ? 'clip-bpe' : 'generic';
+    const hfJson: Json = {
+      ...json,
+      normalizer: normalizerIsSubsumed(json.normalizer) ? null : json.normalizer,
+      pre_tokenizer: json.pre_tokenizer ?? null,
+      post_processor: null, // sot/eot are added here
+      decoder: json.decoder ?? null,
+    };
+    const hfConfig: Json = typeof m.unk_token === 'string' ? { unk_token: m.unk_token } : {};
+    try {
+      this.hf = new Tokenizer(hfJson, hfConfig);
+    } catch (e) {
+      bad(`rejected by @huggingface/tokenizers: ${(e as Error).message}`);
+    }
+  }
+
+  static fromJson(obj: unknown, opts: TextTokenizerOptions = {}): TextTokenizer {
+    if (!isObj(obj)) {
+      throw new EngineError('invalid_tokenizer', `tokenizer ${opts.source ?? '<tokenizer json>'}: not a JSON object`);
+    }
+    return new TextTokenizer(obj, opts);
+  }
+
+  static fromFile(path: string, opts: Omit<TextTokenizerOptions, 'source'> = {}): TextTokenizer {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new EngineError('invalid_tokenizer', `tokenizer ${path}: cannot read file: ${(e as Error).message}`, { file: path });
+    }
+    let obj: unknown;
+    try {
+      obj = JSON.parse(text);
+    } catch (e) {
+      throw new EngineError('invalid_tokenizer', `tokenizer ${path}: not valid JSON: ${(e as Error).message}`, { file: path });
+    }
+    return TextTokenizer.fromJson(obj, { ...opts, source: path });
+  }
+
+  /** Text token ids (no sot/eot, no truncation) for a prompt. Empty prompt → []. */
+  tokenize(text: string): number[] {
+    if (typeof text !== 'string') {
+      throw new EngineError('invalid_input', `prompt must be a string, got ${text === null ? 'null' : typeof text}`);
+    }
+    const cleaned = cleanClipText(text);
+    if (cleaned.length === 0) return [];
+    return this.mode === 'clip-bpe' ? this.tokenizeClip(cleaned) : this.tokenizeGeneric(cleaned);
+  }
+
+  private tokenizeClip(cleaned: string): number[] {
+    const ids: number[] = [];
+    const model = this.hf.model as unknown as (tokens: string[]) => string[];
+    for (const piece of cleaned.match(CLIP_SPLIT_RE) ?? []) {
+      const sp = this.special.get(piece);
+      if (sp !== undefined) {
+        ids.push(sp);
+        continue;
+      }
+      let sym = '';
+      for (const b of utf8.encode(piece)) sym += BYTE_SYMBOL[b];
+      for (const t of model([sym])) {
+        const id = this.hf.token_to_id(t);
+        if (id === undefined) {
+          throw new EngineError('invalid_tokenizer', `tokenizer ${this.source}: BPE produced ${JSON.stringify(t)}, which is not in the vocab`);
+        }
+        ids.push(id);
+      }
+    }
+    return ids;
+  }
+
+  private tokenizeGeneric(cleaned: string): number[] {
+    const enc = this.hf.encode(cleaned, { add_special_tokens: false });
+    return enc.ids.map((id, i) => {
+      if (id === undefined || id === null || !Number.isInteger(id)) {
+        throw new EngineError(
+          'invalid_input',
+          `word ${JSON.stringify(enc.tokens[i])} is not in the vocabulary of ${this.source}, which has no unk_token`,
+        );
+      }
+      return id;
+    });
+  }
+
+  /** [sot, ...ids, eot] zero-padded to contextLength (default 77). */
+  encode(text: string, opts: EncodeOptions = {}): Int32Array {
+    const out = new Int32Array(this.checkContext(opts));
+    this.encodeInto(text, opts, out, 0);
+    return out;
+  }
+
+  encodeBatch(texts: readonly string[], opts: EncodeOptions = {}): EncodedBatch {
+    if (!Array.isArray(texts) || texts.length === 0) {
+      throw new EngineError('invalid_input', 'encodeBatch needs a non-empty array of prompts');
+    }
+    const ctx = this.checkContext(opts);
+    const ids = new Int32Array(texts.length * ctx);
+    const eotIndex = new Int32Array(texts.length);
+    texts.forEach((t, b) => {
+      const row = ids.subarray(b * ctx, (b + 1) * ctx);
+      try {
+        this.encodeInto(t, opts, row, b);
+      } catch (e) {
+        if (e instanceof EngineError) {
+          throw new EngineError(e.code, `prompt ${b}: ${e.message}`, { ...e.detail, index: b });
+        }
+        throw e;
+      }
+      eotIndex[b] = row.indexOf(this.eotId);
+    });
+    return { ids, eotIndex, batchSize: texts.length, contextLength: ctx };
+  }
+
+  private checkContext(opts: EncodeOptions): number {
+    const ctx = opts.contextLength ?? DEFAULT_CONTEXT_LENGTH;
+    if (!Number.isInteger(ctx) || ctx < 2) {
+      throw new EngineError('invalid_input', `contextLength must be an integer >= 2, got ${ctx}`);
+    }
+    return ctx;
+  }
+
+  private encodeInto(text: string, opts: EncodeOptions, out: Int32Array, _row: number): void {
+    const ctx = out.length;
+    const ids = this.tokenize(text);
+    if (ids.length === 0 && !opts.allowEmpty) {
+      throw new EngineError('invalid_input', 'prompt is empty (or only whitespace/control characters after cleaning)');
+    }
+    const total = ids.length + 2;
+    if (total > ctx) {
+      if (opts.truncate === false) {
+        throw new EngineError(
+          'invalid_input',
+          `prompt has ${total} tokens (start/end included), more than the context length ${ctx}; shorten it or allow truncation`,
+          { tokens: total, contextLength: ctx },
+        );
+      }
+      // openai/CLIP: tokens[:ctx], then the last one becomes eot.
+      out[0] = this.sotId;
+      for (let i = 1; i < ctx - 1; i++) out[i] = ids[i - 1]!;
+      out[ctx - 1] = this.eotId;
+      return;
+    }
+    out[0] = this.sotId;
+    for (let i = 0; i < ids.length; i++) out[i + 1] = ids[i]!;
+    out[ids.length + 1] = this.eotId;
+  }
+}
