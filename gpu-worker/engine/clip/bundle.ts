@@ -1,0 +1,130 @@
+// Model bundles: a folder with manifest.json, a safetensors weights file and a tokenizer.json.
+// The format is documented in docs/model-bundle.md. Loading validates everything up front so a bad
+// bundle fails with a message naming the file and the problem, never deep inside a session run.
+
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { z } from 'zod';
+import { EngineError } from '../errors.ts';
+import type { TensorData } from '../onnx/ir.ts';
+import { readSafetensors } from '../io/safetensors.ts';
+import { ClipArchSchema, type ClipArch, checkWeights } from './arch.ts';
+
+export const BUNDLE_FORMAT = 'clipag-model-bundle';
+export const BUNDLE_FORMAT_VERSION = 1;
+
+export const ManifestSchema = z
+  .object({
+    format: z.literal(BUNDLE_FORMAT),
+    format_version: z.literal(BUNDLE_FORMAT_VERSION),
+    name: z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9._-]*$/, 'lower-case letters, digits, ., _ and -'),
+    description: z.string().optional(),
+    architecture: ClipArchSchema,
+    embed_dim: z.number().int().positive(),
+    activation: z.enum(['quick_gelu', 'gelu']),
+    preprocess: z
+      .object({
+        image_size: z.number().int().positive(),
+        mean: z.tuple([z.number(), z.number(), z.number()]),
+        std: z.tuple([z.number().positive(), z.number().positive(), z.number().positive()]),
+      })
+      .strict(),
+    weights: z.string().min(1),
+    /** Optional: sha256 of each file, checked on load when present. */
+    sha256: z.record(z.string(), z.string().regex(/^[0-9a-f]{64}$/)).optional(),
+    tokenizer: z.string().min(1),
+    /** Optional GMM initialization prior (docs/prior-format.md). */
+    prior: z.string().min(1).optional(),
+    robust: z.boolean(),
+    license: z.string().min(1),
+    source: z.string().min(1),
+    /** Free-form provenance: training command, seed, steps, time, metrics. */
+    training: z.record(z.string(), z.unknown()).optional(),
+  })
+  .strict()
+  .superRefine((m, ctx) => {
+    if (m.embed_dim !== m.architecture.embedDim) ctx.addIssue({ code: 'custom', path: ['embed_dim'], message: 'must equal architecture.embedDim' });
+    if (m.activation !== m.architecture.activation) ctx.addIssue({ code: 'custom', path: ['activation'], message: 'must equal architecture.activation' });
+    if (m.preprocess.image_size !== m.architecture.imageResolution) ctx.addIssue({ code: 'custom', path: ['preprocess', 'image_size'], message: 'must equal architecture.imageResolution' });
+    for (const f of [m.weights, m.tokenizer, m.prior].filter(Boolean) as string[]) {
+      if (f.includes('..') || f.startsWith('/')) ctx.addIssue({ code: 'custom', message: `file ${f} must be a plain path inside the bundle` });
+    }
+  });
+export type Manifest = z.infer<typeof ManifestSchema>;
+
+export const OPENAI_MEAN: [number, number, number] = [0.48145466, 0.4578275, 0.40821073];
+export const OPENAI_STD: [number, number, number] = [0.26862954, 0.26130258, 0.27577711];
+
+export interface ModelBundle {
+  dir: string;
+  manifest: Manifest;
+  arch: ClipArch;
+  weights: Map<string, TensorData>;
+  tokenizerPath: string;
+  priorPath?: string;
+  /** sha256 of manifest.json + weights: identifies compiled graphs in caches. */
+  contentHash: string;
+}
+
+export function readManifest(dir: string): Manifest {
+  const path = join(dir, 'manifest.json');
+  if (!existsSync(path)) throw new EngineError('invalid_model', `no manifest.json in ${dir}: a model bundle is a folder with manifest.json, weights and tokenizer (see docs/model-bundle.md)`, { path });
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new EngineError('invalid_model', `${path} is not valid JSON: ${(e as Error).message}`, { path });
+  }
+  const parsed = ManifestSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new EngineError('invalid_model', `${path} is not a valid bundle manifest: ${issues}`, { path });
+  }
+  return parsed.data;
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  await new Promise<void>((res, rej) => {
+    createReadStream(path).on('data', (c) => h.update(c)).on('end', () => res()).on('error', rej);
+  });
+  return h.digest('hex');
+}
+
+export async function loadBundle(dirIn: string, opts: { verifyChecksums?: boolean } = {}): Promise<ModelBundle> {
+  const dir = resolve(dirIn);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new EngineError('invalid_model', `model bundle folder ${dir} does not exist`, { path: dir });
+  const manifest = readManifest(dir);
+  const file = (f: string, what: string) => {
+    const p = join(dir, f);
+    if (!existsSync(p)) throw new EngineError('invalid_model', `bundle ${manifest.name}: ${what} file ${f} is missing from ${dir}`, { path: p });
+    return p;
+  };
+  const weightsPath = file(manifest.weights, 'weights');
+  const tokenizerPath = file(manifest.tokenizer, 'tokenizer');
+  const priorPath = manifest.prior ? file(manifest.prior, 'prior') : undefined;
+  if (opts.verifyChecksums !== false && manifest.sha256) {
+    for (const [f, want] of Object.entries(manifest.sha256)) {
+      const got = await sha256File(file(f, 'checksummed'));
+      if (got !== want) throw new EngineError('invalid_model', `bundle ${manifest.name}: ${f} has sha256 ${got.slice(0, 12)}…, manifest says ${want.slice(0, 12)}… (file corrupt or replaced)`, { path: f });
+    }
+  }
+  const st = readSafetensors(weightsPath);
+  const weights = st.tensors;
+  const arch = manifest.architecture;
+  checkWeights(arch, new Map([...weights].map(([k, t]) => [k, t.dims])));
+  const h = createHash('sha256');
+  h.update(readFileSync(join(dir, 'manifest.json')));
+  h.update(manifest.sha256?.[manifest.weights] ?? (await sha256File(weightsPath)));
+  return { dir, manifest, arch, weights, tokenizerPath, priorPath, contentHash: h.digest('hex') };
+}
+
+/** A lookup that names the bundle when a weight is missing (checkWeights normally catches this first). */
+export function weightLookup(bundle: Pick<ModelBundle, 'weights' | 'manifest'>) {
+  return (name: string): TensorData => {
+    const t = bundle.weights.get(name);
+    if (!t) throw new EngineError('invalid_weights', `bundle ${bundle.manifest.name} has no tensor ${name}`, { tensor: name });
+    return t;
+  };
+}

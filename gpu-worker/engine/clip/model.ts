@@ -1,0 +1,202 @@
+// CLIP towers emitted as ONNX graphs from OpenAI/open_clip state_dict tensors.
+// The math follows openai/CLIP model.py: patch conv (no bias), class token, positional embedding, ln_pre,
+// pre-LN residual blocks with nn.MultiheadAttention, ln_post on the class token, and the projection.
+
+import { EngineError } from '../errors.ts';
+import { GraphBuilder } from '../onnx/builder.ts';
+import { A, type DType, type TensorData, numel } from '../onnx/ir.ts';
+import type { ClipArch } from './arch.ts';
+
+export type WeightLookup = (name: string) => TensorData;
+
+export interface TowerOptions {
+  dtype: DType; // 'float32' or 'float64'
+  /**
+   * How weights enter the graph: 'initializer' (inference; ORT folds the weight transposes once) or
+   * 'input' (training; the weights change every step without recompiling).
+   */
+  weightsAs?: 'initializer' | 'input';
+  /** Weight value names created so far, so both towers can share a builder. */
+  weightNames?: Map<string, string>;
+}
+
+const LN_EPS = 1e-5;
+
+/** Convert a weight to the graph dtype (f16/f32 sources → f32 or f64). */
+export function castTensor(t: TensorData, dtype: DType): TensorData {
+  if (t.dtype === dtype) return t;
+  const n = numel(t.dims);
+  if (dtype === 'float32' || dtype === 'float64') {
+    const out = dtype === 'float32' ? new Float32Array(n) : new Float64Array(n);
+    if (t.dtype === 'float16') {
+      const src = t.data as Uint16Array;
+      for (let i = 0; i < n; i++) out[i] = halfToFloat(src[i]);
+    } else if (t.dtype === 'float32' || t.dtype === 'float64') {
+      const src = t.data as Float32Array | Float64Array;
+      for (let i = 0; i < n; i++) out[i] = src[i];
+    } else throw new EngineError('invalid_weights', `cannot use a ${t.dtype} tensor as a float weight`);
+    return { dtype, dims: [...t.dims], data: out };
+  }
+  throw new EngineError('invalid_graph', `unsupported tower dtype ${dtype}`);
+}
+
+export function halfToFloat(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const f = h & 0x3ff;
+  if (e === 0) return s * f * 2 ** -24;
+  if (e === 31) return f ? NaN : s * Infinity;
+  return s * (1 + f / 1024) * 2 ** (e - 15);
+}
+
+class TowerEmitter {
+  readonly names: Map<string, string>;
+  constructor(readonly b: GraphBuilder, readonly weights: WeightLookup, readonly opts: TowerOptions) {
+    this.names = opts.weightNames ?? new Map();
+  }
+
+  w(name: string): string {
+    const known = this.names.get(name);
+    if (known) return known;
+    const t = castTensor(this.weights(name), this.opts.dtype);
+    const v = this.opts.weightsAs === 'input' ? this.b.input(name, t.dtype, t.dims) : this.b.initializer(name, t);
+    this.names.set(name, v);
+    return v;
+  }
+
+  /** x[..., in] @ W^T + b with W in torch Linear layout [out, in]. */
+  linear(x: string, prefix: string, bias = true): string {
+    const wt = this.b.transpose(this.w(`${prefix}.weight`), [1, 0]);
+    const y = this.b.matmul(x, wt);
+    return bias ? this.b.add(y, this.w(`${prefix}.bias`)) : y;
+  }
+
+  layerNorm(x: string, prefix: string): string {
+    return this.b.op1('LayerNormalization', [x, this.w(`${prefix}.weight`), this.w(`${prefix}.bias`)], {
+      axis: A.i(-1),
+      epsilon: A.f(LN_EPS),
+    });
+  }
+
+  gelu(x: string, kind: ClipArch['activation']): string {
+    const b = this.b;
+    const dt = this.opts.dtype;
+    if (kind === 'quick_gelu') return b.mul(x, b.sigmoid(b.mul(x, b.scalar(1.702, dt))));
+    // exact GELU: 0.5·x·(1 + erf(x/√2))
+    const erf = b.op1('Erf', [b.mul(x, b.scalar(Math.SQRT1_2, dt))]);
+    return b.mul(b.mul(x, b.scalar(0.5, dt)), b.add(erf, b.scalar(1, dt)));
+  }
+
+  /** nn.MultiheadAttention on [B, L, D] (batch-first; the official code's LND permutes cancel out). */
+  attention(x: string, prefix: string, heads: number, mask?: string): string {
+    const b = this.b;
+    const [B, L, D] = b.shape(x);
+    const hd = D / heads;
+    const qkv = b.add(b.matmul(x, b.transpose(this.w(`${prefix}.in_proj_weight`), [1, 0])), this.w(`${prefix}.in_proj_bias`));
+    const [q, k, v] = b.op('Split', [qkv, b.ints([D, D, D])], { axis: A.i(-1) }, { outputs: 3 });
+    const split = (t: string, perm: number[]) => b.transpose(b.reshape(t, [B, L, heads, hd]), perm);
+    const qh = split(b.mul(q, b.scalar(1 / Math.sqrt(hd), this.opts.dtype)), [0, 2, 1, 3]); // [B,H,L,hd]
+    const kh = split(k, [0, 2, 3, 1]); // [B,H,hd,L]
+    const vh = split(v, [0, 2, 1, 3]);
+    let scores = b.matmul(qh, kh); // [B,H,L,L]
+    if (mask) scores = b.add(scores, mask);
+    const attn = b.op1('Softmax', [scores], { axis: A.i(-1) });
+    const ctx = b.reshape(b.transpose(b.matmul(attn, vh), [0, 2, 1, 3]), [B, L, D]);
+    return b.add(b.matmul(ctx, b.transpose(this.w(`${prefix}.out_proj.weight`), [1, 0])), this.w(`${prefix}.out_proj.bias`));
+  }
+
+  resblock(x: string, prefix: string, heads: number, act: ClipArch['activation'], mask?: string): string {
+    return this.b.scope(prefix, () => {
+      const h = this.b.add(x, this.attention(this.layerNorm(x, `${prefix}.ln_1`), `${prefix}.attn`, heads, mask));
+      const m = this.linear(this.gelu(this.linear(this.layerNorm(h, `${prefix}.ln_2`), `${prefix}.mlp.c_fc`), act), `${prefix}.mlp.c_proj`);
+      return this.b.add(h, m);
+    });
+  }
+}
+
+export interface ImageTowerInput {
+  /** [B, 3, R, R] pixels in [0, 1] (normalized inside the graph) or already-normalized images. */
+  pixels: string;
+  /** When given, the graph applies (x − mean)/std per channel first, so gradients are w.r.t. raw pixels. */
+  normalize?: { mean: number[]; std: number[] };
+}
+
+/**
+ * Emits `encode_image`; returns the unnormalized image features [B, embedDim].
+ * The patch conv (stride = kernel, no bias) is emitted as patchify + MatMul: the same math, it has
+ * float64 kernels on the CPU EP (Conv does not), and its gradient needs no ConvTranspose.
+ */
+export function buildImageTower(b: GraphBuilder, arch: ClipArch, weights: WeightLookup, input: ImageTowerInput, opts: TowerOptions): string {
+  const e = new TowerEmitter(b, weights, opts);
+  const dt = opts.dtype;
+  const [B, C, H, W] = b.shape(input.pixels);
+  const R = arch.imageResolution, p = arch.visionPatchSize, g = R / p, D = arch.visionWidth;
+  if (C !== 3 || H !== R || W !== R) {
+    throw new EngineError('invalid_input', `the image tower takes [B, 3, ${R}, ${R}] images; got [${b.shape(input.pixels)}]`);
+  }
+  return b.scope('visual', () => {
+    let x = input.pixels;
+    if (input.normalize) {
+      const mean = b.constant({ dtype: dt, dims: [1, 3, 1, 1], data: dt === 'float64' ? Float64Array.from(input.normalize.mean) : Float32Array.from(input.normalize.mean) }, 'mean');
+      const invStd = b.constant({ dtype: dt, dims: [1, 3, 1, 1], data: (dt === 'float64' ? Float64Array : Float32Array).from(input.normalize.std.map((s) => 1 / s)) }, 'inv_std');
+      x = b.mul(b.sub(x, mean), invStd);
+    }
+    // [B,3,g,p,g,p] → [B,g,g,3,p,p] → [B, g·g, 3·p·p]
+    const patches = b.reshape(b.transpose(b.reshape(x, [B, 3, g, p, g, p]), [0, 2, 4, 1, 3, 5]), [B, g * g, 3 * p * p]);
+    const convW = b.reshape(e.w('visual.conv1.weight'), [D, 3 * p * p]);
+    let tokens = b.matmul(patches, b.transpose(convW, [1, 0])); // [B, g·g, D]
+    const cls = b.op1('Expand', [b.reshape(e.w('visual.class_embedding'), [1, 1, D]), b.ints([B, 1, D])]);
+    tokens = b.concat([cls, tokens], 1);
+    tokens = b.add(tokens, e.w('visual.positional_embedding'));
+    tokens = e.layerNorm(tokens, 'visual.ln_pre');
+    for (let i = 0; i < arch.visionLayers; i++) tokens = e.resblock(tokens, `visual.transformer.resblocks.${i}`, arch.visionHeads, arch.activation);
+    const clsOut = b.reshape(b.slice(tokens, [0], [1], [1]), [B, D]);
+    return b.matmul(e.layerNorm(clsOut, 'visual.ln_post'), e.w('visual.proj'));
+  });
+}
+
+export interface TextTowerInput {
+  /** [B, contextLength] int64 token ids. */
+  tokens: string;
+  /** [B] int64: the flat index b·contextLength + position of the end-of-text token (argmax of the ids). */
+  eotFlatIndex: string;
+}
+
+/** Emits `encode_text`; returns unnormalized text features [B, embedDim]. */
+export function buildTextTower(b: GraphBuilder, arch: ClipArch, weights: WeightLookup, input: TextTowerInput, opts: TowerOptions): string {
+  const e = new TowerEmitter(b, weights, opts);
+  const dt = opts.dtype;
+  const [B, L] = b.shape(input.tokens);
+  if (L !== arch.contextLength) throw new EngineError('invalid_input', `text tokens must be [B, ${arch.contextLength}]; got [${b.shape(input.tokens)}]`);
+  const D = arch.textWidth;
+  return b.scope('text', () => {
+    let x = b.gather(e.w('token_embedding.weight'), input.tokens, 0); // [B, L, D]
+    x = b.add(x, e.w('positional_embedding'));
+    // Causal additive mask: −inf above the diagonal (exp(−inf) = 0 exactly, as in the official code).
+    const mask = new (dt === 'float64' ? Float64Array : Float32Array)(L * L);
+    for (let i = 0; i < L; i++) for (let j = i + 1; j < L; j++) mask[i * L + j] = -Infinity;
+    const maskName = b.constant({ dtype: dt, dims: [L, L], data: mask }, 'causal_mask');
+    for (let i = 0; i < arch.textLayers; i++) x = e.resblock(x, `transformer.resblocks.${i}`, arch.textHeads, arch.activation, maskName);
+    // Pool before ln_final: LayerNorm is per token, so this equals the official ln_final-then-pool.
+    const pooled = b.gather(b.reshape(x, [B * L, D]), input.eotFlatIndex, 0); // [B, D]
+    return b.matmul(e.layerNorm(pooled, 'ln_final'), e.w('text_projection'));
+  });
+}
+
+/** Host-side: flat EOT indices for a batch of token rows (the official pools at argmax of the ids). */
+export function eotFlatIndices(tokens: Int32Array | BigInt64Array, batch: number, contextLength: number): BigInt64Array {
+  const out = new BigInt64Array(batch);
+  for (let r = 0; r < batch; r++) {
+    let best = 0;
+    let bestVal = -Infinity;
+    for (let c = 0; c < contextLength; c++) {
+      const v = Number(tokens[r * contextLength + c]);
+      if (v > bestVal) {
+        bestVal = v;
+        best = c;
+      }
+    }
+    out[r] = BigInt(r * contextLength + best);
+  }
+  return out;
+}
