@@ -226,8 +226,8 @@ export class TextTokenizer {
   }
 
   private tokenizeGeneric(cleaned: string): number[] {
-    const enc = this.hf.encode(cleaned, { add_special_tokens: false });
-    return enc.ids.map((id, i) => {
+    const enc: { ids: Array<number | undefined>; tokens: string[] } = this.hf.encode(cleaned, { add_special_tokens: false });
+    return enc.ids.map((id: number | undefined, i: number): number => {
       if (id === undefined || id === null || !Number.isInteger(id)) {
         throw new EngineError(
           'invalid_input',
