@@ -1,7 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { PayloadTooLargeError, PreconditionFailedError, ValidationError } from '../../errors.ts';
+import { PreconditionFailedError, ValidationError } from '../../errors.ts';
+import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
 import { assertValidKey, assertValidPrefix } from '../../keys.ts';
 import type {
   BlobMeta,
@@ -24,8 +25,6 @@ export interface LocalBlobStoreOptions {
   /** Where the local server that serves `/blobs/*` is reachable, e.g. http://127.0.0.1:8787 */
   publicBaseUrl: string;
 }
-
-const MAX_SIGNED_EXPIRY_SEC = 7 * 24 * 3600;
 
 function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
@@ -214,24 +213,5 @@ export class LocalBlobStore implements BlobStore {
       // The local server reads `max` from the verified URL and refuses larger bodies.
       enforcesMaxBytes: true,
     };
-  }
-}
-
-export function checkExpiry(expiresSec: number): void {
-  if (!Number.isInteger(expiresSec) || expiresSec < 1 || expiresSec > MAX_SIGNED_EXPIRY_SEC) {
-    throw new ValidationError(`expiresSec must be an integer in 1..${MAX_SIGNED_EXPIRY_SEC}`, 'expiresSec');
-  }
-}
-
-export function checkPutLimits(options: SignedPutOptions): void {
-  if (!Number.isInteger(options.maxBytes) || options.maxBytes < 1) throw new ValidationError('maxBytes must be a positive integer', 'maxBytes');
-  if (!/^[\w.+-]+\/[\w.+-]+$/.test(options.contentType)) throw new ValidationError('invalid content type', 'contentType');
-  if (options.contentLength !== undefined) {
-    if (!Number.isInteger(options.contentLength) || options.contentLength < 0) {
-      throw new ValidationError('contentLength must be a non-negative integer', 'contentLength');
-    }
-    if (options.contentLength > options.maxBytes) {
-      throw new PayloadTooLargeError(`upload of ${options.contentLength} bytes exceeds the ${options.maxBytes}-byte limit`, { param: 'contentLength' });
-    }
   }
 }

@@ -1,0 +1,2 @@
+export { S3BlobStore, type S3BlobStoreOptions } from './s3-blobstore.ts';
+export { SqsJobQueue, type SqsJobQueueOptions } from './sqs-queue.ts';

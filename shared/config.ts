@@ -1,0 +1,98 @@
+import { z } from 'zod';
+import { ConfigError } from './errors.ts';
+
+/**
+ * Process configuration, parsed once by a composition root from an env-like record, typed,
+ * and failing fast with every problem listed. Nothing else in the code reads `process.env`.
+ */
+
+const intIn = (min: number, max: number, fallback: number) =>
+  z.coerce.number().int().min(min).max(max).default(fallback);
+
+const httpUrl = z.url({ protocol: /^https?$/ }).transform((u) => u.replace(/\/+$/, ''));
+
+const Common = {
+  publicBaseUrl: httpUrl.default('http://127.0.0.1:8787'),
+  port: intIn(1, 65535, 8787),
+  host: z.string().min(1).default('127.0.0.1'),
+  visibilityTimeoutSec: intIn(1, 43_200, 60),
+  maxReceives: intIn(1, 1000, 3),
+  receiveWaitSec: intIn(0, 20, 20),
+  signedUrlTtlSec: intIn(1, 7 * 24 * 3600, 3600),
+  maxUploadBytes: intIn(1, 100 * 1024 * 1024, 10 * 1024 * 1024),
+  maxBodyBytes: intIn(1024, 10 * 1024 * 1024, 64 * 1024),
+  defaultModel: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/).default('toy'),
+  modelsDir: z.string().min(1).default('models'),
+  logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+};
+
+const LocalConfig = z.object({
+  mode: z.literal('local'),
+  dataDir: z.string().min(1).default('.data'),
+  /** Optional here: local mode can make one and keep it in dataDir (loadOrCreateSigningSecret). */
+  signingSecret: z.string().min(32, 'must be at least 32 characters').optional(),
+  ...Common,
+});
+
+const AwsConfig = z.object({
+  mode: z.literal('aws'),
+  region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'must be an AWS region such as eu-west-1'),
+  bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be an S3 bucket name'),
+  queueUrl: httpUrl,
+  deadLetterQueueUrl: httpUrl.optional(),
+  /** Only for S3/SQS stand-ins in tests; unset in real deployments. */
+  s3Endpoint: httpUrl.optional(),
+  sqsEndpoint: httpUrl.optional(),
+  ...Common,
+});
+
+const ConfigSchema = z.discriminatedUnion('mode', [LocalConfig, AwsConfig]);
+export type Config = z.output<typeof ConfigSchema>;
+export type LocalConfig = z.output<typeof LocalConfig>;
+export type AwsConfig = z.output<typeof AwsConfig>;
+
+/** Environment variable → config field. */
+export const ENV_VARS = {
+  CLIPAG_MODE: 'mode',
+  CLIPAG_DATA_DIR: 'dataDir',
+  CLIPAG_SIGNING_SECRET: 'signingSecret',
+  AWS_REGION: 'region',
+  CLIPAG_BUCKET: 'bucket',
+  CLIPAG_QUEUE_URL: 'queueUrl',
+  CLIPAG_DLQ_URL: 'deadLetterQueueUrl',
+  CLIPAG_S3_ENDPOINT: 's3Endpoint',
+  CLIPAG_SQS_ENDPOINT: 'sqsEndpoint',
+  CLIPAG_PUBLIC_BASE_URL: 'publicBaseUrl',
+  PORT: 'port',
+  CLIPAG_HOST: 'host',
+  CLIPAG_VISIBILITY_TIMEOUT_SEC: 'visibilityTimeoutSec',
+  CLIPAG_MAX_RECEIVES: 'maxReceives',
+  CLIPAG_RECEIVE_WAIT_SEC: 'receiveWaitSec',
+  CLIPAG_SIGNED_URL_TTL_SEC: 'signedUrlTtlSec',
+  CLIPAG_MAX_UPLOAD_BYTES: 'maxUploadBytes',
+  CLIPAG_MAX_BODY_BYTES: 'maxBodyBytes',
+  CLIPAG_DEFAULT_MODEL: 'defaultModel',
+  CLIPAG_MODELS_DIR: 'modelsDir',
+  LOG_LEVEL: 'logLevel',
+} as const satisfies Record<string, string>;
+
+const FIELD_TO_ENV: Record<string, string> = Object.fromEntries(Object.entries(ENV_VARS).map(([env, field]) => [field, env]));
+
+/** Throws ConfigError listing every invalid or missing variable. Empty strings count as unset. */
+export function parseConfig(env: Readonly<Record<string, string | undefined>>): Config {
+  const input: Record<string, string> = { mode: 'local' };
+  for (const [name, field] of Object.entries(ENV_VARS)) {
+    const value = env[name];
+    if (value !== undefined && value.trim() !== '') input[field] = value.trim();
+  }
+  const parsed = ConfigSchema.safeParse(input);
+  if (parsed.success) return parsed.data;
+  const problems = parsed.error.issues.map((issue) => {
+    const field = String(issue.path[0] ?? 'mode');
+    const envName = FIELD_TO_ENV[field] ?? field;
+    const shown = field === 'signingSecret' ? '' : input[field] !== undefined ? ` (got ${JSON.stringify(input[field])})` : ' (not set)';
+    const message = input[field] === undefined ? 'is required' : issue.message;
+    return `${envName}: ${message}${shown}`;
+  });
+  throw new ConfigError(problems);
+}
