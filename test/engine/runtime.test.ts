@@ -1,0 +1,263 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { EngineError } from '../../gpu-worker/engine/errors.ts';
+import { encodeModel } from '../../gpu-worker/engine/onnx/codec.ts';
+import { tensor } from '../../gpu-worker/engine/onnx/ir.ts';
+import type { ModelIR, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
+import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
+import { cudaProviderInstalled, executionProviders, providersFor } from '../../gpu-worker/engine/runtime/providers.ts';
+import { createSession, runModel, toOrtSessionOptions } from '../../gpu-worker/engine/runtime/session.ts';
+
+async function expectEngineError(p: Promise<unknown> | (() => unknown), code: string, message: RegExp): Promise<EngineError> {
+  let caught: unknown;
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (e) {
+    caught = e;
+  }
+  expect(caught).toBeInstanceOf(EngineError);
+  expect((caught as EngineError).code).toBe(code);
+  expect((caught as EngineError).message).toMatch(message);
+  return caught as EngineError;
+}
+
+/** y = relu(x) * 2 over x: float32 [2, 3]; idx: int64 [2] -> Gather picks columns. */
+function smallModel(): ModelIR {
+  return {
+    opset: 17,
+    graphName: 'small',
+    inputs: [
+      { name: 'x', dtype: 'float32', shape: [2, 3] },
+      { name: 'idx', dtype: 'int64', shape: [2] },
+    ],
+    outputs: [
+      { name: 'y', dtype: 'float32', shape: [2, 3] },
+      { name: 'g', dtype: 'float32', shape: [2, 2] },
+    ],
+    initializers: new Map([['two', tensor('float32', [], [2])]]),
+    nodes: [
+      { op: 'Relu', name: 'relu', inputs: ['x'], outputs: ['r'], attrs: {} },
+      { op: 'Mul', name: 'mul', inputs: ['r', 'two'], outputs: ['y'], attrs: {} },
+      { op: 'Gather', name: 'gather', inputs: ['y', 'idx'], outputs: ['g'], attrs: { axis: { type: 'int', v: 1 } } },
+    ],
+  };
+}
+const X = tensor('float32', [2, 3], [1, -1, 2, -3, 4, 0.5]);
+const IDX = tensor('int64', [2], [2, 0]);
+
+/**
+ * A chain of `depth` [n,n] MatMuls: slow enough to block a thread for a while. The weight is
+ * the identity scaled by 1, so the output equals the input and the numbers stay checkable.
+ */
+function slowModel(n: number, depth: number): ModelIR {
+  const eye = new Float32Array(n * n);
+  for (let i = 0; i < n; i++) eye[i * n + i] = 1;
+  const nodes = [];
+  for (let i = 0; i < depth; i++) {
+    nodes.push({ op: 'MatMul', name: `mm${i}`, inputs: [i === 0 ? 'x' : `h${i}`, 'w'], outputs: [i === depth - 1 ? 'y' : `h${i + 1}`], attrs: {} });
+  }
+  return {
+    opset: 17,
+    graphName: 'slow',
+    inputs: [{ name: 'x', dtype: 'float32', shape: [n, n] }],
+    outputs: [{ name: 'y', dtype: 'float32', shape: [n, n] }],
+    initializers: new Map([['w', { dtype: 'float32', dims: [n, n], data: eye }]]),
+    nodes,
+  };
+}
+
+describe('providers', () => {
+  it('maps cpu to the CPU EP', () => {
+    expect(executionProviders('cpu')).toEqual(['cpu']);
+    expect(providersFor('cpu', [{ name: 'cpu', bundled: true }], false)).toEqual(['cpu']);
+  });
+
+  it('cuda without the provider library is runtime_unavailable with install instructions', async () => {
+    const backends = [
+      { name: 'cpu', bundled: true },
+      { name: 'cuda', bundled: false },
+    ];
+    await expectEngineError(() => providersFor('cuda', backends, false), 'runtime_unavailable', /onnxruntime-node-install=cuda12/);
+    await expectEngineError(() => providersFor('cuda', [{ name: 'cpu', bundled: true }], false), 'runtime_unavailable', /no CUDA backend/);
+    expect(providersFor('cuda', backends, true)).toEqual(['cuda']);
+    await expectEngineError(() => providersFor('tpu' as never, backends, false), 'invalid_input', /cpu, cuda/);
+  });
+
+  it.skipIf(cudaProviderInstalled())('on this machine (no CUDA EP installed) a cuda session is refused before ORT is touched', async () => {
+    await expectEngineError(createSession(encodeModel(smallModel()), { device: 'cuda' }), 'runtime_unavailable', /CUDA/);
+  });
+
+  it('session options map to ORT options', () => {
+    const o = toOrtSessionOptions({ intraOpThreads: 2, disablePrepacking: true, graphOptimizationLevel: 'basic', logSeverity: 4 });
+    expect(o).toMatchObject({ executionProviders: ['cpu'], intraOpNumThreads: 2, graphOptimizationLevel: 'basic', logSeverityLevel: 4, extra: { session: { disable_prepacking: '1' } } });
+    expect(() => toOrtSessionOptions({ intraOpThreads: -1 })).toThrow(/intraOpThreads/);
+    expect(() => toOrtSessionOptions({ logSeverity: 9 })).toThrow(/logSeverity/);
+  });
+});
+
+describe('session', () => {
+  it('runs and returns TensorData of the right dtype, dims and values; fetches picks outputs', async () => {
+    const s = await createSession(encodeModel(smallModel()), { intraOpThreads: 1 });
+    try {
+      expect(s.inputNames).toEqual(['x', 'idx']);
+      expect(s.outputNames).toEqual(['y', 'g']);
+      const out = await s.run({ x: X, idx: IDX });
+      expect(out.y).toEqual({ dtype: 'float32', dims: [2, 3], data: new Float32Array([2, 0, 4, 0, 8, 1]) });
+      expect(out.g).toEqual({ dtype: 'float32', dims: [2, 2], data: new Float32Array([4, 2, 1, 0]) });
+      const only = await s.run({ x: X, idx: IDX }, ['g']);
+      expect(Object.keys(only)).toEqual(['g']);
+    } finally {
+      await s.release();
+    }
+  });
+
+  it('checks feeds before ORT: unknown, missing, dtype, shape, data length, unknown fetch', async () => {
+    const s = await createSession(encodeModel(smallModel()));
+    try {
+      await expectEngineError(s.run({ x: X, idx: IDX, z: X }), 'invalid_input', /unknown input 'z'.*x \(float32 \[2,3\]\)/);
+      await expectEngineError(s.run({ x: X }), 'invalid_input', /missing input 'idx'/);
+      await expectEngineError(s.run({ x: X, idx: tensor('int32', [2], [0, 1]) }), 'invalid_input', /'idx' must be int64, got int32/);
+      await expectEngineError(s.run({ x: tensor('float32', [3, 2], [1, 2, 3, 4, 5, 6]), idx: IDX }), 'invalid_input', /'x' must have shape \[2,3\], got \[3,2\]/);
+      await expectEngineError(s.run({ x: { dtype: 'float32', dims: [2, 3], data: new Float32Array(5) }, idx: IDX }), 'invalid_input', /holds 5/);
+      await expectEngineError(s.run({ x: X, idx: IDX }, ['nope']), 'invalid_input', /unknown output 'nope'/);
+    } finally {
+      await s.release();
+    }
+  });
+
+  it('a -1 declared dim accepts any size; ORT failures come back as runtime_failed', async () => {
+    const m = smallModel();
+    const s = await createSession(encodeModel(m), { inputInfos: [{ name: 'x', dtype: 'float32', shape: [-1, 3] }, m.inputs[1]] });
+    try {
+      // passes our check (dim 0 is free) but the model was compiled for [2,3]: ORT itself rejects it
+      await expectEngineError(s.run({ x: tensor('float32', [1, 3], [1, 2, 3]), idx: IDX }), 'runtime_failed', /onnxruntime run failed/);
+      // an index out of range is caught by ORT at run time
+      await expectEngineError(s.run({ x: X, idx: tensor('int64', [2], [7, 0]) }), 'runtime_failed', /onnxruntime/);
+    } finally {
+      await s.release();
+    }
+  });
+
+  it('garbage model bytes give invalid_model', async () => {
+    await expectEngineError(createSession(new Uint8Array([1, 2, 3, 4, 5])), 'invalid_model', /onnxruntime refused the model/);
+  });
+
+  it('runModel encodes, runs and releases', async () => {
+    const out = await runModel(smallModel(), { x: X, idx: IDX }, { fetches: ['g'] });
+    expect(Array.from(out.g.data as Float32Array)).toEqual([4, 2, 1, 0]);
+  });
+});
+
+describe('EnginePool', () => {
+  const pools: EnginePool[] = [];
+  const newPool = (...a: ConstructorParameters<typeof EnginePool>): EnginePool => {
+    const p = new EnginePool(...a);
+    pools.push(p);
+    return p;
+  };
+  afterAll(async () => {
+    await Promise.all(pools.map((p) => p.close()));
+  });
+
+  it('runs a model in a worker and returns the same numbers as a direct session', async () => {
+    const pool = newPool({ size: 1 });
+    const h = await pool.load('small', encodeModel(smallModel()));
+    expect(h.inputNames).toEqual(['x', 'idx']);
+    const out = await h.run({ x: X, idx: IDX });
+    expect(out.y).toEqual({ dtype: 'float32', dims: [2, 3], data: new Float32Array([2, 0, 4, 0, 8, 1]) });
+    expect(out.g.data).toBeInstanceOf(Float32Array);
+  });
+
+  it('caches loads by key and keeps distinct keys apart', async () => {
+    const pool = newPool({ size: 2 });
+    const bytes = encodeModel(smallModel());
+    const [a, b] = [pool.load('m', bytes), pool.load('m', bytes)];
+    expect(a).toBe(b);
+    const h1 = await a;
+    expect(await pool.load('m', new Uint8Array([0]))).toBe(h1); // cached: the new bytes are not even parsed
+    const other = await pool.load('slow', encodeModel(slowModel(4, 2)));
+    expect(other).not.toBe(h1);
+    expect(other.inputNames).toEqual(['x']);
+    // both workers have the model: parallel runs all succeed
+    const outs = await Promise.all([1, 2, 3, 4].map(() => h1.run({ x: X, idx: IDX }, ['g'])));
+    for (const o of outs) expect(Array.from(o.g.data as Float32Array)).toEqual([4, 2, 1, 0]);
+  });
+
+  it('errors thrown in the worker come back as EngineError with the same code; failed loads are not cached', async () => {
+    const pool = newPool({ size: 1 });
+    await expectEngineError(pool.load('bad', new Uint8Array([9, 9, 9])), 'invalid_model', /onnxruntime refused/);
+    const h = await pool.load('bad', encodeModel(smallModel())); // retry under the same key works
+    await expectEngineError(h.run({ x: X }), 'invalid_input', /missing input 'idx'/);
+    await expectEngineError(h.run({ x: X, idx: IDX }, ['zz']), 'invalid_input', /unknown output 'zz'/);
+  });
+
+  it('transfer: true moves the feed buffers to the worker (caller arrays become detached)', async () => {
+    const pool = newPool({ size: 1 });
+    const h = await pool.load('small', encodeModel(smallModel()));
+    const x: TensorData = tensor('float32', [2, 3], [1, -1, 2, -3, 4, 0.5]);
+    const idx = tensor('int64', [2], [2, 0]);
+    const out = await h.run({ x, idx }, ['y'], { transfer: true });
+    expect(x.data.length).toBe(0);
+    expect(idx.data.length).toBe(0);
+    expect(Array.from(out.y.data as Float32Array)).toEqual([2, 0, 4, 0, 8, 1]);
+    // without transfer the caller keeps its data
+    const kept = tensor('float32', [2, 3], [1, 1, 1, 1, 1, 1]);
+    await h.run({ x: kept, idx: IDX });
+    expect(kept.data.length).toBe(6);
+  });
+
+  it('the main event loop keeps running while the pool runs a long graph', async () => {
+    const n = 1024;
+    const x = { dtype: 'float32' as const, dims: [n, n], data: new Float32Array(n * n).map((_, i) => (i % 7) - 3) };
+
+    // Contrast: a session on the main thread starves timers for the length of the run. The chain is
+    // deepened until one run takes >= 400 ms, so the test means the same on fast and slow CPUs.
+    let depth = 8;
+    let bytes: Uint8Array;
+    let directMs: number;
+    let directTicks: number;
+    for (;;) {
+      bytes = encodeModel(slowModel(n, depth));
+      const direct = await createSession(bytes, { intraOpThreads: 1 });
+      let ticks0 = 0;
+      const iv0 = setInterval(() => ticks0++, 10);
+      const t0 = performance.now();
+      await direct.run({ x });
+      directMs = performance.now() - t0;
+      clearInterval(iv0);
+      directTicks = ticks0;
+      await direct.release();
+      if (directMs >= 400 || depth >= 256) break;
+      depth *= 2;
+    }
+
+    const pool = newPool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
+    const h = await pool.load('slow', bytes);
+    let ticks = 0;
+    const iv = setInterval(() => ticks++, 10);
+    const t1 = performance.now();
+    const out = await h.run({ x });
+    const poolMs = performance.now() - t1;
+    clearInterval(iv);
+
+    expect(Array.from((out.y.data as Float32Array).subarray(0, 8))).toEqual(Array.from(x.data.subarray(0, 8)));
+    expect(poolMs).toBeGreaterThanOrEqual(300);
+    // a free event loop fires roughly every 10 ms; demand at least a third of that
+    expect(ticks).toBeGreaterThanOrEqual(Math.floor(poolMs / 10 / 3));
+    expect(directMs).toBeGreaterThanOrEqual(300);
+    expect(directTicks).toBeLessThan(Math.floor(directMs / 10 / 3));
+  });
+
+  it('close() drains in-flight runs, is idempotent, and later calls are refused', async () => {
+    const pool = new EnginePool({ size: 1 });
+    const h = await pool.load('small', encodeModel(smallModel()));
+    const running = h.run({ x: X, idx: IDX }, ['g']);
+    const c1 = pool.close();
+    const c2 = pool.close();
+    expect(c2).toBe(c1);
+    expect(Array.from((await running).g.data as Float32Array)).toEqual([4, 2, 1, 0]);
+    await c1;
+    await pool.close();
+    await expectEngineError(h.run({ x: X, idx: IDX }), 'aborted', /closed/);
+    await expectEngineError(() => pool.load('x', new Uint8Array()), 'aborted', /closed/);
+  });
+});
