@@ -1,0 +1,357 @@
+// Host-side image I/O and simple image ops for the synthesis engine.
+//
+// The engine's image type is planar float32 CHW with values in [0,1]: that is the layout the ONNX step
+// graph consumes (NCHW), so no transposes happen between optimizer steps. PNG is the only codec
+// (fast-png, pure JS): a kept, lossless format makes bit-identical output per seed checkable.
+//
+// Decisions:
+// - Alpha is composited over white. A transparent region shows as white in viewers, and its stored RGB
+//   is often garbage (black or leftover colour), so dropping alpha would start an init-image run from
+//   pixels the user never saw.
+// - Greyscale is replicated to R=G=B. 16-bit samples are scaled by 1/65535, 8-bit by 1/255,
+//   1/2/4-bit by 1/(2^d − 1). Palette images are expanded through the palette (and its tRNS alphas).
+// - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
+// - JPEG/WebP/GIF are refused with advice to convert to PNG: no decoder for them is installed.
+
+import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
+import { EngineError } from '../errors.ts';
+import type { Rng } from './rng.ts';
+
+/** Planar float32 image: data[c·H·W + y·W + x], c ∈ {R,G,B}, values in [0,1]. */
+export interface PlanarImage {
+  width: number;
+  height: number;
+  data: Float32Array; // length 3·H·W
+}
+
+export interface DecodeLimits {
+  /** Largest accepted file size in bytes (default 32 MiB). */
+  maxBytes?: number;
+  /** Largest accepted width·height (default 16 Mpx, e.g. 4096×4096). */
+  maxPixels?: number;
+}
+
+export const DEFAULT_MAX_BYTES = 32 * 1024 * 1024;
+export const DEFAULT_MAX_PIXELS = 4096 * 4096;
+
+function checkSize(width: number, height: number, what: string): void {
+  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
+    throw new EngineError('invalid_input', `${what}: width and height must be positive integers; got ${width}×${height}`, { width, height });
+  }
+}
+
+/** A black image of the given size. */
+export function createImage(width: number, height: number): PlanarImage {
+  checkSize(width, height, 'createImage');
+  return { width, height, data: new Float32Array(3 * width * height) };
+}
+
+/** A solid colour; rgb values in [0,1]. */
+export function solidImage(width: number, height: number, rgb: readonly [number, number, number]): PlanarImage {
+  const img = createImage(width, height);
+  const hw = width * height;
+  for (let c = 0; c < 3; c++) {
+    const v = rgb[c];
+    if (!(v >= 0 && v <= 1)) throw new EngineError('invalid_input', `solid colour channel ${c} must be in [0,1]; got ${v}`, { param: 'color' });
+    img.data.fill(v, c * hw, (c + 1) * hw);
+  }
+  return img;
+}
+
+/** Independent U[lo,hi) noise per pixel and channel, drawn in CHW order from `rng`. */
+export function noiseImage(width: number, height: number, rng: Rng, lo = 0, hi = 1): PlanarImage {
+  const img = createImage(width, height);
+  rng.fillUniform(img.data, lo, hi);
+  return img;
+}
+
+/** Copy of an image (the data buffer is not shared). */
+export function cloneImage(img: PlanarImage): PlanarImage {
+  return { width: img.width, height: img.height, data: img.data.slice() };
+}
+
+function checkImage(img: PlanarImage, what: string): void {
+  checkSize(img.width, img.height, what);
+  if (img.data.length !== 3 * img.width * img.height) {
+    throw new EngineError('invalid_input', `${what}: data has ${img.data.length} values, expected 3·${img.height}·${img.width}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// PNG
+
+/** 8-bit RGB PNG. Values are clamped to [0,1] and rounded half up (v·255 + 0.5, floored). */
+export function encodePng(img: PlanarImage): Uint8Array {
+  checkImage(img, 'encodePng');
+  const { width, height, data } = img;
+  const hw = width * height;
+  const out = new Uint8Array(3 * hw);
+  for (let c = 0; c < 3; c++) {
+    const base = c * hw;
+    for (let i = 0; i < hw; i++) {
+      const v = data[base + i];
+      if (v !== v) throw new EngineError('invalid_input', 'encodePng: image contains NaN pixels', { channel: c, index: i });
+      const q = Math.floor(Math.min(1, Math.max(0, v)) * 255 + 0.5);
+      out[i * 3 + c] = q;
+    }
+  }
+  return pngEncode({ width, height, data: out, channels: 3, depth: 8 });
+}
+
+const PNG_SIG = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+
+function sniff(bytes: Uint8Array): string | null {
+  const b = bytes;
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'JPEG';
+  if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45 && b[10] === 0x42 && b[11] === 0x50) return 'WebP';
+  if (b.length >= 4 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x38) return 'GIF';
+  if (b.length >= 2 && b[0] === 0x42 && b[1] === 0x4d) return 'BMP';
+  if (b.length >= 4 && ((b[0] === 0x49 && b[1] === 0x49 && b[2] === 0x2a) || (b[0] === 0x4d && b[1] === 0x4d && b[3] === 0x2a))) return 'TIFF';
+  return null;
+}
+
+/**
+ * Decode a PNG into a planar RGB image in [0,1]. Refuses, with `invalid_input`: non-PNG formats (JPEG
+ * etc.: "convert to PNG"), files over `maxBytes`, images over `maxPixels` (checked from the header before
+ * any pixel memory is allocated), and corrupt data (bad signature, CRC, zlib stream or chunk layout).
+ */
+export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): PlanarImage {
+  const maxBytes = limits.maxBytes ?? DEFAULT_MAX_BYTES;
+  const maxPixels = limits.maxPixels ?? DEFAULT_MAX_PIXELS;
+  if (bytes.length > maxBytes) {
+    throw new EngineError('invalid_input', `image file is ${bytes.length} bytes, over the limit of ${maxBytes} bytes`, { limit: maxBytes, size: bytes.length });
+  }
+  const isPng = bytes.length >= 8 && PNG_SIG.every((v, i) => bytes[i] === v);
+  if (!isPng) {
+    const fmt = sniff(bytes);
+    if (fmt) throw new EngineError('invalid_input', `${fmt} images are not supported: convert to PNG`, { format: fmt });
+    throw new EngineError('invalid_input', 'unreadable image: not a PNG file (only PNG is supported; convert to PNG)');
+  }
+  // IHDR is the first chunk: length(4) "IHDR"(4) width(4) height(4) at offset 8. Read the size before
+  // fast-png allocates the pixel buffer, so a decompression bomb is refused cheaply.
+  if (bytes.length < 33 || String.fromCharCode(bytes[12], bytes[13], bytes[14], bytes[15]) !== 'IHDR') {
+    throw new EngineError('invalid_input', 'corrupt PNG: missing IHDR header');
+  }
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const width = dv.getUint32(16);
+  const height = dv.getUint32(20);
+  if (width < 1 || height < 1) throw new EngineError('invalid_input', `corrupt PNG: image size ${width}×${height}`);
+  if (width * height > maxPixels) {
+    throw new EngineError('invalid_input', `image is ${width}×${height} = ${width * height} pixels, over the limit of ${maxPixels} pixels`, {
+      limit: maxPixels,
+      width,
+      height,
+    });
+  }
+  let png: DecodedPng;
+  try {
+    png = pngDecode(bytes, { checkCrc: true });
+  } catch (e) {
+    throw new EngineError('invalid_input', `corrupt PNG: ${(e as Error).message}`);
+  }
+  if (png.width !== width || png.height !== height) throw new EngineError('invalid_input', 'corrupt PNG: inconsistent header');
+  try {
+    return toPlanar(png);
+  } catch (e) {
+    if (e instanceof EngineError) throw e;
+    throw new EngineError('invalid_input', `corrupt PNG: ${(e as Error).message}`);
+  }
+}
+
+/** Unpack 1/2/4-bit samples (rows padded to whole bytes) into one value per sample. */
+function unpackBits(data: ArrayLike<number>, width: number, height: number, channels: number, depth: number): Uint8Array {
+  const perRow = width * channels;
+  const rowBytes = Math.ceil((perRow * depth) / 8);
+  if (data.length < rowBytes * height) throw new Error(`pixel data too short (${data.length} < ${rowBytes * height} bytes)`);
+  const out = new Uint8Array(perRow * height);
+  const mask = (1 << depth) - 1;
+  for (let y = 0; y < height; y++) {
+    for (let i = 0; i < perRow; i++) {
+      const bit = i * depth;
+      const byte = data[y * rowBytes + (bit >> 3)];
+      out[y * perRow + i] = (byte >> (8 - depth - (bit & 7))) & mask;
+    }
+  }
+  return out;
+}
+
+function toPlanar(png: DecodedPng): PlanarImage {
+  const { width, height, depth } = png;
+  const hw = width * height;
+  const img = createImage(width, height);
+  const out = img.data;
+  const isPalette = png.palette !== undefined && png.channels === 1;
+  let samples: ArrayLike<number> = png.data;
+  if (depth < 8) samples = unpackBits(png.data, width, height, png.channels, depth);
+  const need = hw * png.channels;
+  if (samples.length < need) throw new Error(`pixel data too short (${samples.length} < ${need} samples)`);
+
+  if (isPalette) {
+    const pal = png.palette!;
+    for (let i = 0; i < hw; i++) {
+      const entry = pal[samples[i]];
+      if (!entry) throw new Error(`palette index ${samples[i]} out of range (${pal.length} entries)`);
+      const a = entry.length > 3 ? entry[3] / 255 : 1;
+      for (let c = 0; c < 3; c++) out[c * hw + i] = (entry[c] / 255) * a + (1 - a);
+    }
+    return img;
+  }
+
+  const maxV = (1 << depth) - 1; // 1, 3, 15, 255, 65535
+  const scale = 1 / maxV;
+  const ch = png.channels;
+  // tRNS for grey/RGB names one colour (in sample units) that is fully transparent.
+  const key = png.transparency && png.transparency.length > 0 ? png.transparency : undefined;
+  for (let i = 0; i < hw; i++) {
+    const p = i * ch;
+    let r: number, g: number, b: number, a = 1;
+    if (ch === 1 || ch === 2) {
+      r = g = b = samples[p] * scale;
+      if (ch === 2) a = samples[p + 1] * scale;
+      else if (key && samples[p] === key[0]) a = 0;
+    } else if (ch === 3 || ch === 4) {
+      r = samples[p] * scale;
+      g = samples[p + 1] * scale;
+      b = samples[p + 2] * scale;
+      if (ch === 4) a = samples[p + 3] * scale;
+      else if (key && key.length >= 3 && samples[p] === key[0] && samples[p + 1] === key[1] && samples[p + 2] === key[2]) a = 0;
+    } else {
+      throw new EngineError('invalid_input', `unsupported PNG: ${ch} channels`);
+    }
+    if (a < 1) {
+      // Composite over white (see the header comment for why).
+      r = r * a + (1 - a);
+      g = g * a + (1 - a);
+      b = b * a + (1 - a);
+    }
+    out[i] = r;
+    out[hw + i] = g;
+    out[2 * hw + i] = b;
+  }
+  return img;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Resampling
+
+/** Sparse 1-D resampling operator: for output o, taps bounds[o]..bounds[o]+counts[o]-1 with weights. */
+interface Taps {
+  start: Int32Array;
+  count: Int32Array;
+  stride: number;
+  weights: Float64Array; // [out, stride]
+}
+
+/**
+ * PIL-style triangle-filter taps (ImagingResample's precompute_coeffs with the bilinear filter).
+ * With antialias, the filter support widens by the downscale factor so every source pixel contributes
+ * (a box-like average), which is what keeps a downsampled checkerboard grey instead of aliasing. Taps
+ * that fall outside the image are dropped and the rest renormalized (edge pixels are not darkened).
+ */
+function computeTaps(inSize: number, outSize: number, antialias: boolean): Taps {
+  const scale = inSize / outSize;
+  const filterScale = antialias ? Math.max(scale, 1) : 1;
+  const support = 1 * filterScale; // bilinear support is 1
+  const stride = Math.ceil(support) * 2 + 1;
+  const start = new Int32Array(outSize);
+  const count = new Int32Array(outSize);
+  const weights = new Float64Array(outSize * stride);
+  for (let o = 0; o < outSize; o++) {
+    const center = (o + 0.5) * scale;
+    const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
+    const xmax = Math.min(Math.trunc(center + support + 0.5), inSize);
+    let n = xmax - xmin;
+    if (n > stride) n = stride;
+    let total = 0;
+    for (let k = 0; k < n; k++) {
+      const t = Math.abs((k + xmin - center + 0.5) / filterScale);
+      const w = t < 1 ? 1 - t : 0;
+      weights[o * stride + k] = w;
+      total += w;
+    }
+    if (total > 0) for (let k = 0; k < n; k++) weights[o * stride + k] /= total;
+    start[o] = xmin;
+    count[o] = n;
+  }
+  return { start, count, stride, weights };
+}
+
+export interface ResizeOptions {
+  /** Widen the filter when downsampling (PIL behaviour). Default true. */
+  antialias?: boolean;
+}
+
+/** Bilinear resize, separable (horizontal then vertical), accumulating in float64. */
+export function resizeBilinear(img: PlanarImage, width: number, height: number, opts: ResizeOptions = {}): PlanarImage {
+  checkImage(img, 'resizeBilinear');
+  checkSize(width, height, 'resizeBilinear');
+  const antialias = opts.antialias ?? true;
+  const { width: W, height: H, data } = img;
+  if (W === width && H === height) return cloneImage(img);
+  const tx = computeTaps(W, width, antialias);
+  const ty = computeTaps(H, height, antialias);
+  const out = createImage(width, height);
+  const tmp = new Float64Array(H * width);
+  for (let c = 0; c < 3; c++) {
+    const src = c * W * H;
+    for (let y = 0; y < H; y++) {
+      const row = src + y * W;
+      for (let o = 0; o < width; o++) {
+        const s = tx.start[o], n = tx.count[o], wb = o * tx.stride;
+        let acc = 0;
+        for (let k = 0; k < n; k++) acc += tx.weights[wb + k] * data[row + s + k];
+        tmp[y * width + o] = acc;
+      }
+    }
+    const dst = c * width * height;
+    for (let o = 0; o < height; o++) {
+      const s = ty.start[o], n = ty.count[o], wb = o * ty.stride;
+      for (let x = 0; x < width; x++) {
+        let acc = 0;
+        for (let k = 0; k < n; k++) acc += ty.weights[wb + k] * tmp[(s + k) * width + x];
+        out.data[dst + o * width + x] = acc;
+      }
+    }
+  }
+  return out;
+}
+
+/** A rectangular window copy; the window must lie inside the image. */
+export function crop(img: PlanarImage, x: number, y: number, width: number, height: number): PlanarImage {
+  checkImage(img, 'crop');
+  checkSize(width, height, 'crop');
+  if (!Number.isInteger(x) || !Number.isInteger(y) || x < 0 || y < 0 || x + width > img.width || y + height > img.height) {
+    throw new EngineError('invalid_input', `crop window ${width}×${height}+${x}+${y} is outside the ${img.width}×${img.height} image`);
+  }
+  const out = createImage(width, height);
+  const { width: W, height: H } = img;
+  for (let c = 0; c < 3; c++) {
+    for (let r = 0; r < height; r++) {
+      const s = c * W * H + (y + r) * W + x;
+      out.data.set(img.data.subarray(s, s + width), c * width * height + r * width);
+    }
+  }
+  return out;
+}
+
+/** Centre crop (offsets rounded down, like torchvision's CenterCrop rounding for even differences). */
+export function cropCenter(img: PlanarImage, width: number, height: number): PlanarImage {
+  checkImage(img, 'cropCenter');
+  if (width > img.width || height > img.height) {
+    throw new EngineError('invalid_input', `cannot centre-crop ${width}×${height} from a ${img.width}×${img.height} image`);
+  }
+  return crop(img, Math.floor((img.width - width) / 2), Math.floor((img.height - height) / 2), width, height);
+}
+
+/**
+ * Resize so the image covers width×height (short side scaled, aspect kept), then centre-crop: the CLIP
+ * preprocessing shape (Resize(short side) + CenterCrop), used to fit init images to the run size.
+ */
+export function resizeCover(img: PlanarImage, width: number, height: number, opts: ResizeOptions = {}): PlanarImage {
+  checkImage(img, 'resizeCover');
+  checkSize(width, height, 'resizeCover');
+  const s = Math.max(width / img.width, height / img.height);
+  const rw = Math.max(width, Math.round(img.width * s));
+  const rh = Math.max(height, Math.round(img.height * s));
+  return cropCenter(resizeBilinear(img, rw, rh, opts), width, height);
+}
