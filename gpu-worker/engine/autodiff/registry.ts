@@ -443,21 +443,34 @@ registerGradient('LayerNormalization', (c) => {
   const axis = normAxis(attrInt(c.attrs, 'axis', -1), r);
   const normAxes = Array.from({ length: r - axis }, (_, i) => axis + i);
   const dt = c.dtype(x);
-  // Reuse the forward's Mean/InvStdDev: ORT's kernel writes them for free when the optional outputs exist,
-  // so add them to the forward node rather than recomputing two reductions.
-  while (node.outputs.length < 3) node.outputs.push('');
-  for (const k of [1, 2]) {
-    if (node.outputs[k] === '') {
-      const name = b.uniq(`${node.name}_${k === 1 ? 'mean' : 'invstd'}`);
-      node.outputs[k] = name;
-      const stashF = attrInt(c.attrs, 'stash_type', 1) === 1 && dt === 'float16' ? 'float32' : dt;
-      b.values.set(name, { name, dtype: stashF, shape: xs.map((d, i) => (i < axis ? d : 1)) });
-      b.producer.set(name, node);
+  let mean: string, inv: string;
+  if (dt === 'float64') {
+    // onnxruntime only implements float64 LayerNormalization with float32 statistics (stash type float):
+    // reusing them would cap the gradient at float32 precision, so recompute them in float64.
+    const eps = attrFloat(c.attrs, 'epsilon', 1e-5);
+    mean = b.op1('ReduceMean', [x], { axes: A.ints(normAxes), keepdims: A.i(1) });
+    const xc = b.sub(x, mean);
+    const v = b.op1('ReduceMean', [b.mul(xc, xc)], { axes: A.ints(normAxes), keepdims: A.i(1) });
+    inv = b.op1('Reciprocal', [b.op1('Sqrt', [b.add(v, c.scalar(eps))])]);
+  } else {
+    // Reuse the forward's Mean/InvStdDev: ORT's kernel writes them for free when the optional outputs exist,
+    // so add them to the forward node rather than recomputing two reductions.
+    while (node.outputs.length < 3) node.outputs.push('');
+    for (const k of [1, 2]) {
+      if (node.outputs[k] === '') {
+        const name = b.uniq(`${node.name}_${k === 1 ? 'mean' : 'invstd'}`);
+        node.outputs[k] = name;
+        // The statistics have the stash type: float32 unless stash_type says otherwise.
+        const stash: DType = attrInt(c.attrs, 'stash_type', 1) === 1 ? 'float32' : dt;
+        b.values.set(name, { name, dtype: stash, shape: xs.map((d, i) => (i < axis ? d : 1)) });
+        b.producer.set(name, node);
+      }
     }
+    mean = node.outputs[1];
+    inv = node.outputs[2];
+    if (c.dtype(mean) !== dt) mean = b.cast(mean, dt);
+    if (c.dtype(inv) !== dt) inv = b.cast(inv, dt);
   }
-  let mean = node.outputs[1], inv = node.outputs[2];
-  if (c.dtype(mean) !== dt) mean = b.cast(mean, dt);
-  if (c.dtype(inv) !== dt) inv = b.cast(inv, dt);
   const g = c.GO(0)!;
   const xhat = b.mul(b.sub(x, mean), inv);
   const out: (string | null)[] = [null, null, null];
