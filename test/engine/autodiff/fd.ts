@@ -63,6 +63,8 @@ export interface CheckSpec {
   maxElems?: number;
   directions?: number;
   seed?: number;
+  /** onnxruntime graph optimization level for both sessions (default: the runtime's default). */
+  optimization?: 'disabled' | 'basic' | 'extended' | 'all';
 }
 
 export interface CheckResult {
@@ -126,7 +128,7 @@ export async function gradCheck(spec: CheckSpec): Promise<CheckResult> {
     for (const v of spec.vars) if (inputs.includes(v.name)) f[v.name] = tensor(dtype, v.shape, vals.get(v.name)!);
     return f;
   };
-  const gs = await createSession(encodeModel(gb.toModel()), { intraOpThreads: 1 });
+  const gs = await createSession(encodeModel(gb.toModel()), { intraOpThreads: 1, graphOptimizationLevel: spec.optimization });
   const gOut = await gs.run(feedsFor(values, gb.inputs.map((i) => i.name)));
   await gs.release();
   const an: Record<string, Float64Array> = {};
@@ -135,7 +137,7 @@ export async function gradCheck(spec: CheckSpec): Promise<CheckResult> {
   // ---- F: forward at perturbed points ----
   const f = build(true);
   f.outs.forEach((o) => f.b.output(o));
-  const fs = await createSession(encodeModel(f.b.toModel()), { intraOpThreads: 1 });
+  const fs = await createSession(encodeModel(f.b.toModel()), { intraOpThreads: 1, graphOptimizationLevel: spec.optimization });
   const lossAt = async (vals: Map<string, number[]>) => {
     const out = await fs.run(feedsFor(vals, spec.vars.map((v) => v.name)), f.outs);
     let s = 0;
