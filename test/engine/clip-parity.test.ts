@@ -1,0 +1,76 @@
+// Parity of our ONNX CLIP towers with the official OpenAI CLIP code, on the reference fixtures
+// in ../shared/data/clip-reference (tolerances from that folder's README, "How to compare").
+
+import { describe, expect, it } from 'vitest';
+import { PRESETS, type ClipArch } from '../../gpu-worker/engine/clip/arch.ts';
+import { OPENAI_MEAN, OPENAI_STD } from '../../gpu-worker/engine/clip/bundle.ts';
+import { buildImageTower, buildTextTower, eotFlatIndices } from '../../gpu-worker/engine/clip/model.ts';
+import { GraphBuilder } from '../../gpu-worker/engine/onnx/builder.ts';
+import type { DType, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
+import { runModel } from '../../gpu-worker/engine/runtime/session.ts';
+import { asNumbers, loadReference, logits, maxRelErr, toInt64 } from '../helpers/clip.ts';
+
+const VARIANTS = [
+  { name: 'quickgelu', arch: PRESETS.tiny as ClipArch },
+  { name: 'gelu', arch: { ...PRESETS.tiny, activation: 'gelu' } as ClipArch },
+] as const;
+
+function castTo(t: TensorData, dtype: DType): TensorData {
+  if (t.dtype === dtype) return t;
+  const data = dtype === 'float64' ? Float64Array.from(t.data as Float32Array) : Float32Array.from(t.data as Float64Array);
+  return { dtype, dims: [...t.dims], data };
+}
+
+async function encode(arch: ClipArch, weights: Map<string, TensorData>, image: TensorData, tokens: TensorData, dtype: DType, normalize: boolean) {
+  const b = new GraphBuilder('parity');
+  const w = (n: string) => weights.get(n)!;
+  const px = b.input('pixels', dtype, image.dims);
+  const tok = b.input('tokens', 'int64', tokens.dims);
+  const eot = b.input('eot', 'int64', [tokens.dims[0]]);
+  const names = new Map<string, string>();
+  const img = buildImageTower(b, arch, w, { pixels: px, normalize: normalize ? { mean: OPENAI_MEAN, std: OPENAI_STD } : undefined }, { dtype, weightNames: names });
+  const txt = buildTextTower(b, arch, w, { tokens: tok, eotFlatIndex: eot }, { dtype, weightNames: names });
+  b.output(img);
+  b.output(txt);
+  const out = await runModel(b.toModel(), {
+    pixels: castTo(image, dtype),
+    tokens,
+    eot: { dtype: 'int64', dims: [tokens.dims[0]], data: eotFlatIndices(tokens.data as BigInt64Array, tokens.dims[0], tokens.dims[1]) },
+  }, { graphOptimizationLevel: dtype === 'float64' ? 'basic' : 'all' }); // ORT's QuickGelu fusion has no float64 kernel
+  return { img: asNumbers(out[img]), txt: asNumbers(out[txt]) };
+}
+
+describe.each(VARIANTS)('tiny CLIP ($name) vs the official implementation', ({ name, arch }) => {
+  const weights = loadReference(`tiny-${name}.safetensors`);
+  const ref = loadReference(`tiny-${name}-vectors.safetensors`);
+  const tokens = toInt64(ref.get('text_tokens')!);
+
+  it('float32 image/text features and logits within 1e-5 of max|ref|', async () => {
+    const { img, txt } = await encode(arch, weights, ref.get('image')!, tokens, 'float32', false);
+    expect(maxRelErr(img, asNumbers(ref.get('image_features')!))).toBeLessThan(1e-5);
+    expect(maxRelErr(txt, asNumbers(ref.get('text_features')!))).toBeLessThan(1e-5);
+    const scale = (ref.get('logit_scale_exp')!.data as Float32Array)[0];
+    expect(maxRelErr(logits(img, txt, 4, 32, scale), asNumbers(ref.get('logits_per_image')!))).toBeLessThan(1e-5);
+  });
+
+  it('normalizes raw pixels inside the graph like the official preprocess', async () => {
+    const { img } = await encode(arch, weights, ref.get('pixels')!, tokens, 'float32', true);
+    // Normalizing inside the graph rounds differently from the stored f32 `image` (README: ~2e-8 relative).
+    expect(maxRelErr(img, asNumbers(ref.get('image_features')!))).toBeLessThan(1e-5);
+  });
+
+  // The CPU EP has no float64 Erf kernel, so exact GELU is checked in float32 only.
+  it.runIf(name === 'quickgelu')('float64 features match the *_f64 reference (image 1e-10, text 1e-9)', async () => {
+    const { img, txt } = await encode(arch, weights, ref.get('image')!, tokens, 'float64', false);
+    expect(maxRelErr(img, Array.from(ref.get('image_features_f64')!.data as Float64Array))).toBeLessThan(1e-10);
+    // Measured 1.8e-10 for text: 77-token causal attention and four LayerNorms per block accumulate more
+    // rounding than the 17-token image path (1.6e-12); still ~6 orders below the float32 tolerance.
+    expect(maxRelErr(txt, Array.from(ref.get('text_features_f64')!.data as Float64Array))).toBeLessThan(1e-9);
+  });
+
+  it('tells the activations apart (the other activation misses by far more than the tolerance)', async () => {
+    const other: ClipArch = { ...arch, activation: arch.activation === 'gelu' ? 'quick_gelu' : 'gelu' };
+    const { img } = await encode(other, weights, ref.get('image')!, tokens, 'float32', false);
+    expect(maxRelErr(img, asNumbers(ref.get('image_features')!))).toBeGreaterThan(1e-3);
+  });
+});
