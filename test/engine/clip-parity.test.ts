@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { PRESETS, type ClipArch } from '../../gpu-worker/engine/clip/arch.ts';
 import { OPENAI_MEAN, OPENAI_STD } from '../../gpu-worker/engine/clip/bundle.ts';
+import { imageGradientGraph } from '../../gpu-worker/engine/clip/graphs.ts';
 import { buildImageTower, buildTextTower, eotFlatIndices } from '../../gpu-worker/engine/clip/model.ts';
 import { GraphBuilder } from '../../gpu-worker/engine/onnx/builder.ts';
 import type { DType, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
@@ -72,5 +73,40 @@ describe.each(VARIANTS)('tiny CLIP ($name) vs the official implementation', ({ n
     const other: ClipArch = { ...arch, activation: arch.activation === 'gelu' ? 'quick_gelu' : 'gelu' };
     const { img } = await encode(other, weights, ref.get('image')!, tokens, 'float32', false);
     expect(maxRelErr(img, asNumbers(ref.get('image_features')!))).toBeGreaterThan(1e-3);
+  });
+});
+
+describe('pixel gradient vs the official autograd (grad_pixels)', () => {
+  it.each([
+    ['float32', 'quickgelu', 1e-4],
+    ['float32', 'gelu', 1e-4],
+    ['float64', 'quickgelu', 1e-9],
+  ] as const)('%s %s: ∂Σcos/∂pixels within %s of max|ref|', async (dtype, name, tol) => {
+    const arch: ClipArch = name === 'gelu' ? { ...PRESETS.tiny, activation: 'gelu' } : PRESETS.tiny;
+    const weights = loadReference(`tiny-${name}.safetensors`);
+    const ref = loadReference(`tiny-${name}-vectors.safetensors`);
+    const src = { arch, weights: (n: string) => weights.get(n)!, mean: OPENAI_MEAN, std: OPENAI_STD };
+    const model = imageGradientGraph(src, 4, dtype);
+    // Targets: the official text features, unit-normalized (they are constants of the objective).
+    const tf64 = ref.get('text_features_f64')!.data as Float64Array;
+    const targets = new Float64Array(4 * 32);
+    for (let r = 0; r < 4; r++) {
+      let s = 0;
+      for (let k = 0; k < 32; k++) s += tf64[r * 32 + k] ** 2;
+      for (let k = 0; k < 32; k++) targets[r * 32 + k] = tf64[r * 32 + k] / Math.sqrt(s);
+    }
+    const pixels = ref.get('pixels')!;
+    const out = await runModel(
+      model,
+      {
+        pixels: castTo(pixels, dtype),
+        targets: castTo({ dtype: 'float64', dims: [4, 32], data: targets }, dtype),
+        weights: castTo({ dtype: 'float64', dims: [4], data: new Float64Array([1, 1, 1, 1]) }, dtype),
+      },
+      { graphOptimizationLevel: dtype === 'float64' ? 'basic' : 'all' },
+    );
+    const refGrad = dtype === 'float64' ? Array.from(ref.get('grad_pixels_f64')!.data as Float64Array) : asNumbers(ref.get('grad_pixels')!);
+    expect(maxRelErr(Array.from(out.grad_pixels.data as Float32Array), refGrad)).toBeLessThan(tol);
+    expect(maxRelErr(Array.from(out.cosine.data as Float32Array), asNumbers(ref.get('cosine')!))).toBeLessThan(1e-5);
   });
 });
