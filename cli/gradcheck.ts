@@ -1,0 +1,45 @@
+// clipag gradcheck: directional-derivative check of a bundle's pixel gradient.
+import { parseArgs } from 'node:util';
+import { imageGradientGraph } from '../gpu-worker/engine/clip/graphs.ts';
+import { gradcheck } from '../gpu-worker/engine/clip/gradcheck.ts';
+import { ClipEngine } from '../gpu-worker/engine/engine.ts';
+import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { intArg, modelDir } from './common.ts';
+
+export const summary = 'check a model\'s pixel gradient against finite differences';
+export const usage = `usage: clipag gradcheck [--model DIR] [--dtype float64|float32] [--batch N] [--directions N] [--seed S] [--json]
+
+Compiles the model's image tower with its backward pass, then compares ∇L·d with the central
+difference (L(x+hd) − L(x−hd))/2h along random directions d. Prints the relative error per
+direction; exits 1 when the largest exceeds the tolerance (1e-6 in float64, 2e-2 in float32).`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: 'string' }, dtype: { type: 'string' }, batch: { type: 'string' }, directions: { type: 'string' },
+      seed: { type: 'string' }, json: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  const dtype = (values.dtype ?? 'float64') as 'float64' | 'float32';
+  if (dtype !== 'float64' && dtype !== 'float32') throw new EngineError('invalid_input', `--dtype must be float64 or float32, got ${values.dtype}`);
+  const batch = intArg(values.batch, 'batch', 1, 1, 64);
+  const engine = await ClipEngine.open(modelDir(values.model));
+  try {
+    const src = engine.towerSource();
+    // float64 graphs must skip ORT's QuickGelu fusion, which only has a float kernel.
+    const handle = await engine.graph(`gradcheck:${dtype}:b${batch}`, () => imageGradientGraph(src, batch, dtype), { graphOptimizationLevel: dtype === 'float64' ? 'basic' : 'all' });
+    const res = await gradcheck(handle, { batch, resolution: engine.imageSize, embedDim: engine.embedDim }, {
+      dtype, directions: intArg(values.directions, 'directions', 3, 1, 100), seed: intArg(values.seed, 'seed', 1234, 0, 2 ** 32 - 1),
+    });
+    if (values.json) console.log(JSON.stringify({ model: engine.name, ...res }));
+    else {
+      for (const [i, d] of res.directions.entries()) console.log(`direction ${i}: analytic ${d.analytic.toExponential(6)}  numeric ${d.numeric.toExponential(6)}  rel.err ${d.relError.toExponential(2)}`);
+      console.log(`${res.passed ? 'PASS' : 'FAIL'}: max relative error ${res.maxRelError.toExponential(2)} (${dtype}, tolerance ${res.tolerance})`);
+    }
+    return res.passed ? 0 : 1;
+  } finally {
+    await engine.close();
+  }
+}

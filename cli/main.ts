@@ -1,0 +1,41 @@
+// Verb dispatch. Each verb module exports `run(argv): Promise<number>` (the exit code) and `usage`.
+import { isEngineError } from '../gpu-worker/engine/errors.ts';
+
+type Verb = { run(argv: string[]): Promise<number>; usage: string; summary: string };
+
+const VERBS: Record<string, () => Promise<Verb>> = {
+  embed: () => import('./embed.ts'),
+  gradcheck: () => import('./gradcheck.ts'),
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (!verb || verb === '--help' || verb === '-h' || verb === 'help') {
+    const lines = await Promise.all(Object.entries(VERBS).map(async ([name, load]) => `  ${name.padEnd(12)} ${(await load()).summary}`));
+    console.log(`usage: clipag <verb> [options]\n\nverbs:\n${lines.join('\n')}\n\nclipag <verb> --help shows a verb's options.`);
+    return verb ? 0 : 2;
+  }
+  const load = VERBS[verb];
+  if (!load) {
+    console.error(`clipag: unknown verb "${verb}" (known: ${Object.keys(VERBS).join(', ')})`);
+    return 2;
+  }
+  const mod = await load();
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(mod.usage);
+    return 0;
+  }
+  try {
+    return await mod.run(rest);
+  } catch (e) {
+    if (isEngineError(e)) {
+      console.error(`clipag ${verb}: ${e.message} [${e.code}]`);
+      return 1;
+    }
+    if (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`clipag ${verb}: ${e.message}\n\n${mod.usage}`);
+      return 2;
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,171 @@
+// ClipEngine: a loaded model bundle plus compiled-graph cache on top of the worker-thread pool.
+// Graphs are compiled once per (model content hash, graph kind, shape) and reused across requests.
+
+import { EngineError } from './errors.ts';
+import { type ModelBundle, loadBundle, weightLookup } from './clip/bundle.ts';
+import { type TowerSource, imageEmbedGraph, textEmbedGraph } from './clip/graphs.ts';
+import { TextTokenizer } from './clip/tokenizer.ts';
+import { encodeModel } from './onnx/codec.ts';
+import type { ModelIR, TensorData } from './onnx/ir.ts';
+import { EnginePool, type EngineHandle } from './runtime/pool.ts';
+import type { Device } from './runtime/providers.ts';
+import type { SessionOptions } from './runtime/session.ts';
+import type { PlanarImage } from './synth/image.ts';
+import { resizeBilinear } from './synth/image.ts';
+
+export interface EngineOptions {
+  device?: Device;
+  /** Threads for each session (default: all cores). */
+  threads?: number;
+  /** Halves weight memory at a 5–18 % speed cost (session.disable_prepacking). */
+  disablePrepacking?: boolean;
+  /** Share one pool between engines (the worker process does); otherwise the engine owns one. */
+  pool?: EnginePool;
+}
+
+/** Text batches are padded to one of these sizes so a handful of graphs serve every request. */
+const TEXT_BATCHES = [1, 4, 16];
+
+export class ClipEngine {
+  private readonly handles = new Map<string, Promise<EngineHandle>>();
+  private closed = false;
+
+  private constructor(
+    readonly bundle: ModelBundle,
+    readonly tokenizer: TextTokenizer,
+    readonly pool: EnginePool,
+    private readonly ownsPool: boolean,
+  ) {}
+
+  static async open(bundleDir: string, opts: EngineOptions = {}): Promise<ClipEngine> {
+    const bundle = await loadBundle(bundleDir);
+    const tokenizer = TextTokenizer.fromFile(bundle.tokenizerPath);
+    if (tokenizer.vocabSize > bundle.arch.vocabSize) {
+      throw new EngineError('invalid_tokenizer', `bundle ${bundle.manifest.name}: tokenizer has ${tokenizer.vocabSize} tokens but the model's embedding has ${bundle.arch.vocabSize} rows`);
+    }
+    const pool =
+      opts.pool ??
+      new EnginePool({
+        size: 1,
+        sessionOptions: { device: opts.device ?? 'cpu', intraOpThreads: opts.threads, disablePrepacking: opts.disablePrepacking },
+      });
+    return new ClipEngine(bundle, tokenizer, pool, !opts.pool);
+  }
+
+  get name(): string {
+    return this.bundle.manifest.name;
+  }
+  get imageSize(): number {
+    return this.bundle.arch.imageResolution;
+  }
+  get embedDim(): number {
+    return this.bundle.arch.embedDim;
+  }
+
+  towerSource(): TowerSource {
+    const { arch, manifest } = this.bundle;
+    return { arch, weights: weightLookup(this.bundle), mean: manifest.preprocess.mean, std: manifest.preprocess.std };
+  }
+
+  /** A compiled graph, built and loaded on first use. `key` must identify the graph's shape. */
+  graph(key: string, build: () => ModelIR, sessionOptions: SessionOptions = {}): Promise<EngineHandle> {
+    if (this.closed) return Promise.reject(new EngineError('aborted', 'engine is closed'));
+    const full = `${this.bundle.contentHash.slice(0, 16)}:${key}`;
+    let h = this.handles.get(full);
+    if (!h) {
+      h = Promise.resolve().then(() => this.pool.load(full, encodeModel(build()), sessionOptions));
+      this.handles.set(full, h);
+      h.catch(() => this.handles.delete(full));
+    }
+    return h;
+  }
+
+  /** Unit-normalized text embeddings [n, E] and the raw features. */
+  async embedText(texts: string[]): Promise<{ unit: Float32Array; raw: Float32Array }> {
+    if (texts.length === 0) throw new EngineError('invalid_input', 'embedText needs at least one text');
+    const L = this.bundle.arch.contextLength;
+    const E = this.embedDim;
+    const raw = new Float32Array(texts.length * E);
+    const maxBatch = TEXT_BATCHES[TEXT_BATCHES.length - 1];
+    for (let start = 0; start < texts.length; start += maxBatch) {
+      const chunk = texts.slice(start, start + maxBatch);
+      const batch = TEXT_BATCHES.find((b) => b >= chunk.length)!;
+      const enc = this.tokenizer.encodeBatch(chunk, { contextLength: L });
+      const tokens = new BigInt64Array(batch * L);
+      const eot = new BigInt64Array(batch);
+      for (let r = 0; r < batch; r++) {
+        const src = r < chunk.length ? r : 0; // pad with copies of the first row
+        for (let c = 0; c < L; c++) tokens[r * L + c] = BigInt(enc.ids[src * L + c]);
+        eot[r] = BigInt(r * L + enc.eotIndex[src]);
+      }
+      const h = await this.graph(`text:b${batch}`, () => textEmbedGraph(this.towerSource(), batch));
+      const out = await h.run({ tokens: { dtype: 'int64', dims: [batch, L], data: tokens }, eot_index: { dtype: 'int64', dims: [batch], data: eot } });
+      raw.set((out.text_features.data as Float32Array).subarray(0, chunk.length * E), start * E);
+    }
+    return { unit: normalizeRows(raw, E), raw };
+  }
+
+  /** Embeds images (resized to the encoder size with antialiasing). */
+  async embedImages(images: PlanarImage[]): Promise<{ unit: Float32Array; raw: Float32Array }> {
+    const R = this.imageSize;
+    const E = this.embedDim;
+    const raw = new Float32Array(images.length * E);
+    const B = 16;
+    for (let start = 0; start < images.length; start += B) {
+      const chunk = images.slice(start, start + B);
+      const batch = chunk.length === 1 ? 1 : B;
+      const px = new Float32Array(batch * 3 * R * R);
+      chunk.forEach((img, i) => {
+        checkImage(img);
+        const r = img.width === R && img.height === R ? img : resizeBilinear(img, R, R);
+        px.set(r.data, i * 3 * R * R);
+      });
+      const h = await this.graph(`image:b${batch}`, () => imageEmbedGraph(this.towerSource(), batch));
+      const out = await h.run({ pixels: { dtype: 'float32', dims: [batch, 3, R, R], data: px } }, undefined, { transfer: true });
+      raw.set((out.image_features.data as Float32Array).subarray(0, chunk.length * E), start * E);
+    }
+    return { unit: normalizeRows(raw, E), raw };
+  }
+
+  /** Run a batch of encoder-size pixel tensors [n,3,R,R] through the image embed graph (n ≤ batch). */
+  async embedPixels(pixels: Float32Array, n: number, batch: number): Promise<Float32Array> {
+    const R = this.imageSize;
+    const h = await this.graph(`image:b${batch}`, () => imageEmbedGraph(this.towerSource(), batch));
+    const px = pixels.length === batch * 3 * R * R ? pixels : (() => {
+      const p = new Float32Array(batch * 3 * R * R);
+      p.set(pixels.subarray(0, n * 3 * R * R));
+      return p;
+    })();
+    const out = await h.run({ pixels: { dtype: 'float32', dims: [batch, 3, R, R], data: px } });
+    return normalizeRows((out.image_features.data as Float32Array).slice(0, n * this.embedDim), this.embedDim);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ownsPool) await this.pool.close();
+  }
+}
+
+export function normalizeRows(x: Float32Array, d: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < x.length / d; r++) {
+    let s = 0;
+    for (let k = 0; k < d; k++) s += x[r * d + k] ** 2;
+    const inv = 1 / Math.sqrt(Math.max(s, 1e-30));
+    for (let k = 0; k < d; k++) out[r * d + k] = x[r * d + k] * inv;
+  }
+  return out;
+}
+
+export function checkImage(img: PlanarImage): void {
+  if (!Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width < 1 || img.height < 1 || img.data.length !== 3 * img.width * img.height) {
+    throw new EngineError('invalid_input', `image must be 3×H×W planar data; got ${img.width}×${img.height} with ${img.data.length} values`);
+  }
+  for (let i = 0; i < img.data.length; i++) {
+    const v = img.data[i];
+    if (!Number.isFinite(v)) throw new EngineError('invalid_input', `image has a non-finite pixel value (${v}) at index ${i}; pixels must be finite numbers in [0, 1]`);
+  }
+}
+
+export type { TensorData };

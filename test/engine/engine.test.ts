@@ -1,0 +1,127 @@
+// ClipEngine on a bundle: embeddings match the reference, bad bundles fail with typed errors,
+// the CLI verbs embed and gradcheck work end to end.
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
+import { EngineError } from '../../gpu-worker/engine/errors.ts';
+import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import { main } from '../../cli/main.ts';
+import { asNumbers, loadReference, maxRelErr } from '../helpers/clip.ts';
+import { makeTinyBundle } from '../helpers/bundle.ts';
+
+const PROMPTS = ['a photo of a cat', 'a diagram of a red circle', 'two dogs playing in the snow!', 'café 赤い円 🙂'];
+
+describe('ClipEngine', () => {
+  const dir = makeTinyBundle('quickgelu');
+  const ref = loadReference('tiny-quickgelu-vectors.safetensors');
+  let engine: ClipEngine;
+  afterAll(async () => {
+    await engine?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('embeds text through tokenizer + compiled graph like the official model', async () => {
+    engine = await ClipEngine.open(dir, { threads: 1 });
+    const { raw } = await engine.embedText(PROMPTS);
+    expect(maxRelErr(Array.from(raw), asNumbers(ref.get('text_features')!))).toBeLessThan(1e-5);
+  });
+
+  it('embeds images (pixels in [0,1], normalized in the graph)', async () => {
+    const px = ref.get('pixels')!.data as Float32Array;
+    const images = [0, 1, 2, 3].map((i) => ({ width: 32, height: 32, data: px.slice(i * 3072, (i + 1) * 3072) }));
+    const { raw } = await engine.embedImages(images);
+    expect(maxRelErr(Array.from(raw), asNumbers(ref.get('image_features')!))).toBeLessThan(1e-5);
+  });
+
+  it('rejects NaN pixels, wrong sizes and empty text with typed errors', async () => {
+    const bad = { width: 32, height: 32, data: new Float32Array(3072).fill(NaN) };
+    await expect(engine.embedImages([bad])).rejects.toMatchObject({ code: 'invalid_input' });
+    await expect(engine.embedImages([{ width: 32, height: 32, data: new Float32Array(10) }])).rejects.toMatchObject({ code: 'invalid_input' });
+    await expect(engine.embedText(['   '])).rejects.toMatchObject({ code: 'invalid_input' });
+  });
+});
+
+describe('bundle validation', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'clipag-badbundle-'));
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  const variant = (name: string, edit: (dir: string) => void) => {
+    const dir = makeTinyBundle('quickgelu', { dir: join(tmp, name) });
+    edit(dir);
+    return dir;
+  };
+  it('missing manifest', async () => {
+    const dir = variant('nomanifest', (d) => rmSync(join(d, 'manifest.json')));
+    await expect(loadBundle(dir)).rejects.toThrow(/no manifest.json/);
+  });
+  it('manifest that does not parse', async () => {
+    const dir = variant('badjson', (d) => writeFileSync(join(d, 'manifest.json'), '{"format":'));
+    await expect(loadBundle(dir)).rejects.toThrow(/not valid JSON/);
+  });
+  it('a misshapen weight names the tensor', async () => {
+    const dir = variant('misshapen', (d) => {
+      const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+      m.architecture.visionWidth = 128; // weights are width 64
+      writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+    });
+    const err = await loadBundle(dir).catch((e) => e);
+    expect(err).toBeInstanceOf(EngineError);
+    expect(err.code).toBe('invalid_weights');
+    expect(err.message).toMatch(/visual\.conv1\.weight has shape \[64,3,8,8\], expected \[128,3,8,8\]/);
+  });
+  it('a tokenizer file that does not parse', async () => {
+    const dir = variant('badtok', (d) => writeFileSync(join(d, 'tokenizer.json'), 'not json'));
+    await expect(ClipEngine.open(dir)).rejects.toMatchObject({ code: 'invalid_tokenizer' });
+  });
+  it('a corrupt checksum', async () => {
+    const dir = variant('badsum', (d) => {
+      const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+      m.sha256 = { 'weights.safetensors': '0'.repeat(64) };
+      writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+    });
+    await expect(loadBundle(dir)).rejects.toThrow(/sha256/);
+  });
+});
+
+describe('CLI', () => {
+  const dir = makeTinyBundle('quickgelu');
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const capture = async (argv: string[]) => {
+    const lines: string[] = [];
+    const log = console.log;
+    console.log = (...a: unknown[]) => lines.push(a.join(' '));
+    try {
+      const code = await main(argv);
+      return { code, out: lines.join('\n') };
+    } finally {
+      console.log = log;
+    }
+  };
+  it('clipag embed --text --json prints the unit embedding', async () => {
+    const { code, out } = await capture(['embed', '--model', dir, '--text', 'a photo of a cat', '--json', '--raw']);
+    expect(code).toBe(0);
+    const res = JSON.parse(out);
+    expect(res.dim).toBe(32);
+    expect(maxRelErr(res.embedding, asNumbers(ref().get('text_features')!).slice(0, 32))).toBeLessThan(1e-5);
+  });
+  it('clipag gradcheck passes in float64 on the tiny model', async () => {
+    const { code, out } = await capture(['gradcheck', '--model', dir, '--json', '--directions', '2']);
+    const res = JSON.parse(out);
+    expect(res.maxRelError).toBeLessThan(1e-6);
+    expect(code).toBe(0);
+  });
+  it('clipag embed with neither --text nor --image is a usage error', async () => {
+    const err = console.error;
+    console.error = () => {};
+    try {
+      expect((await capture(['embed', '--model', dir])).code).toBe(1);
+    } finally {
+      console.error = err;
+    }
+  });
+});
+
+function ref() {
+  return loadReference('tiny-quickgelu-vectors.safetensors');
+}
