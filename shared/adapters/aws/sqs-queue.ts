@@ -57,6 +57,8 @@ export class SqsJobQueue implements JobQueue {
           WaitTimeSeconds: waitSec,
           VisibilityTimeout: options.visibilitySec,
           MessageSystemAttributeNames: ['ApproximateReceiveCount', 'SentTimestamp'],
+          // Deprecated spelling of the same request, still honoured by SQS; local-aws-sqs reads only this one.
+          AttributeNames: ['All'],
         }),
       ),
     );

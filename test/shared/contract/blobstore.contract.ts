@@ -13,6 +13,11 @@ export interface BlobStoreHarness {
 export interface BlobStoreContractOptions {
   /** False for s3rver, which ignores If-None-Match/If-Match: those semantics are then proven elsewhere. */
   enforcesConditionalWrites: boolean;
+  /** False for s3rver: a truncated ListObjectsV2 makes it build a DES continuation token, which
+   * OpenSSL 3 (Node ≥ 17) refuses, so it answers 500. Start-after listing still works there. */
+  truncatedListing: boolean;
+  /** False for s3rver, which does not check SigV4 signatures at all. */
+  verifiesSignatures: boolean;
 }
 
 const bytes = (s: string) => new Uint8Array(Buffer.from(s));
@@ -59,14 +64,24 @@ export function blobStoreContract(
       expect(Buffer.compare(Buffer.from((await store.get('bin/x.png'))!.body), Buffer.from(body))).toBe(0);
     });
 
-    it('list returns keys under a prefix in ascending order, paged with a cursor', async () => {
+    const listKeys = ['p/a/1', 'p/a/2', 'p/a/3', 'p/a/4', 'p/a/5', 'p/ab/6', 'p/b/7', 'q/a/8'];
+
+    it('list returns keys under a prefix in ascending order and resumes after a cursor key', async () => {
       const { store } = await makeHarness();
-      const keys = ['p/a/1', 'p/a/2', 'p/a/3', 'p/a/4', 'p/a/5', 'p/ab/6', 'p/b/7', 'q/a/8'];
-      for (const key of [...keys].reverse()) await store.put(key, bytes(key));
+      for (const key of [...listKeys].reverse()) await store.put(key, bytes(key));
       const all = await store.list('p/a/');
       expect(all.items.map((i) => i.key)).toEqual(['p/a/1', 'p/a/2', 'p/a/3', 'p/a/4', 'p/a/5']);
       expect(all.cursor).toBeUndefined();
       expect(all.items[0]).toMatchObject({ size: 5 });
+      expect((await store.list('p/a/', { cursor: 'p/a/3' })).items.map((i) => i.key)).toEqual(['p/a/4', 'p/a/5']);
+      // A prefix that is not a whole folder name matches partially, as on S3.
+      expect((await store.list('p/a')).items.map((i) => i.key)).toEqual(['p/a/1', 'p/a/2', 'p/a/3', 'p/a/4', 'p/a/5', 'p/ab/6']);
+      expect((await store.list('zzz/')).items).toEqual([]);
+    });
+
+    it.runIf(options.truncatedListing)('list pages with limit and the returned cursor', async () => {
+      const { store } = await makeHarness();
+      for (const key of listKeys) await store.put(key, bytes(key));
 
       const seen: string[] = [];
       let cursor: string | undefined;
@@ -79,10 +94,6 @@ export function blobStoreContract(
       } while (cursor && pages < 10);
       expect(seen).toEqual(['p/a/1', 'p/a/2', 'p/a/3', 'p/a/4', 'p/a/5']);
       expect(pages).toBe(3);
-
-      // A prefix that is not a whole folder name matches partially, as on S3.
-      expect((await store.list('p/a')).items.map((i) => i.key)).toEqual(['p/a/1', 'p/a/2', 'p/a/3', 'p/a/4', 'p/a/5', 'p/ab/6']);
-      expect((await store.list('zzz/')).items).toEqual([]);
     });
 
     it('delete removes the object and is idempotent', async () => {
@@ -116,7 +127,7 @@ export function blobStoreContract(
       expect(text((await store.get('c/r.json'))!.body)).toBe('2');
     });
 
-    it('replaceIfMatch on an absent key fails the precondition', async () => {
+    it.runIf(options.enforcesConditionalWrites)('replaceIfMatch on an absent key fails the precondition', async () => {
       const { store } = await makeHarness();
       await expect(store.replaceIfMatch('c/absent.json', bytes('2'), '"whatever"')).rejects.toBeInstanceOf(PreconditionFailedError);
     });
@@ -168,7 +179,7 @@ export function blobStoreContract(
       expect(Buffer.from(res.body).toString('utf8')).toBe('signed content ✓');
     });
 
-    it('a signed GET URL for another key does not open this one', async () => {
+    it.runIf(options.verifiesSignatures)('a signed GET URL for another key does not open this one', async () => {
       const harness = await makeHarness();
       await harness.store.put('out/a.png', bytes('A'));
       await harness.store.put('out/b.png', bytes('B'));

@@ -7,6 +7,8 @@ import { GenerationRequest, isTerminal, newJobRecord, type JobRecord } from '../
 
 export interface JobStoreContractOptions {
   enforcesConditionalWrites: boolean;
+  /** See BlobStoreContractOptions.truncatedListing (s3rver cannot page). */
+  truncatedListing: boolean;
 }
 
 function makeJob(owner: string, nowMs = Date.now()): JobRecord {
@@ -144,7 +146,20 @@ export function jobStoreContract(
       await expect(jobs.listByOwner('alice', { cursor: '../x' })).rejects.toBeInstanceOf(ValidationError);
     });
 
-    it('listByOwner returns the owner’s jobs newest first, paged with a cursor', async () => {
+    it('listByOwner returns the owner’s jobs newest first and resumes after a cursor', async () => {
+      const jobs = new BlobJobStore(await makeBlobStore());
+      const base = Date.now();
+      const created: JobRecord[] = [];
+      for (let i = 0; i < 4; i++) created.push(await jobs.create(makeJob('erin', base + i * 1000)));
+      const newestFirst = [...created].reverse().map((j) => j.id);
+      const all = await jobs.listByOwner('erin', { limit: 100 });
+      expect(all.jobs.map((j) => j.id)).toEqual(newestFirst);
+      expect(all.cursor).toBeUndefined();
+      const rest = await jobs.listByOwner('erin', { cursor: newestFirst[1] });
+      expect(rest.jobs.map((j) => j.id)).toEqual(newestFirst.slice(2));
+    });
+
+    it.runIf(options.truncatedListing)('listByOwner pages newest first with limit and cursor', async () => {
       const jobs = new BlobJobStore(await makeBlobStore());
       const base = Date.now();
       const created: JobRecord[] = [];

@@ -41,9 +41,11 @@ async function freshQueue(options: { visibilitySec?: number; maxReceives?: numbe
 
 blobStoreContract('local filesystem', async () => ({ store: await freshStore(), download: httpDownload, upload: httpUpload }), {
   enforcesConditionalWrites: true,
+  truncatedListing: true,
+  verifiesSignatures: true,
 });
 queueContract('local durable queue', async () => ({ queue: (await freshQueue()).queue, maxReceives: 3 }));
-jobStoreContract('on the local blob store', freshStore, { enforcesConditionalWrites: true });
+jobStoreContract('on the local blob store', freshStore, { enforcesConditionalWrites: true, truncatedListing: true });
 
 describe('local blob store specifics', () => {
   it('etags are the sha256 of the content', async () => {

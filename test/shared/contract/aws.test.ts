@@ -1,0 +1,233 @@
+/**
+ * The same contract suites against the AWS adapters, talking to stand-ins this file starts on
+ * 127.0.0.1 (random free ports) and stops: s3rver for S3 and local-aws-sqs for SQS.
+ *
+ * s3rver does NOT enforce If-None-Match / If-Match, so conditional-write *semantics* are proven on
+ * the local adapter (local.test.ts); here the S3 adapter's *request shape* is asserted instead
+ * (tests marked [request shape]), plus its mapping of S3's 412/409 answers (marked [canned response]).
+ */
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateQueueCommand, GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { createSqsServer } from 'local-aws-sqs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
+import { createRequire } from 'node:module';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { S3BlobStore } from '../../../shared/adapters/aws/s3-blobstore.ts';
+import { SqsJobQueue } from '../../../shared/adapters/aws/sqs-queue.ts';
+import { PreconditionFailedError, RetryableError } from '../../../shared/errors.ts';
+import { blobStoreContract } from './blobstore.contract.ts';
+import { close, httpDownload, httpUpload, makeTempDir } from './helpers.ts';
+import { jobStoreContract } from './jobstore.contract.ts';
+import { queueContract } from './queue.contract.ts';
+
+const require = createRequire(import.meta.url);
+// s3rver is CommonJS without types.
+const S3rver = require('s3rver') as new (options: Record<string, unknown>) => {
+  run(): Promise<AddressInfo>;
+  close(): Promise<void>;
+};
+
+const REGION = 'us-east-1';
+let s3Endpoint = '';
+let sqsEndpoint = '';
+let s3rver: InstanceType<typeof S3rver>;
+let sqsServer: Server;
+let cleanupS3Dir: () => Promise<void>;
+let counter = 0;
+const unique = (label: string) => `${label}-${process.pid}-${Date.now().toString(36)}-${counter++}`;
+
+beforeAll(async () => {
+  const { dir, cleanup } = await makeTempDir('s3rver');
+  cleanupS3Dir = cleanup;
+  s3rver = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: dir });
+  const address = await s3rver.run();
+  s3Endpoint = `http://127.0.0.1:${address.port}`;
+  sqsServer = await createSqsServer({ port: 0, hostname: '127.0.0.1', emulateQueueCreationLifecycle: false });
+  sqsEndpoint = `http://127.0.0.1:${(sqsServer.address() as AddressInfo).port}`;
+});
+
+afterAll(async () => {
+  await s3rver?.close();
+  if (sqsServer) await close(sqsServer);
+  await cleanupS3Dir?.();
+});
+
+function s3Client(extra: Partial<ConstructorParameters<typeof S3Client>[0]> = {}): S3Client {
+  return new S3Client({
+    region: REGION,
+    endpoint: s3Endpoint,
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    forcePathStyle: true,
+    // Without these the SDK sends aws-chunked bodies with trailing checksums that s3rver stores verbatim.
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    ...extra,
+  });
+}
+
+function sqsClient(): SQSClient {
+  return new SQSClient({ region: REGION, endpoint: sqsEndpoint, credentials: { accessKeyId: 'x', secretAccessKey: 'x' } });
+}
+
+/** A fresh bucket per test: isolation without deleting anything. */
+async function freshS3Store(client = s3Client()): Promise<S3BlobStore> {
+  const bucket = unique('b').toLowerCase().slice(0, 63);
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  return new S3BlobStore({ client, bucket });
+}
+
+const MAX_RECEIVES = 3;
+
+/** Fresh queues per test (PurgeQueue takes 60 s on local-aws-sqs), with a redrive policy to a fresh DLQ. */
+async function freshSqsQueue(): Promise<SqsJobQueue> {
+  const client = sqsClient();
+  const dlq = await client.send(new CreateQueueCommand({ QueueName: unique('dlq') }));
+  const dlqArn = (
+    await client.send(new GetQueueAttributesCommand({ QueueUrl: dlq.QueueUrl, AttributeNames: ['QueueArn'] }))
+  ).Attributes!.QueueArn!;
+  const main = await client.send(
+    new CreateQueueCommand({
+      QueueName: unique('jobs'),
+      Attributes: {
+        VisibilityTimeout: '30',
+        RedrivePolicy: JSON.stringify({ maxReceiveCount: MAX_RECEIVES, deadLetterTargetArn: dlqArn }),
+      },
+    }),
+  );
+  return new SqsJobQueue({ client, queueUrl: main.QueueUrl!, deadLetterQueueUrl: dlq.QueueUrl! });
+}
+
+blobStoreContract('S3 adapter on s3rver', async () => ({ store: await freshS3Store(), download: httpDownload, upload: httpUpload }), {
+  enforcesConditionalWrites: false,
+  truncatedListing: false,
+  verifiesSignatures: false,
+});
+queueContract('SQS adapter on local-aws-sqs', async () => ({ queue: await freshSqsQueue(), maxReceives: MAX_RECEIVES }));
+jobStoreContract('on the S3 adapter (s3rver)', () => freshS3Store(), { enforcesConditionalWrites: false, truncatedListing: false });
+
+describe('S3 adapter specifics', () => {
+  /** Captures the headers of every request the client sends, after signing. */
+  function capturingClient() {
+    const client = s3Client();
+    const sent: Array<{ method: string; path: string; headers: Record<string, string> }> = [];
+    client.middlewareStack.add(
+      (next) => async (args) => {
+        const request = args.request as { method: string; path: string; headers: Record<string, string> };
+        sent.push({ method: request.method, path: request.path, headers: { ...request.headers } });
+        return next(args);
+      },
+      { step: 'finalizeRequest', priority: 'low', name: 'captureHeaders' },
+    );
+    return { client, sent };
+  }
+
+  it('[request shape] putIfAbsent sends If-None-Match: *', async () => {
+    const { client, sent } = capturingClient();
+    const store = await freshS3Store(client);
+    await store.putIfAbsent('jobs/o/j.json', Buffer.from('{}'));
+    const put = sent.find((r) => r.method === 'PUT' && r.path.endsWith('/jobs/o/j.json'));
+    expect(put?.headers['if-none-match']).toBe('*');
+    expect(put?.headers['if-match']).toBeUndefined();
+  });
+
+  it('[request shape] replaceIfMatch sends If-Match with the etag it was given', async () => {
+    const { client, sent } = capturingClient();
+    const store = await freshS3Store(client);
+    const { etag } = await store.put('jobs/o/j.json', Buffer.from('{"a":1}'));
+    expect(etag).toMatch(/^"[0-9a-f]{32}"$/);
+    await store.replaceIfMatch('jobs/o/j.json', Buffer.from('{"a":2}'), etag);
+    const puts = sent.filter((r) => r.method === 'PUT' && r.path.endsWith('/jobs/o/j.json'));
+    expect(puts).toHaveLength(2);
+    expect(puts[0]!.headers['if-match']).toBeUndefined();
+    expect(puts[1]!.headers['if-match']).toBe(etag);
+  });
+
+  /** S3 answers a lost conditional write with 412 (or 409 when racing another conditional write).
+   * s3rver never produces these, so the client is given a canned HTTP response. */
+  function clientAnswering(status: number, code: string) {
+    return s3Client({
+      requestHandler: {
+        handle: async () => ({
+          // Shaped like @smithy/protocol-http's HttpResponse (the SDK duck-types it).
+          response: {
+            statusCode: status,
+            reason: code,
+            headers: { 'content-type': 'application/xml' },
+            body: Readable.from([Buffer.from(`<?xml version="1.0"?><Error><Code>${code}</Code><Message>m</Message></Error>`)]),
+          },
+        }),
+      } as never,
+      maxAttempts: 1,
+    });
+  }
+
+  it('[canned response] a 412 PreconditionFailed from S3 becomes PreconditionFailedError', async () => {
+    const store = new S3BlobStore({ client: clientAnswering(412, 'PreconditionFailed'), bucket: 'b' });
+    await expect(store.putIfAbsent('k', Buffer.from('x'))).rejects.toBeInstanceOf(PreconditionFailedError);
+    await expect(store.replaceIfMatch('k', Buffer.from('x'), '"e"')).rejects.toBeInstanceOf(PreconditionFailedError);
+  });
+
+  it('[canned response] a 409 ConditionalRequestConflict from S3 becomes PreconditionFailedError', async () => {
+    const store = new S3BlobStore({ client: clientAnswering(409, 'ConditionalRequestConflict'), bucket: 'b' });
+    await expect(store.putIfAbsent('k', Buffer.from('x'))).rejects.toBeInstanceOf(PreconditionFailedError);
+  });
+
+  it('[canned response] a 503 SlowDown from S3 becomes a RetryableError', async () => {
+    const store = new S3BlobStore({ client: clientAnswering(503, 'SlowDown'), bucket: 'b' });
+    await expect(store.put('k', Buffer.from('x'))).rejects.toBeInstanceOf(RetryableError);
+  });
+
+  it('a signed PUT with a declared size signs Content-Length, so the limit is enforced by S3', async () => {
+    const store = await freshS3Store();
+    const signed = await store.signedPutUrl('uploads/sized.png', {
+      contentType: 'image/png',
+      maxBytes: 100,
+      contentLength: 5,
+      expiresSec: 60,
+    });
+    expect(signed.enforcesMaxBytes).toBe(true);
+    expect(new URL(signed.url).searchParams.get('X-Amz-SignedHeaders')).toContain('content-length');
+    expect(signed.headers).toEqual({ 'content-type': 'image/png', 'content-length': '5' });
+    expect((await httpUpload(signed.url, { 'content-type': 'image/png' }, Buffer.from('12345'))).status).toBe(200);
+    expect((await store.head('uploads/sized.png'))!.size).toBe(5);
+  });
+
+  it('a signed PUT without a declared size cannot bound the size (enforcesMaxBytes is false)', async () => {
+    const store = await freshS3Store();
+    const signed = await store.signedPutUrl('uploads/unsized.png', { contentType: 'image/png', maxBytes: 4, expiresSec: 60 });
+    expect(signed.enforcesMaxBytes).toBe(false);
+    expect(new URL(signed.url).searchParams.get('X-Amz-SignedHeaders')).not.toContain('content-length');
+  });
+
+  it('[request shape] list sends MaxKeys and StartAfter, and a truncated page yields the last key as cursor', async () => {
+    // s3rver answers 500 to any truncated listing (DES continuation token vs OpenSSL 3), so the
+    // paging request is asserted here and the truncated answer is a canned ListObjectsV2 response.
+    const { client, sent } = capturingClient();
+    const store = await freshS3Store(client);
+    await store.list('jobs/o/', { limit: 2, cursor: 'jobs/o/a.json' });
+    const listing = sent.find((r) => r.method === 'GET' && r.path.endsWith('/'))!;
+    expect(listing).toBeDefined();
+
+    const canned = s3Client({
+      requestHandler: {
+        handle: async (request: { query: Record<string, string> }) => {
+          expect(request.query).toMatchObject({ 'list-type': '2', 'max-keys': '2', 'start-after': 'jobs/o/a.json', prefix: 'jobs/o/' });
+          const xml = `<?xml version="1.0"?><ListBucketResult><Name>b</Name><Prefix>jobs/o/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys><IsTruncated>true</IsTruncated>
+            <Contents><Key>jobs/o/b.json</Key><ETag>"e1"</ETag><Size>3</Size><LastModified>2025-01-01T00:00:00.000Z</LastModified></Contents>
+            <Contents><Key>jobs/o/c.json</Key><ETag>"e2"</ETag><Size>4</Size><LastModified>2025-01-01T00:00:00.000Z</LastModified></Contents>
+            <NextContinuationToken>opaque</NextContinuationToken></ListBucketResult>`;
+          return { response: { statusCode: 200, headers: { 'content-type': 'application/xml' }, body: Readable.from([Buffer.from(xml)]) } };
+        },
+      } as never,
+      maxAttempts: 1,
+    });
+    const page = await new S3BlobStore({ client: canned, bucket: 'b' }).list('jobs/o/', { limit: 2, cursor: 'jobs/o/a.json' });
+    expect(page.items.map((i) => [i.key, i.etag, i.size])).toEqual([
+      ['jobs/o/b.json', '"e1"', 3],
+      ['jobs/o/c.json', '"e2"', 4],
+    ]);
+    expect(page.cursor).toBe('jobs/o/c.json');
+  });
+});
