@@ -1,0 +1,121 @@
+import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
+import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { Construct } from 'constructs';
+import { BUCKET_PREFIXES, ENV, type StageConfig } from './config.ts';
+import { grantPrefix, grantSend } from './grants.ts';
+import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT } from './paths.ts';
+
+export interface ApiStackProps extends StackProps {
+  readonly config: StageConfig;
+  readonly bucket: s3.IBucket;
+  readonly queue: sqs.IQueue;
+}
+
+/**
+ * The public API: one Lambda running the Hono app behind an HTTP API. HTTP API rather than
+ * REST API: about a third of the price per request, lower latency, and stage-level
+ * throttling is all the product needs (per-key limits live in the app).
+ */
+export class ApiStack extends Stack {
+  readonly handler: nodejs.NodejsFunction;
+  readonly httpApi: apigw.HttpApi;
+
+  constructor(scope: Construct, id: string, props: ApiStackProps) {
+    super(scope, id, props);
+    const { config, bucket, queue } = props;
+
+    const logGroup = new logs.LogGroup(this, 'HandlerLogs', {
+      retention: config.logRetentionDays as logs.RetentionDays,
+    });
+
+    this.handler = new nodejs.NodejsFunction(this, 'Handler', {
+      entry: LAMBDA_ENTRY,
+      handler: 'handler',
+      projectRoot: REPO_ROOT,
+      depsLockFilePath: LOCKFILE,
+      runtime: lambda.Runtime.NODEJS_22_X,
+      // Pure JS bundle, no native modules: Graviton is cheaper per ms.
+      architecture: lambda.Architecture.ARM_64,
+      memorySize: config.lambdaMemoryMiB,
+      timeout: Duration.seconds(config.lambdaTimeoutSeconds),
+      logGroup,
+      tracing: lambda.Tracing.DISABLED,
+      bundling: {
+        format: nodejs.OutputFormat.ESM,
+        target: 'node22',
+        mainFields: ['module', 'main'],
+        minify: true,
+        sourceMap: true,
+        // Bundle the AWS SDK too, so the Lambda runs the exact SDK version the tests ran.
+        externalModules: [],
+        // Some CJS dependencies call `require` at runtime; ESM output has none without this.
+        banner:
+          "import { createRequire as __clipagCreateRequire } from 'node:module'; const require = __clipagCreateRequire(import.meta.url);",
+      },
+      environment: {
+        [ENV.mode]: 'aws',
+        [ENV.stage]: config.stage,
+        [ENV.bucket]: bucket.bucketName,
+        [ENV.queueUrl]: queue.queueUrl,
+        [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
+        [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
+        [ENV.keysPrefix]: BUCKET_PREFIXES.keys,
+        NODE_OPTIONS: '--enable-source-maps',
+        // AWS_REGION is set by the Lambda runtime itself (reserved name).
+      },
+    });
+
+    // Least privilege, per prefix. The API creates and updates job records (cancel,
+    // idempotency), reads API keys, signs PUT URLs for uploads and GET URLs for outputs.
+    // It never deletes anything and never writes keys (the `clipag keys` CLI does that).
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.jobs, ['read', 'write', 'list']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.keys, ['read']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.uploads, ['read', 'write']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read', 'list']);
+    grantSend(this.handler, queue);
+
+    this.httpApi = new apigw.HttpApi(this, 'HttpApi', {
+      description: `clipag public API (${config.stage})`,
+      defaultIntegration: new HttpLambdaIntegration('HandlerIntegration', this.handler),
+      // The stage is declared below so throttling and access logs can be set on it.
+      createDefaultStage: false,
+    });
+
+    const accessLogs = new logs.LogGroup(this, 'AccessLogs', {
+      retention: config.logRetentionDays as logs.RetentionDays,
+    });
+    new apigw.HttpStage(this, 'DefaultStage', {
+      httpApi: this.httpApi,
+      stageName: '$default',
+      autoDeploy: true,
+      throttle: { rateLimit: config.apiThrottleRatePerSecond, burstLimit: config.apiThrottleBurst },
+      accessLogSettings: {
+        destination: new apigw.LogGroupLogDestination(accessLogs),
+        // JSON with HTTP-API context variables; the request id matches the app's X-Request-Id logs.
+        format: AccessLogFormat.custom(
+          JSON.stringify({
+            requestId: '$context.requestId',
+            ip: '$context.identity.sourceIp',
+            time: '$context.requestTime',
+            method: '$context.httpMethod',
+            path: '$context.path',
+            status: '$context.status',
+            bytes: '$context.responseLength',
+            latencyMs: '$context.responseLatency',
+            integrationError: '$context.integrationErrorMessage',
+          }),
+        ),
+      },
+    });
+
+    new CfnOutput(this, 'ApiUrl', { value: this.httpApi.apiEndpoint });
+  }
+}

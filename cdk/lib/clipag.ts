@@ -1,0 +1,55 @@
+import type { App, StackProps } from 'aws-cdk-lib';
+import { Tags } from 'aws-cdk-lib';
+import type * as ecs from 'aws-cdk-lib/aws-ecs';
+import { ApiStack } from './api-stack.ts';
+import type { StageConfig } from './config.ts';
+import { StatefulStack } from './stateful-stack.ts';
+import { WorkerStack } from './worker-stack.ts';
+
+export interface ClipagStacks {
+  readonly stateful: StatefulStack;
+  readonly api: ApiStack;
+  readonly worker: WorkerStack;
+}
+
+export interface ClipagOptions {
+  /** Passed through to every stack (e.g. an explicit `env`); default: environment-agnostic. */
+  readonly stackProps?: StackProps;
+  /** Replace the worker image (tests); default builds gpu-worker/Dockerfile. */
+  readonly workerImage?: ecs.ContainerImage;
+}
+
+/** Builds the three stacks of one stage. Shared by cdk/bin/app.ts and the tests. */
+export function buildClipag(app: App, config: StageConfig, options: ClipagOptions = {}): ClipagStacks {
+  const prefix = `Clipag-${config.stage}`;
+  const base = options.stackProps ?? {};
+
+  const stateful = new StatefulStack(app, `${prefix}-Stateful`, {
+    ...base,
+    description: `clipag ${config.stage}: bucket, job queue and DLQ (retained on delete)`,
+    terminationProtection: config.stage === 'prod',
+    config,
+  });
+  const api = new ApiStack(app, `${prefix}-Api`, {
+    ...base,
+    description: `clipag ${config.stage}: HTTP API and Lambda`,
+    config,
+    bucket: stateful.bucket,
+    queue: stateful.queue,
+  });
+  const worker = new WorkerStack(app, `${prefix}-Worker`, {
+    ...base,
+    description: `clipag ${config.stage}: GPU worker fleet on ECS, queue alarms`,
+    config,
+    bucket: stateful.bucket,
+    queue: stateful.queue,
+    deadLetterQueue: stateful.deadLetterQueue,
+    image: options.workerImage,
+  });
+
+  for (const stack of [stateful, api, worker]) {
+    Tags.of(stack).add('project', 'clipag');
+    Tags.of(stack).add('stage', config.stage);
+  }
+  return { stateful, api, worker };
+}

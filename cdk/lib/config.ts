@@ -1,0 +1,205 @@
+/**
+ * Per-stage deployment configuration: one typed table, no environment reads.
+ * `cdk/bin/app.ts` is the only place that decides which stage is selected.
+ */
+
+export type StageName = 'dev' | 'prod';
+
+export interface StageConfig {
+  readonly stage: StageName;
+
+  // ---- storage -------------------------------------------------------------
+  /** Keep old object versions (costs storage; protects job records from bad writes). */
+  readonly bucketVersioning: boolean;
+  /** Days after which generated images under `outputs/` are deleted. */
+  readonly outputRetentionDays: number;
+  /** Days after which init images under `uploads/` are deleted. */
+  readonly uploadRetentionDays: number;
+  /** Origins allowed to PUT to presigned upload URLs from a browser. */
+  readonly corsAllowedOrigins: readonly string[];
+  /** Lifetime of signed GET/PUT URLs handed to callers. */
+  readonly signedUrlTtlSeconds: number;
+
+  // ---- queue ---------------------------------------------------------------
+  /** SQS visibility timeout; the worker heartbeats at half of it. */
+  readonly visibilityTimeoutSeconds: number;
+  /** How long an unclaimed job may wait in the queue. */
+  readonly queueRetentionDays: number;
+
+  // ---- API -----------------------------------------------------------------
+  readonly apiThrottleRatePerSecond: number;
+  readonly apiThrottleBurst: number;
+  readonly lambdaMemoryMiB: number;
+  readonly lambdaTimeoutSeconds: number;
+
+  // ---- GPU worker ----------------------------------------------------------
+  /** First entry is the primary type; the rest are Spot fallbacks of the same shape (1 GPU). */
+  readonly instanceTypes: readonly string[];
+  readonly useSpot: boolean;
+  readonly maxInstances: number;
+  /** Queue backlog (visible + in flight) one task is expected to absorb before another is added. */
+  readonly jobsPerTask: number;
+  /** Minutes of zero backlog before the service is scaled to zero. */
+  readonly scaleInAfterIdleMinutes: number;
+  readonly rootVolumeGiB: number;
+  readonly taskCpuUnits: number;
+  readonly taskMemoryMiB: number;
+  /** Seconds ECS waits after SIGTERM before SIGKILL; the worker drains inside it. */
+  readonly stopTimeoutSeconds: number;
+  readonly containerInsights: boolean;
+  readonly logRetentionDays: number;
+
+  // ---- alarms --------------------------------------------------------------
+  /** Alarm when the oldest queued job is older than this. */
+  readonly alarmOldestMessageAgeSeconds: number;
+  /** Alarm when at least this many messages sit in the DLQ. */
+  readonly alarmDlqDepth: number;
+  /** Optional e-mail subscribed to the alarm topic. */
+  readonly alarmEmail?: string;
+}
+
+const dev: StageConfig = {
+  stage: 'dev',
+  bucketVersioning: false,
+  outputRetentionDays: 7,
+  uploadRetentionDays: 1,
+  corsAllowedOrigins: ['*'],
+  signedUrlTtlSeconds: 3600,
+  visibilityTimeoutSeconds: 300,
+  queueRetentionDays: 4,
+  apiThrottleRatePerSecond: 10,
+  apiThrottleBurst: 20,
+  lambdaMemoryMiB: 512,
+  lambdaTimeoutSeconds: 15,
+  instanceTypes: ['g5.xlarge', 'g4dn.xlarge'],
+  useSpot: true,
+  maxInstances: 2,
+  jobsPerTask: 4,
+  scaleInAfterIdleMinutes: 5,
+  rootVolumeGiB: 100,
+  // g5.xlarge: 4 vCPU / 16 GiB; leave headroom for the ECS agent and the OS.
+  taskCpuUnits: 3584,
+  taskMemoryMiB: 14336,
+  stopTimeoutSeconds: 120,
+  containerInsights: false,
+  logRetentionDays: 14,
+  alarmOldestMessageAgeSeconds: 900,
+  alarmDlqDepth: 1,
+};
+
+const prod: StageConfig = {
+  ...dev,
+  stage: 'prod',
+  bucketVersioning: true,
+  outputRetentionDays: 30,
+  uploadRetentionDays: 2,
+  apiThrottleRatePerSecond: 50,
+  apiThrottleBurst: 100,
+  // On-demand by default in prod: a Spot reclaim costs a customer's job a restart.
+  useSpot: false,
+  maxInstances: 8,
+  scaleInAfterIdleMinutes: 15,
+  containerInsights: true,
+  logRetentionDays: 90,
+  alarmOldestMessageAgeSeconds: 600,
+};
+
+export const STAGES: Readonly<Record<StageName, StageConfig>> = { dev, prod };
+
+export function isStageName(value: string): value is StageName {
+  return Object.hasOwn(STAGES, value);
+}
+
+/** Looks up and validates a stage; fails fast at synth rather than at deploy. */
+export function stageConfig(name: string, overrides: Partial<StageConfig> = {}): StageConfig {
+  if (!isStageName(name)) {
+    throw new Error(`Unknown stage "${name}". Known stages: ${Object.keys(STAGES).join(', ')}`);
+  }
+  const cfg: StageConfig = { ...STAGES[name], ...overrides, stage: name };
+  validate(cfg);
+  return cfg;
+}
+
+/** The retention periods CloudWatch Logs accepts. */
+const LOG_RETENTION_DAYS = new Set([
+  1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+]);
+
+function validate(cfg: StageConfig): void {
+  const problems: string[] = [];
+  const positiveInt = (key: keyof StageConfig) => {
+    const v = cfg[key];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) problems.push(`${key} must be a positive integer`);
+  };
+  (
+    [
+      'outputRetentionDays',
+      'uploadRetentionDays',
+      'signedUrlTtlSeconds',
+      'visibilityTimeoutSeconds',
+      'queueRetentionDays',
+      'apiThrottleRatePerSecond',
+      'apiThrottleBurst',
+      'lambdaMemoryMiB',
+      'lambdaTimeoutSeconds',
+      'maxInstances',
+      'jobsPerTask',
+      'scaleInAfterIdleMinutes',
+      'rootVolumeGiB',
+      'taskCpuUnits',
+      'taskMemoryMiB',
+      'stopTimeoutSeconds',
+      'logRetentionDays',
+      'alarmOldestMessageAgeSeconds',
+      'alarmDlqDepth',
+    ] as const
+  ).forEach(positiveInt);
+  if (!LOG_RETENTION_DAYS.has(cfg.logRetentionDays)) {
+    problems.push(`logRetentionDays must be one of CloudWatch's values: ${[...LOG_RETENTION_DAYS].join(', ')}`);
+  }
+  if (cfg.instanceTypes.length === 0) problems.push('instanceTypes must name at least one type');
+  // SQS limit; the worker heartbeat keeps long jobs leased, so no need to go near it.
+  if (cfg.visibilityTimeoutSeconds > 43_200) problems.push('visibilityTimeoutSeconds must be <= 43200');
+  if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
+  // API Gateway HTTP APIs cut integrations at 30 s.
+  if (cfg.lambdaTimeoutSeconds > 29) problems.push('lambdaTimeoutSeconds must be <= 29 (API Gateway limit)');
+  if (cfg.stopTimeoutSeconds < 120) problems.push('stopTimeoutSeconds must be >= 120 so a running job can drain');
+  // One scaling step per task count; CloudWatch step policies allow at most 20 adjustments.
+  if (cfg.maxInstances > 18) problems.push('maxInstances must be <= 18 (one step-scaling adjustment per task)');
+  // Presigned URLs signed with role credentials die with the session (Lambda: ~1-12 h).
+  if (cfg.signedUrlTtlSeconds > 43_200) problems.push('signedUrlTtlSeconds must be <= 43200');
+  if (problems.length > 0) {
+    throw new Error(`Invalid config for stage "${cfg.stage}":\n  - ${problems.join('\n  - ')}`);
+  }
+}
+
+/** Key prefixes in the bucket; grants are scoped to these, so keep them in one place. */
+export const BUCKET_PREFIXES = {
+  jobs: 'jobs/',
+  outputs: 'outputs/',
+  uploads: 'uploads/',
+  models: 'models/',
+  keys: 'keys/',
+} as const;
+
+/**
+ * Environment variable names handed to the Lambda and the worker. The processes'
+ * composition roots read them; listed in cdk/README.md.
+ */
+export const ENV = {
+  mode: 'CLIPAG_MODE',
+  stage: 'CLIPAG_STAGE',
+  bucket: 'CLIPAG_BUCKET',
+  queueUrl: 'CLIPAG_QUEUE_URL',
+  dlqUrl: 'CLIPAG_DLQ_URL',
+  visibilityTimeout: 'CLIPAG_VISIBILITY_TIMEOUT_S',
+  maxReceiveCount: 'CLIPAG_MAX_RECEIVE_COUNT',
+  signedUrlTtl: 'CLIPAG_SIGNED_URL_TTL_S',
+  keysPrefix: 'CLIPAG_KEYS_PREFIX',
+  stopTimeout: 'CLIPAG_STOP_TIMEOUT_S',
+  executionProvider: 'CLIPAG_EXECUTION_PROVIDER',
+  region: 'AWS_REGION',
+} as const;
+
+/** SQS redrive: after this many receives a message goes to the DLQ. */
+export const MAX_RECEIVE_COUNT = 3;

@@ -1,0 +1,62 @@
+import { Duration } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+
+export interface QueueAlarmsProps {
+  readonly queue: sqs.IQueue;
+  readonly deadLetterQueue: sqs.IQueue;
+  readonly oldestMessageAgeSeconds: number;
+  readonly dlqDepth: number;
+  readonly email?: string;
+}
+
+/** Operator alarms for the job pipeline, published to one SNS topic. */
+export class QueueAlarms extends Construct {
+  readonly topic: sns.Topic;
+  readonly dlqDepthAlarm: cloudwatch.Alarm;
+  readonly oldestMessageAlarm: cloudwatch.Alarm;
+
+  constructor(scope: Construct, id: string, props: QueueAlarmsProps) {
+    super(scope, id);
+    this.topic = new sns.Topic(this, 'Topic', { displayName: 'clipag alarms', enforceSSL: true });
+    if (props.email) this.topic.addSubscription(new subs.EmailSubscription(props.email));
+    const action = new actions.SnsAction(this.topic);
+
+    // Any message in the DLQ is a job that failed three times: a human should look.
+    this.dlqDepthAlarm = new cloudwatch.Alarm(this, 'DlqDepth', {
+      alarmDescription: 'Jobs are landing in the dead-letter queue (failed after 3 receives).',
+      metric: props.deadLetterQueue.metricApproximateNumberOfMessagesVisible({
+        period: Duration.minutes(1),
+        statistic: 'Maximum',
+      }),
+      threshold: props.dlqDepth,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 1,
+      // An idle DLQ stops emitting metrics; that is the healthy state.
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+
+    // Old messages mean the fleet is not keeping up or cannot start (no GPU capacity,
+    // Spot unavailable, image pull failing): customers are waiting.
+    this.oldestMessageAlarm = new cloudwatch.Alarm(this, 'OldestMessageAge', {
+      alarmDescription: `A queued job has waited more than ${props.oldestMessageAgeSeconds}s.`,
+      metric: props.queue.metricApproximateAgeOfOldestMessage({
+        period: Duration.minutes(1),
+        statistic: 'Maximum',
+      }),
+      threshold: props.oldestMessageAgeSeconds,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 3,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+
+    for (const alarm of [this.dlqDepthAlarm, this.oldestMessageAlarm]) {
+      alarm.addAlarmAction(action);
+      alarm.addOkAction(action);
+    }
+  }
+}

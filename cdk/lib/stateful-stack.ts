@@ -1,0 +1,104 @@
+import { Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { Construct } from 'constructs';
+import { BUCKET_PREFIXES, MAX_RECEIVE_COUNT, type StageConfig } from './config.ts';
+
+export interface StatefulStackProps extends StackProps {
+  readonly config: StageConfig;
+}
+
+/**
+ * Logical IDs of the stateful resources, fixed by hand. A construct-tree refactor would
+ * otherwise change the generated IDs and make CloudFormation replace the bucket (data
+ * loss) or the queues (in-flight jobs lost). The tests pin these exact values.
+ */
+export const STATEFUL_LOGICAL_IDS = {
+  bucket: 'ClipagBucket',
+  queue: 'ClipagJobQueue',
+  deadLetterQueue: 'ClipagJobDeadLetterQueue',
+} as const;
+
+/**
+ * Everything that holds data: the bucket (jobs, outputs, uploads, models, API keys) and the
+ * job queue with its DLQ. Kept apart from the compute stacks so those can be destroyed and
+ * redeployed freely.
+ */
+export class StatefulStack extends Stack {
+  readonly bucket: s3.Bucket;
+  readonly queue: sqs.Queue;
+  readonly deadLetterQueue: sqs.Queue;
+
+  constructor(scope: Construct, id: string, props: StatefulStackProps) {
+    super(scope, id, props);
+    const { config } = props;
+
+    this.bucket = new s3.Bucket(this, 'Bucket', {
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+      // S3-managed keys: presigned URLs keep working without per-caller KMS grants.
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      enforceSSL: true,
+      minimumTLSVersion: 1.2,
+      versioned: config.bucketVersioning,
+      // Job records and API keys live here: never delete with the stack.
+      removalPolicy: RemovalPolicy.RETAIN,
+      lifecycleRules: [
+        {
+          id: 'expire-outputs',
+          prefix: BUCKET_PREFIXES.outputs,
+          expiration: Duration.days(config.outputRetentionDays),
+          noncurrentVersionExpiration: config.bucketVersioning ? Duration.days(1) : undefined,
+        },
+        {
+          id: 'expire-uploads',
+          prefix: BUCKET_PREFIXES.uploads,
+          expiration: Duration.days(config.uploadRetentionDays),
+          noncurrentVersionExpiration: config.bucketVersioning ? Duration.days(1) : undefined,
+        },
+        {
+          // Abandoned presigned multipart uploads otherwise accrue storage invisibly.
+          id: 'abort-incomplete-multipart',
+          abortIncompleteMultipartUploadAfter: Duration.days(1),
+        },
+        ...(config.bucketVersioning
+          ? [{ id: 'expire-noncurrent', noncurrentVersionExpiration: Duration.days(30) }]
+          : []),
+      ],
+      // Browsers PUT init images straight to S3 with a presigned URL and GET outputs.
+      cors: [
+        {
+          allowedMethods: [s3.HttpMethods.PUT, s3.HttpMethods.GET, s3.HttpMethods.HEAD],
+          allowedOrigins: [...config.corsAllowedOrigins],
+          allowedHeaders: ['content-type', 'content-length', 'content-md5', 'x-amz-*'],
+          exposedHeaders: ['ETag'],
+          maxAge: 3000,
+        },
+      ],
+    });
+    (this.bucket.node.defaultChild as s3.CfnBucket).overrideLogicalId(STATEFUL_LOGICAL_IDS.bucket);
+
+    this.deadLetterQueue = new sqs.Queue(this, 'DeadLetterQueue', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      // Longest SQS allows, so an operator has two weeks to inspect failures.
+      retentionPeriod: Duration.days(14),
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    (this.deadLetterQueue.node.defaultChild as sqs.CfnQueue).overrideLogicalId(
+      STATEFUL_LOGICAL_IDS.deadLetterQueue,
+    );
+
+    this.queue = new sqs.Queue(this, 'JobQueue', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      visibilityTimeout: Duration.seconds(config.visibilityTimeoutSeconds),
+      retentionPeriod: Duration.days(config.queueRetentionDays),
+      // Long polling by default: fewer empty receives, lower cost.
+      receiveMessageWaitTime: Duration.seconds(20),
+      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: MAX_RECEIVE_COUNT },
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    (this.queue.node.defaultChild as sqs.CfnQueue).overrideLogicalId(STATEFUL_LOGICAL_IDS.queue);
+  }
+}

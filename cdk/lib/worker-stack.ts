@@ -1,0 +1,203 @@
+import { Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import type * as logs from 'aws-cdk-lib/aws-logs';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { Construct } from 'constructs';
+import { BUCKET_PREFIXES, ENV, MAX_RECEIVE_COUNT, type StageConfig } from './config.ts';
+import { GpuQueueWorker } from './gpu-queue-worker.ts';
+import { grantPrefix, grantSend } from './grants.ts';
+import { REPO_ROOT, WORKER_DOCKERFILE } from './paths.ts';
+import { QueueAlarms } from './queue-alarms.ts';
+
+export interface WorkerStackProps extends StackProps {
+  readonly config: StageConfig;
+  readonly bucket: s3.IBucket;
+  readonly queue: sqs.IQueue;
+  readonly deadLetterQueue: sqs.IQueue;
+  /** Defaults to the image built from gpu-worker/Dockerfile with the repository root as context. */
+  readonly image?: ecs.ContainerImage;
+}
+
+/**
+ * Asset excludes. The repository's .dockerignore (which CDK also reads) is the full list;
+ * these are the entries that must never reach the build context even if that file is lost:
+ * dependencies (reinstalled inside the image), synth output (would recurse), local data,
+ * git history and tests.
+ */
+export const WORKER_IMAGE_EXCLUDES = ['node_modules', 'cdk.out', '.data', '.git', 'test'];
+
+/**
+ * The GPU fleet: an ECS cluster on a GPU Auto Scaling group that scales from and to zero
+ * with the job queue.
+ *
+ * Network: public subnets only, no NAT gateway. A NAT gateway costs a fixed ~$32/month per
+ * AZ plus $0.045 per GB, and every scale-out from zero pulls a multi-GB CUDA image; that
+ * would dominate the bill of an idle-most-of-the-time PoC. The instances get public IPs but
+ * their security group allows no inbound traffic and IMDSv2 is required. A free S3 gateway
+ * endpoint keeps model/output traffic on the AWS network. See docs/adr/0003.
+ */
+export class WorkerStack extends Stack {
+  readonly vpc: ec2.Vpc;
+  readonly cluster: ecs.Cluster;
+  readonly autoScalingGroup: autoscaling.AutoScalingGroup;
+  readonly capacityProvider: ecs.AsgCapacityProvider;
+  readonly worker: GpuQueueWorker;
+  readonly alarms: QueueAlarms;
+
+  constructor(scope: Construct, id: string, props: WorkerStackProps) {
+    super(scope, id, props);
+    const { config, bucket, queue, deadLetterQueue } = props;
+
+    this.vpc = new ec2.Vpc(this, 'Vpc', {
+      maxAzs: 2,
+      natGateways: 0,
+      subnetConfiguration: [{ name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 }],
+      gatewayEndpoints: { S3: { service: ec2.GatewayVpcEndpointAwsService.S3 } },
+    });
+
+    this.cluster = new ecs.Cluster(this, 'Cluster', {
+      vpc: this.vpc,
+      containerInsightsV2: config.containerInsights
+        ? ecs.ContainerInsights.ENABLED
+        : ecs.ContainerInsights.DISABLED,
+    });
+
+    const securityGroup = new ec2.SecurityGroup(this, 'InstanceSecurityGroup', {
+      vpc: this.vpc,
+      description: 'GPU workers: outbound only (SQS, S3, ECR, CloudWatch Logs)',
+      allowAllOutbound: true,
+    });
+
+    const instanceRole = new iam.Role(this, 'InstanceRole', {
+      assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
+      description: 'ECS container instance role for the GPU workers (the ECS agent only)',
+    });
+
+    // On-demand runs the primary type only; the other types diversify Spot pools.
+    const primaryType = config.instanceTypes[0];
+    const userData = ec2.UserData.forLinux();
+    if (config.useSpot) {
+      // On a Spot interruption notice the ECS agent drains the instance, so the worker gets
+      // SIGTERM (and releases its job) within the two-minute warning. CDK only adds this for
+      // the legacy spotPrice setting, not for a mixed-instances policy.
+      userData.addCommands('echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config');
+    }
+    const launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
+      // ECS-optimized Amazon Linux 2 GPU AMI (NVIDIA driver + container toolkit). It is an
+      // SSM parameter resolved at deploy time, so synth needs no AWS call.
+      machineImage: ecs.EcsOptimizedImage.amazonLinux2(ecs.AmiHardwareType.GPU),
+      instanceType: new ec2.InstanceType(primaryType!),
+      userData,
+      role: instanceRole,
+      securityGroup,
+      requireImdsv2: true,
+      // Bridge-mode containers sit one hop behind the host: a hop limit of 1 keeps them from
+      // reaching IMDS and borrowing the instance role; they use their task role instead.
+      httpPutResponseHopLimit: 1,
+      // The CUDA image is several GB; the default 30 GB root fills up after a few pulls.
+      blockDevices: [
+        {
+          deviceName: '/dev/xvda',
+          volume: ec2.BlockDeviceVolume.ebs(config.rootVolumeGiB, {
+            volumeType: ec2.EbsDeviceVolumeType.GP3,
+            encrypted: true,
+          }),
+        },
+      ],
+    });
+
+    this.autoScalingGroup = new autoscaling.AutoScalingGroup(this, 'GpuAsg', {
+      vpc: this.vpc,
+      vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
+      // Zero instances when there is no work; the capacity provider adds them on demand.
+      minCapacity: 0,
+      maxCapacity: config.maxInstances,
+      ...(config.useSpot
+        ? {
+            mixedInstancesPolicy: {
+              launchTemplate,
+              launchTemplateOverrides: config.instanceTypes.map((t) => ({
+                instanceType: new ec2.InstanceType(t),
+              })),
+              instancesDistribution: {
+                onDemandBaseCapacity: 0,
+                onDemandPercentageAboveBaseCapacity: 0,
+                spotAllocationStrategy: autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+              },
+            },
+          }
+        : { launchTemplate }),
+    });
+
+    this.capacityProvider = new ecs.AsgCapacityProvider(this, 'GpuCapacityProvider', {
+      autoScalingGroup: this.autoScalingGroup,
+      enableManagedScaling: true,
+      targetCapacityPercent: 100,
+      // ECS only terminates instances that run no task, so scale-in never kills a job.
+      enableManagedTerminationProtection: true,
+      maximumScalingStepSize: config.maxInstances,
+      spotInstanceDraining: config.useSpot,
+    });
+    this.cluster.addAsgCapacityProvider(this.capacityProvider);
+
+    const image =
+      props.image ??
+      ecs.ContainerImage.fromAsset(REPO_ROOT, {
+        file: WORKER_DOCKERFILE,
+        exclude: WORKER_IMAGE_EXCLUDES,
+        // onnxruntime's CUDA EP exists for linux/x64 only; force it when deploying from ARM laptops.
+        platform: Platform.LINUX_AMD64,
+      });
+
+    this.worker = new GpuQueueWorker(this, 'Worker', {
+      cluster: this.cluster,
+      capacityProvider: this.capacityProvider,
+      image,
+      queue,
+      maxTasks: config.maxInstances,
+      jobsPerTask: config.jobsPerTask,
+      scaleInAfterIdleMinutes: config.scaleInAfterIdleMinutes,
+      cpuUnits: config.taskCpuUnits,
+      memoryMiB: config.taskMemoryMiB,
+      stopTimeout: Duration.seconds(config.stopTimeoutSeconds),
+      logRetention: config.logRetentionDays as logs.RetentionDays,
+      environment: {
+        [ENV.mode]: 'aws',
+        [ENV.stage]: config.stage,
+        [ENV.bucket]: bucket.bucketName,
+        [ENV.queueUrl]: queue.queueUrl,
+        [ENV.dlqUrl]: deadLetterQueue.queueUrl,
+        [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
+        [ENV.maxReceiveCount]: String(MAX_RECEIVE_COUNT),
+        [ENV.stopTimeout]: String(config.stopTimeoutSeconds),
+        [ENV.executionProvider]: 'cuda',
+        // EC2-launched containers do not get a region from ECS, and SDK v3 does not ask IMDS.
+        [ENV.region]: this.region,
+      },
+    });
+
+    // Task role, least privilege: read the job record and update it (status, progress),
+    // read init images and model files, write outputs and frames. No keys/, no deletes.
+    const taskRole = this.worker.taskRole;
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.outputs, ['write']);
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.uploads, ['read']);
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read', 'list']);
+    // Malformed messages are forwarded to the DLQ explicitly (they never parse, so waiting
+    // for three receives would only delay them).
+    grantSend(taskRole, deadLetterQueue);
+
+    this.alarms = new QueueAlarms(this, 'Alarms', {
+      queue,
+      deadLetterQueue,
+      oldestMessageAgeSeconds: config.alarmOldestMessageAgeSeconds,
+      dlqDepth: config.alarmDlqDepth,
+      email: config.alarmEmail,
+    });
+  }
+}
