@@ -1,0 +1,127 @@
+// The CLIPAG recipe as data: the authors' notebook defaults (MISSION.md) and their documented bounds.
+// Requests override fields; validateRecipe() rejects bad values before any compute starts.
+
+import { EngineError } from '../errors.ts';
+
+export interface Recipe {
+  steps: number;
+  lr: number;
+  betas: [number, number];
+  eps: number;
+  weightDecay: number;
+  /** Gradient-norm clipping threshold (L2 over all pixels). */
+  gradClip: number;
+  globalViews: number;
+  patchViews: number;
+  globalWeight: number;
+  patchWeight: number;
+  /** Global views: window side = min(H, W) / U(resize). */
+  resize: [number, number];
+  /** Global views: ± this fraction of the window, as in DiffAugment's translation. */
+  translation: number;
+  /** Patch views: crop side as a fraction of min(H, W) (128 px of a 224 image). */
+  patchFraction: number;
+  flip: boolean;
+  /** DiffAugment colour: brightness ± 0.5, saturation × U(0, 2), contrast × U(0.5, 1.5). */
+  color: boolean;
+  /** DiffAugment cutout: a square of this fraction of the view side is zeroed. 0 disables. */
+  cutout: number;
+  noiseStd: number;
+  /** Dynamic thresholding percentile (Imagen): |2x − 1| is clipped to its p-quantile and rescaled. */
+  thresholdPercentile: number;
+  /** Keep a frame every k steps (0: none). */
+  frameEvery: number;
+  /** GMM init: samples drawn and scored. */
+  initSamples: number;
+}
+
+export const DEFAULT_RECIPE: Recipe = {
+  steps: 100,
+  lr: 0.0175,
+  betas: [0.9, 0.999],
+  eps: 1e-8,
+  weightDecay: 0.01, // torch.optim.AdamW's default, which the notebook does not change
+  gradClip: 1.0,
+  globalViews: 32,
+  patchViews: 32,
+  globalWeight: 1,
+  patchWeight: 5,
+  resize: [0.8, 1.2],
+  translation: 0.125,
+  patchFraction: 128 / 224,
+  flip: true,
+  color: true,
+  cutout: 0.5,
+  noiseStd: 0.01,
+  thresholdPercentile: 0.95,
+  frameEvery: 10,
+  initSamples: 1000,
+};
+
+export const LIMITS = {
+  steps: [1, 1000],
+  views: [1, 256],
+  initSamples: [1, 10000],
+  side: [16, 2048],
+  pixels: 1024 * 1024,
+} as const;
+
+export function validateRecipe(r: Recipe): void {
+  const bad = (param: string, msg: string) => {
+    throw new EngineError('invalid_input', `${param} ${msg}`, { param });
+  };
+  const int = (param: string, v: number, [lo, hi]: readonly [number, number]) => {
+    if (!Number.isInteger(v) || v < lo || v > hi) bad(param, `must be an integer in [${lo}, ${hi}], got ${v}`);
+  };
+  int('steps', r.steps, LIMITS.steps);
+  int('global_views', r.globalViews, [0, LIMITS.views[1]]);
+  int('patch_views', r.patchViews, [0, LIMITS.views[1]]);
+  if (r.globalViews + r.patchViews < 1) bad('views', 'need at least one global or patch view');
+  int('init_samples', r.initSamples, LIMITS.initSamples);
+  int('frame_every', r.frameEvery, [0, 1000]);
+  const pos = (param: string, v: number) => {
+    if (!(Number.isFinite(v) && v > 0)) bad(param, `must be a positive number, got ${v}`);
+  };
+  pos('lr', r.lr);
+  pos('eps', r.eps);
+  pos('grad_clip', r.gradClip);
+  if (!(r.weightDecay >= 0 && r.weightDecay < 1)) bad('weight_decay', 'must be in [0, 1)');
+  if (!(r.betas[0] >= 0 && r.betas[0] < 1 && r.betas[1] >= 0 && r.betas[1] < 1)) bad('betas', 'must be in [0, 1)');
+  if (!(r.resize[0] > 0 && r.resize[1] >= r.resize[0] && r.resize[1] < 10)) bad('resize', 'must be 0 < lo ≤ hi < 10');
+  if (!(r.translation >= 0 && r.translation <= 0.5)) bad('translation', 'must be in [0, 0.5]');
+  if (!(r.patchFraction > 0 && r.patchFraction <= 1)) bad('patch_fraction', 'must be in (0, 1]');
+  if (!(r.cutout >= 0 && r.cutout < 1)) bad('cutout', 'must be in [0, 1)');
+  if (!(r.noiseStd >= 0 && r.noiseStd <= 1)) bad('noise_std', 'must be in [0, 1]');
+  if (!(r.thresholdPercentile > 0 && r.thresholdPercentile <= 1)) bad('threshold_percentile', 'must be in (0, 1]');
+  if (!(Number.isFinite(r.globalWeight) && Number.isFinite(r.patchWeight) && r.globalWeight >= 0 && r.patchWeight >= 0)) bad('view_weights', 'must be finite and ≥ 0');
+}
+
+/** One stage of the coarse-to-fine schedule. */
+export interface Stage {
+  width: number;
+  height: number;
+  steps: number;
+}
+
+/**
+ * Default multi-scale schedule: when the output is larger than the encoder input, start with the long
+ * side at the encoder size and double up to the output, spending 40 % of the steps on the first stage
+ * and splitting the rest evenly. Sizes are rounded to multiples of 8. A single stage otherwise.
+ */
+export function defaultSchedule(width: number, height: number, steps: number, encoderSize: number): Stage[] {
+  const long = Math.max(width, height);
+  if (long <= encoderSize || steps < 2) return [{ width, height, steps }];
+  const sizes: { width: number; height: number }[] = [];
+  let f = encoderSize / long;
+  while (f < 1) {
+    sizes.push({ width: Math.max(8, Math.round((width * f) / 8) * 8), height: Math.max(8, Math.round((height * f) / 8) * 8) });
+    f *= 2;
+  }
+  sizes.push({ width, height });
+  const first = Math.max(1, Math.round(steps * 0.4));
+  const rest = steps - first;
+  const later = sizes.length - 1;
+  return sizes
+    .map((s, i) => ({ ...s, steps: i === 0 ? first : Math.floor(rest / later) + (i - 1 < rest % later ? 1 : 0) }))
+    .filter((s) => s.steps > 0);
+}

@@ -1,0 +1,459 @@
+// The synthesis loop: prompt in, image out, no generator. The host draws augmentations from the seeded
+// RNG, the compiled step graph returns loss and d(loss)/d(image), and the host applies AdamW, gradient
+// clipping and dynamic thresholding, keeping the best-loss image.
+
+import type { ClipEngine } from '../engine.ts';
+import { EngineError } from '../errors.ts';
+import { stepGraph } from './step-graph.ts';
+import { fillViewOperators, type Window } from './resample.ts';
+import { DEFAULT_RECIPE, LIMITS, type Recipe, type Stage, defaultSchedule, validateRecipe } from './recipe.ts';
+import { type PlanarImage, cloneImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage } from './image.ts';
+import { Rng } from './rng.ts';
+import { loadPrior, samplePrior } from './prior.ts';
+
+export interface WeightedPrompt {
+  text: string;
+  /** Positive pulls toward the text, negative pushes away. */
+  weight: number;
+}
+
+export type InitSpec =
+  | { kind: 'gmm'; priorPath?: string }
+  | { kind: 'noise' }
+  | { kind: 'solid'; rgb: [number, number, number] }
+  | { kind: 'image'; image: PlanarImage; strength: number };
+
+export interface SynthRequest {
+  prompts: WeightedPrompt[];
+  width: number;
+  height: number;
+  seed: number;
+  init?: InitSpec;
+  recipe?: Partial<Recipe>;
+  /** Coarse-to-fine stages (sizes and steps); default from defaultSchedule(). */
+  schedule?: Stage[];
+  /** Style transfer / editing: pull toward the init image with this weight (mean squared error). */
+  contentWeight?: number;
+}
+
+export interface SynthProgress {
+  step: number;
+  totalSteps: number;
+  stage: number;
+  stages: number;
+  loss: number;
+  bestLoss: number;
+  elapsedMs: number;
+  etaMs: number;
+}
+
+export interface SynthOptions {
+  onProgress?: (p: SynthProgress) => void;
+  onFrame?: (frame: { step: number; png: Uint8Array }) => void;
+  signal?: AbortSignal;
+}
+
+export interface PromptScore {
+  text: string;
+  weight: number;
+  cosine: number;
+}
+
+export interface SynthResult {
+  png: Uint8Array;
+  image: PlanarImage;
+  width: number;
+  height: number;
+  frames: { step: number; png: Uint8Array }[];
+  bestLoss: number;
+  bestStep: number;
+  lossHistory: number[];
+  initialScores: PromptScore[];
+  scores: PromptScore[];
+  stepsDone: number;
+  aborted: boolean;
+  usage: {
+    /** Image-encoder forward+backward passes (views × steps) plus forward-only scoring passes. */
+    encoderPasses: number;
+    encoderBackwardPasses: number;
+    timingsMs: { init: number; compile: number; optimize: number; sessionRun: number; score: number; encode: number; total: number };
+  };
+}
+
+const PROMPT_SLOTS = [1, 2, 4, 8];
+const NOISE_BANK = 16;
+const NOISE_SEED = 0x6e6f6973;
+
+export function validateRequest(req: SynthRequest, encoderSize: number): { recipe: Recipe; schedule: Stage[] } {
+  const recipe: Recipe = { ...DEFAULT_RECIPE, ...req.recipe };
+  validateRecipe(recipe);
+  if (!Array.isArray(req.prompts) || req.prompts.length === 0) throw new EngineError('invalid_input', 'at least one prompt is required', { param: 'prompts' });
+  if (req.prompts.length > PROMPT_SLOTS[PROMPT_SLOTS.length - 1]) throw new EngineError('invalid_input', `at most ${PROMPT_SLOTS[PROMPT_SLOTS.length - 1]} prompts`, { param: 'prompts' });
+  for (const p of req.prompts) {
+    if (typeof p.text !== 'string' || p.text.trim() === '') throw new EngineError('invalid_input', 'prompt text must not be empty', { param: 'prompts' });
+    if (p.text.length > 1000) throw new EngineError('invalid_input', `prompt is ${p.text.length} characters; the limit is 1000`, { param: 'prompts' });
+    if (!Number.isFinite(p.weight)) throw new EngineError('invalid_input', 'prompt weights must be finite numbers', { param: 'prompts' });
+  }
+  if (!req.prompts.some((p) => p.weight > 0)) throw new EngineError('invalid_input', 'at least one prompt needs a positive weight (all-zero or all-negative weights give nothing to move toward)', { param: 'prompts' });
+  const side = (v: number, param: string) => {
+    if (!Number.isInteger(v) || v < LIMITS.side[0] || v > LIMITS.side[1] || v % 8 !== 0) {
+      throw new EngineError('invalid_input', `${param} must be a multiple of 8 in [${LIMITS.side[0]}, ${LIMITS.side[1]}], got ${v}`, { param });
+    }
+  };
+  side(req.width, 'width');
+  side(req.height, 'height');
+  if (req.width * req.height > LIMITS.pixels) throw new EngineError('invalid_input', `${req.width}×${req.height} exceeds ${LIMITS.pixels} pixels`, { param: 'width' });
+  if (!Number.isInteger(req.seed) || req.seed < 0 || req.seed > 0xffffffff) throw new EngineError('invalid_input', 'seed must be a uint32', { param: 'seed' });
+  if (req.init?.kind === 'image') {
+    const s = req.init.strength;
+    if (!(s >= 0 && s <= 1)) throw new EngineError('invalid_input', `strength must be in [0, 1], got ${s}`, { param: 'strength' });
+  }
+  if (req.contentWeight !== undefined && !(req.contentWeight >= 0 && Number.isFinite(req.contentWeight))) throw new EngineError('invalid_input', 'content weight must be ≥ 0', { param: 'content_weight' });
+  const schedule = req.schedule ?? defaultSchedule(req.width, req.height, recipe.steps, encoderSize);
+  if (schedule.length === 0 || schedule.length > 6) throw new EngineError('invalid_input', 'schedule needs 1–6 stages', { param: 'schedule' });
+  const last = schedule[schedule.length - 1];
+  if (last.width !== req.width || last.height !== req.height) throw new EngineError('invalid_input', 'the last stage must have the requested size', { param: 'schedule' });
+  for (const s of schedule) {
+    side(s.width, 'schedule.width');
+    side(s.height, 'schedule.height');
+    if (!Number.isInteger(s.steps) || s.steps < 1) throw new EngineError('invalid_input', 'every stage needs ≥ 1 step', { param: 'schedule' });
+  }
+  const total = schedule.reduce((a, s) => a + s.steps, 0);
+  if (total > LIMITS.steps[1]) throw new EngineError('invalid_input', `schedule has ${total} steps; the limit is ${LIMITS.steps[1]}`, { param: 'steps' });
+  return { recipe, schedule };
+}
+
+/** The p-quantile of |2x − 1| (quickselect on a copy: O(n), no full sort on the hot path). */
+export function quantileAbsCentered(x: Float32Array, p: number, scratch?: Float32Array): number {
+  const n = x.length;
+  const a = scratch && scratch.length >= n ? scratch.subarray(0, n) : new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = Math.abs(2 * x[i] - 1);
+  // torch.quantile's linear interpolation between order statistics.
+  const pos = p * (n - 1);
+  const lo = Math.floor(pos);
+  const vlo = select(a, lo);
+  if (lo + 1 >= n) return vlo;
+  let vhi = Infinity;
+  for (let i = lo + 1; i < n; i++) if (a[i] < vhi) vhi = a[i]; // after select, a[lo+1..] ≥ a[lo]
+  return vlo + (vhi - vlo) * (pos - lo);
+}
+
+function select(a: Float32Array, k: number): number {
+  let lo = 0, hi = a.length - 1;
+  while (hi > lo) {
+    const pivot = a[(lo + hi) >>> 1];
+    let i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] < pivot) i++;
+      while (a[j] > pivot) j--;
+      if (i <= j) {
+        const t = a[i]; a[i] = a[j]; a[j] = t;
+        i++; j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return a[k];
+  }
+  return a[k];
+}
+
+/** Imagen's dynamic thresholding in the [−1, 1] domain: s = max(1, quantile); y = clip(y, −s, s)/s. */
+export function dynamicThreshold(x: Float32Array, p: number, scratch?: Float32Array): void {
+  const s = Math.max(1, quantileAbsCentered(x, p, scratch));
+  for (let i = 0; i < x.length; i++) {
+    let y = 2 * x[i] - 1;
+    y = y > s ? s : y < -s ? -s : y;
+    x[i] = (y / s + 1) / 2;
+  }
+}
+
+class AdamW {
+  private m: Float32Array;
+  private v: Float32Array;
+  private t = 0;
+  constructor(n: number, private readonly r: Recipe) {
+    this.m = new Float32Array(n);
+    this.v = new Float32Array(n);
+  }
+  /** torch.optim.AdamW semantics (decoupled weight decay, bias-corrected moments). */
+  step(p: Float32Array, g: Float32Array): void {
+    const { lr, eps, weightDecay } = this.r;
+    const [b1, b2] = this.r.betas;
+    this.t++;
+    const bc1 = 1 - b1 ** this.t, bc2 = 1 - b2 ** this.t;
+    const stepSize = lr / bc1;
+    const sqrtBc2 = Math.sqrt(bc2);
+    const decay = 1 - lr * weightDecay;
+    const m = this.m, v = this.v;
+    for (let i = 0; i < p.length; i++) {
+      const gi = g[i];
+      m[i] = b1 * m[i] + (1 - b1) * gi;
+      v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+      p[i] = p[i] * decay - (stepSize * m[i]) / (Math.sqrt(v[i]) / sqrtBc2 + eps);
+    }
+  }
+}
+
+interface ViewPlan {
+  windows: Window[];
+  weights: Float32Array; // per view
+}
+
+/** Draw this step's view windows: global views (resize + translation) then patch views. */
+function planViews(rng: Rng, r: Recipe, H: number, W: number): ViewPlan {
+  const windows: Window[] = [];
+  const weights = new Float32Array(r.globalViews + r.patchViews);
+  const short = Math.min(H, W);
+  for (let v = 0; v < r.globalViews; v++) {
+    const size = short / rng.uniform(r.resize[0], r.resize[1]);
+    // Centre: anywhere along the long axis (so non-square outputs are covered), ± translation.
+    const cx = (W - short) * rng.next() + short / 2 + rng.uniform(-r.translation, r.translation) * size;
+    const cy = (H - short) * rng.next() + short / 2 + rng.uniform(-r.translation, r.translation) * size;
+    windows.push({ x: cx - size / 2, y: cy - size / 2, size, flip: r.flip && rng.next() < 0.5 });
+    weights[v] = r.globalWeight / r.globalViews;
+  }
+  for (let v = 0; v < r.patchViews; v++) {
+    const size = short * r.patchFraction;
+    windows.push({ x: rng.next() * (W - size), y: rng.next() * (H - size), size, flip: r.flip && rng.next() < 0.5 });
+    weights[r.globalViews + v] = r.patchWeight / r.patchViews;
+  }
+  return { windows, weights };
+}
+
+export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: SynthOptions = {}): Promise<SynthResult> {
+  const t0 = performance.now();
+  const S = engine.imageSize;
+  const E = engine.embedDim;
+  const { recipe: r, schedule } = validateRequest(req, S);
+  const timings = { init: 0, compile: 0, optimize: 0, sessionRun: 0, score: 0, encode: 0, total: 0 };
+  const root = Rng.fromSeed(req.seed);
+  const augRng = root.fork('augment');
+  const initRng = root.fork('init');
+
+  // Prompts → unit text embeddings (one slot per prompt; unused slots get weight 0).
+  const K = PROMPT_SLOTS.find((k) => k >= req.prompts.length)!;
+  const { unit: textUnit } = await engine.embedText(req.prompts.map((p) => p.text));
+  const weightSum = req.prompts.filter((p) => p.weight > 0).reduce((a, p) => a + p.weight, 0);
+  const promptWeights = req.prompts.map((p) => p.weight / weightSum);
+  let encoderPasses = 0;
+  let encoderBackwardPasses = 0;
+
+  const scoreImage = async (img: PlanarImage): Promise<PromptScore[]> => {
+    const view = resizeCover(img, S, S);
+    const unit = await engine.embedPixels(view.data, 1, 1);
+    encoderPasses++;
+    return req.prompts.map((p, k) => ({ text: p.text, weight: p.weight, cosine: dot(unit, 0, textUnit, k * E, E) }));
+  };
+
+  // ---- initialization ----
+  const tInit = performance.now();
+  const first = schedule[0];
+  let image = await initialImage(engine, req, first, r, initRng, textUnit, promptWeights, E, () => (encoderPasses += 1));
+  const contentTarget = req.init?.kind === 'image' && req.contentWeight ? req.init.image : undefined;
+  timings.init = performance.now() - tInit;
+  const initialScores = await scoreImage(image);
+
+  const V = r.globalViews + r.patchViews;
+  const noise = new Float32Array(NOISE_BANK * 3 * S * S);
+  Rng.fromSeed(NOISE_SEED).fillNormal(noise);
+
+  const totalSteps = schedule.reduce((a, s) => a + s.steps, 0);
+  const lossHistory: number[] = [];
+  const frames: { step: number; png: Uint8Array }[] = [];
+  let best = { loss: Infinity, step: -1, image: cloneImage(image) };
+  let stepsDone = 0;
+  let aborted = false;
+  const tOpt = performance.now();
+
+  for (let si = 0; si < schedule.length && !aborted; si++) {
+    const stage = schedule[si];
+    if (image.width !== stage.width || image.height !== stage.height) image = resizeBilinear(image, stage.width, stage.height);
+    const H = stage.height, W = stage.width;
+    const tc = performance.now();
+    const handle = await engine.graph(`step:${H}x${W}:v${V}:k${K}:m${NOISE_BANK}`, () =>
+      stepGraph(engine.towerSource(), { height: H, width: W, views: V, promptSlots: K, noiseBank: NOISE_BANK }, noise),
+    );
+    timings.compile += performance.now() - tc;
+    const adam = new AdamW(3 * H * W, r);
+    const scratch = new Float32Array(3 * H * W);
+    const content = contentTarget ? resizeCover(contentTarget, W, H).data : undefined;
+    const targets = new Float32Array(V * K * E);
+    for (let v = 0; v < V; v++) for (let k = 0; k < req.prompts.length; k++) targets.set(textUnit.subarray(k * E, (k + 1) * E), (v * K + k) * E);
+
+    for (let s = 0; s < stage.steps; s++) {
+      if (opts.signal?.aborted) {
+        aborted = true;
+        break;
+      }
+      const plan = planViews(augRng, r, H, W);
+      const feeds = drawFeeds(augRng, r, plan, image, targets, promptWeights, K, S, H, W, V);
+      const tr = performance.now();
+      const out = await handle.run(feeds, ['loss', 'grad_image'], { transfer: true });
+      timings.sessionRun += performance.now() - tr;
+      encoderPasses += V;
+      encoderBackwardPasses += V;
+      let loss = (out.loss.data as Float32Array)[0];
+      const grad = out.grad_image.data as Float32Array;
+      if (content && req.contentWeight) {
+        // Content preservation: + c·mean((x − x₀)²), gradient 2c(x − x₀)/n.
+        const n = grad.length;
+        let mse = 0;
+        for (let i = 0; i < n; i++) {
+          const d = image.data[i] - content[i];
+          mse += d * d;
+          grad[i] += (2 * req.contentWeight * d) / n;
+        }
+        loss += (req.contentWeight * mse) / n;
+      }
+      if (!Number.isFinite(loss)) throw new EngineError('runtime_failed', `loss became ${loss} at step ${stepsDone}; the model or input produced non-finite values`);
+      lossHistory.push(loss);
+      if (loss < best.loss) best = { loss, step: stepsDone, image: cloneImage(image) };
+      if (r.frameEvery > 0 && stepsDone % r.frameEvery === 0) {
+        const te = performance.now();
+        const frame = { step: stepsDone, png: encodePng(image) };
+        timings.encode += performance.now() - te;
+        frames.push(frame);
+        opts.onFrame?.(frame);
+      }
+      clipGradNorm(grad, r.gradClip);
+      adam.step(image.data, grad);
+      dynamicThreshold(image.data, r.thresholdPercentile, scratch);
+      stepsDone++;
+      const elapsed = performance.now() - tOpt;
+      opts.onProgress?.({
+        step: stepsDone, totalSteps, stage: si + 1, stages: schedule.length, loss, bestLoss: best.loss,
+        elapsedMs: elapsed, etaMs: (elapsed / stepsDone) * (totalSteps - stepsDone),
+      });
+    }
+    // Keep the best image of the final resolution: a coarse stage's best would need upsampling.
+    if (si < schedule.length - 1 && !aborted) best = { loss: Infinity, step: -1, image: cloneImage(image) };
+  }
+  timings.optimize = performance.now() - tOpt;
+  if (best.step < 0) best = { loss: lossHistory[lossHistory.length - 1] ?? Infinity, step: stepsDone, image: cloneImage(image) };
+  let finalImage = best.image;
+  if (finalImage.width !== req.width || finalImage.height !== req.height) finalImage = resizeBilinear(finalImage, req.width, req.height);
+
+  const ts = performance.now();
+  const scores = await scoreImage(finalImage);
+  timings.score = performance.now() - ts;
+  const te = performance.now();
+  const png = encodePng(finalImage);
+  timings.encode += performance.now() - te;
+  timings.total = performance.now() - t0;
+  return {
+    png, image: finalImage, width: req.width, height: req.height, frames, bestLoss: best.loss, bestStep: best.step, lossHistory,
+    initialScores, scores, stepsDone, aborted,
+    usage: { encoderPasses, encoderBackwardPasses, timingsMs: timings },
+  };
+}
+
+function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
+  let s = 0;
+  for (let i = 0; i < n; i++) s += a[ao + i] * b[bo + i];
+  return s;
+}
+
+function clipGradNorm(g: Float32Array, maxNorm: number): void {
+  let s = 0;
+  for (let i = 0; i < g.length; i++) s += g[i] * g[i];
+  const norm = Math.sqrt(s);
+  if (norm > maxNorm) {
+    const f = maxNorm / (norm + 1e-6); // torch.nn.utils.clip_grad_norm_
+    for (let i = 0; i < g.length; i++) g[i] *= f;
+  }
+}
+
+function drawFeeds(rng: Rng, r: Recipe, plan: ViewPlan, image: PlanarImage, targets: Float32Array, promptWeights: number[], K: number, S: number, H: number, W: number, V: number) {
+  const rows = new Float32Array(V * S * H);
+  const cols = new Float32Array(V * W * S);
+  plan.windows.forEach((win, v) => fillViewOperators(rows, v * S * H, cols, v * W * S, S, H, W, win));
+  const bright = new Float32Array(V), sat = new Float32Array(V), con = new Float32Array(V);
+  const cutR = new Float32Array(V * S), cutC = new Float32Array(V * S);
+  const noiseIdx = new BigInt64Array(V);
+  const noiseScale = new Float32Array(V);
+  for (let v = 0; v < V; v++) {
+    bright[v] = r.color ? rng.next() - 0.5 : 0;
+    sat[v] = r.color ? rng.next() * 2 : 1;
+    con[v] = r.color ? rng.next() + 0.5 : 1;
+    if (r.cutout > 0) {
+      // DiffAugment rand_cutout: a square of side ratio·S centred at a uniform position, clipped.
+      const size = Math.round(r.cutout * S);
+      const cy = rng.int(S + (1 - (size % 2))), cx = rng.int(S + (1 - (size % 2)));
+      for (let i = Math.max(0, cy - (size >> 1)); i < Math.min(S, cy - (size >> 1) + size); i++) cutR[v * S + i] = 1;
+      for (let i = Math.max(0, cx - (size >> 1)); i < Math.min(S, cx - (size >> 1) + size); i++) cutC[v * S + i] = 1;
+    }
+    noiseIdx[v] = BigInt(rng.int(NOISE_BANK));
+    noiseScale[v] = rng.next() < 0.5 ? -r.noiseStd : r.noiseStd;
+  }
+  const weights = new Float32Array(V * K);
+  for (let v = 0; v < V; v++) for (let k = 0; k < promptWeights.length; k++) weights[v * K + k] = plan.weights[v] * promptWeights[k];
+  const E = targets.length / (V * K);
+  return {
+    image: { dtype: 'float32' as const, dims: [1, 3, H, W], data: Float32Array.from(image.data) },
+    resample_rows: { dtype: 'float32' as const, dims: [V, 1, S, H], data: rows },
+    resample_cols: { dtype: 'float32' as const, dims: [V, 1, W, S], data: cols },
+    brightness: { dtype: 'float32' as const, dims: [V, 1, 1, 1], data: bright },
+    saturation: { dtype: 'float32' as const, dims: [V, 1, 1, 1], data: sat },
+    contrast: { dtype: 'float32' as const, dims: [V, 1, 1, 1], data: con },
+    cutout_rows: { dtype: 'float32' as const, dims: [V, 1, S, 1], data: cutR },
+    cutout_cols: { dtype: 'float32' as const, dims: [V, 1, 1, S], data: cutC },
+    noise_index: { dtype: 'int64' as const, dims: [V], data: noiseIdx },
+    noise_scale: { dtype: 'float32' as const, dims: [V, 1, 1, 1], data: noiseScale },
+    targets: { dtype: 'float32' as const, dims: [V, K, E], data: Float32Array.from(targets) },
+    weights: { dtype: 'float32' as const, dims: [V, K], data: weights },
+  };
+}
+
+async function initialImage(
+  engine: ClipEngine, req: SynthRequest, stage: Stage, r: Recipe, rng: Rng, textUnit: Float32Array, promptWeights: number[], E: number, countPass: () => void,
+): Promise<PlanarImage> {
+  const init = req.init ?? { kind: 'gmm' };
+  const { width: W, height: H } = stage;
+  switch (init.kind) {
+    case 'noise':
+      return noiseImage(W, H, rng);
+    case 'solid':
+      return solidImage(W, H, init.rgb);
+    case 'image': {
+      // strength 0 keeps the image, 1 replaces it with noise: x₀ = (1 − s)·image + s·noise.
+      const base = resizeCover(init.image, W, H);
+      const noise = noiseImage(W, H, rng);
+      const s = init.strength;
+      for (let i = 0; i < base.data.length; i++) base.data[i] = (1 - s) * base.data[i] + s * noise.data[i];
+      return base;
+    }
+    case 'gmm': {
+      const path = init.priorPath ?? engine.bundle.priorPath;
+      if (!path) throw new EngineError('invalid_input', `model ${engine.name} ships no GMM prior; use init "noise" or fit one with clipag prior fit`, { param: 'init' });
+      const prior = loadPrior(path);
+      const n = r.initSamples;
+      const samples = samplePrior(prior, n, rng); // n × 3·16·16, CHW, [0,1]
+      const res = prior.resolution;
+      const S = engine.imageSize;
+      const B = n === 1 ? 1 : 16;
+      let bestScore = -Infinity;
+      let bestIdx = 0;
+      const px = new Float32Array(B * 3 * S * S);
+      for (let start = 0; start < n; start += B) {
+        const m = Math.min(B, n - start);
+        for (let i = 0; i < m; i++) {
+          const small = { width: res, height: res, data: samples.subarray((start + i) * 3 * res * res, (start + i + 1) * 3 * res * res) };
+          px.set(resizeBilinear(small, S, S).data, i * 3 * S * S);
+        }
+        const unit = await engine.embedPixels(px, m, B);
+        for (let i = 0; i < m; i++) {
+          countPass();
+          let score = 0;
+          promptWeights.forEach((w, k) => (score += w * dot(unit, i * E, textUnit, k * E, E)));
+          if (score > bestScore) {
+            bestScore = score;
+            bestIdx = start + i;
+          }
+        }
+      }
+      const chosen = { width: res, height: res, data: samples.slice(bestIdx * 3 * res * res, (bestIdx + 1) * 3 * res * res) };
+      return resizeBilinear(chosen, W, H);
+    }
+  }
+}
