@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../../shared/config.ts';
+import { ConfigError } from '../../shared/errors.ts';
+
+describe('parseConfig', () => {
+  it('defaults to local mode with working values', () => {
+    const config = parseConfig({});
+    expect(config).toMatchObject({ mode: 'local', dataDir: '.data', port: 8787, visibilityTimeoutSec: 60, maxReceives: 3 });
+  });
+
+  it('parses a full aws config, coercing numbers and trimming URLs', () => {
+    const config = parseConfig({
+      CLIPAG_MODE: 'aws',
+      AWS_REGION: 'eu-west-1',
+      CLIPAG_BUCKET: 'clipag-prod-outputs',
+      CLIPAG_QUEUE_URL: 'https://sqs.eu-west-1.amazonaws.com/123456789012/jobs/',
+      CLIPAG_DLQ_URL: 'https://sqs.eu-west-1.amazonaws.com/123456789012/jobs-dlq',
+      CLIPAG_VISIBILITY_TIMEOUT_SEC: '300',
+      CLIPAG_PUBLIC_BASE_URL: 'https://api.example.com/',
+    });
+    expect(config).toMatchObject({
+      mode: 'aws',
+      region: 'eu-west-1',
+      queueUrl: 'https://sqs.eu-west-1.amazonaws.com/123456789012/jobs',
+      visibilityTimeoutSec: 300,
+      publicBaseUrl: 'https://api.example.com',
+    });
+  });
+
+  it('fails fast listing every problem, naming the variables and hiding secrets', () => {
+    let error: unknown;
+    try {
+      parseConfig({ CLIPAG_MODE: 'aws', PORT: 'eighty', CLIPAG_QUEUE_URL: 'ftp://x', CLIPAG_MAX_RECEIVES: '0' });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const problems = (error as ConfigError).problems.join('\n');
+    for (const name of ['AWS_REGION', 'CLIPAG_BUCKET', 'CLIPAG_QUEUE_URL', 'PORT', 'CLIPAG_MAX_RECEIVES']) expect(problems).toContain(name);
+    expect((error as ConfigError).problems).toHaveLength(5);
+
+    expect(() => parseConfig({ CLIPAG_SIGNING_SECRET: 'short-secret-value' })).toThrow(/CLIPAG_SIGNING_SECRET/);
+    try {
+      parseConfig({ CLIPAG_SIGNING_SECRET: 'short-secret-value' });
+    } catch (e) {
+      expect((e as Error).message).not.toContain('short-secret-value');
+    }
+    expect(() => parseConfig({ CLIPAG_MODE: 'gcp' })).toThrow(ConfigError);
+  });
+});
