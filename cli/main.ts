@@ -6,6 +6,7 @@ type Verb = { run(argv: string[]): Promise<number>; usage: string; summary: stri
 const VERBS: Record<string, () => Promise<Verb>> = {
   embed: () => import('./embed.ts'),
   gradcheck: () => import('./gradcheck.ts'),
+  generate: () => import('./generate.ts'),
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,0 +1,110 @@
+// clipag generate: prompt in, PNG out.
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { randomInt } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { ClipEngine } from '../gpu-worker/engine/engine.ts';
+import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
+import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
+import { intArg, modelDir } from './common.ts';
+
+export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
+export const usage = `usage: clipag generate "PROMPT" [options]
+
+  --negative TEXT     push away from TEXT (repeatable)
+  --model DIR         model bundle (default: models/toy, the embedded robust mini-CLIP)
+  --steps N           optimization steps (default 100)
+  --size WxH          output size, multiples of 8 (default: the encoder size); larger sizes run coarse to fine
+  --seed S            uint32 seed (default: random, printed); the same seed gives the same PNG
+  --init KIND         gmm (default) | noise | PATH.png (an init image)
+  --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
+  --content-weight C  with an init image: pull toward its content (style transfer; default 0)
+  --views G,P         global and patch views per step (default 32,32)
+  -o, --out FILE      output PNG (default out.png)
+  --frames DIR        write a frame every 10 steps
+  --json              print a JSON summary on stdout`;
+
+function parseSize(s: string | undefined, def: number): [number, number] {
+  if (s === undefined) return [def, def];
+  const m = /^(\d+)x(\d+)$/.exec(s);
+  if (!m) throw new EngineError('invalid_input', `--size must look like 512x384, got "${s}"`);
+  return [Number(m[1]), Number(m[2])];
+}
+
+function progressPrinter(tty: boolean) {
+  return (p: SynthProgress) => {
+    const eta = Math.round(p.etaMs / 1000);
+    const text = `step ${p.step}/${p.totalSteps}${p.stages > 1 ? ` (stage ${p.stage}/${p.stages})` : ''}  loss ${p.loss.toFixed(4)}  best ${p.bestLoss.toFixed(4)}  ETA ${eta}s`;
+    if (tty) {
+      const width = 24;
+      const filled = Math.round((p.step / p.totalSteps) * width);
+      process.stderr.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${text}   `);
+      if (p.step === p.totalSteps) process.stderr.write('\n');
+    } else if (p.step === p.totalSteps || p.step % 10 === 0) {
+      process.stderr.write(`${text}\n`);
+    }
+  };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      negative: { type: 'string', multiple: true }, model: { type: 'string' }, steps: { type: 'string' }, size: { type: 'string' },
+      seed: { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, 'content-weight': { type: 'string' },
+      views: { type: 'string' }, out: { type: 'string', short: 'o' }, frames: { type: 'string' }, json: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (positionals.length !== 1) throw new EngineError('invalid_input', 'give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
+  const engine = await ClipEngine.open(modelDir(values.model));
+  try {
+    const [width, height] = parseSize(values.size, engine.imageSize);
+    const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);
+    let init: InitSpec = { kind: 'gmm' };
+    const initArg = values.init ?? (engine.bundle.priorPath ? 'gmm' : 'noise');
+    if (initArg === 'noise') init = { kind: 'noise' };
+    else if (initArg !== 'gmm') {
+      let bytes: Uint8Array;
+      try {
+        bytes = readFileSync(initArg);
+      } catch (e) {
+        throw new EngineError('invalid_input', `cannot read init image ${initArg}: ${(e as Error).message}`);
+      }
+      const strength = values.strength === undefined ? 0.6 : Number(values.strength);
+      init = { kind: 'image', image: decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES }), strength };
+    }
+    let recipe = { steps: intArg(values.steps, 'steps', 100, 1, 1000) } as Record<string, number>;
+    if (values.views) {
+      const m = /^(\d+),(\d+)$/.exec(values.views);
+      if (!m) throw new EngineError('invalid_input', `--views must look like 32,32, got "${values.views}"`);
+      recipe = { ...recipe, globalViews: Number(m[1]), patchViews: Number(m[2]) };
+    }
+    if (values.frames) mkdirSync(values.frames, { recursive: true });
+    const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -0.5 }))];
+    if (!values.json) process.stderr.write(`clipag: "${positionals[0]}" ${width}x${height} with ${engine.name}, seed ${seed}\n`);
+    const res = await synthesize(
+      engine,
+      { prompts, width, height, seed, init, recipe, contentWeight: values['content-weight'] ? Number(values['content-weight']) : undefined },
+      {
+        onProgress: progressPrinter(Boolean(process.stderr.isTTY) && !values.json),
+        onFrame: values.frames ? (f) => writeFileSync(join(values.frames!, `frame-${String(f.step).padStart(4, '0')}.png`), f.png) : undefined,
+      },
+    );
+    const out = resolve(values.out ?? 'out.png');
+    writeFileSync(out, res.png);
+    const summaryJson = {
+      output: out, model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
+      width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,
+      scores: res.scores, initial_scores: res.initialScores,
+      usage: { encoder_passes: res.usage.encoderPasses, encoder_backward_passes: res.usage.encoderBackwardPasses, timings_ms: res.usage.timingsMs },
+    };
+    if (values.json) console.log(JSON.stringify(summaryJson));
+    else process.stderr.write(`wrote ${out} (clip score ${res.scores[0].cosine.toFixed(3)}, ${(res.usage.timingsMs.total / 1000).toFixed(1)} s)\n`);
+    return 0;
+  } finally {
+    await engine.close();
+  }
+}
