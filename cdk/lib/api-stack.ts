@@ -16,6 +16,8 @@ export interface ApiStackProps extends StackProps {
   readonly config: StageConfig;
   readonly bucket: s3.IBucket;
   readonly queue: sqs.IQueue;
+  /** Handler source; default functions/lambda.ts. Tests point it at a stub (bundling is skipped there). */
+  readonly entry?: string;
 }
 
 /**
@@ -36,7 +38,7 @@ export class ApiStack extends Stack {
     });
 
     this.handler = new nodejs.NodejsFunction(this, 'Handler', {
-      entry: LAMBDA_ENTRY,
+      entry: props.entry ?? LAMBDA_ENTRY,
       handler: 'handler',
       projectRoot: REPO_ROOT,
       depsLockFilePath: LOCKFILE,

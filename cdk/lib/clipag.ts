@@ -17,6 +17,8 @@ export interface ClipagOptions {
   readonly stackProps?: StackProps;
   /** Replace the worker image (tests); default builds gpu-worker/Dockerfile. */
   readonly workerImage?: ecs.ContainerImage;
+  /** Replace the Lambda entry (tests); default functions/lambda.ts. */
+  readonly lambdaEntry?: string;
 }
 
 /** Builds the three stacks of one stage. Shared by cdk/bin/app.ts and the tests. */
@@ -36,6 +38,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
     config,
     bucket: stateful.bucket,
     queue: stateful.queue,
+    entry: options.lambdaEntry,
   });
   const worker = new WorkerStack(app, `${prefix}-Worker`, {
     ...base,

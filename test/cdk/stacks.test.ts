@@ -1,0 +1,515 @@
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import * as path from 'node:path';
+import { createRequire } from 'node:module';
+import { Token } from 'aws-cdk-lib';
+import { ContainerImage } from 'aws-cdk-lib/aws-ecs';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
+import { BUCKET_PREFIXES, ENV, stageConfig } from '../../cdk/lib/config.ts';
+import { backlogSteps } from '../../cdk/lib/gpu-queue-worker.ts';
+import { LAMBDA_ENTRY } from '../../cdk/lib/paths.ts';
+import { STATEFUL_LOGICAL_IDS } from '../../cdk/lib/stateful-stack.ts';
+import { LAMBDA_STUB, REPO_ROOT, asArray, policyStatements, readCdkJson, resources, testApp } from './helpers.ts';
+
+const require = createRequire(import.meta.url);
+const dev = stageConfig('dev');
+// Extra Apps (prod) skip the Docker asset: staging the repo root once, in beforeAll, is enough
+// and costs seconds (CDK walks the tree to honour .dockerignore).
+const stubImage = ContainerImage.fromRegistry('public.ecr.aws/docker/library/busybox:stable');
+
+let cleanups: Array<() => void> = [];
+let stacks: ClipagStacks;
+let stateful: Template;
+let api: Template;
+let worker: Template;
+let assemblyDir: string;
+
+beforeAll(() => {
+  const { app, cleanup } = testApp();
+  cleanups.push(cleanup);
+  // The real worker image asset (staged, not built: no Docker needed for synth).
+  stacks = buildClipag(app, dev, { lambdaEntry: LAMBDA_STUB });
+  stateful = Template.fromStack(stacks.stateful);
+  api = Template.fromStack(stacks.api);
+  worker = Template.fromStack(stacks.worker);
+  assemblyDir = app.synth().directory;
+});
+
+afterAll(() => {
+  for (const c of cleanups) c();
+  cleanups = [];
+});
+
+describe('cdk.json', () => {
+  it('runs the TS app through tsx, offline-friendly', () => {
+    const cdk = readCdkJson();
+    expect(cdk.app).toBe('node --import tsx cdk/bin/app.ts');
+    expect(cdk.notices).toBe(false);
+    expect(cdk.context['cli-telemetry']).toBe(false);
+  });
+
+  it('carries every currently recommended feature flag of the installed aws-cdk-lib', () => {
+    const recommended = require('aws-cdk-lib/recommended-feature-flags.json') as Record<string, unknown>;
+    const ctx = readCdkJson().context;
+    const missingOrDifferent = Object.entries(recommended)
+      .filter(([flag, value]) => JSON.stringify(ctx[flag]) !== JSON.stringify(value))
+      .map(([flag]) => flag);
+    expect(missingOrDifferent).toEqual([]);
+    // The one that matters most for this app: without it the ASG gets a LaunchConfiguration.
+    expect(ctx['@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig']).toBe(true);
+  });
+
+  it('the app uses functions/lambda.ts as the real Lambda entry', () => {
+    expect(path.relative(REPO_ROOT, LAMBDA_ENTRY)).toBe(path.join('functions', 'lambda.ts'));
+  });
+});
+
+describe('environment-agnostic stacks', () => {
+  it('have no concrete account or region (synth makes no AWS calls)', () => {
+    for (const s of [stacks.stateful, stacks.api, stacks.worker]) {
+      expect(Token.isUnresolved(s.account)).toBe(true);
+      expect(Token.isUnresolved(s.region)).toBe(true);
+    }
+    expect([stacks.stateful, stacks.api, stacks.worker].map((s) => s.stackName)).toEqual([
+      'Clipag-dev-Stateful',
+      'Clipag-dev-Api',
+      'Clipag-dev-Worker',
+    ]);
+  });
+});
+
+describe('StatefulStack', () => {
+  it('pins the logical IDs of the bucket, the queue and the DLQ', () => {
+    // Changing any of these makes CloudFormation REPLACE the resource: data loss for the
+    // bucket, lost in-flight jobs for the queues. This test must fail on such a refactor.
+    expect(STATEFUL_LOGICAL_IDS).toEqual({
+      bucket: 'ClipagBucket',
+      queue: 'ClipagJobQueue',
+      deadLetterQueue: 'ClipagJobDeadLetterQueue',
+    });
+    const byType = (type: string) => resources(stateful).filter(([, r]) => r.Type === type).map(([id]) => id).sort();
+    expect(byType('AWS::S3::Bucket')).toEqual(['ClipagBucket']);
+    expect(byType('AWS::SQS::Queue')).toEqual(['ClipagJobDeadLetterQueue', 'ClipagJobQueue']);
+  });
+
+  it('retains the bucket and the queues when the stack is deleted or the resource replaced', () => {
+    const json = stateful.toJSON() as { Resources: Record<string, { DeletionPolicy?: string; UpdateReplacePolicy?: string }> };
+    for (const id of ['ClipagBucket', 'ClipagJobQueue', 'ClipagJobDeadLetterQueue']) {
+      expect(json.Resources[id]!.DeletionPolicy).toBe('Retain');
+      expect(json.Resources[id]!.UpdateReplacePolicy).toBe('Retain');
+    }
+  });
+
+  it('keeps the bucket private and encrypted', () => {
+    stateful.hasResourceProperties('AWS::S3::Bucket', {
+      PublicAccessBlockConfiguration: {
+        BlockPublicAcls: true,
+        BlockPublicPolicy: true,
+        IgnorePublicAcls: true,
+        RestrictPublicBuckets: true,
+      },
+      BucketEncryption: {
+        ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }],
+      },
+      OwnershipControls: { Rules: [{ ObjectOwnership: 'BucketOwnerEnforced' }] },
+    });
+  });
+
+  it('denies every non-TLS request in the bucket policy', () => {
+    stateful.hasResourceProperties('AWS::S3::BucketPolicy', {
+      Bucket: { Ref: 'ClipagBucket' },
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          Match.objectLike({
+            Effect: 'Deny',
+            Action: 's3:*',
+            Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+            Principal: { AWS: '*' },
+          }),
+        ]),
+      },
+    });
+  });
+
+  it('expires outputs and uploads by lifecycle, and allows presigned PUT from browsers', () => {
+    const bucket = stateful.toJSON().Resources.ClipagBucket.Properties;
+    const rules = bucket.LifecycleConfiguration.Rules as Array<{ Prefix?: string; ExpirationInDays?: number; Status: string; AbortIncompleteMultipartUpload?: unknown }>;
+    const rule = (prefix: string) => rules.find((r) => r.Prefix === prefix);
+    expect(rule('outputs/')).toMatchObject({ ExpirationInDays: dev.outputRetentionDays, Status: 'Enabled' });
+    expect(rule('uploads/')).toMatchObject({ ExpirationInDays: dev.uploadRetentionDays, Status: 'Enabled' });
+    // Job records and keys must never expire.
+    expect(rules.filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix).sort()).toEqual(['outputs/', 'uploads/']);
+    expect(rules.some((r) => r.AbortIncompleteMultipartUpload)).toBe(true);
+    const cors = bucket.CorsConfiguration.CorsRules as Array<{ AllowedMethods: string[] }>;
+    expect(cors.some((r) => r.AllowedMethods.includes('PUT'))).toBe(true);
+  });
+
+  it('wires the job queue to the DLQ with maxReceiveCount 3, both SSE-encrypted, TLS only', () => {
+    stateful.hasResourceProperties('AWS::SQS::Queue', {
+      RedrivePolicy: {
+        deadLetterTargetArn: { 'Fn::GetAtt': ['ClipagJobDeadLetterQueue', 'Arn'] },
+        maxReceiveCount: 3,
+      },
+      VisibilityTimeout: dev.visibilityTimeoutSeconds,
+      SqsManagedSseEnabled: true,
+    });
+    const queues = resources(stateful).filter(([, r]) => r.Type === 'AWS::SQS::Queue');
+    for (const [, q] of queues) expect(q.Properties.SqsManagedSseEnabled).toBe(true);
+    const queuePolicies = resources(stateful).filter(([, r]) => r.Type === 'AWS::SQS::QueuePolicy');
+    expect(queuePolicies).toHaveLength(2);
+    for (const [, p] of queuePolicies) {
+      expect(JSON.stringify(p.Properties.PolicyDocument)).toContain('"aws:SecureTransport":"false"');
+    }
+  });
+
+  it('turns versioning on in prod only', () => {
+    expect(stateful.toJSON().Resources.ClipagBucket.Properties.VersioningConfiguration).toBeUndefined();
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const prod = buildClipag(app, stageConfig('prod'), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
+    Template.fromStack(prod.stateful).hasResourceProperties('AWS::S3::Bucket', {
+      VersioningConfiguration: { Status: 'Enabled' },
+    });
+    // The logical IDs do not depend on the stage either.
+    expect(Object.keys(Template.fromStack(prod.stateful).toJSON().Resources)).toEqual(
+      expect.arrayContaining(['ClipagBucket', 'ClipagJobQueue', 'ClipagJobDeadLetterQueue']),
+    );
+  });
+});
+
+describe('ApiStack', () => {
+  it('runs the handler on Node 22 with the aws-mode environment', () => {
+    api.hasResourceProperties('AWS::Lambda::Function', {
+      Runtime: 'nodejs22.x',
+      Handler: 'index.handler',
+      Environment: {
+        Variables: Match.objectLike({
+          [ENV.mode]: 'aws',
+          [ENV.stage]: 'dev',
+          [ENV.bucket]: Match.anyValue(),
+          [ENV.queueUrl]: Match.anyValue(),
+          [ENV.visibilityTimeout]: String(dev.visibilityTimeoutSeconds),
+          [ENV.signedUrlTtl]: String(dev.signedUrlTtlSeconds),
+          [ENV.keysPrefix]: 'keys/',
+        }),
+      },
+    });
+    // Lambda reserves AWS_REGION and fails the deployment if a template sets it.
+    const fn = resources(api).find(([, r]) => r.Type === 'AWS::Lambda::Function' && r.Properties.Runtime === 'nodejs22.x')!;
+    expect(fn[1].Properties.Environment.Variables.AWS_REGION).toBeUndefined();
+  });
+
+  it('throttles the API stage from the config', () => {
+    api.resourceCountIs('AWS::ApiGatewayV2::Api', 1);
+    api.hasResourceProperties('AWS::ApiGatewayV2::Stage', {
+      StageName: '$default',
+      AutoDeploy: true,
+      DefaultRouteSettings: {
+        ThrottlingRateLimit: dev.apiThrottleRatePerSecond,
+        ThrottlingBurstLimit: dev.apiThrottleBurst,
+      },
+      AccessLogSettings: Match.objectLike({ DestinationArn: Match.anyValue() }),
+    });
+  });
+});
+
+describe('WorkerStack', () => {
+  it('uses a public-subnet VPC without NAT gateways, with an S3 gateway endpoint', () => {
+    worker.resourceCountIs('AWS::EC2::NatGateway', 0);
+    worker.resourceCountIs('AWS::EC2::VPCEndpoint', 1);
+    worker.hasResourceProperties('AWS::EC2::VPCEndpoint', { VpcEndpointType: 'Gateway' });
+    // No inbound rule on the instances' security group.
+    const sgs = resources(worker).filter(([id, r]) => r.Type === 'AWS::EC2::SecurityGroup' && id.startsWith('InstanceSecurityGroup'));
+    expect(sgs).toHaveLength(1);
+    expect(sgs[0]![1].Properties.SecurityGroupIngress).toBeUndefined();
+    worker.resourceCountIs('AWS::EC2::SecurityGroupIngress', 0);
+  });
+
+  it('runs a GPU Auto Scaling group from a launch template (never a LaunchConfiguration), min 0', () => {
+    worker.resourceCountIs('AWS::AutoScaling::LaunchConfiguration', 0);
+    worker.resourceCountIs('AWS::EC2::LaunchTemplate', 1);
+    worker.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+      MinSize: '0',
+      MaxSize: String(dev.maxInstances),
+      NewInstancesProtectedFromScaleIn: true,
+    });
+    // No DesiredCapacity: a fixed value would reset the group on every deploy.
+    const asg = resources(worker).find(([, r]) => r.Type === 'AWS::AutoScaling::AutoScalingGroup')![1];
+    expect(asg.Properties.DesiredCapacity).toBeUndefined();
+    const lt = resources(worker).find(([, r]) => r.Type === 'AWS::EC2::LaunchTemplate')![1].Properties.LaunchTemplateData;
+    expect(lt.InstanceType).toBe('g5.xlarge');
+    expect(lt.MetadataOptions).toMatchObject({ HttpTokens: 'required', HttpPutResponseHopLimit: 1 });
+    // The GPU ECS AMI is an SSM parameter resolved at deploy time, not a synth-time lookup.
+    const params = (worker.toJSON() as { Parameters: Record<string, { Default?: string }> }).Parameters;
+    const amiParam = Object.entries(params).find(([id]) => id === lt.ImageId.Ref)?.[1];
+    expect(amiParam?.Default).toBe('/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id');
+  });
+
+  it('uses Spot with the configured types in dev, on-demand g5.xlarge in prod', () => {
+    worker.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+      MixedInstancesPolicy: {
+        InstancesDistribution: { OnDemandPercentageAboveBaseCapacity: 0 },
+        LaunchTemplate: {
+          LaunchTemplateSpecification: Match.objectLike({ LaunchTemplateId: Match.anyValue() }),
+          Overrides: dev.instanceTypes.map((t) => ({ InstanceType: t })),
+        },
+      },
+    });
+    expect(JSON.stringify(worker.toJSON())).toContain('ECS_ENABLE_SPOT_INSTANCE_DRAINING=true');
+
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const prod = Template.fromStack(buildClipag(app, stageConfig('prod'), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    prod.resourceCountIs('AWS::AutoScaling::LaunchConfiguration', 0);
+    prod.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
+      MinSize: '0',
+      LaunchTemplate: Match.objectLike({ LaunchTemplateId: Match.anyValue() }),
+      MixedInstancesPolicy: Match.absent(),
+    });
+    expect(JSON.stringify(prod.toJSON())).not.toContain('ECS_ENABLE_SPOT_INSTANCE_DRAINING');
+  });
+
+  it('registers the group as a managed-scaling capacity provider of the cluster', () => {
+    worker.hasResourceProperties('AWS::ECS::CapacityProvider', {
+      AutoScalingGroupProvider: {
+        ManagedScaling: { Status: 'ENABLED', TargetCapacity: 100 },
+        ManagedTerminationProtection: 'ENABLED',
+      },
+    });
+    worker.hasResourceProperties('AWS::ECS::ClusterCapacityProviderAssociations', {
+      CapacityProviders: Match.arrayWith([{ Ref: Match.stringLikeRegexp('^GpuCapacityProvider') }]),
+    });
+  });
+
+  it('defines a one-GPU EC2 task with a long stop timeout and logs', () => {
+    worker.hasResourceProperties('AWS::ECS::TaskDefinition', {
+      RequiresCompatibilities: ['EC2'],
+      NetworkMode: 'bridge',
+      ContainerDefinitions: [
+        Match.objectLike({
+          ResourceRequirements: [{ Type: 'GPU', Value: '1' }],
+          StopTimeout: dev.stopTimeoutSeconds,
+          LogConfiguration: Match.objectLike({ LogDriver: 'awslogs' }),
+          Environment: Match.arrayWith([
+            { Name: ENV.mode, Value: 'aws' },
+            { Name: ENV.queueUrl, Value: Match.anyValue() },
+            { Name: ENV.dlqUrl, Value: Match.anyValue() },
+          ]),
+        }),
+      ],
+    });
+    const td = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')![1];
+    expect(td.Properties.ContainerDefinitions[0].StopTimeout).toBeGreaterThanOrEqual(120);
+    const names = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name).sort();
+    expect(names).toEqual(
+      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.region].sort(),
+    );
+  });
+
+  it('creates the service at desiredCount 0 on the capacity provider, after the cluster association', () => {
+    const [, service] = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::Service')!;
+    expect(service.Properties.DesiredCount).toBe(0);
+    expect(service.Properties.CapacityProviderStrategy).toEqual([
+      expect.objectContaining({ CapacityProvider: { Ref: expect.stringMatching(/^GpuCapacityProvider/) } }),
+    ]);
+    const [assocId] = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::ClusterCapacityProviderAssociations')!;
+    expect(service.DependsOn).toEqual(expect.arrayContaining([assocId]));
+  });
+
+  it('scales the task count from 0 on the backlog (visible + in flight) and back to 0', () => {
+    worker.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', {
+      MinCapacity: 0,
+      MaxCapacity: dev.maxInstances,
+      ScalableDimension: 'ecs:service:DesiredCount',
+    });
+    const policies = resources(worker).filter(([, r]) => r.Type === 'AWS::ApplicationAutoScaling::ScalingPolicy');
+    const alarms = resources(worker).filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm');
+    const alarmFor = (policyId: string) => alarms.find(([, a]) => JSON.stringify(a.Properties.AlarmActions) === JSON.stringify([{ Ref: policyId }]))?.[1];
+
+    const scaleIn = policies.find(([, p]) => p.Properties.StepScalingPolicyConfiguration.StepAdjustments.some((s: any) => s.ScalingAdjustment === 0));
+    const scaleOut = policies.find(([, p]) => p.Properties.StepScalingPolicyConfiguration.StepAdjustments.every((s: any) => s.ScalingAdjustment >= 1));
+    expect(scaleIn, 'a scale-to-zero policy').toBeDefined();
+    expect(scaleOut, 'a scale-out policy').toBeDefined();
+    for (const [, p] of [scaleIn!, scaleOut!]) {
+      expect(p.Properties.StepScalingPolicyConfiguration.AdjustmentType).toBe('ExactCapacity');
+    }
+
+    const inAlarm = alarmFor(scaleIn![0])!;
+    const outAlarm = alarmFor(scaleOut![0])!;
+    for (const alarm of [inAlarm, outAlarm]) {
+      const metrics = alarm.Properties.Metrics as Array<{ Expression?: string; MetricStat?: { Metric: { MetricName: string; Dimensions: unknown } } }>;
+      const expr = metrics.find((m) => m.Expression)!.Expression!;
+      const names = metrics.filter((m) => m.MetricStat).map((m) => m.MetricStat!.Metric.MetricName).sort();
+      expect(names).toEqual(['ApproximateNumberOfMessagesNotVisible', 'ApproximateNumberOfMessagesVisible']);
+      expect(expr).toMatch(/\+/);
+      // Both metrics are of the job queue, not the DLQ.
+      for (const m of metrics.filter((x) => x.MetricStat)) {
+        const dim = JSON.stringify(m.MetricStat!.Metric.Dimensions);
+        expect(dim).toContain('ClipagJobQueue');
+        expect(dim).not.toContain('DeadLetter');
+      }
+    }
+    // Scale in: backlog <= 0 for the idle window; an idle queue that stopped emitting counts as empty.
+    expect(inAlarm.Properties).toMatchObject({
+      ComparisonOperator: 'LessThanOrEqualToThreshold',
+      Threshold: 0,
+      TreatMissingData: 'breaching',
+      EvaluationPeriods: dev.scaleInAfterIdleMinutes,
+    });
+    // Scale out from zero: a single job is enough, and missing data never launches GPUs.
+    expect(outAlarm.Properties).toMatchObject({
+      ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+      Threshold: 1,
+      TreatMissingData: 'notBreaching',
+      EvaluationPeriods: 1,
+    });
+    // Step intervals are relative to the threshold (1): backlog 1..jobsPerTask -> 1 task.
+    expect(scaleOut![1].Properties.StepScalingPolicyConfiguration.StepAdjustments[0]).toEqual({
+      MetricIntervalLowerBound: 0,
+      MetricIntervalUpperBound: dev.jobsPerTask,
+      ScalingAdjustment: 1,
+    });
+    const adjustments = (scaleOut![1].Properties.StepScalingPolicyConfiguration.StepAdjustments as Array<{ ScalingAdjustment: number }>).map((s) => s.ScalingAdjustment);
+    expect(Math.max(...adjustments)).toBe(dev.maxInstances);
+  });
+
+  it('maps backlog to exact task counts', () => {
+    expect(backlogSteps(3, 4)).toEqual([
+      { upper: 0, change: 0 },
+      { lower: 1, change: 1 },
+      { lower: 5, change: 2 },
+      { lower: 9, change: 3 },
+    ]);
+  });
+
+  it('alarms on DLQ depth >= 1 and on the age of the oldest message, to SNS', () => {
+    worker.resourceCountIs('AWS::SNS::Topic', 1);
+    const alarms = resources(worker).filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
+    const dlq = alarms.find((a) => a.MetricName === 'ApproximateNumberOfMessagesVisible' && JSON.stringify(a.Dimensions).includes('ClipagJobDeadLetterQueue'));
+    expect(dlq).toMatchObject({ Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', TreatMissingData: 'notBreaching' });
+    expect(dlq.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+    const age = alarms.find((a) => a.MetricName === 'ApproximateAgeOfOldestMessage');
+    expect(age).toMatchObject({ Threshold: dev.alarmOldestMessageAgeSeconds, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
+    expect(JSON.stringify(age.Dimensions)).toContain('ClipagJobQueue');
+    expect(age.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+  });
+
+  it('stages the worker image from the repo root with gpu-worker/Dockerfile, for linux/amd64', () => {
+    const assets = JSON.parse(readFileSync(path.join(assemblyDir, `${stacks.worker.artifactId}.assets.json`), 'utf8')) as {
+      dockerImages: Record<string, { source: { directory: string; dockerFile?: string; platform?: string } }>;
+    };
+    const images = Object.values(assets.dockerImages);
+    expect(images).toHaveLength(1);
+    const { source } = images[0]!;
+    expect(source.dockerFile).toBe('gpu-worker/Dockerfile');
+    expect(source.platform).toBe('linux/amd64');
+    const staged = path.join(assemblyDir, source.directory);
+    const top = readdirSync(staged);
+    expect(top).toEqual(expect.arrayContaining(['package.json', 'package-lock.json', 'gpu-worker']));
+    expect(existsSync(path.join(staged, 'gpu-worker', 'Dockerfile'))).toBe(true);
+    for (const excluded of ['node_modules', 'cdk.out', '.data', '.git', 'test', 'functions', 'cdk']) {
+      expect(top, `${excluded} must not be in the build context`).not.toContain(excluded);
+    }
+  });
+});
+
+describe('IAM least privilege (every policy document of every stack)', () => {
+  const DATA_SERVICES = /^(s3|sqs):/;
+
+  it('has no Allow statement with a "*" or "service:*" action, and no wildcard action on S3/SQS', () => {
+    const offenders: string[] = [];
+    let scanned = 0;
+    for (const t of [stateful, api, worker]) {
+      for (const { owner, statement } of policyStatements(t)) {
+        if (statement.Effect !== 'Allow') continue;
+        scanned++;
+        if (statement.NotAction) offenders.push(`${owner}: NotAction`);
+        for (const action of asArray(statement.Action)) {
+          if (action === '*' || /^[a-z0-9-]+:\*$/i.test(action)) offenders.push(`${owner}: ${action}`);
+          if (DATA_SERVICES.test(action) && action.includes('*')) offenders.push(`${owner}: ${action}`);
+          if (DATA_SERVICES.test(action) && asArray(statement.Resource).includes('*')) offenders.push(`${owner}: ${action} on *`);
+        }
+      }
+    }
+    expect(scanned).toBeGreaterThan(5); // the scan really saw the policies
+    expect(offenders).toEqual([]);
+  });
+
+  /** S3 actions granted to the role whose policy has `ownerPrefix`, as "action prefix" strings. */
+  function s3Grants(t: Template, ownerPrefix: string): string[] {
+    const out: string[] = [];
+    for (const { owner, statement } of policyStatements(t)) {
+      if (!owner.startsWith(ownerPrefix) || statement.Effect !== 'Allow') continue;
+      for (const action of asArray(statement.Action).filter((a) => a.startsWith('s3:'))) {
+        if (action === 's3:ListBucket') {
+          const prefixes = (statement.Condition as any).StringLike['s3:prefix'] as string[];
+          for (const p of prefixes) out.push(`${action} ${p}`);
+          continue;
+        }
+        for (const r of asArray(statement.Resource)) {
+          const suffix = JSON.stringify(r).match(/"\/([a-z]+\/\*)"/)?.[1];
+          out.push(`${action} ${suffix ?? 'WHOLE-BUCKET'}`);
+        }
+      }
+    }
+    return out.sort();
+  }
+
+  it('gives the Lambda exactly its prefixes: no deletes, no writes to keys/ or outputs/', () => {
+    expect(s3Grants(api, 'HandlerServiceRoleDefaultPolicy')).toEqual(
+      [
+        's3:GetObject jobs/*',
+        's3:PutObject jobs/*',
+        's3:ListBucket jobs/*',
+        's3:GetObject keys/*',
+        's3:GetObject uploads/*',
+        's3:PutObject uploads/*',
+        's3:GetObject outputs/*',
+        's3:GetObject models/*',
+        's3:ListBucket models/*',
+      ].sort(),
+    );
+    const lambdaSqs = policyStatements(api)
+      .filter(({ owner }) => owner.startsWith('HandlerServiceRoleDefaultPolicy'))
+      .flatMap(({ statement }) => asArray(statement.Action))
+      .filter((a) => a.startsWith('sqs:'));
+    expect(lambdaSqs.sort()).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
+  });
+
+  it('gives the worker task role its prefixes and queue consumption only; it cannot read API keys', () => {
+    const grants = s3Grants(worker, 'WorkerTaskDefinitionTaskRoleDefaultPolicy');
+    expect(grants).toEqual(
+      [
+        's3:GetObject jobs/*',
+        's3:PutObject jobs/*',
+        's3:PutObject outputs/*',
+        's3:GetObject uploads/*',
+        's3:GetObject models/*',
+        's3:ListBucket models/*',
+      ].sort(),
+    );
+    expect(grants.some((g) => g.includes(BUCKET_PREFIXES.keys))).toBe(false);
+    const sqsByResource = policyStatements(worker)
+      .filter(({ owner }) => owner.startsWith('WorkerTaskDefinitionTaskRoleDefaultPolicy'))
+      .filter(({ statement }) => asArray(statement.Action).some((a) => a.startsWith('sqs:')))
+      .map(({ statement }) => ({ actions: asArray(statement.Action).sort(), resource: JSON.stringify(statement.Resource) }));
+    const onQueue = sqsByResource.find((s) => s.resource.includes('ClipagJobQueueArn'));
+    const onDlq = sqsByResource.find((s) => s.resource.includes('ClipagJobDeadLetterQueueArn'));
+    expect(onQueue?.actions).toEqual(['sqs:ChangeMessageVisibility', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:ReceiveMessage']);
+    expect(onDlq?.actions).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
+    expect(sqsByResource).toHaveLength(2);
+  });
+});
+
+describe('stage config', () => {
+  it('defaults to g5.xlarge and fails fast on unknown stages or bad values', () => {
+    expect(dev.instanceTypes[0]).toBe('g5.xlarge');
+    expect(stageConfig('prod').useSpot).toBe(false);
+    expect(() => stageConfig('staging')).toThrow(/Unknown stage "staging"/);
+    expect(() => stageConfig('dev', { stopTimeoutSeconds: 30 })).toThrow(/stopTimeoutSeconds/);
+    expect(() => stageConfig('dev', { lambdaTimeoutSeconds: 60 })).toThrow(/lambdaTimeoutSeconds/);
+    expect(() => stageConfig('dev', { logRetentionDays: 10 })).toThrow(/logRetentionDays/);
+    expect(() => stageConfig('dev', { maxInstances: 0 })).toThrow(/maxInstances/);
+  });
+});
