@@ -1,6 +1,9 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
-import { encodeModel } from '../../gpu-worker/engine/onnx/codec.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodeModel, writeModelFile } from '../../gpu-worker/engine/onnx/codec.ts';
 import { tensor } from '../../gpu-worker/engine/onnx/ir.ts';
 import type { ModelIR, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
@@ -190,6 +193,21 @@ describe('EnginePool', () => {
     await expectEngineError(h.run({ x: X, idx: IDX }, ['zz']), 'invalid_input', /unknown output 'zz'/);
   });
 
+  it('loads a model with external data from a path', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'clipag-pool-'));
+    try {
+      const path = join(dir, 'small.onnx');
+      await writeModelFile(path, smallModel(), { externalDataThreshold: 0 });
+      const pool = newPool({ size: 1 });
+      const h = await pool.load(path, path);
+      const out = await h.run({ x: X, idx: IDX }, ['g']);
+      expect(Array.from(out.g.data as Float32Array)).toEqual([4, 2, 1, 0]);
+      await expectEngineError(pool.load('missing', join(dir, 'missing.onnx')), 'invalid_model', /onnxruntime refused the model/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('transfer: true moves the feed buffers to the worker (caller arrays become detached)', async () => {
     const pool = newPool({ size: 1 });
     const h = await pool.load('small', encodeModel(smallModel()));
@@ -210,7 +228,8 @@ describe('EnginePool', () => {
     const x = { dtype: 'float32' as const, dims: [n, n], data: new Float32Array(n * n).map((_, i) => (i % 7) - 3) };
 
     // Contrast: a session on the main thread starves timers for the length of the run. The chain is
-    // deepened until one run takes >= 400 ms, so the test means the same on fast and slow CPUs.
+    // deepened until one run takes >= 600 ms, so the test means the same on fast and slow CPUs (the margin
+    // over 300 ms absorbs the pool run being faster when other test files stop competing for the cores).
     let depth = 8;
     let bytes: Uint8Array;
     let directMs: number;
@@ -226,7 +245,7 @@ describe('EnginePool', () => {
       clearInterval(iv0);
       directTicks = ticks0;
       await direct.release();
-      if (directMs >= 400 || depth >= 256) break;
+      if (directMs >= 600 || depth >= 256) break;
       depth *= 2;
     }
 
@@ -240,11 +259,12 @@ describe('EnginePool', () => {
     clearInterval(iv);
 
     expect(Array.from((out.y.data as Float32Array).subarray(0, 8))).toEqual(Array.from(x.data.subarray(0, 8)));
-    expect(poolMs).toBeGreaterThanOrEqual(300);
-    // a free event loop fires roughly every 10 ms; demand at least a third of that
-    expect(ticks).toBeGreaterThanOrEqual(Math.floor(poolMs / 10 / 3));
-    expect(directMs).toBeGreaterThanOrEqual(300);
-    expect(directTicks).toBeLessThan(Math.floor(directMs / 10 / 3));
+    const why = `pool ${poolMs.toFixed(0)} ms, ${ticks} ticks; direct ${directMs.toFixed(0)} ms, ${directTicks} ticks; depth ${depth}`;
+    expect(poolMs, why).toBeGreaterThanOrEqual(300);
+    // A free event loop fires about every 10 ms; demand a quarter of that (CI cores are shared with
+    // other test files). The blocked main thread gets almost none.
+    expect(ticks, why).toBeGreaterThanOrEqual(Math.floor(poolMs / 10 / 4));
+    expect(directTicks, why).toBeLessThan(Math.floor(directMs / 10 / 4));
   });
 
   it('close() drains in-flight runs, is idempotent, and later calls are refused', async () => {
