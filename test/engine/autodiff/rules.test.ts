@@ -287,6 +287,16 @@ describe('graph-level behaviour', () => {
     expect((err as EngineError).detail).toMatchObject({ op: 'Floor', node: 'quantize', input: h });
   });
 
+  test('an active Clip bound is not_differentiable (a rule can refuse one input), naming the input', () => {
+    const b = new Builder();
+    const x = b.input('x', 'float64', [3]);
+    const lo = b.input('lo', 'float64', []);
+    const y = b.op1('Clip', [x, lo], {}, { name: 'clamp' });
+    const l = b.reduceSum(y, [0], false);
+    expect(() => appendGradients(b, { loss: l, wrt: [x, lo] })).toThrow(/op Clip \(node clamp\), input #1 "lo"/);
+    expect(appendGradients(b, { loss: l, wrt: [x] }).get(x)).toBeDefined();
+  });
+
   test('an inactive non-differentiable op (off the wrt path) and unsupported ops off the path are fine', () => {
     const b = new Builder();
     const x = b.input('x', 'float64', [3]);
