@@ -242,7 +242,10 @@ export const SHAPE_RULES: Record<string, ShapeRule> = {
     const x = c.info(0);
     const axis = normAxis(attrInt(c.attr, 'axis', -1), x.shape.length);
     const stat = x.shape.map((d, i) => (i < axis ? d : 1));
-    return [{ dtype: x.dtype, shape: [...x.shape] }, { dtype: x.dtype, shape: stat }, { dtype: x.dtype, shape: stat }];
+    // Mean/InvStdDev have type U (float32 with the default stash_type=1), whatever the input type:
+    // onnxruntime implements float64 LayerNormalization only with float32 statistics.
+    const statType: DType = attrInt(c.attr, 'stash_type', 1) === 1 ? 'float32' : x.dtype;
+    return [{ dtype: x.dtype, shape: [...x.shape] }, { dtype: statType, shape: stat }, { dtype: statType, shape: stat }];
   },
   ReduceSum: reduce, ReduceMean: reduce, ReduceL2: reduce, ReduceMax: reduce, ReduceMin: reduce, ReduceSumSquare: reduce,
   ReduceProd: reduce, ReduceLogSumExp: reduce,
