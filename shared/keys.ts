@@ -23,3 +23,10 @@ export function assertValidPrefix(prefix: string): void {
   const trimmed = prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
   assertValidKey(trimmed, 'prefix');
 }
+
+/** Where an init image uploaded through `POST /v1/uploads` lives; a job's `init: "upload:<id>"` names it. */
+export function uploadKey(owner: string, uploadId: string): string {
+  const key = `uploads/${owner}/${uploadId}`;
+  assertValidKey(key, 'upload');
+  return key;
+}
