@@ -23,6 +23,8 @@ const Common = {
   maxBodyBytes: intIn(1024, 10 * 1024 * 1024, 64 * 1024),
   defaultModel: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/).default('toy'),
   modelsDir: z.string().min(1).default('models'),
+  /** Where the worker runs the engine: onnxruntime's CUDA EP in the GPU container, CPU elsewhere. */
+  device: z.enum(['cpu', 'cuda']).default('cpu'),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
 };
 
@@ -73,6 +75,8 @@ export const ENV_VARS = {
   CLIPAG_MAX_BODY_BYTES: 'maxBodyBytes',
   CLIPAG_DEFAULT_MODEL: 'defaultModel',
   CLIPAG_MODELS_DIR: 'modelsDir',
+  /** The name the CDK worker stack sets (cdk/lib/config.ts ENV.executionProvider). */
+  CLIPAG_EXECUTION_PROVIDER: 'device',
   LOG_LEVEL: 'logLevel',
 } as const satisfies Record<string, string>;
 
