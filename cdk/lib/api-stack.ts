@@ -68,7 +68,6 @@ export class ApiStack extends Stack {
         [ENV.queueUrl]: queue.queueUrl,
         [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
         [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
-        [ENV.keysPrefix]: BUCKET_PREFIXES.keys,
         NODE_OPTIONS: '--enable-source-maps',
         // AWS_REGION is set by the Lambda runtime itself (reserved name).
       },

@@ -183,8 +183,9 @@ export const BUCKET_PREFIXES = {
 } as const;
 
 /**
- * Environment variable names handed to the Lambda and the worker. The processes'
- * composition roots read them; listed in cdk/README.md.
+ * Environment variable names handed to the Lambda and the worker. They must match what
+ * shared/config.ts parses (a test checks it); listed in cdk/README.md. `stage` and
+ * `stopTimeout` are informational extras that shared/config does not require.
  */
 export const ENV = {
   mode: 'CLIPAG_MODE',
@@ -192,11 +193,10 @@ export const ENV = {
   bucket: 'CLIPAG_BUCKET',
   queueUrl: 'CLIPAG_QUEUE_URL',
   dlqUrl: 'CLIPAG_DLQ_URL',
-  visibilityTimeout: 'CLIPAG_VISIBILITY_TIMEOUT_S',
-  maxReceiveCount: 'CLIPAG_MAX_RECEIVE_COUNT',
-  signedUrlTtl: 'CLIPAG_SIGNED_URL_TTL_S',
-  keysPrefix: 'CLIPAG_KEYS_PREFIX',
-  stopTimeout: 'CLIPAG_STOP_TIMEOUT_S',
+  visibilityTimeout: 'CLIPAG_VISIBILITY_TIMEOUT_SEC',
+  maxReceiveCount: 'CLIPAG_MAX_RECEIVES',
+  signedUrlTtl: 'CLIPAG_SIGNED_URL_TTL_SEC',
+  stopTimeout: 'CLIPAG_STOP_TIMEOUT_SEC',
   executionProvider: 'CLIPAG_EXECUTION_PROVIDER',
   region: 'AWS_REGION',
 } as const;

@@ -191,7 +191,6 @@ describe('ApiStack', () => {
           [ENV.queueUrl]: Match.anyValue(),
           [ENV.visibilityTimeout]: String(dev.visibilityTimeoutSeconds),
           [ENV.signedUrlTtl]: String(dev.signedUrlTtlSeconds),
-          [ENV.keysPrefix]: 'keys/',
         }),
       },
     });
@@ -499,6 +498,19 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     expect(onQueue?.actions).toEqual(['sqs:ChangeMessageVisibility', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:ReceiveMessage']);
     expect(onDlq?.actions).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
     expect(sqsByResource).toHaveLength(2);
+  });
+});
+
+describe('environment contract with shared/config.ts', () => {
+  it('sets only variables that the processes\' config parser reads (plus two informational ones)', async () => {
+    const { ENV_VARS } = (await import('../../shared/config.ts')) as { ENV_VARS: Record<string, string> };
+    const informational = new Set<string>([ENV.stage, ENV.stopTimeout]);
+    const fn = resources(api).find(([, r]) => r.Type === 'AWS::Lambda::Function' && r.Properties.Runtime === 'nodejs22.x')![1];
+    const td = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')![1];
+    const lambdaNames = Object.keys(fn.Properties.Environment.Variables).filter((n) => n !== 'NODE_OPTIONS');
+    const workerNames = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name);
+    const unknown = [...lambdaNames, ...workerNames].filter((n) => !informational.has(n) && !(n in ENV_VARS));
+    expect(unknown).toEqual([]);
   });
 });
 
