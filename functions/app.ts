@@ -1,0 +1,70 @@
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { IdempotencyLedger } from './idempotency.ts';
+import { auth } from './middleware/auth.ts';
+import { notFound, onError, validationHook } from './middleware/errors.ts';
+import { bodySizeLimit, requireJson } from './middleware/limits.ts';
+import { requestId } from './middleware/request-id.ts';
+import { registerGenerationRoutes } from './routes/generations.ts';
+import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
+import { registerUploadRoutes } from './routes/uploads.ts';
+import { ErrorEnvelope } from '../shared/schemas/error.ts';
+import type { AppDeps, AppEnv, AppLogEntry } from './types.ts';
+
+export type { AppDeps, AppLimits, ApiKeyVerifier, AppEnv } from './types.ts';
+export type { ModelInfo } from './schemas.ts';
+
+/** Paths the app serves, with their methods, so a wrong method is a 405 rather than a 404. */
+const ROUTES = [
+  { pattern: /^\/healthz$/, methods: ['GET'] },
+  { pattern: /^\/openapi\.json$/, methods: ['GET'] },
+  { pattern: /^\/v1\/models$/, methods: ['GET'] },
+  { pattern: /^\/v1\/uploads$/, methods: ['POST'] },
+  { pattern: /^\/v1\/generations$/, methods: ['GET', 'POST'] },
+  { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET'] },
+  { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
+];
+
+function defaultLog(entry: AppLogEntry): void {
+  if (entry.level !== 'info') process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
+}
+
+/**
+ * The whole HTTP API, built once from its dependencies. No environment reads and no SDK clients
+ * here: `lambda.ts` and `server.ts` choose the adapters and call this.
+ */
+export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
+  const clock = deps.clock ?? (() => new Date());
+  const log = deps.log ?? defaultLog;
+  const ledger = new IdempotencyLedger(deps.blobs, deps.jobs);
+  const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
+
+  app.use('*', requestId());
+  app.onError(onError(log));
+  app.notFound(notFound(ROUTES));
+
+  registerHealthRoutes(app);
+  app.doc31('/openapi.json', {
+    openapi: '3.1.0',
+    info: {
+      title: 'clipag API',
+      version: '1.0.0',
+      description: 'Generator-free text-to-image: pixels optimized along the gradients of a robust CLIP (CLIPAG). Every 4xx/5xx has the ErrorEnvelope body.',
+    },
+  });
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', {
+    type: 'http',
+    scheme: 'bearer',
+    description: 'API key from `clipag keys create`',
+  });
+  app.openAPIRegistry.register('ErrorEnvelope', ErrorEnvelope);
+
+  app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
+  app.use('/v1/*', auth(deps.keys));
+  app.use('/v1/generations', requireJson());
+  app.use('/v1/uploads', requireJson());
+
+  registerModelRoutes(app, deps);
+  registerUploadRoutes(app, deps, { clock });
+  registerGenerationRoutes(app, deps, { clock, ledger });
+  return app;
+}

@@ -1,0 +1,104 @@
+import { z } from 'zod';
+import { ConflictError, PreconditionFailedError, ValidationError } from '../shared/errors.ts';
+import type { BlobStore, JobStore } from '../shared/ports.ts';
+import type { JobRecord } from '../shared/schemas/job.ts';
+import { sha256Hex } from '../shared/schemas/apikey.ts';
+
+/**
+ * Idempotency-Key for POST /v1/generations (docs/adr/0004).
+ *
+ * One small record per (owner, key) at `jobs/.idempotency/<owner>/<sha256(key)>.json`, written
+ * with a conditional create *before* the job, naming the job id the request will create and the
+ * hash of its canonical body. `.idempotency` can never be an owner id (no `.` allowed), so these
+ * records are invisible to job listings, and they sit under `jobs/`, the prefix the API may write.
+ * Of two concurrent identical requests exactly one wins the create; the other waits for the job.
+ */
+
+export const IDEMPOTENCY_KEY_PATTERN = /^[\x21-\x7e]{1,255}$/;
+/** A claim whose job never appeared (its request died in between) is taken over after this long. */
+const STALE_CLAIM_MS = 30_000;
+
+const IdempotencyRecord = z
+  .object({ v: z.literal(1), body_hash: z.string(), job_id: z.string(), created_at: z.string() })
+  .strict();
+type IdempotencyRecord = z.output<typeof IdempotencyRecord>;
+
+export type Claim = { kind: 'claimed'; jobId: string } | { kind: 'replay'; job: JobRecord };
+
+export function checkIdempotencyKey(key: string): void {
+  if (!IDEMPOTENCY_KEY_PATTERN.test(key)) {
+    throw new ValidationError('Idempotency-Key must be 1..255 printable ASCII characters', 'Idempotency-Key');
+  }
+}
+
+/** JSON with object keys sorted at every level, so equal values hash equal. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+export function idempotencyRecordKey(owner: string, key: string): string {
+  return `jobs/.idempotency/${owner}/${sha256Hex(key)}.json`;
+}
+
+export class IdempotencyLedger {
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly jobs: JobStore,
+    private readonly options: { waitMs?: number; staleMs?: number } = {},
+  ) {}
+
+  /**
+   * Claims `key` for a new job `jobId`, or returns the job an earlier request with the same key
+   * and body made. Same key with another body → ConflictError (409).
+   */
+  async claim(args: { owner: string; key: string; bodyHash: string; jobId: string; now: Date }): Promise<Claim> {
+    const blobKey = idempotencyRecordKey(args.owner, args.key);
+    const fresh: IdempotencyRecord = { v: 1, body_hash: args.bodyHash, job_id: args.jobId, created_at: args.now.toISOString() };
+    const encoded = Buffer.from(JSON.stringify(fresh));
+    const deadline = Date.now() + (this.options.waitMs ?? 3000);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.blobs.putIfAbsent(blobKey, encoded, { contentType: 'application/json' });
+        return { kind: 'claimed', jobId: args.jobId };
+      } catch (error) {
+        if (!(error instanceof PreconditionFailedError)) throw error;
+      }
+      const object = await this.blobs.get(blobKey);
+      if (!object) continue; // vanished in between: claim again
+      const existing = IdempotencyRecord.parse(JSON.parse(Buffer.from(object.body).toString('utf8')));
+      if (existing.body_hash !== args.bodyHash) {
+        throw new ConflictError('this Idempotency-Key was already used with a different request body', {
+          code: 'idempotency_key_reused',
+          param: 'Idempotency-Key',
+        });
+      }
+      const job = await this.jobs.get(args.owner, existing.job_id);
+      if (job) return { kind: 'replay', job };
+      // The first request holds the claim but has not written its job yet.
+      const age = args.now.getTime() - Date.parse(existing.created_at);
+      if (age > (this.options.staleMs ?? STALE_CLAIM_MS)) {
+        try {
+          await this.blobs.replaceIfMatch(blobKey, encoded, object.etag, { contentType: 'application/json' });
+          return { kind: 'claimed', jobId: args.jobId };
+        } catch (error) {
+          if (!(error instanceof PreconditionFailedError)) throw error;
+          continue;
+        }
+      }
+      if (Date.now() >= deadline) {
+        throw new ConflictError('a request with this Idempotency-Key is still being processed; retry shortly', {
+          code: 'idempotency_in_progress',
+          param: 'Idempotency-Key',
+        });
+      }
+      await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
+    }
+  }
+}

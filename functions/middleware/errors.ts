@@ -1,0 +1,115 @@
+import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { AuthError, ClipagError, RetryableError, ValidationError, toErrorEnvelope } from '../../shared/errors.ts';
+import type { ErrorEnvelopeBody } from '../../shared/errors.ts';
+import type { AppEnv, AppLogEntry } from '../types.ts';
+
+/** An HTTP-level error with an explicit public code (405, 415, malformed JSON, ...). */
+export class HttpError extends ClipagError {
+  readonly retryable = false;
+  constructor(
+    readonly status: number,
+    code: string,
+    message: string,
+    param?: string,
+  ) {
+    super(code, message, { param });
+  }
+}
+
+const HTTP_EXCEPTION_CODES: Record<number, string> = {
+  400: 'invalid_json',
+  404: 'not_found',
+  405: 'method_not_allowed',
+  413: 'payload_too_large',
+  415: 'unsupported_media_type',
+};
+
+/** Maps anything thrown to the one envelope; 5xx never leak internals. */
+export function envelopeFor(error: unknown, requestId: string): { status: number; body: ErrorEnvelopeBody } {
+  if (error instanceof HTTPException && !(error instanceof ClipagError)) {
+    const status = error.status;
+    const code = HTTP_EXCEPTION_CODES[status] ?? (status >= 500 ? 'internal_error' : 'bad_request');
+    const message = status === 400 ? 'request body is not valid JSON' : status >= 500 ? 'internal error' : error.message;
+    return { status, body: { error: { code, message, param: null, request_id: requestId } } };
+  }
+  const envelope = toErrorEnvelope(error, requestId);
+  if (error instanceof RetryableError && error.code === 'unavailable') {
+    // Adapter errors carry SDK messages; callers only need to know to retry.
+    envelope.body.error.message = 'a dependency is temporarily unavailable; retry later';
+  }
+  return envelope;
+}
+
+export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
+  const { status, body } = envelopeFor(error, c.get('requestId') ?? 'unknown');
+  if (error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
+  if (status === 503) c.header('Retry-After', '1');
+  if (error instanceof HttpError && error.status === 405 && allowHeader.has(error)) c.header('Allow', allowHeader.get(error));
+  return c.json(body, status as ContentfulStatusCode);
+}
+
+const allowHeader = new WeakMap<HttpError, string>();
+export function methodNotAllowed(allowed: string[]): HttpError {
+  const error = new HttpError(405, 'method_not_allowed', `method not allowed; use ${allowed.join(', ')}`);
+  allowHeader.set(error, allowed.join(', '));
+  return error;
+}
+
+/** The one onError: the envelope for every thrown error, and a log line for 5xx. */
+export function onError(log: (entry: AppLogEntry) => void): ErrorHandler<AppEnv> {
+  return function onErrorHandler(error, c) {
+    const response = errorResponse(c, error);
+    if (response.status >= 500) {
+      log({
+        level: 'error',
+        msg: 'request failed',
+        request_id: c.get('requestId'),
+        method: c.req.method,
+        path: c.req.path,
+        status: response.status,
+        error: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
+      });
+    }
+    return response;
+  };
+}
+
+/** Unknown route → 404; a known path with the wrong method → 405 with Allow. */
+export function notFound(routes: ReadonlyArray<{ pattern: RegExp; methods: string[] }>): NotFoundHandler<AppEnv> {
+  return function notFoundHandler(c) {
+    const match = routes.find((r) => r.pattern.test(c.req.path));
+    if (match) return errorResponse(c, methodNotAllowed(match.methods));
+    return errorResponse(c, new HttpError(404, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
+  };
+}
+
+/** zod-openapi's defaultHook: validation failures become a 400 envelope naming the first bad field. */
+export function validationHook(
+  result: { success: true; data: unknown; target: string } | { success: false; error: { issues: ReadonlyArray<ZodIssueLike> }; target: string },
+): void {
+  if (result.success) return;
+  const issues = result.error.issues;
+  const first = issues[0];
+  const paramOf = (issue: ZodIssueLike): string | undefined => {
+    const path = issue.path.map(String).join('.');
+    if (issue.code === 'unrecognized_keys' && issue.keys?.length) return path ? `${path}.${issue.keys[0]}` : issue.keys[0];
+    return path || undefined;
+  };
+  const message = issues
+    .slice(0, 3)
+    .map((issue) => {
+      const p = paramOf(issue);
+      return p ? `${p}: ${issue.message}` : issue.message;
+    })
+    .join('; ');
+  throw new ValidationError(message || `invalid ${result.target}`, first ? paramOf(first) : undefined);
+}
+
+interface ZodIssueLike {
+  code: string;
+  path: ReadonlyArray<PropertyKey>;
+  message: string;
+  keys?: string[];
+}

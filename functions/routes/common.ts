@@ -1,0 +1,20 @@
+import { ErrorEnvelope } from '../../shared/schemas/error.ts';
+
+export const SECURITY = [{ bearerAuth: [] }];
+
+const envelope = (description: string) => ({ description, content: { 'application/json': { schema: ErrorEnvelope } } });
+
+/** The error responses a route documents (all share the envelope). */
+export const errors = {
+  400: envelope('Invalid request (validation_error, invalid_json)'),
+  401: envelope('Missing, malformed, unknown or revoked API key'),
+  404: envelope('Not found (also for another owner\'s id)'),
+  409: envelope('Conflict'),
+  413: envelope('Payload too large'),
+  415: envelope('Content-Type is not application/json'),
+  503: envelope('A dependency is unavailable; retry'),
+} as const;
+
+export function pick<K extends keyof typeof errors>(...codes: K[]): Pick<typeof errors, K> {
+  return Object.fromEntries(codes.map((k) => [k, errors[k]])) as Pick<typeof errors, K>;
+}

@@ -1,0 +1,193 @@
+import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
+import { ConflictError, NotFoundError, PayloadTooLargeError, RetryableError, ValidationError } from '../../shared/errors.ts';
+import { newJobId } from '../../shared/ids.ts';
+import { uploadKey } from '../../shared/keys.ts';
+import type { JobRecord } from '../../shared/schemas/job.ts';
+import { GenerationRequest, type GenerationSpec } from '../../shared/schemas/generation.ts';
+import { newJobRecord } from '../../shared/schemas/job.ts';
+import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
+import { sha256Hex } from '../../shared/schemas/apikey.ts';
+import { canonicalJson, checkIdempotencyKey, type IdempotencyLedger } from '../idempotency.ts';
+import { GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
+import type { AppDeps, AppEnv } from '../types.ts';
+import { generationView } from '../views.ts';
+import { SECURITY, pick } from './common.ts';
+
+const jobHeaders = z.object({
+  'Idempotency-Key': z.string().optional().openapi({
+    param: { name: 'Idempotency-Key', in: 'header' },
+    description: 'Same key and body → the same job (200); same key, other body → 409',
+  }),
+});
+
+const createGeneration = createRoute({
+  method: 'post',
+  path: '/v1/generations',
+  summary: 'Queue a text-to-image generation',
+  security: SECURITY,
+  request: {
+    headers: jobHeaders,
+    body: { required: true, content: { 'application/json': { schema: GenerationRequest } } },
+  },
+  responses: {
+    202: {
+      description: 'Queued; poll the Location',
+      headers: { Location: { schema: { type: 'string' } } },
+      content: { 'application/json': { schema: GenerationView } },
+    },
+    200: { description: 'Idempotent replay: the job an earlier request with this key made', content: { 'application/json': { schema: GenerationView } } },
+    ...pick(400, 401, 409, 413, 415, 503),
+  },
+});
+
+const getGeneration = createRoute({
+  method: 'get',
+  path: '/v1/generations/{id}',
+  summary: 'A generation: status, progress, signed output URLs, usage',
+  security: SECURITY,
+  request: { params: IdParam },
+  responses: {
+    200: { description: 'The generation', content: { 'application/json': { schema: GenerationView } } },
+    ...pick(400, 401, 404),
+  },
+});
+
+const listGenerations = createRoute({
+  method: 'get',
+  path: '/v1/generations',
+  summary: "The caller's generations, newest first",
+  security: SECURITY,
+  request: { query: ListQuery },
+  responses: {
+    200: { description: 'A page of generations', content: { 'application/json': { schema: GenerationList } } },
+    ...pick(400, 401),
+  },
+});
+
+const cancelGeneration = createRoute({
+  method: 'post',
+  path: '/v1/generations/{id}/cancel',
+  summary: 'Cancel a generation (idempotent)',
+  description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. 409 for succeeded or failed jobs.',
+  security: SECURITY,
+  request: { params: IdParam },
+  responses: {
+    200: { description: 'The generation after the cancel', content: { 'application/json': { schema: GenerationView } } },
+    ...pick(400, 401, 404, 409),
+  },
+});
+
+export function registerGenerationRoutes(
+  app: OpenAPIHono<AppEnv>,
+  deps: AppDeps,
+  ctx: { clock: () => Date; ledger: IdempotencyLedger },
+): void {
+  const { blobs, jobs, queue, limits } = deps;
+  const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock());
+
+  async function checkSpec(owner: string, spec: GenerationSpec): Promise<void> {
+    const models = await deps.models();
+    if (!models.some((m) => m.id === spec.model)) {
+      throw new ValidationError(`unknown model "${spec.model}" (available: ${models.map((m) => m.id).join(', ') || 'none'})`, 'model');
+    }
+    if (spec.init.startsWith('upload:')) {
+      const meta = await blobs.head(uploadKey(owner, spec.init.slice('upload:'.length)));
+      if (!meta) throw new ValidationError(`no upload ${spec.init.slice('upload:'.length)}: upload the image first (POST /v1/uploads)`, 'init');
+      if (meta.size > limits.maxUploadBytes) {
+        throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
+      }
+    }
+  }
+
+  /** Sends the queue message; if that fails the job is marked failed (never left queued with no message). */
+  async function enqueue(job: JobRecord): Promise<void> {
+    try {
+      await queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
+    } catch (cause) {
+      const now = ctx.clock().toISOString();
+      await jobs
+        .update(job.owner, job.id, (cur) =>
+          cur.status === 'queued'
+            ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } }
+            : null,
+        )
+        .catch(() => undefined); // the record stays queued-without-message only if the store is down too
+      throw new RetryableError('the job queue is unavailable; retry (with the same Idempotency-Key)', { code: 'queue_unavailable', cause });
+    }
+  }
+
+  app.openapi(createGeneration, async (c) => {
+    const spec = c.req.valid('json');
+    const owner = c.get('owner');
+    const idempotencyKey = c.req.header('Idempotency-Key');
+    if (idempotencyKey !== undefined) checkIdempotencyKey(idempotencyKey);
+    await checkSpec(owner, spec);
+    const now = ctx.clock();
+    const bodyHash = sha256Hex(canonicalJson(spec));
+    let jobId = newJobId(now.getTime());
+    if (idempotencyKey !== undefined) {
+      const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, jobId, now });
+      if (claim.kind === 'replay') {
+        let job = claim.job;
+        if (job.status === 'failed' && job.error?.code === 'enqueue_failed') {
+          // The earlier attempt got a 503: a retry with the same key re-queues the same job.
+          job = await jobs.update(owner, job.id, (cur) =>
+            cur.status === 'failed' && cur.error?.code === 'enqueue_failed'
+              ? { ...cur, status: 'queued', finished_at: null, error: null }
+              : null,
+          );
+          if (job.status === 'queued') await enqueue(job);
+        }
+        c.header('Location', `/v1/generations/${job.id}`);
+        c.header('Idempotent-Replayed', 'true');
+        return c.json(await view(job), 200);
+      }
+      jobId = claim.jobId;
+    }
+    const job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash }));
+    await enqueue(job);
+    c.header('Location', `/v1/generations/${job.id}`);
+    return c.json(await view(job), 202);
+  });
+
+  app.openapi(listGenerations, async (c) => {
+    const { limit, cursor } = c.req.valid('query');
+    const page = await jobs.listByOwner(c.get('owner'), { limit: limit ?? 20, ...(cursor !== undefined ? { cursor } : {}) });
+    const data = await Promise.all(page.jobs.map(view));
+    return c.json({ object: 'list' as const, data, next_cursor: page.cursor ?? null }, 200);
+  });
+
+  app.openapi(getGeneration, async (c) => {
+    const { id } = c.req.valid('param');
+    const job = await jobs.get(c.get('owner'), id);
+    if (!job) throw new NotFoundError(`no generation ${id}`);
+    return c.json(await view(job), 200);
+  });
+
+  app.openapi(cancelGeneration, async (c) => {
+    const { id } = c.req.valid('param');
+    const owner = c.get('owner');
+    const now = ctx.clock().toISOString();
+    let job: JobRecord;
+    try {
+      // Versioned read-modify-write: a concurrent progress write makes this re-read and re-apply.
+      job = await jobs.update(owner, id, (cur) => {
+        switch (cur.status) {
+          case 'canceled':
+            return null;
+          case 'succeeded':
+          case 'failed':
+            throw new ConflictError(`generation ${id} already ${cur.status}`, { code: 'job_terminal' });
+          case 'queued':
+            return { ...cur, status: 'canceled', cancel_requested: true, finished_at: now };
+          case 'running':
+            return cur.cancel_requested ? null : { ...cur, cancel_requested: true };
+        }
+      });
+    } catch (error) {
+      if (error instanceof NotFoundError) throw new NotFoundError(`no generation ${id}`);
+      throw error;
+    }
+    return c.json(await view(job), 200);
+  });
+}

@@ -1,0 +1,27 @@
+import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
+import { Health, ModelList } from '../schemas.ts';
+import type { AppDeps, AppEnv } from '../types.ts';
+import { SECURITY, pick } from './common.ts';
+
+const listModels = createRoute({
+  method: 'get',
+  path: '/v1/models',
+  summary: 'The deployed models',
+  security: SECURITY,
+  responses: { 200: { description: 'Models', content: { 'application/json': { schema: ModelList } } }, ...pick(401) },
+});
+
+const healthz = createRoute({
+  method: 'get',
+  path: '/healthz',
+  summary: 'Liveness (no auth)',
+  responses: { 200: { description: 'Alive', content: { 'application/json': { schema: Health } } } },
+});
+
+export function registerModelRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps): void {
+  app.openapi(listModels, async (c) => c.json({ object: 'list' as const, data: await deps.models() }, 200));
+}
+
+export function registerHealthRoutes(app: OpenAPIHono<AppEnv>): void {
+  app.openapi(healthz, (c) => c.json({ status: 'ok' as const }, 200));
+}

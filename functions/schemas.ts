@@ -1,0 +1,88 @@
+import { z } from '@hono/zod-openapi';
+import { ResourceId, Timestamp } from '../shared/schemas/common.ts';
+import { GenerationRequest, ModelName } from '../shared/schemas/generation.ts';
+import { JobError, JobStatus, JobUsage } from '../shared/schemas/job.ts';
+
+/**
+ * Response shapes of the public API. Requests use the shared schemas directly
+ * (GenerationRequest); responses are views of the shared JobRecord built from shared parts.
+ */
+
+export const ModelInfo = z
+  .object({
+    id: ModelName,
+    description: z.string().optional(),
+    default: z.boolean().optional(),
+    /** Native input side of the encoder, pixels. */
+    input_size: z.number().int().positive().optional(),
+  })
+  .openapi('Model');
+export type ModelInfo = z.output<typeof ModelInfo>;
+
+export const ModelList = z.object({ object: z.literal('list'), data: z.array(ModelInfo) }).openapi('ModelList');
+
+export const GenerationOutputView = z
+  .object({
+    index: z.number().int().nonnegative(),
+    url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
+    expires_at: Timestamp,
+    width: z.number().int().positive(),
+    height: z.number().int().positive(),
+    clip_score: z.number().optional(),
+  })
+  .openapi('GenerationOutput');
+
+export const GenerationView = z
+  .object({
+    id: ResourceId,
+    object: z.literal('generation'),
+    status: JobStatus,
+    created_at: Timestamp,
+    started_at: Timestamp.nullable(),
+    finished_at: Timestamp.nullable(),
+    progress: z.object({ step: z.number().int(), total: z.number().int() }),
+    cancel_requested: z.boolean(),
+    outputs: z.array(GenerationOutputView),
+    error: JobError.nullable(),
+    usage: JobUsage,
+    request: GenerationRequest,
+  })
+  .openapi('Generation');
+export type GenerationView = z.output<typeof GenerationView>;
+
+export const GenerationList = z
+  .object({ object: z.literal('list'), data: z.array(GenerationView), next_cursor: z.string().nullable() })
+  .openapi('GenerationList');
+
+export const ListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(100).optional().openapi({ param: { name: 'limit', in: 'query' }, example: 20 }),
+  cursor: ResourceId.optional().openapi({ param: { name: 'cursor', in: 'query' } }),
+});
+
+export const IdParam = z.object({ id: ResourceId.openapi({ param: { name: 'id', in: 'path' } }) });
+
+export const UPLOAD_CONTENT_TYPES = ['image/png'] as const;
+
+export const UploadRequest = z
+  .object({
+    content_type: z.enum(UPLOAD_CONTENT_TYPES),
+    bytes: z.number().int().min(1).openapi({ description: 'Exact size of the file to upload' }),
+  })
+  .strict()
+  .openapi('UploadRequest');
+
+export const UploadView = z
+  .object({
+    upload_id: ResourceId,
+    object: z.literal('upload'),
+    init: z.string().openapi({ example: 'upload:01j...', description: 'Pass this as `init` in a generation request' }),
+    method: z.literal('PUT'),
+    url: z.string(),
+    headers: z.record(z.string(), z.string()),
+    expires_at: Timestamp,
+    bytes: z.number().int(),
+    max_bytes: z.number().int(),
+  })
+  .openapi('Upload');
+
+export const Health = z.object({ status: z.literal('ok') }).openapi('Health');

@@ -1,0 +1,52 @@
+import type { z } from '@hono/zod-openapi';
+import type { ApiKeyRecord } from '../shared/schemas/apikey.ts';
+import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
+import type { ModelInfo } from './schemas.ts';
+
+/** Checks a presented bearer secret; `null` when unknown, malformed or revoked. `BlobApiKeyStore` is one. */
+export interface ApiKeyVerifier {
+  verify(secret: string): Promise<ApiKeyRecord | null>;
+}
+
+export interface AppLimits {
+  /** Largest JSON request body, bytes (413 above). */
+  maxBodyBytes: number;
+  /** Largest init-image upload, bytes (413 above). */
+  maxUploadBytes: number;
+  /** Lifetime of signed GET URLs for outputs, seconds. */
+  signedUrlTtlSec: number;
+  /** Lifetime of presigned upload PUT URLs, seconds (default 900). */
+  uploadUrlTtlSec?: number;
+}
+
+export interface AppLogEntry {
+  level: 'info' | 'warn' | 'error';
+  msg: string;
+  request_id?: string;
+  [field: string]: unknown;
+}
+
+export interface AppDeps {
+  blobs: BlobStore;
+  queue: JobQueue;
+  jobs: JobStore;
+  keys: ApiKeyVerifier;
+  /** The deployed models; an unknown `model` in a request is a 400. Memoize it if it is costly. */
+  models: () => Promise<ModelInfo[]>;
+  limits: AppLimits;
+  /** Defaults to `() => new Date()`. */
+  clock?: () => Date;
+  /** Defaults to one JSON line on stderr for warnings and errors. */
+  log?: (entry: AppLogEntry) => void;
+}
+
+export type AppEnv = {
+  Variables: {
+    requestId: string;
+    /** Set by the auth middleware on /v1/*. */
+    owner: string;
+    apiKeyId: string;
+  };
+};
+
+export type Infer<T extends z.ZodType> = z.output<T>;
