@@ -1,0 +1,153 @@
+// The GPU worker's composition root. In the container: `node --import tsx gpu-worker/main.ts`.
+//
+// The only place in the worker that reads the environment (once, through shared/config.ts) and
+// constructs SDK clients. `startWorker(deps)` is the same wiring without either, so the local
+// `clipag serve` runs this very worker in-process on the local adapters.
+
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { S3Client } from '@aws-sdk/client-s3';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { S3BlobStore, SqsJobQueue } from '../shared/adapters/aws/index.ts';
+import { LocalBlobStore, LocalJobQueue, loadOrCreateSigningSecret } from '../shared/adapters/local/index.ts';
+import { parseConfig, type AwsConfig, type Config, type LocalConfig } from '../shared/config.ts';
+import { ConfigError } from '../shared/errors.ts';
+import { BlobJobStore } from '../shared/jobstore.ts';
+import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
+import type { Recipe } from './engine/synth/recipe.ts';
+import { createModelRegistry, type ModelRegistry } from './models.ts';
+import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
+import { createWorker, jsonLogger, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from './worker/worker.ts';
+
+export { createWorker, type QueueWorker, type WorkerState, type WorkerEvent } from './worker/worker.ts';
+export { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
+export { createModelRegistry, type ModelRegistry } from './models.ts';
+
+export interface StartWorkerDeps {
+  queue: JobQueue;
+  blobs: BlobStore;
+  /** Default: BlobJobStore on `blobs` (job documents at jobs/<owner>/<id>.json, ADR 0002). */
+  jobs?: JobStore;
+  /** The process config (visibility, receive limit, models folder, device, log level). */
+  config: Config;
+  /** Default: a registry over `config.modelsDir` on `config.device`. Shared with the API's
+   * `GET /v1/models` when the caller passes its own. */
+  models?: ModelRegistry;
+  /** Default: the engine synthesizer on `models`. */
+  synthesizer?: Synthesizer;
+  /** Worker-level recipe overrides (tests, CPU demos); see EngineSynthesizerOptions. */
+  recipeOverrides?: Partial<Recipe>;
+  /** Overrides of the worker's timing knobs (e.g. progress write interval). */
+  worker?: Partial<WorkerConfig>;
+  log?: Logger;
+  onEvent?: (event: WorkerEvent) => void;
+}
+
+export interface RunningWorker {
+  worker: QueueWorker;
+  models: ModelRegistry;
+  /** Drains the worker, then closes the models it opened (not ones passed in). Idempotent. */
+  stop(): Promise<void>;
+}
+
+export function startWorker(deps: StartWorkerDeps): RunningWorker {
+  const { config } = deps;
+  const log = deps.log ?? jsonLogger(config.logLevel, { component: 'worker' });
+  const ownModels = !deps.models;
+  const models = deps.models ?? createModelRegistry({ modelsDir: resolve(config.modelsDir), device: config.device });
+  const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides });
+  const worker = createWorker({
+    queue: deps.queue,
+    jobs: deps.jobs ?? new BlobJobStore(deps.blobs),
+    blobs: deps.blobs,
+    synthesizer,
+    models,
+    config: {
+      visibilityTimeoutSec: config.visibilityTimeoutSec,
+      maxReceives: config.maxReceives,
+      receiveWaitSec: config.receiveWaitSec,
+      ...deps.worker,
+    },
+    log,
+    onEvent: deps.onEvent,
+  });
+  worker.start();
+  let stopped: Promise<void> | undefined;
+  return {
+    worker,
+    models,
+    stop() {
+      stopped ??= (async () => {
+        await worker.stop();
+        if (ownModels) await models.close();
+      })();
+      return stopped;
+    },
+  };
+}
+
+/** The local adapters on `<dataDir>`: blobs under `blobs/`, the queue (and its DLQ) under `queue/`. */
+export async function localAdapters(config: LocalConfig): Promise<{ blobs: LocalBlobStore; queue: LocalJobQueue; jobs: BlobJobStore }> {
+  const dataDir = resolve(config.dataDir);
+  const signingSecret = config.signingSecret ?? (await loadOrCreateSigningSecret(dataDir));
+  const blobs = new LocalBlobStore({ rootDir: resolve(dataDir, 'blobs'), signingSecret, publicBaseUrl: config.publicBaseUrl });
+  const queue = new LocalJobQueue({ dir: resolve(dataDir, 'queue'), visibilitySec: config.visibilityTimeoutSec, maxReceives: config.maxReceives });
+  return { blobs, queue, jobs: new BlobJobStore(blobs) };
+}
+
+/** S3 and SQS adapters; the SDK clients are constructed here and nowhere else in the worker. */
+export function awsAdapters(config: AwsConfig): { blobs: S3BlobStore; queue: SqsJobQueue; jobs: BlobJobStore } {
+  const s3 = new S3Client({ region: config.region, ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}) });
+  const sqs = new SQSClient({ region: config.region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
+  const blobs = new S3BlobStore({ client: s3, bucket: config.bucket });
+  const queue = new SqsJobQueue({ client: sqs, queueUrl: config.queueUrl, deadLetterQueueUrl: config.deadLetterQueueUrl });
+  return { blobs, queue, jobs: new BlobJobStore(blobs) };
+}
+
+/** Container entry point: config → adapters → worker; SIGTERM/SIGINT drain, then exit 0. */
+export async function main(env: Readonly<Record<string, string | undefined>> = process.env): Promise<void> {
+  let config: Config;
+  try {
+    config = parseConfig(env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      process.exit(78); // EX_CONFIG
+    }
+    throw error;
+  }
+  const log = jsonLogger(config.logLevel, { component: 'worker' });
+  const adapters = config.mode === 'aws' ? awsAdapters(config) : await localAdapters(config);
+  const running = startWorker({ ...adapters, config, log });
+  log.info('worker running', { mode: config.mode, device: config.device, models: running.models.list().map((m) => m.name) });
+
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals > 1) {
+      log.warn('second signal: exiting without waiting for the drain', { signal });
+      process.exit(1);
+    }
+    log.info('signal received: draining', { signal });
+    const t0 = Date.now();
+    running.stop().then(
+      () => {
+        log.info('drained; exiting', { drainMs: Date.now() - t0 });
+        process.exit(0);
+      },
+      (error) => {
+        log.error('drain failed', { error: String(error) });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  main().catch((error) => {
+    process.stderr.write(`worker failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  });
+}

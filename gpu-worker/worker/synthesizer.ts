@@ -1,0 +1,166 @@
+// The synthesizer port: a job's generation spec in, PNGs + scores + usage out.
+//
+// The worker only knows this interface; `createEngineSynthesizer` is the real one, on the CLIPAG
+// engine (ORT sessions in the worker-thread pool, so this process's event loop keeps serving
+// heartbeats and progress writes while a step runs). Engine code stays free of AWS/HTTP: the only
+// storage access here is the BlobStore port, to fetch an uploaded init image.
+
+import { uploadKey } from '../../shared/keys.ts';
+import type { BlobStore } from '../../shared/ports.ts';
+import { weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
+import { EngineError } from '../engine/errors.ts';
+import { DEFAULT_MAX_BYTES, decodeImage } from '../engine/synth/image.ts';
+import type { Recipe } from '../engine/synth/recipe.ts';
+import { type InitSpec, type PromptScore, type SynthRequest, synthesize } from '../engine/synth/synthesize.ts';
+import type { ModelRegistry } from '../models.ts';
+
+/** Weight given to `negative_prompt` (the CLI's `--negative` uses the same). */
+export const NEGATIVE_PROMPT_WEIGHT = -0.5;
+/** `init: "upload:<id>"` without `strength`: keep 40 % of the image, 60 % noise (the CLI default). */
+export const DEFAULT_INIT_STRENGTH = 0.6;
+
+export interface SynthesisJob {
+  id: string;
+  owner: string;
+  spec: GenerationSpec;
+}
+
+export interface SynthesisProgress {
+  /** Steps done over all n images. */
+  step: number;
+  total: number;
+  /** Which of the n images is being optimized (0-based). */
+  image: number;
+}
+
+export interface SynthesizedImage {
+  index: number;
+  seed: number;
+  png: Uint8Array;
+  width: number;
+  height: number;
+  /** Weighted mean cosine between the output and the positive prompts (the engine's final scoring pass). */
+  clipScore: number;
+  scores: PromptScore[];
+  frames: { step: number; png: Uint8Array }[];
+  stepsDone: number;
+}
+
+export interface SynthesisOutcome {
+  /** Only the images that ran to completion (none of them partial). */
+  images: SynthesizedImage[];
+  aborted: boolean;
+  stepsDone: number;
+  totalSteps: number;
+  encoderPasses: number;
+  timingsMs: { total: number; sessionRun: number };
+}
+
+export interface SynthesisRunOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: SynthesisProgress) => void;
+}
+
+export interface Synthesizer {
+  run(job: SynthesisJob, options?: SynthesisRunOptions): Promise<SynthesisOutcome>;
+}
+
+export interface EngineSynthesizerOptions {
+  models: ModelRegistry;
+  blobs: BlobStore;
+  /**
+   * Recipe fields applied to every job (steps always come from the spec). The product runs the
+   * notebook recipe; tests and CPU demos shrink views and GMM samples here. The public generation
+   * schema is strict and has no recipe field, so this is worker configuration, not a request option.
+   */
+  recipeOverrides?: Partial<Recipe>;
+}
+
+/** A job without a seed still gets a fixed one (FNV-1a of its id), so a redelivery redoes the same image. */
+export function seedFor(job: SynthesisJob): number {
+  if (job.spec.seed !== undefined) return job.spec.seed;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < job.id.length; i++) {
+    h ^= job.id.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h >>> 0;
+}
+
+/** The engine requests for a job: n of them, seeds seed+i (mod 2³²); the init image is decoded once by the caller. */
+export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrides: Partial<Recipe> = {}): SynthRequest[] {
+  const { spec } = job;
+  const prompts = [
+    ...weightedPrompts(spec).map((p) => ({ text: p.text, weight: p.weight })),
+    ...(spec.negative_prompt !== undefined ? [{ text: spec.negative_prompt, weight: NEGATIVE_PROMPT_WEIGHT }] : []),
+  ];
+  const base = seedFor(job);
+  return Array.from({ length: spec.n }, (_, i) => ({
+    prompts,
+    width: spec.width,
+    height: spec.height,
+    seed: (base + i) >>> 0,
+    init,
+    recipe: { ...recipeOverrides, steps: spec.steps },
+  }));
+}
+
+/** Resolves `spec.init` to the engine's InitSpec, fetching `uploads/<owner>/<id>` for an upload. */
+export async function resolveInit(job: SynthesisJob, blobs: BlobStore): Promise<InitSpec> {
+  const { init, strength } = job.spec;
+  if (init === 'gmm') return { kind: 'gmm' };
+  if (init === 'noise') return { kind: 'noise' };
+  const id = init.slice('upload:'.length);
+  const object = await blobs.get(uploadKey(job.owner, id)); // storage errors propagate (retryable ones are retried)
+  if (!object) throw new EngineError('invalid_input', `init image upload:${id} does not exist (upload it with POST /v1/uploads first)`, { param: 'init' });
+  const image = decodeImage(object.body, { maxBytes: DEFAULT_MAX_BYTES });
+  return { kind: 'image', image, strength: strength ?? DEFAULT_INIT_STRENGTH };
+}
+
+export function clipScore(scores: PromptScore[]): number {
+  let num = 0;
+  let den = 0;
+  for (const s of scores) {
+    if (s.weight > 0) {
+      num += s.weight * s.cosine;
+      den += s.weight;
+    }
+  }
+  return den > 0 ? num / den : 0;
+}
+
+export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synthesizer {
+  return {
+    async run(job, { signal, onProgress } = {}) {
+      const engine = await options.models.engine(job.spec.model);
+      const init = await resolveInit(job, options.blobs);
+      const requests = toSynthRequests(job, init, options.recipeOverrides);
+      const perImage = job.spec.steps;
+      const totalSteps = perImage * requests.length;
+      const outcome: SynthesisOutcome = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0 } };
+      for (let i = 0; i < requests.length; i++) {
+        if (signal?.aborted) {
+          outcome.aborted = true;
+          break;
+        }
+        const res = await synthesize(engine, requests[i], {
+          signal,
+          onProgress: (p) => onProgress?.({ step: outcome.stepsDone + p.step, total: totalSteps, image: i }),
+        });
+        outcome.stepsDone += res.stepsDone;
+        outcome.encoderPasses += res.usage.encoderPasses;
+        outcome.timingsMs.total += res.usage.timingsMs.total;
+        outcome.timingsMs.sessionRun += res.usage.timingsMs.sessionRun;
+        if (res.aborted) {
+          outcome.aborted = true;
+          break;
+        }
+        outcome.images.push({
+          index: i, seed: requests[i].seed, png: res.png, width: res.width, height: res.height,
+          clipScore: clipScore(res.scores), scores: res.scores, frames: res.frames, stepsDone: res.stepsDone,
+        });
+      }
+      return outcome;
+    },
+  };
+}

@@ -1,0 +1,523 @@
+// The queue worker: long-poll → lease (visibility heartbeat) → job lifecycle → ack/release.
+// One job at a time (one GPU per task). States and retry classes: docs/adr/0005-worker-lifecycle.md.
+
+import { PreconditionFailedError } from '../../shared/errors.ts';
+import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
+import { isTerminal, type JobOutput, type JobRecord } from '../../shared/schemas/job.ts';
+import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
+import type { ModelRegistry } from '../models.ts';
+import { classifyError, describe, jobErrorOf } from './errors.ts';
+import type { SynthesisOutcome, SynthesisProgress, Synthesizer } from './synthesizer.ts';
+
+export type WorkerState = 'idle' | 'polling' | 'running' | 'draining' | 'stopped';
+
+export interface WorkerConfig {
+  /** Lease length asked for on receive and on every heartbeat. */
+  visibilityTimeoutSec: number;
+  /** The queue's redrive limit: the delivery with this receive count is the last attempt. */
+  maxReceives: number;
+  /** Long-poll wait (0..20 s). stop() can take up to this long when it lands mid-poll. */
+  receiveWaitSec: number;
+  /** Minimum gap between progress writes to the job record (default 1000 ms; 0: every step). */
+  progressIntervalMs?: number;
+  /** First back-off after a failed receive, doubled up to 30 s (default 1000 ms). */
+  pollErrorBackoffMs?: number;
+}
+
+export interface Logger {
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+export interface Clock {
+  now(): number;
+}
+
+export type JobOutcome = 'succeeded' | 'failed' | 'canceled' | 'requeued' | 'skipped' | 'lease_lost';
+
+/** What the worker did, for logs, metrics and tests (observing, never steering). */
+export type WorkerEvent =
+  | { type: 'state'; state: WorkerState }
+  | { type: 'received'; messageId: string; receiveCount: number }
+  | { type: 'job_started'; jobId: string; attempt: number }
+  | { type: 'progress'; jobId: string; step: number; total: number }
+  | { type: 'progress_written'; jobId: string; step: number; cancelRequested: boolean }
+  | { type: 'heartbeat'; messageId: string; visibilitySec: number }
+  | { type: 'acked'; messageId: string; reason: string }
+  | { type: 'released'; messageId: string; reason: string }
+  | { type: 'dead_lettered'; messageId: string; reason: string }
+  | { type: 'job_finished'; jobId: string; outcome: JobOutcome; stepsDone?: number; error?: { code: string; message: string } }
+  | { type: 'poll_error'; error: unknown };
+
+export interface WorkerDeps {
+  queue: JobQueue;
+  jobs: JobStore;
+  blobs: BlobStore;
+  synthesizer: Synthesizer;
+  /** When given, a job naming an unknown model fails before it is marked running. */
+  models?: ModelRegistry;
+  config: WorkerConfig;
+  clock?: Clock;
+  log?: Logger;
+  onEvent?: (event: WorkerEvent) => void;
+}
+
+export interface QueueWorker {
+  /** Starts the poll loop (idempotent while running). */
+  start(): void;
+  /** Stops polling, aborts the running job at a step boundary, releases its message, and resolves
+   * when no lease is held any more. Idempotent: every call returns the same promise. */
+  stop(): Promise<void>;
+  readonly state: WorkerState;
+}
+
+export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** JSON lines on stdout/stderr, the shape CloudWatch Logs Insights parses. */
+export function jsonLogger(level: 'debug' | 'info' | 'warn' | 'error' = 'info', base: Record<string, unknown> = {}): Logger {
+  const order = { debug: 10, info: 20, warn: 30, error: 40 } as const;
+  const emit = (l: keyof typeof order) => (msg: string, fields: Record<string, unknown> = {}) => {
+    if (order[l] < order[level]) return;
+    const line = JSON.stringify({ time: new Date().toISOString(), level: l, msg, ...base, ...fields });
+    (l === 'error' || l === 'warn' ? process.stderr : process.stdout).write(`${line}\n`);
+  };
+  return { debug: emit('debug'), info: emit('info'), warn: emit('warn'), error: emit('error') };
+}
+
+type AbortReason = 'cancel' | 'drain' | 'lease_lost';
+
+const systemClock: Clock = { now: () => Date.now() };
+const MAX_BACKOFF_MS = 30_000;
+
+export function createWorker(deps: WorkerDeps): QueueWorker {
+  const { queue, jobs, blobs, synthesizer, models, config } = deps;
+  const clock = deps.clock ?? systemClock;
+  const log = deps.log ?? silentLogger;
+  const visibilitySec = config.visibilityTimeoutSec;
+  const progressIntervalMs = config.progressIntervalMs ?? 1000;
+  if (!(visibilitySec >= 1)) throw new RangeError('visibilityTimeoutSec must be ≥ 1');
+  if (!(Number.isInteger(config.maxReceives) && config.maxReceives >= 1)) throw new RangeError('maxReceives must be a positive integer');
+
+  let state: WorkerState = 'idle';
+  let stopping = false;
+  let loop: Promise<void> | undefined;
+  let stopped: Promise<void> | undefined;
+  let current: { abort(reason: AbortReason): void } | undefined;
+  let wakeBackoff: (() => void) | undefined;
+
+  const emit = (event: WorkerEvent) => {
+    try {
+      deps.onEvent?.(event);
+    } catch (error) {
+      log.warn('onEvent listener threw', { error: describe(error) });
+    }
+  };
+  const setState = (next: WorkerState) => {
+    if (state === next) return;
+    state = next;
+    log.debug('worker state', { state });
+    emit({ type: 'state', state });
+  };
+  const iso = () => new Date(clock.now()).toISOString();
+
+  // ------------------------------------------------------------ lease (visibility heartbeat)
+
+  /** Extends the message's visibility every visibilitySec/2 while held; `stop()` waits for an extend
+   * in flight, so a late heartbeat can never hide a message after it was released. */
+  function holdLease(m: ReceivedMessage, onLost: () => void) {
+    let timer: NodeJS.Timeout | undefined;
+    let inflight: Promise<void> | undefined;
+    let held = true;
+    const everyMs = (visibilitySec * 1000) / 2;
+    const tick = () => {
+      inflight = queue
+        .extendVisibility(m.receipt, visibilitySec)
+        .then(() => emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec }))
+        .catch((error) => {
+          if (!held) return;
+          if (error instanceof PreconditionFailedError) {
+            // The delivery is over (expired and redelivered elsewhere): the job is someone else's now.
+            log.warn('lease lost', { messageId: m.messageId, error: describe(error) });
+            held = false;
+            onLost();
+          } else {
+            log.warn('heartbeat failed; retrying at the next beat', { messageId: m.messageId, error: describe(error) });
+          }
+        })
+        .finally(() => {
+          inflight = undefined;
+          if (held) timer = setTimeout(tick, everyMs);
+        });
+    };
+    timer = setTimeout(tick, everyMs);
+    return {
+      get held() {
+        return held;
+      },
+      async release(): Promise<void> {
+        held = false;
+        clearTimeout(timer);
+        await inflight;
+      },
+    };
+  }
+
+  // ------------------------------------------------------------ queue settlement
+
+  async function ack(m: ReceivedMessage, reason: string): Promise<void> {
+    try {
+      await queue.ack(m.receipt);
+      emit({ type: 'acked', messageId: m.messageId, reason });
+    } catch (error) {
+      // A failed ack only means a redelivery, which the job-record checks make idempotent.
+      log.warn('ack failed; the message will be redelivered and skipped', { messageId: m.messageId, reason, error: describe(error) });
+    }
+  }
+
+  async function release(m: ReceivedMessage, reason: string): Promise<void> {
+    try {
+      await queue.release(m.receipt);
+      emit({ type: 'released', messageId: m.messageId, reason });
+    } catch (error) {
+      log.warn('release failed; the message returns when its visibility timeout passes', { messageId: m.messageId, reason, error: describe(error) });
+    }
+  }
+
+  /** Copy to the DLQ, then ack (a crash in between duplicates a dead letter, never loses one).
+   * Without a DLQ port the message is released, and the queue's redrive takes it at the receive limit. */
+  async function deadLetter(m: ReceivedMessage, reason: string): Promise<void> {
+    if (!queue.deadLetter) {
+      log.error('no dead-letter queue configured; releasing for the redrive policy', { messageId: m.messageId, reason });
+      await release(m, `dead_letter:${reason}`);
+      return;
+    }
+    try {
+      await queue.deadLetter.send(m.body);
+    } catch (error) {
+      log.error('dead-letter send failed; releasing', { messageId: m.messageId, reason, error: describe(error) });
+      await release(m, `dead_letter_failed:${reason}`);
+      return;
+    }
+    log.warn('message dead-lettered', { messageId: m.messageId, reason, receiveCount: m.receiveCount });
+    emit({ type: 'dead_lettered', messageId: m.messageId, reason });
+    await ack(m, `dead_lettered:${reason}`);
+  }
+
+  // ------------------------------------------------------------ job record writes
+
+  const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string } } = {}) => {
+    log.info('job finished', { jobId: msg.job_id, owner: msg.owner, outcome, ...extra });
+    emit({ type: 'job_finished', jobId: msg.job_id, outcome, ...extra });
+  };
+
+  async function markCanceled(msg: QueueMessage, progress?: JobRecord['progress']): Promise<JobRecord> {
+    return jobs.update(msg.owner, msg.job_id, (cur) =>
+      isTerminal(cur.status) ? null : { ...cur, status: 'canceled', finished_at: iso(), ...(progress ? { progress } : {}) },
+    );
+  }
+
+  async function markFailed(msg: QueueMessage, error: { code: string; message: string }): Promise<JobRecord> {
+    return jobs.update(msg.owner, msg.job_id, (cur) => (isTerminal(cur.status) ? null : { ...cur, status: 'failed', finished_at: iso(), error }));
+  }
+
+  /** Back to `queued` for the next delivery: the record must not claim a run that nobody is doing. */
+  async function markQueued(msg: QueueMessage, attempt: number): Promise<void> {
+    await jobs.update(msg.owner, msg.job_id, (cur) =>
+      isTerminal(cur.status) || cur.attempts !== attempt ? null : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total } },
+    );
+  }
+
+  // ------------------------------------------------------------ one message
+
+  async function handle(m: ReceivedMessage): Promise<void> {
+    emit({ type: 'received', messageId: m.messageId, receiveCount: m.receiveCount });
+    let msg: QueueMessage;
+    try {
+      msg = parseQueueMessage(m.body);
+    } catch (error) {
+      log.warn('malformed queue message', { messageId: m.messageId, error: describe(error), body: m.body.slice(0, 200) });
+      await deadLetter(m, 'malformed');
+      return;
+    }
+    let abortRun: ((reason: AbortReason) => void) | undefined;
+    let lostEarly = false;
+    const lease = holdLease(m, () => (abortRun ? abortRun('lease_lost') : (lostEarly = true)));
+    let attempt = 0;
+    try {
+      const job = await jobs.get(msg.owner, msg.job_id);
+      if (!job) {
+        log.warn('job record not found; dropping the message', { jobId: msg.job_id, owner: msg.owner });
+        await lease.release();
+        await ack(m, 'job_missing');
+        return finish(msg, 'skipped');
+      }
+      if (isTerminal(job.status)) {
+        await lease.release();
+        await ack(m, `already_${job.status}`);
+        return finish(msg, 'skipped');
+      }
+      if (job.cancel_requested) {
+        await markCanceled(msg);
+        await lease.release();
+        await ack(m, 'canceled_before_start');
+        return finish(msg, 'canceled', { stepsDone: 0 });
+      }
+      if (m.receiveCount > config.maxReceives) {
+        // Only when the queue has no redrive at this limit: enforce it here.
+        const error = { code: 'retries_exhausted', message: `the job was attempted ${m.receiveCount - 1} times without finishing` };
+        await markFailed(msg, error);
+        await lease.release();
+        await deadLetter(m, 'retries_exhausted');
+        return finish(msg, 'failed', { error });
+      }
+      if (models && !models.has(job.spec.model)) {
+        const error = { code: 'invalid_model', message: `unknown model "${job.spec.model}"; available: ${models.list().map((x) => x.name).join(', ') || '(none)'}` };
+        await markFailed(msg, error);
+        await lease.release();
+        await ack(m, 'invalid_model');
+        return finish(msg, 'failed', { error });
+      }
+
+      // Claim it: a versioned write that re-checks terminal/cancel on the freshest record.
+      const total = job.spec.steps * job.spec.n;
+      const startedAt = clock.now();
+      let claimed = false;
+      const running = await jobs.update(msg.owner, msg.job_id, (cur) => {
+        claimed = false;
+        if (isTerminal(cur.status) || cur.cancel_requested) return null;
+        claimed = true;
+        return { ...cur, status: 'running', attempts: cur.attempts + 1, started_at: cur.started_at ?? iso(), progress: { step: 0, total }, error: null };
+      });
+      if (!claimed) {
+        // Changed between the read and the claim.
+        if (!isTerminal(running.status)) await markCanceled(msg);
+        await lease.release();
+        await ack(m, 'changed_before_start');
+        return finish(msg, isTerminal(running.status) ? 'skipped' : 'canceled');
+      }
+      attempt = running.attempts;
+      log.info('job started', { jobId: msg.job_id, owner: msg.owner, attempt, receiveCount: m.receiveCount, model: job.spec.model, steps: job.spec.steps, n: job.spec.n });
+      emit({ type: 'job_started', jobId: msg.job_id, attempt });
+
+      // Run, with progress writes that double as the cancel check.
+      const ac = new AbortController();
+      let reason: AbortReason | undefined;
+      abortRun = (r) => {
+        reason ??= r;
+        ac.abort(r);
+      };
+      current = { abort: abortRun };
+      if (lostEarly) abortRun('lease_lost');
+      if (stopping) abortRun('drain');
+      const progress = progressWriter(msg, attempt, total, (r) => abortRun!(r));
+      let outcome: SynthesisOutcome;
+      try {
+        outcome = await synthesizer.run({ id: running.id, owner: running.owner, spec: running.spec }, { signal: ac.signal, onProgress: progress.report });
+      } finally {
+        current = undefined;
+        await progress.close();
+      }
+      const last = progress.latest ?? { step: outcome.stepsDone, total };
+
+      if (outcome.aborted) {
+        if (reason === 'lease_lost') {
+          // Another delivery owns the job now; write nothing, ack nothing.
+          await lease.release();
+          return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
+        }
+        const fresh = reason === 'cancel' ? undefined : await jobs.get(msg.owner, msg.job_id);
+        if (reason === 'cancel' || (fresh?.cancel_requested && !isTerminal(fresh.status))) {
+          await markCanceled(msg, { step: Math.min(last.step, total), total });
+          await lease.release();
+          await ack(m, 'canceled');
+          return finish(msg, 'canceled', { stepsDone: outcome.stepsDone });
+        }
+        // Drain: the next worker redoes the job from the start (the seed makes it the same image).
+        await markQueued(msg, attempt);
+        await lease.release();
+        await release(m, 'drain');
+        return finish(msg, 'requeued', { stepsDone: outcome.stepsDone });
+      }
+      // Not aborted: the run completed (an abort that landed after the last step changes nothing).
+
+      // Outputs first, then the record: a record never points at a missing object.
+      const prefix = `outputs/${msg.owner}/${msg.job_id}`;
+      const outputs: JobOutput[] = [];
+      for (const image of outcome.images) {
+        const key = `${prefix}/${image.index}.png`;
+        await blobs.put(key, image.png, { contentType: 'image/png' });
+        for (const frame of image.frames) {
+          await blobs.put(`${prefix}/frames/${image.index}/${String(frame.step).padStart(4, '0')}.png`, frame.png, { contentType: 'image/png' });
+        }
+        outputs.push({ key, width: image.width, height: image.height, clip_score: Number(image.clipScore.toFixed(6)) });
+      }
+      const usage = { encoder_passes: outcome.encoderPasses, worker_seconds: Math.round(clock.now() - startedAt) / 1000 };
+      let wrote = false;
+      const done = await jobs.update(msg.owner, msg.job_id, (cur) => {
+        wrote = false;
+        // A finished run wins over a cancel that arrived after the last step; a job already terminal stays so.
+        if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
+        wrote = true;
+        return { ...cur, status: 'succeeded', finished_at: iso(), progress: { step: total, total }, outputs, usage, error: null };
+      });
+      await lease.release();
+      await ack(m, wrote ? 'succeeded' : `already_${done.status}`);
+      return finish(msg, wrote ? 'succeeded' : 'skipped', { stepsDone: outcome.stepsDone });
+    } catch (error) {
+      await lease.release();
+      await onFailure(m, msg, attempt, error);
+    } finally {
+      current = undefined;
+      await lease.release();
+    }
+  }
+
+  async function onFailure(m: ReceivedMessage, msg: QueueMessage, attempt: number, error: unknown): Promise<void> {
+    const cls = classifyError(error);
+    const lastAttempt = m.receiveCount >= config.maxReceives;
+    log.warn('job attempt failed', { jobId: msg.job_id, owner: msg.owner, class: cls, receiveCount: m.receiveCount, lastAttempt, error: describe(error) });
+    try {
+      if (cls === 'retryable' && !lastAttempt) {
+        if (attempt > 0) await markQueued(msg, attempt);
+        await release(m, 'retryable_error');
+        return finish(msg, 'requeued', { error: jobErrorOf(error) });
+      }
+      const jobError =
+        cls === 'retryable'
+          ? { code: 'retries_exhausted', message: `gave up after ${m.receiveCount} attempts; last error: ${jobErrorOf(error).message}` }
+          : jobErrorOf(error);
+      await markFailed(msg, jobError);
+      if (cls === 'retryable') await deadLetter(m, 'retries_exhausted');
+      else await ack(m, 'failed');
+      return finish(msg, 'failed', { error: jobError });
+    } catch (writeError) {
+      // Could not even record the failure (storage down?): hand the message back; at the receive
+      // limit the redrive policy dead-letters it.
+      log.error('could not record the failure; releasing the message', { jobId: msg.job_id, error: describe(writeError) });
+      await release(m, 'failure_unrecorded');
+    }
+  }
+
+  /** Throttled progress writes (≤ 1 per progressIntervalMs, plus a trailing one); each write sees the
+   * freshest record, so a cancel is noticed on the next write and never overwritten. */
+  function progressWriter(msg: QueueMessage, attempt: number, total: number, abort: (r: AbortReason) => void) {
+    let latest: SynthesisProgress | undefined;
+    let written = -1;
+    let inflight: Promise<void> | undefined;
+    let lastWriteAt = -Infinity;
+    let trailing: NodeJS.Timeout | undefined;
+    let closed = false;
+    const write = () => {
+      trailing = undefined;
+      if (closed || inflight || !latest || latest.step === written) return;
+      const p = { step: Math.min(latest.step, total), total };
+      lastWriteAt = clock.now();
+      inflight = jobs
+        .update(msg.owner, msg.job_id, (cur) =>
+          isTerminal(cur.status) || cur.cancel_requested || cur.attempts !== attempt || cur.status !== 'running' ? null : { ...cur, progress: p },
+        )
+        .then((rec) => {
+          written = p.step;
+          emit({ type: 'progress_written', jobId: msg.job_id, step: p.step, cancelRequested: rec.cancel_requested });
+          if (rec.cancel_requested || rec.status === 'canceled') abort('cancel');
+          else if (rec.attempts !== attempt || isTerminal(rec.status)) abort('lease_lost');
+        })
+        .catch((error) => log.warn('progress write failed (skipped)', { jobId: msg.job_id, error: describe(error) }))
+        .finally(() => {
+          inflight = undefined;
+          schedule();
+        });
+    };
+    const schedule = () => {
+      if (closed || inflight || trailing || !latest || latest.step === written) return;
+      const wait = lastWriteAt + progressIntervalMs - clock.now();
+      if (wait <= 0) write();
+      else trailing = setTimeout(write, wait);
+    };
+    return {
+      get latest() {
+        return latest;
+      },
+      report: (p: SynthesisProgress) => {
+        latest = p;
+        emit({ type: 'progress', jobId: msg.job_id, step: p.step, total: p.total });
+        schedule();
+      },
+      async close() {
+        closed = true;
+        clearTimeout(trailing);
+        await inflight;
+      },
+    };
+  }
+
+  // ------------------------------------------------------------ poll loop
+
+  async function run(): Promise<void> {
+    let failures = 0;
+    while (!stopping) {
+      setState('polling');
+      let messages: ReceivedMessage[];
+      try {
+        messages = await queue.receive({ max: 1, waitSec: config.receiveWaitSec, visibilitySec });
+        failures = 0;
+      } catch (error) {
+        failures++;
+        emit({ type: 'poll_error', error });
+        const backoff = Math.min(MAX_BACKOFF_MS, (config.pollErrorBackoffMs ?? 1000) * 2 ** (failures - 1));
+        log.warn('receive failed; backing off', { backoffMs: backoff, error: describe(error) });
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, backoff);
+          wakeBackoff = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+        wakeBackoff = undefined;
+        continue;
+      }
+      for (const m of messages) {
+        if (stopping) {
+          // Received while stopping: give it straight back.
+          await release(m, 'drain');
+          continue;
+        }
+        setState('running');
+        try {
+          await handle(m);
+        } catch (error) {
+          // handle() settles every path itself; reaching here is a bug. Never take the process down.
+          log.error('unexpected error handling a message', { messageId: m.messageId, error: describe(error) });
+        }
+        if (stopping) setState('draining');
+      }
+    }
+  }
+
+  return {
+    get state() {
+      return state;
+    },
+    start() {
+      if (loop || stopping) return;
+      log.info('worker starting', { visibilitySec, maxReceives: config.maxReceives, receiveWaitSec: config.receiveWaitSec });
+      loop = run().catch((error) => log.error('poll loop crashed', { error: describe(error) }));
+    },
+    stop() {
+      if (!stopped) {
+        stopping = true;
+        if (state !== 'idle') setState('draining');
+        current?.abort('drain');
+        wakeBackoff?.();
+        stopped = (async () => {
+          await loop;
+          setState('stopped');
+          log.info('worker stopped');
+        })();
+      }
+      return stopped;
+    },
+  };
+}
