@@ -1,0 +1,229 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
+import { parseQueueMessage } from '../../shared/schemas/queue.ts';
+import { expectEnvelope, harness, type Harness } from './helpers.ts';
+
+let h: Harness;
+beforeEach(async () => {
+  h = await harness();
+});
+afterEach(async () => {
+  await h.close();
+});
+
+async function post(json: unknown, headers: Record<string, string> = {}, key?: string) {
+  return h.request('/v1/generations', { json, headers, ...(key ? { key } : {}) });
+}
+
+async function queued(): Promise<string[]> {
+  const msgs = await h.queue.receive({ max: 10, waitSec: 0 });
+  return msgs.map((m) => parseQueueMessage(m.body).job_id);
+}
+
+describe('POST → GET → list → cancel', () => {
+  it('queues a job: 202, Location, record written, small message sent', async () => {
+    const res = await post({ prompt: 'a red apple', steps: 20, seed: 7 });
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as { id: string; status: string; progress: { step: number; total: number } };
+    expect(body.status).toBe('queued');
+    expect(body.progress).toEqual({ step: 0, total: 20 });
+    expect(res.headers.get('Location')).toBe(`/v1/generations/${body.id}`);
+    const record = await h.jobs.get('acct_alice', body.id);
+    expect(record).toMatchObject({ status: 'queued', owner: 'acct_alice', version: 1, spec: { prompt: 'a red apple', steps: 20, seed: 7, width: 224 } });
+    const msgs = await h.queue.receive({ max: 10 });
+    expect(msgs).toHaveLength(1);
+    expect(JSON.parse(msgs[0].body)).toEqual({ v: 1, job_id: body.id, owner: 'acct_alice' });
+
+    const got = await h.request(`/v1/generations/${body.id}`);
+    expect(got.status).toBe(200);
+    expect(await got.json()).toMatchObject({ id: body.id, status: 'queued', outputs: [], usage: { encoder_passes: 0, worker_seconds: 0 } });
+  });
+
+  it('lists only the caller\'s jobs, newest first, with a working cursor', async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await post({ prompt: `p${i}` });
+      ids.push(((await res.json()) as { id: string }).id);
+      await new Promise((r) => setTimeout(r, 3)); // ids order by millisecond
+    }
+    await post({ prompt: 'bob' }, {}, h.bob);
+    const page1 = (await (await h.request('/v1/generations?limit=2')).json()) as { data: { id: string }[]; next_cursor: string | null };
+    expect(page1.data.map((j) => j.id)).toEqual([ids[2], ids[1]]);
+    expect(page1.next_cursor).toBe(ids[1]);
+    const page2 = (await (await h.request(`/v1/generations?limit=2&cursor=${page1.next_cursor}`)).json()) as typeof page1;
+    expect(page2.data.map((j) => j.id)).toEqual([ids[0]]);
+    expect(page2.next_cursor).toBeNull();
+    await expectEnvelope(await h.request('/v1/generations?limit=0'), 400, 'validation_error');
+    await expectEnvelope(await h.request('/v1/generations?limit=101'), 400, 'validation_error');
+    await expectEnvelope(await h.request('/v1/generations?cursor=../x'), 400, 'validation_error');
+  });
+
+  it('succeeded job: outputs carry signed URLs with their expiry, and usage', async () => {
+    const { id } = (await (await post({ prompt: 'apple', n: 2 })).json()) as { id: string };
+    // Simulate the worker through the JobStore.
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', started_at: new Date().toISOString(), attempts: 1 }));
+    await h.jobs.update('acct_alice', id, (cur) => ({
+      ...cur,
+      status: 'succeeded',
+      finished_at: new Date().toISOString(),
+      progress: { step: cur.progress.total, total: cur.progress.total },
+      outputs: [0, 1].map((i) => ({ key: `outputs/acct_alice/${id}/${i}.png`, width: 224, height: 224, clip_score: 0.31 })),
+      usage: { encoder_passes: 6400, worker_seconds: 12.5 },
+    }));
+    const before = Date.now();
+    const body = (await (await h.request(`/v1/generations/${id}`)).json()) as {
+      status: string;
+      outputs: { index: number; url: string; expires_at: string }[];
+      usage: unknown;
+      progress: unknown;
+    };
+    expect(body.status).toBe('succeeded');
+    expect(body.usage).toEqual({ encoder_passes: 6400, worker_seconds: 12.5 });
+    expect(body.progress).toEqual({ step: 100, total: 100 });
+    expect(body.outputs).toHaveLength(2);
+    for (const [i, out] of body.outputs.entries()) {
+      expect(out.index).toBe(i);
+      const check = verifyLocalSignature('x'.repeat(32), 'GET', out.url);
+      expect(check).toMatchObject({ ok: true, key: `outputs/acct_alice/${id}/${i}.png` });
+      const expires = Date.parse(out.expires_at);
+      expect(expires).toBeGreaterThanOrEqual(before + 599_000);
+      expect(expires).toBeLessThanOrEqual(Date.now() + 601_000);
+    }
+    // A succeeded job cannot be canceled.
+    await expectEnvelope(await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' }), 409, 'job_terminal');
+  });
+});
+
+describe('cancel', () => {
+  it('queued → canceled at once; idempotent', async () => {
+    const { id } = (await (await post({ prompt: 'apple' })).json()) as { id: string };
+    const first = await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' });
+    expect(first.status).toBe(200);
+    expect(await first.json()).toMatchObject({ id, status: 'canceled', cancel_requested: true });
+    const version = (await h.jobs.get('acct_alice', id))!.version;
+    const again = await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' });
+    expect(again.status).toBe(200);
+    expect(await again.json()).toMatchObject({ id, status: 'canceled' });
+    expect((await h.jobs.get('acct_alice', id))!.version).toBe(version); // nothing rewritten
+  });
+
+  it('running → cancel_requested; a racing progress write is not lost', async () => {
+    const { id } = (await (await post({ prompt: 'apple', steps: 50 })).json()) as { id: string };
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', started_at: new Date().toISOString() }));
+    // Cancel and 20 progress writes race; both kinds of change must survive.
+    const progress = Array.from({ length: 20 }, (_, i) =>
+      h.jobs.update('acct_alice', id, (cur) => ({ ...cur, progress: { step: Math.max(cur.progress.step, i + 1), total: 50 } }), { retries: 50 }),
+    );
+    const [res] = await Promise.all([h.request(`/v1/generations/${id}/cancel`, { method: 'POST' }), ...progress]);
+    expect(res.status).toBe(200);
+    const record = (await h.jobs.get('acct_alice', id))!;
+    expect(record.status).toBe('running');
+    expect(record.cancel_requested).toBe(true);
+    expect(record.progress.step).toBe(20);
+    expect(record.version).toBe(1 + 1 + 20 + 1);
+  });
+
+  it('failed job → 409; unknown and foreign ids → 404', async () => {
+    const { id } = (await (await post({ prompt: 'apple' })).json()) as { id: string };
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'failed', error: { code: 'x', message: 'y' } }));
+    await expectEnvelope(await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' }), 409, 'job_terminal');
+    await expectEnvelope(await h.request(`/v1/generations/${id}/cancel`, { method: 'POST', key: h.bob }), 404, 'not_found');
+    await expectEnvelope(await h.request(`/v1/generations/nosuchjob/cancel`, { method: 'POST' }), 404, 'not_found');
+    expect((await h.jobs.get('acct_alice', id))!.status).toBe('failed');
+  });
+});
+
+describe('another owner', () => {
+  it("GET of another owner's job is 404, not 403, and it is absent from their list", async () => {
+    const { id } = (await (await post({ prompt: 'secret' })).json()) as { id: string };
+    const err = await expectEnvelope(await h.request(`/v1/generations/${id}`, { key: h.bob }), 404, 'not_found');
+    expect(err.message).not.toContain('acct_alice');
+    const list = (await (await h.request('/v1/generations', { key: h.bob })).json()) as { data: unknown[] };
+    expect(list.data).toEqual([]);
+  });
+});
+
+describe('Idempotency-Key', () => {
+  it('same key + same body → same job (200, replayed); one record, one message', async () => {
+    const headers = { 'Idempotency-Key': 'order-42' };
+    const a = await post({ prompt: 'apple', steps: 10 }, headers);
+    expect(a.status).toBe(202);
+    const idA = ((await a.json()) as { id: string }).id;
+    // Key order and defaults do not change the canonical body.
+    const b = await post({ steps: 10, prompt: 'apple', width: 224 }, headers);
+    expect(b.status).toBe(200);
+    expect(b.headers.get('Idempotent-Replayed')).toBe('true');
+    expect(((await b.json()) as { id: string }).id).toBe(idA);
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(1);
+    expect(await queued()).toEqual([idA]);
+  });
+
+  it('same key + different body → 409, nothing written', async () => {
+    const headers = { 'Idempotency-Key': 'order-43' };
+    const a = await post({ prompt: 'apple' }, headers);
+    const idA = ((await a.json()) as { id: string }).id;
+    await expectEnvelope(await post({ prompt: 'pear' }, headers), 409, 'idempotency_key_reused');
+    expect((await h.jobs.listByOwner('acct_alice')).jobs.map((j) => j.id)).toEqual([idA]);
+    expect(await queued()).toEqual([idA]);
+  });
+
+  it('keys are per owner: the same key from another owner makes its own job', async () => {
+    const headers = { 'Idempotency-Key': 'shared-key' };
+    const a = (await (await post({ prompt: 'apple' }, headers)).json()) as { id: string };
+    const b = await post({ prompt: 'pear' }, headers, h.bob);
+    expect(b.status).toBe(202);
+    expect(((await b.json()) as { id: string }).id).not.toBe(a.id);
+  });
+
+  it('two concurrent identical requests give one job', async () => {
+    const headers = { 'Idempotency-Key': 'race-1' };
+    const responses = await Promise.all(Array.from({ length: 5 }, () => post({ prompt: 'apple' }, headers)));
+    const statuses = responses.map((r) => r.status).sort();
+    expect(statuses).toEqual([200, 200, 200, 200, 202]);
+    const ids = new Set(await Promise.all(responses.map(async (r) => ((await r.json()) as { id: string }).id)));
+    expect(ids.size).toBe(1);
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(1);
+    expect(await queued()).toHaveLength(1);
+  });
+
+  it('rejects an unprintable or over-long key', async () => {
+    await expectEnvelope(await post({ prompt: 'a' }, { 'Idempotency-Key': 'x'.repeat(256) }), 400, 'validation_error');
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(0);
+  });
+});
+
+describe('queue failure', () => {
+  it('a failed send marks the job failed and answers 503; a retry with the same key re-queues it', async () => {
+    let fail = true;
+    const flaky = new Proxy(h.queue, {
+      get(target, prop, receiver) {
+        if (prop === 'send') {
+          return async (body: string) => {
+            if (fail) throw new Error('sqs down');
+            return target.send(body);
+          };
+        }
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    const { createApp } = await import('../../functions/app.ts');
+    const app = createApp({ ...h.deps, queue: flaky });
+    const send = () =>
+      app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k1' },
+        body: JSON.stringify({ prompt: 'apple' }),
+      });
+    const res = await send();
+    const err = await expectEnvelope(res, 503, 'queue_unavailable');
+    expect(err.message).not.toContain('sqs down');
+    expect(res.headers.get('Retry-After')).toBe('1');
+    const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+    expect(job).toMatchObject({ status: 'failed', error: { code: 'enqueue_failed' } }); // never "queued" without a message
+    fail = false;
+    const retry = await send();
+    expect(retry.status).toBe(200);
+    expect(await retry.json()).toMatchObject({ id: job.id, status: 'queued', error: null });
+    expect(await queued()).toEqual([job.id]);
+  });
+});
