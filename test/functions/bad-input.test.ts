@@ -1,0 +1,166 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { expectEnvelope, harness, type Harness } from './helpers.ts';
+
+let h: Harness;
+beforeEach(async () => {
+  h = await harness();
+});
+afterEach(async () => {
+  await h.close();
+});
+
+/** Nothing half-written: no job records and no queue messages. */
+async function expectNothingWritten(): Promise<void> {
+  expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+  expect(await h.queue.receive({ max: 10 })).toEqual([]);
+}
+
+describe('bad generation requests → 4xx envelope, nothing written', () => {
+  const cases: Array<[string, unknown, string | null]> = [
+    ['unknown field', { prompt: 'apple', colour: 'red' }, 'colour'],
+    ['empty prompt', { prompt: '' }, 'prompt'],
+    ['blank prompt', { prompt: '   ' }, 'prompt'],
+    ['too-long prompt', { prompt: 'a'.repeat(301) }, 'prompt'],
+    ['no prompt', { steps: 10 }, 'prompt'],
+    ['both prompt forms', { prompt: 'a', prompts: [{ text: 'b', weight: 1 }] }, 'prompt'],
+    ['width too small', { prompt: 'a', width: 32 }, 'width'],
+    ['width too large', { prompt: 'a', width: 2048 }, 'width'],
+    ['height not a multiple of 32', { prompt: 'a', height: 250 }, 'height'],
+    ['steps 0', { prompt: 'a', steps: 0 }, 'steps'],
+    ['steps too many', { prompt: 'a', steps: 501 }, 'steps'],
+    ['steps not an integer', { prompt: 'a', steps: 1.5 }, 'steps'],
+    ['n 0', { prompt: 'a', n: 0 }, 'n'],
+    ['n 5', { prompt: 'a', n: 5 }, 'n'],
+    ['negative seed', { prompt: 'a', seed: -1 }, 'seed'],
+    ['bad init', { prompt: 'a', init: 'file:/etc/passwd' }, 'init'],
+    ['unknown model', { prompt: 'a', model: 'sdxl' }, 'model'],
+    ['strength out of range', { prompt: 'a', strength: 2 }, 'strength'],
+    ['wrong type', { prompt: 42 }, 'prompt'],
+    ['array body', [1, 2], null],
+    ['missing upload', { prompt: 'a', init: 'upload:nosuchupload' }, 'init'],
+  ];
+  for (const [name, body, param] of cases) {
+    it(name, async () => {
+      const err = await expectEnvelope(await h.request('/v1/generations', { json: body }), 400, 'validation_error');
+      if (param !== null) expect(err.param).toBe(param);
+      await expectNothingWritten();
+    });
+  }
+
+  it('malformed JSON → 400 invalid_json', async () => {
+    const res = await h.request('/v1/generations', { method: 'POST', body: '{"prompt": "a",', headers: { 'Content-Type': 'application/json' } });
+    await expectEnvelope(res, 400, 'invalid_json');
+    await expectNothingWritten();
+  });
+
+  it('wrong or missing content type → 415', async () => {
+    for (const headers of [{ 'Content-Type': 'text/plain' }, { 'Content-Type': 'application/x-www-form-urlencoded' }, {}]) {
+      const res = await h.request('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a' }), headers });
+      await expectEnvelope(res, 415, 'unsupported_media_type');
+    }
+    await expectNothingWritten();
+  });
+
+  it('oversized body → 413', async () => {
+    const res = await h.request('/v1/generations', { json: { prompt: 'a', pad: 'x'.repeat(20_000) } });
+    await expectEnvelope(res, 413, 'payload_too_large');
+    await expectNothingWritten();
+  });
+});
+
+describe('auth', () => {
+  const attempts: Array<[string, Record<string, string>]> = [
+    ['missing', {}],
+    ['not bearer', { Authorization: 'Basic dXNlcjpwYXNz' }],
+    ['empty bearer', { Authorization: 'Bearer ' }],
+    ['malformed key', { Authorization: 'Bearer hunter2' }],
+    ['well-formed unknown key', { Authorization: `Bearer ck_${'0'.repeat(26)}_${'A'.repeat(43)}` }],
+  ];
+  for (const [name, headers] of attempts) {
+    it(`${name} → 401 with WWW-Authenticate`, async () => {
+      const res = await h.request('/v1/generations', { key: null, json: { prompt: 'a' }, headers });
+      await expectEnvelope(res, 401, 'unauthorized');
+      expect(res.headers.get('WWW-Authenticate')).toMatch(/^Bearer/);
+      await expectNothingWritten();
+    });
+  }
+
+  it('a right key id with a wrong secret → 401', async () => {
+    const tampered = h.alice.slice(0, -1) + (h.alice.endsWith('A') ? 'B' : 'A');
+    await expectEnvelope(await h.request('/v1/models', { key: tampered }), 401, 'unauthorized');
+  });
+
+  it('revoked key → 401; the live key of the same owner still works', async () => {
+    await expectEnvelope(await h.request('/v1/models', { key: h.revoked }), 401, 'unauthorized');
+    expect((await h.request('/v1/models')).status).toBe(200);
+  });
+
+  it('keys are stored hashed: no secret in the blob store', async () => {
+    const page = await h.blobs.list('keys/');
+    expect(page.items).toHaveLength(3);
+    for (const item of page.items) {
+      const text = Buffer.from((await h.blobs.get(item.key))!.body).toString('utf8');
+      for (const secret of [h.alice, h.bob, h.revoked]) expect(text).not.toContain(secret.slice(3 + 27));
+      expect(JSON.parse(text).key_sha256).toMatch(/^[0-9a-f]{64}$/);
+    }
+  });
+
+  it('healthz and openapi.json need no key; everything under /v1 does', async () => {
+    expect((await h.request('/healthz', { key: null })).status).toBe(200);
+    expect((await h.request('/openapi.json', { key: null })).status).toBe(200);
+    for (const path of ['/v1/models', '/v1/generations', '/v1/generations/abc']) {
+      await expectEnvelope(await h.request(path, { key: null }), 401, 'unauthorized');
+    }
+  });
+});
+
+describe('routing', () => {
+  it('unknown route → 404 envelope; wrong method → 405 with Allow', async () => {
+    await expectEnvelope(await h.request('/nope', { key: null }), 404, 'not_found');
+    await expectEnvelope(await h.request('/v1/nope'), 404, 'not_found');
+    const res = await h.request('/v1/generations', { method: 'DELETE' });
+    await expectEnvelope(res, 405, 'method_not_allowed');
+    expect(res.headers.get('Allow')).toBe('GET, POST');
+    const cancel = await h.request('/v1/generations/abc/cancel');
+    await expectEnvelope(cancel, 405, 'method_not_allowed');
+    expect(cancel.headers.get('Allow')).toBe('POST');
+  });
+
+  it('a malformed job id → 400, not a 500', async () => {
+    await expectEnvelope(await h.request('/v1/generations/has.dot'), 400, 'validation_error');
+    await expectEnvelope(await h.request(`/v1/generations/${'a'.repeat(65)}`), 400, 'validation_error');
+  });
+});
+
+describe('request id', () => {
+  it('is on every response, success or error, and a sane incoming one is echoed', async () => {
+    const responses = [
+      await h.request('/healthz', { key: null }),
+      await h.request('/v1/models'),
+      await h.request('/v1/models', { key: null }),
+      await h.request('/v1/nope'),
+      await h.request('/v1/generations', { json: { prompt: '' } }),
+      await h.request('/v1/generations', { json: { prompt: 'ok' } }),
+      await h.request('/openapi.json'),
+    ];
+    const ids = responses.map((r) => r.headers.get('X-Request-Id'));
+    for (const id of ids) expect(id).toMatch(/^req_[0-9a-z]{26}$/);
+    expect(new Set(ids).size).toBe(ids.length);
+
+    const echoed = await h.request('/v1/models', { headers: { 'X-Request-Id': 'client-trace-0001' } });
+    expect(echoed.headers.get('X-Request-Id')).toBe('client-trace-0001');
+    const err = await expectEnvelope(await h.request('/v1/nope', { headers: { 'X-Request-Id': 'client-trace-0002' } }), 404);
+    expect(err.request_id).toBe('client-trace-0002');
+    const insane = await h.request('/v1/models', { headers: { 'X-Request-Id': 'bad id\twith spaces' } });
+    expect(insane.headers.get('X-Request-Id')).toMatch(/^req_/);
+  });
+
+  it('an unexpected failure is a 500 envelope that leaks nothing, and is logged with the request id', async () => {
+    const { createApp } = await import('../../functions/app.ts');
+    const app = createApp({ ...h.deps, models: async () => { throw new Error('secret internals /etc/x'); } });
+    const res = await app.request('/v1/models', { headers: { Authorization: `Bearer ${h.alice}` } });
+    const err = await expectEnvelope(res, 500, 'internal_error');
+    expect(err.message).toBe('internal error');
+    expect(h.logs).toContainEqual(expect.objectContaining({ level: 'error', request_id: err.request_id }));
+  });
+});
