@@ -64,7 +64,7 @@ export class ClipEngine {
 
   towerSource(): TowerSource {
     const { arch, manifest } = this.bundle;
-    return { arch, weights: weightLookup(this.bundle), mean: manifest.preprocess.mean, std: manifest.preprocess.std };
+    return { arch, weights: weightLookup(this.bundle), mean: manifest.preprocess.mean, std: manifest.preprocess.std, foreign: this.bundle.foreign };
   }
 
   /** A compiled graph, built and loaded on first use. `key` must identify the graph's shape. */

@@ -140,9 +140,9 @@ export function inferArch(
 }
 
 /** Check a weight set against an architecture: every missing, extra or misshapen tensor is listed. */
-export function checkWeights(a: ClipArch, shapes: Map<string, number[]>, opts: { visionOnly?: boolean; allowExtra?: boolean } = {}): void {
+export function checkWeights(a: ClipArch, shapes: Map<string, number[]>, opts: { visionOnly?: boolean; textOnly?: boolean; allowExtra?: boolean } = {}): void {
   const problems: string[] = [];
-  const expected = expectedTensors(a).filter(([n]) => !opts.visionOnly || isVisionTensor(n));
+  const expected = expectedTensors(a).filter(([n]) => (!opts.visionOnly || isVisionTensor(n)) && (!opts.textOnly || !isVisionTensor(n)));
   const names = new Set(expected.map(([n]) => n));
   for (const [name, shape] of expected) {
     const got = shapes.get(name);
@@ -150,7 +150,7 @@ export function checkWeights(a: ClipArch, shapes: Map<string, number[]>, opts: {
     else if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) problems.push(`${name} has shape [${got}], expected [${shape}]`);
   }
   if (!opts.allowExtra) {
-    for (const name of shapes.keys()) if (!names.has(name) && !(opts.visionOnly && !isVisionTensor(name))) problems.push(`unexpected tensor ${name}`);
+    for (const name of shapes.keys()) if (!names.has(name) && !(opts.visionOnly && !isVisionTensor(name))) problems.push(`unexpected tensor ${name}${opts.textOnly && isVisionTensor(name) ? ' (the image tower comes from image_onnx)' : ''}`);
   }
   if (problems.length) {
     const shown = problems.slice(0, 12).join('; ') + (problems.length > 12 ? `; … ${problems.length - 12} more` : '');

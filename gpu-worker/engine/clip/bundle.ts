@@ -7,7 +7,9 @@ import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { EngineError } from '../errors.ts';
-import type { TensorData } from '../onnx/ir.ts';
+import type { ModelIR, TensorData } from '../onnx/ir.ts';
+import { readModelFile } from '../onnx/codec.ts';
+import { type ForeignTowerInfo, inspectForeignTower } from './foreign.ts';
 import { readSafetensors } from '../io/safetensors.ts';
 import { ClipArchSchema, type ClipArch, checkWeights } from './arch.ts';
 
@@ -34,6 +36,12 @@ export const ManifestSchema = z
     /** Optional: sha256 of each file, checked on load when present. */
     sha256: z.record(z.string(), z.string().regex(/^[0-9a-f]{64}$/)).optional(),
     tokenizer: z.string().min(1),
+    /**
+     * Optional: a forward-only ONNX image encoder (exported elsewhere) used as the image tower; its input
+     * is the normalized image [B,3,R,R] and its output the features [B,E]. The weights file then holds
+     * the text tower only.
+     */
+    image_onnx: z.object({ file: z.string().min(1), input: z.string().optional(), output: z.string().optional() }).strict().optional(),
     /** Optional GMM initialization prior (docs/prior-format.md). */
     prior: z.string().min(1).optional(),
     robust: z.boolean(),
@@ -47,7 +55,7 @@ export const ManifestSchema = z
     if (m.embed_dim !== m.architecture.embedDim) ctx.addIssue({ code: 'custom', path: ['embed_dim'], message: 'must equal architecture.embedDim' });
     if (m.activation !== m.architecture.activation) ctx.addIssue({ code: 'custom', path: ['activation'], message: 'must equal architecture.activation' });
     if (m.preprocess.image_size !== m.architecture.imageResolution) ctx.addIssue({ code: 'custom', path: ['preprocess', 'image_size'], message: 'must equal architecture.imageResolution' });
-    for (const f of [m.weights, m.tokenizer, m.prior].filter(Boolean) as string[]) {
+    for (const f of [m.weights, m.tokenizer, m.prior, m.image_onnx?.file].filter(Boolean) as string[]) {
       if (f.includes('..') || f.startsWith('/')) ctx.addIssue({ code: 'custom', message: `file ${f} must be a plain path inside the bundle` });
     }
   });
@@ -63,6 +71,8 @@ export interface ModelBundle {
   weights: Map<string, TensorData>;
   tokenizerPath: string;
   priorPath?: string;
+  /** The foreign image tower, when the manifest names one. */
+  foreign?: { model: ModelIR; info: ForeignTowerInfo };
   /** sha256 of manifest.json + weights: identifies compiled graphs in caches. */
   contentHash: string;
 }
@@ -113,11 +123,21 @@ export async function loadBundle(dirIn: string, opts: { verifyChecksums?: boolea
   const st = readSafetensors(weightsPath);
   const weights = st.tensors;
   const arch = manifest.architecture;
-  checkWeights(arch, new Map([...weights].map(([k, t]) => [k, t.dims])));
+  let foreign: ModelBundle['foreign'];
+  if (manifest.image_onnx) {
+    const model = readModelFile(file(manifest.image_onnx.file, 'image_onnx'));
+    const info = inspectForeignTower(model, manifest.image_onnx);
+    if (info.embedDim !== arch.embedDim || info.resolution !== arch.imageResolution) {
+      throw new EngineError('invalid_model', `bundle ${manifest.name}: the foreign image tower outputs ${info.embedDim}-d features at ${info.resolution} px, but the architecture says embedDim ${arch.embedDim} at ${arch.imageResolution} px`);
+    }
+    foreign = { model, info };
+  }
+  checkWeights(arch, new Map([...weights].map(([k, t]) => [k, t.dims])), { textOnly: Boolean(foreign) });
   const h = createHash('sha256');
   h.update(readFileSync(join(dir, 'manifest.json')));
   h.update(manifest.sha256?.[manifest.weights] ?? (await sha256File(weightsPath)));
-  return { dir, manifest, arch, weights, tokenizerPath, priorPath, contentHash: h.digest('hex') };
+  if (foreign) h.update(await sha256File(join(dir, manifest.image_onnx!.file)));
+  return { dir, manifest, arch, weights, tokenizerPath, priorPath, foreign, contentHash: h.digest('hex') };
 }
 
 /** A lookup that names the bundle when a weight is missing (checkWeights normally catches this first). */

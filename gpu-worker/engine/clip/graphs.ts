@@ -5,6 +5,8 @@ import { appendGradients } from '../autodiff/gradient.ts';
 import { GraphBuilder } from '../onnx/builder.ts';
 import { A, type DType, type ModelIR } from '../onnx/ir.ts';
 import type { ClipArch } from './arch.ts';
+import { EngineError } from '../errors.ts';
+import { type ForeignTowerInfo, emitForeignTower } from './foreign.ts';
 import { type WeightLookup, buildImageTower, buildTextTower } from './model.ts';
 
 export interface TowerSource {
@@ -12,6 +14,17 @@ export interface TowerSource {
   weights: WeightLookup;
   mean: number[];
   std: number[];
+  /** A foreign ONNX image encoder that replaces our image tower (its input is the normalized image). */
+  foreign?: { model: ModelIR; info: ForeignTowerInfo };
+}
+
+/** Image features [B, E] of raw pixels in [0,1]: our tower, or the bundle's foreign ONNX tower. */
+export function imageFeatures(b: GraphBuilder, src: TowerSource, pixels: string, dtype: DType): string {
+  if (!src.foreign) return buildImageTower(b, src.arch, src.weights, { pixels, normalize: { mean: src.mean, std: src.std } }, { dtype });
+  const mean = b.constant({ dtype: 'float32', dims: [1, 3, 1, 1], data: Float32Array.from(src.mean) }, 'mean');
+  const invStd = b.constant({ dtype: 'float32', dims: [1, 3, 1, 1], data: Float32Array.from(src.std.map((x) => 1 / x)) }, 'inv_std');
+  if (dtype !== 'float32') throw new EngineError('invalid_input', 'foreign image towers run in float32 (use --dtype float32)');
+  return emitForeignTower(b, src.foreign.model, src.foreign.info, b.mul(b.sub(pixels, mean), invStd));
 }
 
 export function textEmbedGraph(src: TowerSource, batch: number): ModelIR {
@@ -27,7 +40,7 @@ export function imageEmbedGraph(src: TowerSource, batch: number, dtype: DType = 
   const b = new GraphBuilder('image_embed');
   const R = src.arch.imageResolution;
   const px = b.input('pixels', dtype, [batch, 3, R, R]);
-  const f = buildImageTower(b, src.arch, src.weights, { pixels: px, normalize: { mean: src.mean, std: src.std } }, { dtype });
+  const f = imageFeatures(b, src, px, dtype);
   b.output(b.op1('Identity', [f], {}, { outputNames: ['image_features'] }));
   return b.toModel();
 }
@@ -53,7 +66,7 @@ export function imageGradientGraph(src: TowerSource, batch: number, dtype: DType
   const px = b.input('pixels', dtype, [batch, 3, R, R]);
   const targets = b.input('targets', dtype, [batch, src.arch.embedDim]);
   const weights = b.input('weights', dtype, [batch]);
-  const f = buildImageTower(b, src.arch, src.weights, { pixels: px, normalize: { mean: src.mean, std: src.std } }, { dtype });
+  const f = imageFeatures(b, src, px, dtype);
   const cos = b.op1('Identity', [cosineRows(b, f, targets)], {}, { outputNames: ['cosine'] });
   const objective = b.reduceSum(b.mul(cos, weights), [0], false);
   const grads = appendGradients(b, { loss: objective, wrt: [px] });

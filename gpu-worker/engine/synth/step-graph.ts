@@ -5,8 +5,7 @@
 
 import { appendGradients } from '../autodiff/gradient.ts';
 import type { TowerSource } from '../clip/graphs.ts';
-import { l2normalize } from '../clip/graphs.ts';
-import { buildImageTower } from '../clip/model.ts';
+import { imageFeatures, l2normalize } from '../clip/graphs.ts';
 import { GraphBuilder } from '../onnx/builder.ts';
 import { A, type DType, type ModelIR } from '../onnx/ir.ts';
 
@@ -65,7 +64,7 @@ export function stepGraph(src: TowerSource, shape: StepGraphShape, noise: Float3
   const bank = b.constant({ dtype: dt, dims: [M, 3, S, S], data: dt === 'float64' ? Float64Array.from(noise) : noise }, 'noise_bank');
   const views = augmentViews(b, { image, rows, colsT, bright, sat, con, cutR, cutC, noiseIdx, noiseScale, bank });
 
-  const feats = buildImageTower(b, src.arch, src.weights, { pixels: views, normalize: { mean: src.mean, std: src.std } }, { dtype: dt });
+  const feats = imageFeatures(b, src, views, dt);
   const unit = b.reshape(l2normalize(b, feats), [V, 1, E]);
   const cos = b.op1('ReduceSum', [b.mul(unit, targets), b.ints([-1])], { keepdims: A.i(0) }, { outputNames: ['cosine'] }); // [V,K]
   const oneMinus = b.sub(b.scalar(1, dt), cos);

@@ -1,0 +1,95 @@
+// Foreign ONNX image towers (torch.onnx.export of an OpenAI-layout ViT, made by
+// test/fixtures/foreign/make_foreign_onnx.py): import, forward parity with PyTorch, gradient check,
+// and the refusals (unsupported ops listed by name, onnxruntime-fused ops refused with advice).
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { emitForeignTower, inspectForeignTower } from '../../gpu-worker/engine/clip/foreign.ts';
+import { GraphBuilder } from '../../gpu-worker/engine/onnx/builder.ts';
+import { readModelFile } from '../../gpu-worker/engine/onnx/codec.ts';
+import { runModel } from '../../gpu-worker/engine/runtime/session.ts';
+import { EngineError } from '../../gpu-worker/engine/errors.ts';
+import { main } from '../../cli/main.ts';
+import { makeTinyBundle, tinyManifest } from '../helpers/bundle.ts';
+import { maxRelErr } from '../helpers/clip.ts';
+import { readSafetensors, writeSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
+import { REPO_ROOT } from '../../cli/common.ts';
+
+const FIX = join(REPO_ROOT, 'test', 'fixtures', 'foreign');
+
+describe.each(['quick', 'erf'])('torch.onnx export (%s GELU)', (variant) => {
+  const model = readModelFile(join(FIX, `vision-${variant}.onnx`));
+  const expected = JSON.parse(readFileSync(join(FIX, `vision-${variant}.expected.json`), 'utf8'));
+
+  it('re-emitted with a fixed batch, it matches PyTorch within 1e-5', async () => {
+    const info = inspectForeignTower(model);
+    expect(info).toMatchObject({ inputName: 'image', resolution: 32, embedDim: 32 });
+    const b = new GraphBuilder('foreign');
+    const x = b.input('x', 'float32', expected.input_shape);
+    b.output(emitForeignTower(b, model, info, x));
+    // The exporter's runtime shape plumbing (Shape→Gather→Concat→Reshape) folded to constants.
+    const reshape = b.nodes.filter((n) => n.op === 'Reshape');
+    expect(reshape.length).toBeGreaterThan(0);
+    expect(reshape.every((n) => b.consts.has(n.inputs[1]))).toBe(true);
+    const out = await runModel(b.toModel(), { x: { dtype: 'float32', dims: expected.input_shape, data: Float32Array.from(expected.input) } });
+    expect(maxRelErr(Array.from(Object.values(out)[0].data as Float32Array), expected.output)).toBeLessThan(1e-5);
+  });
+});
+
+describe('a bundle with a foreign image tower', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'clipag-foreign-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('passes clipag gradcheck (float32)', async () => {
+    // Text tower: the tiny reference CLIP's text weights; image tower: the torch export (same 32-d space
+    // by shape only, which is all the gradient check needs).
+    const src = makeTinyBundle('quickgelu');
+    const all = readSafetensors(join(src, 'weights.safetensors')).tensors;
+    const text = new Map([...all].filter(([k]) => !k.startsWith('visual.')));
+    await writeSafetensors(join(dir, 'weights.safetensors'), text);
+    copyFileSync(join(src, 'tokenizer.json'), join(dir, 'tokenizer.json'));
+    copyFileSync(join(FIX, 'vision-quick.onnx'), join(dir, 'vision.onnx'));
+    writeFileSync(join(dir, 'manifest.json'), JSON.stringify({ ...tinyManifest('quickgelu'), name: 'foreign-test', image_onnx: { file: 'vision.onnx' } }));
+    rmSync(src, { recursive: true, force: true });
+    const lines: string[] = [];
+    const log = console.log;
+    console.log = (...a: unknown[]) => lines.push(a.join(' '));
+    let code: number;
+    try {
+      code = await main(['gradcheck', '--model', dir, '--json', '--directions', '3']);
+    } finally {
+      console.log = log;
+    }
+    const res = JSON.parse(lines.join('\n'));
+    expect(res.dtype).toBe('float32');
+    expect(res.maxRelError).toBeLessThan(2e-2);
+    expect(code).toBe(0);
+  });
+});
+
+describe('refusals', () => {
+  const model = readModelFile(join(FIX, 'vision-quick.onnx'));
+  it('lists every op without a rule by name', () => {
+    const bad = { ...model, nodes: model.nodes.map((n) => (n.op === 'Sigmoid' ? { ...n, op: 'HardSwish' } : n.op === 'Softmax' ? { ...n, op: 'Hardmax' } : n)) };
+    const err = (() => {
+      try {
+        inspectForeignTower(bad);
+      } catch (e) {
+        return e as EngineError;
+      }
+    })();
+    expect(err).toBeInstanceOf(EngineError);
+    expect(err!.code).toBe('unsupported_op');
+    expect(err!.message).toMatch(/Hardmax/);
+    expect(err!.message).toMatch(/HardSwish/);
+  });
+  it('refuses onnxruntime-fused com.microsoft ops with export advice', () => {
+    const fused = { ...model, nodes: model.nodes.map((n) => (n.op === 'LayerNormalization' ? { ...n, domain: 'com.microsoft', op: 'SkipLayerNormalization' } : n)) };
+    expect(() => inspectForeignTower(fused)).toThrow(/com\.microsoft::SkipLayerNormalization.*unoptimized/s);
+  });
+  it('refuses a non-image input', () => {
+    const odd = { ...model, inputs: [{ name: 'image', dtype: 'float32' as const, shape: [-1, 77] }] };
+    expect(() => inspectForeignTower(odd)).toThrow(/\[batch, 3, R, R\]/);
+  });
+});
