@@ -54,7 +54,7 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
   });
 
   it('wrong or missing content type → 415', async () => {
-    for (const headers of [{ 'Content-Type': 'text/plain' }, { 'Content-Type': 'application/x-www-form-urlencoded' }, {}]) {
+    for (const headers of [{ 'Content-Type': 'text/plain' }, { 'Content-Type': 'application/x-www-form-urlencoded' }, {}] as Record<string, string>[]) {
       const res = await h.request('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a' }), headers });
       await expectEnvelope(res, 415, 'unsupported_media_type');
     }
