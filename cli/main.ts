@@ -7,6 +7,7 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   embed: () => import('./embed.ts'),
   gradcheck: () => import('./gradcheck.ts'),
   generate: () => import('./generate.ts'),
+  keys: () => import('./keys.ts'),
 };
 
 export async function main(argv: string[]): Promise<number> {

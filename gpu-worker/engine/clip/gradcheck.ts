@@ -3,6 +3,7 @@
 // Operators run it (`clipag gradcheck --model DIR`) on any bundle, including foreign towers.
 
 import type { DType, ModelIR } from '../onnx/ir.ts';
+import { Rng } from '../synth/rng.ts';
 import type { EngineHandle } from '../runtime/pool.ts';
 
 export interface GradcheckOptions {
@@ -25,17 +26,6 @@ export interface GradcheckResult {
   passed: boolean;
 }
 
-/** Tiny seeded generator so the check is reproducible without depending on synthesis code. */
-function mulberry32(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * `handle` runs an image-gradient graph (inputs pixels [B,3,R,R], targets [B,E], weights [B];
@@ -44,7 +34,8 @@ function mulberry32(seed: number) {
 export async function gradcheck(handle: EngineHandle, shape: { batch: number; resolution: number; embedDim: number }, opts: GradcheckOptions = {}): Promise<GradcheckResult> {
   const dtype = opts.dtype ?? 'float64';
   const { batch: B, resolution: R, embedDim: E } = shape;
-  const rand = mulberry32(opts.seed ?? 1234);
+  const rng = Rng.fromSeed(opts.seed ?? 1234);
+  const rand = () => rng.next();
   const Arr = dtype === 'float64' ? Float64Array : Float32Array;
   const n = B * 3 * R * R;
   const x = new Arr(n).map(() => 0.2 + 0.6 * rand());

@@ -11,6 +11,7 @@ import {
   type Node,
   type TensorData,
   type ValueInfo,
+  ONNX_DTYPE_CODES,
   OPSET,
   numel,
   tensor,
@@ -258,22 +259,8 @@ export class GraphBuilder {
   }
 }
 
-// ONNX TensorProto.DataType codes.
-const DTYPE_CODES: Record<DType, number> = {
-  float32: 1,
-  uint8: 2,
-  int32: 6,
-  int64: 7,
-  bool: 9,
-  float16: 10,
-  float64: 11,
-};
 export function onnxDTypeCode(d: DType): number {
-  return DTYPE_CODES[d];
-}
-export function dtypeFromOnnxCode(code: number): DType {
-  for (const [k, v] of Object.entries(DTYPE_CODES)) if (v === code) return k as DType;
-  throw new EngineError('invalid_model', `unsupported ONNX tensor data type ${code}`, { code });
+  return ONNX_DTYPE_CODES[d];
 }
 
 export { numel };

@@ -14,7 +14,7 @@ import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import type { onnx as OnnxNs } from 'onnx-proto';
 import { EngineError } from '../errors.ts';
-import { allocData, bytesPerElement, numel } from './ir.ts';
+import { DTYPE_OF_ONNX_CODE, ONNX_DTYPE_CODES, allocData, bytesPerElement, numel } from './ir.ts';
 import type { Attr, DType, ModelIR, Node, TensorData, TypedData, ValueInfo } from './ir.ts';
 
 // onnx-proto is CommonJS without named-export hints that Node's ESM loader can detect reliably.
@@ -28,16 +28,8 @@ const EXTERNAL_ALIGN = 16;
 /** Chunk size for writing side files: fs writes of one buffer fail above 2^31 - 1 bytes. */
 const WRITE_CHUNK = 64 << 20;
 
-const DTYPE_TO_ONNX: Record<DType, number> = {
-  float32: 1,
-  uint8: 2,
-  int32: 6,
-  int64: 7,
-  bool: 9,
-  float16: 10,
-  float64: 11,
-};
-const ONNX_TO_DTYPE = new Map<number, DType>(Object.entries(DTYPE_TO_ONNX).map(([k, v]) => [v, k as DType]));
+const DTYPE_TO_ONNX = ONNX_DTYPE_CODES;
+const ONNX_TO_DTYPE = DTYPE_OF_ONNX_CODE;
 const ONNX_TYPE_NAMES: Record<number, string> = {
   3: 'int8', 4: 'uint16', 5: 'int16', 8: 'string', 12: 'uint32', 13: 'uint64', 14: 'complex64',
   15: 'complex128', 16: 'bfloat16', 17: 'float8e4m3fn', 18: 'float8e4m3fnuz', 19: 'float8e5m2',

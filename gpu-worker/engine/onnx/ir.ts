@@ -79,6 +79,18 @@ export interface ModelIR {
 
 export const OPSET = 17;
 
+/** ONNX TensorProto.DataType codes of the dtypes the engine handles. */
+export const ONNX_DTYPE_CODES: Readonly<Record<DType, number>> = {
+  float32: 1,
+  uint8: 2,
+  int32: 6,
+  int64: 7,
+  bool: 9,
+  float16: 10,
+  float64: 11,
+};
+export const DTYPE_OF_ONNX_CODE: ReadonlyMap<number, DType> = new Map(Object.entries(ONNX_DTYPE_CODES).map(([k, v]) => [v, k as DType]));
+
 export function numel(dims: readonly number[]): number {
   let n = 1;
   for (const d of dims) n *= d;

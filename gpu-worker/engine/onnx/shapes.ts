@@ -1,7 +1,7 @@
 // Static shape inference, one rule per op (opset 17 semantics).
 // Rules throw plain Errors; the builder wraps them with the node's name and op.
 
-import type { Attr, DType, Node, TensorData, ValueInfo } from './ir.ts';
+import { type Attr, type DType, DTYPE_OF_ONNX_CODE, type Node, type TensorData, type ValueInfo } from './ir.ts';
 
 export interface ShapeCtx {
   node: Node;
@@ -393,9 +393,8 @@ export const SHAPE_RULES: Record<string, ShapeRule> = {
   },
 };
 
-const CODE_DTYPES: Record<number, DType> = { 1: 'float32', 2: 'uint8', 6: 'int32', 7: 'int64', 9: 'bool', 10: 'float16', 11: 'float64' };
 function dtypeOfCode(code: number): DType {
-  const d = CODE_DTYPES[code];
+  const d = DTYPE_OF_ONNX_CODE.get(code);
   if (!d) throw new Error(`unsupported Cast target type ${code}`);
   return d;
 }
