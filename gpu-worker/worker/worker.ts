@@ -45,6 +45,8 @@ export type WorkerEvent =
   | { type: 'progress'; jobId: string; step: number; total: number }
   | { type: 'progress_written'; jobId: string; step: number; cancelRequested: boolean }
   | { type: 'heartbeat'; messageId: string; visibilitySec: number }
+  /** The run's AbortController fired; `step` is the last step reported before it. */
+  | { type: 'abort'; jobId: string; reason: 'cancel' | 'drain' | 'lease_lost'; step: number }
   | { type: 'acked'; messageId: string; reason: string }
   | { type: 'released'; messageId: string; reason: string }
   | { type: 'dead_lettered'; messageId: string; reason: string }
@@ -305,13 +307,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const ac = new AbortController();
       let reason: AbortReason | undefined;
       abortRun = (r) => {
-        reason ??= r;
+        if (reason) return;
+        reason = r;
+        emit({ type: 'abort', jobId: msg.job_id, reason: r, step: progress.latest?.step ?? 0 });
         ac.abort(r);
       };
+      const progress = progressWriter(msg, attempt, total, (r) => abortRun!(r));
       current = { abort: abortRun };
       if (lostEarly) abortRun('lease_lost');
       if (stopping) abortRun('drain');
-      const progress = progressWriter(msg, attempt, total, (r) => abortRun!(r));
       let outcome: SynthesisOutcome;
       try {
         outcome = await synthesizer.run({ id: running.id, owner: running.owner, spec: running.spec }, { signal: ac.signal, onProgress: progress.report });

@@ -1,0 +1,278 @@
+// The queue worker end to end on real parts: the local queue/blob store/job store in a temp folder,
+// the real engine on the tiny reference CLIP. The only stand-in is FlakyBlobStore, a wrapper around
+// the real LocalBlobStore that injects storage errors (a real S3 hiccup cannot be produced on demand).
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { RetryableError } from '../../shared/errors.ts';
+import type { BlobStore, PutOptions } from '../../shared/ports.ts';
+import { startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
+import { createModelRegistry, type ModelRegistry } from '../../gpu-worker/models.ts';
+import { silentLogger, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import { decodeImage } from '../../gpu-worker/engine/synth/image.ts';
+import { FAST_RECIPE, OWNER, type Env, listKeys, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
+
+let models: ModelRegistry;
+beforeAll(async () => {
+  models = createModelRegistry({ modelsDir: makeModelsDir(), threads: 2 });
+  await models.engine('tiny'); // open once for the whole file (models are cached per process)
+});
+afterAll(async () => models?.close());
+
+const running: RunningWorker[] = [];
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((r) => r.stop()));
+});
+
+function start(env: Env, opts: { blobs?: BlobStore; recipe?: Record<string, unknown>; progressIntervalMs?: number } = {}) {
+  const events: WorkerEvent[] = [];
+  const r = startWorker({
+    queue: env.queue, jobs: env.jobs, blobs: opts.blobs ?? env.blobs, config: env.config, models,
+    recipeOverrides: { ...FAST_RECIPE, ...opts.recipe },
+    worker: { progressIntervalMs: opts.progressIntervalMs ?? 0, pollErrorBackoffMs: 50 },
+    log: silentLogger,
+    onEvent: (e) => events.push(e),
+  });
+  running.push(r);
+  return { ...r, events };
+}
+
+/** The real local blob store, failing `put`s under a prefix on demand. */
+class FlakyBlobStore implements BlobStore {
+  failures = 0;
+  constructor(private readonly inner: BlobStore, private readonly prefix: string, private remaining: number) {}
+  put(key: string, body: Uint8Array, options?: PutOptions) {
+    if (key.startsWith(this.prefix) && this.remaining > 0) {
+      this.remaining--;
+      this.failures++;
+      return Promise.reject(new RetryableError('injected: S3 503 SlowDown'));
+    }
+    return this.inner.put(key, body, options);
+  }
+  get = (k: string) => this.inner.get(k);
+  head = (k: string) => this.inner.head(k);
+  list = (p: string, o?: Parameters<BlobStore['list']>[1]) => this.inner.list(p, o);
+  delete = (k: string) => this.inner.delete(k);
+  putIfAbsent = (k: string, b: Uint8Array, o?: PutOptions) => this.inner.putIfAbsent(k, b, o);
+  replaceIfMatch = (k: string, b: Uint8Array, e: string, o?: PutOptions) => this.inner.replaceIfMatch(k, b, e, o);
+  signedGetUrl = (k: string, s: number) => this.inner.signedGetUrl(k, s);
+  signedPutUrl = (k: string, o: Parameters<BlobStore['signedPutUrl']>[1]) => this.inner.signedPutUrl(k, o);
+}
+
+const finishedOf = (events: WorkerEvent[], jobId: string) =>
+  waitFor(`job_finished for ${jobId}`, () => finished(events).find((e) => e.jobId === jobId));
+const finished = (events: WorkerEvent[]) => events.filter((e): e is Extract<WorkerEvent, { type: 'job_finished' }> => e.type === 'job_finished');
+
+describe('gpu-worker queue worker', () => {
+  it('runs a job to succeeded: n PNGs and frames under outputs/<owner>/<job>/, scores, usage, progress; message acked', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { prompt: 'a photo of a cat', negative_prompt: 'a blurry photo', n: 2, steps: 6 });
+    const w = start(env);
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed', 'canceled']);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    expect(done.attempts).toBe(1);
+    expect(done.progress).toEqual({ step: 12, total: 12 });
+    expect(done.started_at).not.toBeNull();
+    expect(done.finished_at).not.toBeNull();
+    expect(done.outputs.map((o) => o.key)).toEqual([`outputs/${OWNER}/${job.id}/0.png`, `outputs/${OWNER}/${job.id}/1.png`]);
+    for (const out of done.outputs) {
+      const obj = await env.blobs.get(out.key);
+      expect(obj?.contentType).toBe('image/png');
+      const img = decodeImage(obj!.body);
+      expect([img.width, img.height, out.width, out.height]).toEqual([64, 64, 64, 64]);
+      expect(Number.isFinite(out.clip_score)).toBe(true);
+    }
+    // Seeds seed+i: the two images differ.
+    const [a, b] = await Promise.all(done.outputs.map((o) => env.blobs.get(o.key)));
+    expect(Buffer.from(a!.body).equals(Buffer.from(b!.body))).toBe(false);
+    const frames = await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/frames/`);
+    expect(frames).toContain(`outputs/${OWNER}/${job.id}/frames/0/0000.png`);
+    expect(frames).toContain(`outputs/${OWNER}/${job.id}/frames/1/0004.png`);
+    // 6 steps × 8 views × 2 images of backward passes, plus GMM scoring and final scoring passes.
+    expect(done.usage.encoder_passes).toBeGreaterThanOrEqual(2 * 6 * 8);
+    expect(done.usage.worker_seconds).toBeGreaterThan(0);
+    await waitFor('the ack', async () => (await env.queue.depth()) === 0);
+    expect(w.events.some((e) => e.type === 'progress_written')).toBe(true);
+    expect(w.worker.state).toBe('polling');
+  });
+
+  it('a cancel requested mid-run is seen by the next progress write and stops the run within one step', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 200, init: 'noise' });
+    const w = start(env);
+    await waitFor('a few steps', () => w.events.some((e) => e.type === 'progress_written' && e.step >= 3));
+    // What POST /v1/generations/:id/cancel does: a versioned write of cancel_requested.
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }));
+    const done = await waitForStatus(env, job.id, ['canceled', 'succeeded', 'failed']);
+    expect(done.status).toBe('canceled');
+    expect(done.cancel_requested).toBe(true);
+    expect(done.finished_at).not.toBeNull();
+    expect(w.events.some((e) => e.type === 'progress_written' && e.cancelRequested)).toBe(true);
+    const abort = w.events.find((e) => e.type === 'abort') as Extract<WorkerEvent, { type: 'abort' }>;
+    expect(abort).toMatchObject({ reason: 'cancel', jobId: job.id });
+    const fin = await finishedOf(w.events, job.id);
+    expect(fin.outcome).toBe('canceled');
+    // Aborted after step k was reported: only the step already under way (k+1) may still finish.
+    expect(fin.stepsDone! - abort.step).toBeLessThanOrEqual(1);
+    expect(fin.stepsDone).toBeLessThan(200);
+    expect(done.outputs).toEqual([]);
+    await waitFor('the ack', async () => (await env.queue.depth()) === 0);
+  });
+
+  it('malformed messages go to the DLQ and the worker keeps serving', async () => {
+    const env = await makeEnv();
+    await env.queue.send('this is not json');
+    await env.queue.send(JSON.stringify({ v: 2, job_id: 'x', owner: 'y' }));
+    await env.queue.send(JSON.stringify({ v: 1, job_id: '../../etc', owner: OWNER }));
+    const w = start(env);
+    const job = await submit(env, { steps: 2 });
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect(done.status).toBe('succeeded');
+    expect(await env.queue.deadLetter!.depth()).toBe(3);
+    const dead = await env.queue.deadLetter!.receive({ max: 10 });
+    expect(dead.map((m) => m.body).sort()).toEqual(['this is not json', JSON.stringify({ v: 2, job_id: 'x', owner: 'y' }), JSON.stringify({ v: 1, job_id: '../../etc', owner: OWNER })].sort());
+    expect(w.events.filter((e) => e.type === 'dead_lettered').length).toBe(3);
+    await waitFor('the queue to empty', async () => (await env.queue.depth()) === 0);
+    expect(['polling', 'running']).toContain(w.worker.state);
+  });
+
+  it('skips canceled and finished jobs (idempotent redelivery) and drops messages for missing jobs', async () => {
+    const env = await makeEnv();
+    const canceled = await submit(env, { steps: 2 });
+    await env.jobs.update(OWNER, canceled.id, (cur) => ({ ...cur, status: 'canceled', cancel_requested: true, finished_at: new Date().toISOString() }));
+    const requested = await submit(env, { steps: 2 });
+    await env.jobs.update(OWNER, requested.id, (cur) => ({ ...cur, cancel_requested: true }));
+    const ok = await submit(env, { steps: 2 });
+    await env.queue.send(JSON.stringify({ v: 1, job_id: 'nosuchjob', owner: OWNER }));
+    const w = start(env);
+    await waitForStatus(env, ok.id, ['succeeded']);
+    // A duplicate delivery of the finished job is acked and changes nothing.
+    const before = await env.jobs.get(OWNER, ok.id);
+    await env.queue.send(JSON.stringify({ v: 1, job_id: ok.id, owner: OWNER }));
+    await waitFor('the queue to empty', async () => (await env.queue.depth()) === 0);
+    await waitFor('4 skips/cancels', () => finished(w.events).length >= 5);
+    expect(await env.jobs.get(OWNER, ok.id)).toEqual(before);
+    expect((await env.jobs.get(OWNER, canceled.id))!.attempts).toBe(0);
+    const req = (await env.jobs.get(OWNER, requested.id))!;
+    expect([req.status, req.attempts]).toEqual(['canceled', 0]);
+    expect(await env.queue.deadLetter!.depth()).toBe(0);
+  });
+
+  it('non-retryable errors fail the job with a reason and ack the message', async () => {
+    const env = await makeEnv();
+    const missingUpload = await submit(env, { init: 'upload:nosuchupload', strength: 0.5 });
+    const badModel = await submit(env, { model: 'nosuchmodel' });
+    start(env);
+    const a = await waitForStatus(env, missingUpload.id, ['failed', 'succeeded']);
+    expect(a.status).toBe('failed');
+    expect(a.error?.code).toBe('invalid_input');
+    expect(a.error?.message).toMatch(/upload:nosuchupload/);
+    expect(a.attempts).toBe(1);
+    const b = await waitForStatus(env, badModel.id, ['failed', 'succeeded']);
+    expect(b.error).toEqual({ code: 'invalid_model', message: expect.stringMatching(/unknown model "nosuchmodel".*tiny/) });
+    await waitFor('the acks', async () => (await env.queue.depth()) === 0);
+    expect(await env.queue.deadLetter!.depth()).toBe(0);
+  });
+
+  it('an init upload is fetched from uploads/<owner>/<id> and used', async () => {
+    const env = await makeEnv();
+    const { encodePng, solidImage } = await import('../../gpu-worker/engine/synth/image.ts');
+    await env.blobs.put(`uploads/${OWNER}/up1`, encodePng(solidImage(40, 40, [1, 0, 0])), { contentType: 'image/png' });
+    const job = await submit(env, { init: 'upload:up1', strength: 0, steps: 1 });
+    start(env, { recipe: { lr: 1e-6 } });
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    const img = decodeImage((await env.blobs.get(done.outputs[0].key))!.body);
+    // strength 0 keeps the upload: still (nearly) pure red after one tiny step.
+    expect(img.data[0]).toBeGreaterThan(0.9);
+    expect(img.data[64 * 64]).toBeLessThan(0.1);
+  });
+
+  it('a retryable storage error releases the message; the redelivery succeeds', async () => {
+    const env = await makeEnv();
+    const flaky = new FlakyBlobStore(env.blobs, 'outputs/', 1);
+    const job = await submit(env, { steps: 2 });
+    const w = start(env, { blobs: flaky });
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect(done.status).toBe('succeeded');
+    expect(done.attempts).toBe(2);
+    expect(flaky.failures).toBe(1);
+    expect(w.events.find((e) => e.type === 'released')).toMatchObject({ reason: 'retryable_error' });
+    await waitFor('the second attempt to settle', () => finished(w.events).length === 2);
+    expect(finished(w.events).map((e) => e.outcome)).toEqual(['requeued', 'succeeded']);
+  });
+
+  it('after 3 receives the job fails with retries_exhausted and the message is dead-lettered', async () => {
+    const env = await makeEnv();
+    const flaky = new FlakyBlobStore(env.blobs, 'outputs/', Infinity);
+    const job = await submit(env, { steps: 1 });
+    const w = start(env, { blobs: flaky });
+    const done = await waitForStatus(env, job.id, ['failed', 'succeeded']);
+    expect(done.status).toBe('failed');
+    expect(done.error?.code).toBe('retries_exhausted');
+    expect(done.error?.message).toMatch(/3 attempts/);
+    expect(done.attempts).toBe(3);
+    expect(flaky.failures).toBe(3);
+    await waitFor('the DLQ copy and the ack', async () => (await env.queue.deadLetter!.depth()) === 1 && (await env.queue.depth()) === 0);
+    const received = w.events.filter((e) => e.type === 'received').map((e) => (e as { receiveCount: number }).receiveCount);
+    expect(received).toEqual([1, 2, 3]);
+  });
+
+  it('the visibility heartbeat keeps a job longer than the timeout from being redelivered', async () => {
+    const env = await makeEnv({ CLIPAG_VISIBILITY_TIMEOUT_SEC: '2' });
+    const job = await submit(env, { steps: 500, init: 'noise' });
+    const w = start(env, { recipe: { globalViews: 16, patchViews: 16, frameEvery: 0 }, progressIntervalMs: 1000 });
+    await waitForStatus(env, job.id, ['running']);
+    const t0 = Date.now();
+    // A second consumer on the same queue keeps polling while the job runs past 2 × the timeout.
+    let stolen = 0;
+    while (Date.now() - t0 < 5_000) {
+      stolen += (await env.queue.receive({ waitSec: 0 })).length;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const heartbeats = w.events.filter((e) => e.type === 'heartbeat').length;
+    await w.stop(); // drains (the job is requeued, covered by the next test)
+    expect(stolen).toBe(0);
+    expect(heartbeats).toBeGreaterThanOrEqual(4); // every 1 s for 5+ s
+    const rec = await env.jobs.get(OWNER, job.id);
+    expect(rec!.attempts).toBe(1);
+  });
+
+  it('stop() drains: aborts at a step boundary, requeues the job, releases the message; idempotent', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 500, init: 'noise' });
+    const w = start(env, { recipe: { globalViews: 16, patchViews: 16, frameEvery: 0 } });
+    await waitFor('a few steps', () => w.events.some((e) => e.type === 'progress' && e.step >= 3));
+    const t0 = Date.now();
+    const p1 = w.stop();
+    const p2 = w.stop();
+    expect(p2).toBe(p1);
+    expect(w.worker.state).toBe('draining');
+    await p1;
+    const drainMs = Date.now() - t0;
+    expect(w.worker.state).toBe('stopped');
+    expect(drainMs).toBeLessThan(5_000);
+    await w.stop(); // again, after the fact
+    const fin = await finishedOf(w.events, job.id);
+    expect(fin.outcome).toBe('requeued');
+    expect(fin.stepsDone).toBeLessThan(500);
+    expect(w.events.find((e) => e.type === 'released')).toMatchObject({ reason: 'drain' });
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    expect([rec.status, rec.attempts, rec.progress.step]).toEqual(['queued', 1, 0]);
+    // Released, not left to time out: visible again at once, with its receive count kept.
+    const again = await env.queue.receive({ waitSec: 0 });
+    expect(again.map((m) => m.receiveCount)).toEqual([2]);
+    // Nothing more happens after stop.
+    const n = w.events.length;
+    await new Promise((r) => setTimeout(r, 300));
+    expect(w.events.length).toBe(n);
+  });
+
+  it('stop() while idle-polling resolves within the long-poll wait', async () => {
+    const env = await makeEnv();
+    const w = start(env);
+    await waitFor('polling', () => w.worker.state === 'polling');
+    const t0 = Date.now();
+    await w.stop();
+    expect(Date.now() - t0).toBeLessThan(1_500); // CLIPAG_RECEIVE_WAIT_SEC=1
+    expect(w.worker.state).toBe('stopped');
+  });
+});
