@@ -7,6 +7,8 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   embed: () => import('./embed.ts'),
   gradcheck: () => import('./gradcheck.ts'),
   generate: () => import('./generate.ts'),
+  models: () => import('./models.ts'),
+  prior: () => import('./prior.ts'),
   keys: () => import('./keys.ts'),
 };
 

@@ -1,0 +1,91 @@
+// clipag prior <subcommand>: GMM initialization priors (docs/prior-format.md). `fit` streams an image
+// folder into a prior file (gpu-worker/engine/import/prior-fit.ts).
+import { existsSync } from 'node:fs';
+import { basename, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { fitPriorFromFolder, writePriorAtomic, type PriorFitMode } from '../gpu-worker/engine/import/prior-fit.ts';
+import { intArg } from './common.ts';
+
+export const summary = 'fit a GMM initialization prior from an image folder';
+
+const FIT_USAGE = `usage: clipag prior fit IMAGES -o prior.safetensors [--per-folder | --clusters K] [--fp16] [--seed S] [--source TEXT] [--json]
+
+Streams every image under IMAGES (recursively), downscales it to 16×16 and fits Gaussians with full
+covariance + 1e-4·I: one over all images (default), one per sub-folder of IMAGES (--per-folder, one
+folder per class as the CLIPAG authors did with Tiny-ImageNet), or one per k-means cluster of the
+16×16 images (--clusters K, seeded by --seed). Means and Cholesky factors are stored as F32, or the
+factors as F16 with --fp16. Corrupt, non-PNG or non-image files are skipped with a warning and
+counted; a folder without usable images is an error and writes nothing.`;
+
+export const usage = `usage: clipag prior <subcommand> [options]
+
+subcommands:
+  fit
+
+${FIT_USAGE}`;
+
+export async function run(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub !== 'fit') {
+    console.error(`clipag prior: ${sub ? `unknown subcommand "${sub}"` : 'missing subcommand'} (known: fit)\n\n${usage}`);
+    return 2;
+  }
+  return runFit(rest);
+}
+
+async function runFit(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      out: { type: 'string', short: 'o' }, 'per-folder': { type: 'boolean' }, clusters: { type: 'string' }, fp16: { type: 'boolean' },
+      seed: { type: 'string' }, source: { type: 'string' }, json: { type: 'boolean' }, force: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (positionals.length !== 1) throw new EngineError('invalid_input', `prior fit takes one IMAGES folder, got ${positionals.length}\n\n${FIT_USAGE}`);
+  if (!values.out) throw new EngineError('invalid_input', 'prior fit needs -o prior.safetensors');
+  if (values['per-folder'] && values.clusters !== undefined) throw new EngineError('invalid_input', 'use either --per-folder or --clusters K, not both');
+  const out = resolve(values.out);
+  if (existsSync(out) && !values.force) throw new EngineError('invalid_input', `${out} already exists; choose another -o or pass --force to replace it`);
+  const mode: PriorFitMode = values['per-folder'] ? { kind: 'per-folder' } : values.clusters !== undefined ? { kind: 'clusters', k: intArg(values.clusters, 'clusters', 1, 1, 10_000) } : { kind: 'single' };
+  const tty = Boolean(process.stderr.isTTY) && !values.json;
+  let lastPct = -1;
+  let barOpen = false;
+  const res = await fitPriorFromFolder(positionals[0], {
+    mode,
+    fp16: values.fp16,
+    seed: intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1),
+    onProgress: ({ done, total, file }) => {
+      const pct = Math.floor((100 * done) / Math.max(1, total));
+      if (tty) {
+        const width = 30;
+        const filled = Math.round((width * done) / Math.max(1, total));
+        process.stderr.write(`\r\x1b[K[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} ${file}`);
+        barOpen = done < total;
+        if (done === total) process.stderr.write('\n');
+      } else if (Math.floor(pct / 10) !== Math.floor(lastPct / 10) || done === total) {
+        process.stderr.write(`images ${done}/${total}\n`);
+      }
+      lastPct = pct;
+    },
+    onWarning: (msg) => {
+      if (barOpen) process.stderr.write('\n');
+      barOpen = false;
+      process.stderr.write(`warning: ${msg}\n`);
+    },
+  });
+  await writePriorAtomic(out, res.prior, { source: values.source ?? `clipag prior fit ${basename(resolve(positionals[0]))}` });
+  const summaryObj = {
+    out, components: res.prior.components, groups: res.groups, files: res.files, used: res.used, skipped: res.skipped.length, small: res.small,
+    cholesky: res.prior.choleskyDType,
+  };
+  if (values.json) console.log(JSON.stringify(summaryObj));
+  else {
+    console.log(`wrote ${out}: ${res.prior.components} component(s) (${res.prior.choleskyDType}) from ${res.used} images; ${res.skipped.length} of ${res.files} files skipped${res.small ? `, ${res.small} small images upsampled` : ''}`);
+    for (const g of res.groups.slice(0, 20)) console.log(`  ${g.name}: ${g.count} images`);
+    if (res.groups.length > 20) console.log(`  … ${res.groups.length - 20} more`);
+  }
+  return 0;
+}
