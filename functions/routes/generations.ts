@@ -1,5 +1,5 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
-import { ConflictError, NotFoundError, PayloadTooLargeError, RetryableError, ValidationError } from '../../shared/errors.ts';
+import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { uploadKey } from '../../shared/keys.ts';
 import type { JobRecord } from '../../shared/schemas/job.ts';
@@ -12,6 +12,9 @@ import { GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.t
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../views.ts';
 import { SECURITY, pick } from './common.ts';
+
+/** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
+const CANCEL_RETRIES = 30;
 
 const jobHeaders = z.object({
   'Idempotency-Key': z.string().optional().openapi({
@@ -183,9 +186,13 @@ export function registerGenerationRoutes(
           case 'running':
             return cur.cancel_requested ? null : { ...cur, cancel_requested: true };
         }
-      });
+      }, { retries: CANCEL_RETRIES });
     } catch (error) {
       if (error instanceof NotFoundError) throw new NotFoundError(`no generation ${id}`);
+      if (error instanceof PreconditionFailedError) {
+        // Lost every race (a very busy job): nothing was written; the caller can simply retry.
+        throw new RetryableError('the generation is being updated; retry the cancel', { code: 'busy', cause: error });
+      }
       throw error;
     }
     return c.json(await view(job), 200);

@@ -1,0 +1,100 @@
+// clipag keys: issue, list and revoke API keys in the configured blob store
+// (local `.data/` by default; S3 when CLIPAG_MODE=aws). Keys are stored hashed; the secret is printed once.
+import { parseArgs } from 'node:util';
+import { BlobApiKeyStore } from '../shared/apikeys.ts';
+import { parseConfig } from '../shared/config.ts';
+import { ClipagError } from '../shared/errors.ts';
+import { newId } from '../shared/ids.ts';
+import { OWNER_ID_PATTERN } from '../shared/schemas/common.ts';
+import type { BlobStore } from '../shared/ports.ts';
+
+export const summary = 'create, list or revoke API keys (stored hashed; the secret is shown once)';
+export const usage = `usage: clipag keys create --name NAME [--owner ID] [--json]
+       clipag keys list [--json]
+       clipag keys revoke KEY_ID
+
+  create   issue a key; prints the secret ONCE (only its sha256 is stored) and the key id
+  --name   a label for the key (e.g. the customer: acme)
+  --owner  the account whose jobs the key addresses ([A-Za-z0-9_-]{1,64});
+           default: a new account id. Give an existing owner to add or rotate a key.
+  list     key id, owner, name, created, revoked (never secrets)
+  revoke   revoke a key by id; requests with it get 401 from then on (idempotent)
+
+The store comes from the environment like the server's: CLIPAG_DATA_DIR (default .data) in
+local mode; CLIPAG_MODE=aws with AWS_REGION, CLIPAG_BUCKET, CLIPAG_QUEUE_URL for S3.`;
+
+/** Where the keys live; tests pass their own store. */
+export async function openKeyStore(env: Readonly<Record<string, string | undefined>> = process.env): Promise<BlobApiKeyStore> {
+  const config = parseConfig(env);
+  let blobs: BlobStore;
+  if (config.mode === 'aws') {
+    const { S3Client } = await import('@aws-sdk/client-s3');
+    const { S3BlobStore } = await import('../shared/adapters/aws/index.ts');
+    const client = new S3Client({ region: config.region, ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}) });
+    blobs = new S3BlobStore({ client, bucket: config.bucket });
+  } else {
+    const { localAdapters } = await import('../functions/deps/local.ts');
+    blobs = (await localAdapters(config)).blobs;
+  }
+  return new BlobApiKeyStore(blobs);
+}
+
+export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: string) => void = console.log): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { name: { type: 'string' }, owner: { type: 'string' }, json: { type: 'boolean' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  const [action, ...rest] = positionals;
+  const fail = (message: string): number => {
+    console.error(`clipag keys: ${message}\n\n${usage}`);
+    return 2;
+  };
+  if (action !== 'create' && action !== 'list' && action !== 'revoke') return fail(action ? `unknown action "${action}"` : 'give an action');
+  try {
+    if (action === 'create') {
+      if (rest.length > 0) return fail(`unexpected argument "${rest[0]}"`);
+      if (!values.name?.trim()) return fail('--name is required');
+      const owner = values.owner ?? `acct_${newId()}`;
+      if (!OWNER_ID_PATTERN.test(owner)) return fail('--owner must match [A-Za-z0-9_-]{1,64}');
+      const keys = store ?? (await openKeyStore());
+      const { secret, record } = await keys.create({ name: values.name.trim(), owner });
+      if (values.json) out(JSON.stringify({ id: record.id, owner: record.owner, name: record.name, secret }));
+      else {
+        out(`key id:  ${record.id}`);
+        out(`owner:   ${record.owner}`);
+        out(`name:    ${record.name}`);
+        out(`secret:  ${secret}`);
+        out('');
+        out('This secret is shown once and cannot be recovered (only its sha256 is stored). Use it as:');
+        out(`  Authorization: Bearer ${secret}`);
+      }
+      return 0;
+    }
+    if (action === 'list') {
+      const keys = store ?? (await openKeyStore());
+      const records = await keys.list();
+      if (values.json) out(JSON.stringify(records.map(({ key_sha256: _hash, ...r }) => r)));
+      else if (records.length === 0) out('no keys (create one with: clipag keys create --name NAME)');
+      else {
+        out(['KEY ID'.padEnd(26), 'OWNER'.padEnd(32), 'NAME'.padEnd(20), 'CREATED'.padEnd(24), 'REVOKED'].join('  '));
+        for (const r of records) {
+          out([r.id.padEnd(26), r.owner.padEnd(32), r.name.padEnd(20), r.created_at.padEnd(24), r.revoked_at ?? '-'].join('  '));
+        }
+      }
+      return 0;
+    }
+    if (rest.length !== 1) return fail('revoke takes exactly one KEY_ID');
+    const keys = store ?? (await openKeyStore());
+    const record = await keys.revoke(rest[0]);
+    out(`revoked ${record.id} (owner ${record.owner}, name ${record.name}) at ${record.revoked_at}`);
+    return 0;
+  } catch (error) {
+    if (error instanceof ClipagError) {
+      console.error(`clipag keys: ${error.message} [${error.code}]`);
+      return 1;
+    }
+    throw error;
+  }
+}
