@@ -1,0 +1,107 @@
+// The worker as a real process (gpu-worker/main.ts, the container's entry point) on a shared `.data`
+// folder: SIGKILL mid-job → the message comes back after the visibility timeout and a second worker
+// completes the job; SIGTERM mid-job → the process drains, releases the message, requeues the job,
+// and exits 0 well inside ECS's 120 s stopTimeout.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { REPO_ROOT } from '../../cli/common.ts';
+import { startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
+import { silentLogger, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import { decodeImage } from '../../gpu-worker/engine/synth/image.ts';
+import { type Env, FAST_RECIPE, OWNER, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
+
+const modelsDir = makeModelsDir();
+const children: ChildProcess[] = [];
+const workers: RunningWorker[] = [];
+afterEach(async () => {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await Promise.all(workers.splice(0).map((w) => w.stop()));
+});
+
+function spawnWorker(env: Env, extra: Record<string, string> = {}) {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'gpu-worker', 'main.ts')], {
+    cwd: REPO_ROOT,
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      CLIPAG_MODE: 'local',
+      CLIPAG_DATA_DIR: env.dataDir,
+      CLIPAG_MODELS_DIR: modelsDir,
+      CLIPAG_DEFAULT_MODEL: 'tiny',
+      CLIPAG_VISIBILITY_TIMEOUT_SEC: String(env.config.visibilityTimeoutSec),
+      CLIPAG_RECEIVE_WAIT_SEC: '1',
+      LOG_LEVEL: 'info',
+      ...extra,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(child);
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  return { child, exited, output: () => output };
+}
+
+describe('the worker process', () => {
+  it('SIGKILL mid-job: the job completes after redelivery by a second worker once the visibility timeout expires', async () => {
+    const env = await makeEnv({ CLIPAG_VISIBILITY_TIMEOUT_SEC: '3' });
+    // The notebook's default recipe (32 + 32 views) on the tiny model: a few seconds of work.
+    const job = await submit(env, { steps: 60, init: 'noise' });
+    const first = spawnWorker(env);
+    const running = await waitFor('the child to write progress', async () => {
+      const rec = await env.jobs.get(OWNER, job.id);
+      return rec && rec.status === 'running' && rec.progress.step >= 2 ? rec : undefined;
+    }, 90_000).catch((e) => {
+      throw new Error(`${(e as Error).message}\n--- child output ---\n${first.output()}`);
+    });
+    expect(running.attempts).toBe(1);
+    first.child.kill('SIGKILL');
+    const killedAt = Date.now();
+    expect(await first.exited).toEqual({ code: null, signal: 'SIGKILL' });
+
+    // Nobody released it: the record still says running, and the message is invisible until the lease runs out.
+    expect((await env.jobs.get(OWNER, job.id))!.status).toBe('running');
+    const events: WorkerEvent[] = [];
+    const second = startWorker({
+      queue: env.queue, jobs: env.jobs, blobs: env.blobs, config: { ...env.config, modelsDir },
+      recipeOverrides: FAST_RECIPE, log: silentLogger, onEvent: (e) => events.push(e),
+    });
+    workers.push(second);
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed', 'canceled'], 90_000);
+    const received = events.find((e) => e.type === 'received') as Extract<WorkerEvent, { type: 'received' }>;
+    expect(received.receiveCount).toBe(2);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    expect(done.attempts).toBe(2);
+    expect(Date.now() - killedAt).toBeLessThan(60_000);
+    const png = decodeImage((await env.blobs.get(done.outputs[0].key))!.body);
+    expect([png.width, png.height]).toEqual([64, 64]);
+    await waitFor('the ack', async () => (await env.queue.depth()) === 0);
+    expect(await env.queue.deadLetter!.depth()).toBe(0);
+  });
+
+  it('SIGTERM mid-job: drains, releases the message, requeues the job, exits 0 quickly', async () => {
+    const env = await makeEnv({ CLIPAG_VISIBILITY_TIMEOUT_SEC: '60' });
+    const job = await submit(env, { steps: 500, init: 'noise' });
+    const proc = spawnWorker(env);
+    await waitFor('the child to write progress', async () => {
+      const rec = await env.jobs.get(OWNER, job.id);
+      return rec && rec.status === 'running' && rec.progress.step >= 1;
+    }, 90_000).catch((e) => {
+      throw new Error(`${(e as Error).message}\n--- child output ---\n${proc.output()}`);
+    });
+    const t0 = Date.now();
+    proc.child.kill('SIGTERM');
+    const exit = await proc.exited;
+    const drainMs = Date.now() - t0;
+    expect(exit, proc.output()).toEqual({ code: 0, signal: null });
+    expect(drainMs).toBeLessThan(10_000); // ECS stopTimeout is 120 s
+    expect(proc.output()).toMatch(/"msg":"drained; exiting"/);
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    expect([rec.status, rec.attempts]).toEqual(['queued', 1]);
+    // Released, so another worker gets it now, not after the 60 s visibility timeout.
+    const again = await env.queue.receive({ waitSec: 0 });
+    expect(again.map((m) => m.receiveCount)).toEqual([2]);
+  });
+});
