@@ -18,6 +18,13 @@ export interface SessionOptions {
   /** Sets session config session.disable_prepacking: about half the weight memory, 5-18 % slower. */
   disablePrepacking?: boolean;
   graphOptimizationLevel?: 'disabled' | 'basic' | 'extended' | 'all';
+  /**
+   * Benchmarks only: write onnxruntime's per-node profile (chrome-trace JSON) to `<prefix>_<timestamp>.json`
+   * when the session is released.
+   */
+  profileFilePrefix?: string;
+  /** Benchmarks only: save the graph as onnxruntime optimized it (to see which fusions applied). */
+  optimizedModelPath?: string;
   /** ORT log severity: 0 verbose, 1 info, 2 warning, 3 error (default), 4 fatal. */
   logSeverity?: number;
   /**
@@ -59,6 +66,11 @@ export function toOrtSessionOptions(opts: SessionOptions): ort.InferenceSession.
     throw new EngineError('invalid_input', `logSeverity must be 0 (verbose) .. 4 (fatal), got ${opts.logSeverity}`);
   }
   if (opts.disablePrepacking) o.extra = { session: { disable_prepacking: '1' } };
+  if (opts.profileFilePrefix) {
+    o.enableProfiling = true;
+    o.profileFilePrefix = opts.profileFilePrefix;
+  }
+  if (opts.optimizedModelPath) o.optimizedModelFilePath = opts.optimizedModelPath;
   return o;
 }
 
