@@ -1,0 +1,78 @@
+// The synthesizer port's spec → engine mapping and the model registry (real bundles, real engine).
+import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { GenerationRequest } from '../../shared/schemas/generation.ts';
+import { EngineError } from '../../gpu-worker/engine/errors.ts';
+import { createModelRegistry, scanModelsDir } from '../../gpu-worker/models.ts';
+import { NEGATIVE_PROMPT_WEIGHT, clipScore, seedFor, toSynthRequests } from '../../gpu-worker/worker/synthesizer.ts';
+import { classifyError, jobErrorOf } from '../../gpu-worker/worker/errors.ts';
+import { NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../shared/errors.ts';
+import { makeModelsDir } from './helpers.ts';
+
+const spec = (input: Record<string, unknown>) => GenerationRequest.parse({ prompt: 'a cat', ...input });
+
+describe('toSynthRequests', () => {
+  it('n requests with seeds seed+i, the negative prompt at −0.5, steps from the spec over the recipe overrides', () => {
+    const reqs = toSynthRequests({ id: 'job1', owner: 'o', spec: spec({ n: 3, seed: 0xffffffff, negative_prompt: 'blurry', steps: 9, width: 96, height: 64 }) }, { kind: 'noise' }, { globalViews: 4, steps: 100 });
+    expect(reqs.map((r) => r.seed)).toEqual([0xffffffff, 0, 1]);
+    expect(reqs[0].prompts).toEqual([{ text: 'a cat', weight: 1 }, { text: 'blurry', weight: NEGATIVE_PROMPT_WEIGHT }]);
+    expect(reqs[0].recipe).toEqual({ globalViews: 4, steps: 9 });
+    expect([reqs[0].width, reqs[0].height]).toEqual([96, 64]);
+  });
+
+  it('weighted prompts pass through; a missing seed is derived from the job id (same job, same seed)', () => {
+    const s = spec({ prompt: undefined, prompts: [{ text: 'a', weight: 2 }, { text: 'b', weight: -1 }] });
+    const a = toSynthRequests({ id: 'job-a', owner: 'o', spec: s }, { kind: 'gmm' });
+    expect(a[0].prompts).toEqual([{ text: 'a', weight: 2 }, { text: 'b', weight: -1 }]);
+    expect(seedFor({ id: 'job-a', owner: 'o', spec: s })).toBe(a[0].seed);
+    expect(seedFor({ id: 'job-b', owner: 'o', spec: s })).not.toBe(a[0].seed);
+    expect(Number.isInteger(a[0].seed) && a[0].seed >= 0 && a[0].seed <= 0xffffffff).toBe(true);
+  });
+
+  it('clip_score is the weighted mean cosine over positive prompts', () => {
+    expect(clipScore([{ text: 'a', weight: 3, cosine: 0.3 }, { text: 'b', weight: 1, cosine: 0.1 }, { text: 'n', weight: -0.5, cosine: 0.9 }])).toBeCloseTo(0.25, 12);
+  });
+});
+
+describe('retry classes', () => {
+  it('engine request/bundle errors are permanent; runtime errors, storage hiccups and lost races retry', () => {
+    expect(classifyError(new EngineError('invalid_input', 'x'))).toBe('permanent');
+    expect(classifyError(new EngineError('invalid_model', 'x'))).toBe('permanent');
+    expect(classifyError(new EngineError('runtime_failed', 'x'))).toBe('retryable');
+    expect(classifyError(new RetryableError('x'))).toBe('retryable');
+    expect(classifyError(new PreconditionFailedError('x'))).toBe('retryable');
+    expect(classifyError(Object.assign(new Error('x'), { code: 'ECONNRESET' }))).toBe('retryable');
+    expect(classifyError(new ValidationError('x'))).toBe('permanent');
+    expect(classifyError(new TypeError('bug'))).toBe('permanent');
+  });
+  it('job errors keep engine and 4xx messages, never internal ones', () => {
+    expect(jobErrorOf(new EngineError('invalid_input', 'bad png'))).toEqual({ code: 'invalid_input', message: 'bad png' });
+    expect(jobErrorOf(new NonRetryableError('secret path /x'))).toEqual({ code: 'internal_error', message: 'internal error while running the job' });
+    expect(jobErrorOf(new Error('stack-y'))).toEqual({ code: 'internal_error', message: 'internal error while running the job' });
+  });
+});
+
+describe('model registry', () => {
+  it('finds models/<name>/manifest.json folders, opens each engine once, refuses unknown names', async () => {
+    const dir = makeModelsDir();
+    mkdirSync(join(dir, 'not-a-model'));
+    writeFileSync(join(dir, 'README.md'), 'x');
+    expect(Object.keys(scanModelsDir(dir))).toEqual(['tiny']);
+    const reg = createModelRegistry({ modelsDir: dir, threads: 1 });
+    try {
+      expect(reg.list().map((m) => m.name)).toEqual(['tiny']);
+      const [a, b] = await Promise.all([reg.engine('tiny'), reg.engine('tiny')]);
+      expect(a).toBe(b);
+      expect(await reg.engine('tiny')).toBe(a);
+      await expect(reg.engine('nope')).rejects.toMatchObject({ code: 'invalid_model' });
+      expect(() => reg.resolve('nope')).toThrow(/available: tiny/);
+    } finally {
+      await reg.close();
+      await reg.close();
+    }
+    await expect(reg.engine('tiny')).rejects.toBeInstanceOf(EngineError);
+    expect(scanModelsDir(join(mkdtempSync(join(tmpdir(), 'x-')), 'missing'))).toEqual({});
+  });
+});
