@@ -7,9 +7,13 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   embed: () => import('./embed.ts'),
   gradcheck: () => import('./gradcheck.ts'),
   generate: () => import('./generate.ts'),
+  serve: () => import('./serve.ts'),
+  keys: () => import('./keys.ts'),
   models: () => import('./models.ts'),
   prior: () => import('./prior.ts'),
-  keys: () => import('./keys.ts'),
+  'train-toy': () => import('./train-toy.ts'),
+  'train-judge': () => import('./train-judge.ts'),
+  'eval-pag': () => import('./eval-pag.ts'),
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,0 +1,114 @@
+// clipag serve (npm start): the embedded local mode. The API and the GPU worker in one process, on the
+// local adapters (filesystem blobs, durable on-disk queue) under .data/, with the default model.
+// This is a composition root: it reads config once and wires functions/ and gpu-worker/ together.
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Hono } from 'hono';
+import { parseConfig, type LocalConfig } from '../shared/config.ts';
+import { ConfigError } from '../shared/errors.ts';
+import { createApp } from '../functions/app.ts';
+import { localBlobRoutes } from '../functions/local-blobs.ts';
+import { localDeps, startApiServer } from '../functions/server.ts';
+import { startWorker } from '../gpu-worker/main.ts';
+import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { REPO_ROOT } from './common.ts';
+
+export const summary = 'run the API and the worker locally (no AWS account), with the embedded model';
+export const usage = `usage: clipag serve [--port N] [--data DIR] [--steps N]
+
+Starts the HTTP API and the queue worker in one process on the local adapters. Jobs, outputs and
+keys persist under .data/ across restarts; queued jobs survive a restart. Prints a working curl
+example with a local API key (made on first start, kept in .data/local-api-key).
+
+  --port N     listen port (default $PORT or 8787)
+  --data DIR   data folder (default $CLIPAG_DATA_DIR or .data)
+  --steps N    cap the optimization steps of every job (CPU demos); default: as requested`;
+
+export interface ServeHandle {
+  url: string;
+  apiKey: string;
+  stop(): Promise<void>;
+}
+
+/** Starts everything; used by the verb and by the end-to-end tests. */
+export async function serve(env: Readonly<Record<string, string | undefined>>, opts: { recipeOverrides?: Record<string, number>; quiet?: boolean } = {}): Promise<ServeHandle> {
+  let config;
+  try {
+    // The local queue is a folder: short long-polls cost nothing and let Ctrl-C drain quickly.
+    config = parseConfig({ CLIPAG_MODELS_DIR: join(REPO_ROOT, 'models'), CLIPAG_RECEIVE_WAIT_SEC: '2', ...env, CLIPAG_MODE: env.CLIPAG_MODE ?? 'local' });
+  } catch (e) {
+    if (e instanceof ConfigError) throw new EngineError('invalid_input', e.message);
+    throw e;
+  }
+  if (config.mode !== 'local') throw new EngineError('invalid_input', 'clipag serve runs the local mode; in AWS the API runs on Lambda and the worker on ECS (see cdk/README.md)');
+  const local: LocalConfig = {
+    ...config,
+    dataDir: resolve(config.dataDir),
+    // Signed links must point at this server unless an explicit public URL was configured.
+    publicBaseUrl: env.CLIPAG_PUBLIC_BASE_URL ? config.publicBaseUrl : `http://${config.host}:${config.port}`,
+  };
+  mkdirSync(local.dataDir, { recursive: true });
+  const deps = await localDeps(local);
+  const { blobs, queue, jobs, keys, signingSecret } = deps.adapters;
+  const apiKey = await localApiKey(local.dataDir, keys);
+  const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides });
+  const root = new Hono();
+  root.route('/', localBlobRoutes(blobs, signingSecret));
+  root.route('/', createApp(deps));
+  const server = await startApiServer(root, local.port, local.host);
+  let stopping: Promise<void> | undefined;
+  return {
+    url: server.url,
+    apiKey,
+    stop: () =>
+      (stopping ??= (async () => {
+        await worker.stop();
+        await server.close();
+      })()),
+  };
+}
+
+/** Local mode keeps one API key for the owner "local" so the printed curl keeps working across restarts. */
+async function localApiKey(dataDir: string, keys: { create(a: { name: string; owner: string }): Promise<{ secret: string }>; verify(s: string): Promise<unknown> }): Promise<string> {
+  const file = join(dataDir, 'local-api-key');
+  if (existsSync(file)) {
+    const secret = readFileSync(file, 'utf8').trim();
+    if (await keys.verify(secret)) return secret;
+  }
+  const { secret } = await keys.create({ name: 'local', owner: 'local' });
+  writeFileSync(file, `${secret}\n`, { mode: 0o600 });
+  return secret;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, data: { type: 'string' }, steps: { type: 'string' } }, strict: true });
+  const env = { ...process.env, ...(values.port ? { PORT: values.port } : {}), ...(values.data ? { CLIPAG_DATA_DIR: values.data } : {}) };
+  const recipeOverrides = values.steps ? { steps: Number(values.steps) } : undefined;
+  const handle = await serve(env, { recipeOverrides });
+  const k = handle.apiKey;
+  process.stderr.write(
+    [
+      `clipag: API and worker running at ${handle.url} (local mode, data in ${resolve(env.CLIPAG_DATA_DIR ?? '.data')})`,
+      '',
+      'Try it:',
+      `  export CLIPAG_KEY=${k}`,
+      `  curl -s -X POST ${handle.url}/v1/generations -H "Authorization: Bearer $CLIPAG_KEY" -H 'Content-Type: application/json' \\`,
+      `       -d '{"prompt": "a large red circle on the left", "seed": 1}'`,
+      `  curl -s ${handle.url}/v1/generations/<id> -H "Authorization: Bearer $CLIPAG_KEY"     # poll until "succeeded"`,
+      `  curl -s -o out.png "<outputs[0].url from the response>"`,
+      '',
+      'Ctrl-C drains the worker and stops.',
+      '',
+    ].join('\n'),
+  );
+  await new Promise<void>((resolveStop) => {
+    const onSignal = () => {
+      process.stderr.write('clipag: stopping (draining the worker)…\n');
+      handle.stop().then(resolveStop, resolveStop);
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+  });
+  return 0;
+}

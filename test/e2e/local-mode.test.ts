@@ -1,0 +1,115 @@
+// End to end through the real pieces: HTTP API → durable local queue → worker → engine (tiny model)
+// → blob store → signed URL download; uploads as init images; persistence across a restart.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { serve, type ServeHandle } from '../../cli/serve.ts';
+import { REPO_ROOT } from '../../cli/common.ts';
+import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
+import { makeTinyBundle } from '../helpers/bundle.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'clipag-e2e-'));
+const modelsDir = join(root, 'models');
+makeTinyBundle('quickgelu', { dir: join(modelsDir, 'toy'), prior: join(REPO_ROOT, 'models', 'test-prior', 'prior.safetensors'), manifest: { name: 'toy' } });
+const FAST = { steps: 6, globalViews: 4, patchViews: 4, initSamples: 32, frameEvery: 2 };
+
+async function freePort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+async function start(dataDir: string): Promise<ServeHandle> {
+  const port = await freePort();
+  return serve({ CLIPAG_DATA_DIR: dataDir, CLIPAG_MODELS_DIR: modelsDir, PORT: String(port), CLIPAG_RECEIVE_WAIT_SEC: '1', LOG_LEVEL: 'error' }, { recipeOverrides: FAST });
+}
+
+const auth = (h: ServeHandle) => ({ authorization: `Bearer ${h.apiKey}` });
+
+async function waitFor(h: ServeHandle, id: string, until: (job: any) => boolean, timeoutMs = 90_000): Promise<any> {
+  const t0 = Date.now();
+  for (;;) {
+    const res = await fetch(`${h.url}/v1/generations/${id}`, { headers: auth(h) });
+    expect(res.status).toBe(200);
+    const job = await res.json();
+    if (until(job)) return job;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting; last status ${job.status}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+describe('local mode end to end', () => {
+  const dataDir = join(root, 'data');
+  let h: ServeHandle;
+
+  it('POST → 202 → poll → succeeded → signed URL serves the PNG made by the engine', async () => {
+    h = await start(dataDir);
+    const post = await fetch(`${h.url}/v1/generations`, {
+      method: 'POST',
+      headers: { ...auth(h), 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'a photo of a cat', negative_prompt: 'blurry', width: 64, height: 64, seed: 5 }),
+    });
+    expect(post.status).toBe(202);
+    const created = await post.json();
+    expect(post.headers.get('location')).toBe(`/v1/generations/${created.id}`);
+    expect(created.status).toBe('queued');
+    const job = await waitFor(h, created.id, (j) => ['succeeded', 'failed', 'canceled'].includes(j.status));
+    expect(job.status).toBe('succeeded');
+    expect(job.usage.encoder_passes).toBeGreaterThanOrEqual(6 * 8);
+    expect(job.usage.worker_seconds).toBeGreaterThan(0);
+    const png = await fetch(job.outputs[0].url);
+    expect(png.status).toBe(200);
+    expect(png.headers.get('content-type')).toBe('image/png');
+    const img = decodeImage(new Uint8Array(await png.arrayBuffer()));
+    expect([img.width, img.height]).toEqual([64, 64]);
+    // A tampered link is refused.
+    const bad = await fetch(job.outputs[0].url.replace(/sig=([0-9a-f])/, (_: string, c: string) => `sig=${c === '0' ? '1' : '0'}`));
+    expect(bad.status).toBe(403);
+  });
+
+  it('an uploaded init image drives a generation', async () => {
+    const png = encodePng(solidImage(64, 64, [0.9, 0.1, 0.1]));
+    const up = await fetch(`${h.url}/v1/uploads`, { method: 'POST', headers: { ...auth(h), 'content-type': 'application/json' }, body: JSON.stringify({ content_type: 'image/png', bytes: png.length }) });
+    expect(up.status).toBe(201);
+    const grant = await up.json();
+    const put = await fetch(grant.url, { method: 'PUT', headers: grant.headers, body: png });
+    expect(put.status).toBe(200);
+    const post = await fetch(`${h.url}/v1/generations`, {
+      method: 'POST',
+      headers: { ...auth(h), 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'a photo of a cat', width: 64, height: 64, seed: 1, init: `upload:${grant.upload_id}`, strength: 0.2 }),
+    });
+    expect(post.status).toBe(202);
+    const job = await waitFor(h, (await post.json()).id, (j) => ['succeeded', 'failed'].includes(j.status));
+    expect(job.status).toBe('succeeded');
+    const out = decodeImage(new Uint8Array(await (await fetch(job.outputs[0].url)).arrayBuffer()));
+    const mean = (c: number) => out.data.subarray(c * 4096, (c + 1) * 4096).reduce((a, b) => a + b, 0) / 4096;
+    expect(mean(0)).toBeGreaterThan(mean(1)); // still reddish: the init image was used
+  });
+
+  it('queued jobs and keys survive a restart', async () => {
+    // Stop the worker first so the next job stays queued, then restart the whole server.
+    const key = h.apiKey;
+    const post = await fetch(`${h.url}/v1/generations`, {
+      method: 'POST',
+      headers: { ...auth(h), 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'two dogs playing in the snow!', width: 64, height: 64, seed: 9 }),
+    });
+    const id = (await post.json()).id;
+    await h.stop();
+    h = await start(dataDir);
+    expect(h.apiKey).toBe(key);
+    const job = await waitFor(h, id, (j) => ['succeeded', 'failed'].includes(j.status));
+    expect(job.status).toBe('succeeded');
+    const list = await (await fetch(`${h.url}/v1/generations`, { headers: auth(h) })).json();
+    expect(list.data.length).toBeGreaterThanOrEqual(3);
+    await h.stop();
+  });
+});
