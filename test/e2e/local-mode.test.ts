@@ -36,7 +36,7 @@ async function waitFor(h: ServeHandle, id: string, until: (job: any) => boolean,
   for (;;) {
     const res = await fetch(`${h.url}/v1/generations/${id}`, { headers: auth(h) });
     expect(res.status).toBe(200);
-    const job = await res.json();
+    const job = (await res.json()) as any;
     if (until(job)) return job;
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting; last status ${job.status}`);
     await new Promise((r) => setTimeout(r, 200));
@@ -57,7 +57,7 @@ describe('local mode end to end', () => {
       body: JSON.stringify({ prompt: 'a photo of a cat', negative_prompt: 'blurry', width: 64, height: 64, seed: 5 }),
     });
     expect(post.status).toBe(202);
-    const created = await post.json();
+    const created = (await post.json()) as any;
     expect(post.headers.get('location')).toBe(`/v1/generations/${created.id}`);
     expect(created.status).toBe('queued');
     const job = await waitFor(h, created.id, (j) => ['succeeded', 'failed', 'canceled'].includes(j.status));
@@ -78,7 +78,7 @@ describe('local mode end to end', () => {
     const png = encodePng(solidImage(64, 64, [0.9, 0.1, 0.1]));
     const up = await fetch(`${h.url}/v1/uploads`, { method: 'POST', headers: { ...auth(h), 'content-type': 'application/json' }, body: JSON.stringify({ content_type: 'image/png', bytes: png.length }) });
     expect(up.status).toBe(201);
-    const grant = await up.json();
+    const grant = (await up.json()) as any;
     const put = await fetch(grant.url, { method: 'PUT', headers: grant.headers, body: png });
     expect(put.status).toBe(200);
     const post = await fetch(`${h.url}/v1/generations`, {
@@ -87,7 +87,7 @@ describe('local mode end to end', () => {
       body: JSON.stringify({ prompt: 'a photo of a cat', width: 64, height: 64, seed: 1, init: `upload:${grant.upload_id}`, strength: 0.2 }),
     });
     expect(post.status).toBe(202);
-    const job = await waitFor(h, (await post.json()).id, (j) => ['succeeded', 'failed'].includes(j.status));
+    const job = await waitFor(h, ((await post.json()) as any).id, (j) => ['succeeded', 'failed'].includes(j.status));
     expect(job.status).toBe('succeeded');
     const out = decodeImage(new Uint8Array(await (await fetch(job.outputs[0].url)).arrayBuffer()));
     const mean = (c: number) => out.data.subarray(c * 4096, (c + 1) * 4096).reduce((a, b) => a + b, 0) / 4096;
@@ -102,13 +102,13 @@ describe('local mode end to end', () => {
       headers: { ...auth(h), 'content-type': 'application/json' },
       body: JSON.stringify({ prompt: 'two dogs playing in the snow!', width: 64, height: 64, seed: 9 }),
     });
-    const id = (await post.json()).id;
+    const id = ((await post.json()) as any).id;
     await h.stop();
     h = await start(dataDir);
     expect(h.apiKey).toBe(key);
     const job = await waitFor(h, id, (j) => ['succeeded', 'failed'].includes(j.status));
     expect(job.status).toBe('succeeded');
-    const list = await (await fetch(`${h.url}/v1/generations`, { headers: auth(h) })).json();
+    const list = (await (await fetch(`${h.url}/v1/generations`, { headers: auth(h) })).json()) as any;
     expect(list.data.length).toBeGreaterThanOrEqual(3);
     await h.stop();
   });
