@@ -82,7 +82,7 @@ export function newJobRecord(args: {
     status: 'queued',
     version: 1,
     spec: args.spec,
-    progress: { step: 0, total: args.spec.steps },
+    progress: { step: 0, total: args.spec.steps * args.spec.n }, // the worker counts steps over all n images
     created_at: (args.now ?? new Date()).toISOString(),
     started_at: null,
     finished_at: null,

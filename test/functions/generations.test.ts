@@ -79,7 +79,7 @@ describe('POST → GET → list → cancel', () => {
     };
     expect(body.status).toBe('succeeded');
     expect(body.usage).toEqual({ encoder_passes: 6400, worker_seconds: 12.5 });
-    expect(body.progress).toEqual({ step: 100, total: 100 });
+    expect(body.progress).toEqual({ step: 200, total: 200 }); // steps over all n = 2 images
     expect(body.outputs).toHaveLength(2);
     for (const [i, out] of body.outputs.entries()) {
       expect(out.index).toBe(i);
