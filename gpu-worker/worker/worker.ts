@@ -1,7 +1,7 @@
 // The queue worker: long-poll → lease (visibility heartbeat) → job lifecycle → ack/release.
 // One job at a time (one GPU per task). States and retry classes: docs/adr/0005-worker-lifecycle.md.
 
-import { PreconditionFailedError } from '../../shared/errors.ts';
+import { PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, type JobOutput, type JobRecord } from '../../shared/schemas/job.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
@@ -22,6 +22,12 @@ export interface WorkerConfig {
   progressIntervalMs?: number;
   /** First back-off after a failed receive, doubled up to 30 s (default 1000 ms). */
   pollErrorBackoffMs?: number;
+  /**
+   * How often an idle worker sweeps the dead-letter queue (default 60 000 ms; 0 disables). A worker
+   * killed during a job's last delivery never marks it failed; the queue's redrive moves the message
+   * to the DLQ, and the sweep marks such jobs `failed` with `retries_exhausted`.
+   */
+  deadLetterSweepMs?: number;
 }
 
 export interface Logger {
@@ -459,9 +465,45 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   // ------------------------------------------------------------ poll loop
 
+  let lastSweep = clock.now();
+  /** Marks jobs whose message sits in the DLQ but whose record is not terminal; leaves the message there. */
+  async function sweepDeadLetters(): Promise<void> {
+    const dlq = queue.deadLetter;
+    if (!dlq) return;
+    let seen: ReceivedMessage[];
+    try {
+      seen = await dlq.receive({ max: 10, waitSec: 0, visibilitySec: 30 });
+    } catch (error) {
+      log.warn('dead-letter sweep: receive failed', { error: describe(error) });
+      return;
+    }
+    for (const m of seen) {
+      try {
+        const msg = parseQueueMessage(m.body);
+        const job = await jobs.get(msg.owner, msg.job_id);
+        if (job && !isTerminal(job.status)) {
+          const error = { code: 'retries_exhausted', message: `the job's message was dead-lettered after ${config.maxReceives} deliveries without finishing` };
+          await markFailed(msg, error);
+          emit({ type: 'dead_lettered', messageId: m.messageId, reason: 'swept' });
+          log.warn('dead-letter sweep: job marked failed', { jobId: msg.job_id, owner: msg.owner });
+        }
+      } catch (error) {
+        if (!(error instanceof ValidationError)) log.warn('dead-letter sweep: could not settle a message', { messageId: m.messageId, error: describe(error) });
+      } finally {
+        // Keep it visible in the DLQ for the depth alarm and for inspection.
+        await dlq.release(m.receipt).catch(() => undefined);
+      }
+    }
+  }
+
   async function run(): Promise<void> {
     let failures = 0;
+    const sweepMs = config.deadLetterSweepMs ?? 60_000;
     while (!stopping) {
+      if (sweepMs > 0 && clock.now() - lastSweep >= sweepMs) {
+        lastSweep = clock.now();
+        await sweepDeadLetters();
+      }
       setState('polling');
       let messages: ReceivedMessage[];
       try {

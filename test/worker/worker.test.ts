@@ -22,12 +22,12 @@ afterEach(async () => {
   await Promise.all(running.splice(0).map((r) => r.stop()));
 });
 
-function start(env: Env, opts: { blobs?: BlobStore; recipe?: Record<string, unknown>; progressIntervalMs?: number } = {}) {
+function start(env: Env, opts: { blobs?: BlobStore; recipe?: Record<string, unknown>; progressIntervalMs?: number; deadLetterSweepMs?: number } = {}) {
   const events: WorkerEvent[] = [];
   const r = startWorker({
     queue: env.queue, jobs: env.jobs, blobs: opts.blobs ?? env.blobs, config: env.config, models,
     recipeOverrides: { ...FAST_RECIPE, ...opts.recipe },
-    worker: { progressIntervalMs: opts.progressIntervalMs ?? 0, pollErrorBackoffMs: 50 },
+    worker: { progressIntervalMs: opts.progressIntervalMs ?? 0, pollErrorBackoffMs: 50, ...(opts.deadLetterSweepMs !== undefined ? { deadLetterSweepMs: opts.deadLetterSweepMs } : {}) },
     log: silentLogger,
     onEvent: (e) => events.push(e),
   });
@@ -214,6 +214,22 @@ describe('gpu-worker queue worker', () => {
     await waitFor('the DLQ copy and the ack', async () => (await env.queue.deadLetter!.depth()) === 1 && (await env.queue.depth()) === 0);
     const received = w.events.filter((e) => e.type === 'received').map((e) => (e as { receiveCount: number }).receiveCount);
     expect(received).toEqual([1, 2, 3]);
+  });
+
+  it('a job whose worker died on its last delivery is marked failed by the dead-letter sweep', async () => {
+    const env = await makeEnv({ CLIPAG_RECEIVE_WAIT_SEC: '0' });
+    const job = await submit(env, { steps: 1 });
+    // The state a killed worker leaves: record "running", message moved to the DLQ by the redrive.
+    const [m] = await env.queue.receive({ waitSec: 0 });
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 3 }));
+    await env.queue.deadLetter!.send(m.body);
+    await env.queue.ack(m.receipt);
+    start(env, { deadLetterSweepMs: 1 });
+    const done = await waitForStatus(env, job.id, ['failed']);
+    expect(done.error?.code).toBe('retries_exhausted');
+    // The message stays in the DLQ (for the depth alarm and inspection).
+    await new Promise((r) => setTimeout(r, 100));
+    expect(await env.queue.deadLetter!.depth()).toBe(1);
   });
 
   it('the visibility heartbeat keeps a job longer than the timeout from being redelivered', async () => {
