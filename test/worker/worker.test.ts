@@ -100,7 +100,7 @@ describe('gpu-worker queue worker', () => {
     const w = start(env);
     await waitFor('a few steps', () => w.events.some((e) => e.type === 'progress_written' && e.step >= 3));
     // What POST /v1/generations/:id/cancel does: a versioned write of cancel_requested.
-    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }));
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }), { retries: 50 }); // races a progress write every step, as the API's cancel does (it retries 30×)
     const done = await waitForStatus(env, job.id, ['canceled', 'succeeded', 'failed']);
     expect(done.status).toBe('canceled');
     expect(done.cancel_requested).toBe(true);
