@@ -7,6 +7,7 @@ import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
+import { type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
 import { intArg, modelDir } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
@@ -19,7 +20,9 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --seed S            uint32 seed (default: random, printed); the same seed gives the same PNG
   --init KIND         gmm (default) | noise | PATH.png (an init image)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
-  --content-weight C  with an init image: pull toward its content (style transfer; default 0)
+  --content-weight C  with an init image: pull toward its content (default 0; 20 with --style)
+  --style             style transfer (CLIPStyler-like): the init image is the content, the prompt the
+                      style; starts from the image (strength 0), keeps its content, emphasizes patch views
   --views G,P         global and patch views per step (default 32,32)
   -o, --out FILE      output PNG (default out.png)
   --frames DIR        write a frame every 10 steps
@@ -54,7 +57,7 @@ export async function run(argv: string[]): Promise<number> {
     options: {
       negative: { type: 'string', multiple: true }, model: { type: 'string' }, steps: { type: 'string' }, size: { type: 'string' },
       seed: { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, 'content-weight': { type: 'string' },
-      views: { type: 'string' }, out: { type: 'string', short: 'o' }, frames: { type: 'string' }, json: { type: 'boolean' },
+      views: { type: 'string' }, style: { type: 'boolean' }, out: { type: 'string', short: 'o' }, frames: { type: 'string' }, json: { type: 'boolean' },
     },
     strict: true,
   });
@@ -73,10 +76,11 @@ export async function run(argv: string[]): Promise<number> {
       } catch (e) {
         throw new EngineError('invalid_input', `cannot read init image ${initArg}: ${(e as Error).message}`);
       }
-      const strength = values.strength === undefined ? 0.6 : Number(values.strength);
+      const strength = values.strength === undefined ? (values.style ? 0 : 0.6) : Number(values.strength);
       init = { kind: 'image', image: decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES }), strength };
     }
-    let recipe = { steps: intArg(values.steps, 'steps', 100, 1, 1000) } as Record<string, number>;
+    if (values.style && init.kind !== 'image') throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
+    let recipe: Partial<Recipe> = { ...(values.style ? STYLE_RECIPE : {}), steps: intArg(values.steps, 'steps', 100, 1, 1000) };
     if (values.views) {
       const m = /^(\d+),(\d+)$/.exec(values.views);
       if (!m) throw new EngineError('invalid_input', `--views must look like 32,32, got "${values.views}"`);
@@ -87,7 +91,7 @@ export async function run(argv: string[]): Promise<number> {
     if (!values.json) process.stderr.write(`clipag: "${positionals[0]}" ${width}x${height} with ${engine.name}, seed ${seed}\n`);
     const res = await synthesize(
       engine,
-      { prompts, width, height, seed, init, recipe, contentWeight: values['content-weight'] ? Number(values['content-weight']) : undefined },
+      { prompts, width, height, seed, init, recipe, contentWeight: values['content-weight'] ? Number(values['content-weight']) : values.style ? STYLE_CONTENT_WEIGHT : undefined },
       {
         onProgress: progressPrinter(Boolean(process.stderr.isTTY) && !values.json),
         onFrame: values.frames ? (f) => writeFileSync(join(values.frames!, `frame-${String(f.step).padStart(4, '0')}.png`), f.png) : undefined,

@@ -58,6 +58,14 @@ export const DEFAULT_RECIPE: Recipe = {
   initSamples: 1000,
 };
 
+/**
+ * Style transfer in the manner of CLIPStyler: the init image is the content, the prompt the style.
+ * Patch views carry the style (double weight), colour jitter is off (it would fight the style's
+ * palette), and the request adds a content-preservation loss (SynthRequest.contentWeight).
+ */
+export const STYLE_RECIPE: Partial<Recipe> = { patchWeight: 10, color: false };
+export const STYLE_CONTENT_WEIGHT = 20;
+
 export const LIMITS = {
   steps: [1, 1000],
   views: [1, 256],

@@ -281,15 +281,30 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
     const targets = new Float32Array(V * K * E);
     for (let v = 0; v < V; v++) for (let k = 0; k < req.prompts.length; k++) targets.set(textUnit.subarray(k * E, (k + 1) * E), (v * K + k) * E);
 
+    // Host work that does not depend on this step's gradient (drawing the next step's views, encoding
+    // the last frame) overlaps the session run, which executes in the engine pool's worker thread.
+    let next = drawAugmentation(augRng, r, planViews(augRng, r, H, W), targets, promptWeights, K, S, H, W, V);
+    let pendingFrame: { step: number; image: PlanarImage } | undefined;
+    const flushFrame = () => {
+      if (!pendingFrame) return;
+      const te = performance.now();
+      const frame = { step: pendingFrame.step, png: encodePng(pendingFrame.image) };
+      timings.encode += performance.now() - te;
+      pendingFrame = undefined;
+      frames.push(frame);
+      opts.onFrame?.(frame);
+    };
     for (let s = 0; s < stage.steps; s++) {
       if (opts.signal?.aborted) {
         aborted = true;
         break;
       }
-      const plan = planViews(augRng, r, H, W);
-      const feeds = drawFeeds(augRng, r, plan, image, targets, promptWeights, K, S, H, W, V);
+      const feeds = { ...next, image: { dtype: 'float32' as const, dims: [1, 3, H, W], data: Float32Array.from(image.data) } };
       const tr = performance.now();
-      const out = await handle.run(feeds, ['loss', 'grad_image'], { transfer: true });
+      const running = handle.run(feeds, ['loss', 'grad_image'], { transfer: true });
+      if (s + 1 < stage.steps) next = drawAugmentation(augRng, r, planViews(augRng, r, H, W), targets, promptWeights, K, S, H, W, V);
+      flushFrame();
+      const out = await running;
       timings.sessionRun += performance.now() - tr;
       encoderPasses += V;
       encoderBackwardPasses += V;
@@ -309,13 +324,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
       if (!Number.isFinite(loss)) throw new EngineError('runtime_failed', `loss became ${loss} at step ${stepsDone}; the model or input produced non-finite values`);
       lossHistory.push(loss);
       if (loss < best.loss) best = { loss, step: stepsDone, image: cloneImage(image) };
-      if (r.frameEvery > 0 && stepsDone % r.frameEvery === 0) {
-        const te = performance.now();
-        const frame = { step: stepsDone, png: encodePng(image) };
-        timings.encode += performance.now() - te;
-        frames.push(frame);
-        opts.onFrame?.(frame);
-      }
+      if (r.frameEvery > 0 && stepsDone % r.frameEvery === 0) pendingFrame = { step: stepsDone, image: cloneImage(image) };
       clipGradNorm(grad, r.gradClip);
       adam.step(image.data, grad);
       dynamicThreshold(image.data, r.thresholdPercentile, scratch);
@@ -326,6 +335,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
         elapsedMs: elapsed, etaMs: (elapsed / stepsDone) * (totalSteps - stepsDone),
       });
     }
+    flushFrame();
     // Keep the best image of the final resolution: a coarse stage's best would need upsampling.
     if (si < schedule.length - 1 && !aborted) best = { loss: Infinity, step: -1, image: cloneImage(image) };
   }
@@ -364,7 +374,8 @@ function clipGradNorm(g: Float32Array, maxNorm: number): void {
   }
 }
 
-function drawFeeds(rng: Rng, r: Recipe, plan: ViewPlan, image: PlanarImage, targets: Float32Array, promptWeights: number[], K: number, S: number, H: number, W: number, V: number) {
+/** Every step input except the image: view operators, colour, cutout, noise, targets and weights. */
+function drawAugmentation(rng: Rng, r: Recipe, plan: ViewPlan, targets: Float32Array, promptWeights: number[], K: number, S: number, H: number, W: number, V: number) {
   const rows = new Float32Array(V * S * H);
   const cols = new Float32Array(V * W * S);
   plan.windows.forEach((win, v) => fillViewOperators(rows, v * S * H, cols, v * W * S, S, H, W, win));
@@ -390,7 +401,6 @@ function drawFeeds(rng: Rng, r: Recipe, plan: ViewPlan, image: PlanarImage, targ
   for (let v = 0; v < V; v++) for (let k = 0; k < promptWeights.length; k++) weights[v * K + k] = plan.weights[v] * promptWeights[k];
   const E = targets.length / (V * K);
   return {
-    image: { dtype: 'float32' as const, dims: [1, 3, H, W], data: Float32Array.from(image.data) },
     resample_rows: { dtype: 'float32' as const, dims: [V, 1, S, H], data: rows },
     resample_cols: { dtype: 'float32' as const, dims: [V, 1, W, S], data: cols },
     brightness: { dtype: 'float32' as const, dims: [V, 1, 1, 1], data: bright },

@@ -9,7 +9,7 @@ import { EngineError } from '../../../gpu-worker/engine/errors.ts';
 import { decodeImage, solidImage } from '../../../gpu-worker/engine/synth/image.ts';
 import { augmentViews } from '../../../gpu-worker/engine/synth/step-graph.ts';
 import { type SynthRequest, dynamicThreshold, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
-import { defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
+import { STYLE_CONTENT_WEIGHT, STYLE_RECIPE, defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
 import { fillViewOperators } from '../../../gpu-worker/engine/synth/resample.ts';
 import { tensor } from '../../../gpu-worker/engine/onnx/ir.ts';
 import { makeTinyBundle } from '../../helpers/bundle.ts';
@@ -87,6 +87,17 @@ describe('synthesis on the tiny model', () => {
     const img = res.image.data;
     const meanR = mean(Array.from(img.subarray(0, 1024))), meanG = mean(Array.from(img.subarray(1024, 2048)));
     expect(meanR).toBeGreaterThan(meanG + 0.3); // still red
+  });
+});
+
+describe('style transfer (CLIPStyler-like preset)', () => {
+  it('the content-preservation loss keeps the output closer to the content image', async () => {
+    const content = solidImage(32, 32, [0.2, 0.6, 0.9]);
+    const base: SynthRequest = { prompts: [{ text: 'a diagram of a red circle', weight: 1 }], width: 32, height: 32, seed: 4, init: { kind: 'image', image: content, strength: 0 }, recipe: { ...STYLE_RECIPE, steps: 25, ...FAST, lr: 0.05 } };
+    const dist = (img: Float32Array) => Math.sqrt(img.reduce((a, v, i) => a + (v - content.data[i]) ** 2, 0) / img.length);
+    const free = await synthesize(engine, { ...base, contentWeight: 0 });
+    const kept = await synthesize(engine, { ...base, contentWeight: STYLE_CONTENT_WEIGHT });
+    expect(dist(kept.image.data)).toBeLessThan(dist(free.image.data));
   });
 });
 
