@@ -1,0 +1,59 @@
+// clipag eval-pag: the in-repo proof of Perceptually Aligned Gradients (robust vs plain toy CLIP,
+// graded by the independent judge).
+import { mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { PAG_PROMPTS, evalPag, pagMarkdown, writePagOutputs } from '../gpu-worker/engine/toy/eval-pag.ts';
+import { REPO_ROOT, intArg } from './common.ts';
+
+export const summary = 'measure PAG: images from the robust and plain toy CLIPs, graded by the judge';
+export const usage = `usage: clipag eval-pag [options]
+
+  --robust DIR     robust bundle (default models/toy)
+  --plain DIR      plain twin (default models/toy-plain)
+  --judge DIR      judge (default models/toy-judge); refused unless it passes its accuracy check
+  --prompts N      use the first N prompts of the fixed set (default all ${PAG_PROMPTS.length})
+  --seeds LIST     comma-separated seeds (default 1)
+  --steps N        synthesis steps (default: the recipe's 100)
+  --views G,P      global and patch views (default: the recipe's 32,32)
+  --out PREFIX     writes PREFIX.json, PREFIX.md and PREFIX.png (default docs/toy-pag)
+  --threads N      onnxruntime threads (default 1)`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      robust: { type: 'string' }, plain: { type: 'string' }, judge: { type: 'string' }, prompts: { type: 'string' },
+      seeds: { type: 'string' }, steps: { type: 'string' }, views: { type: 'string' }, out: { type: 'string' }, threads: { type: 'string' },
+    },
+    strict: true,
+  });
+  const nPrompts = intArg(values.prompts, 'prompts', PAG_PROMPTS.length, 1, PAG_PROMPTS.length);
+  const seeds = (values.seeds ?? '1').split(',').map((s) => intArg(s, 'seeds', 1, 0, 0xffffffff));
+  const recipe: Record<string, number> = {};
+  if (values.steps) recipe.steps = intArg(values.steps, 'steps', 100, 1, 1000);
+  if (values.views) {
+    const m = /^(\d+),(\d+)$/.exec(values.views);
+    if (!m) throw new EngineError('invalid_input', '--views must look like 32,32');
+    recipe.globalViews = Number(m[1]);
+    recipe.patchViews = Number(m[2]);
+  }
+  const prefix = resolve(values.out ?? join(REPO_ROOT, 'docs', 'toy-pag'));
+  mkdirSync(dirname(prefix), { recursive: true });
+  const log = (s: string) => process.stderr.write(`${s}\n`);
+  const { report, images } = await evalPag({
+    robustDir: resolve(values.robust ?? join(REPO_ROOT, 'models', 'toy')),
+    plainDir: resolve(values.plain ?? join(REPO_ROOT, 'models', 'toy-plain')),
+    judgeDir: resolve(values.judge ?? join(REPO_ROOT, 'models', 'toy-judge')),
+    prompts: PAG_PROMPTS.slice(0, nPrompts),
+    seeds,
+    recipe,
+    threads: intArg(values.threads, 'threads', 1, 0, 256),
+    log,
+  });
+  const files = writePagOutputs(prefix, report, images);
+  process.stdout.write(pagMarkdown(report));
+  log(`robust all-correct ${(report.robust.allCorrect * 100).toFixed(0)} % (target ≥ 80 %: ${report.targets.robustMet ? 'met' : 'MISSED'}), plain ${(report.plain.allCorrect * 100).toFixed(0)} % (target ≤ 30 %: ${report.targets.plainMet ? 'met' : 'MISSED'}); wrote ${files.join(', ')}`);
+  return 0;
+}

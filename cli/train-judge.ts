@@ -1,0 +1,57 @@
+// clipag train-judge: train the independent judge (a small CNN with one head per attribute) on fresh
+// world images, check it on more fresh images, and write models/toy-judge.
+import { mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ATTRIBUTES, JUDGE_MIN_ACCURACY, Judge, defaultJudgeConfig, judgePasses, trainJudge, writeJudgeBundle } from '../gpu-worker/engine/toy/judge.ts';
+import { REPO_ROOT, intArg } from './common.ts';
+
+export const summary = 'train the independent attribute judge (small CNN) used by eval-pag';
+export const usage = `usage: clipag train-judge [options]
+
+  --out DIR            judge folder (default models/toy-judge)
+  --checkpoint FILE    checkpoint (default .tmp/checkpoints/judge.ckpt); resumed from when it exists
+  --no-resume          start from step 0
+  --steps N            training steps (default 1500)
+  --batch N            batch size (default 64)
+  --seed S             seed (default 7)
+  --check N            fresh images for the accuracy check (default 2000)
+  --threads N          onnxruntime intra-op threads (default 1)`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      out: { type: 'string' }, checkpoint: { type: 'string' }, 'no-resume': { type: 'boolean' }, steps: { type: 'string' },
+      batch: { type: 'string' }, seed: { type: 'string' }, check: { type: 'string' }, threads: { type: 'string' },
+    },
+    strict: true,
+  });
+  const base = defaultJudgeConfig();
+  const cfg = defaultJudgeConfig({
+    steps: intArg(values.steps, 'steps', base.steps, 1, 1_000_000),
+    batch: intArg(values.batch, 'batch', base.batch, 2, 1024),
+    seed: intArg(values.seed, 'seed', base.seed, 0, 0xffffffff),
+  });
+  const threads = intArg(values.threads, 'threads', 1, 0, 256);
+  const out = resolve(values.out ?? join(REPO_ROOT, 'models', 'toy-judge'));
+  const ckpt = resolve(values.checkpoint ?? join(REPO_ROOT, '.tmp', 'checkpoints', 'judge.ckpt'));
+  mkdirSync(dirname(ckpt), { recursive: true });
+  const log = (s: string) => process.stderr.write(`${s}\n`);
+  const res = await trainJudge(cfg, { threads, checkpoint: ckpt, resume: !values['no-resume'], progress: true, log });
+  const judge = await Judge.fromParams(cfg.arch, res.params, undefined, threads);
+  const nCheck = intArg(values.check, 'check', 2000, 32, 1_000_000);
+  const acc = await judge.accuracy(nCheck, cfg.seed + 1000);
+  await judge.release();
+  const line = `${ATTRIBUTES.map((a) => `${a} ${(acc[a] * 100).toFixed(2)} %`).join(', ')}, all four ${(acc.all * 100).toFixed(2)} %`;
+  await writeJudgeBundle(out, cfg.arch, res.params, acc, {
+    command: `clipag train-judge ${argv.join(' ')}`,
+    seed: cfg.seed, steps: res.step, batch: cfg.batch, lr: cfg.lr,
+    wall_time_s: Math.round(res.elapsedS),
+    checked_on_fresh_images: nCheck,
+    final_loss: res.lossHistory.at(-1)?.loss,
+  });
+  const ok = judgePasses(acc);
+  log(`wrote ${out}: accuracy on ${nCheck} fresh world images: ${line}${ok ? '' : ` — BELOW the ${JUDGE_MIN_ACCURACY * 100} % bar: eval-pag will refuse this judge`}`);
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,234 @@
+// eval-pag: the in-repo proof of Perceptually Aligned Gradients. Each CLIP (robust and plain twin)
+// synthesizes images for a fixed prompt set with the default CLIPAG recipe; the independent judge
+// says whether each named attribute is really in the picture. A robust model's gradient should make the
+// judge agree; a plain model's gradient should raise its own CLIP score while the judge disagrees.
+
+import { writeFileSync } from 'node:fs';
+import { ClipEngine } from '../engine.ts';
+import { EngineError } from '../errors.ts';
+import { type PlanarImage, encodePng } from '../synth/image.ts';
+import { type Recipe } from '../synth/recipe.ts';
+import { synthesize } from '../synth/synthesize.ts';
+import { ATTRIBUTES, type Attribute, Judge, JUDGE_MIN_ACCURACY, judgePasses, type Verdict } from './judge.ts';
+import { type NamedObject, WORLD_SIZE, isHeldOut, parseCaption } from './world.ts';
+
+/** The fixed prompt set: shape and colour always; size and position where named. Six use held-out pairs. */
+export const PAG_PROMPTS: string[] = [
+  'a large red circle on the left',
+  'a yellow star',
+  'a big blue square on the right',
+  'a white cross at the bottom',
+  'a cyan ring',
+  'a large green triangle in the centre',
+  'a small orange circle at the top',
+  'a purple star on the left',
+  // held-out (shape, colour) pairs, never drawn in CLIP training
+  'a purple circle',
+  'a large orange square',
+  'a blue triangle on the left',
+  'a green star',
+  'a big red ring',
+  'a yellow cross on the right',
+];
+
+export interface PromptResult {
+  prompt: string;
+  heldOut: boolean;
+  named: NamedObject;
+  verdict: Verdict;
+  correct: Partial<Record<Attribute, boolean>>;
+  allCorrect: boolean;
+  ownScore: { initial: number; final: number };
+  /** Cosine of the image under the other model (robust image under the plain CLIP and vice versa). */
+  otherScore: number;
+  seconds: number;
+}
+
+export interface ModelReport {
+  model: string;
+  robust: boolean;
+  perAttribute: Partial<Record<Attribute, { correct: number; named: number; accuracy: number }>>;
+  allCorrect: number;
+  allCorrectHeldOut: number;
+  allCorrectSeen: number;
+  meanOwnScore: { initial: number; final: number };
+  /** Prompts where the model's own score rose but the judge found a named attribute wrong. */
+  scoreRoseJudgeDisagreed: number;
+  results: PromptResult[];
+  seconds: number;
+}
+
+export interface PagReport {
+  prompts: string[];
+  seeds: number[];
+  recipe: Partial<Recipe>;
+  judge: { accuracy: Record<Attribute | 'all', number>; checkedOn: number };
+  robust: ModelReport;
+  plain: ModelReport;
+  /** The adversarial signature: plain scores rise while the judge disagrees. */
+  adversarialSignature: boolean;
+  targets: { robustAllCorrectMin: number; plainAllCorrectMax: number; robustMet: boolean; plainMet: boolean };
+}
+
+export interface EvalPagOptions {
+  robustDir: string;
+  plainDir: string;
+  judgeDir: string;
+  prompts?: string[];
+  seeds?: number[];
+  recipe?: Partial<Recipe>;
+  /** GMM prior both models start from (default: the robust bundle's). */
+  priorPath?: string;
+  threads?: number;
+  /** Fresh world images the judge is re-checked on before it may grade (default 512). */
+  judgeCheckImages?: number;
+  log?: (line: string) => void;
+}
+
+function namedAttributes(o: NamedObject): Attribute[] {
+  const a: Attribute[] = ['shape', 'colour'];
+  if (o.size) a.push('size');
+  if (o.position) a.push('position');
+  return a;
+}
+
+export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport; images: { robust: PlanarImage[]; plain: PlanarImage[] } }> {
+  const log = opts.log ?? (() => {});
+  const prompts = opts.prompts ?? PAG_PROMPTS;
+  const seeds = opts.seeds ?? [1];
+  const judge = await Judge.open(opts.judgeDir, opts.threads);
+  const nCheck = opts.judgeCheckImages ?? 512;
+  const acc = await judge.accuracy(nCheck, 20240601);
+  if (!judgePasses(acc)) {
+    await judge.release();
+    throw new EngineError(
+      'invalid_model',
+      `the judge in ${opts.judgeDir} fails its own accuracy check on ${nCheck} fresh world images (${ATTRIBUTES.map((a) => `${a} ${(acc[a] * 100).toFixed(1)}%`).join(', ')}; every attribute needs ≥ ${JUDGE_MIN_ACCURACY * 100}%): it is no judge`,
+    );
+  }
+  log(`judge check on ${nCheck} fresh images: ${ATTRIBUTES.map((a) => `${a} ${(acc[a] * 100).toFixed(1)}%`).join(', ')}`);
+  const robust = await ClipEngine.open(opts.robustDir, { threads: opts.threads });
+  const plain = await ClipEngine.open(opts.plainDir, { threads: opts.threads });
+  try {
+    if (robust.imageSize !== WORLD_SIZE || plain.imageSize !== WORLD_SIZE) throw new EngineError('invalid_model', `eval-pag needs ${WORLD_SIZE}px toy-world models`);
+    const priorPath = opts.priorPath ?? robust.bundle.priorPath;
+    const init = priorPath ? { kind: 'gmm' as const, priorPath } : { kind: 'noise' as const };
+    const images = { robust: [] as PlanarImage[], plain: [] as PlanarImage[] };
+    const run = async (engine: ClipEngine, other: ClipEngine, which: 'robust' | 'plain'): Promise<ModelReport> => {
+      const t0 = performance.now();
+      const results: PromptResult[] = [];
+      for (const prompt of prompts) {
+        const objs = parseCaption(prompt);
+        if (objs.length !== 1) throw new EngineError('invalid_input', `eval-pag prompts name one object; "${prompt}" names ${objs.length}`);
+        const named = objs[0];
+        for (const seed of seeds) {
+          const t1 = performance.now();
+          const res = await synthesize(engine, { prompts: [{ text: prompt, weight: 1 }], width: WORLD_SIZE, height: WORLD_SIZE, seed, init, recipe: opts.recipe });
+          images[which].push(res.image);
+          const [verdict] = await judge.classify(res.image.data, 1);
+          const correct: Partial<Record<Attribute, boolean>> = {};
+          for (const a of namedAttributes(named)) correct[a] = verdict[a].label === named[a];
+          const allCorrect = Object.values(correct).every(Boolean);
+          const t = (await other.embedText([prompt])).unit;
+          const im = (await other.embedImages([res.image])).unit;
+          let otherScore = 0;
+          for (let k = 0; k < t.length; k++) otherScore += t[k] * im[k];
+          const r: PromptResult = {
+            prompt, heldOut: isHeldOut(named.shape, named.colour), named, verdict, correct, allCorrect,
+            ownScore: { initial: res.initialScores[0].cosine, final: res.scores[0].cosine }, otherScore, seconds: (performance.now() - t1) / 1000,
+          };
+          results.push(r);
+          log(`${which} seed ${seed} "${prompt}": judge ${ATTRIBUTES.map((a) => verdict[a].label).join('/')} ${allCorrect ? 'OK' : 'WRONG'}; own cos ${r.ownScore.initial.toFixed(3)}→${r.ownScore.final.toFixed(3)}, other ${otherScore.toFixed(3)} (${r.seconds.toFixed(1)}s)`);
+        }
+      }
+      const perAttribute: ModelReport['perAttribute'] = {};
+      for (const a of ATTRIBUTES) {
+        const rel = results.filter((r) => r.correct[a] !== undefined);
+        if (rel.length) {
+          const c = rel.filter((r) => r.correct[a]).length;
+          perAttribute[a] = { correct: c, named: rel.length, accuracy: c / rel.length };
+        }
+      }
+      const frac = (rs: PromptResult[]) => (rs.length ? rs.filter((r) => r.allCorrect).length / rs.length : NaN);
+      const mean = (f: (r: PromptResult) => number) => results.reduce((s, r) => s + f(r), 0) / results.length;
+      return {
+        model: engine.name,
+        robust: engine.bundle.manifest.robust,
+        perAttribute,
+        allCorrect: frac(results),
+        allCorrectHeldOut: frac(results.filter((r) => r.heldOut)),
+        allCorrectSeen: frac(results.filter((r) => !r.heldOut)),
+        meanOwnScore: { initial: mean((r) => r.ownScore.initial), final: mean((r) => r.ownScore.final) },
+        scoreRoseJudgeDisagreed: results.filter((r) => r.ownScore.final > r.ownScore.initial && !r.allCorrect).length / results.length,
+        results,
+        seconds: (performance.now() - t0) / 1000,
+      };
+    };
+    // The two models run side by side: each engine has its own worker thread (one core each).
+    const [rRep, pRep] = await Promise.all([run(robust, plain, 'robust'), run(plain, robust, 'plain')]);
+    const targets = { robustAllCorrectMin: 0.8, plainAllCorrectMax: 0.3, robustMet: rRep.allCorrect >= 0.8, plainMet: pRep.allCorrect <= 0.3 };
+    const report: PagReport = {
+      prompts, seeds, recipe: opts.recipe ?? {},
+      judge: { accuracy: acc, checkedOn: nCheck },
+      robust: rRep, plain: pRep,
+      adversarialSignature: pRep.meanOwnScore.final > pRep.meanOwnScore.initial && pRep.scoreRoseJudgeDisagreed >= 0.5,
+      targets,
+    };
+    return { report, images };
+  } finally {
+    await Promise.all([robust.close(), plain.close(), judge.release()]);
+  }
+}
+
+/** A PNG grid: one row per (prompt, seed), columns robust | plain, each image scaled up `scale`×. */
+export function pagGrid(images: { robust: PlanarImage[]; plain: PlanarImage[] }, scale = 2, gap = 4): Uint8Array {
+  const n = images.robust.length;
+  const S = WORLD_SIZE * scale;
+  const W = 2 * S + 3 * gap, H = n * S + (n + 1) * gap;
+  const data = new Float32Array(3 * W * H).fill(1);
+  const put = (img: PlanarImage, x0: number, y0: number) => {
+    for (let c = 0; c < 3; c++)
+      for (let y = 0; y < S; y++)
+        for (let x = 0; x < S; x++) {
+          const sx = Math.floor(x / scale), sy = Math.floor(y / scale);
+          data[c * W * H + (y0 + y) * W + x0 + x] = img.data[c * img.width * img.height + sy * img.width + sx];
+        }
+  };
+  for (let i = 0; i < n; i++) {
+    put(images.robust[i], gap, gap + i * (S + gap));
+    put(images.plain[i], 2 * gap + S, gap + i * (S + gap));
+  }
+  return encodePng({ width: W, height: H, data });
+}
+
+const pct = (x: number) => (Number.isNaN(x) ? '–' : `${(x * 100).toFixed(0)} %`);
+
+/** The report as a Markdown table (docs/toy-model.md quotes it). */
+export function pagMarkdown(r: PagReport): string {
+  const lines: string[] = [];
+  lines.push(`| | robust (${r.robust.model}) | plain (${r.plain.model}) |`, '|---|---|---|');
+  for (const a of ATTRIBUTES) {
+    const x = r.robust.perAttribute[a], y = r.plain.perAttribute[a];
+    if (x && y) lines.push(`| ${a} correct (${x.named} prompts name it) | ${pct(x.accuracy)} | ${pct(y.accuracy)} |`);
+  }
+  lines.push(`| **all named attributes correct** | **${pct(r.robust.allCorrect)}** | **${pct(r.plain.allCorrect)}** |`);
+  lines.push(`| all correct, seen pairs | ${pct(r.robust.allCorrectSeen)} | ${pct(r.plain.allCorrectSeen)} |`);
+  lines.push(`| all correct, held-out pairs | ${pct(r.robust.allCorrectHeldOut)} | ${pct(r.plain.allCorrectHeldOut)} |`);
+  lines.push(`| own CLIP cosine, init → final (mean) | ${r.robust.meanOwnScore.initial.toFixed(3)} → ${r.robust.meanOwnScore.final.toFixed(3)} | ${r.plain.meanOwnScore.initial.toFixed(3)} → ${r.plain.meanOwnScore.final.toFixed(3)} |`);
+  lines.push(`| own score rose, judge disagreed | ${pct(r.robust.scoreRoseJudgeDisagreed)} | ${pct(r.plain.scoreRoseJudgeDisagreed)} |`);
+  lines.push('', '| prompt | held out | robust: judge says | plain: judge says |', '|---|---|---|---|');
+  r.robust.results.forEach((x, i) => {
+    const y = r.plain.results[i];
+    const say = (p: PromptResult) => `${ATTRIBUTES.filter((a) => p.correct[a] !== undefined).map((a) => p.verdict[a].label).join(' ')} ${p.allCorrect ? '✓' : '✗'}`;
+    lines.push(`| ${x.prompt} | ${x.heldOut ? 'yes' : ''} | ${say(x)} | ${say(y)} |`);
+  });
+  return lines.join('\n') + '\n';
+}
+
+export function writePagOutputs(prefix: string, report: PagReport, images: { robust: PlanarImage[]; plain: PlanarImage[] }): string[] {
+  const files = [`${prefix}.json`, `${prefix}.md`, `${prefix}.png`];
+  writeFileSync(files[0], JSON.stringify(report, null, 2) + '\n');
+  writeFileSync(files[1], pagMarkdown(report));
+  writeFileSync(files[2], pagGrid(images));
+  return files;
+}

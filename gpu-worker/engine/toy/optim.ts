@@ -1,0 +1,173 @@
+// Host-side AdamW over named float32 parameters, and resumable checkpoints (safetensors: weights,
+// Adam moments, step, config). Shared by the toy CLIP trainer and the judge trainer.
+
+import { existsSync, renameSync } from 'node:fs';
+import { EngineError } from '../errors.ts';
+import type { TensorData } from '../onnx/ir.ts';
+import { readSafetensors, writeSafetensors } from '../io/safetensors.ts';
+
+export type Params = Map<string, TensorData>;
+
+export interface AdamConfig {
+  lr: number;
+  betas: [number, number];
+  eps: number;
+  weightDecay: number;
+  /** Global gradient-norm clip (0: off). */
+  gradClip: number;
+}
+
+export interface AdamState {
+  step: number;
+  m: Map<string, Float32Array>;
+  v: Map<string, Float32Array>;
+}
+
+export function newAdamState(params: Params): AdamState {
+  const m = new Map<string, Float32Array>(), v = new Map<string, Float32Array>();
+  for (const [k, t] of params) {
+    m.set(k, new Float32Array(t.data.length));
+    v.set(k, new Float32Array(t.data.length));
+  }
+  return { step: 0, m, v };
+}
+
+/** One AdamW step with learning rate `lr` (schedule applied by the caller). Returns the pre-clip grad norm. */
+export function adamStep(params: Params, grads: Map<string, Float32Array>, st: AdamState, cfg: AdamConfig, lr: number, decays: (name: string) => boolean): number {
+  let sq = 0;
+  for (const g of grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+  const norm = Math.sqrt(sq);
+  if (!Number.isFinite(norm)) throw new EngineError('runtime_failed', `gradient norm is ${norm} at step ${st.step}; training diverged`);
+  const scale = cfg.gradClip > 0 && norm > cfg.gradClip ? cfg.gradClip / norm : 1;
+  st.step++;
+  const [b1, b2] = cfg.betas;
+  const bc1 = 1 - b1 ** st.step, bc2 = 1 - b2 ** st.step;
+  for (const [name, t] of params) {
+    const g = grads.get(name);
+    if (!g) throw new EngineError('invalid_graph', `no gradient for parameter ${name}`);
+    const w = t.data as Float32Array, m = st.m.get(name)!, v = st.v.get(name)!;
+    const wd = decays(name) ? cfg.weightDecay : 0;
+    for (let i = 0; i < w.length; i++) {
+      const gi = g[i] * scale;
+      m[i] = b1 * m[i] + (1 - b1) * gi;
+      v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+      w[i] -= lr * (m[i] / bc1 / (Math.sqrt(v[i] / bc2) + cfg.eps) + wd * w[i]);
+    }
+  }
+  return norm;
+}
+
+/** Linear warmup then cosine decay to `floor`·lr. */
+export function lrAt(step: number, total: number, base: number, warmup: number, floor = 0.1): number {
+  if (step < warmup) return (base * (step + 1)) / warmup;
+  const t = Math.min(1, (step - warmup) / Math.max(1, total - warmup));
+  return base * (floor + (1 - floor) * 0.5 * (1 + Math.cos(Math.PI * t)));
+}
+
+export const CHECKPOINT_FORMAT = 'clipag-toy-checkpoint';
+
+export interface Checkpoint {
+  kind: string;
+  /** JSON-serializable training config; a resume must match it (architecture, recipe). */
+  config: Record<string, unknown>;
+  step: number;
+  elapsedS: number;
+  history: unknown[];
+  params: Params;
+  adam: AdamState;
+}
+
+/** Write atomically (temp file + rename): an interrupted write leaves the previous checkpoint intact. */
+export async function saveCheckpoint(path: string, ck: Checkpoint): Promise<void> {
+  const tensors = new Map<string, TensorData>();
+  for (const [k, t] of ck.params) tensors.set(`w/${k}`, t);
+  for (const [k, a] of ck.adam.m) tensors.set(`m/${k}`, { dtype: 'float32', dims: [a.length], data: a });
+  for (const [k, a] of ck.adam.v) tensors.set(`v/${k}`, { dtype: 'float32', dims: [a.length], data: a });
+  const tmp = `${path}.partial`;
+  await writeSafetensors(tmp, tensors, {
+    format: CHECKPOINT_FORMAT,
+    kind: ck.kind,
+    config: JSON.stringify(ck.config),
+    step: String(ck.step),
+    adam_step: String(ck.adam.step),
+    elapsed_s: String(ck.elapsedS),
+    history: JSON.stringify(ck.history),
+  });
+  renameSync(tmp, path);
+}
+
+/**
+ * Load a checkpoint and check it belongs to this run: same kind and same config (architecture and
+ * recipe). A mismatch is an error naming the differing fields, never a silent partial load.
+ */
+export function loadCheckpoint(path: string, kind: string, config: Record<string, unknown>): Checkpoint {
+  if (!existsSync(path)) throw new EngineError('invalid_model', `checkpoint ${path} does not exist`, { path });
+  let st;
+  try {
+    st = readSafetensors(path);
+  } catch (e) {
+    throw new EngineError('invalid_model', `checkpoint ${path} is unreadable (${(e as Error).message}); delete it to start over`, { path });
+  }
+  const meta = st.metadata ?? {};
+  if (meta.format !== CHECKPOINT_FORMAT) throw new EngineError('invalid_model', `${path} is not a ${CHECKPOINT_FORMAT} file`, { path });
+  if (meta.kind !== kind) throw new EngineError('invalid_model', `checkpoint ${path} is a "${meta.kind}" checkpoint, not "${kind}"`, { path });
+  const saved = JSON.parse(meta.config ?? '{}') as Record<string, unknown>;
+  const diffs = Object.keys({ ...saved, ...config }).filter((k) => JSON.stringify(saved[k]) !== JSON.stringify(config[k]));
+  if (diffs.length) {
+    throw new EngineError(
+      'invalid_model',
+      `checkpoint ${path} was made with a different ${diffs.join(', ')} (${diffs.map((k) => `${k}: ${JSON.stringify(saved[k])} vs ${JSON.stringify(config[k])}`).join('; ')}); use another --out or start fresh with --no-resume`,
+      { path, fields: diffs },
+    );
+  }
+  const params: Params = new Map();
+  const m = new Map<string, Float32Array>(), v = new Map<string, Float32Array>();
+  for (const [name, t] of st.tensors) {
+    const [pfx, rest] = [name.slice(0, 2), name.slice(2)];
+    if (t.dtype !== 'float32') throw new EngineError('invalid_model', `checkpoint tensor ${name} is ${t.dtype}, expected float32`, { path });
+    if (pfx === 'w/') params.set(rest, { dtype: 'float32', dims: [...t.dims], data: new Float32Array(t.data as Float32Array) });
+    else if (pfx === 'm/') m.set(rest, new Float32Array(t.data as Float32Array));
+    else if (pfx === 'v/') v.set(rest, new Float32Array(t.data as Float32Array));
+  }
+  for (const k of params.keys()) {
+    if (!m.has(k) || !v.has(k)) throw new EngineError('invalid_model', `checkpoint ${path} lacks Adam moments for ${k}`, { path });
+  }
+  const step = Number(meta.step);
+  if (!Number.isInteger(step) || step < 0) throw new EngineError('invalid_model', `checkpoint ${path} has a bad step "${meta.step}"`, { path });
+  return {
+    kind,
+    config: saved,
+    step,
+    elapsedS: Number(meta.elapsed_s ?? 0),
+    history: JSON.parse(meta.history ?? '[]') as unknown[],
+    params,
+    adam: { step: Number(meta.adam_step ?? step), m, v },
+  };
+}
+
+/** Check a set of parameters has exactly the expected names and shapes. */
+export function checkParamShapes(params: Params, expected: [string, number[]][], what: string): void {
+  const problems: string[] = [];
+  const names = new Set(expected.map(([n]) => n));
+  for (const [n, s] of expected) {
+    const t = params.get(n);
+    if (!t) problems.push(`missing ${n}`);
+    else if (t.dims.length !== s.length || t.dims.some((d, i) => d !== s[i])) problems.push(`${n} is [${t.dims}], expected [${s}]`);
+  }
+  for (const n of params.keys()) if (!names.has(n)) problems.push(`unexpected ${n}`);
+  if (problems.length) throw new EngineError('invalid_model', `${what} does not match the architecture: ${problems.slice(0, 8).join('; ')}`, { problems });
+}
+
+/** A one-line progress bar on a TTY, plain lines every `every` steps otherwise. */
+export function progressPrinter(total: number, label: string, stream: NodeJS.WriteStream = process.stderr, every = 25) {
+  const tty = Boolean(stream.isTTY);
+  return (step: number, info: string, force = false) => {
+    if (tty) {
+      const w = 30, f = Math.round((w * step) / total);
+      stream.write(`\r${label} [${'#'.repeat(f)}${'.'.repeat(w - f)}] ${step}/${total} ${info}   `);
+      if (step === total) stream.write('\n');
+    } else if (force || step % every === 0 || step === total) {
+      stream.write(`${label} ${step}/${total} ${info}\n`);
+    }
+  };
+}
