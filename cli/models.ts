@@ -1,12 +1,23 @@
 // clipag models <subcommand>: model bundle management. Subcommands live in SUBCOMMANDS; `import`
-// turns a CLIP checkpoint into a bundle (gpu-worker/engine/import, docs/import.md).
+// turns a CLIP checkpoint into a bundle (gpu-worker/engine/import, docs/import.md); `push` and `list`
+// work on the model store (shared/modelstore.ts, docs/model-store.md).
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { S3Client } from '@aws-sdk/client-s3';
+import { S3BlobStore } from '../shared/adapters/aws/index.ts';
+import { LocalBlobStore, loadOrCreateSigningSecret } from '../shared/adapters/local/index.ts';
+import { parseConfig, type Config } from '../shared/config.ts';
+import { isClipagError } from '../shared/errors.ts';
+import { ModelStore, type PushProgress } from '../shared/modelstore.ts';
+import type { BlobStore } from '../shared/ports.ts';
+import { localLayout } from '../functions/deps/local.ts';
+import { loadBundle } from '../gpu-worker/engine/clip/bundle.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { ActivationSchema } from '../gpu-worker/engine/clip/arch.ts';
 import { importModel, type ImportProgress } from '../gpu-worker/engine/import/import.ts';
 import { intArg } from './common.ts';
 
-export const summary = 'manage model bundles (import a CLIP checkpoint)';
+export const summary = 'manage model bundles (import a CLIP checkpoint, push to and list the model store)';
 
 const IMPORT_USAGE = `usage: clipag models import SRC -o DIR (--vocab bpe_simple_vocab_16e6.txt.gz | --tokenizer tokenizer.json)
        [--activation quick_gelu|gelu] [--vision-heads N] [--text-heads N] [--keep-fp16]
@@ -23,8 +34,26 @@ and the activation to QuickGELU; override with the flags. Weights are stored as 
 --keep-fp16. The bundle is written into a temporary folder next to DIR, verified with a float64
 gradient check (batch 1, 2 directions), and renamed into place; on any error nothing is left behind.`;
 
+const PUSH_USAGE = `usage: clipag models push DIR [--name NAME] [--force] [--json]
+
+Uploads the bundle folder DIR to the model store as model NAME (default: the manifest's name, which
+NAME must equal): manifest.json and every file it names, each checked against manifest.json's sha256
+when present, then models/NAME/bundle.json with every file's sha256 and size and the bundle's content
+hash, written last so a half-pushed model is never listed. The bundle is fully loaded and checked
+first. Pushing the same bundle again changes nothing; a different bundle under an existing NAME is
+refused unless --force. The store is the configured blob store: the local data folder
+(CLIPAG_DATA_DIR, default .data) or, with CLIPAG_MODE=aws, the bucket CLIPAG_BUCKET (see
+shared/config.ts; AWS credentials from the usual chain).`;
+
+const LIST_USAGE = `usage: clipag models list [--json]
+
+Lists the models pushed to the configured store (see push): name, robust flag, embedding size, input
+size, size on disk and content hash.`;
+
 const SUBCOMMANDS: Record<string, { usage: string; run(argv: string[]): Promise<number> }> = {
   import: { usage: IMPORT_USAGE, run: runImport },
+  push: { usage: PUSH_USAGE, run: (argv) => runPush(argv) },
+  list: { usage: LIST_USAGE, run: (argv) => runList(argv) },
 };
 
 export const usage = `usage: clipag models <subcommand> [options]
@@ -32,7 +61,11 @@ export const usage = `usage: clipag models <subcommand> [options]
 subcommands:
 ${Object.keys(SUBCOMMANDS).map((s) => `  ${s}`).join('\n')}
 
-${IMPORT_USAGE}`;
+${IMPORT_USAGE}
+
+${PUSH_USAGE}
+
+${LIST_USAGE}`;
 
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -113,5 +146,104 @@ async function runImport(argv: string[]): Promise<number> {
   };
   if (values.json) console.log(JSON.stringify(summaryObj));
   else console.log(`wrote ${res.dir} (${res.manifest.name}: ${res.tensors} tensors, ${(res.bytes / 2 ** 20).toFixed(1)} MiB)${res.gradcheck ? '' : '; gradient check skipped (--no-verify)'}`);
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------ the store
+
+/** The model store of the configured blob store: `<dataDir>/blobs` locally, the bucket in AWS mode. */
+export async function configuredStore(env: Readonly<Record<string, string | undefined>> = process.env): Promise<{ store: ModelStore; where: string }> {
+  const config: Config = parseConfig(env);
+  let blobs: BlobStore;
+  let where: string;
+  if (config.mode === 'aws') {
+    const client = new S3Client({
+      region: config.region,
+      ...(config.s3Endpoint
+        ? // S3 stand-ins (s3rver) store checksum framing unless checksums are sent only when required
+          { endpoint: config.s3Endpoint, forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' as const, responseChecksumValidation: 'WHEN_REQUIRED' as const }
+        : {}),
+    });
+    blobs = new S3BlobStore({ client, bucket: config.bucket });
+    where = `s3://${config.bucket}/models/`;
+  } else {
+    const dataDir = resolve(config.dataDir);
+    const signingSecret = config.signingSecret ?? (await loadOrCreateSigningSecret(dataDir));
+    const { blobsDir } = localLayout(dataDir);
+    blobs = new LocalBlobStore({ rootDir: blobsDir, signingSecret, publicBaseUrl: config.publicBaseUrl });
+    where = `${resolve(blobsDir, 'models')}/`;
+  }
+  return { store: new ModelStore(blobs, { onWarning: (m) => process.stderr.write(`warning: ${m}\n`) }), where };
+}
+
+const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+
+/** Store errors are ClipagErrors; the verb dispatcher prints EngineErrors without a stack, so convert. */
+function asEngineError(e: unknown): never {
+  if (isClipagError(e) && !(e instanceof EngineError)) {
+    // the name or the user's choice is at fault (invalid_input), or the bundle/store content (invalid_model)
+    const code = ['conflict', 'invalid_name', 'not_found'].includes(e.code) ? 'invalid_input' : 'invalid_model';
+    throw new EngineError(code, e.message, { store_code: e.code });
+  }
+  throw e;
+}
+
+export async function runPush(argv: string[], env: Readonly<Record<string, string | undefined>> = process.env): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { name: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' } },
+    strict: true,
+  });
+  if (positionals.length !== 1) throw new EngineError('invalid_input', `models push takes one bundle folder, got ${positionals.length}\n\n${PUSH_USAGE}`);
+  const { store, where } = await configuredStore(env);
+  const log = (line: string) => (values.json ? process.stderr : process.stdout).write(`${line}\n`);
+  const tty = Boolean(process.stderr.isTTY) && !values.json;
+  const onProgress = (p: PushProgress) => {
+    if (p.phase === 'hash') log(`sha256 ${p.sha256}  ${p.file} (${mib(p.size!)} MiB)`);
+    else if (p.phase === 'upload' || p.phase === 'skip') {
+      const text = `${p.phase === 'skip' ? 'present ' : 'uploaded'} ${p.index}/${p.total}  ${mib(p.bytesDone)}/${mib(p.bytesTotal)} MiB  ${p.file}`;
+      if (tty) process.stderr.write(`\r\x1b[K${text}${p.index === p.total ? '\n' : ''}`);
+      else log(text);
+    } else log('index bundle.json written: the model is listed now');
+  };
+  log(`checking bundle ${resolve(positionals[0])}`);
+  const res = await store
+    .push(positionals[0], values.name, {
+      force: values.force,
+      validate: async (dir) => {
+        await loadBundle(dir); // manifest schema, files, declared checksums, tensor names and shapes
+      },
+      onProgress,
+    })
+    .catch(asEngineError);
+  const verb = { pushed: 'pushed to', replaced: 'replaced (--force) in', unchanged: 'unchanged: the same bundle is already in' }[res.status];
+  if (values.json) {
+    console.log(JSON.stringify({ name: res.name, status: res.status, store: where, content_hash: res.contentHash, total_bytes: res.totalBytes, uploaded_bytes: res.uploadedBytes, files: res.files, removed: res.removed }));
+  } else {
+    log(`${res.name}: ${verb} ${where}${res.name}/  content hash ${res.contentHash}  (${res.files.length} files, ${mib(res.totalBytes)} MiB, ${mib(res.uploadedBytes)} MiB uploaded)`);
+    if (res.removed.length) log(`removed stale objects: ${res.removed.join(', ')}`);
+  }
+  return 0;
+}
+
+export async function runList(argv: string[], env: Readonly<Record<string, string | undefined>> = process.env): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } }, strict: true });
+  if (positionals.length) throw new EngineError('invalid_input', `models list takes no arguments\n\n${LIST_USAGE}`);
+  const { store, where } = await configuredStore(env);
+  const models = await store.list().catch(asEngineError);
+  if (values.json) {
+    console.log(JSON.stringify({ store: where, models: models.map((m) => ({ name: m.name, content_hash: m.content_hash, total_bytes: m.total_bytes, pushed_at: m.pushed_at, files: m.files.length, ...m.summary })) }));
+    return 0;
+  }
+  if (!models.length) {
+    console.log(`no models in ${where} (push one with clipag models push DIR --name NAME)`);
+    return 0;
+  }
+  const rows = models.map((m) => [m.name, m.summary.robust ? 'robust' : '-', String(m.summary.embed_dim), `${m.summary.input_size}px`, `${mib(m.total_bytes)} MiB`, m.content_hash.slice(0, 16), m.pushed_at]);
+  const head = ['NAME', 'ROBUST', 'EMBED', 'INPUT', 'SIZE', 'CONTENT HASH', 'PUSHED'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  console.log(`${where}\n${fmt(head)}\n${rows.map(fmt).join('\n')}`);
   return 0;
 }

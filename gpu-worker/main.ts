@@ -4,7 +4,8 @@
 // constructs SDK clients. `startWorker(deps)` is the same wiring without either, so the local
 // `clipag serve` runs this very worker in-process on the local adapters.
 
-import { resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { S3Client } from '@aws-sdk/client-s3';
 import { SQSClient } from '@aws-sdk/client-sqs';
@@ -13,6 +14,7 @@ import { LocalBlobStore, LocalJobQueue, loadOrCreateSigningSecret } from '../sha
 import { parseConfig, type AwsConfig, type Config, type LocalConfig } from '../shared/config.ts';
 import { ConfigError } from '../shared/errors.ts';
 import { BlobJobStore } from '../shared/jobstore.ts';
+import { ModelStore } from '../shared/modelstore.ts';
 import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import type { Recipe } from './engine/synth/recipe.ts';
 import { createModelRegistry, type ModelRegistry } from './models.ts';
@@ -33,6 +35,15 @@ export interface StartWorkerDeps {
   /** Default: a registry over `config.modelsDir` on `config.device`. Shared with the API's
    * `GET /v1/models` when the caller passes its own. */
   models?: ModelRegistry;
+  /**
+   * Models pushed with `clipag models push`, served after the local folders (docs/model-store.md).
+   * Default: in AWS mode a store on `blobs` (the bucket's `models/` prefix); in local mode none
+   * (pass `new ModelStore(blobs)` to serve the local `.data` store too). `null`: no store.
+   * Ignored when `models` is passed.
+   */
+  modelStore?: ModelStore | null;
+  /** Download cache of store models, `<dir>/<content hash>/` (default: <tmp>/clipag-models). */
+  modelCacheDir?: string;
   /** Default: the engine synthesizer on `models`. */
   synthesizer?: Synthesizer;
   /** Worker-level recipe overrides (tests, CPU demos); see EngineSynthesizerOptions. */
@@ -54,7 +65,14 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
   const { config } = deps;
   const log = deps.log ?? jsonLogger(config.logLevel, { component: 'worker' });
   const ownModels = !deps.models;
-  const models = deps.models ?? createModelRegistry({ modelsDir: resolve(config.modelsDir), device: config.device });
+  const store = deps.modelStore === undefined ? (config.mode === 'aws' ? new ModelStore(deps.blobs, { onWarning: (m) => log.warn(m) }) : undefined) : (deps.modelStore ?? undefined);
+  const models =
+    deps.models ??
+    createModelRegistry({
+      modelsDir: resolve(config.modelsDir),
+      device: config.device,
+      ...(store ? { store, cacheDir: resolve(deps.modelCacheDir ?? join(tmpdir(), 'clipag-models')) } : {}),
+    });
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides });
   const worker = createWorker({
     queue: deps.queue,
@@ -119,7 +137,10 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
   const log = jsonLogger(config.logLevel, { component: 'worker' });
   const adapters = config.mode === 'aws' ? awsAdapters(config) : await localAdapters(config);
   const running = startWorker({ ...adapters, config, log });
-  log.info('worker running', { mode: config.mode, device: config.device, models: running.models.list().map((m) => m.name) });
+  // Show the store's models in the start line; a store that cannot be listed now is not fatal
+  // (each job looks its model up again).
+  await running.models.refresh().catch((error) => log.warn('model store not listed', { error: String(error) }));
+  log.info('worker running', { mode: config.mode, device: config.device, models: running.models.list().map((m) => `${m.name}${m.source === 'store' ? ` (store ${m.contentHash!.slice(0, 12)})` : ''}`) });
 
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {

@@ -1,12 +1,20 @@
 // The model registry: model name → bundle folder → one ClipEngine per process.
 //
 // Bundles are the repo's `models/<name>/` folders that hold a `manifest.json` (or explicit
-// name → folder entries). Engines are opened on first use and cached for the life of the process;
-// every engine shares one EnginePool (the ORT sessions' worker threads), so compiled graphs of all
-// models live in the same threads and the event loop stays free.
+// name → folder entries), and, when a model store is given, the models pushed to it
+// (shared/modelstore.ts, docs/model-store.md). Local folders win over store models of the same name.
+// A store model is downloaded into `<cacheDir>/<content hash>/`, every file checked against the
+// store's sha256 (a corrupt download is deleted and fetched once more, then `invalid_model`), and the
+// folder is reused by later jobs and later processes. Engines are opened on first use and cached for
+// the life of the process; every engine shares one EnginePool (the ORT sessions' worker threads), so
+// compiled graphs of all models live in the same threads and the event loop stays free.
 
+import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { bundleContentHash, type ModelIndex, ModelStore, ModelStoreError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
 import { ClipEngine } from './engine/engine.ts';
 import { EngineError } from './engine/errors.ts';
 import { EnginePool } from './engine/runtime/pool.ts';
@@ -26,19 +34,50 @@ export interface ModelRegistryOptions {
   pool?: EnginePool;
   /** Pool worker threads when the registry makes the pool (default 1: one job at a time per GPU). */
   poolSize?: number;
+  /** Models pushed with `clipag models push` are served from here (after the local folders). */
+  store?: ModelStore;
+  /** Download cache of store models, one `<contentHash>/` folder per bundle (default: <tmp>/clipag-models). */
+  cacheDir?: string;
+  /** How long a store index read stays fresh before `engine(name)` looks again (default 60 s). */
+  indexTtlMs?: number;
 }
 
 export interface ModelInfo {
   name: string;
+  /** The bundle folder; for a store model, its cache folder (present once downloaded). */
   dir: string;
+  source: 'local' | 'store';
+  /** Store models: the bundle's content hash (the cache key). */
+  contentHash?: string;
+}
+
+/** What one store download did (for logs and tests). */
+export interface StoreFetch {
+  name: string;
+  contentHash: string;
+  dir: string;
+  /** 'cached': the folder was there and verified; 'downloaded': fetched now. */
+  outcome: 'cached' | 'downloaded';
+  /** Download attempts (0 when cached; 2 when the first was corrupt). */
+  attempts: number;
+  bytes: number;
 }
 
 export interface ModelRegistry {
-  /** Every model this registry can open, by name (sorted). */
+  /** Every model this registry can open, by name (sorted): local folders and the store models seen by the last refresh(). */
   list(): ModelInfo[];
+  /**
+   * Whether `name` may be served. With a store this is also true for any valid name not listed
+   * yet (a model pushed after the last refresh): `engine(name)` then decides, failing with
+   * `invalid_model` when the store does not have it either.
+   */
   has(name: string): boolean;
-  /** The bundle folder of `name`; EngineError('invalid_model') when unknown. */
+  /** The bundle folder of `name` if it is on disk now (local, or a store model already fetched); EngineError('invalid_model') otherwise. */
   resolve(name: string): string;
+  /** The bundle folder of `name`, downloading a store model into the cache first when needed. */
+  locate(name: string): Promise<string>;
+  /** Re-reads the store's model list (no-op without a store); returns list(). */
+  refresh(): Promise<ModelInfo[]>;
   /** The process-wide engine for `name`, opened once (concurrent callers share the same open). */
   engine(name: string): Promise<ClipEngine>;
   /** Closes every engine and the pool when the registry owns it. Idempotent. */
@@ -57,6 +96,117 @@ export function scanModelsDir(modelsDir: string): Record<string, string> {
   return out;
 }
 
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/**
+ * Downloads store models into `<cacheDir>/<contentHash>/` and verifies them. A folder only gets its
+ * final name after every file matched its sha256 (it is assembled in a temp folder and renamed), so a
+ * crash mid-download leaves a `.tmp-*` folder, never a half bundle under a hash name.
+ */
+export class ModelCache {
+  private readonly inflight = new Map<string, Promise<StoreFetch>>();
+  /** Hashes whose cached folder this process has verified once. */
+  private readonly verified = new Set<string>();
+
+  constructor(
+    readonly store: ModelStore,
+    readonly cacheDir: string,
+    private readonly onFetch?: (f: StoreFetch) => void,
+  ) {}
+
+  dirOf(contentHash: string): string {
+    if (!HEX64.test(contentHash)) throw new EngineError('invalid_model', `content hash ${JSON.stringify(contentHash)} is not a sha256 hex digest`);
+    return join(this.cacheDir, contentHash);
+  }
+
+  /** The verified cache folder of `index`'s bundle, downloading it when absent or damaged. */
+  fetch(index: ModelIndex): Promise<StoreFetch> {
+    let p = this.inflight.get(index.content_hash);
+    if (!p) {
+      p = this.fetchNow(index).finally(() => this.inflight.delete(index.content_hash));
+      this.inflight.set(index.content_hash, p);
+    }
+    return p;
+  }
+
+  private async fetchNow(index: ModelIndex): Promise<StoreFetch> {
+    if (bundleContentHash(index.files) !== index.content_hash) {
+      throw new EngineError('invalid_model', `store index of model ${index.name} is inconsistent (its content hash does not match its files); re-push it with clipag models push DIR --name ${index.name} --force`);
+    }
+    const dir = this.dirOf(index.content_hash);
+    if (existsSync(dir)) {
+      if (this.verified.has(index.content_hash) || (await this.verifyDir(dir, index)) === null) {
+        this.verified.add(index.content_hash);
+        const f: StoreFetch = { name: index.name, contentHash: index.content_hash, dir, outcome: 'cached', attempts: 0, bytes: 0 };
+        this.onFetch?.(f);
+        return f;
+      }
+      // damaged cache (disk error, someone edited it): fetch it again
+      await rm(dir, { recursive: true, force: true });
+    }
+    let lastProblem = '';
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const tmp = join(this.cacheDir, `.tmp-${index.content_hash.slice(0, 16)}-${process.pid}-${randomBytes(4).toString('hex')}`);
+      try {
+        await mkdir(tmp, { recursive: true });
+        let bytes = 0;
+        let problem: string | null = null;
+        for (const f of index.files) {
+          const body = await this.store.getFile(index.name, f.path);
+          if (!body) {
+            throw new EngineError('invalid_model', `model ${index.name}: ${f.path} is missing from the store although its index lists it; re-push it with clipag models push DIR --name ${index.name} --force`);
+          }
+          const sha = sha256Bytes(body);
+          if (body.byteLength !== f.size || sha !== f.sha256) {
+            problem = `${f.path} downloaded as ${body.byteLength} bytes with sha256 ${sha.slice(0, 12)}…, the index says ${f.size} bytes, ${f.sha256.slice(0, 12)}…`;
+            break;
+          }
+          const out = join(tmp, f.path);
+          await mkdir(dirname(out), { recursive: true });
+          await writeFile(out, body);
+          bytes += body.byteLength;
+        }
+        // what is on disk must also be what was checked
+        problem ??= await this.verifyDir(tmp, index);
+        if (problem !== null) {
+          lastProblem = problem;
+          continue; // the finally removes tmp; try once more
+        }
+        try {
+          await rename(tmp, dir);
+        } catch (e) {
+          // another process finished the same bundle first: its folder is as good as ours
+          if (!existsSync(dir)) throw e;
+        }
+        this.verified.add(index.content_hash);
+        const f: StoreFetch = { name: index.name, contentHash: index.content_hash, dir, outcome: 'downloaded', attempts: attempt, bytes };
+        this.onFetch?.(f);
+        return f;
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
+      }
+    }
+    throw new EngineError(
+      'invalid_model',
+      `model ${index.name} in the store is corrupt: ${lastProblem} (checked after 2 downloads). Re-push it from a good bundle: clipag models push DIR --name ${index.name} --force`,
+      { model: index.name, param: 'model' },
+    );
+  }
+
+  /** null when every file of `index` is in `dir` with the right size and sha256, else the first problem. */
+  private async verifyDir(dir: string, index: ModelIndex): Promise<string | null> {
+    for (const f of index.files) {
+      const p = join(dir, f.path);
+      if (!existsSync(p)) return `${f.path} is missing`;
+      const size = statSync(p).size;
+      if (size !== f.size) return `${f.path} has ${size} bytes, the index says ${f.size}`;
+      const sha = await sha256OfFile(p);
+      if (sha !== f.sha256) return `${f.path} has sha256 ${sha.slice(0, 12)}…, the index says ${f.sha256.slice(0, 12)}…`;
+    }
+    return null;
+  }
+}
+
 export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRegistry {
   const bundles: Record<string, string> = {
     ...(options.modelsDir ? scanModelsDir(options.modelsDir) : {}),
@@ -65,6 +215,13 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   for (const name of Object.keys(bundles)) {
     if (!MODEL_NAME.test(name)) throw new EngineError('invalid_model', `model name "${name}" is not a valid model name`);
   }
+  const store = options.store;
+  const cache = store ? new ModelCache(store, resolve(options.cacheDir ?? join(tmpdir(), 'clipag-models'))) : undefined;
+  const indexTtlMs = options.indexTtlMs ?? 60_000;
+  /** Store models: the last index read per name (null: the store said it has no such model). */
+  const indexes = new Map<string, { at: number; index: ModelIndex | null }>();
+  /** Store models already on disk: name → cache folder of the hash last served. */
+  const fetched = new Map<string, string>();
   const ownsPool = !options.pool;
   let pool = options.pool;
   const engines = new Map<string, Promise<ClipEngine>>();
@@ -76,26 +233,96 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
       sessionOptions: { device: options.device ?? 'cpu', intraOpThreads: options.threads },
     }));
 
+  const known = () => [...new Set([...Object.keys(bundles), ...[...indexes].filter(([, v]) => v.index).map(([k]) => k)])].sort();
+  const unknownModel = (name: string) =>
+    new EngineError('invalid_model', `unknown model "${name}"; available: ${known().length ? known().join(', ') : '(none)'}${store ? ' (push one with clipag models push DIR --name NAME)' : ''}`, { param: 'model' });
+
+  async function storeIndex(name: string): Promise<ModelIndex | null> {
+    const hit = indexes.get(name);
+    if (hit && Date.now() - hit.at < indexTtlMs) return hit.index;
+    try {
+      const index = await store!.describe(name);
+      indexes.set(name, { at: Date.now(), index });
+      return index;
+    } catch (e) {
+      if (e instanceof ModelStoreError) throw new EngineError('invalid_model', `model ${name}: ${e.message}`, { param: 'model' });
+      // a transient store error: keep serving the bundle this process already has
+      if (hit?.index) return hit.index;
+      throw e;
+    }
+  }
+
+  const openEngine = (key: string, dir: string): Promise<ClipEngine> => {
+    let p = engines.get(key);
+    if (!p) {
+      p = Promise.resolve().then(() => ClipEngine.open(dir, { pool: sharedPool(), device: options.device, threads: options.threads }));
+      engines.set(key, p);
+      // A failed open is not cached: a fixed bundle (or a transient read error) can load next time.
+      p.catch(() => engines.delete(key));
+    }
+    return p;
+  };
+
   const registry: ModelRegistry = {
-    list: () => Object.entries(bundles).sort(([a], [b]) => a.localeCompare(b)).map(([name, dir]) => ({ name, dir })),
-    has: (name) => Object.hasOwn(bundles, name),
+    list: () =>
+      known().map((name): ModelInfo => {
+        if (Object.hasOwn(bundles, name)) return { name, dir: bundles[name], source: 'local' };
+        const index = indexes.get(name)!.index!;
+        return { name, dir: cache!.dirOf(index.content_hash), source: 'store', contentHash: index.content_hash };
+      }),
+    has(name) {
+      if (Object.hasOwn(bundles, name)) return true;
+      if (!store || !MODEL_NAME.test(name)) return false;
+      const seen = indexes.get(name);
+      // not seen yet, seen in the store, or seen missing long enough ago to look again
+      return !seen || seen.index !== null || Date.now() - seen.at >= indexTtlMs;
+    },
     resolve(name) {
-      if (!Object.hasOwn(bundles, name)) {
-        const known = Object.keys(bundles).sort();
-        throw new EngineError('invalid_model', `unknown model "${name}"; available: ${known.length ? known.join(', ') : '(none)'}`, { param: 'model' });
+      if (Object.hasOwn(bundles, name)) return bundles[name];
+      const dir = fetched.get(name);
+      if (dir) return dir;
+      if (store && MODEL_NAME.test(name) && indexes.get(name)?.index) {
+        throw new EngineError('invalid_model', `model "${name}" is in the store but not downloaded yet; call locate("${name}") (engine() does)`, { param: 'model' });
       }
-      return bundles[name];
+      throw unknownModel(name);
+    },
+    async locate(name) {
+      if (Object.hasOwn(bundles, name)) return bundles[name];
+      if (!store || !MODEL_NAME.test(name)) throw unknownModel(name);
+      const index = await storeIndex(name);
+      if (!index) throw unknownModel(name);
+      const f = await cache!.fetch(index);
+      fetched.set(name, f.dir);
+      return f.dir;
+    },
+    async refresh() {
+      if (store) {
+        const now = Date.now();
+        const listed = await store.list();
+        const names = new Set(listed.map((i) => i.name));
+        for (const index of listed) indexes.set(index.name, { at: now, index });
+        for (const [name, v] of indexes) if (!names.has(name) && v.index) indexes.set(name, { at: now, index: null });
+      }
+      return registry.list();
     },
     engine(name) {
       if (closed) return Promise.reject(new EngineError('aborted', 'model registry is closed'));
-      let p = engines.get(name);
-      if (!p) {
-        p = Promise.resolve().then(() => ClipEngine.open(registry.resolve(name), { pool: sharedPool(), device: options.device, threads: options.threads }));
-        engines.set(name, p);
-        // A failed open is not cached: a fixed bundle (or a transient read error) can load next time.
-        p.catch(() => engines.delete(name));
+      if (Object.hasOwn(bundles, name) || !store) {
+        const existing = engines.get(name);
+        if (existing) return existing;
+        let dir: string;
+        try {
+          dir = registry.resolve(name);
+        } catch (e) {
+          return Promise.reject(e);
+        }
+        return openEngine(name, dir);
       }
-      return p;
+      // store models: one engine per bundle content (a --force push is picked up after the index TTL)
+      return registry.locate(name).then((dir) => {
+        if (closed) throw new EngineError('aborted', 'model registry is closed');
+        return openEngine(`store:${dir}`, dir);
+      });
     },
     close() {
       closed ??= (async () => {

@@ -1,13 +1,29 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { type ModelIndex, ModelStore } from '../../shared/modelstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import type { ModelInfo } from '../schemas.ts';
 
 const MODEL_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
+/**
+ * One entry of `GET /v1/models`: what is really deployed. The fields beyond the `Model` schema's
+ * (robust, embed_dim, content_hash, license, source) come from the bundle's manifest, or from the
+ * store index for pushed models; a model the API cannot read (the default one shipped in the worker
+ * image, in AWS mode) is listed by name only.
+ */
+export type DeployedModel = ModelInfo & {
+  robust?: boolean;
+  embed_dim?: number;
+  /** sha256 over the bundle's file hashes (docs/model-store.md); what workers cache by. */
+  content_hash?: string;
+  license?: string;
+  source?: string;
+};
+
 /** Caches a model lister for `ttlMs`, so a POST does not re-list on every request. */
-export function memoizeModels(list: () => Promise<ModelInfo[]>, ttlMs = 60_000): () => Promise<ModelInfo[]> {
-  let cached: { at: number; value: Promise<ModelInfo[]> } | undefined;
+export function memoizeModels<T extends ModelInfo>(list: () => Promise<T[]>, ttlMs = 60_000): () => Promise<T[]> {
+  let cached: { at: number; value: Promise<T[]> } | undefined;
   return () => {
     const now = Date.now();
     if (!cached || now - cached.at > ttlMs) {
@@ -21,35 +37,72 @@ export function memoizeModels(list: () => Promise<ModelInfo[]>, ttlMs = 60_000):
   };
 }
 
-function mark(names: Iterable<string>, defaultModel: string): ModelInfo[] {
-  return [...new Set(names)].sort().map((id) => ({ id, ...(id === defaultModel ? { default: true } : {}) }));
+function mark(entries: Iterable<DeployedModel>, defaultModel: string): DeployedModel[] {
+  const byId = new Map<string, DeployedModel>();
+  for (const e of entries) if (!byId.has(e.id)) byId.set(e.id, e);
+  return [...byId.values()]
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    .map(({ default: _d, ...e }) => ({ ...e, ...(e.id === defaultModel ? { default: true } : {}) }));
 }
 
-/** Local mode: the `<modelsDir>/<name>/manifest.json` bundles (the worker's registry reads the same folders). */
-export function modelsFromDir(modelsDir: string, defaultModel: string): () => Promise<ModelInfo[]> {
+export function fromIndex(index: ModelIndex): DeployedModel {
+  const s = index.summary;
+  return {
+    id: index.name,
+    ...(s.description ? { description: s.description } : {}),
+    robust: s.robust,
+    embed_dim: s.embed_dim,
+    input_size: s.input_size,
+    content_hash: index.content_hash,
+    ...(s.license ? { license: s.license } : {}),
+    ...(s.source ? { source: s.source } : {}),
+  };
+}
+
+/** A local bundle folder's entry from its manifest.json (by name only when the manifest is unreadable: the worker reports that). */
+function fromManifest(name: string, dir: string): DeployedModel {
+  try {
+    const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as Record<string, unknown>;
+    const pre = (m.preprocess ?? {}) as { image_size?: unknown };
+    return {
+      id: name,
+      ...(typeof m.description === 'string' && m.description ? { description: m.description } : {}),
+      ...(typeof m.robust === 'boolean' ? { robust: m.robust } : {}),
+      ...(Number.isInteger(m.embed_dim) ? { embed_dim: m.embed_dim as number } : {}),
+      ...(Number.isInteger(pre.image_size) ? { input_size: pre.image_size as number } : {}),
+      ...(typeof m.license === 'string' ? { license: m.license } : {}),
+      ...(typeof m.source === 'string' ? { source: m.source } : {}),
+    };
+  } catch {
+    return { id: name };
+  }
+}
+
+/**
+ * Local mode: the `<modelsDir>/<name>/manifest.json` bundles (the worker's registry reads the same
+ * folders), plus the models pushed to `store` when one is given (folders win on a name clash, as in
+ * the worker's registry).
+ */
+export function modelsFromDir(modelsDir: string, defaultModel: string, options: { store?: BlobStore } = {}): () => Promise<DeployedModel[]> {
   return memoizeModels(async () => {
-    const names = existsSync(modelsDir)
+    const local = existsSync(modelsDir)
       ? readdirSync(modelsDir, { withFileTypes: true })
           .filter((e) => e.isDirectory() && MODEL_NAME.test(e.name) && existsSync(join(modelsDir, e.name, 'manifest.json')))
-          .map((e) => e.name)
+          .map((e) => fromManifest(e.name, join(modelsDir, e.name)))
       : [];
-    return mark(names, defaultModel);
+    const pushed = options.store ? (await new ModelStore(options.store).list()).map(fromIndex) : [];
+    return mark([...local, ...pushed], defaultModel);
   });
 }
 
-/** AWS mode: the default model (shipped in the worker image) plus bundles under `models/<name>/manifest.json` in the bucket. */
-export function modelsFromBucket(blobs: BlobStore, defaultModel: string): () => Promise<ModelInfo[]> {
+/**
+ * AWS mode: the models pushed to the bucket's store (`models/<name>/bundle.json`, written last by
+ * `clipag models push`, so half-pushed models are not listed), plus the default model, which ships
+ * in the worker image and is listed by name unless it was pushed too.
+ */
+export function modelsFromBucket(blobs: BlobStore, defaultModel: string): () => Promise<DeployedModel[]> {
   return memoizeModels(async () => {
-    const names = [defaultModel];
-    let cursor: string | undefined;
-    do {
-      const page = await blobs.list('models/', cursor === undefined ? {} : { cursor });
-      for (const item of page.items) {
-        const m = /^models\/([^/]+)\/manifest\.json$/.exec(item.key);
-        if (m && MODEL_NAME.test(m[1])) names.push(m[1]);
-      }
-      cursor = page.cursor;
-    } while (cursor !== undefined);
-    return mark(names, defaultModel);
+    const pushed = (await new ModelStore(blobs).list()).map(fromIndex);
+    return mark([...pushed, { id: defaultModel }], defaultModel);
   });
 }

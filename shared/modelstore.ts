@@ -1,0 +1,428 @@
+/**
+ * The model store: model bundles (docs/model-bundle.md) kept in any BlobStore, so the API can list
+ * them and every worker can download them (docs/model-store.md).
+ *
+ * Layout, one folder per model name (the CDK grants the worker read and the API list on `models/`):
+ *
+ *   models/<name>/manifest.json          the bundle's manifest, byte for byte
+ *   models/<name>/<file>                 every file the manifest names (weights, tokenizer, prior, image_onnx)
+ *   models/<name>/bundle.json            the index: each file's sha256 and size, the bundle's content hash
+ *                                        and a summary of the manifest; written LAST
+ *
+ * A model is "deployed" exactly when its index exists: `push` uploads the files first and the index
+ * last, so a half-pushed model (interrupted upload) is never listed and never downloaded. The
+ * content hash is `sha256` over the lines `<sha256>  <path>\n` of all files sorted by path (the
+ * `sha256sum` format), so it changes when any file's bytes or name change, and workers key their
+ * download cache by it.
+ *
+ * Nothing here knows the engine: the caller (CLI) passes `validate` to check a bundle fully before
+ * it is uploaded; the store itself checks names, paths, sizes and checksums.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { isAbsolute, join, resolve } from 'node:path';
+import { z } from 'zod';
+import { ClipagError, PreconditionFailedError } from './errors.ts';
+import { assertValidKey } from './keys.ts';
+import type { BlobStore } from './ports.ts';
+
+export const MODEL_STORE_PREFIX = 'models/';
+export const MODEL_INDEX_FILE = 'bundle.json';
+export const MODEL_INDEX_FORMAT = 'clipag-model-store-index';
+export const MODEL_NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+const SHA256_RE = /^[0-9a-f]{64}$/;
+
+export type ModelStoreErrorCode = 'invalid_name' | 'invalid_bundle' | 'checksum_mismatch' | 'conflict' | 'not_found' | 'invalid_index';
+
+/** A model store failure; `code` says which, the message says what to do. Never retryable. */
+export class ModelStoreError extends ClipagError {
+  readonly status: number;
+  readonly retryable = false;
+  constructor(code: ModelStoreErrorCode, message: string, options: { cause?: unknown } = {}) {
+    super(code, message, options);
+    this.status = code === 'conflict' ? 409 : code === 'not_found' ? 404 : 400;
+  }
+}
+
+export const ModelIndexFileSchema = z
+  .object({ path: z.string().min(1), sha256: z.string().regex(SHA256_RE), size: z.number().int().nonnegative() })
+  .strict();
+export type ModelIndexFile = z.infer<typeof ModelIndexFileSchema>;
+
+export const ModelIndexSchema = z
+  .object({
+    format: z.literal(MODEL_INDEX_FORMAT),
+    format_version: z.literal(1),
+    name: z.string().regex(MODEL_NAME_RE),
+    /** sha256 over `<sha256>  <path>\n` of every file, sorted by path. */
+    content_hash: z.string().regex(SHA256_RE),
+    /** Sorted by path; includes manifest.json. */
+    files: z.array(ModelIndexFileSchema).min(1),
+    total_bytes: z.number().int().nonnegative(),
+    pushed_at: z.string(),
+    /** A summary of the manifest, so listing needs one GET per model. */
+    summary: z
+      .object({
+        description: z.string().optional(),
+        robust: z.boolean(),
+        embed_dim: z.number().int().positive(),
+        input_size: z.number().int().positive(),
+        license: z.string().optional(),
+        source: z.string().optional(),
+      })
+      .strict(),
+  })
+  .strict();
+export type ModelIndex = z.infer<typeof ModelIndexSchema>;
+
+export function assertModelName(name: string): void {
+  if (typeof name !== 'string' || !MODEL_NAME_RE.test(name)) {
+    throw new ModelStoreError('invalid_name', `model name ${JSON.stringify(name)} is not valid: use 1-64 lower-case letters, digits, ".", "_" or "-", starting with a letter or digit (e.g. clipag-vitb32)`);
+  }
+}
+
+export const modelKey = (name: string, path: string): string => `${MODEL_STORE_PREFIX}${name}/${path}`;
+export const modelIndexKey = (name: string): string => modelKey(name, MODEL_INDEX_FILE);
+
+/** The content hash of a file list (order does not matter). */
+export function bundleContentHash(files: readonly Pick<ModelIndexFile, 'path' | 'sha256'>[]): string {
+  const lines = [...files].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)).map((f) => `${f.sha256}  ${f.path}\n`);
+  return createHash('sha256').update(lines.join('')).digest('hex');
+}
+
+export const sha256Bytes = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
+
+export async function sha256OfFile(path: string): Promise<string> {
+  const h = createHash('sha256');
+  await new Promise<void>((res, rej) => {
+    createReadStream(path).on('data', (c) => h.update(c)).on('end', () => res()).on('error', rej);
+  });
+  return h.digest('hex');
+}
+
+/** Parses an index document; ModelStoreError('invalid_index') names the problem. */
+export function parseModelIndex(bytes: Uint8Array, where: string): ModelIndex {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch (e) {
+    throw new ModelStoreError('invalid_index', `${where} is not valid JSON (${(e as Error).message}); re-push the model with clipag models push DIR --name NAME --force`);
+  }
+  const parsed = ModelIndexSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new ModelStoreError('invalid_index', `${where} is not a valid model index: ${issues}; re-push the model with --force`);
+  }
+  const index = parsed.data;
+  const want = bundleContentHash(index.files);
+  if (want !== index.content_hash) {
+    throw new ModelStoreError('invalid_index', `${where}: content_hash ${index.content_hash.slice(0, 12)}… does not match its file list (${want.slice(0, 12)}…); re-push the model with --force`);
+  }
+  for (const f of index.files) checkBundlePath(f.path, where);
+  return index;
+}
+
+function checkBundlePath(path: string, where: string): void {
+  if (isAbsolute(path) || path.split(/[\\/]/).some((s) => s === '..' || s === '.' || s === '') || path === MODEL_INDEX_FILE) {
+    throw new ModelStoreError('invalid_bundle', `${where}: file "${path}" must be a plain relative path inside the bundle (and not ${MODEL_INDEX_FILE})`);
+  }
+  try {
+    assertValidKey(modelKey('x', path));
+  } catch {
+    throw new ModelStoreError('invalid_bundle', `${where}: file name "${path}" cannot be a store key; rename it to letters, digits and . _ = + @ - (and update manifest.json)`);
+  }
+}
+
+interface LocalBundle {
+  dir: string;
+  manifestName: string;
+  /** Paths relative to dir, sorted, including manifest.json. */
+  paths: string[];
+  declaredSha256: Record<string, string>;
+  summary: ModelIndex['summary'];
+}
+
+/**
+ * The files of a local bundle folder: manifest.json plus every file it names. Only the fields the
+ * store needs are read here; the full manifest check is the caller's `validate` (the engine's loadBundle).
+ */
+export function readLocalBundle(dirIn: string): LocalBundle {
+  const dir = resolve(dirIn);
+  const manifestPath = join(dir, 'manifest.json');
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new ModelStoreError('invalid_bundle', `${dir} is not a folder: pass a model bundle folder (make one with clipag models import SRC -o DIR)`);
+  if (!existsSync(manifestPath)) throw new ModelStoreError('invalid_bundle', `no manifest.json in ${dir}: a model bundle is a folder with manifest.json, weights and tokenizer (see docs/model-bundle.md; make one with clipag models import)`);
+  let m: Record<string, unknown>;
+  try {
+    m = JSON.parse(readFileSync(manifestPath, 'utf8')) as Record<string, unknown>;
+  } catch (e) {
+    throw new ModelStoreError('invalid_bundle', `${manifestPath} is not valid JSON: ${(e as Error).message}`);
+  }
+  const str = (v: unknown) => (typeof v === 'string' && v.length > 0 ? v : undefined);
+  const named = new Set<string>(['manifest.json']);
+  const need = (field: string, v: unknown) => {
+    const s = str(v);
+    if (!s) throw new ModelStoreError('invalid_bundle', `${manifestPath}: "${field}" must name a file inside the bundle`);
+    named.add(s);
+  };
+  need('weights', m.weights);
+  need('tokenizer', m.tokenizer);
+  if (m.prior !== undefined) need('prior', m.prior);
+  const onnx = m.image_onnx as { file?: unknown } | undefined;
+  if (onnx !== undefined) need('image_onnx.file', onnx?.file);
+  const declared: Record<string, string> = {};
+  if (m.sha256 !== undefined) {
+    if (typeof m.sha256 !== 'object' || m.sha256 === null) throw new ModelStoreError('invalid_bundle', `${manifestPath}: "sha256" must map file names to hex digests`);
+    for (const [f, h] of Object.entries(m.sha256 as Record<string, unknown>)) {
+      if (typeof h !== 'string' || !SHA256_RE.test(h)) throw new ModelStoreError('invalid_bundle', `${manifestPath}: sha256["${f}"] must be 64 lower-case hex digits`);
+      declared[f] = h;
+      named.add(f);
+    }
+  }
+  const arch = (m.architecture ?? {}) as Record<string, unknown>;
+  const pre = (m.preprocess ?? {}) as Record<string, unknown>;
+  const embed = m.embed_dim ?? arch.embedDim;
+  const size = pre.image_size ?? arch.imageResolution;
+  if (typeof m.robust !== 'boolean' || !Number.isInteger(embed) || !Number.isInteger(size) || typeof m.name !== 'string') {
+    throw new ModelStoreError('invalid_bundle', `${manifestPath} lacks name, robust, embed_dim or preprocess.image_size: it is not a bundle manifest (docs/model-bundle.md)`);
+  }
+  const paths = [...named].sort();
+  for (const p of paths) {
+    checkBundlePath(p, manifestPath);
+    const full = join(dir, p);
+    if (!existsSync(full) || !statSync(full).isFile()) throw new ModelStoreError('invalid_bundle', `bundle ${dir}: file ${p} named by manifest.json is missing; re-create the bundle (clipag models import) or fix manifest.json`);
+  }
+  return {
+    dir,
+    manifestName: m.name,
+    paths,
+    declaredSha256: declared,
+    summary: {
+      ...(str(m.description) ? { description: m.description as string } : {}),
+      robust: m.robust,
+      embed_dim: embed as number,
+      input_size: size as number,
+      ...(str(m.license) ? { license: m.license as string } : {}),
+      ...(str(m.source) ? { source: m.source as string } : {}),
+    },
+  };
+}
+
+export interface PushProgress {
+  phase: 'hash' | 'upload' | 'skip' | 'index';
+  /** The file (bundle-relative), absent for 'index'. */
+  file?: string;
+  /** 1-based index of the file, and the file count. */
+  index: number;
+  total: number;
+  size?: number;
+  sha256?: string;
+  /** Bytes uploaded so far over all files, and in total. */
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+export interface PushOptions {
+  /** Replace a different bundle already stored under this name. */
+  force?: boolean;
+  /** Full bundle check before anything is uploaded (the CLI passes the engine's loadBundle). */
+  validate?: (dir: string) => Promise<void> | void;
+  onProgress?: (p: PushProgress) => void;
+  /** Clock for `pushed_at` (tests). */
+  now?: () => Date;
+}
+
+export interface PushResult {
+  name: string;
+  contentHash: string;
+  files: ModelIndexFile[];
+  totalBytes: number;
+  /** pushed: new name; replaced: --force over a different bundle; unchanged: the same bundle was there. */
+  status: 'pushed' | 'replaced' | 'unchanged';
+  uploadedBytes: number;
+  /** Stale objects of a replaced bundle that were removed. */
+  removed: string[];
+}
+
+export interface ModelStoreOptions {
+  /** Called for indexes that are skipped by list() because they are unreadable. */
+  onWarning?: (message: string) => void;
+}
+
+export class ModelStore {
+  constructor(
+    readonly blobs: BlobStore,
+    private readonly options: ModelStoreOptions = {},
+  ) {}
+
+  /** The index of `name`, or null when no complete push of it exists. */
+  async describe(name: string): Promise<ModelIndex | null> {
+    assertModelName(name);
+    const obj = await this.blobs.get(modelIndexKey(name));
+    if (!obj) return null;
+    const index = parseModelIndex(obj.body, modelIndexKey(name));
+    if (index.name !== name) throw new ModelStoreError('invalid_index', `${modelIndexKey(name)} names model "${index.name}"; re-push it with --force`);
+    return index;
+  }
+
+  /** Every completely pushed model (sorted by name). Unreadable indexes are skipped with a warning. */
+  async list(): Promise<ModelIndex[]> {
+    const names: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.blobs.list(MODEL_STORE_PREFIX, cursor === undefined ? {} : { cursor });
+      for (const item of page.items) {
+        const m = /^models\/([^/]+)\/bundle\.json$/.exec(item.key);
+        if (m && MODEL_NAME_RE.test(m[1])) names.push(m[1]);
+      }
+      cursor = page.cursor;
+    } while (cursor !== undefined);
+    const out: ModelIndex[] = [];
+    for (const name of names.sort()) {
+      try {
+        const index = await this.describe(name);
+        if (index) out.push(index);
+      } catch (e) {
+        if (!(e instanceof ModelStoreError)) throw e;
+        this.options.onWarning?.(`model ${name} skipped: ${e.message}`);
+      }
+    }
+    return out;
+  }
+
+  /** One stored file of a model, or null when absent. */
+  async getFile(name: string, path: string): Promise<Uint8Array | null> {
+    assertModelName(name);
+    const obj = await this.blobs.get(modelKey(name, path));
+    return obj ? obj.body : null;
+  }
+
+  /**
+   * Uploads the bundle folder `dir` as model `name` (default: the manifest's name, which `name` must
+   * equal). Files first (each checked against manifest.json's sha256 when it declares one, and by
+   * size after upload), the index last. The same bundle again is a no-op; a different bundle under
+   * an existing name needs `force` (the model is unlisted while it is re-pushed).
+   */
+  async push(dir: string, name: string | undefined, options: PushOptions = {}): Promise<PushResult> {
+    const local = readLocalBundle(dir);
+    const target = name ?? local.manifestName;
+    assertModelName(target);
+    if (local.manifestName !== target) {
+      throw new ModelStoreError('invalid_bundle', `bundle ${local.dir} is named "${local.manifestName}" in its manifest.json but was pushed as "${target}"; push with --name ${local.manifestName}, or set "name" in manifest.json (or re-import with --name ${target})`);
+    }
+    if (options.validate) await options.validate(local.dir);
+
+    // 1. hash every local file (and hold them to the manifest's declared checksums)
+    const files: ModelIndexFile[] = [];
+    const total = local.paths.length;
+    const bytesTotal = local.paths.reduce((a, p) => a + statSync(join(local.dir, p)).size, 0);
+    for (const [i, path] of local.paths.entries()) {
+      const full = join(local.dir, path);
+      const sha256 = await sha256OfFile(full);
+      const size = statSync(full).size;
+      const want = local.declaredSha256[path];
+      if (want && want !== sha256) {
+        throw new ModelStoreError('checksum_mismatch', `bundle ${local.dir}: ${path} has sha256 ${sha256}, manifest.json says ${want}: the file is corrupt or was replaced; re-create the bundle (clipag models import) or fix manifest.json. Nothing was uploaded.`);
+      }
+      files.push({ path, sha256, size });
+      options.onProgress?.({ phase: 'hash', file: path, index: i + 1, total, size, sha256, bytesDone: 0, bytesTotal });
+    }
+    const contentHash = bundleContentHash(files);
+    const index: ModelIndex = {
+      format: MODEL_INDEX_FORMAT,
+      format_version: 1,
+      name: target,
+      content_hash: contentHash,
+      files,
+      total_bytes: bytesTotal,
+      pushed_at: (options.now?.() ?? new Date()).toISOString(),
+      summary: local.summary,
+    };
+
+    // 2. what is there already?
+    let existing: ModelIndex | null = null;
+    try {
+      existing = await this.describe(target);
+    } catch (e) {
+      if (!(e instanceof ModelStoreError) || !options.force) {
+        if (e instanceof ModelStoreError) throw new ModelStoreError('conflict', `${e.message} (to overwrite the broken entry, push again with --force)`, { cause: e });
+        throw e;
+      }
+    }
+    const sameBundle = existing?.content_hash === contentHash;
+    if (existing && !sameBundle && !options.force) {
+      throw new ModelStoreError('conflict', `model "${target}" already exists in the store with a different bundle (content hash ${existing.content_hash.slice(0, 12)}…, pushed ${existing.pushed_at}; yours is ${contentHash.slice(0, 12)}…). Push under another --name, or pass --force to replace it (workers pick up the new bundle within a minute).`);
+    }
+    const replacing = Boolean(existing && !sameBundle);
+    // The old index goes first: no reader may pair it with new files during the upload.
+    if (replacing) await this.blobs.delete(modelIndexKey(target));
+
+    // 3. upload (files already there with the right size are skipped when the bundle is the same)
+    let bytesDone = 0;
+    let uploadedBytes = 0;
+    for (const [i, f] of files.entries()) {
+      const key = modelKey(target, f.path);
+      if (sameBundle) {
+        const head = await this.blobs.head(key);
+        if (head && head.size === f.size) {
+          bytesDone += f.size;
+          options.onProgress?.({ phase: 'skip', file: f.path, index: i + 1, total, size: f.size, sha256: f.sha256, bytesDone, bytesTotal });
+          continue;
+        }
+      }
+      const body = await readFile(join(local.dir, f.path));
+      const sha256 = sha256Bytes(body);
+      if (sha256 !== f.sha256 || body.byteLength !== f.size) {
+        throw new ModelStoreError('checksum_mismatch', `bundle ${local.dir}: ${f.path} changed while it was being pushed (sha256 ${f.sha256.slice(0, 12)}… then ${sha256.slice(0, 12)}…); nothing was listed, push again when the folder is stable`);
+      }
+      await this.blobs.put(key, body, { contentType: contentTypeOf(f.path) });
+      const head = await this.blobs.head(key);
+      if (!head || head.size !== f.size) {
+        throw new ModelStoreError('checksum_mismatch', `upload of ${key} stored ${head ? `${head.size} bytes` : 'nothing'} instead of ${f.size} bytes; the model was not listed, push again`);
+      }
+      bytesDone += f.size;
+      uploadedBytes += f.size;
+      options.onProgress?.({ phase: 'upload', file: f.path, index: i + 1, total, size: f.size, sha256: f.sha256, bytesDone, bytesTotal });
+    }
+
+    // 4. the index, last. Without --force it must not clobber a concurrent push of another bundle.
+    const body = Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
+    if (sameBundle) {
+      // nothing to write: the same index content (except pushed_at) is already there
+    } else if (options.force) {
+      await this.blobs.put(modelIndexKey(target), body, { contentType: 'application/json' });
+    } else {
+      try {
+        await this.blobs.putIfAbsent(modelIndexKey(target), body, { contentType: 'application/json' });
+      } catch (e) {
+        if (!(e instanceof PreconditionFailedError)) throw e;
+        const now = await this.describe(target);
+        if (now?.content_hash !== contentHash) {
+          throw new ModelStoreError('conflict', `model "${target}" was pushed by someone else meanwhile with a different bundle; check clipag models list, then push again with --force if yours should win`);
+        }
+      }
+    }
+    if (!sameBundle) options.onProgress?.({ phase: 'index', index: total, total, bytesDone, bytesTotal });
+
+    // 5. drop objects of the replaced bundle (or of an earlier half-push) that the new one does not have
+    const keep = new Set([...files.map((f) => modelKey(target, f.path)), modelIndexKey(target)]);
+    const removed: string[] = [];
+    let cursor: string | undefined;
+    const stale: string[] = [];
+    do {
+      const page = await this.blobs.list(`${MODEL_STORE_PREFIX}${target}/`, cursor === undefined ? {} : { cursor });
+      for (const item of page.items) if (!keep.has(item.key)) stale.push(item.key);
+      cursor = page.cursor;
+    } while (cursor !== undefined);
+    for (const key of stale) {
+      await this.blobs.delete(key);
+      removed.push(key);
+    }
+    return { name: target, contentHash, files, totalBytes: bytesTotal, status: sameBundle ? 'unchanged' : replacing ? 'replaced' : 'pushed', uploadedBytes, removed };
+  }
+}
+
+function contentTypeOf(path: string): string {
+  if (path.endsWith('.json')) return 'application/json';
+  return 'application/octet-stream';
+}

@@ -1,0 +1,371 @@
+// The model store against S3: s3rver started here on 127.0.0.1, the real S3BlobStore, the worker's
+// model registry downloading into a cache keyed by content hash. GETs are counted by a wrapper.
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { modelsFromBucket, modelsFromDir } from '../../functions/deps/models.ts';
+import { runList, runPush } from '../../cli/models.ts';
+import { startWorker } from '../../gpu-worker/main.ts';
+import { createModelRegistry } from '../../gpu-worker/models.ts';
+import { S3BlobStore } from '../../shared/adapters/aws/s3-blobstore.ts';
+import { LocalBlobStore, LocalJobQueue } from '../../shared/adapters/local/index.ts';
+import { parseConfig } from '../../shared/config.ts';
+import { bundleContentHash, ModelStore, ModelStoreError, modelIndexKey, modelKey, sha256Bytes } from '../../shared/modelstore.ts';
+import type { BlobObject, BlobStore } from '../../shared/ports.ts';
+import { makeTinyBundle } from '../helpers/bundle.ts';
+import { harness } from '../functions/helpers.ts';
+import { makeTempDir } from '../shared/contract/helpers.ts';
+
+const require = createRequire(import.meta.url);
+const S3rver = require('s3rver') as new (options: Record<string, unknown>) => { run(): Promise<AddressInfo>; close(): Promise<void> };
+
+let s3rver: InstanceType<typeof S3rver>;
+let endpoint = '';
+let cleanupS3 = async () => {};
+let n = 0;
+
+beforeAll(async () => {
+  const { dir, cleanup } = await makeTempDir('s3rver-models');
+  cleanupS3 = cleanup;
+  s3rver = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: dir });
+  endpoint = `http://127.0.0.1:${(await s3rver.run()).port}`;
+});
+afterAll(async () => {
+  await s3rver?.close();
+  await cleanupS3();
+});
+
+const client = () =>
+  new S3Client({
+    region: 'us-east-1',
+    endpoint,
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    forcePathStyle: true,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+
+async function freshBucket(): Promise<{ bucket: string; blobs: S3BlobStore }> {
+  const bucket = `models-${process.pid}-${n++}`;
+  const c = client();
+  await c.send(new CreateBucketCommand({ Bucket: bucket }));
+  return { bucket, blobs: new S3BlobStore({ client: c, bucket }) };
+}
+
+/** Counts get() per key; optionally fails put() of chosen keys (an interrupted push). */
+class CountingBlobs implements BlobStore {
+  gets: string[] = [];
+  failPut?: (key: string) => boolean;
+  constructor(private readonly inner: BlobStore) {}
+  fileGets = () => this.gets.filter((k) => !k.endsWith('/bundle.json'));
+  get(key: string): Promise<BlobObject | null> {
+    this.gets.push(key);
+    return this.inner.get(key);
+  }
+  put(key: string, body: Uint8Array, o?: { contentType?: string }) {
+    if (this.failPut?.(key)) return Promise.reject(new Error(`network down while writing ${key}`));
+    return this.inner.put(key, body, o);
+  }
+  head = (key: string) => this.inner.head(key);
+  list = (prefix: string, o?: { cursor?: string; limit?: number }) => this.inner.list(prefix, o);
+  delete = (key: string) => this.inner.delete(key);
+  putIfAbsent(key: string, body: Uint8Array, o?: { contentType?: string }) {
+    if (this.failPut?.(key)) return Promise.reject(new Error(`connection reset while writing ${key}`));
+    return this.inner.putIfAbsent(key, body, o);
+  }
+  replaceIfMatch = (key: string, body: Uint8Array, etag: string, o?: { contentType?: string }) => this.inner.replaceIfMatch(key, body, etag, o);
+  signedGetUrl = (key: string, s: number) => this.inner.signedGetUrl(key, s);
+  signedPutUrl: BlobStore['signedPutUrl'] = (key, o) => this.inner.signedPutUrl(key, o);
+}
+
+const tmp = (label: string) => mkdtempSync(join(tmpdir(), `clipag-${label}-`));
+const bundle = (name: string, opts: { variant?: 'quickgelu' | 'gelu'; description?: string; prior?: string } = {}) =>
+  makeTinyBundle(opts.variant ?? 'quickgelu', { manifest: { name, robust: true, description: opts.description ?? `tiny ${name}` }, prior: opts.prior });
+
+describe('model store on S3 (s3rver)', () => {
+  it('push → list → describe: checksums, sizes and the content hash are recorded; the index is written last', async () => {
+    const { blobs } = await freshBucket();
+    const dir = bundle('tiny-a');
+    const progress: string[] = [];
+    const store = new ModelStore(blobs);
+    const res = await store.push(dir, 'tiny-a', { onProgress: (p) => progress.push(`${p.phase}:${p.file ?? ''}`) });
+    expect(res.status).toBe('pushed');
+    expect(res.files.map((f) => f.path)).toEqual(['manifest.json', 'tokenizer.json', 'weights.safetensors']);
+    for (const f of res.files) {
+      const obj = await blobs.get(modelKey('tiny-a', f.path));
+      expect(obj!.body.byteLength).toBe(f.size);
+      expect(Buffer.compare(Buffer.from(obj!.body), readFileSync(join(dir, f.path)))).toBe(0);
+    }
+    expect(res.contentHash).toBe(bundleContentHash(res.files));
+    expect(progress.at(-1)).toBe('index:'); // the index is the last write
+    expect(progress.filter((p) => p.startsWith('upload:'))).toHaveLength(3);
+
+    const listed = await store.list();
+    expect(listed.map((m) => m.name)).toEqual(['tiny-a']);
+    expect(listed[0]).toMatchObject({ content_hash: res.contentHash, summary: { robust: true, embed_dim: 32, input_size: expect.any(Number), description: 'tiny tiny-a' } });
+    expect(await store.describe('tiny-a')).toEqual(listed[0]);
+    expect(await store.describe('nope')).toBeNull();
+
+    // GET /v1/models in AWS mode: the store's models with what the index says, plus the image's default model
+    const models = await modelsFromBucket(blobs, 'toy')();
+    expect(models).toEqual([
+      { id: 'tiny-a', description: 'tiny tiny-a', robust: true, embed_dim: 32, input_size: listed[0].summary.input_size, content_hash: res.contentHash, license: expect.any(String), source: expect.any(String) },
+      { id: 'toy', default: true },
+    ]);
+
+    // ... and through the API's route, with the fields beyond the Model schema intact
+    const h = await harness();
+    try {
+      h.deps.models = modelsFromBucket(blobs, 'toy');
+      const res = await h.request('/v1/models');
+      expect(res.status).toBe(200);
+      expect(await res.json()).toEqual({ object: 'list', data: models });
+    } finally {
+      await h.close();
+    }
+
+    // the same bundle again: nothing uploaded
+    const again = await store.push(dir, undefined);
+    expect(again).toMatchObject({ status: 'unchanged', uploadedBytes: 0, contentHash: res.contentHash });
+  });
+
+  it('worker registry: downloads from the store once, verifies, caches by content hash across jobs and restarts', async () => {
+    const { blobs } = await freshBucket();
+    const counting = new CountingBlobs(blobs);
+    const dir = bundle('tiny-w');
+    const pushed = await new ModelStore(blobs).push(dir, 'tiny-w');
+    const cacheDir = tmp('model-cache');
+
+    const reg = createModelRegistry({ store: new ModelStore(counting), cacheDir, threads: 1 });
+    try {
+      expect(reg.has('tiny-w')).toBe(true); // may be served; the store decides
+      expect((await reg.refresh()).map((m) => [m.name, m.source, m.contentHash])).toEqual([['tiny-w', 'store', pushed.contentHash]]);
+      counting.gets = [];
+      const [d1, d2] = await Promise.all([reg.locate('tiny-w'), reg.locate('tiny-w')]);
+      expect(d1).toBe(join(cacheDir, pushed.contentHash));
+      expect(d2).toBe(d1);
+      expect(counting.fileGets().sort()).toEqual(pushed.files.map((f) => modelKey('tiny-w', f.path)).sort()); // each file once
+      expect(readdirSync(cacheDir)).toEqual([pushed.contentHash]); // no temp folder left
+      expect(reg.resolve('tiny-w')).toBe(d1);
+
+      // a job: the engine opens from the cache folder and works
+      const engine = await reg.engine('tiny-w');
+      const { unit } = await engine.embedText(['a photo of a cat']);
+      expect(unit.length).toBe(32);
+      expect(await reg.engine('tiny-w')).toBe(engine);
+
+      // second job: no download at all (fresh index within the TTL)
+      counting.gets = [];
+      expect(await reg.locate('tiny-w')).toBe(d1);
+      expect(counting.gets).toEqual([]);
+    } finally {
+      await reg.close();
+    }
+
+    // a process restart: a new registry on the same cache folder reads the index, not the files
+    const reg2 = createModelRegistry({ store: new ModelStore(counting), cacheDir, threads: 1 });
+    try {
+      counting.gets = [];
+      expect(await reg2.locate('tiny-w')).toBe(join(cacheDir, pushed.contentHash));
+      expect(counting.gets).toEqual([modelIndexKey('tiny-w')]);
+      await expect(reg2.locate('missing-model')).rejects.toMatchObject({ code: 'invalid_model', message: expect.stringMatching(/unknown model "missing-model".*tiny-w/) });
+      expect(reg2.has('Bad Name')).toBe(false);
+    } finally {
+      await reg2.close();
+    }
+
+    // a damaged cache folder (edited on disk) is detected by checksum and fetched again
+    writeFileSync(join(cacheDir, pushed.contentHash, 'tokenizer.json'), '{}');
+    const reg3 = createModelRegistry({ store: new ModelStore(counting), cacheDir, threads: 1 });
+    try {
+      counting.gets = [];
+      const d = await reg3.locate('tiny-w');
+      expect(counting.fileGets()).toHaveLength(3);
+      expect(readFileSync(join(d, 'tokenizer.json'))).toEqual(readFileSync(join(dir, 'tokenizer.json')));
+    } finally {
+      await reg3.close();
+    }
+  });
+
+  it('a corrupted object in the store is detected by checksum, fetched once more, then refused with invalid_model', async () => {
+    const { blobs } = await freshBucket();
+    const counting = new CountingBlobs(blobs);
+    const dir = bundle('tiny-c');
+    const pushed = await new ModelStore(blobs).push(dir, 'tiny-c');
+    // flip one byte of the weights in the bucket (same size: only the checksum can tell)
+    const key = modelKey('tiny-c', 'weights.safetensors');
+    const good = (await blobs.get(key))!.body;
+    const bad = Uint8Array.from(good);
+    bad[bad.length - 5] ^= 0xff;
+    await blobs.put(key, bad);
+
+    const cacheDir = tmp('model-cache-bad');
+    const reg = createModelRegistry({ store: new ModelStore(counting), cacheDir, threads: 1 });
+    try {
+      await expect(reg.engine('tiny-c')).rejects.toMatchObject({
+        code: 'invalid_model',
+        message: expect.stringMatching(/tiny-c in the store is corrupt: weights\.safetensors .*sha256.*2 downloads.*clipag models push DIR --name tiny-c --force/),
+      });
+      expect(counting.gets.filter((k) => k === key)).toHaveLength(2); // retried once
+      expect(readdirSync(cacheDir)).toEqual([]); // nothing cached, no temp folder left
+      expect(existsSync(join(cacheDir, pushed.contentHash))).toBe(false);
+    } finally {
+      await reg.close();
+    }
+
+    // repaired (re-pushed with --force the same bundle over the damaged object): served again
+    await blobs.put(key, good);
+    const reg2 = createModelRegistry({ store: new ModelStore(blobs), cacheDir, threads: 1 });
+    try {
+      expect(await reg2.locate('tiny-c')).toBe(join(cacheDir, pushed.contentHash));
+    } finally {
+      await reg2.close();
+    }
+  });
+
+  it('a half push (index never written) is not listed and not served; pushing again completes it', async () => {
+    const { blobs } = await freshBucket();
+    const counting = new CountingBlobs(blobs);
+    counting.failPut = (k) => k.endsWith('/bundle.json'); // the connection drops before the index is written
+    const dir = bundle('tiny-h');
+    await expect(new ModelStore(counting).push(dir, 'tiny-h')).rejects.toThrow(/connection reset while writing models\/tiny-h\/bundle\.json/);
+    // the files are there ...
+    expect(await blobs.head(modelKey('tiny-h', 'weights.safetensors'))).not.toBeNull();
+    expect(await blobs.head(modelKey('tiny-h', 'manifest.json'))).not.toBeNull();
+    // ... but the model is not deployed
+    const store = new ModelStore(blobs);
+    expect(await store.list()).toEqual([]);
+    expect(await modelsFromBucket(blobs, 'toy')()).toEqual([{ id: 'toy', default: true }]);
+    const reg = createModelRegistry({ store, cacheDir: tmp('model-cache-half'), threads: 1 });
+    try {
+      await expect(reg.locate('tiny-h')).rejects.toMatchObject({ code: 'invalid_model' });
+      expect(reg.has('tiny-h')).toBe(false); // seen missing: the worker fails such a job fast
+    } finally {
+      await reg.close();
+    }
+    // the retry finishes the job
+    const res = await store.push(dir, 'tiny-h');
+    expect(res.status).toBe('pushed');
+    expect((await store.list()).map((m) => m.name)).toEqual(['tiny-h']);
+  });
+
+  it('a different bundle under an existing name is refused without --force; with it the old objects are replaced', async () => {
+    const { blobs } = await freshBucket();
+    const store = new ModelStore(blobs);
+    const first = makeTinyBundle('quickgelu', { manifest: { name: 'robust-x', robust: true } });
+    // an extra checksummed file that the replacement does not have
+    writeFileSync(join(first, 'LICENSE.txt'), 'MIT\n');
+    const m = JSON.parse(readFileSync(join(first, 'manifest.json'), 'utf8'));
+    m.sha256 = { 'LICENSE.txt': sha256Bytes(readFileSync(join(first, 'LICENSE.txt'))) };
+    writeFileSync(join(first, 'manifest.json'), JSON.stringify(m));
+    const a = await store.push(first, 'robust-x');
+    expect(a.files.map((f) => f.path)).toContain('LICENSE.txt');
+    const other = makeTinyBundle('gelu', { manifest: { name: 'robust-x', robust: true } });
+    const err = await store.push(other, 'robust-x').catch((e) => e);
+    expect(err).toBeInstanceOf(ModelStoreError);
+    expect(err).toMatchObject({ code: 'conflict', message: expect.stringMatching(/already exists .*different bundle.*--force/) });
+    expect((await store.describe('robust-x'))!.content_hash).toBe(a.contentHash); // untouched
+
+    const b = await store.push(other, 'robust-x', { force: true });
+    expect(b.status).toBe('replaced');
+    expect(b.contentHash).not.toBe(a.contentHash);
+    expect(b.removed).toEqual([modelKey('robust-x', 'LICENSE.txt')]);
+    expect(await blobs.head(modelKey('robust-x', 'LICENSE.txt'))).toBeNull();
+    expect((await store.describe('robust-x'))!.content_hash).toBe(b.contentHash);
+    const w = await blobs.get(modelKey('robust-x', 'weights.safetensors'));
+    expect(Buffer.compare(Buffer.from(w!.body), readFileSync(join(other, 'weights.safetensors')))).toBe(0);
+  });
+
+  it('bad input: a local file that does not match manifest.json sha256, a name mismatch, a bad name, a folder without manifest', async () => {
+    const { blobs } = await freshBucket();
+    const store = new ModelStore(blobs);
+    const dir = bundle('tiny-s');
+    const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
+    m.sha256 = { 'tokenizer.json': '0'.repeat(64) };
+    writeFileSync(join(dir, 'manifest.json'), JSON.stringify(m));
+    await expect(store.push(dir, 'tiny-s')).rejects.toMatchObject({ code: 'checksum_mismatch', message: expect.stringMatching(/tokenizer\.json has sha256 .*manifest\.json says 0{64}.*Nothing was uploaded/) });
+    expect((await blobs.list('models/')).items).toEqual([]);
+
+    await expect(store.push(bundle('tiny-n'), 'other-name')).rejects.toMatchObject({ code: 'invalid_bundle', message: expect.stringMatching(/named "tiny-n".*push with --name tiny-n/) });
+    await expect(store.push(bundle('tiny-n2'), 'Bad Name')).rejects.toMatchObject({ code: 'invalid_name' });
+    await expect(store.push(tmp('empty'), 'x')).rejects.toMatchObject({ code: 'invalid_bundle', message: expect.stringMatching(/no manifest\.json.*clipag models import/) });
+  });
+
+  it('clipag models push / list in AWS mode write to the configured bucket; the AWS worker serves from it', async () => {
+    const { bucket, blobs } = await freshBucket();
+    const env = {
+      CLIPAG_MODE: 'aws',
+      AWS_REGION: 'us-east-1',
+      CLIPAG_BUCKET: bucket,
+      CLIPAG_QUEUE_URL: 'http://127.0.0.1:9/queue/unused',
+      CLIPAG_S3_ENDPOINT: endpoint,
+    };
+    const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
+    process.env.AWS_ACCESS_KEY_ID = 'S3RVER';
+    process.env.AWS_SECRET_ACCESS_KEY = 'S3RVER';
+    const out: string[] = [];
+    const log = vi.spyOn(console, 'log').mockImplementation((...a) => void out.push(a.join(' ')));
+    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation((s) => (out.push(String(s)), true));
+    try {
+      const dir = bundle('cli-model');
+      expect(await runPush([dir, '--name', 'cli-model'], env)).toBe(0);
+      expect(out.join('')).toMatch(/sha256 [0-9a-f]{64}  weights\.safetensors/);
+      expect(out.join('')).toMatch(/cli-model: pushed to s3:\/\/.*content hash [0-9a-f]{64}/);
+      await expect(runPush([bundle('cli-model', { variant: 'gelu' }), '--name', 'cli-model'], env)).rejects.toMatchObject({ code: 'invalid_input', detail: { store_code: 'conflict' }, message: expect.stringMatching(/--force/) });
+      out.length = 0;
+      expect(await runList(['--json'], env)).toBe(0);
+      const listed = JSON.parse(out.join(''));
+      expect(listed.models).toEqual([expect.objectContaining({ name: 'cli-model', robust: true, embed_dim: 32, files: 3 })]);
+    } finally {
+      log.mockRestore();
+      stdout.mockRestore();
+      process.env.AWS_ACCESS_KEY_ID = saved.id;
+      process.env.AWS_SECRET_ACCESS_KEY = saved.secret;
+      if (saved.id === undefined) delete process.env.AWS_ACCESS_KEY_ID;
+      if (saved.secret === undefined) delete process.env.AWS_SECRET_ACCESS_KEY;
+    }
+
+    // startWorker in AWS mode puts the store on its blob store (the queue here is a local one: the
+    // wiring, not SQS, is under test)
+    const config = parseConfig({ ...env, CLIPAG_MODELS_DIR: tmp('no-models') });
+    const cacheDir = tmp('worker-cache');
+    const qdir = tmp('queue');
+    const running = startWorker({ queue: new LocalJobQueue({ dir: qdir, visibilitySec: 30, maxReceives: 3 }), blobs, config, modelCacheDir: cacheDir, worker: { receiveWaitSec: 0 }, log: { debug() {}, info() {}, warn() {}, error() {} } });
+    try {
+      expect((await running.models.refresh()).map((m) => m.name)).toEqual(['cli-model']);
+      const d = await running.models.locate('cli-model');
+      expect(d.startsWith(cacheDir)).toBe(true);
+    } finally {
+      await running.stop();
+      rmSync(qdir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('model store in local mode', () => {
+  it('GET /v1/models lists the models folder from the manifests, plus the local store when given; the registry serves both', async () => {
+    const modelsDir = tmp('models-dir');
+    cpSync(bundle('folder-model', { description: 'from a folder' }), join(modelsDir, 'folder-model'), { recursive: true });
+    const blobs = new LocalBlobStore({ rootDir: tmp('local-blobs'), signingSecret: 'x'.repeat(32), publicBaseUrl: 'http://127.0.0.1:8787' });
+    const pushed = await new ModelStore(blobs).push(bundle('pushed-model'), 'pushed-model');
+
+    expect(await modelsFromDir(modelsDir, 'folder-model')()).toEqual([
+      { id: 'folder-model', description: 'from a folder', robust: true, embed_dim: 32, input_size: 32, license: expect.any(String), source: expect.any(String), default: true },
+    ]);
+    const both = await modelsFromDir(modelsDir, 'folder-model', { store: blobs })();
+    expect(both.map((m) => [m.id, m.content_hash])).toEqual([['folder-model', undefined], ['pushed-model', pushed.contentHash]]);
+
+    const reg = createModelRegistry({ modelsDir, store: new ModelStore(blobs), cacheDir: tmp('local-cache'), threads: 1 });
+    try {
+      expect((await reg.refresh()).map((m) => [m.name, m.source])).toEqual([['folder-model', 'local'], ['pushed-model', 'store']]);
+      expect(await reg.locate('folder-model')).toBe(join(modelsDir, 'folder-model'));
+      expect(await reg.locate('pushed-model')).toMatch(new RegExp(`${pushed.contentHash}$`));
+    } finally {
+      await reg.close();
+    }
+  });
+});
