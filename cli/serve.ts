@@ -13,6 +13,7 @@ import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { REPO_ROOT } from './common.ts';
+import { ModelStore } from '../shared/modelstore.ts';
 
 export const summary = 'run the API and the worker locally (no AWS account), with the embedded model';
 export const usage = `usage: clipag serve [--port N] [--data DIR] [--steps N]
@@ -52,7 +53,8 @@ export async function serve(env: Readonly<Record<string, string | undefined>>, o
   const deps = await localDeps(local);
   const { blobs, queue, jobs, keys, signingSecret } = deps.adapters;
   const apiKey = await localApiKey(local.dataDir, keys);
-  const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides });
+  // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
+  const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
   const root = new Hono();
   root.route('/', localBlobRoutes(blobs, signingSecret));
   root.route('/', createApp(deps));

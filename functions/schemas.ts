@@ -15,6 +15,13 @@ export const ModelInfo = z
     default: z.boolean().optional(),
     /** Native input side of the encoder, pixels. */
     input_size: z.number().int().positive().optional(),
+    /** Whether the image tower is adversarially robust (perceptually aligned gradients). */
+    robust: z.boolean().optional(),
+    embed_dim: z.number().int().positive().optional(),
+    /** sha256 over the bundle's files: what the worker caches and verifies. */
+    content_hash: z.string().optional(),
+    license: z.string().optional(),
+    source: z.string().optional(),
   })
   .openapi('Model');
 export type ModelInfo = z.output<typeof ModelInfo>;

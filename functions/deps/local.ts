@@ -41,7 +41,7 @@ export async function localDeps(
     queue: adapters.queue,
     jobs: adapters.jobs,
     keys: adapters.keys,
-    models: options.models ?? modelsFromDir(config.modelsDir, config.defaultModel),
+    models: options.models ?? modelsFromDir(config.modelsDir, config.defaultModel, { store: adapters.blobs }),
     limits: {
       maxBodyBytes: config.maxBodyBytes,
       maxUploadBytes: config.maxUploadBytes,
