@@ -1,6 +1,7 @@
 // clipag keys: issue, list and revoke API keys in the configured blob store
 // (local `.data/` by default; S3 when CLIPAG_MODE=aws). Keys are stored hashed; the secret is printed once.
 import { parseArgs } from 'node:util';
+import { storesFor } from '../shared/adapters/stores.ts';
 import { BlobApiKeyStore } from '../shared/apikeys.ts';
 import { parseConfig } from '../shared/config.ts';
 import { ClipagError } from '../shared/errors.ts';
@@ -25,18 +26,7 @@ local mode; CLIPAG_MODE=aws with AWS_REGION, CLIPAG_BUCKET, CLIPAG_QUEUE_URL for
 
 /** Where the keys live; tests pass their own store. */
 export async function openKeyStore(env: Readonly<Record<string, string | undefined>> = process.env): Promise<BlobApiKeyStore> {
-  const config = parseConfig(env);
-  let blobs: BlobStore;
-  if (config.mode === 'aws') {
-    const { S3Client } = await import('@aws-sdk/client-s3');
-    const { S3BlobStore } = await import('../shared/adapters/aws/index.ts');
-    const client = new S3Client({ region: config.region, ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}) });
-    blobs = new S3BlobStore({ client, bucket: config.bucket });
-  } else {
-    const { localAdapters } = await import('../functions/deps/local.ts');
-    blobs = (await localAdapters(config)).blobs;
-  }
-  return new BlobApiKeyStore(blobs);
+  return (await storesFor(parseConfig(env))).keys;
 }
 
 export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: string) => void = console.log): Promise<number> {

@@ -3,14 +3,11 @@
 // work on the model store (shared/modelstore.ts, docs/model-store.md).
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { S3Client } from '@aws-sdk/client-s3';
-import { S3BlobStore } from '../shared/adapters/aws/index.ts';
-import { LocalBlobStore, loadOrCreateSigningSecret } from '../shared/adapters/local/index.ts';
+import { localLayout, storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig, type Config } from '../shared/config.ts';
 import { isClipagError } from '../shared/errors.ts';
 import { ModelStore, type PushProgress } from '../shared/modelstore.ts';
 import type { BlobStore } from '../shared/ports.ts';
-import { localLayout } from '../functions/deps/local.ts';
 import { loadBundle } from '../gpu-worker/engine/clip/bundle.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { ActivationSchema } from '../gpu-worker/engine/clip/arch.ts';
@@ -154,25 +151,8 @@ async function runImport(argv: string[]): Promise<number> {
 /** The model store of the configured blob store: `<dataDir>/blobs` locally, the bucket in AWS mode. */
 export async function configuredStore(env: Readonly<Record<string, string | undefined>> = process.env): Promise<{ store: ModelStore; where: string }> {
   const config: Config = parseConfig(env);
-  let blobs: BlobStore;
-  let where: string;
-  if (config.mode === 'aws') {
-    const client = new S3Client({
-      region: config.region,
-      ...(config.s3Endpoint
-        ? // S3 stand-ins (s3rver) store checksum framing unless checksums are sent only when required
-          { endpoint: config.s3Endpoint, forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' as const, responseChecksumValidation: 'WHEN_REQUIRED' as const }
-        : {}),
-    });
-    blobs = new S3BlobStore({ client, bucket: config.bucket });
-    where = `s3://${config.bucket}/models/`;
-  } else {
-    const dataDir = resolve(config.dataDir);
-    const signingSecret = config.signingSecret ?? (await loadOrCreateSigningSecret(dataDir));
-    const { blobsDir } = localLayout(dataDir);
-    blobs = new LocalBlobStore({ rootDir: blobsDir, signingSecret, publicBaseUrl: config.publicBaseUrl });
-    where = `${resolve(blobsDir, 'models')}/`;
-  }
+  const { blobs } = await storesFor(config);
+  const where = config.mode === 'aws' ? `s3://${config.bucket}/models/` : `${resolve(localLayout(config.dataDir).blobsDir, 'models')}/`;
   return { store: new ModelStore(blobs, { onWarning: (m) => process.stderr.write(`warning: ${m}\n`) }), where };
 }
 

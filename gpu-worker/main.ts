@@ -7,11 +7,8 @@
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { S3Client } from '@aws-sdk/client-s3';
-import { SQSClient } from '@aws-sdk/client-sqs';
-import { S3BlobStore, SqsJobQueue } from '../shared/adapters/aws/index.ts';
-import { LocalBlobStore, LocalJobQueue, loadOrCreateSigningSecret } from '../shared/adapters/local/index.ts';
-import { parseConfig, type AwsConfig, type Config, type LocalConfig } from '../shared/config.ts';
+import { storesFor } from '../shared/adapters/stores.ts';
+import { parseConfig, type Config } from '../shared/config.ts';
 import { ConfigError } from '../shared/errors.ts';
 import { BlobJobStore } from '../shared/jobstore.ts';
 import { ModelStore } from '../shared/modelstore.ts';
@@ -104,24 +101,6 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
   };
 }
 
-/** The local adapters on `<dataDir>`: blobs under `blobs/`, the queue (and its DLQ) under `queue/`. */
-export async function localAdapters(config: LocalConfig): Promise<{ blobs: LocalBlobStore; queue: LocalJobQueue; jobs: BlobJobStore }> {
-  const dataDir = resolve(config.dataDir);
-  const signingSecret = config.signingSecret ?? (await loadOrCreateSigningSecret(dataDir));
-  const blobs = new LocalBlobStore({ rootDir: resolve(dataDir, 'blobs'), signingSecret, publicBaseUrl: config.publicBaseUrl });
-  const queue = new LocalJobQueue({ dir: resolve(dataDir, 'queue'), visibilitySec: config.visibilityTimeoutSec, maxReceives: config.maxReceives });
-  return { blobs, queue, jobs: new BlobJobStore(blobs) };
-}
-
-/** S3 and SQS adapters; the SDK clients are constructed here and nowhere else in the worker. */
-export function awsAdapters(config: AwsConfig): { blobs: S3BlobStore; queue: SqsJobQueue; jobs: BlobJobStore } {
-  const s3 = new S3Client({ region: config.region, ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}) });
-  const sqs = new SQSClient({ region: config.region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
-  const blobs = new S3BlobStore({ client: s3, bucket: config.bucket });
-  const queue = new SqsJobQueue({ client: sqs, queueUrl: config.queueUrl, deadLetterQueueUrl: config.deadLetterQueueUrl });
-  return { blobs, queue, jobs: new BlobJobStore(blobs) };
-}
-
 /** Container entry point: config → adapters → worker; SIGTERM/SIGINT drain, then exit 0. */
 export async function main(env: Readonly<Record<string, string | undefined>> = process.env): Promise<void> {
   let config: Config;
@@ -135,8 +114,8 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
     throw error;
   }
   const log = jsonLogger(config.logLevel, { component: 'worker' });
-  const adapters = config.mode === 'aws' ? awsAdapters(config) : await localAdapters(config);
-  const running = startWorker({ ...adapters, config, log });
+  const { blobs, queue, jobs, models: modelStore } = await storesFor(config);
+  const running = startWorker({ blobs, queue, jobs, modelStore: config.mode === 'aws' ? modelStore : undefined, config, log });
   // Show the store's models in the start line; a store that cannot be listed now is not fatal
   // (each job looks its model up again).
   await running.models.refresh().catch((error) => log.warn('model store not listed', { error: String(error) }));

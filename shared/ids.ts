@@ -45,9 +45,36 @@ function randomPart(): string {
   return out;
 }
 
-/** Oldest-first sortable id (plain ULID ordering). */
+/** Increment a base32 string by one (the random part of a monotonic id); wraps to all-zero on overflow. */
+function incrementBase32(s: string): string {
+  const chars = s.split('');
+  for (let i = chars.length - 1; i >= 0; i--) {
+    const d = ALPHABET.indexOf(chars[i]);
+    if (d < 31) {
+      chars[i] = ALPHABET[d + 1];
+      return chars.join('');
+    }
+    chars[i] = ALPHABET[0];
+  }
+  return chars.join('');
+}
+
+let lastTime = -1;
+let lastRandom = '';
+
+/**
+ * Oldest-first sortable id (ULID ordering, monotonic within the process): ids made in the same
+ * millisecond increment the previous random part, so a FIFO ordered by id (the local queue) keeps
+ * send order even for messages sent in one millisecond.
+ */
 export function newId(nowMs: number = Date.now()): string {
-  return encodeTime(nowMs) + randomPart();
+  if (nowMs === lastTime) {
+    lastRandom = incrementBase32(lastRandom);
+  } else {
+    lastTime = nowMs;
+    lastRandom = randomPart();
+  }
+  return encodeTime(nowMs) + lastRandom;
 }
 
 /** Newest-first sortable id, used for jobs. Ids made within the same millisecond have no defined order. */

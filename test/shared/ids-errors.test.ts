@@ -64,3 +64,12 @@ describe('errors', () => {
     expect(isRetryable(new TypeError('bug'))).toBe(false);
   });
 });
+
+describe('newId within one millisecond', () => {
+  it('is strictly increasing, so the local queue keeps send order', () => {
+    const t = Date.now();
+    const ids = Array.from({ length: 1000 }, () => newId(t));
+    expect([...ids].sort()).toEqual(ids);
+    expect(new Set(ids).size).toBe(ids.length);
+  });
+});

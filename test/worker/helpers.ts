@@ -9,7 +9,7 @@ import type { BlobStore } from '../../shared/ports.ts';
 import { GenerationRequest, type GenerationRequestInput } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
-import { localAdapters } from '../../gpu-worker/main.ts';
+import { localStores as localAdapters } from '../../shared/adapters/stores.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
 

@@ -1,0 +1,61 @@
+// The one place that turns a parsed Config into adapters: local (filesystem blobs, on-disk queue
+// under the data folder) or AWS (S3, SQS). Every composition root (Lambda, the worker's main, the
+// local server, the operator CLI) calls this, so the layout and the client settings cannot drift.
+import { join, resolve } from 'node:path';
+import { S3Client } from '@aws-sdk/client-s3';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { BlobApiKeyStore } from '../apikeys.ts';
+import type { AwsConfig, Config, LocalConfig } from '../config.ts';
+import { BlobJobStore } from '../jobstore.ts';
+import { ModelStore } from '../modelstore.ts';
+import type { BlobStore, JobQueue } from '../ports.ts';
+import { S3BlobStore, SqsJobQueue } from './aws/index.ts';
+import { LocalBlobStore, LocalJobQueue, loadOrCreateSigningSecret } from './local/index.ts';
+
+export interface Stores {
+  blobs: BlobStore;
+  queue: JobQueue;
+  jobs: BlobJobStore;
+  keys: BlobApiKeyStore;
+  models: ModelStore;
+}
+
+export interface LocalStores extends Stores {
+  blobs: LocalBlobStore;
+  queue: LocalJobQueue;
+  /** HMAC secret of the signed `/blobs/*` links; the local server verifies with it. */
+  signingSecret: string;
+}
+
+/** Where local mode keeps things under the data folder. */
+export function localLayout(dataDir: string): { blobsDir: string; queueDir: string; modelCacheDir: string } {
+  const root = resolve(dataDir);
+  return { blobsDir: join(root, 'blobs'), queueDir: join(root, 'queue'), modelCacheDir: join(root, 'model-cache') };
+}
+
+export async function localStores(config: LocalConfig): Promise<LocalStores> {
+  const signingSecret = config.signingSecret ?? (await loadOrCreateSigningSecret(resolve(config.dataDir)));
+  const layout = localLayout(config.dataDir);
+  const blobs = new LocalBlobStore({ rootDir: layout.blobsDir, signingSecret, publicBaseUrl: config.publicBaseUrl });
+  const queue = new LocalJobQueue({ dir: layout.queueDir, visibilitySec: config.visibilityTimeoutSec, maxReceives: config.maxReceives });
+  return { blobs, queue, jobs: new BlobJobStore(blobs), keys: new BlobApiKeyStore(blobs), models: new ModelStore(blobs), signingSecret };
+}
+
+/** S3 and SQS adapters; the SDK clients are constructed here, once per process. */
+export function awsStores(config: AwsConfig): Stores {
+  const s3 = new S3Client({
+    region: config.region,
+    ...(config.s3Endpoint
+      ? // S3 stand-ins (s3rver) store the checksum framing of streamed uploads unless checksums are only sent when required.
+        { endpoint: config.s3Endpoint, forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' as const, responseChecksumValidation: 'WHEN_REQUIRED' as const }
+      : {}),
+  });
+  const sqs = new SQSClient({ region: config.region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
+  const blobs = new S3BlobStore({ client: s3, bucket: config.bucket });
+  const queue = new SqsJobQueue({ client: sqs, queueUrl: config.queueUrl, ...(config.deadLetterQueueUrl ? { deadLetterQueueUrl: config.deadLetterQueueUrl } : {}) });
+  return { blobs, queue, jobs: new BlobJobStore(blobs), keys: new BlobApiKeyStore(blobs), models: new ModelStore(blobs) };
+}
+
+export async function storesFor(config: Config): Promise<Stores> {
+  return config.mode === 'aws' ? awsStores(config) : localStores(config);
+}
