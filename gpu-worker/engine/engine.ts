@@ -5,7 +5,10 @@ import { EngineError } from './errors.ts';
 import { type ModelBundle, loadBundle, weightLookup } from './clip/bundle.ts';
 import { type TowerSource, imageEmbedGraph, textEmbedGraph } from './clip/graphs.ts';
 import { TextTokenizer } from './clip/tokenizer.ts';
-import { encodeModel } from './onnx/codec.ts';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodeModel, writeModelFile } from './onnx/codec.ts';
 import type { ModelIR, TensorData } from './onnx/ir.ts';
 import { EnginePool, type EngineHandle } from './runtime/pool.ts';
 import type { Device } from './runtime/providers.ts';
@@ -21,6 +24,11 @@ export interface EngineOptions {
   disablePrepacking?: boolean;
   /** Share one pool between engines (the worker process does); otherwise the engine owns one. */
   pool?: EnginePool;
+  /**
+   * Graphs whose weights exceed this many bytes are written to a temporary .onnx with external data
+   * and loaded by path (protobuf caps an in-memory model at 2 GB). Default 1.5 GiB.
+   */
+  inlineGraphLimitBytes?: number;
 }
 
 /** Text batches are padded to one of these sizes so a handful of graphs serve every request. */
@@ -35,6 +43,7 @@ export class ClipEngine {
     readonly tokenizer: TextTokenizer,
     readonly pool: EnginePool,
     private readonly ownsPool: boolean,
+    private readonly inlineLimit: number = DEFAULT_INLINE_LIMIT,
   ) {}
 
   static async open(bundleDir: string, opts: EngineOptions = {}): Promise<ClipEngine> {
@@ -49,7 +58,7 @@ export class ClipEngine {
         size: 1,
         sessionOptions: { device: opts.device ?? 'cpu', intraOpThreads: opts.threads, disablePrepacking: opts.disablePrepacking },
       });
-    return new ClipEngine(bundle, tokenizer, pool, !opts.pool);
+    return new ClipEngine(bundle, tokenizer, pool, !opts.pool, opts.inlineGraphLimitBytes);
   }
 
   get name(): string {
@@ -73,7 +82,7 @@ export class ClipEngine {
     const full = `${this.bundle.contentHash.slice(0, 16)}:${key}`;
     let h = this.handles.get(full);
     if (!h) {
-      h = Promise.resolve().then(() => this.pool.load(full, encodeModel(build()), sessionOptions));
+      h = Promise.resolve().then(async () => this.pool.load(full, await serializeForLoad(build(), full, this.inlineLimit), sessionOptions));
       this.handles.set(full, h);
       h.catch(() => this.handles.delete(full));
     }
@@ -145,6 +154,23 @@ export class ClipEngine {
     this.closed = true;
     if (this.ownsPool) await this.pool.close();
   }
+}
+
+/** Above this many bytes of weights a graph goes through a file with external data (protobuf caps at 2 GB). */
+const DEFAULT_INLINE_LIMIT = 1.5 * 2 ** 30;
+
+/**
+ * In-memory ONNX bytes for ordinary graphs; for very large ones (ViT-L/14-and-up towers in float32)
+ * a temporary .onnx + .onnx.data pair, loaded by path.
+ */
+async function serializeForLoad(model: ModelIR, key: string, limit: number): Promise<Uint8Array | string> {
+  let bytes = 0;
+  for (const t of model.initializers.values()) bytes += t.data.byteLength;
+  if (bytes < limit) return encodeModel(model);
+  const dir = mkdtempSync(join(tmpdir(), 'clipag-graph-'));
+  const path = join(dir, `${key.replace(/[^A-Za-z0-9_.-]/g, '_')}.onnx`);
+  await writeModelFile(path, model);
+  return path;
 }
 
 export function normalizeRows(x: Float32Array, d: number): Float32Array {

@@ -35,6 +35,16 @@ describe('ClipEngine', () => {
     expect(maxRelErr(Array.from(raw), asNumbers(ref.get('image_features')!))).toBeLessThan(1e-5);
   });
 
+  it('loads graphs through a file with external data above the inline limit (the >2 GB path)', async () => {
+    const viaFile = await ClipEngine.open(dir, { threads: 1, inlineGraphLimitBytes: 0 });
+    try {
+      const { raw } = await viaFile.embedText(PROMPTS);
+      expect(maxRelErr(Array.from(raw), asNumbers(ref.get('text_features')!))).toBeLessThan(1e-5);
+    } finally {
+      await viaFile.close();
+    }
+  });
+
   it('rejects NaN pixels, wrong sizes and empty text with typed errors', async () => {
     const bad = { width: 32, height: 32, data: new Float32Array(3072).fill(NaN) };
     await expect(engine.embedImages([bad])).rejects.toMatchObject({ code: 'invalid_input' });
