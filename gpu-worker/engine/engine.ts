@@ -5,7 +5,7 @@ import { EngineError } from './errors.ts';
 import { type ModelBundle, loadBundle, weightLookup } from './clip/bundle.ts';
 import { type TowerSource, imageEmbedGraph, textEmbedGraph } from './clip/graphs.ts';
 import { TextTokenizer } from './clip/tokenizer.ts';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeModel, writeModelFile } from './onnx/codec.ts';
@@ -15,6 +15,7 @@ import type { Device } from './runtime/providers.ts';
 import type { SessionOptions } from './runtime/session.ts';
 import type { PlanarImage } from './synth/image.ts';
 import { resizeBilinear } from './synth/image.ts';
+import { type GmmPrior, loadPrior } from './synth/prior.ts';
 
 export interface EngineOptions {
   device?: Device;
@@ -36,6 +37,7 @@ const TEXT_BATCHES = [1, 4, 16];
 
 export class ClipEngine {
   private readonly handles = new Map<string, Promise<EngineHandle>>();
+  private readonly priors = new Map<string, GmmPrior>();
   private closed = false;
 
   private constructor(
@@ -87,6 +89,26 @@ export class ClipEngine {
       h.catch(() => this.handles.delete(full));
     }
     return h;
+  }
+
+  /**
+   * The GMM prior at `path`, parsed once per engine (the worker reuses it across jobs instead of
+   * re-reading and re-validating a multi-MB file on the main thread for every job).
+   */
+  prior(path: string): GmmPrior {
+    let mtime: number;
+    try {
+      mtime = statSync(path).mtimeMs;
+    } catch {
+      throw new EngineError('invalid_model', `GMM prior file ${path} cannot be read; fit one with clipag prior fit or use init "noise"`);
+    }
+    const key = `${path}:${mtime}`;
+    let p = this.priors.get(key);
+    if (!p) {
+      p = loadPrior(path);
+      this.priors.set(key, p);
+    }
+    return p;
   }
 
   /** Unit-normalized text embeddings [n, E] and the raw features. */

@@ -11,6 +11,7 @@ export type EngineErrorCode =
   | 'invalid_input' // bad text, NaN pixels, wrong image size, bad request parameters
   | 'runtime_unavailable' // an execution provider cannot be loaded
   | 'runtime_failed' // onnxruntime rejected a run
+  | 'numerical_error' // the run produced non-finite values (deterministic: retrying the same spec repeats it)
   | 'aborted';
 
 export class EngineError extends Error {

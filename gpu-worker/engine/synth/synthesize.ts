@@ -9,7 +9,7 @@ import { fillViewOperators, type Window } from './resample.ts';
 import { DEFAULT_RECIPE, LIMITS, type Recipe, type Stage, defaultSchedule, validateRecipe } from './recipe.ts';
 import { type PlanarImage, cloneImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage } from './image.ts';
 import { Rng } from './rng.ts';
-import { loadPrior, samplePrior } from './prior.ts';
+import { samplePrior } from './prior.ts';
 
 export interface WeightedPrompt {
   text: string;
@@ -321,7 +321,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
         }
         loss += (req.contentWeight * mse) / n;
       }
-      if (!Number.isFinite(loss)) throw new EngineError('runtime_failed', `loss became ${loss} at step ${stepsDone}; the model or input produced non-finite values`);
+      if (!Number.isFinite(loss)) throw new EngineError('numerical_error', `loss became ${loss} at step ${stepsDone}; the model or input produced non-finite values (try another seed, a lower lr, or check the model with clipag gradcheck)`);
       lossHistory.push(loss);
       if (loss < best.loss) best = { loss, step: stepsDone, image: cloneImage(image) };
       if (r.frameEvery > 0 && stepsDone % r.frameEvery === 0) pendingFrame = { step: stepsDone, image: cloneImage(image) };
@@ -436,7 +436,7 @@ async function initialImage(
     case 'gmm': {
       const path = init.priorPath ?? engine.bundle.priorPath;
       if (!path) throw new EngineError('invalid_input', `model ${engine.name} ships no GMM prior; use init "noise" or fit one with clipag prior fit`, { param: 'init' });
-      const prior = loadPrior(path);
+      const prior = engine.prior(path);
       const n = r.initSamples;
       const samples = samplePrior(prior, n, rng); // n × 3·16·16, CHW, [0,1]
       const res = prior.resolution;
