@@ -26,6 +26,8 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
   --eps X              attack radius in [0,1] pixel units (default 1.5, L2)
   --norm l2|linf       attack norm (default l2)
   --pgd-steps N        PGD steps per batch (default 2)
+  --pgd-step-size X    PGD step as a multiple of eps (default 0.75)
+  --shape-group N      scenes per hard-negative group differing only in shape (default 4; 1 = random batches)
   --width N            vision width (default ${TOY_ARCH.visionWidth}); --layers N vision layers (default ${TOY_ARCH.visionLayers})
   --prior              fit a GMM prior on world images and ship it in the bundle (default: on for robust)
   --no-prior           do not ship a prior
@@ -46,9 +48,9 @@ export async function run(argv: string[]): Promise<number> {
     options: {
       variant: { type: 'string' }, out: { type: 'string' }, checkpoint: { type: 'string' }, 'no-resume': { type: 'boolean' },
       'checkpoint-every': { type: 'string' }, steps: { type: 'string' }, batch: { type: 'string' }, seed: { type: 'string' },
-      lr: { type: 'string' }, eps: { type: 'string' }, norm: { type: 'string' }, 'pgd-steps': { type: 'string' },
+      lr: { type: 'string' }, eps: { type: 'string' }, norm: { type: 'string' }, 'pgd-steps': { type: 'string' }, 'pgd-step-size': { type: 'string' },
       width: { type: 'string' }, layers: { type: 'string' }, prior: { type: 'boolean' }, 'no-prior': { type: 'boolean' },
-      threads: { type: 'string' }, 'max-minutes': { type: 'string' },
+      threads: { type: 'string' }, 'shape-group': { type: 'string' }, 'max-minutes': { type: 'string' },
     },
     strict: true,
   });
@@ -64,7 +66,8 @@ export async function run(argv: string[]): Promise<number> {
     batch: intArg(values.batch, 'batch', base.batch, 2, 1024),
     seed: intArg(values.seed, 'seed', base.seed, 0, 0xffffffff),
     lr: num(values.lr, 'lr', base.lr),
-    attack: { ...base.attack, norm, eps: num(values.eps, 'eps', base.attack.eps), steps: intArg(values['pgd-steps'], 'pgd-steps', base.attack.steps, 1, 100) },
+    attack: { ...base.attack, norm, eps: num(values.eps, 'eps', base.attack.eps), steps: intArg(values['pgd-steps'], 'pgd-steps', base.attack.steps, 1, 100), stepSize: num(values['pgd-step-size'], 'pgd-step-size', base.attack.stepSize) },
+    shapeGroup: intArg(values['shape-group'], 'shape-group', base.shapeGroup, 1, 6),
     arch: { ...TOY_ARCH, visionWidth: width, visionHeads: Math.max(1, Math.round(width / 48)), visionLayers: intArg(values.layers, 'layers', TOY_ARCH.visionLayers, 1, 24) },
   });
   const threads = intArg(values.threads, 'threads', 1, 0, 256);
