@@ -35,7 +35,7 @@ function defaultLog(entry: AppLogEntry): void {
 export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   const clock = deps.clock ?? (() => new Date());
   const log = deps.log ?? defaultLog;
-  const ledger = new IdempotencyLedger(deps.blobs, deps.jobs);
+  const ledger = new IdempotencyLedger(deps.blobs, deps.jobs, { log });
   const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
 
   app.use('*', requestId());

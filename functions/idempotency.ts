@@ -1,8 +1,10 @@
 import { z } from 'zod';
-import { ConflictError, PreconditionFailedError, ValidationError } from '../shared/errors.ts';
+import { readDoc } from '../shared/documents.ts';
+import { ConflictError, CorruptDocumentError, PreconditionFailedError, ValidationError } from '../shared/errors.ts';
 import type { BlobStore, JobStore } from '../shared/ports.ts';
 import type { JobRecord } from '../shared/schemas/job.ts';
 import { sha256Hex } from '../shared/schemas/apikey.ts';
+import type { AppLogEntry } from './types.ts';
 
 /**
  * Idempotency-Key for POST /v1/generations (docs/adr/0004).
@@ -51,7 +53,7 @@ export class IdempotencyLedger {
   constructor(
     private readonly blobs: BlobStore,
     private readonly jobs: JobStore,
-    private readonly options: { waitMs?: number; staleMs?: number } = {},
+    private readonly options: { waitMs?: number; staleMs?: number; log?: (entry: AppLogEntry) => void } = {},
   ) {}
 
   /**
@@ -72,7 +74,23 @@ export class IdempotencyLedger {
       }
       const object = await this.blobs.get(blobKey);
       if (!object) continue; // vanished in between: claim again
-      const existing = IdempotencyRecord.parse(JSON.parse(Buffer.from(object.body).toString('utf8')));
+      let existing: IdempotencyRecord;
+      try {
+        existing = readDoc(IdempotencyRecord, object.body, blobKey);
+      } catch (error) {
+        if (!(error instanceof CorruptDocumentError)) throw error;
+        // An unreadable claim names no job and no body we could compare or replay, so it protects
+        // nothing: treat it like a stale claim and take it over (conditionally, so of two requests
+        // racing for it exactly one wins). The alternative, a 409 forever, would burn the key.
+        this.options.log?.({ level: 'warn', msg: 'corrupt idempotency claim taken over', key: error.key, detail: error.detail });
+        try {
+          await this.blobs.replaceIfMatch(blobKey, encoded, object.etag, { contentType: 'application/json' });
+          return { kind: 'claimed', jobId: args.jobId };
+        } catch (replaceError) {
+          if (!(replaceError instanceof PreconditionFailedError)) throw replaceError;
+          continue;
+        }
+      }
       if (existing.body_hash !== args.bodyHash) {
         throw new ConflictError('this Idempotency-Key was already used with a different request body', {
           code: 'idempotency_key_reused',

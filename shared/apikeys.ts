@@ -1,5 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { NotFoundError, ValidationError } from './errors.ts';
+import { readDoc } from './documents.ts';
+import { CorruptDocumentError, NotFoundError, ValidationError } from './errors.ts';
 import { newId, SORTABLE_ID_PATTERN } from './ids.ts';
 import type { BlobStore } from './ports.ts';
 import { OWNER_ID_PATTERN } from './schemas/common.ts';
@@ -20,7 +21,11 @@ export interface CreatedApiKey {
 }
 
 export class BlobApiKeyStore {
-  constructor(private readonly blobs: BlobStore) {}
+  /** `log` hears about corrupt key records (refused by verify(), skipped by list()). */
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly options: { log?: { warn(msg: string, fields?: Record<string, unknown>): void } } = {},
+  ) {}
 
   static keyFor(id: string): string {
     if (!SORTABLE_ID_PATTERN.test(id)) throw new ValidationError('invalid API key id', 'id');
@@ -45,17 +50,31 @@ export class BlobApiKeyStore {
     return { secret, record: parsed.data };
   }
 
+  /** Throws CorruptDocumentError for an unreadable record (verify() treats that as an unknown key). */
   async get(id: string): Promise<ApiKeyRecord | null> {
-    const object = await this.blobs.get(BlobApiKeyStore.keyFor(id));
+    const key = BlobApiKeyStore.keyFor(id);
+    const object = await this.blobs.get(key);
     if (!object) return null;
-    return ApiKeyRecord.parse(JSON.parse(Buffer.from(object.body).toString('utf8')));
+    const record = readDoc(ApiKeyRecord, object.body, key);
+    if (record.id !== id) throw new CorruptDocumentError(key, `names key ${record.id}`);
+    return record;
   }
 
   /** The record for a presented secret, or null when it is malformed, unknown or revoked. */
   async verify(secret: string): Promise<ApiKeyRecord | null> {
     const match = API_KEY_PATTERN.exec(secret);
     if (!match) return null;
-    const record = await this.get(match[1]);
+    let record: ApiKeyRecord | null;
+    try {
+      record = await this.get(match[1]);
+    } catch (error) {
+      // A corrupt record cannot vouch for anyone: the caller gets the same 401 as for an unknown key.
+      if (error instanceof CorruptDocumentError) {
+        this.options.log?.warn('corrupt API key record; refusing the key', { key: error.key, detail: error.detail });
+        return null;
+      }
+      throw error;
+    }
     if (!record || record.revoked_at !== null) return null;
     const presented = Buffer.from(sha256Hex(secret), 'hex');
     const stored = Buffer.from(record.key_sha256, 'hex');
@@ -70,8 +89,13 @@ export class BlobApiKeyStore {
       for (const item of page.items) {
         const id = item.key.slice('keys/'.length, -'.json'.length);
         if (!SORTABLE_ID_PATTERN.test(id)) continue;
-        const record = await this.get(id);
-        if (record) out.push(record);
+        try {
+          const record = await this.get(id);
+          if (record) out.push(record);
+        } catch (error) {
+          if (!(error instanceof CorruptDocumentError)) throw error;
+          this.options.log?.warn('skipping a corrupt API key record', { key: error.key, detail: error.detail });
+        }
       }
       cursor = page.cursor;
     } while (cursor !== undefined);
@@ -84,7 +108,7 @@ export class BlobApiKeyStore {
     for (let attempt = 0; ; attempt++) {
       const object = await this.blobs.get(key);
       if (!object) throw new NotFoundError(`API key ${id} not found`);
-      const record = ApiKeyRecord.parse(JSON.parse(Buffer.from(object.body).toString('utf8')));
+      const record = readDoc(ApiKeyRecord, object.body, key);
       if (record.revoked_at !== null) return record;
       const next = { ...record, revoked_at: now.toISOString() };
       try {

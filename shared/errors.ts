@@ -95,6 +95,25 @@ export class NonRetryableError extends ClipagError {
   }
 }
 
+/**
+ * A stored document (job record, API key record, idempotency claim) that cannot be read back: not
+ * UTF-8 JSON, or not the schema's shape. Retrying cannot fix it. The API answers 409 `corrupt_record`
+ * (the resource exists but is in a state the server cannot serve; a 500 would invite endless
+ * retries), the worker dead-letters the job's message, listings skip the document. `key` names the
+ * blob for logs; the public message never includes it or the parse details.
+ */
+export class CorruptDocumentError extends ClipagError {
+  readonly status = 409;
+  readonly retryable = false;
+  readonly key: string;
+  readonly detail: string;
+  constructor(key: string, detail: string, options: ClipagErrorOptions = {}) {
+    super('corrupt_record', 'the stored record for this resource is unreadable; contact the operator with the request id', options);
+    this.key = key;
+    this.detail = detail;
+  }
+}
+
 /** Configuration is invalid; lists every problem at once so an operator fixes them in one go. */
 export class ConfigError extends ClipagError {
   readonly status = 500;

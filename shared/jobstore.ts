@@ -1,4 +1,5 @@
-import { NotFoundError, PreconditionFailedError, ValidationError } from './errors.ts';
+import { readDoc } from './documents.ts';
+import { CorruptDocumentError, NotFoundError, PreconditionFailedError, ValidationError } from './errors.ts';
 import type { BlobStore, JobMutation, JobPage, JobStore, UpdateOptions } from './ports.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './schemas/common.ts';
 import { JobRecord } from './schemas/job.ts';
@@ -12,8 +13,16 @@ import { JobRecord } from './schemas/job.ts';
  * re-reading on a lost race, so a cancel and a progress write can never overwrite each other.
  * Job ids from `newJobId` sort newest-first, so listing a prefix is already newest-first.
  */
+export interface JobStoreLogger {
+  warn(msg: string, fields?: Record<string, unknown>): void;
+}
+
 export class BlobJobStore implements JobStore {
-  constructor(private readonly blobs: BlobStore) {}
+  /** `log` hears about corrupt job documents that `listByOwner` skips. */
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly options: { log?: JobStoreLogger } = {},
+  ) {}
 
   static keyFor(owner: string, id: string): string {
     assertOwner(owner);
@@ -34,12 +43,14 @@ export class BlobJobStore implements JobStore {
   }
 
   private async read(owner: string, id: string): Promise<{ record: JobRecord; etag: string } | null> {
-    const object = await this.blobs.get(BlobJobStore.keyFor(owner, id));
+    const key = BlobJobStore.keyFor(owner, id);
+    const object = await this.blobs.get(key);
     if (!object) return null;
-    const record = JobRecord.parse(JSON.parse(Buffer.from(object.body).toString('utf8')));
+    // Unreadable or off-schema → CorruptDocumentError (non-retryable; the API answers 409 corrupt_record).
+    const record = readDoc(JobRecord, object.body, key);
     if (record.owner !== owner || record.id !== id) {
       // A document under someone's prefix must describe that owner's job; anything else is corruption.
-      throw new PreconditionFailedError(`job document ${owner}/${id} names ${record.owner}/${record.id}`);
+      throw new CorruptDocumentError(key, `names ${record.owner}/${record.id}`);
     }
     return { record, etag: object.etag };
   }
@@ -81,8 +92,14 @@ export class BlobJobStore implements JobStore {
     for (const item of page.items) {
       const id = item.key.slice(`jobs/${owner}/`.length, -'.json'.length);
       if (!RESOURCE_ID_PATTERN.test(id)) continue; // not a job document
-      const record = await this.get(owner, id);
-      if (record) jobs.push(record);
+      try {
+        const record = await this.get(owner, id);
+        if (record) jobs.push(record);
+      } catch (error) {
+        // One unreadable document must not hide the owner's other jobs: skip it, tell the operator.
+        if (!(error instanceof CorruptDocumentError)) throw error;
+        this.options.log?.warn('skipping a corrupt job document in a listing', { key: error.key, detail: error.detail });
+      }
     }
     // The cursor given out is the last job id, so it stays meaningful to the caller and cannot name a key.
     const last = page.items[page.items.length - 1];

@@ -9,7 +9,7 @@ export const errors = {
   400: envelope('Invalid request (validation_error, invalid_json)'),
   401: envelope('Missing, malformed, unknown or revoked API key'),
   404: envelope('Not found (also for another owner\'s id)'),
-  409: envelope('Conflict'),
+  409: envelope('Conflict (idempotency_key_reused, idempotency_in_progress, job_terminal; corrupt_record: the stored record is unreadable, retrying will not help)'),
   413: envelope('Payload too large'),
   415: envelope('Content-Type is not application/json'),
   503: envelope('A dependency is unavailable; retry'),

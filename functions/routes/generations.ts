@@ -51,7 +51,7 @@ const getGeneration = createRoute({
   request: { params: IdParam },
   responses: {
     200: { description: 'The generation', content: { 'application/json': { schema: GenerationView } } },
-    ...pick(400, 401, 404),
+    ...pick(400, 401, 404, 409),
   },
 });
 

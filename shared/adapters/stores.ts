@@ -12,6 +12,13 @@ import type { BlobStore, JobQueue } from '../ports.ts';
 import { S3BlobStore, SqsJobQueue } from './aws/index.ts';
 import { LocalBlobStore, LocalJobQueue, loadOrCreateSigningSecret } from './local/index.ts';
 
+/** Corrupt documents skipped by listings / refused by key checks: one JSON line on stderr. */
+const storeLog = {
+  warn(msg: string, fields: Record<string, unknown> = {}): void {
+    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'warn', component: 'store', msg, ...fields })}\n`);
+  },
+};
+
 export interface Stores {
   blobs: BlobStore;
   queue: JobQueue;
@@ -38,7 +45,7 @@ export async function localStores(config: LocalConfig): Promise<LocalStores> {
   const layout = localLayout(config.dataDir);
   const blobs = new LocalBlobStore({ rootDir: layout.blobsDir, signingSecret, publicBaseUrl: config.publicBaseUrl });
   const queue = new LocalJobQueue({ dir: layout.queueDir, visibilitySec: config.visibilityTimeoutSec, maxReceives: config.maxReceives });
-  return { blobs, queue, jobs: new BlobJobStore(blobs), keys: new BlobApiKeyStore(blobs), models: new ModelStore(blobs), signingSecret };
+  return { blobs, queue, jobs: new BlobJobStore(blobs, { log: storeLog }), keys: new BlobApiKeyStore(blobs, { log: storeLog }), models: new ModelStore(blobs), signingSecret };
 }
 
 /** S3 and SQS adapters; the SDK clients are constructed here, once per process. */
@@ -53,7 +60,7 @@ export function awsStores(config: AwsConfig): Stores {
   const sqs = new SQSClient({ region: config.region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
   const blobs = new S3BlobStore({ client: s3, bucket: config.bucket });
   const queue = new SqsJobQueue({ client: sqs, queueUrl: config.queueUrl, ...(config.deadLetterQueueUrl ? { deadLetterQueueUrl: config.deadLetterQueueUrl } : {}) });
-  return { blobs, queue, jobs: new BlobJobStore(blobs), keys: new BlobApiKeyStore(blobs), models: new ModelStore(blobs) };
+  return { blobs, queue, jobs: new BlobJobStore(blobs, { log: storeLog }), keys: new BlobApiKeyStore(blobs, { log: storeLog }), models: new ModelStore(blobs) };
 }
 
 export async function storesFor(config: Config): Promise<Stores> {
