@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
@@ -16,6 +16,7 @@ import type {
 } from '../../ports.ts';
 import { KeyedMutex, withDirLock } from './lock.ts';
 import { buildLocalSignedUrl } from './signing.ts';
+import { syncDir, writeFileDurable } from './durable.ts';
 
 export interface LocalBlobStoreOptions {
   /** Everything lives under here: objects/, meta/, tmp/, locks/. */
@@ -31,8 +32,9 @@ function sha256(data: Uint8Array): string {
 }
 
 /**
- * Filesystem BlobStore. Objects are written to a temp file and renamed into place, so readers
- * never see a torn object. Etags are the sha256 of the content. Every write to a key holds that
+ * Filesystem BlobStore. Objects are written to a temp file (fsynced, outside any lock) and renamed
+ * into place under the key's lock, so readers never see a torn object and a power loss never
+ * leaves a zero-length one. Etags are the sha256 of the content. Every write to a key holds that
  * key's lock (in-process mutex + cross-process lock directory), so the check and the write of a
  * conditional operation are one atomic step: of many concurrent conditional writers exactly one wins.
  */
@@ -57,29 +59,79 @@ export class LocalBlobStore implements BlobStore {
     return this.mutex.run(key, () => withDirLock(join(this.root, 'locks', lockName), fn));
   }
 
-  private async atomicWrite(path: string, data: Uint8Array | string): Promise<void> {
+  /** Writes `data` to a fresh temp file, fsynced (slow for big bodies: done outside any lock). */
+  private async stage(data: Uint8Array | string): Promise<string> {
     const tmpDir = join(this.root, 'tmp');
     await mkdir(tmpDir, { recursive: true });
     const tmp = join(tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
-    await writeFile(tmp, data);
+    try {
+      await writeFileDurable(tmp, data);
+    } catch (error) {
+      await rm(tmp, { force: true });
+      throw error;
+    }
+    return tmp;
+  }
+
+  /** Renames a staged temp file into place (fast: the only part done under the key's lock). */
+  private async commit(tmp: string, path: string): Promise<void> {
     try {
       await mkdir(dirname(path), { recursive: true });
       await rename(tmp, path);
     } catch (error) {
       await rm(tmp, { force: true });
       const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOTDIR' || code === 'EISDIR' || code === 'EEXIST') {
+      if (code === 'ENOTDIR' || code === 'EISDIR' || code === 'EEXIST' || code === 'ENOTEMPTY') {
         throw new ValidationError(`key conflicts with an existing key used as a folder: ${path}`, 'key');
       }
       throw error;
     }
+    await syncDir(dirname(path));
   }
 
-  private async writeObject(key: string, body: Uint8Array, options: PutOptions): Promise<{ etag: string }> {
-    // Metadata first: a crash in between leaves stale metadata for the old body, never a body without any.
-    await this.atomicWrite(this.metaPath(key), JSON.stringify({ contentType: options.contentType ?? null }));
-    await this.atomicWrite(this.objectPath(key), body);
-    return { etag: sha256(body) };
+  /** Stages metadata and body outside the lock; `write` (under the lock) renames them into place. */
+  private async prepare(key: string, body: Uint8Array, options: PutOptions) {
+    const metaTmp = await this.stage(JSON.stringify({ contentType: options.contentType ?? null }));
+    let bodyTmp: string;
+    try {
+      bodyTmp = await this.stage(body);
+    } catch (error) {
+      await rm(metaTmp, { force: true });
+      throw error;
+    }
+    let used = false;
+    return {
+      write: async (): Promise<{ etag: string }> => {
+        used = true;
+        // Metadata first: a crash in between leaves stale metadata for the old body, never a body without any.
+        try {
+          await this.commit(metaTmp, this.metaPath(key));
+        } catch (error) {
+          await rm(bodyTmp, { force: true });
+          throw error;
+        }
+        await this.commit(bodyTmp, this.objectPath(key));
+        return { etag: sha256(body) };
+      },
+      /** Removes the temp files when `write` was not (or not fully) run. */
+      discard: async (): Promise<void> => {
+        if (used) return;
+        await Promise.all([rm(metaTmp, { force: true }), rm(bodyTmp, { force: true })]);
+      },
+    };
+  }
+
+  /** Stages outside the key's lock, then runs `check` and the renames under it. */
+  private async writeLocked(key: string, body: Uint8Array, options: PutOptions, check?: () => Promise<void>): Promise<{ etag: string }> {
+    const staged = await this.prepare(key, body, options);
+    try {
+      return await this.withKeyLock(key, async () => {
+        await check?.();
+        return staged.write();
+      });
+    } finally {
+      await staged.discard();
+    }
   }
 
   private async readObject(key: string): Promise<BlobObject | null> {
@@ -107,7 +159,7 @@ export class LocalBlobStore implements BlobStore {
 
   async put(key: string, body: Uint8Array, options: PutOptions = {}): Promise<{ etag: string }> {
     assertValidKey(key);
-    return this.withKeyLock(key, () => this.writeObject(key, body, options));
+    return this.writeLocked(key, body, options);
   }
 
   async get(key: string): Promise<BlobObject | null> {
@@ -167,19 +219,17 @@ export class LocalBlobStore implements BlobStore {
 
   async putIfAbsent(key: string, body: Uint8Array, options: PutOptions = {}): Promise<{ etag: string }> {
     assertValidKey(key);
-    return this.withKeyLock(key, async () => {
+    return this.writeLocked(key, body, options, async () => {
       if (await this.readObject(key)) throw new PreconditionFailedError(`object already exists: ${key}`);
-      return this.writeObject(key, body, options);
     });
   }
 
   async replaceIfMatch(key: string, body: Uint8Array, etag: string, options: PutOptions = {}): Promise<{ etag: string }> {
     assertValidKey(key);
-    return this.withKeyLock(key, async () => {
+    return this.writeLocked(key, body, options, async () => {
       const current = await this.readObject(key);
       if (!current) throw new PreconditionFailedError(`object does not exist: ${key}`);
       if (current.etag !== etag) throw new PreconditionFailedError(`etag mismatch for ${key}`);
-      return this.writeObject(key, body, options);
     });
   }
 

@@ -1,9 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { z } from 'zod';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { newId } from '../../ids.ts';
 import type { JobQueue, ReceivedMessage, ReceiveOptions } from '../../ports.ts';
+import { syncDir, writeFileDurable } from './durable.ts';
 import { KeyedMutex, withDirLock } from './lock.ts';
 
 export interface LocalJobQueueOptions {
@@ -18,17 +20,28 @@ export interface LocalJobQueueOptions {
   deadLetter?: boolean;
   /** How often a long poll re-reads the disk, for messages sent by another process (default 200 ms). */
   pollIntervalMs?: number;
+  /** Hears about unreadable message files moved to `<dir>/corrupt` (default: a JSON line on stderr). */
+  log?: { warn(msg: string, fields?: Record<string, unknown>): void };
 }
 
-interface StoredMessage {
-  id: string;
-  body: string;
-  sentAt: number;
-  visibleAt: number;
-  receiveCount: number;
-  /** Changes on every delivery; a receipt names the delivery it came from. */
-  deliveryToken: string | null;
-}
+const StoredMessage = z
+  .object({
+    id: z.string().regex(/^[0-9a-z]{26}$/),
+    body: z.string().min(1),
+    sentAt: z.number().finite(),
+    visibleAt: z.number().finite(),
+    receiveCount: z.number().int().min(0),
+    /** Changes on every delivery; a receipt names the delivery it came from. */
+    deliveryToken: z.string().regex(/^[0-9a-f]{24}$/).nullable(),
+  })
+  .strict();
+type StoredMessage = z.output<typeof StoredMessage>;
+
+const stderrLog = {
+  warn(msg: string, fields: Record<string, unknown> = {}): void {
+    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'warn', component: 'local-queue', msg, ...fields })}\n`);
+  },
+};
 
 const MAX_BODY_BYTES = 256 * 1024;
 
@@ -54,9 +67,11 @@ export class LocalJobQueue implements JobQueue {
   private readonly visibilitySec: number;
   private readonly maxReceives: number;
   private readonly pollIntervalMs: number;
+  private readonly log: NonNullable<LocalJobQueueOptions['log']>;
 
   constructor(options: LocalJobQueueOptions) {
     this.dir = resolve(options.dir);
+    this.log = options.log ?? stderrLog;
     this.visibilitySec = options.visibilitySec ?? 30;
     this.maxReceives = options.maxReceives ?? 3;
     this.pollIntervalMs = options.pollIntervalMs ?? 200;
@@ -73,6 +88,7 @@ export class LocalJobQueue implements JobQueue {
             maxReceives: Infinity,
             deadLetter: false,
             pollIntervalMs: this.pollIntervalMs,
+            log: this.log,
           });
   }
 
@@ -87,25 +103,57 @@ export class LocalJobQueue implements JobQueue {
     return mutex.run(this.dir, () => withDirLock(join(this.dir, 'lock'), fn));
   }
 
+  private get corruptDir(): string {
+    return join(this.dir, 'corrupt');
+  }
+
   private async write(message: StoredMessage): Promise<void> {
     const tmpDir = join(this.dir, 'tmp');
     await mkdir(tmpDir, { recursive: true });
     await mkdir(this.messagesDir, { recursive: true });
     const tmp = join(tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
-    await writeFile(tmp, JSON.stringify(message));
+    // fsync before the rename: a power loss leaves the old message or the new one, never an empty file.
+    await writeFileDurable(tmp, JSON.stringify(message));
     await rename(tmp, this.messagePath(message.id));
+    await syncDir(this.messagesDir);
   }
 
-  private async read(id: string): Promise<StoredMessage | null> {
+  /**
+   * The stored message, or null when there is none. An unreadable file (zero bytes after a crash,
+   * truncated, hand-edited, off-schema) is moved to `<dir>/corrupt/` and logged when `quarantine`
+   * (callers holding the queue lock), else skipped: one bad file must never stop the queue.
+   */
+  private async read(id: string, quarantine = true): Promise<StoredMessage | null> {
+    const path = this.messagePath(id);
+    let text: string;
     try {
-      return JSON.parse(await readFile(this.messagePath(id), 'utf8')) as StoredMessage;
+      text = await readFile(path, 'utf8');
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw error;
     }
+    let problem: string;
+    try {
+      const parsed = StoredMessage.safeParse(JSON.parse(text));
+      if (parsed.success && parsed.data.id === id) return parsed.data;
+      problem = parsed.success ? `names message ${parsed.data.id}` : (parsed.error.issues[0]?.message ?? 'invalid');
+    } catch (error) {
+      problem = text.length === 0 ? 'empty file' : `not JSON: ${(error as Error).message}`;
+    }
+    if (quarantine) {
+      const target = join(this.corruptDir, `${id}.${randomBytes(4).toString('hex')}.json`);
+      try {
+        await mkdir(this.corruptDir, { recursive: true });
+        await rename(path, target);
+        this.log.warn('unreadable queue message moved aside', { file: path, movedTo: target, problem });
+      } catch (error) {
+        this.log.warn('unreadable queue message skipped (could not move it aside)', { file: path, problem, error: String(error) });
+      }
+    }
+    return null;
   }
 
-  private async readAll(): Promise<StoredMessage[]> {
+  private async readAll(quarantine = true): Promise<StoredMessage[]> {
     let names: string[];
     try {
       names = await readdir(this.messagesDir);
@@ -117,7 +165,7 @@ export class LocalJobQueue implements JobQueue {
     const messages: StoredMessage[] = [];
     for (const name of names) {
       if (!name.endsWith('.json')) continue;
-      const message = await this.read(name.slice(0, -5));
+      const message = await this.read(name.slice(0, -5), quarantine);
       if (message) messages.push(message);
     }
     return messages;
@@ -245,7 +293,12 @@ export class LocalJobQueue implements JobQueue {
 
   /** Messages currently stored (visible, delayed or in flight); for tests and operators. */
   async depth(): Promise<number> {
-    return (await this.readAll()).length;
+    return (await this.readAll(false)).length; // unlocked: skips unreadable files, moves nothing
+  }
+
+  /** Files moved to `<dir>/corrupt` so far (operators inspect or delete them). */
+  async corruptFiles(): Promise<string[]> {
+    return readdir(this.corruptDir).catch(() => []);
   }
 }
 
