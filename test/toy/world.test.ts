@@ -5,7 +5,7 @@ import { TextTokenizer } from '../../gpu-worker/engine/clip/tokenizer.ts';
 import { Rng } from '../../gpu-worker/engine/synth/rng.ts';
 import {
   COLOUR_RGB, CONTEXT_LENGTH, HELD_OUT, POSITIONS, SHAPES, WORLD_SIZE, describes, isHeldOut, parseCaption, renderScene,
-  sampleBatch, sampleCaption, worldTokenizerJson, worldVocabSize, type Scene,
+  sampleBatch, sampleCaption, sampleGroupedBatch, worldTokenizerJson, worldVocabSize, type Scene,
 } from '../../gpu-worker/engine/toy/world.ts';
 
 const S = WORLD_SIZE, P = S * S;
@@ -54,6 +54,28 @@ describe('toy world', () => {
     expect(describes({ objects: [{ shape: 'star', colour: 'blue', size: 'large' }] }, scene)).toBe(false);
     const cap = sampleCaption(Rng.fromSeed(3), scene);
     expect(describes(cap, scene)).toBe(true);
+  });
+
+  it('hard-negative groups differ in exactly one attribute of one object', () => {
+    const w = sampleGroupedBatch(Rng.fromSeed(8), 64, 4);
+    expect(w.scenes.length).toBe(64);
+    const varied = new Set<string>();
+    const groups = [...new Set(w.group!)];
+    expect(groups.length).toBeGreaterThanOrEqual(16);
+    for (const g of groups) {
+      const group = w.scenes.filter((_, i) => w.group![i] === g);
+      expect(group.length).toBeLessThanOrEqual(4);
+      const keys = (s: Scene) => s.objects.map((o) => [o.shape, o.colour, o.size, o.position]);
+      const base = keys(group[0]);
+      for (const s of group.slice(1)) {
+        const diff = keys(s).flatMap((o, i) => o.map((v, j) => (v !== base[i][j] ? j : -1))).filter((j) => j >= 0);
+        expect(diff.length).toBe(1);
+        varied.add(['shape', 'colour', 'size', 'position'][diff[0]]);
+        expect(s.background).toBe(group[0].background);
+      }
+      for (const s of group) for (const o of s.objects) expect(isHeldOut(o.shape, o.colour)).toBe(false);
+    }
+    expect(varied.has('shape') && varied.has('position')).toBe(true);
   });
 
   it('renders the object in its colour at its position', () => {

@@ -48,7 +48,7 @@ export interface AttackConfig {
   rampFraction: number;
 }
 
-export const DEFAULT_ATTACK: AttackConfig = { norm: 'l2', eps: 1.5, steps: 2, stepSize: 0.75, rampFraction: 0.15 };
+export const DEFAULT_ATTACK: AttackConfig = { norm: 'l2', eps: 1.0, steps: 1, stepSize: 1.0, rampFraction: 0.15 };
 
 export interface ToyTrainConfig {
   arch: ClipArch;
@@ -71,10 +71,10 @@ export function defaultToyConfig(robust: boolean, overrides: Partial<ToyTrainCon
     arch: TOY_ARCH,
     robust,
     attack: DEFAULT_ATTACK,
-    batch: 64,
-    steps: 900,
+    batch: 32,
+    steps: 5000,
     seed: 1,
-    lr: 2e-3,
+    lr: 1e-3,
     warmup: 50,
     weightDecay: 0.05,
     gradClip: 1.0,
@@ -361,7 +361,7 @@ export interface TrainToyResult {
 export const CLIP_CHECKPOINT_KIND = 'toy-clip';
 
 function configRecord(cfg: ToyTrainConfig): Record<string, unknown> {
-  return { ...cfg, world_version: 2 } as unknown as Record<string, unknown>;
+  return { ...cfg, world_version: 3 } as unknown as Record<string, unknown>;
 }
 
 export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = {}): Promise<TrainToyResult> {

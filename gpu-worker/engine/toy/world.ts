@@ -339,6 +339,8 @@ export interface WorldBatch {
   pixels: Float32Array;
   scenes: Scene[];
   captions: Caption[];
+  /** sampleGroupedBatch: the hard-negative group of each scene. */
+  group?: number[];
 }
 
 /** n scenes with one caption each; deterministic from rng. */
@@ -357,41 +359,60 @@ export function sampleBatch(rng: Rng, n: number, opts: SceneOptions = {}): World
   return { pixels, scenes, captions };
 }
 
+/** Which attribute varies inside a hard-negative group, and how often. */
+export const GROUP_ATTRIBUTES: ReadonlyArray<readonly ['shape' | 'position' | 'size' | 'colour', number]> = [
+  ['shape', 0.5],
+  ['position', 0.25],
+  ['size', 0.15],
+  ['colour', 0.1],
+];
+
 /**
- * A batch of n scenes in groups of `groupSize` that differ only in the shape of one object (same
- * colours, sizes, positions and background kind; fresh geometry jitter). Random batches let colour alone
- * separate almost every caption pair, so a contrastive model can ignore shape; within a group only
- * the shape tells the captions apart (hard negatives).
+ * A batch of n scenes in groups of `groupSize` that differ in one attribute of one object only (same
+ * other attributes and background kind; fresh geometry jitter). Random batches let colour alone separate
+ * almost every caption pair, so a contrastive model can ignore shape and position for a long time;
+ * inside a group only the varied attribute tells the captions apart (hard negatives). The attribute is
+ * drawn per group from GROUP_ATTRIBUTES; two-object scenes always vary a shape.
  */
 export function sampleGroupedBatch(rng: Rng, n: number, groupSize: number, opts: SceneOptions = {}): WorldBatch {
   const S = WORLD_SIZE;
   const pixels = new Float32Array(n * 3 * S * S);
   const scenes: Scene[] = [];
   const captions: Caption[] = [];
+  const group: number[] = [];
+  let g = 0;
+  const shuffle = <T>(xs: T[]): T[] => {
+    for (let i = xs.length - 1; i > 0; i--) {
+      const j = rng.int(i + 1);
+      [xs[i], xs[j]] = [xs[j], xs[i]];
+    }
+    return xs;
+  };
   while (scenes.length < n) {
     const base = sampleScene(rng, opts);
     const k = rng.int(base.objects.length);
     const o = base.objects[k];
     const other = base.objects[1 - k];
-    const shapes = SHAPES.filter(
-      (s) => (opts.allowHeldOut || !isHeldOut(s, o.colour)) && !(other && other.shape === s && other.colour === o.colour),
-    );
-    // shuffle, keep the base shape first
-    const rest = shapes.filter((s) => s !== o.shape);
-    for (let i = rest.length - 1; i > 0; i--) {
-      const j = rng.int(i + 1);
-      [rest[i], rest[j]] = [rest[j], rest[i]];
-    }
-    for (const shape of [o.shape, ...rest].slice(0, Math.min(groupSize, n - scenes.length))) {
-      const objects = base.objects.map((x, i) => (i === k ? { ...x, shape } : x));
-      const scene: Scene = { objects, background: base.background };
+    let attr = GROUP_ATTRIBUTES[rng.categorical(GROUP_ATTRIBUTES.map(([, w]) => w))][0];
+    if (other) attr = 'shape';
+    const ok = (x: WorldObject) => (opts.allowHeldOut || !isHeldOut(x.shape, x.colour)) && !(other && other.shape === x.shape && other.colour === x.colour);
+    let variants: WorldObject[];
+    if (attr === 'shape') variants = SHAPES.map((shape) => ({ ...o, shape }));
+    else if (attr === 'colour') variants = COLOURS.map((colour) => ({ ...o, colour }));
+    else if (attr === 'size') variants = SIZES.map((size) => ({ ...o, size }));
+    else variants = POSITIONS.map((position) => ({ ...o, position }));
+    const rest = shuffle(variants.filter((v) => ok(v) && v[attr] !== o[attr]));
+    for (const v of [o, ...rest].slice(0, Math.min(groupSize, n - scenes.length))) {
+      const scene: Scene = { objects: base.objects.map((x, i) => (i === k ? v : x)), background: base.background };
       const i = scenes.length;
       renderScene(scene, rng, { width: S, height: S, data: pixels.subarray(i * 3 * S * S, (i + 1) * 3 * S * S) } as PlanarImage);
       scenes.push(scene);
       captions.push(sampleCaption(rng, scene));
+      group.push(g);
     }
+    g++;
   }
-  return { pixels, scenes, captions };
+  return { pixels, scenes, captions, group };
 }
 
 // ---- tokenizer -----------------------------------------------------------------------------------
