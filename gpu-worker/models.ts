@@ -19,8 +19,9 @@ import { ClipEngine } from './engine/engine.ts';
 import { EngineError } from './engine/errors.ts';
 import { EnginePool } from './engine/runtime/pool.ts';
 import type { Device } from './engine/runtime/providers.ts';
+import { MODEL_NAME_PATTERN } from '../shared/schemas/common.ts';
 
-const MODEL_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+const MODEL_NAME = MODEL_NAME_PATTERN;
 
 export interface ModelRegistryOptions {
   /** Folder whose `<name>/manifest.json` subfolders are the models (default: none scanned). */

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ConfigError } from './errors.ts';
+import { MODEL_NAME_PATTERN } from './schemas/common.ts';
 
 /**
  * Process configuration, parsed once by a composition root from an env-like record, typed,
@@ -19,9 +20,17 @@ const Common = {
   maxReceives: intIn(1, 1000, 3),
   receiveWaitSec: intIn(0, 20, 20),
   signedUrlTtlSec: intIn(1, 7 * 24 * 3600, 3600),
+  /** Lifetime of the presigned PUT URL POST /v1/uploads hands out (short: it grants a write). */
+  uploadUrlTtlSec: intIn(60, 24 * 3600, 900),
+  /**
+   * Wall-clock limit of one attempt of a job in the worker. At the deadline the run is aborted and
+   * the job fails with code `timeout` (not retried: the same spec on the same hardware would time
+   * out again); the lease heartbeat stops extending soon after, whatever the engine does.
+   */
+  jobTimeoutSec: intIn(1, 7 * 24 * 3600, 3600),
   maxUploadBytes: intIn(1, 100 * 1024 * 1024, 10 * 1024 * 1024),
   maxBodyBytes: intIn(1024, 10 * 1024 * 1024, 64 * 1024),
-  defaultModel: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/).default('toy'),
+  defaultModel: z.string().regex(MODEL_NAME_PATTERN).default('toy'),
   modelsDir: z.string().min(1).default('models'),
   /** Where the worker runs the engine: onnxruntime's CUDA EP in the GPU container, CPU elsewhere. */
   device: z.enum(['cpu', 'cuda']).default('cpu'),
@@ -71,6 +80,8 @@ export const ENV_VARS = {
   CLIPAG_MAX_RECEIVES: 'maxReceives',
   CLIPAG_RECEIVE_WAIT_SEC: 'receiveWaitSec',
   CLIPAG_SIGNED_URL_TTL_SEC: 'signedUrlTtlSec',
+  CLIPAG_UPLOAD_URL_TTL_SEC: 'uploadUrlTtlSec',
+  CLIPAG_JOB_TIMEOUT_SEC: 'jobTimeoutSec',
   CLIPAG_MAX_UPLOAD_BYTES: 'maxUploadBytes',
   CLIPAG_MAX_BODY_BYTES: 'maxBodyBytes',
   CLIPAG_DEFAULT_MODEL: 'defaultModel',

@@ -26,11 +26,13 @@ import { z } from 'zod';
 import { ClipagError, PreconditionFailedError } from './errors.ts';
 import { assertValidKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
+import { MODEL_NAME_PATTERN } from './schemas/common.ts';
 
 export const MODEL_STORE_PREFIX = 'models/';
 export const MODEL_INDEX_FILE = 'bundle.json';
 export const MODEL_INDEX_FORMAT = 'clipag-model-store-index';
-export const MODEL_NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+/** Kept as an alias of MODEL_NAME_PATTERN (shared/schemas/common.ts) for existing importers. */
+export const MODEL_NAME_RE = MODEL_NAME_PATTERN;
 const SHA256_RE = /^[0-9a-f]{64}$/;
 
 export type ModelStoreErrorCode = 'invalid_name' | 'invalid_bundle' | 'checksum_mismatch' | 'conflict' | 'not_found' | 'invalid_index';

@@ -16,6 +16,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       maxBodyBytes: config.maxBodyBytes,
       maxUploadBytes: config.maxUploadBytes,
       signedUrlTtlSec: config.signedUrlTtlSec,
+      uploadUrlTtlSec: config.uploadUrlTtlSec,
     },
   };
 }

@@ -27,6 +27,7 @@ export async function localDeps(
       maxBodyBytes: config.maxBodyBytes,
       maxUploadBytes: config.maxUploadBytes,
       signedUrlTtlSec: config.signedUrlTtlSec,
+      uploadUrlTtlSec: config.uploadUrlTtlSec,
     },
   };
 }

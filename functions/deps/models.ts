@@ -3,8 +3,9 @@ import { join } from 'node:path';
 import { type ModelIndex, ModelStore } from '../../shared/modelstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import type { ModelInfo } from '../schemas.ts';
+import { MODEL_NAME_PATTERN } from '../../shared/schemas/common.ts';
 
-const MODEL_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+const MODEL_NAME = MODEL_NAME_PATTERN;
 
 /**
  * One entry of `GET /v1/models`: what is really deployed. The fields beyond the `Model` schema's

@@ -1,5 +1,5 @@
 import { z } from '@hono/zod-openapi';
-import { RESOURCE_ID_PATTERN } from './common.ts';
+import { MODEL_NAME_PATTERN, RESOURCE_ID_PATTERN } from './common.ts';
 
 export const PROMPT_MAX_CHARS = 300;
 export const MIN_SIDE = 64;
@@ -41,7 +41,7 @@ export const InitSpec = z
   })
   .openapi({ example: 'gmm', description: '"gmm" (class-conditional Gaussian prior), "noise", or "upload:<id>"' });
 
-export const ModelName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/);
+export const ModelName = z.string().regex(MODEL_NAME_PATTERN);
 
 export const GenerationRequest = z
   .object({
