@@ -12,7 +12,7 @@ import { localBlobRoutes } from '../functions/local-blobs.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
-import { REPO_ROOT } from './common.ts';
+import { intArg, REPO_ROOT } from './common.ts';
 import { ModelStore } from '../shared/modelstore.ts';
 
 export const summary = 'run the API and the worker locally (no AWS account), with the embedded model';
@@ -33,7 +33,10 @@ export interface ServeHandle {
 }
 
 /** Starts everything; used by the verb and by the end-to-end tests. */
-export async function serve(env: Readonly<Record<string, string | undefined>>, opts: { recipeOverrides?: Record<string, number>; quiet?: boolean } = {}): Promise<ServeHandle> {
+export async function serve(
+  env: Readonly<Record<string, string | undefined>>,
+  opts: { recipeOverrides?: Record<string, number>; maxSteps?: number; quiet?: boolean } = {},
+): Promise<ServeHandle> {
   let config;
   try {
     // The local queue is a folder: short long-polls cost nothing and let Ctrl-C drain quickly.
@@ -54,7 +57,7 @@ export async function serve(env: Readonly<Record<string, string | undefined>>, o
   const { blobs, queue, jobs, keys, signingSecret } = deps.adapters;
   const apiKey = await localApiKey(local.dataDir, keys);
   // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
-  const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
+  const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
   const root = new Hono();
   root.route('/', localBlobRoutes(blobs, signingSecret));
   root.route('/', createApp(deps));
@@ -86,8 +89,9 @@ async function localApiKey(dataDir: string, keys: { create(a: { name: string; ow
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, data: { type: 'string' }, steps: { type: 'string' } }, strict: true });
   const env = { ...process.env, ...(values.port ? { PORT: values.port } : {}), ...(values.data ? { CLIPAG_DATA_DIR: values.data } : {}) };
-  const recipeOverrides = values.steps ? { steps: Number(values.steps) } : undefined;
-  const handle = await serve(env, { recipeOverrides });
+  // A cap (min with each job's steps), validated before anything starts.
+  const maxSteps = values.steps === undefined ? undefined : intArg(values.steps, 'steps', 0, 1, 1000);
+  const handle = await serve(env, { maxSteps });
   const k = handle.apiKey;
   process.stderr.write(
     [

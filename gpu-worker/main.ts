@@ -43,8 +43,10 @@ export interface StartWorkerDeps {
   modelCacheDir?: string;
   /** Default: the engine synthesizer on `models`. */
   synthesizer?: Synthesizer;
-  /** Worker-level recipe overrides (tests, CPU demos); see EngineSynthesizerOptions. */
+  /** Worker-level recipe overrides (tests, CPU demos); see EngineSynthesizerOptions. `steps` here is a cap. */
   recipeOverrides?: Partial<Recipe>;
+  /** Caps every job's steps (min(spec.steps, maxSteps)); default `recipeOverrides.steps`, else none. */
+  maxSteps?: number;
   /** Overrides of the worker's timing knobs (e.g. progress write interval). */
   worker?: Partial<WorkerConfig>;
   log?: Logger;
@@ -70,7 +72,8 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       device: config.device,
       ...(store ? { store, cacheDir: resolve(deps.modelCacheDir ?? join(tmpdir(), 'clipag-models')) } : {}),
     });
-  const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides });
+  const maxSteps = deps.maxSteps ?? deps.recipeOverrides?.steps;
+  const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });
   const worker = createWorker({
     queue: deps.queue,
     jobs: deps.jobs ?? new BlobJobStore(deps.blobs),
@@ -81,6 +84,8 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       visibilityTimeoutSec: config.visibilityTimeoutSec,
       maxReceives: config.maxReceives,
       receiveWaitSec: config.receiveWaitSec,
+      jobTimeoutSec: config.jobTimeoutSec,
+      ...(maxSteps !== undefined ? { maxSteps } : {}),
       ...deps.worker,
     },
     log,

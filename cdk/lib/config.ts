@@ -198,6 +198,8 @@ export const ENV = {
   signedUrlTtl: 'CLIPAG_SIGNED_URL_TTL_SEC',
   stopTimeout: 'CLIPAG_STOP_TIMEOUT_SEC',
   executionProvider: 'CLIPAG_EXECUTION_PROVIDER',
+  /** Worker: wall-clock limit of one job attempt (shared/config.ts jobTimeoutSec; default 3600 when unset). */
+  jobTimeout: 'CLIPAG_JOB_TIMEOUT_SEC',
   region: 'AWS_REGION',
 } as const;
 

@@ -11,20 +11,47 @@ import { EngineError } from '../engine/errors.ts';
  * request or the bundle and cannot succeed on a retry. Retries are bounded by the receive limit.
  */
 const RETRYABLE_ENGINE_CODES = new Set(['runtime_unavailable', 'runtime_failed', 'aborted']);
+/**
+ * Engine codes that are permanent whatever else changes: `numerical_error` (a NaN/Inf loss) is a
+ * property of the spec, model and seed, so every redelivery would repeat it. Listed explicitly (and
+ * matched by string too, for an error that lost its class crossing a thread boundary) so that a
+ * future widening of the retryable set cannot make them loop.
+ */
+const PERMANENT_ENGINE_CODES = new Set(['numerical_error']);
 
 export type ErrorClass = 'retryable' | 'permanent';
 
 export function classifyError(error: unknown): ErrorClass {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && PERMANENT_ENGINE_CODES.has(code)) return 'permanent';
   if (error instanceof EngineError) return RETRYABLE_ENGINE_CODES.has(error.code) ? 'retryable' : 'permanent';
   // A conditional write that kept losing (job store contention) or a receipt that raced: try again later.
   if (error instanceof PreconditionFailedError) return 'retryable';
   return isRetryable(error) ? 'retryable' : 'permanent';
 }
 
-/** The `{code, message}` stored on a failed job. Unknown errors never leak their text to the caller. */
+/**
+ * Absolute filesystem paths (POSIX `/a/b…` with at least two segments, `file://` URLs, Windows
+ * `C:\a\b`). API paths (`/v1/…`) and the path part of http(s) URLs are left alone.
+ */
+const ABSOLUTE_PATH = /file:\/\/[^\s'"`]+|(?<![\w.:/~-])\/(?!v1\/)(?:[^\s'"`,;:()[\]{}<>/\\]+\/)+[^\s'"`,;:()[\]{}<>/\\]*|\b[A-Za-z]:\\(?:[^\s'"`,;:()[\]{}<>\\]+\\)*[^\s'"`,;:()[\]{}<>\\]*/g;
+
+/** Replaces absolute server paths in a message with `<path>/<basename>`: callers learn which file, not where it lives. */
+export function redactPaths(message: string): string {
+  return message.replace(ABSOLUTE_PATH, (path) => {
+    const base = path.split(/[\\/]/).filter(Boolean).pop() ?? '';
+    return `<path>/${base}`;
+  });
+}
+
+/**
+ * The `{code, message}` stored on a failed job (and so shown to the API caller). Unknown errors never
+ * leak their text; engine and 4xx messages are kept but with absolute paths redacted (the worker's
+ * log line, via describe(), keeps the full message).
+ */
 export function jobErrorOf(error: unknown): { code: string; message: string } {
-  if (error instanceof EngineError) return { code: error.code, message: error.message };
-  if (error instanceof ClipagError && error.status < 500) return { code: error.code, message: error.message };
+  if (error instanceof EngineError) return { code: error.code, message: redactPaths(error.message) };
+  if (error instanceof ClipagError && error.status < 500) return { code: error.code, message: redactPaths(error.message) };
   if (error instanceof ClipagError) return { code: error.code, message: 'internal error while running the job' };
   return { code: 'internal_error', message: 'internal error while running the job' };
 }

@@ -69,11 +69,19 @@ export interface EngineSynthesizerOptions {
   models: ModelRegistry;
   blobs: BlobStore;
   /**
-   * Recipe fields applied to every job (steps always come from the spec). The product runs the
-   * notebook recipe; tests and CPU demos shrink views and GMM samples here. The public generation
-   * schema is strict and has no recipe field, so this is worker configuration, not a request option.
+   * Recipe fields applied to every job. The product runs the notebook recipe; tests and CPU demos
+   * shrink views and GMM samples here. The public generation schema is strict and has no recipe
+   * field, so this is worker configuration, not a request option. `steps` is a cap, not a value:
+   * a job runs min(spec.steps, steps) (see stepsFor).
    */
   recipeOverrides?: Partial<Recipe>;
+  /** Caps every job's steps (min with `recipeOverrides.steps` when both are given). */
+  maxSteps?: number;
+}
+
+/** The steps a job really runs: the spec's, capped by the worker's `maxSteps` / `recipeOverrides.steps`. */
+export function stepsFor(spec: Pick<GenerationSpec, 'steps'>, recipeOverrides: Partial<Recipe> = {}, maxSteps?: number): number {
+  return Math.min(spec.steps, recipeOverrides.steps ?? Infinity, maxSteps ?? Infinity);
 }
 
 /** A job without a seed still gets a fixed one (FNV-1a of its id), so a redelivery redoes the same image. */
@@ -88,7 +96,7 @@ export function seedFor(job: SynthesisJob): number {
 }
 
 /** The engine requests for a job: n of them, seeds seed+i (mod 2³²); the init image is decoded once by the caller. */
-export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrides: Partial<Recipe> = {}): SynthRequest[] {
+export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrides: Partial<Recipe> = {}, maxSteps?: number): SynthRequest[] {
   const { spec } = job;
   const prompts = [
     ...weightedPrompts(spec).map((p) => ({ text: p.text, weight: p.weight })),
@@ -101,7 +109,7 @@ export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrid
     height: spec.height,
     seed: (base + i) >>> 0,
     init,
-    recipe: { ...recipeOverrides, steps: spec.steps },
+    recipe: { ...recipeOverrides, steps: stepsFor(spec, recipeOverrides, maxSteps) },
   }));
 }
 
@@ -134,8 +142,8 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
     async run(job, { signal, onProgress } = {}) {
       const engine = await options.models.engine(job.spec.model);
       const init = await resolveInit(job, options.blobs);
-      const requests = toSynthRequests(job, init, options.recipeOverrides);
-      const perImage = job.spec.steps;
+      const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps);
+      const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
       const totalSteps = perImage * requests.length;
       const outcome: SynthesisOutcome = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0 } };
       for (let i = 0; i < requests.length; i++) {

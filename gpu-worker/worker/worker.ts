@@ -1,7 +1,7 @@
 // The queue worker: long-poll → lease (visibility heartbeat) → job lifecycle → ack/release.
 // One job at a time (one GPU per task). States and retry classes: docs/adr/0005-worker-lifecycle.md.
 
-import { PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
+import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, type JobOutput, type JobRecord } from '../../shared/schemas/job.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
@@ -28,6 +28,17 @@ export interface WorkerConfig {
    * to the DLQ, and the sweep marks such jobs `failed` with `retries_exhausted`.
    */
   deadLetterSweepMs?: number;
+  /**
+   * Wall-clock limit of one attempt, from the claim (default: none; `startWorker` passes the config's
+   * CLIPAG_JOB_TIMEOUT_SEC). At the deadline the run's AbortSignal fires and the job fails with code
+   * `timeout`, message acked: not retried, since the same spec on the same hardware would time out
+   * again. The lease heartbeat stops extending one visibility timeout after the deadline, so an
+   * engine that ignores the abort cannot hold the message for ever.
+   */
+  jobTimeoutSec?: number;
+  /** Caps every job's steps at min(spec.steps, maxSteps) (CPU demos: `clipag serve --steps N`);
+   * progress totals count the steps actually run. Default: as requested. */
+  maxSteps?: number;
 }
 
 export interface Logger {
@@ -52,7 +63,9 @@ export type WorkerEvent =
   | { type: 'progress_written'; jobId: string; step: number; cancelRequested: boolean }
   | { type: 'heartbeat'; messageId: string; visibilitySec: number }
   /** The run's AbortController fired; `step` is the last step reported before it. */
-  | { type: 'abort'; jobId: string; reason: 'cancel' | 'drain' | 'lease_lost'; step: number }
+  | { type: 'abort'; jobId: string; reason: 'cancel' | 'drain' | 'lease_lost' | 'timeout'; step: number }
+  /** The heartbeat stopped extending the lease: the job is past its deadline plus one visibility timeout. */
+  | { type: 'lease_stopped'; messageId: string; reason: 'deadline' }
   | { type: 'acked'; messageId: string; reason: string }
   | { type: 'released'; messageId: string; reason: string }
   | { type: 'dead_lettered'; messageId: string; reason: string }
@@ -94,7 +107,7 @@ export function jsonLogger(level: 'debug' | 'info' | 'warn' | 'error' = 'info', 
   return { debug: emit('debug'), info: emit('info'), warn: emit('warn'), error: emit('error') };
 }
 
-type AbortReason = 'cancel' | 'drain' | 'lease_lost';
+type AbortReason = 'cancel' | 'drain' | 'lease_lost' | 'timeout';
 
 const systemClock: Clock = { now: () => Date.now() };
 const MAX_BACKOFF_MS = 30_000;
@@ -107,6 +120,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   const progressIntervalMs = config.progressIntervalMs ?? 1000;
   if (!(visibilitySec >= 1)) throw new RangeError('visibilityTimeoutSec must be ≥ 1');
   if (!(Number.isInteger(config.maxReceives) && config.maxReceives >= 1)) throw new RangeError('maxReceives must be a positive integer');
+  const jobTimeoutSec = config.jobTimeoutSec;
+  if (jobTimeoutSec !== undefined && !(jobTimeoutSec > 0 && jobTimeoutSec * 1000 <= 2 ** 31 - 1)) throw new RangeError('jobTimeoutSec must be in (0, 2147483] s');
+  const maxSteps = config.maxSteps;
+  if (maxSteps !== undefined && !(Number.isInteger(maxSteps) && maxSteps >= 1)) throw new RangeError('maxSteps must be a positive integer');
 
   let state: WorkerState = 'idle';
   let stopping = false;
@@ -138,8 +155,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     let timer: NodeJS.Timeout | undefined;
     let inflight: Promise<void> | undefined;
     let held = true;
+    /** No extension at or after this clock time (the job's deadline plus one visibility timeout). */
+    let stopExtendingAt = Infinity;
     const everyMs = (visibilitySec * 1000) / 2;
     const tick = () => {
+      if (clock.now() >= stopExtendingAt) {
+        // The run ignored its timeout abort: let the lease lapse instead of holding the message for
+        // ever; the redelivery finds the record failed (timeout) once this run returns, or retries it.
+        log.warn('job past its deadline; no longer extending the lease', { messageId: m.messageId });
+        emit({ type: 'lease_stopped', messageId: m.messageId, reason: 'deadline' });
+        timer = undefined;
+        return;
+      }
       inflight = queue
         .extendVisibility(m.receipt, visibilitySec)
         .then(() => emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec }))
@@ -163,6 +190,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     return {
       get held() {
         return held;
+      },
+      /** From now on the heartbeat stops extending at `deadlineMs` + one visibility timeout. */
+      setDeadline(deadlineMs: number): void {
+        stopExtendingAt = deadlineMs + visibilitySec * 1000;
       },
       async release(): Promise<void> {
         held = false;
@@ -289,7 +320,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
 
       // Claim it: a versioned write that re-checks terminal/cancel on the freshest record.
-      const total = job.spec.steps * job.spec.n;
+      const steps = Math.min(job.spec.steps, maxSteps ?? Infinity);
+      const total = steps * job.spec.n;
       const startedAt = clock.now();
       let claimed = false;
       const running = await jobs.update(msg.owner, msg.job_id, (cur) => {
@@ -306,7 +338,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         return finish(msg, isTerminal(running.status) ? 'skipped' : 'canceled');
       }
       attempt = running.attempts;
-      log.info('job started', { jobId: msg.job_id, owner: msg.owner, attempt, receiveCount: m.receiveCount, model: job.spec.model, steps: job.spec.steps, n: job.spec.n });
+      log.info('job started', { jobId: msg.job_id, owner: msg.owner, attempt, receiveCount: m.receiveCount, model: job.spec.model, steps, requestedSteps: job.spec.steps, n: job.spec.n });
       emit({ type: 'job_started', jobId: msg.job_id, attempt });
 
       // Run, with progress writes that double as the cancel check.
@@ -322,13 +354,47 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       current = { abort: abortRun };
       if (lostEarly) abortRun('lease_lost');
       if (stopping) abortRun('drain');
-      let outcome: SynthesisOutcome;
+      // The time limit: a timer for an idle engine, and a clock check on every progress report.
+      const deadline = jobTimeoutSec === undefined ? undefined : startedAt + jobTimeoutSec * 1000;
+      let deadlineTimer: NodeJS.Timeout | undefined;
+      if (deadline !== undefined) {
+        lease.setDeadline(deadline);
+        deadlineTimer = setTimeout(() => abortRun!('timeout'), Math.max(0, deadline - clock.now()));
+      }
+      const onProgress = (p: SynthesisProgress) => {
+        progress.report(p);
+        if (deadline !== undefined && clock.now() >= deadline) abortRun!('timeout');
+      };
+      let outcome: SynthesisOutcome | undefined;
+      let runError: unknown;
       try {
-        outcome = await synthesizer.run({ id: running.id, owner: running.owner, spec: running.spec }, { signal: ac.signal, onProgress: progress.report });
+        outcome = await synthesizer.run({ id: running.id, owner: running.owner, spec: { ...running.spec, steps } }, { signal: ac.signal, onProgress });
+      } catch (error) {
+        runError = error;
       } finally {
+        clearTimeout(deadlineTimer);
         current = undefined;
         await progress.close();
       }
+      if (reason === 'timeout' && (runError !== undefined || outcome?.aborted)) {
+        // Whatever the engine did with the abort (returned partial, or threw), the job timed out.
+        const stepsDone = outcome?.stepsDone ?? progress.latest?.step ?? 0;
+        const error = {
+          code: 'timeout',
+          message: `the job ran past its ${jobTimeoutSec} s time limit and was stopped after ${Math.min(stepsDone, total)} of ${total} steps; it is not retried (the same request would time out again): ask for fewer steps, fewer images or a smaller size`,
+        };
+        if (runError !== undefined) log.warn('run threw after the timeout abort', { jobId: msg.job_id, error: describe(runError) });
+        await jobs.update(msg.owner, msg.job_id, (cur) =>
+          isTerminal(cur.status) || cur.attempts !== attempt
+            ? null
+            : { ...cur, status: 'failed', finished_at: iso(), progress: { step: Math.min(stepsDone, total), total }, error },
+        );
+        await lease.release();
+        await ack(m, 'timeout');
+        return finish(msg, 'failed', { stepsDone, error });
+      }
+      if (runError !== undefined) throw runError;
+      if (!outcome) throw new Error('synthesizer returned nothing');
       const last = progress.latest ?? { step: outcome.stepsDone, total };
 
       if (outcome.aborted) {
@@ -385,6 +451,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   }
 
   async function onFailure(m: ReceivedMessage, msg: QueueMessage, attempt: number, error: unknown): Promise<void> {
+    if (error instanceof CorruptDocumentError) {
+      // The job document cannot be read, so it cannot be marked failed either, and every redelivery
+      // would hit the same wall: park the message in the DLQ (once) for an operator.
+      log.error('job document is corrupt; dead-lettering its message', { jobId: msg.job_id, owner: msg.owner, key: error.key, detail: error.detail });
+      await deadLetter(m, 'corrupt_record');
+      return finish(msg, 'failed', { error: { code: error.code, message: error.message } });
+    }
     const cls = classifyError(error);
     const lastAttempt = m.receiveCount >= config.maxReceives;
     log.warn('job attempt failed', { jobId: msg.job_id, owner: msg.owner, class: cls, receiveCount: m.receiveCount, lastAttempt, error: describe(error) });
@@ -466,6 +539,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   // ------------------------------------------------------------ poll loop
 
   let lastSweep = clock.now();
+  /** DLQ messages already warned about (the sweep sees the same ones every time): warn once each. */
+  const sweepWarned = new Set<string>();
   /** Marks jobs whose message sits in the DLQ but whose record is not terminal; leaves the message there. */
   async function sweepDeadLetters(): Promise<void> {
     const dlq = queue.deadLetter;
@@ -488,7 +563,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           log.warn('dead-letter sweep: job marked failed', { jobId: msg.job_id, owner: msg.owner });
         }
       } catch (error) {
-        if (!(error instanceof ValidationError)) log.warn('dead-letter sweep: could not settle a message', { messageId: m.messageId, error: describe(error) });
+        // Malformed messages (ValidationError) and corrupt job documents are why such messages are in
+        // the DLQ in the first place: nothing to settle, nothing new to say on every sweep.
+        if (error instanceof ValidationError || error instanceof CorruptDocumentError) {
+          log.debug('dead-letter sweep: message left as is', { messageId: m.messageId, error: describe(error) });
+        } else if (!sweepWarned.has(m.messageId)) {
+          if (sweepWarned.size >= 10_000) sweepWarned.clear();
+          sweepWarned.add(m.messageId);
+          log.warn('dead-letter sweep: could not settle a message (not repeated for this message)', { messageId: m.messageId, error: describe(error) });
+        }
       } finally {
         // Keep it visible in the DLQ for the depth alarm and for inspection.
         await dlq.release(m.receipt).catch(() => undefined);
@@ -548,7 +631,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     },
     start() {
       if (loop || stopping) return;
-      log.info('worker starting', { visibilitySec, maxReceives: config.maxReceives, receiveWaitSec: config.receiveWaitSec });
+      log.info('worker starting', { visibilitySec, maxReceives: config.maxReceives, receiveWaitSec: config.receiveWaitSec, jobTimeoutSec, maxSteps });
       loop = run().catch((error) => log.error('poll loop crashed', { error: describe(error) }));
     },
     stop() {

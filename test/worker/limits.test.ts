@@ -1,0 +1,209 @@
+// Worker policies that need no engine: the job time limit (abort, `timeout`, ack, the heartbeat
+// stopping), the steps cap, permanent numerical errors, path redaction, and corrupt job documents.
+// A scripted Synthesizer stands in for the engine; the queue, job store and blob store are the real
+// local adapters. Time is a test clock (real time + an offset the test moves), never a sleep.
+import { afterEach, describe, expect, it } from 'vitest';
+import { BlobJobStore } from '../../shared/jobstore.ts';
+import { createWorker, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import type { SynthesisJob, SynthesisOutcome, SynthesisRunOptions, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
+import { classifyError, jobErrorOf, redactPaths } from '../../gpu-worker/worker/errors.ts';
+import { stepsFor, toSynthRequests } from '../../gpu-worker/worker/synthesizer.ts';
+import { EngineError } from '../../gpu-worker/engine/errors.ts';
+import { OWNER, type Env, makeEnv, submit, waitFor, waitForStatus } from './helpers.ts';
+
+const workers: QueueWorker[] = [];
+afterEach(async () => {
+  await Promise.all(workers.splice(0).map((w) => w.stop()));
+});
+
+const outcome = (stepsDone: number, aborted: boolean, totalSteps = stepsDone): SynthesisOutcome => ({
+  images: [], aborted, stepsDone, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0 },
+});
+
+interface Logged { level: string; msg: string; fields?: Record<string, unknown> }
+
+function start(env: Env, synthesizer: Synthesizer, config: Partial<WorkerConfig> = {}, clock?: { now(): number }) {
+  const events: WorkerEvent[] = [];
+  const logs: Logged[] = [];
+  const log: Logger = {
+    debug: (msg, fields) => logs.push({ level: 'debug', msg, fields }),
+    info: (msg, fields) => logs.push({ level: 'info', msg, fields }),
+    warn: (msg, fields) => logs.push({ level: 'warn', msg, fields }),
+    error: (msg, fields) => logs.push({ level: 'error', msg, fields }),
+  };
+  const worker = createWorker({
+    queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer,
+    config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1, progressIntervalMs: 0, pollErrorBackoffMs: 50, ...config },
+    ...(clock ? { clock } : {}),
+    log,
+    onEvent: (e) => events.push(e),
+  });
+  worker.start();
+  workers.push(worker);
+  return { worker, events, logs };
+}
+
+async function untilAborted(signal: AbortSignal | undefined): Promise<void> {
+  await waitFor('the abort signal', () => signal?.aborted === true);
+}
+
+describe('job time limit', () => {
+  it('at the deadline the run is aborted; the job fails with `timeout` (not retried) and the message is acked', async () => {
+    const env = await makeEnv();
+    let offset = 0;
+    const clock = { now: () => Date.now() + offset };
+    const seen: SynthesisJob[] = [];
+    const synthesizer: Synthesizer = {
+      async run(job, { signal, onProgress }: SynthesisRunOptions = {}) {
+        seen.push(job);
+        onProgress?.({ step: 1, total: 10, image: 0 });
+        offset += 61_000; // a minute passes on the worker's clock
+        onProgress?.({ step: 2, total: 10, image: 0 });
+        await untilAborted(signal);
+        return outcome(2, true, 10);
+      },
+    };
+    const job = await submit(env, { steps: 10 });
+    const w = start(env, synthesizer, { jobTimeoutSec: 60 }, clock);
+    const done = await waitForStatus(env, job.id, ['failed', 'succeeded', 'canceled']);
+    expect(done.status).toBe('failed');
+    expect(done.error?.code).toBe('timeout');
+    expect(done.error?.message).toMatch(/60 s time limit.*after 2 of 10 steps.*not retried/);
+    expect(done.attempts).toBe(1);
+    expect(w.events).toContainEqual(expect.objectContaining({ type: 'abort', reason: 'timeout' }));
+    await waitFor('the ack', () => w.events.some((e) => e.type === 'acked' && e.reason === 'timeout'));
+    expect(w.events.some((e) => e.type === 'released')).toBe(false);
+    expect(await env.queue.depth()).toBe(0);
+    expect(seen).toHaveLength(1);
+  });
+
+  it('a run that throws after the timeout abort (engine `aborted`, retryable) still ends `timeout`, not a retry', async () => {
+    const env = await makeEnv();
+    let offset = 0;
+    const synthesizer: Synthesizer = {
+      async run(_job, { signal, onProgress } = {}) {
+        offset += 10_000;
+        onProgress?.({ step: 1, total: 6, image: 0 });
+        await untilAborted(signal);
+        throw new EngineError('aborted', 'the run was aborted');
+      },
+    };
+    const job = await submit(env, { steps: 6 });
+    const w = start(env, synthesizer, { jobTimeoutSec: 5 }, { now: () => Date.now() + offset });
+    const done = await waitForStatus(env, job.id, ['failed', 'succeeded', 'canceled']);
+    expect(done.error?.code).toBe('timeout');
+    await waitFor('the ack', () => w.events.some((e) => e.type === 'acked'));
+    expect(w.events.some((e) => e.type === 'released')).toBe(false);
+  });
+
+  it('the heartbeat stops extending the lease after the deadline, even if the engine ignores the abort', async () => {
+    const env = await makeEnv();
+    let offset = 0;
+    let w!: ReturnType<typeof start>;
+    const synthesizer: Synthesizer = {
+      async run(_job, { onProgress } = {}) {
+        // Past the deadline and the grace (one visibility timeout) on the worker's clock; the abort is ignored.
+        offset += 3_600_000;
+        onProgress?.({ step: 1, total: 6, image: 0 });
+        await waitFor('the lease to stop', () => w.events.some((e) => e.type === 'lease_stopped'));
+        return outcome(1, true, 6);
+      },
+    };
+    const job = await submit(env, { steps: 6 });
+    w = start(env, synthesizer, { jobTimeoutSec: 60, visibilityTimeoutSec: 1 }, { now: () => Date.now() + offset });
+    const done = await waitForStatus(env, job.id, ['failed', 'succeeded', 'canceled']);
+    expect(done.error?.code).toBe('timeout');
+    const stoppedAt = w.events.findIndex((e) => e.type === 'lease_stopped');
+    expect(w.events.slice(stoppedAt).some((e) => e.type === 'heartbeat')).toBe(false);
+    expect(w.logs).toContainEqual(expect.objectContaining({ msg: 'job past its deadline; no longer extending the lease' }));
+  });
+
+  it('config: CLIPAG_JOB_TIMEOUT_SEC defaults to 3600 and is bounded', async () => {
+    const { parseConfig } = await import('../../shared/config.ts');
+    expect(parseConfig({}).jobTimeoutSec).toBe(3600);
+    expect(parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: '90' }).jobTimeoutSec).toBe(90);
+    expect(() => parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: '0' })).toThrow(/CLIPAG_JOB_TIMEOUT_SEC/);
+    expect(() => parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: String(8 * 24 * 3600) })).toThrow(/CLIPAG_JOB_TIMEOUT_SEC/);
+  });
+});
+
+describe('steps cap', () => {
+  it('maxSteps runs min(spec.steps, cap) steps and the progress total counts those', async () => {
+    const env = await makeEnv();
+    const seen: SynthesisJob[] = [];
+    const synthesizer: Synthesizer = {
+      async run(job, { onProgress } = {}) {
+        seen.push(job);
+        const total = job.spec.steps * job.spec.n;
+        for (let s = 1; s <= total; s++) onProgress?.({ step: s, total, image: 0 });
+        return outcome(total, false);
+      },
+    };
+    const capped = await submit(env, { steps: 50, n: 2 });
+    const under = await submit(env, { steps: 2, n: 1 });
+    start(env, synthesizer, { maxSteps: 4 });
+    const a = await waitForStatus(env, capped.id, ['succeeded', 'failed']);
+    const b = await waitForStatus(env, under.id, ['succeeded', 'failed']);
+    expect(a.status).toBe('succeeded');
+    expect(a.progress).toEqual({ step: 8, total: 8 });
+    expect(b.progress).toEqual({ step: 2, total: 2 });
+    expect(seen.map((j) => j.spec.steps)).toEqual([4, 2]);
+  });
+
+  it('the engine synthesizer treats recipeOverrides.steps / maxSteps as a cap, not a replacement', () => {
+    const job = (steps: number): SynthesisJob => ({ id: 'j', owner: OWNER, spec: { prompt: 'x', steps, n: 1, width: 64, height: 64, init: 'noise', model: 'tiny' } as SynthesisJob['spec'] });
+    expect(toSynthRequests(job(50), { kind: 'noise' }, { steps: 6 })[0].recipe?.steps).toBe(6);
+    expect(toSynthRequests(job(3), { kind: 'noise' }, { steps: 6 })[0].recipe?.steps).toBe(3);
+    expect(toSynthRequests(job(50), { kind: 'noise' }, {}, 5)[0].recipe?.steps).toBe(5);
+    expect(stepsFor({ steps: 9 })).toBe(9);
+  });
+});
+
+describe('error classes and messages', () => {
+  it('numerical_error is permanent: the job fails at once, the message is acked, no retry', async () => {
+    const env = await makeEnv();
+    let runs = 0;
+    const synthesizer: Synthesizer = {
+      async run() {
+        runs++;
+        throw new EngineError('numerical_error', 'loss became NaN at step 3; check /srv/clipag/models/tiny/visual.onnx');
+      },
+    };
+    const job = await submit(env, { steps: 6 });
+    const w = start(env, synthesizer);
+    const done = await waitForStatus(env, job.id, ['failed', 'succeeded']);
+    expect(done.error).toEqual({ code: 'numerical_error', message: 'loss became NaN at step 3; check <path>/visual.onnx' });
+    await waitFor('the ack', () => w.events.some((e) => e.type === 'acked'));
+    expect(runs).toBe(1);
+    expect(w.events.some((e) => e.type === 'released')).toBe(false);
+    // The worker's log keeps the full path for the operator.
+    expect(JSON.stringify(w.logs)).toContain('/srv/clipag/models/tiny/visual.onnx');
+    expect(classifyError({ name: 'EngineError', code: 'numerical_error' })).toBe('permanent');
+  });
+
+  it('jobErrorOf redacts absolute paths (POSIX, Windows, file://) but keeps API paths and URLs', () => {
+    const e = new EngineError('invalid_model', "cannot read '/home/app/.data/model-cache/ab12/visual.onnx': truncated; also C:\\models\\x\\w.bin");
+    expect(jobErrorOf(e).message).toBe("cannot read '<path>/visual.onnx': truncated; also <path>/w.bin");
+    expect(redactPaths('upload it with POST /v1/uploads first; see https://example.com/a/b')).toBe('upload it with POST /v1/uploads first; see https://example.com/a/b');
+    expect(redactPaths('file:///etc/clipag/secret.json and 3/4 of w/h')).toBe('<path>/secret.json and 3/4 of w/h');
+  });
+});
+
+describe('corrupt job documents', () => {
+  it('the message is dead-lettered once (no redelivery loop) and the DLQ sweep stays quiet about it', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    await env.blobs.put(BlobJobStore.keyFor(OWNER, job.id), Buffer.from('{"id":'));
+    let runs = 0;
+    const w = start(env, { run: async () => (runs++, outcome(0, false)) }, { deadLetterSweepMs: 1 });
+    await waitFor('the dead letter', () => w.events.some((e) => e.type === 'dead_lettered' && e.reason === 'corrupt_record'));
+    await waitFor('the main queue to drain', async () => (await env.queue.depth()) === 0);
+    // Let the sweep (every loop iteration here) see the dead letter a few times.
+    await waitFor('three sweeps over it', () => w.logs.filter((l) => l.msg === 'dead-letter sweep: message left as is').length >= 3);
+    expect(await env.queue.deadLetter!.depth()).toBe(1);
+    expect(w.events.filter((e) => e.type === 'received')).toHaveLength(1);
+    expect(runs).toBe(0);
+    expect(w.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('dead-letter sweep'))).toEqual([]);
+    expect(w.logs).toContainEqual(expect.objectContaining({ level: 'error', msg: 'job document is corrupt; dead-lettering its message' }));
+  });
+});
