@@ -4,11 +4,10 @@
 import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { Hono } from 'hono';
 import { parseConfig, type LocalConfig } from '../shared/config.ts';
 import { ConfigError } from '../shared/errors.ts';
 import { createApp } from '../functions/app.ts';
-import { localBlobRoutes } from '../functions/local-blobs.ts';
+import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -58,10 +57,11 @@ export async function serve(
   const apiKey = await localApiKey(local.dataDir, keys);
   // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
   const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
-  const root = new Hono();
-  root.route('/', localBlobRoutes(blobs, signingSecret));
-  root.route('/', createApp(deps));
-  const server = await startApiServer(root, local.port, local.host);
+  // The signed-link routes go on the API app itself: one request id, one onError, one notFound, so
+  // every error (a 405, an unknown path, a failure under /blobs) is the ErrorEnvelope.
+  const app = createApp(deps);
+  mountLocalBlobRoutes(app, blobs, signingSecret);
+  const server = await startApiServer(app, local.port, local.host);
   let stopping: Promise<void> | undefined;
   return {
     url: server.url,

@@ -1,44 +1,79 @@
 // Local mode's stand-in for S3 presigned URLs: GET and PUT on /blobs/<key>?expires=..&sig=..,
 // HMAC-checked with the local signing secret (shared/adapters/local/signing.ts). Only the embedded
 // local server mounts this; in AWS the links point at S3 itself.
-import { Hono } from 'hono';
+//
+// Mount it on the app createApp returns (`mountLocalBlobRoutes(app, …)`), so these routes share its
+// request id, its one onError (every failure is the ErrorEnvelope) and its notFound.
+import type { OpenAPIHono } from '@hono/zod-openapi';
 import { verifyLocalSignature } from '../shared/adapters/local/signing.ts';
+import { NotFoundError, PayloadTooLargeError, ValidationError } from '../shared/errors.ts';
 import type { BlobStore } from '../shared/ports.ts';
-import { newId } from '../shared/ids.ts';
+import { HttpError, methodNotAllowed } from './middleware/errors.ts';
+import type { AppEnv } from './types.ts';
 
-function envelope(status: number, code: string, message: string, requestId: string) {
-  return new Response(JSON.stringify({ error: { code, message, param: null, request_id: requestId } }), {
-    status,
-    headers: { 'content-type': 'application/json', 'x-request-id': requestId },
-  });
+const forbidden = (reason: string) => new HttpError(403, 'forbidden', `signed link rejected: ${reason}`);
+
+/**
+ * Reads at most `cap` bytes of `body`; `null` as soon as the body turns out longer (the rest is
+ * never buffered). Like an S3 presigned PUT, which signs the exact length, the caller has already
+ * required a Content-Length within the grant.
+ */
+async function readCapped(body: ReadableStream<Uint8Array> | null, cap: number): Promise<Uint8Array | null> {
+  if (!body) return new Uint8Array(0);
+  const reader = body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > cap) {
+      await reader.cancel().catch(() => undefined);
+      return null;
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks, total);
 }
 
-export function localBlobRoutes(blobs: BlobStore, signingSecret: string): Hono {
-  const app = new Hono();
+export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore, signingSecret: string): void {
   app.get('/blobs/*', async function serveSignedBlob(c) {
-    const rid = c.req.header('x-request-id') ?? `req_${newId()}`;
     const check = verifyLocalSignature(signingSecret, 'GET', c.req.url);
-    if (!check.ok) return envelope(403, 'forbidden', `signed link rejected: ${check.reason}`, rid);
+    if (!check.ok) throw forbidden(check.reason);
     const obj = await blobs.get(check.key);
-    if (!obj) return envelope(404, 'not_found', 'no such object', rid);
+    if (!obj) throw new NotFoundError('no such object');
     return new Response(obj.body, {
       status: 200,
-      headers: { 'content-type': obj.contentType ?? 'application/octet-stream', 'content-length': String(obj.body.length), etag: `"${obj.etag}"`, 'x-request-id': rid },
+      headers: { 'content-type': obj.contentType ?? 'application/octet-stream', 'content-length': String(obj.body.length), etag: `"${obj.etag}"`, 'x-request-id': c.get('requestId') },
     });
   });
+
   app.put('/blobs/*', async function storeSignedUpload(c) {
-    const rid = c.req.header('x-request-id') ?? `req_${newId()}`;
     const check = verifyLocalSignature(signingSecret, 'PUT', c.req.url);
-    if (!check.ok) return envelope(403, 'forbidden', `signed link rejected: ${check.reason}`, rid);
+    if (!check.ok) throw forbidden(check.reason);
     if (check.contentType && c.req.header('content-type') !== check.contentType) {
-      return envelope(400, 'invalid_request', `Content-Type must be ${check.contentType}`, rid);
+      throw new ValidationError(`Content-Type must be ${check.contentType}`, 'Content-Type');
     }
-    const declared = Number(c.req.header('content-length') ?? NaN);
-    if (check.maxBytes !== undefined && declared > check.maxBytes) return envelope(413, 'payload_too_large', `upload is limited to ${check.maxBytes} bytes`, rid);
-    const body = new Uint8Array(await c.req.arrayBuffer());
-    if (check.maxBytes !== undefined && body.length > check.maxBytes) return envelope(413, 'payload_too_large', `upload is limited to ${check.maxBytes} bytes`, rid);
+    const header = c.req.header('content-length');
+    if (header === undefined) throw new HttpError(411, 'length_required', 'Content-Length is required (the upload URL grants a fixed number of bytes)');
+    if (!/^\d{1,15}$/.test(header)) throw new ValidationError('Content-Length must be a non-negative integer', 'Content-Length');
+    const declared = Number(header);
+    const max = check.maxBytes ?? Infinity;
+    if (declared > max) throw new PayloadTooLargeError(`upload is limited to ${check.maxBytes} bytes`);
+    // Read no more than the grant allows (or, with no limit in it, than was declared).
+    const body = await readCapped(c.req.raw.body, Number.isFinite(max) ? max : declared);
+    if (body === null) {
+      if (Number.isFinite(max)) throw new PayloadTooLargeError(`upload is limited to ${check.maxBytes} bytes`);
+      throw new ValidationError(`the body is longer than its Content-Length (${declared})`, 'Content-Length');
+    }
+    if (body.byteLength !== declared) {
+      throw new ValidationError(`the body is ${body.byteLength} bytes but Content-Length says ${declared}`, 'Content-Length');
+    }
     const { etag } = await blobs.put(check.key, body, { contentType: check.contentType ?? c.req.header('content-type') ?? 'application/octet-stream' });
-    return new Response(null, { status: 200, headers: { etag: `"${etag}"`, 'x-request-id': rid } });
+    return new Response(null, { status: 200, headers: { etag: `"${etag}"`, 'x-request-id': c.get('requestId') } });
   });
-  return app;
+
+  app.all('/blobs/*', () => {
+    throw methodNotAllowed(['GET', 'PUT']);
+  });
 }

@@ -5,7 +5,9 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { serve, type ServeHandle } from '../../cli/serve.ts';
+import { run as serveVerb, serve, type ServeHandle } from '../../cli/serve.ts';
+import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+import { localStores } from '../../shared/adapters/stores.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
@@ -111,5 +113,50 @@ describe('local mode end to end', () => {
     const list = (await (await fetch(`${h.url}/v1/generations`, { headers: auth(h) })).json()) as any;
     expect(list.data.length).toBeGreaterThanOrEqual(3);
     await h.stop();
+  });
+});
+
+async function envelopeOf(res: Response, status: number, code: string): Promise<void> {
+  expect(res.status).toBe(status);
+  expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+  const body = (await res.json()) as { error: { code: string; request_id: string } };
+  expect(body.error.code).toBe(code);
+  expect(body.error.request_id).toBe(res.headers.get('x-request-id'));
+}
+
+describe('local server error envelopes (over the real socket serve() listens on)', () => {
+  const dataDir = join(root, 'data-errors');
+  let h: ServeHandle;
+  afterAll(async () => h?.stop());
+
+  it('wrong method, unknown path and /blobs failures are all the JSON envelope', async () => {
+    h = await start(dataDir);
+    const put = await fetch(`${h.url}/healthz`, { method: 'PUT' });
+    await envelopeOf(put, 405, 'method_not_allowed');
+    expect(put.headers.get('allow')).toBe('GET');
+    await envelopeOf(await fetch(`${h.url}/nope`), 404, 'not_found');
+    await envelopeOf(await fetch(`${h.url}/blobs/x?expires=1&sig=${'a'.repeat(64)}`), 403, 'forbidden');
+    await envelopeOf(await fetch(`${h.url}/blobs/x`, { method: 'DELETE' }), 405, 'method_not_allowed');
+
+    // A signed PUT streamed without Content-Length (chunked): refused before any byte is buffered.
+    const up = await fetch(`${h.url}/v1/uploads`, { method: 'POST', headers: { ...auth(h), 'content-type': 'application/json' }, body: JSON.stringify({ content_type: 'image/png', bytes: 8 }) });
+    const grant = (await up.json()) as { url: string; headers: Record<string, string>; upload_id: string };
+    const chunked = new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(new Uint8Array(8));
+        c.close();
+      },
+    });
+    await envelopeOf(await fetch(grant.url, { method: 'PUT', headers: grant.headers, body: chunked, duplex: 'half' } as RequestInit), 411, 'length_required');
+
+    // An error thrown by the blob store inside the /blobs handler (a key already used as a folder).
+    const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: h.url });
+    await stores.blobs.put(`uploads/local/${grant.upload_id}/child`, new Uint8Array(1));
+    await envelopeOf(await fetch(grant.url, { method: 'PUT', headers: grant.headers, body: new Uint8Array(8) }), 400, 'validation_error');
+  });
+
+  it('serve --steps is validated (1..1000) before anything starts', async () => {
+    await expect(serveVerb(['--steps', '0', '--data', join(root, 'never')])).rejects.toMatchObject({ code: 'invalid_input' });
+    await expect(serveVerb(['--steps', 'lots', '--data', join(root, 'never')])).rejects.toThrow(/--steps must be an integer in \[1, 1000\]/);
   });
 });

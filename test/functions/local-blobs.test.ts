@@ -1,0 +1,99 @@
+// The local signed-link routes, mounted on the API app as `clipag serve` does: every failure is the
+// ErrorEnvelope, and a signed PUT needs a Content-Length within the grant and a body of exactly that
+// length (read with a cap, never buffered unbounded).
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { mountLocalBlobRoutes } from '../../functions/local-blobs.ts';
+import { expectEnvelope, harness, type Harness } from './helpers.ts';
+
+let h: Harness;
+beforeEach(async () => {
+  h = await harness();
+  mountLocalBlobRoutes(h.app, h.blobs, 'x'.repeat(32));
+});
+afterEach(async () => {
+  await h.close();
+});
+
+const pathOf = (url: string) => {
+  const u = new URL(url);
+  return `${u.pathname}${u.search}`;
+};
+
+async function grant(bytes: number): Promise<string> {
+  const signed = await h.blobs.signedPutUrl('uploads/acct_alice/u1', { contentType: 'image/png', maxBytes: 1000, contentLength: bytes, expiresSec: 60 });
+  return pathOf(signed.url);
+}
+
+function put(path: string, body: BodyInit | null, headers: Record<string, string>) {
+  return h.app.request(path, { method: 'PUT', body, headers: { 'content-type': 'image/png', ...headers }, ...(body instanceof ReadableStream ? { duplex: 'half' } : {}) } as RequestInit);
+}
+
+function stream(total: number): ReadableStream<Uint8Array> {
+  let sent = 0;
+  return new ReadableStream({
+    pull(controller) {
+      if (sent >= total) return controller.close();
+      const n = Math.min(64, total - sent);
+      sent += n;
+      controller.enqueue(new Uint8Array(n).fill(1));
+    },
+  });
+}
+
+describe('signed PUT', () => {
+  it('stores a body of exactly the granted length', async () => {
+    const res = await put(await grant(10), new Uint8Array(10).fill(3), { 'content-length': '10' });
+    expect(res.status).toBe(200);
+    expect((await h.blobs.get('uploads/acct_alice/u1'))?.size).toBe(10);
+  });
+
+  it('without Content-Length → 411 envelope, nothing stored', async () => {
+    const res = await put(await grant(10), stream(10), {});
+    await expectEnvelope(res, 411, 'length_required');
+    expect(await h.blobs.get('uploads/acct_alice/u1')).toBeNull();
+  });
+
+  it('Content-Length over the grant → 413; a body longer than the grant → 413 without reading it all', async () => {
+    await expectEnvelope(await put(await grant(10), new Uint8Array(11), { 'content-length': '11' }), 413, 'payload_too_large');
+    // Lies about its length: declares 10, streams far more. Reading stops past the grant.
+    let pulled = 0;
+    const endless = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        pulled++;
+        controller.enqueue(new Uint8Array(64));
+      },
+    });
+    await expectEnvelope(await put(await grant(10), endless, { 'content-length': '10' }), 413, 'payload_too_large');
+    expect(pulled).toBeLessThan(10);
+    expect(await h.blobs.get('uploads/acct_alice/u1')).toBeNull();
+  });
+
+  it('a body shorter than its Content-Length → 400; a malformed Content-Length → 400', async () => {
+    await expectEnvelope(await put(await grant(10), stream(4), { 'content-length': '10' }), 400, 'validation_error');
+    await expectEnvelope(await put(await grant(10), stream(4), { 'content-length': 'ten' }), 400, 'validation_error');
+    expect(await h.blobs.get('uploads/acct_alice/u1')).toBeNull();
+  });
+
+  it('a bad signature, a wrong Content-Type, a store error and a wrong method are all envelopes', async () => {
+    const path = await grant(10);
+    await expectEnvelope(await put(path.replace(/sig=[0-9a-f]/, 'sig=g'), new Uint8Array(10), { 'content-length': '10' }), 403, 'forbidden');
+    await expectEnvelope(await put(path, new Uint8Array(10), { 'content-length': '10', 'content-type': 'image/jpeg' }), 400, 'validation_error');
+    await expectEnvelope(await h.app.request(path, { method: 'DELETE' }), 405, 'method_not_allowed');
+    // A key used as a folder: the local blob store throws ValidationError inside the handler.
+    await h.blobs.put('uploads/acct_alice/dir/x', new Uint8Array(1));
+    const signed = await h.blobs.signedPutUrl('uploads/acct_alice/dir', { contentType: 'image/png', maxBytes: 10, contentLength: 1, expiresSec: 60 });
+    await expectEnvelope(await put(pathOf(signed.url), new Uint8Array(1), { 'content-length': '1' }), 400, 'validation_error');
+  });
+});
+
+describe('signed GET', () => {
+  it('missing object → 404 envelope; success carries the request id', async () => {
+    const url = await h.blobs.signedGetUrl('outputs/acct_alice/none.png', 60);
+    await expectEnvelope(await h.app.request(pathOf(url)), 404, 'not_found');
+    await h.blobs.put('outputs/acct_alice/a.png', new Uint8Array([1, 2, 3]), { contentType: 'image/png' });
+    const ok = await h.app.request(pathOf(await h.blobs.signedGetUrl('outputs/acct_alice/a.png', 60)));
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get('x-request-id')).toMatch(/^req_/);
+    expect(new Uint8Array(await ok.arrayBuffer())).toEqual(new Uint8Array([1, 2, 3]));
+  });
+});
