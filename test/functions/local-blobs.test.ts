@@ -24,7 +24,7 @@ async function grant(bytes: number): Promise<string> {
   return pathOf(signed.url);
 }
 
-function put(path: string, body: BodyInit | null, headers: Record<string, string>) {
+function put(path: string, body: RequestInit['body'], headers: Record<string, string>) {
   return h.app.request(path, { method: 'PUT', body, headers: { 'content-type': 'image/png', ...headers }, ...(body instanceof ReadableStream ? { duplex: 'half' } : {}) } as RequestInit);
 }
 

@@ -255,7 +255,8 @@ export function restrictedUnpickle(bytes: Uint8Array, source: string, stats: Unp
         const items = popMark();
         const l = top();
         if (!Array.isArray(l)) throw refuse(source, 'malformed pickle: APPENDS to a non-list');
-        l.push(...items);
+        // One push per item: push(...items) spreads into call arguments and throws RangeError past ~100k.
+        for (const item of items) l.push(item);
         break;
       }
       case 0x7d: stack.push(new Map()); break; // EMPTY_DICT
@@ -324,12 +325,27 @@ function persistentLoad(pid: unknown, source: string): StorageRef {
   return { kind: 'storage', key, dtype: STORAGE_TYPES[cls.name]!, numel, location: typeof location === 'string' ? location : String(location) };
 }
 
-/** A plain-JS view of a decoded pickle, for printing and tests (tensors summarized). */
-export function describePickle(v: PickleValue, depth = 0): unknown {
+/** describePickle refuses deeper nesting (a weights file nests a few levels; this keeps the stack safe). */
+export const MAX_DESCRIBE_DEPTH = 1000;
+
+/**
+ * A plain-JS view of a decoded pickle, for printing and tests (tensors summarized). A value that
+ * contains itself (possible through the memo: BINPUT, then BINGET and APPEND into the same list) or
+ * nests deeper than MAX_DESCRIBE_DEPTH is an EngineError('invalid_model'), never a stack overflow.
+ */
+export function describePickle(v: PickleValue, depth = 0, ancestors: Set<object> = new Set()): unknown {
   if (v instanceof TensorRef) return `tensor ${v.dtype} [${v.shape}]`;
-  if (v instanceof PyTuple) return v.items.map((x) => describePickle(x, depth + 1));
-  if (Array.isArray(v)) return v.map((x) => describePickle(x, depth + 1));
-  if (v instanceof Map) return Object.fromEntries([...v].map(([k, x]) => [String(k instanceof PyTuple ? k.items.join(',') : k), describePickle(x, depth + 1)]));
   if (typeof v === 'bigint') return v.toString();
-  return v;
+  if (!(v instanceof PyTuple || Array.isArray(v) || v instanceof Map)) return v;
+  if (ancestors.has(v)) throw new EngineError('invalid_model', 'malformed pickle: a container contains itself (a cycle through the memo); not a weights file');
+  if (depth >= MAX_DESCRIBE_DEPTH) throw new EngineError('invalid_model', `malformed pickle: containers nested more than ${MAX_DESCRIBE_DEPTH} deep; not a weights file`);
+  ancestors.add(v);
+  try {
+    const d = (x: PickleValue) => describePickle(x, depth + 1, ancestors);
+    if (v instanceof PyTuple) return v.items.map(d);
+    if (Array.isArray(v)) return v.map(d);
+    return Object.fromEntries([...v].map(([k, x]) => [String(k instanceof PyTuple ? k.items.join(',') : k), d(x)]));
+  } finally {
+    ancestors.delete(v);
+  }
 }

@@ -1,0 +1,60 @@
+// Restricted unpickler edge cases: huge APPENDS batches, cycles through the memo, deep nesting.
+// Each ends in a value or an EngineError, never a RangeError / stack overflow.
+import { describe, expect, it } from 'vitest';
+import { EngineError } from '../../gpu-worker/engine/errors.ts';
+import { describePickle, restrictedUnpickle } from '../../gpu-worker/engine/import/pickle.ts';
+
+const PROTO2 = [0x80, 0x02];
+const STOP = 0x2e;
+
+function pickle(ops: number[]): Uint8Array {
+  return Uint8Array.from([...PROTO2, ...ops, STOP]);
+}
+
+function engineErrorOf(fn: () => unknown): EngineError {
+  try {
+    fn();
+  } catch (error) {
+    expect(error).toBeInstanceOf(EngineError);
+    return error as EngineError;
+  }
+  throw new Error('expected an EngineError');
+}
+
+describe('restricted unpickler edge cases', () => {
+  it('APPENDS with 300k items (one MARK batch) builds the list instead of throwing RangeError', () => {
+    const n = 300_000;
+    const ops = [0x5d, 0x28]; // EMPTY_LIST, MARK
+    for (let i = 0; i < n; i++) ops.push(0x4b, i & 0xff); // BININT1
+    ops.push(0x65); // APPENDS
+    const list = restrictedUnpickle(pickle(ops), 'big.pkl') as number[];
+    expect(list).toHaveLength(n);
+    expect(list[n - 1]).toBe((n - 1) & 0xff);
+  });
+
+  it('a list that contains itself via the memo: describePickle is an EngineError, not a stack overflow', () => {
+    // EMPTY_LIST, BINPUT 0, BINGET 0, APPEND  →  l = []; l.append(l)
+    const value = restrictedUnpickle(pickle([0x5d, 0x71, 0x00, 0x68, 0x00, 0x61]), 'cycle.pkl');
+    const error = engineErrorOf(() => describePickle(value));
+    expect(error.code).toBe('invalid_model');
+    expect(error.message).toMatch(/contains itself/);
+  });
+
+  it('a dict holding itself through a value is refused too; shared (acyclic) references are fine', () => {
+    // EMPTY_DICT, BINPUT 0, key 'a', BINGET 0, SETITEM  →  d = {}; d['a'] = d
+    const cyclic = restrictedUnpickle(pickle([0x7d, 0x71, 0x00, 0x8c, 0x01, 0x61, 0x68, 0x00, 0x73]), 'cycle-dict.pkl');
+    expect(engineErrorOf(() => describePickle(cyclic)).code).toBe('invalid_model');
+    // x = []; [x, x]: the same list twice, side by side, is not a cycle.
+    const shared = restrictedUnpickle(pickle([0x5d, 0x71, 0x00, 0x68, 0x00, 0x86]), 'shared.pkl');
+    expect(describePickle(shared)).toEqual([[], []]);
+  });
+
+  it('lists nested 50 000 deep: describePickle is an EngineError, not a stack overflow', () => {
+    const depth = 50_000;
+    const ops: number[] = [];
+    for (let i = 0; i < depth; i++) ops.push(0x5d); // EMPTY_LIST × depth
+    for (let i = 1; i < depth; i++) ops.push(0x61); // APPEND each into the one below
+    const value = restrictedUnpickle(pickle(ops), 'deep.pkl');
+    expect(engineErrorOf(() => describePickle(value)).message).toMatch(/nested more than/);
+  });
+});
