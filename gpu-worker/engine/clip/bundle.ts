@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
 import { EngineError } from '../errors.ts';
 import type { ModelIR, TensorData } from '../onnx/ir.ts';
 import { readModelFile } from '../onnx/codec.ts';
@@ -20,7 +21,7 @@ export const ManifestSchema = z
   .object({
     format: z.literal(BUNDLE_FORMAT),
     format_version: z.literal(BUNDLE_FORMAT_VERSION),
-    name: z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9._-]*$/, 'lower-case letters, digits, ., _ and -'),
+    name: z.string().regex(MODEL_NAME_PATTERN, 'lower-case letters, digits, ., _ and -, starting with a letter or digit, at most 64 characters'),
     description: z.string().optional(),
     architecture: ClipArchSchema,
     embed_dim: z.number().int().positive(),

@@ -8,6 +8,7 @@
 // Everything is written into a temporary folder next to the target and renamed at the end; any error
 // removes it, so a failed import never leaves a partial bundle.
 
+import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { EngineError } from '../errors.ts';
@@ -70,7 +71,7 @@ export interface ImportResult {
   peakRss: number;
 }
 
-const NAME_RE = /^[a-z0-9][a-z0-9._-]*$/;
+const NAME_RE = MODEL_NAME_PATTERN;
 
 export function defaultBundleName(src: string): string {
   const stem = basename(src).replace(/\.(safetensors|pt|pth|bin|ckpt)$/i, '');
