@@ -70,11 +70,11 @@ describe('withDirLock', () => {
     await withDirLock(
       lock,
       async () => {
-        const bToken = readFileSync(join(lock, 'owner'), 'utf8');
+        const bToken = readFileSync(lock, 'utf8');
         releaseA();
         await a; // A's release runs while B holds the lock
         expect(existsSync(lock)).toBe(true);
-        expect(readFileSync(join(lock, 'owner'), 'utf8')).toBe(bToken);
+        expect(readFileSync(lock, 'utf8')).toBe(bToken);
       },
       { staleMs: -1 },
     );

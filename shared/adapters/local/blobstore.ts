@@ -16,7 +16,7 @@ import type {
 } from '../../ports.ts';
 import { KeyedMutex, withDirLock } from './lock.ts';
 import { buildLocalSignedUrl } from './signing.ts';
-import { syncDir, writeFileDurable } from './durable.ts';
+import { writeFileDurable } from './durable.ts';
 
 export interface LocalBlobStoreOptions {
   /** Everything lives under here: objects/, meta/, tmp/, locks/. */
@@ -27,14 +27,17 @@ export interface LocalBlobStoreOptions {
   publicBaseUrl: string;
 }
 
+/** Bodies larger than this are written to their temp file before the key's lock is taken. */
+export const STAGE_OUTSIDE_LOCK_BYTES = 64 * 1024;
+
 function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
 /**
- * Filesystem BlobStore. Objects are written to a temp file (fsynced, outside any lock) and renamed
- * into place under the key's lock, so readers never see a torn object and a power loss never
- * leaves a zero-length one. Etags are the sha256 of the content. Every write to a key holds that
+ * Filesystem BlobStore. Objects are written to a temp file (fsynced; big ones outside any lock) and
+ * renamed into place under the key's lock, so readers never see a torn object and a power loss
+ * never leaves a zero-length one. Etags are the sha256 of the content. Every write to a key holds that
  * key's lock (in-process mutex + cross-process lock directory), so the check and the write of a
  * conditional operation are one atomic step: of many concurrent conditional writers exactly one wins.
  */
@@ -86,7 +89,10 @@ export class LocalBlobStore implements BlobStore {
       }
       throw error;
     }
-    await syncDir(dirname(path));
+    // No folder fsync here: the temp file's fsync already rules out a zero-length or torn object; a
+    // folder fsync per write (it forces a journal commit) made busy job records, rewritten on every
+    // progress step, lose most conditional-write races against a cancel on a loaded disk. A rename
+    // lost to a power cut leaves the previous version, which readers handle.
   }
 
   /** Stages metadata and body outside the lock; `write` (under the lock) renames them into place. */
@@ -121,16 +127,26 @@ export class LocalBlobStore implements BlobStore {
     };
   }
 
-  /** Stages outside the key's lock, then runs `check` and the renames under it. */
+  /**
+   * Writes under the key's lock, `check` first. A big body (over STAGE_OUTSIDE_LOCK_BYTES: images,
+   * uploads) is staged before the lock is taken, so a slow write never holds it. A small document is
+   * staged after the check: the window between a caller's read and this check (what a conditional
+   * write races against) must not grow by a staging fsync, or busy job records (progress writes
+   * against a cancel) would lose most races.
+   */
   private async writeLocked(key: string, body: Uint8Array, options: PutOptions, check?: () => Promise<void>): Promise<{ etag: string }> {
-    const staged = await this.prepare(key, body, options);
+    const early = body.byteLength > STAGE_OUTSIDE_LOCK_BYTES ? await this.prepare(key, body, options) : undefined;
+    let late: Awaited<ReturnType<LocalBlobStore['prepare']>> | undefined;
     try {
       return await this.withKeyLock(key, async () => {
         await check?.();
-        return staged.write();
+        if (early) return early.write();
+        late = await this.prepare(key, body, options);
+        return late.write();
       });
     } finally {
-      await staged.discard();
+      await early?.discard();
+      await late?.discard();
     }
   }
 

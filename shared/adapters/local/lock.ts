@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { mkdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { RetryableError } from '../../errors.ts';
 
 /** Serializes async critical sections per key within this process. */
@@ -26,12 +26,12 @@ export class KeyedMutex {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Cross-process lock: `mkdir` is atomic on every local filesystem, so exactly one process creates
- * the lock directory. The holder writes a random owner token into it and refreshes its mtime every
- * `staleMs / 3` while `fn` runs, so only a lock whose holder died (no refresh for `staleMs`) is
- * broken. Breaking renames the folder away (atomic: of two breakers one wins) instead of deleting
- * it, and release removes the folder only while it still holds this holder's token, so a holder
- * that was (wrongly) presumed dead can never delete the next holder's lock.
+ * Cross-process lock: a lock file created with O_EXCL (`wx`), atomic on every local filesystem, so
+ * exactly one process creates it; it holds the holder's random owner token. The holder refreshes
+ * its mtime every `staleMs / 3` while `fn` runs, so only a lock whose holder died (no refresh for
+ * `staleMs`) is broken. Breaking renames the lock away (atomic: of two breakers one wins) instead of
+ * deleting it, and release removes the lock only while it still holds this holder's token, so a
+ * holder that was (wrongly) presumed dead can never delete the next holder's lock.
  */
 export async function withDirLock<T>(
   lockPath: string,
@@ -39,35 +39,29 @@ export async function withDirLock<T>(
   { staleMs = 10_000, timeoutMs = 15_000 }: { staleMs?: number; timeoutMs?: number } = {},
 ): Promise<T> {
   const token = randomBytes(12).toString('hex');
-  const ownerFile = join(lockPath, 'owner');
   const deadline = Date.now() + timeoutMs;
   for (let attempt = 0; ; attempt++) {
     try {
-      await mkdir(lockPath);
+      await writeFile(lockPath, token, { flag: 'wx' });
+      break;
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') {
         await mkdir(dirname(lockPath), { recursive: true });
         continue;
       }
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      if (code !== 'EEXIST') throw error;
       const info = await stat(lockPath).catch(() => null);
       if (info && Date.now() - info.mtimeMs > staleMs) {
         // Its holder stopped refreshing it: crashed. Move it aside (only one breaker's rename succeeds).
+        // (A lock folder left by an older version is broken the same way.)
         const grave = `${lockPath}.broken-${token}`;
         if (await rename(lockPath, grave).then(() => true, () => false)) await rm(grave, { recursive: true, force: true });
         continue;
       }
       if (Date.now() > deadline) throw new RetryableError(`timed out waiting for lock ${lockPath}`);
       await sleep(Math.min(2 + attempt * 2, 25) * (0.5 + Math.random()));
-      continue;
     }
-    try {
-      await writeFile(ownerFile, token);
-    } catch (error) {
-      await rm(lockPath, { recursive: true, force: true });
-      throw error;
-    }
-    break;
   }
   const refresh = setInterval(() => {
     const now = new Date();
@@ -78,7 +72,7 @@ export async function withDirLock<T>(
     return await fn();
   } finally {
     clearInterval(refresh);
-    const owner = await readFile(ownerFile, 'utf8').catch(() => null);
-    if (owner === token) await rm(lockPath, { recursive: true, force: true });
+    const owner = await readFile(lockPath, 'utf8').catch(() => null);
+    if (owner === token) await unlink(lockPath).catch(() => undefined);
   }
 }
