@@ -510,6 +510,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         .catch((error) => log.warn('progress write failed (skipped)', { jobId: msg.job_id, error: describe(error) }))
         .finally(() => {
           inflight = undefined;
+          // The interval counts from the end of a write: with slow (fsynced) writes, back-to-back
+          // rewrites would leave a concurrent cancel's read stale at every attempt.
+          lastWriteAt = clock.now();
           schedule();
         });
     };

@@ -97,7 +97,10 @@ describe('gpu-worker queue worker', () => {
   it('a cancel requested mid-run is seen by the next progress write and stops the run within one step', async () => {
     const env = await makeEnv();
     const job = await submit(env, { steps: 200, init: 'noise' });
-    const w = start(env);
+    // Progress writes at most every 10 ms: still racing the cancel, but (now that every job-record
+    // write fsyncs its temp file) not rewriting the record back to back, which on a loaded disk left
+    // the cancel's read stale at almost every attempt until the 200 steps were done.
+    const w = start(env, { progressIntervalMs: 10 });
     await waitFor('a few steps', () => w.events.some((e) => e.type === 'progress_written' && e.step >= 3));
     // What POST /v1/generations/:id/cancel does: a versioned write of cancel_requested.
     await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }), { retries: 50 }); // races a progress write every step, as the API's cancel does (it retries 30×)
