@@ -209,7 +209,7 @@ export function pagMarkdown(r: PagReport): string {
   lines.push(`| | robust (${r.robust.model}) | plain (${r.plain.model}) |`, '|---|---|---|');
   for (const a of ATTRIBUTES) {
     const x = r.robust.perAttribute[a], y = r.plain.perAttribute[a];
-    if (x && y) lines.push(`| ${a} correct (${x.named} prompts name it) | ${pct(x.accuracy)} | ${pct(y.accuracy)} |`);
+    if (x && y) lines.push(`| ${a} correct (named in ${x.named}) | ${pct(x.accuracy)} | ${pct(y.accuracy)} |`);
   }
   lines.push(`| **all named attributes correct** | **${pct(r.robust.allCorrect)}** | **${pct(r.plain.allCorrect)}** |`);
   lines.push(`| all correct, seen pairs | ${pct(r.robust.allCorrectSeen)} | ${pct(r.plain.allCorrectSeen)} |`);

@@ -1,0 +1,55 @@
+// The shipped toy bundles are ordinary model bundles: they load, are small, say how they were trained,
+// ship a GMM prior with the default, and corrupt or missing files give clear errors.
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { DEFAULT_MODEL_DIR, REPO_ROOT } from '../../cli/common.ts';
+import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import { loadPrior } from '../../gpu-worker/engine/synth/prior.ts';
+
+const tmp = mkdtempSync(join(tmpdir(), 'clipag-toy-bundle-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+describe('shipped toy bundles', () => {
+  it('models/toy is the default, robust, with a 16×16 GMM prior; models/toy-plain is its plain twin', async () => {
+    expect(DEFAULT_MODEL_DIR).toBe(join(REPO_ROOT, 'models', 'toy'));
+    const r = await loadBundle(join(REPO_ROOT, 'models', 'toy'));
+    const p = await loadBundle(join(REPO_ROOT, 'models', 'toy-plain'));
+    expect(r.manifest.robust).toBe(true);
+    expect(p.manifest.robust).toBe(false);
+    expect(p.arch).toEqual(r.arch);
+    expect(r.priorPath).toBeDefined();
+    expect(loadPrior(r.priorPath!).resolution).toBe(16);
+    for (const m of [r.manifest, p.manifest]) {
+      const t = m.training as Record<string, unknown>;
+      expect(String(t.command)).toMatch(/^clipag train-toy /);
+      expect(t.seed).toBeTypeOf('number');
+      expect(t.steps).toBeTypeOf('number');
+      expect(t.wall_time_s).toBeTypeOf('number');
+      expect(t.final).toBeTypeOf('object');
+    }
+    expect((r.manifest.training as Record<string, unknown>).attack).toMatchObject({ norm: 'l2' });
+    expect((p.manifest.training as Record<string, unknown>).attack).toBeNull();
+  });
+
+  it('each bundle is ≤ 10 MB', () => {
+    for (const name of ['toy', 'toy-plain', 'toy-judge']) {
+      const dir = join(REPO_ROOT, 'models', name);
+      const bytes = readdirSync(dir).reduce((s, f) => s + statSync(join(dir, f)).size, 0);
+      expect(bytes, name).toBeLessThanOrEqual(10 * 1024 * 1024);
+    }
+  });
+
+  it('a corrupt or missing weights file is a clear error', async () => {
+    const dir = join(tmp, 'toy');
+    cpSync(join(REPO_ROOT, 'models', 'toy'), dir, { recursive: true });
+    const w = join(dir, 'weights.safetensors');
+    const bytes = readFileSync(w);
+    bytes[bytes.length - 3] ^= 0x55;
+    writeFileSync(w, bytes);
+    await expect(loadBundle(dir)).rejects.toThrow(/weights.safetensors has sha256 .* \(file corrupt or replaced\)/);
+    rmSync(w);
+    await expect(loadBundle(dir)).rejects.toThrow(/weights file weights.safetensors is missing/);
+  });
+});
