@@ -126,10 +126,13 @@ export function defaultSchedule(width: number, height: number, steps: number, en
     f *= 2;
   }
   sizes.push({ width, height });
-  const first = Math.max(1, Math.round(steps * 0.4));
-  const rest = steps - first;
+  // Fewer steps than stages: keep one step per stage on an evenly spaced subset, always ending at the output size.
+  if (steps < sizes.length) {
+    const picked = Array.from({ length: steps }, (_, k) => sizes[steps === 1 ? sizes.length - 1 : Math.round((k * (sizes.length - 1)) / (steps - 1))]);
+    return picked.map((s) => ({ ...s, steps: 1 }));
+  }
   const later = sizes.length - 1;
-  return sizes
-    .map((s, i) => ({ ...s, steps: i === 0 ? first : Math.floor(rest / later) + (i - 1 < rest % later ? 1 : 0) }))
-    .filter((s) => s.steps > 0);
+  const first = Math.min(Math.max(1, Math.round(steps * 0.4)), steps - later);
+  const rest = steps - first;
+  return sizes.map((s, i) => ({ ...s, steps: i === 0 ? first : Math.floor(rest / later) + (i - 1 < rest % later ? 1 : 0) }));
 }

@@ -181,3 +181,13 @@ describe('host-side pieces', () => {
     expect(quantileAbsCentered(x, 0.95)).toBeCloseTo(sorted[Math.floor(pos)] + (sorted[Math.ceil(pos)] - sorted[Math.floor(pos)]) * (pos - Math.floor(pos)), 6);
   });
 });
+
+describe('default multi-scale schedule', () => {
+  it.each([1, 2, 3, 4, 5, 7, 100])('with %i steps every stage has a step and the last stage is the output size', (steps) => {
+    const s = defaultSchedule(224, 160, steps, 32);
+    expect(s.reduce((a, x) => a + x.steps, 0)).toBe(steps);
+    expect(s.every((x) => x.steps >= 1)).toBe(true);
+    expect(s[s.length - 1]).toMatchObject({ width: 224, height: 160 });
+    for (let i = 1; i < s.length; i++) expect(s[i].width).toBeGreaterThanOrEqual(s[i - 1].width);
+  });
+});
