@@ -10,7 +10,8 @@ import { type PlanarImage, encodePng } from '../synth/image.ts';
 import { type Recipe } from '../synth/recipe.ts';
 import { synthesize } from '../synth/synthesize.ts';
 import { ATTRIBUTES, type Attribute, Judge, JUDGE_MIN_ACCURACY, judgePasses, type Verdict } from './judge.ts';
-import { type NamedObject, WORLD_SIZE, isHeldOut, parseCaption } from './world.ts';
+import { type NamedObject, WORLD_SIZE, isHeldOut, parseCaption, sampleBatch } from './world.ts';
+import { Rng } from '../synth/rng.ts';
 
 /** The fixed prompt set: shape and colour always; size and position where named. Six use held-out pairs. */
 export const PAG_PROMPTS: string[] = [
@@ -41,6 +42,8 @@ export interface PromptResult {
   ownScore: { initial: number; final: number };
   /** Cosine of the image under the other model (robust image under the plain CLIP and vice versa). */
   otherScore: number;
+  /** High-frequency energy: mean squared difference from the 3×3 box blur (adversarial texture is high). */
+  highFreq: number;
   seconds: number;
 }
 
@@ -54,6 +57,7 @@ export interface ModelReport {
   meanOwnScore: { initial: number; final: number };
   /** Prompts where the model's own score rose but the judge found a named attribute wrong. */
   scoreRoseJudgeDisagreed: number;
+  meanHighFreq: number;
   results: PromptResult[];
   seconds: number;
 }
@@ -135,7 +139,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
           for (let k = 0; k < t.length; k++) otherScore += t[k] * im[k];
           const r: PromptResult = {
             prompt, heldOut: isHeldOut(named.shape, named.colour), named, verdict, correct, allCorrect,
-            ownScore: { initial: res.initialScores[0].cosine, final: res.scores[0].cosine }, otherScore, seconds: (performance.now() - t1) / 1000,
+            ownScore: { initial: res.initialScores[0].cosine, final: res.scores[0].cosine }, otherScore, highFreq: highFrequencyEnergy(res.image), seconds: (performance.now() - t1) / 1000,
           };
           results.push(r);
           log(`${which} seed ${seed} "${prompt}": judge ${ATTRIBUTES.map((a) => verdict[a].label).join('/')} ${allCorrect ? 'OK' : 'WRONG'}; own cos ${r.ownScore.initial.toFixed(3)}→${r.ownScore.final.toFixed(3)}, other ${otherScore.toFixed(3)} (${r.seconds.toFixed(1)}s)`);
@@ -159,6 +163,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
         allCorrectHeldOut: frac(results.filter((r) => r.heldOut)),
         allCorrectSeen: frac(results.filter((r) => !r.heldOut)),
         meanOwnScore: { initial: mean((r) => r.ownScore.initial), final: mean((r) => r.ownScore.final) },
+        meanHighFreq: mean((r) => r.highFreq),
         scoreRoseJudgeDisagreed: results.filter((r) => r.ownScore.final > r.ownScore.initial && !r.allCorrect).length / results.length,
         results,
         seconds: (performance.now() - t0) / 1000,
@@ -178,6 +183,24 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
   } finally {
     await Promise.all([robust.close(), plain.close(), judge.release()]);
   }
+}
+
+/** Mean squared difference between an image and its 3×3 box blur (edges clamped), over all channels. */
+export function highFrequencyEnergy(img: PlanarImage): number {
+  const { width: W, height: H, data } = img;
+  let s = 0;
+  for (let c = 0; c < 3; c++)
+    for (let y = 0; y < H; y++)
+      for (let x = 0; x < W; x++) {
+        let m = 0;
+        for (let dy = -1; dy <= 1; dy++)
+          for (let dx = -1; dx <= 1; dx++) {
+            const yy = Math.min(H - 1, Math.max(0, y + dy)), xx = Math.min(W - 1, Math.max(0, x + dx));
+            m += data[c * W * H + yy * W + xx];
+          }
+        s += (data[c * W * H + y * W + x] - m / 9) ** 2;
+      }
+  return s / (3 * W * H);
 }
 
 /** A PNG grid: one row per (prompt, seed), columns robust | plain, each image scaled up `scale`×. */
@@ -201,6 +224,15 @@ export function pagGrid(images: { robust: PlanarImage[]; plain: PlanarImage[] },
   return encodePng({ width: W, height: H, data });
 }
 
+/** highFrequencyEnergy of real world images (mean over 256 fresh scenes), for scale in the table. */
+const WORLD_HF = (() => {
+  const w = sampleBatch(Rng.fromSeed(99), 256);
+  const per = 3 * WORLD_SIZE * WORLD_SIZE;
+  let s = 0;
+  for (let i = 0; i < 256; i++) s += highFrequencyEnergy({ width: WORLD_SIZE, height: WORLD_SIZE, data: w.pixels.subarray(i * per, (i + 1) * per) });
+  return s / 256;
+})();
+
 const pct = (x: number) => (Number.isNaN(x) ? '–' : `${(x * 100).toFixed(0)} %`);
 
 /** The report as a Markdown table (docs/toy-model.md quotes it). */
@@ -215,6 +247,7 @@ export function pagMarkdown(r: PagReport): string {
   lines.push(`| all correct, seen pairs | ${pct(r.robust.allCorrectSeen)} | ${pct(r.plain.allCorrectSeen)} |`);
   lines.push(`| all correct, held-out pairs | ${pct(r.robust.allCorrectHeldOut)} | ${pct(r.plain.allCorrectHeldOut)} |`);
   lines.push(`| own CLIP cosine, init → final (mean) | ${r.robust.meanOwnScore.initial.toFixed(3)} → ${r.robust.meanOwnScore.final.toFixed(3)} | ${r.plain.meanOwnScore.initial.toFixed(3)} → ${r.plain.meanOwnScore.final.toFixed(3)} |`);
+  lines.push(`| high-frequency energy ×10³ (mean; world images ≈ ${(WORLD_HF * 1e3).toFixed(2)}) | ${(r.robust.meanHighFreq * 1e3).toFixed(2)} | ${(r.plain.meanHighFreq * 1e3).toFixed(2)} |`);
   lines.push(`| own score rose, judge disagreed | ${pct(r.robust.scoreRoseJudgeDisagreed)} | ${pct(r.plain.scoreRoseJudgeDisagreed)} |`);
   lines.push('', '| prompt | held out | robust: judge says | plain: judge says |', '|---|---|---|---|');
   r.robust.results.forEach((x, i) => {
