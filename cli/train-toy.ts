@@ -27,7 +27,7 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
   --norm l2|linf       attack norm (default l2)
   --pgd-steps N        PGD steps per batch (default 1)
   --pgd-step-size X    PGD step as a multiple of eps (default 1)
-  --shape-group N      scenes per hard-negative group differing only in shape (default 4; 1 = random batches)
+  --shape-group N      scenes per hard-negative group that differ in one attribute (default 4; 1 = random batches)
   --width N            vision width (default ${TOY_ARCH.visionWidth}); --layers N vision layers (default ${TOY_ARCH.visionLayers})
   --prior              fit a GMM prior on world images and ship it in the bundle (default: on for robust)
   --no-prior           do not ship a prior
