@@ -14,7 +14,7 @@
 
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PRESETS, type ClipArch, expectedTensors } from '../gpu-worker/engine/clip/arch.ts';
 import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, OPENAI_MEAN, OPENAI_STD, type Manifest } from '../gpu-worker/engine/clip/bundle.ts';
@@ -32,7 +32,7 @@ const THREADS = Number(process.env.BENCH_THREADS ?? 2);
 const VITB_STEPS = Number(process.env.BENCH_SYNTH_VITB_STEPS ?? 4);
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const TEST_PRIOR = join(REPO, 'models/test-prior/prior.safetensors');
-const SIZE = 224;
+const REPO_ROOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 const PROMPT = 'a red apple on a wooden table';
 
 interface SynthCase {
@@ -88,7 +88,8 @@ async function runCase(c: SynthCase): Promise<SynthCaseResult> {
   let cleanup = () => {};
   const prior = existsSync(TEST_PRIOR) ? TEST_PRIOR : undefined;
   if (c.model === 'tiny') {
-    dir = makeTinyBundle('quickgelu', prior ? { prior } : {});
+    // The project's own small model (the embedded default) when present; else the reference tiny CLIP.
+    dir = existsSync(join(REPO_ROOT_DIR, 'models', 'toy', 'manifest.json')) ? join(REPO_ROOT_DIR, 'models', 'toy') : makeTinyBundle('quickgelu', prior ? { prior } : {});
   } else {
     dir = mkdtempSync(join(tmpdir(), 'clipag-bench-vitb32-'));
     await randomBundle(PRESETS['ViT-B-32'], dir);
@@ -100,10 +101,11 @@ async function runCase(c: SynthCase): Promise<SynthCaseResult> {
     const stepEnds: number[] = [];
     const req: SynthRequest = {
       prompts: [{ text: PROMPT, weight: 1 }],
-      width: SIZE,
-      height: SIZE,
+      // The default recipe at the model's own input size (what clipag generate does without --size).
+      width: engine.imageSize,
+      height: engine.imageSize,
       seed: 7,
-      init: prior ? { kind: 'gmm', priorPath: prior } : { kind: 'noise' },
+      init: engine.bundle.priorPath ? { kind: 'gmm' } : prior ? { kind: 'gmm', priorPath: prior } : { kind: 'noise' },
       recipe: { steps: c.steps, initSamples: c.initSamples },
     };
     // Compile the graphs the init and scoring use (text b1, image b16 and b1) first, so `init` per sample
@@ -140,7 +142,7 @@ async function main(): Promise<void> {
   }
   const self = fileURLToPath(import.meta.url);
   const STEPS = DEFAULT_RECIPE.steps, SAMPLES = DEFAULT_RECIPE.initSamples;
-  console.log(`clipag synthesis benchmark — default recipe (${DEFAULT_RECIPE.globalViews}+${DEFAULT_RECIPE.patchViews} views, ${STEPS} steps, GMM init ${SAMPLES} samples), ${SIZE}×${SIZE}, ${THREADS} threads, CPU EP`);
+  console.log(`clipag synthesis benchmark — default recipe (${DEFAULT_RECIPE.globalViews}+${DEFAULT_RECIPE.patchViews} views, ${STEPS} steps, GMM init ${SAMPLES} samples), at each model's own input size, ${THREADS} threads, CPU EP`);
   const tiny = await runChild<SynthCaseResult>(self, { model: 'tiny', steps: STEPS, initSamples: SAMPLES });
   const vitbSamples = 48;
   const vitb = await runChild<SynthCaseResult>(self, { model: 'ViT-B-32', steps: VITB_STEPS, initSamples: vitbSamples });

@@ -105,6 +105,37 @@ class TowerEmitter {
     return b.add(b.matmul(ctx, b.transpose(this.w(`${prefix}.out_proj.weight`), [1, 0])), this.w(`${prefix}.out_proj.bias`));
   }
 
+  /**
+   * The last image block, computed for the class token only. The tower's output reads only that
+   * token, so the other tokens' attention queries, output projection and MLP in this block are dead
+   * work in the forward pass and zeros in the backward: same result, ~7 % fewer FLOPs at ViT-B/32.
+   */
+  resblockClsOnly(x: string, prefix: string, heads: number, act: ClipArch['activation']): string {
+    const b = this.b;
+    return b.scope(prefix, () => {
+      const [B, L, D] = b.shape(x);
+      const hd = D / heads;
+      const ln = this.layerNorm(x, `${prefix}.ln_1`);
+      const lnCls = b.slice(ln, [0], [1], [1]); // [B,1,D]
+      const w = this.w(`${prefix}.attn.in_proj_weight`), bias = this.w(`${prefix}.attn.in_proj_bias`);
+      // q from the class token only; k and v from every token (slices of the packed projection).
+      const wq = b.transpose(b.slice(w, [0], [D], [0]), [1, 0]);
+      const wkv = b.transpose(b.slice(w, [D], [3 * D], [0]), [1, 0]);
+      const q = b.add(b.matmul(lnCls, wq), b.slice(bias, [0], [D], [0]));
+      const kv = b.add(b.matmul(ln, wkv), b.slice(bias, [D], [3 * D], [0]));
+      const [k, v] = b.op('Split', [kv, b.ints([D, D])], { axis: A.i(-1) }, { outputs: 2 });
+      const qh = b.transpose(b.reshape(b.mul(q, b.scalar(1 / Math.sqrt(hd), this.opts.dtype)), [B, 1, heads, hd]), [0, 2, 1, 3]); // [B,H,1,hd]
+      const kh = b.transpose(b.reshape(k, [B, L, heads, hd]), [0, 2, 3, 1]); // [B,H,hd,L]
+      const vh = b.transpose(b.reshape(v, [B, L, heads, hd]), [0, 2, 1, 3]); // [B,H,L,hd]
+      const attn = b.op1('Softmax', [b.matmul(qh, kh)], { axis: A.i(-1) }); // [B,H,1,L]
+      const ctx = b.reshape(b.transpose(b.matmul(attn, vh), [0, 2, 1, 3]), [B, 1, D]);
+      const out = b.add(b.matmul(ctx, b.transpose(this.w(`${prefix}.attn.out_proj.weight`), [1, 0])), this.w(`${prefix}.attn.out_proj.bias`));
+      const h = b.add(b.slice(x, [0], [1], [1]), out);
+      const m = this.linear(this.gelu(this.linear(this.layerNorm(h, `${prefix}.ln_2`), `${prefix}.mlp.c_fc`), act), `${prefix}.mlp.c_proj`);
+      return b.add(h, m); // [B,1,D]
+    });
+  }
+
   resblock(x: string, prefix: string, heads: number, act: ClipArch['activation'], mask?: string): string {
     return this.b.scope(prefix, () => {
       const h = this.b.add(x, this.attention(this.layerNorm(x, `${prefix}.ln_1`), `${prefix}.attn`, heads, mask));
@@ -149,8 +180,9 @@ export function buildImageTower(b: GraphBuilder, arch: ClipArch, weights: Weight
     tokens = b.concat([cls, tokens], 1);
     tokens = b.add(tokens, e.w('visual.positional_embedding'));
     tokens = e.layerNorm(tokens, 'visual.ln_pre');
-    for (let i = 0; i < arch.visionLayers; i++) tokens = e.resblock(tokens, `visual.transformer.resblocks.${i}`, arch.visionHeads, arch.activation);
-    const clsOut = b.reshape(b.slice(tokens, [0], [1], [1]), [B, D]);
+    const last = arch.visionLayers - 1;
+    for (let i = 0; i < last; i++) tokens = e.resblock(tokens, `visual.transformer.resblocks.${i}`, arch.visionHeads, arch.activation);
+    const clsOut = b.reshape(e.resblockClsOnly(tokens, `visual.transformer.resblocks.${last}`, arch.visionHeads, arch.activation), [B, D]);
     return b.matmul(e.layerNorm(clsOut, 'visual.ln_post'), e.w('visual.proj'));
   });
 }
