@@ -1,3 +1,4 @@
+import { expectEngineError } from '../helpers/errors.ts';
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -15,17 +16,6 @@ const { onnx } = createRequire(import.meta.url)('onnx-proto') as { onnx: typeof 
 const tmp = mkdtempSync(join(tmpdir(), 'clipag-codec-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-function expectEngineError(fn: () => unknown, code: string, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(EngineError);
-  expect((caught as EngineError).code).toBe(code);
-  expect((caught as EngineError).message).toMatch(message);
-}
 
 /** y = x @ w + b with known values; x is [2,3], w [3,2]. */
 function matmulAdd(): ModelIR {

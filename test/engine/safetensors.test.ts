@@ -1,3 +1,4 @@
+import { expectEngineError } from '../helpers/errors.ts';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,19 +19,10 @@ import { referencePath } from '../helpers/reference.ts';
 const tmp = mkdtempSync(join(tmpdir(), 'clipag-st-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-function expectInvalid(fn: () => unknown, message: RegExp, code = 'invalid_model'): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(EngineError);
-  expect((caught as EngineError).code).toBe(code);
-  expect((caught as EngineError).message).toMatch(message);
-}
 
 /** Build a safetensors file by hand, so the reader is tested against the format, not our writer. */
+const expectInvalid = (fn: () => unknown, message: RegExp, code = 'invalid_model'): void => void expectEngineError(fn, code, message);
+
 function handmade(header: unknown, data: Uint8Array, opts: { declaredLen?: bigint } = {}): string {
   const json = new TextEncoder().encode(typeof header === 'string' ? header : JSON.stringify(header));
   const buf = new Uint8Array(8 + json.byteLength + data.byteLength);

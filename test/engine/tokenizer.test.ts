@@ -1,3 +1,4 @@
+import { expectEngineError } from '../helpers/errors.ts';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,19 +40,6 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function expectEngineError(fn: () => unknown, code: string, ...fragments: string[]): EngineError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(EngineError);
-  const e = err as EngineError;
-  expect(e.code).toBe(code);
-  for (const f of fragments) expect(e.message).toContain(f);
-  return e;
-}
 
 describe('CLIP tokenizer.json builder', () => {
   it('has the official vocab layout, merges and specials', () => {
