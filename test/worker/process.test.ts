@@ -47,8 +47,10 @@ function spawnWorker(env: Env, extra: Record<string, string> = {}) {
 describe('the worker process', () => {
   it('SIGKILL mid-job: the job completes after redelivery by a second worker once the visibility timeout expires', async () => {
     const env = await makeEnv({ CLIPAG_VISIBILITY_TIMEOUT_SEC: '3' });
-    // The notebook's default recipe (32 + 32 views) on the tiny model: a few seconds of work.
-    const job = await submit(env, { steps: 60, init: 'noise' });
+    // The notebook's default recipe (32 + 32 views) on the tiny model: 400 steps are ~10 s of work, so the
+    // window in which the job is seen running (progress is written about once a second) is wide even on a
+    // fast or a loaded machine (60 steps once finished in 1.5 s, before the test saw a progress write).
+    const job = await submit(env, { steps: 400, init: 'noise' });
     const first = spawnWorker(env);
     const running = await waitFor('the child to write progress', async () => {
       const rec = await env.jobs.get(OWNER, job.id);

@@ -96,7 +96,7 @@ describe('gpu-worker queue worker', () => {
 
   it('a cancel requested mid-run is seen by the next progress write and stops the run within one step', async () => {
     const env = await makeEnv();
-    const job = await submit(env, { steps: 200, init: 'noise' });
+    const job = await submit(env, { steps: 500, init: 'noise' });
     // Progress writes at most every 10 ms: still racing the cancel, but (now that every job-record
     // write fsyncs its temp file) not rewriting the record back to back, which on a loaded disk left
     // the cancel's read stale at almost every attempt until the 200 steps were done.
@@ -115,7 +115,7 @@ describe('gpu-worker queue worker', () => {
     expect(fin.outcome).toBe('canceled');
     // Aborted after step k was reported: only the step already under way (k+1) may still finish.
     expect(fin.stepsDone! - abort.step).toBeLessThanOrEqual(1);
-    expect(fin.stepsDone).toBeLessThan(200);
+    expect(fin.stepsDone).toBeLessThan(500);
     expect(done.outputs).toEqual([]);
     await waitFor('the ack', async () => (await env.queue.depth()) === 0);
   });
@@ -238,7 +238,7 @@ describe('gpu-worker queue worker', () => {
   it('the visibility heartbeat keeps a job longer than the timeout from being redelivered', async () => {
     const env = await makeEnv({ CLIPAG_VISIBILITY_TIMEOUT_SEC: '2' });
     const job = await submit(env, { steps: 500, init: 'noise' });
-    const w = start(env, { recipe: { globalViews: 16, patchViews: 16, frameEvery: 0 }, progressIntervalMs: 1000 });
+    const w = start(env, { recipe: { globalViews: 64, patchViews: 64, frameEvery: 0 } /* ≥ 10 s of work: the job must outlive the 5 s observation */, progressIntervalMs: 1000 });
     await waitForStatus(env, job.id, ['running']);
     const t0 = Date.now();
     // A second consumer on the same queue keeps polling while the job runs past 2 × the timeout.
