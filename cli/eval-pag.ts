@@ -16,7 +16,7 @@ export const usage = `usage: clipag eval-pag [options]
   --prompts N      use the first N prompts of the fixed set (default all ${PAG_PROMPTS.length})
   --seeds LIST     comma-separated seeds (default 1)
   --steps N        synthesis steps (default: the recipe's 100)
-  --views G,P      global and patch views (default: the recipe's 32,32)
+  --views G,P      global and patch views (default: each bundle's recipe defaults)
   --out PREFIX     writes PREFIX.json, PREFIX.md and PREFIX.png (default docs/toy-pag)
   --threads N      onnxruntime threads (default 1)`;
 

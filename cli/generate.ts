@@ -23,7 +23,7 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --content-weight C  with an init image: pull toward its content (default 0; 20 with --style)
   --style             style transfer (CLIPStyler-like): the init image is the content, the prompt the
                       style; starts from the image (strength 0), keeps its content, emphasizes patch views
-  --views G,P         global and patch views per step (default 32,32)
+  --views G,P         global and patch views per step (default: the model's recipe defaults, else 32,32)
   -o, --out FILE      output PNG (default out.png)
   --frames DIR        write a frame every 10 steps
   --json              print a JSON summary on stdout`;

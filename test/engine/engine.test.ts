@@ -7,6 +7,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import { DEFAULT_RECIPE } from '../../gpu-worker/engine/synth/recipe.ts';
+import { validateRequest } from '../../gpu-worker/engine/synth/synthesize.ts';
 import { main } from '../../cli/main.ts';
 import { asNumbers, loadReference, maxRelErr } from '../helpers/clip.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
@@ -83,6 +85,21 @@ describe('bundle validation', () => {
   it('a tokenizer file that does not parse', async () => {
     const dir = variant('badtok', (d) => writeFileSync(join(d, 'tokenizer.json'), 'not json'));
     await expect(ClipEngine.open(dir)).rejects.toMatchObject({ code: 'invalid_tokenizer' });
+  });
+  it('recipe defaults: an unknown field or a bad value is refused naming the manifest; good ones apply under the request', async () => {
+    const withRecipe = (name: string, recipe: unknown) =>
+      variant(name, (d) => {
+        const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+        m.recipe = recipe;
+        writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+      });
+    await expect(loadBundle(withRecipe('recipe-unknown', { patchView: 0 }))).rejects.toThrow(/not a valid bundle manifest: recipe: Unrecognized key.*patchView/);
+    await expect(loadBundle(withRecipe('recipe-bad', { translation: 0.9 }))).rejects.toThrow(/recipe defaults are invalid: translation must be in \[0, 0.5\]/);
+    const ok = await loadBundle(withRecipe('recipe-ok', { patchViews: 0, globalViews: 12 }));
+    const req = { prompts: [{ text: 'x', weight: 1 }], width: 64, height: 64, seed: 1 };
+    expect(validateRequest(req, 64, ok.manifest.recipe).recipe).toMatchObject({ patchViews: 0, globalViews: 12, steps: DEFAULT_RECIPE.steps });
+    expect(validateRequest({ ...req, recipe: { globalViews: 3 } }, 64, ok.manifest.recipe).recipe).toMatchObject({ patchViews: 0, globalViews: 3 });
+    expect(validateRequest(req, 64).recipe.patchViews).toBe(DEFAULT_RECIPE.patchViews);
   });
   it('a corrupt checksum', async () => {
     const dir = variant('badsum', (d) => {

@@ -13,6 +13,23 @@ import { readModelFile } from '../onnx/codec.ts';
 import { type ForeignTowerInfo, inspectForeignTower } from './foreign.ts';
 import { readSafetensors } from '../io/safetensors.ts';
 import { ClipArchSchema, type ClipArch, checkWeights } from './arch.ts';
+import { DEFAULT_RECIPE, type Recipe, validateRecipe } from '../synth/recipe.ts';
+
+/**
+ * Recipe fields a bundle may set as its own defaults (a request's fields still win). A model trained
+ * on small images of one world needs other views than the 224 px notebook recipe: for example, crops
+ * of a 64 px scene would cut away what "on the left" means. Checked again by validateRecipe on load.
+ */
+const num = z.number().finite();
+export const RecipeDefaultsSchema = z
+  .object({
+    steps: num, lr: num, betas: z.tuple([num, num]), eps: num, weightDecay: num, gradClip: num,
+    globalViews: num, patchViews: num, globalWeight: num, patchWeight: num, resize: z.tuple([num, num]),
+    translation: num, patchFraction: num, flip: z.boolean(), color: z.boolean(), cutout: num, noiseStd: num,
+    thresholdPercentile: num, frameEvery: num, initSamples: num,
+  })
+  .partial()
+  .strict();
 
 export const BUNDLE_FORMAT = 'clipag-model-bundle';
 export const BUNDLE_FORMAT_VERSION = 1;
@@ -50,6 +67,8 @@ export const ManifestSchema = z
     source: z.string().min(1),
     /** Free-form provenance: training command, seed, steps, time, metrics. */
     training: z.record(z.string(), z.unknown()).optional(),
+    /** Optional: this model's synthesis recipe defaults (RecipeDefaultsSchema). */
+    recipe: RecipeDefaultsSchema.optional(),
   })
   .strict()
   .superRefine((m, ctx) => {
@@ -91,6 +110,13 @@ export function readManifest(dir: string): Manifest {
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
     throw new EngineError('invalid_model', `${path} is not a valid bundle manifest: ${issues}`, { path });
+  }
+  if (parsed.data.recipe) {
+    try {
+      validateRecipe({ ...DEFAULT_RECIPE, ...parsed.data.recipe } as Recipe);
+    } catch (e) {
+      throw new EngineError('invalid_model', `${path}: recipe defaults are invalid: ${(e as Error).message}`, { path });
+    }
   }
   return parsed.data;
 }

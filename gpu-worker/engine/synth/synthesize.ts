@@ -84,8 +84,9 @@ const PROMPT_SLOTS = [1, 2, 4, 8];
 const NOISE_BANK = 16;
 const NOISE_SEED = 0x6e6f6973;
 
-export function validateRequest(req: SynthRequest, encoderSize: number): { recipe: Recipe; schedule: Stage[] } {
-  const recipe: Recipe = { ...DEFAULT_RECIPE, ...req.recipe };
+/** The recipe a request runs: the notebook defaults, then the model's own defaults, then the request's fields. */
+export function validateRequest(req: SynthRequest, encoderSize: number, modelDefaults: Partial<Recipe> = {}): { recipe: Recipe; schedule: Stage[] } {
+  const recipe: Recipe = { ...DEFAULT_RECIPE, ...modelDefaults, ...req.recipe };
   validateRecipe(recipe);
   if (!Array.isArray(req.prompts) || req.prompts.length === 0) throw new EngineError('invalid_input', 'at least one prompt is required', { param: 'prompts' });
   if (req.prompts.length > PROMPT_SLOTS[PROMPT_SLOTS.length - 1]) throw new EngineError('invalid_input', `at most ${PROMPT_SLOTS[PROMPT_SLOTS.length - 1]} prompts`, { param: 'prompts' });
@@ -225,7 +226,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   const t0 = performance.now();
   const S = engine.imageSize;
   const E = engine.embedDim;
-  const { recipe: r, schedule } = validateRequest(req, S);
+  const { recipe: r, schedule } = validateRequest(req, S, engine.bundle.manifest.recipe);
   const timings = { init: 0, compile: 0, optimize: 0, sessionRun: 0, score: 0, encode: 0, total: 0 };
   const root = Rng.fromSeed(req.seed);
   const augRng = root.fork('augment');
