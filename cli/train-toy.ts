@@ -6,9 +6,9 @@ import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { Rng } from '../gpu-worker/engine/synth/rng.ts';
-import { TOY_ARCH, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
+import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
 import { writeWorldPrior } from '../gpu-worker/engine/toy/prior.ts';
-import { COLOURS, SHAPES, WORLD_SIZE, isHeldOut, sampleBatch } from '../gpu-worker/engine/toy/world.ts';
+import { COLOURS, POSITIONS, SHAPES, SIZES, WORLD_SIZE, isHeldOut, sampleBatch } from '../gpu-worker/engine/toy/world.ts';
 import { REPO_ROOT, intArg } from './common.ts';
 
 export const summary = 'train the toy mini-CLIP (robust or plain twin) on the procedural world and write a bundle';
@@ -27,7 +27,8 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
   --norm l2|linf       attack norm (default l2)
   --pgd-steps N        PGD steps per batch (default 1)
   --pgd-step-size X    PGD step as a multiple of eps (default 1)
-  --shape-group N      scenes per hard-negative group that differ in one attribute (default 4; 1 = random batches)
+  --shape-group N      scenes per hard-negative group that differ in one attribute (default 1 = random batches)
+  --aux-weight X       weight of the caption-attribute heads (default 3; 0 = pure InfoNCE; docs/toy-model.md)
   --width N            vision width (default ${TOY_ARCH.visionWidth}); --layers N vision layers (default ${TOY_ARCH.visionLayers})
   --prior              fit a GMM prior on world images and ship it in the bundle (default: on for robust)
   --no-prior           do not ship a prior
@@ -50,7 +51,7 @@ export async function run(argv: string[]): Promise<number> {
       'checkpoint-every': { type: 'string' }, steps: { type: 'string' }, batch: { type: 'string' }, seed: { type: 'string' },
       lr: { type: 'string' }, eps: { type: 'string' }, norm: { type: 'string' }, 'pgd-steps': { type: 'string' }, 'pgd-step-size': { type: 'string' },
       width: { type: 'string' }, layers: { type: 'string' }, prior: { type: 'boolean' }, 'no-prior': { type: 'boolean' },
-      threads: { type: 'string' }, 'shape-group': { type: 'string' }, 'max-minutes': { type: 'string' },
+      threads: { type: 'string' }, 'shape-group': { type: 'string' }, 'aux-weight': { type: 'string' }, 'max-minutes': { type: 'string' },
     },
     strict: true,
   });
@@ -68,6 +69,7 @@ export async function run(argv: string[]): Promise<number> {
     lr: num(values.lr, 'lr', base.lr),
     attack: { ...base.attack, norm, eps: num(values.eps, 'eps', base.attack.eps), steps: intArg(values['pgd-steps'], 'pgd-steps', base.attack.steps, 1, 100), stepSize: num(values['pgd-step-size'], 'pgd-step-size', base.attack.stepSize) },
     shapeGroup: intArg(values['shape-group'], 'shape-group', base.shapeGroup, 1, 6),
+    auxWeight: values['aux-weight'] === '0' ? 0 : num(values['aux-weight'], 'aux-weight', base.auxWeight),
     arch: { ...TOY_ARCH, visionWidth: width, visionHeads: Math.max(1, Math.round(width / 48)), visionLayers: intArg(values.layers, 'layers', TOY_ARCH.visionLayers, 1, 24) },
   });
   const threads = intArg(values.threads, 'threads', 1, 0, 256);
@@ -103,6 +105,9 @@ export async function run(argv: string[]): Promise<number> {
     stopped_early: !res.finished,
     batch: cfg.batch,
     lr: cfg.lr,
+    batches: cfg.shapeGroup > 1 ? `hard-negative groups of ${cfg.shapeGroup}` : 'random',
+    two_object_rate: cfg.twoObjectRate,
+    caption_heads_weight: cfg.auxWeight,
     attack: robust ? cfg.attack : null,
     wall_time_s: Math.round(res.elapsedS),
     machine: `${(await import('node:os')).cpus().length}-core CPU, ${threads} onnxruntime thread(s)`,
@@ -118,6 +123,7 @@ export async function run(argv: string[]): Promise<number> {
     robust,
     training,
     prior: priorFile,
+    recipe: TOY_RECIPE,
   });
   // zero-shot shape/colour accuracy on fresh single-object images (held-out pairs reported apart)
   const zs = await zeroShot(out, threads);
@@ -126,36 +132,53 @@ export async function run(argv: string[]): Promise<number> {
   const m = JSON.parse(readFileSync(mpath, 'utf8'));
   m.training = training;
   writeFileSync(mpath, JSON.stringify(m, null, 2) + '\n');
-  log(`wrote ${out} (${res.step} steps, ${res.elapsedS.toFixed(0)} s); zero-shot shape+colour: seen ${(zs.seen * 100).toFixed(1)} %, held-out ${(zs.heldOut * 100).toFixed(1)} %`);
+  log(`wrote ${out} (${res.step} steps, ${res.elapsedS.toFixed(0)} s); zero-shot shape+colour: seen ${(zs.seen * 100).toFixed(1)} %, held-out ${(zs.heldOut * 100).toFixed(1)} %; shape ${(zs.shape * 100).toFixed(1)} %, position ${(zs.position * 100).toFixed(1)} %, size ${(zs.size * 100).toFixed(1)} %`);
   return 0;
 }
 
-/** Classify 512 fresh single-object images among the 48 prompts "a COLOUR SHAPE". */
-export async function zeroShot(bundle: string, threads: number): Promise<{ seen: number; heldOut: number; shape: number; colour: number; images: number }> {
+/**
+ * Zero-shot accuracy on 512 fresh single-object images (held-out pairs included): shape + colour among
+ * the 48 prompts "a COLOUR SHAPE" (seen and held-out pairs apart, and each attribute alone); position
+ * among the five "a COLOUR SHAPE on the left/…" prompts and size among "a small/large COLOUR SHAPE",
+ * with the true colour and shape.
+ */
+export async function zeroShot(bundle: string, threads: number): Promise<{ seen: number; heldOut: number; shape: number; colour: number; position: number; size: number; images: number }> {
   const engine = await ClipEngine.open(bundle, { threads });
   try {
     const pairs = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
-    const t = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
+    const POS_PHRASE: Record<(typeof POSITIONS)[number], string> = { left: 'on the left', right: 'on the right', top: 'at the top', bottom: 'at the bottom', centre: 'in the centre' };
+    const texts = [
+      ...pairs.map(([s, c]) => `a ${c} ${s}`),
+      ...pairs.flatMap(([s, c]) => POSITIONS.map((p) => `a ${c} ${s} ${POS_PHRASE[p]}`)),
+      ...pairs.flatMap(([s, c]) => SIZES.map((z) => `a ${z} ${c} ${s}`)),
+    ];
+    const t = (await engine.embedText(texts)).unit;
     const n = 512, E = engine.embedDim, per = 3 * WORLD_SIZE * WORLD_SIZE;
     const w = sampleBatch(Rng.fromSeed(424242), n, { allowHeldOut: true, twoObjectRate: 0 });
     const imgs = Array.from({ length: n }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: w.pixels.subarray(i * per, (i + 1) * per) }));
     const u = (await engine.embedImages(imgs)).unit;
-    let seen = 0, seenN = 0, held = 0, heldN = 0, shape = 0, colour = 0;
+    const dot = (i: number, p: number) => {
+      let d = 0;
+      for (let k = 0; k < E; k++) d += u[i * E + k] * t[p * E + k];
+      return d;
+    };
+    const argmax = (i: number, candidates: number[]) => candidates.reduce((b, p) => (dot(i, p) > dot(i, b) ? p : b), candidates[0]);
+    let seen = 0, seenN = 0, held = 0, heldN = 0, shape = 0, colour = 0, position = 0, size = 0;
     for (let i = 0; i < n; i++) {
-      let best = 0, bestV = -Infinity;
-      for (let p = 0; p < pairs.length; p++) {
-        let d = 0;
-        for (let k = 0; k < E; k++) d += u[i * E + k] * t[p * E + k];
-        if (d > bestV) [bestV, best] = [d, p];
-      }
       const o = w.scenes[i].objects[0];
+      const best = argmax(i, pairs.map((_, p) => p));
       const ok = pairs[best][0] === o.shape && pairs[best][1] === o.colour;
       if (pairs[best][0] === o.shape) shape++;
       if (pairs[best][1] === o.colour) colour++;
       if (isHeldOut(o.shape, o.colour)) [held, heldN] = [held + (ok ? 1 : 0), heldN + 1];
       else [seen, seenN] = [seen + (ok ? 1 : 0), seenN + 1];
+      const pair = pairs.findIndex(([s, c]) => s === o.shape && c === o.colour);
+      const posBase = pairs.length + pair * POSITIONS.length;
+      if (argmax(i, POSITIONS.map((_, k) => posBase + k)) === posBase + POSITIONS.indexOf(o.position)) position++;
+      const sizeBase = pairs.length * (1 + POSITIONS.length) + pair * SIZES.length;
+      if (argmax(i, SIZES.map((_, k) => sizeBase + k)) === sizeBase + SIZES.indexOf(o.size)) size++;
     }
-    return { seen: seen / seenN, heldOut: held / Math.max(1, heldN), shape: shape / n, colour: colour / n, images: n };
+    return { seen: seen / seenN, heldOut: held / Math.max(1, heldN), shape: shape / n, colour: colour / n, position: position / n, size: size / n, images: n };
   } finally {
     await engine.close();
   }

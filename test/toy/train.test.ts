@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Rng } from '../../gpu-worker/engine/synth/rng.ts';
 import {
-  TOY_ARCH, ToyClipTrainer, defaultToyConfig, encodeWorldBatch, initClipParams, trainToyClip, worldTokenizer,
+  AUX_HEADS, TOY_ARCH, ToyClipTrainer, defaultToyConfig, encodeWorldBatch, initAuxParams, initClipParams, trainToyClip, worldTokenizer,
 } from '../../gpu-worker/engine/toy/clip-train.ts';
-import { sampleBatch } from '../../gpu-worker/engine/toy/world.ts';
+import { parseCaption, sampleBatch } from '../../gpu-worker/engine/toy/world.ts';
 
 // A small arch so the test runs in seconds on 2 cores.
 const ARCH = { ...TOY_ARCH, visionWidth: 32, visionHeads: 1, visionLayers: 1, textWidth: 32, textHeads: 1, textLayers: 1, embedDim: 32 };
@@ -17,8 +17,9 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('toy CLIP training', () => {
   it('a short plain run lowers the contrastive loss', async () => {
-    // Random batches (shapeGroup 1): colour alone separates most captions, so the loss falls within a few dozen steps.
-    const cfg = defaultToyConfig(false, { arch: ARCH, batch: 16, steps: 60, warmup: 5, lr: 3e-3, seed: 3, shapeGroup: 1 });
+    // Pure InfoNCE (no caption heads) on random batches: colour alone separates most captions, so the
+    // contrastive loss falls within a few dozen steps.
+    const cfg = defaultToyConfig(false, { arch: ARCH, batch: 16, steps: 60, warmup: 5, lr: 3e-3, seed: 3, shapeGroup: 1, auxWeight: 0 });
     const losses: number[] = [];
     const res2 = await trainToyClip(cfg, { threads: 1, onStep: (e) => losses.push(e.loss) });
     expect(res2.step).toBe(60);
@@ -26,6 +27,70 @@ describe('toy CLIP training', () => {
     const first = mean(losses.slice(0, 10)), last = mean(losses.slice(-10));
     expect(last).toBeLessThan(first - 0.4);
     expect(res2.params.get('logit_scale')!.data[0]).toBeGreaterThan(0);
+  });
+
+  it('the caption-attribute targets are what each one-object caption names, read from its text', () => {
+    const world = sampleBatch(Rng.fromSeed(21), 64, { twoObjectRate: 0.4 });
+    const enc = encodeWorldBatch(world, worldTokenizer(), ARCH, true);
+    let named = 0, twoObject = 0;
+    for (const [h, labels] of AUX_HEADS) {
+      const t = enc.feeds[`aux_target.${h}`];
+      expect(t.dims).toEqual([64, labels.length]);
+      const d = t.data as Float32Array;
+      world.captions.forEach((c, i) => {
+        const row = Array.from(d.subarray(i * labels.length, (i + 1) * labels.length));
+        const parsed = parseCaption(c.text);
+        const v = parsed.length === 1 ? parsed[0][h] : undefined;
+        if (v === undefined) expect(row.every((x) => x === 0)).toBe(true);
+        else {
+          expect(row.reduce((a, b) => a + b, 0)).toBe(1);
+          expect(row[(labels as readonly string[]).indexOf(v)]).toBe(1);
+          named++;
+        }
+        if (parsed.length === 2) twoObject++;
+      });
+    }
+    expect(named).toBeGreaterThan(64);
+    expect(twoObject).toBeGreaterThan(0);
+    expect(encodeWorldBatch(world, worldTokenizer(), ARCH).feeds['aux_target.shape']).toBeUndefined();
+  });
+
+  it('the training graph with the caption heads matches finite differences (float32, random directions)', async () => {
+    const B = 8, auxWeight = 3;
+    const trainer = await ToyClipTrainer.create(ARCH, B, 1, auxWeight);
+    try {
+      const rng = Rng.fromSeed(5);
+      const params = initClipParams(ARCH, rng.fork('init'));
+      initAuxParams(ARCH, rng.fork('aux'), params);
+      const enc = encodeWorldBatch(sampleBatch(Rng.fromSeed(8), B), worldTokenizer(), ARCH, true);
+      const { grads } = await trainer.lossAndParamGrads(params, enc.feeds);
+      for (const group of ['aux.', 'visual.transformer', 'transformer.', 'visual.conv1']) {
+        const names = [...params.keys()].filter((n) => n.startsWith(group));
+        expect(names.length, group).toBeGreaterThan(0);
+        const dir = new Map(names.map((n) => [n, Float32Array.from({ length: params.get(n)!.data.length }, () => rng.normal())]));
+        let norm = 0;
+        for (const d of dir.values()) for (const x of d) norm += x * x;
+        norm = Math.sqrt(norm);
+        let analytic = 0;
+        for (const [n, d] of dir) {
+          const g = grads.get(n)!;
+          for (let k = 0; k < d.length; k++) analytic += (g[k] * d[k]) / norm;
+        }
+        const at = async (h: number) => {
+          const p = new Map(params);
+          for (const [n, d] of dir) {
+            const base = params.get(n)!.data as Float32Array;
+            p.set(n, { ...params.get(n)!, data: Float32Array.from(base, (v, k) => v + (h * d[k]) / norm) });
+          }
+          return (await trainer.lossAndParamGrads(p, enc.feeds)).loss;
+        };
+        const h = 1e-2;
+        const fd = ((await at(h)) - (await at(-h))) / (2 * h);
+        expect(Math.abs(fd - analytic), `${group}: fd ${fd} vs analytic ${analytic}`).toBeLessThan(1e-3 + 1e-2 * Math.abs(analytic));
+      }
+    } finally {
+      await trainer.release();
+    }
   });
 
   it('a PGD step raises the loss, stays in the eps-ball and in [0, 1]', async () => {

@@ -17,9 +17,10 @@ import { GraphBuilder } from '../onnx/builder.ts';
 import { A, type TensorData } from '../onnx/ir.ts';
 import { encodeModel } from '../onnx/codec.ts';
 import { type EngineSession, createSession } from '../runtime/session.ts';
+import { type Recipe } from '../synth/recipe.ts';
 import { Rng } from '../synth/rng.ts';
 import { type AdamConfig, type AdamState, type Params, adamStep, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint } from './optim.ts';
-import { CONTEXT_LENGTH, type WorldBatch, WORLD_SIZE, describes, sampleGroupedBatch, worldTokenizerJson, worldVocabSize } from './world.ts';
+import { COLOURS, CONTEXT_LENGTH, POSITIONS, SHAPES, SIZES, type WorldBatch, WORLD_SIZE, describes, sampleGroupedBatch, worldTokenizerJson, worldVocabSize } from './world.ts';
 
 export const TOY_ARCH: ClipArch = {
   embedDim: 64,
@@ -64,6 +65,12 @@ export interface ToyTrainConfig {
   twoObjectRate: number;
   /** Scenes per hard-negative group (same scene, different shape); 1 = plain random batches. */
   shapeGroup: number;
+  /**
+   * Weight of the caption-attribute loss: linear heads on the image embedding predict what a
+   * one-object caption names (shape, colour, and size/position where named), parsed from the caption
+   * text itself. 0 = pure InfoNCE. The heads are training scaffolding and are not shipped.
+   */
+  auxWeight: number;
 }
 
 export function defaultToyConfig(robust: boolean, overrides: Partial<ToyTrainConfig> = {}): ToyTrainConfig {
@@ -78,13 +85,22 @@ export function defaultToyConfig(robust: boolean, overrides: Partial<ToyTrainCon
     warmup: 50,
     weightDecay: 0.05,
     gradClip: 1.0,
-    twoObjectRate: 0.3,
-    shapeGroup: 4,
+    twoObjectRate: 0.1,
+    shapeGroup: 1,
+    auxWeight: 3,
     ...overrides,
   };
 }
 
 export const LOGIT_SCALE_MAX = Math.log(100);
+
+/**
+ * The toy bundles' synthesis recipe defaults (manifest `recipe`). The notebook's patch views are
+ * 128/224 crops: on a 64 px scene they cut away the frame that "on the left" or "large" refer to and
+ * ask every crop to hold the whole object, so the toy models use global views only (as many as the
+ * notebook's global + patch views together).
+ */
+export const TOY_RECIPE: Partial<Recipe> = { globalViews: 64, patchViews: 0 };
 
 // ---- parameters ----------------------------------------------------------------------------------
 
@@ -121,6 +137,36 @@ export function initClipParams(arch: ClipArch, rng: Rng): Params {
   return params;
 }
 
+/** The caption-attribute heads: one linear softmax head per attribute on the image embedding. */
+export const AUX_HEADS = [
+  ['shape', SHAPES],
+  ['colour', COLOURS],
+  ['size', SIZES],
+  ['position', POSITIONS],
+] as const;
+export type AuxHead = (typeof AUX_HEADS)[number][0];
+
+export function auxTensors(arch: ClipArch): [string, number[]][] {
+  return AUX_HEADS.flatMap(([h, labels]) => [
+    [`aux.${h}.weight`, [arch.embedDim, labels.length]],
+    [`aux.${h}.bias`, [labels.length]],
+  ] as [string, number[]][]);
+}
+
+/** Every trained tensor: the CLIP's (shipped) plus the caption-attribute heads when they are on. */
+export function trainedTensors(cfg: Pick<ToyTrainConfig, 'arch' | 'auxWeight'>): [string, number[]][] {
+  return [...expectedTensors(cfg.arch), ...(cfg.auxWeight > 0 ? auxTensors(cfg.arch) : [])];
+}
+
+export function initAuxParams(arch: ClipArch, rng: Rng, params: Params): void {
+  for (const [name, dims] of auxTensors(arch)) {
+    const n = dims.reduce((a, b) => a * b, 1);
+    const d = new Float32Array(n);
+    if (name.endsWith('.weight')) for (let i = 0; i < n; i++) d[i] = rng.normal() * arch.embedDim ** -0.5;
+    params.set(name, { dtype: 'float32', dims, data: d });
+  }
+}
+
 /** Weight decay on matrices only (not on LayerNorm, biases, embeddings or the temperature). */
 export const clipDecays = (name: string): boolean =>
   /(in_proj_weight|out_proj\.weight|c_fc\.weight|c_proj\.weight|conv1\.weight)$/.test(name) || name === 'visual.proj' || name === 'text_projection';
@@ -140,7 +186,7 @@ export interface ContrastiveGraph {
  *  - mode 'train': the gradient of the loss w.r.t. every parameter (outputs "grad:<name>");
  *  - mode 'attack': the gradient w.r.t. the pixels ("grad_pixels"), for PGD.
  */
-export function contrastiveGraph(arch: ClipArch, batch: number, mode: 'train' | 'attack'): ContrastiveGraph {
+export function contrastiveGraph(arch: ClipArch, batch: number, mode: 'train' | 'attack', auxWeight = 0): ContrastiveGraph {
   const b = new GraphBuilder(`toy_clip_${mode}`);
   const R = arch.imageResolution, L = arch.contextLength;
   const shapes = new Map(expectedTensors(arch));
@@ -164,10 +210,23 @@ export function contrastiveGraph(arch: ClipArch, batch: number, mode: 'train' | 
   const ce = (lg: string, t: string) => b.neg(b.reduceSum(b.mul(t, b.op1('LogSoftmax', [lg], { axis: A.i(1) })), [0, 1], false));
   const lossI = ce(logits, targets);
   const lossT = ce(b.transpose(logits, [1, 0]), targetsT);
-  const loss = b.op1('Identity', [b.mul(b.add(lossI, lossT), b.scalar(0.5 / batch))], {}, { outputNames: ['loss'] });
+  let total = b.mul(b.add(lossI, lossT), b.scalar(0.5 / batch));
+  if (auxWeight > 0) {
+    // caption-attribute heads: targets are one-hot rows (all zero where the caption does not name it)
+    for (const [h, labels] of AUX_HEADS) {
+      const w = b.input(`aux.${h}.weight`, 'float32', [arch.embedDim, labels.length]);
+      const bias = b.input(`aux.${h}.bias`, 'float32', [labels.length]);
+      names.set(`aux.${h}.weight`, w);
+      names.set(`aux.${h}.bias`, bias);
+      const t = b.input(`aux_target.${h}`, 'float32', [batch, labels.length]);
+      const lp = b.op1('LogSoftmax', [b.add(b.matmul(img, w), bias)], { axis: A.i(1) });
+      total = b.add(total, b.mul(b.neg(b.reduceSum(b.mul(t, lp), [0, 1], false)), b.scalar(auxWeight / batch)));
+    }
+  }
+  const loss = b.op1('Identity', [total], {}, { outputNames: ['loss'] });
   b.output(loss);
   b.output(b.op1('Identity', [logits], {}, { outputNames: ['logits'] }));
-  const paramNames = expectedTensors(arch).map(([n]) => n);
+  const paramNames = [...expectedTensors(arch), ...(auxWeight > 0 ? auxTensors(arch) : [])].map(([n]) => n);
   if (mode === 'train') {
     const grads = appendGradients(b, { loss, wrt: paramNames.map((n) => names.get(n)!) });
     for (const n of paramNames) b.output(b.op1('Identity', [grads.get(names.get(n)!)!], {}, { outputNames: [`grad:${n}`] }));
@@ -185,7 +244,7 @@ export interface EncodedBatch {
   feeds: Record<string, TensorData>;
 }
 
-export function encodeWorldBatch(world: WorldBatch, tok: TextTokenizer, arch: ClipArch): EncodedBatch {
+export function encodeWorldBatch(world: WorldBatch, tok: TextTokenizer, arch: ClipArch, aux = false): EncodedBatch {
   const B = world.scenes.length, L = arch.contextLength, R = arch.imageResolution;
   const enc = tok.encodeBatch(world.captions.map((c) => c.text), { contextLength: L });
   const tokens = new BigInt64Array(B * L);
@@ -204,16 +263,28 @@ export function encodeWorldBatch(world: WorldBatch, tok: TextTokenizer, arch: Cl
     for (let i = 0; i < B; i++) s += t[i * B + j] > 0 ? 1 : 0;
     for (let i = 0; i < B; i++) tt[j * B + i] = t[i * B + j] > 0 ? 1 / s : 0;
   }
-  return {
-    world,
-    feeds: {
-      pixels: { dtype: 'float32', dims: [B, 3, R, R], data: world.pixels },
-      tokens: { dtype: 'int64', dims: [B, L], data: tokens },
-      eot_index: { dtype: 'int64', dims: [B], data: eot },
-      targets: { dtype: 'float32', dims: [B, B], data: t },
-      targets_t: { dtype: 'float32', dims: [B, B], data: tt },
-    },
+  const feeds: Record<string, TensorData> = {
+    pixels: { dtype: 'float32', dims: [B, 3, R, R], data: world.pixels },
+    tokens: { dtype: 'int64', dims: [B, L], data: tokens },
+    eot_index: { dtype: 'int64', dims: [B], data: eot },
+    targets: { dtype: 'float32', dims: [B, B], data: t },
+    targets_t: { dtype: 'float32', dims: [B, B], data: tt },
   };
+  if (aux) {
+    // What each one-object caption names, read from the caption's parse (not from the scene): the heads
+    // learn from the text alone, like the contrastive loss. Two-object captions are skipped (which
+    // object a word belongs to is the contrastive loss's business).
+    for (const [h, labels] of AUX_HEADS) {
+      const d = new Float32Array(B * labels.length);
+      world.captions.forEach((c, i) => {
+        if (c.objects.length !== 1) return;
+        const v = c.objects[0][h];
+        if (v !== undefined) d[i * labels.length + (labels as readonly string[]).indexOf(v)] = 1;
+      });
+      feeds[`aux_target.${h}`] = { dtype: 'float32', dims: [B, labels.length], data: d };
+    }
+  }
+  return { world, feeds };
 }
 
 export function worldTokenizer(): TextTokenizer {
@@ -230,11 +301,11 @@ export class ToyClipTrainer {
     readonly attack: EngineSession,
   ) {}
 
-  static async create(arch: ClipArch, batch: number, threads?: number): Promise<ToyClipTrainer> {
+  static async create(arch: ClipArch, batch: number, threads?: number, auxWeight = 0): Promise<ToyClipTrainer> {
     const so = { intraOpThreads: threads };
     const [tr, at] = await Promise.all([
-      createSession(contrastiveGraph(arch, batch, 'train').bytes, so),
-      createSession(contrastiveGraph(arch, batch, 'attack').bytes, so),
+      createSession(contrastiveGraph(arch, batch, 'train', auxWeight).bytes, so),
+      createSession(contrastiveGraph(arch, batch, 'attack', auxWeight).bytes, so),
     ]);
     return new ToyClipTrainer(arch, batch, tr, at);
   }
@@ -376,7 +447,7 @@ export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = 
   let resumedFrom: number | undefined;
   if (opts.checkpoint && opts.resume !== false && existsSync(opts.checkpoint)) {
     const ck = loadCheckpoint(opts.checkpoint, CLIP_CHECKPOINT_KIND, configRecord(cfg));
-    checkParamShapes(ck.params, expectedTensors(cfg.arch), `checkpoint ${opts.checkpoint}`);
+    checkParamShapes(ck.params, trainedTensors(cfg), `checkpoint ${opts.checkpoint}`);
     params = ck.params;
     adam = ck.adam;
     step = ck.step;
@@ -386,10 +457,11 @@ export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = 
     opts.log?.(`resuming ${opts.checkpoint} at step ${step}`);
   } else {
     params = initClipParams(cfg.arch, root.fork('init'));
+    if (cfg.auxWeight > 0) initAuxParams(cfg.arch, root.fork('init:aux'), params);
     adam = newAdamState(params);
   }
   const adamCfg: AdamConfig = { lr: cfg.lr, betas: [0.9, 0.98], eps: 1e-6, weightDecay: cfg.weightDecay, gradClip: cfg.gradClip };
-  const trainer = await ToyClipTrainer.create(cfg.arch, cfg.batch, opts.threads);
+  const trainer = await ToyClipTrainer.create(cfg.arch, cfg.batch, opts.threads, cfg.auxWeight);
   const t0 = performance.now();
   const elapsed = () => elapsedBefore + (performance.now() - t0) / 1000;
   const bar = opts.progress ? progressPrinter(cfg.steps, cfg.robust ? 'train-toy robust' : 'train-toy plain') : undefined;
@@ -405,7 +477,7 @@ export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = 
         break;
       }
       const world = sampleGroupedBatch(root.fork(`batch:${step}`), cfg.batch, cfg.shapeGroup, { twoObjectRate: cfg.twoObjectRate });
-      const enc = encodeWorldBatch(world, tok, cfg.arch);
+      const enc = encodeWorldBatch(world, tok, cfg.arch, cfg.auxWeight > 0);
       let cleanLoss: number | undefined;
       let feeds = enc.feeds;
       if (cfg.robust) {
@@ -443,11 +515,15 @@ export interface WriteBundleOptions {
   training: Record<string, unknown>;
   /** A GMM prior file to ship with the bundle. */
   prior?: string;
+  /** The model's synthesis recipe defaults (manifest `recipe`). */
+  recipe?: Partial<Recipe>;
 }
 
 /** Write a normal model bundle (docs/model-bundle.md) with the world tokenizer and checksums. */
 export async function writeToyBundle(dir: string, arch: ClipArch, params: Params, opts: WriteBundleOptions): Promise<void> {
   mkdirSync(dir, { recursive: true });
+  // the caption-attribute heads are training scaffolding: the bundle is the CLIP alone
+  params = new Map([...params].filter(([n]) => !n.startsWith('aux.')));
   checkParamShapes(params, expectedTensors(arch), 'trained parameters');
   const ordered = new Map(expectedTensors(arch).map(([n]) => [n, params.get(n)!]));
   await writeSafetensors(join(dir, 'weights.safetensors'), ordered, { format: 'pt' });
@@ -469,6 +545,7 @@ export async function writeToyBundle(dir: string, arch: ClipArch, params: Params
     sha256,
     tokenizer: 'tokenizer.json',
     ...(opts.prior ? { prior: 'prior.safetensors' } : {}),
+    ...(opts.recipe ? { recipe: opts.recipe } : {}),
     robust: opts.robust,
     license: 'MIT (trained by the clipag project on its own procedural world)',
     source: 'clipag train-toy (docs/toy-model.md)',
