@@ -14,7 +14,7 @@ export const usage = `usage: clipag eval-pag [options]
   --plain DIR      plain twin (default models/toy-plain)
   --judge DIR      judge (default models/toy-judge); refused unless it passes its accuracy check
   --prompts N      use the first N prompts of the fixed set (default all ${PAG_PROMPTS.length})
-  --seeds LIST     comma-separated seeds (default 1)
+  --seeds LIST     comma-separated seeds (default 1,2,3)
   --steps N        synthesis steps (default: the recipe's 100)
   --views G,P      global and patch views (default: each bundle's recipe defaults)
   --out PREFIX     writes PREFIX.json, PREFIX.md and PREFIX.png (default docs/toy-pag)
@@ -30,7 +30,7 @@ export async function run(argv: string[]): Promise<number> {
     strict: true,
   });
   const nPrompts = intArg(values.prompts, 'prompts', PAG_PROMPTS.length, 1, PAG_PROMPTS.length);
-  const seeds = (values.seeds ?? '1').split(',').map((s) => intArg(s, 'seeds', 1, 0, 0xffffffff));
+  const seeds = (values.seeds ?? '1,2,3').split(',').map((s) => intArg(s, 'seeds', 1, 0, 0xffffffff));
   const recipe: Record<string, number> = {};
   if (values.steps) recipe.steps = intArg(values.steps, 'steps', 100, 1, 1000);
   if (values.views) {

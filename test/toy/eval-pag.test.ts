@@ -1,8 +1,9 @@
 // A quick eval-pag on a few prompts with a short recipe (the full run's figures are in docs/toy-model.md).
-// What it asserts is what the shipped models actually show: the plain twin's gradient inflates its own
-// CLIP score far more than the robust model's does (the adversarial signature), and its images carry far
-// more high-frequency texture. The judge-based target (robust ≥ 80 % all-correct) is NOT met by the
-// shipped models — they know colour but hardly shape or position — so it is reported, not asserted.
+// What it asserts is what the shipped models actually show, measured from the images: the robust model's
+// images carry the prompt to a second model (they score higher under the plain CLIP than the plain
+// twin's images score under the robust one), and the plain twin's images carry far more high-frequency
+// texture. It does NOT assert the judge target (robust ≥ 80 % all-correct): the shipped robust model
+// does not meet it, and on the judge it does not beat the plain twin either (docs/toy-model.md).
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +15,7 @@ import { createImage } from '../../gpu-worker/engine/synth/image.ts';
 const tmp = mkdtempSync(join(tmpdir(), 'clipag-pag-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-const QUICK_PROMPTS = ['a large red circle on the left', 'a big blue square on the right', 'a white cross at the bottom'];
+const QUICK_PROMPTS = ['a large red circle on the left', 'a yellow star', 'a big blue square on the right', 'a large green triangle in the centre'];
 
 describe('eval-pag (quick)', () => {
   it('high-frequency energy is 0 for a flat image and large for a checkerboard', () => {
@@ -26,24 +27,23 @@ describe('eval-pag (quick)', () => {
     expect(highFrequencyEnergy(cb)).toBeGreaterThan(0.1);
   });
 
-  it('robust beats plain: no adversarial score inflation, smoother images; outputs written', async () => {
+  it('robust beats plain on transfer and smoothness; outputs written', async () => {
     const { report, images } = await evalPag({
       robustDir: join(REPO_ROOT, 'models', 'toy'),
       plainDir: join(REPO_ROOT, 'models', 'toy-plain'),
       judgeDir: join(REPO_ROOT, 'models', 'toy-judge'),
       prompts: QUICK_PROMPTS,
-      recipe: { steps: 40, globalViews: 8, patchViews: 8, initSamples: 64 },
+      recipe: { steps: 40, initSamples: 64 },
       judgeCheckImages: 128,
       threads: 1,
     });
-    const gain = (r: { ownScore: { initial: number; final: number } }) => r.ownScore.final - r.ownScore.initial;
     report.robust.results.forEach((r, i) => {
       const p = report.plain.results[i];
       expect(p.prompt).toBe(r.prompt);
-      expect(gain(p), r.prompt).toBeGreaterThan(gain(r) + 0.05);
       expect(p.highFreq, r.prompt).toBeGreaterThan(r.highFreq);
     });
     expect(report.plain.meanHighFreq).toBeGreaterThan(1.5 * report.robust.meanHighFreq);
+    expect(report.robust.meanOtherScore).toBeGreaterThan(report.plain.meanOtherScore + 0.1);
     expect(report.robust.perAttribute.shape!.named).toBe(QUICK_PROMPTS.length);
     const files = writePagOutputs(join(tmp, 'pag'), report, images);
     for (const f of files) expect(existsSync(f)).toBe(true);

@@ -34,6 +34,7 @@ export const PAG_PROMPTS: string[] = [
 
 export interface PromptResult {
   prompt: string;
+  seed: number;
   heldOut: boolean;
   named: NamedObject;
   verdict: Verdict;
@@ -58,6 +59,11 @@ export interface ModelReport {
   /** Prompts where the model's own score rose but the judge found a named attribute wrong. */
   scoreRoseJudgeDisagreed: number;
   meanHighFreq: number;
+  /**
+   * Mean cosine of this model's images with their prompt under the *other* CLIP: images that carry the
+   * prompt's content are recognized by a second model; adversarial features are specific to their own.
+   */
+  meanOtherScore: number;
   results: PromptResult[];
   seconds: number;
 }
@@ -138,7 +144,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
           let otherScore = 0;
           for (let k = 0; k < t.length; k++) otherScore += t[k] * im[k];
           const r: PromptResult = {
-            prompt, heldOut: isHeldOut(named.shape, named.colour), named, verdict, correct, allCorrect,
+            prompt, seed, heldOut: isHeldOut(named.shape, named.colour), named, verdict, correct, allCorrect,
             ownScore: { initial: res.initialScores[0].cosine, final: res.scores[0].cosine }, otherScore, highFreq: highFrequencyEnergy(res.image), seconds: (performance.now() - t1) / 1000,
           };
           results.push(r);
@@ -164,6 +170,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
         allCorrectSeen: frac(results.filter((r) => !r.heldOut)),
         meanOwnScore: { initial: mean((r) => r.ownScore.initial), final: mean((r) => r.ownScore.final) },
         meanHighFreq: mean((r) => r.highFreq),
+        meanOtherScore: mean((r) => r.otherScore),
         scoreRoseJudgeDisagreed: results.filter((r) => r.ownScore.final > r.ownScore.initial && !r.allCorrect).length / results.length,
         results,
         seconds: (performance.now() - t0) / 1000,
@@ -203,11 +210,14 @@ export function highFrequencyEnergy(img: PlanarImage): number {
   return s / (3 * W * H);
 }
 
-/** A PNG grid: one row per (prompt, seed), columns robust | plain, each image scaled up `scale`×. */
-export function pagGrid(images: { robust: PlanarImage[]; plain: PlanarImage[] }, scale = 2, gap = 4): Uint8Array {
-  const n = images.robust.length;
-  const S = WORLD_SIZE * scale;
-  const W = 2 * S + 3 * gap, H = n * S + (n + 1) * gap;
+/**
+ * A PNG grid: one row per prompt; the robust model's images (one per seed) on the left, a wider gap,
+ * then the plain twin's. Images are in (prompt, seed) order; each is scaled up `scale`×.
+ */
+export function pagGrid(images: { robust: PlanarImage[]; plain: PlanarImage[] }, seedsPerPrompt = 1, scale = 2, gap = 4): Uint8Array {
+  const rows = Math.ceil(images.robust.length / seedsPerPrompt);
+  const S = WORLD_SIZE * scale, k = seedsPerPrompt;
+  const W = 2 * k * S + (2 * k + 2) * gap + 2 * gap, H = rows * S + (rows + 1) * gap;
   const data = new Float32Array(3 * W * H).fill(1);
   const put = (img: PlanarImage, x0: number, y0: number) => {
     for (let c = 0; c < 3; c++)
@@ -217,10 +227,11 @@ export function pagGrid(images: { robust: PlanarImage[]; plain: PlanarImage[] },
           data[c * W * H + (y0 + y) * W + x0 + x] = img.data[c * img.width * img.height + sy * img.width + sx];
         }
   };
-  for (let i = 0; i < n; i++) {
-    put(images.robust[i], gap, gap + i * (S + gap));
-    put(images.plain[i], 2 * gap + S, gap + i * (S + gap));
-  }
+  images.robust.forEach((img, i) => {
+    const r = Math.floor(i / k), j = i % k;
+    put(img, gap + j * (S + gap), gap + r * (S + gap));
+    put(images.plain[i], gap + k * (S + gap) + 2 * gap + j * (S + gap), gap + r * (S + gap));
+  });
   return encodePng({ width: W, height: H, data });
 }
 
@@ -247,13 +258,14 @@ export function pagMarkdown(r: PagReport): string {
   lines.push(`| all correct, seen pairs | ${pct(r.robust.allCorrectSeen)} | ${pct(r.plain.allCorrectSeen)} |`);
   lines.push(`| all correct, held-out pairs | ${pct(r.robust.allCorrectHeldOut)} | ${pct(r.plain.allCorrectHeldOut)} |`);
   lines.push(`| own CLIP cosine, init → final (mean) | ${r.robust.meanOwnScore.initial.toFixed(3)} → ${r.robust.meanOwnScore.final.toFixed(3)} | ${r.plain.meanOwnScore.initial.toFixed(3)} → ${r.plain.meanOwnScore.final.toFixed(3)} |`);
+  lines.push(`| cosine under the other CLIP (mean; transfer) | ${r.robust.meanOtherScore.toFixed(3)} | ${r.plain.meanOtherScore.toFixed(3)} |`);
   lines.push(`| high-frequency energy ×10³ (mean; world images ≈ ${(WORLD_HF * 1e3).toFixed(2)}) | ${(r.robust.meanHighFreq * 1e3).toFixed(2)} | ${(r.plain.meanHighFreq * 1e3).toFixed(2)} |`);
   lines.push(`| own score rose, judge disagreed | ${pct(r.robust.scoreRoseJudgeDisagreed)} | ${pct(r.plain.scoreRoseJudgeDisagreed)} |`);
-  lines.push('', '| prompt | held out | robust: judge says | plain: judge says |', '|---|---|---|---|');
+  lines.push('', '| prompt | seed | held out | robust: judge says | plain: judge says |', '|---|---|---|---|---|');
   r.robust.results.forEach((x, i) => {
     const y = r.plain.results[i];
     const say = (p: PromptResult) => `${ATTRIBUTES.filter((a) => p.correct[a] !== undefined).map((a) => p.verdict[a].label).join(' ')} ${p.allCorrect ? '✓' : '✗'}`;
-    lines.push(`| ${x.prompt} | ${x.heldOut ? 'yes' : ''} | ${say(x)} | ${say(y)} |`);
+    lines.push(`| ${x.prompt} | ${x.seed} | ${x.heldOut ? 'yes' : ''} | ${say(x)} | ${say(y)} |`);
   });
   return lines.join('\n') + '\n';
 }
@@ -262,6 +274,6 @@ export function writePagOutputs(prefix: string, report: PagReport, images: { rob
   const files = [`${prefix}.json`, `${prefix}.md`, `${prefix}.png`];
   writeFileSync(files[0], JSON.stringify(report, null, 2) + '\n');
   writeFileSync(files[1], pagMarkdown(report));
-  writeFileSync(files[2], pagGrid(images));
+  writeFileSync(files[2], pagGrid(images, report.seeds.length));
   return files;
 }
