@@ -19,7 +19,7 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
   --checkpoint FILE    checkpoint (default .tmp/checkpoints/<variant>.ckpt); resumed from when it exists
   --no-resume          ignore an existing checkpoint and start from step 0
   --checkpoint-every N steps between checkpoints (default 100)
-  --steps N            training steps (default 5000)
+  --steps N            training steps (default 10000)
   --batch N            batch size (default 32)
   --seed S             seed of the init and the data stream (default 1)
   --lr X               peak learning rate (default 1e-3; 50 warmup steps, cosine to 10 %)
