@@ -8,7 +8,7 @@ import { Rng } from '../../gpu-worker/engine/synth/rng.ts';
 import {
   AUX_HEADS, TOY_ARCH, ToyClipTrainer, defaultToyConfig, encodeWorldBatch, initAuxParams, initClipParams, trainToyClip, worldTokenizer,
 } from '../../gpu-worker/engine/toy/clip-train.ts';
-import { parseCaption, sampleBatch } from '../../gpu-worker/engine/toy/world.ts';
+import { sampleBatch } from '../../gpu-worker/engine/toy/world.ts';
 
 // A small arch so the test runs in seconds on 2 cores.
 const ARCH = { ...TOY_ARCH, visionWidth: 32, visionHeads: 1, visionLayers: 1, textWidth: 32, textHeads: 1, textLayers: 1, embedDim: 32 };
@@ -29,7 +29,7 @@ describe('toy CLIP training', () => {
     expect(res2.params.get('logit_scale')!.data[0]).toBeGreaterThan(0);
   });
 
-  it('the caption-attribute targets are what each one-object caption names, read from its text', () => {
+  it('the caption-attribute targets are what each one-object caption names (and true of its scene)', () => {
     const world = sampleBatch(Rng.fromSeed(21), 64, { twoObjectRate: 0.4 });
     const enc = encodeWorldBatch(world, worldTokenizer(), ARCH, true);
     let named = 0, twoObject = 0;
@@ -39,15 +39,16 @@ describe('toy CLIP training', () => {
       const d = t.data as Float32Array;
       world.captions.forEach((c, i) => {
         const row = Array.from(d.subarray(i * labels.length, (i + 1) * labels.length));
-        const parsed = parseCaption(c.text);
-        const v = parsed.length === 1 ? parsed[0][h] : undefined;
-        if (v === undefined) expect(row.every((x) => x === 0)).toBe(true);
+        // c.objects is what the grammar chose to name when it wrote the text; the targets come from parsing the text
+        const v = c.objects.length === 1 ? c.objects[0][h] : undefined;
+        if (v === undefined) expect(row.every((x) => x === 0), `${c.text} / ${h}`).toBe(true);
         else {
           expect(row.reduce((a, b) => a + b, 0)).toBe(1);
-          expect(row[(labels as readonly string[]).indexOf(v)]).toBe(1);
+          expect(row[(labels as readonly string[]).indexOf(v)], `${c.text} / ${h}`).toBe(1);
+          expect(world.scenes[i].objects[0][h]).toBe(v);
           named++;
         }
-        if (parsed.length === 2) twoObject++;
+        if (c.objects.length === 2) twoObject++;
       });
     }
     expect(named).toBeGreaterThan(64);

@@ -20,7 +20,7 @@ import { type EngineSession, createSession } from '../runtime/session.ts';
 import { type Recipe } from '../synth/recipe.ts';
 import { Rng } from '../synth/rng.ts';
 import { type AdamConfig, type AdamState, type Params, adamStep, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint } from './optim.ts';
-import { COLOURS, CONTEXT_LENGTH, POSITIONS, SHAPES, SIZES, type WorldBatch, WORLD_SIZE, describes, sampleGroupedBatch, worldTokenizerJson, worldVocabSize } from './world.ts';
+import { COLOURS, CONTEXT_LENGTH, POSITIONS, SHAPES, SIZES, type WorldBatch, WORLD_SIZE, describes, parseCaption, sampleGroupedBatch, worldTokenizerJson, worldVocabSize } from './world.ts';
 
 export const TOY_ARCH: ClipArch = {
   embedDim: 64,
@@ -144,7 +144,6 @@ export const AUX_HEADS = [
   ['size', SIZES],
   ['position', POSITIONS],
 ] as const;
-export type AuxHead = (typeof AUX_HEADS)[number][0];
 
 export function auxTensors(arch: ClipArch): [string, number[]][] {
   return AUX_HEADS.flatMap(([h, labels]) => [
@@ -226,7 +225,7 @@ export function contrastiveGraph(arch: ClipArch, batch: number, mode: 'train' | 
   const loss = b.op1('Identity', [total], {}, { outputNames: ['loss'] });
   b.output(loss);
   b.output(b.op1('Identity', [logits], {}, { outputNames: ['logits'] }));
-  const paramNames = [...expectedTensors(arch), ...(auxWeight > 0 ? auxTensors(arch) : [])].map(([n]) => n);
+  const paramNames = trainedTensors({ arch, auxWeight }).map(([n]) => n);
   if (mode === 'train') {
     const grads = appendGradients(b, { loss, wrt: paramNames.map((n) => names.get(n)!) });
     for (const n of paramNames) b.output(b.op1('Identity', [grads.get(names.get(n)!)!], {}, { outputNames: [`grad:${n}`] }));
@@ -271,14 +270,15 @@ export function encodeWorldBatch(world: WorldBatch, tok: TextTokenizer, arch: Cl
     targets_t: { dtype: 'float32', dims: [B, B], data: tt },
   };
   if (aux) {
-    // What each one-object caption names, read from the caption's parse (not from the scene): the heads
-    // learn from the text alone, like the contrastive loss. Two-object captions are skipped (which
+    // What each one-object caption names, parsed from its text (not read from the scene): the heads
+    // learn from the captions alone, like the contrastive loss. Two-object captions are skipped (which
     // object a word belongs to is the contrastive loss's business).
+    const named = world.captions.map((c) => parseCaption(c.text));
     for (const [h, labels] of AUX_HEADS) {
       const d = new Float32Array(B * labels.length);
-      world.captions.forEach((c, i) => {
-        if (c.objects.length !== 1) return;
-        const v = c.objects[0][h];
+      named.forEach((objs, i) => {
+        if (objs.length !== 1) return;
+        const v = objs[0][h];
         if (v !== undefined) d[i * labels.length + (labels as readonly string[]).indexOf(v)] = 1;
       });
       feeds[`aux_target.${h}`] = { dtype: 'float32', dims: [B, labels.length], data: d };
