@@ -23,7 +23,7 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
   --batch N            batch size (default 32)
   --seed S             seed of the init and the data stream (default 1)
   --lr X               peak learning rate (default 1e-3; 50 warmup steps, cosine to 10 %)
-  --eps X              attack radius in [0,1] pixel units (default 1.0, L2)
+  --eps X              attack radius in [0,1] pixel units (default 0.5, L2)
   --norm l2|linf       attack norm (default l2)
   --pgd-steps N        PGD steps per batch (default 1)
   --pgd-step-size X    PGD step as a multiple of eps (default 1)

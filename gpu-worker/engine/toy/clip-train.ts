@@ -49,7 +49,7 @@ export interface AttackConfig {
   rampFraction: number;
 }
 
-export const DEFAULT_ATTACK: AttackConfig = { norm: 'l2', eps: 1.0, steps: 1, stepSize: 1.0, rampFraction: 0.15 };
+export const DEFAULT_ATTACK: AttackConfig = { norm: 'l2', eps: 0.5, steps: 1, stepSize: 1.0, rampFraction: 0.15 };
 
 export interface ToyTrainConfig {
   arch: ClipArch;
