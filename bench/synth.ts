@@ -106,7 +106,9 @@ async function runCase(c: SynthCase): Promise<SynthCaseResult> {
       height: engine.imageSize,
       seed: 7,
       init: engine.bundle.priorPath ? { kind: 'gmm' } : prior ? { kind: 'gmm', priorPath: prior } : { kind: 'noise' },
-      recipe: { steps: c.steps, initSamples: c.initSamples },
+      // The notebook's views, also for bundles with their own recipe defaults (models/toy uses 16 + 0),
+      // so that figures stay comparable across models and with earlier runs.
+      recipe: { steps: c.steps, initSamples: c.initSamples, globalViews: DEFAULT_RECIPE.globalViews, patchViews: DEFAULT_RECIPE.patchViews },
     };
     // Compile the graphs the init and scoring use (text b1, image b16 and b1) first, so `init` per sample
     // is scoring time only; compile is a one-time cost per worker.
