@@ -345,7 +345,8 @@ export function mapHuggingFace(tensors: SourceTensor[], path: string): { tensors
     }
     out.push(t); // unknown: kept under its own name, so the architecture check lists it as extra
   }
-  // Fill in the concatenated q/k/v placeholders (torch's in_proj rows are q, k, v in that order).
+  // Replace the in_proj entries reserved above (kept in first-seen order) by the concatenation of
+  // q, k and v (torch's in_proj rows are q, k, v in that order).
   for (let i = 0; i < out.length; i++) {
     const slot = qkv.get(out[i].name);
     if (!slot) continue;
