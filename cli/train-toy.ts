@@ -27,6 +27,8 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
   --norm l2|linf       attack norm (default l2)
   --pgd-steps N        PGD steps per batch (default 1)
   --pgd-step-size X    PGD step as a multiple of eps (default 1)
+  --attack-start F     fraction of the steps trained clean before the attack starts (default 0)
+  --attack-ramp F      fraction of the steps over which eps ramps up from 0 once the attack starts (default 0.15)
   --shape-group N      scenes per hard-negative group that differ in one attribute (default 1 = random batches)
   --aux-weight X       weight of the caption-attribute heads (default 3; 0 = pure InfoNCE; docs/toy-model.md)
   --width N            vision width (default ${TOY_ARCH.visionWidth}); --layers N vision layers (default ${TOY_ARCH.visionLayers})
@@ -43,6 +45,13 @@ function num(v: string | undefined, name: string, def: number): number {
   return n;
 }
 
+function fraction(v: string | undefined, name: string, def: number): number {
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0 || n >= 1) throw new EngineError('invalid_input', `--${name} must be a number in [0, 1), got "${v}"`);
+  return n;
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
@@ -50,6 +59,7 @@ export async function run(argv: string[]): Promise<number> {
       variant: { type: 'string' }, out: { type: 'string' }, checkpoint: { type: 'string' }, 'no-resume': { type: 'boolean' },
       'checkpoint-every': { type: 'string' }, steps: { type: 'string' }, batch: { type: 'string' }, seed: { type: 'string' },
       lr: { type: 'string' }, eps: { type: 'string' }, norm: { type: 'string' }, 'pgd-steps': { type: 'string' }, 'pgd-step-size': { type: 'string' },
+      'attack-start': { type: 'string' }, 'attack-ramp': { type: 'string' },
       width: { type: 'string' }, layers: { type: 'string' }, prior: { type: 'boolean' }, 'no-prior': { type: 'boolean' },
       threads: { type: 'string' }, 'shape-group': { type: 'string' }, 'aux-weight': { type: 'string' }, 'max-minutes': { type: 'string' },
     },
@@ -67,7 +77,7 @@ export async function run(argv: string[]): Promise<number> {
     batch: intArg(values.batch, 'batch', base.batch, 2, 1024),
     seed: intArg(values.seed, 'seed', base.seed, 0, 0xffffffff),
     lr: num(values.lr, 'lr', base.lr),
-    attack: { ...base.attack, norm, eps: num(values.eps, 'eps', base.attack.eps), steps: intArg(values['pgd-steps'], 'pgd-steps', base.attack.steps, 1, 100), stepSize: num(values['pgd-step-size'], 'pgd-step-size', base.attack.stepSize) },
+    attack: { ...base.attack, norm, eps: num(values.eps, 'eps', base.attack.eps), steps: intArg(values['pgd-steps'], 'pgd-steps', base.attack.steps, 1, 100), stepSize: num(values['pgd-step-size'], 'pgd-step-size', base.attack.stepSize), rampFraction: fraction(values['attack-ramp'], 'attack-ramp', base.attack.rampFraction), startFraction: fraction(values['attack-start'], 'attack-start', base.attack.startFraction ?? 0) },
     shapeGroup: intArg(values['shape-group'], 'shape-group', base.shapeGroup, 1, 6),
     auxWeight: values['aux-weight'] === '0' ? 0 : num(values['aux-weight'], 'aux-weight', base.auxWeight),
     arch: { ...TOY_ARCH, visionWidth: width, visionHeads: Math.max(1, Math.round(width / 48)), visionLayers: intArg(values.layers, 'layers', TOY_ARCH.visionLayers, 1, 24) },

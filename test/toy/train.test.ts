@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Rng } from '../../gpu-worker/engine/synth/rng.ts';
 import {
-  AUX_HEADS, TOY_ARCH, ToyClipTrainer, defaultToyConfig, encodeWorldBatch, initAuxParams, initClipParams, trainToyClip, worldTokenizer,
+  AUX_HEADS, TOY_ARCH, ToyClipTrainer, attackRamp, defaultToyConfig, encodeWorldBatch, initAuxParams, initClipParams, trainToyClip, worldTokenizer,
 } from '../../gpu-worker/engine/toy/clip-train.ts';
 import { sampleBatch } from '../../gpu-worker/engine/toy/world.ts';
 
@@ -117,6 +117,25 @@ describe('toy CLIP training', () => {
     } finally {
       await trainer.release();
     }
+  });
+
+  it('the attack starts at startFraction and ramps in; before it the robust run is the plain twin, step for step', async () => {
+    const atk = { norm: 'l2' as const, eps: 1, steps: 1, stepSize: 1, rampFraction: 0.1, startFraction: 0.4 };
+    expect(attackRamp({ attack: atk, steps: 100 }, 0)).toBe(0);
+    expect(attackRamp({ attack: atk, steps: 100 }, 39)).toBe(0);
+    expect(attackRamp({ attack: atk, steps: 100 }, 40)).toBeCloseTo(0.1);
+    expect(attackRamp({ attack: atk, steps: 100 }, 44)).toBeCloseTo(0.5);
+    expect(attackRamp({ attack: atk, steps: 100 }, 49)).toBe(1);
+    expect(attackRamp({ attack: { ...atk, startFraction: undefined }, steps: 100 }, 0)).toBeCloseTo(0.1);
+    const base = { arch: ARCH, batch: 8, steps: 8, warmup: 2, seed: 6 };
+    const robust = defaultToyConfig(true, { ...base, attack: { ...atk, startFraction: 0.5 } });
+    const plain = defaultToyConfig(false, base);
+    const [r, p] = await Promise.all([trainToyClip(robust, { threads: 1, maxStepsThisRun: 4 }), trainToyClip(plain, { threads: 1, maxStepsThisRun: 4 })]);
+    for (const [k, t] of p.params) expect(Array.from(r.params.get(k)!.data as Float32Array), k).toEqual(Array.from(t.data as Float32Array));
+    // the attack runs from step 4 on (0-based): the clean loss is measured there and not before
+    const attacked: number[] = [];
+    await trainToyClip(robust, { threads: 1, maxStepsThisRun: 6, onStep: (e) => e.cleanLoss !== undefined && attacked.push(e.step) });
+    expect(attacked).toEqual([5, 6]);
   });
 
   it('an interrupted robust run resumes from its checkpoint to the same weights', async () => {

@@ -47,6 +47,12 @@ export interface AttackConfig {
   stepSize: number;
   /** Fraction of training over which eps ramps up linearly from 0 (a common stabilizer). */
   rampFraction: number;
+  /**
+   * Fraction of training that runs clean before the attack starts (the ramp begins there). TeCoA and
+   * CLIPAG fine-tune an already trained CLIP adversarially; the clean first part of the run is that
+   * pretraining, and it is identical to the plain twin's first steps (same seed, batches and schedule).
+   */
+  startFraction?: number;
 }
 
 export const DEFAULT_ATTACK: AttackConfig = { norm: 'l2', eps: 0.5, steps: 1, stepSize: 1.0, rampFraction: 0.15 };
@@ -99,8 +105,11 @@ export const LOGIT_SCALE_MAX = Math.log(100);
  * 128/224 crops: on a 64 px scene they cut away the frame that "on the left" or "large" refer to and
  * ask every crop to hold the whole object, so the toy models use global views only. 16 of them: the
  * eval-pag verdicts were the same with 8 and with 64 (docs/toy-model.md), and a CPU demo should be quick.
+ * No flipped views: this world's captions say left and right, and a mirrored view asks for the object on
+ * the other side, so half the views pulled it across and the images grew a second copy (eval-pag
+ * position 83 % with flips, 100 % without; docs/toy-model.md).
  */
-export const TOY_RECIPE: Partial<Recipe> = { globalViews: 16, patchViews: 0 };
+export const TOY_RECIPE: Partial<Recipe> = { globalViews: 16, patchViews: 0, flip: false };
 
 // ---- parameters ----------------------------------------------------------------------------------
 
@@ -335,7 +344,12 @@ export class ToyClipTrainer {
    * attack is deterministic). L2: per-image normalized gradient steps of stepSize·eps, projection onto
    * the ball; L∞: signed steps of stepSize·eps, clipping to the box. Pixels stay in [0, 1].
    */
-  async pgd(params: Params, batch: Record<string, TensorData>, atk: AttackConfig): Promise<{ pixels: Float32Array; lossBefore: number; lossAfter: number }> {
+  async pgd(
+    params: Params,
+    batch: Record<string, TensorData>,
+    atk: AttackConfig,
+    opts: { measureAfter?: boolean } = {},
+  ): Promise<{ pixels: Float32Array; lossBefore: number; lossAfter: number }> {
     const clean = batch.pixels.data as Float32Array;
     const B = this.batch, n = clean.length / B;
     const x = new Float32Array(clean);
@@ -372,6 +386,8 @@ export class ToyClipTrainer {
         }
       }
     }
+    // The loss at the adversarial pixels costs one more pass; training gets it from its own step anyway.
+    if (opts.measureAfter === false) return { pixels: x, lossBefore, lossAfter: NaN };
     const after = await this.lossAndPixelGrad(params, { ...batch, pixels: { ...batch.pixels, data: x } });
     return { pixels: x, lossBefore, lossAfter: after.loss };
   }
@@ -431,6 +447,14 @@ export interface TrainToyResult {
 
 export const CLIP_CHECKPOINT_KIND = 'toy-clip';
 
+/** The attack's share of eps at a step: 0 before startFraction, then a linear ramp to 1 over rampFraction. */
+export function attackRamp(cfg: Pick<ToyTrainConfig, 'attack' | 'steps'>, step: number): number {
+  const start = (cfg.attack.startFraction ?? 0) * cfg.steps;
+  if (step < start) return 0;
+  const len = cfg.attack.rampFraction * cfg.steps;
+  return len > 0 ? Math.min(1, (step + 1 - start) / len) : 1;
+}
+
 function configRecord(cfg: ToyTrainConfig): Record<string, unknown> {
   return { ...cfg, world_version: 3 } as unknown as Record<string, unknown>;
 }
@@ -480,9 +504,9 @@ export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = 
       const enc = encodeWorldBatch(world, tok, cfg.arch, cfg.auxWeight > 0);
       let cleanLoss: number | undefined;
       let feeds = enc.feeds;
-      if (cfg.robust) {
-        const ramp = cfg.attack.rampFraction > 0 ? Math.min(1, (step + 1) / (cfg.attack.rampFraction * cfg.steps)) : 1;
-        const adv = await trainer.pgd(params, enc.feeds, { ...cfg.attack, eps: cfg.attack.eps * ramp });
+      const ramp = cfg.robust ? attackRamp(cfg, step) : 0;
+      if (ramp > 0) {
+        const adv = await trainer.pgd(params, enc.feeds, { ...cfg.attack, eps: cfg.attack.eps * ramp }, { measureAfter: false });
         cleanLoss = adv.lossBefore;
         feeds = { ...enc.feeds, pixels: { ...enc.feeds.pixels, data: adv.pixels } };
       }
