@@ -5,7 +5,22 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { PAG_PROMPTS, evalPag, pagMarkdown, writePagOutputs } from '../gpu-worker/engine/toy/eval-pag.ts';
+import { RecipeDefaultsSchema } from '../gpu-worker/engine/clip/bundle.ts';
+import { type Recipe } from '../gpu-worker/engine/synth/recipe.ts';
 import { REPO_ROOT, intArg } from './common.ts';
+
+function parseRecipeArg(text: string | undefined): Partial<Recipe> {
+  if (text === undefined) return {};
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new EngineError('invalid_input', `--recipe must be a JSON object, e.g. '{"flip":true}'; got ${JSON.stringify(text)}`);
+  }
+  const r = RecipeDefaultsSchema.safeParse(raw);
+  if (!r.success) throw new EngineError('invalid_input', `--recipe: ${r.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+  return r.data as Partial<Recipe>;
+}
 
 export const summary = 'measure PAG: images from the robust and plain toy CLIPs, graded by the judge';
 export const usage = `usage: clipag eval-pag [options]
@@ -17,6 +32,8 @@ export const usage = `usage: clipag eval-pag [options]
   --seeds LIST     comma-separated seeds (default 1,2,3)
   --steps N        synthesis steps (default: the recipe's 100)
   --views G,P      global and patch views (default: each bundle's recipe defaults)
+  --recipe JSON    other recipe fields for both models, e.g. '{"flip":true,"cutout":0}' (checked like a
+                   bundle's recipe defaults; --steps and --views win)
   --out PREFIX     writes PREFIX.json, PREFIX.md and PREFIX.png (default docs/toy-pag)
   --threads N      onnxruntime threads (default 1)`;
 
@@ -25,13 +42,13 @@ export async function run(argv: string[]): Promise<number> {
     args: argv,
     options: {
       robust: { type: 'string' }, plain: { type: 'string' }, judge: { type: 'string' }, prompts: { type: 'string' },
-      seeds: { type: 'string' }, steps: { type: 'string' }, views: { type: 'string' }, out: { type: 'string' }, threads: { type: 'string' },
+      seeds: { type: 'string' }, steps: { type: 'string' }, views: { type: 'string' }, recipe: { type: 'string' }, out: { type: 'string' }, threads: { type: 'string' },
     },
     strict: true,
   });
   const nPrompts = intArg(values.prompts, 'prompts', PAG_PROMPTS.length, 1, PAG_PROMPTS.length);
   const seeds = (values.seeds ?? '1,2,3').split(',').map((s) => intArg(s, 'seeds', 1, 0, 0xffffffff));
-  const recipe: Record<string, number> = {};
+  const recipe: Partial<Recipe> = parseRecipeArg(values.recipe);
   if (values.steps) recipe.steps = intArg(values.steps, 'steps', 100, 1, 1000);
   if (values.views) {
     const m = /^(\d+),(\d+)$/.exec(values.views);
