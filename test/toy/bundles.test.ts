@@ -33,6 +33,15 @@ describe('shipped toy bundles', () => {
     expect((p.manifest.training as Record<string, unknown>).attack).toBeNull();
   });
 
+  it('the twins were trained with the same recipe but for the attack', async () => {
+    const [r, p] = await Promise.all(['toy', 'toy-plain'].map((n) => loadBundle(join(REPO_ROOT, 'models', n))));
+    const shared = ['seed', 'steps', 'planned_steps', 'batch', 'lr', 'batches', 'two_object_rate', 'caption_heads_weight'];
+    const pick = (t: unknown) => Object.fromEntries(shared.map((k) => [k, (t as Record<string, unknown>)[k]]));
+    expect(pick(r.manifest.training)).toEqual(pick(p.manifest.training));
+    expect(r.arch).toEqual(p.arch);
+    expect(r.manifest.recipe).toEqual(p.manifest.recipe);
+  });
+
   it('each bundle is ≤ 10 MB', () => {
     for (const name of ['toy', 'toy-plain', 'toy-judge']) {
       const dir = join(REPO_ROOT, 'models', name);
