@@ -49,7 +49,9 @@ export const DEFAULT_RECIPE: Recipe = {
   resize: [0.8, 1.2],
   translation: 0.125,
   patchFraction: 128 / 224,
-  flip: true,
+  // The notebook does not flip views either. A mirrored view asks for the mirrored layout, so flipped
+  // views pull an object named "on the left" to both sides (ADR 0008); `flip: true` turns them on.
+  flip: false,
   color: true,
   cutout: 0.5,
   noiseStd: 0.01,
