@@ -5,7 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { PAG_PROMPTS, evalPag, pagMarkdown, writePagOutputs } from '../gpu-worker/engine/toy/eval-pag.ts';
-import { RecipeDefaultsSchema } from '../gpu-worker/engine/clip/bundle.ts';
+import { checkRecipeDefaults } from '../gpu-worker/engine/clip/bundle.ts';
 import { type Recipe } from '../gpu-worker/engine/synth/recipe.ts';
 import { REPO_ROOT, intArg } from './common.ts';
 
@@ -17,9 +17,7 @@ function parseRecipeArg(text: string | undefined): Partial<Recipe> {
   } catch {
     throw new EngineError('invalid_input', `--recipe must be a JSON object, e.g. '{"flip":true}'; got ${JSON.stringify(text)}`);
   }
-  const r = RecipeDefaultsSchema.safeParse(raw);
-  if (!r.success) throw new EngineError('invalid_input', `--recipe: ${r.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
-  return r.data as Partial<Recipe>;
+  return checkRecipeDefaults(raw);
 }
 
 export const summary = 'measure PAG: images from the robust and plain toy CLIPs, graded by the judge';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
-import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import { checkRecipeDefaults, loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
 import { DEFAULT_RECIPE } from '../../gpu-worker/engine/synth/recipe.ts';
 import { validateRequest } from '../../gpu-worker/engine/synth/synthesize.ts';
 import { main } from '../../cli/main.ts';
@@ -100,6 +100,10 @@ describe('bundle validation', () => {
     expect(validateRequest(req, 64, ok.manifest.recipe).recipe).toMatchObject({ patchViews: 0, globalViews: 12, steps: DEFAULT_RECIPE.steps });
     expect(validateRequest({ ...req, recipe: { globalViews: 3 } }, 64, ok.manifest.recipe).recipe).toMatchObject({ patchViews: 0, globalViews: 3 });
     expect(validateRequest(req, 64).recipe.patchViews).toBe(DEFAULT_RECIPE.patchViews);
+    // the same checks for recipe fields given outside a manifest (eval-pag --recipe)
+    expect(() => checkRecipeDefaults({ patchView: 0 })).toThrow(/recipe: .*Unrecognized key.*patchView/);
+    expect(() => checkRecipeDefaults({ translation: 0.9 })).toThrow(/translation must be in \[0, 0.5\]/);
+    expect(checkRecipeDefaults({ flip: true, resize: [0.9, 1.1] })).toEqual({ flip: true, resize: [0.9, 1.1] });
   });
   it('a corrupt checksum', async () => {
     const dir = variant('badsum', (d) => {

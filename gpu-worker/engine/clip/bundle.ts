@@ -97,6 +97,21 @@ export interface ModelBundle {
   contentHash: string;
 }
 
+function issueText(error: z.ZodError): string {
+  return error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+}
+
+/**
+ * Recipe fields given outside a manifest (for example on a command line), checked as a manifest's
+ * recipe defaults are: known fields only, and values in range once merged over the notebook defaults.
+ */
+export function checkRecipeDefaults(raw: unknown): Partial<Recipe> {
+  const parsed = RecipeDefaultsSchema.safeParse(raw);
+  if (!parsed.success) throw new EngineError('invalid_input', `recipe: ${issueText(parsed.error)}`);
+  validateRecipe({ ...DEFAULT_RECIPE, ...parsed.data } as Recipe);
+  return parsed.data as Partial<Recipe>;
+}
+
 export function readManifest(dir: string): Manifest {
   const path = join(dir, 'manifest.json');
   if (!existsSync(path)) throw new EngineError('invalid_model', `no manifest.json in ${dir}: a model bundle is a folder with manifest.json, weights and tokenizer (see docs/model-bundle.md)`, { path });
@@ -107,10 +122,7 @@ export function readManifest(dir: string): Manifest {
     throw new EngineError('invalid_model', `${path} is not valid JSON: ${(e as Error).message}`, { path });
   }
   const parsed = ManifestSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
-    throw new EngineError('invalid_model', `${path} is not a valid bundle manifest: ${issues}`, { path });
-  }
+  if (!parsed.success) throw new EngineError('invalid_model', `${path} is not a valid bundle manifest: ${issueText(parsed.error)}`, { path });
   if (parsed.data.recipe) {
     try {
       validateRecipe({ ...DEFAULT_RECIPE, ...parsed.data.recipe } as Recipe);

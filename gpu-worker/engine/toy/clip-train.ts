@@ -347,12 +347,7 @@ export class ToyClipTrainer {
    * attack is deterministic). L2: per-image normalized gradient steps of stepSize·eps, projection onto
    * the ball; L∞: signed steps of stepSize·eps, clipping to the box. Pixels stay in [0, 1].
    */
-  async pgd(
-    params: Params,
-    batch: Record<string, TensorData>,
-    atk: AttackConfig,
-    opts: { measureAfter?: boolean } = {},
-  ): Promise<{ pixels: Float32Array; lossBefore: number; lossAfter: number }> {
+  async pgd(params: Params, batch: Record<string, TensorData>, atk: AttackConfig): Promise<{ pixels: Float32Array; lossBefore: number }> {
     const clean = batch.pixels.data as Float32Array;
     const B = this.batch, n = clean.length / B;
     const x = new Float32Array(clean);
@@ -389,10 +384,8 @@ export class ToyClipTrainer {
         }
       }
     }
-    // The loss at the adversarial pixels costs one more pass; training gets it from its own step anyway.
-    if (opts.measureAfter === false) return { pixels: x, lossBefore, lossAfter: NaN };
-    const after = await this.lossAndPixelGrad(params, { ...batch, pixels: { ...batch.pixels, data: x } });
-    return { pixels: x, lossBefore, lossAfter: after.loss };
+    // No pass for the loss at the adversarial pixels: the training step that follows computes it.
+    return { pixels: x, lossBefore };
   }
 
   async release(): Promise<void> {
@@ -509,7 +502,7 @@ export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = 
       let feeds = enc.feeds;
       const ramp = cfg.robust ? attackRamp(cfg, step) : 0;
       if (ramp > 0) {
-        const adv = await trainer.pgd(params, enc.feeds, { ...cfg.attack, eps: cfg.attack.eps * ramp }, { measureAfter: false });
+        const adv = await trainer.pgd(params, enc.feeds, { ...cfg.attack, eps: cfg.attack.eps * ramp });
         cleanLoss = adv.lossBefore;
         feeds = { ...enc.feeds, pixels: { ...enc.feeds.pixels, data: adv.pixels } };
       }
