@@ -36,6 +36,7 @@ describe('eval-pag (quick)', () => {
       seeds: [1],
       judgeCheckImages: 128,
       threads: 1,
+      robustness: { eps: [0, 1], batches: 2, steps: 10, stepSize: 0.25 },
     });
     report.robust.results.forEach((r, i) => {
       const p = report.plain.results[i];
@@ -44,12 +45,27 @@ describe('eval-pag (quick)', () => {
     });
     expect(report.robust.allCorrect, 'judge: robust all-correct').toBeGreaterThanOrEqual(0.75);
     expect(report.robust.allCorrect).toBeGreaterThan(report.plain.allCorrect);
+    // The gradient steps, not the pick of the start image, make the robust images right.
+    expect(report.robust.allCorrect).toBeGreaterThan(report.robust.initAllCorrect);
+    for (const r of report.robust.results) expect(r.initVerdict.shape.label).toMatch(/^[a-z]+$/);
     expect(report.plain.meanHighFreq).toBeGreaterThan(1.5 * report.robust.meanHighFreq);
     expect(report.robust.meanOtherScore).toBeGreaterThan(report.plain.meanOtherScore + 0.1);
+    // PGD at ε = 1 (10 steps) costs the plain twin far more zero-shot accuracy than the robust one
+    // (measured on these 64 images: see docs/toy-model.md for 256).
+    const [rz, pz] = [report.robustness!.robust, report.robustness!.plain];
+    expect(rz[0].accuracy).toBeGreaterThan(0.9);
+    expect(pz[0].accuracy).toBeGreaterThan(0.9);
+    expect(pz[1].accuracy).toBeLessThan(pz[0].accuracy - 0.3);
+    expect(rz[1].accuracy).toBeGreaterThan(pz[1].accuracy + 0.2);
+    // The judge is a plain CNN: white-box PGD at ε = 1 flips many of its verdicts (docs/toy-model.md).
+    const jz = report.robustness!.judge;
+    expect(jz[0].accuracy).toBeGreaterThan(0.97);
+    expect(jz[1].accuracy).toBeLessThan(jz[0].accuracy);
     expect(report.robust.perAttribute.shape!.named).toBe(QUICK_PROMPTS.length);
     const files = writePagOutputs(join(tmp, 'pag'), report, images);
     for (const f of files) expect(existsSync(f)).toBe(true);
     expect(readFileSync(files[1], 'utf8')).toMatch(/all named attributes correct/);
+    expect(readFileSync(files[1], 'utf8')).toMatch(/all correct at the start/);
     expect(readFileSync(files[2]).subarray(1, 4).toString()).toBe('PNG');
   }, 300_000);
 });

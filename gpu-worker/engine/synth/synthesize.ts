@@ -51,6 +51,8 @@ export interface SynthOptions {
   onProgress?: (p: SynthProgress) => void;
   onFrame?: (frame: { step: number; png: Uint8Array }) => void;
   signal?: AbortSignal;
+  /** Return a copy of the initial image (before any step) as SynthResult.initialImage. */
+  keepInitial?: boolean;
 }
 
 export interface PromptScore {
@@ -69,6 +71,8 @@ export interface SynthResult {
   bestStep: number;
   lossHistory: number[];
   initialScores: PromptScore[];
+  /** The initial image at the first stage's size, when SynthOptions.keepInitial asked for it. */
+  initialImage?: PlanarImage;
   scores: PromptScore[];
   stepsDone: number;
   aborted: boolean;
@@ -254,6 +258,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   const contentTarget = req.init?.kind === 'image' && req.contentWeight ? req.init.image : undefined;
   timings.init = performance.now() - tInit;
   const initialScores = await scoreImage(image);
+  const initialCopy = opts.keepInitial ? cloneImage(image) : undefined;
 
   const V = r.globalViews + r.patchViews;
   const noise = new Float32Array(NOISE_BANK * 3 * S * S);
@@ -354,7 +359,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   timings.total = performance.now() - t0;
   return {
     png, image: finalImage, width: req.width, height: req.height, frames, bestLoss: best.loss, bestStep: best.step, lossHistory,
-    initialScores, scores, stepsDone, aborted,
+    initialScores, initialImage: initialCopy, scores, stepsDone, aborted,
     usage: { encoderPasses, encoderBackwardPasses, timingsMs: timings },
   };
 }

@@ -3,6 +3,7 @@
 // The robust variant trains on TeCoA-style adversarial images: L2 PGD on the pixels against the same
 // contrastive loss, text fixed (docs/toy-model.md). The plain twin is the identical recipe without it.
 
+import { pgdUpdate } from './attack.ts';
 import { existsSync, mkdirSync, copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { appendGradients } from '../autodiff/gradient.ts';
@@ -349,40 +350,12 @@ export class ToyClipTrainer {
    */
   async pgd(params: Params, batch: Record<string, TensorData>, atk: AttackConfig): Promise<{ pixels: Float32Array; lossBefore: number }> {
     const clean = batch.pixels.data as Float32Array;
-    const B = this.batch, n = clean.length / B;
     const x = new Float32Array(clean);
-    const alpha = atk.stepSize * atk.eps;
     let lossBefore = NaN;
     for (let s = 0; s < atk.steps; s++) {
       const { loss, grad } = await this.lossAndPixelGrad(params, { ...batch, pixels: { ...batch.pixels, data: x } });
       if (s === 0) lossBefore = loss;
-      for (let i = 0; i < B; i++) {
-        const o = i * n;
-        if (atk.norm === 'l2') {
-          let g2 = 0;
-          for (let k = 0; k < n; k++) g2 += grad[o + k] ** 2;
-          const gs = alpha / Math.max(Math.sqrt(g2), 1e-12);
-          let d2 = 0;
-          for (let k = 0; k < n; k++) {
-            let v = x[o + k] + gs * grad[o + k];
-            v = v < 0 ? 0 : v > 1 ? 1 : v;
-            x[o + k] = v;
-            d2 += (v - clean[o + k]) ** 2;
-          }
-          const d = Math.sqrt(d2);
-          if (d > atk.eps) {
-            const f = atk.eps / d;
-            for (let k = 0; k < n; k++) x[o + k] = clean[o + k] + (x[o + k] - clean[o + k]) * f;
-          }
-        } else {
-          for (let k = 0; k < n; k++) {
-            const g = grad[o + k];
-            let v = x[o + k] + alpha * (g > 0 ? 1 : g < 0 ? -1 : 0);
-            v = Math.min(clean[o + k] + atk.eps, Math.max(clean[o + k] - atk.eps, v));
-            x[o + k] = v < 0 ? 0 : v > 1 ? 1 : v;
-          }
-        }
-      }
+      pgdUpdate(x, clean, grad, this.batch, atk.norm, atk.eps, atk.stepSize * atk.eps);
     }
     // No pass for the loss at the adversarial pixels: the training step that follows computes it.
     return { pixels: x, lossBefore };

@@ -12,6 +12,7 @@ import { synthesize } from '../synth/synthesize.ts';
 import { ATTRIBUTES, type Attribute, Judge, JUDGE_MIN_ACCURACY, judgePasses, type Verdict } from './judge.ts';
 import { type NamedObject, WORLD_SIZE, isHeldOut, parseCaption, sampleBatch } from './world.ts';
 import { Rng } from '../synth/rng.ts';
+import { DEFAULT_ROBUSTNESS, type RobustnessOptions, type RobustnessPoint, judgeUnderAttack, zeroShotUnderAttack } from './robustness.ts';
 
 /** The fixed prompt set: shape and colour always; size and position where named. Six use held-out pairs. */
 export const PAG_PROMPTS: string[] = [
@@ -40,6 +41,9 @@ export interface PromptResult {
   verdict: Verdict;
   correct: Partial<Record<Attribute, boolean>>;
   allCorrect: boolean;
+  /** The judge on the initial image (the prior sample this model picked, before any gradient step). */
+  initVerdict: Verdict;
+  initAllCorrect: boolean;
   ownScore: { initial: number; final: number };
   /** Cosine of the image under the other model (robust image under the plain CLIP and vice versa). */
   otherScore: number;
@@ -55,6 +59,11 @@ export interface ModelReport {
   allCorrect: number;
   allCorrectHeldOut: number;
   allCorrectSeen: number;
+  /**
+   * All named attributes correct on the initial images. The recipe picks its start by this model's own
+   * score, so this is what selection alone achieves; allCorrect − initAllCorrect is the gradient's part.
+   */
+  initAllCorrect: number;
   meanOwnScore: { initial: number; final: number };
   /** Prompts where the model's own score rose but the judge found a named attribute wrong. */
   scoreRoseJudgeDisagreed: number;
@@ -78,6 +87,8 @@ export interface PagReport {
   /** The adversarial signature: plain scores rise while the judge disagrees. */
   adversarialSignature: boolean;
   targets: { robustAllCorrectMin: number; plainAllCorrectMax: number; robustMet: boolean; plainMet: boolean };
+  /** Zero-shot accuracy of each twin under L2 PGD (robustness.ts): how robust each really is. */
+  robustness?: { attack: Omit<RobustnessOptions, 'threads'>; robust: RobustnessPoint[]; plain: RobustnessPoint[]; judge: RobustnessPoint[] };
 }
 
 export interface EvalPagOptions {
@@ -92,6 +103,8 @@ export interface EvalPagOptions {
   threads?: number;
   /** Fresh world images the judge is re-checked on before it may grade (default 512). */
   judgeCheckImages?: number;
+  /** The robustness measurement (default DEFAULT_ROBUSTNESS); false skips it. */
+  robustness?: RobustnessOptions | false;
   log?: (line: string) => void;
 }
 
@@ -133,18 +146,20 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
         const named = objs[0];
         for (const seed of seeds) {
           const t1 = performance.now();
-          const res = await synthesize(engine, { prompts: [{ text: prompt, weight: 1 }], width: WORLD_SIZE, height: WORLD_SIZE, seed, init, recipe: opts.recipe });
+          const res = await synthesize(engine, { prompts: [{ text: prompt, weight: 1 }], width: WORLD_SIZE, height: WORLD_SIZE, seed, init, recipe: opts.recipe }, { keepInitial: true });
           images[which].push(res.image);
           const [verdict] = await judge.classify(res.image.data, 1);
+          const [initVerdict] = await judge.classify(res.initialImage!.data, 1);
           const correct: Partial<Record<Attribute, boolean>> = {};
           for (const a of namedAttributes(named)) correct[a] = verdict[a].label === named[a];
           const allCorrect = Object.values(correct).every(Boolean);
+          const initAllCorrect = namedAttributes(named).every((a) => initVerdict[a].label === named[a]);
           const t = (await other.embedText([prompt])).unit;
           const im = (await other.embedImages([res.image])).unit;
           let otherScore = 0;
           for (let k = 0; k < t.length; k++) otherScore += t[k] * im[k];
           const r: PromptResult = {
-            prompt, seed, heldOut: isHeldOut(named.shape, named.colour), named, verdict, correct, allCorrect,
+            prompt, seed, heldOut: isHeldOut(named.shape, named.colour), named, verdict, correct, allCorrect, initVerdict, initAllCorrect,
             ownScore: { initial: res.initialScores[0].cosine, final: res.scores[0].cosine }, otherScore, highFreq: highFrequencyEnergy(res.image), seconds: (performance.now() - t1) / 1000,
           };
           results.push(r);
@@ -168,6 +183,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
         allCorrect: frac(results),
         allCorrectHeldOut: frac(results.filter((r) => r.heldOut)),
         allCorrectSeen: frac(results.filter((r) => !r.heldOut)),
+        initAllCorrect: results.filter((r) => r.initAllCorrect).length / results.length,
         meanOwnScore: { initial: mean((r) => r.ownScore.initial), final: mean((r) => r.ownScore.final) },
         meanHighFreq: mean((r) => r.highFreq),
         meanOtherScore: mean((r) => r.otherScore),
@@ -178,6 +194,16 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
     };
     // The two models run side by side: each engine has its own worker thread (one core each).
     const [rRep, pRep] = await Promise.all([run(robust, plain, 'robust'), run(plain, robust, 'plain')]);
+    let robustness: PagReport['robustness'];
+    if (opts.robustness !== false) {
+      const attack = { ...(opts.robustness ?? DEFAULT_ROBUSTNESS) };
+      delete attack.threads;
+      const o = { ...attack, threads: opts.threads };
+      const [r, p] = await Promise.all([zeroShotUnderAttack(robust, o), zeroShotUnderAttack(plain, o)]);
+      const j = await judgeUnderAttack(judge, judge.manifest.architecture, o);
+      robustness = { attack, robust: r, plain: p, judge: j };
+      log(`under L2 PGD: ${r.map((x, i) => `ε ${x.eps}: robust ${(x.accuracy * 100).toFixed(1)}% plain ${(p[i].accuracy * 100).toFixed(1)}% judge ${(j[i].accuracy * 100).toFixed(1)}%`).join('; ')}`);
+    }
     const targets = { robustAllCorrectMin: 0.8, plainAllCorrectMax: 0.3, robustMet: rRep.allCorrect >= 0.8, plainMet: pRep.allCorrect <= 0.3 };
     const report: PagReport = {
       prompts, seeds, recipe: opts.recipe ?? {},
@@ -185,6 +211,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
       robust: rRep, plain: pRep,
       adversarialSignature: pRep.meanOwnScore.final > pRep.meanOwnScore.initial && pRep.scoreRoseJudgeDisagreed >= 0.5,
       targets,
+      robustness,
     };
     return { report, images };
   } finally {
@@ -244,6 +271,7 @@ const WORLD_HF = (() => {
   return s / 256;
 })();
 
+const pct1 = (x: number) => `${(x * 100).toFixed(1)} %`;
 const pct = (x: number) => (Number.isNaN(x) ? '–' : `${(x * 100).toFixed(0)} %`);
 
 /** The report as a Markdown table (docs/toy-model.md quotes it). */
@@ -255,12 +283,26 @@ export function pagMarkdown(r: PagReport): string {
     if (x && y) lines.push(`| ${a} correct (named in ${x.named}) | ${pct(x.accuracy)} | ${pct(y.accuracy)} |`);
   }
   lines.push(`| **all named attributes correct** | **${pct(r.robust.allCorrect)}** | **${pct(r.plain.allCorrect)}** |`);
+  lines.push(`| all correct at the start (the prior sample the model's score picked; no gradient step yet) | ${pct(r.robust.initAllCorrect)} | ${pct(r.plain.initAllCorrect)} |`);
   lines.push(`| all correct, seen pairs | ${pct(r.robust.allCorrectSeen)} | ${pct(r.plain.allCorrectSeen)} |`);
   lines.push(`| all correct, held-out pairs | ${pct(r.robust.allCorrectHeldOut)} | ${pct(r.plain.allCorrectHeldOut)} |`);
   lines.push(`| own CLIP cosine, init → final (mean) | ${r.robust.meanOwnScore.initial.toFixed(3)} → ${r.robust.meanOwnScore.final.toFixed(3)} | ${r.plain.meanOwnScore.initial.toFixed(3)} → ${r.plain.meanOwnScore.final.toFixed(3)} |`);
   lines.push(`| cosine under the other CLIP (mean; transfer) | ${r.robust.meanOtherScore.toFixed(3)} | ${r.plain.meanOtherScore.toFixed(3)} |`);
   lines.push(`| high-frequency energy ×10³ (mean; world images ≈ ${(WORLD_HF * 1e3).toFixed(2)}) | ${(r.robust.meanHighFreq * 1e3).toFixed(2)} | ${(r.plain.meanHighFreq * 1e3).toFixed(2)} |`);
   lines.push(`| own score rose, judge disagreed | ${pct(r.robust.scoreRoseJudgeDisagreed)} | ${pct(r.plain.scoreRoseJudgeDisagreed)} |`);
+  if (r.robustness) {
+    const { attack, robust, plain, judge } = r.robustness;
+    lines.push(
+      '',
+      `Accuracy on ${attack.batches * 32} fresh world images after L2 PGD of ${attack.steps} steps (${attack.stepSize}·ε each); ε in [0,1] pixel units over the 3×64×64 values (ε 1 is RMS 0.009 per value, about 2.3/255). CLIPs: zero-shot shape+colour among 48 prompts, attacked through the contrastive training loss. Judge: all four heads, white-box on its cross-entropy.`,
+      '',
+      `| ε | ${robust.map((x) => x.eps).join(' | ')} |`,
+      `|---|${robust.map(() => '---').join('|')}|`,
+      `| robust CLIP | ${robust.map((x) => pct1(x.accuracy)).join(' | ')} |`,
+      `| plain CLIP | ${plain.map((x) => pct1(x.accuracy)).join(' | ')} |`,
+      `| judge | ${judge.map((x) => pct1(x.accuracy)).join(' | ')} |`,
+    );
+  }
   lines.push('', '| prompt | seed | held out | robust: judge says | plain: judge says |', '|---|---|---|---|---|');
   r.robust.results.forEach((x, i) => {
     const y = r.plain.results[i];

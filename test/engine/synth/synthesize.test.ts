@@ -83,10 +83,15 @@ describe('synthesis on the tiny model', () => {
 
   it('init image with strength keeps content (strength 0 starts from the image)', async () => {
     const red = solidImage(32, 32, [0.9, 0.1, 0.1]);
-    const res = await synthesize(engine, { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 32, height: 32, seed: 1, init: { kind: 'image', image: red, strength: 0 }, contentWeight: 50, recipe: { steps: 5, ...FAST } });
+    const req = { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 32, height: 32, seed: 1, init: { kind: 'image' as const, image: red, strength: 0 }, contentWeight: 50, recipe: { steps: 5, ...FAST } };
+    const res = await synthesize(engine, req, { keepInitial: true });
     const img = res.image.data;
     const meanR = mean(Array.from(img.subarray(0, 1024))), meanG = mean(Array.from(img.subarray(1024, 2048)));
     expect(meanR).toBeGreaterThan(meanG + 0.3); // still red
+    // keepInitial returns the start image itself (strength 0: the init image), not the result.
+    expect(Array.from(res.initialImage!.data)).toEqual(Array.from(red.data));
+    expect(Array.from(res.image.data)).not.toEqual(Array.from(red.data));
+    expect((await synthesize(engine, req)).initialImage).toBeUndefined();
   });
 });
 
