@@ -37,6 +37,7 @@ describe('eval-pag (quick)', () => {
       judgeCheckImages: 128,
       threads: 1,
       robustness: { eps: [0, 1], batches: 2, steps: 10, stepSize: 0.25 },
+      morph: { eps: [4], batches: 1, steps: 20 },
     });
     report.robust.results.forEach((r, i) => {
       const p = report.plain.results[i];
@@ -61,11 +62,18 @@ describe('eval-pag (quick)', () => {
     const jz = report.robustness!.judge;
     expect(jz[0].accuracy).toBeGreaterThan(0.97);
     expect(jz[1].accuracy).toBeLessThan(jz[0].accuracy);
+    // Gradient alone: the plain twin's morph convinces the plain CLIP, not the judge (the adversarial
+    // signature without any recipe).
+    const pm = report.morph!.plain[0];
+    expect(pm.modelSeesTarget).toBeGreaterThan(0.5);
+    expect(pm.modelSeesTarget - pm.judgeSeesTarget).toBeGreaterThan(0.4);
+    expect(report.morph!.robust[0].modelSeesTarget).toBeGreaterThan(0.5);
     expect(report.robust.perAttribute.shape!.named).toBe(QUICK_PROMPTS.length);
     const files = writePagOutputs(join(tmp, 'pag'), report, images);
     for (const f of files) expect(existsSync(f)).toBe(true);
     expect(readFileSync(files[1], 'utf8')).toMatch(/all named attributes correct/);
     expect(readFileSync(files[1], 'utf8')).toMatch(/all correct at the start/);
+    expect(readFileSync(files[1], 'utf8')).toMatch(/The gradient alone/);
     expect(readFileSync(files[2]).subarray(1, 4).toString()).toBe('PNG');
   }, 300_000);
 });

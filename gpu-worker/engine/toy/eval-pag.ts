@@ -12,7 +12,7 @@ import { synthesize } from '../synth/synthesize.ts';
 import { ATTRIBUTES, type Attribute, Judge, JUDGE_MIN_ACCURACY, judgePasses, type Verdict } from './judge.ts';
 import { type NamedObject, WORLD_SIZE, isHeldOut, parseCaption, sampleBatch } from './world.ts';
 import { Rng } from '../synth/rng.ts';
-import { DEFAULT_ROBUSTNESS, type RobustnessOptions, type RobustnessPoint, judgeUnderAttack, zeroShotUnderAttack } from './robustness.ts';
+import { DEFAULT_MORPH, DEFAULT_ROBUSTNESS, type MorphOptions, type MorphPoint, type RobustnessOptions, type RobustnessPoint, gradientMorph, judgeUnderAttack, zeroShotUnderAttack } from './robustness.ts';
 
 /** The fixed prompt set: shape and colour always; size and position where named. Six use held-out pairs. */
 export const PAG_PROMPTS: string[] = [
@@ -89,6 +89,8 @@ export interface PagReport {
   targets: { robustAllCorrectMin: number; plainAllCorrectMax: number; robustMet: boolean; plainMet: boolean };
   /** Zero-shot accuracy of each twin under L2 PGD (robustness.ts): how robust each really is. */
   robustness?: { attack: Omit<RobustnessOptions, 'threads'>; robust: RobustnessPoint[]; plain: RobustnessPoint[]; judge: RobustnessPoint[] };
+  /** The PAG test with the gradient alone (robustness.ts gradientMorph). */
+  morph?: { options: Omit<MorphOptions, 'threads'>; robust: MorphPoint[]; plain: MorphPoint[] };
 }
 
 export interface EvalPagOptions {
@@ -105,6 +107,8 @@ export interface EvalPagOptions {
   judgeCheckImages?: number;
   /** The robustness measurement (default DEFAULT_ROBUSTNESS); false skips it. */
   robustness?: RobustnessOptions | false;
+  /** The gradient-only morph test (default DEFAULT_MORPH); false skips it. */
+  morph?: MorphOptions | false;
   log?: (line: string) => void;
 }
 
@@ -204,6 +208,15 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
       robustness = { attack, robust: r, plain: p, judge: j };
       log(`under L2 PGD: ${r.map((x, i) => `ε ${x.eps}: robust ${(x.accuracy * 100).toFixed(1)}% plain ${(p[i].accuracy * 100).toFixed(1)}% judge ${(j[i].accuracy * 100).toFixed(1)}%`).join('; ')}`);
     }
+    let morph: PagReport['morph'];
+    if (opts.morph !== false) {
+      const options = { ...(opts.morph ?? DEFAULT_MORPH) };
+      delete options.threads;
+      const o = { ...options, threads: opts.threads };
+      const [r, p] = await Promise.all([gradientMorph(robust, judge, o), gradientMorph(plain, judge, o)]);
+      morph = { options, robust: r, plain: p };
+      log(`gradient-only morph, judge sees the target: ${r.map((x, i) => `ε ${x.eps}: robust ${(x.judgeSeesTarget * 100).toFixed(0)}% plain ${(p[i].judgeSeesTarget * 100).toFixed(0)}%`).join('; ')}`);
+    }
     const targets = { robustAllCorrectMin: 0.8, plainAllCorrectMax: 0.3, robustMet: rRep.allCorrect >= 0.8, plainMet: pRep.allCorrect <= 0.3 };
     const report: PagReport = {
       prompts, seeds, recipe: opts.recipe ?? {},
@@ -212,6 +225,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
       adversarialSignature: pRep.meanOwnScore.final > pRep.meanOwnScore.initial && pRep.scoreRoseJudgeDisagreed >= 0.5,
       targets,
       robustness,
+      morph,
     };
     return { report, images };
   } finally {
@@ -301,6 +315,18 @@ export function pagMarkdown(r: PagReport): string {
       `| robust CLIP | ${robust.map((x) => pct1(x.accuracy)).join(' | ')} |`,
       `| plain CLIP | ${plain.map((x) => pct1(x.accuracy)).join(' | ')} |`,
       `| judge | ${judge.map((x) => pct1(x.accuracy)).join(' | ')} |`,
+    );
+  }
+  if (r.morph) {
+    const { options, robust, plain } = r.morph;
+    lines.push(
+      '',
+      `The gradient alone (no views, no augmentation): ${options.batches * 32} world images, each pushed by ${options.steps} L2 PGD steps toward the caption of the same object with another shape. Share where the judge sees the new shape (colour kept) / where the model itself ranks it first:`,
+      '',
+      `| ε | ${robust.map((x) => x.eps).join(' | ')} |`,
+      `|---|${robust.map(() => '---').join('|')}|`,
+      `| robust CLIP | ${robust.map((x) => `${pct(x.judgeSeesTarget)} / ${pct(x.modelSeesTarget)}`).join(' | ')} |`,
+      `| plain CLIP | ${plain.map((x) => `${pct(x.judgeSeesTarget)} / ${pct(x.modelSeesTarget)}`).join(' | ')} |`,
     );
   }
   lines.push('', '| prompt | seed | held out | robust: judge says | plain: judge says |', '|---|---|---|---|---|');

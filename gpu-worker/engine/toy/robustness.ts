@@ -1,6 +1,9 @@
-// How adversarially robust a toy CLIP is: zero-shot accuracy on fresh world images after L2 PGD.
-// eval-pag reports it for both twins, so a reader can see how "plain" the plain twin really is (a
-// plain OpenAI CLIP loses almost all zero-shot accuracy at an L∞ budget of 1/255; see the report).
+// Probes of the toy models' gradients that need no synthesis recipe, reported by eval-pag:
+// - zeroShotUnderAttack: how adversarially robust each CLIP is (zero-shot accuracy after L2 PGD), so a
+//   reader can see how "plain" the plain twin really is;
+// - judgeUnderAttack: the same for the judge, which is a plain CNN;
+// - gradientMorph: the PAG test with the gradient alone (no views, no augmentation): push a world image
+//   of one shape toward the caption of another and ask the judge what it now sees.
 
 import { type ClipEngine } from '../engine.ts';
 import { createSession } from '../runtime/session.ts';
@@ -8,7 +11,7 @@ import { Rng } from '../synth/rng.ts';
 import { pgdUpdate } from './attack.ts';
 import { ToyClipTrainer, encodeWorldBatch, worldTokenizer } from './clip-train.ts';
 import { ATTRIBUTES, HEADS, type Judge, type JudgeArch, judgeBatch, judgeTrainGraph } from './judge.ts';
-import { COLOURS, SHAPES, WORLD_SIZE, sampleBatch } from './world.ts';
+import { COLOURS, type Caption, type Scene, SHAPES, SYNONYMS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
 import { type TensorData } from '../onnx/ir.ts';
 
 export interface RobustnessOptions {
@@ -31,6 +34,17 @@ export interface RobustnessPoint {
 }
 
 const BATCH = 32;
+
+/** Index of the text embedding with the largest cosine to image i (all unit vectors of width E). */
+function nearestText(images: Float32Array, i: number, texts: Float32Array, E: number): number {
+  let best = 0, bestScore = -Infinity;
+  for (let p = 0; p < texts.length / E; p++) {
+    let d = 0;
+    for (let k = 0; k < E; k++) d += images[i * E + k] * texts[p * E + k];
+    if (d > bestScore) [best, bestScore] = [p, d];
+  }
+  return best;
+}
 const SEED = 90001;
 
 /**
@@ -58,12 +72,7 @@ export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptio
         const images = Array.from({ length: BATCH }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: pixels.subarray(i * per, (i + 1) * per) }));
         const unit = (await engine.embedImages(images)).unit;
         for (let i = 0; i < BATCH; i++) {
-          let best = 0, bestScore = -Infinity;
-          for (let p = 0; p < pairs.length; p++) {
-            let d = 0;
-            for (let k = 0; k < E; k++) d += unit[i * E + k] * text[p * E + k];
-            if (d > bestScore) [best, bestScore] = [p, d];
-          }
+          const best = nearestText(unit, i, text, E);
           const obj = world.scenes[i].objects[0];
           if (pairs[best][0] === obj.shape && pairs[best][1] === obj.colour) correct++;
           n++;
@@ -114,5 +123,80 @@ export async function judgeUnderAttack(judge: Judge, arch: JudgeArch, o: Robustn
     return points;
   } finally {
     await sess.release();
+  }
+}
+
+export interface MorphOptions {
+  /** L2 budgets of the morph (visible changes: ε 8 is RMS 0.07 per value). */
+  eps: number[];
+  batches: number;
+  steps: number;
+  threads?: number;
+}
+
+export const DEFAULT_MORPH: MorphOptions = { eps: [2, 4, 8], batches: 2, steps: 20 };
+
+export interface MorphPoint {
+  eps: number;
+  /** The judge reads the target shape (and the unchanged colour). */
+  judgeSeesTarget: number;
+  /** The model itself ranks the target shape first among the 48 prompts "a COLOUR SHAPE". */
+  modelSeesTarget: number;
+}
+
+/**
+ * Targeted PGD from a world image toward the full caption of the same object with another shape
+ * (colour, size and position unchanged; never a held-out pair): descend the contrastive loss with
+ * `steps` normalized-gradient steps of 2.5·ε/steps inside the L2 ball. A perceptually aligned gradient
+ * redraws the shape so the judge sees it; an adversarial one convinces only the model itself.
+ */
+export async function gradientMorph(engine: ClipEngine, judge: Judge, o: MorphOptions = DEFAULT_MORPH): Promise<MorphPoint[]> {
+  const arch = engine.bundle.arch, params = engine.bundle.weights, E = engine.embedDim;
+  const per = 3 * WORLD_SIZE * WORLD_SIZE;
+  const pairs = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
+  const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
+  const tok = worldTokenizer();
+  const trainer = await ToyClipTrainer.create(arch, BATCH, o.threads, 0);
+  try {
+    const points: MorphPoint[] = [];
+    for (const eps of o.eps) {
+      let judgeOk = 0, modelOk = 0, n = 0;
+      for (let b = 0; b < o.batches; b++) {
+        const rng = Rng.fromSeed(SEED).fork(`morph:${b}`);
+        const world = sampleBatch(rng.fork('scenes'), BATCH, { allowHeldOut: false, twoObjectRate: 0 });
+        const pick = rng.fork('targets');
+        const scenes: Scene[] = world.scenes.map((s) => {
+          const src = s.objects[0];
+          let shape: Shape;
+          do shape = SHAPES[Math.floor(pick.uniform(0, SHAPES.length))];
+          while (shape === src.shape || isHeldOut(shape, src.colour));
+          return { ...s, objects: [{ ...src, shape }] };
+        });
+        const captions: Caption[] = scenes.map(({ objects: [t] }) => ({
+          text: `a ${t.size} ${t.colour} ${t.shape} ${SYNONYMS.position[t.position][0][0]}`,
+          objects: [{ shape: t.shape, colour: t.colour, size: t.size, position: t.position }],
+        }));
+        const feeds = encodeWorldBatch({ pixels: world.pixels, scenes, captions }, tok, arch).feeds;
+        const x = new Float32Array(world.pixels);
+        for (let s = 0; s < o.steps; s++) {
+          const { grad } = await trainer.lossAndPixelGrad(params, { ...feeds, pixels: { ...feeds.pixels, data: x } });
+          for (let k = 0; k < grad.length; k++) grad[k] = -grad[k]; // descend: toward the target caption
+          pgdUpdate(x, world.pixels, grad, BATCH, 'l2', eps, (2.5 * eps) / o.steps);
+        }
+        const verdicts = await judge.classify(x, BATCH);
+        const images = Array.from({ length: BATCH }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: x.subarray(i * per, (i + 1) * per) }));
+        const unit = (await engine.embedImages(images)).unit;
+        for (let i = 0; i < BATCH; i++) {
+          const t = scenes[i].objects[0];
+          if (verdicts[i].shape.label === t.shape && verdicts[i].colour.label === t.colour) judgeOk++;
+          if (pairs[nearestText(unit, i, text, E)][0] === t.shape) modelOk++;
+          n++;
+        }
+      }
+      points.push({ eps, judgeSeesTarget: judgeOk / n, modelSeesTarget: modelOk / n });
+    }
+    return points;
+  } finally {
+    await trainer.release();
   }
 }
