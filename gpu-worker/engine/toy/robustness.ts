@@ -35,6 +35,17 @@ export interface RobustnessPoint {
 
 const BATCH = 32;
 
+const PER_IMAGE = 3 * WORLD_SIZE * WORLD_SIZE;
+
+/** What both CLIP probes need: the weights, the 48 zero-shot prompts embedded, and a PGD session. */
+async function clipProbe(engine: ClipEngine, threads?: number) {
+  const pairs = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
+  const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
+  const arch = engine.bundle.arch;
+  const trainer = await ToyClipTrainer.create(arch, BATCH, threads, 0);
+  return { arch, params: engine.bundle.weights, E: engine.embedDim, pairs, text, tok: worldTokenizer(), trainer };
+}
+
 /** Index of the text embedding with the largest cosine to image i (all unit vectors of width E). */
 function nearestText(images: Float32Array, i: number, texts: Float32Array, E: number): number {
   let best = 0, bestScore = -Infinity;
@@ -54,13 +65,7 @@ const SEED = 90001;
  * from the training loss; both twins face the identical attack on identical images.
  */
 export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
-  const arch = engine.bundle.arch;
-  const params = engine.bundle.weights;
-  const per = 3 * WORLD_SIZE * WORLD_SIZE, E = engine.embedDim;
-  const pairs = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
-  const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
-  const tok = worldTokenizer();
-  const trainer = await ToyClipTrainer.create(arch, BATCH, o.threads, 0);
+  const { arch, params, E, pairs, text, tok, trainer } = await clipProbe(engine, o.threads);
   try {
     const points: RobustnessPoint[] = [];
     for (const eps of o.eps) {
@@ -69,7 +74,7 @@ export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptio
         const world = sampleBatch(Rng.fromSeed(SEED).fork(`batch:${b}`), BATCH, { allowHeldOut: false, twoObjectRate: 0 });
         const feeds = encodeWorldBatch(world, tok, arch).feeds;
         const pixels = eps > 0 ? (await trainer.pgd(params, feeds, { norm: 'l2', eps, steps: o.steps, stepSize: o.stepSize, rampFraction: 0 })).pixels : world.pixels;
-        const images = Array.from({ length: BATCH }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: pixels.subarray(i * per, (i + 1) * per) }));
+        const images = Array.from({ length: BATCH }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: pixels.subarray(i * PER_IMAGE, (i + 1) * PER_IMAGE) }));
         const unit = (await engine.embedImages(images)).unit;
         for (let i = 0; i < BATCH; i++) {
           const best = nearestText(unit, i, text, E);
@@ -151,12 +156,7 @@ export interface MorphPoint {
  * redraws the shape so the judge sees it; an adversarial one convinces only the model itself.
  */
 export async function gradientMorph(engine: ClipEngine, judge: Judge, o: MorphOptions = DEFAULT_MORPH): Promise<MorphPoint[]> {
-  const arch = engine.bundle.arch, params = engine.bundle.weights, E = engine.embedDim;
-  const per = 3 * WORLD_SIZE * WORLD_SIZE;
-  const pairs = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
-  const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
-  const tok = worldTokenizer();
-  const trainer = await ToyClipTrainer.create(arch, BATCH, o.threads, 0);
+  const { arch, params, E, pairs, text, tok, trainer } = await clipProbe(engine, o.threads);
   try {
     const points: MorphPoint[] = [];
     for (const eps of o.eps) {
@@ -184,7 +184,7 @@ export async function gradientMorph(engine: ClipEngine, judge: Judge, o: MorphOp
           pgdUpdate(x, world.pixels, grad, BATCH, 'l2', eps, (2.5 * eps) / o.steps);
         }
         const verdicts = await judge.classify(x, BATCH);
-        const images = Array.from({ length: BATCH }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: x.subarray(i * per, (i + 1) * per) }));
+        const images = Array.from({ length: BATCH }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: x.subarray(i * PER_IMAGE, (i + 1) * PER_IMAGE) }));
         const unit = (await engine.embedImages(images)).unit;
         for (let i = 0; i < BATCH; i++) {
           const t = scenes[i].objects[0];
