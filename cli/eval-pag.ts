@@ -33,6 +33,8 @@ export const usage = `usage: clipag eval-pag [options]
   --recipe JSON    other recipe fields for both models, e.g. '{"flip":true,"cutout":0}' (checked like a
                    bundle's recipe defaults; --steps and --views win)
   --out PREFIX     writes PREFIX.json, PREFIX.md and PREFIX.png (default docs/toy-pag)
+  --no-probes      skip the robustness and gradient-only probes (about a minute; they ignore the
+                   recipe and the seeds, so recipe screens can leave them out)
   --threads N      onnxruntime threads (default 1)`;
 
 export async function run(argv: string[]): Promise<number> {
@@ -41,6 +43,7 @@ export async function run(argv: string[]): Promise<number> {
     options: {
       robust: { type: 'string' }, plain: { type: 'string' }, judge: { type: 'string' }, prompts: { type: 'string' },
       seeds: { type: 'string' }, steps: { type: 'string' }, views: { type: 'string' }, recipe: { type: 'string' }, out: { type: 'string' }, threads: { type: 'string' },
+      'no-probes': { type: 'boolean' },
     },
     strict: true,
   });
@@ -65,6 +68,7 @@ export async function run(argv: string[]): Promise<number> {
     seeds,
     recipe,
     threads: intArg(values.threads, 'threads', 1, 0, 256),
+    ...(values['no-probes'] ? { robustness: false as const, morph: false as const } : {}),
     log,
   });
   const files = writePagOutputs(prefix, report, images);
