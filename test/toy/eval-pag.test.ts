@@ -11,6 +11,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { evalPag, highFrequencyEnergy, writePagOutputs } from '../../gpu-worker/engine/toy/eval-pag.ts';
 import { createImage } from '../../gpu-worker/engine/synth/image.ts';
+import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
+import { EngineError } from '../../gpu-worker/engine/errors.ts';
+import { zeroShotUnderAttack } from '../../gpu-worker/engine/toy/robustness.ts';
+import { makeTinyBundle } from '../helpers/bundle.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'clipag-pag-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -18,6 +22,18 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 const QUICK_PROMPTS = ['a large red circle on the left', 'a yellow star', 'a big blue square on the right', 'a large green triangle in the centre'];
 
 describe('eval-pag (quick)', () => {
+  it('the probes refuse a CLIP that is not a 64 px toy-world model, naming the way out', async () => {
+    const engine = await ClipEngine.open(makeTinyBundle('quickgelu'), { threads: 1 });
+    try {
+      const err = await zeroShotUnderAttack(engine).catch((e) => e);
+      expect(err).toBeInstanceOf(EngineError);
+      expect(err.code).toBe('invalid_model');
+      expect(err.message).toMatch(/toy-world CLIP.*--no-probes/);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it('high-frequency energy is 0 for a flat image and large for a checkerboard', () => {
     const flat = createImage(16, 16);
     flat.data.fill(0.5);

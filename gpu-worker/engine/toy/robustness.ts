@@ -6,13 +6,14 @@
 //   of one shape toward the caption of another and ask the judge what it now sees.
 
 import { type ClipEngine } from '../engine.ts';
+import { EngineError } from '../errors.ts';
+import { type TensorData } from '../onnx/ir.ts';
 import { createSession } from '../runtime/session.ts';
 import { Rng } from '../synth/rng.ts';
 import { pgdUpdate } from './attack.ts';
 import { ToyClipTrainer, encodeWorldBatch, worldTokenizer } from './clip-train.ts';
 import { ATTRIBUTES, HEADS, type Judge, type JudgeArch, judgeBatch, judgeTrainGraph } from './judge.ts';
 import { COLOURS, type Caption, type Scene, SHAPES, SYNONYMS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
-import { type TensorData } from '../onnx/ir.ts';
 
 export interface RobustnessOptions {
   /** L2 budgets in [0,1] pixel units over the 3×64×64 image (0: clean). */
@@ -34,11 +35,14 @@ export interface RobustnessPoint {
 }
 
 const BATCH = 32;
-
 const PER_IMAGE = 3 * WORLD_SIZE * WORLD_SIZE;
+const SEED = 90001;
 
 /** What both CLIP probes need: the weights, the 48 zero-shot prompts embedded, and a PGD session. */
 async function clipProbe(engine: ClipEngine, threads?: number) {
+  if (engine.bundle.foreign || engine.imageSize !== WORLD_SIZE) {
+    throw new EngineError('invalid_model', `the robustness and morph probes need a native ${WORLD_SIZE}px toy-world CLIP; ${engine.name} is not one (use --no-probes)`);
+  }
   const pairs = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
   const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
   const arch = engine.bundle.arch;
@@ -56,7 +60,6 @@ function nearestText(images: Float32Array, i: number, texts: Float32Array, E: nu
   }
   return best;
 }
-const SEED = 90001;
 
 /**
  * The attack is the one the robust twin trains against, made stronger: it maximizes the in-batch
