@@ -200,8 +200,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
     const [rRep, pRep] = await Promise.all([run(robust, plain, 'robust'), run(plain, robust, 'plain')]);
     let robustness: PagReport['robustness'];
     if (opts.robustness !== false) {
-      const attack = { ...(opts.robustness ?? DEFAULT_ROBUSTNESS) };
-      delete attack.threads;
+      const { threads: _, ...attack } = opts.robustness ?? DEFAULT_ROBUSTNESS;
       const o = { ...attack, threads: opts.threads };
       const [r, p] = await Promise.all([zeroShotUnderAttack(robust, o), zeroShotUnderAttack(plain, o)]);
       const j = await judgeUnderAttack(judge, judge.manifest.architecture, o);
@@ -210,8 +209,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
     }
     let morph: PagReport['morph'];
     if (opts.morph !== false) {
-      const options = { ...(opts.morph ?? DEFAULT_MORPH) };
-      delete options.threads;
+      const { threads: _, ...options } = opts.morph ?? DEFAULT_MORPH;
       const o = { ...options, threads: opts.threads };
       const [r, p] = await Promise.all([gradientMorph(robust, judge, o), gradientMorph(plain, judge, o)]);
       morph = { options, robust: r, plain: p };

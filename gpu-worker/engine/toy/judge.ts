@@ -128,6 +128,18 @@ export function judgeBatch(rng: Rng, n: number, noise = true): { pixels: Float32
   return { pixels: w.pixels, labels: w.scenes.map((s) => labelsOf(s.objects[0])) };
 }
 
+/** The training graph's feeds other than the pixels: one-hot labels per head and the weights. */
+export function judgeLossFeeds(params: Params, labels: Labels[]): Record<string, TensorData> {
+  const feeds: Record<string, TensorData> = {};
+  for (const a of ATTRIBUTES) {
+    const K = HEADS[a].length, y = new Float32Array(labels.length * K);
+    labels.forEach((l, i) => (y[i * K + l[a]] = 1));
+    feeds[`label:${a}`] = { dtype: 'float32', dims: [labels.length, K], data: y };
+  }
+  for (const [k, t] of params) feeds[k] = t;
+  return feeds;
+}
+
 // ---- training ------------------------------------------------------------------------------------
 
 export interface JudgeTrainConfig {
@@ -182,13 +194,7 @@ export async function trainJudge(
   try {
     while (step < cfg.steps && (opts.maxStepsThisRun === undefined || thisRun < opts.maxStepsThisRun)) {
       const { pixels, labels } = judgeBatch(root.fork(`batch:${step}`), cfg.batch);
-      const feeds: Record<string, TensorData> = { pixels: { dtype: 'float32', dims: [cfg.batch, 3, WORLD_SIZE, WORLD_SIZE], data: pixels } };
-      for (const a of ATTRIBUTES) {
-        const K = HEADS[a].length, y = new Float32Array(cfg.batch * K);
-        labels.forEach((l, i) => (y[i * K + l[a]] = 1));
-        feeds[`label:${a}`] = { dtype: 'float32', dims: [cfg.batch, K], data: y };
-      }
-      for (const [k, t] of params) feeds[k] = t;
+      const feeds: Record<string, TensorData> = { ...judgeLossFeeds(params, labels), pixels: { dtype: 'float32', dims: [cfg.batch, 3, WORLD_SIZE, WORLD_SIZE], data: pixels } };
       const out = await sess.run(feeds, ['loss', ...[...params.keys()].map((n) => `grad:${n}`)]);
       const grads = new Map([...params.keys()].map((n) => [n, out[`grad:${n}`].data as Float32Array]));
       adamStep(params, grads, adam, adamCfg, lrAt(step, cfg.steps, cfg.lr, cfg.warmup, 0.02), (n) => n.endsWith('.weight'));

@@ -12,7 +12,7 @@ import { createSession } from '../runtime/session.ts';
 import { Rng } from '../synth/rng.ts';
 import { pgdUpdate } from './attack.ts';
 import { ToyClipTrainer, encodeWorldBatch, worldTokenizer } from './clip-train.ts';
-import { ATTRIBUTES, HEADS, type Judge, type JudgeArch, judgeBatch, judgeTrainGraph } from './judge.ts';
+import { ATTRIBUTES, type Judge, type JudgeArch, judgeBatch, judgeLossFeeds, judgeTrainGraph } from './judge.ts';
 import { COLOURS, type Caption, type Scene, SHAPES, SYNONYMS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
 
 export interface RobustnessOptions {
@@ -107,13 +107,7 @@ export async function judgeUnderAttack(judge: Judge, arch: JudgeArch, o: Robustn
       let correct = 0, n = 0;
       for (let b = 0; b < o.batches; b++) {
         const { pixels, labels } = judgeBatch(Rng.fromSeed(SEED).fork(`judge:${b}`), BATCH, false);
-        const feeds: Record<string, TensorData> = {};
-        for (const a of ATTRIBUTES) {
-          const K = HEADS[a].length, y = new Float32Array(BATCH * K);
-          labels.forEach((l, i) => (y[i * K + l[a]] = 1));
-          feeds[`label:${a}`] = { dtype: 'float32', dims: [BATCH, K], data: y };
-        }
-        for (const [k, t] of judge.params) feeds[k] = t;
+        const feeds = judgeLossFeeds(judge.params, labels);
         const x = new Float32Array(pixels);
         const px = (): TensorData => ({ dtype: 'float32', dims: [BATCH, 3, WORLD_SIZE, WORLD_SIZE], data: x });
         for (let s = 0; eps > 0 && s < o.steps; s++) {
