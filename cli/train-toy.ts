@@ -6,9 +6,9 @@ import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { Rng } from '../gpu-worker/engine/synth/rng.ts';
-import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
+import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, nearestText, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
 import { writeWorldPrior } from '../gpu-worker/engine/toy/prior.ts';
-import { COLOURS, POSITIONS, SHAPES, SIZES, WORLD_SIZE, isHeldOut, sampleBatch } from '../gpu-worker/engine/toy/world.ts';
+import { POSITIONS, SHAPE_COLOUR_PAIRS, SIZES, SYNONYMS, WORLD_SIZE, isHeldOut, sampleBatch } from '../gpu-worker/engine/toy/world.ts';
 import { REPO_ROOT, intArg } from './common.ts';
 
 export const summary = 'train the toy mini-CLIP (robust or plain twin) on the procedural world and write a bundle';
@@ -155,11 +155,10 @@ export async function run(argv: string[]): Promise<number> {
 export async function zeroShot(bundle: string, threads: number): Promise<{ seen: number; heldOut: number; shape: number; colour: number; position: number; size: number; images: number }> {
   const engine = await ClipEngine.open(bundle, { threads });
   try {
-    const pairs = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
-    const POS_PHRASE: Record<(typeof POSITIONS)[number], string> = { left: 'on the left', right: 'on the right', top: 'at the top', bottom: 'at the bottom', centre: 'in the centre' };
+    const pairs = SHAPE_COLOUR_PAIRS;
     const texts = [
       ...pairs.map(([s, c]) => `a ${c} ${s}`),
-      ...pairs.flatMap(([s, c]) => POSITIONS.map((p) => `a ${c} ${s} ${POS_PHRASE[p]}`)),
+      ...pairs.flatMap(([s, c]) => POSITIONS.map((p) => `a ${c} ${s} ${SYNONYMS.position[p][0][0]}`)),
       ...pairs.flatMap(([s, c]) => SIZES.map((z) => `a ${z} ${c} ${s}`)),
     ];
     const t = (await engine.embedText(texts)).unit;
@@ -167,12 +166,7 @@ export async function zeroShot(bundle: string, threads: number): Promise<{ seen:
     const w = sampleBatch(Rng.fromSeed(424242), n, { allowHeldOut: true, twoObjectRate: 0 });
     const imgs = Array.from({ length: n }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: w.pixels.subarray(i * per, (i + 1) * per) }));
     const u = (await engine.embedImages(imgs)).unit;
-    const dot = (i: number, p: number) => {
-      let d = 0;
-      for (let k = 0; k < E; k++) d += u[i * E + k] * t[p * E + k];
-      return d;
-    };
-    const argmax = (i: number, candidates: number[]) => candidates.reduce((b, p) => (dot(i, p) > dot(i, b) ? p : b), candidates[0]);
+    const argmax = (i: number, candidates: number[]) => nearestText(u, i, t, E, candidates);
     let seen = 0, seenN = 0, held = 0, heldN = 0, shape = 0, colour = 0, position = 0, size = 0;
     for (let i = 0; i < n; i++) {
       const o = w.scenes[i].objects[0];

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Rng } from '../../gpu-worker/engine/synth/rng.ts';
 import {
-  AUX_HEADS, TOY_ARCH, ToyClipTrainer, attackRamp, defaultToyConfig, encodeWorldBatch, initAuxParams, initClipParams, trainToyClip, worldTokenizer,
+  AUX_HEADS, TOY_ARCH, ToyClipTrainer, attackRamp, defaultToyConfig, encodeWorldBatch, initAuxParams, initClipParams, nearestText, trainToyClip, worldTokenizer,
 } from '../../gpu-worker/engine/toy/clip-train.ts';
 import { sampleBatch } from '../../gpu-worker/engine/toy/world.ts';
 
@@ -161,5 +161,17 @@ describe('toy CLIP training', () => {
     const bytes = readFileSync(ck);
     writeFileSync(ck, bytes.subarray(0, bytes.length >> 1));
     await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/checkpoint .* is unreadable/);
+  });
+});
+
+describe('nearestText (zero-shot choice)', () => {
+  it('picks the text with the largest cosine, among all or among the candidates given', () => {
+    const E = 2;
+    const texts = new Float32Array([1, 0, 0, 1, Math.SQRT1_2, Math.SQRT1_2]);
+    const images = new Float32Array([0.9, 0.1, 0.1, 0.9]);
+    expect(nearestText(images, 0, texts, E)).toBe(0);
+    expect(nearestText(images, 1, texts, E)).toBe(1);
+    expect(nearestText(images, 0, texts, E, [1, 2])).toBe(2);
+    expect(nearestText(images, 1, texts, E, [0])).toBe(0);
   });
 });

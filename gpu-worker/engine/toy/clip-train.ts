@@ -3,9 +3,9 @@
 // The robust variant trains on TeCoA-style adversarial images: L2 PGD on the pixels against the same
 // contrastive loss, text fixed (docs/toy-model.md). The plain twin is the identical recipe without it.
 
-import { pgdUpdate } from './attack.ts';
 import { existsSync, mkdirSync, copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pgdUpdate } from './attack.ts';
 import { appendGradients } from '../autodiff/gradient.ts';
 import { type ClipArch, ClipArchSchema, expectedTensors } from '../clip/arch.ts';
 import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, OPENAI_MEAN, OPENAI_STD, type Manifest, sha256File } from '../clip/bundle.ts';
@@ -364,6 +364,22 @@ export class ToyClipTrainer {
   async release(): Promise<void> {
     await Promise.all([this.train.release(), this.attack.release()]);
   }
+}
+
+/**
+ * Zero-shot choice: the index (into `texts`, unit vectors of width E) with the largest cosine to unit
+ * image i, among `candidates` (default: all texts).
+ */
+export function nearestText(images: Float32Array, i: number, texts: Float32Array, E: number, candidates?: readonly number[]): number {
+  let best = -1, bestScore = -Infinity;
+  const consider = (p: number) => {
+    let d = 0;
+    for (let k = 0; k < E; k++) d += images[i * E + k] * texts[p * E + k];
+    if (d > bestScore) [best, bestScore] = [p, d];
+  };
+  if (candidates) candidates.forEach(consider);
+  else for (let p = 0; p < texts.length / E; p++) consider(p);
+  return best;
 }
 
 /** Image→text retrieval accuracy in a batch: the argmax caption truly describes the image. */

@@ -203,7 +203,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
       const { threads: _, ...attack } = opts.robustness ?? DEFAULT_ROBUSTNESS;
       const o = { ...attack, threads: opts.threads };
       const [r, p] = await Promise.all([zeroShotUnderAttack(robust, o), zeroShotUnderAttack(plain, o)]);
-      const j = await judgeUnderAttack(judge, judge.manifest.architecture, o);
+      const j = await judgeUnderAttack(judge, o);
       robustness = { attack, robust: r, plain: p, judge: j };
       log(`under L2 PGD: ${r.map((x, i) => `ε ${x.eps}: robust ${(x.accuracy * 100).toFixed(1)}% plain ${(p[i].accuracy * 100).toFixed(1)}% judge ${(j[i].accuracy * 100).toFixed(1)}%`).join('; ')}`);
     }

@@ -11,9 +11,9 @@ import { type TensorData } from '../onnx/ir.ts';
 import { createSession } from '../runtime/session.ts';
 import { Rng } from '../synth/rng.ts';
 import { pgdUpdate } from './attack.ts';
-import { ToyClipTrainer, encodeWorldBatch, worldTokenizer } from './clip-train.ts';
-import { ATTRIBUTES, type Judge, type JudgeArch, judgeBatch, judgeLossFeeds, judgeTrainGraph } from './judge.ts';
-import { COLOURS, type Caption, type Scene, SHAPES, SYNONYMS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
+import { ToyClipTrainer, encodeWorldBatch, nearestText, worldTokenizer } from './clip-train.ts';
+import { ATTRIBUTES, type Judge, judgeBatch, judgeLossFeeds, judgeTrainGraph } from './judge.ts';
+import { type Caption, type Scene, SHAPES, SHAPE_COLOUR_PAIRS, SYNONYMS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
 
 export interface RobustnessOptions {
   /** L2 budgets in [0,1] pixel units over the 3×64×64 image (0: clean). */
@@ -43,22 +43,11 @@ async function clipProbe(engine: ClipEngine, threads?: number) {
   if (engine.bundle.foreign || engine.imageSize !== WORLD_SIZE) {
     throw new EngineError('invalid_model', `the robustness and morph probes need a native ${WORLD_SIZE}px toy-world CLIP; ${engine.name} is not one (use --no-probes)`);
   }
-  const pairs = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
+  const pairs = SHAPE_COLOUR_PAIRS;
   const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
   const arch = engine.bundle.arch;
   const trainer = await ToyClipTrainer.create(arch, BATCH, threads, 0);
   return { arch, params: engine.bundle.weights, E: engine.embedDim, pairs, text, tok: worldTokenizer(), trainer };
-}
-
-/** Index of the text embedding with the largest cosine to image i (all unit vectors of width E). */
-function nearestText(images: Float32Array, i: number, texts: Float32Array, E: number): number {
-  let best = 0, bestScore = -Infinity;
-  for (let p = 0; p < texts.length / E; p++) {
-    let d = 0;
-    for (let k = 0; k < E; k++) d += images[i * E + k] * texts[p * E + k];
-    if (d > bestScore) [best, bestScore] = [p, d];
-  }
-  return best;
 }
 
 /**
@@ -99,8 +88,8 @@ export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptio
  * images; accuracy is all four heads right. A human's verdict does not change under a change of RMS
  * 0.009 per value (ε = 1), so this says how far the judge is from a human reader.
  */
-export async function judgeUnderAttack(judge: Judge, arch: JudgeArch, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
-  const sess = await createSession(judgeTrainGraph(arch, BATCH, true), { intraOpThreads: o.threads });
+export async function judgeUnderAttack(judge: Judge, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
+  const sess = await createSession(judgeTrainGraph(judge.manifest.architecture, BATCH, true), { intraOpThreads: o.threads });
   try {
     const points: RobustnessPoint[] = [];
     for (const eps of o.eps) {

@@ -34,6 +34,9 @@ export const COLOUR_RGB: Record<Colour, [number, number, number]> = {
 };
 
 /** (shape, colour) pairs never drawn in CLIP training: one per shape, each colour at most once. */
+/** Every (shape, colour) pair, shape-major: the 48 zero-shot prompts "a COLOUR SHAPE" in this order. */
+export const SHAPE_COLOUR_PAIRS: ReadonlyArray<readonly [Shape, Colour]> = SHAPES.flatMap((s) => COLOURS.map((c) => [s, c] as const));
+
 export const HELD_OUT: ReadonlyArray<readonly [Shape, Colour]> = [
   ['circle', 'purple'],
   ['square', 'orange'],
