@@ -5,10 +5,9 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
-import { Rng } from '../gpu-worker/engine/synth/rng.ts';
-import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, nearestText, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
+import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
 import { writeWorldPrior } from '../gpu-worker/engine/toy/prior.ts';
-import { POSITIONS, SHAPE_COLOUR_PAIRS, SIZES, SYNONYMS, WORLD_SIZE, isHeldOut, sampleBatch } from '../gpu-worker/engine/toy/world.ts';
+import { zeroShotAccuracy } from '../gpu-worker/engine/toy/zero-shot.ts';
 import { REPO_ROOT, intArg } from './common.ts';
 
 export const summary = 'train the toy mini-CLIP (robust or plain twin) on the procedural world and write a bundle';
@@ -136,7 +135,8 @@ export async function run(argv: string[]): Promise<number> {
     recipe: TOY_RECIPE,
   });
   // zero-shot shape/colour accuracy on fresh single-object images (held-out pairs reported apart)
-  const zs = await zeroShot(out, threads);
+  const engine = await ClipEngine.open(out, { threads });
+  const zs = await zeroShotAccuracy(engine).finally(() => engine.close());
   training.final = { ...(training.final as object), zero_shot: zs };
   const mpath = join(out, 'manifest.json');
   const m = JSON.parse(readFileSync(mpath, 'utf8'));
@@ -144,46 +144,4 @@ export async function run(argv: string[]): Promise<number> {
   writeFileSync(mpath, JSON.stringify(m, null, 2) + '\n');
   log(`wrote ${out} (${res.step} steps, ${res.elapsedS.toFixed(0)} s); zero-shot shape+colour: seen ${(zs.seen * 100).toFixed(1)} %, held-out ${(zs.heldOut * 100).toFixed(1)} %; shape ${(zs.shape * 100).toFixed(1)} %, position ${(zs.position * 100).toFixed(1)} %, size ${(zs.size * 100).toFixed(1)} %`);
   return 0;
-}
-
-/**
- * Zero-shot accuracy on 512 fresh single-object images (held-out pairs included): shape + colour among
- * the 48 prompts "a COLOUR SHAPE" (seen and held-out pairs apart, and each attribute alone); position
- * among the five "a COLOUR SHAPE on the left/…" prompts and size among "a small/large COLOUR SHAPE",
- * with the true colour and shape.
- */
-export async function zeroShot(bundle: string, threads: number): Promise<{ seen: number; heldOut: number; shape: number; colour: number; position: number; size: number; images: number }> {
-  const engine = await ClipEngine.open(bundle, { threads });
-  try {
-    const pairs = SHAPE_COLOUR_PAIRS;
-    const texts = [
-      ...pairs.map(([s, c]) => `a ${c} ${s}`),
-      ...pairs.flatMap(([s, c]) => POSITIONS.map((p) => `a ${c} ${s} ${SYNONYMS.position[p][0][0]}`)),
-      ...pairs.flatMap(([s, c]) => SIZES.map((z) => `a ${z} ${c} ${s}`)),
-    ];
-    const t = (await engine.embedText(texts)).unit;
-    const n = 512, E = engine.embedDim, per = 3 * WORLD_SIZE * WORLD_SIZE;
-    const w = sampleBatch(Rng.fromSeed(424242), n, { allowHeldOut: true, twoObjectRate: 0 });
-    const imgs = Array.from({ length: n }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: w.pixels.subarray(i * per, (i + 1) * per) }));
-    const u = (await engine.embedImages(imgs)).unit;
-    const argmax = (i: number, candidates: number[]) => nearestText(u, i, t, E, candidates);
-    let seen = 0, seenN = 0, held = 0, heldN = 0, shape = 0, colour = 0, position = 0, size = 0;
-    for (let i = 0; i < n; i++) {
-      const o = w.scenes[i].objects[0];
-      const best = argmax(i, pairs.map((_, p) => p));
-      const ok = pairs[best][0] === o.shape && pairs[best][1] === o.colour;
-      if (pairs[best][0] === o.shape) shape++;
-      if (pairs[best][1] === o.colour) colour++;
-      if (isHeldOut(o.shape, o.colour)) [held, heldN] = [held + (ok ? 1 : 0), heldN + 1];
-      else [seen, seenN] = [seen + (ok ? 1 : 0), seenN + 1];
-      const pair = pairs.findIndex(([s, c]) => s === o.shape && c === o.colour);
-      const posBase = pairs.length + pair * POSITIONS.length;
-      if (argmax(i, POSITIONS.map((_, k) => posBase + k)) === posBase + POSITIONS.indexOf(o.position)) position++;
-      const sizeBase = pairs.length * (1 + POSITIONS.length) + pair * SIZES.length;
-      if (argmax(i, SIZES.map((_, k) => sizeBase + k)) === sizeBase + SIZES.indexOf(o.size)) size++;
-    }
-    return { seen: seen / seenN, heldOut: held / Math.max(1, heldN), shape: shape / n, colour: colour / n, position: position / n, size: size / n, images: n };
-  } finally {
-    await engine.close();
-  }
 }

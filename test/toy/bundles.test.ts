@@ -7,6 +7,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { DEFAULT_MODEL_DIR, REPO_ROOT } from '../../cli/common.ts';
 import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
 import { loadPrior } from '../../gpu-worker/engine/synth/prior.ts';
+import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
+import { zeroShotAccuracy } from '../../gpu-worker/engine/toy/zero-shot.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'clipag-toy-bundle-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -40,6 +42,19 @@ describe('shipped toy bundles', () => {
     expect(pick(r.manifest.training)).toEqual(pick(p.manifest.training));
     expect(r.arch).toEqual(p.arch);
     expect(r.manifest.recipe).toEqual(p.manifest.recipe);
+  });
+
+  it("each twin's recorded zero-shot accuracy is what its shipped weights score now", async () => {
+    for (const name of ['toy', 'toy-plain']) {
+      const engine = await ClipEngine.open(join(REPO_ROOT, 'models', name), { threads: 1 });
+      try {
+        const recorded = ((engine.bundle.manifest.training as Record<string, unknown>).final as Record<string, unknown>).zero_shot as Record<string, number>;
+        const now = await zeroShotAccuracy(engine);
+        for (const [k, v] of Object.entries(now)) expect(v, `${name} ${k}`).toBeCloseTo(recorded[k], 6);
+      } finally {
+        await engine.close();
+      }
+    }
   });
 
   it('each bundle is ≤ 10 MB', () => {

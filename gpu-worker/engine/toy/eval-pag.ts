@@ -306,7 +306,7 @@ export function pagMarkdown(r: PagReport): string {
     const { attack, robust, plain, judge } = r.robustness;
     lines.push(
       '',
-      `Accuracy on ${attack.batches * 32} fresh world images after L2 PGD of ${attack.steps} steps (${attack.stepSize}·ε each); ε in [0,1] pixel units over the 3×64×64 values (ε 1 is RMS 0.009 per value, about 2.3/255). CLIPs: zero-shot shape+colour among 48 prompts, attacked through the contrastive training loss. Judge: all four heads, white-box on its cross-entropy.`,
+      `Accuracy on ${attack.batches * 32} fresh world images after L2 PGD of ${attack.steps} steps (${attack.stepSize}·ε each); ε in [0,1] pixel units over the 3×64×64 values (ε 1 is RMS 0.009 per value, about 2.3/255). CLIPs: zero-shot shape+colour among 48 prompts, white-box on the zero-shot cross-entropy. Judge: all four heads, white-box on its cross-entropy.`,
       '',
       `| ε | ${robust.map((x) => x.eps).join(' | ')} |`,
       `|---|${robust.map(() => '---').join('|')}|`,

@@ -1,13 +1,16 @@
 // Probes of the toy models' gradients that need no synthesis recipe, reported by eval-pag:
-// - zeroShotUnderAttack: how adversarially robust each CLIP is (zero-shot accuracy after L2 PGD), so a
-//   reader can see how "plain" the plain twin really is;
+// - zeroShotUnderAttack: how adversarially robust each CLIP is (zero-shot accuracy after L2 PGD on the
+//   zero-shot loss itself), so a reader can see how "plain" the plain twin really is;
 // - judgeUnderAttack: the same for the judge, which is a plain CNN;
 // - gradientMorph: the PAG test with the gradient alone (no views, no augmentation): push a world image
 //   of one shape toward the caption of another and ask the judge what it now sees.
 
+import { appendGradients } from '../autodiff/gradient.ts';
+import { type TowerSource, imageFeatures, l2normalize } from '../clip/graphs.ts';
 import { type ClipEngine } from '../engine.ts';
 import { EngineError } from '../errors.ts';
-import { type TensorData } from '../onnx/ir.ts';
+import { GraphBuilder } from '../onnx/builder.ts';
+import { A, type ModelIR, type TensorData } from '../onnx/ir.ts';
 import { createSession } from '../runtime/session.ts';
 import { Rng } from '../synth/rng.ts';
 import { pgdUpdate } from './attack.ts';
@@ -23,6 +26,7 @@ export interface RobustnessOptions {
   /** PGD steps, each of stepSize·ε. */
   steps: number;
   stepSize: number;
+  /** onnxruntime threads of the judge's attack session (the CLIPs' attack runs on their engine). */
   threads?: number;
 }
 
@@ -38,49 +42,77 @@ const BATCH = 32;
 const PER_IMAGE = 3 * WORLD_SIZE * WORLD_SIZE;
 const SEED = 90001;
 
-/** What both CLIP probes need: the weights, the 48 zero-shot prompts embedded, and a PGD session. */
-async function clipProbe(engine: ClipEngine, threads?: number) {
+/** What both CLIP probes need: a native toy-world CLIP and the 48 zero-shot prompts embedded. */
+async function clipProbe(engine: ClipEngine) {
   if (engine.bundle.foreign || engine.imageSize !== WORLD_SIZE) {
     throw new EngineError('invalid_model', `the robustness and morph probes need a native ${WORLD_SIZE}px toy-world CLIP; ${engine.name} is not one (use --no-probes)`);
   }
   const pairs = SHAPE_COLOUR_PAIRS;
   const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
-  const arch = engine.bundle.arch;
-  const trainer = await ToyClipTrainer.create(arch, BATCH, threads, 0);
-  return { arch, params: engine.bundle.weights, E: engine.embedDim, pairs, text, tok: worldTokenizer(), trainer };
+  return { arch: engine.bundle.arch, params: engine.bundle.weights, E: engine.embedDim, pairs, text, tok: worldTokenizer() };
 }
 
 /**
- * The attack is the one the robust twin trains against, made stronger: it maximizes the in-batch
- * contrastive loss (the captions fixed) with `steps` normalized-gradient steps, projected onto the ε-ball
- * and [0,1]. It never sees the 48 zero-shot prompts, so the accuracy is that of an attack transferred
- * from the training loss; both twins face the identical attack on identical images.
+ * The zero-shot classifier as a loss: pixels [B,3,R,R] in [0,1], texts [K,E] (unit prompt embeddings)
+ * and labels [B,K] (one-hot) → logits = scale·cos(image, prompt) with the model's own learned
+ * temperature, loss = mean cross-entropy, and its gradient w.r.t. the pixels ("grad_pixels").
+ */
+export function zeroShotAttackGraph(src: TowerSource, logitScale: number, batch: number, prompts: number): ModelIR {
+  const b = new GraphBuilder('toy_zero_shot_attack');
+  const R = src.arch.imageResolution;
+  const px = b.input('pixels', 'float32', [batch, 3, R, R]);
+  const texts = b.input('texts', 'float32', [prompts, src.arch.embedDim]);
+  const labels = b.input('labels', 'float32', [batch, prompts]);
+  const img = l2normalize(b, imageFeatures(b, src, px, 'float32'));
+  const logits = b.mul(b.matmul(img, b.transpose(texts, [1, 0])), b.scalar(logitScale));
+  const ce = b.neg(b.reduceSum(b.mul(labels, b.op1('LogSoftmax', [logits], { axis: A.i(1) })), [0, 1], false));
+  const loss = b.op1('Identity', [b.mul(ce, b.scalar(1 / batch))], {}, { outputNames: ['loss'] });
+  b.output(loss);
+  b.output(b.op1('Identity', [logits], {}, { outputNames: ['logits'] }));
+  const grads = appendGradients(b, { loss, wrt: [px] });
+  b.output(b.op1('Identity', [grads.get(px)!], {}, { outputNames: ['grad_pixels'] }));
+  return b.toModel();
+}
+
+/**
+ * The standard zero-shot robustness measurement, white-box: L2 PGD (`steps` normalized-gradient steps
+ * of stepSize·ε from the clean image, projected onto the ε-ball and [0,1]) that maximizes the
+ * cross-entropy of the true prompt among the 48 "a COLOUR SHAPE" prompts, the very classifier that is
+ * then scored. Both twins face the identical attack on identical images.
  */
 export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
-  const { arch, params, E, pairs, text, tok, trainer } = await clipProbe(engine, o.threads);
-  try {
-    const points: RobustnessPoint[] = [];
-    for (const eps of o.eps) {
-      let correct = 0, n = 0;
-      for (let b = 0; b < o.batches; b++) {
-        const world = sampleBatch(Rng.fromSeed(SEED).fork(`batch:${b}`), BATCH, { allowHeldOut: false, twoObjectRate: 0 });
-        const feeds = encodeWorldBatch(world, tok, arch).feeds;
-        const pixels = eps > 0 ? (await trainer.pgd(params, feeds, { norm: 'l2', eps, steps: o.steps, stepSize: o.stepSize, rampFraction: 0 })).pixels : world.pixels;
-        const images = Array.from({ length: BATCH }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: pixels.subarray(i * PER_IMAGE, (i + 1) * PER_IMAGE) }));
-        const unit = (await engine.embedImages(images)).unit;
-        for (let i = 0; i < BATCH; i++) {
-          const best = nearestText(unit, i, text, E);
-          const obj = world.scenes[i].objects[0];
-          if (pairs[best][0] === obj.shape && pairs[best][1] === obj.colour) correct++;
-          n++;
-        }
+  const { pairs, text } = await clipProbe(engine);
+  const scaleT = engine.bundle.weights.get('logit_scale');
+  const scale = Math.min(100, Math.exp(scaleT ? Number(scaleT.data[0]) : Math.log(100)));
+  const K = pairs.length;
+  const h = await engine.graph(`toy-zero-shot-attack:b${BATCH}:k${K}`, () => zeroShotAttackGraph(engine.towerSource(), scale, BATCH, K));
+  const texts: TensorData = { dtype: 'float32', dims: [K, engine.embedDim], data: text };
+  const points: RobustnessPoint[] = [];
+  for (const eps of o.eps) {
+    let correct = 0, n = 0;
+    for (let b = 0; b < o.batches; b++) {
+      const world = sampleBatch(Rng.fromSeed(SEED).fork(`batch:${b}`), BATCH, { allowHeldOut: false, twoObjectRate: 0 });
+      const truth = world.scenes.map(({ objects: [obj] }) => pairs.findIndex(([s, c]) => s === obj.shape && c === obj.colour));
+      const onehot = new Float32Array(BATCH * K);
+      truth.forEach((t, i) => (onehot[i * K + t] = 1));
+      const labels: TensorData = { dtype: 'float32', dims: [BATCH, K], data: onehot };
+      const x = new Float32Array(world.pixels);
+      const feeds = (): Record<string, TensorData> => ({ pixels: { dtype: 'float32', dims: [BATCH, 3, WORLD_SIZE, WORLD_SIZE], data: x }, texts, labels });
+      for (let s = 0; eps > 0 && s < o.steps; s++) {
+        const out = await h.run(feeds(), ['grad_pixels']);
+        pgdUpdate(x, world.pixels, out.grad_pixels.data as Float32Array, BATCH, 'l2', eps, o.stepSize * eps);
       }
-      points.push({ eps, accuracy: correct / n });
+      const logits = (await h.run(feeds(), ['logits'])).logits.data as Float32Array;
+      for (let i = 0; i < BATCH; i++) {
+        let best = 0;
+        for (let k = 1; k < K; k++) if (logits[i * K + k] > logits[i * K + best]) best = k;
+        if (best === truth[i]) correct++;
+        n++;
+      }
     }
-    return points;
-  } finally {
-    await trainer.release();
+    points.push({ eps, accuracy: correct / n });
   }
+  return points;
 }
 
 /**
@@ -142,7 +174,8 @@ export interface MorphPoint {
  * redraws the shape so the judge sees it; an adversarial one convinces only the model itself.
  */
 export async function gradientMorph(engine: ClipEngine, judge: Judge, o: MorphOptions = DEFAULT_MORPH): Promise<MorphPoint[]> {
-  const { arch, params, E, pairs, text, tok, trainer } = await clipProbe(engine, o.threads);
+  const { arch, params, E, pairs, text, tok } = await clipProbe(engine);
+  const trainer = await ToyClipTrainer.create(arch, BATCH, o.threads, 0);
   try {
     const points: MorphPoint[] = [];
     for (const eps of o.eps) {
