@@ -82,10 +82,11 @@ export function zeroShotAttackGraph(src: TowerSource, logitScale: number, batch:
  */
 export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
   const { pairs, text } = await clipProbe(engine);
-  const scaleT = engine.bundle.weights.get('logit_scale');
-  const scale = Math.min(100, Math.exp(scaleT ? Number(scaleT.data[0]) : Math.log(100)));
+  const src = engine.towerSource();
+  // the model's own learned temperature (training clamps it at 100); a bundle without one is refused
+  const scale = Math.min(100, Math.exp(Number(src.weights('logit_scale').data[0])));
   const K = pairs.length;
-  const h = await engine.graph(`toy-zero-shot-attack:b${BATCH}:k${K}`, () => zeroShotAttackGraph(engine.towerSource(), scale, BATCH, K));
+  const h = await engine.graph(`toy-zero-shot-attack:b${BATCH}:k${K}`, () => zeroShotAttackGraph(src, scale, BATCH, K));
   const texts: TensorData = { dtype: 'float32', dims: [K, engine.embedDim], data: text };
   const points: RobustnessPoint[] = [];
   for (const eps of o.eps) {

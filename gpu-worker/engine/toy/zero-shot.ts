@@ -1,5 +1,6 @@
-// The toy CLIPs' zero-shot accuracy on fresh world images: the final metric of every train-toy run
-// (recorded in the bundle manifest) and the yardstick the robustness probes attack.
+// The toy CLIPs' zero-shot accuracy on fresh world images: the final metric of every train-toy run,
+// recorded in the bundle manifest. Its shape+colour part is the 48-prompt classifier that the
+// robustness probe (robustness.ts) attacks.
 
 import { type ClipEngine } from '../engine.ts';
 import { Rng } from '../synth/rng.ts';
