@@ -75,8 +75,12 @@ function emitJudge(b: GraphBuilder, arch: JudgeArch, pixels: string, w: (name: s
   return out;
 }
 
-/** Training graph: pixels + one-hot labels per head → summed cross-entropy (mean over the batch) and parameter gradients. */
-export function judgeTrainGraph(arch: JudgeArch, batch: number, withPixelGrad = false): Uint8Array {
+/**
+ * The judge's loss graph: pixels + one-hot labels per head → summed cross-entropy (mean over the batch)
+ * and either the parameter gradients ("grad:<name>", mode 'train') or the pixel gradient
+ * ("grad:pixels", mode 'attack', for the robustness probe's white-box PGD).
+ */
+export function judgeTrainGraph(arch: JudgeArch, batch: number, mode: 'train' | 'attack' = 'train'): Uint8Array {
   const b = new GraphBuilder('toy_judge_train');
   const px = b.input('pixels', 'float32', [batch, 3, WORLD_SIZE, WORLD_SIZE]);
   const names = new Map<string, string>();
@@ -89,9 +93,13 @@ export function judgeTrainGraph(arch: JudgeArch, batch: number, withPixelGrad = 
   const loss = b.op1('Identity', [b.mul(b.op1('Sum', losses), b.scalar(-1 / batch))], {}, { outputNames: ['loss'] });
   b.output(loss);
   for (const a of ATTRIBUTES) b.output(b.op1('Identity', [logits[a]], {}, { outputNames: [`logits:${a}`] }));
-  const grads = appendGradients(b, { loss, wrt: withPixelGrad ? [...names.values(), px] : [...names.values()] });
-  for (const n of names.keys()) b.output(b.op1('Identity', [grads.get(names.get(n)!)!], {}, { outputNames: [`grad:${n}`] }));
-  if (withPixelGrad) b.output(b.op1('Identity', [grads.get(px)!], {}, { outputNames: ['grad:pixels'] }));
+  if (mode === 'train') {
+    const grads = appendGradients(b, { loss, wrt: [...names.values()] });
+    for (const n of names.keys()) b.output(b.op1('Identity', [grads.get(names.get(n)!)!], {}, { outputNames: [`grad:${n}`] }));
+  } else {
+    const grads = appendGradients(b, { loss, wrt: [px] });
+    b.output(b.op1('Identity', [grads.get(px)!], {}, { outputNames: ['grad:pixels'] }));
+  }
   return encodeModel(b.toModel());
 }
 

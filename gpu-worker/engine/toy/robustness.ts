@@ -122,7 +122,7 @@ export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptio
  * 0.009 per value (ε = 1), so this says how far the judge is from a human reader.
  */
 export async function judgeUnderAttack(judge: Judge, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
-  const sess = await createSession(judgeTrainGraph(judge.manifest.architecture, BATCH, true), { intraOpThreads: o.threads });
+  const sess = await createSession(judgeTrainGraph(judge.manifest.architecture, BATCH, 'attack'), { intraOpThreads: o.threads });
   try {
     const points: RobustnessPoint[] = [];
     for (const eps of o.eps) {
