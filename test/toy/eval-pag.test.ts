@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../cli/common.ts';
-import { evalPag, highFrequencyEnergy, writePagOutputs } from '../../gpu-worker/engine/toy/eval-pag.ts';
+import { evalPag, highFrequencyEnergy, wilsonInterval, writePagOutputs } from '../../gpu-worker/engine/toy/eval-pag.ts';
 import { createImage } from '../../gpu-worker/engine/synth/image.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
@@ -32,6 +32,16 @@ describe('eval-pag (quick)', () => {
     } finally {
       await engine.close();
     }
+  });
+
+  it('the Wilson interval matches worked values and stays inside [0, 1]', () => {
+    const [lo, hi] = wilsonInterval(154, 168);
+    expect(lo).toBeCloseTo(0.865, 3);
+    expect(hi).toBeCloseTo(0.950, 3);
+    expect(wilsonInterval(0, 10)[0]).toBe(0);
+    expect(wilsonInterval(10, 10)[1]).toBe(1);
+    expect(wilsonInterval(10, 10)[0]).toBeCloseTo(0.722, 3);
+    expect(wilsonInterval(0, 0).every(Number.isNaN)).toBe(true);
   });
 
   it('high-frequency energy is 0 for a flat image and large for a checkerboard', () => {

@@ -283,6 +283,18 @@ const WORLD_HF = (() => {
   return s / 256;
 })();
 
+/**
+ * Wilson score interval (95 %) for k successes in n trials: the all-correct figures are rates on a few
+ * dozen images, and a target is judged met or missed on them.
+ */
+export function wilsonInterval(k: number, n: number, z = 1.96): [number, number] {
+  if (n <= 0) return [NaN, NaN];
+  const p = k / n, z2 = z * z, denom = 1 + z2 / n;
+  const centre = (p + z2 / (2 * n)) / denom;
+  const half = (z * Math.sqrt((p * (1 - p)) / n + z2 / (4 * n * n))) / denom;
+  return [Math.max(0, centre - half), Math.min(1, centre + half)];
+}
+
 const pct1 = (x: number) => `${(x * 100).toFixed(1)} %`;
 const pct = (x: number) => (Number.isNaN(x) ? '–' : `${(x * 100).toFixed(0)} %`);
 
@@ -295,6 +307,12 @@ export function pagMarkdown(r: PagReport): string {
     if (x && y) lines.push(`| ${a} correct (named in ${x.named}) | ${pct(x.accuracy)} | ${pct(y.accuracy)} |`);
   }
   lines.push(`| **all named attributes correct** | **${pct(r.robust.allCorrect)}** | **${pct(r.plain.allCorrect)}** |`);
+  const interval = (m: ModelReport) => {
+    const n = m.results.length, k = m.results.filter((x) => x.allCorrect).length;
+    const [lo, hi] = wilsonInterval(k, n);
+    return `${k} of ${n}; ${(lo * 100).toFixed(0)}–${(hi * 100).toFixed(0)} %`;
+  };
+  lines.push(`| all correct: count; 95 % interval (Wilson) | ${interval(r.robust)} | ${interval(r.plain)} |`);
   lines.push(`| all correct at the start (the prior sample the model's score picked; no gradient step yet) | ${pct(r.robust.initAllCorrect)} | ${pct(r.plain.initAllCorrect)} |`);
   lines.push(`| all correct, seen pairs | ${pct(r.robust.allCorrectSeen)} | ${pct(r.plain.allCorrectSeen)} |`);
   lines.push(`| all correct, held-out pairs | ${pct(r.robust.allCorrectHeldOut)} | ${pct(r.plain.allCorrectHeldOut)} |`);
