@@ -90,7 +90,7 @@ export interface PagReport {
   /** Zero-shot accuracy of each twin under L2 PGD (robustness.ts): how robust each really is. */
   robustness?: { attack: Omit<RobustnessOptions, 'threads'>; robust: RobustnessPoint[]; plain: RobustnessPoint[]; judge: RobustnessPoint[] };
   /** The PAG test with the gradient alone (robustness.ts gradientMorph). */
-  morph?: { options: Omit<MorphOptions, 'threads'>; robust: MorphPoint[]; plain: MorphPoint[] };
+  morph?: { options: MorphOptions; robust: MorphPoint[]; plain: MorphPoint[] };
 }
 
 export interface EvalPagOptions {
@@ -209,9 +209,8 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
     }
     let morph: PagReport['morph'];
     if (opts.morph !== false) {
-      const { threads: _, ...options } = opts.morph ?? DEFAULT_MORPH;
-      const o = { ...options, threads: opts.threads };
-      const [r, p] = await Promise.all([gradientMorph(robust, judge, o), gradientMorph(plain, judge, o)]);
+      const options = opts.morph ?? DEFAULT_MORPH;
+      const [r, p] = await Promise.all([gradientMorph(robust, judge, options), gradientMorph(plain, judge, options)]);
       morph = { options, robust: r, plain: p };
       log(`gradient-only morph, judge sees the target: ${r.map((x, i) => `ε ${x.eps}: robust ${(x.judgeSeesTarget * 100).toFixed(0)}% plain ${(p[i].judgeSeesTarget * 100).toFixed(0)}%`).join('; ')}`);
     }
@@ -337,7 +336,7 @@ export function pagMarkdown(r: PagReport): string {
     const { options, robust, plain } = r.morph;
     lines.push(
       '',
-      `The gradient alone (no views, no augmentation): ${options.batches * 32} world images, each pushed by ${options.steps} L2 PGD steps toward the caption of the same object with another shape. Share where the judge sees the new shape (colour kept) / where the model itself ranks it first:`,
+      `The gradient alone (no views, no augmentation): ${options.batches * 32} world images, each pushed by ${options.steps} L2 PGD steps toward the prompt "a COLOUR SHAPE" of the same colour and another shape (zero-shot cross-entropy). Share where the judge sees the new shape (colour kept) / where the model itself ranks it first:`,
       '',
       `| ε | ${robust.map((x) => x.eps).join(' | ')} |`,
       `|---|${robust.map(() => '---').join('|')}|`,

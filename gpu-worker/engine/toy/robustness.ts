@@ -14,9 +14,8 @@ import { A, type ModelIR, type TensorData } from '../onnx/ir.ts';
 import { createSession } from '../runtime/session.ts';
 import { Rng } from '../synth/rng.ts';
 import { pgdUpdate } from './attack.ts';
-import { ToyClipTrainer, encodeWorldBatch, nearestText, worldTokenizer } from './clip-train.ts';
 import { ATTRIBUTES, type Judge, judgeBatch, judgeLossFeeds, judgeTrainGraph } from './judge.ts';
-import { type Caption, type Scene, SHAPES, SHAPE_COLOUR_PAIRS, SYNONYMS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
+import { SHAPES, SHAPE_COLOUR_PAIRS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
 
 export interface RobustnessOptions {
   /** L2 budgets in [0,1] pixel units over the 3×64×64 image (0: clean). */
@@ -39,17 +38,44 @@ export interface RobustnessPoint {
 }
 
 const BATCH = 32;
-const PER_IMAGE = 3 * WORLD_SIZE * WORLD_SIZE;
 const SEED = 90001;
 
-/** What both CLIP probes need: a native toy-world CLIP and the 48 zero-shot prompts embedded. */
-async function clipProbe(engine: ClipEngine) {
+/**
+ * What both CLIP probes need: a native toy-world CLIP, its zero-shot classifier over the 48 prompts
+ * "a COLOUR SHAPE" as a loss graph, and a way to run it on a batch for given labels.
+ */
+async function zeroShotProbe(engine: ClipEngine) {
   if (engine.bundle.foreign || engine.imageSize !== WORLD_SIZE) {
     throw new EngineError('invalid_model', `the robustness and morph probes need a native ${WORLD_SIZE}px toy-world CLIP; ${engine.name} is not one (use --no-probes)`);
   }
   const pairs = SHAPE_COLOUR_PAIRS;
+  const K = pairs.length;
   const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
-  return { arch: engine.bundle.arch, params: engine.bundle.weights, E: engine.embedDim, pairs, text, tok: worldTokenizer() };
+  const src = engine.towerSource();
+  // the model's own learned temperature (training clamps it at 100); a bundle without one is refused
+  const scale = Math.min(100, Math.exp(Number(src.weights('logit_scale').data[0])));
+  const h = await engine.graph(`toy-zero-shot-attack:b${BATCH}:k${K}`, () => zeroShotAttackGraph(src, scale, BATCH, K));
+  const texts: TensorData = { dtype: 'float32', dims: [K, engine.embedDim], data: text };
+  const pairIndex = (shape: Shape, colour: string) => pairs.findIndex(([s, c]) => s === shape && c === colour);
+  /** One run at pixels x with one label per image: the loss gradient and the zero-shot choices. */
+  const run = async (x: Float32Array, labels: number[], fetch: 'grad' | 'choice') => {
+    const onehot = new Float32Array(BATCH * K);
+    labels.forEach((t, i) => (onehot[i * K + t] = 1));
+    const feeds: Record<string, TensorData> = {
+      pixels: { dtype: 'float32', dims: [BATCH, 3, WORLD_SIZE, WORLD_SIZE], data: x },
+      texts,
+      labels: { dtype: 'float32', dims: [BATCH, K], data: onehot },
+    };
+    if (fetch === 'grad') return { grad: (await h.run(feeds, ['grad_pixels'])).grad_pixels.data as Float32Array, choice: [] as number[] };
+    const logits = (await h.run(feeds, ['logits'])).logits.data as Float32Array;
+    const choice = labels.map((_, i) => {
+      let best = 0;
+      for (let k = 1; k < K; k++) if (logits[i * K + k] > logits[i * K + best]) best = k;
+      return best;
+    });
+    return { grad: new Float32Array(0), choice };
+  };
+  return { pairs, pairIndex, run };
 }
 
 /**
@@ -81,35 +107,18 @@ export function zeroShotAttackGraph(src: TowerSource, logitScale: number, batch:
  * then scored. Both twins face the identical attack on identical images.
  */
 export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
-  const { pairs, text } = await clipProbe(engine);
-  const src = engine.towerSource();
-  // the model's own learned temperature (training clamps it at 100); a bundle without one is refused
-  const scale = Math.min(100, Math.exp(Number(src.weights('logit_scale').data[0])));
-  const K = pairs.length;
-  const h = await engine.graph(`toy-zero-shot-attack:b${BATCH}:k${K}`, () => zeroShotAttackGraph(src, scale, BATCH, K));
-  const texts: TensorData = { dtype: 'float32', dims: [K, engine.embedDim], data: text };
+  const { pairIndex, run } = await zeroShotProbe(engine);
   const points: RobustnessPoint[] = [];
   for (const eps of o.eps) {
     let correct = 0, n = 0;
     for (let b = 0; b < o.batches; b++) {
       const world = sampleBatch(Rng.fromSeed(SEED).fork(`batch:${b}`), BATCH, { allowHeldOut: false, twoObjectRate: 0 });
-      const truth = world.scenes.map(({ objects: [obj] }) => pairs.findIndex(([s, c]) => s === obj.shape && c === obj.colour));
-      const onehot = new Float32Array(BATCH * K);
-      truth.forEach((t, i) => (onehot[i * K + t] = 1));
-      const labels: TensorData = { dtype: 'float32', dims: [BATCH, K], data: onehot };
+      const truth = world.scenes.map(({ objects: [obj] }) => pairIndex(obj.shape, obj.colour));
       const x = new Float32Array(world.pixels);
-      const feeds = (): Record<string, TensorData> => ({ pixels: { dtype: 'float32', dims: [BATCH, 3, WORLD_SIZE, WORLD_SIZE], data: x }, texts, labels });
-      for (let s = 0; eps > 0 && s < o.steps; s++) {
-        const out = await h.run(feeds(), ['grad_pixels']);
-        pgdUpdate(x, world.pixels, out.grad_pixels.data as Float32Array, BATCH, 'l2', eps, o.stepSize * eps);
-      }
-      const logits = (await h.run(feeds(), ['logits'])).logits.data as Float32Array;
-      for (let i = 0; i < BATCH; i++) {
-        let best = 0;
-        for (let k = 1; k < K; k++) if (logits[i * K + k] > logits[i * K + best]) best = k;
-        if (best === truth[i]) correct++;
-        n++;
-      }
+      for (let s = 0; eps > 0 && s < o.steps; s++) pgdUpdate(x, world.pixels, (await run(x, truth, 'grad')).grad, BATCH, 'l2', eps, o.stepSize * eps);
+      const { choice } = await run(x, truth, 'choice');
+      choice.forEach((c, i) => (correct += c === truth[i] ? 1 : 0));
+      n += BATCH;
     }
     points.push({ eps, accuracy: correct / n });
   }
@@ -155,7 +164,6 @@ export interface MorphOptions {
   eps: number[];
   batches: number;
   steps: number;
-  threads?: number;
 }
 
 export const DEFAULT_MORPH: MorphOptions = { eps: [2, 4, 8], batches: 2, steps: 20 };
@@ -169,54 +177,42 @@ export interface MorphPoint {
 }
 
 /**
- * Targeted PGD from a world image toward the full caption of the same object with another shape
- * (colour, size and position unchanged; never a held-out pair): descend the contrastive loss with
- * `steps` normalized-gradient steps of 2.5·ε/steps inside the L2 ball. A perceptually aligned gradient
- * redraws the shape so the judge sees it; an adversarial one convinces only the model itself.
+ * Targeted PGD from a world image toward the prompt "a COLOUR SHAPE" of the same colour and another
+ * shape (never a held-out pair): descend the zero-shot cross-entropy of that prompt, image by image,
+ * with `steps` normalized-gradient steps of 2.5·ε/steps inside the L2 ball. A perceptually aligned
+ * gradient redraws the shape so the judge sees it; an adversarial one convinces only the model itself.
  */
 export async function gradientMorph(engine: ClipEngine, judge: Judge, o: MorphOptions = DEFAULT_MORPH): Promise<MorphPoint[]> {
-  const { arch, params, E, pairs, text, tok } = await clipProbe(engine);
-  const trainer = await ToyClipTrainer.create(arch, BATCH, o.threads, 0);
-  try {
-    const points: MorphPoint[] = [];
-    for (const eps of o.eps) {
-      let judgeOk = 0, modelOk = 0, n = 0;
-      for (let b = 0; b < o.batches; b++) {
-        const rng = Rng.fromSeed(SEED).fork(`morph:${b}`);
-        const world = sampleBatch(rng.fork('scenes'), BATCH, { allowHeldOut: false, twoObjectRate: 0 });
-        const pick = rng.fork('targets');
-        const scenes: Scene[] = world.scenes.map((s) => {
-          const src = s.objects[0];
-          let shape: Shape;
-          do shape = SHAPES[Math.floor(pick.uniform(0, SHAPES.length))];
-          while (shape === src.shape || isHeldOut(shape, src.colour));
-          return { ...s, objects: [{ ...src, shape }] };
-        });
-        const captions: Caption[] = scenes.map(({ objects: [t] }) => ({
-          text: `a ${t.size} ${t.colour} ${t.shape} ${SYNONYMS.position[t.position][0][0]}`,
-          objects: [{ shape: t.shape, colour: t.colour, size: t.size, position: t.position }],
-        }));
-        const feeds = encodeWorldBatch({ pixels: world.pixels, scenes, captions }, tok, arch).feeds;
-        const x = new Float32Array(world.pixels);
-        for (let s = 0; s < o.steps; s++) {
-          const { grad } = await trainer.lossAndPixelGrad(params, { ...feeds, pixels: { ...feeds.pixels, data: x } });
-          for (let k = 0; k < grad.length; k++) grad[k] = -grad[k]; // descend: toward the target caption
-          pgdUpdate(x, world.pixels, grad, BATCH, 'l2', eps, (2.5 * eps) / o.steps);
-        }
-        const verdicts = await judge.classify(x, BATCH);
-        const images = Array.from({ length: BATCH }, (_, i) => ({ width: WORLD_SIZE, height: WORLD_SIZE, data: x.subarray(i * PER_IMAGE, (i + 1) * PER_IMAGE) }));
-        const unit = (await engine.embedImages(images)).unit;
-        for (let i = 0; i < BATCH; i++) {
-          const t = scenes[i].objects[0];
-          if (verdicts[i].shape.label === t.shape && verdicts[i].colour.label === t.colour) judgeOk++;
-          if (pairs[nearestText(unit, i, text, E)][0] === t.shape) modelOk++;
-          n++;
-        }
+  const { pairs, pairIndex, run } = await zeroShotProbe(engine);
+  const points: MorphPoint[] = [];
+  for (const eps of o.eps) {
+    let judgeOk = 0, modelOk = 0, n = 0;
+    for (let b = 0; b < o.batches; b++) {
+      const rng = Rng.fromSeed(SEED).fork(`morph:${b}`);
+      const world = sampleBatch(rng.fork('scenes'), BATCH, { allowHeldOut: false, twoObjectRate: 0 });
+      const pick = rng.fork('targets');
+      const targets = world.scenes.map(({ objects: [src] }) => {
+        let shape: Shape;
+        do shape = SHAPES[Math.floor(pick.uniform(0, SHAPES.length))];
+        while (shape === src.shape || isHeldOut(shape, src.colour));
+        return pairIndex(shape, src.colour);
+      });
+      const x = new Float32Array(world.pixels);
+      for (let s = 0; s < o.steps; s++) {
+        const { grad } = await run(x, targets, 'grad');
+        for (let k = 0; k < grad.length; k++) grad[k] = -grad[k]; // descend: toward the target prompt
+        pgdUpdate(x, world.pixels, grad, BATCH, 'l2', eps, (2.5 * eps) / o.steps);
       }
-      points.push({ eps, judgeSeesTarget: judgeOk / n, modelSeesTarget: modelOk / n });
+      const verdicts = await judge.classify(x, BATCH);
+      const { choice } = await run(x, targets, 'choice');
+      targets.forEach((t, i) => {
+        const [shape, colour] = pairs[t];
+        if (verdicts[i].shape.label === shape && verdicts[i].colour.label === colour) judgeOk++;
+        if (pairs[choice[i]][0] === shape) modelOk++;
+        n++;
+      });
     }
-    return points;
-  } finally {
-    await trainer.release();
+    points.push({ eps, judgeSeesTarget: judgeOk / n, modelSeesTarget: modelOk / n });
   }
+  return points;
 }
