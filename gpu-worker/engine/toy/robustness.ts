@@ -57,25 +57,27 @@ async function zeroShotProbe(engine: ClipEngine) {
   const h = await engine.graph(`toy-zero-shot-attack:b${BATCH}:k${K}`, () => zeroShotAttackGraph(src, scale, BATCH, K));
   const texts: TensorData = { dtype: 'float32', dims: [K, engine.embedDim], data: text };
   const pairIndex = (shape: Shape, colour: string) => pairs.findIndex(([s, c]) => s === shape && c === colour);
-  /** One run at pixels x with one label per image: the loss gradient and the zero-shot choices. */
-  const run = async (x: Float32Array, labels: number[], fetch: 'grad' | 'choice') => {
+  const feeds = (x: Float32Array, labels: number[]): Record<string, TensorData> => {
     const onehot = new Float32Array(BATCH * K);
     labels.forEach((t, i) => (onehot[i * K + t] = 1));
-    const feeds: Record<string, TensorData> = {
+    return {
       pixels: { dtype: 'float32', dims: [BATCH, 3, WORLD_SIZE, WORLD_SIZE], data: x },
       texts,
       labels: { dtype: 'float32', dims: [BATCH, K], data: onehot },
     };
-    if (fetch === 'grad') return { grad: (await h.run(feeds, ['grad_pixels'])).grad_pixels.data as Float32Array, choice: [] as number[] };
-    const logits = (await h.run(feeds, ['logits'])).logits.data as Float32Array;
-    const choice = labels.map((_, i) => {
+  };
+  /** d(cross-entropy of `labels`)/d(pixels) at x, one label (a pair index) per image. */
+  const gradient = async (x: Float32Array, labels: number[]) => (await h.run(feeds(x, labels), ['grad_pixels'])).grad_pixels.data as Float32Array;
+  /** The zero-shot choice (a pair index) for each image at x. */
+  const choose = async (x: Float32Array): Promise<number[]> => {
+    const logits = (await h.run(feeds(x, []), ['logits'])).logits.data as Float32Array;
+    return Array.from({ length: BATCH }, (_, i) => {
       let best = 0;
       for (let k = 1; k < K; k++) if (logits[i * K + k] > logits[i * K + best]) best = k;
       return best;
     });
-    return { grad: new Float32Array(0), choice };
   };
-  return { pairs, pairIndex, run };
+  return { pairs, pairIndex, gradient, choose };
 }
 
 /**
@@ -107,7 +109,7 @@ export function zeroShotAttackGraph(src: TowerSource, logitScale: number, batch:
  * then scored. Both twins face the identical attack on identical images.
  */
 export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
-  const { pairIndex, run } = await zeroShotProbe(engine);
+  const { pairIndex, gradient, choose } = await zeroShotProbe(engine);
   const points: RobustnessPoint[] = [];
   for (const eps of o.eps) {
     let correct = 0, n = 0;
@@ -115,9 +117,8 @@ export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptio
       const world = sampleBatch(Rng.fromSeed(SEED).fork(`batch:${b}`), BATCH, { allowHeldOut: false, twoObjectRate: 0 });
       const truth = world.scenes.map(({ objects: [obj] }) => pairIndex(obj.shape, obj.colour));
       const x = new Float32Array(world.pixels);
-      for (let s = 0; eps > 0 && s < o.steps; s++) pgdUpdate(x, world.pixels, (await run(x, truth, 'grad')).grad, BATCH, 'l2', eps, o.stepSize * eps);
-      const { choice } = await run(x, truth, 'choice');
-      choice.forEach((c, i) => (correct += c === truth[i] ? 1 : 0));
+      for (let s = 0; eps > 0 && s < o.steps; s++) pgdUpdate(x, world.pixels, await gradient(x, truth), BATCH, 'l2', eps, o.stepSize * eps);
+      (await choose(x)).forEach((c, i) => (correct += c === truth[i] ? 1 : 0));
       n += BATCH;
     }
     points.push({ eps, accuracy: correct / n });
@@ -183,7 +184,7 @@ export interface MorphPoint {
  * gradient redraws the shape so the judge sees it; an adversarial one convinces only the model itself.
  */
 export async function gradientMorph(engine: ClipEngine, judge: Judge, o: MorphOptions = DEFAULT_MORPH): Promise<MorphPoint[]> {
-  const { pairs, pairIndex, run } = await zeroShotProbe(engine);
+  const { pairs, pairIndex, gradient, choose } = await zeroShotProbe(engine);
   const points: MorphPoint[] = [];
   for (const eps of o.eps) {
     let judgeOk = 0, modelOk = 0, n = 0;
@@ -199,12 +200,12 @@ export async function gradientMorph(engine: ClipEngine, judge: Judge, o: MorphOp
       });
       const x = new Float32Array(world.pixels);
       for (let s = 0; s < o.steps; s++) {
-        const { grad } = await run(x, targets, 'grad');
+        const grad = await gradient(x, targets);
         for (let k = 0; k < grad.length; k++) grad[k] = -grad[k]; // descend: toward the target prompt
         pgdUpdate(x, world.pixels, grad, BATCH, 'l2', eps, (2.5 * eps) / o.steps);
       }
       const verdicts = await judge.classify(x, BATCH);
-      const { choice } = await run(x, targets, 'choice');
+      const choice = await choose(x);
       targets.forEach((t, i) => {
         const [shape, colour] = pairs[t];
         if (verdicts[i].shape.label === shape && verdicts[i].colour.label === colour) judgeOk++;
