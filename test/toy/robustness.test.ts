@@ -8,6 +8,7 @@ import { Rng } from '../../gpu-worker/engine/synth/rng.ts';
 import { nearestText } from '../../gpu-worker/engine/toy/clip-train.ts';
 import { zeroShotAttackGraph, zeroShotUnderAttack } from '../../gpu-worker/engine/toy/robustness.ts';
 import { SHAPE_COLOUR_PAIRS, WORLD_SIZE, sampleBatch } from '../../gpu-worker/engine/toy/world.ts';
+import { ZERO_SHOT_PROMPTS } from '../../gpu-worker/engine/toy/zero-shot.ts';
 import { type TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 
 const B = 4, K = SHAPE_COLOUR_PAIRS.length, PER = 3 * WORLD_SIZE * WORLD_SIZE;
@@ -19,7 +20,7 @@ afterAll(() => engine.close());
 
 describe('zero-shot attack graph', () => {
   it('its logits pick what the zero-shot chooser picks, and its pixel gradient matches finite differences', async () => {
-    const text = (await engine.embedText(SHAPE_COLOUR_PAIRS.map(([s, c]) => `a ${c} ${s}`))).unit;
+    const text = (await engine.embedText([...ZERO_SHOT_PROMPTS])).unit;
     const world = sampleBatch(Rng.fromSeed(77), B, { allowHeldOut: false, twoObjectRate: 0 });
     const onehot = new Float32Array(B * K);
     // wrong labels, so the loss is far from saturated and its gradient is large enough to check

@@ -16,6 +16,7 @@ import { Rng } from '../synth/rng.ts';
 import { pgdUpdate } from './attack.ts';
 import { ATTRIBUTES, type Judge, judgeBatch, judgeLossFeeds, judgeTrainGraph } from './judge.ts';
 import { SHAPES, SHAPE_COLOUR_PAIRS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
+import { ZERO_SHOT_PROMPTS } from './zero-shot.ts';
 
 export interface RobustnessOptions {
   /** L2 budgets in [0,1] pixel units over the 3×64×64 image (0: clean). */
@@ -50,7 +51,7 @@ async function zeroShotProbe(engine: ClipEngine) {
   }
   const pairs = SHAPE_COLOUR_PAIRS;
   const K = pairs.length;
-  const text = (await engine.embedText(pairs.map(([s, c]) => `a ${c} ${s}`))).unit;
+  const text = (await engine.embedText([...ZERO_SHOT_PROMPTS])).unit;
   const src = engine.towerSource();
   // the model's own learned temperature (training clamps it at 100); a bundle without one is refused
   const scale = Math.min(100, Math.exp(Number(src.weights('logit_scale').data[0])));

@@ -7,6 +7,9 @@ import { Rng } from '../synth/rng.ts';
 import { nearestText } from './clip-train.ts';
 import { POSITIONS, SHAPE_COLOUR_PAIRS, SIZES, SYNONYMS, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
 
+/** The zero-shot classifier's prompts, "a COLOUR SHAPE", one per entry of SHAPE_COLOUR_PAIRS and in its order. */
+export const ZERO_SHOT_PROMPTS: readonly string[] = SHAPE_COLOUR_PAIRS.map(([s, c]) => `a ${c} ${s}`);
+
 export interface ZeroShotAccuracy {
   /** shape + colour right among the 48 prompts, on seen and on held-out pairs */
   seen: number;
@@ -27,7 +30,7 @@ export interface ZeroShotAccuracy {
 export async function zeroShotAccuracy(engine: ClipEngine): Promise<ZeroShotAccuracy> {
   const pairs = SHAPE_COLOUR_PAIRS;
   const texts = [
-    ...pairs.map(([s, c]) => `a ${c} ${s}`),
+    ...ZERO_SHOT_PROMPTS,
     ...pairs.flatMap(([s, c]) => POSITIONS.map((p) => `a ${c} ${s} ${SYNONYMS.position[p][0][0]}`)),
     ...pairs.flatMap(([s, c]) => SIZES.map((z) => `a ${z} ${c} ${s}`)),
   ];
