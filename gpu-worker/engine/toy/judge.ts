@@ -80,8 +80,8 @@ function emitJudge(b: GraphBuilder, arch: JudgeArch, pixels: string, w: (name: s
  * and either the parameter gradients ("grad:<name>", mode 'train') or the pixel gradient
  * ("grad:pixels", mode 'attack', for the robustness probe's white-box PGD).
  */
-export function judgeTrainGraph(arch: JudgeArch, batch: number, mode: 'train' | 'attack' = 'train'): Uint8Array {
-  const b = new GraphBuilder('toy_judge_train');
+export function judgeLossGraph(arch: JudgeArch, batch: number, mode: 'train' | 'attack' = 'train'): Uint8Array {
+  const b = new GraphBuilder(`toy_judge_${mode}`);
   const px = b.input('pixels', 'float32', [batch, 3, WORLD_SIZE, WORLD_SIZE]);
   const names = new Map<string, string>();
   for (const [n, dims] of judgeTensors(arch)) names.set(n, b.input(n, 'float32', dims));
@@ -136,7 +136,7 @@ export function judgeBatch(rng: Rng, n: number, noise = true): { pixels: Float32
   return { pixels: w.pixels, labels: w.scenes.map((s) => labelsOf(s.objects[0])) };
 }
 
-/** The training graph's feeds other than the pixels: one-hot labels per head and the weights. */
+/** The loss graph's feeds other than the pixels: one-hot labels per head and the weights. */
 export function judgeLossFeeds(params: Params, labels: Labels[]): Record<string, TensorData> {
   const feeds: Record<string, TensorData> = {};
   for (const a of ATTRIBUTES) {
@@ -191,7 +191,7 @@ export async function trainJudge(
     adam = newAdamState(params);
   }
   const adamCfg: AdamConfig = { lr: cfg.lr, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 1e-4, gradClip: 5 };
-  const sess = await createSession(judgeTrainGraph(cfg.arch, cfg.batch), { intraOpThreads: opts.threads });
+  const sess = await createSession(judgeLossGraph(cfg.arch, cfg.batch), { intraOpThreads: opts.threads });
   const t0 = performance.now();
   const elapsed = () => before + (performance.now() - t0) / 1000;
   const bar = opts.progress ? progressPrinter(cfg.steps, 'train-judge') : undefined;

@@ -3,7 +3,8 @@
 //   zero-shot loss itself), so a reader can see how "plain" the plain twin really is;
 // - judgeUnderAttack: the same for the judge, which is a plain CNN;
 // - gradientMorph: the PAG test with the gradient alone (no views, no augmentation): push a world image
-//   of one shape toward the caption of another and ask the judge what it now sees.
+//   of one shape toward the zero-shot prompt of another and ask the judge what it now sees.
+// Both CLIP probes run the model's own zero-shot classifier as a loss graph (zeroShotAttackGraph).
 
 import { appendGradients } from '../autodiff/gradient.ts';
 import { type TowerSource, imageFeatures, l2normalize } from '../clip/graphs.ts';
@@ -14,7 +15,7 @@ import { A, type ModelIR, type TensorData } from '../onnx/ir.ts';
 import { createSession } from '../runtime/session.ts';
 import { Rng } from '../synth/rng.ts';
 import { pgdUpdate } from './attack.ts';
-import { ATTRIBUTES, type Judge, judgeBatch, judgeLossFeeds, judgeTrainGraph } from './judge.ts';
+import { ATTRIBUTES, type Judge, judgeBatch, judgeLossFeeds, judgeLossGraph } from './judge.ts';
 import { SHAPES, SHAPE_COLOUR_PAIRS, type Shape, WORLD_SIZE, isHeldOut, sampleBatch } from './world.ts';
 import { ZERO_SHOT_PROMPTS } from './zero-shot.ts';
 
@@ -133,7 +134,7 @@ export async function zeroShotUnderAttack(engine: ClipEngine, o: RobustnessOptio
  * 0.009 per value (ε = 1), so this says how far the judge is from a human reader.
  */
 export async function judgeUnderAttack(judge: Judge, o: RobustnessOptions = DEFAULT_ROBUSTNESS): Promise<RobustnessPoint[]> {
-  const sess = await createSession(judgeTrainGraph(judge.manifest.architecture, BATCH, 'attack'), { intraOpThreads: o.threads });
+  const sess = await createSession(judgeLossGraph(judge.manifest.architecture, BATCH, 'attack'), { intraOpThreads: o.threads });
   try {
     const points: RobustnessPoint[] = [];
     for (const eps of o.eps) {
