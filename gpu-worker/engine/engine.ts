@@ -112,7 +112,7 @@ export class ClipEngine {
   }
 
   /** Unit-normalized text embeddings [n, E] and the raw features. */
-  async embedText(texts: string[]): Promise<{ unit: Float32Array; raw: Float32Array }> {
+  async embedText(texts: readonly string[]): Promise<{ unit: Float32Array; raw: Float32Array }> {
     if (texts.length === 0) throw new EngineError('invalid_input', 'embedText needs at least one text');
     const L = this.bundle.arch.contextLength;
     const E = this.embedDim;

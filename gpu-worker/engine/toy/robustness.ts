@@ -52,7 +52,7 @@ async function zeroShotProbe(engine: ClipEngine) {
   }
   const pairs = SHAPE_COLOUR_PAIRS;
   const K = pairs.length;
-  const text = (await engine.embedText([...ZERO_SHOT_PROMPTS])).unit;
+  const text = (await engine.embedText(ZERO_SHOT_PROMPTS)).unit;
   const src = engine.towerSource();
   // the model's own learned temperature (training clamps it at 100); a bundle without one is refused
   const scale = Math.min(100, Math.exp(Number(src.weights('logit_scale').data[0])));
