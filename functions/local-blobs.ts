@@ -60,6 +60,10 @@ export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore,
     const declared = Number(header);
     const max = check.maxBytes ?? Infinity;
     if (declared > max) throw new PayloadTooLargeError(`upload is limited to ${check.maxBytes} bytes`);
+    if (check.exactBytes !== undefined && declared !== check.exactBytes) {
+      // S3 refuses this too (the promised Content-Length is signed); say why instead of "forbidden".
+      throw new ValidationError(`this upload URL is for exactly ${check.exactBytes} bytes, but Content-Length is ${declared}`, 'Content-Length');
+    }
     // Read no more than the grant allows (or, with no limit in it, than was declared).
     const body = await readCapped(c.req.raw.body, Number.isFinite(max) ? max : declared);
     if (body === null) {

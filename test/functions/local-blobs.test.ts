@@ -47,6 +47,12 @@ describe('signed PUT', () => {
     expect((await h.blobs.get('uploads/acct_alice/u1'))?.size).toBe(10);
   });
 
+  it('a shorter body with a matching Content-Length → 400: the grant is for an exact size, as on S3', async () => {
+    const err = await expectEnvelope(await put(await grant(10), new Uint8Array(5), { 'content-length': '5' }), 400, 'validation_error');
+    expect(err.param).toBe('Content-Length');
+    expect(await h.blobs.get('uploads/acct_alice/u1')).toBeNull();
+  });
+
   it('without Content-Length → 411 envelope, nothing stored', async () => {
     const res = await put(await grant(10), stream(10), {});
     await expectEnvelope(res, 411, 'length_required');

@@ -269,12 +269,14 @@ export class LocalBlobStore implements BlobStore {
       key,
       expiresAtSec,
       maxBytes: options.contentLength ?? options.maxBytes,
+      ...(options.contentLength !== undefined ? { exactBytes: options.contentLength } : {}),
       contentType: options.contentType,
     });
     return {
       url,
       method: 'PUT',
-      headers: { 'content-type': options.contentType },
+      // As S3 returns them: a promised length is part of the grant and must be sent as is.
+      headers: { 'content-type': options.contentType, ...(options.contentLength !== undefined ? { 'content-length': String(options.contentLength) } : {}) },
       expiresAt: new Date(expiresAtSec * 1000),
       // The local server reads `max` from the verified URL and refuses larger bodies.
       enforcesMaxBytes: true,

@@ -3,7 +3,8 @@ import { assertValidKey } from '../../keys.ts';
 
 /**
  * Local stand-in for S3 presigned URLs: `<baseUrl>/blobs/<key>?expires=<unix s>&sig=<hex>`
- * (PUT links add `method=PUT&max=<bytes>&ct=<content type>`), signed with HMAC-SHA256 over
+ * (PUT links add `method=PUT&max=<bytes>&ct=<content type>`, and `len=<bytes>` when the grant is for
+ * an exact size, as S3 signs a promised Content-Length), signed with HMAC-SHA256 over
  * every parameter that grants something, so none can be changed without breaking the signature.
  */
 
@@ -12,6 +13,8 @@ export interface LocalSignedGrant {
   key: string;
   expiresAtSec: number;
   maxBytes?: number;
+  /** The only body size the grant accepts (S3 signs a promised Content-Length the same way). */
+  exactBytes?: number;
   contentType?: string;
 }
 
@@ -20,9 +23,16 @@ export type LocalSignatureCheck =
   | { ok: false; reason: 'malformed' | 'bad_signature' | 'expired' | 'wrong_method' };
 
 function stringToSign(grant: LocalSignedGrant): string {
-  return ['clipag-local-v1', grant.method, grant.key, grant.expiresAtSec, grant.maxBytes ?? '', grant.contentType ?? ''].join(
-    '\n',
-  );
+  return [
+    'clipag-local-v1',
+    grant.method,
+    grant.key,
+    grant.expiresAtSec,
+    grant.maxBytes ?? '',
+    grant.contentType ?? '',
+    // Only present in exact-size grants, so the signatures of other links are unchanged.
+    ...(grant.exactBytes !== undefined ? [`len=${grant.exactBytes}`] : []),
+  ].join('\n');
 }
 
 function sign(secret: string, grant: LocalSignedGrant): string {
@@ -39,6 +49,7 @@ export function buildLocalSignedUrl(baseUrl: string, secret: string, grant: Loca
   if (grant.method === 'PUT') {
     url.searchParams.set('method', 'PUT');
     if (grant.maxBytes !== undefined) url.searchParams.set('max', String(grant.maxBytes));
+    if (grant.exactBytes !== undefined) url.searchParams.set('len', String(grant.exactBytes));
     if (grant.contentType !== undefined) url.searchParams.set('ct', grant.contentType);
   }
   url.searchParams.set('sig', sign(secret, grant));
@@ -78,11 +89,14 @@ export function verifyLocalSignature(
   const grantedMethod = q.get('method') === 'PUT' ? 'PUT' : 'GET';
   const max = q.get('max');
   if (max !== null && !/^\d{1,15}$/.test(max)) return { ok: false, reason: 'malformed' };
+  const len = q.get('len');
+  if (len !== null && !/^\d{1,15}$/.test(len)) return { ok: false, reason: 'malformed' };
   const grant: LocalSignedGrant = {
     method: grantedMethod,
     key,
     expiresAtSec: Number(expires),
     ...(grantedMethod === 'PUT' && max !== null ? { maxBytes: Number(max) } : {}),
+    ...(grantedMethod === 'PUT' && len !== null ? { exactBytes: Number(len) } : {}),
     ...(grantedMethod === 'PUT' && q.get('ct') !== null ? { contentType: q.get('ct') as string } : {}),
   };
   const expected = Buffer.from(sign(secret, grant), 'hex');

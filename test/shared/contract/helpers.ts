@@ -1,9 +1,14 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { verifyLocalSignature } from '../../../shared/adapters/local/signing.ts';
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { mountLocalBlobRoutes } from '../../../functions/local-blobs.ts';
+import { onError } from '../../../functions/middleware/errors.ts';
+import { requestId } from '../../../functions/middleware/request-id.ts';
+import { startApiServer } from '../../../functions/server.ts';
+import type { AppEnv } from '../../../functions/types.ts';
 import type { BlobStore } from '../../../shared/ports.ts';
 
 export async function makeTempDir(label: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {
@@ -26,41 +31,23 @@ export function close(server: Server): Promise<void> {
 }
 
 /**
- * A minimal `/blobs/*` server doing what the local API server does with signed links: verify the
- * signature, then stream the object from the blob store (GET) or store the body (PUT, up to the
- * signed `max`). It lets the contract suite download signed URLs over real HTTP on both adapters.
+ * The local server's real `/blobs/*` routes (`mountLocalBlobRoutes`, with the app's request id and
+ * error envelope) on a real port, over whichever store `getStore()` returns, so the contract suite
+ * downloads and uploads signed URLs over HTTP exactly as local mode serves them.
  */
 export async function startSignedBlobServer(
   secret: string,
   getStore: () => BlobStore,
 ): Promise<{ baseUrl: string; stop: () => Promise<void> }> {
-  const server = createServer(async (req, res) => {
-    const check = verifyLocalSignature(secret, req.method ?? 'GET', req.url ?? '/');
-    if (!check.ok) {
-      res.writeHead(403).end(check.reason);
-      return;
-    }
-    const store = getStore();
-    if (check.method === 'GET') {
-      const object = await store.get(check.key);
-      if (!object) return void res.writeHead(404).end();
-      res.writeHead(200, { 'content-type': object.contentType ?? 'application/octet-stream', etag: object.etag });
-      res.end(Buffer.from(object.body));
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length;
-      if (check.maxBytes !== undefined && size > check.maxBytes) return void res.writeHead(413).end();
-      chunks.push(chunk as Buffer);
-    }
-    if (check.contentType && req.headers['content-type'] !== check.contentType) return void res.writeHead(403).end('content type');
-    await store.put(check.key, Buffer.concat(chunks), { contentType: check.contentType });
-    res.writeHead(200).end();
+  const delegating = new Proxy({} as BlobStore, {
+    get: (_target, prop: keyof BlobStore) => (...args: unknown[]) => (getStore()[prop] as (...a: unknown[]) => unknown)(...args),
   });
-  const port = await listen(server);
-  return { baseUrl: `http://127.0.0.1:${port}`, stop: () => close(server) };
+  const app = new OpenAPIHono<AppEnv>();
+  app.use('*', requestId());
+  app.onError(onError(() => undefined));
+  mountLocalBlobRoutes(app, delegating, secret);
+  const server = await startApiServer(app, 0);
+  return { baseUrl: server.url, stop: server.close };
 }
 
 export async function httpDownload(url: string): Promise<{ status: number; body: Uint8Array }> {
