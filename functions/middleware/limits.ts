@@ -15,15 +15,19 @@ export function bodySizeLimit(maxBytes: number): MiddlewareHandler<AppEnv> {
   };
 }
 
-const JSON_MEDIA = /^application\/(?:[\w.-]+\+)?json$/i;
+/**
+ * The whole header, parameters included, as the route's body validator (@hono/zod-openapi) accepts
+ * it: a header this lets through but the validator refused would get the validator's own 415,
+ * without the `param` the envelope names.
+ */
+const JSON_CONTENT_TYPE = /^application\/(?:[a-z.-]+\+)?json(?:;\s*[a-zA-Z0-9-]+=[^;]+)*$/i;
 
 /** POST/PUT/PATCH bodies must be JSON: 415 envelope otherwise (also when the header is missing). */
 export function requireJson(): MiddlewareHandler<AppEnv> {
   return async function requireJsonMiddleware(c, next) {
     if (c.req.method === 'POST' || c.req.method === 'PUT' || c.req.method === 'PATCH') {
-      const media = (c.req.header('Content-Type') ?? '').split(';')[0].trim();
-      if (!JSON_MEDIA.test(media)) {
-        throw new HttpError(415, 'unsupported_media_type', 'Content-Type must be application/json', 'Content-Type');
+      if (!JSON_CONTENT_TYPE.test(c.req.header('Content-Type') ?? '')) {
+        throw new HttpError(415, 'unsupported_media_type', 'Content-Type must be application/json (optionally with parameters such as "; charset=utf-8")', 'Content-Type');
       }
     }
     await next();

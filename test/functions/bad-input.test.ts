@@ -53,12 +53,22 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     await expectNothingWritten();
   });
 
-  it('wrong or missing content type → 415', async () => {
-    for (const headers of [{ 'Content-Type': 'text/plain' }, { 'Content-Type': 'application/x-www-form-urlencoded' }, {}] as Record<string, string>[]) {
+  it('wrong or missing content type → 415, always the same envelope naming Content-Type', async () => {
+    const bad = ['text/plain', 'application/x-www-form-urlencoded', 'application/json ; charset=utf-8', 'application/json;', 'application/jsonx', undefined];
+    for (const type of bad) {
+      const headers: Record<string, string> = type === undefined ? {} : { 'Content-Type': type };
       const res = await h.request('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a' }), headers });
-      await expectEnvelope(res, 415, 'unsupported_media_type');
+      const err = await expectEnvelope(res, 415, 'unsupported_media_type');
+      expect(err.param, String(type)).toBe('Content-Type');
     }
     await expectNothingWritten();
+  });
+
+  it('JSON content types with parameters or a +json suffix are accepted', async () => {
+    for (const type of ['application/json; charset=utf-8', 'APPLICATION/JSON;charset=UTF-8', 'application/vnd.api+json']) {
+      const res = await h.request('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a' }), headers: { 'Content-Type': type } });
+      expect(res.status, type).toBe(202);
+    }
   });
 
   it('oversized body → 413', async () => {
