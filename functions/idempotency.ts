@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { readDoc } from '../shared/documents.ts';
-import { ConflictError, CorruptDocumentError, PreconditionFailedError, ValidationError } from '../shared/errors.ts';
+import { ConflictError, CorruptDocumentError, PreconditionFailedError } from '../shared/errors.ts';
 import type { BlobStore, JobStore } from '../shared/ports.ts';
 import type { JobRecord } from '../shared/schemas/job.ts';
 import { sha256Hex } from '../shared/schemas/apikey.ts';
@@ -27,12 +27,6 @@ type IdempotencyRecord = z.output<typeof IdempotencyRecord>;
 
 export type Claim = { kind: 'claimed'; jobId: string } | { kind: 'replay'; job: JobRecord };
 
-export function checkIdempotencyKey(key: string): void {
-  if (!IDEMPOTENCY_KEY_PATTERN.test(key)) {
-    throw new ValidationError('Idempotency-Key must be 1..255 printable ASCII characters', 'Idempotency-Key');
-  }
-}
-
 /** JSON with object keys sorted at every level, so equal values hash equal. */
 export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
@@ -55,6 +49,27 @@ export class IdempotencyLedger {
     private readonly jobs: JobStore,
     private readonly options: { waitMs?: number; staleMs?: number; log?: (entry: AppLogEntry) => void } = {},
   ) {}
+
+  /**
+   * Gives up the claim for `jobId` after its job could not be created, so that the retry the error
+   * invites is not answered 409 until the claim goes stale. The claim is not deleted but back-dated
+   * (conditionally on its etag, so a claim someone else has since taken over is left alone); the next
+   * request with the key then takes it over as a stale claim, or replays the job if the failed create
+   * landed after all. Best effort: when this fails too, the claim still goes stale on its own.
+   */
+  async release(args: { owner: string; key: string; jobId: string }): Promise<void> {
+    const blobKey = idempotencyRecordKey(args.owner, args.key);
+    try {
+      const object = await this.blobs.get(blobKey);
+      if (!object) return;
+      const existing = readDoc(IdempotencyRecord, object.body, blobKey);
+      if (existing.job_id !== args.jobId) return;
+      const released: IdempotencyRecord = { ...existing, created_at: new Date(0).toISOString() };
+      await this.blobs.replaceIfMatch(blobKey, Buffer.from(JSON.stringify(released)), object.etag, { contentType: 'application/json' });
+    } catch (error) {
+      this.options.log?.({ level: 'warn', msg: 'idempotency claim not released', error: error instanceof Error ? error.message : String(error) });
+    }
+  }
 
   /**
    * Claims `key` for a new job `jobId`, or returns the job an earlier request with the same key

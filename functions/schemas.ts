@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { ResourceId, Timestamp } from '../shared/schemas/common.ts';
-import { GenerationRequest, ModelName } from '../shared/schemas/generation.ts';
+import { GenerationSpec, ModelName } from '../shared/schemas/generation.ts';
 import { JobError, JobStatus, JobUsage } from '../shared/schemas/job.ts';
 
 /**
@@ -52,7 +52,7 @@ export const GenerationView = z
     outputs: z.array(GenerationOutputView),
     error: JobError.nullable(),
     usage: JobUsage,
-    request: GenerationRequest,
+    request: GenerationSpec,
   })
   .openapi('Generation');
 export type GenerationView = z.output<typeof GenerationView>;

@@ -6,15 +6,21 @@ import { ValidationError } from './errors.ts';
  */
 const SEGMENT = /^[A-Za-z0-9_.=+@-]{1,200}$/;
 
+/** Whether `key` follows the blob key rules (what `assertValidKey` checks, as a boolean). */
+export function isValidKey(key: unknown): key is string {
+  return (
+    typeof key === 'string' &&
+    key.length > 0 &&
+    key.length <= 1024 &&
+    key.split('/').every((segment) => SEGMENT.test(segment) && segment !== '.' && segment !== '..')
+  );
+}
+
 export function assertValidKey(key: string, param = 'key'): void {
   if (typeof key !== 'string' || key.length === 0 || key.length > 1024) {
     throw new ValidationError('blob key must be 1..1024 characters', param);
   }
-  for (const segment of key.split('/')) {
-    if (!SEGMENT.test(segment) || segment === '.' || segment === '..') {
-      throw new ValidationError(`invalid blob key: ${JSON.stringify(key)}`, param);
-    }
-  }
+  if (!isValidKey(key)) throw new ValidationError(`invalid blob key: ${JSON.stringify(key)}`, param);
 }
 
 /** Prefixes may be empty or end in `/`; the non-empty part follows the key rules. */

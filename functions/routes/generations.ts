@@ -3,11 +3,11 @@ import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedE
 import { newJobId } from '../../shared/ids.ts';
 import { uploadKey } from '../../shared/keys.ts';
 import type { JobRecord } from '../../shared/schemas/job.ts';
-import { GenerationRequest, type GenerationSpec } from '../../shared/schemas/generation.ts';
+import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
-import { canonicalJson, checkIdempotencyKey, type IdempotencyLedger } from '../idempotency.ts';
+import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../views.ts';
@@ -17,7 +17,7 @@ import { SECURITY, pick } from './common.ts';
 const CANCEL_RETRIES = 30;
 
 const jobHeaders = z.object({
-  'Idempotency-Key': z.string().optional().openapi({
+  'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY_PATTERN, 'must be 1..255 printable ASCII characters').optional().openapi({
     param: { name: 'Idempotency-Key', in: 'header' },
     description: 'Same key and body → the same job (200); same key, other body → 409',
   }),
@@ -51,7 +51,7 @@ const getGeneration = createRoute({
   request: { params: IdParam },
   responses: {
     200: { description: 'The generation', content: { 'application/json': { schema: GenerationView } } },
-    ...pick(400, 401, 404, 409),
+    ...pick(400, 401, 404, 409, 503),
   },
 });
 
@@ -63,7 +63,7 @@ const listGenerations = createRoute({
   request: { query: ListQuery },
   responses: {
     200: { description: 'A page of generations', content: { 'application/json': { schema: GenerationList } } },
-    ...pick(400, 401),
+    ...pick(400, 401, 503),
   },
 });
 
@@ -76,7 +76,7 @@ const cancelGeneration = createRoute({
   request: { params: IdParam },
   responses: {
     200: { description: 'The generation after the cancel', content: { 'application/json': { schema: GenerationView } } },
-    ...pick(400, 401, 404, 409),
+    ...pick(400, 401, 404, 409, 503),
   },
 });
 
@@ -102,44 +102,64 @@ export function registerGenerationRoutes(
     }
   }
 
+  /**
+   * Marks a queued job `failed` with code `enqueue_failed`, which a retry with the same
+   * Idempotency-Key re-queues. Best effort: if the store is down too, the record stays
+   * queued-without-message.
+   */
+  async function markEnqueueFailed(owner: string, id: string): Promise<void> {
+    const now = ctx.clock().toISOString();
+    await jobs
+      .update(owner, id, (cur) =>
+        cur.status === 'queued'
+          ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } }
+          : null,
+      )
+      .catch(() => undefined);
+  }
+
   /** Sends the queue message; if that fails the job is marked failed (never left queued with no message). */
   async function enqueue(job: JobRecord): Promise<void> {
     try {
       await queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
     } catch (cause) {
-      const now = ctx.clock().toISOString();
-      await jobs
-        .update(job.owner, job.id, (cur) =>
-          cur.status === 'queued'
-            ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } }
-            : null,
-        )
-        .catch(() => undefined); // the record stays queued-without-message only if the store is down too
+      await markEnqueueFailed(job.owner, job.id);
       throw new RetryableError('the job queue is unavailable; retry (with the same Idempotency-Key)', { code: 'queue_unavailable', cause });
     }
   }
 
+  /** The request with the deployment's default model filled in when it names none. */
+  async function resolveSpec(request: ParsedGenerationRequest): Promise<GenerationSpec> {
+    if (request.model !== undefined) return { ...request, model: request.model };
+    const fallback = (await deps.models()).find((m) => m.default)?.id;
+    if (fallback === undefined) throw new ValidationError('this deployment has no default model: name one in "model" (GET /v1/models lists them)', 'model');
+    return { ...request, model: fallback };
+  }
+
   app.openapi(createGeneration, async (c) => {
-    const spec = c.req.valid('json');
+    const request = c.req.valid('json');
     const owner = c.get('owner');
     const idempotencyKey = c.req.header('Idempotency-Key');
-    if (idempotencyKey !== undefined) checkIdempotencyKey(idempotencyKey);
+    const spec = await resolveSpec(request);
     await checkSpec(owner, spec);
     const now = ctx.clock();
-    const bodyHash = sha256Hex(canonicalJson(spec));
+    // The body as sent (no default model filled in), so a retry replays its job even if the
+    // deployment's default model changed in between.
+    const bodyHash = sha256Hex(canonicalJson(request));
     let jobId = newJobId(now.getTime());
     if (idempotencyKey !== undefined) {
       const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, jobId, now });
       if (claim.kind === 'replay') {
         let job = claim.job;
         if (job.status === 'failed' && job.error?.code === 'enqueue_failed') {
-          // The earlier attempt got a 503: a retry with the same key re-queues the same job.
-          job = await jobs.update(owner, job.id, (cur) =>
-            cur.status === 'failed' && cur.error?.code === 'enqueue_failed'
-              ? { ...cur, status: 'queued', finished_at: null, error: null }
-              : null,
-          );
-          if (job.status === 'queued') await enqueue(job);
+          // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
+          // concurrent retries only the one whose write made the transition sends the message.
+          let requeued = false;
+          job = await jobs.update(owner, job.id, (cur) => {
+            requeued = cur.status === 'failed' && cur.error?.code === 'enqueue_failed';
+            return requeued ? { ...cur, status: 'queued', finished_at: null, error: null } : null;
+          });
+          if (requeued) await enqueue(job);
         }
         c.header('Location', `/v1/generations/${job.id}`);
         c.header('Idempotent-Replayed', 'true');
@@ -147,7 +167,18 @@ export function registerGenerationRoutes(
       }
       jobId = claim.jobId;
     }
-    const job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash }));
+    let job: JobRecord;
+    try {
+      job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash }));
+    } catch (error) {
+      if (idempotencyKey !== undefined) {
+        // The create may have landed before the error (a timeout): such a job gets marked for the
+        // retry to re-queue. Otherwise the claim is released so that the retry is not a 409.
+        await markEnqueueFailed(owner, jobId);
+        await ctx.ledger.release({ owner, key: idempotencyKey, jobId });
+      }
+      throw error;
+    }
     await enqueue(job);
     c.header('Location', `/v1/generations/${job.id}`);
     return c.json(await view(job), 202);

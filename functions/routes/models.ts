@@ -8,7 +8,7 @@ const listModels = createRoute({
   path: '/v1/models',
   summary: 'The deployed models',
   security: SECURITY,
-  responses: { 200: { description: 'Models', content: { 'application/json': { schema: ModelList } } }, ...pick(401) },
+  responses: { 200: { description: 'Models', content: { 'application/json': { schema: ModelList } } }, ...pick(401, 503) },
 });
 
 const healthz = createRoute({

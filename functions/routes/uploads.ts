@@ -15,7 +15,7 @@ const createUpload = createRoute({
   request: { body: { required: true, content: { 'application/json': { schema: UploadRequest } } } },
   responses: {
     201: { description: 'Where to PUT the file', content: { 'application/json': { schema: UploadView } } },
-    ...pick(400, 401, 413, 415),
+    ...pick(400, 401, 413, 415, 503),
   },
 });
 

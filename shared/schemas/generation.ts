@@ -43,36 +43,63 @@ export const InitSpec = z
 
 export const ModelName = z.string().regex(MODEL_NAME_PATTERN);
 
+const generationFields = {
+  prompt: PromptText.optional(),
+  prompts: z.array(WeightedPrompt).min(1).max(8).optional(),
+  negative_prompt: PromptText.optional(),
+  width: Side,
+  height: Side,
+  steps: z.number().int().min(1).max(MAX_STEPS).default(100),
+  seed: z.number().int().min(0).max(0xffffffff).optional(),
+  n: z.number().int().min(1).max(MAX_IMAGES).default(1),
+  init: InitSpec.default('gmm'),
+  strength: z
+    .number()
+    .min(0)
+    .max(1)
+    .optional()
+    .openapi({ description: 'Noise mixed into an "upload:<id>" init image: 0 keeps the image, 1 replaces it with noise (default 0.6). Only with an upload init.' }),
+};
+
+function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[]; init: string; strength?: number }, ctx: z.RefinementCtx): void {
+  const has = [req.prompt !== undefined, req.prompts !== undefined].filter(Boolean).length;
+  if (has !== 1) {
+    ctx.addIssue({ code: 'custom', path: ['prompt'], message: 'give exactly one of "prompt" or "prompts"' });
+  }
+  if (req.prompts && req.prompts.every((p) => p.weight <= 0)) {
+    ctx.addIssue({ code: 'custom', path: ['prompts'], message: 'at least one prompt weight must be positive' });
+  }
+  if (req.strength !== undefined && !req.init.startsWith('upload:')) {
+    // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
+    ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength applies only to an "upload:<id>" init' });
+  }
+}
+
+/**
+ * What a caller sends. Without `model` the deployment's default model is used (the one
+ * `GET /v1/models` marks `default: true`); the API fills it in before the job is stored.
+ */
 export const GenerationRequest = z
   .object({
-    prompt: PromptText.optional(),
-    prompts: z.array(WeightedPrompt).min(1).max(8).optional(),
-    negative_prompt: PromptText.optional(),
-    width: Side,
-    height: Side,
-    steps: z.number().int().min(1).max(MAX_STEPS).default(100),
-    seed: z.number().int().min(0).max(0xffffffff).optional(),
-    n: z.number().int().min(1).max(MAX_IMAGES).default(1),
-    init: InitSpec.default('gmm'),
-    strength: z.number().min(0).max(1).optional(),
-    model: ModelName.default('toy'),
+    ...generationFields,
+    model: ModelName.optional().openapi({ description: "The model's id from GET /v1/models; default: the one marked default there" }),
   })
   .strict()
-  .superRefine((req, ctx) => {
-    const has = [req.prompt !== undefined, req.prompts !== undefined].filter(Boolean).length;
-    if (has !== 1) {
-      ctx.addIssue({ code: 'custom', path: ['prompt'], message: 'give exactly one of "prompt" or "prompts"' });
-    }
-    if (req.prompts && req.prompts.every((p) => p.weight <= 0)) {
-      ctx.addIssue({ code: 'custom', path: ['prompts'], message: 'at least one prompt weight must be positive' });
-    }
-  })
+  .superRefine(checkGeneration)
   .openapi('GenerationRequest');
 
-/** What the caller sent (defaults optional). */
+/** What a job stores and the worker runs: a request with every default filled in, the model included. */
+export const GenerationSpec = z
+  .object({ ...generationFields, model: ModelName })
+  .strict()
+  .superRefine(checkGeneration)
+  .openapi('GenerationSpec');
+
 export type GenerationRequestInput = z.input<typeof GenerationRequest>;
-/** The normalized spec after parsing (defaults filled in); this is what the job record stores. */
-export type GenerationSpec = z.output<typeof GenerationRequest>;
+/** The request after parsing: defaults filled in except `model`. */
+export type ParsedGenerationRequest = z.output<typeof GenerationRequest>;
+/** The normalized spec (every default filled in); this is what the job record stores. */
+export type GenerationSpec = z.output<typeof GenerationSpec>;
 export type WeightedPrompt = z.output<typeof WeightedPrompt>;
 
 /** The prompts as one weighted list, whichever form the request used. */

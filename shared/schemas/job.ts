@@ -1,6 +1,7 @@
 import { z } from '@hono/zod-openapi';
 import { OwnerId, ResourceId, Timestamp } from './common.ts';
-import { GenerationRequest } from './generation.ts';
+import { GenerationSpec } from './generation.ts';
+import { isValidKey } from '../keys.ts';
 
 export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'canceled'] as const;
 export const JobStatus = z.enum(JOB_STATUSES).openapi('JobStatus');
@@ -13,7 +14,9 @@ export function isTerminal(status: JobStatus): boolean {
 
 export const JobOutput = z
   .object({
-    key: z.string().min(1),
+    // A key the store would refuse to sign makes the record corrupt (409 on GET, skipped in lists),
+    // rather than a 400 on every read of the job and of its owner's whole list.
+    key: z.string().refine(isValidKey, { message: 'must be a valid blob key' }),
     width: z.number().int().positive(),
     height: z.number().int().positive(),
     clip_score: z.number().finite().optional(),
@@ -44,7 +47,7 @@ export const JobRecord = z
     status: JobStatus,
     /** Starts at 1; every successful write bumps it by exactly one. */
     version: z.number().int().min(1),
-    spec: GenerationRequest,
+    spec: GenerationSpec,
     progress: JobProgress,
     created_at: Timestamp,
     started_at: Timestamp.nullable(),
@@ -71,7 +74,7 @@ export type JobError = z.output<typeof JobError>;
 export function newJobRecord(args: {
   id: string;
   owner: string;
-  spec: z.output<typeof GenerationRequest>;
+  spec: GenerationSpec;
   now?: Date;
   idempotencyKey?: string | null;
   bodyHash?: string | null;

@@ -53,6 +53,19 @@ describe('corrupt job documents', () => {
     await expectEnvelope(await h.request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { 'content-type': 'application/json' } }), 409, 'corrupt_record');
   });
 
+  it('an output key the store cannot sign makes that record corrupt: 409 for it, skipped in the list (not a 400 for both)', async () => {
+    const good = await createJob('one');
+    const bad = await createJob('two');
+    const key = BlobJobStore.keyFor('acct_alice', bad);
+    const record = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString()) as Record<string, unknown>;
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...record, status: 'succeeded', outputs: [{ key: 'outputs/acct_alice/x y.png', width: 64, height: 64 }] })));
+    const err = await expectEnvelope(await h.request(`/v1/generations/${bad}`), 409, 'corrupt_record');
+    expect(err.message).not.toContain('x y.png');
+    const list = await h.request('/v1/generations');
+    expect(list.status).toBe(200);
+    expect(((await list.json()) as { data: { id: string }[] }).data.map((j) => j.id)).toEqual([good]);
+  });
+
   it('a document under one owner naming another job is corrupt too (not a retryable 412)', async () => {
     const a = await createJob('one');
     const b = await createJob('two');

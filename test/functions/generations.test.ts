@@ -226,4 +226,111 @@ describe('queue failure', () => {
     expect(await retry.json()).toMatchObject({ id: job.id, status: 'queued', error: null });
     expect(await queued()).toEqual([job.id]);
   });
+
+  it('concurrent retries of a job whose send failed re-queue it once: one message, not one per retry', async () => {
+    let fail = true;
+    const flaky = new Proxy(h.queue, {
+      get(target, prop, receiver) {
+        if (prop === 'send') return async (body: string) => (fail ? Promise.reject(new Error('sqs down')) : target.send(body));
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    const { createApp } = await import('../../functions/app.ts');
+    const app = createApp({ ...h.deps, queue: flaky });
+    const send = () =>
+      app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k2' },
+        body: JSON.stringify({ prompt: 'apple' }),
+      });
+    expect((await send()).status).toBe(503);
+    fail = false;
+    const retries = await Promise.all([send(), send(), send(), send()]);
+    expect(retries.map((r) => r.status)).toEqual([200, 200, 200, 200]);
+    const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+    expect(job.status).toBe('queued');
+    expect(await queued()).toEqual([job.id]);
+  });
+});
+
+describe('job store failure on create', () => {
+  /** The app with a job store whose next `create` fails; `landed` makes it write the record first (a timeout after success). */
+  async function withFailingCreate(landed: boolean) {
+    let failNext = true;
+    const jobs = new Proxy(h.jobs, {
+      get(target, prop, receiver) {
+        if (prop === 'create') {
+          return async (job: Parameters<typeof target.create>[0]) => {
+            if (!failNext) return target.create(job);
+            failNext = false;
+            if (landed) await target.create(job);
+            const { RetryableError } = await import('../../shared/errors.ts');
+            throw new RetryableError('store timed out', { code: 'store_unavailable' });
+          };
+        }
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    const { createApp } = await import('../../functions/app.ts');
+    const app = createApp({ ...h.deps, jobs });
+    return () =>
+      app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k3' },
+        body: JSON.stringify({ prompt: 'apple' }),
+      });
+  }
+
+  it('503, and the retry it invites goes through at once (not 409 while the claim goes stale)', async () => {
+    const send = await withFailingCreate(false);
+    await expectEnvelope(await send(), 503);
+    const t0 = Date.now();
+    const retry = await send();
+    expect(retry.status).toBe(202);
+    expect(Date.now() - t0).toBeLessThan(2000); // the ledger's in-progress wait is 3 s
+    const { id } = (await retry.json()) as { id: string };
+    expect((await h.jobs.listByOwner('acct_alice')).jobs.map((j) => j.id)).toEqual([id]);
+    expect(await queued()).toEqual([id]);
+  });
+
+  it('a create that landed before its error is re-queued by the retry: one job, one message', async () => {
+    const send = await withFailingCreate(true);
+    await expectEnvelope(await send(), 503);
+    const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+    expect(job).toMatchObject({ status: 'failed', error: { code: 'enqueue_failed' } });
+    const retry = await send();
+    expect(retry.status).toBe(200);
+    expect(await retry.json()).toMatchObject({ id: job.id, status: 'queued' });
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(1);
+    expect(await queued()).toEqual([job.id]);
+  });
+});
+
+describe('default model', () => {
+  it("a request without model gets the deployment's default, stored in the job and shown in the view", async () => {
+    const { createApp } = await import('../../functions/app.ts');
+    const app = createApp({ ...h.deps, models: async () => [{ id: 'clipag-vitb32', default: true }, { id: 'toy' }] });
+    const res = await app.request('/v1/generations', {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ prompt: 'a photo of a cat' }),
+    });
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as { id: string; request: { model: string } };
+    expect(body.request.model).toBe('clipag-vitb32');
+    expect((await h.jobs.get('acct_alice', body.id))?.spec.model).toBe('clipag-vitb32');
+  });
+
+  it('400 on model when the deployment marks no default, and nothing is queued', async () => {
+    const { createApp } = await import('../../functions/app.ts');
+    const app = createApp({ ...h.deps, models: async () => [{ id: 'toy' }] });
+    const res = await app.request('/v1/generations', {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ prompt: 'a photo of a cat' }),
+    });
+    const err = await expectEnvelope(res, 400, 'validation_error');
+    expect(err.param).toBe('model');
+    expect(await queued()).toEqual([]);
+  });
 });

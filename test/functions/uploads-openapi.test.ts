@@ -78,7 +78,16 @@ describe('GET /openapi.json', () => {
     expect(doc.components.schemas.ErrorEnvelope.properties).toHaveProperty('error');
     for (const [path, ops] of Object.entries(doc.paths)) {
       if (path === '/healthz') continue;
-      for (const op of Object.values(ops)) expect(op.responses['401'], `${path} documents 401`).toBeDefined();
+      for (const op of Object.values(ops)) {
+        expect(op.responses['401'], `${path} documents 401`).toBeDefined();
+        // Every /v1 route reads the key store (and most the job store), so every one can answer 503.
+        expect(op.responses['503'], `${path} documents 503`).toBeDefined();
+      }
     }
+    // A request without model gets the deployment's default, so the schema must not claim one.
+    expect(doc.components.schemas.GenerationRequest.required ?? []).not.toContain('model');
+    expect(JSON.stringify(doc.components.schemas.GenerationRequest.properties!.model)).not.toContain('"default"');
+    const idem = (doc.paths['/v1/generations'].post as unknown as { parameters: { name: string; schema: { pattern?: string } }[] }).parameters.find((p) => p.name === 'Idempotency-Key');
+    expect(idem?.schema.pattern).toBeDefined();
   });
 });

@@ -4,6 +4,7 @@ import {
   ApiKeyRecord,
   ErrorEnvelope,
   GenerationRequest,
+  GenerationSpec,
   JobRecord,
   encodeQueueMessage,
   newJobRecord,
@@ -25,12 +26,19 @@ describe('GenerationRequest', () => {
       steps: 100,
       n: 1,
       init: 'gmm',
-      model: 'toy',
     });
   });
 
+  it('leaves model unset (the API fills in the deployment default); a stored spec must name one', () => {
+    expect(GenerationRequest.parse({ prompt: 'x' }).model).toBeUndefined();
+    expect(GenerationRequest.parse({ prompt: 'x', model: 'clipag-vitb32' }).model).toBe('clipag-vitb32');
+    expect(GenerationSpec.safeParse({ prompt: 'x' }).success).toBe(false);
+    expect(GenerationSpec.parse({ prompt: 'x', model: 'toy' }).model).toBe('toy');
+  });
+
   it('accepts weighted prompts and every init form', () => {
-    const spec = GenerationRequest.parse({
+    const spec = GenerationSpec.parse({
+      model: 'toy',
       prompts: [
         { text: 'a cat', weight: 1 },
         { text: 'blurry', weight: -0.5 },
@@ -45,7 +53,7 @@ describe('GenerationRequest', () => {
     });
     expect(weightedPrompts(spec)).toHaveLength(2);
     expect(GenerationRequest.parse({ prompt: 'x', init: 'noise' }).init).toBe('noise');
-    expect(weightedPrompts(GenerationRequest.parse({ prompt: 'x' }))).toEqual([{ text: 'x', weight: 1 }]);
+    expect(weightedPrompts(GenerationSpec.parse({ prompt: 'x', model: 'toy' }))).toEqual([{ text: 'x', weight: 1 }]);
   });
 
   it.each([
@@ -65,7 +73,9 @@ describe('GenerationRequest', () => {
     [{ prompt: 'a', init: 'upload:' }, 'init'],
     [{ prompt: 'a', init: 'upload:../x' }, 'init'],
     [{ prompt: 'a', init: 'zeros' }, 'init'],
-    [{ prompt: 'a', strength: 1.5 }, 'strength'],
+    [{ prompt: 'a', init: 'upload:up_1', strength: 1.5 }, 'strength'],
+    [{ prompt: 'a', strength: 0.5 }, 'strength'],
+    [{ prompt: 'a', init: 'noise', strength: 0.5 }, 'strength'],
     [{ prompt: 'a', model: 'Bad Name' }, 'model'],
     [{ prompt: 'a', colour: 'red' }, ''],
     [{ prompts: [{ text: 'a', weight: 0 }] }, 'prompts.0.weight'],
@@ -79,7 +89,7 @@ describe('GenerationRequest', () => {
 });
 
 describe('JobRecord', () => {
-  const spec = GenerationRequest.parse({ prompt: 'a fox', steps: 10 });
+  const spec = GenerationSpec.parse({ prompt: 'a fox', steps: 10, model: 'toy' });
 
   it('newJobRecord makes a valid queued record at version 1', () => {
     const job = newJobRecord({ id: 'j1', owner: 'acme', spec, now: new Date('2025-01-01T00:00:00Z') });

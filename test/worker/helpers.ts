@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
 import { newJobId } from '../../shared/ids.ts';
 import type { BlobStore } from '../../shared/ports.ts';
-import { GenerationRequest, type GenerationRequestInput } from '../../shared/schemas/generation.ts';
+import { GenerationSpec, type GenerationRequestInput } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
 import { localStores as localAdapters } from '../../shared/adapters/stores.ts';
@@ -45,7 +45,7 @@ export type Env = Awaited<ReturnType<typeof makeEnv>>;
 
 /** What the API does for POST /v1/generations: a queued record, then a tiny queue message. */
 export async function submit(env: Pick<Env, 'jobs' | 'queue'>, input: Partial<GenerationRequestInput>): Promise<JobRecord> {
-  const spec = GenerationRequest.parse({ prompt: 'a photo of a cat', width: 64, height: 64, steps: 6, seed: 7, model: 'tiny', ...input });
+  const spec = GenerationSpec.parse({ prompt: 'a photo of a cat', width: 64, height: 64, steps: 6, seed: 7, model: 'tiny', ...input });
   const job = await env.jobs.create(newJobRecord({ id: newJobId(), owner: OWNER, spec }));
   await env.queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
   return job;

@@ -3,7 +3,7 @@ import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { GenerationRequest } from '../../shared/schemas/generation.ts';
+import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { createModelRegistry, scanModelsDir } from '../../gpu-worker/models.ts';
 import { NEGATIVE_PROMPT_WEIGHT, clipScore, seedFor, toSynthRequests } from '../../gpu-worker/worker/synthesizer.ts';
@@ -11,7 +11,7 @@ import { classifyError, jobErrorOf } from '../../gpu-worker/worker/errors.ts';
 import { NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../shared/errors.ts';
 import { makeModelsDir } from './helpers.ts';
 
-const spec = (input: Record<string, unknown>) => GenerationRequest.parse({ prompt: 'a cat', ...input });
+const spec = (input: Record<string, unknown>) => GenerationSpec.parse({ prompt: 'a cat', model: 'toy', ...input });
 
 describe('toSynthRequests', () => {
   it('n requests with seeds seed+i, the negative prompt at −0.5, steps from the spec over the recipe overrides', () => {

@@ -3,7 +3,7 @@ import { ConflictError, NotFoundError, PreconditionFailedError, ValidationError 
 import { newJobId } from '../../../shared/ids.ts';
 import { BlobJobStore } from '../../../shared/jobstore.ts';
 import type { BlobStore } from '../../../shared/ports.ts';
-import { GenerationRequest, isTerminal, newJobRecord, type JobRecord } from '../../../shared/schemas/index.ts';
+import { GenerationSpec, isTerminal, newJobRecord, type JobRecord } from '../../../shared/schemas/index.ts';
 
 export interface JobStoreContractOptions {
   enforcesConditionalWrites: boolean;
@@ -12,7 +12,7 @@ export interface JobStoreContractOptions {
 }
 
 function makeJob(owner: string, nowMs = Date.now()): JobRecord {
-  return newJobRecord({ id: newJobId(nowMs), owner, spec: GenerationRequest.parse({ prompt: 'a red fox', steps: 50 }) });
+  return newJobRecord({ id: newJobId(nowMs), owner, spec: GenerationSpec.parse({ prompt: 'a red fox', steps: 50, model: 'toy' }) });
 }
 
 export function jobStoreContract(
