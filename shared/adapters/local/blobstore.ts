@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
 import { assertValidKey, assertValidPrefix } from '../../keys.ts';
@@ -16,7 +16,7 @@ import type {
 } from '../../ports.ts';
 import { KeyedMutex, withDirLock } from './lock.ts';
 import { buildLocalSignedUrl } from './signing.ts';
-import { writeFileDurable } from './durable.ts';
+import { syncDir, writeFileDurable } from './durable.ts';
 
 export interface LocalBlobStoreOptions {
   /** Everything lives under here: objects/, meta/, tmp/, locks/. */
@@ -92,7 +92,8 @@ export class LocalBlobStore implements BlobStore {
     // No folder fsync here: the temp file's fsync already rules out a zero-length or torn object; a
     // folder fsync per write (it forces a journal commit) made busy job records, rewritten on every
     // progress step, lose most conditional-write races against a cancel on a loaded disk. A rename
-    // lost to a power cut leaves the previous version, which readers handle.
+    // lost to a power cut leaves the previous version, which readers handle. Creates, which have no
+    // previous version, are synced by putIfAbsent after the lock.
   }
 
   /** Stages metadata and body outside the lock; `write` (under the lock) renames them into place. */
@@ -235,9 +236,21 @@ export class LocalBlobStore implements BlobStore {
 
   async putIfAbsent(key: string, body: Uint8Array, options: PutOptions = {}): Promise<{ etag: string }> {
     assertValidKey(key);
-    return this.writeLocked(key, body, options, async () => {
+    const result = await this.writeLocked(key, body, options, async () => {
       if (await this.readObject(key)) throw new PreconditionFailedError(`object already exists: ${key}`);
     });
+    // A create (a job record, an idempotency claim) has no previous version to fall back on, so
+    // unlike a replace it is made durable before the caller answers 202: its folders, and theirs up
+    // to the root (they may be new), are fsynced. Outside the lock, so no conditional race widens.
+    await this.syncFoldersUp(this.metaPath(key));
+    await this.syncFoldersUp(this.objectPath(key));
+    return result;
+  }
+
+  /** fsyncs the folders from `path`'s own up to the store's root. */
+  private async syncFoldersUp(path: string): Promise<void> {
+    for (let dir = dirname(path); dir.startsWith(this.root + sep); dir = dirname(dir)) await syncDir(dir);
+    await syncDir(this.root);
   }
 
   async replaceIfMatch(key: string, body: Uint8Array, etag: string, options: PutOptions = {}): Promise<{ etag: string }> {
