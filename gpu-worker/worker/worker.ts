@@ -68,6 +68,7 @@ export type WorkerEvent =
   | { type: 'lease_stopped'; messageId: string; reason: 'deadline' }
   | { type: 'acked'; messageId: string; reason: string }
   | { type: 'released'; messageId: string; reason: string }
+  | { type: 'requeued'; messageId: string; reason: string }
   | { type: 'dead_lettered'; messageId: string; reason: string }
   | { type: 'job_finished'; jobId: string; outcome: JobOutcome; stepsDone?: number; error?: { code: string; message: string } }
   | { type: 'poll_error'; error: unknown };
@@ -158,6 +159,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     /** No extension at or after this clock time (the job's deadline plus one visibility timeout). */
     let stopExtendingAt = Infinity;
     const everyMs = (visibilitySec * 1000) / 2;
+    /** Consecutive failed extends: the next try comes sooner, well inside what is left of the timeout. */
+    let failures = 0;
     const tick = () => {
       if (clock.now() >= stopExtendingAt) {
         // The run ignored its timeout abort: let the lease lapse instead of holding the message for
@@ -169,7 +172,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       inflight = queue
         .extendVisibility(m.receipt, visibilitySec)
-        .then(() => emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec }))
+        .then(() => {
+          failures = 0;
+          emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec });
+        })
         .catch((error) => {
           if (!held) return;
           if (error instanceof PreconditionFailedError) {
@@ -178,12 +184,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
             held = false;
             onLost();
           } else {
-            log.warn('heartbeat failed; retrying at the next beat', { messageId: m.messageId, error: describe(error) });
+            failures++;
+            log.warn('heartbeat failed; retrying soon', { messageId: m.messageId, failures, error: describe(error) });
           }
         })
         .finally(() => {
           inflight = undefined;
-          if (held) timer = setTimeout(tick, everyMs);
+          // After a failure the last good extend is already half a timeout old: retry after 1/16,
+          // 1/8, … of the timeout (at most a quarter), not a whole beat later at the expiry.
+          const delay = failures === 0 ? everyMs : Math.min(everyMs / 2, (everyMs / 8) * 2 ** (failures - 1));
+          if (held) timer = setTimeout(tick, delay);
         });
     };
     timer = setTimeout(tick, everyMs);
@@ -222,6 +232,25 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     } catch (error) {
       log.warn('release failed; the message returns when its visibility timeout passes', { messageId: m.messageId, reason, error: describe(error) });
     }
+  }
+
+  /**
+   * Gives a message back without spending a delivery: a drain (scale-in, deploy, Spot reclaim,
+   * Ctrl-C) is not an attempt, but a plain release would count towards the redrive limit, so three
+   * clean stops would dead-letter a healthy job. A fresh copy is sent, then this delivery is acked
+   * (a crash in between duplicates the message; the lease and the record checks make that harmless).
+   * If the send fails the message is released instead, which spends a delivery but loses nothing.
+   */
+  async function requeue(m: ReceivedMessage, reason: string): Promise<void> {
+    try {
+      await queue.send(m.body);
+    } catch (error) {
+      log.warn('requeue send failed; releasing instead (this delivery counts)', { messageId: m.messageId, reason, error: describe(error) });
+      await release(m, reason);
+      return;
+    }
+    emit({ type: 'requeued', messageId: m.messageId, reason });
+    await ack(m, `requeued:${reason}`);
   }
 
   /** Copy to the DLQ, then ack (a crash in between duplicates a dead letter, never loses one).
@@ -413,7 +442,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // Drain: the next worker redoes the job from the start (the seed makes it the same image).
         await markQueued(msg, attempt);
         await lease.release();
-        await release(m, 'drain');
+        await requeue(m, 'drain');
         return finish(msg, 'requeued', { stepsDone: outcome.stepsDone });
       }
       // Not aborted: the run completed (an abort that landed after the last step changes nothing).
@@ -612,8 +641,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       for (const m of messages) {
         if (stopping) {
-          // Received while stopping: give it straight back.
-          await release(m, 'drain');
+          // Received while stopping: give it straight back, without spending a delivery.
+          await requeue(m, 'drain');
           continue;
         }
         setState('running');

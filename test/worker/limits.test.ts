@@ -4,6 +4,7 @@
 // local adapters. Time is a test clock (real time + an offset the test moves), never a sleep.
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlobJobStore } from '../../shared/jobstore.ts';
+import { RetryableError } from '../../shared/errors.ts';
 import { createWorker, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { SynthesisJob, SynthesisOutcome, SynthesisRunOptions, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import { classifyError, jobErrorOf, redactPaths } from '../../gpu-worker/worker/errors.ts';
@@ -124,6 +125,79 @@ describe('job time limit', () => {
     expect(parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: '90' }).jobTimeoutSec).toBe(90);
     expect(() => parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: '0' })).toThrow(/CLIPAG_JOB_TIMEOUT_SEC/);
     expect(() => parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: String(8 * 24 * 3600) })).toThrow(/CLIPAG_JOB_TIMEOUT_SEC/);
+  });
+});
+
+describe('drain and lease', () => {
+  /** Reports a step, then runs until aborted (a drain). */
+  const hanging: Synthesizer = {
+    async run(_job, { signal, onProgress } = {}) {
+      onProgress?.({ step: 1, total: 6, image: 0 });
+      await untilAborted(signal);
+      return outcome(1, true, 6);
+    },
+  };
+
+  it('drains do not spend the retry budget: after three clean stops the job still runs and succeeds', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    for (let i = 0; i < 3; i++) {
+      const w = start(env, hanging);
+      await waitForStatus(env, job.id, ['running']);
+      await w.worker.stop();
+      expect(w.events).toContainEqual(expect.objectContaining({ type: 'requeued', reason: 'drain' }));
+      expect(w.events.some((e) => e.type === 'released')).toBe(false);
+      expect((await env.jobs.get(OWNER, job.id))!.status).toBe('queued');
+    }
+    const w = start(env, { run: async () => outcome(6, false) });
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect([done.status, done.attempts, done.error]).toEqual(['succeeded', 4, null]);
+    // The fourth worker got a fresh copy, first delivery: nothing counted the drains.
+    expect(w.events.find((e) => e.type === 'received')).toMatchObject({ receiveCount: 1 });
+  });
+
+  it('a failed heartbeat is retried well inside the visibility timeout: no redelivery, the run goes on', async () => {
+    const env = await makeEnv();
+    let failures = 1;
+    const queue = new Proxy(env.queue, {
+      get(target, prop, receiver) {
+        if (prop === 'extendVisibility') {
+          return async (receipt: string, sec: number) => {
+            if (failures > 0) {
+              failures--;
+              await new Promise((r) => setTimeout(r, 600)); // a timed-out SQS call
+              throw new RetryableError('injected: ChangeMessageVisibility timed out');
+            }
+            return target.extendVisibility(receipt, sec);
+          };
+        }
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    const synthesizer: Synthesizer = {
+      async run(_job, { signal, onProgress } = {}) {
+        for (let s = 1; s <= 25; s++) {
+          if (signal?.aborted) return outcome(s - 1, true, 25);
+          onProgress?.({ step: s, total: 25, image: 0 });
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        return outcome(25, false);
+      },
+    };
+    const job = await submit(env, { steps: 6 });
+    const w = start({ ...env, queue }, synthesizer, { visibilityTimeoutSec: 2 });
+    await waitForStatus(env, job.id, ['running']);
+    // A second consumer polls the same queue for the whole 5 s run (2.5 × the timeout).
+    let stolen = 0;
+    const t0 = Date.now();
+    while ((await env.jobs.get(OWNER, job.id))!.status === 'running' && Date.now() - t0 < 20_000) {
+      stolen += (await env.queue.receive({ waitSec: 0 })).length;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(stolen).toBe(0);
+    expect(w.logs).toContainEqual(expect.objectContaining({ msg: 'heartbeat failed; retrying soon' }));
+    const done = (await env.jobs.get(OWNER, job.id))!;
+    expect([done.status, done.attempts]).toEqual(['succeeded', 1]);
   });
 });
 

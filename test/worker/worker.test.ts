@@ -255,7 +255,7 @@ describe('gpu-worker queue worker', () => {
     expect(rec!.attempts).toBe(1);
   });
 
-  it('stop() drains: aborts at a step boundary, requeues the job, releases the message; idempotent', async () => {
+  it('stop() drains: aborts at a step boundary, requeues the job and its message; idempotent', async () => {
     const env = await makeEnv();
     const job = await submit(env, { steps: 500, init: 'noise' });
     const w = start(env, { recipe: { globalViews: 16, patchViews: 16, frameEvery: 0 } });
@@ -273,12 +273,13 @@ describe('gpu-worker queue worker', () => {
     const fin = await finishedOf(w.events, job.id);
     expect(fin.outcome).toBe('requeued');
     expect(fin.stepsDone).toBeLessThan(500);
-    expect(w.events.find((e) => e.type === 'released')).toMatchObject({ reason: 'drain' });
+    expect(w.events.find((e) => e.type === 'requeued')).toMatchObject({ reason: 'drain' });
     const rec = (await env.jobs.get(OWNER, job.id))!;
     expect([rec.status, rec.attempts, rec.progress.step]).toEqual(['queued', 1, 0]);
-    // Released, not left to time out: visible again at once, with its receive count kept.
+    // Given back, not left to time out: visible again at once, as a fresh copy whose first delivery
+    // this is (a drain is not an attempt; the record's `attempts` still counts the start).
     const again = await env.queue.receive({ waitSec: 0 });
-    expect(again.map((m) => m.receiveCount)).toEqual([2]);
+    expect(again.map((m) => [m.receiveCount, JSON.parse(m.body).job_id])).toEqual([[1, job.id]]);
     // Nothing more happens after stop.
     const n = w.events.length;
     await new Promise((r) => setTimeout(r, 300));
