@@ -1,12 +1,13 @@
 // ClipEngine on a bundle: embeddings match the reference, bad bundles fail with typed errors,
 // the CLI verbs embed and gradcheck work end to end.
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { checkRecipeDefaults, loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import { readSafetensors, writeSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
 import { DEFAULT_RECIPE } from '../../gpu-worker/engine/synth/recipe.ts';
 import { validateRequest } from '../../gpu-worker/engine/synth/synthesize.ts';
 import { main } from '../../cli/main.ts';
@@ -104,6 +105,45 @@ describe('bundle validation', () => {
     expect(() => checkRecipeDefaults({ patchView: 0 })).toThrow(/recipe: .*Unrecognized key.*patchView/);
     expect(() => checkRecipeDefaults({ translation: 0.9 })).toThrow(/translation must be in \[0, 0.5\]/);
     expect(checkRecipeDefaults({ flip: true, resize: [0.9, 1.1] })).toEqual({ flip: true, resize: [0.9, 1.1] });
+  });
+  it('file names must be plain paths inside the bundle, and regular files (checksum keys included)', async () => {
+    const edited = (name: string, edit: (m: Record<string, unknown>) => void) =>
+      variant(name, (d) => {
+        const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+        edit(m);
+        writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+      });
+    for (const [name, weights] of [['dot', '.'], ['dotdir', './weights.safetensors'], ['up', 'a/../weights.safetensors'], ['abs', '/etc/passwd']]) {
+      const err = await loadBundle(edited(`path-${name}`, (m) => (m.weights = weights))).catch((e) => e);
+      expect([err.code, err.message]).toEqual(['invalid_model', expect.stringMatching(/must be a plain relative path inside the bundle/)]);
+    }
+    // A checksum entry naming a file outside the bundle would hash it (and print part of the hash).
+    const outside = await loadBundle(edited('path-sum', (m) => (m.sha256 = { '../../../../etc/hostname': '0'.repeat(64) }))).catch((e) => e);
+    expect([outside.code, outside.message]).toEqual(['invalid_model', expect.stringMatching(/etc\/hostname.*must be a plain relative path/)]);
+  });
+  it('a folder where a file should be is refused as such, not a raw EISDIR', async () => {
+    const dir = variant('folder-weights', (d) => {
+      const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+      mkdirSync(join(d, 'w'));
+      m.weights = 'w';
+      writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+    });
+    const err = await loadBundle(dir).catch((e) => e);
+    expect([err.code, err.message]).toEqual(['invalid_model', expect.stringMatching(/weights file w .* is not a regular file/)]);
+  });
+  it('non-finite weights and absurd normalization statistics are refused at load, naming what is wrong', async () => {
+    const nan = variant('nan-weight', () => undefined);
+    const st = readSafetensors(join(nan, 'weights.safetensors'));
+    (st.tensors.get('visual.conv1.weight')!.data as Float32Array)[5] = Number.NaN;
+    await writeSafetensors(join(nan, 'weights.safetensors'), st.tensors);
+    const err = await loadBundle(nan, { verifyChecksums: false }).catch((e) => e);
+    expect([err.code, err.message]).toEqual(['invalid_weights', expect.stringMatching(/tensor visual\.conv1\.weight holds a non-finite value .* at element 5/)]);
+    const std = variant('bad-std', (d) => {
+      const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+      m.preprocess.std = [1e-300, 0.26, 0.27];
+      writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+    });
+    await expect(loadBundle(std)).rejects.toThrow(/preprocess\.std\.0/);
   });
   it('a corrupt checksum', async () => {
     const dir = variant('badsum', (d) => {
