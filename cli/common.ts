@@ -1,5 +1,5 @@
 // Options shared by the verbs.
-import { existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -17,7 +17,33 @@ export function modelDir(arg: string | undefined): string {
 
 export function intArg(value: string | undefined, name: string, def: number, min: number, max: number): number {
   if (value === undefined) return def;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw new EngineError('invalid_input', `--${name} must be an integer in [${min}, ${max}], got "${value}"`);
+  // Decimal digits only: Number() would also take "", " ", "0x10" and "1e3".
+  const n = /^-?\d+$/.test(value) ? Number(value) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new EngineError('invalid_input', `--${name} must be an integer in [${min}, ${max}], got "${value}"`);
   return n;
+}
+
+/** A finite number in [min, max] from a flag, or `def` when the flag is absent. */
+export function numberArg(value: string | undefined, name: string, def: number | undefined, min: number, max: number): number | undefined {
+  if (value === undefined) return def;
+  const n = /^\s*$/.test(value) ? Number.NaN : Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) throw new EngineError('invalid_input', `--${name} must be a number in [${min}, ${max}], got "${value}"`);
+  return n;
+}
+
+/**
+ * Resolves an output file and checks, before any work, that it can be written: its folder exists
+ * and is writable, and the path is not a folder. A long run must not end in a bare ENOENT.
+ */
+export function outputFile(path: string, flag: string): string {
+  const out = resolve(path);
+  if (existsSync(out) && statSync(out).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out} is a folder; give a file name`);
+  const dir = dirname(out);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out}: the folder ${dir} does not exist`);
+  try {
+    accessSync(dir, constants.W_OK);
+  } catch {
+    throw new EngineError('invalid_input', `${flag} ${out}: the folder ${dir} is not writable`);
+  }
+  return out;
 }

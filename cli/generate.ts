@@ -1,6 +1,6 @@
 // clipag generate: prompt in, PNG out.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
@@ -8,7 +8,7 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
-import { intArg, modelDir } from './common.ts';
+import { intArg, modelDir, numberArg, outputFile } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
 export const usage = `usage: clipag generate "PROMPT" [options]
@@ -62,10 +62,25 @@ export async function run(argv: string[]): Promise<number> {
     strict: true,
   });
   if (positionals.length !== 1) throw new EngineError('invalid_input', 'give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
+  // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.
+  const out = outputFile(values.out ?? 'out.png', '-o');
+  const imageInit = values.init !== undefined && values.init !== 'gmm' && values.init !== 'noise';
+  if (!imageInit && values.strength !== undefined) throw new EngineError('invalid_input', '--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
+  if (!imageInit && values['content-weight'] !== undefined) throw new EngineError('invalid_input', '--content-weight needs an init image (--init PATH.png) to pull toward');
+  const strengthArg = numberArg(values.strength, 'strength', undefined, 0, 1);
+  const contentWeightArg = numberArg(values['content-weight'], 'content-weight', undefined, 0, 1e6);
+  const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);
+  const steps = intArg(values.steps, 'steps', 100, 1, 1000);
+  if (values.frames) {
+    try {
+      mkdirSync(values.frames, { recursive: true });
+    } catch (e) {
+      throw new EngineError('invalid_input', `--frames ${values.frames}: cannot make the folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+  }
   const engine = await ClipEngine.open(modelDir(values.model));
   try {
     const [width, height] = parseSize(values.size, engine.imageSize);
-    const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);
     let init: InitSpec = { kind: 'gmm' };
     const initArg = values.init ?? (engine.bundle.priorPath ? 'gmm' : 'noise');
     if (initArg === 'noise') init = { kind: 'noise' };
@@ -76,29 +91,31 @@ export async function run(argv: string[]): Promise<number> {
       } catch (e) {
         throw new EngineError('invalid_input', `cannot read init image ${initArg}: ${(e as Error).message}`);
       }
-      const strength = values.strength === undefined ? (values.style ? 0 : 0.6) : Number(values.strength);
+      const strength = strengthArg ?? (values.style ? 0 : 0.6);
       init = { kind: 'image', image: decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES }), strength };
     }
     if (values.style && init.kind !== 'image') throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
-    let recipe: Partial<Recipe> = { ...(values.style ? STYLE_RECIPE : {}), steps: intArg(values.steps, 'steps', 100, 1, 1000) };
+    let recipe: Partial<Recipe> = { ...(values.style ? STYLE_RECIPE : {}), steps };
     if (values.views) {
       const m = /^(\d+),(\d+)$/.exec(values.views);
       if (!m) throw new EngineError('invalid_input', `--views must look like 32,32, got "${values.views}"`);
       recipe = { ...recipe, globalViews: Number(m[1]), patchViews: Number(m[2]) };
     }
-    if (values.frames) mkdirSync(values.frames, { recursive: true });
     const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -0.5 }))];
     if (!values.json) process.stderr.write(`clipag: "${positionals[0]}" ${width}x${height} with ${engine.name}, seed ${seed}\n`);
     const res = await synthesize(
       engine,
-      { prompts, width, height, seed, init, recipe, contentWeight: values['content-weight'] ? Number(values['content-weight']) : values.style ? STYLE_CONTENT_WEIGHT : undefined },
+      { prompts, width, height, seed, init, recipe, contentWeight: contentWeightArg ?? (values.style ? STYLE_CONTENT_WEIGHT : undefined) },
       {
         onProgress: progressPrinter(Boolean(process.stderr.isTTY) && !values.json),
         onFrame: values.frames ? (f) => writeFileSync(join(values.frames!, `frame-${String(f.step).padStart(4, '0')}.png`), f.png) : undefined,
       },
     );
-    const out = resolve(values.out ?? 'out.png');
-    writeFileSync(out, res.png);
+    try {
+      writeFileSync(out, res.png);
+    } catch (e) {
+      throw new EngineError('invalid_input', `cannot write ${out}: ${(e as Error).message}`);
+    }
     const summaryJson = {
       output: out, model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
       width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,

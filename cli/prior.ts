@@ -5,18 +5,19 @@ import { basename, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { fitPriorFromFolder, writePriorAtomic, type PriorFitMode } from '../gpu-worker/engine/import/prior-fit.ts';
-import { intArg } from './common.ts';
+import { intArg, outputFile } from './common.ts';
 
 export const summary = 'fit a GMM initialization prior from an image folder';
 
-const FIT_USAGE = `usage: clipag prior fit IMAGES -o prior.safetensors [--per-folder | --clusters K] [--fp16] [--seed S] [--source TEXT] [--json]
+const FIT_USAGE = `usage: clipag prior fit IMAGES -o prior.safetensors [--per-folder | --clusters K] [--fp16] [--seed S] [--source TEXT] [--force] [--json]
 
 Streams every image under IMAGES (recursively), downscales it to 16×16 and fits Gaussians with full
 covariance + 1e-4·I: one over all images (default), one per sub-folder of IMAGES (--per-folder, one
 folder per class as the CLIPAG authors did with Tiny-ImageNet), or one per k-means cluster of the
 16×16 images (--clusters K, seeded by --seed). Means and Cholesky factors are stored as F32, or the
 factors as F16 with --fp16. Corrupt, non-PNG or non-image files are skipped with a warning and
-counted; a folder without usable images is an error and writes nothing.`;
+counted; a folder without usable images is an error and writes nothing. An existing -o file is
+replaced only with --force.`;
 
 export const usage = `usage: clipag prior <subcommand> [options]
 
@@ -47,7 +48,7 @@ async function runFit(argv: string[]): Promise<number> {
   if (positionals.length !== 1) throw new EngineError('invalid_input', `prior fit takes one IMAGES folder, got ${positionals.length}\n\n${FIT_USAGE}`);
   if (!values.out) throw new EngineError('invalid_input', 'prior fit needs -o prior.safetensors');
   if (values['per-folder'] && values.clusters !== undefined) throw new EngineError('invalid_input', 'use either --per-folder or --clusters K, not both');
-  const out = resolve(values.out);
+  const out = outputFile(values.out, '-o');
   if (existsSync(out) && !values.force) throw new EngineError('invalid_input', `${out} already exists; choose another -o or pass --force to replace it`);
   const mode: PriorFitMode = values['per-folder'] ? { kind: 'per-folder' } : values.clusters !== undefined ? { kind: 'clusters', k: intArg(values.clusters, 'clusters', 1, 1, 10_000) } : { kind: 'single' };
   const tty = Boolean(process.stderr.isTTY) && !values.json;

@@ -92,3 +92,43 @@ describe('prior fit → generate --init gmm', () => {
     expect(Math.abs(meanN(2) - meanN(0))).toBeLessThan(0.15);
   });
 });
+
+describe('generate checks its flags and output before any work', () => {
+  async function runCliErr(argv: string[]): Promise<{ code: number; stderr: string }> {
+    const chunks: string[] = [];
+    const err = vi.spyOn(process.stderr, 'write').mockImplementation((c) => {
+      chunks.push(String(c));
+      return true;
+    });
+    const error = vi.spyOn(console, 'error').mockImplementation((...a) => void chunks.push(a.join(' ')));
+    try {
+      return { code: await main(argv), stderr: chunks.join('') };
+    } finally {
+      err.mockRestore();
+      error.mockRestore();
+    }
+  }
+
+  it.each([
+    [['-o', '/nonexistent-clipag/dir/x.png'], /folder \/nonexistent-clipag\/dir does not exist/],
+    [['-o', tmpdir()], /is a folder; give a file name/],
+    [['--strength', '0.5'], /--strength needs an init image/],
+    [['--init', 'noise', '--content-weight', '3'], /--content-weight needs an init image/],
+    [['--seed', '0x10'], /--seed must be an integer .* got "0x10"/],
+    [['--seed', ''], /--seed must be an integer .* got ""/],
+  ])('%j → a clear error, exit ≠ 0, before the model is opened', async (args, message) => {
+    // A model path that does not exist: reaching the model would give another error.
+    const { code, stderr } = await runCliErr(['generate', 'a red circle', '--model', '/nonexistent-clipag/model', ...args]);
+    expect(code).not.toBe(0);
+    expect(stderr).toMatch(message);
+    expect(stderr).not.toMatch(/model bundle/);
+  });
+
+  it('--frames naming an existing file is refused with the path, not a raw EEXIST', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'clipag-frames-')), 'taken');
+    writeFileSync(file, 'x');
+    const { code, stderr } = await runCliErr(['generate', 'a red circle', '--model', '/nonexistent-clipag/model', '--frames', file, '-o', join(tmpdir(), 'x.png')]);
+    expect(code).not.toBe(0);
+    expect(stderr).toMatch(/--frames .*taken: cannot make the folder \(EEXIST\)/);
+  });
+});
