@@ -102,7 +102,11 @@ export async function run(argv: string[]): Promise<number> {
       recipe = { ...recipe, globalViews: Number(m[1]), patchViews: Number(m[2]) };
     }
     const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -0.5 }))];
-    if (!values.json) process.stderr.write(`clipag: "${positionals[0]}" ${width}x${height} with ${engine.name}, seed ${seed}\n`);
+    if (!values.json) {
+      process.stderr.write(`clipag: "${positionals[0]}" ${width}x${height} with ${engine.name}, seed ${seed}\n`);
+      // Before the run: a prompt the model cannot read is worth knowing before waiting for it.
+      for (const w of engine.promptWarnings(prompts.map((p) => p.text))) process.stderr.write(`warning: ${w}\n`);
+    }
     const res = await synthesize(
       engine,
       { prompts, width, height, seed, init, recipe, contentWeight: contentWeightArg ?? (values.style ? STYLE_CONTENT_WEIGHT : undefined) },
@@ -119,7 +123,7 @@ export async function run(argv: string[]): Promise<number> {
     const summaryJson = {
       output: out, model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
       width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,
-      scores: res.scores, initial_scores: res.initialScores,
+      scores: res.scores, initial_scores: res.initialScores, warnings: res.warnings,
       usage: { encoder_passes: res.usage.encoderPasses, encoder_backward_passes: res.usage.encoderBackwardPasses, timings_ms: res.usage.timingsMs },
     };
     if (values.json) console.log(JSON.stringify(summaryJson));

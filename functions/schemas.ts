@@ -52,6 +52,9 @@ export const GenerationView = z
     outputs: z.array(GenerationOutputView),
     error: JobError.nullable(),
     usage: JobUsage,
+    warnings: z.array(z.string()).openapi({
+      description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
+    }),
     request: GenerationSpec,
   })
   .openapi('Generation');

@@ -27,6 +27,7 @@ export async function generationView(job: JobRecord, blobs: BlobStore, ttlSec: n
     outputs,
     error: job.error,
     usage: job.usage,
+    warnings: job.warnings ?? [],
     request: job.spec,
   };
 }

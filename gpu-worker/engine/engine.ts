@@ -111,6 +111,25 @@ export class ClipEngine {
     return p;
   }
 
+  /**
+   * What this model cannot read of the prompts, in words a caller can act on: words outside its
+   * vocabulary (they become the unknown token) and prompts cut at its context length. Encoding does
+   * both silently, as CLIP does, so this is how a user learns why "a cat" draws nothing cat-like.
+   */
+  promptWarnings(texts: readonly string[]): string[] {
+    const L = this.bundle.arch.contextLength;
+    const warnings: string[] = [];
+    for (const text of texts) {
+      const r = this.tokenizer.inspect(text, L);
+      if (r.unknownWords.length > 0) {
+        const words = r.unknownWords.slice(0, 10).map((w) => JSON.stringify(w)).join(', ') + (r.unknownWords.length > 10 ? ', …' : '');
+        warnings.push(`${JSON.stringify(text)}: model ${this.name} does not know ${r.unknownWords.length === 1 ? 'the word' : 'the words'} ${words}, so it cannot draw ${r.unknownWords.length === 1 ? 'it' : 'them'}`);
+      }
+      if (r.truncated) warnings.push(`${JSON.stringify(text)}: ${r.tokens} tokens, more than model ${this.name}'s context of ${L}; it reads only the first ${L - 2}`);
+    }
+    return warnings;
+  }
+
   /** Unit-normalized text embeddings [n, E] and the raw features. */
   async embedText(texts: readonly string[]): Promise<{ unit: Float32Array; raw: Float32Array }> {
     if (texts.length === 0) throw new EngineError('invalid_input', 'embedText needs at least one text');

@@ -54,6 +54,8 @@ export interface SynthesisOutcome {
   totalSteps: number;
   encoderPasses: number;
   timingsMs: { total: number; sessionRun: number };
+  /** What the model cannot read of the prompts (unknown words, truncation), for the job record. */
+  warnings?: string[];
 }
 
 export interface SynthesisRunOptions {
@@ -155,6 +157,7 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
           signal,
           onProgress: (p) => onProgress?.({ step: outcome.stepsDone + p.step, total: totalSteps, image: i }),
         });
+        outcome.warnings ??= res.warnings; // the same prompts for every image
         outcome.stepsDone += res.stepsDone;
         outcome.encoderPasses += res.usage.encoderPasses;
         outcome.timingsMs.total += res.usage.timingsMs.total;

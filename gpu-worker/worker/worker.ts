@@ -3,7 +3,7 @@
 
 import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
-import { isTerminal, type JobOutput, type JobRecord } from '../../shared/schemas/job.ts';
+import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord } from '../../shared/schemas/job.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
 import type { ModelRegistry } from '../models.ts';
 import { classifyError, describe, jobErrorOf } from './errors.ts';
@@ -465,7 +465,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // A finished run wins over a cancel that arrived after the last step; a job already terminal stays so.
         if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
         wrote = true;
-        return { ...cur, status: 'succeeded', finished_at: iso(), progress: { step: total, total }, outputs, usage, error: null };
+        return {
+          ...cur, status: 'succeeded', finished_at: iso(), progress: { step: total, total }, outputs, usage, error: null,
+          ...(outcome.warnings?.length ? { warnings: outcome.warnings.slice(0, MAX_JOB_WARNINGS).map((w) => w.slice(0, MAX_JOB_WARNING_CHARS)) } : {}),
+        };
       });
       await lease.release();
       await ack(m, wrote ? 'succeeded' : `already_${done.status}`);

@@ -40,6 +40,9 @@ export const JobProgress = z
   .refine((p) => p.step <= p.total, { message: 'step must not exceed total' });
 
 /** The job record: one JSON document per job in the blob store (see docs/adr/0002). */
+export const MAX_JOB_WARNINGS = 20;
+export const MAX_JOB_WARNING_CHARS = 1000;
+
 export const JobRecord = z
   .object({
     id: ResourceId,
@@ -59,6 +62,8 @@ export const JobRecord = z
     /** How many times a worker has started this job (redeliveries included). */
     attempts: z.number().int().nonnegative(),
     idempotency_key: z.string().min(1).max(255).nullable(),
+    /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
+    warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })

@@ -111,6 +111,13 @@ describe('reference vectors (official clip.tokenize with real ftfy)', () => {
   });
 });
 
+describe('inspect on byte-level BPE', () => {
+  it('has no unknown words (every byte has a token); only truncation is reported', () => {
+    expect(tok.inspect('zzqx blorf 赤い円 🙂', 77)).toMatchObject({ unknownWords: [], truncated: false });
+    expect(tok.inspect(Array(80).fill('red').join(' '), 77)).toEqual({ tokens: 82, unknownWords: [], truncated: true });
+  });
+});
+
 describe('errors and options', () => {
   it('empty or whitespace-only prompts are invalid_input by default', () => {
     for (const t of ['', '   ', '\n\t \n', '\u0000\u0007']) expectEngineError(() => tok.encode(t), 'invalid_input', 'empty');
@@ -182,6 +189,14 @@ describe('WordLevel tokenizer.json through the same class', () => {
     expect(Array.from(b.ids)).toEqual([5, 2, 6, 0, 0, 5, 3, 4, 2, 6]);
     expect(Array.from(b.eotIndex)).toEqual([2, 4]);
     expectEngineError(() => wl.encode('a a a a a', { contextLength: 5, truncate: false }), 'invalid_input', '7 tokens');
+  });
+
+  it('inspect names the words the vocabulary does not know (once each, in order) and flags truncation', () => {
+    const wl = TextTokenizer.fromJson(wordLevel, { sotToken: '<sot>', eotToken: '<eot>' });
+    expect(wl.inspect('a Blue circle, a blue square', 8)).toEqual({ tokens: 8, unknownWords: ['blue', 'circle,', 'square'], truncated: false });
+    expect(wl.inspect('a red circle', 8)).toEqual({ tokens: 5, unknownWords: [], truncated: false });
+    expect(wl.inspect('a a a a a a a', 8)).toEqual({ tokens: 9, unknownWords: [], truncated: true });
+    expect(wl.inspect('', 8)).toEqual({ tokens: 2, unknownWords: [], truncated: false });
   });
 
   it('default CLIP special names are required unless configured', () => {

@@ -21,6 +21,11 @@ async function queued(): Promise<string[]> {
 }
 
 describe('POST → GET → list → cancel', () => {
+  it('a job the worker has not finished shows warnings: [] (the field is always there)', async () => {
+    const res = await post({ prompt: 'apple' });
+    expect(((await res.json()) as { warnings: unknown }).warnings).toEqual([]);
+  });
+
   it('queues a job: 202, Location, record written, small message sent', async () => {
     const res = await post({ prompt: 'a red apple', steps: 20, seed: 7 });
     expect(res.status).toBe(202);
@@ -69,6 +74,7 @@ describe('POST → GET → list → cancel', () => {
       progress: { step: cur.progress.total, total: cur.progress.total },
       outputs: [0, 1].map((i) => ({ key: `outputs/acct_alice/${id}/${i}.png`, width: 224, height: 224, clip_score: 0.31 })),
       usage: { encoder_passes: 6400, worker_seconds: 12.5 },
+      warnings: ['"apple": model toy does not know the word "apple", so it cannot draw it'],
     }));
     const before = Date.now();
     const body = (await (await h.request(`/v1/generations/${id}`)).json()) as {
@@ -76,8 +82,10 @@ describe('POST → GET → list → cancel', () => {
       outputs: { index: number; url: string; expires_at: string }[];
       usage: unknown;
       progress: unknown;
+      warnings: string[];
     };
     expect(body.status).toBe('succeeded');
+    expect(body.warnings).toEqual(['"apple": model toy does not know the word "apple", so it cannot draw it']);
     expect(body.usage).toEqual({ encoder_passes: 6400, worker_seconds: 12.5 });
     expect(body.progress).toEqual({ step: 200, total: 200 }); // steps over all n = 2 images
     expect(body.outputs).toHaveLength(2);

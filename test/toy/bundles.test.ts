@@ -57,6 +57,18 @@ describe('shipped toy bundles', () => {
     }
   });
 
+  it("the default model names the words of a prompt it cannot read (its vocabulary is the world's grammar)", async () => {
+    const engine = await ClipEngine.open(join(REPO_ROOT, 'models', 'toy'), { threads: 1 });
+    try {
+      expect(engine.promptWarnings(['a large red circle on the left', 'small blue star, top'])).toEqual([]);
+      expect(engine.promptWarnings(['a purple cat on a sofa'])).toEqual([
+        '"a purple cat on a sofa": model toy does not know the words "cat", "sofa", so it cannot draw them',
+      ]);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it('each bundle is ≤ 10 MB', () => {
     for (const name of ['toy', 'toy-plain', 'toy-judge']) {
       const dir = join(REPO_ROOT, 'models', name);

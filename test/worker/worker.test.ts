@@ -94,6 +94,18 @@ describe('gpu-worker queue worker', () => {
     expect(w.worker.state).toBe('polling');
   });
 
+  it('a prompt longer than the model reads is run, and the record says what was cut (warnings)', async () => {
+    const env = await makeEnv();
+    const long = Array.from({ length: 90 }, (_, i) => 'abcdefghij'[i % 10]).join(' '); // 90 words, 179 chars
+    const ok = await submit(env, { prompt: 'a photo of a cat', steps: 1 });
+    const cut = await submit(env, { prompt: long, steps: 1 });
+    start(env);
+    const [a, b] = [await waitForStatus(env, ok.id, ['succeeded', 'failed']), await waitForStatus(env, cut.id, ['succeeded', 'failed'])];
+    expect([a.status, b.status]).toEqual(['succeeded', 'succeeded']);
+    expect(a.warnings).toBeUndefined();
+    expect(b.warnings).toEqual([expect.stringMatching(/92 tokens, more than model tiny[a-z-]*'s context of 77; it reads only the first 75/)]);
+  });
+
   it('a cancel requested mid-run is seen by the next progress write and stops the run within one step', async () => {
     const env = await makeEnv();
     const job = await submit(env, { steps: 500, init: 'noise' });

@@ -103,6 +103,15 @@ function hasByteLevel(pre: unknown): boolean {
   return false;
 }
 
+export interface PromptInspection {
+  /** Tokens with start and end, before any truncation. */
+  tokens: number;
+  /** Words the vocabulary maps to its unknown token, in order, once each. */
+  unknownWords: string[];
+  /** Whether the prompt is longer than the context length (the model reads only its start). */
+  truncated: boolean;
+}
+
 export class TextTokenizer {
   readonly sotId: number;
   readonly eotId: number;
@@ -112,6 +121,8 @@ export class TextTokenizer {
   private readonly hf: Tokenizer;
   private readonly special = new Map<string, number>();
   private readonly source: string;
+  /** The id unknown words map to (word-level vocabularies with an unk_token); undefined for byte-level BPE, which has none. */
+  private readonly unkId: number | undefined;
 
   private constructor(json: Json, opts: TextTokenizerOptions) {
     const src = opts.source ?? '<tokenizer json>';
@@ -163,6 +174,8 @@ export class TextTokenizer {
       decoder: json.decoder ?? null,
     };
     const hfConfig: Json = typeof m.unk_token === 'string' ? { unk_token: m.unk_token } : {};
+    const unk = typeof m.unk_token === 'string' ? ((m.vocab as Json)[m.unk_token] ?? this.special.get(m.unk_token)) : undefined;
+    this.unkId = this.mode === 'generic' && Number.isInteger(unk) ? (unk as number) : undefined;
     try {
       this.hf = new Tokenizer(hfJson, hfConfig);
     } catch (e) {
@@ -236,6 +249,24 @@ export class TextTokenizer {
       }
       return id;
     });
+  }
+
+  /**
+   * What the model will actually read of a prompt: the words its vocabulary does not know (they
+   * become the unknown token, so the model cannot see them) and whether the prompt is cut at the
+   * context length. For telling a caller, not for encoding: encode() does the same silently.
+   */
+  inspect(text: string, contextLength = DEFAULT_CONTEXT_LENGTH): PromptInspection {
+    const cleaned = cleanClipText(text);
+    const ids = cleaned.length === 0 ? [] : this.tokenize(text);
+    const unknownWords: string[] = [];
+    if (this.unkId !== undefined && ids.includes(this.unkId)) {
+      const enc: { ids: Array<number | undefined>; tokens: string[] } = this.hf.encode(cleaned, { add_special_tokens: false });
+      for (let i = 0; i < enc.ids.length; i++) {
+        if (enc.ids[i] === this.unkId && !unknownWords.includes(enc.tokens[i])) unknownWords.push(enc.tokens[i]);
+      }
+    }
+    return { tokens: ids.length + 2, unknownWords, truncated: ids.length + 2 > contextLength };
   }
 
   /** [sot, ...ids, eot] zero-padded to contextLength (default 77). */

@@ -76,6 +76,8 @@ export interface SynthResult {
   scores: PromptScore[];
   stepsDone: number;
   aborted: boolean;
+  /** What the model cannot read of the prompts (ClipEngine.promptWarnings); empty when it reads them all. */
+  warnings: string[];
   usage: {
     /** Image-encoder forward+backward passes (views × steps) plus forward-only scoring passes. */
     encoderPasses: number;
@@ -359,7 +361,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   timings.total = performance.now() - t0;
   return {
     png, image: finalImage, width: req.width, height: req.height, frames, bestLoss: best.loss, bestStep: best.step, lossHistory,
-    initialScores, initialImage: initialCopy, scores, stepsDone, aborted,
+    initialScores, initialImage: initialCopy, scores, stepsDone, aborted, warnings: engine.promptWarnings(req.prompts.map((p) => p.text)),
     usage: { encoderPasses, encoderBackwardPasses, timingsMs: timings },
   };
 }
