@@ -4,7 +4,9 @@ import type { GenerationView } from './schemas.ts';
 
 /** The public view of a job record: outputs as signed URLs with their expiry; internals omitted. */
 export async function generationView(job: JobRecord, blobs: BlobStore, ttlSec: number, now: Date): Promise<GenerationView> {
-  const expiresAt = new Date(now.getTime() + ttlSec * 1000).toISOString();
+  // Signatures carry whole seconds (S3's X-Amz-Date, the local `expires`), taken at or after `now`:
+  // the floored second is the earliest a link can expire, so it never dies before its expires_at.
+  const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
   const outputs = await Promise.all(
     job.outputs.map(async (output, index) => ({
       index,

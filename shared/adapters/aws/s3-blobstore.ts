@@ -163,6 +163,9 @@ export class S3BlobStore implements BlobStore {
       headers['content-length'] = String(options.contentLength);
       signed.add('content-length');
     }
+    // The signature's date is whole seconds taken during the call: the floored "now" before it is
+    // the earliest the link can expire, so expiresAt never promises more than S3 will honour.
+    const signedAtMs = Math.floor(Date.now() / 1000) * 1000;
     const url = await getSignedUrl(
       this.client,
       new PutObjectCommand({
@@ -178,7 +181,7 @@ export class S3BlobStore implements BlobStore {
       url,
       method: 'PUT',
       headers,
-      expiresAt: new Date(Date.now() + options.expiresSec * 1000),
+      expiresAt: new Date(signedAtMs + options.expiresSec * 1000),
       enforcesMaxBytes: options.contentLength !== undefined,
     };
   }
