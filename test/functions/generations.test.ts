@@ -200,35 +200,41 @@ describe('Idempotency-Key', () => {
   });
 });
 
+/** One POST /v1/generations of `{"prompt":"apple"}` with Idempotency-Key `key`, through `app`. */
+function postApple(app: { request: (path: string, init: RequestInit) => Response | Promise<Response> }, key: string) {
+  return Promise.resolve(
+    app.request('/v1/generations', {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': key },
+      body: JSON.stringify({ prompt: 'apple' }),
+    }),
+  );
+}
+
+/** The app with a queue whose `send` fails while `state.fail` is set. */
+async function appWithFlakyQueue(key: string) {
+  const state = { fail: true };
+  const flaky = new Proxy(h.queue, {
+    get(target, prop, receiver) {
+      if (prop === 'send') return async (body: string) => (state.fail ? Promise.reject(new Error('sqs down')) : target.send(body));
+      return Reflect.get(target, prop, receiver);
+    },
+  });
+  const { createApp } = await import('../../functions/app.ts');
+  const app = createApp({ ...h.deps, queue: flaky });
+  return { state, send: () => postApple(app, key) };
+}
+
 describe('queue failure', () => {
   it('a failed send marks the job failed and answers 503; a retry with the same key re-queues it', async () => {
-    let fail = true;
-    const flaky = new Proxy(h.queue, {
-      get(target, prop, receiver) {
-        if (prop === 'send') {
-          return async (body: string) => {
-            if (fail) throw new Error('sqs down');
-            return target.send(body);
-          };
-        }
-        return Reflect.get(target, prop, receiver);
-      },
-    });
-    const { createApp } = await import('../../functions/app.ts');
-    const app = createApp({ ...h.deps, queue: flaky });
-    const send = () =>
-      app.request('/v1/generations', {
-        method: 'POST',
-        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k1' },
-        body: JSON.stringify({ prompt: 'apple' }),
-      });
+    const { state, send } = await appWithFlakyQueue('k1');
     const res = await send();
     const err = await expectEnvelope(res, 503, 'queue_unavailable');
     expect(err.message).not.toContain('sqs down');
     expect(res.headers.get('Retry-After')).toBe('1');
     const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
     expect(job).toMatchObject({ status: 'failed', error: { code: 'enqueue_failed' } }); // never "queued" without a message
-    fail = false;
+    state.fail = false;
     const retry = await send();
     expect(retry.status).toBe(200);
     expect(await retry.json()).toMatchObject({ id: job.id, status: 'queued', error: null });
@@ -236,23 +242,9 @@ describe('queue failure', () => {
   });
 
   it('concurrent retries of a job whose send failed re-queue it once: one message, not one per retry', async () => {
-    let fail = true;
-    const flaky = new Proxy(h.queue, {
-      get(target, prop, receiver) {
-        if (prop === 'send') return async (body: string) => (fail ? Promise.reject(new Error('sqs down')) : target.send(body));
-        return Reflect.get(target, prop, receiver);
-      },
-    });
-    const { createApp } = await import('../../functions/app.ts');
-    const app = createApp({ ...h.deps, queue: flaky });
-    const send = () =>
-      app.request('/v1/generations', {
-        method: 'POST',
-        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k2' },
-        body: JSON.stringify({ prompt: 'apple' }),
-      });
+    const { state, send } = await appWithFlakyQueue('k2');
     expect((await send()).status).toBe(503);
-    fail = false;
+    state.fail = false;
     const retries = await Promise.all([send(), send(), send(), send()]);
     expect(retries.map((r) => r.status)).toEqual([200, 200, 200, 200]);
     const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
@@ -281,12 +273,7 @@ describe('job store failure on create', () => {
     });
     const { createApp } = await import('../../functions/app.ts');
     const app = createApp({ ...h.deps, jobs });
-    return () =>
-      app.request('/v1/generations', {
-        method: 'POST',
-        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k3' },
-        body: JSON.stringify({ prompt: 'apple' }),
-      });
+    return () => postApple(app, 'k3');
   }
 
   it('503, and the retry it invites goes through at once (not 409 while the claim goes stale)', async () => {
