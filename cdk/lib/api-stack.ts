@@ -9,7 +9,7 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { BUCKET_PREFIXES, ENV, type StageConfig } from './config.ts';
-import { grantPrefix, grantSend } from './grants.ts';
+import { grantListBucket, grantPrefix, grantSend } from './grants.ts';
 import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT } from './paths.ts';
 
 export interface ApiStackProps extends StackProps {
@@ -76,11 +76,12 @@ export class ApiStack extends Stack {
     // Least privilege, per prefix. The API creates and updates job records (cancel,
     // idempotency), reads API keys, signs PUT URLs for uploads and GET URLs for outputs.
     // It never deletes anything and never writes keys (the `clipag keys` CLI does that).
-    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.jobs, ['read', 'write', 'list']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.keys, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.uploads, ['read', 'write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read']);
-    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read', 'list']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read']);
+    grantListBucket(this.handler, bucket);
     grantSend(this.handler, queue);
 
     this.httpApi = new apigw.HttpApi(this, 'HttpApi', {

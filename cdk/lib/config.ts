@@ -13,7 +13,7 @@ export interface StageConfig {
   readonly bucketVersioning: boolean;
   /** Days after which generated images under `outputs/` are deleted. */
   readonly outputRetentionDays: number;
-  /** Days after which init images under `uploads/` are deleted. */
+  /** Days after which init images under `uploads/` are deleted; at least queueRetentionDays + 1, so a queued job never loses its init image. */
   readonly uploadRetentionDays: number;
   /** Origins allowed to PUT to presigned upload URLs from a browser. */
   readonly corsAllowedOrigins: readonly string[];
@@ -62,7 +62,7 @@ const dev: StageConfig = {
   stage: 'dev',
   bucketVersioning: false,
   outputRetentionDays: 7,
-  uploadRetentionDays: 1,
+  uploadRetentionDays: 5,
   corsAllowedOrigins: ['*'],
   signedUrlTtlSeconds: 3600,
   visibilityTimeoutSeconds: 300,
@@ -92,7 +92,6 @@ const prod: StageConfig = {
   stage: 'prod',
   bucketVersioning: true,
   outputRetentionDays: 30,
-  uploadRetentionDays: 2,
   apiThrottleRatePerSecond: 50,
   apiThrottleBurst: 100,
   // On-demand by default in prod: a Spot reclaim costs a customer's job a restart.
@@ -161,6 +160,9 @@ function validate(cfg: StageConfig): void {
   // SQS limit; the worker heartbeat keeps long jobs leased, so no need to go near it.
   if (cfg.visibilityTimeoutSeconds > 43_200) problems.push('visibilityTimeoutSeconds must be <= 43200');
   if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
+  // A job can wait queueRetentionDays before a worker reads its upload (and a drained job goes
+  // back as a fresh message); its init image must outlive that.
+  if (cfg.uploadRetentionDays <= cfg.queueRetentionDays) problems.push('uploadRetentionDays must be > queueRetentionDays, or a queued job can lose its init image');
   // API Gateway HTTP APIs cut integrations at 30 s.
   if (cfg.lambdaTimeoutSeconds > 29) problems.push('lambdaTimeoutSeconds must be <= 29 (API Gateway limit)');
   if (cfg.stopTimeoutSeconds < 120) problems.push('stopTimeoutSeconds must be >= 120 so a running job can drain');

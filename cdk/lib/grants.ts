@@ -7,7 +7,7 @@ import type * as sqs from 'aws-cdk-lib/aws-sqs';
  * actions (`s3:GetObject*`, `s3:List*`, `s3:DeleteObject*`, ...) over the whole bucket;
  * these name each action and each prefix so a role can touch only what it needs.
  */
-export type S3Access = 'read' | 'write' | 'list';
+export type S3Access = 'read' | 'write';
 
 export function grantPrefix(
   grantee: iam.IGrantable,
@@ -28,15 +28,21 @@ export function grantPrefix(
       }),
     );
   }
-  if (access.includes('list')) {
-    grantee.grantPrincipal.addToPrincipalPolicy(
-      new iam.PolicyStatement({
-        actions: ['s3:ListBucket'],
-        resources: [bucket.bucketArn],
-        conditions: { StringLike: { 's3:prefix': [`${prefix}*`] } },
-      }),
-    );
-  }
+}
+
+/**
+ * Unconditional s3:ListBucket on the bucket. Without it S3 answers 403, not 404, for a key that does
+ * not exist, and the code reads "not found" as an answer: an unknown API key (401), an upload not yet
+ * made or expired (400), an unknown job id (404). A prefix condition does not help: a GET carries no
+ * s3:prefix, so the check fails and S3 says 403 again. Listing reveals key names only, not contents.
+ */
+export function grantListBucket(grantee: iam.IGrantable, bucket: s3.IBucket): void {
+  grantee.grantPrincipal.addToPrincipalPolicy(
+    new iam.PolicyStatement({
+      actions: ['s3:ListBucket'],
+      resources: [bucket.bucketArn],
+    }),
+  );
 }
 
 /** Only SendMessage (plus the attribute read the SDK may do); no receive or delete. */
@@ -49,7 +55,24 @@ export function grantSend(grantee: iam.IGrantable, queue: sqs.IQueue): void {
   );
 }
 
-/** What a lease-based consumer needs: receive, heartbeat (ChangeMessageVisibility), ack. */
+/**
+ * What the worker needs on the dead-letter queue: send (malformed messages go there at once) and,
+ * for the sweep that marks jobs whose last delivery died, receive and release (ChangeMessageVisibility
+ * 0). No delete: swept messages stay for the depth alarm.
+ */
+export function grantDeadLetterSweep(grantee: iam.IGrantable, queue: sqs.IQueue): void {
+  grantee.grantPrincipal.addToPrincipalPolicy(
+    new iam.PolicyStatement({
+      actions: ['sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes', 'sqs:ReceiveMessage', 'sqs:SendMessage'],
+      resources: [queue.queueArn],
+    }),
+  );
+}
+
+/**
+ * What a lease-based consumer needs: receive, heartbeat (ChangeMessageVisibility), ack, and send,
+ * because a drain gives its message back as a fresh copy (a release would spend a delivery).
+ */
 export function grantConsume(grantee: iam.IGrantable, queue: sqs.IQueue): void {
   grantee.grantPrincipal.addToPrincipalPolicy(
     new iam.PolicyStatement({
@@ -58,6 +81,7 @@ export function grantConsume(grantee: iam.IGrantable, queue: sqs.IQueue): void {
         'sqs:DeleteMessage',
         'sqs:GetQueueAttributes',
         'sqs:ReceiveMessage',
+        'sqs:SendMessage',
       ],
       resources: [queue.queueArn],
     }),

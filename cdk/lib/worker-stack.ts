@@ -10,7 +10,7 @@ import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { BUCKET_PREFIXES, ENV, MAX_RECEIVE_COUNT, type StageConfig } from './config.ts';
 import { GpuQueueWorker } from './gpu-queue-worker.ts';
-import { grantPrefix, grantSend } from './grants.ts';
+import { grantDeadLetterSweep, grantListBucket, grantPrefix } from './grants.ts';
 import { REPO_ROOT, WORKER_DOCKERFILE } from './paths.ts';
 import { QueueAlarms } from './queue-alarms.ts';
 
@@ -187,10 +187,12 @@ export class WorkerStack extends Stack {
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.outputs, ['write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.uploads, ['read']);
-    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read', 'list']);
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read']);
+    grantListBucket(taskRole, bucket);
     // Malformed messages are forwarded to the DLQ explicitly (they never parse, so waiting
-    // for three receives would only delay them).
-    grantSend(taskRole, deadLetterQueue);
+    // for three receives would only delay them), and the idle worker sweeps it for jobs whose
+    // last delivery died.
+    grantDeadLetterSweep(taskRole, deadLetterQueue);
 
     this.alarms = new QueueAlarms(this, 'Alarms', {
       queue,
