@@ -16,6 +16,7 @@ import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import type { Recipe } from './engine/synth/recipe.ts';
 import { createModelRegistry, type ModelRegistry } from './models.ts';
 import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
+import { ecsTaskProtection, type TaskProtection } from './worker/task-protection.ts';
 import { createWorker, jsonLogger, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from './worker/worker.ts';
 
 export { createWorker, type QueueWorker, type WorkerState, type WorkerEvent } from './worker/worker.ts';
@@ -49,6 +50,8 @@ export interface StartWorkerDeps {
   maxSteps?: number;
   /** Overrides of the worker's timing knobs (e.g. progress write interval). */
   worker?: Partial<WorkerConfig>;
+  /** Default: ECS task scale-in protection when the config has the agent's URI (AWS), else none. */
+  protection?: TaskProtection;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
 }
@@ -88,6 +91,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       ...(maxSteps !== undefined ? { maxSteps } : {}),
       ...deps.worker,
     },
+    protection: deps.protection ?? (config.mode === 'aws' && config.ecsAgentUri ? ecsTaskProtection(config.ecsAgentUri, log) : undefined),
     log,
     onEvent: deps.onEvent,
   });

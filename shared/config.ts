@@ -54,6 +54,8 @@ const AwsConfig = z.object({
   /** Only for S3/SQS stand-ins in tests; unset in real deployments. */
   s3Endpoint: httpUrl.optional(),
   sqsEndpoint: httpUrl.optional(),
+  /** Injected by the ECS agent into every task; the worker marks its task busy through it (scale-in protection). */
+  ecsAgentUri: httpUrl.optional(),
   ...Common,
 });
 
@@ -73,6 +75,7 @@ export const ENV_VARS = {
   CLIPAG_DLQ_URL: 'deadLetterQueueUrl',
   CLIPAG_S3_ENDPOINT: 's3Endpoint',
   CLIPAG_SQS_ENDPOINT: 'sqsEndpoint',
+  ECS_AGENT_URI: 'ecsAgentUri',
   CLIPAG_PUBLIC_BASE_URL: 'publicBaseUrl',
   PORT: 'port',
   CLIPAG_HOST: 'host',

@@ -1,8 +1,8 @@
-import { Duration } from 'aws-cdk-lib';
+import { Duration, Stack } from 'aws-cdk-lib';
 import * as appscaling from 'aws-cdk-lib/aws-applicationautoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
-import type * as iam from 'aws-cdk-lib/aws-iam';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
@@ -83,6 +83,14 @@ export class GpuQueueWorker extends Construct {
     this.service.node.addDependency(props.cluster);
 
     grantConsume(this.taskRole, props.queue);
+    // Scale-in sets exact task counts, so a shrinking backlog may stop any task: a worker holding
+    // a job protects its own task through the ECS agent (gpu-worker/worker/task-protection.ts).
+    this.taskRole.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['ecs:GetTaskProtection', 'ecs:UpdateTaskProtection'],
+        resources: [Stack.of(this).formatArn({ service: 'ecs', resource: 'task', resourceName: `${props.cluster.clusterName}/*` })],
+      }),
+    );
 
     const period = Duration.minutes(1);
     this.backlog = new cloudwatch.MathExpression({

@@ -8,6 +8,7 @@ import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue
 import type { ModelRegistry } from '../models.ts';
 import { classifyError, describe, jobErrorOf } from './errors.ts';
 import type { SynthesisOutcome, SynthesisProgress, Synthesizer } from './synthesizer.ts';
+import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 
 export type WorkerState = 'idle' | 'polling' | 'running' | 'draining' | 'stopped';
 
@@ -81,6 +82,8 @@ export interface WorkerDeps {
   /** When given, a job naming an unknown model fails before it is marked running. */
   models?: ModelRegistry;
   config: WorkerConfig;
+  /** Marks the task busy while a job is held, so scale-in takes idle tasks (default: none, outside ECS). */
+  protection?: TaskProtection;
   clock?: Clock;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
@@ -115,6 +118,7 @@ const MAX_BACKOFF_MS = 30_000;
 
 export function createWorker(deps: WorkerDeps): QueueWorker {
   const { queue, jobs, blobs, synthesizer, models, config } = deps;
+  const protection = deps.protection ?? noTaskProtection;
   const clock = deps.clock ?? systemClock;
   const log = deps.log ?? silentLogger;
   const visibilitySec = config.visibilityTimeoutSec;
@@ -649,11 +653,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           continue;
         }
         setState('running');
+        // Protected for the longest a job may take (its time limit, else 2 h) plus a margin for the
+        // uploads; cleared as soon as the message is settled.
+        await protection.protect(((jobTimeoutSec ?? 7200) + 300) / 60);
         try {
           await handle(m);
         } catch (error) {
           // handle() settles every path itself; reaching here is a bug. Never take the process down.
           log.error('unexpected error handling a message', { messageId: m.messageId, error: describe(error) });
+        } finally {
+          await protection.unprotect();
         }
         if (stopping) setState('draining');
       }

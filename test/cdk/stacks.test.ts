@@ -500,6 +500,13 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     // Receive and release on the DLQ: the dead-letter sweep reads it; no delete (the alarm counts it).
     expect(onDlq?.actions).toEqual(['sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes', 'sqs:ReceiveMessage', 'sqs:SendMessage']);
     expect(sqsByResource).toHaveLength(2);
+    // Scale-in protection of its own task while it holds a job: only tasks of this cluster.
+    const ecsStatements = policyStatements(worker)
+      .filter(({ owner }) => owner.startsWith('WorkerTaskDefinitionTaskRoleDefaultPolicy'))
+      .filter(({ statement }) => asArray(statement.Action).some((a) => a.startsWith('ecs:')));
+    expect(ecsStatements).toHaveLength(1);
+    expect(asArray(ecsStatements[0].statement.Action).sort()).toEqual(['ecs:GetTaskProtection', 'ecs:UpdateTaskProtection']);
+    expect(JSON.stringify(ecsStatements[0].statement.Resource)).toMatch(/:task\/".*\{"Ref":"Cluster[A-Za-z0-9]*"\}.*"\/\*"/);
   });
 });
 
