@@ -8,7 +8,7 @@ import { parseConfig, type Config } from '../shared/config.ts';
 import { isClipagError } from '../shared/errors.ts';
 import { ModelStore, type PushProgress } from '../shared/modelstore.ts';
 import type { BlobStore } from '../shared/ports.ts';
-import { loadBundle } from '../gpu-worker/engine/clip/bundle.ts';
+import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { ActivationSchema } from '../gpu-worker/engine/clip/arch.ts';
 import { importModel, type ImportProgress } from '../gpu-worker/engine/import/import.ts';
@@ -192,12 +192,13 @@ export async function runPush(argv: string[], env: Readonly<Record<string, strin
     .push(positionals[0], values.name, {
       force: values.force,
       validate: async (dir) => {
-        await loadBundle(dir); // manifest schema, files, declared checksums, tensor names and shapes
+        // manifest schema, files, declared checksums, tensor names, shapes and values, tokenizer, prior
+        await ClipEngine.check(dir);
       },
       onProgress,
     })
     .catch(asEngineError);
-  const verb = { pushed: 'pushed to', replaced: 'replaced (--force) in', unchanged: 'unchanged: the same bundle is already in' }[res.status];
+  const verb = { pushed: 'pushed to', replaced: 'replaced (--force) in', unchanged: 'unchanged: the same bundle is already in', reuploaded: 'the same bundle, every file uploaded again to' }[res.status];
   if (values.json) {
     console.log(JSON.stringify({ name: res.name, status: res.status, store: where, content_hash: res.contentHash, total_bytes: res.totalBytes, uploaded_bytes: res.uploadedBytes, files: res.files, removed: res.removed }));
   } else {

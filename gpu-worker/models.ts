@@ -153,7 +153,7 @@ export class ModelCache {
         let bytes = 0;
         let problem: string | null = null;
         for (const f of index.files) {
-          const body = await this.store.getFile(index.name, f.path);
+          const body = await this.store.getFile(index, f.path);
           if (!body) {
             throw new EngineError('invalid_model', `model ${index.name}: ${f.path} is missing from the store although its index lists it; re-push it with clipag models push DIR --name ${index.name} --force`);
           }
@@ -292,7 +292,19 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
       if (!store || !MODEL_NAME.test(name)) throw unknownModel(name);
       const index = await storeIndex(name);
       if (!index) throw unknownModel(name);
-      const f = await cache!.fetch(index);
+      let f: StoreFetch;
+      try {
+        f = await cache!.fetch(index);
+      } catch (error) {
+        // The cached index may be stale: a --force push replaced the bundle and removed its files.
+        // Read the index again (once); only a newer bundle is worth a second fetch.
+        if (!(error instanceof EngineError) || error.code !== 'invalid_model') throw error;
+        indexes.delete(name);
+        const fresh = await storeIndex(name);
+        if (!fresh) throw unknownModel(name);
+        if (fresh.content_hash === index.content_hash) throw error;
+        f = await cache!.fetch(fresh);
+      }
       fetched.set(name, f.dir);
       return f.dir;
     },

@@ -2,18 +2,24 @@
  * The model store: model bundles (docs/model-bundle.md) kept in any BlobStore, so the API can list
  * them and every worker can download them (docs/model-store.md).
  *
- * Layout, one folder per model name (the CDK grants the worker read and the API list on `models/`):
+ * Layout, one folder per model name, and in it one folder per bundle content (the CDK grants the
+ * worker read on `models/`):
  *
- *   models/<name>/manifest.json          the bundle's manifest, byte for byte
- *   models/<name>/<file>                 every file the manifest names (weights, tokenizer, prior, image_onnx)
- *   models/<name>/bundle.json            the index: each file's sha256 and size, the bundle's content hash
- *                                        and a summary of the manifest; written LAST
+ *   models/<name>/<content hash>/manifest.json   the bundle's manifest, byte for byte
+ *   models/<name>/<content hash>/<file>          every file the manifest names (weights, tokenizer, prior, image_onnx)
+ *   models/<name>/bundle.json                    the index: each file's sha256 and size, the bundle's content
+ *                                                hash and a summary of the manifest; written LAST
  *
  * A model is "deployed" exactly when its index exists: `push` uploads the files first and the index
  * last, so a half-pushed model (interrupted upload) is never listed and never downloaded. The
  * content hash is `sha256` over the lines `<sha256>  <path>\n` of all files sorted by path (the
  * `sha256sum` format), so it changes when any file's bytes or name change, and workers key their
  * download cache by it.
+ *
+ * Files live under their bundle's content hash, so two pushes of different bundles under one name
+ * never write the same object (the conditional index write picks the winner), and a replaced
+ * bundle's files stay intact until the new index is in place. Index format 1 (files directly under
+ * `models/<name>/`) is still read; a push rewrites such a model in format 2.
  *
  * Nothing here knows the engine: the caller (CLI) passes `validate` to check a bundle fully before
  * it is uploaded; the store itself checks names, paths, sizes and checksums.
@@ -55,7 +61,8 @@ export type ModelIndexFile = z.infer<typeof ModelIndexFileSchema>;
 export const ModelIndexSchema = z
   .object({
     format: z.literal(MODEL_INDEX_FORMAT),
-    format_version: z.literal(1),
+    /** 1: files at models/<name>/<path>; 2: at models/<name>/<content_hash>/<path>. */
+    format_version: z.union([z.literal(1), z.literal(2)]),
     name: z.string().regex(MODEL_NAME_RE),
     /** sha256 over `<sha256>  <path>\n` of every file, sorted by path. */
     content_hash: z.string().regex(SHA256_RE),
@@ -86,6 +93,11 @@ export function assertModelName(name: string): void {
 
 export const modelKey = (name: string, path: string): string => `${MODEL_STORE_PREFIX}${name}/${path}`;
 export const modelIndexKey = (name: string): string => modelKey(name, MODEL_INDEX_FILE);
+/** Where a file of an indexed bundle is stored (format 2: under the content hash; format 1: flat). */
+export const modelFileKey = (index: Pick<ModelIndex, 'name' | 'content_hash' | 'format_version'>, path: string): string =>
+  index.format_version === 1 ? modelKey(index.name, path) : modelKey(index.name, `${index.content_hash}/${path}`);
+/** The folder of one bundle content of a model (format 2). */
+const bundlePrefix = (name: string, contentHash: string): string => modelKey(name, `${contentHash}/`);
 
 /** The content hash of a file list (order does not matter). */
 export function bundleContentHash(files: readonly Pick<ModelIndexFile, 'path' | 'sha256'>[]): string {
@@ -239,8 +251,11 @@ export interface PushResult {
   contentHash: string;
   files: ModelIndexFile[];
   totalBytes: number;
-  /** pushed: new name; replaced: --force over a different bundle; unchanged: the same bundle was there. */
-  status: 'pushed' | 'replaced' | 'unchanged';
+  /**
+   * pushed: new name; replaced: --force over a different bundle; unchanged: the same bundle was
+   * there; reuploaded: the same bundle, every file uploaded again (--force, or an index in format 1).
+   */
+  status: 'pushed' | 'replaced' | 'unchanged' | 'reuploaded';
   uploadedBytes: number;
   /** Stale objects of a replaced bundle that were removed. */
   removed: string[];
@@ -292,18 +307,20 @@ export class ModelStore {
     return out;
   }
 
-  /** One stored file of a model, or null when absent. */
-  async getFile(name: string, path: string): Promise<Uint8Array | null> {
-    assertModelName(name);
-    const obj = await this.blobs.get(modelKey(name, path));
+  /** One stored file of an indexed bundle, or null when absent. */
+  async getFile(index: ModelIndex, path: string): Promise<Uint8Array | null> {
+    assertModelName(index.name);
+    const obj = await this.blobs.get(modelFileKey(index, path));
     return obj ? obj.body : null;
   }
 
   /**
    * Uploads the bundle folder `dir` as model `name` (default: the manifest's name, which `name` must
-   * equal). Files first (each checked against manifest.json's sha256 when it declares one, and by
-   * size after upload), the index last. The same bundle again is a no-op; a different bundle under
-   * an existing name needs `force` (the model is unlisted while it is re-pushed).
+   * equal). Files first, into the folder of the bundle's content hash (each checked against
+   * manifest.json's sha256 when it declares one, and by size after upload), the index last. The same
+   * bundle again only checks what is stored (`force` uploads every file again: the repair for a
+   * damaged object); a different bundle under an existing name needs `force`. The old bundle stays
+   * served until the new index is written, then its files are removed.
    */
   async push(dir: string, name: string | undefined, options: PushOptions = {}): Promise<PushResult> {
     const local = readLocalBundle(dir);
@@ -332,7 +349,7 @@ export class ModelStore {
     const contentHash = bundleContentHash(files);
     const index: ModelIndex = {
       format: MODEL_INDEX_FORMAT,
-      format_version: 1,
+      format_version: 2,
       name: target,
       content_hash: contentHash,
       files,
@@ -343,28 +360,31 @@ export class ModelStore {
 
     // 2. what is there already?
     let existing: ModelIndex | null = null;
+    let existingEtag: string | undefined;
     try {
-      existing = await this.describe(target);
+      const obj = await this.blobs.get(modelIndexKey(target));
+      if (obj) {
+        existingEtag = obj.etag;
+        existing = await this.describe(target);
+      }
     } catch (e) {
       if (!(e instanceof ModelStoreError) || !options.force) {
         if (e instanceof ModelStoreError) throw new ModelStoreError('conflict', `${e.message} (to overwrite the broken entry, push again with --force)`, { cause: e });
         throw e;
       }
     }
-    const sameBundle = existing?.content_hash === contentHash;
-    if (existing && !sameBundle && !options.force) {
+    const sameBundle = existing?.content_hash === contentHash && existing.format_version === 2;
+    if (existing && existing.content_hash !== contentHash && !options.force) {
       throw new ModelStoreError('conflict', `model "${target}" already exists in the store with a different bundle (content hash ${existing.content_hash.slice(0, 12)}…, pushed ${existing.pushed_at}; yours is ${contentHash.slice(0, 12)}…). Push under another --name, or pass --force to replace it (workers pick up the new bundle within a minute).`);
     }
-    const replacing = Boolean(existing && !sameBundle);
-    // The old index goes first: no reader may pair it with new files during the upload.
-    if (replacing) await this.blobs.delete(modelIndexKey(target));
 
-    // 3. upload (files already there with the right size are skipped when the bundle is the same)
+    // 3. upload into this content's own folder. The same bundle again: files already stored with
+    //    the right size are kept, unless --force asks to upload everything (a damaged object).
     let bytesDone = 0;
     let uploadedBytes = 0;
     for (const [i, f] of files.entries()) {
-      const key = modelKey(target, f.path);
-      if (sameBundle) {
+      const key = modelFileKey(index, f.path);
+      if (sameBundle && !options.force) {
         const head = await this.blobs.head(key);
         if (head && head.size === f.size) {
           bytesDone += f.size;
@@ -387,40 +407,62 @@ export class ModelStore {
       options.onProgress?.({ phase: 'upload', file: f.path, index: i + 1, total, size: f.size, sha256: f.sha256, bytesDone, bytesTotal });
     }
 
-    // 4. the index, last. Without --force it must not clobber a concurrent push of another bundle.
+    // 4. the index, last, conditionally: a concurrent push of another bundle either wins before us
+    //    (we get a conflict and our files are removed) or after us (it gets the conflict).
     const body = Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
-    if (sameBundle) {
-      // nothing to write: the same index content (except pushed_at) is already there
-    } else if (options.force) {
-      await this.blobs.put(modelIndexKey(target), body, { contentType: 'application/json' });
-    } else {
+    if (!sameBundle) {
       try {
-        await this.blobs.putIfAbsent(modelIndexKey(target), body, { contentType: 'application/json' });
+        if (existingEtag === undefined) await this.blobs.putIfAbsent(modelIndexKey(target), body, { contentType: 'application/json' });
+        else await this.blobs.replaceIfMatch(modelIndexKey(target), body, existingEtag, { contentType: 'application/json' });
       } catch (e) {
         if (!(e instanceof PreconditionFailedError)) throw e;
-        const now = await this.describe(target);
+        const now = await this.describe(target).catch(() => null);
         if (now?.content_hash !== contentHash) {
-          throw new ModelStoreError('conflict', `model "${target}" was pushed by someone else meanwhile with a different bundle; check clipag models list, then push again with --force if yours should win`);
+          await this.deletePrefix(bundlePrefix(target, contentHash)); // no index names them
+          throw new ModelStoreError('conflict', `model "${target}" was pushed by someone else meanwhile with a different bundle; nothing of yours is listed. Check clipag models list, then push again with --force if yours should win`);
         }
       }
+      options.onProgress?.({ phase: 'index', index: total, total, bytesDone, bytesTotal });
     }
-    if (!sameBundle) options.onProgress?.({ phase: 'index', index: total, total, bytesDone, bytesTotal });
 
-    // 5. drop objects of the replaced bundle (or of an earlier half-push) that the new one does not have
-    const keep = new Set([...files.map((f) => modelKey(target, f.path)), modelIndexKey(target)]);
+    // 5. the replaced bundle's files (format 2: its folder; format 1: the flat files), now that no
+    //    new reader can be sent to them. Folders of other contents are left alone: they may belong
+    //    to a push still in progress.
     const removed: string[] = [];
+    if (existing && !sameBundle) {
+      if (existing.format_version === 1) {
+        for (const f of existing.files) {
+          const key = modelFileKey(existing, f.path);
+          if (await this.blobs.head(key)) {
+            await this.blobs.delete(key);
+            removed.push(key);
+          }
+        }
+      } else if (existing.content_hash !== contentHash) {
+        removed.push(...(await this.deletePrefix(bundlePrefix(target, existing.content_hash))));
+      }
+    }
+    const status: PushResult['status'] = !existing
+      ? 'pushed'
+      : existing.content_hash !== contentHash
+        ? 'replaced'
+        : sameBundle && !options.force
+          ? 'unchanged'
+          : 'reuploaded';
+    return { name: target, contentHash, files, totalBytes: bytesTotal, status, uploadedBytes, removed };
+  }
+
+  /** Deletes every object under `prefix`; returns their keys. */
+  private async deletePrefix(prefix: string): Promise<string[]> {
+    const keys: string[] = [];
     let cursor: string | undefined;
-    const stale: string[] = [];
     do {
-      const page = await this.blobs.list(`${MODEL_STORE_PREFIX}${target}/`, cursor === undefined ? {} : { cursor });
-      for (const item of page.items) if (!keep.has(item.key)) stale.push(item.key);
+      const page = await this.blobs.list(prefix, cursor === undefined ? {} : { cursor });
+      keys.push(...page.items.map((i) => i.key));
       cursor = page.cursor;
     } while (cursor !== undefined);
-    for (const key of stale) {
-      await this.blobs.delete(key);
-      removed.push(key);
-    }
-    return { name: target, contentHash, files, totalBytes: bytesTotal, status: sameBundle ? 'unchanged' : replacing ? 'replaced' : 'pushed', uploadedBytes, removed };
+    for (const key of keys) await this.blobs.delete(key);
+    return keys;
   }
 }
 

@@ -35,6 +35,15 @@ export interface EngineOptions {
 /** Text batches are padded to one of these sizes so a handful of graphs serve every request. */
 const TEXT_BATCHES = [1, 4, 16];
 
+/** The bundle's tokenizer, refused when it has more tokens than the model's embedding has rows. */
+function bundleTokenizer(bundle: ModelBundle): TextTokenizer {
+  const tokenizer = TextTokenizer.fromFile(bundle.tokenizerPath);
+  if (tokenizer.vocabSize > bundle.arch.vocabSize) {
+    throw new EngineError('invalid_tokenizer', `bundle ${bundle.manifest.name}: tokenizer has ${tokenizer.vocabSize} tokens but the model's embedding has ${bundle.arch.vocabSize} rows`);
+  }
+  return tokenizer;
+}
+
 export class ClipEngine {
   private readonly handles = new Map<string, Promise<EngineHandle>>();
   private readonly priors = new Map<string, GmmPrior>();
@@ -48,12 +57,21 @@ export class ClipEngine {
     private readonly inlineLimit: number = DEFAULT_INLINE_LIMIT,
   ) {}
 
+  /**
+   * Checks every file a synthesis with the bundle reads, without starting a session: the manifest,
+   * weights (names, shapes, finite values), the tokenizer and its fit to the embedding, and the GMM
+   * prior. `models push` runs it, so a bundle that could never serve a job is not uploaded.
+   */
+  static async check(bundleDir: string): Promise<ModelBundle> {
+    const bundle = await loadBundle(bundleDir);
+    bundleTokenizer(bundle);
+    if (bundle.priorPath) loadPrior(bundle.priorPath);
+    return bundle;
+  }
+
   static async open(bundleDir: string, opts: EngineOptions = {}): Promise<ClipEngine> {
     const bundle = await loadBundle(bundleDir);
-    const tokenizer = TextTokenizer.fromFile(bundle.tokenizerPath);
-    if (tokenizer.vocabSize > bundle.arch.vocabSize) {
-      throw new EngineError('invalid_tokenizer', `bundle ${bundle.manifest.name}: tokenizer has ${tokenizer.vocabSize} tokens but the model's embedding has ${bundle.arch.vocabSize} rows`);
-    }
+    const tokenizer = bundleTokenizer(bundle);
     const pool =
       opts.pool ??
       new EnginePool({

@@ -1,9 +1,9 @@
 // `clipag models import` on every fixture format (../shared/data/clip-reference, README "PyTorch
 // checkpoint files"), plus the refusals: malicious pickle, truncated zip, missing/extra tensors, a shape
 // that fits no architecture, and no partial bundle left behind in each failure case.
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
@@ -90,6 +90,21 @@ describe('models import: fixture formats', () => {
     // manifest checksums are checked on load
     const manifest = JSON.parse(readFileSync(join(res.dir, 'manifest.json'), 'utf8'));
     expect(Object.keys(manifest.sha256).sort()).toEqual(['tokenizer.json', 'weights.safetensors']);
+  });
+
+  it('the bundle folder is readable by other users (0755, not mkdtemp 0700); an abandoned temp folder of a dead import is removed', async () => {
+    const out = outDir('mode');
+    // What an import killed mid-write leaves (pid 2^22 + 1 is above Linux's pid_max default: not running),
+    // and one of a live import (this process), which must stay.
+    const dead = join(dirname(out), `.${basename(out)}.importing-4194305-abcdef`);
+    const live = join(dirname(out), `.${basename(out)}.importing-${process.pid}-ghijkl`);
+    mkdirSync(dead);
+    mkdirSync(live);
+    const res = await importModel(referencePath('tiny-quickgelu.safetensors'), { ...quiet, out, textHeads: 4, verify: false });
+    expect(statSync(res.dir).mode & 0o777).toBe(0o755);
+    expect(existsSync(dead)).toBe(false);
+    expect(existsSync(live)).toBe(true);
+    rmSync(live, { recursive: true });
   });
 
   it('tiny-gelu.safetensors with --activation gelu → gelu vectors within 1e-5', async () => {

@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { describePickle, restrictedUnpickle } from '../../gpu-worker/engine/import/pickle.ts';
+import { statePickle } from './torch-writer.ts';
 
 const PROTO2 = [0x80, 0x02];
 const STOP = 0x2e;
@@ -22,6 +23,15 @@ function engineErrorOf(fn: () => unknown): EngineError {
 }
 
 describe('restricted unpickler edge cases', () => {
+  it('a broadcast view (stride 0) larger than its storage is refused: a 4-byte storage must not import as 1 GB', () => {
+    const bomb = statePickle([['token_embedding.weight', { dtype: 'float32', dims: [4_194_304, 64], data: new Float32Array(1) }]], { strides: { 'token_embedding.weight': [0, 0] } });
+    const err = engineErrorOf(() => restrictedUnpickle(bomb, 'bomb.pt'));
+    expect(err.message).toMatch(/\[4194304,64\] with strides \[0,0\] has 268435456 elements over a storage of 1: a broadcast or overlapping view/);
+    // A transposed view of a full storage is still fine.
+    const t = statePickle([['w', { dtype: 'float32', dims: [3, 2], data: new Float32Array(6) }]], { strides: { w: [1, 3] } });
+    expect(() => restrictedUnpickle(t, 't.pt')).not.toThrow();
+  });
+
   it('APPENDS with 300k items (one MARK batch) builds the list instead of throwing RangeError', () => {
     const n = 300_000;
     const ops = [0x5d, 0x28]; // EMPTY_LIST, MARK

@@ -30,12 +30,15 @@ const i32 = (n: number) => u32(n >>> 0);
 
 const STORAGE: Record<string, string> = { float32: 'FloatStorage', float16: 'HalfStorage', float64: 'DoubleStorage' };
 
-/** Pickle of OrderedDict(name → tensor), each tensor its own storage (key = index). */
-export function statePickle(tensors: [string, TensorData][]): Uint8Array {
+/**
+ * Pickle of OrderedDict(name → tensor), each tensor its own storage (key = index) of `t.data.length`
+ * elements. `strides` overrides a tensor's (C-order by default), to make views a checkpoint should not hold.
+ */
+export function statePickle(tensors: [string, TensorData][], options: { strides?: Record<string, number[]> } = {}): Uint8Array {
   const p = new PickleWriter();
   p.op(0x80, 2).global('collections', 'OrderedDict').op(0x29, 0x52).op(0x28);
   tensors.forEach(([name, t], i) => {
-    const strides = t.dims.map((_, d) => t.dims.slice(d + 1).reduce((a, b) => a * b, 1));
+    const strides = options.strides?.[name] ?? t.dims.map((_, d) => t.dims.slice(d + 1).reduce((a, b) => a * b, 1));
     p.str(name).global('torch._utils', '_rebuild_tensor_v2').op(0x28);
     p.op(0x28).str('storage').global('torch', STORAGE[t.dtype]).str(String(i)).str('cpu').int(t.data.length).op(0x74, 0x51);
     p.int(0).tuple(t.dims).tuple(strides).op(0x89).global('collections', 'OrderedDict').op(0x29, 0x52).op(0x74, 0x52);

@@ -17,6 +17,7 @@ import { parseConfig } from '../../shared/config.ts';
 import { bundleContentHash, ModelStore, ModelStoreError, modelIndexKey, modelKey, sha256Bytes } from '../../shared/modelstore.ts';
 import type { BlobObject, BlobStore } from '../../shared/ports.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
+import { PRIOR } from '../worker/helpers.ts';
 import { harness } from '../functions/helpers.ts';
 import { makeTempDir } from '../shared/contract/helpers.ts';
 
@@ -96,7 +97,7 @@ describe('model store on S3 (s3rver)', () => {
     expect(res.status).toBe('pushed');
     expect(res.files.map((f) => f.path)).toEqual(['manifest.json', 'tokenizer.json', 'weights.safetensors']);
     for (const f of res.files) {
-      const obj = await blobs.get(modelKey('tiny-a', f.path));
+      const obj = await blobs.get(modelKey('tiny-a', `${res.contentHash}/${f.path}`)); // under its content hash
       expect(obj!.body.byteLength).toBe(f.size);
       expect(Buffer.compare(Buffer.from(obj!.body), readFileSync(join(dir, f.path)))).toBe(0);
     }
@@ -148,7 +149,7 @@ describe('model store on S3 (s3rver)', () => {
       const [d1, d2] = await Promise.all([reg.locate('tiny-w'), reg.locate('tiny-w')]);
       expect(d1).toBe(join(cacheDir, pushed.contentHash));
       expect(d2).toBe(d1);
-      expect(counting.fileGets().sort()).toEqual(pushed.files.map((f) => modelKey('tiny-w', f.path)).sort()); // each file once
+      expect(counting.fileGets().sort()).toEqual(pushed.files.map((f) => modelKey('tiny-w', `${pushed.contentHash}/${f.path}`)).sort()); // each file once
       expect(readdirSync(cacheDir)).toEqual([pushed.contentHash]); // no temp folder left
       expect(reg.resolve('tiny-w')).toBe(d1);
 
@@ -197,7 +198,7 @@ describe('model store on S3 (s3rver)', () => {
     const dir = bundle('tiny-c');
     const pushed = await new ModelStore(blobs).push(dir, 'tiny-c');
     // flip one byte of the weights in the bucket (same size: only the checksum can tell)
-    const key = modelKey('tiny-c', 'weights.safetensors');
+    const key = modelKey('tiny-c', `${pushed.contentHash}/weights.safetensors`);
     const good = (await blobs.get(key))!.body;
     const bad = Uint8Array.from(good);
     bad[bad.length - 5] ^= 0xff;
@@ -217,8 +218,12 @@ describe('model store on S3 (s3rver)', () => {
       await reg.close();
     }
 
-    // repaired (re-pushed with --force the same bundle over the damaged object): served again
-    await blobs.put(key, good);
+    // a plain push of the same bundle sees the right sizes and changes nothing; --force uploads
+    // every file again, which repairs the damaged object
+    expect(await new ModelStore(blobs).push(dir, 'tiny-c')).toMatchObject({ status: 'unchanged', uploadedBytes: 0 });
+    const repaired = await new ModelStore(blobs).push(dir, 'tiny-c', { force: true });
+    expect(repaired).toMatchObject({ status: 'reuploaded', contentHash: pushed.contentHash, uploadedBytes: pushed.totalBytes, removed: [] });
+    expect(Buffer.compare(Buffer.from((await blobs.get(key))!.body), Buffer.from(good))).toBe(0);
     const reg2 = createModelRegistry({ store: new ModelStore(blobs), cacheDir, threads: 1 });
     try {
       expect(await reg2.locate('tiny-c')).toBe(join(cacheDir, pushed.contentHash));
@@ -234,8 +239,7 @@ describe('model store on S3 (s3rver)', () => {
     const dir = bundle('tiny-h');
     await expect(new ModelStore(counting).push(dir, 'tiny-h')).rejects.toThrow(/connection reset while writing models\/tiny-h\/bundle\.json/);
     // the files are there ...
-    expect(await blobs.head(modelKey('tiny-h', 'weights.safetensors'))).not.toBeNull();
-    expect(await blobs.head(modelKey('tiny-h', 'manifest.json'))).not.toBeNull();
+    expect((await blobs.list('models/tiny-h/')).items.map((i) => i.key.split('/').at(-1)).sort()).toEqual(['manifest.json', 'tokenizer.json', 'weights.safetensors']);
     // ... but the model is not deployed
     const store = new ModelStore(blobs);
     expect(await store.list()).toEqual([]);
@@ -273,10 +277,11 @@ describe('model store on S3 (s3rver)', () => {
     const b = await store.push(other, 'robust-x', { force: true });
     expect(b.status).toBe('replaced');
     expect(b.contentHash).not.toBe(a.contentHash);
-    expect(b.removed).toEqual([modelKey('robust-x', 'LICENSE.txt')]);
-    expect(await blobs.head(modelKey('robust-x', 'LICENSE.txt'))).toBeNull();
+    // the replaced bundle's folder is gone, LICENSE.txt with it
+    expect(b.removed.sort()).toEqual(a.files.map((f) => modelKey('robust-x', `${a.contentHash}/${f.path}`)).sort());
+    expect((await blobs.list(`models/robust-x/${a.contentHash}/`)).items).toEqual([]);
     expect((await store.describe('robust-x'))!.content_hash).toBe(b.contentHash);
-    const w = await blobs.get(modelKey('robust-x', 'weights.safetensors'));
+    const w = await blobs.get(modelKey('robust-x', `${b.contentHash}/weights.safetensors`));
     expect(Buffer.compare(Buffer.from(w!.body), readFileSync(join(other, 'weights.safetensors')))).toBe(0);
   });
 
@@ -367,5 +372,95 @@ describe('model store in local mode', () => {
     } finally {
       await reg.close();
     }
+  });
+
+  const localBlobs = () => new LocalBlobStore({ rootDir: tmp('local-blobs'), signingSecret: 'x'.repeat(32), publicBaseUrl: 'http://127.0.0.1:8787' });
+
+  it('two concurrent pushes of different bundles under one name: one wins, the other gets a conflict, and the winner is served intact', async () => {
+    // The local store enforces conditional writes (s3rver does not), so the race is decided here.
+    for (let round = 0; round < 4; round++) {
+      const blobs = localBlobs();
+      const a = bundle('raced');
+      const b = bundle('raced', { variant: 'gelu' });
+      const results = await Promise.allSettled([new ModelStore(blobs).push(a, 'raced'), new ModelStore(blobs).push(b, 'raced')]);
+      const won = results.filter((r) => r.status === 'fulfilled');
+      const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      expect(won, `round ${round}`).toHaveLength(1);
+      expect(lost[0].reason).toMatchObject({ code: 'conflict' });
+      const winner = (won[0] as PromiseFulfilledResult<Awaited<ReturnType<ModelStore['push']>>>).value;
+      const index = (await new ModelStore(blobs).describe('raced'))!;
+      expect(index.content_hash).toBe(winner.contentHash);
+      // only the winner's folder is left, and a worker downloads and verifies it
+      const folders = new Set((await blobs.list('models/raced/')).items.map((i) => i.key.split('/')[2]));
+      expect([...folders].sort()).toEqual([winner.contentHash, 'bundle.json'].sort());
+      const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir: tmp('race-cache'), threads: 1 });
+      try {
+        expect(await reg.locate('raced')).toMatch(new RegExp(`${winner.contentHash}$`));
+      } finally {
+        await reg.close();
+      }
+    }
+  });
+
+  it('a worker whose cached index names a replaced bundle re-reads the index instead of failing the job', async () => {
+    const blobs = localBlobs();
+    const first = await new ModelStore(blobs).push(bundle('swapped'), 'swapped');
+    const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir: tmp('swap-cache'), threads: 1, indexTtlMs: 3_600_000 });
+    try {
+      expect((await reg.refresh()).map((m) => m.contentHash)).toEqual([first.contentHash]); // index cached for an hour
+      const second = await new ModelStore(blobs).push(bundle('swapped', { variant: 'gelu' }), 'swapped', { force: true });
+      expect(second.status).toBe('replaced');
+      expect(await reg.locate('swapped')).toMatch(new RegExp(`${second.contentHash}$`));
+    } finally {
+      await reg.close();
+    }
+  });
+
+  it('a model stored in index format 1 (flat files) is still served; pushing it again rewrites it in format 2', async () => {
+    const blobs = localBlobs();
+    const dir = bundle('old-layout');
+    const files = ['manifest.json', 'tokenizer.json', 'weights.safetensors'].map((path) => {
+      const body = readFileSync(join(dir, path));
+      return { path, sha256: sha256Bytes(body), size: body.byteLength, body };
+    });
+    for (const f of files) await blobs.put(modelKey('old-layout', f.path), f.body);
+    const contentHash = bundleContentHash(files);
+    const v1 = {
+      format: 'clipag-model-store-index', format_version: 1, name: 'old-layout', content_hash: contentHash,
+      files: files.map(({ path, sha256, size }) => ({ path, sha256, size })), total_bytes: files.reduce((a, f) => a + f.size, 0),
+      pushed_at: '2026-01-01T00:00:00.000Z', summary: { robust: true, embed_dim: 32, input_size: 32 },
+    };
+    await blobs.put(modelIndexKey('old-layout'), Buffer.from(JSON.stringify(v1)));
+    const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir: tmp('v1-cache'), threads: 1 });
+    try {
+      expect(await reg.locate('old-layout')).toMatch(new RegExp(`${contentHash}$`));
+    } finally {
+      await reg.close();
+    }
+    const again = await new ModelStore(blobs).push(dir, 'old-layout');
+    expect(again).toMatchObject({ status: 'reuploaded', contentHash });
+    expect(again.removed.sort()).toEqual(files.map((f) => modelKey('old-layout', f.path)).sort());
+    expect((await new ModelStore(blobs).describe('old-layout'))!.format_version).toBe(2);
+  });
+
+  it('clipag models push refuses a bundle whose tokenizer or prior cannot be read: nothing is listed', async () => {
+    const data = tmp('push-data');
+    const env = { CLIPAG_DATA_DIR: data };
+    const badTok = bundle('bad-tok');
+    writeFileSync(join(badTok, 'tokenizer.json'), '{"not":"a tokenizer"}');
+    await expect(runPush([badTok], env)).rejects.toMatchObject({ code: 'invalid_tokenizer' });
+    const badPrior = bundle('bad-prior', { prior: PRIOR });
+    writeFileSync(join(badPrior, 'prior.safetensors'), 'garbage');
+    await expect(runPush([badPrior], env)).rejects.toMatchObject({ message: expect.stringMatching(/prior\.safetensors/) });
+    const out: string[] = [];
+    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation((c) => (out.push(String(c)), true));
+    const log = vi.spyOn(console, 'log').mockImplementation((...a) => void out.push(a.join(' ')));
+    try {
+      expect(await runList(['--json'], env)).toBe(0);
+    } finally {
+      stdout.mockRestore();
+      log.mockRestore();
+    }
+    expect(JSON.parse(out.join('')).models).toEqual([]);
   });
 });

@@ -199,6 +199,9 @@ export function restrictedUnpickle(bytes: Uint8Array, source: string, stats: Unp
         // The largest element index must lie inside the storage.
         const last = t.numel === 0 ? -1 : offset + shape.reduce((acc, d, i) => acc + (d - 1) * strides[i], 0);
         if (last >= storage.numel) throw refuse(source, `a tensor view [${shape}] at offset ${offset} runs past its storage of ${storage.numel} elements`);
+        // More elements than its storage holds means a broadcast (stride 0) or overlapping view: a
+        // 1 KB file could then expand into gigabytes on import. Saved weights never are such views.
+        if (t.numel > storage.numel) throw refuse(source, `a tensor view [${shape}] with strides [${strides}] has ${t.numel} elements over a storage of ${storage.numel}: a broadcast or overlapping view, not a saved weight`);
         return t;
       }
       case 'torch._utils._rebuild_parameter': {
