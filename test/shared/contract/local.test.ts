@@ -78,6 +78,21 @@ describe('local blob store specifics', () => {
     await expect(store.replaceIfMatch('stale/x', Buffer.from('2'), etag)).resolves.toBeDefined();
   });
 
+  it('head of a big object streams its hash and remembers it; any write (new inode) changes it', async () => {
+    const store = await freshStore();
+    const a = new Uint8Array(3 * 2 ** 20).fill(1);
+    const b = new Uint8Array(3 * 2 ** 20).fill(2); // same size: only the content differs
+    const first = await store.put('models/m/w.bin', a);
+    expect((await store.head('models/m/w.bin'))!.etag).toBe(first.etag);
+    expect((await store.head('models/m/w.bin'))!.etag).toBe(first.etag); // remembered
+    const second = await store.replaceIfMatch('models/m/w.bin', b, first.etag);
+    expect(second.etag).not.toBe(first.etag);
+    expect((await store.head('models/m/w.bin'))!.etag).toBe(second.etag);
+    expect((await store.list('models/'))!.items.map((i) => i.etag)).toEqual([second.etag]);
+    await store.delete('models/m/w.bin');
+    expect(await store.head('models/m/w.bin')).toBeNull();
+  });
+
   it('an oversized signed upload is refused by the local server', async () => {
     const store = await freshStore();
     const signed = await store.signedPutUrl('uploads/big.png', { contentType: 'image/png', maxBytes: 10, expiresSec: 60 });
