@@ -1,11 +1,17 @@
 #!/usr/bin/env -S node --import tsx
 // clipag command line: one entry, verbs live in cli/.
+import { resolve } from 'node:path';
 import { main } from '../cli/main.ts';
 
 // `npm run clipag -- …` runs in the package root whatever folder it was typed in; npm names that
 // folder INIT_CWD. Relative paths on the command line (-o out.png, --init photo.png) mean the
 // caller's folder, so work from there. (`npm start` keeps the root: its .data/ lives there.)
-if (process.env.npm_lifecycle_event === 'clipag' && process.env.INIT_CWD) process.chdir(process.env.INIT_CWD);
+if (process.env.npm_lifecycle_event === 'clipag' && process.env.INIT_CWD) {
+  // The local store and the models folder stay the package root's, where `npm start` has them.
+  process.env.CLIPAG_DATA_DIR ??= resolve('.data');
+  process.env.CLIPAG_MODELS_DIR ??= resolve('models');
+  process.chdir(process.env.INIT_CWD);
+}
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),

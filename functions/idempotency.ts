@@ -75,7 +75,15 @@ export class IdempotencyLedger {
    * Claims `key` for a new job `jobId`, or returns the job an earlier request with the same key
    * and body made. Same key with another body → ConflictError (409).
    */
-  async claim(args: { owner: string; key: string; bodyHash: string; jobId: string; now: Date }): Promise<Claim> {
+  async claim(args: {
+    owner: string;
+    key: string;
+    bodyHash: string;
+    /** Other hashes of the same body: how earlier versions hashed it (a claim outlives a deploy). */
+    sameBodyHashes?: readonly string[];
+    jobId: string;
+    now: Date;
+  }): Promise<Claim> {
     const blobKey = idempotencyRecordKey(args.owner, args.key);
     const fresh: IdempotencyRecord = { v: 1, body_hash: args.bodyHash, job_id: args.jobId, created_at: args.now.toISOString() };
     const encoded = Buffer.from(JSON.stringify(fresh));
@@ -106,7 +114,7 @@ export class IdempotencyLedger {
           continue;
         }
       }
-      if (existing.body_hash !== args.bodyHash) {
+      if (existing.body_hash !== args.bodyHash && !args.sameBodyHashes?.includes(existing.body_hash)) {
         throw new ConflictError('this Idempotency-Key was already used with a different request body', {
           code: 'idempotency_key_reused',
           param: 'Idempotency-Key',

@@ -302,7 +302,9 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
         indexes.delete(name);
         const fresh = await storeIndex(name);
         if (!fresh) throw unknownModel(name);
-        if (fresh.content_hash === index.content_hash) throw error;
+        // The same index again: the failure is the store's. Another one (a new bundle, or the same
+        // content re-pushed in another layout) is worth a second fetch.
+        if (fresh.content_hash === index.content_hash && fresh.format_version === index.format_version && fresh.pushed_at === index.pushed_at) throw error;
         f = await cache!.fetch(fresh);
       }
       fetched.set(name, f.dir);

@@ -13,7 +13,11 @@ export interface StageConfig {
   readonly bucketVersioning: boolean;
   /** Days after which generated images under `outputs/` are deleted. */
   readonly outputRetentionDays: number;
-  /** Days after which init images under `uploads/` are deleted; at least queueRetentionDays + 1, so a queued job never loses its init image. */
+  /**
+   * Days after which init images under `uploads/` are deleted (counted from the upload). Kept above
+   * queueRetentionDays, so a job submitted soon after its upload keeps its init image however long
+   * it waits; one submitted days later can still find it expired (the job then fails, saying so).
+   */
   readonly uploadRetentionDays: number;
   /** Origins allowed to PUT to presigned upload URLs from a browser. */
   readonly corsAllowedOrigins: readonly string[];
@@ -160,8 +164,8 @@ function validate(cfg: StageConfig): void {
   // SQS limit; the worker heartbeat keeps long jobs leased, so no need to go near it.
   if (cfg.visibilityTimeoutSeconds > 43_200) problems.push('visibilityTimeoutSeconds must be <= 43200');
   if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
-  // A job can wait queueRetentionDays before a worker reads its upload (and a drained job goes
-  // back as a fresh message); its init image must outlive that.
+  // A job can wait queueRetentionDays before a worker reads its upload; its init image should
+  // outlive that when the job follows the upload closely.
   if (cfg.uploadRetentionDays <= cfg.queueRetentionDays) problems.push('uploadRetentionDays must be > queueRetentionDays, or a queued job can lose its init image');
   // API Gateway HTTP APIs cut integrations at 30 s.
   if (cfg.lambdaTimeoutSeconds > 29) problems.push('lambdaTimeoutSeconds must be <= 29 (API Gateway limit)');

@@ -146,9 +146,12 @@ export function registerGenerationRoutes(
     // The body as sent (no default model filled in), so a retry replays its job even if the
     // deployment's default model changed in between.
     const bodyHash = sha256Hex(canonicalJson(request));
+    // Before the deployment default existed, a request without model was hashed with model "toy"
+    // filled in; a retry across that upgrade is still the same request.
+    const sameBodyHashes = request.model === undefined ? [sha256Hex(canonicalJson({ ...request, model: 'toy' }))] : [];
     let jobId = newJobId(now.getTime());
     if (idempotencyKey !== undefined) {
-      const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, jobId, now });
+      const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
       if (claim.kind === 'replay') {
         let job = claim.job;
         if (job.status === 'failed' && job.error?.code === 'enqueue_failed') {

@@ -254,7 +254,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       return;
     }
     emit({ type: 'requeued', messageId: m.messageId, reason });
-    await ack(m, `requeued:${reason}`);
+    try {
+      await queue.ack(m.receipt);
+      emit({ type: 'acked', messageId: m.messageId, reason: `requeued:${reason}` });
+    } catch (error) {
+      // Rare (the send worked, the delete did not): this delivery comes back next to its copy, and
+      // two workers may run the job; the later claim wins and the earlier run ends as lease_lost.
+      log.warn('ack after requeue failed; the job has two messages until one is settled', { messageId: m.messageId, reason, error: describe(error) });
+    }
   }
 
   /** Copy to the DLQ, then ack (a crash in between duplicates a dead letter, never loses one).
@@ -657,6 +664,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // uploads; cleared as soon as the message is settled.
         await protection.protect(((jobTimeoutSec ?? 7200) + 300) / 60);
         try {
+          if (stopping) {
+            // stop() came while the protection call was in flight: do not start the job.
+            await requeue(m, 'drain');
+            continue;
+          }
           await handle(m);
         } catch (error) {
           // handle() settles every path itself; reaching here is a bug. Never take the process down.

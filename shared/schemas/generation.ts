@@ -61,7 +61,7 @@ const generationFields = {
     .openapi({ description: 'Noise mixed into an "upload:<id>" init image: 0 keeps the image, 1 replaces it with noise (default 0.6). Only with an upload init.' }),
 };
 
-function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[]; init: string; strength?: number }, ctx: z.RefinementCtx): void {
+function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[] }, ctx: z.RefinementCtx): void {
   const has = [req.prompt !== undefined, req.prompts !== undefined].filter(Boolean).length;
   if (has !== 1) {
     ctx.addIssue({ code: 'custom', path: ['prompt'], message: 'give exactly one of "prompt" or "prompts"' });
@@ -69,6 +69,10 @@ function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[]
   if (req.prompts && req.prompts.every((p) => p.weight <= 0)) {
     ctx.addIssue({ code: 'custom', path: ['prompts'], message: 'at least one prompt weight must be positive' });
   }
+}
+
+/** Request-only: stored specs from before this check may hold such a strength, and must still parse. */
+function checkStrength(req: { init: string; strength?: number }, ctx: z.RefinementCtx): void {
   if (req.strength !== undefined && !req.init.startsWith('upload:')) {
     // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
     ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength applies only to an "upload:<id>" init' });
@@ -85,7 +89,10 @@ export const GenerationRequest = z
     model: ModelName.optional().openapi({ description: "The model's id from GET /v1/models; default: the one marked default there" }),
   })
   .strict()
-  .superRefine(checkGeneration)
+  .superRefine((req, ctx) => {
+    checkGeneration(req, ctx);
+    checkStrength(req, ctx);
+  })
   .openapi('GenerationRequest');
 
 /** What a job stores and the worker runs: a request with every default filled in, the model included. */

@@ -66,6 +66,11 @@ describe('cdk.json', () => {
 });
 
 describe('environment-agnostic stacks', () => {
+  it('deploy the API before the worker: readers of job records before their writers', () => {
+    expect(stacks.worker.dependencies.map((d) => d.stackName)).toContain(stacks.api.stackName);
+    expect(stacks.api.dependencies.map((d) => d.stackName)).not.toContain(stacks.worker.stackName);
+  });
+
   it('have no concrete account or region (synth makes no AWS calls)', () => {
     for (const s of [stacks.stateful, stacks.api, stacks.worker]) {
       expect(Token.isUnresolved(s.account)).toBe(true);

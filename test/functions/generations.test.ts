@@ -175,6 +175,21 @@ describe('Idempotency-Key', () => {
     expect(await queued()).toEqual([idA]);
   });
 
+  it('a claim written before the default model existed (hashed with model "toy") still replays, not 409', async () => {
+    const { canonicalJson, idempotencyRecordKey } = await import('../../functions/idempotency.ts');
+    const { sha256Hex } = await import('../../shared/schemas/apikey.ts');
+    const first = (await (await post({ prompt: 'apple' }, { 'Idempotency-Key': 'pre-upgrade' })).json()) as { id: string };
+    // Rewrite the claim as the earlier version stored it: the hash of the spec with model filled in.
+    const key = idempotencyRecordKey('acct_alice', 'pre-upgrade');
+    const claim = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString());
+    const legacy = sha256Hex(canonicalJson({ prompt: 'apple', width: 224, height: 224, steps: 100, n: 1, init: 'gmm', model: 'toy' }));
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...claim, body_hash: legacy })));
+    const retry = await post({ prompt: 'apple' }, { 'Idempotency-Key': 'pre-upgrade' });
+    expect(retry.status).toBe(200);
+    expect(((await retry.json()) as { id: string }).id).toBe(first.id);
+    await expectEnvelope(await post({ prompt: 'pear' }, { 'Idempotency-Key': 'pre-upgrade' }), 409, 'idempotency_key_reused');
+  });
+
   it('keys are per owner: the same key from another owner makes its own job', async () => {
     const headers = { 'Idempotency-Key': 'shared-key' };
     const a = (await (await post({ prompt: 'apple' }, headers)).json()) as { id: string };

@@ -437,10 +437,19 @@ describe('model store in local mode', () => {
     } finally {
       await reg.close();
     }
-    const again = await new ModelStore(blobs).push(dir, 'old-layout');
-    expect(again).toMatchObject({ status: 'reuploaded', contentHash });
-    expect(again.removed.sort()).toEqual(files.map((f) => modelKey('old-layout', f.path)).sort());
-    expect((await new ModelStore(blobs).describe('old-layout'))!.format_version).toBe(2);
+    // A worker that has read the format-1 index but not downloaded yet, when the model is re-pushed:
+    const stale = createModelRegistry({ store: new ModelStore(blobs), cacheDir: tmp('v1-stale-cache'), threads: 1, indexTtlMs: 3_600_000 });
+    try {
+      await stale.refresh();
+      const again = await new ModelStore(blobs).push(dir, 'old-layout');
+      expect(again).toMatchObject({ status: 'reuploaded', contentHash });
+      expect(again.removed.sort()).toEqual(files.map((f) => modelKey('old-layout', f.path)).sort());
+      expect((await new ModelStore(blobs).describe('old-layout'))!.format_version).toBe(2);
+      // its cached index names flat files that are gone; it re-reads the index and serves the same content
+      expect(await stale.locate('old-layout')).toMatch(new RegExp(`${contentHash}$`));
+    } finally {
+      await stale.close();
+    }
   });
 
   it('clipag models push refuses a bundle whose tokenizer or prior cannot be read: nothing is listed', async () => {

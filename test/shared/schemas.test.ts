@@ -29,6 +29,10 @@ describe('GenerationRequest', () => {
     });
   });
 
+  it('a spec stored before the strength check (strength with a gmm start) still parses as a job spec', () => {
+    expect(GenerationSpec.parse({ prompt: 'x', model: 'toy', init: 'gmm', strength: 0.5 }).strength).toBe(0.5);
+  });
+
   it('leaves model unset (the API fills in the deployment default); a stored spec must name one', () => {
     expect(GenerationRequest.parse({ prompt: 'x' }).model).toBeUndefined();
     expect(GenerationRequest.parse({ prompt: 'x', model: 'clipag-vitb32' }).model).toBe('clipag-vitb32');
