@@ -30,6 +30,12 @@ export interface EngineOptions {
    * and loaded by path (protobuf caps an in-memory model at 2 GB). Default 1.5 GiB.
    */
   inlineGraphLimitBytes?: number;
+  /**
+   * How many per-size step graphs stay loaded (leaseGraph; default 4: a multi-scale run uses up to
+   * three sizes, and a fourth keeps the last request's size warm). The least recently used idle one
+   * is unloaded beyond this.
+   */
+  maxLeasedGraphs?: number;
 }
 
 /** Text batches are padded to one of these sizes so a handful of graphs serve every request. */
@@ -46,6 +52,9 @@ function bundleTokenizer(bundle: ModelBundle): TextTokenizer {
 
 export class ClipEngine {
   private readonly handles = new Map<string, Promise<EngineHandle>>();
+  /** leaseGraph: holders per graph, and the graphs in least-recently-used order. */
+  private readonly leases = new Map<string, number>();
+  private readonly leasedOrder: string[] = [];
   private readonly priors = new Map<string, GmmPrior>();
   private closed = false;
 
@@ -55,7 +64,10 @@ export class ClipEngine {
     readonly pool: EnginePool,
     private readonly ownsPool: boolean,
     private readonly inlineLimit: number = DEFAULT_INLINE_LIMIT,
-  ) {}
+    private readonly maxLeasedGraphs: number = DEFAULT_MAX_LEASED_GRAPHS,
+  ) {
+    if (!(Number.isInteger(maxLeasedGraphs) && maxLeasedGraphs >= 1)) throw new EngineError('invalid_input', `maxLeasedGraphs must be a positive integer, got ${maxLeasedGraphs}`);
+  }
 
   /**
    * Checks every file a synthesis with the bundle reads, without starting a session: the manifest,
@@ -78,7 +90,7 @@ export class ClipEngine {
         size: 1,
         sessionOptions: { device: opts.device ?? 'cpu', intraOpThreads: opts.threads, disablePrepacking: opts.disablePrepacking },
       });
-    return new ClipEngine(bundle, tokenizer, pool, !opts.pool, opts.inlineGraphLimitBytes);
+    return new ClipEngine(bundle, tokenizer, pool, !opts.pool, opts.inlineGraphLimitBytes, opts.maxLeasedGraphs);
   }
 
   get name(): string {
@@ -99,7 +111,7 @@ export class ClipEngine {
   /** A compiled graph, built and loaded on first use. `key` must identify the graph's shape. */
   graph(key: string, build: () => ModelIR, sessionOptions: SessionOptions = {}): Promise<EngineHandle> {
     if (this.closed) return Promise.reject(new EngineError('aborted', 'engine is closed'));
-    const full = `${this.bundle.contentHash.slice(0, 16)}:${key}`;
+    const full = this.fullKey(key);
     let h = this.handles.get(full);
     if (!h) {
       h = Promise.resolve().then(async () => this.pool.load(full, await serializeForLoad(build(), full, this.inlineLimit), sessionOptions));
@@ -107,6 +119,57 @@ export class ClipEngine {
       h.catch(() => this.handles.delete(full));
     }
     return h;
+  }
+
+  /**
+   * A graph held for a stretch of runs (a synthesis stage). Graphs loaded this way are per output
+   * size, so they are kept in a least-recently-used list: beyond `maxLeasedGraphs` the oldest one no
+   * lease holds is unloaded. Without this every new request size kept its compiled session (tens of
+   * MB for the toy model, hundreds for ViT-B/32) for the life of the worker.
+   */
+  async leaseGraph(key: string, build: () => ModelIR, sessionOptions: SessionOptions = {}): Promise<{ handle: EngineHandle; release(): void }> {
+    const full = this.fullKey(key);
+    this.leases.set(full, (this.leases.get(full) ?? 0) + 1);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      const n = (this.leases.get(full) ?? 1) - 1;
+      if (n > 0) this.leases.set(full, n);
+      else this.leases.delete(full);
+      void this.evictIdleGraphs();
+    };
+    let handle: EngineHandle;
+    try {
+      handle = await this.graph(key, build, sessionOptions);
+    } catch (error) {
+      release();
+      throw error;
+    }
+    const at = this.leasedOrder.indexOf(full);
+    if (at >= 0) this.leasedOrder.splice(at, 1);
+    this.leasedOrder.push(full);
+    await this.evictIdleGraphs();
+    return { handle, release };
+  }
+
+  private async evictIdleGraphs(): Promise<void> {
+    while (this.leasedOrder.length > this.maxLeasedGraphs && !this.closed) {
+      const victim = this.leasedOrder.find((k) => !this.leases.has(k));
+      if (victim === undefined) return; // all in use
+      this.leasedOrder.splice(this.leasedOrder.indexOf(victim), 1);
+      this.handles.delete(victim);
+      await this.pool.unload(victim).catch(() => undefined);
+    }
+  }
+
+  /** Graphs loaded through leaseGraph, least recently used first. */
+  get leasedGraphs(): readonly string[] {
+    return this.leasedOrder;
+  }
+
+  private fullKey(key: string): string {
+    return `${this.bundle.contentHash.slice(0, 16)}:${key}`;
   }
 
   /**
@@ -214,6 +277,8 @@ export class ClipEngine {
     if (this.ownsPool) await this.pool.close();
   }
 }
+
+const DEFAULT_MAX_LEASED_GRAPHS = 4;
 
 /** Above this many bytes of weights a graph goes through a file with external data (protobuf caps at 2 GB). */
 const DEFAULT_INLINE_LIMIT = 1.5 * 2 ** 30;

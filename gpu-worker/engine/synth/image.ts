@@ -351,7 +351,17 @@ export function resizeCover(img: PlanarImage, width: number, height: number, opt
   checkImage(img, 'resizeCover');
   checkSize(width, height, 'resizeCover');
   const s = Math.max(width / img.width, height / img.height);
-  const rw = Math.max(width, Math.round(img.width * s));
-  const rh = Math.max(height, Math.round(img.height * s));
-  return cropCenter(resizeBilinear(img, rw, rh, opts), width, height);
+  let src = img;
+  if (s > 1) {
+    // Upscaling: crop the source to the window the output shows first (plus a pixel each side for
+    // the bilinear support). Scaling the whole image first would turn a legal 1×8192 PNG into
+    // 224×1.8M floats (GBs) before the crop threw most of it away.
+    const window = (n: number, want: number) => Math.min(n, Math.ceil(want / s) + 2);
+    const ww = window(img.width, width);
+    const wh = window(img.height, height);
+    if (ww < img.width || wh < img.height) src = crop(img, Math.floor((img.width - ww) / 2), Math.floor((img.height - wh) / 2), ww, wh);
+  }
+  const rw = Math.max(width, Math.round(src.width * s));
+  const rh = Math.max(height, Math.round(src.height * s));
+  return cropCenter(resizeBilinear(src, rw, rh, opts), width, height);
 }

@@ -124,7 +124,10 @@ export function defaultSchedule(width: number, height: number, steps: number, en
   const sizes: { width: number; height: number }[] = [];
   let f = encoderSize / long;
   while (f < 1) {
-    sizes.push({ width: Math.max(8, Math.round((width * f) / 8) * 8), height: Math.max(8, Math.round((height * f) / 8) * 8) });
+    // Sides are multiples of 8 and at least 16 (validateRequest's bounds): a 1024×64 output on a
+    // 64 px model would otherwise start at 64×8 and be refused with a message about a field the
+    // caller never sent.
+    sizes.push({ width: Math.max(16, Math.round((width * f) / 8) * 8), height: Math.max(16, Math.round((height * f) / 8) * 8) });
     f *= 2;
   }
   sizes.push({ width, height });

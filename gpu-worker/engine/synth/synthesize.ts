@@ -279,73 +279,80 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
     if (image.width !== stage.width || image.height !== stage.height) image = resizeBilinear(image, stage.width, stage.height);
     const H = stage.height, W = stage.width;
     const tc = performance.now();
-    const handle = await engine.graph(`step:${H}x${W}:v${V}:k${K}:m${NOISE_BANK}`, () =>
+    // Leased for the stage: the engine keeps a few step graphs (one per output size) and may unload
+    // the least recently used idle one, never one a stage is running.
+    const lease = await engine.leaseGraph(`step:${H}x${W}:v${V}:k${K}:m${NOISE_BANK}`, () =>
       stepGraph(engine.towerSource(), { height: H, width: W, views: V, promptSlots: K, noiseBank: NOISE_BANK }, noise),
     );
+    const handle = lease.handle;
     timings.compile += performance.now() - tc;
-    const adam = new AdamW(3 * H * W, r);
-    const scratch = new Float32Array(3 * H * W);
-    const content = contentTarget ? resizeCover(contentTarget, W, H).data : undefined;
-    const targets = new Float32Array(V * K * E);
-    for (let v = 0; v < V; v++) for (let k = 0; k < req.prompts.length; k++) targets.set(textUnit.subarray(k * E, (k + 1) * E), (v * K + k) * E);
+    try {
+      const adam = new AdamW(3 * H * W, r);
+      const scratch = new Float32Array(3 * H * W);
+      const content = contentTarget ? resizeCover(contentTarget, W, H).data : undefined;
+      const targets = new Float32Array(V * K * E);
+      for (let v = 0; v < V; v++) for (let k = 0; k < req.prompts.length; k++) targets.set(textUnit.subarray(k * E, (k + 1) * E), (v * K + k) * E);
 
-    // Host work that does not depend on this step's gradient (drawing the next step's views, encoding
-    // the last frame) overlaps the session run, which executes in the engine pool's worker thread.
-    let next = drawAugmentation(augRng, r, planViews(augRng, r, H, W), targets, promptWeights, K, S, H, W, V);
-    let pendingFrame: { step: number; image: PlanarImage } | undefined;
-    const flushFrame = () => {
-      if (!pendingFrame) return;
-      const te = performance.now();
-      const frame = { step: pendingFrame.step, png: encodePng(pendingFrame.image) };
-      timings.encode += performance.now() - te;
-      pendingFrame = undefined;
-      frames.push(frame);
-      opts.onFrame?.(frame);
-    };
-    for (let s = 0; s < stage.steps; s++) {
-      if (opts.signal?.aborted) {
-        aborted = true;
-        break;
-      }
-      const feeds = { ...next, image: { dtype: 'float32' as const, dims: [1, 3, H, W], data: Float32Array.from(image.data) } };
-      const tr = performance.now();
-      const running = handle.run(feeds, ['loss', 'grad_image'], { transfer: true });
-      if (s + 1 < stage.steps) next = drawAugmentation(augRng, r, planViews(augRng, r, H, W), targets, promptWeights, K, S, H, W, V);
-      flushFrame();
-      const out = await running;
-      timings.sessionRun += performance.now() - tr;
-      encoderPasses += V;
-      encoderBackwardPasses += V;
-      let loss = (out.loss.data as Float32Array)[0];
-      const grad = out.grad_image.data as Float32Array;
-      if (content && req.contentWeight) {
-        // Content preservation: + c·mean((x − x₀)²), gradient 2c(x − x₀)/n.
-        const n = grad.length;
-        let mse = 0;
-        for (let i = 0; i < n; i++) {
-          const d = image.data[i] - content[i];
-          mse += d * d;
-          grad[i] += (2 * req.contentWeight * d) / n;
+      // Host work that does not depend on this step's gradient (drawing the next step's views, encoding
+      // the last frame) overlaps the session run, which executes in the engine pool's worker thread.
+      let next = drawAugmentation(augRng, r, planViews(augRng, r, H, W), targets, promptWeights, K, S, H, W, V);
+      let pendingFrame: { step: number; image: PlanarImage } | undefined;
+      const flushFrame = () => {
+        if (!pendingFrame) return;
+        const te = performance.now();
+        const frame = { step: pendingFrame.step, png: encodePng(pendingFrame.image) };
+        timings.encode += performance.now() - te;
+        pendingFrame = undefined;
+        frames.push(frame);
+        opts.onFrame?.(frame);
+      };
+      for (let s = 0; s < stage.steps; s++) {
+        if (opts.signal?.aborted) {
+          aborted = true;
+          break;
         }
-        loss += (req.contentWeight * mse) / n;
+        const feeds = { ...next, image: { dtype: 'float32' as const, dims: [1, 3, H, W], data: Float32Array.from(image.data) } };
+        const tr = performance.now();
+        const running = handle.run(feeds, ['loss', 'grad_image'], { transfer: true });
+        if (s + 1 < stage.steps) next = drawAugmentation(augRng, r, planViews(augRng, r, H, W), targets, promptWeights, K, S, H, W, V);
+        flushFrame();
+        const out = await running;
+        timings.sessionRun += performance.now() - tr;
+        encoderPasses += V;
+        encoderBackwardPasses += V;
+        let loss = (out.loss.data as Float32Array)[0];
+        const grad = out.grad_image.data as Float32Array;
+        if (content && req.contentWeight) {
+          // Content preservation: + c·mean((x − x₀)²), gradient 2c(x − x₀)/n.
+          const n = grad.length;
+          let mse = 0;
+          for (let i = 0; i < n; i++) {
+            const d = image.data[i] - content[i];
+            mse += d * d;
+            grad[i] += (2 * req.contentWeight * d) / n;
+          }
+          loss += (req.contentWeight * mse) / n;
+        }
+        if (!Number.isFinite(loss)) throw new EngineError('numerical_error', `loss became ${loss} at step ${stepsDone}; the model or input produced non-finite values (try another seed, a lower lr, or check the model with clipag gradcheck)`);
+        lossHistory.push(loss);
+        if (loss < best.loss) best = { loss, step: stepsDone, image: cloneImage(image) };
+        if (r.frameEvery > 0 && stepsDone % r.frameEvery === 0) pendingFrame = { step: stepsDone, image: cloneImage(image) };
+        clipGradNorm(grad, r.gradClip);
+        adam.step(image.data, grad);
+        dynamicThreshold(image.data, r.thresholdPercentile, scratch);
+        stepsDone++;
+        const elapsed = performance.now() - tOpt;
+        opts.onProgress?.({
+          step: stepsDone, totalSteps, stage: si + 1, stages: schedule.length, loss, bestLoss: best.loss,
+          elapsedMs: elapsed, etaMs: (elapsed / stepsDone) * (totalSteps - stepsDone),
+        });
       }
-      if (!Number.isFinite(loss)) throw new EngineError('numerical_error', `loss became ${loss} at step ${stepsDone}; the model or input produced non-finite values (try another seed, a lower lr, or check the model with clipag gradcheck)`);
-      lossHistory.push(loss);
-      if (loss < best.loss) best = { loss, step: stepsDone, image: cloneImage(image) };
-      if (r.frameEvery > 0 && stepsDone % r.frameEvery === 0) pendingFrame = { step: stepsDone, image: cloneImage(image) };
-      clipGradNorm(grad, r.gradClip);
-      adam.step(image.data, grad);
-      dynamicThreshold(image.data, r.thresholdPercentile, scratch);
-      stepsDone++;
-      const elapsed = performance.now() - tOpt;
-      opts.onProgress?.({
-        step: stepsDone, totalSteps, stage: si + 1, stages: schedule.length, loss, bestLoss: best.loss,
-        elapsedMs: elapsed, etaMs: (elapsed / stepsDone) * (totalSteps - stepsDone),
-      });
+      flushFrame();
+      // Keep the best image of the final resolution: a coarse stage's best would need upsampling.
+      if (si < schedule.length - 1 && !aborted) best = { loss: Infinity, step: -1, image: cloneImage(image) };
+    } finally {
+      lease.release();
     }
-    flushFrame();
-    // Keep the best image of the final resolution: a coarse stage's best would need upsampling.
-    if (si < schedule.length - 1 && !aborted) best = { loss: Infinity, step: -1, image: cloneImage(image) };
   }
   timings.optimize = performance.now() - tOpt;
   if (best.step < 0) best = { loss: lossHistory[lossHistory.length - 1] ?? Infinity, step: stepsDone, image: cloneImage(image) };

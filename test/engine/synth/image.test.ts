@@ -145,6 +145,24 @@ describe('resizing and cropping', () => {
     expect([cov.width, cov.height]).toEqual([16, 16]);
   });
 
+  it('resizeCover of an extreme aspect ratio crops before it scales: a 1×8192 image costs a 224² output, not GBs', () => {
+    const tall = createImage(1, 8192);
+    for (let r = 0; r < 8192; r++) for (let c = 0; c < 3; c++) tall.data[c * 8192 + r] = r / 8191;
+    const rss0 = process.memoryUsage().rss;
+    const out = resizeCover(tall, 224, 224);
+    expect(process.memoryUsage().rss - rss0).toBeLessThan(200 * 2 ** 20); // scaling the whole column first took 5 GB
+    expect([out.width, out.height]).toEqual([224, 224]);
+    // the centre of the column: values around 0.5, one source pixel spread over the output
+    for (const v of out.data) expect(Math.abs(v - 0.5)).toBeLessThan(0.001);
+    // an ordinary cover (landscape into a square) still shows the centre, unchanged in range
+    const wide = createImage(300, 100);
+    for (let x = 0; x < 300; x++) for (let y = 0; y < 100; y++) for (let c = 0; c < 3; c++) wide.data[c * 30000 + y * 300 + x] = x / 299;
+    const sq = resizeCover(wide, 224, 224);
+    const mid = sq.data[112 * 224 + 112];
+    expect(Math.abs(mid - 0.5)).toBeLessThan(0.01);
+    expect(sq.data[112 * 224] / (1 / 3)).toBeGreaterThan(0.95); // the left edge shows column ~100 of 300
+  });
+
   it('noise is deterministic per seed and in range; bad colours are refused', () => {
     const a = noiseImage(8, 8, createRng(3));
     expect(a.data).toEqual(noiseImage(8, 8, createRng(3)).data);

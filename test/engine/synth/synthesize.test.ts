@@ -70,6 +70,30 @@ describe('synthesis on the tiny model', () => {
     expect([png.width, png.height]).toEqual([64, 48]);
   });
 
+  it('a narrow request (8:1) runs: every coarse stage keeps sides of at least 16', async () => {
+    expect(defaultSchedule(1024, 64, 10, 64).every((st) => st.width >= 16 && st.height >= 16 && st.width % 8 === 0 && st.height % 8 === 0)).toBe(true);
+    const res = await synthesize(engine, { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 256, height: 32, seed: 1, init: { kind: 'noise' }, recipe: { steps: 4, ...FAST } });
+    expect([decodeImage(res.png).width, decodeImage(res.png).height]).toEqual([256, 32]);
+  });
+
+  it('per-size step graphs are kept least-recently-used: beyond the limit the oldest idle one is unloaded', async () => {
+    const small = await ClipEngine.open(makeTinyBundle('quickgelu'), { threads: 1, maxLeasedGraphs: 2 });
+    try {
+      const run = (width: number, height: number) =>
+        synthesize(small, { prompts: [{ text: 'a photo of a cat', weight: 1 }], width, height, seed: 1, init: { kind: 'noise' }, recipe: { steps: 1, ...FAST } });
+      const a = await run(32, 32);
+      await run(32, 24);
+      await run(24, 32);
+      expect(small.leasedGraphs.map((k) => k.split(':step:')[1].split(':')[0])).toEqual(['24x32', '32x24']);
+      // the unloaded size loads again, and gives the same image
+      const again = await run(32, 32);
+      expect(Buffer.from(again.png).equals(Buffer.from(a.png))).toBe(true);
+      expect(small.leasedGraphs).toHaveLength(2);
+    } finally {
+      await small.close();
+    }
+  });
+
   it('abort stops within one step and returns what exists', async () => {
     const ac = new AbortController();
     const res = await synthesize(engine, { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 32, height: 32, seed: 1, init: { kind: 'noise' }, recipe: { steps: 50, ...FAST } }, {
