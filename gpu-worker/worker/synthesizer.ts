@@ -14,7 +14,7 @@ import type { Recipe } from '../engine/synth/recipe.ts';
 import { type InitSpec, type PromptScore, type SynthRequest, synthesize } from '../engine/synth/synthesize.ts';
 import type { ModelRegistry } from '../models.ts';
 
-/** Weight given to `negative_prompt` (the CLI's `--negative` uses the same). */
+/** Weight of `negative_prompt` relative to the positive prompts' total (the CLI's `--negative` uses the same). */
 export const NEGATIVE_PROMPT_WEIGHT = -0.5;
 /** `init: "upload:<id>"` without `strength`: keep 40 % of the image, 60 % noise (the CLI default). */
 export const DEFAULT_INIT_STRENGTH = 0.6;
@@ -100,9 +100,13 @@ export function seedFor(job: SynthesisJob): number {
 /** The engine requests for a job: n of them, seeds seed+i (mod 2³²); the init image is decoded once by the caller. */
 export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrides: Partial<Recipe> = {}, maxSteps?: number): SynthRequest[] {
   const { spec } = job;
+  const weighted = weightedPrompts(spec);
+  // The engine divides every weight by the positive prompts' total, so the negative prompt is scaled
+  // by that total first: its pull is −0.5 of the positives' whether they weigh 1 or 10.
+  const positiveTotal = weighted.filter((p) => p.weight > 0).reduce((a, p) => a + p.weight, 0);
   const prompts = [
-    ...weightedPrompts(spec).map((p) => ({ text: p.text, weight: p.weight })),
-    ...(spec.negative_prompt !== undefined ? [{ text: spec.negative_prompt, weight: NEGATIVE_PROMPT_WEIGHT }] : []),
+    ...weighted.map((p) => ({ text: p.text, weight: p.weight })),
+    ...(spec.negative_prompt !== undefined ? [{ text: spec.negative_prompt, weight: NEGATIVE_PROMPT_WEIGHT * positiveTotal }] : []),
   ];
   const base = seedFor(job);
   return Array.from({ length: spec.n }, (_, i) => ({

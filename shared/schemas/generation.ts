@@ -71,8 +71,14 @@ function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[]
   }
 }
 
-/** Request-only: stored specs from before this check may hold such a strength, and must still parse. */
-function checkStrength(req: { init: string; strength?: number }, ctx: z.RefinementCtx): void {
+/** The engine's prompt slots: the prompts and the negative prompt together. */
+export const MAX_PROMPTS_WITH_NEGATIVE = 8;
+
+/** Request-only checks: stored specs from before them must still parse. */
+function checkRequestOnly(req: { init: string; strength?: number; prompts?: unknown[]; negative_prompt?: string }, ctx: z.RefinementCtx): void {
+  if (req.prompts && req.negative_prompt !== undefined && req.prompts.length + 1 > MAX_PROMPTS_WITH_NEGATIVE) {
+    ctx.addIssue({ code: 'custom', path: ['negative_prompt'], message: `with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts fit (the model takes ${MAX_PROMPTS_WITH_NEGATIVE} in all); or give it as a prompt with a negative weight` });
+  }
   if (req.strength !== undefined && !req.init.startsWith('upload:')) {
     // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
     ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength applies only to an "upload:<id>" init' });
@@ -91,7 +97,7 @@ export const GenerationRequest = z
   .strict()
   .superRefine((req, ctx) => {
     checkGeneration(req, ctx);
-    checkStrength(req, ctx);
+    checkRequestOnly(req, ctx);
   })
   .openapi('GenerationRequest');
 

@@ -79,6 +79,7 @@ describe('GenerationRequest', () => {
     [{ prompt: 'a', init: 'zeros' }, 'init'],
     [{ prompt: 'a', init: 'upload:up_1', strength: 1.5 }, 'strength'],
     [{ prompt: 'a', strength: 0.5 }, 'strength'],
+    [{ prompts: Array.from({ length: 8 }, (_, i) => ({ text: `p${i}`, weight: 1 })), negative_prompt: 'blurry' }, 'negative_prompt'],
     [{ prompt: 'a', init: 'noise', strength: 0.5 }, 'strength'],
     [{ prompt: 'a', model: 'Bad Name' }, 'model'],
     [{ prompt: 'a', colour: 'red' }, ''],

@@ -22,6 +22,19 @@ describe('toSynthRequests', () => {
     expect([reqs[0].width, reqs[0].height]).toEqual([96, 64]);
   });
 
+  it('the negative prompt pulls −0.5 of the positives however they are scaled (the engine divides by their total)', () => {
+    const weights = (prompts: { text: string; weight: number }[]) =>
+      toSynthRequests({ id: 'j', owner: 'o', spec: spec({ prompt: undefined, prompts, negative_prompt: 'blurry' }) }, { kind: 'noise' })[0].prompts.map((p) => p.weight);
+    const one = weights([{ text: 'a', weight: 1 }]);
+    const ten = weights([{ text: 'a', weight: 10 }]);
+    const mixed = weights([{ text: 'a', weight: 3 }, { text: 'b', weight: 1 }, { text: 'c', weight: -1 }]);
+    // what the engine uses: each weight over the positive total
+    expect(one.at(-1)! / 1).toBeCloseTo(NEGATIVE_PROMPT_WEIGHT, 12);
+    expect(ten.at(-1)! / 10).toBeCloseTo(NEGATIVE_PROMPT_WEIGHT, 12);
+    expect(mixed.at(-1)! / 4).toBeCloseTo(NEGATIVE_PROMPT_WEIGHT, 12);
+    expect(mixed.slice(0, 3)).toEqual([3, 1, -1]); // the caller's own weights pass through
+  });
+
   it('weighted prompts pass through; a missing seed is derived from the job id (same job, same seed)', () => {
     const s = spec({ prompt: undefined, prompts: [{ text: 'a', weight: 2 }, { text: 'b', weight: -1 }] });
     const a = toSynthRequests({ id: 'job-a', owner: 'o', spec: s }, { kind: 'gmm' });
