@@ -274,9 +274,24 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   let aborted = false;
   const tOpt = performance.now();
 
+  // An init image keeps its detail through the coarse-to-fine stages: each finer stage adds back
+  // what the coarser stage's copy of the init lacks, weighted like the init itself (1 − strength).
+  // Without this a 512 px photo went through a 224 px first stage and strength 0 returned it blurred.
+  const initImage = req.init?.kind === 'image' ? req.init : undefined;
+  let initAtStage = initImage ? resizeCover(initImage.image, first.width, first.height) : undefined;
+
   for (let si = 0; si < schedule.length && !aborted; si++) {
     const stage = schedule[si];
-    if (image.width !== stage.width || image.height !== stage.height) image = resizeBilinear(image, stage.width, stage.height);
+    if (image.width !== stage.width || image.height !== stage.height) {
+      image = resizeBilinear(image, stage.width, stage.height);
+      if (initImage && initAtStage) {
+        const here = resizeCover(initImage.image, stage.width, stage.height);
+        const carried = resizeBilinear(initAtStage, stage.width, stage.height);
+        const keep = 1 - initImage.strength;
+        for (let i = 0; i < image.data.length; i++) image.data[i] = Math.min(1, Math.max(0, image.data[i] + keep * (here.data[i] - carried.data[i])));
+        initAtStage = here;
+      }
+    }
     const H = stage.height, W = stage.width;
     const tc = performance.now();
     // Leased for the stage: the engine keeps a few step graphs (one per output size) and may unload
