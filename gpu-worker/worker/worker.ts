@@ -156,7 +156,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   /** Extends the message's visibility every visibilitySec/2 while held; `stop()` waits for an extend
    * in flight, so a late heartbeat can never hide a message after it was released. */
-  function holdLease(m: ReceivedMessage, onLost: () => void) {
+  function holdLease(m: ReceivedMessage, onLost: () => void, onExtended: () => Promise<void> = async () => undefined) {
     let timer: NodeJS.Timeout | undefined;
     let inflight: Promise<void> | undefined;
     let held = true;
@@ -176,9 +176,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       inflight = queue
         .extendVisibility(m.receipt, visibilitySec)
-        .then(() => {
+        .then(async () => {
           failures = 0;
           emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec });
+          await onExtended().catch((error) => log.warn('job lease not renewed in the record', { messageId: m.messageId, error: describe(error) }));
         })
         .catch((error) => {
           if (!held) return;
@@ -322,8 +323,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     }
     let abortRun: ((reason: AbortReason) => void) | undefined;
     let lostEarly = false;
-    const lease = holdLease(m, () => (abortRun ? abortRun('lease_lost') : (lostEarly = true)));
     let attempt = 0;
+    // The record's copy of the lease, renewed with the message's: lets another delivery tell a
+    // duplicate message (the job is held) from a redelivery after a crash (the lease ran out).
+    const renewRecordLease = async () => {
+      if (attempt === 0) return;
+      const until = new Date(clock.now() + visibilitySec * 1000).toISOString();
+      await jobs.update(msg.owner, msg.job_id, (cur) => (cur.status === 'running' && cur.attempts === attempt ? { ...cur, lease_expires_at: until } : null));
+    };
+    const lease = holdLease(m, () => (abortRun ? abortRun('lease_lost') : (lostEarly = true)), renewRecordLease);
     try {
       const job = await jobs.get(msg.owner, msg.job_id);
       if (!job) {
@@ -364,12 +372,27 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const total = steps * job.spec.n;
       const startedAt = clock.now();
       let claimed = false;
+      let heldElsewhere = false;
       const running = await jobs.update(msg.owner, msg.job_id, (cur) => {
         claimed = false;
+        heldElsewhere = false;
         if (isTerminal(cur.status) || cur.cancel_requested) return null;
+        // Running, with a lease another worker renewed within the last half timeout: that worker
+        // holds the job and its own message (which comes back if it dies), so this is a duplicate.
+        if (cur.status === 'running' && cur.lease_expires_at && Date.parse(cur.lease_expires_at) - clock.now() > (visibilitySec * 1000) / 2) {
+          heldElsewhere = true;
+          return null;
+        }
         claimed = true;
-        return { ...cur, status: 'running', attempts: cur.attempts + 1, started_at: cur.started_at ?? iso(), progress: { step: 0, total }, error: null };
+        const leaseUntil = new Date(clock.now() + visibilitySec * 1000).toISOString();
+        return { ...cur, status: 'running', attempts: cur.attempts + 1, started_at: cur.started_at ?? iso(), progress: { step: 0, total }, error: null, lease_expires_at: leaseUntil };
       });
+      if (heldElsewhere) {
+        log.info('duplicate message for a job another worker holds; dropping it', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt: running.lease_expires_at });
+        await lease.release();
+        await ack(m, 'duplicate_of_running');
+        return finish(msg, 'skipped');
+      }
       if (!claimed) {
         // Changed between the read and the claim.
         if (!isTerminal(running.status)) await markCanceled(msg);

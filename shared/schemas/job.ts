@@ -62,6 +62,12 @@ export const JobRecord = z
     /** How many times a worker has started this job (redeliveries included). */
     attempts: z.number().int().nonnegative(),
     idempotency_key: z.string().min(1).max(255).nullable(),
+    /**
+     * While `running`: until when the running worker holds the job (its message's visibility, renewed
+     * by its heartbeat). Another delivery of the job well before then is a duplicate message, not a
+     * redelivery after a crash, and is dropped instead of starting a second run.
+     */
+    lease_expires_at: Timestamp.nullable().optional(),
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */

@@ -5,6 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import { RetryableError } from '../../shared/errors.ts';
+import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
 import { createWorker, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { SynthesisJob, SynthesisOutcome, SynthesisRunOptions, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import { classifyError, jobErrorOf, redactPaths } from '../../gpu-worker/worker/errors.ts';
@@ -154,6 +155,33 @@ describe('drain and lease', () => {
     expect([done.status, done.attempts, done.error]).toEqual(['succeeded', 4, null]);
     // The fourth worker got a fresh copy, first delivery: nothing counted the drains.
     expect(w.events.find((e) => e.type === 'received')).toMatchObject({ receiveCount: 1 });
+  });
+
+  it('a duplicate message for a job another worker holds is dropped, not run a second time', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    await env.queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: OWNER })); // e.g. a requeue whose ack failed
+    let finishA!: () => void;
+    const gate = new Promise<void>((r) => (finishA = r));
+    const a = start(env, { run: async () => (await gate, outcome(6, false)) });
+    await waitForStatus(env, job.id, ['running']);
+    const b = start(env, { run: async () => { throw new Error('the duplicate must not run'); } });
+    await waitFor('the duplicate dropped', () => b.events.some((e) => e.type === 'acked' && e.reason === 'duplicate_of_running'));
+    finishA();
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect([done.status, done.attempts]).toEqual(['succeeded', 1]);
+    expect(done.lease_expires_at).toBeTruthy();
+    expect(a.events.some((e) => e.type === 'abort')).toBe(false); // never lease_lost
+  });
+
+  it('the record lease is renewed with the heartbeat; after a crash it runs out with the message, and the redelivery takes over', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    // A worker that claimed the job and died: running, its lease lapsed a moment ago.
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 1, started_at: new Date().toISOString(), lease_expires_at: new Date(Date.now() - 1000).toISOString() }));
+    start(env, { run: async () => outcome(6, false) });
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect([done.status, done.attempts]).toEqual(['succeeded', 2]);
   });
 
   it('a failed heartbeat is retried well inside the visibility timeout: no redelivery, the run goes on', async () => {
