@@ -13,6 +13,12 @@ import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../views.ts';
 import { SECURITY, pick } from './common.ts';
 
+/**
+ * An idempotent replay of a job still queued and never started after this long sends its message
+ * again: it may have been lost between the job's create and its send.
+ */
+const RESEND_AFTER_MS = 5 * 60_000;
+
 /** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
 const CANCEL_RETRIES = 30;
 
@@ -163,6 +169,18 @@ export function registerGenerationRoutes(
             return requeued ? { ...cur, status: 'queued', finished_at: null, error: null } : null;
           });
           if (requeued) await enqueue(job);
+        } else if (job.status === 'queued' && job.attempts === 0 && now.getTime() - Date.parse(job.enqueued_at ?? job.created_at) > RESEND_AFTER_MS) {
+          // Queued for long and never started: its message may have been lost (a process that died
+          // between the create and the send). Send it again; a duplicate is harmless (a worker
+          // drops a message for a job another one holds, or one already finished). At most one
+          // re-send per RESEND_AFTER_MS, by the request whose write moved enqueued_at.
+          let resend = false;
+          const stamp = now.toISOString();
+          job = await jobs.update(owner, job.id, (cur) => {
+            resend = cur.status === 'queued' && cur.attempts === 0 && now.getTime() - Date.parse(cur.enqueued_at ?? cur.created_at) > RESEND_AFTER_MS;
+            return resend ? { ...cur, enqueued_at: stamp } : null;
+          });
+          if (resend) await enqueue(job);
         }
         c.header('Location', `/v1/generations/${job.id}`);
         c.header('Idempotent-Replayed', 'true');

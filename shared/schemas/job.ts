@@ -68,6 +68,8 @@ export const JobRecord = z
      * redelivery after a crash, and is dropped instead of starting a second run.
      */
     lease_expires_at: Timestamp.nullable().optional(),
+    /** When the API last re-sent the job's message (an idempotent replay of a job queued for long); absent: only at created_at. */
+    enqueued_at: Timestamp.optional(),
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */

@@ -190,6 +190,26 @@ describe('Idempotency-Key', () => {
     await expectEnvelope(await post({ prompt: 'pear' }, { 'Idempotency-Key': 'pre-upgrade' }), 409, 'idempotency_key_reused');
   });
 
+  it('a replay of a job queued for over 5 minutes and never started sends its message again, once per 5 minutes', async () => {
+    let offsetMs = 0;
+    const { createApp } = await import('../../functions/app.ts');
+    const app = createApp({ ...h.deps, clock: () => new Date(Date.now() + offsetMs) });
+    const send = () => postApple(app, 'lost-message');
+    const { id } = (await (await send()).json()) as { id: string };
+    // The message is lost (the process died between create and send, or it was consumed wrongly).
+    for (const m of await h.queue.receive({ max: 10, waitSec: 0 })) await h.queue.ack(m.receipt);
+    expect((await send()).status).toBe(200);
+    expect(await queued()).toEqual([]); // fresh: no re-send
+    offsetMs = 6 * 60_000;
+    const [r1, r2] = await Promise.all([send(), send()]);
+    expect([r1.status, r2.status]).toEqual([200, 200]);
+    expect(await queued()).toEqual([id]); // one re-send for the two concurrent replays
+    expect((await h.jobs.get('acct_alice', id))!.enqueued_at).toBeTruthy();
+    offsetMs = 8 * 60_000; // 2 minutes after the re-send: not yet
+    await send();
+    expect(await queued()).toEqual([]);
+  });
+
   it('keys are per owner: the same key from another owner makes its own job', async () => {
     const headers = { 'Idempotency-Key': 'shared-key' };
     const a = (await (await post({ prompt: 'apple' }, headers)).json()) as { id: string };
