@@ -176,11 +176,23 @@ export function registerGenerationRoutes(
           // re-send per RESEND_AFTER_MS, by the request whose write moved enqueued_at.
           let resend = false;
           const stamp = now.toISOString();
+          const before = job.enqueued_at;
           job = await jobs.update(owner, job.id, (cur) => {
             resend = cur.status === 'queued' && cur.attempts === 0 && now.getTime() - Date.parse(cur.enqueued_at ?? cur.created_at) > RESEND_AFTER_MS;
             return resend ? { ...cur, enqueued_at: stamp } : null;
           });
-          if (resend) await enqueue(job);
+          if (resend) {
+            try {
+              await queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
+            } catch (error) {
+              // Unlike a first send, the job may well have its message (it may only be waiting in a
+              // backlog): it is not marked failed. The stamp goes back, so the next replay tries again.
+              deps.log?.({ level: 'warn', msg: 're-send of a long-queued job failed', job_id: job.id, error: error instanceof Error ? error.message : String(error) });
+              job = await jobs
+                .update(owner, job.id, (cur) => (cur.enqueued_at === stamp ? { ...cur, enqueued_at: before } : null))
+                .catch(() => job);
+            }
+          }
         }
         c.header('Location', `/v1/generations/${job.id}`);
         c.header('Idempotent-Replayed', 'true');

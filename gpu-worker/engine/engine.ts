@@ -31,9 +31,9 @@ export interface EngineOptions {
    */
   inlineGraphLimitBytes?: number;
   /**
-   * How many per-size step graphs stay loaded (leaseGraph; default 4: a multi-scale run uses up to
-   * three sizes, and a fourth keeps the last request's size warm). The least recently used idle one
-   * is unloaded beyond this.
+   * How many per-size step graphs stay loaded (leaseGraph; default 8). A multi-scale run visits up to
+   * six sizes (a 32 px model at 1024 px: 32 … 1024), and fewer slots than a run's stages would evict
+   * the next stage's graph at every stage. The least recently used idle one is unloaded beyond this.
    */
   maxLeasedGraphs?: number;
 }
@@ -278,7 +278,7 @@ export class ClipEngine {
   }
 }
 
-const DEFAULT_MAX_LEASED_GRAPHS = 4;
+const DEFAULT_MAX_LEASED_GRAPHS = 8;
 
 /** Above this many bytes of weights a graph goes through a file with external data (protobuf caps at 2 GB). */
 const DEFAULT_INLINE_LIMIT = 1.5 * 2 ** 30;

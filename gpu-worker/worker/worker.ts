@@ -176,10 +176,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       inflight = queue
         .extendVisibility(m.receipt, visibilitySec)
-        .then(async () => {
+        .then(() => {
           failures = 0;
           emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec });
-          await onExtended().catch((error) => log.warn('job lease not renewed in the record', { messageId: m.messageId, error: describe(error) }));
+          // Not awaited: a slow job-store write must not push back the next extend.
+          onExtended().catch((error) => log.warn('job lease not renewed in the record', { messageId: m.messageId, error: describe(error) }));
         })
         .catch((error) => {
           if (!held) return;
@@ -377,15 +378,22 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         claimed = false;
         heldElsewhere = false;
         if (isTerminal(cur.status) || cur.cancel_requested) return null;
-        // Running, with a lease another worker renewed within the last half timeout: that worker
-        // holds the job and its own message (which comes back if it dies), so this is a duplicate.
-        if (cur.status === 'running' && cur.lease_expires_at && Date.parse(cur.lease_expires_at) - clock.now() > (visibilitySec * 1000) / 2) {
+        // Running by way of another message, with a lease renewed within the last half timeout: the
+        // holder has its own message (which comes back if it dies), so this one is a duplicate. The
+        // held message itself coming back (released, or lapsed) always takes the job over.
+        if (
+          cur.status === 'running' && cur.lease_message_id !== undefined && cur.lease_message_id !== m.messageId &&
+          cur.lease_expires_at && Date.parse(cur.lease_expires_at) - clock.now() > (visibilitySec * 1000) / 2
+        ) {
           heldElsewhere = true;
           return null;
         }
         claimed = true;
         const leaseUntil = new Date(clock.now() + visibilitySec * 1000).toISOString();
-        return { ...cur, status: 'running', attempts: cur.attempts + 1, started_at: cur.started_at ?? iso(), progress: { step: 0, total }, error: null, lease_expires_at: leaseUntil };
+        return {
+          ...cur, status: 'running', attempts: cur.attempts + 1, started_at: cur.started_at ?? iso(), progress: { step: 0, total }, error: null,
+          lease_message_id: m.messageId, lease_expires_at: leaseUntil,
+        };
       });
       if (heldElsewhere) {
         log.info('duplicate message for a job another worker holds; dropping it', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt: running.lease_expires_at });

@@ -63,10 +63,12 @@ export const JobRecord = z
     attempts: z.number().int().nonnegative(),
     idempotency_key: z.string().min(1).max(255).nullable(),
     /**
-     * While `running`: until when the running worker holds the job (its message's visibility, renewed
-     * by its heartbeat). Another delivery of the job well before then is a duplicate message, not a
-     * redelivery after a crash, and is dropped instead of starting a second run.
+     * While `running`: the queue message the running worker holds the job by, and until when (its
+     * visibility, renewed by its heartbeat). A delivery of *another* message for the job well before
+     * then is a duplicate and is dropped; the held message itself coming back (released, or lapsed
+     * after a crash) takes the job over.
      */
+    lease_message_id: z.string().min(1).max(200).optional(),
     lease_expires_at: Timestamp.nullable().optional(),
     /** When the API last re-sent the job's message (an idempotent replay of a job queued for long); absent: only at created_at. */
     enqueued_at: Timestamp.optional(),
@@ -75,7 +77,10 @@ export const JobRecord = z
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })
-  .strict()
+  // Top-level fields this version does not know are kept, not refused: the API and the worker deploy
+  // apart (and roll back apart), and a field a newer side added (warnings, lease_*, enqueued_at)
+  // must neither make the record "corrupt" to the older side nor be dropped by its writes.
+  .loose()
   .openapi('JobRecord');
 
 export type JobRecord = z.output<typeof JobRecord>;

@@ -66,6 +66,17 @@ describe('corrupt job documents', () => {
     expect(((await list.json()) as { data: { id: string }[] }).data.map((j) => j.id)).toEqual([good]);
   });
 
+  it('a field written by a newer version is not corruption: the job is served, and a cancel keeps the field', async () => {
+    const id = await createJob('from the future');
+    const key = BlobJobStore.keyFor('acct_alice', id);
+    const record = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString()) as Record<string, unknown>;
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...record, added_later: { by: 'a newer worker' } })));
+    expect((await h.request(`/v1/generations/${id}`)).status).toBe(200);
+    expect((await h.request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { 'content-type': 'application/json' } })).status).toBe(200);
+    const after = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString()) as Record<string, unknown>;
+    expect(after).toMatchObject({ status: 'canceled', added_later: { by: 'a newer worker' } });
+  });
+
   it('a document under one owner naming another job is corrupt too (not a retryable 412)', async () => {
     const a = await createJob('one');
     const b = await createJob('two');

@@ -210,6 +210,30 @@ describe('Idempotency-Key', () => {
     expect(await queued()).toEqual([]);
   });
 
+  it('a failed re-send leaves the job queued (it may only be waiting) and the next replay tries again', async () => {
+    let offsetMs = 0;
+    let fail = false;
+    const flaky = new Proxy(h.queue, {
+      get(target, prop, receiver) {
+        if (prop === 'send') return async (body: string) => (fail ? Promise.reject(new Error('sqs down')) : target.send(body));
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    const { createApp } = await import('../../functions/app.ts');
+    const app = createApp({ ...h.deps, queue: flaky, clock: () => new Date(Date.now() + offsetMs) });
+    const { id } = (await (await postApple(app, 'resend-fails')).json()) as { id: string };
+    for (const m of await h.queue.receive({ max: 10, waitSec: 0 })) await h.queue.ack(m.receipt);
+    offsetMs = 6 * 60_000;
+    fail = true;
+    const r = await postApple(app, 'resend-fails');
+    expect(r.status).toBe(200);
+    expect(await r.json()).toMatchObject({ id, status: 'queued', error: null });
+    expect((await h.jobs.get('acct_alice', id))!.enqueued_at).toBeUndefined(); // stamp put back
+    fail = false;
+    await postApple(app, 'resend-fails');
+    expect(await queued()).toEqual([id]);
+  });
+
   it('keys are per owner: the same key from another owner makes its own job', async () => {
     const headers = { 'Idempotency-Key': 'shared-key' };
     const a = (await (await post({ prompt: 'apple' }, headers)).json()) as { id: string };

@@ -102,9 +102,10 @@ describe('JobRecord', () => {
     expect(JobRecord.parse(JSON.parse(JSON.stringify(job)))).toEqual(job);
   });
 
-  it('rejects unknown fields, bad statuses and bad body hashes', () => {
+  it('keeps top-level fields it does not know (a newer version wrote them); rejects bad statuses and bad body hashes', () => {
     const job = newJobRecord({ id: 'j1', owner: 'acme', spec });
-    expect(JobRecord.safeParse({ ...job, extra: 1 }).success).toBe(false);
+    expect(JobRecord.parse({ ...job, added_later: { x: 1 } })).toEqual({ ...job, added_later: { x: 1 } });
+    expect(JobRecord.safeParse({ ...job, spec: { ...job.spec, extra: 1 } }).success).toBe(false); // the spec stays strict
     expect(JobRecord.safeParse({ ...job, status: 'paused' }).success).toBe(false);
     expect(JobRecord.safeParse({ ...job, body_hash: 'abc' }).success).toBe(false);
     expect(JobRecord.safeParse({ ...job, owner: '../x' }).success).toBe(false);

@@ -174,14 +174,58 @@ describe('drain and lease', () => {
     expect(a.events.some((e) => e.type === 'abort')).toBe(false); // never lease_lost
   });
 
+  it('the held message itself coming back is never taken for a duplicate (a failure that could not be recorded)', async () => {
+    const env = await makeEnv();
+    // The run fails retryably, then the write that would put the job back to queued fails once: the
+    // worker releases its message with the record still `running` under a fresh lease.
+    let failQueuedWrites = 1;
+    const jobs = new Proxy(env.jobs, {
+      get(target, prop, receiver) {
+        if (prop === 'update') {
+          return (owner: string, id: string, mutate: Parameters<typeof target.update>[2], options?: Parameters<typeof target.update>[3]) =>
+            target.update(owner, id, (cur) => {
+              const next = mutate(cur);
+              if (next && next.status === 'queued' && cur.status === 'running' && failQueuedWrites-- > 0) throw new RetryableError('injected: S3 503');
+              return next;
+            }, options);
+        }
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    let runs = 0;
+    const job = await submit(env, { steps: 6 });
+    const w = start({ ...env, jobs }, {
+      async run() {
+        runs++;
+        if (runs === 1) throw new RetryableError('injected: GPU hiccup');
+        return outcome(6, false);
+      },
+    });
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect([done.status, runs]).toEqual(['succeeded', 2]);
+    expect(w.events.some((e) => e.type === 'acked' && e.reason === 'duplicate_of_running')).toBe(false);
+  });
+
   it('the record lease is renewed with the heartbeat; after a crash it runs out with the message, and the redelivery takes over', async () => {
     const env = await makeEnv();
     const job = await submit(env, { steps: 6 });
-    // A worker that claimed the job and died: running, its lease lapsed a moment ago.
-    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 1, started_at: new Date().toISOString(), lease_expires_at: new Date(Date.now() - 1000).toISOString() }));
-    start(env, { run: async () => outcome(6, false) });
+    // A worker that claimed the job by another message and died: running, its lease lapsed a moment ago.
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 1, started_at: new Date().toISOString(), lease_message_id: 'another-message', lease_expires_at: new Date(Date.now() - 1000).toISOString() }));
+    // The new run lasts 2.5 visibility timeouts: its heartbeat must renew the record's lease.
+    const leases: string[] = [];
+    start(env, {
+      async run() {
+        for (let i = 0; i < 10; i++) {
+          leases.push((await env.jobs.get(OWNER, job.id))!.lease_expires_at!);
+          await new Promise((r) => setTimeout(r, 250));
+        }
+        return outcome(6, false);
+      },
+    }, { visibilityTimeoutSec: 1 });
     const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
     expect([done.status, done.attempts]).toEqual(['succeeded', 2]);
+    expect(new Set(leases).size).toBeGreaterThanOrEqual(3); // set at the claim, then renewed every 0.5 s
+    expect(Date.parse(leases.at(-1)!)).toBeGreaterThan(Date.parse(leases[0]) + 1000);
   });
 
   it('a failed heartbeat is retried well inside the visibility timeout: no redelivery, the run goes on', async () => {

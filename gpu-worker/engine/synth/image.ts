@@ -356,7 +356,12 @@ export function resizeCover(img: PlanarImage, width: number, height: number, opt
     // Upscaling: crop the source to the window the output shows first (plus a pixel each side for
     // the bilinear support). Scaling the whole image first would turn a legal 1×8192 PNG into
     // 224×1.8M floats (GBs) before the crop threw most of it away.
-    const window = (n: number, want: number) => Math.min(n, Math.ceil(want / s) + 2);
+    // The window's margin on each side must be equal (the same parity as n), or the crop shifts
+    // the picture by half a source pixel, which is many output pixels at a large scale.
+    const window = (n: number, want: number) => {
+      const w = Math.min(n, Math.ceil(want / s) + 2);
+      return (n - w) % 2 === 0 ? w : Math.min(n, w + 1);
+    };
     const ww = window(img.width, width);
     const wh = window(img.height, height);
     if (ww < img.width || wh < img.height) src = crop(img, Math.floor((img.width - ww) / 2), Math.floor((img.height - wh) / 2), ww, wh);

@@ -163,6 +163,18 @@ describe('resizing and cropping', () => {
     expect(sq.data[112 * 224] / (1 / 3)).toBeGreaterThan(0.95); // the left edge shows column ~100 of 300
   });
 
+  it('resizeCover stays centred when it crops first: a symmetric source gives a symmetric output', () => {
+    // 1×10 column, bright in rows 4 and 5: symmetric about its middle. Covering 16×16 scales it ×16
+    // and keeps ~1 source row; an off-centre window (7 rows cut: 3 above, 4 below) shifted it.
+    for (const n of [10, 11, 8192]) {
+      const col = createImage(1, n);
+      const mid = (n - 1) / 2;
+      for (let r = 0; r < n; r++) for (let c = 0; c < 3; c++) col.data[c * n + r] = Math.abs(r - mid) < 1 ? 1 : 0;
+      const out = resizeCover(col, 16, 16);
+      for (let y = 0; y < 8; y++) expect(out.data[y * 16], `n=${n} row ${y}`).toBeCloseTo(out.data[(15 - y) * 16], 5);
+    }
+  });
+
   it('noise is deterministic per seed and in range; bad colours are refused', () => {
     const a = noiseImage(8, 8, createRng(3));
     expect(a.data).toEqual(noiseImage(8, 8, createRng(3)).data);
