@@ -124,10 +124,12 @@ export function registerGenerationRoutes(
       .catch(() => undefined);
   }
 
+  const sendMessage = (job: JobRecord) => queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
+
   /** Sends the queue message; if that fails the job is marked failed (never left queued with no message). */
   async function enqueue(job: JobRecord): Promise<void> {
     try {
-      await queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
+      await sendMessage(job);
     } catch (cause) {
       await markEnqueueFailed(job.owner, job.id);
       throw new RetryableError('the job queue is unavailable; retry (with the same Idempotency-Key)', { code: 'queue_unavailable', cause });
@@ -183,7 +185,7 @@ export function registerGenerationRoutes(
           });
           if (resend) {
             try {
-              await queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
+              await sendMessage(job);
             } catch (error) {
               // Unlike a first send, the job may well have its message (it may only be waiting in a
               // backlog): it is not marked failed. The stamp goes back, so the next replay tries again.

@@ -221,13 +221,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   // ------------------------------------------------------------ queue settlement
 
-  async function ack(m: ReceivedMessage, reason: string): Promise<void> {
+  /** `onFailure`: what a failed ack means here (default: a redelivery, which the record checks skip). */
+  async function ack(m: ReceivedMessage, reason: string, onFailure = 'ack failed; the message will be redelivered and skipped'): Promise<void> {
     try {
       await queue.ack(m.receipt);
       emit({ type: 'acked', messageId: m.messageId, reason });
     } catch (error) {
-      // A failed ack only means a redelivery, which the job-record checks make idempotent.
-      log.warn('ack failed; the message will be redelivered and skipped', { messageId: m.messageId, reason, error: describe(error) });
+      log.warn(onFailure, { messageId: m.messageId, reason, error: describe(error) });
     }
   }
 
@@ -256,14 +256,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       return;
     }
     emit({ type: 'requeued', messageId: m.messageId, reason });
-    try {
-      await queue.ack(m.receipt);
-      emit({ type: 'acked', messageId: m.messageId, reason: `requeued:${reason}` });
-    } catch (error) {
-      // Rare (the send worked, the delete did not): this delivery comes back next to its copy, and
-      // two workers may run the job; the later claim wins and the earlier run ends as lease_lost.
-      log.warn('ack after requeue failed; the job has two messages until one is settled', { messageId: m.messageId, reason, error: describe(error) });
-    }
+    // Rare (the send worked, the delete did not): this delivery comes back next to its copy; the
+    // one that finds the other holding the job is dropped as a duplicate.
+    await ack(m, `requeued:${reason}`, 'ack after requeue failed; the job has two messages until one is settled');
   }
 
   /** Copy to the DLQ, then ack (a crash in between duplicates a dead letter, never loses one).
