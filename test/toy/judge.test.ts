@@ -40,6 +40,12 @@ describe('toy judge', () => {
     ).rejects.toThrow(/fails its own accuracy check.*it is no judge/);
   });
 
+  it('eval-pag refuses a swapped pair (the robust model must say robust: true, the plain one false)', async () => {
+    await expect(
+      evalPag({ robustDir: join(REPO_ROOT, 'models', 'toy-plain'), plainDir: join(REPO_ROOT, 'models', 'toy'), judgeDir: JUDGE_DIR, judgeCheckImages: 64, prompts: ['a red circle'] }),
+    ).rejects.toThrow(/toy-plain says robust: false.*swapped --robust and --plain/);
+  });
+
   it('a corrupt judge weights file is refused with a clear error', async () => {
     const dir = join(tmp, 'corrupt');
     cpSync(JUDGE_DIR, dir, { recursive: true });

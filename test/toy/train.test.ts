@@ -3,6 +3,7 @@
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { readSafetensors, writeSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Rng } from '../../gpu-worker/engine/synth/rng.ts';
 import {
@@ -158,6 +159,12 @@ describe('toy CLIP training', () => {
     const other = { ...cfg, arch: { ...ARCH, visionLayers: 2 } };
     await expect(trainToyClip(other, { threads: 1, checkpoint: ck })).rejects.toThrow(/different arch/);
     await expect(trainToyClip({ ...cfg, robust: true }, { threads: 1, checkpoint: ck })).rejects.toThrow(/different robust/);
+    // a NaN in a saved weight: refused at load, before anything trains on or writes a bundle
+    const st = readSafetensors(ck);
+    const name = [...st.tensors.keys()].find((k) => k.startsWith('w/'))!;
+    (st.tensors.get(name)!.data as Float32Array)[0] = Number.NaN;
+    await writeSafetensors(ck, st.tensors, st.metadata);
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/checkpoint .*arch\.ckpt: tensor w\/.* holds a non-finite value.*delete it to start over/);
     const bytes = readFileSync(ck);
     writeFileSync(ck, bytes.subarray(0, bytes.length >> 1));
     await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/checkpoint .* is unreadable/);

@@ -138,6 +138,13 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
   const plain = await ClipEngine.open(opts.plainDir, { threads: opts.threads });
   try {
     if (robust.imageSize !== WORLD_SIZE || plain.imageSize !== WORLD_SIZE) throw new EngineError('invalid_model', `eval-pag needs ${WORLD_SIZE}px toy-world models`);
+    // A swapped pair would print a report with the roles reversed under the usual labels.
+    if (robust.bundle.manifest.robust !== true) throw new EngineError('invalid_input', `the robust model ${opts.robustDir} says robust: false in its manifest; swapped --robust and --plain?`);
+    if (plain.bundle.manifest.robust !== false) throw new EngineError('invalid_input', `the plain model ${opts.plainDir} says robust: true in its manifest; swapped --robust and --plain?`);
+    for (const [role, e] of [['robust', robust], ['plain', plain]] as const) {
+      const training = e.bundle.manifest.training as { stopped_early?: unknown; steps?: unknown; planned_steps?: unknown } | undefined;
+      if (training?.stopped_early === true) log(`warning: the ${role} model ${e.name} stopped early (${String(training.steps)} of ${String(training.planned_steps)} steps): it is graded as it is`);
+    }
     const priorPath = opts.priorPath ?? robust.bundle.priorPath;
     const init = priorPath ? { kind: 'gmm' as const, priorPath } : { kind: 'noise' as const };
     const images = { robust: [] as PlanarImage[], plain: [] as PlanarImage[] };

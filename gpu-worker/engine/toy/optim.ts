@@ -5,6 +5,7 @@ import { existsSync, renameSync } from 'node:fs';
 import { EngineError } from '../errors.ts';
 import type { TensorData } from '../onnx/ir.ts';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.ts';
+import { checkFinite } from '../clip/bundle.ts';
 
 export type Params = Map<string, TensorData>;
 
@@ -111,12 +112,18 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
   const meta = st.metadata ?? {};
   if (meta.format !== CHECKPOINT_FORMAT) throw new EngineError('invalid_model', `${path} is not a ${CHECKPOINT_FORMAT} file`, { path });
   if (meta.kind !== kind) throw new EngineError('invalid_model', `checkpoint ${path} is a "${meta.kind}" checkpoint, not "${kind}"`, { path });
-  const saved = JSON.parse(meta.config ?? '{}') as Record<string, unknown>;
+  let saved: Record<string, unknown>;
+  try {
+    saved = JSON.parse(meta.config ?? '{}') as Record<string, unknown>;
+  } catch {
+    throw new EngineError('invalid_model', `checkpoint ${path} has an unreadable config record; delete it to start over`, { path });
+  }
+  if (saved === null || typeof saved !== 'object' || Array.isArray(saved)) throw new EngineError('invalid_model', `checkpoint ${path} has a config record that is not an object; delete it to start over`, { path });
   const diffs = Object.keys({ ...saved, ...config }).filter((k) => JSON.stringify(saved[k]) !== JSON.stringify(config[k]));
   if (diffs.length) {
     throw new EngineError(
       'invalid_model',
-      `checkpoint ${path} was made with a different ${diffs.join(', ')} (${diffs.map((k) => `${k}: ${JSON.stringify(saved[k])} vs ${JSON.stringify(config[k])}`).join('; ')}); use another --out or start fresh with --no-resume`,
+      `checkpoint ${path} was made with a different ${diffs.join(', ')} (${diffs.map((k) => `${k}: ${JSON.stringify(saved[k])} vs ${JSON.stringify(config[k])}`).join('; ')}); use another --checkpoint or start fresh with --no-resume`,
       { path, fields: diffs },
     );
   }
@@ -131,6 +138,12 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
   }
   for (const k of params.keys()) {
     if (!m.has(k) || !v.has(k)) throw new EngineError('invalid_model', `checkpoint ${path} lacks Adam moments for ${k}`, { path });
+  }
+  // A NaN in the weights or moments would train on into a NaN bundle written over --out.
+  try {
+    checkFinite(new Map([...st.tensors].map(([k, t]) => [k, t])), `checkpoint ${path}`);
+  } catch (e) {
+    throw new EngineError('invalid_model', `${(e as Error).message.replace(/^bundle /, '')}; delete it to start over`, { path });
   }
   const step = Number(meta.step);
   if (!Number.isInteger(step) || step < 0) throw new EngineError('invalid_model', `checkpoint ${path} has a bad step "${meta.step}"`, { path });
