@@ -54,6 +54,16 @@ describe('toy judge', () => {
     bytes[bytes.length - 10] ^= 0xff;
     writeFileSync(w, bytes);
     await expect(Judge.open(dir, 1)).rejects.toThrow(/do not match the manifest's sha256/);
+    // manifests missing what the loader reads: clear errors naming the field, not a TypeError
+    const manifest = JSON.parse(readFileSync(join(JUDGE_DIR, 'manifest.json'), 'utf8')) as Record<string, unknown>;
+    const { weights: _w, ...noWeights } = manifest;
+    writeFileSync(join(dir, 'manifest.json'), JSON.stringify(noWeights));
+    await expect(Judge.open(dir, 1)).rejects.toMatchObject({ code: 'invalid_model', message: expect.stringMatching(/manifest\.json: weights: /) });
+    const { architecture: _a, ...noArch } = manifest;
+    writeFileSync(join(dir, 'manifest.json'), JSON.stringify(noArch));
+    await expect(Judge.open(dir, 1)).rejects.toMatchObject({ code: 'invalid_model', message: expect.stringMatching(/manifest\.json: architecture: /) });
+    writeFileSync(join(dir, 'manifest.json'), 'null');
+    await expect(Judge.open(dir, 1)).rejects.toMatchObject({ code: 'invalid_model', message: expect.stringMatching(/is not a .* v1 manifest/) });
     rmSync(join(dir, 'manifest.json'));
     await expect(Judge.open(dir, 1)).rejects.toThrow(/no judge manifest.json/);
   });

@@ -2,10 +2,11 @@
 // cross-entropy head per attribute (shape, colour, size, position), trained on fresh single-object world
 // images. It shares nothing with the CLIPs (architecture, loss, data stream), so it can grade their images.
 
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { z } from 'zod';
 import { join, resolve } from 'node:path';
 import { appendGradients } from '../autodiff/gradient.ts';
-import { sha256File } from '../clip/bundle.ts';
+import { isBundleFilePath, sha256File } from '../clip/bundle.ts';
 import { EngineError } from '../errors.ts';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.ts';
 import { GraphBuilder } from '../onnx/builder.ts';
@@ -29,6 +30,12 @@ export interface JudgeArch {
   hidden: number;
 }
 export const JUDGE_ARCH: JudgeArch = { channels: [16, 32, 64, 64], hidden: 128 };
+
+const JudgeManifestFields = z.object({
+  weights: z.string().refine(isBundleFilePath, { message: 'must be a plain relative path inside the bundle' }),
+  architecture: z.object({ channels: z.array(z.number().int().positive()).min(1).max(8), hidden: z.number().int().positive() }),
+  sha256: z.record(z.string(), z.string()).optional(),
+});
 
 export function judgeTensors(arch: JudgeArch): [string, number[]][] {
   const out: [string, number[]][] = [];
@@ -258,12 +265,17 @@ export class Judge {
     } catch (e) {
       throw new EngineError('invalid_model', `${mpath} is not valid JSON: ${(e as Error).message}`, { path: mpath });
     }
-    if (m.format !== JUDGE_FORMAT || m.format_version !== 1) throw new EngineError('invalid_model', `${mpath} is not a ${JUDGE_FORMAT} v1 manifest`, { path: mpath });
+    if (m === null || typeof m !== 'object' || m.format !== JUDGE_FORMAT || m.format_version !== 1) throw new EngineError('invalid_model', `${mpath} is not a ${JUDGE_FORMAT} v1 manifest`, { path: mpath });
+    // The fields the loader reads, checked before it reads them (a missing one was a TypeError).
+    const parsed = JudgeManifestFields.safeParse(m);
+    if (!parsed.success) {
+      throw new EngineError('invalid_model', `${mpath}: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`, { path: mpath });
+    }
     for (const a of ATTRIBUTES) {
       if (JSON.stringify(m.heads?.[a]) !== JSON.stringify(HEADS[a])) throw new EngineError('invalid_model', `judge ${dir}: head ${a} labels ${JSON.stringify(m.heads?.[a])} do not match this world (${HEADS[a].join(', ')})`);
     }
     const wpath = join(dir, m.weights);
-    if (!existsSync(wpath)) throw new EngineError('invalid_model', `judge weights ${wpath} are missing`, { path: wpath });
+    if (!existsSync(wpath) || !statSync(wpath).isFile()) throw new EngineError('invalid_model', `judge weights ${wpath} are missing (or not a file)`, { path: wpath });
     const want = m.sha256?.[m.weights];
     if (want && (await sha256File(wpath)) !== want) throw new EngineError('invalid_model', `judge weights ${wpath} do not match the manifest's sha256 (corrupt or replaced)`, { path: wpath });
     const st = readSafetensors(wpath);
