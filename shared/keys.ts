@@ -6,6 +6,11 @@ import { ValidationError } from './errors.ts';
  */
 const SEGMENT = /^[A-Za-z0-9_.=+@-]{1,200}$/;
 
+/** A path inside a bundle folder: relative, `/`-separated, no empty, `.` or `..` parts, no backslash. */
+export function isPlainRelativePath(path: string): boolean {
+  return path.length > 0 && !path.startsWith('/') && !path.includes('\\') && path.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
+}
+
 /** Whether `key` follows the blob key rules (what `assertValidKey` checks, as a boolean). */
 export function isValidKey(key: unknown): key is string {
   return (

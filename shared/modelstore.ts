@@ -27,10 +27,10 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { isAbsolute, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ClipagError, PreconditionFailedError } from './errors.ts';
-import { assertValidKey } from './keys.ts';
+import { assertValidKey, isPlainRelativePath } from './keys.ts';
 import type { BlobStore } from './ports.ts';
 import { MODEL_NAME_PATTERN } from './schemas/common.ts';
 
@@ -138,7 +138,7 @@ export function parseModelIndex(bytes: Uint8Array, where: string): ModelIndex {
 }
 
 function checkBundlePath(path: string, where: string): void {
-  if (isAbsolute(path) || path.split(/[\\/]/).some((s) => s === '..' || s === '.' || s === '') || path === MODEL_INDEX_FILE) {
+  if (!isPlainRelativePath(path) || path === MODEL_INDEX_FILE) {
     throw new ModelStoreError('invalid_bundle', `${where}: file "${path}" must be a plain relative path inside the bundle (and not ${MODEL_INDEX_FILE})`);
   }
   try {

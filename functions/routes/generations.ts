@@ -94,8 +94,12 @@ export function registerGenerationRoutes(
   const { blobs, jobs, queue, limits } = deps;
   const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock());
 
-  async function checkSpec(owner: string, spec: GenerationSpec): Promise<void> {
+  /** The request as a job spec: the deployment's default model filled in when it names none, the model and upload checked. */
+  async function checkedSpec(owner: string, request: ParsedGenerationRequest): Promise<GenerationSpec> {
     const models = await deps.models();
+    const model = request.model ?? models.find((m) => m.default)?.id;
+    if (model === undefined) throw new ValidationError('this deployment has no default model: name one in "model" (GET /v1/models lists them)', 'model');
+    const spec: GenerationSpec = { ...request, model };
     if (!models.some((m) => m.id === spec.model)) {
       throw new ValidationError(`unknown model "${spec.model}" (available: ${models.map((m) => m.id).join(', ') || 'none'})`, 'model');
     }
@@ -106,6 +110,7 @@ export function registerGenerationRoutes(
         throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
       }
     }
+    return spec;
   }
 
   /**
@@ -136,20 +141,11 @@ export function registerGenerationRoutes(
     }
   }
 
-  /** The request with the deployment's default model filled in when it names none. */
-  async function resolveSpec(request: ParsedGenerationRequest): Promise<GenerationSpec> {
-    if (request.model !== undefined) return { ...request, model: request.model };
-    const fallback = (await deps.models()).find((m) => m.default)?.id;
-    if (fallback === undefined) throw new ValidationError('this deployment has no default model: name one in "model" (GET /v1/models lists them)', 'model');
-    return { ...request, model: fallback };
-  }
-
   app.openapi(createGeneration, async (c) => {
     const request = c.req.valid('json');
     const owner = c.get('owner');
     const idempotencyKey = c.req.header('Idempotency-Key');
-    const spec = await resolveSpec(request);
-    await checkSpec(owner, spec);
+    const spec = await checkedSpec(owner, request);
     const now = ctx.clock();
     // The body as sent (no default model filled in), so a retry replays its job even if the
     // deployment's default model changed in between.

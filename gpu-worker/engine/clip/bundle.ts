@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { isPlainRelativePath } from '../../../shared/keys.ts';
 import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
 import { EngineError } from '../errors.ts';
 import type { ModelIR, TensorData } from '../onnx/ir.ts';
@@ -34,10 +35,8 @@ export const RecipeDefaultsSchema = z
 const meanValue = z.number().min(-10).max(10);
 const stdValue = z.number().min(1e-3).max(10);
 
-/** A file named by a manifest: a plain relative path inside the bundle (no `..`, `.`, empty or absolute parts). */
-export function isBundleFilePath(f: string): boolean {
-  return f.length > 0 && !f.startsWith('/') && !f.includes('\\') && f.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
-}
+/** A file named by a manifest: a plain relative path inside the bundle (shared with the model store). */
+export const isBundleFilePath = isPlainRelativePath;
 
 export const BUNDLE_FORMAT = 'clipag-model-bundle';
 export const BUNDLE_FORMAT_VERSION = 1;

@@ -155,6 +155,15 @@ export class LocalBlobStore implements BlobStore {
     }
   }
 
+  /** The stored content type, or undefined when the metadata file is missing or unreadable. */
+  private async readContentType(key: string): Promise<string | undefined> {
+    try {
+      return JSON.parse(await readFile(this.metaPath(key), 'utf8')).contentType ?? undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   private async readObject(key: string): Promise<BlobObject | null> {
     let body: Buffer;
     let modified: Date;
@@ -168,12 +177,7 @@ export class LocalBlobStore implements BlobStore {
       if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return null;
       throw error;
     }
-    let contentType: string | undefined;
-    try {
-      contentType = JSON.parse(await readFile(this.metaPath(key), 'utf8')).contentType ?? undefined;
-    } catch {
-      contentType = undefined;
-    }
+    const contentType = await this.readContentType(key);
     const bytes = new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
     return { key, body: bytes, size: body.byteLength, etag: sha256(bytes), contentType, lastModified: modified };
   }
@@ -218,13 +222,7 @@ export class LocalBlobStore implements BlobStore {
         // Only big objects (model files, images) are worth remembering; job records stay cheap.
         if (st.size >= ETAG_CACHE_MIN_BYTES) this.etags.set(key, { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, etag });
       }
-      let contentType: string | undefined;
-      try {
-        contentType = JSON.parse(await readFile(this.metaPath(key), 'utf8')).contentType ?? undefined;
-      } catch {
-        contentType = undefined;
-      }
-      return { key, size: st.size, etag, contentType, lastModified: st.mtime };
+      return { key, size: st.size, etag, contentType: await this.readContentType(key), lastModified: st.mtime };
     } finally {
       await handle.close();
     }
