@@ -7,7 +7,9 @@ import { parseArgs } from 'node:util';
 import { parseConfig, type LocalConfig } from '../shared/config.ts';
 import { ConfigError } from '../shared/errors.ts';
 import { createApp } from '../functions/app.ts';
+import { jsonLineLog } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
+import { startQueuedJobSweeps } from '../functions/queued-jobs.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -34,7 +36,7 @@ export interface ServeHandle {
 /** Starts everything; used by the verb and by the end-to-end tests. */
 export async function serve(
   env: Readonly<Record<string, string | undefined>>,
-  opts: { recipeOverrides?: Record<string, number>; maxSteps?: number; quiet?: boolean } = {},
+  opts: { recipeOverrides?: Record<string, number>; maxSteps?: number; quiet?: boolean; sweepEveryMs?: number } = {},
 ): Promise<ServeHandle> {
   let config;
   try {
@@ -62,12 +64,16 @@ export async function serve(
   const app = createApp(deps);
   mountLocalBlobRoutes(app, blobs, signingSecret);
   const server = await startApiServer(app, local.port, local.host);
+  // A job whose message was lost (a crash between its create and its send) gets it again. The first
+  // sweep runs now: a restart after such a crash picks the job up.
+  const sweeps = startQueuedJobSweeps({ blobs, jobs, queue, clock: () => new Date(), log: jsonLineLog }, opts.sweepEveryMs ?? 60_000);
   let stopping: Promise<void> | undefined;
   return {
     url: server.url,
     apiKey,
     stop: () =>
       (stopping ??= (async () => {
+        await sweeps.stop();
         await worker.stop();
         await server.close();
       })()),

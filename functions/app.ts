@@ -8,7 +8,8 @@ import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
 import { registerUploadRoutes } from './routes/uploads.ts';
 import { ErrorEnvelope } from '../shared/schemas/error.ts';
-import type { AppDeps, AppEnv, AppLogEntry } from './types.ts';
+import { jsonLineLog } from './log.ts';
+import type { AppDeps, AppEnv } from './types.ts';
 
 export type { AppDeps, AppLimits, ApiKeyVerifier, AppEnv } from './types.ts';
 export type { ModelInfo } from './schemas.ts';
@@ -24,17 +25,13 @@ const ROUTES = [
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
 ];
 
-function defaultLog(entry: AppLogEntry): void {
-  if (entry.level !== 'info') process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`);
-}
-
 /**
  * The whole HTTP API, built once from its dependencies. No environment reads and no SDK clients
  * here: `lambda.ts` and `server.ts` choose the adapters and call this.
  */
 export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   const clock = deps.clock ?? (() => new Date());
-  const log = deps.log ?? defaultLog;
+  const log = deps.log ?? jsonLineLog;
   const ledger = new IdempotencyLedger(deps.blobs, deps.jobs, { log });
   const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
 

@@ -1,4 +1,5 @@
 import { ValidationError } from './errors.ts';
+import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './names.ts';
 
 /**
  * Blob keys: `/`-separated segments of safe characters. Rejecting `..`, empty segments, leading
@@ -40,4 +41,26 @@ export function uploadKey(owner: string, uploadId: string): string {
   const key = `uploads/${owner}/${uploadId}`;
   assertValidKey(key, 'upload');
   return key;
+}
+
+/**
+ * Where the API marks a job whose queue message must still be proven sent: `pending/<owner>/<jobId>`.
+ * Written before the job record, so a process that dies between the record and the message leaves
+ * a marker behind for the queued-job sweep (functions/queued-jobs.ts) to find.
+ */
+export const PENDING_JOBS_PREFIX = 'pending/';
+
+export function pendingJobKey(owner: string, jobId: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError('invalid owner id', 'owner');
+  if (!RESOURCE_ID_PATTERN.test(jobId)) throw new ValidationError('invalid job id', 'id');
+  return `${PENDING_JOBS_PREFIX}${owner}/${jobId}`;
+}
+
+/** The owner and job a marker key names; `null` for anything else under the prefix. */
+export function parsePendingJobKey(key: string): { owner: string; jobId: string } | null {
+  if (!key.startsWith(PENDING_JOBS_PREFIX)) return null;
+  const parts = key.slice(PENDING_JOBS_PREFIX.length).split('/');
+  if (parts.length !== 2) return null;
+  const [owner, jobId] = parts as [string, string];
+  return OWNER_ID_PATTERN.test(owner) && RESOURCE_ID_PATTERN.test(jobId) ? { owner, jobId } : null;
 }

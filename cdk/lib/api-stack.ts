@@ -1,6 +1,8 @@
 import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
@@ -10,7 +12,7 @@ import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { BUCKET_PREFIXES, ENV, type StageConfig } from './config.ts';
 import { grantListBucket, grantPrefix, grantSend } from './grants.ts';
-import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT } from './paths.ts';
+import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT, SWEEP_LAMBDA_ENTRY } from './paths.ts';
 
 export interface ApiStackProps extends StackProps {
   readonly config: StageConfig;
@@ -18,15 +20,33 @@ export interface ApiStackProps extends StackProps {
   readonly queue: sqs.IQueue;
   /** Handler source; default functions/lambda.ts. Tests point it at a stub (bundling is skipped there). */
   readonly entry?: string;
+  /** The queued-job sweep's source; default functions/sweep-lambda.ts. */
+  readonly sweepEntry?: string;
 }
+
+/** How both functions are built: one ESM bundle for Node 22 on Graviton, the AWS SDK inside it. */
+const BUNDLING: nodejs.BundlingOptions = {
+  format: nodejs.OutputFormat.ESM,
+  target: 'node22',
+  mainFields: ['module', 'main'],
+  minify: true,
+  sourceMap: true,
+  // Bundle the AWS SDK too, so the Lambda runs the exact SDK version the tests ran.
+  externalModules: [],
+  // Some CJS dependencies call `require` at runtime; ESM output has none without this.
+  banner: "import { createRequire as __clipagCreateRequire } from 'node:module'; const require = __clipagCreateRequire(import.meta.url);",
+};
 
 /**
  * The public API: one Lambda running the Hono app behind an HTTP API. HTTP API rather than
  * REST API: about a third of the price per request, lower latency, and stage-level
- * throttling is all the product needs (per-key limits live in the app).
+ * throttling is all the product needs (per-key limits live in the app). Beside it, on a
+ * schedule, the queued-job sweep: a job whose message was lost between its create and its send
+ * gets it again (ADR 0012).
  */
 export class ApiStack extends Stack {
   readonly handler: nodejs.NodejsFunction;
+  readonly sweeper: nodejs.NodejsFunction;
   readonly httpApi: apigw.HttpApi;
 
   constructor(scope: Construct, id: string, props: ApiStackProps) {
@@ -36,6 +56,17 @@ export class ApiStack extends Stack {
     const logGroup = new logs.LogGroup(this, 'HandlerLogs', {
       retention: config.logRetentionDays as logs.RetentionDays,
     });
+
+    const environment = {
+      [ENV.mode]: 'aws',
+      [ENV.stage]: config.stage,
+      [ENV.bucket]: bucket.bucketName,
+      [ENV.queueUrl]: queue.queueUrl,
+      [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
+      [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
+      NODE_OPTIONS: '--enable-source-maps',
+      // AWS_REGION is set by the Lambda runtime itself (reserved name).
+    };
 
     this.handler = new nodejs.NodejsFunction(this, 'Handler', {
       entry: props.entry ?? LAMBDA_ENTRY,
@@ -49,40 +80,52 @@ export class ApiStack extends Stack {
       timeout: Duration.seconds(config.lambdaTimeoutSeconds),
       logGroup,
       tracing: lambda.Tracing.DISABLED,
-      bundling: {
-        format: nodejs.OutputFormat.ESM,
-        target: 'node22',
-        mainFields: ['module', 'main'],
-        minify: true,
-        sourceMap: true,
-        // Bundle the AWS SDK too, so the Lambda runs the exact SDK version the tests ran.
-        externalModules: [],
-        // Some CJS dependencies call `require` at runtime; ESM output has none without this.
-        banner:
-          "import { createRequire as __clipagCreateRequire } from 'node:module'; const require = __clipagCreateRequire(import.meta.url);",
-      },
-      environment: {
-        [ENV.mode]: 'aws',
-        [ENV.stage]: config.stage,
-        [ENV.bucket]: bucket.bucketName,
-        [ENV.queueUrl]: queue.queueUrl,
-        [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
-        [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
-        NODE_OPTIONS: '--enable-source-maps',
-        // AWS_REGION is set by the Lambda runtime itself (reserved name).
-      },
+      bundling: BUNDLING,
+      environment,
     });
 
     // Least privilege, per prefix. The API creates and updates job records (cancel,
-    // idempotency), reads API keys, signs PUT URLs for uploads and GET URLs for outputs.
-    // It never deletes anything and never writes keys (the `clipag keys` CLI does that).
+    // idempotency), marks new jobs pending, reads API keys, signs PUT URLs for uploads and GET URLs
+    // for outputs. It never deletes anything and never writes keys (the `clipag keys` CLI does that).
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.pending, ['write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.keys, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.uploads, ['read', 'write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read']);
     grantListBucket(this.handler, bucket);
     grantSend(this.handler, queue);
+
+    const sweeperLogs = new logs.LogGroup(this, 'QueuedJobSweeperLogs', {
+      retention: config.logRetentionDays as logs.RetentionDays,
+    });
+    this.sweeper = new nodejs.NodejsFunction(this, 'QueuedJobSweeper', {
+      description: 'Re-sends the queue message of jobs queued over 5 minutes and never started',
+      entry: props.sweepEntry ?? SWEEP_LAMBDA_ENTRY,
+      handler: 'handler',
+      projectRoot: REPO_ROOT,
+      depsLockFilePath: LOCKFILE,
+      runtime: lambda.Runtime.NODEJS_22_X,
+      architecture: lambda.Architecture.ARM_64,
+      memorySize: 256,
+      // A sweep reads one record per pending job; a backlog of thousands takes tens of seconds.
+      timeout: Duration.minutes(2),
+      logGroup: sweeperLogs,
+      bundling: BUNDLING,
+      environment,
+    });
+    // The sweep reads and updates job records (the re-send stamp), drops the markers of jobs past
+    // the queue, and sends messages. Nothing else.
+    grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
+    grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.pending, ['delete']);
+    grantListBucket(this.sweeper, bucket);
+    grantSend(this.sweeper, queue);
+    new events.Rule(this, 'QueuedJobSweepSchedule', {
+      description: 'Runs the queued-job sweep',
+      schedule: events.Schedule.rate(Duration.minutes(config.queuedJobSweepMinutes)),
+      // No retries: the next scheduled sweep is the retry, and sweeps are idempotent.
+      targets: [new targets.LambdaFunction(this.sweeper, { retryAttempts: 0 })],
+    });
 
     this.httpApi = new apigw.HttpApi(this, 'HttpApi', {
       description: `clipag public API (${config.stage})`,

@@ -17,7 +17,7 @@ export interface ClipagOptions {
   readonly stackProps?: StackProps;
   /** Replace the worker image (tests); default builds gpu-worker/Dockerfile. */
   readonly workerImage?: ecs.ContainerImage;
-  /** Replace the Lambda entry (tests); default functions/lambda.ts. */
+  /** Replace both Lambda entries (tests); default functions/lambda.ts and functions/sweep-lambda.ts. */
   readonly lambdaEntry?: string;
 }
 
@@ -39,6 +39,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
     bucket: stateful.bucket,
     queue: stateful.queue,
     entry: options.lambdaEntry,
+    sweepEntry: options.lambdaEntry,
   });
   const worker = new WorkerStack(app, `${prefix}-Worker`, {
     ...base,
@@ -48,6 +49,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
     queue: stateful.queue,
     deadLetterQueue: stateful.deadLetterQueue,
     image: options.workerImage,
+    queuedJobSweeper: api.sweeper,
   });
 
   // Readers before writers: the worker writes job-record fields (e.g. `warnings`) that the API's

@@ -35,6 +35,8 @@ export interface StageConfig {
   readonly apiThrottleBurst: number;
   readonly lambdaMemoryMiB: number;
   readonly lambdaTimeoutSeconds: number;
+  /** How often the queued-job sweep runs (re-sends the message of a job queued over 5 min and never started). */
+  readonly queuedJobSweepMinutes: number;
 
   // ---- GPU worker ----------------------------------------------------------
   /** First entry is the primary type; the rest are Spot fallbacks of the same shape (1 GPU). */
@@ -75,6 +77,7 @@ const dev: StageConfig = {
   apiThrottleBurst: 20,
   lambdaMemoryMiB: 512,
   lambdaTimeoutSeconds: 15,
+  queuedJobSweepMinutes: 2,
   instanceTypes: ['g5.xlarge', 'g4dn.xlarge'],
   useSpot: true,
   maxInstances: 2,
@@ -145,6 +148,7 @@ function validate(cfg: StageConfig): void {
       'apiThrottleBurst',
       'lambdaMemoryMiB',
       'lambdaTimeoutSeconds',
+      'queuedJobSweepMinutes',
       'maxInstances',
       'jobsPerTask',
       'scaleInAfterIdleMinutes',
@@ -186,6 +190,8 @@ export const BUCKET_PREFIXES = {
   uploads: 'uploads/',
   models: 'models/',
   keys: 'keys/',
+  /** Jobs whose queue message is not yet proven sent (functions/queued-jobs.ts). */
+  pending: 'pending/',
 } as const;
 
 /**

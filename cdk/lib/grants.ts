@@ -7,7 +7,7 @@ import type * as sqs from 'aws-cdk-lib/aws-sqs';
  * actions (`s3:GetObject*`, `s3:List*`, `s3:DeleteObject*`, ...) over the whole bucket;
  * these name each action and each prefix so a role can touch only what it needs.
  */
-export type S3Access = 'read' | 'write';
+export type S3Access = 'read' | 'write' | 'delete';
 
 export function grantPrefix(
   grantee: iam.IGrantable,
@@ -20,6 +20,7 @@ export function grantPrefix(
   // GetObject also covers HeadObject; conditional writes (If-Match/If-None-Match) need only PutObject.
   if (access.includes('read')) objectActions.push('s3:GetObject');
   if (access.includes('write')) objectActions.push('s3:PutObject');
+  if (access.includes('delete')) objectActions.push('s3:DeleteObject');
   if (objectActions.length > 0) {
     grantee.grantPrincipal.addToPrincipalPolicy(
       new iam.PolicyStatement({

@@ -5,5 +5,6 @@ import * as path from 'node:path';
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 export const LAMBDA_ENTRY = path.join(REPO_ROOT, 'functions', 'lambda.ts');
+export const SWEEP_LAMBDA_ENTRY = path.join(REPO_ROOT, 'functions', 'sweep-lambda.ts');
 export const LOCKFILE = path.join(REPO_ROOT, 'package-lock.json');
 export const WORKER_DOCKERFILE = 'gpu-worker/Dockerfile';

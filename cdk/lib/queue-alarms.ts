@@ -1,6 +1,7 @@
 import { Duration } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
@@ -12,6 +13,8 @@ export interface QueueAlarmsProps {
   readonly oldestMessageAgeSeconds: number;
   readonly dlqDepth: number;
   readonly email?: string;
+  /** The queued-job sweep: it failing sweep after sweep means lost messages stay lost. */
+  readonly queuedJobSweeper?: lambda.IFunction;
 }
 
 /** Operator alarms for the job pipeline, published to one SNS topic. */
@@ -19,6 +22,7 @@ export class QueueAlarms extends Construct {
   readonly topic: sns.Topic;
   readonly dlqDepthAlarm: cloudwatch.Alarm;
   readonly oldestMessageAlarm: cloudwatch.Alarm;
+  readonly queuedJobSweepAlarm: cloudwatch.Alarm | undefined;
 
   constructor(scope: Construct, id: string, props: QueueAlarmsProps) {
     super(scope, id);
@@ -54,7 +58,19 @@ export class QueueAlarms extends Construct {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
 
-    for (const alarm of [this.dlqDepthAlarm, this.oldestMessageAlarm]) {
+    // One failed sweep is retried by the next; failures for 15 minutes straight need a human.
+    this.queuedJobSweepAlarm = props.queuedJobSweeper
+      ? new cloudwatch.Alarm(this, 'QueuedJobSweepErrors', {
+          alarmDescription: 'The queued-job sweep has failed for 15 minutes: jobs that lost their queue message are not re-sent.',
+          metric: props.queuedJobSweeper.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }),
+          threshold: 1,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+          evaluationPeriods: 3,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        })
+      : undefined;
+
+    for (const alarm of [this.dlqDepthAlarm, this.oldestMessageAlarm, ...(this.queuedJobSweepAlarm ? [this.queuedJobSweepAlarm] : [])]) {
       alarm.addAlarmAction(action);
       alarm.addOkAction(action);
     }

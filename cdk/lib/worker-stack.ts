@@ -3,6 +3,7 @@ import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
@@ -21,6 +22,8 @@ export interface WorkerStackProps extends StackProps {
   readonly deadLetterQueue: sqs.IQueue;
   /** Defaults to the image built from gpu-worker/Dockerfile with the repository root as context. */
   readonly image?: ecs.ContainerImage;
+  /** The API stack's queued-job sweep, whose failures alarm on the same topic. */
+  readonly queuedJobSweeper?: lambda.IFunction;
 }
 
 /**
@@ -200,6 +203,7 @@ export class WorkerStack extends Stack {
       oldestMessageAgeSeconds: config.alarmOldestMessageAgeSeconds,
       dlqDepth: config.alarmDlqDepth,
       email: config.alarmEmail,
+      ...(props.queuedJobSweeper ? { queuedJobSweeper: props.queuedJobSweeper } : {}),
     });
   }
 }

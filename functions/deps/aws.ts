@@ -1,5 +1,6 @@
 import { awsStores } from '../../shared/adapters/stores.ts';
-import type { AwsConfig } from '../../shared/config.ts';
+import { parseConfig, type AwsConfig } from '../../shared/config.ts';
+import { ConfigError } from '../../shared/errors.ts';
 import type { AppDeps } from '../types.ts';
 import { modelsFromBucket } from './models.ts';
 
@@ -19,4 +20,11 @@ export function awsDeps(config: AwsConfig): AppDeps {
       uploadUrlTtlSec: config.uploadUrlTtlSec,
     },
   };
+}
+
+/** The Lambda config, parsed once at cold start; anything but aws mode is a config error. */
+export function awsConfig(env: Readonly<Record<string, string | undefined>>): AwsConfig {
+  const config = parseConfig(env);
+  if (config.mode !== 'aws') throw new ConfigError(['CLIPAG_MODE: must be "aws" in Lambda (got "local")']);
+  return config;
 }

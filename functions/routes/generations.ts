@@ -5,19 +5,13 @@ import { uploadKey } from '../../shared/keys.ts';
 import type { JobRecord } from '../../shared/schemas/job.ts';
 import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
-import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
+import { markPending, resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../views.ts';
 import { SECURITY, pick } from './common.ts';
-
-/**
- * An idempotent replay of a job still queued and never started after this long sends its message
- * again: it may have been lost between the job's create and its send.
- */
-const RESEND_AFTER_MS = 5 * 60_000;
 
 /** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
 const CANCEL_RETRIES = 30;
@@ -129,12 +123,12 @@ export function registerGenerationRoutes(
       .catch(() => undefined);
   }
 
-  const sendMessage = (job: JobRecord) => queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
+  const queuedJobDeps = { blobs, jobs, queue, clock: ctx.clock, ...(deps.log ? { log: deps.log } : {}) };
 
   /** Sends the queue message; if that fails the job is marked failed (never left queued with no message). */
   async function enqueue(job: JobRecord): Promise<void> {
     try {
-      await sendMessage(job);
+      await sendJobMessage(queue, job);
     } catch (cause) {
       await markEnqueueFailed(job.owner, job.id);
       throw new RetryableError('the job queue is unavailable; retry (with the same Idempotency-Key)', { code: 'queue_unavailable', cause });
@@ -161,36 +155,19 @@ export function registerGenerationRoutes(
         if (job.status === 'failed' && job.error?.code === 'enqueue_failed') {
           // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
           // concurrent retries only the one whose write made the transition sends the message.
+          // The sweep drops the marker of a failed job: it goes back before the job is queued again.
+          await markPending(blobs, owner, job.id);
           let requeued = false;
           job = await jobs.update(owner, job.id, (cur) => {
             requeued = cur.status === 'failed' && cur.error?.code === 'enqueue_failed';
-            return requeued ? { ...cur, status: 'queued', finished_at: null, error: null } : null;
+            // enqueued_at restarts the clock of the re-send after a lost message.
+            return requeued ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString() } : null;
           });
           if (requeued) await enqueue(job);
-        } else if (job.status === 'queued' && job.attempts === 0 && now.getTime() - Date.parse(job.enqueued_at ?? job.created_at) > RESEND_AFTER_MS) {
-          // Queued for long and never started: its message may have been lost (a process that died
-          // between the create and the send). Send it again; a duplicate is harmless (a worker
-          // drops a message for a job another one holds, or one already finished). At most one
-          // re-send per RESEND_AFTER_MS, by the request whose write moved enqueued_at.
-          let resend = false;
-          const stamp = now.toISOString();
-          const before = job.enqueued_at;
-          job = await jobs.update(owner, job.id, (cur) => {
-            resend = cur.status === 'queued' && cur.attempts === 0 && now.getTime() - Date.parse(cur.enqueued_at ?? cur.created_at) > RESEND_AFTER_MS;
-            return resend ? { ...cur, enqueued_at: stamp } : null;
-          });
-          if (resend) {
-            try {
-              await sendMessage(job);
-            } catch (error) {
-              // Unlike a first send, the job may well have its message (it may only be waiting in a
-              // backlog): it is not marked failed. The stamp goes back, so the next replay tries again.
-              deps.log?.({ level: 'warn', msg: 're-send of a long-queued job failed', job_id: job.id, error: error instanceof Error ? error.message : String(error) });
-              job = await jobs
-                .update(owner, job.id, (cur) => (cur.enqueued_at === stamp ? { ...cur, enqueued_at: before } : null))
-                .catch(() => job);
-            }
-          }
+        } else {
+          // Queued for long and never started: its message may have been lost. The queued-job sweep
+          // finds such jobs too; a replay need not wait for it.
+          job = (await resendIfLongQueued(queuedJobDeps, job)).job;
         }
         c.header('Location', `/v1/generations/${job.id}`);
         c.header('Idempotent-Replayed', 'true');
@@ -200,6 +177,9 @@ export function registerGenerationRoutes(
     }
     let job: JobRecord;
     try {
+      // The marker first: a process that dies after the create but before the send leaves it for
+      // the queued-job sweep, which then sends the message.
+      await markPending(blobs, owner, jobId);
       job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash }));
     } catch (error) {
       if (idempotencyKey !== undefined) {

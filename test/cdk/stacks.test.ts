@@ -204,6 +204,21 @@ describe('ApiStack', () => {
     expect(fn[1].Properties.Environment.Variables.AWS_REGION).toBeUndefined();
   });
 
+  it('runs the queued-job sweep on a schedule, with the same environment and no retries of its own', () => {
+    const fns = resources(api).filter(([, r]) => r.Type === 'AWS::Lambda::Function' && r.Properties.Runtime === 'nodejs22.x');
+    expect(fns.map(([id]) => id.replace(/[0-9A-F]{8}$/, '')).sort()).toEqual(['Handler', 'QueuedJobSweeper']);
+    const [sweeperId, sweeper] = fns.find(([id]) => id.startsWith('QueuedJobSweeper'))!;
+    const [, handler] = fns.find(([id]) => id.startsWith('Handler'))!;
+    expect(sweeper.Properties.Environment).toEqual(handler.Properties.Environment);
+    expect(sweeper.Properties.Timeout).toBe(120);
+    const rules = resources(api).filter(([, r]) => r.Type === 'AWS::Events::Rule');
+    expect(rules).toHaveLength(1);
+    const rule = rules[0]![1].Properties;
+    expect(rule.ScheduleExpression).toBe(`rate(${dev.queuedJobSweepMinutes} minutes)`);
+    expect(rule.Targets).toEqual([expect.objectContaining({ Arn: { 'Fn::GetAtt': [sweeperId, 'Arn'] }, RetryPolicy: { MaximumRetryAttempts: 0 } })]);
+    api.hasResourceProperties('AWS::Lambda::Permission', { Action: 'lambda:InvokeFunction', Principal: 'events.amazonaws.com', FunctionName: { 'Fn::GetAtt': [sweeperId, 'Arn'] } });
+  });
+
   it('throttles the API stage from the config', () => {
     api.resourceCountIs('AWS::ApiGatewayV2::Api', 1);
     api.hasResourceProperties('AWS::ApiGatewayV2::Stage', {
@@ -397,6 +412,11 @@ describe('WorkerStack', () => {
     expect(age).toMatchObject({ Threshold: dev.alarmOldestMessageAgeSeconds, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
     expect(JSON.stringify(age.Dimensions)).toContain('ClipagJobQueue');
     expect(age.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+    // The queued-job sweep failing for 15 minutes (3 × 5 min) means lost messages stay lost.
+    const sweep = alarms.find((a) => a.MetricName === 'Errors' && a.Namespace === 'AWS/Lambda');
+    expect(sweep).toMatchObject({ Threshold: 1, EvaluationPeriods: 3, Period: 300, Statistic: 'Sum', TreatMissingData: 'notBreaching' });
+    expect(JSON.stringify(sweep.Dimensions)).toContain('QueuedJobSweeper');
+    expect(sweep.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
   });
 
   it('stages the worker image from the repo root with gpu-worker/Dockerfile, for linux/amd64', () => {
@@ -466,6 +486,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
       [
         's3:GetObject jobs/*',
         's3:PutObject jobs/*',
+        's3:PutObject pending/*',
         's3:GetObject keys/*',
         's3:GetObject uploads/*',
         's3:PutObject uploads/*',
@@ -479,6 +500,17 @@ describe('IAM least privilege (every policy document of every stack)', () => {
       .flatMap(({ statement }) => asArray(statement.Action))
       .filter((a) => a.startsWith('sqs:'));
     expect(lambdaSqs.sort()).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
+  });
+
+  it('gives the queued-job sweeper records, the pending markers (delete only) and send; nothing else', () => {
+    expect(s3Grants(api, 'QueuedJobSweeperServiceRoleDefaultPolicy')).toEqual(
+      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:DeleteObject pending/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
+    );
+    const sqs = policyStatements(api)
+      .filter(({ owner }) => owner.startsWith('QueuedJobSweeperServiceRoleDefaultPolicy'))
+      .flatMap(({ statement }) => asArray(statement.Action))
+      .filter((a) => a.startsWith('sqs:'));
+    expect(sqs.sort()).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
   });
 
   it('gives the worker task role its prefixes and queue consumption only; it cannot read API keys', () => {

@@ -11,6 +11,10 @@ import { localStores } from '../../shared/adapters/stores.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
+import { markPending, sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { newJobId } from '../../shared/ids.ts';
+import { GenerationSpec } from '../../shared/schemas/generation.ts';
+import { newJobRecord } from '../../shared/schemas/job.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-e2e-'));
 const modelsDir = join(root, 'models');
@@ -113,6 +117,26 @@ describe('local mode end to end', () => {
     const list = (await (await fetch(`${h.url}/v1/generations`, { headers: auth(h) })).json()) as any;
     expect(list.data.length).toBeGreaterThanOrEqual(3);
     await h.stop();
+  });
+
+  it('a job whose message was lost in a crash (created, never sent) runs after the restart, with no retry', async () => {
+    // What a process that died between the job's create and its send leaves behind: the pending
+    // marker and the queued record, 10 minutes old, and no message.
+    const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+    const createdAt = new Date(Date.now() - 10 * 60_000);
+    const id = newJobId(createdAt.getTime());
+    const spec = GenerationSpec.parse({ prompt: 'a lost message', width: 64, height: 64, seed: 4, model: 'toy' });
+    await markPending(stores.blobs, 'local', id);
+    await stores.jobs.create(newJobRecord({ id, owner: 'local', spec, now: createdAt }));
+    expect(await stores.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
+    h = await start(dataDir);
+    const job = await waitFor(h, id, (j) => ['succeeded', 'failed'].includes(j.status));
+    expect(job.status).toBe('succeeded');
+    await h.stop();
+    // Its marker goes at the next sweep, now that the job has run.
+    const report = await sweepQueuedJobs({ ...stores, clock: () => new Date() });
+    expect(report).toMatchObject({ resent: 0, errors: 0 });
+    expect((await stores.blobs.list('pending/')).items.map((i) => i.key)).not.toContain(`pending/local/${id}`);
   });
 });
 

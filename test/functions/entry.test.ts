@@ -8,9 +8,9 @@ import { localDeps, startApiServer } from '../../functions/server.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
 
 describe('entry points', () => {
-  it('the Lambda bundle never pulls in the engine or onnxruntime', async () => {
+  it.each(['functions/lambda.ts', 'functions/sweep-lambda.ts'])('the Lambda bundle of %s never pulls in the engine or onnxruntime', async (entry) => {
     const result = await build({
-      entryPoints: ['functions/lambda.ts'],
+      entryPoints: [entry],
       bundle: true,
       platform: 'node',
       format: 'esm',
@@ -19,7 +19,7 @@ describe('entry points', () => {
       logLevel: 'silent',
     });
     const inputs = Object.keys(result.metafile.inputs);
-    expect(inputs).toContain('functions/app.ts');
+    expect(inputs).toContain(entry === 'functions/lambda.ts' ? 'functions/app.ts' : 'functions/queued-jobs.ts');
     expect(inputs.filter((p) => p.includes('onnxruntime') || p.startsWith('gpu-worker/'))).toEqual([]);
   });
 

@@ -21,6 +21,11 @@ import { blobStoreContract } from './blobstore.contract.ts';
 import { close, httpDownload, httpUpload, makeTempDir } from './helpers.ts';
 import { jobStoreContract } from './jobstore.contract.ts';
 import { queueContract } from './queue.contract.ts';
+import { markPending, RESEND_AFTER_MS } from '../../../functions/queued-jobs.ts';
+import { newJobId } from '../../../shared/ids.ts';
+import { BlobJobStore } from '../../../shared/jobstore.ts';
+import { GenerationSpec } from '../../../shared/schemas/generation.ts';
+import { newJobRecord } from '../../../shared/schemas/job.ts';
 
 const require = createRequire(import.meta.url);
 // s3rver is CommonJS without types.
@@ -229,5 +234,50 @@ describe('S3 adapter specifics', () => {
       ['jobs/o/c.json', '"e2"', 4],
     ]);
     expect(page.cursor).toBe('jobs/o/c.json');
+  });
+});
+
+describe('the queued-job sweep Lambda (functions/sweep-lambda.ts) on s3rver and local-aws-sqs', () => {
+  it('sends the message of a job whose create landed but whose send was lost, once, then drops the marker when the job has run', async () => {
+    const bucket = unique('sweep').toLowerCase().slice(0, 63);
+    await s3Client().send(new CreateBucketCommand({ Bucket: bucket }));
+    const queueUrl = (await sqsClient().send(new CreateQueueCommand({ QueueName: unique('sweep') }))).QueueUrl!;
+    const blobs = new S3BlobStore({ client: s3Client(), bucket });
+    const queue = new SqsJobQueue({ client: sqsClient(), queueUrl });
+    const jobs = new BlobJobStore(blobs);
+    const createdAt = new Date(Date.now() - RESEND_AFTER_MS - 60_000);
+    const id = newJobId(createdAt.getTime());
+    await markPending(blobs, 'acct_s', id);
+    await jobs.create(newJobRecord({ id, owner: 'acct_s', spec: GenerationSpec.parse({ prompt: 'lost', model: 'toy' }), now: createdAt }));
+
+    const env = {
+      CLIPAG_MODE: 'aws',
+      AWS_REGION: REGION,
+      CLIPAG_BUCKET: bucket,
+      CLIPAG_QUEUE_URL: queueUrl,
+      CLIPAG_S3_ENDPOINT: s3Endpoint,
+      CLIPAG_SQS_ENDPOINT: sqsEndpoint,
+      AWS_ACCESS_KEY_ID: 'S3RVER',
+      AWS_SECRET_ACCESS_KEY: 'S3RVER',
+    };
+    const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, env);
+    try {
+      const { handler } = await import('../../../functions/sweep-lambda.ts');
+      expect(await handler()).toMatchObject({ scanned: 1, resent: 1, kept: 1, errors: 0 });
+      expect(await handler()).toMatchObject({ scanned: 1, resent: 0, kept: 1 }); // once per period
+      const [message, ...rest] = await queue.receive({ max: 10, waitSec: 0 });
+      expect(rest).toEqual([]);
+      expect(JSON.parse(message!.body)).toEqual({ v: 1, job_id: id, owner: 'acct_s' });
+      await queue.ack(message!.receipt);
+      await jobs.update('acct_s', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString() }));
+      expect(await handler()).toMatchObject({ scanned: 1, cleared: 1 });
+      expect((await blobs.list('pending/')).items).toEqual([]);
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
   });
 });

@@ -1,0 +1,236 @@
+// The queued-job sweep: a job whose queue message was lost (the process died between the job's
+// create and its send) gets its message again, without its caller having to retry.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, type QueuedJobDeps } from '../../functions/queued-jobs.ts';
+import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
+import type { JobQueue } from '../../shared/ports.ts';
+import { parseQueueMessage } from '../../shared/schemas/queue.ts';
+import { harness, type Harness } from './helpers.ts';
+
+let h: Harness;
+let offsetMs: number;
+const clock = () => new Date(Date.now() + offsetMs);
+const logs: Array<{ level: string; msg: string }> = [];
+
+beforeEach(async () => {
+  h = await harness();
+  offsetMs = 0;
+  logs.length = 0;
+});
+afterEach(() => h.close());
+
+function sweepDeps(queue: JobQueue = h.queue): QueuedJobDeps {
+  return { blobs: h.blobs, jobs: h.jobs, queue, clock, log: (e) => logs.push(e) };
+}
+
+/** Job ids of the messages waiting in the queue (consumed, so each call sees only new ones). */
+async function drain(): Promise<string[]> {
+  const ids: string[] = [];
+  for (;;) {
+    const batch = await h.queue.receive({ max: 10, waitSec: 0 });
+    if (batch.length === 0) return ids;
+    for (const m of batch) {
+      ids.push(parseQueueMessage(m.body).job_id);
+      await h.queue.ack(m.receipt);
+    }
+  }
+}
+
+async function markers(): Promise<string[]> {
+  return (await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key);
+}
+
+/** A queue whose send never completes: the request "dies" after the job's create, before its message. */
+function queueThatDiesOnSend(): JobQueue {
+  return new Proxy(h.queue, {
+    get(target, prop, receiver) {
+      if (prop === 'send') return () => new Promise(() => undefined);
+      return Reflect.get(target, prop, receiver);
+    },
+  });
+}
+
+async function postDyingRequest(idempotencyKey?: string): Promise<string> {
+  const app = createApp({ ...h.deps, queue: queueThatDiesOnSend(), clock });
+  const before = new Set((await h.jobs.listByOwner('acct_alice', { limit: 100 })).jobs.map((j) => j.id));
+  void app.request('/v1/generations', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', ...(idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : {}) },
+    body: JSON.stringify({ prompt: 'apple' }),
+  });
+  for (let i = 0; i < 200; i++) {
+    const fresh = (await h.jobs.listByOwner('acct_alice', { limit: 100 })).jobs.find((j) => !before.has(j.id));
+    if (fresh) return fresh.id;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error('the job was never created');
+}
+
+describe('queued-job sweep', () => {
+  it('a job created by a request that died before its send gets its message from the sweep (no retry needed)', async () => {
+    const id = await postDyingRequest(); // no Idempotency-Key: the caller cannot even retry
+    expect(await drain()).toEqual([]);
+    expect(await markers()).toEqual([pendingJobKey('acct_alice', id)]);
+
+    // Fresh: the message may only be slow; nothing is sent yet.
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 1, resent: 0, kept: 1 });
+    expect(await drain()).toEqual([]);
+
+    offsetMs = RESEND_AFTER_MS + 60_000;
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 1, resent: 1, kept: 1, errors: 0 });
+    expect(await drain()).toEqual([id]);
+    const job = await h.jobs.get('acct_alice', id);
+    expect(job).toMatchObject({ status: 'queued', attempts: 0 });
+    expect(Date.parse(job!.enqueued_at!)).toBeGreaterThan(Date.parse(job!.created_at) + RESEND_AFTER_MS);
+
+    // At most one re-send per period, however often the sweep runs.
+    offsetMs += 60_000;
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 0 });
+    expect(await drain()).toEqual([]);
+    offsetMs += RESEND_AFTER_MS;
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 1 });
+    expect(await drain()).toEqual([id]);
+  });
+
+  it('concurrent sweeps (and a concurrent replay) send the message once', async () => {
+    const id = await postDyingRequest('dies-once');
+    offsetMs = RESEND_AFTER_MS + 1000;
+    const app = createApp({ ...h.deps, clock });
+    const [a, b, replay] = await Promise.all([
+      sweepQueuedJobs(sweepDeps()),
+      sweepQueuedJobs(sweepDeps()),
+      app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'dies-once' },
+        body: JSON.stringify({ prompt: 'apple' }),
+      }),
+    ]);
+    expect(replay.status).toBe(200);
+    expect(a.resent + b.resent).toBeLessThanOrEqual(1);
+    expect(await drain()).toEqual([id]);
+  });
+
+  it('a marker is cleared once its job has started, finished or been canceled, and kept while it waits', async () => {
+    const ids: string[] = [];
+    for (const prompt of ['a', 'b', 'c', 'd']) {
+      const res = await h.request('/v1/generations', { json: { prompt } });
+      expect(res.status).toBe(202);
+      ids.push(((await res.json()) as { id: string }).id);
+    }
+    expect((await markers()).length).toBe(4);
+    const [running, succeeded, canceled, waiting] = ids as [string, string, string, string];
+    await h.jobs.update('acct_alice', running, (cur) => ({ ...cur, status: 'running', attempts: 1 }));
+    await h.jobs.update('acct_alice', succeeded, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString() }));
+    expect((await h.request(`/v1/generations/${canceled}/cancel`, { method: 'POST' })).status).toBe(200);
+    offsetMs = RESEND_AFTER_MS / 2; // waiting, but not for long: its message is surely in the queue
+    const report = await sweepQueuedJobs(sweepDeps());
+    expect(report).toEqual({ scanned: 4, resent: 0, cleared: 3, kept: 1, errors: 0, foreign: 0 });
+    expect(await markers()).toEqual([pendingJobKey('acct_alice', waiting)]);
+  });
+
+  it('a job re-queued by a worker (attempts > 0) is left to the worker: its marker goes, nothing is sent', async () => {
+    const res = await h.request('/v1/generations', { json: { prompt: 'apple' } });
+    const { id } = (await res.json()) as { id: string };
+    await drain();
+    // A drained worker puts the job back to queued and sends a fresh copy of its message itself.
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'queued', attempts: 1 }));
+    offsetMs = RESEND_AFTER_MS * 3;
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 0, cleared: 1 });
+    expect(await drain()).toEqual([]);
+  });
+
+  it('a marker whose job was never created is kept for a grace period, then dropped', async () => {
+    await h.blobs.put(pendingJobKey('acct_alice', 'gen_never_created'), new Uint8Array(0));
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, cleared: 0 });
+    offsetMs = ORPHAN_MARKER_AFTER_MS + 60_000;
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 0, cleared: 1 });
+    expect(await markers()).toEqual([]);
+    expect(await drain()).toEqual([]);
+  });
+
+  it('a corrupt job record drops its marker with a warning; a key it did not write is left alone and reported', async () => {
+    const res = await h.request('/v1/generations', { json: { prompt: 'apple' } });
+    const { id } = (await res.json()) as { id: string };
+    await h.blobs.put(`jobs/acct_alice/${id}.json`, Buffer.from('{"not": "a job"'));
+    await h.blobs.put(`${PENDING_JOBS_PREFIX}stray/extra/parts`, new Uint8Array(0));
+    offsetMs = RESEND_AFTER_MS * 2;
+    const report = await sweepQueuedJobs(sweepDeps());
+    expect(report).toMatchObject({ scanned: 2, cleared: 1, errors: 0, foreign: 1, resent: 0 });
+    expect(await markers()).toEqual([`${PENDING_JOBS_PREFIX}stray/extra/parts`]);
+    expect(logs.map((l) => l.msg)).toEqual(
+      expect.arrayContaining([expect.stringContaining('corrupt job record'), expect.stringContaining('not a pending-job marker')]),
+    );
+  });
+
+  it('a failed re-send keeps the job queued and its marker; the next sweep sends it', async () => {
+    const id = await postDyingRequest();
+    offsetMs = RESEND_AFTER_MS + 1000;
+    const down = new Proxy(h.queue, {
+      get(target, prop, receiver) {
+        if (prop === 'send') return () => Promise.reject(new Error('sqs down'));
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    expect(await sweepQueuedJobs(sweepDeps(down))).toMatchObject({ resent: 0, kept: 1 });
+    expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'queued' });
+    expect((await h.jobs.get('acct_alice', id))!.enqueued_at).toBeUndefined(); // the stamp went back
+    expect(logs.some((l) => l.msg.includes('re-send of a long-queued job failed'))).toBe(true);
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 1 });
+    expect(await drain()).toEqual([id]);
+  });
+
+  it('a 503 retry re-queues with a fresh marker and clock: the sweep neither drops it nor sends a duplicate', async () => {
+    let fail = true;
+    const flaky = new Proxy(h.queue, {
+      get(target, prop, receiver) {
+        if (prop === 'send') return (body: string) => (fail ? Promise.reject(new Error('sqs down')) : target.send(body));
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    const app = createApp({ ...h.deps, queue: flaky, clock });
+    const post = () =>
+      app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'flaky' },
+        body: JSON.stringify({ prompt: 'apple' }),
+      });
+    expect((await post()).status).toBe(503);
+    offsetMs = ORPHAN_MARKER_AFTER_MS * 2;
+    // The job is failed (enqueue_failed): the sweep drops its marker, and sends nothing.
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 1, resent: 0 });
+    fail = false;
+    const retry = await post();
+    expect(retry.status).toBe(200);
+    const { id } = (await retry.json()) as { id: string };
+    expect(await drain()).toEqual([id]);
+    expect(await markers()).toEqual([pendingJobKey('acct_alice', id)]);
+    // Created long ago, but re-queued just now: not long-queued.
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 0, kept: 1 });
+    expect(await drain()).toEqual([]);
+  });
+
+  it('startQueuedJobSweeps sweeps at once and then on its period; stop() waits and is idempotent', async () => {
+    const first = await postDyingRequest();
+    offsetMs = RESEND_AFTER_MS + 1000;
+    const once = startQueuedJobSweeps(sweepDeps(), 3_600_000);
+    await once.stop();
+    expect(await drain()).toEqual([first]); // the first sweep ran before stop() returned
+    await once.stop();
+
+    await h.jobs.update('acct_alice', first, (cur) => ({ ...cur, status: 'running', attempts: 1 }));
+    const second = await postDyingRequest();
+    const periodic = startQueuedJobSweeps(sweepDeps(), 20);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(await drain()).toEqual([]); // fresh: the early sweeps send nothing
+    offsetMs += RESEND_AFTER_MS + 1000; // a later sweep finds it long-queued
+    let sent: string[] = [];
+    for (let i = 0; i < 200 && sent.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      sent = await drain();
+    }
+    await periodic.stop();
+    await periodic.stop();
+    expect(sent).toEqual([second]);
+  });
+});
