@@ -10,6 +10,7 @@ import { createApp } from '../functions/app.ts';
 import { jsonLineLog } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
 import { startQueuedJobSweeps } from '../functions/queued-jobs.ts';
+import { httpWebhookSender } from '../shared/webhooks.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -66,7 +67,17 @@ export async function serve(
   const server = await startApiServer(app, local.port, local.host);
   // A job whose message was lost (a crash between its create and its send) gets it again. The first
   // sweep runs now: a restart after such a crash picks the job up.
-  const sweeps = startQueuedJobSweeps({ blobs, jobs, queue, clock: () => new Date(), log: jsonLineLog }, opts.sweepEveryMs ?? 60_000);
+  const sweeps = startQueuedJobSweeps(
+    {
+      blobs,
+      jobs,
+      queue,
+      webhooks: { send: httpWebhookSender({ allowPrivate: local.webhookAllowPrivate }), signedUrlTtlSec: local.signedUrlTtlSec },
+      clock: () => new Date(),
+      log: jsonLineLog,
+    },
+    opts.sweepEveryMs ?? 60_000,
+  );
   let stopping: Promise<void> | undefined;
   return {
     url: server.url,

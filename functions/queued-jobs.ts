@@ -1,7 +1,8 @@
 import { CorruptDocumentError } from '../shared/errors.ts';
-import { PENDING_JOBS_PREFIX, parsePendingJobKey, pendingJobKey } from '../shared/keys.ts';
+import { PENDING_JOBS_PREFIX, parsePendingJobKey, pendingJobKey, type PendingKind } from '../shared/keys.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
-import type { JobRecord } from '../shared/schemas/job.ts';
+import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
+import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
 import { encodeQueueMessage } from '../shared/schemas/queue.ts';
 import type { AppLogEntry } from './types.ts';
 
@@ -25,13 +26,23 @@ export interface QueuedJobDeps {
   log?: (entry: AppLogEntry) => void;
 }
 
+/** What the sweep needs beyond re-sending: completion webhooks to retry (ADR 0013). */
+export interface SweepDeps extends QueuedJobDeps {
+  webhooks: { send: WebhookSender; signedUrlTtlSec: number };
+}
+
 export function sendJobMessage(queue: JobQueue, job: Pick<JobRecord, 'id' | 'owner'>): Promise<{ messageId: string }> {
   return queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
 }
 
-/** Marks a job as "message not yet proven sent". Written before the job exists; idempotent. */
-export async function markPending(blobs: BlobStore, owner: string, jobId: string): Promise<void> {
-  await blobs.put(pendingJobKey(owner, jobId), new Uint8Array(0), { contentType: 'application/octet-stream' });
+/** Marks a job's work as unfinished: its message (`msg`, before the record) or its webhook (`hook`). Idempotent. */
+export async function markPending(blobs: BlobStore, kind: PendingKind, owner: string, jobId: string): Promise<void> {
+  await blobs.put(pendingJobKey(kind, owner, jobId), new Uint8Array(0), { contentType: 'application/octet-stream' });
+}
+
+/** The work is done. A failed delete is harmless: the sweep finds the marker and drops it. */
+export async function clearPending(blobs: BlobStore, kind: PendingKind, owner: string, jobId: string): Promise<void> {
+  await blobs.delete(pendingJobKey(kind, owner, jobId)).catch(() => undefined);
 }
 
 function queuedSince(job: JobRecord): number {
@@ -50,9 +61,9 @@ export function isLongQueued(job: JobRecord, now: Date): boolean {
  * caller tries again; the job is not marked failed, since it may well have its message (waiting
  * in a backlog). Returns the record as it now stands.
  */
-export async function resendIfLongQueued(deps: QueuedJobDeps, job: JobRecord): Promise<{ job: JobRecord; resent: boolean }> {
+export async function resendIfLongQueued(deps: QueuedJobDeps, job: JobRecord): Promise<{ job: JobRecord; resent: boolean; sendFailed: boolean }> {
   const now = deps.clock();
-  if (!isLongQueued(job, now)) return { job, resent: false };
+  if (!isLongQueued(job, now)) return { job, resent: false, sendFailed: false };
   let won = false;
   const stamp = now.toISOString();
   const before = job.enqueued_at;
@@ -60,16 +71,17 @@ export async function resendIfLongQueued(deps: QueuedJobDeps, job: JobRecord): P
     won = isLongQueued(cur, now);
     return won ? { ...cur, enqueued_at: stamp } : null;
   });
-  if (!won) return { job: current, resent: false };
+  if (!won) return { job: current, resent: false, sendFailed: false };
   try {
     await sendJobMessage(deps.queue, current);
-    return { job: current, resent: true };
+    await clearPending(deps.blobs, 'msg', job.owner, job.id);
+    return { job: current, resent: true, sendFailed: false };
   } catch (error) {
     deps.log?.({ level: 'warn', msg: 're-send of a long-queued job failed', job_id: job.id, owner: job.owner, error: describe(error) });
     current = await deps.jobs
       .update(job.owner, job.id, (cur) => (cur.enqueued_at === stamp ? { ...cur, enqueued_at: before } : null))
       .catch(() => current);
-    return { job: current, resent: false };
+    return { job: current, resent: false, sendFailed: true };
   }
 }
 
@@ -78,23 +90,28 @@ export interface SweepReport {
   scanned: number;
   /** Long-queued jobs whose message was sent again. */
   resent: number;
-  /** Markers removed: the job started, finished or was canceled, or never came to exist. */
+  /** Markers removed: their work is done (or the job never came to exist). */
   cleared: number;
-  /** Markers kept: the job is still queued (or may yet be created). */
+  /** Markers kept: their work is still to come (or the job may yet be created). */
   kept: number;
-  /** Markers that could not be handled this time (logged; the next sweep tries again). */
+  /** Markers that could not be handled this time, failed re-sends included (logged; the next sweep tries again). */
   errors: number;
   /** Keys under the prefix that this code does not write (logged, left alone). */
   foreign: number;
+  /** Completion webhooks sent with a 2xx answer. */
+  webhooksDelivered: number;
+  /** Webhook attempts that failed (retried later, or given up after the last). */
+  webhooksFailed: number;
 }
 
 /**
  * The queued-job sweep: walks the `pending/` markers and makes sure every job still queued and never
  * started has a message. Without it a job whose message was lost stays `queued` for ever unless its
- * caller happens to retry with the same Idempotency-Key. Safe to run concurrently and repeatedly.
+ * caller happens to retry with the same Idempotency-Key. It also retries the completion webhooks
+ * that ended jobs still owe. Safe to run concurrently and repeatedly.
  */
-export async function sweepQueuedJobs(deps: QueuedJobDeps): Promise<SweepReport> {
-  const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, errors: 0, foreign: 0 };
+export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
+  const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 };
   let cursor: string | undefined;
   do {
     const page = await deps.blobs.list(PENDING_JOBS_PREFIX, cursor === undefined ? {} : { cursor });
@@ -106,7 +123,7 @@ export async function sweepQueuedJobs(deps: QueuedJobDeps): Promise<SweepReport>
   return report;
 }
 
-async function sweepOne(deps: QueuedJobDeps, marker: BlobMeta, report: SweepReport): Promise<void> {
+async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport): Promise<void> {
   report.scanned++;
   const named = parsePendingJobKey(marker.key);
   if (!named) {
@@ -125,7 +142,7 @@ async function sweepOne(deps: QueuedJobDeps, marker: BlobMeta, report: SweepRepo
       job = await deps.jobs.get(named.owner, named.jobId);
     } catch (error) {
       if (!(error instanceof CorruptDocumentError)) throw error;
-      // Nothing a message could do for it; the API answers 409 corrupt_record for it.
+      // Nothing a message or a webhook could do for it; the API answers 409 corrupt_record for it.
       deps.log?.({ level: 'warn', msg: 'queued-job sweep: corrupt job record; marker dropped', key: error.key, detail: error.detail });
       await clear();
       return;
@@ -136,22 +153,48 @@ async function sweepOne(deps: QueuedJobDeps, marker: BlobMeta, report: SweepRepo
       else report.kept++;
       return;
     }
-    if (job.status !== 'queued' || job.attempts > 0) {
-      // Started at least once: from then on the worker's lease, its re-queue and the dead-letter
-      // sweep own the message. Finished, failed or canceled: nothing to send.
-      await clear();
-      return;
-    }
-    const { resent } = await resendIfLongQueued(deps, job);
-    if (resent) {
-      report.resent++;
-      deps.log?.({ level: 'warn', msg: 'queued-job sweep: sent the message of a long-queued job again', job_id: job.id, owner: job.owner });
-    }
-    report.kept++;
+    if (named.kind === 'msg') await sweepMessage(deps, job, clear, report);
+    else await sweepWebhook(deps, job, clear, report);
   } catch (error) {
     report.errors++;
     deps.log?.({ level: 'warn', msg: 'queued-job sweep: marker not handled; the next sweep tries again', key: marker.key, error: describe(error) });
   }
+}
+
+/** A job whose message is not proven sent: send it again once it has waited long. */
+async function sweepMessage(deps: SweepDeps, job: JobRecord, clear: () => Promise<void>, report: SweepReport): Promise<void> {
+  if (job.status !== 'queued' || job.attempts > 0) {
+    // A worker has it (or had it): from its first start the worker's lease, its re-queue and the
+    // dead-letter sweep own the message. Ended or canceled: nothing to send.
+    return clear();
+  }
+  const { resent, sendFailed } = await resendIfLongQueued(deps, job);
+  if (sendFailed) {
+    // Counted as an error: a sweep that cannot send fails, and its alarm shows it.
+    report.errors++;
+  } else if (resent) {
+    // The re-send cleared the marker.
+    report.resent++;
+    report.cleared++;
+    deps.log?.({ level: 'warn', msg: 'queued-job sweep: sent the message of a long-queued job again', job_id: job.id, owner: job.owner });
+  } else {
+    report.kept++;
+  }
+}
+
+/** A job that owes a completion webhook: deliver it once the job has ended and the attempt is due. */
+async function sweepWebhook(deps: SweepDeps, job: JobRecord, clear: () => Promise<void>, report: SweepReport): Promise<void> {
+  if (!webhookOwed(job)) return clear();
+  if (!isTerminal(job.status)) {
+    report.kept++;
+    return;
+  }
+  // The worker made the first attempt, or nobody did (a cancel while queued, a crash).
+  const result = await deliverWebhook({ jobs: deps.jobs, blobs: deps.blobs, clock: deps.clock, ...deps.webhooks, ...(deps.log ? { log: deps.log } : {}) }, job.owner, job.id);
+  if (result === 'delivered') report.webhooksDelivered++;
+  if (result === 'failed' || result === 'gave_up') report.webhooksFailed++;
+  if (result === 'delivered' || result === 'gave_up') return clear();
+  report.kept++;
 }
 
 export interface SweepTimer {
@@ -163,7 +206,7 @@ export interface SweepTimer {
  * Runs the sweep now and then every `everyMs` (local mode; in AWS a scheduled Lambda runs it). Sweeps
  * never overlap; a failed sweep is logged and the next one runs on time.
  */
-export function startQueuedJobSweeps(deps: QueuedJobDeps, everyMs: number): SweepTimer {
+export function startQueuedJobSweeps(deps: SweepDeps, everyMs: number): SweepTimer {
   let running: Promise<void> | undefined;
   let stopped = false;
   const tick = () => {
@@ -171,7 +214,7 @@ export function startQueuedJobSweeps(deps: QueuedJobDeps, everyMs: number): Swee
     running = sweepQueuedJobs(deps)
       .then(
         (report) => {
-          if (report.resent > 0 || report.errors > 0 || report.foreign > 0) deps.log?.({ level: 'info', msg: 'queued-job sweep', ...report });
+          if (report.resent > 0 || report.errors > 0 || report.foreign > 0 || report.webhooksFailed > 0) deps.log?.({ level: 'info', msg: 'queued-job sweep', ...report });
         },
         (error: unknown) => deps.log?.({ level: 'warn', msg: 'queued-job sweep failed; the next one runs on time', error: describe(error) }),
       )

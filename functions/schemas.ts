@@ -28,37 +28,8 @@ export type ModelInfo = z.output<typeof ModelInfo>;
 
 export const ModelList = z.object({ object: z.literal('list'), data: z.array(ModelInfo) }).openapi('ModelList');
 
-export const GenerationOutputView = z
-  .object({
-    index: z.number().int().nonnegative(),
-    url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
-    expires_at: Timestamp,
-    width: z.number().int().positive(),
-    height: z.number().int().positive(),
-    clip_score: z.number().optional(),
-  })
-  .openapi('GenerationOutput');
-
-export const GenerationView = z
-  .object({
-    id: ResourceId,
-    object: z.literal('generation'),
-    status: JobStatus,
-    created_at: Timestamp,
-    started_at: Timestamp.nullable(),
-    finished_at: Timestamp.nullable(),
-    progress: z.object({ step: z.number().int(), total: z.number().int() }),
-    cancel_requested: z.boolean(),
-    outputs: z.array(GenerationOutputView),
-    error: JobError.nullable(),
-    usage: JobUsage,
-    warnings: z.array(z.string()).openapi({
-      description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
-    }),
-    request: GenerationSpec,
-  })
-  .openapi('Generation');
-export type GenerationView = z.output<typeof GenerationView>;
+export { GenerationOutputView, GenerationView } from '../shared/schemas/view.ts';
+import { GenerationView } from '../shared/schemas/view.ts';
 
 export const GenerationList = z
   .object({ object: z.literal('list'), data: z.array(GenerationView), next_cursor: z.string().nullable() })

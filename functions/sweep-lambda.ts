@@ -1,18 +1,21 @@
 // The queued-job sweep's Lambda composition root (an EventBridge schedule invokes it): config parsed
 // once at cold start, S3/SQS clients built once. The sweep itself lives in queued-jobs.ts.
 import { awsStores } from '../shared/adapters/stores.ts';
+import { httpWebhookSender } from '../shared/webhooks.ts';
 import { jsonLineLog } from './log.ts';
 import { awsConfig } from './deps/aws.ts';
 import { sweepQueuedJobs, type SweepReport } from './queued-jobs.ts';
 
-const { blobs, jobs, queue } = awsStores(awsConfig(process.env));
+const config = awsConfig(process.env);
+const { blobs, jobs, queue } = awsStores(config);
+const webhooks = { send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }), signedUrlTtlSec: config.signedUrlTtlSec };
 
 /**
  * One sweep. Markers it could not handle make the invocation fail after the whole sweep, so the
  * function's Errors metric (and its alarm) shows a sweep that keeps failing; the next run retries.
  */
 export async function handler(): Promise<SweepReport> {
-  const report = await sweepQueuedJobs({ blobs, jobs, queue, clock: () => new Date(), log: jsonLineLog });
+  const report = await sweepQueuedJobs({ blobs, jobs, queue, webhooks, clock: () => new Date(), log: jsonLineLog });
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'queued-job sweep', ...report })}\n`);
   if (report.errors > 0) throw new Error(`queued-job sweep: ${report.errors} of ${report.scanned} markers not handled (see the warnings above)`);
   return report;

@@ -17,6 +17,8 @@ export interface AppLimits {
   signedUrlTtlSec: number;
   /** Lifetime of presigned upload PUT URLs, seconds (default 900). */
   uploadUrlTtlSec?: number;
+  /** Whether webhook URLs may use http: and private/loopback addresses (local mode; default false). */
+  webhookAllowPrivate?: boolean;
 }
 
 export interface AppLogEntry {

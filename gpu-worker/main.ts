@@ -17,6 +17,7 @@ import type { Recipe } from './engine/synth/recipe.ts';
 import { createModelRegistry, type ModelRegistry } from './models.ts';
 import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
 import { ecsTaskProtection, type TaskProtection } from './worker/task-protection.ts';
+import { httpWebhookSender, webhookNotifier, type WebhookNotifier } from '../shared/webhooks.ts';
 import { createWorker, jsonLogger, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from './worker/worker.ts';
 
 export { createWorker, type QueueWorker, type WorkerState, type WorkerEvent } from './worker/worker.ts';
@@ -52,6 +53,8 @@ export interface StartWorkerDeps {
   worker?: Partial<WorkerConfig>;
   /** Default: ECS task scale-in protection when the config has the agent's URI (AWS), else none. */
   protection?: TaskProtection;
+  /** Default: deliveries over HTTP(S) under the config's address policy. `null`: no webhooks from here. */
+  webhooks?: WebhookNotifier | null;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
 }
@@ -76,10 +79,22 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       ...(store ? { store, cacheDir: resolve(deps.modelCacheDir ?? join(tmpdir(), 'clipag-models')) } : {}),
     });
   const maxSteps = deps.maxSteps ?? deps.recipeOverrides?.steps;
+  const jobs = deps.jobs ?? new BlobJobStore(deps.blobs);
+  const webhooks =
+    deps.webhooks === undefined
+      ? webhookNotifier({
+          jobs,
+          blobs: deps.blobs,
+          send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }),
+          signedUrlTtlSec: config.signedUrlTtlSec,
+          clock: () => new Date(),
+          log: ({ level, msg, ...fields }) => log[level](msg, fields),
+        })
+      : (deps.webhooks ?? undefined);
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });
   const worker = createWorker({
     queue: deps.queue,
-    jobs: deps.jobs ?? new BlobJobStore(deps.blobs),
+    jobs,
     blobs: deps.blobs,
     synthesizer,
     models,
@@ -92,6 +107,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       ...deps.worker,
     },
     protection: deps.protection ?? (config.mode === 'aws' && config.ecsAgentUri ? ecsTaskProtection(config.ecsAgentUri, log) : undefined),
+    ...(webhooks ? { webhooks } : {}),
     log,
     onEvent: deps.onEvent,
   });

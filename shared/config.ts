@@ -37,8 +37,13 @@ const Common = {
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
 };
 
+/** "true" or "false" in the environment; the mode gives the default. */
+const flag = (fallback: boolean) => z.enum(['true', 'false']).transform((v) => v === 'true').default(fallback);
+
 const LocalConfig = z.object({
   mode: z.literal('local'),
+  /** Webhooks to http: and to loopback/private addresses (a receiver on this machine): yes by default here. */
+  webhookAllowPrivate: flag(true),
   dataDir: z.string().min(1).default('.data'),
   /** Optional here: local mode can make one and keep it in dataDir (loadOrCreateSigningSecret). */
   signingSecret: z.string().min(32, 'must be at least 32 characters').optional(),
@@ -47,6 +52,8 @@ const LocalConfig = z.object({
 
 const AwsConfig = z.object({
   mode: z.literal('aws'),
+  /** Never by default in AWS: a webhook must not reach the instance metadata service or the VPC. */
+  webhookAllowPrivate: flag(false),
   region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'must be an AWS region such as eu-west-1'),
   bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be an S3 bucket name'),
   queueUrl: httpUrl,
@@ -92,6 +99,7 @@ export const ENV_VARS = {
   /** The name the CDK worker stack sets (cdk/lib/config.ts ENV.executionProvider). */
   CLIPAG_EXECUTION_PROVIDER: 'device',
   LOG_LEVEL: 'logLevel',
+  CLIPAG_WEBHOOK_ALLOW_PRIVATE: 'webhookAllowPrivate',
 } as const satisfies Record<string, string>;
 
 const FIELD_TO_ENV: Record<string, string> = Object.fromEntries(Object.entries(ENV_VARS).map(([env, field]) => [field, env]));

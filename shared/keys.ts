@@ -44,23 +44,27 @@ export function uploadKey(owner: string, uploadId: string): string {
 }
 
 /**
- * Where the API marks a job whose queue message must still be proven sent: `pending/<owner>/<jobId>`.
- * Written before the job record, so a process that dies between the record and the message leaves
- * a marker behind for the queued-job sweep (functions/queued-jobs.ts) to find.
+ * Markers of work the queued-job sweep (functions/queued-jobs.ts) must finish if nobody else does:
+ * - `pending/msg/<owner>/<jobId>`: the job's queue message is not yet proven sent. Written before the
+ *   job record and deleted after the send, so a process that dies in between leaves it behind;
+ * - `pending/hook/<owner>/<jobId>`: the job owes its caller a completion webhook. Written with the
+ *   record and deleted once the webhook is delivered or given up.
  */
 export const PENDING_JOBS_PREFIX = 'pending/';
+export type PendingKind = 'msg' | 'hook';
 
-export function pendingJobKey(owner: string, jobId: string): string {
+export function pendingJobKey(kind: PendingKind, owner: string, jobId: string): string {
   if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError('invalid owner id', 'owner');
   if (!RESOURCE_ID_PATTERN.test(jobId)) throw new ValidationError('invalid job id', 'id');
-  return `${PENDING_JOBS_PREFIX}${owner}/${jobId}`;
+  return `${PENDING_JOBS_PREFIX}${kind}/${owner}/${jobId}`;
 }
 
-/** The owner and job a marker key names; `null` for anything else under the prefix. */
-export function parsePendingJobKey(key: string): { owner: string; jobId: string } | null {
+/** What a marker key names; `null` for anything else under the prefix. */
+export function parsePendingJobKey(key: string): { kind: PendingKind; owner: string; jobId: string } | null {
   if (!key.startsWith(PENDING_JOBS_PREFIX)) return null;
   const parts = key.slice(PENDING_JOBS_PREFIX.length).split('/');
-  if (parts.length !== 2) return null;
-  const [owner, jobId] = parts as [string, string];
-  return OWNER_ID_PATTERN.test(owner) && RESOURCE_ID_PATTERN.test(jobId) ? { owner, jobId } : null;
+  if (parts.length !== 3) return null;
+  const [kind, owner, jobId] = parts as [string, string, string];
+  if (kind !== 'msg' && kind !== 'hook') return null;
+  return OWNER_ID_PATTERN.test(owner) && RESOURCE_ID_PATTERN.test(jobId) ? { kind, owner, jobId } : null;
 }

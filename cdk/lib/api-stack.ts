@@ -85,10 +85,11 @@ export class ApiStack extends Stack {
     });
 
     // Least privilege, per prefix. The API creates and updates job records (cancel,
-    // idempotency), marks new jobs pending, reads API keys, signs PUT URLs for uploads and GET URLs
-    // for outputs. It never deletes anything and never writes keys (the `clipag keys` CLI does that).
+    // idempotency), marks a new job's message pending until it is sent, reads API keys, signs PUT
+    // URLs for uploads and GET URLs for outputs. Its one delete is of its own pending markers; it
+    // never writes keys (the `clipag keys` CLI does that).
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
-    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.pending, ['write']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.pending, ['write', 'delete']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.keys, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.uploads, ['read', 'write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read']);
@@ -100,7 +101,7 @@ export class ApiStack extends Stack {
       retention: config.logRetentionDays as logs.RetentionDays,
     });
     this.sweeper = new nodejs.NodejsFunction(this, 'QueuedJobSweeper', {
-      description: 'Re-sends the queue message of jobs queued over 5 minutes and never started',
+      description: 'Re-sends lost queue messages and retries completion webhooks',
       entry: props.sweepEntry ?? SWEEP_LAMBDA_ENTRY,
       handler: 'handler',
       projectRoot: REPO_ROOT,
@@ -110,14 +111,18 @@ export class ApiStack extends Stack {
       memorySize: 256,
       // A sweep reads one record per pending job; a backlog of thousands takes tens of seconds.
       timeout: Duration.minutes(2),
+      // EventBridge invokes asynchronously, and Lambda would retry a failed sweep twice on its own:
+      // the next scheduled sweep is the retry.
+      retryAttempts: 0,
       logGroup: sweeperLogs,
       bundling: BUNDLING,
       environment,
     });
-    // The sweep reads and updates job records (the re-send stamp), drops the markers of jobs past
-    // the queue, and sends messages. Nothing else.
+    // The sweep reads and updates job records (the re-send stamp, webhook attempts), drops markers
+    // whose work is done, sends messages, and signs output links for the webhooks it retries.
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.pending, ['delete']);
+    grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.outputs, ['read']);
     grantListBucket(this.sweeper, bucket);
     grantSend(this.sweeper, queue);
     new events.Rule(this, 'QueuedJobSweepSchedule', {

@@ -188,7 +188,9 @@ export class WorkerStack extends Stack {
     // read init images and model files, write outputs and frames. No keys/, no deletes.
     const taskRole = this.worker.taskRole;
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
-    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.outputs, ['write']);
+    // Read on outputs only so that the output links in a completion webhook are signed by a role
+    // that may read them.
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.outputs, ['read', 'write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.uploads, ['read']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read']);
     grantListBucket(taskRole, bucket);

@@ -18,6 +18,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       maxUploadBytes: config.maxUploadBytes,
       signedUrlTtlSec: config.signedUrlTtlSec,
       uploadUrlTtlSec: config.uploadUrlTtlSec,
+      webhookAllowPrivate: config.webhookAllowPrivate,
     },
   };
 }

@@ -28,6 +28,7 @@ export async function localDeps(
       maxUploadBytes: config.maxUploadBytes,
       signedUrlTtlSec: config.signedUrlTtlSec,
       uploadUrlTtlSec: config.uploadUrlTtlSec,
+      webhookAllowPrivate: config.webhookAllowPrivate,
     },
   };
 }

@@ -6,11 +6,12 @@ import type { JobRecord } from '../../shared/schemas/job.ts';
 import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
-import { markPending, resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
+import { clearPending, markPending, resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
-import { generationView } from '../views.ts';
+import { generationView } from '../../shared/views.ts';
+import { checkWebhookUrl, newWebhookSecret } from '../../shared/webhooks.ts';
 import { SECURITY, pick } from './common.ts';
 
 /** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
@@ -87,13 +88,18 @@ export function registerGenerationRoutes(
 ): void {
   const { blobs, jobs, queue, limits } = deps;
   const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock());
+  /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
+  const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { webhookSecret: true });
+  const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false };
 
   /** The request as a job spec: the deployment's default model filled in when it names none, the model and upload checked. */
   async function checkedSpec(owner: string, request: ParsedGenerationRequest): Promise<GenerationSpec> {
     const models = await deps.models();
     const model = request.model ?? models.find((m) => m.default)?.id;
     if (model === undefined) throw new ValidationError('this deployment has no default model: name one in "model" (GET /v1/models lists them)', 'model');
-    const spec: GenerationSpec = { ...request, model };
+    const { webhook_url: webhookUrl, ...fields } = request;
+    if (webhookUrl !== undefined) checkWebhookUrl(webhookUrl, webhookPolicy);
+    const spec: GenerationSpec = { ...fields, model };
     if (!models.some((m) => m.id === spec.model)) {
       throw new ValidationError(`unknown model "${spec.model}" (available: ${models.map((m) => m.id).join(', ') || 'none'})`, 'model');
     }
@@ -133,6 +139,9 @@ export function registerGenerationRoutes(
       await markEnqueueFailed(job.owner, job.id);
       throw new RetryableError('the job queue is unavailable; retry (with the same Idempotency-Key)', { code: 'queue_unavailable', cause });
     }
+    // Sent: the marker's work is done. Without this delete every job waiting over 5 minutes in a
+    // backlog would be sent again by the sweep.
+    await clearPending(blobs, 'msg', job.owner, job.id);
   }
 
   app.openapi(createGeneration, async (c) => {
@@ -156,7 +165,7 @@ export function registerGenerationRoutes(
           // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
           // concurrent retries only the one whose write made the transition sends the message.
           // The sweep drops the marker of a failed job: it goes back before the job is queued again.
-          await markPending(blobs, owner, job.id);
+          await markPending(blobs, 'msg', owner, job.id);
           let requeued = false;
           job = await jobs.update(owner, job.id, (cur) => {
             requeued = cur.status === 'failed' && cur.error?.code === 'enqueue_failed';
@@ -171,16 +180,17 @@ export function registerGenerationRoutes(
         }
         c.header('Location', `/v1/generations/${job.id}`);
         c.header('Idempotent-Replayed', 'true');
-        return c.json(await view(job), 200);
+        return c.json(await createdView(job), 200);
       }
       jobId = claim.jobId;
     }
     let job: JobRecord;
     try {
-      // The marker first: a process that dies after the create but before the send leaves it for
-      // the queued-job sweep, which then sends the message.
-      await markPending(blobs, owner, jobId);
-      job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash }));
+      // The markers first: a process that dies after the create but before the send leaves them for
+      // the queued-job sweep, which then sends the message; a webhook is owed from the start.
+      const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
+      await Promise.all([markPending(blobs, 'msg', owner, jobId), ...(webhook ? [markPending(blobs, 'hook', owner, jobId)] : [])]);
+      job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, ...(webhook ? { webhook } : {}) }));
     } catch (error) {
       if (idempotencyKey !== undefined) {
         // The create may have landed before the error (a timeout): such a job gets marked for the
@@ -192,7 +202,7 @@ export function registerGenerationRoutes(
     }
     await enqueue(job);
     c.header('Location', `/v1/generations/${job.id}`);
-    return c.json(await view(job), 202);
+    return c.json(await createdView(job), 202);
   });
 
   app.openapi(listGenerations, async (c) => {

@@ -9,6 +9,7 @@ import type { ModelRegistry } from '../models.ts';
 import { classifyError, describe, jobErrorOf } from './errors.ts';
 import type { SynthesisOutcome, SynthesisProgress, Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
+import type { WebhookNotifier } from '../../shared/webhooks.ts';
 
 export type WorkerState = 'idle' | 'polling' | 'running' | 'draining' | 'stopped';
 
@@ -84,6 +85,8 @@ export interface WorkerDeps {
   config: WorkerConfig;
   /** Marks the task busy while a job is held, so scale-in takes idle tasks (default: none, outside ECS). */
   protection?: TaskProtection;
+  /** Told when a job ends here, to send its completion webhook at once (retries are the sweep's). */
+  webhooks?: WebhookNotifier;
   clock?: Clock;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
@@ -285,6 +288,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string } } = {}) => {
     log.info('job finished', { jobId: msg.job_id, owner: msg.owner, outcome, ...extra });
+    if (outcome === 'succeeded' || outcome === 'failed' || outcome === 'canceled') deps.webhooks?.notify(msg.owner, msg.job_id);
     emit({ type: 'job_finished', jobId: msg.job_id, outcome, ...extra });
   };
 
@@ -631,6 +635,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (job && !isTerminal(job.status)) {
           const error = { code: 'retries_exhausted', message: `the job's message was dead-lettered after ${config.maxReceives} deliveries without finishing` };
           await markFailed(msg, error);
+          deps.webhooks?.notify(msg.owner, msg.job_id);
           emit({ type: 'dead_lettered', messageId: m.messageId, reason: 'swept' });
           log.warn('dead-letter sweep: job marked failed', { jobId: msg.job_id, owner: msg.owner });
         }
@@ -724,6 +729,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         wakeBackoff?.();
         stopped = (async () => {
           await loop;
+          // Webhooks of jobs that ended here: each attempt is bounded; an unsent one is the sweep's.
+          await deps.webhooks?.drain();
           setState('stopped');
           log.info('worker stopped');
         })();

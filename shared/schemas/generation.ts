@@ -93,6 +93,15 @@ export const GenerationRequest = z
   .object({
     ...generationFields,
     model: ModelName.optional().openapi({ description: "The model's id from GET /v1/models; default: the one marked default there" }),
+    webhook_url: z
+      .string()
+      .max(2000)
+      .optional()
+      .openapi({
+        description:
+          'Called with a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature) when the generation succeeds, fails or is canceled. The body is the generation, outputs with signed URLs. https, on a public address. The signing secret is in the POST response (`webhook.secret`).',
+        example: 'https://example.com/hooks/clipag',
+      }),
   })
   .strict()
   .superRefine((req, ctx) => {

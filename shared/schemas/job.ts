@@ -39,6 +39,28 @@ export const JobProgress = z
   .strict()
   .refine((p) => p.step <= p.total, { message: 'step must not exceed total' });
 
+/**
+ * Where and how the job's completion is announced (ADR 0013). `secret` signs every delivery
+ * (Standard Webhooks: `whsec_` + base64 of the key). Deliveries retry with back-off until one gets a
+ * 2xx or WEBHOOK_MAX_ATTEMPTS have failed.
+ */
+export const JobWebhook = z
+  .object({
+    url: z.string().url().max(2000),
+    secret: z.string().regex(/^whsec_[A-Za-z0-9+/]{32}$/),
+    attempts: z.number().int().nonnegative(),
+    delivered_at: Timestamp.nullable(),
+    /** Set when the last allowed attempt failed; no more tries. */
+    given_up_at: Timestamp.nullable(),
+    /** No attempt before this (back-off after a failure). */
+    next_attempt_at: Timestamp.nullable(),
+    /** A deliverer holds the next attempt until then; another one keeps off. */
+    claimed_until: Timestamp.nullable(),
+    last_error: z.string().max(500).nullable(),
+  })
+  .strict()
+  .openapi('JobWebhook');
+
 /** The job record: one JSON document per job in the blob store (see docs/adr/0002). */
 export const MAX_JOB_WARNINGS = 20;
 export const MAX_JOB_WARNING_CHARS = 1000;
@@ -74,6 +96,8 @@ export const JobRecord = z
     enqueued_at: Timestamp.optional(),
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
+    /** The completion webhook the request asked for; absent: none. */
+    webhook: JobWebhook.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })
@@ -87,6 +111,7 @@ export type JobRecord = z.output<typeof JobRecord>;
 export type JobOutput = z.output<typeof JobOutput>;
 export type JobUsage = z.output<typeof JobUsage>;
 export type JobError = z.output<typeof JobError>;
+export type JobWebhook = z.output<typeof JobWebhook>;
 
 /** A fresh `queued` record for a validated spec. */
 export function newJobRecord(args: {
@@ -96,6 +121,7 @@ export function newJobRecord(args: {
   now?: Date;
   idempotencyKey?: string | null;
   bodyHash?: string | null;
+  webhook?: { url: string; secret: string };
 }): JobRecord {
   return JobRecord.parse({
     id: args.id,
@@ -114,5 +140,8 @@ export function newJobRecord(args: {
     attempts: 0,
     idempotency_key: args.idempotencyKey ?? null,
     body_hash: args.bodyHash ?? null,
+    ...(args.webhook
+      ? { webhook: { ...args.webhook, attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null } }
+      : {}),
   });
 }

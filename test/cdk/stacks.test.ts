@@ -211,6 +211,8 @@ describe('ApiStack', () => {
     const [, handler] = fns.find(([id]) => id.startsWith('Handler'))!;
     expect(sweeper.Properties.Environment).toEqual(handler.Properties.Environment);
     expect(sweeper.Properties.Timeout).toBe(120);
+    // Lambda's own async retries are off too: the next scheduled sweep is the retry.
+    api.hasResourceProperties('AWS::Lambda::EventInvokeConfig', { FunctionName: { Ref: sweeperId }, MaximumRetryAttempts: 0 });
     const rules = resources(api).filter(([, r]) => r.Type === 'AWS::Events::Rule');
     expect(rules).toHaveLength(1);
     const rule = rules[0]![1].Properties;
@@ -481,12 +483,13 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     return out.sort();
   }
 
-  it('gives the Lambda exactly its prefixes: no deletes, no writes to keys/ or outputs/', () => {
+  it('gives the Lambda exactly its prefixes: no deletes but of its pending markers, no writes to keys/ or outputs/', () => {
     expect(s3Grants(api, 'HandlerServiceRoleDefaultPolicy')).toEqual(
       [
         's3:GetObject jobs/*',
         's3:PutObject jobs/*',
         's3:PutObject pending/*',
+        's3:DeleteObject pending/*',
         's3:GetObject keys/*',
         's3:GetObject uploads/*',
         's3:PutObject uploads/*',
@@ -504,7 +507,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
 
   it('gives the queued-job sweeper records, the pending markers (delete only) and send; nothing else', () => {
     expect(s3Grants(api, 'QueuedJobSweeperServiceRoleDefaultPolicy')).toEqual(
-      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:DeleteObject pending/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
+      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
     );
     const sqs = policyStatements(api)
       .filter(({ owner }) => owner.startsWith('QueuedJobSweeperServiceRoleDefaultPolicy'))
@@ -519,6 +522,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
       [
         's3:GetObject jobs/*',
         's3:PutObject jobs/*',
+        's3:GetObject outputs/*',
         's3:PutObject outputs/*',
         's3:GetObject uploads/*',
         's3:GetObject models/*',

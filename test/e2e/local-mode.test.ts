@@ -1,7 +1,9 @@
 // End to end through the real pieces: HTTP API → durable local queue → worker → engine (tiny model)
 // → blob store → signed URL download; uploads as init images; persistence across a restart.
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
+import { Webhook } from 'standardwebhooks';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -11,7 +13,7 @@ import { localStores } from '../../shared/adapters/stores.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
-import { markPending, sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { markPending } from '../../functions/queued-jobs.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
@@ -100,6 +102,39 @@ describe('local mode end to end', () => {
     expect(mean(0)).toBeGreaterThan(mean(1)); // still reddish: the init image was used
   });
 
+  it('a webhook_url gets the signed completion event from the worker, with a working output link', async () => {
+    const events: Array<{ headers: Record<string, string>; body: string }> = [];
+    const receiver = createHttpServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        events.push({ headers: req.headers as Record<string, string>, body });
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+    try {
+      const hookUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}/done`;
+      const post = await fetch(`${h.url}/v1/generations`, {
+        method: 'POST',
+        headers: { ...auth(h), 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: 'a photo of a cat', width: 64, height: 64, seed: 2, webhook_url: hookUrl }),
+      });
+      expect(post.status).toBe(202);
+      const created = (await post.json()) as any;
+      const job = await waitFor(h, created.id, (j) => j.webhook?.status !== 'pending');
+      expect(job).toMatchObject({ status: 'succeeded', webhook: { status: 'delivered', attempts: 1 } });
+      expect(events).toHaveLength(1);
+      const event = new Webhook(created.webhook.secret).verify(events[0]!.body, events[0]!.headers) as any;
+      expect(event).toMatchObject({ type: 'generation.succeeded', data: { id: created.id, status: 'succeeded' } });
+      const png = await fetch(event.data.outputs[0].url);
+      expect(png.status).toBe(200);
+      expect(decodeImage(new Uint8Array(await png.arrayBuffer())).width).toBe(64);
+    } finally {
+      await new Promise<void>((r) => receiver.close(() => r()));
+    }
+  });
+
   it('queued jobs and keys survive a restart', async () => {
     // Stop the worker first so the next job stays queued, then restart the whole server.
     const key = h.apiKey;
@@ -126,17 +161,15 @@ describe('local mode end to end', () => {
     const createdAt = new Date(Date.now() - 10 * 60_000);
     const id = newJobId(createdAt.getTime());
     const spec = GenerationSpec.parse({ prompt: 'a lost message', width: 64, height: 64, seed: 4, model: 'toy' });
-    await markPending(stores.blobs, 'local', id);
+    await markPending(stores.blobs, 'msg', 'local', id);
     await stores.jobs.create(newJobRecord({ id, owner: 'local', spec, now: createdAt }));
     expect(await stores.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
     h = await start(dataDir);
     const job = await waitFor(h, id, (j) => ['succeeded', 'failed'].includes(j.status));
     expect(job.status).toBe('succeeded');
     await h.stop();
-    // Its marker goes at the next sweep, now that the job has run.
-    const report = await sweepQueuedJobs({ ...stores, clock: () => new Date() });
-    expect(report).toMatchObject({ resent: 0, errors: 0 });
-    expect((await stores.blobs.list('pending/')).items.map((i) => i.key)).not.toContain(`pending/local/${id}`);
+    // The sweep that sent it dropped its marker.
+    expect((await stores.blobs.list('pending/')).items).toEqual([]);
   });
 });
 

@@ -2,10 +2,11 @@
 // create and its send) gets its message again, without its caller having to retry.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, type QueuedJobDeps } from '../../functions/queued-jobs.ts';
+import { markPending, ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, type SweepDeps } from '../../functions/queued-jobs.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import type { JobQueue } from '../../shared/ports.ts';
 import { parseQueueMessage } from '../../shared/schemas/queue.ts';
+import { httpWebhookSender } from '../../shared/webhooks.ts';
 import { harness, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -20,8 +21,8 @@ beforeEach(async () => {
 });
 afterEach(() => h.close());
 
-function sweepDeps(queue: JobQueue = h.queue): QueuedJobDeps {
-  return { blobs: h.blobs, jobs: h.jobs, queue, clock, log: (e) => logs.push(e) };
+function sweepDeps(queue: JobQueue = h.queue): SweepDeps {
+  return { blobs: h.blobs, jobs: h.jobs, queue, clock, log: (e) => logs.push(e), webhooks: { send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600 } };
 }
 
 /** Job ids of the messages waiting in the queue (consumed, so each call sees only new ones). */
@@ -71,26 +72,35 @@ describe('queued-job sweep', () => {
   it('a job created by a request that died before its send gets its message from the sweep (no retry needed)', async () => {
     const id = await postDyingRequest(); // no Idempotency-Key: the caller cannot even retry
     expect(await drain()).toEqual([]);
-    expect(await markers()).toEqual([pendingJobKey('acct_alice', id)]);
+    expect(await markers()).toEqual([pendingJobKey('msg', 'acct_alice', id)]);
 
     // Fresh: the message may only be slow; nothing is sent yet.
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 1, resent: 0, kept: 1 });
     expect(await drain()).toEqual([]);
 
     offsetMs = RESEND_AFTER_MS + 60_000;
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 1, resent: 1, kept: 1, errors: 0 });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 1, resent: 1, cleared: 1, kept: 0, errors: 0 });
     expect(await drain()).toEqual([id]);
     const job = await h.jobs.get('acct_alice', id);
     expect(job).toMatchObject({ status: 'queued', attempts: 0 });
     expect(Date.parse(job!.enqueued_at!)).toBeGreaterThan(Date.parse(job!.created_at) + RESEND_AFTER_MS);
 
-    // At most one re-send per period, however often the sweep runs.
-    offsetMs += 60_000;
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 0 });
+    // Sent: the marker is gone, and later sweeps send nothing more.
+    expect(await markers()).toEqual([]);
+    offsetMs += 2 * RESEND_AFTER_MS;
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 0, resent: 0 });
     expect(await drain()).toEqual([]);
-    offsetMs += RESEND_AFTER_MS;
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 1 });
-    expect(await drain()).toEqual([id]);
+  });
+
+  it('a job whose POST sent its message leaves no marker: waiting in a backlog for long is not re-sent', async () => {
+    const ids: string[] = [];
+    for (const prompt of ['a', 'b', 'c']) ids.push(((await (await h.request('/v1/generations', { json: { prompt } })).json()) as { id: string }).id);
+    expect(await markers()).toEqual([]);
+    for (const minutes of [5, 10, 15]) {
+      offsetMs = minutes * 60_000 + 1000;
+      expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 0 });
+    }
+    expect((await drain()).sort()).toEqual([...ids].sort()); // one message each, no more
   });
 
   it('concurrent sweeps (and a concurrent replay) send the message once', async () => {
@@ -111,28 +121,30 @@ describe('queued-job sweep', () => {
     expect(await drain()).toEqual([id]);
   });
 
-  it('a marker is cleared once its job has started, finished or been canceled, and kept while it waits', async () => {
+  it('a message marker is cleared once its job has started, finished or been canceled, and kept while it waits', async () => {
     const ids: string[] = [];
     for (const prompt of ['a', 'b', 'c', 'd']) {
       const res = await h.request('/v1/generations', { json: { prompt } });
       expect(res.status).toBe(202);
       ids.push(((await res.json()) as { id: string }).id);
     }
-    expect((await markers()).length).toBe(4);
+    // As if each POST had died after its create (the markers' work not done).
+    for (const id of ids) await markPending(h.blobs, 'msg', 'acct_alice', id);
     const [running, succeeded, canceled, waiting] = ids as [string, string, string, string];
     await h.jobs.update('acct_alice', running, (cur) => ({ ...cur, status: 'running', attempts: 1 }));
     await h.jobs.update('acct_alice', succeeded, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString() }));
     expect((await h.request(`/v1/generations/${canceled}/cancel`, { method: 'POST' })).status).toBe(200);
-    offsetMs = RESEND_AFTER_MS / 2; // waiting, but not for long: its message is surely in the queue
+    offsetMs = RESEND_AFTER_MS / 2; // waiting, but not for long
     const report = await sweepQueuedJobs(sweepDeps());
-    expect(report).toEqual({ scanned: 4, resent: 0, cleared: 3, kept: 1, errors: 0, foreign: 0 });
-    expect(await markers()).toEqual([pendingJobKey('acct_alice', waiting)]);
+    expect(report).toEqual({ scanned: 4, resent: 0, cleared: 3, kept: 1, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 });
+    expect(await markers()).toEqual([pendingJobKey('msg', 'acct_alice', waiting)]);
   });
 
   it('a job re-queued by a worker (attempts > 0) is left to the worker: its marker goes, nothing is sent', async () => {
     const res = await h.request('/v1/generations', { json: { prompt: 'apple' } });
     const { id } = (await res.json()) as { id: string };
     await drain();
+    await markPending(h.blobs, 'msg', 'acct_alice', id);
     // A drained worker puts the job back to queued and sends a fresh copy of its message itself.
     await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'queued', attempts: 1 }));
     offsetMs = RESEND_AFTER_MS * 3;
@@ -141,7 +153,7 @@ describe('queued-job sweep', () => {
   });
 
   it('a marker whose job was never created is kept for a grace period, then dropped', async () => {
-    await h.blobs.put(pendingJobKey('acct_alice', 'gen_never_created'), new Uint8Array(0));
+    await h.blobs.put(pendingJobKey('msg', 'acct_alice', 'gen_never_created'), new Uint8Array(0));
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, cleared: 0 });
     offsetMs = ORPHAN_MARKER_AFTER_MS + 60_000;
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 0, cleared: 1 });
@@ -152,6 +164,7 @@ describe('queued-job sweep', () => {
   it('a corrupt job record drops its marker with a warning; a key it did not write is left alone and reported', async () => {
     const res = await h.request('/v1/generations', { json: { prompt: 'apple' } });
     const { id } = (await res.json()) as { id: string };
+    await markPending(h.blobs, 'msg', 'acct_alice', id);
     await h.blobs.put(`jobs/acct_alice/${id}.json`, Buffer.from('{"not": "a job"'));
     await h.blobs.put(`${PENDING_JOBS_PREFIX}stray/extra/parts`, new Uint8Array(0));
     offsetMs = RESEND_AFTER_MS * 2;
@@ -172,7 +185,8 @@ describe('queued-job sweep', () => {
         return Reflect.get(target, prop, receiver);
       },
     });
-    expect(await sweepQueuedJobs(sweepDeps(down))).toMatchObject({ resent: 0, kept: 1 });
+    // A failed send is an error of the sweep (its Lambda fails, and the alarm counts it).
+    expect(await sweepQueuedJobs(sweepDeps(down))).toMatchObject({ resent: 0, kept: 0, errors: 1 });
     expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'queued' });
     expect((await h.jobs.get('acct_alice', id))!.enqueued_at).toBeUndefined(); // the stamp went back
     expect(logs.some((l) => l.msg.includes('re-send of a long-queued job failed'))).toBe(true);
@@ -180,7 +194,7 @@ describe('queued-job sweep', () => {
     expect(await drain()).toEqual([id]);
   });
 
-  it('a 503 retry re-queues with a fresh marker and clock: the sweep neither drops it nor sends a duplicate', async () => {
+  it('a 503 leaves the marker for the sweep to drop (the job failed); the retry re-queues and sends once', async () => {
     let fail = true;
     const flaky = new Proxy(h.queue, {
       get(target, prop, receiver) {
@@ -204,9 +218,8 @@ describe('queued-job sweep', () => {
     expect(retry.status).toBe(200);
     const { id } = (await retry.json()) as { id: string };
     expect(await drain()).toEqual([id]);
-    expect(await markers()).toEqual([pendingJobKey('acct_alice', id)]);
-    // Created long ago, but re-queued just now: not long-queued.
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 0, kept: 1 });
+    expect(await markers()).toEqual([]); // sent: nothing left to sweep
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ resent: 0 });
     expect(await drain()).toEqual([]);
   });
 

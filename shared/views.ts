@@ -1,9 +1,18 @@
-import type { BlobStore } from '../shared/ports.ts';
-import type { JobRecord } from '../shared/schemas/job.ts';
-import type { GenerationView } from './schemas.ts';
+import type { BlobStore } from './ports.ts';
+import type { JobRecord } from './schemas/job.ts';
+import type { GenerationView } from './schemas/view.ts';
 
-/** The public view of a job record: outputs as signed URLs with their expiry; internals omitted. */
-export async function generationView(job: JobRecord, blobs: BlobStore, ttlSec: number, now: Date): Promise<GenerationView> {
+/**
+ * The public view of a job record: outputs as signed URLs with their expiry; internals omitted. The
+ * API answers with it, and a webhook carries it. The webhook's secret only with `webhookSecret`.
+ */
+export async function generationView(
+  job: JobRecord,
+  blobs: BlobStore,
+  ttlSec: number,
+  now: Date,
+  options: { webhookSecret?: boolean } = {},
+): Promise<GenerationView> {
   // Signatures carry whole seconds (S3's X-Amz-Date, the local `expires`), taken at or after `now`:
   // the floored second is the earliest a link can expire, so it never dies before its expires_at.
   const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
@@ -17,6 +26,7 @@ export async function generationView(job: JobRecord, blobs: BlobStore, ttlSec: n
       ...(output.clip_score !== undefined ? { clip_score: output.clip_score } : {}),
     })),
   );
+  const w = job.webhook;
   return {
     id: job.id,
     object: 'generation',
@@ -31,5 +41,14 @@ export async function generationView(job: JobRecord, blobs: BlobStore, ttlSec: n
     usage: job.usage,
     warnings: job.warnings ?? [],
     request: job.spec,
+    webhook: w
+      ? {
+          url: w.url,
+          status: w.delivered_at !== null ? 'delivered' : w.given_up_at !== null ? 'failed' : 'pending',
+          attempts: w.attempts,
+          last_error: w.last_error,
+          ...(options.webhookSecret ? { secret: w.secret } : {}),
+        }
+      : null,
   };
 }

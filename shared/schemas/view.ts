@@ -1,0 +1,50 @@
+import { z } from '@hono/zod-openapi';
+import { ResourceId, Timestamp } from './common.ts';
+import { GenerationSpec } from './generation.ts';
+import { JobError, JobStatus, JobUsage } from './job.ts';
+
+// The public view of a job: what GET /v1/generations/{id} answers and what a webhook carries.
+
+export const GenerationWebhookView = z
+  .object({
+    url: z.string(),
+    status: z.enum(['pending', 'delivered', 'failed']).openapi({ description: 'failed: every attempt failed (7 over about 9.5 hours)' }),
+    attempts: z.number().int().nonnegative(),
+    last_error: z.string().nullable(),
+    secret: z.string().optional().openapi({ description: 'The signing secret (Standard Webhooks). Only in the response to the POST that made the generation.' }),
+  })
+  .openapi('GenerationWebhook');
+
+export const GenerationOutputView = z
+  .object({
+    index: z.number().int().nonnegative(),
+    url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
+    expires_at: Timestamp,
+    width: z.number().int().positive(),
+    height: z.number().int().positive(),
+    clip_score: z.number().optional(),
+  })
+  .openapi('GenerationOutput');
+
+export const GenerationView = z
+  .object({
+    id: ResourceId,
+    object: z.literal('generation'),
+    status: JobStatus,
+    created_at: Timestamp,
+    started_at: Timestamp.nullable(),
+    finished_at: Timestamp.nullable(),
+    progress: z.object({ step: z.number().int(), total: z.number().int() }),
+    cancel_requested: z.boolean(),
+    outputs: z.array(GenerationOutputView),
+    error: JobError.nullable(),
+    usage: JobUsage,
+    warnings: z.array(z.string()).openapi({
+      description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
+    }),
+    request: GenerationSpec,
+    webhook: GenerationWebhookView.nullable(),
+  })
+  .openapi('Generation');
+export type GenerationView = z.output<typeof GenerationView>;
+

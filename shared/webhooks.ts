@@ -1,0 +1,244 @@
+// Completion webhooks (ADR 0013): URL policy, Standard Webhooks signing, an address-checked POST, and
+// the delivery of one job's event with its attempt bookkeeping in the job record. Used by the worker
+// (first attempt, right after a job ends) and by the queued-job sweep (retries, and jobs the API
+// ended: a cancel while queued).
+import { createHmac, randomBytes } from 'node:crypto';
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { BlockList, isIP } from 'node:net';
+import { ValidationError } from './errors.ts';
+import type { BlobStore, JobStore } from './ports.ts';
+import { isTerminal, type JobRecord, type JobWebhook } from './schemas/job.ts';
+import { generationView } from './views.ts';
+
+/** Attempts in all; the waits after each failed one (the last failure gives up). About 9.5 hours. */
+export const WEBHOOK_RETRY_DELAYS_SEC = [30, 120, 600, 1800, 7200, 21600] as const;
+export const WEBHOOK_MAX_ATTEMPTS = WEBHOOK_RETRY_DELAYS_SEC.length + 1;
+/** One attempt: connect, send, and get the status line within this. */
+export const WEBHOOK_TIMEOUT_MS = 10_000;
+/** How long a deliverer holds an attempt (longer than one attempt can take). */
+const CLAIM_MS = 60_000;
+
+export interface WebhookPolicy {
+  /**
+   * Whether http: URLs and loopback/private/link-local destinations are allowed. Local mode only:
+   * in AWS a webhook to 169.254.169.254 or a VPC address would let a caller probe the inside.
+   */
+  allowPrivate: boolean;
+}
+
+const PRIVATE = new BlockList();
+for (const [net, bits] of [
+  ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
+  ['192.0.0.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15], ['224.0.0.0', 4], ['240.0.0.0', 4],
+] as const) PRIVATE.addSubnet(net, bits, 'ipv4');
+for (const [net, bits] of [['::', 128], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['ff00::', 8], ['64:ff9b::', 96]] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
+
+/** Loopback, private, link-local (the instance metadata service), CGNAT, multicast or reserved. */
+export function isPrivateAddress(address: string): boolean {
+  const family = isIP(address);
+  if (family === 4) return PRIVATE.check(address, 'ipv4');
+  if (family !== 6) return true; // not an address at all: refuse
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped) return PRIVATE.check(mapped[1]!, 'ipv4');
+  return PRIVATE.check(address, 'ipv6');
+}
+
+/**
+ * Checks a webhook URL at the API (400 on failure) and again before every attempt. Names are resolved
+ * only at send time, where the connection is pinned to an address that passed (no DNS rebinding).
+ */
+export function checkWebhookUrl(raw: string, policy: WebhookPolicy): URL {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ValidationError('webhook_url must be an absolute URL', 'webhook_url');
+  }
+  const schemes = policy.allowPrivate ? ['https:', 'http:'] : ['https:'];
+  if (!schemes.includes(url.protocol)) throw new ValidationError(`webhook_url must use ${schemes.join(' or ')}`, 'webhook_url');
+  if (url.username || url.password) throw new ValidationError('webhook_url must not carry credentials', 'webhook_url');
+  if (url.hash) throw new ValidationError('webhook_url must not have a #fragment', 'webhook_url');
+  if (!policy.allowPrivate) {
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    if (host === 'localhost' || host.endsWith('.localhost') || (isIP(host) !== 0 && isPrivateAddress(host))) {
+      throw new ValidationError('webhook_url must point at a public address', 'webhook_url');
+    }
+  }
+  return url;
+}
+
+/** A fresh signing secret: `whsec_` and 24 random bytes in base64 (Standard Webhooks). */
+export function newWebhookSecret(): string {
+  return `whsec_${randomBytes(24).toString('base64')}`;
+}
+
+/** Standard Webhooks signature: base64 HMAC-SHA256 of `id.timestamp.body` under the secret's bytes. */
+export function signWebhook(secret: string, id: string, timestampSec: number, body: string): string {
+  const key = Buffer.from(secret.slice('whsec_'.length), 'base64');
+  return `v1,${createHmac('sha256', key).update(`${id}.${timestampSec}.${body}`).digest('base64')}`;
+}
+
+export interface WebhookRequest {
+  url: string;
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** Sends one attempt; resolves with the HTTP status, rejects on a network error, a refused address or the timeout. */
+export type WebhookSender = (request: WebhookRequest) => Promise<number>;
+
+/**
+ * POST over node:http(s), redirects not followed (a 3xx is a failure). The connection goes to an
+ * address the policy allows: the lookup itself refuses the others, so a name that resolves to a
+ * private address is refused however it was written.
+ */
+export function httpWebhookSender(policy: WebhookPolicy): WebhookSender {
+  const lookup = (hostname: string, options: object, callback: (error: Error | null, address: string | LookupAddress[], family?: number) => void) => {
+    dnsLookup(hostname, { ...options, all: true }, (error, addresses) => {
+      if (error) return callback(error, '');
+      const allowed = policy.allowPrivate ? addresses : addresses.filter((a) => !isPrivateAddress(a.address));
+      if (allowed.length === 0) return callback(new Error(`${hostname} resolves only to private addresses`), '');
+      if ((options as { all?: boolean }).all) return callback(null, allowed);
+      return callback(null, allowed[0]!.address, allowed[0]!.family);
+    });
+  };
+  return (request) =>
+    new Promise<number>((resolve, reject) => {
+      const url = checkWebhookUrl(request.url, policy);
+      const host = url.hostname.replace(/^\[|\]$/g, '');
+      if (isIP(host) !== 0 && !policy.allowPrivate && isPrivateAddress(host)) return reject(new Error('webhook_url points at a private address'));
+      const client = url.protocol === 'https:' ? https : http;
+      const req = client.request(
+        url,
+        {
+          method: 'POST',
+          headers: { ...request.headers, 'content-length': String(Buffer.byteLength(request.body)) },
+          lookup: lookup as never,
+          timeout: WEBHOOK_TIMEOUT_MS,
+          agent: false,
+        },
+        (res) => {
+          res.resume(); // the body is not read: drain and close
+          resolve(res.statusCode ?? 0);
+        },
+      );
+      req.setTimeout(WEBHOOK_TIMEOUT_MS, () => req.destroy(new Error(`no answer within ${WEBHOOK_TIMEOUT_MS / 1000} s`)));
+      req.on('error', reject);
+      req.end(request.body);
+    });
+}
+
+export type DeliveryResult = 'delivered' | 'failed' | 'gave_up' | 'not_due' | 'held_elsewhere' | 'nothing_to_send';
+
+export interface WebhookDeliveryDeps {
+  jobs: JobStore;
+  blobs: BlobStore;
+  send: WebhookSender;
+  /** Lifetime of the output URLs in the event body. */
+  signedUrlTtlSec: number;
+  clock: () => Date;
+  log?: (entry: { level: 'info' | 'warn'; msg: string; [field: string]: unknown }) => void;
+}
+
+/** Whether the job still owes its caller a webhook (delivered or given up: no). */
+export function webhookOwed(job: JobRecord): boolean {
+  return job.webhook !== undefined && job.webhook.delivered_at === null && job.webhook.given_up_at === null;
+}
+
+function due(w: JobWebhook, now: Date): 'due' | 'not_due' | 'held_elsewhere' {
+  if (w.next_attempt_at !== null && Date.parse(w.next_attempt_at) > now.getTime()) return 'not_due';
+  if (w.claimed_until !== null && Date.parse(w.claimed_until) > now.getTime()) return 'held_elsewhere';
+  return 'due';
+}
+
+/**
+ * One delivery attempt of a job's completion event, if the job has ended, still owes it, and it is
+ * due. Of concurrent deliverers only the one whose conditional write claims the attempt sends. The
+ * event id is the same on every attempt, so a receiver can drop repeats (delivery is at least once).
+ */
+export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, jobId: string): Promise<DeliveryResult> {
+  const now = deps.clock();
+  const found = await deps.jobs.get(owner, jobId);
+  if (!found || !isTerminal(found.status) || !webhookOwed(found)) return 'nothing_to_send';
+  const state = due(found.webhook!, now);
+  if (state !== 'due') return state;
+  let claimed = false;
+  const job = await deps.jobs.update(owner, jobId, (cur) => {
+    claimed = isTerminal(cur.status) && webhookOwed(cur) && due(cur.webhook!, now) === 'due';
+    return claimed ? { ...cur, webhook: { ...cur.webhook!, claimed_until: new Date(now.getTime() + CLAIM_MS).toISOString() } } : null;
+  });
+  if (!claimed) return 'held_elsewhere';
+  const webhook = job.webhook!;
+
+  const eventId = `evt_${job.id}_${job.status}`;
+  const body = JSON.stringify({
+    type: `generation.${job.status}`,
+    timestamp: job.finished_at ?? now.toISOString(),
+    data: await generationView(job, deps.blobs, deps.signedUrlTtlSec, now),
+  });
+  const timestampSec = Math.floor(now.getTime() / 1000);
+  let error: string | null = null;
+  try {
+    const status = await deps.send({
+      url: webhook.url,
+      body,
+      headers: {
+        'content-type': 'application/json',
+        'user-agent': 'clipag-webhooks/1',
+        'webhook-id': eventId,
+        'webhook-timestamp': String(timestampSec),
+        'webhook-signature': signWebhook(webhook.secret, eventId, timestampSec, body),
+      },
+    });
+    if (status < 200 || status >= 300) error = `HTTP ${status}`;
+  } catch (cause) {
+    error = cause instanceof Error ? cause.message : String(cause);
+  }
+
+  const after = deps.clock();
+  const attempts = webhook.attempts + 1;
+  const gaveUp = error !== null && attempts >= WEBHOOK_MAX_ATTEMPTS;
+  const next: JobWebhook = {
+    ...webhook,
+    attempts,
+    claimed_until: null,
+    last_error: error === null ? null : error.slice(0, 500),
+    delivered_at: error === null ? after.toISOString() : null,
+    given_up_at: gaveUp ? after.toISOString() : null,
+    next_attempt_at: error === null || gaveUp ? null : new Date(after.getTime() + WEBHOOK_RETRY_DELAYS_SEC[attempts - 1]! * 1000).toISOString(),
+  };
+  await deps.jobs.update(owner, jobId, (cur) => (cur.webhook?.claimed_until === webhook.claimed_until ? { ...cur, webhook: next } : null));
+  if (error !== null) {
+    deps.log?.({ level: 'warn', msg: gaveUp ? 'webhook: last attempt failed; giving up' : 'webhook: attempt failed; will retry', job_id: jobId, owner, attempts, error });
+  }
+  return error === null ? 'delivered' : gaveUp ? 'gave_up' : 'failed';
+}
+
+/** Starts deliveries in the background (the worker's first attempt) and can wait for them (its drain). */
+export interface WebhookNotifier {
+  /** A job ended: deliver its event now if it owes one. Never throws. */
+  notify(owner: string, jobId: string): void;
+  /** Resolves when every delivery started so far has settled (each is bounded by WEBHOOK_TIMEOUT_MS). */
+  drain(): Promise<void>;
+}
+
+export function webhookNotifier(deps: WebhookDeliveryDeps): WebhookNotifier {
+  const inflight = new Set<Promise<void>>();
+  return {
+    notify(owner, jobId) {
+      const p: Promise<void> = deliverWebhook(deps, owner, jobId)
+        .then(() => undefined)
+        .catch((error: unknown) => {
+          // The attempt is not recorded (the store failed): the queued-job sweep tries again.
+          deps.log?.({ level: 'warn', msg: 'webhook: delivery failed before it was recorded; the sweep retries', job_id: jobId, owner, error: error instanceof Error ? error.message : String(error) });
+        })
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+    },
+    async drain() {
+      while (inflight.size > 0) await Promise.allSettled([...inflight]);
+    },
+  };
+}

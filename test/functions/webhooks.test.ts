@@ -1,0 +1,292 @@
+// Completion webhooks (ADR 0013): the URL policy, Standard Webhooks signatures (checked with the
+// reference `standardwebhooks` library), the API surface, deliveries to a real local HTTP receiver,
+// back-off and giving up, one sender among concurrent deliverers, and the sweep's retries.
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Webhook } from 'standardwebhooks';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
+import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
+import {
+  checkWebhookUrl,
+  deliverWebhook,
+  httpWebhookSender,
+  isPrivateAddress,
+  newWebhookSecret,
+  signWebhook,
+  WEBHOOK_MAX_ATTEMPTS,
+  WEBHOOK_RETRY_DELAYS_SEC,
+  type WebhookDeliveryDeps,
+} from '../../shared/webhooks.ts';
+import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
+
+interface Received {
+  headers: IncomingMessage['headers'];
+  body: string;
+}
+
+/** A webhook receiver on 127.0.0.1 that answers `status` (settable) and records every request. */
+let receiver: Server;
+let receiverUrl: string;
+let answer = 200;
+const received: Received[] = [];
+
+beforeAll(async () => {
+  receiver = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      received.push({ headers: req.headers, body });
+      res.writeHead(answer).end('ok');
+    });
+  });
+  await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+  receiverUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`;
+});
+afterAll(() => new Promise<void>((r) => receiver.close(() => r())));
+
+let h: Harness;
+let offsetMs: number;
+const clock = () => new Date(Date.now() + offsetMs);
+
+beforeEach(async () => {
+  h = await harness();
+  offsetMs = 0;
+  answer = 200;
+  received.length = 0;
+});
+afterEach(() => h.close());
+
+/** The app as local mode runs it: webhooks to this machine allowed. */
+function localApp() {
+  return createApp({ ...h.deps, clock, limits: { ...LIMITS, webhookAllowPrivate: true } });
+}
+
+async function postWithWebhook(url = receiverUrl): Promise<{ id: string; secret: string }> {
+  const res = await localApp().request('/v1/generations', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ prompt: 'apple', webhook_url: url }),
+  });
+  expect(res.status).toBe(202);
+  const body = (await res.json()) as { id: string; webhook: { secret: string } };
+  return { id: body.id, secret: body.webhook.secret };
+}
+
+function deliveryDeps(): WebhookDeliveryDeps {
+  return { jobs: h.jobs, blobs: h.blobs, send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600, clock };
+}
+
+async function finish(id: string, status: 'succeeded' | 'failed' | 'canceled' = 'succeeded'): Promise<void> {
+  const key = `outputs/acct_alice/${id}/0.png`;
+  await h.blobs.put(key, new Uint8Array([137, 80, 78, 71]), { contentType: 'image/png' });
+  await h.jobs.update('acct_alice', id, (cur) => ({
+    ...cur,
+    status,
+    attempts: 1,
+    finished_at: clock().toISOString(),
+    ...(status === 'succeeded' ? { outputs: [{ key, width: 224, height: 224 }] } : {}),
+    ...(status === 'failed' ? { error: { code: 'runtime_failed', message: 'boom' } } : {}),
+  }));
+}
+
+describe('webhook URL policy', () => {
+  it('refuses private, loopback, link-local and reserved addresses in every spelling', () => {
+    for (const a of ['127.0.0.1', '10.1.2.3', '172.16.0.1', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0', '::1', '::ffff:127.0.0.1', 'fe80::1', 'fd00::1', 'not-an-ip']) {
+      expect(isPrivateAddress(a), a).toBe(true);
+    }
+    for (const a of ['8.8.8.8', '1.1.1.1', '2606:4700::1111', '::ffff:8.8.8.8']) expect(isPrivateAddress(a), a).toBe(false);
+  });
+
+  it('in AWS (no private): https only, public hosts, no credentials or fragments', () => {
+    const policy = { allowPrivate: false };
+    expect(checkWebhookUrl('https://hooks.example.com/clipag?x=1', policy).hostname).toBe('hooks.example.com');
+    expect(checkWebhookUrl('https://8.8.8.8/h', policy).hostname).toBe('8.8.8.8');
+    for (const bad of [
+      'http://hooks.example.com/',
+      'ftp://hooks.example.com/',
+      'https://user:pw@hooks.example.com/',
+      'https://hooks.example.com/#frag',
+      'https://localhost/',
+      'https://api.localhost/',
+      'https://127.0.0.1/',
+      'https://169.254.169.254/latest/meta-data/',
+      'https://[::1]/',
+      'https://[::ffff:10.0.0.1]/',
+      'not a url',
+    ]) {
+      expect(() => checkWebhookUrl(bad, policy), bad).toThrow(/webhook_url/);
+    }
+    // Local mode: a receiver on this machine, over http, is fine.
+    expect(checkWebhookUrl('http://127.0.0.1:9000/h', { allowPrivate: true }).port).toBe('9000');
+  });
+
+  it('the sender refuses a name that resolves to a private address, and connects to an allowed one', async () => {
+    const send = httpWebhookSender({ allowPrivate: false });
+    // `localhost` is refused by name; the lookup check covers every other name. No DNS here, so the
+    // name below fails to resolve or resolves: either way the request must not reach the receiver.
+    await expect(send({ url: 'https://localhost/x', headers: {}, body: '{}' })).rejects.toThrow(/public address/);
+    await expect(send({ url: `http://127.0.0.1:1/x`, headers: {}, body: '{}' })).rejects.toThrow(/https/);
+    const before = received.length;
+    await expect(send({ url: 'https://clipag-test.invalid/x', headers: {}, body: '{}' })).rejects.toThrow();
+    expect(received.length).toBe(before);
+  });
+});
+
+describe('signatures', () => {
+  it('verify with the standardwebhooks reference library, and fail on any change', () => {
+    const secret = newWebhookSecret();
+    expect(secret).toMatch(/^whsec_[A-Za-z0-9+/]{32}$/);
+    const ts = Math.floor(Date.now() / 1000);
+    const body = JSON.stringify({ type: 'generation.succeeded', data: { id: 'x' } });
+    const headers = { 'webhook-id': 'evt_1', 'webhook-timestamp': String(ts), 'webhook-signature': signWebhook(secret, 'evt_1', ts, body) };
+    expect(new Webhook(secret).verify(body, headers)).toEqual(JSON.parse(body));
+    expect(() => new Webhook(secret).verify(`${body} `, headers)).toThrow();
+    expect(() => new Webhook(newWebhookSecret()).verify(body, headers)).toThrow();
+    expect(() => new Webhook(secret).verify(body, { ...headers, 'webhook-id': 'evt_2' })).toThrow();
+  });
+});
+
+describe('the API', () => {
+  it('a bad webhook_url is a 400 naming it, and nothing is written', async () => {
+    for (const url of ['http://hooks.example.com/x', 'https://10.0.0.1/x', 'nope', `https://x.example/${'a'.repeat(2000)}`]) {
+      const res = await h.request('/v1/generations', { json: { prompt: 'apple', webhook_url: url } });
+      const error = await expectEnvelope(res, 400, 'validation_error');
+      expect(error.param).toBe('webhook_url');
+    }
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+    expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items).toEqual([]);
+  });
+
+  it('the POST answers the signing secret once; GET and lists show the webhook without it; the spec stays clean', async () => {
+    const app = localApp();
+    const post = () =>
+      app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'hook-1' },
+        body: JSON.stringify({ prompt: 'apple', webhook_url: receiverUrl }),
+      });
+    const created = (await (await post()).json()) as any;
+    expect(created.webhook).toEqual({ url: receiverUrl, status: 'pending', attempts: 0, last_error: null, secret: expect.stringMatching(/^whsec_/) });
+    expect(created.request.webhook_url).toBeUndefined();
+    const replay = (await (await post()).json()) as any;
+    expect(replay.webhook.secret).toBe(created.webhook.secret); // a retried POST still learns it
+    const got = (await (await app.request(`/v1/generations/${created.id}`, { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
+    expect(got.webhook).toEqual({ url: receiverUrl, status: 'pending', attempts: 0, last_error: null });
+    const list = (await (await app.request('/v1/generations', { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
+    expect(list.data[0].webhook.secret).toBeUndefined();
+    // The webhook marker is written with the job; the message marker went with the send.
+    expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key)).toEqual([pendingJobKey('hook', 'acct_alice', created.id)]);
+    // Jobs without a webhook say so.
+    const plain = (await (await h.request('/v1/generations', { json: { prompt: 'pear' } })).json()) as any;
+    expect(plain.webhook).toBeNull();
+  });
+});
+
+describe('delivery', () => {
+  it('an ended job is announced once, signed, with the generation and its output links', async () => {
+    const { id, secret } = await postWithWebhook();
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('nothing_to_send'); // still queued
+    await finish(id);
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('delivered');
+    expect(received).toHaveLength(1);
+    const [{ headers, body }] = received as [Received];
+    const event = new Webhook(secret).verify(body, headers as Record<string, string>) as any;
+    expect(headers['webhook-id']).toBe(`evt_${id}_succeeded`);
+    expect(event.type).toBe('generation.succeeded');
+    expect(event.data).toMatchObject({ id, status: 'succeeded', object: 'generation' });
+    expect(event.data.webhook.secret).toBeUndefined(); // the body never carries the key
+    const link = await fetchLocalSigned(event.data.outputs[0].url);
+    expect([...link]).toEqual([137, 80, 78, 71]);
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('nothing_to_send');
+    expect(received).toHaveLength(1);
+    expect((await h.jobs.get('acct_alice', id))!.webhook).toMatchObject({ attempts: 1, delivered_at: expect.any(String), last_error: null });
+  });
+
+  it('a failed attempt backs off per the schedule; after the last one it gives up, and the view says failed', async () => {
+    const { id } = await postWithWebhook();
+    await finish(id, 'failed');
+    answer = 503;
+    for (let attempt = 1; attempt <= WEBHOOK_MAX_ATTEMPTS; attempt++) {
+      const result = await deliverWebhook(deliveryDeps(), 'acct_alice', id);
+      expect(result).toBe(attempt < WEBHOOK_MAX_ATTEMPTS ? 'failed' : 'gave_up');
+      const w = (await h.jobs.get('acct_alice', id))!.webhook!;
+      expect(w.attempts).toBe(attempt);
+      expect(w.last_error).toBe('HTTP 503');
+      if (attempt < WEBHOOK_MAX_ATTEMPTS) {
+        const wait = WEBHOOK_RETRY_DELAYS_SEC[attempt - 1]! * 1000;
+        expect(Date.parse(w.next_attempt_at!) - clock().getTime()).toBeGreaterThan(wait - 5000);
+        expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('not_due');
+        offsetMs += wait + 1000;
+      }
+    }
+    expect(received).toHaveLength(WEBHOOK_MAX_ATTEMPTS);
+    expect(new Set(received.map((r) => r.headers['webhook-id']))).toEqual(new Set([`evt_${id}_failed`])); // one event id throughout
+    const view = (await (await h.request(`/v1/generations/${id}`)).json()) as any;
+    expect(view.webhook).toMatchObject({ status: 'failed', attempts: WEBHOOK_MAX_ATTEMPTS, last_error: 'HTTP 503' });
+    answer = 200;
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('nothing_to_send');
+  });
+
+  it('a redirect is a failure (not followed), and an unreachable receiver is recorded as one', async () => {
+    const { id } = await postWithWebhook();
+    await finish(id);
+    answer = 302;
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('failed');
+    expect((await h.jobs.get('acct_alice', id))!.webhook!.last_error).toBe('HTTP 302');
+    const dead = await postWithWebhook('http://127.0.0.1:1/nobody');
+    await finish(dead.id);
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', dead.id)).toBe('failed');
+    expect((await h.jobs.get('acct_alice', dead.id))!.webhook!.last_error).toMatch(/ECONNREFUSED/);
+  });
+
+  it('concurrent deliverers (worker and sweeps) send one request', async () => {
+    const { id } = await postWithWebhook();
+    await finish(id, 'canceled');
+    const results = await Promise.all([1, 2, 3, 4].map(() => deliverWebhook(deliveryDeps(), 'acct_alice', id)));
+    expect(results.filter((r) => r === 'delivered')).toHaveLength(1);
+    expect(received).toHaveLength(1);
+    expect(JSON.parse(received[0]!.body).type).toBe('generation.canceled');
+  });
+});
+
+describe('the sweep', () => {
+  function sweepDeps() {
+    return { blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock, webhooks: { send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600 } };
+  }
+
+  it('delivers the webhook of a job canceled while queued, retries a failure when due, then drops the marker', async () => {
+    const { id } = await postWithWebhook();
+    const marker = pendingJobKey('hook', 'acct_alice', id);
+    // Still queued: the marker waits.
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksDelivered: 0 });
+    expect((await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' })).status).toBe(200);
+    answer = 500;
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksFailed: 1 });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksFailed: 0 }); // not due yet
+    answer = 200;
+    offsetMs += WEBHOOK_RETRY_DELAYS_SEC[0] * 1000 + 1000;
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 1, webhooksDelivered: 1 });
+    expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key)).not.toContain(marker);
+    expect(received.map((r) => JSON.parse(r.body).type)).toEqual(['generation.canceled', 'generation.canceled']);
+  });
+
+  it('a running job keeps its webhook marker; a job the worker already announced loses it', async () => {
+    const { id } = await postWithWebhook();
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', attempts: 1 }));
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, cleared: 0 });
+    await finish(id);
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('delivered'); // the worker's attempt
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 1, webhooksDelivered: 0 });
+    expect(received).toHaveLength(1);
+  });
+});
+
+/** Reads what a local-mode signed URL grants, after the local server's own signature check. */
+async function fetchLocalSigned(url: string): Promise<Uint8Array> {
+  const check = verifyLocalSignature('x'.repeat(32), 'GET', url);
+  expect(check).toMatchObject({ ok: true });
+  return (await h.blobs.get((check as { key: string }).key))!.body;
+}
