@@ -72,7 +72,11 @@ export async function serve(
       blobs,
       jobs,
       queue,
-      webhooks: { send: httpWebhookSender({ allowPrivate: local.webhookAllowPrivate }), signedUrlTtlSec: local.signedUrlTtlSec },
+      webhooks: {
+        send: httpWebhookSender({ allowPrivate: local.webhookAllowPrivate }),
+        signedUrlTtlSec: local.signedUrlTtlSec,
+        ...(local.workerHourlyUsd !== undefined ? { workerHourlyUsd: local.workerHourlyUsd } : {}),
+      },
       clock: () => new Date(),
       log: jsonLineLog,
     },

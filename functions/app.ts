@@ -20,6 +20,7 @@ const ROUTES = [
   { pattern: /^\/openapi\.json$/, methods: ['GET'] },
   { pattern: /^\/v1\/models$/, methods: ['GET'] },
   { pattern: /^\/v1\/uploads$/, methods: ['POST'] },
+  { pattern: /^\/v1\/estimates$/, methods: ['POST'] },
   { pattern: /^\/v1\/generations$/, methods: ['GET', 'POST'] },
   { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET'] },
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
@@ -59,6 +60,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('/v1/*', auth(deps.keys));
   app.use('/v1/generations', requireJson());
   app.use('/v1/uploads', requireJson());
+  app.use('/v1/estimates', requireJson());
 
   registerModelRoutes(app, deps);
   registerUploadRoutes(app, deps, { clock });

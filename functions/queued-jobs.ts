@@ -28,7 +28,7 @@ export interface QueuedJobDeps {
 
 /** What the sweep needs beyond re-sending: completion webhooks to retry (ADR 0013). */
 export interface SweepDeps extends QueuedJobDeps {
-  webhooks: { send: WebhookSender; signedUrlTtlSec: number };
+  webhooks: { send: WebhookSender; signedUrlTtlSec: number; workerHourlyUsd?: number };
 }
 
 export function sendJobMessage(queue: JobQueue, job: Pick<JobRecord, 'id' | 'owner'>): Promise<{ messageId: string }> {

@@ -67,3 +67,21 @@ export const UploadView = z
   .openapi('Upload');
 
 export const Health = z.object({ status: z.literal('ok') }).openapi('Health');
+
+const SecondsRange = z.object({ median: z.number().nonnegative(), p90: z.number().nonnegative() });
+
+export const EstimateView = z
+  .object({
+    object: z.literal('estimate'),
+    model: ModelName,
+    width: z.number().int(),
+    height: z.number().int(),
+    steps: z.number().int().openapi({ description: 'Optimization steps over all images (steps × n)' }),
+    worker_seconds: SecondsRange.nullable().openapi({
+      description: 'Median and 90th percentile, from the recent runs of this model at this size on this deployment; null before the first one',
+    }),
+    cost_usd: SecondsRange.nullable().openapi({ description: "worker_seconds at the deployment's hourly worker price; null without a price or without runs" }),
+    runs: z.number().int().nonnegative().openapi({ description: 'How many recorded runs the figures rest on (at most 50, the latest)' }),
+    hourly_usd: z.number().nullable(),
+  })
+  .openapi('Estimate');

@@ -8,7 +8,11 @@ import { sweepQueuedJobs, type SweepReport } from './queued-jobs.ts';
 
 const config = awsConfig(process.env);
 const { blobs, jobs, queue } = awsStores(config);
-const webhooks = { send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }), signedUrlTtlSec: config.signedUrlTtlSec };
+const webhooks = {
+  send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }),
+  signedUrlTtlSec: config.signedUrlTtlSec,
+  ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
+};
 
 /**
  * One sweep. Markers it could not handle make the invocation fail after the whole sweep, so the

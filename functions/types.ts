@@ -19,6 +19,8 @@ export interface AppLimits {
   uploadUrlTtlSec?: number;
   /** Whether webhook URLs may use http: and private/loopback addresses (local mode; default false). */
   webhookAllowPrivate?: boolean;
+  /** One worker's price per hour (USD): `usage.cost_usd` and cost estimates. Unset: no cost figures. */
+  workerHourlyUsd?: number;
 }
 
 export interface AppLogEntry {

@@ -87,6 +87,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
           blobs: deps.blobs,
           send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }),
           signedUrlTtlSec: config.signedUrlTtlSec,
+          ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
           clock: () => new Date(),
           log: ({ level, msg, ...fields }) => log[level](msg, fields),
         })

@@ -35,6 +35,8 @@ const Common = {
   /** Where the worker runs the engine: onnxruntime's CUDA EP in the GPU container, CPU elsewhere. */
   device: z.enum(['cpu', 'cuda']).default('cpu'),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
+  workerHourlyUsd: z.coerce.number().min(0).max(1000).optional(),
 };
 
 /** "true" or "false" in the environment; the mode gives the default. */
@@ -100,6 +102,7 @@ export const ENV_VARS = {
   CLIPAG_EXECUTION_PROVIDER: 'device',
   LOG_LEVEL: 'logLevel',
   CLIPAG_WEBHOOK_ALLOW_PRIVATE: 'webhookAllowPrivate',
+  CLIPAG_WORKER_HOURLY_USD: 'workerHourlyUsd',
 } as const satisfies Record<string, string>;
 
 const FIELD_TO_ENV: Record<string, string> = Object.fromEntries(Object.entries(ENV_VARS).map(([env, field]) => [field, env]));

@@ -1,4 +1,5 @@
 import type { BlobStore } from './ports.ts';
+import { costUsd } from './run-stats.ts';
 import type { JobRecord } from './schemas/job.ts';
 import type { GenerationView } from './schemas/view.ts';
 
@@ -11,7 +12,7 @@ export async function generationView(
   blobs: BlobStore,
   ttlSec: number,
   now: Date,
-  options: { webhookSecret?: boolean } = {},
+  options: { webhookSecret?: boolean; workerHourlyUsd?: number } = {},
 ): Promise<GenerationView> {
   // Signatures carry whole seconds (S3's X-Amz-Date, the local `expires`), taken at or after `now`:
   // the floored second is the earliest a link can expire, so it never dies before its expires_at.
@@ -38,7 +39,7 @@ export async function generationView(
     cancel_requested: job.cancel_requested,
     outputs,
     error: job.error,
-    usage: job.usage,
+    usage: { ...job.usage, cost_usd: options.workerHourlyUsd === undefined ? null : costUsd(job.usage.worker_seconds, options.workerHourlyUsd) },
     warnings: job.warnings ?? [],
     request: job.spec,
     webhook: w

@@ -138,6 +138,8 @@ export interface WebhookDeliveryDeps {
   send: WebhookSender;
   /** Lifetime of the output URLs in the event body. */
   signedUrlTtlSec: number;
+  /** The deployment's worker price, for `usage.cost_usd` in the event body (as in GET). */
+  workerHourlyUsd?: number;
   clock: () => Date;
   log?: (entry: { level: 'info' | 'warn'; msg: string; [field: string]: unknown }) => void;
 }
@@ -176,7 +178,7 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   const body = JSON.stringify({
     type: `generation.${job.status}`,
     timestamp: job.finished_at ?? now.toISOString(),
-    data: await generationView(job, deps.blobs, deps.signedUrlTtlSec, now),
+    data: await generationView(job, deps.blobs, deps.signedUrlTtlSec, now, deps.workerHourlyUsd === undefined ? {} : { workerHourlyUsd: deps.workerHourlyUsd }),
   });
   const timestampSec = Math.floor(now.getTime() / 1000);
   let error: string | null = null;

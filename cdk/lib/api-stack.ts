@@ -64,6 +64,7 @@ export class ApiStack extends Stack {
       [ENV.queueUrl]: queue.queueUrl,
       [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
       [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
+      [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
       NODE_OPTIONS: '--enable-source-maps',
       // AWS_REGION is set by the Lambda runtime itself (reserved name).
     };
@@ -94,6 +95,7 @@ export class ApiStack extends Stack {
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.uploads, ['read', 'write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.stats, ['read']);
     grantListBucket(this.handler, bucket);
     grantSend(this.handler, queue);
 

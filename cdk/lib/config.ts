@@ -41,6 +41,11 @@ export interface StageConfig {
   // ---- GPU worker ----------------------------------------------------------
   /** First entry is the primary type; the rest are Spot fallbacks of the same shape (1 GPU). */
   readonly instanceTypes: readonly string[];
+  /**
+   * What one worker costs per hour, USD: the primary instance type's on-demand list price (g5.xlarge,
+   * us-east-1: 1.006). Callers see it as `usage.cost_usd` and in estimates. With Spot it is an upper bound.
+   */
+  readonly workerHourlyUsd: number;
   readonly useSpot: boolean;
   readonly maxInstances: number;
   /** Queue backlog (visible + in flight) one task is expected to absorb before another is added. */
@@ -79,6 +84,7 @@ const dev: StageConfig = {
   lambdaTimeoutSeconds: 15,
   queuedJobSweepMinutes: 2,
   instanceTypes: ['g5.xlarge', 'g4dn.xlarge'],
+  workerHourlyUsd: 1.006,
   useSpot: true,
   maxInstances: 2,
   jobsPerTask: 4,
@@ -165,6 +171,7 @@ function validate(cfg: StageConfig): void {
     problems.push(`logRetentionDays must be one of CloudWatch's values: ${[...LOG_RETENTION_DAYS].join(', ')}`);
   }
   if (cfg.instanceTypes.length === 0) problems.push('instanceTypes must name at least one type');
+  if (!(Number.isFinite(cfg.workerHourlyUsd) && cfg.workerHourlyUsd >= 0 && cfg.workerHourlyUsd <= 1000)) problems.push('workerHourlyUsd must be a price in [0, 1000]');
   // SQS limit; the worker heartbeat keeps long jobs leased, so no need to go near it.
   if (cfg.visibilityTimeoutSeconds > 43_200) problems.push('visibilityTimeoutSeconds must be <= 43200');
   if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
@@ -190,8 +197,10 @@ export const BUCKET_PREFIXES = {
   uploads: 'uploads/',
   models: 'models/',
   keys: 'keys/',
-  /** Jobs whose queue message is not yet proven sent (functions/queued-jobs.ts). */
+  /** Work the queued-job sweep must finish: unsent messages, owed webhooks (functions/queued-jobs.ts). */
   pending: 'pending/',
+  /** Recent run times per model and size, for estimates (shared/run-stats.ts). */
+  stats: 'stats/',
 } as const;
 
 /**
@@ -212,6 +221,8 @@ export const ENV = {
   executionProvider: 'CLIPAG_EXECUTION_PROVIDER',
   /** Worker: wall-clock limit of one job attempt (shared/config.ts jobTimeoutSec; default 3600 when unset). */
   jobTimeout: 'CLIPAG_JOB_TIMEOUT_SEC',
+  /** One worker's price per hour: `usage.cost_usd` of generations and the cost in estimates. */
+  workerHourlyUsd: 'CLIPAG_WORKER_HOURLY_USD',
   region: 'AWS_REGION',
 } as const;
 

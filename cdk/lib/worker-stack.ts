@@ -179,6 +179,7 @@ export class WorkerStack extends Stack {
         [ENV.maxReceiveCount]: String(MAX_RECEIVE_COUNT),
         [ENV.stopTimeout]: String(config.stopTimeoutSeconds),
         [ENV.executionProvider]: 'cuda',
+        [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
         // EC2-launched containers do not get a region from ECS, and SDK v3 does not ask IMDS.
         [ENV.region]: this.region,
       },
@@ -192,6 +193,8 @@ export class WorkerStack extends Stack {
     // that may read them.
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.outputs, ['read', 'write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.uploads, ['read']);
+    // Run times for the API's estimates: read-modify-write of one small document per model and size.
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.stats, ['read', 'write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read']);
     grantListBucket(taskRole, bucket);
     // Malformed messages are forwarded to the DLQ explicitly (they never parse, so waiting

@@ -19,6 +19,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       signedUrlTtlSec: config.signedUrlTtlSec,
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
+      ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
     },
   };
 }

@@ -29,6 +29,7 @@ export async function localDeps(
       signedUrlTtlSec: config.signedUrlTtlSec,
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
+      ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
     },
   };
 }

@@ -8,7 +8,8 @@ import { newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { clearPending, markPending, resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
-import { GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
+import { EstimateView, GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
+import { costUsd, estimateSeconds, readRunSamples } from '../../shared/run-stats.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../../shared/views.ts';
 import { checkWebhookUrl, newWebhookSecret } from '../../shared/webhooks.ts';
@@ -41,6 +42,19 @@ const createGeneration = createRoute({
     },
     200: { description: 'Idempotent replay: the job an earlier request with this key made', content: { 'application/json': { schema: GenerationView } } },
     ...pick(400, 401, 409, 413, 415, 503),
+  },
+});
+
+const createEstimate = createRoute({
+  method: 'post',
+  path: '/v1/estimates',
+  summary: 'What a generation would take: worker seconds and cost, measured on recent runs',
+  description: 'The same body as POST /v1/generations; nothing is queued or charged.',
+  security: SECURITY,
+  request: { body: { required: true, content: { 'application/json': { schema: GenerationRequest } } } },
+  responses: {
+    200: { description: 'The estimate', content: { 'application/json': { schema: EstimateView } } },
+    ...pick(400, 401, 413, 415, 503),
   },
 });
 
@@ -87,9 +101,10 @@ export function registerGenerationRoutes(
   ctx: { clock: () => Date; ledger: IdempotencyLedger },
 ): void {
   const { blobs, jobs, queue, limits } = deps;
-  const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock());
+  const price = limits.workerHourlyUsd === undefined ? {} : { workerHourlyUsd: limits.workerHourlyUsd };
+  const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), price);
   /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
-  const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { webhookSecret: true });
+  const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...price, webhookSecret: true });
   const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false };
 
   /** The request as a job spec: the deployment's default model filled in when it names none, the model and upload checked. */
@@ -203,6 +218,27 @@ export function registerGenerationRoutes(
     await enqueue(job);
     c.header('Location', `/v1/generations/${job.id}`);
     return c.json(await createdView(job), 202);
+  });
+
+  app.openapi(createEstimate, async (c) => {
+    const spec = await checkedSpec(c.get('owner'), c.req.valid('json'));
+    const steps = spec.steps * spec.n;
+    const seconds = estimateSeconds(await readRunSamples(blobs, spec.model, spec.width, spec.height), steps);
+    const hourly = limits.workerHourlyUsd;
+    return c.json(
+      {
+        object: 'estimate' as const,
+        model: spec.model,
+        width: spec.width,
+        height: spec.height,
+        steps,
+        worker_seconds: seconds ? { median: seconds.median, p90: seconds.p90 } : null,
+        cost_usd: seconds && hourly !== undefined ? { median: costUsd(seconds.median, hourly), p90: costUsd(seconds.p90, hourly) } : null,
+        runs: seconds?.runs ?? 0,
+        hourly_usd: hourly ?? null,
+      },
+      200,
+    );
   });
 
   app.openapi(listGenerations, async (c) => {

@@ -15,6 +15,12 @@ export const GenerationWebhookView = z
   })
   .openapi('GenerationWebhook');
 
+export const GenerationUsageView = JobUsage.extend({
+  cost_usd: z.number().nullable().openapi({
+    description: "worker_seconds at the deployment's hourly worker price (compute at list price, not an invoice); null where the deployment sets no price",
+  }),
+}).openapi('GenerationUsage');
+
 export const GenerationOutputView = z
   .object({
     index: z.number().int().nonnegative(),
@@ -38,7 +44,7 @@ export const GenerationView = z
     cancel_requested: z.boolean(),
     outputs: z.array(GenerationOutputView),
     error: JobError.nullable(),
-    usage: JobUsage,
+    usage: GenerationUsageView,
     warnings: z.array(z.string()).openapi({
       description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
     }),

@@ -196,6 +196,7 @@ describe('ApiStack', () => {
           [ENV.queueUrl]: Match.anyValue(),
           [ENV.visibilityTimeout]: String(dev.visibilityTimeoutSeconds),
           [ENV.signedUrlTtl]: String(dev.signedUrlTtlSeconds),
+          [ENV.workerHourlyUsd]: String(dev.workerHourlyUsd),
         }),
       },
     });
@@ -324,7 +325,7 @@ describe('WorkerStack', () => {
     expect(td.Properties.ContainerDefinitions[0].StopTimeout).toBeGreaterThanOrEqual(120);
     const names = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name).sort();
     expect(names).toEqual(
-      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.region].sort(),
+      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.region].sort(),
     );
   });
 
@@ -495,6 +496,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:PutObject uploads/*',
         's3:GetObject outputs/*',
         's3:GetObject models/*',
+        's3:GetObject stats/*',
         's3:ListBucket WHOLE-BUCKET',
       ].sort(),
     );
@@ -526,6 +528,8 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:PutObject outputs/*',
         's3:GetObject uploads/*',
         's3:GetObject models/*',
+        's3:GetObject stats/*',
+        's3:PutObject stats/*',
         's3:ListBucket WHOLE-BUCKET',
       ].sort(),
     );

@@ -72,6 +72,12 @@ describe('local mode end to end', () => {
     expect(job.status).toBe('succeeded');
     expect(job.usage.encoder_passes).toBeGreaterThanOrEqual(6 * 8);
     expect(job.usage.worker_seconds).toBeGreaterThan(0);
+    // The worker recorded the run: estimates for this model and size now rest on it.
+    const estimate = (await (
+      await fetch(`${h.url}/v1/estimates`, { method: 'POST', headers: { ...auth(h), 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'a dog', width: 64, height: 64 }) })
+    ).json()) as any;
+    expect(estimate).toMatchObject({ model: 'toy', runs: 1, worker_seconds: { median: expect.any(Number) } });
+    expect(estimate.worker_seconds.median).toBeGreaterThan(0);
     const png = await fetch(job.outputs[0].url);
     expect(png.status).toBe(200);
     expect(png.headers.get('content-type')).toBe('image/png');

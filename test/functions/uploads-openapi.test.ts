@@ -63,7 +63,7 @@ describe('GET /openapi.json', () => {
     };
     expect(doc.openapi).toMatch(/^3\.1\./);
     expect(Object.keys(doc.paths).sort()).toEqual(
-      ['/healthz', '/v1/generations', '/v1/generations/{id}', '/v1/generations/{id}/cancel', '/v1/models', '/v1/uploads'].sort(),
+      ['/healthz', '/v1/estimates', '/v1/generations', '/v1/generations/{id}', '/v1/generations/{id}/cancel', '/v1/models', '/v1/uploads'].sort(),
     );
     expect(Object.keys(doc.paths['/v1/generations']).sort()).toEqual(['get', 'post']);
     expect(doc.components.securitySchemes.bearerAuth).toMatchObject({ type: 'http', scheme: 'bearer' });
@@ -73,7 +73,7 @@ describe('GET /openapi.json', () => {
     expect(doc.paths['/v1/generations'].post.requestBody!.content['application/json'].schema.$ref).toBe('#/components/schemas/GenerationRequest');
     expect(doc.paths['/v1/generations'].post.responses['409'].content!['application/json'].schema.$ref).toBe('#/components/schemas/ErrorEnvelope');
     expect(Object.keys(doc.components.schemas.GenerationRequest.properties!)).toEqual(
-      expect.arrayContaining(['prompt', 'prompts', 'negative_prompt', 'width', 'height', 'steps', 'seed', 'n', 'init', 'strength', 'model']),
+      expect.arrayContaining(['prompt', 'prompts', 'negative_prompt', 'width', 'height', 'steps', 'seed', 'n', 'init', 'strength', 'model', 'webhook_url']),
     );
     expect(doc.components.schemas.ErrorEnvelope.properties).toHaveProperty('error');
     for (const [path, ops] of Object.entries(doc.paths)) {
