@@ -17,6 +17,11 @@ export const ORPHAN_MARKER_AFTER_MS = 15 * 60_000;
 
 /** Markers handled at once by a sweep: bounded, so a backlog of thousands does not open thousands of requests. */
 const SWEEP_CONCURRENCY = 8;
+/**
+ * How long a sweep keeps starting webhook attempts (each up to 10 s). With the Lambda's 2-minute limit
+ * this leaves room for the lost messages, which go first, and for the attempts still out.
+ */
+export const WEBHOOK_BUDGET_MS = 60_000;
 
 export interface QueuedJobDeps {
   blobs: BlobStore;
@@ -29,6 +34,8 @@ export interface QueuedJobDeps {
 /** What the sweep needs beyond re-sending: completion webhooks to retry (ADR 0013). */
 export interface SweepDeps extends QueuedJobDeps {
   webhooks: { send: WebhookSender; signedUrlTtlSec: number; workerHourlyUsd?: number };
+  /** Default WEBHOOK_BUDGET_MS. */
+  webhookBudgetMs?: number;
 }
 
 export function sendJobMessage(queue: JobQueue, job: Pick<JobRecord, 'id' | 'owner'>): Promise<{ messageId: string }> {
@@ -112,15 +119,36 @@ export interface SweepReport {
  */
 export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
   const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 };
+  const markers: BlobMeta[] = [];
   let cursor: string | undefined;
   do {
     const page = await deps.blobs.list(PENDING_JOBS_PREFIX, cursor === undefined ? {} : { cursor });
-    for (let i = 0; i < page.items.length; i += SWEEP_CONCURRENCY) {
-      await Promise.all(page.items.slice(i, i + SWEEP_CONCURRENCY).map((item) => sweepOne(deps, item, report)));
-    }
+    markers.push(...page.items);
     cursor = page.cursor;
   } while (cursor !== undefined);
+  // Lost messages first: they are quick, and a slow webhook receiver must not keep a job from its
+  // worker. Webhook attempts then get a time budget; the rest wait for the next sweep.
+  const isHook = (m: BlobMeta) => parsePendingJobKey(m.key)?.kind === 'hook';
+  await forEachLimited(markers.filter((m) => !isHook(m)), SWEEP_CONCURRENCY, (m) => sweepOne(deps, m, report));
+  const stopHooksAt = deps.clock().getTime() + (deps.webhookBudgetMs ?? WEBHOOK_BUDGET_MS);
+  await forEachLimited(markers.filter(isHook), SWEEP_CONCURRENCY, async (m) => {
+    if (deps.clock().getTime() >= stopHooksAt) {
+      report.scanned++;
+      report.kept++;
+      return;
+    }
+    await sweepOne(deps, m, report);
+  });
   return report;
+}
+
+/** Runs `fn` over `items` with at most `limit` at once: a slow item holds one slot, not a batch. */
+async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const runner = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, runner));
 }
 
 async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport): Promise<void> {

@@ -94,7 +94,8 @@ export type WebhookSender = (request: WebhookRequest) => Promise<number>;
  * address the policy allows: the lookup itself refuses the others, so a name that resolves to a
  * private address is refused however it was written.
  */
-export function httpWebhookSender(policy: WebhookPolicy): WebhookSender {
+export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: number } = {}): WebhookSender {
+  const timeoutMs = options.timeoutMs ?? WEBHOOK_TIMEOUT_MS;
   const lookup = (hostname: string, options: object, callback: (error: Error | null, address: string | LookupAddress[], family?: number) => void) => {
     dnsLookup(hostname, { ...options, all: true }, (error, addresses) => {
       if (error) return callback(error, '');
@@ -116,16 +117,23 @@ export function httpWebhookSender(policy: WebhookPolicy): WebhookSender {
           method: 'POST',
           headers: { ...request.headers, 'content-length': String(Buffer.byteLength(request.body)) },
           lookup: lookup as never,
-          timeout: WEBHOOK_TIMEOUT_MS,
           agent: false,
         },
         (res) => {
-          res.resume(); // the body is not read: drain and close
+          clearTimeout(deadline);
+          // Only the status counts: the body is not read, and the socket is closed at once (a body
+          // that never ends must not hold it).
+          res.destroy();
           resolve(res.statusCode ?? 0);
         },
       );
-      req.setTimeout(WEBHOOK_TIMEOUT_MS, () => req.destroy(new Error(`no answer within ${WEBHOOK_TIMEOUT_MS / 1000} s`)));
-      req.on('error', reject);
+      // One deadline for the whole attempt, name lookup included. A socket timeout alone would let a
+      // receiver that trickles its headers hold the attempt (and a drain, and the claim) for ever.
+      const deadline = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`)), timeoutMs);
+      req.on('error', (error) => {
+        clearTimeout(deadline);
+        reject(error);
+      });
       req.end(request.body);
     });
 }
@@ -144,9 +152,18 @@ export interface WebhookDeliveryDeps {
   log?: (entry: { level: 'info' | 'warn'; msg: string; [field: string]: unknown }) => void;
 }
 
-/** Whether the job still owes its caller a webhook (delivered or given up: no). */
+/**
+ * Whether the job still owes its caller a webhook (delivered or given up: no). A job that failed to
+ * enqueue owes none: its caller got a 503 (without the webhook's secret), and a retry with the same
+ * Idempotency-Key queues the same job again, owing it afresh.
+ */
 export function webhookOwed(job: JobRecord): boolean {
-  return job.webhook !== undefined && job.webhook.delivered_at === null && job.webhook.given_up_at === null;
+  return job.webhook !== undefined && job.webhook.delivered_at === null && job.webhook.given_up_at === null && job.error?.code !== 'enqueue_failed';
+}
+
+/** The webhook's delivery state as new (the job is queued again). */
+export function freshWebhookState(webhook: JobWebhook): JobWebhook {
+  return { ...webhook, attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null };
 }
 
 function due(w: JobWebhook, now: Date): 'due' | 'not_due' | 'held_elsewhere' {
@@ -222,8 +239,11 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
 export interface WebhookNotifier {
   /** A job ended: deliver its event now if it owes one. Never throws. */
   notify(owner: string, jobId: string): void;
-  /** Resolves when every delivery started so far has settled (each is bounded by WEBHOOK_TIMEOUT_MS). */
-  drain(): Promise<void>;
+  /**
+   * Resolves when every delivery started so far has settled (each attempt is bounded by
+   * WEBHOOK_TIMEOUT_MS), or after `capMs` whatever is still out (the sweep retries those).
+   */
+  drain(capMs?: number): Promise<void>;
 }
 
 export function webhookNotifier(deps: WebhookDeliveryDeps): WebhookNotifier {
@@ -239,8 +259,14 @@ export function webhookNotifier(deps: WebhookDeliveryDeps): WebhookNotifier {
         .finally(() => inflight.delete(p));
       inflight.add(p);
     },
-    async drain() {
-      while (inflight.size > 0) await Promise.allSettled([...inflight]);
+    async drain(capMs = 3 * WEBHOOK_TIMEOUT_MS) {
+      let timer: NodeJS.Timeout | undefined;
+      const cap = new Promise<void>((r) => (timer = setTimeout(r, capMs)));
+      const all = (async () => {
+        while (inflight.size > 0) await Promise.allSettled([...inflight]);
+      })();
+      await Promise.race([all, cap]);
+      clearTimeout(timer);
     },
   };
 }

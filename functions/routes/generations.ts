@@ -12,7 +12,7 @@ import { EstimateView, GenerationList, GenerationView, IdParam, ListQuery } from
 import { costUsd, estimateSeconds, readRunSamples } from '../../shared/run-stats.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../../shared/views.ts';
-import { checkWebhookUrl, newWebhookSecret } from '../../shared/webhooks.ts';
+import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
 import { SECURITY, pick } from './common.ts';
 
 /** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
@@ -179,13 +179,16 @@ export function registerGenerationRoutes(
         if (job.status === 'failed' && job.error?.code === 'enqueue_failed') {
           // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
           // concurrent retries only the one whose write made the transition sends the message.
-          // The sweep drops the marker of a failed job: it goes back before the job is queued again.
-          await markPending(blobs, 'msg', owner, job.id);
+          // The sweep drops the markers of a failed job: they go back before the job is queued again,
+          // and its webhook is owed afresh (the job's end is still to come).
+          await Promise.all([markPending(blobs, 'msg', owner, job.id), ...(job.webhook ? [markPending(blobs, 'hook', owner, job.id)] : [])]);
           let requeued = false;
           job = await jobs.update(owner, job.id, (cur) => {
             requeued = cur.status === 'failed' && cur.error?.code === 'enqueue_failed';
             // enqueued_at restarts the clock of the re-send after a lost message.
-            return requeued ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString() } : null;
+            return requeued
+              ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString(), ...(cur.webhook ? { webhook: freshWebhookState(cur.webhook) } : {}) }
+              : null;
           });
           if (requeued) await enqueue(job);
         } else {

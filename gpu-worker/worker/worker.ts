@@ -736,7 +736,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         wakeBackoff?.();
         stopped = (async () => {
           await loop;
-          // Webhooks of jobs that ended here: each attempt is bounded; an unsent one is the sweep's.
+          // Webhooks of jobs that ended here: each attempt is bounded, and so is the wait; an unsent
+          // one is the sweep's.
           await deps.webhooks?.drain();
           setState('stopped');
           log.info('worker stopped');

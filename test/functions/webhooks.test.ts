@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { markPending, sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import {
@@ -18,6 +18,7 @@ import {
   signWebhook,
   WEBHOOK_MAX_ATTEMPTS,
   WEBHOOK_RETRY_DELAYS_SEC,
+  webhookNotifier,
   type WebhookDeliveryDeps,
 } from '../../shared/webhooks.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
@@ -252,6 +253,37 @@ describe('delivery', () => {
   });
 });
 
+describe('bounds', () => {
+  it('an attempt has one deadline: a receiver that trickles its headers cannot hold it (or a drain)', async () => {
+    const trickler = createServer((_req, res) => {
+      const socket = res.socket!;
+      socket.write('HTTP/1.1 200 OK\r\n');
+      const t = setInterval(() => socket.write('X-Slow: 1\r\n'), 50); // never ends its headers
+      socket.on('close', () => clearInterval(t));
+    });
+    await new Promise<void>((r) => trickler.listen(0, '127.0.0.1', r));
+    try {
+      const url = `http://127.0.0.1:${(trickler.address() as AddressInfo).port}/slow`;
+      const t0 = Date.now();
+      await expect(httpWebhookSender({ allowPrivate: true }, { timeoutMs: 400 })({ url, headers: {}, body: '{}' })).rejects.toThrow(/no answer within 0.4 s/);
+      expect(Date.now() - t0).toBeLessThan(2000);
+    } finally {
+      trickler.closeAllConnections();
+      await new Promise<void>((r) => trickler.close(() => r()));
+    }
+  });
+
+  it('a drain waits for deliveries in flight, but not beyond its cap', async () => {
+    const { id } = await postWithWebhook();
+    await finish(id);
+    const notifier = webhookNotifier({ ...deliveryDeps(), send: () => new Promise<number>(() => undefined) });
+    notifier.notify('acct_alice', id);
+    const t0 = Date.now();
+    await notifier.drain(200);
+    expect(Date.now() - t0).toBeLessThan(1500);
+  });
+});
+
 describe('the sweep', () => {
   function sweepDeps() {
     return { blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock, webhooks: { send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600 } };
@@ -271,6 +303,59 @@ describe('the sweep', () => {
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 1, webhooksDelivered: 1 });
     expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key)).not.toContain(marker);
     expect(received.map((r) => JSON.parse(r.body).type)).toEqual(['generation.canceled', 'generation.canceled']);
+  });
+
+  it('lost messages go before webhooks, and webhook attempts stop at the sweep\'s budget', async () => {
+    const order: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const { id } = await postWithWebhook();
+      await finish(id, 'canceled');
+    }
+    const lost = await postWithWebhook();
+    await h.jobs.update('acct_alice', lost.id, (cur) => ({ ...cur, created_at: new Date(Date.now() - 10 * 60_000).toISOString() }));
+    await markPending(h.blobs, 'msg', 'acct_alice', lost.id);
+    const queue = new Proxy(h.queue, {
+      get: (target, prop, receiver) => (prop === 'send' ? (b: string) => (order.push('resend'), target.send(b)) : Reflect.get(target, prop, receiver)),
+    });
+    const slow = async () => {
+      order.push('hook');
+      await new Promise((r) => setTimeout(r, 100));
+      return 500;
+    };
+    const report = await sweepQueuedJobs({ ...sweepDeps(), queue, webhooks: { send: slow, signedUrlTtlSec: 600 } });
+    expect(order[0]).toBe('resend');
+    expect(report).toMatchObject({ resent: 1, webhooksFailed: 3 });
+    // No budget left: no attempt starts, the markers wait for the next sweep.
+    offsetMs += 3600_000;
+    order.length = 0;
+    const none = await sweepQueuedJobs({ ...sweepDeps(), queue, webhooks: { send: slow, signedUrlTtlSec: 600 }, webhookBudgetMs: 0 });
+    expect(order).toEqual([]);
+    expect(none).toMatchObject({ webhooksFailed: 0, kept: 4 });
+  });
+
+  it('a 503 is not announced; the retry that queues the job again owes its webhook afresh, and its end is announced', async () => {
+    let down = true;
+    const flaky = new Proxy(h.queue, {
+      get: (target, prop, receiver) => (prop === 'send' ? (b: string) => (down ? Promise.reject(new Error('sqs down')) : target.send(b)) : Reflect.get(target, prop, receiver)),
+    });
+    const app = createApp({ ...h.deps, queue: flaky, clock, limits: { ...LIMITS, webhookAllowPrivate: true } });
+    const post = () =>
+      app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'hook-503' },
+        body: JSON.stringify({ prompt: 'apple', webhook_url: receiverUrl }),
+      });
+    expect((await post()).status).toBe(503);
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ webhooksDelivered: 0 });
+    expect(received).toEqual([]); // the caller already knows (503), and never got the secret
+    down = false;
+    const retry = (await (await post()).json()) as any;
+    expect(retry).toMatchObject({ status: 'queued', webhook: { status: 'pending', attempts: 0, secret: expect.stringMatching(/^whsec_/) } });
+    expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key)).toEqual([pendingJobKey('hook', 'acct_alice', retry.id)]);
+    await finish(retry.id);
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ webhooksDelivered: 1, cleared: 1 });
+    expect(received.map((r) => JSON.parse(r.body).type)).toEqual(['generation.succeeded']);
+    expect(new Webhook(retry.webhook.secret).verify(received[0]!.body, received[0]!.headers as Record<string, string>)).toBeTruthy();
   });
 
   it('a running job keeps its webhook marker; a job the worker already announced loses it', async () => {
