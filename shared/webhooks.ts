@@ -192,14 +192,16 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   const webhook = job.webhook!;
 
   const eventId = `evt_${job.id}_${job.status}`;
-  const body = JSON.stringify({
-    type: `generation.${job.status}`,
-    timestamp: job.finished_at ?? now.toISOString(),
-    data: await generationView(job, deps.blobs, deps.signedUrlTtlSec, now, deps.workerHourlyUsd === undefined ? {} : { workerHourlyUsd: deps.workerHourlyUsd }),
-  });
   const timestampSec = Math.floor(now.getTime() / 1000);
   let error: string | null = null;
   try {
+    // Inside the attempt: a body that cannot be built (the store cannot sign a link) is a failed
+    // attempt like any other, so it backs off and ends, instead of retrying for ever.
+    const body = JSON.stringify({
+      type: `generation.${job.status}`,
+      timestamp: job.finished_at ?? now.toISOString(),
+      data: await generationView(job, deps.blobs, deps.signedUrlTtlSec, now, deps.workerHourlyUsd === undefined ? {} : { workerHourlyUsd: deps.workerHourlyUsd }),
+    });
     const status = await deps.send({
       url: webhook.url,
       body,

@@ -243,6 +243,17 @@ describe('delivery', () => {
     expect((await h.jobs.get('acct_alice', dead.id))!.webhook!.last_error).toMatch(/ECONNREFUSED/);
   });
 
+  it('a body that cannot be built (a link the store will not sign) is a failed attempt, not an endless retry', async () => {
+    const { id } = await postWithWebhook();
+    await finish(id);
+    const broken = new Proxy(h.blobs, {
+      get: (target, prop, receiver) => (prop === 'signedGetUrl' ? () => Promise.reject(new Error('cannot sign')) : Reflect.get(target, prop, receiver)),
+    });
+    expect(await deliverWebhook({ ...deliveryDeps(), blobs: broken }, 'acct_alice', id)).toBe('failed');
+    expect((await h.jobs.get('acct_alice', id))!.webhook).toMatchObject({ attempts: 1, last_error: 'cannot sign', claimed_until: null });
+    expect(received).toEqual([]);
+  });
+
   it('concurrent deliverers (worker and sweeps) send one request', async () => {
     const { id } = await postWithWebhook();
     await finish(id, 'canceled');
