@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY } from '../shared/prompt-policy.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
@@ -62,6 +63,10 @@ export async function run(argv: string[]): Promise<number> {
     strict: true,
   });
   if (positionals.length !== 1) throw new EngineError('invalid_input', 'give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
+  // The same prompt policy as the API (ADR 0015): refusals stop here, flags are printed.
+  const policyHits = compilePolicy(DEFAULT_PROMPT_POLICY).screen([{ text: positionals[0]!, param: 'prompt' }]);
+  const refusal = policyHits.find((hit) => hit.action === 'refuse');
+  if (refusal) throw new EngineError('invalid_input', `refused by the content policy (${refusal.category}, rule ${refusal.rule}): "${refusal.term}" ${refusal.message}`);
   // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.
   const out = outputFile(values.out ?? 'out.png', '-o');
   const imageInit = values.init !== undefined && values.init !== 'gmm' && values.init !== 'noise';
@@ -106,6 +111,7 @@ export async function run(argv: string[]): Promise<number> {
       process.stderr.write(`clipag: "${positionals[0]}" ${width}x${height} with ${engine.name}, seed ${seed}\n`);
       // Before the run: a prompt the model cannot read is worth knowing before waiting for it.
       for (const w of engine.promptWarnings(prompts.map((p) => p.text))) process.stderr.write(`warning: ${w}\n`);
+      for (const hit of policyHits) process.stderr.write(`content policy (${hit.category}): "${hit.term}" ${hit.message}\n`);
     }
     const res = await synthesize(
       engine,
@@ -124,6 +130,7 @@ export async function run(argv: string[]): Promise<number> {
       output: out, model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
       width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,
       scores: res.scores, initial_scores: res.initialScores, warnings: res.warnings,
+      content_flags: policyHits.map(({ rule, category, term, message }) => ({ rule, category, term, message })),
       usage: { encoder_passes: res.usage.encoderPasses, encoder_backward_passes: res.usage.encoderBackwardPasses, timings_ms: res.usage.timingsMs },
     };
     if (values.json) console.log(JSON.stringify(summaryJson));

@@ -2,6 +2,7 @@ import type { z } from '@hono/zod-openapi';
 import type { ApiKeyRecord } from '../shared/schemas/apikey.ts';
 import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import type { ModelInfo } from './schemas.ts';
+import type { PromptPolicy } from '../shared/prompt-policy.ts';
 
 /** Checks a presented bearer secret; `null` when unknown, malformed or revoked. `BlobApiKeyStore` is one. */
 export interface ApiKeyVerifier {
@@ -35,6 +36,8 @@ export interface AppDeps {
   queue: JobQueue;
   jobs: JobStore;
   keys: ApiKeyVerifier;
+  /** The prompt policy in force (default: the shipped DEFAULT_PROMPT_POLICY). `policyFromStore` caches a deployment's own. */
+  promptPolicy?: () => Promise<PromptPolicy>;
   /** The deployed models; an unknown `model` in a request is a 400. Memoize it if it is costly. */
   models: () => Promise<ModelInfo[]>;
   limits: AppLimits;

@@ -42,6 +42,7 @@ export async function generationView(
     usage: { ...job.usage, cost_usd: options.workerHourlyUsd === undefined ? null : costUsd(job.usage.worker_seconds, options.workerHourlyUsd) },
     warnings: job.warnings ?? [],
     request: job.spec,
+    content_flags: job.content_flags ?? [],
     webhook: w
       ? {
           url: w.url,

@@ -201,6 +201,8 @@ export const BUCKET_PREFIXES = {
   pending: 'pending/',
   /** Recent run times per model and size, for estimates (shared/run-stats.ts). */
   stats: 'stats/',
+  /** Operator documents the API reads: the prompt policy (shared/prompt-policy.ts). */
+  config: 'config/',
 } as const;
 
 /**

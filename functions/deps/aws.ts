@@ -2,6 +2,8 @@ import { awsStores } from '../../shared/adapters/stores.ts';
 import { parseConfig, type AwsConfig } from '../../shared/config.ts';
 import { ConfigError } from '../../shared/errors.ts';
 import type { AppDeps } from '../types.ts';
+import { policyFromStore } from '../../shared/prompt-policy.ts';
+import { jsonLineLog } from '../log.ts';
 import { modelsFromBucket } from './models.ts';
 
 /** The API's deps on S3 and SQS. SDK clients are built once per process (Lambda cold start). */
@@ -12,6 +14,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
     queue,
     jobs,
     keys,
+    promptPolicy: policyFromStore(blobs, { onInvalid: (problem) => jsonLineLog({ level: 'error', msg: problem }) }),
     models: modelsFromBucket(blobs, config.defaultModel),
     limits: {
       maxBodyBytes: config.maxBodyBytes,

@@ -3,6 +3,8 @@ import { type LocalStores, localLayout, localStores } from '../../shared/adapter
 import type { LocalConfig } from '../../shared/config.ts';
 import type { ModelInfo } from '../schemas.ts';
 import type { AppDeps } from '../types.ts';
+import { policyFromStore } from '../../shared/prompt-policy.ts';
+import { jsonLineLog } from '../log.ts';
 import { modelsFromDir } from './models.ts';
 
 export { localLayout };
@@ -22,6 +24,7 @@ export async function localDeps(
     queue: adapters.queue,
     jobs: adapters.jobs,
     keys: adapters.keys,
+    promptPolicy: policyFromStore(adapters.blobs, { onInvalid: (problem) => jsonLineLog({ level: 'error', msg: problem }) }),
     models: options.models ?? modelsFromDir(config.modelsDir, config.defaultModel, { store: adapters.blobs }),
     limits: {
       maxBodyBytes: config.maxBodyBytes,

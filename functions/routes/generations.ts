@@ -2,7 +2,8 @@ import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { uploadKey } from '../../shared/keys.ts';
-import type { JobRecord } from '../../shared/schemas/job.ts';
+import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY } from '../../shared/prompt-policy.ts';
 import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
@@ -106,9 +107,29 @@ export function registerGenerationRoutes(
   /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
   const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...price, webhookSecret: true });
   const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false };
+  const defaultPolicy = compilePolicy(DEFAULT_PROMPT_POLICY);
+  const promptPolicy = deps.promptPolicy ?? (async () => defaultPolicy);
 
   /** The request as a job spec: the deployment's default model filled in when it names none, the model and upload checked. */
-  async function checkedSpec(owner: string, request: ParsedGenerationRequest): Promise<GenerationSpec> {
+  /**
+   * The prompt policy (ADR 0015) on the prompts that pull the image (a negative prompt, or a negative
+   * weight, steers away from its text). A refusal is a 400 `content_policy`; flags go with the job.
+   */
+  async function screenedPrompts(request: ParsedGenerationRequest): Promise<ContentFlag[]> {
+    const prompts =
+      request.prompt !== undefined
+        ? [{ text: request.prompt, param: 'prompt' }]
+        : (request.prompts ?? []).flatMap((p, i) => (p.weight > 0 ? [{ text: p.text, param: `prompts.${i}.text` }] : []));
+    const hits = (await promptPolicy()).screen(prompts);
+    const refusal = hits.find((hit) => hit.action === 'refuse');
+    if (refusal) {
+      throw new ValidationError(`refused by the content policy (${refusal.category}, rule ${refusal.rule}): "${refusal.term}" ${refusal.message}`, refusal.param, { code: 'content_policy' });
+    }
+    return hits.map(({ rule, category, term, message, param }) => ({ rule, category, term, message, param }));
+  }
+
+  async function checkedSpec(owner: string, request: ParsedGenerationRequest): Promise<{ spec: GenerationSpec; contentFlags: ContentFlag[] }> {
+    const contentFlags = await screenedPrompts(request);
     const models = await deps.models();
     const model = request.model ?? models.find((m) => m.default)?.id;
     if (model === undefined) throw new ValidationError('this deployment has no default model: name one in "model" (GET /v1/models lists them)', 'model');
@@ -125,7 +146,7 @@ export function registerGenerationRoutes(
         throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
       }
     }
-    return spec;
+    return { spec, contentFlags };
   }
 
   /**
@@ -163,7 +184,7 @@ export function registerGenerationRoutes(
     const request = c.req.valid('json');
     const owner = c.get('owner');
     const idempotencyKey = c.req.header('Idempotency-Key');
-    const spec = await checkedSpec(owner, request);
+    const { spec, contentFlags } = await checkedSpec(owner, request);
     const now = ctx.clock();
     // The body as sent (no default model filled in), so a retry replays its job even if the
     // deployment's default model changed in between.
@@ -208,7 +229,7 @@ export function registerGenerationRoutes(
       // the queued-job sweep, which then sends the message; a webhook is owed from the start.
       const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
       await Promise.all([markPending(blobs, 'msg', owner, jobId), ...(webhook ? [markPending(blobs, 'hook', owner, jobId)] : [])]);
-      job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, ...(webhook ? { webhook } : {}) }));
+      job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}) }));
     } catch (error) {
       if (idempotencyKey !== undefined) {
         // The create may have landed before the error (a timeout): such a job gets marked for the
@@ -224,7 +245,7 @@ export function registerGenerationRoutes(
   });
 
   app.openapi(createEstimate, async (c) => {
-    const spec = await checkedSpec(c.get('owner'), c.req.valid('json'));
+    const { spec } = await checkedSpec(c.get('owner'), c.req.valid('json'));
     const steps = spec.steps * spec.n;
     const seconds = estimateSeconds(await readRunSamples(blobs, spec.model, spec.width, spec.height), steps);
     const hourly = limits.workerHourlyUsd;

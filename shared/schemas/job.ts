@@ -2,6 +2,7 @@ import { z } from '@hono/zod-openapi';
 import { OwnerId, ResourceId, Timestamp } from './common.ts';
 import { GenerationSpec } from './generation.ts';
 import { isValidKey } from '../keys.ts';
+import { POLICY_CATEGORIES } from '../prompt-policy.ts';
 
 export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'canceled'] as const;
 export const JobStatus = z.enum(JOB_STATUSES).openapi('JobStatus');
@@ -61,6 +62,18 @@ export const JobWebhook = z
   .strict()
   .openapi('JobWebhook');
 
+/** A prompt policy finding the caller should know of (shared/prompt-policy.ts). */
+export const ContentFlag = z
+  .object({
+    rule: z.string().min(1).max(64),
+    category: z.enum(POLICY_CATEGORIES),
+    term: z.string().min(1).max(100),
+    message: z.string().max(300),
+    param: z.string().max(40),
+  })
+  .strict()
+  .openapi('ContentFlag');
+
 /** The job record: one JSON document per job in the blob store (see docs/adr/0002). */
 export const MAX_JOB_WARNINGS = 20;
 export const MAX_JOB_WARNING_CHARS = 1000;
@@ -96,6 +109,8 @@ export const JobRecord = z
     enqueued_at: Timestamp.optional(),
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
+    /** What the prompt policy flagged (not refused) at the job's creation (ADR 0015); absent: nothing. */
+    content_flags: z.array(ContentFlag).max(MAX_JOB_WARNINGS).optional(),
     /** The completion webhook the request asked for; absent: none. */
     webhook: JobWebhook.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
@@ -112,6 +127,7 @@ export type JobOutput = z.output<typeof JobOutput>;
 export type JobUsage = z.output<typeof JobUsage>;
 export type JobError = z.output<typeof JobError>;
 export type JobWebhook = z.output<typeof JobWebhook>;
+export type ContentFlag = z.output<typeof ContentFlag>;
 
 /** A fresh `queued` record for a validated spec. */
 export function newJobRecord(args: {
@@ -122,6 +138,7 @@ export function newJobRecord(args: {
   idempotencyKey?: string | null;
   bodyHash?: string | null;
   webhook?: { url: string; secret: string };
+  contentFlags?: z.input<typeof ContentFlag>[];
 }): JobRecord {
   return JobRecord.parse({
     id: args.id,
@@ -140,6 +157,7 @@ export function newJobRecord(args: {
     attempts: 0,
     idempotency_key: args.idempotencyKey ?? null,
     body_hash: args.bodyHash ?? null,
+    ...(args.contentFlags?.length ? { content_flags: args.contentFlags.slice(0, MAX_JOB_WARNINGS) } : {}),
     ...(args.webhook
       ? { webhook: { ...args.webhook, attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null } }
       : {}),

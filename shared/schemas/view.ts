@@ -1,7 +1,7 @@
 import { z } from '@hono/zod-openapi';
 import { ResourceId, Timestamp } from './common.ts';
 import { GenerationSpec } from './generation.ts';
-import { JobError, JobStatus, JobUsage } from './job.ts';
+import { ContentFlag, JobError, JobStatus, JobUsage } from './job.ts';
 
 // The public view of a job: what GET /v1/generations/{id} answers and what a webhook carries.
 
@@ -49,6 +49,9 @@ export const GenerationView = z
       description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
     }),
     request: GenerationSpec,
+    content_flags: z.array(ContentFlag).openapi({
+      description: 'What the prompt policy flagged: copyright, trademark, likeness or bias risks the caller should review before use. Empty when none.',
+    }),
     webhook: GenerationWebhookView.nullable(),
   })
   .openapi('Generation');

@@ -497,6 +497,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:GetObject outputs/*',
         's3:GetObject models/*',
         's3:GetObject stats/*',
+        's3:GetObject config/*',
         's3:ListBucket WHOLE-BUCKET',
       ].sort(),
     );

@@ -63,6 +63,7 @@ describe('prior fit → generate --init gmm', () => {
 
     const out = join(work, 'out.png');
     const gen = await runCli(['generate', 'a photo of a cat', '--model', model, '--init', 'gmm', '--steps', '3', '--views', '4,4', '--seed', '7', '-o', out, '--json']);
+    expect(JSON.parse(gen.stdout).content_flags).toEqual([]);
     expect(gen.code).toBe(0);
     const summary = JSON.parse(gen.stdout);
     expect(summary).toMatchObject({ output: out, model: 'tiny-gmm', prompt: 'a photo of a cat', width: 32, height: 32, seed: 7, steps: 3 });
@@ -121,6 +122,13 @@ describe('generate checks its flags and output before any work', () => {
     const { code, stderr } = await runCliErr(['generate', 'a red circle', '--model', '/nonexistent-clipag/model', ...args]);
     expect(code).not.toBe(0);
     expect(stderr).toMatch(message);
+    expect(stderr).not.toMatch(/model bundle/);
+  });
+
+  it('a prompt the content policy refuses stops before the model is opened, as in the API', async () => {
+    const { code, stderr } = await runCliErr(['generate', 'Pikachu on a hill', '--model', '/nonexistent-clipag/model']);
+    expect(code).not.toBe(0);
+    expect(stderr).toMatch(/refused by the content policy \(copyright, rule protected-characters\): "pikachu"/);
     expect(stderr).not.toMatch(/model bundle/);
   });
 

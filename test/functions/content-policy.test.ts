@@ -1,0 +1,106 @@
+// The prompt policy (ADR 0015): matching, the API's refusals and flags, and a deployment's own policy.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { PENDING_JOBS_PREFIX } from '../../shared/keys.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY, normalizeText, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
+import { expectEnvelope, harness, type Harness } from './helpers.ts';
+
+const policy = compilePolicy(PromptPolicyDocument.parse(DEFAULT_PROMPT_POLICY));
+const rulesHit = (text: string) => policy.screen([{ text, param: 'prompt' }]).map((h) => `${h.action} ${h.rule}`);
+
+describe('matching', () => {
+  it('sees a term through case, accents, punctuation, spacing and look-alike characters', () => {
+    for (const text of ['Spider-Man on a roof', 'spiderman', 'SPIDER MAN!', 'a Spider‐Man poster']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    for (const text of ['PIKACHU', 'Pi\u0301kachu', 'ｐｉｋａｃｈｕ', "pikachu's tail"]) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    expect(rulesHit("McDonald's logo on a cup")).toEqual(['refuse brand-logos']);
+    expect(normalizeText('  Ça   va—Mickey! ')).toBe('ca va mickey');
+  });
+
+  it('matches whole words only: no false alarms inside other words', () => {
+    for (const text of ['a spider mango', 'iron mango', 'a race car', 'a goofy dog', 'superbatmanesque', 'a large red circle on the left', 'doctoral thesis on birds']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
+  it('puts refusals first and reports every rule a prompt meets', () => {
+    expect(rulesHit('a nurse with a pikachu, in the style of greg rutkowski')).toEqual(['refuse protected-characters', 'flag living-artists', 'flag people-by-occupation']);
+  });
+
+  it('refuses a malformed policy document: duplicate ids, empty or over-long terms', () => {
+    const rule = { id: 'r', category: 'copyright', action: 'flag', message: 'm', terms: ['x'] } as const;
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [rule, rule] }).success).toBe(false);
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, terms: ['!!'] }] }).success).toBe(false);
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, terms: ['a b c d e f g'] }] }).success).toBe(false);
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, action: 'allow' }] }).success).toBe(false);
+  });
+});
+
+describe('the API', () => {
+  let h: Harness;
+  beforeEach(async () => {
+    h = await harness();
+  });
+  afterEach(() => h.close());
+
+  it('refuses a protected character with 400 content_policy naming the prompt, and writes nothing', async () => {
+    const error = await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'Mickey Mouse waving', steps: 10 }, headers: { 'Idempotency-Key': 'p-1' } }), 400, 'content_policy');
+    expect(error.param).toBe('prompt');
+    expect(error.message).toMatch(/copyright.*"mickey mouse"/);
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+    expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items).toEqual([]);
+    expect(await h.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
+    // The key was not spent: the same key with an allowed body makes a job.
+    expect((await h.request('/v1/generations', { json: { prompt: 'a red circle' }, headers: { 'Idempotency-Key': 'p-1' } })).status).toBe(202);
+  });
+
+  it('checks every positive prompt, names the one refused, and lets what steers away pass', async () => {
+    const error = await expectEnvelope(
+      await h.request('/v1/generations', { json: { prompts: [{ text: 'a red circle', weight: 1 }, { text: 'the Nike logo', weight: 0.5 }] } }),
+      400,
+      'content_policy',
+    );
+    expect(error.param).toBe('prompts.1.text');
+    expect((await h.request('/v1/generations', { json: { prompt: 'a red circle', negative_prompt: 'mickey mouse' } })).status).toBe(202);
+    expect((await h.request('/v1/generations', { json: { prompts: [{ text: 'a red circle', weight: 1 }, { text: 'pikachu', weight: -0.5 }] } })).status).toBe(202);
+    await expectEnvelope(await h.request('/v1/estimates', { json: { prompt: 'batman' } }), 400, 'content_policy');
+  });
+
+  it('flags what it does not refuse: the job carries the flags, and every view shows them', async () => {
+    const res = await h.request('/v1/generations', { json: { prompt: 'a portrait of a doctor, in the style of Greg Rutkowski' } });
+    expect(res.status).toBe(202);
+    const created = (await res.json()) as any;
+    const expected = [
+      { rule: 'living-artists', category: 'copyright', term: 'greg rutkowski', param: 'prompt', message: expect.stringContaining('living artist') },
+      { rule: 'people-by-occupation', category: 'bias', term: 'doctor', param: 'prompt', message: expect.stringContaining('gender') },
+    ];
+    expect(created.content_flags).toEqual(expected);
+    expect(((await (await h.request(`/v1/generations/${created.id}`)).json()) as any).content_flags).toEqual(expected);
+    const clean = (await (await h.request('/v1/generations', { json: { prompt: 'a red circle' } })).json()) as any;
+    expect(clean.content_flags).toEqual([]);
+  });
+
+  it("a deployment's own policy in its store replaces the default; a broken one keeps the last good policy and says so", async () => {
+    let nowMs = 0;
+    const problems: string[] = [];
+    const app = createApp({ ...h.deps, promptPolicy: policyFromStore(h.blobs, { ttlMs: 1000, now: () => nowMs, onInvalid: (p) => problems.push(p) }) });
+    const post = async (prompt: string) =>
+      app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt }) });
+    expect((await post('a red circle')).status).toBe(202);
+    expect((await post('pikachu')).status).toBe(400);
+    const own = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(own)));
+    expect((await post('a red circle')).status).toBe(202); // cached for ttlMs
+    nowMs = 2000;
+    await expectEnvelope(await post('a red circle'), 400, 'content_policy');
+    expect((await post('pikachu')).status).toBe(202); // replaced, not merged
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from('{"version": 1, "rules": [{"id": "x"'));
+    nowMs = 4000;
+    await expectEnvelope(await post('a red circle'), 400, 'content_policy'); // still the last good one
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(/config\/prompt-policy\.json is not a valid policy/);
+    await h.blobs.delete(PROMPT_POLICY_KEY);
+    nowMs = 6000;
+    expect((await post('a red circle')).status).toBe(202); // back to the default
+    expect((await post('pikachu')).status).toBe(400);
+  });
+});
