@@ -101,7 +101,9 @@ function wordSpans(folded: string): Set<string> {
 }
 
 /**
- * The shipped policy: a starting point, not legal advice. It refuses well-known protected characters
+ * The shipped policy: a starting point, not legal advice. Terms that are also ordinary words or
+ * common names ("goofy", "hulk", "snoopy", "luigi", "garfield", "race") are left out or given in a
+ * longer, unambiguous form: a refusal must not hit an innocent prompt. It refuses well-known protected characters
  * and brand logos, and flags living artists' names, real public figures, and prompts that depict
  * people by group or occupation (CLIP carries social biases about both: Radford et al. 2021, §7;
  * Agarwal et al. 2021). Operators extend or replace it for their market.
@@ -116,9 +118,9 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       message: 'names a copyrighted character; images of it may infringe its owner\'s rights',
       terms: [
         'mickey mouse', 'minnie mouse', 'donald duck', 'pikachu', 'pokemon', 'spider man', 'batman', 'superman',
-        'wonder woman', 'iron man', 'captain america', 'hulk', 'darth vader', 'yoda', 'hello kitty', 'super mario', 'luigi',
+        'wonder woman', 'iron man', 'captain america', 'incredible hulk', 'darth vader', 'yoda', 'hello kitty', 'super mario',
         'sonic the hedgehog', 'shrek', 'harry potter', 'homer simpson', 'bart simpson', 'spongebob', 'bugs bunny',
-        'scooby doo', 'garfield', 'snoopy', 'buzz lightyear', 'elsa from frozen', 'totoro', 'naruto', 'goku',
+        'scooby doo', 'garfield the cat', 'charlie brown', 'buzz lightyear', 'elsa from frozen', 'totoro', 'naruto', 'goku',
       ],
     },
     {
