@@ -62,7 +62,8 @@ export async function serve(
   const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
   // The signed-link routes go on the API app itself: one request id, one onError, one notFound, so
   // every error (a 405, an unknown path, a failure under /blobs) is the ErrorEnvelope.
-  const app = createApp(deps);
+  // Estimates count the steps the worker will run.
+  const app = createApp(opts.maxSteps === undefined ? deps : { ...deps, limits: { ...deps.limits, maxSteps: opts.maxSteps } });
   mountLocalBlobRoutes(app, blobs, signingSecret);
   const server = await startApiServer(app, local.port, local.host);
   // A job whose message was lost (a crash between its create and its send) gets it again. The first

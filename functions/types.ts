@@ -22,6 +22,8 @@ export interface AppLimits {
   webhookAllowPrivate?: boolean;
   /** One worker's price per hour (USD): `usage.cost_usd` and cost estimates. Unset: no cost figures. */
   workerHourlyUsd?: number;
+  /** The workers' cap on steps per image (clipag serve --steps), for estimates. Unset: none. */
+  maxSteps?: number;
 }
 
 export interface AppLogEntry {

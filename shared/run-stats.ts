@@ -1,6 +1,7 @@
-// Measured run times per model and output size (ADR 0014): the worker records each succeeded job's
-// worker seconds per step; the API turns the recent ones into time and cost estimates. One small JSON
-// document per (model, size) at `stats/<model>/<width>x<height>.json`, the last RUN_STATS_KEEP runs.
+// Measured run times per model, output size and kind of start (ADR 0014): the worker records each
+// succeeded job's time, split into the step loops and the rest; the API turns the recent ones into time
+// and cost estimates. One small JSON document per (model, size, start) at
+// `stats/<model>/<width>x<height>-<start>.json`, the last RUN_STATS_KEEP runs.
 import { z } from 'zod';
 import { PreconditionFailedError } from './errors.ts';
 import { assertValidKey } from './keys.ts';
@@ -14,19 +15,38 @@ const RECORD_TRIES = 20;
 
 const RunSample = z
   .object({
-    /** Worker seconds for the whole job (model load, init, steps, uploads). */
+    /** Worker seconds for the whole job (model load, init, steps, scoring, uploads). */
     seconds: z.number().finite().nonnegative(),
+    /** Of those, the optimization step loops. The rest is paid per image (init, scoring) or per job. */
+    loopSeconds: z.number().finite().nonnegative(),
     /** Optimization steps over all images of the job (steps × n, after any cap). */
     steps: z.number().int().positive(),
+    /** Images in the job. */
+    n: z.number().int().positive(),
     at: z.string(),
   })
-  .strict();
+  .strict()
+  .refine((s) => s.loopSeconds <= s.seconds, { message: 'loopSeconds must not exceed seconds' });
 export type RunSample = z.output<typeof RunSample>;
 
-const RunStatsDoc = z.object({ v: z.literal(1), samples: z.array(RunSample).max(RUN_STATS_KEEP) }).strict();
+const RunStatsDoc = z.object({ v: z.literal(2), samples: z.array(RunSample).max(RUN_STATS_KEEP) }).strict();
 
-export function runStatsKey(model: string, width: number, height: number): string {
-  const key = `${RUN_STATS_PREFIX}${model}/${width}x${height}.json`;
+/** The kind of start: a GMM start scores its samples (1000 encoder passes an image on the recipe), a noise or image start does not. */
+export type RunStart = 'gmm' | 'noise' | 'image';
+
+export function runStartOf(init: string): RunStart {
+  return init === 'gmm' || init === 'noise' ? init : 'image';
+}
+
+export interface RunKey {
+  model: string;
+  width: number;
+  height: number;
+  start: RunStart;
+}
+
+export function runStatsKey(k: RunKey): string {
+  const key = `${RUN_STATS_PREFIX}${k.model}/${k.width}x${k.height}-${k.start}.json`;
   assertValidKey(key, 'model');
   return key;
 }
@@ -40,20 +60,20 @@ function parseDoc(body: Uint8Array): RunSample[] {
   }
 }
 
-/** The recorded runs of one (model, size), oldest first; none when nothing was recorded or the document is unreadable. */
-export async function readRunSamples(blobs: BlobStore, model: string, width: number, height: number): Promise<RunSample[]> {
-  const found = await blobs.get(runStatsKey(model, width, height));
+/** The recorded runs of one (model, size, start), oldest first; none when nothing was recorded or the document is unreadable. */
+export async function readRunSamples(blobs: BlobStore, k: RunKey): Promise<RunSample[]> {
+  const found = await blobs.get(runStatsKey(k));
   return found ? parseDoc(found.body) : [];
 }
 
 /** Appends one run: conditional writes, re-read after a lost race with a jittered pause; throws after RECORD_TRIES. */
-export async function recordRunSample(blobs: BlobStore, model: string, width: number, height: number, sample: RunSample): Promise<void> {
-  const key = runStatsKey(model, width, height);
+export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSample): Promise<void> {
+  const key = runStatsKey(k);
   const checked = RunSample.parse(sample);
   for (let attempt = 0; ; attempt++) {
     const found = await blobs.get(key);
     const samples = [...(found ? parseDoc(found.body) : []), checked].slice(-RUN_STATS_KEEP);
-    const body = Buffer.from(JSON.stringify({ v: 1, samples }));
+    const body = Buffer.from(JSON.stringify({ v: 2, samples }));
     try {
       if (found) await blobs.replaceIfMatch(key, body, found.etag, { contentType: 'application/json' });
       else await blobs.putIfAbsent(key, body, { contentType: 'application/json' });
@@ -73,19 +93,27 @@ function quantile(sorted: readonly number[], q: number): number {
 }
 
 export interface RunEstimate {
-  /** Worker seconds for the job: median and 90th percentile of the recorded seconds per step, times its steps. */
+  /** Worker seconds for the job, median and 90th percentile (see estimateSeconds). */
   median: number;
   p90: number;
   /** How many recorded runs it rests on. */
   runs: number;
 }
 
-/** `null` with no recorded run: no figure is better than an invented one. */
-export function estimateSeconds(samples: readonly RunSample[], steps: number): RunEstimate | null {
+/**
+ * A job's worker seconds from recorded runs of the same model, size and start: the per-image part
+ * (init, scoring, uploads, and a cold worker's model load) times n, plus the per-step part times
+ * steps × n. Each part's median (90th percentile) over the runs. `null` with no recorded run: no
+ * figure is better than an invented one.
+ */
+export function estimateSeconds(samples: readonly RunSample[], job: { steps: number; n: number }): RunEstimate | null {
   if (samples.length === 0) return null;
-  const perStep = samples.map((s) => s.seconds / s.steps).sort((a, b) => a - b);
+  const sorted = (xs: number[]) => xs.sort((a, b) => a - b);
+  const perStep = sorted(samples.map((s) => s.loopSeconds / s.steps));
+  const perImage = sorted(samples.map((s) => (s.seconds - s.loopSeconds) / s.n));
+  const at = (q: number) => quantile(perImage, q) * job.n + quantile(perStep, q) * job.steps * job.n;
   const round = (x: number) => Math.round(x * 1000) / 1000;
-  return { median: round(quantile(perStep, 0.5) * steps), p90: round(quantile(perStep, 0.9) * steps), runs: samples.length };
+  return { median: round(at(0.5)), p90: round(at(0.9)), runs: samples.length };
 }
 
 /** Worker seconds at the deployment's hourly price, in US dollars (6 decimals). */

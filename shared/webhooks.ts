@@ -12,7 +12,7 @@ import type { BlobStore, JobStore } from './ports.ts';
 import { isTerminal, type JobRecord, type JobWebhook } from './schemas/job.ts';
 import { generationView } from './views.ts';
 
-/** Attempts in all; the waits after each failed one (the last failure gives up). About 9.5 hours. */
+/** Attempts in all; the waits after each failed one (the last failure gives up). About 9 hours. */
 export const WEBHOOK_RETRY_DELAYS_SEC = [30, 120, 600, 1800, 7200, 21600] as const;
 export const WEBHOOK_MAX_ATTEMPTS = WEBHOOK_RETRY_DELAYS_SEC.length + 1;
 /** One attempt: connect, send, and get the status line within this. */

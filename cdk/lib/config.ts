@@ -43,7 +43,8 @@ export interface StageConfig {
   readonly instanceTypes: readonly string[];
   /**
    * What one worker costs per hour, USD: the primary instance type's on-demand list price (g5.xlarge,
-   * us-east-1: 1.006). Callers see it as `usage.cost_usd` and in estimates. With Spot it is an upper bound.
+   * us-east-1: 1.006; set it for other regions). Callers see it as `usage.cost_usd` and in estimates.
+   * With Spot it is an upper bound.
    */
   readonly workerHourlyUsd: number;
   readonly useSpot: boolean;

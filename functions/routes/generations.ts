@@ -10,7 +10,7 @@ import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { clearPending, markPending, resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
-import { costUsd, estimateSeconds, readRunSamples } from '../../shared/run-stats.ts';
+import { costUsd, estimateSeconds, readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
@@ -246,8 +246,11 @@ export function registerGenerationRoutes(
 
   app.openapi(createEstimate, async (c) => {
     const { spec } = await checkedSpec(c.get('owner'), c.req.valid('json'));
-    const steps = spec.steps * spec.n;
-    const seconds = estimateSeconds(await readRunSamples(blobs, spec.model, spec.width, spec.height), steps);
+    // As the worker will run it: a deployment's step cap (clipag serve --steps) applies.
+    const stepsPerImage = Math.min(spec.steps, limits.maxSteps ?? Infinity);
+    const steps = stepsPerImage * spec.n;
+    const samples = await readRunSamples(blobs, { model: spec.model, width: spec.width, height: spec.height, start: runStartOf(spec.init) });
+    const seconds = estimateSeconds(samples, { steps: stepsPerImage, n: spec.n });
     const hourly = limits.workerHourlyUsd;
     return c.json(
       {

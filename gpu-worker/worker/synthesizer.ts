@@ -53,7 +53,8 @@ export interface SynthesisOutcome {
   stepsDone: number;
   totalSteps: number;
   encoderPasses: number;
-  timingsMs: { total: number; sessionRun: number };
+  /** `optimize`: the step loops alone (without model load, init, scoring and encoding). */
+  timingsMs: { total: number; sessionRun: number; optimize: number };
   /** What the model cannot read of the prompts (unknown words, truncation), for the job record. */
   warnings?: string[];
 }
@@ -151,7 +152,7 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
       const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps);
       const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
       const totalSteps = perImage * requests.length;
-      const outcome: SynthesisOutcome = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0 } };
+      const outcome: SynthesisOutcome = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
       for (let i = 0; i < requests.length; i++) {
         if (signal?.aborted) {
           outcome.aborted = true;
@@ -166,6 +167,7 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
         outcome.encoderPasses += res.usage.encoderPasses;
         outcome.timingsMs.total += res.usage.timingsMs.total;
         outcome.timingsMs.sessionRun += res.usage.timingsMs.sessionRun;
+        outcome.timingsMs.optimize += res.usage.timingsMs.optimize;
         if (res.aborted) {
           outcome.aborted = true;
           break;

@@ -10,7 +10,7 @@ import { classifyError, describe, jobErrorOf } from './errors.ts';
 import type { SynthesisOutcome, SynthesisProgress, Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
-import { recordRunSample } from '../../shared/run-stats.ts';
+import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
 
 export type WorkerState = 'idle' | 'polling' | 'running' | 'draining' | 'stopped';
 
@@ -516,9 +516,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       await ack(m, wrote ? 'succeeded' : `already_${done.status}`);
       if (wrote) {
         // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
-        await recordRunSample(blobs, done.spec.model, done.spec.width, done.spec.height, { seconds: usage.worker_seconds, steps: total, at: iso() }).catch((error) =>
-          log.warn('run statistics not recorded', { jobId: msg.job_id, error: describe(error) }),
-        );
+        const key = { model: done.spec.model, width: done.spec.width, height: done.spec.height, start: runStartOf(done.spec.init) };
+        const sample = { seconds: usage.worker_seconds, loopSeconds: Math.min(usage.worker_seconds, outcome.timingsMs.optimize / 1000), steps: total, n: outcome.images.length, at: iso() };
+        await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { jobId: msg.job_id, error: describe(error) }));
       }
       return finish(msg, wrote ? 'succeeded' : 'skipped', { stepsDone: outcome.stepsDone });
     } catch (error) {

@@ -8,18 +8,23 @@ import { ContentFlag, JobError, JobStatus, JobUsage } from './job.ts';
 export const GenerationWebhookView = z
   .object({
     url: z.string(),
-    status: z.enum(['pending', 'delivered', 'failed']).openapi({ description: 'failed: every attempt failed (7 over about 9.5 hours)' }),
+    status: z.enum(['pending', 'delivered', 'failed']).openapi({ description: 'failed: every attempt failed (7 over about 9 hours)' }),
     attempts: z.number().int().nonnegative(),
     last_error: z.string().nullable(),
     secret: z.string().optional().openapi({ description: 'The signing secret (Standard Webhooks). Only in the response to the POST that made the generation.' }),
   })
   .openapi('GenerationWebhook');
 
-export const GenerationUsageView = JobUsage.extend({
-  cost_usd: z.number().nullable().openapi({
-    description: "worker_seconds at the deployment's hourly worker price (compute at list price, not an invoice); null where the deployment sets no price",
-  }),
-}).openapi('GenerationUsage');
+// Not JobUsage.extend: its OpenAPI form is allOf of two closed objects, which no usage can satisfy.
+export const GenerationUsageView = z
+  .object({
+    ...JobUsage.shape,
+    cost_usd: z.number().nullable().openapi({
+      description: "worker_seconds at the deployment's hourly worker price (compute at list price, not an invoice); null where the deployment sets no price",
+    }),
+  })
+  .strict()
+  .openapi('GenerationUsage');
 
 export const GenerationOutputView = z
   .object({

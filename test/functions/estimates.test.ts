@@ -2,7 +2,7 @@
 // the run times the worker records per model and size.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { estimateSeconds, readRunSamples, recordRunSample, RUN_STATS_KEEP, runStatsKey } from '../../shared/run-stats.ts';
+import { estimateSeconds, readRunSamples, recordRunSample, RUN_STATS_KEEP, runStatsKey, type RunKey } from '../../shared/run-stats.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -13,7 +13,15 @@ afterEach(() => h.close());
 
 const priced = () => createApp({ ...h.deps, limits: { ...LIMITS, workerHourlyUsd: 3.6 } }); // 0.001 USD per second
 const auth = () => ({ Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' });
-const sample = (seconds: number, steps: number) => ({ seconds, steps, at: new Date().toISOString() });
+/** A run of `steps` steps per image × n images: `fixed` seconds per image plus `perStep` per step. */
+const run = (fixed: number, perStep: number, steps: number, n = 1) => ({
+  seconds: fixed * n + perStep * steps * n,
+  loopSeconds: perStep * steps * n,
+  steps: steps * n,
+  n,
+  at: new Date().toISOString(),
+});
+const toy = (width = 224, height = 224, start: RunKey['start'] = 'gmm'): RunKey => ({ model: 'toy', width, height, start });
 
 describe('POST /v1/estimates', () => {
   it('before any run: no figures (null), never invented ones; nothing is queued or stored', async () => {
@@ -24,15 +32,28 @@ describe('POST /v1/estimates', () => {
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
   });
 
-  it('from recorded runs: median and 90th percentile of seconds per step, times the steps; cost at the price', async () => {
-    // Seconds per step 0.1, 0.2, 0.3, 0.4, 1.0 (a cold start): median 0.3, p90 0.76.
-    for (const [s, n] of [[10, 100], [20, 100], [30, 100], [40, 100], [100, 100]] as const) await recordRunSample(h.blobs, 'toy', 224, 224, sample(s, n));
-    await recordRunSample(h.blobs, 'toy', 448, 448, sample(999, 1)); // another size: not mixed in
-    const res = await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 50 }) });
-    expect(await res.json()).toMatchObject({ steps: 50, worker_seconds: { median: 15, p90: 38 }, cost_usd: { median: 0.015, p90: 0.038 }, runs: 5 });
-    // Without a price: seconds, no cost.
-    const unpriced = await h.request('/v1/estimates', { json: { prompt: 'apple', steps: 50 } });
-    expect(await unpriced.json()).toMatchObject({ worker_seconds: { median: 15 }, cost_usd: null, hourly_usd: null });
+  it('from recorded runs: a per-image part times n plus a per-step part times steps × n (median, p90); cost at the price', async () => {
+    // Per image 2 s (init, scoring, uploads); per step 0.1, 0.1, 0.2, 0.1 and 0.1 s. A cold worker's
+    // model load adds 20 s to the first run: the median hides it, the 90th percentile shows it.
+    await recordRunSample(h.blobs, toy(), { ...run(2, 0.1, 5), seconds: 20 + run(2, 0.1, 5).seconds });
+    for (const [perStep, steps, n] of [[0.1, 200, 1], [0.2, 50, 2], [0.1, 100, 4], [0.1, 10, 1]] as const) await recordRunSample(h.blobs, toy(), run(2, perStep, steps, n));
+    await recordRunSample(h.blobs, toy(448, 448), run(99, 9, 1)); // another size: not mixed in
+    await recordRunSample(h.blobs, toy(224, 224, 'noise'), run(0.1, 9, 1)); // another start: not mixed in
+    const res = await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 100, n: 2 }) });
+    const body = (await res.json()) as any;
+    // Median: 2 s × 2 images + 0.1 s × 100 steps × 2 images = 24 s.
+    expect(body).toMatchObject({ steps: 200, worker_seconds: { median: 24 }, cost_usd: { median: 0.024 }, runs: 5 });
+    expect(body.worker_seconds.p90).toBeGreaterThan(30); // the cold start and the slow run
+    // A short job is not priced like a long one: 5 steps → 2 + 0.5 s.
+    const short = (await (await h.request('/v1/estimates', { json: { prompt: 'apple', steps: 5 } })).json()) as any;
+    expect(short).toMatchObject({ worker_seconds: { median: 2.5 }, cost_usd: null, hourly_usd: null });
+  });
+
+  it('counts the steps the workers will run: a deployment step cap applies', async () => {
+    await recordRunSample(h.blobs, toy(), run(1, 0.5, 3));
+    const capped = createApp({ ...h.deps, limits: { ...LIMITS, maxSteps: 3 } });
+    const body = (await (await capped.request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 100, n: 4 }) })).json()) as any;
+    expect(body).toMatchObject({ steps: 12, worker_seconds: { median: 4 + 6 } });
   });
 
   it('is validated like a generation: 400 for a bad body or unknown model, 415 without JSON, 401 without a key', async () => {
@@ -44,29 +65,30 @@ describe('POST /v1/estimates', () => {
   });
 
   it('an unreadable statistics document gives no figures (not a 500), and the next run starts it afresh', async () => {
-    await h.blobs.put(runStatsKey('toy', 224, 224), Buffer.from('{"v": 1, "samples": [{"seconds": -1'));
+    await h.blobs.put(runStatsKey(toy()), Buffer.from('{"v": 2, "samples": [{"seconds": -1'));
     const res = await h.request('/v1/estimates', { json: { prompt: 'apple' } });
     expect(res.status).toBe(200);
     expect(await res.json()).toMatchObject({ worker_seconds: null, runs: 0 });
-    await recordRunSample(h.blobs, 'toy', 224, 224, sample(5, 10));
-    expect(await readRunSamples(h.blobs, 'toy', 224, 224)).toHaveLength(1);
+    await recordRunSample(h.blobs, toy(), run(1, 0.5, 10));
+    expect(await readRunSamples(h.blobs, toy())).toHaveLength(1);
   });
 });
 
 describe('run statistics', () => {
   it('keep the latest runs, and concurrent records all land (conditional writes)', async () => {
-    await Promise.all(Array.from({ length: 12 }, (_, i) => recordRunSample(h.blobs, 'toy', 64, 64, sample(i + 1, 1))));
-    expect((await readRunSamples(h.blobs, 'toy', 64, 64)).map((s) => s.seconds).sort((a, b) => a - b)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
-    for (let i = 0; i < RUN_STATS_KEEP; i++) await recordRunSample(h.blobs, 'toy', 64, 64, sample(100 + i, 1));
-    const kept = await readRunSamples(h.blobs, 'toy', 64, 64);
+    await Promise.all(Array.from({ length: 12 }, (_, i) => recordRunSample(h.blobs, toy(64, 64), run(i + 1, 0, 1))));
+    expect((await readRunSamples(h.blobs, toy(64, 64))).map((s) => s.seconds).sort((a, b) => a - b)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    for (let i = 0; i < RUN_STATS_KEEP; i++) await recordRunSample(h.blobs, toy(64, 64), run(100 + i, 0, 1));
+    const kept = await readRunSamples(h.blobs, toy(64, 64));
     expect(kept).toHaveLength(RUN_STATS_KEEP);
     expect(kept[0]!.seconds).toBe(100); // the oldest went
   });
 
   it('refuse nonsense samples and estimate nothing from nothing', async () => {
-    await expect(recordRunSample(h.blobs, 'toy', 64, 64, sample(-1, 1))).rejects.toThrow();
-    await expect(recordRunSample(h.blobs, 'toy', 64, 64, sample(1, 0))).rejects.toThrow();
-    expect(estimateSeconds([], 100)).toBeNull();
+    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 0, 1), seconds: -1 })).rejects.toThrow();
+    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 0, 1), steps: 0 })).rejects.toThrow();
+    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 1, 1), loopSeconds: 5 })).rejects.toThrow(); // loop longer than the job
+    expect(estimateSeconds([], { steps: 100, n: 1 })).toBeNull();
   });
 });
 

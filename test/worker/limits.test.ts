@@ -19,7 +19,7 @@ afterEach(async () => {
 });
 
 const outcome = (stepsDone: number, aborted: boolean, totalSteps = stepsDone): SynthesisOutcome => ({
-  images: [], aborted, stepsDone, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0 },
+  images: [], aborted, stepsDone, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 },
 });
 
 interface Logged { level: string; msg: string; fields?: Record<string, unknown> }

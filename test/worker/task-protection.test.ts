@@ -32,7 +32,7 @@ async function fakeAgent(answer: (body: Record<string, unknown>) => { status: nu
   return { uri: `http://127.0.0.1:${(server.address() as AddressInfo).port}/api/task-id`, requests };
 }
 
-const done = (stepsDone: number): SynthesisOutcome => ({ images: [], aborted: false, stepsDone, totalSteps: stepsDone, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0 } });
+const done = (stepsDone: number): SynthesisOutcome => ({ images: [], aborted: false, stepsDone, totalSteps: stepsDone, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } });
 
 function start(env: Env, synthesizer: Synthesizer, protectionUri: string) {
   const logs: { msg: string; fields?: Record<string, unknown> }[] = [];

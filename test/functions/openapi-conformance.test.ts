@@ -1,0 +1,67 @@
+// Every response shape the API sends, checked against the OpenAPI document it publishes, with a
+// JSON Schema 2020-12 validator (Ajv). A schema that no real response can satisfy (an allOf of two
+// closed objects, say) fails here, as does a response with a field the document does not declare.
+import Ajv2020 from 'ajv/dist/2020.js';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { recordRunSample } from '../../shared/run-stats.ts';
+import { harness, LIMITS, type Harness } from './helpers.ts';
+
+let h: Harness;
+beforeEach(async () => {
+  h = await harness();
+});
+afterEach(() => h.close());
+
+async function validatorFor(app: { request: (path: string) => Response | Promise<Response> }) {
+  const doc = (await (await app.request('/openapi.json')).json()) as { paths: Record<string, any> };
+  const ajv = new Ajv2020({ strict: false, allErrors: true });
+  ajv.addSchema(doc, 'api');
+  return (path: string, method: string, status: number, body: unknown) => {
+    const content = doc.paths[path]?.[method]?.responses?.[String(status)]?.content?.['application/json'];
+    expect(content, `${method.toUpperCase()} ${path} ${status} is not in the document`).toBeDefined();
+    const ref = content.schema.$ref as string;
+    const validate = ajv.getSchema(`api${ref}`)!;
+    const ok = validate(body);
+    expect(ok ? [] : validate.errors, `${method.toUpperCase()} ${path} ${status}`).toEqual([]);
+  };
+}
+
+describe('responses conform to /openapi.json', () => {
+  it('generations (queued and succeeded, with webhook, flags, cost), lists, estimates, models, uploads and errors', async () => {
+    const app = createApp({ ...h.deps, limits: { ...LIMITS, webhookAllowPrivate: true, workerHourlyUsd: 1.006 } });
+    const check = await validatorFor(app);
+    const call = async (path: string, init: RequestInit = {}) => {
+      const res = await app.request(path, { ...init, headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', ...(init.headers ?? {}) } });
+      return { status: res.status, body: await res.json() };
+    };
+    const created = await call('/v1/generations', {
+      method: 'POST',
+      body: JSON.stringify({ prompt: 'a doctor with a red circle', webhook_url: 'http://127.0.0.1:9/h' }),
+      headers: { 'Idempotency-Key': 'oa-1' },
+    });
+    check('/v1/generations', 'post', 202, created.body);
+    const id = (created.body as { id: string }).id;
+    const replay = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a doctor with a red circle', webhook_url: 'http://127.0.0.1:9/h' }), headers: { 'Idempotency-Key': 'oa-1' } });
+    check('/v1/generations', 'post', 200, replay.body);
+    const key = `outputs/acct_alice/${id}/0.png`;
+    await h.blobs.put(key, new Uint8Array([1]), { contentType: 'image/png' });
+    await h.jobs.update('acct_alice', id, (cur) => ({
+      ...cur, status: 'succeeded', attempts: 1, started_at: cur.created_at, finished_at: new Date().toISOString(),
+      outputs: [{ key, width: 224, height: 224, clip_score: 0.31 }], usage: { encoder_passes: 10, worker_seconds: 3.5 }, warnings: ['"zzz" is not in the vocabulary'],
+    }));
+    check('/v1/generations/{id}', 'get', 200, (await call(`/v1/generations/${id}`)).body);
+    check('/v1/generations', 'get', 200, (await call('/v1/generations')).body);
+    const other = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a blue square' }) });
+    check('/v1/generations/{id}/cancel', 'post', 200, (await call(`/v1/generations/${(other.body as { id: string }).id}/cancel`, { method: 'POST' })).body);
+    check('/v1/estimates', 'post', 200, (await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle' }) })).body);
+    await recordRunSample(h.blobs, { model: 'toy', width: 224, height: 224, start: 'gmm' }, { seconds: 3, loopSeconds: 2, steps: 100, n: 1, at: new Date().toISOString() });
+    check('/v1/estimates', 'post', 200, (await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle' }) })).body);
+    check('/v1/models', 'get', 200, (await call('/v1/models')).body);
+    check('/v1/uploads', 'post', 201, (await call('/v1/uploads', { method: 'POST', body: JSON.stringify({ content_type: 'image/png', bytes: 100 }) })).body);
+    const refused = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'pikachu' }) });
+    expect(refused.status).toBe(400);
+    check('/v1/generations', 'post', 400, refused.body);
+    check('/v1/generations/{id}', 'get', 404, (await call('/v1/generations/nope')).body);
+  });
+});
