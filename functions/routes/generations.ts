@@ -110,7 +110,6 @@ export function registerGenerationRoutes(
   const defaultPolicy = compilePolicy(DEFAULT_PROMPT_POLICY);
   const promptPolicy = deps.promptPolicy ?? (async () => defaultPolicy);
 
-  /** The request as a job spec: the deployment's default model filled in when it names none, the model and upload checked. */
   /**
    * The prompt policy (ADR 0015) on the prompts that pull the image (a negative prompt, or a negative
    * weight, steers away from its text). A refusal is a 400 `content_policy`; flags go with the job.
@@ -128,6 +127,10 @@ export function registerGenerationRoutes(
     return hits.map(({ rule, category, term, message, param }) => ({ rule, category, term, message, param }));
   }
 
+  /**
+   * The request as a job spec: the prompts screened, the deployment's default model filled in when it
+   * names none, the model, the webhook URL and the upload checked.
+   */
   async function checkedSpec(owner: string, request: ParsedGenerationRequest): Promise<{ spec: GenerationSpec; contentFlags: ContentFlag[] }> {
     const contentFlags = await screenedPrompts(request);
     const models = await deps.models();
