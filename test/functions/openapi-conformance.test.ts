@@ -1,7 +1,7 @@
 // Every response shape the API sends, checked against the OpenAPI document it publishes, with a
 // JSON Schema 2020-12 validator (Ajv). A schema that no real response can satisfy (an allOf of two
 // closed objects, say) fails here, as does a response with a field the document does not declare.
-import Ajv2020 from 'ajv/dist/2020.js';
+import { Ajv2020 } from 'ajv/dist/2020.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { recordRunSample } from '../../shared/run-stats.ts';
