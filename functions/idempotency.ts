@@ -72,6 +72,25 @@ export class IdempotencyLedger {
   }
 
   /**
+   * The job an earlier request with this key and body made, without claiming anything; `null` when
+   * there is none (no claim, another body, or a claim whose job was never written).
+   */
+  async existingJob(args: { owner: string; key: string; bodyHash: string; sameBodyHashes?: readonly string[] }): Promise<JobRecord | null> {
+    const blobKey = idempotencyRecordKey(args.owner, args.key);
+    const object = await this.blobs.get(blobKey);
+    if (!object) return null;
+    let existing: IdempotencyRecord;
+    try {
+      existing = readDoc(IdempotencyRecord, object.body, blobKey);
+    } catch (error) {
+      if (error instanceof CorruptDocumentError) return null;
+      throw error;
+    }
+    if (existing.body_hash !== args.bodyHash && !args.sameBodyHashes?.includes(existing.body_hash)) return null;
+    return this.jobs.get(args.owner, existing.job_id);
+  }
+
+  /**
    * Claims `key` for a new job `jobId`, or returns the job an earlier request with the same key
    * and body made. Same key with another body → ConflictError (409).
    */

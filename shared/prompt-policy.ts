@@ -1,9 +1,11 @@
 // The prompt policy (ADR 0015): copyright, trademark, likeness and bias checks on every prompt before a
-// job is made. Rules name phrases; a prompt that contains one (whole words, after folding case,
-// accents, punctuation and look-alike characters) is refused (400 content_policy) or flagged (the job
-// carries the flag, and every view shows it). The operator owns the list: a deployment may replace the
-// default below with a document in its store (`config/prompt-policy.json`).
+// job is made. Rules name phrases; a prompt that contains one (whole words, read as the model reads it,
+// then folded: case, accents, compatibility forms such as full-width letters, invisible characters,
+// punctuation inside a phrase) is refused (400 content_policy) or flagged (the job carries the flag,
+// and every view shows it). The operator owns the list: a deployment may replace the default below
+// with a document in its store (`config/prompt-policy.json`).
 import { z } from 'zod';
+import { cleanClipText } from './text-clean.ts';
 
 export const POLICY_CATEGORIES = ['copyright', 'trademark', 'likeness', 'bias'] as const;
 export type PolicyCategory = (typeof POLICY_CATEGORIES)[number];
@@ -34,7 +36,7 @@ export const PromptPolicyDocument = z
       rule.terms.forEach((term, j) => {
         const words = normalizeText(term).split(' ').filter(Boolean).length;
         if (words === 0) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must contain a letter or digit' });
-        if (words > 6) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term has at most 6 words' });
+        if (words > MAX_TERM_WORDS) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: `a term has at most ${MAX_TERM_WORDS} words` });
       });
     });
   });
@@ -52,12 +54,20 @@ export interface PolicyHit {
 }
 
 /**
- * Folding for matching: compatibility forms (full-width letters, ligatures) to plain ones, accents
- * dropped, case folded, and everything that is not a letter or digit turned into one space. So
- * "Pi͟kachu", "PIKACHU!" and "pikachu's" (→ "pikachu s") all contain the word "pikachu".
+ * Folding for matching, after the model's own text cleaning (HTML entities decoded, mojibake and
+ * control characters fixed: what the model reads is what is checked): invisible characters dropped,
+ * compatibility forms (full-width, ligatures, circled letters) to plain ones, accents dropped, case
+ * folded, a possessive dropped, and everything else that is not a letter or digit turned into one
+ * space. So "Pi͟kachu",
+ * "PIKACHU!", "pik&#97;chu" and "p\u200bikachu" all read "pikachu". Letters of other scripts that only
+ * look alike (Cyrillic "а" for Latin "a") are not mapped.
  */
 export function normalizeText(text: string): string {
-  return text
+  return cleanClipText(text)
+    .replace(/\p{Default_Ignorable_Code_Point}/gu, '')
+    // Apostrophes join (a possessive goes): "pikachu's" reads "pikachu", "McDonald's" "mcdonald".
+    .replace(/['\u2019]s\b/gu, '')
+    .replace(/['\u2019]/gu, '')
     .normalize('NFKD')
     .replace(/\p{M}+/gu, '')
     .toLowerCase()
@@ -65,45 +75,76 @@ export function normalizeText(text: string): string {
     .trim();
 }
 
+/**
+ * Where a phrase cannot run across: sentence and list punctuation. "bugs, bunny" is two phrases;
+ * "Spider-Man" and "McDonald's" stay one.
+ */
+const PHRASE_BREAK = /[,;:.!?|/()[\]{}"“”«»\n]+/u;
+
+/** Most words a term may have: spans of a prompt are looked up up to this length. */
+const MAX_TERM_WORDS = 6;
+
 export interface PromptPolicy {
   /** Every rule a prompt matches, refusals first; empty when it matches none. */
   screen(prompts: ReadonlyArray<{ text: string; param: string }>): PolicyHit[];
 }
 
+interface IndexedTerm {
+  rule: PromptPolicyDocument['rules'][number];
+  term: string;
+  words: number;
+}
+
 export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
-  // A term matches a run of whole words of the prompt, with or without the spaces between them:
-  // "spider man" matches "Spider-Man", "spider man" and "spiderman", but not "spider mango".
-  const rules = doc.rules.map((rule) => ({ rule, terms: rule.terms.map((term) => ({ term, joined: normalizeText(term).replace(/ /g, '') })) }));
+  // Terms by their letters without spaces. A span of the prompt matches a term when it is the term's
+  // words (any punctuation or spacing between them inside one phrase), or one word that is the term
+  // run together: "Spider-Man", "spider man" and "spiderman" match "spider man"; "spider mango",
+  // "to toro" (for "totoro") and "a super man" (for "superman") do not.
+  const index = new Map<string, IndexedTerm[]>();
+  const order = new Map(doc.rules.map((rule, i) => [rule.id, i]));
+  for (const rule of doc.rules) {
+    for (const term of rule.terms) {
+      const folded = normalizeText(term);
+      const key = folded.replace(/ /g, '');
+      const entry = { rule, term, words: folded.split(' ').length };
+      const list = index.get(key);
+      if (list) list.push(entry);
+      else index.set(key, [entry]);
+    }
+  }
   return {
     screen(prompts) {
       const hits: PolicyHit[] = [];
       for (const { text, param } of prompts) {
-        const spans = wordSpans(normalizeText(text));
-        for (const { rule, terms } of rules) {
-          const hit = terms.find((t) => spans.has(t.joined));
-          if (hit) hits.push({ rule: rule.id, category: rule.category, action: rule.action, term: hit.term, message: rule.message, param });
+        const seen = new Set<string>();
+        for (const phrase of cleanClipText(text).split(PHRASE_BREAK)) {
+          const words = normalizeText(phrase).split(' ').filter(Boolean);
+          for (let i = 0; i < words.length; i++) {
+            let joined = '';
+            for (let j = i; j < Math.min(words.length, i + MAX_TERM_WORDS); j++) {
+              joined += words[j];
+              const spanWords = j - i + 1;
+              for (const t of index.get(joined) ?? []) {
+                if ((spanWords === 1 || spanWords === t.words) && !seen.has(t.rule.id)) {
+                  seen.add(t.rule.id);
+                  hits.push({ rule: t.rule.id, category: t.rule.category, action: t.rule.action, term: t.term, message: t.rule.message, param });
+                }
+              }
+            }
+          }
         }
       }
-      return hits.sort((a, b) => (a.action === b.action ? 0 : a.action === 'refuse' ? -1 : 1));
+      // Refusals first, then in the document's rule order.
+      return hits.sort((a, b) => (a.action === b.action ? order.get(a.rule)! - order.get(b.rule)! : a.action === 'refuse' ? -1 : 1));
     },
   };
-}
-
-/** Every run of up to 6 consecutive words, joined without spaces (prompts are at most 300 characters). */
-function wordSpans(folded: string): Set<string> {
-  const words = folded === '' ? [] : folded.split(' ');
-  const spans = new Set<string>();
-  for (let i = 0; i < words.length; i++) {
-    let joined = '';
-    for (let j = i; j < Math.min(words.length, i + 6); j++) spans.add((joined += words[j]));
-  }
-  return spans;
 }
 
 /**
  * The shipped policy: a starting point, not legal advice. Terms that are also ordinary words or
  * common names ("goofy", "hulk", "snoopy", "luigi", "garfield", "race") are left out or given in a
- * longer, unambiguous form: a refusal must not hit an innocent prompt. It refuses well-known protected characters
+ * longer, unambiguous form: a refusal must not hit an innocent prompt ("iron man" would refuse the
+ * Ironman triathlon, "charlie brown" a dog called Charlie). It refuses well-known protected characters
  * and brand logos, and flags living artists' names, real public figures, and prompts that depict
  * people by group or occupation (CLIP carries social biases about both: Radford et al. 2021, §7;
  * Agarwal et al. 2021). Operators extend or replace it for their market.
@@ -118,9 +159,9 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       message: 'names a copyrighted character; images of it may infringe its owner\'s rights',
       terms: [
         'mickey mouse', 'minnie mouse', 'donald duck', 'pikachu', 'pokemon', 'spider man', 'batman', 'superman',
-        'wonder woman', 'iron man', 'captain america', 'incredible hulk', 'darth vader', 'yoda', 'hello kitty', 'super mario',
+        'wonder woman', 'tony stark', 'captain america', 'incredible hulk', 'darth vader', 'yoda', 'hello kitty', 'super mario',
         'sonic the hedgehog', 'shrek', 'harry potter', 'homer simpson', 'bart simpson', 'spongebob', 'bugs bunny',
-        'scooby doo', 'garfield the cat', 'charlie brown', 'buzz lightyear', 'elsa from frozen', 'totoro', 'naruto', 'goku',
+        'scooby doo', 'garfield the cat', 'buzz lightyear', 'elsa from frozen', 'totoro', 'naruto', 'goku',
       ],
     },
     {
@@ -130,7 +171,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       message: 'asks for a brand\'s logo or trade dress; trademarks are not ours to reproduce',
       terms: [
         'nike logo', 'adidas logo', 'apple logo', 'google logo', 'microsoft logo', 'amazon logo', 'coca cola logo',
-        'pepsi logo', 'mcdonalds logo', 'starbucks logo', 'disney logo', 'netflix logo', 'facebook logo',
+        'pepsi logo', 'mcdonalds logo', "mcdonald's logo", 'starbucks logo', 'disney logo', 'netflix logo', 'facebook logo',
         'instagram logo', 'tesla logo', 'louis vuitton', 'gucci logo', 'chanel logo', 'olympic rings',
       ],
     },
@@ -182,46 +223,73 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
 /** Where a deployment keeps its own policy, replacing the default (the same document format). */
 export const PROMPT_POLICY_KEY = 'config/prompt-policy.json';
 
+/** Largest policy document read: far above any real list, far below what would strain the API's memory. */
+export const MAX_POLICY_BYTES = 2 * 1024 * 1024;
+
 export interface PolicySource {
+  head(key: string): Promise<{ size: number; etag: string } | null>;
   get(key: string): Promise<{ body: Uint8Array; etag: string } | null>;
 }
 
 /**
- * The deployment's policy: its document in the store when there is one, else the default. Re-read at
- * most every `ttlMs`. A document that does not parse keeps the last good policy (at first, the
- * default) and is reported through `onInvalid`: an operator's typo must neither stop the API nor
- * switch the checks off.
+ * The deployment's policy: its document in the store when there is one, else the default. Looked at
+ * (a HEAD) at most every `ttlMs`, downloaded only when its etag changed. Whatever goes wrong (a
+ * document that does not parse, one over MAX_POLICY_BYTES, the store failing) keeps the last good
+ * policy (at first, the default) and is reported through `onProblem`, once per document version:
+ * an operator's typo or a store outage must neither stop the API nor switch the checks off.
+ * Concurrent requests at expiry share one look.
  */
 export function policyFromStore(
   store: PolicySource,
-  options: { ttlMs?: number; now?: () => number; onInvalid?: (problem: string) => void } = {},
+  options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string) => void } = {},
 ): () => Promise<PromptPolicy> {
   const ttlMs = options.ttlMs ?? 60_000;
   const now = options.now ?? Date.now;
-  let current = { policy: compilePolicy(DEFAULT_PROMPT_POLICY), etag: null as string | null, readAt: -Infinity };
-  return async () => {
-    if (now() - current.readAt < ttlMs) return current.policy;
-    const found = await store.get(PROMPT_POLICY_KEY);
-    if (!found) {
-      current = { policy: current.etag === null ? current.policy : compilePolicy(DEFAULT_PROMPT_POLICY), etag: null, readAt: now() };
-      return current.policy;
-    }
-    if (found.etag === current.etag) {
-      current = { ...current, readAt: now() };
-      return current.policy;
-    }
-    let parsed;
+  const defaultPolicy = compilePolicy(DEFAULT_PROMPT_POLICY);
+  let policy = defaultPolicy;
+  /** The etag of the document `policy` came from, or of the bad one last reported; null: the default. */
+  let seenEtag: string | null = null;
+  let readAt = -Infinity;
+  let inflight: Promise<PromptPolicy> | undefined;
+
+  const refresh = async (): Promise<PromptPolicy> => {
     try {
-      parsed = PromptPolicyDocument.safeParse(JSON.parse(Buffer.from(found.body).toString('utf8')));
+      const meta = await store.head(PROMPT_POLICY_KEY);
+      if (!meta) {
+        policy = defaultPolicy;
+        seenEtag = null;
+        return policy;
+      }
+      if (meta.etag === seenEtag) return policy;
+      seenEtag = meta.etag;
+      if (meta.size > MAX_POLICY_BYTES) {
+        options.onProblem?.(`${PROMPT_POLICY_KEY} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; keeping the previous policy`);
+        return policy;
+      }
+      const found = await store.get(PROMPT_POLICY_KEY);
+      if (!found) return policy;
+      let problem: string | undefined;
+      try {
+        const parsed = PromptPolicyDocument.safeParse(JSON.parse(Buffer.from(found.body).toString('utf8')));
+        if (parsed.success) policy = compilePolicy(parsed.data);
+        else problem = parsed.error.message;
+      } catch (error) {
+        problem = error instanceof Error ? error.message : String(error);
+      }
+      if (problem !== undefined) options.onProblem?.(`${PROMPT_POLICY_KEY} is not a valid policy; keeping the previous one: ${problem}`.slice(0, 2000));
+      return policy;
     } catch (error) {
-      parsed = { success: false as const, error };
+      // The store failed: keep what we have; the next look (after ttlMs) tries again.
+      options.onProblem?.(`${PROMPT_POLICY_KEY} could not be read; keeping the previous policy: ${error instanceof Error ? error.message : String(error)}`);
+      return policy;
+    } finally {
+      readAt = now();
     }
-    if (!parsed.success) {
-      options.onInvalid?.(`${PROMPT_POLICY_KEY} is not a valid policy; keeping the previous one: ${parsed.error instanceof Error ? parsed.error.message : String(parsed.error)}`.slice(0, 2000));
-      current = { ...current, readAt: now() };
-      return current.policy;
-    }
-    current = { policy: compilePolicy(parsed.data), etag: found.etag, readAt: now() };
-    return current.policy;
+  };
+
+  return async () => {
+    if (now() - readAt < ttlMs) return policy;
+    inflight ??= refresh().finally(() => (inflight = undefined));
+    return inflight;
   };
 }

@@ -14,7 +14,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
     queue,
     jobs,
     keys,
-    promptPolicy: policyFromStore(blobs, { onInvalid: (problem) => jsonLineLog({ level: 'error', msg: problem }) }),
+    promptPolicy: policyFromStore(blobs, { onProblem: (problem) => jsonLineLog({ level: 'error', msg: problem }) }),
     models: modelsFromBucket(blobs, config.defaultModel),
     limits: {
       maxBodyBytes: config.maxBodyBytes,

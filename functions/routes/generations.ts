@@ -128,11 +128,10 @@ export function registerGenerationRoutes(
   }
 
   /**
-   * The request as a job spec: the prompts screened, the deployment's default model filled in when it
-   * names none, the model, the webhook URL and the upload checked.
+   * The request as a job spec: the deployment's default model filled in when it names none, the
+   * model, the webhook URL and the upload checked. (The prompts are screened apart: not on a replay.)
    */
-  async function checkedSpec(owner: string, request: ParsedGenerationRequest): Promise<{ spec: GenerationSpec; contentFlags: ContentFlag[] }> {
-    const contentFlags = await screenedPrompts(request);
+  async function checkedSpec(owner: string, request: ParsedGenerationRequest): Promise<GenerationSpec> {
     const models = await deps.models();
     const model = request.model ?? models.find((m) => m.default)?.id;
     if (model === undefined) throw new ValidationError('this deployment has no default model: name one in "model" (GET /v1/models lists them)', 'model');
@@ -149,7 +148,7 @@ export function registerGenerationRoutes(
         throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
       }
     }
-    return { spec, contentFlags };
+    return spec;
   }
 
   /**
@@ -187,7 +186,7 @@ export function registerGenerationRoutes(
     const request = c.req.valid('json');
     const owner = c.get('owner');
     const idempotencyKey = c.req.header('Idempotency-Key');
-    const { spec, contentFlags } = await checkedSpec(owner, request);
+    const spec = await checkedSpec(owner, request);
     const now = ctx.clock();
     // The body as sent (no default model filled in), so a retry replays its job even if the
     // deployment's default model changed in between.
@@ -196,6 +195,19 @@ export function registerGenerationRoutes(
     // filled in; a retry across that upgrade is still the same request.
     const sameBodyHashes = request.model === undefined ? [sha256Hex(canonicalJson({ ...request, model: 'toy' }))] : [];
     let jobId = newJobId(now.getTime());
+    // The prompts are screened before anything is claimed or written, so a refused request spends
+    // nothing (the caller may fix the prompt and retry with the same key). A retry of a request whose
+    // job exists is answered with that job even if the policy has changed since.
+    let contentFlags: ContentFlag[];
+    try {
+      contentFlags = await screenedPrompts(request);
+    } catch (error) {
+      const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes });
+      if (!earlier) throw error;
+      c.header('Location', `/v1/generations/${earlier.id}`);
+      c.header('Idempotent-Replayed', 'true');
+      return c.json(await createdView(earlier), 200);
+    }
     if (idempotencyKey !== undefined) {
       const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
       if (claim.kind === 'replay') {
@@ -248,7 +260,9 @@ export function registerGenerationRoutes(
   });
 
   app.openapi(createEstimate, async (c) => {
-    const { spec } = await checkedSpec(c.get('owner'), c.req.valid('json'));
+    const request = c.req.valid('json');
+    await screenedPrompts(request);
+    const spec = await checkedSpec(c.get('owner'), request);
     // As the worker will run it: a deployment's step cap (clipag serve --steps) applies.
     const stepsPerImage = Math.min(spec.steps, limits.maxSteps ?? Infinity);
     const steps = stepsPerImage * spec.n;

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { buildClipTokenizerJson, writeClipTokenizerJson } from '../../gpu-worker/engine/clip/tokenizer-json.ts';
 import { TextTokenizer } from '../../gpu-worker/engine/clip/tokenizer.ts';
-import { cleanClipText } from '../../gpu-worker/engine/clip/text-clean.ts';
+import { cleanClipText } from '../../shared/text-clean.ts';
 import { referencePath } from '../helpers/reference.ts';
 
 interface VectorEntry {

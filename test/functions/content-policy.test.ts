@@ -2,17 +2,38 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { PENDING_JOBS_PREFIX } from '../../shared/keys.ts';
-import { compilePolicy, DEFAULT_PROMPT_POLICY, normalizeText, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, normalizeText, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 const policy = compilePolicy(PromptPolicyDocument.parse(DEFAULT_PROMPT_POLICY));
 const rulesHit = (text: string) => policy.screen([{ text, param: 'prompt' }]).map((h) => `${h.action} ${h.rule}`);
 
 describe('matching', () => {
-  it('sees a term through case, accents, punctuation, spacing and look-alike characters', () => {
+  it('reads the prompt as the model does: HTML entities, invisible and format characters do not hide a term', () => {
+    for (const text of ['pik&#97;chu on a hill', 'S&#104;rek', 'Darth V&amp;#97;der', 'p\uFEFFi\uFEFFk\uFEFFachu', 's\u200bp\u200bo\u200bn\u200bg\u200be\u200bb\u200bo\u200bb', 'spon\u00ADgebob', 'sponge\u2060bob']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    }
+  });
+
+  it('does not run a phrase across list or sentence punctuation, nor match a one-word term across words', () => {
+    for (const text of [
+      'an athlete finishing the Ironman triathlon',
+      'my dog Charlie, brown and white',
+      'a tribute to Toro the bull',
+      'garden scene: bugs, bunny, frog',
+      'a sea captain, America 1850',
+      'sign that says Hello, kitty!',
+      'a super man lifting a car',
+    ]) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
+  it('sees a term through case, accents, punctuation, spacing and compatibility forms', () => {
     for (const text of ['Spider-Man on a roof', 'spiderman', 'SPIDER MAN!', 'a Spider‐Man poster']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     for (const text of ['PIKACHU', 'Pi\u0301kachu', 'ｐｉｋａｃｈｕ', "pikachu's tail"]) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     expect(rulesHit("McDonald's logo on a cup")).toEqual(['refuse brand-logos']);
+    expect(rulesHit('McDonalds logo')).toEqual(['refuse brand-logos']);
     expect(normalizeText('  Ça   va—Mickey! ')).toBe('ca va mickey');
   });
 
@@ -23,6 +44,7 @@ describe('matching', () => {
   });
 
   it('puts refusals first and reports every rule a prompt meets', () => {
+    // Refusals first, then in the policy's rule order (not the prompt's word order).
     expect(rulesHit('a nurse with a pikachu, in the style of greg rutkowski')).toEqual(['refuse protected-characters', 'flag living-artists', 'flag people-by-occupation']);
   });
 
@@ -79,10 +101,67 @@ describe('the API', () => {
     expect(clean.content_flags).toEqual([]);
   });
 
+  it('a retry of a request whose job exists is answered with that job, even after the policy has come to refuse it', async () => {
+    const own = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
+    const post = (app: ReturnType<typeof createApp>) =>
+      app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'before-the-rule' },
+        body: JSON.stringify({ prompt: 'a red circle' }),
+      });
+    const first = await post(h.app);
+    expect(first.status).toBe(202);
+    const { id } = (await first.json()) as { id: string };
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(own)));
+    const strict = createApp({ ...h.deps, promptPolicy: policyFromStore(h.blobs) });
+    const retry = await post(strict);
+    expect(retry.status).toBe(200);
+    expect(((await retry.json()) as { id: string }).id).toBe(id);
+    // A new request is refused, and a new key with the refused body is not spent.
+    await expectEnvelope(
+      await strict.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k2' }, body: JSON.stringify({ prompt: 'a blue circle' }) }),
+      400,
+      'content_policy',
+    );
+    expect((await strict.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k2' }, body: JSON.stringify({ prompt: 'a blue square' }) })).status).toBe(202);
+  });
+
+  it('a store that fails keeps the last good policy (no 5xx) and says so; one look serves concurrent requests; an oversized document is not read', async () => {
+    let nowMs = 0;
+    let heads = 0;
+    let failing = false;
+    const problems: string[] = [];
+    const store = {
+      head: async (key: string) => {
+        heads++;
+        if (failing) throw new Error('s3 is down');
+        return h.blobs.head(key);
+      },
+      get: (key: string) => h.blobs.get(key),
+    };
+    const policyNow = policyFromStore(store, { ttlMs: 1000, now: () => nowMs, onProblem: (p) => problems.push(p) });
+    const own = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(own)));
+    await Promise.all(Array.from({ length: 10 }, () => policyNow()));
+    expect(heads).toBe(1);
+    failing = true;
+    nowMs = 2000;
+    const during = await policyNow();
+    expect(during.screen([{ text: 'a circle', param: 'prompt' }])).toHaveLength(1); // still the operator's
+    expect(problems).toEqual([expect.stringContaining('could not be read; keeping the previous policy: s3 is down')]);
+    expect(await policyNow()).toBe(during); // and not looked at again before ttlMs
+    expect(heads).toBe(2);
+    failing = false;
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify({ ...own, pad: 'x'.repeat(MAX_POLICY_BYTES) })));
+    nowMs = 4000;
+    expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toHaveLength(1);
+    expect(problems[1]).toMatch(/over the 2097152-byte limit/);
+  });
+
   it("a deployment's own policy in its store replaces the default; a broken one keeps the last good policy and says so", async () => {
     let nowMs = 0;
     const problems: string[] = [];
-    const app = createApp({ ...h.deps, promptPolicy: policyFromStore(h.blobs, { ttlMs: 1000, now: () => nowMs, onInvalid: (p) => problems.push(p) }) });
+    const app = createApp({ ...h.deps, promptPolicy: policyFromStore(h.blobs, { ttlMs: 1000, now: () => nowMs, onProblem: (p: string) => problems.push(p) }) });
     const post = async (prompt: string) =>
       app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt }) });
     expect((await post('a red circle')).status).toBe(202);

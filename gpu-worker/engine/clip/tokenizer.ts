@@ -7,7 +7,7 @@
 // - The library does the vocabulary and the BPE merges (its BPE model honours
 //   `end_of_word_suffix: "</w>"`), and the whole pipeline for non-CLIP tokenizers.
 // - Done here in TS, because the library cannot reproduce the official CLIP pipeline:
-//   * text cleaning (ftfy subset, html.unescape ×2, Python whitespace/lower), see text-clean.ts;
+//   * text cleaning (ftfy subset, html.unescape ×2, Python whitespace/lower), see shared/text-clean.ts (shared: the prompt policy reads prompts the same way);
 //     the library has no ftfy/HTML step, and its NFC/\s+/Lowercase normalizer differs from
 //     Python's at the edges (JS \s includes U+FEFF), so for tokenizers whose normalizer only does
 //     those steps we drop it: the cleaning here subsumes it.
@@ -25,7 +25,7 @@
 import { readFileSync } from 'node:fs';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { EngineError } from '../errors.ts';
-import { cleanClipText, PY_WHITESPACE_CLASS } from './text-clean.ts';
+import { cleanClipText, PY_WHITESPACE_CLASS } from '../../../shared/text-clean.ts';
 import { bytesToUnicode, CLIP_EOT, CLIP_SOT } from './tokenizer-json.ts';
 
 export const DEFAULT_CONTEXT_LENGTH = 77;
