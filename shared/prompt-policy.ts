@@ -183,7 +183,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       terms: [
         'greg rutkowski', 'artgerm', 'loish', 'ross tran', 'wlop', 'sakimichan', 'james jean', 'yoshitaka amano',
         'hayao miyazaki', 'studio ghibli', 'makoto shinkai', 'beeple', 'banksy', 'kaws', 'takashi murakami', 'yayoi kusama',
-        'david hockney', 'jeff koons', 'alphonse mucha style',
+        'david hockney', 'jeff koons',
       ],
     },
     {
