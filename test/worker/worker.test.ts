@@ -8,6 +8,8 @@ import { startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
 import { createModelRegistry, type ModelRegistry } from '../../gpu-worker/models.ts';
 import { silentLogger, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import { decodeImage } from '../../gpu-worker/engine/synth/image.ts';
+import { readRunSamples } from '../../shared/run-stats.ts';
+import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { FAST_RECIPE, OWNER, type Env, listKeys, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
 
 let models: ModelRegistry;
@@ -22,7 +24,7 @@ afterEach(async () => {
   await Promise.all(running.splice(0).map((r) => r.stop()));
 });
 
-function start(env: Env, opts: { blobs?: BlobStore; recipe?: Record<string, unknown>; progressIntervalMs?: number; deadLetterSweepMs?: number } = {}) {
+function start(env: Env, opts: { blobs?: BlobStore; recipe?: Record<string, unknown>; progressIntervalMs?: number; deadLetterSweepMs?: number; webhooks?: WebhookNotifier } = {}) {
   const events: WorkerEvent[] = [];
   const r = startWorker({
     queue: env.queue, jobs: env.jobs, blobs: opts.blobs ?? env.blobs, config: env.config, models,
@@ -30,6 +32,7 @@ function start(env: Env, opts: { blobs?: BlobStore; recipe?: Record<string, unkn
     worker: { progressIntervalMs: opts.progressIntervalMs ?? 0, pollErrorBackoffMs: 50, ...(opts.deadLetterSweepMs !== undefined ? { deadLetterSweepMs: opts.deadLetterSweepMs } : {}) },
     log: silentLogger,
     onEvent: (e) => events.push(e),
+    ...(opts.webhooks ? { webhooks: opts.webhooks } : {}),
   });
   running.push(r);
   return { ...r, events };
@@ -92,6 +95,26 @@ describe('gpu-worker queue worker', () => {
     await waitFor('the ack', async () => (await env.queue.depth()) === 0);
     expect(w.events.some((e) => e.type === 'progress_written')).toBe(true);
     expect(w.worker.state).toBe('polling');
+  });
+
+  it('tells its webhook notifier of the jobs that end here, records the run for estimates, and its stop waits for the deliveries', async () => {
+    const env = await makeEnv();
+    const told: string[] = [];
+    let drains = 0;
+    const w = start(env, { webhooks: { notify: (_owner, id) => void told.push(id), drain: async () => void drains++ } });
+    const ok = await submit(env, { n: 2 });
+    const bad = await submit(env, { model: 'no-such-model' });
+    await waitForStatus(env, ok.id, ['succeeded']);
+    await waitForStatus(env, bad.id, ['failed']);
+    await waitFor('both notified', () => told.length >= 2);
+    expect(told.sort()).toEqual([ok.id, bad.id].sort());
+    const samples = await readRunSamples(env.blobs, { model: 'tiny', width: 64, height: 64, start: 'gmm' });
+    expect(samples).toHaveLength(1); // the succeeded job only
+    expect(samples[0]).toMatchObject({ steps: 12, n: 2 });
+    expect(samples[0]!.loopSeconds).toBeGreaterThan(0);
+    expect(samples[0]!.loopSeconds).toBeLessThanOrEqual(samples[0]!.seconds);
+    await w.stop();
+    expect(drains).toBe(1);
   });
 
   it('a prompt longer than the model reads is run, and the record says what was cut (warnings)', async () => {
