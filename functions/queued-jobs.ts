@@ -1,5 +1,6 @@
 import { CorruptDocumentError } from '../shared/errors.ts';
-import { PENDING_JOBS_PREFIX, parsePendingJobKey, pendingJobKey, type PendingKind } from '../shared/keys.ts';
+import { PENDING_JOBS_PREFIX, parsePendingJobKey } from '../shared/keys.ts';
+import { clearPending } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
 import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
@@ -40,16 +41,6 @@ export interface SweepDeps extends QueuedJobDeps {
 
 export function sendJobMessage(queue: JobQueue, job: Pick<JobRecord, 'id' | 'owner'>): Promise<{ messageId: string }> {
   return queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
-}
-
-/** Marks a job's work as unfinished: its message (`msg`, before the record) or its webhook (`hook`). Idempotent. */
-export async function markPending(blobs: BlobStore, kind: PendingKind, owner: string, jobId: string): Promise<void> {
-  await blobs.put(pendingJobKey(kind, owner, jobId), new Uint8Array(0), { contentType: 'application/octet-stream' });
-}
-
-/** The work is done. A failed delete is harmless: the sweep finds the marker and drops it. */
-export async function clearPending(blobs: BlobStore, kind: PendingKind, owner: string, jobId: string): Promise<void> {
-  await blobs.delete(pendingJobKey(kind, owner, jobId)).catch(() => undefined);
 }
 
 function queuedSince(job: JobRecord): number {
@@ -126,8 +117,8 @@ export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
     markers.push(...page.items);
     cursor = page.cursor;
   } while (cursor !== undefined);
-  // Lost messages first: they are quick, and a slow webhook receiver must not keep a job from its
-  // worker. Webhook attempts then get a time budget; the rest wait for the next sweep.
+  // Lost messages (and active-job markers) first: they are quick, and a slow webhook receiver must not
+  // keep a job from its worker. Webhook attempts then get a time budget; the rest wait for the next sweep.
   const isHook = (m: BlobMeta) => parsePendingJobKey(m.key)?.kind === 'hook';
   await forEachLimited(markers.filter((m) => !isHook(m)), SWEEP_CONCURRENCY, (m) => sweepOne(deps, m, report));
   const stopHooksAt = deps.clock().getTime() + (deps.webhookBudgetMs ?? WEBHOOK_BUDGET_MS);
@@ -182,7 +173,12 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
       return;
     }
     if (named.kind === 'msg') await sweepMessage(deps, job, clear, report);
-    else await sweepWebhook(deps, job, clear, report);
+    else if (named.kind === 'active') {
+      // Counts against its owner while queued or running; an ended job's marker is one its ender
+      // could not remove (a crash, a failed delete).
+      if (isTerminal(job.status)) await clear();
+      else report.kept++;
+    } else await sweepWebhook(deps, job, clear, report);
   } catch (error) {
     report.errors++;
     deps.log?.({ level: 'warn', msg: 'queued-job sweep: marker not handled; the next sweep tries again', key: marker.key, error: describe(error) });

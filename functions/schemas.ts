@@ -76,9 +76,9 @@ export const EstimateView = z
     model: ModelName,
     width: z.number().int(),
     height: z.number().int(),
-    steps: z.number().int().openapi({ description: 'Optimization steps over all images (steps × n)' }),
+    steps: z.number().int().openapi({ description: "Optimization steps over all images: steps (after the deployment's cap, if any) × n" }),
     worker_seconds: SecondsRange.nullable().openapi({
-      description: 'Median and 90th percentile, from the recent runs of this model at this size on this deployment; null before the first one',
+      description: 'Median and 90th percentile, from the recent runs of this model, size and kind of start (gmm, noise, an image) on this deployment; null before the first one',
     }),
     cost_usd: SecondsRange.nullable().openapi({ description: "worker_seconds at the deployment's hourly worker price; null without a price or without runs" }),
     runs: z.number().int().nonnegative().openapi({ description: 'How many recorded runs the figures rest on (at most 50, the latest)' }),

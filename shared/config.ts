@@ -35,6 +35,8 @@ const Common = {
   /** Where the worker runs the engine: onnxruntime's CUDA EP in the GPU container, CPU elsewhere. */
   device: z.enum(['cpu', 'cuda']).default('cpu'),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
+  maxActiveJobs: intIn(1, 100_000, 100),
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
   workerHourlyUsd: z.coerce.number().min(0).max(1000).optional(),
 };
@@ -103,6 +105,7 @@ export const ENV_VARS = {
   LOG_LEVEL: 'logLevel',
   CLIPAG_WEBHOOK_ALLOW_PRIVATE: 'webhookAllowPrivate',
   CLIPAG_WORKER_HOURLY_USD: 'workerHourlyUsd',
+  CLIPAG_MAX_ACTIVE_JOBS: 'maxActiveJobs',
 } as const satisfies Record<string, string>;
 
 const FIELD_TO_ENV: Record<string, string> = Object.fromEntries(Object.entries(ENV_VARS).map(([env, field]) => [field, env]));

@@ -77,6 +77,17 @@ export class PayloadTooLargeError extends ClipagError {
   }
 }
 
+/** The caller is at a limit of its own (429): it may try again after `retryAfterSec`. */
+export class TooManyRequestsError extends ClipagError {
+  readonly status = 429;
+  readonly retryable = true;
+  readonly retryAfterSec: number;
+  constructor(message: string, options: ClipagErrorOptions & { retryAfterSec?: number } = {}) {
+    super('too_many_requests', message, options);
+    this.retryAfterSec = options.retryAfterSec ?? 30;
+  }
+}
+
 /** Transient: throttling, a dependency timing out, a lost lease. Try again later. */
 export class RetryableError extends ClipagError {
   readonly status = 503;

@@ -48,10 +48,12 @@ export function uploadKey(owner: string, uploadId: string): string {
  * - `pending/msg/<owner>/<jobId>`: the job's queue message is not yet proven sent. Written before the
  *   job record and deleted after the send, so a process that dies in between leaves it behind;
  * - `pending/hook/<owner>/<jobId>`: the job owes its caller a completion webhook. Written with the
- *   record and deleted once the webhook is delivered or given up.
+ *   record and deleted once the webhook is delivered or given up;
+ * - `pending/active/<owner>/<jobId>`: the job is queued or running, and counts against its owner's
+ *   limit of active jobs. Written with the record and deleted when the job ends (ADR 0016).
  */
 export const PENDING_JOBS_PREFIX = 'pending/';
-export type PendingKind = 'msg' | 'hook';
+export type PendingKind = 'msg' | 'hook' | 'active';
 
 export function pendingJobKey(kind: PendingKind, owner: string, jobId: string): string {
   if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError('invalid owner id', 'owner');
@@ -65,6 +67,6 @@ export function parsePendingJobKey(key: string): { kind: PendingKind; owner: str
   const parts = key.slice(PENDING_JOBS_PREFIX.length).split('/');
   if (parts.length !== 3) return null;
   const [kind, owner, jobId] = parts as [string, string, string];
-  if (kind !== 'msg' && kind !== 'hook') return null;
+  if (kind !== 'msg' && kind !== 'hook' && kind !== 'active') return null;
   return OWNER_ID_PATTERN.test(owner) && RESOURCE_ID_PATTERN.test(jobId) ? { kind, owner, jobId } : null;
 }

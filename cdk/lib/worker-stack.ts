@@ -180,6 +180,8 @@ export class WorkerStack extends Stack {
         [ENV.stopTimeout]: String(config.stopTimeoutSeconds),
         [ENV.executionProvider]: 'cuda',
         [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
+        // The links in the completion webhooks the worker sends live as long as the API's.
+        [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
         // EC2-launched containers do not get a region from ECS, and SDK v3 does not ask IMDS.
         [ENV.region]: this.region,
       },
@@ -193,6 +195,8 @@ export class WorkerStack extends Stack {
     // that may read them.
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.outputs, ['read', 'write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.uploads, ['read']);
+    // A job that ends here frees its owner's place among active jobs: delete of those markers only.
+    grantPrefix(taskRole, bucket, `${BUCKET_PREFIXES.pending}active/`, ['delete']);
     // Run times for the API's estimates: read-modify-write of one small document per model and size.
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.stats, ['read', 'write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read']);

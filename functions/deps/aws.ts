@@ -22,6 +22,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       signedUrlTtlSec: config.signedUrlTtlSec,
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
+      maxActiveJobs: config.maxActiveJobs,
       ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
     },
   };

@@ -1,7 +1,7 @@
 import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { AuthError, ClipagError, RetryableError, ValidationError, toErrorEnvelope } from '../../shared/errors.ts';
+import { AuthError, ClipagError, RetryableError, TooManyRequestsError, ValidationError, toErrorEnvelope } from '../../shared/errors.ts';
 import type { ErrorEnvelopeBody } from '../../shared/errors.ts';
 import type { AppEnv, AppLogEntry } from '../types.ts';
 
@@ -46,6 +46,7 @@ export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
   const { status, body } = envelopeFor(error, c.get('requestId') ?? 'unknown');
   if (error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
   if (status === 503) c.header('Retry-After', '1');
+  if (error instanceof TooManyRequestsError) c.header('Retry-After', String(error.retryAfterSec));
   if (error instanceof HttpError && error.status === 405 && allowHeader.has(error)) c.header('Allow', allowHeader.get(error));
   return c.json(body, status as ContentfulStatusCode);
 }

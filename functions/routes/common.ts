@@ -6,12 +6,13 @@ const envelope = (description: string) => ({ description, content: { 'applicatio
 
 /** The error responses a route documents (all share the envelope). */
 export const errors = {
-  400: envelope('Invalid request (validation_error, invalid_json)'),
+  400: envelope('Invalid request (validation_error, invalid_json; content_policy: a prompt the content policy refuses)'),
   401: envelope('Missing, malformed, unknown or revoked API key'),
   404: envelope('Not found (also for another owner\'s id)'),
   409: envelope('Conflict (idempotency_key_reused, idempotency_in_progress, job_terminal; corrupt_record: the stored record is unreadable, retrying will not help)'),
   413: envelope('Payload too large'),
   415: envelope('Content-Type is not application/json'),
+  429: envelope('too_many_active_jobs: the caller has as many generations queued or running as it may; retry after Retry-After seconds'),
   503: envelope('A dependency is unavailable; retry'),
 } as const;
 

@@ -1,13 +1,14 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
-import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, ValidationError } from '../../shared/errors.ts';
+import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
-import { uploadKey } from '../../shared/keys.ts';
+import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { compilePolicy, DEFAULT_PROMPT_POLICY } from '../../shared/prompt-policy.ts';
 import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
-import { clearPending, markPending, resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
+import { resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
+import { clearPending, markPending } from '../../shared/pending.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
 import { costUsd, estimateSeconds, readRunSamples, runStartOf } from '../../shared/run-stats.ts';
@@ -15,6 +16,9 @@ import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
 import { SECURITY, pick } from './common.ts';
+
+/** Generations one owner may have queued or running at once, unless the deployment says otherwise. */
+export const DEFAULT_MAX_ACTIVE_JOBS = 100;
 
 /** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
 const CANCEL_RETRIES = 30;
@@ -42,7 +46,7 @@ const createGeneration = createRoute({
       content: { 'application/json': { schema: GenerationView } },
     },
     200: { description: 'Idempotent replay: the job an earlier request with this key made', content: { 'application/json': { schema: GenerationView } } },
-    ...pick(400, 401, 409, 413, 415, 503),
+    ...pick(400, 401, 409, 413, 415, 429, 503),
   },
 });
 
@@ -128,6 +132,23 @@ export function registerGenerationRoutes(
   }
 
   /**
+   * The owner's limit of active (queued or running) generations, counted from their markers. A soft
+   * limit: requests racing at the edge may each see room. Markers of jobs that ended without removing
+   * theirs (a crash) are removed by the queued-job sweep within minutes.
+   */
+  async function checkActiveLimit(owner: string): Promise<void> {
+    const max = limits.maxActiveJobs ?? DEFAULT_MAX_ACTIVE_JOBS;
+    const page = await blobs.list(`${PENDING_JOBS_PREFIX}active/${owner}/`, { limit: Math.min(max, 1000) });
+    const active = page.cursor === undefined ? page.items.length : max;
+    if (active >= max) {
+      throw new TooManyRequestsError(`${active >= 1000 ? 'at least 1000' : active} generations are queued or running; at most ${max} at once. Retry when some have finished.`, {
+        code: 'too_many_active_jobs',
+        retryAfterSec: 30,
+      });
+    }
+  }
+
+  /**
    * The request as a job spec: the deployment's default model filled in when it names none, the
    * model, the webhook URL and the upload checked. (The prompts are screened apart: not on a replay.)
    */
@@ -165,6 +186,8 @@ export function registerGenerationRoutes(
           : null,
       )
       .catch(() => undefined);
+    // Failed: it no longer counts against its owner (a retry that re-queues it marks it again).
+    await clearPending(blobs, 'active', owner, id);
   }
 
   const queuedJobDeps = { blobs, jobs, queue, clock: ctx.clock, ...(deps.log ? { log: deps.log } : {}) };
@@ -195,12 +218,14 @@ export function registerGenerationRoutes(
     // filled in; a retry across that upgrade is still the same request.
     const sameBodyHashes = request.model === undefined ? [sha256Hex(canonicalJson({ ...request, model: 'toy' }))] : [];
     let jobId = newJobId(now.getTime());
-    // The prompts are screened before anything is claimed or written, so a refused request spends
-    // nothing (the caller may fix the prompt and retry with the same key). A retry of a request whose
-    // job exists is answered with that job even if the policy has changed since.
+    // The prompts are screened, and the owner's active jobs counted, before anything is claimed or
+    // written, so a refused request spends nothing (the caller may fix the prompt, or wait, and retry
+    // with the same key). A retry of a request whose job exists is answered with that job, whatever the
+    // policy or the count says now.
     let contentFlags: ContentFlag[];
     try {
       contentFlags = await screenedPrompts(request);
+      await checkActiveLimit(owner);
     } catch (error) {
       const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes });
       if (!earlier) throw error;
@@ -217,7 +242,11 @@ export function registerGenerationRoutes(
           // concurrent retries only the one whose write made the transition sends the message.
           // The sweep drops the markers of a failed job: they go back before the job is queued again,
           // and its webhook is owed afresh (the job's end is still to come).
-          await Promise.all([markPending(blobs, 'msg', owner, job.id), ...(job.webhook ? [markPending(blobs, 'hook', owner, job.id)] : [])]);
+          await Promise.all([
+            markPending(blobs, 'msg', owner, job.id),
+            markPending(blobs, 'active', owner, job.id),
+            ...(job.webhook ? [markPending(blobs, 'hook', owner, job.id)] : []),
+          ]);
           let requeued = false;
           job = await jobs.update(owner, job.id, (cur) => {
             requeued = cur.status === 'failed' && cur.error?.code === 'enqueue_failed';
@@ -243,7 +272,7 @@ export function registerGenerationRoutes(
       // The markers first: a process that dies after the create but before the send leaves them for
       // the queued-job sweep, which then sends the message; a webhook is owed from the start.
       const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
-      await Promise.all([markPending(blobs, 'msg', owner, jobId), ...(webhook ? [markPending(blobs, 'hook', owner, jobId)] : [])]);
+      await Promise.all([markPending(blobs, 'msg', owner, jobId), markPending(blobs, 'active', owner, jobId), ...(webhook ? [markPending(blobs, 'hook', owner, jobId)] : [])]);
       job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}) }));
     } catch (error) {
       if (idempotencyKey !== undefined) {
@@ -327,6 +356,8 @@ export function registerGenerationRoutes(
       }
       throw error;
     }
+    // Canceled while queued: it no longer counts against its owner (a running one is the worker's to end).
+    if (job.status === 'canceled') await clearPending(blobs, 'active', owner, id);
     return c.json(await view(job), 200);
   });
 }

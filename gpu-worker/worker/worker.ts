@@ -11,6 +11,7 @@ import type { SynthesisOutcome, SynthesisProgress, Synthesizer } from './synthes
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
+import { clearPending } from '../../shared/pending.ts';
 
 export type WorkerState = 'idle' | 'polling' | 'running' | 'draining' | 'stopped';
 
@@ -289,9 +290,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string } } = {}) => {
     log.info('job finished', { jobId: msg.job_id, owner: msg.owner, outcome, ...extra });
-    if (outcome === 'succeeded' || outcome === 'failed' || outcome === 'canceled') deps.webhooks?.notify(msg.owner, msg.job_id);
+    if (outcome === 'succeeded' || outcome === 'failed' || outcome === 'canceled') jobEnded(msg);
     emit({ type: 'job_finished', jobId: msg.job_id, outcome, ...extra });
   };
+
+  /**
+   * A job ended here: its place among its owner's active jobs is free (ADR 0016; best effort, the
+   * queued-job sweep removes a marker left behind), and its completion webhook goes out (ADR 0013).
+   */
+  function jobEnded(msg: QueueMessage): void {
+    void clearPending(blobs, 'active', msg.owner, msg.job_id);
+    deps.webhooks?.notify(msg.owner, msg.job_id);
+  }
 
   async function markCanceled(msg: QueueMessage, progress?: JobRecord['progress']): Promise<JobRecord> {
     return jobs.update(msg.owner, msg.job_id, (cur) =>
@@ -642,7 +652,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (job && !isTerminal(job.status)) {
           const error = { code: 'retries_exhausted', message: `the job's message was dead-lettered after ${config.maxReceives} deliveries without finishing` };
           await markFailed(msg, error);
-          deps.webhooks?.notify(msg.owner, msg.job_id);
+          jobEnded(msg);
           emit({ type: 'dead_lettered', messageId: m.messageId, reason: 'swept' });
           log.warn('dead-letter sweep: job marked failed', { jobId: msg.job_id, owner: msg.owner });
         }

@@ -99,7 +99,7 @@ export const GenerationRequest = z
       .optional()
       .openapi({
         description:
-          'Called with a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature) when the generation succeeds, fails or is canceled. The body is the generation, outputs with signed URLs. https, on a public address. The signing secret is in the POST response (`webhook.secret`).',
+          'Called with a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature) when the generation succeeds, fails or is canceled. The body is the generation, outputs with signed URLs. In AWS: https on a public address (local mode also allows http and this machine). The signing secret is in the POST response (`webhook.secret`).',
         example: 'https://example.com/hooks/clipag',
       }),
   })

@@ -105,7 +105,7 @@ export const JobRecord = z
      */
     lease_message_id: z.string().min(1).max(200).optional(),
     lease_expires_at: Timestamp.nullable().optional(),
-    /** When the API last re-sent the job's message (an idempotent replay of a job queued for long); absent: only at created_at. */
+    /** When the job's message was last sent again (by the queued-job sweep or a replay), or the job was re-queued after `enqueue_failed`; absent: only at created_at. */
     enqueued_at: Timestamp.optional(),
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),

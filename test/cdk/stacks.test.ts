@@ -325,7 +325,7 @@ describe('WorkerStack', () => {
     expect(td.Properties.ContainerDefinitions[0].StopTimeout).toBeGreaterThanOrEqual(120);
     const names = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name).sort();
     expect(names).toEqual(
-      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.region].sort(),
+      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.signedUrlTtl, ENV.region].sort(),
     );
   });
 
@@ -476,7 +476,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
           continue;
         }
         for (const r of asArray(statement.Resource)) {
-          const suffix = JSON.stringify(r).match(/"\/([a-z]+\/\*)"/)?.[1];
+          const suffix = JSON.stringify(r).match(/"\/([a-z]+(?:\/[a-z]+)*\/\*)"/)?.[1];
           out.push(`${action} ${suffix ?? 'WHOLE-BUCKET'}`);
         }
       }
@@ -531,6 +531,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:GetObject models/*',
         's3:GetObject stats/*',
         's3:PutObject stats/*',
+        's3:DeleteObject pending/active/*',
         's3:ListBucket WHOLE-BUCKET',
       ].sort(),
     );

@@ -1,5 +1,6 @@
 // End to end through the real pieces: HTTP API → durable local queue → worker → engine (tiny model)
 // → blob store → signed URL download; uploads as init images; persistence across a restart.
+import { markPending } from '../../shared/pending.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
@@ -13,7 +14,6 @@ import { localStores } from '../../shared/adapters/stores.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
-import { markPending } from '../../functions/queued-jobs.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';

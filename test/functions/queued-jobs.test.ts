@@ -1,8 +1,9 @@
 // The queued-job sweep: a job whose queue message was lost (the process died between the job's
 // create and its send) gets its message again, without its caller having to retry.
+import { markPending } from '../../shared/pending.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { markPending, ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, type SweepDeps } from '../../functions/queued-jobs.ts';
+import { ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, type SweepDeps } from '../../functions/queued-jobs.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import type { JobQueue } from '../../shared/ports.ts';
 import { parseQueueMessage } from '../../shared/schemas/queue.ts';
@@ -39,7 +40,7 @@ async function drain(): Promise<string[]> {
 }
 
 async function markers(): Promise<string[]> {
-  return (await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key);
+  return (await h.blobs.list(`${PENDING_JOBS_PREFIX}msg/`)).items.map((i) => i.key);
 }
 
 /** A queue whose send never completes: the request "dies" after the job's create, before its message. */
@@ -75,11 +76,12 @@ describe('queued-job sweep', () => {
     expect(await markers()).toEqual([pendingJobKey('msg', 'acct_alice', id)]);
 
     // Fresh: the message may only be slow; nothing is sent yet.
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 1, resent: 0, kept: 1 });
+    // (Its active-job marker, ADR 0016, is kept too: the job is queued.)
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 2, resent: 0, kept: 2 });
     expect(await drain()).toEqual([]);
 
     offsetMs = RESEND_AFTER_MS + 60_000;
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 1, resent: 1, cleared: 1, kept: 0, errors: 0 });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 2, resent: 1, cleared: 1, kept: 1, errors: 0 });
     expect(await drain()).toEqual([id]);
     const job = await h.jobs.get('acct_alice', id);
     expect(job).toMatchObject({ status: 'queued', attempts: 0 });
@@ -88,7 +90,7 @@ describe('queued-job sweep', () => {
     // Sent: the marker is gone, and later sweeps send nothing more.
     expect(await markers()).toEqual([]);
     offsetMs += 2 * RESEND_AFTER_MS;
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 0, resent: 0 });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ scanned: 1, resent: 0 }); // the active marker only
     expect(await drain()).toEqual([]);
   });
 
@@ -136,7 +138,9 @@ describe('queued-job sweep', () => {
     expect((await h.request(`/v1/generations/${canceled}/cancel`, { method: 'POST' })).status).toBe(200);
     offsetMs = RESEND_AFTER_MS / 2; // waiting, but not for long
     const report = await sweepQueuedJobs(sweepDeps());
-    expect(report).toEqual({ scanned: 4, resent: 0, cleared: 3, kept: 1, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 });
+    // 4 message markers (3 cleared) and 3 active ones (the cancel freed the fourth): the succeeded
+    // job's is cleared, the running and the waiting job keep theirs.
+    expect(report).toEqual({ scanned: 7, resent: 0, cleared: 4, kept: 3, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 });
     expect(await markers()).toEqual([pendingJobKey('msg', 'acct_alice', waiting)]);
   });
 
@@ -169,8 +173,8 @@ describe('queued-job sweep', () => {
     await h.blobs.put(`${PENDING_JOBS_PREFIX}stray/extra/parts`, new Uint8Array(0));
     offsetMs = RESEND_AFTER_MS * 2;
     const report = await sweepQueuedJobs(sweepDeps());
-    expect(report).toMatchObject({ scanned: 2, cleared: 1, errors: 0, foreign: 1, resent: 0 });
-    expect(await markers()).toEqual([`${PENDING_JOBS_PREFIX}stray/extra/parts`]);
+    expect(report).toMatchObject({ scanned: 3, cleared: 2, errors: 0, foreign: 1, resent: 0 }); // its message and active markers
+    expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key)).toEqual([`${PENDING_JOBS_PREFIX}stray/extra/parts`]);
     expect(logs.map((l) => l.msg)).toEqual(
       expect.arrayContaining([expect.stringContaining('corrupt job record'), expect.stringContaining('not a pending-job marker')]),
     );
@@ -186,7 +190,7 @@ describe('queued-job sweep', () => {
       },
     });
     // A failed send is an error of the sweep (its Lambda fails, and the alarm counts it).
-    expect(await sweepQueuedJobs(sweepDeps(down))).toMatchObject({ resent: 0, kept: 0, errors: 1 });
+    expect(await sweepQueuedJobs(sweepDeps(down))).toMatchObject({ resent: 0, kept: 1, errors: 1 });
     expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'queued' });
     expect((await h.jobs.get('acct_alice', id))!.enqueued_at).toBeUndefined(); // the stamp went back
     expect(logs.some((l) => l.msg.includes('re-send of a long-queued job failed'))).toBe(true);

@@ -1,12 +1,13 @@
 // Completion webhooks (ADR 0013): the URL policy, Standard Webhooks signatures (checked with the
 // reference `standardwebhooks` library), the API surface, deliveries to a real local HTTP receiver,
 // back-off and giving up, one sender among concurrent deliverers, and the sweep's retries.
+import { markPending } from '../../shared/pending.ts';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { markPending, sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import {
@@ -179,7 +180,8 @@ describe('the API', () => {
     const list = (await (await app.request('/v1/generations', { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
     expect(list.data[0].webhook.secret).toBeUndefined();
     // The webhook marker is written with the job; the message marker went with the send.
-    expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key)).toEqual([pendingJobKey('hook', 'acct_alice', created.id)]);
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}hook/`)).items.map((i) => i.key)).toEqual([pendingJobKey('hook', 'acct_alice', created.id)]);
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}msg/`)).items).toEqual([]);
     // Jobs without a webhook say so.
     const plain = (await (await h.request('/v1/generations', { json: { prompt: 'pear' } })).json()) as any;
     expect(plain.webhook).toBeNull();
@@ -304,7 +306,7 @@ describe('the sweep', () => {
     const { id } = await postWithWebhook();
     const marker = pendingJobKey('hook', 'acct_alice', id);
     // Still queued: the marker waits.
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksDelivered: 0 });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 2, webhooksDelivered: 0 }); // and its active-job marker
     expect((await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' })).status).toBe(200);
     answer = 500;
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksFailed: 1 });
@@ -341,7 +343,8 @@ describe('the sweep', () => {
     order.length = 0;
     const none = await sweepQueuedJobs({ ...sweepDeps(), queue, webhooks: { send: slow, signedUrlTtlSec: 600 }, webhookBudgetMs: 0 });
     expect(order).toEqual([]);
-    expect(none).toMatchObject({ webhooksFailed: 0, kept: 4 });
+    expect(none).toMatchObject({ webhooksFailed: 0 });
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}hook/`)).items).toHaveLength(4);
   });
 
   it('a 503 is not announced; the retry that queues the job again owes its webhook afresh, and its end is announced', async () => {
@@ -362,9 +365,9 @@ describe('the sweep', () => {
     down = false;
     const retry = (await (await post()).json()) as any;
     expect(retry).toMatchObject({ status: 'queued', webhook: { status: 'pending', attempts: 0, secret: expect.stringMatching(/^whsec_/) } });
-    expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key)).toEqual([pendingJobKey('hook', 'acct_alice', retry.id)]);
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}hook/`)).items.map((i) => i.key)).toEqual([pendingJobKey('hook', 'acct_alice', retry.id)]);
     await finish(retry.id);
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ webhooksDelivered: 1, cleared: 1 });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ webhooksDelivered: 1, cleared: 2 }); // its hook and active markers
     expect(received.map((r) => JSON.parse(r.body).type)).toEqual(['generation.succeeded']);
     expect(new Webhook(retry.webhook.secret).verify(received[0]!.body, received[0]!.headers as Record<string, string>)).toBeTruthy();
   });
@@ -372,10 +375,10 @@ describe('the sweep', () => {
   it('a running job keeps its webhook marker; a job the worker already announced loses it', async () => {
     const { id } = await postWithWebhook();
     await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', attempts: 1 }));
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, cleared: 0 });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 2, cleared: 0 }); // hook and active
     await finish(id);
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('delivered'); // the worker's attempt
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 1, webhooksDelivered: 0 });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 2, webhooksDelivered: 0 }); // hook and active
     expect(received).toHaveLength(1);
   });
 });

@@ -9,6 +9,7 @@ import { createModelRegistry, type ModelRegistry } from '../../gpu-worker/models
 import { silentLogger, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import { decodeImage } from '../../gpu-worker/engine/synth/image.ts';
 import { readRunSamples } from '../../shared/run-stats.ts';
+import { markPending } from '../../shared/pending.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { FAST_RECIPE, OWNER, type Env, listKeys, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
 
@@ -97,17 +98,20 @@ describe('gpu-worker queue worker', () => {
     expect(w.worker.state).toBe('polling');
   });
 
-  it('tells its webhook notifier of the jobs that end here, records the run for estimates, and its stop waits for the deliveries', async () => {
+  it('frees the owner\'s place and tells its webhook notifier of the jobs that end here, records the run for estimates, and its stop waits for the deliveries', async () => {
     const env = await makeEnv();
     const told: string[] = [];
     let drains = 0;
     const w = start(env, { webhooks: { notify: (_owner, id) => void told.push(id), drain: async () => void drains++ } });
     const ok = await submit(env, { n: 2 });
     const bad = await submit(env, { model: 'no-such-model' });
+    // As the API marks them: each counts against its owner until it ends.
+    for (const job of [ok, bad]) await markPending(env.blobs, 'active', OWNER, job.id);
     await waitForStatus(env, ok.id, ['succeeded']);
     await waitForStatus(env, bad.id, ['failed']);
     await waitFor('both notified', () => told.length >= 2);
     expect(told.sort()).toEqual([ok.id, bad.id].sort());
+    await waitFor('their places freed', async () => (await listKeys(env.blobs, 'pending/active/')).length === 0);
     const samples = await readRunSamples(env.blobs, { model: 'tiny', width: 64, height: 64, start: 'gmm' });
     expect(samples).toHaveLength(1); // the succeeded job only
     expect(samples[0]).toMatchObject({ steps: 12, n: 2 });

@@ -6,6 +6,7 @@
  * the local adapter (local.test.ts); here the S3 adapter's *request shape* is asserted instead
  * (tests marked [request shape]), plus its mapping of S3's 412/409 answers (marked [canned response]).
  */
+import { markPending } from '../../../shared/pending.ts';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { CreateQueueCommand, GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { createSqsServer } from 'local-aws-sqs';
@@ -21,7 +22,7 @@ import { blobStoreContract } from './blobstore.contract.ts';
 import { close, httpDownload, httpUpload, makeTempDir } from './helpers.ts';
 import { jobStoreContract } from './jobstore.contract.ts';
 import { queueContract } from './queue.contract.ts';
-import { markPending, RESEND_AFTER_MS } from '../../../functions/queued-jobs.ts';
+import { RESEND_AFTER_MS } from '../../../functions/queued-jobs.ts';
 import { newJobId } from '../../../shared/ids.ts';
 import { BlobJobStore } from '../../../shared/jobstore.ts';
 import { GenerationSpec } from '../../../shared/schemas/generation.ts';

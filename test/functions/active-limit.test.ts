@@ -1,0 +1,81 @@
+// The per-owner limit of active (queued or running) generations (ADR 0016).
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
+import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
+
+let h: Harness;
+beforeEach(async () => {
+  h = await harness();
+});
+afterEach(() => h.close());
+
+const limited = () => createApp({ ...h.deps, limits: { ...LIMITS, maxActiveJobs: 2 } });
+function post(app: ReturnType<typeof createApp>, body: unknown, key?: string, secret = h.alice) {
+  return app.request('/v1/generations', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${secret}`, 'Content-Type': 'application/json', ...(key ? { 'Idempotency-Key': key } : {}) },
+    body: JSON.stringify(body),
+  });
+}
+const activeMarkers = async (owner = 'acct_alice') => (await h.blobs.list(`${PENDING_JOBS_PREFIX}active/${owner}/`)).items.map((i) => i.key);
+
+describe('active generations per owner', () => {
+  it('at the limit a new generation is a 429 with Retry-After, writing nothing; other owners are not affected', async () => {
+    const app = limited();
+    const a = (await (await post(app, { prompt: 'a' }, 'k-a')).json()) as { id: string };
+    expect((await post(app, { prompt: 'b' })).status).toBe(202);
+    const res = await post(app, { prompt: 'c' }, 'k-c');
+    const error = await expectEnvelope(res, 429, 'too_many_active_jobs');
+    expect(res.headers.get('Retry-After')).toBe('30');
+    expect(error.message).toMatch(/2 generations are queued or running; at most 2 at once/);
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(2);
+    expect((await post(app, { prompt: 'c' }, undefined, h.bob)).status).toBe(202);
+    // A retry of a request whose job exists is still answered with it.
+    const replay = await post(app, { prompt: 'a' }, 'k-a');
+    expect(replay.status).toBe(200);
+    expect(((await replay.json()) as { id: string }).id).toBe(a.id);
+  });
+
+  it('a canceled, failed or finished job frees its place; the key a 429 refused is not spent', async () => {
+    const app = limited();
+    const a = (await (await post(app, { prompt: 'a' })).json()) as { id: string };
+    const b = (await (await post(app, { prompt: 'b' })).json()) as { id: string };
+    expect((await post(app, { prompt: 'c' }, 'k-c')).status).toBe(429);
+    expect((await app.request(`/v1/generations/${a.id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } })).status).toBe(200);
+    expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', b.id)]);
+    const c = await post(app, { prompt: 'c' }, 'k-c');
+    expect(c.status).toBe(202);
+    expect((await post(app, { prompt: 'd' })).status).toBe(429);
+  });
+
+  it('a 503 (the job failed to enqueue) frees its place, and the retry that queues it again takes it back', async () => {
+    let down = true;
+    const flaky = new Proxy(h.queue, {
+      get: (target, prop, receiver) => (prop === 'send' ? (b: string) => (down ? Promise.reject(new Error('sqs down')) : target.send(b)) : Reflect.get(target, prop, receiver)),
+    });
+    const app = createApp({ ...h.deps, queue: flaky, limits: { ...LIMITS, maxActiveJobs: 1 } });
+    expect((await post(app, { prompt: 'a' }, 'k-a')).status).toBe(503);
+    expect(await activeMarkers()).toEqual([]);
+    down = false;
+    const retry = await post(app, { prompt: 'a' }, 'k-a');
+    expect(retry.status).toBe(200);
+    const { id } = (await retry.json()) as { id: string };
+    expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', id)]);
+    expect((await post(app, { prompt: 'b' })).status).toBe(429);
+  });
+
+  it('the sweep removes the marker of a job that ended without removing it, and keeps the others', async () => {
+    const app = limited();
+    const a = (await (await post(app, { prompt: 'a' })).json()) as { id: string };
+    const b = (await (await post(app, { prompt: 'b' })).json()) as { id: string };
+    // The worker finished `a` but crashed before removing its marker.
+    await h.jobs.update('acct_alice', a.id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString() }));
+    expect((await post(app, { prompt: 'c' })).status).toBe(429);
+    const report = await sweepQueuedJobs({ blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock: () => new Date(), webhooks: { send: async () => 200, signedUrlTtlSec: 60 } });
+    expect(report).toMatchObject({ cleared: 1, kept: 1, errors: 0 });
+    expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', b.id)]);
+    expect((await post(app, { prompt: 'c' })).status).toBe(202);
+  });
+});
