@@ -1,6 +1,6 @@
 import { CorruptDocumentError } from '../shared/errors.ts';
-import { PENDING_JOBS_PREFIX, parsePendingJobKey } from '../shared/keys.ts';
-import { clearPending } from '../shared/pending.ts';
+import { PENDING_JOBS_PREFIX, parsePendingJobKey, type PendingKind } from '../shared/keys.ts';
+import { clearPending, markPending } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
 import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
@@ -151,8 +151,16 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
     deps.log?.({ level: 'warn', msg: 'queued-job sweep: not a pending-job marker; left as is', key: marker.key });
     return;
   }
-  const clear = async () => {
+  // Removes the marker, then reads the job again: a 503 retry that re-queued it between our read and
+  // the delete wrote the marker anew just before, and it goes back (ADR 0012, 0016).
+  const clear = async (recheck = true) => {
     await deps.blobs.delete(marker.key);
+    const again = recheck ? await deps.jobs.get(named.owner, named.jobId).catch(() => null) : null;
+    if (again && markerNeeded(named.kind, again)) {
+      await markPending(deps.blobs, named.kind, named.owner, named.jobId);
+      report.kept++;
+      return;
+    }
     report.cleared++;
   };
   try {
@@ -163,12 +171,12 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
       if (!(error instanceof CorruptDocumentError)) throw error;
       // Nothing a message or a webhook could do for it; the API answers 409 corrupt_record for it.
       deps.log?.({ level: 'warn', msg: 'queued-job sweep: corrupt job record; marker dropped', key: error.key, detail: error.detail });
-      await clear();
+      await clear(false);
       return;
     }
     if (!job) {
       // The create failed (or is still in flight: hence the grace period).
-      if (deps.clock().getTime() - marker.lastModified.getTime() > ORPHAN_MARKER_AFTER_MS) await clear();
+      if (deps.clock().getTime() - marker.lastModified.getTime() > ORPHAN_MARKER_AFTER_MS) await clear(false);
       else report.kept++;
       return;
     }
@@ -185,8 +193,15 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
   }
 }
 
+/** Whether a job still needs its marker of this kind (what the sweep checks again after a delete). */
+function markerNeeded(kind: PendingKind, job: JobRecord): boolean {
+  if (kind === 'msg') return job.status === 'queued' && job.attempts === 0;
+  if (kind === 'active') return !isTerminal(job.status);
+  return webhookOwed(job);
+}
+
 /** A job whose message is not proven sent: send it again once it has waited long. */
-async function sweepMessage(deps: SweepDeps, job: JobRecord, clear: () => Promise<void>, report: SweepReport): Promise<void> {
+async function sweepMessage(deps: SweepDeps, job: JobRecord, clear: (recheck?: boolean) => Promise<void>, report: SweepReport): Promise<void> {
   if (job.status !== 'queued' || job.attempts > 0) {
     // A worker has it (or had it): from its first start the worker's lease, its re-queue and the
     // dead-letter sweep own the message. Ended or canceled: nothing to send.
@@ -207,7 +222,7 @@ async function sweepMessage(deps: SweepDeps, job: JobRecord, clear: () => Promis
 }
 
 /** A job that owes a completion webhook: deliver it once the job has ended and the attempt is due. */
-async function sweepWebhook(deps: SweepDeps, job: JobRecord, clear: () => Promise<void>, report: SweepReport): Promise<void> {
+async function sweepWebhook(deps: SweepDeps, job: JobRecord, clear: (recheck?: boolean) => Promise<void>, report: SweepReport): Promise<void> {
   if (!webhookOwed(job)) return clear();
   if (!isTerminal(job.status)) {
     report.kept++;

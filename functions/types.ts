@@ -24,7 +24,7 @@ export interface AppLimits {
   workerHourlyUsd?: number;
   /** The workers' cap on steps per image (clipag serve --steps), for estimates. Unset: none. */
   maxSteps?: number;
-  /** Generations one owner may have queued or running at once (default 100); the next POST is a 429. */
+  /** Generations one owner may have queued or running at once, 1..1000 (default 100); the next POST is a 429. */
   maxActiveJobs?: number;
 }
 

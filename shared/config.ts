@@ -36,7 +36,7 @@ const Common = {
   device: z.enum(['cpu', 'cuda']).default('cpu'),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
-  maxActiveJobs: intIn(1, 100_000, 100),
+  maxActiveJobs: intIn(1, 1000, 100),
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
   workerHourlyUsd: z.coerce.number().min(0).max(1000).optional(),
 };

@@ -37,6 +37,8 @@ export const PromptPolicyDocument = z
         const words = normalizeText(term).split(' ').filter(Boolean).length;
         if (words === 0) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must contain a letter or digit' });
         if (words > MAX_TERM_WORDS) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: `a term has at most ${MAX_TERM_WORDS} words` });
+        // A prompt is matched phrase by phrase, so a term spanning a break could never match.
+        if (PHRASE_BREAK.test(term)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must not contain , ; : . ! ? / | brackets or quotes (write "mr bean", not "mr. bean")' });
       });
     });
   });
@@ -261,13 +263,15 @@ export function policyFromStore(
         return policy;
       }
       if (meta.etag === seenEtag) return policy;
-      seenEtag = meta.etag;
       if (meta.size > MAX_POLICY_BYTES) {
+        seenEtag = meta.etag; // reported once for this version
         options.onProblem?.(`${PROMPT_POLICY_KEY} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; keeping the previous policy`);
         return policy;
       }
+      // Only once the document is in hand does its etag count as seen: a failed download is tried again.
       const found = await store.get(PROMPT_POLICY_KEY);
       if (!found) return policy;
+      seenEtag = found.etag;
       let problem: string | undefined;
       try {
         const parsed = PromptPolicyDocument.safeParse(JSON.parse(Buffer.from(found.body).toString('utf8')));

@@ -138,10 +138,11 @@ export function registerGenerationRoutes(
    */
   async function checkActiveLimit(owner: string): Promise<void> {
     const max = limits.maxActiveJobs ?? DEFAULT_MAX_ACTIVE_JOBS;
-    const page = await blobs.list(`${PENDING_JOBS_PREFIX}active/${owner}/`, { limit: Math.min(max, 1000) });
-    const active = page.cursor === undefined ? page.items.length : max;
+    // One page: the limit is at most 1000 (shared/config.ts), a page's size.
+    const page = await blobs.list(`${PENDING_JOBS_PREFIX}active/${owner}/`, { limit: max });
+    const active = page.items.length;
     if (active >= max) {
-      throw new TooManyRequestsError(`${active >= 1000 ? 'at least 1000' : active} generations are queued or running; at most ${max} at once. Retry when some have finished.`, {
+      throw new TooManyRequestsError(`${active} generations are queued or running; at most ${max} at once. Retry when some have finished.`, {
         code: 'too_many_active_jobs',
         retryAfterSec: 30,
       });
@@ -228,7 +229,9 @@ export function registerGenerationRoutes(
       await checkActiveLimit(owner);
     } catch (error) {
       const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes });
-      if (!earlier) throw error;
+      // A job that failed to enqueue is not replayed from here: its retry would queue it again, which
+      // is a new job as far as the policy and the limit are concerned.
+      if (!earlier || (earlier.status === 'failed' && earlier.error?.code === 'enqueue_failed')) throw error;
       c.header('Location', `/v1/generations/${earlier.id}`);
       c.header('Idempotent-Replayed', 'true');
       return c.json(await createdView(earlier), 200);
@@ -255,7 +258,12 @@ export function registerGenerationRoutes(
               ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString(), ...(cur.webhook ? { webhook: freshWebhookState(cur.webhook) } : {}) }
               : null;
           });
-          if (requeued) await enqueue(job);
+          if (requeued) {
+            // Again after the transition: a sweep that read the job while it was still failed may
+            // have removed the markers written before it.
+            await Promise.all([markPending(blobs, 'msg', owner, job.id), markPending(blobs, 'active', owner, job.id), ...(job.webhook ? [markPending(blobs, 'hook', owner, job.id)] : [])]);
+            await enqueue(job);
+          }
         } else {
           // Queued for long and never started: its message may have been lost. The queued-job sweep
           // finds such jobs too; a replay need not wait for it.

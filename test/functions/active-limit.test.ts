@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
+import { parseConfig } from '../../shared/config.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -77,5 +78,40 @@ describe('active generations per owner', () => {
     expect(report).toMatchObject({ cleared: 1, kept: 1, errors: 0 });
     expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', b.id)]);
     expect((await post(app, { prompt: 'c' })).status).toBe(202);
+  });
+
+  it('the limit is at most 1000 (one listing page), checked at start', () => {
+    expect(() => parseConfig({ CLIPAG_MAX_ACTIVE_JOBS: '1001' })).toThrow(/CLIPAG_MAX_ACTIVE_JOBS/);
+    expect(parseConfig({ CLIPAG_MAX_ACTIVE_JOBS: '1000' }).maxActiveJobs).toBe(1000);
+  });
+
+  it('at the limit, a retry of a job that failed to enqueue is told to wait (429), not replayed as failed', async () => {
+    let down = true;
+    const flaky = new Proxy(h.queue, {
+      get: (target, prop, receiver) => (prop === 'send' ? (b: string) => (down ? Promise.reject(new Error('sqs down')) : target.send(b)) : Reflect.get(target, prop, receiver)),
+    });
+    const app = createApp({ ...h.deps, queue: flaky, limits: { ...LIMITS, maxActiveJobs: 1 } });
+    expect((await post(app, { prompt: 'a' }, 'k-a')).status).toBe(503);
+    down = false;
+    expect((await post(app, { prompt: 'b' })).status).toBe(202); // the owner is now at the limit
+    await expectEnvelope(await post(app, { prompt: 'a' }, 'k-a'), 429, 'too_many_active_jobs');
+  });
+
+  it('a sweep that removes a marker just as a retry re-queues its job puts it back', async () => {
+    const id = ((await (await post(limited(), { prompt: 'a' })).json()) as { id: string }).id;
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'failed', finished_at: new Date().toISOString(), error: { code: 'enqueue_failed', message: 'x' } }));
+    const marker = pendingJobKey('active', 'acct_alice', id);
+    // The re-queue lands between the sweep's read of the job (failed) and its delete of the marker.
+    const racing = new Proxy(h.blobs, {
+      get: (target, prop, receiver) =>
+        prop === 'delete'
+          ? async (key: string) => {
+              if (key === marker) await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'queued', finished_at: null, error: null }));
+              return target.delete(key);
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    await sweepQueuedJobs({ blobs: racing, jobs: h.jobs, queue: h.queue, clock: () => new Date(), webhooks: { send: async () => 200, signedUrlTtlSec: 60 } });
+    expect(await activeMarkers()).toEqual([marker]);
   });
 });

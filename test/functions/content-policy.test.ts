@@ -54,6 +54,10 @@ describe('matching', () => {
     expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, terms: ['!!'] }] }).success).toBe(false);
     expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, terms: ['a b c d e f g'] }] }).success).toBe(false);
     expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, action: 'allow' }] }).success).toBe(false);
+    // A term across a phrase break could never match a prompt: refused when the document is read.
+    for (const term of ['mr. bean', 'ac/dc logo', 'star wars: the mandalorian']) {
+      expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, terms: [term] }] }).success, term).toBe(false);
+    }
   });
 });
 
@@ -156,6 +160,27 @@ describe('the API', () => {
     nowMs = 4000;
     expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toHaveLength(1);
     expect(problems[1]).toMatch(/over the 2097152-byte limit/);
+  });
+
+  it('a download that fails once is tried again at the next look (the new document is not skipped)', async () => {
+    let nowMs = 0;
+    let failGet = true;
+    const store = {
+      head: (key: string) => h.blobs.head(key),
+      get: async (key: string) => {
+        if (failGet) {
+          failGet = false;
+          throw new Error('connection reset');
+        }
+        return h.blobs.get(key);
+      },
+    };
+    const policyNow = policyFromStore(store, { ttlMs: 1000, now: () => nowMs });
+    const own = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(own)));
+    expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toEqual([]); // the default, for now
+    nowMs = 2000;
+    expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toHaveLength(1);
   });
 
   it("a deployment's own policy in its store replaces the default; a broken one keeps the last good policy and says so", async () => {
