@@ -107,9 +107,8 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
   };
   return (request) =>
     new Promise<number>((resolve, reject) => {
+      // Literal addresses are refused here; names, by the lookup below.
       const url = checkWebhookUrl(request.url, policy);
-      const host = url.hostname.replace(/^\[|\]$/g, '');
-      if (isIP(host) !== 0 && !policy.allowPrivate && isPrivateAddress(host)) return reject(new Error('webhook_url points at a private address'));
       const client = url.protocol === 'https:' ? https : http;
       const req = client.request(
         url,

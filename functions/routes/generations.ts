@@ -191,6 +191,13 @@ export function registerGenerationRoutes(
     await clearPending(blobs, 'active', owner, id);
   }
 
+  /**
+   * The markers of a job about to be queued: its message not yet sent (ADR 0012), its place among its
+   * owner's active jobs (ADR 0016) and, with a webhook, the event it owes (ADR 0013).
+   */
+  const markQueuedJob = (owner: string, id: string, withWebhook: boolean) =>
+    Promise.all([markPending(blobs, 'msg', owner, id), markPending(blobs, 'active', owner, id), ...(withWebhook ? [markPending(blobs, 'hook', owner, id)] : [])]);
+
   const queuedJobDeps = { blobs, jobs, queue, clock: ctx.clock, ...(deps.log ? { log: deps.log } : {}) };
 
   /** Sends the queue message; if that fails the job is marked failed (never left queued with no message). */
@@ -245,11 +252,7 @@ export function registerGenerationRoutes(
           // concurrent retries only the one whose write made the transition sends the message.
           // The sweep drops the markers of a failed job: they go back before the job is queued again,
           // and its webhook is owed afresh (the job's end is still to come).
-          await Promise.all([
-            markPending(blobs, 'msg', owner, job.id),
-            markPending(blobs, 'active', owner, job.id),
-            ...(job.webhook ? [markPending(blobs, 'hook', owner, job.id)] : []),
-          ]);
+          await markQueuedJob(owner, job.id, job.webhook !== undefined);
           let requeued = false;
           job = await jobs.update(owner, job.id, (cur) => {
             requeued = cur.status === 'failed' && cur.error?.code === 'enqueue_failed';
@@ -261,7 +264,7 @@ export function registerGenerationRoutes(
           if (requeued) {
             // Again after the transition: a sweep that read the job while it was still failed may
             // have removed the markers written before it.
-            await Promise.all([markPending(blobs, 'msg', owner, job.id), markPending(blobs, 'active', owner, job.id), ...(job.webhook ? [markPending(blobs, 'hook', owner, job.id)] : [])]);
+            await markQueuedJob(owner, job.id, job.webhook !== undefined);
             await enqueue(job);
           }
         } else {
@@ -280,7 +283,7 @@ export function registerGenerationRoutes(
       // The markers first: a process that dies after the create but before the send leaves them for
       // the queued-job sweep, which then sends the message; a webhook is owed from the start.
       const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
-      await Promise.all([markPending(blobs, 'msg', owner, jobId), markPending(blobs, 'active', owner, jobId), ...(webhook ? [markPending(blobs, 'hook', owner, jobId)] : [])]);
+      await markQueuedJob(owner, jobId, webhook !== undefined);
       job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}) }));
     } catch (error) {
       if (idempotencyKey !== undefined) {

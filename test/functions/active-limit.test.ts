@@ -4,7 +4,7 @@ import { createApp } from '../../functions/app.ts';
 import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import { parseConfig } from '../../shared/config.ts';
-import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
+import { expectEnvelope, harness, LIMITS, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -52,14 +52,11 @@ describe('active generations per owner', () => {
   });
 
   it('a 503 (the job failed to enqueue) frees its place, and the retry that queues it again takes it back', async () => {
-    let down = true;
-    const flaky = new Proxy(h.queue, {
-      get: (target, prop, receiver) => (prop === 'send' ? (b: string) => (down ? Promise.reject(new Error('sqs down')) : target.send(b)) : Reflect.get(target, prop, receiver)),
-    });
+    const { queue: flaky, outage } = queueWithOutage(h.queue);
     const app = createApp({ ...h.deps, queue: flaky, limits: { ...LIMITS, maxActiveJobs: 1 } });
     expect((await post(app, { prompt: 'a' }, 'k-a')).status).toBe(503);
     expect(await activeMarkers()).toEqual([]);
-    down = false;
+    outage.down = false;
     const retry = await post(app, { prompt: 'a' }, 'k-a');
     expect(retry.status).toBe(200);
     const { id } = (await retry.json()) as { id: string };
@@ -86,13 +83,10 @@ describe('active generations per owner', () => {
   });
 
   it('at the limit, a retry of a job that failed to enqueue is told to wait (429), not replayed as failed', async () => {
-    let down = true;
-    const flaky = new Proxy(h.queue, {
-      get: (target, prop, receiver) => (prop === 'send' ? (b: string) => (down ? Promise.reject(new Error('sqs down')) : target.send(b)) : Reflect.get(target, prop, receiver)),
-    });
+    const { queue: flaky, outage } = queueWithOutage(h.queue);
     const app = createApp({ ...h.deps, queue: flaky, limits: { ...LIMITS, maxActiveJobs: 1 } });
     expect((await post(app, { prompt: 'a' }, 'k-a')).status).toBe(503);
-    down = false;
+    outage.down = false;
     expect((await post(app, { prompt: 'b' })).status).toBe(202); // the owner is now at the limit
     await expectEnvelope(await post(app, { prompt: 'a' }, 'k-a'), 429, 'too_many_active_jobs');
   });

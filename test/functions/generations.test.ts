@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
 import { parseQueueMessage } from '../../shared/schemas/queue.ts';
-import { expectEnvelope, harness, type Harness } from './helpers.ts';
+import { expectEnvelope, harness, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -212,24 +212,18 @@ describe('Idempotency-Key', () => {
 
   it('a failed re-send leaves the job queued (it may only be waiting) and the next replay tries again', async () => {
     let offsetMs = 0;
-    let fail = false;
-    const flaky = new Proxy(h.queue, {
-      get(target, prop, receiver) {
-        if (prop === 'send') return async (body: string) => (fail ? Promise.reject(new Error('sqs down')) : target.send(body));
-        return Reflect.get(target, prop, receiver);
-      },
-    });
+    const { queue: flaky, outage } = queueWithOutage(h.queue, false);
     const { createApp } = await import('../../functions/app.ts');
     const app = createApp({ ...h.deps, queue: flaky, clock: () => new Date(Date.now() + offsetMs) });
     const { id } = (await (await postApple(app, 'resend-fails')).json()) as { id: string };
     for (const m of await h.queue.receive({ max: 10, waitSec: 0 })) await h.queue.ack(m.receipt);
     offsetMs = 6 * 60_000;
-    fail = true;
+    outage.down = true;
     const r = await postApple(app, 'resend-fails');
     expect(r.status).toBe(200);
     expect(await r.json()).toMatchObject({ id, status: 'queued', error: null });
     expect((await h.jobs.get('acct_alice', id))!.enqueued_at).toBeUndefined(); // stamp put back
-    fail = false;
+    outage.down = false;
     await postApple(app, 'resend-fails');
     expect(await queued()).toEqual([id]);
   });
@@ -270,30 +264,24 @@ function postApple(app: { request: (path: string, init: RequestInit) => Response
   );
 }
 
-/** The app with a queue whose `send` fails while `state.fail` is set. */
+/** The app with a queue whose `send` fails while `outage.down` is set. */
 async function appWithFlakyQueue(key: string) {
-  const state = { fail: true };
-  const flaky = new Proxy(h.queue, {
-    get(target, prop, receiver) {
-      if (prop === 'send') return async (body: string) => (state.fail ? Promise.reject(new Error('sqs down')) : target.send(body));
-      return Reflect.get(target, prop, receiver);
-    },
-  });
+  const { queue: flaky, outage } = queueWithOutage(h.queue);
   const { createApp } = await import('../../functions/app.ts');
   const app = createApp({ ...h.deps, queue: flaky });
-  return { state, send: () => postApple(app, key) };
+  return { outage, send: () => postApple(app, key) };
 }
 
 describe('queue failure', () => {
   it('a failed send marks the job failed and answers 503; a retry with the same key re-queues it', async () => {
-    const { state, send } = await appWithFlakyQueue('k1');
+    const { outage, send } = await appWithFlakyQueue('k1');
     const res = await send();
     const err = await expectEnvelope(res, 503, 'queue_unavailable');
     expect(err.message).not.toContain('sqs down');
     expect(res.headers.get('Retry-After')).toBe('1');
     const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
     expect(job).toMatchObject({ status: 'failed', error: { code: 'enqueue_failed' } }); // never "queued" without a message
-    state.fail = false;
+    outage.down = false;
     const retry = await send();
     expect(retry.status).toBe(200);
     expect(await retry.json()).toMatchObject({ id: job.id, status: 'queued', error: null });
@@ -301,9 +289,9 @@ describe('queue failure', () => {
   });
 
   it('concurrent retries of a job whose send failed re-queue it once: one message, not one per retry', async () => {
-    const { state, send } = await appWithFlakyQueue('k2');
+    const { outage, send } = await appWithFlakyQueue('k2');
     expect((await send()).status).toBe(503);
-    state.fail = false;
+    outage.down = false;
     const retries = await Promise.all([send(), send(), send(), send()]);
     expect(retries.map((r) => r.status)).toEqual([200, 200, 200, 200]);
     const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;

@@ -86,3 +86,16 @@ export async function expectEnvelope(res: Response, status: number, code?: strin
   if (code !== undefined && body.error.code !== code) throw new Error(`expected code ${code}, got ${body.error.code}: ${body.error.message}`);
   return body.error;
 }
+
+/**
+ * The real queue, with `send` failing while `outage.down` is set: an SQS outage cannot be produced on
+ * demand, everything else is the real local queue.
+ */
+export function queueWithOutage(queue: JobQueue, down = true): { queue: JobQueue; outage: { down: boolean } } {
+  const outage = { down };
+  const wrapped = new Proxy(queue, {
+    get: (target, prop, receiver) =>
+      prop === 'send' ? (body: string) => (outage.down ? Promise.reject(new Error('sqs down')) : target.send(body)) : Reflect.get(target, prop, receiver),
+  });
+  return { queue: wrapped, outage };
+}

@@ -8,7 +8,7 @@ import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import type { JobQueue } from '../../shared/ports.ts';
 import { parseQueueMessage } from '../../shared/schemas/queue.ts';
 import { httpWebhookSender } from '../../shared/webhooks.ts';
-import { harness, type Harness } from './helpers.ts';
+import { harness, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
 let offsetMs: number;
@@ -183,12 +183,7 @@ describe('queued-job sweep', () => {
   it('a failed re-send keeps the job queued and its marker; the next sweep sends it', async () => {
     const id = await postDyingRequest();
     offsetMs = RESEND_AFTER_MS + 1000;
-    const down = new Proxy(h.queue, {
-      get(target, prop, receiver) {
-        if (prop === 'send') return () => Promise.reject(new Error('sqs down'));
-        return Reflect.get(target, prop, receiver);
-      },
-    });
+    const { queue: down } = queueWithOutage(h.queue);
     // A failed send is an error of the sweep (its Lambda fails, and the alarm counts it).
     expect(await sweepQueuedJobs(sweepDeps(down))).toMatchObject({ resent: 0, kept: 1, errors: 1 });
     expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'queued' });
@@ -199,13 +194,7 @@ describe('queued-job sweep', () => {
   });
 
   it('a 503 leaves the marker for the sweep to drop (the job failed); the retry re-queues and sends once', async () => {
-    let fail = true;
-    const flaky = new Proxy(h.queue, {
-      get(target, prop, receiver) {
-        if (prop === 'send') return (body: string) => (fail ? Promise.reject(new Error('sqs down')) : target.send(body));
-        return Reflect.get(target, prop, receiver);
-      },
-    });
+    const { queue: flaky, outage } = queueWithOutage(h.queue);
     const app = createApp({ ...h.deps, queue: flaky, clock });
     const post = () =>
       app.request('/v1/generations', {
@@ -217,7 +206,7 @@ describe('queued-job sweep', () => {
     offsetMs = ORPHAN_MARKER_AFTER_MS * 2;
     // The job is failed (enqueue_failed): the sweep drops its marker, and sends nothing.
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 1, resent: 0 });
-    fail = false;
+    outage.down = false;
     const retry = await post();
     expect(retry.status).toBe(200);
     const { id } = (await retry.json()) as { id: string };

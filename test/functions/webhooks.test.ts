@@ -22,7 +22,7 @@ import {
   webhookNotifier,
   type WebhookDeliveryDeps,
 } from '../../shared/webhooks.ts';
-import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
+import { expectEnvelope, harness, LIMITS, queueWithOutage, type Harness } from './helpers.ts';
 
 interface Received {
   headers: IncomingMessage['headers'];
@@ -348,10 +348,7 @@ describe('the sweep', () => {
   });
 
   it('a 503 is not announced; the retry that queues the job again owes its webhook afresh, and its end is announced', async () => {
-    let down = true;
-    const flaky = new Proxy(h.queue, {
-      get: (target, prop, receiver) => (prop === 'send' ? (b: string) => (down ? Promise.reject(new Error('sqs down')) : target.send(b)) : Reflect.get(target, prop, receiver)),
-    });
+    const { queue: flaky, outage } = queueWithOutage(h.queue);
     const app = createApp({ ...h.deps, queue: flaky, clock, limits: { ...LIMITS, webhookAllowPrivate: true } });
     const post = () =>
       app.request('/v1/generations', {
@@ -362,7 +359,7 @@ describe('the sweep', () => {
     expect((await post()).status).toBe(503);
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ webhooksDelivered: 0 });
     expect(received).toEqual([]); // the caller already knows (503), and never got the secret
-    down = false;
+    outage.down = false;
     const retry = (await (await post()).json()) as any;
     expect(retry).toMatchObject({ status: 'queued', webhook: { status: 'pending', attempts: 0, secret: expect.stringMatching(/^whsec_/) } });
     expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}hook/`)).items.map((i) => i.key)).toEqual([pendingJobKey('hook', 'acct_alice', retry.id)]);
