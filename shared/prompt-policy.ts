@@ -274,6 +274,8 @@ export function policyFromStore(
       seenEtag = found.etag;
       let problem: string | undefined;
       try {
+        // Replaced by a larger one since the HEAD: not parsed either.
+        if (found.body.byteLength > MAX_POLICY_BYTES) throw new Error(`${found.body.byteLength} bytes, over the ${MAX_POLICY_BYTES}-byte limit`);
         const parsed = PromptPolicyDocument.safeParse(JSON.parse(Buffer.from(found.body).toString('utf8')));
         if (parsed.success) policy = compilePolicy(parsed.data);
         else problem = parsed.error.message;
