@@ -108,4 +108,34 @@ describe('active generations per owner', () => {
     await sweepQueuedJobs({ blobs: racing, jobs: h.jobs, queue: h.queue, clock: () => new Date(), webhooks: { send: async () => 200, signedUrlTtlSec: 60 } });
     expect(await activeMarkers()).toEqual([marker]);
   });
+
+  it("a sweep between a retry's first marker write and its re-queue removes the markers; the retry writes them again", async () => {
+    const { queue: flaky, outage } = queueWithOutage(h.queue);
+    // Holds the retry's re-queue (its first job update once the queue is back) until the sweep has run.
+    let release: (() => void) | undefined;
+    let reached: (() => void) | undefined;
+    const atGate = new Promise<void>((r) => (reached = r));
+    const jobs = new Proxy(h.jobs, {
+      get: (target, prop, receiver) =>
+        prop === 'update'
+          ? async (...args: Parameters<typeof target.update>) => {
+              if (!outage.down && !release) await new Promise<void>((go) => ((release = go), reached!()));
+              return target.update(...args);
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, jobs, queue: flaky });
+    const send = () => post(app, { prompt: 'apple' }, 'k-race');
+    expect((await send()).status).toBe(503);
+    const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+    outage.down = false;
+    const retry = send();
+    await atGate; // the markers are written, the re-queue not yet made
+    expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', job!.id)]);
+    await sweepQueuedJobs({ blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock: () => new Date(), webhooks: { send: async () => 200, signedUrlTtlSec: 60 } });
+    expect(await activeMarkers()).toEqual([]); // the job was still failed when the sweep looked twice
+    release!();
+    expect((await retry).status).toBe(200);
+    expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', job!.id)]);
+  });
 });

@@ -162,6 +162,16 @@ describe('the API', () => {
     expect(problems[1]).toMatch(/over the 2097152-byte limit/);
   });
 
+  it('a document that grew past the cap between the HEAD and the GET is not parsed', async () => {
+    const problems: string[] = [];
+    const own = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
+    const body = Buffer.from(JSON.stringify({ ...own, pad: 'x'.repeat(MAX_POLICY_BYTES) }));
+    const store = { head: async () => ({ size: 100, etag: '"small"' }), get: async () => ({ body, etag: '"big"' }) };
+    const policyNow = policyFromStore(store, { onProblem: (p) => problems.push(p) });
+    expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toEqual([]); // still the default
+    expect(problems).toEqual([expect.stringMatching(/not a valid policy.*over the 2097152-byte limit/)]);
+  });
+
   it('a download that fails once is tried again at the next look (the new document is not skipped)', async () => {
     let nowMs = 0;
     let failGet = true;

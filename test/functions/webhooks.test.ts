@@ -131,9 +131,19 @@ describe('webhook URL policy', () => {
     // name below fails to resolve or resolves: either way the request must not reach the receiver.
     await expect(send({ url: 'https://localhost/x', headers: {}, body: '{}' })).rejects.toThrow(/public address/);
     await expect(send({ url: `http://127.0.0.1:1/x`, headers: {}, body: '{}' })).rejects.toThrow(/https/);
-    const before = received.length;
-    await expect(send({ url: 'https://clipag-test.invalid/x', headers: {}, body: '{}' })).rejects.toThrow();
-    expect(received.length).toBe(before);
+  });
+
+  it('the sender never reaches this machine through a literal address, in any spelling', async () => {
+    // The receiver listens on 127.0.0.1; with private addresses refused, nothing may arrive.
+    const port = (receiver.address() as AddressInfo).port;
+    const send = httpWebhookSender({ allowPrivate: false }, { timeoutMs: 1000 });
+    for (const host of ['127.0.0.1', '2130706433', '0x7f000001', '0177.0.0.1', '127.1', '0', '[::1]', '[::ffff:127.0.0.1]', '[::ffff:7f00:1]', '169.254.169.254', '10.0.0.1', '[fe80::1]', '[::]']) {
+      await expect(send({ url: `https://${host}:${port}/hooks`, headers: {}, body: '{}' }), host).rejects.toThrow(/public address/);
+    }
+    // The same receiver over a name, with private addresses allowed (local mode), is reached: the
+    // refusals above are the policy, not a dead receiver.
+    expect(await httpWebhookSender({ allowPrivate: true })({ url: receiverUrl, headers: {}, body: '{}' })).toBe(200);
+    expect(received).toHaveLength(1);
   });
 });
 
