@@ -23,10 +23,15 @@ export function intArg(value: string | undefined, name: string, def: number, min
   return n;
 }
 
+/** A flag's number in decimal notation ("0.5", "2", "1e-4"), else NaN: Number() also takes "", " ", "0x10", "0b1" and "Infinity". */
+export function decimalNumber(value: string): number {
+  return /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(value) ? Number(value) : Number.NaN;
+}
+
 /** A finite number in [min, max] from a flag, or `def` when the flag is absent. */
 export function numberArg(value: string | undefined, name: string, def: number | undefined, min: number, max: number): number | undefined {
   if (value === undefined) return def;
-  const n = /^\s*$/.test(value) ? Number.NaN : Number(value);
+  const n = decimalNumber(value);
   if (!Number.isFinite(n) || n < min || n > max) throw new EngineError('invalid_input', `--${name} must be a number in [${min}, ${max}], got "${value}"`);
   return n;
 }

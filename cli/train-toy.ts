@@ -8,7 +8,7 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
 import { writeWorldPrior } from '../gpu-worker/engine/toy/prior.ts';
 import { zeroShotAccuracy } from '../gpu-worker/engine/toy/zero-shot.ts';
-import { REPO_ROOT, intArg } from './common.ts';
+import { REPO_ROOT, decimalNumber, intArg } from './common.ts';
 
 export const summary = 'train the toy mini-CLIP (robust or plain twin) on the procedural world and write a bundle';
 export const usage = `usage: clipag train-toy --variant robust|plain [options]
@@ -39,14 +39,14 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
 
 function num(v: string | undefined, name: string, def: number): number {
   if (v === undefined) return def;
-  const n = Number(v);
+  const n = decimalNumber(v);
   if (!Number.isFinite(n) || n <= 0) throw new EngineError('invalid_input', `--${name} must be a positive number, got "${v}"`);
   return n;
 }
 
 function fraction(v: string | undefined, name: string, def: number): number {
   if (v === undefined) return def;
-  const n = Number(v);
+  const n = decimalNumber(v);
   if (!Number.isFinite(n) || n < 0 || n >= 1) throw new EngineError('invalid_input', `--${name} must be a number in [0, 1), got "${v}"`);
   return n;
 }

@@ -117,12 +117,26 @@ describe('generate checks its flags and output before any work', () => {
     [['--init', 'noise', '--content-weight', '3'], /--content-weight needs an init image/],
     [['--seed', '0x10'], /--seed must be an integer .* got "0x10"/],
     [['--seed', ''], /--seed must be an integer .* got ""/],
+    [['--init', 'some.png', '--strength', '0x0'], /--strength must be a number in \[0, 1\], got "0x0"/],
+    [['--init', 'some.png', '--content-weight', 'Infinity'], /--content-weight must be a number .* got "Infinity"/],
   ])('%j → a clear error, exit ≠ 0, before the model is opened', async (args, message) => {
     // A model path that does not exist: reaching the model would give another error.
     const { code, stderr } = await runCliErr(['generate', 'a red circle', '--model', '/nonexistent-clipag/model', ...args]);
     expect(code).not.toBe(0);
     expect(stderr).toMatch(message);
     expect(stderr).not.toMatch(/model bundle/);
+  });
+
+  it.each([
+    [['--lr', '0x10'], /--lr must be a positive number, got "0x10"/],
+    [['--eps', 'Infinity'], /--eps must be a positive number, got "Infinity"/],
+    [['--attack-ramp', '0b1'], /--attack-ramp must be a number in \[0, 1\), got "0b1"/],
+    [['--lr', ' '], /--lr must be a positive number, got " "/],
+  ])('train-toy %j → a clear error before any training', async (args, message) => {
+    const { code, stderr } = await runCliErr(['train-toy', '--variant', 'plain', ...args, '--out', join(tmpdir(), 'clipag-never-written')]);
+    expect(code).not.toBe(0);
+    expect(stderr).toMatch(message);
+    expect(existsSync(join(tmpdir(), 'clipag-never-written'))).toBe(false);
   });
 
   it('a prompt the content policy refuses stops before the model is opened, as in the API', async () => {
