@@ -169,6 +169,19 @@ describe('toy CLIP training', () => {
     writeFileSync(ck, bytes.subarray(0, bytes.length >> 1));
     await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/checkpoint .* is unreadable/);
   });
+
+  it('refuses a checkpoint damaged on disk in a way that still reads as finite numbers (its checksum)', async () => {
+    const cfg = defaultToyConfig(false, { arch: ARCH, batch: 8, steps: 2, warmup: 1 });
+    const ck = join(dir, 'flip.ckpt');
+    await trainToyClip(cfg, { threads: 1, checkpoint: ck, maxStepsThisRun: 1 });
+    expect(readSafetensors(ck).metadata?.sha256).toMatch(/^[0-9a-f]{64}$/);
+    // One bit of the last byte: a float32's top byte (sign and exponent), so the value stays finite
+    // but changes, as a bad disk block would change it.
+    const bytes = readFileSync(ck);
+    bytes[bytes.length - 1]! ^= 0x01;
+    writeFileSync(ck, bytes);
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/checkpoint .*flip\.ckpt is damaged \(its checksum does not match its contents\); delete it to start over/);
+  });
 });
 
 describe('nearestText (zero-shot choice)', () => {

@@ -1,6 +1,7 @@
 // Host-side AdamW over named float32 parameters, and resumable checkpoints (safetensors: weights,
 // Adam moments, step, config). Shared by the toy CLIP trainer and the judge trainer.
 
+import { createHash } from 'node:crypto';
 import { existsSync, renameSync } from 'node:fs';
 import { EngineError } from '../errors.ts';
 import type { TensorData } from '../onnx/ir.ts';
@@ -78,6 +79,20 @@ export interface Checkpoint {
   adam: AdamState;
 }
 
+/**
+ * sha256 over every tensor (by name) and every metadata field but itself: a checkpoint damaged on disk
+ * (a flipped bit that is still a finite number) is refused at load instead of training on.
+ */
+function checkpointDigest(tensors: ReadonlyMap<string, { data: TensorData['data'] }>, meta: Readonly<Record<string, string>>): string {
+  const hash = createHash('sha256');
+  for (const name of [...tensors.keys()].sort()) {
+    const data = tensors.get(name)!.data as ArrayBufferView;
+    hash.update(`${name}\0`).update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  }
+  for (const key of Object.keys(meta).sort()) if (key !== 'sha256') hash.update(`${key}\0${meta[key]}\0`);
+  return hash.digest('hex');
+}
+
 /** Write atomically (temp file + rename): an interrupted write leaves the previous checkpoint intact. */
 export async function saveCheckpoint(path: string, ck: Checkpoint): Promise<void> {
   const tensors = new Map<string, TensorData>();
@@ -85,7 +100,7 @@ export async function saveCheckpoint(path: string, ck: Checkpoint): Promise<void
   for (const [k, a] of ck.adam.m) tensors.set(`m/${k}`, { dtype: 'float32', dims: [a.length], data: a });
   for (const [k, a] of ck.adam.v) tensors.set(`v/${k}`, { dtype: 'float32', dims: [a.length], data: a });
   const tmp = `${path}.partial`;
-  await writeSafetensors(tmp, tensors, {
+  const meta: Record<string, string> = {
     format: CHECKPOINT_FORMAT,
     kind: ck.kind,
     config: JSON.stringify(ck.config),
@@ -93,7 +108,8 @@ export async function saveCheckpoint(path: string, ck: Checkpoint): Promise<void
     adam_step: String(ck.adam.step),
     elapsed_s: String(ck.elapsedS),
     history: JSON.stringify(ck.history),
-  });
+  };
+  await writeSafetensors(tmp, tensors, { ...meta, sha256: checkpointDigest(tensors, meta) });
   renameSync(tmp, path);
 }
 
@@ -145,14 +161,24 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
   } catch (e) {
     throw new EngineError('invalid_model', `${(e as Error).message.replace(/^bundle /, '')}; delete it to start over`, { path });
   }
+  // Checkpoints written before the checksum carry none; every later one must match its own.
+  if (meta.sha256 !== undefined && meta.sha256 !== checkpointDigest(st.tensors, meta)) {
+    throw new EngineError('invalid_model', `checkpoint ${path} is damaged (its checksum does not match its contents); delete it to start over`, { path });
+  }
   const step = Number(meta.step);
   if (!Number.isInteger(step) || step < 0) throw new EngineError('invalid_model', `checkpoint ${path} has a bad step "${meta.step}"`, { path });
+  let history: unknown[];
+  try {
+    history = JSON.parse(meta.history ?? '[]') as unknown[];
+  } catch {
+    throw new EngineError('invalid_model', `checkpoint ${path} has an unreadable history record; delete it to start over`, { path });
+  }
   return {
     kind,
     config: saved,
     step,
     elapsedS: Number(meta.elapsed_s ?? 0),
-    history: JSON.parse(meta.history ?? '[]') as unknown[],
+    history,
     params,
     adam: { step: Number(meta.adam_step ?? step), m, v },
   };
