@@ -33,7 +33,9 @@ export const GenerationOutputView = z
     expires_at: Timestamp,
     width: z.number().int().positive(),
     height: z.number().int().positive(),
-    clip_score: z.number().optional(),
+    clip_score: z.number().optional().openapi({
+      description: "The model's text–image alignment: the weighted mean cosine to the positive prompts, over square windows that together cover the whole image",
+    }),
   })
   .openapi('GenerationOutput');
 

@@ -344,6 +344,23 @@ export function cropCenter(img: PlanarImage, width: number, height: number): Pla
 }
 
 /**
+ * Square windows, side = the short side, evenly spaced along the long side so that together they
+ * cover every pixel: ceil(long / short) of them, first and last flush with the ends. A square image
+ * is its own one window.
+ */
+export function squareCropsCovering(img: PlanarImage): PlanarImage[] {
+  checkImage(img, 'squareCropsCovering');
+  const side = Math.min(img.width, img.height);
+  const long = Math.max(img.width, img.height);
+  const n = Math.ceil(long / side);
+  if (n === 1) return [img];
+  return Array.from({ length: n }, (_, i) => {
+    const offset = Math.round((i * (long - side)) / (n - 1));
+    return img.width >= img.height ? crop(img, offset, 0, side, side) : crop(img, 0, offset, side, side);
+  });
+}
+
+/**
  * Resize so the image covers width×height (short side scaled, aspect kept), then centre-crop: the CLIP
  * preprocessing shape (Resize(short side) + CenterCrop), used to fit init images to the run size.
  */

@@ -7,7 +7,7 @@ import { EngineError } from '../errors.ts';
 import { stepGraph } from './step-graph.ts';
 import { fillViewOperators, type Window } from './resample.ts';
 import { DEFAULT_RECIPE, LIMITS, type Recipe, type Stage, defaultSchedule, validateRecipe } from './recipe.ts';
-import { type PlanarImage, cloneImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage } from './image.ts';
+import { type PlanarImage, cloneImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage, squareCropsCovering } from './image.ts';
 import { Rng } from './rng.ts';
 import { samplePrior } from './prior.ts';
 
@@ -246,11 +246,18 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   let encoderPasses = 0;
   let encoderBackwardPasses = 0;
 
+  // A score covers the whole image: a non-square one is scored on square windows that together cover
+  // it (the encoder sees squares), and each prompt's cosine is their mean. One pass per window, at
+  // batch 1, so no new graph is compiled for it.
   const scoreImage = async (img: PlanarImage): Promise<PromptScore[]> => {
-    const view = resizeCover(img, S, S);
-    const unit = await engine.embedPixels(view.data, 1, 1);
-    encoderPasses++;
-    return req.prompts.map((p, k) => ({ text: p.text, weight: p.weight, cosine: dot(unit, 0, textUnit, k * E, E) }));
+    const sums = new Float64Array(req.prompts.length);
+    const windows = squareCropsCovering(img);
+    for (const window of windows) {
+      const unit = await engine.embedPixels(resizeCover(window, S, S).data, 1, 1);
+      encoderPasses++;
+      req.prompts.forEach((_, k) => (sums[k]! += dot(unit, 0, textUnit, k * E, E)));
+    }
+    return req.prompts.map((p, k) => ({ text: p.text, weight: p.weight, cosine: sums[k]! / windows.length }));
   };
 
   // ---- initialization ----

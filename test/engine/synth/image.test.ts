@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { encode as pngEncode } from 'fast-png';
 import {
-  createImage, cropCenter, crop, decodeImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage,
+  createImage, cropCenter, crop, decodeImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage, squareCropsCovering,
   type PlanarImage,
 } from '../../../gpu-worker/engine/synth/image.ts';
 import { createRng } from '../../../gpu-worker/engine/synth/rng.ts';
@@ -161,6 +161,24 @@ describe('resizing and cropping', () => {
     const mid = sq.data[112 * 224 + 112];
     expect(Math.abs(mid - 0.5)).toBeLessThan(0.01);
     expect(sq.data[112 * 224] / (1 / 3)).toBeGreaterThan(0.95); // the left edge shows column ~100 of 300
+  });
+
+  it('squareCropsCovering: ceil(long/short) squares flush with both ends, every pixel in one of them', () => {
+    const img = createImage(100, 30);
+    for (let i = 0; i < img.data.length; i++) img.data[i] = i;
+    const windows = squareCropsCovering(img);
+    expect(windows).toHaveLength(4);
+    expect(windows.every((w) => w.width === 30 && w.height === 30)).toBe(true);
+    // Which source columns each window holds: from its first pixel's value.
+    const starts = windows.map((w) => w.data[0]!);
+    expect(starts[0]).toBe(0);
+    expect(starts[3]).toBe(70); // flush with the right end
+    const covered = new Set(starts.flatMap((x0) => Array.from({ length: 30 }, (_, dx) => x0 + dx)));
+    expect(covered.size).toBe(100);
+    // Tall images the same way; a square image is its own one window.
+    expect(squareCropsCovering(createImage(20, 50)).map((w) => [w.width, w.height])).toEqual([[20, 20], [20, 20], [20, 20]]);
+    const square = createImage(8, 8);
+    expect(squareCropsCovering(square)).toEqual([square]);
   });
 
   it('resizeCover stays centred when it crops first: a symmetric source gives a symmetric output', () => {

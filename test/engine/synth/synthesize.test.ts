@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../../gpu-worker/engine/errors.ts';
-import { decodeImage, solidImage } from '../../../gpu-worker/engine/synth/image.ts';
+import { decodeImage, resizeCover, solidImage, squareCropsCovering } from '../../../gpu-worker/engine/synth/image.ts';
 import { augmentViews } from '../../../gpu-worker/engine/synth/step-graph.ts';
 import { type SynthRequest, dynamicThreshold, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
 import { STYLE_CONTENT_WEIGHT, STYLE_RECIPE, defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
@@ -74,6 +74,18 @@ describe('synthesis on the tiny model', () => {
     expect(defaultSchedule(1024, 64, 10, 64).every((st) => st.width >= 16 && st.height >= 16 && st.width % 8 === 0 && st.height % 8 === 0)).toBe(true);
     const res = await synthesize(engine, { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 256, height: 32, seed: 1, init: { kind: 'noise' }, recipe: { steps: 4, ...FAST } });
     expect([decodeImage(res.png).width, decodeImage(res.png).height]).toEqual([256, 32]);
+    // The score covers the whole strip: the mean cosine over the 8 square windows of the output, not
+    // its centre alone. Recomputed here from the PNG (8-bit, hence the tolerance).
+    const out = decodeImage(res.png);
+    const { unit: text } = await engine.embedText(['a photo of a cat']);
+    const E = text.length;
+    const windowCosines = [];
+    for (const w of squareCropsCovering(out)) {
+      const u = await engine.embedPixels(resizeCover(w, engine.imageSize, engine.imageSize).data, 1, 1);
+      windowCosines.push(u.reduce((acc, x, i) => acc + x * text[i]!, 0));
+    }
+    expect(windowCosines).toHaveLength(8);
+    expect(res.scores[0]!.cosine).toBeCloseTo(mean(windowCosines), 2);
   });
 
   it('per-size step graphs are kept least-recently-used: beyond the limit the oldest idle one is unloaded', async () => {
