@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
-import { compilePolicy, DEFAULT_PROMPT_POLICY } from '../shared/prompt-policy.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY, refusalMessage } from '../shared/prompt-policy.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
@@ -66,7 +66,7 @@ export async function run(argv: string[]): Promise<number> {
   // The same prompt policy as the API (ADR 0015): refusals stop here, flags are printed.
   const policyHits = compilePolicy(DEFAULT_PROMPT_POLICY).screen([{ text: positionals[0]!, param: 'prompt' }]);
   const refusal = policyHits.find((hit) => hit.action === 'refuse');
-  if (refusal) throw new EngineError('invalid_input', `refused by the content policy (${refusal.category}, rule ${refusal.rule}): "${refusal.term}" ${refusal.message}`);
+  if (refusal) throw new EngineError('invalid_input', refusalMessage(refusal));
   // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.
   const out = outputFile(values.out ?? 'out.png', '-o');
   const imageInit = values.init !== undefined && values.init !== 'gmm' && values.init !== 'noise';

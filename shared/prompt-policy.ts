@@ -86,6 +86,11 @@ const PHRASE_BREAK = /[,;:.!?|/()[\]{}"“”«»\n]+/u;
 /** Most words a term may have: spans of a prompt are looked up up to this length. */
 const MAX_TERM_WORDS = 6;
 
+/** What a caller is told of a refusal: the rule, the phrase that matched and why (API and CLI alike). */
+export function refusalMessage(hit: PolicyHit): string {
+  return `refused by the content policy (${hit.category}, rule ${hit.rule}): "${hit.term}" ${hit.message}`;
+}
+
 export interface PromptPolicy {
   /** Every rule a prompt matches, refusals first; empty when it matches none. */
   screen(prompts: ReadonlyArray<{ text: string; param: string }>): PolicyHit[];

@@ -3,7 +3,7 @@ import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedE
 import { newJobId } from '../../shared/ids.ts';
 import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
-import { compilePolicy, DEFAULT_PROMPT_POLICY } from '../../shared/prompt-policy.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY, refusalMessage } from '../../shared/prompt-policy.ts';
 import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
@@ -126,7 +126,7 @@ export function registerGenerationRoutes(
     const hits = (await promptPolicy()).screen(prompts);
     const refusal = hits.find((hit) => hit.action === 'refuse');
     if (refusal) {
-      throw new ValidationError(`refused by the content policy (${refusal.category}, rule ${refusal.rule}): "${refusal.term}" ${refusal.message}`, refusal.param, { code: 'content_policy' });
+      throw new ValidationError(refusalMessage(refusal), refusal.param, { code: 'content_policy' });
     }
     return hits.map(({ rule, category, term, message, param }) => ({ rule, category, term, message, param }));
   }
