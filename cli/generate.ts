@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
-import { compilePolicy, DEFAULT_PROMPT_POLICY, refusalMessage } from '../shared/prompt-policy.ts';
+import { defaultPromptPolicy, refusalMessage } from '../shared/prompt-policy.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
@@ -64,7 +64,7 @@ export async function run(argv: string[]): Promise<number> {
   });
   if (positionals.length !== 1) throw new EngineError('invalid_input', 'give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
   // The same prompt policy as the API (ADR 0015): refusals stop here, flags are printed.
-  const policyHits = compilePolicy(DEFAULT_PROMPT_POLICY).screen([{ text: positionals[0]!, param: 'prompt' }]);
+  const policyHits = defaultPromptPolicy().screen([{ text: positionals[0]!, param: 'prompt' }]);
   const refusal = policyHits.find((hit) => hit.action === 'refuse');
   if (refusal) throw new EngineError('invalid_input', refusalMessage(refusal));
   // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.

@@ -10,7 +10,7 @@ import { createApp } from '../functions/app.ts';
 import { jsonLineLog } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
 import { startQueuedJobSweeps } from '../functions/queued-jobs.ts';
-import { httpWebhookSender } from '../shared/webhooks.ts';
+import { webhookDeliveryFromConfig } from '../shared/webhooks.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -73,11 +73,7 @@ export async function serve(
       blobs,
       jobs,
       queue,
-      webhooks: {
-        send: httpWebhookSender({ allowPrivate: local.webhookAllowPrivate }),
-        signedUrlTtlSec: local.signedUrlTtlSec,
-        ...(local.workerHourlyUsd !== undefined ? { workerHourlyUsd: local.workerHourlyUsd } : {}),
-      },
+      webhooks: webhookDeliveryFromConfig(local),
       clock: () => new Date(),
       log: jsonLineLog,
     },

@@ -1,18 +1,14 @@
 // The queued-job sweep's Lambda composition root (an EventBridge schedule invokes it): config parsed
 // once at cold start, S3/SQS clients built once. The sweep itself lives in queued-jobs.ts.
 import { awsStores } from '../shared/adapters/stores.ts';
-import { httpWebhookSender } from '../shared/webhooks.ts';
+import { webhookDeliveryFromConfig } from '../shared/webhooks.ts';
 import { jsonLineLog } from './log.ts';
 import { awsConfig } from './deps/aws.ts';
 import { sweepQueuedJobs, type SweepReport } from './queued-jobs.ts';
 
 const config = awsConfig(process.env);
 const { blobs, jobs, queue } = awsStores(config);
-const webhooks = {
-  send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }),
-  signedUrlTtlSec: config.signedUrlTtlSec,
-  ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
-};
+const webhooks = webhookDeliveryFromConfig(config);
 
 /**
  * One sweep. Markers it could not handle make the invocation fail after the whole sweep, so the

@@ -17,7 +17,7 @@ import type { Recipe } from './engine/synth/recipe.ts';
 import { createModelRegistry, type ModelRegistry } from './models.ts';
 import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
 import { ecsTaskProtection, type TaskProtection } from './worker/task-protection.ts';
-import { httpWebhookSender, webhookNotifier, type WebhookNotifier } from '../shared/webhooks.ts';
+import { webhookDeliveryFromConfig, webhookNotifier, type WebhookNotifier } from '../shared/webhooks.ts';
 import { createWorker, jsonLogger, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from './worker/worker.ts';
 
 export { createWorker, type QueueWorker, type WorkerState, type WorkerEvent } from './worker/worker.ts';
@@ -85,9 +85,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       ? webhookNotifier({
           jobs,
           blobs: deps.blobs,
-          send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }),
-          signedUrlTtlSec: config.signedUrlTtlSec,
-          ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
+          ...webhookDeliveryFromConfig(config),
           clock: () => new Date(),
           log: ({ level, msg, ...fields }) => log[level](msg, fields),
         })

@@ -227,6 +227,12 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
   ],
 };
 
+let compiledDefault: PromptPolicy | undefined;
+/** The shipped policy, compiled once per process (the API's fallback, the store loader's start, the CLI). */
+export function defaultPromptPolicy(): PromptPolicy {
+  return (compiledDefault ??= compilePolicy(DEFAULT_PROMPT_POLICY));
+}
+
 /** Where a deployment keeps its own policy, replacing the default (the same document format). */
 export const PROMPT_POLICY_KEY = 'config/prompt-policy.json';
 
@@ -252,7 +258,7 @@ export function policyFromStore(
 ): () => Promise<PromptPolicy> {
   const ttlMs = options.ttlMs ?? 60_000;
   const now = options.now ?? Date.now;
-  const defaultPolicy = compilePolicy(DEFAULT_PROMPT_POLICY);
+  const defaultPolicy = defaultPromptPolicy();
   let policy = defaultPolicy;
   /** The etag of the document `policy` came from, or of the bad one last reported; null: the default. */
   let seenEtag: string | null = null;

@@ -137,6 +137,19 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
     });
 }
 
+/** The delivery settings a process takes from its config: the address policy, link lifetime and price. */
+export function webhookDeliveryFromConfig(config: { webhookAllowPrivate: boolean; signedUrlTtlSec: number; workerHourlyUsd?: number | undefined }): {
+  send: WebhookSender;
+  signedUrlTtlSec: number;
+  workerHourlyUsd?: number;
+} {
+  return {
+    send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }),
+    signedUrlTtlSec: config.signedUrlTtlSec,
+    ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
+  };
+}
+
 export type DeliveryResult = 'delivered' | 'failed' | 'gave_up' | 'not_due' | 'held_elsewhere' | 'nothing_to_send';
 
 export interface WebhookDeliveryDeps {

@@ -3,7 +3,7 @@ import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedE
 import { newJobId } from '../../shared/ids.ts';
 import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
-import { compilePolicy, DEFAULT_PROMPT_POLICY, refusalMessage } from '../../shared/prompt-policy.ts';
+import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
@@ -111,8 +111,7 @@ export function registerGenerationRoutes(
   /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
   const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...price, webhookSecret: true });
   const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false };
-  const defaultPolicy = compilePolicy(DEFAULT_PROMPT_POLICY);
-  const promptPolicy = deps.promptPolicy ?? (async () => defaultPolicy);
+  const promptPolicy = deps.promptPolicy ?? (async () => defaultPromptPolicy());
 
   /**
    * The prompt policy (ADR 0015) on the prompts that pull the image (a negative prompt, or a negative
