@@ -51,6 +51,16 @@ async function waitFor(h: ServeHandle, id: string, until: (job: any) => boolean,
   }
 }
 
+async function until<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 30_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const got = await probe();
+    if (got !== undefined) return got;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 describe('local mode end to end', () => {
@@ -72,10 +82,13 @@ describe('local mode end to end', () => {
     expect(job.status).toBe('succeeded');
     expect(job.usage.encoder_passes).toBeGreaterThanOrEqual(6 * 8);
     expect(job.usage.worker_seconds).toBeGreaterThan(0);
-    // The worker recorded the run: estimates for this model and size now rest on it.
-    const estimate = (await (
-      await fetch(`${h.url}/v1/estimates`, { method: 'POST', headers: { ...auth(h), 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'a dog', width: 64, height: 64 }) })
-    ).json()) as any;
+    // The worker recorded the run (just after it wrote the record): estimates for this model and size now rest on it.
+    const estimate = await until(async () => {
+      const res = await fetch(`${h.url}/v1/estimates`, { method: 'POST', headers: { ...auth(h), 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'a dog', width: 64, height: 64 }) });
+      expect(res.status).toBe(200);
+      const body = (await res.json()) as any;
+      return body.runs >= 1 ? body : undefined;
+    }, 'an estimate resting on the run');
     expect(estimate).toMatchObject({ model: 'toy', runs: 1, worker_seconds: { median: expect.any(Number) } });
     expect(estimate.worker_seconds.median).toBeGreaterThan(0);
     const png = await fetch(job.outputs[0].url);

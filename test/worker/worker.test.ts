@@ -95,7 +95,9 @@ describe('gpu-worker queue worker', () => {
     expect(done.usage.worker_seconds).toBeGreaterThan(0);
     await waitFor('the ack', async () => (await env.queue.depth()) === 0);
     expect(w.events.some((e) => e.type === 'progress_written')).toBe(true);
-    expect(w.worker.state).toBe('polling');
+    // After the ack the worker still records the run's statistics (ADR 0014), then polls again.
+    expect((await finishedOf(w.events, job.id)).outcome).toBe('succeeded');
+    await waitFor('the worker back to polling', () => w.worker.state === 'polling');
   });
 
   it('frees the owner\'s place and tells its webhook notifier of the jobs that end here, records the run for estimates, and its stop waits for the deliveries', async () => {
