@@ -9,7 +9,7 @@ import { parseConfig } from '../../shared/config.ts';
 import { createWorker, type Logger, type QueueWorker } from '../../gpu-worker/worker/worker.ts';
 import { ecsTaskProtection } from '../../gpu-worker/worker/task-protection.ts';
 import type { SynthesisOutcome, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
-import { type Env, makeEnv, submit, waitForStatus } from './helpers.ts';
+import { type Env, makeEnv, submit, waitFor, waitForStatus } from './helpers.ts';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -62,7 +62,7 @@ describe('ECS task scale-in protection', () => {
     const job = await submit(env, { steps: 6 });
     start(env, synthesizer, agent.uri);
     expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).status).toBe('succeeded');
-    await new Promise((r) => setTimeout(r, 100)); // the unprotect follows the ack
+    await waitFor('the unprotect, which follows the ack and the run statistics', () => agent.requests.length >= 2);
     expect(whileRunning).toEqual([{ ProtectionEnabled: true, ExpiresInMinutes: 65 }]);
     expect(agent.requests.map((r) => [r.method, r.path, r.body])).toEqual([
       ['PUT', '/api/task-id/task-protection/v1/state', { ProtectionEnabled: true, ExpiresInMinutes: 65 }],
