@@ -17,6 +17,7 @@ import type { Recipe } from './engine/synth/recipe.ts';
 import { createModelRegistry, type ModelRegistry } from './models.ts';
 import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
 import { ecsTaskProtection, type TaskProtection } from './worker/task-protection.ts';
+import { policyFromStore, type OutputScreen } from '../shared/prompt-policy.ts';
 import { webhookDeliveryFromConfig, webhookNotifier, type WebhookNotifier } from '../shared/webhooks.ts';
 import { createWorker, jsonLogger, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from './worker/worker.ts';
 
@@ -55,6 +56,12 @@ export interface StartWorkerDeps {
   protection?: TaskProtection;
   /** Default: deliveries over HTTP(S) under the config's address policy. `null`: no webhooks from here. */
   webhooks?: WebhookNotifier | null;
+  /**
+   * The output check (ADR 0017). Default: the output rules of the deployment's policy document in
+   * `blobs` (config/prompt-policy.json, read as the API reads it), else of the shipped policy.
+   * `null`: no output check.
+   */
+  outputScreen?: (() => Promise<OutputScreen>) | null;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
 }
@@ -90,6 +97,11 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
           log: ({ level, msg, ...fields }) => log[level](msg, fields),
         })
       : (deps.webhooks ?? undefined);
+  let outputScreen = deps.outputScreen ?? undefined;
+  if (deps.outputScreen === undefined) {
+    const policy = policyFromStore(deps.blobs, { onProblem: (problem) => log.error(problem) });
+    outputScreen = async () => (await policy()).output;
+  }
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });
   const worker = createWorker({
     queue: deps.queue,
@@ -107,6 +119,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
     },
     protection: deps.protection ?? (config.mode === 'aws' && config.ecsAgentUri ? ecsTaskProtection(config.ecsAgentUri, log) : undefined),
     ...(webhooks ? { webhooks } : {}),
+    ...(outputScreen ? { outputScreen } : {}),
     log,
     onEvent: deps.onEvent,
   });

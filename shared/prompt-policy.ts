@@ -8,6 +8,11 @@ import { z } from 'zod';
 import { cleanClipText } from './text-clean.ts';
 
 export const POLICY_CATEGORIES = ['copyright', 'trademark', 'likeness', 'bias'] as const;
+
+/** Longest concept text of an output rule. */
+export const MAX_CONCEPT_CHARS = 200;
+/** Most distinct concepts a policy's output rules may name together. */
+export const MAX_OUTPUT_CONCEPTS = 500;
 export type PolicyCategory = (typeof POLICY_CATEGORIES)[number];
 
 const PolicyRule = z
@@ -22,14 +27,49 @@ const PolicyRule = z
   })
   .strict();
 
+/**
+ * An output rule (ADR 0017): after a run, every image's cosine to each concept is taken in the same
+ * scoring pass as its clip_score. A concept matches when every condition the rule gives holds:
+ * `min_cosine` (an absolute level, which depends on the model: calibrate it with `clipag screen`) and
+ * `above_prompt_by` (the image is closer to the concept than to what was asked, by this margin: no
+ * calibration needed, the prompt is the yardstick). `withhold` keeps the image from the caller; `flag`
+ * delivers it with the finding.
+ */
+const OutputRule = z
+  .object({
+    id: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/),
+    category: z.enum(POLICY_CATEGORIES),
+    action: z.enum(['withhold', 'flag']),
+    message: z.string().min(1).max(300),
+    /** Texts for the model's text tower, as a prompt would be written ("Mickey Mouse", "the Nike logo"). */
+    concepts: z.array(z.string().trim().min(1).max(MAX_CONCEPT_CHARS)).min(1).max(200),
+    min_cosine: z.number().min(-1).max(1).optional(),
+    above_prompt_by: z.number().min(-2).max(2).optional(),
+  })
+  .strict()
+  .refine((r) => r.min_cosine !== undefined || r.above_prompt_by !== undefined, {
+    message: 'an output rule needs min_cosine, above_prompt_by or both (without either, every image would match)',
+  });
+
 export const PromptPolicyDocument = z
   .object({
     version: z.literal(1),
     rules: z.array(PolicyRule).max(200),
+    /** Checks on the generated images; absent: none (an operator document that predates them). */
+    output_rules: z.array(OutputRule).max(50).optional(),
   })
   .strict()
   .superRefine((doc, ctx) => {
     const ids = new Set<string>();
+    (doc.output_rules ?? []).forEach((rule, i) => {
+      if (ids.has(rule.id)) ctx.addIssue({ code: 'custom', path: ['output_rules', i, 'id'], message: `duplicate output rule id ${rule.id}` });
+      ids.add(rule.id);
+    });
+    const concepts = new Set((doc.output_rules ?? []).flatMap((r) => r.concepts));
+    if (concepts.size > MAX_OUTPUT_CONCEPTS) {
+      ctx.addIssue({ code: 'custom', path: ['output_rules'], message: `at most ${MAX_OUTPUT_CONCEPTS} distinct concepts in all (every one is embedded for every model), got ${concepts.size}` });
+    }
+    ids.clear();
     doc.rules.forEach((rule, i) => {
       if (ids.has(rule.id)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'id'], message: `duplicate rule id ${rule.id}` });
       ids.add(rule.id);
@@ -94,6 +134,57 @@ export function refusalMessage(hit: PolicyHit): string {
 export interface PromptPolicy {
   /** Every rule a prompt matches, refusals first; empty when it matches none. */
   screen(prompts: ReadonlyArray<{ text: string; param: string }>): PolicyHit[];
+  /** The checks on generated images (the document's output_rules). */
+  readonly output: OutputScreen;
+}
+
+/** An output rule an image matched. */
+export interface OutputHit {
+  rule: string;
+  category: PolicyCategory;
+  action: 'withhold' | 'flag';
+  /** The concept that matched best (the highest cosine among those meeting the rule). */
+  concept: string;
+  message: string;
+  /** The image's cosine to `concept` (the same measure as its clip_score). */
+  cosine: number;
+}
+
+export interface OutputScreen {
+  /** The distinct concept texts of all output rules, in document order: what every image is scored against. */
+  readonly concepts: readonly string[];
+  /**
+   * The rules an image matches, withholding ones first, then in document order; one hit per rule.
+   * `cosines[i]` is the image's cosine to `concepts[i]`, null where the model cannot read that text
+   * (such a concept never matches); `promptScore` is the image's clip_score.
+   */
+  judge(cosines: ReadonlyArray<number | null>, promptScore: number): OutputHit[];
+}
+
+export function compileOutputScreen(rules: PromptPolicyDocument['output_rules'] = []): OutputScreen {
+  const concepts = [...new Set(rules.flatMap((r) => r.concepts))];
+  const indexOf = new Map(concepts.map((c, i) => [c, i]));
+  const compiled = rules.map((rule) => ({ rule, slots: rule.concepts.map((c) => indexOf.get(c)!) }));
+  return {
+    concepts,
+    judge(cosines, promptScore) {
+      if (cosines.length !== concepts.length) throw new Error(`output screen: ${cosines.length} cosines for ${concepts.length} concepts`);
+      const hits: OutputHit[] = [];
+      for (const { rule, slots } of compiled) {
+        let best: OutputHit | undefined;
+        for (const slot of slots) {
+          const cosine = cosines[slot];
+          if (cosine === null || cosine === undefined || !Number.isFinite(cosine)) continue;
+          if (rule.min_cosine !== undefined && cosine < rule.min_cosine) continue;
+          if (rule.above_prompt_by !== undefined && cosine < promptScore + rule.above_prompt_by) continue;
+          if (!best || cosine > best.cosine) best = { rule: rule.id, category: rule.category, action: rule.action, concept: concepts[slot]!, message: rule.message, cosine };
+        }
+        if (best) hits.push(best);
+      }
+      // Stable: equal actions keep the document's order.
+      return hits.sort((a, b) => (a.action === b.action ? 0 : a.action === 'withhold' ? -1 : 1));
+    },
+  };
 }
 
 interface IndexedTerm {
@@ -119,7 +210,9 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
       else index.set(key, [entry]);
     }
   }
+  const output = compileOutputScreen(doc.output_rules);
   return {
+    output,
     screen(prompts) {
       const hits: PolicyHit[] = [];
       for (const { text, param } of prompts) {
@@ -223,6 +316,36 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'doctor', 'nurse', 'ceo', 'engineer', 'scientist', 'programmer', 'teacher', 'secretary', 'pilot', 'lawyer',
         'housekeeper', 'janitor', 'criminal', 'terrorist', 'thug', 'prisoner', 'beautiful woman', 'attractive person',
       ],
+    },
+  ],
+  // The prompt rules cannot see a character drawn from a description ("a cartoon mouse with round
+  // black ears and red shorts"); these look at the image. They flag, not withhold: "closer to the
+  // concept than to the prompt" needs no calibration, but it has not been measured on real CLIP
+  // weights here (ADR 0017), and a withheld image is paid for and lost. An operator who has measured
+  // their model sets `withhold`, `min_cosine` or a margin.
+  output_rules: [
+    {
+      id: 'protected-characters-in-image',
+      category: 'copyright',
+      action: 'flag',
+      message: 'the image looks more like a copyrighted character than like the prompt; it may infringe its owner\'s rights',
+      concepts: [
+        'Mickey Mouse', 'Minnie Mouse', 'Donald Duck', 'Pikachu', 'Spider-Man', 'Batman', 'Superman', 'Wonder Woman',
+        'Captain America', 'the Hulk', 'Darth Vader', 'Yoda', 'Hello Kitty', 'Super Mario', 'Sonic the Hedgehog', 'Shrek',
+        'Homer Simpson', 'SpongeBob SquarePants', 'Bugs Bunny', 'Scooby-Doo', 'Garfield the cat', 'Buzz Lightyear', 'Totoro',
+      ],
+      above_prompt_by: 0,
+    },
+    {
+      id: 'brand-logos-in-image',
+      category: 'trademark',
+      action: 'flag',
+      message: 'the image looks more like a brand\'s logo than like the prompt; trademarks are not ours to reproduce',
+      concepts: [
+        'the Nike logo', 'the Adidas logo', 'the Apple logo', 'the Google logo', 'the Coca-Cola logo', "the McDonald's logo",
+        'the Starbucks logo', 'the Disney logo', 'the Olympic rings',
+      ],
+      above_prompt_by: 0,
     },
   ],
 };

@@ -17,16 +17,25 @@ export async function generationView(
   // Signatures carry whole seconds (S3's X-Amz-Date, the local `expires`), taken at or after `now`:
   // the floored second is the earliest a link can expire, so it never dies before its expires_at.
   const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
+  // `outputs` holds the published images in index order; a withheld one (ADR 0017) leaves a gap.
+  const checks = new Map((job.output_checks ?? []).map((c) => [c.index, c]));
+  const indices: number[] = [];
+  for (let i = 0; indices.length < job.outputs.length; i++) if (!checks.get(i)?.withheld) indices.push(i);
   const outputs = await Promise.all(
-    job.outputs.map(async (output, index) => ({
-      index,
-      url: await blobs.signedGetUrl(output.key, ttlSec),
-      expires_at: expiresAt,
-      width: output.width,
-      height: output.height,
-      ...(output.clip_score !== undefined ? { clip_score: output.clip_score } : {}),
-    })),
+    job.outputs.map(async (output, k) => {
+      const flags = checks.get(indices[k]!)?.flags;
+      return {
+        index: indices[k]!,
+        url: await blobs.signedGetUrl(output.key, ttlSec),
+        expires_at: expiresAt,
+        width: output.width,
+        height: output.height,
+        ...(output.clip_score !== undefined ? { clip_score: output.clip_score } : {}),
+        ...(flags ? { content_flags: flags } : {}),
+      };
+    }),
   );
+  const withheld = (job.output_checks ?? []).filter((c) => c.withheld).map((c) => ({ index: c.index, content_flags: c.flags }));
   const w = job.webhook;
   return {
     id: job.id,
@@ -38,6 +47,7 @@ export async function generationView(
     progress: { step: job.progress.step, total: job.progress.total },
     cancel_requested: job.cancel_requested,
     outputs,
+    withheld_outputs: withheld,
     error: job.error,
     usage: { ...job.usage, cost_usd: options.workerHourlyUsd === undefined ? null : costUsd(job.usage.worker_seconds, options.workerHourlyUsd) },
     warnings: job.warnings ?? [],

@@ -40,6 +40,8 @@ export interface EngineOptions {
 
 /** Text batches are padded to one of these sizes so a handful of graphs serve every request. */
 const TEXT_BATCHES = [1, 4, 16];
+/** conceptEmbeddings keeps this many texts per model: a policy's concepts (at most 500) and room to spare. */
+const CONCEPT_CACHE_SIZE = 2048;
 
 /** The bundle's tokenizer, refused when it has more tokens than the model's embedding has rows. */
 function bundleTokenizer(bundle: ModelBundle): TextTokenizer {
@@ -56,6 +58,8 @@ export class ClipEngine {
   private readonly leases = new Map<string, number>();
   private readonly leasedOrder: string[] = [];
   private readonly priors = new Map<string, GmmPrior>();
+  /** conceptEmbeddings' cache, in least-recently-used order (a Map iterates in insertion order). */
+  private readonly concepts = new Map<string, Float32Array | null>();
   private closed = false;
 
   private constructor(
@@ -234,6 +238,35 @@ export class ClipEngine {
       raw.set((out.text_features.data as Float32Array).subarray(0, chunk.length * E), start * E);
     }
     return { unit: normalizeRows(raw, E), raw };
+  }
+
+  /**
+   * Unit text embeddings [E] of texts asked about job after job (the output policy's concepts),
+   * cached by text, the least recently used dropped past CONCEPT_CACHE_SIZE. null for a text with a
+   * word outside the model's vocabulary: its embedding would rest on the unknown token, and a check
+   * against it would mean nothing.
+   */
+  async conceptEmbeddings(texts: readonly string[]): Promise<Array<Float32Array | null>> {
+    const L = this.bundle.arch.contextLength;
+    const missing = [...new Set(texts.filter((t) => !this.concepts.has(t)))];
+    const readable = missing.filter((t) => this.tokenizer.inspect(t, L).unknownWords.length === 0);
+    for (const t of missing) if (!readable.includes(t)) this.concepts.set(t, null);
+    if (readable.length > 0) {
+      const { unit } = await this.embedText(readable);
+      const E = this.embedDim;
+      readable.forEach((t, i) => this.concepts.set(t, unit.slice(i * E, (i + 1) * E)));
+    }
+    const out = texts.map((t) => {
+      const v = this.concepts.get(t)!;
+      this.concepts.delete(t); // most recently used goes last
+      this.concepts.set(t, v);
+      return v;
+    });
+    for (const key of this.concepts.keys()) {
+      if (this.concepts.size <= CONCEPT_CACHE_SIZE) break;
+      this.concepts.delete(key);
+    }
+    return out;
   }
 
   /** Embeds images (resized to the encoder size with antialiasing). */

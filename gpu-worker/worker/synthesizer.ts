@@ -42,6 +42,8 @@ export interface SynthesizedImage {
   /** Weighted mean cosine between the output and the positive prompts (the engine's final scoring pass). */
   clipScore: number;
   scores: PromptScore[];
+  /** Cosines to SynthesisRunOptions.screenTexts, in order (null: a text the model cannot read); empty without them. */
+  screenCosines: Array<number | null>;
   frames: { step: number; png: Uint8Array }[];
   stepsDone: number;
 }
@@ -62,6 +64,8 @@ export interface SynthesisOutcome {
 export interface SynthesisRunOptions {
   signal?: AbortSignal;
   onProgress?: (p: SynthesisProgress) => void;
+  /** The output policy's concepts: every finished image is also scored against them (ADR 0017). */
+  screenTexts?: readonly string[];
 }
 
 export interface Synthesizer {
@@ -146,10 +150,10 @@ export function clipScore(scores: PromptScore[]): number {
 
 export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synthesizer {
   return {
-    async run(job, { signal, onProgress } = {}) {
+    async run(job, { signal, onProgress, screenTexts } = {}) {
       const engine = await options.models.engine(job.spec.model);
       const init = await resolveInit(job, options.blobs);
-      const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps);
+      const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps).map((r) => (screenTexts?.length ? { ...r, screenTexts } : r));
       const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
       const totalSteps = perImage * requests.length;
       const outcome: SynthesisOutcome = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
@@ -174,7 +178,7 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
         }
         outcome.images.push({
           index: i, seed: requests[i].seed, png: res.png, width: res.width, height: res.height,
-          clipScore: clipScore(res.scores), scores: res.scores, frames: res.frames, stepsDone: res.stepsDone,
+          clipScore: clipScore(res.scores), scores: res.scores, screenCosines: res.screenCosines, frames: res.frames, stepsDone: res.stepsDone,
         });
       }
       return outcome;

@@ -3,11 +3,12 @@
 
 import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
-import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord } from '../../shared/schemas/job.ts';
+import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
+import type { OutputScreen } from '../../shared/prompt-policy.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
 import type { ModelRegistry } from '../models.ts';
 import { classifyError, describe, jobErrorOf } from './errors.ts';
-import type { SynthesisOutcome, SynthesisProgress, Synthesizer } from './synthesizer.ts';
+import type { SynthesisOutcome, SynthesisProgress, SynthesizedImage, Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
@@ -89,6 +90,12 @@ export interface WorkerDeps {
   protection?: TaskProtection;
   /** Told when a job ends here, to send its completion webhook at once (retries are the sweep's). */
   webhooks?: WebhookNotifier;
+  /**
+   * The output check (ADR 0017): read before each run (the deployment's current policy); every image
+   * is scored against its concepts, and its rules decide which images are withheld or flagged.
+   * Default: none (no check).
+   */
+  outputScreen?: () => Promise<OutputScreen>;
   clock?: Clock;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
@@ -117,6 +124,30 @@ export function jsonLogger(level: 'debug' | 'info' | 'warn' | 'error' = 'info', 
 }
 
 type AbortReason = 'cancel' | 'drain' | 'lease_lost' | 'timeout';
+
+/** The output check of each finished image that matched a rule (ADR 0017); none without a screen. */
+export function checkOutputs(images: readonly SynthesizedImage[], screen: OutputScreen | undefined): OutputCheck[] {
+  if (!screen || screen.concepts.length === 0) return [];
+  const checks: OutputCheck[] = [];
+  for (const image of images) {
+    // Throws when the synthesizer did not score the concepts: an image is never published unchecked.
+    const hits = screen.judge(image.screenCosines, image.clipScore);
+    if (hits.length === 0) continue;
+    checks.push({
+      index: image.index,
+      withheld: hits.some((h) => h.action === 'withhold'),
+      flags: hits.slice(0, MAX_JOB_WARNINGS).map((h) => ({ ...h, cosine: Number(h.cosine.toFixed(6)) })),
+    });
+  }
+  return checks;
+}
+
+/** The error of a job whose every image was withheld: what each matched, so the caller can tell why. */
+function withheldMessage(checks: readonly OutputCheck[]): string {
+  const first = checks[0]!.flags.find((f) => f.action === 'withhold')!;
+  const more = checks.length > 1 ? ` (and ${checks.length - 1} more image${checks.length > 2 ? 's' : ''}; see withheld_outputs)` : ' (see withheld_outputs)';
+  return `the output check withheld every image: image ${checks[0]!.index} looks like "${first.concept}" (${first.category}, rule ${first.rule}, cosine ${first.cosine.toFixed(3)}): ${first.message}${more}`.slice(0, MAX_JOB_WARNING_CHARS);
+}
 
 const systemClock: Clock = { now: () => Date.now() };
 const MAX_BACKOFF_MS = 30_000;
@@ -448,8 +479,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       };
       let outcome: SynthesisOutcome | undefined;
       let runError: unknown;
+      let screen: OutputScreen | undefined;
       try {
-        outcome = await synthesizer.run({ id: running.id, owner: running.owner, spec: { ...running.spec, steps } }, { signal: ac.signal, onProgress });
+        screen = await deps.outputScreen?.();
+        const screenTexts = screen?.concepts.length ? { screenTexts: screen.concepts } : {};
+        outcome = await synthesizer.run({ id: running.id, owner: running.owner, spec: { ...running.spec, steps } }, { signal: ac.signal, onProgress, ...screenTexts });
       } catch (error) {
         runError = error;
       } finally {
@@ -499,11 +533,22 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       // Not aborted: the run completed (an abort that landed after the last step changes nothing).
 
+      // The output check decides what is published; a withheld image is never stored, nor its frames.
+      const checks = checkOutputs(outcome.images, screen);
+      const withheld = new Set(checks.filter((c) => c.withheld).map((c) => c.index));
+      for (const c of checks) log.info('output check matched', { jobId: msg.job_id, owner: msg.owner, index: c.index, withheld: c.withheld, rules: c.flags.map((f) => f.rule) });
+      const allWithheld = outcome.images.length > 0 && withheld.size === outcome.images.length;
+
       // Outputs first, then the record: a record never points at a missing object.
       const prefix = `outputs/${msg.owner}/${msg.job_id}`;
       const outputs: JobOutput[] = [];
       for (const image of outcome.images) {
         const key = `${prefix}/${image.index}.png`;
+        if (withheld.has(image.index)) {
+          // An earlier attempt under another policy may have stored it: the record never names it, but it goes.
+          await blobs.delete(key);
+          continue;
+        }
         await blobs.put(key, image.png, { contentType: 'image/png' });
         for (const frame of image.frames) {
           await blobs.put(`${prefix}/frames/${image.index}/${String(frame.step).padStart(4, '0')}.png`, frame.png, { contentType: 'image/png' });
@@ -518,19 +563,21 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
         wrote = true;
         return {
-          ...cur, status: 'succeeded', finished_at: iso(), progress: { step: total, total }, outputs, usage, error: null,
+          ...cur, status: allWithheld ? 'failed' : 'succeeded', finished_at: iso(), progress: { step: total, total }, outputs, usage,
+          error: allWithheld ? { code: 'content_policy', message: withheldMessage(checks) } : null,
           ...(outcome.warnings?.length ? { warnings: outcome.warnings.slice(0, MAX_JOB_WARNINGS).map((w) => w.slice(0, MAX_JOB_WARNING_CHARS)) } : {}),
+          ...(checks.length ? { output_checks: checks } : {}),
         };
       });
       await lease.release();
-      await ack(m, wrote ? 'succeeded' : `already_${done.status}`);
+      await ack(m, wrote ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
       if (wrote) {
         // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
         const key = { model: done.spec.model, width: done.spec.width, height: done.spec.height, start: runStartOf(done.spec.init) };
         const sample = { seconds: usage.worker_seconds, loopSeconds: Math.min(usage.worker_seconds, outcome.timingsMs.optimize / 1000), steps: total, n: outcome.images.length, at: iso() };
         await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { jobId: msg.job_id, error: describe(error) }));
       }
-      return finish(msg, wrote ? 'succeeded' : 'skipped', { stepsDone: outcome.stepsDone });
+      return finish(msg, !wrote ? 'skipped' : allWithheld ? 'failed' : 'succeeded', { stepsDone: outcome.stepsDone, ...(wrote && allWithheld ? { error: done.error! } : {}) });
     } catch (error) {
       await lease.release();
       await onFailure(m, msg, attempt, error);

@@ -1,8 +1,8 @@
 import { z } from '@hono/zod-openapi';
 import { OwnerId, ResourceId, Timestamp } from './common.ts';
-import { GenerationSpec } from './generation.ts';
+import { GenerationSpec, MAX_IMAGES } from './generation.ts';
 import { isValidKey } from '../keys.ts';
-import { POLICY_CATEGORIES } from '../prompt-policy.ts';
+import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES } from '../prompt-policy.ts';
 
 export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'canceled'] as const;
 export const JobStatus = z.enum(JOB_STATUSES).openapi('JobStatus');
@@ -74,10 +74,33 @@ export const ContentFlag = z
   .strict()
   .openapi('ContentFlag');
 
-/** The job record: one JSON document per job in the blob store (see docs/adr/0002). */
 export const MAX_JOB_WARNINGS = 20;
 export const MAX_JOB_WARNING_CHARS = 1000;
 
+/** An output rule an image matched (ADR 0017; shared/prompt-policy.ts OutputHit). */
+export const OutputFlag = z
+  .object({
+    rule: z.string().min(1).max(64),
+    category: z.enum(POLICY_CATEGORIES),
+    action: z.enum(['withhold', 'flag']),
+    concept: z.string().min(1).max(MAX_CONCEPT_CHARS),
+    message: z.string().max(300),
+    cosine: z.number().finite().openapi({ description: "The image's cosine to the concept (the measure of clip_score)" }),
+  })
+  .strict()
+  .openapi('OutputFlag');
+
+/** The output check of one image that matched a rule: what it matched, and whether it was kept from the caller. */
+export const OutputCheck = z
+  .object({
+    /** The image's index among the n asked for (its seed is seed + index). */
+    index: z.number().int().nonnegative().max(MAX_IMAGES - 1),
+    withheld: z.boolean(),
+    flags: z.array(OutputFlag).min(1).max(MAX_JOB_WARNINGS),
+  })
+  .strict();
+
+/** The job record: one JSON document per job in the blob store (see docs/adr/0002). */
 export const JobRecord = z
   .object({
     id: ResourceId,
@@ -111,6 +134,11 @@ export const JobRecord = z
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
     /** What the prompt policy flagged (not refused) at the job's creation (ADR 0015); absent: nothing. */
     content_flags: z.array(ContentFlag).max(MAX_JOB_WARNINGS).optional(),
+    /**
+     * The images the output check matched (ADR 0017), by image index; absent: none matched. A
+     * withheld image is not among `outputs` (nor stored): `outputs` lists the others in index order.
+     */
+    output_checks: z.array(OutputCheck).max(MAX_IMAGES).optional(),
     /** The completion webhook the request asked for; absent: none. */
     webhook: JobWebhook.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
@@ -128,6 +156,8 @@ export type JobUsage = z.output<typeof JobUsage>;
 export type JobError = z.output<typeof JobError>;
 export type JobWebhook = z.output<typeof JobWebhook>;
 export type ContentFlag = z.output<typeof ContentFlag>;
+export type OutputFlag = z.output<typeof OutputFlag>;
+export type OutputCheck = z.output<typeof OutputCheck>;
 
 /** A fresh `queued` record for a validated spec. */
 export function newJobRecord(args: {

@@ -1,7 +1,7 @@
 import { z } from '@hono/zod-openapi';
 import { ResourceId, Timestamp } from './common.ts';
 import { GenerationSpec } from './generation.ts';
-import { ContentFlag, JobError, JobStatus, JobUsage } from './job.ts';
+import { ContentFlag, JobError, JobStatus, JobUsage, OutputFlag } from './job.ts';
 
 // The public view of a job: what GET /v1/generations/{id} answers and what a webhook carries.
 
@@ -28,7 +28,7 @@ export const GenerationUsageView = z
 
 export const GenerationOutputView = z
   .object({
-    index: z.number().int().nonnegative(),
+    index: z.number().int().nonnegative().openapi({ description: 'Which of the n images this is (its seed is seed + index); a withheld image leaves a gap' }),
     url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
     expires_at: Timestamp,
     width: z.number().int().positive(),
@@ -36,8 +36,18 @@ export const GenerationOutputView = z
     clip_score: z.number().optional().openapi({
       description: "The model's text–image alignment: the weighted mean cosine to the positive prompts, over square windows that together cover the whole image",
     }),
+    content_flags: z.array(OutputFlag).optional().openapi({
+      description: 'What the output check found in this image (copyright or trademark look-alikes); absent when nothing. Review before use.',
+    }),
   })
   .openapi('GenerationOutput');
+
+export const WithheldOutputView = z
+  .object({
+    index: z.number().int().nonnegative(),
+    content_flags: z.array(OutputFlag).openapi({ description: 'Why the image was kept back: the rules it matched' }),
+  })
+  .openapi('WithheldOutput');
 
 export const GenerationView = z
   .object({
@@ -50,6 +60,9 @@ export const GenerationView = z
     progress: z.object({ step: z.number().int(), total: z.number().int() }),
     cancel_requested: z.boolean(),
     outputs: z.array(GenerationOutputView),
+    withheld_outputs: z.array(WithheldOutputView).openapi({
+      description: 'Images the output check kept back (ADR 0017): not stored, no URL. Usage still counts them. Empty when none.',
+    }),
     error: JobError.nullable(),
     usage: GenerationUsageView,
     warnings: z.array(z.string()).openapi({

@@ -34,6 +34,11 @@ export interface SynthRequest {
   schedule?: Stage[];
   /** Style transfer / editing: pull toward the init image with this weight (mean squared error). */
   contentWeight?: number;
+  /**
+   * Texts the final image is also scored against, in the same pass as its prompts (no extra encoder
+   * pass): the output policy's concepts. Their cosines come back as SynthResult.screenCosines.
+   */
+  screenTexts?: readonly string[];
 }
 
 export interface SynthProgress {
@@ -74,6 +79,8 @@ export interface SynthResult {
   /** The initial image at the first stage's size, when SynthOptions.keepInitial asked for it. */
   initialImage?: PlanarImage;
   scores: PromptScore[];
+  /** The final image's cosine to each of req.screenTexts (as its prompts' are taken); null where the model cannot read the text. Empty without screenTexts. */
+  screenCosines: Array<number | null>;
   stepsDone: number;
   aborted: boolean;
   /** What the model cannot read of the prompts (ClipEngine.promptWarnings); empty when it reads them all. */
@@ -87,6 +94,8 @@ export interface SynthResult {
 }
 
 const PROMPT_SLOTS = [1, 2, 4, 8];
+/** The output policy's concepts are capped at 500 (MAX_OUTPUT_CONCEPTS). */
+const MAX_SCREEN_TEXTS = 500;
 const NOISE_BANK = 16;
 const NOISE_SEED = 0x6e6f6973;
 
@@ -100,6 +109,12 @@ export function validateRequest(req: SynthRequest, encoderSize: number, modelDef
     if (typeof p.text !== 'string' || p.text.trim() === '') throw new EngineError('invalid_input', 'prompt text must not be empty', { param: 'prompts' });
     if (p.text.length > 1000) throw new EngineError('invalid_input', `prompt is ${p.text.length} characters; the limit is 1000`, { param: 'prompts' });
     if (!Number.isFinite(p.weight)) throw new EngineError('invalid_input', 'prompt weights must be finite numbers', { param: 'prompts' });
+  }
+  if (req.screenTexts !== undefined) {
+    if (!Array.isArray(req.screenTexts) || req.screenTexts.length > MAX_SCREEN_TEXTS) throw new EngineError('invalid_input', `screenTexts must be an array of at most ${MAX_SCREEN_TEXTS} texts`, { param: 'screenTexts' });
+    for (const t of req.screenTexts) {
+      if (typeof t !== 'string' || t.trim() === '' || t.length > 1000) throw new EngineError('invalid_input', 'every screen text must be a non-empty string of at most 1000 characters', { param: 'screenTexts' });
+    }
   }
   if (!req.prompts.some((p) => p.weight > 0)) throw new EngineError('invalid_input', 'at least one prompt needs a positive weight (all-zero or all-negative weights give nothing to move toward)', { param: 'prompts' });
   const side = (v: number, param: string) => {
@@ -249,15 +264,20 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   // A score covers the whole image: a non-square one is scored on square windows that together cover
   // it (the encoder sees squares), and each prompt's cosine is their mean. One pass per window, at
   // batch 1, so no new graph is compiled for it.
-  const scoreImage = async (img: PlanarImage): Promise<PromptScore[]> => {
+  const scoreImage = async (img: PlanarImage, screen: ReadonlyArray<Float32Array | null> = []): Promise<{ scores: PromptScore[]; screenCosines: Array<number | null> }> => {
     const sums = new Float64Array(req.prompts.length);
+    const screenSums = new Float64Array(screen.length);
     const windows = squareCropsCovering(img);
     for (const window of windows) {
       const unit = await engine.embedPixels(resizeCover(window, S, S).data, 1, 1);
       encoderPasses++;
       req.prompts.forEach((_, k) => (sums[k]! += dot(unit, 0, textUnit, k * E, E)));
+      screen.forEach((c, k) => c && (screenSums[k]! += dot(unit, 0, c, 0, E)));
     }
-    return req.prompts.map((p, k) => ({ text: p.text, weight: p.weight, cosine: sums[k]! / windows.length }));
+    return {
+      scores: req.prompts.map((p, k) => ({ text: p.text, weight: p.weight, cosine: sums[k]! / windows.length })),
+      screenCosines: screen.map((c, k) => (c ? screenSums[k]! / windows.length : null)),
+    };
   };
 
   // ---- initialization ----
@@ -266,7 +286,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   let image = await initialImage(engine, req, first, r, initRng, textUnit, promptWeights, E, () => (encoderPasses += 1));
   const contentTarget = req.init?.kind === 'image' && req.contentWeight ? req.init.image : undefined;
   timings.init = performance.now() - tInit;
-  const initialScores = await scoreImage(image);
+  const initialScores = (await scoreImage(image)).scores;
   const initialCopy = opts.keepInitial ? cloneImage(image) : undefined;
 
   const V = r.globalViews + r.patchViews;
@@ -382,7 +402,8 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   if (finalImage.width !== req.width || finalImage.height !== req.height) finalImage = resizeBilinear(finalImage, req.width, req.height);
 
   const ts = performance.now();
-  const scores = await scoreImage(finalImage);
+  const screenUnits = req.screenTexts?.length ? await engine.conceptEmbeddings(req.screenTexts) : [];
+  const { scores, screenCosines } = await scoreImage(finalImage, screenUnits);
   timings.score = performance.now() - ts;
   const te = performance.now();
   const png = encodePng(finalImage);
@@ -390,7 +411,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   timings.total = performance.now() - t0;
   return {
     png, image: finalImage, width: req.width, height: req.height, frames, bestLoss: best.loss, bestStep: best.step, lossHistory,
-    initialScores, initialImage: initialCopy, scores, stepsDone, aborted, warnings: engine.promptWarnings(req.prompts.map((p) => p.text)),
+    initialScores, initialImage: initialCopy, scores, screenCosines, stepsDone, aborted, warnings: engine.promptWarnings(req.prompts.map((p) => p.text)),
     usage: { encoderPasses, encoderBackwardPasses, timingsMs: timings },
   };
 }

@@ -1,0 +1,121 @@
+// The worker's half of the output check (ADR 0017): it scores every image against the policy's
+// concepts, withholds (never stores) or flags the images that match, and fails a job whose every
+// image is withheld. The synthesizer here returns fixed cosines so each rule's edge is exact; the
+// engine's scoring is proven in test/engine/synth/screen.test.ts, and the whole path on the real
+// engine in test/e2e/local-mode.test.ts. The stores and the queue are the real local adapters.
+import { afterEach, describe, expect, it } from 'vitest';
+import { createWorker, type QueueWorker, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import type { SynthesisOutcome, SynthesizedImage, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
+import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
+import { compileOutputScreen, type OutputScreen } from '../../shared/prompt-policy.ts';
+import { generationView } from '../../shared/views.ts';
+import { type Env, listKeys, makeEnv, OWNER, submit, waitFor, waitForStatus } from './helpers.ts';
+
+const workers: QueueWorker[] = [];
+afterEach(async () => {
+  for (const w of workers.splice(0)) await w.stop();
+});
+
+const screen = compileOutputScreen([
+  { id: 'mouse', category: 'copyright', action: 'withhold', message: 'looks like a mouse we do not own', concepts: ['Mickey Mouse'], above_prompt_by: 0 },
+  { id: 'swoosh', category: 'trademark', action: 'flag', message: 'looks like a logo', concepts: ['the Nike logo'], min_cosine: 0.25 },
+]);
+
+/** n images; image i scores `clip` against its prompt and cosines[i] against [Mickey Mouse, the Nike logo]. */
+function fixedSynthesizer(cosines: Array<Array<number | null>>, seen: { screenTexts?: readonly string[] } = {}): Synthesizer {
+  return {
+    async run(job, options = {}) {
+      seen.screenTexts = options.screenTexts;
+      const images: SynthesizedImage[] = cosines.map((c, index) => ({
+        index, seed: index, png: encodePng(solidImage(8, 8, [index / 4, 0.5, 0.5])), width: 8, height: 8,
+        clipScore: 0.3, scores: [{ text: job.spec.prompt ?? '', weight: 1, cosine: 0.3 }],
+        screenCosines: options.screenTexts ? c : [],
+        frames: [{ step: 0, png: encodePng(solidImage(8, 8, [0, 0, 0])) }],
+        stepsDone: 6,
+      }));
+      return { images, aborted: false, stepsDone: 6 * images.length, totalSteps: 6 * images.length, encoderPasses: 10, timingsMs: { total: 5, sessionRun: 4, optimize: 3 } } satisfies SynthesisOutcome;
+    },
+  };
+}
+
+function start(env: Env, synthesizer: Synthesizer, outputScreen?: () => Promise<OutputScreen>) {
+  const events: WorkerEvent[] = [];
+  const notified: string[] = [];
+  const worker = createWorker({
+    queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer,
+    config: { visibilityTimeoutSec: 30, maxReceives: 2, receiveWaitSec: 1, progressIntervalMs: 0 },
+    webhooks: { notify: (_o, id) => void notified.push(id), drain: async () => undefined },
+    ...(outputScreen ? { outputScreen } : {}),
+    onEvent: (e) => events.push(e),
+  });
+  worker.start();
+  workers.push(worker);
+  return { worker, events, notified };
+}
+
+describe('the output check in the worker', () => {
+  it('withholds a matching image (not stored, nor its frames), flags another, publishes the rest; the view keeps each image its index', async () => {
+    const env = await makeEnv();
+    const seen: { screenTexts?: readonly string[] } = {};
+    const job = await submit(env, { n: 3 });
+    // A stale copy of image 0 from an earlier attempt under another policy: it must go too.
+    await env.blobs.put(`outputs/${OWNER}/${job.id}/0.png`, encodePng(solidImage(8, 8, [1, 1, 1])), { contentType: 'image/png' });
+    start(env, fixedSynthesizer([[0.31, 0.1], [0.29, 0.25], [0.3 - 1e-9, 0.2499]], seen), async () => screen);
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect(seen.screenTexts).toEqual(['Mickey Mouse', 'the Nike logo']);
+    expect(done.status).toBe('succeeded');
+    expect(done.outputs.map((o) => o.key)).toEqual([`outputs/${OWNER}/${job.id}/1.png`, `outputs/${OWNER}/${job.id}/2.png`]);
+    expect(done.output_checks).toEqual([
+      { index: 0, withheld: true, flags: [{ rule: 'mouse', category: 'copyright', action: 'withhold', concept: 'Mickey Mouse', message: 'looks like a mouse we do not own', cosine: 0.31 }] },
+      { index: 1, withheld: false, flags: [{ rule: 'swoosh', category: 'trademark', action: 'flag', concept: 'the Nike logo', message: 'looks like a logo', cosine: 0.25 }] },
+    ]);
+    const stored = await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`);
+    expect(stored.sort()).toEqual([`outputs/${OWNER}/${job.id}/1.png`, `outputs/${OWNER}/${job.id}/2.png`, `outputs/${OWNER}/${job.id}/frames/1/0000.png`, `outputs/${OWNER}/${job.id}/frames/2/0000.png`]);
+
+    const view = await generationView(done, env.blobs, 600, new Date());
+    expect(view.outputs.map((o) => [o.index, o.content_flags?.map((f) => f.rule)])).toEqual([[1, ['swoosh']], [2, undefined]]);
+    expect(view.withheld_outputs).toEqual([{ index: 0, content_flags: done.output_checks![0]!.flags }]);
+  });
+
+  it('a job whose every image is withheld fails with content_policy, says why, stores nothing, and still ends (webhook, usage)', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    const w = start(env, fixedSynthesizer([[0.5, 0.9], [0.35, null]]), async () => screen);
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect(done.status).toBe('failed');
+    expect(done.error).toEqual({
+      code: 'content_policy',
+      message: 'the output check withheld every image: image 0 looks like "Mickey Mouse" (copyright, rule mouse, cosine 0.500): looks like a mouse we do not own (and 1 more image; see withheld_outputs)',
+    });
+    expect(done.outputs).toEqual([]);
+    expect(done.output_checks!.map((c) => [c.index, c.withheld, c.flags.map((f) => f.rule)])).toEqual([[0, true, ['mouse', 'swoosh']], [1, true, ['mouse']]]);
+    expect(done.usage.encoder_passes).toBe(10);
+    expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([]);
+    await waitFor('the webhook notice', () => w.notified.includes(job.id));
+    const view = await generationView(done, env.blobs, 600, new Date());
+    expect([view.outputs, view.withheld_outputs.map((o) => o.index)]).toEqual([[], [0, 1]]);
+  });
+
+  it('an image is never published unchecked: a synthesizer that did not score the concepts fails the job; no screen, no check', async () => {
+    const env = await makeEnv();
+    const careless: Synthesizer = {
+      run: async (job, options) => fixedSynthesizer([[0.9, 0.9]]).run(job, { ...options, screenTexts: undefined }),
+    };
+    const job = await submit(env, {});
+    start(env, careless, async () => screen);
+    const failed = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toMatchObject({ code: 'internal_error' }); // the detail is logged, not shown to the caller
+    expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([]);
+
+    // Without a screen (or with one that names no concept) every image is published as before.
+    for (const outputScreen of [undefined, async () => compileOutputScreen([])]) {
+      const env2 = await makeEnv();
+      const seen: { screenTexts?: readonly string[] } = {};
+      const ok = await submit(env2, {});
+      start(env2, fixedSynthesizer([[0.9, 0.9]], seen), outputScreen);
+      const done = await waitForStatus(env2, ok.id, ['succeeded', 'failed']);
+      expect([done.status, done.outputs.length, done.output_checks, seen.screenTexts]).toEqual(['succeeded', 1, undefined, undefined]);
+    }
+  });
+});
