@@ -113,9 +113,11 @@ export async function run(argv: string[]): Promise<number> {
       for (const w of engine.promptWarnings(prompts.map((p) => p.text))) process.stderr.write(`warning: ${w}\n`);
       for (const hit of policyHits) process.stderr.write(`content policy (${hit.category}): "${hit.term}" ${hit.message}\n`);
     }
+    // The shipped output rules too (ADR 0017): they only flag, so the image is written and the findings printed.
+    const outputScreen = defaultPromptPolicy().output;
     const res = await synthesize(
       engine,
-      { prompts, width, height, seed, init, recipe, contentWeight: contentWeightArg ?? (values.style ? STYLE_CONTENT_WEIGHT : undefined) },
+      { prompts, width, height, seed, init, recipe, contentWeight: contentWeightArg ?? (values.style ? STYLE_CONTENT_WEIGHT : undefined), screenTexts: outputScreen.concepts },
       {
         onProgress: progressPrinter(Boolean(process.stderr.isTTY) && !values.json),
         onFrame: values.frames ? (f) => writeFileSync(join(values.frames!, `frame-${String(f.step).padStart(4, '0')}.png`), f.png) : undefined,
@@ -126,13 +128,16 @@ export async function run(argv: string[]): Promise<number> {
     } catch (e) {
       throw new EngineError('invalid_input', `cannot write ${out}: ${(e as Error).message}`);
     }
+    const outputFlags = outputScreen.judge(res.screenCosines, res.scores[0]!.cosine);
     const summaryJson = {
       output: out, model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
       width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,
       scores: res.scores, initial_scores: res.initialScores, warnings: res.warnings,
       content_flags: policyHits.map(({ rule, category, term, message }) => ({ rule, category, term, message })),
+      output_flags: outputFlags,
       usage: { encoder_passes: res.usage.encoderPasses, encoder_backward_passes: res.usage.encoderBackwardPasses, timings_ms: res.usage.timingsMs },
     };
+    if (!values.json) for (const f of outputFlags) process.stderr.write(`output check (${f.category}): looks like "${f.concept}" (cosine ${f.cosine.toFixed(3)}): ${f.message}\n`);
     if (values.json) console.log(JSON.stringify(summaryJson));
     else process.stderr.write(`wrote ${out} (clip score ${res.scores[0].cosine.toFixed(3)}, ${(res.usage.timingsMs.total / 1000).toFixed(1)} s)\n`);
     return 0;

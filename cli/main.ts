@@ -7,6 +7,7 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   embed: () => import('./embed.ts'),
   gradcheck: () => import('./gradcheck.ts'),
   generate: () => import('./generate.ts'),
+  screen: () => import('./screen.ts'),
   serve: () => import('./serve.ts'),
   keys: () => import('./keys.ts'),
   models: () => import('./models.ts'),

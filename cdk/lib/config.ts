@@ -202,7 +202,7 @@ export const BUCKET_PREFIXES = {
   pending: 'pending/',
   /** Recent run times per model and size, for estimates (shared/run-stats.ts). */
   stats: 'stats/',
-  /** Operator documents the API reads: the prompt policy (shared/prompt-policy.ts). */
+  /** Operator documents the API and the worker read: the content policy (shared/prompt-policy.ts). */
   config: 'config/',
 } as const;
 

@@ -188,18 +188,21 @@ export class WorkerStack extends Stack {
     });
 
     // Task role, least privilege: read the job record and update it (status, progress),
-    // read init images and model files, write outputs and frames. No keys/, no deletes.
+    // read init images, model files and the policy, write outputs and frames. No keys/.
     const taskRole = this.worker.taskRole;
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     // Read on outputs only so that the output links in a completion webhook are signed by a role
-    // that may read them.
-    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.outputs, ['read', 'write']);
+    // that may read them; delete so that an image the output check withholds leaves no copy from an
+    // earlier attempt (ADR 0017). It may overwrite them anyway.
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.outputs, ['read', 'write', 'delete']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.uploads, ['read']);
     // A job that ends here frees its owner's place among active jobs: delete of those markers only.
     grantPrefix(taskRole, bucket, `${BUCKET_PREFIXES.pending}active/`, ['delete']);
     // Run times for the API's estimates: read-modify-write of one small document per model and size.
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.stats, ['read', 'write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read']);
+    // The operator's policy document: its output rules are checked on every image (ADR 0017).
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.config, ['read']);
     grantListBucket(taskRole, bucket);
     // Malformed messages are forwarded to the DLQ explicitly (they never parse, so waiting
     // for three receives would only delay them), and the idle worker sweeps it for jobs whose

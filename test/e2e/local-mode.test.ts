@@ -17,6 +17,7 @@ import { makeTinyBundle } from '../helpers/bundle.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
+import { PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-e2e-'));
 const modelsDir = join(root, 'models');
@@ -189,6 +190,46 @@ describe('local mode end to end', () => {
     await h.stop();
     // The sweep that sent it dropped its marker.
     expect((await stores.blobs.list('pending/')).items).toEqual([]);
+  });
+});
+
+describe("the output check on the real engine, under a deployment's own policy", () => {
+  const dataDir = join(root, 'data-output-check');
+  let h: ServeHandle;
+  afterAll(async () => h?.stop());
+
+  it('the worker reads the output rules from the store, scores the images on the engine, and withholds what matches', async () => {
+    const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+    const policy = {
+      version: 1,
+      rules: [],
+      output_rules: [
+        // The prompt itself as the concept: every image is as close to it as to the prompt.
+        { id: 'cat-lookalike', category: 'copyright', action: 'withhold', message: 'looks like a cat we do not own', concepts: ['a photo of a cat'], above_prompt_by: -0.0001 },
+        { id: 'any-drawing', category: 'bias', action: 'flag', message: 'review before use', concepts: ['a drawing'], min_cosine: -1 },
+      ],
+    };
+    await stores.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(policy)), { contentType: 'application/json' });
+    h = await start(dataDir);
+    const post = await fetch(`${h.url}/v1/generations`, {
+      method: 'POST',
+      headers: { ...auth(h), 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'a photo of a cat', width: 64, height: 64, seed: 8, n: 2 }),
+    });
+    expect(post.status).toBe(202);
+    const id = ((await post.json()) as any).id;
+    const job = await waitFor(h, id, (j) => ['succeeded', 'failed'].includes(j.status));
+    expect(job.status).toBe('failed');
+    expect(job.error.code).toBe('content_policy');
+    expect(job.error.message).toContain('looks like "a photo of a cat"');
+    expect(job.outputs).toEqual([]);
+    expect(job.withheld_outputs.map((o: any) => [o.index, o.content_flags.map((f: any) => `${f.action} ${f.rule}`)])).toEqual([
+      [0, ['withhold cat-lookalike', 'flag any-drawing']],
+      [1, ['withhold cat-lookalike', 'flag any-drawing']],
+    ]);
+    for (const o of job.withheld_outputs) expect(Number.isFinite(o.content_flags[0].cosine)).toBe(true);
+    expect((await stores.blobs.list(`outputs/local/${id}/`)).items).toEqual([]);
+    expect(job.usage.encoder_passes).toBeGreaterThan(0);
   });
 });
 

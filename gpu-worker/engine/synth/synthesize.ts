@@ -261,22 +261,13 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   let encoderPasses = 0;
   let encoderBackwardPasses = 0;
 
-  // A score covers the whole image: a non-square one is scored on square windows that together cover
-  // it (the encoder sees squares), and each prompt's cosine is their mean. One pass per window, at
-  // batch 1, so no new graph is compiled for it.
+  const promptUnits = req.prompts.map((_, k) => textUnit.subarray(k * E, (k + 1) * E));
   const scoreImage = async (img: PlanarImage, screen: ReadonlyArray<Float32Array | null> = []): Promise<{ scores: PromptScore[]; screenCosines: Array<number | null> }> => {
-    const sums = new Float64Array(req.prompts.length);
-    const screenSums = new Float64Array(screen.length);
-    const windows = squareCropsCovering(img);
-    for (const window of windows) {
-      const unit = await engine.embedPixels(resizeCover(window, S, S).data, 1, 1);
-      encoderPasses++;
-      req.prompts.forEach((_, k) => (sums[k]! += dot(unit, 0, textUnit, k * E, E)));
-      screen.forEach((c, k) => c && (screenSums[k]! += dot(unit, 0, c, 0, E)));
-    }
+    const { cosines, passes } = await cosinesOver(engine, img, [...promptUnits, ...screen]);
+    encoderPasses += passes;
     return {
-      scores: req.prompts.map((p, k) => ({ text: p.text, weight: p.weight, cosine: sums[k]! / windows.length })),
-      screenCosines: screen.map((c, k) => (c ? screenSums[k]! / windows.length : null)),
+      scores: req.prompts.map((p, k) => ({ text: p.text, weight: p.weight, cosine: cosines[k]! })),
+      screenCosines: cosines.slice(req.prompts.length),
     };
   };
 
@@ -414,6 +405,24 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
     initialScores, initialImage: initialCopy, scores, screenCosines, stepsDone, aborted, warnings: engine.promptWarnings(req.prompts.map((p) => p.text)),
     usage: { encoderPasses, encoderBackwardPasses, timingsMs: timings },
   };
+}
+
+/**
+ * The cosine of an image to each unit text embedding, as a generation's scores are taken: a score
+ * covers the whole image, so a non-square one is scored on square windows that together cover it (the
+ * encoder sees squares), and each cosine is their mean. One encoder pass per window, at batch 1, so
+ * no new graph is compiled for it. A null embedding (a text the model cannot read) gives null.
+ */
+export async function cosinesOver(engine: ClipEngine, img: PlanarImage, units: ReadonlyArray<Float32Array | null>): Promise<{ cosines: Array<number | null>; passes: number }> {
+  const S = engine.imageSize;
+  const E = engine.embedDim;
+  const sums = new Float64Array(units.length);
+  const windows = squareCropsCovering(img);
+  for (const window of windows) {
+    const unit = await engine.embedPixels(resizeCover(window, S, S).data, 1, 1);
+    units.forEach((u, k) => u && (sums[k]! += dot(unit, 0, u, 0, E)));
+  }
+  return { cosines: units.map((u, k) => (u ? sums[k]! / windows.length : null)), passes: windows.length };
 }
 
 function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {

@@ -1,0 +1,98 @@
+// `clipag screen` and the output check in `clipag generate` (ADR 0017), through the CLI's main() on
+// the shipped toy model: an operator's rule about stars catches the star the model drew and lets its
+// circle through, with the cosines to calibrate by; bad input is refused before the model is opened.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../../cli/main.ts';
+
+async function runCli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const log = vi.spyOn(console, 'log').mockImplementation((...a) => void out.push(a.join(' ')));
+  const error = vi.spyOn(console, 'error').mockImplementation((...a) => void err.push(a.join(' ')));
+  const write = vi.spyOn(process.stderr, 'write').mockImplementation((chunk) => (err.push(String(chunk)), true));
+  try {
+    const code = await main(argv);
+    return { code, stdout: out.join('\n'), stderr: err.join('') };
+  } finally {
+    log.mockRestore();
+    error.mockRestore();
+    write.mockRestore();
+  }
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'clipag-screen-'));
+const policyPath = join(dir, 'policy.json');
+const stars = { id: 'stars', category: 'trademark', action: 'withhold', message: "stars are a client's mark", concepts: ['a star', 'a blue star', 'Mickey Mouse'], above_prompt_by: -0.05 };
+writeFileSync(policyPath, JSON.stringify({ version: 1, rules: [], output_rules: [stars] }));
+const GEN = ['--steps', '30', '--views', '8,8', '--seed', '1'];
+
+let circle: any;
+beforeAll(async () => {
+  const r = await runCli(['generate', 'a large red circle on the left', ...GEN, '-o', join(dir, 'circle.png'), '--json']);
+  expect(r.code, r.stderr).toBe(0);
+  circle = JSON.parse(r.stdout);
+  const s = await runCli(['generate', 'a small blue star at the top', ...GEN, '-o', join(dir, 'star.png'), '--json']);
+  expect(s.code, s.stderr).toBe(0);
+}, 120_000);
+
+describe('clipag screen', () => {
+  it('generate runs the shipped output rules: the toy model cannot read their concepts, so nothing is flagged', () => {
+    expect(circle.output_flags).toEqual([]);
+  });
+
+  it("scores each image against the policy's concepts and decides as the worker would", async () => {
+    // Each image with the prompt it was made from: "closer to the concept than to the prompt".
+    const screen = async (image: string, prompt: string) => {
+      const r = await runCli(['screen', join(dir, image), '--prompt', prompt, '--policy', policyPath, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout);
+    };
+    const c = await screen('circle.png', 'a large red circle on the left');
+    const s = await screen('star.png', 'a small blue star at the top');
+    expect(c.model).toBe('toy');
+    expect(c.concepts.map((x: any) => x.concept).sort()).toEqual(['Mickey Mouse', 'a blue star', 'a star']);
+    expect(c.concepts.find((x: any) => x.concept === 'Mickey Mouse').cosine).toBeNull();
+    expect(c.prompt_score).toBeCloseTo(circle.scores[0].cosine, 3); // the score generate reported (of the image before 8-bit PNG)
+    expect(c.findings).toEqual([]);
+    // Several images in one call: one JSON line each, in order.
+    const both = await runCli(['screen', join(dir, 'circle.png'), join(dir, 'star.png'), '--prompt', 'a large red circle on the left', '--policy', policyPath, '--json']);
+    expect(both.stdout.split('\n').map((l) => JSON.parse(l).image)).toEqual([join(dir, 'circle.png'), join(dir, 'star.png')]);
+    expect(s.findings.map((f: any) => [f.action, f.rule, f.concept])).toEqual([['withhold', 'stars', 'a blue star']]);
+    // Sorted highest first, unreadable last.
+    const cos = s.concepts.map((x: any) => x.cosine);
+    expect(cos.slice(0, 2)).toEqual([...cos.slice(0, 2)].sort((a: number, b: number) => b - a));
+    expect(cos[2]).toBeNull();
+
+    const text = await runCli(['screen', join(dir, 'star.png'), '--prompt', 'a small blue star at the top', '--policy', policyPath]);
+    expect(text.stdout).toMatch(/WITHHOLD {2}rule stars \(trademark\): "a blue star"/);
+    expect(text.stdout).toMatch(/concept {2}unreadable {2}"Mickey Mouse"/);
+  });
+
+  it.each([
+    [['--prompt', 'a star'], /give at least one image/],
+    [['IMG'], /--prompt is required/],
+    [['/nonexistent-clipag/x.png', '--prompt', 'a star'], /cannot read image \/nonexistent-clipag\/x\.png: ENOENT/],
+    [['IMG', '--prompt', 'a star', '--policy', '/nonexistent-clipag/p.json'], /cannot read --policy .*ENOENT/],
+    [['IMG', '--prompt', 'a star', '--policy', 'BROKEN'], /is not JSON/],
+    [['IMG', '--prompt', 'a star', '--policy', 'INVALID'], /not a valid policy document: output_rules\.0: an output rule needs min_cosine, above_prompt_by or both/],
+    [['IMG', '--prompt', 'a star', '--policy', 'EMPTY'], /has no output_rules/],
+    [['IMG', '--prompt', 'a star', '--model', '/nonexistent-clipag/model'], /model/],
+  ])('%j → a clear error, exit ≠ 0', async (args, message) => {
+    const files: Record<string, string> = { IMG: join(dir, 'star.png'), BROKEN: join(dir, 'broken.json'), INVALID: join(dir, 'invalid.json'), EMPTY: join(dir, 'empty.json') };
+    writeFileSync(files.BROKEN!, '{"version": 1,');
+    writeFileSync(files.INVALID!, JSON.stringify({ version: 1, rules: [], output_rules: [{ ...stars, above_prompt_by: undefined }] }));
+    writeFileSync(files.EMPTY!, JSON.stringify({ version: 1, rules: [] }));
+    const r = await runCli(['screen', ...args.map((a) => files[a] ?? a)]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(message);
+  });
+
+  it('a prompt the model cannot read is refused, naming the words', async () => {
+    const r = await runCli(['screen', join(dir, 'star.png'), '--prompt', 'Pikachu', '--policy', policyPath]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/does not know the word "pikachu"/);
+  });
+});
