@@ -5,6 +5,7 @@
 // and every view shows it). The operator owns the list: a deployment may replace the default below
 // with a document in its store (`config/prompt-policy.json`).
 import { z } from 'zod';
+import { remove as removeConfusables } from 'confusables';
 import { cleanClipText } from './text-clean.ts';
 
 export const POLICY_CATEGORIES = ['copyright', 'trademark', 'likeness', 'bias'] as const;
@@ -102,7 +103,8 @@ export interface PolicyHit {
  * folded, a possessive dropped, and everything else that is not a letter or digit turned into one
  * space. So "Pi͟kachu",
  * "PIKACHU!", "pik&#97;chu" and "p\u200bikachu" all read "pikachu". Letters of other scripts that only
- * look alike (Cyrillic "а" for Latin "a") are not mapped.
+ * look alike (Cyrillic "а" for Latin "a") are not mapped here: the screen matches a prompt a second time
+ * with them mapped (npm `confusables`).
  */
 export function normalizeText(text: string): string {
   return cleanClipText(text)
@@ -217,7 +219,10 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
       const hits: PolicyHit[] = [];
       for (const { text, param } of prompts) {
         const seen = new Set<string>();
-        for (const phrase of cleanClipText(text).split(PHRASE_BREAK)) {
+        // As written, and with letters of other scripts that look like Latin ones read as those
+        // ("Ріkachu" in Cyrillic Р and і): the model may read either as the name.
+        const cleaned = cleanClipText(text);
+        for (const phrase of [...new Set([cleaned, removeConfusables(cleaned)])].flatMap((t) => t.split(PHRASE_BREAK))) {
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';

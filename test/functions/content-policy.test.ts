@@ -37,6 +37,16 @@ describe('matching', () => {
     expect(normalizeText('  Ça   va—Mickey! ')).toBe('ca va mickey');
   });
 
+  it('sees a term written with letters of other scripts that look like Latin ones (Cyrillic, Greek, Cherokee, Armenian)', () => {
+    for (const text of ['\u0420\u0456kachu on a hill', 'M\u0456\u0441key Mouse', '\u13A0arth V\u0430der', 'sp\u0456d\u0435r-m\u0430n', 'a \u13E2ikachu plush', '\u0455h\u0433\u0435k']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    }
+    // Text that is really in another script is read as it is: no look-alike match.
+    for (const text of ['\u043a\u043e\u0448\u043a\u0430 \u043d\u0430 \u043a\u0440\u044b\u0448\u0435', '\u03b3\u03ac\u03c4\u03b1 \u03c3\u03c4\u03b7 \u03b8\u03ac\u03bb\u03b1\u03c3\u03c3\u03b1', '\u6771\u4eac\u30bf\u30ef\u30fc', 'Stra\u00dfe in Berlin']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
   it('matches whole words only: no false alarms inside other words', () => {
     for (const text of ['a spider mango', 'iron mango', 'a race car', 'a goofy dog', 'the hulk of a ship', 'a snoopy neighbour', "luigi's pizzeria", 'superbatmanesque', 'a large red circle on the left', 'doctoral thesis on birds']) {
       expect(rulesHit(text), text).toEqual([]);

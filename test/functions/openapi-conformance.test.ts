@@ -28,7 +28,7 @@ async function validatorFor(app: { request: (path: string) => Response | Promise
 }
 
 describe('responses conform to /openapi.json', () => {
-  it('generations (queued and succeeded, with webhook, flags, cost), lists, estimates, models, uploads and errors', async () => {
+  it('generations (queued and succeeded, with webhook, flags, output checks, cost), lists, estimates, models, uploads and errors', async () => {
     const app = createApp({ ...h.deps, limits: { ...LIMITS, webhookAllowPrivate: true, workerHourlyUsd: 1.006 } });
     const check = await validatorFor(app);
     const call = async (path: string, init: RequestInit = {}) => {
@@ -49,8 +49,16 @@ describe('responses conform to /openapi.json', () => {
     await h.jobs.update('acct_alice', id, (cur) => ({
       ...cur, status: 'succeeded', attempts: 1, started_at: cur.created_at, finished_at: new Date().toISOString(),
       outputs: [{ key, width: 224, height: 224, clip_score: 0.31 }], usage: { encoder_passes: 10, worker_seconds: 3.5 }, warnings: ['"zzz" is not in the vocabulary'],
+      // The output check (ADR 0017): image 0 withheld, image 1 (the stored one) flagged.
+      output_checks: [
+        { index: 0, withheld: true, flags: [{ rule: 'mouse', category: 'copyright', action: 'withhold', concept: 'Mickey Mouse', message: 'm', cosine: 0.33 }] },
+        { index: 1, withheld: false, flags: [{ rule: 'logo', category: 'trademark', action: 'flag', concept: 'the Nike logo', message: 'm', cosine: 0.3 }] },
+      ],
     }));
-    check('/v1/generations/{id}', 'get', 200, (await call(`/v1/generations/${id}`)).body);
+    const got = await call(`/v1/generations/${id}`);
+    check('/v1/generations/{id}', 'get', 200, got.body);
+    expect((got.body as any).outputs.map((o: any) => [o.index, o.content_flags[0].rule])).toEqual([[1, 'logo']]);
+    expect((got.body as any).withheld_outputs.map((o: any) => [o.index, o.content_flags[0].rule])).toEqual([[0, 'mouse']]);
     check('/v1/generations', 'get', 200, (await call('/v1/generations')).body);
     const other = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a blue square' }) });
     check('/v1/generations/{id}/cancel', 'post', 200, (await call(`/v1/generations/${(other.body as { id: string }).id}/cancel`, { method: 'POST' })).body);
