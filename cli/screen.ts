@@ -20,7 +20,8 @@ export const usage = `usage: clipag screen IMAGE.png... --prompt "TEXT" [--model
   --json        one JSON object per image: {image, prompt_score, concepts: [{concept, cosine}], findings}
 
 Prints, per image, the prompt's score, each concept's cosine (highest first; "unreadable" where the
-model does not know a word), and the rules that match, as the worker would decide them.`;
+model does not know a word or the concept is longer than its context: such a concept never matches),
+and the rules that match, as the worker would decide them.`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -42,13 +43,19 @@ export async function run(argv: string[]): Promise<number> {
     } catch (e) {
       throw new EngineError('invalid_input', `cannot read image ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
-    return { path, image: decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES }) };
+    try {
+      return { path, image: decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES }) };
+    } catch (e) {
+      throw new EngineError('invalid_input', `${path}: ${(e as Error).message}`);
+    }
   });
 
   const engine = await ClipEngine.open(modelDir(values.model));
   try {
-    const [prompt] = await engine.conceptEmbeddings([values.prompt]);
-    if (!prompt) throw new EngineError('invalid_input', engine.promptWarnings([values.prompt]).join('; '));
+    // The prompt as a generation reads it (cut at the context, unknown words as the unknown token), so
+    // its score is the clip_score the job had; what the model misses is said, as a generation says it.
+    const { unit: prompt } = await engine.embedText([values.prompt]);
+    for (const w of engine.promptWarnings([values.prompt])) process.stderr.write(`warning: ${w}\n`);
     const units = await engine.conceptEmbeddings(concepts);
     for (const { path, image } of images) {
       const { cosines } = await cosinesOver(engine, image, [prompt, ...units]);

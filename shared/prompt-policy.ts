@@ -43,7 +43,14 @@ const OutputRule = z
     action: z.enum(['withhold', 'flag']),
     message: z.string().min(1).max(300),
     /** Texts for the model's text tower, as a prompt would be written ("Mickey Mouse", "the Nike logo"). */
-    concepts: z.array(z.string().trim().min(1).max(MAX_CONCEPT_CHARS)).min(1).max(200),
+    concepts: z
+      .array(
+        z.string().trim().min(1).max(MAX_CONCEPT_CHARS).refine((c) => cleanClipText(c).trim() !== '', {
+          message: 'a concept must contain text the model reads, not only entities, spaces or control characters',
+        }),
+      )
+      .min(1)
+      .max(200),
     min_cosine: z.number().min(-1).max(1).optional(),
     above_prompt_by: z.number().min(-2).max(2).optional(),
   })

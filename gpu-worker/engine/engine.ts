@@ -41,7 +41,7 @@ export interface EngineOptions {
 /** Text batches are padded to one of these sizes so a handful of graphs serve every request. */
 const TEXT_BATCHES = [1, 4, 16];
 /** conceptEmbeddings keeps this many texts per model: a policy's concepts (at most 500) and room to spare. */
-const CONCEPT_CACHE_SIZE = 2048;
+export const CONCEPT_CACHE_SIZE = 2048;
 
 /** The bundle's tokenizer, refused when it has more tokens than the model's embedding has rows. */
 function bundleTokenizer(bundle: ModelBundle): TextTokenizer {
@@ -242,31 +242,37 @@ export class ClipEngine {
 
   /**
    * Unit text embeddings [E] of texts asked about job after job (the output policy's concepts),
-   * cached by text, the least recently used dropped past CONCEPT_CACHE_SIZE. null for a text with a
-   * word outside the model's vocabulary: its embedding would rest on the unknown token, and a check
-   * against it would mean nothing.
+   * cached by text, the least recently used dropped past CONCEPT_CACHE_SIZE. null for a text the
+   * model cannot read whole: a word outside its vocabulary (its embedding would rest on the unknown
+   * token), nothing left after cleaning, or more tokens than its context (the end would be cut off
+   * unseen). A check against such an embedding would mean nothing.
    */
   async conceptEmbeddings(texts: readonly string[]): Promise<Array<Float32Array | null>> {
     const L = this.bundle.arch.contextLength;
-    const missing = [...new Set(texts.filter((t) => !this.concepts.has(t)))];
-    const readable = missing.filter((t) => this.tokenizer.inspect(t, L).unknownWords.length === 0);
-    for (const t of missing) if (!readable.includes(t)) this.concepts.set(t, null);
+    const E = this.embedDim;
+    // Values are taken from the cache before any await, so a concurrent call cannot evict them from under this one.
+    const found = new Map<string, Float32Array | null>();
+    for (const t of texts) if (this.concepts.has(t)) found.set(t, this.concepts.get(t)!);
+    const missing = [...new Set(texts.filter((t) => !found.has(t)))];
+    const readable: string[] = [];
+    for (const t of missing) {
+      const r = this.tokenizer.inspect(t, L);
+      if (r.unknownWords.length === 0 && !r.truncated && r.tokens > 2) readable.push(t);
+      else found.set(t, null);
+    }
     if (readable.length > 0) {
       const { unit } = await this.embedText(readable);
-      const E = this.embedDim;
-      readable.forEach((t, i) => this.concepts.set(t, unit.slice(i * E, (i + 1) * E)));
+      readable.forEach((t, i) => found.set(t, unit.slice(i * E, (i + 1) * E)));
     }
-    const out = texts.map((t) => {
-      const v = this.concepts.get(t)!;
+    for (const [t, v] of found) {
       this.concepts.delete(t); // most recently used goes last
       this.concepts.set(t, v);
-      return v;
-    });
+    }
     for (const key of this.concepts.keys()) {
       if (this.concepts.size <= CONCEPT_CACHE_SIZE) break;
       this.concepts.delete(key);
     }
-    return out;
+    return texts.map((t) => found.get(t)!);
   }
 
   /** Embeds images (resized to the encoder size with antialiasing). */

@@ -334,6 +334,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     deps.webhooks?.notify(msg.owner, msg.job_id);
   }
 
+  async function deletePrefix(prefix: string): Promise<void> {
+    let cursor: string | undefined;
+    do {
+      const page = await blobs.list(prefix, cursor ? { cursor } : {});
+      for (const item of page.items) await blobs.delete(item.key);
+      cursor = page.cursor;
+    } while (cursor);
+  }
+
   async function markCanceled(msg: QueueMessage, progress?: JobRecord['progress']): Promise<JobRecord> {
     return jobs.update(msg.owner, msg.job_id, (cur) =>
       isTerminal(cur.status) ? null : { ...cur, status: 'canceled', finished_at: iso(), ...(progress ? { progress } : {}) },
@@ -545,8 +554,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       for (const image of outcome.images) {
         const key = `${prefix}/${image.index}.png`;
         if (withheld.has(image.index)) {
-          // An earlier attempt under another policy may have stored it: the record never names it, but it goes.
+          // An earlier attempt under another policy may have stored it and its frames: the record never
+          // names them, but they go too.
           await blobs.delete(key);
+          await deletePrefix(`${prefix}/frames/${image.index}/`);
           continue;
         }
         await blobs.put(key, image.png, { contentType: 'image/png' });

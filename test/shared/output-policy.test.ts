@@ -33,6 +33,8 @@ describe('output rules in the policy document', () => {
     expect(problems(doc([{ ...rule, concepts: [] }])).join()).toMatch(/output_rules\.0\.concepts/);
     expect(problems(doc([{ ...rule, concepts: ['  '] }])).join()).toMatch(/output_rules\.0\.concepts\.0/);
     expect(problems(doc([{ ...rule, concepts: ['x'.repeat(201)] }])).join()).toMatch(/output_rules\.0\.concepts\.0/);
+    // Nothing the model would read: every job would fail on it.
+    for (const c of ['&nbsp;', '\u0007', '&#32;']) expect(problems(doc([{ ...rule, concepts: [c] }])).join(), JSON.stringify(c)).toMatch(/output_rules\.0\.concepts\.0: a concept must contain text the model reads/);
     expect(problems(doc([{ ...rule, min_cosine: 1.5 }])).join()).toMatch(/output_rules\.0\.min_cosine/);
     expect(problems(doc([{ ...rule, above_prompt_by: Number.NaN }])).join()).toMatch(/output_rules\.0\.above_prompt_by/);
     expect(problems(doc([{ ...rule, extra: 1 }])).join()).toMatch(/extra/);

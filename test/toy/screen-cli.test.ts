@@ -90,9 +90,18 @@ describe('clipag screen', () => {
     expect(r.stderr).toMatch(message);
   });
 
-  it('a prompt the model cannot read is refused, naming the words', async () => {
-    const r = await runCli(['screen', join(dir, 'star.png'), '--prompt', 'Pikachu', '--policy', policyPath]);
+  it('a prompt the model cannot read whole is scored as a generation scores it, with the same warning', async () => {
+    const r = await runCli(['screen', join(dir, 'star.png'), '--prompt', 'a small blue star at the top by Pikachu', '--policy', policyPath, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/does not know the words "by", "pikachu"/);
+    expect(Number.isFinite(JSON.parse(r.stdout).prompt_score)).toBe(true);
+  });
+
+  it('a file that is not a PNG is named in the error', async () => {
+    const notPng = join(dir, 'notes.txt');
+    writeFileSync(notPng, 'hello');
+    const r = await runCli(['screen', join(dir, 'star.png'), notPng, '--prompt', 'a star', '--policy', policyPath]);
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toMatch(/does not know the word "pikachu"/);
+    expect(r.stderr).toContain(`${notPng}: `);
   });
 });

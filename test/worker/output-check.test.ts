@@ -54,12 +54,14 @@ function start(env: Env, synthesizer: Synthesizer, outputScreen?: () => Promise<
 }
 
 describe('the output check in the worker', () => {
-  it('withholds a matching image (not stored, nor its frames), flags another, publishes the rest; the view keeps each image its index', async () => {
+  it('withholds a matching image (not stored, nor its frames; an earlier copy deleted), flags another, publishes the rest; the view keeps each image its index', async () => {
     const env = await makeEnv();
     const seen: { screenTexts?: readonly string[] } = {};
     const job = await submit(env, { n: 3 });
-    // A stale copy of image 0 from an earlier attempt under another policy: it must go too.
-    await env.blobs.put(`outputs/${OWNER}/${job.id}/0.png`, encodePng(solidImage(8, 8, [1, 1, 1])), { contentType: 'image/png' });
+    // A stale copy of image 0 and its frames from an earlier attempt under another policy: they must go too.
+    for (const key of ['0.png', 'frames/0/0000.png', 'frames/0/0002.png']) {
+      await env.blobs.put(`outputs/${OWNER}/${job.id}/${key}`, encodePng(solidImage(8, 8, [1, 1, 1])), { contentType: 'image/png' });
+    }
     start(env, fixedSynthesizer([[0.31, 0.1], [0.29, 0.25], [0.3 - 1e-9, 0.2499]], seen), async () => screen);
     const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
     expect(seen.screenTexts).toEqual(['Mickey Mouse', 'the Nike logo']);

@@ -256,6 +256,8 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   // Prompts → unit text embeddings (one slot per prompt; unused slots get weight 0).
   const K = PROMPT_SLOTS.find((k) => k >= req.prompts.length)!;
   const { unit: textUnit } = await engine.embedText(req.prompts.map((p) => p.text));
+  // Before the run, so a text the engine cannot embed fails the request before the compute is spent.
+  const screenUnits = req.screenTexts?.length ? await engine.conceptEmbeddings(req.screenTexts) : [];
   const weightSum = req.prompts.filter((p) => p.weight > 0).reduce((a, p) => a + p.weight, 0);
   const promptWeights = req.prompts.map((p) => p.weight / weightSum);
   let encoderPasses = 0;
@@ -393,7 +395,6 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   if (finalImage.width !== req.width || finalImage.height !== req.height) finalImage = resizeBilinear(finalImage, req.width, req.height);
 
   const ts = performance.now();
-  const screenUnits = req.screenTexts?.length ? await engine.conceptEmbeddings(req.screenTexts) : [];
   const { scores, screenCosines } = await scoreImage(finalImage, screenUnits);
   timings.score = performance.now() - ts;
   const te = performance.now();

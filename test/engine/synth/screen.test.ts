@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../../cli/common.ts';
-import { ClipEngine } from '../../../gpu-worker/engine/engine.ts';
+import { ClipEngine, CONCEPT_CACHE_SIZE } from '../../../gpu-worker/engine/engine.ts';
 import { resizeCover, squareCropsCovering } from '../../../gpu-worker/engine/synth/image.ts';
 import { synthesize, type SynthRequest } from '../../../gpu-worker/engine/synth/synthesize.ts';
 
@@ -55,6 +55,33 @@ describe('scoring the final image against screen texts', () => {
     expect(a2).toBe(a);
     expect([b, b2]).toEqual([null, null]);
     expect(Math.hypot(...a!)).toBeCloseTo(1, 5);
+  });
+
+  it('a text the model cannot read whole is null: unknown words, nothing left after cleaning, longer than its context', async () => {
+    const long = Array.from({ length: 30 }, () => 'red').join(' '); // 32 tokens; the toy context is 24
+    expect(engine.tokenizer.inspect(long, engine.bundle.arch.contextLength).truncated).toBe(true);
+    expect(await engine.conceptEmbeddings(['&nbsp;', '\u0007', long, 'a red circle pikachu'])).toEqual([null, null, null, null]);
+    // In a request such texts are scored as null, not a failed run.
+    const res = await synthesize(engine, request({ screenTexts: ['&nbsp;', 'a red circle'], recipe: { steps: 1, globalViews: 2, patchViews: 2, initSamples: 4, frameEvery: 0 } }));
+    expect(res.screenCosines[0]).toBeNull();
+    expect(res.screenCosines[1]).toBeTypeOf('number');
+  });
+
+  it('keeps the most recently used concepts: past CONCEPT_CACHE_SIZE the least recently used is embedded again', async () => {
+    const words = ['red', 'blue', 'green', 'white', 'cyan', 'orange', 'purple', 'yellow', 'violet', 'small', 'large', 'tiny', 'big', 'little'];
+    const shapes = ['circle', 'square', 'star', 'ring', 'cross', 'triangle', 'disc', 'donut', 'box', 'plus'];
+    const fill: string[] = [];
+    for (const art of ['a', 'the']) for (const a of words) for (const b of words) for (const c of shapes) fill.push(`${art} ${a} ${b} ${c}`);
+    expect(fill.length).toBeGreaterThanOrEqual(CONCEPT_CACHE_SIZE);
+    const [first] = await engine.conceptEmbeddings(['the red circle at the top']);
+    const [second] = await engine.conceptEmbeddings(['the blue square at the top']);
+    await engine.conceptEmbeddings(['the red circle at the top']); // used again: now the more recent
+    await engine.conceptEmbeddings(fill.slice(0, CONCEPT_CACHE_SIZE - 1)); // one over the cap with both
+    const [first2] = await engine.conceptEmbeddings(['the red circle at the top']);
+    const [second2] = await engine.conceptEmbeddings(['the blue square at the top']);
+    expect(first2).toBe(first);
+    expect(second2).not.toBe(second); // the least recently used went; embedded again, the same vector
+    expect(Array.from(second2!)).toEqual(Array.from(second!));
   });
 
   it('refuses malformed screen texts before any work', async () => {
