@@ -9,20 +9,25 @@ import { remove as removeConfusables } from 'confusables';
 import { cleanClipText } from './text-clean.ts';
 
 export const POLICY_CATEGORIES = ['copyright', 'trademark', 'likeness', 'bias'] as const;
+export type PolicyCategory = (typeof POLICY_CATEGORIES)[number];
 
 /** Longest concept text of an output rule. */
 export const MAX_CONCEPT_CHARS = 200;
 /** Most distinct concepts a policy's output rules may name together. */
 export const MAX_OUTPUT_CONCEPTS = 500;
-export type PolicyCategory = (typeof POLICY_CATEGORIES)[number];
+
+/** What every rule has, prompt or output: its id, what kind of risk, and what the caller is told. */
+const RULE_FIELDS = {
+  id: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/),
+  category: z.enum(POLICY_CATEGORIES),
+  /** Shown to the caller with what matched. */
+  message: z.string().min(1).max(300),
+};
 
 const PolicyRule = z
   .object({
-    id: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/),
-    category: z.enum(POLICY_CATEGORIES),
+    ...RULE_FIELDS,
     action: z.enum(['refuse', 'flag']),
-    /** Shown to the caller with the phrase that matched. */
-    message: z.string().min(1).max(300),
     /** Up to 6 words each (prompts are matched on runs of up to 6 words). */
     terms: z.array(z.string().min(1).max(100)).min(1).max(2000),
   })
@@ -38,10 +43,8 @@ const PolicyRule = z
  */
 const OutputRule = z
   .object({
-    id: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/),
-    category: z.enum(POLICY_CATEGORIES),
+    ...RULE_FIELDS,
     action: z.enum(['withhold', 'flag']),
-    message: z.string().min(1).max(300),
     /** Texts for the model's text tower, as a prompt would be written ("Mickey Mouse", "the Nike logo"). */
     concepts: z
       .array(
@@ -68,19 +71,20 @@ export const PromptPolicyDocument = z
   })
   .strict()
   .superRefine((doc, ctx) => {
-    const ids = new Set<string>();
-    (doc.output_rules ?? []).forEach((rule, i) => {
-      if (ids.has(rule.id)) ctx.addIssue({ code: 'custom', path: ['output_rules', i, 'id'], message: `duplicate output rule id ${rule.id}` });
-      ids.add(rule.id);
-    });
+    const uniqueIds = (rules: ReadonlyArray<{ id: string }>, field: 'rules' | 'output_rules', what: string) => {
+      const ids = new Set<string>();
+      rules.forEach((rule, i) => {
+        if (ids.has(rule.id)) ctx.addIssue({ code: 'custom', path: [field, i, 'id'], message: `duplicate ${what} id ${rule.id}` });
+        ids.add(rule.id);
+      });
+    };
+    uniqueIds(doc.rules, 'rules', 'rule');
+    uniqueIds(doc.output_rules ?? [], 'output_rules', 'output rule');
     const concepts = new Set((doc.output_rules ?? []).flatMap((r) => r.concepts));
     if (concepts.size > MAX_OUTPUT_CONCEPTS) {
       ctx.addIssue({ code: 'custom', path: ['output_rules'], message: `at most ${MAX_OUTPUT_CONCEPTS} distinct concepts in all (every one is embedded for every model), got ${concepts.size}` });
     }
-    ids.clear();
     doc.rules.forEach((rule, i) => {
-      if (ids.has(rule.id)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'id'], message: `duplicate rule id ${rule.id}` });
-      ids.add(rule.id);
       rule.terms.forEach((term, j) => {
         const words = normalizeText(term).split(' ').filter(Boolean).length;
         if (words === 0) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must contain a letter or digit' });
