@@ -1,8 +1,9 @@
 // Options shared by the verbs.
-import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { compilePolicy, MAX_POLICY_BYTES, type PromptPolicy, PromptPolicyDocument } from '../shared/prompt-policy.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -51,4 +52,28 @@ export function outputFile(path: string, flag: string): string {
     throw new EngineError('invalid_input', `${flag} ${out}: the folder ${dir} is not writable`);
   }
   return out;
+}
+
+/** A policy document from a file (`--policy`), checked as the API checks `config/prompt-policy.json`. */
+export function policyFile(path: string): PromptPolicy {
+  let text: string;
+  try {
+    const bytes = readFileSync(path);
+    if (bytes.byteLength > MAX_POLICY_BYTES) throw new Error(`${bytes.byteLength} bytes, over the ${MAX_POLICY_BYTES}-byte limit`);
+    text = bytes.toString('utf8');
+  } catch (e) {
+    throw new EngineError('invalid_input', `cannot read --policy ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new EngineError('invalid_input', `--policy ${path} is not JSON: ${(e as Error).message}`);
+  }
+  const parsed = PromptPolicyDocument.safeParse(json);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ');
+    throw new EngineError('invalid_input', `--policy ${path} is not a valid policy document: ${issues}`);
+  }
+  return compilePolicy(parsed.data);
 }

@@ -1,5 +1,5 @@
 // clipag generate: prompt in, PNG out.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -9,7 +9,7 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
-import { intArg, modelDir, numberArg, outputFile } from './common.ts';
+import { intArg, modelDir, numberArg, outputFile, policyFile } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
 export const usage = `usage: clipag generate "PROMPT" [options]
@@ -27,7 +27,15 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --views G,P         global and patch views per step (default: the model's recipe defaults, else 32,32)
   -o, --out FILE      output PNG (default out.png)
   --frames DIR        write a frame every 10 steps
-  --json              print a JSON summary on stdout`;
+  --policy FILE       a content policy document (config/prompt-policy.json format) instead of the shipped
+                      one: its prompt rules refuse or flag before the run, its output rules after it; an
+                      image its output rules withhold is not written, and the command fails (as the job would)
+  --json              print a JSON summary on stdout
+
+Exit status: 0 written, 1 bad input or a failed run, 2 bad usage, 3 withheld by the output check.`;
+
+/** The exit status when the policy's output rules withhold the image (nothing is written). */
+export const WITHHELD_EXIT_CODE = 3;
 
 function parseSize(s: string | undefined, def: number): [number, number] {
   if (s === undefined) return [def, def];
@@ -59,12 +67,14 @@ export async function run(argv: string[]): Promise<number> {
       negative: { type: 'string', multiple: true }, model: { type: 'string' }, steps: { type: 'string' }, size: { type: 'string' },
       seed: { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, 'content-weight': { type: 'string' },
       views: { type: 'string' }, style: { type: 'boolean' }, out: { type: 'string', short: 'o' }, frames: { type: 'string' }, json: { type: 'boolean' },
+      policy: { type: 'string' },
     },
     strict: true,
   });
   if (positionals.length !== 1) throw new EngineError('invalid_input', 'give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
   // The same prompt policy as the API (ADR 0015): refusals stop here, flags are printed.
-  const policyHits = defaultPromptPolicy().screen([{ text: positionals[0]!, param: 'prompt' }]);
+  const policy = values.policy === undefined ? defaultPromptPolicy() : policyFile(values.policy);
+  const policyHits = policy.screen([{ text: positionals[0]!, param: 'prompt' }]);
   const refusal = policyHits.find((hit) => hit.action === 'refuse');
   if (refusal) throw new EngineError('invalid_input', refusalMessage(refusal));
   // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.
@@ -113,33 +123,50 @@ export async function run(argv: string[]): Promise<number> {
       for (const w of engine.promptWarnings(prompts.map((p) => p.text))) process.stderr.write(`warning: ${w}\n`);
       for (const hit of policyHits) process.stderr.write(`content policy (${hit.category}): "${hit.term}" ${hit.message}\n`);
     }
-    // The shipped output rules too (ADR 0017): they only flag, so the image is written and the findings printed.
-    const outputScreen = defaultPromptPolicy().output;
+    // The output rules too (ADR 0017): the shipped ones only flag; one that withholds keeps the file unwritten.
+    const outputScreen = policy.output;
+    const framesWritten: string[] = [];
     const res = await synthesize(
       engine,
       { prompts, width, height, seed, init, recipe, contentWeight: contentWeightArg ?? (values.style ? STYLE_CONTENT_WEIGHT : undefined), screenTexts: outputScreen.concepts },
       {
         onProgress: progressPrinter(Boolean(process.stderr.isTTY) && !values.json),
-        onFrame: values.frames ? (f) => writeFileSync(join(values.frames!, `frame-${String(f.step).padStart(4, '0')}.png`), f.png) : undefined,
+        onFrame: values.frames
+          ? (f) => {
+              const path = join(values.frames!, `frame-${String(f.step).padStart(4, '0')}.png`);
+              writeFileSync(path, f.png);
+              framesWritten.push(path);
+            }
+          : undefined,
       },
     );
-    try {
-      writeFileSync(out, res.png);
-    } catch (e) {
-      throw new EngineError('invalid_input', `cannot write ${out}: ${(e as Error).message}`);
-    }
     const outputFlags = outputScreen.judge(res.screenCosines, res.scores[0]!.cosine);
+    const withheld = outputFlags.find((f) => f.action === 'withhold');
+    if (withheld) {
+      // As the worker does: neither the image nor its frames are kept.
+      for (const path of framesWritten) rmSync(path, { force: true });
+    } else {
+      try {
+        writeFileSync(out, res.png);
+      } catch (e) {
+        throw new EngineError('invalid_input', `cannot write ${out}: ${(e as Error).message}`);
+      }
+    }
     const summaryJson = {
-      output: out, model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
+      output: withheld ? null : out, withheld: Boolean(withheld), model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
       width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,
       scores: res.scores, initial_scores: res.initialScores, warnings: res.warnings,
       content_flags: policyHits.map(({ rule, category, term, message }) => ({ rule, category, term, message })),
       output_flags: outputFlags,
       usage: { encoder_passes: res.usage.encoderPasses, encoder_backward_passes: res.usage.encoderBackwardPasses, timings_ms: res.usage.timingsMs },
     };
-    if (!values.json) for (const f of outputFlags) process.stderr.write(`output check (${f.category}): looks like "${f.concept}" (cosine ${f.cosine.toFixed(3)}): ${f.message}\n`);
+    if (!values.json) for (const f of outputFlags) process.stderr.write(`output check (${f.category}, ${f.action}): looks like "${f.concept}" (cosine ${f.cosine.toFixed(3)}, prompt ${res.scores[0]!.cosine.toFixed(3)}): ${f.message}\n`);
     if (values.json) console.log(JSON.stringify(summaryJson));
-    else process.stderr.write(`wrote ${out} (clip score ${res.scores[0].cosine.toFixed(3)}, ${(res.usage.timingsMs.total / 1000).toFixed(1)} s)\n`);
+    if (withheld) {
+      process.stderr.write(`clipag generate: the output check withheld the image (rule ${withheld.rule}); ${out} was not written\n`);
+      return WITHHELD_EXIT_CODE;
+    }
+    if (!values.json) process.stderr.write(`wrote ${out} (clip score ${res.scores[0].cosine.toFixed(3)}, ${(res.usage.timingsMs.total / 1000).toFixed(1)} s)\n`);
     return 0;
   } finally {
     await engine.close();

@@ -7,8 +7,8 @@ import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { DEFAULT_MAX_BYTES, decodeImage } from '../gpu-worker/engine/synth/image.ts';
 import { cosinesOver } from '../gpu-worker/engine/synth/synthesize.ts';
-import { compilePolicy, defaultPromptPolicy, MAX_POLICY_BYTES, type PromptPolicy, PromptPolicyDocument } from '../shared/prompt-policy.ts';
-import { modelDir } from './common.ts';
+import { defaultPromptPolicy } from '../shared/prompt-policy.ts';
+import { modelDir, policyFile } from './common.ts';
 
 export const summary = "score images against the content policy's output concepts (calibrate the output check)";
 export const usage = `usage: clipag screen IMAGE.png... --prompt "TEXT" [--model DIR] [--policy FILE.json] [--json]
@@ -32,7 +32,7 @@ export async function run(argv: string[]): Promise<number> {
   });
   if (positionals.length === 0) throw new EngineError('invalid_input', 'give at least one image: clipag screen out.png --prompt "a red apple"');
   if (values.prompt === undefined || values.prompt.trim() === '') throw new EngineError('invalid_input', '--prompt is required: rules with above_prompt_by compare each concept with the prompt\'s score');
-  const policy = values.policy === undefined ? defaultPromptPolicy() : readPolicy(values.policy);
+  const policy = values.policy === undefined ? defaultPromptPolicy() : policyFile(values.policy);
   const concepts = policy.output.concepts;
   if (concepts.length === 0) throw new EngineError('invalid_input', `${values.policy ?? 'the shipped policy'} has no output_rules: nothing to score against`);
   // Every image is decoded before the model is opened: a bad path must not cost a model load.
@@ -80,26 +80,3 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 const signed = (x: number) => `${x >= 0 ? '+' : ''}${x.toFixed(4)}`;
-
-function readPolicy(path: string): PromptPolicy {
-  let text: string;
-  try {
-    const bytes = readFileSync(path);
-    if (bytes.byteLength > MAX_POLICY_BYTES) throw new Error(`${bytes.byteLength} bytes, over the ${MAX_POLICY_BYTES}-byte limit`);
-    text = bytes.toString('utf8');
-  } catch (e) {
-    throw new EngineError('invalid_input', `cannot read --policy ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new EngineError('invalid_input', `--policy ${path} is not JSON: ${(e as Error).message}`);
-  }
-  const parsed = PromptPolicyDocument.safeParse(json);
-  if (!parsed.success) {
-    const issues = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ');
-    throw new EngineError('invalid_input', `--policy ${path} is not a valid policy document: ${issues}`);
-  }
-  return compilePolicy(parsed.data);
-}

@@ -1,11 +1,12 @@
 // `clipag screen` and the output check in `clipag generate` (ADR 0017), through the CLI's main() on
-// the shipped toy model: an operator's rule about stars catches the star the model drew and lets its
+// the shipped toy model: `generate --policy` flags or withholds by an operator's document; an operator's rule about stars catches the star the model drew and lets its
 // circle through, with the cosines to calibrate by; bad input is refused before the model is opened.
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../cli/main.ts';
+import { WITHHELD_EXIT_CODE } from '../../cli/generate.ts';
 
 async function runCli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const out: string[] = [];
@@ -37,6 +38,49 @@ beforeAll(async () => {
   const s = await runCli(['generate', 'a small blue star at the top', ...GEN, '-o', join(dir, 'star.png'), '--json']);
   expect(s.code, s.stderr).toBe(0);
 }, 120_000);
+
+describe('clipag generate --policy', () => {
+  const prompt = 'a small green ring at the bottom';
+  const policyWith = (action: string, extra: object = {}) => {
+    const file = join(dir, `policy-${action}.json`);
+    const rule = { id: 'rings', category: 'trademark', action, message: "rings are a client's mark", concepts: [prompt], above_prompt_by: -0.001 };
+    writeFileSync(file, JSON.stringify({ version: 1, rules: [], output_rules: [rule], ...extra }));
+    return file;
+  };
+
+  it('a flag rule: the image is written, and the finding reported', async () => {
+    const out = join(dir, 'ring-flag.png');
+    const frames = join(dir, 'ring-flag-frames');
+    const r = await runCli(['generate', prompt, ...GEN, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('flag'), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout);
+    expect(summary).toMatchObject({ output: out, withheld: false });
+    expect(summary.output_flags.map((f: any) => [f.action, f.rule, f.concept])).toEqual([['flag', 'rings', prompt]]);
+    expect(summary.output_flags[0].cosine).toBeCloseTo(summary.scores[0].cosine, 5); // the concept is the prompt
+    expect(existsSync(out)).toBe(true);
+    expect(readdirSync(frames).length).toBeGreaterThan(0); // the same settings write frames (the withhold case deletes them)
+  });
+
+  it('a withhold rule: neither the image nor its frames are written, and the exit status says why (3)', async () => {
+    const out = join(dir, 'ring-withheld.png');
+    const frames = join(dir, 'ring-frames');
+    const r = await runCli(['generate', prompt, ...GEN, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('withhold'), '--json']);
+    expect(r.code).toBe(WITHHELD_EXIT_CODE);
+    expect(JSON.parse(r.stdout)).toMatchObject({ output: null, withheld: true, output_flags: [{ action: 'withhold', rule: 'rings' }] });
+    expect(r.stderr).toMatch(/the output check withheld the image \(rule rings\); .*ring-withheld\.png was not written/);
+    expect(existsSync(out)).toBe(false);
+    expect(readdirSync(frames)).toEqual([]);
+  });
+
+  it("the file's prompt rules apply before the model is opened", async () => {
+    const file = policyWith('flag', { rules: [{ id: 'no-rings', category: 'trademark', action: 'refuse', message: 'no rings here', terms: ['green ring'] }] });
+    const r = await runCli(['generate', prompt, '--model', '/nonexistent-clipag/model', '--policy', file]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/refused by the content policy \(trademark, rule no-rings\): "green ring" no rings here/);
+    const bad = await runCli(['generate', prompt, '--policy', join(dir, 'nope.json')]);
+    expect(bad.stderr).toMatch(/cannot read --policy .*ENOENT/);
+  });
+});
 
 describe('clipag screen', () => {
   it('generate runs the shipped output rules: the toy model cannot read their concepts, so nothing is flagged', () => {
