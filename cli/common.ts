@@ -3,7 +3,7 @@ import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
-import { compilePolicy, MAX_POLICY_BYTES, type PromptPolicy, PromptPolicyDocument } from '../shared/prompt-policy.ts';
+import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -56,24 +56,13 @@ export function outputFile(path: string, flag: string): string {
 
 /** A policy document from a file (`--policy`), checked as the API checks `config/prompt-policy.json`. */
 export function policyFile(path: string): PromptPolicy {
-  let text: string;
+  let body: Uint8Array;
   try {
-    const bytes = readFileSync(path);
-    if (bytes.byteLength > MAX_POLICY_BYTES) throw new Error(`${bytes.byteLength} bytes, over the ${MAX_POLICY_BYTES}-byte limit`);
-    text = bytes.toString('utf8');
+    body = readFileSync(path);
   } catch (e) {
     throw new EngineError('invalid_input', `cannot read --policy ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new EngineError('invalid_input', `--policy ${path} is not JSON: ${(e as Error).message}`);
-  }
-  const parsed = PromptPolicyDocument.safeParse(json);
-  if (!parsed.success) {
-    const issues = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ');
-    throw new EngineError('invalid_input', `--policy ${path} is not a valid policy document: ${issues}`);
-  }
-  return compilePolicy(parsed.data);
+  const parsed = parsePolicyDocument(body);
+  if ('problem' in parsed) throw new EngineError('invalid_input', `--policy ${path} is not a valid policy document: ${parsed.problem}`);
+  return parsed.policy;
 }

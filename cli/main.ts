@@ -10,6 +10,7 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   screen: () => import('./screen.ts'),
   serve: () => import('./serve.ts'),
   keys: () => import('./keys.ts'),
+  policy: () => import('./policy.ts'),
   models: () => import('./models.ts'),
   prior: () => import('./prior.ts'),
   'train-toy': () => import('./train-toy.ts'),

@@ -40,8 +40,11 @@ export interface AppDeps {
   queue: JobQueue;
   jobs: JobStore;
   keys: ApiKeyVerifier;
-  /** The prompt policy in force (default: the shipped DEFAULT_PROMPT_POLICY). `policyFromStore` caches a deployment's own. */
-  promptPolicy?: () => Promise<PromptPolicy>;
+  /**
+   * The content policy an owner's requests are checked by (default: the shipped DEFAULT_PROMPT_POLICY
+   * for all). `policyFromStore` reads the owner's own document, else the deployment's (ADR 0015, 0018).
+   */
+  promptPolicy?: (owner: string) => Promise<PromptPolicy>;
   /** The deployed models; an unknown `model` in a request is a 400. Memoize it if it is costly. */
   models: () => Promise<ModelInfo[]>;
   limits: AppLimits;

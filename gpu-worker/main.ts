@@ -57,11 +57,11 @@ export interface StartWorkerDeps {
   /** Default: deliveries over HTTP(S) under the config's address policy. `null`: no webhooks from here. */
   webhooks?: WebhookNotifier | null;
   /**
-   * The output check (ADR 0017). Default: the output rules of the deployment's policy document in
-   * `blobs` (config/prompt-policy.json, read as the API reads it), else of the shipped policy.
-   * `null`: no output check.
+   * The output check (ADR 0017). Default: the output rules of the policy the API checks the owner's
+   * prompts by (policyFromStore on `blobs`: the owner's document, else the deployment's, else the
+   * shipped one). `null`: no output check.
    */
-  outputScreen?: (() => Promise<OutputScreen>) | null;
+  outputScreen?: ((owner: string) => Promise<OutputScreen>) | null;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
 }
@@ -100,7 +100,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
   let outputScreen = deps.outputScreen ?? undefined;
   if (deps.outputScreen === undefined) {
     const policy = policyFromStore(deps.blobs, { onProblem: (problem) => log.error(problem) });
-    outputScreen = async () => (await policy()).output;
+    outputScreen = async (owner) => (await policy(owner)).output;
   }
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });
   const worker = createWorker({

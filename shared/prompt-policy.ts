@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { remove as removeConfusables } from 'confusables';
 import { cleanClipText } from './text-clean.ts';
+import { OWNER_ID_PATTERN } from './names.ts';
 
 export const POLICY_CATEGORIES = ['copyright', 'trademark', 'likeness', 'bias'] as const;
 export type PolicyCategory = (typeof POLICY_CATEGORIES)[number];
@@ -375,77 +376,119 @@ export function defaultPromptPolicy(): PromptPolicy {
 /** Where a deployment keeps its own policy, replacing the default (the same document format). */
 export const PROMPT_POLICY_KEY = 'config/prompt-policy.json';
 
+/**
+ * Where one owner's policy lives (ADR 0018): it replaces the deployment's for that owner's jobs, so a
+ * customer who holds the rights to a character can be allowed it, or one can be held to a stricter list.
+ */
+export function ownerPolicyKey(owner: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new Error(`not an owner id: ${JSON.stringify(owner)}`);
+  return `config/prompt-policies/${owner}.json`;
+}
+
 /** Largest policy document read: far above any real list, far below what would strain the API's memory. */
 export const MAX_POLICY_BYTES = 2 * 1024 * 1024;
+
+/** Owners whose policy loaders are kept at once; past it the least recently used is dropped (and looked up again when needed). */
+const MAX_OWNER_LOADERS = 1000;
 
 export interface PolicySource {
   head(key: string): Promise<{ size: number; etag: string } | null>;
   get(key: string): Promise<{ body: Uint8Array; etag: string } | null>;
 }
 
+/** A policy document's text, checked: the compiled policy, or what is wrong with it. */
+export function parsePolicyDocument(body: Uint8Array): { policy: PromptPolicy } | { problem: string } {
+  if (body.byteLength > MAX_POLICY_BYTES) return { problem: `${body.byteLength} bytes, over the ${MAX_POLICY_BYTES}-byte limit` };
+  let json: unknown;
+  try {
+    json = JSON.parse(Buffer.from(body).toString('utf8'));
+  } catch (error) {
+    return { problem: `not JSON: ${error instanceof Error ? error.message : String(error)}` };
+  }
+  const parsed = PromptPolicyDocument.safeParse(json);
+  if (!parsed.success) return { problem: parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ') };
+  return { policy: compilePolicy(parsed.data) };
+}
+
 /**
- * The deployment's policy: its document in the store when there is one, else the default. Looked at
- * (a HEAD) at most every `ttlMs`, downloaded only when its etag changed. Whatever goes wrong (a
- * document that does not parse, one over MAX_POLICY_BYTES, the store failing) keeps the last good
- * policy (at first, the default) and is reported through `onProblem`, once per document version:
- * an operator's typo or a store outage must neither stop the API nor switch the checks off.
- * Concurrent requests at expiry share one look.
+ * The policy a job is checked by: its owner's document in the store when there is one
+ * (`ownerPolicyKey`), else the deployment's (`PROMPT_POLICY_KEY`), else the shipped default. Each
+ * document is looked at (a HEAD) at most every `ttlMs` and downloaded only when its etag changed.
+ * Whatever goes wrong (a document that does not parse, one over MAX_POLICY_BYTES, the store failing)
+ * keeps the last good policy of that document (at first, the one it would replace) and is reported
+ * through `onProblem`, once per document version: an operator's typo or a store outage must neither
+ * stop the API nor switch the checks off. Concurrent requests at expiry share one look. Called
+ * without an owner, it gives the deployment's.
  */
 export function policyFromStore(
   store: PolicySource,
   options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string) => void } = {},
+): (owner?: string) => Promise<PromptPolicy> {
+  const shipped = defaultPromptPolicy();
+  const deployment = storedPolicy(store, PROMPT_POLICY_KEY, async () => shipped, options);
+  const owners = new Map<string, () => Promise<PromptPolicy>>();
+  return (owner) => {
+    if (owner === undefined) return deployment();
+    let loader = owners.get(owner);
+    if (loader) owners.delete(owner); // most recently used goes last
+    else loader = storedPolicy(store, ownerPolicyKey(owner), deployment, options);
+    owners.set(owner, loader);
+    if (owners.size > MAX_OWNER_LOADERS) owners.delete(owners.keys().next().value!);
+    return loader();
+  };
+}
+
+/** One document's policy, or `fallback`'s where the document is absent (see policyFromStore). */
+function storedPolicy(
+  store: PolicySource,
+  key: string,
+  fallback: () => Promise<PromptPolicy>,
+  options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string) => void },
 ): () => Promise<PromptPolicy> {
   const ttlMs = options.ttlMs ?? 60_000;
   const now = options.now ?? Date.now;
-  const defaultPolicy = defaultPromptPolicy();
-  let policy = defaultPolicy;
-  /** The etag of the document `policy` came from, or of the bad one last reported; null: the default. */
+  /** The document's policy; null: none in force (no document, or none good yet), so the fallback's. */
+  let own: PromptPolicy | null = null;
+  /** The etag of the document `own` came from, or of the bad one last reported; null: no document. */
   let seenEtag: string | null = null;
   let readAt = -Infinity;
-  let inflight: Promise<PromptPolicy> | undefined;
+  let inflight: Promise<void> | undefined;
 
-  const refresh = async (): Promise<PromptPolicy> => {
+  const refresh = async (): Promise<void> => {
     try {
-      const meta = await store.head(PROMPT_POLICY_KEY);
+      const meta = await store.head(key);
       if (!meta) {
-        policy = defaultPolicy;
+        own = null;
         seenEtag = null;
-        return policy;
+        return;
       }
-      if (meta.etag === seenEtag) return policy;
+      if (meta.etag === seenEtag) return;
       if (meta.size > MAX_POLICY_BYTES) {
         seenEtag = meta.etag; // reported once for this version
-        options.onProblem?.(`${PROMPT_POLICY_KEY} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; keeping the previous policy`);
-        return policy;
+        options.onProblem?.(`${key} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; keeping the previous policy`);
+        return;
       }
       // Only once the document is in hand does its etag count as seen: a failed download is tried again.
-      const found = await store.get(PROMPT_POLICY_KEY);
-      if (!found) return policy;
+      const found = await store.get(key);
+      if (!found) return;
       seenEtag = found.etag;
-      let problem: string | undefined;
-      try {
-        // Replaced by a larger one since the HEAD: not parsed either.
-        if (found.body.byteLength > MAX_POLICY_BYTES) throw new Error(`${found.body.byteLength} bytes, over the ${MAX_POLICY_BYTES}-byte limit`);
-        const parsed = PromptPolicyDocument.safeParse(JSON.parse(Buffer.from(found.body).toString('utf8')));
-        if (parsed.success) policy = compilePolicy(parsed.data);
-        else problem = parsed.error.message;
-      } catch (error) {
-        problem = error instanceof Error ? error.message : String(error);
-      }
-      if (problem !== undefined) options.onProblem?.(`${PROMPT_POLICY_KEY} is not a valid policy; keeping the previous one: ${problem}`.slice(0, 2000));
-      return policy;
+      // Replaced by a larger one since the HEAD: not parsed either.
+      const parsed = parsePolicyDocument(found.body);
+      if ('policy' in parsed) own = parsed.policy;
+      else options.onProblem?.(`${key} is not a valid policy; keeping the previous one: ${parsed.problem}`.slice(0, 2000));
     } catch (error) {
       // The store failed: keep what we have; the next look (after ttlMs) tries again.
-      options.onProblem?.(`${PROMPT_POLICY_KEY} could not be read; keeping the previous policy: ${error instanceof Error ? error.message : String(error)}`);
-      return policy;
+      options.onProblem?.(`${key} could not be read; keeping the previous policy: ${error instanceof Error ? error.message : String(error)}`);
     } finally {
       readAt = now();
     }
   };
 
   return async () => {
-    if (now() - readAt < ttlMs) return policy;
-    inflight ??= refresh().finally(() => (inflight = undefined));
-    return inflight;
+    if (now() - readAt >= ttlMs) {
+      inflight ??= refresh().finally(() => (inflight = undefined));
+      await inflight;
+    }
+    return own ?? fallback();
   };
 }

@@ -117,12 +117,12 @@ export function registerGenerationRoutes(
    * The prompt policy (ADR 0015) on the prompts that pull the image (a negative prompt, or a negative
    * weight, steers away from its text). A refusal is a 400 `content_policy`; flags go with the job.
    */
-  async function screenedPrompts(request: ParsedGenerationRequest): Promise<ContentFlag[]> {
+  async function screenedPrompts(owner: string, request: ParsedGenerationRequest): Promise<ContentFlag[]> {
     const prompts =
       request.prompt !== undefined
         ? [{ text: request.prompt, param: 'prompt' }]
         : (request.prompts ?? []).flatMap((p, i) => (p.weight > 0 ? [{ text: p.text, param: `prompts.${i}.text` }] : []));
-    const hits = (await promptPolicy()).screen(prompts);
+    const hits = (await promptPolicy(owner)).screen(prompts);
     const refusal = hits.find((hit) => hit.action === 'refuse');
     if (refusal) {
       throw new ValidationError(refusalMessage(refusal), refusal.param, { code: 'content_policy' });
@@ -231,7 +231,7 @@ export function registerGenerationRoutes(
     // policy or the count says now.
     let contentFlags: ContentFlag[];
     try {
-      contentFlags = await screenedPrompts(request);
+      contentFlags = await screenedPrompts(owner, request);
       await checkActiveLimit(owner);
     } catch (error) {
       const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes });
@@ -300,7 +300,7 @@ export function registerGenerationRoutes(
 
   app.openapi(createEstimate, async (c) => {
     const request = c.req.valid('json');
-    await screenedPrompts(request);
+    await screenedPrompts(c.get('owner'), request);
     const spec = await checkedSpec(c.get('owner'), request);
     // As the worker will run it: a deployment's step cap (clipag serve --steps) applies.
     const stepsPerImage = Math.min(spec.steps, limits.maxSteps ?? Infinity);

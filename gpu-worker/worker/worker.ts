@@ -91,11 +91,11 @@ export interface WorkerDeps {
   /** Told when a job ends here, to send its completion webhook at once (retries are the sweep's). */
   webhooks?: WebhookNotifier;
   /**
-   * The output check (ADR 0017): read before each run (the deployment's current policy); every image
-   * is scored against its concepts, and its rules decide which images are withheld or flagged.
-   * Default: none (no check).
+   * The output check (ADR 0017) for a job's owner: read before each run (the owner's current policy,
+   * ADR 0018); every image is scored against its concepts, and its rules decide which images are
+   * withheld or flagged. Default: none (no check).
    */
-  outputScreen?: () => Promise<OutputScreen>;
+  outputScreen?: (owner: string) => Promise<OutputScreen>;
   clock?: Clock;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
@@ -490,7 +490,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       let runError: unknown;
       let screen: OutputScreen | undefined;
       try {
-        screen = await deps.outputScreen?.();
+        screen = await deps.outputScreen?.(msg.owner);
         const screenTexts = screen?.concepts.length ? { screenTexts: screen.concepts } : {};
         outcome = await synthesizer.run({ id: running.id, owner: running.owner, spec: { ...running.spec, steps } }, { signal: ac.signal, onProgress, ...screenTexts });
       } catch (error) {

@@ -17,7 +17,7 @@ import { makeTinyBundle } from '../helpers/bundle.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
-import { PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
+import { ownerPolicyKey, PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-e2e-'));
 const modelsDir = join(root, 'models');
@@ -193,13 +193,17 @@ describe('local mode end to end', () => {
   });
 });
 
-describe("the output check on the real engine, under a deployment's own policy", () => {
+describe("the output check on the real engine, under an owner's own policy", () => {
   const dataDir = join(root, 'data-output-check');
   let h: ServeHandle;
   afterAll(async () => h?.stop());
 
-  it('the worker reads the output rules from the store, scores the images on the engine, and withholds what matches', async () => {
+  it("the worker reads the owner's output rules from the store, scores the images on the engine, and withholds what matches", async () => {
     const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+    // The deployment refuses cats; the local owner's own document (ADR 0018) replaces it: cats are
+    // allowed, but an image that looks like one is withheld.
+    const deployment = { version: 1, rules: [{ id: 'no-cats', category: 'copyright', action: 'refuse', message: 'no cats', terms: ['cat'] }] };
+    await stores.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(deployment)), { contentType: 'application/json' });
     const policy = {
       version: 1,
       rules: [],
@@ -209,7 +213,7 @@ describe("the output check on the real engine, under a deployment's own policy",
         { id: 'any-drawing', category: 'bias', action: 'flag', message: 'review before use', concepts: ['a drawing'], min_cosine: -1 },
       ],
     };
-    await stores.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(policy)), { contentType: 'application/json' });
+    await stores.blobs.put(ownerPolicyKey('local'), Buffer.from(JSON.stringify(policy)), { contentType: 'application/json' });
     h = await start(dataDir);
     const post = await fetch(`${h.url}/v1/generations`, {
       method: 'POST',

@@ -2,7 +2,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { PENDING_JOBS_PREFIX } from '../../shared/keys.ts';
-import { compilePolicy, DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, normalizeText, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, normalizeText, ownerPolicyKey, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 const policy = compilePolicy(PromptPolicyDocument.parse(DEFAULT_PROMPT_POLICY));
@@ -226,5 +226,46 @@ describe('the API', () => {
     nowMs = 6000;
     expect((await post('a red circle')).status).toBe(202); // back to the default
     expect((await post('pikachu')).status).toBe(400);
+  });
+
+  it("an owner's own policy replaces the deployment's for that owner only; removed, the owner falls back to the deployment's (ADR 0018)", async () => {
+    let nowMs = 0;
+    const problems: string[] = [];
+    const app = createApp({ ...h.deps, promptPolicy: policyFromStore(h.blobs, { ttlMs: 1000, now: () => nowMs, onProblem: (p: string) => problems.push(p) }) });
+    const post = async (key: string, prompt: string) =>
+      app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt }) });
+    const flagged = async (key: string, prompt: string) => {
+      const res = await post(key, prompt);
+      expect(res.status, prompt).toBe(202);
+      return ((await res.json()) as { content_flags: Array<{ rule: string }> }).content_flags.map((f) => f.rule);
+    };
+    // The deployment flags squares; alice holds the rights to Pikachu, and her own list flags nothing else.
+    const deployment = { version: 1, rules: [{ id: 'squares', category: 'bias', action: 'flag', message: 'squares are sensitive here', terms: ['square'] }] };
+    const alices = { version: 1, rules: [{ id: 'licensed-only', category: 'copyright', action: 'flag', message: 'licensed to acct_alice', terms: ['pikachu'] }] };
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(deployment)));
+    await h.blobs.put(ownerPolicyKey('acct_alice'), Buffer.from(JSON.stringify(alices)));
+    expect(await flagged(h.alice, 'pikachu on a blue square')).toEqual(['licensed-only']);
+    expect(await flagged(h.bob, 'pikachu on a blue square')).toEqual(['squares']); // the deployment's: pikachu is fine there too
+    // Bob gets no own document; a broken one for alice keeps her last good one, and says so.
+    await h.blobs.put(ownerPolicyKey('acct_alice'), Buffer.from('{"version": 1'));
+    nowMs = 2000;
+    expect(await flagged(h.alice, 'pikachu')).toEqual(['licensed-only']);
+    expect(problems).toEqual([expect.stringMatching(/^config\/prompt-policies\/acct_alice\.json is not a valid policy; keeping the previous one: not JSON/)]);
+    await h.blobs.delete(ownerPolicyKey('acct_alice'));
+    nowMs = 4000;
+    expect(await flagged(h.alice, 'pikachu on a blue square')).toEqual(['squares']);
+    // With neither document, the shipped policy: pikachu is refused again, for both.
+    await h.blobs.delete(PROMPT_POLICY_KEY);
+    nowMs = 6000;
+    for (const key of [h.alice, h.bob]) await expectEnvelope(await post(key, 'pikachu'), 400, 'content_policy');
+  });
+
+  it("an owner's first document that is broken leaves the owner on the deployment's policy", async () => {
+    const problems: string[] = [];
+    const policyOf = policyFromStore(h.blobs, { onProblem: (p: string) => problems.push(p) });
+    await h.blobs.put(ownerPolicyKey('acct_bob'), Buffer.from(JSON.stringify({ version: 1, rules: [], output_rules: [{ id: 'x', category: 'copyright', action: 'flag', message: 'm', concepts: ['a'] }] })));
+    expect((await policyOf('acct_bob')).screen([{ text: 'pikachu', param: 'prompt' }]).map((h) => h.rule)).toEqual(['protected-characters']);
+    expect(problems[0]).toMatch(/prompt-policies\/acct_bob\.json is not a valid policy; keeping the previous one: output_rules\.0: an output rule needs/);
+    expect(() => ownerPolicyKey('../keys/x')).toThrow(/not an owner id/);
   });
 });

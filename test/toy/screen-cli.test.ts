@@ -120,7 +120,7 @@ describe('clipag screen', () => {
     [['IMG'], /--prompt is required/],
     [['/nonexistent-clipag/x.png', '--prompt', 'a star'], /cannot read image \/nonexistent-clipag\/x\.png: ENOENT/],
     [['IMG', '--prompt', 'a star', '--policy', '/nonexistent-clipag/p.json'], /cannot read --policy .*ENOENT/],
-    [['IMG', '--prompt', 'a star', '--policy', 'BROKEN'], /is not JSON/],
+    [['IMG', '--prompt', 'a star', '--policy', 'BROKEN'], /is not a valid policy document: not JSON/],
     [['IMG', '--prompt', 'a star', '--policy', 'INVALID'], /not a valid policy document: output_rules\.0: an output rule needs min_cosine, above_prompt_by or both/],
     [['IMG', '--prompt', 'a star', '--policy', 'EMPTY'], /has no output_rules/],
     [['IMG', '--prompt', 'a star', '--model', '/nonexistent-clipag/model'], /model/],

@@ -38,7 +38,7 @@ function fixedSynthesizer(cosines: Array<Array<number | null>>, seen: { screenTe
   };
 }
 
-function start(env: Env, synthesizer: Synthesizer, outputScreen?: () => Promise<OutputScreen>) {
+function start(env: Env, synthesizer: Synthesizer, outputScreen?: (owner: string) => Promise<OutputScreen>) {
   const events: WorkerEvent[] = [];
   const notified: string[] = [];
   const worker = createWorker({
@@ -62,8 +62,10 @@ describe('the output check in the worker', () => {
     for (const key of ['0.png', 'frames/0/0000.png', 'frames/0/0002.png']) {
       await env.blobs.put(`outputs/${OWNER}/${job.id}/${key}`, encodePng(solidImage(8, 8, [1, 1, 1])), { contentType: 'image/png' });
     }
-    start(env, fixedSynthesizer([[0.31, 0.1], [0.29, 0.25], [0.3 - 1e-9, 0.2499]], seen), async () => screen);
+    const askedFor: string[] = [];
+    start(env, fixedSynthesizer([[0.31, 0.1], [0.29, 0.25], [0.3 - 1e-9, 0.2499]], seen), async (owner) => (askedFor.push(owner), screen));
     const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect(askedFor).toEqual([OWNER]); // the job owner's policy (ADR 0018)
     expect(seen.screenTexts).toEqual(['Mickey Mouse', 'the Nike logo']);
     expect(done.status).toBe('succeeded');
     expect(done.outputs.map((o) => o.key)).toEqual([`outputs/${OWNER}/${job.id}/1.png`, `outputs/${OWNER}/${job.id}/2.png`]);
