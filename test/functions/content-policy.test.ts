@@ -37,13 +37,39 @@ describe('matching', () => {
     expect(normalizeText('  Ça   va—Mickey! ')).toBe('ca va mickey');
   });
 
-  it('sees a term written with letters of other scripts that look like Latin ones (Cyrillic, Greek, Cherokee, Armenian)', () => {
-    for (const text of ['\u0420\u0456kachu on a hill', 'M\u0456\u0441key Mouse', '\u13A0arth V\u0430der', 'sp\u0456d\u0435r-m\u0430n', 'a \u13E2ikachu plush', '\u0455h\u0433\u0435k']) {
+  it('sees a term written with letters of other scripts that look like Latin ones (Cyrillic, Greek, Cherokee, Turkish ı)', () => {
+    for (const text of [
+      '\u0420\u0456kachu on a hill', // Cyrillic Р, і
+      '\u041c\u0456\u0441k\u0435\u0443 \u041c\u043eus\u0435', // Cyrillic М, і, с, е, у, о (Cyrillic к is no k: it stays ĸ)
+      '\u13A0arth V\u0430der', // Cherokee Ꭰ
+      'sp\u0456d\u0435r-m\u0430n',
+      'a \u13E2ikachu plush',
+      '\u0455h\u0433\u0435k', // ѕ, г, е
+      'p\u03b9kachu', // Greek ι
+      'P\u0399KACHU', // Greek Ι
+      '&#1056;ikachu', // Cyrillic Р as an entity
+      'p\u0131kachu', // Turkish dotless ı
+    ]) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
     }
-    // Text that is really in another script is read as it is: no look-alike match.
-    for (const text of ['\u043a\u043e\u0448\u043a\u0430 \u043d\u0430 \u043a\u0440\u044b\u0448\u0435', '\u03b3\u03ac\u03c4\u03b1 \u03c3\u03c4\u03b7 \u03b8\u03ac\u03bb\u03b1\u03c3\u03c3\u03b1', '\u6771\u4eac\u30bf\u30ef\u30fc', 'Stra\u00dfe in Berlin']) {
+    // Text that is really in another script is read as it is: letters that only resemble Latin ones
+    // in some fonts (в, д, и, п) stay themselves, so "агав" (of agaves) is not "arab".
+    for (const text of [
+      '\u043a\u043e\u0448\u043a\u0430 \u043d\u0430 \u043a\u0440\u044b\u0448\u0435',
+      '\u043f\u043e\u043b\u0435 \u0430\u0433\u0430\u0432 \u043d\u0430 \u0437\u0430\u043a\u0430\u0442\u0435',
+      '\u03b3\u03ac\u03c4\u03b1 \u03c3\u03c4\u03b7 \u03b8\u03ac\u03bb\u03b1\u03c3\u03c3\u03b1',
+      '\u6771\u4eac\u30bf\u30ef\u30fc',
+      'Stra\u00dfe in Berlin',
+      'a mammoth in the Illinois mill', // Latin letters are never folded into each other (m is not rn, I is not l)
+    ]) {
       expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
+  it("an operator's term in another script is also found spelled with Latin look-alikes", () => {
+    const cyrillic = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'cheburashka', category: 'copyright', action: 'refuse', message: 'm', terms: ['\u0447\u0435\u0431\u0443\u0440\u0430\u0448\u043a\u0430'] }] }));
+    for (const text of ['\u0447\u0435\u0431\u0443\u0440\u0430\u0448\u043a\u0430', '\u0447e\u0431\u0443pa\u0448\u043aa', '\u0427\u0415\u0411\u0423\u0420\u0410\u0428\u041a\u0410']) {
+      expect(cyrillic.screen([{ text, param: 'prompt' }]).map((h) => h.rule), text).toEqual(['cheburashka']);
     }
   });
 
@@ -258,6 +284,39 @@ describe('the API', () => {
     await h.blobs.delete(PROMPT_POLICY_KEY);
     nowMs = 6000;
     for (const key of [h.alice, h.bob]) await expectEnvelope(await post(key, 'pikachu'), 400, 'content_policy');
+  });
+
+  it('an owner with a document keeps its last good policy however many other owners come by; those without one are dropped first', async () => {
+    let nowMs = 0;
+    let down = false;
+    const heads = new Map<string, number>();
+    const docs = new Map([[ownerPolicyKey('acct_alice'), Buffer.from(JSON.stringify({ version: 1, rules: [{ id: 'no-apples', category: 'bias', action: 'refuse', message: 'm', terms: ['apple'] }] }))]]);
+    const store = {
+      async head(key: string) {
+        heads.set(key, (heads.get(key) ?? 0) + 1);
+        if (down) throw new Error('store down');
+        const body = docs.get(key);
+        return body ? { size: body.byteLength, etag: 'e1' } : null;
+      },
+      async get(key: string) {
+        const body = docs.get(key);
+        return body ? { body, etag: 'e1' } : null;
+      },
+    };
+    const policyOf = policyFromStore(store, { ttlMs: 60_000, now: () => nowMs, onProblem: () => undefined });
+    const refusesApples = async (owner: string) => (await policyOf(owner)).screen([{ text: 'an apple', param: 'prompt' }]).length > 0;
+    expect(await refusesApples('acct_alice')).toBe(true);
+    for (let i = 0; i <= 10_000; i++) await policyOf(`acct_${i}`);
+    expect(heads.get(ownerPolicyKey('acct_0'))).toBe(1);
+    await policyOf('acct_0'); // dropped (the oldest without a document): looked up again
+    expect(heads.get(ownerPolicyKey('acct_0'))).toBe(2);
+    await policyOf('acct_10000'); // kept: no new look within the minute
+    expect(heads.get(ownerPolicyKey('acct_10000'))).toBe(1);
+    // Alice's loader was never dropped: with the store down she keeps her stricter list.
+    down = true;
+    nowMs = 120_000;
+    expect(await refusesApples('acct_alice')).toBe(true);
+    expect(await refusesApples('acct_bob')).toBe(false);
   });
 
   it("an owner's first document that is broken leaves the owner on the deployment's policy", async () => {

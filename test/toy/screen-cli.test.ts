@@ -1,7 +1,7 @@
 // `clipag screen` and the output check in `clipag generate` (ADR 0017), through the CLI's main() on
 // the shipped toy model: `generate --policy` flags or withholds by an operator's document; an operator's rule about stars catches the star the model drew and lets its
 // circle through, with the cosines to calibrate by; bad input is refused before the model is opened.
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
@@ -70,6 +70,12 @@ describe('clipag generate --policy', () => {
     expect(r.stderr).toMatch(/the output check withheld the image \(rule rings\); .*ring-withheld\.png was not written/);
     expect(existsSync(out)).toBe(false);
     expect(readdirSync(frames)).toEqual([]);
+    // A file already at the path is the user's: left as it was, and the message says so.
+    writeFileSync(out, 'EARLIER');
+    const again = await runCli(['generate', prompt, ...GEN, '--steps', '2', '-o', out, '--policy', policyWith('withhold')]);
+    expect(again.code).toBe(WITHHELD_EXIT_CODE);
+    expect(again.stderr).toMatch(/was not written \(the file already there, from before, is left as it was\)/);
+    expect(readFileSync(out, 'utf8')).toBe('EARLIER');
   });
 
   it("the file's prompt rules apply before the model is opened", async () => {
