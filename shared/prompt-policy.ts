@@ -461,7 +461,9 @@ export function policyFromStore(
   const deployment = storedPolicy(store, PROMPT_POLICY_KEY, async () => shipped, options);
   const owners = new Map<string, StoredPolicy>();
   return (owner) => {
-    if (owner === undefined) return deployment.policy();
+    // Owners are checked where they enter (keys, queue messages); one that is not an id would have no
+    // document key, and gets the deployment's policy rather than an error: the checks stay on.
+    if (owner === undefined || !OWNER_ID_PATTERN.test(owner)) return deployment.policy();
     let loader = owners.get(owner);
     if (loader) owners.delete(owner); // most recently used goes last
     else loader = storedPolicy(store, ownerPolicyKey(owner), deployment.policy, options);

@@ -326,5 +326,7 @@ describe('the API', () => {
     expect((await policyOf('acct_bob')).screen([{ text: 'pikachu', param: 'prompt' }]).map((h) => h.rule)).toEqual(['protected-characters']);
     expect(problems[0]).toMatch(/prompt-policies\/acct_bob\.json is not a valid policy; keeping the previous one: output_rules\.0: an output rule needs/);
     expect(() => ownerPolicyKey('../keys/x')).toThrow(/not an owner id/);
+    // Not a way in: an owner that is not an id gets the deployment's policy (here the shipped one).
+    expect((await policyOf('../keys/x')).screen([{ text: 'pikachu', param: 'prompt' }]).map((h) => h.rule)).toEqual(['protected-characters']);
   });
 });
