@@ -7,6 +7,7 @@ import { requestId } from './middleware/request-id.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
 import { registerUploadRoutes } from './routes/uploads.ts';
+import { registerUsageRoutes } from './routes/usage.ts';
 import { ErrorEnvelope } from '../shared/schemas/error.ts';
 import { jsonLineLog } from './log.ts';
 import type { AppDeps, AppEnv } from './types.ts';
@@ -21,6 +22,7 @@ const ROUTES = [
   { pattern: /^\/v1\/models$/, methods: ['GET'] },
   { pattern: /^\/v1\/uploads$/, methods: ['POST'] },
   { pattern: /^\/v1\/estimates$/, methods: ['POST'] },
+  { pattern: /^\/v1\/usage$/, methods: ['GET'] },
   { pattern: /^\/v1\/generations$/, methods: ['GET', 'POST'] },
   { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET'] },
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
@@ -65,5 +67,6 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerModelRoutes(app, deps);
   registerUploadRoutes(app, deps, { clock });
   registerGenerationRoutes(app, deps, { clock, ledger });
+  registerUsageRoutes(app, deps, { clock });
   return app;
 }

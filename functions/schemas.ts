@@ -28,6 +28,7 @@ export type ModelInfo = z.output<typeof ModelInfo>;
 
 export const ModelList = z.object({ object: z.literal('list'), data: z.array(ModelInfo) }).openapi('ModelList');
 
+import { MONTH_PATTERN } from '../shared/usage.ts';
 export { GenerationOutputView, GenerationView } from '../shared/schemas/view.ts';
 import { GenerationView } from '../shared/schemas/view.ts';
 
@@ -85,3 +86,29 @@ export const EstimateView = z
     hourly_usd: z.number().nullable(),
   })
   .openapi('Estimate');
+
+const UsageFigures = {
+  generations: z.number().int().nonnegative().openapi({ description: 'Generations whose run ended with its usage written: succeeded, or failed because the output check withheld every image' }),
+  images: z.number().int().nonnegative().openapi({ description: 'Images made, withheld ones included (the compute was spent)' }),
+  worker_seconds: z.number().nonnegative(),
+  encoder_passes: z.number().int().nonnegative(),
+  cost_usd: z.number().nullable().openapi({ description: "worker_seconds at the deployment's hourly worker price (compute at list price, not an invoice); null where the deployment sets no price" }),
+};
+
+export const UsageQuery = z.object({
+  month: z
+    .string()
+    .regex(MONTH_PATTERN, { message: 'month must be YYYY-MM (e.g. 2026-12)' })
+    .optional()
+    .openapi({ param: { name: 'month', in: 'query' }, example: '2026-12', description: 'A UTC month; default: the current one' }),
+});
+
+export const UsageView = z
+  .object({
+    object: z.literal('usage'),
+    month: z.string(),
+    days: z.array(z.object({ date: z.string().openapi({ example: '2026-12-05' }), ...UsageFigures }).openapi('UsageDay')).openapi({ description: 'Days with usage, ascending (UTC, by when each generation ended)' }),
+    total: z.object(UsageFigures).openapi('UsageTotal'),
+    hourly_usd: z.number().nullable(),
+  })
+  .openapi('Usage');

@@ -1,4 +1,5 @@
-import { CorruptDocumentError } from './errors.ts';
+import { CorruptDocumentError, PreconditionFailedError } from './errors.ts';
+import type { BlobStore } from './ports.ts';
 
 /** The part of a zod schema `readDoc` needs (structural, so any zod instance's schema fits). */
 export interface DocSchema<T> {
@@ -25,4 +26,28 @@ export function readDoc<T>(schema: DocSchema<T>, bytes: Uint8Array, key: string)
     throw new CorruptDocumentError(key, `does not match its schema: ${where}${issue?.message ?? 'invalid'}`);
   }
   return parsed.data;
+}
+
+/** Writers of one small shared document (run statistics, an owner's monthly usage) racing at once: enough tries for a fleet. */
+const UPDATE_TRIES = 20;
+
+/**
+ * Read-modify-write of one small JSON document that many processes update: `next` gets the current
+ * bytes (null when there is none) and returns the new ones; the write is conditional on what was
+ * read, and a lost race re-reads after a short jittered pause. Throws after UPDATE_TRIES lost races,
+ * or on any other store error.
+ */
+export async function updateDocument(blobs: BlobStore, key: string, next: (current: Uint8Array | null) => Uint8Array): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    const found = await blobs.get(key);
+    const body = next(found ? found.body : null);
+    try {
+      if (found) await blobs.replaceIfMatch(key, body, found.etag, { contentType: 'application/json' });
+      else await blobs.putIfAbsent(key, body, { contentType: 'application/json' });
+      return;
+    } catch (error) {
+      if (!(error instanceof PreconditionFailedError) || attempt + 1 >= UPDATE_TRIES) throw error;
+      await new Promise((r) => setTimeout(r, Math.random() * 10 * (attempt + 1)));
+    }
+  }
 }

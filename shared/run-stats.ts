@@ -3,15 +3,13 @@
 // and cost estimates. One small JSON document per (model, size, start) at
 // `stats/<model>/<width>x<height>-<start>.json`, the last RUN_STATS_KEEP runs.
 import { z } from 'zod';
-import { PreconditionFailedError } from './errors.ts';
+import { updateDocument } from './documents.ts';
 import { assertValidKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
 
 export const RUN_STATS_PREFIX = 'stats/';
 /** Runs kept per (model, size): enough for a stable median, recent enough to follow a new GPU type. */
 export const RUN_STATS_KEEP = 50;
-/** Workers finishing runs of one size at the same moment race for one document: enough tries for a fleet. */
-const RECORD_TRIES = 20;
 
 const RunSample = z
   .object({
@@ -66,23 +64,13 @@ export async function readRunSamples(blobs: BlobStore, k: RunKey): Promise<RunSa
   return found ? parseDoc(found.body) : [];
 }
 
-/** Appends one run: conditional writes, re-read after a lost race with a jittered pause; throws after RECORD_TRIES. */
+/** Appends one run (a conditional read-modify-write: updateDocument). */
 export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSample): Promise<void> {
-  const key = runStatsKey(k);
   const checked = RunSample.parse(sample);
-  for (let attempt = 0; ; attempt++) {
-    const found = await blobs.get(key);
-    const samples = [...(found ? parseDoc(found.body) : []), checked].slice(-RUN_STATS_KEEP);
-    const body = Buffer.from(JSON.stringify({ v: 2, samples }));
-    try {
-      if (found) await blobs.replaceIfMatch(key, body, found.etag, { contentType: 'application/json' });
-      else await blobs.putIfAbsent(key, body, { contentType: 'application/json' });
-      return;
-    } catch (error) {
-      if (!(error instanceof PreconditionFailedError) || attempt + 1 >= RECORD_TRIES) throw error;
-      await new Promise((r) => setTimeout(r, Math.random() * 10 * (attempt + 1)));
-    }
-  }
+  await updateDocument(blobs, runStatsKey(k), (current) => {
+    const samples = [...(current ? parseDoc(current) : []), checked].slice(-RUN_STATS_KEEP);
+    return Buffer.from(JSON.stringify({ v: 2, samples }));
+  });
 }
 
 function quantile(sorted: readonly number[], q: number): number {

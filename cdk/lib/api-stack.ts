@@ -96,6 +96,7 @@ export class ApiStack extends Stack {
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.stats, ['read']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.usage, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.config, ['read']);
     grantListBucket(this.handler, bucket);
     grantSend(this.handler, queue);

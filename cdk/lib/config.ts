@@ -202,6 +202,8 @@ export const BUCKET_PREFIXES = {
   pending: 'pending/',
   /** Recent run times per model and size, for estimates (shared/run-stats.ts). */
   stats: 'stats/',
+  /** Each owner's usage per day, one document per month, for GET /v1/usage (shared/usage.ts). */
+  usage: 'usage/',
   /** Operator documents the API and the worker read: the content policy (shared/prompt-policy.ts). */
   config: 'config/',
 } as const;

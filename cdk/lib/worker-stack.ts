@@ -200,6 +200,8 @@ export class WorkerStack extends Stack {
     grantPrefix(taskRole, bucket, `${BUCKET_PREFIXES.pending}active/`, ['delete']);
     // Run times for the API's estimates: read-modify-write of one small document per model and size.
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.stats, ['read', 'write']);
+    // Each owner's daily usage (GET /v1/usage): read-modify-write of one small document per owner and month.
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.usage, ['read', 'write']);
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read']);
     // The operator's policy document: its output rules are checked on every image (ADR 0017).
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.config, ['read']);

@@ -12,6 +12,7 @@ import type { SynthesisOutcome, SynthesisProgress, SynthesizedImage, Synthesizer
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
+import { recordUsage } from '../../shared/usage.ts';
 import { clearPending } from '../../shared/pending.ts';
 
 export type WorkerState = 'idle' | 'polling' | 'running' | 'draining' | 'stopped';
@@ -583,6 +584,12 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       await lease.release();
       await ack(m, wrote ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
       if (wrote) {
+        // The owner's usage for GET /v1/usage (ADR 0019): once per job, since only the write that ended
+        // it gets here. A failure is logged (the record still carries the job's own usage).
+        const used = { images: outcome.images.length, workerSeconds: usage.worker_seconds, encoderPasses: usage.encoder_passes };
+        await recordUsage(blobs, msg.owner, new Date(done.finished_at ?? iso()), used).catch((error) =>
+          log.error('usage not recorded; the owner\'s daily totals miss this job', { jobId: msg.job_id, owner: msg.owner, ...used, error: describe(error) }),
+        );
         // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
         const key = { model: done.spec.model, width: done.spec.width, height: done.spec.height, start: runStartOf(done.spec.init) };
         const sample = { seconds: usage.worker_seconds, loopSeconds: Math.min(usage.worker_seconds, outcome.timingsMs.optimize / 1000), steps: total, n: outcome.images.length, at: iso() };

@@ -92,6 +92,9 @@ describe('local mode end to end', () => {
     }, 'an estimate resting on the run');
     expect(estimate).toMatchObject({ model: 'toy', runs: 1, worker_seconds: { median: expect.any(Number) } });
     expect(estimate.worker_seconds.median).toBeGreaterThan(0);
+    // And the owner's usage for the month (ADR 0019), as the job's record has it.
+    const usage = (await (await fetch(`${h.url}/v1/usage?month=${job.finished_at.slice(0, 7)}`, { headers: auth(h) })).json()) as any;
+    expect(usage.total).toMatchObject({ generations: 1, images: 1, worker_seconds: job.usage.worker_seconds, encoder_passes: job.usage.encoder_passes });
     const png = await fetch(job.outputs[0].url);
     expect(png.status).toBe(200);
     expect(png.headers.get('content-type')).toBe('image/png');

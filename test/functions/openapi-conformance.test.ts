@@ -5,6 +5,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { recordRunSample } from '../../shared/run-stats.ts';
+import { recordUsage } from '../../shared/usage.ts';
 import { harness, LIMITS, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -28,7 +29,7 @@ async function validatorFor(app: { request: (path: string) => Response | Promise
 }
 
 describe('responses conform to /openapi.json', () => {
-  it('generations (queued and succeeded, with webhook, flags, output checks, cost), lists, estimates, models, uploads and errors', async () => {
+  it('generations (queued and succeeded, with webhook, flags, output checks, cost), lists, estimates, usage, models, uploads and errors', async () => {
     const app = createApp({ ...h.deps, limits: { ...LIMITS, webhookAllowPrivate: true, workerHourlyUsd: 1.006 } });
     const check = await validatorFor(app);
     const call = async (path: string, init: RequestInit = {}) => {
@@ -66,6 +67,11 @@ describe('responses conform to /openapi.json', () => {
     await recordRunSample(h.blobs, { model: 'toy', width: 224, height: 224, start: 'gmm' }, { seconds: 3, loopSeconds: 2, steps: 100, n: 1, at: new Date().toISOString() });
     check('/v1/estimates', 'post', 200, (await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle' }) })).body);
     check('/v1/models', 'get', 200, (await call('/v1/models')).body);
+    await recordUsage(h.blobs, 'acct_alice', new Date(), { images: 2, workerSeconds: 3.5, encoderPasses: 10 });
+    const usage = await call('/v1/usage');
+    expect((usage.body as any).total.cost_usd).toBeGreaterThan(0);
+    check('/v1/usage', 'get', 200, usage.body);
+    check('/v1/usage', 'get', 400, (await call('/v1/usage?month=2026-13')).body);
     check('/v1/uploads', 'post', 201, (await call('/v1/uploads', { method: 'POST', body: JSON.stringify({ content_type: 'image/png', bytes: 100 }) })).body);
     const refused = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'pikachu' }) });
     expect(refused.status).toBe(400);

@@ -11,6 +11,7 @@ import { decodeImage } from '../../gpu-worker/engine/synth/image.ts';
 import { readRunSamples } from '../../shared/run-stats.ts';
 import { markPending } from '../../shared/pending.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
+import { readUsage } from '../../shared/usage.ts';
 import { FAST_RECIPE, OWNER, type Env, listKeys, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
 
 let models: ModelRegistry;
@@ -100,7 +101,7 @@ describe('gpu-worker queue worker', () => {
     await waitFor('the worker back to polling', () => w.worker.state === 'polling');
   });
 
-  it('frees the owner\'s place and tells its webhook notifier of the jobs that end here, records the run for estimates, and its stop waits for the deliveries', async () => {
+  it('frees the owner\'s place and tells its webhook notifier of the jobs that end here, records the run for estimates and the owner\'s usage, and its stop waits for the deliveries', async () => {
     const env = await makeEnv();
     const told: string[] = [];
     let drains = 0;
@@ -119,6 +120,10 @@ describe('gpu-worker queue worker', () => {
     expect(samples[0]).toMatchObject({ steps: 12, n: 2 });
     expect(samples[0]!.loopSeconds).toBeGreaterThan(0);
     expect(samples[0]!.loopSeconds).toBeLessThanOrEqual(samples[0]!.seconds);
+    // The owner's usage (ADR 0019): the succeeded job, once, with the figures of its record.
+    const done = (await env.jobs.get(OWNER, ok.id))!;
+    const days = await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7));
+    expect(days).toEqual([{ date: done.finished_at!.slice(0, 10), generations: 1, images: 2, worker_seconds: done.usage.worker_seconds, encoder_passes: done.usage.encoder_passes }]);
     await w.stop();
     expect(drains).toBe(1);
   });

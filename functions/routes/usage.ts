@@ -1,0 +1,40 @@
+import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
+import { costUsd } from '../../shared/run-stats.ts';
+import { readUsage } from '../../shared/usage.ts';
+import { UsageQuery, UsageView } from '../schemas.ts';
+import type { AppDeps, AppEnv } from '../types.ts';
+import { SECURITY, pick } from './common.ts';
+
+const getUsage = createRoute({
+  method: 'get',
+  path: '/v1/usage',
+  summary: "The caller's usage in a month, day by day, with its cost",
+  description: 'What the worker recorded as each generation ended (ADR 0019): the same figures as each generation\'s usage, summed per UTC day.',
+  security: SECURITY,
+  request: { query: UsageQuery },
+  responses: {
+    200: { description: 'Usage', content: { 'application/json': { schema: UsageView } } },
+    ...pick(400, 401, 409, 503),
+  },
+});
+
+export function registerUsageRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx: { clock: () => Date }): void {
+  const price = deps.limits.workerHourlyUsd;
+  const cost = (seconds: number) => (price === undefined ? null : costUsd(seconds, price));
+  app.openapi(getUsage, async (c) => {
+    const month = c.req.valid('query').month ?? ctx.clock().toISOString().slice(0, 7);
+    const days = await readUsage(deps.blobs, c.get('owner'), month);
+    const sum = (f: 'generations' | 'images' | 'worker_seconds' | 'encoder_passes') => days.reduce((a, d) => a + d[f], 0);
+    const seconds = Math.round(sum('worker_seconds') * 1000) / 1000;
+    return c.json(
+      {
+        object: 'usage' as const,
+        month,
+        days: days.map((d) => ({ ...d, cost_usd: cost(d.worker_seconds) })),
+        total: { generations: sum('generations'), images: sum('images'), worker_seconds: seconds, encoder_passes: sum('encoder_passes'), cost_usd: cost(seconds) },
+        hourly_usd: price ?? null,
+      },
+      200,
+    );
+  });
+}

@@ -1,0 +1,68 @@
+// What each owner has used, day by day (ADR 0019): the worker adds a job's usage when it writes it to
+// the job's record, and `GET /v1/usage` reads it back with the cost at the deployment's price. One small
+// document per owner and UTC month, `usage/<owner>/<YYYY-MM>.json`, so a month is one read however
+// many jobs it held.
+import { z } from 'zod';
+import { readDoc, updateDocument } from './documents.ts';
+import { assertValidKey } from './keys.ts';
+import { OWNER_ID_PATTERN } from './names.ts';
+import type { BlobStore } from './ports.ts';
+
+export const USAGE_PREFIX = 'usage/';
+export const MONTH_PATTERN = /^\d{4}-(0[1-9]|1[0-2])$/;
+
+const DayUsage = z
+  .object({
+    /** Generations whose run ended here with its usage written (succeeded, or failed after the run when every image was withheld). */
+    generations: z.number().int().nonnegative(),
+    /** Images made, withheld ones included (the compute was spent). */
+    images: z.number().int().nonnegative(),
+    worker_seconds: z.number().finite().nonnegative(),
+    encoder_passes: z.number().int().nonnegative(),
+  })
+  .strict();
+export type DayUsage = z.output<typeof DayUsage>;
+
+const UsageDoc = z.object({ v: z.literal(1), days: z.record(z.string().regex(/^\d{4}-\d{2}-\d{2}$/), DayUsage) }).strict();
+
+export function usageKey(owner: string, month: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new Error(`not an owner id: ${JSON.stringify(owner)}`);
+  if (!MONTH_PATTERN.test(month)) throw new Error(`not a month (YYYY-MM): ${JSON.stringify(month)}`);
+  const key = `${USAGE_PREFIX}${owner}/${month}.json`;
+  assertValidKey(key, 'owner');
+  return key;
+}
+
+/** The month's days. A document that does not read is a CorruptDocumentError (the API's 409), never taken for zero. */
+function parse(body: Uint8Array, key: string): Record<string, DayUsage> {
+  return readDoc(UsageDoc, body, key).days;
+}
+
+/** Adds one generation's usage to its owner's day (UTC, of `at`). A conditional read-modify-write: workers may race. */
+export async function recordUsage(blobs: BlobStore, owner: string, at: Date, used: { images: number; workerSeconds: number; encoderPasses: number }): Promise<void> {
+  const day = at.toISOString().slice(0, 10);
+  const key = usageKey(owner, day.slice(0, 7));
+  await updateDocument(blobs, key, (current) => {
+    const days = current ? parse(current, key) : {};
+    const was = days[day] ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
+    days[day] = DayUsage.parse({
+      generations: was.generations + 1,
+      images: was.images + used.images,
+      // Milliseconds, as the job records keep them: sums of many jobs stay exact to the millisecond.
+      worker_seconds: Math.round((was.worker_seconds + used.workerSeconds) * 1000) / 1000,
+      encoder_passes: was.encoder_passes + used.encoderPasses,
+    });
+    return Buffer.from(JSON.stringify({ v: 1, days }));
+  });
+}
+
+/** An owner's usage in a month, day by day (ascending); empty when nothing was recorded. */
+export async function readUsage(blobs: BlobStore, owner: string, month: string): Promise<Array<DayUsage & { date: string }>> {
+  const key = usageKey(owner, month);
+  const found = await blobs.get(key);
+  if (!found) return [];
+  const days = parse(found.body, key);
+  return Object.keys(days)
+    .sort()
+    .map((date) => ({ date, ...days[date]! }));
+}

@@ -1,0 +1,87 @@
+// An owner's usage, day by day (ADR 0019): the ledger the worker adds to, and GET /v1/usage. The
+// worker's side is in test/worker/worker.test.ts; the store is the real local blob store.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { CorruptDocumentError } from '../../shared/errors.ts';
+import { readUsage, recordUsage, usageKey } from '../../shared/usage.ts';
+import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
+
+let h: Harness;
+beforeEach(async () => {
+  h = await harness();
+});
+afterEach(() => h.close());
+
+const at = (iso: string) => new Date(iso);
+const used = (images: number, workerSeconds: number, encoderPasses = 100) => ({ images, workerSeconds, encoderPasses });
+
+describe('the usage ledger', () => {
+  it('adds each generation to its UTC day, one document per owner and month', async () => {
+    await recordUsage(h.blobs, 'acct_alice', at('2026-12-05T23:59:59.999Z'), used(2, 3.5));
+    await recordUsage(h.blobs, 'acct_alice', at('2026-12-05T10:00:00Z'), used(1, 0.001));
+    await recordUsage(h.blobs, 'acct_alice', at('2026-12-06T00:00:00Z'), used(4, 10));
+    await recordUsage(h.blobs, 'acct_alice', at('2027-01-01T00:00:00Z'), used(1, 1));
+    await recordUsage(h.blobs, 'acct_bob', at('2026-12-05T12:00:00Z'), used(1, 7));
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([
+      { date: '2026-12-05', generations: 2, images: 3, worker_seconds: 3.501, encoder_passes: 200 },
+      { date: '2026-12-06', generations: 1, images: 4, worker_seconds: 10, encoder_passes: 100 },
+    ]);
+    expect(await readUsage(h.blobs, 'acct_alice', '2027-01')).toHaveLength(1);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-11')).toEqual([]);
+    expect((await readUsage(h.blobs, 'acct_bob', '2026-12')).map((d) => d.worker_seconds)).toEqual([7]);
+  });
+
+  it('workers finishing at the same moment all count (conditional writes)', async () => {
+    await Promise.all(Array.from({ length: 12 }, () => recordUsage(h.blobs, 'acct_alice', at('2026-12-05T12:00:00Z'), used(1, 0.25))));
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 12, images: 12, worker_seconds: 3, encoder_passes: 1200 }]);
+  });
+
+  it('an unreadable month is reported, never taken for zero, and not overwritten', async () => {
+    await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from('{"v": 1, "days": {"2026-12-05": {"generations": -1'));
+    await expect(readUsage(h.blobs, 'acct_alice', '2026-12')).rejects.toBeInstanceOf(CorruptDocumentError);
+    await expect(recordUsage(h.blobs, 'acct_alice', at('2026-12-05T12:00:00Z'), used(1, 1))).rejects.toBeInstanceOf(CorruptDocumentError);
+    expect(Buffer.from((await h.blobs.get(usageKey('acct_alice', '2026-12')))!.body).toString()).toMatch(/"generations": -1/);
+    expect(() => usageKey('../x', '2026-12')).toThrow(/not an owner id/);
+    expect(() => usageKey('acct_alice', '2026-13')).toThrow(/not a month/);
+  });
+});
+
+describe('GET /v1/usage', () => {
+  const app = (workerHourlyUsd?: number) =>
+    createApp({ ...h.deps, clock: () => at('2026-12-20T08:00:00Z'), limits: { ...LIMITS, ...(workerHourlyUsd === undefined ? {} : { workerHourlyUsd }) } });
+  const get = (a: ReturnType<typeof app>, query = '', key = h.alice) => a.request(`/v1/usage${query}`, { headers: { Authorization: `Bearer ${key}` } });
+
+  it("the caller's month, day by day, with totals and the cost at the deployment's price; the current UTC month by default", async () => {
+    await recordUsage(h.blobs, 'acct_alice', at('2026-12-05T10:00:00Z'), used(2, 1800));
+    await recordUsage(h.blobs, 'acct_alice', at('2026-12-19T10:00:00Z'), used(1, 360));
+    await recordUsage(h.blobs, 'acct_bob', at('2026-12-05T10:00:00Z'), used(1, 99));
+    const res = await get(app(3.6)); // 0.001 USD a second
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({
+      object: 'usage',
+      month: '2026-12',
+      days: [
+        { date: '2026-12-05', generations: 1, images: 2, worker_seconds: 1800, encoder_passes: 100, cost_usd: 1.8 },
+        { date: '2026-12-19', generations: 1, images: 1, worker_seconds: 360, encoder_passes: 100, cost_usd: 0.36 },
+      ],
+      total: { generations: 2, images: 3, worker_seconds: 2160, encoder_passes: 200, cost_usd: 2.16 },
+      hourly_usd: 3.6,
+    });
+    // Bob sees his own; a month with nothing is empty, not an error; without a price, no cost.
+    expect(((await (await get(app(), '', h.bob)).json()) as any).total).toEqual({ generations: 1, images: 1, worker_seconds: 99, encoder_passes: 100, cost_usd: null });
+    expect(await (await get(app(), '?month=2026-11')).json()).toEqual({
+      object: 'usage', month: '2026-11', days: [], total: { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0, cost_usd: null }, hourly_usd: null,
+    });
+  });
+
+  it('a malformed month is a 400 naming it; no key is a 401; an unreadable month is a 409, not a 500', async () => {
+    for (const q of ['?month=2026-13', '?month=12-2026', '?month=2026-1', '?month=']) {
+      const res = await get(app(), q);
+      await expectEnvelope(res, 400, 'validation_error');
+    }
+    expect((await app().request('/v1/usage')).status).toBe(401);
+    expect((await app().request('/v1/usage', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } })).status).toBe(405);
+    await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from('not json'));
+    await expectEnvelope(await get(app()), 409, 'corrupt_record');
+  });
+});
