@@ -33,14 +33,16 @@ const UPDATE_TRIES = 20;
 
 /**
  * Read-modify-write of one small JSON document that many processes update: `next` gets the current
- * bytes (null when there is none) and returns the new ones; the write is conditional on what was
+ * bytes (null when there is none) and returns the new ones, or null to leave the document as it is
+ * (the change is there already); the write is conditional on what was
  * read, and a lost race re-reads after a short jittered pause. Throws after UPDATE_TRIES lost races,
  * or on any other store error.
  */
-export async function updateDocument(blobs: BlobStore, key: string, next: (current: Uint8Array | null) => Uint8Array): Promise<void> {
+export async function updateDocument(blobs: BlobStore, key: string, next: (current: Uint8Array | null) => Uint8Array | null): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     const found = await blobs.get(key);
     const body = next(found ? found.body : null);
+    if (body === null) return; // nothing to change
     try {
       if (found) await blobs.replaceIfMatch(key, body, found.etag, { contentType: 'application/json' });
       else await blobs.putIfAbsent(key, body, { contentType: 'application/json' });

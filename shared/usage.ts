@@ -4,6 +4,7 @@
 // many jobs it held.
 import { z } from 'zod';
 import { readDoc, updateDocument } from './documents.ts';
+import { CorruptDocumentError } from './errors.ts';
 import { assertValidKey } from './keys.ts';
 import { OWNER_ID_PATTERN } from './names.ts';
 import type { BlobStore } from './ports.ts';
@@ -23,7 +24,21 @@ const DayUsage = z
   .strict();
 export type DayUsage = z.output<typeof DayUsage>;
 
-const UsageDoc = z.object({ v: z.literal(1), days: z.record(z.string().regex(/^\d{4}-\d{2}-\d{2}$/), DayUsage) }).strict();
+/**
+ * The ids of the jobs added last, so an add repeated for the same job counts once: an S3 PUT that
+ * landed but whose reply was lost is sent again by the SDK, fails its condition, and the add is
+ * re-read and retried, as is a worker's retry of a record write it could not confirm. Such repeats
+ * come within seconds; the window only bounds the document.
+ */
+export const RECENT_JOBS_KEPT = 500;
+
+const UsageDoc = z
+  .object({
+    v: z.literal(1),
+    days: z.record(z.string().regex(/^\d{4}-\d{2}-\d{2}$/), DayUsage),
+    recent_jobs: z.array(z.string().min(1).max(100)).max(RECENT_JOBS_KEPT).default([]),
+  })
+  .strict();
 
 export function usageKey(owner: string, month: string): string {
   if (!OWNER_ID_PATTERN.test(owner)) throw new Error(`not an owner id: ${JSON.stringify(owner)}`);
@@ -33,17 +48,31 @@ export function usageKey(owner: string, month: string): string {
   return key;
 }
 
-/** The month's days. A document that does not read is a CorruptDocumentError (the API's 409), never taken for zero. */
-function parse(body: Uint8Array, key: string): Record<string, DayUsage> {
-  return readDoc(UsageDoc, body, key).days;
+/**
+ * The month's document. One that does not read, or holds a day outside its month (or no real day),
+ * is a CorruptDocumentError (the API's 409), never taken for zero.
+ */
+function parse(body: Uint8Array, key: string, month: string): z.output<typeof UsageDoc> {
+  const doc = readDoc(UsageDoc, body, key);
+  for (const date of Object.keys(doc.days)) {
+    const real = !Number.isNaN(Date.parse(`${date}T00:00:00Z`)) && new Date(`${date}T00:00:00Z`).toISOString().startsWith(date);
+    if (!date.startsWith(`${month}-`) || !real) throw new CorruptDocumentError(key, `day ${date} is not a day of ${month}`);
+  }
+  return doc;
 }
 
-/** Adds one generation's usage to its owner's day (UTC, of `at`). A conditional read-modify-write: workers may race. */
-export async function recordUsage(blobs: BlobStore, owner: string, at: Date, used: { images: number; workerSeconds: number; encoderPasses: number }): Promise<void> {
+/**
+ * Adds one generation's usage to its owner's day (UTC, of `at`), once per `jobId` (see
+ * RECENT_JOBS_KEPT). A conditional read-modify-write: workers may race.
+ */
+export async function recordUsage(blobs: BlobStore, owner: string, jobId: string, at: Date, used: { images: number; workerSeconds: number; encoderPasses: number }): Promise<void> {
   const day = at.toISOString().slice(0, 10);
-  const key = usageKey(owner, day.slice(0, 7));
+  const month = day.slice(0, 7);
+  const key = usageKey(owner, month);
   await updateDocument(blobs, key, (current) => {
-    const days = current ? parse(current, key) : {};
+    const doc = current ? parse(current, key, month) : { v: 1 as const, days: {}, recent_jobs: [] };
+    if (doc.recent_jobs.includes(jobId)) return null; // counted already
+    const days = doc.days;
     const was = days[day] ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
     days[day] = DayUsage.parse({
       generations: was.generations + 1,
@@ -52,7 +81,7 @@ export async function recordUsage(blobs: BlobStore, owner: string, at: Date, use
       worker_seconds: Math.round((was.worker_seconds + used.workerSeconds) * 1000) / 1000,
       encoder_passes: was.encoder_passes + used.encoderPasses,
     });
-    return Buffer.from(JSON.stringify({ v: 1, days }));
+    return Buffer.from(JSON.stringify({ v: 1, days, recent_jobs: [...doc.recent_jobs, jobId].slice(-RECENT_JOBS_KEPT) }));
   });
 }
 
@@ -61,7 +90,7 @@ export async function readUsage(blobs: BlobStore, owner: string, month: string):
   const key = usageKey(owner, month);
   const found = await blobs.get(key);
   if (!found) return [];
-  const days = parse(found.body, key);
+  const { days } = parse(found.body, key, month);
   return Object.keys(days)
     .sort()
     .map((date) => ({ date, ...days[date]! }));

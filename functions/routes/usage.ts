@@ -26,12 +26,15 @@ export function registerUsageRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx
     const days = await readUsage(deps.blobs, c.get('owner'), month);
     const sum = (f: 'generations' | 'images' | 'worker_seconds' | 'encoder_passes') => days.reduce((a, d) => a + d[f], 0);
     const seconds = Math.round(sum('worker_seconds') * 1000) / 1000;
+    const priced = days.map((d) => ({ ...d, cost_usd: cost(d.worker_seconds) }));
+    // The total's cost is the sum of the days' as shown, so the figures a customer adds up agree.
+    const totalCost = price === undefined ? null : Math.round(priced.reduce((a, d) => a + d.cost_usd!, 0) * 1e6) / 1e6;
     return c.json(
       {
         object: 'usage' as const,
         month,
-        days: days.map((d) => ({ ...d, cost_usd: cost(d.worker_seconds) })),
-        total: { generations: sum('generations'), images: sum('images'), worker_seconds: seconds, encoder_passes: sum('encoder_passes'), cost_usd: cost(seconds) },
+        days: priced,
+        total: { generations: sum('generations'), images: sum('images'), worker_seconds: seconds, encoder_passes: sum('encoder_passes'), cost_usd: totalCost },
         hourly_usd: price ?? null,
       },
       200,

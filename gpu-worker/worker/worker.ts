@@ -581,13 +581,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           ...(checks.length ? { output_checks: checks } : {}),
         };
       });
+      // This attempt's result is the record's: this write, or one that landed but whose reply was lost
+      // (the update then re-read a terminal record of this very attempt, with this run's usage).
+      const ours = wrote || (done.attempts === attempt && isTerminal(done.status) && done.usage.worker_seconds === usage.worker_seconds && done.usage.encoder_passes === usage.encoder_passes);
       await lease.release();
-      await ack(m, wrote ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
-      if (wrote) {
-        // The owner's usage for GET /v1/usage (ADR 0019): once per job, since only the write that ended
-        // it gets here. A failure is logged (the record still carries the job's own usage).
+      await ack(m, ours ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
+      if (ours) {
+        // The owner's usage for GET /v1/usage (ADR 0019); the ledger counts a job once, however often
+        // it is told. A failure is logged (the record still carries the job's own usage).
         const used = { images: outcome.images.length, workerSeconds: usage.worker_seconds, encoderPasses: usage.encoder_passes };
-        await recordUsage(blobs, msg.owner, new Date(done.finished_at ?? iso()), used).catch((error) =>
+        await recordUsage(blobs, msg.owner, msg.job_id, new Date(done.finished_at ?? iso()), used).catch((error) =>
           log.error('usage not recorded; the owner\'s daily totals miss this job', { jobId: msg.job_id, owner: msg.owner, ...used, error: describe(error) }),
         );
         // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
@@ -595,7 +598,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         const sample = { seconds: usage.worker_seconds, loopSeconds: Math.min(usage.worker_seconds, outcome.timingsMs.optimize / 1000), steps: total, n: outcome.images.length, at: iso() };
         await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { jobId: msg.job_id, error: describe(error) }));
       }
-      return finish(msg, !wrote ? 'skipped' : allWithheld ? 'failed' : 'succeeded', { stepsDone: outcome.stepsDone, ...(wrote && allWithheld ? { error: done.error! } : {}) });
+      return finish(msg, !ours ? 'skipped' : allWithheld ? 'failed' : 'succeeded', { stepsDone: outcome.stepsDone, ...(ours && allWithheld ? { error: done.error! } : {}) });
     } catch (error) {
       await lease.release();
       await onFailure(m, msg, attempt, error);

@@ -67,7 +67,7 @@ describe('responses conform to /openapi.json', () => {
     await recordRunSample(h.blobs, { model: 'toy', width: 224, height: 224, start: 'gmm' }, { seconds: 3, loopSeconds: 2, steps: 100, n: 1, at: new Date().toISOString() });
     check('/v1/estimates', 'post', 200, (await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle' }) })).body);
     check('/v1/models', 'get', 200, (await call('/v1/models')).body);
-    await recordUsage(h.blobs, 'acct_alice', new Date(), { images: 2, workerSeconds: 3.5, encoderPasses: 10 });
+    await recordUsage(h.blobs, 'acct_alice', 'job-oa', new Date(), { images: 2, workerSeconds: 3.5, encoderPasses: 10 });
     const usage = await call('/v1/usage');
     expect((usage.body as any).total.cost_usd).toBeGreaterThan(0);
     check('/v1/usage', 'get', 200, usage.body);

@@ -2,7 +2,7 @@
 // worker's side is in test/worker/worker.test.ts; the store is the real local blob store.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { CorruptDocumentError } from '../../shared/errors.ts';
+import { CorruptDocumentError, PreconditionFailedError } from '../../shared/errors.ts';
 import { readUsage, recordUsage, usageKey } from '../../shared/usage.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 
@@ -17,11 +17,11 @@ const used = (images: number, workerSeconds: number, encoderPasses = 100) => ({ 
 
 describe('the usage ledger', () => {
   it('adds each generation to its UTC day, one document per owner and month', async () => {
-    await recordUsage(h.blobs, 'acct_alice', at('2026-12-05T23:59:59.999Z'), used(2, 3.5));
-    await recordUsage(h.blobs, 'acct_alice', at('2026-12-05T10:00:00Z'), used(1, 0.001));
-    await recordUsage(h.blobs, 'acct_alice', at('2026-12-06T00:00:00Z'), used(4, 10));
-    await recordUsage(h.blobs, 'acct_alice', at('2027-01-01T00:00:00Z'), used(1, 1));
-    await recordUsage(h.blobs, 'acct_bob', at('2026-12-05T12:00:00Z'), used(1, 7));
+    await recordUsage(h.blobs, 'acct_alice', 'job1', at('2026-12-05T23:59:59.999Z'), used(2, 3.5));
+    await recordUsage(h.blobs, 'acct_alice', 'job2', at('2026-12-05T10:00:00Z'), used(1, 0.001));
+    await recordUsage(h.blobs, 'acct_alice', 'job3', at('2026-12-06T00:00:00Z'), used(4, 10));
+    await recordUsage(h.blobs, 'acct_alice', 'job4', at('2027-01-01T00:00:00Z'), used(1, 1));
+    await recordUsage(h.blobs, 'acct_bob', 'job5', at('2026-12-05T12:00:00Z'), used(1, 7));
     expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([
       { date: '2026-12-05', generations: 2, images: 3, worker_seconds: 3.501, encoder_passes: 200 },
       { date: '2026-12-06', generations: 1, images: 4, worker_seconds: 10, encoder_passes: 100 },
@@ -32,15 +32,41 @@ describe('the usage ledger', () => {
   });
 
   it('workers finishing at the same moment all count (conditional writes)', async () => {
-    await Promise.all(Array.from({ length: 12 }, () => recordUsage(h.blobs, 'acct_alice', at('2026-12-05T12:00:00Z'), used(1, 0.25))));
+    await Promise.all(Array.from({ length: 12 }, (_, i) => recordUsage(h.blobs, 'acct_alice', `job-race-${i}`, at('2026-12-05T12:00:00Z'), used(1, 0.25))));
     expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 12, images: 12, worker_seconds: 3, encoder_passes: 1200 }]);
+  });
+
+  it('counts a job once however often it is added: a repeat, and an S3 write that landed but whose reply was lost', async () => {
+    await recordUsage(h.blobs, 'acct_alice', 'job-a', at('2026-12-05T12:00:00Z'), used(1, 2));
+    await recordUsage(h.blobs, 'acct_alice', 'job-a', at('2026-12-05T12:00:01Z'), used(1, 2));
+    // The SDK sends a PUT again when its reply is lost; the write had landed, so the retry's condition
+    // fails, and the add is read again and retried: it must find the job there.
+    let lost = 0;
+    const lossy = new Proxy(h.blobs, {
+      get(target, prop, receiver) {
+        if (prop !== 'replaceIfMatch') return Reflect.get(target, prop, receiver);
+        return async (...args: Parameters<typeof target.replaceIfMatch>) => {
+          const written = await target.replaceIfMatch(...args);
+          if (lost++ === 0) throw new PreconditionFailedError('At least one of the pre-conditions you specified did not hold');
+          return written;
+        };
+      },
+    });
+    await recordUsage(lossy, 'acct_alice', 'job-b', at('2026-12-05T12:00:02Z'), used(3, 4));
+    expect(lost).toBe(1);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 2, images: 4, worker_seconds: 6, encoder_passes: 200 }]);
   });
 
   it('an unreadable month is reported, never taken for zero, and not overwritten', async () => {
     await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from('{"v": 1, "days": {"2026-12-05": {"generations": -1'));
     await expect(readUsage(h.blobs, 'acct_alice', '2026-12')).rejects.toBeInstanceOf(CorruptDocumentError);
-    await expect(recordUsage(h.blobs, 'acct_alice', at('2026-12-05T12:00:00Z'), used(1, 1))).rejects.toBeInstanceOf(CorruptDocumentError);
+    await expect(recordUsage(h.blobs, 'acct_alice', 'job7', at('2026-12-05T12:00:00Z'), used(1, 1))).rejects.toBeInstanceOf(CorruptDocumentError);
     expect(Buffer.from((await h.blobs.get(usageKey('acct_alice', '2026-12')))!.body).toString()).toMatch(/"generations": -1/);
+    // A day outside its month (or no real day) is as unreadable.
+    for (const date of ['2026-11-30', '2026-12-32', '2026-02-31']) {
+      await h.blobs.put(usageKey('acct_bob', '2026-12'), Buffer.from(JSON.stringify({ v: 1, days: { [date]: { generations: 1, images: 1, worker_seconds: 1, encoder_passes: 1 } } })));
+      await expect(readUsage(h.blobs, 'acct_bob', '2026-12'), date).rejects.toBeInstanceOf(CorruptDocumentError);
+    }
     expect(() => usageKey('../x', '2026-12')).toThrow(/not an owner id/);
     expect(() => usageKey('acct_alice', '2026-13')).toThrow(/not a month/);
   });
@@ -52,9 +78,9 @@ describe('GET /v1/usage', () => {
   const get = (a: ReturnType<typeof app>, query = '', key = h.alice) => a.request(`/v1/usage${query}`, { headers: { Authorization: `Bearer ${key}` } });
 
   it("the caller's month, day by day, with totals and the cost at the deployment's price; the current UTC month by default", async () => {
-    await recordUsage(h.blobs, 'acct_alice', at('2026-12-05T10:00:00Z'), used(2, 1800));
-    await recordUsage(h.blobs, 'acct_alice', at('2026-12-19T10:00:00Z'), used(1, 360));
-    await recordUsage(h.blobs, 'acct_bob', at('2026-12-05T10:00:00Z'), used(1, 99));
+    await recordUsage(h.blobs, 'acct_alice', 'job8', at('2026-12-05T10:00:00Z'), used(2, 1800));
+    await recordUsage(h.blobs, 'acct_alice', 'job9', at('2026-12-19T10:00:00Z'), used(1, 360));
+    await recordUsage(h.blobs, 'acct_bob', 'job10', at('2026-12-05T10:00:00Z'), used(1, 99));
     const res = await get(app(3.6)); // 0.001 USD a second
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({
@@ -69,6 +95,10 @@ describe('GET /v1/usage', () => {
     });
     // Bob sees his own; a month with nothing is empty, not an error; without a price, no cost.
     expect(((await (await get(app(), '', h.bob)).json()) as any).total).toEqual({ generations: 1, images: 1, worker_seconds: 99, encoder_passes: 100, cost_usd: null });
+    // The total's cost is the sum of the days' (each rounded to a millionth of a dollar).
+    for (let d = 1; d <= 3; d++) await recordUsage(h.blobs, 'acct_bob', `job-b${d}`, at(`2026-10-0${d}T10:00:00Z`), used(1, 1));
+    const oct = (await (await get(app(1), '?month=2026-10', h.bob)).json()) as any;
+    expect([oct.days.map((d: any) => d.cost_usd), oct.total.cost_usd]).toEqual([[0.000278, 0.000278, 0.000278], 0.000834]);
     expect(await (await get(app(), '?month=2026-11')).json()).toEqual({
       object: 'usage', month: '2026-11', days: [], total: { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0, cost_usd: null }, hourly_usd: null,
     });

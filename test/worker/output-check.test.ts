@@ -9,6 +9,10 @@ import type { SynthesisOutcome, SynthesizedImage, Synthesizer } from '../../gpu-
 import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { compileOutputScreen, type OutputScreen } from '../../shared/prompt-policy.ts';
 import { generationView } from '../../shared/views.ts';
+import { readUsage } from '../../shared/usage.ts';
+import { BlobJobStore } from '../../shared/jobstore.ts';
+import { PreconditionFailedError } from '../../shared/errors.ts';
+import type { JobStore } from '../../shared/ports.ts';
 import { type Env, listKeys, makeEnv, OWNER, submit, waitFor, waitForStatus } from './helpers.ts';
 
 const workers: QueueWorker[] = [];
@@ -38,11 +42,11 @@ function fixedSynthesizer(cosines: Array<Array<number | null>>, seen: { screenTe
   };
 }
 
-function start(env: Env, synthesizer: Synthesizer, outputScreen?: (owner: string) => Promise<OutputScreen>) {
+function start(env: Env, synthesizer: Synthesizer, outputScreen?: (owner: string) => Promise<OutputScreen>, jobs: JobStore = env.jobs) {
   const events: WorkerEvent[] = [];
   const notified: string[] = [];
   const worker = createWorker({
-    queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer,
+    queue: env.queue, jobs, blobs: env.blobs, synthesizer,
     config: { visibilityTimeoutSec: 30, maxReceives: 2, receiveWaitSec: 1, progressIntervalMs: 0 },
     webhooks: { notify: (_o, id) => void notified.push(id), drain: async () => undefined },
     ...(outputScreen ? { outputScreen } : {}),
@@ -95,9 +99,42 @@ describe('the output check in the worker', () => {
     expect(done.output_checks!.map((c) => [c.index, c.withheld, c.flags.map((f) => f.rule)])).toEqual([[0, true, ['mouse', 'swoosh']], [1, true, ['mouse']]]);
     expect(done.usage.encoder_passes).toBe(10);
     expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([]);
+    // The compute was spent: the owner's usage counts the job and its two images (ADR 0019).
+    await waitFor('the usage', async () => (await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7))).length > 0);
+    expect(await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7))).toEqual([
+      { date: done.finished_at!.slice(0, 10), generations: 1, images: 2, worker_seconds: done.usage.worker_seconds, encoder_passes: 10 },
+    ]);
     await waitFor('the webhook notice', () => w.notified.includes(job.id));
     const view = await generationView(done, env.blobs, 600, new Date());
     expect([view.outputs, view.withheld_outputs.map((o) => o.index)]).toEqual([[], [0, 1]]);
+  });
+
+  it('a final record write that landed but whose reply was lost still ends the job here: usage counted once, webhook told', async () => {
+    const env = await makeEnv();
+    let lost = 0;
+    const lossy = new Proxy(env.blobs, {
+      get(target, prop, receiver) {
+        if (prop !== 'replaceIfMatch') return Reflect.get(target, prop, receiver);
+        return async (...args: Parameters<typeof target.replaceIfMatch>) => {
+          const written = await target.replaceIfMatch(...args);
+          // The write that ends the job lands; its reply is lost once (the SDK retry then fails its condition).
+          if (args[0].startsWith('jobs/') && Buffer.from(args[1]).toString().includes('"status":"succeeded"') && lost++ === 0) {
+            throw new PreconditionFailedError('At least one of the pre-conditions you specified did not hold');
+          }
+          return written;
+        };
+      },
+    });
+    const job = await submit(env, { n: 2 });
+    const w = start(env, fixedSynthesizer([[0.1, 0.1], [0.1, 0.1]]), async () => screen, new BlobJobStore(lossy));
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect([done.status, lost]).toEqual(['succeeded', 1]);
+    await waitFor('the job to end here', () => w.events.some((e) => e.type === 'job_finished' && e.jobId === job.id));
+    expect(w.events.find((e) => e.type === 'job_finished' && e.jobId === job.id)).toMatchObject({ outcome: 'succeeded' });
+    expect(w.notified).toEqual([job.id]);
+    expect(await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7))).toEqual([
+      { date: done.finished_at!.slice(0, 10), generations: 1, images: 2, worker_seconds: done.usage.worker_seconds, encoder_passes: 10 },
+    ]);
   });
 
   it('an image is never published unchecked: a synthesizer that did not score the concepts fails the job; no screen, no check', async () => {
