@@ -2,7 +2,8 @@
 // worker's side is in test/worker/worker.test.ts; the store is the real local blob store.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { CorruptDocumentError, PreconditionFailedError } from '../../shared/errors.ts';
+import { CorruptDocumentError } from '../../shared/errors.ts';
+import { lostReplyOnce } from '../helpers/lost-reply.ts';
 import { readUsage, recordUsage, usageKey } from '../../shared/usage.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 
@@ -41,19 +42,9 @@ describe('the usage ledger', () => {
     await recordUsage(h.blobs, 'acct_alice', 'job-a', at('2026-12-05T12:00:01Z'), used(1, 2));
     // The SDK sends a PUT again when its reply is lost; the write had landed, so the retry's condition
     // fails, and the add is read again and retried: it must find the job there.
-    let lost = 0;
-    const lossy = new Proxy(h.blobs, {
-      get(target, prop, receiver) {
-        if (prop !== 'replaceIfMatch') return Reflect.get(target, prop, receiver);
-        return async (...args: Parameters<typeof target.replaceIfMatch>) => {
-          const written = await target.replaceIfMatch(...args);
-          if (lost++ === 0) throw new PreconditionFailedError('At least one of the pre-conditions you specified did not hold');
-          return written;
-        };
-      },
-    });
-    await recordUsage(lossy, 'acct_alice', 'job-b', at('2026-12-05T12:00:02Z'), used(3, 4));
-    expect(lost).toBe(1);
+    const lossy = lostReplyOnce(h.blobs);
+    await recordUsage(lossy.blobs, 'acct_alice', 'job-b', at('2026-12-05T12:00:02Z'), used(3, 4));
+    expect(lossy.lost()).toBe(1);
     expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 2, images: 4, worker_seconds: 6, encoder_passes: 200 }]);
   });
 

@@ -11,7 +11,7 @@ import { compileOutputScreen, type OutputScreen } from '../../shared/prompt-poli
 import { generationView } from '../../shared/views.ts';
 import { readUsage } from '../../shared/usage.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
-import { PreconditionFailedError } from '../../shared/errors.ts';
+import { lostReplyOnce } from '../helpers/lost-reply.ts';
 import type { JobStore } from '../../shared/ports.ts';
 import { type Env, listKeys, makeEnv, OWNER, submit, waitFor, waitForStatus } from './helpers.ts';
 
@@ -111,24 +111,12 @@ describe('the output check in the worker', () => {
 
   it('a final record write that landed but whose reply was lost still ends the job here: usage counted once, webhook told', async () => {
     const env = await makeEnv();
-    let lost = 0;
-    const lossy = new Proxy(env.blobs, {
-      get(target, prop, receiver) {
-        if (prop !== 'replaceIfMatch') return Reflect.get(target, prop, receiver);
-        return async (...args: Parameters<typeof target.replaceIfMatch>) => {
-          const written = await target.replaceIfMatch(...args);
-          // The write that ends the job lands; its reply is lost once (the SDK retry then fails its condition).
-          if (args[0].startsWith('jobs/') && Buffer.from(args[1]).toString().includes('"status":"succeeded"') && lost++ === 0) {
-            throw new PreconditionFailedError('At least one of the pre-conditions you specified did not hold');
-          }
-          return written;
-        };
-      },
-    });
+    // The write that ends the job lands; its reply is lost once (the SDK's retry then fails its condition).
+    const lossy = lostReplyOnce(env.blobs, (key, body) => key.startsWith('jobs/') && Buffer.from(body).toString().includes('"status":"succeeded"'));
     const job = await submit(env, { n: 2 });
-    const w = start(env, fixedSynthesizer([[0.1, 0.1], [0.1, 0.1]]), async () => screen, new BlobJobStore(lossy));
+    const w = start(env, fixedSynthesizer([[0.1, 0.1], [0.1, 0.1]]), async () => screen, new BlobJobStore(lossy.blobs));
     const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
-    expect([done.status, lost]).toEqual(['succeeded', 1]);
+    expect([done.status, lossy.lost()]).toEqual(['succeeded', 1]);
     await waitFor('the job to end here', () => w.events.some((e) => e.type === 'job_finished' && e.jobId === job.id));
     expect(w.events.find((e) => e.type === 'job_finished' && e.jobId === job.id)).toMatchObject({ outcome: 'succeeded' });
     expect(w.notified).toEqual([job.id]);
