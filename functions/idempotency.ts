@@ -133,6 +133,9 @@ export class IdempotencyLedger {
           continue;
         }
       }
+      // Our own claim: a write that landed but whose reply was lost, and whose resend failed its
+      // condition (S3 resends such a PUT). The job id is this request's own, so no one else's claim names it.
+      if (existing.job_id === args.jobId) return { kind: 'claimed', jobId: args.jobId };
       if (existing.body_hash !== args.bodyHash && !args.sameBodyHashes?.includes(existing.body_hash)) {
         throw new ConflictError('this Idempotency-Key was already used with a different request body', {
           code: 'idempotency_key_reused',

@@ -33,7 +33,16 @@ export class BlobJobStore implements JobStore {
   async create(job: JobRecord): Promise<JobRecord> {
     const record = parseRecord(job);
     if (record.version !== 1) throw new ValidationError('a new job record must have version 1', 'version');
-    await this.blobs.putIfAbsent(BlobJobStore.keyFor(record.owner, record.id), encode(record), { contentType: 'application/json' });
+    const key = BlobJobStore.keyFor(record.owner, record.id);
+    const body = encode(record);
+    try {
+      await this.blobs.putIfAbsent(key, body, { contentType: 'application/json' });
+    } catch (error) {
+      // S3 resends a PUT whose reply was lost, and the resend fails its If-None-Match when the first
+      // one landed. A fresh record (a new id, its own timestamps) read back byte for byte is this one.
+      const found = error instanceof PreconditionFailedError ? await this.blobs.get(key) : null;
+      if (!found || !Buffer.from(found.body).equals(Buffer.from(body))) throw error;
+    }
     return record;
   }
 
