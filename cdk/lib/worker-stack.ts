@@ -187,8 +187,9 @@ export class WorkerStack extends Stack {
       },
     });
 
-    // Task role, least privilege: read the job record and update it (status, progress),
-    // read init images, model files and the policy, write outputs and frames. No keys/.
+    // Task role, least privilege: read the job record and update it (status, progress), read init
+    // images, model files and the policy, write outputs and frames (delete an earlier copy of a
+    // withheld image), read-modify-write stats/ and usage/, delete pending/active/ markers. No keys/.
     const taskRole = this.worker.taskRole;
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     // Read on outputs only so that the output links in a completion webhook are signed by a role
