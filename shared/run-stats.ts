@@ -22,6 +22,8 @@ const RunSample = z
     /** Images in the job. */
     n: z.number().int().positive(),
     at: z.string(),
+    /** The job it came from, so a repeated add (an S3 write whose reply was lost) counts once; absent in samples recorded before. */
+    job: z.string().min(1).max(100).optional(),
   })
   .strict()
   .refine((s) => s.loopSeconds <= s.seconds, { message: 'loopSeconds must not exceed seconds' });
@@ -64,11 +66,13 @@ export async function readRunSamples(blobs: BlobStore, k: RunKey): Promise<RunSa
   return found ? parseDoc(found.body) : [];
 }
 
-/** Appends one run (a conditional read-modify-write: updateDocument). */
+/** Appends one run (a conditional read-modify-write: updateDocument), once per `sample.job`. */
 export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSample): Promise<void> {
   const checked = RunSample.parse(sample);
   await updateDocument(blobs, runStatsKey(k), (current) => {
-    const samples = [...(current ? parseDoc(current) : []), checked].slice(-RUN_STATS_KEEP);
+    const had = current ? parseDoc(current) : [];
+    if (checked.job !== undefined && had.some((s) => s.job === checked.job)) return null; // recorded already
+    const samples = [...had, checked].slice(-RUN_STATS_KEEP);
     return Buffer.from(JSON.stringify({ v: 2, samples }));
   });
 }

@@ -4,6 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { estimateSeconds, readRunSamples, recordRunSample, RUN_STATS_KEEP, runStatsKey, type RunKey } from '../../shared/run-stats.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
+import { lostReplyOnce } from '../helpers/lost-reply.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -22,6 +23,18 @@ const run = (fixed: number, perStep: number, steps: number, n = 1) => ({
   at: new Date().toISOString(),
 });
 const toy = (width = 224, height = 224, start: RunKey['start'] = 'gmm'): RunKey => ({ model: 'toy', width, height, start });
+
+describe('the run statistics', () => {
+  it('count a job once: a repeat, and a write that landed but whose reply was lost (S3 resends it)', async () => {
+    await recordRunSample(h.blobs, toy(), { ...run(2, 0.1, 5), job: 'job-1' });
+    await recordRunSample(h.blobs, toy(), { ...run(2, 0.1, 5), job: 'job-1' });
+    const lossy = lostReplyOnce(h.blobs);
+    await recordRunSample(lossy.blobs, toy(), { ...run(2, 0.1, 5), job: 'job-2' });
+    expect(lossy.lost()).toBe(1);
+    await recordRunSample(h.blobs, toy(), run(2, 0.1, 5)); // a sample without a job (recorded before) is kept as it is
+    expect((await readRunSamples(h.blobs, toy())).map((s) => s.job)).toEqual(['job-1', 'job-2', undefined]);
+  });
+});
 
 describe('POST /v1/estimates', () => {
   it('before any run: no figures (null), never invented ones; nothing is queued or stored', async () => {
