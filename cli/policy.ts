@@ -6,7 +6,6 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig } from '../shared/config.ts';
-import { ClipagError } from '../shared/errors.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, ownerPolicyKey, parsePolicyDocument, PROMPT_POLICY_KEY, type PromptPolicy } from '../shared/prompt-policy.ts';
@@ -69,7 +68,7 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
       const store = blobs ?? (await storesFor(parseConfig(process.env))).blobs;
       await store.put(key, body, { contentType: 'application/json' });
     } catch (e) {
-      return fail(`could not store ${key}: ${e instanceof ClipagError || e instanceof Error ? e.message : String(e)}`, 1);
+      return fail(`could not store ${key}: ${e instanceof Error ? e.message : String(e)}`, 1);
     }
     out(`stored ${whose} at ${key}: ${describe(parsed.policy, body)}; in force within a minute`);
     return 0;
