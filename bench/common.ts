@@ -1,10 +1,16 @@
-// Shared helpers for bench/engine.ts, bench/synth.ts and bench/profile.ts: seeded random CLIP weights,
+// Shared helpers for bench/engine.ts, bench/synth.ts, bench/concepts.ts and bench/profile.ts: seeded random CLIP weights and bundles,
 // medians, peak RSS, and a static-shape walk of a ModelIR that counts MatMul/Gemm/Conv FLOPs.
 
 import { GraphBuilder } from '../gpu-worker/engine/onnx/builder.ts';
 import { type ModelIR, type TensorData, numel } from '../gpu-worker/engine/onnx/ir.ts';
 import { type ClipArch, expectedTensors } from '../gpu-worker/engine/clip/arch.ts';
 import type { WeightLookup } from '../gpu-worker/engine/clip/model.ts';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, OPENAI_MEAN, OPENAI_STD, type Manifest } from '../gpu-worker/engine/clip/bundle.ts';
+import { writeClipTokenizerJson } from '../gpu-worker/engine/clip/tokenizer-json.ts';
+import { writeSafetensors } from '../gpu-worker/engine/io/safetensors.ts';
+import { referencePath } from '../test/helpers/reference.ts';
 
 /** xorshift32 + Box–Muller: deterministic normals, no dependencies. */
 export class BenchRng {
@@ -206,4 +212,27 @@ export async function runChild<T>(script: string, arg: unknown, opts: { env?: Re
       }
     });
   });
+}
+
+/** A ViT-B/32 bundle with random weights (N(0, 0.02), LN 1/0, biases 0) in a temp folder. */
+export async function randomBundle(arch: ClipArch, dir: string, source = 'bench'): Promise<void> {
+  const tensors = new Map<string, TensorData>();
+  for (const [name, dims] of expectedTensors(arch)) tensors.set(name, randomTensor(name, dims, 1234));
+  await writeSafetensors(join(dir, 'weights.safetensors'), tensors, { source: 'clipag bench: random weights' });
+  writeClipTokenizerJson(referencePath('bpe_simple_vocab_16e6.txt.gz'), join(dir, 'tokenizer.json'));
+  const manifest: Manifest = {
+    format: BUNDLE_FORMAT,
+    format_version: BUNDLE_FORMAT_VERSION,
+    name: 'bench-vitb32-random',
+    architecture: arch,
+    embed_dim: arch.embedDim,
+    activation: arch.activation,
+    preprocess: { image_size: arch.imageResolution, mean: OPENAI_MEAN, std: OPENAI_STD },
+    weights: 'weights.safetensors',
+    tokenizer: 'tokenizer.json',
+    robust: false,
+    license: 'random weights made by the benchmark',
+    source,
+  };
+  writeFileSync(join(dir, 'manifest.json'), JSON.stringify(manifest, null, 2));
 }

@@ -12,21 +12,16 @@
 // included in session.run, as synthesize() measures it) / optimize time, compile excluded.
 // Env: BENCH_SYNTH_VITB_STEPS (default 4), BENCH_THREADS (default 2). The last line is one JSON object.
 
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PRESETS, type ClipArch, expectedTensors } from '../gpu-worker/engine/clip/arch.ts';
-import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, OPENAI_MEAN, OPENAI_STD, type Manifest } from '../gpu-worker/engine/clip/bundle.ts';
-import { writeClipTokenizerJson } from '../gpu-worker/engine/clip/tokenizer-json.ts';
+import { PRESETS } from '../gpu-worker/engine/clip/arch.ts';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
-import type { TensorData } from '../gpu-worker/engine/onnx/ir.ts';
-import { writeSafetensors } from '../gpu-worker/engine/io/safetensors.ts';
 import { type SynthRequest, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { DEFAULT_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
 import { makeTinyBundle } from '../test/helpers/bundle.ts';
-import { referencePath } from '../test/helpers/reference.ts';
-import { median, peakRssMb, r1, r3, randomTensor, runChild } from './common.ts';
+import { median, peakRssMb, r1, r3, randomBundle, runChild } from './common.ts';
 
 const THREADS = Number(process.env.BENCH_THREADS ?? 2);
 const VITB_STEPS = Number(process.env.BENCH_SYNTH_VITB_STEPS ?? 4);
@@ -58,30 +53,6 @@ interface SynthCaseResult {
   bundleMs: number;
 }
 
-/** A ViT-B/32 bundle with random weights (N(0, 0.02), LN 1/0, biases 0) in a temp folder. */
-async function randomBundle(arch: ClipArch, dir: string): Promise<void> {
-  const tensors = new Map<string, TensorData>();
-  for (const [name, dims] of expectedTensors(arch)) tensors.set(name, randomTensor(name, dims, 1234));
-  await writeSafetensors(join(dir, 'weights.safetensors'), tensors, { source: 'clipag bench: random weights' });
-  writeClipTokenizerJson(referencePath('bpe_simple_vocab_16e6.txt.gz'), join(dir, 'tokenizer.json'));
-  const manifest: Manifest = {
-    format: BUNDLE_FORMAT,
-    format_version: BUNDLE_FORMAT_VERSION,
-    name: 'bench-vitb32-random',
-    architecture: arch,
-    embed_dim: arch.embedDim,
-    activation: arch.activation,
-    preprocess: { image_size: arch.imageResolution, mean: OPENAI_MEAN, std: OPENAI_STD },
-    weights: 'weights.safetensors',
-    tokenizer: 'tokenizer.json',
-    robust: false,
-    license: 'random weights made by the benchmark',
-    source: 'bench/synth.ts',
-    ...(existsSync(TEST_PRIOR) ? {} : {}),
-  };
-  writeFileSync(join(dir, 'manifest.json'), JSON.stringify(manifest, null, 2));
-}
-
 async function runCase(c: SynthCase): Promise<SynthCaseResult> {
   const tb = performance.now();
   let dir: string;
@@ -92,7 +63,7 @@ async function runCase(c: SynthCase): Promise<SynthCaseResult> {
     dir = existsSync(join(REPO_ROOT_DIR, 'models', 'toy', 'manifest.json')) ? join(REPO_ROOT_DIR, 'models', 'toy') : makeTinyBundle('quickgelu', prior ? { prior } : {});
   } else {
     dir = mkdtempSync(join(tmpdir(), 'clipag-bench-vitb32-'));
-    await randomBundle(PRESETS['ViT-B-32'], dir);
+    await randomBundle(PRESETS['ViT-B-32'], dir, 'bench/synth.ts');
     cleanup = () => rmSync(dir, { recursive: true, force: true });
   }
   const bundleMs = performance.now() - tb;
