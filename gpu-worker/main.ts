@@ -14,6 +14,8 @@ import { BlobJobStore } from '../shared/jobstore.ts';
 import { ModelStore } from '../shared/modelstore.ts';
 import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import type { Recipe } from './engine/synth/recipe.ts';
+import { warmUp as warmUpEngine } from './engine/synth/synthesize.ts';
+import { DEFAULT_SIDE } from '../shared/schemas/generation.ts';
 import { createModelRegistry, type ModelRegistry } from './models.ts';
 import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
 import { ecsTaskProtection, type TaskProtection } from './worker/task-protection.ts';
@@ -62,6 +64,12 @@ export interface StartWorkerDeps {
    * shipped one). `null`: no output check.
    */
   outputScreen?: ((owner: string) => Promise<OutputScreen>) | null;
+  /**
+   * Before the first poll, load the default model (`config.defaultModel`) and compile the graphs of a
+   * request that names no size or negative prompt, so no customer's first job pays the cold start.
+   * Default: yes with the engine synthesizer, no with one passed in.
+   */
+  warmUp?: boolean;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
 }
@@ -102,6 +110,8 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
     const policy = policyFromStore(deps.blobs, { onProblem: (problem) => log.error(problem) });
     outputScreen = async (owner) => (await policy(owner)).output;
   }
+  // At the size a request gets when it names none: the graphs of the API's default request.
+  const warm = (deps.warmUp ?? !deps.synthesizer) ? async () => warmUpEngine(await models.engine(config.defaultModel), deps.recipeOverrides ?? {}, DEFAULT_SIDE) : undefined;
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });
   const worker = createWorker({
     queue: deps.queue,
@@ -120,6 +130,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
     protection: deps.protection ?? (config.mode === 'aws' && config.ecsAgentUri ? ecsTaskProtection(config.ecsAgentUri, log) : undefined),
     ...(webhooks ? { webhooks } : {}),
     ...(outputScreen ? { outputScreen } : {}),
+    ...(warm ? { warmUp: warm } : {}),
     log,
     onEvent: deps.onEvent,
   });

@@ -172,6 +172,11 @@ export class ClipEngine {
     return this.leasedOrder;
   }
 
+  /** Every graph this engine has compiled and holds (embedding and gradient ones alike), by key. */
+  get loadedGraphs(): readonly string[] {
+    return [...this.handles.keys()];
+  }
+
   private fullKey(key: string): string {
     return `${this.bundle.contentHash.slice(0, 16)}:${key}`;
   }

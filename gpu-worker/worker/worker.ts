@@ -15,7 +15,7 @@ import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
 import { recordUsage } from '../../shared/usage.ts';
 import { clearPending } from '../../shared/pending.ts';
 
-export type WorkerState = 'idle' | 'polling' | 'running' | 'draining' | 'stopped';
+export type WorkerState = 'idle' | 'warming' | 'polling' | 'running' | 'draining' | 'stopped';
 
 export interface WorkerConfig {
   /** Lease length asked for on receive and on every heartbeat. */
@@ -97,6 +97,12 @@ export interface WorkerDeps {
    * withheld or flagged. Default: none (no check).
    */
   outputScreen?: (owner: string) => Promise<OutputScreen>;
+  /**
+   * Run once before the first poll (state `warming`): loads the models jobs will use and compiles their
+   * graphs, so that no customer's first job pays (and is billed for) the worker's cold start. A failure
+   * is logged and the worker polls anyway: the first job then pays as before.
+   */
+  warmUp?: () => Promise<void>;
   clock?: Clock;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
@@ -742,6 +748,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   }
 
   async function run(): Promise<void> {
+    if (deps.warmUp && !stopping) {
+      setState('warming');
+      const t0 = clock.now();
+      try {
+        await deps.warmUp();
+        log.info('warmed up', { ms: clock.now() - t0 });
+      } catch (error) {
+        log.warn('warm-up failed; the first job pays the cold start', { error: describe(error) });
+      }
+    }
     let failures = 0;
     const sweepMs = config.deadLetterSweepMs ?? 60_000;
     while (!stopping) {

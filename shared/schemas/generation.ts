@@ -14,13 +14,16 @@ const PromptText = z
   .min(1, 'prompt must not be empty')
   .max(PROMPT_MAX_CHARS, `prompt must be at most ${PROMPT_MAX_CHARS} characters`);
 
+/** A request's width and height when it names none: ViT-B/32's input size. */
+export const DEFAULT_SIDE = 224;
+
 const Side = z
   .number()
   .int()
   .min(MIN_SIDE)
   .max(MAX_SIDE)
   .refine((v) => v % SIDE_MULTIPLE === 0, { message: `must be a multiple of ${SIDE_MULTIPLE}` })
-  .default(224);
+  .default(DEFAULT_SIDE);
 
 export const WeightedPrompt = z
   .object({

@@ -409,6 +409,27 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
 }
 
 /**
+ * Compiles the graphs a one-prompt job of `size`×`size` uses (the batch-1 text graph, a gradient graph
+ * per coarse-to-fine stage for the recipe's views, the batch-16 and batch-1 image graphs of the GMM start
+ * and the scoring) by running one step per stage, so a worker's first job does not pay (and is not
+ * billed for) them. `recipe` is the worker's own overrides, so the view count is the jobs'. A job with a
+ * negative prompt (two prompt slots) or of another size still compiles its own on first use.
+ */
+export async function warmUp(engine: ClipEngine, recipe: Partial<Recipe> = {}, size = engine.imageSize): Promise<void> {
+  // The stages depend on the size alone (given a step for each): one step per stage reaches them all.
+  const stages = defaultSchedule(size, size, Number.MAX_SAFE_INTEGER, engine.imageSize).length;
+  await synthesize(engine, {
+    prompts: [{ text: 'a photo', weight: 1 }],
+    width: size,
+    height: size,
+    seed: 0,
+    init: engine.bundle.priorPath ? { kind: 'gmm' } : { kind: 'noise' },
+    // 16 GMM samples: one batch-16 image pass compiles that graph, at a fraction of a real start's cost.
+    recipe: { ...recipe, steps: stages, initSamples: 16, frameEvery: 0 },
+  });
+}
+
+/**
  * The cosine of an image to each unit text embedding, as a generation's scores are taken: a score
  * covers the whole image, so a non-square one is scored on square windows that together cover it (the
  * encoder sees squares), and each cosine is their mean. One encoder pass per window, at batch 1, so

@@ -1,0 +1,87 @@
+// Warm-up: a worker loads its default model and compiles the graphs a job uses before it polls, so no
+// customer's first job pays (and is billed for) the cold start. The real engine on the tiny model, the
+// real local queue and stores.
+import { afterEach, describe, expect, it } from 'vitest';
+import { startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
+import { createModelRegistry } from '../../gpu-worker/models.ts';
+import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
+import { synthesize, warmUp } from '../../gpu-worker/engine/synth/synthesize.ts';
+import type { Logger, WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import { makeTinyBundle } from '../helpers/bundle.ts';
+import { FAST_RECIPE, makeEnv, makeModelsDir, PRIOR, submit, waitFor, waitForStatus } from './helpers.ts';
+
+const running: RunningWorker[] = [];
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((r) => r.stop()));
+});
+
+describe('warm-up', () => {
+  it("compiles every graph a one-prompt job of its size uses, every coarse-to-fine stage included: the first job compiles nothing", async () => {
+    const engine = await ClipEngine.open(makeTinyBundle('quickgelu', { prior: PRIOR }), { threads: 2 });
+    try {
+      expect(engine.loadedGraphs).toEqual([]);
+      await warmUp(engine, FAST_RECIPE);
+      const warmed = [...engine.loadedGraphs].sort();
+      expect(warmed.length).toBeGreaterThanOrEqual(3); // text, gradient, image graphs
+      await synthesize(engine, { prompts: [{ text: 'a red apple', weight: 1 }], width: engine.imageSize, height: engine.imageSize, seed: 3, init: { kind: 'gmm' }, recipe: { ...FAST_RECIPE, steps: 3 } });
+      expect([...engine.loadedGraphs].sort()).toEqual(warmed);
+      // Another size has its own gradient graphs; warmed for it, a job of that size compiles none either.
+      await warmUp(engine, FAST_RECIPE, 96);
+      const warmed96 = [...engine.loadedGraphs].sort();
+      expect(warmed96.length).toBeGreaterThan(warmed.length);
+      await synthesize(engine, { prompts: [{ text: 'a red apple', weight: 1 }], width: 96, height: 96, seed: 3, init: { kind: 'gmm' }, recipe: { ...FAST_RECIPE, steps: 12 } });
+      expect([...engine.loadedGraphs].sort()).toEqual(warmed96);
+      // A negative prompt takes a second prompt slot: that gradient graph is compiled on first use.
+      await synthesize(engine, { prompts: [{ text: 'a red apple', weight: 1 }, { text: 'blurry', weight: -0.5 }], width: engine.imageSize, height: engine.imageSize, seed: 3, init: { kind: 'gmm' }, recipe: { ...FAST_RECIPE, steps: 1 } });
+      expect(engine.loadedGraphs.length).toBeGreaterThan(warmed.length);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('the worker warms its default model before it polls; its first job compiles nothing', async () => {
+    const env = await makeEnv();
+    const models = createModelRegistry({ modelsDir: makeModelsDir(), threads: 2 });
+    const events: WorkerEvent[] = [];
+    const r = startWorker({ queue: env.queue, jobs: env.jobs, blobs: env.blobs, config: env.config, models, recipeOverrides: FAST_RECIPE, worker: { progressIntervalMs: 0 }, log: silentLog(), onEvent: (e) => events.push(e) });
+    running.push(r);
+    try {
+      const states = () => events.filter((e): e is Extract<WorkerEvent, { type: 'state' }> => e.type === 'state').map((e) => e.state);
+      await waitFor('the first poll', () => states().includes('polling'));
+      expect(states().slice(0, 2)).toEqual(['warming', 'polling']);
+      // Warmed before any job: the default model is open with its graphs compiled.
+      const engine = await models.engine('tiny');
+      const warmed = [...engine.loadedGraphs].sort();
+      expect(warmed.length).toBeGreaterThanOrEqual(3);
+      // A request that names no size (224×224: coarse to fine on this 32 px model).
+      const job = await submit(env, { steps: 6, width: undefined, height: undefined });
+      const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+      expect([done.status, done.spec.width]).toEqual(['succeeded', 224]);
+      expect([...engine.loadedGraphs].sort()).toEqual(warmed); // the first job compiled nothing
+    } finally {
+      await r.stop();
+      await models.close();
+    }
+  });
+
+  it('a warm-up that fails (the default model cannot load) is logged, and the worker serves jobs all the same', async () => {
+    const env = await makeEnv({ CLIPAG_DEFAULT_MODEL: 'no-such-model' });
+    const models = createModelRegistry({ modelsDir: makeModelsDir(), threads: 2 });
+    const logs: string[] = [];
+    const r = startWorker({ queue: env.queue, jobs: env.jobs, blobs: env.blobs, config: env.config, models, recipeOverrides: FAST_RECIPE, worker: { progressIntervalMs: 0 }, log: silentLog(logs) });
+    running.push(r);
+    try {
+      const job = await submit(env, { steps: 2, model: 'tiny' });
+      expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).status).toBe('succeeded');
+      expect(logs).toContainEqual(expect.stringMatching(/^warn warm-up failed; the first job pays the cold start/));
+    } finally {
+      await r.stop();
+      await models.close();
+    }
+  });
+});
+
+function silentLog(into: string[] = []): Logger {
+  const at = (level: string) => (msg: string, fields?: Record<string, unknown>) => void into.push(`${level} ${msg} ${JSON.stringify(fields ?? {})}`);
+  return { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
+}
