@@ -106,12 +106,24 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
         })
       : (deps.webhooks ?? undefined);
   let outputScreen = deps.outputScreen ?? undefined;
+  /** The deployment's output concepts, embedded during the warm-up (the default wiring only). */
+  let deploymentConcepts: (() => Promise<readonly string[]>) | undefined;
   if (deps.outputScreen === undefined) {
     const policy = policyFromStore(deps.blobs, { onProblem: (problem) => log.error(problem) });
     outputScreen = async (owner) => (await policy(owner)).output;
+    deploymentConcepts = async () => (await policy()).output.concepts;
   }
-  // At the size a request gets when it names none: the graphs of the API's default request.
-  const warm = (deps.warmUp ?? !deps.synthesizer) ? async () => warmUpEngine(await models.engine(config.defaultModel), deps.recipeOverrides ?? {}, DEFAULT_SIDE) : undefined;
+  // At the size a request gets when it names none, under the worker's step cap: the graphs of the API's
+  // default request; then the output check's concepts, which its first job would embed.
+  const warm =
+    (deps.warmUp ?? !deps.synthesizer)
+      ? async (signal: AbortSignal) => {
+          const engine = await models.engine(config.defaultModel);
+          await warmUpEngine(engine, deps.recipeOverrides ?? {}, DEFAULT_SIDE, { signal, ...(maxSteps !== undefined ? { maxSteps } : {}) });
+          const concepts = (await deploymentConcepts?.()) ?? [];
+          if (concepts.length > 0 && !signal.aborted) await engine.conceptEmbeddings(concepts);
+        }
+      : undefined;
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });
   const worker = createWorker({
     queue: deps.queue,

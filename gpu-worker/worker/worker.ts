@@ -45,6 +45,8 @@ export interface WorkerConfig {
   /** Caps every job's steps at min(spec.steps, maxSteps) (CPU demos: `clipag serve --steps N`);
    * progress totals count the steps actually run. Default: as requested. */
   maxSteps?: number;
+  /** The most a warm-up (WorkerDeps.warmUp) may take before the worker polls without it. Default 90 s. */
+  warmUpTimeoutMs?: number;
 }
 
 export interface Logger {
@@ -100,9 +102,11 @@ export interface WorkerDeps {
   /**
    * Run once before the first poll (state `warming`): loads the models jobs will use and compiles their
    * graphs, so that no customer's first job pays (and is billed for) the worker's cold start. A failure
-   * is logged and the worker polls anyway: the first job then pays as before.
+   * is logged and the worker polls anyway: the first job then pays as before. It gets at most
+   * `config.warmUpTimeoutMs`, and stop() ends it at once (its signal aborts; what cannot be aborted,
+   * such as a model download, finishes unawaited).
    */
-  warmUp?: () => Promise<void>;
+  warmUp?: (signal: AbortSignal) => Promise<void>;
   clock?: Clock;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
@@ -158,6 +162,8 @@ function withheldMessage(checks: readonly OutputCheck[]): string {
 
 const systemClock: Clock = { now: () => Date.now() };
 const MAX_BACKOFF_MS = 30_000;
+/** Long enough for a model download and its compiles on a GPU instance; short of the 120 s ECS stop timeout. */
+const DEFAULT_WARM_UP_TIMEOUT_MS = 90_000;
 
 export function createWorker(deps: WorkerDeps): QueueWorker {
   const { queue, jobs, blobs, synthesizer, models, config } = deps;
@@ -179,6 +185,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   let stopped: Promise<void> | undefined;
   let current: { abort(reason: AbortReason): void } | undefined;
   let wakeBackoff: (() => void) | undefined;
+  /** Ends the warm-up now (stop() during `warming`). */
+  let endWarmUp: (() => void) | undefined;
 
   const emit = (event: WorkerEvent) => {
     try {
@@ -751,12 +759,22 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     if (deps.warmUp && !stopping) {
       setState('warming');
       const t0 = clock.now();
-      try {
-        await deps.warmUp();
-        log.info('warmed up', { ms: clock.now() - t0 });
-      } catch (error) {
-        log.warn('warm-up failed; the first job pays the cold start', { error: describe(error) });
-      }
+      const ac = new AbortController();
+      const limitMs = config.warmUpTimeoutMs ?? DEFAULT_WARM_UP_TIMEOUT_MS;
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        deps.warmUp(ac.signal).then(
+          () => 'done' as const,
+          (error: unknown) => (ac.signal.aborted ? ('ended' as const) : (log.warn('warm-up failed; the first job pays the cold start', { error: describe(error) }), 'failed' as const)),
+        ),
+        new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), limitMs))),
+        new Promise<'ended'>((resolve) => (endWarmUp = () => resolve('ended'))),
+      ]);
+      clearTimeout(timer);
+      endWarmUp = undefined;
+      ac.abort(); // whatever is still running of it stops at its next step
+      if (outcome === 'done') log.info('warmed up', { ms: clock.now() - t0 });
+      if (outcome === 'timeout') log.warn('warm-up took longer than its limit; polling without it', { limitMs });
     }
     let failures = 0;
     const sweepMs = config.deadLetterSweepMs ?? 60_000;
@@ -828,6 +846,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (state !== 'idle') setState('draining');
         current?.abort('drain');
         wakeBackoff?.();
+        endWarmUp?.();
         stopped = (async () => {
           await loop;
           // Webhooks of jobs that ended here: each attempt is bounded, and so is the wait; an unsent

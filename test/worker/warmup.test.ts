@@ -6,7 +6,8 @@ import { startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
 import { createModelRegistry } from '../../gpu-worker/models.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { synthesize, warmUp } from '../../gpu-worker/engine/synth/synthesize.ts';
-import type { Logger, WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import { createWorker, type Logger, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import { PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
 import { FAST_RECIPE, makeEnv, makeModelsDir, PRIOR, submit, waitFor, waitForStatus } from './helpers.ts';
 
@@ -74,6 +75,90 @@ describe('warm-up', () => {
       const job = await submit(env, { steps: 2, model: 'tiny' });
       expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).status).toBe('succeeded');
       expect(logs).toContainEqual(expect.stringMatching(/^warn warm-up failed; the first job pays the cold start/));
+    } finally {
+      await r.stop();
+      await models.close();
+    }
+  });
+});
+
+describe('a warm-up that does not end', () => {
+  const hanging = (seen: { signal?: AbortSignal }) => (signal: AbortSignal) => {
+    seen.signal = signal;
+    return new Promise<void>(() => undefined); // a model download that never answers
+  };
+  const done = async () => ({ images: [], aborted: false, stepsDone: 1, totalSteps: 1, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } });
+
+  it('stop() ends it at once (its signal aborts) and the worker stops', async () => {
+    const env = await makeEnv();
+    const seen: { signal?: AbortSignal } = {};
+    const states: string[] = [];
+    const worker = createWorker({
+      queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer: { run: done },
+      config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1 },
+      warmUp: hanging(seen), log: silentLog(), onEvent: (e) => e.type === 'state' && states.push(e.state),
+    });
+    worker.start();
+    await waitFor('warming', () => worker.state === 'warming');
+    const t0 = Date.now();
+    await worker.stop();
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    expect(seen.signal?.aborted).toBe(true);
+    expect(states).toEqual(['warming', 'draining', 'stopped']);
+  });
+
+  it('past its limit the worker polls without it, and serves jobs', async () => {
+    const env = await makeEnv();
+    const seen: { signal?: AbortSignal } = {};
+    const logs: string[] = [];
+    const worker = createWorker({
+      queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer: { run: done },
+      config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1, progressIntervalMs: 0, warmUpTimeoutMs: 200 },
+      warmUp: hanging(seen), log: silentLog(logs),
+    });
+    worker.start();
+    try {
+      const job = await submit(env, { steps: 1 });
+      expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).status).toBe('succeeded');
+      expect(logs).toContainEqual(expect.stringMatching(/^warn warm-up took longer than its limit; polling without it \{"limitMs":200\}/));
+      expect(seen.signal?.aborted).toBe(true);
+    } finally {
+      await worker.stop();
+    }
+  });
+});
+
+describe('what the warm-up covers besides the graphs', () => {
+  it("a worker's step cap: only the stages a capped job runs are compiled", async () => {
+    const engine = await ClipEngine.open(makeTinyBundle('quickgelu', { prior: PRIOR }), { threads: 2 });
+    try {
+      await warmUp(engine, FAST_RECIPE, 224, { maxSteps: 1 });
+      const steps = engine.loadedGraphs.filter((k) => k.includes(':step:'));
+      expect(steps).toHaveLength(1); // one step runs the last stage only
+      expect(steps[0]).toContain(':step:224x224:');
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("the output check's concepts are embedded during the warm-up: the first job embeds its prompt only", async () => {
+    const env = await makeEnv();
+    const policy = { version: 1, rules: [], output_rules: [{ id: 'r', category: 'copyright', action: 'flag', message: 'm', concepts: ['a green star', 'a blue ring'], above_prompt_by: 0.5 }] };
+    await env.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(policy)));
+    const models = createModelRegistry({ modelsDir: makeModelsDir(), threads: 2 });
+    const engine = await models.engine('tiny');
+    const embedded: string[] = [];
+    const embedText = engine.embedText.bind(engine);
+    engine.embedText = async (texts) => (embedded.push(...texts), embedText(texts));
+    const r = startWorker({ queue: env.queue, jobs: env.jobs, blobs: env.blobs, config: env.config, models, recipeOverrides: FAST_RECIPE, worker: { progressIntervalMs: 0 }, log: silentLog() });
+    running.push(r);
+    try {
+      await waitFor('the first poll', () => r.worker.state === 'polling');
+      expect(embedded).toEqual(expect.arrayContaining(['a green star', 'a blue ring']));
+      embedded.length = 0;
+      const job = await submit(env, { prompt: 'a photo of a cat', steps: 2, width: undefined, height: undefined });
+      expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).status).toBe('succeeded');
+      expect(embedded).toEqual(['a photo of a cat']);
     } finally {
       await r.stop();
       await models.close();

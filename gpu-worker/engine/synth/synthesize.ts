@@ -415,9 +415,16 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
  * billed for) them. `recipe` is the worker's own overrides, so the view count is the jobs'. A job with a
  * negative prompt (two prompt slots) or of another size still compiles its own on first use.
  */
-export async function warmUp(engine: ClipEngine, recipe: Partial<Recipe> = {}, size = engine.imageSize): Promise<void> {
+export async function warmUp(
+  engine: ClipEngine,
+  recipe: Partial<Recipe> = {},
+  size = engine.imageSize,
+  options: { maxSteps?: number; signal?: AbortSignal } = {},
+): Promise<void> {
   // The stages depend on the size alone (given a step for each): one step per stage reaches them all.
+  // A worker's step cap runs fewer, on the stages defaultSchedule picks for that many: warm the same ones.
   const stages = defaultSchedule(size, size, Number.MAX_SAFE_INTEGER, engine.imageSize).length;
+  const steps = Math.min(stages, options.maxSteps ?? Infinity, recipe.steps ?? Infinity);
   await synthesize(engine, {
     prompts: [{ text: 'a photo', weight: 1 }],
     width: size,
@@ -425,8 +432,8 @@ export async function warmUp(engine: ClipEngine, recipe: Partial<Recipe> = {}, s
     seed: 0,
     init: engine.bundle.priorPath ? { kind: 'gmm' } : { kind: 'noise' },
     // 16 GMM samples: one batch-16 image pass compiles that graph, at a fraction of a real start's cost.
-    recipe: { ...recipe, steps: stages, initSamples: 16, frameEvery: 0 },
-  });
+    recipe: { ...recipe, steps, initSamples: 16, frameEvery: 0 },
+  }, options.signal ? { signal: options.signal } : {});
 }
 
 /**
