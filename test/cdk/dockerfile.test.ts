@@ -5,6 +5,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { build } from 'esbuild';
 import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from './helpers.ts';
 
@@ -159,6 +160,30 @@ describe('gpu-worker/Dockerfile', () => {
       // The file is an allow-list ("*" first): every source must be let back in by name.
       expect(ignored, `${src} is not allowed back in by .dockerignore`).toContain(`!${src}`);
     }
+  });
+});
+
+describe("the worker's code in the image", () => {
+  it('every module the worker runs is in a folder the image copies, and every package it imports is a production dependency', async () => {
+    // The worker's entry and its pool threads' (tsx in the image: pool-worker-tsx.mjs loads pool-worker.ts).
+    const entries = ['gpu-worker/main.ts', 'gpu-worker/engine/runtime/pool-worker-tsx.mjs', 'gpu-worker/engine/runtime/pool-worker.ts'];
+    const result = await build({ entryPoints: entries.map((e) => path.join(REPO_ROOT, e)), absWorkingDir: REPO_ROOT, bundle: true, platform: 'node', format: 'esm', packages: 'external', write: false, outdir: 'out', metafile: true, logLevel: 'silent' });
+    const copied = inFinal('COPY')
+      .filter((c) => !c.args.includes('--from='))
+      .flatMap((c) => c.args.split(/\s+/).slice(0, -1))
+      .filter((src) => src.endsWith('/'));
+    const inputs = Object.keys(result.metafile.inputs);
+    expect(inputs).toContain('gpu-worker/worker/worker.ts');
+    expect(inputs.filter((p) => !copied.some((dir) => p.startsWith(dir)))).toEqual([]); // e.g. nothing from cli/, test/, bench/
+    const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+    const packages = new Set(
+      Object.values(result.metafile.outputs)
+        .flatMap((o) => o.imports)
+        .filter((i) => i.external && !i.path.startsWith('node:'))
+        .map((i) => (i.path.startsWith('@') ? i.path.split('/').slice(0, 2).join('/') : i.path.split('/')[0]!)),
+    );
+    expect([...packages].sort()).toEqual(expect.arrayContaining(['onnxruntime-node', 'tsx', 'unicode-confusables', 'zod']));
+    expect([...packages].filter((name) => !(name in pkg.dependencies))).toEqual([]); // npm ci --omit=dev leaves devDependencies out
   });
 });
 
