@@ -29,6 +29,10 @@ export type ModelInfo = z.output<typeof ModelInfo>;
 export const ModelList = z.object({ object: z.literal('list'), data: z.array(ModelInfo) }).openapi('ModelList');
 
 import { MONTH_PATTERN } from '../shared/usage.ts';
+import { JOB_STATUSES } from '../shared/schemas/job.ts';
+
+/** The most generations one filtered list request reads (one GET each): bounded latency, whatever the filter matches. */
+export const LIST_SCAN_LIMIT = 200;
 export { GenerationOutputView, GenerationView } from '../shared/schemas/view.ts';
 import { GenerationView } from '../shared/schemas/view.ts';
 
@@ -39,6 +43,11 @@ export const GenerationList = z
 export const ListQuery = z.object({
   limit: z.coerce.number().int().min(1).max(100).optional().openapi({ param: { name: 'limit', in: 'query' }, example: 20 }),
   cursor: ResourceId.optional().openapi({ param: { name: 'cursor', in: 'query' } }),
+  status: z.enum(JOB_STATUSES).optional().openapi({
+    param: { name: 'status', in: 'query' },
+    example: 'failed',
+    description: `Only generations in this status. A request looks at no more than ${LIST_SCAN_LIMIT} generations, so a page may hold fewer than \`limit\` while \`next_cursor\` is set: keep paging until it is null.`,
+  }),
 });
 
 export const IdParam = z.object({ id: ResourceId.openapi({ param: { name: 'id', in: 'path' } }) });

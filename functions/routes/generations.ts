@@ -10,7 +10,7 @@ import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending } from '../../shared/pending.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
-import { EstimateView, GenerationList, GenerationView, IdParam, ListQuery } from '../schemas.ts';
+import { EstimateView, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateSeconds, readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationView } from '../../shared/views.ts';
@@ -325,10 +325,35 @@ export function registerGenerationRoutes(
   });
 
   app.openapi(listGenerations, async (c) => {
-    const { limit, cursor } = c.req.valid('query');
-    const page = await jobs.listByOwner(c.get('owner'), { limit: limit ?? 20, ...(cursor !== undefined ? { cursor } : {}) });
-    const data = await Promise.all(page.jobs.map(view));
-    return c.json({ object: 'list' as const, data, next_cursor: page.cursor ?? null }, 200);
+    const { limit = 20, cursor, status } = c.req.valid('query');
+    const owner = c.get('owner');
+    if (status === undefined) {
+      const page = await jobs.listByOwner(owner, { limit, ...(cursor !== undefined ? { cursor } : {}) });
+      const data = await Promise.all(page.jobs.map(view));
+      return c.json({ object: 'list' as const, data, next_cursor: page.cursor ?? null }, 200);
+    }
+    // Filtered: read pages until `limit` match or LIST_SCAN_LIMIT were read. The cursor is the last
+    // generation read, so the next request goes on from exactly there.
+    const matched: JobRecord[] = [];
+    let after = cursor;
+    let more = true;
+    let scanned = 0;
+    while (more && matched.length < limit && scanned < LIST_SCAN_LIMIT) {
+      const page = await jobs.listByOwner(owner, { limit: Math.min(100, LIST_SCAN_LIMIT - scanned), ...(after !== undefined ? { cursor: after } : {}) });
+      more = page.cursor !== undefined;
+      for (const [i, job] of page.jobs.entries()) {
+        scanned++;
+        after = job.id;
+        if (job.status === status) matched.push(job);
+        if (matched.length === limit) {
+          more = more || i < page.jobs.length - 1;
+          break;
+        }
+      }
+      if (page.jobs.length === 0) after = page.cursor ?? after; // a page of corrupt documents only
+    }
+    const data = await Promise.all(matched.map(view));
+    return c.json({ object: 'list' as const, data, next_cursor: more ? (after ?? null) : null }, 200);
   });
 
   app.openapi(getGeneration, async (c) => {

@@ -1,6 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
 import { parseQueueMessage } from '../../shared/schemas/queue.ts';
+import { newJobId } from '../../shared/ids.ts';
+import { GenerationSpec } from '../../shared/schemas/generation.ts';
+import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { expectEnvelope, harness, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -61,6 +64,42 @@ describe('POST → GET → list → cancel', () => {
     await expectEnvelope(await h.request('/v1/generations?limit=0'), 400, 'validation_error');
     await expectEnvelope(await h.request('/v1/generations?limit=101'), 400, 'validation_error');
     await expectEnvelope(await h.request('/v1/generations?cursor=../x'), 400, 'validation_error');
+  });
+
+  it('?status= lists only generations in that status, newest first, paging on through pages that scan and find few', async () => {
+    // 250 of alice's, oldest first: every tenth failed, the oldest canceled; one of bob's failed.
+    const t0 = Date.now() - 1_000_000;
+    const statusOf = (i: number) => (i === 0 ? 'canceled' : i % 10 === 0 ? 'failed' : 'succeeded');
+    const ids: string[] = [];
+    for (let i = 0; i < 250; i++) {
+      const job = newJobRecord({ id: newJobId(t0 + i * 10), owner: 'acct_alice', spec: GenerationSpec.parse({ prompt: `p${i}`, model: 'toy' }) });
+      await h.jobs.create({ ...job, status: statusOf(i) as JobRecord['status'] });
+      ids.push(job.id);
+    }
+    await h.jobs.create({ ...newJobRecord({ id: newJobId(t0 + 5), owner: 'acct_bob', spec: GenerationSpec.parse({ prompt: 'bob', model: 'toy' }) }), status: 'failed' });
+    type Page = { data: { id: string; status: string }[]; next_cursor: string | null };
+    const all = async (status: string, limit: number) => {
+      const pages: Page[] = [];
+      let cursor: string | null = null;
+      do {
+        const res = await h.request(`/v1/generations?status=${status}&limit=${limit}${cursor ? `&cursor=${cursor}` : ''}`);
+        expect(res.status).toBe(200);
+        pages.push((await res.json()) as Page);
+        cursor = pages.at(-1)!.next_cursor;
+      } while (cursor && pages.length < 50);
+      return pages;
+    };
+    const failed = await all('failed', 7);
+    const newestFirst = (pred: (i: number) => boolean) => ids.map((id, i) => [id, i] as const).filter(([, i]) => pred(i)).map(([id]) => id).reverse();
+    expect(failed.flatMap((p) => p.data.map((j) => j.id))).toEqual(newestFirst((i) => statusOf(i) === 'failed'));
+    expect(failed.flatMap((p) => p.data.map((j) => j.status))).toEqual(Array(24).fill('failed'));
+    expect(failed[0]!.data).toHaveLength(7);
+    // The oldest is the only canceled one: the first request reads 200 and finds none, and says to go on.
+    const canceled = await all('canceled', 20);
+    expect(canceled.map((p) => p.data.map((j) => j.id))).toEqual([[], [ids[0]]]);
+    expect(canceled[0]!.next_cursor).not.toBeNull();
+    expect((await all('running', 20)).flatMap((p) => p.data)).toEqual([]);
+    await expectEnvelope(await h.request('/v1/generations?status=done'), 400, 'validation_error');
   });
 
   it('succeeded job: outputs carry signed URLs with their expiry, and usage', async () => {
