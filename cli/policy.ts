@@ -8,7 +8,8 @@ import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig } from '../shared/config.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
-import { DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, ownerPolicyKey, parsePolicyDocument, PROMPT_POLICY_KEY, type PromptPolicy } from '../shared/prompt-policy.ts';
+import { ownerPolicyKey } from '../shared/keys.ts';
+import { DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, parsePolicyDocument, PROMPT_POLICY_KEY, type PromptPolicy, type PromptPolicyDocument } from '../shared/prompt-policy.ts';
 
 export const summary = "check a content policy, or put, show or remove the deployment's or an owner's";
 export const usage = `usage: clipag policy check FILE
@@ -61,7 +62,7 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
     const parsed = parsePolicyDocument(body);
     if ('problem' in parsed) return fail(`${rest[0]} is not a valid policy document: ${parsed.problem}`, 1);
     if (action === 'check') {
-      out(`${rest[0]}: valid; ${describe(parsed.policy, body)}`);
+      out(`${rest[0]}: valid; ${describe(parsed, body)}`);
       return 0;
     }
     try {
@@ -70,7 +71,7 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
     } catch (e) {
       return fail(`could not store ${key}: ${e instanceof Error ? e.message : String(e)}`, 1);
     }
-    out(`stored ${whose} at ${key}: ${describe(parsed.policy, body)}; in force within a minute`);
+    out(`stored ${whose} at ${key}: ${describe(parsed, body)}; in force within a minute`);
     return 0;
   }
   try {
@@ -92,7 +93,6 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
   }
 }
 
-function describe(policy: PromptPolicy, body: Uint8Array): string {
-  const doc = JSON.parse(Buffer.from(body).toString('utf8')) as { rules: unknown[]; output_rules?: unknown[] };
-  return `${doc.rules.length} prompt rule(s), ${doc.output_rules?.length ?? 0} output rule(s) over ${policy.output.concepts.length} concept(s), ${body.byteLength} of ${MAX_POLICY_BYTES} bytes`;
+function describe({ policy, document }: { policy: PromptPolicy; document: PromptPolicyDocument }, body: Uint8Array): string {
+  return `${document.rules.length} prompt rule(s), ${document.output_rules?.length ?? 0} output rule(s) over ${policy.output.concepts.length} concept(s), ${body.byteLength} of ${MAX_POLICY_BYTES} bytes`;
 }

@@ -28,7 +28,7 @@ export type ModelInfo = z.output<typeof ModelInfo>;
 
 export const ModelList = z.object({ object: z.literal('list'), data: z.array(ModelInfo) }).openapi('ModelList');
 
-import { MONTH_PATTERN } from '../shared/usage.ts';
+import { MONTH_PATTERN } from '../shared/keys.ts';
 import { JOB_STATUSES } from '../shared/schemas/job.ts';
 
 /** The most generations one filtered list request reads (one GET each): bounded latency, whatever the filter matches. */

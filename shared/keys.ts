@@ -61,6 +61,25 @@ export function pendingJobKey(kind: PendingKind, owner: string, jobId: string): 
   return `${PENDING_JOBS_PREFIX}${kind}/${owner}/${jobId}`;
 }
 
+/**
+ * Where one owner's content policy lives (ADR 0018): it replaces the deployment's
+ * (`config/prompt-policy.json`) for that owner's jobs.
+ */
+export function ownerPolicyKey(owner: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError(`not an owner id: ${JSON.stringify(owner)}`, 'owner');
+  return `config/prompt-policies/${owner}.json`;
+}
+
+/** A UTC month, `YYYY-MM`. */
+export const MONTH_PATTERN = /^\d{4}-(0[1-9]|1[0-2])$/;
+
+/** Where one owner's usage for one UTC month lives (ADR 0019). */
+export function usageKey(owner: string, month: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError(`not an owner id: ${JSON.stringify(owner)}`, 'owner');
+  if (!MONTH_PATTERN.test(month)) throw new ValidationError(`not a month (YYYY-MM): ${JSON.stringify(month)}`, 'month');
+  return `usage/${owner}/${month}.json`;
+}
+
 /** What a marker key names; `null` for anything else under the prefix. */
 export function parsePendingJobKey(key: string): { kind: PendingKind; owner: string; jobId: string } | null {
   if (!key.startsWith(PENDING_JOBS_PREFIX)) return null;

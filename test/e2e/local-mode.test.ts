@@ -17,7 +17,8 @@ import { makeTinyBundle } from '../helpers/bundle.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
-import { ownerPolicyKey, PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
+import { PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
+import { ownerPolicyKey } from '../../shared/keys.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-e2e-'));
 const modelsDir = join(root, 'models');

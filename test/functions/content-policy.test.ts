@@ -1,8 +1,8 @@
 // The prompt policy (ADR 0015): matching, the API's refusals and flags, and a deployment's own policy.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { PENDING_JOBS_PREFIX } from '../../shared/keys.ts';
-import { compilePolicy, DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, normalizeText, ownerPolicyKey, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
+import { ownerPolicyKey, PENDING_JOBS_PREFIX } from '../../shared/keys.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, normalizeText, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 const policy = compilePolicy(PromptPolicyDocument.parse(DEFAULT_PROMPT_POLICY));

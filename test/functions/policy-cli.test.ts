@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { run } from '../../cli/policy.ts';
 import { LocalBlobStore } from '../../shared/adapters/local/index.ts';
-import { DEFAULT_PROMPT_POLICY, ownerPolicyKey, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
+import { ownerPolicyKey } from '../../shared/keys.ts';
+import { DEFAULT_PROMPT_POLICY, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
 
 let dir: string;
 let blobs: LocalBlobStore;

@@ -4,7 +4,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { CorruptDocumentError } from '../../shared/errors.ts';
 import { lostReplyOnce } from '../helpers/lost-reply.ts';
-import { readUsage, recordUsage, usageKey } from '../../shared/usage.ts';
+import { readUsage, recordUsage } from '../../shared/usage.ts';
+import { usageKey } from '../../shared/keys.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 
 let h: Harness;
