@@ -1,6 +1,7 @@
 // The queue worker: long-poll → lease (visibility heartbeat) → job lifecycle → ack/release.
 // One job at a time (one GPU per task). States and retry classes: docs/adr/0005-worker-lifecycle.md.
 
+import { randomUUID } from 'node:crypto';
 import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
@@ -439,9 +440,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const startedAt = clock.now();
       let claimed = false;
       let heldElsewhere = false;
+      const leaseToken = randomUUID();
       const running = await jobs.update(msg.owner, msg.job_id, (cur) => {
         claimed = false;
         heldElsewhere = false;
+        // Our own claim, written though its reply was lost (the retried write failed its condition):
+        // it is ours already, and claiming again would count a second attempt.
+        if (cur.status === 'running' && cur.lease_token === leaseToken) {
+          claimed = true;
+          return null;
+        }
         if (isTerminal(cur.status) || cur.cancel_requested) return null;
         // Running by way of another message, with a lease renewed within the last half timeout: the
         // holder has its own message (which comes back if it dies), so this one is a duplicate. The
@@ -457,7 +465,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         const leaseUntil = new Date(clock.now() + visibilitySec * 1000).toISOString();
         return {
           ...cur, status: 'running', attempts: cur.attempts + 1, started_at: cur.started_at ?? iso(), progress: { step: 0, total }, error: null,
-          lease_message_id: m.messageId, lease_expires_at: leaseUntil,
+          lease_message_id: m.messageId, lease_expires_at: leaseUntil, lease_token: leaseToken,
         };
       });
       if (heldElsewhere) {

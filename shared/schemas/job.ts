@@ -128,6 +128,12 @@ export const JobRecord = z
      */
     lease_message_id: z.string().min(1).max(200).optional(),
     lease_expires_at: Timestamp.nullable().optional(),
+    /**
+     * Unique to one claim (a delivery of a message can be claimed once; its redelivery has the same
+     * message id). A claim whose write landed but whose reply was lost finds its own token on the
+     * re-read, and does not claim (and count an attempt) a second time.
+     */
+    lease_token: z.string().min(1).max(100).optional(),
     /** When the job's message was last sent again (by the queued-job sweep or a replay), or the job was re-queued after `enqueue_failed`; absent: only at created_at. */
     enqueued_at: Timestamp.optional(),
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */

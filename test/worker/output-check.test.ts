@@ -3,6 +3,7 @@
 // image is withheld. The synthesizer here returns fixed cosines so each rule's edge is exact; the
 // engine's scoring is proven in test/engine/synth/screen.test.ts, and the whole path on the real
 // engine in test/e2e/local-mode.test.ts. The stores and the queue are the real local adapters.
+// The worker's lost-reply tests live here too: they need the same fixed synthesizer.
 import { afterEach, describe, expect, it } from 'vitest';
 import { createWorker, type QueueWorker, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { SynthesisOutcome, SynthesizedImage, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
@@ -123,6 +124,16 @@ describe('the output check in the worker', () => {
     expect(await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7))).toEqual([
       { date: done.finished_at!.slice(0, 10), generations: 1, images: 2, worker_seconds: done.usage.worker_seconds, encoder_passes: 10 },
     ]);
+  });
+
+  it('a start claim that landed but whose reply was lost is still this delivery\'s: one attempt counted, the job runs', async () => {
+    const env = await makeEnv();
+    const lossy = lostReplyOnce(env.blobs, (key, body) => key.startsWith('jobs/') && Buffer.from(body).toString().includes('"status":"running"'));
+    const job = await submit(env, {});
+    const w = start(env, fixedSynthesizer([[0.1, 0.1]]), async () => screen, new BlobJobStore(lossy.blobs));
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect([done.status, done.attempts, lossy.lost()]).toEqual(['succeeded', 1, 1]);
+    expect(w.events.filter((e) => e.type === 'job_started').map((e) => e.type === 'job_started' && e.attempt)).toEqual([1]);
   });
 
   it('an image is never published unchecked: a synthesizer that did not score the concepts fails the job; no screen, no check', async () => {
