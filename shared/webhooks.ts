@@ -2,7 +2,7 @@
 // the delivery of one job's event with its attempt bookkeeping in the job record. Used by the worker
 // (first attempt, right after a job ends) and by the queued-job sweep (retries, and jobs the API
 // ended: a cancel while queued).
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -196,9 +196,16 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   const state = due(found.webhook!, now);
   if (state !== 'due') return state;
   let claimed = false;
+  const token = randomUUID();
   const job = await deps.jobs.update(owner, jobId, (cur) => {
+    // Our own claim, written though its reply was lost (the retried write failed its condition): it
+    // is ours already, and taking it for another deliverer's would delay the event by the claim's length.
+    if (cur.webhook_claim === token && cur.webhook?.claimed_until != null) {
+      claimed = true;
+      return null;
+    }
     claimed = isTerminal(cur.status) && webhookOwed(cur) && due(cur.webhook!, now) === 'due';
-    return claimed ? { ...cur, webhook: { ...cur.webhook!, claimed_until: new Date(now.getTime() + CLAIM_MS).toISOString() } } : null;
+    return claimed ? { ...cur, webhook: { ...cur.webhook!, claimed_until: new Date(now.getTime() + CLAIM_MS).toISOString() }, webhook_claim: token } : null;
   });
   if (!claimed) return 'held_elsewhere';
   const webhook = job.webhook!;
@@ -242,7 +249,11 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     given_up_at: gaveUp ? after.toISOString() : null,
     next_attempt_at: error === null || gaveUp ? null : new Date(after.getTime() + WEBHOOK_RETRY_DELAYS_SEC[attempts - 1]! * 1000).toISOString(),
   };
-  await deps.jobs.update(owner, jobId, (cur) => (cur.webhook?.claimed_until === webhook.claimed_until ? { ...cur, webhook: next } : null));
+  await deps.jobs.update(owner, jobId, (cur) => {
+    if (cur.webhook?.claimed_until !== webhook.claimed_until || cur.webhook_claim !== token) return null; // the claim lapsed and another deliverer took it
+    const { webhook_claim: _done, ...rest } = cur;
+    return { ...rest, webhook: next };
+  });
   if (error !== null) {
     deps.log?.({ level: 'warn', msg: gaveUp ? 'webhook: last attempt failed; giving up' : 'webhook: attempt failed; will retry', job_id: jobId, owner, attempts, error });
   }

@@ -147,6 +147,12 @@ export const JobRecord = z
     output_checks: z.array(OutputCheck).max(MAX_IMAGES).optional(),
     /** The completion webhook the request asked for; absent: none. */
     webhook: JobWebhook.optional(),
+    /**
+     * Unique to the delivery attempt that holds `webhook.claimed_until` (a top-level field, so a
+     * version without it keeps it rather than finding the strict webhook object corrupt): a claim
+     * whose reply was lost is still recognised as its own.
+     */
+    webhook_claim: z.string().min(1).max(100).optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })

@@ -22,6 +22,8 @@ import {
   webhookNotifier,
   type WebhookDeliveryDeps,
 } from '../../shared/webhooks.ts';
+import { BlobJobStore } from '../../shared/jobstore.ts';
+import { lostReplyOnce } from '../helpers/lost-reply.ts';
 import { expectEnvelope, harness, LIMITS, queueWithOutage, type Harness } from './helpers.ts';
 
 interface Received {
@@ -273,6 +275,18 @@ describe('delivery', () => {
     expect(results.filter((r) => r === 'delivered')).toHaveLength(1);
     expect(received).toHaveLength(1);
     expect(JSON.parse(received[0]!.body).type).toBe('generation.canceled');
+  });
+
+  it('a claim that landed but whose reply was lost is still this deliverer\'s: it sends now, not after the claim lapses', async () => {
+    const { id } = await postWithWebhook();
+    await finish(id);
+    const lossy = lostReplyOnce(h.blobs, (key, body) => key.startsWith('jobs/') && Buffer.from(body).toString().includes('"claimed_until":"'));
+    const jobs = new BlobJobStore(lossy.blobs);
+    expect(await deliverWebhook({ ...deliveryDeps(), jobs }, 'acct_alice', id)).toBe('delivered');
+    expect([lossy.lost(), received.length]).toEqual([1, 1]);
+    const record = (await h.jobs.get('acct_alice', id))!;
+    expect(record.webhook).toMatchObject({ attempts: 1, delivered_at: expect.any(String), claimed_until: null });
+    expect(record.webhook_claim).toBeUndefined();
   });
 });
 
