@@ -11,6 +11,7 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   serve: () => import('./serve.ts'),
   keys: () => import('./keys.ts'),
   policy: () => import('./policy.ts'),
+  usage: () => import('./usage.ts'),
   models: () => import('./models.ts'),
   prior: () => import('./prior.ts'),
   'train-toy': () => import('./train-toy.ts'),

@@ -7,6 +7,7 @@ import { readDoc, updateDocument } from './documents.ts';
 import { CorruptDocumentError } from './errors.ts';
 import { usageKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
+import type { JobRecord } from './schemas/job.ts';
 
 const DayUsage = z
   .object({
@@ -61,17 +62,97 @@ export async function recordUsage(blobs: BlobStore, owner: string, jobId: string
   await updateDocument(blobs, key, (current) => {
     const doc = current ? parse(current, key, month) : { v: 1 as const, days: {}, recent_jobs: [] };
     if (doc.recent_jobs.includes(jobId)) return null; // counted already
-    const days = doc.days;
-    const was = days[day] ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
-    days[day] = DayUsage.parse({
-      generations: was.generations + 1,
-      images: was.images + used.images,
-      // Milliseconds, as the job records keep them: sums of many jobs stay exact to the millisecond.
-      worker_seconds: Math.round((was.worker_seconds + used.workerSeconds) * 1000) / 1000,
-      encoder_passes: was.encoder_passes + used.encoderPasses,
-    });
-    return Buffer.from(JSON.stringify({ v: 1, days, recent_jobs: [...doc.recent_jobs, jobId].slice(-RECENT_JOBS_KEPT) }));
+    addToDay(doc.days, day, used);
+    return Buffer.from(JSON.stringify({ v: 1, days: doc.days, recent_jobs: [...doc.recent_jobs, jobId].slice(-RECENT_JOBS_KEPT) }));
   });
+}
+
+interface Used {
+  images: number;
+  workerSeconds: number;
+  encoderPasses: number;
+}
+
+function addToDay(days: Record<string, DayUsage>, day: string, used: Used): void {
+  const was = days[day] ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
+  days[day] = DayUsage.parse({
+    generations: was.generations + 1,
+    images: was.images + used.images,
+    // Milliseconds, as the job records keep them: sums of many jobs stay exact to the millisecond.
+    worker_seconds: Math.round((was.worker_seconds + used.workerSeconds) * 1000) / 1000,
+    encoder_passes: was.encoder_passes + used.encoderPasses,
+  });
+}
+
+/**
+ * What the worker adds to the ledger for this job, as its record shows it: a run that ended with its
+ * usage written (succeeded, or failed because every image was withheld), on the UTC day it finished;
+ * null for a job the ledger does not count.
+ */
+export function usageOfRecord(job: JobRecord): (Used & { day: string }) | null {
+  if (job.finished_at === null) return null;
+  const withheld = (job.output_checks ?? []).filter((c) => c.withheld).length;
+  const allWithheld = job.status === 'failed' && job.error?.code === 'content_policy' && withheld > 0 && job.outputs.length === 0;
+  if (job.status !== 'succeeded' && !allWithheld) return null;
+  return { day: job.finished_at.slice(0, 10), images: job.outputs.length + withheld, workerSeconds: job.usage.worker_seconds, encoderPasses: job.usage.encoder_passes };
+}
+
+/** An owner's job records as one scan saw them: every readable one, and the ids of those that did not read. */
+export interface JobScan {
+  records: JobRecord[];
+  unreadable: string[];
+}
+
+/** The month's days as the records show them (ascending), and the jobs counted, oldest end first. */
+export function usageFromRecords(records: Iterable<JobRecord>, month: string): { days: Array<DayUsage & { date: string }>; jobs: string[] } {
+  const days: Record<string, DayUsage> = {};
+  const counted: Array<{ id: string; at: string }> = [];
+  for (const job of records) {
+    const used = usageOfRecord(job);
+    if (!used || !used.day.startsWith(`${month}-`)) continue;
+    addToDay(days, used.day, used);
+    counted.push({ id: job.id, at: job.finished_at! });
+  }
+  counted.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : a.id < b.id ? -1 : 1));
+  return { days: Object.keys(days).sort().map((date) => ({ date, ...days[date]! })), jobs: counted.map((c) => c.id) };
+}
+
+/** A rebuild gave up: jobs kept ending between its scan of the records and its write. */
+export class UsageRebuildRaceError extends Error {}
+
+/**
+ * Replaces the owner's month with what the job records show (the repair for a document that does not
+ * read, or that missed jobs whose adds failed). The write is conditional on the document it replaces;
+ * when that document counts a job the scan did not (it ended after the scan), the records are scanned
+ * again, up to `tries` times. A job that ends after the write is added by its worker as usual: its id
+ * is not among the rebuilt document's counted jobs.
+ */
+export async function rebuildUsage(blobs: BlobStore, owner: string, month: string, scan: () => Promise<JobScan>, tries = 3): Promise<Array<DayUsage & { date: string }>> {
+  const key = usageKey(owner, month);
+  for (let attempt = 1; ; attempt++) {
+    const seen = await scan();
+    const rebuilt = usageFromRecords(seen.records, month);
+    const counted = new Set(rebuilt.jobs);
+    const skipped = new Set(seen.unreadable);
+    let stale = false;
+    await updateDocument(blobs, key, (current) => {
+      stale = false;
+      if (current) {
+        let recent: string[] = [];
+        try {
+          recent = parse(current, key, month).recent_jobs;
+        } catch (error) {
+          if (!(error instanceof CorruptDocumentError)) throw error; // an unreadable one is what is being repaired
+        }
+        stale = recent.some((id) => !counted.has(id) && !skipped.has(id));
+        if (stale) return null;
+      }
+      const days = Object.fromEntries(rebuilt.days.map(({ date, ...d }) => [date, d]));
+      return Buffer.from(JSON.stringify({ v: 1, days, recent_jobs: rebuilt.jobs.slice(-RECENT_JOBS_KEPT) }));
+    });
+    if (!stale) return rebuilt.days;
+    if (attempt >= tries) throw new UsageRebuildRaceError(`${key}: jobs kept ending during the rebuild (${tries} scans); run it again`);
+  }
 }
 
 /** An owner's usage in a month, day by day (ascending); empty when nothing was recorded. */

@@ -10,7 +10,7 @@ import type { SynthesisOutcome, SynthesizedImage, Synthesizer } from '../../gpu-
 import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { compileOutputScreen, type OutputScreen } from '../../shared/prompt-policy.ts';
 import { generationView } from '../../shared/views.ts';
-import { readUsage } from '../../shared/usage.ts';
+import { readUsage, usageFromRecords, usageOfRecord } from '../../shared/usage.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import { lostReplyOnce } from '../helpers/lost-reply.ts';
 import type { JobStore } from '../../shared/ports.ts';
@@ -84,6 +84,11 @@ describe('the output check in the worker', () => {
     const view = await generationView(done, env.blobs, 600, new Date());
     expect(view.outputs.map((o) => [o.index, o.content_flags?.map((f) => f.rule)])).toEqual([[1, ['swoosh']], [2, undefined]]);
     expect(view.withheld_outputs).toEqual([{ index: 0, content_flags: done.output_checks![0]!.flags }]);
+    // What `clipag usage audit/rebuild` reads off the record is what the worker added: 3 images made.
+    await waitFor('the usage', async () => (await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7))).length > 0);
+    const month = done.finished_at!.slice(0, 7);
+    expect(usageFromRecords([done], month).days).toEqual(await readUsage(env.blobs, OWNER, month));
+    expect(usageOfRecord(done)).toMatchObject({ images: 3 });
   });
 
   it('a job whose every image is withheld fails with content_policy, says why, stores nothing, and still ends (webhook, usage)', async () => {
@@ -105,6 +110,7 @@ describe('the output check in the worker', () => {
     expect(await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7))).toEqual([
       { date: done.finished_at!.slice(0, 10), generations: 1, images: 2, worker_seconds: done.usage.worker_seconds, encoder_passes: 10 },
     ]);
+    expect(usageFromRecords([done], done.finished_at!.slice(0, 7)).days).toEqual(await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7)));
     await waitFor('the webhook notice', () => w.notified.includes(job.id));
     const view = await generationView(done, env.blobs, 600, new Date());
     expect([view.outputs, view.withheld_outputs.map((o) => o.index)]).toEqual([[], [0, 1]]);

@@ -1,0 +1,154 @@
+// clipag usage: an owner's monthly usage ledger (ADR 0019) for the operator: show it, audit it against
+// the job records (which carry each run's own usage), and rebuild it from them when it does not read
+// (the API then answers 409 and the worker's adds fail) or missed jobs whose adds failed.
+import { parseArgs } from 'node:util';
+import { storesFor } from '../shared/adapters/stores.ts';
+import { parseConfig } from '../shared/config.ts';
+import { CorruptDocumentError } from '../shared/errors.ts';
+import { BlobJobStore } from '../shared/jobstore.ts';
+import { MONTH_PATTERN, usageKey } from '../shared/keys.ts';
+import { OWNER_ID_PATTERN } from '../shared/names.ts';
+import type { BlobStore } from '../shared/ports.ts';
+import { readUsage, rebuildUsage, usageFromRecords, type DayUsage, type JobScan } from '../shared/usage.ts';
+
+export const summary = "show an owner's usage ledger, audit it against the job records, or rebuild it from them";
+export const usage = `usage: clipag usage show --owner ID [--month YYYY-MM] [--json]
+       clipag usage audit --owner ID [--month YYYY-MM] [--json]
+       clipag usage rebuild --owner ID [--month YYYY-MM] [--skip-unreadable]
+
+  show     the ledger's days, as GET /v1/usage reads them
+  audit    compare the ledger with what the owner's job records show (every record is read);
+           exit 0 when they agree, 3 when they differ or the ledger does not read
+  rebuild  replace the ledger's month with what the records show: the repair for a ledger that does
+           not read, or that missed jobs whose adds failed (the worker logged each). It refuses while
+           a job record does not read, unless --skip-unreadable (those jobs are then not counted)
+
+--month defaults to the current UTC month. The store comes from the environment like the server's:
+CLIPAG_DATA_DIR (default .data) in local mode; CLIPAG_MODE=aws with AWS_REGION, CLIPAG_BUCKET,
+CLIPAG_QUEUE_URL for S3.`;
+
+/** `audit` found a difference (or a ledger that does not read): distinct from failure, so a script can tell. */
+const DIFFERS_EXIT_CODE = 3;
+
+type Day = DayUsage & { date: string };
+
+export async function run(argv: string[], blobs?: BlobStore, out: (line: string) => void = console.log, now: () => Date = () => new Date()): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { owner: { type: 'string' }, month: { type: 'string' }, json: { type: 'boolean' }, 'skip-unreadable': { type: 'boolean' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  const fail = (message: string, code = 2): number => {
+    console.error(`clipag usage: ${message}${code === 2 ? `\n\n${usage}` : ''}`);
+    return code;
+  };
+  const [action, ...rest] = positionals;
+  if (action !== 'show' && action !== 'audit' && action !== 'rebuild') return fail(action ? `unknown action "${action}"` : 'give an action');
+  if (rest.length > 0) return fail(`unexpected argument "${rest[0]}"`);
+  if (values.owner === undefined) return fail('give --owner ID');
+  if (!OWNER_ID_PATTERN.test(values.owner)) return fail('--owner must match [A-Za-z0-9_-]{1,64}');
+  if (values.month !== undefined && !MONTH_PATTERN.test(values.month)) return fail(`--month must be YYYY-MM, got "${values.month}"`);
+  if (values.json && action === 'rebuild') return fail('--json does not apply to rebuild');
+  if (values['skip-unreadable'] && action !== 'rebuild') return fail(`--skip-unreadable does not apply to ${action}`);
+  const owner = values.owner;
+  const month = values.month ?? now().toISOString().slice(0, 7);
+  const key = usageKey(owner, month);
+
+  try {
+    const store = blobs ?? (await storesFor(parseConfig(process.env))).blobs;
+    if (action === 'show') {
+      const days = await readUsage(store, owner, month);
+      if (values.json) out(JSON.stringify({ owner, month, days }));
+      else if (days.length === 0) out(`${key}: no usage recorded`);
+      else for (const d of days) out(formatDay(d));
+      return 0;
+    }
+    if (action === 'audit') {
+      let ledger: Day[] | null = null;
+      let problem: string | null = null;
+      try {
+        ledger = await readUsage(store, owner, month);
+      } catch (error) {
+        if (!(error instanceof CorruptDocumentError)) throw error;
+        problem = `${key} does not read: ${error.detail}`;
+      }
+      const seen = await scanJobs(store, owner);
+      const records = usageFromRecords(seen.records, month).days;
+      const differences = ledger === null ? [] : compare(ledger, records);
+      const agree = ledger !== null && differences.length === 0;
+      if (values.json) {
+        out(JSON.stringify({ owner, month, agree, ledger_unreadable: problem, unreadable_records: seen.unreadable, ledger, records, differences }));
+      } else {
+        if (problem) out(problem);
+        for (const id of seen.unreadable) out(`job ${id}: its record does not read; not counted`);
+        for (const d of differences) out(`${d.date}: ledger ${d.ledger ? formatFigures(d.ledger) : 'nothing'}; records ${d.records ? formatFigures(d.records) : 'nothing'}`);
+        out(agree ? `${key} agrees with ${seen.records.length} job record(s)` : `${key} differs from the job records; clipag usage rebuild --owner ${owner} --month ${month} repairs it`);
+      }
+      return agree ? 0 : DIFFERS_EXIT_CODE;
+    }
+    let unreadable: string[] = [];
+    const days = await rebuildUsage(store, owner, month, async () => {
+      const seen = await scanJobs(store, owner);
+      unreadable = seen.unreadable;
+      if (unreadable.length > 0 && !values['skip-unreadable']) throw new UnreadableRecords(unreadable);
+      return seen;
+    });
+    for (const id of unreadable) out(`job ${id}: its record does not read; not counted`);
+    for (const d of days) out(formatDay(d));
+    out(`rebuilt ${key} from the job records: ${days.length} day(s), ${days.reduce((a, d) => a + d.generations, 0)} generation(s)`);
+    return 0;
+  } catch (error) {
+    if (error instanceof UnreadableRecords) {
+      return fail(`${error.ids.length} job record(s) do not read (${error.ids.slice(0, 5).join(', ')}${error.ids.length > 5 ? ', …' : ''}); repair them, or rebuild with --skip-unreadable to leave them out`, 1);
+    }
+    return fail(`store: ${error instanceof Error ? error.message : String(error)}`, 1);
+  }
+}
+
+class UnreadableRecords extends Error {
+  constructor(readonly ids: string[]) {
+    super('unreadable job records');
+  }
+}
+
+/** Every job record of the owner, page by page; the ones that do not read are named, not fatal. */
+async function scanJobs(blobs: BlobStore, owner: string): Promise<JobScan> {
+  const unreadable: string[] = [];
+  const jobs = new BlobJobStore(blobs, {
+    log: { warn: (_msg, fields) => void unreadable.push(String(fields?.key).replace(/^jobs\/[^/]+\//, '').replace(/\.json$/, '')) },
+  });
+  const records: JobScan['records'] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await jobs.listByOwner(owner, { limit: 100, ...(cursor !== undefined ? { cursor } : {}) });
+    records.push(...page.jobs);
+    cursor = page.cursor;
+  } while (cursor !== undefined);
+  return { records, unreadable };
+}
+
+type Figures = Omit<Day, 'date'>;
+
+function compare(ledger: Day[], records: Day[]): Array<{ date: string; ledger: Figures | null; records: Figures | null }> {
+  const byDate = (days: Day[]) => new Map(days.map(({ date, ...f }) => [date, f]));
+  const l = byDate(ledger);
+  const r = byDate(records);
+  const dates = [...new Set([...l.keys(), ...r.keys()])].sort();
+  return dates
+    .filter((date) => !sameFigures(l.get(date), r.get(date)))
+    .map((date) => ({ date, ledger: l.get(date) ?? null, records: r.get(date) ?? null }));
+}
+
+function sameFigures(a: Figures | undefined, b: Figures | undefined): boolean {
+  if (!a || !b) return a === b;
+  return a.generations === b.generations && a.images === b.images && a.encoder_passes === b.encoder_passes && Math.round(a.worker_seconds * 1000) === Math.round(b.worker_seconds * 1000);
+}
+
+function formatFigures(f: Figures): string {
+  return `${f.generations} generation(s), ${f.images} image(s), ${f.worker_seconds} worker s, ${f.encoder_passes} encoder passes`;
+}
+
+function formatDay(d: Day): string {
+  return `${d.date}: ${formatFigures(d)}`;
+}

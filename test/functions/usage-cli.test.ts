@@ -1,0 +1,161 @@
+// `clipag usage` (ADR 0019): the operator's audit of an owner's usage ledger against the job records,
+// and its repair. Records are made through the API and ended as the worker ends them; that the
+// records' figures are the worker's own adds is proven on the worker in test/worker/output-check.test.ts.
+// The store is the real local blob store.
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { run } from '../../cli/usage.ts';
+import { usageKey } from '../../shared/keys.ts';
+import type { JobRecord } from '../../shared/schemas/job.ts';
+import { readUsage, rebuildUsage, recordUsage, UsageRebuildRaceError, usageOfRecord, type JobScan } from '../../shared/usage.ts';
+import { harness, type Harness } from './helpers.ts';
+
+let h: Harness;
+beforeEach(async () => {
+  h = await harness();
+});
+afterEach(() => h.close());
+
+const NOW = () => new Date('2026-12-20T12:00:00Z');
+
+async function cli(...argv: string[]): Promise<{ code: number; lines: string[]; stderr: string }> {
+  const lines: string[] = [];
+  const errors: string[] = [];
+  const err = vi.spyOn(console, 'error').mockImplementation((...a) => void errors.push(a.join(' ')));
+  try {
+    const code = await run(argv, h.blobs, (l) => lines.push(l), NOW);
+    return { code, lines, stderr: errors.join('\n') };
+  } finally {
+    err.mockRestore();
+  }
+}
+
+/** A generation of alice's, created through the API and ended as the worker ends one; its usage added to the ledger unless `added` is false. */
+async function ended(finishedAt: string, figures: { images: number; seconds: number; status?: 'succeeded' | 'withheld' | 'canceled' }, added = true): Promise<JobRecord> {
+  const res = await h.request('/v1/generations', { json: { prompt: 'apple', n: figures.images } });
+  expect(res.status).toBe(202);
+  const { id } = (await res.json()) as { id: string };
+  const status = figures.status ?? 'succeeded';
+  const done = await h.jobs.update('acct_alice', id, (cur) => ({
+    ...cur,
+    status: status === 'withheld' ? 'failed' : status,
+    attempts: 1,
+    finished_at: finishedAt,
+    usage: status === 'canceled' ? { encoder_passes: 0, worker_seconds: 0 } : { encoder_passes: 40 * figures.images, worker_seconds: figures.seconds },
+    outputs: status === 'succeeded' ? Array.from({ length: figures.images }, (_, i) => ({ key: `outputs/acct_alice/${id}/${i}.png`, width: 224, height: 224 })) : [],
+    ...(status === 'withheld'
+      ? {
+          error: { code: 'content_policy', message: 'the output check withheld every image' },
+          output_checks: Array.from({ length: figures.images }, (_, index) => ({ index, withheld: true, flags: [{ rule: 'r', category: 'copyright', action: 'withhold' as const, concept: 'c', message: 'm', cosine: 0.5 }] })),
+        }
+      : {}),
+  }));
+  const used = usageOfRecord(done);
+  if (added && used) await recordUsage(h.blobs, 'acct_alice', id, new Date(finishedAt), used);
+  return done;
+}
+
+describe('clipag usage', () => {
+  it('audit agrees with a ledger the adds built; a job whose add failed is a difference that rebuild repairs', async () => {
+    await ended('2026-12-05T10:00:00.000Z', { images: 2, seconds: 12.5 });
+    await ended('2026-12-05T23:59:59.999Z', { images: 1, seconds: 0.001, status: 'withheld' }); // the compute was spent
+    await ended('2026-12-06T00:00:00.000Z', { images: 1, seconds: 3 });
+    await ended('2026-12-07T00:00:00.000Z', { images: 1, seconds: 9, status: 'canceled' }); // no run's usage: not counted
+    await ended('2026-11-30T23:00:00.000Z', { images: 4, seconds: 100 }); // another month
+    const audit = await cli('audit', '--owner', 'acct_alice', '--month', '2026-12');
+    expect([audit.code, audit.lines.at(-1)]).toEqual([0, 'usage/acct_alice/2026-12.json agrees with 5 job record(s)']);
+
+    await ended('2026-12-06T08:00:00.000Z', { images: 3, seconds: 7.25 }, false); // its worker logged "usage not recorded"
+    const before = await readUsage(h.blobs, 'acct_alice', '2026-12');
+    const differs = await cli('audit', '--owner', 'acct_alice'); // the current month by default
+    expect(differs.code).toBe(3);
+    expect(differs.lines).toEqual([
+      '2026-12-06: ledger 1 generation(s), 1 image(s), 3 worker s, 40 encoder passes; records 2 generation(s), 4 image(s), 10.25 worker s, 160 encoder passes',
+      'usage/acct_alice/2026-12.json differs from the job records; clipag usage rebuild --owner acct_alice --month 2026-12 repairs it',
+    ]);
+
+    const rebuilt = await cli('rebuild', '--owner', 'acct_alice');
+    expect([rebuilt.code, rebuilt.lines.at(-1)]).toEqual([0, 'rebuilt usage/acct_alice/2026-12.json from the job records: 2 day(s), 4 generation(s)']);
+    const after = await readUsage(h.blobs, 'acct_alice', '2026-12');
+    expect(after).toEqual([before[0], { date: '2026-12-06', generations: 2, images: 4, worker_seconds: 10.25, encoder_passes: 160 }]);
+    expect((await cli('audit', '--owner', 'acct_alice')).code).toBe(0);
+    expect(JSON.parse((await cli('show', '--owner', 'acct_alice', '--json')).lines[0]!)).toEqual({ owner: 'acct_alice', month: '2026-12', days: after });
+    // The counted jobs stay deduplicated: a late repeat of an add does not count twice.
+    const job = (await h.jobs.listByOwner('acct_alice')).jobs.find((j) => j.finished_at === '2026-12-06T08:00:00.000Z')!;
+    await recordUsage(h.blobs, 'acct_alice', job.id, new Date(job.finished_at!), usageOfRecord(job)!);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual(after);
+    // November's ledger was not touched.
+    expect((await cli('audit', '--owner', 'acct_alice', '--month', '2026-11')).code).toBe(0);
+  });
+
+  it('a ledger that does not read (the API answers 409, adds fail) is reported by audit and replaced by rebuild', async () => {
+    await ended('2026-12-05T10:00:00.000Z', { images: 2, seconds: 4 });
+    await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from('{"v": 1, "days": {"2026-12-05": {"generations": -1'));
+    expect((await h.request('/v1/usage?month=2026-12')).status).toBe(409);
+    const audit = await cli('audit', '--owner', 'acct_alice', '--json');
+    expect(audit.code).toBe(3);
+    expect(JSON.parse(audit.lines[0]!)).toMatchObject({ agree: false, ledger: null, ledger_unreadable: expect.stringMatching(/^usage\/acct_alice\/2026-12\.json does not read: /), records: [{ date: '2026-12-05', generations: 1 }] });
+    expect((await cli('rebuild', '--owner', 'acct_alice')).code).toBe(0);
+    const res = await h.request('/v1/usage?month=2026-12');
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as any).total).toMatchObject({ generations: 1, images: 2, worker_seconds: 4, encoder_passes: 80 });
+  });
+
+  it('rebuild refuses while a job record does not read (it would undercount), unless told to leave it out', async () => {
+    const kept = await ended('2026-12-05T10:00:00.000Z', { images: 1, seconds: 2 });
+    const broken = await ended('2026-12-05T11:00:00.000Z', { images: 1, seconds: 5 });
+    await h.blobs.put(`jobs/acct_alice/${broken.id}.json`, Buffer.from('{"id": "trunc'));
+    const refused = await cli('rebuild', '--owner', 'acct_alice');
+    expect([refused.code, refused.stderr]).toEqual([1, `clipag usage: 1 job record(s) do not read (${broken.id}); repair them, or rebuild with --skip-unreadable to leave them out`]);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 2, images: 2, worker_seconds: 7, encoder_passes: 80 }]); // untouched
+    const audit = await cli('audit', '--owner', 'acct_alice');
+    expect([audit.code, audit.lines[0]]).toEqual([3, `job ${broken.id}: its record does not read; not counted`]);
+    const skipped = await cli('rebuild', '--owner', 'acct_alice', '--skip-unreadable');
+    expect([skipped.code, skipped.lines[0]]).toEqual([0, `job ${broken.id}: its record does not read; not counted`]);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 1, images: 1, worker_seconds: 2, encoder_passes: 40 }]);
+    expect(kept.id).not.toBe(broken.id);
+  });
+
+  it('bad usage is exit 2 with the reason; a missing ledger shows as none', async () => {
+    for (const [argv, reason] of [
+      [[], 'give an action'],
+      [['bill', '--owner', 'acct_alice'], 'unknown action "bill"'],
+      [['show'], 'give --owner ID'],
+      [['show', '--owner', '../x'], '--owner must match'],
+      [['show', '--owner', 'acct_alice', '--month', '2026-13'], '--month must be YYYY-MM, got "2026-13"'],
+      [['audit', '--owner', 'acct_alice', '--skip-unreadable'], '--skip-unreadable does not apply to audit'],
+      [['rebuild', '--owner', 'acct_alice', 'extra'], 'unexpected argument "extra"'],
+    ] as const) {
+      const r = await cli(...argv);
+      expect([r.code, r.stderr], argv.join(' ')).toEqual([2, expect.stringContaining(reason)]);
+    }
+    expect((await cli('show', '--owner', 'acct_bob')).lines).toEqual(['usage/acct_bob/2026-12.json: no usage recorded']);
+  });
+});
+
+describe('rebuildUsage', () => {
+  it('scans again when a job ended between its scan and its write, so that job is not lost', async () => {
+    const first = await ended('2026-12-05T10:00:00.000Z', { images: 1, seconds: 1 }, false);
+    let scans = 0;
+    let late: JobRecord | undefined;
+    const scan = async (): Promise<JobScan> => {
+      scans++;
+      const records = (await h.jobs.listByOwner('acct_alice')).jobs;
+      // After the first scan has read the records, another job ends and its worker adds it.
+      if (scans === 1) late = await ended('2026-12-05T10:00:05.000Z', { images: 2, seconds: 3 });
+      return { records, unreadable: [] };
+    };
+    const days = await rebuildUsage(h.blobs, 'acct_alice', '2026-12', scan);
+    expect(scans).toBe(2);
+    expect(days).toEqual([{ date: '2026-12-05', generations: 2, images: 3, worker_seconds: 4, encoder_passes: 120 }]);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual(days);
+    expect([first.id, late!.id]).toHaveLength(2);
+
+    // A ledger that keeps changing under it gives up with a reason, after its tries.
+    const always = async (): Promise<JobScan> => {
+      const records = (await h.jobs.listByOwner('acct_alice')).jobs;
+      await ended('2026-12-05T11:00:00.000Z', { images: 1, seconds: 1 });
+      return { records, unreadable: [] };
+    };
+    await expect(rebuildUsage(h.blobs, 'acct_alice', '2026-12', always, 2)).rejects.toBeInstanceOf(UsageRebuildRaceError);
+  });
+});
