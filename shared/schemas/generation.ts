@@ -1,4 +1,5 @@
 import { z } from '@hono/zod-openapi';
+import { cleanClipText } from '../text-clean.ts';
 import { MODEL_NAME_PATTERN, RESOURCE_ID_PATTERN } from './common.ts';
 
 export const PROMPT_MAX_CHARS = 300;
@@ -78,7 +79,17 @@ function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[]
 export const MAX_PROMPTS_WITH_NEGATIVE = 8;
 
 /** Request-only checks: stored specs from before them must still parse. */
-function checkRequestOnly(req: { init: string; strength?: number; prompts?: unknown[]; negative_prompt?: string }, ctx: z.RefinementCtx): void {
+function checkRequestOnly(req: { init: string; strength?: number; prompt?: string; prompts?: { text: string }[]; negative_prompt?: string }, ctx: z.RefinementCtx): void {
+  // The model reads a prompt after CLIP's cleaning (entities unescaped twice, control characters
+  // dropped): one that cleans to nothing ("&nbsp;", "\u0001") would be queued and only fail on a GPU.
+  const texts: Array<[string, Array<string | number>]> = [
+    ...(req.prompt !== undefined ? [[req.prompt, ['prompt']] as [string, Array<string | number>]] : []),
+    ...(req.prompts ?? []).map((p, i) => [p.text, ['prompts', i, 'text']] as [string, Array<string | number>]),
+    ...(req.negative_prompt !== undefined ? [[req.negative_prompt, ['negative_prompt']] as [string, Array<string | number>]] : []),
+  ];
+  for (const [text, path] of texts) {
+    if (cleanClipText(text) === '') ctx.addIssue({ code: 'custom', path, message: 'is empty once read as the model reads it (HTML entities, control characters and whitespace removed)' });
+  }
   if (req.prompts && req.negative_prompt !== undefined && req.prompts.length + 1 > MAX_PROMPTS_WITH_NEGATIVE) {
     ctx.addIssue({ code: 'custom', path: ['negative_prompt'], message: `with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts fit (the model takes ${MAX_PROMPTS_WITH_NEGATIVE} in all); or give it as a prompt with a negative weight` });
   }

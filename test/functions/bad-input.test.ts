@@ -20,6 +20,12 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     ['unknown field', { prompt: 'apple', colour: 'red' }, 'colour'],
     ['empty prompt', { prompt: '' }, 'prompt'],
     ['blank prompt', { prompt: '   ' }, 'prompt'],
+    // Prompts that the model reads as nothing (CLIP's cleaning): refused here, not failed on a GPU.
+    ['a prompt that is only an entity', { prompt: '&nbsp;' }, 'prompt'],
+    ['a prompt that is a double-escaped entity', { prompt: '&amp;nbsp;' }, 'prompt'],
+    ['a prompt of control characters', { prompt: '\u0001\u0002' }, 'prompt'],
+    ['a weighted prompt that reads as nothing', { prompts: [{ text: 'apple', weight: 1 }, { text: '\u0007 &nbsp; &#1;', weight: 0.5 }] }, 'prompts.1.text'],
+    ['a negative prompt that reads as nothing', { prompt: 'apple', negative_prompt: '\ufeff' }, 'negative_prompt'],
     ['too-long prompt', { prompt: 'a'.repeat(301) }, 'prompt'],
     ['no prompt', { steps: 10 }, 'prompt'],
     ['both prompt forms', { prompt: 'a', prompts: [{ text: 'b', weight: 1 }] }, 'prompt'],
