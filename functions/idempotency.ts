@@ -73,7 +73,8 @@ export class IdempotencyLedger {
 
   /**
    * The job an earlier request with this key and body made, without claiming anything; `null` when
-   * there is none (no claim, another body, or a claim whose job was never written).
+   * there is none (no claim, or a claim whose job was never written). The key used with another body
+   * is the ConflictError (409) that `claim` would give.
    */
   async existingJob(args: { owner: string; key: string; bodyHash: string; sameBodyHashes?: readonly string[] }): Promise<JobRecord | null> {
     const blobKey = idempotencyRecordKey(args.owner, args.key);
@@ -86,7 +87,7 @@ export class IdempotencyLedger {
       if (error instanceof CorruptDocumentError) return null;
       throw error;
     }
-    if (existing.body_hash !== args.bodyHash && !args.sameBodyHashes?.includes(existing.body_hash)) return null;
+    if (existing.body_hash !== args.bodyHash && !args.sameBodyHashes?.includes(existing.body_hash)) throw keyReused();
     return this.jobs.get(args.owner, existing.job_id);
   }
 
@@ -137,10 +138,7 @@ export class IdempotencyLedger {
       // condition (S3 resends such a PUT). The job id is this request's own, so no one else's claim names it.
       if (existing.job_id === args.jobId) return { kind: 'claimed', jobId: args.jobId };
       if (existing.body_hash !== args.bodyHash && !args.sameBodyHashes?.includes(existing.body_hash)) {
-        throw new ConflictError('this Idempotency-Key was already used with a different request body', {
-          code: 'idempotency_key_reused',
-          param: 'Idempotency-Key',
-        });
+        throw keyReused();
       }
       const job = await this.jobs.get(args.owner, existing.job_id);
       if (job) return { kind: 'replay', job };
@@ -164,4 +162,8 @@ export class IdempotencyLedger {
       await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
     }
   }
+}
+
+function keyReused(): ConflictError {
+  return new ConflictError('this Idempotency-Key was already used with a different request body', { code: 'idempotency_key_reused', param: 'Idempotency-Key' });
 }

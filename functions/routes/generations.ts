@@ -216,7 +216,6 @@ export function registerGenerationRoutes(
     const request = c.req.valid('json');
     const owner = c.get('owner');
     const idempotencyKey = c.req.header('Idempotency-Key');
-    const spec = await checkedSpec(owner, request);
     const now = ctx.clock();
     // The body as sent (no default model filled in), so a retry replays its job even if the
     // deployment's default model changed in between.
@@ -225,12 +224,15 @@ export function registerGenerationRoutes(
     // filled in; a retry across that upgrade is still the same request.
     const sameBodyHashes = request.model === undefined ? [sha256Hex(canonicalJson({ ...request, model: 'toy' }))] : [];
     let jobId = newJobId(now.getTime());
-    // The prompts are screened, and the owner's active jobs counted, before anything is claimed or
-    // written, so a refused request spends nothing (the caller may fix the prompt, or wait, and retry
-    // with the same key). A retry of a request whose job exists is answered with that job, whatever the
-    // policy or the count says now.
+    // The model, the upload and the webhook URL are checked, the prompts screened and the owner's
+    // active jobs counted before anything is claimed or written, so a refused request spends nothing
+    // (the caller may fix it, or wait, and retry with the same key). A retry of a request whose job
+    // exists is answered with that job, whatever the checks say now (its upload expired, its model
+    // withdrawn, the policy or the count changed); a key used with another body is a 409 first.
+    let spec: GenerationSpec;
     let contentFlags: ContentFlag[];
     try {
+      spec = await checkedSpec(owner, request);
       contentFlags = await screenedPrompts(owner, request);
       await checkActiveLimit(owner);
     } catch (error) {

@@ -89,6 +89,8 @@ describe('active generations per owner', () => {
     outage.down = false;
     expect((await post(app, { prompt: 'b' })).status).toBe(202); // the owner is now at the limit
     await expectEnvelope(await post(app, { prompt: 'a' }, 'k-a'), 429, 'too_many_active_jobs');
+    // A key used with another body is a 409 whatever the count: waiting would not help.
+    await expectEnvelope(await post(app, { prompt: 'other' }, 'k-a'), 409, 'idempotency_key_reused');
   });
 
   it('a sweep that removes a marker just as a retry re-queues its job puts it back', async () => {

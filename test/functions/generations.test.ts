@@ -4,6 +4,8 @@ import { parseQueueMessage } from '../../shared/schemas/queue.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
+import { createApp } from '../../functions/app.ts';
+import { uploadKey } from '../../shared/keys.ts';
 import { expectEnvelope, harness, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -212,6 +214,31 @@ describe('Idempotency-Key', () => {
     await expectEnvelope(await post({ prompt: 'pear' }, headers), 409, 'idempotency_key_reused');
     expect((await h.jobs.listByOwner('acct_alice')).jobs.map((j) => j.id)).toEqual([idA]);
     expect(await queued()).toEqual([idA]);
+  });
+
+  it('a retry is answered with its job after its upload expired or its model was withdrawn; a new request is refused', async () => {
+    const upload = uploadKey('acct_alice', 'upl0000000000000000000001');
+    await h.blobs.put(upload, new Uint8Array([137, 80, 78, 71]), { contentType: 'image/png' });
+    const body = { prompt: 'apple', init: 'upload:upl0000000000000000000001' };
+    const first = await post(body, { 'Idempotency-Key': 'with-upload' });
+    expect(first.status).toBe(202);
+    const { id } = (await first.json()) as { id: string };
+    await h.blobs.delete(upload); // the uploads lifecycle rule expired it
+    const retry = await post(body, { 'Idempotency-Key': 'with-upload' });
+    expect([retry.status, ((await retry.json()) as { id: string }).id]).toEqual([200, id]);
+    await expectEnvelope(await post(body, { 'Idempotency-Key': 'new-key' }), 400, 'validation_error');
+
+    const withdrawn = createApp({ ...h.deps, models: async () => [{ id: 'other', default: true, input_size: 224 }] });
+    const call = (json: unknown, key: string) =>
+      withdrawn.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': key }, body: JSON.stringify(json) });
+    const named = { prompt: 'pear', model: 'toy' };
+    const second = (await (await post(named, { 'Idempotency-Key': 'named-model' })).json()) as { id: string };
+    const again = await call(named, 'named-model');
+    expect([again.status, ((await again.json()) as { id: string }).id]).toEqual([200, second.id]);
+    await expectEnvelope(await call(named, 'another'), 400, 'validation_error');
+    // The key with another body is a 409 before any of those checks: the caller's bug, not the request's.
+    await expectEnvelope(await call({ prompt: 'plum', model: 'toy' }, 'named-model'), 409, 'idempotency_key_reused');
+    await expectEnvelope(await post({ prompt: 'plum', init: 'upload:upl0000000000000000000001' }, { 'Idempotency-Key': 'with-upload' }), 409, 'idempotency_key_reused');
   });
 
   it('a claim written before the default model existed (hashed with model "toy") still replays, not 409', async () => {
