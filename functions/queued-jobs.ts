@@ -16,6 +16,12 @@ export const RESEND_AFTER_MS = 5 * 60_000;
 /** A marker whose job record never appeared (its create failed) is dropped after this long. */
 export const ORPHAN_MARKER_AFTER_MS = 15 * 60_000;
 
+/**
+ * Past the queue's retention by this much, a job no message can reach is failed `expired`: the
+ * margin covers the clock skew between the stamp and the send it precedes.
+ */
+export const EXPIRY_MARGIN_MS = 60 * 60_000;
+
 /** Markers handled at once by a sweep: bounded, so a backlog of thousands does not open thousands of requests. */
 const SWEEP_CONCURRENCY = 8;
 /**
@@ -37,6 +43,8 @@ export interface SweepDeps extends QueuedJobDeps {
   webhooks: { send: WebhookSender; signedUrlTtlSec: number; workerHourlyUsd?: number };
   /** Default WEBHOOK_BUDGET_MS. */
   webhookBudgetMs?: number;
+  /** The queue's message retention; unset (the local queue keeps messages for ever): nothing expires. */
+  queueRetentionSec?: number;
 }
 
 export function sendJobMessage(queue: JobQueue, job: Pick<JobRecord, 'id' | 'owner'>): Promise<{ messageId: string }> {
@@ -92,6 +100,8 @@ export interface SweepReport {
   cleared: number;
   /** Markers kept: their work is still to come (or the job may yet be created). */
   kept: number;
+  /** Jobs failed `expired`: queued (or held by a lapsed lease) past the queue's retention, so no message can reach them. */
+  expired: number;
   /** Markers that could not be handled this time, failed re-sends included (logged; the next sweep tries again). */
   errors: number;
   /** Keys under the prefix that this code does not write (logged, left alone). */
@@ -109,7 +119,7 @@ export interface SweepReport {
  * that ended jobs still owe. Safe to run concurrently and repeatedly.
  */
 export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
-  const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 };
+  const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 };
   const markers: BlobMeta[] = [];
   let cursor: string | undefined;
   do {
@@ -183,7 +193,12 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
     if (named.kind === 'msg') await sweepMessage(deps, job, clear, report);
     else if (named.kind === 'active') {
       // Counts against its owner while queued or running; an ended job's marker is one its ender
-      // could not remove (a crash, a failed delete).
+      // could not remove (a crash, a failed delete). A job no message can reach any more would hold
+      // its place (and its webhook) for ever: it fails `expired`.
+      if (!isTerminal(job.status) && deps.queueRetentionSec !== undefined && unreachable(job, deps.clock(), deps.queueRetentionSec)) {
+        job = await expire(deps, job, deps.queueRetentionSec);
+        if (isTerminal(job.status) && job.error?.code === 'expired') report.expired++;
+      }
       if (isTerminal(job.status)) await clear();
       else report.kept++;
     } else await sweepWebhook(deps, job, clear, report);
@@ -191,6 +206,30 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
     report.errors++;
     deps.log?.({ level: 'warn', msg: 'queued-job sweep: marker not handled; the next sweep tries again', key: marker.key, error: describe(error) });
   }
+}
+
+/**
+ * Whether no queue message can reach the job any more: it waits (queued, or running on a lease that
+ * lapsed: its worker died) and its last message was sent over the queue's retention ago. Every send
+ * of a job's message comes at or after the stamp it is counted from (created_at, enqueued_at: the
+ * API's re-sends and re-queues, the worker's requeue), so a later message cannot exist.
+ */
+export function unreachable(job: JobRecord, now: Date, queueRetentionSec: number): boolean {
+  const waiting = job.status === 'queued' || (job.status === 'running' && (!job.lease_expires_at || Date.parse(job.lease_expires_at) < now.getTime()));
+  return waiting && now.getTime() - queuedSince(job) > queueRetentionSec * 1000 + EXPIRY_MARGIN_MS;
+}
+
+/** Fails an unreachable job `expired` (conditionally: a worker that took it meanwhile wins). */
+async function expire(deps: SweepDeps, job: JobRecord, queueRetentionSec: number): Promise<JobRecord> {
+  const now = deps.clock();
+  const days = Math.round((queueRetentionSec / 86_400) * 10) / 10;
+  const updated = await deps.jobs.update(job.owner, job.id, (cur) =>
+    !isTerminal(cur.status) && unreachable(cur, now, queueRetentionSec)
+      ? { ...cur, status: 'failed', finished_at: now.toISOString(), error: { code: 'expired', message: `not run within ${days} day(s) (how long the queue keeps a job); submit it again` } }
+      : null,
+  );
+  if (updated.error?.code === 'expired') deps.log?.({ level: 'warn', msg: 'queued-job sweep: a job no queue message can reach failed as expired', job_id: job.id, owner: job.owner, status_was: job.status });
+  return updated;
 }
 
 /** Whether a job still needs its marker of this kind (what the sweep checks again after a delete). */

@@ -15,7 +15,7 @@ const webhooks = webhookDeliveryFromConfig(config);
  * function's Errors metric (and its alarm) shows a sweep that keeps failing; the next run retries.
  */
 export async function handler(): Promise<SweepReport> {
-  const report = await sweepQueuedJobs({ blobs, jobs, queue, webhooks, clock: () => new Date(), log: jsonLineLog });
+  const report = await sweepQueuedJobs({ blobs, jobs, queue, webhooks, queueRetentionSec: config.queueRetentionSec, clock: () => new Date(), log: jsonLineLog });
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'queued-job sweep', ...report })}\n`);
   if (report.errors > 0) throw new Error(`queued-job sweep: ${report.errors} of ${report.scanned} markers not handled (see the warnings above)`);
   return report;

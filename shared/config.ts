@@ -65,6 +65,11 @@ const AwsConfig = z.object({
   /** Only for S3/SQS stand-ins in tests; unset in real deployments. */
   s3Endpoint: httpUrl.optional(),
   sqsEndpoint: httpUrl.optional(),
+  /**
+   * How long the queue keeps a message (SQS's retention; the CDK sets it). The queued-job sweep fails
+   * a job that no message can reach any more (`expired`) instead of leaving it queued for ever.
+   */
+  queueRetentionSec: intIn(60, 14 * 24 * 3600, 4 * 24 * 3600),
   /** Injected by the ECS agent into every task; the worker marks its task busy through it (scale-in protection). */
   ecsAgentUri: httpUrl.optional(),
   ...Common,
@@ -84,6 +89,7 @@ export const ENV_VARS = {
   CLIPAG_BUCKET: 'bucket',
   CLIPAG_QUEUE_URL: 'queueUrl',
   CLIPAG_DLQ_URL: 'deadLetterQueueUrl',
+  CLIPAG_QUEUE_RETENTION_SEC: 'queueRetentionSec',
   CLIPAG_S3_ENDPOINT: 's3Endpoint',
   CLIPAG_SQS_ENDPOINT: 'sqsEndpoint',
   ECS_AGENT_URI: 'ecsAgentUri',

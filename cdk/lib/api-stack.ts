@@ -63,6 +63,7 @@ export class ApiStack extends Stack {
       [ENV.bucket]: bucket.bucketName,
       [ENV.queueUrl]: queue.queueUrl,
       [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
+      [ENV.queueRetention]: String(config.queueRetentionDays * 24 * 3600),
       [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
       [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
       NODE_OPTIONS: '--enable-source-maps',

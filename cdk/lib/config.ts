@@ -219,6 +219,8 @@ export const ENV = {
   bucket: 'CLIPAG_BUCKET',
   queueUrl: 'CLIPAG_QUEUE_URL',
   dlqUrl: 'CLIPAG_DLQ_URL',
+  /** The sweep: how long the queue keeps a message (queueRetentionDays), to fail jobs no message can reach. */
+  queueRetention: 'CLIPAG_QUEUE_RETENTION_SEC',
   visibilityTimeout: 'CLIPAG_VISIBILITY_TIMEOUT_SEC',
   maxReceiveCount: 'CLIPAG_MAX_RECEIVES',
   signedUrlTtl: 'CLIPAG_SIGNED_URL_TTL_SEC',

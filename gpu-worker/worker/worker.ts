@@ -369,10 +369,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     return jobs.update(msg.owner, msg.job_id, (cur) => (isTerminal(cur.status) ? null : { ...cur, status: 'failed', finished_at: iso(), error }));
   }
 
-  /** Back to `queued` for the next delivery: the record must not claim a run that nobody is doing. */
+  /**
+   * Back to `queued` for the next delivery: the record must not claim a run that nobody is doing.
+   * `enqueued_at` is stamped because a requeue sends a fresh copy of the message: the queued-job
+   * sweep counts the queue's retention from it (a stamp later than the send only delays an expiry).
+   */
   async function markQueued(msg: QueueMessage, attempt: number): Promise<void> {
     await jobs.update(msg.owner, msg.job_id, (cur) =>
-      isTerminal(cur.status) || cur.attempts !== attempt ? null : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total } },
+      isTerminal(cur.status) || cur.attempts !== attempt ? null : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total }, enqueued_at: iso() },
     );
   }
 

@@ -211,6 +211,10 @@ describe('ApiStack', () => {
     const [sweeperId, sweeper] = fns.find(([id]) => id.startsWith('QueuedJobSweeper'))!;
     const [, handler] = fns.find(([id]) => id.startsWith('Handler'))!;
     expect(sweeper.Properties.Environment).toEqual(handler.Properties.Environment);
+    // The sweep fails jobs no message can reach: it must know the queue's own retention.
+    const queues = resources(stateful).filter(([, r]) => r.Type === 'AWS::SQS::Queue').map(([, r]) => r.Properties.MessageRetentionPeriod);
+    expect(queues).toContain(dev.queueRetentionDays * 86_400);
+    expect(sweeper.Properties.Environment.Variables[ENV.queueRetention]).toBe(String(dev.queueRetentionDays * 86_400));
     expect(sweeper.Properties.Timeout).toBe(120);
     // Lambda's own async retries are off too: the next scheduled sweep is the retry.
     api.hasResourceProperties('AWS::Lambda::EventInvokeConfig', { FunctionName: { Ref: sweeperId }, MaximumRetryAttempts: 0 });

@@ -140,8 +140,38 @@ describe('queued-job sweep', () => {
     const report = await sweepQueuedJobs(sweepDeps());
     // 4 message markers (3 cleared) and 3 active ones (the cancel freed the fourth): the succeeded
     // job's is cleared, the running and the waiting job keep theirs.
-    expect(report).toEqual({ scanned: 7, resent: 0, cleared: 4, kept: 3, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 });
+    expect(report).toEqual({ scanned: 7, resent: 0, cleared: 4, kept: 3, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 });
     expect(await markers()).toEqual([pendingJobKey('msg', 'acct_alice', waiting)]);
+  });
+
+  it('a job no queue message can reach any more (it waited past the queue\'s retention) fails expired, freeing its place and telling its webhook', async () => {
+    const DAY = 86_400;
+    const ids: string[] = [];
+    for (const prompt of ['queued', 'lapsed', 'live', 'resent']) {
+      const res = await h.request('/v1/generations', { json: { prompt, webhook_url: 'https://hooks.example.com/clipag' } });
+      expect(res.status).toBe(202);
+      ids.push(((await res.json()) as { id: string }).id);
+    }
+    const [queued, lapsed, live, resent] = ids as [string, string, string, string];
+    offsetMs = (DAY + 3600 + 60) * 1000; // past one day's retention and the margin
+    const inAMinute = new Date(clock().getTime() + 60_000).toISOString();
+    // A worker died holding `lapsed`; `live` is being run (its heartbeat renews the lease); `resent` got a new message an hour ago.
+    await h.jobs.update('acct_alice', lapsed, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_expires_at: new Date(Date.now() + 30_000).toISOString() }));
+    await h.jobs.update('acct_alice', live, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_expires_at: inAMinute }));
+    await h.jobs.update('acct_alice', resent, (cur) => ({ ...cur, enqueued_at: new Date(clock().getTime() - 3600_000).toISOString() }));
+
+    // Local mode (no retention known): nothing expires, however long.
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ expired: 0 });
+    const sent: string[] = [];
+    const report = await sweepQueuedJobs({ ...sweepDeps(), queueRetentionSec: DAY, webhooks: { send: async (req) => (sent.push(JSON.parse(req.body).type), 200), signedUrlTtlSec: 600 } });
+    expect(report).toMatchObject({ expired: 2, errors: 0, webhooksDelivered: 2 });
+    for (const id of [queued, lapsed]) {
+      const view = (await (await h.request(`/v1/generations/${id}`)).json()) as any;
+      expect([view.status, view.error.code, view.error.message]).toEqual(['failed', 'expired', 'not run within 1 day(s) (how long the queue keeps a job); submit it again']);
+    }
+    expect(sent).toEqual(['generation.failed', 'generation.failed']);
+    for (const id of [live, resent]) expect((await h.jobs.get('acct_alice', id))!.status).not.toBe('failed');
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}active/`)).items.map((i) => i.key).sort()).toEqual([live, resent].map((id) => pendingJobKey('active', 'acct_alice', id)).sort());
   });
 
   it('a job re-queued by a worker (attempts > 0) is left to the worker: its marker goes, nothing is sent', async () => {
