@@ -1,5 +1,6 @@
 import type { BlobStore } from './ports.ts';
 import { costUsd } from './run-stats.ts';
+import { imageSeed } from './schemas/generation.ts';
 import type { JobRecord } from './schemas/job.ts';
 import type { GenerationView } from './schemas/view.ts';
 
@@ -26,6 +27,7 @@ export async function generationView(
       const flags = checks.get(indices[k]!)?.flags;
       return {
         index: indices[k]!,
+        seed: imageSeed(job.id, job.spec, indices[k]!),
         url: await blobs.signedGetUrl(output.key, ttlSec),
         expires_at: expiresAt,
         width: output.width,

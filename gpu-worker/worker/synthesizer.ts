@@ -7,7 +7,7 @@
 
 import { uploadKey } from '../../shared/keys.ts';
 import type { BlobStore } from '../../shared/ports.ts';
-import { weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
+import { imageSeed, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../engine/errors.ts';
 import { DEFAULT_MAX_BYTES, decodeImage } from '../engine/synth/image.ts';
 import type { Recipe } from '../engine/synth/recipe.ts';
@@ -91,17 +91,6 @@ export function stepsFor(spec: Pick<GenerationSpec, 'steps'>, recipeOverrides: P
   return Math.min(spec.steps, recipeOverrides.steps ?? Infinity, maxSteps ?? Infinity);
 }
 
-/** A job without a seed still gets a fixed one (FNV-1a of its id), so a redelivery redoes the same image. */
-export function seedFor(job: SynthesisJob): number {
-  if (job.spec.seed !== undefined) return job.spec.seed;
-  let h = 0x811c9dc5;
-  for (let i = 0; i < job.id.length; i++) {
-    h ^= job.id.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h >>> 0;
-}
-
 /** The engine requests for a job: n of them, seeds seed+i (mod 2³²); the init image is decoded once by the caller. */
 export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrides: Partial<Recipe> = {}, maxSteps?: number): SynthRequest[] {
   const { spec } = job;
@@ -113,12 +102,11 @@ export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrid
     ...weighted.map((p) => ({ text: p.text, weight: p.weight })),
     ...(spec.negative_prompt !== undefined ? [{ text: spec.negative_prompt, weight: NEGATIVE_PROMPT_WEIGHT * positiveTotal }] : []),
   ];
-  const base = seedFor(job);
   return Array.from({ length: spec.n }, (_, i) => ({
     prompts,
     width: spec.width,
     height: spec.height,
-    seed: (base + i) >>> 0,
+    seed: imageSeed(job.id, spec, i),
     init,
     recipe: { ...recipeOverrides, steps: stepsFor(spec, recipeOverrides, maxSteps) },
   }));

@@ -138,6 +138,24 @@ export type ParsedGenerationRequest = z.output<typeof GenerationRequest>;
 export type GenerationSpec = z.output<typeof GenerationSpec>;
 export type WeightedPrompt = z.output<typeof WeightedPrompt>;
 
+/**
+ * The seed image `index` of a job runs with: the spec's seed + index (mod 2³²). A job without a seed
+ * still gets a fixed one (FNV-1a of its id), so a redelivery redoes the same image and the view can
+ * tell the caller which seed reproduces it.
+ */
+export function imageSeed(jobId: string, spec: Pick<GenerationSpec, 'seed'>, index: number): number {
+  let base = spec.seed;
+  if (base === undefined) {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < jobId.length; i++) {
+      h ^= jobId.charCodeAt(i);
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    base = h >>> 0;
+  }
+  return (base + index) >>> 0;
+}
+
 /** The prompts as one weighted list, whichever form the request used. */
 export function weightedPrompts(spec: GenerationSpec): WeightedPrompt[] {
   return spec.prompts ?? [{ text: spec.prompt as string, weight: 1 }];

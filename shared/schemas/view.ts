@@ -28,7 +28,10 @@ export const GenerationUsageView = z
 
 export const GenerationOutputView = z
   .object({
-    index: z.number().int().nonnegative().openapi({ description: 'Which of the n images this is (its seed is seed + index); a withheld image leaves a gap' }),
+    index: z.number().int().nonnegative().openapi({ description: 'Which of the n images this is; a withheld image leaves a gap' }),
+    seed: z.number().int().nonnegative().openapi({
+      description: 'The seed this image ran with (the request\'s seed + index, or one the job chose when the request gave none): the same request with this seed and n 1 makes this image again',
+    }),
     url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
     expires_at: Timestamp,
     width: z.number().int().positive(),

@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { createModelRegistry, scanModelsDir } from '../../gpu-worker/models.ts';
-import { NEGATIVE_PROMPT_WEIGHT, clipScore, seedFor, toSynthRequests } from '../../gpu-worker/worker/synthesizer.ts';
+import { NEGATIVE_PROMPT_WEIGHT, clipScore, toSynthRequests } from '../../gpu-worker/worker/synthesizer.ts';
+import { imageSeed } from '../../shared/schemas/generation.ts';
 import { classifyError, jobErrorOf } from '../../gpu-worker/worker/errors.ts';
 import { NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../shared/errors.ts';
 import { makeModelsDir } from './helpers.ts';
@@ -39,9 +40,14 @@ describe('toSynthRequests', () => {
     const s = spec({ prompt: undefined, prompts: [{ text: 'a', weight: 2 }, { text: 'b', weight: -1 }] });
     const a = toSynthRequests({ id: 'job-a', owner: 'o', spec: s }, { kind: 'gmm' });
     expect(a[0].prompts).toEqual([{ text: 'a', weight: 2 }, { text: 'b', weight: -1 }]);
-    expect(seedFor({ id: 'job-a', owner: 'o', spec: s })).toBe(a[0].seed);
-    expect(seedFor({ id: 'job-b', owner: 'o', spec: s })).not.toBe(a[0].seed);
+    expect(imageSeed('job-a', s, 0)).toBe(a[0].seed);
+    expect(imageSeed('job-b', s, 0)).not.toBe(a[0].seed);
     expect(Number.isInteger(a[0].seed) && a[0].seed >= 0 && a[0].seed <= 0xffffffff).toBe(true);
+    // FNV-1a of the id, as every earlier version derived it: a redelivered old job redoes its image.
+    expect(imageSeed('job-a', s, 0)).toBe(0xdfc1eb26);
+    // Image i runs with seed + i, wrapping at 2³².
+    const n3 = toSynthRequests({ id: 'job-c', owner: 'o', spec: { ...s, n: 3, seed: 0xfffffffe } }, { kind: 'gmm' });
+    expect(n3.map((r) => r.seed)).toEqual([0xfffffffe, 0xffffffff, 0]);
   });
 
   it('clip_score is the weighted mean cosine over positive prompts', () => {

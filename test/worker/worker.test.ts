@@ -12,6 +12,7 @@ import { readRunSamples } from '../../shared/run-stats.ts';
 import { markPending } from '../../shared/pending.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { readUsage } from '../../shared/usage.ts';
+import { generationView } from '../../shared/views.ts';
 import { FAST_RECIPE, OWNER, type Env, listKeys, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
 
 let models: ModelRegistry;
@@ -99,6 +100,21 @@ describe('gpu-worker queue worker', () => {
     // After the ack the worker still records the run's statistics (ADR 0014), then polls again.
     expect((await finishedOf(w.events, job.id)).outcome).toBe('succeeded');
     await waitFor('the worker back to polling', () => w.worker.state === 'polling');
+  });
+
+  it('an image of a request without a seed is made again, bit for bit, from the seed its view reports', async () => {
+    const env = await makeEnv();
+    const first = await submit(env, { seed: undefined, n: 2, steps: 3 });
+    start(env);
+    const done = await waitForStatus(env, first.id, ['succeeded', 'failed', 'canceled']);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    const view = await generationView(done, env.blobs, 600, new Date());
+    const [, second] = view.outputs;
+    expect(second!.seed).toBe((view.outputs[0]!.seed + 1) >>> 0);
+    const again = await submit(env, { seed: second!.seed, n: 1, steps: 3 });
+    const redone = await waitForStatus(env, again.id, ['succeeded', 'failed', 'canceled']);
+    const [was, now] = await Promise.all([env.blobs.get(done.outputs[1]!.key), env.blobs.get(redone.outputs[0]!.key)]);
+    expect(Buffer.from(now!.body).equals(Buffer.from(was!.body))).toBe(true);
   });
 
   it('frees the owner\'s place and tells its webhook notifier of the jobs that end here, records the run for estimates and the owner\'s usage, and its stop waits for the deliveries', async () => {
