@@ -26,6 +26,7 @@ const ROUTES = [
   { pattern: /^\/v1\/generations$/, methods: ['GET', 'POST'] },
   { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET'] },
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
+  { pattern: /^\/v1\/generations\/[^/]+\/frames$/, methods: ['GET'] },
 ];
 
 /**

@@ -50,6 +50,22 @@ export const ListQuery = z.object({
   }),
 });
 
+export const GenerationFrameList = z
+  .object({
+    object: z.literal('list'),
+    data: z.array(
+      z
+        .object({
+          index: z.number().int().nonnegative().openapi({ description: "The image's index (as in the generation's outputs)" }),
+          step: z.number().int().nonnegative().openapi({ description: 'The image as it was before this optimization step' }),
+          url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
+          expires_at: Timestamp,
+        })
+        .openapi('GenerationFrame'),
+    ),
+  })
+  .openapi('GenerationFrameList');
+
 export const IdParam = z.object({ id: ResourceId.openapi({ param: { name: 'id', in: 'path' } }) });
 
 export const UPLOAD_CONTENT_TYPES = ['image/png'] as const;

@@ -4,6 +4,45 @@ import { imageSeed } from './schemas/generation.ts';
 import type { JobRecord } from './schemas/job.ts';
 import type { GenerationView } from './schemas/view.ts';
 
+/** The image index of each of `job.outputs`: the published images in index order; a withheld one (ADR 0017) leaves a gap. */
+function publishedIndices(job: JobRecord): number[] {
+  const withheld = new Set((job.output_checks ?? []).filter((c) => c.withheld).map((c) => c.index));
+  const indices: number[] = [];
+  for (let i = 0; indices.length < job.outputs.length; i++) if (!withheld.has(i)) indices.push(i);
+  return indices;
+}
+
+/** Where the worker keeps image `index`'s progress frames: `frames/<index>/<step, 4 digits>.png` beside the image. */
+const FRAME_KEY = /\/frames\/(\d+)\/(\d{4,})\.png$/;
+
+/**
+ * The progress frames of a job's published images (the image before step 0, 10, 20, …: every
+ * `frameEvery` steps of the recipe), as signed URLs, by image index and step. Frames are stored with the
+ * images when the run ends, so a job still running has none yet; a withheld image's are never stored.
+ */
+export async function generationFrames(
+  job: JobRecord,
+  blobs: BlobStore,
+  ttlSec: number,
+  now: Date,
+): Promise<Array<{ index: number; step: number; url: string; expires_at: string }>> {
+  const published = new Set(publishedIndices(job));
+  if (published.size === 0) return [];
+  const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
+  const found: Array<{ index: number; step: number; key: string }> = [];
+  let cursor: string | undefined;
+  do {
+    const page = await blobs.list(`outputs/${job.owner}/${job.id}/frames/`, cursor === undefined ? {} : { cursor });
+    for (const item of page.items) {
+      const m = FRAME_KEY.exec(item.key);
+      if (m && published.has(Number(m[1]))) found.push({ index: Number(m[1]), step: Number(m[2]), key: item.key });
+    }
+    cursor = page.cursor;
+  } while (cursor !== undefined);
+  found.sort((a, b) => a.index - b.index || a.step - b.step);
+  return Promise.all(found.map(async (f) => ({ index: f.index, step: f.step, url: await blobs.signedGetUrl(f.key, ttlSec), expires_at: expiresAt })));
+}
+
 /**
  * The public view of a job record: outputs as signed URLs with their expiry; internals omitted. The
  * API answers with it, and a webhook carries it. The webhook's secret only with `webhookSecret`.
@@ -18,10 +57,8 @@ export async function generationView(
   // Signatures carry whole seconds (S3's X-Amz-Date, the local `expires`), taken at or after `now`:
   // the floored second is the earliest a link can expire, so it never dies before its expires_at.
   const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
-  // `outputs` holds the published images in index order; a withheld one (ADR 0017) leaves a gap.
   const checks = new Map((job.output_checks ?? []).map((c) => [c.index, c]));
-  const indices: number[] = [];
-  for (let i = 0; indices.length < job.outputs.length; i++) if (!checks.get(i)?.withheld) indices.push(i);
+  const indices = publishedIndices(job);
   const outputs = await Promise.all(
     job.outputs.map(async (output, k) => {
       const flags = checks.get(indices[k]!)?.flags;

@@ -10,10 +10,10 @@ import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending } from '../../shared/pending.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
-import { EstimateView, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
+import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateSeconds, readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
-import { generationView } from '../../shared/views.ts';
+import { generationFrames, generationView } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
 import { SECURITY, pick } from './common.ts';
 
@@ -71,6 +71,19 @@ const getGeneration = createRoute({
   request: { params: IdParam },
   responses: {
     200: { description: 'The generation', content: { 'application/json': { schema: GenerationView } } },
+    ...pick(400, 401, 404, 409, 503),
+  },
+});
+
+const listFrames = createRoute({
+  method: 'get',
+  path: '/v1/generations/{id}/frames',
+  summary: "A generation's progress frames: each published image every 10 steps (the recipe's frame_every), as signed URLs",
+  description: 'Stored with the images when the run ends: empty while it is queued or running, and for a withheld image. A frame has the size of its optimization stage (a large image starts smaller). They expire with the outputs.',
+  security: SECURITY,
+  request: { params: IdParam },
+  responses: {
+    200: { description: 'The frames, by image index and step', content: { 'application/json': { schema: GenerationFrameList } } },
     ...pick(400, 401, 404, 409, 503),
   },
 });
@@ -363,6 +376,13 @@ export function registerGenerationRoutes(
     const job = await jobs.get(c.get('owner'), id);
     if (!job) throw new NotFoundError(`no generation ${id}`);
     return c.json(await view(job), 200);
+  });
+
+  app.openapi(listFrames, async (c) => {
+    const { id } = c.req.valid('param');
+    const job = await jobs.get(c.get('owner'), id);
+    if (!job) throw new NotFoundError(`no generation ${id}`);
+    return c.json({ object: 'list' as const, data: await generationFrames(job, blobs, limits.signedUrlTtlSec, ctx.clock()) }, 200);
   });
 
   app.openapi(cancelGeneration, async (c) => {

@@ -101,6 +101,13 @@ describe('local mode end to end', () => {
     expect(png.headers.get('content-type')).toBe('image/png');
     const img = decodeImage(new Uint8Array(await png.arrayBuffer()));
     expect([img.width, img.height]).toEqual([64, 64]);
+    // The progress frames the worker stored with the image (every frame_every steps, from step 0).
+    const frames = (await (await fetch(`${h.url}/v1/generations/${created.id}/frames`, { headers: auth(h) })).json()) as any;
+    const every = frames.data[1].step;
+    expect(frames.data.map((f: any) => [f.index, f.step])).toEqual(Array.from({ length: Math.ceil(job.progress.total / every) }, (_, k) => [0, k * every]));
+    const first = await fetch(frames.data[0].url);
+    const frame = decodeImage(new Uint8Array(await first.arrayBuffer())); // at the size of its stage (multi-scale: smaller early on)
+    expect([first.status, frame.width > 0 && frame.width <= 64]).toEqual([200, true]);
     // A tampered link is refused.
     const bad = await fetch(job.outputs[0].url.replace(/sig=([0-9a-f])/, (_: string, c: string) => `sig=${c === '0' ? '1' : '0'}`));
     expect(bad.status).toBe(403);
