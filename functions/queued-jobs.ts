@@ -1,3 +1,4 @@
+import { forEachLimited } from '../shared/concurrency.ts';
 import { CorruptDocumentError } from '../shared/errors.ts';
 import { PENDING_JOBS_PREFIX, parsePendingJobKey, type PendingKind } from '../shared/keys.ts';
 import { clearPending, markPending } from '../shared/pending.ts';
@@ -141,15 +142,6 @@ export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
     await sweepOne(deps, m, report);
   });
   return report;
-}
-
-/** Runs `fn` over `items` with at most `limit` at once: a slow item holds one slot, not a batch. */
-async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const runner = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, runner));
 }
 
 async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport): Promise<void> {

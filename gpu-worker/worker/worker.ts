@@ -2,6 +2,7 @@
 // One job at a time (one GPU per task). States and retry classes: docs/adr/0005-worker-lifecycle.md.
 
 import { randomUUID } from 'node:crypto';
+import { forEachLimited } from '../../shared/concurrency.ts';
 import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
@@ -15,6 +16,9 @@ import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
 import { recordUsage } from '../../shared/usage.ts';
 import { clearPending } from '../../shared/pending.ts';
+
+/** Output objects written at once at the end of a run. */
+const OUTPUT_WRITE_CONCURRENCY = 8;
 
 export type WorkerState = 'idle' | 'warming' | 'polling' | 'running' | 'draining' | 'stopped';
 
@@ -578,21 +582,23 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // Outputs first, then the record: a record never points at a missing object.
       const prefix = `outputs/${msg.owner}/${msg.job_id}`;
       const outputs: JobOutput[] = [];
+      // Several writes at once: a job's images and frames (up to ~200 objects) are billed time.
+      const writes: Array<() => Promise<unknown>> = [];
       for (const image of outcome.images) {
         const key = `${prefix}/${image.index}.png`;
         if (withheld.has(image.index)) {
           // An earlier attempt under another policy may have stored it and its frames: the record never
           // names them, but they go too.
-          await blobs.delete(key);
-          await deletePrefix(`${prefix}/frames/${image.index}/`);
+          writes.push(() => blobs.delete(key), () => deletePrefix(`${prefix}/frames/${image.index}/`));
           continue;
         }
-        await blobs.put(key, image.png, { contentType: 'image/png' });
+        writes.push(() => blobs.put(key, image.png, { contentType: 'image/png' }));
         for (const frame of image.frames) {
-          await blobs.put(`${prefix}/frames/${image.index}/${String(frame.step).padStart(4, '0')}.png`, frame.png, { contentType: 'image/png' });
+          writes.push(() => blobs.put(`${prefix}/frames/${image.index}/${String(frame.step).padStart(4, '0')}.png`, frame.png, { contentType: 'image/png' }));
         }
         outputs.push({ key, width: image.width, height: image.height, clip_score: Number(image.clipScore.toFixed(6)) });
       }
+      await forEachLimited(writes, OUTPUT_WRITE_CONCURRENCY, async (write) => void (await write()));
       const usage = { encoder_passes: outcome.encoderPasses, worker_seconds: Math.round(clock.now() - startedAt) / 1000 };
       let wrote = false;
       const done = await jobs.update(msg.owner, msg.job_id, (cur) => {

@@ -63,7 +63,7 @@ describe('GET /openapi.json', () => {
     };
     expect(doc.openapi).toMatch(/^3\.1\./);
     expect(Object.keys(doc.paths).sort()).toEqual(
-      ['/healthz', '/v1/estimates', '/v1/generations', '/v1/generations/{id}', '/v1/generations/{id}/cancel', '/v1/models', '/v1/uploads', '/v1/usage'].sort(),
+      ['/healthz', '/v1/estimates', '/v1/generations', '/v1/generations/{id}', '/v1/generations/{id}/cancel', '/v1/generations/{id}/frames', '/v1/models', '/v1/uploads', '/v1/usage'].sort(),
     );
     expect(Object.keys(doc.paths['/v1/generations']).sort()).toEqual(['get', 'post']);
     expect(doc.components.securitySchemes.bearerAuth).toMatchObject({ type: 'http', scheme: 'bearer' });
