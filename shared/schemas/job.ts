@@ -25,7 +25,16 @@ export const JobOutput = z
   .strict()
   .openapi('JobOutput');
 
-export const JobError = z.object({ code: z.string().min(1), message: z.string() }).strict().openapi('JobError');
+export const JobError = z
+  .object({
+    code: z.string().min(1).openapi({
+      description:
+        'Why the generation failed. Fix the request: invalid_input, invalid_model, invalid_weights, invalid_tokenizer, numerical_error (try another seed), content_policy, timeout. Submit it again: retries_exhausted, expired, internal_error. Repeat the POST with the same Idempotency-Key: enqueue_failed. Other codes may be added.',
+    }),
+    message: z.string(),
+  })
+  .strict()
+  .openapi('JobError');
 
 export const JobUsage = z
   .object({
