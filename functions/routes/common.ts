@@ -3,6 +3,7 @@ import { ErrorEnvelope } from '../../shared/schemas/error.ts';
 export const SECURITY = [{ bearerAuth: [] }];
 
 const envelope = (description: string) => ({ description, content: { 'application/json': { schema: ErrorEnvelope } } });
+const retryAfter = { 'Retry-After': { description: 'Seconds to wait before retrying', schema: { type: 'integer' as const, minimum: 0 } } };
 
 /** The error responses a route documents (all share the envelope). */
 export const errors = {
@@ -12,8 +13,8 @@ export const errors = {
   409: envelope('Conflict (idempotency_key_reused, idempotency_in_progress, job_terminal; corrupt_record: the stored record is unreadable, retrying will not help)'),
   413: envelope('Payload too large'),
   415: envelope('Content-Type is not application/json'),
-  429: envelope('too_many_active_jobs: the caller has as many generations queued or running as it may; retry after Retry-After seconds'),
-  503: envelope('A dependency is unavailable; retry'),
+  429: { ...envelope('too_many_active_jobs: the caller has as many generations queued or running as it may; retry after Retry-After seconds'), headers: retryAfter },
+  503: { ...envelope('A dependency is unavailable; retry after Retry-After seconds'), headers: retryAfter },
 } as const;
 
 export function pick<K extends keyof typeof errors>(...codes: K[]): Pick<typeof errors, K> {

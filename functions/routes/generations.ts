@@ -45,7 +45,14 @@ const createGeneration = createRoute({
       headers: { Location: { schema: { type: 'string' } } },
       content: { 'application/json': { schema: GenerationView } },
     },
-    200: { description: 'Idempotent replay: the job an earlier request with this key made', content: { 'application/json': { schema: GenerationView } } },
+    200: {
+      description: 'Idempotent replay: the job an earlier request with this key made',
+      headers: {
+        Location: { schema: { type: 'string' } },
+        'Idempotent-Replayed': { description: 'Always "true" on a replay', schema: { type: 'string', enum: ['true'] } },
+      },
+      content: { 'application/json': { schema: GenerationView } },
+    },
     ...pick(400, 401, 409, 413, 415, 429, 503),
   },
 });
