@@ -6,6 +6,7 @@ import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
 import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
 import { encodeQueueMessage } from '../shared/schemas/queue.ts';
+import type { ViewOptions } from '../shared/views.ts';
 import type { AppLogEntry } from './types.ts';
 
 /**
@@ -41,7 +42,7 @@ export interface QueuedJobDeps {
 
 /** What the sweep needs beyond re-sending: completion webhooks to retry (ADR 0013). */
 export interface SweepDeps extends QueuedJobDeps {
-  webhooks: { send: WebhookSender; signedUrlTtlSec: number; workerHourlyUsd?: number };
+  webhooks: { send: WebhookSender; signedUrlTtlSec: number; view?: ViewOptions };
   /** Default WEBHOOK_BUDGET_MS. */
   webhookBudgetMs?: number;
   /** The queue's message retention; unset (the local queue keeps messages for ever): nothing expires. */

@@ -22,6 +22,8 @@ export interface AppLimits {
   webhookAllowPrivate?: boolean;
   /** One worker's price per hour (USD): `usage.cost_usd` and cost estimates. Unset: no cost figures. */
   workerHourlyUsd?: number;
+  /** How long the store keeps a generation's images, days (views say `outputs_expire_at`). Unset: kept. */
+  outputRetentionDays?: number;
   /** The workers' cap on steps per image (clipag serve --steps), for estimates. Unset: none. */
   maxSteps?: number;
   /** Generations one owner may have queued or running at once, 1..1000 (default 100); the next POST is a 429. */

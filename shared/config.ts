@@ -37,6 +37,11 @@ const Common = {
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
   maxActiveJobs: intIn(1, 1000, 100),
+  /**
+   * How long the store keeps a generation's images (the bucket's lifecycle rule; the CDK sets it).
+   * Views then say until when the outputs exist (`outputs_expire_at`). Unset: kept (local mode).
+   */
+  outputRetentionDays: z.coerce.number().int().min(1).max(3650).optional(),
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
   workerHourlyUsd: z.coerce.number().min(0).max(1000).optional(),
 };
@@ -111,6 +116,7 @@ export const ENV_VARS = {
   LOG_LEVEL: 'logLevel',
   CLIPAG_WEBHOOK_ALLOW_PRIVATE: 'webhookAllowPrivate',
   CLIPAG_WORKER_HOURLY_USD: 'workerHourlyUsd',
+  CLIPAG_OUTPUT_RETENTION_DAYS: 'outputRetentionDays',
   CLIPAG_MAX_ACTIVE_JOBS: 'maxActiveJobs',
 } as const satisfies Record<string, string>;
 

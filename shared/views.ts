@@ -43,6 +43,30 @@ export async function generationFrames(
   return Promise.all(found.map(async (f) => ({ index: f.index, step: f.step, url: await blobs.signedGetUrl(f.key, ttlSec), expires_at: expiresAt })));
 }
 
+/** The deployment's figures a view shows: its worker price and how long it keeps outputs. */
+export interface ViewOptions {
+  workerHourlyUsd?: number;
+  outputRetentionDays?: number;
+}
+
+/** The view's figures from a process's config (the API's, the sweep's, the worker's for its webhooks). */
+export function viewOptionsFromConfig(config: { workerHourlyUsd?: number | undefined; outputRetentionDays?: number | undefined }): ViewOptions {
+  return {
+    ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
+    ...(config.outputRetentionDays !== undefined ? { outputRetentionDays: config.outputRetentionDays } : {}),
+  };
+}
+
+/**
+ * When a finished job's stored images (and frames) expire under the bucket's lifecycle rule: its end
+ * plus the retention (S3 removes them at the next UTC midnight after that, so they may outlive it a
+ * little, never the reverse). Null while nothing is stored, or when the deployment keeps outputs.
+ */
+export function outputsExpireAt(job: JobRecord, outputRetentionDays: number | undefined): string | null {
+  if (outputRetentionDays === undefined || job.finished_at === null || job.outputs.length === 0) return null;
+  return new Date(Date.parse(job.finished_at) + outputRetentionDays * 86_400_000).toISOString();
+}
+
 /**
  * The public view of a job record: outputs as signed URLs with their expiry; internals omitted. The
  * API answers with it, and a webhook carries it. The webhook's secret only with `webhookSecret`.
@@ -52,7 +76,7 @@ export async function generationView(
   blobs: BlobStore,
   ttlSec: number,
   now: Date,
-  options: { webhookSecret?: boolean; workerHourlyUsd?: number } = {},
+  options: ViewOptions & { webhookSecret?: boolean } = {},
 ): Promise<GenerationView> {
   // Signatures carry whole seconds (S3's X-Amz-Date, the local `expires`), taken at or after `now`:
   // the floored second is the earliest a link can expire, so it never dies before its expires_at.
@@ -86,6 +110,7 @@ export async function generationView(
     progress: { step: job.progress.step, total: job.progress.total },
     cancel_requested: job.cancel_requested,
     outputs,
+    outputs_expire_at: outputsExpireAt(job, options.outputRetentionDays),
     withheld_outputs: withheld,
     error: job.error,
     usage: { ...job.usage, cost_usd: options.workerHourlyUsd === undefined ? null : costUsd(job.usage.worker_seconds, options.workerHourlyUsd) },

@@ -10,7 +10,7 @@ import { BlockList, isIP } from 'node:net';
 import { ValidationError } from './errors.ts';
 import type { BlobStore, JobStore } from './ports.ts';
 import { isTerminal, type JobRecord, type JobWebhook } from './schemas/job.ts';
-import { generationView } from './views.ts';
+import { generationView, viewOptionsFromConfig, type ViewOptions } from './views.ts';
 
 /** Attempts in all; the waits after each failed one (the last failure gives up). About 9 hours. */
 export const WEBHOOK_RETRY_DELAYS_SEC = [30, 120, 600, 1800, 7200, 21600] as const;
@@ -138,15 +138,15 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
 }
 
 /** The delivery settings a process takes from its config: the address policy, link lifetime and price. */
-export function webhookDeliveryFromConfig(config: { webhookAllowPrivate: boolean; signedUrlTtlSec: number; workerHourlyUsd?: number | undefined }): {
+export function webhookDeliveryFromConfig(config: { webhookAllowPrivate: boolean; signedUrlTtlSec: number; workerHourlyUsd?: number | undefined; outputRetentionDays?: number | undefined }): {
   send: WebhookSender;
   signedUrlTtlSec: number;
-  workerHourlyUsd?: number;
+  view: ViewOptions;
 } {
   return {
     send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }),
     signedUrlTtlSec: config.signedUrlTtlSec,
-    ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
+    view: viewOptionsFromConfig(config),
   };
 }
 
@@ -158,8 +158,8 @@ export interface WebhookDeliveryDeps {
   send: WebhookSender;
   /** Lifetime of the output URLs in the event body. */
   signedUrlTtlSec: number;
-  /** The deployment's worker price, for `usage.cost_usd` in the event body (as in GET). */
-  workerHourlyUsd?: number;
+  /** The deployment's figures in the event body (as in GET): price, output retention. */
+  view?: ViewOptions;
   clock: () => Date;
   log?: (entry: { level: 'info' | 'warn'; msg: string; [field: string]: unknown }) => void;
 }
@@ -219,7 +219,7 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     const body = JSON.stringify({
       type: `generation.${job.status}`,
       timestamp: job.finished_at ?? now.toISOString(),
-      data: await generationView(job, deps.blobs, deps.signedUrlTtlSec, now, deps.workerHourlyUsd === undefined ? {} : { workerHourlyUsd: deps.workerHourlyUsd }),
+      data: await generationView(job, deps.blobs, deps.signedUrlTtlSec, now, deps.view ?? {}),
     });
     const status = await deps.send({
       url: webhook.url,

@@ -230,6 +230,8 @@ export const ENV = {
   jobTimeout: 'CLIPAG_JOB_TIMEOUT_SEC',
   /** One worker's price per hour: `usage.cost_usd` of generations and the cost in estimates. */
   workerHourlyUsd: 'CLIPAG_WORKER_HOURLY_USD',
+  /** How long the bucket keeps outputs (outputRetentionDays): views say until when their links work. */
+  outputRetention: 'CLIPAG_OUTPUT_RETENTION_DAYS',
   region: 'AWS_REGION',
 } as const;
 

@@ -180,6 +180,7 @@ export class WorkerStack extends Stack {
         [ENV.stopTimeout]: String(config.stopTimeoutSeconds),
         [ENV.executionProvider]: 'cuda',
         [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
+        [ENV.outputRetention]: String(config.outputRetentionDays),
         // The links in the completion webhooks the worker sends live as long as the API's.
         [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
         // EC2-launched containers do not get a region from ECS, and SDK v3 does not ask IMDS.

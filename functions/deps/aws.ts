@@ -3,6 +3,7 @@ import { parseConfig, type AwsConfig } from '../../shared/config.ts';
 import { ConfigError } from '../../shared/errors.ts';
 import type { AppDeps } from '../types.ts';
 import { policyFromStore } from '../../shared/prompt-policy.ts';
+import { viewOptionsFromConfig } from '../../shared/views.ts';
 import { jsonLineLog } from '../log.ts';
 import { modelsFromBucket } from './models.ts';
 
@@ -23,7 +24,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
       maxActiveJobs: config.maxActiveJobs,
-      ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
+      ...viewOptionsFromConfig(config),
     },
   };
 }

@@ -4,6 +4,7 @@ import type { LocalConfig } from '../../shared/config.ts';
 import type { ModelInfo } from '../schemas.ts';
 import type { AppDeps } from '../types.ts';
 import { policyFromStore } from '../../shared/prompt-policy.ts';
+import { viewOptionsFromConfig } from '../../shared/views.ts';
 import { jsonLineLog } from '../log.ts';
 import { modelsFromDir } from './models.ts';
 
@@ -33,7 +34,7 @@ export async function localDeps(
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
       maxActiveJobs: config.maxActiveJobs,
-      ...(config.workerHourlyUsd !== undefined ? { workerHourlyUsd: config.workerHourlyUsd } : {}),
+      ...viewOptionsFromConfig(config),
     },
   };
 }

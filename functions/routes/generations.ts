@@ -13,7 +13,7 @@ import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateSeconds, readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
-import { generationFrames, generationView } from '../../shared/views.ts';
+import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
 import { SECURITY, pick } from './common.ts';
 
@@ -126,7 +126,7 @@ export function registerGenerationRoutes(
   ctx: { clock: () => Date; ledger: IdempotencyLedger },
 ): void {
   const { blobs, jobs, queue, limits } = deps;
-  const price = limits.workerHourlyUsd === undefined ? {} : { workerHourlyUsd: limits.workerHourlyUsd };
+  const price = viewOptionsFromConfig(limits); // the worker price and output retention the views show
   const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), price);
   /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
   const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...price, webhookSecret: true });

@@ -197,6 +197,7 @@ describe('ApiStack', () => {
           [ENV.visibilityTimeout]: String(dev.visibilityTimeoutSeconds),
           [ENV.signedUrlTtl]: String(dev.signedUrlTtlSeconds),
           [ENV.workerHourlyUsd]: String(dev.workerHourlyUsd),
+          [ENV.outputRetention]: String(dev.outputRetentionDays),
         }),
       },
     });
@@ -329,7 +330,7 @@ describe('WorkerStack', () => {
     expect(td.Properties.ContainerDefinitions[0].StopTimeout).toBeGreaterThanOrEqual(120);
     const names = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name).sort();
     expect(names).toEqual(
-      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.signedUrlTtl, ENV.region].sort(),
+      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.outputRetention, ENV.signedUrlTtl, ENV.region].sort(),
     );
   });
 

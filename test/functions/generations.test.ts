@@ -140,6 +140,14 @@ describe('POST → GET → list → cancel', () => {
     }
     // A succeeded job cannot be canceled.
     await expectEnvelope(await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' }), 409, 'job_terminal');
+    // Where the deployment keeps outputs for a while only (the bucket's lifecycle), the view says until when.
+    expect(((await (await h.request(`/v1/generations/${id}`)).json()) as any).outputs_expire_at).toBeNull();
+    const finished = (await h.jobs.get('acct_alice', id))!.finished_at!;
+    const kept30 = createApp({ ...h.deps, limits: { ...h.deps.limits, outputRetentionDays: 30 } });
+    const view = (await (await kept30.request(`/v1/generations/${id}`, { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
+    expect(Date.parse(view.outputs_expire_at) - Date.parse(finished)).toBe(30 * 86_400_000);
+    const queued = (await (await post({ prompt: 'pear' })).json()) as any;
+    expect(queued.outputs_expire_at).toBeNull(); // nothing stored yet
   });
 });
 

@@ -32,6 +32,18 @@ describe('CLIPAG_UPLOAD_URL_TTL_SEC', () => {
   });
 });
 
+describe('CLIPAG_OUTPUT_RETENTION_DAYS and CLIPAG_WORKER_HOURLY_USD', () => {
+  it('reach the API\'s views and the webhooks\' bodies; unset, neither figure is shown', async () => {
+    const { webhookDeliveryFromConfig } = await import('../../shared/webhooks.ts');
+    expect(() => parseConfig({ CLIPAG_OUTPUT_RETENTION_DAYS: '0' })).toThrow(/CLIPAG_OUTPUT_RETENTION_DAYS/);
+    const config = parseConfig({ CLIPAG_DATA_DIR: mkdtempSync(join(tmpdir(), 'clipag-cfg-')), CLIPAG_OUTPUT_RETENTION_DAYS: '30', CLIPAG_WORKER_HOURLY_USD: '1.5' }) as LocalConfig;
+    const deps = await localDeps(config, { models: async () => [{ id: 'toy', default: true, input_size: 224 }] });
+    expect([deps.limits.outputRetentionDays, deps.limits.workerHourlyUsd]).toEqual([30, 1.5]);
+    expect(webhookDeliveryFromConfig(config).view).toEqual({ workerHourlyUsd: 1.5, outputRetentionDays: 30 });
+    expect(webhookDeliveryFromConfig(parseConfig({})).view).toEqual({});
+  });
+});
+
 describe('MODEL_NAME_PATTERN', () => {
   it('is the one pattern behind the request schema, the config and the model store', () => {
     for (const name of ['toy', 'vit-b-32.laion2b_s34b', 'a'.repeat(64)]) {
