@@ -117,6 +117,7 @@ export async function generationView(
     warnings: job.warnings ?? [],
     request: job.spec,
     content_flags: job.content_flags ?? [],
+    metadata: job.metadata ?? {},
     webhook: w
       ? {
           url: w.url,

@@ -176,7 +176,7 @@ export function registerGenerationRoutes(
     const models = await deps.models();
     const model = request.model ?? models.find((m) => m.default)?.id;
     if (model === undefined) throw new ValidationError('this deployment has no default model: name one in "model" (GET /v1/models lists them)', 'model');
-    const { webhook_url: webhookUrl, ...fields } = request;
+    const { webhook_url: webhookUrl, metadata: _labels, ...fields } = request;
     if (webhookUrl !== undefined) checkWebhookUrl(webhookUrl, webhookPolicy);
     const spec: GenerationSpec = { ...fields, model };
     if (!models.some((m) => m.id === spec.model)) {
@@ -305,7 +305,9 @@ export function registerGenerationRoutes(
       // the queued-job sweep, which then sends the message; a webhook is owed from the start.
       const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
       await markQueuedJob(owner, jobId, webhook !== undefined);
-      job = await jobs.create(newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}) }));
+      job = await jobs.create(
+        newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}) }),
+      );
     } catch (error) {
       if (idempotencyKey !== undefined) {
         // The create may have landed before the error (a timeout): such a job gets marked for the

@@ -99,6 +99,22 @@ function checkRequestOnly(req: { init: string; strength?: number; prompt?: strin
   }
 }
 
+export const METADATA_MAX_KEYS = 16;
+export const METADATA_MAX_KEY_CHARS = 40;
+export const METADATA_MAX_VALUE_CHARS = 500;
+
+/** The caller's own labels for a generation (its ids, a batch name): stored and returned as given, never read by clipag. */
+export const GenerationMetadata = z
+  .record(
+    z.string().min(1).max(METADATA_MAX_KEY_CHARS).regex(/^[A-Za-z0-9_.-]+$/, 'metadata keys are letters, digits, "_", "." and "-"'),
+    z.string().max(METADATA_MAX_VALUE_CHARS),
+  )
+  .refine((m) => Object.keys(m).length <= METADATA_MAX_KEYS, { message: `at most ${METADATA_MAX_KEYS} metadata keys` })
+  .openapi('GenerationMetadata', {
+    description: `Your own labels (at most ${METADATA_MAX_KEYS} keys of up to ${METADATA_MAX_KEY_CHARS} characters [A-Za-z0-9_.-], string values of up to ${METADATA_MAX_VALUE_CHARS}): returned with the generation, in lists and in webhooks, never interpreted`,
+    example: { order_id: 'A-1042', batch: 'spring-catalog' },
+  });
+
 /**
  * What a caller sends. Without `model` the deployment's default model is used (the one
  * `GET /v1/models` marks `default: true`); the API fills it in before the job is stored.
@@ -107,6 +123,7 @@ export const GenerationRequest = z
   .object({
     ...generationFields,
     model: ModelName.optional().openapi({ description: "The model's id from GET /v1/models; default: the one marked default there" }),
+    metadata: GenerationMetadata.optional(),
     webhook_url: z
       .string()
       .max(2000)

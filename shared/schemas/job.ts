@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { OwnerId, ResourceId, Timestamp } from './common.ts';
-import { GenerationSpec, MAX_IMAGES } from './generation.ts';
+import { GenerationMetadata, GenerationSpec, MAX_IMAGES } from './generation.ts';
 import { isValidKey } from '../keys.ts';
 import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES } from '../prompt-policy.ts';
 
@@ -162,6 +162,8 @@ export const JobRecord = z
      * whose reply was lost is still recognised as its own.
      */
     webhook_claim: z.string().min(1).max(100).optional(),
+    /** The caller's own labels from the request (never interpreted); absent: none. */
+    metadata: GenerationMetadata.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })
@@ -190,6 +192,7 @@ export function newJobRecord(args: {
   bodyHash?: string | null;
   webhook?: { url: string; secret: string };
   contentFlags?: z.input<typeof ContentFlag>[];
+  metadata?: Record<string, string>;
 }): JobRecord {
   return JobRecord.parse({
     id: args.id,
@@ -209,6 +212,7 @@ export function newJobRecord(args: {
     idempotency_key: args.idempotencyKey ?? null,
     body_hash: args.bodyHash ?? null,
     ...(args.contentFlags?.length ? { content_flags: args.contentFlags.slice(0, MAX_JOB_WARNINGS) } : {}),
+    ...(args.metadata && Object.keys(args.metadata).length > 0 ? { metadata: args.metadata } : {}),
     ...(args.webhook
       ? { webhook: { ...args.webhook, attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null } }
       : {}),

@@ -44,6 +44,11 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     ['wrong type', { prompt: 42 }, 'prompt'],
     ['array body', [1, 2], null],
     ['missing upload', { prompt: 'a', init: 'upload:nosuchupload' }, 'init'],
+    ['metadata not an object', { prompt: 'a', metadata: ['x'] }, 'metadata'],
+    ['metadata value not a string', { prompt: 'a', metadata: { order: 42 } }, 'metadata.order'],
+    ['metadata value too long', { prompt: 'a', metadata: { note: 'x'.repeat(501) } }, 'metadata.note'],
+    ['metadata key with a space', { prompt: 'a', metadata: { 'order id': '1' } }, 'metadata.order id'],
+    ['metadata with 17 keys', { prompt: 'a', metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, 'v'])) }, 'metadata'],
   ];
   for (const [name, body, param] of cases) {
     it(name, async () => {

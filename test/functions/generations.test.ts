@@ -200,6 +200,23 @@ describe('another owner', () => {
   });
 });
 
+describe('metadata', () => {
+  it("the caller's labels come back as given in the POST, GET and list; {} without any; they are part of the request an Idempotency-Key names", async () => {
+    const labels = { order_id: 'A-1042', 'batch.name': 'spring catalog, page 3', empty: '' };
+    const created = await post({ prompt: 'apple', metadata: labels }, { 'Idempotency-Key': 'labelled' });
+    expect(created.status).toBe(202);
+    const body = (await created.json()) as { id: string; metadata: unknown; request: Record<string, unknown> };
+    expect(body.metadata).toEqual(labels);
+    expect(body.request).not.toHaveProperty('metadata'); // not part of what the worker runs
+    expect(((await (await h.request(`/v1/generations/${body.id}`)).json()) as any).metadata).toEqual(labels);
+    expect(((await (await h.request('/v1/generations')).json()) as any).data[0].metadata).toEqual(labels);
+    expect(((await (await post({ prompt: 'pear' })).json()) as any).metadata).toEqual({});
+    await expectEnvelope(await post({ prompt: 'apple', metadata: { ...labels, order_id: 'A-1043' } }, { 'Idempotency-Key': 'labelled' }), 409, 'idempotency_key_reused');
+    const replay = await post({ prompt: 'apple', metadata: labels }, { 'Idempotency-Key': 'labelled' });
+    expect([replay.status, ((await replay.json()) as any).id]).toEqual([200, body.id]);
+  });
+});
+
 describe('Idempotency-Key', () => {
   it('same key + same body → same job (200, replayed); one record, one message', async () => {
     const headers = { 'Idempotency-Key': 'order-42' };

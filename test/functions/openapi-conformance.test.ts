@@ -38,12 +38,12 @@ describe('responses conform to /openapi.json', () => {
     };
     const created = await call('/v1/generations', {
       method: 'POST',
-      body: JSON.stringify({ prompt: 'a doctor with a red circle', webhook_url: 'http://127.0.0.1:9/h' }),
+      body: JSON.stringify({ prompt: 'a doctor with a red circle', webhook_url: 'http://127.0.0.1:9/h', metadata: { order_id: 'A-1' } }),
       headers: { 'Idempotency-Key': 'oa-1' },
     });
     check('/v1/generations', 'post', 202, created.body);
     const id = (created.body as { id: string }).id;
-    const replay = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a doctor with a red circle', webhook_url: 'http://127.0.0.1:9/h' }), headers: { 'Idempotency-Key': 'oa-1' } });
+    const replay = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a doctor with a red circle', webhook_url: 'http://127.0.0.1:9/h', metadata: { order_id: 'A-1' } }), headers: { 'Idempotency-Key': 'oa-1' } });
     check('/v1/generations', 'post', 200, replay.body);
     const key = `outputs/acct_alice/${id}/0.png`;
     await h.blobs.put(key, new Uint8Array([1]), { contentType: 'image/png' });
