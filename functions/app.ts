@@ -24,7 +24,7 @@ const ROUTES = [
   { pattern: /^\/v1\/estimates$/, methods: ['POST'] },
   { pattern: /^\/v1\/usage$/, methods: ['GET'] },
   { pattern: /^\/v1\/generations$/, methods: ['GET', 'POST'] },
-  { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET'] },
+  { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET', 'DELETE'] },
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
   { pattern: /^\/v1\/generations\/[^/]+\/frames$/, methods: ['GET'] },
 ];

@@ -27,7 +27,7 @@ export async function generationFrames(
   now: Date,
 ): Promise<Array<{ index: number; step: number; url: string; expires_at: string }>> {
   const published = new Set(publishedIndices(job));
-  if (published.size === 0) return [];
+  if (published.size === 0 || job.deleted_at !== undefined) return [];
   const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
   const found: Array<{ index: number; step: number; key: string }> = [];
   let cursor: string | undefined;
@@ -83,8 +83,9 @@ export async function generationView(
   const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
   const checks = new Map((job.output_checks ?? []).map((c) => [c.index, c]));
   const indices = publishedIndices(job);
+  const deleted = job.deleted_at !== undefined;
   const outputs = await Promise.all(
-    job.outputs.map(async (output, k) => {
+    (deleted ? [] : job.outputs).map(async (output, k) => {
       const flags = checks.get(indices[k]!)?.flags;
       return {
         index: indices[k]!,
@@ -110,7 +111,7 @@ export async function generationView(
     progress: { step: job.progress.step, total: job.progress.total },
     cancel_requested: job.cancel_requested,
     outputs,
-    outputs_expire_at: outputsExpireAt(job, options.outputRetentionDays),
+    outputs_expire_at: deleted ? null : outputsExpireAt(job, options.outputRetentionDays),
     withheld_outputs: withheld,
     error: job.error,
     usage: { ...job.usage, cost_usd: options.workerHourlyUsd === undefined ? null : costUsd(job.usage.worker_seconds, options.workerHourlyUsd) },
@@ -118,6 +119,7 @@ export async function generationView(
     request: job.spec,
     content_flags: job.content_flags ?? [],
     metadata: job.metadata ?? {},
+    deleted_at: job.deleted_at ?? null,
     webhook: w
       ? {
           url: w.url,

@@ -89,13 +89,14 @@ export class ApiStack extends Stack {
 
     // Least privilege, per prefix. The API creates and updates job records (cancel,
     // idempotency), marks a new job's message pending until it is sent, reads API keys, signs PUT
-    // URLs for uploads and GET URLs for outputs. Its one delete is of its own pending markers; it
-    // never writes keys (the `clipag keys` CLI does that).
+    // URLs for uploads and GET URLs for outputs. It deletes only its own pending markers and the
+    // outputs of a generation its owner deletes; it never writes keys (the `clipag keys` CLI does that).
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.pending, ['write', 'delete']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.keys, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.uploads, ['read', 'write']);
-    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read']);
+    // Delete: DELETE /v1/generations/{id} removes the caller's images and frames.
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read', 'delete']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.stats, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.usage, ['read']);

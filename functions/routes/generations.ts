@@ -5,10 +5,11 @@ import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
-import { newJobRecord } from '../../shared/schemas/job.ts';
+import { deletedRecord, isTerminal, newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending } from '../../shared/pending.ts';
+import { deletePrefix } from '../../shared/prefix.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateSeconds, readRunSamples, runStartOf } from '../../shared/run-stats.ts';
@@ -91,6 +92,20 @@ const listFrames = createRoute({
   request: { params: IdParam },
   responses: {
     200: { description: 'The frames, by image index and step', content: { 'application/json': { schema: GenerationFrameList } } },
+    ...pick(400, 401, 404, 409, 503),
+  },
+});
+
+const deleteGeneration = createRoute({
+  method: 'delete',
+  path: '/v1/generations/{id}',
+  summary: "Delete a finished generation's images and frames, and blank its prompts and labels (idempotent)",
+  description:
+    'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`. 409 job_not_finished while it is queued or running.',
+  security: SECURITY,
+  request: { params: IdParam },
+  responses: {
+    200: { description: 'The generation as it now stands', content: { 'application/json': { schema: GenerationView } } },
     ...pick(400, 401, 404, 409, 503),
   },
 });
@@ -392,6 +407,29 @@ export function registerGenerationRoutes(
     const job = await jobs.get(c.get('owner'), id);
     if (!job) throw new NotFoundError(`no generation ${id}`);
     return c.json({ object: 'list' as const, data: await generationFrames(job, blobs, limits.signedUrlTtlSec, ctx.clock()) }, 200);
+  });
+
+  app.openapi(deleteGeneration, async (c) => {
+    const { id } = c.req.valid('param');
+    const owner = c.get('owner');
+    const now = ctx.clock().toISOString();
+    let job: JobRecord;
+    try {
+      // The record first: once it says deleted, no view links an image, and a retry after a failed
+      // delete of the objects below finishes the job.
+      job = await jobs.update(owner, id, (cur) => {
+        if (!isTerminal(cur.status)) {
+          throw new ConflictError(`generation ${id} is ${cur.status}; cancel it, and delete it once it has ended`, { code: 'job_not_finished' });
+        }
+        return cur.deleted_at !== undefined ? null : deletedRecord(cur, now);
+      }, { retries: CANCEL_RETRIES });
+    } catch (error) {
+      if (error instanceof NotFoundError) throw new NotFoundError(`no generation ${id}`);
+      if (error instanceof PreconditionFailedError) throw new RetryableError('the generation is being updated; retry the delete', { code: 'busy', cause: error });
+      throw error;
+    }
+    await deletePrefix(blobs, `outputs/${owner}/${id}/`);
+    return c.json(await view(job), 200);
   });
 
   app.openapi(cancelGeneration, async (c) => {

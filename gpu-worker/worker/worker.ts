@@ -3,6 +3,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { forEachLimited } from '../../shared/concurrency.ts';
+import { deletePrefix } from '../../shared/prefix.ts';
 import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
@@ -354,15 +355,6 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     deps.webhooks?.notify(msg.owner, msg.job_id);
   }
 
-  async function deletePrefix(prefix: string): Promise<void> {
-    let cursor: string | undefined;
-    do {
-      const page = await blobs.list(prefix, cursor ? { cursor } : {});
-      for (const item of page.items) await blobs.delete(item.key);
-      cursor = page.cursor;
-    } while (cursor);
-  }
-
   async function markCanceled(msg: QueueMessage, progress?: JobRecord['progress']): Promise<JobRecord> {
     return jobs.update(msg.owner, msg.job_id, (cur) =>
       isTerminal(cur.status) ? null : { ...cur, status: 'canceled', finished_at: iso(), ...(progress ? { progress } : {}) },
@@ -589,7 +581,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (withheld.has(image.index)) {
           // An earlier attempt under another policy may have stored it and its frames: the record never
           // names them, but they go too.
-          writes.push(() => blobs.delete(key), () => deletePrefix(`${prefix}/frames/${image.index}/`));
+          writes.push(() => blobs.delete(key), () => deletePrefix(blobs, `${prefix}/frames/${image.index}/`));
           continue;
         }
         writes.push(() => blobs.put(key, image.png, { contentType: 'image/png' }));

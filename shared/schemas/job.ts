@@ -162,6 +162,12 @@ export const JobRecord = z
      * whose reply was lost is still recognised as its own.
      */
     webhook_claim: z.string().min(1).max(100).optional(),
+    /**
+     * When the caller deleted the generation (DELETE /v1/generations/{id}): its images and frames are
+     * gone, and its prompts, labels and flags are blanked. `outputs` and `usage` stay, for the usage
+     * audit; the view shows none of them.
+     */
+    deleted_at: Timestamp.optional(),
     /** The caller's own labels from the request (never interpreted); absent: none. */
     metadata: GenerationMetadata.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
@@ -181,6 +187,24 @@ export type JobWebhook = z.output<typeof JobWebhook>;
 export type ContentFlag = z.output<typeof ContentFlag>;
 export type OutputFlag = z.output<typeof OutputFlag>;
 export type OutputCheck = z.output<typeof OutputCheck>;
+
+/** What a deleted generation's record keeps of its prompts. */
+export const DELETED_TEXT = '[deleted]';
+
+/**
+ * The record of a deleted generation: what the caller wrote (prompts, labels) and what was read from
+ * it (flags, warnings) blanked; its outputs and usage kept for the owner's usage audit (ADR 0019).
+ */
+export function deletedRecord(job: JobRecord, at: string): JobRecord {
+  const { metadata: _labels, content_flags: _flags, warnings: _warnings, ...rest } = job;
+  const spec = {
+    ...job.spec,
+    ...(job.spec.prompt !== undefined ? { prompt: DELETED_TEXT } : {}),
+    ...(job.spec.prompts !== undefined ? { prompts: job.spec.prompts.map((p) => ({ ...p, text: DELETED_TEXT })) } : {}),
+    ...(job.spec.negative_prompt !== undefined ? { negative_prompt: DELETED_TEXT } : {}),
+  };
+  return { ...rest, spec, deleted_at: job.deleted_at ?? at };
+}
 
 /** A fresh `queued` record for a validated spec. */
 export function newJobRecord(args: {

@@ -80,6 +80,9 @@ export const GenerationView = z
     }),
     webhook: GenerationWebhookView.nullable(),
     metadata: GenerationMetadata.openapi({ description: 'Your labels from the request; {} when none' }),
+    deleted_at: Timestamp.nullable().openapi({
+      description: 'When you deleted the generation: its images and frames are gone, and its prompts, labels and flags blanked. Usage stays.',
+    }),
   })
   .openapi('Generation');
 export type GenerationView = z.output<typeof GenerationView>;

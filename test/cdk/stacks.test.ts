@@ -489,7 +489,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     return out.sort();
   }
 
-  it('gives the Lambda exactly its prefixes: no deletes but of its pending markers, no writes to keys/ or outputs/', () => {
+  it('gives the Lambda exactly its prefixes: no deletes but of its pending markers and of outputs (DELETE /v1/generations/{id}), no writes to keys/ or outputs/', () => {
     expect(s3Grants(api, 'HandlerServiceRoleDefaultPolicy')).toEqual(
       [
         's3:GetObject jobs/*',
@@ -500,6 +500,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:GetObject uploads/*',
         's3:PutObject uploads/*',
         's3:GetObject outputs/*',
+        's3:DeleteObject outputs/*',
         's3:GetObject models/*',
         's3:GetObject stats/*',
         's3:GetObject usage/*',

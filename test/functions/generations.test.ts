@@ -6,6 +6,7 @@ import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { createApp } from '../../functions/app.ts';
 import { uploadKey } from '../../shared/keys.ts';
+import { usageOfRecord } from '../../shared/usage.ts';
 import { expectEnvelope, harness, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -197,6 +198,39 @@ describe('another owner', () => {
     expect(err.message).not.toContain('acct_alice');
     const list = (await (await h.request('/v1/generations', { key: h.bob })).json()) as { data: unknown[] };
     expect(list.data).toEqual([]);
+  });
+});
+
+describe('DELETE /v1/generations/{id}', () => {
+  it("removes a finished generation's images and frames and blanks what the caller wrote; the record and its usage stay; idempotent", async () => {
+    const created = (await (await post({ prompts: [{ text: 'a red apple', weight: 1 }, { text: 'a pear', weight: 0.5 }], negative_prompt: 'blurry', n: 2, metadata: { order: 'A-7' } })).json()) as { id: string };
+    const id = created.id;
+    await expectEnvelope(await h.request(`/v1/generations/${id}`, { method: 'DELETE' }), 409, 'job_not_finished'); // queued: cancel first
+    const keys = [0, 1].map((i) => `outputs/acct_alice/${id}/${i}.png`);
+    for (const key of [...keys, `outputs/acct_alice/${id}/frames/0/0000.png`]) await h.blobs.put(key, new Uint8Array([1]), { contentType: 'image/png' });
+    await h.blobs.put(`outputs/acct_alice/other-job/0.png`, new Uint8Array([2]), { contentType: 'image/png' });
+    await h.jobs.update('acct_alice', id, (cur) => ({
+      ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(),
+      outputs: keys.map((key) => ({ key, width: 224, height: 224 })), usage: { encoder_passes: 80, worker_seconds: 4 },
+      warnings: ['"pear": not known'], content_flags: [{ rule: 'r', category: 'bias', term: 'apple', message: 'm', param: 'prompts.0.text' }],
+    }));
+    const res = await h.request(`/v1/generations/${id}`, { method: 'DELETE' });
+    expect(res.status).toBe(200);
+    const view = (await res.json()) as any;
+    expect(view).toMatchObject({ status: 'succeeded', outputs: [], outputs_expire_at: null, warnings: [], content_flags: [], metadata: {}, deleted_at: expect.any(String) });
+    expect(view.request).toMatchObject({ prompts: [{ text: '[deleted]', weight: 1 }, { text: '[deleted]', weight: 0.5 }], negative_prompt: '[deleted]', n: 2 });
+    expect(view.usage).toMatchObject({ encoder_passes: 80, worker_seconds: 4 });
+    expect(JSON.stringify(await h.jobs.get('acct_alice', id))).not.toMatch(/apple|pear|blurry|A-7/);
+    expect((await h.blobs.list(`outputs/acct_alice/${id}/`)).items).toEqual([]);
+    expect(await h.blobs.get('outputs/acct_alice/other-job/0.png')).not.toBeNull(); // only its own
+    expect(((await (await h.request(`/v1/generations/${id}/frames`)).json()) as any).data).toEqual([]);
+    // Still in the list, as deleted; a second DELETE answers the same; the record keeps what the usage audit reads.
+    expect(((await (await h.request('/v1/generations')).json()) as any).data.find((g: any) => g.id === id).deleted_at).toBe(view.deleted_at);
+    const again = await h.request(`/v1/generations/${id}`, { method: 'DELETE' });
+    expect([again.status, ((await again.json()) as any).deleted_at]).toEqual([200, view.deleted_at]);
+    expect(usageOfRecord((await h.jobs.get('acct_alice', id))!)).toMatchObject({ images: 2, workerSeconds: 4 });
+    // Another owner's id is a 404; so is an unknown one.
+    await expectEnvelope(await h.request(`/v1/generations/${id}`, { method: 'DELETE', key: h.bob }), 404, 'not_found');
   });
 });
 

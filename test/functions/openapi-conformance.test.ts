@@ -81,5 +81,7 @@ describe('responses conform to /openapi.json', () => {
     expect(refused.status).toBe(400);
     check('/v1/generations', 'post', 400, refused.body);
     check('/v1/generations/{id}', 'get', 404, (await call('/v1/generations/nope')).body);
+    check('/v1/generations/{id}', 'delete', 200, (await call(`/v1/generations/${id}`, { method: 'DELETE' })).body);
+    check('/v1/generations/{id}', 'delete', 409, (await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a green star' }) }).then((r) => call(`/v1/generations/${(r.body as { id: string }).id}`, { method: 'DELETE' }))).body);
   });
 });
