@@ -305,6 +305,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * If the send fails the message is released instead, which spends a delivery but loses nothing.
    */
   async function requeue(m: ReceivedMessage, reason: string): Promise<void> {
+    // The fresh copy lives the queue's whole retention again: stamp the job first, so the queued-job
+    // sweep never takes it for one no message can reach (ADR 0012). Best effort: a record that cannot
+    // be read or written must not keep the message from going back.
+    try {
+      const msg = parseQueueMessage(m.body);
+      await jobs.update(msg.owner, msg.job_id, (cur) => (isTerminal(cur.status) ? null : { ...cur, enqueued_at: iso() }));
+    } catch (error) {
+      log.warn('requeue: the job record could not be stamped', { messageId: m.messageId, error: describe(error) });
+    }
     try {
       await queue.send(m.body);
     } catch (error) {
@@ -365,14 +374,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     return jobs.update(msg.owner, msg.job_id, (cur) => (isTerminal(cur.status) ? null : { ...cur, status: 'failed', finished_at: iso(), error }));
   }
 
-  /**
-   * Back to `queued` for the next delivery: the record must not claim a run that nobody is doing.
-   * `enqueued_at` is stamped because a requeue sends a fresh copy of the message: the queued-job
-   * sweep counts the queue's retention from it (a stamp later than the send only delays an expiry).
-   */
+  /** Back to `queued` for the next delivery: the record must not claim a run that nobody is doing. */
   async function markQueued(msg: QueueMessage, attempt: number): Promise<void> {
     await jobs.update(msg.owner, msg.job_id, (cur) =>
-      isTerminal(cur.status) || cur.attempts !== attempt ? null : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total }, enqueued_at: iso() },
+      isTerminal(cur.status) || cur.attempts !== attempt ? null : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total } },
     );
   }
 

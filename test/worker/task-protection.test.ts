@@ -17,7 +17,7 @@ afterEach(async () => {
 });
 
 /** A stand-in for `$ECS_AGENT_URI/task-protection/v1/state` that records every request. */
-async function fakeAgent(answer: (body: Record<string, unknown>) => { status: number; body: unknown } = (b) => ({ status: 200, body: { protection: { ProtectionEnabled: b.ProtectionEnabled } } })) {
+async function fakeAgent(answer: (body: Record<string, unknown>) => { status: number; body: unknown } = (b) => ({ status: 200, body: { protection: { ProtectionEnabled: b.ProtectionEnabled } } }), delayMs = 0) {
   const requests: { method: string; path: string; body: Record<string, unknown> }[] = [];
   const server = createServer(async (req: IncomingMessage, res) => {
     let text = '';
@@ -25,6 +25,7 @@ async function fakeAgent(answer: (body: Record<string, unknown>) => { status: nu
     const body = JSON.parse(text || '{}') as Record<string, unknown>;
     requests.push({ method: req.method ?? '', path: req.url ?? '', body });
     const a = answer(body);
+    if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
     res.writeHead(a.status, { 'content-type': 'application/json' }).end(JSON.stringify(a.body));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
@@ -83,6 +84,22 @@ describe('ECS task scale-in protection', () => {
     const b = start(env, { run: async () => done(6) }, 'http://127.0.0.1:1/unreachable');
     expect((await waitForStatus(env, job2.id, ['succeeded', 'failed'])).status).toBe('succeeded');
     expect(b.logs).toContainEqual(expect.objectContaining({ msg: 'task scale-in protection not updated', fields: expect.objectContaining({ enabled: true }) }));
+  });
+
+  it('a message received as the worker stops goes straight back as a fresh copy, and its job is stamped with that send', async () => {
+    const env = await makeEnv();
+    const agent = await fakeAgent(undefined, 400);
+    const job = await submit(env, { steps: 6 });
+    const w = start(env, { run: async () => done(6) }, agent.uri);
+    await waitFor('the protection call', () => agent.requests.length > 0);
+    const before = Date.now();
+    await w.worker.stop(); // lands while the protection call is in flight: the job must not start
+    const rec = (await env.jobs.get(job.owner, job.id))!;
+    expect([rec.status, rec.attempts]).toEqual(['queued', 0]);
+    // The queued-job sweep counts the queue's retention from this stamp (ADR 0012): the copy is as new.
+    expect(Date.parse(rec.enqueued_at!)).toBeGreaterThanOrEqual(before);
+    const [again] = await env.queue.receive({ waitSec: 0 });
+    expect([again?.receiveCount, JSON.parse(again!.body).job_id]).toEqual([1, job.id]);
   });
 
   it('config: ECS_AGENT_URI (injected by ECS) is read in AWS mode', () => {
