@@ -117,42 +117,27 @@ export function usageFromRecords(records: Iterable<JobRecord>, month: string): {
   return { days: Object.keys(days).sort().map((date) => ({ date, ...days[date]! })), jobs: counted.map((c) => c.id) };
 }
 
-/** A rebuild gave up: jobs kept ending between its scan of the records and its write. */
-export class UsageRebuildRaceError extends Error {}
-
 /**
  * Replaces the owner's month with what the job records show (the repair for a document that does not
- * read, or that missed jobs whose adds failed). The write is conditional on the document it replaces;
- * when that document counts a job the scan did not (it ended after the scan), the records are scanned
- * again, up to `tries` times. A job that ends after the write is added by its worker as usual: its id
- * is not among the rebuilt document's counted jobs.
+ * read, or that missed jobs whose adds failed), then catches up: a second scan adds, as their workers
+ * would have, the month's jobs the first scan did not count (they ended in between, and their adds
+ * either failed on the unreadable document or were overwritten). The rebuilt document keeps the
+ * counted jobs' ids, and every add is once per job, so a worker's add landing at the same time counts
+ * once. A job ending after the second scan is added by its worker as usual.
  */
-export async function rebuildUsage(blobs: BlobStore, owner: string, month: string, scan: () => Promise<JobScan>, tries = 3): Promise<Array<DayUsage & { date: string }>> {
+export async function rebuildUsage(blobs: BlobStore, owner: string, month: string, scan: () => Promise<JobScan>): Promise<Array<DayUsage & { date: string }>> {
   const key = usageKey(owner, month);
-  for (let attempt = 1; ; attempt++) {
-    const seen = await scan();
-    const rebuilt = usageFromRecords(seen.records, month);
-    const counted = new Set(rebuilt.jobs);
-    const skipped = new Set(seen.unreadable);
-    let stale = false;
-    await updateDocument(blobs, key, (current) => {
-      stale = false;
-      if (current) {
-        let recent: string[] = [];
-        try {
-          recent = parse(current, key, month).recent_jobs;
-        } catch (error) {
-          if (!(error instanceof CorruptDocumentError)) throw error; // an unreadable one is what is being repaired
-        }
-        stale = recent.some((id) => !counted.has(id) && !skipped.has(id));
-        if (stale) return null;
-      }
-      const days = Object.fromEntries(rebuilt.days.map(({ date, ...d }) => [date, d]));
-      return Buffer.from(JSON.stringify({ v: 1, days, recent_jobs: rebuilt.jobs.slice(-RECENT_JOBS_KEPT) }));
-    });
-    if (!stale) return rebuilt.days;
-    if (attempt >= tries) throw new UsageRebuildRaceError(`${key}: jobs kept ending during the rebuild (${tries} scans); run it again`);
+  const rebuilt = usageFromRecords((await scan()).records, month);
+  const days = Object.fromEntries(rebuilt.days.map(({ date, ...d }) => [date, d]));
+  const body = Buffer.from(JSON.stringify({ v: 1, days, recent_jobs: rebuilt.jobs.slice(-RECENT_JOBS_KEPT) }));
+  // Whatever is there, readable or not, is replaced (conditionally on what was read: a racing add re-reads).
+  await updateDocument(blobs, key, () => body);
+  const counted = new Set(rebuilt.jobs);
+  for (const job of (await scan()).records) {
+    const used = usageOfRecord(job);
+    if (used && used.day.startsWith(`${month}-`) && !counted.has(job.id)) await recordUsage(blobs, owner, job.id, new Date(job.finished_at!), used);
   }
+  return readUsage(blobs, owner, month);
 }
 
 /** An owner's usage in a month, day by day (ascending); empty when nothing was recorded. */
