@@ -275,9 +275,12 @@ export function registerGenerationRoutes(
       // A job that failed to enqueue is not replayed from here: its retry would queue it again, which
       // is a new job as far as the policy and the limit are concerned.
       if (!earlier || (earlier.status === 'failed' && earlier.error?.code === 'enqueue_failed')) throw error;
-      c.header('Location', `/v1/generations/${earlier.id}`);
+      // As in the replay below: long queued and never started, its message may have been lost (this
+      // path runs at the active-job limit, just when an owner's jobs wait).
+      const job = (await resendIfLongQueued(queuedJobDeps, earlier)).job;
+      c.header('Location', `/v1/generations/${job.id}`);
       c.header('Idempotent-Replayed', 'true');
-      return c.json(await createdView(earlier), 200);
+      return c.json(await createdView(job), 200);
     }
     if (idempotencyKey !== undefined) {
       const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });

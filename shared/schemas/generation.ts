@@ -103,11 +103,27 @@ export const METADATA_MAX_KEYS = 16;
 export const METADATA_MAX_KEY_CHARS = 40;
 export const METADATA_MAX_VALUE_CHARS = 500;
 
+/**
+ * Labels as stored and shown: loose bounds only, so that a later version that allows more (keys,
+ * longer values) does not make its records unreadable to an older one (the request checks the limits).
+ */
+export const StoredMetadata = z.record(z.string().max(1000), z.string().max(100_000));
+
 /** The caller's own labels for a generation (its ids, a batch name): stored and returned as given, never read by clipag. */
 export const GenerationMetadata = z
-  .record(
-    z.string().min(1).max(METADATA_MAX_KEY_CHARS).regex(/^[A-Za-z0-9_.-]+$/, 'metadata keys are letters, digits, "_", "." and "-"'),
-    z.string().max(METADATA_MAX_VALUE_CHARS),
+  .preprocess(
+    (v, ctx) => {
+      // An own "__proto__" key survives JSON.parse, but a record's parse drops it unseen: refuse it
+      // rather than answer labels other than those sent.
+      if (v !== null && typeof v === 'object' && Object.prototype.hasOwnProperty.call(v, '__proto__')) {
+        ctx.issues.push({ code: 'custom', message: 'metadata key "__proto__" is reserved', path: ['__proto__'], input: v });
+      }
+      return v;
+    },
+    z.record(
+      z.string().min(1).max(METADATA_MAX_KEY_CHARS).regex(/^[A-Za-z0-9_.-]+$/, 'metadata keys are letters, digits, "_", "." and "-"'),
+      z.string().max(METADATA_MAX_VALUE_CHARS),
+    ),
   )
   .refine((m) => Object.keys(m).length <= METADATA_MAX_KEYS, { message: `at most ${METADATA_MAX_KEYS} metadata keys` })
   .openapi('GenerationMetadata', {

@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { OwnerId, ResourceId, Timestamp } from './common.ts';
-import { GenerationMetadata, GenerationSpec, MAX_IMAGES } from './generation.ts';
+import { GenerationSpec, MAX_IMAGES, StoredMetadata } from './generation.ts';
 import { isValidKey } from '../keys.ts';
 import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES } from '../prompt-policy.ts';
 
@@ -169,7 +169,7 @@ export const JobRecord = z
      */
     deleted_at: Timestamp.optional(),
     /** The caller's own labels from the request (never interpreted); absent: none. */
-    metadata: GenerationMetadata.optional(),
+    metadata: StoredMetadata.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })

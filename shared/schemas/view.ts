@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { ResourceId, Timestamp } from './common.ts';
-import { GenerationMetadata, GenerationSpec } from './generation.ts';
+import { GenerationSpec, StoredMetadata } from './generation.ts';
 import { ContentFlag, JobError, JobStatus, JobUsage, OutputFlag } from './job.ts';
 
 // The public view of a job: what GET /v1/generations/{id} answers and what a webhook carries.
@@ -79,7 +79,7 @@ export const GenerationView = z
       description: 'What the prompt policy flagged: copyright, trademark, likeness or bias risks the caller should review before use. Empty when none.',
     }),
     webhook: GenerationWebhookView.nullable(),
-    metadata: GenerationMetadata.openapi({ description: 'Your labels from the request; {} when none' }),
+    metadata: StoredMetadata.openapi({ description: 'Your labels from the request; {} when none' }),
     deleted_at: Timestamp.nullable().openapi({
       description: 'When you deleted the generation: its images and frames are gone, and its prompts, labels and flags blanked. Usage stays.',
     }),

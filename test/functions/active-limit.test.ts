@@ -1,7 +1,7 @@
 // The per-owner limit of active (queued or running) generations (ADR 0016).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { RESEND_AFTER_MS, sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { expectEnvelope, harness, LIMITS, queueWithOutage, type Harness } from './helpers.ts';
@@ -91,6 +91,19 @@ describe('active generations per owner', () => {
     await expectEnvelope(await post(app, { prompt: 'a' }, 'k-a'), 429, 'too_many_active_jobs');
     // A key used with another body is a 409 whatever the count: waiting would not help.
     await expectEnvelope(await post(app, { prompt: 'other' }, 'k-a'), 409, 'idempotency_key_reused');
+  });
+
+  it('at the limit, a replay of a job queued long and never started sends its lost message again', async () => {
+    let offsetMs = 0;
+    const app = createApp({ ...h.deps, clock: () => new Date(Date.now() + offsetMs), limits: { ...LIMITS, maxActiveJobs: 1 } });
+    const { id } = (await (await post(app, { prompt: 'a' }, 'k-lost')).json()) as { id: string };
+    const [lost] = await h.queue.receive({ waitSec: 0 });
+    await h.queue.ack(lost!.receipt); // the message is gone; the job still waits, holding the owner's one place
+    offsetMs = RESEND_AFTER_MS + 1000;
+    const retry = await post(app, { prompt: 'a' }, 'k-lost');
+    expect([retry.status, ((await retry.json()) as { id: string }).id]).toEqual([200, id]);
+    const [again] = await h.queue.receive({ waitSec: 0 });
+    expect(again && JSON.parse(again.body).job_id).toBe(id);
   });
 
   it('a sweep that removes a marker just as a retry re-queues its job puts it back', async () => {

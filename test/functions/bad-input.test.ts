@@ -48,6 +48,7 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     ['metadata value not a string', { prompt: 'a', metadata: { order: 42 } }, 'metadata.order'],
     ['metadata value too long', { prompt: 'a', metadata: { note: 'x'.repeat(501) } }, 'metadata.note'],
     ['metadata key with a space', { prompt: 'a', metadata: { 'order id': '1' } }, 'metadata.order id'],
+    ['a metadata key that JSON.parse keeps and a record drops', JSON.parse('{"prompt": "a", "metadata": {"__proto__": "x", "b": "c"}}'), 'metadata.__proto__'],
     ['metadata with 17 keys', { prompt: 'a', metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, 'v'])) }, 'metadata'],
   ];
   for (const [name, body, param] of cases) {
