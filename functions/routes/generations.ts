@@ -13,6 +13,7 @@ import { deletePrefix } from '../../shared/prefix.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateSeconds, readRunSamples, runStartOf } from '../../shared/run-stats.ts';
+import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
@@ -71,44 +72,51 @@ const createEstimate = createRoute({
   },
 });
 
-const getGeneration = createRoute({
-  method: 'get',
-  path: '/v1/generations/{id}',
-  summary: 'A generation: status, progress, signed output URLs, usage',
-  security: SECURITY,
-  request: { params: IdParam },
-  responses: {
-    200: { description: 'The generation', content: { 'application/json': { schema: GenerationView } } },
-    ...pick(400, 401, 404, 409, 503),
-  },
-});
+/** A route on one of the caller's generations: its id in the path, answered with one JSON body or the same errors. */
+function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, S extends z.ZodType>(
+  method: M,
+  path: P,
+  doc: { summary: string; description?: string; ok: string },
+  schema: S,
+) {
+  return createRoute({
+    method,
+    path,
+    summary: doc.summary,
+    ...(doc.description ? { description: doc.description } : {}),
+    security: SECURITY,
+    request: { params: IdParam },
+    responses: {
+      200: { description: doc.ok, content: { 'application/json': { schema } } },
+      ...pick(400, 401, 404, 409, 503),
+    },
+  });
+}
 
-const listFrames = createRoute({
-  method: 'get',
-  path: '/v1/generations/{id}/frames',
-  summary: "A generation's progress frames: each published image every 10 steps (the recipe's frame_every), as signed URLs",
-  description: 'Stored with the images when the run ends: empty while it is queued or running, and for a withheld image. A frame has the size of its optimization stage (a large image starts smaller). They expire with the outputs.',
-  security: SECURITY,
-  request: { params: IdParam },
-  responses: {
-    200: { description: 'The frames, by image index and step', content: { 'application/json': { schema: GenerationFrameList } } },
-    ...pick(400, 401, 404, 409, 503),
-  },
-});
+const getGeneration = generationRoute('get', '/v1/generations/{id}', { summary: 'A generation: status, progress, signed output URLs, usage', ok: 'The generation' }, GenerationView);
 
-const deleteGeneration = createRoute({
-  method: 'delete',
-  path: '/v1/generations/{id}',
-  summary: "Delete a finished generation's images and frames, and blank its prompts and labels (idempotent)",
-  description:
-    'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`. 409 job_not_finished while it is queued or running.',
-  security: SECURITY,
-  request: { params: IdParam },
-  responses: {
-    200: { description: 'The generation as it now stands', content: { 'application/json': { schema: GenerationView } } },
-    ...pick(400, 401, 404, 409, 503),
+const listFrames = generationRoute(
+  'get',
+  '/v1/generations/{id}/frames',
+  {
+    summary: "A generation's progress frames: each published image every 10 steps (the recipe's frame_every), as signed URLs",
+    description: 'Stored with the images when the run ends: empty while it is queued or running, and for a withheld image. A frame has the size of its optimization stage (a large image starts smaller). They expire with the outputs.',
+    ok: 'The frames, by image index and step',
   },
-});
+  GenerationFrameList,
+);
+
+const deleteGeneration = generationRoute(
+  'delete',
+  '/v1/generations/{id}',
+  {
+    summary: "Delete a finished generation's images and frames, and blank its prompts and labels (idempotent)",
+    description:
+      'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`. 409 job_not_finished while it is queued or running.',
+    ok: 'The generation as it now stands',
+  },
+  GenerationView,
+);
 
 const listGenerations = createRoute({
   method: 'get',
@@ -122,18 +130,16 @@ const listGenerations = createRoute({
   },
 });
 
-const cancelGeneration = createRoute({
-  method: 'post',
-  path: '/v1/generations/{id}/cancel',
-  summary: 'Cancel a generation (idempotent)',
-  description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. 409 for succeeded or failed jobs.',
-  security: SECURITY,
-  request: { params: IdParam },
-  responses: {
-    200: { description: 'The generation after the cancel', content: { 'application/json': { schema: GenerationView } } },
-    ...pick(400, 401, 404, 409, 503),
+const cancelGeneration = generationRoute(
+  'post',
+  '/v1/generations/{id}/cancel',
+  {
+    summary: 'Cancel a generation (idempotent)',
+    description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. 409 for succeeded or failed jobs.',
+    ok: 'The generation after the cancel',
   },
-});
+  GenerationView,
+);
 
 export function registerGenerationRoutes(
   app: OpenAPIHono<AppEnv>,
@@ -245,6 +251,21 @@ export function registerGenerationRoutes(
     // Sent: the marker's work is done. Without this delete every job waiting over 5 minutes in a
     // backlog would be sent again by the sweep.
     await clearPending(blobs, 'msg', job.owner, job.id);
+  }
+
+  /**
+   * A caller's change to one of its generations: a versioned read-modify-write, so a concurrent
+   * progress write makes it re-read and re-apply. Another owner's id is a 404; a job so busy that every
+   * try lost its race is a 503 `busy` (nothing was written; the caller can simply retry).
+   */
+  async function callerUpdate(owner: string, id: string, action: 'cancel' | 'delete', mutate: JobMutation): Promise<JobRecord> {
+    try {
+      return await jobs.update(owner, id, mutate, { retries: CANCEL_RETRIES });
+    } catch (error) {
+      if (error instanceof NotFoundError) throw new NotFoundError(`no generation ${id}`);
+      if (error instanceof PreconditionFailedError) throw new RetryableError(`the generation is being updated; retry the ${action}`, { code: 'busy', cause: error });
+      throw error;
+    }
   }
 
   app.openapi(createGeneration, async (c) => {
@@ -416,21 +437,14 @@ export function registerGenerationRoutes(
     const { id } = c.req.valid('param');
     const owner = c.get('owner');
     const now = ctx.clock().toISOString();
-    let job: JobRecord;
-    try {
-      // The record first: once it says deleted, no view links an image, and a retry after a failed
-      // delete of the objects below finishes the job.
-      job = await jobs.update(owner, id, (cur) => {
-        if (!isTerminal(cur.status)) {
-          throw new ConflictError(`generation ${id} is ${cur.status}; cancel it, and delete it once it has ended`, { code: 'job_not_finished' });
-        }
-        return cur.deleted_at !== undefined ? null : deletedRecord(cur, now);
-      }, { retries: CANCEL_RETRIES });
-    } catch (error) {
-      if (error instanceof NotFoundError) throw new NotFoundError(`no generation ${id}`);
-      if (error instanceof PreconditionFailedError) throw new RetryableError('the generation is being updated; retry the delete', { code: 'busy', cause: error });
-      throw error;
-    }
+    // The record first: once it says deleted, no view links an image, and a retry after a failed
+    // delete of the objects below finishes the job.
+    const job = await callerUpdate(owner, id, 'delete', (cur) => {
+      if (!isTerminal(cur.status)) {
+        throw new ConflictError(`generation ${id} is ${cur.status}; cancel it, and delete it once it has ended`, { code: 'job_not_finished' });
+      }
+      return cur.deleted_at !== undefined ? null : deletedRecord(cur, now);
+    });
     await deletePrefix(blobs, `outputs/${owner}/${id}/`);
     return c.json(await view(job), 200);
   });
@@ -439,30 +453,19 @@ export function registerGenerationRoutes(
     const { id } = c.req.valid('param');
     const owner = c.get('owner');
     const now = ctx.clock().toISOString();
-    let job: JobRecord;
-    try {
-      // Versioned read-modify-write: a concurrent progress write makes this re-read and re-apply.
-      job = await jobs.update(owner, id, (cur) => {
-        switch (cur.status) {
-          case 'canceled':
-            return null;
-          case 'succeeded':
-          case 'failed':
-            throw new ConflictError(`generation ${id} already ${cur.status}`, { code: 'job_terminal' });
-          case 'queued':
-            return { ...cur, status: 'canceled', cancel_requested: true, finished_at: now };
-          case 'running':
-            return cur.cancel_requested ? null : { ...cur, cancel_requested: true };
-        }
-      }, { retries: CANCEL_RETRIES });
-    } catch (error) {
-      if (error instanceof NotFoundError) throw new NotFoundError(`no generation ${id}`);
-      if (error instanceof PreconditionFailedError) {
-        // Lost every race (a very busy job): nothing was written; the caller can simply retry.
-        throw new RetryableError('the generation is being updated; retry the cancel', { code: 'busy', cause: error });
+    const job = await callerUpdate(owner, id, 'cancel', (cur) => {
+      switch (cur.status) {
+        case 'canceled':
+          return null;
+        case 'succeeded':
+        case 'failed':
+          throw new ConflictError(`generation ${id} already ${cur.status}`, { code: 'job_terminal' });
+        case 'queued':
+          return { ...cur, status: 'canceled', cancel_requested: true, finished_at: now };
+        case 'running':
+          return cur.cancel_requested ? null : { ...cur, cancel_requested: true };
       }
-      throw error;
-    }
+    });
     // Canceled while queued: it no longer counts against its owner (a running one is the worker's to end).
     if (job.status === 'canceled') await clearPending(blobs, 'active', owner, id);
     return c.json(await view(job), 200);
