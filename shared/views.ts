@@ -4,6 +4,15 @@ import { imageSeed } from './schemas/generation.ts';
 import type { JobRecord } from './schemas/job.ts';
 import type { GenerationView } from './schemas/view.ts';
 
+/**
+ * The `expires_at` of links signed from `now`. Signatures carry whole seconds (S3's X-Amz-Date, the
+ * local `expires`), taken at or after `now`: the floored second is the earliest a link can expire, so
+ * it never dies before its expires_at.
+ */
+function linkExpiry(now: Date, ttlSec: number): string {
+  return new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
+}
+
 /** The image index of each of `job.outputs`: the published images in index order; a withheld one (ADR 0017) leaves a gap. */
 function publishedIndices(job: JobRecord): number[] {
   const withheld = new Set((job.output_checks ?? []).filter((c) => c.withheld).map((c) => c.index));
@@ -28,7 +37,7 @@ export async function generationFrames(
 ): Promise<Array<{ index: number; step: number; url: string; expires_at: string }>> {
   const published = new Set(publishedIndices(job));
   if (published.size === 0 || job.deleted_at !== undefined) return [];
-  const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
+  const expiresAt = linkExpiry(now, ttlSec);
   const found: Array<{ index: number; step: number; key: string }> = [];
   let cursor: string | undefined;
   do {
@@ -78,9 +87,7 @@ export async function generationView(
   now: Date,
   options: ViewOptions & { webhookSecret?: boolean } = {},
 ): Promise<GenerationView> {
-  // Signatures carry whole seconds (S3's X-Amz-Date, the local `expires`), taken at or after `now`:
-  // the floored second is the earliest a link can expire, so it never dies before its expires_at.
-  const expiresAt = new Date(Math.floor(now.getTime() / 1000) * 1000 + ttlSec * 1000).toISOString();
+  const expiresAt = linkExpiry(now, ttlSec);
   const checks = new Map((job.output_checks ?? []).map((c) => [c.index, c]));
   const indices = publishedIndices(job);
   const deleted = job.deleted_at !== undefined;

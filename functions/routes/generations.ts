@@ -147,10 +147,10 @@ export function registerGenerationRoutes(
   ctx: { clock: () => Date; ledger: IdempotencyLedger },
 ): void {
   const { blobs, jobs, queue, limits } = deps;
-  const price = viewOptionsFromConfig(limits); // the worker price and output retention the views show
-  const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), price);
+  const viewOptions = viewOptionsFromConfig(limits); // the worker price and output retention the views show
+  const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions);
   /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
-  const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...price, webhookSecret: true });
+  const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...viewOptions, webhookSecret: true });
   const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false };
   const promptPolicy = deps.promptPolicy ?? (async () => defaultPromptPolicy());
 
