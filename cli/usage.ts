@@ -142,11 +142,21 @@ function compare(ledger: Day[], records: Day[]): Array<{ date: string; ledger: F
 
 function sameFigures(a: Figures | undefined, b: Figures | undefined): boolean {
   if (!a || !b) return a === b;
-  return a.generations === b.generations && a.images === b.images && a.encoder_passes === b.encoder_passes && Math.round(a.worker_seconds * 1000) === Math.round(b.worker_seconds * 1000);
+  const ms = (s: number | undefined) => Math.round((s ?? 0) * 1000);
+  const micro = (usd: number | undefined) => Math.round((usd ?? 0) * 1e6);
+  return (
+    a.generations === b.generations &&
+    a.images === b.images &&
+    a.encoder_passes === b.encoder_passes &&
+    ms(a.worker_seconds) === ms(b.worker_seconds) &&
+    ms(a.priced_seconds) === ms(b.priced_seconds) &&
+    micro(a.priced_cost_usd) === micro(b.priced_cost_usd)
+  );
 }
 
 function formatFigures(f: Figures): string {
-  return `${f.generations} generation(s), ${f.images} image(s), ${f.worker_seconds} worker s, ${f.encoder_passes} encoder passes`;
+  const priced = f.priced_seconds !== undefined ? `, of which ${f.priced_seconds} s at their own price: $${f.priced_cost_usd}` : '';
+  return `${f.generations} generation(s), ${f.images} image(s), ${f.worker_seconds} worker s${priced}, ${f.encoder_passes} encoder passes`;
 }
 
 function formatDay(d: Day): string {

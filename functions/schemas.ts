@@ -117,7 +117,10 @@ const UsageFigures = {
   images: z.number().int().nonnegative().openapi({ description: 'Images made, withheld ones included (the compute was spent)' }),
   worker_seconds: z.number().nonnegative(),
   encoder_passes: z.number().int().nonnegative(),
-  cost_usd: z.number().nullable().openapi({ description: "worker_seconds at the deployment's hourly worker price (compute at list price, not an invoice); null where the deployment sets no price" }),
+  cost_usd: z.number().nullable().openapi({
+    description:
+      "Compute at list price, not an invoice: each generation at the deployment's hourly worker price when its run ended (its usage.hourly_usd), or at hourly_usd for one whose record kept no price; null where no price applies",
+  }),
 };
 
 export const UsageQuery = z.object({
@@ -134,6 +137,6 @@ export const UsageView = z
     month: z.string(),
     days: z.array(z.object({ date: z.string().openapi({ example: '2026-12-05' }), ...UsageFigures }).openapi('UsageDay')).openapi({ description: 'Days with usage, ascending (UTC, by when each generation ended)' }),
     total: z.object(UsageFigures).openapi('UsageTotal'),
-    hourly_usd: z.number().nullable(),
+    hourly_usd: z.number().nullable().openapi({ description: "The deployment's hourly worker price today; null where it sets none" }),
   })
   .openapi('Usage');

@@ -136,6 +136,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       maxReceives: config.maxReceives,
       receiveWaitSec: config.receiveWaitSec,
       jobTimeoutSec: config.jobTimeoutSec,
+      ...(config.workerHourlyUsd !== undefined ? { hourlyUsd: config.workerHourlyUsd } : {}),
       ...(maxSteps !== undefined ? { maxSteps } : {}),
       ...deps.worker,
     },

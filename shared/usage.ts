@@ -7,6 +7,7 @@ import { readDoc, updateDocument } from './documents.ts';
 import { CorruptDocumentError } from './errors.ts';
 import { usageKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
+import { costUsd } from './run-stats.ts';
 import type { JobRecord } from './schemas/job.ts';
 
 const DayUsage = z
@@ -17,8 +18,16 @@ const DayUsage = z
     images: z.number().int().nonnegative(),
     worker_seconds: z.number().finite().nonnegative(),
     encoder_passes: z.number().int().nonnegative(),
+    /**
+     * Of worker_seconds, those of jobs whose record kept their price (`hourly_usd`), and their cost at
+     * those prices: the day's cost stays what it was when the deployment's price changes. Absent: none
+     * (days written before prices were kept, or a deployment with no price).
+     */
+    priced_seconds: z.number().finite().nonnegative().optional(),
+    priced_cost_usd: z.number().finite().nonnegative().optional(),
   })
-  .strict();
+  .strict()
+  .refine((d) => (d.priced_seconds ?? 0) <= d.worker_seconds + 1e-9, { message: 'priced_seconds must not exceed worker_seconds' });
 export type DayUsage = z.output<typeof DayUsage>;
 
 /**
@@ -55,7 +64,7 @@ function parse(body: Uint8Array, key: string, month: string): z.output<typeof Us
  * Adds one generation's usage to its owner's day (UTC, of `at`), once per `jobId` (see
  * RECENT_JOBS_KEPT). A conditional read-modify-write: workers may race.
  */
-export async function recordUsage(blobs: BlobStore, owner: string, jobId: string, at: Date, used: { images: number; workerSeconds: number; encoderPasses: number }): Promise<void> {
+export async function recordUsage(blobs: BlobStore, owner: string, jobId: string, at: Date, used: Used): Promise<void> {
   const day = at.toISOString().slice(0, 10);
   const month = day.slice(0, 7);
   const key = usageKey(owner, month);
@@ -67,21 +76,41 @@ export async function recordUsage(blobs: BlobStore, owner: string, jobId: string
   });
 }
 
-interface Used {
+export interface Used {
   images: number;
   workerSeconds: number;
   encoderPasses: number;
+  /** The price the job's record kept (`hourly_usd`); absent: none kept. */
+  hourlyUsd?: number;
 }
+
+// Milliseconds and micro-dollars, as the records and views keep them: sums of many jobs stay exact.
+const ms = (seconds: number) => Math.round(seconds * 1000) / 1000;
+const micro = (usd: number) => Math.round(usd * 1e6) / 1e6;
 
 function addToDay(days: Record<string, DayUsage>, day: string, used: Used): void {
   const was = days[day] ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
+  const pricedSeconds = ms((was.priced_seconds ?? 0) + (used.hourlyUsd !== undefined ? used.workerSeconds : 0));
+  // Each job at its own price, rounded as its view shows it: the day is the sum of its jobs' costs.
+  const pricedCost = micro((was.priced_cost_usd ?? 0) + (used.hourlyUsd !== undefined ? costUsd(used.workerSeconds, used.hourlyUsd) : 0));
   days[day] = DayUsage.parse({
     generations: was.generations + 1,
     images: was.images + used.images,
-    // Milliseconds, as the job records keep them: sums of many jobs stay exact to the millisecond.
-    worker_seconds: Math.round((was.worker_seconds + used.workerSeconds) * 1000) / 1000,
+    worker_seconds: ms(was.worker_seconds + used.workerSeconds),
     encoder_passes: was.encoder_passes + used.encoderPasses,
+    ...(was.priced_seconds !== undefined || used.hourlyUsd !== undefined ? { priced_seconds: pricedSeconds, priced_cost_usd: pricedCost } : {}),
   });
+}
+
+/**
+ * A day's cost: its priced jobs at their own prices, the rest (jobs whose record kept no price) at
+ * today's `hourlyUsd`. Null when some seconds have no price and the deployment sets none.
+ */
+export function dayCostUsd(day: DayUsage, hourlyUsd: number | undefined): number | null {
+  const unpriced = ms(day.worker_seconds - (day.priced_seconds ?? 0));
+  if (day.priced_seconds === undefined && hourlyUsd === undefined) return null;
+  if (unpriced > 0 && hourlyUsd === undefined) return null;
+  return micro((day.priced_cost_usd ?? 0) + (unpriced > 0 ? costUsd(unpriced, hourlyUsd!) : 0));
 }
 
 /**
@@ -94,7 +123,13 @@ export function usageOfRecord(job: JobRecord): (Used & { day: string }) | null {
   const withheld = (job.output_checks ?? []).filter((c) => c.withheld).length;
   const allWithheld = job.status === 'failed' && job.error?.code === 'content_policy' && withheld > 0 && job.outputs.length === 0;
   if (job.status !== 'succeeded' && !allWithheld) return null;
-  return { day: job.finished_at.slice(0, 10), images: job.outputs.length + withheld, workerSeconds: job.usage.worker_seconds, encoderPasses: job.usage.encoder_passes };
+  return {
+    day: job.finished_at.slice(0, 10),
+    images: job.outputs.length + withheld,
+    workerSeconds: job.usage.worker_seconds,
+    encoderPasses: job.usage.encoder_passes,
+    ...(job.hourly_usd !== undefined ? { hourlyUsd: job.hourly_usd } : {}),
+  };
 }
 
 /** An owner's job records as one scan saw them: every readable one, and the ids of those that did not read. */

@@ -108,6 +108,8 @@ export async function generationView(
   );
   const withheld = (job.output_checks ?? []).filter((c) => c.withheld).map((c) => ({ index: c.index, content_flags: c.flags }));
   const w = job.webhook;
+  // The price of the run's day where the worker kept it; today's otherwise.
+  const hourly = job.hourly_usd ?? options.workerHourlyUsd;
   return {
     id: job.id,
     object: 'generation',
@@ -121,7 +123,7 @@ export async function generationView(
     outputs_expire_at: deleted ? null : outputsExpireAt(job, options.outputRetentionDays),
     withheld_outputs: withheld,
     error: job.error,
-    usage: { ...job.usage, cost_usd: options.workerHourlyUsd === undefined ? null : costUsd(job.usage.worker_seconds, options.workerHourlyUsd) },
+    usage: { ...job.usage, cost_usd: hourly === undefined ? null : costUsd(job.usage.worker_seconds, hourly), hourly_usd: hourly ?? null },
     warnings: job.warnings ?? [],
     request: job.spec,
     content_flags: job.content_flags ?? [],

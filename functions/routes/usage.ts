@@ -1,6 +1,5 @@
 import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
-import { costUsd } from '../../shared/run-stats.ts';
-import { readUsage } from '../../shared/usage.ts';
+import { dayCostUsd, readUsage } from '../../shared/usage.ts';
 import { UsageQuery, UsageView } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
@@ -20,15 +19,24 @@ const getUsage = createRoute({
 
 export function registerUsageRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx: { clock: () => Date }): void {
   const price = deps.limits.workerHourlyUsd;
-  const cost = (seconds: number) => (price === undefined ? null : costUsd(seconds, price));
   app.openapi(getUsage, async (c) => {
     const month = c.req.valid('query').month ?? ctx.clock().toISOString().slice(0, 7);
     const days = await readUsage(deps.blobs, c.get('owner'), month);
     const sum = (f: 'generations' | 'images' | 'worker_seconds' | 'encoder_passes') => days.reduce((a, d) => a + d[f], 0);
     const seconds = Math.round(sum('worker_seconds') * 1000) / 1000;
-    const priced = days.map((d) => ({ ...d, cost_usd: cost(d.worker_seconds) }));
+    // Each day's jobs at the price of their day where the worker kept it (ADR 0019), today's otherwise.
+    const priced = days.map((d) => ({
+      date: d.date,
+      generations: d.generations,
+      images: d.images,
+      worker_seconds: d.worker_seconds,
+      encoder_passes: d.encoder_passes,
+      cost_usd: dayCostUsd(d, price),
+    }));
     // The total's cost is the sum of the days' as shown, so the figures a customer adds up agree.
-    const totalCost = price === undefined ? null : Math.round(priced.reduce((a, d) => a + d.cost_usd!, 0) * 1e6) / 1e6;
+    // A month with nothing in it costs nothing only where there is a price to say so.
+    const unknown = priced.some((d) => d.cost_usd === null) || (priced.length === 0 && price === undefined);
+    const totalCost = unknown ? null : Math.round(priced.reduce((a, d) => a + d.cost_usd!, 0) * 1e6) / 1e6;
     return c.json(
       {
         object: 'usage' as const,

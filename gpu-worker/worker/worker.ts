@@ -53,6 +53,11 @@ export interface WorkerConfig {
   maxSteps?: number;
   /** The most a warm-up (WorkerDeps.warmUp) may take before the worker polls without it. Default 90 s. */
   warmUpTimeoutMs?: number;
+  /**
+   * The deployment's hourly worker price (USD), kept on each record the run ends (`hourly_usd`) so the
+   * job's cost, and the owner's ledger, stay at the price of its day. Default: none (no cost figures).
+   */
+  hourlyUsd?: number;
 }
 
 export interface Logger {
@@ -605,6 +610,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         wrote = true;
         return {
           ...cur, status: allWithheld ? 'failed' : 'succeeded', finished_at: iso(), progress: { step: total, total }, outputs, usage,
+          ...(config.hourlyUsd !== undefined ? { hourly_usd: config.hourlyUsd } : {}),
           error: allWithheld ? { code: 'content_policy', message: withheldMessage(checks) } : null,
           ...(outcome.warnings?.length ? { warnings: outcome.warnings.slice(0, MAX_JOB_WARNINGS).map((w) => w.slice(0, MAX_JOB_WARNING_CHARS)) } : {}),
           ...(checks.length ? { output_checks: checks } : {}),
@@ -618,7 +624,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (ours) {
         // The owner's usage for GET /v1/usage (ADR 0019); the ledger counts a job once, however often
         // it is told. A failure is logged (the record still carries the job's own usage).
-        const used = { images: outcome.images.length, workerSeconds: usage.worker_seconds, encoderPasses: usage.encoder_passes };
+        const used = { images: outcome.images.length, workerSeconds: usage.worker_seconds, encoderPasses: usage.encoder_passes, ...(done.hourly_usd !== undefined ? { hourlyUsd: done.hourly_usd } : {}) };
         await recordUsage(blobs, msg.owner, msg.job_id, new Date(done.finished_at ?? iso()), used).catch((error) =>
           log.error('usage not recorded; the owner\'s daily totals miss this job', { jobId: msg.job_id, owner: msg.owner, ...used, error: describe(error) }),
         );

@@ -170,6 +170,12 @@ export const JobRecord = z
     deleted_at: Timestamp.optional(),
     /** The caller's own labels from the request (never interpreted); absent: none. */
     metadata: StoredMetadata.optional(),
+    /**
+     * The worker's hourly price (USD) when the run ended and wrote its usage: the job's cost stays at
+     * the price of its day when the deployment's price changes later. Absent: written by a version
+     * before prices were kept, or a deployment with no price; views then use today's price.
+     */
+    hourly_usd: z.number().finite().min(0).max(1000).optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })

@@ -20,7 +20,10 @@ export const GenerationUsageView = z
   .object({
     ...JobUsage.shape,
     cost_usd: z.number().nullable().openapi({
-      description: "worker_seconds at the deployment's hourly worker price (compute at list price, not an invoice); null where the deployment sets no price",
+      description: 'worker_seconds at hourly_usd (compute at list price, not an invoice); null where no price applies',
+    }),
+    hourly_usd: z.number().nullable().openapi({
+      description: "The hourly worker price the generation is costed at: the deployment's price when its run ended (a later price change does not alter it), today's price for one that has not ended, or was run by a version that kept no price; null where the deployment sets none",
     }),
   })
   .strict()

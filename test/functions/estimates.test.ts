@@ -110,8 +110,19 @@ describe('usage.cost_usd', () => {
     const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
     await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), usage: { encoder_passes: 1600, worker_seconds: 12.5 } }));
     const unpriced = (await (await h.request(`/v1/generations/${id}`)).json()) as any;
-    expect(unpriced.usage).toEqual({ encoder_passes: 1600, worker_seconds: 12.5, cost_usd: null });
+    expect(unpriced.usage).toEqual({ encoder_passes: 1600, worker_seconds: 12.5, cost_usd: null, hourly_usd: null });
     const got = (await (await priced().request(`/v1/generations/${id}`, { headers: auth() })).json()) as any;
-    expect(got.usage).toEqual({ encoder_passes: 1600, worker_seconds: 12.5, cost_usd: 0.0125 });
+    expect(got.usage).toEqual({ encoder_passes: 1600, worker_seconds: 12.5, cost_usd: 0.0125, hourly_usd: 3.6 });
+  });
+
+  it('stays at the price the worker kept when the run ended, whatever the deployment charges today', async () => {
+    const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), usage: { encoder_passes: 1600, worker_seconds: 12.5 }, hourly_usd: 7.2 }));
+    const kept = { encoder_passes: 1600, worker_seconds: 12.5, cost_usd: 0.025, hourly_usd: 7.2 };
+    expect(((await (await priced().request(`/v1/generations/${id}`, { headers: auth() })).json()) as any).usage).toEqual(kept); // today 3.6
+    expect(((await (await h.request(`/v1/generations/${id}`)).json()) as any).usage).toEqual(kept); // today no price at all
+    // Lists carry the same figure.
+    const listed = ((await (await priced().request('/v1/generations', { headers: auth() })).json()) as any).data.find((g: any) => g.id === id);
+    expect(listed.usage).toEqual(kept);
   });
 });

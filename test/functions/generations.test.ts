@@ -128,7 +128,7 @@ describe('POST → GET → list → cancel', () => {
     };
     expect(body.status).toBe('succeeded');
     expect(body.warnings).toEqual(['"apple": model toy does not know the word "apple", so it cannot draw it']);
-    expect(body.usage).toEqual({ encoder_passes: 6400, worker_seconds: 12.5, cost_usd: null }); // no price in this deployment
+    expect(body.usage).toEqual({ encoder_passes: 6400, worker_seconds: 12.5, cost_usd: null, hourly_usd: null }); // no price in this deployment
     expect(body.progress).toEqual({ step: 200, total: 200 }); // steps over all n = 2 images
     expect(body.outputs).toHaveLength(2);
     for (const [i, out] of body.outputs.entries()) {

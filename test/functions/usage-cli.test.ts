@@ -30,7 +30,7 @@ async function cli(...argv: string[]): Promise<{ code: number; lines: string[]; 
 }
 
 /** A generation of alice's, created through the API and ended as the worker ends one; its usage added to the ledger unless `added` is false. */
-async function ended(finishedAt: string, figures: { images: number; seconds: number; status?: 'succeeded' | 'withheld' | 'canceled' }, added = true): Promise<JobRecord> {
+async function ended(finishedAt: string, figures: { images: number; seconds: number; status?: 'succeeded' | 'withheld' | 'canceled'; hourlyUsd?: number }, added = true): Promise<JobRecord> {
   const res = await h.request('/v1/generations', { json: { prompt: 'apple', n: figures.images } });
   expect(res.status).toBe(202);
   const { id } = (await res.json()) as { id: string };
@@ -41,6 +41,7 @@ async function ended(finishedAt: string, figures: { images: number; seconds: num
     attempts: 1,
     finished_at: finishedAt,
     usage: status === 'canceled' ? { encoder_passes: 0, worker_seconds: 0 } : { encoder_passes: 40 * figures.images, worker_seconds: figures.seconds },
+    ...(figures.hourlyUsd !== undefined ? { hourly_usd: figures.hourlyUsd } : {}),
     outputs: status === 'succeeded' ? Array.from({ length: figures.images }, (_, i) => ({ key: `outputs/acct_alice/${id}/${i}.png`, width: 224, height: 224 })) : [],
     ...(status === 'withheld'
       ? {
@@ -85,6 +86,25 @@ describe('clipag usage', () => {
     expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual(after);
     // November's ledger was not touched.
     expect((await cli('audit', '--owner', 'acct_alice', '--month', '2026-11')).code).toBe(0);
+  });
+
+  it("the records' own prices: audit compares the priced part, and rebuild restores it", async () => {
+    await ended('2026-12-05T10:00:00.000Z', { images: 1, seconds: 100, hourlyUsd: 3.6 });
+    await ended('2026-12-05T11:00:00.000Z', { images: 1, seconds: 10 }); // run before prices were kept
+    await ended('2026-12-05T12:00:00.000Z', { images: 2, seconds: 20, hourlyUsd: 7.2 });
+    const day = { date: '2026-12-05', generations: 3, images: 4, worker_seconds: 130, encoder_passes: 160, priced_seconds: 120, priced_cost_usd: 0.14 };
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([day]);
+    expect((await cli('audit', '--owner', 'acct_alice')).code).toBe(0);
+    // A ledger whose seconds agree but whose priced part does not is a difference (it would bill otherwise).
+    const { date: _d, ...figures } = day;
+    await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from(JSON.stringify({ v: 1, days: { '2026-12-05': { ...figures, priced_cost_usd: 0.13 } } })));
+    const differs = await cli('audit', '--owner', 'acct_alice');
+    expect([differs.code, differs.lines[0]]).toEqual([
+      3,
+      '2026-12-05: ledger 3 generation(s), 4 image(s), 130 worker s, of which 120 s at their own price: $0.13, 160 encoder passes; records 3 generation(s), 4 image(s), 130 worker s, of which 120 s at their own price: $0.14, 160 encoder passes',
+    ]);
+    expect((await cli('rebuild', '--owner', 'acct_alice')).code).toBe(0);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([day]);
   });
 
   it('a ledger that does not read (the API answers 409, adds fail) is reported by audit and replaced by rebuild', async () => {

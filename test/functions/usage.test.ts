@@ -96,6 +96,26 @@ describe('GET /v1/usage', () => {
     });
   });
 
+  it("each generation at the price its worker kept (the day's price), the rest at today's: a price change does not rewrite the past", async () => {
+    // Dec 5: two jobs at 3.6 (0.001 USD a second) and one from before prices were kept; Dec 6: one at 7.2.
+    await recordUsage(h.blobs, 'acct_alice', 'p1', at('2026-12-05T10:00:00Z'), { ...used(1, 100), hourlyUsd: 3.6 });
+    await recordUsage(h.blobs, 'acct_alice', 'p2', at('2026-12-05T11:00:00Z'), { ...used(1, 50.5), hourlyUsd: 3.6 });
+    await recordUsage(h.blobs, 'acct_alice', 'u1', at('2026-12-05T12:00:00Z'), used(1, 10));
+    await recordUsage(h.blobs, 'acct_alice', 'p3', at('2026-12-06T12:00:00Z'), { ...used(2, 20), hourlyUsd: 7.2 });
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([
+      { date: '2026-12-05', generations: 3, images: 3, worker_seconds: 160.5, encoder_passes: 300, priced_seconds: 150.5, priced_cost_usd: 0.1505 },
+      { date: '2026-12-06', generations: 1, images: 2, worker_seconds: 20, encoder_passes: 100, priced_seconds: 20, priced_cost_usd: 0.04 },
+    ]);
+    // Today the price is 36 (0.01 USD a second): only the unpriced 10 s are at it.
+    const now = (await (await get(app(36))).json()) as any;
+    expect(now.days.map((d: any) => d.cost_usd)).toEqual([0.1505 + 0.1, 0.04]);
+    expect(now.total.cost_usd).toBe(0.2905);
+    expect(now.days[0]).not.toHaveProperty('priced_seconds'); // the ledger's split is internal
+    // With no price today, a day with unpriced seconds has no cost, and so has the total; a day priced throughout keeps its own.
+    const none = (await (await get(app())).json()) as any;
+    expect([none.days.map((d: any) => d.cost_usd), none.total.cost_usd, none.hourly_usd]).toEqual([[null, 0.04], null, null]);
+  });
+
   it('a malformed month is a 400 naming it; no key is a 401; an unreadable month is a 409, not a 500', async () => {
     for (const q of ['?month=2026-13', '?month=12-2026', '?month=2026-1', '?month=']) {
       const res = await get(app(), q);
