@@ -142,6 +142,8 @@ function compare(ledger: Day[], records: Day[]): Array<{ date: string; ledger: F
 
 function sameFigures(a: Figures | undefined, b: Figures | undefined): boolean {
   if (!a || !b) return a === b;
+  const keys = new Set([...Object.keys(a.by_api_key ?? {}), ...Object.keys(b.by_api_key ?? {})]);
+  for (const key of keys) if (!sameFigures(a.by_api_key?.[key], b.by_api_key?.[key])) return false;
   const ms = (s: number | undefined) => Math.round((s ?? 0) * 1000);
   const micro = (usd: number | undefined) => Math.round((usd ?? 0) * 1e6);
   return (
@@ -156,7 +158,8 @@ function sameFigures(a: Figures | undefined, b: Figures | undefined): boolean {
 
 function formatFigures(f: Figures): string {
   const priced = f.priced_seconds !== undefined ? `, of which ${f.priced_seconds} s at their own price: $${f.priced_cost_usd}` : '';
-  return `${f.generations} generation(s), ${f.images} image(s), ${f.worker_seconds} worker s${priced}, ${f.encoder_passes} encoder passes`;
+  const keys = Object.entries(f.by_api_key ?? {}).map(([key, k]) => ` [key ${key}: ${formatFigures(k)}]`);
+  return `${f.generations} generation(s), ${f.images} image(s), ${f.worker_seconds} worker s${priced}, ${f.encoder_passes} encoder passes${keys.join('')}`;
 }
 
 function formatDay(d: Day): string {

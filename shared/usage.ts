@@ -8,26 +8,47 @@ import { CorruptDocumentError } from './errors.ts';
 import { usageKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
 import { costUsd } from './run-stats.ts';
+import { ResourceId } from './schemas/common.ts';
 import type { JobRecord } from './schemas/job.ts';
+
+/** One day's figures: of the whole owner, or of one of its API keys. */
+const FIGURES = {
+  /** Generations whose run ended here with its usage written (succeeded, or failed after the run when every image was withheld). */
+  generations: z.number().int().nonnegative(),
+  /** Images made, withheld ones included (the compute was spent). */
+  images: z.number().int().nonnegative(),
+  worker_seconds: z.number().finite().nonnegative(),
+  encoder_passes: z.number().int().nonnegative(),
+  /**
+   * Of worker_seconds, those of jobs whose record kept their price (`hourly_usd`), and their cost at
+   * those prices: the day's cost stays what it was when the deployment's price changes (ADR 0022).
+   * Absent: none (days written before prices were kept, or a deployment with no price).
+   */
+  priced_seconds: z.number().finite().nonnegative().optional(),
+  priced_cost_usd: z.number().finite().nonnegative().optional(),
+};
+const pricedWithin = (d: { priced_seconds?: number | undefined; worker_seconds: number }) => (d.priced_seconds ?? 0) <= d.worker_seconds + 1e-9;
+const PRICED_WITHIN = { message: 'priced_seconds must not exceed worker_seconds' };
+const Figures = z.object(FIGURES).strict().refine(pricedWithin, PRICED_WITHIN);
+export type UsageFigures = z.output<typeof Figures>;
+
+/** At most this many API keys per day are itemised; the owner's totals count every job. */
+export const MAX_KEYS_PER_DAY = 100;
 
 const DayUsage = z
   .object({
-    /** Generations whose run ended here with its usage written (succeeded, or failed after the run when every image was withheld). */
-    generations: z.number().int().nonnegative(),
-    /** Images made, withheld ones included (the compute was spent). */
-    images: z.number().int().nonnegative(),
-    worker_seconds: z.number().finite().nonnegative(),
-    encoder_passes: z.number().int().nonnegative(),
+    ...FIGURES,
     /**
-     * Of worker_seconds, those of jobs whose record kept their price (`hourly_usd`), and their cost at
-     * those prices: the day's cost stays what it was when the deployment's price changes. Absent: none
-     * (days written before prices were kept, or a deployment with no price).
+     * The same figures per API key that created the jobs (ADR 0022), for the jobs whose record names
+     * one. Absent: none did (jobs created before keys were recorded).
      */
-    priced_seconds: z.number().finite().nonnegative().optional(),
-    priced_cost_usd: z.number().finite().nonnegative().optional(),
+    by_api_key: z
+      .record(ResourceId, Figures)
+      .refine((keys) => Object.keys(keys).length <= MAX_KEYS_PER_DAY, { message: `at most ${MAX_KEYS_PER_DAY} keys a day` })
+      .optional(),
   })
   .strict()
-  .refine((d) => (d.priced_seconds ?? 0) <= d.worker_seconds + 1e-9, { message: 'priced_seconds must not exceed worker_seconds' });
+  .refine(pricedWithin, PRICED_WITHIN);
 export type DayUsage = z.output<typeof DayUsage>;
 
 /**
@@ -82,31 +103,45 @@ export interface Used {
   encoderPasses: number;
   /** The price the job's record kept (`hourly_usd`); absent: none kept. */
   hourlyUsd?: number;
+  /** The API key that created the job (the record's `api_key_id`); absent: not recorded. */
+  apiKeyId?: string;
 }
 
 // Milliseconds and micro-dollars, as the records and views keep them: sums of many jobs stay exact.
 const ms = (seconds: number) => Math.round(seconds * 1000) / 1000;
 const micro = (usd: number) => Math.round(usd * 1e6) / 1e6;
 
+function addFigures(was: UsageFigures | undefined, used: Used): UsageFigures {
+  const w = was ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
+  const priced = used.hourlyUsd !== undefined;
+  return {
+    generations: w.generations + 1,
+    images: w.images + used.images,
+    worker_seconds: ms(w.worker_seconds + used.workerSeconds),
+    encoder_passes: w.encoder_passes + used.encoderPasses,
+    ...(w.priced_seconds !== undefined || priced
+      ? {
+          priced_seconds: ms((w.priced_seconds ?? 0) + (priced ? used.workerSeconds : 0)),
+          // Each job at its own price, rounded as its view shows it: the day is the sum of its jobs' costs.
+          priced_cost_usd: micro((w.priced_cost_usd ?? 0) + (priced ? costUsd(used.workerSeconds, used.hourlyUsd!) : 0)),
+        }
+      : {}),
+  };
+}
+
 function addToDay(days: Record<string, DayUsage>, day: string, used: Used): void {
-  const was = days[day] ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
-  const pricedSeconds = ms((was.priced_seconds ?? 0) + (used.hourlyUsd !== undefined ? used.workerSeconds : 0));
-  // Each job at its own price, rounded as its view shows it: the day is the sum of its jobs' costs.
-  const pricedCost = micro((was.priced_cost_usd ?? 0) + (used.hourlyUsd !== undefined ? costUsd(used.workerSeconds, used.hourlyUsd) : 0));
-  days[day] = DayUsage.parse({
-    generations: was.generations + 1,
-    images: was.images + used.images,
-    worker_seconds: ms(was.worker_seconds + used.workerSeconds),
-    encoder_passes: was.encoder_passes + used.encoderPasses,
-    ...(was.priced_seconds !== undefined || used.hourlyUsd !== undefined ? { priced_seconds: pricedSeconds, priced_cost_usd: pricedCost } : {}),
-  });
+  const { by_api_key: keys, ...was } = days[day] ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
+  // A day with more keys than it itemises still counts the job in the owner's totals.
+  const itemised = used.apiKeyId !== undefined && (keys?.[used.apiKeyId] !== undefined || Object.keys(keys ?? {}).length < MAX_KEYS_PER_DAY);
+  const byKey = itemised ? { ...keys, [used.apiKeyId!]: addFigures(keys?.[used.apiKeyId!], used) } : keys;
+  days[day] = DayUsage.parse({ ...addFigures(was, used), ...(byKey !== undefined ? { by_api_key: byKey } : {}) });
 }
 
 /**
  * A day's cost: its priced jobs at their own prices, the rest (jobs whose record kept no price) at
  * today's `hourlyUsd`. Null when some seconds have no price and the deployment sets none.
  */
-export function dayCostUsd(day: DayUsage, hourlyUsd: number | undefined): number | null {
+export function dayCostUsd(day: UsageFigures, hourlyUsd: number | undefined): number | null {
   const unpriced = ms(day.worker_seconds - (day.priced_seconds ?? 0));
   if (day.priced_seconds === undefined && hourlyUsd === undefined) return null;
   if (unpriced > 0 && hourlyUsd === undefined) return null;
@@ -129,6 +164,7 @@ export function usageOfRecord(job: JobRecord): (Used & { day: string }) | null {
     workerSeconds: job.usage.worker_seconds,
     encoderPasses: job.usage.encoder_passes,
     ...(job.hourly_usd !== undefined ? { hourlyUsd: job.hourly_usd } : {}),
+    ...(job.api_key_id !== undefined ? { apiKeyId: job.api_key_id } : {}),
   };
 }
 

@@ -128,6 +128,7 @@ export async function generationView(
     request: job.spec,
     content_flags: job.content_flags ?? [],
     metadata: job.metadata ?? {},
+    api_key_id: job.api_key_id ?? null,
     deleted_at: job.deleted_at ?? null,
     webhook: w
       ? {

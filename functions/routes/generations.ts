@@ -345,7 +345,7 @@ export function registerGenerationRoutes(
       const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
       await markQueuedJob(owner, jobId, webhook !== undefined);
       job = await jobs.create(
-        newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}) }),
+        newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId') }),
       );
     } catch (error) {
       if (idempotencyKey !== undefined) {

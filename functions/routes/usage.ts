@@ -20,8 +20,12 @@ const getUsage = createRoute({
 export function registerUsageRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx: { clock: () => Date }): void {
   const price = deps.limits.workerHourlyUsd;
   app.openapi(getUsage, async (c) => {
-    const month = c.req.valid('query').month ?? ctx.clock().toISOString().slice(0, 7);
-    const days = await readUsage(deps.blobs, c.get('owner'), month);
+    const query = c.req.valid('query');
+    const month = query.month ?? ctx.clock().toISOString().slice(0, 7);
+    const all = await readUsage(deps.blobs, c.get('owner'), month);
+    // One key's share of each day (ADR 0022): only the days it created generations on.
+    const key = query.api_key_id;
+    const days = key === undefined ? all : all.flatMap((d) => (d.by_api_key?.[key] ? [{ date: d.date, ...d.by_api_key[key] }] : []));
     const sum = (f: 'generations' | 'images' | 'worker_seconds' | 'encoder_passes') => days.reduce((a, d) => a + d[f], 0);
     const seconds = Math.round(sum('worker_seconds') * 1000) / 1000;
     // Each day's jobs at the price of their day where the worker kept it (ADR 0019), today's otherwise.
@@ -41,6 +45,7 @@ export function registerUsageRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx
       {
         object: 'usage' as const,
         month,
+        api_key_id: key ?? null,
         days: priced,
         total: { generations: sum('generations'), images: sum('images'), worker_seconds: seconds, encoder_passes: sum('encoder_passes'), cost_usd: totalCost },
         hourly_usd: price ?? null,

@@ -624,7 +624,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (ours) {
         // The owner's usage for GET /v1/usage (ADR 0019); the ledger counts a job once, however often
         // it is told. A failure is logged (the record still carries the job's own usage).
-        const used = { images: outcome.images.length, workerSeconds: usage.worker_seconds, encoderPasses: usage.encoder_passes, ...(done.hourly_usd !== undefined ? { hourlyUsd: done.hourly_usd } : {}) };
+        const used = { images: outcome.images.length, workerSeconds: usage.worker_seconds, encoderPasses: usage.encoder_passes, ...(done.hourly_usd !== undefined ? { hourlyUsd: done.hourly_usd } : {}), ...(done.api_key_id !== undefined ? { apiKeyId: done.api_key_id } : {}) };
         await recordUsage(blobs, msg.owner, msg.job_id, new Date(done.finished_at ?? iso()), used).catch((error) =>
           log.error('usage not recorded; the owner\'s daily totals miss this job', { jobId: msg.job_id, owner: msg.owner, ...used, error: describe(error) }),
         );

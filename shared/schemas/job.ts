@@ -176,6 +176,8 @@ export const JobRecord = z
      * before prices were kept, or a deployment with no price; views then use today's price.
      */
     hourly_usd: z.number().finite().min(0).max(1000).optional(),
+    /** The API key that created the job (its id, not its secret), for usage per key; absent: created before keys were recorded. */
+    api_key_id: ResourceId.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })
@@ -223,6 +225,7 @@ export function newJobRecord(args: {
   webhook?: { url: string; secret: string };
   contentFlags?: z.input<typeof ContentFlag>[];
   metadata?: Record<string, string>;
+  apiKeyId?: string;
 }): JobRecord {
   return JobRecord.parse({
     id: args.id,
@@ -243,6 +246,7 @@ export function newJobRecord(args: {
     body_hash: args.bodyHash ?? null,
     ...(args.contentFlags?.length ? { content_flags: args.contentFlags.slice(0, MAX_JOB_WARNINGS) } : {}),
     ...(args.metadata && Object.keys(args.metadata).length > 0 ? { metadata: args.metadata } : {}),
+    ...(args.apiKeyId !== undefined ? { api_key_id: args.apiKeyId } : {}),
     ...(args.webhook
       ? { webhook: { ...args.webhook, attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null } }
       : {}),

@@ -83,6 +83,7 @@ export const GenerationView = z
     }),
     webhook: GenerationWebhookView.nullable(),
     metadata: StoredMetadata.openapi({ description: 'Your labels from the request; {} when none' }),
+    api_key_id: z.string().nullable().openapi({ description: 'The id of your API key that created the generation (GET /v1/usage?api_key_id= sums its usage); null for one created before keys were recorded' }),
     deleted_at: Timestamp.nullable().openapi({
       description: 'When you deleted the generation: its images and frames are gone, and its prompts, labels and flags blanked. Usage stays.',
     }),

@@ -17,6 +17,15 @@ afterEach(() => h.close());
 
 const NOW = () => new Date('2026-12-20T12:00:00Z');
 
+/** An audit line with alice's key id as ALICE. */
+const withKeyNamed = (line: string) => line.replaceAll(h.alice.split('_')[1]!, 'ALICE');
+
+/** A ledger day of alice's generations, all created with her key (the harness's): itemised under it too. */
+function aliceDay<T extends { date: string }>(day: T) {
+  const { date: _date, ...figures } = day;
+  return { ...day, by_api_key: { [h.alice.split('_')[1]!]: figures } };
+}
+
 async function cli(...argv: string[]): Promise<{ code: number; lines: string[]; stderr: string }> {
   const lines: string[] = [];
   const errors: string[] = [];
@@ -69,15 +78,15 @@ describe('clipag usage', () => {
     const before = await readUsage(h.blobs, 'acct_alice', '2026-12');
     const differs = await cli('audit', '--owner', 'acct_alice'); // the current month by default
     expect(differs.code).toBe(3);
-    expect(differs.lines).toEqual([
-      '2026-12-06: ledger 1 generation(s), 1 image(s), 3 worker s, 40 encoder passes; records 2 generation(s), 4 image(s), 10.25 worker s, 160 encoder passes',
+    expect(differs.lines.map(withKeyNamed)).toEqual([
+      '2026-12-06: ledger 1 generation(s), 1 image(s), 3 worker s, 40 encoder passes [key ALICE: 1 generation(s), 1 image(s), 3 worker s, 40 encoder passes]; records 2 generation(s), 4 image(s), 10.25 worker s, 160 encoder passes [key ALICE: 2 generation(s), 4 image(s), 10.25 worker s, 160 encoder passes]',
       'usage/acct_alice/2026-12.json differs from the job records; clipag usage rebuild --owner acct_alice --month 2026-12 repairs it',
     ]);
 
     const rebuilt = await cli('rebuild', '--owner', 'acct_alice');
     expect([rebuilt.code, rebuilt.lines.at(-1)]).toEqual([0, 'rebuilt usage/acct_alice/2026-12.json from the job records: 2 day(s), 4 generation(s)']);
     const after = await readUsage(h.blobs, 'acct_alice', '2026-12');
-    expect(after).toEqual([before[0], { date: '2026-12-06', generations: 2, images: 4, worker_seconds: 10.25, encoder_passes: 160 }]);
+    expect(after).toEqual([before[0], aliceDay({ date: '2026-12-06', generations: 2, images: 4, worker_seconds: 10.25, encoder_passes: 160 })]);
     expect((await cli('audit', '--owner', 'acct_alice')).code).toBe(0);
     expect(JSON.parse((await cli('show', '--owner', 'acct_alice', '--json')).lines[0]!)).toEqual({ owner: 'acct_alice', month: '2026-12', days: after });
     // The counted jobs stay deduplicated: a late repeat of an add does not count twice.
@@ -92,19 +101,24 @@ describe('clipag usage', () => {
     await ended('2026-12-05T10:00:00.000Z', { images: 1, seconds: 100, hourlyUsd: 3.6 });
     await ended('2026-12-05T11:00:00.000Z', { images: 1, seconds: 10 }); // run before prices were kept
     await ended('2026-12-05T12:00:00.000Z', { images: 2, seconds: 20, hourlyUsd: 7.2 });
-    const day = { date: '2026-12-05', generations: 3, images: 4, worker_seconds: 130, encoder_passes: 160, priced_seconds: 120, priced_cost_usd: 0.14 };
+    const day = aliceDay({ date: '2026-12-05', generations: 3, images: 4, worker_seconds: 130, encoder_passes: 160, priced_seconds: 120, priced_cost_usd: 0.14 });
     expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([day]);
     expect((await cli('audit', '--owner', 'acct_alice')).code).toBe(0);
     // A ledger whose seconds agree but whose priced part does not is a difference (it would bill otherwise).
     const { date: _d, ...figures } = day;
     await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from(JSON.stringify({ v: 1, days: { '2026-12-05': { ...figures, priced_cost_usd: 0.13 } } })));
     const differs = await cli('audit', '--owner', 'acct_alice');
-    expect([differs.code, differs.lines[0]]).toEqual([
+    expect([differs.code, withKeyNamed(differs.lines[0]!)]).toEqual([
       3,
-      '2026-12-05: ledger 3 generation(s), 4 image(s), 130 worker s, of which 120 s at their own price: $0.13, 160 encoder passes; records 3 generation(s), 4 image(s), 130 worker s, of which 120 s at their own price: $0.14, 160 encoder passes',
+      '2026-12-05: ledger 3 generation(s), 4 image(s), 130 worker s, of which 120 s at their own price: $0.13, 160 encoder passes [key ALICE: 3 generation(s), 4 image(s), 130 worker s, of which 120 s at their own price: $0.14, 160 encoder passes]; records 3 generation(s), 4 image(s), 130 worker s, of which 120 s at their own price: $0.14, 160 encoder passes [key ALICE: 3 generation(s), 4 image(s), 130 worker s, of which 120 s at their own price: $0.14, 160 encoder passes]',
     ]);
     expect((await cli('rebuild', '--owner', 'acct_alice')).code).toBe(0);
     expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([day]);
+    // The per-key figures are compared as well: totals that agree do not hide a key's wrong share.
+    const other = '01aaaaaaaaaaaaaaaaaaaaaaaa';
+    const keyed = { ...figures, by_api_key: { [other]: { generations: 3, images: 4, worker_seconds: 130, encoder_passes: 160 } } };
+    await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from(JSON.stringify({ v: 1, days: { '2026-12-05': keyed } })));
+    expect((await cli('audit', '--owner', 'acct_alice')).code).toBe(3);
   });
 
   it('a ledger that does not read (the API answers 409, adds fail) is reported by audit and replaced by rebuild', async () => {
@@ -126,12 +140,12 @@ describe('clipag usage', () => {
     await h.blobs.put(`jobs/acct_alice/${broken.id}.json`, Buffer.from('{"id": "trunc'));
     const refused = await cli('rebuild', '--owner', 'acct_alice');
     expect([refused.code, refused.stderr]).toEqual([1, `clipag usage: 1 job record(s) do not read (${broken.id}); repair them, or rebuild with --skip-unreadable to leave them out`]);
-    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 2, images: 2, worker_seconds: 7, encoder_passes: 80 }]); // untouched
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([aliceDay({ date: '2026-12-05', generations: 2, images: 2, worker_seconds: 7, encoder_passes: 80 })]); // untouched
     const audit = await cli('audit', '--owner', 'acct_alice');
     expect([audit.code, audit.lines[0]]).toEqual([3, `job ${broken.id}: its record does not read; not counted`]);
     const skipped = await cli('rebuild', '--owner', 'acct_alice', '--skip-unreadable');
     expect([skipped.code, skipped.lines[0]]).toEqual([0, `job ${broken.id}: its record does not read; not counted`]);
-    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 1, images: 1, worker_seconds: 2, encoder_passes: 40 }]);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([aliceDay({ date: '2026-12-05', generations: 1, images: 1, worker_seconds: 2, encoder_passes: 40 })]);
     expect(kept.id).not.toBe(broken.id);
   });
 
@@ -173,7 +187,7 @@ describe('rebuildUsage', () => {
         return { records, unreadable: [] };
       };
       const days = await rebuildUsage(h.blobs, owner, month, scan);
-      expect(days, ledger).toEqual([{ date: day, generations: 2, images: 3, worker_seconds: 4, encoder_passes: 120 }]);
+      expect(days, ledger).toEqual([aliceDay({ date: day, generations: 2, images: 3, worker_seconds: 4, encoder_passes: 120 })]);
       expect(await readUsage(h.blobs, owner, month)).toEqual(days);
       // Both jobs are among the counted ids: a repeat of either add changes nothing.
       for (const job of [first, late!]) await recordUsage(h.blobs, owner, job.id, new Date(job.finished_at!), usageOfRecord(job)!);

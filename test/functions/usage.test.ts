@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { CorruptDocumentError } from '../../shared/errors.ts';
 import { lostReplyOnce } from '../helpers/lost-reply.ts';
-import { readUsage, recordUsage } from '../../shared/usage.ts';
+import { MAX_KEYS_PER_DAY, readUsage, recordUsage } from '../../shared/usage.ts';
 import { usageKey } from '../../shared/keys.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 
@@ -49,6 +49,18 @@ describe('the usage ledger', () => {
     expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([{ date: '2026-12-05', generations: 2, images: 4, worker_seconds: 6, encoder_passes: 200 }]);
   });
 
+  it('itemises at most MAX_KEYS_PER_DAY keys a day; a job of one more still counts in the totals', async () => {
+    const key = (i: number) => `key${String(i).padStart(3, '0')}`;
+    for (let i = 0; i < MAX_KEYS_PER_DAY; i++) await recordUsage(h.blobs, 'acct_alice', `j${i}`, at('2026-12-05T10:00:00Z'), { ...used(1, 1), apiKeyId: key(i) });
+    await recordUsage(h.blobs, 'acct_alice', 'j-extra', at('2026-12-05T10:00:00Z'), { ...used(1, 1), apiKeyId: 'one-too-many' });
+    await recordUsage(h.blobs, 'acct_alice', 'j-again', at('2026-12-05T10:00:00Z'), { ...used(1, 1), apiKeyId: key(7) }); // a key already there still adds up
+    const [day] = await readUsage(h.blobs, 'acct_alice', '2026-12');
+    expect(day!.generations).toBe(MAX_KEYS_PER_DAY + 2);
+    expect(Object.keys(day!.by_api_key!)).toHaveLength(MAX_KEYS_PER_DAY);
+    expect(day!.by_api_key!['one-too-many']).toBeUndefined();
+    expect(day!.by_api_key![key(7)]!.generations).toBe(2);
+  });
+
   it('an unreadable month is reported, never taken for zero, and not overwritten', async () => {
     await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from('{"v": 1, "days": {"2026-12-05": {"generations": -1'));
     await expect(readUsage(h.blobs, 'acct_alice', '2026-12')).rejects.toBeInstanceOf(CorruptDocumentError);
@@ -78,6 +90,7 @@ describe('GET /v1/usage', () => {
     expect(await res.json()).toEqual({
       object: 'usage',
       month: '2026-12',
+      api_key_id: null,
       days: [
         { date: '2026-12-05', generations: 1, images: 2, worker_seconds: 1800, encoder_passes: 100, cost_usd: 1.8 },
         { date: '2026-12-19', generations: 1, images: 1, worker_seconds: 360, encoder_passes: 100, cost_usd: 0.36 },
@@ -92,7 +105,7 @@ describe('GET /v1/usage', () => {
     const oct = (await (await get(app(1), '?month=2026-10', h.bob)).json()) as any;
     expect([oct.days.map((d: any) => d.cost_usd), oct.total.cost_usd]).toEqual([[0.000278, 0.000278, 0.000278], 0.000834]);
     expect(await (await get(app(), '?month=2026-11')).json()).toEqual({
-      object: 'usage', month: '2026-11', days: [], total: { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0, cost_usd: null }, hourly_usd: null,
+      object: 'usage', month: '2026-11', api_key_id: null, days: [], total: { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0, cost_usd: null }, hourly_usd: null,
     });
   });
 
@@ -114,6 +127,38 @@ describe('GET /v1/usage', () => {
     // With no price today, a day with unpriced seconds has no cost, and so has the total; a day priced throughout keeps its own.
     const none = (await (await get(app())).json()) as any;
     expect([none.days.map((d: any) => d.cost_usd), none.total.cost_usd, none.hourly_usd]).toEqual([[null, 0.04], null, null]);
+  });
+
+  it('?api_key_id= sums only the generations that key created; jobs from before keys were recorded count in the account only', async () => {
+    const second = await h.keys.create({ name: 'ci', owner: 'acct_alice' });
+    const first = h.alice.split('_')[1]!;
+    // The API records the creating key on each generation, and the worker passes it to the ledger.
+    const res = await h.request('/v1/generations', { json: { prompt: 'apple' }, key: second.secret });
+    const created = (await res.json()) as any;
+    expect(created.api_key_id).toBe(second.record.id);
+    expect((await h.jobs.get('acct_alice', created.id))!.api_key_id).toBe(second.record.id);
+    await recordUsage(h.blobs, 'acct_alice', 'k1', at('2026-12-05T10:00:00Z'), { ...used(1, 100), apiKeyId: first, hourlyUsd: 3.6 });
+    await recordUsage(h.blobs, 'acct_alice', 'k2', at('2026-12-05T11:00:00Z'), { ...used(2, 30), apiKeyId: second.record.id, hourlyUsd: 3.6 });
+    await recordUsage(h.blobs, 'acct_alice', 'k3', at('2026-12-07T11:00:00Z'), { ...used(1, 10), apiKeyId: second.record.id, hourlyUsd: 3.6 });
+    await recordUsage(h.blobs, 'acct_alice', 'old', at('2026-12-05T12:00:00Z'), { ...used(1, 5), hourlyUsd: 3.6 }); // no key recorded
+    const whole = (await (await get(app(3.6))).json()) as any;
+    expect([whole.api_key_id, whole.total]).toEqual([null, { generations: 4, images: 5, worker_seconds: 145, encoder_passes: 400, cost_usd: 0.145 }]);
+    const mine = (await (await get(app(3.6), `?api_key_id=${second.record.id}`)).json()) as any;
+    expect(mine).toEqual({
+      object: 'usage',
+      month: '2026-12',
+      api_key_id: second.record.id,
+      days: [
+        { date: '2026-12-05', generations: 1, images: 2, worker_seconds: 30, encoder_passes: 100, cost_usd: 0.03 },
+        { date: '2026-12-07', generations: 1, images: 1, worker_seconds: 10, encoder_passes: 100, cost_usd: 0.01 },
+      ],
+      total: { generations: 2, images: 3, worker_seconds: 40, encoder_passes: 200, cost_usd: 0.04 },
+      hourly_usd: 3.6,
+    });
+    expect(((await (await get(app(3.6), `?api_key_id=${first}`)).json()) as any).total.worker_seconds).toBe(100);
+    // Another account's key (or one never used) shows nothing of theirs, not an error.
+    expect(((await (await get(app(3.6), `?api_key_id=${h.bob.split('_')[1]}`)).json()) as any).days).toEqual([]);
+    await expectEnvelope(await get(app(), '?api_key_id=../x'), 400, 'validation_error');
   });
 
   it('a malformed month is a 400 naming it; no key is a 401; an unreadable month is a 409, not a 500', async () => {

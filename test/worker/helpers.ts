@@ -44,9 +44,10 @@ export async function makeEnv(overrides: Record<string, string> = {}) {
 export type Env = Awaited<ReturnType<typeof makeEnv>>;
 
 /** What the API does for POST /v1/generations: a queued record, then a tiny queue message. */
-export async function submit(env: Pick<Env, 'jobs' | 'queue'>, input: Partial<GenerationRequestInput>): Promise<JobRecord> {
+/** Creates a job as the API does (made with `apiKeyId` when given) and sends its message. */
+export async function submit(env: Pick<Env, 'jobs' | 'queue'>, input: Partial<GenerationRequestInput>, apiKeyId?: string): Promise<JobRecord> {
   const spec = GenerationSpec.parse({ prompt: 'a photo of a cat', width: 64, height: 64, steps: 6, seed: 7, model: 'tiny', ...input });
-  const job = await env.jobs.create(newJobRecord({ id: newJobId(), owner: OWNER, spec }));
+  const job = await env.jobs.create(newJobRecord({ id: newJobId(), owner: OWNER, spec, ...(apiKeyId !== undefined ? { apiKeyId } : {}) }));
   await env.queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
   return job;
 }
