@@ -137,6 +137,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       receiveWaitSec: config.receiveWaitSec,
       jobTimeoutSec: config.jobTimeoutSec,
       ...(config.workerHourlyUsd !== undefined ? { hourlyUsd: config.workerHourlyUsd } : {}),
+      retryDelaySec: config.retryDelaySec,
       ...(maxSteps !== undefined ? { maxSteps } : {}),
       ...deps.worker,
     },
@@ -162,7 +163,30 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
   };
 }
 
-/** Container entry point: config → adapters → worker; SIGTERM/SIGINT drain, then exit 0. */
+/**
+ * The container's answer to its worker giving up (`unhealthy`: the device cannot run jobs, a run
+ * ignores its abort, the poll loop died): drain what can be drained within `graceMs`, then exit
+ * non-zero, so ECS replaces the task instead of keeping a live process that takes no jobs, or
+ * fails every job it takes.
+ */
+export function exitWhenUnhealthy(opts: { stop: () => Promise<void>; exit: (code: number) => void; log: Logger; graceMs?: number }): (event: WorkerEvent) => void {
+  let exiting = false;
+  return (event) => {
+    if (event.type !== 'unhealthy' || exiting) return;
+    exiting = true;
+    const graceMs = opts.graceMs ?? 20_000;
+    opts.log.error('worker unhealthy: exiting so that ECS replaces the task', { reason: event.reason, graceMs });
+    let timer: NodeJS.Timeout | undefined;
+    // A stuck run never lets stop() resolve: its message comes back when its lease lapses.
+    const grace = new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)));
+    void Promise.race([opts.stop().catch(() => undefined), grace]).then(() => {
+      clearTimeout(timer);
+      opts.exit(1);
+    });
+  };
+}
+
+/** Container entry point: config → adapters → worker; SIGTERM/SIGINT drain, then exit 0; an unhealthy worker exits 1. */
 export async function main(env: Readonly<Record<string, string | undefined>> = process.env): Promise<void> {
   let config: Config;
   try {
@@ -175,19 +199,20 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
     throw error;
   }
   const log = jsonLogger(config.logLevel, { component: 'worker' });
-  const { blobs, queue, jobs, models: modelStore } = await storesFor(config);
-  const running = startWorker({ blobs, queue, jobs, modelStore: config.mode === 'aws' ? modelStore : undefined, config, log });
-  // Show the store's models in the start line; a store that cannot be listed now is not fatal
-  // (each job looks its model up again).
-  await running.models.refresh().catch((error) => log.warn('model store not listed', { error: String(error) }));
-  log.info('worker running', { mode: config.mode, device: config.device, models: running.models.list().map((m) => `${m.name}${m.source === 'store' ? ` (store ${m.contentHash!.slice(0, 12)})` : ''}`) });
+  let running: RunningWorker | undefined;
 
+  // Signals first: a stop while the stores load has nothing to drain, and one after the worker
+  // started must drain it, however early it comes.
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     signals++;
     if (signals > 1) {
       log.warn('second signal: exiting without waiting for the drain', { signal });
       process.exit(1);
+    }
+    if (!running) {
+      log.info('signal received before the worker started: exiting', { signal });
+      process.exit(0);
     }
     log.info('signal received: draining', { signal });
     const t0 = Date.now();
@@ -204,6 +229,14 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+
+  const { blobs, queue, jobs, models: modelStore } = await storesFor(config);
+  const onUnhealthy = exitWhenUnhealthy({ stop: () => running?.stop() ?? Promise.resolve(), exit: (code) => process.exit(code), log });
+  running = startWorker({ blobs, queue, jobs, modelStore: config.mode === 'aws' ? modelStore : undefined, config, log, onEvent: onUnhealthy });
+  // Show the store's models in the start line; a store that cannot be listed now is not fatal
+  // (each job looks its model up again).
+  await running.models.refresh().catch((error) => log.warn('model store not listed', { error: String(error) }));
+  log.info('worker running', { mode: config.mode, device: config.device, models: running.models.list().map((m) => `${m.name}${m.source === 'store' ? ` (store ${m.contentHash!.slice(0, 12)})` : ''}`) });
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {

@@ -56,6 +56,8 @@ const LocalConfig = z.object({
   dataDir: z.string().min(1).default('.data'),
   /** Optional here: local mode can make one and keep it in dataDir (loadOrCreateSigningSecret). */
   signingSecret: z.string().min(32, 'must be at least 32 characters').optional(),
+  /** A retryable job failure's message comes back after this × its receive count (s); at once here. */
+  retryDelaySec: intIn(0, 900, 0),
   ...Common,
 });
 
@@ -77,7 +79,14 @@ const AwsConfig = z.object({
   queueRetentionSec: intIn(60, 14 * 24 * 3600, 4 * 24 * 3600),
   /** Injected by the ECS agent into every task; the worker marks its task busy through it (scale-in protection). */
   ecsAgentUri: httpUrl.optional(),
+  /** A retryable job failure's message comes back after this × its receive count (s), so it may land on another worker. */
+  retryDelaySec: intIn(0, 900, 30),
   ...Common,
+}).refine((c) => c.jobTimeoutSec + c.visibilityTimeoutSec <= 43_200, {
+  // SQS keeps a received message hidden for at most 12 h in all; an extend past that is refused, and
+  // the worker would take the refusal for a lost lease and abort the job.
+  path: ['jobTimeoutSec'],
+  message: 'with CLIPAG_VISIBILITY_TIMEOUT_SEC, must not exceed 43200 s (SQS hides a received message for at most 12 h)',
 });
 
 const ConfigSchema = z.discriminatedUnion('mode', [LocalConfig, AwsConfig]);
@@ -107,6 +116,7 @@ export const ENV_VARS = {
   CLIPAG_SIGNED_URL_TTL_SEC: 'signedUrlTtlSec',
   CLIPAG_UPLOAD_URL_TTL_SEC: 'uploadUrlTtlSec',
   CLIPAG_JOB_TIMEOUT_SEC: 'jobTimeoutSec',
+  CLIPAG_RETRY_DELAY_SEC: 'retryDelaySec',
   CLIPAG_MAX_UPLOAD_BYTES: 'maxUploadBytes',
   CLIPAG_MAX_BODY_BYTES: 'maxBodyBytes',
   CLIPAG_DEFAULT_MODEL: 'defaultModel',

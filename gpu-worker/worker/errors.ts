@@ -21,6 +21,14 @@ const PERMANENT_ENGINE_CODES = new Set(['numerical_error']);
 
 export type ErrorClass = 'retryable' | 'permanent';
 
+/**
+ * A failure of this machine, not of the job: the execution provider does not load, or every engine
+ * thread has died. Another worker would run the job; this one will fail every job it takes.
+ */
+export function isMachineFailure(error: unknown): boolean {
+  return error instanceof EngineError && error.code === 'runtime_unavailable';
+}
+
 export function classifyError(error: unknown): ErrorClass {
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && PERMANENT_ENGINE_CODES.has(code)) return 'permanent';

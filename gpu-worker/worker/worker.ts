@@ -10,7 +10,7 @@ import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, ty
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
 import type { ModelRegistry } from '../models.ts';
-import { classifyError, describe, jobErrorOf } from './errors.ts';
+import { classifyError, describe, isMachineFailure, jobErrorOf } from './errors.ts';
 import type { SynthesisOutcome, SynthesisProgress, SynthesizedImage, Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
@@ -58,7 +58,23 @@ export interface WorkerConfig {
    * job's cost, and the owner's ledger, stay at the price of its day. Default: none (no cost figures).
    */
   hourlyUsd?: number;
+  /**
+   * Jobs in a row that fail on this machine (isMachineFailure: the execution provider does not load)
+   * after which the worker is unhealthy: it stops taking jobs and emits `unhealthy`, and the container
+   * exits non-zero so ECS replaces the task, instead of spending every queued job's deliveries. A
+   * warm-up that fails on the machine makes it unhealthy at once. Default 2.
+   */
+  maxMachineFailures?: number;
+  /**
+   * A retryable failure's message comes back after this many seconds times its receive count (at
+   * most 900 s), so that the retry can land on another worker, and a passing fault can pass. Default
+   * 0: at once.
+   */
+  retryDelaySec?: number;
 }
+
+/** Why a worker stopped taking jobs on its own (its process should exit non-zero and be replaced). */
+export type UnhealthyReason = 'machine_failures' | 'warm_up' | 'stuck_run' | 'poll_loop_crashed';
 
 export interface Logger {
   debug(msg: string, fields?: Record<string, unknown>): void;
@@ -90,7 +106,9 @@ export type WorkerEvent =
   | { type: 'requeued'; messageId: string; reason: string }
   | { type: 'dead_lettered'; messageId: string; reason: string }
   | { type: 'job_finished'; jobId: string; outcome: JobOutcome; stepsDone?: number; error?: { code: string; message: string } }
-  | { type: 'poll_error'; error: unknown };
+  | { type: 'poll_error'; error: unknown }
+  /** The worker stopped taking jobs because this machine or process cannot run them; see UnhealthyReason. */
+  | { type: 'unhealthy'; reason: UnhealthyReason };
 
 export interface WorkerDeps {
   queue: JobQueue;
@@ -173,6 +191,8 @@ function withheldMessage(checks: readonly OutputCheck[]): string {
 
 const systemClock: Clock = { now: () => Date.now() };
 const MAX_BACKOFF_MS = 30_000;
+/** The longest a retryable failure's message is held back before its retry (SQS allows 12 h). */
+const MAX_RETRY_DELAY_SEC = 900;
 /** Long enough for a model download and its compiles on a GPU instance; short of the 120 s ECS stop timeout. */
 const DEFAULT_WARM_UP_TIMEOUT_MS = 90_000;
 
@@ -214,6 +234,26 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   };
   const iso = () => new Date(clock.now()).toISOString();
 
+  // ------------------------------------------------------------ health
+
+  const maxMachineFailures = config.maxMachineFailures ?? 2;
+  /** Jobs in a row that failed on this machine; a job that succeeds here resets it. */
+  let machineFailures = 0;
+  let unhealthyReason: UnhealthyReason | undefined;
+  /**
+   * Stops taking jobs (once): the loop ends after what it holds, as on stop(). The process owner
+   * (gpu-worker/main.ts) exits non-zero on the event, so ECS replaces the task and, with it, the
+   * instance's place in the fleet.
+   */
+  const unhealthy = (reason: UnhealthyReason, fields: Record<string, unknown> = {}) => {
+    if (unhealthyReason) return;
+    unhealthyReason = reason;
+    log.error('worker unhealthy; taking no more jobs', { reason, ...fields });
+    stopping = true;
+    wakeBackoff?.();
+    emit({ type: 'unhealthy', reason });
+  };
+
   // ------------------------------------------------------------ lease (visibility heartbeat)
 
   /** Extends the message's visibility every visibilitySec/2 while held; `stop()` waits for an extend
@@ -233,6 +273,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // ever; the redelivery finds the record failed (timeout) once this run returns, or retries it.
         log.warn('job past its deadline; no longer extending the lease', { messageId: m.messageId });
         emit({ type: 'lease_stopped', messageId: m.messageId, reason: 'deadline' });
+        // A run that ignores its abort this long holds the GPU for good: this process must go.
+        unhealthy('stuck_run', { messageId: m.messageId });
         timer = undefined;
         return;
       }
@@ -293,9 +335,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     }
   }
 
-  async function release(m: ReceivedMessage, reason: string): Promise<void> {
+  /** Hands the message back now, or after `delaySec` (its visibility set to that). */
+  async function release(m: ReceivedMessage, reason: string, delaySec = 0): Promise<void> {
     try {
-      await queue.release(m.receipt);
+      if (delaySec > 0) await queue.extendVisibility(m.receipt, delaySec);
+      else await queue.release(m.receipt);
       emit({ type: 'released', messageId: m.messageId, reason });
     } catch (error) {
       log.warn('release failed; the message returns when its visibility timeout passes', { messageId: m.messageId, reason, error: describe(error) });
@@ -356,6 +400,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string } } = {}) => {
     log.info('job finished', { jobId: msg.job_id, owner: msg.owner, outcome, ...extra });
+    if (outcome === 'succeeded') machineFailures = 0;
     if (outcome === 'succeeded' || outcome === 'failed' || outcome === 'canceled') jobEnded(msg);
     emit({ type: 'job_finished', jobId: msg.job_id, outcome, ...extra });
   };
@@ -654,10 +699,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     const cls = classifyError(error);
     const lastAttempt = m.receiveCount >= config.maxReceives;
     log.warn('job attempt failed', { jobId: msg.job_id, owner: msg.owner, class: cls, receiveCount: m.receiveCount, lastAttempt, error: describe(error) });
+    if (isMachineFailure(error) && ++machineFailures >= maxMachineFailures) unhealthy('machine_failures', { failures: machineFailures, error: describe(error) });
     try {
       if (cls === 'retryable' && !lastAttempt) {
         if (attempt > 0) await markQueued(msg, attempt);
-        await release(m, 'retryable_error');
+        await release(m, 'retryable_error', Math.min(MAX_RETRY_DELAY_SEC, (config.retryDelaySec ?? 0) * m.receiveCount));
         return finish(msg, 'requeued', { error: jobErrorOf(error) });
       }
       const jobError =
@@ -786,7 +832,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const outcome = await Promise.race([
         deps.warmUp(ac.signal).then(
           () => 'done' as const,
-          (error: unknown) => (ac.signal.aborted ? ('ended' as const) : (log.warn('warm-up failed; the first job pays the cold start', { error: describe(error) }), 'failed' as const)),
+          (error: unknown) => {
+            if (ac.signal.aborted) return 'ended' as const;
+            // The device cannot run anything: every job taken would fail on it.
+            if (isMachineFailure(error)) unhealthy('warm_up', { error: describe(error) });
+            else log.warn('warm-up failed; the first job pays the cold start', { error: describe(error) });
+            return 'failed' as const;
+          },
         ),
         new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), limitMs))),
         new Promise<'ended'>((resolve) => (endWarmUp = () => resolve('ended'))),
@@ -859,7 +911,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     start() {
       if (loop || stopping) return;
       log.info('worker starting', { visibilitySec, maxReceives: config.maxReceives, receiveWaitSec: config.receiveWaitSec, jobTimeoutSec, maxSteps });
-      loop = run().catch((error) => log.error('poll loop crashed', { error: describe(error) }));
+      loop = run().catch((error) => unhealthy('poll_loop_crashed', { error: describe(error) }));
     },
     stop() {
       if (!stopped) {

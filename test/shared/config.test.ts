@@ -27,6 +27,24 @@ describe('parseConfig', () => {
     });
   });
 
+  it('retries a failed job at once locally and after 30 s × its receive count in AWS; an AWS job timeout fits in SQS\'s 12 h of hiding', () => {
+    const aws = {
+      CLIPAG_MODE: 'aws',
+      AWS_REGION: 'eu-west-1',
+      CLIPAG_BUCKET: 'clipag-prod-outputs',
+      CLIPAG_QUEUE_URL: 'https://sqs.eu-west-1.amazonaws.com/123456789012/jobs',
+      CLIPAG_VISIBILITY_TIMEOUT_SEC: '300',
+    };
+    expect(parseConfig({}).retryDelaySec).toBe(0);
+    expect(parseConfig(aws).retryDelaySec).toBe(30);
+    expect(parseConfig({ ...aws, CLIPAG_RETRY_DELAY_SEC: '5' }).retryDelaySec).toBe(5);
+    expect(() => parseConfig({ ...aws, CLIPAG_RETRY_DELAY_SEC: '901' })).toThrow(/CLIPAG_RETRY_DELAY_SEC/);
+    expect(parseConfig({ ...aws, CLIPAG_JOB_TIMEOUT_SEC: String(43_200 - 300) }).jobTimeoutSec).toBe(42_900);
+    expect(() => parseConfig({ ...aws, CLIPAG_JOB_TIMEOUT_SEC: String(43_200 - 299) })).toThrow(/CLIPAG_JOB_TIMEOUT_SEC: with CLIPAG_VISIBILITY_TIMEOUT_SEC, must not exceed 43200 s/);
+    // The local queue has no such limit.
+    expect(parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: String(24 * 3600) }).jobTimeoutSec).toBe(86_400);
+  });
+
   it('fails fast listing every problem, naming the variables and hiding secrets', () => {
     let error: unknown;
     try {

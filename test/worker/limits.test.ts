@@ -353,3 +353,116 @@ describe('corrupt job documents', () => {
     expect(w.logs).toContainEqual(expect.objectContaining({ level: 'error', msg: 'job document is corrupt; dead-lettering its message' }));
   });
 });
+
+describe('an unhealthy machine', () => {
+  const noDevice = () => new EngineError('runtime_unavailable', 'onnxruntime could not start the cuda execution provider: libcudnn.so.9: cannot open shared object file');
+
+  it('after jobs in a row fail on the machine (its device does not load), it takes no more jobs and says so; a retry comes back after a delay', async () => {
+    const env = await makeEnv();
+    let runs = 0;
+    const broken: Synthesizer = {
+      async run() {
+        runs++;
+        throw noDevice();
+      },
+    };
+    const jobs = [await submit(env, { steps: 6 }), await submit(env, { steps: 6 }), await submit(env, { steps: 6 })];
+    const w = start(env, broken, { maxMachineFailures: 2, retryDelaySec: 30 });
+    await waitFor('unhealthy', () => w.events.some((e) => e.type === 'unhealthy'));
+    await w.worker.stop();
+    expect(w.events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'machine_failures' }]);
+    // Two deliveries spent, not the whole queue's: the third job was never taken.
+    expect(runs).toBe(2);
+    expect(w.events.filter((e) => e.type === 'job_started')).toHaveLength(2);
+    expect(w.logs).toContainEqual(expect.objectContaining({ level: 'error', msg: 'worker unhealthy; taking no more jobs' }));
+    // The failed jobs went back to the queue (retryable), hidden for 30 s × their receive count: not
+    // straight back to the same worker. Nothing is visible now but the job never taken.
+    for (const job of jobs.slice(0, 2)) expect((await env.jobs.get(OWNER, job.id))!.status).toBe('queued');
+    const visible = await env.queue.receive({ max: 10, waitSec: 0, visibilitySec: 30 });
+    expect(visible.map((m) => JSON.parse(m.body).job_id)).toEqual([jobs[2]!.id]);
+  });
+
+  it('a job that succeeds in between resets the count: one passing device error does not make it unhealthy', async () => {
+    const env = await makeEnv();
+    let runs = 0;
+    const flaky: Synthesizer = {
+      async run() {
+        runs++;
+        if (runs % 2 === 1) throw noDevice();
+        return outcome(6, false);
+      },
+    };
+    for (let i = 0; i < 4; i++) await submit(env, { steps: 6 });
+    const w = start(env, flaky, { maxMachineFailures: 2 });
+    await waitFor('four runs', () => runs >= 4);
+    await waitFor('the fourth job settled', () => w.events.filter((e) => e.type === 'job_finished').length >= 4);
+    expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
+  });
+
+  it('a job that fails for its own reasons (a permanent engine error) does not count against the machine', async () => {
+    const env = await makeEnv();
+    let runs = 0;
+    const badInput: Synthesizer = {
+      async run() {
+        runs++;
+        throw new EngineError('invalid_input', 'the prompt has no token the model reads');
+      },
+    };
+    for (let i = 0; i < 3; i++) await submit(env, { steps: 6 });
+    const w = start(env, badInput, { maxMachineFailures: 2 });
+    await waitFor('three runs', () => w.events.filter((e) => e.type === 'job_finished').length >= 3);
+    expect(runs).toBe(3);
+    expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
+  });
+
+  it('a warm-up that fails on the machine makes it unhealthy before it polls; any other warm-up failure does not', async () => {
+    const env = await makeEnv();
+    const events: WorkerEvent[] = [];
+    const worker = createWorker({
+      queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer: { run: async () => outcome(1, false) },
+      config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1 },
+      warmUp: async () => {
+        throw noDevice();
+      },
+      onEvent: (e) => events.push(e),
+    });
+    workers.push(worker);
+    worker.start();
+    await waitFor('unhealthy', () => events.some((e) => e.type === 'unhealthy'));
+    await worker.stop();
+    expect(events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'warm_up' }]);
+    expect(events).not.toContainEqual({ type: 'state', state: 'polling' });
+
+    const other: WorkerEvent[] = [];
+    const w2 = createWorker({
+      queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer: { run: async () => outcome(1, false) },
+      config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1 },
+      warmUp: async () => {
+        throw new Error('model store unreachable');
+      },
+      onEvent: (e) => other.push(e),
+    });
+    workers.push(w2);
+    w2.start();
+    await waitFor('polling', () => other.some((e) => e.type === 'state' && e.state === 'polling'));
+    expect(other.some((e) => e.type === 'unhealthy')).toBe(false);
+  });
+
+  it('a run that ignores its abort past the deadline makes it unhealthy (its process must go)', async () => {
+    const env = await makeEnv();
+    let offset = 0;
+    let w!: ReturnType<typeof start>;
+    const stuck: Synthesizer = {
+      async run(_job, { onProgress } = {}) {
+        offset += 3_600_000;
+        onProgress?.({ step: 1, total: 6, image: 0 });
+        await waitFor('unhealthy', () => w.events.some((e) => e.type === 'unhealthy'));
+        return outcome(1, true, 6);
+      },
+    };
+    await submit(env, { steps: 6 });
+    w = start(env, stuck, { jobTimeoutSec: 60, visibilityTimeoutSec: 1 }, { now: () => Date.now() + offset });
+    await waitFor('unhealthy', () => w.events.some((e) => e.type === 'unhealthy'));
+    expect(w.events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'stuck_run' }]);
+  });
+});

@@ -6,7 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../cli/common.ts';
-import { startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
+import { exitWhenUnhealthy, startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
 import { silentLogger, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import { decodeImage } from '../../gpu-worker/engine/synth/image.ts';
 import { type Env, FAST_RECIPE, OWNER, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
@@ -106,5 +106,40 @@ describe('the worker process', () => {
     // fresh copy: the drain did not spend one of the job's deliveries.
     const again = await env.queue.receive({ waitSec: 0 });
     expect(again.map((m) => m.receiveCount)).toEqual([1]);
+  });
+
+  it('a device that does not load (CUDA asked for on this machine): the warm-up says so, the job is never taken, and the process exits 1 so ECS replaces it', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    const proc = spawnWorker(env, { CLIPAG_EXECUTION_PROVIDER: 'cuda' });
+    const exit = await proc.exited;
+    expect(exit, proc.output()).toEqual({ code: 1, signal: null });
+    expect(proc.output()).toMatch(/"msg":"worker unhealthy; taking no more jobs".*"reason":"warm_up"/);
+    expect(proc.output()).toMatch(/"msg":"worker unhealthy: exiting so that ECS replaces the task"/);
+    // Its queue's job is untouched: no delivery was spent on this machine.
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'queued', attempts: 0 });
+    expect((await env.queue.receive({ waitSec: 0 })).map((m) => m.receiveCount)).toEqual([1]);
+  });
+});
+
+describe('exitWhenUnhealthy', () => {
+  const log = { ...silentLogger, error: () => undefined };
+  it('drains, then exits 1 once; a drain that never ends (a stuck run) is cut at the grace', async () => {
+    const exits: number[] = [];
+    let stops = 0;
+    const onEvent = exitWhenUnhealthy({ stop: async () => void stops++, exit: (code) => exits.push(code), log, graceMs: 5_000 });
+    onEvent({ type: 'state', state: 'polling' });
+    expect(exits).toEqual([]);
+    onEvent({ type: 'unhealthy', reason: 'machine_failures' });
+    onEvent({ type: 'unhealthy', reason: 'stuck_run' });
+    await waitFor('the exit', () => exits.length > 0);
+    expect([exits, stops]).toEqual([[1], 1]);
+
+    const stuck: number[] = [];
+    const t0 = Date.now();
+    exitWhenUnhealthy({ stop: () => new Promise<void>(() => undefined), exit: (code) => stuck.push(code), log, graceMs: 200 })({ type: 'unhealthy', reason: 'stuck_run' });
+    await waitFor('the exit', () => stuck.length > 0);
+    expect(stuck).toEqual([1]);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(190);
   });
 });
