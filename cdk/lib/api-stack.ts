@@ -126,9 +126,10 @@ export class ApiStack extends Stack {
       environment,
     });
     // The sweep reads and updates job records (the re-send stamp, webhook attempts), drops markers
-    // whose work is done, sends messages, and signs output links for the webhooks it retries.
+    // whose work is done, sends messages, and signs output links for the webhooks it retries. It
+    // writes a marker back when the job was re-queued between its read and the delete (ADR 0012).
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
-    grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.pending, ['delete']);
+    grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.pending, ['write', 'delete']);
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.outputs, ['read']);
     grantListBucket(this.sweeper, bucket);
     grantSend(this.sweeper, queue);

@@ -66,7 +66,7 @@ export interface StageConfig {
   readonly alarmOldestMessageAgeSeconds: number;
   /** Alarm when at least this many messages sit in the DLQ. */
   readonly alarmDlqDepth: number;
-  /** Optional e-mail subscribed to the alarm topic. */
+  /** E-mail subscribed to the alarm topic; required in prod, where an alarm nobody reads is no alarm. */
   readonly alarmEmail?: string;
 }
 
@@ -172,6 +172,8 @@ function validate(cfg: StageConfig): void {
     problems.push(`logRetentionDays must be one of CloudWatch's values: ${[...LOG_RETENTION_DAYS].join(', ')}`);
   }
   if (cfg.instanceTypes.length === 0) problems.push('instanceTypes must name at least one type');
+  if (cfg.alarmEmail !== undefined && !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(cfg.alarmEmail)) problems.push(`alarmEmail is not an e-mail address: ${JSON.stringify(cfg.alarmEmail)}`);
+  if (cfg.stage === 'prod' && cfg.alarmEmail === undefined) problems.push('alarmEmail is required in prod (-c alarmEmail=ops@example.com or $CLIPAG_ALARM_EMAIL): the alarms would tell nobody');
   if (!(Number.isFinite(cfg.workerHourlyUsd) && cfg.workerHourlyUsd >= 0 && cfg.workerHourlyUsd <= 1000)) problems.push('workerHourlyUsd must be a price in [0, 1000]');
   // SQS limit; the worker heartbeat keeps long jobs leased, so no need to go near it.
   if (cfg.visibilityTimeoutSeconds > 43_200) problems.push('visibilityTimeoutSeconds must be <= 43200');

@@ -73,8 +73,12 @@ export class GpuQueueWorker extends Construct {
       // value changes, so later deploys do not reset a scaled-out service.
       desiredCount: 0,
       capacityProviderStrategies: [{ capacityProvider: props.capacityProvider.capacityProviderName, weight: 1 }],
-      // Start replacements before stopping old tasks: running jobs finish or drain cleanly.
-      minHealthyPercent: 100,
+      // Old tasks may stop before their replacements run. A busy task is kept by its task
+      // protection, and an idle one stopping (SIGTERM) gives nothing back that matters. With 100 %,
+      // a Spot-draining instance's task waits for a replacement (a new GPU instance and a
+      // multi-GB pull, far past the two-minute notice), and a deploy at maxInstances waits for
+      // capacity the group cannot add.
+      minHealthyPercent: 0,
       maxHealthyPercent: 200,
       circuitBreaker: { enable: true, rollback: true },
     });

@@ -1,4 +1,5 @@
-import { Duration } from 'aws-cdk-lib';
+import { Duration, Stack } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
@@ -27,6 +28,18 @@ export class QueueAlarms extends Construct {
   constructor(scope: Construct, id: string, props: QueueAlarmsProps) {
     super(scope, id);
     this.topic = new sns.Topic(this, 'Topic', { displayName: 'clipag alarms', enforceSSL: true });
+    // enforceSSL writes a topic policy, and a topic policy replaces SNS's default one (which let the
+    // account's own services publish): without this Allow, every alarm action fails with
+    // "not authorized to perform: SNS:Publish" and nobody is told.
+    this.topic.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'CloudWatchAlarmsPublish',
+        principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
+        actions: ['sns:Publish'],
+        resources: [this.topic.topicArn],
+        conditions: { StringEquals: { 'aws:SourceAccount': Stack.of(this).account } },
+      }),
+    );
     if (props.email) this.topic.addSubscription(new subs.EmailSubscription(props.email));
     const action = new actions.SnsAction(this.topic);
 

@@ -80,6 +80,17 @@ export class WorkerStack extends Stack {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
       description: 'ECS container instance role for the GPU workers (the ECS agent only)',
     });
+    if (config.useSpot) {
+      // On a Spot interruption notice the agent sets its own instance to DRAINING through this call.
+      // CDK's minimal instance policy lacks it (the managed ECS instance policy has it); without it
+      // the drain is AccessDenied and the worker is killed with the instance, its job mid-run.
+      instanceRole.addToPrincipalPolicy(
+        new iam.PolicyStatement({
+          actions: ['ecs:UpdateContainerInstancesState'],
+          resources: [Stack.of(this).formatArn({ service: 'ecs', resource: 'container-instance', resourceName: `${this.cluster.clusterName}/*` })],
+        }),
+      );
+    }
 
     // On-demand runs the primary type only; the other types diversify Spot pools.
     const primaryType = config.instanceTypes[0];
@@ -91,9 +102,10 @@ export class WorkerStack extends Stack {
       userData.addCommands('echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config');
     }
     const launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
-      // ECS-optimized Amazon Linux 2 GPU AMI (NVIDIA driver + container toolkit). It is an
-      // SSM parameter resolved at deploy time, so synth needs no AWS call.
-      machineImage: ecs.EcsOptimizedImage.amazonLinux2(ecs.AmiHardwareType.GPU),
+      // ECS-optimized Amazon Linux 2023 GPU AMI (NVIDIA driver + container toolkit; Amazon Linux 2
+      // left support on 2026-06-30). It is an SSM parameter resolved at deploy time, so synth needs
+      // no AWS call.
+      machineImage: ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.GPU),
       instanceType: new ec2.InstanceType(primaryType!),
       userData,
       role: instanceRole,

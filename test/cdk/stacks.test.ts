@@ -172,7 +172,7 @@ describe('StatefulStack', () => {
     expect(stateful.toJSON().Resources.ClipagBucket.Properties.VersioningConfiguration).toBeUndefined();
     const { app, cleanup } = testApp();
     cleanups.push(cleanup);
-    const prod = buildClipag(app, stageConfig('prod'), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
+    const prod = buildClipag(app, stageConfig('prod', { alarmEmail: 'ops@example.com' }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
     Template.fromStack(prod.stateful).hasResourceProperties('AWS::S3::Bucket', {
       VersioningConfiguration: { Status: 'Enabled' },
     });
@@ -270,7 +270,8 @@ describe('WorkerStack', () => {
     // The GPU ECS AMI is an SSM parameter resolved at deploy time, not a synth-time lookup.
     const params = (worker.toJSON() as { Parameters: Record<string, { Default?: string }> }).Parameters;
     const amiParam = Object.entries(params).find(([id]) => id === lt.ImageId.Ref)?.[1];
-    expect(amiParam?.Default).toBe('/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id');
+    // Amazon Linux 2023: Amazon Linux 2 left support on 2026-06-30.
+    expect(amiParam?.Default).toBe('/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id');
   });
 
   it('uses Spot with the configured types in dev, on-demand g5.xlarge in prod', () => {
@@ -287,7 +288,7 @@ describe('WorkerStack', () => {
 
     const { app, cleanup } = testApp();
     cleanups.push(cleanup);
-    const prod = Template.fromStack(buildClipag(app, stageConfig('prod'), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    const prod = Template.fromStack(buildClipag(app, stageConfig('prod', { alarmEmail: 'ops@example.com' }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
     prod.resourceCountIs('AWS::AutoScaling::LaunchConfiguration', 0);
     prod.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
       MinSize: '0',
@@ -410,6 +411,33 @@ describe('WorkerStack', () => {
     ]);
   });
 
+  it('lets CloudWatch publish to the alarm topic: its topic policy replaces the SNS default, so a deny-only policy would silence every alarm', () => {
+    const policies = resources(worker).filter(([, r]) => r.Type === 'AWS::SNS::TopicPolicy').map(([, r]) => r.Properties);
+    expect(policies).toHaveLength(1);
+    const statements = policies[0].PolicyDocument.Statement as Array<Record<string, any>>;
+    const allow = statements.filter((st) => st.Effect === 'Allow');
+    expect(allow).toEqual([
+      expect.objectContaining({ Action: 'sns:Publish', Principal: { Service: 'cloudwatch.amazonaws.com' }, Resource: { Ref: expect.stringMatching(/^AlarmsTopic/) }, Condition: { StringEquals: { 'aws:SourceAccount': expect.anything() } } }),
+    ]);
+    // The TLS-only deny stays.
+    expect(statements).toContainEqual(expect.objectContaining({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } }));
+  });
+
+  it('drains a Spot-interrupted instance: its agent may set it DRAINING, and the service stops old tasks without waiting for replacements', () => {
+    const instanceActions = (t: Template) =>
+      policyStatements(t)
+        .filter(({ owner }) => owner.startsWith('InstanceRoleDefaultPolicy'))
+        .flatMap(({ statement }) => asArray(statement.Action));
+    expect(instanceActions(worker)).toContain('ecs:UpdateContainerInstancesState');
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const prod = Template.fromStack(buildClipag(app, stageConfig('prod', { alarmEmail: 'ops@example.com' }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    expect(instanceActions(prod)).not.toContain('ecs:UpdateContainerInstancesState'); // on-demand: no Spot notice
+    for (const t of [worker, prod]) {
+      t.hasResourceProperties('AWS::ECS::Service', { DeploymentConfiguration: Match.objectLike({ MinimumHealthyPercent: 0, MaximumPercent: 200 }) });
+    }
+  });
+
   it('alarms on DLQ depth >= 1 and on the age of the oldest message, to SNS', () => {
     worker.resourceCountIs('AWS::SNS::Topic', 1);
     const alarms = resources(worker).filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
@@ -515,9 +543,9 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     expect(lambdaSqs.sort()).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
   });
 
-  it('gives the queued-job sweeper records, the pending markers (delete only) and send; nothing else', () => {
+  it('gives the queued-job sweeper records, the pending markers (delete, and put back when a job was re-queued meanwhile) and send; nothing else', () => {
     expect(s3Grants(api, 'QueuedJobSweeperServiceRoleDefaultPolicy')).toEqual(
-      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
+      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:PutObject pending/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
     );
     const sqs = policyStatements(api)
       .filter(({ owner }) => owner.startsWith('QueuedJobSweeperServiceRoleDefaultPolicy'))
@@ -584,7 +612,10 @@ describe('environment contract with shared/config.ts', () => {
 describe('stage config', () => {
   it('defaults to g5.xlarge and fails fast on unknown stages or bad values', () => {
     expect(dev.instanceTypes[0]).toBe('g5.xlarge');
-    expect(stageConfig('prod').useSpot).toBe(false);
+    expect(stageConfig('prod', { alarmEmail: 'ops@example.com' }).useSpot).toBe(false);
+    // Prod alarms must reach someone; an address must be one.
+    expect(() => stageConfig('prod')).toThrow(/alarmEmail is required in prod/);
+    expect(() => stageConfig('dev', { alarmEmail: 'ops at example' })).toThrow(/alarmEmail is not an e-mail address/);
     expect(() => stageConfig('staging')).toThrow(/Unknown stage "staging"/);
     expect(() => stageConfig('dev', { stopTimeoutSeconds: 30 })).toThrow(/stopTimeoutSeconds/);
     expect(() => stageConfig('dev', { lambdaTimeoutSeconds: 60 })).toThrow(/lambdaTimeoutSeconds/);
