@@ -50,6 +50,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
     deadLetterQueue: stateful.deadLetterQueue,
     image: options.workerImage,
     queuedJobSweeper: api.sweeper,
+    httpApi: api.httpApi,
   });
 
   // Readers before writers: the worker writes job-record fields (e.g. `warnings`) that the API's

@@ -41,6 +41,8 @@ export class GpuQueueWorker extends Construct {
   readonly container: ecs.ContainerDefinition;
   readonly service: ecs.Ec2Service;
   readonly taskRole: iam.IRole;
+  /** The worker's JSON log lines (one per event; `level` is debug, info, warn or error). */
+  readonly logGroup: logs.LogGroup;
   readonly backlog: cloudwatch.MathExpression;
   readonly scalingPolicy: appscaling.StepScalingPolicy;
 
@@ -55,6 +57,7 @@ export class GpuQueueWorker extends Construct {
     this.taskRole = this.taskDefinition.taskRole;
 
     const logGroup = new logs.LogGroup(this, 'Logs', { retention: props.logRetention });
+    this.logGroup = logGroup;
     this.container = this.taskDefinition.addContainer('worker', {
       image: props.image,
       gpuCount: 1,

@@ -2,7 +2,9 @@ import { Duration, Stack } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
@@ -16,6 +18,12 @@ export interface QueueAlarmsProps {
   readonly email?: string;
   /** The queued-job sweep: it failing sweep after sweep means lost messages stay lost. */
   readonly queuedJobSweeper?: lambda.IFunction;
+  /** The public API: 5xx answers (the app's 500s, and the gateway's own for a failing Lambda). */
+  readonly httpApi?: apigw.IHttpApi;
+  /** 5xx answers in each of two 5-minute periods that page (default 10). */
+  readonly api5xxPerFiveMinutes?: number;
+  /** The worker's JSON log lines: any `error` line pages (a lost usage add, an unhealthy worker, a failure it could not record). */
+  readonly workerLogGroup?: logs.ILogGroup;
 }
 
 /** Operator alarms for the job pipeline, published to one SNS topic. */
@@ -24,6 +32,8 @@ export class QueueAlarms extends Construct {
   readonly dlqDepthAlarm: cloudwatch.Alarm;
   readonly oldestMessageAlarm: cloudwatch.Alarm;
   readonly queuedJobSweepAlarm: cloudwatch.Alarm | undefined;
+  readonly api5xxAlarm: cloudwatch.Alarm | undefined;
+  readonly workerErrorAlarm: cloudwatch.Alarm | undefined;
 
   constructor(scope: Construct, id: string, props: QueueAlarmsProps) {
     super(scope, id);
@@ -83,7 +93,41 @@ export class QueueAlarms extends Construct {
         })
       : undefined;
 
-    for (const alarm of [this.dlqDepthAlarm, this.oldestMessageAlarm, ...(this.queuedJobSweepAlarm ? [this.queuedJobSweepAlarm] : [])]) {
+    // Customers are getting server errors: 10 or more in each of two 5-minute periods, so one
+    // unlucky request does not page but an outage does within 10 minutes.
+    this.api5xxAlarm = props.httpApi
+      ? new cloudwatch.Alarm(this, 'Api5xx', {
+          alarmDescription: 'The public API answered 5xx repeatedly (the app\'s 500s, or the gateway\'s own for a failing or timing-out Lambda).',
+          metric: props.httpApi.metricServerError({ period: Duration.minutes(5), statistic: 'Sum' }),
+          threshold: props.api5xxPerFiveMinutes ?? 10,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+          evaluationPeriods: 2,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        })
+      : undefined;
+
+    // The worker logs at `error` only what an operator must act on: an unhealthy worker (ADR 0023),
+    // a usage add that failed (the ledger misses a job until `clipag usage rebuild`), a failure it
+    // could not record, a corrupt job document.
+    this.workerErrorAlarm = props.workerLogGroup
+      ? new cloudwatch.Alarm(this, 'WorkerErrorLines', {
+          alarmDescription: 'The GPU worker logged an error line (search its log group for "level":"error").',
+          metric: new logs.MetricFilter(this, 'WorkerErrorLinesFilter', {
+            logGroup: props.workerLogGroup,
+            filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'error'),
+            metricNamespace: 'Clipag',
+            metricName: 'WorkerErrorLines',
+            metricValue: '1',
+          }).metric({ period: Duration.minutes(5), statistic: 'Sum' }),
+          threshold: 1,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+          evaluationPeriods: 1,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        })
+      : undefined;
+
+    const alarms = [this.dlqDepthAlarm, this.oldestMessageAlarm, this.queuedJobSweepAlarm, this.api5xxAlarm, this.workerErrorAlarm];
+    for (const alarm of alarms.filter((a): a is cloudwatch.Alarm => a !== undefined)) {
       alarm.addAlarmAction(action);
       alarm.addOkAction(action);
     }

@@ -3,6 +3,7 @@ import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
+import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as logs from 'aws-cdk-lib/aws-logs';
@@ -24,6 +25,8 @@ export interface WorkerStackProps extends StackProps {
   readonly image?: ecs.ContainerImage;
   /** The API stack's queued-job sweep, whose failures alarm on the same topic. */
   readonly queuedJobSweeper?: lambda.IFunction;
+  /** The API stack's HTTP API, whose 5xx answers alarm on the same topic. */
+  readonly httpApi?: apigw.IHttpApi;
 }
 
 /**
@@ -232,6 +235,8 @@ export class WorkerStack extends Stack {
       dlqDepth: config.alarmDlqDepth,
       email: config.alarmEmail,
       ...(props.queuedJobSweeper ? { queuedJobSweeper: props.queuedJobSweeper } : {}),
+      ...(props.httpApi ? { httpApi: props.httpApi } : {}),
+      workerLogGroup: this.worker.logGroup,
     });
   }
 }

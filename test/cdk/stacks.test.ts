@@ -453,6 +453,19 @@ describe('WorkerStack', () => {
     expect(sweep).toMatchObject({ Threshold: 1, EvaluationPeriods: 3, Period: 300, Statistic: 'Sum', TreatMissingData: 'notBreaching' });
     expect(JSON.stringify(sweep.Dimensions)).toContain('QueuedJobSweeper');
     expect(sweep.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+    // The public API's 5xx answers: 10 or more in each of two 5-minute periods.
+    const api5xx = alarms.find((a) => a.MetricName === '5xx' && a.Namespace === 'AWS/ApiGateway');
+    expect(api5xx).toMatchObject({ Threshold: 10, EvaluationPeriods: 2, Period: 300, Statistic: 'Sum', TreatMissingData: 'notBreaching' });
+    expect(JSON.stringify(api5xx.Dimensions)).toContain('HttpApi');
+    expect(api5xx.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+    // Any error line of the worker, through a metric filter on its log group.
+    const filters = resources(worker).filter(([, r]) => r.Type === 'AWS::Logs::MetricFilter').map(([, r]) => r.Properties);
+    expect(filters).toHaveLength(1);
+    expect(filters[0]).toMatchObject({ FilterPattern: '{ $.level = "error" }', LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) } });
+    expect(filters[0].MetricTransformations).toEqual([{ MetricNamespace: 'Clipag', MetricName: 'WorkerErrorLines', MetricValue: '1' }]);
+    const errors = alarms.find((a) => a.MetricName === 'WorkerErrorLines');
+    expect(errors).toMatchObject({ Namespace: 'Clipag', Threshold: 1, Statistic: 'Sum', TreatMissingData: 'notBreaching' });
+    expect(errors.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
   });
 
   it('stages the worker image from the repo root with gpu-worker/Dockerfile, for linux/amd64', () => {
