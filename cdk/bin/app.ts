@@ -14,6 +14,11 @@ const fromContext: unknown = app.node.tryGetContext('stage');
 const stage = typeof fromContext === 'string' && fromContext !== '' ? fromContext : (process.env.CLIPAG_STAGE ?? 'dev');
 const alarmEmail: unknown = app.node.tryGetContext('alarmEmail') ?? process.env.CLIPAG_ALARM_EMAIL;
 
-const config = stageConfig(stage, typeof alarmEmail === 'string' && alarmEmail !== '' ? { alarmEmail } : {});
+const defaultModel: unknown = app.node.tryGetContext('defaultModel') ?? process.env.CLIPAG_DEFAULT_MODEL;
+
+const config = stageConfig(stage, {
+  ...(typeof alarmEmail === 'string' && alarmEmail !== '' ? { alarmEmail } : {}),
+  ...(typeof defaultModel === 'string' && defaultModel !== '' ? { defaultModel } : {}),
+});
 buildClipag(app, config);
 app.synth();

@@ -66,6 +66,7 @@ export class ApiStack extends Stack {
       [ENV.queueRetention]: String(config.queueRetentionDays * 24 * 3600),
       [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
       [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
+      [ENV.defaultModel]: config.defaultModel,
       [ENV.outputRetention]: String(config.outputRetentionDays),
       NODE_OPTIONS: '--enable-source-maps',
       // AWS_REGION is set by the Lambda runtime itself (reserved name).

@@ -3,6 +3,8 @@
  * `cdk/bin/app.ts` is the only place that decides which stage is selected.
  */
 
+import { MODEL_NAME_PATTERN } from '../../shared/names.ts';
+
 export type StageName = 'dev' | 'prod';
 
 export interface StageConfig {
@@ -47,6 +49,11 @@ export interface StageConfig {
    * With Spot it is an upper bound.
    */
   readonly workerHourlyUsd: number;
+  /**
+   * The model a request that names none gets, and the one each worker warms before it polls
+   * (ADR 0020): `toy` (in the image) until a real bundle is pushed to the store (docs/model-store.md).
+   */
+  readonly defaultModel: string;
   readonly useSpot: boolean;
   readonly maxInstances: number;
   /** Queue backlog (visible + in flight) one task is expected to absorb before another is added. */
@@ -86,6 +93,7 @@ const dev: StageConfig = {
   queuedJobSweepMinutes: 2,
   instanceTypes: ['g5.xlarge', 'g4dn.xlarge'],
   workerHourlyUsd: 1.006,
+  defaultModel: 'toy',
   useSpot: true,
   maxInstances: 2,
   jobsPerTask: 4,
@@ -172,6 +180,7 @@ function validate(cfg: StageConfig): void {
     problems.push(`logRetentionDays must be one of CloudWatch's values: ${[...LOG_RETENTION_DAYS].join(', ')}`);
   }
   if (cfg.instanceTypes.length === 0) problems.push('instanceTypes must name at least one type');
+  if (!MODEL_NAME_PATTERN.test(cfg.defaultModel)) problems.push(`defaultModel is not a model name: ${JSON.stringify(cfg.defaultModel)} (lower-case letters, digits, '.', '_', '-')`);
   if (cfg.alarmEmail !== undefined && !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(cfg.alarmEmail)) problems.push(`alarmEmail is not an e-mail address: ${JSON.stringify(cfg.alarmEmail)}`);
   if (cfg.stage === 'prod' && cfg.alarmEmail === undefined) problems.push('alarmEmail is required in prod (-c alarmEmail=ops@example.com or $CLIPAG_ALARM_EMAIL): the alarms would tell nobody');
   if (!(Number.isFinite(cfg.workerHourlyUsd) && cfg.workerHourlyUsd >= 0 && cfg.workerHourlyUsd <= 1000)) problems.push('workerHourlyUsd must be a price in [0, 1000]');
@@ -234,6 +243,8 @@ export const ENV = {
   workerHourlyUsd: 'CLIPAG_WORKER_HOURLY_USD',
   /** How long the bucket keeps outputs (outputRetentionDays): views say until when their links work. */
   outputRetention: 'CLIPAG_OUTPUT_RETENTION_DAYS',
+  /** The model of a request that names none; the one the worker warms. */
+  defaultModel: 'CLIPAG_DEFAULT_MODEL',
   region: 'AWS_REGION',
 } as const;
 

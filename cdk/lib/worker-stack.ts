@@ -195,6 +195,7 @@ export class WorkerStack extends Stack {
         [ENV.stopTimeout]: String(config.stopTimeoutSeconds),
         [ENV.executionProvider]: 'cuda',
         [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
+        [ENV.defaultModel]: config.defaultModel,
         [ENV.outputRetention]: String(config.outputRetentionDays),
         // The links in the completion webhooks the worker sends live as long as the API's.
         [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),

@@ -198,6 +198,7 @@ describe('ApiStack', () => {
           [ENV.signedUrlTtl]: String(dev.signedUrlTtlSeconds),
           [ENV.workerHourlyUsd]: String(dev.workerHourlyUsd),
           [ENV.outputRetention]: String(dev.outputRetentionDays),
+          [ENV.defaultModel]: dev.defaultModel,
         }),
       },
     });
@@ -331,8 +332,21 @@ describe('WorkerStack', () => {
     expect(td.Properties.ContainerDefinitions[0].StopTimeout).toBeGreaterThanOrEqual(120);
     const names = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name).sort();
     expect(names).toEqual(
-      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.outputRetention, ENV.signedUrlTtl, ENV.region].sort(),
+      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.outputRetention, ENV.signedUrlTtl, ENV.region, ENV.defaultModel].sort(),
     );
+    // The model the API defaults to is the one the worker warms (ADR 0020).
+    const env = td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string; Value: unknown }>;
+    expect(env.find((e) => e.Name === ENV.defaultModel)?.Value).toBe('toy');
+  });
+
+  it('takes the default model from the stage config, and refuses a name no model can have', () => {
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const built = buildClipag(app, stageConfig('dev', { defaultModel: 'clipag-vitb32' }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
+    const td = resources(Template.fromStack(built.worker)).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')![1];
+    expect(td.Properties.ContainerDefinitions[0].Environment).toContainEqual({ Name: ENV.defaultModel, Value: 'clipag-vitb32' });
+    Template.fromStack(built.api).hasResourceProperties('AWS::Lambda::Function', { Environment: { Variables: Match.objectLike({ [ENV.defaultModel]: 'clipag-vitb32' }) } });
+    expect(() => stageConfig('dev', { defaultModel: '../ViT B/32' })).toThrow(/defaultModel is not a model name/);
   });
 
   it('creates the service at desiredCount 0 on the capacity provider, after the cluster association', () => {
