@@ -9,7 +9,7 @@ import * as https from 'node:https';
 import { BlockList, isIP } from 'node:net';
 import { ValidationError } from './errors.ts';
 import type { BlobStore, JobStore } from './ports.ts';
-import { isTerminal, type JobRecord, type JobWebhook } from './schemas/job.ts';
+import { isTerminal, webhookOfDeleted, type JobRecord, type JobWebhook } from './schemas/job.ts';
 import { generationView, viewOptionsFromConfig, type ViewOptions } from './views.ts';
 
 /** Attempts in all; the waits after each failed one (the last failure gives up). About 9 hours. */
@@ -252,7 +252,8 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   await deps.jobs.update(owner, jobId, (cur) => {
     if (cur.webhook?.claimed_until !== webhook.claimed_until || cur.webhook_claim !== token) return null; // the claim lapsed and another deliverer took it
     const { webhook_claim: _done, ...rest } = cur;
-    return { ...rest, webhook: next };
+    // Deleted while its event was owed: now that it has settled, the URL goes too (ADR 0021).
+    return { ...rest, webhook: rest.deleted_at !== undefined ? webhookOfDeleted(next) : next };
   });
   if (error !== null) {
     deps.log?.({ level: 'warn', msg: gaveUp ? 'webhook: last attempt failed; giving up' : 'webhook: attempt failed; will retry', job_id: jobId, owner, attempts, error });

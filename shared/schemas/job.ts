@@ -204,14 +204,24 @@ export const DELETED_TEXT = '[deleted]';
  * it (flags, warnings) blanked; its outputs and usage kept for the owner's usage audit (ADR 0019).
  */
 export function deletedRecord(job: JobRecord, at: string): JobRecord {
-  const { metadata: _labels, content_flags: _flags, warnings: _warnings, ...rest } = job;
+  const { metadata: _labels, content_flags: _flags, warnings: _warnings, webhook, ...rest } = job;
   const spec = {
     ...job.spec,
     ...(job.spec.prompt !== undefined ? { prompt: DELETED_TEXT } : {}),
     ...(job.spec.prompts !== undefined ? { prompts: job.spec.prompts.map((p) => ({ ...p, text: DELETED_TEXT })) } : {}),
     ...(job.spec.negative_prompt !== undefined ? { negative_prompt: DELETED_TEXT } : {}),
   };
-  return { ...rest, spec, deleted_at: job.deleted_at ?? at };
+  return { ...rest, ...(webhook ? { webhook: webhookOfDeleted(webhook) } : {}), spec, deleted_at: job.deleted_at ?? at };
+}
+
+/**
+ * A deleted generation's webhook once its delivery has settled (delivered, or given up): the URL
+ * keeps only its origin. Its path and query may hold the caller's tokens, and nothing will be sent
+ * to it again. One still owed keeps its URL until it settles (the deliverer applies this then).
+ */
+export function webhookOfDeleted(webhook: JobWebhook): JobWebhook {
+  if (webhook.delivered_at === null && webhook.given_up_at === null) return webhook;
+  return { ...webhook, url: `${new URL(webhook.url).origin}/` };
 }
 
 /** A fresh `queued` record for a validated spec. */

@@ -220,6 +220,31 @@ describe('delivery', () => {
     expect((await h.jobs.get('acct_alice', id))!.webhook).toMatchObject({ attempts: 1, delivered_at: expect.any(String), last_error: null });
   });
 
+  it('deleting the generation keeps only the origin of a settled webhook URL (its path and query may hold tokens); one still owed keeps it until it settles', async () => {
+    const tokenUrl = `${receiverUrl}/T0K3N?sig=s3cr3t`;
+    const origin = `${new URL(receiverUrl).origin}/`;
+    const del = (id: string) => localApp().request(`/v1/generations/${id}`, { method: 'DELETE', headers: { Authorization: `Bearer ${h.alice}` } });
+    // Delivered, then deleted.
+    const sent = await postWithWebhook(tokenUrl);
+    await finish(sent.id);
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', sent.id)).toBe('delivered');
+    const view = (await (await del(sent.id)).json()) as any;
+    expect(view.webhook).toMatchObject({ url: origin, status: 'delivered', attempts: 1 });
+    expect(JSON.stringify(await h.jobs.get('acct_alice', sent.id))).not.toMatch(/T0K3N|s3cr3t/);
+    // Deleted while owed (its receiver failing): the URL stays for the retries, and goes once it is delivered.
+    answer = 500;
+    const owed = await postWithWebhook(tokenUrl);
+    await finish(owed.id);
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', owed.id)).toBe('failed');
+    await del(owed.id);
+    expect((await h.jobs.get('acct_alice', owed.id))!.webhook!.url).toBe(tokenUrl);
+    answer = 200;
+    offsetMs += 3_600_000;
+    expect(await deliverWebhook(deliveryDeps(), 'acct_alice', owed.id)).toBe('delivered');
+    expect(JSON.parse(received.at(-1)!.body).data).toMatchObject({ id: owed.id, deleted_at: expect.any(String), outputs: [] }); // it announces the deleted view
+    expect((await h.jobs.get('acct_alice', owed.id))!.webhook!.url).toBe(origin);
+  });
+
   it('a failed attempt backs off per the schedule; after the last one it gives up, and the view says failed', async () => {
     const { id } = await postWithWebhook();
     await finish(id, 'failed');
