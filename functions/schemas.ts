@@ -1,5 +1,5 @@
 import { z } from '@hono/zod-openapi';
-import { ResourceId, Timestamp } from '../shared/schemas/common.ts';
+import { ApiKeyId, ResourceId, Timestamp } from '../shared/schemas/common.ts';
 import { GenerationSpec, ModelName } from '../shared/schemas/generation.ts';
 import { JobError, JobStatus, JobUsage } from '../shared/schemas/job.ts';
 
@@ -129,7 +129,7 @@ export const UsageQuery = z.object({
     .regex(MONTH_PATTERN, { message: 'month must be YYYY-MM (e.g. 2026-12)' })
     .optional()
     .openapi({ param: { name: 'month', in: 'query' }, example: '2026-12', description: 'A UTC month; default: the current one' }),
-  api_key_id: ResourceId.optional().openapi({
+  api_key_id: ApiKeyId.optional().openapi({
     param: { name: 'api_key_id', in: 'query' },
     description: "Only the generations this API key of yours created (its id: the part of the secret between `ck_` and the next `_`). Generations created before keys were recorded count in the account's figures only.",
   }),
@@ -140,6 +140,9 @@ export const UsageView = z
     object: z.literal('usage'),
     month: z.string(),
     api_key_id: z.string().nullable().openapi({ description: 'The API key the figures are limited to; null: the whole account' }),
+    incomplete_days: z.array(z.string()).openapi({
+      description: 'With api_key_id: days on which more than 100 of your keys were used, so that the figures itemise 100 of them and not this one; its share of those days is missing. Otherwise []',
+    }),
     days: z.array(z.object({ date: z.string().openapi({ example: '2026-12-05' }), ...UsageFigures }).openapi('UsageDay')).openapi({ description: 'Days with usage, ascending (UTC, by when each generation ended)' }),
     total: z.object(UsageFigures).openapi('UsageTotal'),
     hourly_usd: z.number().nullable().openapi({ description: "The deployment's hourly worker price today; null where it sets none" }),

@@ -109,7 +109,8 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
   /** The deployment's output concepts, embedded during the warm-up (the default wiring only). */
   let deploymentConcepts: (() => Promise<readonly string[]>) | undefined;
   if (deps.outputScreen === undefined) {
-    const policy = policyFromStore(deps.blobs, { onProblem: (problem) => log.error(problem) });
+    // Only a document an operator must fix is an error (it pages, ADR 0023); a store blip is retried.
+    const policy = policyFromStore(deps.blobs, { onProblem: (problem, kind) => (kind === 'invalid' ? log.error(problem) : log.warn(problem)) });
     outputScreen = async (owner) => (await policy(owner)).output;
     deploymentConcepts = async () => (await policy()).output.concepts;
   }
@@ -200,6 +201,7 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
   }
   const log = jsonLogger(config.logLevel, { component: 'worker' });
   let running: RunningWorker | undefined;
+  let unhealthy = false;
 
   // Signals first: a stop while the stores load has nothing to drain, and one after the worker
   // started must drain it, however early it comes.
@@ -219,7 +221,8 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
     running.stop().then(
       () => {
         log.info('drained; exiting', { drainMs: Date.now() - t0 });
-        process.exit(0);
+        // A stop that came while an unhealthy worker drained still exits as unhealthy (ADR 0023).
+        process.exit(unhealthy ? 1 : 0);
       },
       (error) => {
         log.error('drain failed', { error: String(error) });
@@ -232,7 +235,11 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
 
   const { blobs, queue, jobs, models: modelStore } = await storesFor(config);
   const onUnhealthy = exitWhenUnhealthy({ stop: () => running?.stop() ?? Promise.resolve(), exit: (code) => process.exit(code), log });
-  running = startWorker({ blobs, queue, jobs, modelStore: config.mode === 'aws' ? modelStore : undefined, config, log, onEvent: onUnhealthy });
+  const onEvent = (event: WorkerEvent) => {
+    if (event.type === 'unhealthy') unhealthy = true;
+    onUnhealthy(event);
+  };
+  running = startWorker({ blobs, queue, jobs, modelStore: config.mode === 'aws' ? modelStore : undefined, config, log, onEvent });
   // Show the store's models in the start line; a store that cannot be listed now is not fatal
   // (each job looks its model up again).
   await running.models.refresh().catch((error) => log.warn('model store not listed', { error: String(error) }));

@@ -15,7 +15,9 @@ const TIME_CHARS = 10;
 const RANDOM_CHARS = 16;
 const MAX_TIME = 2 ** 48 - 1;
 
-export const SORTABLE_ID_PATTERN = /^[0-9abcdefghjkmnpqrstvwxyz]{26}$/;
+import { SORTABLE_ID_PATTERN } from './names.ts';
+
+export { SORTABLE_ID_PATTERN };
 
 function encodeTime(ms: number): string {
   if (!Number.isInteger(ms) || ms < 0 || ms > MAX_TIME) throw new RangeError(`time out of range: ${ms}`);

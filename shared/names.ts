@@ -6,6 +6,9 @@
 export const OWNER_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 export const RESOURCE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 
+/** A sortable id (shared/ids.ts newId): 10 time and 16 random characters, Crockford base32 in lower case. */
+export const SORTABLE_ID_PATTERN = /^[0-9abcdefghjkmnpqrstvwxyz]{26}$/;
+
 /**
  * A model name: lower-case letters, digits, `.`, `_`, `-`, starting with a letter or digit, at most
  * 64 characters. The one definition: request schemas, config, the model store, the registry, bundle

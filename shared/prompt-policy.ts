@@ -438,6 +438,12 @@ export function parsePolicyDocument(body: Uint8Array): { policy: PromptPolicy; d
 }
 
 /**
+ * What went wrong with a policy document: `invalid` (it does not parse, or is too large) needs an
+ * operator's fix; `unreadable` (the store failed) is tried again at the next look.
+ */
+export type PolicyProblemKind = 'invalid' | 'unreadable';
+
+/**
  * The policy a job is checked by: its owner's document in the store when there is one
  * (`ownerPolicyKey`), else the deployment's (`PROMPT_POLICY_KEY`), else the shipped default. Each
  * document is looked at (a HEAD) at most every `ttlMs` and downloaded only when its etag changed.
@@ -449,7 +455,7 @@ export function parsePolicyDocument(body: Uint8Array): { policy: PromptPolicy; d
  */
 export function policyFromStore(
   store: PolicySource,
-  options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string) => void } = {},
+  options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string, kind: PolicyProblemKind) => void } = {},
 ): (owner?: string) => Promise<PromptPolicy> {
   const shipped = defaultPromptPolicy();
   const deployment = storedPolicy(store, PROMPT_POLICY_KEY, async () => shipped, options);
@@ -485,7 +491,7 @@ function storedPolicy(
   store: PolicySource,
   key: string,
   fallback: () => Promise<PromptPolicy>,
-  options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string) => void },
+  options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string, kind: PolicyProblemKind) => void },
 ): StoredPolicy {
   const ttlMs = options.ttlMs ?? 60_000;
   const now = options.now ?? Date.now;
@@ -507,7 +513,7 @@ function storedPolicy(
       if (meta.etag === seenEtag) return;
       if (meta.size > MAX_POLICY_BYTES) {
         seenEtag = meta.etag; // reported once for this version
-        options.onProblem?.(`${key} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; keeping the previous policy`);
+        options.onProblem?.(`${key} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; keeping the previous policy`, 'invalid');
         return;
       }
       // Only once the document is in hand does its etag count as seen: a failed download is tried again.
@@ -517,10 +523,10 @@ function storedPolicy(
       // Replaced by a larger one since the HEAD: not parsed either.
       const parsed = parsePolicyDocument(found.body);
       if ('policy' in parsed) own = parsed.policy;
-      else options.onProblem?.(`${key} is not a valid policy; keeping the previous one: ${parsed.problem}`.slice(0, 2000));
+      else options.onProblem?.(`${key} is not a valid policy; keeping the previous one: ${parsed.problem}`.slice(0, 2000), 'invalid');
     } catch (error) {
       // The store failed: keep what we have; the next look (after ttlMs) tries again.
-      options.onProblem?.(`${key} could not be read; keeping the previous policy: ${error instanceof Error ? error.message : String(error)}`);
+      options.onProblem?.(`${key} could not be read; keeping the previous policy: ${error instanceof Error ? error.message : String(error)}`, 'unreadable');
     } finally {
       readAt = now();
     }

@@ -8,7 +8,7 @@ import { CorruptDocumentError } from './errors.ts';
 import { usageKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
 import { costUsd } from './run-stats.ts';
-import { ResourceId } from './schemas/common.ts';
+import { ApiKeyId } from './schemas/common.ts';
 import type { JobRecord } from './schemas/job.ts';
 
 /** One day's figures: of the whole owner, or of one of its API keys. */
@@ -29,8 +29,18 @@ const FIGURES = {
 };
 const pricedWithin = (d: { priced_seconds?: number | undefined; worker_seconds: number }) => (d.priced_seconds ?? 0) <= d.worker_seconds + 1e-9;
 const PRICED_WITHIN = { message: 'priced_seconds must not exceed worker_seconds' };
-const Figures = z.object(FIGURES).strict().refine(pricedWithin, PRICED_WITHIN);
-export type UsageFigures = z.output<typeof Figures>;
+// Loose, here and below: a field a later version adds is kept by this one's writes (it adds what it
+// knows; `clipag usage audit` finds what it could not), instead of every add failing on the month.
+const Figures = z.object(FIGURES).loose().refine(pricedWithin, PRICED_WITHIN);
+/** One day's figures (what this version knows of them). */
+export interface UsageFigures {
+  generations: number;
+  images: number;
+  worker_seconds: number;
+  encoder_passes: number;
+  priced_seconds?: number | undefined;
+  priced_cost_usd?: number | undefined;
+}
 
 /** At most this many API keys per day are itemised; the owner's totals count every job. */
 export const MAX_KEYS_PER_DAY = 100;
@@ -43,13 +53,15 @@ const DayUsage = z
      * one. Absent: none did (jobs created before keys were recorded).
      */
     by_api_key: z
-      .record(ResourceId, Figures)
+      .record(ApiKeyId, Figures)
       .refine((keys) => Object.keys(keys).length <= MAX_KEYS_PER_DAY, { message: `at most ${MAX_KEYS_PER_DAY} keys a day` })
       .optional(),
   })
-  .strict()
+  .loose()
   .refine(pricedWithin, PRICED_WITHIN);
-export type DayUsage = z.output<typeof DayUsage>;
+export interface DayUsage extends UsageFigures {
+  by_api_key?: Record<string, UsageFigures> | undefined;
+}
 
 /**
  * The ids of the jobs added last, so an add repeated for the same job counts once: an S3 PUT that
@@ -65,7 +77,7 @@ const UsageDoc = z
     days: z.record(z.string().regex(/^\d{4}-\d{2}-\d{2}$/), DayUsage),
     recent_jobs: z.array(z.string().min(1).max(100)).max(RECENT_JOBS_KEPT).default([]),
   })
-  .strict();
+  .loose();
 
 
 /**
@@ -93,7 +105,7 @@ export async function recordUsage(blobs: BlobStore, owner: string, jobId: string
     const doc = current ? parse(current, key, month) : { v: 1 as const, days: {}, recent_jobs: [] };
     if (doc.recent_jobs.includes(jobId)) return null; // counted already
     addToDay(doc.days, day, used);
-    return Buffer.from(JSON.stringify({ v: 1, days: doc.days, recent_jobs: [...doc.recent_jobs, jobId].slice(-RECENT_JOBS_KEPT) }));
+    return Buffer.from(JSON.stringify({ ...doc, v: 1, days: doc.days, recent_jobs: [...doc.recent_jobs, jobId].slice(-RECENT_JOBS_KEPT) }));
   });
 }
 
@@ -115,6 +127,7 @@ function addFigures(was: UsageFigures | undefined, used: Used): UsageFigures {
   const w = was ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
   const priced = used.hourlyUsd !== undefined;
   return {
+    ...w,
     generations: w.generations + 1,
     images: w.images + used.images,
     worker_seconds: ms(w.worker_seconds + used.workerSeconds),
@@ -131,9 +144,11 @@ function addFigures(was: UsageFigures | undefined, used: Used): UsageFigures {
 
 function addToDay(days: Record<string, DayUsage>, day: string, used: Used): void {
   const { by_api_key: keys, ...was } = days[day] ?? { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0 };
+  const key = used.apiKeyId;
+  const known = key !== undefined && keys !== undefined && Object.hasOwn(keys, key);
   // A day with more keys than it itemises still counts the job in the owner's totals.
-  const itemised = used.apiKeyId !== undefined && (keys?.[used.apiKeyId] !== undefined || Object.keys(keys ?? {}).length < MAX_KEYS_PER_DAY);
-  const byKey = itemised ? { ...keys, [used.apiKeyId!]: addFigures(keys?.[used.apiKeyId!], used) } : keys;
+  const itemised = key !== undefined && (known || Object.keys(keys ?? {}).length < MAX_KEYS_PER_DAY);
+  const byKey = itemised ? { ...keys, [key]: addFigures(known ? keys[key] : undefined, used) } : keys;
   days[day] = DayUsage.parse({ ...addFigures(was, used), ...(byKey !== undefined ? { by_api_key: byKey } : {}) });
 }
 
@@ -168,6 +183,8 @@ export function usageOfRecord(job: JobRecord): (Used & { day: string }) | null {
   };
 }
 
+const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
 /** An owner's job records as one scan saw them: every readable one, and the ids of those that did not read. */
 export interface JobScan {
   records: JobRecord[];
@@ -178,13 +195,16 @@ export interface JobScan {
 export function usageFromRecords(records: Iterable<JobRecord>, month: string): { days: Array<DayUsage & { date: string }>; jobs: string[] } {
   const days: Record<string, DayUsage> = {};
   const counted: Array<{ id: string; at: string }> = [];
-  for (const job of records) {
+  // In the order the jobs ended, as their workers added them: past MAX_KEYS_PER_DAY keys a day, the
+  // keys itemised are the first ones to end there.
+  const byEnd = [...records].sort((a, b) => cmp(a.finished_at ?? '', b.finished_at ?? '') || cmp(a.id, b.id));
+  for (const job of byEnd) {
     const used = usageOfRecord(job);
     if (!used || !used.day.startsWith(`${month}-`)) continue;
     addToDay(days, used.day, used);
     counted.push({ id: job.id, at: job.finished_at! });
   }
-  counted.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : a.id < b.id ? -1 : 1));
+  counted.sort((a, b) => cmp(a.at, b.at) || cmp(a.id, b.id));
   return { days: Object.keys(days).sort().map((date) => ({ date, ...days[date]! })), jobs: counted.map((c) => c.id) };
 }
 

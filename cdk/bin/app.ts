@@ -14,7 +14,9 @@ const fromContext: unknown = app.node.tryGetContext('stage');
 const stage = typeof fromContext === 'string' && fromContext !== '' ? fromContext : (process.env.CLIPAG_STAGE ?? 'dev');
 const alarmEmail: unknown = app.node.tryGetContext('alarmEmail') ?? process.env.CLIPAG_ALARM_EMAIL;
 
-const defaultModel: unknown = app.node.tryGetContext('defaultModel') ?? process.env.CLIPAG_DEFAULT_MODEL;
+// Context only: $CLIPAG_DEFAULT_MODEL is the processes' own variable (a local `clipag serve`), and a
+// developer's local setting must not reach a deployment unnoticed.
+const defaultModel: unknown = app.node.tryGetContext('defaultModel');
 
 const config = stageConfig(stage, {
   ...(typeof alarmEmail === 'string' && alarmEmail !== '' ? { alarmEmail } : {}),

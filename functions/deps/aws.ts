@@ -15,7 +15,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
     queue,
     jobs,
     keys,
-    promptPolicy: policyFromStore(blobs, { onProblem: (problem) => jsonLineLog({ level: 'error', msg: problem }) }),
+    promptPolicy: policyFromStore(blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
     models: modelsFromBucket(blobs, config.defaultModel),
     limits: {
       maxBodyBytes: config.maxBodyBytes,

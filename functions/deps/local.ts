@@ -25,7 +25,7 @@ export async function localDeps(
     queue: adapters.queue,
     jobs: adapters.jobs,
     keys: adapters.keys,
-    promptPolicy: policyFromStore(adapters.blobs, { onProblem: (problem) => jsonLineLog({ level: 'error', msg: problem }) }),
+    promptPolicy: policyFromStore(adapters.blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
     models: options.models ?? modelsFromDir(config.modelsDir, config.defaultModel, { store: adapters.blobs }),
     limits: {
       maxBodyBytes: config.maxBodyBytes,

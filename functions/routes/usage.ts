@@ -1,5 +1,5 @@
 import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
-import { dayCostUsd, readUsage } from '../../shared/usage.ts';
+import { dayCostUsd, MAX_KEYS_PER_DAY, readUsage } from '../../shared/usage.ts';
 import { UsageQuery, UsageView } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
@@ -25,10 +25,13 @@ export function registerUsageRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx
     const all = await readUsage(deps.blobs, c.get('owner'), month);
     // One key's share of each day (ADR 0022): only the days it created generations on.
     const key = query.api_key_id;
-    const days = key === undefined ? all : all.flatMap((d) => (d.by_api_key?.[key] ? [{ date: d.date, ...d.by_api_key[key] }] : []));
+    const share = (d: (typeof all)[number]) => (key !== undefined && d.by_api_key !== undefined && Object.hasOwn(d.by_api_key, key) ? d.by_api_key[key] : undefined);
+    const days = key === undefined ? all : all.flatMap((d) => (share(d) ? [{ date: d.date, ...share(d)! }] : []));
+    // Days that itemised their MAX_KEYS_PER_DAY keys without this one: its figures there are unknown.
+    const incomplete = key === undefined ? [] : all.filter((d) => !share(d) && Object.keys(d.by_api_key ?? {}).length >= MAX_KEYS_PER_DAY).map((d) => d.date);
     const sum = (f: 'generations' | 'images' | 'worker_seconds' | 'encoder_passes') => days.reduce((a, d) => a + d[f], 0);
     const seconds = Math.round(sum('worker_seconds') * 1000) / 1000;
-    // Each day's jobs at the price of their day where the worker kept it (ADR 0019), today's otherwise.
+    // Each day's jobs at the price of their day where the worker kept it (ADR 0022), today's otherwise.
     const priced = days.map((d) => ({
       date: d.date,
       generations: d.generations,
@@ -46,6 +49,7 @@ export function registerUsageRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx
         object: 'usage' as const,
         month,
         api_key_id: key ?? null,
+        incomplete_days: incomplete,
         days: priced,
         total: { generations: sum('generations'), images: sum('images'), worker_seconds: seconds, encoder_passes: sum('encoder_passes'), cost_usd: totalCost },
         hourly_usd: price ?? null,

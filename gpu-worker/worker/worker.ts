@@ -264,6 +264,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     let held = true;
     /** No extension at or after this clock time (the job's deadline plus one visibility timeout). */
     let stopExtendingAt = Infinity;
+    /** The engine call has returned (or thrown): time past the deadline is then spent on uploads, not a stuck run. */
+    let runEnded = false;
     const everyMs = (visibilitySec * 1000) / 2;
     /** Consecutive failed extends: the next try comes sooner, well inside what is left of the timeout. */
     let failures = 0;
@@ -274,7 +276,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         log.warn('job past its deadline; no longer extending the lease', { messageId: m.messageId });
         emit({ type: 'lease_stopped', messageId: m.messageId, reason: 'deadline' });
         // A run that ignores its abort this long holds the GPU for good: this process must go.
-        unhealthy('stuck_run', { messageId: m.messageId });
+        if (!runEnded) unhealthy('stuck_run', { messageId: m.messageId });
         timer = undefined;
         return;
       }
@@ -314,6 +316,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       /** From now on the heartbeat stops extending at `deadlineMs` + one visibility timeout. */
       setDeadline(deadlineMs: number): void {
         stopExtendingAt = deadlineMs + visibilitySec * 1000;
+      },
+      /** The engine call has settled: a lapse past the deadline from now on is no stuck run. */
+      engineDone(): void {
+        runEnded = true;
       },
       async release(): Promise<void> {
         held = false;
@@ -574,6 +580,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       } catch (error) {
         runError = error;
       } finally {
+        lease.engineDone();
         clearTimeout(deadlineTimer);
         current = undefined;
         await progress.close();
@@ -699,7 +706,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     const cls = classifyError(error);
     const lastAttempt = m.receiveCount >= config.maxReceives;
     log.warn('job attempt failed', { jobId: msg.job_id, owner: msg.owner, class: cls, receiveCount: m.receiveCount, lastAttempt, error: describe(error) });
-    if (isMachineFailure(error) && ++machineFailures >= maxMachineFailures) unhealthy('machine_failures', { failures: machineFailures, error: describe(error) });
+    // In a row: a job failing for its own reasons shows this machine can run jobs.
+    if (!isMachineFailure(error)) machineFailures = 0;
+    else if (++machineFailures >= maxMachineFailures) unhealthy('machine_failures', { failures: machineFailures, error: describe(error) });
     try {
       if (cls === 'retryable' && !lastAttempt) {
         if (attempt > 0) await markQueued(msg, attempt);

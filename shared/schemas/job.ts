@@ -1,5 +1,5 @@
 import { z } from '@hono/zod-openapi';
-import { OwnerId, ResourceId, Timestamp } from './common.ts';
+import { ApiKeyId, OwnerId, ResourceId, Timestamp } from './common.ts';
 import { GenerationSpec, MAX_IMAGES, StoredMetadata } from './generation.ts';
 import { isValidKey } from '../keys.ts';
 import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES } from '../prompt-policy.ts';
@@ -177,7 +177,7 @@ export const JobRecord = z
      */
     hourly_usd: z.number().finite().min(0).max(1000).optional(),
     /** The API key that created the job (its id, not its secret), for usage per key; absent: created before keys were recorded. */
-    api_key_id: ResourceId.optional(),
+    api_key_id: ApiKeyId.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })

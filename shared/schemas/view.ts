@@ -23,7 +23,7 @@ export const GenerationUsageView = z
       description: 'worker_seconds at hourly_usd (compute at list price, not an invoice); null where no price applies',
     }),
     hourly_usd: z.number().nullable().openapi({
-      description: "The hourly worker price the generation is costed at: the deployment's price when its run ended (a later price change does not alter it), today's price for one that has not ended, or was run by a version that kept no price; null where the deployment sets none",
+      description: "The hourly worker price the generation is costed at: the deployment's price when its run ended and wrote its usage (it succeeded, or the output check withheld every image), which a later price change does not alter; otherwise today's price (other generations have no usage to cost, or were run by a version that kept no price); null where no price applies",
     }),
   })
   .strict()

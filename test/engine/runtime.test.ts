@@ -8,7 +8,7 @@ import { tensor } from '../../gpu-worker/engine/onnx/ir.ts';
 import type { ModelIR, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
 import { cudaProviderInstalled, executionProviders, providersFor } from '../../gpu-worker/engine/runtime/providers.ts';
-import { createSession, runModel, toOrtSessionOptions } from '../../gpu-worker/engine/runtime/session.ts';
+import { createSession, loadError, runModel, toOrtSessionOptions } from '../../gpu-worker/engine/runtime/session.ts';
 
 async function expectEngineError(p: Promise<unknown> | (() => unknown), code: string, message: RegExp): Promise<EngineError> {
   let caught: unknown;
@@ -87,6 +87,17 @@ describe('providers', () => {
 
   it.skipIf(cudaProviderInstalled())('on this machine (no CUDA EP installed) a cuda session is refused before ORT is touched', async () => {
     await expectEngineError(createSession(encodeModel(smallModel()), { device: 'cuda' }), 'runtime_unavailable', /CUDA/);
+  });
+
+  it('a load failure is classified: a device that cannot start, a model too large for the device (not the device\'s fault), a model refused', () => {
+    const cuda = { device: 'cuda' as const };
+    expect(loadError(new Error('CUDA failure 100: no CUDA-capable device is detected'), cuda).code).toBe('runtime_unavailable');
+    expect(loadError(new Error('libcudnn_adv.so.9: cannot open shared object file'), cuda).code).toBe('runtime_unavailable');
+    for (const oom of ['CUDA failure 2: out of memory ; GPU=0', 'CUDA error cudaErrorMemoryAllocation:out of memory', '[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer of size 1073741824']) {
+      const e = loadError(new Error(oom), cuda);
+      expect([e.code, e.message]).toEqual(['runtime_failed', expect.stringMatching(/^the cuda device ran out of memory loading the model/)]);
+    }
+    expect(loadError(new Error('Load model from x failed: Protobuf parsing failed'), {}).code).toBe('invalid_model');
   });
 
   it('session options map to ORT options', () => {

@@ -179,7 +179,8 @@ describe('the API', () => {
       },
       get: (key: string) => h.blobs.get(key),
     };
-    const policyNow = policyFromStore(store, { ttlMs: 1000, now: () => nowMs, onProblem: (p) => problems.push(p) });
+    const kinds: string[] = [];
+    const policyNow = policyFromStore(store, { ttlMs: 1000, now: () => nowMs, onProblem: (p, kind) => void (problems.push(p), kinds.push(kind)) });
     const own = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
     await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(own)));
     await Promise.all(Array.from({ length: 10 }, () => policyNow()));
@@ -196,6 +197,8 @@ describe('the API', () => {
     nowMs = 4000;
     expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toHaveLength(1);
     expect(problems[1]).toMatch(/over the 2097152-byte limit/);
+    // A store that failed is retried by itself (logged as a warning); a document too large needs an operator (an error, which pages).
+    expect(kinds).toEqual(['unreadable', 'invalid']);
   });
 
   it('a document that grew past the cap between the HEAD and the GET is not parsed', async () => {

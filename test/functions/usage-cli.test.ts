@@ -5,8 +5,10 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { run } from '../../cli/usage.ts';
 import { usageKey } from '../../shared/keys.ts';
-import type { JobRecord } from '../../shared/schemas/job.ts';
-import { readUsage, rebuildUsage, recordUsage, usageOfRecord, type JobScan } from '../../shared/usage.ts';
+import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
+import { GenerationSpec } from '../../shared/schemas/generation.ts';
+import { newJobId } from '../../shared/ids.ts';
+import { MAX_KEYS_PER_DAY, readUsage, rebuildUsage, recordUsage, usageOfRecord, type JobScan } from '../../shared/usage.ts';
 import { harness, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -119,6 +121,25 @@ describe('clipag usage', () => {
     const keyed = { ...figures, by_api_key: { [other]: { generations: 3, images: 4, worker_seconds: 130, encoder_passes: 160 } } };
     await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from(JSON.stringify({ v: 1, days: { '2026-12-05': keyed } })));
     expect((await cli('audit', '--owner', 'acct_alice')).code).toBe(3);
+  });
+
+  it('past MAX_KEYS_PER_DAY keys a day, audit and rebuild itemise the keys the worker did (the first to end), not the order the store lists them in', async () => {
+    const keyOf = (i: number) => `${'0'.repeat(23)}${String(i).padStart(3, '0')}`;
+    const ids: string[] = [];
+    // Created as the API creates them (directly: 101 would pass the harness's active-job limit).
+    const spec = GenerationSpec.parse({ prompt: 'apple', model: 'toy' });
+    for (let i = 0; i <= MAX_KEYS_PER_DAY; i++) ids.push((await h.jobs.create(newJobRecord({ id: newJobId(Date.parse('2026-12-05T09:00:00Z') + i), owner: 'acct_alice', spec }))).id);
+    // They end in their creation order (the store lists newest first), each made with its own key; the worker adds each as it ends.
+    for (const [n, id] of ids.entries()) {
+      const finishedAt = new Date(Date.parse('2026-12-05T10:00:00Z') + n * 1000).toISOString();
+      const done = await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: finishedAt, usage: { encoder_passes: 40, worker_seconds: 1 }, outputs: [{ key: `outputs/acct_alice/${id}/0.png`, width: 224, height: 224 }], api_key_id: keyOf(n) }));
+      await recordUsage(h.blobs, 'acct_alice', id, new Date(finishedAt), usageOfRecord(done)!);
+    }
+    const ledger = await readUsage(h.blobs, 'acct_alice', '2026-12');
+    expect(Object.keys(ledger[0]!.by_api_key!).sort()).toEqual(Array.from({ length: MAX_KEYS_PER_DAY }, (_, n) => keyOf(n))); // the last to end is not itemised
+    expect((await cli('audit', '--owner', 'acct_alice')).code).toBe(0);
+    expect((await cli('rebuild', '--owner', 'acct_alice')).code).toBe(0);
+    expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual(ledger);
   });
 
   it('a ledger that does not read (the API answers 409, adds fail) is reported by audit and replaced by rebuild', async () => {

@@ -50,15 +50,30 @@ describe('the usage ledger', () => {
   });
 
   it('itemises at most MAX_KEYS_PER_DAY keys a day; a job of one more still counts in the totals', async () => {
-    const key = (i: number) => `key${String(i).padStart(3, '0')}`;
+    const key = (i: number) => `${'0'.repeat(23)}${String(i).padStart(3, '0')}`; // API key ids: 26 characters
     for (let i = 0; i < MAX_KEYS_PER_DAY; i++) await recordUsage(h.blobs, 'acct_alice', `j${i}`, at('2026-12-05T10:00:00Z'), { ...used(1, 1), apiKeyId: key(i) });
-    await recordUsage(h.blobs, 'acct_alice', 'j-extra', at('2026-12-05T10:00:00Z'), { ...used(1, 1), apiKeyId: 'one-too-many' });
+    const extra = 'zzzzzzzzzzzzzzzzzzzzzzzzzz';
+    await recordUsage(h.blobs, 'acct_alice', 'j-extra', at('2026-12-05T10:00:00Z'), { ...used(1, 1), apiKeyId: extra });
     await recordUsage(h.blobs, 'acct_alice', 'j-again', at('2026-12-05T10:00:00Z'), { ...used(1, 1), apiKeyId: key(7) }); // a key already there still adds up
     const [day] = await readUsage(h.blobs, 'acct_alice', '2026-12');
     expect(day!.generations).toBe(MAX_KEYS_PER_DAY + 2);
     expect(Object.keys(day!.by_api_key!)).toHaveLength(MAX_KEYS_PER_DAY);
-    expect(day!.by_api_key!['one-too-many']).toBeUndefined();
+    expect(Object.hasOwn(day!.by_api_key!, extra)).toBe(false);
     expect(day!.by_api_key![key(7)]!.generations).toBe(2);
+    // Asked for the key left out, the API says that day's share of it is missing, rather than nothing.
+    const app = createApp({ ...h.deps, clock: () => at('2026-12-20T08:00:00Z') });
+    const res = (await (await app.request(`/v1/usage?api_key_id=${extra}`, { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
+    expect([res.days, res.incomplete_days]).toEqual([[], ['2026-12-05']]);
+    const itemised = (await (await app.request(`/v1/usage?api_key_id=${key(7)}`, { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
+    expect([itemised.total.generations, itemised.incomplete_days]).toEqual([2, []]);
+  });
+
+  it('a month a later version wrote with fields this one does not know is read, and an add keeps them', async () => {
+    const later = { v: 1, days: { '2026-12-05': { generations: 1, images: 1, worker_seconds: 2, encoder_passes: 10, gpu_joules: 500 } }, recent_jobs: ['j0'], watermark: 'x' };
+    await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from(JSON.stringify(later)));
+    await recordUsage(h.blobs, 'acct_alice', 'j1', at('2026-12-05T10:00:00Z'), used(1, 3));
+    const stored = JSON.parse(Buffer.from((await h.blobs.get(usageKey('acct_alice', '2026-12')))!.body).toString());
+    expect(stored).toMatchObject({ watermark: 'x', days: { '2026-12-05': { generations: 2, worker_seconds: 5, gpu_joules: 500 } }, recent_jobs: ['j0', 'j1'] });
   });
 
   it('an unreadable month is reported, never taken for zero, and not overwritten', async () => {
@@ -91,6 +106,7 @@ describe('GET /v1/usage', () => {
       object: 'usage',
       month: '2026-12',
       api_key_id: null,
+      incomplete_days: [],
       days: [
         { date: '2026-12-05', generations: 1, images: 2, worker_seconds: 1800, encoder_passes: 100, cost_usd: 1.8 },
         { date: '2026-12-19', generations: 1, images: 1, worker_seconds: 360, encoder_passes: 100, cost_usd: 0.36 },
@@ -105,7 +121,7 @@ describe('GET /v1/usage', () => {
     const oct = (await (await get(app(1), '?month=2026-10', h.bob)).json()) as any;
     expect([oct.days.map((d: any) => d.cost_usd), oct.total.cost_usd]).toEqual([[0.000278, 0.000278, 0.000278], 0.000834]);
     expect(await (await get(app(), '?month=2026-11')).json()).toEqual({
-      object: 'usage', month: '2026-11', api_key_id: null, days: [], total: { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0, cost_usd: null }, hourly_usd: null,
+      object: 'usage', month: '2026-11', api_key_id: null, incomplete_days: [], days: [], total: { generations: 0, images: 0, worker_seconds: 0, encoder_passes: 0, cost_usd: null }, hourly_usd: null,
     });
   });
 
@@ -148,6 +164,7 @@ describe('GET /v1/usage', () => {
       object: 'usage',
       month: '2026-12',
       api_key_id: second.record.id,
+      incomplete_days: [],
       days: [
         { date: '2026-12-05', generations: 1, images: 2, worker_seconds: 30, encoder_passes: 100, cost_usd: 0.03 },
         { date: '2026-12-07', generations: 1, images: 1, worker_seconds: 10, encoder_passes: 100, cost_usd: 0.01 },
@@ -158,7 +175,10 @@ describe('GET /v1/usage', () => {
     expect(((await (await get(app(3.6), `?api_key_id=${first}`)).json()) as any).total.worker_seconds).toBe(100);
     // Another account's key (or one never used) shows nothing of theirs, not an error.
     expect(((await (await get(app(3.6), `?api_key_id=${h.bob.split('_')[1]}`)).json()) as any).days).toEqual([]);
-    await expectEnvelope(await get(app(), '?api_key_id=../x'), 400, 'validation_error');
+    // Only an API key id is one: no name that a plain object answers to (constructor, __proto__, …).
+    for (const bad of ['../x', 'constructor', '__proto__', 'toString', 'hasOwnProperty', first.toUpperCase()]) {
+      await expectEnvelope(await get(app(), `?api_key_id=${bad}`), 400, 'validation_error');
+    }
   });
 
   it('a malformed month is a 400 naming it; no key is a 401; an unreadable month is a 409, not a 500', async () => {

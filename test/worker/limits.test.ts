@@ -399,6 +399,22 @@ describe('an unhealthy machine', () => {
     expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
   });
 
+  it('"in a row": a job that fails for its own reasons between two machine failures resets the count', async () => {
+    const env = await makeEnv();
+    let runs = 0;
+    const mixed: Synthesizer = {
+      async run() {
+        runs++;
+        if (runs === 2) throw new EngineError('invalid_input', 'the prompt has no token the model reads');
+        throw noDevice();
+      },
+    };
+    for (let i = 0; i < 3; i++) await submit(env, { steps: 6 });
+    const w = start(env, mixed, { maxMachineFailures: 2, retryDelaySec: 30 });
+    await waitFor('three jobs settled', () => w.events.filter((e) => e.type === 'job_finished').length >= 3);
+    expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
+  });
+
   it('a job that fails for its own reasons (a permanent engine error) does not count against the machine', async () => {
     const env = await makeEnv();
     let runs = 0;
@@ -446,6 +462,37 @@ describe('an unhealthy machine', () => {
     w2.start();
     await waitFor('polling', () => other.some((e) => e.type === 'state' && e.state === 'polling'));
     expect(other.some((e) => e.type === 'unhealthy')).toBe(false);
+  });
+
+  it('time past the deadline spent after the engine returned (uploads, record writes) is no stuck run', async () => {
+    const env = await makeEnv();
+    let offset = 0;
+    let ended = false;
+    let w!: ReturnType<typeof start>;
+    const done: Synthesizer = {
+      async run() {
+        offset += 3_600_000; // the run ends just at its deadline...
+        ended = true;
+        return outcome(6, false);
+      },
+    };
+    // ...and its writes afterwards are slow: they wait until the heartbeat has stopped extending.
+    const slowJobs = new Proxy(env.jobs, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop) as unknown;
+        if (prop !== 'update' || typeof value !== 'function') return typeof value === 'function' ? value.bind(target) : value;
+        return async (...args: unknown[]) => {
+          if (ended) await waitFor('the lease to stop', () => w.events.some((e) => e.type === 'lease_stopped'));
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    const job = await submit(env, { steps: 6 });
+    w = start({ ...env, jobs: slowJobs }, done, { jobTimeoutSec: 60, visibilityTimeoutSec: 1 }, { now: () => Date.now() + offset });
+    await waitFor('the job to end', () => w.events.some((e) => e.type === 'job_finished'));
+    expect(w.events.some((e) => e.type === 'lease_stopped')).toBe(true);
+    expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
+    expect((await env.jobs.get(OWNER, job.id))!.status).toBe('succeeded');
   });
 
   it('a run that ignores its abort past the deadline makes it unhealthy (its process must go)', async () => {

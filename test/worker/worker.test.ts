@@ -121,9 +121,10 @@ describe('gpu-worker queue worker', () => {
     const env = await makeEnv();
     const told: string[] = [];
     let drains = 0;
+    const CALLER_KEY = '01kaaaaaaaaaaaaaaaaaaaaaaa';
     // The deployment's price (CLIPAG_WORKER_HOURLY_USD) is kept on the record and in the ledger.
     const w = start({ ...env, config: { ...env.config, workerHourlyUsd: 3.6 } }, { webhooks: { notify: (_owner, id) => void told.push(id), drain: async () => void drains++ } });
-    const ok = await submit(env, { n: 2 }, 'key_of_the_caller');
+    const ok = await submit(env, { n: 2 }, CALLER_KEY);
     const bad = await submit(env, { model: 'no-such-model' });
     // As the API marks them: each counts against its owner until it ends.
     for (const job of [ok, bad]) await markPending(env.blobs, 'active', OWNER, job.id);
@@ -144,7 +145,7 @@ describe('gpu-worker queue worker', () => {
     const cost = Math.round(done.usage.worker_seconds * 1000) / 1e6; // 0.001 USD a second
     const figures = { generations: 1, images: 2, worker_seconds: done.usage.worker_seconds, encoder_passes: done.usage.encoder_passes, priced_seconds: done.usage.worker_seconds, priced_cost_usd: cost };
     // ...itemised under the API key that created the job.
-    expect(days).toEqual([{ date: done.finished_at!.slice(0, 10), ...figures, by_api_key: { key_of_the_caller: figures } }]);
+    expect(days).toEqual([{ date: done.finished_at!.slice(0, 10), ...figures, by_api_key: { [CALLER_KEY]: figures } }]);
     expect((await generationView(done, env.blobs, 600, new Date(), { workerHourlyUsd: 100 })).usage).toMatchObject({ cost_usd: cost, hourly_usd: 3.6 });
     // The failed job ran no synthesis: no usage, no price.
     expect((await env.jobs.get(OWNER, bad.id))!.hourly_usd).toBeUndefined();

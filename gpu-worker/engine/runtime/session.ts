@@ -124,9 +124,15 @@ function checkFeeds(specs: InputSpec[], feeds: Record<string, TensorData>): void
   }
 }
 
-function loadError(e: unknown, opts: SessionOptions): EngineError {
+/** What a failed InferenceSession.create means for the worker: a device that cannot start, a model too large for it, or a model onnxruntime refuses. */
+export function loadError(e: unknown, opts: SessionOptions): EngineError {
   if (e instanceof EngineError) return e;
   const msg = (e as Error)?.message ?? String(e);
+  // Out of memory while loading: a property of this model on this device (it may fit another GPU),
+  // not a device that cannot start. Retryable, and never counted against the machine (ADR 0023).
+  if (/out of memory|cudaErrorMemoryAllocation|failed to allocate memory/i.test(msg)) {
+    return new EngineError('runtime_failed', `the ${opts.device ?? 'cpu'} device ran out of memory loading the model: ${msg}`, { device: opts.device });
+  }
   if (/provider|cuda|cudnn|libcu/i.test(msg)) {
     return new EngineError('runtime_unavailable', `onnxruntime could not start the ${opts.device ?? 'cpu'} execution provider: ${msg}`, { device: opts.device });
   }
