@@ -104,10 +104,17 @@ export const EstimateView = z
     height: z.number().int(),
     steps: z.number().int().openapi({ description: "Optimization steps over all images: steps (after the deployment's cap, if any) × n" }),
     worker_seconds: SecondsRange.nullable().openapi({
-      description: 'Median and 90th percentile, from the recent runs of this model, size and kind of start (gmm, noise, an image) on this deployment; null before the first one',
+      description: 'Median and 90th percentile, from the recent runs of this model, size and kind of start (gmm, noise, an image) on this deployment (of the nearest size when none of this one: see basis); null before the first run of this model and start',
     }),
     cost_usd: SecondsRange.nullable().openapi({ description: "worker_seconds at the deployment's hourly worker price; null without a price or without runs" }),
     runs: z.number().int().nonnegative().openapi({ description: 'How many recorded runs the figures rest on (at most 50, the latest)' }),
+    basis: z
+      .object({ width: z.number().int(), height: z.number().int() })
+      .nullable()
+      .openapi({
+        description:
+          'When no run of this size was recorded: the size whose runs (same model and start, the nearest by pixel count) the figures come from. A step costs mostly the CLIP passes over model-sized views, alike at every size, so this is a guide, not a measurement. null: runs of this very size',
+      }),
     hourly_usd: z.number().nullable(),
   })
   .openapi('Estimate');

@@ -77,6 +77,37 @@ export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSa
   });
 }
 
+const STATS_NAME = /^(\d{1,5})x(\d{1,5})-(gmm|noise|image)\.json$/;
+
+/**
+ * The recorded runs an estimate rests on: those of this very (model, size, start); else, when none
+ * was recorded, those of the same model and start at the nearest size by pixel count (`basis` names
+ * it). A step's cost is mostly the CLIP passes over the model-sized views, the same at every output
+ * size, so a near size is a fair guide, and better than no figure; the answer says which size it is.
+ */
+export async function readEstimateSamples(blobs: BlobStore, k: RunKey): Promise<{ samples: RunSample[]; basis: { width: number; height: number } | null }> {
+  const own = await readRunSamples(blobs, k);
+  if (own.length > 0) return { samples: own, basis: null };
+  const prefix = `${RUN_STATS_PREFIX}${k.model}/`;
+  const sizes: Array<{ width: number; height: number }> = [];
+  let cursor: string | undefined;
+  do {
+    const page = await blobs.list(prefix, cursor === undefined ? {} : { cursor });
+    for (const item of page.items) {
+      const m = STATS_NAME.exec(item.key.slice(prefix.length));
+      if (m && m[3] === k.start) sizes.push({ width: Number(m[1]), height: Number(m[2]) });
+    }
+    cursor = page.cursor;
+  } while (cursor !== undefined);
+  const distance = (s: { width: number; height: number }) => Math.abs(Math.log((s.width * s.height) / (k.width * k.height)));
+  sizes.sort((a, b) => distance(a) - distance(b) || b.width * b.height - a.width * a.height);
+  for (const size of sizes) {
+    const samples = await readRunSamples(blobs, { ...k, ...size });
+    if (samples.length > 0) return { samples, basis: size };
+  }
+  return { samples: [], basis: null };
+}
+
 function quantile(sorted: readonly number[], q: number): number {
   const i = (sorted.length - 1) * q;
   const lo = Math.floor(i);

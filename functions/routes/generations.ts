@@ -12,7 +12,7 @@ import { clearPending, markPending } from '../../shared/pending.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
-import { costUsd, estimateSeconds, readRunSamples, runStartOf } from '../../shared/run-stats.ts';
+import { costUsd, estimateSeconds, readEstimateSamples, runStartOf } from '../../shared/run-stats.ts';
 import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
@@ -368,7 +368,7 @@ export function registerGenerationRoutes(
     // As the worker will run it: a deployment's step cap (clipag serve --steps) applies.
     const stepsPerImage = Math.min(spec.steps, limits.maxSteps ?? Infinity);
     const steps = stepsPerImage * spec.n;
-    const samples = await readRunSamples(blobs, { model: spec.model, width: spec.width, height: spec.height, start: runStartOf(spec.init) });
+    const { samples, basis } = await readEstimateSamples(blobs, { model: spec.model, width: spec.width, height: spec.height, start: runStartOf(spec.init) });
     const seconds = estimateSeconds(samples, { steps: stepsPerImage, n: spec.n });
     const hourly = limits.workerHourlyUsd;
     return c.json(
@@ -381,6 +381,7 @@ export function registerGenerationRoutes(
         worker_seconds: seconds ? { median: seconds.median, p90: seconds.p90 } : null,
         cost_usd: seconds && hourly !== undefined ? { median: costUsd(seconds.median, hourly), p90: costUsd(seconds.p90, hourly) } : null,
         runs: seconds?.runs ?? 0,
+        basis,
         hourly_usd: hourly ?? null,
       },
       200,

@@ -37,10 +37,25 @@ describe('the run statistics', () => {
 });
 
 describe('POST /v1/estimates', () => {
+  it('a size never run here rests on the nearest size run with the same model and start, and says which', async () => {
+    await recordRunSample(h.blobs, toy(224, 224), run(2, 0.1, 10));
+    await recordRunSample(h.blobs, toy(448, 448), run(4, 0.3, 10));
+    await recordRunSample(h.blobs, toy(64, 64, 'noise'), run(1, 0.01, 10)); // another start: a basis for that start only
+    await h.blobs.put('stats/toy/not-a-size.json', Buffer.from('{}')); // a stray object is ignored
+    const ask = async (body: Record<string, unknown>) => (await (await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 10, ...body }) })).json()) as any;
+    // 256×256 is nearer 224×224 (ratio 1.31) than 448×448 (3.06): its runs, 2 + 0.1 × 10 = 3 s.
+    expect(await ask({ width: 256, height: 256 })).toMatchObject({ worker_seconds: { median: 3 }, runs: 1, basis: { width: 224, height: 224 } });
+    expect(await ask({ width: 384, height: 384 })).toMatchObject({ worker_seconds: { median: 7 }, basis: { width: 448, height: 448 } });
+    // Its own size, once run: basis null.
+    expect(await ask({ width: 448, height: 448 })).toMatchObject({ basis: null, runs: 1 });
+    // A noise start rests on noise-start runs only, however far their size (1 + 0.01 × 10 = 1.1 s).
+    expect(await ask({ width: 448, height: 448, init: 'noise' })).toMatchObject({ worker_seconds: { median: 1.1 }, basis: { width: 64, height: 64 } });
+  });
+
   it('before any run: no figures (null), never invented ones; nothing is queued or stored', async () => {
     const res = await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 50, n: 2 }) });
     expect(res.status).toBe(200);
-    expect(await res.json()).toEqual({ object: 'estimate', model: 'toy', width: 224, height: 224, steps: 100, worker_seconds: null, cost_usd: null, runs: 0, hourly_usd: 3.6 });
+    expect(await res.json()).toEqual({ object: 'estimate', model: 'toy', width: 224, height: 224, steps: 100, worker_seconds: null, cost_usd: null, runs: 0, basis: null, hourly_usd: 3.6 });
     expect(await h.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
   });
