@@ -51,7 +51,7 @@ const flag = (fallback: boolean) => z.enum(['true', 'false']).transform((v) => v
 
 const LocalConfig = z.object({
   mode: z.literal('local'),
-  /** Webhooks to http: and to loopback/private addresses (a receiver on this machine): yes by default here. */
+  /** Webhooks to http: and to loopback/private addresses (a receiver on this machine): by default only while CLIPAG_HOST is loopback (parseConfig). */
   webhookAllowPrivate: flag(true),
   dataDir: z.string().min(1).default('.data'),
   /** Optional here: local mode can make one and keep it in dataDir (loadOrCreateSigningSecret). */
@@ -140,7 +140,14 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>): 
     if (value !== undefined && value.trim() !== '') input[field] = value.trim();
   }
   const parsed = ConfigSchema.safeParse(input);
-  if (parsed.success) return parsed.data;
+  if (parsed.success) {
+    // Local mode allows webhooks to this machine and its network only while the server itself listens
+    // on loopback: one listening on a public address would let any key holder make it POST into the LAN.
+    if (parsed.data.mode === 'local' && input.webhookAllowPrivate === undefined) {
+      return { ...parsed.data, webhookAllowPrivate: /^(127\.\d+\.\d+\.\d+|::1|localhost)$/i.test(parsed.data.host) };
+    }
+    return parsed.data;
+  }
   const problems = parsed.error.issues.map((issue) => {
     const field = String(issue.path[0] ?? 'mode');
     const envName = FIELD_TO_ENV[field] ?? field;

@@ -33,7 +33,9 @@ for (const [net, bits] of [
   ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
   ['192.0.0.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15], ['224.0.0.0', 4], ['240.0.0.0', 4],
 ] as const) PRIVATE.addSubnet(net, bits, 'ipv4');
-for (const [net, bits] of [['::', 128], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['ff00::', 8], ['64:ff9b::', 96]] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
+// Also the IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96, 6to4 2002::/16) and the
+// deprecated site-local fec0::/10: none is a legitimate receiver's address.
+for (const [net, bits] of [['::', 96], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8], ['64:ff9b::', 96], ['2002::', 16]] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
 
 /** Loopback, private, link-local (the instance metadata service), CGNAT, multicast or reserved. */
 export function isPrivateAddress(address: string): boolean {
@@ -69,6 +71,22 @@ export function checkWebhookUrl(raw: string, policy: WebhookPolicy): URL {
   return url;
 }
 
+/** The lookup's error for a name with no allowed (public) address. */
+export const PRIVATE_ONLY = 'EPRIVATEONLY';
+
+/**
+ * What the caller's record says of a failed attempt. A name that does not resolve and one that
+ * resolves only to private addresses read the same: otherwise `last_error` would tell a caller which
+ * internal names exist behind the deployment.
+ */
+function callerError(cause: unknown, url: string): string {
+  const code = (cause as { code?: unknown } | null)?.code;
+  if (code === PRIVATE_ONLY || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'ENODATA') {
+    return `${new URL(url).hostname} does not resolve to a public address`;
+  }
+  return cause instanceof Error ? cause.message : String(cause);
+}
+
 /** A fresh signing secret: `whsec_` and 24 random bytes in base64 (Standard Webhooks). */
 export function newWebhookSecret(): string {
   return `whsec_${randomBytes(24).toString('base64')}`;
@@ -100,7 +118,7 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
     dnsLookup(hostname, { ...options, all: true }, (error, addresses) => {
       if (error) return callback(error, '');
       const allowed = policy.allowPrivate ? addresses : addresses.filter((a) => !isPrivateAddress(a.address));
-      if (allowed.length === 0) return callback(new Error(`${hostname} resolves only to private addresses`), '');
+      if (allowed.length === 0) return callback(Object.assign(new Error(`${hostname} resolves only to private addresses`), { code: PRIVATE_ONLY }), '');
       if ((options as { all?: boolean }).all) return callback(null, allowed);
       return callback(null, allowed[0]!.address, allowed[0]!.family);
     });
@@ -234,7 +252,9 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     });
     if (status < 200 || status >= 300) error = `HTTP ${status}`;
   } catch (cause) {
-    error = cause instanceof Error ? cause.message : String(cause);
+    error = callerError(cause, webhook.url);
+    // The operator's log keeps the detail the caller's record does not show.
+    if (error !== (cause instanceof Error ? cause.message : String(cause))) deps.log?.({ level: 'warn', msg: 'webhook: attempt refused or unresolved', job_id: jobId, owner, detail: cause instanceof Error ? cause.message : String(cause) });
   }
 
   const after = deps.clock();

@@ -22,6 +22,14 @@ import { SECURITY, pick } from './common.ts';
 /** Generations one owner may have queued or running at once, unless the deployment says otherwise. */
 export const DEFAULT_MAX_ACTIVE_JOBS = 100;
 
+/**
+ * A job whose first enqueue failed (its POST answered 503): the retry with the same Idempotency-Key
+ * queues it again. Not once the caller has deleted it (ADR 0021): a deleted generation stays ended.
+ */
+function requeueable(job: JobRecord): boolean {
+  return job.status === 'failed' && job.error?.code === 'enqueue_failed' && job.deleted_at === undefined;
+}
+
 /** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
 const CANCEL_RETRIES = 30;
 
@@ -295,7 +303,7 @@ export function registerGenerationRoutes(
       const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes });
       // A job that failed to enqueue is not replayed from here: its retry would queue it again, which
       // is a new job as far as the policy and the limit are concerned.
-      if (!earlier || (earlier.status === 'failed' && earlier.error?.code === 'enqueue_failed')) throw error;
+      if (!earlier || requeueable(earlier)) throw error;
       // As in the replay below: long queued and never started, its message may have been lost (this
       // path runs at the active-job limit, just when an owner's jobs wait).
       const job = (await resendIfLongQueued(queuedJobDeps, earlier)).job;
@@ -307,7 +315,7 @@ export function registerGenerationRoutes(
       const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
       if (claim.kind === 'replay') {
         let job = claim.job;
-        if (job.status === 'failed' && job.error?.code === 'enqueue_failed') {
+        if (requeueable(job)) {
           // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
           // concurrent retries only the one whose write made the transition sends the message.
           // The sweep drops the markers of a failed job: they go back before the job is queued again,
@@ -315,7 +323,7 @@ export function registerGenerationRoutes(
           await markQueuedJob(owner, job.id, job.webhook !== undefined);
           let requeued = false;
           job = await jobs.update(owner, job.id, (cur) => {
-            requeued = cur.status === 'failed' && cur.error?.code === 'enqueue_failed';
+            requeued = requeueable(cur);
             // enqueued_at restarts the clock of the re-send after a lost message.
             return requeued
               ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString(), ...(cur.webhook ? { webhook: freshWebhookState(cur.webhook) } : {}) }

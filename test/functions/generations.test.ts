@@ -413,6 +413,19 @@ describe('queue failure', () => {
     expect(await queued()).toEqual([job.id]);
   });
 
+  it('a job whose send failed and that the caller then deleted stays ended: a retry with the same key answers it, queuing nothing', async () => {
+    const { outage, send } = await appWithFlakyQueue('k-del');
+    expect((await send()).status).toBe(503);
+    const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+    expect((await h.request(`/v1/generations/${job!.id}`, { method: 'DELETE' })).status).toBe(200);
+    outage.down = false;
+    const retry = await send();
+    expect(retry.status).toBe(200);
+    expect(await retry.json()).toMatchObject({ id: job!.id, status: 'failed', deleted_at: expect.any(String) });
+    expect(await queued()).toEqual([]);
+    expect((await h.jobs.get('acct_alice', job!.id))!.status).toBe('failed');
+  });
+
   it('concurrent retries of a job whose send failed re-queue it once: one message, not one per retry', async () => {
     const { outage, send } = await appWithFlakyQueue('k2');
     expect((await send()).status).toBe(503);

@@ -11,6 +11,7 @@ import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import {
+  PRIVATE_ONLY,
   checkWebhookUrl,
   deliverWebhook,
   httpWebhookSender,
@@ -98,7 +99,7 @@ async function finish(id: string, status: 'succeeded' | 'failed' | 'canceled' = 
 
 describe('webhook URL policy', () => {
   it('refuses private, loopback, link-local and reserved addresses in every spelling', () => {
-    for (const a of ['127.0.0.1', '10.1.2.3', '172.16.0.1', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0', '::1', '::ffff:127.0.0.1', 'fe80::1', 'fd00::1', 'not-an-ip']) {
+    for (const a of ['127.0.0.1', '10.1.2.3', '172.16.0.1', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0', '::1', '::ffff:127.0.0.1', 'fe80::1', 'fd00::1', '::a9fe:a9fe', '2002:a9fe:a9fe::', 'fec0::1', 'not-an-ip']) {
       expect(isPrivateAddress(a), a).toBe(true);
     }
     for (const a of ['8.8.8.8', '1.1.1.1', '2606:4700::1111', '::ffff:8.8.8.8']) expect(isPrivateAddress(a), a).toBe(false);
@@ -280,6 +281,23 @@ describe('delivery', () => {
     await finish(dead.id);
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', dead.id)).toBe('failed');
     expect((await h.jobs.get('acct_alice', dead.id))!.webhook!.last_error).toMatch(/ECONNREFUSED/);
+  });
+
+  it("the caller's record does not tell a name that does not resolve from one that resolves only to private addresses (no probing of internal names)", async () => {
+    const errors: string[] = [];
+    for (const cause of [
+      Object.assign(new Error('db.corp.internal resolves only to private addresses'), { code: PRIVATE_ONLY }),
+      Object.assign(new Error('getaddrinfo ENOTFOUND db.corp.internal'), { code: 'ENOTFOUND' }),
+    ]) {
+      const { id } = await postWithWebhook('http://db.corp.internal/hook');
+      await finish(id);
+      const logs: unknown[] = [];
+      const deps = { ...deliveryDeps(), send: () => Promise.reject(cause), log: (entry: unknown) => void logs.push(entry) };
+      expect(await deliverWebhook(deps, 'acct_alice', id)).toBe('failed');
+      errors.push((await h.jobs.get('acct_alice', id))!.webhook!.last_error!);
+      expect(logs).toContainEqual(expect.objectContaining({ level: 'warn', detail: cause.message })); // the operator still sees which
+    }
+    expect(errors).toEqual(['db.corp.internal does not resolve to a public address', 'db.corp.internal does not resolve to a public address']);
   });
 
   it('a body that cannot be built (a link the store will not sign) is a failed attempt, not an endless retry', async () => {

@@ -45,6 +45,14 @@ describe('parseConfig', () => {
     expect(parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: String(24 * 3600) }).jobTimeoutSec).toBe(86_400);
   });
 
+  it('local mode allows webhooks to private addresses by default only while it listens on loopback', () => {
+    expect(parseConfig({}).webhookAllowPrivate).toBe(true);
+    expect(parseConfig({ CLIPAG_HOST: '::1' }).webhookAllowPrivate).toBe(true);
+    expect(parseConfig({ CLIPAG_HOST: '0.0.0.0' }).webhookAllowPrivate).toBe(false);
+    expect(parseConfig({ CLIPAG_HOST: '192.168.1.20' }).webhookAllowPrivate).toBe(false);
+    expect(parseConfig({ CLIPAG_HOST: '0.0.0.0', CLIPAG_WEBHOOK_ALLOW_PRIVATE: 'true' }).webhookAllowPrivate).toBe(true); // said outright
+  });
+
   it('fails fast listing every problem, naming the variables and hiding secrets', () => {
     let error: unknown;
     try {

@@ -13,6 +13,7 @@
 // - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
 // - JPEG/WebP/GIF are refused with advice to convert to PNG: no decoder for them is installed.
 
+import { inflateSync } from 'node:zlib';
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
 import { EngineError } from '../errors.ts';
 import type { Rng } from './rng.ts';
@@ -110,6 +111,66 @@ function sniff(bytes: Uint8Array): string | null {
   return null;
 }
 
+const INFLATE_SLACK_BYTES = 65_536;
+
+/** Channels per PNG colour type (grey, RGB, palette, grey + alpha, RGBA). */
+const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
+/** Adam7's seven passes: x and y start, x and y step. */
+const ADAM7 = [
+  [0, 0, 8, 8],
+  [4, 0, 8, 8],
+  [0, 4, 4, 8],
+  [2, 0, 4, 4],
+  [0, 2, 2, 4],
+  [1, 0, 2, 2],
+  [0, 1, 1, 2],
+] as const;
+
+/**
+ * Refuses a PNG whose pixel data inflates past what its header declares, before the decoder inflates
+ * it: fast-png inflates without bound (and copies the result once more), so a few MB of deflated zeros
+ * behind a 64×64 header would take GBs and minutes of a blocked event loop. The check inflates the
+ * IDAT stream with Node's zlib capped just past the declared size: cheap either way.
+ */
+function checkInflatedSize(bytes: Uint8Array, dv: DataView, width: number, height: number): void {
+  const depth = bytes[24]!;
+  const channels = PNG_CHANNELS[bytes[25]!];
+  const interlaced = bytes[28] === 1;
+  if (channels === undefined || ![1, 2, 4, 8, 16].includes(depth)) throw new EngineError('invalid_input', `corrupt PNG: colour type ${bytes[25]} with bit depth ${depth}`);
+  const rowBytes = (w: number) => Math.ceil((w * channels * depth) / 8) + 1; // + the filter byte
+  let expected = 0;
+  if (!interlaced) expected = rowBytes(width) * height;
+  else {
+    for (const [x0, y0, dx, dy] of ADAM7) {
+      const pw = width > x0 ? Math.ceil((width - x0) / dx) : 0;
+      const ph = height > y0 ? Math.ceil((height - y0) / dy) : 0;
+      if (pw > 0 && ph > 0) expected += rowBytes(pw) * ph;
+    }
+  }
+  const parts: Uint8Array[] = [];
+  for (let off = 8; off + 12 <= bytes.length; ) {
+    const length = dv.getUint32(off);
+    const type = String.fromCharCode(bytes[off + 4]!, bytes[off + 5]!, bytes[off + 6]!, bytes[off + 7]!);
+    if (off + 12 + length > bytes.length) throw new EngineError('invalid_input', `corrupt PNG: chunk ${JSON.stringify(type)} runs past the end of the file`);
+    if (type === 'IDAT') parts.push(bytes.subarray(off + 8, off + 8 + length));
+    if (type === 'IEND') break;
+    off += 12 + length;
+  }
+  // A little slack past the exact size: some encoders leave stray bytes after the rows, which
+  // decoders ignore; a bomb needs many times the declared size to hurt.
+  const limit = expected + INFLATE_SLACK_BYTES;
+  let inflated: number;
+  try {
+    inflated = inflateSync(Buffer.concat(parts), { maxOutputLength: limit + 1 }).length;
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new EngineError('invalid_input', `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`, { expected });
+    }
+    throw new EngineError('invalid_input', `corrupt PNG: ${(e as Error).message}`);
+  }
+  if (inflated > limit) throw new EngineError('invalid_input', `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`, { expected });
+}
+
 /**
  * Decode a PNG into a planar RGB image in [0,1]. Refuses, with `invalid_input`: non-PNG formats (JPEG
  * etc.: "convert to PNG"), files over `maxBytes`, images over `maxPixels` (checked from the header before
@@ -143,6 +204,7 @@ export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): Plana
       height,
     });
   }
+  checkInflatedSize(bytes, dv, width, height);
   let png: DecodedPng;
   try {
     png = pngDecode(bytes, { checkCrc: true });

@@ -23,16 +23,9 @@ export type LocalSignatureCheck =
   | { ok: false; reason: 'malformed' | 'bad_signature' | 'expired' | 'wrong_method' };
 
 function stringToSign(grant: LocalSignedGrant): string {
-  return [
-    'clipag-local-v1',
-    grant.method,
-    grant.key,
-    grant.expiresAtSec,
-    grant.maxBytes ?? '',
-    grant.contentType ?? '',
-    // Only present in exact-size grants, so the signatures of other links are unchanged.
-    ...(grant.exactBytes !== undefined ? [`len=${grant.exactBytes}`] : []),
-  ].join('\n');
+  // A JSON array: no field can run into the next (a content type holding "\n" and a made-up length,
+  // say), whatever characters the query carries.
+  return JSON.stringify(['clipag-local-v2', grant.method, grant.key, grant.expiresAtSec, grant.maxBytes ?? null, grant.contentType ?? null, grant.exactBytes ?? null]);
 }
 
 function sign(secret: string, grant: LocalSignedGrant): string {
@@ -72,7 +65,8 @@ export function verifyLocalSignature(
   } catch {
     return { ok: false, reason: 'malformed' };
   }
-  const match = /^(?:.*)?\/blobs\/(.+)$/.exec(parsed.pathname);
+  // The first `/blobs/`: an owner or job named "blobs" further on is part of the key.
+  const match = /^(?:.*?)\/blobs\/(.+)$/.exec(parsed.pathname);
   const q = parsed.searchParams;
   const sig = q.get('sig');
   const expires = q.get('expires');
@@ -91,13 +85,15 @@ export function verifyLocalSignature(
   if (max !== null && !/^\d{1,15}$/.test(max)) return { ok: false, reason: 'malformed' };
   const len = q.get('len');
   if (len !== null && !/^\d{1,15}$/.test(len)) return { ok: false, reason: 'malformed' };
+  const ct = q.get('ct');
+  if (ct !== null && (ct.length > 200 || /[\x00-\x1f\x7f]/.test(ct))) return { ok: false, reason: 'malformed' };
   const grant: LocalSignedGrant = {
     method: grantedMethod,
     key,
     expiresAtSec: Number(expires),
     ...(grantedMethod === 'PUT' && max !== null ? { maxBytes: Number(max) } : {}),
     ...(grantedMethod === 'PUT' && len !== null ? { exactBytes: Number(len) } : {}),
-    ...(grantedMethod === 'PUT' && q.get('ct') !== null ? { contentType: q.get('ct') as string } : {}),
+    ...(grantedMethod === 'PUT' && ct !== null ? { contentType: ct } : {}),
   };
   const expected = Buffer.from(sign(secret, grant), 'hex');
   if (!timingSafeEqual(expected, Buffer.from(sig, 'hex'))) return { ok: false, reason: 'bad_signature' };

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { deflateSync } from 'node:zlib';
 import { encode as pngEncode } from 'fast-png';
 import {
   createImage, cropCenter, crop, decodeImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage, squareCropsCovering,
@@ -90,7 +91,45 @@ describe('PNG codec', () => {
     new DataView(bomb.buffer).setUint32(20, 100000);
     expectCode(() => decodeImage(bomb), 'invalid_input', /over the limit/);
   });
+
+  it('refuses a decompression bomb (pixel data inflating past its header) fast, without inflating it', () => {
+    // A valid PNG that says 64×64 RGB (12 352 bytes of rows) and carries 64 MB of deflated zeros.
+    const png = handMadePng(64, 64, deflateSync(Buffer.alloc(64 * 1024 * 1024)));
+    expect(png.length).toBeLessThan(100_000);
+    const t0 = performance.now();
+    expectCode(() => decodeImage(png), 'invalid_input', /inflates to more than the 12352 bytes its 64×64 header declares/);
+    expect(performance.now() - t0).toBeLessThan(2_000); // the unbounded decoder took ~20 s per MB of file
+    // The same hand-made file with exactly its rows decodes (the check is not a false alarm).
+    const rows = Buffer.alloc(64 * (64 * 3 + 1));
+    expect(decodeImage(handMadePng(64, 64, deflateSync(rows))).width).toBe(64);
+  });
 });
+
+/** A PNG from raw IHDR fields and an IDAT payload, with correct CRCs (so only the size check can refuse it). */
+function handMadePng(width: number, height: number, idat: Uint8Array): Uint8Array {
+  const chunk = (type: string, data: Uint8Array) => {
+    const out = Buffer.alloc(12 + data.length);
+    out.writeUInt32BE(data.length, 0);
+    out.write(type, 4, 'latin1');
+    Buffer.from(data).copy(out, 8);
+    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
+    return out;
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8); // 8-bit RGB, no interlace
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', idat), chunk('IEND', new Uint8Array(0))]);
+}
+
+function crc32(bytes: Uint8Array): number {
+  let c = ~0;
+  for (const b of bytes) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return ~c >>> 0;
+}
 
 describe('resizing and cropping', () => {
   it('keeps a constant image constant (down, up, non-square)', () => {

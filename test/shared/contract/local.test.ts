@@ -136,6 +136,17 @@ describe('verifyLocalSignature', () => {
     expect(verifyLocalSignature(SECRET, 'PUT', put)).toMatchObject({ ok: true, maxBytes: 100, contentType: 'image/png' });
     expect(verifyLocalSignature(SECRET, 'PUT', put.replace('max=100', 'max=100000'))).toMatchObject({ reason: 'bad_signature' });
     expect(verifyLocalSignature(SECRET, 'PUT', put.replace('image%2Fpng', 'text%2Fhtml'))).toMatchObject({ reason: 'bad_signature' });
+    // Fields cannot run into each other: an exact-size grant's length cannot be moved into the content type.
+    const exact = buildLocalSignedUrl('http://h', SECRET, { ...grant, method: 'PUT', maxBytes: 100, exactBytes: 5, contentType: 'image/png' });
+    expect(verifyLocalSignature(SECRET, 'PUT', exact)).toMatchObject({ ok: true, exactBytes: 5 });
+    const smuggled = exact.replace('&len=5', '').replace('ct=image%2Fpng', 'ct=image%2Fpng%0Alen%3D5');
+    expect(verifyLocalSignature(SECRET, 'PUT', smuggled)).toMatchObject({ ok: false, reason: 'malformed' });
+    expect(verifyLocalSignature(SECRET, 'PUT', exact.replace('&len=5', ''))).toMatchObject({ reason: 'bad_signature' });
+  });
+
+  it('an owner or job named "blobs" is part of the key, not the route', () => {
+    const named = buildLocalSignedUrl('http://127.0.0.1:1', SECRET, { ...grant, key: 'outputs/blobs/job1/0.png' });
+    expect(verifyLocalSignature(SECRET, 'GET', named)).toMatchObject({ ok: true, key: 'outputs/blobs/job1/0.png' });
   });
 
   it('rejects malformed links', () => {
