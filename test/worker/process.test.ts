@@ -24,6 +24,7 @@ function spawnWorker(env: Env, extra: Record<string, string> = {}) {
     cwd: REPO_ROOT,
     env: {
       PATH: process.env.PATH,
+      ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}),
       HOME: process.env.HOME,
       CLIPAG_MODE: 'local',
       CLIPAG_DATA_DIR: env.dataDir,
