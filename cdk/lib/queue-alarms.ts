@@ -53,77 +53,76 @@ export class QueueAlarms extends Construct {
     if (props.email) this.topic.addSubscription(new subs.EmailSubscription(props.email));
     const action = new actions.SnsAction(this.topic);
 
+    /** Every alarm here: at or over its threshold for `periods` periods; no data (an idle queue or API) is healthy. */
+    const atLeast = (id: string, description: string, metric: cloudwatch.IMetric, threshold: number, periods: number) =>
+      new cloudwatch.Alarm(this, id, {
+        alarmDescription: description,
+        metric,
+        threshold,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        evaluationPeriods: periods,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+
     // Any message in the DLQ is a job that failed three times: a human should look.
-    this.dlqDepthAlarm = new cloudwatch.Alarm(this, 'DlqDepth', {
-      alarmDescription: 'Jobs are landing in the dead-letter queue (failed after 3 receives).',
-      metric: props.deadLetterQueue.metricApproximateNumberOfMessagesVisible({
-        period: Duration.minutes(1),
-        statistic: 'Maximum',
-      }),
-      threshold: props.dlqDepth,
-      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-      evaluationPeriods: 1,
-      // An idle DLQ stops emitting metrics; that is the healthy state.
-      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-    });
+    this.dlqDepthAlarm = atLeast(
+      'DlqDepth',
+      'Jobs are landing in the dead-letter queue (failed after 3 receives).',
+      props.deadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(1), statistic: 'Maximum' }),
+      props.dlqDepth,
+      1,
+    );
 
     // Old messages mean the fleet is not keeping up or cannot start (no GPU capacity,
     // Spot unavailable, image pull failing): customers are waiting.
-    this.oldestMessageAlarm = new cloudwatch.Alarm(this, 'OldestMessageAge', {
-      alarmDescription: `A queued job has waited more than ${props.oldestMessageAgeSeconds}s.`,
-      metric: props.queue.metricApproximateAgeOfOldestMessage({
-        period: Duration.minutes(1),
-        statistic: 'Maximum',
-      }),
-      threshold: props.oldestMessageAgeSeconds,
-      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-      evaluationPeriods: 3,
-      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-    });
+    this.oldestMessageAlarm = atLeast(
+      'OldestMessageAge',
+      `A queued job has waited more than ${props.oldestMessageAgeSeconds}s.`,
+      props.queue.metricApproximateAgeOfOldestMessage({ period: Duration.minutes(1), statistic: 'Maximum' }),
+      props.oldestMessageAgeSeconds,
+      3,
+    );
 
     // One failed sweep is retried by the next; failures for 15 minutes straight need a human.
     this.queuedJobSweepAlarm = props.queuedJobSweeper
-      ? new cloudwatch.Alarm(this, 'QueuedJobSweepErrors', {
-          alarmDescription: 'The queued-job sweep has failed for 15 minutes: jobs that lost their queue message are not re-sent.',
-          metric: props.queuedJobSweeper.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }),
-          threshold: 1,
-          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-          evaluationPeriods: 3,
-          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-        })
+      ? atLeast(
+          'QueuedJobSweepErrors',
+          'The queued-job sweep has failed for 15 minutes: jobs that lost their queue message are not re-sent.',
+          props.queuedJobSweeper.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }),
+          1,
+          3,
+        )
       : undefined;
 
     // Customers are getting server errors: 10 or more in each of two 5-minute periods, so one
     // unlucky request does not page but an outage does within 10 minutes.
     this.api5xxAlarm = props.httpApi
-      ? new cloudwatch.Alarm(this, 'Api5xx', {
-          alarmDescription: 'The public API answered 5xx repeatedly (the app\'s 500s, or the gateway\'s own for a failing or timing-out Lambda).',
-          metric: props.httpApi.metricServerError({ period: Duration.minutes(5), statistic: 'Sum' }),
-          threshold: props.api5xxPerFiveMinutes ?? 10,
-          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-          evaluationPeriods: 2,
-          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-        })
+      ? atLeast(
+          'Api5xx',
+          "The public API answered 5xx repeatedly (the app's 500s, or the gateway's own for a failing or timing-out Lambda).",
+          props.httpApi.metricServerError({ period: Duration.minutes(5), statistic: 'Sum' }),
+          props.api5xxPerFiveMinutes ?? 10,
+          2,
+        )
       : undefined;
 
     // The worker logs at `error` only what an operator must act on: an unhealthy worker (ADR 0023),
     // a usage add that failed (the ledger misses a job until `clipag usage rebuild`), a failure it
-    // could not record, a corrupt job document.
+    // could not record, a corrupt job document, a content policy that does not parse.
     this.workerErrorAlarm = props.workerLogGroup
-      ? new cloudwatch.Alarm(this, 'WorkerErrorLines', {
-          alarmDescription: 'The GPU worker logged an error line (search its log group for "level":"error").',
-          metric: new logs.MetricFilter(this, 'WorkerErrorLinesFilter', {
+      ? atLeast(
+          'WorkerErrorLines',
+          'The GPU worker logged an error line (search its log group for "level":"error").',
+          new logs.MetricFilter(this, 'WorkerErrorLinesFilter', {
             logGroup: props.workerLogGroup,
             filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'error'),
             metricNamespace: 'Clipag',
             metricName: 'WorkerErrorLines',
             metricValue: '1',
           }).metric({ period: Duration.minutes(5), statistic: 'Sum' }),
-          threshold: 1,
-          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-          evaluationPeriods: 1,
-          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-        })
+          1,
+          1,
+        )
       : undefined;
 
     const alarms = [this.dlqDepthAlarm, this.oldestMessageAlarm, this.queuedJobSweepAlarm, this.api5xxAlarm, this.workerErrorAlarm];
