@@ -397,7 +397,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       await release(m, `dead_letter_failed:${reason}`);
       return;
     }
-    log.warn('message dead-lettered', { messageId: m.messageId, reason, receiveCount: m.receiveCount });
+    // An error line: each dead letter pages through the worker's error alarm, also while the DLQ
+    // depth alarm is already in ALARM (ADR 0023).
+    log.error('message dead-lettered', { messageId: m.messageId, reason, receiveCount: m.receiveCount });
     emit({ type: 'dead_lettered', messageId: m.messageId, reason });
     await ack(m, `dead_lettered:${reason}`);
   }
@@ -812,7 +814,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           await markFailed(msg, error);
           jobEnded(msg);
           emit({ type: 'dead_lettered', messageId: m.messageId, reason: 'swept' });
-          log.warn('dead-letter sweep: job marked failed', { jobId: msg.job_id, owner: msg.owner });
+          log.error('dead-letter sweep: job marked failed', { jobId: msg.job_id, owner: msg.owner });
         }
       } catch (error) {
         // Malformed messages (ValidationError) and corrupt job documents are why such messages are in

@@ -351,6 +351,8 @@ describe('corrupt job documents', () => {
     expect(runs).toBe(0);
     expect(w.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('dead-letter sweep'))).toEqual([]);
     expect(w.logs).toContainEqual(expect.objectContaining({ level: 'error', msg: 'job document is corrupt; dead-lettering its message' }));
+    // Each dead letter is an error line of its own: it pages even while the DLQ depth alarm is already on.
+    expect(w.logs).toContainEqual(expect.objectContaining({ level: 'error', msg: 'message dead-lettered', fields: expect.objectContaining({ reason: 'corrupt_record' }) }));
   });
 });
 
