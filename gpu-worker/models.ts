@@ -14,7 +14,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { bundleContentHash, type ModelIndex, ModelStore, ModelStoreError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
+import { bundleContentHash, isOtherBundleKind, type ModelIndex, ModelStore, ModelStoreError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
 import { ClipEngine } from './engine/engine.ts';
 import { EngineError } from './engine/errors.ts';
 import { EnginePool } from './engine/runtime/pool.ts';
@@ -92,7 +92,7 @@ export function scanModelsDir(modelsDir: string): Record<string, string> {
   if (!existsSync(root) || !statSync(root).isDirectory()) return out;
   for (const name of readdirSync(root).sort()) {
     const dir = join(root, name);
-    if (MODEL_NAME.test(name) && existsSync(join(dir, 'manifest.json'))) out[name] = dir;
+    if (MODEL_NAME.test(name) && existsSync(join(dir, 'manifest.json')) && !isOtherBundleKind(dir)) out[name] = dir;
   }
   return out;
 }

@@ -37,6 +37,23 @@ import { MODEL_NAME_PATTERN } from './schemas/common.ts';
 export const MODEL_STORE_PREFIX = 'models/';
 export const MODEL_INDEX_FILE = 'bundle.json';
 export const MODEL_INDEX_FORMAT = 'clipag-model-store-index';
+/** The `format` of a CLIP bundle's manifest.json (docs/model-bundle.md). */
+export const CLIP_BUNDLE_FORMAT = 'clipag-model-bundle';
+
+/**
+ * Whether a `<name>/manifest.json` folder holds another kind of bundle: its manifest reads and names
+ * another `format` (the toy judge's, say). Such a folder is no model a request may name, and is not
+ * listed. A manifest that does not read still counts as a model folder, so that the worker can say
+ * what is wrong with it.
+ */
+export function isOtherBundleKind(dir: string): boolean {
+  try {
+    const format = (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { format?: unknown } | null)?.format;
+    return typeof format === 'string' && format !== CLIP_BUNDLE_FORMAT;
+  } catch {
+    return false;
+  }
+}
 /** Kept as an alias of MODEL_NAME_PATTERN (shared/schemas/common.ts) for existing importers. */
 export const MODEL_NAME_RE = MODEL_NAME_PATTERN;
 const SHA256_RE = /^[0-9a-f]{64}$/;

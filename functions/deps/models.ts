@@ -1,6 +1,6 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type ModelIndex, ModelStore } from '../../shared/modelstore.ts';
+import { isOtherBundleKind, type ModelIndex, ModelStore } from '../../shared/modelstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import type { ModelInfo } from '../schemas.ts';
 import { MODEL_NAME_PATTERN } from '../../shared/schemas/common.ts';
@@ -88,7 +88,7 @@ export function modelsFromDir(modelsDir: string, defaultModel: string, options: 
   return memoizeModels(async () => {
     const local = existsSync(modelsDir)
       ? readdirSync(modelsDir, { withFileTypes: true })
-          .filter((e) => e.isDirectory() && MODEL_NAME.test(e.name) && existsSync(join(modelsDir, e.name, 'manifest.json')))
+          .filter((e) => e.isDirectory() && MODEL_NAME.test(e.name) && existsSync(join(modelsDir, e.name, 'manifest.json')) && !isOtherBundleKind(join(modelsDir, e.name)))
           .map((e) => fromManifest(e.name, join(modelsDir, e.name)))
       : [];
     const pushed = options.store ? (await new ModelStore(options.store).list()).map(fromIndex) : [];

@@ -1,7 +1,7 @@
 // The model store against S3: s3rver started here on 127.0.0.1, the real S3BlobStore, the worker's
 // model registry downloading into a cache keyed by content hash. GETs are counted by a wrapper.
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -355,6 +355,9 @@ describe('model store in local mode', () => {
   it('GET /v1/models lists the models folder from the manifests, plus the local store when given; the registry serves both', async () => {
     const modelsDir = tmp('models-dir');
     cpSync(bundle('folder-model', { description: 'from a folder' }), join(modelsDir, 'folder-model'), { recursive: true });
+    // The repo's toy judge sits in models/ too, but is no model a request may name: not listed.
+    mkdirSync(join(modelsDir, 'toy-judge'));
+    writeFileSync(join(modelsDir, 'toy-judge', 'manifest.json'), JSON.stringify({ format: 'clipag-toy-judge', format_version: 1, name: 'toy-judge' }));
     const blobs = new LocalBlobStore({ rootDir: tmp('local-blobs'), signingSecret: 'x'.repeat(32), publicBaseUrl: 'http://127.0.0.1:8787' });
     const pushed = await new ModelStore(blobs).push(bundle('pushed-model'), 'pushed-model');
 

@@ -1,5 +1,5 @@
 // The synthesizer port's spec → engine mapping and the model registry (real bundles, real engine).
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -78,7 +78,13 @@ describe('model registry', () => {
     const dir = makeModelsDir();
     mkdirSync(join(dir, 'not-a-model'));
     writeFileSync(join(dir, 'README.md'), 'x');
-    expect(Object.keys(scanModelsDir(dir))).toEqual(['tiny']);
+    // Another kind of bundle (the toy judge's manifest) is no model; a manifest that does not read still is one (the worker says what is wrong).
+    mkdirSync(join(dir, 'a-judge'));
+    writeFileSync(join(dir, 'a-judge', 'manifest.json'), JSON.stringify({ format: 'clipag-toy-judge', format_version: 1 }));
+    mkdirSync(join(dir, 'broken'));
+    writeFileSync(join(dir, 'broken', 'manifest.json'), '{ not json');
+    expect(Object.keys(scanModelsDir(dir))).toEqual(['broken', 'tiny']);
+    rmSync(join(dir, 'broken'), { recursive: true });
     const reg = createModelRegistry({ modelsDir: dir, threads: 1 });
     try {
       expect(reg.list().map((m) => m.name)).toEqual(['tiny']);

@@ -15,6 +15,7 @@ import { type ForeignTowerInfo, inspectForeignTower } from './foreign.ts';
 import { readSafetensors } from '../io/safetensors.ts';
 import { ClipArchSchema, type ClipArch, checkWeights } from './arch.ts';
 import { DEFAULT_RECIPE, type Recipe, validateRecipe } from '../synth/recipe.ts';
+import { CLIP_BUNDLE_FORMAT } from '../../../shared/modelstore.ts';
 
 /**
  * Recipe fields a bundle may set as its own defaults (a request's fields still win). A model trained
@@ -38,7 +39,7 @@ const stdValue = z.number().min(1e-3).max(10);
 /** A file named by a manifest: a plain relative path inside the bundle (shared with the model store). */
 export const isBundleFilePath = isPlainRelativePath;
 
-export const BUNDLE_FORMAT = 'clipag-model-bundle';
+export const BUNDLE_FORMAT = CLIP_BUNDLE_FORMAT;
 export const BUNDLE_FORMAT_VERSION = 1;
 
 export const ManifestSchema = z
