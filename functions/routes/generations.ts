@@ -4,7 +4,7 @@ import { newJobId } from '../../shared/ids.ts';
 import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
-import { GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
+import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { deletedRecord, isTerminal, newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
@@ -205,12 +205,14 @@ export function registerGenerationRoutes(
     const models = await deps.models();
     const model = request.model ?? models.find((m) => m.default)?.id;
     if (model === undefined) throw new ValidationError('this deployment has no default model: name one in "model" (GET /v1/models lists them)', 'model');
-    const { webhook_url: webhookUrl, metadata: _labels, ...fields } = request;
+    const { webhook_url: webhookUrl, metadata: _labels, width: askedWidth, height: askedHeight, ...fields } = request;
     if (webhookUrl !== undefined) checkWebhookUrl(webhookUrl, webhookPolicy);
-    const spec: GenerationSpec = { ...fields, model };
-    if (!models.some((m) => m.id === spec.model)) {
-      throw new ValidationError(`unknown model "${spec.model}" (available: ${models.map((m) => m.id).join(', ') || 'none'})`, 'model');
-    }
+    const info = models.find((m) => m.id === model);
+    if (!info) throw new ValidationError(`unknown model "${model}" (available: ${models.map((m) => m.id).join(', ') || 'none'})`, 'model');
+    // No size named: the model's own (a 64 px model's image is not upscaled to 224 and billed for it);
+    // a width alone makes a square.
+    const width = askedWidth ?? askedHeight ?? defaultSideFor(info.input_size);
+    const spec: GenerationSpec = { ...fields, width, height: askedHeight ?? width, model };
     if (spec.init.startsWith('upload:')) {
       const meta = await blobs.head(uploadKey(owner, spec.init.slice('upload:'.length)));
       if (!meta) throw new ValidationError(`no upload ${spec.init.slice('upload:'.length)}: upload the image first (POST /v1/uploads)`, 'init');
@@ -284,9 +286,12 @@ export function registerGenerationRoutes(
     // The body as sent (no default model filled in), so a retry replays its job even if the
     // deployment's default model changed in between.
     const bodyHash = sha256Hex(canonicalJson(request));
-    // Before the deployment default existed, a request without model was hashed with model "toy"
-    // filled in; a retry across that upgrade is still the same request.
-    const sameBodyHashes = request.model === undefined ? [sha256Hex(canonicalJson({ ...request, model: 'toy' }))] : [];
+    // Earlier versions filled defaults in before hashing: model "toy" (before the deployment default
+    // existed) and a 224×224 size (before the model's own size was the default). A retry across such
+    // an upgrade is still the same request, and gets the job it made then.
+    const legacySize = { ...request, width: request.width ?? DEFAULT_SIDE, height: request.height ?? DEFAULT_SIDE };
+    const variants = [legacySize, ...(request.model === undefined ? [{ ...request, model: 'toy' }, { ...legacySize, model: 'toy' }] : [])];
+    const sameBodyHashes = [...new Set(variants.map((v) => sha256Hex(canonicalJson(v))))].filter((h) => h !== bodyHash);
     let jobId = newJobId(now.getTime());
     // The model, the upload and the webhook URL are checked, the prompts screened and the owner's
     // active jobs counted before anything is claimed or written, so a refused request spends nothing

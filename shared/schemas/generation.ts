@@ -18,13 +18,22 @@ const PromptText = z
 /** A request's width and height when it names none: ViT-B/32's input size. */
 export const DEFAULT_SIDE = 224;
 
-const Side = z
-  .number()
-  .int()
-  .min(MIN_SIDE)
-  .max(MAX_SIDE)
-  .refine((v) => v % SIDE_MULTIPLE === 0, { message: `must be a multiple of ${SIDE_MULTIPLE}` })
-  .default(DEFAULT_SIDE);
+/** An output side: `multipleOf`, not a refine, so the OpenAPI document states the rule too. */
+const SideValue = z.number().int().min(MIN_SIDE).max(MAX_SIDE).multipleOf(SIDE_MULTIPLE, { message: `must be a multiple of ${SIDE_MULTIPLE}` });
+/** A stored spec's side (every stored spec names both; the default is for specs made before that). */
+const Side = SideValue.default(DEFAULT_SIDE);
+/** A request's side: when absent, the model's own input size (checkedSpec); a missing height takes the width. */
+const RequestSide = SideValue.optional().openapi({
+  // Stated outright: the generator does not carry zod's multipleOf into the document.
+  multipleOf: SIDE_MULTIPLE,
+  description: `Pixels, ${MIN_SIDE}–${MAX_SIDE}, a multiple of ${SIDE_MULTIPLE}. Default: the model's input size (GET /v1/models input_size, rounded up to a multiple of ${SIDE_MULTIPLE}); a missing height takes the width`,
+});
+
+/** The side a request that names none gets with a model of this input size: the model's own, as a valid side. */
+export function defaultSideFor(inputSize: number | undefined): number {
+  if (inputSize === undefined || !Number.isFinite(inputSize)) return DEFAULT_SIDE;
+  return Math.min(MAX_SIDE, Math.max(MIN_SIDE, Math.ceil(inputSize / SIDE_MULTIPLE) * SIDE_MULTIPLE));
+}
 
 export const WeightedPrompt = z
   .object({
@@ -138,6 +147,8 @@ export const GenerationMetadata = z
 export const GenerationRequest = z
   .object({
     ...generationFields,
+    width: RequestSide,
+    height: RequestSide,
     model: ModelName.optional().openapi({ description: "The model's id from GET /v1/models; default: the one marked default there" }),
     metadata: GenerationMetadata.optional(),
     webhook_url: z

@@ -258,7 +258,7 @@ describe('Idempotency-Key', () => {
     expect(a.status).toBe(202);
     const idA = ((await a.json()) as { id: string }).id;
     // Key order and defaults do not change the canonical body.
-    const b = await post({ steps: 10, prompt: 'apple', width: 224 }, headers);
+    const b = await post({ steps: 10, prompt: 'apple', n: 1 }, headers);
     expect(b.status).toBe(200);
     expect(b.headers.get('Idempotent-Replayed')).toBe('true');
     expect(((await b.json()) as { id: string }).id).toBe(idA);
@@ -313,6 +313,28 @@ describe('Idempotency-Key', () => {
     expect(retry.status).toBe(200);
     expect(((await retry.json()) as { id: string }).id).toBe(first.id);
     await expectEnvelope(await post({ prompt: 'pear' }, { 'Idempotency-Key': 'pre-upgrade' }), 409, 'idempotency_key_reused');
+    // Hashed with the old 224×224 default size (and the model named): still the same request.
+    const named = (await (await post({ prompt: 'plum', model: 'toy' }, { 'Idempotency-Key': 'pre-size' })).json()) as { id: string };
+    const sizeKey = idempotencyRecordKey('acct_alice', 'pre-size');
+    const sized = JSON.parse(Buffer.from((await h.blobs.get(sizeKey))!.body).toString());
+    await h.blobs.put(sizeKey, Buffer.from(JSON.stringify({ ...sized, body_hash: sha256Hex(canonicalJson({ prompt: 'plum', model: 'toy', width: 224, height: 224, steps: 100, n: 1, init: 'gmm' })) })));
+    const sizedRetry = await post({ prompt: 'plum', model: 'toy' }, { 'Idempotency-Key': 'pre-size' });
+    expect([sizedRetry.status, ((await sizedRetry.json()) as { id: string }).id]).toEqual([200, named.id]);
+  });
+
+  it("a request naming no size gets the model's own input size; a width alone makes a square", async () => {
+    const sized = (json: Record<string, unknown>) => post({ prompt: 'apple', ...json }).then(async (r) => ((await r.json()) as any).request);
+    // The harness's model says input_size 224; a 64 px model gets 64 (below: models with other sizes).
+    expect(await sized({})).toMatchObject({ width: 224, height: 224 });
+    expect(await sized({ width: 128 })).toMatchObject({ width: 128, height: 128 });
+    expect(await sized({ height: 96 })).toMatchObject({ width: 96, height: 96 });
+    expect(await sized({ width: 128, height: 64 })).toMatchObject({ width: 128, height: 64 });
+    const small = createApp({ ...h.deps, models: async () => [{ id: 'toy', default: true, input_size: 64 }, { id: 'tiny', input_size: 32 }] });
+    const ask = async (json: Record<string, unknown>) =>
+      ((await (await small.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', ...json }) })).json()) as any).request;
+    expect(await ask({})).toMatchObject({ width: 64, height: 64 });
+    expect(await ask({ model: 'tiny' })).toMatchObject({ width: 64, height: 64 }); // 32 px: the smallest side allowed
+    await expectEnvelope(await small.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', width: 100 }) }), 400, 'validation_error');
   });
 
   it('a replay of a job queued for over 5 minutes and never started sends its message again, once per 5 minutes', async () => {

@@ -85,3 +85,17 @@ describe('responses conform to /openapi.json', () => {
     check('/v1/generations/{id}', 'delete', 409, (await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a green star' }) }).then((r) => call(`/v1/generations/${(r.body as { id: string }).id}`, { method: 'DELETE' }))).body);
   });
 });
+
+describe('requests conform to /openapi.json', () => {
+  it('a size the document allows is one the server accepts, and one it refuses is refused by the document too', async () => {
+    const doc = (await (await h.app.request('/openapi.json')).json()) as any;
+    const ajv = new Ajv2020({ strict: false, allErrors: true });
+    ajv.addSchema(doc, 'api');
+    const validRequest = ajv.getSchema('api#/components/schemas/GenerationRequest')!;
+    for (const width of [64, 96, 100, 1024, 1056]) {
+      const body = { prompt: 'apple', width };
+      const server = (await h.request('/v1/generations', { json: body })).status;
+      expect([width, validRequest(body)], String(server)).toEqual([width, server === 202]);
+    }
+  });
+});

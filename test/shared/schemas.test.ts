@@ -18,15 +18,16 @@ const issuesOf = (input: unknown) => {
 };
 
 describe('GenerationRequest', () => {
-  it('fills defaults and trims the prompt', () => {
+  it("fills defaults (the size is left to the API: the model's own) and trims the prompt; a side must be a multiple of 32", () => {
     expect(GenerationRequest.parse({ prompt: '  a red fox  ' })).toEqual({
       prompt: 'a red fox',
-      width: 224,
-      height: 224,
       steps: 100,
       n: 1,
       init: 'gmm',
     });
+    expect(GenerationRequest.safeParse({ prompt: 'x', width: 100 }).error?.issues[0]).toMatchObject({ path: ['width'], message: 'must be a multiple of 32' });
+    // A stored spec from before sizes were the model's own still gets 224.
+    expect(GenerationSpec.parse({ prompt: 'x', model: 'toy' })).toMatchObject({ width: 224, height: 224 });
   });
 
   it('a spec stored before the strength check (strength with a gmm start) still parses as a job spec', () => {
