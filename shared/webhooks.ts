@@ -37,6 +37,25 @@ for (const [net, bits] of [
 // deprecated site-local fec0::/10: none is a legitimate receiver's address.
 for (const [net, bits] of [['::', 96], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8], ['64:ff9b::', 96], ['2002::', 16]] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
 
+const LINK_LOCAL = new BlockList();
+LINK_LOCAL.addSubnet('169.254.0.0', 16, 'ipv4');
+LINK_LOCAL.addSubnet('fe80::', 10, 'ipv6');
+LINK_LOCAL.addSubnet('fd00:ec2::', 32, 'ipv6'); // EC2's IPv6 instance metadata service
+
+/**
+ * Link-local: the cloud instance metadata services (169.254.169.254, fd00:ec2::254) and their kin.
+ * Refused even where private addresses are allowed (local mode): `clipag serve` on a cloud machine
+ * must not hand its instance credentials to whoever holds an API key.
+ */
+export function isLinkLocalAddress(address: string): boolean {
+  const family = isIP(address);
+  const mapped = family === 6 ? /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address) : null;
+  if (mapped) return LINK_LOCAL.check(mapped[1]!, 'ipv4');
+  if (family === 4) return LINK_LOCAL.check(address, 'ipv4');
+  if (family === 6) return LINK_LOCAL.check(address, 'ipv6');
+  return false;
+}
+
 /** Loopback, private, link-local (the instance metadata service), CGNAT, multicast or reserved. */
 export function isPrivateAddress(address: string): boolean {
   const family = isIP(address);
@@ -62,8 +81,10 @@ export function checkWebhookUrl(raw: string, policy: WebhookPolicy): URL {
   if (!schemes.includes(url.protocol)) throw new ValidationError(`webhook_url must use ${schemes.join(' or ')}`, 'webhook_url');
   if (url.username || url.password) throw new ValidationError('webhook_url must not carry credentials', 'webhook_url');
   if (url.hash) throw new ValidationError('webhook_url must not have a #fragment', 'webhook_url');
+  const literal = url.hostname.replace(/^\[|\]$/g, '');
+  if (isIP(literal) !== 0 && isLinkLocalAddress(literal)) throw new ValidationError('webhook_url must not point at a link-local address (the instance metadata service)', 'webhook_url');
   if (!policy.allowPrivate) {
-    const host = url.hostname.replace(/^\[|\]$/g, '');
+    const host = literal;
     if (host === 'localhost' || host.endsWith('.localhost') || (isIP(host) !== 0 && isPrivateAddress(host))) {
       throw new ValidationError('webhook_url must point at a public address', 'webhook_url');
     }
@@ -117,7 +138,7 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
   const lookup = (hostname: string, options: object, callback: (error: Error | null, address: string | LookupAddress[], family?: number) => void) => {
     dnsLookup(hostname, { ...options, all: true }, (error, addresses) => {
       if (error) return callback(error, '');
-      const allowed = policy.allowPrivate ? addresses : addresses.filter((a) => !isPrivateAddress(a.address));
+      const allowed = addresses.filter((a) => !isLinkLocalAddress(a.address) && (policy.allowPrivate || !isPrivateAddress(a.address)));
       if (allowed.length === 0) return callback(Object.assign(new Error(`${hostname} resolves only to private addresses`), { code: PRIVATE_ONLY }), '');
       if ((options as { all?: boolean }).all) return callback(null, allowed);
       return callback(null, allowed[0]!.address, allowed[0]!.family);

@@ -126,6 +126,10 @@ describe('webhook URL policy', () => {
     }
     // Local mode: a receiver on this machine, over http, is fine.
     expect(checkWebhookUrl('http://127.0.0.1:9000/h', { allowPrivate: true }).port).toBe('9000');
+    // But never the instance metadata service, whatever the mode and spelling (clipag serve on a cloud machine).
+    for (const url of ['http://169.254.169.254/latest/meta-data/', 'http://[fe80::1]/', 'http://[::ffff:169.254.169.254]/', 'http://[fd00:ec2::254]/']) {
+      expect(() => checkWebhookUrl(url, { allowPrivate: true }), url).toThrow(/link-local/);
+    }
   });
 
   it('the sender refuses a name that resolves to a private address, and connects to an allowed one', async () => {
@@ -141,11 +145,12 @@ describe('webhook URL policy', () => {
     const port = (receiver.address() as AddressInfo).port;
     const send = httpWebhookSender({ allowPrivate: false }, { timeoutMs: 1000 });
     for (const host of ['127.0.0.1', '2130706433', '0x7f000001', '0177.0.0.1', '127.1', '0', '[::1]', '[::ffff:127.0.0.1]', '[::ffff:7f00:1]', '169.254.169.254', '10.0.0.1', '[fe80::1]', '[::]']) {
-      await expect(send({ url: `https://${host}:${port}/hooks`, headers: {}, body: '{}' }), host).rejects.toThrow(/public address/);
+      await expect(send({ url: `https://${host}:${port}/hooks`, headers: {}, body: '{}' }), host).rejects.toThrow(/public address|link-local/);
     }
     // The same receiver over a name, with private addresses allowed (local mode), is reached: the
     // refusals above are the policy, not a dead receiver.
     expect(await httpWebhookSender({ allowPrivate: true })({ url: receiverUrl, headers: {}, body: '{}' })).toBe(200);
+    await expect(httpWebhookSender({ allowPrivate: true }, { timeoutMs: 1000 })({ url: 'http://169.254.169.254/latest', headers: {}, body: '{}' })).rejects.toThrow(/link-local/);
     expect(received).toHaveLength(1);
   });
 });
@@ -165,6 +170,15 @@ describe('signatures', () => {
 });
 
 describe('the API', () => {
+  it('local mode refuses a webhook to the instance metadata service at POST (400), though it allows this machine', async () => {
+    const res = await localApp().request('/v1/generations', {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ prompt: 'apple', webhook_url: 'http://169.254.169.254/latest' }),
+    });
+    expect((await expectEnvelope(res, 400, 'validation_error')).param).toBe('webhook_url');
+  });
+
   it('a bad webhook_url is a 400 naming it, and nothing is written', async () => {
     for (const url of ['http://hooks.example.com/x', 'https://10.0.0.1/x', 'nope', `https://x.example/${'a'.repeat(2000)}`]) {
       const res = await h.request('/v1/generations', { json: { prompt: 'apple', webhook_url: url } });
