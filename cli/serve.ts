@@ -58,14 +58,15 @@ export async function serve(
   const deps = await localDeps(local);
   const { blobs, queue, jobs, keys, signingSecret } = deps.adapters;
   const apiKey = await localApiKey(local.dataDir, keys);
-  // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
-  const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
   // The signed-link routes go on the API app itself: one request id, one onError, one notFound, so
   // every error (a 405, an unknown path, a failure under /blobs) is the ErrorEnvelope.
   // Estimates count the steps the worker will run.
   const app = createApp(opts.maxSteps === undefined ? deps : { ...deps, limits: { ...deps.limits, maxSteps: opts.maxSteps } });
   mountLocalBlobRoutes(app, blobs, signingSecret);
+  // The port first: a second `clipag serve` on a busy port fails before its worker takes a job.
   const server = await startApiServer(app, local.port, local.host);
+  // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
+  const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
   // A job whose message was lost (a crash between its create and its send) gets it again. The first
   // sweep runs now: a restart after such a crash picks the job up.
   const sweeps = startQueuedJobSweeps(
@@ -116,10 +117,10 @@ export async function run(argv: string[]): Promise<number> {
       `clipag: API and worker running at ${handle.url} (local mode, data in ${resolve(env.CLIPAG_DATA_DIR ?? '.data')})`,
       '',
       'Try it:',
-      `  export CLIPAG_KEY=${k}`,
-      `  curl -s -X POST ${handle.url}/v1/generations -H "Authorization: Bearer $CLIPAG_KEY" -H 'Content-Type: application/json' \\`,
+      `  export CLIPAG=${handle.url} CLIPAG_KEY=${k}     # as the README's examples use them`,
+      `  curl -s -X POST $CLIPAG/v1/generations -H "Authorization: Bearer $CLIPAG_KEY" -H 'Content-Type: application/json' \\`,
       `       -d '{"prompt": "a large red circle on the left", "seed": 1}'`,
-      `  curl -s ${handle.url}/v1/generations/<id> -H "Authorization: Bearer $CLIPAG_KEY"     # poll until "succeeded"`,
+      `  curl -s $CLIPAG/v1/generations/<id> -H "Authorization: Bearer $CLIPAG_KEY"     # poll until "succeeded"`,
       `  curl -s -o out.png "<outputs[0].url from the response>"`,
       '',
       'Ctrl-C drains the worker and stops.',

@@ -185,6 +185,26 @@ describe('local mode end to end', () => {
     await h.stop();
   });
 
+  it('a second server on a busy port fails before its worker starts: the first keeps its jobs', async () => {
+    h = await start(dataDir);
+    const port = new URL(h.url).port;
+    await h.stop(); // no worker of the first takes the job below
+    const blocker = createServer().listen(Number(port), '127.0.0.1');
+    await new Promise((r) => blocker.once('listening', r));
+    try {
+      const { LocalJobQueue } = await import('../../shared/adapters/local/queue.ts');
+      const queue = new LocalJobQueue({ dir: join(dataDir, 'queue') });
+      await queue.send('{"v":1,"job_id":"probe","owner":"local"}');
+      await expect(serve({ CLIPAG_DATA_DIR: dataDir, CLIPAG_MODELS_DIR: modelsDir, PORT: port, CLIPAG_RECEIVE_WAIT_SEC: '1', LOG_LEVEL: 'error' }, { recipeOverrides: FAST })).rejects.toThrow(/EADDRINUSE/);
+      await new Promise((r) => setTimeout(r, 1500)); // a worker, had one started, would have polled by now
+      const [m] = await queue.receive({ max: 1, waitSec: 0 });
+      expect([m?.body, m?.receiveCount]).toEqual(['{"v":1,"job_id":"probe","owner":"local"}', 1]); // never received before
+      await queue.ack(m!.receipt);
+    } finally {
+      await new Promise((r) => blocker.close(r));
+    }
+  });
+
   it('a job whose message was lost in a crash (created, never sent) runs after the restart, with no retry', async () => {
     // What a process that died between the job's create and its send leaves behind: the pending
     // marker and the queued record, 10 minutes old, and no message.
