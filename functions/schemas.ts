@@ -1,5 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { ApiKeyId, ResourceId, Timestamp } from '../shared/schemas/common.ts';
+import { SORTABLE_ID_PATTERN } from '../shared/names.ts';
 import { GenerationSpec, ModelName } from '../shared/schemas/generation.ts';
 import { JobError, JobStatus, JobUsage } from '../shared/schemas/job.ts';
 
@@ -41,8 +42,19 @@ export const GenerationList = z
   .openapi('GenerationList');
 
 export const ListQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(100).optional().openapi({ param: { name: 'limit', in: 'query' }, example: 20 }),
-  cursor: ResourceId.optional().openapi({ param: { name: 'cursor', in: 'query' } }),
+  limit: z.coerce
+    .number({ error: 'limit must be a whole number from 1 to 100' })
+    .int({ error: 'limit must be a whole number from 1 to 100' })
+    .min(1, { error: 'limit must be a whole number from 1 to 100' })
+    .max(100, { error: 'limit must be a whole number from 1 to 100' })
+    .optional()
+    .openapi({ param: { name: 'limit', in: 'query' }, example: 20 }),
+  // A generation id, as next_cursor gives it: anything else is a caller's bug, not an empty page.
+  cursor: z
+    .string()
+    .regex(SORTABLE_ID_PATTERN, { error: 'cursor must be the next_cursor of an earlier page' })
+    .optional()
+    .openapi({ param: { name: 'cursor', in: 'query' }, description: 'The next_cursor of the previous page' }),
   status: z.enum(JOB_STATUSES).optional().openapi({
     param: { name: 'status', in: 'query' },
     example: 'failed',

@@ -10,12 +10,17 @@ export const errors = {
   400: envelope('Invalid request (validation_error, invalid_json; content_policy: a prompt the content policy refuses)'),
   401: envelope('Missing, malformed, unknown or revoked API key'),
   404: envelope('Not found (also for another owner\'s id)'),
-  409: envelope('Conflict (idempotency_key_reused, idempotency_in_progress, job_terminal; corrupt_record: the stored record is unreadable, retrying will not help)'),
+  409: envelope('Conflict: corrupt_record (the stored record is unreadable; retrying will not help)'),
   413: envelope('Payload too large'),
   415: envelope('Content-Type is not application/json'),
   429: { ...envelope('too_many_active_jobs: the caller has as many generations queued or running as it may; retry after Retry-After seconds'), headers: retryAfter },
   503: { ...envelope('A dependency is unavailable; retry after Retry-After seconds'), headers: retryAfter },
 } as const;
+
+/** A route's own 409: the codes it can answer, besides corrupt_record. */
+export function conflict(codes: string): ReturnType<typeof envelope> {
+  return envelope(`Conflict: ${codes}; corrupt_record (the stored record is unreadable; retrying will not help)`);
+}
 
 export function pick<K extends keyof typeof errors>(...codes: K[]): Pick<typeof errors, K> {
   return Object.fromEntries(codes.map((k) => [k, errors[k]])) as Pick<typeof errors, K>;

@@ -17,7 +17,7 @@ import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
-import { SECURITY, pick } from './common.ts';
+import { conflict, SECURITY, pick } from './common.ts';
 
 /** Generations one owner may have queued or running at once, unless the deployment says otherwise. */
 export const DEFAULT_MAX_ACTIVE_JOBS = 100;
@@ -63,7 +63,8 @@ const createGeneration = createRoute({
       },
       content: { 'application/json': { schema: GenerationView } },
     },
-    ...pick(400, 401, 409, 413, 415, 429, 503),
+    ...pick(400, 401, 413, 415, 429, 503),
+    409: conflict('idempotency_key_reused (the key was used with another body), idempotency_in_progress (its first request is still being made: retry shortly)'),
   },
 });
 
@@ -84,7 +85,7 @@ const createEstimate = createRoute({
 function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, S extends z.ZodType>(
   method: M,
   path: P,
-  doc: { summary: string; description?: string; ok: string },
+  doc: { summary: string; description?: string; ok: string; conflicts?: string },
   schema: S,
 ) {
   return createRoute({
@@ -97,6 +98,7 @@ function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, 
     responses: {
       200: { description: doc.ok, content: { 'application/json': { schema } } },
       ...pick(400, 401, 404, 409, 503),
+      ...(doc.conflicts ? { 409: conflict(doc.conflicts) } : {}),
     },
   });
 }
@@ -122,6 +124,7 @@ const deleteGeneration = generationRoute(
     description:
       'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`. 409 job_not_finished while it is queued or running.',
     ok: 'The generation as it now stands',
+    conflicts: 'job_not_finished (queued or running: cancel it first)',
   },
   GenerationView,
 );
@@ -145,6 +148,7 @@ const cancelGeneration = generationRoute(
     summary: 'Cancel a generation (idempotent)',
     description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. 409 for succeeded or failed jobs.',
     ok: 'The generation after the cancel',
+    conflicts: 'job_terminal (it already succeeded or failed)',
   },
   GenerationView,
 );

@@ -67,6 +67,9 @@ describe('POST → GET → list → cancel', () => {
     await expectEnvelope(await h.request('/v1/generations?limit=0'), 400, 'validation_error');
     await expectEnvelope(await h.request('/v1/generations?limit=101'), 400, 'validation_error');
     await expectEnvelope(await h.request('/v1/generations?cursor=../x'), 400, 'validation_error');
+    // A cursor no page gave (a typo, a stale format) is the caller's bug, not an empty page.
+    expect((await expectEnvelope(await h.request('/v1/generations?cursor=garbage'), 400, 'validation_error')).message).toMatch(/cursor must be the next_cursor of an earlier page/);
+    expect((await expectEnvelope(await h.request('/v1/generations?limit=abc'), 400, 'validation_error')).message).toMatch(/limit must be a whole number from 1 to 100/);
   });
 
   it('?status= lists only generations in that status, newest first, paging on through pages that scan and find few', async () => {
