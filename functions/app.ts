@@ -1,4 +1,4 @@
-import { OpenAPIHono } from '@hono/zod-openapi';
+import { OpenAPIHono, z } from '@hono/zod-openapi';
 import { IdempotencyLedger } from './idempotency.ts';
 import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
@@ -9,6 +9,7 @@ import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
 import { registerUploadRoutes } from './routes/uploads.ts';
 import { registerUsageRoutes } from './routes/usage.ts';
 import { ErrorEnvelope } from '../shared/schemas/error.ts';
+import { GenerationEvent } from '../shared/schemas/view.ts';
 import { jsonLineLog } from './log.ts';
 import type { AppDeps, AppEnv } from './types.ts';
 
@@ -58,6 +59,23 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     description: 'API key from `clipag keys create`',
   });
   app.openAPIRegistry.register('ErrorEnvelope', ErrorEnvelope);
+  // What a generation's webhook_url receives (ADR 0013), so that clients can generate its type too.
+  app.openAPIRegistry.registerWebhook({
+    method: 'post',
+    path: 'generation.ended',
+    summary: 'A generation ended (succeeded, failed or canceled): POSTed to its webhook_url',
+    description:
+      'Signed as Standard Webhooks: verify webhook-signature over `webhook-id.webhook-timestamp.body` with the `webhook.secret` the POST answered. Delivered at least once: drop repeats by webhook-id. Any 2xx within 10 s counts as delivered; anything else is retried (30 s, 2 min, 10 min, 30 min, 2 h, 6 h).',
+    request: {
+      headers: z.object({
+        'webhook-id': z.string().openapi({ description: 'evt_<generation id>_<status>: the same on every attempt' }),
+        'webhook-timestamp': z.string().openapi({ description: 'Unix seconds of the attempt' }),
+        'webhook-signature': z.string().openapi({ description: 'v1,<base64 HMAC-SHA256>' }),
+      }),
+      body: { content: { 'application/json': { schema: GenerationEvent } } },
+    },
+    responses: { 200: { description: 'Any 2xx: delivered' } },
+  });
 
   app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   app.use('/v1/*', auth(deps.keys));

@@ -91,3 +91,14 @@ export const GenerationView = z
   .openapi('Generation');
 export type GenerationView = z.output<typeof GenerationView>;
 
+
+/** The body of a completion webhook (ADR 0013): what ended, when, and the generation as it then stood. */
+export const GenerationEvent = z
+  .object({
+    type: z.enum(['generation.succeeded', 'generation.failed', 'generation.canceled']),
+    timestamp: Timestamp.openapi({ description: 'When the generation ended' }),
+    data: GenerationView,
+  })
+  .strict()
+  .openapi('GenerationEvent');
+export type GenerationEvent = z.output<typeof GenerationEvent>;

@@ -98,4 +98,23 @@ describe('requests conform to /openapi.json', () => {
       expect([width, validRequest(body)], String(server)).toEqual([width, server === 202]);
     }
   });
+
+  it('a webhook body, as the deliverer sends it, is the document\'s GenerationEvent', async () => {
+    const { deliverWebhook } = await import('../../shared/webhooks.ts');
+    const doc = (await (await h.app.request('/openapi.json')).json()) as any;
+    expect(doc.webhooks['generation.ended'].post.requestBody.content['application/json'].schema.$ref).toBe('#/components/schemas/GenerationEvent');
+    const ajv = new Ajv2020({ strict: false, allErrors: true });
+    ajv.addSchema(doc, 'api');
+    const validEvent = ajv.getSchema('api#/components/schemas/GenerationEvent')!;
+    const local = createApp({ ...h.deps, limits: { ...LIMITS, webhookAllowPrivate: true } });
+    const res = await local.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: 'http://127.0.0.1:9/hook' }) });
+    const { id } = (await res.json()) as { id: string };
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'canceled', cancel_requested: true, finished_at: new Date().toISOString() }));
+    const bodies: string[] = [];
+    const sent = await deliverWebhook({ jobs: h.jobs, blobs: h.blobs, signedUrlTtlSec: 600, clock: () => new Date(), send: async (r) => (bodies.push(r.body), 200) }, 'acct_alice', id);
+    expect(sent).toBe('delivered');
+    const event = JSON.parse(bodies[0]!);
+    expect(validEvent(event) ? [] : validEvent.errors).toEqual([]);
+    expect(event).toMatchObject({ type: 'generation.canceled', data: { id, status: 'canceled' } });
+  });
 });
