@@ -22,10 +22,13 @@ export function bodySizeLimit(maxBytes: number): MiddlewareHandler<AppEnv> {
  */
 const JSON_CONTENT_TYPE = /^application\/(?:[a-z.-]+\+)?json(?:;\s*[a-zA-Z0-9-]+=[^;]+)*$/i;
 
-/** POST/PUT/PATCH bodies must be JSON: 415 envelope otherwise (also when the header is missing). */
+/**
+ * POST bodies must be JSON: 415 envelope otherwise (also when the header is missing). Only POST: the
+ * JSON paths take no other body, so a PUT or PATCH there is the router's 405, whatever it carries.
+ */
 export function requireJson(): MiddlewareHandler<AppEnv> {
   return async function requireJsonMiddleware(c, next) {
-    if (c.req.method === 'POST' || c.req.method === 'PUT' || c.req.method === 'PATCH') {
+    if (c.req.method === 'POST') {
       if (!JSON_CONTENT_TYPE.test(c.req.header('Content-Type') ?? '')) {
         throw new HttpError(415, 'unsupported_media_type', 'Content-Type must be application/json (optionally with parameters such as "; charset=utf-8")', 'Content-Type');
       }

@@ -146,6 +146,13 @@ describe('routing', () => {
     const cancel = await h.request('/v1/generations/abc/cancel');
     await expectEnvelope(cancel, 405, 'method_not_allowed');
     expect(cancel.headers.get('Allow')).toBe('POST');
+    // A body of any type on a method the path does not take is still that 405, not a 415.
+    for (const path of ['/v1/generations', '/v1/uploads', '/v1/estimates']) {
+      for (const method of ['PUT', 'PATCH']) {
+        await expectEnvelope(await h.request(path, { method, body: 'x' }), 405, 'method_not_allowed');
+      }
+    }
+    await expectEnvelope(await h.request('/v1/generations', { method: 'POST', body: 'x' }), 415, 'unsupported_media_type');
   });
 
   it('a malformed job id → 400, not a 500', async () => {
