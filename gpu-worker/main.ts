@@ -15,7 +15,7 @@ import { ModelStore } from '../shared/modelstore.ts';
 import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import type { Recipe } from './engine/synth/recipe.ts';
 import { warmUp as warmUpEngine } from './engine/synth/synthesize.ts';
-import { DEFAULT_SIDE } from '../shared/schemas/generation.ts';
+import { defaultSideFor } from '../shared/schemas/generation.ts';
 import { createModelRegistry, type ModelRegistry } from './models.ts';
 import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
 import { ecsTaskProtection, type TaskProtection } from './worker/task-protection.ts';
@@ -120,7 +120,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
     (deps.warmUp ?? !deps.synthesizer)
       ? async (signal: AbortSignal) => {
           const engine = await models.engine(config.defaultModel);
-          await warmUpEngine(engine, deps.recipeOverrides ?? {}, DEFAULT_SIDE, { signal, ...(maxSteps !== undefined ? { maxSteps } : {}) });
+          await warmUpEngine(engine, deps.recipeOverrides ?? {}, defaultSideFor(engine.imageSize), { signal, ...(maxSteps !== undefined ? { maxSteps } : {}) });
           const concepts = (await deploymentConcepts?.()) ?? [];
           if (concepts.length > 0 && !signal.aborted) await engine.conceptEmbeddings(concepts);
         }

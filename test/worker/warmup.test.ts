@@ -3,6 +3,7 @@
 // real local queue and stores.
 import { afterEach, describe, expect, it } from 'vitest';
 import { startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
+import { defaultSideFor } from '../../shared/schemas/generation.ts';
 import { createModelRegistry } from '../../gpu-worker/models.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { synthesize, warmUp } from '../../gpu-worker/engine/synth/synthesize.ts';
@@ -54,10 +55,12 @@ describe('warm-up', () => {
       const engine = await models.engine('tiny');
       const warmed = [...engine.loadedGraphs].sort();
       expect(warmed.length).toBeGreaterThanOrEqual(3);
-      // A request that names no size (224×224: coarse to fine on this 32 px model).
-      const job = await submit(env, { steps: 6, width: undefined, height: undefined });
+      // A request that names no size, as the API fills it in: the model's own size as a valid side
+      // (64×64 for this 32 px model: coarse to fine).
+      const side = defaultSideFor(engine.imageSize);
+      const job = await submit(env, { steps: 6, width: side, height: side });
       const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
-      expect([done.status, done.spec.width]).toEqual(['succeeded', 224]);
+      expect([done.status, done.spec.width]).toEqual(['succeeded', 64]);
       expect([...engine.loadedGraphs].sort()).toEqual(warmed); // the first job compiled nothing
     } finally {
       await r.stop();
