@@ -13,7 +13,7 @@
 // - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
 // - JPEG/WebP/GIF are refused with advice to convert to PNG: no decoder for them is installed.
 
-import { inflateSync } from 'node:zlib';
+import { constants as zlibConstants, inflateRawSync } from 'node:zlib';
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
 import { EngineError } from '../errors.ts';
 import type { Rng } from './rng.ts';
@@ -126,13 +126,20 @@ const ADAM7 = [
   [0, 1, 1, 2],
 ] as const;
 
+/** The chunks decoding needs: the header, the palette and its transparency, the pixel data, the end. */
+const DECODED_CHUNKS = new Set(['IHDR', 'PLTE', 'tRNS', 'IDAT', 'IEND']);
+
 /**
- * Refuses a PNG whose pixel data inflates past what its header declares, before the decoder inflates
- * it: fast-png inflates without bound (and copies the result once more), so a few MB of deflated zeros
- * behind a 64×64 header would take GBs and minutes of a blocked event loop. The check inflates the
- * IDAT stream with Node's zlib capped just past the declared size: cheap either way.
+ * The PNG as the decoder may see it, or a refusal. fast-png inflates without bound (and copies the
+ * result once more): a few MB of deflated zeros behind a 64×64 header take GBs and minutes of a
+ * blocked event loop, in the pixel data or in a compressed ancillary chunk (an iCCP colour profile,
+ * zTXt text). So:
+ * - only the chunks decoding needs are kept (colour profiles and text are ignored anyway), their bytes
+ *   and CRCs as they were;
+ * - the pixel data is inflated first with Node's zlib, capped just past the size the header declares.
+ *   Raw inflate, as decoders do it: a stream whose Adler-32 trailer is wrong still decodes.
  */
-function checkInflatedSize(bytes: Uint8Array, dv: DataView, width: number, height: number): void {
+function boundedPng(bytes: Uint8Array, dv: DataView, width: number, height: number): Uint8Array {
   const depth = bytes[24]!;
   const channels = PNG_CHANNELS[bytes[25]!];
   const interlaced = bytes[28] === 1;
@@ -147,28 +154,32 @@ function checkInflatedSize(bytes: Uint8Array, dv: DataView, width: number, heigh
       if (pw > 0 && ph > 0) expected += rowBytes(pw) * ph;
     }
   }
-  const parts: Uint8Array[] = [];
+  const kept: Uint8Array[] = [bytes.subarray(0, 8)];
+  const idat: Uint8Array[] = [];
   for (let off = 8; off + 12 <= bytes.length; ) {
     const length = dv.getUint32(off);
     const type = String.fromCharCode(bytes[off + 4]!, bytes[off + 5]!, bytes[off + 6]!, bytes[off + 7]!);
     if (off + 12 + length > bytes.length) throw new EngineError('invalid_input', `corrupt PNG: chunk ${JSON.stringify(type)} runs past the end of the file`);
-    if (type === 'IDAT') parts.push(bytes.subarray(off + 8, off + 8 + length));
-    if (type === 'IEND') break;
+    if (DECODED_CHUNKS.has(type)) kept.push(bytes.subarray(off, off + 12 + length));
+    if (type === 'IDAT') idat.push(bytes.subarray(off + 8, off + 8 + length));
     off += 12 + length;
+    if (type === 'IEND') break;
   }
   // A little slack past the exact size: some encoders leave stray bytes after the rows, which
   // decoders ignore; a bomb needs many times the declared size to hurt.
   const limit = expected + INFLATE_SLACK_BYTES;
-  let inflated: number;
+  const tooLarge = () => new EngineError('invalid_input', `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`, { expected });
+  const stream = Buffer.concat(idat);
   try {
-    inflated = inflateSync(Buffer.concat(parts), { maxOutputLength: limit + 1 }).length;
+    // Past the 2-byte zlib header; a missing or wrong trailer is left to the decoder, as before.
+    const inflated = inflateRawSync(stream.subarray(2), { maxOutputLength: limit + 1, finishFlush: zlibConstants.Z_SYNC_FLUSH }).length;
+    if (inflated > limit) throw tooLarge();
   } catch (e) {
-    if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') {
-      throw new EngineError('invalid_input', `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`, { expected });
-    }
+    if (e instanceof EngineError) throw e;
+    if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw tooLarge();
     throw new EngineError('invalid_input', `corrupt PNG: ${(e as Error).message}`);
   }
-  if (inflated > limit) throw new EngineError('invalid_input', `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`, { expected });
+  return Buffer.concat(kept);
 }
 
 /**
@@ -204,10 +215,10 @@ export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): Plana
       height,
     });
   }
-  checkInflatedSize(bytes, dv, width, height);
+  const decodable = boundedPng(bytes, dv, width, height);
   let png: DecodedPng;
   try {
-    png = pngDecode(bytes, { checkCrc: true });
+    png = pngDecode(decodable, { checkCrc: true });
   } catch (e) {
     throw new EngineError('invalid_input', `corrupt PNG: ${(e as Error).message}`);
   }

@@ -103,10 +103,28 @@ describe('PNG codec', () => {
     const rows = Buffer.alloc(64 * (64 * 3 + 1));
     expect(decodeImage(handMadePng(64, 64, deflateSync(rows))).width).toBe(64);
   });
+
+  it('a bomb in an ancillary chunk (a 64 MB colour profile) is never inflated: the image decodes at once', () => {
+    const rows = Buffer.alloc(64 * (64 * 3 + 1));
+    rows[1] = 255; // the first pixel red
+    const profile = Buffer.concat([Buffer.from('icc\0\0', 'latin1'), deflateSync(Buffer.alloc(64 * 1024 * 1024))]);
+    const png = handMadePng(64, 64, deflateSync(rows), [['iCCP', profile], ['zTXt', profile]]);
+    const t0 = performance.now();
+    const img = decodeImage(png);
+    expect(performance.now() - t0).toBeLessThan(2_000); // fast-png inflated such a profile for ~13 s per MB
+    expect([img.width, px(img, 0, 0, 0), px(img, 0, 1, 0)]).toEqual([64, 1, 0]);
+  });
+
+  it('pixel data whose zlib trailer (Adler-32) is wrong still decodes, as other decoders take it', () => {
+    const rows = Buffer.alloc(16 * (16 * 3 + 1), 0);
+    const stream = Buffer.from(deflateSync(rows));
+    stream[stream.length - 1]! ^= 0xff;
+    expect(decodeImage(handMadePng(16, 16, stream)).width).toBe(16);
+  });
 });
 
 /** A PNG from raw IHDR fields and an IDAT payload, with correct CRCs (so only the size check can refuse it). */
-function handMadePng(width: number, height: number, idat: Uint8Array): Uint8Array {
+function handMadePng(width: number, height: number, idat: Uint8Array, extra: Array<[string, Uint8Array]> = []): Uint8Array {
   const chunk = (type: string, data: Uint8Array) => {
     const out = Buffer.alloc(12 + data.length);
     out.writeUInt32BE(data.length, 0);
@@ -119,7 +137,7 @@ function handMadePng(width: number, height: number, idat: Uint8Array): Uint8Arra
   ihdr.writeUInt32BE(width, 0);
   ihdr.writeUInt32BE(height, 4);
   ihdr.set([8, 2, 0, 0, 0], 8); // 8-bit RGB, no interlace
-  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', idat), chunk('IEND', new Uint8Array(0))]);
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), ...extra.map(([type, data]) => chunk(type, data)), chunk('IDAT', idat), chunk('IEND', new Uint8Array(0))]);
 }
 
 function crc32(bytes: Uint8Array): number {
