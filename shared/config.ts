@@ -31,6 +31,12 @@ const Common = {
   maxUploadBytes: intIn(1, 100 * 1024 * 1024, 10 * 1024 * 1024),
   maxBodyBytes: intIn(1024, 10 * 1024 * 1024, 64 * 1024),
   defaultModel: z.string().regex(MODEL_NAME_PATTERN).default('toy'),
+  /**
+   * The input size of the default model when the API cannot read its bundle (AWS: it ships in the
+   * worker image; the CDK reads it from the repo's folder). Requests naming no size get it. Unset: the
+   * store's index says, else 224.
+   */
+  defaultModelInputSize: z.coerce.number().int().min(1).max(4096).optional(),
   modelsDir: z.string().min(1).default('models'),
   /** Where the worker runs the engine: onnxruntime's CUDA EP in the GPU container, CPU elsewhere. */
   device: z.enum(['cpu', 'cuda']).default('cpu'),
@@ -120,6 +126,7 @@ export const ENV_VARS = {
   CLIPAG_MAX_UPLOAD_BYTES: 'maxUploadBytes',
   CLIPAG_MAX_BODY_BYTES: 'maxBodyBytes',
   CLIPAG_DEFAULT_MODEL: 'defaultModel',
+  CLIPAG_DEFAULT_MODEL_INPUT_SIZE: 'defaultModelInputSize',
   CLIPAG_MODELS_DIR: 'modelsDir',
   /** The name the CDK worker stack sets (cdk/lib/config.ts ENV.executionProvider). */
   CLIPAG_EXECUTION_PROVIDER: 'device',

@@ -12,7 +12,7 @@ import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { BUCKET_PREFIXES, ENV, type StageConfig } from './config.ts';
 import { grantListBucket, grantPrefix, grantSend } from './grants.ts';
-import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT, SWEEP_LAMBDA_ENTRY } from './paths.ts';
+import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT, shippedModelInputSize, SWEEP_LAMBDA_ENTRY } from './paths.ts';
 
 export interface ApiStackProps extends StackProps {
   readonly config: StageConfig;
@@ -67,6 +67,7 @@ export class ApiStack extends Stack {
       [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
       [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
       [ENV.defaultModel]: config.defaultModel,
+      ...(shippedModelInputSize(config.defaultModel) !== undefined ? { [ENV.defaultModelInputSize]: String(shippedModelInputSize(config.defaultModel)) } : {}),
       [ENV.outputRetention]: String(config.outputRetentionDays),
       NODE_OPTIONS: '--enable-source-maps',
       // AWS_REGION is set by the Lambda runtime itself (reserved name).

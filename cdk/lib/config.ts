@@ -245,6 +245,8 @@ export const ENV = {
   outputRetention: 'CLIPAG_OUTPUT_RETENTION_DAYS',
   /** The model of a request that names none; the one the worker warms. */
   defaultModel: 'CLIPAG_DEFAULT_MODEL',
+  /** Its input size when it ships in the worker image (the API cannot read the image). */
+  defaultModelInputSize: 'CLIPAG_DEFAULT_MODEL_INPUT_SIZE',
   region: 'AWS_REGION',
 } as const;
 

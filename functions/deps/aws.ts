@@ -16,7 +16,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
     jobs,
     keys,
     promptPolicy: policyFromStore(blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
-    models: modelsFromBucket(blobs, config.defaultModel),
+    models: modelsFromBucket(blobs, config.defaultModel, { defaultInputSize: config.defaultModelInputSize }),
     limits: {
       maxBodyBytes: config.maxBodyBytes,
       maxUploadBytes: config.maxUploadBytes,

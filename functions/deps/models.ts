@@ -99,11 +99,14 @@ export function modelsFromDir(modelsDir: string, defaultModel: string, options: 
 /**
  * AWS mode: the models pushed to the bucket's store (`models/<name>/bundle.json`, written last by
  * `clipag models push`, so half-pushed models are not listed), plus the default model, which ships
- * in the worker image and is listed by name unless it was pushed too.
+ * in the worker image and is listed by name (with its input size when the deployment gives it) unless it was pushed too.
  */
-export function modelsFromBucket(blobs: BlobStore, defaultModel: string): () => Promise<DeployedModel[]> {
+export function modelsFromBucket(blobs: BlobStore, defaultModel: string, options: { defaultInputSize?: number | undefined } = {}): () => Promise<DeployedModel[]> {
   return memoizeModels(async () => {
     const pushed = (await new ModelStore(blobs).list()).map(fromIndex);
-    return mark([...pushed, { id: defaultModel }], defaultModel);
+    // The image's default model: its input size as the CDK read it from the repo, so that a request
+    // naming no size gets the size the worker warms (ADR 0020).
+    const shipped: DeployedModel = { id: defaultModel, ...(options.defaultInputSize !== undefined ? { input_size: options.defaultInputSize } : {}) };
+    return mark([...pushed, shipped], defaultModel);
   });
 }

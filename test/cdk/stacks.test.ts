@@ -199,6 +199,8 @@ describe('ApiStack', () => {
           [ENV.workerHourlyUsd]: String(dev.workerHourlyUsd),
           [ENV.outputRetention]: String(dev.outputRetentionDays),
           [ENV.defaultModel]: dev.defaultModel,
+          // toy ships in the image: the API cannot read it, so the CDK passes its input size (models/toy/manifest.json).
+          [ENV.defaultModelInputSize]: '64',
         }),
       },
     });
@@ -346,6 +348,9 @@ describe('WorkerStack', () => {
     const td = resources(Template.fromStack(built.worker)).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')![1];
     expect(td.Properties.ContainerDefinitions[0].Environment).toContainEqual({ Name: ENV.defaultModel, Value: 'clipag-vitb32' });
     Template.fromStack(built.api).hasResourceProperties('AWS::Lambda::Function', { Environment: { Variables: Match.objectLike({ [ENV.defaultModel]: 'clipag-vitb32' }) } });
+    // Not in the repo (a pushed model): no size from the CDK; the API reads it from the store's index.
+    const fn = resources(Template.fromStack(built.api)).find(([id, r]) => id.startsWith('Handler') && r.Type === 'AWS::Lambda::Function')![1];
+    expect(fn.Properties.Environment.Variables[ENV.defaultModelInputSize]).toBeUndefined();
     expect(() => stageConfig('dev', { defaultModel: '../ViT B/32' })).toThrow(/defaultModel is not a model name/);
   });
 

@@ -244,6 +244,8 @@ describe('model store on S3 (s3rver)', () => {
     const store = new ModelStore(blobs);
     expect(await store.list()).toEqual([]);
     expect(await modelsFromBucket(blobs, 'toy')()).toEqual([{ id: 'toy', default: true }]);
+    // The image's default model with the input size the deployment read from the repo (CLIPAG_DEFAULT_MODEL_INPUT_SIZE).
+    expect(await modelsFromBucket(blobs, 'toy', { defaultInputSize: 64 })()).toEqual([{ id: 'toy', default: true, input_size: 64 }]);
     const reg = createModelRegistry({ store, cacheDir: tmp('model-cache-half'), threads: 1 });
     try {
       await expect(reg.locate('tiny-h')).rejects.toMatchObject({ code: 'invalid_model' });
