@@ -160,7 +160,7 @@ export const UsageView = z
     month: z.string(),
     api_key_id: z.string().nullable().openapi({ description: 'The API key the figures are limited to; null: the whole account' }),
     incomplete_days: z.array(z.string()).openapi({
-      description: 'With api_key_id: days on which more than 100 of your keys were used, so that the figures itemise 100 of them and not this one; its share of those days is missing. Otherwise []',
+      description: 'With api_key_id: days whose figures itemise 100 of your keys (the most a day holds) and not this one. It may have been used there too, beyond the 100, so its share of those days is unknown. Otherwise []',
     }),
     days: z.array(z.object({ date: z.string().openapi({ example: '2026-12-05' }), ...UsageFigures }).openapi('UsageDay')).openapi({ description: 'Days with usage, ascending (UTC, by when each generation ended)' }),
     total: z.object(UsageFigures).openapi('UsageTotal'),

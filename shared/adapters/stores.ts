@@ -48,16 +48,25 @@ export async function localStores(config: LocalConfig): Promise<LocalStores> {
   return { blobs, queue, jobs: new BlobJobStore(blobs, { log: storeLog }), keys: new BlobApiKeyStore(blobs, { log: storeLog }), models: new ModelStore(blobs), signingSecret };
 }
 
+/**
+ * Socket timeouts for the SDK clients, which have none by default: a connection that never opens, or
+ * a request that goes silent (no byte for a minute), fails and is retried instead of hanging a worker
+ * that holds a job (its heartbeat would keep the job leased for ever). The idle limit is above SQS's
+ * 20 s long poll, and is no cap on a long download that keeps receiving.
+ */
+const SDK_SOCKET_TIMEOUTS = { requestHandler: { connectionTimeout: 5_000, requestTimeout: 60_000, throwOnRequestTimeout: true } };
+
 /** S3 and SQS adapters; the SDK clients are constructed here, once per process. */
 export function awsStores(config: AwsConfig): Stores {
   const s3 = new S3Client({
+    ...SDK_SOCKET_TIMEOUTS,
     region: config.region,
     ...(config.s3Endpoint
       ? // S3 stand-ins (s3rver) store the checksum framing of streamed uploads unless checksums are only sent when required.
         { endpoint: config.s3Endpoint, forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' as const, responseChecksumValidation: 'WHEN_REQUIRED' as const }
       : {}),
   });
-  const sqs = new SQSClient({ region: config.region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
+  const sqs = new SQSClient({ ...SDK_SOCKET_TIMEOUTS, region: config.region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
   const blobs = new S3BlobStore({ client: s3, bucket: config.bucket });
   const queue = new SqsJobQueue({ client: sqs, queueUrl: config.queueUrl, ...(config.deadLetterQueueUrl ? { deadLetterQueueUrl: config.deadLetterQueueUrl } : {}) });
   return { blobs, queue, jobs: new BlobJobStore(blobs, { log: storeLog }), keys: new BlobApiKeyStore(blobs, { log: storeLog }), models: new ModelStore(blobs) };
