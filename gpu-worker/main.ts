@@ -187,6 +187,39 @@ export function exitWhenUnhealthy(opts: { stop: () => Promise<void>; exit: (code
   };
 }
 
+/**
+ * The container's answer to SIGTERM/SIGINT: drain, then exit 0 (1 when the worker had gone unhealthy
+ * meanwhile: a stop during that drain must not hide it from ECS). Before the worker started there is
+ * nothing to drain (`stop` gives undefined); a second signal exits at once.
+ */
+export function exitOnSignal(opts: { stop: () => Promise<void> | undefined; unhealthy: () => boolean; exit: (code: number) => void; log: Logger }): (signal: NodeJS.Signals) => void {
+  let signals = 0;
+  return (signal) => {
+    signals++;
+    if (signals > 1) {
+      opts.log.warn('second signal: exiting without waiting for the drain', { signal });
+      return opts.exit(1);
+    }
+    const t0 = Date.now();
+    const draining = opts.stop();
+    if (!draining) {
+      opts.log.info('signal received before the worker started: exiting', { signal });
+      return opts.exit(0);
+    }
+    opts.log.info('signal received: draining', { signal });
+    draining.then(
+      () => {
+        opts.log.info('drained; exiting', { drainMs: Date.now() - t0 });
+        opts.exit(opts.unhealthy() ? 1 : 0);
+      },
+      (error) => {
+        opts.log.error('drain failed', { error: String(error) });
+        opts.exit(1);
+      },
+    );
+  };
+}
+
 /** Container entry point: config → adapters → worker; SIGTERM/SIGINT drain, then exit 0; an unhealthy worker exits 1. */
 export async function main(env: Readonly<Record<string, string | undefined>> = process.env): Promise<void> {
   let config: Config;
@@ -205,31 +238,7 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
 
   // Signals first: a stop while the stores load has nothing to drain, and one after the worker
   // started must drain it, however early it comes.
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      log.warn('second signal: exiting without waiting for the drain', { signal });
-      process.exit(1);
-    }
-    if (!running) {
-      log.info('signal received before the worker started: exiting', { signal });
-      process.exit(0);
-    }
-    log.info('signal received: draining', { signal });
-    const t0 = Date.now();
-    running.stop().then(
-      () => {
-        log.info('drained; exiting', { drainMs: Date.now() - t0 });
-        // A stop that came while an unhealthy worker drained still exits as unhealthy (ADR 0023).
-        process.exit(unhealthy ? 1 : 0);
-      },
-      (error) => {
-        log.error('drain failed', { error: String(error) });
-        process.exit(1);
-      },
-    );
-  };
+  const onSignal = exitOnSignal({ stop: () => running?.stop(), unhealthy: () => unhealthy, exit: (code) => process.exit(code), log });
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
 

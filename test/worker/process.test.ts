@@ -6,7 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../cli/common.ts';
-import { exitWhenUnhealthy, startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
+import { exitOnSignal, exitWhenUnhealthy, startWorker, type RunningWorker } from '../../gpu-worker/main.ts';
 import { silentLogger, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import { decodeImage } from '../../gpu-worker/engine/synth/image.ts';
 import { type Env, FAST_RECIPE, OWNER, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
@@ -120,6 +120,28 @@ describe('the worker process', () => {
     // Its queue's job is untouched: no delivery was spent on this machine.
     expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'queued', attempts: 0 });
     expect((await env.queue.receive({ waitSec: 0 })).map((m) => m.receiveCount)).toEqual([1]);
+  });
+});
+
+describe('exitOnSignal', () => {
+  const log = { ...silentLogger, error: () => undefined };
+  it('drains then exits 0; 1 when the worker went unhealthy meanwhile; 0 at once before the worker started; a second signal exits 1', async () => {
+    const run = async (opts: { started: boolean; unhealthyAfterDrain: boolean; signals?: number }) => {
+      const exits: number[] = [];
+      let unhealthy = false;
+      let release!: () => void;
+      const drained = new Promise<void>((r) => (release = r));
+      const onSignal = exitOnSignal({ stop: () => (opts.started ? drained : undefined), unhealthy: () => unhealthy, exit: (code) => void exits.push(code), log });
+      for (let i = 0; i < (opts.signals ?? 1); i++) onSignal('SIGTERM');
+      unhealthy = opts.unhealthyAfterDrain; // the worker gave up while it drained
+      release();
+      await new Promise((r) => setTimeout(r, 10));
+      return exits;
+    };
+    expect(await run({ started: true, unhealthyAfterDrain: false })).toEqual([0]);
+    expect(await run({ started: true, unhealthyAfterDrain: true })).toEqual([1]);
+    expect(await run({ started: false, unhealthyAfterDrain: false })).toEqual([0]);
+    expect((await run({ started: true, unhealthyAfterDrain: false, signals: 2 }))[0]).toBe(1);
   });
 });
 
