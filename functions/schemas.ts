@@ -41,12 +41,14 @@ export const GenerationList = z
   .object({ object: z.literal('list'), data: z.array(GenerationView), next_cursor: z.string().nullable() })
   .openapi('GenerationList');
 
+const LIMIT_RULE = 'limit must be a whole number from 1 to 100';
+
 export const ListQuery = z.object({
   limit: z.coerce
-    .number({ error: 'limit must be a whole number from 1 to 100' })
-    .int({ error: 'limit must be a whole number from 1 to 100' })
-    .min(1, { error: 'limit must be a whole number from 1 to 100' })
-    .max(100, { error: 'limit must be a whole number from 1 to 100' })
+    .number({ error: LIMIT_RULE })
+    .int({ error: LIMIT_RULE })
+    .min(1, { error: LIMIT_RULE })
+    .max(100, { error: LIMIT_RULE })
     .optional()
     .openapi({ param: { name: 'limit', in: 'query' }, example: 20 }),
   // A generation id, as next_cursor gives it: anything else is a caller's bug, not an empty page.
