@@ -72,6 +72,8 @@ export const GenerationFrameList = z
         .object({
           index: z.number().int().nonnegative().openapi({ description: "The image's index (as in the generation's outputs)" }),
           step: z.number().int().nonnegative().openapi({ description: 'The image as it was before this optimization step' }),
+          width: z.number().int().nullable().openapi({ description: "The frame's size: its multi-scale stage's (a large image starts smaller); null for frames stored before sizes were kept" }),
+          height: z.number().int().nullable(),
           url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
           expires_at: Timestamp,
         })

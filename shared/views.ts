@@ -21,8 +21,18 @@ function publishedIndices(job: JobRecord): number[] {
   return indices;
 }
 
-/** Where the worker keeps image `index`'s progress frames: `frames/<index>/<step, 4 digits>.png` beside the image. */
-const FRAME_KEY = /\/frames\/(\d+)\/(\d{4,})\.png$/;
+/**
+ * Where the worker keeps image `index`'s progress frames, beside the image:
+ * `frames/<index>/<step, 4 digits>_<width>x<height>.png`. A frame has the size of its multi-scale
+ * stage, which the name carries so that a listing can say it. Frames stored before had no size in
+ * their name (`<step>.png`): they list with width and height null.
+ */
+const FRAME_KEY = /\/frames\/(\d+)\/(\d{4,})(?:_(\d+)x(\d+))?\.png$/;
+
+/** The key of a frame (see FRAME_KEY). */
+export function frameKey(owner: string, jobId: string, index: number, step: number, width: number, height: number): string {
+  return `outputs/${owner}/${jobId}/frames/${index}/${String(step).padStart(4, '0')}_${width}x${height}.png`;
+}
 
 /**
  * The progress frames of a job's published images (the image before step 0, 10, 20, …: every
@@ -34,22 +44,24 @@ export async function generationFrames(
   blobs: BlobStore,
   ttlSec: number,
   now: Date,
-): Promise<Array<{ index: number; step: number; url: string; expires_at: string }>> {
+): Promise<Array<{ index: number; step: number; width: number | null; height: number | null; url: string; expires_at: string }>> {
   const published = new Set(publishedIndices(job));
   if (published.size === 0 || job.deleted_at !== undefined) return [];
   const expiresAt = linkExpiry(now, ttlSec);
-  const found: Array<{ index: number; step: number; key: string }> = [];
+  const found: Array<{ index: number; step: number; width: number | null; height: number | null; key: string }> = [];
   let cursor: string | undefined;
   do {
     const page = await blobs.list(`outputs/${job.owner}/${job.id}/frames/`, cursor === undefined ? {} : { cursor });
     for (const item of page.items) {
       const m = FRAME_KEY.exec(item.key);
-      if (m && published.has(Number(m[1]))) found.push({ index: Number(m[1]), step: Number(m[2]), key: item.key });
+      if (m && published.has(Number(m[1]))) {
+        found.push({ index: Number(m[1]), step: Number(m[2]), width: m[3] ? Number(m[3]) : null, height: m[4] ? Number(m[4]) : null, key: item.key });
+      }
     }
     cursor = page.cursor;
   } while (cursor !== undefined);
   found.sort((a, b) => a.index - b.index || a.step - b.step);
-  return Promise.all(found.map(async (f) => ({ index: f.index, step: f.step, url: await blobs.signedGetUrl(f.key, ttlSec), expires_at: expiresAt })));
+  return Promise.all(found.map(async (f) => ({ index: f.index, step: f.step, width: f.width, height: f.height, url: await blobs.signedGetUrl(f.key, ttlSec), expires_at: expiresAt })));
 }
 
 /** The deployment's figures a view shows: its worker price and how long it keeps outputs. */

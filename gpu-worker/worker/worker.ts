@@ -16,7 +16,14 @@ import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
 import { recordUsage } from '../../shared/usage.ts';
+import { frameKey } from '../../shared/views.ts';
 import { clearPending } from '../../shared/pending.ts';
+
+/** A PNG's size from its IHDR (the engine's own encoder wrote it). */
+function pngSize(png: Uint8Array): { width: number; height: number } {
+  const dv = new DataView(png.buffer, png.byteOffset, png.byteLength);
+  return { width: dv.getUint32(16), height: dv.getUint32(20) };
+}
 
 /** Output objects written at once at the end of a run. */
 const OUTPUT_WRITE_CONCURRENCY = 8;
@@ -650,7 +657,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         }
         writes.push(() => blobs.put(key, image.png, { contentType: 'image/png' }));
         for (const frame of image.frames) {
-          writes.push(() => blobs.put(`${prefix}/frames/${image.index}/${String(frame.step).padStart(4, '0')}.png`, frame.png, { contentType: 'image/png' }));
+          const { width, height } = pngSize(frame.png);
+          writes.push(() => blobs.put(frameKey(msg.owner, msg.job_id, image.index, frame.step, width, height), frame.png, { contentType: 'image/png' }));
         }
         outputs.push({ key, width: image.width, height: image.height, clip_score: Number(image.clipScore.toFixed(6)) });
       }

@@ -108,6 +108,8 @@ describe('local mode end to end', () => {
     const first = await fetch(frames.data[0].url);
     const frame = decodeImage(new Uint8Array(await first.arrayBuffer())); // at the size of its stage (multi-scale: smaller early on)
     expect([first.status, frame.width > 0 && frame.width <= 64]).toEqual([200, true]);
+    // The listing says each frame's size, as its PNG has it.
+    expect([frames.data[0].width, frames.data[0].height]).toEqual([frame.width, frame.height]);
     // A tampered link is refused.
     const bad = await fetch(job.outputs[0].url.replace(/sig=([0-9a-f])/, (_: string, c: string) => `sig=${c === '0' ? '1' : '0'}`));
     expect(bad.status).toBe(403);

@@ -61,9 +61,10 @@ describe('responses conform to /openapi.json', () => {
     expect((got.body as any).outputs.map((o: any) => [o.index, o.content_flags[0].rule])).toEqual([[1, 'logo']]);
     expect((got.body as any).withheld_outputs.map((o: any) => [o.index, o.content_flags[0].rule])).toEqual([[0, 'mouse']]);
     check('/v1/generations', 'get', 200, (await call('/v1/generations')).body);
-    await h.blobs.put(`outputs/acct_alice/${id}/frames/1/0010.png`, new Uint8Array([1]), { contentType: 'image/png' });
+    await h.blobs.put(`outputs/acct_alice/${id}/frames/1/0010.png`, new Uint8Array([1]), { contentType: 'image/png' }); // stored before sizes were kept
+    await h.blobs.put(`outputs/acct_alice/${id}/frames/1/0020_64x64.png`, new Uint8Array([1]), { contentType: 'image/png' });
     const frames = await call(`/v1/generations/${id}/frames`);
-    expect((frames.body as any).data.map((f: any) => [f.index, f.step])).toEqual([[1, 10]]);
+    expect((frames.body as any).data.map((f: any) => [f.index, f.step, f.width, f.height])).toEqual([[1, 10, null, null], [1, 20, 64, 64]]);
     check('/v1/generations/{id}/frames', 'get', 200, frames.body);
     const other = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a blue square' }) });
     check('/v1/generations/{id}/cancel', 'post', 200, (await call(`/v1/generations/${(other.body as { id: string }).id}/cancel`, { method: 'POST' })).body);

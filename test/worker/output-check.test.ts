@@ -79,7 +79,7 @@ describe('the output check in the worker', () => {
       { index: 1, withheld: false, flags: [{ rule: 'swoosh', category: 'trademark', action: 'flag', concept: 'the Nike logo', message: 'looks like a logo', cosine: 0.25 }] },
     ]);
     const stored = await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`);
-    expect(stored.sort()).toEqual([`outputs/${OWNER}/${job.id}/1.png`, `outputs/${OWNER}/${job.id}/2.png`, `outputs/${OWNER}/${job.id}/frames/1/0000.png`, `outputs/${OWNER}/${job.id}/frames/2/0000.png`]);
+    expect(stored.sort()).toEqual([`outputs/${OWNER}/${job.id}/1.png`, `outputs/${OWNER}/${job.id}/2.png`, expect.stringMatching(new RegExp(`^outputs/${OWNER}/${job.id}/frames/1/0000_\\d+x\\d+\\.png$`)), expect.stringMatching(new RegExp(`^outputs/${OWNER}/${job.id}/frames/2/0000_\\d+x\\d+\\.png$`))]);
 
     const view = await generationView(done, env.blobs, 600, new Date());
     expect(view.outputs.map((o) => [o.index, o.content_flags?.map((f) => f.rule)])).toEqual([[1, ['swoosh']], [2, undefined]]);

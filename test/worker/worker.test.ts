@@ -90,8 +90,14 @@ describe('gpu-worker queue worker', () => {
     const [a, b] = await Promise.all(done.outputs.map((o) => env.blobs.get(o.key)));
     expect(Buffer.from(a!.body).equals(Buffer.from(b!.body))).toBe(false);
     const frames = await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/frames/`);
-    expect(frames).toContain(`outputs/${OWNER}/${job.id}/frames/0/0000.png`);
-    expect(frames).toContain(`outputs/${OWNER}/${job.id}/frames/1/0004.png`);
+    // Named with their step and the size of their stage, as the PNG has it (this 32 px model runs a
+    // 64 px image coarse to fine: 32 px first).
+    const first = frames.find((k) => k.includes('/frames/0/0000_'))!;
+    expect(first).toMatch(new RegExp(`^outputs/${OWNER}/${job.id}/frames/0/0000_(\\d+)x(\\d+)\\.png$`));
+    const [, fw, fh] = /_(\d+)x(\d+)\.png$/.exec(first)!;
+    const firstPng = decodeImage((await env.blobs.get(first))!.body);
+    expect([Number(fw), Number(fh)]).toEqual([firstPng.width, firstPng.height]);
+    expect(frames.some((k) => /\/frames\/1\/0004_\d+x\d+\.png$/.test(k))).toBe(true);
     // 6 steps × 8 views × 2 images of backward passes, plus GMM scoring and final scoring passes.
     expect(done.usage.encoder_passes).toBeGreaterThanOrEqual(2 * 6 * 8);
     expect(done.usage.worker_seconds).toBeGreaterThan(0);
