@@ -97,7 +97,7 @@ export const GenerationEvent = z
   .object({
     type: z.enum(['generation.succeeded', 'generation.failed', 'generation.canceled']),
     timestamp: Timestamp.openapi({ description: 'When the generation ended' }),
-    data: GenerationView,
+    data: GenerationView.openapi({ description: 'The generation as it stood when this attempt was sent: its `webhook` says the delivery state before this attempt (pending, with the attempts made so far)' }),
   })
   .strict()
   .openapi('GenerationEvent');
