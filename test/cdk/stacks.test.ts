@@ -14,6 +14,8 @@ import { LAMBDA_STUB, REPO_ROOT, asArray, policyStatements, readCdkJson, resourc
 
 const require = createRequire(import.meta.url);
 const dev = stageConfig('dev');
+/** Prod as it must be deployed: with an alarm e-mail (synth refuses it without one). */
+const prodConfig = () => stageConfig('prod', { alarmEmail: 'ops@example.com' });
 // Extra Apps (prod) skip the Docker asset: staging the repo root once, in beforeAll, is enough
 // and costs seconds (CDK walks the tree to honour .dockerignore).
 const stubImage = ContainerImage.fromRegistry('public.ecr.aws/docker/library/busybox:stable');
@@ -172,7 +174,7 @@ describe('StatefulStack', () => {
     expect(stateful.toJSON().Resources.ClipagBucket.Properties.VersioningConfiguration).toBeUndefined();
     const { app, cleanup } = testApp();
     cleanups.push(cleanup);
-    const prod = buildClipag(app, stageConfig('prod', { alarmEmail: 'ops@example.com' }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
+    const prod = buildClipag(app, prodConfig(), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
     Template.fromStack(prod.stateful).hasResourceProperties('AWS::S3::Bucket', {
       VersioningConfiguration: { Status: 'Enabled' },
     });
@@ -291,7 +293,7 @@ describe('WorkerStack', () => {
 
     const { app, cleanup } = testApp();
     cleanups.push(cleanup);
-    const prod = Template.fromStack(buildClipag(app, stageConfig('prod', { alarmEmail: 'ops@example.com' }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    const prod = Template.fromStack(buildClipag(app, prodConfig(), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
     prod.resourceCountIs('AWS::AutoScaling::LaunchConfiguration', 0);
     prod.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
       MinSize: '0',
@@ -450,7 +452,7 @@ describe('WorkerStack', () => {
     expect(instanceActions(worker)).toContain('ecs:UpdateContainerInstancesState');
     const { app, cleanup } = testApp();
     cleanups.push(cleanup);
-    const prod = Template.fromStack(buildClipag(app, stageConfig('prod', { alarmEmail: 'ops@example.com' }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    const prod = Template.fromStack(buildClipag(app, prodConfig(), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
     expect(instanceActions(prod)).not.toContain('ecs:UpdateContainerInstancesState'); // on-demand: no Spot notice
     for (const t of [worker, prod]) {
       t.hasResourceProperties('AWS::ECS::Service', { DeploymentConfiguration: Match.objectLike({ MinimumHealthyPercent: 0, MaximumPercent: 200 }) });
@@ -644,7 +646,7 @@ describe('environment contract with shared/config.ts', () => {
 describe('stage config', () => {
   it('defaults to g5.xlarge and fails fast on unknown stages or bad values', () => {
     expect(dev.instanceTypes[0]).toBe('g5.xlarge');
-    expect(stageConfig('prod', { alarmEmail: 'ops@example.com' }).useSpot).toBe(false);
+    expect(prodConfig().useSpot).toBe(false);
     // Prod alarms must reach someone; an address must be one.
     expect(() => stageConfig('prod')).toThrow(/alarmEmail is required in prod/);
     expect(() => stageConfig('dev', { alarmEmail: 'ops at example' })).toThrow(/alarmEmail is not an e-mail address/);
