@@ -1,6 +1,7 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
+import { PNG_HEADER_BYTES, readPngHeader } from '../../shared/image-header.ts';
 import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
@@ -217,14 +218,26 @@ export function registerGenerationRoutes(
     // a width alone makes a square.
     const width = askedWidth ?? askedHeight ?? defaultSideFor(info.input_size);
     const spec: GenerationSpec = { ...fields, width, height: askedHeight ?? width, model };
-    if (spec.init.startsWith('upload:')) {
-      const meta = await blobs.head(uploadKey(owner, spec.init.slice('upload:'.length)));
-      if (!meta) throw new ValidationError(`no upload ${spec.init.slice('upload:'.length)}: upload the image first (POST /v1/uploads)`, 'init');
-      if (meta.size > limits.maxUploadBytes) {
-        throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
-      }
-    }
+    if (spec.init.startsWith('upload:')) await checkUpload(owner, spec.init.slice('upload:'.length));
     return spec;
+  }
+
+  /**
+   * The upload exists, fits the limit and starts as a PNG the worker can decode (another format, a
+   * corrupt header or too many pixels): refused now with the reason, not queued to fail on a GPU.
+   * Only the header is read; pixel data that does not decode still fails the job (`invalid_input`).
+   */
+  async function checkUpload(owner: string, uploadId: string): Promise<void> {
+    const key = uploadKey(owner, uploadId);
+    const meta = await blobs.head(key);
+    if (!meta) throw new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init');
+    if (meta.size > limits.maxUploadBytes) {
+      throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
+    }
+    const start = await blobs.readStart(key, PNG_HEADER_BYTES);
+    if (!start) throw new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init');
+    const check = readPngHeader(start);
+    if (!check.ok) throw new ValidationError(`upload ${uploadId} cannot be an init image: ${check.reason}`, 'init');
   }
 
   /**

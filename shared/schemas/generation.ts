@@ -52,7 +52,11 @@ export const InitSpec = z
   .refine((v) => v === 'gmm' || v === 'noise' || UPLOAD_INIT.test(v), {
     message: 'init must be "gmm", "noise" or "upload:<id>"',
   })
-  .openapi({ example: 'gmm', description: '"gmm" (class-conditional Gaussian prior), "noise", or "upload:<id>"' });
+  .openapi({
+    example: 'gmm',
+    description:
+      '"gmm" (class-conditional Gaussian prior), "noise", or "upload:<id>" (a PNG of at most 16 777 216 pixels, from POST /v1/uploads; its header is checked when the generation is requested)',
+  });
 
 export const ModelName = z.string().regex(MODEL_NAME_PATTERN);
 

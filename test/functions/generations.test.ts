@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { encode as pngEncode } from 'fast-png';
 import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
 import { parseQueueMessage } from '../../shared/schemas/queue.ts';
 import { newJobId } from '../../shared/ids.ts';
@@ -280,7 +281,7 @@ describe('Idempotency-Key', () => {
 
   it('a retry is answered with its job after its upload expired or its model was withdrawn; a new request is refused', async () => {
     const upload = uploadKey('acct_alice', 'upl0000000000000000000001');
-    await h.blobs.put(upload, new Uint8Array([137, 80, 78, 71]), { contentType: 'image/png' });
+    await h.blobs.put(upload, pngEncode({ width: 4, height: 4, data: new Uint8Array(48), channels: 3, depth: 8 }), { contentType: 'image/png' });
     const body = { prompt: 'apple', init: 'upload:upl0000000000000000000001' };
     const first = await post(body, { 'Idempotency-Key': 'with-upload' });
     expect(first.status).toBe(202);

@@ -1,6 +1,11 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
+import { encode as pngEncode } from 'fast-png';
+import { handMadePng } from '../helpers/png.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
+
+/** A real 8×8 RGB PNG. */
+const smallPng = () => pngEncode({ width: 8, height: 8, data: new Uint8Array(8 * 8 * 3).fill(128), channels: 3, depth: 8 });
 
 let h: Harness;
 beforeEach(async () => {
@@ -22,7 +27,7 @@ describe('POST /v1/uploads', () => {
 
     // Before the file exists a generation cannot use it; after, it can; another owner cannot.
     await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', init: body.init } }), 400, 'validation_error');
-    await h.blobs.put(`uploads/acct_alice/${body.upload_id}`, new Uint8Array(1234), { contentType: 'image/png' });
+    await h.blobs.put(`uploads/acct_alice/${body.upload_id}`, smallPng(), { contentType: 'image/png' });
     const ok = await h.request('/v1/generations', { json: { prompt: 'a', init: body.init, strength: 0.5 } });
     expect(ok.status).toBe(202);
     await expectEnvelope(await h.request('/v1/generations', { key: h.bob, json: { prompt: 'a', init: body.init } }), 400, 'validation_error');
@@ -41,6 +46,30 @@ describe('POST /v1/uploads', () => {
     await h.blobs.put('uploads/acct_alice/big1', new Uint8Array(8 * 1024 * 1024 + 1));
     await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', init: 'upload:big1' } }), 413, 'payload_too_large');
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+  });
+
+  it('an upload that cannot decode is refused at generation time (400, with why), before anything is queued', async () => {
+    const valid = smallPng();
+    const huge = handMadePng(5000, 5000, new Uint8Array(0));
+    const badCrc = valid.slice();
+    badCrc[20] ^= 1; // the height, without fixing the header's CRC
+    const cases: Array<[string, Uint8Array, RegExp]> = [
+      ['jpeg', new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46, 0x49, 0x46, 0, 1]), /JPEG images are not supported: convert to PNG/],
+      ['text', new TextEncoder().encode('hello, this is not an image at all'), /not a PNG file/],
+      ['cut', valid.subarray(0, 20), /the file ends inside its header/],
+      ['crc', badCrc, /header chunk fails its CRC check/],
+      ['huge', huge, /5000×5000 = 25000000 pixels, over the limit of 16777216 pixels/],
+      ['empty', new Uint8Array(0), /not a PNG file/],
+    ];
+    for (const [id, bytes, why] of cases) {
+      await h.blobs.put(`uploads/acct_alice/${id}`, bytes, { contentType: 'image/png' });
+      const err = await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', init: `upload:${id}`, strength: 0.5 } }), 400, 'validation_error');
+      expect(err.param, id).toBe('init');
+      expect(err.message, id).toMatch(why);
+      expect(err.message, id).toContain(`upload ${id} cannot be an init image`);
+    }
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+    expect(await h.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
   });
 });
 

@@ -16,6 +16,7 @@
 import { constants as zlibConstants, inflateRawSync } from 'node:zlib';
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
 import { EngineError } from '../errors.ts';
+import { MAX_IMAGE_PIXELS, readPngHeader, type PngHeader } from '../../../shared/image-header.ts';
 import type { Rng } from './rng.ts';
 
 /** Planar float32 image: data[c·H·W + y·W + x], c ∈ {R,G,B}, values in [0,1]. */
@@ -33,7 +34,7 @@ export interface DecodeLimits {
 }
 
 export const DEFAULT_MAX_BYTES = 32 * 1024 * 1024;
-export const DEFAULT_MAX_PIXELS = 4096 * 4096;
+export const DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS;
 
 function checkSize(width: number, height: number, what: string): void {
   if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
@@ -99,22 +100,8 @@ export function encodePng(img: PlanarImage): Uint8Array {
   return pngEncode({ width, height, data: out, channels: 3, depth: 8 });
 }
 
-const PNG_SIG = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
-
-function sniff(bytes: Uint8Array): string | null {
-  const b = bytes;
-  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'JPEG';
-  if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45 && b[10] === 0x42 && b[11] === 0x50) return 'WebP';
-  if (b.length >= 4 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x38) return 'GIF';
-  if (b.length >= 2 && b[0] === 0x42 && b[1] === 0x4d) return 'BMP';
-  if (b.length >= 4 && ((b[0] === 0x49 && b[1] === 0x49 && b[2] === 0x2a) || (b[0] === 0x4d && b[1] === 0x4d && b[3] === 0x2a))) return 'TIFF';
-  return null;
-}
-
 const INFLATE_SLACK_BYTES = 65_536;
 
-/** Channels per PNG colour type (grey, RGB, palette, grey + alpha, RGBA). */
-const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
 /** Adam7's seven passes: x and y start, x and y step. */
 const ADAM7 = [
   [0, 0, 8, 8],
@@ -139,11 +126,8 @@ const DECODED_CHUNKS = new Set(['IHDR', 'PLTE', 'tRNS', 'IDAT', 'IEND']);
  * - the pixel data is inflated first with Node's zlib, capped just past the size the header declares.
  *   Raw inflate, as decoders do it: a stream whose Adler-32 trailer is wrong still decodes.
  */
-function boundedPng(bytes: Uint8Array, dv: DataView, width: number, height: number): Uint8Array {
-  const depth = bytes[24]!;
-  const channels = PNG_CHANNELS[bytes[25]!];
-  const interlaced = bytes[28] === 1;
-  if (channels === undefined || ![1, 2, 4, 8, 16].includes(depth)) throw new EngineError('invalid_input', `corrupt PNG: colour type ${bytes[25]} with bit depth ${depth}`);
+function boundedPng(bytes: Uint8Array, dv: DataView, header: PngHeader): Uint8Array {
+  const { width, height, channels, bitDepth: depth, interlaced } = header;
   const rowBytes = (w: number) => Math.ceil((w * channels * depth) / 8) + 1; // + the filter byte
   let expected = 0;
   if (!interlaced) expected = rowBytes(width) * height;
@@ -193,29 +177,11 @@ export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): Plana
   if (bytes.length > maxBytes) {
     throw new EngineError('invalid_input', `image file is ${bytes.length} bytes, over the limit of ${maxBytes} bytes`, { limit: maxBytes, size: bytes.length });
   }
-  const isPng = bytes.length >= 8 && PNG_SIG.every((v, i) => bytes[i] === v);
-  if (!isPng) {
-    const fmt = sniff(bytes);
-    if (fmt) throw new EngineError('invalid_input', `${fmt} images are not supported: convert to PNG`, { format: fmt });
-    throw new EngineError('invalid_input', 'unreadable image: not a PNG file (only PNG is supported; convert to PNG)');
-  }
-  // IHDR is the first chunk: length(4) "IHDR"(4) width(4) height(4) at offset 8. Read the size before
-  // fast-png allocates the pixel buffer, so a decompression bomb is refused cheaply.
-  if (bytes.length < 33 || String.fromCharCode(bytes[12], bytes[13], bytes[14], bytes[15]) !== 'IHDR') {
-    throw new EngineError('invalid_input', 'corrupt PNG: missing IHDR header');
-  }
+  const check = readPngHeader(bytes, { maxPixels });
+  if (!check.ok) throw new EngineError('invalid_input', check.reason, check.format ? { format: check.format } : { limit: maxPixels });
+  const { width, height } = check.header;
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const width = dv.getUint32(16);
-  const height = dv.getUint32(20);
-  if (width < 1 || height < 1) throw new EngineError('invalid_input', `corrupt PNG: image size ${width}×${height}`);
-  if (width * height > maxPixels) {
-    throw new EngineError('invalid_input', `image is ${width}×${height} = ${width * height} pixels, over the limit of ${maxPixels} pixels`, {
-      limit: maxPixels,
-      width,
-      height,
-    });
-  }
-  const decodable = boundedPng(bytes, dv, width, height);
+  const decodable = boundedPng(bytes, dv, check.header);
   let png: DecodedPng;
   try {
     png = pngDecode(decodable, { checkCrc: true });

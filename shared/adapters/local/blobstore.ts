@@ -3,7 +3,7 @@ import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promis
 import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
-import { assertValidKey, assertValidPrefix } from '../../keys.ts';
+import { assertReadLength, assertValidKey, assertValidPrefix } from '../../keys.ts';
 import type {
   BlobMeta,
   BlobObject,
@@ -190,6 +190,32 @@ export class LocalBlobStore implements BlobStore {
   async get(key: string): Promise<BlobObject | null> {
     assertValidKey(key);
     return this.readObject(key);
+  }
+
+  async readStart(key: string, bytes: number): Promise<Uint8Array | null> {
+    assertValidKey(key);
+    assertReadLength(bytes);
+    let handle;
+    try {
+      handle = await open(this.objectPath(key), 'r');
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return null;
+      throw error;
+    }
+    try {
+      if (!(await handle.stat()).isFile()) return null;
+      const buf = new Uint8Array(bytes);
+      let got = 0;
+      while (got < bytes) {
+        const { bytesRead } = await handle.read(buf, got, bytes - got, got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return buf.subarray(0, got);
+    } finally {
+      await handle.close();
+    }
   }
 
   /**

@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { deflateSync } from 'node:zlib';
+import { crc32, deflateSync } from 'node:zlib';
 import { encode as pngEncode } from 'fast-png';
 import {
   createImage, cropCenter, crop, decodeImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage, squareCropsCovering,
   type PlanarImage,
 } from '../../../gpu-worker/engine/synth/image.ts';
 import { createRng } from '../../../gpu-worker/engine/synth/rng.ts';
+import { handMadePng } from '../../helpers/png.ts';
 import { EngineError } from '../../../gpu-worker/engine/errors.ts';
 
 function expectCode(fn: () => unknown, code: string, msg?: RegExp): void {
@@ -89,7 +90,9 @@ describe('PNG codec', () => {
     const bomb = good.slice();
     new DataView(bomb.buffer).setUint32(16, 100000);
     new DataView(bomb.buffer).setUint32(20, 100000);
-    expectCode(() => decodeImage(bomb), 'invalid_input', /over the limit/);
+    expectCode(() => decodeImage(bomb), 'invalid_input', /header chunk fails its CRC check/);
+    new DataView(bomb.buffer).setUint32(29, crc32(bomb.subarray(12, 29))); // a bomb with a correct CRC
+    expectCode(() => decodeImage(bomb), 'invalid_input', /100000×100000 = 10000000000 pixels, over the limit/);
   });
 
   it('refuses a decompression bomb (pixel data inflating past its header) fast, without inflating it', () => {
@@ -122,32 +125,6 @@ describe('PNG codec', () => {
     expect(decodeImage(handMadePng(16, 16, stream)).width).toBe(16);
   });
 });
-
-/** A PNG from raw IHDR fields and an IDAT payload, with correct CRCs (so only the size check can refuse it). */
-function handMadePng(width: number, height: number, idat: Uint8Array, extra: Array<[string, Uint8Array]> = []): Uint8Array {
-  const chunk = (type: string, data: Uint8Array) => {
-    const out = Buffer.alloc(12 + data.length);
-    out.writeUInt32BE(data.length, 0);
-    out.write(type, 4, 'latin1');
-    Buffer.from(data).copy(out, 8);
-    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
-    return out;
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(width, 0);
-  ihdr.writeUInt32BE(height, 4);
-  ihdr.set([8, 2, 0, 0, 0], 8); // 8-bit RGB, no interlace
-  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), ...extra.map(([type, data]) => chunk(type, data)), chunk('IDAT', idat), chunk('IEND', new Uint8Array(0))]);
-}
-
-function crc32(bytes: Uint8Array): number {
-  let c = ~0;
-  for (const b of bytes) {
-    c ^= b;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
-  }
-  return ~c >>> 0;
-}
 
 describe('resizing and cropping', () => {
   it('keeps a constant image constant (down, up, non-square)', () => {

@@ -109,6 +109,7 @@ blobStoreContract('S3 adapter on s3rver', async () => ({ store: await freshS3Sto
   enforcesConditionalWrites: false,
   truncatedListing: false,
   verifiesSignatures: false,
+  rangesEmptyObjects: false,
 });
 queueContract('SQS adapter on local-aws-sqs', async () => ({ queue: await freshSqsQueue(), maxReceives: MAX_RECEIVES }));
 jobStoreContract('on the S3 adapter (s3rver)', () => freshS3Store(), { enforcesConditionalWrites: false, truncatedListing: false });
@@ -178,6 +179,11 @@ describe('S3 adapter specifics', () => {
   it('[canned response] a 409 ConditionalRequestConflict from S3 becomes PreconditionFailedError', async () => {
     const store = new S3BlobStore({ client: clientAnswering(409, 'ConditionalRequestConflict'), bucket: 'b' });
     await expect(store.putIfAbsent('k', Buffer.from('x'))).rejects.toBeInstanceOf(PreconditionFailedError);
+  });
+
+  it('[canned response] a 416 InvalidRange (a ranged GET of an empty object) reads as no bytes', async () => {
+    const store = new S3BlobStore({ client: clientAnswering(416, 'InvalidRange'), bucket: 'b' });
+    expect((await store.readStart('k', 33))!.byteLength).toBe(0);
   });
 
   it('[canned response] a 503 SlowDown from S3 becomes a RetryableError', async () => {
