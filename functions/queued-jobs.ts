@@ -112,6 +112,12 @@ export interface SweepReport {
   webhooksDelivered: number;
   /** Webhook attempts that failed (retried later, or given up after the last). */
   webhooksFailed: number;
+  /**
+   * Seconds the longest-waiting queued job has waited since its message was last sent (0 with none).
+   * Running jobs do not count: the queue's own oldest-message age does count them, so a long run
+   * looked like a stuck queue. The AWS alarm on waiting customers reads this figure (ADR 0012).
+   */
+  oldestQueuedSec: number;
 }
 
 /**
@@ -121,7 +127,7 @@ export interface SweepReport {
  * that ended jobs still owe. Safe to run concurrently and repeatedly.
  */
 export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
-  const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 };
+  const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0, oldestQueuedSec: 0 };
   const markers: BlobMeta[] = [];
   let cursor: string | undefined;
   do {
@@ -193,7 +199,13 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
         if (isTerminal(job.status) && job.error?.code === 'expired') report.expired++;
       }
       if (isTerminal(job.status)) await clear();
-      else report.kept++;
+      else {
+        report.kept++;
+        if (job.status === 'queued') {
+          const waitedSec = Math.max(0, Math.floor((deps.clock().getTime() - queuedSince(job)) / 1000));
+          report.oldestQueuedSec = Math.max(report.oldestQueuedSec, waitedSec);
+        }
+      }
     } else await sweepWebhook(deps, job, clear, report);
   } catch (error) {
     report.errors++;

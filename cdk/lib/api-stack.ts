@@ -47,6 +47,8 @@ const BUNDLING: nodejs.BundlingOptions = {
 export class ApiStack extends Stack {
   readonly handler: nodejs.NodejsFunction;
   readonly sweeper: nodejs.NodejsFunction;
+  /** The sweep's log group: each sweep logs one `queued-job sweep` line with its figures (the alarms read `oldestQueuedSec`). */
+  readonly sweeperLogGroup: logs.LogGroup;
   readonly httpApi: apigw.HttpApi;
 
   constructor(scope: Construct, id: string, props: ApiStackProps) {
@@ -106,9 +108,9 @@ export class ApiStack extends Stack {
     grantListBucket(this.handler, bucket);
     grantSend(this.handler, queue);
 
-    const sweeperLogs = new logs.LogGroup(this, 'QueuedJobSweeperLogs', {
+    const sweeperLogs = (this.sweeperLogGroup = new logs.LogGroup(this, 'QueuedJobSweeperLogs', {
       retention: config.logRetentionDays as logs.RetentionDays,
-    });
+    }));
     this.sweeper = new nodejs.NodejsFunction(this, 'QueuedJobSweeper', {
       description: 'Re-sends lost queue messages and retries completion webhooks',
       entry: props.sweepEntry ?? SWEEP_LAMBDA_ENTRY,

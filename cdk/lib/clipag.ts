@@ -49,7 +49,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
     queue: stateful.queue,
     deadLetterQueue: stateful.deadLetterQueue,
     image: options.workerImage,
-    queuedJobSweeper: api.sweeper,
+    queuedJobSweep: { fn: api.sweeper, logGroup: api.sweeperLogGroup },
     httpApi: api.httpApi,
   });
 

@@ -69,8 +69,8 @@ export interface StageConfig {
   readonly logRetentionDays: number;
 
   // ---- alarms --------------------------------------------------------------
-  /** Alarm when the oldest queued job is older than this. */
-  readonly alarmOldestMessageAgeSeconds: number;
+  /** Alarm when a queued job (not yet running) has waited this long since its message was sent. */
+  readonly alarmOldestQueuedJobSeconds: number;
   /** Alarm when at least this many messages sit in the DLQ. */
   readonly alarmDlqDepth: number;
   /** E-mail subscribed to the alarm topic; required in prod, where an alarm nobody reads is no alarm. */
@@ -105,7 +105,7 @@ const dev: StageConfig = {
   stopTimeoutSeconds: 120,
   containerInsights: false,
   logRetentionDays: 14,
-  alarmOldestMessageAgeSeconds: 900,
+  alarmOldestQueuedJobSeconds: 900,
   alarmDlqDepth: 1,
 };
 
@@ -122,7 +122,7 @@ const prod: StageConfig = {
   scaleInAfterIdleMinutes: 15,
   containerInsights: true,
   logRetentionDays: 90,
-  alarmOldestMessageAgeSeconds: 600,
+  alarmOldestQueuedJobSeconds: 600,
 };
 
 export const STAGES: Readonly<Record<StageName, StageConfig>> = { dev, prod };
@@ -172,7 +172,7 @@ function validate(cfg: StageConfig): void {
       'taskMemoryMiB',
       'stopTimeoutSeconds',
       'logRetentionDays',
-      'alarmOldestMessageAgeSeconds',
+      'alarmOldestQueuedJobSeconds',
       'alarmDlqDepth',
     ] as const
   ).forEach(positiveInt);

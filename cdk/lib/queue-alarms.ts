@@ -10,14 +10,19 @@ import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 
+/** The queued-job sweep (ADR 0012): its function, and the log group its per-sweep figures go to. */
+export interface QueuedJobSweepRef {
+  readonly fn: lambda.IFunction;
+  readonly logGroup: logs.ILogGroup;
+}
+
 export interface QueueAlarmsProps {
-  readonly queue: sqs.IQueue;
   readonly deadLetterQueue: sqs.IQueue;
-  readonly oldestMessageAgeSeconds: number;
+  readonly oldestQueuedJobSeconds: number;
   readonly dlqDepth: number;
   readonly email?: string;
-  /** The queued-job sweep: it failing sweep after sweep means lost messages stay lost. */
-  readonly queuedJobSweeper?: lambda.IFunction;
+  /** The queued-job sweep: failing sweep after sweep means lost messages stay lost; its figures say how long customers wait. */
+  readonly queuedJobSweep: QueuedJobSweepRef;
   /** The public API: 5xx answers (the app's 500s, and the gateway's own for a failing Lambda). */
   readonly httpApi?: apigw.IHttpApi;
   /** 5xx answers in each of two 5-minute periods that page (default 10). */
@@ -30,8 +35,8 @@ export interface QueueAlarmsProps {
 export class QueueAlarms extends Construct {
   readonly topic: sns.Topic;
   readonly dlqDepthAlarm: cloudwatch.Alarm;
-  readonly oldestMessageAlarm: cloudwatch.Alarm;
-  readonly queuedJobSweepAlarm: cloudwatch.Alarm | undefined;
+  readonly oldestQueuedJobAlarm: cloudwatch.Alarm;
+  readonly queuedJobSweepAlarm: cloudwatch.Alarm;
   readonly api5xxAlarm: cloudwatch.Alarm | undefined;
   readonly workerErrorAlarm: cloudwatch.Alarm | undefined;
 
@@ -73,26 +78,35 @@ export class QueueAlarms extends Construct {
       1,
     );
 
-    // Old messages mean the fleet is not keeping up or cannot start (no GPU capacity,
-    // Spot unavailable, image pull failing): customers are waiting.
-    this.oldestMessageAlarm = atLeast(
-      'OldestMessageAge',
-      `A queued job has waited more than ${props.oldestMessageAgeSeconds}s.`,
-      props.queue.metricApproximateAgeOfOldestMessage({ period: Duration.minutes(1), statistic: 'Maximum' }),
-      props.oldestMessageAgeSeconds,
-      3,
+    // A job waiting long to start means the fleet is not keeping up or cannot start (no GPU capacity,
+    // Spot unavailable, image pull failing): customers are waiting. The figure is the sweep's, from the
+    // job records: the queue's ApproximateAgeOfOldestMessage also counts messages in flight, so one
+    // long run (and the wait before it) tripped it while nobody waited. The sweep runs every few
+    // minutes and logs 0 when nothing waits; a sweep that stops running has its own alarm below.
+    this.oldestQueuedJobAlarm = atLeast(
+      'OldestQueuedJob',
+      `A queued job has waited more than ${props.oldestQueuedJobSeconds}s to start (the queued-job sweep's oldestQueuedSec).`,
+      new logs.MetricFilter(this, 'OldestQueuedJobFilter', {
+        logGroup: props.queuedJobSweep.logGroup,
+        filterPattern: logs.FilterPattern.stringValue('$.msg', '=', 'queued-job sweep'),
+        metricNamespace: 'Clipag',
+        metricName: 'OldestQueuedJobSeconds',
+        metricValue: '$.oldestQueuedSec',
+        unit: cloudwatch.Unit.SECONDS,
+      }).metric({ period: Duration.minutes(5), statistic: 'Maximum' }),
+      props.oldestQueuedJobSeconds,
+      // One reading is enough: a job's wait only grows until it starts, so it cannot flap.
+      1,
     );
 
     // One failed sweep is retried by the next; failures for 15 minutes straight need a human.
-    this.queuedJobSweepAlarm = props.queuedJobSweeper
-      ? atLeast(
-          'QueuedJobSweepErrors',
-          'The queued-job sweep has failed for 15 minutes: jobs that lost their queue message are not re-sent.',
-          props.queuedJobSweeper.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }),
-          1,
-          3,
-        )
-      : undefined;
+    this.queuedJobSweepAlarm = atLeast(
+      'QueuedJobSweepErrors',
+      'The queued-job sweep has failed for 15 minutes: jobs that lost their queue message are not re-sent, and the queued-job wait is not measured.',
+      props.queuedJobSweep.fn.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }),
+      1,
+      3,
+    );
 
     // Customers are getting server errors: 10 or more in each of two 5-minute periods, so one
     // unlucky request does not page but an outage does within 10 minutes.
@@ -125,7 +139,7 @@ export class QueueAlarms extends Construct {
         )
       : undefined;
 
-    const alarms = [this.dlqDepthAlarm, this.oldestMessageAlarm, this.queuedJobSweepAlarm, this.api5xxAlarm, this.workerErrorAlarm];
+    const alarms = [this.dlqDepthAlarm, this.oldestQueuedJobAlarm, this.queuedJobSweepAlarm, this.api5xxAlarm, this.workerErrorAlarm];
     for (const alarm of alarms.filter((a): a is cloudwatch.Alarm => a !== undefined)) {
       alarm.addAlarmAction(action);
       alarm.addOkAction(action);

@@ -4,7 +4,6 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
-import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
@@ -14,7 +13,7 @@ import { BUCKET_PREFIXES, ENV, MAX_RECEIVE_COUNT, type StageConfig } from './con
 import { GpuQueueWorker } from './gpu-queue-worker.ts';
 import { grantDeadLetterSweep, grantListBucket, grantPrefix } from './grants.ts';
 import { REPO_ROOT, WORKER_DOCKERFILE } from './paths.ts';
-import { QueueAlarms } from './queue-alarms.ts';
+import { QueueAlarms, type QueuedJobSweepRef } from './queue-alarms.ts';
 
 export interface WorkerStackProps extends StackProps {
   readonly config: StageConfig;
@@ -23,8 +22,8 @@ export interface WorkerStackProps extends StackProps {
   readonly deadLetterQueue: sqs.IQueue;
   /** Defaults to the image built from gpu-worker/Dockerfile with the repository root as context. */
   readonly image?: ecs.ContainerImage;
-  /** The API stack's queued-job sweep, whose failures alarm on the same topic. */
-  readonly queuedJobSweeper?: lambda.IFunction;
+  /** The API stack's queued-job sweep: its failures, and the wait it reports, alarm on the same topic. */
+  readonly queuedJobSweep: QueuedJobSweepRef;
   /** The API stack's HTTP API, whose 5xx answers alarm on the same topic. */
   readonly httpApi?: apigw.IHttpApi;
 }
@@ -230,12 +229,11 @@ export class WorkerStack extends Stack {
     grantDeadLetterSweep(taskRole, deadLetterQueue);
 
     this.alarms = new QueueAlarms(this, 'Alarms', {
-      queue,
       deadLetterQueue,
-      oldestMessageAgeSeconds: config.alarmOldestMessageAgeSeconds,
+      oldestQueuedJobSeconds: config.alarmOldestQueuedJobSeconds,
       dlqDepth: config.alarmDlqDepth,
       email: config.alarmEmail,
-      ...(props.queuedJobSweeper ? { queuedJobSweeper: props.queuedJobSweeper } : {}),
+      queuedJobSweep: props.queuedJobSweep,
       ...(props.httpApi ? { httpApi: props.httpApi } : {}),
       workerLogGroup: this.worker.logGroup,
     });

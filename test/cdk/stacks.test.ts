@@ -459,15 +459,17 @@ describe('WorkerStack', () => {
     }
   });
 
-  it('alarms on DLQ depth >= 1 and on the age of the oldest message, to SNS', () => {
+  it('alarms on DLQ depth >= 1 and on how long a queued job has waited to start, to SNS', () => {
     worker.resourceCountIs('AWS::SNS::Topic', 1);
     const alarms = resources(worker).filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties);
     const dlq = alarms.find((a) => a.MetricName === 'ApproximateNumberOfMessagesVisible' && JSON.stringify(a.Dimensions).includes('ClipagJobDeadLetterQueue'));
     expect(dlq).toMatchObject({ Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', TreatMissingData: 'notBreaching' });
     expect(dlq.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
-    const age = alarms.find((a) => a.MetricName === 'ApproximateAgeOfOldestMessage');
-    expect(age).toMatchObject({ Threshold: dev.alarmOldestMessageAgeSeconds, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
-    expect(JSON.stringify(age.Dimensions)).toContain('ClipagJobQueue');
+    // How long a queued job has waited to start, from the sweep's log line (not the queue's
+    // oldest-message age, which counts messages in flight: a long run is no waiting customer).
+    expect(alarms.find((a) => a.MetricName === 'ApproximateAgeOfOldestMessage')).toBeUndefined();
+    const age = alarms.find((a) => a.MetricName === 'OldestQueuedJobSeconds');
+    expect(age).toMatchObject({ Namespace: 'Clipag', Threshold: dev.alarmOldestQueuedJobSeconds, Statistic: 'Maximum', EvaluationPeriods: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', TreatMissingData: 'notBreaching' });
     expect(age.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
     // The queued-job sweep failing for 15 minutes (3 × 5 min) means lost messages stay lost.
     const sweep = alarms.find((a) => a.MetricName === 'Errors' && a.Namespace === 'AWS/Lambda');
@@ -481,9 +483,14 @@ describe('WorkerStack', () => {
     expect(api5xx.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
     // Any error line of the worker, through a metric filter on its log group.
     const filters = resources(worker).filter(([, r]) => r.Type === 'AWS::Logs::MetricFilter').map(([, r]) => r.Properties);
-    expect(filters).toHaveLength(1);
-    expect(filters[0]).toMatchObject({ FilterPattern: '{ $.level = "error" }', LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) } });
-    expect(filters[0].MetricTransformations).toEqual([{ MetricNamespace: 'Clipag', MetricName: 'WorkerErrorLines', MetricValue: '1' }]);
+    expect(filters).toHaveLength(2);
+    const errorLines = filters.find((f) => f.MetricTransformations[0].MetricName === 'WorkerErrorLines');
+    expect(errorLines).toMatchObject({ FilterPattern: '{ $.level = "error" }', LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) } });
+    expect(errorLines.MetricTransformations).toEqual([{ MetricNamespace: 'Clipag', MetricName: 'WorkerErrorLines', MetricValue: '1' }]);
+    const waits = filters.find((f) => f.MetricTransformations[0].MetricName === 'OldestQueuedJobSeconds');
+    expect(waits).toMatchObject({ FilterPattern: '{ $.msg = "queued-job sweep" }' });
+    expect(JSON.stringify(waits.LogGroupName)).toContain('QueuedJobSweeperLogs'); // the API stack's, imported
+    expect(waits.MetricTransformations).toEqual([{ MetricNamespace: 'Clipag', MetricName: 'OldestQueuedJobSeconds', MetricValue: '$.oldestQueuedSec', Unit: 'Seconds' }]);
     const errors = alarms.find((a) => a.MetricName === 'WorkerErrorLines');
     expect(errors).toMatchObject({ Namespace: 'Clipag', Threshold: 1, Statistic: 'Sum', TreatMissingData: 'notBreaching' });
     expect(errors.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);

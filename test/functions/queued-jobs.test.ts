@@ -140,8 +140,26 @@ describe('queued-job sweep', () => {
     const report = await sweepQueuedJobs(sweepDeps());
     // 4 message markers (3 cleared) and 3 active ones (the cancel freed the fourth): the succeeded
     // job's is cleared, the running and the waiting job keep theirs.
-    expect(report).toEqual({ scanned: 7, resent: 0, cleared: 4, kept: 3, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0 });
+    expect(report).toEqual({ scanned: 7, resent: 0, cleared: 4, kept: 3, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0, oldestQueuedSec: expect.any(Number) });
     expect(await markers()).toEqual([pendingJobKey('msg', 'acct_alice', waiting)]);
+  });
+
+  it('reports how long the longest-waiting queued job has waited since its last send; running jobs do not count', async () => {
+    expect((await sweepQueuedJobs(sweepDeps())).oldestQueuedSec).toBe(0); // nothing waits
+    const app = createApp({ ...h.deps, clock });
+    const post = async (prompt: string) => ((await (await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt }) })).json()) as { id: string }).id;
+    const long = await post('a long run');
+    await h.jobs.update('acct_alice', long, (cur) => ({ ...cur, status: 'running', attempts: 1, started_at: clock().toISOString() }));
+    offsetMs = 20 * 60_000; // the run has gone on for 20 minutes
+    const waiting = await post('waits');
+    offsetMs += 90_000;
+    const report = await sweepQueuedJobs(sweepDeps());
+    expect(report.oldestQueuedSec).toBeGreaterThanOrEqual(90);
+    expect(report.oldestQueuedSec).toBeLessThan(120); // not the 21 minutes since the running job was sent
+    // A re-queued job counts from its new send.
+    await h.jobs.update('acct_alice', waiting, (cur) => ({ ...cur, enqueued_at: clock().toISOString() }));
+    offsetMs += 5000;
+    expect((await sweepQueuedJobs(sweepDeps())).oldestQueuedSec).toBeLessThan(30);
   });
 
   it('a job no queue message can reach any more (it waited past the queue\'s retention) fails expired, freeing its place and telling its webhook', async () => {

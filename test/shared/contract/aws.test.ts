@@ -14,7 +14,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { createRequire } from 'node:module';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { S3BlobStore } from '../../../shared/adapters/aws/s3-blobstore.ts';
 import { SqsJobQueue } from '../../../shared/adapters/aws/sqs-queue.ts';
 import { PreconditionFailedError, RetryableError } from '../../../shared/errors.ts';
@@ -273,11 +273,24 @@ describe('the queued-job sweep Lambda (functions/sweep-lambda.ts) on s3rver and 
       const { handler } = await import('../../../functions/sweep-lambda.ts');
       expect(await handler()).toMatchObject({ scanned: 1, resent: 1, cleared: 1, errors: 0 });
       expect(await handler()).toMatchObject({ scanned: 0, resent: 0 }); // sent: the marker is gone
+      // The line each sweep logs carries the wait the CDK's metric filter turns into the
+      // oldest-queued-job alarm ({ $.msg = "queued-job sweep" }, value $.oldestQueuedSec).
+      await markPending(blobs, 'active', 'acct_s', id);
+      const lines: string[] = [];
+      const write = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => (lines.push(String(chunk)), true));
+      try {
+        expect(await handler()).toMatchObject({ scanned: 1, kept: 1 });
+      } finally {
+        write.mockRestore();
+      }
+      const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'queued-job sweep');
+      expect(line).toMatchObject({ level: 'info', oldestQueuedSec: expect.any(Number) });
+      expect(line!.oldestQueuedSec).toBeLessThan(60); // counted from the re-send, not the create 6 minutes ago
       const [message, ...rest] = await queue.receive({ max: 10, waitSec: 0 });
       expect(rest).toEqual([]);
       expect(JSON.parse(message!.body)).toEqual({ v: 1, job_id: id, owner: 'acct_s' });
       await queue.ack(message!.receipt);
-      expect((await blobs.list('pending/')).items).toEqual([]);
+      expect((await blobs.list('pending/msg/')).items).toEqual([]);
     } finally {
       for (const [k, v] of Object.entries(saved)) {
         if (v === undefined) delete process.env[k];
