@@ -12,6 +12,7 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   keys: () => import('./keys.ts'),
   policy: () => import('./policy.ts'),
   usage: () => import('./usage.ts'),
+  dlq: () => import('./dlq.ts'),
   models: () => import('./models.ts'),
   prior: () => import('./prior.ts'),
   'train-toy': () => import('./train-toy.ts'),

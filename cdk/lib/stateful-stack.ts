@@ -1,4 +1,4 @@
-import { Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
@@ -100,5 +100,10 @@ export class StatefulStack extends Stack {
       removalPolicy: RemovalPolicy.RETAIN,
     });
     (this.queue.node.defaultChild as sqs.CfnQueue).overrideLogicalId(STATEFUL_LOGICAL_IDS.queue);
+
+    // What the operator CLI (`clipag keys`, `usage`, `policy`, `dlq`) needs in its environment.
+    new CfnOutput(this, 'BucketName', { value: this.bucket.bucketName, description: 'CLIPAG_BUCKET' });
+    new CfnOutput(this, 'QueueUrl', { value: this.queue.queueUrl, description: 'CLIPAG_QUEUE_URL' });
+    new CfnOutput(this, 'DeadLetterQueueUrl', { value: this.deadLetterQueue.queueUrl, description: 'CLIPAG_DLQ_URL' });
   }
 }

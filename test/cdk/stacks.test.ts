@@ -100,6 +100,12 @@ describe('StatefulStack', () => {
     expect(byType('AWS::SQS::Queue')).toEqual(['ClipagJobDeadLetterQueue', 'ClipagJobQueue']);
   });
 
+  it('outputs what the operator CLI needs: the bucket, the queue and the DLQ', () => {
+    stateful.hasOutput('BucketName', { Value: { Ref: 'ClipagBucket' }, Description: 'CLIPAG_BUCKET' });
+    stateful.hasOutput('QueueUrl', { Value: { Ref: 'ClipagJobQueue' }, Description: 'CLIPAG_QUEUE_URL' });
+    stateful.hasOutput('DeadLetterQueueUrl', { Value: { Ref: 'ClipagJobDeadLetterQueue' }, Description: 'CLIPAG_DLQ_URL' });
+  });
+
   it('retains the bucket and the queues when the stack is deleted or the resource replaced', () => {
     const json = stateful.toJSON() as { Resources: Record<string, { DeletionPolicy?: string; UpdateReplacePolicy?: string }> };
     for (const id of ['ClipagBucket', 'ClipagJobQueue', 'ClipagJobDeadLetterQueue']) {
