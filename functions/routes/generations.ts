@@ -247,15 +247,16 @@ export function registerGenerationRoutes(
    */
   async function markEnqueueFailed(owner: string, id: string): Promise<void> {
     const now = ctx.clock().toISOString();
+    let moved = false;
     await jobs
-      .update(owner, id, (cur) =>
-        cur.status === 'queued'
-          ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } }
-          : null,
-      )
-      .catch(() => undefined);
-    // Failed: it no longer counts against its owner (a retry that re-queues it marks it again).
-    await clearPending(blobs, 'active', owner, id);
+      .update(owner, id, (cur) => {
+        moved = cur.status === 'queued' && cur.attempts === 0;
+        return moved ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } } : null;
+      })
+      .catch(() => (moved = false));
+    // Failed: it no longer counts against its owner (a retry that re-queues it marks it again). A
+    // send that landed though its reply was lost may already have a worker on it: that job keeps its place.
+    if (moved) await clearPending(blobs, 'active', owner, id);
   }
 
   /**
@@ -296,99 +297,106 @@ export function registerGenerationRoutes(
   }
 
   app.openapi(createGeneration, async (c) => {
-    const request = c.req.valid('json');
-    const owner = c.get('owner');
-    const idempotencyKey = c.req.header('Idempotency-Key');
-    const now = ctx.clock();
-    // The body as sent (no default model filled in), so a retry replays its job even if the
-    // deployment's default model changed in between.
-    const bodyHash = sha256Hex(canonicalJson(request));
-    // Earlier versions filled defaults in before hashing: model "toy" (before the deployment default
-    // existed) and a 224×224 size (before the model's own size was the default). A retry across such
-    // an upgrade is still the same request, and gets the job it made then.
-    const legacySize = { ...request, width: request.width ?? DEFAULT_SIDE, height: request.height ?? DEFAULT_SIDE };
-    const variants = [legacySize, ...(request.model === undefined ? [{ ...request, model: 'toy' }, { ...legacySize, model: 'toy' }] : [])];
-    const sameBodyHashes = [...new Set(variants.map((v) => sha256Hex(canonicalJson(v))))].filter((h) => h !== bodyHash);
-    let jobId = newJobId(now.getTime());
-    // The model, the upload and the webhook URL are checked, the prompts screened and the owner's
-    // active jobs counted before anything is claimed or written, so a refused request spends nothing
-    // (the caller may fix it, or wait, and retry with the same key). A retry of a request whose job
-    // exists is answered with that job, whatever the checks say now (its upload expired, its model
-    // withdrawn, the policy or the count changed); a key used with another body is a 409 first.
-    let spec: GenerationSpec;
-    let contentFlags: ContentFlag[];
     try {
-      spec = await checkedSpec(owner, request);
-      contentFlags = await screenedPrompts(owner, request);
-      await checkActiveLimit(owner);
-    } catch (error) {
-      const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes });
-      // A job that failed to enqueue is not replayed from here: its retry would queue it again, which
-      // is a new job as far as the policy and the limit are concerned.
-      if (!earlier || requeueable(earlier)) throw error;
-      // As in the replay below: long queued and never started, its message may have been lost (this
-      // path runs at the active-job limit, just when an owner's jobs wait).
-      const job = (await resendIfLongQueued(queuedJobDeps, earlier)).job;
-      c.header('Location', `/v1/generations/${job.id}`);
-      c.header('Idempotent-Replayed', 'true');
-      return c.json(await createdView(job), 200);
-    }
-    if (idempotencyKey !== undefined) {
-      const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
-      if (claim.kind === 'replay') {
-        let job = claim.job;
-        if (requeueable(job)) {
-          // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
-          // concurrent retries only the one whose write made the transition sends the message.
-          // The sweep drops the markers of a failed job: they go back before the job is queued again,
-          // and its webhook is owed afresh (the job's end is still to come).
-          await markQueuedJob(owner, job.id, job.webhook !== undefined);
-          let requeued = false;
-          job = await jobs.update(owner, job.id, (cur) => {
-            requeued = requeueable(cur);
-            // enqueued_at restarts the clock of the re-send after a lost message.
-            return requeued
-              ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString(), ...(cur.webhook ? { webhook: freshWebhookState(cur.webhook) } : {}) }
-              : null;
-          });
-          if (requeued) {
-            // Again after the transition: a sweep that read the job while it was still failed may
-            // have removed the markers written before it.
-            await markQueuedJob(owner, job.id, job.webhook !== undefined);
-            await enqueue(job);
-          }
-        } else {
-          // Queued for long and never started: its message may have been lost. The queued-job sweep
-          // finds such jobs too; a replay need not wait for it.
-          job = (await resendIfLongQueued(queuedJobDeps, job)).job;
-        }
+      const request = c.req.valid('json');
+      const owner = c.get('owner');
+      const idempotencyKey = c.req.header('Idempotency-Key');
+      const now = ctx.clock();
+      // The body as sent (no default model filled in), so a retry replays its job even if the
+      // deployment's default model changed in between.
+      const bodyHash = sha256Hex(canonicalJson(request));
+      // Earlier versions filled defaults in before hashing: model "toy" (before the deployment default
+      // existed) and a 224×224 size (before the model's own size was the default). A retry across such
+      // an upgrade is still the same request, and gets the job it made then.
+      const legacySize = { ...request, width: request.width ?? DEFAULT_SIDE, height: request.height ?? DEFAULT_SIDE };
+      const variants = [legacySize, ...(request.model === undefined ? [{ ...request, model: 'toy' }, { ...legacySize, model: 'toy' }] : [])];
+      const sameBodyHashes = [...new Set(variants.map((v) => sha256Hex(canonicalJson(v))))].filter((h) => h !== bodyHash);
+      let jobId = newJobId(now.getTime());
+      // The model, the upload and the webhook URL are checked, the prompts screened and the owner's
+      // active jobs counted before anything is claimed or written, so a refused request spends nothing
+      // (the caller may fix it, or wait, and retry with the same key). A retry of a request whose job
+      // exists is answered with that job, whatever the checks say now (its upload expired, its model
+      // withdrawn, the policy or the count changed); a key used with another body is a 409 first.
+      let spec: GenerationSpec;
+      let contentFlags: ContentFlag[];
+      try {
+        spec = await checkedSpec(owner, request);
+        contentFlags = await screenedPrompts(owner, request);
+        await checkActiveLimit(owner);
+      } catch (error) {
+        const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes });
+        // A job that failed to enqueue is not replayed from here: its retry would queue it again, which
+        // is a new job as far as the policy and the limit are concerned.
+        if (!earlier || requeueable(earlier)) throw error;
+        // As in the replay below: long queued and never started, its message may have been lost (this
+        // path runs at the active-job limit, just when an owner's jobs wait).
+        const job = (await resendIfLongQueued(queuedJobDeps, earlier)).job;
         c.header('Location', `/v1/generations/${job.id}`);
         c.header('Idempotent-Replayed', 'true');
         return c.json(await createdView(job), 200);
       }
-      jobId = claim.jobId;
-    }
-    let job: JobRecord;
-    try {
-      // The markers first: a process that dies after the create but before the send leaves them for
-      // the queued-job sweep, which then sends the message; a webhook is owed from the start.
-      const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
-      await markQueuedJob(owner, jobId, webhook !== undefined);
-      job = await jobs.create(
-        newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId') }),
-      );
-    } catch (error) {
       if (idempotencyKey !== undefined) {
-        // The create may have landed before the error (a timeout): such a job gets marked for the
-        // retry to re-queue. Otherwise the claim is released so that the retry is not a 409.
-        await markEnqueueFailed(owner, jobId);
-        await ctx.ledger.release({ owner, key: idempotencyKey, jobId });
+        const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
+        if (claim.kind === 'replay') {
+          let job = claim.job;
+          if (requeueable(job)) {
+            // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
+            // concurrent retries only the one whose write made the transition sends the message.
+            // The sweep drops the markers of a failed job: they go back before the job is queued again,
+            // and its webhook is owed afresh (the job's end is still to come).
+            await markQueuedJob(owner, job.id, job.webhook !== undefined);
+            let requeued = false;
+            job = await jobs.update(owner, job.id, (cur) => {
+              requeued = requeueable(cur);
+              // enqueued_at restarts the clock of the re-send after a lost message.
+              return requeued
+                ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString(), ...(cur.webhook ? { webhook: freshWebhookState(cur.webhook) } : {}) }
+                : null;
+            });
+            if (requeued) {
+              // Again after the transition: a sweep that read the job while it was still failed may
+              // have removed the markers written before it.
+              await markQueuedJob(owner, job.id, job.webhook !== undefined);
+              await enqueue(job);
+            }
+          } else {
+            // Queued for long and never started: its message may have been lost. The queued-job sweep
+            // finds such jobs too; a replay need not wait for it.
+            job = (await resendIfLongQueued(queuedJobDeps, job)).job;
+          }
+          c.header('Location', `/v1/generations/${job.id}`);
+          c.header('Idempotent-Replayed', 'true');
+          return c.json(await createdView(job), 200);
+        }
+        jobId = claim.jobId;
       }
+      let job: JobRecord;
+      try {
+        // The markers first: a process that dies after the create but before the send leaves them for
+        // the queued-job sweep, which then sends the message; a webhook is owed from the start.
+        const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
+        await markQueuedJob(owner, jobId, webhook !== undefined);
+        job = await jobs.create(
+          newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId') }),
+        );
+      } catch (error) {
+        // The create may have landed before the error (a timeout): such a job is failed
+        // `enqueue_failed`, so the sweep never sends it to run behind the caller's back (the caller got
+        // a 503 and may submit again); a retry with the same key re-queues it. With a key, its claim is
+        // released otherwise, so that the retry is not a 409.
+        await markEnqueueFailed(owner, jobId);
+        if (idempotencyKey !== undefined) await ctx.ledger.release({ owner, key: idempotencyKey, jobId });
+        throw error;
+      }
+      await enqueue(job);
+      c.header('Location', `/v1/generations/${job.id}`);
+      return c.json(await createdView(job), 202);
+    } catch (error) {
+      // The replay's re-queue or re-send, or the create's read-back, lost every race for the record:
+      // nothing was decided, and the same request (same Idempotency-Key) may simply be retried.
+      if (error instanceof PreconditionFailedError) throw new RetryableError('the generation is being updated; retry the request', { code: 'busy', cause: error });
       throw error;
     }
-    await enqueue(job);
-    c.header('Location', `/v1/generations/${job.id}`);
-    return c.json(await createdView(job), 202);
   });
 
   app.openapi(createEstimate, async (c) => {

@@ -15,7 +15,7 @@ import type { SynthesisOutcome, SynthesisProgress, SynthesizedImage, Synthesizer
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
-import { recordUsage } from '../../shared/usage.ts';
+import { recordUsage, usageOfRecord } from '../../shared/usage.ts';
 import { frameKey } from '../../shared/views.ts';
 import { clearPending } from '../../shared/pending.ts';
 
@@ -429,19 +429,55 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     deps.webhooks?.notify(msg.owner, msg.job_id);
   }
 
-  async function markCanceled(msg: QueueMessage, progress?: JobRecord['progress']): Promise<JobRecord> {
+  /**
+   * Whether another delivery runs the job under a lease that has not run out: this message is then a
+   * duplicate, and must neither run the job nor end it (cancel, fail). The holder renews its lease
+   * every half visibility timeout to a full one ahead, so a live holder's lease never runs out; a dead
+   * holder's lapses when its own message comes back, which then takes the job over.
+   */
+  const heldByAnother = (cur: JobRecord, m: ReceivedMessage): boolean =>
+    cur.status === 'running' &&
+    cur.lease_message_id !== undefined &&
+    cur.lease_message_id !== m.messageId &&
+    typeof cur.lease_expires_at === 'string' &&
+    Date.parse(cur.lease_expires_at) > clock.now();
+
+  /**
+   * Whether the job passed to another attempt after this one claimed it (`attempt` > 0): this one's
+   * lease lapsed and a redelivery took over. Such an attempt writes nothing more and settles nothing:
+   * SQS deletes a message on a DeleteMessage with an older receipt even while another reader holds
+   * it, so an ack would take the new holder's message away. Its receipt just lapses.
+   */
+  const superseded = (rec: JobRecord, attempt: number): boolean => attempt > 0 && rec.attempts !== attempt;
+
+  /**
+   * Ends the job `canceled`. Before a claim (`attempt` 0) only while no other delivery holds it; after,
+   * only while the record is still this attempt's.
+   */
+  async function markCanceled(msg: QueueMessage, m: ReceivedMessage, attempt: number, progress?: JobRecord['progress']): Promise<JobRecord> {
     return jobs.update(msg.owner, msg.job_id, (cur) =>
-      isTerminal(cur.status) ? null : { ...cur, status: 'canceled', finished_at: iso(), ...(progress ? { progress } : {}) },
+      isTerminal(cur.status) || heldByAnother(cur, m) || superseded(cur, attempt)
+        ? null
+        : { ...cur, status: 'canceled', finished_at: iso(), ...(progress ? { progress } : {}) },
     );
   }
 
-  async function markFailed(msg: QueueMessage, error: { code: string; message: string }): Promise<JobRecord> {
-    return jobs.update(msg.owner, msg.job_id, (cur) => (isTerminal(cur.status) ? null : { ...cur, status: 'failed', finished_at: iso(), error }));
+  /**
+   * Ends the job `failed`, with the same guards as `markCanceled`; without them (the dead-letter sweep)
+   * only a terminal record is left alone. A job whose caller asked to cancel it ends `canceled`: that
+   * is what the caller was told to expect, and a failure would tell them to submit it again.
+   */
+  async function markFailed(msg: QueueMessage, error: { code: string; message: string }, guard?: { m: ReceivedMessage; attempt: number }): Promise<JobRecord> {
+    return jobs.update(msg.owner, msg.job_id, (cur) => {
+      if (isTerminal(cur.status)) return null;
+      if (guard && (heldByAnother(cur, guard.m) || superseded(cur, guard.attempt))) return null;
+      return cur.cancel_requested ? { ...cur, status: 'canceled', finished_at: iso() } : { ...cur, status: 'failed', finished_at: iso(), error };
+    });
   }
 
   /** Back to `queued` for the next delivery: the record must not claim a run that nobody is doing. */
-  async function markQueued(msg: QueueMessage, attempt: number): Promise<void> {
-    await jobs.update(msg.owner, msg.job_id, (cur) =>
+  async function markQueued(msg: QueueMessage, attempt: number): Promise<JobRecord> {
+    return jobs.update(msg.owner, msg.job_id, (cur) =>
       isTerminal(cur.status) || cur.attempts !== attempt ? null : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total } },
     );
   }
@@ -478,30 +514,49 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         return finish(msg, 'skipped');
       }
       if (isTerminal(job.status)) {
+        // This very message back after its run's final write landed but answered an error (the
+        // failure path then released it): the ledger may miss the run. It counts a job once, so
+        // telling it again is harmless; the ended job's marker and webhook are seen to as well.
+        const used = job.lease_message_id === m.messageId ? usageOfRecord(job) : null;
+        if (used) {
+          const { day: _day, ...figures } = used;
+          await recordUsage(blobs, msg.owner, msg.job_id, new Date(job.finished_at!), figures).catch((error) =>
+            log.error('usage not recorded; the owner\'s daily totals miss this job', { jobId: msg.job_id, owner: msg.owner, error: describe(error) }),
+          );
+          jobEnded(msg);
+        }
         await lease.release();
         await ack(m, `already_${job.status}`);
         return finish(msg, 'skipped');
       }
-      if (job.cancel_requested) {
-        await markCanceled(msg);
+      // Another delivery runs it: a duplicate message ends nothing (not even a requested cancel,
+      // which the holder sees at its next progress write).
+      if (heldByAnother(job, m)) {
+        log.info('duplicate message for a job another worker holds; dropping it', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt: job.lease_expires_at });
         await lease.release();
-        await ack(m, 'canceled_before_start');
-        return finish(msg, 'canceled', { stepsDone: 0 });
+        await ack(m, 'duplicate_of_running');
+        return finish(msg, 'skipped');
+      }
+      if (job.cancel_requested) {
+        const rec = await markCanceled(msg, m, 0);
+        await lease.release();
+        await ack(m, rec.status === 'canceled' ? 'canceled_before_start' : 'changed_before_start');
+        return finish(msg, rec.status === 'canceled' ? 'canceled' : 'skipped', { stepsDone: 0 });
       }
       if (m.receiveCount > config.maxReceives) {
         // Only when the queue has no redrive at this limit: enforce it here.
         const error = { code: 'retries_exhausted', message: `the job was attempted ${m.receiveCount - 1} times without finishing` };
-        await markFailed(msg, error);
+        const rec = await markFailed(msg, error, { m, attempt: 0 });
         await lease.release();
         await deadLetter(m, 'retries_exhausted');
-        return finish(msg, 'failed', { error });
+        return finish(msg, isTerminal(rec.status) ? (rec.status as JobOutcome) : 'skipped', { error });
       }
       if (models && !models.has(job.spec.model)) {
         const error = { code: 'invalid_model', message: `unknown model "${job.spec.model}"; available: ${models.list().map((x) => x.name).join(', ') || '(none)'}` };
-        await markFailed(msg, error);
+        const rec = await markFailed(msg, error, { m, attempt: 0 });
         await lease.release();
         await ack(m, 'invalid_model');
-        return finish(msg, 'failed', { error });
+        return finish(msg, isTerminal(rec.status) ? (rec.status as JobOutcome) : 'skipped', { error });
       }
 
       // Claim it: a versioned write that re-checks terminal/cancel on the freshest record.
@@ -520,17 +575,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           claimed = true;
           return null;
         }
-        if (isTerminal(cur.status) || cur.cancel_requested) return null;
-        // Running by way of another message, with a lease renewed within the last half timeout: the
-        // holder has its own message (which comes back if it dies), so this one is a duplicate. The
-        // held message itself coming back (released, or lapsed) always takes the job over.
-        if (
-          cur.status === 'running' && cur.lease_message_id !== undefined && cur.lease_message_id !== m.messageId &&
-          cur.lease_expires_at && Date.parse(cur.lease_expires_at) - clock.now() > (visibilitySec * 1000) / 2
-        ) {
+        // Running by way of another message under a live lease: the holder has its own message (which
+        // comes back if it dies), so this one is a duplicate. The held message itself coming back
+        // (released, or lapsed) always takes the job over. Checked first: a duplicate ends nothing.
+        if (heldByAnother(cur, m)) {
           heldElsewhere = true;
           return null;
         }
+        if (isTerminal(cur.status) || cur.cancel_requested) return null;
         claimed = true;
         const leaseUntil = new Date(clock.now() + visibilitySec * 1000).toISOString();
         return {
@@ -545,11 +597,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         return finish(msg, 'skipped');
       }
       if (!claimed) {
-        // Changed between the read and the claim.
-        if (!isTerminal(running.status)) await markCanceled(msg);
+        // Changed between the read and the claim: ended, or a cancel was asked for.
+        const rec = isTerminal(running.status) ? running : await markCanceled(msg, m, 0);
         await lease.release();
         await ack(m, 'changed_before_start');
-        return finish(msg, isTerminal(running.status) ? 'skipped' : 'canceled');
+        return finish(msg, isTerminal(running.status) || rec.status !== 'canceled' ? 'skipped' : 'canceled');
       }
       attempt = running.attempts;
       log.info('job started', { jobId: msg.job_id, owner: msg.owner, attempt, receiveCount: m.receiveCount, model: job.spec.model, steps, requestedSteps: job.spec.steps, n: job.spec.n });
@@ -602,12 +654,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           message: `the job ran past its ${jobTimeoutSec} s time limit and was stopped after ${Math.min(stepsDone, total)} of ${total} steps; it is not retried (the same request would time out again): ask for fewer steps, fewer images or a smaller size`,
         };
         if (runError !== undefined) log.warn('run threw after the timeout abort', { jobId: msg.job_id, error: describe(runError) });
-        await jobs.update(msg.owner, msg.job_id, (cur) =>
+        const rec = await jobs.update(msg.owner, msg.job_id, (cur) =>
           isTerminal(cur.status) || cur.attempts !== attempt
             ? null
             : { ...cur, status: 'failed', finished_at: iso(), progress: { step: Math.min(stepsDone, total), total }, error },
         );
         await lease.release();
+        if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone });
         await ack(m, 'timeout');
         return finish(msg, 'failed', { stepsDone, error });
       }
@@ -623,14 +676,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         }
         const fresh = reason === 'cancel' ? undefined : await jobs.get(msg.owner, msg.job_id);
         if (reason === 'cancel' || (fresh?.cancel_requested && !isTerminal(fresh.status))) {
-          await markCanceled(msg, { step: Math.min(last.step, total), total });
+          const rec = await markCanceled(msg, m, attempt, { step: Math.min(last.step, total), total });
           await lease.release();
+          if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
           await ack(m, 'canceled');
           return finish(msg, 'canceled', { stepsDone: outcome.stepsDone });
         }
         // Drain: the next worker redoes the job from the start (the seed makes it the same image).
-        await markQueued(msg, attempt);
+        const rec = await markQueued(msg, attempt);
         await lease.release();
+        if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
         await requeue(m, 'drain');
         return finish(msg, 'requeued', { stepsDone: outcome.stepsDone });
       }
@@ -682,6 +737,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // (the update then re-read a terminal record of this very attempt, with this run's usage).
       const ours = wrote || (done.attempts === attempt && isTerminal(done.status) && done.usage.worker_seconds === usage.worker_seconds && done.usage.encoder_passes === usage.encoder_passes);
       await lease.release();
+      if (superseded(done, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
       await ack(m, ours ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
       if (ours) {
         // The owner's usage for GET /v1/usage (ADR 0019); the ledger counts a job once, however often
@@ -721,7 +777,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     else if (++machineFailures >= maxMachineFailures) unhealthy('machine_failures', { failures: machineFailures, error: describe(error) });
     try {
       if (cls === 'retryable' && !lastAttempt) {
-        if (attempt > 0) await markQueued(msg, attempt);
+        if (attempt > 0 && superseded(await markQueued(msg, attempt), attempt)) return finish(msg, 'lease_lost', { error: jobErrorOf(error) });
         await release(m, 'retryable_error', Math.min(MAX_RETRY_DELAY_SEC, (config.retryDelaySec ?? 0) * m.receiveCount));
         return finish(msg, 'requeued', { error: jobErrorOf(error) });
       }
@@ -729,10 +785,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         cls === 'retryable'
           ? { code: 'retries_exhausted', message: `gave up after ${m.receiveCount} attempts; last error: ${jobErrorOf(error).message}` }
           : jobErrorOf(error);
-      await markFailed(msg, jobError);
+      const rec = await markFailed(msg, jobError, { m, attempt });
+      if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobError });
       if (cls === 'retryable') await deadLetter(m, 'retries_exhausted');
       else await ack(m, 'failed');
-      return finish(msg, 'failed', { error: jobError });
+      return finish(msg, rec.status === 'canceled' ? 'canceled' : 'failed', { error: jobError });
     } catch (writeError) {
       // Could not even record the failure (storage down?): hand the message back; at the receive
       // limit the redrive policy dead-letters it.
@@ -819,10 +876,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         const job = await jobs.get(msg.owner, msg.job_id);
         if (job && !isTerminal(job.status)) {
           const error = { code: 'retries_exhausted', message: `the job's message was dead-lettered after ${config.maxReceives} deliveries without finishing` };
-          await markFailed(msg, error);
+          const rec = await markFailed(msg, error);
           jobEnded(msg);
           emit({ type: 'dead_lettered', messageId: m.messageId, reason: 'swept' });
-          log.error('dead-letter sweep: job marked failed', { jobId: msg.job_id, owner: msg.owner });
+          log.error(`dead-letter sweep: job marked ${rec.status}`, { jobId: msg.job_id, owner: msg.owner });
         }
       } catch (error) {
         // Malformed messages (ValidationError) and corrupt job documents are why such messages are in

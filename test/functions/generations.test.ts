@@ -6,6 +6,8 @@ import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { createApp } from '../../functions/app.ts';
+import { PreconditionFailedError, RetryableError } from '../../shared/errors.ts';
+import { BlobJobStore } from '../../shared/jobstore.ts';
 import { uploadKey } from '../../shared/keys.ts';
 import { usageOfRecord } from '../../shared/usage.ts';
 import { expectEnvelope, harness, queueWithOutage, type Harness } from './helpers.ts';
@@ -153,6 +155,69 @@ describe('POST → GET → list → cancel', () => {
     expect(Date.parse(view.outputs_expire_at) - Date.parse(finished)).toBe(30 * 86_400_000);
     const queued = (await (await post({ prompt: 'pear' })).json()) as any;
     expect(queued.outputs_expire_at).toBeNull(); // nothing stored yet
+  });
+});
+
+describe('a POST whose record write keeps losing its races', () => {
+  it('answers 503 busy (retry the same request), not an undocumented 412', async () => {
+    const { queue, outage } = queueWithOutage(h.queue);
+    let contend = false;
+    const blobs = new Proxy(h.blobs, {
+      get: (target, prop, receiver) =>
+        prop === 'replaceIfMatch'
+          ? (key: string, ...rest: [Uint8Array, string]) =>
+              contend && key.startsWith('jobs/acct_alice/') ? Promise.reject(new PreconditionFailedError('another writer')) : target.replaceIfMatch(key, ...rest)
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, blobs, jobs: new BlobJobStore(blobs), queue });
+    const post = () => app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'k1' }, body: JSON.stringify({ prompt: 'apple' }) });
+    expect((await post()).status).toBe(503); // the queue is down: enqueue_failed, to be re-queued by the retry
+    outage.down = false;
+    contend = true; // the retry's re-queue loses every race for the record
+    const err = await expectEnvelope(await post(), 503, 'busy');
+    expect(err.message).toMatch(/retry the request/);
+    contend = false;
+    expect((await post()).status).toBe(200); // the same retry, once the record is quiet, re-queues the job
+    expect((await h.queue.receive({ max: 10, waitSec: 0 })).length).toBe(1);
+  });
+
+  it('a create that landed but answered an error leaves a job that never runs behind the caller\'s back, with or without a key', async () => {
+    const blobs = new Proxy(h.blobs, {
+      get: (target, prop, receiver) =>
+        prop === 'putIfAbsent'
+          ? async (key: string, ...rest: [Uint8Array]) => {
+              const written = await target.putIfAbsent(key, ...rest);
+              if (key.startsWith('jobs/acct_alice/')) throw new RetryableError('S3 request failed: socket hang up (the PUT landed)');
+              return written;
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, blobs, jobs: new BlobJobStore(blobs) });
+    const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple' }) });
+    expect(res.status).toBe(503);
+    const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+    expect(job).toMatchObject({ status: 'failed', error: { code: 'enqueue_failed' } }); // the sweep will not send it
+    expect((await h.blobs.list('pending/active/')).items).toEqual([]);
+  });
+
+  it('a send that landed though its reply was lost keeps the job\'s place when a worker has already taken it', async () => {
+    const queue = new Proxy(h.queue, {
+      get: (target, prop, receiver) =>
+        prop === 'send'
+          ? async (body: string) => {
+              await target.send(body);
+              const { job_id } = parseQueueMessage(body);
+              await h.jobs.update('acct_alice', job_id, (cur) => ({ ...cur, status: 'running', attempts: 1 })); // a worker claims it
+              throw new Error('the reply was lost');
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, queue });
+    const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple' }) });
+    expect(res.status).toBe(503);
+    const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+    expect(job).toMatchObject({ status: 'running' });
+    expect((await h.blobs.list('pending/active/')).items.map((i) => i.key)).toEqual([`pending/active/acct_alice/${job!.id}`]);
   });
 });
 

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
 import { newJobId } from '../../shared/ids.ts';
-import type { BlobStore } from '../../shared/ports.ts';
+import type { BlobStore, JobQueue, JobStore } from '../../shared/ports.ts';
 import { GenerationSpec, type GenerationRequestInput } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
@@ -43,9 +43,8 @@ export async function makeEnv(overrides: Record<string, string> = {}) {
 
 export type Env = Awaited<ReturnType<typeof makeEnv>>;
 
-/** What the API does for POST /v1/generations: a queued record, then a tiny queue message. */
-/** Creates a job as the API does (made with `apiKeyId` when given) and sends its message. */
-export async function submit(env: Pick<Env, 'jobs' | 'queue'>, input: Partial<GenerationRequestInput>, apiKeyId?: string): Promise<JobRecord> {
+/** Creates a job as the API does for POST /v1/generations (made with `apiKeyId` when given): a queued record, then its message. */
+export async function submit(env: { jobs: JobStore; queue: Pick<JobQueue, 'send'> }, input: Partial<GenerationRequestInput>, apiKeyId?: string): Promise<JobRecord> {
   const spec = GenerationSpec.parse({ prompt: 'a photo of a cat', width: 64, height: 64, steps: 6, seed: 7, model: 'tiny', ...input });
   const job = await env.jobs.create(newJobRecord({ id: newJobId(), owner: OWNER, spec, ...(apiKeyId !== undefined ? { apiKeyId } : {}) }));
   await env.queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));

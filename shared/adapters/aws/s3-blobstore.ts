@@ -224,6 +224,8 @@ function isNotFound(error: unknown): boolean {
   return name === 'NoSuchKey' || name === 'NotFound' || statusOf(error) === 404;
 }
 
+const TRANSIENT_S3_CODES = new Set(['RequestTimeout', 'RequestTimeoutException', 'SlowDown', 'Throttling', 'ThrottlingException', 'RequestThrottled', 'InternalError']);
+
 /** Maps SDK failures to the shared error taxonomy; 404s pass through for callers to interpret. */
 async function call<T>(fn: () => Promise<T>): Promise<T> {
   try {
@@ -234,7 +236,9 @@ async function call<T>(fn: () => Promise<T>): Promise<T> {
       throw new PreconditionFailedError('conditional write failed: the object changed or already exists', { cause: error });
     }
     if (isNotFound(error)) throw error;
-    if (status === 429 || status === 500 || status === 503 || (error as { $retryable?: unknown })?.$retryable) {
+    // Transient, as the SDK itself classes them (it has already retried them by the time they get here):
+    // any 5xx or 429, a 400 RequestTimeout (the socket idled mid-upload), throttling by name.
+    if (status === 429 || (status !== undefined && status >= 500) || TRANSIENT_S3_CODES.has((error as { name?: string })?.name ?? '') || (error as { $retryable?: unknown })?.$retryable) {
       throw new RetryableError(`S3 is unavailable: ${(error as Error).message}`, { cause: error });
     }
     if (error instanceof S3ServiceException) {

@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { S3BlobStore } from '../../../shared/adapters/aws/s3-blobstore.ts';
 import { SqsJobQueue } from '../../../shared/adapters/aws/sqs-queue.ts';
-import { PreconditionFailedError, RetryableError } from '../../../shared/errors.ts';
+import { NonRetryableError, PreconditionFailedError, RetryableError } from '../../../shared/errors.ts';
 import { blobStoreContract } from './blobstore.contract.ts';
 import { close, httpDownload, httpUpload, makeTempDir } from './helpers.ts';
 import { jobStoreContract } from './jobstore.contract.ts';
@@ -186,9 +186,13 @@ describe('S3 adapter specifics', () => {
     expect((await store.readStart('k', 33))!.byteLength).toBe(0);
   });
 
-  it('[canned response] a 503 SlowDown from S3 becomes a RetryableError', async () => {
-    const store = new S3BlobStore({ client: clientAnswering(503, 'SlowDown'), bucket: 'b' });
-    await expect(store.put('k', Buffer.from('x'))).rejects.toBeInstanceOf(RetryableError);
+  it('[canned response] S3\'s transient answers (503 SlowDown, 502, 504, 400 RequestTimeout) become RetryableError; a 403 does not', async () => {
+    for (const [status, code] of [[503, 'SlowDown'], [502, 'BadGateway'], [504, 'GatewayTimeout'], [400, 'RequestTimeout']] as const) {
+      const store = new S3BlobStore({ client: clientAnswering(status, code), bucket: 'b' });
+      await expect(store.put('k', Buffer.from('x')), `${status} ${code}`).rejects.toBeInstanceOf(RetryableError);
+    }
+    const denied = new S3BlobStore({ client: clientAnswering(403, 'AccessDenied'), bucket: 'b' });
+    await expect(denied.put('k', Buffer.from('x'))).rejects.toBeInstanceOf(NonRetryableError);
   });
 
   it('a signed PUT with a declared size signs Content-Length, so the limit is enforced by S3', async () => {
