@@ -6,7 +6,7 @@
 // constant axes/shapes (no Shape/ConstantOfShape plumbing at run time).
 
 import { EngineError } from '../errors.ts';
-import { A, type Attr, type DType, type Node, type TensorData, numel, tensor } from '../onnx/ir.ts';
+import { A, type Attr, type DType, type Node, type TensorData, numel, tensor, valueAt } from '../onnx/ir.ts';
 import type { GraphBuilder } from '../onnx/builder.ts';
 import { attrFloat, attrInt, attrInts, attrString, constInts, normAxis, sliceParams } from '../onnx/shapes.ts';
 
@@ -176,7 +176,7 @@ registerGradient('Pow', (c) => {
     let term: string;
     if (e && numel(e.dims) === 1) {
       // Constant scalar exponent: fold p and p-1 at build time; p=2 (variance, norms) needs no Pow at all.
-      const p = Number((e.data as ArrayLike<number>)[0]);
+      const p = valueAt(e, 0); // a float16 exponent is stored as its bits
       if (p === 0) term = b.mul(g, c.scalar(0));
       else if (p === 1) term = g;
       else if (p === 2) term = b.mul(g, b.mul(c.I(0), c.scalar(2)));

@@ -2,6 +2,7 @@
 // The math follows openai/CLIP model.py: patch conv (no bias), class token, positional embedding, ln_pre,
 // pre-LN residual blocks with nn.MultiheadAttention, ln_post on the class token, and the projection.
 
+import { f16ToF32 } from '../io/half.ts';
 import { EngineError } from '../errors.ts';
 import { GraphBuilder } from '../onnx/builder.ts';
 import { A, type DType, type TensorData, numel } from '../onnx/ir.ts';
@@ -30,7 +31,7 @@ export function castTensor(t: TensorData, dtype: DType): TensorData {
     const out = dtype === 'float32' ? new Float32Array(n) : new Float64Array(n);
     if (t.dtype === 'float16') {
       const src = t.data as Uint16Array;
-      for (let i = 0; i < n; i++) out[i] = halfToFloat(src[i]);
+      for (let i = 0; i < n; i++) out[i] = f16ToF32(src[i]!);
     } else if (t.dtype === 'float32' || t.dtype === 'float64') {
       const src = t.data as Float32Array | Float64Array;
       for (let i = 0; i < n; i++) out[i] = src[i];
@@ -40,14 +41,6 @@ export function castTensor(t: TensorData, dtype: DType): TensorData {
   throw new EngineError('invalid_graph', `unsupported tower dtype ${dtype}`);
 }
 
-export function halfToFloat(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const f = h & 0x3ff;
-  if (e === 0) return s * f * 2 ** -24;
-  if (e === 31) return f ? NaN : s * Infinity;
-  return s * (1 + f / 1024) * 2 ** (e - 15);
-}
 
 class TowerEmitter {
   readonly names: Map<string, string>;

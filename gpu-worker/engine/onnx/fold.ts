@@ -3,7 +3,7 @@
 // at build time, which both makes shape inference possible and keeps that plumbing out of the backward pass.
 
 import type { Node, TensorData, TypedData } from './ir.ts';
-import { allocData, numel } from './ir.ts';
+import { allocData, numel, tensor, valueAt } from './ir.ts';
 import { type ShapeCtx, attrInt, broadcastShapes, constInts, normAxis, sliceParams } from './shapes.ts';
 
 const MAX_FOLD = 1 << 16;
@@ -12,10 +12,9 @@ const RESHAPING = new Set(['Identity', 'Reshape', 'Unsqueeze', 'Squeeze', 'Flatt
 function isIntLike(t: TensorData): boolean {
   return t.dtype === 'int64' || t.dtype === 'int32' || t.dtype === 'bool';
 }
-function get(t: TensorData, i: number): number {
-  return Number((t.data as ArrayLike<number | bigint>)[i]);
-}
+const get = valueAt;
 function make(like: TensorData['dtype'], dims: number[], values: number[]): TensorData {
+  if (like === 'float16') return tensor(like, dims, values); // encoded as half bits
   const data: TypedData = allocData(like, values.length);
   if (data instanceof BigInt64Array) values.forEach((v, i) => (data[i] = BigInt(Math.trunc(v))));
   else values.forEach((v, i) => ((data as Float32Array)[i] = v));

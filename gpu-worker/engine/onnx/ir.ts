@@ -2,6 +2,8 @@
 // Every value carries a static dtype and shape: graphs are compiled per (model, view count, resolution),
 // so static shapes let the gradient compiler emit constant reduction axes instead of runtime shape plumbing.
 
+import { f16ToF32, f32ToF16 } from '../io/half.ts';
+
 export type DType = 'float32' | 'float64' | 'float16' | 'int64' | 'int32' | 'bool' | 'uint8';
 
 export type TypedData =
@@ -139,10 +141,19 @@ export function tensor(dtype: DType, dims: number[], values: ArrayLike<number> |
   }
   if (data instanceof BigInt64Array) {
     for (let i = 0; i < n; i++) data[i] = BigInt((values as ArrayLike<number | bigint>)[i] as number);
+  } else if (dtype === 'float16' && !(values instanceof Uint16Array)) {
+    // Numbers become half bit patterns; a Uint16Array is taken as bit patterns already (the decoder's).
+    for (let i = 0; i < n; i++) data[i] = f32ToF16(Number((values as ArrayLike<number | bigint>)[i]));
   } else {
     for (let i = 0; i < n; i++) (data as Float32Array)[i] = Number((values as ArrayLike<number | bigint>)[i]);
   }
   return { dtype, dims: [...dims], data };
+}
+
+/** Element `i` of a tensor as a number (a float16 element decoded from its bits). */
+export function valueAt(t: TensorData, i: number): number {
+  const v = (t.data as ArrayLike<number | bigint>)[i]!;
+  return t.dtype === 'float16' ? f16ToF32(Number(v)) : Number(v);
 }
 
 export const isFloat = (d: DType): boolean => d === 'float32' || d === 'float64' || d === 'float16';
