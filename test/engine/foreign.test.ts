@@ -88,6 +88,13 @@ describe('refusals', () => {
     const fused = { ...model, nodes: model.nodes.map((n) => (n.op === 'LayerNormalization' ? { ...n, domain: 'com.microsoft', op: 'SkipLayerNormalization' } : n)) };
     expect(() => inspectForeignTower(fused)).toThrow(/com\.microsoft::SkipLayerNormalization.*unoptimized/s);
   });
+  it('refuses opsets whose node forms are not opset 17\'s (before 13, from 18), with re-export advice', () => {
+    expect(model.opset).toBe(17);
+    for (const opset of [11, 12, 18, 21]) {
+      expect(() => inspectForeignTower({ ...model, opset }), `opset ${opset}`).toThrow(new RegExp(`opset ${opset}; supported are opsets 13–17\\. Re-export it with opset_version=17`));
+    }
+    for (const opset of [13, 17]) expect(() => inspectForeignTower({ ...model, opset })).not.toThrow();
+  });
   it('refuses a non-image input', () => {
     const odd = { ...model, inputs: [{ name: 'image', dtype: 'float32' as const, shape: [-1, 77] }] };
     expect(() => inspectForeignTower(odd)).toThrow(/\[batch, 3, R, R\]/);

@@ -16,9 +16,23 @@ export interface ForeignTowerInfo {
   embedDim: number;
 }
 
+/** The ai.onnx opsets whose node forms are those of opset 17, which the re-emitted graph declares. */
+export const MIN_FOREIGN_OPSET = 13;
+export const MAX_FOREIGN_OPSET = 17;
+
 /** Check a decoded foreign image encoder and describe its input/output. */
 export function inspectForeignTower(model: ModelIR, opts: { input?: string; output?: string } = {}): ForeignTowerInfo {
   const where = `foreign image tower (${model.graphName || 'unnamed graph'})`;
+  // Nodes are re-emitted under opset 17 semantics. Before 13, Softmax meant something else (2-D
+  // coercion, axis 1) and Squeeze/Unsqueeze/Split/Clip took attributes; from 18, reductions, Split and
+  // Pad take inputs where 17 has attributes. Either would be a different model, or fail on a job.
+  if (model.opset < MIN_FOREIGN_OPSET || model.opset > MAX_FOREIGN_OPSET) {
+    throw new EngineError(
+      'invalid_model',
+      `${where}: it imports ai.onnx opset ${model.opset}; supported are opsets ${MIN_FOREIGN_OPSET}–${MAX_FOREIGN_OPSET}. Re-export it with opset_version=17 (torch.onnx.export(..., opset_version=17))`,
+      { opset: model.opset },
+    );
+  }
   const input = opts.input ? model.inputs.find((i) => i.name === opts.input) : model.inputs.length === 1 ? model.inputs[0] : undefined;
   if (!input) {
     throw new EngineError('invalid_model', `${where}: expected one image input${opts.input ? ` named ${opts.input}` : ''}; the graph has inputs ${model.inputs.map((i) => i.name).join(', ') || '(none)'} (pick one with image_onnx.input)`);
