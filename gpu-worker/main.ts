@@ -119,10 +119,15 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
   const warm =
     (deps.warmUp ?? !deps.synthesizer)
       ? async (signal: AbortSignal) => {
-          const engine = await models.engine(config.defaultModel);
-          await warmUpEngine(engine, deps.recipeOverrides ?? {}, defaultSideFor(engine.imageSize), { signal, ...(maxSteps !== undefined ? { maxSteps } : {}) });
-          const concepts = (await deploymentConcepts?.()) ?? [];
-          if (concepts.length > 0 && !signal.aborted) await engine.conceptEmbeddings(concepts);
+          const held = await models.use(config.defaultModel);
+          try {
+            const engine = held.engine;
+            await warmUpEngine(engine, deps.recipeOverrides ?? {}, defaultSideFor(engine.imageSize), { signal, ...(maxSteps !== undefined ? { maxSteps } : {}) });
+            const concepts = (await deploymentConcepts?.()) ?? [];
+            if (concepts.length > 0 && !signal.aborted) await engine.conceptEmbeddings(concepts);
+          } finally {
+            held.done();
+          }
         }
       : undefined;
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });

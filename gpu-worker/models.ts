@@ -81,6 +81,12 @@ export interface ModelRegistry {
   refresh(): Promise<ModelInfo[]>;
   /** The process-wide engine for `name`, opened once (concurrent callers share the same open). */
   engine(name: string): Promise<ClipEngine>;
+  /**
+   * The engine for `name`, held until `done()`: a job's way in. When a `--force` push replaces a store
+   * model, the engine of the old bundle is closed (its sessions and memory released) once nothing
+   * holds it; `engine()` callers do not hold it.
+   */
+  use(name: string): Promise<{ engine: ClipEngine; done(): void }>;
   /** Closes every engine and the pool when the registry owns it. Idempotent. */
   close(): Promise<void>;
 }
@@ -226,7 +232,21 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   const ownsPool = !options.pool;
   let pool = options.pool;
   const engines = new Map<string, Promise<ClipEngine>>();
+  /** Holders of each engine (by engine key) through `use()`. */
+  const holders = new Map<string, number>();
+  /** The engine key each store model name resolved to last; an engine no name resolves to any more is retired. */
+  const currentKey = new Map<string, string>();
+  const retired = new Set<string>();
   let closed: Promise<void> | undefined;
+
+  /** Closes a retired engine once nothing holds it (a job on the old bundle finishes on it first). */
+  function closeIfRetiredAndIdle(key: string): void {
+    if (!retired.has(key) || (holders.get(key) ?? 0) > 0) return;
+    const p = engines.get(key);
+    retired.delete(key);
+    engines.delete(key);
+    void p?.then((e) => e.close()).catch(() => undefined);
+  }
 
   const sharedPool = (): EnginePool =>
     (pool ??= new EnginePool({
@@ -263,6 +283,39 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     }
     return p;
   };
+
+  /** The engine for `name` and its key; `hold` counts a holder before anything can retire it. */
+  async function openNamed(name: string, hold = false): Promise<{ key: string; engine: ClipEngine }> {
+    if (closed) throw new EngineError('aborted', 'model registry is closed');
+    let key: string;
+    let dir: string;
+    if (Object.hasOwn(bundles, name) || !store) {
+      key = name;
+      dir = engines.has(name) ? '' : registry.resolve(name);
+    } else {
+      // store models: one engine per bundle content (a --force push is picked up after the index TTL)
+      dir = await registry.locate(name);
+      if (closed) throw new EngineError('aborted', 'model registry is closed');
+      key = `store:${dir}`;
+      const before = currentKey.get(name);
+      currentKey.set(name, key);
+      retired.delete(key); // back to a bundle it served before, whose engine may not be closed yet
+      if (before !== undefined && before !== key && ![...currentKey.values()].includes(before)) {
+        retired.add(before);
+        closeIfRetiredAndIdle(before);
+      }
+    }
+    if (hold) holders.set(key, (holders.get(key) ?? 0) + 1);
+    try {
+      return { key, engine: await (engines.get(key) ?? openEngine(key, dir)) };
+    } catch (error) {
+      if (hold) {
+        holders.set(key, (holders.get(key) ?? 1) - 1);
+        if (holders.get(key)! <= 0) holders.delete(key);
+      }
+      throw error;
+    }
+  }
 
   const registry: ModelRegistry = {
     list: () =>
@@ -321,23 +374,21 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
       return registry.list();
     },
     engine(name) {
-      if (closed) return Promise.reject(new EngineError('aborted', 'model registry is closed'));
-      if (Object.hasOwn(bundles, name) || !store) {
-        const existing = engines.get(name);
-        if (existing) return existing;
-        let dir: string;
-        try {
-          dir = registry.resolve(name);
-        } catch (e) {
-          return Promise.reject(e);
-        }
-        return openEngine(name, dir);
-      }
-      // store models: one engine per bundle content (a --force push is picked up after the index TTL)
-      return registry.locate(name).then((dir) => {
-        if (closed) throw new EngineError('aborted', 'model registry is closed');
-        return openEngine(`store:${dir}`, dir);
-      });
+      return openNamed(name).then((o) => o.engine);
+    },
+    async use(name) {
+      const { key, engine } = await openNamed(name, true);
+      let released = false;
+      return {
+        engine,
+        done() {
+          if (released) return;
+          released = true;
+          holders.set(key, (holders.get(key) ?? 1) - 1);
+          if (holders.get(key)! <= 0) holders.delete(key);
+          closeIfRetiredAndIdle(key);
+        },
+      };
     },
     close() {
       closed ??= (async () => {

@@ -5,9 +5,9 @@ import { EngineError } from './errors.ts';
 import { type ModelBundle, loadBundle, weightLookup } from './clip/bundle.ts';
 import { type TowerSource, imageEmbedGraph, textEmbedGraph } from './clip/graphs.ts';
 import { TextTokenizer } from './clip/tokenizer.ts';
-import { mkdtempSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { encodeModel, writeModelFile } from './onnx/codec.ts';
 import type { ModelIR, TensorData } from './onnx/ir.ts';
 import { EnginePool, type EngineHandle } from './runtime/pool.ts';
@@ -118,7 +118,16 @@ export class ClipEngine {
     const full = this.fullKey(key);
     let h = this.handles.get(full);
     if (!h) {
-      h = Promise.resolve().then(async () => this.pool.load(full, await serializeForLoad(build(), full, this.inlineLimit), sessionOptions));
+      h = Promise.resolve().then(async () => {
+        const model = await serializeForLoad(build(), full, this.inlineLimit);
+        try {
+          return await this.pool.load(full, model, sessionOptions);
+        } finally {
+          // A large graph went through a temporary .onnx + .onnx.data pair: loaded (or failed), it
+          // is not needed again, and an evicted graph's recompile writes a new one.
+          if (typeof model === 'string') rmSync(dirname(model), { recursive: true, force: true });
+        }
+      });
       this.handles.set(full, h);
       h.catch(() => this.handles.delete(full));
     }
@@ -314,10 +323,18 @@ export class ClipEngine {
     return normalizeRows((out.image_features.data as Float32Array).slice(0, n * this.embedDim), this.embedDim);
   }
 
+  /**
+   * Releases this engine's sessions: the whole pool when the engine owns it, otherwise its own graphs
+   * in the shared pool (a registry closing a superseded engine must get its memory back). Idempotent.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.ownsPool) await this.pool.close();
+    if (this.ownsPool) return this.pool.close();
+    const keys = [...this.handles.keys()];
+    this.handles.clear();
+    this.leasedOrder.length = 0;
+    await Promise.all(keys.map((k) => this.pool.unload(k).catch(() => undefined)));
   }
 }
 

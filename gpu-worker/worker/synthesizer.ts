@@ -139,37 +139,43 @@ export function clipScore(scores: PromptScore[]): number {
 export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synthesizer {
   return {
     async run(job, { signal, onProgress, screenTexts } = {}) {
-      const engine = await options.models.engine(job.spec.model);
-      const init = await resolveInit(job, options.blobs);
-      const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps).map((r) => (screenTexts?.length ? { ...r, screenTexts } : r));
-      const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
-      const totalSteps = perImage * requests.length;
-      const outcome: SynthesisOutcome = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
-      for (let i = 0; i < requests.length; i++) {
-        if (signal?.aborted) {
-          outcome.aborted = true;
-          break;
+      // Held for the run: a --force push of the model meanwhile closes the old engine only after it.
+      const held = await options.models.use(job.spec.model);
+      try {
+        const engine = held.engine;
+        const init = await resolveInit(job, options.blobs);
+        const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps).map((r) => (screenTexts?.length ? { ...r, screenTexts } : r));
+        const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
+        const totalSteps = perImage * requests.length;
+        const outcome: SynthesisOutcome = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
+        for (let i = 0; i < requests.length; i++) {
+          if (signal?.aborted) {
+            outcome.aborted = true;
+            break;
+          }
+          const res = await synthesize(engine, requests[i], {
+            signal,
+            onProgress: (p) => onProgress?.({ step: outcome.stepsDone + p.step, total: totalSteps, image: i }),
+          });
+          outcome.warnings ??= res.warnings; // the same prompts for every image
+          outcome.stepsDone += res.stepsDone;
+          outcome.encoderPasses += res.usage.encoderPasses;
+          outcome.timingsMs.total += res.usage.timingsMs.total;
+          outcome.timingsMs.sessionRun += res.usage.timingsMs.sessionRun;
+          outcome.timingsMs.optimize += res.usage.timingsMs.optimize;
+          if (res.aborted) {
+            outcome.aborted = true;
+            break;
+          }
+          outcome.images.push({
+            index: i, seed: requests[i].seed, png: res.png, width: res.width, height: res.height,
+            clipScore: clipScore(res.scores), scores: res.scores, screenCosines: res.screenCosines, frames: res.frames, stepsDone: res.stepsDone,
+          });
         }
-        const res = await synthesize(engine, requests[i], {
-          signal,
-          onProgress: (p) => onProgress?.({ step: outcome.stepsDone + p.step, total: totalSteps, image: i }),
-        });
-        outcome.warnings ??= res.warnings; // the same prompts for every image
-        outcome.stepsDone += res.stepsDone;
-        outcome.encoderPasses += res.usage.encoderPasses;
-        outcome.timingsMs.total += res.usage.timingsMs.total;
-        outcome.timingsMs.sessionRun += res.usage.timingsMs.sessionRun;
-        outcome.timingsMs.optimize += res.usage.timingsMs.optimize;
-        if (res.aborted) {
-          outcome.aborted = true;
-          break;
-        }
-        outcome.images.push({
-          index: i, seed: requests[i].seed, png: res.png, width: res.width, height: res.height,
-          clipScore: clipScore(res.scores), scores: res.scores, screenCosines: res.screenCosines, frames: res.frames, stepsDone: res.stepsDone,
-        });
+        return outcome;
+      } finally {
+        held.done();
       }
-      return outcome;
     },
   };
 }

@@ -11,6 +11,7 @@ import { modelsFromBucket, modelsFromDir } from '../../functions/deps/models.ts'
 import { runList, runPush } from '../../cli/models.ts';
 import { startWorker } from '../../gpu-worker/main.ts';
 import { createModelRegistry } from '../../gpu-worker/models.ts';
+import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
 import { S3BlobStore } from '../../shared/adapters/aws/s3-blobstore.ts';
 import { LocalBlobStore, LocalJobQueue } from '../../shared/adapters/local/index.ts';
 import { parseConfig } from '../../shared/config.ts';
@@ -82,6 +83,13 @@ class CountingBlobs implements BlobStore {
   replaceIfMatch = (key: string, body: Uint8Array, etag: string, o?: { contentType?: string }) => this.inner.replaceIfMatch(key, body, etag, o);
   signedGetUrl = (key: string, s: number) => this.inner.signedGetUrl(key, s);
   signedPutUrl: BlobStore['signedPutUrl'] = (key, o) => this.inner.signedPutUrl(key, o);
+}
+
+async function waitUntil(ok: () => boolean, ms = 5000): Promise<void> {
+  for (const end = Date.now() + ms; !ok(); ) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 const tmp = (label: string) => mkdtempSync(join(tmpdir(), `clipag-${label}-`));
@@ -419,6 +427,34 @@ describe('model store in local mode', () => {
       expect(await reg.locate('swapped')).toMatch(new RegExp(`${second.contentHash}$`));
     } finally {
       await reg.close();
+    }
+  });
+
+  it('a --force push retires the old bundle\'s engine: a job holding it finishes on it, then its sessions are released', async () => {
+    const blobs = localBlobs();
+    await new ModelStore(blobs).push(bundle('retiring'), 'retiring');
+    const pool = new EnginePool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
+    const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir: tmp('retire-cache'), pool, indexTtlMs: 0 });
+    try {
+      const first = await reg.use('retiring');
+      await first.engine.embedText(['a red circle']);
+      const oldKeys = first.engine.loadedGraphs;
+      expect(oldKeys.length).toBeGreaterThan(0);
+      await new ModelStore(blobs).push(bundle('retiring', { variant: 'gelu' }), 'retiring', { force: true });
+      const second = await reg.use('retiring');
+      expect(second.engine).not.toBe(first.engine);
+      // Still held: the old engine keeps running its job.
+      expect((await first.engine.embedText(['a blue star'])).unit.length).toBeGreaterThan(0);
+      first.done();
+      await waitUntil(() => oldKeys.every((k) => !pool.loadedKeys.includes(k)));
+      await expect(first.engine.embedText(['a green ring'])).rejects.toMatchObject({ code: 'aborted' });
+      // The new bundle's engine is the current one, and serves.
+      expect((await second.engine.embedText(['a red circle'])).unit.length).toBeGreaterThan(0);
+      second.done();
+      expect(await reg.engine('retiring')).toBe(second.engine);
+    } finally {
+      await reg.close();
+      await pool.close();
     }
   });
 

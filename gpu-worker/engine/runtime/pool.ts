@@ -92,6 +92,11 @@ export class EnginePool {
     }
   }
 
+  /** The keys loaded (or loading) now. */
+  get loadedKeys(): string[] {
+    return [...this.handles.keys()];
+  }
+
   get size(): number {
     return this.workers.length;
   }
