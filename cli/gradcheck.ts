@@ -10,8 +10,9 @@ export const summary = 'check a model\'s pixel gradient against finite differenc
 export const usage = `usage: clipag gradcheck [--model DIR] [--dtype float64|float32 (default float64; float32 for foreign ONNX towers)] [--batch N] [--directions N] [--seed S] [--json]
 
 Compiles the model's image tower with its backward pass, then compares ∇L·d with the central
-difference (L(x+hd) − L(x−hd))/2h along random directions d. Prints the relative error per
-direction; exits 1 when the largest exceeds the tolerance (1e-6 in float64, 2e-2 in float32).`;
+difference (L(x+hd) − L(x−hd))/2h along random directions d (default 4): alternately one blended
+with the gradient and one of ±1 on 64 random pixels. Prints the error per direction, relative to
+|∇L·d| (or √Σ(∇L_i·d_i)², where larger); exits 1 when the largest exceeds the tolerance (1e-6 in float64, 2e-2 in float32).`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -32,7 +33,7 @@ export async function run(argv: string[]): Promise<number> {
     // float64 graphs must skip ORT's QuickGelu fusion, which only has a float kernel.
     const handle = await engine.graph(`gradcheck:${dtype}:b${batch}`, () => imageGradientGraph(src, batch, dtype), { graphOptimizationLevel: dtype === 'float64' ? 'basic' : 'all' });
     const res = await gradcheck(handle, { batch, resolution: engine.imageSize, embedDim: engine.embedDim }, {
-      dtype, directions: intArg(values.directions, 'directions', 3, 1, 100), seed: intArg(values.seed, 'seed', 1234, 0, 2 ** 32 - 1),
+      dtype, directions: intArg(values.directions, 'directions', 4, 1, 100), seed: intArg(values.seed, 'seed', 1234, 0, 2 ** 32 - 1),
     });
     if (values.json) console.log(JSON.stringify({ model: engine.name, ...res }));
     else {

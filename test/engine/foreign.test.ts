@@ -57,7 +57,7 @@ describe('a bundle with a foreign image tower', () => {
     console.log = (...a: unknown[]) => lines.push(a.join(' '));
     let code: number;
     try {
-      code = await main(['gradcheck', '--model', dir, '--json', '--directions', '3']);
+      code = await main(['gradcheck', '--model', dir, '--json', '--directions', '6']);
     } finally {
       console.log = log;
     }

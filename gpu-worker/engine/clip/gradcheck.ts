@@ -27,6 +27,9 @@ export interface GradcheckResult {
 }
 
 
+/** Pixels a sparse test direction touches. */
+const SPARSE_PIXELS = 64;
+
 /**
  * `handle` runs an image-gradient graph (inputs pixels [B,3,R,R], targets [B,E], weights [B];
  * outputs cosine [B], grad_pixels) such as `imageGradientGraph`.
@@ -65,26 +68,39 @@ export async function gradcheck(handle: EngineHandle, shape: { batch: number; re
   const h = opts.step ?? (dtype === 'float64' ? 1e-3 : 3e-2);
   const tolerance = dtype === 'float64' ? 1e-6 : 2e-2;
   const out: GradcheckResult['directions'] = [];
-  for (let k = 0; k < (opts.directions ?? 3); k++) {
-    // Half random, half along the analytic gradient: a purely random direction in ~10⁵ dimensions is
-    // nearly orthogonal to the gradient, so the derivative would drown in rounding. A wrong gradient still
-    // shows: the true derivative along ĝ differs from |ĝ| unless ĝ is right.
-    const d = new Arr(n).map(() => rand() - 0.5);
-    let rn = 0, gn = 0;
-    for (let i = 0; i < n; i++) {
-      rn += d[i] * d[i];
-      gn += g[i] * g[i];
+  let gn = 0;
+  for (let i = 0; i < n; i++) gn += g[i] * g[i];
+  gn = Math.sqrt(gn) || 1;
+  for (let k = 0; k < (opts.directions ?? 4); k++) {
+    const d = new Arr(n);
+    if (k % 2 === 0) {
+      // Half random, half along the analytic gradient: a dense random direction in ~10⁵ dimensions is
+      // nearly orthogonal to the gradient, so its derivative would drown in rounding. The true
+      // derivative along ĝ differs from |ĝ| unless ĝ is right, but only to second order in an error
+      // orthogonal to the gradient (a 25 % one moves it by about 3 %): hence the other kind below.
+      let rn = 0;
+      for (let i = 0; i < n; i++) rn += (d[i] = rand() - 0.5) ** 2;
+      rn = Math.sqrt(rn) || 1;
+      for (let i = 0; i < n; i++) d[i] = d[i] / rn + g[i] / gn;
+    } else {
+      // Sparse: ±1 on a few random pixels. Each pixel's gradient is tested on its own, so an error
+      // in any direction shows at first order.
+      for (let j = 0; j < Math.min(SPARSE_PIXELS, n); j++) d[Math.floor(rand() * n)] = rand() < 0.5 ? -1 : 1;
     }
-    rn = Math.sqrt(rn) || 1;
-    gn = Math.sqrt(gn) || 1;
     let norm = 0;
-    for (let i = 0; i < n; i++) {
-      d[i] = d[i] / rn + g[i] / gn;
-      norm += d[i] * d[i];
-    }
-    norm = Math.sqrt(norm);
+    for (let i = 0; i < n; i++) norm += d[i] * d[i];
+    norm = Math.sqrt(norm) || 1;
+    // The error is measured against |∇L·d|, or the root of Σ(gᵢdᵢ)² where that is larger: the
+    // terms of a sparse direction have random signs, so |∇L·d| can cancel to almost nothing, while an
+    // error of the same relative size per pixel sums to about that root.
     let analytic = 0;
-    for (let i = 0; i < n; i++) analytic += g[i] * (d[i] /= norm);
+    let scale = 0;
+    for (let i = 0; i < n; i++) {
+      d[i] /= norm;
+      analytic += g[i] * d[i];
+      scale += (g[i] * d[i]) ** 2;
+    }
+    scale = Math.sqrt(scale);
     const plus = new Arr(n), minus = new Arr(n);
     for (let i = 0; i < n; i++) {
       plus[i] = x[i] + h * d[i];
@@ -93,7 +109,7 @@ export async function gradcheck(handle: EngineHandle, shape: { batch: number; re
     const lp = objective((await handle.run(feeds(plus), ['cosine'])).cosine.data as Float64Array);
     const lm = objective((await handle.run(feeds(minus), ['cosine'])).cosine.data as Float64Array);
     const numeric = (lp - lm) / (2 * h);
-    const relError = Math.abs(analytic - numeric) / Math.max(Math.abs(analytic), Math.abs(numeric), 1e-12);
+    const relError = Math.abs(analytic - numeric) / Math.max(scale, Math.abs(numeric), 1e-12);
     out.push({ analytic, numeric, relError });
   }
   const maxRelError = Math.max(...out.map((o) => o.relError));
