@@ -276,10 +276,13 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   // ---- initialization ----
   const tInit = performance.now();
   const first = schedule[0];
-  let image = await initialImage(engine, req, first, r, initRng, textUnit, promptWeights, E, () => (encoderPasses += 1));
+  let image = await initialImage(engine, req, first, r, initRng, textUnit, promptWeights, E, () => (encoderPasses += 1), opts.signal);
   const contentTarget = req.init?.kind === 'image' && req.contentWeight ? req.init.image : undefined;
   timings.init = performance.now() - tInit;
-  const initialScores = (await scoreImage(image)).scores;
+  // An abort (a cancel, a drain, the time limit) is honoured between every pass, not only between
+  // steps: the start search alone is 63 encoder batches, tens of seconds on a CPU at ViT-B/32.
+  const unscored = () => ({ scores: req.prompts.map((p) => ({ text: p.text, weight: p.weight, cosine: Number.NaN })), screenCosines: [] as Array<number | null> });
+  const initialScores = opts.signal?.aborted ? unscored().scores : (await scoreImage(image)).scores;
   const initialCopy = opts.keepInitial ? cloneImage(image) : undefined;
 
   const V = r.globalViews + r.patchViews;
@@ -291,7 +294,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   const frames: { step: number; png: Uint8Array }[] = [];
   let best = { loss: Infinity, step: -1, image: cloneImage(image) };
   let stepsDone = 0;
-  let aborted = false;
+  let aborted = opts.signal?.aborted ?? false;
   const tOpt = performance.now();
 
   // An init image keeps its detail through the coarse-to-fine stages: each finer stage adds back
@@ -301,6 +304,10 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   let initAtStage = initImage ? resizeCover(initImage.image, first.width, first.height) : undefined;
 
   for (let si = 0; si < schedule.length && !aborted; si++) {
+    if (opts.signal?.aborted) {
+      aborted = true; // before compiling the next stage's graph
+      break;
+    }
     const stage = schedule[si];
     if (image.width !== stage.width || image.height !== stage.height) {
       image = resizeBilinear(image, stage.width, stage.height);
@@ -395,7 +402,8 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   if (finalImage.width !== req.width || finalImage.height !== req.height) finalImage = resizeBilinear(finalImage, req.width, req.height);
 
   const ts = performance.now();
-  const { scores, screenCosines } = await scoreImage(finalImage, screenUnits);
+  // An aborted run's image is thrown away: it is not scored.
+  const { scores, screenCosines } = aborted ? unscored() : await scoreImage(finalImage, screenUnits);
   timings.score = performance.now() - ts;
   const te = performance.now();
   const png = encodePng(finalImage);
@@ -513,6 +521,7 @@ function drawAugmentation(rng: Rng, r: Recipe, plan: ViewPlan, targets: Float32A
 
 async function initialImage(
   engine: ClipEngine, req: SynthRequest, stage: Stage, r: Recipe, rng: Rng, textUnit: Float32Array, promptWeights: number[], E: number, countPass: () => void,
+  signal?: AbortSignal,
 ): Promise<PlanarImage> {
   const init = req.init ?? { kind: 'gmm' };
   const { width: W, height: H } = stage;
@@ -541,7 +550,7 @@ async function initialImage(
       let bestScore = -Infinity;
       let bestIdx = 0;
       const px = new Float32Array(B * 3 * S * S);
-      for (let start = 0; start < n; start += B) {
+      for (let start = 0; start < n && !(start > 0 && signal?.aborted); start += B) {
         const m = Math.min(B, n - start);
         for (let i = 0; i < m; i++) {
           const small = { width: res, height: res, data: samples.subarray((start + i) * 3 * res * res, (start + i + 1) * 3 * res * res) };

@@ -117,6 +117,26 @@ describe('synthesis on the tiny model', () => {
     expect(decodeImage(res.png).width).toBe(32);
   });
 
+  it('abort is honoured during the start search too: no more encoder batches, no step, no scoring', async () => {
+    const ac = new AbortController();
+    let batches = 0;
+    const watched = new Proxy(engine, {
+      get: (t, p, r) =>
+        p === 'embedPixels'
+          ? async (...args: Parameters<ClipEngine['embedPixels']>) => {
+              batches++;
+              const out = await t.embedPixels(...args);
+              ac.abort(); // a cancel arrives during the first batch
+              return out;
+            }
+          : Reflect.get(t, p, r),
+    });
+    const res = await synthesize(watched, { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 32, height: 32, seed: 1, init: { kind: 'gmm', priorPath: PRIOR }, recipe: { steps: 50, ...FAST, initSamples: 640 } }, { signal: ac.signal });
+    expect(res).toMatchObject({ aborted: true, stepsDone: 0 });
+    expect(batches).toBe(1); // of the 40 the search would take
+    expect(res.usage.encoderPasses).toBe(16);
+  });
+
   it('init image with strength keeps content (strength 0 starts from the image)', async () => {
     const red = solidImage(32, 32, [0.9, 0.1, 0.1]);
     const req = { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 32, height: 32, seed: 1, init: { kind: 'image' as const, image: red, strength: 0 }, contentWeight: 50, recipe: { steps: 5, ...FAST } };
