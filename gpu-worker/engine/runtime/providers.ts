@@ -61,7 +61,11 @@ export function providersFor(device: Device, backends: readonly BackendInfo[], c
       if (!cuda.bundled && !cudaLibPresent) {
         throw new EngineError('runtime_unavailable', `the CUDA execution provider is not installed: ${CUDA_INSTALL_HINT}`, { device });
       }
-      // No CPU fallback: a CUDA job silently running on the CPU would be 50x slower and misreport cost.
+      // Only CUDA is listed: if the CUDA provider cannot start, session creation fails (runtime_unavailable)
+      // instead of the whole job running on the CPU, 50x slower and misreporting cost. Single nodes
+      // without a CUDA kernel (shape plumbing; possibly an op of a foreign tower) still run on
+      // onnxruntime's implicit CPU fallback, with copies around them; our own towers' float ops all
+      // have CUDA kernels.
       return ['cuda'];
     }
     default:
