@@ -255,11 +255,12 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   try {
     // Inside the attempt: a body that cannot be built (the store cannot sign a link) is a failed
     // attempt like any other, so it backs off and ends, instead of retrying for ever.
-    const body = JSON.stringify({
-      type: `generation.${job.status}`,
-      timestamp: job.finished_at ?? now.toISOString(),
-      data: await generationView(job, deps.blobs, deps.signedUrlTtlSec, now, deps.view ?? {}),
-    });
+    let data = await generationView(job, deps.blobs, deps.signedUrlTtlSec, now, deps.view ?? {});
+    // Deleted since the claim read it (signing the links takes a moment): the event announces the
+    // deleted view, never the prompts and labels its owner has just removed (ADR 0021).
+    const latest = job.deleted_at === undefined ? await deps.jobs.get(owner, jobId) : null;
+    if (latest && latest.deleted_at !== undefined) data = await generationView(latest, deps.blobs, deps.signedUrlTtlSec, now, deps.view ?? {});
+    const body = JSON.stringify({ type: `generation.${job.status}`, timestamp: job.finished_at ?? now.toISOString(), data });
     const status = await deps.send({
       url: webhook.url,
       body,

@@ -260,6 +260,30 @@ describe('delivery', () => {
     expect((await h.jobs.get('acct_alice', owed.id))!.webhook!.url).toBe(origin);
   });
 
+  it('a DELETE that lands while an attempt signs its links: the event carries the deleted view, not the prompt', async () => {
+    const { id } = await postWithWebhook();
+    await finish(id);
+    const deps = deliveryDeps();
+    let deleted = false;
+    const blobs = new Proxy(deps.blobs, {
+      get: (t, p, r) =>
+        p === 'signedGetUrl'
+          ? async (...args: Parameters<typeof t.signedGetUrl>) => {
+              if (!deleted) {
+                deleted = true;
+                expect((await localApp().request(`/v1/generations/${id}`, { method: 'DELETE', headers: { Authorization: `Bearer ${h.alice}` } })).status).toBe(200);
+              }
+              return t.signedGetUrl(...args);
+            }
+          : Reflect.get(t, p, r),
+    });
+    expect(await deliverWebhook({ ...deps, blobs }, 'acct_alice', id)).toBe('delivered');
+    expect(deleted).toBe(true);
+    const { data } = JSON.parse(received.at(-1)!.body);
+    expect(data).toMatchObject({ id, deleted_at: expect.any(String), outputs: [] });
+    expect(JSON.stringify(data)).not.toContain('"apple"'); // the prompt
+  });
+
   it('a failed attempt backs off per the schedule; after the last one it gives up, and the view says failed', async () => {
     const { id } = await postWithWebhook();
     await finish(id, 'failed');
