@@ -143,7 +143,14 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
       const held = await options.models.use(job.spec.model);
       try {
         const engine = held.engine;
-        const init = await resolveInit(job, options.blobs);
+        let init = await resolveInit(job, options.blobs);
+        // "gmm" is the API's default start, so a model shipped without a prior would fail every
+        // request that names no init: it starts from noise instead, and the job says so.
+        const initWarnings: string[] = [];
+        if (init.kind === 'gmm' && !engine.bundle.priorPath) {
+          init = { kind: 'noise' };
+          initWarnings.push(`model ${job.spec.model} ships no GMM prior: the image started from noise (init "gmm" needs one; see clipag prior fit)`);
+        }
         const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps).map((r) => (screenTexts?.length ? { ...r, screenTexts } : r));
         const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
         const totalSteps = perImage * requests.length;
@@ -157,7 +164,7 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
             signal,
             onProgress: (p) => onProgress?.({ step: outcome.stepsDone + p.step, total: totalSteps, image: i }),
           });
-          outcome.warnings ??= res.warnings; // the same prompts for every image
+          outcome.warnings ??= [...initWarnings, ...res.warnings]; // the same prompts and start for every image
           outcome.stepsDone += res.stepsDone;
           outcome.encoderPasses += res.usage.encoderPasses;
           outcome.timingsMs.total += res.usage.timingsMs.total;

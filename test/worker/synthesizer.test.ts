@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { createModelRegistry, scanModelsDir } from '../../gpu-worker/models.ts';
-import { NEGATIVE_PROMPT_WEIGHT, clipScore, toSynthRequests } from '../../gpu-worker/worker/synthesizer.ts';
+import { NEGATIVE_PROMPT_WEIGHT, clipScore, createEngineSynthesizer, toSynthRequests } from '../../gpu-worker/worker/synthesizer.ts';
+import { makeTinyBundle } from '../helpers/bundle.ts';
 import { imageSeed } from '../../shared/schemas/generation.ts';
 import { classifyError, jobErrorOf } from '../../gpu-worker/worker/errors.ts';
 import { NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../shared/errors.ts';
@@ -52,6 +53,22 @@ describe('toSynthRequests', () => {
 
   it('clip_score is the weighted mean cosine over positive prompts', () => {
     expect(clipScore([{ text: 'a', weight: 3, cosine: 0.3 }, { text: 'b', weight: 1, cosine: 0.1 }, { text: 'n', weight: -0.5, cosine: 0.9 }])).toBeCloseTo(0.25, 12);
+  });
+});
+
+describe('the engine synthesizer', () => {
+  it('a model shipped without a GMM prior starts the default "gmm" request from noise, and the job says so', async () => {
+    const dir = makeTinyBundle('quickgelu'); // no prior
+    const models = createModelRegistry({ bundles: { bare: dir }, threads: 1 });
+    try {
+      const synth = createEngineSynthesizer({ models, blobs: undefined as never, recipeOverrides: { globalViews: 2, patchViews: 0, frameEvery: 0 } });
+      const out = await synth.run({ id: 'job1', owner: 'acct_a', spec: GenerationSpec.parse({ prompt: 'a cat', model: 'bare', width: 64, height: 64, steps: 2 }) });
+      expect(out.images).toHaveLength(1);
+      expect(out.warnings).toContainEqual(expect.stringMatching(/^model bare ships no GMM prior: the image started from noise/));
+    } finally {
+      await models.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
