@@ -66,6 +66,7 @@ export class ApiStack extends Stack {
       [ENV.queueUrl]: queue.queueUrl,
       [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
       [ENV.queueRetention]: String(config.queueRetentionDays * 24 * 3600),
+      [ENV.maxActiveJobs]: String(config.maxActiveJobsPerAccount),
       [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
       [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
       [ENV.defaultModel]: config.defaultModel,

@@ -31,6 +31,10 @@ export interface StageConfig {
   readonly visibilityTimeoutSeconds: number;
   /** How long an unclaimed job may wait in the queue. */
   readonly queueRetentionDays: number;
+  /** A job attempt's wall-clock limit (the worker's CLIPAG_JOB_TIMEOUT_SEC); with the visibility timeout ≤ 43200 s. */
+  readonly jobTimeoutSeconds: number;
+  /** Generations one account may have queued or running at once (the API's CLIPAG_MAX_ACTIVE_JOBS, ADR 0016). */
+  readonly maxActiveJobsPerAccount: number;
 
   // ---- API -----------------------------------------------------------------
   readonly apiThrottleRatePerSecond: number;
@@ -86,6 +90,8 @@ const dev: StageConfig = {
   signedUrlTtlSeconds: 3600,
   visibilityTimeoutSeconds: 300,
   queueRetentionDays: 4,
+  jobTimeoutSeconds: 3600,
+  maxActiveJobsPerAccount: 100,
   apiThrottleRatePerSecond: 10,
   apiThrottleBurst: 20,
   lambdaMemoryMiB: 512,
@@ -159,6 +165,8 @@ function validate(cfg: StageConfig): void {
       'signedUrlTtlSeconds',
       'visibilityTimeoutSeconds',
       'queueRetentionDays',
+      'jobTimeoutSeconds',
+      'maxActiveJobsPerAccount',
       'apiThrottleRatePerSecond',
       'apiThrottleBurst',
       'lambdaMemoryMiB',
@@ -186,6 +194,9 @@ function validate(cfg: StageConfig): void {
   if (!(Number.isFinite(cfg.workerHourlyUsd) && cfg.workerHourlyUsd >= 0 && cfg.workerHourlyUsd <= 1000)) problems.push('workerHourlyUsd must be a price in [0, 1000]');
   // SQS limit; the worker heartbeat keeps long jobs leased, so no need to go near it.
   if (cfg.visibilityTimeoutSeconds > 43_200) problems.push('visibilityTimeoutSeconds must be <= 43200');
+  // A received message stays hidden for at most 12 h: the run and one timeout after it must fit (ADR 0023).
+  if (cfg.jobTimeoutSeconds + cfg.visibilityTimeoutSeconds > 43_200) problems.push('jobTimeoutSeconds + visibilityTimeoutSeconds must be <= 43200 (SQS hides a message for at most 12 h)');
+  if (cfg.maxActiveJobsPerAccount > 1000) problems.push('maxActiveJobsPerAccount must be <= 1000');
   if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
   // A job can wait queueRetentionDays before a worker reads its upload; its init image should
   // outlive that when the job follows the upload closely.
@@ -239,6 +250,8 @@ export const ENV = {
   executionProvider: 'CLIPAG_EXECUTION_PROVIDER',
   /** Worker: wall-clock limit of one job attempt (shared/config.ts jobTimeoutSec; default 3600 when unset). */
   jobTimeout: 'CLIPAG_JOB_TIMEOUT_SEC',
+  /** API: generations one account may have queued or running (jobs beyond get 429). */
+  maxActiveJobs: 'CLIPAG_MAX_ACTIVE_JOBS',
   /** One worker's price per hour: `usage.cost_usd` of generations and the cost in estimates. */
   workerHourlyUsd: 'CLIPAG_WORKER_HOURLY_USD',
   /** How long the bucket keeps outputs (outputRetentionDays): views say until when their links work. */

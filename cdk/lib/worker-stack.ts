@@ -191,6 +191,7 @@ export class WorkerStack extends Stack {
         [ENV.dlqUrl]: deadLetterQueue.queueUrl,
         [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
         [ENV.maxReceiveCount]: String(MAX_RECEIVE_COUNT),
+        [ENV.jobTimeout]: String(config.jobTimeoutSeconds),
         [ENV.stopTimeout]: String(config.stopTimeoutSeconds),
         [ENV.executionProvider]: 'cuda',
         [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),

@@ -207,6 +207,7 @@ describe('ApiStack', () => {
           [ENV.workerHourlyUsd]: String(dev.workerHourlyUsd),
           [ENV.outputRetention]: String(dev.outputRetentionDays),
           [ENV.defaultModel]: dev.defaultModel,
+          [ENV.maxActiveJobs]: String(dev.maxActiveJobsPerAccount),
           // toy ships in the image: the API cannot read it, so the CDK passes its input size (models/toy/manifest.json).
           [ENV.defaultModelInputSize]: '64',
         }),
@@ -342,7 +343,7 @@ describe('WorkerStack', () => {
     expect(td.Properties.ContainerDefinitions[0].StopTimeout).toBeGreaterThanOrEqual(120);
     const names = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name).sort();
     expect(names).toEqual(
-      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.outputRetention, ENV.signedUrlTtl, ENV.region, ENV.defaultModel].sort(),
+      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.jobTimeout, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.outputRetention, ENV.signedUrlTtl, ENV.region, ENV.defaultModel].sort(),
     );
     // The model the API defaults to is the one the worker warms (ADR 0020).
     const env = td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string; Value: unknown }>;
@@ -669,5 +670,18 @@ describe('stage config', () => {
     expect(() => stageConfig('dev', { logRetentionDays: 10 })).toThrow(/logRetentionDays/);
     expect(() => stageConfig('dev', { uploadRetentionDays: 4 })).toThrow(/uploadRetentionDays must be > queueRetentionDays/);
     expect(() => stageConfig('dev', { maxInstances: 0 })).toThrow(/maxInstances/);
+    expect(() => stageConfig('dev', { jobTimeoutSeconds: 43_000 })).toThrow(/jobTimeoutSeconds \+ visibilityTimeoutSeconds must be <= 43200/);
+    expect(() => stageConfig('dev', { maxActiveJobsPerAccount: 5000 })).toThrow(/maxActiveJobsPerAccount/);
+  });
+
+  it('passes the job time limit to the workers and the active-job limit to the API (the processes\' own parser reads them)', async () => {
+    const { parseConfig } = await import('../../shared/config.ts');
+    const td = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')![1];
+    const env = Object.fromEntries((td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string; Value: unknown }>).map((e) => [e.Name, e.Value]));
+    expect(env[ENV.jobTimeout]).toBe(String(dev.jobTimeoutSeconds));
+    const fn = resources(api).find(([, r]) => r.Type === 'AWS::Lambda::Function' && r.Properties.Runtime === 'nodejs22.x')![1];
+    expect(fn.Properties.Environment.Variables[ENV.maxActiveJobs]).toBe(String(dev.maxActiveJobsPerAccount));
+    const parsed = parseConfig({ CLIPAG_MODE: 'local', [ENV.jobTimeout]: env[ENV.jobTimeout] as string, [ENV.maxActiveJobs]: fn.Properties.Environment.Variables[ENV.maxActiveJobs] });
+    expect(parsed).toMatchObject({ jobTimeoutSec: dev.jobTimeoutSeconds, maxActiveJobs: dev.maxActiveJobsPerAccount });
   });
 });
