@@ -28,6 +28,8 @@ export interface AppLimits {
   maxSteps?: number;
   /** Generations one owner may have queued or running at once, 1..1000 (default 100); the next POST is a 429. */
   maxActiveJobs?: number;
+  /** The longest `Prefer: wait` honoured, seconds (default 0: not honoured). */
+  maxWaitSec?: number;
 }
 
 export interface AppLogEntry {

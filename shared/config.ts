@@ -44,6 +44,11 @@ const Common = {
   /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
   maxActiveJobs: intIn(1, 1000, 100),
   /**
+   * The longest `Prefer: wait=N` a request may ask to be held for until its generation ends (0: the
+   * header is ignored). In AWS the CDK sets it below the API Lambda's timeout.
+   */
+  maxWaitSec: intIn(0, 900, 60),
+  /**
    * How long the store keeps a generation's images (the bucket's lifecycle rule; the CDK sets it).
    * Views then say until when the outputs exist (`outputs_expire_at`). Unset: kept (local mode).
    */
@@ -135,6 +140,7 @@ export const ENV_VARS = {
   CLIPAG_WORKER_HOURLY_USD: 'workerHourlyUsd',
   CLIPAG_OUTPUT_RETENTION_DAYS: 'outputRetentionDays',
   CLIPAG_MAX_ACTIVE_JOBS: 'maxActiveJobs',
+  CLIPAG_MAX_WAIT_SEC: 'maxWaitSec',
 } as const satisfies Record<string, string>;
 
 const FIELD_TO_ENV: Record<string, string> = Object.fromEntries(Object.entries(ENV_VARS).map(([env, field]) => [field, env]));

@@ -252,6 +252,8 @@ export const ENV = {
   jobTimeout: 'CLIPAG_JOB_TIMEOUT_SEC',
   /** API: generations one account may have queued or running (jobs beyond get 429). */
   maxActiveJobs: 'CLIPAG_MAX_ACTIVE_JOBS',
+  /** API: the longest `Prefer: wait` honoured (a few seconds under the Lambda's timeout). */
+  maxWaitSec: 'CLIPAG_MAX_WAIT_SEC',
   /** One worker's price per hour: `usage.cost_usd` of generations and the cost in estimates. */
   workerHourlyUsd: 'CLIPAG_WORKER_HOURLY_USD',
   /** How long the bucket keeps outputs (outputRetentionDays): views say until when their links work. */

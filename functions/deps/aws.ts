@@ -24,6 +24,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
       maxActiveJobs: config.maxActiveJobs,
+      maxWaitSec: config.maxWaitSec,
       ...viewOptionsFromConfig(config),
     },
   };

@@ -34,6 +34,7 @@ export async function localDeps(
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
       maxActiveJobs: config.maxActiveJobs,
+      maxWaitSec: config.maxWaitSec,
       ...viewOptionsFromConfig(config),
     },
   };

@@ -17,6 +17,19 @@ export const errors = {
   503: { ...envelope('A dependency is unavailable; retry after Retry-After seconds'), headers: retryAfter },
 } as const;
 
+/**
+ * RFC 7240's `Prefer: wait=N` (other preferences in the header are ignored): how long to hold the
+ * response for the generation to end, at most `max` seconds; null when not asked for or not allowed.
+ */
+export function preferredWaitSec(header: string | undefined, max: number): number | null {
+  if (!header || max <= 0) return null;
+  for (const part of header.split(',')) {
+    const m = /^\s*wait\s*=\s*"?(\d{1,9})"?\s*(?:;.*)?$/i.exec(part);
+    if (m) return Math.min(Number(m[1]), max);
+  }
+  return null;
+}
+
 /** A route's own 409: the codes it can answer, besides corrupt_record. */
 export function conflict(codes: string): ReturnType<typeof envelope> {
   return envelope(`Conflict: ${codes}; corrupt_record (the stored record is unreadable; retrying will not help)`);

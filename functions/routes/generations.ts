@@ -1,4 +1,5 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
+import type { Context } from 'hono';
 import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { PNG_HEADER_BYTES, readPngHeader } from '../../shared/image-header.ts';
@@ -18,7 +19,7 @@ import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
-import { conflict, SECURITY, pick } from './common.ts';
+import { conflict, preferredWaitSec, SECURITY, pick } from './common.ts';
 
 /** Generations one owner may have queued or running at once, unless the deployment says otherwise. */
 export const DEFAULT_MAX_ACTIVE_JOBS = 100;
@@ -34,7 +35,17 @@ function requeueable(job: JobRecord): boolean {
 /** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
 const CANCEL_RETRIES = 30;
 
+/** RFC 7240 `Prefer`; only `wait=N` is acted on (other preferences are ignored, as the RFC asks). */
+const Prefer = z.string().max(2000).optional().openapi({
+  param: { name: 'Prefer', in: 'header' },
+  example: 'wait=10',
+  description:
+    'wait=N (RFC 7240): hold the response up to N seconds for the generation to end, so a short job answers with its outputs without polling. The deployment caps N (the Preference-Applied response header says what was applied); the body is the generation as it stands when the wait ends.',
+});
+const preferenceApplied = { 'Preference-Applied': { description: 'wait=N when a Prefer: wait was honoured, with the N applied', schema: { type: 'string' as const } } };
+
 const jobHeaders = z.object({
+  Prefer,
   'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY_PATTERN, 'must be 1..255 printable ASCII characters').optional().openapi({
     param: { name: 'Idempotency-Key', in: 'header' },
     description: 'Same key and body → the same job (200); same key, other body → 409',
@@ -52,8 +63,8 @@ const createGeneration = createRoute({
   },
   responses: {
     202: {
-      description: 'Queued; poll the Location',
-      headers: { Location: { schema: { type: 'string' } } },
+      description: 'Queued; poll the Location (with Prefer: wait, the generation as it stands when the wait ends: possibly finished)',
+      headers: { Location: { schema: { type: 'string' } }, ...preferenceApplied },
       content: { 'application/json': { schema: GenerationView } },
     },
     200: {
@@ -61,6 +72,7 @@ const createGeneration = createRoute({
       headers: {
         Location: { schema: { type: 'string' } },
         'Idempotent-Replayed': { description: 'Always "true" on a replay', schema: { type: 'string', enum: ['true'] } },
+        ...preferenceApplied,
       },
       content: { 'application/json': { schema: GenerationView } },
     },
@@ -104,7 +116,17 @@ function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, 
   });
 }
 
-const getGeneration = generationRoute('get', '/v1/generations/{id}', { summary: 'A generation: status, progress, signed output URLs, usage', ok: 'The generation' }, GenerationView);
+const getGeneration = createRoute({
+  method: 'get',
+  path: '/v1/generations/{id}',
+  summary: 'A generation: status, progress, signed output URLs, usage',
+  security: SECURITY,
+  request: { params: IdParam, headers: z.object({ Prefer }) },
+  responses: {
+    200: { description: 'The generation', headers: preferenceApplied, content: { 'application/json': { schema: GenerationView } } },
+    ...pick(400, 401, 404, 409, 503),
+  },
+});
 
 const listFrames = generationRoute(
   'get',
@@ -282,6 +304,28 @@ export function registerGenerationRoutes(
   }
 
   /**
+   * With `Prefer: wait=N`, the job as it stands once it has ended or N seconds have passed (capped by
+   * the deployment, and said in Preference-Applied); otherwise the job as given. The record is read
+   * every 250 ms at first, then every second. A read that fails ends the wait with what was last read:
+   * the caller can still poll.
+   */
+  async function heldUntilEnded(c: Context<AppEnv>, job: JobRecord): Promise<JobRecord> {
+    const waitSec = preferredWaitSec(c.req.header('Prefer'), limits.maxWaitSec ?? 0);
+    if (waitSec === null) return job;
+    c.header('Preference-Applied', `wait=${waitSec}`);
+    const until = Date.now() + waitSec * 1000;
+    const signal = c.req.raw.signal;
+    let latest = job;
+    for (let pause = 250; !isTerminal(latest.status) && Date.now() < until && !signal?.aborted; pause = Math.min(1000, pause * 2)) {
+      await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, until - Date.now()))));
+      const again = await jobs.get(latest.owner, latest.id).catch(() => null);
+      if (!again) break;
+      latest = again;
+    }
+    return latest;
+  }
+
+  /**
    * A caller's change to one of its generations: a versioned read-modify-write, so a concurrent
    * progress write makes it re-read and re-apply. Another owner's id is a 404; a job so busy that every
    * try lost its race is a 503 `busy` (nothing was written; the caller can simply retry).
@@ -333,7 +377,7 @@ export function registerGenerationRoutes(
         const job = (await resendIfLongQueued(queuedJobDeps, earlier)).job;
         c.header('Location', `/v1/generations/${job.id}`);
         c.header('Idempotent-Replayed', 'true');
-        return c.json(await createdView(job), 200);
+        return c.json(await createdView(await heldUntilEnded(c, job)), 200);
       }
       if (idempotencyKey !== undefined) {
         const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
@@ -366,7 +410,7 @@ export function registerGenerationRoutes(
           }
           c.header('Location', `/v1/generations/${job.id}`);
           c.header('Idempotent-Replayed', 'true');
-          return c.json(await createdView(job), 200);
+          return c.json(await createdView(await heldUntilEnded(c, job)), 200);
         }
         jobId = claim.jobId;
       }
@@ -390,7 +434,7 @@ export function registerGenerationRoutes(
       }
       await enqueue(job);
       c.header('Location', `/v1/generations/${job.id}`);
-      return c.json(await createdView(job), 202);
+      return c.json(await createdView(await heldUntilEnded(c, job)), 202);
     } catch (error) {
       // The replay's re-queue or re-send, or the create's read-back, lost every race for the record:
       // nothing was decided, and the same request (same Idempotency-Key) may simply be retried.
@@ -460,8 +504,9 @@ export function registerGenerationRoutes(
 
   app.openapi(getGeneration, async (c) => {
     const { id } = c.req.valid('param');
-    const job = await jobs.get(c.get('owner'), id);
+    let job = await jobs.get(c.get('owner'), id);
     if (!job) throw new NotFoundError(`no generation ${id}`);
+    job = await heldUntilEnded(c, job);
     return c.json(await view(job), 200);
   });
 

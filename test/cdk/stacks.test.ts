@@ -208,6 +208,7 @@ describe('ApiStack', () => {
           [ENV.outputRetention]: String(dev.outputRetentionDays),
           [ENV.defaultModel]: dev.defaultModel,
           [ENV.maxActiveJobs]: String(dev.maxActiveJobsPerAccount),
+          [ENV.maxWaitSec]: String(dev.lambdaTimeoutSeconds - 3), // Prefer: wait answers before the Lambda times out
           // toy ships in the image: the API cannot read it, so the CDK passes its input size (models/toy/manifest.json).
           [ENV.defaultModelInputSize]: '64',
         }),

@@ -122,13 +122,15 @@ describe('local mode end to end', () => {
     const grant = (await up.json()) as any;
     const put = await fetch(grant.url, { method: 'PUT', headers: grant.headers, body: png });
     expect(put.status).toBe(200);
+    // Prefer: wait: the POST itself answers with the finished generation (no polling).
     const post = await fetch(`${h.url}/v1/generations`, {
       method: 'POST',
-      headers: { ...auth(h), 'content-type': 'application/json' },
+      headers: { ...auth(h), 'content-type': 'application/json', prefer: 'wait=60' },
       body: JSON.stringify({ prompt: 'a photo of a cat', width: 64, height: 64, seed: 1, init: `upload:${grant.upload_id}`, strength: 0.2 }),
     });
     expect(post.status).toBe(202);
-    const job = await waitFor(h, ((await post.json()) as any).id, (j) => ['succeeded', 'failed'].includes(j.status));
+    expect(post.headers.get('preference-applied')).toBe('wait=60');
+    const job = (await post.json()) as any;
     expect(job.status).toBe('succeeded');
     const out = decodeImage(new Uint8Array(await (await fetch(job.outputs[0].url)).arrayBuffer()));
     const mean = (c: number) => out.data.subarray(c * 4096, (c + 1) * 4096).reduce((a, b) => a + b, 0) / 4096;

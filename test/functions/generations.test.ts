@@ -221,6 +221,60 @@ describe('a POST whose record write keeps losing its races', () => {
   });
 });
 
+describe('Prefer: wait', () => {
+  const waitingApp = () => createApp({ ...h.deps, limits: { ...h.deps.limits, maxWaitSec: 3 } });
+  const call = (app: ReturnType<typeof createApp>, path: string, init: { method?: string; body?: unknown; prefer?: string } = {}) =>
+    app.request(path, {
+      method: init.method ?? 'GET',
+      headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', ...(init.prefer ? { Prefer: init.prefer } : {}) },
+      ...(init.body ? { body: JSON.stringify(init.body) } : {}),
+    });
+  const finishSoon = (id: string, ms: number) =>
+    setTimeout(() => void h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), progress: { step: cur.progress.total, total: cur.progress.total } })), ms);
+
+  it('POST and GET hold the response until the generation ends (within the wait), and say what they applied', async () => {
+    const app = waitingApp();
+    const t0 = Date.now();
+    const created = call(app, '/v1/generations', { method: 'POST', body: { prompt: 'apple' }, prefer: 'respond-async, wait=3' });
+    // The job exists once the POST has written it: finish it shortly after.
+    const id = await (async () => {
+      for (;;) {
+        const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+        if (job) return job.id;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    finishSoon(id, 300);
+    const res = await created;
+    expect(res.status).toBe(202);
+    expect(res.headers.get('Preference-Applied')).toBe('wait=3');
+    expect(((await res.json()) as { status: string }).status).toBe('succeeded');
+    expect(Date.now() - t0).toBeLessThan(2500);
+    const got = await call(app, `/v1/generations/${id}`, { prefer: 'wait=3' });
+    expect(((await got.json()) as { status: string }).status).toBe('succeeded'); // already ended: at once
+  });
+
+  it('a generation that does not end within the wait is answered as it stands; the wait is capped; other preferences and no header change nothing', async () => {
+    const app = waitingApp();
+    const { id } = (await (await call(app, '/v1/generations', { method: 'POST', body: { prompt: 'apple' } })).json()) as { id: string };
+    const t0 = Date.now();
+    const res = await call(app, `/v1/generations/${id}`, { prefer: 'wait=1' });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    expect(res.headers.get('Preference-Applied')).toBe('wait=1');
+    expect(((await res.json()) as { status: string }).status).toBe('queued');
+    finishSoon(id, 200);
+    const capped = await call(app, `/v1/generations/${id}`, { prefer: 'wait=600' });
+    expect(capped.headers.get('Preference-Applied')).toBe('wait=3');
+    for (const prefer of ['respond-async', 'wait=soon', undefined]) {
+      const plain = await call(app, `/v1/generations/${id}`, prefer ? { prefer } : {});
+      expect(plain.headers.get('Preference-Applied'), String(prefer)).toBeNull();
+    }
+    // A deployment that allows no wait (the default) ignores it.
+    const none = await call(h.app, `/v1/generations/${id}`, { prefer: 'wait=3' });
+    expect(none.headers.get('Preference-Applied')).toBeNull();
+  });
+});
+
 describe('cancel', () => {
   it('queued → canceled at once; idempotent', async () => {
     const { id } = (await (await post({ prompt: 'apple' })).json()) as { id: string };

@@ -108,7 +108,7 @@ describe('GET /openapi.json', () => {
     // The headers a client's retry logic needs are in the document, so generated SDKs keep them.
     const post = doc.paths['/v1/generations'].post.responses as Record<string, { headers?: Record<string, unknown> }>;
     expect([Object.keys(post['200']!.headers!), Object.keys(post['202']!.headers!), Object.keys(post['429']!.headers!), Object.keys(post['503']!.headers!)]).toEqual([
-      ['Location', 'Idempotent-Replayed'], ['Location'], ['Retry-After'], ['Retry-After'],
+      ['Location', 'Idempotent-Replayed', 'Preference-Applied'], ['Location', 'Preference-Applied'], ['Retry-After'], ['Retry-After'],
     ]);
     for (const [path, ops] of Object.entries(doc.paths)) {
       if (path === '/healthz') continue;
