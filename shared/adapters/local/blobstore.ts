@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
@@ -192,17 +192,22 @@ export class LocalBlobStore implements BlobStore {
     return this.readObject(key);
   }
 
-  async readStart(key: string, bytes: number): Promise<Uint8Array | null> {
-    assertValidKey(key);
-    assertReadLength(bytes);
-    let handle;
+  /** The object's file, open for reading; null when there is none. */
+  private async openObject(key: string): Promise<FileHandle | null> {
     try {
-      handle = await open(this.objectPath(key), 'r');
+      return await open(this.objectPath(key), 'r');
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return null;
       throw error;
     }
+  }
+
+  async readStart(key: string, bytes: number): Promise<Uint8Array | null> {
+    assertValidKey(key);
+    assertReadLength(bytes);
+    const handle = await this.openObject(key);
+    if (!handle) return null;
     try {
       if (!(await handle.stat()).isFile()) return null;
       const buf = new Uint8Array(bytes);
@@ -226,14 +231,8 @@ export class LocalBlobStore implements BlobStore {
    */
   async head(key: string): Promise<BlobMeta | null> {
     assertValidKey(key);
-    let handle;
-    try {
-      handle = await open(this.objectPath(key), 'r');
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return null;
-      throw error;
-    }
+    const handle = await this.openObject(key);
+    if (!handle) return null;
     try {
       const st = await handle.stat();
       if (!st.isFile()) return null;
