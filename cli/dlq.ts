@@ -16,10 +16,12 @@ export const usage = `usage: clipag dlq list [--json] [--max N]
 
   list     each dead letter: message id, when it was first sent, deliveries, the job it names
            (owner/id) with the job's status and error code, or why the message is malformed
-  purge    deletes the dead letters whose job has ended (or no longer exists) and the malformed
-           ones, which re-arms the DLQ depth alarm. A dead letter whose job has not ended yet is
-           kept: the worker's dead-letter sweep marks that job failed within a minute. Without
-           --yes it only says what it would delete.
+  purge    deletes the dead letters whose job has ended (or no longer exists), the malformed ones,
+           and those whose job record is corrupt (the API answers 409 corrupt_record for it; no
+           message can help), which re-arms the DLQ depth alarm. A dead letter whose job has not
+           ended yet is kept: a running worker's dead-letter sweep marks that job failed (10
+           letters a minute; none while the service is scaled to zero). Without --yes it only
+           says what it would delete.
   --max    look at no more than N messages (default 1000)
 
 Messages are received and given back at once (or deleted, by purge --yes). A message a worker's

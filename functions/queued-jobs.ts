@@ -57,6 +57,11 @@ function queuedSince(job: JobRecord): number {
   return Date.parse(job.enqueued_at ?? job.created_at);
 }
 
+/** Since when a queued job has waited to start: its last send, or a worker putting it back (a retry, a drain) after a run. */
+function waitingSince(job: JobRecord): number {
+  return Math.max(queuedSince(job), job.queued_at ? Date.parse(job.queued_at) : 0);
+}
+
 /** Queued, never started, and last sent over RESEND_AFTER_MS ago. */
 export function isLongQueued(job: JobRecord, now: Date): boolean {
   return job.status === 'queued' && job.attempts === 0 && now.getTime() - queuedSince(job) > RESEND_AFTER_MS;
@@ -202,7 +207,7 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
       else {
         report.kept++;
         if (job.status === 'queued') {
-          const waitedSec = Math.max(0, Math.floor((deps.clock().getTime() - queuedSince(job)) / 1000));
+          const waitedSec = Math.max(0, Math.floor((deps.clock().getTime() - waitingSince(job)) / 1000));
           report.oldestQueuedSec = Math.max(report.oldestQueuedSec, waitedSec);
         }
       }

@@ -239,6 +239,13 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   const retired = new Set<string>();
   let closed: Promise<void> | undefined;
 
+  function unhold(key: string): void {
+    const n = (holders.get(key) ?? 1) - 1;
+    if (n > 0) holders.set(key, n);
+    else holders.delete(key);
+    closeIfRetiredAndIdle(key);
+  }
+
   /** Closes a retired engine once nothing holds it (a job on the old bundle finishes on it first). */
   function closeIfRetiredAndIdle(key: string): void {
     if (!retired.has(key) || (holders.get(key) ?? 0) > 0) return;
@@ -309,10 +316,7 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     try {
       return { key, engine: await (engines.get(key) ?? openEngine(key, dir)) };
     } catch (error) {
-      if (hold) {
-        holders.set(key, (holders.get(key) ?? 1) - 1);
-        if (holders.get(key)! <= 0) holders.delete(key);
-      }
+      if (hold) unhold(key);
       throw error;
     }
   }
@@ -384,9 +388,7 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
         done() {
           if (released) return;
           released = true;
-          holders.set(key, (holders.get(key) ?? 1) - 1);
-          if (holders.get(key)! <= 0) holders.delete(key);
-          closeIfRetiredAndIdle(key);
+          unhold(key);
         },
       };
     },

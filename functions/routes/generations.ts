@@ -275,7 +275,8 @@ export function registerGenerationRoutes(
         moved = cur.status === 'queued' && cur.attempts === 0;
         return moved ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } } : null;
       })
-      .catch(() => (moved = false));
+      // No record: the create never landed, so nothing holds the place its marker took.
+      .catch((error) => (moved = error instanceof NotFoundError));
     // Failed: it no longer counts against its owner (a retry that re-queues it marks it again). A
     // send that landed though its reply was lost may already have a worker on it: that job keeps its place.
     if (moved) await clearPending(blobs, 'active', owner, id);

@@ -54,6 +54,8 @@ function bundleTokenizer(bundle: ModelBundle): TextTokenizer {
 
 export class ClipEngine {
   private readonly handles = new Map<string, Promise<EngineHandle>>();
+  /** Unique per engine in this process: see fullKey. */
+  private readonly instance = ++engineInstances;
   /** leaseGraph: holders per graph, and the graphs in least-recently-used order. */
   private readonly leases = new Map<string, number>();
   private readonly leasedOrder: string[] = [];
@@ -186,8 +188,13 @@ export class ClipEngine {
     return [...this.handles.keys()];
   }
 
+  /**
+   * Pool keys are this engine's own: two engines of one bundle content (a re-push that changed only
+   * the prior or the tokenizer) must not share sessions, or closing the old one would unload the new
+   * one's.
+   */
   private fullKey(key: string): string {
-    return `${this.bundle.contentHash.slice(0, 16)}:${key}`;
+    return `${this.bundle.contentHash.slice(0, 16)}#${this.instance}:${key}`;
   }
 
   /**
@@ -339,6 +346,7 @@ export class ClipEngine {
 }
 
 const DEFAULT_MAX_LEASED_GRAPHS = 8;
+let engineInstances = 0;
 
 /** Above this many bytes of weights a graph goes through a file with external data (protobuf caps at 2 GB). */
 const DEFAULT_INLINE_LIMIT = 1.5 * 2 ** 30;

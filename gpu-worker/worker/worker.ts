@@ -478,8 +478,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   /** Back to `queued` for the next delivery: the record must not claim a run that nobody is doing. */
   async function markQueued(msg: QueueMessage, attempt: number): Promise<JobRecord> {
     return jobs.update(msg.owner, msg.job_id, (cur) =>
-      isTerminal(cur.status) || cur.attempts !== attempt ? null : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total } },
+      isTerminal(cur.status) || cur.attempts !== attempt ? null : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total }, queued_at: iso() },
     );
+  }
+
+  /** This message duplicates the delivery that holds the job: it is dropped, and ends nothing. */
+  async function dropDuplicate(m: ReceivedMessage, msg: QueueMessage, lease: { release(): Promise<void> }, leaseExpiresAt: string | null | undefined): Promise<void> {
+    log.info('duplicate message for a job another worker holds; dropping it', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt });
+    await lease.release();
+    await ack(m, 'duplicate_of_running');
+    finish(msg, 'skipped');
   }
 
   // ------------------------------------------------------------ one message
@@ -531,12 +539,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       // Another delivery runs it: a duplicate message ends nothing (not even a requested cancel,
       // which the holder sees at its next progress write).
-      if (heldByAnother(job, m)) {
-        log.info('duplicate message for a job another worker holds; dropping it', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt: job.lease_expires_at });
-        await lease.release();
-        await ack(m, 'duplicate_of_running');
-        return finish(msg, 'skipped');
-      }
+      if (heldByAnother(job, m)) return dropDuplicate(m, msg, lease, job.lease_expires_at);
       if (job.cancel_requested) {
         const rec = await markCanceled(msg, m, 0);
         await lease.release();
@@ -547,16 +550,20 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // Only when the queue has no redrive at this limit: enforce it here.
         const error = { code: 'retries_exhausted', message: `the job was attempted ${m.receiveCount - 1} times without finishing` };
         const rec = await markFailed(msg, error, { m, attempt: 0 });
+        // Another delivery took the job meanwhile: this one is a duplicate (dead-lettering it would
+        // have the dead-letter sweep fail the live run).
+        if (!isTerminal(rec.status)) return dropDuplicate(m, msg, lease, rec.lease_expires_at);
         await lease.release();
         await deadLetter(m, 'retries_exhausted');
-        return finish(msg, isTerminal(rec.status) ? (rec.status as JobOutcome) : 'skipped', { error });
+        return finish(msg, rec.status as JobOutcome, { error });
       }
       if (models && !models.has(job.spec.model)) {
         const error = { code: 'invalid_model', message: `unknown model "${job.spec.model}"; available: ${models.list().map((x) => x.name).join(', ') || '(none)'}` };
         const rec = await markFailed(msg, error, { m, attempt: 0 });
+        if (!isTerminal(rec.status)) return dropDuplicate(m, msg, lease, rec.lease_expires_at);
         await lease.release();
         await ack(m, 'invalid_model');
-        return finish(msg, isTerminal(rec.status) ? (rec.status as JobOutcome) : 'skipped', { error });
+        return finish(msg, rec.status as JobOutcome, { error });
       }
 
       // Claim it: a versioned write that re-checks terminal/cancel on the freshest record.
@@ -590,12 +597,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           lease_message_id: m.messageId, lease_expires_at: leaseUntil, lease_token: leaseToken,
         };
       });
-      if (heldElsewhere) {
-        log.info('duplicate message for a job another worker holds; dropping it', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt: running.lease_expires_at });
-        await lease.release();
-        await ack(m, 'duplicate_of_running');
-        return finish(msg, 'skipped');
-      }
+      if (heldElsewhere) return dropDuplicate(m, msg, lease, running.lease_expires_at);
       if (!claimed) {
         // Changed between the read and the claim: ended, or a cancel was asked for.
         const rec = isTerminal(running.status) ? running : await markCanceled(msg, m, 0);
@@ -697,6 +699,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       for (const c of checks) log.info('output check matched', { jobId: msg.job_id, owner: msg.owner, index: c.index, withheld: c.withheld, rules: c.flags.map((f) => f.rule) });
       const allWithheld = outcome.images.length > 0 && withheld.size === outcome.images.length;
 
+      // Another delivery may have taken the job over while this run went on (its lease lapsed): it
+      // writes nothing then, not even outputs (a delete of a withheld image could remove the new
+      // holder's), and settles nothing.
+      const before = await jobs.get(msg.owner, msg.job_id);
+      if (before && superseded(before, attempt)) {
+        await lease.release();
+        return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
+      }
+
       // Outputs first, then the record: a record never points at a missing object.
       const prefix = `outputs/${msg.owner}/${msg.job_id}`;
       const outputs: JobOutput[] = [];
@@ -787,6 +798,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           : jobErrorOf(error);
       const rec = await markFailed(msg, jobError, { m, attempt });
       if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobError });
+      if (!isTerminal(rec.status)) {
+        // Before a claim, another delivery took the job meanwhile: this one is a duplicate.
+        await ack(m, 'duplicate_of_running');
+        return finish(msg, 'skipped', { error: jobError });
+      }
       if (cls === 'retryable') await deadLetter(m, 'retries_exhausted');
       else await ack(m, 'failed');
       return finish(msg, rec.status === 'canceled' ? 'canceled' : 'failed', { error: jobError });
@@ -874,7 +890,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       try {
         const msg = parseQueueMessage(m.body);
         const job = await jobs.get(msg.owner, msg.job_id);
-        if (job && !isTerminal(job.status)) {
+        // A job running under a live lease has a holder (a duplicate of its message was dead-lettered):
+        // left alone; the holder ends it, and a later sweep finds it ended.
+        const held = job?.status === 'running' && typeof job.lease_expires_at === 'string' && Date.parse(job.lease_expires_at) > clock.now();
+        if (job && !isTerminal(job.status) && !held) {
           const error = { code: 'retries_exhausted', message: `the job's message was dead-lettered after ${config.maxReceives} deliveries without finishing` };
           const rec = await markFailed(msg, error);
           jobEnded(msg);

@@ -145,6 +145,8 @@ export const JobRecord = z
     lease_token: z.string().min(1).max(100).optional(),
     /** When the job's message was last sent again (by the queued-job sweep or a replay), or the job was re-queued (after `enqueue_failed`, or by a worker); absent: only at created_at. No message of the job was sent before it. */
     enqueued_at: Timestamp.optional(),
+    /** When a worker last put the job back to `queued` (a retry, a drain): a wait counts from here, not from the run before it. */
+    queued_at: Timestamp.optional(),
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
     /** What the prompt policy flagged (not refused) at the job's creation (ADR 0015); absent: nothing. */

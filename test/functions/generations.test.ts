@@ -200,6 +200,23 @@ describe('a POST whose record write keeps losing its races', () => {
     expect((await h.blobs.list('pending/active/')).items).toEqual([]);
   });
 
+  it('a create that never landed leaves no place taken: failed POSTs do not use up the active-job limit', async () => {
+    let down = true;
+    const blobs = new Proxy(h.blobs, {
+      get: (target, prop, receiver) =>
+        prop === 'putIfAbsent'
+          ? (key: string, ...rest: [Uint8Array]) => (down && key.startsWith('jobs/acct_alice/') ? Promise.reject(new RetryableError('S3 is unavailable')) : target.putIfAbsent(key, ...rest))
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, blobs, jobs: new BlobJobStore(blobs), limits: { ...h.deps.limits, maxActiveJobs: 2 } });
+    const post = (key: string) => app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': key }, body: JSON.stringify({ prompt: 'apple' }) });
+    expect((await post('a')).status).toBe(503);
+    expect((await post('b')).status).toBe(503);
+    expect((await h.blobs.list('pending/active/')).items).toEqual([]);
+    down = false;
+    expect((await post('c')).status).toBe(202);
+  });
+
   it('a send that landed though its reply was lost keeps the job\'s place when a worker has already taken it', async () => {
     const queue = new Proxy(h.queue, {
       get: (target, prop, receiver) =>

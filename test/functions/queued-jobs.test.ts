@@ -160,6 +160,13 @@ describe('queued-job sweep', () => {
     await h.jobs.update('acct_alice', waiting, (cur) => ({ ...cur, enqueued_at: clock().toISOString() }));
     offsetMs += 5000;
     expect((await sweepQueuedJobs(sweepDeps())).oldestQueuedSec).toBeLessThan(30);
+    // The long run failed retryably after 25 minutes and its worker put it back (queued_at): its run is no wait.
+    offsetMs += 5 * 60_000;
+    await h.jobs.update('acct_alice', long, (cur) => ({ ...cur, status: 'queued', queued_at: clock().toISOString() }));
+    offsetMs += 10_000;
+    const after = (await sweepQueuedJobs(sweepDeps())).oldestQueuedSec;
+    expect(after).toBeGreaterThanOrEqual(10);
+    expect(after).toBeLessThan(330); // the other job's 5 min 15 s, not the 27 minutes since the long run was sent
   });
 
   it('a job no queue message can reach any more (it waited past the queue\'s retention) fails expired, freeing its place and telling its webhook', async () => {

@@ -18,6 +18,7 @@ import { parseConfig } from '../../shared/config.ts';
 import { bundleContentHash, ModelStore, ModelStoreError, modelIndexKey, modelKey, sha256Bytes } from '../../shared/modelstore.ts';
 import type { BlobObject, BlobStore } from '../../shared/ports.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
+import { REPO_ROOT } from '../../cli/common.ts';
 import { PRIOR } from '../worker/helpers.ts';
 import { harness } from '../functions/helpers.ts';
 import { makeTempDir } from '../shared/contract/helpers.ts';
@@ -452,6 +453,29 @@ describe('model store in local mode', () => {
       expect((await second.engine.embedText(['a red circle'])).unit.length).toBeGreaterThan(0);
       second.done();
       expect(await reg.engine('retiring')).toBe(second.engine);
+    } finally {
+      await reg.close();
+      await pool.close();
+    }
+  });
+
+  it('retiring the old engine leaves the new one working when the re-push changed only the prior (same weights, same manifest)', async () => {
+    const blobs = localBlobs();
+    await new ModelStore(blobs).push(bundle('prior-swap', { prior: PRIOR }), 'prior-swap');
+    const pool = new EnginePool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
+    const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir: tmp('prior-swap-cache'), pool, indexTtlMs: 0 });
+    try {
+      const first = await reg.use('prior-swap');
+      await first.engine.embedText(['a red circle']);
+      await new ModelStore(blobs).push(bundle('prior-swap', { prior: join(REPO_ROOT, 'models', 'toy', 'prior.safetensors') }), 'prior-swap', { force: true });
+      const second = await reg.use('prior-swap');
+      expect(second.engine).not.toBe(first.engine);
+      await second.engine.embedText(['a red circle']); // compiled while the old engine is still held
+      const oldKeys = [...first.engine.loadedGraphs];
+      first.done();
+      await waitUntil(() => !pool.loadedKeys.some((k) => oldKeys.includes(k)));
+      expect((await second.engine.embedText(['a red circle'])).unit.length).toBeGreaterThan(0);
+      second.done();
     } finally {
       await reg.close();
       await pool.close();

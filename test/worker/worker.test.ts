@@ -354,8 +354,10 @@ describe('gpu-worker queue worker', () => {
     expect(w.events.find((e) => e.type === 'requeued')).toMatchObject({ reason: 'drain' });
     const rec = (await env.jobs.get(OWNER, job.id))!;
     expect([rec.status, rec.attempts, rec.progress.step]).toEqual(['queued', 1, 0]);
-    // The fresh copy's send is stamped: the queued-job sweep counts the queue's retention from it.
+    // The fresh copy's send is stamped: the queued-job sweep counts the queue's retention from it,
+    // and the wait to start again from the moment the worker put the job back (not from its first send).
     expect(Date.parse(rec.enqueued_at!)).toBeGreaterThanOrEqual(t0);
+    expect(Date.parse(rec.queued_at!)).toBeGreaterThanOrEqual(t0);
     // Given back, not left to time out: visible again at once, as a fresh copy whose first delivery
     // this is (a drain is not an attempt; the record's `attempts` still counts the start).
     const again = await env.queue.receive({ waitSec: 0 });

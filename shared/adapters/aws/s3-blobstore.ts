@@ -224,6 +224,7 @@ function isNotFound(error: unknown): boolean {
   return name === 'NoSuchKey' || name === 'NotFound' || statusOf(error) === 404;
 }
 
+const TRANSIENT_S3_STATUS = new Set([429, 500, 502, 503, 504]);
 const TRANSIENT_S3_CODES = new Set(['RequestTimeout', 'RequestTimeoutException', 'SlowDown', 'Throttling', 'ThrottlingException', 'RequestThrottled', 'InternalError']);
 
 /** Maps SDK failures to the shared error taxonomy; 404s pass through for callers to interpret. */
@@ -237,8 +238,9 @@ async function call<T>(fn: () => Promise<T>): Promise<T> {
     }
     if (isNotFound(error)) throw error;
     // Transient, as the SDK itself classes them (it has already retried them by the time they get here):
-    // any 5xx or 429, a 400 RequestTimeout (the socket idled mid-upload), throttling by name.
-    if (status === 429 || (status !== undefined && status >= 500) || TRANSIENT_S3_CODES.has((error as { name?: string })?.name ?? '') || (error as { $retryable?: unknown })?.$retryable) {
+    // 429, 500, 502, 503 and 504, a 400 RequestTimeout (the socket idled mid-upload), throttling by
+    // name. Not a 501: an unsupported request stays unsupported.
+    if (TRANSIENT_S3_STATUS.has(status ?? 0) || TRANSIENT_S3_CODES.has((error as { name?: string })?.name ?? '') || (error as { $retryable?: unknown })?.$retryable) {
       throw new RetryableError(`S3 is unavailable: ${(error as Error).message}`, { cause: error });
     }
     if (error instanceof S3ServiceException) {

@@ -186,13 +186,15 @@ describe('S3 adapter specifics', () => {
     expect((await store.readStart('k', 33))!.byteLength).toBe(0);
   });
 
-  it('[canned response] S3\'s transient answers (503 SlowDown, 502, 504, 400 RequestTimeout) become RetryableError; a 403 does not', async () => {
+  it('[canned response] S3\'s transient answers (503 SlowDown, 502, 504, 400 RequestTimeout) become RetryableError; a 403 or 501 does not', async () => {
     for (const [status, code] of [[503, 'SlowDown'], [502, 'BadGateway'], [504, 'GatewayTimeout'], [400, 'RequestTimeout']] as const) {
       const store = new S3BlobStore({ client: clientAnswering(status, code), bucket: 'b' });
       await expect(store.put('k', Buffer.from('x')), `${status} ${code}`).rejects.toBeInstanceOf(RetryableError);
     }
-    const denied = new S3BlobStore({ client: clientAnswering(403, 'AccessDenied'), bucket: 'b' });
-    await expect(denied.put('k', Buffer.from('x'))).rejects.toBeInstanceOf(NonRetryableError);
+    for (const [status, code] of [[403, 'AccessDenied'], [501, 'NotImplemented']] as const) {
+      const store = new S3BlobStore({ client: clientAnswering(status, code), bucket: 'b' });
+      await expect(store.put('k', Buffer.from('x')), `${status} ${code}`).rejects.toBeInstanceOf(NonRetryableError);
+    }
   });
 
   it('a signed PUT with a declared size signs Content-Length, so the limit is enforced by S3', async () => {
