@@ -91,6 +91,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
     createModelRegistry({
       modelsDir: resolve(config.modelsDir),
       device: config.device,
+      disablePrepacking: config.disablePrepacking,
       ...(store ? { store, cacheDir: resolve(deps.modelCacheDir ?? join(tmpdir(), 'clipag-models')) } : {}),
     });
   const maxSteps = deps.maxSteps ?? deps.recipeOverrides?.steps;

@@ -35,6 +35,8 @@ export interface ModelRegistryOptions {
   pool?: EnginePool;
   /** Pool worker threads when the registry makes the pool (default 1: one job at a time per GPU). */
   poolSize?: number;
+  /** session.disable_prepacking for the sessions of the pool the registry makes (about half the CPU weight memory, a slower step). */
+  disablePrepacking?: boolean;
   /** Models pushed with `clipag models push` are served from here (after the local folders). */
   store?: ModelStore;
   /** Download cache of store models, one `<contentHash>/` folder per bundle (default: <tmp>/clipag-models). */
@@ -258,7 +260,7 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   const sharedPool = (): EnginePool =>
     (pool ??= new EnginePool({
       size: options.poolSize ?? 1,
-      sessionOptions: { device: options.device ?? 'cpu', intraOpThreads: options.threads },
+      sessionOptions: { device: options.device ?? 'cpu', intraOpThreads: options.threads, ...(options.disablePrepacking ? { disablePrepacking: true } : {}) },
     }));
 
   const known = () => [...new Set([...Object.keys(bundles), ...[...indexes].filter(([, v]) => v.index).map(([k]) => k)])].sort();

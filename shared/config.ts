@@ -7,6 +7,7 @@ import { MODEL_NAME_PATTERN } from './schemas/common.ts';
  * and failing fast with every problem listed. Nothing else in the code reads `process.env`.
  */
 
+const flag = (fallback: boolean) => z.enum(['true', 'false']).transform((v) => v === 'true').default(fallback);
 const intIn = (min: number, max: number, fallback: number) =>
   z.coerce.number().int().min(min).max(max).default(fallback);
 
@@ -40,6 +41,11 @@ const Common = {
   modelsDir: z.string().min(1).default('models'),
   /** Where the worker runs the engine: onnxruntime's CUDA EP in the GPU container, CPU elsewhere. */
   device: z.enum(['cpu', 'cuda']).default('cpu'),
+  /**
+   * onnxruntime's session.disable_prepacking for the worker's sessions: about half the weight memory
+   * on the CPU, at a 5–18 % slower step (bench/profile.ts). For small CPU machines.
+   */
+  disablePrepacking: flag(false),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
   maxActiveJobs: intIn(1, 1000, 100),
@@ -58,7 +64,6 @@ const Common = {
 };
 
 /** "true" or "false" in the environment; the mode gives the default. */
-const flag = (fallback: boolean) => z.enum(['true', 'false']).transform((v) => v === 'true').default(fallback);
 
 const LocalConfig = z.object({
   mode: z.literal('local'),
@@ -141,6 +146,7 @@ export const ENV_VARS = {
   CLIPAG_OUTPUT_RETENTION_DAYS: 'outputRetentionDays',
   CLIPAG_MAX_ACTIVE_JOBS: 'maxActiveJobs',
   CLIPAG_MAX_WAIT_SEC: 'maxWaitSec',
+  CLIPAG_DISABLE_PREPACKING: 'disablePrepacking',
 } as const satisfies Record<string, string>;
 
 const FIELD_TO_ENV: Record<string, string> = Object.fromEntries(Object.entries(ENV_VARS).map(([env, field]) => [field, env]));

@@ -45,6 +45,14 @@ describe('parseConfig', () => {
     expect(parseConfig({ CLIPAG_JOB_TIMEOUT_SEC: String(24 * 3600) }).jobTimeoutSec).toBe(86_400);
   });
 
+  it('the worker may drop weight prepacking (CLIPAG_DISABLE_PREPACKING), off by default; the wait cap defaults to 60 s', () => {
+    expect(parseConfig({}).disablePrepacking).toBe(false);
+    expect(parseConfig({ CLIPAG_DISABLE_PREPACKING: 'true' }).disablePrepacking).toBe(true);
+    expect(() => parseConfig({ CLIPAG_DISABLE_PREPACKING: 'yes' })).toThrow(/CLIPAG_DISABLE_PREPACKING/);
+    expect(parseConfig({}).maxWaitSec).toBe(60);
+    expect(() => parseConfig({ CLIPAG_MAX_WAIT_SEC: '901' })).toThrow(/CLIPAG_MAX_WAIT_SEC/);
+  });
+
   it('local mode allows webhooks to private addresses by default only while it listens on loopback', () => {
     expect(parseConfig({}).webhookAllowPrivate).toBe(true);
     expect(parseConfig({ CLIPAG_HOST: '::1' }).webhookAllowPrivate).toBe(true);

@@ -72,6 +72,20 @@ describe('the engine synthesizer', () => {
   });
 });
 
+describe('the model registry without weight prepacking', () => {
+  it('opens and runs a model with session.disable_prepacking (CLIPAG_DISABLE_PREPACKING)', async () => {
+    const dir = makeTinyBundle('quickgelu');
+    const models = createModelRegistry({ bundles: { bare: dir }, threads: 1, disablePrepacking: true });
+    try {
+      const { unit } = await (await models.engine('bare')).embedText(['a red circle']);
+      expect(unit.length).toBeGreaterThan(0);
+    } finally {
+      await models.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('retry classes', () => {
   it('engine request/bundle errors are permanent; runtime errors, storage hiccups and lost races retry', () => {
     expect(classifyError(new EngineError('invalid_input', 'x'))).toBe('permanent');
