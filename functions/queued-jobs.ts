@@ -233,11 +233,12 @@ export function unreachable(job: JobRecord, now: Date, queueRetentionSec: number
 async function expire(deps: SweepDeps, job: JobRecord, queueRetentionSec: number): Promise<JobRecord> {
   const now = deps.clock();
   const days = Math.round((queueRetentionSec / 86_400) * 10) / 10;
-  const updated = await deps.jobs.update(job.owner, job.id, (cur) =>
-    !isTerminal(cur.status) && unreachable(cur, now, queueRetentionSec)
-      ? { ...cur, status: 'failed', finished_at: now.toISOString(), error: { code: 'expired', message: `not run within ${days} day(s) (how long the queue keeps a job); submit it again` } }
-      : null,
-  );
+  const updated = await deps.jobs.update(job.owner, job.id, (cur) => {
+    if (isTerminal(cur.status) || !unreachable(cur, now, queueRetentionSec)) return null;
+    // Its caller asked to cancel it (a run whose worker then died): it ends as asked, not as a failure to resubmit.
+    if (cur.cancel_requested) return { ...cur, status: 'canceled', finished_at: now.toISOString() };
+    return { ...cur, status: 'failed', finished_at: now.toISOString(), error: { code: 'expired', message: `not run within ${days} day(s) (how long the queue keeps a job); submit it again` } };
+  });
   if (updated.error?.code === 'expired') deps.log?.({ level: 'warn', msg: 'queued-job sweep: a job no queue message can reach failed as expired', job_id: job.id, owner: job.owner, status_was: job.status });
   return updated;
 }

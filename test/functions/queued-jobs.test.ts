@@ -199,6 +199,18 @@ describe('queued-job sweep', () => {
     expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}active/`)).items.map((i) => i.key).sort()).toEqual([live, resent].map((id) => pendingJobKey('active', 'acct_alice', id)).sort());
   });
 
+  it('an unreachable job whose caller asked to cancel it ends canceled, not expired', async () => {
+    const DAY = 86_400;
+    const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
+    offsetMs = (DAY + 3600 + 60) * 1000;
+    // Its worker died mid-run after the cancel was asked for, and its message is gone.
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', attempts: 1, cancel_requested: true, lease_expires_at: new Date(Date.now() + 30_000).toISOString() }));
+    const report = await sweepQueuedJobs({ ...sweepDeps(), queueRetentionSec: DAY });
+    expect(report).toMatchObject({ expired: 0, errors: 0 });
+    expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'canceled', error: null });
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}active/`)).items).toEqual([]);
+  });
+
   it('a job re-queued by a worker (attempts > 0) is left to the worker: its marker goes, nothing is sent', async () => {
     const res = await h.request('/v1/generations', { json: { prompt: 'apple' } });
     const { id } = (await res.json()) as { id: string };
