@@ -20,8 +20,9 @@ export const usage = `usage: clipag dlq list [--json] [--max N]
            and those whose job record is corrupt (the API answers 409 corrupt_record for it; no
            message can help), which re-arms the DLQ depth alarm. A dead letter whose job has not
            ended yet is kept: a running worker's dead-letter sweep marks that job failed (10
-           letters a minute; none while the service is scaled to zero). Without --yes it only
-           says what it would delete.
+           letters a minute; none while the service is scaled to zero), unless a live lease holds
+           the job (the dead letter was a duplicate; the holder ends the job). Without --yes it
+           only says what it would delete.
   --max    look at no more than N messages (default 1000)
 
 Messages are received and given back at once (or deleted, by purge --yes). A message a worker's

@@ -120,7 +120,7 @@ export async function run(argv: string[]): Promise<number> {
       `  export CLIPAG=${handle.url} CLIPAG_KEY=${k}     # as the README's examples use them`,
       `  curl -s -X POST $CLIPAG/v1/generations -H "Authorization: Bearer $CLIPAG_KEY" -H 'Content-Type: application/json' \\`,
       `       -d '{"prompt": "a large red circle on the left", "seed": 1}'`,
-      `  curl -s $CLIPAG/v1/generations/<id> -H "Authorization: Bearer $CLIPAG_KEY" -H 'Prefer: wait=30'   # answers once it has "succeeded"`,
+      `  curl -s $CLIPAG/v1/generations/<id> -H "Authorization: Bearer $CLIPAG_KEY" -H 'Prefer: wait=30'   # answers when it has ended (or after 30 s)`,
       `  curl -s -o out.png "<outputs[0].url from the response>"`,
       '',
       'Ctrl-C drains the worker and stops.',

@@ -118,7 +118,8 @@ export interface SweepReport {
   /** Webhook attempts that failed (retried later, or given up after the last). */
   webhooksFailed: number;
   /**
-   * Seconds the longest-waiting queued job has waited since its message was last sent (0 with none).
+   * Seconds the longest-waiting queued job has waited since its message was last sent, or since a
+   * worker put it back after a run (`queued_at`); 0 with none.
    * Running jobs do not count: the queue's own oldest-message age does count them, so a long run
    * looked like a stuck queue. The AWS alarm on waiting customers reads this figure (ADR 0012).
    */

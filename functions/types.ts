@@ -61,6 +61,8 @@ export interface AppDeps {
 export type AppEnv = {
   Variables: {
     requestId: string;
+    /** When the request arrived (ms since the epoch), set by the request-id middleware: a `Prefer: wait` counts from it. */
+    receivedAt: number;
     /** Set by the auth middleware on /v1/*. */
     owner: string;
     apiKeyId: string;

@@ -7,6 +7,7 @@ import { MODEL_NAME_PATTERN } from './schemas/common.ts';
  * and failing fast with every problem listed. Nothing else in the code reads `process.env`.
  */
 
+/** "true" or "false" in the environment; the mode gives the default. */
 const flag = (fallback: boolean) => z.enum(['true', 'false']).transform((v) => v === 'true').default(fallback);
 const intIn = (min: number, max: number, fallback: number) =>
   z.coerce.number().int().min(min).max(max).default(fallback);
@@ -50,11 +51,6 @@ const Common = {
   /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
   maxActiveJobs: intIn(1, 1000, 100),
   /**
-   * The longest `Prefer: wait=N` a request may ask to be held for until its generation ends (0: the
-   * header is ignored). In AWS the CDK sets it below the API Lambda's timeout.
-   */
-  maxWaitSec: intIn(0, 900, 60),
-  /**
    * How long the store keeps a generation's images (the bucket's lifecycle rule; the CDK sets it).
    * Views then say until when the outputs exist (`outputs_expire_at`). Unset: kept (local mode).
    */
@@ -62,8 +58,6 @@ const Common = {
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
   workerHourlyUsd: z.coerce.number().min(0).max(1000).optional(),
 };
-
-/** "true" or "false" in the environment; the mode gives the default. */
 
 const LocalConfig = z.object({
   mode: z.literal('local'),
@@ -74,6 +68,8 @@ const LocalConfig = z.object({
   signingSecret: z.string().min(32, 'must be at least 32 characters').optional(),
   /** A retryable job failure's message comes back after this × its receive count (s); at once here. */
   retryDelaySec: intIn(0, 900, 0),
+  /** The longest `Prefer: wait=N` a request may be held for until its generation ends (0: the header is ignored). */
+  maxWaitSec: intIn(0, 900, 60),
   ...Common,
 });
 
@@ -81,6 +77,8 @@ const AwsConfig = z.object({
   mode: z.literal('aws'),
   /** Never by default in AWS: a webhook must not reach the instance metadata service or the VPC. */
   webhookAllowPrivate: flag(false),
+  /** As in local mode, but 0 unless set: a wait must end before the API Lambda's timeout, which the CDK knows. */
+  maxWaitSec: intIn(0, 900, 0),
   region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'must be an AWS region such as eu-west-1'),
   bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be an S3 bucket name'),
   queueUrl: httpUrl,

@@ -9,6 +9,7 @@ export const REQUEST_ID_HEADER = 'X-Request-Id';
 /** Accepts a sane incoming X-Request-Id or makes one, and echoes it on every response. */
 export function requestId(): MiddlewareHandler<AppEnv> {
   return async function requestIdMiddleware(c, next) {
+    c.set('receivedAt', Date.now());
     const incoming = c.req.header(REQUEST_ID_HEADER);
     const id = incoming && SANE_ID.test(incoming) ? incoming : `req_${newId()}`;
     c.set('requestId', id);

@@ -23,9 +23,10 @@ export const errors = {
  */
 export function preferredWaitSec(header: string | undefined, max: number): number | null {
   if (!header || max <= 0) return null;
-  for (const part of header.split(',')) {
-    const m = /^\s*wait\s*=\s*"?(\d{1,9})"?\s*(?:;.*)?$/i.exec(part);
-    if (m) return Math.min(Number(m[1]), max);
+  // Preferences are comma-separated; a quoted value may hold commas, so split outside quotes only.
+  for (const part of header.match(/(?:[^,"]|"[^"]*")+/g) ?? []) {
+    const m = /^\s*wait\s*=\s*(?:(\d+)|"(\d+)")\s*(?:;.*)?$/i.exec(part);
+    if (m) return Math.min(Number(m[1] ?? m[2]), max);
   }
   return null;
 }

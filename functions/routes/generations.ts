@@ -1,6 +1,6 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import { ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
+import { ConflictError, CorruptDocumentError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { PNG_HEADER_BYTES, readPngHeader } from '../../shared/image-header.ts';
 import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
@@ -36,7 +36,7 @@ function requeueable(job: JobRecord): boolean {
 const CANCEL_RETRIES = 30;
 
 /** RFC 7240 `Prefer`; only `wait=N` is acted on (other preferences are ignored, as the RFC asks). */
-const Prefer = z.string().max(2000).optional().openapi({
+const Prefer = z.string().optional().openapi({
   param: { name: 'Prefer', in: 'header' },
   example: 'wait=10',
   description:
@@ -313,16 +313,26 @@ export function registerGenerationRoutes(
   async function heldUntilEnded(c: Context<AppEnv>, job: JobRecord): Promise<JobRecord> {
     const waitSec = preferredWaitSec(c.req.header('Prefer'), limits.maxWaitSec ?? 0);
     if (waitSec === null) return job;
-    c.header('Preference-Applied', `wait=${waitSec}`);
-    const until = Date.now() + waitSec * 1000;
+    // Counted from the request's arrival, so the whole request fits the deployment's cap (which the
+    // CDK sets under the Lambda's timeout); no read starts in the last 250 ms of it.
+    const until = (c.get('receivedAt') ?? Date.now()) + waitSec * 1000;
     const signal = c.req.raw.signal;
     let latest = job;
-    for (let pause = 250; !isTerminal(latest.status) && Date.now() < until && !signal?.aborted; pause = Math.min(1000, pause * 2)) {
-      await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, until - Date.now()))));
-      const again = await jobs.get(latest.owner, latest.id).catch(() => null);
+    for (let pause = 250; !isTerminal(latest.status) && until - Date.now() > 250 && !signal?.aborted; pause = Math.min(1000, pause * 2)) {
+      await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, until - Date.now() - 250))));
+      let again: JobRecord | null;
+      try {
+        again = await jobs.get(latest.owner, latest.id);
+      } catch (error) {
+        // A record that no longer reads is answered as a plain GET would (409 corrupt_record); a
+        // store that is down ends the wait with what was read last.
+        if (error instanceof CorruptDocumentError) throw error;
+        break;
+      }
       if (!again) break;
       latest = again;
     }
+    c.header('Preference-Applied', `wait=${waitSec}`);
     return latest;
   }
 

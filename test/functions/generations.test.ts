@@ -6,6 +6,7 @@ import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { createApp } from '../../functions/app.ts';
+import { preferredWaitSec } from '../../functions/routes/common.ts';
 import { PreconditionFailedError, RetryableError } from '../../shared/errors.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import { uploadKey } from '../../shared/keys.ts';
@@ -276,19 +277,46 @@ describe('Prefer: wait', () => {
     const { id } = (await (await call(app, '/v1/generations', { method: 'POST', body: { prompt: 'apple' } })).json()) as { id: string };
     const t0 = Date.now();
     const res = await call(app, `/v1/generations/${id}`, { prefer: 'wait=1' });
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(700); // the wait ends 250 ms before its second is up
+    expect(Date.now() - t0).toBeLessThan(1100); // counted from the request's arrival
     expect(res.headers.get('Preference-Applied')).toBe('wait=1');
     expect(((await res.json()) as { status: string }).status).toBe('queued');
+    // Still queued: other preferences, a bad wait and no header answer at once.
+    for (const prefer of ['respond-async', 'wait=soon', undefined]) {
+      const t1 = Date.now();
+      const plain = await call(app, `/v1/generations/${id}`, prefer ? { prefer } : {});
+      expect(Date.now() - t1, String(prefer)).toBeLessThan(200);
+      expect(plain.headers.get('Preference-Applied'), String(prefer)).toBeNull();
+    }
     finishSoon(id, 200);
     const capped = await call(app, `/v1/generations/${id}`, { prefer: 'wait=600' });
     expect(capped.headers.get('Preference-Applied')).toBe('wait=3');
-    for (const prefer of ['respond-async', 'wait=soon', undefined]) {
-      const plain = await call(app, `/v1/generations/${id}`, prefer ? { prefer } : {});
-      expect(plain.headers.get('Preference-Applied'), String(prefer)).toBeNull();
-    }
+    expect(((await capped.json()) as { status: string }).status).toBe('succeeded');
     // A deployment that allows no wait (the default) ignores it.
     const none = await call(h.app, `/v1/generations/${id}`, { prefer: 'wait=3' });
     expect(none.headers.get('Preference-Applied')).toBeNull();
+  });
+
+  it('a record that stops reading during the wait is a 409 corrupt_record, as a plain GET answers, without Preference-Applied', async () => {
+    const app = waitingApp();
+    const { id } = (await (await call(app, '/v1/generations', { method: 'POST', body: { prompt: 'apple' } })).json()) as { id: string };
+    setTimeout(() => void h.blobs.put(`jobs/acct_alice/${id}.json`, new TextEncoder().encode('{"not": "a job"')), 300);
+    const res = await call(app, `/v1/generations/${id}`, { prefer: 'wait=3' });
+    expect(res.status).toBe(409);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('corrupt_record');
+    expect(res.headers.get('Preference-Applied')).toBeNull();
+  });
+
+  it('parses Prefer as RFC 7240 lists it: wait among other preferences, quoted, capped; commas inside quotes are not separators', () => {
+    expect(preferredWaitSec('wait=5', 10)).toBe(5);
+    expect(preferredWaitSec('respond-async, wait=5', 10)).toBe(5);
+    expect(preferredWaitSec('WAIT = "7"; foo', 10)).toBe(7);
+    expect(preferredWaitSec('wait=9999999999', 10)).toBe(10);
+    expect(preferredWaitSec('foo="a,wait=5"', 10)).toBeNull();
+    expect(preferredWaitSec('wait="5', 10)).toBeNull();
+    expect(preferredWaitSec('wait=-1, wait=soon', 10)).toBeNull();
+    expect(preferredWaitSec('wait=5', 0)).toBeNull(); // the deployment allows none
+    expect(preferredWaitSec(undefined, 10)).toBeNull();
   });
 });
 

@@ -120,6 +120,41 @@ describe('deliveries of one job racing', () => {
     expect(sqs.msgs.size).toBe(0);
   });
 
+  it('a superseded attempt notices before its uploads: it writes no outputs (its withheld-image delete could remove the new holder\'s)', async () => {
+    const env = await makeEnv();
+    const sqs = new SqsReceiptRulesQueue();
+    const job = await submit({ jobs: env.jobs, queue: sqs }, { steps: 6 });
+    const blind = new Proxy(sqs, {
+      get: (t, p, r) => (p === 'extendVisibility' ? async () => { throw new RetryableError('injected: ChangeMessageVisibility timed out'); } : Reflect.get(t, p, r)),
+    }) as JobQueue;
+    let finishA!: () => void;
+    const gateA = new Promise<void>((r) => (finishA = r));
+    const image = { index: 0, seed: 1, png: new Uint8Array([137, 80, 78, 71]), width: 64, height: 64, clipScore: 0.3, scores: [], screenCosines: [], frames: [], stepsDone: 6 };
+    const a = start({ queue: blind, jobs: env.jobs, blobs: env.blobs }, { run: async () => (await gateA, outcome(6, false, [image])) }, { visibilityTimeoutSec: 2 });
+    await waitFor('A started', () => a.events.some((e) => e.type === 'job_started'));
+    const b = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, stepping(200, 50), { visibilityTimeoutSec: 2 });
+    await waitFor('B took the job over', () => b.events.some((e) => e.type === 'job_started'), 15_000);
+    finishA();
+    await waitFor('A done', () => finishedOf(a.events), 15_000);
+    expect(finishedOf(a.events)).toMatchObject({ outcome: 'lease_lost' });
+    expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([]); // B is still running: nothing is A's to write
+  });
+
+  it('the dead-letter sweep leaves a job that a live lease holds, and fails it once the lease has lapsed', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 1 });
+    const [m] = await env.queue.receive({ waitSec: 0 });
+    // A duplicate of the message was dead-lettered while another delivery holds the job.
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_message_id: 'another-message', lease_expires_at: new Date(Date.now() + 1500).toISOString() }));
+    await env.queue.deadLetter!.send(m!.body);
+    await env.queue.ack(m!.receipt);
+    const w = start(env, { run: async () => outcome(1, false) }, { deadLetterSweepMs: 1, receiveWaitSec: 0 });
+    await sleep(800);
+    expect((await env.jobs.get(OWNER, job.id))!.status).toBe('running');
+    await waitFor('failed once the holder is gone', async () => (await env.jobs.get(OWNER, job.id))!.status === 'failed', 20_000);
+    expect(w.events.some((e) => e.type === 'dead_lettered')).toBe(true);
+  });
+
   it('a duplicate message neither cancels nor fails a job another worker runs; the holder ends it, and a DELETE stays deleted', async () => {
     const h = await harness();
     try {
