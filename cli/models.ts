@@ -11,6 +11,7 @@ import type { BlobStore } from '../shared/ports.ts';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { ActivationSchema } from '../gpu-worker/engine/clip/arch.ts';
+import { scanModelsDir } from '../gpu-worker/models.ts';
 import { importModel, type ImportProgress } from '../gpu-worker/engine/import/import.ts';
 import { intArg } from './common.ts';
 
@@ -218,7 +219,10 @@ export async function runList(argv: string[], env: Readonly<Record<string, strin
     return 0;
   }
   if (!models.length) {
-    console.log(`no models in ${where} (push one with clipag models push DIR --name NAME)`);
+    // The folders under CLIPAG_MODELS_DIR are served too (clipag serve, the worker image): say so, or
+    // "no models" reads as if the API had none.
+    const local = Object.keys(scanModelsDir(resolve(parseConfig(env).modelsDir)));
+    console.log(`no models pushed to ${where} (push one with clipag models push DIR --name NAME)${local.length ? `; served from the models folder as well: ${local.join(', ')}` : ''}`);
     return 0;
   }
   const rows = models.map((m) => [m.name, m.summary.robust ? 'robust' : '-', String(m.summary.embed_dim), `${m.summary.input_size}px`, `${mib(m.total_bytes)} MiB`, m.content_hash.slice(0, 16), m.pushed_at]);

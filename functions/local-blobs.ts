@@ -24,7 +24,15 @@ async function readCapped(body: ReadableStream<Uint8Array> | null, cap: number):
   const chunks: Uint8Array[] = [];
   let total = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let step: Awaited<ReturnType<typeof reader.read>>;
+    try {
+      step = await reader.read();
+    } catch {
+      // The client went away mid-upload (connection reset, aborted): its request, not the server,
+      // failed. Nothing was stored.
+      throw new HttpError(400, 'upload_interrupted', 'the upload was interrupted before its last byte; nothing was stored (PUT it again)');
+    }
+    const { done, value } = step;
     if (done) break;
     total += value.byteLength;
     if (total > cap) {

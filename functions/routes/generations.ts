@@ -46,7 +46,7 @@ const preferenceApplied = { 'Preference-Applied': { description: 'wait=N when a 
 
 const jobHeaders = z.object({
   Prefer,
-  'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY_PATTERN, 'must be 1..255 printable ASCII characters').optional().openapi({
+  'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY_PATTERN, 'must be 1..255 visible ASCII characters (no spaces)').optional().openapi({
     param: { name: 'Idempotency-Key', in: 'header' },
     description: 'Same key and body → the same job (200); same key, other body → 409',
   }),

@@ -74,6 +74,19 @@ describe('signed PUT', () => {
     expect(await h.blobs.get('uploads/acct_alice/u1')).toBeNull();
   });
 
+  it('a client that goes away mid-upload gets a 400 upload_interrupted (its failure, not a server 500); nothing stored', async () => {
+    let sent = 0;
+    const broken = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent++ === 0) return controller.enqueue(new Uint8Array(4));
+        controller.error(new Error('socket hang up'));
+      },
+    });
+    await expectEnvelope(await put(await grant(10), broken, { 'content-length': '10' }), 400, 'upload_interrupted');
+    expect(await h.blobs.get('uploads/acct_alice/u1')).toBeNull();
+    expect(h.logs.filter((l) => (l as { level?: string }).level === 'error')).toEqual([]);
+  });
+
   it('a body shorter than its Content-Length → 400; a malformed Content-Length → 400', async () => {
     await expectEnvelope(await put(await grant(10), stream(4), { 'content-length': '10' }), 400, 'validation_error');
     await expectEnvelope(await put(await grant(10), stream(4), { 'content-length': 'ten' }), 400, 'validation_error');
