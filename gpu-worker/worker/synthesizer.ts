@@ -151,6 +151,13 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
           init = { kind: 'noise' };
           initWarnings.push(`model ${job.spec.model} ships no GMM prior: the image started from noise (init "gmm" needs one; see clipag prior fit)`);
         }
+        if (init.kind === 'image') {
+          // Fitted as CLIP preprocesses (scaled to cover, centre-cropped): a different shape loses its edges.
+          const { width: iw, height: ih } = init.image;
+          if (Math.abs(iw / ih - job.spec.width / job.spec.height) > 0.01) {
+            initWarnings.push(`the init image is ${iw}×${ih}: it was scaled to cover ${job.spec.width}×${job.spec.height} and centre-cropped (ask for its aspect ratio to keep all of it)`);
+          }
+        }
         const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps).map((r) => (screenTexts?.length ? { ...r, screenTexts } : r));
         const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
         const totalSteps = perImage * requests.length;

@@ -265,6 +265,18 @@ describe('gpu-worker queue worker', () => {
     // strength 0 keeps the upload: still (nearly) pure red after one tiny step.
     expect(img.data[0]).toBeGreaterThan(0.9);
     expect(img.data[64 * 64]).toBeLessThan(0.1);
+    expect(done.warnings ?? []).toEqual([]); // square on square: nothing cropped
+  });
+
+  it('an init image of another shape is centre-cropped, and the job says so', async () => {
+    const env = await makeEnv();
+    const { encodePng, solidImage } = await import('../../gpu-worker/engine/synth/image.ts');
+    await env.blobs.put(`uploads/${OWNER}/wide`, encodePng(solidImage(100, 50, [1, 0, 0])), { contentType: 'image/png' });
+    const job = await submit(env, { init: 'upload:wide', strength: 0.5, steps: 1 });
+    start(env);
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    expect(done.warnings).toContainEqual('the init image is 100×50: it was scaled to cover 64×64 and centre-cropped (ask for its aspect ratio to keep all of it)');
   });
 
   it('a retryable storage error releases the message; the redelivery succeeds', async () => {
