@@ -1,5 +1,6 @@
 import type { AddressInfo } from 'node:net';
 import { serve, type ServerType } from '@hono/node-server';
+import { newId } from '../shared/ids.ts';
 
 export { localAdapters, localDeps, localLayout, type LocalAdapters } from './deps/local.ts';
 
@@ -33,5 +34,22 @@ export function startApiServer(
       });
     });
     server.once('error', reject);
+    // Requests Node refuses before the app sees them (headers over its 16 KB limit, malformed HTTP):
+    // answered with the API's one error envelope and a request id too, not Node's bare status line.
+    server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable || error.code === 'ECONNRESET') return socket.destroy();
+      const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+      const requestId = `req_${newId()}`;
+      const body = JSON.stringify({
+        error: {
+          code: tooLarge ? 'headers_too_large' : 'bad_request',
+          message: tooLarge ? 'the request headers are over the 16 KB limit' : 'the request is not valid HTTP',
+          param: null,
+          request_id: requestId,
+        },
+      });
+      const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
+      socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`);
+    });
   });
 }

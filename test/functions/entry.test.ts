@@ -2,10 +2,23 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { build } from 'esbuild';
+import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { localDeps, startApiServer } from '../../functions/server.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+
+/** Writes raw bytes to the server and returns everything it answers before closing. */
+function rawRequest(url: string, raw: string): Promise<string> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname, () => socket.write(raw));
+    let out = '';
+    socket.on('data', (d) => (out += d.toString()));
+    socket.on('end', () => resolve(out));
+    socket.on('error', reject);
+  });
+}
 
 describe('entry points', () => {
   it.each(['functions/lambda.ts', 'functions/sweep-lambda.ts'])('the Lambda bundle of %s never pulls in the engine or onnxruntime', async (entry) => {
@@ -43,6 +56,14 @@ describe('entry points', () => {
         expect(get.headers.get('X-Request-Id')).toMatch(/^req_/);
         const [msg] = await deps.adapters.queue.receive({ max: 1 });
         expect(JSON.parse(msg.body)).toEqual({ v: 1, job_id: id, owner: 'acct_t' });
+        // What Node refuses before the app sees it still gets the envelope and a request id.
+        const huge = await fetch(`${running.url}/v1/generations`, { headers: { Authorization: `Bearer ${secret}`, 'X-Padding': 'x'.repeat(20_000) } });
+        expect(huge.status).toBe(431);
+        expect(huge.headers.get('X-Request-Id')).toMatch(/^req_/);
+        expect(await huge.json()).toMatchObject({ error: { code: 'headers_too_large', request_id: huge.headers.get('X-Request-Id') } });
+        const garbled = await rawRequest(running.url, 'NOT HTTP AT ALL\r\n\r\n');
+        expect(garbled).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+        expect(garbled).toMatch(/"code":"bad_request"/);
       } finally {
         await running.close();
       }
