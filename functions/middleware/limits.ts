@@ -20,6 +20,8 @@ export function bodySizeLimit(maxBytes: number): MiddlewareHandler<AppEnv> {
  * it: a header this lets through but the validator refused would get the validator's own 415,
  * without the `param` the envelope names.
  */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 const JSON_CONTENT_TYPE = /^application\/(?:[a-z.-]+\+)?json(?:;\s*[a-zA-Z0-9-]+=[^;]+)*$/i;
 
 /**
@@ -31,6 +33,13 @@ export function requireJson(): MiddlewareHandler<AppEnv> {
     if (c.req.method === 'POST') {
       if (!JSON_CONTENT_TYPE.test(c.req.header('Content-Type') ?? '')) {
         throw new HttpError(415, 'unsupported_media_type', 'Content-Type must be application/json (optionally with parameters such as "; charset=utf-8")', 'Content-Type');
+      }
+      // JSON is UTF-8 (RFC 8259). A decoder would replace broken bytes with U+FFFD, and a prompt would
+      // run on text its caller never wrote. (Hono keeps the bytes: the route still reads the body.)
+      try {
+        UTF8.decode(await c.req.arrayBuffer());
+      } catch {
+        throw new HttpError(400, 'invalid_json', 'the body is not valid UTF-8 (JSON must be)');
       }
     }
     await next();

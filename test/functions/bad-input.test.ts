@@ -65,6 +65,16 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     await expectNothingWritten();
   });
 
+  it('a body that is not valid UTF-8 → 400 invalid_json, not a prompt with U+FFFD in it; valid UTF-8 (emoji, CJK) passes', async () => {
+    const broken = Buffer.concat([Buffer.from('{"prompt": "a red '), Buffer.from([0xff, 0xfe]), Buffer.from(' circle"}')]);
+    const err = await expectEnvelope(await h.request('/v1/generations', { method: 'POST', body: broken, headers: { 'Content-Type': 'application/json' } }), 400, 'invalid_json');
+    expect(err.message).toMatch(/not valid UTF-8/);
+    await expectNothingWritten();
+    const ok = await h.request('/v1/generations', { method: 'POST', body: Buffer.from(JSON.stringify({ prompt: 'a red circle 🔴 赤い円' })), headers: { 'Content-Type': 'application/json' } });
+    expect(ok.status).toBe(202);
+    expect(JSON.stringify(await ok.json())).toContain('a red circle 🔴 赤い円');
+  });
+
   it('wrong or missing content type → 415, always the same envelope naming Content-Type', async () => {
     const bad = ['text/plain', 'application/x-www-form-urlencoded', 'application/json ; charset=utf-8', 'application/json;', 'application/jsonx', undefined];
     for (const type of bad) {
