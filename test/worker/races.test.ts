@@ -95,21 +95,30 @@ class SqsReceiptRulesQueue implements JobQueue {
   }
 }
 
+/**
+ * Worker A takes a job but cannot extend its lease (an SQS brown-out seen from its host); worker B
+ * (running `bRun`) gets the same message once the lease lapses and takes the job over. A's engine
+ * returns `images` when `finishA()` is called.
+ */
+async function supersededRun(bRun: Synthesizer, images: SynthesisOutcome['images'] = []) {
+  const env = await makeEnv();
+  const sqs = new SqsReceiptRulesQueue();
+  const job = await submit({ jobs: env.jobs, queue: sqs }, { steps: 6 });
+  const blind = new Proxy(sqs, {
+    get: (t, p, r) => (p === 'extendVisibility' ? async () => { throw new RetryableError('injected: ChangeMessageVisibility timed out'); } : Reflect.get(t, p, r)),
+  }) as JobQueue;
+  let finishA!: () => void;
+  const gateA = new Promise<void>((r) => (finishA = r));
+  const a = start({ queue: blind, jobs: env.jobs, blobs: env.blobs }, { run: async () => (await gateA, outcome(6, false, images)) }, { visibilityTimeoutSec: 2 });
+  await waitFor('A started', () => a.events.some((e) => e.type === 'job_started'));
+  const b = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, bRun, { visibilityTimeoutSec: 2 });
+  await waitFor('B took the job over', () => b.events.some((e) => e.type === 'job_started'), 15_000);
+  return { env, sqs, job, a, b, finishA };
+}
+
 describe('deliveries of one job racing', () => {
   it('a superseded attempt (its lease lapsed, the same message went to another worker) settles nothing: the new holder finishes the job', async () => {
-    const env = await makeEnv();
-    const sqs = new SqsReceiptRulesQueue();
-    const job = await submit({ jobs: env.jobs, queue: sqs }, { steps: 6 });
-    // A cannot extend its lease (an SQS brown-out seen from its host); its engine returns on cue.
-    const blind = new Proxy(sqs, {
-      get: (t, p, r) => (p === 'extendVisibility' ? async () => { throw new RetryableError('injected: ChangeMessageVisibility timed out'); } : Reflect.get(t, p, r)),
-    }) as JobQueue;
-    let finishA!: () => void;
-    const gateA = new Promise<void>((r) => (finishA = r));
-    const a = start({ queue: blind, jobs: env.jobs, blobs: env.blobs }, { run: async () => (await gateA, outcome(6, false)) }, { visibilityTimeoutSec: 2 });
-    await waitFor('A started', () => a.events.some((e) => e.type === 'job_started'));
-    const b = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, stepping(60, 50), { visibilityTimeoutSec: 2 });
-    await waitFor('B took the job over', () => b.events.some((e) => e.type === 'job_started'), 15_000);
+    const { env, sqs, job, a, b, finishA } = await supersededRun(stepping(60, 50));
     finishA();
     await waitFor('A done', () => finishedOf(a.events), 15_000);
     expect(finishedOf(a.events)).toMatchObject({ outcome: 'lease_lost' });
@@ -121,19 +130,8 @@ describe('deliveries of one job racing', () => {
   });
 
   it('a superseded attempt notices before its uploads: it writes no outputs (its withheld-image delete could remove the new holder\'s)', async () => {
-    const env = await makeEnv();
-    const sqs = new SqsReceiptRulesQueue();
-    const job = await submit({ jobs: env.jobs, queue: sqs }, { steps: 6 });
-    const blind = new Proxy(sqs, {
-      get: (t, p, r) => (p === 'extendVisibility' ? async () => { throw new RetryableError('injected: ChangeMessageVisibility timed out'); } : Reflect.get(t, p, r)),
-    }) as JobQueue;
-    let finishA!: () => void;
-    const gateA = new Promise<void>((r) => (finishA = r));
     const image = { index: 0, seed: 1, png: new Uint8Array([137, 80, 78, 71]), width: 64, height: 64, clipScore: 0.3, scores: [], screenCosines: [], frames: [], stepsDone: 6 };
-    const a = start({ queue: blind, jobs: env.jobs, blobs: env.blobs }, { run: async () => (await gateA, outcome(6, false, [image])) }, { visibilityTimeoutSec: 2 });
-    await waitFor('A started', () => a.events.some((e) => e.type === 'job_started'));
-    const b = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, stepping(200, 50), { visibilityTimeoutSec: 2 });
-    await waitFor('B took the job over', () => b.events.some((e) => e.type === 'job_started'), 15_000);
+    const { env, job, a, finishA } = await supersededRun(stepping(200, 50), [image]);
     finishA();
     await waitFor('A done', () => finishedOf(a.events), 15_000);
     expect(finishedOf(a.events)).toMatchObject({ outcome: 'lease_lost' });
