@@ -307,8 +307,7 @@ export function registerGenerationRoutes(
   /**
    * With `Prefer: wait=N`, the job as it stands once it has ended or N seconds have passed (capped by
    * the deployment, and said in Preference-Applied); otherwise the job as given. The record is read
-   * every 250 ms at first, then every second. A read that fails ends the wait with what was last read:
-   * the caller can still poll.
+   * every 250 ms at first, then every second (ADR 0024).
    */
   async function heldUntilEnded(c: Context<AppEnv>, job: JobRecord): Promise<JobRecord> {
     const waitSec = preferredWaitSec(c.req.header('Prefer'), limits.maxWaitSec ?? 0);

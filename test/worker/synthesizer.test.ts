@@ -13,6 +13,18 @@ import { classifyError, jobErrorOf } from '../../gpu-worker/worker/errors.ts';
 import { NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../shared/errors.ts';
 import { makeModelsDir } from './helpers.ts';
 
+/** A registry serving the tiny reference CLIP, without a prior, as model "bare"; closed and removed after `run`. */
+async function withBareModel(options: { disablePrepacking?: boolean }, run: (models: ReturnType<typeof createModelRegistry>) => Promise<void>): Promise<void> {
+  const dir = makeTinyBundle('quickgelu');
+  const models = createModelRegistry({ bundles: { bare: dir }, threads: 1, ...options });
+  try {
+    await run(models);
+  } finally {
+    await models.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const spec = (input: Record<string, unknown>) => GenerationSpec.parse({ prompt: 'a cat', model: 'toy', ...input });
 
 describe('toSynthRequests', () => {
@@ -58,31 +70,21 @@ describe('toSynthRequests', () => {
 
 describe('the engine synthesizer', () => {
   it('a model shipped without a GMM prior starts the default "gmm" request from noise, and the job says so', async () => {
-    const dir = makeTinyBundle('quickgelu'); // no prior
-    const models = createModelRegistry({ bundles: { bare: dir }, threads: 1 });
-    try {
+    await withBareModel({}, async (models) => {
       const synth = createEngineSynthesizer({ models, blobs: undefined as never, recipeOverrides: { globalViews: 2, patchViews: 0, frameEvery: 0 } });
       const out = await synth.run({ id: 'job1', owner: 'acct_a', spec: GenerationSpec.parse({ prompt: 'a cat', model: 'bare', width: 64, height: 64, steps: 2 }) });
       expect(out.images).toHaveLength(1);
       expect(out.warnings).toContainEqual(expect.stringMatching(/^model bare ships no GMM prior: the image started from noise/));
-    } finally {
-      await models.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
 
 describe('the model registry without weight prepacking', () => {
   it('opens and runs a model with session.disable_prepacking (CLIPAG_DISABLE_PREPACKING)', async () => {
-    const dir = makeTinyBundle('quickgelu');
-    const models = createModelRegistry({ bundles: { bare: dir }, threads: 1, disablePrepacking: true });
-    try {
+    await withBareModel({ disablePrepacking: true }, async (models) => {
       const { unit } = await (await models.engine('bare')).embedText(['a red circle']);
       expect(unit.length).toBeGreaterThan(0);
-    } finally {
-      await models.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
 
