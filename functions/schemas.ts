@@ -120,17 +120,27 @@ export const EstimateView = z
     height: z.number().int(),
     steps: z.number().int().openapi({ description: "Optimization steps over all images: steps (after the deployment's cap, if any) × n" }),
     worker_seconds: SecondsRange.nullable().openapi({
-      description: 'Median and 90th percentile, from the recent runs of this model, size and kind of start (gmm, noise, an image) on this deployment (of the nearest size when none of this one: see basis); null before the first run of this model and start',
+      description:
+        "Median and 90th percentile, from the recent runs of this model, size and kind of start (gmm, noise, an image) on this deployment; from runs at other sizes when none of this one (see basis); null when nothing recorded here supports a figure (see note): before the first run of this model and start, or when this size is far from every size run",
     }),
     cost_usd: SecondsRange.nullable().openapi({ description: "worker_seconds at the deployment's hourly worker price; null without a price or without runs" }),
     runs: z.number().int().nonnegative().openapi({ description: 'How many recorded runs the figures rest on (at most 50, the latest)' }),
     basis: z
-      .object({ width: z.number().int(), height: z.number().int() })
+      .object({
+        method: z.enum(['fit', 'nearest']).openapi({
+          description:
+            "fit: a step's cost fitted against its size from the timed stages of runs at other sizes (a coarse-to-fine run times several), summed over the stages this job will run. nearest: the runs of the nearest size, within 4× in pixels, as they are",
+        }),
+        width: z.number().int().openapi({ description: 'The nearest size the figures rest on' }),
+        height: z.number().int(),
+        sizes: z.array(z.object({ width: z.number().int(), height: z.number().int() })).openapi({ description: 'Every size whose runs the figures rest on' }),
+      })
       .nullable()
       .openapi({
         description:
-          'When no run of this size was recorded: the size whose runs (same model and start, the nearest by pixel count) the figures come from. A step costs mostly the CLIP passes over model-sized views, alike at every size, so this is a guide, not a measurement. null: runs of this very size',
+          'When no run of this size was recorded: how the figures were reached from runs of the same model and start at other sizes. A guide, not a measurement. null: runs of this very size (or no figures)',
       }),
+    note: z.string().nullable().openapi({ description: 'Why there are no figures, when worker_seconds is null' }),
     hourly_usd: z.number().nullable(),
   })
   .openapi('Estimate');

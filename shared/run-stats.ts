@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { updateDocument } from './documents.ts';
 import { assertValidKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
+import type { Stage } from './schedule.ts';
 
 export const RUN_STATS_PREFIX = 'stats/';
 /** Runs kept per (model, size): enough for a stable median, recent enough to follow a new GPU type. */
@@ -24,9 +25,19 @@ const RunSample = z
     at: z.string(),
     /** The job it came from, so a repeated add (an S3 write whose reply was lost) counts once; absent in samples recorded before. */
     job: z.string().min(1).max(100).optional(),
+    /**
+     * The step loops by stage size (a coarse-to-fine run has up to 6), over all images, compile
+     * excluded: what a step costs at each size. Estimates for sizes never run fit it (estimateJob).
+     * Absent in samples recorded before.
+     */
+    stages: z
+      .array(z.object({ width: z.number().int().min(1).max(4096), height: z.number().int().min(1).max(4096), steps: z.number().int().positive(), seconds: z.number().finite().nonnegative() }).strict())
+      .max(6)
+      .optional(),
   })
   .strict()
-  .refine((s) => s.loopSeconds <= s.seconds, { message: 'loopSeconds must not exceed seconds' });
+  .refine((s) => s.loopSeconds <= s.seconds, { message: 'loopSeconds must not exceed seconds' })
+  .refine((s) => s.stages === undefined || s.stages.reduce((t, st) => t + st.seconds, 0) <= s.seconds * 1.001, { message: 'the stages cannot take longer than the job' });
 export type RunSample = z.output<typeof RunSample>;
 
 const RunStatsDoc = z.object({ v: z.literal(2), samples: z.array(RunSample).max(RUN_STATS_KEEP) }).strict();
@@ -78,16 +89,23 @@ export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSa
 }
 
 const STATS_NAME = /^(\d{1,5})x(\d{1,5})-(gmm|noise|image)\.json$/;
-
+/** Sizes read for an estimate at a size never run: the nearest ones, which bounds the reads per request. */
+const ESTIMATE_SIZES_READ = 8;
 /**
- * The recorded runs an estimate rests on: those of this very (model, size, start); else, when none
- * was recorded, those of the same model and start at the nearest size by pixel count (`basis` names
- * it). A step's cost is mostly the CLIP passes over the model-sized views, the same at every output
- * size, so a near size is a fair guide, and better than no figure; the answer says which size it is.
+ * How far past measured sizes an estimate goes, in pixels: a fit is not extended past 4× the largest
+ * stage ever run, nor a single size's runs stretched to a size 4× larger or smaller. Beyond that,
+ * no figure: ADR 0014's rule against invented ones.
  */
-export async function readEstimateSamples(blobs: BlobStore, k: RunKey): Promise<{ samples: RunSample[]; basis: { width: number; height: number } | null }> {
-  const own = await readRunSamples(blobs, k);
-  if (own.length > 0) return { samples: own, basis: null };
+export const ESTIMATE_REACH = 4;
+
+interface SizedSamples {
+  width: number;
+  height: number;
+  samples: RunSample[];
+}
+
+/** The run statistics of this model and start at other sizes, the nearest by pixel count first (at most ESTIMATE_SIZES_READ). */
+async function readNearbySizes(blobs: BlobStore, k: RunKey): Promise<SizedSamples[]> {
   const prefix = `${RUN_STATS_PREFIX}${k.model}/`;
   const sizes: Array<{ width: number; height: number }> = [];
   let cursor: string | undefined;
@@ -95,18 +113,16 @@ export async function readEstimateSamples(blobs: BlobStore, k: RunKey): Promise<
     const page = await blobs.list(prefix, cursor === undefined ? {} : { cursor });
     for (const item of page.items) {
       const m = STATS_NAME.exec(item.key.slice(prefix.length));
-      if (m && m[3] === k.start) sizes.push({ width: Number(m[1]), height: Number(m[2]) });
+      if (m && m[3] === k.start && !(Number(m[1]) === k.width && Number(m[2]) === k.height)) sizes.push({ width: Number(m[1]), height: Number(m[2]) });
     }
     cursor = page.cursor;
   } while (cursor !== undefined);
-  const distance = (s: { width: number; height: number }) => Math.abs(Math.log((s.width * s.height) / (k.width * k.height)));
-  sizes.sort((a, b) => distance(a) - distance(b) || b.width * b.height - a.width * a.height);
-  for (const size of sizes) {
-    const samples = await readRunSamples(blobs, { ...k, ...size });
-    if (samples.length > 0) return { samples, basis: size };
-  }
-  return { samples: [], basis: null };
+  sizes.sort((a, b) => pixelDistance(a, k) - pixelDistance(b, k) || b.width * b.height - a.width * a.height);
+  const read = await Promise.all(sizes.slice(0, ESTIMATE_SIZES_READ).map(async (size) => ({ ...size, samples: await readRunSamples(blobs, { ...k, ...size }) })));
+  return read.filter((r) => r.samples.length > 0);
 }
+
+const pixelDistance = (a: { width: number; height: number }, b: { width: number; height: number }) => Math.abs(Math.log((a.width * a.height) / (b.width * b.height)));
 
 function quantile(sorted: readonly number[], q: number): number {
   const i = (sorted.length - 1) * q;
@@ -123,6 +139,14 @@ export interface RunEstimate {
   runs: number;
 }
 
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/**
+ * The time a run spent stepping: its timed stages when it has them, which leave out compiling a size's
+ * step graph (a one-off per worker, so part of the per-image cost), else its whole step loops.
+ */
+const stepSeconds = (s: RunSample) => (s.stages ? s.stages.reduce((t, st) => t + st.seconds, 0) : s.loopSeconds);
+
 /**
  * A job's worker seconds from recorded runs of the same model, size and start: the per-image part
  * (init, scoring, uploads, and a cold worker's model load) times n, plus the per-step part times
@@ -132,11 +156,100 @@ export interface RunEstimate {
 export function estimateSeconds(samples: readonly RunSample[], job: { steps: number; n: number }): RunEstimate | null {
   if (samples.length === 0) return null;
   const sorted = (xs: number[]) => xs.sort((a, b) => a - b);
-  const perStep = sorted(samples.map((s) => s.loopSeconds / s.steps));
-  const perImage = sorted(samples.map((s) => (s.seconds - s.loopSeconds) / s.n));
+  const perStep = sorted(samples.map((s) => stepSeconds(s) / s.steps));
+  const perImage = sorted(samples.map((s) => (s.seconds - stepSeconds(s)) / s.n));
   const at = (q: number) => quantile(perImage, q) * job.n + quantile(perStep, q) * job.steps * job.n;
-  const round = (x: number) => Math.round(x * 1000) / 1000;
-  return { median: round(at(0.5)), p90: round(at(0.9)), runs: samples.length };
+  return { median: round3(at(0.5)), p90: round3(at(0.9)), runs: samples.length };
+}
+
+/** y ≈ a + b·x by least squares with a, b ≥ 0 (a cost never falls as the size grows, nor goes below zero). */
+export function fitNonNegativeLine(points: ReadonlyArray<{ x: number; y: number }>): { a: number; b: number } {
+  const n = points.length;
+  const mx = points.reduce((t, p) => t + p.x, 0) / n;
+  const my = points.reduce((t, p) => t + p.y, 0) / n;
+  const sxx = points.reduce((t, p) => t + (p.x - mx) ** 2, 0);
+  const sxy = points.reduce((t, p) => t + (p.x - mx) * (p.y - my), 0);
+  const b = sxx > 0 ? sxy / sxx : 0;
+  const a = my - b * mx;
+  if (b >= 0 && a >= 0) return { a, b };
+  if (b < 0) return { a: Math.max(0, my), b: 0 }; // no growth measured: a flat cost
+  const sx2 = points.reduce((t, p) => t + p.x * p.x, 0); // a < 0: through the origin
+  return { a: 0, b: sx2 > 0 ? Math.max(0, points.reduce((t, p) => t + p.x * p.y, 0) / sx2) : 0 };
+}
+
+/** Median and 90th percentile of y per distinct x. */
+function groupQuantiles(points: ReadonlyArray<{ x: number; y: number }>): Array<{ x: number; median: number; p90: number }> {
+  const by = new Map<number, number[]>();
+  for (const p of points) by.set(p.x, [...(by.get(p.x) ?? []), p.y]);
+  return [...by.entries()].map(([x, ys]) => {
+    const sorted = ys.sort((a, b) => a - b);
+    return { x, median: quantile(sorted, 0.5), p90: quantile(sorted, 0.9) };
+  });
+}
+
+/** A fit needs two sizes at least 1.5× apart in pixels; nearer ones measure noise, not growth. */
+const spansSizes = (xs: readonly number[]) => xs.length >= 2 && Math.max(...xs) >= 1.5 * Math.min(...xs);
+
+export interface JobEstimate {
+  seconds: RunEstimate | null;
+  /** null: runs of this very size. Otherwise how the figures were reached from other sizes. */
+  basis: { method: 'fit' | 'nearest'; width: number; height: number; sizes: Array<{ width: number; height: number }> } | null;
+  /** Why there are no figures, when there are none. */
+  note: string | null;
+}
+
+/**
+ * A job's worker seconds (median, 90th percentile) before it runs, from this deployment's runs of the
+ * same model and start (ADR 0014):
+ * - runs of this very size: their per-image and per-step parts (estimateSeconds);
+ * - else, where runs at other sizes timed their stages at two sizes or more: a step's cost fitted as
+ *   a + b × its stage's pixels, summed over the stages this job will run (`schedule`, per image), and
+ *   the per-image part fitted as c + d × output pixels (basis.method "fit");
+ * - else the runs of the nearest size, when it is within ESTIMATE_REACH in pixels (basis.method "nearest");
+ * - else no figures, and a note that says why.
+ */
+export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number; schedule: readonly Stage[] }): Promise<JobEstimate> {
+  const steps = job.schedule.reduce((t, st) => t + st.steps, 0);
+  const own = await readRunSamples(blobs, k);
+  if (own.length > 0) return { seconds: estimateSeconds(own, { steps, n: job.n }), basis: null, note: null };
+  const nearby = await readNearbySizes(blobs, k);
+  const size = { width: k.width, height: k.height };
+  if (nearby.length === 0) return { seconds: null, basis: null, note: `no run of model ${k.model} with a ${k.start} start was recorded on this deployment yet` };
+
+  const stagePoints = nearby.flatMap((r) => r.samples.flatMap((s) => (s.stages ?? []).map((st) => ({ x: st.width * st.height, y: st.seconds / st.steps }))));
+  const stageGroups = groupQuantiles(stagePoints);
+  const largestStage = Math.max(...job.schedule.map((st) => st.width * st.height));
+  if (spansSizes(stageGroups.map((g) => g.x)) && largestStage <= ESTIMATE_REACH * Math.max(...stageGroups.map((g) => g.x))) {
+    const timed = nearby.filter((r) => r.samples.some((s) => s.stages !== undefined));
+    const imagePoints = timed.flatMap((r) => r.samples.filter((s) => s.stages !== undefined).map((s) => ({ x: r.width * r.height, y: (s.seconds - stepSeconds(s)) / s.n })));
+    const imageGroups = groupQuantiles(imagePoints);
+    const at = (q: 'median' | 'p90') => {
+      const stepLine = fitNonNegativeLine(stageGroups.map((g) => ({ x: g.x, y: g[q] })));
+      const loop = job.schedule.reduce((t, st) => t + st.steps * (stepLine.a + stepLine.b * st.width * st.height), 0);
+      let perImage: number;
+      if (spansSizes(imageGroups.map((g) => g.x))) {
+        const line = fitNonNegativeLine(imageGroups.map((g) => ({ x: g.x, y: g[q] })));
+        perImage = line.a + line.b * k.width * k.height;
+      } else perImage = imageGroups.sort((a, b) => Math.abs(Math.log(a.x / (k.width * k.height))) - Math.abs(Math.log(b.x / (k.width * k.height))))[0]![q];
+      return (perImage + loop) * job.n;
+    };
+    const median = at('median');
+    const runs = timed.reduce((t, r) => t + r.samples.filter((s) => s.stages !== undefined).length, 0);
+    return {
+      seconds: { median: round3(median), p90: round3(Math.max(median, at('p90'))), runs },
+      basis: { method: 'fit', ...{ width: timed[0]!.width, height: timed[0]!.height }, sizes: timed.map((r) => ({ width: r.width, height: r.height })) },
+      note: null,
+    };
+  }
+  const nearest = nearby[0]!;
+  if (pixelDistance(nearest, size) <= Math.log(ESTIMATE_REACH)) {
+    return { seconds: estimateSeconds(nearest.samples, { steps, n: job.n }), basis: { method: 'nearest', width: nearest.width, height: nearest.height, sizes: [{ width: nearest.width, height: nearest.height }] }, note: null };
+  }
+  return {
+    seconds: null,
+    basis: null,
+    note: `no run of model ${k.model} with a ${k.start} start near ${k.width}×${k.height} was recorded on this deployment yet (the nearest is ${nearest.width}×${nearest.height}, more than ${ESTIMATE_REACH}× away in pixels, and one size alone does not show how the cost grows): one run at this size, or one of two sizes nearer it, gives figures`,
+  };
 }
 
 /** Worker seconds at the deployment's hourly price, in US dollars (6 decimals). */

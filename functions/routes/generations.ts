@@ -14,7 +14,8 @@ import { clearPending, markPending } from '../../shared/pending.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
-import { costUsd, estimateSeconds, readEstimateSamples, runStartOf } from '../../shared/run-stats.ts';
+import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
+import { defaultSchedule } from '../../shared/schedule.ts';
 import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
@@ -460,8 +461,11 @@ export function registerGenerationRoutes(
     // As the worker will run it: a deployment's step cap (clipag serve --steps) applies.
     const stepsPerImage = Math.min(spec.steps, limits.maxSteps ?? Infinity);
     const steps = stepsPerImage * spec.n;
-    const { samples, basis } = await readEstimateSamples(blobs, { model: spec.model, width: spec.width, height: spec.height, start: runStartOf(spec.init) });
-    const seconds = estimateSeconds(samples, { steps: stepsPerImage, n: spec.n });
+    // The stages the worker will run (a coarse-to-fine run on a model smaller than the image): a step's cost depends on its size.
+    // A model that does not state its input size is priced as one stage at the full size: an upper bound.
+    const inputSize = (await deps.models()).find((m) => m.id === spec.model)?.input_size ?? Math.max(spec.width, spec.height);
+    const schedule = defaultSchedule(spec.width, spec.height, stepsPerImage, inputSize);
+    const { seconds, basis, note } = await estimateJob(blobs, { model: spec.model, width: spec.width, height: spec.height, start: runStartOf(spec.init) }, { n: spec.n, schedule });
     const hourly = limits.workerHourlyUsd;
     return c.json(
       {
@@ -474,6 +478,7 @@ export function registerGenerationRoutes(
         cost_usd: seconds && hourly !== undefined ? { median: costUsd(seconds.median, hourly), p90: costUsd(seconds.p90, hourly) } : null,
         runs: seconds?.runs ?? 0,
         basis,
+        note,
         hourly_usd: hourly ?? null,
       },
       200,

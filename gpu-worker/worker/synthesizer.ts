@@ -57,6 +57,8 @@ export interface SynthesisOutcome {
   encoderPasses: number;
   /** `optimize`: the step loops alone (without model load, init, scoring and encoding). */
   timingsMs: { total: number; sessionRun: number; optimize: number };
+  /** The step loops by stage size, summed over the images: steps and wall time (compile excluded). Absent: not measured. */
+  stages?: Array<{ width: number; height: number; steps: number; ms: number }>;
   /** What the model cannot read of the prompts (unknown words, truncation), for the job record. */
   warnings?: string[];
 }
@@ -161,7 +163,7 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
         const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps).map((r) => (screenTexts?.length ? { ...r, screenTexts } : r));
         const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
         const totalSteps = perImage * requests.length;
-        const outcome: SynthesisOutcome = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
+        const outcome: SynthesisOutcome & Required<Pick<SynthesisOutcome, 'stages'>> = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 }, stages: [] };
         for (let i = 0; i < requests.length; i++) {
           if (signal?.aborted) {
             outcome.aborted = true;
@@ -177,6 +179,13 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
           outcome.timingsMs.total += res.usage.timingsMs.total;
           outcome.timingsMs.sessionRun += res.usage.timingsMs.sessionRun;
           outcome.timingsMs.optimize += res.usage.timingsMs.optimize;
+          for (const st of res.usage.stages) {
+            const same = outcome.stages.find((o) => o.width === st.width && o.height === st.height);
+            if (same) {
+              same.steps += st.steps;
+              same.ms += st.ms;
+            } else outcome.stages.push({ ...st });
+          }
           if (res.aborted) {
             outcome.aborted = true;
             break;

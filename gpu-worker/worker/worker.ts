@@ -759,7 +759,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         );
         // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
         const key = { model: done.spec.model, width: done.spec.width, height: done.spec.height, start: runStartOf(done.spec.init) };
-        const sample = { seconds: usage.worker_seconds, loopSeconds: Math.min(usage.worker_seconds, outcome.timingsMs.optimize / 1000), steps: total, n: outcome.images.length, at: iso(), job: msg.job_id };
+        const loopSeconds = Math.min(usage.worker_seconds, outcome.timingsMs.optimize / 1000);
+        const stageSeconds = (outcome.stages ?? []).reduce((t, st) => t + st.ms / 1000, 0);
+        const sample = {
+          seconds: usage.worker_seconds, loopSeconds, steps: total, n: outcome.images.length, at: iso(), job: msg.job_id,
+          // A step's cost at each stage size: what prices a size never run (ADR 0014).
+          ...(outcome.stages?.length && stageSeconds <= loopSeconds ? { stages: outcome.stages.map((st) => ({ width: st.width, height: st.height, steps: st.steps, seconds: st.ms / 1000 })) } : {}),
+        };
         await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { jobId: msg.job_id, error: describe(error) }));
       }
       return finish(msg, !ours ? 'skipped' : allWithheld ? 'failed' : 'succeeded', { stepsDone: outcome.stepsDone, ...(ours && allWithheld ? { error: done.error! } : {}) });

@@ -2,7 +2,8 @@
 // the run times the worker records per model and size.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { estimateSeconds, readRunSamples, recordRunSample, RUN_STATS_KEEP, runStatsKey, type RunKey } from '../../shared/run-stats.ts';
+import { estimateSeconds, fitNonNegativeLine, readRunSamples, recordRunSample, RUN_STATS_KEEP, runStatsKey, type RunKey } from '../../shared/run-stats.ts';
+import { defaultSchedule } from '../../shared/schedule.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 import { lostReplyOnce } from '../helpers/lost-reply.ts';
 
@@ -37,25 +38,66 @@ describe('the run statistics', () => {
 });
 
 describe('POST /v1/estimates', () => {
-  it('a size never run here rests on the nearest size run with the same model and start, and says which', async () => {
+  it('a size never run here, without timed stages (runs recorded before), rests on the nearest size run with the same model and start, and says which', async () => {
     await recordRunSample(h.blobs, toy(224, 224), run(2, 0.1, 10));
     await recordRunSample(h.blobs, toy(448, 448), run(4, 0.3, 10));
     await recordRunSample(h.blobs, toy(64, 64, 'noise'), run(1, 0.01, 10)); // another start: a basis for that start only
     await h.blobs.put('stats/toy/not-a-size.json', Buffer.from('{}')); // a stray object is ignored
     const ask = async (body: Record<string, unknown>) => (await (await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 10, ...body }) })).json()) as any;
     // 256×256 is nearer 224×224 (ratio 1.31) than 448×448 (3.06): its runs, 2 + 0.1 × 10 = 3 s.
-    expect(await ask({ width: 256, height: 256 })).toMatchObject({ worker_seconds: { median: 3 }, runs: 1, basis: { width: 224, height: 224 } });
-    expect(await ask({ width: 384, height: 384 })).toMatchObject({ worker_seconds: { median: 7 }, basis: { width: 448, height: 448 } });
+    expect(await ask({ width: 256, height: 256 })).toMatchObject({ worker_seconds: { median: 3 }, runs: 1, basis: { method: 'nearest', width: 224, height: 224 }, note: null });
+    expect(await ask({ width: 384, height: 384 })).toMatchObject({ worker_seconds: { median: 7 }, basis: { method: 'nearest', width: 448, height: 448 } });
     // Its own size, once run: basis null.
-    expect(await ask({ width: 448, height: 448 })).toMatchObject({ basis: null, runs: 1 });
-    // A noise start rests on noise-start runs only, however far their size (1 + 0.01 × 10 = 1.1 s).
-    expect(await ask({ width: 448, height: 448, init: 'noise' })).toMatchObject({ worker_seconds: { median: 1.1 }, basis: { width: 64, height: 64 } });
+    expect(await ask({ width: 448, height: 448 })).toMatchObject({ basis: null, runs: 1, note: null });
+    // A noise start rests on noise-start runs only (1 + 0.01 × 10 = 1.1 s)...
+    expect(await ask({ width: 96, height: 96, init: 'noise' })).toMatchObject({ worker_seconds: { median: 1.1 }, basis: { method: 'nearest', width: 64, height: 64 } });
+    // ...and one size is not stretched to a size more than 4× away in pixels: no figures, and why.
+    const far = await ask({ width: 448, height: 448, init: 'noise' });
+    expect(far).toMatchObject({ worker_seconds: null, cost_usd: null, runs: 0, basis: null });
+    expect(far.note).toMatch(/nearest is 64×64, more than 4× away/);
+  });
+
+  it("a size never run: a step's cost fitted against its size from timed stages, summed over the stages the job will run", async () => {
+    // A world where a step costs 0.05 s + 2 µs a pixel of its stage, and an image 1 s + 1 µs an output pixel.
+    const step = (px: number) => 0.05 + 2e-6 * px;
+    const perImage = (px: number) => 1 + 1e-6 * px;
+    const timedRun = (side: number, steps: number) => {
+      const stages = defaultSchedule(side, side, steps, 224).map((st) => ({ ...st, seconds: st.steps * step(st.width * st.height) }));
+      const loop = stages.reduce((t, st) => t + st.seconds, 0);
+      return { seconds: perImage(side * side) + loop, loopSeconds: loop, steps, n: 1, at: new Date().toISOString(), stages };
+    };
+    const truth = (side: number, steps: number, n: number) => n * (perImage(side * side) + defaultSchedule(side, side, steps, 224).reduce((t, st) => t + st.steps * step(st.width * st.height), 0));
+    const ask = async (body: Record<string, unknown>) => (await (await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', ...body }) })).json()) as any;
+
+    // One 448 px run times two stages (224 and 448 px): enough for the step's line, not for the image part.
+    await recordRunSample(h.blobs, toy(448, 448), timedRun(448, 100));
+    const at896 = await ask({ width: 896, steps: 100, n: 2 }); // stages 224, 448, 896: 4× the largest timed stage
+    expect(at896).toMatchObject({ runs: 1, basis: { method: 'fit', width: 448, height: 448, sizes: [{ width: 448, height: 448 }] }, note: null });
+    const loop896 = truth(896, 100, 2) - 2 * perImage(896 * 896);
+    expect(at896.worker_seconds.median).toBeCloseTo(loop896 + 2 * perImage(448 * 448), 2); // the image part as measured at 448
+    // Beyond 4× the largest timed stage the line is not stretched, and the nearest size is too far: no figures.
+    expect(await ask({ width: 1024, steps: 100 })).toMatchObject({ worker_seconds: null, basis: null });
+
+    // A second size fits the image part too: the estimate is the world's own cost, at sizes between and beyond.
+    await recordRunSample(h.blobs, toy(224, 224), timedRun(224, 100));
+    for (const [side, steps, n] of [[896, 100, 2], [320, 40, 1], [640, 7, 3]] as const) {
+      const got = await ask({ width: side, steps, n });
+      expect(got.basis.method).toBe('fit');
+      expect(got.worker_seconds.median).toBeCloseTo(truth(side, steps, n), 2);
+      expect(got.worker_seconds.p90).toBeGreaterThanOrEqual(got.worker_seconds.median);
+    }
+    // The old way (the nearest size's per-step cost) was far low at 896 px: the reason for the fit.
+    const nearestOnly = estimateSeconds([timedRun(448, 100)], { steps: 100, n: 2 })!.median;
+    expect(truth(896, 100, 2) / nearestOnly).toBeGreaterThan(2);
   });
 
   it('before any run: no figures (null), never invented ones; nothing is queued or stored', async () => {
     const res = await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 50, n: 2 }) });
     expect(res.status).toBe(200);
-    expect(await res.json()).toEqual({ object: 'estimate', model: 'toy', width: 224, height: 224, steps: 100, worker_seconds: null, cost_usd: null, runs: 0, basis: null, hourly_usd: 3.6 });
+    expect(await res.json()).toEqual({
+      object: 'estimate', model: 'toy', width: 224, height: 224, steps: 100, worker_seconds: null, cost_usd: null, runs: 0, basis: null,
+      note: 'no run of model toy with a gmm start was recorded on this deployment yet', hourly_usd: 3.6,
+    });
     expect(await h.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
   });
@@ -75,6 +117,13 @@ describe('POST /v1/estimates', () => {
     // A short job is not priced like a long one: 5 steps → 2 + 0.5 s.
     const short = (await (await h.request('/v1/estimates', { json: { prompt: 'apple', steps: 5 } })).json()) as any;
     expect(short).toMatchObject({ worker_seconds: { median: 2.5 }, cost_usd: null, hourly_usd: null });
+  });
+
+  it("at a size run before, a step graph's compile (in the loop time, not in the timed stages) is paid per image, not per step", async () => {
+    // 25 steps of 0.1 s, 1 s per image, and 3 s compiling the size's step graph inside the loop.
+    await recordRunSample(h.blobs, toy(), { seconds: 6.5, loopSeconds: 5.5, steps: 25, n: 1, at: new Date().toISOString(), stages: [{ width: 224, height: 224, steps: 25, seconds: 2.5 }] });
+    const body = (await (await h.request('/v1/estimates', { json: { prompt: 'apple', steps: 100 } })).json()) as any;
+    expect(body).toMatchObject({ basis: null, worker_seconds: { median: 14 } }); // 4 + 100 × 0.1, not 1 + 100 × 0.22
   });
 
   it('counts the steps the workers will run: a deployment step cap applies', async () => {
@@ -117,6 +166,17 @@ describe('run statistics', () => {
     await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 0, 1), steps: 0 })).rejects.toThrow();
     await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 1, 1), loopSeconds: 5 })).rejects.toThrow(); // loop longer than the job
     expect(estimateSeconds([], { steps: 100, n: 1 })).toBeNull();
+    // Stages that took longer than the job, or more than a schedule's 6, are refused too.
+    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 1, 1), stages: [{ width: 64, height: 64, steps: 1, seconds: 3 }] })).rejects.toThrow(/stages cannot take longer/);
+    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(9, 1, 1), stages: Array.from({ length: 7 }, () => ({ width: 64, height: 64, steps: 1, seconds: 0.1 })) })).rejects.toThrow(/6/);
+  });
+
+  it('fit a cost line that never falls with size nor goes below zero', () => {
+    expect(fitNonNegativeLine([{ x: 1, y: 3 }, { x: 3, y: 7 }, { x: 5, y: 11 }])).toEqual({ a: 1, b: 2 });
+    expect(fitNonNegativeLine([{ x: 1, y: 5 }, { x: 3, y: 3 }])).toEqual({ a: 4, b: 0 }); // falling: flat at the mean
+    const origin = fitNonNegativeLine([{ x: 1, y: 0 }, { x: 2, y: 4 }]); // a would be −4: through the origin instead
+    expect(origin.a).toBe(0);
+    expect(origin.b).toBeCloseTo(8 / 5, 12);
   });
 });
 

@@ -145,6 +145,12 @@ describe('gpu-worker queue worker', () => {
     expect(samples[0]).toMatchObject({ steps: 12, n: 2 });
     expect(samples[0]!.loopSeconds).toBeGreaterThan(0);
     expect(samples[0]!.loopSeconds).toBeLessThanOrEqual(samples[0]!.seconds);
+    // Each stage's steps and time, over both images: what prices sizes never run.
+    const stages = samples[0]!.stages!;
+    expect(stages.reduce((t, st) => t + st.steps, 0)).toBe(12);
+    expect(stages.at(-1)).toMatchObject({ width: 64, height: 64 });
+    expect(stages.every((st) => st.seconds > 0)).toBe(true);
+    expect(stages.reduce((t, st) => t + st.seconds, 0)).toBeLessThanOrEqual(samples[0]!.loopSeconds);
     // The owner's usage (ADR 0019): the succeeded job, once, with the figures of its record.
     const done = (await env.jobs.get(OWNER, ok.id))!;
     const days = await readUsage(env.blobs, OWNER, done.finished_at!.slice(0, 7));

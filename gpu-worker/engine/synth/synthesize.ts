@@ -41,6 +41,13 @@ export interface SynthRequest {
   screenTexts?: readonly string[];
 }
 
+export interface StageTiming {
+  width: number;
+  height: number;
+  steps: number;
+  ms: number;
+}
+
 export interface SynthProgress {
   step: number;
   totalSteps: number;
@@ -90,6 +97,8 @@ export interface SynthResult {
     encoderPasses: number;
     encoderBackwardPasses: number;
     timingsMs: { init: number; compile: number; optimize: number; sessionRun: number; score: number; encode: number; total: number };
+    /** Each stage run: its size, the steps done and the wall time of its step loop (compile excluded). Run statistics fit a step's cost against its size from these (ADR 0014). */
+    stages: StageTiming[];
   };
 }
 
@@ -249,6 +258,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   const E = engine.embedDim;
   const { recipe: r, schedule } = validateRequest(req, S, engine.bundle.manifest.recipe);
   const timings = { init: 0, compile: 0, optimize: 0, sessionRun: 0, score: 0, encode: 0, total: 0 };
+  const stageTimings: StageTiming[] = [];
   const root = Rng.fromSeed(req.seed);
   const augRng = root.fork('augment');
   const initRng = root.fork('init');
@@ -328,6 +338,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
     );
     const handle = lease.handle;
     timings.compile += performance.now() - tc;
+    const stageStart = { at: performance.now(), steps: stepsDone };
     try {
       const adam = new AdamW(3 * H * W, r);
       const scratch = new Float32Array(3 * H * W);
@@ -390,6 +401,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
         });
       }
       flushFrame();
+      if (stepsDone > stageStart.steps) stageTimings.push({ width: W, height: H, steps: stepsDone - stageStart.steps, ms: performance.now() - stageStart.at });
       // Keep the best image of the final resolution: a coarse stage's best would need upsampling.
       if (si < schedule.length - 1 && !aborted) best = { loss: Infinity, step: -1, image: cloneImage(image) };
     } finally {
@@ -412,7 +424,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   return {
     png, image: finalImage, width: req.width, height: req.height, frames, bestLoss: best.loss, bestStep: best.step, lossHistory,
     initialScores, initialImage: initialCopy, scores, screenCosines, stepsDone, aborted, warnings: engine.promptWarnings(req.prompts.map((p) => p.text)),
-    usage: { encoderPasses, encoderBackwardPasses, timingsMs: timings },
+    usage: { encoderPasses, encoderBackwardPasses, timingsMs: timings, stages: stageTimings },
   };
 }
 

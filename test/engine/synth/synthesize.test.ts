@@ -68,6 +68,10 @@ describe('synthesis on the tiny model', () => {
     expect(new Set(sizes)).toEqual(new Set([1, 2]));
     const png = decodeImage(res.png);
     expect([png.width, png.height]).toEqual([64, 48]);
+    // Each stage is timed on its own (what prices sizes never run): the schedule's sizes and steps, inside the optimize time.
+    expect(res.usage.stages.map(({ width, height, steps }) => ({ width, height, steps }))).toEqual(schedule);
+    expect(res.usage.stages.every((st) => st.ms > 0)).toBe(true);
+    expect(res.usage.stages.reduce((t, st) => t + st.ms, 0)).toBeLessThanOrEqual(res.usage.timingsMs.optimize - res.usage.timingsMs.compile);
   });
 
   it('a narrow request (8:1) runs: every coarse stage keeps sides of at least 16', async () => {
