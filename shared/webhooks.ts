@@ -125,6 +125,9 @@ export interface WebhookRequest {
   body: string;
 }
 
+/** Every address a name resolves to (node:dns lookup with `all`); tests give names answers of their choosing. */
+export type WebhookResolver = (hostname: string, options: object, callback: (error: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
+
 /** Sends one attempt; resolves with the HTTP status, rejects on a network error, a refused address or the timeout. */
 export type WebhookSender = (request: WebhookRequest) => Promise<number>;
 
@@ -133,10 +136,11 @@ export type WebhookSender = (request: WebhookRequest) => Promise<number>;
  * address the policy allows: the lookup itself refuses the others, so a name that resolves to a
  * private address is refused however it was written.
  */
-export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: number } = {}): WebhookSender {
+export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: number; resolve?: WebhookResolver } = {}): WebhookSender {
   const timeoutMs = options.timeoutMs ?? WEBHOOK_TIMEOUT_MS;
+  const resolve: WebhookResolver = options.resolve ?? ((hostname, lookupOptions, callback) => dnsLookup(hostname, { ...lookupOptions, all: true }, callback));
   const lookup = (hostname: string, options: object, callback: (error: Error | null, address: string | LookupAddress[], family?: number) => void) => {
-    dnsLookup(hostname, { ...options, all: true }, (error, addresses) => {
+    resolve(hostname, options, (error, addresses) => {
       if (error) return callback(error, '');
       const allowed = addresses.filter((a) => !isLinkLocalAddress(a.address) && (policy.allowPrivate || !isPrivateAddress(a.address)));
       if (allowed.length === 0) return callback(Object.assign(new Error(`${hostname} resolves only to private addresses`), { code: PRIVATE_ONLY }), '');

@@ -15,6 +15,7 @@ import {
   checkWebhookUrl,
   deliverWebhook,
   httpWebhookSender,
+  type WebhookResolver,
   isPrivateAddress,
   newWebhookSecret,
   signWebhook,
@@ -133,11 +134,33 @@ describe('webhook URL policy', () => {
   });
 
   it('the sender refuses a name that resolves to a private address, and connects to an allowed one', async () => {
-    const send = httpWebhookSender({ allowPrivate: false });
-    // `localhost` is refused by name; the lookup check covers every other name. No DNS here, so the
-    // name below fails to resolve or resolves: either way the request must not reach the receiver.
-    await expect(send({ url: 'https://localhost/x', headers: {}, body: '{}' })).rejects.toThrow(/public address/);
-    await expect(send({ url: `http://127.0.0.1:1/x`, headers: {}, body: '{}' })).rejects.toThrow(/https/);
+    const port = (receiver.address() as AddressInfo).port;
+    // Names answer what the test says (no DNS here); the receiver listens on 127.0.0.1.
+    const answers: Record<string, string[]> = {
+      'loopback.example': ['127.0.0.1'],
+      'internal.example': ['10.0.0.7', '192.168.1.2'],
+      'metadata.example': ['169.254.169.254'],
+      'mixed.example': ['169.254.169.254', '127.0.0.1'],
+      'v6.example': ['::1', 'fd00::5'],
+    };
+    const resolve: WebhookResolver = (hostname, _options, callback) => {
+      const found = answers[hostname];
+      if (!found) return callback(Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname}`), { code: 'ENOTFOUND' }), []);
+      callback(null, found.map((address) => ({ address, family: address.includes(':') ? 6 : 4 })));
+    };
+    const strict = httpWebhookSender({ allowPrivate: false }, { timeoutMs: 1000, resolve });
+    for (const host of ['loopback.example', 'internal.example', 'metadata.example', 'mixed.example', 'v6.example']) {
+      await expect(strict({ url: `https://${host}:${port}/hooks`, headers: {}, body: '{}' }), host).rejects.toMatchObject({ code: PRIVATE_ONLY });
+    }
+    // `localhost` is refused by name, before any lookup; http only in local mode.
+    await expect(strict({ url: 'https://localhost/x', headers: {}, body: '{}' })).rejects.toThrow(/public address/);
+    await expect(strict({ url: `http://127.0.0.1:1/x`, headers: {}, body: '{}' })).rejects.toThrow(/https/);
+    expect(received).toHaveLength(0);
+    // Local mode allows private addresses but never link-local ones: of a mixed answer, the loopback one is used.
+    const local = httpWebhookSender({ allowPrivate: true }, { timeoutMs: 1000, resolve });
+    expect(await local({ url: `http://mixed.example:${port}/hooks`, headers: {}, body: '{}' })).toBe(200);
+    await expect(local({ url: `http://metadata.example:${port}/hooks`, headers: {}, body: '{}' })).rejects.toMatchObject({ code: PRIVATE_ONLY });
+    expect(received).toHaveLength(1);
   });
 
   it('the sender never reaches this machine through a literal address, in any spelling', async () => {
