@@ -199,11 +199,26 @@ export function dynamicThreshold(x: Float32Array, p: number, scratch?: Float32Ar
   }
 }
 
-class AdamW {
+/**
+ * Content preservation (style transfer, editing): adds c·mean((x − x₀)²)'s gradient, 2c(x − x₀)/n, to
+ * `grad` and returns the loss term.
+ */
+export function addContentLoss(x: Float32Array, x0: Float32Array, c: number, grad: Float32Array): number {
+  const n = x.length;
+  let sse = 0;
+  for (let i = 0; i < n; i++) {
+    const d = x[i] - x0[i];
+    sse += d * d;
+    grad[i] += (2 * c * d) / n;
+  }
+  return (c * sse) / n;
+}
+
+export class AdamW {
   private m: Float32Array;
   private v: Float32Array;
   private t = 0;
-  constructor(n: number, private readonly r: Recipe) {
+  constructor(n: number, private readonly r: Pick<Recipe, 'lr' | 'betas' | 'eps' | 'weightDecay'>) {
     this.m = new Float32Array(n);
     this.v = new Float32Array(n);
   }
@@ -375,17 +390,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
         encoderBackwardPasses += V;
         let loss = (out.loss.data as Float32Array)[0];
         const grad = out.grad_image.data as Float32Array;
-        if (content && req.contentWeight) {
-          // Content preservation: + c·mean((x − x₀)²), gradient 2c(x − x₀)/n.
-          const n = grad.length;
-          let mse = 0;
-          for (let i = 0; i < n; i++) {
-            const d = image.data[i] - content[i];
-            mse += d * d;
-            grad[i] += (2 * req.contentWeight * d) / n;
-          }
-          loss += (req.contentWeight * mse) / n;
-        }
+        if (content && req.contentWeight) loss += addContentLoss(image.data, content, req.contentWeight, grad);
         if (!Number.isFinite(loss)) throw new EngineError('numerical_error', `loss became ${loss} at step ${stepsDone}; the model or input produced non-finite values (try another seed, a lower lr, or check the model with clipag gradcheck)`);
         lossHistory.push(loss);
         if (loss < best.loss) best = { loss, step: stepsDone, image: cloneImage(image) };

@@ -8,7 +8,7 @@ import { ClipEngine } from '../../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../../gpu-worker/engine/errors.ts';
 import { decodeImage, resizeCover, solidImage, squareCropsCovering } from '../../../gpu-worker/engine/synth/image.ts';
 import { augmentViews } from '../../../gpu-worker/engine/synth/step-graph.ts';
-import { type SynthRequest, dynamicThreshold, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
+import { AdamW, type SynthRequest, addContentLoss, dynamicThreshold, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
 import { STYLE_CONTENT_WEIGHT, STYLE_RECIPE, defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
 import { fillViewOperators } from '../../../gpu-worker/engine/synth/resample.ts';
 import { tensor } from '../../../gpu-worker/engine/onnx/ir.ts';
@@ -246,21 +246,82 @@ describe('augmentation gradients (finite differences, float64)', () => {
 });
 
 describe('host-side pieces', () => {
-  it('dynamic thresholding keeps pixels in [0,1] and is the identity on in-range images', () => {
-    const x = Float32Array.from({ length: 1000 }, (_, i) => -0.5 + (2 * i) / 999);
+  /** torch.quantile's 'linear' rule, from a full sort: the reference the selection-based quantile must match. */
+  const sortedQuantile = (values: number[], p: number) => {
+    const sorted = [...values].sort((a, b) => a - b);
+    const pos = p * (sorted.length - 1);
+    const lo = Math.floor(pos), hi = Math.min(lo + 1, sorted.length - 1);
+    return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
+  };
+
+  it('dynamic thresholding rescales by the quantile s > 1 (not a clamp), keeps pixels in [0,1], and is the identity on in-range images', () => {
+    const x = Float32Array.from({ length: 1000 }, (_, i) => -0.5 + (2 * i) / 999); // |2x − 1| up to 2
+    const before = Array.from(x);
+    const s = sortedQuantile(before.map((v) => Math.abs(2 * v - 1)), 0.95);
+    expect(s).toBeGreaterThan(1.5);
     dynamicThreshold(x, 0.95);
-    expect(Math.min(...x)).toBeGreaterThanOrEqual(0);
-    expect(Math.max(...x)).toBeLessThanOrEqual(1);
+    before.forEach((v, i) => expect(x[i], `pixel ${i}`).toBeCloseTo((Math.min(s, Math.max(-s, 2 * v - 1)) / s + 1) / 2, 5));
+    // In range but compressed: 0.9 becomes (0.8 / s + 1) / 2, where a clamp would keep it.
+    expect(x[Math.round(((0.9 + 0.5) * 999) / 2)]).toBeLessThan(0.75);
     const y = Float32Array.from({ length: 100 }, (_, i) => i / 99);
-    const before = Float32Array.from(y);
+    const inRange = Float32Array.from(y);
     dynamicThreshold(y, 0.95);
-    expect(Array.from(y)).toEqual(Array.from(before).map((v) => Math.fround(v)));
+    expect(Array.from(y)).toEqual(Array.from(inRange).map((v) => Math.fround(v)));
   });
-  it('the quantile matches a sort-based reference (linear interpolation)', () => {
-    const x = Float32Array.from({ length: 101 }, (_, i) => ((i * 37) % 101) / 100);
-    const sorted = Array.from(x, (v) => Math.abs(2 * v - 1)).sort((a, b) => a - b);
-    const pos = 0.95 * 100;
-    expect(quantileAbsCentered(x, 0.95)).toBeCloseTo(sorted[Math.floor(pos)] + (sorted[Math.ceil(pos)] - sorted[Math.floor(pos)]) * (pos - Math.floor(pos)), 6);
+
+  it('the quantile interpolates linearly between order statistics (torch.quantile)', () => {
+    // |2x − 1| = 0.96, 0.74, 0.4, 0.22, 0.76, 0.94, 0.1; sorted 0.1, 0.22, 0.4, 0.74, 0.76, 0.94, 0.96.
+    const x = Float32Array.from([0.02, 0.13, 0.3, 0.61, 0.88, 0.97, 0.45]);
+    expect(quantileAbsCentered(x, 0.3)).toBeCloseTo(0.22 + (0.4 - 0.22) * 0.8, 6); // position 1.8
+    expect(quantileAbsCentered(x, 0.95)).toBeCloseTo(0.94 + (0.96 - 0.94) * 0.7, 6); // position 5.7
+    expect(quantileAbsCentered(x, 1)).toBeCloseTo(0.96, 6);
+    expect(quantileAbsCentered(Float32Array.from([0.8]), 0.95)).toBeCloseTo(0.6, 6);
+    // Many values, fractional positions, against the sort.
+    const big = Float32Array.from({ length: 1001 }, (_, i) => ((i * 7919) % 1009) / 1008);
+    for (const p of [0.5, 0.9, 0.95, 0.987]) expect(quantileAbsCentered(big, p), `p ${p}`).toBeCloseTo(sortedQuantile(Array.from(big, (v) => Math.abs(2 * v - 1)), p), 6);
+  });
+
+  it('AdamW follows torch.optim.AdamW: decoupled weight decay and bias-corrected moments', () => {
+    const r = { lr: 0.05, betas: [0.9, 0.99] as [number, number], eps: 1e-8, weightDecay: 0.1 };
+    // Step 1 moves each value by lr against its gradient's sign (m̂ = g, v̂ = g²), after the decay.
+    const p = Float32Array.from([0.5, -0.2, 0.9]);
+    const g = Float32Array.from([0.3, -2, 1e-3]);
+    new AdamW(3, r).step(p, g);
+    [0.5, -0.2, 0.9].forEach((p0, i) => expect(p[i]).toBeCloseTo(p0 * (1 - r.lr * r.weightDecay) - r.lr * Math.sign(g[i]!), 6));
+    // Then step for step against the algorithm as torch documents it, in float64.
+    const theta = [0.5, -0.2, 0.9], m = [0, 0, 0], v = [0, 0, 0];
+    const q = Float32Array.from(theta);
+    const opt = new AdamW(3, r);
+    for (let t = 1; t <= 5; t++) {
+      const grad = theta.map((_, i) => Math.sin(t * (i + 1)) * (i + 0.5));
+      opt.step(q, Float32Array.from(grad));
+      for (let i = 0; i < 3; i++) {
+        theta[i]! -= r.lr * r.weightDecay * theta[i]!;
+        m[i] = r.betas[0] * m[i]! + (1 - r.betas[0]) * grad[i]!;
+        v[i] = r.betas[1] * v[i]! + (1 - r.betas[1]) * grad[i]! ** 2;
+        const mHat = m[i]! / (1 - r.betas[0] ** t), vHat = v[i]! / (1 - r.betas[1] ** t);
+        theta[i]! -= (r.lr * mHat) / (Math.sqrt(vHat) + r.eps);
+      }
+      theta.forEach((want, i) => expect(q[i], `step ${t}, value ${i}`).toBeCloseTo(want, 5));
+    }
+  });
+
+  it("the content loss's gradient matches central differences", () => {
+    const n = 48;
+    const x = Float32Array.from({ length: n }, (_, i) => 0.5 + 0.4 * Math.sin(i * 1.3));
+    const x0 = Float32Array.from({ length: n }, (_, i) => 0.5 + 0.3 * Math.cos(i * 0.7));
+    const c = 0.7;
+    const grad = new Float32Array(n);
+    addContentLoss(x, x0, c, grad);
+    const loss = (at: Float32Array) => addContentLoss(at, x0, c, new Float32Array(n));
+    for (let k = 0; k < 4; k++) {
+      const d = Float32Array.from({ length: n }, (_, i) => Math.sin((i + 1) * (k + 2) * 0.37));
+      const h = 1e-2; // the loss is quadratic: central differences are exact but for rounding
+      const shifted = (sign: number) => Float32Array.from(x, (v, i) => v + sign * h * d[i]!);
+      const numeric = (loss(shifted(1)) - loss(shifted(-1))) / (2 * h);
+      const analytic = grad.reduce((t, gi, i) => t + gi * d[i]!, 0);
+      expect(Math.abs(numeric - analytic) / Math.max(1e-6, Math.abs(analytic)), `direction ${k}`).toBeLessThan(1e-3);
+    }
   });
 });
 
