@@ -82,9 +82,13 @@ describe('the engine synthesizer', () => {
 describe('the model registry without weight prepacking', () => {
   it('opens and runs a model with session.disable_prepacking (CLIPAG_DISABLE_PREPACKING)', async () => {
     await withBareModel({ disablePrepacking: true }, async (models) => {
-      const { unit } = await (await models.engine('bare')).embedText(['a red circle']);
+      const engine = await models.engine('bare');
+      const { unit } = await engine.embedText(['a red circle']);
       expect(unit.length).toBeGreaterThan(0);
+      // The setting reaches the pool every session opens from (runtime.test.ts: it maps to session.disable_prepacking = 1).
+      expect(engine.pool.options.disablePrepacking).toBe(true);
     });
+    await withBareModel({}, async (models) => expect((await models.engine('bare')).pool.options.disablePrepacking).toBeUndefined());
   });
 });
 

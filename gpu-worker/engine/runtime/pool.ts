@@ -80,6 +80,11 @@ export class EnginePool {
   private nextId = 1;
   private closing?: Promise<void>;
 
+  /** The options every session of this pool opens with (a copy; a load may add its own). */
+  get options(): Readonly<SessionOptions> {
+    return { ...this.sessionOptions };
+  }
+
   constructor(opts: EnginePoolOptions = {}) {
     const size = opts.size ?? 1;
     if (!Number.isInteger(size) || size < 1) throw new EngineError('invalid_input', `EnginePool size must be a positive integer, got ${size}`);
