@@ -3,7 +3,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { checkRecipeDefaults, loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
@@ -25,8 +25,11 @@ describe('ClipEngine', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('embeds text through tokenizer + compiled graph like the official model', async () => {
+  beforeAll(async () => {
     engine = await ClipEngine.open(dir, { threads: 1 });
+  });
+
+  it('embeds text through tokenizer + compiled graph like the official model', async () => {
     const { raw } = await engine.embedText(PROMPTS);
     expect(maxRelErr(Array.from(raw), asNumbers(ref.get('text_features')!))).toBeLessThan(1e-5);
   });

@@ -271,11 +271,10 @@ describe('EnginePool', () => {
 
     expect(Array.from((out.y.data as Float32Array).subarray(0, 8))).toEqual(Array.from(x.data.subarray(0, 8)));
     const why = `pool ${poolMs.toFixed(0)} ms, ${ticks} ticks; direct ${directMs.toFixed(0)} ms, ${directTicks} ticks; depth ${depth}`;
-    expect(poolMs, why).toBeGreaterThanOrEqual(300);
-    // A free event loop fires about every 10 ms; demand a quarter of that (CI cores are shared with
-    // other test files). The blocked main thread gets almost none.
-    expect(ticks, why).toBeGreaterThanOrEqual(Math.floor(poolMs / 10 / 4));
-    expect(directTicks, why).toBeLessThan(Math.floor(directMs / 10 / 4));
+    // No rates or durations (CI cores are shared): timers fire while the pool runs the graph, and none
+    // while the same graph blocks the main thread (at most one, queued as the run ends).
+    expect(ticks, why).toBeGreaterThanOrEqual(3);
+    expect(directTicks, why).toBeLessThanOrEqual(1);
   });
 
   it('close() drains in-flight runs, is idempotent, and later calls are refused', async () => {

@@ -162,9 +162,9 @@ describe('run statistics', () => {
   });
 
   it('refuse nonsense samples and estimate nothing from nothing', async () => {
-    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 0, 1), seconds: -1 })).rejects.toThrow();
-    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 0, 1), steps: 0 })).rejects.toThrow();
-    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 1, 1), loopSeconds: 5 })).rejects.toThrow(); // loop longer than the job
+    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 0, 1), seconds: -1 })).rejects.toThrow(/seconds/);
+    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 0, 1), steps: 0 })).rejects.toThrow(/steps/);
+    await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 1, 1), loopSeconds: 5 })).rejects.toThrow(/loopSeconds must not exceed seconds/); // loop longer than the job
     expect(estimateSeconds([], { steps: 100, n: 1 })).toBeNull();
     // Stages that took longer than the job, or more than a schedule's 6, are refused too.
     await expect(recordRunSample(h.blobs, toy(64, 64), { ...run(1, 1, 1), stages: [{ width: 64, height: 64, steps: 1, seconds: 3 }] })).rejects.toThrow(/stages cannot take longer/);

@@ -285,7 +285,7 @@ describe('Prefer: wait', () => {
     for (const prefer of ['respond-async', 'wait=soon', undefined]) {
       const t1 = Date.now();
       const plain = await call(app, `/v1/generations/${id}`, prefer ? { prefer } : {});
-      expect(Date.now() - t1, String(prefer)).toBeLessThan(200);
+      expect(Date.now() - t1, String(prefer)).toBeLessThan(600); // no wait: well under the second a wait would take
       expect(plain.headers.get('Preference-Applied'), String(prefer)).toBeNull();
     }
     finishSoon(id, 200);

@@ -77,6 +77,9 @@ describe('local blob store specifics', () => {
     const { utimes } = await import('node:fs/promises');
     await utimes(lock, new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
     await expect(store.replaceIfMatch('stale/x', Buffer.from('2'), etag)).resolves.toBeDefined();
+    expect(Buffer.from((await store.get('stale/x'))!.body).toString()).toBe('2');
+    const { stat } = await import('node:fs/promises');
+    await expect(stat(lock)).rejects.toMatchObject({ code: 'ENOENT' }); // the broken lock went with the write
   });
 
   it('head of a big object streams its hash and remembers it; any write (new inode) changes it', async () => {
