@@ -7,13 +7,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../../gpu-worker/engine/errors.ts';
 import { decodeImage, resizeCover, solidImage, squareCropsCovering } from '../../../gpu-worker/engine/synth/image.ts';
-import { augmentViews } from '../../../gpu-worker/engine/synth/step-graph.ts';
+import { augmentViews, stepGraph } from '../../../gpu-worker/engine/synth/step-graph.ts';
+import { createSession } from '../../../gpu-worker/engine/runtime/session.ts';
+import { encodeModel } from '../../../gpu-worker/engine/onnx/codec.ts';
 import { AdamW, type SynthRequest, addContentLoss, dynamicThreshold, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
 import { STYLE_CONTENT_WEIGHT, STYLE_RECIPE, defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
 import { fillViewOperators } from '../../../gpu-worker/engine/synth/resample.ts';
 import { tensor } from '../../../gpu-worker/engine/onnx/ir.ts';
 import { makeTinyBundle } from '../../helpers/bundle.ts';
-import { gradCheck } from '../autodiff/fd.ts';
+import { gradCheck, normal, rng } from '../autodiff/fd.ts';
 import { REPO_ROOT } from '../../../cli/common.ts';
 
 const PRIOR = join(REPO_ROOT, 'models', 'test-prior', 'prior.safetensors');
@@ -242,6 +244,61 @@ describe('augmentation gradients (finite differences, float64)', () => {
       },
     });
     expect(r.maxError).toBeLessThan(1e-7);
+  });
+});
+
+describe('the whole step graph (finite differences, float64)', () => {
+  it("d(loss)/d(image) through views, the tiny tower, [V,K] prompt weights (one negative) and the cosine targets", async () => {
+    const src = engine.towerSource();
+    const S = src.arch.imageResolution, E = src.arch.embedDim;
+    const V = 3, K = 2, M = 2, H = 40, W = 36;
+    const r = rng(11);
+    const model = stepGraph(src, { height: H, width: W, views: V, promptSlots: K, noiseBank: M, dtype: 'float64' }, Float32Array.from(normal(r, M * 3 * S * S)));
+    // ORT's QuickGelu fusion has no float64 kernel: basic optimization only.
+    const session = await createSession(encodeModel(model), { inputInfos: model.inputs, graphOptimizationLevel: 'basic', intraOpThreads: 1 });
+    try {
+      const rows = new Float64Array(V * S * H), cols = new Float64Array(V * W * S);
+      [{ x: -2, y: 1, size: 34, flip: false }, { x: 5, y: 3, size: 20, flip: true }, { x: 0, y: 0, size: 36, flip: false }].forEach((w, v) =>
+        fillViewOperators(rows, v * S * H, cols, v * W * S, S, H, W, w),
+      );
+      const f64 = (dims: number[], data: ArrayLike<number>) => ({ dtype: 'float64' as const, dims, data: Float64Array.from(data) });
+      const unitRows = (n: number) => {
+        const x = normal(r, n * E);
+        for (let i = 0; i < n; i++) {
+          const norm = Math.hypot(...x.slice(i * E, (i + 1) * E));
+          for (let j = 0; j < E; j++) x[i * E + j]! /= norm;
+        }
+        return x;
+      };
+      const fixed = {
+        resample_rows: f64([V, 1, S, H], rows),
+        resample_cols: f64([V, 1, W, S], cols),
+        brightness: f64([V, 1, 1, 1], [0.1, -0.2, 0]),
+        saturation: f64([V, 1, 1, 1], [1.3, 0.6, 1]),
+        contrast: f64([V, 1, 1, 1], [0.8, 1.2, 1]),
+        cutout_rows: f64([V, 1, S, 1], Array.from({ length: V * S }, (_, i) => (i % S >= 4 && i % S < 12 ? 0 : 1))),
+        cutout_cols: f64([V, 1, 1, S], Array.from({ length: V * S }, (_, i) => (i % S >= 6 && i % S < 14 ? 0 : 1))),
+        noise_index: { dtype: 'int64' as const, dims: [V], data: BigInt64Array.from([1n, 0n, 1n]) },
+        noise_scale: f64([V, 1, 1, 1], [0.02, -0.01, 0]),
+        targets: f64([V, K, E], unitRows(V * K)),
+        weights: f64([V, K], [0.4, -0.2, 0.3, 0, 0.5, 0.25]), // a negative prompt's weight, an unused slot
+      };
+      const x = Float64Array.from({ length: 3 * H * W }, () => 0.2 + 0.6 * r());
+      const run = async (image: Float64Array) => session.run({ ...fixed, image: f64([1, 3, H, W], image) }, ['loss', 'grad_image']);
+      const at = await run(x);
+      const grad = at.grad_image!.data as Float64Array;
+      const loss = async (image: Float64Array) => ((await run(image)).loss!.data as Float64Array)[0]!;
+      const h = 1e-5;
+      for (let k = 0; k < 4; k++) {
+        // Dense random directions, and a sparse one (an error orthogonal to the gradient shows there).
+        const d = k < 3 ? Float64Array.from(normal(r, x.length)) : Float64Array.from(x, (_, i) => (i % 97 === 5 ? (i % 2 ? 1 : -1) : 0));
+        const numeric = ((await loss(x.map((v, i) => v + h * d[i]!))) - (await loss(x.map((v, i) => v - h * d[i]!)))) / (2 * h);
+        const analytic = grad.reduce((t, g, i) => t + g * d[i]!, 0);
+        expect(Math.abs(numeric - analytic) / Math.max(1e-8, Math.abs(analytic)), `direction ${k}: numeric ${numeric}, analytic ${analytic}`).toBeLessThan(1e-6);
+      }
+    } finally {
+      await session.release();
+    }
   });
 });
 
