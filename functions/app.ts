@@ -1,4 +1,5 @@
 import { OpenAPIHono, z } from '@hono/zod-openapi';
+import { withSharedResponses } from './openapi-document.ts';
 import { IdempotencyLedger } from './idempotency.ts';
 import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
@@ -45,14 +46,30 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.notFound(notFound(ROUTES));
 
   registerHealthRoutes(app);
-  app.doc31('/openapi.json', {
-    openapi: '3.1.0',
-    info: {
-      title: 'clipag API',
-      version: '1.0.0',
-      description: 'Generator-free text-to-image: pixels optimized along the gradients of a robust CLIP (CLIPAG). Every 4xx/5xx has the ErrorEnvelope body.',
-    },
-  });
+  // Built on first request, once every route is registered; the same for the life of the app.
+  let document: Record<string, unknown> | undefined;
+  app.get('/openapi.json', (c) =>
+    c.json(
+      (document ??= withSharedResponses(
+        app.getOpenAPI31Document({
+          openapi: '3.1.0',
+          info: {
+            title: 'clipag API',
+            version: '1.0.0',
+            description:
+              "Generator-free text-to-image: pixels optimized along the gradients of a robust CLIP (CLIPAG). Every 4xx/5xx the app gives has the ErrorEnvelope body; in AWS the gateway's own 429, 500 and 503 have the GatewayError body instead. Every response carries X-Request-Id. Undeclared methods on a path answer 405 method_not_allowed with Allow; HEAD answers as GET without a body.",
+          },
+          tags: [
+            { name: 'generations', description: 'Text-to-image jobs: create, estimate, poll, list, cancel, delete' },
+            { name: 'uploads', description: 'Init images for image-to-image' },
+            { name: 'models', description: 'The deployed models' },
+            { name: 'usage', description: "The caller's usage and cost" },
+            { name: 'health', description: 'Liveness' },
+          ],
+        }) as unknown as Record<string, any>,
+      )),
+    ),
+  );
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', {
     type: 'http',
     scheme: 'bearer',

@@ -1,7 +1,7 @@
 import { z } from '@hono/zod-openapi';
 import { ApiKeyId, ResourceId, Timestamp } from '../shared/schemas/common.ts';
 import { SORTABLE_ID_PATTERN } from '../shared/names.ts';
-import { GenerationSpec, ModelName } from '../shared/schemas/generation.ts';
+import { ModelName } from '../shared/schemas/generation.ts';
 import { JobError, JobStatus, JobUsage } from '../shared/schemas/job.ts';
 
 /**
@@ -50,7 +50,7 @@ export const ListQuery = z.object({
     .min(1, { error: LIMIT_RULE })
     .max(100, { error: LIMIT_RULE })
     .optional()
-    .openapi({ param: { name: 'limit', in: 'query' }, example: 20 }),
+    .openapi({ param: { name: 'limit', in: 'query' }, example: 20, default: 20 }),
   // A generation id, as next_cursor gives it: anything else is a caller's bug, not an empty page.
   cursor: z
     .string()

@@ -49,11 +49,14 @@ const jobHeaders = z.object({
   Prefer,
   'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY_PATTERN, 'must be 1..255 visible ASCII characters (no spaces)').optional().openapi({
     param: { name: 'Idempotency-Key', in: 'header' },
-    description: 'Same key and body → the same job (200); same key, other body → 409',
+    description:
+      "Same key and body → the same job (200); same key, other body → 409. A key belongs to the account (shared by all its API keys) and is kept as long as its generation's record. Only this operation reads it.",
   }),
 });
 
 const createGeneration = createRoute({
+  operationId: 'createGeneration',
+  tags: ['generations'],
   method: 'post',
   path: '/v1/generations',
   summary: 'Queue a text-to-image generation',
@@ -65,14 +68,14 @@ const createGeneration = createRoute({
   responses: {
     202: {
       description: 'Queued; poll the Location (with Prefer: wait, the generation as it stands when the wait ends: possibly finished)',
-      headers: { Location: { schema: { type: 'string' } }, ...preferenceApplied },
+      headers: { Location: { required: true, schema: { type: 'string' } }, ...preferenceApplied },
       content: { 'application/json': { schema: GenerationView } },
     },
     200: {
       description: 'Idempotent replay: the job an earlier request with this key made',
       headers: {
-        Location: { schema: { type: 'string' } },
-        'Idempotent-Replayed': { description: 'Always "true" on a replay', schema: { type: 'string', enum: ['true'] } },
+        Location: { required: true, schema: { type: 'string' } },
+        'Idempotent-Replayed': { required: true, description: 'Always "true" on a replay', schema: { type: 'string', enum: ['true'] } },
         ...preferenceApplied,
       },
       content: { 'application/json': { schema: GenerationView } },
@@ -83,6 +86,8 @@ const createGeneration = createRoute({
 });
 
 const createEstimate = createRoute({
+  operationId: 'createEstimate',
+  tags: ['generations'],
   method: 'post',
   path: '/v1/estimates',
   summary: 'What a generation would take: worker seconds and cost, measured on recent runs',
@@ -99,10 +104,12 @@ const createEstimate = createRoute({
 function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, S extends z.ZodType>(
   method: M,
   path: P,
-  doc: { summary: string; description?: string; ok: string; conflicts?: string },
+  doc: { operationId: string; summary: string; description?: string; ok: string; conflicts?: string },
   schema: S,
 ) {
   return createRoute({
+    operationId: doc.operationId,
+    tags: ['generations'],
     method,
     path,
     summary: doc.summary,
@@ -111,13 +118,16 @@ function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, 
     request: { params: IdParam },
     responses: {
       200: { description: doc.ok, content: { 'application/json': { schema } } },
-      ...pick(400, 401, 404, 409, 503),
+      // 413: the body limit guards every /v1 route, these included (they take no body).
+      ...pick(400, 401, 404, 409, 413, 503),
       ...(doc.conflicts ? { 409: conflict(doc.conflicts) } : {}),
     },
   });
 }
 
 const getGeneration = createRoute({
+  operationId: 'getGeneration',
+  tags: ['generations'],
   method: 'get',
   path: '/v1/generations/{id}',
   summary: 'A generation: status, progress, signed output URLs, usage',
@@ -133,6 +143,7 @@ const listFrames = generationRoute(
   'get',
   '/v1/generations/{id}/frames',
   {
+    operationId: 'listGenerationFrames',
     summary: "A generation's progress frames: each published image every 10 steps (the recipe's frame_every), as signed URLs",
     description: 'Stored with the images when the run ends: empty while it is queued or running, and for a withheld image. A frame has the size of its optimization stage (a large image starts smaller). They expire with the outputs.',
     ok: 'The frames, by image index and step',
@@ -144,6 +155,7 @@ const deleteGeneration = generationRoute(
   'delete',
   '/v1/generations/{id}',
   {
+    operationId: 'deleteGeneration',
     summary: "Delete a finished generation's images and frames, and blank its prompts and labels (idempotent)",
     description:
       'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`. 409 job_not_finished while it is queued or running.',
@@ -154,6 +166,8 @@ const deleteGeneration = generationRoute(
 );
 
 const listGenerations = createRoute({
+  operationId: 'listGenerations',
+  tags: ['generations'],
   method: 'get',
   path: '/v1/generations',
   summary: "The caller's generations, newest first",
@@ -169,6 +183,7 @@ const cancelGeneration = generationRoute(
   'post',
   '/v1/generations/{id}/cancel',
   {
+    operationId: 'cancelGeneration',
     summary: 'Cancel a generation (idempotent)',
     description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. 409 for succeeded or failed jobs.',
     ok: 'The generation after the cancel',

@@ -4,6 +4,8 @@ import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
 
 const listModels = createRoute({
+  operationId: 'listModels',
+  tags: ['models'],
   method: 'get',
   path: '/v1/models',
   summary: 'The deployed models',
@@ -12,6 +14,8 @@ const listModels = createRoute({
 });
 
 const healthz = createRoute({
+  operationId: 'getHealth',
+  tags: ['health'],
   method: 'get',
   path: '/healthz',
   summary: 'Liveness (no auth)',

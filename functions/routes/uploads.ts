@@ -7,6 +7,8 @@ import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
 
 const createUpload = createRoute({
+  operationId: 'createUpload',
+  tags: ['uploads'],
   method: 'post',
   path: '/v1/uploads',
   summary: 'A presigned PUT URL for an init image',

@@ -5,6 +5,8 @@ import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
 
 const getUsage = createRoute({
+  operationId: 'getUsage',
+  tags: ['usage'],
   method: 'get',
   path: '/v1/usage',
   summary: "The caller's usage in a month, day by day, with its cost",

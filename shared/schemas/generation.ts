@@ -40,7 +40,8 @@ export const WeightedPrompt = z
     text: PromptText,
     weight: z
       .number()
-      .refine((w) => Number.isFinite(w) && w !== 0, { message: 'weight must be a finite non-zero number' }),
+      .refine((w) => Number.isFinite(w) && w !== 0, { message: 'weight must be a finite non-zero number' })
+      .openapi({ not: { const: 0 }, description: 'Non-zero: a negative weight steers away from the text; at least one prompt must weigh more than 0' }),
   })
   .strict()
   .openapi('WeightedPrompt');
@@ -54,6 +55,7 @@ export const InitSpec = z
   })
   .openapi({
     example: 'gmm',
+    pattern: `^(gmm|noise|upload:${RESOURCE_ID_PATTERN.source.slice(1, -1)})$`,
     description:
       '"gmm" (class-conditional Gaussian prior), "noise", or "upload:<id>" (a PNG of at most 16 777 216 pixels, from POST /v1/uploads; its header is checked when the generation is requested)',
   });
@@ -122,6 +124,13 @@ export const METADATA_MAX_VALUE_CHARS = 500;
  */
 export const StoredMetadata = z.record(z.string().max(1000), z.string().max(100_000));
 
+/** The key rules in JSON Schema terms (a variable: the metadata type has no propertyNames field). */
+const METADATA_KEY_RULES = {
+  maxProperties: METADATA_MAX_KEYS,
+  propertyNames: { pattern: '^[A-Za-z0-9_.-]+$', minLength: 1, maxLength: METADATA_MAX_KEY_CHARS },
+  additionalProperties: { type: 'string', maxLength: METADATA_MAX_VALUE_CHARS },
+} as object;
+
 /** The caller's own labels for a generation (its ids, a batch name): stored and returned as given, never read by clipag. */
 export const GenerationMetadata = z
   .preprocess(
@@ -140,6 +149,7 @@ export const GenerationMetadata = z
   )
   .refine((m) => Object.keys(m).length <= METADATA_MAX_KEYS, { message: `at most ${METADATA_MAX_KEYS} metadata keys` })
   .openapi('GenerationMetadata', {
+    ...METADATA_KEY_RULES,
     description: `Your own labels (at most ${METADATA_MAX_KEYS} keys of up to ${METADATA_MAX_KEY_CHARS} characters [A-Za-z0-9_.-], string values of up to ${METADATA_MAX_VALUE_CHARS}): returned with the generation, in lists and in webhooks, never interpreted`,
     example: { order_id: 'A-1042', batch: 'spring-catalog' },
   });
@@ -160,6 +170,7 @@ export const GenerationRequest = z
       .max(2000)
       .optional()
       .openapi({
+        format: 'uri',
         description:
           'Called with a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature) when the generation succeeds, fails or is canceled. The body is the generation, outputs with signed URLs. In AWS: https on a public address (local mode also allows http and this machine). The signing secret is in the POST response (`webhook.secret`).',
         example: 'https://example.com/hooks/clipag',
@@ -170,14 +181,33 @@ export const GenerationRequest = z
     checkGeneration(req, ctx);
     checkRequestOnly(req, ctx);
   })
-  .openapi('GenerationRequest');
+  .openapi('GenerationRequest', {
+    // Exactly one of prompt and prompts (checkGeneration).
+    oneOf: [{ required: ['prompt'] }, { required: ['prompts'] }],
+    description:
+      'Exactly one of prompt and prompts. Also checked, beyond what the schema says: a prompt must not be empty once read as the model reads it (HTML entities, control characters and whitespace removed); with negative_prompt at most 7 prompts; strength only with an "upload:<id>" init; webhook_url https on a public address in AWS',
+  });
 
 /** What a job stores and the worker runs: a request with every default filled in, the model included. */
-export const GenerationSpec = z
-  .object({ ...generationFields, model: ModelName })
+export const GenerationSpec = z.object({ ...generationFields, model: ModelName }).strict().superRefine(checkGeneration);
+
+/**
+ * A generation's request as its view shows it (GET, lists, webhooks): the stored spec, whose every
+ * default was filled in when it was made, so the fields the worker ran are always there. No defaults
+ * here: a generated client must not take 224 (a stored spec's fallback) for the size it would get.
+ */
+export const GenerationSpecView = z
+  .object({
+    ...generationFields,
+    width: SideValue.openapi({ multipleOf: SIDE_MULTIPLE }),
+    height: SideValue.openapi({ multipleOf: SIDE_MULTIPLE }),
+    steps: z.number().int().min(1).max(MAX_STEPS),
+    n: z.number().int().min(1).max(MAX_IMAGES),
+    init: InitSpec,
+    model: ModelName,
+  })
   .strict()
-  .superRefine(checkGeneration)
-  .openapi('GenerationSpec');
+  .openapi('GenerationSpec', { description: 'The request as run: every default filled in when the generation was made (a deleted generation shows its texts as "[deleted]")' });
 
 export type GenerationRequestInput = z.input<typeof GenerationRequest>;
 /** The request after parsing: defaults filled in except `model`. */

@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { ResourceId, Timestamp } from './common.ts';
-import { GenerationSpec, StoredMetadata } from './generation.ts';
+import { GenerationSpecView, StoredMetadata } from './generation.ts';
 import { ContentFlag, JobError, JobStatus, JobUsage, OutputFlag } from './job.ts';
 
 // The public view of a job: what GET /v1/generations/{id} answers and what a webhook carries.
@@ -11,7 +11,7 @@ export const GenerationWebhookView = z
     status: z.enum(['pending', 'delivered', 'failed']).openapi({ description: 'failed: every attempt failed (7 over about 9 hours)' }),
     attempts: z.number().int().nonnegative(),
     last_error: z.string().nullable(),
-    secret: z.string().optional().openapi({ description: 'The signing secret (Standard Webhooks). Only in the response to the POST that made the generation.' }),
+    secret: z.string().optional().openapi({ description: 'The signing secret (Standard Webhooks). Only in the response to the POST that made the generation, and in its idempotent replays.' }),
   })
   .openapi('GenerationWebhook');
 
@@ -77,7 +77,7 @@ export const GenerationView = z
     warnings: z.array(z.string()).openapi({
       description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
     }),
-    request: GenerationSpec,
+    request: GenerationSpecView,
     content_flags: z.array(ContentFlag).openapi({
       description: 'What the prompt policy flagged: copyright, trademark, likeness or bias risks the caller should review before use. Empty when none.',
     }),

@@ -100,6 +100,30 @@ describe('requests conform to /openapi.json', () => {
     }
   });
 
+  it('bodies the server refuses for a rule the schema can state are refused by the document too', async () => {
+    const doc = (await (await h.app.request('/openapi.json')).json()) as any;
+    const ajv = new Ajv2020({ strict: false, allErrors: true });
+    ajv.addSchema(doc, 'api');
+    const validRequest = ajv.getSchema('api#/components/schemas/GenerationRequest')!;
+    const manyKeys = Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, 'v']));
+    const refused = [
+      {},
+      { prompt: 'a', prompts: [{ text: 'b', weight: 1 }] },
+      { prompts: [{ text: 'b', weight: 0 }] },
+      { prompt: 'a', init: 'foo' },
+      { prompt: 'a', metadata: { 'bad key': 'x' } },
+      { prompt: 'a', metadata: manyKeys },
+      { prompt: 'a', metadata: { ['x'.repeat(41)]: 'v' } },
+    ]; // (webhook_url's `format: uri` is an annotation to a validator that does not assert formats, as here)
+    for (const body of refused) {
+      expect((await h.request('/v1/estimates', { json: body })).status, JSON.stringify(body)).toBe(400);
+      expect(validRequest(body), JSON.stringify(body)).toBe(false);
+    }
+    // And the same fields, well formed, pass both.
+    const fine = { prompts: [{ text: 'b', weight: 1 }, { text: 'c', weight: -0.5 }], init: 'noise', metadata: { 'order.id': 'A-1' }, webhook_url: 'https://example.com/h' };
+    expect(validRequest(fine) ? [] : validRequest.errors).toEqual([]);
+  });
+
   it('a webhook body, as the deliverer sends it, is the document\'s GenerationEvent', async () => {
     const { deliverWebhook } = await import('../../shared/webhooks.ts');
     const doc = (await (await h.app.request('/openapi.json')).json()) as any;

@@ -108,16 +108,28 @@ describe('GET /openapi.json', () => {
     // The headers a client's retry logic needs are in the document, so generated SDKs keep them.
     const post = doc.paths['/v1/generations'].post.responses as Record<string, { headers?: Record<string, unknown> }>;
     expect([Object.keys(post['200']!.headers!), Object.keys(post['202']!.headers!), Object.keys(post['429']!.headers!), Object.keys(post['503']!.headers!)]).toEqual([
-      ['Location', 'Idempotent-Replayed', 'Preference-Applied'], ['Location', 'Preference-Applied'], ['Retry-After'], ['Retry-After'],
+      ['X-Request-Id', 'Location', 'Idempotent-Replayed', 'Preference-Applied'], ['X-Request-Id', 'Location', 'Preference-Applied'], ['X-Request-Id', 'Retry-After'], ['X-Request-Id', 'Retry-After'],
     ]);
+    const operationIds: string[] = [];
     for (const [path, ops] of Object.entries(doc.paths)) {
-      if (path === '/healthz') continue;
-      for (const op of Object.values(ops)) {
-        expect(op.responses['401'], `${path} documents 401`).toBeDefined();
-        // Every /v1 route reads the key store (and most the job store), so every one can answer 503.
+      for (const [method, op] of Object.entries(ops) as Array<[string, any]>) {
+        // Stable SDK method names: every operation has its own id and a tag.
+        operationIds.push(op.operationId);
+        expect(op.tags, `${method} ${path} tags`).toHaveLength(1);
+        // Any route can fail unexpectedly (500 internal_error); every response carries the request id.
+        expect(op.responses.default, `${method} ${path} documents its unexpected errors`).toBeDefined();
+        for (const [status, response] of Object.entries<any>(op.responses)) expect(response.headers?.['X-Request-Id'], `${method} ${path} ${status}`).toMatchObject({ required: true });
+        if (path === '/healthz') continue;
+        expect(op.responses['401'].headers['WWW-Authenticate'], `${path} documents 401 with its challenge`).toBeDefined();
+        // Every /v1 route reads the key store (and most the job store), so every one can answer 503;
+        // in AWS the gateway's throttle can answer any of them 429, without the envelope.
         expect(op.responses['503'], `${path} documents 503`).toBeDefined();
+        expect(op.responses['429'].content['application/json'].schema.oneOf.map((s: any) => s.$ref), `${path} documents 429`).toEqual(['#/components/schemas/ErrorEnvelope', '#/components/schemas/GatewayError']);
       }
     }
+    expect(operationIds.every((id) => typeof id === 'string' && /^[a-z][A-Za-z]+$/.test(id))).toBe(true);
+    expect(new Set(operationIds).size).toBe(operationIds.length);
+    expect(operationIds).toHaveLength(11);
     // A request without model gets the deployment's default, so the schema must not claim one.
     expect(doc.components.schemas.GenerationRequest.required ?? []).not.toContain('model');
     expect(JSON.stringify(doc.components.schemas.GenerationRequest.properties!.model)).not.toContain('"default"');

@@ -1,0 +1,52 @@
+// What every operation shares, added to the generated OpenAPI document in one place: the responses and
+// headers that middleware and the AWS gateway give any route, which the routes' own declarations
+// (typed for their handlers) leave out.
+
+type Json = Record<string, any>;
+
+const REQUEST_ID_HEADER = {
+  description: 'This request\'s id (also `error.request_id`); a sane incoming X-Request-Id (8–128 characters of [A-Za-z0-9._:-]) is kept',
+  required: true,
+  schema: { type: 'string' },
+};
+
+const ERROR_OR_GATEWAY = {
+  'application/json': { schema: { oneOf: [{ $ref: '#/components/schemas/ErrorEnvelope' }, { $ref: '#/components/schemas/GatewayError' }] } },
+};
+
+const GATEWAY_ERROR = {
+  type: 'object',
+  properties: { message: { type: 'string', examples: ['Too Many Requests'] } },
+  required: ['message'],
+  description:
+    "AWS API Gateway's own answer, before the app: its throttle (429 \"Too Many Requests\"), a request that outlived the function (503 \"Service Unavailable\"), a function crash (500). No envelope, no Retry-After and no X-Request-Id: retry with back-off (with the same Idempotency-Key for POST /v1/generations). Not in local mode.",
+};
+
+/** The document as served: each /v1 operation may also answer 429 and 5xx from the gateway, and 500 from the app; every response carries X-Request-Id. */
+export function withSharedResponses(doc: Json): Json {
+  doc.components ??= {};
+  doc.components.schemas ??= {};
+  doc.components.schemas.GatewayError = GATEWAY_ERROR;
+  for (const [path, item] of Object.entries<Json>(doc.paths ?? {})) {
+    for (const [method, op] of Object.entries<Json>(item)) {
+      if (!['get', 'post', 'put', 'patch', 'delete'].includes(method)) continue;
+      const responses: Json = (op.responses ??= {});
+      if (path.startsWith('/v1/')) {
+        responses[429] = responses[429]
+          ? { ...responses[429], description: `${responses[429].description}. Also the gateway's throttle (GatewayError), on any route`, content: ERROR_OR_GATEWAY }
+          : { description: "The gateway's throttle (GatewayError; AWS only): retry with back-off", content: ERROR_OR_GATEWAY };
+        if (responses[503]) responses[503] = { ...responses[503], description: `${responses[503].description}. Also a request that outlived the function (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
+        if (responses[401]) {
+          responses[401].headers = { ...responses[401].headers, 'WWW-Authenticate': { description: 'Bearer realm="clipag"', required: true, schema: { type: 'string' } } };
+        }
+        op.parameters = [
+          ...(op.parameters ?? []),
+          { name: 'X-Request-Id', in: 'header', required: false, description: 'Your own id for this request, echoed back when sane (8–128 characters of [A-Za-z0-9._:-])', schema: { type: 'string' } },
+        ];
+      }
+      responses.default = { description: 'Unexpected error: 500 internal_error (retry later; report its request_id), or a gateway error in AWS', content: ERROR_OR_GATEWAY };
+      for (const response of Object.values<Json>(responses)) response.headers = { 'X-Request-Id': REQUEST_ID_HEADER, ...response.headers };
+    }
+  }
+  return doc;
+}
