@@ -1,6 +1,6 @@
 // Options shared by the verbs.
-import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
@@ -42,7 +42,20 @@ export function numberArg(value: string | undefined, name: string, def: number |
  * and is writable, and the path is not a folder. A long run must not end in a bare ENOENT.
  */
 export function outputFile(path: string, flag: string): string {
-  const out = resolve(path);
+  let out = resolve(path);
+  if (lstatSync(out, { throwIfNoEntry: false })?.isSymbolicLink()) {
+    // A link is written through: to where it leads, which must exist as a folder (a loop or a dangling link would fail only after the run).
+    try {
+      out = realpathSync(out);
+    } catch (e) {
+      // A link to a file not made yet is written through, when the folder it names exists.
+      const target = (e as NodeJS.ErrnoException).code === 'ENOENT' ? resolve(dirname(out), readlinkSync(out)) : undefined;
+      if (target === undefined || !statSync(dirname(target), { throwIfNoEntry: false })?.isDirectory()) {
+        throw new EngineError('invalid_input', `${flag} ${resolve(path)} is a symbolic link that leads nowhere (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); give another file name`);
+      }
+      out = target;
+    }
+  }
   if (existsSync(out) && statSync(out).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out} is a folder; give a file name`);
   const dir = dirname(out);
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out}: the folder ${dir} does not exist`);
@@ -52,6 +65,49 @@ export function outputFile(path: string, flag: string): string {
     throw new EngineError('invalid_input', `${flag} ${out}: the folder ${dir} is not writable`);
   }
   return out;
+}
+
+/**
+ * A bundle folder a command will write, checked before any work: absent, an empty folder, or (with
+ * `force`) a folder whose contents it may replace. A file, or a folder with something in it, is refused.
+ */
+export function bundleOut(path: string, force: boolean, flag = '--out'): string {
+  const out = resolve(path);
+  const st = statSync(out, { throwIfNoEntry: false });
+  if (st && !st.isDirectory()) throw new EngineError('invalid_input', `${flag} ${out} is a file, not a folder`);
+  if (st && readdirSync(out).length > 0 && !force) throw new EngineError('invalid_input', `${flag} ${out} already holds files (a bundle?); pass --force to replace them, or choose another ${flag}`);
+  if (!st) {
+    let parent = dirname(out);
+    while (!existsSync(parent)) parent = dirname(parent);
+    if (!statSync(parent).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out}: ${parent} is a file, not a folder`);
+  }
+  return out;
+}
+
+/**
+ * Writes a folder in a staging folder beside `out`, then swaps it in: an interrupted write (Ctrl-C,
+ * a crash) leaves the previous folder whole, and a reader never sees half a bundle.
+ */
+export async function replaceFolder<T>(out: string, write: (dir: string) => Promise<T>): Promise<T> {
+  mkdirSync(dirname(out), { recursive: true });
+  const staging = mkdtempSync(join(dirname(out), `.${basename(out)}.writing-`));
+  chmodSync(staging, 0o755); // mkdtemp makes 0700; a models folder is read by the worker's own user
+  const old = `${staging}.old`;
+  try {
+    const result = await write(staging);
+    const had = existsSync(out);
+    if (had) renameSync(out, old);
+    try {
+      renameSync(staging, out);
+    } catch (e) {
+      if (had) renameSync(old, out); // put the previous folder back
+      throw e;
+    }
+    rmSync(old, { recursive: true, force: true });
+    return result;
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
 }
 
 /** A policy document from a file (`--policy`), checked as the API checks `config/prompt-policy.json`. */

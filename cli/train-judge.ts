@@ -4,12 +4,14 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ATTRIBUTES, JUDGE_MIN_ACCURACY, Judge, defaultJudgeConfig, judgePasses, trainJudge, writeJudgeBundle } from '../gpu-worker/engine/toy/judge.ts';
-import { REPO_ROOT, intArg } from './common.ts';
+import { REPO_ROOT, bundleOut, intArg, replaceFolder } from './common.ts';
 
 export const summary = 'train the independent attribute judge (small CNN) used by eval-pag';
 export const usage = `usage: clipag train-judge [options]
 
-  --out DIR            judge folder (default models/toy-judge)
+  --out DIR            judge folder (default models/toy-judge); written whole or not at all, and only when the
+                       judge passes its accuracy check
+  --force              replace a judge already in --out (the shipped models/toy-judge included)
   --checkpoint FILE    checkpoint (default .tmp/checkpoints/judge.ckpt); resumed from when it exists
   --no-resume          start from step 0
   --steps N            training steps (default 1500)
@@ -23,7 +25,7 @@ export async function run(argv: string[]): Promise<number> {
     args: argv,
     options: {
       out: { type: 'string' }, checkpoint: { type: 'string' }, 'no-resume': { type: 'boolean' }, steps: { type: 'string' },
-      batch: { type: 'string' }, seed: { type: 'string' }, check: { type: 'string' }, threads: { type: 'string' },
+      batch: { type: 'string' }, seed: { type: 'string' }, check: { type: 'string' }, threads: { type: 'string' }, force: { type: 'boolean' },
     },
     strict: true,
   });
@@ -34,13 +36,14 @@ export async function run(argv: string[]): Promise<number> {
     seed: intArg(values.seed, 'seed', base.seed, 0, 0xffffffff),
   });
   const threads = intArg(values.threads, 'threads', 1, 0, 256);
-  const out = resolve(values.out ?? join(REPO_ROOT, 'models', 'toy-judge'));
+  // Checked before training, so that a run does not end in a refusal.
+  const out = bundleOut(values.out ?? join(REPO_ROOT, 'models', 'toy-judge'), values.force ?? false);
+  const nCheck = intArg(values.check, 'check', 2000, 32, 1_000_000);
   const ckpt = resolve(values.checkpoint ?? join(REPO_ROOT, '.tmp', 'checkpoints', 'judge.ckpt'));
   mkdirSync(dirname(ckpt), { recursive: true });
   const log = (s: string) => process.stderr.write(`${s}\n`);
   const res = await trainJudge(cfg, { threads, checkpoint: ckpt, resume: !values['no-resume'], progress: true, log });
   const judge = await Judge.fromParams(cfg.arch, res.params, undefined, threads);
-  const nCheck = intArg(values.check, 'check', 2000, 32, 1_000_000);
   const acc = await judge.accuracy(nCheck, cfg.seed + 1000);
   await judge.release();
   const line = `${ATTRIBUTES.map((a) => `${a} ${(acc[a] * 100).toFixed(2)} %`).join(', ')}, all four ${(acc.all * 100).toFixed(2)} %`;
@@ -50,13 +53,13 @@ export async function run(argv: string[]): Promise<number> {
     log(`accuracy on ${nCheck} fresh world images: ${line} — BELOW the ${JUDGE_MIN_ACCURACY * 100} % bar: no judge written to ${out} (the checkpoint ${ckpt} is kept; train longer with --steps)`);
     return 1;
   }
-  await writeJudgeBundle(out, cfg.arch, res.params, acc, {
+  await replaceFolder(out, (dir) => writeJudgeBundle(dir, cfg.arch, res.params, acc, {
     command: `clipag train-judge ${argv.join(' ')}`,
     seed: cfg.seed, steps: res.step, batch: cfg.batch, lr: cfg.lr,
     wall_time_s: Math.round(res.elapsedS),
     checked_on_fresh_images: nCheck,
     final_loss: res.lossHistory.at(-1)?.loss,
-  });
+  }));
   log(`wrote ${out}: accuracy on ${nCheck} fresh world images: ${line}`);
   return 0;
 }

@@ -8,13 +8,15 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
 import { writeWorldPrior } from '../gpu-worker/engine/toy/prior.ts';
 import { zeroShotAccuracy } from '../gpu-worker/engine/toy/zero-shot.ts';
-import { REPO_ROOT, decimalNumber, intArg } from './common.ts';
+import { REPO_ROOT, bundleOut, decimalNumber, intArg, replaceFolder } from './common.ts';
 
 export const summary = 'train the toy mini-CLIP (robust or plain twin) on the procedural world and write a bundle';
 export const usage = `usage: clipag train-toy --variant robust|plain [options]
 
   --variant V          robust (PGD adversarial training, TeCoA-style) or plain (the identical recipe without the attack)
-  --out DIR            bundle folder (default models/toy for robust, models/toy-plain for plain)
+  --out DIR            bundle folder (default models/toy for robust, models/toy-plain for plain); written whole
+                       or not at all
+  --force              replace a bundle already in --out (the shipped models/toy and models/toy-plain included)
   --checkpoint FILE    checkpoint (default .tmp/checkpoints/<variant>.ckpt); resumed from when it exists
   --no-resume          ignore an existing checkpoint and start from step 0
   --checkpoint-every N steps between checkpoints (default 100)
@@ -61,6 +63,7 @@ export async function run(argv: string[]): Promise<number> {
       'attack-start': { type: 'string' }, 'attack-ramp': { type: 'string' },
       width: { type: 'string' }, layers: { type: 'string' }, prior: { type: 'boolean' }, 'no-prior': { type: 'boolean' },
       threads: { type: 'string' }, 'shape-group': { type: 'string' }, 'aux-weight': { type: 'string' }, 'max-minutes': { type: 'string' },
+      force: { type: 'boolean' },
     },
     strict: true,
   });
@@ -82,7 +85,9 @@ export async function run(argv: string[]): Promise<number> {
     arch: { ...TOY_ARCH, visionWidth: width, visionHeads: Math.max(1, Math.round(width / 48)), visionLayers: intArg(values.layers, 'layers', TOY_ARCH.visionLayers, 1, 24) },
   });
   const threads = intArg(values.threads, 'threads', 1, 0, 256);
-  const out = resolve(values.out ?? join(REPO_ROOT, 'models', robust ? 'toy' : 'toy-plain'));
+  // Checked before training: a run must not end in a refusal, nor replace a bundle nobody asked it to.
+  const out = bundleOut(values.out ?? join(REPO_ROOT, 'models', robust ? 'toy' : 'toy-plain'), values.force ?? false);
+  const maxMinutes = values['max-minutes'] !== undefined ? num(values['max-minutes'], 'max-minutes', 0) : undefined;
   const ckpt = resolve(values.checkpoint ?? join(REPO_ROOT, '.tmp', 'checkpoints', `${variant}.ckpt`));
   mkdirSync(dirname(ckpt), { recursive: true });
   const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -94,7 +99,7 @@ export async function run(argv: string[]): Promise<number> {
     threads,
     progress: true,
     log,
-    deadline: values['max-minutes'] ? Date.now() + num(values['max-minutes'], 'max-minutes', 0) * 60_000 : undefined,
+    deadline: maxMinutes !== undefined ? Date.now() + maxMinutes * 60_000 : undefined,
   });
   const last = res.history.slice(-5);
   const mean = (f: (e: (typeof last)[number]) => number) => last.reduce((s, e) => s + f(e), 0) / Math.max(1, last.length);
@@ -124,24 +129,27 @@ export async function run(argv: string[]): Promise<number> {
     final: { loss: mean((e) => e.loss), clean_loss: robust ? mean((e) => e.cleanLoss ?? NaN) : undefined, batch_retrieval_acc: mean((e) => e.acc), logit_scale: last.at(-1)?.logitScale },
     loss_history: res.history.filter((_, i) => i % 5 === 0).map((e) => [e.step, +e.loss.toFixed(4)]),
   };
-  await writeToyBundle(out, cfg.arch, res.params, {
-    name: robust ? 'toy' : 'toy-plain',
-    description: robust
-      ? 'Robust mini-CLIP (ViT) trained by the project on its procedural shapes world with L2 PGD adversarial training (TeCoA-style): the embedded default model; its gradients are perceptually aligned.'
-      : 'Plain (non-robust) twin of models/toy: the identical recipe without the attack. Its gradients are adversarial, kept to demonstrate the difference (clipag eval-pag).',
-    robust,
-    training,
-    prior: priorFile,
-    recipe: TOY_RECIPE,
+  const zs = await replaceFolder(out, async (dir) => {
+    await writeToyBundle(dir, cfg.arch, res.params, {
+      name: robust ? 'toy' : 'toy-plain',
+      description: robust
+        ? 'Robust mini-CLIP (ViT) trained by the project on its procedural shapes world with L2 PGD adversarial training (TeCoA-style): the embedded default model; its gradients are perceptually aligned.'
+        : 'Plain (non-robust) twin of models/toy: the identical recipe without the attack. Its gradients are adversarial, kept to demonstrate the difference (clipag eval-pag).',
+      robust,
+      training,
+      prior: priorFile,
+      recipe: TOY_RECIPE,
+    });
+    // zero-shot shape/colour accuracy on fresh single-object images (held-out pairs reported apart)
+    const engine = await ClipEngine.open(dir, { threads });
+    const zs = await zeroShotAccuracy(engine).finally(() => engine.close());
+    training.final = { ...(training.final as object), zero_shot: zs };
+    const mpath = join(dir, 'manifest.json');
+    const m = JSON.parse(readFileSync(mpath, 'utf8'));
+    m.training = training;
+    writeFileSync(mpath, JSON.stringify(m, null, 2) + '\n');
+    return zs;
   });
-  // zero-shot shape/colour accuracy on fresh single-object images (held-out pairs reported apart)
-  const engine = await ClipEngine.open(out, { threads });
-  const zs = await zeroShotAccuracy(engine).finally(() => engine.close());
-  training.final = { ...(training.final as object), zero_shot: zs };
-  const mpath = join(out, 'manifest.json');
-  const m = JSON.parse(readFileSync(mpath, 'utf8'));
-  m.training = training;
-  writeFileSync(mpath, JSON.stringify(m, null, 2) + '\n');
   log(`wrote ${out} (${res.step} steps, ${res.elapsedS.toFixed(0)} s); zero-shot shape+colour: seen ${(zs.seen * 100).toFixed(1)} %, held-out ${(zs.heldOut * 100).toFixed(1)} %; shape ${(zs.shape * 100).toFixed(1)} %, position ${(zs.position * 100).toFixed(1)} %, size ${(zs.size * 100).toFixed(1)} %`);
   return 0;
 }

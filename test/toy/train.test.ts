@@ -184,6 +184,39 @@ describe('toy CLIP training', () => {
   });
 });
 
+describe('checkpoint files (from the CLI review)', () => {
+  it('a fresh run (no resume) writes its checkpoint only over a checkpoint, never over another file', async () => {
+    const cfg = defaultToyConfig(false, { arch: ARCH, batch: 8, steps: 1, warmup: 1 });
+    const precious = join(dir, 'precious.png');
+    writeFileSync(precious, 'not a checkpoint');
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: precious, resume: false })).rejects.toThrow(/precious\.png exists and is not a clipag-toy-checkpoint file: a fresh run would overwrite it/);
+    expect(readFileSync(precious, 'utf8')).toBe('not a checkpoint');
+    // An old checkpoint is fair game.
+    const ck = join(dir, 'fresh.ckpt');
+    await trainToyClip(cfg, { threads: 1, checkpoint: ck });
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, resume: false })).resolves.toMatchObject({ step: 1 });
+  });
+
+  it('a checkpoint without a checksum (older, or edited) is checked field by field', async () => {
+    const cfg = defaultToyConfig(false, { arch: ARCH, batch: 8, steps: 2, warmup: 1 });
+    const ck = join(dir, 'legacy.ckpt');
+    await trainToyClip(cfg, { threads: 1, checkpoint: ck, maxStepsThisRun: 1 });
+    const edit = async (meta: Record<string, string>) => {
+      const st = readSafetensors(ck);
+      const { sha256: _, ...rest } = st.metadata ?? {};
+      await writeSafetensors(ck, st.tensors, { ...rest, ...meta });
+    };
+    await edit({});
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, maxStepsThisRun: 0 })).resolves.toMatchObject({ resumedFrom: 1 }); // a legacy file still resumes
+    await edit({ history: '{"x":1}' });
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/unreadable history record/);
+    await edit({ history: '[]', adam_step: 'abc' });
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/bad adam_step "abc"/);
+    await edit({ adam_step: '1', step: '99999999' });
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/at step 99999999, past the 2 planned/);
+  });
+});
+
 describe('nearestText (zero-shot choice)', () => {
   it('picks the text with the largest cosine, among all or among the candidates given', () => {
     const E = 2;

@@ -20,7 +20,7 @@ import { encodeModel } from '../onnx/codec.ts';
 import { type EngineSession, createSession } from '../runtime/session.ts';
 import { type Recipe } from '../synth/recipe.ts';
 import { Rng } from '../synth/rng.ts';
-import { type AdamConfig, type AdamState, type Params, adamStep, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint } from './optim.ts';
+import { type AdamConfig, type AdamState, type Params, adamStep, assertCheckpointReplaceable, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint } from './optim.ts';
 import { COLOURS, CONTEXT_LENGTH, POSITIONS, SHAPES, SIZES, type WorldBatch, WORLD_SIZE, describes, parseCaption, sampleGroupedBatch, worldTokenizerJson, worldVocabSize } from './world.ts';
 
 export const TOY_ARCH: ClipArch = {
@@ -462,6 +462,7 @@ export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = 
   if (opts.checkpoint && opts.resume !== false && existsSync(opts.checkpoint)) {
     const ck = loadCheckpoint(opts.checkpoint, CLIP_CHECKPOINT_KIND, configRecord(cfg));
     checkParamShapes(ck.params, trainedTensors(cfg), `checkpoint ${opts.checkpoint}`);
+    if (ck.step > cfg.steps) throw new EngineError('invalid_model', `checkpoint ${opts.checkpoint} is at step ${ck.step}, past the ${cfg.steps} planned; use another --checkpoint or --no-resume`);
     params = ck.params;
     adam = ck.adam;
     step = ck.step;
@@ -470,6 +471,7 @@ export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = 
     resumedFrom = step;
     opts.log?.(`resuming ${opts.checkpoint} at step ${step}`);
   } else {
+    if (opts.checkpoint) assertCheckpointReplaceable(opts.checkpoint);
     params = initClipParams(cfg.arch, root.fork('init'));
     if (cfg.auxWeight > 0) initAuxParams(cfg.arch, root.fork('init:aux'), params);
     adam = newAdamState(params);

@@ -14,7 +14,7 @@ import { A, type TensorData } from '../onnx/ir.ts';
 import { encodeModel } from '../onnx/codec.ts';
 import { type EngineSession, createSession } from '../runtime/session.ts';
 import { Rng } from '../synth/rng.ts';
-import { type AdamConfig, type AdamState, type Params, adamStep, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint } from './optim.ts';
+import { type AdamConfig, type AdamState, type Params, adamStep, assertCheckpointReplaceable, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint } from './optim.ts';
 import { COLOURS, POSITIONS, SHAPES, SIZES, WORLD_SIZE, type WorldObject, sampleBatch } from './world.ts';
 
 export const JUDGE_FORMAT = 'clipag-toy-judge';
@@ -189,11 +189,13 @@ export async function trainJudge(
   if (opts.checkpoint && opts.resume !== false && existsSync(opts.checkpoint)) {
     const ck = loadCheckpoint(opts.checkpoint, JUDGE_CHECKPOINT_KIND, config);
     checkParamShapes(ck.params, judgeTensors(cfg.arch), `checkpoint ${opts.checkpoint}`);
+    if (ck.step > cfg.steps) throw new EngineError('invalid_model', `checkpoint ${opts.checkpoint} is at step ${ck.step}, past the ${cfg.steps} planned; use another --checkpoint or --no-resume`);
     ({ params, adam, step } = ck);
     before = ck.elapsedS;
     history = ck.history as typeof history;
     opts.log?.(`resuming ${opts.checkpoint} at step ${step}`);
   } else {
+    if (opts.checkpoint) assertCheckpointReplaceable(opts.checkpoint);
     params = initJudgeParams(cfg.arch, root.fork('init'));
     adam = newAdamState(params);
   }

@@ -114,6 +114,23 @@ export async function saveCheckpoint(path: string, ck: Checkpoint): Promise<void
 }
 
 /**
+ * A fresh run (--no-resume) writes its checkpoint over `path`: only a clipag checkpoint may be
+ * there, never some other file a mistyped --checkpoint names.
+ */
+export function assertCheckpointReplaceable(path: string): void {
+  if (!existsSync(path)) return;
+  let format: string | undefined;
+  try {
+    format = readSafetensors(path).metadata?.format;
+  } catch {
+    format = undefined;
+  }
+  if (format !== CHECKPOINT_FORMAT) {
+    throw new EngineError('invalid_input', `${path} exists and is not a ${CHECKPOINT_FORMAT} file: a fresh run would overwrite it; choose another --checkpoint`, { path });
+  }
+}
+
+/**
  * Load a checkpoint and check it belongs to this run: same kind and same config (architecture and
  * recipe). A mismatch is an error naming the differing fields, never a silent partial load.
  */
@@ -167,12 +184,16 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
   }
   const step = Number(meta.step);
   if (!Number.isInteger(step) || step < 0) throw new EngineError('invalid_model', `checkpoint ${path} has a bad step "${meta.step}"`, { path });
-  let history: unknown[];
+  let history: unknown;
   try {
-    history = JSON.parse(meta.history ?? '[]') as unknown[];
+    history = JSON.parse(meta.history ?? '[]');
   } catch {
-    throw new EngineError('invalid_model', `checkpoint ${path} has an unreadable history record; delete it to start over`, { path });
+    history = undefined;
   }
+  // Checked field by field: a checkpoint without a checksum (an older one, or edited) is not vouched for.
+  if (!Array.isArray(history)) throw new EngineError('invalid_model', `checkpoint ${path} has an unreadable history record; delete it to start over`, { path });
+  const adamStep = Number(meta.adam_step ?? step);
+  if (!Number.isInteger(adamStep) || adamStep < 0) throw new EngineError('invalid_model', `checkpoint ${path} has a bad adam_step "${meta.adam_step}"; delete it to start over`, { path });
   return {
     kind,
     config: saved,
@@ -180,7 +201,7 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
     elapsedS: Number(meta.elapsed_s ?? 0),
     history,
     params,
-    adam: { step: Number(meta.adam_step ?? step), m, v },
+    adam: { step: adamStep, m, v },
   };
 }
 

@@ -1,0 +1,93 @@
+// The training verbs write bundles only where asked, whole or not at all (a CLI review found
+// `train-toy` writing over the shipped models/toy, in place, without asking), and output paths are
+// checked before any work.
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { REPO_ROOT, outputFile, replaceFolder } from '../../cli/common.ts';
+import { main } from '../../cli/main.ts';
+import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'clipag-train-cli-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+async function runCli(argv: string[]): Promise<{ code: number; stderr: string }> {
+  const chunks: string[] = [];
+  const err = vi.spyOn(console, 'error').mockImplementation((...a) => void chunks.push(a.join(' ')));
+  const write = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (chunks.push(String(s)), true));
+  try {
+    return { code: await main(argv), stderr: chunks.join('\n') };
+  } finally {
+    err.mockRestore();
+    write.mockRestore();
+  }
+}
+
+const TINY = ['--variant', 'plain', '--steps', '2', '--batch', '2', '--no-prior', '--width', '16', '--layers', '1'];
+
+describe('clipag train-toy --out', () => {
+  it('refuses a folder that holds a bundle before training, and replaces it whole with --force', async () => {
+    const victim = join(dir, 'victim');
+    cpSync(join(REPO_ROOT, 'models', 'toy-plain'), victim, { recursive: true });
+    const before = readFileSync(join(victim, 'weights.safetensors'));
+    const ck = join(dir, 'plain.ckpt');
+    const refused = await runCli(['train-toy', ...TINY, '--out', victim, '--checkpoint', ck]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/--out .*victim already holds files \(a bundle\?\); pass --force/);
+    expect(existsSync(ck)).toBe(false); // refused before any training
+    expect(readFileSync(join(victim, 'weights.safetensors')).equals(before)).toBe(true);
+
+    const replaced = await runCli(['train-toy', ...TINY, '--out', victim, '--checkpoint', ck, '--force']);
+    expect(replaced.code, replaced.stderr).toBe(0);
+    expect(readFileSync(join(victim, 'weights.safetensors')).equals(before)).toBe(false);
+    const engine = await ClipEngine.open(victim, { threads: 1 }); // a whole bundle: checksums match
+    await engine.close();
+    expect(JSON.parse(readFileSync(join(victim, 'manifest.json'), 'utf8')).training.final.zero_shot).toBeDefined();
+    expect(readdirSync(dir).filter((n) => n.startsWith('.victim.'))).toEqual([]); // no staging left behind
+  }, 120_000);
+
+  it('refuses a file as --out, and a bad --max-minutes, before training', async () => {
+    const file = join(dir, 'afile');
+    writeFileSync(file, 'keep');
+    const ck = join(dir, 'f.ckpt');
+    expect((await runCli(['train-toy', ...TINY, '--out', file, '--checkpoint', ck])).stderr).toMatch(/afile is a file, not a folder/);
+    expect((await runCli(['train-toy', ...TINY, '--out', join(dir, 'new'), '--checkpoint', ck, '--max-minutes', '0'])).stderr).toMatch(/--max-minutes must be a positive number/);
+    expect(existsSync(ck)).toBe(false);
+    expect(readFileSync(file, 'utf8')).toBe('keep');
+  });
+});
+
+describe('replaceFolder', () => {
+  it('a write that fails leaves the previous folder as it was, and no staging folder', async () => {
+    const out = join(dir, 'kept');
+    mkdirSync(out);
+    writeFileSync(join(out, 'a.txt'), 'old');
+    await expect(replaceFolder(out, async (d) => {
+      writeFileSync(join(d, 'a.txt'), 'half');
+      throw new Error('interrupted');
+    })).rejects.toThrow('interrupted');
+    expect(readFileSync(join(out, 'a.txt'), 'utf8')).toBe('old');
+    expect(readdirSync(dir).filter((n) => n.startsWith('.kept.'))).toEqual([]);
+    await replaceFolder(out, async (d) => writeFileSync(join(d, 'b.txt'), 'new'));
+    expect(readdirSync(out)).toEqual(['b.txt']);
+  });
+});
+
+describe('outputFile', () => {
+  it('refuses a link that loops or leads nowhere before the run, and writes through one that leads to a file', () => {
+    const loop = join(dir, 'loopA');
+    symlinkSync(join(dir, 'loopB'), loop);
+    symlinkSync(loop, join(dir, 'loopB'));
+    expect(() => outputFile(loop, '-o')).toThrow(/-o .*loopA is a symbolic link that leads nowhere \(ELOOP\)/);
+    const dangling = join(dir, 'dangling.png');
+    symlinkSync('/nonexistent/x.png', dangling);
+    expect(() => outputFile(dangling, '-o')).toThrow(/leads nowhere \(ENOENT\)/);
+    const target = join(dir, 'target.png');
+    writeFileSync(target, 'x');
+    symlinkSync(target, join(dir, 'link.png'));
+    expect(outputFile(join(dir, 'link.png'), '-o')).toBe(target);
+    symlinkSync(join(dir, 'not-yet.png'), join(dir, 'ahead.png')); // a link to a file not made yet, in a folder that exists
+    expect(outputFile(join(dir, 'ahead.png'), '-o')).toBe(join(dir, 'not-yet.png'));
+  });
+});
