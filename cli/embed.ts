@@ -33,7 +33,14 @@ export async function run(argv: string[]): Promise<number> {
       } catch (e) {
         throw new EngineError('invalid_input', `cannot read image ${values.image}: ${(e as Error).message}`);
       }
-      res = await engine.embedImages([decodeImage(bytes, { maxBytes: 50 << 20, maxPixels: 4096 * 4096 })]);
+      let image;
+      try {
+        image = decodeImage(bytes, { maxBytes: 50 << 20, maxPixels: 4096 * 4096 });
+      } catch (e) {
+        if (e instanceof EngineError) throw new EngineError(e.code, `--image ${values.image}: ${e.message}`);
+        throw e;
+      }
+      res = await engine.embedImages([image]);
     }
     const vec = Array.from(values.raw ? res.raw : res.unit);
     if (values.json) {

@@ -1,5 +1,5 @@
 // clipag generate: prompt in, PNG out.
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -80,6 +80,7 @@ export async function run(argv: string[]): Promise<number> {
   // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.
   const out = outputFile(values.out ?? 'out.png', '-o');
   const imageInit = values.init !== undefined && values.init !== 'gmm' && values.init !== 'noise';
+  if (imageInit && existsSync(values.init!) && realpathSync(values.init!) === out) throw new EngineError('invalid_input', `-o ${out} is the --init image: the output would replace it; choose another -o`);
   if (!imageInit && values.strength !== undefined) throw new EngineError('invalid_input', '--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
   if (!imageInit && values['content-weight'] !== undefined) throw new EngineError('invalid_input', '--content-weight needs an init image (--init PATH.png) to pull toward');
   const strengthArg = numberArg(values.strength, 'strength', undefined, 0, 1);
@@ -107,7 +108,14 @@ export async function run(argv: string[]): Promise<number> {
         throw new EngineError('invalid_input', `cannot read init image ${initArg}: ${(e as Error).message}`);
       }
       const strength = strengthArg ?? (values.style ? 0 : 0.6);
-      init = { kind: 'image', image: decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES }), strength };
+      let image;
+      try {
+        image = decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES });
+      } catch (e) {
+        if (e instanceof EngineError) throw new EngineError(e.code, `--init ${initArg}: ${e.message}`);
+        throw e;
+      }
+      init = { kind: 'image', image, strength };
     }
     if (values.style && init.kind !== 'image') throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
     let recipe: Partial<Recipe> = { ...(values.style ? STYLE_RECIPE : {}), steps };
@@ -134,8 +142,13 @@ export async function run(argv: string[]): Promise<number> {
         onFrame: values.frames
           ? (f) => {
               const path = join(values.frames!, `frame-${String(f.step).padStart(4, '0')}.png`);
-              writeFileSync(path, f.png);
-              framesWritten.push(path);
+              try {
+                writeFileSync(path, f.png);
+                framesWritten.push(path);
+              } catch (e) {
+                // A frame is a by-product: the run and its image go on without it.
+                process.stderr.write(`warning: --frames: cannot write ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); frame skipped\n`);
+              }
             }
           : undefined,
       },

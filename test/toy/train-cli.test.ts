@@ -91,3 +91,25 @@ describe('outputFile', () => {
     expect(outputFile(join(dir, 'ahead.png'), '-o')).toBe(join(dir, 'not-yet.png'));
   });
 });
+
+describe('clipag generate', () => {
+  it('refuses -o that is the --init image, names the file of an init that does not decode, and goes on without a frame it cannot write', async () => {
+    const init = join(dir, 'init.png');
+    const notPng = join(dir, 'notpng.png');
+    writeFileSync(notPng, 'hello');
+    const made = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '1', '-o', init]);
+    expect(made.code, made.stderr).toBe(0);
+    const before = readFileSync(init);
+    expect((await runCli(['generate', 'a red circle', '--steps', '1', '--init', init, '-o', init])).stderr).toMatch(/-o .*init\.png is the --init image/);
+    expect(readFileSync(init).equals(before)).toBe(true);
+    expect((await runCli(['generate', 'a red circle', '--steps', '1', '--init', notPng, '-o', join(dir, 'x.png')])).stderr).toMatch(/--init .*notpng\.png: /);
+    // A frame path taken by a folder: a warning, and the image is still written.
+    const frames = join(dir, 'frames');
+    mkdirSync(join(frames, 'frame-0000.png'), { recursive: true });
+    const out = join(dir, 'with-frames.png');
+    const run = await runCli(['generate', 'a red circle', '--steps', '2', '--seed', '1', '--frames', frames, '-o', out]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/warning: --frames: cannot write .*frame-0000\.png \(EISDIR\); frame skipped/);
+    expect(existsSync(out)).toBe(true);
+  }, 60_000);
+});
