@@ -7,7 +7,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { emitForeignTower, inspectForeignTower } from '../../gpu-worker/engine/clip/foreign.ts';
 import { GraphBuilder } from '../../gpu-worker/engine/onnx/builder.ts';
-import { readModelFile } from '../../gpu-worker/engine/onnx/codec.ts';
+import { encodeModel, readModelFile } from '../../gpu-worker/engine/onnx/codec.ts';
+import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import type { ModelIR, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { runModel } from '../../gpu-worker/engine/runtime/session.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { main } from '../../cli/main.ts';
@@ -98,5 +100,53 @@ describe('refusals', () => {
   it('refuses a non-image input', () => {
     const odd = { ...model, inputs: [{ name: 'image', dtype: 'float32' as const, shape: [-1, 77] }] };
     expect(() => inspectForeignTower(odd)).toThrow(/\[batch, 3, R, R\]/);
+  });
+});
+
+describe('a bundle is checked whole at load (and so at models push), not on its first job', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'clipag-foreign-bad-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  /** A foreign-tower bundle whose vision.onnx (and text weights) a test may spoil. */
+  async function bundle(name: string, spoil: { model?: (m: ModelIR) => ModelIR; weights?: (w: Map<string, TensorData>) => void; onnxBytes?: Uint8Array }): Promise<string> {
+    const out = join(dir, name);
+    const src = makeTinyBundle('quickgelu');
+    const text = new Map([...readSafetensors(join(src, 'weights.safetensors')).tensors].filter(([k]) => !k.startsWith('visual.')));
+    spoil.weights?.(text);
+    (await import('node:fs')).mkdirSync(out);
+    await writeSafetensors(join(out, 'weights.safetensors'), text);
+    copyFileSync(join(src, 'tokenizer.json'), join(out, 'tokenizer.json'));
+    const model = readModelFile(join(FIX, 'vision-quick.onnx'));
+    writeFileSync(join(out, 'vision.onnx'), spoil.onnxBytes ?? encodeModel(spoil.model ? spoil.model(model) : model));
+    writeFileSync(join(out, 'manifest.json'), JSON.stringify({ ...tinyManifest('quickgelu'), name, image_onnx: { file: 'vision.onnx' } }));
+    rmSync(src, { recursive: true, force: true });
+    return out;
+  }
+
+  it('a sound foreign bundle loads', async () => {
+    await expect(loadBundle(await bundle('sound', {}))).resolves.toMatchObject({ manifest: { name: 'sound' } });
+  });
+
+  it('refuses a NaN in the tower, a node reading a value nothing defines, and ONNX bytes that do not decode, naming the file', async () => {
+    const nan = await bundle('nan', {
+      model: (m) => {
+        const [name, t] = [...m.initializers].find(([, t]) => t.dtype === 'float32' && t.data.length > 4)!;
+        const data = Float32Array.from(t.data as Float32Array);
+        data[3] = Number.NaN;
+        m.initializers.set(name, { ...t, data });
+        return m;
+      },
+    });
+    await expect(loadBundle(nan)).rejects.toThrow(/bundle nan \(vision\.onnx\): tensor .* holds a non-finite value/);
+    const dangling = await bundle('dangling', { model: (m) => ({ ...m, nodes: m.nodes.map((n, i) => (i === 3 ? { ...n, inputs: ['does_not_exist', ...n.inputs.slice(1)] } : n)) }) });
+    await expect(loadBundle(dangling)).rejects.toThrow(/bundle dangling: vision\.onnx: .*does_not_exist/);
+    const garbage = await bundle('garbage', { onnxBytes: new Uint8Array([0x0e, 0xff, 0xff, 0x01, 0x02, 0x03]) });
+    await expect(loadBundle(garbage)).rejects.toThrow(/vision\.onnx: /);
+  });
+
+  it('refuses integer weights and weights of another architecture, naming the bundle and the file', async () => {
+    const ints = await bundle('ints', { weights: (w) => w.set('text_projection', { ...w.get('text_projection')!, dtype: 'int32', data: new Int32Array(w.get('text_projection')!.data.length) }) });
+    await expect(loadBundle(ints)).rejects.toThrow(/bundle ints: weights\.safetensors: tensor text_projection is int32; weights are float32, float16 or float64/);
+    const missing = await bundle('missing', { weights: (w) => w.delete('text_projection') });
+    await expect(loadBundle(missing)).rejects.toThrow(/bundle missing: weights\.safetensors: weights do not match the architecture: .*text_projection/);
   });
 });

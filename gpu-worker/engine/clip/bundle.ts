@@ -11,7 +11,8 @@ import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
 import { EngineError } from '../errors.ts';
 import type { ModelIR, TensorData } from '../onnx/ir.ts';
 import { readModelFile } from '../onnx/codec.ts';
-import { type ForeignTowerInfo, inspectForeignTower } from './foreign.ts';
+import { type ForeignTowerInfo, emitForeignTower, inspectForeignTower } from './foreign.ts';
+import { GraphBuilder } from '../onnx/builder.ts';
 import { readSafetensors } from '../io/safetensors.ts';
 import { ClipArchSchema, type ClipArch, checkWeights } from './arch.ts';
 import { DEFAULT_RECIPE, type Recipe, validateRecipe } from '../synth/recipe.ts';
@@ -175,20 +176,46 @@ export async function loadBundle(dirIn: string, opts: { verifyChecksums?: boolea
   const arch = manifest.architecture;
   let foreign: ModelBundle['foreign'];
   if (manifest.image_onnx) {
-    const model = readModelFile(file(manifest.image_onnx.file, 'image_onnx'));
-    const info = inspectForeignTower(model, manifest.image_onnx);
+    const onnxFile = manifest.image_onnx.file;
+    const model = readModelFile(file(onnxFile, 'image_onnx'));
+    const where = `bundle ${manifest.name}: ${onnxFile}`;
+    const info = named(where, () => inspectForeignTower(model, manifest.image_onnx));
     if (info.embedDim !== arch.embedDim || info.resolution !== arch.imageResolution) {
       throw new EngineError('invalid_model', `bundle ${manifest.name}: the foreign image tower outputs ${info.embedDim}-d features at ${info.resolution} px, but the architecture says embedDim ${arch.embedDim} at ${arch.imageResolution} px`);
     }
+    // At load (and at models push), not on a customer's first job: its weights are finite, and its
+    // graph builds (no node reads a value nothing defines, nodes in order, no name defined twice).
+    checkFinite(model.initializers, `${manifest.name} (${onnxFile})`);
+    named(where, () => {
+      const b = new GraphBuilder('foreign_check');
+      b.output(emitForeignTower(b, model, info, b.input('pixels', 'float32', [1, 3, info.resolution, info.resolution])));
+    });
     foreign = { model, info };
   }
-  checkWeights(arch, new Map([...weights].map(([k, t]) => [k, t.dims])), { textOnly: Boolean(foreign) });
+  named(`bundle ${manifest.name}: ${manifest.weights}`, () => {
+    for (const [name, t] of weights) {
+      if (!FLOAT_WEIGHT_DTYPES.has(t.dtype)) throw new EngineError('invalid_weights', `tensor ${name} is ${t.dtype}; weights are float32, float16 or float64`, { tensor: name });
+    }
+    checkWeights(arch, new Map([...weights].map(([k, t]) => [k, t.dims])), { textOnly: Boolean(foreign) });
+  });
   checkFinite(weights, manifest.name);
   const h = createHash('sha256');
   h.update(readFileSync(join(dir, 'manifest.json')));
   h.update(manifest.sha256?.[manifest.weights] ?? (await sha256File(weightsPath)));
   if (foreign) h.update(await sha256File(join(dir, manifest.image_onnx!.file)));
   return { dir, manifest, arch, weights, tokenizerPath, priorPath, foreign, contentHash: h.digest('hex') };
+}
+
+const FLOAT_WEIGHT_DTYPES = new Set(['float32', 'float16', 'float64']);
+
+/** Runs a check whose errors should say where: the bundle and its file (a worker log holds several models). */
+function named<T>(where: string, check: () => T): T {
+  try {
+    return check();
+  } catch (e) {
+    if (e instanceof EngineError) throw new EngineError(e.code, `${where}: ${e.message}`, e.detail);
+    throw e;
+  }
 }
 
 /**

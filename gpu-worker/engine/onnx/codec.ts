@@ -483,5 +483,10 @@ export function readModelFile(path: string): ModelIR {
   } catch (e) {
     throw invalid(`cannot read ONNX model ${path}: ${(e as Error).message}`, { path });
   }
-  return decodeModel(bytes, { baseDir: dirname(resolve(path)) });
+  try {
+    return decodeModel(bytes, { baseDir: dirname(resolve(path)) });
+  } catch (e) {
+    if (e instanceof EngineError) throw new EngineError(e.code, `${path}: ${e.message}`, { ...e.detail, path });
+    throw e;
+  }
 }
