@@ -10,6 +10,11 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The embedded default model bundle (trained by the project, shipped in the repo). */
 export const DEFAULT_MODEL_DIR = join(REPO_ROOT, 'models', 'toy');
 
+/** The command line itself is wrong (a missing argument, flags that exclude each other): exit 2 with the usage, as parseArgs errors do. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
 export function modelDir(arg: string | undefined): string {
   const dir = resolve(arg ?? DEFAULT_MODEL_DIR);
   if (!existsSync(dir)) throw new EngineError('invalid_model', `model bundle ${dir} does not exist${arg ? '' : ' (the default model ships in models/toy)'}; pass --model DIR`);

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage } from '../gpu-worker/engine/synth/image.ts';
-import { modelDir } from './common.ts';
+import { UsageError, modelDir } from './common.ts';
 
 export const summary = 'print the CLIP embedding of a text or an image';
 export const usage = `usage: clipag embed [--model DIR] (--text T | --image PNG) [--raw] [--json]
@@ -21,7 +21,7 @@ export async function run(argv: string[]): Promise<number> {
     options: { model: { type: 'string' }, text: { type: 'string' }, image: { type: 'string' }, raw: { type: 'boolean' }, json: { type: 'boolean' } },
     strict: true,
   });
-  if ((values.text === undefined) === (values.image === undefined)) throw new EngineError('invalid_input', 'give exactly one of --text or --image');
+  if ((values.text === undefined) === (values.image === undefined)) throw new UsageError('give exactly one of --text or --image');
   const engine = await ClipEngine.open(modelDir(values.model));
   try {
     let res;

@@ -9,7 +9,7 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
-import { intArg, modelDir, numberArg, outputFile, policyFile } from './common.ts';
+import { UsageError, intArg, modelDir, numberArg, outputFile, policyFile } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
 export const usage = `usage: clipag generate "PROMPT" [options]
@@ -71,7 +71,7 @@ export async function run(argv: string[]): Promise<number> {
     },
     strict: true,
   });
-  if (positionals.length !== 1) throw new EngineError('invalid_input', 'give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
+  if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
   // The same prompt policy as the API (ADR 0015): refusals stop here, flags are printed.
   const policy = values.policy === undefined ? defaultPromptPolicy() : policyFile(values.policy);
   const policyHits = policy.screen([{ text: positionals[0]!, param: 'prompt' }]);

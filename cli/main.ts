@@ -1,5 +1,6 @@
 // Verb dispatch. Each verb module exports `run(argv): Promise<number>` (the exit code) and `usage`.
 import { isEngineError } from '../gpu-worker/engine/errors.ts';
+import { UsageError } from './common.ts';
 
 type Verb = { run(argv: string[]): Promise<number>; usage: string; summary: string };
 
@@ -44,7 +45,7 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`clipag ${verb}: ${e.message} [${e.code}]`);
       return 1;
     }
-    if (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (e instanceof UsageError || (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))) {
       console.error(`clipag ${verb}: ${e.message}\n\n${mod.usage}`);
       return 2;
     }

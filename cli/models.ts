@@ -13,7 +13,7 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { ActivationSchema } from '../gpu-worker/engine/clip/arch.ts';
 import { scanModelsDir } from '../gpu-worker/models.ts';
 import { importModel, type ImportProgress } from '../gpu-worker/engine/import/import.ts';
-import { intArg } from './common.ts';
+import { UsageError, intArg } from './common.ts';
 
 export const summary = 'manage model bundles (import a CLIP checkpoint, push to and list the model store)';
 
@@ -109,8 +109,8 @@ async function runImport(argv: string[]): Promise<number> {
     },
     strict: true,
   });
-  if (positionals.length !== 1) throw new EngineError('invalid_input', `models import takes one SRC file, got ${positionals.length}\n\n${IMPORT_USAGE}`);
-  if (!values.out) throw new EngineError('invalid_input', 'models import needs -o DIR (the new bundle folder)');
+  if (positionals.length !== 1) throw new UsageError(`models import takes one SRC file, got ${positionals.length}`);
+  if (!values.out) throw new UsageError('models import needs -o DIR (the new bundle folder)');
   let activation;
   if (values.activation !== undefined) {
     const a = ActivationSchema.safeParse(values.activation);
@@ -176,7 +176,7 @@ export async function runPush(argv: string[], env: Readonly<Record<string, strin
     options: { name: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' } },
     strict: true,
   });
-  if (positionals.length !== 1) throw new EngineError('invalid_input', `models push takes one bundle folder, got ${positionals.length}\n\n${PUSH_USAGE}`);
+  if (positionals.length !== 1) throw new UsageError(`models push takes one bundle folder, got ${positionals.length}`);
   const { store, where } = await configuredStore(env);
   const log = (line: string) => (values.json ? process.stderr : process.stdout).write(`${line}\n`);
   const tty = Boolean(process.stderr.isTTY) && !values.json;

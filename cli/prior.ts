@@ -5,7 +5,7 @@ import { basename, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { fitPriorFromFolder, writePriorAtomic, type PriorFitMode } from '../gpu-worker/engine/import/prior-fit.ts';
-import { intArg, outputFile } from './common.ts';
+import { UsageError, intArg, outputFile } from './common.ts';
 
 export const summary = 'fit a GMM initialization prior from an image folder';
 
@@ -45,9 +45,9 @@ async function runFit(argv: string[]): Promise<number> {
     },
     strict: true,
   });
-  if (positionals.length !== 1) throw new EngineError('invalid_input', `prior fit takes one IMAGES folder, got ${positionals.length}\n\n${FIT_USAGE}`);
-  if (!values.out) throw new EngineError('invalid_input', 'prior fit needs -o prior.safetensors');
-  if (values['per-folder'] && values.clusters !== undefined) throw new EngineError('invalid_input', 'use either --per-folder or --clusters K, not both');
+  if (positionals.length !== 1) throw new UsageError(`prior fit takes one IMAGES folder, got ${positionals.length}`);
+  if (!values.out) throw new UsageError('prior fit needs -o prior.safetensors');
+  if (values['per-folder'] && values.clusters !== undefined) throw new UsageError('use either --per-folder or --clusters K, not both');
   const out = outputFile(values.out, '-o');
   if (existsSync(out) && !values.force) throw new EngineError('invalid_input', `${out} already exists; choose another -o or pass --force to replace it`);
   const mode: PriorFitMode = values['per-folder'] ? { kind: 'per-folder' } : values.clusters !== undefined ? { kind: 'clusters', k: intArg(values.clusters, 'clusters', 1, 1, 10_000) } : { kind: 'single' };

@@ -8,7 +8,7 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { DEFAULT_MAX_BYTES, decodeImage } from '../gpu-worker/engine/synth/image.ts';
 import { cosinesOver } from '../gpu-worker/engine/synth/synthesize.ts';
 import { defaultPromptPolicy } from '../shared/prompt-policy.ts';
-import { modelDir, policyFile } from './common.ts';
+import { UsageError, modelDir, policyFile } from './common.ts';
 
 export const summary = "score images against the content policy's output concepts (calibrate the output check)";
 export const usage = `usage: clipag screen IMAGE.png... --prompt "TEXT" [--model DIR] [--policy FILE.json] [--json]
@@ -30,8 +30,8 @@ export async function run(argv: string[]): Promise<number> {
     options: { prompt: { type: 'string' }, model: { type: 'string' }, policy: { type: 'string' }, json: { type: 'boolean' } },
     strict: true,
   });
-  if (positionals.length === 0) throw new EngineError('invalid_input', 'give at least one image: clipag screen out.png --prompt "a red apple"');
-  if (values.prompt === undefined || values.prompt.trim() === '') throw new EngineError('invalid_input', '--prompt is required: rules with above_prompt_by compare each concept with the prompt\'s score');
+  if (positionals.length === 0) throw new UsageError('give at least one image: clipag screen out.png --prompt "a red apple"');
+  if (values.prompt === undefined || values.prompt.trim() === '') throw new UsageError('--prompt is required: rules with above_prompt_by compare each concept with the prompt\'s score');
   const policy = values.policy === undefined ? defaultPromptPolicy() : policyFile(values.policy);
   const concepts = policy.output.concepts;
   if (concepts.length === 0) throw new EngineError('invalid_input', `${values.policy ?? 'the shipped policy'} has no output_rules: nothing to score against`);

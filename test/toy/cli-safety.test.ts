@@ -1,6 +1,6 @@
-// The training verbs write bundles only where asked, whole or not at all (a CLI review found
-// `train-toy` writing over the shipped models/toy, in place, without asking), and output paths are
-// checked before any work.
+// The CLI loses nothing and says what is wrong (a CLI review): the training verbs write bundles only
+// where asked, whole or not at all (it found `train-toy` writing over the shipped models/toy, in place,
+// without asking); output paths are checked before any work; a wrong command line exits 2.
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -112,4 +112,18 @@ describe('clipag generate', () => {
     expect(run.stderr).toMatch(/warning: --frames: cannot write .*frame-0000\.png \(EISDIR\); frame skipped/);
     expect(existsSync(out)).toBe(true);
   }, 60_000);
+});
+
+describe('a wrong command line', () => {
+  it.each([
+    [['generate'], /give exactly one prompt/],
+    [['embed', '--text', 'a', '--image', 'b.png'], /give exactly one of --text or --image/],
+    [['prior', 'fit', 'folder'], /prior fit needs -o/],
+    [['models', 'import', 'x.safetensors'], /models import needs -o DIR/],
+  ])('%j exits 2 with the usage, as an unknown flag does', async (argv, message) => {
+    const r = await runCli(argv);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).toMatch(/usage: clipag/);
+    expect(r.code).toBe(2);
+  });
 });
