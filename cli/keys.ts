@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { BlobApiKeyStore } from '../shared/apikeys.ts';
 import { parseConfig } from '../shared/config.ts';
-import { ClipagError } from '../shared/errors.ts';
+import { ClipagError, operatorMessage } from '../shared/errors.ts';
 import { newId } from '../shared/ids.ts';
 import { OWNER_ID_PATTERN } from '../shared/schemas/common.ts';
 import type { BlobStore } from '../shared/ports.ts';
@@ -82,7 +82,7 @@ export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: s
     return 0;
   } catch (error) {
     if (error instanceof ClipagError) {
-      console.error(`clipag keys: ${error.message} [${error.code}]`);
+      console.error(`clipag keys: ${operatorMessage(error)} [${error.code}]`);
       return 1;
     }
     throw error;

@@ -83,6 +83,12 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
         return NONE_EXIT_CODE;
       }
       out(Buffer.from(found.body).toString('utf8'));
+      // Shown as stored, so that it can be mended; but a document that does not parse is not in force.
+      const parsed = parsePolicyDocument(found.body);
+      if ('problem' in parsed) {
+        console.error(`clipag policy: ${key} is not a valid policy document (${parsed.problem}): the API keeps the last good policy it read (the one it replaces, at first) and logs an error. Replace it with clipag policy put`);
+        return 1;
+      }
       return 0;
     }
     await store.delete(key);

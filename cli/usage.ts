@@ -4,7 +4,7 @@
 import { parseArgs } from 'node:util';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig } from '../shared/config.ts';
-import { CorruptDocumentError } from '../shared/errors.ts';
+import { CorruptDocumentError, operatorMessage } from '../shared/errors.ts';
 import { BlobJobStore } from '../shared/jobstore.ts';
 import { MONTH_PATTERN, usageKey } from '../shared/keys.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
@@ -102,7 +102,8 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
     if (error instanceof UnreadableRecords) {
       return fail(`${error.ids.length} job record(s) do not read (${error.ids.slice(0, 5).join(', ')}${error.ids.length > 5 ? ', …' : ''}); repair them, or rebuild with --skip-unreadable to leave them out`, 1);
     }
-    return fail(`store: ${error instanceof Error ? error.message : String(error)}`, 1);
+    if (error instanceof CorruptDocumentError) return fail(`${operatorMessage(error)}; clipag usage rebuild --owner ${owner} --month ${month} makes it again from the job records`, 1);
+    return fail(`store: ${operatorMessage(error)}`, 1);
   }
 }
 

@@ -125,6 +125,15 @@ export class CorruptDocumentError extends ClipagError {
   }
 }
 
+/**
+ * An error as an operator's tool shows it: a corrupt record by its storage key and what is wrong with
+ * it (the API's wording, "contact the operator", is for callers).
+ */
+export function operatorMessage(error: unknown): string {
+  if (error instanceof CorruptDocumentError) return `the stored record ${error.key} does not read (${error.detail})`;
+  return error instanceof Error ? error.message : String(error);
+}
+
 /** Configuration is invalid; lists every problem at once so an operator fixes them in one go. */
 export class ConfigError extends ClipagError {
   readonly status = 500;

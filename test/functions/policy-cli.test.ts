@@ -61,6 +61,13 @@ describe('clipag policy', () => {
     expect((await cli('get', '--owner', 'acct_alice')).stderr).toMatch(/the deployment's policy applies/);
   });
 
+  it('get shows a stored document that does not parse as it is, says it is not in force, and exits 1', async () => {
+    await blobs.put(ownerPolicyKey('acct_alice'), Buffer.from('{garb'));
+    const got = await cli('get', '--owner', 'acct_alice');
+    expect([got.code, got.lines.join('\n')]).toEqual([1, '{garb']);
+    expect(got.stderr).toMatch(/config\/prompt-policies\/acct_alice\.json is not a valid policy document \(not JSON.*\): the API keeps the last good policy/);
+  });
+
   it('check and put refuse a document that would not load, naming what is wrong, and store nothing', async () => {
     const cases: Array<[string, RegExp]> = [
       ['{"version": 1, "rules": [', /not JSON/],

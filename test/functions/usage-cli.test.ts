@@ -149,6 +149,10 @@ describe('clipag usage', () => {
     const audit = await cli('audit', '--owner', 'acct_alice', '--json');
     expect(audit.code).toBe(3);
     expect(JSON.parse(audit.lines[0]!)).toMatchObject({ agree: false, ledger: null, ledger_unreadable: expect.stringMatching(/^usage\/acct_alice\/2026-12\.json does not read: /), records: [{ date: '2026-12-05', generations: 1 }] });
+    // show names the record and the way out, not the API's "contact the operator".
+    const show = await cli('show', '--owner', 'acct_alice', '--month', '2026-12');
+    expect(show.code).toBe(1);
+    expect(show.stderr).toMatch(/the stored record usage\/acct_alice\/2026-12\.json does not read \(.+\); clipag usage rebuild --owner acct_alice --month 2026-12 makes it again/);
     expect((await cli('rebuild', '--owner', 'acct_alice')).code).toBe(0);
     const res = await h.request('/v1/usage?month=2026-12');
     expect(res.status).toBe(200);
