@@ -1,7 +1,7 @@
 // clipag serve (npm start): the embedded local mode. The API and the GPU worker in one process, on the
 // local adapters (filesystem blobs, durable on-disk queue) under .data/, with the default model.
 // This is a composition root: it reads config once and wires functions/ and gpu-worker/ together.
-import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseConfig, type LocalConfig } from '../shared/config.ts';
@@ -54,6 +54,9 @@ export async function serve(
     // Signed links must point at this server unless an explicit public URL was configured.
     publicBaseUrl: env.CLIPAG_PUBLIC_BASE_URL ? config.publicBaseUrl : `http://${config.host}:${config.port}`,
   };
+  if (statSync(local.dataDir, { throwIfNoEntry: false })?.isDirectory() === false) {
+    throw new EngineError('invalid_input', `the data folder ${local.dataDir} (--data or CLIPAG_DATA_DIR) is a file, not a folder`);
+  }
   mkdirSync(local.dataDir, { recursive: true });
   const deps = await localDeps(local);
   const { blobs, queue, jobs, keys, signingSecret } = deps.adapters;
@@ -64,7 +67,10 @@ export async function serve(
   const app = createApp(opts.maxSteps === undefined ? deps : { ...deps, limits: { ...deps.limits, maxSteps: opts.maxSteps } });
   mountLocalBlobRoutes(app, blobs, signingSecret);
   // The port first: a second `clipag serve` on a busy port fails before its worker takes a job.
-  const server = await startApiServer(app, local.port, local.host);
+  const server = await startApiServer(app, local.port, local.host).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'EADDRINUSE') throw new EngineError('invalid_input', `port ${local.port} on ${local.host} is in use (another clipag serve?); pass --port N or set PORT`);
+    throw error;
+  });
   // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
   const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
   // A job whose message was lost (a crash between its create and its send) gets it again. The first

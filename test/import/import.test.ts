@@ -292,6 +292,15 @@ describe('models import: fixture formats', () => {
 });
 
 describe('models import: refusals leave nothing behind', () => {
+  it('a tokenizer.json that does not parse is refused under its own path, before any weight is converted', async () => {
+    const bad = join(work, 'bad-tokenizer.json');
+    writeFileSync(bad, '{ not json');
+    let converted = 0;
+    const err = await expectRefused(referencePath('tiny-quickgelu.safetensors'), { vocab: undefined, tokenizer: bad, textHeads: 4, onProgress: () => void converted++ }, /tokenizer .*bad-tokenizer\.json: not valid JSON/);
+    expect(err.code).toBe('invalid_tokenizer');
+    expect(converted).toBe(0);
+  });
+
   it('malicious.pt is refused by the allow-list, naming os system, before any REDUCE', async () => {
     const src = referencePath('malicious.pt');
     // the container is fine: the reader gets as far as data.pkl

@@ -15,6 +15,7 @@ import { EngineError } from '../errors.ts';
 import { type Activation, type ClipArch, checkWeights, expectedTensors, inferArch } from '../clip/arch.ts';
 import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, type Manifest, ManifestSchema, OPENAI_MEAN, OPENAI_STD, sha256File } from '../clip/bundle.ts';
 import { writeClipTokenizerJson } from '../clip/tokenizer-json.ts';
+import { TextTokenizer } from '../clip/tokenizer.ts';
 import { gradcheck, type GradcheckResult } from '../clip/gradcheck.ts';
 import { imageGradientGraph } from '../clip/graphs.ts';
 import { ClipEngine } from '../engine.ts';
@@ -167,6 +168,8 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
   for (const [flag, p] of [['vocab', opts.vocab], ['tokenizer', opts.tokenizer]] as const) {
     if (p && !existsSync(p)) throw new EngineError('invalid_input', `--${flag} ${p} does not exist`, { path: p });
   }
+  // Before any weight is converted, and under the caller's own path (a bad file found later would be named by its temp copy).
+  if (opts.tokenizer) TextTokenizer.fromFile(opts.tokenizer);
   const name = opts.name ?? defaultBundleName(src);
   if (!NAME_RE.test(name) || name.length > 64) throw new EngineError('invalid_input', `bundle name "${name}" must be 1–64 lower-case letters, digits, ., _ or -; pass --name`);
 
