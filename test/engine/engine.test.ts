@@ -189,7 +189,7 @@ describe('CLI', () => {
     const err = console.error;
     console.error = () => {};
     try {
-      expect((await capture(['embed', '--model', dir])).code).toBe(1);
+      expect((await capture(['embed', '--model', dir])).code).toBe(2); // as an unknown flag: the command line is wrong
     } finally {
       console.error = err;
     }
