@@ -46,9 +46,14 @@ export const CLIP_BUNDLE_FORMAT = 'clipag-model-bundle';
  * listed. A manifest that does not read still counts as a model folder, so that the worker can say
  * what is wrong with it.
  */
+/** A manifest's text; an editor's byte-order mark is not an error (the engine and the store read it alike). */
+export function readManifestText(path: string): string {
+  return readFileSync(path, 'utf8').replace(/^\uFEFF/, '');
+}
+
 export function isOtherBundleKind(dir: string): boolean {
   try {
-    const format = (JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { format?: unknown } | null)?.format;
+    const format = (JSON.parse(readManifestText(join(dir, 'manifest.json'))) as { format?: unknown } | null)?.format;
     return typeof format === 'string' && format !== CLIP_BUNDLE_FORMAT;
   } catch {
     return false;
@@ -185,7 +190,7 @@ export function readLocalBundle(dirIn: string): LocalBundle {
   if (!existsSync(manifestPath)) throw new ModelStoreError('invalid_bundle', `no manifest.json in ${dir}: a model bundle is a folder with manifest.json, weights and tokenizer (see docs/model-bundle.md; make one with clipag models import)`);
   let m: Record<string, unknown>;
   try {
-    m = JSON.parse(readFileSync(manifestPath, 'utf8')) as Record<string, unknown>;
+    m = JSON.parse(readManifestText(manifestPath)) as Record<string, unknown>;
   } catch (e) {
     throw new ModelStoreError('invalid_bundle', `${manifestPath} is not valid JSON: ${(e as Error).message}`);
   }

@@ -75,6 +75,10 @@ describe('bundle validation', () => {
     const dir = variant('badjson', (d) => writeFileSync(join(d, 'manifest.json'), '{"format":'));
     await expect(loadBundle(dir)).rejects.toThrow(/not valid JSON/);
   });
+  it('a manifest saved with a byte-order mark loads', async () => {
+    const dir = variant('bom', (d) => writeFileSync(join(d, 'manifest.json'), `\uFEFF${readFileSync(join(d, 'manifest.json'), 'utf8')}`));
+    await expect(loadBundle(dir)).resolves.toMatchObject({ dir });
+  });
   it('a misshapen weight names the tensor', async () => {
     const dir = variant('misshapen', (d) => {
       const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));

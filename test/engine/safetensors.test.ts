@@ -210,6 +210,8 @@ describe('reading hand-made files', () => {
     expectInvalid(() => readSafetensors(handmade({ a: { dtype: 'F32', shape: [4], data_offsets: [8, 0] } }, f4)), /data_offsets/);
     expectInvalid(() => readSafetensors(handmade({ __metadata__: { k: 1 } }, f4)), /__metadata__\.k must be a string/);
     expectInvalid(() => readSafetensors(join(tmp, 'missing.safetensors')), /cannot open/);
+    // Bytes no tensor accounts for (the reference implementation's MetadataIncompleteBuffer).
+    expectInvalid(() => readSafetensors(handmade({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }, f4)), /end at data byte 8 but the file holds 16: 8 bytes belong to no tensor/);
   });
 
   it('a truncated copy of a real file is refused', () => {

@@ -16,7 +16,7 @@ import { GraphBuilder } from '../onnx/builder.ts';
 import { readSafetensors } from '../io/safetensors.ts';
 import { ClipArchSchema, type ClipArch, checkWeights } from './arch.ts';
 import { DEFAULT_RECIPE, type Recipe, validateRecipe } from '../synth/recipe.ts';
-import { CLIP_BUNDLE_FORMAT } from '../../../shared/modelstore.ts';
+import { CLIP_BUNDLE_FORMAT, readManifestText } from '../../../shared/modelstore.ts';
 
 /**
  * Recipe fields a bundle may set as its own defaults (a request's fields still win). A model trained
@@ -128,7 +128,7 @@ export function readManifest(dir: string): Manifest {
   if (!existsSync(path)) throw new EngineError('invalid_model', `no manifest.json in ${dir}: a model bundle is a folder with manifest.json, weights and tokenizer (see docs/model-bundle.md)`, { path });
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
+    raw = JSON.parse(readManifestText(path));
   } catch (e) {
     throw new EngineError('invalid_model', `${path} is not valid JSON: ${(e as Error).message}`, { path });
   }

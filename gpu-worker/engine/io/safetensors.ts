@@ -114,6 +114,9 @@ function parseHeader(path: string, json: string, dataSize: number): { metadata: 
     const [p, c] = [sorted[i - 1], sorted[i]];
     if (c.begin < p.end) throw invalid(path, `tensors '${p.name}' and '${c.name}' overlap (bytes ${c.begin}..${p.end})`, { tensor: c.name });
   }
+  // As the reference implementation (MetadataIncompleteBuffer): the tensors account for every data byte.
+  const used = sorted.at(-1)?.end ?? 0;
+  if (used !== dataSize) throw invalid(path, `the tensors end at data byte ${used} but the file holds ${dataSize}: ${dataSize - used} bytes belong to no tensor (a corrupt or spliced file)`);
   return { metadata, entries };
 }
 
