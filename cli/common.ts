@@ -18,6 +18,7 @@ export class UsageError extends Error {
 export function modelDir(arg: string | undefined): string {
   const dir = resolve(arg ?? DEFAULT_MODEL_DIR);
   if (!existsSync(dir)) throw new EngineError('invalid_model', `model bundle ${dir} does not exist${arg ? '' : ' (the default model ships in models/toy)'}; pass --model DIR`);
+  if (!statSync(dir).isDirectory()) throw new EngineError('invalid_model', `--model ${dir} is a file; pass the bundle's folder (the one that holds manifest.json)`);
   return dir;
 }
 

@@ -87,6 +87,7 @@ export async function run(argv: string[]): Promise<number> {
   const contentWeightArg = numberArg(values['content-weight'], 'content-weight', undefined, 0, 1e6);
   const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);
   const steps = intArg(values.steps, 'steps', 100, 1, 1000);
+  if (values.frames === '') throw new UsageError('--frames needs a folder');
   if (values.frames) {
     try {
       mkdirSync(values.frames, { recursive: true });

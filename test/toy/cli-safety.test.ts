@@ -93,6 +93,10 @@ describe('outputFile', () => {
 });
 
 describe('clipag generate', () => {
+  it('a --model that is a file (the manifest, say) is named as such', async () => {
+    expect((await runCli(['generate', 'a red circle', '--model', join(REPO_ROOT, 'models', 'toy', 'manifest.json')])).stderr).toMatch(/--model .*manifest\.json is a file; pass the bundle's folder/);
+  });
+
   it('refuses -o that is the --init image, names the file of an init that does not decode, and goes on without a frame it cannot write', async () => {
     const init = join(dir, 'init.png');
     const notPng = join(dir, 'notpng.png');
@@ -120,6 +124,7 @@ describe('a wrong command line', () => {
     [['embed', '--text', 'a', '--image', 'b.png'], /give exactly one of --text or --image/],
     [['prior', 'fit', 'folder'], /prior fit needs -o/],
     [['models', 'import', 'x.safetensors'], /models import needs -o DIR/],
+    [['generate', 'a red circle', '--frames', ''], /--frames needs a folder/],
   ])('%j exits 2 with the usage, as an unknown flag does', async (argv, message) => {
     const r = await runCli(argv);
     expect(r.stderr).toMatch(message);
