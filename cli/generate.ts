@@ -8,7 +8,7 @@ import { defaultPromptPolicy, refusalMessage } from '../shared/prompt-policy.ts'
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
-import { type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
+import { LIMITS, type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
 import { UsageError, intArg, modelDir, numberArg, outputFile, policyFile } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
@@ -72,6 +72,10 @@ export async function run(argv: string[]): Promise<number> {
     strict: true,
   });
   if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
+  // Before anything echoes it: a prompt too long to run is refused, not printed twice first.
+  for (const text of [positionals[0]!, ...(values.negative ?? [])]) {
+    if (text.length > LIMITS.promptChars) throw new EngineError('invalid_input', `a prompt is ${text.length} characters; the limit is ${LIMITS.promptChars}`);
+  }
   // The same prompt policy as the API (ADR 0015): refusals stop here, flags are printed.
   const policy = values.policy === undefined ? defaultPromptPolicy() : policyFile(values.policy);
   const policyHits = policy.screen([{ text: positionals[0]!, param: 'prompt' }]);

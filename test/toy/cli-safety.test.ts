@@ -93,6 +93,13 @@ describe('outputFile', () => {
 });
 
 describe('clipag generate', () => {
+  it('a prompt too long to run is refused before it is echoed', async () => {
+    const r = await runCli(['generate', 'x'.repeat(5000)]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/a prompt is 5000 characters; the limit is 1000/);
+    expect(r.stderr.length).toBeLessThan(500);
+  });
+
   it('a --model that is a file (the manifest, say) is named as such', async () => {
     expect((await runCli(['generate', 'a red circle', '--model', join(REPO_ROOT, 'models', 'toy', 'manifest.json')])).stderr).toMatch(/--model .*manifest\.json is a file; pass the bundle's folder/);
   });

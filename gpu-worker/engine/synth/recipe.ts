@@ -74,6 +74,7 @@ export const LIMITS = {
   initSamples: [1, 10000],
   side: [16, 2048],
   pixels: 1024 * 1024,
+  promptChars: 1000,
 } as const;
 
 export function validateRecipe(r: Recipe): void {

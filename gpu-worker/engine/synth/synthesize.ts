@@ -116,7 +116,7 @@ export function validateRequest(req: SynthRequest, encoderSize: number, modelDef
   if (req.prompts.length > PROMPT_SLOTS[PROMPT_SLOTS.length - 1]) throw new EngineError('invalid_input', `at most ${PROMPT_SLOTS[PROMPT_SLOTS.length - 1]} prompts`, { param: 'prompts' });
   for (const p of req.prompts) {
     if (typeof p.text !== 'string' || p.text.trim() === '') throw new EngineError('invalid_input', 'prompt text must not be empty', { param: 'prompts' });
-    if (p.text.length > 1000) throw new EngineError('invalid_input', `prompt is ${p.text.length} characters; the limit is 1000`, { param: 'prompts' });
+    if (p.text.length > LIMITS.promptChars) throw new EngineError('invalid_input', `prompt is ${p.text.length} characters; the limit is ${LIMITS.promptChars}`, { param: 'prompts' });
     if (!Number.isFinite(p.weight)) throw new EngineError('invalid_input', 'prompt weights must be finite numbers', { param: 'prompts' });
   }
   if (req.screenTexts !== undefined) {
