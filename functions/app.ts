@@ -59,6 +59,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
             description:
               "Generator-free text-to-image: pixels optimized along the gradients of a robust CLIP (CLIPAG). Every 4xx/5xx the app gives has the ErrorEnvelope body; in AWS the gateway's own 429, 500 and 503 have the GatewayError body instead. Every response carries X-Request-Id. Undeclared methods on a path answer 405 method_not_allowed with Allow; HEAD answers as GET without a body.",
           },
+          // Relative to where the document is served: the deployment answering this request.
+          servers: [{ url: '/', description: 'This deployment' }],
           tags: [
             { name: 'generations', description: 'Text-to-image jobs: create, estimate, poll, list, cancel, delete' },
             { name: 'uploads', description: 'Init images for image-to-image' },
