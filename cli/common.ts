@@ -1,8 +1,9 @@
 // Options shared by the verbs.
-import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { makeStagingFolder } from '../gpu-worker/engine/io/staging.ts';
 import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -75,44 +76,70 @@ export function outputFile(path: string, flag: string): string {
 
 /**
  * A bundle folder a command will write, checked before any work: absent, an empty folder, or (with
- * `force`) a folder whose contents it may replace. A file, or a folder with something in it, is refused.
+ * `force`) a bundle to replace, one holding a manifest.json and nothing but files. Anything else in
+ * the folder (a subfolder, a repository) is never replaced. A link is followed to its folder, which
+ * is replaced in place. The parent must be writable, since the new bundle is renamed in there.
  */
 export function bundleOut(path: string, force: boolean, flag = '--out'): string {
-  const out = resolve(path);
+  let out = resolve(path);
+  if (lstatSync(out, { throwIfNoEntry: false })?.isSymbolicLink()) {
+    try {
+      out = realpathSync(out);
+    } catch (e) {
+      throw new EngineError('invalid_input', `${flag} ${out} is a symbolic link that leads nowhere (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+  }
   const st = statSync(out, { throwIfNoEntry: false });
   if (st && !st.isDirectory()) throw new EngineError('invalid_input', `${flag} ${out} is a file, not a folder`);
-  if (st && readdirSync(out).length > 0 && !force) throw new EngineError('invalid_input', `${flag} ${out} already holds files (a bundle?); pass --force to replace them, or choose another ${flag}`);
-  if (!st) {
-    let parent = dirname(out);
-    while (!existsSync(parent)) parent = dirname(parent);
-    if (!statSync(parent).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out}: ${parent} is a file, not a folder`);
+  if (st) {
+    const entries = readdirSync(out, { withFileTypes: true });
+    if (entries.length > 0 && !force) throw new EngineError('invalid_input', `${flag} ${out} already holds files (a bundle?); pass --force to replace them, or choose another ${flag}`);
+    const foreign = entries.filter((e) => !e.isFile()).map((e) => e.name);
+    if (entries.length > 0 && (foreign.length > 0 || !entries.some((e) => e.name === 'manifest.json'))) {
+      throw new EngineError('invalid_input', `${flag} ${out} is not a bundle (${foreign.length ? `it holds ${foreign.slice(0, 3).join(', ')}` : 'no manifest.json'}): --force replaces a bundle, never another folder`);
+    }
+  }
+  let parent = dirname(out);
+  while (!existsSync(parent)) parent = dirname(parent);
+  if (!statSync(parent).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out}: ${parent} is a file, not a folder`);
+  try {
+    accessSync(parent, constants.W_OK);
+  } catch {
+    throw new EngineError('invalid_input', `${flag} ${out}: the folder ${parent} is not writable (the bundle is written beside ${basename(out)}, then renamed into place)`);
   }
   return out;
 }
 
 /**
  * Writes a folder in a staging folder beside `out`, then swaps it in: an interrupted write (Ctrl-C,
- * a crash) leaves the previous folder whole, and a reader never sees half a bundle.
+ * a crash) leaves the previous folder whole, and a reader never sees half a bundle. When the swap
+ * itself fails (`out` is a mount point, say), the new folder is kept and the error says where.
  */
 export async function replaceFolder<T>(out: string, write: (dir: string) => Promise<T>): Promise<T> {
   mkdirSync(dirname(out), { recursive: true });
-  const staging = mkdtempSync(join(dirname(out), `.${basename(out)}.writing-`));
-  chmodSync(staging, 0o755); // mkdtemp makes 0700; a models folder is read by the worker's own user
+  const staging = makeStagingFolder(out, 'writing');
   const old = `${staging}.old`;
+  let kept = false;
   try {
     const result = await write(staging);
-    const had = existsSync(out);
-    if (had) renameSync(out, old);
+    const previous = statSync(out, { throwIfNoEntry: false });
+    if (previous) chmodSync(staging, previous.mode & 0o7777); // the replaced folder's mode, not mkdtemp's
     try {
-      renameSync(staging, out);
+      if (previous) renameSync(out, old);
+      try {
+        renameSync(staging, out);
+      } catch (e) {
+        if (previous) renameSync(old, out); // put the previous folder back
+        throw e;
+      }
     } catch (e) {
-      if (had) renameSync(old, out); // put the previous folder back
-      throw e;
+      kept = true;
+      throw new EngineError('runtime_failed', `cannot move the new folder into ${out} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); it is kept at ${staging}`, { path: staging });
     }
     rmSync(old, { recursive: true, force: true });
     return result;
   } finally {
-    rmSync(staging, { recursive: true, force: true });
+    if (!kept) rmSync(staging, { recursive: true, force: true });
   }
 }
 

@@ -1,5 +1,5 @@
 // clipag generate: prompt in, PNG out.
-import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -59,6 +59,12 @@ function progressPrinter(tty: boolean) {
   };
 }
 
+/** One file under two names (a link, a hard link, a linked folder in the path)? */
+function sameFile(a: string, b: string): boolean {
+  const [x, y] = [statSync(a, { throwIfNoEntry: false }), statSync(b, { throwIfNoEntry: false })];
+  return x !== undefined && y !== undefined && x.dev === y.dev && x.ino === y.ino;
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -84,7 +90,7 @@ export async function run(argv: string[]): Promise<number> {
   // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.
   const out = outputFile(values.out ?? 'out.png', '-o');
   const imageInit = values.init !== undefined && values.init !== 'gmm' && values.init !== 'noise';
-  if (imageInit && existsSync(values.init!) && realpathSync(values.init!) === out) throw new EngineError('invalid_input', `-o ${out} is the --init image: the output would replace it; choose another -o`);
+  if (imageInit && sameFile(values.init!, out)) throw new EngineError('invalid_input', `-o ${out} is the --init image: the output would replace it; choose another -o`);
   if (!imageInit && values.strength !== undefined) throw new EngineError('invalid_input', '--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
   if (!imageInit && values['content-weight'] !== undefined) throw new EngineError('invalid_input', '--content-weight needs an init image (--init PATH.png) to pull toward');
   const strengthArg = numberArg(values.strength, 'strength', undefined, 0, 1);

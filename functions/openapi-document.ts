@@ -22,7 +22,7 @@ const GATEWAY_ERROR = {
     "AWS API Gateway's own answer, before the app: its throttle (429 \"Too Many Requests\"), a request that outlived the function (503 \"Service Unavailable\"), a function crash (500). No envelope, no Retry-After and no X-Request-Id: retry with back-off (with the same Idempotency-Key for POST /v1/generations). Not in local mode.",
 };
 
-/** The document as served: each /v1 operation may also answer 429 and 5xx from the gateway, and 500 from the app; every response carries X-Request-Id. */
+/** The document as served: each operation may also answer 429 and 5xx from the gateway, and 500 from the app; every response of the app carries X-Request-Id. */
 export function withSharedResponses(doc: Json): Json {
   doc.components ??= {};
   doc.components.schemas ??= {};
@@ -31,11 +31,12 @@ export function withSharedResponses(doc: Json): Json {
     for (const [method, op] of Object.entries<Json>(item)) {
       if (!['get', 'post', 'put', 'patch', 'delete'].includes(method)) continue;
       const responses: Json = (op.responses ??= {});
+      // The gateway's throttle stands before every route.
+      responses[429] = responses[429]
+        ? { ...responses[429], description: `${responses[429].description}. Also the gateway's throttle (GatewayError), on any route`, content: ERROR_OR_GATEWAY }
+        : { description: "The gateway's throttle (GatewayError; AWS only): retry with back-off", content: ERROR_OR_GATEWAY };
+      if (responses[503]) responses[503] = { ...responses[503], description: `${responses[503].description}. Also a request that outlived the function (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
       if (path.startsWith('/v1/')) {
-        responses[429] = responses[429]
-          ? { ...responses[429], description: `${responses[429].description}. Also the gateway's throttle (GatewayError), on any route`, content: ERROR_OR_GATEWAY }
-          : { description: "The gateway's throttle (GatewayError; AWS only): retry with back-off", content: ERROR_OR_GATEWAY };
-        if (responses[503]) responses[503] = { ...responses[503], description: `${responses[503].description}. Also a request that outlived the function (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
         if (responses[401]) {
           responses[401].headers = { ...responses[401].headers, 'WWW-Authenticate': { description: 'Bearer realm="clipag"', required: true, schema: { type: 'string' } } };
         }
@@ -45,7 +46,11 @@ export function withSharedResponses(doc: Json): Json {
         ];
       }
       responses.default = { description: 'Unexpected error: 500 internal_error (retry later; report its request_id), or a gateway error in AWS', content: ERROR_OR_GATEWAY };
-      for (const response of Object.values<Json>(responses)) response.headers = { 'X-Request-Id': REQUEST_ID_HEADER, ...response.headers };
+      for (const response of Object.values<Json>(responses)) {
+        // A GatewayError comes without it: required only where the app alone answers.
+        const orGateway = response.content === ERROR_OR_GATEWAY;
+        response.headers = { 'X-Request-Id': orGateway ? { ...REQUEST_ID_HEADER, required: false, description: `${REQUEST_ID_HEADER.description}; absent on a GatewayError` } : REQUEST_ID_HEADER, ...response.headers };
+      }
     }
   }
   return doc;

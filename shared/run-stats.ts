@@ -219,7 +219,9 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
   const stagePoints = nearby.flatMap((r) => r.samples.flatMap((s) => (s.stages ?? []).map((st) => ({ x: st.width * st.height, y: st.seconds / st.steps }))));
   const stageGroups = groupQuantiles(stagePoints);
   const largestStage = Math.max(...job.schedule.map((st) => st.width * st.height));
-  if (spansSizes(stageGroups.map((g) => g.x)) && largestStage <= ESTIMATE_REACH * Math.max(...stageGroups.map((g) => g.x))) {
+  const canFit = spansSizes(stageGroups.map((g) => g.x));
+  const largestTimed = Math.max(0, ...stageGroups.map((g) => g.x));
+  if (canFit && largestStage <= ESTIMATE_REACH * largestTimed) {
     const timed = nearby.filter((r) => r.samples.some((s) => s.stages !== undefined));
     const imagePoints = timed.flatMap((r) => r.samples.filter((s) => s.stages !== undefined).map((s) => ({ x: r.width * r.height, y: (s.seconds - stepSeconds(s)) / s.n })));
     const imageGroups = groupQuantiles(imagePoints);
@@ -245,10 +247,13 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
   if (pixelDistance(nearest, size) <= Math.log(ESTIMATE_REACH)) {
     return { seconds: estimateSeconds(nearest.samples, { steps, n: job.n }), basis: { method: 'nearest', width: nearest.width, height: nearest.height, sizes: [{ width: nearest.width, height: nearest.height }] }, note: null };
   }
+  const why = canFit
+    ? `the largest stage timed here is ${largestTimed} pixels, and this job's largest is more than ${ESTIMATE_REACH}× that; the nearest size run, ${nearest.width}×${nearest.height}, is more than ${ESTIMATE_REACH}× away too`
+    : `the nearest is ${nearest.width}×${nearest.height}, more than ${ESTIMATE_REACH}× away in pixels, and the runs recorded do not time two sizes, which would show how the cost grows`;
   return {
     seconds: null,
     basis: null,
-    note: `no run of model ${k.model} with a ${k.start} start near ${k.width}×${k.height} was recorded on this deployment yet (the nearest is ${nearest.width}×${nearest.height}, more than ${ESTIMATE_REACH}× away in pixels, and one size alone does not show how the cost grows): one run at this size, or one of two sizes nearer it, gives figures`,
+    note: `no run of model ${k.model} with a ${k.start} start near ${k.width}×${k.height} was recorded on this deployment yet (${why}): one run at this size, or at a size nearer it, gives figures`,
   };
 }
 

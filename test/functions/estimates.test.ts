@@ -76,7 +76,9 @@ describe('POST /v1/estimates', () => {
     const loop896 = truth(896, 100, 2) - 2 * perImage(896 * 896);
     expect(at896.worker_seconds.median).toBeCloseTo(loop896 + 2 * perImage(448 * 448), 2); // the image part as measured at 448
     // Beyond 4× the largest timed stage the line is not stretched, and the nearest size is too far: no figures.
-    expect(await ask({ width: 1024, steps: 100 })).toMatchObject({ worker_seconds: null, basis: null });
+    const beyond = await ask({ width: 1024, steps: 100 });
+    expect(beyond).toMatchObject({ worker_seconds: null, basis: null });
+    expect(beyond.note).toMatch(/the largest stage timed here is 200704 pixels, and this job's largest is more than 4× that/);
 
     // A second size fits the image part too: the estimate is the world's own cost, at sizes between and beyond.
     await recordRunSample(h.blobs, toy(224, 224), timedRun(224, 100));

@@ -5,7 +5,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { REPO_ROOT, outputFile, replaceFolder } from '../../cli/common.ts';
+import { REPO_ROOT, bundleOut, outputFile, replaceFolder } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 
@@ -58,6 +58,26 @@ describe('clipag train-toy --out', () => {
   });
 });
 
+describe('bundleOut', () => {
+  it('--force replaces a bundle, never another folder; a link is followed to its folder', () => {
+    const repo = join(dir, 'repo');
+    mkdirSync(join(repo, '.git'), { recursive: true });
+    writeFileSync(join(repo, 'manifest.json'), '{}');
+    expect(() => bundleOut(repo, true)).toThrow(/repo is not a bundle \(it holds \.git\): --force replaces a bundle, never another folder/);
+    const notes = join(dir, 'notes');
+    mkdirSync(notes);
+    writeFileSync(join(notes, 'todo.txt'), 'x');
+    expect(() => bundleOut(notes, true)).toThrow(/not a bundle \(no manifest\.json\)/);
+    const bundle = join(dir, 'a-bundle');
+    mkdirSync(bundle);
+    writeFileSync(join(bundle, 'manifest.json'), '{}');
+    expect(bundleOut(bundle, true)).toBe(bundle);
+    symlinkSync(bundle, join(dir, 'bundle-link'));
+    expect(bundleOut(join(dir, 'bundle-link'), true)).toBe(bundle);
+    expect(bundleOut(join(dir, 'empty-or-new'), false)).toBe(join(dir, 'empty-or-new'));
+  });
+});
+
 describe('replaceFolder', () => {
   it('a write that fails leaves the previous folder as it was, and no staging folder', async () => {
     const out = join(dir, 'kept');
@@ -69,8 +89,11 @@ describe('replaceFolder', () => {
     })).rejects.toThrow('interrupted');
     expect(readFileSync(join(out, 'a.txt'), 'utf8')).toBe('old');
     expect(readdirSync(dir).filter((n) => n.startsWith('.kept.'))).toEqual([]);
+    const { chmodSync, statSync } = await import('node:fs');
+    chmodSync(out, 0o750);
     await replaceFolder(out, async (d) => writeFileSync(join(d, 'b.txt'), 'new'));
     expect(readdirSync(out)).toEqual(['b.txt']);
+    expect(statSync(out).mode & 0o777).toBe(0o750); // the replaced folder's mode is kept
   });
 });
 
@@ -113,6 +136,9 @@ describe('clipag generate', () => {
     const before = readFileSync(init);
     expect((await runCli(['generate', 'a red circle', '--steps', '1', '--init', init, '-o', init])).stderr).toMatch(/-o .*init\.png is the --init image/);
     expect(readFileSync(init).equals(before)).toBe(true);
+    const { linkSync } = await import('node:fs');
+    linkSync(init, join(dir, 'hard-link.png')); // the same file under another name
+    expect((await runCli(['generate', 'a red circle', '--steps', '1', '--init', init, '-o', join(dir, 'hard-link.png')])).stderr).toMatch(/is the --init image/);
     expect((await runCli(['generate', 'a red circle', '--steps', '1', '--init', notPng, '-o', join(dir, 'x.png')])).stderr).toMatch(/--init .*notpng\.png: /);
     // A frame path taken by a folder: a warning, and the image is still written.
     const frames = join(dir, 'frames');

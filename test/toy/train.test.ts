@@ -212,7 +212,9 @@ describe('checkpoint files (from the CLI review)', () => {
     await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/unreadable history record/);
     await edit({ history: '[]', adam_step: 'abc' });
     await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/bad adam_step "abc"/);
-    await edit({ adam_step: '1', step: '99999999' });
+    await edit({ adam_step: '1', elapsed_s: 'soon' });
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/bad elapsed_s "soon"/);
+    await edit({ elapsed_s: '3', step: '99999999' });
     await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/at step 99999999, past the 2 planned/);
   });
 });

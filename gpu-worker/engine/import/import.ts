@@ -9,13 +9,14 @@
 // removes it, so a failed import never leaves a partial bundle.
 
 import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { EngineError } from '../errors.ts';
 import { type Activation, type ClipArch, checkWeights, expectedTensors, inferArch } from '../clip/arch.ts';
 import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, type Manifest, ManifestSchema, OPENAI_MEAN, OPENAI_STD, sha256File } from '../clip/bundle.ts';
 import { writeClipTokenizerJson } from '../clip/tokenizer-json.ts';
 import { TextTokenizer } from '../clip/tokenizer.ts';
+import { makeStagingFolder } from '../io/staging.ts';
 import { gradcheck, type GradcheckResult } from '../clip/gradcheck.ts';
 import { imageGradientGraph } from '../clip/graphs.ts';
 import { ClipEngine } from '../engine.ts';
@@ -210,11 +211,7 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
     log(`  activation: ${inferred.activation}; vision heads: ${inferred.visionHeads}; text heads: ${inferred.textHeads}`);
 
     mkdirSync(dirname(out), { recursive: true });
-    removeAbandonedImports(out);
-    tmp = mkdtempSync(join(dirname(out), `.${basename(out)}.importing-${process.pid}-`));
-    // mkdtemp makes 0700; a models folder is read by the worker's own user (the image runs as
-    // `clipag`), so give it the mode a plain mkdir would.
-    chmodSync(tmp, 0o755);
+    tmp = makeStagingFolder(out, 'importing');
 
     // Weights, in the official state_dict order.
     const byName = new Map(source.tensors.map((t) => [t.name, t]));
@@ -284,35 +281,6 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
   } finally {
     source.close();
     if (tmp) rmSync(tmp, { recursive: true, force: true });
-  }
-}
-
-/**
- * Removes `.<DIR>.importing-<pid>-*` folders next to `out` whose process is gone: an import killed
- * mid-write (Ctrl-C during the synchronous weight write) cannot clean up after itself.
- */
-function removeAbandonedImports(out: string): void {
-  const prefix = `.${basename(out)}.importing-`;
-  let names: string[];
-  try {
-    names = readdirSync(dirname(out));
-  } catch {
-    return;
-  }
-  for (const name of names) {
-    if (!name.startsWith(prefix)) continue;
-    const pid = Number(/^(\d+)-/.exec(name.slice(prefix.length))?.[1]);
-    if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) continue; // another import is running
-    rmSync(join(dirname(out), name), { recursive: true, force: true });
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'; // alive, another user's
   }
 }
 

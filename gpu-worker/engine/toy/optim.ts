@@ -194,11 +194,13 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
   if (!Array.isArray(history)) throw new EngineError('invalid_model', `checkpoint ${path} has an unreadable history record; delete it to start over`, { path });
   const adamStep = Number(meta.adam_step ?? step);
   if (!Number.isInteger(adamStep) || adamStep < 0) throw new EngineError('invalid_model', `checkpoint ${path} has a bad adam_step "${meta.adam_step}"; delete it to start over`, { path });
+  const elapsedS = Number(meta.elapsed_s ?? 0);
+  if (!Number.isFinite(elapsedS) || elapsedS < 0) throw new EngineError('invalid_model', `checkpoint ${path} has a bad elapsed_s "${meta.elapsed_s}"; delete it to start over`, { path });
   return {
     kind,
     config: saved,
     step,
-    elapsedS: Number(meta.elapsed_s ?? 0),
+    elapsedS,
     history,
     params,
     adam: { step: adamStep, m, v },
