@@ -89,8 +89,12 @@ export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSa
 }
 
 const STATS_NAME = /^(\d{1,5})x(\d{1,5})-(gmm|noise|image)\.json$/;
-/** Sizes read for an estimate at a size never run: the nearest ones, which bounds the reads per request. */
-const ESTIMATE_SIZES_READ = 8;
+/**
+ * Sizes read for an estimate at a size never run: the nearest 8, and 8 more at a time (at most 24)
+ * while none of those read timed its stages (older samples): a bound on the reads per request.
+ */
+const ESTIMATE_SIZES_BATCH = 8;
+const ESTIMATE_SIZES_MAX = 24;
 /**
  * How far past measured sizes an estimate goes, in pixels: a fit is not extended past 4× the largest
  * stage ever run, nor a single size's runs stretched to a size 4× larger or smaller. Beyond that,
@@ -104,7 +108,7 @@ interface SizedSamples {
   samples: RunSample[];
 }
 
-/** The run statistics of this model and start at other sizes, the nearest by pixel count first (at most ESTIMATE_SIZES_READ). */
+/** The run statistics of this model and start at other sizes, the nearest by pixel count first (see ESTIMATE_SIZES_BATCH). */
 async function readNearbySizes(blobs: BlobStore, k: RunKey): Promise<SizedSamples[]> {
   const prefix = `${RUN_STATS_PREFIX}${k.model}/`;
   const sizes: Array<{ width: number; height: number }> = [];
@@ -118,8 +122,13 @@ async function readNearbySizes(blobs: BlobStore, k: RunKey): Promise<SizedSample
     cursor = page.cursor;
   } while (cursor !== undefined);
   sizes.sort((a, b) => pixelDistance(a, k) - pixelDistance(b, k) || b.width * b.height - a.width * a.height);
-  const read = await Promise.all(sizes.slice(0, ESTIMATE_SIZES_READ).map(async (size) => ({ ...size, samples: await readRunSamples(blobs, { ...k, ...size }) })));
-  return read.filter((r) => r.samples.length > 0);
+  const read: SizedSamples[] = [];
+  for (let i = 0; i < Math.min(sizes.length, ESTIMATE_SIZES_MAX); i += ESTIMATE_SIZES_BATCH) {
+    const batch = await Promise.all(sizes.slice(i, i + ESTIMATE_SIZES_BATCH).map(async (size) => ({ ...size, samples: await readRunSamples(blobs, { ...k, ...size }) })));
+    read.push(...batch.filter((r) => r.samples.length > 0));
+    if (read.some((r) => r.samples.some((s) => s.stages !== undefined))) break;
+  }
+  return read;
 }
 
 const pixelDistance = (a: { width: number; height: number }, b: { width: number; height: number }) => Math.abs(Math.log((a.width * a.height) / (b.width * b.height)));
