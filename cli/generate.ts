@@ -37,11 +37,25 @@ Exit status: 0 written, 1 bad input or a failed run, 2 bad usage, 3 withheld by 
 /** The exit status when the policy's output rules withhold the image (nothing is written). */
 export const WITHHELD_EXIT_CODE = 3;
 
-function parseSize(s: string | undefined, def: number): [number, number] {
-  if (s === undefined) return [def, def];
+/** --size, checked against the engine's limits before any model loads. */
+function parseSize(s: string): [number, number] {
   const m = /^(\d+)x(\d+)$/.exec(s);
   if (!m) throw new EngineError('invalid_input', `--size must look like 512x384, got "${s}"`);
-  return [Number(m[1]), Number(m[2])];
+  const [w, h] = [Number(m[1]), Number(m[2])];
+  for (const v of [w, h]) {
+    if (v < LIMITS.side[0] || v > LIMITS.side[1] || v % 8 !== 0) throw new EngineError('invalid_input', `--size ${s}: each side must be a multiple of 8 in [${LIMITS.side[0]}, ${LIMITS.side[1]}]`);
+  }
+  if (w * h > LIMITS.pixels) throw new EngineError('invalid_input', `--size ${s} is ${w * h} pixels; the limit is ${LIMITS.pixels}`);
+  return [w, h];
+}
+
+/** --views G,P, checked before any model loads. */
+function parseViews(s: string): { globalViews: number; patchViews: number } {
+  const m = /^(\d+),(\d+)$/.exec(s);
+  if (!m) throw new EngineError('invalid_input', `--views must look like 32,32, got "${s}"`);
+  const [g, p] = [Number(m[1]), Number(m[2])];
+  if (g > LIMITS.views[1] || p > LIMITS.views[1] || g + p < 1) throw new EngineError('invalid_input', `--views ${s}: each count at most ${LIMITS.views[1]}, and at least one view`);
+  return { globalViews: g, patchViews: p };
 }
 
 function progressPrinter(tty: boolean) {
@@ -97,6 +111,10 @@ export async function run(argv: string[]): Promise<number> {
   const contentWeightArg = numberArg(values['content-weight'], 'content-weight', undefined, 0, 1e6);
   const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);
   const steps = intArg(values.steps, 'steps', 100, 1, 1000);
+  const askedSize = values.size === undefined ? undefined : parseSize(values.size);
+  const views = values.views === undefined ? undefined : parseViews(values.views);
+  // The engine takes 8 prompts in all: the prompt and up to 7 negatives.
+  if ((values.negative?.length ?? 0) > 7) throw new EngineError('invalid_input', `--negative: at most 7 (the model takes 8 prompts in all), got ${values.negative!.length}`);
   if (values.frames === '') throw new UsageError('--frames needs a folder');
   if (values.frames) {
     try {
@@ -107,7 +125,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const engine = await ClipEngine.open(modelDir(values.model));
   try {
-    const [width, height] = parseSize(values.size, engine.imageSize);
+    const [width, height] = askedSize ?? [engine.imageSize, engine.imageSize];
     let init: InitSpec = { kind: 'gmm' };
     const initArg = values.init ?? (engine.bundle.priorPath ? 'gmm' : 'noise');
     if (initArg === 'noise') init = { kind: 'noise' };
@@ -130,11 +148,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     if (values.style && init.kind !== 'image') throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
     let recipe: Partial<Recipe> = { ...(values.style ? STYLE_RECIPE : {}), steps };
-    if (values.views) {
-      const m = /^(\d+),(\d+)$/.exec(values.views);
-      if (!m) throw new EngineError('invalid_input', `--views must look like 32,32, got "${values.views}"`);
-      recipe = { ...recipe, globalViews: Number(m[1]), patchViews: Number(m[2]) };
-    }
+    if (views) recipe = { ...recipe, ...views };
     const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -0.5 }))];
     if (!values.json) {
       process.stderr.write(`clipag: "${positionals[0]}" ${width}x${height} with ${engine.name}, seed ${seed}\n`);

@@ -123,6 +123,18 @@ describe('clipag generate', () => {
     expect(r.stderr.length).toBeLessThan(500);
   });
 
+  it('--size, --views and the number of --negative are checked before the model loads, naming the flag', async () => {
+    for (const [args, message] of [
+      [['--size', '100x64'], /--size 100x64: each side must be a multiple of 8 in \[16, 2048\]/],
+      [['--size', '2048x2048'], /--size 2048x2048 is 4194304 pixels; the limit is 1048576/],
+      [['--views', '0,0'], /--views 0,0: each count at most 256, and at least one view/],
+      [['--negative', 'a', '--negative', 'b', '--negative', 'c', '--negative', 'd', '--negative', 'e', '--negative', 'f', '--negative', 'g', '--negative', 'h'], /--negative: at most 7/],
+    ] as const) {
+      const r = await runCli(['generate', 'a red circle', '--model', join(dir, 'no-such-model'), ...args]);
+      expect(r.stderr, args.join(' ')).toMatch(message); // not the missing model: checked first
+    }
+  });
+
   it('a --model that is a file (the manifest, say) is named as such', async () => {
     expect((await runCli(['generate', 'a red circle', '--model', join(REPO_ROOT, 'models', 'toy', 'manifest.json')])).stderr).toMatch(/--model .*manifest\.json is a file; pass the bundle's folder/);
   });
