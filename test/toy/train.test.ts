@@ -157,7 +157,7 @@ describe('toy CLIP training', () => {
     const ck = join(dir, 'arch.ckpt');
     await trainToyClip(cfg, { threads: 1, checkpoint: ck });
     const other = { ...cfg, arch: { ...ARCH, visionLayers: 2 } };
-    await expect(trainToyClip(other, { threads: 1, checkpoint: ck })).rejects.toThrow(/different arch/);
+    await expect(trainToyClip(other, { threads: 1, checkpoint: ck })).rejects.toThrow(/different arch \(arch\.visionLayers: 1 in the checkpoint vs 2 now\)/);
     await expect(trainToyClip({ ...cfg, robust: true }, { threads: 1, checkpoint: ck })).rejects.toThrow(/different robust/);
     // a NaN in a saved weight: refused at load, before anything trains on or writes a bundle
     const st = readSafetensors(ck);

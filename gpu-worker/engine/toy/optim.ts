@@ -130,6 +130,16 @@ export function assertCheckpointReplaceable(path: string): void {
   }
 }
 
+/** "arch.visionLayers: 3 vs 2": an object field by the keys that differ, not whole. */
+function describeDifference(key: string, was: unknown, now: unknown): string {
+  const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+  if (isObject(was) && isObject(now)) {
+    const keys = Object.keys({ ...was, ...now }).filter((k) => JSON.stringify(was[k]) !== JSON.stringify(now[k]));
+    return keys.map((k) => describeDifference(`${key}.${k}`, was[k], now[k])).join('; ');
+  }
+  return `${key}: ${JSON.stringify(was)} in the checkpoint vs ${JSON.stringify(now)} now`;
+}
+
 /**
  * Load a checkpoint and check it belongs to this run: same kind and same config (architecture and
  * recipe). A mismatch is an error naming the differing fields, never a silent partial load.
@@ -156,7 +166,7 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
   if (diffs.length) {
     throw new EngineError(
       'invalid_model',
-      `checkpoint ${path} was made with a different ${diffs.join(', ')} (${diffs.map((k) => `${k}: ${JSON.stringify(saved[k])} vs ${JSON.stringify(config[k])}`).join('; ')}); use another --checkpoint or start fresh with --no-resume`,
+      `checkpoint ${path} was made with a different ${diffs.join(', ')} (${diffs.map((k) => describeDifference(k, saved[k], config[k])).join('; ')}); use another --checkpoint or start fresh with --no-resume`,
       { path, fields: diffs },
     );
   }
