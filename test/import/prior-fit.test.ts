@@ -1,6 +1,6 @@
 // `clipag prior fit` on a generated image folder: classes of coloured shapes (odd sizes), one corrupt
 // PNG and one non-image; fitted per folder and per k-means cluster, loaded back with loadPrior.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -39,6 +39,8 @@ function makeFolder(): string {
   writeFileSync(join(dir, 'blue', 'notes.txt'), 'hello');
   // a tiny image: used, upsampled, with a warning
   writeFileSync(join(dir, 'green', 'tiny.png'), encodePng(shapeImage(5, 7, CLASSES.green, 3)));
+  // a link (it could loop): skipped, with a warning, and not counted
+  symlinkSync(join(dir, 'green'), join(dir, 'green', 'loop'));
   return dir;
 }
 
@@ -56,6 +58,7 @@ describe('prior fit', () => {
     expect(res.small).toBe(1);
     expect(warnings.some((w) => w.includes('broken.png'))).toBe(true);
     expect(warnings.some((w) => w.includes('notes.txt') && w.includes('not an image'))).toBe(true);
+    expect(warnings).toContain('skipping loop: a symbolic link (copy the images in to use them)');
 
     const out = join(outs, 'perfolder.safetensors');
     const code = await main(['prior', 'fit', dir, '-o', out, '--per-folder', '--json']);

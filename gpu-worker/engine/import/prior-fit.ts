@@ -43,8 +43,8 @@ export interface PriorFitResult {
 
 const IMAGE_EXT = /\.(png|jpe?g|gif|webp|bmp|tiff?)$/i;
 
-/** All files under `dir`, recursively, sorted, skipping hidden entries. */
-function walk(dir: string): string[] {
+/** All files under `dir`, recursively, sorted, skipping hidden entries and (with a warning) links, which could loop. */
+function walk(dir: string, warn: (message: string) => void): string[] {
   const out: string[] = [];
   const rec = (d: string) => {
     for (const ent of readdirSync(d, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
@@ -52,6 +52,7 @@ function walk(dir: string): string[] {
       const p = join(d, ent.name);
       if (ent.isDirectory()) rec(p);
       else if (ent.isFile()) out.push(p);
+      else if (ent.isSymbolicLink()) warn(`skipping ${relative(dir, p)}: a symbolic link (copy the images in to use them)`);
     }
   };
   rec(dir);
@@ -72,14 +73,14 @@ export async function fitPriorFromFolder(dir: string, opts: PriorFitOptions = {}
     for (const ent of readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
       if (ent.name.startsWith('.')) continue;
       const p = join(dir, ent.name);
-      if (ent.isDirectory()) groups.push({ name: ent.name, files: walk(p) });
+      if (ent.isDirectory()) groups.push({ name: ent.name, files: walk(p, warn) });
       else if (ent.isFile()) {
         skipped.push({ file: ent.name, reason: 'not inside a class folder (--per-folder uses one sub-folder per class)' });
         warn(`skipping ${ent.name}: not inside a class folder (--per-folder uses one sub-folder per class)`);
       }
     }
   } else {
-    groups = [{ name: 'all', files: walk(dir) }];
+    groups = [{ name: 'all', files: walk(dir, warn) }];
   }
   const files = groups.reduce((a, g) => a + g.files.length, 0) + skipped.length;
   const total = groups.reduce((a, g) => a + g.files.length, 0);
