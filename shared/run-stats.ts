@@ -131,7 +131,9 @@ async function readNearbySizes(blobs: BlobStore, k: RunKey): Promise<SizedSample
   return read;
 }
 
-const pixelDistance = (a: { width: number; height: number }, b: { width: number; height: number }) => Math.abs(Math.log((a.width * a.height) / (b.width * b.height)));
+/** How far apart two pixel counts are, as a ratio either way (log scale). */
+const pixelRatioDistance = (a: number, b: number) => Math.abs(Math.log(a / b));
+const pixelDistance = (a: { width: number; height: number }, b: { width: number; height: number }) => pixelRatioDistance(a.width * a.height, b.width * b.height);
 
 function quantile(sorted: readonly number[], q: number): number {
   const i = (sorted.length - 1) * q;
@@ -241,14 +243,14 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
       if (spansSizes(imageGroups.map((g) => g.x))) {
         const line = fitNonNegativeLine(imageGroups.map((g) => ({ x: g.x, y: g[q] })));
         perImage = line.a + line.b * k.width * k.height;
-      } else perImage = imageGroups.sort((a, b) => Math.abs(Math.log(a.x / (k.width * k.height))) - Math.abs(Math.log(b.x / (k.width * k.height))))[0]![q];
+      } else perImage = imageGroups.sort((a, b) => pixelRatioDistance(a.x, k.width * k.height) - pixelRatioDistance(b.x, k.width * k.height))[0]![q];
       return (perImage + loop) * job.n;
     };
     const median = at('median');
     const runs = timed.reduce((t, r) => t + r.samples.filter((s) => s.stages !== undefined).length, 0);
     return {
       seconds: { median: round3(median), p90: round3(Math.max(median, at('p90'))), runs },
-      basis: { method: 'fit', ...{ width: timed[0]!.width, height: timed[0]!.height }, sizes: timed.map((r) => ({ width: r.width, height: r.height })) },
+      basis: { method: 'fit', width: timed[0]!.width, height: timed[0]!.height, sizes: timed.map((r) => ({ width: r.width, height: r.height })) },
       note: null,
     };
   }
