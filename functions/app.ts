@@ -83,6 +83,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     method: 'post',
     path: 'generation.ended',
     summary: 'A generation ended (succeeded, failed or canceled): POSTed to its webhook_url',
+    security: [], // signed (webhook-signature), not authenticated with a key
     description:
       'Signed as Standard Webhooks: verify webhook-signature over `webhook-id.webhook-timestamp.body` with the `webhook.secret` the POST answered. Delivered at least once: drop repeats by webhook-id. Any 2xx within 10 s counts as delivered; anything else is retried (30 s, 2 min, 10 min, 30 min, 2 h, 6 h).',
     request: {

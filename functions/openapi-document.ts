@@ -27,6 +27,14 @@ export function withSharedResponses(doc: Json): Json {
   doc.components ??= {};
   doc.components.schemas ??= {};
   doc.components.schemas.GatewayError = GATEWAY_ERROR;
+  // A request field with a default may be left out; some generators (openapi-typescript) type every
+  // field with a `default` as required, so that `{prompt}` alone would not compile. The default is
+  // stated in words instead.
+  for (const field of Object.values<Json>(doc.components.schemas.GenerationRequest?.properties ?? {})) {
+    if (field.default === undefined) continue;
+    field.description = `${field.description ? `${field.description}. ` : ''}Default: ${JSON.stringify(field.default)}`;
+    delete field.default;
+  }
   for (const [path, item] of Object.entries<Json>(doc.paths ?? {})) {
     for (const [method, op] of Object.entries<Json>(item)) {
       if (!['get', 'post', 'put', 'patch', 'delete'].includes(method)) continue;

@@ -110,7 +110,10 @@ export const UploadView = z
 
 export const Health = z.object({ status: z.literal('ok') }).openapi('Health');
 
-const SecondsRange = z.object({ median: z.number().nonnegative(), p90: z.number().nonnegative() });
+const SecondsRange = z.object({
+  median: z.number().nonnegative(),
+  p90: z.number().nonnegative().openapi({ description: 'The 90th percentile of the runs it rests on: with few runs (see runs) it shows little of their spread, and with one it equals the median' }),
+});
 
 export const EstimateView = z
   .object({

@@ -7,7 +7,7 @@ const retryAfter = { 'Retry-After': { description: 'Seconds to wait before retry
 
 /** The error responses a route documents (all share the envelope). */
 export const errors = {
-  400: envelope('Invalid request (validation_error, invalid_json; content_policy: a prompt the content policy refuses)'),
+  400: envelope('Invalid request (validation_error; invalid_json for a body that does not parse); `param` names the field'),
   401: envelope('Missing, malformed, unknown or revoked API key'),
   404: envelope('Not found (also for another owner\'s id)'),
   409: envelope('Conflict: corrupt_record (the stored record is unreadable; retrying will not help)'),
@@ -30,6 +30,9 @@ export function preferredWaitSec(header: string | undefined, max: number): numbe
   }
   return null;
 }
+
+/** The 400 of a route that reads prompts: the content policy can refuse one. */
+export const promptBadRequest = envelope('Invalid request (validation_error, invalid_json; content_policy: a prompt the content policy refuses); `param` names the field');
 
 /** A route's own 409: the codes it can answer, besides corrupt_record. */
 export function conflict(codes: string): ReturnType<typeof envelope> {

@@ -20,7 +20,7 @@ import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
-import { conflict, preferredWaitSec, SECURITY, pick } from './common.ts';
+import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
 
 /** Generations one owner may have queued or running at once, unless the deployment says otherwise. */
 export const DEFAULT_MAX_ACTIVE_JOBS = 100;
@@ -81,6 +81,7 @@ const createGeneration = createRoute({
       content: { 'application/json': { schema: GenerationView } },
     },
     ...pick(400, 401, 413, 415, 429, 503),
+    400: promptBadRequest,
     409: conflict('idempotency_key_reused (the key was used with another body), idempotency_in_progress (its first request is still being made: retry shortly)'),
   },
 });
@@ -97,6 +98,7 @@ const createEstimate = createRoute({
   responses: {
     200: { description: 'The estimate', content: { 'application/json': { schema: EstimateView } } },
     ...pick(400, 401, 413, 415, 503),
+    400: promptBadRequest,
   },
 });
 

@@ -19,6 +19,7 @@ const healthz = createRoute({
   method: 'get',
   path: '/healthz',
   summary: 'Liveness (no auth)',
+  security: [],
   responses: { 200: { description: 'Alive', content: { 'application/json': { schema: Health } } } },
 });
 

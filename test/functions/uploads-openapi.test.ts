@@ -97,7 +97,11 @@ describe('GET /openapi.json', () => {
     expect(Object.keys(doc.paths['/v1/generations']).sort()).toEqual(['get', 'post']);
     expect(doc.components.securitySchemes.bearerAuth).toMatchObject({ type: 'http', scheme: 'bearer' });
     expect(doc.paths['/v1/generations'].post.security).toEqual([{ bearerAuth: [] }]);
-    expect(doc.paths['/healthz'].get.security).toBeUndefined();
+    expect(doc.paths['/healthz'].get.security).toEqual([]); // stated: no key
+    // A body of {prompt} alone must type-check in generated clients: request fields carry no `default` (some generators make those required); it is said in words.
+    const requestFields = doc.components.schemas.GenerationRequest.properties as Record<string, { default?: unknown; description?: string }>;
+    expect(Object.values(requestFields).filter((f) => f.default !== undefined)).toEqual([]);
+    expect(requestFields.steps!.description).toMatch(/Default: 100$/);
     // Request body and errors come from the shared schemas.
     expect(doc.paths['/v1/generations'].post.requestBody!.content['application/json'].schema.$ref).toBe('#/components/schemas/GenerationRequest');
     expect(doc.paths['/v1/generations'].post.responses['409'].content!['application/json'].schema.$ref).toBe('#/components/schemas/ErrorEnvelope');
