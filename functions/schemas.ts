@@ -112,7 +112,7 @@ export const Health = z.object({ status: z.literal('ok') }).openapi('Health');
 
 const SecondsRange = z.object({
   median: z.number().nonnegative(),
-  p90: z.number().nonnegative().openapi({ description: 'The 90th percentile of the runs it rests on: with few runs (see runs) it shows little of their spread, and with one it equals the median' }),
+  p90: z.number().nonnegative().nullable().openapi({ description: 'The 90th percentile of the runs it rests on; null below 5 runs, where it would show little or none of their spread' }),
 });
 
 export const EstimateView = z

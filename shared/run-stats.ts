@@ -143,14 +143,17 @@ function quantile(sorted: readonly number[], q: number): number {
 }
 
 export interface RunEstimate {
-  /** Worker seconds for the job, median and 90th percentile (see estimateSeconds). */
+  /** Worker seconds for the job, median and 90th percentile (see estimateSeconds); p90 null below P90_MIN_RUNS runs. */
   median: number;
-  p90: number;
+  p90: number | null;
   /** How many recorded runs it rests on. */
   runs: number;
 }
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/** Runs a 90th percentile needs before it says anything: with one run it is the median, with a few it hides the spread. */
+export const P90_MIN_RUNS = 5;
 
 /**
  * The time a run spent stepping: its timed stages when it has them, which leave out compiling a size's
@@ -170,7 +173,7 @@ export function estimateSeconds(samples: readonly RunSample[], job: { steps: num
   const perStep = sorted(samples.map((s) => stepSeconds(s) / s.steps));
   const perImage = sorted(samples.map((s) => (s.seconds - stepSeconds(s)) / s.n));
   const at = (q: number) => quantile(perImage, q) * job.n + quantile(perStep, q) * job.steps * job.n;
-  return { median: round3(at(0.5)), p90: round3(at(0.9)), runs: samples.length };
+  return { median: round3(at(0.5)), p90: samples.length >= P90_MIN_RUNS ? round3(at(0.9)) : null, runs: samples.length };
 }
 
 /** y ≈ a + b·x by least squares with a, b ≥ 0 (a cost never falls as the size grows, nor goes below zero). */
@@ -249,7 +252,7 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
     const median = at('median');
     const runs = timed.reduce((t, r) => t + r.samples.filter((s) => s.stages !== undefined).length, 0);
     return {
-      seconds: { median: round3(median), p90: round3(Math.max(median, at('p90'))), runs },
+      seconds: { median: round3(median), p90: runs >= P90_MIN_RUNS ? round3(Math.max(median, at('p90'))) : null, runs },
       basis: { method: 'fit', width: timed[0]!.width, height: timed[0]!.height, sizes: timed.map((r) => ({ width: r.width, height: r.height })) },
       note: null,
     };

@@ -492,7 +492,7 @@ export function registerGenerationRoutes(
         height: spec.height,
         steps,
         worker_seconds: seconds ? { median: seconds.median, p90: seconds.p90 } : null,
-        cost_usd: seconds && hourly !== undefined ? { median: costUsd(seconds.median, hourly), p90: costUsd(seconds.p90, hourly) } : null,
+        cost_usd: seconds && hourly !== undefined ? { median: costUsd(seconds.median, hourly), p90: seconds.p90 === null ? null : costUsd(seconds.p90, hourly) } : null,
         runs: seconds?.runs ?? 0,
         basis,
         note,
