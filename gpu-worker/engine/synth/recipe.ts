@@ -41,7 +41,9 @@ export const DEFAULT_RECIPE: Recipe = {
   betas: [0.9, 0.999],
   eps: 1e-8,
   weightDecay: 0.01, // torch.optim.AdamW's default, which the notebook does not change
-  gradClip: 1.0,
+  // The notebook's clip_grad_norm_(image, max_norm=0.001): every step's gradient is rescaled to this
+  // norm before AdamW (a recipe review found 1.0 here, which never triggered: raw-gradient AdamW).
+  gradClip: 0.001,
   globalViews: 32,
   patchViews: 32,
   globalWeight: 1,

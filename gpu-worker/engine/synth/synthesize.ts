@@ -247,7 +247,7 @@ interface ViewPlan {
 }
 
 /** Draw this step's view windows: global views (resize + translation) then patch views. */
-function planViews(rng: Rng, r: Recipe, H: number, W: number): ViewPlan {
+export function planViews(rng: Rng, r: Recipe, H: number, W: number): ViewPlan {
   const windows: Window[] = [];
   const weights = new Float32Array(r.globalViews + r.patchViews);
   const short = Math.min(H, W);
@@ -260,8 +260,15 @@ function planViews(rng: Rng, r: Recipe, H: number, W: number): ViewPlan {
     weights[v] = r.globalWeight / r.globalViews;
   }
   for (let v = 0; v < r.patchViews; v++) {
-    const size = short * r.patchFraction;
-    windows.push({ x: rng.next() * (W - size), y: rng.next() * (H - size), size, flip: r.flip && rng.next() < 0.5 });
+    // A crop of the image, then (as the notebook runs DiffAugment on the resized crops too) a zoom and
+    // a shift of that crop, in its own units. Beyond the crop the window reads the image's own pixels
+    // where the notebook pads with zeros.
+    const patch = short * r.patchFraction;
+    const px = rng.next() * (W - patch), py = rng.next() * (H - patch);
+    const size = patch / rng.uniform(r.resize[0], r.resize[1]);
+    const cx = px + patch / 2 + rng.uniform(-r.translation, r.translation) * patch;
+    const cy = py + patch / 2 + rng.uniform(-r.translation, r.translation) * patch;
+    windows.push({ x: cx - size / 2, y: cy - size / 2, size, flip: r.flip && rng.next() < 0.5 });
     weights[r.globalViews + v] = r.patchWeight / r.patchViews;
   }
   return { windows, weights };
@@ -485,7 +492,7 @@ function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number
   return s;
 }
 
-function clipGradNorm(g: Float32Array, maxNorm: number): void {
+export function clipGradNorm(g: Float32Array, maxNorm: number): void {
   let s = 0;
   for (let i = 0; i < g.length; i++) s += g[i] * g[i];
   const norm = Math.sqrt(s);

@@ -10,8 +10,9 @@ import { decodeImage, resizeCover, solidImage, squareCropsCovering } from '../..
 import { augmentViews, stepGraph } from '../../../gpu-worker/engine/synth/step-graph.ts';
 import { createSession } from '../../../gpu-worker/engine/runtime/session.ts';
 import { encodeModel } from '../../../gpu-worker/engine/onnx/codec.ts';
-import { AdamW, type SynthRequest, addContentLoss, dynamicThreshold, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
-import { STYLE_CONTENT_WEIGHT, STYLE_RECIPE, defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
+import { AdamW, type SynthRequest, addContentLoss, clipGradNorm, dynamicThreshold, planViews, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
+import { Rng } from '../../../gpu-worker/engine/synth/rng.ts';
+import { DEFAULT_RECIPE, STYLE_CONTENT_WEIGHT, STYLE_RECIPE, defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
 import { fillViewOperators } from '../../../gpu-worker/engine/synth/resample.ts';
 import { tensor } from '../../../gpu-worker/engine/onnx/ir.ts';
 import { makeTinyBundle } from '../../helpers/bundle.ts';
@@ -361,6 +362,36 @@ describe('host-side pieces', () => {
       }
       theta.forEach((want, i) => expect(q[i], `step ${t}, value ${i}`).toBeCloseTo(want, 5));
     }
+  });
+
+  it('the default recipe is the notebook\'s: its gradient is clipped to norm 0.001 every step (normalized-gradient AdamW)', () => {
+    expect(DEFAULT_RECIPE).toMatchObject({ steps: 100, lr: 0.0175, gradClip: 0.001, globalViews: 32, patchViews: 32, globalWeight: 1, patchWeight: 5, resize: [0.8, 1.2], translation: 0.125, cutout: 0.5, noiseStd: 0.01, thresholdPercentile: 0.95, initSamples: 1000, flip: false });
+    const g = Float32Array.from([3, 4, 0]); // norm 5
+    clipGradNorm(g, DEFAULT_RECIPE.gradClip);
+    expect(Math.hypot(...g)).toBeCloseTo(0.001, 9);
+    expect(g[0]! / g[1]!).toBeCloseTo(0.75, 6); // the direction kept
+    const small = Float32Array.from([3e-4, 4e-4]);
+    clipGradNorm(small, DEFAULT_RECIPE.gradClip);
+    expect(Array.from(small)).toEqual([Math.fround(3e-4), Math.fround(4e-4)]); // under the norm: untouched
+  });
+
+  it('patch views are zoomed and shifted crops (the notebook runs DiffAugment on them too), global views cover the image', () => {
+    const H = 448, W = 448;
+    const plan = planViews(Rng.fromSeed(3), { ...DEFAULT_RECIPE, globalViews: 0, patchViews: 400 }, H, W);
+    const patch = (W * 128) / 224;
+    const sizes = plan.windows.map((w) => w.size);
+    expect(Math.min(...sizes)).toBeGreaterThanOrEqual(patch / 1.2 - 1e-9);
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(patch / 0.8 + 1e-9);
+    expect(Math.max(...sizes) - Math.min(...sizes)).toBeGreaterThan(patch * 0.3); // zooms drawn across the range
+    for (const w of plan.windows) {
+      // The window's centre is a crop's centre, shifted by at most 0.125 of the crop.
+      const [cx, cy] = [w.x + w.size / 2, w.y + w.size / 2];
+      for (const c of [cx, cy]) {
+        expect(c).toBeGreaterThanOrEqual(patch / 2 - 0.125 * patch - 1e-9);
+        expect(c).toBeLessThanOrEqual(W - patch / 2 + 0.125 * patch + 1e-9);
+      }
+    }
+    expect(Array.from(plan.weights).every((x) => Math.abs(x - 5 / 400) < 1e-7)).toBe(true);
   });
 
   it("the content loss's gradient matches central differences", () => {
