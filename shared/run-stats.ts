@@ -191,18 +191,45 @@ export function fitNonNegativeLine(points: ReadonlyArray<{ x: number; y: number 
   return { a: 0, b: sx2 > 0 ? Math.max(0, points.reduce((t, p) => t + p.x * p.y, 0) / sx2) : 0 };
 }
 
-/** Median and 90th percentile of y per distinct x. */
-function groupQuantiles(points: ReadonlyArray<{ x: number; y: number }>): Array<{ x: number; median: number; p90: number }> {
+/** The median of y per distinct x. */
+function groupMedians(points: ReadonlyArray<{ x: number; y: number }>): Array<{ x: number; median: number }> {
   const by = new Map<number, number[]>();
-  for (const p of points) by.set(p.x, [...(by.get(p.x) ?? []), p.y]);
-  return [...by.entries()].map(([x, ys]) => {
-    const sorted = ys.sort((a, b) => a - b);
-    return { x, median: quantile(sorted, 0.5), p90: quantile(sorted, 0.9) };
-  });
+  for (const p of points) {
+    const ys = by.get(p.x);
+    if (ys) ys.push(p.y);
+    else by.set(p.x, [p.y]);
+  }
+  return [...by.entries()].map(([x, ys]) => ({ x, median: quantile(ys.sort((a, b) => a - b), 0.5) }));
 }
 
 /** A fit needs two sizes at least 1.5× apart in pixels; nearer ones measure noise, not growth. */
 const spansSizes = (xs: readonly number[]) => xs.length >= 2 && Math.max(...xs) >= 1.5 * Math.min(...xs);
+
+interface TimedRun {
+  /** Output pixels of the run. */
+  px: number;
+  sample: RunSample;
+}
+
+const stagePointsOf = (runs: readonly TimedRun[]) => runs.flatMap((r) => r.sample.stages!.map((st) => ({ x: st.width * st.height, y: st.seconds / st.steps })));
+
+/**
+ * The median cost model of timed runs: a step's cost by its stage's pixels (a + b·px), an image's
+ * fixed cost by its output pixels (fitted where two sizes were run, else the nearest size's median).
+ * undefined when the runs do not time two sizes far enough apart.
+ */
+function costModel(runs: readonly TimedRun[]): { predict: (schedule: readonly Stage[], px: number, n: number) => number } | undefined {
+  const stageGroups = groupMedians(stagePointsOf(runs));
+  if (!spansSizes(stageGroups.map((g) => g.x))) return undefined;
+  const stepLine = fitNonNegativeLine(stageGroups.map((g) => ({ x: g.x, y: g.median })));
+  const imageGroups = groupMedians(runs.map((r) => ({ x: r.px, y: (r.sample.seconds - stepSeconds(r.sample)) / r.sample.n })));
+  const imageLine = spansSizes(imageGroups.map((g) => g.x)) ? fitNonNegativeLine(imageGroups.map((g) => ({ x: g.x, y: g.median }))) : undefined;
+  const perImage = (px: number) => (imageLine ? imageLine.a + imageLine.b * px : [...imageGroups].sort((a, b) => pixelRatioDistance(a.x, px) - pixelRatioDistance(b.x, px))[0]!.median);
+  return {
+    /** Seconds for n images, each running `schedule` (steps per image) at `px` output pixels. */
+    predict: (schedule, px, n) => (perImage(px) + schedule.reduce((t, st) => t + st.steps * (stepLine.a + stepLine.b * st.width * st.height), 0)) * n,
+  };
+}
 
 export interface JobEstimate {
   seconds: RunEstimate | null;
@@ -230,29 +257,28 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
   const size = { width: k.width, height: k.height };
   if (nearby.length === 0) return { seconds: null, basis: null, note: `no run of model ${k.model} with a ${k.start} start was recorded on this deployment yet` };
 
-  const stagePoints = nearby.flatMap((r) => r.samples.flatMap((s) => (s.stages ?? []).map((st) => ({ x: st.width * st.height, y: st.seconds / st.steps }))));
-  const stageGroups = groupQuantiles(stagePoints);
+  const timedRuns = nearby.flatMap((r) => r.samples.filter((s) => s.stages !== undefined).map((sample) => ({ px: r.width * r.height, sample })));
+  const stageGroups = groupMedians(stagePointsOf(timedRuns));
   const largestStage = Math.max(...job.schedule.map((st) => st.width * st.height));
   const canFit = spansSizes(stageGroups.map((g) => g.x));
   const largestTimed = Math.max(0, ...stageGroups.map((g) => g.x));
   if (canFit && largestStage <= ESTIMATE_REACH * largestTimed) {
+    const model = costModel(timedRuns)!;
+    const median = model.predict(job.schedule, k.width * k.height, job.n);
+    // The spread: how far each timed run came above what a model fitted without it predicts for that
+    // very run (a per-size 90th percentile would rest on one run at most sizes, and a run's own group
+    // would absorb it). The latest runs only: a bound on the work per request.
+    const recent = timedRuns.slice(-RUN_STATS_KEEP);
+    const ratios = recent
+      .map((run) => {
+        const without = costModel(timedRuns.filter((t) => t !== run));
+        return without ? run.sample.seconds / without.predict(run.sample.stages!.map((st) => ({ ...st, steps: st.steps / run.sample.n })), run.px, run.sample.n) : Number.NaN;
+      })
+      .filter((x) => Number.isFinite(x))
+      .sort((x, y) => x - y);
     const timed = nearby.filter((r) => r.samples.some((s) => s.stages !== undefined));
-    const imagePoints = timed.flatMap((r) => r.samples.filter((s) => s.stages !== undefined).map((s) => ({ x: r.width * r.height, y: (s.seconds - stepSeconds(s)) / s.n })));
-    const imageGroups = groupQuantiles(imagePoints);
-    const at = (q: 'median' | 'p90') => {
-      const stepLine = fitNonNegativeLine(stageGroups.map((g) => ({ x: g.x, y: g[q] })));
-      const loop = job.schedule.reduce((t, st) => t + st.steps * (stepLine.a + stepLine.b * st.width * st.height), 0);
-      let perImage: number;
-      if (spansSizes(imageGroups.map((g) => g.x))) {
-        const line = fitNonNegativeLine(imageGroups.map((g) => ({ x: g.x, y: g[q] })));
-        perImage = line.a + line.b * k.width * k.height;
-      } else perImage = imageGroups.sort((a, b) => pixelRatioDistance(a.x, k.width * k.height) - pixelRatioDistance(b.x, k.width * k.height))[0]![q];
-      return (perImage + loop) * job.n;
-    };
-    const median = at('median');
-    const runs = timed.reduce((t, r) => t + r.samples.filter((s) => s.stages !== undefined).length, 0);
     return {
-      seconds: { median: round3(median), p90: runs >= P90_MIN_RUNS ? round3(Math.max(median, at('p90'))) : null, runs },
+      seconds: { median: round3(median), p90: ratios.length >= P90_MIN_RUNS ? round3(median * Math.max(1, quantile(ratios, 0.9))) : null, runs: timedRuns.length },
       basis: { method: 'fit', width: timed[0]!.width, height: timed[0]!.height, sizes: timed.map((r) => ({ width: r.width, height: r.height })) },
       note: null,
     };

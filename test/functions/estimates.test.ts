@@ -127,6 +127,23 @@ describe('POST /v1/estimates', () => {
     expect(short).toMatchObject({ worker_seconds: { median: 2.5 }, cost_usd: null, hourly_usd: null });
   });
 
+  it("a fit's p90 shows the spread of the runs it rests on, though most sizes hold one run", async () => {
+    const step = (px: number) => 0.05 + 2e-6 * px;
+    const timedRun = (side: number, slow = 1) => {
+      const stages = defaultSchedule(side, side, 50, 224).map((st) => ({ ...st, seconds: slow * st.steps * step(st.width * st.height) }));
+      const loop = stages.reduce((t, st) => t + st.seconds, 0);
+      return { seconds: slow * 1 + loop, loopSeconds: loop, steps: 50, n: 1, at: new Date().toISOString(), stages };
+    };
+    const sides = [256, 320, 384, 448, 512];
+    for (const side of sides) await recordRunSample(h.blobs, toy(side, side), timedRun(side));
+    const even = (await (await h.request('/v1/estimates', { json: { prompt: 'apple', width: 640, steps: 50 } })).json()) as any;
+    expect(even.basis.method).toBe('fit');
+    expect(even.worker_seconds.p90).toBeCloseTo(even.worker_seconds.median, 2); // five runs exactly on the line: no spread
+    await recordRunSample(h.blobs, toy(576, 576), timedRun(576, 2)); // one run twice as slow
+    const spread = (await (await h.request('/v1/estimates', { json: { prompt: 'apple', width: 640, steps: 50 } })).json()) as any;
+    expect(spread.worker_seconds.p90 / spread.worker_seconds.median).toBeGreaterThan(1.3);
+  });
+
   it("at a size run before, a step graph's compile (in the loop time, not in the timed stages) is paid per image, not per step", async () => {
     // 25 steps of 0.1 s, 1 s per image, and 3 s compiling the size's step graph inside the loop.
     await recordRunSample(h.blobs, toy(), { seconds: 6.5, loopSeconds: 5.5, steps: 25, n: 1, at: new Date().toISOString(), stages: [{ width: 224, height: 224, steps: 25, seconds: 2.5 }] });
