@@ -54,9 +54,9 @@ export function withSharedResponses(doc: Json): Json {
         ];
       }
       responses.default = { description: 'Unexpected error: 500 internal_error (retry later; report its request_id), or a gateway error in AWS', content: ERROR_OR_GATEWAY };
-      for (const response of Object.values<Json>(responses)) {
-        // A GatewayError comes without it: required only where the app alone answers.
-        const orGateway = response.content === ERROR_OR_GATEWAY;
+      for (const [status, response] of Object.entries<Json>(responses)) {
+        // The gateway's own answers come without it (a GatewayError; its 413 for a body over 10 MB): required only where the app alone answers.
+        const orGateway = response.content === ERROR_OR_GATEWAY || status === '413';
         response.headers = { 'X-Request-Id': orGateway ? { ...REQUEST_ID_HEADER, required: false, description: `${REQUEST_ID_HEADER.description}; absent on a GatewayError` } : REQUEST_ID_HEADER, ...response.headers };
       }
     }

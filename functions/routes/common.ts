@@ -7,7 +7,7 @@ const retryAfter = { 'Retry-After': { description: 'Seconds to wait before retry
 
 /** The error responses a route documents (all share the envelope). */
 export const errors = {
-  400: envelope('Invalid request (validation_error; invalid_json for a body that does not parse); `param` names the field'),
+  400: envelope('Invalid request (validation_error: a parameter, header or body field; invalid_json: a body that does not parse); `param` names it'),
   401: envelope('Missing, malformed, unknown or revoked API key'),
   404: envelope('Not found (also for another owner\'s id)'),
   409: envelope('Conflict: corrupt_record (the stored record is unreadable; retrying will not help)'),

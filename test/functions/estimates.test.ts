@@ -88,12 +88,12 @@ describe('POST /v1/estimates', () => {
       expect(got.worker_seconds.median).toBeCloseTo(truth(side, steps, n), 2);
       expect(got.worker_seconds.p90).toBeNull(); // 2 runs: too few for a 90th percentile
     }
-    // Untimed runs (recorded before stage timings) at the 8 sizes nearest 896 do not hide the timed ones further off.
-    for (const side of [864, 832, 928, 960, 800, 768, 992, 736]) await recordRunSample(h.blobs, toy(side, side), run(1, 0.5, 10));
-    expect((await ask({ width: 896, steps: 100, n: 2 })).basis.method).toBe('fit');
     // The old way (the nearest size's per-step cost) was far low at 896 px: the reason for the fit.
     const nearestOnly = estimateSeconds([timedRun(448, 100)], { steps: 100, n: 2 })!.median;
     expect(truth(896, 100, 2) / nearestOnly).toBeGreaterThan(2);
+    // Untimed runs (recorded before stage timings) at the 8 sizes nearest 896 do not hide the timed ones further off.
+    for (const side of [864, 832, 928, 960, 800, 768, 992, 736]) await recordRunSample(h.blobs, toy(side, side), run(1, 0.5, 10));
+    expect((await ask({ width: 896, steps: 100, n: 2 })).basis.method).toBe('fit');
   });
 
   it('before any run: no figures (null), never invented ones; nothing is queued or stored', async () => {

@@ -58,7 +58,7 @@ describe('prior fit', () => {
     expect(res.small).toBe(1);
     expect(warnings.some((w) => w.includes('broken.png'))).toBe(true);
     expect(warnings.some((w) => w.includes('notes.txt') && w.includes('not an image'))).toBe(true);
-    expect(warnings).toContain('skipping loop: a symbolic link (copy the images in to use them)');
+    expect(warnings).toContain(`skipping ${join('green', 'loop')}: a symbolic link (copy the images in to use them)`);
 
     const out = join(outs, 'perfolder.safetensors');
     const code = await main(['prior', 'fit', dir, '-o', out, '--per-folder', '--json']);

@@ -9,6 +9,7 @@ import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
 import { loadPrior } from '../../gpu-worker/engine/synth/prior.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { zeroShotAccuracy } from '../../gpu-worker/engine/toy/zero-shot.ts';
+import { TOY_RECIPE } from '../../gpu-worker/engine/toy/clip-train.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'clipag-toy-bundle-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -42,6 +43,8 @@ describe('shipped toy bundles', () => {
     expect(pick(r.manifest.training)).toEqual(pick(p.manifest.training));
     expect(r.arch).toEqual(p.arch);
     expect(r.manifest.recipe).toEqual(p.manifest.recipe);
+    // The recipe every published eval-pag figure was measured with (the clip of 1.0 included: ADR 0025).
+    expect(r.manifest.recipe).toEqual(TOY_RECIPE);
   });
 
   it("each twin's recorded zero-shot accuracy is what its shipped weights score now", async () => {

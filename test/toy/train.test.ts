@@ -208,6 +208,11 @@ describe('checkpoint files (from the CLI review)', () => {
     };
     await edit({});
     await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, maxStepsThisRun: 0 })).resolves.toMatchObject({ resumedFrom: 1 }); // a legacy file still resumes
+    // Its config's keys in another order (an edited file) are the same config.
+    const config = JSON.parse(readSafetensors(ck).metadata!.config!) as Record<string, unknown>;
+    const reversed = (o: Record<string, unknown>): Record<string, unknown> => Object.fromEntries(Object.entries(o).reverse().map(([k, v]) => [k, v !== null && typeof v === 'object' && !Array.isArray(v) ? reversed(v as Record<string, unknown>) : v]));
+    await edit({ config: JSON.stringify(reversed(config)) });
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, maxStepsThisRun: 0 })).resolves.toMatchObject({ resumedFrom: 1 });
     await edit({ history: '{"x":1}' });
     await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/unreadable history record/);
     await edit({ history: '[]', adam_step: 'abc' });

@@ -43,8 +43,8 @@ export interface PriorFitResult {
 
 const IMAGE_EXT = /\.(png|jpe?g|gif|webp|bmp|tiff?)$/i;
 
-/** All files under `dir`, recursively, sorted, skipping hidden entries and (with a warning) links, which could loop. */
-function walk(dir: string, warn: (message: string) => void): string[] {
+/** All files under `dir`, recursively, sorted, skipping hidden entries and (with a warning naming them from `root`) links, which could loop. */
+function walk(dir: string, root: string, warn: (message: string) => void): string[] {
   const out: string[] = [];
   const rec = (d: string) => {
     for (const ent of readdirSync(d, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
@@ -52,7 +52,7 @@ function walk(dir: string, warn: (message: string) => void): string[] {
       const p = join(d, ent.name);
       if (ent.isDirectory()) rec(p);
       else if (ent.isFile()) out.push(p);
-      else if (ent.isSymbolicLink()) warn(`skipping ${relative(dir, p)}: a symbolic link (copy the images in to use them)`);
+      else if (ent.isSymbolicLink()) warn(`skipping ${relative(root, p)}: a symbolic link (copy the images in to use them)`);
     }
   };
   rec(dir);
@@ -73,14 +73,15 @@ export async function fitPriorFromFolder(dir: string, opts: PriorFitOptions = {}
     for (const ent of readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
       if (ent.name.startsWith('.')) continue;
       const p = join(dir, ent.name);
-      if (ent.isDirectory()) groups.push({ name: ent.name, files: walk(p, warn) });
+      if (ent.isDirectory()) groups.push({ name: ent.name, files: walk(p, dir, warn) });
+      else if (ent.isSymbolicLink()) warn(`skipping ${ent.name}: a symbolic link (copy the images in to use them)`);
       else if (ent.isFile()) {
         skipped.push({ file: ent.name, reason: 'not inside a class folder (--per-folder uses one sub-folder per class)' });
         warn(`skipping ${ent.name}: not inside a class folder (--per-folder uses one sub-folder per class)`);
       }
     }
   } else {
-    groups = [{ name: 'all', files: walk(dir, warn) }];
+    groups = [{ name: 'all', files: walk(dir, dir, warn) }];
   }
   const files = groups.reduce((a, g) => a + g.files.length, 0) + skipped.length;
   const total = groups.reduce((a, g) => a + g.files.length, 0);

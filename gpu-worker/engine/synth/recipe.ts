@@ -15,9 +15,9 @@ export interface Recipe {
   patchViews: number;
   globalWeight: number;
   patchWeight: number;
-  /** Global views: window side = min(H, W) / U(resize). */
+  /** Zoom: a global view's window side is min(H, W) / U(resize); a patch view's is its crop / U(resize). */
   resize: [number, number];
-  /** Global views: ± this fraction of the window, as in DiffAugment's translation. */
+  /** Shift: ± this fraction of a global view's window, or of a patch view's crop (DiffAugment's translation). */
   translation: number;
   /** Patch views: crop side as a fraction of min(H, W) (128 px of a 224 image). */
   patchFraction: number;

@@ -130,11 +130,16 @@ export function assertCheckpointReplaceable(path: string): void {
   }
 }
 
+/** JSON with object keys sorted: a record read back from a file may list its keys in another order. */
+function canonical(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => (x !== null && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x));
+}
+
 /** "arch.visionLayers: 3 vs 2": an object field by the keys that differ, not whole. */
 function describeDifference(key: string, was: unknown, now: unknown): string {
   const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
   if (isObject(was) && isObject(now)) {
-    const keys = Object.keys({ ...was, ...now }).filter((k) => JSON.stringify(was[k]) !== JSON.stringify(now[k]));
+    const keys = Object.keys({ ...was, ...now }).filter((k) => canonical(was[k]) !== canonical(now[k]));
     return keys.map((k) => describeDifference(`${key}.${k}`, was[k], now[k])).join('; ');
   }
   return `${key}: ${JSON.stringify(was)} in the checkpoint vs ${JSON.stringify(now)} now`;
@@ -162,7 +167,7 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
     throw new EngineError('invalid_model', `checkpoint ${path} has an unreadable config record; delete it to start over`, { path });
   }
   if (saved === null || typeof saved !== 'object' || Array.isArray(saved)) throw new EngineError('invalid_model', `checkpoint ${path} has a config record that is not an object; delete it to start over`, { path });
-  const diffs = Object.keys({ ...saved, ...config }).filter((k) => JSON.stringify(saved[k]) !== JSON.stringify(config[k]));
+  const diffs = Object.keys({ ...saved, ...config }).filter((k) => canonical(saved[k]) !== canonical(config[k]));
   if (diffs.length) {
     throw new EngineError(
       'invalid_model',

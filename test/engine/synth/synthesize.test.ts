@@ -375,7 +375,7 @@ describe('host-side pieces', () => {
     expect(Array.from(small)).toEqual([Math.fround(3e-4), Math.fround(4e-4)]); // under the norm: untouched
   });
 
-  it('patch views are zoomed and shifted crops (the notebook runs DiffAugment on them too), global views cover the image', () => {
+  it('patch views are zoomed and shifted crops (the notebook runs DiffAugment on them too)', () => {
     const H = 448, W = 448;
     const plan = planViews(Rng.fromSeed(3), { ...DEFAULT_RECIPE, globalViews: 0, patchViews: 400 }, H, W);
     const patch = (W * 128) / 224;
@@ -392,6 +392,12 @@ describe('host-side pieces', () => {
       }
     }
     expect(Array.from(plan.weights).every((x) => Math.abs(x - 5 / 400) < 1e-7)).toBe(true);
+    // The shift: some window centres lie beyond where an unshifted crop's centre can be.
+    const centres = plan.windows.flatMap((w) => [w.x + w.size / 2, w.y + w.size / 2]);
+    expect(centres.some((c) => c < patch / 2 - 1 || c > W - patch / 2 + 1)).toBe(true);
+    // Non-square, at a stage smaller than the encoder: windows keep the crop's share of the short side.
+    const narrow = planViews(Rng.fromSeed(4), { ...DEFAULT_RECIPE, globalViews: 0, patchViews: 50 }, 112, 224);
+    for (const w of narrow.windows) expect(w.size).toBeGreaterThanOrEqual((112 * 128) / 224 / 1.2 - 1e-9);
   });
 
   it("the content loss's gradient matches central differences", () => {
