@@ -28,7 +28,7 @@ export const RecipeDefaultsSchema = z
   .object({
     steps: num, lr: num, betas: z.tuple([num, num]), eps: num, weightDecay: num, gradClip: num,
     globalViews: num, patchViews: num, globalWeight: num, patchWeight: num, resize: z.tuple([num, num]),
-    translation: num, patchFraction: num, flip: z.boolean(), color: z.boolean(), cutout: num, noiseStd: num,
+    translation: num, patchFraction: num, flip: z.boolean(), color: z.boolean(), colorOnImage: z.boolean(), cutout: num, noiseStd: num,
     thresholdPercentile: num, frameEvery: num, initSamples: num,
   })
   .partial()

@@ -24,6 +24,11 @@ export interface Recipe {
   flip: boolean;
   /** DiffAugment colour: brightness ± 0.5, saturation × U(0, 2), contrast × U(0.5, 1.5). */
   color: boolean;
+  /**
+   * Colour as the notebook applies it, to the whole image before the crop: a view's zero border stays
+   * black and the contrast pivots on the image's mean. false: on the view, border and all (ADR 0025).
+   */
+  colorOnImage: boolean;
   /** DiffAugment cutout: a square of this fraction of the view side is zeroed. 0 disables. */
   cutout: number;
   noiseStd: number;
@@ -55,6 +60,7 @@ export const DEFAULT_RECIPE: Recipe = {
   // views pull an object named "on the left" to both sides (ADR 0008); `flip: true` turns them on.
   flip: false,
   color: true,
+  colorOnImage: true,
   cutout: 0.5,
   noiseStd: 0.01,
   thresholdPercentile: 0.95,

@@ -19,6 +19,8 @@ export interface StepGraphShape {
   promptSlots: number;
   /** Size of the Gaussian noise bank (noise is bank[index]·sign per view). */
   noiseBank: number;
+  /** Recipe.colorOnImage: colour as if applied to the image before the crop (default true). */
+  colorOnImage?: boolean;
   dtype?: DType;
 }
 
@@ -62,7 +64,7 @@ export function stepGraph(src: TowerSource, shape: StepGraphShape, noise: Float3
   const weights = b.input('weights', dt, [V, K]);
 
   const bank = b.constant({ dtype: dt, dims: [M, 3, S, S], data: dt === 'float64' ? Float64Array.from(noise) : noise }, 'noise_bank');
-  const views = augmentViews(b, { image, rows, colsT, bright, sat, con, cutR, cutC, noiseIdx, noiseScale, bank });
+  const views = augmentViews(b, { image, rows, colsT, bright, sat, con, cutR, cutC, noiseIdx, noiseScale, bank, colorOnImage: shape.colorOnImage ?? true });
 
   const feats = imageFeatures(b, src, views, dt);
   const unit = b.reshape(l2normalize(b, feats), [V, 1, E]);
@@ -88,6 +90,8 @@ export interface AugmentValues {
   noiseIdx: string;
   noiseScale: string;
   bank: string; // [M,3,S,S]
+  /** Colour as the notebook applies it, to the image before the crop (see Recipe.colorOnImage). */
+  colorOnImage?: boolean;
 }
 
 /** The differentiable augmentation pipeline: image [1,3,H,W] → views [V,3,S,S]. */
@@ -97,11 +101,26 @@ export function augmentViews(b: GraphBuilder, a: AugmentValues): string {
     // Geometry: crop, resize, translate, flip — Ry·img·Rxᵀ with broadcasting over (view, channel).
     let x = b.matmul(b.matmul(a.rows, a.image), a.colsT); // [V,3,S,S]
     // DiffAugment colour: brightness, saturation, contrast.
-    x = b.add(x, a.bright);
-    const chanMean = b.reduceMean(x, [1], true);
-    x = b.add(b.mul(b.sub(x, chanMean), a.sat), chanMean);
-    const allMean = b.reduceMean(x, [1, 2, 3], true);
-    x = b.add(b.mul(b.sub(x, allMean), a.con), allMean);
+    if (a.colorOnImage) {
+      // As the notebook: on the whole image, then the crop. The colour map is affine per pixel,
+      // v ↦ c·sat(v) + c·b + (1 − c)·m with m the image's mean after brightness (saturation keeps
+      // each pixel's channel mean), and the crop is linear: so the view is c·sat(x) plus the constant
+      // times the view's coverage (Ry·1·Rxᵀ, an outer product of the operators' row sums), which is
+      // 0 on the zero border, exactly.
+      const chanMean = b.reduceMean(x, [1], true);
+      x = b.add(b.mul(b.sub(x, chanMean), a.sat), chanMean);
+      const m = b.add(b.reduceMean(a.image, [1, 2, 3], true), a.bright); // [V,1,1,1]
+      const offset = b.add(b.mul(a.con, a.bright), b.mul(b.sub(b.scalar(1, dt), a.con), m));
+      const coverage = b.mul(b.reduceSum(a.rows, [3], true), b.reduceSum(a.colsT, [2], true)); // [V,1,S,S]
+      x = b.add(b.mul(x, a.con), b.mul(offset, coverage));
+    } else {
+      // On the view, its zero border included (the toy models' measured recipe).
+      x = b.add(x, a.bright);
+      const chanMean = b.reduceMean(x, [1], true);
+      x = b.add(b.mul(b.sub(x, chanMean), a.sat), chanMean);
+      const allMean = b.reduceMean(x, [1, 2, 3], true);
+      x = b.add(b.mul(b.sub(x, allMean), a.con), allMean);
+    }
     // Cutout: zero a rectangle (outer product of a row and a column indicator).
     x = b.mul(x, b.sub(b.scalar(1, dt), b.mul(a.cutR, a.cutC)));
     // Gaussian noise from the bank, scaled by ±std per view.

@@ -355,8 +355,8 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
     const tc = performance.now();
     // Leased for the stage: the engine keeps a few step graphs (one per output size) and may unload
     // the least recently used idle one, never one a stage is running.
-    const lease = await engine.leaseGraph(`step:${H}x${W}:v${V}:k${K}:m${NOISE_BANK}`, () =>
-      stepGraph(engine.towerSource(), { height: H, width: W, views: V, promptSlots: K, noiseBank: NOISE_BANK }, noise),
+    const lease = await engine.leaseGraph(`step:${H}x${W}:v${V}:k${K}:m${NOISE_BANK}:c${r.colorOnImage ? 'image' : 'view'}`, () =>
+      stepGraph(engine.towerSource(), { height: H, width: W, views: V, promptSlots: K, noiseBank: NOISE_BANK, colorOnImage: r.colorOnImage }, noise),
     );
     const handle = lease.handle;
     timings.compile += performance.now() - tc;

@@ -119,10 +119,11 @@ export const LOGIT_SCALE_MAX = Math.log(100);
  * 100 % on the seeds it was chosen on, 83 % on three fresh ones; ADR 0008, docs/toy-model.md).
  */
 /**
- * The toy models' synthesis recipe (ADR 0008). Its clip of 1.0 never triggers on these models: every
- * eval-pag figure was measured without clipping, before the product default took the notebook's 0.001.
+ * The toy models' synthesis recipe (ADR 0008). Its clip of 1.0 never triggers on these models, and its
+ * colour is applied to each view: every eval-pag figure was measured so, before the product default
+ * took the notebook's clip of 0.001 and its colour on the image (ADR 0025).
  */
-export const TOY_RECIPE: Partial<Recipe> = { globalViews: 16, patchViews: 0, flip: false, translation: 0.0625, resize: [0.9, 1.1], gradClip: 1.0 };
+export const TOY_RECIPE: Partial<Recipe> = { globalViews: 16, patchViews: 0, flip: false, translation: 0.0625, resize: [0.9, 1.1], gradClip: 1.0, colorOnImage: false };
 
 // ---- parameters ----------------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ import { Rng } from '../../../gpu-worker/engine/synth/rng.ts';
 import { DEFAULT_RECIPE, STYLE_CONTENT_WEIGHT, STYLE_RECIPE, defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
 import { fillViewOperators } from '../../../gpu-worker/engine/synth/resample.ts';
 import { tensor } from '../../../gpu-worker/engine/onnx/ir.ts';
+import { GraphBuilder } from '../../../gpu-worker/engine/onnx/builder.ts';
+import { runModel } from '../../../gpu-worker/engine/runtime/session.ts';
 import { makeTinyBundle } from '../../helpers/bundle.ts';
 import { gradCheck, normal, rng } from '../autodiff/fd.ts';
 import { REPO_ROOT } from '../../../cli/common.ts';
@@ -214,7 +216,7 @@ describe('bad input fails before any compute', () => {
 });
 
 describe('augmentation gradients (finite differences, float64)', () => {
-  it('crop/resize/flip operators, colour, cutout and noise: d(views)/d(image)', async () => {
+  it.each([true, false])('crop/resize/flip operators, colour (on the image first: %s), cutout and noise: d(views)/d(image)', async (colorOnImage) => {
     const V = 3, S = 8, H = 12, W = 10, M = 2;
     const rows = new Float64Array(V * S * H), cols = new Float64Array(V * W * S);
     const wins = [
@@ -241,10 +243,52 @@ describe('augmentation gradients (finite differences, float64)', () => {
           noiseIdx: b.constant(tensor('int64', [V], [1, 0, 1]), 'ni'),
           noiseScale: k('ns', [V, 1, 1, 1], [0.01, -0.01, 0.01]),
           bank: c.rand([M, 3, S, S]),
+          colorOnImage,
         });
       },
     });
     expect(r.maxError).toBeLessThan(1e-7);
+  });
+
+  it("colour on the image first is exactly the notebook's order: colour the whole image, then crop (the zero border stays black)", async () => {
+    const V = 2, S = 8, H = 12, W = 10;
+    const rows = new Float64Array(V * S * H), cols = new Float64Array(V * W * S);
+    const wins = [{ x: -2.5, y: -1, size: 14, flip: false }, { x: 1, y: 2, size: 7, flip: true }]; // a zoom-out with a border, and a crop
+    wins.forEach((w, v) => fillViewOperators(rows, v * S * H, cols, v * W * S, S, H, W, w));
+    const r = rng(5);
+    const img = Float64Array.from({ length: 3 * H * W }, () => r());
+    const [bright, sat, con] = [[0.2, -0.3], [1.5, 0.3], [0.7, 1.4]];
+    const b = new GraphBuilder('colour_order');
+    const image = b.input('image', 'float64', [1, 3, H, W]);
+    const k = (name: string, data: number[], dims = [V, 1, 1, 1]) => b.constant(tensor('float64', dims, data), name);
+    b.output(b.op1('Identity', [augmentViews(b, {
+      image, rows: b.constant({ dtype: 'float64', dims: [V, 1, S, H], data: rows }, 'rows'), colsT: b.constant({ dtype: 'float64', dims: [V, 1, W, S], data: cols }, 'cols'),
+      bright: k('b', bright), sat: k('s', sat), con: k('c', con),
+      cutR: k('cr', new Array(V * S).fill(0), [V, 1, S, 1]), cutC: k('cc', new Array(V * S).fill(0), [V, 1, 1, S]),
+      noiseIdx: b.constant(tensor('int64', [V], [0, 0]), 'ni'), noiseScale: k('ns', [0, 0]), bank: b.constant(tensor('float64', [1, 3, S, S], new Array(3 * S * S).fill(0)), 'bank'),
+      colorOnImage: true,
+    })], {}, { outputNames: ['views'] }));
+    const got = (await runModel(b.toModel(), { image: { dtype: 'float64', dims: [1, 3, H, W], data: img } }, { graphOptimizationLevel: 'basic' })).views!.data as Float64Array;
+    for (let v = 0; v < V; v++) {
+      // The notebook: brightness, saturation and contrast (about the whole image's mean) on the image...
+      const coloured = img.map((x) => x + bright[v]!);
+      for (let p = 0; p < H * W; p++) {
+        const mean = (coloured[p]! + coloured[H * W + p]! + coloured[2 * H * W + p]!) / 3;
+        for (let ch = 0; ch < 3; ch++) coloured[ch * H * W + p] = (coloured[ch * H * W + p]! - mean) * sat[v]! + mean;
+      }
+      const all = coloured.reduce((t, x) => t + x, 0) / coloured.length;
+      for (let i = 0; i < coloured.length; i++) coloured[i] = (coloured[i]! - all) * con[v]! + all;
+      // ...then the crop: Ry·img·Rxᵀ, zero beyond the image.
+      for (let ch = 0; ch < 3; ch++)
+        for (let sy = 0; sy < S; sy++)
+          for (let sx = 0; sx < S; sx++) {
+            let want = 0;
+            for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) want += rows[v * S * H + sy * H + y]! * coloured[ch * H * W + y * W + x]! * cols[v * W * S + x * S + sx]!;
+            expect(got[((v * 3 + ch) * S + sy) * S + sx], `view ${v} channel ${ch} (${sy}, ${sx})`).toBeCloseTo(want, 10);
+          }
+    }
+    // The zoom-out's corner lies beyond the image: black, as in the notebook (the colour-on-view order gave it the brightness).
+    expect(got[0]).toBeCloseTo(0, 12);
   });
 });
 
