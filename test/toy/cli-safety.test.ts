@@ -66,7 +66,7 @@ describe('bundleOut', () => {
     expect(() => bundleOut(repo, true)).toThrow(/repo is not a bundle \(it holds \.git\): --force replaces a bundle, never another folder/);
     const notes = join(dir, 'notes');
     mkdirSync(notes);
-    writeFileSync(join(notes, 'todo.txt'), 'x');
+    writeFileSync(join(notes, 'reading-list.txt'), 'x');
     expect(() => bundleOut(notes, true)).toThrow(/not a bundle \(no manifest\.json\)/);
     const bundle = join(dir, 'a-bundle');
     mkdirSync(bundle);
