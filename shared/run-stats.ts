@@ -268,7 +268,7 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
     // The spread: how far each timed run came above what a model fitted without it predicts for that
     // very run (a per-size 90th percentile would rest on one run at most sizes, and a run's own group
     // would absorb it). The latest runs only: a bound on the work per request.
-    const recent = timedRuns.slice(-RUN_STATS_KEEP);
+    const recent = [...timedRuns].sort((x, y) => (x.sample.at < y.sample.at ? -1 : x.sample.at > y.sample.at ? 1 : 0)).slice(-RUN_STATS_KEEP);
     const ratios = recent
       .map((run) => {
         const without = costModel(timedRuns.filter((t) => t !== run));

@@ -144,6 +144,21 @@ describe('POST /v1/estimates', () => {
     expect(spread.worker_seconds.p90 / spread.worker_seconds.median).toBeGreaterThan(1.3);
   });
 
+  it("a fit's p90 rests on the latest runs, whatever their size", async () => {
+    const step = (px: number) => 0.05 + 2e-6 * px;
+    const timedRun = (side: number, i: number, slow = 1) => {
+      const stages = defaultSchedule(side, side, 50, 224).map((st) => ({ ...st, seconds: slow * st.steps * step(st.width * st.height) }));
+      const loop = stages.reduce((t, st) => t + st.seconds, 0);
+      return { seconds: 1 + loop, loopSeconds: loop, steps: 50, n: 1, at: new Date(Date.UTC(2026, 11, 1, 0, 0, i)).toISOString(), job: `j${side}-${i}`, stages };
+    };
+    // The far size's 50 runs are the oldest; the near size's last 25 (the latest of all) ran slow.
+    for (let i = 0; i < 50; i++) await recordRunSample(h.blobs, toy(256, 256), timedRun(256, i));
+    for (let i = 0; i < 50; i++) await recordRunSample(h.blobs, toy(448, 448), timedRun(448, 100 + i, i >= 25 ? 2 : 1));
+    const got = (await (await h.request('/v1/estimates', { json: { prompt: 'apple', width: 512, steps: 50 } })).json()) as any;
+    expect(got.basis.method).toBe('fit');
+    expect(got.worker_seconds.p90 / got.worker_seconds.median).toBeGreaterThan(1.1);
+  });
+
   it("at a size run before, a step graph's compile (in the loop time, not in the timed stages) is paid per image, not per step", async () => {
     // 25 steps of 0.1 s, 1 s per image, and 3 s compiling the size's step graph inside the loop.
     await recordRunSample(h.blobs, toy(), { seconds: 6.5, loopSeconds: 5.5, steps: 25, n: 1, at: new Date().toISOString(), stages: [{ width: 224, height: 224, steps: 25, seconds: 2.5 }] });

@@ -92,6 +92,9 @@ export function validateRecipe(r: Recipe): void {
   const int = (param: string, v: number, [lo, hi]: readonly [number, number]) => {
     if (!Number.isInteger(v) || v < lo || v > hi) bad(param, `must be an integer in [${lo}, ${hi}], got ${v}`);
   };
+  for (const [param, v] of [['flip', r.flip], ['color', r.color], ['color_on_image', r.colorOnImage]] as const) {
+    if (typeof v !== 'boolean') bad(param, `must be true or false, got ${JSON.stringify(v)}`);
+  }
   int('steps', r.steps, LIMITS.steps);
   int('global_views', r.globalViews, [0, LIMITS.views[1]]);
   int('patch_views', r.patchViews, [0, LIMITS.views[1]]);

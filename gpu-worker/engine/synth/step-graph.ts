@@ -37,6 +37,10 @@ export const STEP_INPUTS = [
   'noise_scale', // [V,1,1,1] noise std × random sign
   'targets', // [V,K,E] unit text embeddings
   'weights', // [V,K] loss weight of each (view, prompt) pair; negative pushes away
+  // With colorOnImage only: the rectangle whose mean the contrast pivots on (the image for a global
+  // view, its crop for a patch view), as separable averaging weights.
+  'pivot_rows', // [V,1,1,H]
+  'pivot_cols', // [V,1,W,1]
 ] as const;
 
 /**
@@ -62,9 +66,11 @@ export function stepGraph(src: TowerSource, shape: StepGraphShape, noise: Float3
   const noiseScale = b.input('noise_scale', dt, [V, 1, 1, 1]);
   const targets = b.input('targets', dt, [V, K, E]);
   const weights = b.input('weights', dt, [V, K]);
+  const colorOnImage = shape.colorOnImage ?? true;
+  const pivot = colorOnImage ? { rows: b.input('pivot_rows', dt, [V, 1, 1, H]), cols: b.input('pivot_cols', dt, [V, 1, W, 1]) } : undefined;
 
   const bank = b.constant({ dtype: dt, dims: [M, 3, S, S], data: dt === 'float64' ? Float64Array.from(noise) : noise }, 'noise_bank');
-  const views = augmentViews(b, { image, rows, colsT, bright, sat, con, cutR, cutC, noiseIdx, noiseScale, bank, colorOnImage: shape.colorOnImage ?? true });
+  const views = augmentViews(b, { image, rows, colsT, bright, sat, con, cutR, cutC, noiseIdx, noiseScale, bank, pivot });
 
   const feats = imageFeatures(b, src, views, dt);
   const unit = b.reshape(l2normalize(b, feats), [V, 1, E]);
@@ -90,8 +96,12 @@ export interface AugmentValues {
   noiseIdx: string;
   noiseScale: string;
   bank: string; // [M,3,S,S]
-  /** Colour as the notebook applies it, to the image before the crop (see Recipe.colorOnImage). */
-  colorOnImage?: boolean;
+  /**
+   * Colour as the notebook applies it, before the crop (see Recipe.colorOnImage), pivoting the contrast
+   * on the mean of a rectangle of the image: pivot.rows [V,1,1,H] and pivot.cols [V,1,W,1] are its
+   * separable averaging weights. Absent: colour on the view, its zero border included.
+   */
+  pivot?: { rows: string; cols: string };
 }
 
 /** The differentiable augmentation pipeline: image [1,3,H,W] → views [V,3,S,S]. */
@@ -101,15 +111,16 @@ export function augmentViews(b: GraphBuilder, a: AugmentValues): string {
     // Geometry: crop, resize, translate, flip — Ry·img·Rxᵀ with broadcasting over (view, channel).
     let x = b.matmul(b.matmul(a.rows, a.image), a.colsT); // [V,3,S,S]
     // DiffAugment colour: brightness, saturation, contrast.
-    if (a.colorOnImage) {
-      // As the notebook: on the whole image, then the crop. The colour map is affine per pixel,
-      // v ↦ c·sat(v) + c·b + (1 − c)·m with m the image's mean after brightness (saturation keeps
-      // each pixel's channel mean), and the crop is linear: so the view is c·sat(x) plus the constant
-      // times the view's coverage (Ry·1·Rxᵀ, an outer product of the operators' row sums), which is
-      // 0 on the zero border, exactly.
+    if (a.pivot) {
+      // As the notebook: colour first (a global view: the whole image; a patch view: its crop), then
+      // the crop and zoom. The colour map is affine per pixel, v ↦ c·sat(v) + c·b + (1 − c)·m with m
+      // the pivot rectangle's mean after brightness (saturation keeps each pixel's channel mean), and
+      // the crop is linear: so the view is c·sat(x) plus the constant times the view's coverage
+      // (Ry·1·Rxᵀ, an outer product of the operators' row sums), which is 0 on the zero border, exactly.
       const chanMean = b.reduceMean(x, [1], true);
       x = b.add(b.mul(b.sub(x, chanMean), a.sat), chanMean);
-      const m = b.add(b.reduceMean(a.image, [1, 2, 3], true), a.bright); // [V,1,1,1]
+      const pixelMean = b.reduceMean(a.image, [1], true); // [1,1,H,W]
+      const m = b.add(b.matmul(b.matmul(a.pivot.rows, pixelMean), a.pivot.cols), a.bright); // [V,1,1,1]
       const offset = b.add(b.mul(a.con, a.bright), b.mul(b.sub(b.scalar(1, dt), a.con), m));
       const coverage = b.mul(b.reduceSum(a.rows, [3], true), b.reduceSum(a.colsT, [2], true)); // [V,1,S,S]
       x = b.add(b.mul(x, a.con), b.mul(offset, coverage));

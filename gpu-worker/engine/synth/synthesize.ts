@@ -244,12 +244,15 @@ export class AdamW {
 interface ViewPlan {
   windows: Window[];
   weights: Float32Array; // per view
+  /** The rectangle each view's colour pivots on (colorOnImage): the image for a global view, its crop for a patch view. */
+  pivots: Array<{ x0: number; y0: number; x1: number; y1: number }>;
 }
 
 /** Draw this step's view windows: global views (resize + translation) then patch views. */
 export function planViews(rng: Rng, r: Recipe, H: number, W: number): ViewPlan {
   const windows: Window[] = [];
   const weights = new Float32Array(r.globalViews + r.patchViews);
+  const pivots: ViewPlan['pivots'] = [];
   const short = Math.min(H, W);
   for (let v = 0; v < r.globalViews; v++) {
     const size = short / rng.uniform(r.resize[0], r.resize[1]);
@@ -258,6 +261,7 @@ export function planViews(rng: Rng, r: Recipe, H: number, W: number): ViewPlan {
     const cy = (H - short) * rng.next() + short / 2 + rng.uniform(-r.translation, r.translation) * size;
     windows.push({ x: cx - size / 2, y: cy - size / 2, size, flip: r.flip && rng.next() < 0.5 });
     weights[v] = r.globalWeight / r.globalViews;
+    pivots.push({ x0: 0, y0: 0, x1: W, y1: H });
   }
   for (let v = 0; v < r.patchViews; v++) {
     // A crop of the image, then (as the notebook runs DiffAugment on the resized crops too) a zoom and
@@ -270,8 +274,9 @@ export function planViews(rng: Rng, r: Recipe, H: number, W: number): ViewPlan {
     const cy = py + patch / 2 + rng.uniform(-r.translation, r.translation) * patch;
     windows.push({ x: cx - size / 2, y: cy - size / 2, size, flip: r.flip && rng.next() < 0.5 });
     weights[r.globalViews + v] = r.patchWeight / r.patchViews;
+    pivots.push({ x0: px, y0: py, x1: px + patch, y1: py + patch }); // the notebook colours the resized crop
   }
-  return { windows, weights };
+  return { windows, weights, pivots };
 }
 
 export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: SynthOptions = {}): Promise<SynthResult> {
@@ -528,7 +533,19 @@ function drawAugmentation(rng: Rng, r: Recipe, plan: ViewPlan, targets: Float32A
   const weights = new Float32Array(V * K);
   for (let v = 0; v < V; v++) for (let k = 0; k < promptWeights.length; k++) weights[v * K + k] = plan.weights[v] * promptWeights[k];
   const E = targets.length / (V * K);
+  // The pivot rectangles as separable averaging weights: each pixel's overlap with the span, normalized.
+  const pivot = r.colorOnImage ? { rows: new Float32Array(V * H), cols: new Float32Array(V * W) } : undefined;
+  if (pivot) {
+    const span = (out: Float32Array, off: number, n: number, lo: number, hi: number) => {
+      for (let i = 0; i < n; i++) out[off + i] = Math.max(0, Math.min(i + 1, hi) - Math.max(i, lo)) / (hi - lo);
+    };
+    plan.pivots.forEach((p, v) => {
+      span(pivot.rows, v * H, H, p.y0, p.y1);
+      span(pivot.cols, v * W, W, p.x0, p.x1);
+    });
+  }
   return {
+    ...(pivot ? { pivot_rows: { dtype: 'float32' as const, dims: [V, 1, 1, H], data: pivot.rows }, pivot_cols: { dtype: 'float32' as const, dims: [V, 1, W, 1], data: pivot.cols } } : {}),
     resample_rows: { dtype: 'float32' as const, dims: [V, 1, S, H], data: rows },
     resample_cols: { dtype: 'float32' as const, dims: [V, 1, W, S], data: cols },
     brightness: { dtype: 'float32' as const, dims: [V, 1, 1, 1], data: bright },

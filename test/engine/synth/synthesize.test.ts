@@ -198,6 +198,7 @@ describe('bad input fails before any compute', () => {
     ['size too large', { width: 4096, height: 4096 }, /2048|pixels/],
     ['steps out of bounds', { recipe: { steps: 0 } }, /steps/],
     ['steps too many', { recipe: { steps: 5000 } }, /steps/],
+    ['a switch that is not true or false', { recipe: { colorOnImage: 'yes' as never } }, /color_on_image must be true or false/],
     ['strength out of range', { init: { kind: 'image', image: solidImage(8, 8, [0, 0, 0]), strength: 2 } }, /strength/],
   ] as [string, Partial<SynthRequest>, RegExp][])('%s', async (_name, patch, msg) => {
     const err = await synthesize(engine, { ...ok, ...patch }).catch((e) => e);
@@ -243,14 +244,22 @@ describe('augmentation gradients (finite differences, float64)', () => {
           noiseIdx: b.constant(tensor('int64', [V], [1, 0, 1]), 'ni'),
           noiseScale: k('ns', [V, 1, 1, 1], [0.01, -0.01, 0.01]),
           bank: c.rand([M, 3, S, S]),
-          colorOnImage,
+          // Pivots: the whole image for view 0, a rectangle for views 1 and 2 (as a patch view's crop).
+          ...(colorOnImage
+            ? {
+                pivot: {
+                  rows: k('pr', [V, 1, 1, H], [...new Array(H).fill(1 / H), ...Array.from({ length: 2 * H }, (_, i) => ((i % H) >= 3 && (i % H) < 9 ? 1 / 6 : 0))]),
+                  cols: k('pc', [V, 1, W, 1], [...new Array(W).fill(1 / W), ...Array.from({ length: 2 * W }, (_, i) => ((i % W) >= 2 && (i % W) < 7 ? 1 / 5 : 0))]),
+                },
+              }
+            : {}),
         });
       },
     });
     expect(r.maxError).toBeLessThan(1e-7);
   });
 
-  it("colour on the image first is exactly the notebook's order: colour the whole image, then crop (the zero border stays black)", async () => {
+  it("colour first is exactly the notebook's order: colour the image (a global view) or the crop (a patch view, pivoting on the crop's mean), then crop; the zero border stays black", async () => {
     const V = 2, S = 8, H = 12, W = 10;
     const rows = new Float64Array(V * S * H), cols = new Float64Array(V * W * S);
     const wins = [{ x: -2.5, y: -1, size: 14, flip: false }, { x: 1, y: 2, size: 7, flip: true }]; // a zoom-out with a border, and a crop
@@ -266,7 +275,11 @@ describe('augmentation gradients (finite differences, float64)', () => {
       bright: k('b', bright), sat: k('s', sat), con: k('c', con),
       cutR: k('cr', new Array(V * S).fill(0), [V, 1, S, 1]), cutC: k('cc', new Array(V * S).fill(0), [V, 1, 1, S]),
       noiseIdx: b.constant(tensor('int64', [V], [0, 0]), 'ni'), noiseScale: k('ns', [0, 0]), bank: b.constant(tensor('float64', [1, 3, S, S], new Array(3 * S * S).fill(0)), 'bank'),
-      colorOnImage: true,
+      // View 0 pivots on the whole image; view 1 on rows 2–7 and columns 1–6, as a patch on its crop.
+      pivot: {
+        rows: k('pr', [...new Array(H).fill(1 / H), ...Array.from({ length: H }, (_, y) => (y >= 2 && y < 8 ? 1 / 6 : 0))], [V, 1, 1, H]),
+        cols: k('pc', [...new Array(W).fill(1 / W), ...Array.from({ length: W }, (_, x) => (x >= 1 && x < 7 ? 1 / 6 : 0))], [V, 1, W, 1]),
+      },
     })], {}, { outputNames: ['views'] }));
     const got = (await runModel(b.toModel(), { image: { dtype: 'float64', dims: [1, 3, H, W], data: img } }, { graphOptimizationLevel: 'basic' })).views!.data as Float64Array;
     for (let v = 0; v < V; v++) {
@@ -276,7 +289,16 @@ describe('augmentation gradients (finite differences, float64)', () => {
         const mean = (coloured[p]! + coloured[H * W + p]! + coloured[2 * H * W + p]!) / 3;
         for (let ch = 0; ch < 3; ch++) coloured[ch * H * W + p] = (coloured[ch * H * W + p]! - mean) * sat[v]! + mean;
       }
-      const all = coloured.reduce((t, x) => t + x, 0) / coloured.length;
+      // The pivot: the mean of the whole image (view 0) or of its rectangle (view 1), after brightness.
+      let sum = 0, count = 0;
+      for (let ch = 0; ch < 3; ch++)
+        for (let y = 0; y < H; y++)
+          for (let x = 0; x < W; x++) {
+            if (v === 1 && !(y >= 2 && y < 8 && x >= 1 && x < 7)) continue;
+            sum += coloured[ch * H * W + y * W + x]!;
+            count++;
+          }
+      const all = sum / count;
       for (let i = 0; i < coloured.length; i++) coloured[i] = (coloured[i]! - all) * con[v]! + all;
       // ...then the crop: Ry·img·Rxᵀ, zero beyond the image.
       for (let ch = 0; ch < 3; ch++)
@@ -327,6 +349,9 @@ describe('the whole step graph (finite differences, float64)', () => {
         noise_scale: f64([V, 1, 1, 1], [0.02, -0.01, 0]),
         targets: f64([V, K, E], unitRows(V * K)),
         weights: f64([V, K], [0.4, -0.2, 0.3, 0, 0.5, 0.25]), // a negative prompt's weight, an unused slot
+        // The colour pivots: the whole image (a global view), then a crop's rows 5–24 and columns 4–23 (patch views).
+        pivot_rows: f64([V, 1, 1, H], [...new Array(H).fill(1 / H), ...Array.from({ length: 2 * H }, (_, i) => (i % H >= 5 && i % H < 25 ? 1 / 20 : 0))]),
+        pivot_cols: f64([V, 1, W, 1], [...new Array(W).fill(1 / W), ...Array.from({ length: 2 * W }, (_, i) => (i % W >= 4 && i % W < 24 ? 1 / 20 : 0))]),
       };
       const x = Float64Array.from({ length: 3 * H * W }, () => 0.2 + 0.6 * r());
       const run = async (image: Float64Array) => session.run({ ...fixed, image: f64([1, 3, H, W], image) }, ['loss', 'grad_image']);
@@ -436,6 +461,13 @@ describe('host-side pieces', () => {
       }
     }
     expect(Array.from(plan.weights).every((x) => Math.abs(x - 5 / 400) < 1e-7)).toBe(true);
+    // Each window is its crop (the colour pivot), zoomed about the crop's centre shifted by at most 0.125 of the crop.
+    plan.windows.forEach((w, i) => {
+      const crop = plan.pivots[i]!;
+      expect(crop.x1 - crop.x0).toBeCloseTo(patch, 9);
+      expect(Math.abs(w.x + w.size / 2 - (crop.x0 + crop.x1) / 2)).toBeLessThanOrEqual(0.125 * patch + 1e-9);
+      expect(Math.abs(w.y + w.size / 2 - (crop.y0 + crop.y1) / 2)).toBeLessThanOrEqual(0.125 * patch + 1e-9);
+    });
     // The shift: some window centres lie beyond where an unshifted crop's centre can be.
     const centres = plan.windows.flatMap((w) => [w.x + w.size / 2, w.y + w.size / 2]);
     expect(centres.some((c) => c < patch / 2 - 1 || c > W - patch / 2 + 1)).toBe(true);
