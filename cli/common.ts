@@ -16,6 +16,18 @@ export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
+/**
+ * The operator verbs' refusal, for verbs that take their stores as arguments and return their exit
+ * code (their tests call `run` directly): `clipag <verb>: message`, with the usage for a usage error
+ * (exit 2), without it for a failure (exit 1).
+ */
+export function refusal(verb: string, usage: string): (message: string, code?: number) => number {
+  return (message, code = 2) => {
+    console.error(`clipag ${verb}: ${message}${code === 2 ? `\n\n${usage}` : ''}`);
+    return code;
+  };
+}
+
 export function modelDir(arg: string | undefined): string {
   const dir = resolve(arg ?? DEFAULT_MODEL_DIR);
   if (!existsSync(dir)) throw new EngineError('invalid_model', `model bundle ${dir} does not exist${arg ? '' : ' (the default model ships in models/toy)'}; pass --model DIR`);

@@ -9,6 +9,7 @@ import { ClipagError, CorruptDocumentError, ValidationError } from '../shared/er
 import { isTerminal } from '../shared/schemas/job.ts';
 import type { JobQueue, JobStore, ReceivedMessage } from '../shared/ports.ts';
 import { parseQueueMessage } from '../shared/schemas/queue.ts';
+import { refusal } from './common.ts';
 
 export const summary = 'list the dead-letter queue, or purge the dead letters whose job has ended';
 export const usage = `usage: clipag dlq list [--json] [--max N]
@@ -119,10 +120,7 @@ export async function run(argv: string[], deps?: DlqDeps, out: (line: string) =>
     allowPositionals: true,
     strict: true,
   });
-  const fail = (message: string): number => {
-    console.error(`clipag dlq: ${message}\n\n${usage}`);
-    return 2;
-  };
+  const fail = refusal('dlq', usage);
   const [action, ...rest] = positionals;
   if (action !== 'list' && action !== 'purge') return fail(action ? `unknown action "${action}"` : 'give an action');
   if (rest.length > 0) return fail(`unexpected argument "${rest[0]}"`);

@@ -8,6 +8,7 @@ import { ClipagError, operatorMessage } from '../shared/errors.ts';
 import { newId } from '../shared/ids.ts';
 import { OWNER_ID_PATTERN } from '../shared/schemas/common.ts';
 import type { BlobStore } from '../shared/ports.ts';
+import { refusal } from './common.ts';
 
 export const summary = 'create, list or revoke API keys (stored hashed; the secret is shown once)';
 export const usage = `usage: clipag keys create --name NAME [--owner ID] [--json]
@@ -37,10 +38,7 @@ export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: s
     strict: true,
   });
   const [action, ...rest] = positionals;
-  const fail = (message: string): number => {
-    console.error(`clipag keys: ${message}\n\n${usage}`);
-    return 2;
-  };
+  const fail = refusal('keys', usage);
   if (action !== 'create' && action !== 'list' && action !== 'revoke') return fail(action ? `unknown action "${action}"` : 'give an action');
   try {
     if (action === 'create') {

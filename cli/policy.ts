@@ -10,6 +10,7 @@ import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { ownerPolicyKey } from '../shared/keys.ts';
 import { DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, parsePolicyDocument, PROMPT_POLICY_KEY, type PromptPolicy, type PromptPolicyDocument } from '../shared/prompt-policy.ts';
+import { refusal } from './common.ts';
 
 export const summary = "check a content policy, or put, show or remove the deployment's or an owner's";
 export const usage = `usage: clipag policy check FILE
@@ -36,10 +37,7 @@ const NONE_EXIT_CODE = 3;
 export async function run(argv: string[], blobs?: BlobStore, out: (line: string) => void = console.log): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options: { owner: { type: 'string' } }, allowPositionals: true, strict: true });
   const [action, ...rest] = positionals;
-  const fail = (message: string, code = 2): number => {
-    console.error(`clipag policy: ${message}${code === 2 ? `\n\n${usage}` : ''}`);
-    return code;
-  };
+  const fail = refusal('policy', usage);
   const arity: Record<string, number> = { check: 1, put: 1, get: 0, delete: 0, default: 0 };
   if (action === undefined || !(action in arity)) return fail(action ? `unknown action "${action}"` : 'give an action');
   if (rest.length !== arity[action]) return fail(arity[action] ? `${action} takes one FILE` : `unexpected argument "${rest[0]}"`);

@@ -10,6 +10,7 @@ import { MONTH_PATTERN, usageKey } from '../shared/keys.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { MAX_KEYS_PER_DAY, readUsage, rebuildUsage, usageFromRecords, type DayUsage, type JobScan, type UsageFigures } from '../shared/usage.ts';
+import { refusal } from './common.ts';
 
 export const summary = "show an owner's usage ledger, audit it against the job records, or rebuild it from them";
 export const usage = `usage: clipag usage show --owner ID [--month YYYY-MM] [--json]
@@ -39,10 +40,7 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
     allowPositionals: true,
     strict: true,
   });
-  const fail = (message: string, code = 2): number => {
-    console.error(`clipag usage: ${message}${code === 2 ? `\n\n${usage}` : ''}`);
-    return code;
-  };
+  const fail = refusal('usage', usage);
   const [action, ...rest] = positionals;
   if (action !== 'show' && action !== 'audit' && action !== 'rebuild') return fail(action ? `unknown action "${action}"` : 'give an action');
   if (rest.length > 0) return fail(`unexpected argument "${rest[0]}"`);
