@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
-import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
 import { decodeImage } from '../gpu-worker/engine/synth/image.ts';
 import { UsageError, modelDir } from './common.ts';
 
@@ -33,14 +33,7 @@ export async function run(argv: string[]): Promise<number> {
       } catch (e) {
         throw new EngineError('invalid_input', `cannot read image ${values.image}: ${(e as Error).message}`);
       }
-      let image;
-      try {
-        image = decodeImage(bytes, { maxBytes: 50 << 20, maxPixels: 4096 * 4096 });
-      } catch (e) {
-        if (e instanceof EngineError) throw new EngineError(e.code, `--image ${values.image}: ${e.message}`);
-        throw e;
-      }
-      res = await engine.embedImages([image]);
+      res = await engine.embedImages([whereFrom(`--image ${values.image}`, () => decodeImage(bytes, { maxBytes: 50 << 20, maxPixels: 4096 * 4096 }))]);
     }
     const vec = Array.from(values.raw ? res.raw : res.unit);
     if (values.json) {

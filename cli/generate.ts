@@ -5,7 +5,7 @@ import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { defaultPromptPolicy, refusalMessage } from '../shared/prompt-policy.ts';
-import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { LIMITS, type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
@@ -137,14 +137,7 @@ export async function run(argv: string[]): Promise<number> {
         throw new EngineError('invalid_input', `cannot read init image ${initArg}: ${(e as Error).message}`);
       }
       const strength = strengthArg ?? (values.style ? 0 : 0.6);
-      let image;
-      try {
-        image = decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES });
-      } catch (e) {
-        if (e instanceof EngineError) throw new EngineError(e.code, `--init ${initArg}: ${e.message}`);
-        throw e;
-      }
-      init = { kind: 'image', image, strength };
+      init = { kind: 'image', image: whereFrom(`--init ${initArg}`, () => decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES })), strength };
     }
     if (values.style && init.kind !== 'image') throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
     let recipe: Partial<Recipe> = { ...(values.style ? STYLE_RECIPE : {}), steps };

@@ -27,3 +27,16 @@ export class EngineError extends Error {
 }
 
 export const isEngineError = (e: unknown): e is EngineError => e instanceof EngineError;
+
+/**
+ * Runs `fn`; an EngineError it throws is thrown again with `where` in front of its message (the file,
+ * the bundle, the flag), so that a refusal says which input it is about. Other errors pass unchanged.
+ */
+export function whereFrom<T>(where: string, fn: () => T, detail: Record<string, unknown> = {}): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof EngineError) throw new EngineError(e.code, `${where}: ${e.message}`, { ...e.detail, ...detail });
+    throw e;
+  }
+}

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { isPlainRelativePath } from '../../../shared/keys.ts';
 import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
-import { EngineError } from '../errors.ts';
+import { EngineError, whereFrom } from '../errors.ts';
 import type { ModelIR, TensorData } from '../onnx/ir.ts';
 import { readModelFile } from '../onnx/codec.ts';
 import { type ForeignTowerInfo, emitForeignTower, inspectForeignTower } from './foreign.ts';
@@ -179,20 +179,20 @@ export async function loadBundle(dirIn: string, opts: { verifyChecksums?: boolea
     const onnxFile = manifest.image_onnx.file;
     const model = readModelFile(file(onnxFile, 'image_onnx'));
     const where = `bundle ${manifest.name}: ${onnxFile}`;
-    const info = named(where, () => inspectForeignTower(model, manifest.image_onnx));
+    const info = whereFrom(where, () => inspectForeignTower(model, manifest.image_onnx));
     if (info.embedDim !== arch.embedDim || info.resolution !== arch.imageResolution) {
       throw new EngineError('invalid_model', `bundle ${manifest.name}: the foreign image tower outputs ${info.embedDim}-d features at ${info.resolution} px, but the architecture says embedDim ${arch.embedDim} at ${arch.imageResolution} px`);
     }
     // At load (and at models push), not on a customer's first job: its weights are finite, and its
     // graph builds (no node reads a value nothing defines, nodes in order, no name defined twice).
     checkFinite(model.initializers, `${manifest.name} (${onnxFile})`);
-    named(where, () => {
+    whereFrom(where, () => {
       const b = new GraphBuilder('foreign_check');
       b.output(emitForeignTower(b, model, info, b.input('pixels', 'float32', [1, 3, info.resolution, info.resolution])));
     });
     foreign = { model, info };
   }
-  named(`bundle ${manifest.name}: ${manifest.weights}`, () => {
+  whereFrom(`bundle ${manifest.name}: ${manifest.weights}`, () => {
     for (const [name, t] of weights) {
       if (!FLOAT_WEIGHT_DTYPES.has(t.dtype)) throw new EngineError('invalid_weights', `tensor ${name} is ${t.dtype}; weights are float32, float16 or float64`, { tensor: name });
     }
@@ -207,16 +207,6 @@ export async function loadBundle(dirIn: string, opts: { verifyChecksums?: boolea
 }
 
 const FLOAT_WEIGHT_DTYPES = new Set(['float32', 'float16', 'float64']);
-
-/** Runs a check whose errors should say where: the bundle and its file (a worker log holds several models). */
-function named<T>(where: string, check: () => T): T {
-  try {
-    return check();
-  } catch (e) {
-    if (e instanceof EngineError) throw new EngineError(e.code, `${where}: ${e.message}`, e.detail);
-    throw e;
-  }
-}
 
 /**
  * Refuses weights holding NaN or ±Inf (a diverged training run, a bad conversion). Without this

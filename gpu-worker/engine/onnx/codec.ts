@@ -13,7 +13,7 @@ import { open, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
 import { createRequire } from 'node:module';
 import type { onnx as OnnxNs } from 'onnx-proto';
-import { EngineError } from '../errors.ts';
+import { EngineError, whereFrom } from '../errors.ts';
 import { DTYPE_OF_ONNX_CODE, ONNX_DTYPE_CODES, allocData, bytesPerElement, numel } from './ir.ts';
 import type { Attr, DType, ModelIR, Node, TensorData, TypedData, ValueInfo } from './ir.ts';
 
@@ -483,10 +483,5 @@ export function readModelFile(path: string): ModelIR {
   } catch (e) {
     throw invalid(`cannot read ONNX model ${path}: ${(e as Error).message}`, { path });
   }
-  try {
-    return decodeModel(bytes, { baseDir: dirname(resolve(path)) });
-  } catch (e) {
-    if (e instanceof EngineError) throw new EngineError(e.code, `${path}: ${e.message}`, { ...e.detail, path });
-    throw e;
-  }
+  return whereFrom(path, () => decodeModel(bytes, { baseDir: dirname(resolve(path)) }), { path });
 }
