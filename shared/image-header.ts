@@ -1,7 +1,5 @@
-// The first bytes of an image file: its format and, for a PNG, its size and pixel layout. Both sides
-// read it. The API refuses an uploaded init image that cannot decode (another format, a broken or
-// oversized header) when the generation is requested, before a job is queued and a GPU is woken. The
-// engine's decoder starts from the same header check before it allocates anything.
+// The first bytes of an image file: its format and, for a PNG, its size and pixel layout, checked
+// before anything is allocated. The whole-file check both sides run (png-check.ts) starts here.
 
 import { crc32 } from 'node:zlib';
 

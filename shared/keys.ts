@@ -29,11 +29,6 @@ export function assertValidKey(key: string, param = 'key'): void {
   if (!isValidKey(key)) throw new ValidationError(`invalid blob key: ${JSON.stringify(key)}`, param);
 }
 
-/** A `readStart` length: 1 byte to 64 MiB (it is held in memory). */
-export function assertReadLength(bytes: number): void {
-  if (!Number.isInteger(bytes) || bytes < 1 || bytes > 64 * 1024 * 1024) throw new ValidationError('a read length must be an integer of 1..67108864 bytes', 'bytes');
-}
-
 /** Prefixes may be empty or end in `/`; the non-empty part follows the key rules. */
 export function assertValidPrefix(prefix: string): void {
   if (prefix === '') return;

@@ -67,8 +67,6 @@ export interface BlobStore {
   get(key: string): Promise<BlobObject | null>;
   /** `null` when absent. */
   head(key: string): Promise<BlobMeta | null>;
-  /** The object's first `bytes` bytes (all of it when shorter), without reading the rest; `null` when absent. */
-  readStart(key: string, bytes: number): Promise<Uint8Array | null>;
   list(prefix: string, options?: ListOptions): Promise<ListPage>;
   /** Idempotent: deleting an absent key succeeds. */
   delete(key: string): Promise<void>;

@@ -2,7 +2,7 @@ import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
-import { PNG_HEADER_BYTES, readPngHeader } from '../../shared/image-header.ts';
+import { checkPngFile } from '../../shared/png-check.ts';
 import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
@@ -263,20 +263,22 @@ export function registerGenerationRoutes(
   }
 
   /**
-   * The upload exists, fits the limit and starts as a PNG the worker can decode (another format, a
-   * corrupt header or too many pixels): refused now with the reason, not queued to fail on a GPU.
-   * Only the header is read; pixel data that does not decode still fails the job (`invalid_input`).
+   * The upload exists, fits the limit and is a PNG the worker can decode: another format, too many
+   * pixels, a damaged or cut-short file (the worker's own check: chunk CRCs, the palette, the pixel
+   * data inflated to the header's size) is refused now with the reason, not queued to fail on a GPU.
    */
   async function checkUpload(owner: string, uploadId: string): Promise<void> {
     const key = uploadKey(owner, uploadId);
+    // The size first, so an object over the limit is never read into memory (a signed PUT fixes
+    // the length, so it cannot grow between the two reads).
     const meta = await blobs.head(key);
     if (!meta) throw new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init');
     if (meta.size > limits.maxUploadBytes) {
       throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
     }
-    const start = await blobs.readStart(key, PNG_HEADER_BYTES);
-    if (!start) throw new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init');
-    const check = readPngHeader(start);
+    const object = await blobs.get(key);
+    if (!object) throw new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init');
+    const check = await checkPngFile(object.body);
     if (!check.ok) throw new ValidationError(`upload ${uploadId} cannot be an init image: ${check.reason}`, 'init');
   }
 

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { deflateSync } from 'node:zlib';
 import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
 import { encode as pngEncode } from 'fast-png';
 import { handMadePng } from '../helpers/png.ts';
@@ -48,11 +49,13 @@ describe('POST /v1/uploads', () => {
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
   });
 
-  it('an upload that cannot decode is refused at generation time (400, with why), before anything is queued', async () => {
+  it('an upload that cannot decode (format, header, or a damaged or cut-short body) is refused at generation time (400, with why), before anything is queued', async () => {
     const valid = smallPng();
     const huge = handMadePng(5000, 5000, new Uint8Array(0));
     const badCrc = valid.slice();
     badCrc[20] ^= 1; // the height, without fixing the header's CRC
+    const flipped = valid.slice();
+    flipped[valid.length - 20] ^= 1; // inside the pixel data
     const cases: Array<[string, Uint8Array, RegExp]> = [
       ['jpeg', new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46, 0x49, 0x46, 0, 1]), /JPEG images are not supported: convert to PNG/],
       ['text', new TextEncoder().encode('hello, this is not an image at all'), /not a PNG file/],
@@ -60,6 +63,10 @@ describe('POST /v1/uploads', () => {
       ['crc', badCrc, /header chunk fails its CRC check/],
       ['huge', huge, /5000×5000 = 25000000 pixels, over the limit of 16777216 pixels/],
       ['empty', new Uint8Array(0), /not a PNG file/],
+      // Past the header: the worker's own whole-file check.
+      ['short', valid.subarray(0, valid.length - 20), /corrupt PNG: .*cut short/],
+      ['flipped', flipped, /chunk "IDAT" fails its CRC check/],
+      ['rows', handMadePng(8, 8, deflateSync(Buffer.alloc(100))), /pixel data holds 100 of the 200 bytes its 8×8 header declares/],
     ];
     for (const [id, bytes, why] of cases) {
       await h.blobs.put(`uploads/acct_alice/${id}`, bytes, { contentType: 'image/png' });

@@ -74,7 +74,6 @@ class CountingBlobs implements BlobStore {
     return this.inner.put(key, body, o);
   }
   head = (key: string) => this.inner.head(key);
-  readStart = (key: string, n: number) => this.inner.readStart(key, n);
   list = (prefix: string, o?: { cursor?: string; limit?: number }) => this.inner.list(prefix, o);
   delete = (key: string) => this.inner.delete(key);
   putIfAbsent(key: string, body: Uint8Array, o?: { contentType?: string }) {

@@ -55,7 +55,6 @@ class FlakyBlobStore implements BlobStore {
   }
   get = (k: string) => this.inner.get(k);
   head = (k: string) => this.inner.head(k);
-  readStart = (k: string, n: number) => this.inner.readStart(k, n);
   list = (p: string, o?: Parameters<BlobStore['list']>[1]) => this.inner.list(p, o);
   delete = (k: string) => this.inner.delete(k);
   putIfAbsent = (k: string, b: Uint8Array, o?: PutOptions) => this.inner.putIfAbsent(k, b, o);

@@ -13,10 +13,10 @@
 // - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
 // - JPEG/WebP/GIF are refused with advice to convert to PNG: no decoder for them is installed.
 
-import { constants as zlibConstants, inflateRawSync } from 'node:zlib';
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
 import { EngineError } from '../errors.ts';
-import { MAX_IMAGE_PIXELS, readPngHeader, type PngHeader } from '../../../shared/image-header.ts';
+import { MAX_IMAGE_PIXELS } from '../../../shared/image-header.ts';
+import { checkPngFileSync } from '../../../shared/png-check.ts';
 import type { Rng } from './rng.ts';
 
 /** Planar float32 image: data[c·H·W + y·W + x], c ∈ {R,G,B}, values in [0,1]. */
@@ -100,72 +100,6 @@ export function encodePng(img: PlanarImage): Uint8Array {
   return pngEncode({ width, height, data: out, channels: 3, depth: 8 });
 }
 
-const INFLATE_SLACK_BYTES = 65_536;
-
-/** Adam7's seven passes: x and y start, x and y step. */
-const ADAM7 = [
-  [0, 0, 8, 8],
-  [4, 0, 8, 8],
-  [0, 4, 4, 8],
-  [2, 0, 4, 4],
-  [0, 2, 2, 4],
-  [1, 0, 2, 2],
-  [0, 1, 1, 2],
-] as const;
-
-/** The chunks decoding needs: the header, the palette and its transparency, the pixel data, the end. */
-const DECODED_CHUNKS = new Set(['IHDR', 'PLTE', 'tRNS', 'IDAT', 'IEND']);
-
-/**
- * The PNG as the decoder may see it, or a refusal. fast-png inflates without bound (and copies the
- * result once more): a few MB of deflated zeros behind a 64×64 header take GBs and minutes of a
- * blocked event loop, in the pixel data or in a compressed ancillary chunk (an iCCP colour profile,
- * zTXt text). So:
- * - only the chunks decoding needs are kept (colour profiles and text are ignored anyway), their bytes
- *   and CRCs as they were;
- * - the pixel data is inflated first with Node's zlib, capped just past the size the header declares.
- *   Raw inflate, as decoders do it: a stream whose Adler-32 trailer is wrong still decodes.
- */
-function boundedPng(bytes: Uint8Array, dv: DataView, header: PngHeader): Uint8Array {
-  const { width, height, channels, bitDepth: depth, interlaced } = header;
-  const rowBytes = (w: number) => Math.ceil((w * channels * depth) / 8) + 1; // + the filter byte
-  let expected = 0;
-  if (!interlaced) expected = rowBytes(width) * height;
-  else {
-    for (const [x0, y0, dx, dy] of ADAM7) {
-      const pw = width > x0 ? Math.ceil((width - x0) / dx) : 0;
-      const ph = height > y0 ? Math.ceil((height - y0) / dy) : 0;
-      if (pw > 0 && ph > 0) expected += rowBytes(pw) * ph;
-    }
-  }
-  const kept: Uint8Array[] = [bytes.subarray(0, 8)];
-  const idat: Uint8Array[] = [];
-  for (let off = 8; off + 12 <= bytes.length; ) {
-    const length = dv.getUint32(off);
-    const type = String.fromCharCode(bytes[off + 4]!, bytes[off + 5]!, bytes[off + 6]!, bytes[off + 7]!);
-    if (off + 12 + length > bytes.length) throw new EngineError('invalid_input', `corrupt PNG: chunk ${JSON.stringify(type)} runs past the end of the file`);
-    if (DECODED_CHUNKS.has(type)) kept.push(bytes.subarray(off, off + 12 + length));
-    if (type === 'IDAT') idat.push(bytes.subarray(off + 8, off + 8 + length));
-    off += 12 + length;
-    if (type === 'IEND') break;
-  }
-  // A little slack past the exact size: some encoders leave stray bytes after the rows, which
-  // decoders ignore; a bomb needs many times the declared size to hurt.
-  const limit = expected + INFLATE_SLACK_BYTES;
-  const tooLarge = () => new EngineError('invalid_input', `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`, { expected });
-  const stream = Buffer.concat(idat);
-  try {
-    // Past the 2-byte zlib header; a missing or wrong trailer is left to the decoder, as before.
-    const inflated = inflateRawSync(stream.subarray(2), { maxOutputLength: limit + 1, finishFlush: zlibConstants.Z_SYNC_FLUSH }).length;
-    if (inflated > limit) throw tooLarge();
-  } catch (e) {
-    if (e instanceof EngineError) throw e;
-    if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw tooLarge();
-    throw new EngineError('invalid_input', `corrupt PNG: ${(e as Error).message}`);
-  }
-  return Buffer.concat(kept);
-}
-
 /**
  * Decode a PNG into a planar RGB image in [0,1]. Refuses, with `invalid_input`: non-PNG formats (JPEG
  * etc.: "convert to PNG"), files over `maxBytes`, images over `maxPixels` (checked from the header before
@@ -177,11 +111,14 @@ export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): Plana
   if (bytes.length > maxBytes) {
     throw new EngineError('invalid_input', `image file is ${bytes.length} bytes, over the limit of ${maxBytes} bytes`, { limit: maxBytes, size: bytes.length });
   }
-  const check = readPngHeader(bytes, { maxPixels });
+  // The shared check (the API runs it on uploads) reads the layout and inflates the pixel data first,
+  // bounded by the header's size: fast-png inflates without bound (a few MB of deflated zeros behind a
+  // 64×64 header took GBs and minutes), also in ancillary chunks (an iCCP profile, zTXt text), which
+  // `decodable` leaves out.
+  const check = checkPngFileSync(bytes, { maxPixels });
   if (!check.ok) throw new EngineError('invalid_input', check.reason, check.format ? { format: check.format } : { limit: maxPixels });
   const { width, height } = check.header;
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const decodable = boundedPng(bytes, dv, check.header);
+  const decodable = check.decodable;
   let png: DecodedPng;
   try {
     png = pngDecode(decodable, { checkCrc: true });

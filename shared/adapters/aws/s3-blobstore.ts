@@ -9,7 +9,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../errors.ts';
-import { assertReadLength, assertValidKey, assertValidPrefix } from '../../keys.ts';
+import { assertValidKey, assertValidPrefix } from '../../keys.ts';
 import type {
   BlobMeta,
   BlobObject,
@@ -70,29 +70,6 @@ export class S3BlobStore implements BlobStore {
         contentType: out.ContentType,
         lastModified: out.LastModified ?? new Date(0),
       };
-    } catch (error) {
-      if (isNotFound(error)) return null;
-      throw error;
-    }
-  }
-
-  async readStart(key: string, bytes: number): Promise<Uint8Array | null> {
-    assertValidKey(key);
-    assertReadLength(bytes);
-    try {
-      const out = await call(async () => {
-        try {
-          return await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: `bytes=0-${bytes - 1}` }));
-        } catch (error) {
-          // S3 answers a range on an empty object with 416 InvalidRange: its first bytes are none.
-          if (statusOf(error) === 416) return null;
-          throw error;
-        }
-      });
-      if (out === null) return new Uint8Array(0);
-      const body = await out.Body!.transformToByteArray();
-      // A server that ignores Range sends the whole object.
-      return body.byteLength > bytes ? body.subarray(0, bytes) : body;
     } catch (error) {
       if (isNotFound(error)) return null;
       throw error;

@@ -3,7 +3,7 @@ import { type FileHandle, mkdir, open, readFile, readdir, rename, rm, stat } fro
 import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
-import { assertReadLength, assertValidKey, assertValidPrefix } from '../../keys.ts';
+import { assertValidKey, assertValidPrefix } from '../../keys.ts';
 import type {
   BlobMeta,
   BlobObject,
@@ -200,26 +200,6 @@ export class LocalBlobStore implements BlobStore {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') return null;
       throw error;
-    }
-  }
-
-  async readStart(key: string, bytes: number): Promise<Uint8Array | null> {
-    assertValidKey(key);
-    assertReadLength(bytes);
-    const handle = await this.openObject(key);
-    if (!handle) return null;
-    try {
-      if (!(await handle.stat()).isFile()) return null;
-      const buf = new Uint8Array(bytes);
-      let got = 0;
-      while (got < bytes) {
-        const { bytesRead } = await handle.read(buf, got, bytes - got, got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-      return buf.subarray(0, got);
-    } finally {
-      await handle.close();
     }
   }
 

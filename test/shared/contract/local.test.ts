@@ -43,7 +43,6 @@ blobStoreContract('local filesystem', async () => ({ store: await freshStore(), 
   enforcesConditionalWrites: true,
   truncatedListing: true,
   verifiesSignatures: true,
-  rangesEmptyObjects: true,
 });
 queueContract('local durable queue', async () => ({ queue: (await freshQueue()).queue, maxReceives: 3 }));
 jobStoreContract('on the local blob store', freshStore, { enforcesConditionalWrites: true, truncatedListing: true });

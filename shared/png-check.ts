@@ -1,0 +1,202 @@
+// A whole PNG file checked for what decoding it needs, without decoding it: the chunk layout and
+// CRCs, the palette, and the pixel data inflated (bounded by the size the header declares) to its
+// exact length with a known filter byte at the start of every row. Both sides run it: the API on an
+// uploaded init image when a generation names it (a broken upload is a 400 then, not a failed job on a
+// GPU), and the engine's decoder before it hands the file to fast-png. So what the API accepts, the
+// check the worker runs accepts too.
+//
+// Not checked here (the decoder still refuses them): palette indices beyond the palette, which need
+// the rows unfiltered.
+
+import { crc32, inflateRaw, inflateRawSync, constants as zlibConstants, type ZlibOptions } from 'node:zlib';
+import { promisify } from 'node:util';
+import { readPngHeader, type PngHeader } from './image-header.ts';
+
+/** The chunks decoding reads: the header, the palette and its transparency, the pixel data, the end. */
+export const PNG_DECODED_CHUNKS: ReadonlySet<string> = new Set(['IHDR', 'PLTE', 'tRNS', 'IDAT', 'IEND']);
+
+/**
+ * Inflated bytes allowed past the exact size: some encoders leave stray bytes after the rows, which
+ * decoders ignore; a bomb needs many times the declared size to hurt.
+ */
+export const PNG_INFLATE_SLACK_BYTES = 65_536;
+
+/** Adam7's seven passes: x and y start, x and y step. */
+const ADAM7 = [
+  [0, 0, 8, 8],
+  [4, 0, 8, 8],
+  [0, 4, 4, 8],
+  [2, 0, 4, 4],
+  [0, 2, 2, 4],
+  [1, 0, 2, 2],
+  [0, 1, 1, 2],
+] as const;
+
+/** One run of rows in the inflated stream: the whole image, or one Adam7 pass. */
+export interface PngPass {
+  /** Bytes per row, the filter byte included. */
+  rowBytes: number;
+  rows: number;
+}
+
+/** The rows the inflated pixel data holds, in stream order (empty Adam7 passes left out). */
+export function pngPasses(header: PngHeader): PngPass[] {
+  const { width, height, channels, bitDepth, interlaced } = header;
+  const rowBytes = (w: number) => Math.ceil((w * channels * bitDepth) / 8) + 1;
+  if (!interlaced) return [{ rowBytes: rowBytes(width), rows: height }];
+  const passes: PngPass[] = [];
+  for (const [x0, y0, dx, dy] of ADAM7) {
+    const pw = width > x0 ? Math.ceil((width - x0) / dx) : 0;
+    const ph = height > y0 ? Math.ceil((height - y0) / dy) : 0;
+    if (pw > 0 && ph > 0) passes.push({ rowBytes: rowBytes(pw), rows: ph });
+  }
+  return passes;
+}
+
+/** The exact size of the inflated pixel data the header declares. */
+export function pngRawBytes(header: PngHeader): number {
+  return pngPasses(header).reduce((sum, p) => sum + p.rowBytes * p.rows, 0);
+}
+
+/** A file whose layout reads: its header, the chunks decoding needs (bytes and CRCs as they were), and its pixel data still deflated. */
+export interface PngLayout {
+  header: PngHeader;
+  /** The signature and the decoded chunks, in file order: what a decoder needs of the file. */
+  decodable: Uint8Array;
+  /** The IDAT payloads joined: a zlib stream. */
+  deflated: Uint8Array;
+}
+
+export type PngLayoutCheck = { ok: true; layout: PngLayout } | { ok: false; reason: string; format?: string };
+export type PngFileCheck = { ok: true; header: PngHeader; decodable: Uint8Array } | { ok: false; reason: string; format?: string };
+
+/**
+ * Reads the file's chunks up to IEND. Refuses: a chunk that runs past the end of the file, a decoded
+ * chunk whose CRC is wrong, no IDAT, IDAT chunks that are not consecutive, no IEND, and a palette image
+ * without a palette or with one longer than its bit depth can index.
+ */
+export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = {}): PngLayoutCheck {
+  const headerCheck = readPngHeader(bytes, opts);
+  if (!headerCheck.ok) return headerCheck;
+  const header = headerCheck.header;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const kept: Uint8Array[] = [bytes.subarray(0, 8)];
+  const idat: Uint8Array[] = [];
+  let idatEnded = false;
+  let palette = 0;
+  let ended = false;
+  for (let off = 8; off < bytes.length; ) {
+    if (off + 12 > bytes.length) return fail('the file ends inside a chunk header (cut short?)');
+    const length = dv.getUint32(off);
+    const type = String.fromCharCode(bytes[off + 4]!, bytes[off + 5]!, bytes[off + 6]!, bytes[off + 7]!);
+    if (off + 12 + length > bytes.length) return fail(`chunk ${JSON.stringify(type)} runs past the end of the file (cut short?)`);
+    if (PNG_DECODED_CHUNKS.has(type)) {
+      if (crc32(bytes.subarray(off + 4, off + 8 + length)) !== dv.getUint32(off + 8 + length)) {
+        return fail(`chunk ${JSON.stringify(type)} fails its CRC check (the file is damaged)`);
+      }
+      kept.push(bytes.subarray(off, off + 12 + length));
+    }
+    if (type === 'IDAT') {
+      if (idatEnded) return fail('its IDAT chunks are not consecutive');
+      idat.push(bytes.subarray(off + 8, off + 8 + length));
+    } else if (idat.length > 0) idatEnded = true;
+    if (type === 'PLTE') {
+      if (length % 3 !== 0 || length === 0) return fail(`a palette of ${length} bytes (not a whole number of RGB entries)`);
+      palette = length / 3;
+    }
+    off += 12 + length;
+    if (type === 'IEND') {
+      ended = true;
+      break;
+    }
+  }
+  if (!ended) return fail('no IEND chunk (the file is cut short)');
+  if (idat.length === 0) return fail('no pixel data (IDAT chunk)');
+  if (header.colourType === 3) {
+    if (palette === 0) return fail('a palette image without a palette (PLTE chunk)');
+    if (palette > 2 ** header.bitDepth) return fail(`a palette of ${palette} entries, more than ${header.bitDepth}-bit indices can address`);
+  }
+  return { ok: true, layout: { header, decodable: Buffer.concat(kept), deflated: Buffer.concat(idat) } };
+}
+
+function fail(what: string): { ok: false; reason: string } {
+  return { ok: false, reason: `corrupt PNG: ${what}` };
+}
+
+/**
+ * Raw inflate past the 2-byte zlib header, as decoders do it: a stream whose Adler-32 trailer is wrong
+ * still decodes. A stream cut short yields what it holds, and the length check below refuses it.
+ */
+function inflateOptions(header: PngHeader): ZlibOptions {
+  return { maxOutputLength: pngRawBytes(header) + PNG_INFLATE_SLACK_BYTES + 1, finishFlush: zlibConstants.Z_SYNC_FLUSH };
+}
+
+/** Why the inflated pixel data does not fit the header, or `null` when it does. */
+function checkInflated(header: PngHeader, inflated: Uint8Array): string | null {
+  const expected = pngRawBytes(header);
+  const { width, height } = header;
+  if (inflated.length > expected + PNG_INFLATE_SLACK_BYTES) return `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`;
+  if (inflated.length < expected) return `corrupt PNG: its pixel data holds ${inflated.length} of the ${expected} bytes its ${width}×${height} header declares (cut short?)`;
+  let at = 0;
+  for (const { rowBytes, rows } of pngPasses(header)) {
+    for (let r = 0; r < rows; r++, at += rowBytes) {
+      if (inflated[at]! > 4) return `corrupt PNG: unknown row filter ${inflated[at]} (the file is damaged)`;
+    }
+  }
+  return null;
+}
+
+function inflateFailure(header: PngHeader, e: unknown): string {
+  if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') {
+    return `corrupt PNG: its pixel data inflates to more than the ${pngRawBytes(header)} bytes its ${header.width}×${header.height} header declares`;
+  }
+  return `corrupt PNG: its pixel data does not inflate (${(e as Error).message})`;
+}
+
+/** The zlib stream's 2-byte header: deflate (method 8), a window of at most 32 KiB, its check bits right. */
+function zlibHeaderProblem(deflated: Uint8Array): string | null {
+  if (deflated.length < 2) return 'corrupt PNG: its pixel data is empty';
+  const [cmf, flg] = [deflated[0]!, deflated[1]!];
+  if ((cmf & 0x0f) !== 8 || cmf >> 4 > 7 || ((cmf << 8) | flg) % 31 !== 0) return 'corrupt PNG: its pixel data is not a zlib stream';
+  return null;
+}
+
+type Inflated = { inflated: Uint8Array } | { error: unknown };
+
+function verdict(layout: PngLayout, result: Inflated): PngFileCheck {
+  const { header, decodable } = layout;
+  const why = 'error' in result ? inflateFailure(header, result.error) : checkInflated(header, result.inflated);
+  return why ? { ok: false, reason: why } : { ok: true, header, decodable };
+}
+
+/** The whole check, synchronously (the engine's decoder). On success, `decodable` is what to decode. */
+export function checkPngFileSync(bytes: Uint8Array, opts: { maxPixels?: number } = {}): PngFileCheck {
+  const read = readPngLayout(bytes, opts);
+  if (!read.ok) return read;
+  const { header, deflated } = read.layout;
+  const bad = zlibHeaderProblem(deflated);
+  if (bad) return { ok: false, reason: bad };
+  let result: Inflated;
+  try {
+    result = { inflated: inflateRawSync(deflated.subarray(2), inflateOptions(header)) };
+  } catch (error) {
+    result = { error };
+  }
+  return verdict(read.layout, result);
+}
+
+const inflateRawAsync = promisify(inflateRaw) as (buf: Uint8Array, options: ZlibOptions) => Promise<Buffer>;
+
+/** The whole check, inflating off the event loop (the API, which serves other requests meanwhile). */
+export async function checkPngFile(bytes: Uint8Array, opts: { maxPixels?: number } = {}): Promise<PngFileCheck> {
+  const read = readPngLayout(bytes, opts);
+  if (!read.ok) return read;
+  const { header, deflated } = read.layout;
+  const bad = zlibHeaderProblem(deflated);
+  if (bad) return { ok: false, reason: bad };
+  const result: Inflated = await inflateRawAsync(deflated.subarray(2), inflateOptions(header)).then(
+    (inflated) => ({ inflated }),
+    (error: unknown) => ({ error }),
+  );
+  return verdict(read.layout, result);
+}

@@ -1,0 +1,135 @@
+// The whole-file PNG check the API runs on an uploaded init image, against the engine's decoder (which
+// runs the same check, then fast-png). What matters: a file the check accepts, the worker decodes,
+// so an upload the API lets through does not fail the job later; and the common damage (a file cut
+// short, a flipped bit) is refused with a reason.
+import { describe, expect, it } from 'vitest';
+import { deflateSync } from 'node:zlib';
+import { encode as pngEncode } from 'fast-png';
+import { checkPngFile, checkPngFileSync, pngRawBytes } from '../../shared/png-check.ts';
+import { decodeImage, encodePng, noiseImage } from '../../gpu-worker/engine/synth/image.ts';
+import { createRng } from '../../gpu-worker/engine/synth/rng.ts';
+import { handMadePng, pngChunk } from '../helpers/png.ts';
+
+const SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+
+/** A PNG from its IHDR fields and its pixel stream, with correct CRCs. */
+function pngOf(width: number, height: number, depth: number, colourType: number, interlace: number, idat: Uint8Array, before: Array<[string, Uint8Array]> = []): Uint8Array {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([depth, colourType, 0, 0, interlace], 8);
+  return Buffer.concat([SIGNATURE, pngChunk('IHDR', ihdr), ...before.map(([t, d]) => pngChunk(t, d)), pngChunk('IDAT', idat), pngChunk('IEND', new Uint8Array(0))]);
+}
+
+function engineDecodes(bytes: Uint8Array): boolean {
+  try {
+    decodeImage(bytes);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function verdicts(bytes: Uint8Array): Promise<{ api: boolean; sync: boolean; engine: boolean; reason?: string }> {
+  const api = await checkPngFile(bytes);
+  const sync = checkPngFileSync(bytes);
+  return { api: api.ok, sync: sync.ok, engine: engineDecodes(bytes), ...(api.ok ? {} : { reason: api.reason }) };
+}
+
+// An interlaced 8-bit RGB image of 13×11: seven passes of rows, each row a filter byte (here 1, Sub) and pixels.
+function interlacedRgb(): Uint8Array {
+  const header = { width: 13, height: 11, bitDepth: 8, colourType: 2, channels: 3, interlaced: true };
+  const rows = Buffer.alloc(pngRawBytes(header), 9);
+  // Mark every row's first byte with a filter type (a row of pass p is ceil(w_p·3) + 1 bytes).
+  let at = 0;
+  for (const [x0, y0, dx, dy] of [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]]) {
+    const pw = Math.ceil((13 - x0!) / dx!);
+    const ph = Math.ceil((11 - y0!) / dy!);
+    for (let r = 0; r < ph; r++, at += pw * 3 + 1) rows[at] = 1;
+  }
+  expect(at).toBe(rows.length);
+  return pngOf(13, 11, 8, 2, 1, deflateSync(rows));
+}
+
+const VALID: Array<[string, Uint8Array]> = [
+  ['RGB 8-bit', encodePng(noiseImage(9, 7, createRng(1)))],
+  ['RGBA 8-bit', pngEncode({ width: 3, height: 2, channels: 4, depth: 8, data: new Uint8Array(24).map((_, i) => i * 10) })],
+  ['grey 1-bit, rows padded', pngEncode({ width: 10, height: 2, channels: 1, depth: 1, data: new Uint8Array([0b10100000, 0b01000000, 0xff, 0xc0]) })],
+  ['palette', pngEncode({ width: 3, height: 2, channels: 1, depth: 8, data: new Uint8Array([2, 0, 1, 1, 1, 0]), palette: [[255, 0, 0], [0, 255, 0], [0, 0, 255]] })],
+  ['RGB 16-bit', pngEncode({ width: 2, height: 2, channels: 3, depth: 16, data: new Uint16Array([65535, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]) })],
+  ['interlaced RGB', interlacedRgb()],
+];
+
+describe('the whole-file PNG check (API) agrees with the engine decoder (worker)', () => {
+  it('accepts every kind of valid file the engine decodes: bit depths, palette, alpha, interlace', async () => {
+    for (const [name, bytes] of VALID) expect(await verdicts(bytes), name).toEqual({ api: true, sync: true, engine: true });
+  });
+
+  it('a file cut short anywhere past its header is refused by both, with a reason', async () => {
+    for (const [name, bytes] of VALID) {
+      for (let cut = 33; cut < bytes.length; cut++) {
+        const v = await verdicts(bytes.subarray(0, cut));
+        expect(v, `${name} cut at ${cut}`).toMatchObject({ api: false, sync: false, engine: false });
+        expect(v.reason, `${name} cut at ${cut}`).toMatch(/^corrupt PNG: .*(cut short|ends inside)/);
+      }
+    }
+  });
+
+  it('any single flipped bit: what the check accepts, the engine decodes (and the reverse)', async () => {
+    let refused = 0;
+    let flips = 0;
+    for (const [name, bytes] of VALID) {
+      for (let i = 8; i < bytes.length; i++) {
+        for (const bit of [0x01, 0x80]) {
+          const bad = Uint8Array.from(bytes);
+          bad[i]! ^= bit;
+          const v = await verdicts(bad);
+          flips++;
+          expect(v.api, `${name}: byte ${i} ^ ${bit}`).toBe(v.engine);
+          expect(v.sync, `${name}: byte ${i} ^ ${bit}`).toBe(v.api);
+          if (!v.api) refused++;
+        }
+      }
+    }
+    // Every flip lands in a CRC-checked chunk or its length: all are caught.
+    expect(refused).toBe(flips);
+  });
+
+  it('refuses pixel data the header does not describe, saying how', async () => {
+    const cases: Array<[string, Uint8Array, RegExp]> = [
+      ['too few rows', handMadePng(8, 8, deflateSync(Buffer.alloc(7 * (8 * 3 + 1)))), /holds 175 of the 200 bytes its 8×8 header declares/],
+      ['a bomb', handMadePng(8, 8, deflateSync(Buffer.alloc(4 * 1024 * 1024))), /inflates to more than the 200 bytes/],
+      ['an unknown row filter', handMadePng(2, 2, deflateSync(Buffer.from([0, 1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 5, 6]))), /unknown row filter 7/],
+      ['not zlib', handMadePng(2, 2, Buffer.from([0x12, 0x34, 0, 0])), /not a zlib stream/],
+      ['a broken deflate stream', handMadePng(2, 2, Buffer.from([0x78, 0x9c, 0xff, 0xff, 0xff])), /does not inflate/],
+      ['no IDAT', Buffer.concat([Uint8Array.from(handMadePng(2, 2, new Uint8Array(0))).subarray(0, 33), pngChunk('IEND', new Uint8Array(0))]), /no pixel data/],
+      ['a palette image without a palette', pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3))), /without a palette/],
+      ['a 2-bit palette of 5 entries', pngOf(2, 2, 2, 3, 0, deflateSync(Buffer.alloc(2 * 2)), [['PLTE', new Uint8Array(15)]]), /5 entries, more than 2-bit indices can address/],
+    ];
+    for (const [name, bytes, why] of cases) {
+      const v = await verdicts(bytes);
+      expect(v, name).toMatchObject({ api: false, sync: false, engine: false });
+      expect(v.reason, name).toMatch(why);
+    }
+    // IDAT chunks split by another chunk.
+    const rows = deflateSync(Buffer.alloc(2 * 7));
+    const split = Buffer.concat([
+      Uint8Array.from(handMadePng(2, 2, new Uint8Array(0))).subarray(0, 33),
+      pngChunk('IDAT', rows.subarray(0, 4)), pngChunk('tEXt', Buffer.from('a\0b')), pngChunk('IDAT', rows.subarray(4)), pngChunk('IEND', new Uint8Array(0)),
+    ]);
+    expect((await verdicts(split)).reason).toMatch(/IDAT chunks are not consecutive/);
+  });
+
+  it('takes what decoders take: a wrong zlib trailer, a damaged ancillary chunk, stray bytes after the rows', async () => {
+    const rows = Buffer.alloc(2 * 7);
+    const trailer = Buffer.from(deflateSync(rows));
+    trailer[trailer.length - 1]! ^= 0xff;
+    const text = pngChunk('tEXt', Buffer.from('Comment\0hi'));
+    text[text.length - 1]! ^= 0xff; // its CRC
+    const withText = Buffer.concat([Uint8Array.from(handMadePng(2, 2, deflateSync(rows))).subarray(0, 33), text, Uint8Array.from(handMadePng(2, 2, deflateSync(rows))).subarray(33)]);
+    const stray = handMadePng(2, 2, deflateSync(Buffer.concat([rows, Buffer.alloc(100)])));
+    for (const [name, bytes] of [['trailer', handMadePng(2, 2, trailer)], ['ancillary CRC', withText], ['stray bytes', stray]] as const) {
+      expect(await verdicts(bytes), name).toEqual({ api: true, sync: true, engine: true });
+    }
+  });
+});
