@@ -22,16 +22,40 @@ const PERMANENT_ENGINE_CODES = new Set(['numerical_error']);
 export type ErrorClass = 'retryable' | 'permanent';
 
 /**
- * A failure of this machine, not of the job: the execution provider does not load, or every engine
- * thread has died. Another worker would run the job; this one will fail every job it takes.
+ * The worker could not store a finished run (its images, frames or final record) even after retrying
+ * in place: S3 refused (403 from a broken IAM, bucket or KMS policy) or stayed down. That says
+ * something about the deployment or the machine, not the request: the job is retried, not failed, and
+ * it counts against this worker's health.
+ */
+export class StorageFailure extends Error {
+  override readonly name = 'StorageFailure';
+  constructor(readonly what: string, override readonly cause: unknown) {
+    super(`could not store ${what}: ${cause instanceof Error ? cause.message : String(cause)}`);
+  }
+}
+
+/**
+ * Errors of the machine's own disk and file table (a full model cache, a read-only or failing
+ * volume, too many open files): the request is not at fault, and another worker would run it.
+ */
+const MACHINE_SYSTEM_CODES = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EIO', 'EMFILE', 'ENFILE']);
+
+/**
+ * A failure of this machine, not of the job: the execution provider does not load, every engine
+ * thread has died, its disk is full or failing, or its storage writes keep failing. Another worker
+ * might run the job; this one will fail every job it takes.
  */
 export function isMachineFailure(error: unknown): boolean {
+  if (error instanceof StorageFailure) return true;
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && MACHINE_SYSTEM_CODES.has(code)) return true;
   return error instanceof EngineError && error.code === 'runtime_unavailable';
 }
 
 export function classifyError(error: unknown): ErrorClass {
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && PERMANENT_ENGINE_CODES.has(code)) return 'permanent';
+  if (isMachineFailure(error)) return 'retryable';
   if (error instanceof EngineError) return RETRYABLE_ENGINE_CODES.has(error.code) ? 'retryable' : 'permanent';
   // A conditional write that kept losing (job store contention) or a receipt that raced: try again later.
   if (error instanceof PreconditionFailedError) return 'retryable';

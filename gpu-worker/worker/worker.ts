@@ -10,7 +10,7 @@ import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, ty
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
 import type { ModelRegistry } from '../models.ts';
-import { classifyError, describe, isMachineFailure, jobErrorOf } from './errors.ts';
+import { classifyError, describe, isMachineFailure, jobErrorOf, StorageFailure } from './errors.ts';
 import type { SynthesisOutcome, SynthesisProgress, SynthesizedImage, Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
@@ -78,6 +78,12 @@ export interface WorkerConfig {
    * 0: at once.
    */
   retryDelaySec?: number;
+  /**
+   * How long a finished run's result writes (images, frames, the final record) are retried in place,
+   * with back-off, while the lease is held, before the message is given back (default 60 000 ms). The
+   * run is in memory, and giving the message back redoes it on a GPU.
+   */
+  resultWriteRetryMs?: number;
 }
 
 /** Why a worker stopped taking jobs on its own (its process should exit non-zero and be replaced). */
@@ -202,6 +208,12 @@ const MAX_BACKOFF_MS = 30_000;
 const MAX_RETRY_DELAY_SEC = 900;
 /** Long enough for a model download and its compiles on a GPU instance; short of the 120 s ECS stop timeout. */
 const DEFAULT_WARM_UP_TIMEOUT_MS = 90_000;
+const DEFAULT_RESULT_WRITE_RETRY_MS = 60_000;
+/** Back-off between result-write tries: 250 ms, doubling, at most 5 s. */
+const RESULT_WRITE_BACKOFF_MS = [250, 5_000] as const;
+
+/** Not storage trouble: a conditional write that lost, a record that does not read, a bad argument. */
+const notStorageTrouble = (error: unknown) => error instanceof PreconditionFailedError || error instanceof CorruptDocumentError || error instanceof ValidationError;
 
 export function createWorker(deps: WorkerDeps): QueueWorker {
   const { queue, jobs, blobs, synthesizer, models, config } = deps;
@@ -214,6 +226,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   if (!(Number.isInteger(config.maxReceives) && config.maxReceives >= 1)) throw new RangeError('maxReceives must be a positive integer');
   const jobTimeoutSec = config.jobTimeoutSec;
   if (jobTimeoutSec !== undefined && !(jobTimeoutSec > 0 && jobTimeoutSec * 1000 <= 2 ** 31 - 1)) throw new RangeError('jobTimeoutSec must be in (0, 2147483] s');
+  const resultWriteRetryMs = config.resultWriteRetryMs ?? DEFAULT_RESULT_WRITE_RETRY_MS;
+  if (!(resultWriteRetryMs >= 0)) throw new RangeError('resultWriteRetryMs must be ≥ 0');
   const maxSteps = config.maxSteps;
   if (maxSteps !== undefined && !(Number.isInteger(maxSteps) && maxSteps >= 1)) throw new RangeError('maxSteps must be a positive integer');
 
@@ -336,6 +350,33 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     };
   }
 
+  // ------------------------------------------------------------ result writes
+
+  /**
+   * Stores the pieces of one finished run, each retried in place with back-off while the lease is
+   * held, until `resultWriteRetryMs` after the run's first failed write: the run is in memory, and an
+   * S3 hiccup must not redo it on a GPU. What still fails is a StorageFailure (retryable, and a mark
+   * against this machine's health). A lost conditional write or a corrupt record is no storage
+   * trouble and is not retried here.
+   */
+  function resultWriter(lease: { readonly held: boolean }) {
+    let giveUpAt: number | undefined;
+    return async function store<T>(what: string, write: () => Promise<T>): Promise<T> {
+      for (let tries = 1; ; tries++) {
+        try {
+          return await write();
+        } catch (error) {
+          if (notStorageTrouble(error)) throw error;
+          giveUpAt ??= clock.now() + resultWriteRetryMs;
+          const wait = Math.min(RESULT_WRITE_BACKOFF_MS[1], RESULT_WRITE_BACKOFF_MS[0] * 2 ** (tries - 1));
+          if (!lease.held || clock.now() + wait > giveUpAt) throw new StorageFailure(what, error);
+          log.warn('result write failed; retrying in place', { what, tries, error: describe(error) });
+          await new Promise((resolve) => setTimeout(resolve, wait));
+        }
+      }
+    };
+  }
+
   // ------------------------------------------------------------ queue settlement
 
   /** `onFailure`: what a failed ack means here (default: a redelivery, which the record checks skip). */
@@ -443,6 +484,19 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     Date.parse(cur.lease_expires_at) > clock.now();
 
   /**
+   * Whether this delivery is a second copy of the very message whose delivery holds the job: SQS
+   * may hand one message out twice, under one id, while the first is still held. The holder renews
+   * the record's lease every half visibility timeout to a full one ahead, so a holder that is alive
+   * leaves more than a quarter of a timeout on it; a crashed holder's own message comes back as its
+   * lease runs out (the record's runs a write's latency behind the queue's), with less left.
+   */
+  const copyOfHeld = (cur: JobRecord, m: ReceivedMessage): boolean =>
+    cur.status === 'running' &&
+    cur.lease_message_id === m.messageId &&
+    typeof cur.lease_expires_at === 'string' &&
+    Date.parse(cur.lease_expires_at) - clock.now() > (visibilitySec * 1000) / 4;
+
+  /**
    * Whether the job passed to another attempt after this one claimed it (`attempt` > 0): this one's
    * lease lapsed and a redelivery took over. Such an attempt writes nothing more and settles nothing:
    * SQS deletes a message on a DeleteMessage with an older receipt even while another reader holds
@@ -490,6 +544,47 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     finish(msg, 'skipped');
   }
 
+  /**
+   * Adds an ended job to its owner's usage ledger (ADR 0019) before its message is acked. A write
+   * that fails gives the message back (after the retry delay) instead, and so would a crash before
+   * it: its redelivery finds the job ended and adds it then. On the last delivery the failure is
+   * logged and the message acked (`clipag usage audit` finds the gap, `clipag usage rebuild` closes
+   * it). True when the caller should ack; the lease is released either way when false.
+   */
+  async function settleUsage(m: ReceivedMessage, msg: QueueMessage, job: JobRecord, lease: { release(): Promise<void> }): Promise<boolean> {
+    const used = usageOfRecord(job);
+    if (!used) return true;
+    const { day: _day, ...figures } = used;
+    try {
+      await recordUsage(blobs, msg.owner, msg.job_id, new Date(job.finished_at!), figures);
+      return true;
+    } catch (error) {
+      const last = m.receiveCount >= config.maxReceives;
+      log.error(last ? 'usage not recorded on the last delivery; the owner\'s daily totals miss this job (clipag usage rebuild)' : 'usage not recorded yet; the message comes back to record it', { jobId: msg.job_id, owner: msg.owner, ...figures, error: describe(error) });
+      if (last) return true;
+      await lease.release();
+      await release(m, 'usage_unrecorded', retryDelaySec(m));
+      return false;
+    }
+  }
+
+  /** How long a retried message waits before it is seen again (retryDelaySec × its receive count). */
+  const retryDelaySec = (m: ReceivedMessage) => Math.min(MAX_RETRY_DELAY_SEC, (config.retryDelaySec ?? 0) * m.receiveCount);
+
+  /**
+   * A second copy of the held message: it neither runs the job nor is acked, since near the end of
+   * the lease it may be the job's only message left (its holder just died). It comes back once the
+   * lease has run out: the job has ended by then (the copy is acked) or the holder died (it takes over).
+   */
+  async function deferCopy(m: ReceivedMessage, msg: QueueMessage, lease: { release(): Promise<void> }, leaseExpiresAt: string | null | undefined): Promise<void> {
+    const leftSec = Math.ceil((Date.parse(leaseExpiresAt ?? '') - clock.now()) / 1000);
+    const delaySec = Math.min(MAX_RETRY_DELAY_SEC, Math.max(1, leftSec) + Math.ceil(visibilitySec / 4));
+    log.info('a second copy of the message whose delivery holds the job; it comes back after the lease', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt, delaySec });
+    await lease.release();
+    await release(m, 'copy_of_held', delaySec);
+    finish(msg, 'skipped');
+  }
+
   // ------------------------------------------------------------ one message
 
   async function handle(m: ReceivedMessage): Promise<void> {
@@ -522,16 +617,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         return finish(msg, 'skipped');
       }
       if (isTerminal(job.status)) {
-        // This very message back after its run's final write landed but answered an error (the
-        // failure path then released it): the ledger may miss the run. It counts a job once, so
-        // telling it again is harmless; the ended job's marker and webhook are seen to as well.
-        const used = job.lease_message_id === m.messageId ? usageOfRecord(job) : null;
-        if (used) {
-          const { day: _day, ...figures } = used;
-          await recordUsage(blobs, msg.owner, msg.job_id, new Date(job.finished_at!), figures).catch((error) =>
-            log.error('usage not recorded; the owner\'s daily totals miss this job', { jobId: msg.job_id, owner: msg.owner, error: describe(error) }),
-          );
+        // This very message back after its run ended: its usage write failed (the message was given
+        // back for it), or the final write landed but answered an error. The ledger may miss the run;
+        // it counts a job once, so telling it again is harmless. The ended job's marker and webhook
+        // are seen to as well.
+        if (job.lease_message_id === m.messageId && usageOfRecord(job)) {
           jobEnded(msg);
+          if (!(await settleUsage(m, msg, job, lease))) return finish(msg, 'skipped');
         }
         await lease.release();
         await ack(m, `already_${job.status}`);
@@ -540,6 +632,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // Another delivery runs it: a duplicate message ends nothing (not even a requested cancel,
       // which the holder sees at its next progress write).
       if (heldByAnother(job, m)) return dropDuplicate(m, msg, lease, job.lease_expires_at);
+      if (copyOfHeld(job, m)) return deferCopy(m, msg, lease, job.lease_expires_at);
       if (job.cancel_requested) {
         const rec = await markCanceled(msg, m, 0);
         await lease.release();
@@ -572,10 +665,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const startedAt = clock.now();
       let claimed = false;
       let heldElsewhere = false;
+      let copy = false;
       const leaseToken = randomUUID();
+      // A stop that came while the record was read: the job goes back unclaimed (not an attempt).
+      if (stopping) {
+        await lease.release();
+        await requeue(m, 'drain');
+        return finish(msg, 'requeued', { stepsDone: 0 });
+      }
       const running = await jobs.update(msg.owner, msg.job_id, (cur) => {
         claimed = false;
         heldElsewhere = false;
+        copy = false;
         // Our own claim, written though its reply was lost (the retried write failed its condition):
         // it is ours already, and claiming again would count a second attempt.
         if (cur.status === 'running' && cur.lease_token === leaseToken) {
@@ -584,9 +685,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         }
         // Running by way of another message under a live lease: the holder has its own message (which
         // comes back if it dies), so this one is a duplicate. The held message itself coming back
-        // (released, or lapsed) always takes the job over. Checked first: a duplicate ends nothing.
+        // (released, or lapsed) takes the job over; a second copy of it while the holder lives does
+        // not. Checked first: a duplicate ends nothing.
         if (heldByAnother(cur, m)) {
           heldElsewhere = true;
+          return null;
+        }
+        if (copyOfHeld(cur, m)) {
+          copy = true;
           return null;
         }
         if (isTerminal(cur.status) || cur.cancel_requested) return null;
@@ -598,6 +704,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         };
       });
       if (heldElsewhere) return dropDuplicate(m, msg, lease, running.lease_expires_at);
+      if (copy) return deferCopy(m, msg, lease, running.lease_expires_at);
       if (!claimed) {
         // Changed between the read and the claim: ended, or a cancel was asked for.
         const rec = isTerminal(running.status) ? running : await markCanceled(msg, m, 0);
@@ -666,6 +773,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         await ack(m, 'timeout');
         return finish(msg, 'failed', { stepsDone, error });
       }
+      if (runError !== undefined && reason !== undefined) {
+        // The run threw on its way out of an abort (a session rejected mid-step): it ends as the abort
+        // says. A drain must not spend a delivery, nor a cancel end the job failed.
+        log.warn('run threw after an abort; settled as the abort', { jobId: msg.job_id, reason, error: describe(runError) });
+        outcome = { images: [], aborted: true, stepsDone: progress.latest?.step ?? 0, totalSteps: total, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
+        runError = undefined;
+      }
       if (runError !== undefined) throw runError;
       if (!outcome) throw new Error('synthesizer returned nothing');
       const last = progress.latest ?? { step: outcome.stepsDone, total };
@@ -709,6 +823,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
 
       // Outputs first, then the record: a record never points at a missing object.
+      const store = resultWriter(lease);
       const prefix = `outputs/${msg.owner}/${msg.job_id}`;
       const outputs: JobOutput[] = [];
       // Several writes at once: a job's images and frames (up to ~200 objects) are billed time.
@@ -718,20 +833,21 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (withheld.has(image.index)) {
           // An earlier attempt under another policy may have stored it and its frames: the record never
           // names them, but they go too.
-          writes.push(() => blobs.delete(key), () => deletePrefix(blobs, `${prefix}/frames/${image.index}/`));
+          writes.push(() => store(`withheld image ${image.index}`, () => blobs.delete(key)), () => store(`withheld image ${image.index}'s frames`, () => deletePrefix(blobs, `${prefix}/frames/${image.index}/`)));
           continue;
         }
-        writes.push(() => blobs.put(key, image.png, { contentType: 'image/png' }));
+        writes.push(() => store(`image ${image.index}`, () => blobs.put(key, image.png, { contentType: 'image/png' })));
         for (const frame of image.frames) {
           const { width, height } = pngSize(frame.png);
-          writes.push(() => blobs.put(frameKey(msg.owner, msg.job_id, image.index, frame.step, width, height), frame.png, { contentType: 'image/png' }));
+          const frameAt = frameKey(msg.owner, msg.job_id, image.index, frame.step, width, height);
+          writes.push(() => store(`image ${image.index}'s frame ${frame.step}`, () => blobs.put(frameAt, frame.png, { contentType: 'image/png' })));
         }
         outputs.push({ key, width: image.width, height: image.height, clip_score: Number(image.clipScore.toFixed(6)) });
       }
       await forEachLimited(writes, OUTPUT_WRITE_CONCURRENCY, async (write) => void (await write()));
       const usage = { encoder_passes: outcome.encoderPasses, worker_seconds: Math.round(clock.now() - startedAt) / 1000 };
       let wrote = false;
-      const done = await jobs.update(msg.owner, msg.job_id, (cur) => {
+      const done = await store('the job record', () => jobs.update(msg.owner, msg.job_id, (cur) => {
         wrote = false;
         // A finished run wins over a cancel that arrived after the last step; a job already terminal stays so.
         if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
@@ -743,20 +859,20 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           ...(outcome.warnings?.length ? { warnings: outcome.warnings.slice(0, MAX_JOB_WARNINGS).map((w) => w.slice(0, MAX_JOB_WARNING_CHARS)) } : {}),
           ...(checks.length ? { output_checks: checks } : {}),
         };
-      });
+      }));
       // This attempt's result is the record's: this write, or one that landed but whose reply was lost
       // (the update then re-read a terminal record of this very attempt, with this run's usage).
       const ours = wrote || (done.attempts === attempt && isTerminal(done.status) && done.usage.worker_seconds === usage.worker_seconds && done.usage.encoder_passes === usage.encoder_passes);
+      if (superseded(done, attempt)) {
+        await lease.release();
+        return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
+      }
+      const ended = { stepsDone: outcome.stepsDone, ...(ours && allWithheld ? { error: done.error! } : {}) };
+      // The usage before the ack, with the lease still held: see settleUsage.
+      if (ours && !(await settleUsage(m, msg, done, lease))) return finish(msg, allWithheld ? 'failed' : 'succeeded', ended);
       await lease.release();
-      if (superseded(done, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
       await ack(m, ours ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
       if (ours) {
-        // The owner's usage for GET /v1/usage (ADR 0019); the ledger counts a job once, however often
-        // it is told. A failure is logged (the record still carries the job's own usage).
-        const used = { images: outcome.images.length, workerSeconds: usage.worker_seconds, encoderPasses: usage.encoder_passes, ...(done.hourly_usd !== undefined ? { hourlyUsd: done.hourly_usd } : {}), ...(done.api_key_id !== undefined ? { apiKeyId: done.api_key_id } : {}) };
-        await recordUsage(blobs, msg.owner, msg.job_id, new Date(done.finished_at ?? iso()), used).catch((error) =>
-          log.error('usage not recorded; the owner\'s daily totals miss this job', { jobId: msg.job_id, owner: msg.owner, ...used, error: describe(error) }),
-        );
         // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
         const key = { model: done.spec.model, width: done.spec.width, height: done.spec.height, start: runStartOf(done.spec.init) };
         const loopSeconds = Math.min(usage.worker_seconds, outcome.timingsMs.optimize / 1000);
@@ -768,7 +884,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         };
         await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { jobId: msg.job_id, error: describe(error) }));
       }
-      return finish(msg, !ours ? 'skipped' : allWithheld ? 'failed' : 'succeeded', { stepsDone: outcome.stepsDone, ...(ours && allWithheld ? { error: done.error! } : {}) });
+      return finish(msg, !ours ? 'skipped' : allWithheld ? 'failed' : 'succeeded', ended);
     } catch (error) {
       await lease.release();
       await onFailure(m, msg, attempt, error);
@@ -795,7 +911,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     try {
       if (cls === 'retryable' && !lastAttempt) {
         if (attempt > 0 && superseded(await markQueued(msg, attempt), attempt)) return finish(msg, 'lease_lost', { error: jobErrorOf(error) });
-        await release(m, 'retryable_error', Math.min(MAX_RETRY_DELAY_SEC, (config.retryDelaySec ?? 0) * m.receiveCount));
+        await release(m, 'retryable_error', retryDelaySec(m));
         return finish(msg, 'requeued', { error: jobErrorOf(error) });
       }
       const jobError =
@@ -811,6 +927,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       if (cls === 'retryable') await deadLetter(m, 'retries_exhausted');
       else await ack(m, 'failed');
+      // The run may have stored some images before it failed: a failed job keeps none. Best effort;
+      // the bucket's lifecycle removes what is left.
+      if (attempt > 0 && rec.status !== 'succeeded') {
+        await deletePrefix(blobs, `outputs/${msg.owner}/${msg.job_id}/`).catch((e) => log.warn('a failed job\'s stored images were not removed', { jobId: msg.job_id, error: describe(e) }));
+      }
       return finish(msg, rec.status === 'canceled' ? 'canceled' : 'failed', { error: jobError });
     } catch (writeError) {
       // Could not even record the failure (storage down?): hand the message back; at the receive

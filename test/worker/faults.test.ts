@@ -1,0 +1,198 @@
+// Faults around a finished run (a fault-injection review, ADR 0005): storage that fails for a while or
+// for good, a usage write that fails, a second copy of the held message, a stop that lands before the
+// claim, and a run that throws on its way out of a drain. The ports are the real local ones, wrapped
+// to inject the failure (S3 cannot be made to refuse on demand); the synthesizers are stand-ins
+// whose timing the test controls.
+import { afterEach, describe, expect, it } from 'vitest';
+import { EngineError } from '../../gpu-worker/engine/errors.ts';
+import { NonRetryableError, RetryableError } from '../../shared/errors.ts';
+import type { BlobStore, JobStore } from '../../shared/ports.ts';
+import { readUsage } from '../../shared/usage.ts';
+import { OWNER, listKeys, makeEnv, submit, waitFor } from './helpers.ts';
+import { finishedOf, outcome, SqsReceiptRulesQueue, sleep, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
+import type { WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+
+afterEach(stopWorkers);
+
+/** `target` with some methods replaced. */
+function patched<T extends object>(target: T, overrides: Partial<Record<keyof T, (...args: never[]) => unknown>>): T {
+  return new Proxy(target, {
+    get(t, p, r) {
+      if (Object.hasOwn(overrides, p)) return overrides[p as keyof T];
+      const v = Reflect.get(t, p, r);
+      return typeof v === 'function' ? v.bind(t) : v;
+    },
+  });
+}
+
+/** The blob store, failing writes to keys under `prefix` with `error()` while `failing()` says so. */
+function failingWrites(blobs: BlobStore, prefix: string, error: () => Error, failing: () => boolean) {
+  const counts = { failed: 0 };
+  const guard = <A extends [string, ...unknown[]], R>(write: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
+    if (args[0].startsWith(prefix) && failing()) {
+      counts.failed++;
+      throw error();
+    }
+    return write(...args);
+  };
+  const store = patched(blobs, {
+    put: guard(blobs.put.bind(blobs)),
+    putIfAbsent: guard(blobs.putIfAbsent.bind(blobs)),
+    replaceIfMatch: guard(blobs.replaceIfMatch.bind(blobs)),
+  } as never);
+  return { store, counts };
+}
+
+const ofType = <T extends WorkerEvent['type']>(events: WorkerEvent[], type: T) => events.filter((e): e is Extract<WorkerEvent, { type: T }> => e.type === type);
+
+describe('storage faults after a run', () => {
+  it('a passing S3 fault on the images is retried in place: the run is not redone, and the job succeeds on its first attempt', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    let left = 3;
+    const { store, counts } = failingWrites(env.blobs, `outputs/${OWNER}/${job.id}/`, () => new RetryableError('injected: S3 503 SlowDown'), () => left-- > 0);
+    let runs = 0;
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs: store }, stepping(3, 1, () => runs++, [standInImage(0), standInImage(1)]));
+    await waitFor('the job to finish', () => finishedOf(w.events));
+    expect(finishedOf(w.events)).toMatchObject({ outcome: 'succeeded' });
+    expect(counts.failed).toBe(3);
+    expect(runs).toBe(1);
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    expect(rec).toMatchObject({ status: 'succeeded', attempts: 1 });
+    expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([0, 1].map((i) => `outputs/${OWNER}/${job.id}/${i}.png`));
+    expect(ofType(w.events, 'released')).toEqual([]);
+  });
+
+  it('storage that refuses for good (a 403 from a broken policy) fails no job: the message goes back, and after two such jobs the worker is unhealthy and takes no more', async () => {
+    const env = await makeEnv();
+    const jobs = [await submit(env, {}), await submit(env, {}), await submit(env, {})];
+    const { store } = failingWrites(env.blobs, 'outputs/', () => new NonRetryableError('S3 request failed (403 AccessDenied)'), () => true);
+    let runs = 0;
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs: store }, stepping(2, 1, () => runs++, [standInImage(0)]), { resultWriteRetryMs: 300 });
+    await waitFor('unhealthy', () => ofType(w.events, 'unhealthy')[0]);
+    expect(ofType(w.events, 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'machine_failures' }]);
+    await w.worker.stop();
+    expect(runs).toBe(2);
+    const recs = await Promise.all(jobs.map((j) => env.jobs.get(OWNER, j.id)));
+    // None failed: two were tried and given back, the third never taken.
+    expect(recs.map((r) => r!.status)).toEqual(['queued', 'queued', 'queued']);
+    expect(ofType(w.events, 'released').map((e) => e.reason)).toEqual(['retryable_error', 'retryable_error']);
+    expect(await env.queue.depth()).toBe(3);
+    // What an operator reads: why, and that it is the storage.
+    expect(w.logs.find((l) => l.msg === 'job attempt failed')?.fields?.error).toMatchObject({ name: 'StorageFailure', message: expect.stringMatching(/could not store image 0: S3 request failed \(403 AccessDenied\)/) });
+  });
+
+  it('a full disk (ENOSPC) is the machine\'s fault, not the job\'s: retried on every delivery, not failed at once', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, {});
+    const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    const w = start(env, { run: async () => Promise.reject(full) }, { maxMachineFailures: 5 });
+    // Retried on every delivery (3 here), then given up as any retryable failure is; never failed at once as the job's fault.
+    const rec = await waitFor('the job to end', async () => ((await env.jobs.get(OWNER, job.id))!.status === 'failed' ? env.jobs.get(OWNER, job.id) : undefined));
+    expect(rec!.error).toMatchObject({ code: 'retries_exhausted', message: expect.stringMatching(/gave up after 3 attempts/) });
+    expect(ofType(w.events, 'released').map((e) => e.reason)).toEqual(['retryable_error', 'retryable_error']);
+  });
+
+  it('a job that fails on its last delivery after storing some of its images keeps none of them', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    // Image 0 is stored; image 1 never is.
+    const { store } = failingWrites(env.blobs, `outputs/${OWNER}/${job.id}/1.png`, () => new RetryableError('injected: S3 503 SlowDown'), () => true);
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs: store }, stepping(1, 1, undefined, [standInImage(0), standInImage(1)]), { maxReceives: 1, resultWriteRetryMs: 100, maxMachineFailures: 5 });
+    await waitFor('the job to finish', () => finishedOf(w.events));
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', error: { code: 'retries_exhausted' }, outputs: [] });
+    expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([]);
+  });
+});
+
+describe('the usage ledger and the ack', () => {
+  it('a usage write that fails gives the message back instead of acking it; its redelivery records the job once, without running it again', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, {});
+    let left = 1;
+    const { store, counts } = failingWrites(env.blobs, `usage/${OWNER}/`, () => new RetryableError('injected: S3 503 SlowDown'), () => left-- > 0);
+    let runs = 0;
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs: store }, stepping(2, 1, () => runs++, [standInImage(0)]));
+    await waitFor('the redelivery to settle', () => ofType(w.events, 'acked')[0]);
+    expect(counts.failed).toBe(1);
+    expect(ofType(w.events, 'released').map((e) => e.reason)).toEqual(['usage_unrecorded']);
+    expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['already_succeeded']);
+    expect(runs).toBe(1);
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    expect(rec).toMatchObject({ status: 'succeeded', attempts: 1 });
+    expect(await readUsage(env.blobs, OWNER, rec.finished_at!.slice(0, 7))).toEqual([expect.objectContaining({ generations: 1, images: 1, encoder_passes: 7 })]);
+    await waitFor('the queue empty', async () => (await env.queue.depth()) === 0);
+  });
+});
+
+describe('deliveries', () => {
+  it('a second copy of the held message (SQS at-least-once, same message id) neither takes the live run over nor is dropped: it comes back after the lease, and is acked then', async () => {
+    const env = await makeEnv();
+    const sqs = new SqsReceiptRulesQueue(2, 300);
+    const job = await submit({ jobs: env.jobs, queue: sqs }, { steps: 6 });
+    let runs = 0;
+    let finishA!: () => void;
+    const gate = new Promise<void>((r) => (finishA = r));
+    const a = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, { run: async () => (runs++, await gate, outcome(6, false)) }, { visibilityTimeoutSec: 4 });
+    await waitFor('A started', () => ofType(a.events, 'job_started')[0]);
+    const b = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, stepping(6, 1, () => runs++), { visibilityTimeoutSec: 4 });
+    await waitFor('B saw the copy', () => ofType(b.events, 'released')[0]);
+    expect(ofType(b.events, 'released')).toEqual([expect.objectContaining({ reason: 'copy_of_held' })]);
+    expect(ofType(b.events, 'job_started')).toEqual([]);
+    finishA();
+    await waitFor('A done', () => finishedOf(a.events));
+    expect(finishedOf(a.events)).toMatchObject({ outcome: 'succeeded' });
+    // The copy comes back once the lease it saw has run out, finds the job ended, and is acked.
+    // (Either worker may receive it.)
+    const acks = () => [...ofType(a.events, 'acked'), ...ofType(b.events, 'acked')];
+    await waitFor('the copy acked', () => acks().find((e) => e.reason === 'already_succeeded'), 15_000);
+    expect(runs).toBe(1);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'succeeded', attempts: 1 });
+    expect(sqs.left).toBe(0);
+  });
+
+  it('a stop that lands while the record is read sends the job back unclaimed: no attempt is counted, nothing runs', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, {});
+    let stop: (() => Promise<void>) | undefined;
+    let stopped: Promise<void> | undefined;
+    const jobs = patched(env.jobs, {
+      get: (async (owner: string, id: string) => {
+        stopped ??= stop?.();
+        return env.jobs.get(owner, id);
+      }) as never,
+    }) as JobStore;
+    let runs = 0;
+    const w = start({ queue: env.queue, jobs, blobs: env.blobs }, stepping(2, 1, () => runs++));
+    stop = () => w.worker.stop();
+    await waitFor('the stop', () => stopped !== undefined);
+    await stopped;
+    expect(runs).toBe(0);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'queued', attempts: 0, started_at: null });
+    expect(ofType(w.events, 'requeued')).toEqual([expect.objectContaining({ reason: 'drain' })]);
+    // A fresh copy: its next delivery is the first.
+    const [m] = await env.queue.receive({ waitSec: 0 });
+    expect(m!.receiveCount).toBe(1);
+  });
+
+  it('a run that throws on its way out of a drain is requeued, not released: the drain spends no delivery', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, {});
+    const w = start(env, {
+      async run(_job, { signal, onProgress } = {}) {
+        for (let s = 1; ; s++) {
+          if (signal?.aborted) throw new EngineError('runtime_failed', 'session rejected while it was torn down');
+          onProgress?.({ step: s, total: 1000, image: 0 });
+          await sleep(5);
+        }
+      },
+    });
+    await waitFor('started', () => ofType(w.events, 'job_started')[0]);
+    await w.worker.stop();
+    expect(ofType(w.events, 'released')).toEqual([]);
+    expect(ofType(w.events, 'requeued')).toEqual([expect.objectContaining({ reason: 'drain' })]);
+    expect((await env.jobs.get(OWNER, job.id))!.status).toBe('queued');
+    const [m] = await env.queue.receive({ waitSec: 0 });
+    expect(m!.receiveCount).toBe(1);
+  });
+});
