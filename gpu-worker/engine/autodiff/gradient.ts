@@ -4,7 +4,7 @@
 import { EngineError } from '../errors.ts';
 import { A, type DType, type Node, isFloat, numel, tensor } from '../onnx/ir.ts';
 import type { GraphBuilder } from '../onnx/builder.ts';
-import { type GradCtx, getGradientRule, isNotDifferentiable, reduceToShape } from './registry.ts';
+import { type GradCtx, getGradientRule, isNotDifferentiable, reduceToShape, ruleReadsOutput } from './registry.ts';
 
 export interface GradientOptions {
   /** Any float tensor; its gradient is seeded with `seed` (default: ones, i.e. the gradient of its sum). */
@@ -110,6 +110,15 @@ export function appendGradients(b: GraphBuilder, opts: GradientOptions): Map<str
         'unsupported_op',
         `no gradient rule for op ${node.op} (node ${node.name}); it lies on a path from a wrt to the loss "${loss}"`,
         { op: node.op, node: node.name },
+      );
+    }
+    // A gradient into an output the rule does not read would be dropped without a word.
+    const unread = gos.findIndex((g, k) => g !== null && k > 0 && !ruleReadsOutput(node.op, k));
+    if (unread > 0) {
+      throw new EngineError(
+        'not_differentiable',
+        `op ${node.op} (node ${node.name}): its output #${unread} "${node.outputs[unread]}" lies on a path to the loss "${loss}", and the gradient rule reads only its other outputs`,
+        { op: node.op, node: node.name, output: node.outputs[unread] },
       );
     }
     const ctx = makeCtx(b, node, gos, needs);

@@ -46,7 +46,7 @@ export interface GradCtx {
 /** Returns one gradient per forward input (null where none is produced or needed). */
 export type GradRule = (c: GradCtx) => (string | null)[];
 
-const RULES = new Map<string, GradRule>();
+const RULES = new Map<string, { rule: GradRule; outputs: 'all' | readonly number[] }>();
 
 /**
  * Ops that are registered as having no derivative (zero almost everywhere, or integer/bool outputs).
@@ -61,12 +61,21 @@ export const NOT_DIFFERENTIABLE: ReadonlySet<string> = new Set([
   'RandomUniformLike', 'Bernoulli', 'TopK',
 ]);
 
-export function registerGradient(op: string, rule: GradRule): void {
+/**
+ * `outputs`: the outputs whose gradient the rule reads (default: output #0 only). A gradient flowing
+ * into any other output is refused by the compiler, naming it, rather than silently dropped.
+ */
+export function registerGradient(op: string, rule: GradRule, opts: { outputs?: 'all' | readonly number[] } = {}): void {
   if (NOT_DIFFERENTIABLE.has(op)) throw new Error(`op ${op} is registered as not differentiable`);
-  RULES.set(op, rule);
+  RULES.set(op, { rule, outputs: opts.outputs ?? [0] });
 }
 export function getGradientRule(op: string): GradRule | undefined {
-  return RULES.get(op);
+  return RULES.get(op)?.rule;
+}
+/** Whether the rule for `op` reads the gradient of its output #k. */
+export function ruleReadsOutput(op: string, k: number): boolean {
+  const outputs = RULES.get(op)?.outputs;
+  return outputs === 'all' || (outputs?.includes(k) ?? false);
 }
 export function hasGradientRule(op: string): boolean {
   return RULES.has(op);
@@ -471,20 +480,33 @@ registerGradient('LayerNormalization', (c) => {
     if (c.dtype(mean) !== dt) mean = b.cast(mean, dt);
     if (c.dtype(inv) !== dt) inv = b.cast(inv, dt);
   }
-  const g = c.GO(0)!;
-  const xhat = b.mul(b.sub(x, mean), inv);
+  // The statistics' own gradients (a graph that reads Mean or InvStdDev), in the input's dtype.
+  const asDt = (v: string | null) => (v !== null && c.dtype(v) !== dt ? b.cast(v, dt) : v);
+  const g = c.GO(0), gMean = asDt(c.GO(1)), gInv = asDt(c.GO(2));
+  const xc = b.sub(x, mean);
+  const xhat = b.mul(xc, inv);
   const out: (string | null)[] = [null, null, null];
-  if (c.needs(1)) out[1] = c.reduceToShape(b.mul(g, xhat), c.shape(scale));
-  if (c.has(2) && c.needs(2)) out[2] = c.reduceToShape(g, c.shape(c.I(2)));
+  if (g !== null && c.needs(1)) out[1] = c.reduceToShape(b.mul(g, xhat), c.shape(scale));
+  if (g !== null && c.has(2) && c.needs(2)) out[2] = c.reduceToShape(g, c.shape(c.I(2)));
   if (c.needs(0)) {
-    // dX = invstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)), ĝ = dY ⊙ scale, means over the normalized axes.
-    const gh = b.mul(g, scale);
-    const m1 = b.op1('ReduceMean', [gh], { axes: A.ints(normAxes), keepdims: A.i(1) });
-    const m2 = b.op1('ReduceMean', [b.mul(gh, xhat)], { axes: A.ints(normAxes), keepdims: A.i(1) });
-    out[0] = b.mul(b.sub(b.sub(gh, m1), b.mul(xhat, m2)), inv);
+    const n = normAxes.reduce((p, a) => p * xs[a]!, 1);
+    const parts: string[] = [];
+    if (g !== null) {
+      // dX = invstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)), ĝ = dY ⊙ scale, means over the normalized axes.
+      const gh = b.mul(g, scale);
+      const m1 = b.op1('ReduceMean', [gh], { axes: A.ints(normAxes), keepdims: A.i(1) });
+      const m2 = b.op1('ReduceMean', [b.mul(gh, xhat)], { axes: A.ints(normAxes), keepdims: A.i(1) });
+      parts.push(b.mul(b.sub(b.sub(gh, m1), b.mul(xhat, m2)), inv));
+    }
+    // Mean = Σx / n over the normalized axes: each x gets dMean / n.
+    if (gMean !== null) parts.push(b.op1('Expand', [b.mul(gMean, c.scalar(1 / n, dt)), b.ints(xs)]));
+    // InvStdDev = (var + ε)^(−1/2) with var = Σ(x − μ)² / n: d/dx = −InvStdDev³ · (x − μ) / n (μ's own
+    // term sums to zero over the normalized axes).
+    if (gInv !== null) parts.push(b.mul(b.mul(gInv, b.mul(inv, b.mul(inv, inv))), b.mul(xc, c.scalar(-1 / n, dt))));
+    out[0] = parts.length ? parts.reduce((acc, p) => b.add(acc, p)) : null;
   }
   return out;
-});
+}, { outputs: [0, 1, 2] });
 
 // ------------------------------------------------------------------------------------------------
 // Reductions.
@@ -599,7 +621,7 @@ registerGradient('Split', (c) => {
   const axis = normAxis(attrInt(c.attrs, 'axis', 0), c.shape(c.I(0)).length);
   const parts = c.node.outputs.map((o, i) => c.GO(i) ?? c.zeros(c.shape(o)));
   return [parts.length === 1 ? parts[0] : b.concat(parts, axis), null];
-});
+}, { outputs: 'all' });
 
 registerGradient('Slice', (c) => {
   const b = c.b;

@@ -13,10 +13,14 @@ function isIntLike(t: TensorData): boolean {
   return t.dtype === 'int64' || t.dtype === 'int32' || t.dtype === 'bool';
 }
 const get = valueAt;
+const INT64_MAX = 9223372036854775807n;
+const INT64_MIN = -9223372036854775808n;
 function make(like: TensorData['dtype'], dims: number[], values: number[]): TensorData {
   if (like === 'float16') return tensor(like, dims, values); // encoded as half bits
   const data: TypedData = allocData(like, values.length);
-  if (data instanceof BigInt64Array) values.forEach((v, i) => (data[i] = BigInt(Math.trunc(v))));
+  // Folded values are JS numbers: INT64_MAX (a Slice's "to the end") reads as 2^63, which BigInt64Array
+  // would wrap to INT64_MIN. Beyond ±2^63 only the int64 bounds can have been meant.
+  if (data instanceof BigInt64Array) values.forEach((v, i) => (data[i] = v >= 2 ** 63 ? INT64_MAX : v <= -(2 ** 63) ? INT64_MIN : BigInt(Math.trunc(v))));
   else values.forEach((v, i) => ((data as Float32Array)[i] = v));
   return { dtype: like, dims, data };
 }

@@ -106,7 +106,13 @@ function reduceShape(shape: number[], axes: number[] | undefined, keepdims: bool
 }
 /** Axes of a reduce node: opset-13 ReduceSum takes them as input #1, the others (opset 17) as an attribute. */
 export function reduceAxes(c: ShapeCtx): number[] | undefined {
-  if (c.node.op === 'ReduceSum' && c.has(1)) return constInts(c.const(1), 'ReduceSum axes');
+  // The other opset's form would be read here and ignored by ORT or the gradient rule: refused, named.
+  if (c.node.op === 'ReduceSum') {
+    if (c.attr.axes !== undefined) throw new Error('ReduceSum takes its axes as input #1 at opset 13–17, not as an "axes" attribute');
+    return c.has(1) ? constInts(c.const(1), 'ReduceSum axes') : undefined;
+  }
+  if (c.has(1)) throw new Error(`${c.node.op} takes its axes as an "axes" attribute at opset 13–17, not as input #1`);
+  if (c.attr.noop_with_empty_axes !== undefined) throw new Error(`${c.node.op} has no "noop_with_empty_axes" attribute at opset 13–17`);
   return attrInts(c.attr, 'axes');
 }
 const reduce: ShapeRule = (c) => {

@@ -147,6 +147,22 @@ describe('softmax and normalization', () => {
     [{ name: 'x', shape: [4, 6] }, { name: 'g', shape: [6] }, { name: 'bb', shape: [6] }],
     (b, v) => b.op('LayerNormalization', [v.x, v.g, v.bb], { axis: A.i(-1) }, { outputs: 3 })[0],
   ));
+  // A graph that reads the statistics too: their gradients reach x (an export that uses them would
+  // otherwise get a wrong pixel gradient without a word).
+  check('LayerNormalization', 'float32, Y, Mean and InvStdDev all on the loss path', f32(
+    [{ name: 'x', shape: [3, 5] }, { name: 'g', shape: [5] }, { name: 'bb', shape: [5] }],
+    (b, v) => b.op('LayerNormalization', [v.x, v.g, v.bb], { axis: A.i(-1), epsilon: A.f(1e-2) }, { outputs: 3 }),
+  ));
+  check('LayerNormalization', 'float32, Mean only', f32(
+    [{ name: 'x', shape: [3, 5] }, { name: 'g', shape: [5] }],
+    (b, v) => b.op('LayerNormalization', [v.x, v.g], { axis: A.i(-1), epsilon: A.f(1e-2) }, { outputs: 3 })[1]!,
+    { wrt: ['x'] },
+  ));
+  check('LayerNormalization', 'float32, InvStdDev over axes 1.. of [2,3,4]', f32(
+    [{ name: 'x', shape: [2, 3, 4] }, { name: 'g', shape: [3, 4] }],
+    (b, v) => b.op('LayerNormalization', [v.x, v.g], { axis: A.i(1), epsilon: A.f(1e-2) }, { outputs: 3 })[2]!,
+    { wrt: ['x'] },
+  ));
 });
 
 describe('reductions', () => {
@@ -193,6 +209,12 @@ describe('shape ops', () => {
   check('Slice', 'step -1 (reverse) on axis 0', f64([{ name: 'x', shape: [4, 3] }], (b, v) => b.slice(v.x, [-1], [-1000], [0], [-1])));
   check('Slice', 'steps -2 and 3 on two axes', f64([{ name: 'x', shape: [6, 8] }], (b, v) => b.slice(v.x, [5, 1], [0, 8], [0, 1], [-2, 3])));
   check('Slice', 'step -3 ending early, negative axis', f64([{ name: 'x', shape: [2, 9] }], (b, v) => b.slice(v.x, [7], [1], [-1], [-3])));
+  // "To the end" as exporters write it, INT64_MAX, passed through a folded Concat: folding once wrapped it
+  // to INT64_MIN, which made the slice empty and its gradient silently zero.
+  check('Slice', 'ends INT64_MAX through a folded Concat', f64([{ name: 'x', shape: [2, 5] }], (b, v) => {
+    const end = b.op1('Concat', [b.constant(tensor('int64', [1], [9223372036854775807n]), 'end')], { axis: A.i(0) });
+    return b.op1('Slice', [v.x, b.ints([2]), end, b.ints([1])]);
+  }));
   check('Gather', 'axis 0, repeated indices [[0,2],[2,1]]', f64([{ name: 'x', shape: [3, 4] }], (b, v) => b.gather(v.x, ints(b, [0, 2, 2, 1], [2, 2]), 0)));
   check('Gather', 'axis 1, repeated and negative indices', f64([{ name: 'x', shape: [2, 4, 3] }], (b, v) => b.gather(v.x, ints(b, [3, -1, 0, 3, 1], [5]), 1)));
   check('Gather', 'axis -1, scalar index', f64([{ name: 'x', shape: [2, 4] }], (b, v) => b.gather(v.x, ints(b, [2], []), -1)));
@@ -295,6 +317,14 @@ describe('graph-level behaviour', () => {
     const l = b.reduceSum(y, [0], false);
     expect(() => appendGradients(b, { loss: l, wrt: [x, lo] })).toThrow(/op Clip \(node clamp\), input #1 "lo"/);
     expect(appendGradients(b, { loss: l, wrt: [x] }).get(x)).toBeDefined();
+  });
+
+  test('a reduce written in another opset\'s form is refused where it is built, naming the op and the form', () => {
+    const b = new Builder();
+    const x = b.input('x', 'float64', [2, 3]);
+    expect(() => b.op1('ReduceSum', [x], { axes: A.ints([1]) })).toThrow(/ReduceSum takes its axes as input #1 at opset 13–17, not as an "axes" attribute/);
+    expect(() => b.op1('ReduceMean', [x, b.ints([1])])).toThrow(/ReduceMean takes its axes as an "axes" attribute at opset 13–17, not as input #1/);
+    expect(() => b.op1('ReduceMax', [x], { axes: A.ints([1]), noop_with_empty_axes: A.i(1) })).toThrow(/ReduceMax has no "noop_with_empty_axes" attribute/);
   });
 
   test('an inactive non-differentiable op (off the wrt path) and unsupported ops off the path are fine', () => {
