@@ -3,7 +3,7 @@ import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, rea
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
-import { makeStagingFolder } from '../gpu-worker/engine/io/staging.ts';
+import { makeStagingFolder, syncFolder, syncPath } from '../gpu-worker/engine/io/staging.ts';
 import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -134,6 +134,7 @@ export async function replaceFolder<T>(out: string, write: (dir: string) => Prom
   let kept = false;
   try {
     const result = await write(staging);
+    syncFolder(staging);
     const previous = statSync(out, { throwIfNoEntry: false });
     if (previous) chmodSync(staging, previous.mode & 0o7777); // the replaced folder's mode, not mkdtemp's
     try {
@@ -148,6 +149,7 @@ export async function replaceFolder<T>(out: string, write: (dir: string) => Prom
       kept = true;
       throw new EngineError('runtime_failed', `cannot move the new folder into ${out} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); it is kept at ${staging}`, { path: staging });
     }
+    syncPath(dirname(out)); // the swap itself
     rmSync(old, { recursive: true, force: true });
     return result;
   } finally {

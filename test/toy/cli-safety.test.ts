@@ -95,6 +95,31 @@ describe('replaceFolder', () => {
     expect(readdirSync(out)).toEqual(['b.txt']);
     expect(statSync(out).mode & 0o777).toBe(0o750); // the replaced folder's mode is kept
   });
+
+  it('a run killed between the two renames of its swap loses nothing: the next one puts the previous folder back, then replaces it', async () => {
+    const out = join(dir, 'swapped');
+    // What such a run leaves: `out` gone, the previous folder at `.<out>.writing-<pid>-<x>.old`, the new one half-moved.
+    let pid = 900_000;
+    for (;; pid++) {
+      try {
+        process.kill(pid, 0);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ESRCH') break;
+      }
+    }
+    const old = join(dir, `.swapped.writing-${pid}-abc123.old`);
+    mkdirSync(old);
+    writeFileSync(join(old, 'manifest.json'), 'previous');
+    mkdirSync(join(dir, `.swapped.writing-${pid}-abc123`));
+    let seen: string[] = [];
+    await expect(replaceFolder(out, async () => {
+      seen = readdirSync(out); // the previous folder is back before the new one is written
+      throw new Error('interrupted again');
+    })).rejects.toThrow('interrupted again');
+    expect(seen).toEqual(['manifest.json']);
+    expect(readFileSync(join(out, 'manifest.json'), 'utf8')).toBe('previous');
+    expect(readdirSync(dir).filter((n) => n.startsWith('.swapped.'))).toEqual([]);
+  });
 });
 
 describe('outputFile', () => {

@@ -1,6 +1,6 @@
 // Staging folders: a bundle is written next to its destination under a hidden name, then renamed
 // into place, so that a reader never sees half of one. Used by `models import` and the training verbs.
-import { chmodSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 /** A new `.<DIR>.<tag>-<pid>-XXXXXX` folder beside `out`, mode 0755 (mkdtemp makes 0700; the worker's own user reads models). */
@@ -13,7 +13,9 @@ export function makeStagingFolder(out: string, tag: string): string {
 
 /**
  * Removes `.<DIR>.<tag>-<pid>-*` folders beside `out` whose process is gone: a run killed mid-write
- * (Ctrl-C during a synchronous write) cannot clean up after itself.
+ * (Ctrl-C during a synchronous write) cannot clean up after itself. One killed between the two
+ * renames of a swap (`replaceFolder`) left `out` missing and the previous folder at `….old`: that
+ * one is put back, not removed.
  */
 export function removeAbandonedStaging(out: string, tag: string): void {
   const prefix = `.${basename(out)}.${tag}-`;
@@ -27,7 +29,12 @@ export function removeAbandonedStaging(out: string, tag: string): void {
     if (!name.startsWith(prefix)) continue;
     const pid = Number(/^(\d+)-/.exec(name.slice(prefix.length))?.[1]);
     if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) continue; // another run is writing
-    rmSync(join(dirname(out), name), { recursive: true, force: true });
+    const path = join(dirname(out), name);
+    if (name.endsWith('.old') && !existsSync(out)) {
+      renameSync(path, out);
+      continue;
+    }
+    rmSync(path, { recursive: true, force: true });
   }
 }
 
@@ -37,5 +44,28 @@ function processAlive(pid: number): boolean {
     return true;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM'; // alive, another user's
+  }
+}
+
+/**
+ * Flushes a folder's files, and the folder itself, to the disk: what a rename then swaps into place
+ * is there after a power cut, not an empty file under the new name.
+ */
+export function syncFolder(dir: string): void {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) syncFolder(path);
+    else if (entry.isFile()) syncPath(path);
+  }
+  syncPath(dir);
+}
+
+/** fsync of one file or folder (a folder's entry list: a rename in it is then durable). */
+export function syncPath(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }
