@@ -448,7 +448,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
 /**
  * Compiles the graphs a one-prompt job of `size`×`size` uses (the batch-1 text graph, a gradient graph
  * per coarse-to-fine stage for the recipe's views, the batch-16 and batch-1 image graphs of the GMM start
- * and the scoring) by running one step per stage, so a worker's first job does not pay (and is not
+ * and the scoring) by running steps on every stage, so a worker's first job does not pay (and is not
  * billed for) them. `recipe` is the worker's own overrides, so the view count is the jobs'. A job with a
  * negative prompt (two prompt slots) or of another size still compiles its own on first use.
  */
@@ -459,9 +459,11 @@ export async function warmUp(
   options: { maxSteps?: number; signal?: AbortSignal } = {},
 ): Promise<void> {
   // The stages depend on the size alone (given a step for each): one step per stage reaches them all.
-  // A worker's step cap runs fewer, on the stages defaultSchedule picks for that many: warm the same ones.
+  // Two: a session's second run is still slow too (its memory arena grows; 1.3–1.9 s against 0.5 s at
+  // ViT-B/32 dims on the CPU), and the first job would pay it. A worker's step cap runs fewer, on the
+  // stages defaultSchedule picks for that many: warm the same ones.
   const stages = defaultSchedule(size, size, Number.MAX_SAFE_INTEGER, engine.imageSize).length;
-  const steps = Math.min(stages, options.maxSteps ?? Infinity, recipe.steps ?? Infinity);
+  const steps = Math.min(2 * stages, options.maxSteps ?? Infinity, recipe.steps ?? Infinity);
   await synthesize(engine, {
     prompts: [{ text: 'a photo', weight: 1 }],
     width: size,
