@@ -168,6 +168,15 @@ registerGradient('Div', (c) => {
 
 registerGradient('Neg', (c) => [c.b.neg(c.GO(0)!)]);
 registerGradient('Identity', (c) => [c.GO(0)!]);
+// Inference-mode Dropout (no training_mode input, or a constant false one) passes its input through, as
+// exporters leave it in eval-mode graphs. In training mode it is random: no gradient rule fits that.
+registerGradient('Dropout', (c) => {
+  if (c.has(2)) {
+    const mode = c.const(2);
+    if (!mode || valueAt(mode, 0) !== 0) c.notDiff(0, 'a Dropout in training mode (training_mode not a constant false) is random: export the model in eval mode');
+  }
+  return [c.GO(0)!, null, null];
+});
 
 registerGradient('Sum', (c) => c.node.inputs.map((x, i) => (c.needs(i) ? c.reduceToShape(c.GO(0)!, c.shape(x)) : null)));
 registerGradient('Mean', (c) => {

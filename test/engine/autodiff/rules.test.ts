@@ -211,6 +211,8 @@ describe('shape ops', () => {
   check('Slice', 'step -3 ending early, negative axis', f64([{ name: 'x', shape: [2, 9] }], (b, v) => b.slice(v.x, [7], [1], [-1], [-3])));
   // "To the end" as exporters write it, INT64_MAX, passed through a folded Concat: folding once wrapped it
   // to INT64_MIN, which made the slice empty and its gradient silently zero.
+  check('Dropout', 'inference mode: a ratio, no training_mode', f64([{ name: 'x', shape: [2, 3] }], (b, v) => b.op1('Dropout', [v.x, b.constant(tensor('float64', [], [0.5]), 'ratio')])));
+  check('Dropout', 'training_mode a constant false', f64([{ name: 'x', shape: [2, 3] }], (b, v) => b.op1('Dropout', [v.x, b.constant(tensor('float64', [], [0.3]), 'ratio'), b.constant(tensor('bool', [], [0]), 'mode')])));
   check('Slice', 'ends INT64_MAX through a folded Concat', f64([{ name: 'x', shape: [2, 5] }], (b, v) => {
     const end = b.op1('Concat', [b.constant(tensor('int64', [1], [9223372036854775807n]), 'end')], { axis: A.i(0) });
     return b.op1('Slice', [v.x, b.ints([2]), end, b.ints([1])]);
@@ -317,6 +319,15 @@ describe('graph-level behaviour', () => {
     const l = b.reduceSum(y, [0], false);
     expect(() => appendGradients(b, { loss: l, wrt: [x, lo] })).toThrow(/op Clip \(node clamp\), input #1 "lo"/);
     expect(appendGradients(b, { loss: l, wrt: [x] }).get(x)).toBeDefined();
+  });
+
+  test('a Dropout whose training_mode is not a constant false is not differentiable, and says why', () => {
+    const b = new Builder();
+    const x = b.input('x', 'float64', [3]);
+    const mode = b.input('mode', 'bool', []);
+    const y = b.op1('Dropout', [x, b.constant(tensor('float64', [], [0.5]), 'ratio'), mode], {}, { name: 'drop' });
+    const l = b.reduceSum(y, [0], false);
+    expect(() => appendGradients(b, { loss: l, wrt: [x] })).toThrow(/op Dropout \(node drop\).*training mode.*eval mode/);
   });
 
   test('a reduce written in another opset\'s form is refused where it is built, naming the op and the form', () => {
