@@ -86,6 +86,18 @@ describe('refusals', () => {
     expect(err!.message).toMatch(/Hardmax/);
     expect(err!.message).toMatch(/HardSwish/);
   });
+  it('an op without a gradient rule is refused on the path from the image to the output, and accepted where it only builds a constant', () => {
+    const add = model.nodes.find((n) => n.op === 'Add' && n.inputs.some((i) => model.initializers.has(i)))!;
+    const bias = add.inputs.find((i) => model.initializers.has(i))!;
+    // Cos of a weight feeds the path, but no gradient flows through it: it is computed once.
+    const offPath: ModelIR = {
+      ...model,
+      nodes: [{ name: 'cos_of_bias', op: 'Cos', inputs: [bias], outputs: ['cos_bias'], attrs: {} }, ...model.nodes.map((n) => (n === add ? { ...n, inputs: n.inputs.map((i) => (i === bias ? 'cos_bias' : i)) } : n))],
+    };
+    expect(() => inspectForeignTower(offPath)).not.toThrow();
+    const onPath: ModelIR = { ...model, nodes: model.nodes.map((n) => (n.op === 'Sigmoid' ? { ...n, op: 'Cos' } : n)) };
+    expect(() => inspectForeignTower(onPath)).toThrow(/Cos \(no gradient rule\)/);
+  });
   it('refuses onnxruntime-fused com.microsoft ops with export advice', () => {
     const fused = { ...model, nodes: model.nodes.map((n) => (n.op === 'LayerNormalization' ? { ...n, domain: 'com.microsoft', op: 'SkipLayerNormalization' } : n)) };
     expect(() => inspectForeignTower(fused)).toThrow(/com\.microsoft::SkipLayerNormalization.*unoptimized/s);

@@ -45,7 +45,7 @@ export function inspectForeignTower(model: ModelIR, opts: { input?: string; outp
   }
   const o = output.shape;
   if (o.length !== 2 || o[1] <= 0) throw new EngineError('invalid_model', `${where}: output ${output.name} must be [batch, embed_dim]; it is [${o}]`);
-  const problems = listUnsupportedOps(model);
+  const problems = listUnsupportedOps(model, { input: input.name, output: output.name });
   if (problems.length) {
     throw new EngineError('unsupported_op', `${where} uses ops the gradient compiler cannot handle: ${problems.join(', ')}. ` +
       'Export the model unoptimized with the default ONNX domain (e.g. torch.onnx.export, or optimum without --optimize)', { ops: problems });
@@ -56,16 +56,41 @@ export function inspectForeignTower(model: ModelIR, opts: { input?: string; outp
 /**
  * Ops with no shape rule, ops of other domains (onnxruntime's fused com.microsoft ops), and float ops
  * with neither a gradient rule nor a not-differentiable mark. Integer shape plumbing is fine without
- * gradient rules: activity analysis skips it.
+ * gradient rules: activity analysis skips it. Given the image input and the output, only the nodes on
+ * a path between them need a gradient rule: one that builds a constant (a mask from Trilu, say) is
+ * never differentiated.
  */
-export function listUnsupportedOps(model: ModelIR): string[] {
+export function listUnsupportedOps(model: ModelIR, path?: { input: string; output: string }): string[] {
+  const onPath = path ? nodesBetween(model, path.input, path.output) : undefined;
   const out = new Set<string>();
   for (const n of model.nodes) {
     if (n.domain && n.domain !== 'ai.onnx') out.add(`${n.domain}::${n.op} (fused by onnxruntime; not supported)`);
     else if (!SHAPE_RULES[n.op]) out.add(n.op);
-    else if (!hasGradientRule(n.op) && !isNotDifferentiable(n.op) && !SHAPE_ONLY.has(n.op)) out.add(`${n.op} (no gradient rule)`);
+    else if ((!onPath || onPath.has(n)) && !hasGradientRule(n.op) && !isNotDifferentiable(n.op) && !SHAPE_ONLY.has(n.op)) out.add(`${n.op} (no gradient rule)`);
   }
   return [...out].sort();
+}
+
+/** The nodes that read `input` (through any chain) and that `output` depends on. */
+function nodesBetween(model: ModelIR, input: string, output: string): Set<ModelIR['nodes'][number]> {
+  const fromInput = new Set<string>([input]);
+  const reached = new Set<ModelIR['nodes'][number]>();
+  for (const n of model.nodes) {
+    // Nodes are in topological order in a valid model.
+    if (n.inputs.some((i) => fromInput.has(i))) {
+      reached.add(n);
+      for (const o of n.outputs) if (o) fromInput.add(o);
+    }
+  }
+  const needed = new Set<string>([output]);
+  const between = new Set<ModelIR['nodes'][number]>();
+  for (let i = model.nodes.length - 1; i >= 0; i--) {
+    const n = model.nodes[i]!;
+    if (!n.outputs.some((o) => needed.has(o))) continue;
+    for (const x of n.inputs) if (x) needed.add(x);
+    if (reached.has(n)) between.add(n);
+  }
+  return between;
 }
 
 /** Ops that only move integers or build constants in exported graphs. */
