@@ -5,8 +5,10 @@
 //     (imageEmbedGraph) and forward + pixel gradient of Σ w·cos (imageGradientGraph), at ViT-B/32 dims
 //     with random weights (8 and 32 views of 224×224) and for PRESETS.tiny;
 //   - the engine's FLOP rate (MatMul/Gemm/Conv FLOPs counted by walking the emitted graph with static
-//     shapes, divided by the median time) against a 2048³ float32 MatMul run through onnxruntime in the
-//     same run → flop_efficiency;
+//     shapes, divided by the time) against the step's own MLP products run alone, alternating with
+//     the step in rounds of one process → flop_efficiency, the median of the per-round ratios (a 2048³
+//     MatMul in its own process gives the separate-process figures, flop_efficiency_separate_processes
+//     and flop_efficiency_v32, which load that moved between them distorts);
 //   - the same ViT-B/32 8-view step in PyTorch eager (bench/torch_peer.py, Debian python3-torch, 2
 //     threads, OpenBLAS-OpenMP) when it is installed → ratio_vs_torch = engine ms / torch ms.
 // Each configuration runs in its own child process, so its peak RSS is its own (the figure includes the

@@ -8,8 +8,7 @@
 // Not checked here (the decoder still refuses them): palette indices beyond the palette, which need
 // the rows unfiltered.
 
-import { crc32, inflateRaw, inflateRawSync, constants as zlibConstants, type ZlibOptions } from 'node:zlib';
-import { promisify } from 'node:util';
+import { crc32, createInflateRaw, inflateRawSync, type ZlibOptions } from 'node:zlib';
 import { readPngHeader, type PngHeader } from './image-header.ts';
 
 /** The chunks decoding reads: the header, the palette and its transparency, the pixel data, the end. */
@@ -114,7 +113,8 @@ export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = 
   if (idat.length === 0) return fail('no pixel data (IDAT chunk)');
   if (header.colourType === 3) {
     if (palette === 0) return fail('a palette image without a palette (PLTE chunk)');
-    if (palette > 2 ** header.bitDepth) return fail(`a palette of ${palette} entries, more than ${header.bitDepth}-bit indices can address`);
+    // More entries than the bit depth can index is allowed in practice (libpng and fast-png read it).
+    if (palette > 256) return fail(`a palette of ${palette} entries (at most 256)`);
   }
   return { ok: true, layout: { header, decodable: Buffer.concat(kept), deflated: Buffer.concat(idat) } };
 }
@@ -125,31 +125,56 @@ function fail(what: string): { ok: false; reason: string } {
 
 /**
  * Raw inflate past the 2-byte zlib header, as decoders do it: a stream whose Adler-32 trailer is wrong
- * still decodes. A stream cut short yields what it holds, and the length check below refuses it.
+ * still decodes (its presence is checked, not its value). A stream that never reaches its last block
+ * is refused (fast-png refuses it too). `info` reports how much of the input the stream took.
  */
-function inflateOptions(header: PngHeader): ZlibOptions {
-  return { maxOutputLength: pngRawBytes(header) + PNG_INFLATE_SLACK_BYTES + 1, finishFlush: zlibConstants.Z_SYNC_FLUSH };
+function inflateOptions(header: PngHeader): ZlibOptions & { info: true } {
+  return { maxOutputLength: pngRawBytes(header) + PNG_INFLATE_SLACK_BYTES + 1, info: true };
+}
+type InflateInfo = { buffer: Buffer; engine: { bytesWritten: number } };
+const NO_CHECKSUM = 'corrupt PNG: its compressed pixel data has no checksum after its last block (cut short?)';
+
+/**
+ * Reads inflated pixel data as it comes, in pieces of any size: each row must start with a filter
+ * type PNG defines (0–4), and the total must be the header's size (a little more is ignored, as
+ * decoders do). `feed` and `end` say why not, or null.
+ */
+function pixelStreamChecker(header: PngHeader) {
+  const expected = pngRawBytes(header);
+  const { width, height } = header;
+  const passes = pngPasses(header);
+  let pass = 0, row = 0, nextRow = 0, total = 0;
+  return {
+    feed(piece: Uint8Array): string | null {
+      const end = total + piece.length;
+      while (pass < passes.length && nextRow < end) {
+        const filter = piece[nextRow - total]!;
+        if (filter > 4) return `corrupt PNG: unknown row filter ${filter} (the file is damaged)`;
+        nextRow += passes[pass]!.rowBytes;
+        if (++row === passes[pass]!.rows) [pass, row] = [pass + 1, 0];
+      }
+      total = end;
+      if (total > expected + PNG_INFLATE_SLACK_BYTES) return `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`;
+      return null;
+    },
+    end(): string | null {
+      return total < expected ? `corrupt PNG: its pixel data holds ${total} of the ${expected} bytes its ${width}×${height} header declares (cut short?)` : null;
+    },
+  };
 }
 
 /** Why the inflated pixel data does not fit the header, or `null` when it does. */
 function checkInflated(header: PngHeader, inflated: Uint8Array): string | null {
-  const expected = pngRawBytes(header);
-  const { width, height } = header;
-  if (inflated.length > expected + PNG_INFLATE_SLACK_BYTES) return `corrupt PNG: its pixel data inflates to more than the ${expected} bytes its ${width}×${height} header declares`;
-  if (inflated.length < expected) return `corrupt PNG: its pixel data holds ${inflated.length} of the ${expected} bytes its ${width}×${height} header declares (cut short?)`;
-  let at = 0;
-  for (const { rowBytes, rows } of pngPasses(header)) {
-    for (let r = 0; r < rows; r++, at += rowBytes) {
-      if (inflated[at]! > 4) return `corrupt PNG: unknown row filter ${inflated[at]} (the file is damaged)`;
-    }
-  }
-  return null;
+  const rows = pixelStreamChecker(header);
+  return rows.feed(inflated) ?? rows.end();
 }
 
 function inflateFailure(header: PngHeader, e: unknown): string {
-  if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') {
+  const code = (e as { code?: string }).code;
+  if (code === 'ERR_BUFFER_TOO_LARGE') {
     return `corrupt PNG: its pixel data inflates to more than the ${pngRawBytes(header)} bytes its ${header.width}×${header.height} header declares`;
   }
+  if (code === 'Z_BUF_ERROR') return 'corrupt PNG: its compressed pixel data ends before its last block (cut short?)';
   return `corrupt PNG: its pixel data does not inflate (${(e as Error).message})`;
 }
 
@@ -161,11 +186,15 @@ function zlibHeaderProblem(deflated: Uint8Array): string | null {
   return null;
 }
 
-type Inflated = { inflated: Uint8Array } | { error: unknown };
+type Inflated = { info: InflateInfo } | { error: unknown };
 
 function verdict(layout: PngLayout, result: Inflated): PngFileCheck {
-  const { header, decodable } = layout;
-  const why = 'error' in result ? inflateFailure(header, result.error) : checkInflated(header, result.inflated);
+  const { header, decodable, deflated } = layout;
+  let why: string | null;
+  if ('error' in result) why = inflateFailure(header, result.error);
+  // The 4-byte Adler-32 after the stream's last block (past the 2-byte zlib header).
+  else if (deflated.length - 2 - result.info.engine.bytesWritten < 4) why = NO_CHECKSUM;
+  else why = checkInflated(header, result.info.buffer);
   return why ? { ok: false, reason: why } : { ok: true, header, decodable };
 }
 
@@ -178,25 +207,43 @@ export function checkPngFileSync(bytes: Uint8Array, opts: { maxPixels?: number }
   if (bad) return { ok: false, reason: bad };
   let result: Inflated;
   try {
-    result = { inflated: inflateRawSync(deflated.subarray(2), inflateOptions(header)) };
+    result = { info: inflateRawSync(deflated.subarray(2), inflateOptions(header)) as unknown as InflateInfo };
   } catch (error) {
     result = { error };
   }
   return verdict(read.layout, result);
 }
 
-const inflateRawAsync = promisify(inflateRaw) as (buf: Uint8Array, options: ZlibOptions) => Promise<Buffer>;
-
-/** The whole check, inflating off the event loop (the API, which serves other requests meanwhile). */
+/**
+ * The whole check, inflating as a stream off the event loop (the API, which serves other requests
+ * meanwhile): at most a piece of the pixel data is held at a time, whatever size the header declares.
+ */
 export async function checkPngFile(bytes: Uint8Array, opts: { maxPixels?: number } = {}): Promise<PngFileCheck> {
   const read = readPngLayout(bytes, opts);
   if (!read.ok) return read;
-  const { header, deflated } = read.layout;
+  const { header, deflated, decodable } = read.layout;
   const bad = zlibHeaderProblem(deflated);
   if (bad) return { ok: false, reason: bad };
-  const result: Inflated = await inflateRawAsync(deflated.subarray(2), inflateOptions(header)).then(
-    (inflated) => ({ inflated }),
-    (error: unknown) => ({ error }),
-  );
-  return verdict(read.layout, result);
+  const rows = pixelStreamChecker(header);
+  return new Promise<PngFileCheck>((resolve) => {
+    const inflate = createInflateRaw();
+    let settled = false;
+    const settle = (why: string | null) => {
+      if (settled) return;
+      settled = true;
+      inflate.destroy();
+      resolve(why ? { ok: false, reason: why } : { ok: true, header, decodable });
+    };
+    inflate.on('data', (piece: Buffer) => {
+      const why = rows.feed(piece);
+      if (why) settle(why);
+    });
+    inflate.on('error', (e) => settle(inflateFailure(header, e)));
+    inflate.on('end', () => {
+      // The 4-byte Adler-32 after the stream's last block (past the 2-byte zlib header).
+      if (deflated.length - 2 - inflate.bytesWritten < 4) settle(NO_CHECKSUM);
+      else settle(rows.end());
+    });
+    inflate.end(deflated.subarray(2));
+  });
 }

@@ -22,6 +22,9 @@ import { generationFrames, generationView, viewOptionsFromConfig } from '../../s
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
 
+/** How many passed upload checks a process remembers. */
+const CHECKED_UPLOADS_KEPT = 1000;
+
 /** Generations one owner may have queued or running at once, unless the deployment says otherwise. */
 export const DEFAULT_MAX_ACTIVE_JOBS = 100;
 
@@ -276,11 +279,18 @@ export function registerGenerationRoutes(
     if (meta.size > limits.maxUploadBytes) {
       throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
     }
+    // An upload named again (n runs of one init, an estimate then the POST) is not inflated again.
+    if (checkedUploads.get(key) === meta.etag) return;
     const object = await blobs.get(key);
     if (!object) throw new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init');
     const check = await checkPngFile(object.body);
     if (!check.ok) throw new ValidationError(`upload ${uploadId} cannot be an init image: ${check.reason}`, 'init');
+    checkedUploads.delete(key);
+    checkedUploads.set(key, object.etag);
+    if (checkedUploads.size > CHECKED_UPLOADS_KEPT) checkedUploads.delete(checkedUploads.keys().next().value!);
   }
+  /** Uploads whose whole-file check passed, by key, with the etag checked: this process's, oldest first. */
+  const checkedUploads = new Map<string, string>();
 
   /**
    * Marks a queued job `failed` with code `enqueue_failed`, which a retry with the same

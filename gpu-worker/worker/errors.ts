@@ -29,8 +29,11 @@ export type ErrorClass = 'retryable' | 'permanent';
  */
 export class StorageFailure extends Error {
   override readonly name = 'StorageFailure';
-  constructor(readonly what: string, override readonly cause: unknown) {
+  /** The retries stopped because the lease was gone, not because storage kept failing: no mark against the machine. */
+  readonly leaseLost: boolean;
+  constructor(readonly what: string, override readonly cause: unknown, opts: { leaseLost?: boolean } = {}) {
     super(`could not store ${what}: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.leaseLost = opts.leaseLost ?? false;
   }
 }
 
@@ -46,7 +49,7 @@ const MACHINE_SYSTEM_CODES = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EIO', 'EMFIL
  * might run the job; this one will fail every job it takes.
  */
 export function isMachineFailure(error: unknown): boolean {
-  if (error instanceof StorageFailure) return true;
+  if (error instanceof StorageFailure) return !error.leaseLost;
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && MACHINE_SYSTEM_CODES.has(code)) return true;
   return error instanceof EngineError && error.code === 'runtime_unavailable';
@@ -55,7 +58,7 @@ export function isMachineFailure(error: unknown): boolean {
 export function classifyError(error: unknown): ErrorClass {
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && PERMANENT_ENGINE_CODES.has(code)) return 'permanent';
-  if (isMachineFailure(error)) return 'retryable';
+  if (isMachineFailure(error) || error instanceof StorageFailure) return 'retryable';
   if (error instanceof EngineError) return RETRYABLE_ENGINE_CODES.has(error.code) ? 'retryable' : 'permanent';
   // A conditional write that kept losing (job store contention) or a receipt that raced: try again later.
   if (error instanceof PreconditionFailedError) return 'retryable';

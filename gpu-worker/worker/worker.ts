@@ -209,6 +209,10 @@ const MAX_RETRY_DELAY_SEC = 900;
 /** Long enough for a model download and its compiles on a GPU instance; short of the 120 s ECS stop timeout. */
 const DEFAULT_WARM_UP_TIMEOUT_MS = 90_000;
 const DEFAULT_RESULT_WRITE_RETRY_MS = 60_000;
+/** How long a second copy of a held message is put off at most: SQS allows 12 h from its receipt. */
+const COPY_DEFER_MAX_SEC = 11 * 3600;
+/** Without a job time limit, how long a copy is put off (it comes back, sees the job, and is put off again or acked). */
+const COPY_DEFER_DEFAULT_SEC = 3600;
 /** Back-off between result-write tries: 250 ms, doubling, at most 5 s. */
 const RESULT_WRITE_BACKOFF_MS = [250, 5_000] as const;
 
@@ -299,6 +303,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // A run that ignores its abort this long holds the GPU for good: this process must go.
         if (!runEnded) unhealthy('stuck_run', { messageId: m.messageId });
         timer = undefined;
+        held = false; // writes waiting on the lease (resultWriter) stop trying
         return;
       }
       inflight = queue
@@ -369,7 +374,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           if (notStorageTrouble(error)) throw error;
           giveUpAt ??= clock.now() + resultWriteRetryMs;
           const wait = Math.min(RESULT_WRITE_BACKOFF_MS[1], RESULT_WRITE_BACKOFF_MS[0] * 2 ** (tries - 1));
-          if (!lease.held || clock.now() + wait > giveUpAt) throw new StorageFailure(what, error);
+          if (!lease.held) throw new StorageFailure(what, error, { leaseLost: true });
+          if (clock.now() + wait > giveUpAt) throw new StorageFailure(what, error);
           log.warn('result write failed; retrying in place', { what, tries, error: describe(error) });
           await new Promise((resolve) => setTimeout(resolve, wait));
         }
@@ -577,8 +583,12 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * lease has run out: the job has ended by then (the copy is acked) or the holder died (it takes over).
    */
   async function deferCopy(m: ReceivedMessage, msg: QueueMessage, lease: { release(): Promise<void> }, leaseExpiresAt: string | null | undefined): Promise<void> {
+    // Put off past the job's deadline, not just past this lease: the holder renews its lease for as
+    // long as it runs, and every return of the copy would be one more receive towards the redrive
+    // limit (a false dead letter). The copy is never the one that resumes the job: a holder that dies
+    // leaves its own copy, which comes back when its lease runs out.
     const leftSec = Math.ceil((Date.parse(leaseExpiresAt ?? '') - clock.now()) / 1000);
-    const delaySec = Math.min(MAX_RETRY_DELAY_SEC, Math.max(1, leftSec) + Math.ceil(visibilitySec / 4));
+    const delaySec = Math.min(COPY_DEFER_MAX_SEC, Math.max(Math.max(1, leftSec) + Math.ceil(visibilitySec / 4), (jobTimeoutSec ?? COPY_DEFER_DEFAULT_SEC) + visibilitySec));
     log.info('a second copy of the message whose delivery holds the job; it comes back after the lease', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt, delaySec });
     await lease.release();
     await release(m, 'copy_of_held', delaySec);
@@ -868,12 +878,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
       }
       const ended = { stepsDone: outcome.stepsDone, ...(ours && allWithheld ? { error: done.error! } : {}) };
-      // The usage before the ack, with the lease still held: see settleUsage.
-      if (ours && !(await settleUsage(m, msg, done, lease))) return finish(msg, allWithheld ? 'failed' : 'succeeded', ended);
-      await lease.release();
-      await ack(m, ours ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
-      if (ours) {
-        // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
+      // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
+      const recordSample = async () => {
         const key = { model: done.spec.model, width: done.spec.width, height: done.spec.height, start: runStartOf(done.spec.init) };
         const loopSeconds = Math.min(usage.worker_seconds, outcome.timingsMs.optimize / 1000);
         const stageSeconds = (outcome.stages ?? []).reduce((t, st) => t + st.ms / 1000, 0);
@@ -883,7 +889,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           ...(outcome.stages?.length && stageSeconds <= loopSeconds ? { stages: outcome.stages.map((st) => ({ width: st.width, height: st.height, steps: st.steps, seconds: st.ms / 1000 })) } : {}),
         };
         await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { jobId: msg.job_id, error: describe(error) }));
+      };
+      // The usage before the ack, with the lease still held: see settleUsage. (The redelivery that
+      // records the usage then does not know the run's stages: the sample is recorded now.)
+      if (ours && !(await settleUsage(m, msg, done, lease))) {
+        await recordSample();
+        return finish(msg, allWithheld ? 'failed' : 'succeeded', ended);
       }
+      await lease.release();
+      await ack(m, ours ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
+      if (ours) await recordSample();
       return finish(msg, !ours ? 'skipped' : allWithheld ? 'failed' : 'succeeded', ended);
     } catch (error) {
       await lease.release();
@@ -934,10 +949,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       return finish(msg, rec.status === 'canceled' ? 'canceled' : 'failed', { error: jobError });
     } catch (writeError) {
-      // Could not even record the failure (storage down?): hand the message back; at the receive
-      // limit the redrive policy dead-letters it.
-      log.error('could not record the failure; releasing the message', { jobId: msg.job_id, error: describe(writeError) });
-      await release(m, 'failure_unrecorded');
+      // Could not even record the failure (storage down?). The record still says this attempt runs
+      // it, under a lease that lapses with the message's: the message is left to come back then (a
+      // release now would find that lease live and be put off as a copy of the held message, which
+      // spends a delivery). At the receive limit the redrive policy dead-letters it.
+      log.error('could not record the failure; the message comes back when its lease runs out', { jobId: msg.job_id, error: describe(writeError) });
     }
   }
 

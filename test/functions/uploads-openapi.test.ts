@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { deflateSync } from 'node:zlib';
 import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
 import { encode as pngEncode } from 'fast-png';
@@ -77,6 +77,19 @@ describe('POST /v1/uploads', () => {
     }
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
     expect(await h.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
+  });
+  it('an upload checked whole once is not read again while it is unchanged; replaced, it is checked again', async () => {
+    const key = 'uploads/acct_alice/again';
+    await h.blobs.put(key, smallPng(), { contentType: 'image/png' });
+    const gets = vi.spyOn(h.blobs, 'get');
+    const body = { prompt: 'a', init: 'upload:again', strength: 0.5 };
+    expect((await h.request('/v1/generations', { json: body })).status).toBe(202);
+    expect((await h.request('/v1/estimates', { json: body })).status).toBe(200);
+    expect(gets.mock.calls.filter(([k]) => k === key)).toHaveLength(1);
+    await h.blobs.put(key, smallPng().subarray(0, smallPng().length - 20), { contentType: 'image/png' });
+    const err = await expectEnvelope(await h.request('/v1/generations', { json: body }), 400, 'validation_error');
+    expect(err.message).toMatch(/cut short/);
+    gets.mockRestore();
   });
 });
 

@@ -3,7 +3,7 @@
 // so an upload the API lets through does not fail the job later; and the common damage (a file cut
 // short, a flipped bit) is refused with a reason.
 import { describe, expect, it } from 'vitest';
-import { deflateSync } from 'node:zlib';
+import { constants as zlibConstants, deflateRawSync, deflateSync } from 'node:zlib';
 import { encode as pngEncode } from 'fast-png';
 import { checkPngFile, checkPngFileSync, pngRawBytes } from '../../shared/png-check.ts';
 import { decodeImage, encodePng, noiseImage } from '../../gpu-worker/engine/synth/image.ts';
@@ -104,7 +104,10 @@ describe('the whole-file PNG check (API) agrees with the engine decoder (worker)
       ['a broken deflate stream', handMadePng(2, 2, Buffer.from([0x78, 0x9c, 0xff, 0xff, 0xff])), /does not inflate/],
       ['no IDAT', Buffer.concat([Uint8Array.from(handMadePng(2, 2, new Uint8Array(0))).subarray(0, 33), pngChunk('IEND', new Uint8Array(0))]), /no pixel data/],
       ['a palette image without a palette', pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3))), /without a palette/],
-      ['a 2-bit palette of 5 entries', pngOf(2, 2, 2, 3, 0, deflateSync(Buffer.alloc(2 * 2)), [['PLTE', new Uint8Array(15)]]), /5 entries, more than 2-bit indices can address/],
+      ['a palette of 257 entries', pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3)), [['PLTE', new Uint8Array(771)]]), /257 entries \(at most 256\)/],
+      // Every row there, but a stream that never ends, or ends without its checksum: decoders refuse both.
+      ['a stream without its last block', handMadePng(2, 2, Buffer.concat([Buffer.from([0x78, 0x9c]), deflateRawSync(Buffer.alloc(2 * 7), { finishFlush: zlibConstants.Z_SYNC_FLUSH })])), /ends before its last block/],
+      ['a stream without its checksum', handMadePng(2, 2, deflateSync(Buffer.alloc(2 * 7)).subarray(0, -4)), /no checksum after its last block/],
     ];
     for (const [name, bytes, why] of cases) {
       const v = await verdicts(bytes);
@@ -120,7 +123,9 @@ describe('the whole-file PNG check (API) agrees with the engine decoder (worker)
     expect((await verdicts(split)).reason).toMatch(/IDAT chunks are not consecutive/);
   });
 
-  it('takes what decoders take: a wrong zlib trailer, a damaged ancillary chunk, stray bytes after the rows', async () => {
+  it('takes what decoders take: a wrong zlib trailer, a damaged ancillary chunk, stray bytes after the rows, a palette longer than its bit depth indexes', async () => {
+    const wide = pngOf(2, 2, 4, 3, 0, deflateSync(Buffer.alloc(2 * 2)), [['PLTE', new Uint8Array(768)]]);
+    expect(await verdicts(wide), '4-bit, 256 entries').toEqual({ api: true, sync: true, engine: true });
     const rows = Buffer.alloc(2 * 7);
     const trailer = Buffer.from(deflateSync(rows));
     trailer[trailer.length - 1]! ^= 0xff;

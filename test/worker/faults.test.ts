@@ -8,6 +8,7 @@ import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { NonRetryableError, RetryableError } from '../../shared/errors.ts';
 import type { BlobStore, JobStore } from '../../shared/ports.ts';
 import { readUsage } from '../../shared/usage.ts';
+import { readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import { OWNER, listKeys, makeEnv, submit, waitFor } from './helpers.ts';
 import { finishedOf, outcome, SqsReceiptRulesQueue, sleep, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
 import type { WorkerEvent } from '../../gpu-worker/worker/worker.ts';
@@ -121,21 +122,24 @@ describe('the usage ledger and the ack', () => {
     const rec = (await env.jobs.get(OWNER, job.id))!;
     expect(rec).toMatchObject({ status: 'succeeded', attempts: 1 });
     expect(await readUsage(env.blobs, OWNER, rec.finished_at!.slice(0, 7))).toEqual([expect.objectContaining({ generations: 1, images: 1, encoder_passes: 7 })]);
+    // The run's time still reached the estimates (the redelivery would not know it).
+    expect(await readRunSamples(env.blobs, { model: rec.spec.model, width: rec.spec.width, height: rec.spec.height, start: runStartOf(rec.spec.init) })).toHaveLength(1);
     await waitFor('the queue empty', async () => (await env.queue.depth()) === 0);
   });
 });
 
 describe('deliveries', () => {
-  it('a second copy of the held message (SQS at-least-once, same message id) neither takes the live run over nor is dropped: it comes back after the lease, and is acked then', async () => {
+  it('a second copy of the held message (SQS at-least-once, same message id) neither takes the live run over nor is dropped: it comes back once, after the job\'s deadline, and is acked then', async () => {
     const env = await makeEnv();
     const sqs = new SqsReceiptRulesQueue(2, 300);
     const job = await submit({ jobs: env.jobs, queue: sqs }, { steps: 6 });
     let runs = 0;
     let finishA!: () => void;
     const gate = new Promise<void>((r) => (finishA = r));
-    const a = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, { run: async () => (runs++, await gate, outcome(6, false)) }, { visibilityTimeoutSec: 4 });
+    // (A 6 s time limit: the copy is put off past the job's deadline, so that it comes back once at most.)
+    const a = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, { run: async () => (runs++, await gate, outcome(6, false)) }, { visibilityTimeoutSec: 4, jobTimeoutSec: 6 });
     await waitFor('A started', () => ofType(a.events, 'job_started')[0]);
-    const b = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, stepping(6, 1, () => runs++), { visibilityTimeoutSec: 4 });
+    const b = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, stepping(6, 1, () => runs++), { visibilityTimeoutSec: 4, jobTimeoutSec: 6 });
     await waitFor('B saw the copy', () => ofType(b.events, 'released')[0]);
     expect(ofType(b.events, 'released')).toEqual([expect.objectContaining({ reason: 'copy_of_held' })]);
     expect(ofType(b.events, 'job_started')).toEqual([]);
@@ -145,7 +149,9 @@ describe('deliveries', () => {
     // The copy comes back once the lease it saw has run out, finds the job ended, and is acked.
     // (Either worker may receive it.)
     const acks = () => [...ofType(a.events, 'acked'), ...ofType(b.events, 'acked')];
-    await waitFor('the copy acked', () => acks().find((e) => e.reason === 'already_succeeded'), 15_000);
+    await waitFor('the copy acked', () => acks().find((e) => e.reason === 'already_succeeded'), 25_000);
+    // It came back once: no climb towards the redrive limit while the holder ran.
+    expect(ofType(b.events, 'released').length + ofType(a.events, 'released').length).toBe(1);
     expect(runs).toBe(1);
     expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'succeeded', attempts: 1 });
     expect(sqs.left).toBe(0);

@@ -177,7 +177,7 @@ describe('drain and lease', () => {
   it('the held message itself coming back is never taken for a duplicate (a failure that could not be recorded)', async () => {
     const env = await makeEnv();
     // The run fails retryably, then the write that would put the job back to queued fails once: the
-    // worker releases its message with the record still `running` under a fresh lease.
+    // worker cannot put the job back, and its record stays `running` under a fresh lease.
     let failQueuedWrites = 1;
     const jobs = new Proxy(env.jobs, {
       get(target, prop, receiver) {
@@ -200,10 +200,13 @@ describe('drain and lease', () => {
         if (runs === 1) throw new RetryableError('injected: GPU hiccup');
         return outcome(6, false);
       },
-    });
+    }, { visibilityTimeoutSec: 2 });
     const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
     expect([done.status, runs]).toEqual(['succeeded', 2]);
     expect(w.events.some((e) => e.type === 'acked' && e.reason === 'duplicate_of_running')).toBe(false);
+    // Left to come back when its lease ran out: taken over at once, no delivery spent on a deferral.
+    expect(w.events.filter((e) => e.type === 'released')).toEqual([]);
+    expect(w.events.filter((e) => e.type === 'received').map((e) => (e as { receiveCount: number }).receiveCount)).toEqual([1, 2]);
   });
 
   it('the record lease is renewed with the heartbeat; after a crash it runs out with the message, and the redelivery takes over', async () => {

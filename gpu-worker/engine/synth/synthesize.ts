@@ -459,9 +459,11 @@ export async function warmUp(
   options: { maxSteps?: number; signal?: AbortSignal } = {},
 ): Promise<void> {
   // The stages depend on the size alone (given a step for each): one step per stage reaches them all.
-  // Two: a session's second run is still slow too (its memory arena grows; 1.3–1.9 s against 0.5 s at
-  // ViT-B/32 dims on the CPU), and the first job would pay it. A worker's step cap runs fewer, on the
-  // stages defaultSchedule picks for that many: warm the same ones.
+  // Twice as many steps as stages: a session's second run is still slow too (its memory arena grows;
+  // 1.3–1.9 s against 0.5 s at ViT-B/32 dims on the CPU), and the first job would pay it. The
+  // schedule gives every stage two of them up to 3 stages, which the worker's default sizes never
+  // pass; past that the last stages get one. A worker's step cap runs fewer, on the stages
+  // defaultSchedule picks for that many: warm the same ones.
   const stages = defaultSchedule(size, size, Number.MAX_SAFE_INTEGER, engine.imageSize).length;
   const steps = Math.min(2 * stages, options.maxSteps ?? Infinity, recipe.steps ?? Infinity);
   await synthesize(engine, {
