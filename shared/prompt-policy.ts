@@ -34,6 +34,11 @@ const PolicyRule = z
     action: z.enum(['refuse', 'flag']),
     /** Up to 6 words each (prompts are matched on runs of up to 6 words). */
     terms: z.array(z.string().min(1).max(100)).min(1).max(2000),
+    /**
+     * Phrases that take a match back when they cover it: "nurse shark" for the term "nurse", "naruto
+     * strait" for "naruto". Each is matched as whole words, like a term.
+     */
+    unless: z.array(z.string().min(1).max(100)).max(2000).optional(),
   })
   .strict();
 
@@ -94,7 +99,11 @@ export const PromptPolicyDocument = z
         if (words === 0) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must contain a letter or digit' });
         if (words > MAX_TERM_WORDS) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: `a term has at most ${MAX_TERM_WORDS} words` });
         // A prompt is matched phrase by phrase, so a term spanning a break could never match.
-        if (PHRASE_BREAK.test(term)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must not contain , ; : . ! ? / | brackets or quotes (write "mr bean", not "mr. bean")' });
+        if (TERM_FORBIDDEN.test(term)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must not contain , ; : . ! ? / | brackets or quotes (write "mr bean", not "mr. bean")' });
+      });
+      (rule.unless ?? []).forEach((phrase, j) => {
+        if (normalizeText(phrase) === '') ctx.addIssue({ code: 'custom', path: ['rules', i, 'unless', j], message: 'an unless phrase must contain a letter or digit' });
+        if (TERM_FORBIDDEN.test(phrase)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'unless', j], message: 'an unless phrase must not contain , ; : . ! ? / | brackets or quotes' });
       });
     });
   });
@@ -122,16 +131,39 @@ export interface PolicyHit {
  * its look-alike forms (lookalikeForms).
  */
 export function normalizeText(text: string): string {
-  return cleanClipText(text)
+  const folded = cleanClipText(text)
     .replace(/\p{Default_Ignorable_Code_Point}/gu, '')
     // Apostrophes join (a possessive goes): "pikachu's" reads "pikachu", "McDonald's" "mcdonald".
     .replace(/['\u2019]s\b/gu, '')
     .replace(/['\u2019]/gu, '')
     .normalize('NFKD')
-    .replace(/\p{M}+/gu, '')
+    // Accents are marks on Latin, Greek and Cyrillic letters. Elsewhere a mark is part of the letter:
+    // Japanese バ is ハ with a voicing mark, and a Devanagari vowel sign is a vowel.
+    .replace(/([\p{sc=Latin}\p{sc=Greek}\p{sc=Cyrillic}])\p{M}+/gu, '$1')
     .toLowerCase()
-    .replace(/[^\p{L}\p{N}]+/gu, ' ')
+    .replace(/[^\p{L}\p{N}\p{M}]+/gu, ' ')
     .trim();
+  return splitRuns(folded);
+}
+
+/** Scripts written without spaces between words: a term in one is found inside a run of it. */
+const NO_SPACE_SCRIPT = /[\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Thai}\p{scx=Lao}\p{scx=Khmer}\p{scx=Myanmar}]/u;
+
+/**
+ * Splits where the model's tokenizer splits without a space: between letters and digits
+ * ("pikachu2" is "pikachu 2" to CLIP) and between a script written without spaces and any other
+ * ("Pikachuのぬいぐるみ"). A mark goes with the letter before it.
+ */
+function splitRuns(text: string): string {
+  let out = '';
+  let prev = 0; // 0 space, 1 letter, 2 digit, 3 a script without spaces
+  for (const ch of text) {
+    const kind = ch === ' ' ? 0 : /\p{M}/u.test(ch) ? prev : NO_SPACE_SCRIPT.test(ch) ? 3 : /\p{N}/u.test(ch) ? 2 : 1;
+    if (prev !== 0 && kind !== 0 && kind !== prev) out += ' ';
+    out += ch;
+    prev = kind;
+  }
+  return out;
 }
 
 const LOOKALIKES: Readonly<Record<string, string>> = TR39_CONFUSABLES;
@@ -161,10 +193,26 @@ function lookalikeForms(text: string): string[] {
 }
 
 /**
- * Where a phrase cannot run across: sentence and list punctuation. "bugs, bunny" is two phrases;
- * "Spider-Man" and "McDonald's" stay one.
+ * Where a phrase cannot run across: a comma or semicolon, and sentence punctuation next to a space.
+ * "bugs, bunny" and "Batman. Superman" are two phrases each; "Spider-Man", "spider.man",
+ * "McDonald's" and "Mickey (Mouse)" stay one (the model reads each as the name).
  */
-const PHRASE_BREAK = /[,;:.!?|/()[\]{}"“”«»\n]+/u;
+const PHRASE_BREAK = /[,;\n]+|\s+[.:!?|/]+|[.:!?|/]+(?=\s|$)/u;
+
+/** What a term or an unless phrase may not contain: the characters that can break a phrase. */
+const TERM_FORBIDDEN = /[,;:.!?|/()[\]{}"“”«»\n]/u;
+
+/** Punctuation inside a word ("Bat-Man", "spider.man", "pika_chu"): also read with it removed. */
+const INSIDE_WORD_PUNCTUATION = /(?<=[\p{L}\p{N}])[^\p{L}\p{N}\p{M}\s]+(?=[\p{L}\p{N}])/gu;
+
+/** A word as written and as the singular it may be the plural of ("pikachus", "spidermen", "doctors"). */
+function wordForms(word: string): string[] {
+  const forms = [word];
+  if (word.length > 4 && word.endsWith('men')) forms.push(`${word.slice(0, -3)}man`);
+  if (word.length > 3 && word.endsWith('es')) forms.push(word.slice(0, -2));
+  if (word.length > 2 && word.endsWith('s')) forms.push(word.slice(0, -1));
+  return forms;
+}
 
 /** Most words a term may have: spans of a prompt are looked up up to this length. */
 const MAX_TERM_WORDS = 6;
@@ -233,16 +281,21 @@ export function compileOutputScreen(rules: PromptPolicyDocument['output_rules'] 
 interface IndexedTerm {
   rule: PromptPolicyDocument['rules'][number];
   term: string;
-  words: number;
+  /** The term's words, folded. */
+  words: string[];
 }
 
 export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   // Terms by their letters without spaces. A span of the prompt matches a term when it is the term's
   // words (any punctuation or spacing between them inside one phrase), or one word that is the term
   // run together: "Spider-Man", "spider man" and "spiderman" match "spider man"; "spider mango",
-  // "to toro" (for "totoro") and "a super man" (for "superman") do not.
+  // "to toro" (for "totoro") and "a super man" (for "superman") do not. Punctuation inside a word is
+  // also read as nothing ("Bat-Man" is "batman"), and a span's last word may be a plural.
   const index = new Map<string, IndexedTerm[]>();
+  // Terms in scripts written without spaces, found inside runs of them ("バットマンの絵").
+  const inside: Array<{ key: string; entry: IndexedTerm }> = [];
   const order = new Map(doc.rules.map((rule, i) => [rule.id, i]));
+  const unless = new Map(doc.rules.map((rule) => [rule.id, (rule.unless ?? []).map((u) => normalizeText(u).split(' ').filter(Boolean)).filter((w) => w.length > 0)]));
   for (const rule of doc.rules) {
     for (const term of rule.terms) {
       // A term in another script ("путин") is also found spelled with Latin look-alikes ("пyтин").
@@ -250,13 +303,22 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         const folded = normalizeText(form);
         if (folded === '') continue;
         const key = folded.replace(/ /g, '');
-        const entry = { rule, term, words: folded.split(' ').length };
+        const entry = { rule, term, words: folded.split(' ') };
+        if (NO_SPACE_SCRIPT.test(key)) inside.push({ key, entry });
         const list = index.get(key);
         if (list) list.push(entry);
         else index.set(key, [entry]);
       }
     }
   }
+  /** Whether one of the rule's unless phrases lies over words[i..j]. */
+  const excepted = (ruleId: string, words: string[], i: number, j: number) =>
+    unless.get(ruleId)!.some((u) => {
+      for (let k = Math.max(0, i - u.length + 1); k <= Math.min(j, words.length - u.length); k++) {
+        if (u.every((w, n) => wordForms(words[k + n]!).includes(w))) return true;
+      }
+      return false;
+    });
   const output = compileOutputScreen(doc.output_rules);
   return {
     output,
@@ -264,21 +326,32 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
       const hits: PolicyHit[] = [];
       for (const { text, param } of prompts) {
         const seen = new Set<string>();
+        const hit = (t: IndexedTerm) => {
+          seen.add(t.rule.id);
+          hits.push({ rule: t.rule.id, category: t.rule.category, action: t.rule.action, term: t.term, message: t.rule.message, param });
+        };
         // As written, and with letters of other scripts that look like Latin ones read as those
-        // ("Ріkachu" in Cyrillic Р and і): the model may read either as the name.
-        for (const phrase of lookalikeForms(text).flatMap((t) => t.split(PHRASE_BREAK))) {
+        // ("Ріkachu" in Cyrillic Р and і): the model may read either as the name. Each phrase as
+        // written and with punctuation inside its words taken out.
+        const phrases = lookalikeForms(text).flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
+        for (const phrase of new Set(phrases)) {
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';
             for (let j = i; j < Math.min(words.length, i + MAX_TERM_WORDS); j++) {
-              joined += words[j];
               const spanWords = j - i + 1;
-              for (const t of index.get(joined) ?? []) {
-                if ((spanWords === 1 || spanWords === t.words) && !seen.has(t.rule.id)) {
-                  seen.add(t.rule.id);
-                  hits.push({ rule: t.rule.id, category: t.rule.category, action: t.rule.action, term: t.term, message: t.rule.message, param });
+              for (const last of wordForms(words[j]!)) {
+                for (const t of index.get(joined + last) ?? []) {
+                  if (seen.has(t.rule.id)) continue;
+                  // One word run together, or the term's own words (a joined "hell okitty" is not "hello kitty").
+                  const same = spanWords === 1 || (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
+                  if (same && !excepted(t.rule.id, words, i, j)) hit(t);
                 }
               }
+              joined += words[j];
+            }
+            if (NO_SPACE_SCRIPT.test(words[i]!)) {
+              for (const { key, entry } of inside) if (!seen.has(entry.rule.id) && words[i]!.includes(key)) hit(entry);
             }
           }
         }
@@ -311,7 +384,11 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'wonder woman', 'tony stark', 'captain america', 'incredible hulk', 'darth vader', 'yoda', 'hello kitty', 'super mario',
         'sonic the hedgehog', 'shrek', 'harry potter', 'homer simpson', 'bart simpson', 'spongebob', 'bugs bunny',
         'scooby doo', 'garfield the cat', 'buzz lightyear', 'elsa from frozen', 'totoro', 'naruto', 'goku',
+        // Other spellings and names people use for them.
+        'sponge bob', 'micky mouse', 'micky maus', 'hombre arana',
       ],
+      // Places named like them.
+      unless: ['naruto strait', 'naruto straits', 'naruto whirlpool', 'naruto bridge'],
     },
     {
       id: 'brand-logos',
@@ -320,7 +397,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       message: 'asks for a brand\'s logo or trade dress; trademarks are not ours to reproduce',
       terms: [
         'nike logo', 'adidas logo', 'apple logo', 'google logo', 'microsoft logo', 'amazon logo', 'coca cola logo',
-        'pepsi logo', 'mcdonalds logo', "mcdonald's logo", 'starbucks logo', 'disney logo', 'netflix logo', 'facebook logo',
+        'pepsi logo', 'mcdonalds logo', "mcdonald's logo", 'mc donalds logo', "mc donald's logo", 'starbucks logo', 'disney logo', 'netflix logo', 'facebook logo',
         'instagram logo', 'tesla logo', 'louis vuitton', 'gucci logo', 'chanel logo', 'olympic rings',
       ],
     },
@@ -343,7 +420,9 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       terms: [
         'donald trump', 'joe biden', 'barack obama', 'kamala harris', 'vladimir putin', 'xi jinping', 'elon musk',
         'mark zuckerberg', 'bill gates', 'taylor swift', 'beyonce', 'kim kardashian', 'pope', 'king charles', 'emmanuel macron',
+        'trump', 'obama',
       ],
+      unless: ['trump card', 'king charles spaniel', 'cavalier king charles'],
     },
     {
       id: 'people-by-group',
@@ -355,6 +434,11 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'indian woman', 'indian man', 'muslim', 'jewish', 'christian', 'hindu', 'gay', 'lesbian', 'transgender', 'disabled',
         'immigrant', 'refugee', 'poor people', 'rich people',
       ],
+      // Animals, plants, fruit and names that carry the word.
+      unless: [
+        'african elephant', 'asian elephant', 'african grey', 'african violet', 'african lion', 'african wild dog', 'asian pear',
+        'arab horse', 'christian dior', 'hans christian andersen', 'christian louboutin',
+      ],
     },
     {
       id: 'people-by-occupation',
@@ -364,6 +448,11 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       terms: [
         'doctor', 'nurse', 'ceo', 'engineer', 'scientist', 'programmer', 'teacher', 'secretary', 'pilot', 'lawyer',
         'housekeeper', 'janitor', 'criminal', 'terrorist', 'thug', 'prisoner', 'beautiful woman', 'attractive person',
+      ],
+      // Animals, things and titles that carry the word.
+      unless: [
+        'nurse shark', 'pilot whale', 'pilot light', 'pilot episode', 'secretary bird', 'doctor fish', 'doctor who',
+        'engineer boots', 'criminal court', 'prisoner of azkaban',
       ],
     },
   ],

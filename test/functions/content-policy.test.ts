@@ -79,6 +79,51 @@ describe('matching', () => {
     }
   });
 
+  it('splits words where the model\'s tokenizer does: a digit against a name, a script written without spaces against another', () => {
+    for (const text of ['pikachu2 on a hill', 'batman1989 poster', 'spiderman2099', '3pikachu', 'Pokemon2', 'Pikachu\u306e\u306c\u3044\u3050\u308b\u307f']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    }
+    expect(normalizeText('pikachu2')).toBe('pikachu 2');
+  });
+
+  it('reads a name joined by punctuation inside a word, or put in brackets, as the name', () => {
+    for (const text of ['spider.man on a roof', 'harry.potter', 'spider/man', 'Mickey (Mouse) waving', 'mickey&#46;mouse', 'Bat-Man of Gotham, 1939 comic', 'Super-Man', 'pika-chu', 'to-toro', 'spider_man']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    // Sentence punctuation next to a space still ends a phrase.
+    for (const text of ['the end. man walking', 'spider: man of the year']) expect(rulesHit(text), text).toEqual([]);
+  });
+
+  it('reads a plural as its singular', () => {
+    for (const text of ['two pikachus', 'spidermen on a wall', 'nike logos']) expect(rulesHit(text).slice(0, 1), text).toEqual([expect.stringMatching(/^refuse /)]);
+    for (const text of ['a group of nurses', 'doctors at work', 'CEOs', 'immigrants']) expect(rulesHit(text), text).toEqual([expect.stringMatching(/^flag people-by-/)]);
+  });
+
+  it('a span of several words must be the term\'s own words, not the same letters split elsewhere', () => {
+    for (const text of ['hell okitty', 'kingc harles', 'ros stran']) expect(rulesHit(text), text).toEqual([]);
+  });
+
+  it('takes a match back where a rule\'s unless phrase covers it, and only there', () => {
+    for (const text of ['a nurse shark on a coral reef', 'two pilot whales', 'secretary bird hunting a snake', 'an African elephant at dusk', 'the Naruto Strait whirlpools at sunset', 'a Cavalier King Charles spaniel puppy', 'a trump card']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+    expect(rulesHit('a nurse feeding a nurse shark')).toEqual(['flag people-by-occupation']);
+    expect(rulesHit('naruto on the Naruto bridge')).toEqual(['refuse protected-characters']);
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ id: 'r', category: 'bias', action: 'flag', message: 'm', terms: ['x'], unless: ['x. y'] }] }).success).toBe(false);
+  });
+
+  it('keeps the marks that are part of a letter outside Latin, Greek and Cyrillic, and finds a term inside a run of a script written without spaces', () => {
+    const doc = (terms: string[]) => compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'copyright', action: 'refuse', message: 'm', terms }] }));
+    const japanese = doc(['\u30d0\u30c3\u30c8\u30de\u30f3']); // バットマン
+    const hits = (p: ReturnType<typeof doc>, text: string) => p.screen([{ text, param: 'prompt' }]).length;
+    expect(hits(japanese, '\u30d0\u30c3\u30c8\u30de\u30f3\u306e\u7d75')).toBe(1); // バットマンの絵, "a picture of Batman"
+    expect(hits(japanese, '\uff8a\uff9e\uff6f\uff84\uff8f\uff9d')).toBe(1); // the same in half-width katakana
+    expect(hits(japanese, '\u30cf\u30c3\u30c8\u30de\u30f3')).toBe(0); // ハットマン, "hat man": no voicing mark
+    const hindi = doc(['\u0917\u093e\u0902\u0927\u0940']); // गांधी
+    expect(hits(hindi, '\u0917\u093e\u0902\u0927\u0940 \u091c\u0940')).toBe(1);
+    expect(hits(hindi, '\u0917\u0927\u093e')).toBe(0); // गधा, "donkey"
+  });
+
   it('puts refusals first and reports every rule a prompt meets', () => {
     // Refusals first, then in the policy's rule order (not the prompt's word order).
     expect(rulesHit('a nurse with a pikachu, in the style of greg rutkowski')).toEqual(['refuse protected-characters', 'flag living-artists', 'flag people-by-occupation']);
