@@ -578,9 +578,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   const retryDelaySec = (m: ReceivedMessage) => Math.min(MAX_RETRY_DELAY_SEC, (config.retryDelaySec ?? 0) * m.receiveCount);
 
   /**
-   * A second copy of the held message: it neither runs the job nor is acked, since near the end of
-   * the lease it may be the job's only message left (its holder just died). It comes back once the
-   * lease has run out: the job has ended by then (the copy is acked) or the holder died (it takes over).
+   * A second copy of the held message: it neither runs the job nor is acked (SQS may delete the
+   * holder's copy with it, and a holder that then died would leave the job no message). It comes back
+   * after the job's deadline: the job has ended by then (the copy is acked), or its holder died and
+   * its own copy has taken over.
    */
   async function deferCopy(m: ReceivedMessage, msg: QueueMessage, lease: { release(): Promise<void> }, leaseExpiresAt: string | null | undefined): Promise<void> {
     // Put off past the job's deadline, not just past this lease: the holder renews its lease for as
