@@ -133,6 +133,9 @@ export interface PolicyHit {
 export function normalizeText(text: string): string {
   const folded = cleanClipText(text)
     .replace(/\p{Default_Ignorable_Code_Point}/gu, '')
+    // A symbol or number sign that folds to several letters ("™" to "tm", "Ⅱ" to "ii") stands apart:
+    // glued to a name it must not become part of it. One that folds to one letter (ⓟ, 🄿) stays.
+    .replace(/[\p{S}\p{Nl}\p{No}]/gu, (c) => ([...c.normalize('NFKD')].length > 1 ? ` ${c} ` : c))
     // Apostrophes join (a possessive goes): "pikachu's" reads "pikachu", "McDonald's" "mcdonald".
     .replace(/['\u2019]s\b/gu, '')
     .replace(/['\u2019]/gu, '')
@@ -149,16 +152,19 @@ export function normalizeText(text: string): string {
 /** Scripts written without spaces between words: a term in one is found inside a run of it. */
 const NO_SPACE_SCRIPT = /[\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Thai}\p{scx=Lao}\p{scx=Khmer}\p{scx=Myanmar}]/u;
 
+/** Latin and the scripts whose letters pass for Latin ones: kept together (a look-alike spelling mixes them). */
+const LATIN_LIKE = /[\p{sc=Latin}\p{sc=Greek}\p{sc=Cyrillic}\p{sc=Armenian}\p{sc=Cherokee}]/u;
+
 /**
  * Splits where the model's tokenizer splits without a space: between letters and digits
- * ("pikachu2" is "pikachu 2" to CLIP) and between a script written without spaces and any other
- * ("Pikachuのぬいぐるみ"). A mark goes with the letter before it.
+ * ("pikachu2" is "pikachu 2" to CLIP), and between Latin letters and those of another script
+ * ("Pikachuのぬいぐるみ", "Pikachu를"). A mark goes with the letter before it.
  */
 function splitRuns(text: string): string {
   let out = '';
-  let prev = 0; // 0 space, 1 letter, 2 digit, 3 a script without spaces
+  let prev = 0; // 0 space, 1 a Latin-like letter, 2 digit, 3 a script without spaces, 4 another script
   for (const ch of text) {
-    const kind = ch === ' ' ? 0 : /\p{M}/u.test(ch) ? prev : NO_SPACE_SCRIPT.test(ch) ? 3 : /\p{N}/u.test(ch) ? 2 : 1;
+    const kind = ch === ' ' ? 0 : /\p{M}/u.test(ch) ? prev : NO_SPACE_SCRIPT.test(ch) ? 3 : /\p{N}/u.test(ch) ? 2 : LATIN_LIKE.test(ch) ? 1 : 4;
     if (prev !== 0 && kind !== 0 && kind !== prev) out += ' ';
     out += ch;
     prev = kind;
@@ -177,7 +183,8 @@ const LOOKALIKES: Readonly<Record<string, string>> = TR39_CONFUSABLES;
  */
 export function lookalikeLatin(text: string): string {
   let out = '';
-  for (const ch of text.normalize('NFD')) out += ch.charCodeAt(0) < 128 ? ch : (LOOKALIKES[ch] ?? ch);
+  // Only letters of the scripts that pass for Latin: the table also maps katakana ノ to "/".
+  for (const ch of text.normalize('NFD')) out += ch.charCodeAt(0) < 128 || !LATIN_LIKE.test(ch) ? ch : (LOOKALIKES[ch] ?? ch);
   return out.normalize('NFD');
 }
 
@@ -193,11 +200,11 @@ function lookalikeForms(text: string): string[] {
 }
 
 /**
- * Where a phrase cannot run across: a comma or semicolon, and sentence punctuation next to a space.
- * "bugs, bunny" and "Batman. Superman" are two phrases each; "Spider-Man", "spider.man",
- * "McDonald's" and "Mickey (Mouse)" stay one (the model reads each as the name).
+ * Where a phrase cannot run across: a comma or semicolon, and sentence punctuation (. : ! ?) next to
+ * a space. "bugs, bunny" and "Batman. Superman" are two phrases each; "Spider-Man", "spider.man",
+ * "spider / man", "McDonald's" and "Mickey (Mouse)" stay one (the model reads each as the name).
  */
-const PHRASE_BREAK = /[,;\n]+|\s+[.:!?|/]+|[.:!?|/]+(?=\s|$)/u;
+const PHRASE_BREAK = /[,;\n]+|\s+[.:!?]+|[.:!?]+(?=\s|$)/u;
 
 /** What a term or an unless phrase may not contain: the characters that can break a phrase. */
 const TERM_FORBIDDEN = /[,;:.!?|/()[\]{}"“”«»\n]/u;
@@ -208,7 +215,9 @@ const INSIDE_WORD_PUNCTUATION = /(?<=[\p{L}\p{N}])[^\p{L}\p{N}\p{M}\s]+(?=[\p{L}
 /** A word as written and as the singular it may be the plural of ("pikachus", "spidermen", "doctors"). */
 function wordForms(word: string): string[] {
   const forms = [word];
-  if (word.length > 4 && word.endsWith('men')) forms.push(`${word.slice(0, -3)}man`);
+  if (word.endsWith('men')) forms.push(`${word.slice(0, -3)}man`);
+  if (word.endsWith('mice')) forms.push(`${word.slice(0, -4)}mouse`);
+  if (word.length > 4 && word.endsWith('ies')) forms.push(`${word.slice(0, -3)}y`);
   if (word.length > 3 && word.endsWith('es')) forms.push(word.slice(0, -2));
   if (word.length > 2 && word.endsWith('s')) forms.push(word.slice(0, -1));
   return forms;
@@ -292,8 +301,8 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   // "to toro" (for "totoro") and "a super man" (for "superman") do not. Punctuation inside a word is
   // also read as nothing ("Bat-Man" is "batman"), and a span's last word may be a plural.
   const index = new Map<string, IndexedTerm[]>();
-  // Terms in scripts written without spaces, found inside runs of them ("バットマンの絵").
-  const inside: Array<{ key: string; entry: IndexedTerm }> = [];
+  // Terms in scripts written without spaces, found inside runs of them ("バットマンの絵"), by their first character.
+  const inside = new Map<string, Array<{ key: string; entry: IndexedTerm }>>();
   const order = new Map(doc.rules.map((rule, i) => [rule.id, i]));
   const unless = new Map(doc.rules.map((rule) => [rule.id, (rule.unless ?? []).map((u) => normalizeText(u).split(' ').filter(Boolean)).filter((w) => w.length > 0)]));
   for (const rule of doc.rules) {
@@ -304,13 +313,25 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         if (folded === '') continue;
         const key = folded.replace(/ /g, '');
         const entry = { rule, term, words: folded.split(' ') };
-        if (NO_SPACE_SCRIPT.test(key)) inside.push({ key, entry });
+        if (NO_SPACE_SCRIPT.test(key)) {
+          const first = String.fromCodePoint(key.codePointAt(0)!);
+          const list = inside.get(first);
+          if (list) list.push({ key, entry });
+          else inside.set(first, [{ key, entry }]);
+        }
         const list = index.get(key);
         if (list) list.push(entry);
         else index.set(key, [entry]);
       }
     }
   }
+  /** Whether one of the rule's unless phrases lies over `key` found at `at` inside a run (no spaces to go by). */
+  const exceptedInside = (ruleId: string, run: string, key: string, at: number) =>
+    unless.get(ruleId)!.some((u) => {
+      const joined = u.join('');
+      for (let o = joined.indexOf(key); o >= 0; o = joined.indexOf(key, o + 1)) if (at - o >= 0 && run.startsWith(joined, at - o)) return true;
+      return false;
+    });
   /** Whether one of the rule's unless phrases lies over words[i..j]. */
   const excepted = (ruleId: string, words: string[], i: number, j: number) =>
     unless.get(ruleId)!.some((u) => {
@@ -333,7 +354,11 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         // As written, and with letters of other scripts that look like Latin ones read as those
         // ("Ріkachu" in Cyrillic Р and і): the model may read either as the name. Each phrase as
         // written and with punctuation inside its words taken out.
-        const phrases = lookalikeForms(text).flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
+        // Also with CamelCase split ("SuperMarioBros"; the model lowers the case, so it reads the words).
+        const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
+        const phrases = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel))]
+          .flatMap((t) => t.split(PHRASE_BREAK))
+          .flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
         for (const phrase of new Set(phrases)) {
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
@@ -350,8 +375,15 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               }
               joined += words[j];
             }
-            if (NO_SPACE_SCRIPT.test(words[i]!)) {
-              for (const { key, entry } of inside) if (!seen.has(entry.rule.id) && words[i]!.includes(key)) hit(entry);
+            const run = words[i]!;
+            if (inside.size > 0 && NO_SPACE_SCRIPT.test(run)) {
+              let at = 0;
+              for (const ch of run) {
+                for (const { key, entry } of inside.get(ch) ?? []) {
+                  if (!seen.has(entry.rule.id) && run.startsWith(key, at) && !exceptedInside(entry.rule.id, run, key, at)) hit(entry);
+                }
+                at += ch.length;
+              }
             }
           }
         }
@@ -388,7 +420,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'sponge bob', 'micky mouse', 'micky maus', 'hombre arana',
       ],
       // Places named like them.
-      unless: ['naruto strait', 'naruto straits', 'naruto whirlpool', 'naruto bridge'],
+      unless: ['naruto strait', 'naruto straits', 'batman river'],
     },
     {
       id: 'brand-logos',
@@ -400,6 +432,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'pepsi logo', 'mcdonalds logo', "mcdonald's logo", 'mc donalds logo', "mc donald's logo", 'starbucks logo', 'disney logo', 'netflix logo', 'facebook logo',
         'instagram logo', 'tesla logo', 'louis vuitton', 'gucci logo', 'chanel logo', 'olympic rings',
       ],
+      unless: ['gymnast on the olympic rings'],
     },
     {
       id: 'living-artists',
@@ -411,6 +444,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'hayao miyazaki', 'studio ghibli', 'makoto shinkai', 'beeple', 'banksy', 'kaws', 'takashi murakami', 'yayoi kusama',
         'david hockney', 'jeff koons',
       ],
+      unless: ['james jeans'],
     },
     {
       id: 'public-figures',
@@ -422,7 +456,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'mark zuckerberg', 'bill gates', 'taylor swift', 'beyonce', 'kim kardashian', 'pope', 'king charles', 'emmanuel macron',
         'trump', 'obama',
       ],
-      unless: ['trump card', 'king charles spaniel', 'cavalier king charles'],
+      unless: ['trump card', 'trump suit', 'king charles spaniel', 'cavalier king charles'],
     },
     {
       id: 'people-by-group',

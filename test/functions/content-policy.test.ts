@@ -80,7 +80,10 @@ describe('matching', () => {
   });
 
   it('splits words where the model\'s tokenizer does: a digit against a name, a script written without spaces against another', () => {
-    for (const text of ['pikachu2 on a hill', 'batman1989 poster', 'spiderman2099', '3pikachu', 'Pokemon2', 'Pikachu\u306e\u306c\u3044\u3050\u308b\u307f']) {
+    for (const text of [
+      'pikachu2 on a hill', 'batman1989 poster', 'spiderman2099', '3pikachu', 'Pokemon2', 'Pikachu\u306e\u306c\u3044\u3050\u308b\u307f',
+      'Batman\u2122 poster', 'Pikachu\u2161', 'Pikachu\ub97c \uadf8\ub824\uc918', 'SuperMarioBros', // ™, Ⅱ, a Korean particle, CamelCase
+    ]) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
     }
     expect(normalizeText('pikachu2')).toBe('pikachu 2');
@@ -95,7 +98,7 @@ describe('matching', () => {
   });
 
   it('reads a plural as its singular', () => {
-    for (const text of ['two pikachus', 'spidermen on a wall', 'nike logos']) expect(rulesHit(text).slice(0, 1), text).toEqual([expect.stringMatching(/^refuse /)]);
+    for (const text of ['two pikachus', 'spidermen on a wall', 'nike logos', 'hello kitties', 'mickey mice', 'spider men', 'spider /man']) expect(rulesHit(text).slice(0, 1), text).toEqual([expect.stringMatching(/^refuse /)]);
     for (const text of ['a group of nurses', 'doctors at work', 'CEOs', 'immigrants']) expect(rulesHit(text), text).toEqual([expect.stringMatching(/^flag people-by-/)]);
   });
 
@@ -108,7 +111,7 @@ describe('matching', () => {
       expect(rulesHit(text), text).toEqual([]);
     }
     expect(rulesHit('a nurse feeding a nurse shark')).toEqual(['flag people-by-occupation']);
-    expect(rulesHit('naruto on the Naruto bridge')).toEqual(['refuse protected-characters']);
+    expect(rulesHit('naruto sailing the Naruto Strait')).toEqual(['refuse protected-characters']);
     expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ id: 'r', category: 'bias', action: 'flag', message: 'm', terms: ['x'], unless: ['x. y'] }] }).success).toBe(false);
   });
 
@@ -119,6 +122,14 @@ describe('matching', () => {
     expect(hits(japanese, '\u30d0\u30c3\u30c8\u30de\u30f3\u306e\u7d75')).toBe(1); // バットマンの絵, "a picture of Batman"
     expect(hits(japanese, '\uff8a\uff9e\uff6f\uff84\uff8f\uff9d')).toBe(1); // the same in half-width katakana
     expect(hits(japanese, '\u30cf\u30c3\u30c8\u30de\u30f3')).toBe(0); // ハットマン, "hat man": no voicing mark
+    // A kana term is not read through the Latin look-alike table (which maps ノ to "/").
+    const nobita = doc(['\u30ce\u30d3\u30bf']); // ノビタ
+    expect(hits(nobita, '\u30d3\u30bf\u30df\u30f3\u30ab\u30e9\u30fc')).toBe(0); // ビタミンカラー, "vitamin colours"
+    expect(hits(nobita, '\u30ce\u30d3\u30bf\u306e\u7d75')).toBe(1);
+    // An unless phrase takes back a match inside a run too.
+    const goku = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'copyright', action: 'refuse', message: 'm', terms: ['\u609f\u7a7a'], unless: ['\u5b59\u609f\u7a7a'] }] }));
+    expect(hits(goku, '\u5b59\u609f\u7a7a\u5927\u95f9\u5929\u5bab')).toBe(0); // 孙悟空大闹天宫 (the Monkey King)
+    expect(hits(goku, '\u609f\u7a7a\u7684\u753b')).toBe(1); // 悟空的画
     const hindi = doc(['\u0917\u093e\u0902\u0927\u0940']); // गांधी
     expect(hits(hindi, '\u0917\u093e\u0902\u0927\u0940 \u091c\u0940')).toBe(1);
     expect(hits(hindi, '\u0917\u0927\u093e')).toBe(0); // गधा, "donkey"
