@@ -283,7 +283,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   /** Extends the message's visibility every visibilitySec/2 while held; `stop()` waits for an extend
    * in flight, so a late heartbeat can never hide a message after it was released. */
-  function holdLease(m: ReceivedMessage, onLost: () => void, onExtended: () => Promise<void> = async () => undefined) {
+  function holdLease(m: ReceivedMessage, onLost: () => void, onExtended: (sentAt: number) => Promise<void> = async () => undefined) {
     let timer: NodeJS.Timeout | undefined;
     let inflight: Promise<void> | undefined;
     let held = true;
@@ -306,13 +306,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         held = false; // writes waiting on the lease (resultWriter) stop trying
         return;
       }
+      const sentAt = clock.now();
       inflight = queue
         .extendVisibility(m.receipt, visibilitySec)
         .then(() => {
           failures = 0;
           emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec });
           // Not awaited: a slow job-store write must not push back the next extend.
-          onExtended().catch((error) => log.warn('job lease not renewed in the record', { messageId: m.messageId, error: describe(error) }));
+          onExtended(sentAt).catch((error) => log.warn('job lease not renewed in the record', { messageId: m.messageId, error: describe(error) }));
         })
         .catch((error) => {
           if (!held) return;
@@ -611,11 +612,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     let abortRun: ((reason: AbortReason) => void) | undefined;
     let lostEarly = false;
     let attempt = 0;
+    // The queue's lease runs from the receive, and from each extend as it was sent: the record's copy
+    // counts from the same moments, so that it never outlives the queue's (a slow claim or renewal
+    // would leave a redelivery after a crash looking like a copy of a live hold).
+    const receivedAt = clock.now();
     // The record's copy of the lease, renewed with the message's: lets another delivery tell a
     // duplicate message (the job is held) from a redelivery after a crash (the lease ran out).
-    const renewRecordLease = async () => {
+    const renewRecordLease = async (sentAt: number) => {
       if (attempt === 0) return;
-      const until = new Date(clock.now() + visibilitySec * 1000).toISOString();
+      const until = new Date(sentAt + visibilitySec * 1000).toISOString();
       await jobs.update(msg.owner, msg.job_id, (cur) => (cur.status === 'running' && cur.attempts === attempt ? { ...cur, lease_expires_at: until } : null));
     };
     const lease = holdLease(m, () => (abortRun ? abortRun('lease_lost') : (lostEarly = true)), renewRecordLease);
@@ -708,7 +713,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         }
         if (isTerminal(cur.status) || cur.cancel_requested) return null;
         claimed = true;
-        const leaseUntil = new Date(clock.now() + visibilitySec * 1000).toISOString();
+        const leaseUntil = new Date(receivedAt + visibilitySec * 1000).toISOString();
         return {
           ...cur, status: 'running', attempts: cur.attempts + 1, started_at: cur.started_at ?? iso(), progress: { step: 0, total }, error: null,
           lease_message_id: m.messageId, lease_expires_at: leaseUntil, lease_token: leaseToken,

@@ -157,6 +157,44 @@ describe('deliveries', () => {
     expect(sqs.left).toBe(0);
   });
 
+  it('a slow claim does not make the record\'s lease outlive the queue\'s: after a failure it could not record, the message comes back and takes over, not put off as a copy', async () => {
+    const env = await makeEnv();
+    let slowClaim = true;
+    let failQueuedWrite = true;
+    const jobs = patched(env.jobs, {
+      update: (async (owner: string, id: string, mutate: Parameters<JobStore['update']>[2], options?: Parameters<JobStore['update']>[3]) => {
+        // The claim's write comes 700 ms after the receive (an fsync on a loaded machine), of a 2 s lease.
+        if (slowClaim && (await env.jobs.get(owner, id))?.status === 'queued') {
+          slowClaim = false;
+          await sleep(700);
+        }
+        return env.jobs.update(owner, id, (cur) => {
+          const next = mutate(cur);
+          if (next && next.status === 'queued' && cur.status === 'running' && failQueuedWrite) {
+            failQueuedWrite = false;
+            throw new RetryableError('injected: S3 503');
+          }
+          return next;
+        }, options);
+      }) as never,
+    }) as JobStore;
+    let runs = 0;
+    const job = await submit(env, {});
+    const w = start({ queue: env.queue, jobs, blobs: env.blobs }, {
+      async run() {
+        runs++;
+        if (runs === 1) throw new RetryableError('injected: GPU hiccup');
+        return outcome(6, false);
+      },
+    }, { visibilityTimeoutSec: 2 });
+    const done = await waitFor('the job to end', async () => {
+      const rec = await env.jobs.get(OWNER, job.id);
+      return rec && ['succeeded', 'failed'].includes(rec.status) ? rec : undefined;
+    }, 20_000);
+    expect([done.status, runs]).toEqual(['succeeded', 2]);
+    expect(ofType(w.events, 'released')).toEqual([]);
+  });
+
   it('a stop that lands while the record is read sends the job back unclaimed: no attempt is counted, nothing runs', async () => {
     const env = await makeEnv();
     const job = await submit(env, {});

@@ -240,7 +240,7 @@ describe('drain and lease', () => {
           return async (receipt: string, sec: number) => {
             if (failures > 0) {
               failures--;
-              await new Promise((r) => setTimeout(r, 600)); // a timed-out SQS call
+              await new Promise((r) => setTimeout(r, 300)); // a timed-out SQS call (the adapter gives up at a quarter of the visibility)
               throw new RetryableError('injected: ChangeMessageVisibility timed out');
             }
             return target.extendVisibility(receipt, sec);

@@ -64,7 +64,7 @@ describe('deliveries of one job racing', () => {
     const job = await submit(env, { steps: 1 });
     const [m] = await env.queue.receive({ waitSec: 0 });
     // A duplicate of the message was dead-lettered while another delivery holds the job.
-    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_message_id: 'another-message', lease_expires_at: new Date(Date.now() + 1500).toISOString() }));
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_message_id: 'another-message', lease_expires_at: new Date(Date.now() + 5000).toISOString() }));
     await env.queue.deadLetter!.send(m!.body);
     await env.queue.ack(m!.receipt);
     const w = start(env, { run: async () => outcome(1, false) }, { deadLetterSweepMs: 1, receiveWaitSec: 0 });
@@ -109,7 +109,8 @@ describe('deliveries of one job racing', () => {
     const a = start(env, stepping(80, 25, () => runs++));
     await waitFor('A started', () => a.events.some((e) => e.type === 'job_started'));
     // The record just before A's next renewal: under half of a 30 s lease left.
-    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, lease_expires_at: new Date(Date.now() + 14_000).toISOString() }));
+    // (Many retries: A rewrites the record on every step, and this write must win one race.)
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, lease_expires_at: new Date(Date.now() + 14_000).toISOString() }), { retries: 50 });
     await env.queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: OWNER }));
     const b = start(env, stepping(80, 25, () => runs++));
     await waitFor('B dropped the duplicate', () => b.events.some((e) => e.type === 'acked'));
