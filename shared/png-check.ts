@@ -186,32 +186,26 @@ function zlibHeaderProblem(deflated: Uint8Array): string | null {
   return null;
 }
 
-type Inflated = { info: InflateInfo } | { error: unknown };
-
-function verdict(layout: PngLayout, result: Inflated): PngFileCheck {
-  const { header, decodable, deflated } = layout;
-  let why: string | null;
-  if ('error' in result) why = inflateFailure(header, result.error);
-  // The 4-byte Adler-32 after the stream's last block (past the 2-byte zlib header).
-  else if (deflated.length - 2 - result.info.engine.bytesWritten < 4) why = NO_CHECKSUM;
-  else why = checkInflated(header, result.info.buffer);
-  return why ? { ok: false, reason: why } : { ok: true, header, decodable };
+/** The 4-byte Adler-32 after the stream's last block (past the 2-byte zlib header), given how much of the stream inflate took. */
+function trailerProblem(deflated: Uint8Array, consumed: number): string | null {
+  return deflated.length - 2 - consumed < 4 ? NO_CHECKSUM : null;
 }
 
 /** The whole check, synchronously (the engine's decoder). On success, `decodable` is what to decode. */
 export function checkPngFileSync(bytes: Uint8Array, opts: { maxPixels?: number } = {}): PngFileCheck {
   const read = readPngLayout(bytes, opts);
   if (!read.ok) return read;
-  const { header, deflated } = read.layout;
+  const { header, deflated, decodable } = read.layout;
   const bad = zlibHeaderProblem(deflated);
   if (bad) return { ok: false, reason: bad };
-  let result: Inflated;
+  let info: InflateInfo;
   try {
-    result = { info: inflateRawSync(deflated.subarray(2), inflateOptions(header)) as unknown as InflateInfo };
+    info = inflateRawSync(deflated.subarray(2), inflateOptions(header)) as unknown as InflateInfo;
   } catch (error) {
-    result = { error };
+    return { ok: false, reason: inflateFailure(header, error) };
   }
-  return verdict(read.layout, result);
+  const why = trailerProblem(deflated, info.engine.bytesWritten) ?? checkInflated(header, info.buffer);
+  return why ? { ok: false, reason: why } : { ok: true, header, decodable };
 }
 
 /**
@@ -239,11 +233,7 @@ export async function checkPngFile(bytes: Uint8Array, opts: { maxPixels?: number
       if (why) settle(why);
     });
     inflate.on('error', (e) => settle(inflateFailure(header, e)));
-    inflate.on('end', () => {
-      // The 4-byte Adler-32 after the stream's last block (past the 2-byte zlib header).
-      if (deflated.length - 2 - inflate.bytesWritten < 4) settle(NO_CHECKSUM);
-      else settle(rows.end());
-    });
+    inflate.on('end', () => settle(trailerProblem(deflated, inflate.bytesWritten) ?? rows.end()));
     inflate.end(deflated.subarray(2));
   });
 }
