@@ -351,10 +351,10 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
           seen.add(t.rule.id);
           hits.push({ rule: t.rule.id, category: t.rule.category, action: t.rule.action, term: t.term, message: t.rule.message, param });
         };
-        // As written, and with letters of other scripts that look like Latin ones read as those
-        // ("Ріkachu" in Cyrillic Р and і): the model may read either as the name. Each phrase as
-        // written and with punctuation inside its words taken out.
-        // Also with CamelCase split ("SuperMarioBros"; the model lowers the case, so it reads the words).
+        // The prompt as written, with CamelCase split ("SuperMarioBros": the model lowers the case and
+        // reads the words), and each with letters of other scripts that look like Latin ones read as
+        // those ("Ріkachu" in Cyrillic Р and і): the model may read any of them as the name. Each
+        // phrase as written and with punctuation inside its words taken out ("Bat-Man").
         const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
         const phrases = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel))]
           .flatMap((t) => t.split(PHRASE_BREAK))
