@@ -97,12 +97,17 @@ export const PromptPolicyDocument = z
       rule.terms.forEach((term, j) => {
         const words = normalizeText(term).split(' ').filter(Boolean).length;
         if (words === 0) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must contain a letter or digit' });
-        if (words > MAX_TERM_WORDS) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: `a term has at most ${MAX_TERM_WORDS} words` });
+        // Counted as written: the folding splits "r2d2" into four words the matcher still reaches.
+        if (term.split(/[^\p{L}\p{N}]+/u).filter(Boolean).length > MAX_TERM_WORDS || words > MAX_SPAN_WORDS) {
+          ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: `a term has at most ${MAX_TERM_WORDS} words` });
+        }
         // A prompt is matched phrase by phrase, so a term spanning a break could never match.
         if (TERM_FORBIDDEN.test(term)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'terms', j], message: 'a term must not contain , ; : . ! ? / | brackets or quotes (write "mr bean", not "mr. bean")' });
       });
+      const terms = new Set(rule.terms.map((t) => normalizeText(t)));
       (rule.unless ?? []).forEach((phrase, j) => {
         if (normalizeText(phrase) === '') ctx.addIssue({ code: 'custom', path: ['rules', i, 'unless', j], message: 'an unless phrase must contain a letter or digit' });
+        if (terms.has(normalizeText(phrase))) ctx.addIssue({ code: 'custom', path: ['rules', i, 'unless', j], message: 'an unless phrase equal to one of the rule\'s terms would switch the term off; remove the term instead' });
         if (TERM_FORBIDDEN.test(phrase)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'unless', j], message: 'an unless phrase must not contain , ; : . ! ? / | brackets or quotes' });
       });
     });
@@ -139,14 +144,39 @@ export function normalizeText(text: string): string {
     // Apostrophes join (a possessive goes): "pikachu's" reads "pikachu", "McDonald's" "mcdonald".
     .replace(/['\u2019]s\b/gu, '')
     .replace(/['\u2019]/gu, '')
-    .normalize('NFKD')
-    // Accents are marks on Latin, Greek and Cyrillic letters. Elsewhere a mark is part of the letter:
-    // Japanese バ is ハ with a voicing mark, and a Devanagari vowel sign is a vowel.
-    .replace(/([\p{sc=Latin}\p{sc=Greek}\p{sc=Cyrillic}])\p{M}+/gu, '$1')
+    .normalize('NFKD');
+  const words = dropAccents(folded)
     .toLowerCase()
     .replace(/[^\p{L}\p{N}\p{M}]+/gu, ' ')
     .trim();
-  return splitRuns(folded);
+  return splitRuns(words);
+}
+
+/**
+ * Scripts whose marks are letters, not accents: a Japanese voicing mark (バ is ハ with one), the vowel
+ * signs of Indic and Southeast Asian scripts. Their marks are kept after a letter of the same script.
+ */
+const MARK_SCRIPTS = ['Hira', 'Kana', 'Deva', 'Beng', 'Guru', 'Gujr', 'Orya', 'Taml', 'Telu', 'Knda', 'Mlym', 'Sinh', 'Thai', 'Laoo', 'Khmr', 'Mymr', 'Tibt'].map(
+  (sc) => new RegExp(`\\p{scx=${sc}}`, 'u'),
+);
+
+/**
+ * Drops accents: every mark but one that belongs to the letter before it in a script of MARK_SCRIPTS.
+ * So accents on Latin, Greek or Cyrillic, Arabic and Hebrew vowel points, and a stray mark at the start
+ * of a word or after a punctuation mark all go ("a \u0301pikachu" reads "a pikachu").
+ */
+function dropAccents(text: string): string {
+  let out = '';
+  let base: RegExp | undefined; // the script of the letter the next mark would belong to
+  for (const ch of text) {
+    if (/\p{M}/u.test(ch)) {
+      if (base?.test(ch)) out += ch;
+      continue;
+    }
+    out += ch;
+    base = /\p{L}/u.test(ch) ? MARK_SCRIPTS.find((sc) => sc.test(ch)) : undefined;
+  }
+  return out;
 }
 
 /** Scripts written without spaces between words: a term in one is found inside a run of it. */
@@ -183,8 +213,13 @@ const LOOKALIKES: Readonly<Record<string, string>> = TR39_CONFUSABLES;
  */
 export function lookalikeLatin(text: string): string {
   let out = '';
-  // Only letters of the scripts that pass for Latin: the table also maps katakana ノ to "/".
-  for (const ch of text.normalize('NFD')) out += ch.charCodeAt(0) < 128 || !LATIN_LIKE.test(ch) ? ch : (LOOKALIKES[ch] ?? ch);
+  // Compatibility forms first (math bold 𝛂 is α, which passes for a). A character is read as the
+  // Latin letters it looks like, never as punctuation (the table maps katakana ノ to "/"), and never
+  // in a script written without spaces or in Hangul, whose text is not Latin in disguise.
+  for (const ch of text.normalize('NFKD')) {
+    const latin = ch.charCodeAt(0) < 128 || NO_SPACE_SCRIPT.test(ch) || /\p{scx=Hang}/u.test(ch) ? undefined : LOOKALIKES[ch];
+    out += latin !== undefined && /^[a-zA-Z0-9]+$/.test(latin) ? latin : ch;
+  }
   return out.normalize('NFD');
 }
 
@@ -225,6 +260,8 @@ function wordForms(word: string): string[] {
 
 /** Most words a term may have: spans of a prompt are looked up up to this length. */
 const MAX_TERM_WORDS = 6;
+/** Most folded words a span of a prompt may have (a term's words split at digits and scripts). */
+const MAX_SPAN_WORDS = 16;
 
 /** What a caller is told of a refusal: the rule, the phrase that matched and why (API and CLI alike). */
 export function refusalMessage(hit: PolicyHit): string {
@@ -292,6 +329,8 @@ interface IndexedTerm {
   term: string;
   /** The term's words, folded. */
   words: string[];
+  /** The rule's unless phrases (folded words) that contain this term: the only ones that can cover a match of it. */
+  unless: string[][];
 }
 
 export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
@@ -305,6 +344,8 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   const inside = new Map<string, Array<{ key: string; entry: IndexedTerm }>>();
   const order = new Map(doc.rules.map((rule, i) => [rule.id, i]));
   const unless = new Map(doc.rules.map((rule) => [rule.id, (rule.unless ?? []).map((u) => normalizeText(u).split(' ').filter(Boolean)).filter((w) => w.length > 0)]));
+  // Found once per term, when the policy is compiled: a prompt with many matches must not scan long lists.
+  const unlessContaining = (ruleId: string, key: string) => unless.get(ruleId)!.filter((u) => u.join('').includes(key));
   for (const rule of doc.rules) {
     for (const term of rule.terms) {
       // A term in another script ("путин") is also found spelled with Latin look-alikes ("пyтин").
@@ -312,7 +353,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         const folded = normalizeText(form);
         if (folded === '') continue;
         const key = folded.replace(/ /g, '');
-        const entry = { rule, term, words: folded.split(' ') };
+        const entry = { rule, term, words: folded.split(' '), unless: unlessContaining(rule.id, key) };
         if (NO_SPACE_SCRIPT.test(key)) {
           const first = String.fromCodePoint(key.codePointAt(0)!);
           const list = inside.get(first);
@@ -325,17 +366,17 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
       }
     }
   }
-  /** Whether one of the rule's unless phrases lies over `key` found at `at` inside a run (no spaces to go by). */
-  const exceptedInside = (ruleId: string, run: string, key: string, at: number) =>
-    unless.get(ruleId)!.some((u) => {
+  /** Whether one of the term's unless phrases covers `key` found at `at` inside a run (no spaces to go by). */
+  const exceptedInside = (t: IndexedTerm, run: string, key: string, at: number) =>
+    t.unless.some((u) => {
       const joined = u.join('');
       for (let o = joined.indexOf(key); o >= 0; o = joined.indexOf(key, o + 1)) if (at - o >= 0 && run.startsWith(joined, at - o)) return true;
       return false;
     });
-  /** Whether one of the rule's unless phrases lies over words[i..j]. */
-  const excepted = (ruleId: string, words: string[], i: number, j: number) =>
-    unless.get(ruleId)!.some((u) => {
-      for (let k = Math.max(0, i - u.length + 1); k <= Math.min(j, words.length - u.length); k++) {
+  /** Whether one of the term's unless phrases covers words[i..j] (starts at or before i, ends at or after j). */
+  const excepted = (t: IndexedTerm, words: string[], i: number, j: number) =>
+    t.unless.some((u) => {
+      for (let k = Math.max(0, j - u.length + 1); k <= Math.min(i, words.length - u.length); k++) {
         if (u.every((w, n) => wordForms(words[k + n]!).includes(w))) return true;
       }
       return false;
@@ -363,14 +404,14 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';
-            for (let j = i; j < Math.min(words.length, i + MAX_TERM_WORDS); j++) {
+            for (let j = i; j < Math.min(words.length, i + MAX_SPAN_WORDS); j++) {
               const spanWords = j - i + 1;
               for (const last of wordForms(words[j]!)) {
                 for (const t of index.get(joined + last) ?? []) {
                   if (seen.has(t.rule.id)) continue;
                   // One word run together, or the term's own words (a joined "hell okitty" is not "hello kitty").
                   const same = spanWords === 1 || (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
-                  if (same && !excepted(t.rule.id, words, i, j)) hit(t);
+                  if (same && !excepted(t, words, i, j)) hit(t);
                 }
               }
               joined += words[j];
@@ -380,7 +421,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               let at = 0;
               for (const ch of run) {
                 for (const { key, entry } of inside.get(ch) ?? []) {
-                  if (!seen.has(entry.rule.id) && run.startsWith(key, at) && !exceptedInside(entry.rule.id, run, key, at)) hit(entry);
+                  if (!seen.has(entry.rule.id) && run.startsWith(key, at) && !exceptedInside(entry, run, key, at)) hit(entry);
                 }
                 at += ch.length;
               }
@@ -485,7 +526,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       ],
       // Animals, things and titles that carry the word.
       unless: [
-        'nurse shark', 'pilot whale', 'pilot light', 'pilot episode', 'secretary bird', 'doctor fish', 'doctor who',
+        'nurse shark', 'pilot whale', 'pilot light', 'pilot episode', 'secretary bird', 'doctor fish',
         'engineer boots', 'criminal court', 'prisoner of azkaban',
       ],
     },

@@ -283,7 +283,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   /** Extends the message's visibility every visibilitySec/2 while held; `stop()` waits for an extend
    * in flight, so a late heartbeat can never hide a message after it was released. */
-  function holdLease(m: ReceivedMessage, onLost: () => void, onExtended: (sentAt: number) => Promise<void> = async () => undefined) {
+  function holdLease(m: ReceivedMessage, receivedAt: number, onLost: () => void, onExtended: (sentAt: number) => Promise<void> = async () => undefined) {
+    /** When the queue's current lease began: the receive, then each extend that succeeded, as it was sent. */
+    let validFrom = receivedAt;
     let timer: NodeJS.Timeout | undefined;
     let inflight: Promise<void> | undefined;
     let held = true;
@@ -311,6 +313,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         .extendVisibility(m.receipt, visibilitySec)
         .then(() => {
           failures = 0;
+          validFrom = Math.max(validFrom, sentAt);
           emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec });
           // Not awaited: a slow job-store write must not push back the next extend.
           onExtended(sentAt).catch((error) => log.warn('job lease not renewed in the record', { messageId: m.messageId, error: describe(error) }));
@@ -335,10 +338,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           if (held) timer = setTimeout(tick, delay);
         });
     };
-    timer = setTimeout(tick, everyMs);
+    // Half a timeout after the receive, not after this call (a scale-in protection call came between).
+    timer = setTimeout(tick, Math.max(0, everyMs - (clock.now() - receivedAt)));
     return {
       get held() {
         return held;
+      },
+      /** When the queue's current lease began: it runs one visibility timeout from here. */
+      get validFrom() {
+        return validFrom;
       },
       /** From now on the heartbeat stops extending at `deadlineMs` + one visibility timeout. */
       setDeadline(deadlineMs: number): void {
@@ -599,7 +607,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   // ------------------------------------------------------------ one message
 
-  async function handle(m: ReceivedMessage): Promise<void> {
+  async function handle(m: ReceivedMessage, receivedAt: number): Promise<void> {
     emit({ type: 'received', messageId: m.messageId, receiveCount: m.receiveCount });
     let msg: QueueMessage;
     try {
@@ -612,18 +620,19 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     let abortRun: ((reason: AbortReason) => void) | undefined;
     let lostEarly = false;
     let attempt = 0;
-    // The queue's lease runs from the receive, and from each extend as it was sent: the record's copy
-    // counts from the same moments, so that it never outlives the queue's (a slow claim or renewal
-    // would leave a redelivery after a crash looking like a copy of a live hold).
-    const receivedAt = clock.now();
     // The record's copy of the lease, renewed with the message's: lets another delivery tell a
-    // duplicate message (the job is held) from a redelivery after a crash (the lease ran out).
+    // duplicate message (the job is held) from a redelivery after a crash (the lease ran out). It
+    // counts from the moments the queue's does (the receive, each extend as it was sent), so it neither
+    // outlives the queue's (a redelivery after a crash would look like a copy of a live hold) nor falls
+    // short of it (a duplicate would take a live run over); a late renewal never moves it back.
     const renewRecordLease = async (sentAt: number) => {
       if (attempt === 0) return;
       const until = new Date(sentAt + visibilitySec * 1000).toISOString();
-      await jobs.update(msg.owner, msg.job_id, (cur) => (cur.status === 'running' && cur.attempts === attempt ? { ...cur, lease_expires_at: until } : null));
+      await jobs.update(msg.owner, msg.job_id, (cur) =>
+        cur.status === 'running' && cur.attempts === attempt && !(typeof cur.lease_expires_at === 'string' && cur.lease_expires_at >= until) ? { ...cur, lease_expires_at: until } : null,
+      );
     };
-    const lease = holdLease(m, () => (abortRun ? abortRun('lease_lost') : (lostEarly = true)), renewRecordLease);
+    const lease = holdLease(m, receivedAt, () => (abortRun ? abortRun('lease_lost') : (lostEarly = true)), renewRecordLease);
     try {
       const job = await jobs.get(msg.owner, msg.job_id);
       if (!job) {
@@ -713,7 +722,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         }
         if (isTerminal(cur.status) || cur.cancel_requested) return null;
         claimed = true;
-        const leaseUntil = new Date(receivedAt + visibilitySec * 1000).toISOString();
+        const leaseUntil = new Date(lease.validFrom + visibilitySec * 1000).toISOString();
         return {
           ...cur, status: 'running', attempts: cur.attempts + 1, started_at: cur.started_at ?? iso(), progress: { step: 0, total }, error: null,
           lease_message_id: m.messageId, lease_expires_at: leaseUntil, lease_token: leaseToken,
@@ -1120,6 +1129,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         wakeBackoff = undefined;
         continue;
       }
+      const receivedAt = clock.now();
       for (const m of messages) {
         if (stopping) {
           // Received while stopping: give it straight back, without spending a delivery.
@@ -1136,7 +1146,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
             await requeue(m, 'drain');
             continue;
           }
-          await handle(m);
+          await handle(m, receivedAt);
         } catch (error) {
           // handle() settles every path itself; reaching here is a bug. Never take the process down.
           log.error('unexpected error handling a message', { messageId: m.messageId, error: describe(error) });

@@ -135,6 +135,25 @@ describe('matching', () => {
     expect(hits(hindi, '\u0917\u0927\u093e')).toBe(0); // गधा, "donkey"
   });
 
+  it('a stray mark at the start of a word, and Arabic or Hebrew vowel points, are accents: dropped', () => {
+    for (const text of ['a \u0301pikachu plush', 'mickey \u0301mouse', 'spider-\u0301man', '\u064byoda']) expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    const arabic = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'likeness', action: 'flag', message: 'm', terms: ['\u0645\u064f\u062d\u064e\u0645\u0651\u064e\u062f'] }] }));
+    expect(arabic.screen([{ text: '\u0645\u062d\u0645\u062f', param: 'prompt' }])).toHaveLength(1); // the term pointed, the prompt not
+  });
+
+  it('look-alike letters of any script are read as Latin, never punctuation', () => {
+    for (const text of ['\ua4d1ikachu', '\u15f7atman', '\u2ca3ikachu', 'b\u237atman', 'sup\u212erman', 'b\ud835\udec2tman']) expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+  });
+
+  it('an unless phrase takes a match back only where it covers it; one equal to a term is refused', () => {
+    expect(rulesHit('Donald Trump suit and tie')).toEqual(['flag public-figures']); // "trump suit" overlaps "donald trump", does not cover it
+    const rule = { id: 'r', category: 'copyright', action: 'refuse', message: 'm', terms: ['pikachu'] } as const;
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, unless: ['Pikachu'] }] }).success).toBe(false);
+    // A term is limited to 6 words as written, whatever the folding splits them into.
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ ...rule, terms: ['r2d2 c3po'] }] }).success).toBe(true);
+    expect(compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ ...rule, terms: ['r2d2 c3po'] }] })).screen([{ text: 'R2-D2 C-3PO', param: 'prompt' }])).toHaveLength(1);
+  });
+
   it('puts refusals first and reports every rule a prompt meets', () => {
     // Refusals first, then in the policy's rule order (not the prompt's word order).
     expect(rulesHit('a nurse with a pikachu, in the style of greg rutkowski')).toEqual(['refuse protected-characters', 'flag living-artists', 'flag people-by-occupation']);

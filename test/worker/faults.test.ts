@@ -195,6 +195,32 @@ describe('deliveries', () => {
     expect(ofType(w.events, 'released')).toEqual([]);
   });
 
+  it('a claim slower than half a visibility timeout does not leave the record\'s lease short of the queue\'s: a live holder never looks lapsed', async () => {
+    const env = await makeEnv();
+    let slowClaim = true;
+    const jobs = patched(env.jobs, {
+      update: (async (owner: string, id: string, mutate: Parameters<JobStore['update']>[2], options?: Parameters<JobStore['update']>[3]) => {
+        // The claim lands 1.3 s after the receive, after the first heartbeat extended the 2 s lease.
+        if (slowClaim && (await env.jobs.get(owner, id))?.status === 'queued') {
+          slowClaim = false;
+          await sleep(1300);
+        }
+        return env.jobs.update(owner, id, mutate, options);
+      }) as never,
+    }) as JobStore;
+    const job = await submit(env, {});
+    start({ queue: env.queue, jobs, blobs: env.blobs }, stepping(200, 20), { visibilityTimeoutSec: 2, progressIntervalMs: 1000 });
+    await waitFor('claimed', async () => (await env.jobs.get(OWNER, job.id))?.status === 'running');
+    // For 2.5 s of the run, the record's lease (what a duplicate message is judged by) never lapses.
+    const until = Date.now() + 2500;
+    while (Date.now() < until) {
+      const rec = (await env.jobs.get(OWNER, job.id))!;
+      expect(rec.status).toBe('running');
+      expect(Date.parse(rec.lease_expires_at!)).toBeGreaterThan(Date.now());
+      await sleep(10);
+    }
+  });
+
   it('a stop that lands while the record is read sends the job back unclaimed: no attempt is counted, nothing runs', async () => {
     const env = await makeEnv();
     const job = await submit(env, {});

@@ -73,8 +73,8 @@ export class SqsJobQueue implements JobQueue {
 
   async extendVisibility(receipt: string, visibilitySec: number): Promise<void> {
     // A heartbeat that hangs must fail well inside the lease it renews, so that the worker retries it
-    // in time: a quarter of the new visibility (2–20 s), not the client's one-minute idle limit.
-    const deadlineMs = Math.min(20_000, Math.max(2_000, visibilitySec * 250));
+    // in time: a quarter of the new visibility (1–20 s), not the client's one-minute idle limit.
+    const deadlineMs = Math.min(20_000, Math.max(1_000, visibilitySec * 250));
     await call(() =>
       this.client.send(
         new ChangeMessageVisibilityCommand({ QueueUrl: this.queueUrl, ReceiptHandle: receipt, VisibilityTimeout: visibilitySec }),
