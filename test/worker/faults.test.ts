@@ -44,6 +44,21 @@ function failingWrites(blobs: BlobStore, prefix: string, error: () => Error, fai
   return { store, counts };
 }
 
+type Mutate = Parameters<JobStore['update']>[2];
+/** The job store with its first claim's write delayed by `ms` (an fsync on a loaded machine); `around` may wrap each write's mutation. */
+function slowFirstClaim(jobs: JobStore, ms: number, around: (mutate: Mutate) => Mutate = (mutate) => mutate): JobStore {
+  let slow = true;
+  return patched(jobs, {
+    update: (async (owner: string, id: string, mutate: Mutate, options?: Parameters<JobStore['update']>[3]) => {
+      if (slow && (await jobs.get(owner, id))?.status === 'queued') {
+        slow = false;
+        await sleep(ms);
+      }
+      return jobs.update(owner, id, around(mutate), options);
+    }) as never,
+  }) as JobStore;
+}
+
 const ofType = <T extends WorkerEvent['type']>(events: WorkerEvent[], type: T) => events.filter((e): e is Extract<WorkerEvent, { type: T }> => e.type === type);
 
 describe('storage faults after a run', () => {
@@ -159,25 +174,16 @@ describe('deliveries', () => {
 
   it('a slow claim does not make the record\'s lease outlive the queue\'s: after a failure it could not record, the message comes back and takes over, not put off as a copy', async () => {
     const env = await makeEnv();
-    let slowClaim = true;
     let failQueuedWrite = true;
-    const jobs = patched(env.jobs, {
-      update: (async (owner: string, id: string, mutate: Parameters<JobStore['update']>[2], options?: Parameters<JobStore['update']>[3]) => {
-        // The claim's write comes 700 ms after the receive (an fsync on a loaded machine), of a 2 s lease.
-        if (slowClaim && (await env.jobs.get(owner, id))?.status === 'queued') {
-          slowClaim = false;
-          await sleep(700);
-        }
-        return env.jobs.update(owner, id, (cur) => {
-          const next = mutate(cur);
-          if (next && next.status === 'queued' && cur.status === 'running' && failQueuedWrite) {
-            failQueuedWrite = false;
-            throw new RetryableError('injected: S3 503');
-          }
-          return next;
-        }, options);
-      }) as never,
-    }) as JobStore;
+    // The claim's write comes 700 ms after the receive, of a 2 s lease; the write that would put the job back fails once.
+    const jobs = slowFirstClaim(env.jobs, 700, (mutate) => (cur) => {
+      const next = mutate(cur);
+      if (next && next.status === 'queued' && cur.status === 'running' && failQueuedWrite) {
+        failQueuedWrite = false;
+        throw new RetryableError('injected: S3 503');
+      }
+      return next;
+    });
     let runs = 0;
     const job = await submit(env, {});
     const w = start({ queue: env.queue, jobs, blobs: env.blobs }, {
@@ -197,17 +203,8 @@ describe('deliveries', () => {
 
   it('a claim slower than half a visibility timeout does not leave the record\'s lease short of the queue\'s: a live holder never looks lapsed', async () => {
     const env = await makeEnv();
-    let slowClaim = true;
-    const jobs = patched(env.jobs, {
-      update: (async (owner: string, id: string, mutate: Parameters<JobStore['update']>[2], options?: Parameters<JobStore['update']>[3]) => {
-        // The claim lands 1.3 s after the receive, after the first heartbeat extended the 2 s lease.
-        if (slowClaim && (await env.jobs.get(owner, id))?.status === 'queued') {
-          slowClaim = false;
-          await sleep(1300);
-        }
-        return env.jobs.update(owner, id, mutate, options);
-      }) as never,
-    }) as JobStore;
+    // The claim lands 1.3 s after the receive, after the first heartbeat extended the 2 s lease.
+    const jobs = slowFirstClaim(env.jobs, 1300);
     const job = await submit(env, {});
     start({ queue: env.queue, jobs, blobs: env.blobs }, stepping(200, 20), { visibilityTimeoutSec: 2, progressIntervalMs: 1000 });
     await waitFor('claimed', async () => (await env.jobs.get(OWNER, job.id))?.status === 'running');
