@@ -16,7 +16,7 @@ import { type Activation, type ClipArch, checkWeights, expectedTensors, inferArc
 import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, type Manifest, ManifestSchema, OPENAI_MEAN, OPENAI_STD, sha256File } from '../clip/bundle.ts';
 import { writeClipTokenizerJson } from '../clip/tokenizer-json.ts';
 import { TextTokenizer } from '../clip/tokenizer.ts';
-import { makeStagingFolder } from '../io/staging.ts';
+import { makeStagingFolder, syncFolder, syncPath } from '../io/staging.ts';
 import { gradcheck, type GradcheckResult } from '../clip/gradcheck.ts';
 import { imageGradientGraph } from '../clip/graphs.ts';
 import { ClipEngine } from '../engine.ts';
@@ -275,8 +275,10 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
     }
 
     if (existsSync(out)) rmdirSync(out); // empty (checked above)
+    syncFolder(tmp); // on the disk before it has its name, as replaceFolder does
     renameSync(tmp, out);
     tmp = undefined;
+    syncPath(dirname(out));
     return { dir: out, manifest, format: source.format, arch, inferred, tensors: list.length, bytes, ignored: source.ignored, info: source.info, gradcheck: gc, peakRss };
   } finally {
     source.close();
