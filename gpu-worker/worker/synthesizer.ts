@@ -138,18 +138,22 @@ export function clipScore(scores: PromptScore[]): number {
   return den > 0 ? num / den : 0;
 }
 
+/** The outcome of a run stopped by its abort before it made any image. */
+export function abortedOutcome(stepsDone: number, totalSteps: number): SynthesisOutcome {
+  return { images: [], aborted: true, stepsDone, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
+}
+
 export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synthesizer {
   return {
     async run(job, { signal, onProgress, screenTexts } = {}) {
       // A stop before the model is opened (a download and compiles) or the init fetched ends the run
       // at once, as one between steps does.
-      const notStarted = (): SynthesisOutcome => ({ images: [], aborted: true, stepsDone: 0, totalSteps: 0, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } });
-      if (signal?.aborted) return notStarted();
+      if (signal?.aborted) return abortedOutcome(0, 0);
       // Held for the run: a --force push of the model meanwhile closes the old engine only after it.
       const held = await options.models.use(job.spec.model);
       try {
         const engine = held.engine;
-        if (signal?.aborted) return notStarted();
+        if (signal?.aborted) return abortedOutcome(0, 0);
         let init = await resolveInit(job, options.blobs);
         // "gmm" is the API's default start, so a model shipped without a prior would fail every
         // request that names no init: it starts from noise instead, and the job says so.

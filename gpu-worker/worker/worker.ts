@@ -11,7 +11,7 @@ import type { OutputScreen } from '../../shared/prompt-policy.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
 import type { ModelRegistry } from '../models.ts';
 import { classifyError, describe, isMachineFailure, jobErrorOf, StorageFailure } from './errors.ts';
-import type { SynthesisOutcome, SynthesisProgress, SynthesizedImage, Synthesizer } from './synthesizer.ts';
+import { abortedOutcome, type SynthesisOutcome, type SynthesisProgress, type SynthesizedImage, type Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
@@ -802,7 +802,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // The run threw on its way out of an abort (a session rejected mid-step): it ends as the abort
         // says. A drain must not spend a delivery, nor a cancel end the job failed.
         log.warn('run threw after an abort; settled as the abort', { jobId: msg.job_id, reason, error: describe(runError) });
-        outcome = { images: [], aborted: true, stepsDone: progress.latest?.step ?? 0, totalSteps: total, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
+        outcome = abortedOutcome(progress.latest?.step ?? 0, total);
         runError = undefined;
       }
       if (runError !== undefined) throw runError;
