@@ -174,7 +174,8 @@ function dropAccents(text: string): string {
       continue;
     }
     out += ch;
-    base = /\p{L}/u.test(ch) ? MARK_SCRIPTS.find((sc) => sc.test(ch)) : undefined;
+    // Every script of MARK_SCRIPTS lies at U+0900 or above: Latin text takes no lookup.
+    base = ch.codePointAt(0)! >= 0x0900 && /\p{L}/u.test(ch) ? MARK_SCRIPTS.find((sc) => sc.test(ch)) : undefined;
   }
   return out;
 }
