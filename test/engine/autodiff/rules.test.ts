@@ -65,6 +65,19 @@ describe('elementwise', () => {
   check('Reciprocal', 'reciprocal', f64([{ name: 'x', shape: [2, 3], lo: 0.5, hi: 1.5 }], (b, v) => b.op1('Reciprocal', [v.x])));
   check('Tanh', 'tanh', f64([{ name: 'x', shape: [2, 3], lo: -2, hi: 2 }], (b, v) => b.op1('Tanh', [v.x])));
   check('Sigmoid', 'sigmoid', f64([{ name: 'x', shape: [2, 3], lo: -3, hi: 3 }], (b, v) => b.sigmoid(v.x)));
+  // The sigmoid gate x·σ(α·x) (QuickGELU, SiLU) has one fused rule on its outer Mul. 'basic' keeps
+  // onnxruntime from fusing the float64 forward into com.microsoft.QuickGelu, which is float32 only.
+  const gate = (b: GraphBuilder, x: string, alpha: number, alphaFirst = false) => {
+    const a = b.scalar(alpha, 'float64');
+    return b.mul(b.sigmoid(alphaFirst ? b.mul(a, x) : b.mul(x, a)), x);
+  };
+  check('Mul', 'sigmoid gate x·σ(1.702·x) (QuickGELU, fused rule)', f64([{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }], (b, v) => gate(b, v.x, 1.702), { optimization: 'basic' }));
+  check('Mul', 'sigmoid gate σ(x·1)·x (SiLU, α first, x second)', f64([{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }], (b, v) => gate(b, v.x, 1, true), { optimization: 'basic' }));
+  check('Mul', 'sigmoid gate whose σ and x have other consumers', f64([{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }], (b, v) => {
+    const s = b.sigmoid(b.mul(v.x, b.scalar(-0.7, 'float64')));
+    return b.add(b.add(b.mul(v.x, s), b.mul(s, s)), b.op1('Exp', [v.x]));
+  }, { optimization: 'basic' }));
+  check('Mul', 'x·σ(w·x) with w a wrt (no fused rule: w is not a build-time constant)', f64([{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }, { name: 'w', shape: [] }], (b, v) => b.mul(v.x, b.sigmoid(b.mul(v.x, v.w))), { optimization: 'basic' }));
   check('Softplus', 'softplus (float32)', f32([{ name: 'x', shape: [2, 3], lo: -3, hi: 3 }], (b, v) => b.op1('Softplus', [v.x])));
   // Erf has no float64 CPU kernel: float32 (see the header for step and tolerance).
   check('Erf', 'erf (float32)', f32([{ name: 'x', shape: [3, 4], lo: -2, hi: 2 }], (b, v) => b.op1('Erf', [v.x])));
@@ -263,6 +276,17 @@ describe('graph-level behaviour', () => {
     const out = await runModel(b.toModel(), { x: tensor('float64', [3], [1, -2, 3]), s: tensor('float64', [3], [10, 100, 1000]) });
     expect([...(out.g1.data as Float64Array)]).toEqual([2, -4, 6]);
     expect([...(out.g2.data as Float64Array)]).toEqual([20, -400, 6000]);
+  });
+
+  test('the sigmoid gate x·σ(1.702·x) takes its fused rule: five full-size backward ops, none for the Sigmoid', () => {
+    const b = new Builder();
+    const x = b.input('x', 'float32', [4, 8]);
+    const y = b.mul(x, b.sigmoid(b.mul(x, b.scalar(1.702, 'float32'))));
+    const before = b.nodes.length;
+    appendGradients(b, { loss: b.reduceSum(y, [0, 1], false), wrt: [x] });
+    const full = b.nodes.slice(before).filter((n) => ['Mul', 'Sub', 'Add'].includes(n.op) && n.outputs.some((o) => b.shape(o).length === 2));
+    expect(full.map((n) => n.op).sort()).toEqual(['Add', 'Mul', 'Mul', 'Mul', 'Sub']);
+    expect(b.nodes.slice(before).some((n) => n.name.includes('Sigmoid'))).toBe(false);
   });
 
   test('the harness fails on a wrong rule (a test that can fail)', async () => {
