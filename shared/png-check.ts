@@ -1,14 +1,12 @@
 // A whole PNG file checked for what decoding it needs, without decoding it: the chunk layout and
 // CRCs, the palette, and the pixel data inflated (bounded by the size the header declares) to its
-// exact length with a known filter byte at the start of every row. Both sides run it: the API on an
+// exact length with a known filter byte at the start of every row, and in a palette image whose
+// palette is shorter than its bit depth can index, every index unfiltered and read. Both sides run it: the API on an
 // uploaded init image when a generation names it (a broken upload is a 400 then, not a failed job on a
 // GPU), and the engine's decoder before it hands the file to fast-png. So what the API accepts, the
 // check the worker runs accepts too.
-//
-// Not checked here (the decoder still refuses them): palette indices beyond the palette, which need
-// the rows unfiltered.
 
-import { crc32, createInflateRaw, inflateRawSync, type ZlibOptions } from 'node:zlib';
+import { crc32, createInflateRaw, deflateSync, inflateRawSync, type ZlibOptions } from 'node:zlib';
 import { readPngHeader, type PngHeader } from './image-header.ts';
 
 /** The chunks decoding reads: the header, the palette and its transparency, the pixel data, the end. */
@@ -36,18 +34,25 @@ export interface PngPass {
   /** Bytes per row, the filter byte included. */
   rowBytes: number;
   rows: number;
+  /** Pixels per row (the row's bytes round up to whole bytes). */
+  pixels: number;
+  /** Where the pass's first pixel sits in the image, and the steps between its pixels. */
+  x0: number;
+  y0: number;
+  dx: number;
+  dy: number;
 }
 
 /** The rows the inflated pixel data holds, in stream order (empty Adam7 passes left out). */
 export function pngPasses(header: PngHeader): PngPass[] {
   const { width, height, channels, bitDepth, interlaced } = header;
   const rowBytes = (w: number) => Math.ceil((w * channels * bitDepth) / 8) + 1;
-  if (!interlaced) return [{ rowBytes: rowBytes(width), rows: height }];
+  if (!interlaced) return [{ rowBytes: rowBytes(width), rows: height, pixels: width, x0: 0, y0: 0, dx: 1, dy: 1 }];
   const passes: PngPass[] = [];
   for (const [x0, y0, dx, dy] of ADAM7) {
     const pw = width > x0 ? Math.ceil((width - x0) / dx) : 0;
     const ph = height > y0 ? Math.ceil((height - y0) / dy) : 0;
-    if (pw > 0 && ph > 0) passes.push({ rowBytes: rowBytes(pw), rows: ph });
+    if (pw > 0 && ph > 0) passes.push({ rowBytes: rowBytes(pw), rows: ph, pixels: pw, x0, y0, dx, dy });
   }
   return passes;
 }
@@ -64,6 +69,8 @@ export interface PngLayout {
   decodable: Uint8Array;
   /** The IDAT payloads joined: a zlib stream. */
   deflated: Uint8Array;
+  /** The PLTE chunk's entries (0 when it has none). */
+  paletteEntries: number;
 }
 
 export type PngLayoutCheck = { ok: true; layout: PngLayout } | { ok: false; reason: string; format?: string };
@@ -116,7 +123,7 @@ export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = 
     // More entries than the bit depth can index is allowed in practice (libpng and fast-png read it).
     if (palette > 256) return fail(`a palette of ${palette} entries (at most 256)`);
   }
-  return { ok: true, layout: { header, decodable: Buffer.concat(kept), deflated: Buffer.concat(idat) } };
+  return { ok: true, layout: { header, decodable: Buffer.concat(kept), deflated: Buffer.concat(idat), paletteEntries: palette } };
 }
 
 function fail(what: string): { ok: false; reason: string } {
@@ -137,16 +144,23 @@ const NO_CHECKSUM = 'corrupt PNG: its compressed pixel data has no checksum afte
 /**
  * Reads inflated pixel data as it comes, in pieces of any size: each row must start with a filter
  * type PNG defines (0–4), and the total must be the header's size (a little more is ignored, as
- * decoders do). `feed` and `end` say why not, or null.
+ * decoders do). A palette image whose palette is shorter than its bit depth can index also has its
+ * rows unfiltered, one row held at a time, and every index read: one past the palette is refused, as
+ * the decoder refuses it. `feed` and `end` say why not, or null.
  */
-function pixelStreamChecker(header: PngHeader) {
+function pixelStreamChecker(header: PngHeader, paletteEntries: number) {
   const expected = pngRawBytes(header);
   const { width, height } = header;
   const passes = pngPasses(header);
+  const indices = header.colourType === 3 && paletteEntries < 2 ** header.bitDepth ? paletteIndexChecker(header, paletteEntries, passes) : null;
   let pass = 0, row = 0, nextRow = 0, total = 0;
   return {
     feed(piece: Uint8Array): string | null {
       const end = total + piece.length;
+      if (indices && pass < passes.length) {
+        const why = indices.feed(piece.subarray(0, Math.max(0, Math.min(piece.length, expected - total))));
+        if (why) return why;
+      }
       while (pass < passes.length && nextRow < end) {
         const filter = piece[nextRow - total]!;
         if (filter > 4) return `corrupt PNG: unknown row filter ${filter} (the file is damaged)`;
@@ -163,9 +177,85 @@ function pixelStreamChecker(header: PngHeader) {
   };
 }
 
+/**
+ * The palette part of the stream check: rows are gathered whole, unfiltered against the row above (a
+ * pass starts from a row of zeros; a palette pixel is one byte or less, so the filters' left neighbour
+ * is the byte before), and their indices read at the bit depth, padding bits left out. Bytes past the
+ * declared size never reach it.
+ */
+function paletteIndexChecker(header: PngHeader, paletteEntries: number, passes: PngPass[]) {
+  const depth = header.bitDepth;
+  const widest = Math.max(...passes.map((p) => p.rowBytes)) - 1;
+  let cur = new Uint8Array(widest), prev = new Uint8Array(widest);
+  let pass = 0, row = 0, filled = -1; // -1: the filter byte is next
+  let filter = 0;
+  return {
+    feed(piece: Uint8Array): string | null {
+      let i = 0;
+      while (i < piece.length && pass < passes.length) {
+        const n = passes[pass]!.rowBytes - 1;
+        if (filled < 0) {
+          filter = piece[i++]!;
+          filled = 0;
+          if (filter > 4) return null; // the filter-byte check names it
+          continue;
+        }
+        const take = Math.min(n - filled, piece.length - i);
+        cur.set(piece.subarray(i, i + take), filled);
+        filled += take;
+        i += take;
+        if (filled < n) break;
+        unfilterRow(filter, cur, prev, n);
+        const bad = firstIndexBeyond(cur, passes[pass]!.pixels, depth, paletteEntries);
+        if (bad !== null) return `corrupt PNG: palette index ${bad} in a palette of ${paletteEntries} entries (the file is damaged)`;
+        [cur, prev] = [prev, cur];
+        filled = -1;
+        if (++row === passes[pass]!.rows) {
+          [pass, row] = [pass + 1, 0];
+          prev.fill(0);
+        }
+      }
+      return null;
+    },
+  };
+}
+
+/** PNG's five row filters undone in place, for one byte per pixel or less (the left neighbour is the byte before). */
+function unfilterRow(filter: number, cur: Uint8Array, prev: Uint8Array, n: number): void {
+  switch (filter) {
+    case 1:
+      for (let i = 1; i < n; i++) cur[i] = (cur[i]! + cur[i - 1]!) & 0xff;
+      break;
+    case 2:
+      for (let i = 0; i < n; i++) cur[i] = (cur[i]! + prev[i]!) & 0xff;
+      break;
+    case 3:
+      for (let i = 0; i < n; i++) cur[i] = (cur[i]! + (((i > 0 ? cur[i - 1]! : 0) + prev[i]!) >> 1)) & 0xff;
+      break;
+    case 4:
+      for (let i = 0; i < n; i++) {
+        const a = i > 0 ? cur[i - 1]! : 0, b = prev[i]!, c = i > 0 ? prev[i - 1]! : 0;
+        const p = a + b - c, pa = Math.abs(p - a), pb = Math.abs(p - b), pc = Math.abs(p - c);
+        cur[i] = (cur[i]! + (pa <= pb && pa <= pc ? a : pb <= pc ? b : c)) & 0xff;
+      }
+      break;
+  }
+}
+
+/** The first of a row's `pixels` indices (packed big-endian at `depth` bits) that is not below `entries`, or null. */
+function firstIndexBeyond(row: Uint8Array, pixels: number, depth: number, entries: number): number | null {
+  const perByte = 8 / depth, mask = (1 << depth) - 1;
+  for (let p = 0; p < pixels; p++) {
+    const byte = row[Math.floor(p / perByte)]!;
+    const index = (byte >> (8 - depth * ((p % perByte) + 1))) & mask;
+    if (index >= entries) return index;
+  }
+  return null;
+}
+
 /** Why the inflated pixel data does not fit the header, or `null` when it does. */
-function checkInflated(header: PngHeader, inflated: Uint8Array): string | null {
-  const rows = pixelStreamChecker(header);
+function checkInflated(header: PngHeader, paletteEntries: number, inflated: Uint8Array): string | null {
+  const rows = pixelStreamChecker(header, paletteEntries);
   return rows.feed(inflated) ?? rows.end();
 }
 
@@ -195,7 +285,7 @@ function trailerProblem(deflated: Uint8Array, consumed: number): string | null {
 export function checkPngFileSync(bytes: Uint8Array, opts: { maxPixels?: number } = {}): PngFileCheck {
   const read = readPngLayout(bytes, opts);
   if (!read.ok) return read;
-  const { header, deflated, decodable } = read.layout;
+  const { header, deflated, decodable, paletteEntries } = read.layout;
   const bad = zlibHeaderProblem(deflated);
   if (bad) return { ok: false, reason: bad };
   let info: InflateInfo;
@@ -204,8 +294,71 @@ export function checkPngFileSync(bytes: Uint8Array, opts: { maxPixels?: number }
   } catch (error) {
     return { ok: false, reason: inflateFailure(header, error) };
   }
-  const why = trailerProblem(deflated, info.engine.bytesWritten) ?? checkInflated(header, info.buffer);
-  return why ? { ok: false, reason: why } : { ok: true, header, decodable };
+  const why = trailerProblem(deflated, info.engine.bytesWritten) ?? checkInflated(header, paletteEntries, info.buffer);
+  if (why) return { ok: false, reason: why };
+  // fast-png (8.0) reads an interlaced pass's rows as whole bytes per pixel, so it misreads every
+  // interlaced image of 1, 2 or 4 bits (grey or palette): it fails on a filter byte that is really
+  // pixels, or decodes garbage. Such a file is handed on deinterlaced, which fast-png reads right.
+  if (header.interlaced && header.bitDepth < 8) return { ok: true, header, decodable: deinterlacedSubByte(header, decodable, info.buffer) };
+  return { ok: true, header, decodable };
+}
+
+/**
+ * The same image without interlacing: each Adam7 pass's rows unfiltered, their pixels put in place in
+ * rows of the image's own bit depth (filter 0), and the file rebuilt with IHDR's interlace byte 0 and one
+ * IDAT. For 1, 2 and 4 bits a pixel is one sample (grey or palette index), and a filter's left
+ * neighbour is the byte before.
+ */
+function deinterlacedSubByte(header: PngHeader, decodable: Uint8Array, inflated: Uint8Array): Uint8Array {
+  const { width, height, bitDepth: depth } = header;
+  const outRowBytes = Math.ceil((width * depth) / 8) + 1;
+  const out = new Uint8Array(outRowBytes * height); // filter bytes stay 0
+  const mask = (1 << depth) - 1;
+  let at = 0;
+  for (const pass of pngPasses(header)) {
+    const { x0, y0, dx, dy } = pass;
+    const n = pass.rowBytes - 1;
+    let prev = new Uint8Array(n), cur = new Uint8Array(n);
+    for (let r = 0; r < pass.rows; r++) {
+      const filter = inflated[at]!;
+      cur.set(inflated.subarray(at + 1, at + 1 + n));
+      at += pass.rowBytes;
+      unfilterRow(filter, cur, prev, n);
+      const y = y0 + r * dy;
+      for (let i = 0; i < pass.pixels; i++) {
+        const v = (cur[(i * depth) >> 3]! >> (8 - depth - ((i * depth) & 7))) & mask;
+        const x = x0 + i * dx, bit = x * depth;
+        out[y * outRowBytes + 1 + (bit >> 3)]! |= v << (8 - depth - (bit & 7));
+      }
+      [prev, cur] = [cur, prev];
+    }
+  }
+  const dv = new DataView(decodable.buffer, decodable.byteOffset, decodable.byteLength);
+  const chunk = (type: string, data: Uint8Array) => {
+    const c = Buffer.alloc(12 + data.length);
+    c.writeUInt32BE(data.length, 0);
+    c.write(type, 4, 'latin1');
+    c.set(data, 8);
+    c.writeUInt32BE(crc32(c.subarray(4, 8 + data.length)), 8 + data.length);
+    return c;
+  };
+  const parts: Uint8Array[] = [decodable.subarray(0, 8)];
+  let idatWritten = false;
+  for (let off = 8; off < decodable.length; ) {
+    const length = dv.getUint32(off);
+    const type = String.fromCharCode(...decodable.subarray(off + 4, off + 8));
+    const data = decodable.subarray(off + 8, off + 8 + length);
+    if (type === 'IHDR') {
+      const ihdr = Uint8Array.from(data);
+      ihdr[12] = 0;
+      parts.push(chunk('IHDR', ihdr));
+    } else if (type === 'IDAT') {
+      if (!idatWritten) parts.push(chunk('IDAT', deflateSync(out)));
+      idatWritten = true;
+    } else parts.push(decodable.subarray(off, off + 12 + length));
+    off += 12 + length;
+  }
+  return Buffer.concat(parts);
 }
 
 /**
@@ -215,10 +368,10 @@ export function checkPngFileSync(bytes: Uint8Array, opts: { maxPixels?: number }
 export async function checkPngFile(bytes: Uint8Array, opts: { maxPixels?: number } = {}): Promise<PngFileCheck> {
   const read = readPngLayout(bytes, opts);
   if (!read.ok) return read;
-  const { header, deflated, decodable } = read.layout;
+  const { header, deflated, decodable, paletteEntries } = read.layout;
   const bad = zlibHeaderProblem(deflated);
   if (bad) return { ok: false, reason: bad };
-  const rows = pixelStreamChecker(header);
+  const rows = pixelStreamChecker(header, paletteEntries);
   return new Promise<PngFileCheck>((resolve) => {
     const inflate = createInflateRaw();
     let settled = false;

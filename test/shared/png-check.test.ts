@@ -138,3 +138,82 @@ describe('the whole-file PNG check (API) agrees with the engine decoder (worker)
     }
   });
 });
+
+/** PNG's row filter `type` applied to one row (one byte per pixel or less: the left neighbour is the byte before). */
+function filterRow(type: number, row: Uint8Array, above: Uint8Array): Uint8Array {
+  const out = new Uint8Array(row.length);
+  for (let i = 0; i < row.length; i++) {
+    const a = i > 0 ? row[i - 1]! : 0, b = above[i]!, c = i > 0 ? above[i - 1]! : 0;
+    const p = a + b - c, pa = Math.abs(p - a), pb = Math.abs(p - b), pc = Math.abs(p - c);
+    const predict = [0, a, b, (a + b) >> 1, pa <= pb && pa <= pc ? a : pb <= pc ? b : c][type]!;
+    out[i] = (row[i]! - predict) & 0xff;
+  }
+  return out;
+}
+
+/**
+ * A palette PNG with the given indices, packed at `depth` bits, each row under the filter `filters`
+ * picks for it, interlaced or not: the check must undo every filter to read the indices.
+ */
+function palettePng(width: number, height: number, depth: number, entries: number, index: (x: number, y: number) => number, interlaced: boolean, filters: (row: number) => number, colourType: 0 | 3 = 3): Uint8Array {
+  const passes = interlaced
+    ? [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]]
+    : [[0, 0, 1, 1]];
+  const stream: Uint8Array[] = [];
+  let rowNo = 0;
+  for (const [x0, y0, dx, dy] of passes) {
+    const xs = [], ys = [];
+    for (let x = x0!; x < width; x += dx!) xs.push(x);
+    for (let y = y0!; y < height; y += dy!) ys.push(y);
+    if (xs.length === 0 || ys.length === 0) continue;
+    let above = new Uint8Array(Math.ceil((xs.length * depth) / 8));
+    for (const y of ys) {
+      const row = new Uint8Array(above.length);
+      xs.forEach((x, i) => {
+        row[Math.floor((i * depth) / 8)]! |= index(x, y) << (8 - depth - ((i * depth) % 8));
+      });
+      const type = filters(rowNo++);
+      stream.push(Uint8Array.of(type), filterRow(type, row, above));
+      above = row;
+    }
+  }
+  const plte = new Uint8Array(entries * 3).map((_, i) => (i * 37) & 0xff);
+  return pngOf(width, height, depth, colourType, interlaced ? 1 : 0, deflateSync(Buffer.concat(stream)), colourType === 3 ? [['PLTE', plte]] : []);
+}
+
+describe('palette indices: the check unfilters the rows and reads them as the decoder does', () => {
+  const cases = [1, 2, 4, 8].flatMap((depth) => [false, true].map((interlaced) => ({ depth, interlaced, entries: Math.min(2 ** depth - 1, 200) })));
+
+  it.each(cases)('depth $depth, interlaced $interlaced: indices below the palette pass on all sides; one index at the palette size is refused by all sides', async ({ depth, interlaced, entries }) => {
+    const [w, h] = [13, 11];
+    const inside = (x: number, y: number) => (x * 7 + y * 3 + x * y) % entries;
+    const filters = (r: number) => r % 5;
+    expect(await verdicts(palettePng(w, h, depth, entries, inside, interlaced, filters))).toEqual({ api: true, sync: true, engine: true });
+    for (const [bx, by] of [[0, 0], [12, 10], [5, 6]] as const) {
+      const one = (x: number, y: number) => (x === bx && y === by ? entries : inside(x, y));
+      const v = await verdicts(palettePng(w, h, depth, entries, one, interlaced, filters));
+      expect(v, `bad index at ${bx},${by}`).toMatchObject({ api: false, sync: false, engine: false });
+      expect(v.reason).toMatch(new RegExp(`palette index ${entries} in a palette of ${entries} entries`));
+    }
+  });
+
+  it('padding bits past a row\'s last pixel are not indices', async () => {
+    // 1-bit, 3 pixels a row: the 5 padding bits are ones, which as indices would be 1 in a 1-entry palette.
+    const rows = Buffer.from([0, 0b00011111, 0, 0b00011111]);
+    const bytes = pngOf(3, 2, 1, 3, 0, deflateSync(rows), [['PLTE', new Uint8Array(3)]]);
+    expect(await verdicts(bytes)).toEqual({ api: true, sync: true, engine: true });
+  });
+
+  // fast-png 8.0 reads interlaced passes as whole bytes per pixel; the check hands it such a file deinterlaced.
+  it.each([1, 2, 4].flatMap((depth) => [0, 3].map((colourType) => ({ depth, colourType: colourType as 0 | 3 }))))(
+    'an interlaced $depth-bit image (colour type $colourType) decodes to the same pixels as the same image not interlaced',
+    ({ depth, colourType }) => {
+      const [w, h] = [13, 11];
+      const value = (x: number, y: number) => (x * 5 + y * 3 + x * y) % 2 ** depth;
+      const plain = decodeImage(palettePng(w, h, depth, 2 ** depth, value, false, () => 0, colourType));
+      const interlaced = decodeImage(palettePng(w, h, depth, 2 ** depth, value, true, (r) => r % 5, colourType));
+      expect(Array.from(interlaced.data)).toEqual(Array.from(plain.data));
+      expect(new Set(plain.data).size).toBeGreaterThan(1);
+    },
+  );
+});
