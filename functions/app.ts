@@ -105,7 +105,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
 
   registerModelRoutes(app, deps);
   registerUploadRoutes(app, deps, { clock });
-  registerGenerationRoutes(app, deps, { clock, ledger });
+  registerGenerationRoutes(app, deps, { clock, ledger, log });
   registerUsageRoutes(app, deps, { clock });
   return app;
 }

@@ -1,6 +1,6 @@
 import { forEachLimited } from '../shared/concurrency.ts';
 import { CorruptDocumentError } from '../shared/errors.ts';
-import { PENDING_JOBS_PREFIX, parsePendingJobKey, type PendingKind } from '../shared/keys.ts';
+import { PENDING_JOBS_PREFIX, parsePendingJobKey, removeOrphanedOutputs, type PendingKind } from '../shared/keys.ts';
 import { clearPending, markPending } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
@@ -201,8 +201,15 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
       // could not remove (a crash, a failed delete). A job no message can reach any more would hold
       // its place (and its webhook) for ever: it fails `expired`.
       if (!isTerminal(job.status) && deps.queueRetentionSec !== undefined && unreachable(job, deps.clock(), deps.queueRetentionSec)) {
-        job = await expire(deps, job, deps.queueRetentionSec);
-        if (isTerminal(job.status) && job.error?.code === 'expired') report.expired++;
+        const expired = await expire(deps, job, deps.queueRetentionSec);
+        if (isTerminal(expired.status) && expired.error?.code === 'expired') report.expired++;
+        // A worker that died after storing images, or an attempt put back after storing them, left
+        // images no record will name. Best effort: the job has ended either way, and the bucket's
+        // lifecycle rule removes what is left.
+        await removeOrphanedOutputs(deps.blobs, expired).catch((error) =>
+          deps.log?.({ level: 'warn', msg: 'queued-job sweep: stored images of an expired job were not removed; the bucket\'s lifecycle rule removes them', job_id: expired.id, owner: expired.owner, error: describe(error) }),
+        );
+        job = expired;
       }
       if (isTerminal(job.status)) await clear();
       else {

@@ -1,5 +1,8 @@
 import { ValidationError } from './errors.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './names.ts';
+import type { BlobStore } from './ports.ts';
+import { deletePrefix } from './prefix.ts';
+import type { JobRecord } from './schemas/job.ts';
 
 /**
  * Blob keys: `/`-separated segments of safe characters. Rejecting `..`, empty segments, leading
@@ -41,6 +44,35 @@ export function uploadKey(owner: string, uploadId: string): string {
   const key = `uploads/${owner}/${uploadId}`;
   assertValidKey(key, 'upload');
   return key;
+}
+
+/**
+ * Where a job's images live: `outputs/<owner>/<jobId>/<index>.png`, and each image's progress frames
+ * beside it under `frames/<index>/` (ADR 0005).
+ */
+export function jobOutputsPrefix(owner: string, jobId: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError(`not an owner id: ${JSON.stringify(owner)}`, 'owner');
+  if (!RESOURCE_ID_PATTERN.test(jobId)) throw new ValidationError(`not a job id: ${JSON.stringify(jobId)}`, 'id');
+  return `outputs/${owner}/${jobId}/`;
+}
+
+/**
+ * Removes the images and frames an attempt of an ended job stored that its record does not name: a
+ * job that ended `failed` or `canceled` (a time-out, a cancel, a dead letter, a sweep's expiry) after
+ * an attempt had stored some, and whose record therefore names none. Without this they stayed until
+ * the bucket's lifecycle rule or a DELETE removed them.
+ *
+ * Only such a record is acted on. One that names images (a succeeded job) is left alone, so nothing
+ * it names can go; one still queued or running too (an attempt may be storing its images now); and
+ * one never started (`attempts` 0) has nothing stored, so nothing is even listed. An ended record
+ * never runs again, so what is removed cannot be wanted later. Idempotent; it throws what the store
+ * throws, and callers log that and go on (the job's end never waits on it: the lifecycle rule stays
+ * the backstop). True when it looked (and removed whatever was there).
+ */
+export async function removeOrphanedOutputs(blobs: BlobStore, job: Pick<JobRecord, 'owner' | 'id' | 'status' | 'attempts' | 'outputs'>): Promise<boolean> {
+  if ((job.status !== 'failed' && job.status !== 'canceled') || job.outputs.length > 0 || job.attempts === 0) return false;
+  await deletePrefix(blobs, jobOutputsPrefix(job.owner, job.id));
+  return true;
 }
 
 /**

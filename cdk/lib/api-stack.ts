@@ -135,9 +135,10 @@ export class ApiStack extends Stack {
     // The sweep reads and updates job records (the re-send stamp, webhook attempts), drops markers
     // whose work is done, sends messages, and signs output links for the webhooks it retries. It
     // writes a marker back when the job was re-queued between its read and the delete (ADR 0012).
+    // Delete on outputs/: a job it expires loses the images an earlier attempt stored (ADR 0005).
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.pending, ['write', 'delete']);
-    grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.outputs, ['read']);
+    grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.outputs, ['read', 'delete']);
     grantListBucket(this.sweeper, bucket);
     grantSend(this.sweeper, queue);
     new events.Rule(this, 'QueuedJobSweepSchedule', {

@@ -1,9 +1,9 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import { ConflictError, CorruptDocumentError, NotFoundError, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
+import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { checkPngFile } from '../../shared/png-check.ts';
-import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
+import { PENDING_JOBS_PREFIX, removeOrphanedOutputs, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
@@ -17,7 +17,7 @@ import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdPa
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
 import type { JobMutation } from '../../shared/ports.ts';
-import type { AppDeps, AppEnv } from '../types.ts';
+import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
@@ -200,7 +200,7 @@ const cancelGeneration = generationRoute(
 export function registerGenerationRoutes(
   app: OpenAPIHono<AppEnv>,
   deps: AppDeps,
-  ctx: { clock: () => Date; ledger: IdempotencyLedger },
+  ctx: { clock: () => Date; ledger: IdempotencyLedger; log: (entry: AppLogEntry) => void },
 ): void {
   const { blobs, jobs, queue, limits } = deps;
   const viewOptions = viewOptionsFromConfig(limits); // the worker price and output retention the views show
@@ -594,8 +594,16 @@ export function registerGenerationRoutes(
           return cur.cancel_requested ? null : { ...cur, cancel_requested: true };
       }
     });
-    // Canceled while queued: it no longer counts against its owner (a running one is the worker's to end).
-    if (job.status === 'canceled') await clearPending(blobs, 'active', owner, id);
+    if (job.status === 'canceled') {
+      // Canceled while queued: it no longer counts against its owner (a running one is the worker's to end).
+      await clearPending(blobs, 'active', owner, id);
+      // Queued again after an attempt that stored images (put back after a storage fault on its
+      // record): no record will name them. Best effort: the cancel stands, and the bucket's lifecycle
+      // rule removes what is left.
+      await removeOrphanedOutputs(blobs, job).catch((error) =>
+        ctx.log({ level: 'warn', msg: 'stored images of a canceled generation were not removed; the bucket\'s lifecycle rule removes them', job_id: id, owner, error: operatorMessage(error) }),
+      );
+    }
     return c.json(await view(job), 200);
   });
 }

@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { forEachLimited } from '../../shared/concurrency.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
+import { jobOutputsPrefix, removeOrphanedOutputs } from '../../shared/keys.ts';
 import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
@@ -486,6 +487,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   }
 
   /**
+   * Once a job has ended without images (failed or canceled: `rec` is its record as this write left
+   * it), the images and frames an attempt of it stored go, since no record will name them
+   * (removeOrphanedOutputs leaves any other record alone). Called after the end is recorded and the
+   * message settled: a failure is only logged, and the bucket's lifecycle rule removes what is left.
+   */
+  async function removeOrphans(rec: JobRecord): Promise<void> {
+    await removeOrphanedOutputs(blobs, rec).catch((error) =>
+      log.warn('stored images of an ended job were not removed; the bucket\'s lifecycle rule removes them', { jobId: rec.id, owner: rec.owner, status: rec.status, error: describe(error) }),
+    );
+  }
+
+  /**
    * Whether another delivery runs the job under a lease that has not run out: this message is then a
    * duplicate, and must neither run the job nor end it (cancel, fail). The holder renews its lease
    * every half visibility timeout to a full one ahead, so a live holder's lease never runs out; a dead
@@ -662,6 +675,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         const rec = await markCanceled(msg, m, 0);
         await lease.release();
         await ack(m, rec.status === 'canceled' ? 'canceled_before_start' : 'changed_before_start');
+        // An earlier attempt may have stored images before it was put back (a storage fault on its record).
+        await removeOrphans(rec);
         return finish(msg, rec.status === 'canceled' ? 'canceled' : 'skipped', { stepsDone: 0 });
       }
       if (m.receiveCount > config.maxReceives) {
@@ -673,6 +688,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (!isTerminal(rec.status)) return dropDuplicate(m, msg, lease, rec.lease_expires_at);
         await lease.release();
         await deadLetter(m, 'retries_exhausted');
+        await removeOrphans(rec);
         return finish(msg, rec.status as JobOutcome, { error });
       }
       if (models && !models.has(job.spec.model)) {
@@ -681,6 +697,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (!isTerminal(rec.status)) return dropDuplicate(m, msg, lease, rec.lease_expires_at);
         await lease.release();
         await ack(m, 'invalid_model');
+        await removeOrphans(rec);
         return finish(msg, rec.status as JobOutcome, { error });
       }
 
@@ -735,6 +752,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         const rec = isTerminal(running.status) ? running : await markCanceled(msg, m, 0);
         await lease.release();
         await ack(m, 'changed_before_start');
+        await removeOrphans(rec);
         return finish(msg, isTerminal(running.status) || rec.status !== 'canceled' ? 'skipped' : 'canceled');
       }
       attempt = running.attempts;
@@ -796,6 +814,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         await lease.release();
         if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone });
         await ack(m, 'timeout');
+        // This run stored nothing; an earlier attempt may have.
+        await removeOrphans(rec);
         return finish(msg, 'failed', { stepsDone, error });
       }
       if (runError !== undefined && reason !== undefined) {
@@ -821,6 +841,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           await lease.release();
           if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
           await ack(m, 'canceled');
+          await removeOrphans(rec);
           return finish(msg, 'canceled', { stepsDone: outcome.stepsDone });
         }
         // Drain: the next worker redoes the job from the start (the seed makes it the same image).
@@ -849,16 +870,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
       // Outputs first, then the record: a record never points at a missing object.
       const store = resultWriter(lease);
-      const prefix = `outputs/${msg.owner}/${msg.job_id}`;
+      const prefix = jobOutputsPrefix(msg.owner, msg.job_id);
       const outputs: JobOutput[] = [];
       // Several writes at once: a job's images and frames (up to ~200 objects) are billed time.
       const writes: Array<() => Promise<unknown>> = [];
       for (const image of outcome.images) {
-        const key = `${prefix}/${image.index}.png`;
+        const key = `${prefix}${image.index}.png`;
         if (withheld.has(image.index)) {
           // An earlier attempt under another policy may have stored it and its frames: the record never
           // names them, but they go too.
-          writes.push(() => store(`withheld image ${image.index}`, () => blobs.delete(key)), () => store(`withheld image ${image.index}'s frames`, () => deletePrefix(blobs, `${prefix}/frames/${image.index}/`)));
+          writes.push(() => store(`withheld image ${image.index}`, () => blobs.delete(key)), () => store(`withheld image ${image.index}'s frames`, () => deletePrefix(blobs, `${prefix}frames/${image.index}/`)));
           continue;
         }
         writes.push(() => store(`image ${image.index}`, () => blobs.put(key, image.png, { contentType: 'image/png' })));
@@ -957,11 +978,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       if (cls === 'retryable') await deadLetter(m, 'retries_exhausted');
       else await ack(m, 'failed');
-      // The run may have stored some images before it failed: a failed job keeps none. Best effort;
-      // the bucket's lifecycle removes what is left.
-      if (attempt > 0 && rec.status !== 'succeeded') {
-        await deletePrefix(blobs, `outputs/${msg.owner}/${msg.job_id}/`).catch((e) => log.warn('a failed job\'s stored images were not removed', { jobId: msg.job_id, error: describe(e) }));
-      }
+      // This run, or an earlier attempt, may have stored some images: a failed job keeps none.
+      await removeOrphans(rec);
       return finish(msg, rec.status === 'canceled' ? 'canceled' : 'failed', { error: jobError });
     } catch (writeError) {
       // Could not even record the failure (storage down?). The record still says this attempt runs
@@ -1054,6 +1072,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (job && !isTerminal(job.status) && !held) {
           const error = { code: 'retries_exhausted', message: `the job's message was dead-lettered after ${config.maxReceives} deliveries without finishing` };
           const rec = await markFailed(msg, error);
+          // Its earlier attempts may have stored images (a worker killed after its uploads).
+          await removeOrphans(rec);
           jobEnded(msg);
           emit({ type: 'dead_lettered', messageId: m.messageId, reason: 'swept' });
           log.error(`dead-letter sweep: job marked ${rec.status}`, { jobId: msg.job_id, owner: msg.owner });

@@ -592,9 +592,9 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     expect(lambdaSqs.sort()).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
   });
 
-  it('gives the queued-job sweeper records, the pending markers (delete, and put back when a job was re-queued meanwhile) and send; nothing else', () => {
+  it('gives the queued-job sweeper records, the pending markers (delete, and put back when a job was re-queued meanwhile), the images of a job it expires (delete) and send; nothing else', () => {
     expect(s3Grants(api, 'QueuedJobSweeperServiceRoleDefaultPolicy')).toEqual(
-      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:PutObject pending/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
+      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:PutObject pending/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:DeleteObject outputs/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
     );
     const sqs = policyStatements(api)
       .filter(({ owner }) => owner.startsWith('QueuedJobSweeperServiceRoleDefaultPolicy'))

@@ -9,9 +9,9 @@ import { createApp } from '../../functions/app.ts';
 import { preferredWaitSec } from '../../functions/routes/common.ts';
 import { PreconditionFailedError, RetryableError } from '../../shared/errors.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
-import { uploadKey } from '../../shared/keys.ts';
+import { jobOutputsPrefix, uploadKey } from '../../shared/keys.ts';
 import { usageOfRecord } from '../../shared/usage.ts';
-import { expectEnvelope, harness, queueWithOutage, type Harness } from './helpers.ts';
+import { blobsRefusingList, expectEnvelope, harness, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -347,6 +347,31 @@ describe('cancel', () => {
     expect(record.cancel_requested).toBe(true);
     expect(record.progress.step).toBe(20);
     expect(record.version).toBe(1 + 1 + 20 + 1);
+  });
+
+  it('a queued job that an earlier attempt stored images for (put back after a storage fault) keeps none of them once canceled; a removal that fails still cancels, and is logged', async () => {
+    const stored = async (id: string) => {
+      await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, attempts: 1, started_at: new Date().toISOString() }));
+      for (const key of ['0.png', 'frames/0/0000_64x64.png']) await h.blobs.put(`${jobOutputsPrefix('acct_alice', id)}${key}`, new Uint8Array([1, 2, 3]));
+    };
+    const outputsOf = async (id: string) => (await h.blobs.list(jobOutputsPrefix('acct_alice', id))).items.map((i) => i.key);
+    const { id } = (await (await post({ prompt: 'apple' })).json()) as { id: string };
+    await stored(id);
+    const res = await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ id, status: 'canceled', outputs: [] });
+    expect(await outputsOf(id)).toEqual([]);
+
+    // Storage refuses the listing: the cancel stands, and the lifecycle rule is left to remove them.
+    const { id: other } = (await (await post({ prompt: 'pear' })).json()) as { id: string };
+    await stored(other);
+    const logs: unknown[] = [];
+    const app = createApp({ ...h.deps, blobs: blobsRefusingList(h.blobs, 'outputs/'), log: (entry) => logs.push(entry) });
+    const canceled = await app.request(`/v1/generations/${other}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } });
+    expect(canceled.status).toBe(200);
+    expect((await h.jobs.get('acct_alice', other))!.status).toBe('canceled');
+    expect(logs).toContainEqual(expect.objectContaining({ level: 'warn', msg: expect.stringMatching(/stored images of a canceled generation were not removed/), job_id: other, error: expect.stringMatching(/injected: S3 503 on LIST/) }));
+    expect(await outputsOf(other)).toHaveLength(2);
   });
 
   it('failed job → 409; unknown and foreign ids → 404', async () => {

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { BlobApiKeyStore } from '../../shared/apikeys.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import { LocalBlobStore, LocalJobQueue } from '../../shared/adapters/local/index.ts';
-import type { JobQueue } from '../../shared/ports.ts';
+import { RetryableError } from '../../shared/errors.ts';
+import type { BlobStore, JobQueue, ListOptions } from '../../shared/ports.ts';
 import { createApp, type AppDeps } from '../../functions/app.ts';
 
 export const LIMITS = { maxBodyBytes: 16 * 1024, maxUploadBytes: 8 * 1024 * 1024, signedUrlTtlSec: 600 };
@@ -98,4 +99,20 @@ export function queueWithOutage(queue: JobQueue, down = true): { queue: JobQueue
       prop === 'send' ? (body: string) => (outage.down ? Promise.reject(new Error('sqs down')) : target.send(body)) : Reflect.get(target, prop, receiver),
   });
   return { queue: wrapped, outage };
+}
+
+/**
+ * The real blob store, with listings under `prefix` refused (an S3 503 or a missing permission):
+ * the best-effort removal of a job's stored images fails, everything else works.
+ */
+export function blobsRefusingList(blobs: BlobStore, prefix: string): BlobStore {
+  return new Proxy(blobs, {
+    get: (target, prop) => {
+      if (prop === 'list') {
+        return (at: string, options?: ListOptions) => (at.startsWith(prefix) ? Promise.reject(new RetryableError(`injected: S3 503 on LIST ${at}`)) : target.list(at, options));
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
 }

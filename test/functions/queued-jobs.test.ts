@@ -4,11 +4,11 @@ import { markPending } from '../../shared/pending.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, type SweepDeps } from '../../functions/queued-jobs.ts';
-import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
+import { jobOutputsPrefix, PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import type { JobQueue } from '../../shared/ports.ts';
 import { parseQueueMessage } from '../../shared/schemas/queue.ts';
 import { httpWebhookSender } from '../../shared/webhooks.ts';
-import { harness, queueWithOutage, type Harness } from './helpers.ts';
+import { blobsRefusingList, harness, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
 let offsetMs: number;
@@ -197,6 +197,35 @@ describe('queued-job sweep', () => {
     expect(sent).toEqual(['generation.failed', 'generation.failed']);
     for (const id of [live, resent]) expect((await h.jobs.get('acct_alice', id))!.status).not.toBe('failed');
     expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}active/`)).items.map((i) => i.key).sort()).toEqual([live, resent].map((id) => pendingJobKey('active', 'acct_alice', id)).sort());
+  });
+
+  it('an expired job keeps none of the images an attempt of it stored; a live job\'s stay', async () => {
+    const DAY = 86_400;
+    const ids: string[] = [];
+    for (const prompt of ['lapsed', 'live']) ids.push(((await (await h.request('/v1/generations', { json: { prompt } })).json()) as { id: string }).id);
+    const [lapsed, live] = ids as [string, string];
+    offsetMs = (DAY + 3600 + 60) * 1000;
+    // Both stored images: `lapsed`'s worker then died; `live`'s is storing them now.
+    await h.jobs.update('acct_alice', lapsed, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_expires_at: new Date(Date.now() + 30_000).toISOString() }));
+    await h.jobs.update('acct_alice', live, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_expires_at: new Date(clock().getTime() + 60_000).toISOString() }));
+    for (const id of ids) for (const key of ['0.png', 'frames/0/0000_64x64.png']) await h.blobs.put(`${jobOutputsPrefix('acct_alice', id)}${key}`, new Uint8Array([1, 2, 3]));
+    const outputsOf = async (id: string) => (await h.blobs.list(jobOutputsPrefix('acct_alice', id))).items.map((i) => i.key);
+
+    expect(await sweepQueuedJobs({ ...sweepDeps(), queueRetentionSec: DAY })).toMatchObject({ expired: 1, errors: 0 });
+    expect(await h.jobs.get('acct_alice', lapsed)).toMatchObject({ status: 'failed', error: { code: 'expired' } });
+    expect(await outputsOf(lapsed)).toEqual([]);
+    expect(await outputsOf(live)).toHaveLength(2);
+  });
+
+  it('an expired job\'s images that cannot be removed leave the expiry and the sweep as they are: logged, not an error', async () => {
+    const DAY = 86_400;
+    const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
+    offsetMs = (DAY + 3600 + 60) * 1000;
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, attempts: 1 })); // queued again after an attempt
+    await h.blobs.put(`${jobOutputsPrefix('acct_alice', id)}0.png`, new Uint8Array([1, 2, 3]));
+    expect(await sweepQueuedJobs({ ...sweepDeps(), blobs: blobsRefusingList(h.blobs, 'outputs/'), queueRetentionSec: DAY })).toMatchObject({ expired: 1, errors: 0 });
+    expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'failed', error: { code: 'expired' } });
+    expect(logs).toContainEqual(expect.objectContaining({ level: 'warn', msg: expect.stringMatching(/stored images of an expired job were not removed/), job_id: id }));
   });
 
   it('an unreachable job whose caller asked to cancel it ends canceled, not expired', async () => {

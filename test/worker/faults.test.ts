@@ -10,21 +10,10 @@ import type { BlobStore, JobStore } from '../../shared/ports.ts';
 import { readUsage } from '../../shared/usage.ts';
 import { readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import { OWNER, listKeys, makeEnv, submit, waitFor } from './helpers.ts';
-import { finishedOf, outcome, SqsReceiptRulesQueue, sleep, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
+import { finishedOf, outcome, patched, SqsReceiptRulesQueue, sleep, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
 import type { WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 
 afterEach(stopWorkers);
-
-/** `target` with some methods replaced. */
-function patched<T extends object>(target: T, overrides: Partial<Record<keyof T, (...args: never[]) => unknown>>): T {
-  return new Proxy(target, {
-    get(t, p, r) {
-      if (Object.hasOwn(overrides, p)) return overrides[p as keyof T];
-      const v = Reflect.get(t, p, r);
-      return typeof v === 'function' ? v.bind(t) : v;
-    },
-  });
-}
 
 /** The blob store, failing writes to keys under `prefix` with `error()` while `failing()` says so. */
 function failingWrites(blobs: BlobStore, prefix: string, error: () => Error, failing: () => boolean) {

@@ -3,7 +3,7 @@
 // adapters around them, and queues with SQS's own rules, which neither the local queue (stricter: it
 // refuses old receipts, and never hands one message out twice) nor local-aws-sqs reproduces on demand.
 import { randomUUID } from 'node:crypto';
-import { createWorker, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import { createWorker, type Logger, type QueueWorker, type WorkerConfig, type WorkerDeps, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { SynthesisOutcome, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import { PreconditionFailedError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceiveOptions, ReceivedMessage } from '../../shared/ports.ts';
@@ -15,6 +15,17 @@ export async function stopWorkers(): Promise<void> {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** `target` with some methods replaced (a port with a fault injected). */
+export function patched<T extends object>(target: T, overrides: Partial<Record<keyof T, (...args: never[]) => unknown>>): T {
+  return new Proxy(target, {
+    get(t, p, r) {
+      if (Object.hasOwn(overrides, p)) return overrides[p as keyof T];
+      const v = Reflect.get(t, p, r);
+      return typeof v === 'function' ? v.bind(t) : v;
+    },
+  });
+}
 
 export const outcome = (stepsDone: number, aborted: boolean, images: SynthesisOutcome['images'] = []): SynthesisOutcome => ({
   images, aborted, stepsDone, totalSteps: stepsDone, encoderPasses: 7, timingsMs: { total: 0, sessionRun: 0, optimize: 0 },
@@ -38,14 +49,14 @@ export const stepping = (steps: number, ms: number, onRun?: () => void, images: 
   },
 });
 
-/** A worker on the given ports with fast test settings; `logs` collects what it logs. */
-export function start(deps: { queue: JobQueue; jobs: JobStore; blobs: BlobStore }, synthesizer: Synthesizer, config: Partial<WorkerConfig> = {}) {
+/** A worker on the given ports with fast test settings (and `more` of its dependencies); `logs` collects what it logs. */
+export function start(deps: { queue: JobQueue; jobs: JobStore; blobs: BlobStore }, synthesizer: Synthesizer, config: Partial<WorkerConfig> = {}, more: Pick<WorkerDeps, 'models'> = {}) {
   const events: WorkerEvent[] = [];
   const logs: Array<{ level: string; msg: string; fields?: Record<string, unknown> }> = [];
   const at = (level: string) => (msg: string, fields?: Record<string, unknown>) => void logs.push({ level, msg, ...(fields ? { fields } : {}) });
   const log: Logger = { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
   const worker = createWorker({
-    queue: deps.queue, jobs: deps.jobs, blobs: deps.blobs, synthesizer, log,
+    queue: deps.queue, jobs: deps.jobs, blobs: deps.blobs, synthesizer, log, ...more,
     config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1, progressIntervalMs: 0, pollErrorBackoffMs: 50, deadLetterSweepMs: 0, ...config },
     onEvent: (e) => events.push(e),
   });

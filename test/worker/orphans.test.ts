@@ -1,0 +1,234 @@
+// Images that an attempt stored and that no final record names (ADR 0005): when a later event ends
+// the job without images (a time-out, a cancel, a dead letter, a model gone), what the earlier
+// attempt stored goes with it, instead of waiting for the bucket's lifecycle rule. The ports are the
+// real local ones, wrapped to inject the fault that leaves such images behind; the synthesizers are
+// stand-ins whose timing the test controls.
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ModelRegistry } from '../../gpu-worker/models.ts';
+import type { WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import type { Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
+import { RetryableError } from '../../shared/errors.ts';
+import { jobOutputsPrefix, removeOrphanedOutputs } from '../../shared/keys.ts';
+import type { BlobStore, JobStore } from '../../shared/ports.ts';
+import type { JobRecord } from '../../shared/schemas/job.ts';
+import { handMadePng } from '../helpers/png.ts';
+import { OWNER, listKeys, makeEnv, submit, waitFor, type Env } from './helpers.ts';
+import { outcome, patched, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
+
+afterEach(stopWorkers);
+
+const FRAME = { step: 0, png: handMadePng(64, 64, new Uint8Array(0)) };
+
+/** The keys a run of two images (image 0 with one frame) stores for `job`. */
+function storedKeys(job: JobRecord): string[] {
+  const prefix = jobOutputsPrefix(OWNER, job.id);
+  return [`${prefix}0.png`, `${prefix}1.png`, `${prefix}frames/0/0000_64x64.png`].sort();
+}
+
+/**
+ * The job store with the first write that would mark a job succeeded failing (S3 down for the final
+ * record, past the in-place retries): that attempt's images are stored, and the job goes back to
+ * `queued` with no record naming them.
+ */
+function finalRecordWriteFailsOnce(jobs: JobStore): JobStore {
+  let failed = false;
+  return patched(jobs, {
+    update: ((owner: string, id: string, mutate: Parameters<JobStore['update']>[2], options?: Parameters<JobStore['update']>[3]) =>
+      jobs.update(owner, id, (cur) => {
+        const next = mutate(cur);
+        if (next?.status === 'succeeded' && !failed) {
+          failed = true;
+          throw new RetryableError('injected: S3 503 on the final record');
+        }
+        return next;
+      }, options)) as never,
+  }) as JobStore;
+}
+
+/** A first run that makes two images (image 0 with a frame); every later run is `later`'s. */
+function firstRunStores(later: Synthesizer): Synthesizer {
+  let runs = 0;
+  return {
+    run: (job, options) => (++runs === 1 ? Promise.resolve(outcome(6, false, [standInImage(0, [FRAME]), standInImage(1)])) : later.run(job, options)),
+  };
+}
+
+/** The state a first attempt leaves when it stored its images and was then put back: queued, `attempts` counted, images stored. */
+async function leftByAnEarlierAttempt(env: Env, job: JobRecord, changes: Partial<JobRecord> = {}): Promise<void> {
+  await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, attempts: 1, started_at: new Date().toISOString(), ...changes }));
+  const prefix = jobOutputsPrefix(OWNER, job.id);
+  await env.blobs.put(`${prefix}0.png`, standInImage(0).png, { contentType: 'image/png' });
+  await env.blobs.put(`${prefix}1.png`, standInImage(1).png, { contentType: 'image/png' });
+  await env.blobs.put(`${prefix}frames/0/0000_64x64.png`, FRAME.png, { contentType: 'image/png' });
+}
+
+const ofType = <T extends WorkerEvent['type']>(events: WorkerEvent[], type: T) => events.filter((e): e is Extract<WorkerEvent, { type: T }> => e.type === type);
+/** The job_finished event that ended the job (not a requeue). */
+const ended = (events: WorkerEvent[]) => ofType(events, 'job_finished').find((e) => ['succeeded', 'failed', 'canceled'].includes(e.outcome));
+
+describe('an attempt stored images, then a later event ended the job without them', () => {
+  it('the job times out on its next attempt: it ends failed (timeout) and keeps none of the images', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    const w = start({ queue: env.queue, jobs: finalRecordWriteFailsOnce(env.jobs), blobs: env.blobs }, firstRunStores(stepping(100_000, 10)), { jobTimeoutSec: 1, resultWriteRetryMs: 0 });
+    await waitFor('the first attempt put back', () => ofType(w.events, 'job_finished').find((e) => e.outcome === 'requeued'));
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', attempts: 2, error: { code: 'timeout' }, outputs: [] });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  });
+
+  it('the job is canceled while its next attempt runs: it ends canceled and keeps none of the images', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    const w = start({ queue: env.queue, jobs: finalRecordWriteFailsOnce(env.jobs), blobs: env.blobs }, firstRunStores(stepping(100_000, 10)), { resultWriteRetryMs: 0 });
+    await waitFor('the second attempt', () => ofType(w.events, 'job_started').find((e) => e.attempt === 2));
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true })); // what POST …/cancel does to a running job
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'canceled', attempts: 2, outputs: [] });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  });
+
+  it('a cancel asked for while the attempt that stored them ran: the next delivery cancels the job before starting it, and keeps none of the images', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    let runs = 0;
+    const synthesizer: Synthesizer = {
+      async run() {
+        runs++;
+        await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }));
+        return outcome(6, false, [standInImage(0, [FRAME]), standInImage(1)]);
+      },
+    };
+    const w = start({ queue: env.queue, jobs: finalRecordWriteFailsOnce(env.jobs), blobs: env.blobs }, synthesizer, { resultWriteRetryMs: 0 });
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect(runs).toBe(1);
+    expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['canceled_before_start']);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'canceled', attempts: 1, outputs: [] });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  });
+
+  it('the dead-letter sweep fails a job whose worker died after storing images: it keeps none of them', async () => {
+    const env = await makeEnv();
+    const job = await submit({ jobs: env.jobs, queue: env.queue.deadLetter! }, { n: 2 }); // its message already dead-lettered by the redrive
+    await leftByAnEarlierAttempt(env, job, { status: 'running', attempts: 3, lease_expires_at: new Date(Date.now() - 60_000).toISOString() });
+    const w = start(env, stepping(1, 1), { deadLetterSweepMs: 50 });
+    await waitFor('the sweep', () => ofType(w.events, 'dead_lettered')[0], 20_000);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', error: { code: 'retries_exhausted' } });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  });
+
+  it('a delivery past the receive limit (no redrive at it) fails the job, dead-letters its message, and keeps none of the images', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, job);
+    const [first] = await env.queue.receive({ waitSec: 0 }); // the earlier attempt's delivery, whose worker died
+    await env.queue.release(first!.receipt);
+    const w = start(env, stepping(1, 1), { maxReceives: 1 });
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect(ofType(w.events, 'dead_lettered').map((e) => e.reason)).toEqual(['retries_exhausted']);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', error: { code: 'retries_exhausted' } });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  });
+
+  it('a delivery that fails before its claim on the last attempt fails the job and keeps none of the images an earlier attempt stored', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, job);
+    const [first] = await env.queue.receive({ waitSec: 0 });
+    await env.queue.release(first!.receipt);
+    // The record cannot be read on this delivery (the job store's update still works).
+    const jobs = patched(env.jobs, { get: (async () => Promise.reject(new RetryableError('injected: S3 503 on GET'))) as never }) as JobStore;
+    const w = start({ queue: env.queue, jobs, blobs: env.blobs }, stepping(1, 1), { maxReceives: 2 });
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', attempts: 1, error: { code: 'retries_exhausted' } });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  });
+
+  it('a cancel that lands between the record\'s read and the claim (its worker died after storing images) ends the job canceled, keeping none of them', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, job, { status: 'running', lease_message_id: 'a-dead-workers-message', lease_expires_at: new Date(Date.now() - 60_000).toISOString() });
+    // The record as read shows no cancel; POST …/cancel marks the running job just after.
+    const jobs = patched(env.jobs, {
+      get: (async (owner: string, id: string) => {
+        const read = await env.jobs.get(owner, id);
+        await env.jobs.update(owner, id, (cur) => ({ ...cur, cancel_requested: true }));
+        return read;
+      }) as never,
+    }) as JobStore;
+    const w = start({ queue: env.queue, jobs, blobs: env.blobs }, stepping(1, 1));
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['changed_before_start']);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'canceled', attempts: 1, outputs: [] });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  });
+
+  it('a job whose model is gone by its next delivery fails invalid_model and keeps none of the images', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, job);
+    const models = { has: () => false, list: () => [] } as unknown as ModelRegistry;
+    const w = start(env, stepping(1, 1), {}, { models });
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', error: { code: 'invalid_model' } });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  });
+
+  it('a removal that fails neither fails nor holds up the job\'s end: it is canceled, its message acked, and the failure logged (the lifecycle rule removes the images)', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, job, { cancel_requested: true });
+    const blobs = patched(env.blobs, {
+      list: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) =>
+        prefix.startsWith('outputs/') ? Promise.reject(new RetryableError('injected: S3 503 on LIST')) : env.blobs.list(prefix, options)) as never,
+    }) as BlobStore;
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs }, stepping(1, 1));
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect(ended(w.events)).toMatchObject({ outcome: 'canceled' });
+    expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['canceled_before_start']);
+    expect((await env.jobs.get(OWNER, job.id))!.status).toBe('canceled');
+    expect(w.logs.find((l) => l.level === 'warn' && /stored images of an ended job were not removed/.test(l.msg))?.fields).toMatchObject({ jobId: job.id, status: 'canceled', error: expect.objectContaining({ message: 'injected: S3 503 on LIST' }) });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
+    expect(await env.queue.depth()).toBe(0);
+  });
+});
+
+describe('removeOrphanedOutputs', () => {
+  it('removes what an ended job without images has stored, idempotently; never what a record names, what a live attempt may be storing, and lists nothing for a job never started', async () => {
+    const env = await makeEnv();
+    const listed: string[] = [];
+    const blobs = patched(env.blobs, {
+      list: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) => (listed.push(prefix), env.blobs.list(prefix, options))) as never,
+    }) as BlobStore;
+    const job = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, job);
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    const prefix = jobOutputsPrefix(OWNER, job.id);
+    const named = [{ key: `${prefix}0.png`, width: 64, height: 64 }, { key: `${prefix}1.png`, width: 64, height: 64 }];
+
+    // Left alone: a succeeded record (it names its images), and records still queued or running.
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'succeeded', outputs: named })).toBe(false);
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'failed', outputs: named })).toBe(false);
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'queued' })).toBe(false);
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'running' })).toBe(false);
+    // Never started: nothing can be stored, so nothing is listed.
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'canceled', attempts: 0 })).toBe(false);
+    expect(listed).toEqual([]);
+    expect(await listKeys(env.blobs, prefix)).toEqual(storedKeys(job));
+
+    // Ended without images: all of it goes, and only this job's.
+    const other = await submit(env, {});
+    await leftByAnEarlierAttempt(env, other);
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'canceled' })).toBe(true);
+    expect(await listKeys(env.blobs, prefix)).toEqual([]);
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, other.id))).toEqual(storedKeys(other));
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'failed' })).toBe(true); // again: nothing left, no error
+  });
+
+  it('refuses a job id that is not one, before touching storage', () => {
+    expect(() => jobOutputsPrefix(OWNER, '../other')).toThrow(/not a job id/);
+    expect(() => jobOutputsPrefix('a/b', 'j')).toThrow(/not an owner id/);
+  });
+});
