@@ -49,12 +49,16 @@ export async function localStores(config: LocalConfig): Promise<LocalStores> {
 }
 
 /**
- * Socket timeouts for the SDK clients, which have none by default: a connection that never opens, or
- * a request that goes silent (no byte for a minute), fails and is retried instead of hanging a worker
- * that holds a job (its heartbeat would keep the job leased for ever). The idle limit is above SQS's
- * 20 s long poll, and is no cap on a long download that keeps receiving.
+ * Socket timeouts for the SDK clients, which have none by default, so that a connection that never
+ * opens or a request that goes silent fails and is retried instead of hanging a worker that holds a
+ * job (its heartbeat would keep the job leased for ever): 5 s to connect; 60 s from a request's start
+ * to its response headers (`requestTimeout`: in this SDK a limit on the request, a PUT's upload
+ * included, cleared when the headers arrive; a PUT raises it to its own deadline); and 60 s of
+ * silence on the socket (`socketTimeout`, which also covers a body being read). Each adapter call
+ * also has its own, mostly much shorter, deadline (aws/deadline.ts). All are above SQS's 20 s long
+ * poll, and none caps a long download that keeps receiving.
  */
-const SDK_SOCKET_TIMEOUTS = { requestHandler: { connectionTimeout: 5_000, requestTimeout: 60_000, throwOnRequestTimeout: true } };
+export const SDK_SOCKET_TIMEOUTS = { requestHandler: { connectionTimeout: 5_000, requestTimeout: 60_000, socketTimeout: 60_000, throwOnRequestTimeout: true } };
 
 /** S3 and SQS adapters; the SDK clients are constructed here, once per process. */
 export function awsStores(config: AwsConfig): Stores {

@@ -21,11 +21,14 @@ import type {
   SignedPutOptions,
 } from '../../ports.ts';
 import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
+import { DEFAULT_CALL_DEADLINES, Deadline, transferDeadlineMs, withDeadline, type CallDeadlines } from './deadline.ts';
 
 export interface S3BlobStoreOptions {
   /** Built by the composition root (region, credentials, endpoint); never constructed here. */
   client: S3Client;
   bucket: string;
+  /** Per-call deadlines (default DEFAULT_CALL_DEADLINES; tests shorten them). */
+  deadlines?: Partial<CallDeadlines>;
 }
 
 /**
@@ -38,30 +41,43 @@ export interface S3BlobStoreOptions {
  * S3 accepts up to 5 GB and the caller must `head` the object after upload and reject oversized
  * ones (`enforcesMaxBytes: false`). A true size range needs a presigned POST policy
  * (`content-length-range`), which is a form upload rather than a PUT.
+ *
+ * Every call runs under a deadline (./deadline.ts): a small request's for head, delete and a list
+ * page; a put's grows with its body; a get's first covers the response headers, then its body in
+ * proportion to the size they announce, so a large download that keeps arriving is never cut off.
  */
 export class S3BlobStore implements BlobStore {
   private readonly client: S3Client;
   private readonly bucket: string;
+  private readonly deadlines: CallDeadlines;
 
   constructor(options: S3BlobStoreOptions) {
     if (!options.bucket) throw new ValidationError('bucket is required', 'bucket');
+    const deadlines = { ...DEFAULT_CALL_DEADLINES, ...options.deadlines };
+    if (!(deadlines.callMs > 0) || !(deadlines.minBytesPerSec > 0)) throw new ValidationError('deadlines.callMs and deadlines.minBytesPerSec must be > 0', 'deadlines');
     this.client = options.client;
     this.bucket = options.bucket;
+    this.deadlines = deadlines;
   }
 
   async put(key: string, body: Uint8Array, options: PutOptions = {}): Promise<{ etag: string }> {
     assertValidKey(key);
-    const out = await call(() =>
-      this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: options.contentType })),
-    );
+    const out = await this.upload(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: options.contentType }), body);
     return { etag: requireEtag(out.ETag) };
   }
 
   async get(key: string): Promise<BlobObject | null> {
     assertValidKey(key);
+    // The headers within a small request's time; the body then gets its own allowance from the size
+    // they announce (S3 always sends Content-Length for an object). Without one, only the client's
+    // 60 s silence limit bounds the body.
+    const deadline = new Deadline('S3 GetObject', this.deadlines.callMs);
     try {
-      const out = await call(() => this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key })));
-      const body = await out.Body!.transformToByteArray();
+      const out = await call(() => this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: deadline.signal }));
+      if (out.ContentLength === undefined) deadline.clear();
+      else deadline.rearm(transferDeadlineMs(this.deadlines, out.ContentLength));
+      // A body cut off mid-way (a reset, the deadline) is as transient as a request that failed.
+      const body = await call(() => out.Body!.transformToByteArray());
       return {
         key,
         body,
@@ -72,14 +88,16 @@ export class S3BlobStore implements BlobStore {
       };
     } catch (error) {
       if (isNotFound(error)) return null;
-      throw error;
+      throw deadline.errorFor(error);
+    } finally {
+      deadline.clear();
     }
   }
 
   async head(key: string): Promise<BlobMeta | null> {
     assertValidKey(key);
     try {
-      const out = await call(() => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key })));
+      const out = await this.small('S3 HeadObject', (abortSignal) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal }));
       return {
         key,
         size: out.ContentLength ?? 0,
@@ -99,10 +117,9 @@ export class S3BlobStore implements BlobStore {
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ValidationError('limit must be 1..1000', 'limit');
     // The cursor is the last key returned (StartAfter), the same contract as the local adapter,
     // so callers can build cursors from keys (the JobStore does).
-    const out = await call(() =>
-      this.client.send(
-        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: limit, StartAfter: options.cursor }),
-      ),
+    // A page of at most 1000 keys (a few hundred KB of XML) is read before the call resolves: a small request.
+    const out = await this.small('S3 ListObjectsV2', (abortSignal) =>
+      this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: limit, StartAfter: options.cursor }), { abortSignal }),
     );
     const items: BlobMeta[] = (out.Contents ?? []).map((o) => ({
       key: o.Key!,
@@ -117,16 +134,12 @@ export class S3BlobStore implements BlobStore {
 
   async delete(key: string): Promise<void> {
     assertValidKey(key);
-    await call(() => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })));
+    await this.small('S3 DeleteObject', (abortSignal) => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal }));
   }
 
   async putIfAbsent(key: string, body: Uint8Array, options: PutOptions = {}): Promise<{ etag: string }> {
     assertValidKey(key);
-    const out = await call(() =>
-      this.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: options.contentType, IfNoneMatch: '*' }),
-      ),
-    );
+    const out = await this.upload(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: options.contentType, IfNoneMatch: '*' }), body);
     return { etag: requireEtag(out.ETag) };
   }
 
@@ -134,11 +147,7 @@ export class S3BlobStore implements BlobStore {
     assertValidKey(key);
     if (!etag) throw new ValidationError('etag is required', 'etag');
     try {
-      const out = await call(() =>
-        this.client.send(
-          new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: options.contentType, IfMatch: etag }),
-        ),
-      );
+      const out = await this.upload(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: options.contentType, IfMatch: etag }), body);
       return { etag: requireEtag(out.ETag) };
     } catch (error) {
       // S3 answers 404 when the object is gone: for a conditional replace that is a failed precondition.
@@ -184,6 +193,21 @@ export class S3BlobStore implements BlobStore {
       expiresAt: new Date(signedAtMs + options.expiresSec * 1000),
       enforcesMaxBytes: options.contentLength !== undefined,
     };
+  }
+
+  /** A request with no body to speak of either way, under a small request's deadline. */
+  private small<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    return withDeadline(what, this.deadlines.callMs, (abortSignal) => call(() => send(abortSignal)));
+  }
+
+  /**
+   * A PUT of `body`: its deadline grows with the body, so a large upload that keeps moving is not cut
+   * off. The client's `requestTimeout` (60 s from the start of a request to its response headers, the
+   * upload included) is raised to the same deadline: it cut off every upload longer than a minute.
+   */
+  private upload(command: PutObjectCommand, body: Uint8Array) {
+    const deadlineMs = transferDeadlineMs(this.deadlines, body.byteLength);
+    return withDeadline('S3 PutObject', deadlineMs, (abortSignal) => call(() => this.client.send(command, { abortSignal, requestTimeout: deadlineMs })));
   }
 }
 

@@ -19,7 +19,8 @@ import { S3BlobStore } from '../../../shared/adapters/aws/s3-blobstore.ts';
 import { SqsJobQueue } from '../../../shared/adapters/aws/sqs-queue.ts';
 import { NonRetryableError, PreconditionFailedError, RetryableError } from '../../../shared/errors.ts';
 import { blobStoreContract } from './blobstore.contract.ts';
-import { close, httpDownload, httpUpload, makeTempDir } from './helpers.ts';
+import { close, httpDownload, httpUpload, makeTempDir, silentServer, slowProxy } from './helpers.ts';
+import { SDK_SOCKET_TIMEOUTS } from '../../../shared/adapters/stores.ts';
 import { jobStoreContract } from './jobstore.contract.ts';
 import { queueContract } from './queue.contract.ts';
 import { RESEND_AFTER_MS } from '../../../functions/queued-jobs.ts';
@@ -73,8 +74,8 @@ function s3Client(extra: Partial<ConstructorParameters<typeof S3Client>[0]> = {}
   });
 }
 
-function sqsClient(): SQSClient {
-  return new SQSClient({ region: REGION, endpoint: sqsEndpoint, credentials: { accessKeyId: 'x', secretAccessKey: 'x' } });
+function sqsClient(extra: Partial<ConstructorParameters<typeof SQSClient>[0]> = {}): SQSClient {
+  return new SQSClient({ region: REGION, endpoint: sqsEndpoint, credentials: { accessKeyId: 'x', secretAccessKey: 'x' }, ...extra });
 }
 
 /** A fresh bucket per test: isolation without deleting anything. */
@@ -248,6 +249,102 @@ describe('S3 adapter specifics', () => {
     ]);
     expect(page.cursor).toBe('jobs/o/c.json');
   });
+});
+
+describe('per-call deadlines: a hung call fails in time as RetryableError; a transfer that keeps moving is not cut off', () => {
+  // Deadlines shortened for the test (the defaults: 5 s per request, bodies at 256 KiB/s); the SDK
+  // clients carry the production socket limits (shared/adapters/stores.ts), which alone would hold
+  // each of these calls for a minute or more.
+  const CALL_MS = 300;
+
+  /** How long `call` took, and what it threw. */
+  async function timed(call: () => Promise<unknown>): Promise<{ ms: number; error: unknown }> {
+    const t0 = Date.now();
+    const error = await call().then(() => undefined, (e: unknown) => e);
+    return { ms: Date.now() - t0, error };
+  }
+
+  function expectDeadline(result: { ms: number; error: unknown }, deadlineMs: number, what: string) {
+    expect(result.error, what).toBeInstanceOf(RetryableError);
+    expect((result.error as Error).message, what).toMatch(/did not finish within its deadline/);
+    expect(result.ms, what).toBeGreaterThanOrEqual(deadlineMs - 20);
+    expect(result.ms, what).toBeLessThan(deadlineMs + 1500);
+  }
+
+  it('[no answer] every SQS call fails within its deadline; a receive gets its long poll on top, and a real long poll on an empty queue is not cut short', async () => {
+    const silent = await silentServer();
+    try {
+      const queue = new SqsJobQueue({ client: sqsClient({ ...SDK_SOCKET_TIMEOUTS, endpoint: silent.endpoint }), queueUrl: `${silent.endpoint}/000000000000/jobs`, deadlines: { callMs: CALL_MS } });
+      const calls: Array<[string, () => Promise<unknown>, number]> = [
+        ['send', () => queue.send('{}'), CALL_MS],
+        ['ack', () => queue.ack('receipt'), CALL_MS],
+        ['release', () => queue.release('receipt'), CALL_MS],
+        ['extendVisibility (a quarter of 4 s)', () => queue.extendVisibility('receipt', 4), 1000],
+        ['receive (a 1 s long poll)', () => queue.receive({ waitSec: 1 }), 1000 + CALL_MS],
+      ];
+      const results = await Promise.all(calls.map(([, call]) => timed(call)));
+      calls.forEach(([what, , deadlineMs], i) => expectDeadline(results[i]!, deadlineMs, what));
+    } finally {
+      await silent.close();
+    }
+    const queueUrl = (await sqsClient().send(new CreateQueueCommand({ QueueName: unique('poll') }))).QueueUrl!;
+    const queue = new SqsJobQueue({ client: sqsClient(SDK_SOCKET_TIMEOUTS), queueUrl, deadlines: { callMs: CALL_MS } });
+    const poll = await timed(async () => expect(await queue.receive({ waitSec: 2 })).toEqual([]));
+    expect(poll.error).toBeUndefined();
+    expect(poll.ms).toBeGreaterThanOrEqual(1900);
+  }, 20_000);
+
+  it('[no answer] every S3 call fails within its deadline; a PUT\'s grows with its body', async () => {
+    const silent = await silentServer();
+    try {
+      const store = new S3BlobStore({ client: s3Client({ ...SDK_SOCKET_TIMEOUTS, endpoint: silent.endpoint, maxAttempts: 1 }), bucket: 'b', deadlines: { callMs: CALL_MS, minBytesPerSec: 1024 * 1024 } });
+      const small = Buffer.from('{}');
+      const large = new Uint8Array(1024 * 1024); // 1 s at the slowest rate taken for a live upload
+      const calls: Array<[string, () => Promise<unknown>, number]> = [
+        ['get', () => store.get('jobs/o/j.json'), CALL_MS],
+        ['head', () => store.head('jobs/o/j.json'), CALL_MS],
+        ['list', () => store.list('jobs/o/'), CALL_MS],
+        ['delete', () => store.delete('jobs/o/j.json'), CALL_MS],
+        ['put', () => store.put('jobs/o/j.json', small), CALL_MS + 1],
+        ['putIfAbsent', () => store.putIfAbsent('jobs/o/j.json', small), CALL_MS + 1],
+        ['replaceIfMatch', () => store.replaceIfMatch('jobs/o/j.json', small, '"e"'), CALL_MS + 1],
+        ['put of 1 MiB', () => store.put('models/m/big.onnx', large), CALL_MS + 1000],
+      ];
+      const results = await Promise.all(calls.map(([, call]) => timed(call)));
+      calls.forEach(([what, , deadlineMs], i) => expectDeadline(results[i]!, deadlineMs, what));
+    } finally {
+      await silent.close();
+    }
+  }, 20_000);
+
+  it('[slow body] a GET whose body keeps arriving is read whole long past a request\'s deadline; one that stalls fails within its size\'s allowance', async () => {
+    const bucket = unique('slow').toLowerCase().slice(0, 63);
+    await s3Client().send(new CreateBucketCommand({ Bucket: bucket }));
+    const object = new Uint8Array(1024 * 1024).map((_, i) => i % 251);
+    await new S3BlobStore({ client: s3Client(), bucket }).put('models/m/big.onnx', object);
+    const deadlines = { callMs: CALL_MS, minBytesPerSec: 512 * 1024 }; // the body's allowance: 300 ms + 2 s
+    const through = (endpoint: string) => new S3BlobStore({ client: s3Client({ ...SDK_SOCKET_TIMEOUTS, endpoint, maxAttempts: 1 }), bucket, deadlines });
+
+    // About 1.3 MB/s: the whole object takes about 0.8 s, well past the 300 ms a request gets.
+    const slow = await slowProxy(s3Endpoint, { chunkBytes: 64 * 1024, everyMs: 50 });
+    try {
+      let got: Uint8Array | undefined;
+      const read = await timed(async () => (got = (await through(slow.endpoint).get('models/m/big.onnx'))!.body));
+      expect(read.error).toBeUndefined();
+      expect(read.ms).toBeGreaterThan(CALL_MS * 2);
+      expect(Buffer.compare(got!, object)).toBe(0); // whole, byte for byte
+    } finally {
+      await slow.close();
+    }
+
+    // The headers and a quarter of the body, then nothing on a connection that stays open.
+    const stalled = await slowProxy(s3Endpoint, { chunkBytes: 64 * 1024, everyMs: 10, stopAfterBytes: 256 * 1024 });
+    try {
+      expectDeadline(await timed(() => through(stalled.endpoint).get('models/m/big.onnx')), CALL_MS + 2000, 'a stalled body');
+    } finally {
+      await stalled.close();
+    }
+  }, 20_000);
 });
 
 describe('the queued-job sweep Lambda (functions/sweep-lambda.ts) on s3rver and local-aws-sqs', () => {
