@@ -148,7 +148,7 @@ registerGradient('Sub', (c) => [
 ]);
 
 /**
- * y = x · Sigmoid(α·x) with α a build-time scalar (QuickGELU at α = 1.702, SiLU at 1), seen from its
+ * y = x · Sigmoid(α·x) with α a builder-made scalar constant (QuickGELU at α = 1.702, SiLU at 1), seen from its
  * outer Mul: which input is x, and the Sigmoid's input z = α·x and output s. Null for any other Mul.
  */
 function sigmoidGatePattern(c: GradCtx): { xIndex: 0 | 1; z: string; s: string } | null {
@@ -163,8 +163,11 @@ function sigmoidGatePattern(c: GradCtx): { xIndex: 0 | 1; z: string; s: string }
     if (!scale || scale.op !== 'Mul' || (scale.domain ?? '') !== '' || scale.inputs.length !== 2) continue;
     const k = scale.inputs.indexOf(x);
     if (k < 0 || scale.inputs[1 - k] === x) continue;
-    const alpha = b.consts.get(scale.inputs[1 - k]!);
-    if (!alpha || numel(alpha.dims) !== 1) continue;
+    // α must be a constant the builder made: a named initializer is a parameter, which may be a wrt,
+    // and the fused rule sends nothing down the Sigmoid's path to it.
+    const alphaName = scale.inputs[1 - k]!;
+    const alpha = b.consts.get(alphaName);
+    if (!alpha || numel(alpha.dims) !== 1 || (b.initializers.has(alphaName) && !b.constantNames.has(alphaName))) continue;
     if (![x, s, z].every((v) => sameShape(c.shape(v), outShape))) continue;
     return { xIndex, z, s };
   }

@@ -78,6 +78,7 @@ describe('elementwise', () => {
     return b.add(b.add(b.mul(v.x, s), b.mul(s, s)), b.op1('Exp', [v.x]));
   }, { optimization: 'basic' }));
   check('Mul', 'x·σ(w·x) with w a wrt (no fused rule: w is not a build-time constant)', f64([{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }, { name: 'w', shape: [] }], (b, v) => b.mul(v.x, b.sigmoid(b.mul(v.x, v.w))), { optimization: 'basic' }));
+  check('Mul', 'x·σ(α·x) with α a one-element parameter (an initializer and a wrt: no fused rule)', f64([{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }, { name: 'a', shape: [1], init: true }], (b, v) => b.mul(b.sigmoid(b.mul(v.a, v.x)), v.x), { optimization: 'basic' }));
   check('Softplus', 'softplus (float32)', f32([{ name: 'x', shape: [2, 3], lo: -3, hi: 3 }], (b, v) => b.op1('Softplus', [v.x])));
   // Erf has no float64 CPU kernel: float32 (see the header for step and tolerance).
   check('Erf', 'erf (float32)', f32([{ name: 'x', shape: [3, 4], lo: -2, hi: 2 }], (b, v) => b.op1('Erf', [v.x])));
