@@ -157,7 +157,9 @@ function pixelStreamChecker(header: PngHeader, paletteEntries: number) {
   return {
     feed(piece: Uint8Array): string | null {
       const end = total + piece.length;
-      if (indices && pass < passes.length) {
+      // Before the filter-byte walk below, whose pass count runs past the last pass once the last
+      // row's filter byte is seen: that row's pixels may still be in later pieces.
+      if (indices) {
         const why = indices.feed(piece.subarray(0, Math.max(0, Math.min(piece.length, expected - total))));
         if (why) return why;
       }

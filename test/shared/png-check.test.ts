@@ -217,3 +217,16 @@ describe('palette indices: the check unfilters the rows and reads them as the de
     },
   );
 });
+
+describe('palette indices in the streaming check (the API), whatever the inflate pieces', () => {
+  it('finds a bad index in the last row when that row spans two inflate pieces (16 KiB)', async () => {
+    // 299 wide, 8-bit: rows of 300 bytes; 110 rows = 33 000 bytes, so the piece boundary at 32 768
+    // falls inside the last row (it starts at 32 700). Its last pixel is index 7 in a palette of 3.
+    const [w, h] = [299, 110];
+    const bytes = palettePng(w, h, 8, 3, (x, y) => (x === w - 1 && y === h - 1 ? 7 : (x + y) % 3), false, (r) => r % 5);
+    const api = await checkPngFile(bytes);
+    expect(api.ok).toBe(false);
+    expect(api.ok ? '' : api.reason).toMatch(/palette index 7 in a palette of 3 entries/);
+    expect(checkPngFileSync(bytes).ok).toBe(false);
+  });
+});
