@@ -176,8 +176,14 @@ const MARK_SCRIPTS = ['Hira', 'Kana', 'Deva', 'Beng', 'Guru', 'Gujr', 'Orya', 'T
  */
 function dropAccents(text: string): string {
   if (!VIETNAMESE_STACKED_LETTER.test(text)) return dropMarks(text);
-  return text.replace(/[\p{L}\p{M}]+/gu, (word) => (VIETNAMESE_SYLLABLE.test(word.toLowerCase().replace(/\p{M}/gu, '')) ? word : dropMarks(word)));
+  return text.replace(/[\p{L}\p{M}]+/gu, (word) =>
+    // A syllable keeps Vietnamese's own marks only: any other (a diaeresis, Zalgo's stacks) still goes.
+    VIETNAMESE_SYLLABLE.test(word.toLowerCase().replace(/\p{M}/gu, '')) ? word.replace(/\p{M}/gu, (m) => (VIETNAMESE_MARKS.includes(m) ? m : '')) : dropMarks(word),
+  );
 }
+
+/** Vietnamese's vowel-quality marks (circumflex, breve, horn) and tone marks (grave, acute, tilde, hook above, dot below). */
+const VIETNAMESE_MARKS = '\u0302\u0306\u031b\u0300\u0301\u0303\u0309\u0323';
 
 /**
  * A vowel carrying both a vowel-quality mark (circumflex, breve, horn) and a tone mark (grave, acute,
@@ -498,10 +504,14 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         // its words taken out ("Bat-Man").
         const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
         const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel))];
-        const phrases = [...forms, ...forms.flatMap(leetForms)]
-          .flatMap((t) => t.split(PHRASE_BREAK))
-          .flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
-        for (const phrase of new Set(phrases)) {
+        const phrasesOf = (texts: string[]) => texts.flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
+        const written = new Set(phrasesOf(forms));
+        // The leetspeak readings come last, and only decide a term the prompt does not show as written:
+        // where it does, its unless phrases have had their say ("tesla model3" is not "tesla modele").
+        const leet = new Set(phrasesOf(forms.flatMap(leetForms)).filter((p) => !written.has(p)));
+        const matchedAsWritten = new Set<IndexedTerm>();
+        for (const phrase of [...written, ...leet]) {
+          const isLeet = leet.has(phrase);
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';
@@ -511,14 +521,16 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               spelled &&= words[j]!.length === 1 && LATIN_LIKE.test(words[j]!);
               for (const last of wordForms(words[j]!)) {
                 for (const t of index.get(joined + last) ?? []) {
-                  if (seen.has(t.rule.id)) continue;
+                  if (seen.has(t.rule.id) || (isLeet && matchedAsWritten.has(t))) continue;
                   // One word run together; its letters spelled out one by one; or the term's own words
                   // (a joined "hell okitty" is not "hello kitty").
                   const same =
                     spanWords === 1 ||
                     (spelled && spanWords >= MIN_SPELLED_LETTERS) ||
                     (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
-                  if (same && !excepted(t, words, i, j)) hit(t);
+                  if (!same) continue;
+                  if (!isLeet) matchedAsWritten.add(t);
+                  if (!excepted(t, words, i, j)) hit(t);
                 }
               }
               joined += words[j];
@@ -534,10 +546,12 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
             }
             // A term inside a longer word ("superbatmanlogo"). The word that is the term itself was
             // looked up above, where an unless phrase is matched word by word ("naruto strait").
+            // So is the term with a plural ending ("minions"), whose unless phrases are matched there too.
             if (insideWords.size > 0 && run.length > COMPOUND_MIN_LETTERS) {
+              const asWord = wordForms(run);
               for (let at = 0; at + COMPOUND_MIN_LETTERS <= run.length; at++) {
                 for (const { key, entry } of insideWords.get(run.slice(at, at + COMPOUND_MIN_LETTERS)) ?? []) {
-                  if (key.length < run.length && foundInside(entry, run, key, at)) hit(entry);
+                  if (key.length < run.length && !asWord.includes(key) && !(isLeet && matchedAsWritten.has(entry)) && foundInside(entry, run, key, at)) hit(entry);
                 }
               }
             }
@@ -593,7 +607,8 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'pepsi logo', 'mcdonalds logo', "mcdonald's logo", 'mc donalds logo', "mc donald's logo", 'starbucks logo', 'disney logo', 'netflix logo', 'facebook logo',
         'instagram logo', 'tesla logo', 'louis vuitton', 'gucci logo', 'chanel logo', 'olympic rings',
       ],
-      unless: ['gymnast on the olympic rings'],
+      // "pineapple logo": "#pineapplelogo" holds "apple logo" inside one word.
+      unless: ['gymnast on the olympic rings', 'pineapple logo'],
       inside_words: true,
     },
     {

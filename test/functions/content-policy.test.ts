@@ -137,6 +137,23 @@ describe('matching', () => {
     expect(rulesHit('the Naruto whirlpools')).toEqual(['refuse protected-characters']);
   });
 
+  it('leetspeak readings and inside-word matches leave a term shown as written to its unless phrases (from the diff review)', () => {
+    const doc = (terms: string[], unless: string[], inside_words?: boolean) =>
+      compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'trademark', action: 'refuse', message: 'm', terms, unless, inside_words }] }));
+    const hits = (p: ReturnType<typeof doc>, text: string) => p.screen([{ text, param: 'prompt' }]).length;
+    // "model3" reads "modele" as leetspeak, which the unless phrase "tesla model 3" does not cover.
+    const tesla = doc(['tesla'], ['tesla model 3']);
+    expect(hits(tesla, 'a red tesla model3 on a road')).toBe(0);
+    expect(hits(tesla, 'a t3sla logo')).toBe(1);
+    // "minions" is the term's plural, matched as a word with its unless phrase, not again inside itself.
+    const minion = doc(['minion'], ['minions of doom'], true);
+    expect(hits(minion, 'minions of doom')).toBe(0);
+    expect(hits(minion, 'babyminion')).toBe(1);
+    // A word that holds a term but is another word, named by an unless phrase of the shipped policy.
+    expect(rulesHit('#pineapplelogo sticker')).toEqual([]);
+    expect(rulesHit('#applelogo sticker')).toEqual(['refuse brand-logos']);
+  });
+
   it('keeps the tones of a Vietnamese text\'s syllables ("gậy", a stick, is not "gay"), while a name disguised with them still folds', () => {
     for (const text of ['c\u00e2y g\u1eady tre b\u00ean b\u1edd s\u00f4ng', '\u00f4ng gi\u00e0 c\u1ea7m c\u00e2y g\u1eady', 'con g\u00e0 tr\u1ed1ng g\u00e1y bu\u1ed5i s\u00e1ng']) {
       expect(rulesHit(text), text).toEqual([]);
@@ -146,6 +163,8 @@ describe('matching', () => {
     for (const text of ['b\u1eadtman', 'pik\u1eadchu', 'shr\u1ec5k \u1edf nh\u00e0', 'Pikachu v\u00e0 b\u1ea1n b\u00e8', 'p\u00efk\u00e1ch\u00fc', 'p\u0337\u0322i\u0334k\u0338a\u0335c\u0336h\u0337u\u0338']) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
     }
+    // A syllable keeps Vietnamese's own marks only: a diaeresis beside a Vietnamese word still folds.
+    expect(rulesHit('g\u1eady g\u0308a\u0308y\u0308 parade')).toEqual(['flag people-by-group']);
     // A known cost: alone, with one accent, "gáy" (to crow) still reads "gay" (a flag).
     expect(rulesHit('g\u00e1y')).toEqual(['flag people-by-group']);
   });
