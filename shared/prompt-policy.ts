@@ -307,7 +307,16 @@ const LEET_LETTERS: Readonly<Record<string, string>> = { 0: 'o', 3: 'e', 4: 'a',
 const LEET_WORD = /(?:[\p{L}\p{N}]|[@$!](?=[\p{L}\p{N}]))+/gu;
 
 /**
- * The text with digits and symbols read as letters inside each word that has a letter ("8atman" is
+ * Whether leetspeak may read a word's digits as letters: it has a letter, and no fewer letters than
+ * digits. A model number ("C30", "F150", "A380") is a letter or two before a number: "C30" is no "ceo".
+ */
+function readsAsLetters(word: string): boolean {
+  const letters = word.match(/\p{L}/gu)?.length ?? 0;
+  return letters > 0 && letters >= (word.match(/[0-9]/g)?.length ?? 0);
+}
+
+/**
+ * The text with digits and symbols read as letters inside each word that readsAsLetters ("8atman" is
  * "batman"), once with 1 as i and once as l ("p1kachu", "he11o kitty"): added to the forms a prompt is
  * matched in, never in place of the one as written, where "pikachu2" is "pikachu 2". A number with no
  * letter ("2 cats", "1989") stays a number, and a digit without a reading (2, 6) stays a digit, so
@@ -316,7 +325,7 @@ const LEET_WORD = /(?:[\p{L}\p{N}]|[@$!](?=[\p{L}\p{N}]))+/gu;
 function leetForms(text: string): string[] {
   if (!/[0-9@$!]/.test(text)) return [];
   const read = (one: string) =>
-    text.replace(LEET_WORD, (word) => (/\p{L}/u.test(word) ? word.replace(/[0-9@$!]/g, (c) => (c === '1' ? one : LEET_LETTERS[c] ?? c)) : word));
+    text.replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/[0-9@$!]/g, (c) => (c === '1' ? one : LEET_LETTERS[c] ?? c)) : word));
   return [...new Set([read('i'), read('l')])].filter((form) => form !== text);
 }
 
@@ -350,7 +359,8 @@ const MAX_TERM_WORDS = 6;
 const MAX_SPAN_WORDS = 16;
 /**
  * Fewest letters spelled out one by one that are read as a word ("p i k a c h u", "B A T M A N"): at
- * three, "a I" or "x y" in a sentence is still two words.
+ * three, "a I" or "x y" in a sentence is still two words. Only for a refusing rule's terms: spelling a
+ * name out is a way round a refusal, while a monogram ("C E O", "G A Y") is no reason for a flag.
  */
 const MIN_SPELLED_LETTERS = 3;
 /** Shortest term of an `inside_words` rule that is found inside a longer word: "batman", "naruto". */
@@ -526,7 +536,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
                   // (a joined "hell okitty" is not "hello kitty").
                   const same =
                     spanWords === 1 ||
-                    (spelled && spanWords >= MIN_SPELLED_LETTERS) ||
+                    (spelled && spanWords >= MIN_SPELLED_LETTERS && t.rule.action === 'refuse') ||
                     (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
                   if (!same) continue;
                   if (!isLeet) matchedAsWritten.add(t);
@@ -591,11 +601,13 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
       ],
       // Places and things named like them, and a verb that reads as a plural ("a sponge bobs on the water").
       unless: [
-        'naruto strait', 'naruto straits', 'batman river', 'narutomaki',
+        'naruto strait', 'naruto straits', 'batman river',
         'sponge bobs on the water', 'sponge bobs in the water', 'sponge bobs up', 'sponge bobs down', 'sponge bobs along', 'sponge bobs about', 'sponge bobs around',
       ],
-      // Names: found inside a longer word ("babypikachu", "#batmanfan").
-      inside_words: true,
+      // No inside_words: a red-team corpus of innocent prompts had 42 refusals with it and 6 without.
+      // Hashtags and compounds hold these names by chance ("#WelcomeToToronto" holds "totoro",
+      // "#SuperMango" "superman", "combatmanual" "batman", Polish "Narutowicza" "naruto"), and the
+      // output check (ADR 0017) still looks at what "babypikachu" draws.
     },
     {
       id: 'brand-logos',
@@ -607,9 +619,7 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'pepsi logo', 'mcdonalds logo', "mcdonald's logo", 'mc donalds logo', "mc donald's logo", 'starbucks logo', 'disney logo', 'netflix logo', 'facebook logo',
         'instagram logo', 'tesla logo', 'louis vuitton', 'gucci logo', 'chanel logo', 'olympic rings',
       ],
-      // "pineapple logo": "#pineapplelogo" holds "apple logo" inside one word.
-      unless: ['gymnast on the olympic rings', 'pineapple logo'],
-      inside_words: true,
+      unless: ['gymnast on the olympic rings'],
     },
     {
       id: 'living-artists',

@@ -84,7 +84,7 @@ describe('matching', () => {
       expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     }
     // Only an added reading: a number without letters, or a digit that reads as no letter, stays as written.
-    for (const text of ['r2d2 and c3po toys on a shelf', '2 cats sleeping on a sofa', 'a poster from 1989', 'a 4k render', 'a 3d render of a glass cube', 'an f1 car', 'a 4x4 truck', 'a $5 bill', 'a v8 engine', 'wow! a cat']) {
+    for (const text of ['r2d2 and c3po toys on a shelf', '2 cats sleeping on a sofa', 'a poster from 1989', 'a 4k render', 'a 3d render of a glass cube', 'an f1 car', 'a 4x4 truck', 'a $5 bill', 'a v8 engine', 'wow! a cat', 'a Volvo C30 in the snow', 'C30 concrete', 'an A380 landing']) {
       expect(rulesHit(text), text).toEqual([]);
     }
   });
@@ -93,7 +93,7 @@ describe('matching', () => {
     for (const text of ['p i k a c h u', 'B A T M A N on a roof', 's p o n g e b o b', 'h e l l o k i t t y', 'a p i k a c h u plush']) {
       expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     }
-    for (const text of ['the letters a b c on wooden blocks', 'x y z axes on a graph', 'a i generated art of a fox', 'I a m not sure what this is', 'grades a b c d f on a report card']) {
+    for (const text of ['the letters a b c on wooden blocks', 'x y z axes on a graph', 'a i generated art of a fox', 'I a m not sure what this is', 'grades a b c d f on a report card', 'a monogram C E O on a cufflink', 'the letters G A Y on a sign']) {
       expect(rulesHit(text), text).toEqual([]);
     }
   });
@@ -106,13 +106,9 @@ describe('matching', () => {
     expect(rulesHit('\u043f\u043e\u043b\u0435 \u0430\u0433\u0430\u0432')).toEqual([]);
   });
 
-  it('finds a name inside a longer word where its rule says so (inside_words), and no short term or ordinary word inside another', () => {
-    for (const text of ['babypikachu', 'pikachufan', '#batmanfan', 'superbatmanlogo', 'superbatmanesque', 'iloveharrypotter', 'b4tmanfan']) {
-      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
-    }
-    expect(rulesHit('bignikelogo')).toEqual(['refuse brand-logos']);
-    // Unless phrases still take it back ("narutomaki", a fish cake); the name alone is not "inside" itself.
-    for (const text of ['a bowl of ramen with narutomaki and egg', 'the narutostrait at dawn', 'a wooden marionette', 'the Naruto Strait whirlpools']) expect(rulesHit(text), text).toEqual([]);
+  it('finds a name inside a longer word where its rule says so (inside_words, off in the shipped rules), and no short term or ordinary word inside another', () => {
+    // The shipped rules leave hashtags and compounds alone: they hold names by chance.
+    for (const text of ['#WelcomeToToronto', '#SuperMango', 'combatmanual', 'ulica Narutowicza', '#pineapplelogo sticker', 'superbatmanesque']) expect(rulesHit(text), text).toEqual([]);
     const doc = (inside_words: boolean | undefined, terms: string[]) =>
       compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'bias', action: 'refuse', message: 'm', terms, inside_words }] }));
     const hits = (p: ReturnType<typeof doc>, text: string) => p.screen([{ text, param: 'prompt' }]).length;
@@ -121,8 +117,8 @@ describe('matching', () => {
     for (const text of ['a heroine with a sword', 'a therapist office']) expect(hits(words, text), text).toBe(0);
     expect(hits(words, 'heroin')).toBe(1);
     // With it, only a term of six letters or more is found inside a word.
-    const names = doc(true, ['pikachu', 'mario', 'elsa', 'trump']);
-    expect(hits(names, 'babypikachu')).toBe(1);
+    const names = doc(true, ['pikachu', 'mario', 'elsa', 'trump', 'batman', 'harry potter', 'nike logo']);
+    for (const text of ['babypikachu', 'pikachufan', '#batmanfan', 'superbatmanlogo', 'iloveharrypotter', 'b4tmanfan', 'bignikelogo']) expect(hits(names, text), text).toBe(1);
     // An unless phrase of several words takes back the name as a word, and run together inside one.
     const island = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'copyright', action: 'refuse', message: 'm', terms: ['pikachu'], unless: ['pikachu island'], inside_words: true }] }));
     for (const text of ['the pikachu island ferry', 'the pikachuisland ferry']) expect(hits(island, text), text).toBe(0);
@@ -149,9 +145,10 @@ describe('matching', () => {
     const minion = doc(['minion'], ['minions of doom'], true);
     expect(hits(minion, 'minions of doom')).toBe(0);
     expect(hits(minion, 'babyminion')).toBe(1);
-    // A word that holds a term but is another word, named by an unless phrase of the shipped policy.
-    expect(rulesHit('#pineapplelogo sticker')).toEqual([]);
-    expect(rulesHit('#applelogo sticker')).toEqual(['refuse brand-logos']);
+    // An unless phrase names a word that holds a term but is another word.
+    const logo = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'trademark', action: 'refuse', message: 'm', terms: ['apple logo'], unless: ['pineapple logo'], inside_words: true }] }));
+    expect(hits(logo, '#pineapplelogo sticker')).toBe(0);
+    expect(hits(logo, '#bigapplelogo sticker')).toBe(1);
   });
 
   it('keeps the tones of a Vietnamese text\'s syllables ("gậy", a stick, is not "gay"), while a name disguised with them still folds', () => {
