@@ -1,4 +1,5 @@
 import type { BlobStore } from './ports.ts';
+import { jobOutputsPrefix } from './keys.ts';
 import { costUsd } from './run-stats.ts';
 import { imageSeed } from './schemas/generation.ts';
 import type { JobRecord } from './schemas/job.ts';
@@ -31,7 +32,7 @@ const FRAME_KEY = /\/frames\/(\d+)\/(\d{4,})(?:_(\d+)x(\d+))?\.png$/;
 
 /** The key of a frame (see FRAME_KEY). */
 export function frameKey(owner: string, jobId: string, index: number, step: number, width: number, height: number): string {
-  return `outputs/${owner}/${jobId}/frames/${index}/${String(step).padStart(4, '0')}_${width}x${height}.png`;
+  return `${jobOutputsPrefix(owner, jobId)}frames/${index}/${String(step).padStart(4, '0')}_${width}x${height}.png`;
 }
 
 /**
@@ -51,7 +52,7 @@ export async function generationFrames(
   const found: Array<{ index: number; step: number; width: number | null; height: number | null; key: string }> = [];
   let cursor: string | undefined;
   do {
-    const page = await blobs.list(`outputs/${job.owner}/${job.id}/frames/`, cursor === undefined ? {} : { cursor });
+    const page = await blobs.list(`${jobOutputsPrefix(job.owner, job.id)}frames/`, cursor === undefined ? {} : { cursor });
     for (const item of page.items) {
       const m = FRAME_KEY.exec(item.key);
       if (m && published.has(Number(m[1]))) {

@@ -3,7 +3,7 @@ import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { checkPngFile } from '../../shared/png-check.ts';
-import { PENDING_JOBS_PREFIX, removeOrphanedOutputs, uploadKey } from '../../shared/keys.ts';
+import { jobOutputsPrefix, PENDING_JOBS_PREFIX, removeOrphanedOutputs, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
@@ -573,7 +573,7 @@ export function registerGenerationRoutes(
       }
       return cur.deleted_at !== undefined ? null : deletedRecord(cur, now);
     });
-    await deletePrefix(blobs, `outputs/${owner}/${id}/`);
+    await deletePrefix(blobs, jobOutputsPrefix(owner, id));
     return c.json(await view(job), 200);
   });
 

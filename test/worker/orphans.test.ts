@@ -84,7 +84,8 @@ describe('an attempt stored images, then a later event ended the job without the
     const w = start({ queue: env.queue, jobs: finalRecordWriteFailsOnce(env.jobs), blobs: env.blobs }, firstRunStores(stepping(100_000, 10)), { resultWriteRetryMs: 0 });
     await waitFor('the second attempt', () => ofType(w.events, 'job_started').find((e) => e.attempt === 2));
     expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
-    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true })); // what POST …/cancel does to a running job
+    // What POST …/cancel does to a running job; it races a progress write every step, so it retries as the API's cancel does (30×).
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }), { retries: 50 });
     await waitFor('the job to end', () => ended(w.events), 20_000);
     expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'canceled', attempts: 2, outputs: [] });
     expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
@@ -97,7 +98,7 @@ describe('an attempt stored images, then a later event ended the job without the
     const synthesizer: Synthesizer = {
       async run() {
         runs++;
-        await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }));
+        await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }), { retries: 50 }); // may race the worker's heartbeat
         return outcome(6, false, [standInImage(0, [FRAME]), standInImage(1)]);
       },
     };
@@ -154,7 +155,7 @@ describe('an attempt stored images, then a later event ended the job without the
     const jobs = patched(env.jobs, {
       get: (async (owner: string, id: string) => {
         const read = await env.jobs.get(owner, id);
-        await env.jobs.update(owner, id, (cur) => ({ ...cur, cancel_requested: true }));
+        await env.jobs.update(owner, id, (cur) => ({ ...cur, cancel_requested: true }), { retries: 50 }); // may race the worker's heartbeat
         return read;
       }) as never,
     }) as JobStore;
