@@ -62,6 +62,18 @@ async function leftByAnEarlierAttempt(env: Env, job: JobRecord, changes: Partial
   await env.blobs.put(`${prefix}frames/0/0000_64x64.png`, FRAME.png, { contentType: 'image/png' });
 }
 
+/** The job's record as `ended` says, and none of its images or frames left. */
+async function expectEndedWithoutImages(env: Env, job: JobRecord, ended: Record<string, unknown>): Promise<void> {
+  expect((await env.jobs.get(OWNER, job.id))!).toMatchObject(ended);
+  expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+}
+
+/** The earlier attempt's delivery, whose worker died: received once, then back on the queue (one receive counted). */
+async function earlierDeliveryDied(env: Env): Promise<void> {
+  const [first] = await env.queue.receive({ waitSec: 0 });
+  await env.queue.release(first!.receipt);
+}
+
 const ofType = <T extends WorkerEvent['type']>(events: WorkerEvent[], type: T) => events.filter((e): e is Extract<WorkerEvent, { type: T }> => e.type === type);
 /** The job_finished event that ended the job (not a requeue). */
 const ended = (events: WorkerEvent[]) => ofType(events, 'job_finished').find((e) => ['succeeded', 'failed', 'canceled'].includes(e.outcome));
@@ -74,8 +86,7 @@ describe('an attempt stored images, then a later event ended the job without the
     await waitFor('the first attempt put back', () => ofType(w.events, 'job_finished').find((e) => e.outcome === 'requeued'));
     expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
     await waitFor('the job to end', () => ended(w.events), 20_000);
-    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', attempts: 2, error: { code: 'timeout' }, outputs: [] });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+    await expectEndedWithoutImages(env, job, { status: 'failed', attempts: 2, error: { code: 'timeout' }, outputs: [] });
   });
 
   it('the job is canceled while its next attempt runs: it ends canceled and keeps none of the images', async () => {
@@ -87,8 +98,7 @@ describe('an attempt stored images, then a later event ended the job without the
     // What POST …/cancel does to a running job; it races a progress write every step, so it retries as the API's cancel does (30×).
     await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }), { retries: 50 });
     await waitFor('the job to end', () => ended(w.events), 20_000);
-    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'canceled', attempts: 2, outputs: [] });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+    await expectEndedWithoutImages(env, job, { status: 'canceled', attempts: 2, outputs: [] });
   });
 
   it('a cancel asked for while the attempt that stored them ran: the next delivery cancels the job before starting it, and keeps none of the images', async () => {
@@ -106,8 +116,7 @@ describe('an attempt stored images, then a later event ended the job without the
     await waitFor('the job to end', () => ended(w.events), 20_000);
     expect(runs).toBe(1);
     expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['canceled_before_start']);
-    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'canceled', attempts: 1, outputs: [] });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+    await expectEndedWithoutImages(env, job, { status: 'canceled', attempts: 1, outputs: [] });
   });
 
   it('the dead-letter sweep fails a job whose worker died after storing images: it keeps none of them', async () => {
@@ -116,35 +125,30 @@ describe('an attempt stored images, then a later event ended the job without the
     await leftByAnEarlierAttempt(env, job, { status: 'running', attempts: 3, lease_expires_at: new Date(Date.now() - 60_000).toISOString() });
     const w = start(env, stepping(1, 1), { deadLetterSweepMs: 50 });
     await waitFor('the sweep', () => ofType(w.events, 'dead_lettered')[0], 20_000);
-    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', error: { code: 'retries_exhausted' } });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+    await expectEndedWithoutImages(env, job, { status: 'failed', error: { code: 'retries_exhausted' } });
   });
 
   it('a delivery past the receive limit (no redrive at it) fails the job, dead-letters its message, and keeps none of the images', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
     await leftByAnEarlierAttempt(env, job);
-    const [first] = await env.queue.receive({ waitSec: 0 }); // the earlier attempt's delivery, whose worker died
-    await env.queue.release(first!.receipt);
+    await earlierDeliveryDied(env);
     const w = start(env, stepping(1, 1), { maxReceives: 1 });
     await waitFor('the job to end', () => ended(w.events), 20_000);
     expect(ofType(w.events, 'dead_lettered').map((e) => e.reason)).toEqual(['retries_exhausted']);
-    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', error: { code: 'retries_exhausted' } });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+    await expectEndedWithoutImages(env, job, { status: 'failed', error: { code: 'retries_exhausted' } });
   });
 
   it('a delivery that fails before its claim on the last attempt fails the job and keeps none of the images an earlier attempt stored', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
     await leftByAnEarlierAttempt(env, job);
-    const [first] = await env.queue.receive({ waitSec: 0 });
-    await env.queue.release(first!.receipt);
+    await earlierDeliveryDied(env);
     // The record cannot be read on this delivery (the job store's update still works).
     const jobs = patched(env.jobs, { get: (async () => Promise.reject(new RetryableError('injected: S3 503 on GET'))) as never }) as JobStore;
     const w = start({ queue: env.queue, jobs, blobs: env.blobs }, stepping(1, 1), { maxReceives: 2 });
     await waitFor('the job to end', () => ended(w.events), 20_000);
-    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', attempts: 1, error: { code: 'retries_exhausted' } });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+    await expectEndedWithoutImages(env, job, { status: 'failed', attempts: 1, error: { code: 'retries_exhausted' } });
   });
 
   it('a cancel that lands between the record\'s read and the claim (its worker died after storing images) ends the job canceled, keeping none of them', async () => {
@@ -162,8 +166,7 @@ describe('an attempt stored images, then a later event ended the job without the
     const w = start({ queue: env.queue, jobs, blobs: env.blobs }, stepping(1, 1));
     await waitFor('the job to end', () => ended(w.events), 20_000);
     expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['changed_before_start']);
-    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'canceled', attempts: 1, outputs: [] });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+    await expectEndedWithoutImages(env, job, { status: 'canceled', attempts: 1, outputs: [] });
   });
 
   it('a job whose model is gone by its next delivery fails invalid_model and keeps none of the images', async () => {
@@ -173,8 +176,7 @@ describe('an attempt stored images, then a later event ended the job without the
     const models = { has: () => false, list: () => [] } as unknown as ModelRegistry;
     const w = start(env, stepping(1, 1), {}, { models });
     await waitFor('the job to end', () => ended(w.events), 20_000);
-    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', error: { code: 'invalid_model' } });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+    await expectEndedWithoutImages(env, job, { status: 'failed', error: { code: 'invalid_model' } });
   });
 
   it('a removal that fails neither fails nor holds up the job\'s end: it is canceled, its message acked, and the failure logged (the lifecycle rule removes the images)', async () => {
