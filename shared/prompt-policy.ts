@@ -307,12 +307,14 @@ const LEET_LETTERS: Readonly<Record<string, string>> = { 0: 'o', 3: 'e', 4: 'a',
 const LEET_WORD = /(?:[\p{L}\p{N}]|[@$!](?=[\p{L}\p{N}]))+/gu;
 
 /**
- * Whether leetspeak may read a word's digits as letters: it has a letter, and no fewer letters than
- * digits. A model number ("C30", "F150", "A380") is a letter or two before a number: "C30" is no "ceo".
+ * Whether leetspeak may read a word's digits and symbols as letters: one of them stands before a
+ * letter of the word. Digits only at its end are a number, as the model reads them ("pikachu2" is
+ * "pikachu 2"): a version ("tesla model3", whose unless phrase "tesla model 3" then still applies),
+ * a model number ("Volvo C30" is no "ceo", "pop3" no "pope"); while "p1kachu", "70t0r0" and "8atman"
+ * are read.
  */
 function readsAsLetters(word: string): boolean {
-  const letters = word.match(/\p{L}/gu)?.length ?? 0;
-  return letters > 0 && letters >= (word.match(/[0-9]/g)?.length ?? 0);
+  return /[0-9@$!](?=.*\p{L})/u.test(word);
 }
 
 /**
@@ -514,14 +516,10 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         // its words taken out ("Bat-Man").
         const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
         const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel))];
-        const phrasesOf = (texts: string[]) => texts.flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
-        const written = new Set(phrasesOf(forms));
-        // The leetspeak readings come last, and only decide a term the prompt does not show as written:
-        // where it does, its unless phrases have had their say ("tesla model3" is not "tesla modele").
-        const leet = new Set(phrasesOf(forms.flatMap(leetForms)).filter((p) => !written.has(p)));
-        const matchedAsWritten = new Set<IndexedTerm>();
-        for (const phrase of [...written, ...leet]) {
-          const isLeet = leet.has(phrase);
+        const phrases = [...forms, ...forms.flatMap(leetForms)]
+          .flatMap((t) => t.split(PHRASE_BREAK))
+          .flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
+        for (const phrase of new Set(phrases)) {
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';
@@ -531,16 +529,14 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               spelled &&= words[j]!.length === 1 && LATIN_LIKE.test(words[j]!);
               for (const last of wordForms(words[j]!)) {
                 for (const t of index.get(joined + last) ?? []) {
-                  if (seen.has(t.rule.id) || (isLeet && matchedAsWritten.has(t))) continue;
+                  if (seen.has(t.rule.id)) continue;
                   // One word run together; its letters spelled out one by one; or the term's own words
                   // (a joined "hell okitty" is not "hello kitty").
                   const same =
                     spanWords === 1 ||
                     (spelled && spanWords >= MIN_SPELLED_LETTERS && t.rule.action === 'refuse') ||
                     (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
-                  if (!same) continue;
-                  if (!isLeet) matchedAsWritten.add(t);
-                  if (!excepted(t, words, i, j)) hit(t);
+                  if (same && !excepted(t, words, i, j)) hit(t);
                 }
               }
               joined += words[j];
@@ -561,7 +557,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               const asWord = wordForms(run);
               for (let at = 0; at + COMPOUND_MIN_LETTERS <= run.length; at++) {
                 for (const { key, entry } of insideWords.get(run.slice(at, at + COMPOUND_MIN_LETTERS)) ?? []) {
-                  if (key.length < run.length && !asWord.includes(key) && !(isLeet && matchedAsWritten.has(entry)) && foundInside(entry, run, key, at)) hit(entry);
+                  if (key.length < run.length && !asWord.includes(key) && foundInside(entry, run, key, at)) hit(entry);
                 }
               }
             }

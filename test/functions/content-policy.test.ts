@@ -80,11 +80,11 @@ describe('matching', () => {
   });
 
   it('reads digits and symbols that stand for letters inside a word (leetspeak), and keeps numbers as they are', () => {
-    for (const text of ['p1kachu on a hill', 'b4tman', 'pik@chu', '8atman poster', 'p!kachu', '$uperman', 'sp1derman', 'h3llo k1tty', 'he11o kitty', 't0t0r0', 'P1K4CHU']) {
+    for (const text of ['p1kachu on a hill', 'b4tman', 'pik@chu', '8atman poster', 'p!kachu', '$uperman', 'sp1derman', 'h3llo k1tty', 'he11o kitty', 't0t0r0', 'P1K4CHU', '70t0r0 plush']) {
       expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     }
     // Only an added reading: a number without letters, or a digit that reads as no letter, stays as written.
-    for (const text of ['r2d2 and c3po toys on a shelf', '2 cats sleeping on a sofa', 'a poster from 1989', 'a 4k render', 'a 3d render of a glass cube', 'an f1 car', 'a 4x4 truck', 'a $5 bill', 'a v8 engine', 'wow! a cat', 'a Volvo C30 in the snow', 'C30 concrete', 'an A380 landing']) {
+    for (const text of ['r2d2 and c3po toys on a shelf', '2 cats sleeping on a sofa', 'a poster from 1989', 'a 4k render', 'a 3d render of a glass cube', 'an f1 car', 'a 4x4 truck', 'a $5 bill', 'a v8 engine', 'wow! a cat', 'a Volvo C30 in the snow', 'C30 concrete', 'an A380 landing', 'a pop3 mail server diagram']) {
       expect(rulesHit(text), text).toEqual([]);
     }
   });
@@ -133,14 +133,18 @@ describe('matching', () => {
     expect(rulesHit('the Naruto whirlpools')).toEqual(['refuse protected-characters']);
   });
 
-  it('leetspeak readings and inside-word matches leave a term shown as written to its unless phrases (from the diff review)', () => {
+  it('leetspeak reads no version number, and an inside-word match leaves a plural to its unless phrases; an unless phrase elsewhere takes back no disguised name (from the reviews)', () => {
     const doc = (terms: string[], unless: string[], inside_words?: boolean) =>
       compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'trademark', action: 'refuse', message: 'm', terms, unless, inside_words }] }));
     const hits = (p: ReturnType<typeof doc>, text: string) => p.screen([{ text, param: 'prompt' }]).length;
-    // "model3" reads "modele" as leetspeak, which the unless phrase "tesla model 3" does not cover.
+    // Digits only at a word's end are a number: "model3" is not read "modele", so the unless phrase "tesla model 3" applies.
     const tesla = doc(['tesla'], ['tesla model 3']);
     expect(hits(tesla, 'a red tesla model3 on a road')).toBe(0);
     expect(hits(tesla, 'a t3sla logo')).toBe(1);
+    // Decided where the reading changed a word: an unless phrase elsewhere in the prompt takes back no disguised name.
+    for (const text of ['the Naruto Strait, n4ruto uzumaki fighting', 'Batman River; b4tman in a cape']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    expect(rulesHit('gymnast on the olympic rings, 0lympic rings logo')).toEqual(['refuse brand-logos']);
+    expect(hits(tesla, 'a tesla model 3 and a t3sla logo')).toBe(1);
     // "minions" is the term's plural, matched as a word with its unless phrase, not again inside itself.
     const minion = doc(['minion'], ['minions of doom'], true);
     expect(hits(minion, 'minions of doom')).toBe(0);
