@@ -3,7 +3,8 @@
 // load (runs minutes apart on these shared machines differ by ±5 %, more than most graph changes).
 // Run: git worktree add /tmp/base <commit> && ln -s "$PWD/node_modules" /tmp/base/node_modules
 //      node --import tsx bench/paired-ab.ts --base /tmp/base [--views 8] [--rounds 21] [--threads 2]
-// Prints each side's median ms/step and the median per-round ratio this/base, then one JSON line.
+// Prints each side's median ms/step and the median per-round ratio this/base (each round runs
+// base, this, this, base), then one JSON line.
 
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -43,14 +44,16 @@ const time = async (s: { session: EngineSession; feeds: ReturnType<typeof caseFe
 };
 for (let i = 0; i < 3; i++) await time(base), await time(self); // warm-up: onnxruntime's first runs are slow
 
-const baseMs: number[] = [], selfMs: number[] = [], ratios: number[] = [];
+// Each round runs base, this, this, base: whichever session runs first in a pair gains a few per cent
+// (measured: 3–4 % at 8 views, as large as the changes this tool is for), so every round holds both
+// orders and its ratio is (this₁ + this₂) / (base₁ + base₂). The order effect is reported too.
+const baseMs: number[] = [], selfMs: number[] = [], ratios: number[] = [], firstGain: number[] = [];
 for (let r = 0; r < rounds; r++) {
-  // Alternate which side goes first, so neither always runs on a warmer cache.
-  let bMs: number, sMs: number;
-  if (r % 2 === 0) (bMs = await time(base)), (sMs = await time(self));
-  else (sMs = await time(self)), (bMs = await time(base));
-  baseMs.push(bMs), selfMs.push(sMs), ratios.push(sMs / bMs);
-  console.log(`round ${r + 1}/${rounds}: base ${bMs.toFixed(1)} ms, this ${sMs.toFixed(1)} ms, ratio ${(sMs / bMs).toFixed(3)}`);
+  const b1 = await time(base), s1 = await time(self), s2 = await time(self), b2 = await time(base);
+  baseMs.push((b1 + b2) / 2), selfMs.push((s1 + s2) / 2), ratios.push((s1 + s2) / (b1 + b2));
+  // How much faster a session runs first in its pair than second: base led in the first pair, this in the second.
+  firstGain.push(Math.sqrt((b1 / b2) * (s2 / s1)));
+  console.log(`round ${r + 1}/${rounds}: base ${b1.toFixed(1)} / ${b2.toFixed(1)} ms, this ${s1.toFixed(1)} / ${s2.toFixed(1)} ms, ratio ${((s1 + s2) / (b1 + b2)).toFixed(3)}`);
 }
 const out = {
   views, rounds, threads,
@@ -59,6 +62,8 @@ const out = {
   ratio_this_over_base: r3(median(ratios)),
   ratio_min: r3(Math.min(...ratios)),
   ratio_max: r3(Math.max(...ratios)),
+  // Below 1: the session that runs first in a pair is faster (the ratio above cancels it).
+  order_effect: r3(median(firstGain)),
 };
-console.log(`median: base ${out.base_ms} ms, this ${out.this_ms} ms, this/base ${out.ratio_this_over_base} (rounds ${out.ratio_min}–${out.ratio_max})`);
+console.log(`median: base ${out.base_ms} ms, this ${out.this_ms} ms, this/base ${out.ratio_this_over_base} (rounds ${out.ratio_min}–${out.ratio_max}); order effect ${out.order_effect}`);
 console.log(JSON.stringify(out));
