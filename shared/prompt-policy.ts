@@ -326,10 +326,19 @@ function readsAsLetters(word: string): boolean {
  */
 function leetForms(text: string): string[] {
   if (!/[0-9@$!]/.test(text)) return [];
+  const letterOf = (one: string) => (c: string) => (c === '1' ? one : LEET_LETTERS[c] ?? c);
   const read = (one: string) =>
-    text.replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/[0-9@$!]/g, (c) => (c === '1' ? one : LEET_LETTERS[c] ?? c)) : word));
+    text
+      .replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/[0-9@$!]/g, letterOf(one)) : word))
+      .replace(SPELLED_LEET, letterOf(one));
   return [...new Set([read('i'), read('l')])].filter((form) => form !== text);
 }
+
+/**
+ * A digit or symbol standing alone between two letters that stand alone: one letter of a name spelled
+ * out ("p 1 k a c h u", "b-4-t-m-a-n"), which readsAsLetters cannot see (the digit is a word of its own).
+ */
+const SPELLED_LEET = /(?<=(?:^|[^\p{L}\p{N}])\p{L}[^\p{L}\p{N}]{1,3})[0-9@$!](?=[^\p{L}\p{N}]{1,3}\p{L}(?:[^\p{L}\p{N}]|$))/gu;
 
 /**
  * Where a phrase cannot run across: a comma or semicolon, and sentence punctuation (. : ! ?) next to
