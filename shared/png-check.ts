@@ -244,12 +244,16 @@ function unfilterRow(filter: number, cur: Uint8Array, prev: Uint8Array, n: numbe
   }
 }
 
-/** The first of a row's `pixels` indices (packed big-endian at `depth` bits) that is not below `entries`, or null. */
+/** Sample `i` of a row of one-sample pixels packed big-endian at `depth` bits (1, 2, 4 or 8). */
+function sampleAt(row: Uint8Array, i: number, depth: number): number {
+  const bit = i * depth;
+  return (row[bit >> 3]! >> (8 - depth - (bit & 7))) & ((1 << depth) - 1);
+}
+
+/** The first of a row's `pixels` indices that is not below `entries`, or null. */
 function firstIndexBeyond(row: Uint8Array, pixels: number, depth: number, entries: number): number | null {
-  const perByte = 8 / depth, mask = (1 << depth) - 1;
   for (let p = 0; p < pixels; p++) {
-    const byte = row[Math.floor(p / perByte)]!;
-    const index = (byte >> (8 - depth * ((p % perByte) + 1))) & mask;
+    const index = sampleAt(row, p, depth);
     if (index >= entries) return index;
   }
   return null;
@@ -315,7 +319,6 @@ function deinterlacedSubByte(header: PngHeader, decodable: Uint8Array, inflated:
   const { width, height, bitDepth: depth } = header;
   const outRowBytes = Math.ceil((width * depth) / 8) + 1;
   const out = new Uint8Array(outRowBytes * height); // filter bytes stay 0
-  const mask = (1 << depth) - 1;
   let at = 0;
   for (const pass of pngPasses(header)) {
     const { x0, y0, dx, dy } = pass;
@@ -328,9 +331,8 @@ function deinterlacedSubByte(header: PngHeader, decodable: Uint8Array, inflated:
       unfilterRow(filter, cur, prev, n);
       const y = y0 + r * dy;
       for (let i = 0; i < pass.pixels; i++) {
-        const v = (cur[(i * depth) >> 3]! >> (8 - depth - ((i * depth) & 7))) & mask;
-        const x = x0 + i * dx, bit = x * depth;
-        out[y * outRowBytes + 1 + (bit >> 3)]! |= v << (8 - depth - (bit & 7));
+        const bit = (x0 + i * dx) * depth;
+        out[y * outRowBytes + 1 + (bit >> 3)]! |= sampleAt(cur, i, depth) << (8 - depth - (bit & 7));
       }
       [prev, cur] = [cur, prev];
     }
@@ -355,7 +357,8 @@ function deinterlacedSubByte(header: PngHeader, decodable: Uint8Array, inflated:
       ihdr[12] = 0;
       parts.push(chunk('IHDR', ihdr));
     } else if (type === 'IDAT') {
-      if (!idatWritten) parts.push(chunk('IDAT', deflateSync(out)));
+      // Stored, not compressed: fast-png inflates it at once, and the size is bounded by the header's.
+      if (!idatWritten) parts.push(chunk('IDAT', deflateSync(out, { level: 0 })));
       idatWritten = true;
     } else parts.push(decodable.subarray(off, off + 12 + length));
     off += 12 + length;
