@@ -1,7 +1,7 @@
 import { forEachLimited } from '../shared/concurrency.ts';
 import { CorruptDocumentError } from '../shared/errors.ts';
-import { PENDING_JOBS_PREFIX, parsePendingJobKey, removeOrphanedOutputs, type PendingKind } from '../shared/keys.ts';
-import { clearPending, markPending } from '../shared/pending.ts';
+import { PENDING_JOBS_PREFIX, parsePendingJobKey, type PendingKind } from '../shared/keys.ts';
+import { clearPending, markPending, settleStoredOutputs } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
 import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
@@ -130,7 +130,8 @@ export interface SweepReport {
  * The queued-job sweep: walks the `pending/` markers and makes sure every job still queued and never
  * started has a message. Without it a job whose message was lost stays `queued` for ever unless its
  * caller happens to retry with the same Idempotency-Key. It also retries the completion webhooks
- * that ended jobs still owe. Safe to run concurrently and repeatedly.
+ * that ended jobs still owe, and removes the images an ended job's attempts left that no record names.
+ * Safe to run concurrently and repeatedly.
  */
 export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
   const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0, oldestQueuedSec: 0 };
@@ -204,10 +205,10 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
         const expired = await expire(deps, job, deps.queueRetentionSec);
         if (isTerminal(expired.status) && expired.error?.code === 'expired') report.expired++;
         // A worker that died after storing images, or an attempt put back after storing them, left
-        // images no record will name. Best effort: the job has ended either way, and the bucket's
-        // lifecycle rule removes what is left.
-        await removeOrphanedOutputs(deps.blobs, expired).catch((error) =>
-          deps.log?.({ level: 'warn', msg: 'queued-job sweep: stored images of an expired job were not removed; the bucket\'s lifecycle rule removes them', job_id: expired.id, owner: expired.owner, error: describe(error) }),
+        // images no record will name. Best effort: the job has ended either way, and its `outputs`
+        // marker brings a later sweep back to them.
+        await settleStoredOutputs(deps.blobs, expired).catch((error) =>
+          deps.log?.({ level: 'warn', msg: 'queued-job sweep: stored images of an expired job were not removed; a later sweep retries', job_id: expired.id, owner: expired.owner, error: describe(error) }),
         );
         job = expired;
       }
@@ -219,6 +220,12 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
           report.oldestQueuedSec = Math.max(report.oldestQueuedSec, waitedSec);
         }
       }
+    } else if (named.kind === 'outputs') {
+      // An attempt stored images, and whoever ended the job could not settle them (it died, or the
+      // removal failed): those no record names go now, then the marker. A job still queued or
+      // running keeps it (an attempt may be storing); a store error is counted below and retried.
+      if (await settleStoredOutputs(deps.blobs, job)) report.cleared++;
+      else report.kept++;
     } else await sweepWebhook(deps, job, clear, report);
   } catch (error) {
     report.errors++;
@@ -254,7 +261,7 @@ async function expire(deps: SweepDeps, job: JobRecord, queueRetentionSec: number
 /** Whether a job still needs its marker of this kind (what the sweep checks again after a delete). */
 function markerNeeded(kind: PendingKind, job: JobRecord): boolean {
   if (kind === 'msg') return job.status === 'queued' && job.attempts === 0;
-  if (kind === 'active') return !isTerminal(job.status);
+  if (kind === 'active' || kind === 'outputs') return !isTerminal(job.status);
   return webhookOwed(job);
 }
 

@@ -82,10 +82,16 @@ export async function removeOrphanedOutputs(blobs: BlobStore, job: Pick<JobRecor
  * - `pending/hook/<owner>/<jobId>`: the job owes its caller a completion webhook. Written with the
  *   record and deleted once the webhook is delivered or given up;
  * - `pending/active/<owner>/<jobId>`: the job is queued or running, and counts against its owner's
- *   limit of active jobs. Written with the record and deleted when the job ends (ADR 0016).
+ *   limit of active jobs. Written with the record and deleted when the job ends (ADR 0016);
+ * - `pending/outputs/<owner>/<jobId>`: an attempt of the job may have stored images that no record
+ *   names yet. Written by the worker before its first image write, and deleted once the job has ended
+ *   and its images are either named by the record (succeeded) or removed (settleStoredOutputs,
+ *   shared/pending.ts). A removal that failed, or a worker that died between storing and ending, leaves
+ *   it behind: the sweep then removes what no record names (ADR 0005).
  */
 export const PENDING_JOBS_PREFIX = 'pending/';
-export type PendingKind = 'msg' | 'hook' | 'active';
+export const PENDING_KINDS = ['msg', 'hook', 'active', 'outputs'] as const;
+export type PendingKind = (typeof PENDING_KINDS)[number];
 
 export function pendingJobKey(kind: PendingKind, owner: string, jobId: string): string {
   if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError('invalid owner id', 'owner');
@@ -117,7 +123,7 @@ export function parsePendingJobKey(key: string): { kind: PendingKind; owner: str
   if (!key.startsWith(PENDING_JOBS_PREFIX)) return null;
   const parts = key.slice(PENDING_JOBS_PREFIX.length).split('/');
   if (parts.length !== 3) return null;
-  const [kind, owner, jobId] = parts as [string, string, string];
-  if (kind !== 'msg' && kind !== 'hook' && kind !== 'active') return null;
+  const [kind, owner, jobId] = parts as [PendingKind, string, string];
+  if (!(PENDING_KINDS as readonly string[]).includes(kind)) return null;
   return OWNER_ID_PATTERN.test(owner) && RESOURCE_ID_PATTERN.test(jobId) ? { kind, owner, jobId } : null;
 }

@@ -206,7 +206,8 @@ export class WorkerStack extends Stack {
 
     // Task role, least privilege: read the job record and update it (status, progress), read init
     // images, model files and the policy, write outputs and frames (delete an earlier copy of a
-    // withheld image), read-modify-write stats/ and usage/, delete pending/active/ markers. No keys/.
+    // withheld image), read-modify-write stats/ and usage/, delete pending/active/ markers, write and delete
+    // pending/outputs/ markers. No keys/.
     const taskRole = this.worker.taskRole;
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     // Read on outputs only so that the output links in a completion webhook are signed by a role
@@ -216,6 +217,9 @@ export class WorkerStack extends Stack {
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.uploads, ['read']);
     // A job that ends here frees its owner's place among active jobs: delete of those markers only.
     grantPrefix(taskRole, bucket, `${BUCKET_PREFIXES.pending}active/`, ['delete']);
+    // Images stored that no record names yet are marked before the first is stored, and the marker
+    // goes once the job has ended and they are named or removed (ADR 0005).
+    grantPrefix(taskRole, bucket, `${BUCKET_PREFIXES.pending}outputs/`, ['write', 'delete']);
     // Run times for the API's estimates: read-modify-write of one small document per model and size.
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.stats, ['read', 'write']);
     // Each owner's daily usage (GET /v1/usage): read-modify-write of one small document per owner and month.

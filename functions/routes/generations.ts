@@ -3,14 +3,14 @@ import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { checkPngFile } from '../../shared/png-check.ts';
-import { jobOutputsPrefix, PENDING_JOBS_PREFIX, removeOrphanedOutputs, uploadKey } from '../../shared/keys.ts';
+import { jobOutputsPrefix, PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { deletedRecord, isTerminal, newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
-import { clearPending, markPending } from '../../shared/pending.ts';
+import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
@@ -574,6 +574,8 @@ export function registerGenerationRoutes(
       return cur.deleted_at !== undefined ? null : deletedRecord(cur, now);
     });
     await deletePrefix(blobs, jobOutputsPrefix(owner, id));
+    // Its images are gone: nothing is left for the sweep to settle.
+    if (job.attempts > 0) await clearPending(blobs, 'outputs', owner, id);
     return c.json(await view(job), 200);
   });
 
@@ -598,10 +600,10 @@ export function registerGenerationRoutes(
       // Canceled while queued: it no longer counts against its owner (a running one is the worker's to end).
       await clearPending(blobs, 'active', owner, id);
       // Queued again after an attempt that stored images (put back after a storage fault on its
-      // record): no record will name them. Best effort: the cancel stands, and the bucket's lifecycle
-      // rule removes what is left.
-      await removeOrphanedOutputs(blobs, job).catch((error) =>
-        ctx.log({ level: 'warn', msg: 'stored images of a canceled generation were not removed; the bucket\'s lifecycle rule removes them', job_id: id, owner, error: operatorMessage(error) }),
+      // record): no record will name them. Best effort: the cancel stands, and the queued-job sweep
+      // retries from the marker the worker left.
+      await settleStoredOutputs(blobs, job).catch((error) =>
+        ctx.log({ level: 'warn', msg: 'stored images of a canceled generation were not removed; the queued-job sweep retries', job_id: id, owner, error: operatorMessage(error) }),
       );
     }
     return c.json(await view(job), 200);

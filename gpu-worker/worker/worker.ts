@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { forEachLimited } from '../../shared/concurrency.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
-import { jobOutputsPrefix, removeOrphanedOutputs } from '../../shared/keys.ts';
+import { jobOutputsPrefix } from '../../shared/keys.ts';
 import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
@@ -18,7 +18,7 @@ import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
 import { recordUsage, usageOfRecord } from '../../shared/usage.ts';
 import { frameKey } from '../../shared/views.ts';
-import { clearPending } from '../../shared/pending.ts';
+import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
 
 /** A PNG's size from its IHDR (the engine's own encoder wrote it). */
 function pngSize(png: Uint8Array): { width: number; height: number } {
@@ -487,14 +487,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   }
 
   /**
-   * Once a job has ended without images (failed or canceled: `rec` is its record as this write left
-   * it), the images and frames an attempt of it stored go, since no record will name them
-   * (removeOrphanedOutputs leaves any other record alone). Called after the end is recorded and the
-   * message settled: a failure is only logged, and the bucket's lifecycle rule removes what is left.
+   * Once a job has ended (`rec` is its record as this write left it), what its attempts stored is
+   * settled: without images (failed, canceled), the images and frames an attempt stored go, since no
+   * record will name them; and the `outputs` marker goes (settleStoredOutputs leaves a record still
+   * queued or running alone). Called after the end is recorded and the message settled: a failure is
+   * only logged, and the queued-job sweep retries it from the marker (ADR 0005).
    */
   async function removeOrphans(rec: JobRecord): Promise<void> {
-    await removeOrphanedOutputs(blobs, rec).catch((error) =>
-      log.warn('stored images of an ended job were not removed; the bucket\'s lifecycle rule removes them', { jobId: rec.id, owner: rec.owner, status: rec.status, error: describe(error) }),
+    await settleStoredOutputs(blobs, rec).catch((error) =>
+      log.warn('stored images of an ended job were not removed; the queued-job sweep retries', { jobId: rec.id, owner: rec.owner, status: rec.status, error: describe(error) }),
     );
   }
 
@@ -890,6 +891,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         }
         outputs.push({ key, width: image.width, height: image.height, clip_score: Number(image.clipScore.toFixed(6)) });
       }
+      // Marked before the first image is stored: until the record names them or they are removed, the
+      // queued-job sweep can find images that this attempt leaves behind (a crash, a lost record write).
+      if (outputs.length > 0) await store('the stored-images marker', () => markPending(blobs, 'outputs', msg.owner, msg.job_id));
       await forEachLimited(writes, OUTPUT_WRITE_CONCURRENCY, async (write) => void (await write()));
       const usage = { encoder_passes: outcome.encoderPasses, worker_seconds: Math.round(clock.now() - startedAt) / 1000 };
       let wrote = false;
@@ -928,12 +932,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       };
       // The usage before the ack, with the lease still held: see settleUsage. (The redelivery that
       // records the usage then does not know the run's stages: the sample is recorded now.)
+      // After the end: the record names these images now, or the job ended another way while they were
+      // being stored (a cancel, the sweep's expiry), and whoever ended it may have removed its images
+      // before these landed: they go now.
+      const settleImages = async () => (isTerminal(done.status) ? removeOrphans(done) : undefined);
       if (ours && !(await settleUsage(m, msg, done, lease))) {
         await recordSample();
+        await settleImages();
         return finish(msg, allWithheld ? 'failed' : 'succeeded', ended);
       }
       await lease.release();
       await ack(m, ours ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
+      await settleImages();
       if (ours) await recordSample();
       return finish(msg, !ours ? 'skipped' : allWithheld ? 'failed' : 'succeeded', ended);
     } catch (error) {

@@ -620,6 +620,8 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:GetObject usage/*',
         's3:PutObject usage/*',
         's3:DeleteObject pending/active/*',
+        's3:PutObject pending/outputs/*',
+        's3:DeleteObject pending/outputs/*',
         's3:ListBucket WHOLE-BUCKET',
       ].sort(),
     );

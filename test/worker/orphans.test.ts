@@ -8,12 +8,14 @@ import type { ModelRegistry } from '../../gpu-worker/models.ts';
 import type { WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import { RetryableError } from '../../shared/errors.ts';
-import { jobOutputsPrefix, removeOrphanedOutputs } from '../../shared/keys.ts';
+import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { jobOutputsPrefix, pendingJobKey, removeOrphanedOutputs } from '../../shared/keys.ts';
+import { markPending, settleStoredOutputs } from '../../shared/pending.ts';
 import type { BlobStore, JobStore } from '../../shared/ports.ts';
 import type { JobRecord } from '../../shared/schemas/job.ts';
 import { handMadePng } from '../helpers/png.ts';
 import { OWNER, listKeys, makeEnv, submit, waitFor, type Env } from './helpers.ts';
-import { outcome, patched, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
+import { finishedOf, outcome, patched, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
 
 afterEach(stopWorkers);
 
@@ -53,19 +55,24 @@ function firstRunStores(later: Synthesizer): Synthesizer {
   };
 }
 
-/** The state a first attempt leaves when it stored its images and was then put back: queued, `attempts` counted, images stored. */
+/** The state a first attempt leaves when it stored its images and was then put back: queued, `attempts` counted, images stored (and marked, as the worker marks them). */
 async function leftByAnEarlierAttempt(env: Env, job: JobRecord, changes: Partial<JobRecord> = {}): Promise<void> {
   await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, attempts: 1, started_at: new Date().toISOString(), ...changes }));
+  await markPending(env.blobs, 'outputs', OWNER, job.id);
   const prefix = jobOutputsPrefix(OWNER, job.id);
   await env.blobs.put(`${prefix}0.png`, standInImage(0).png, { contentType: 'image/png' });
   await env.blobs.put(`${prefix}1.png`, standInImage(1).png, { contentType: 'image/png' });
   await env.blobs.put(`${prefix}frames/0/0000_64x64.png`, FRAME.png, { contentType: 'image/png' });
 }
 
-/** The job's record as `ended` says, and none of its images or frames left. */
+/** The job's `outputs` marker, if there is one (the worker writes it before storing images). */
+const outputsMarker = async (env: Env, job: JobRecord) => listKeys(env.blobs, pendingJobKey('outputs', OWNER, job.id));
+
+/** The job's record as `ended` says, and none of its images or frames left, nor their marker. */
 async function expectEndedWithoutImages(env: Env, job: JobRecord, ended: Record<string, unknown>): Promise<void> {
   expect((await env.jobs.get(OWNER, job.id))!).toMatchObject(ended);
   expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual([]);
+  expect(await outputsMarker(env, job)).toEqual([]);
 }
 
 /** The earlier attempt's delivery, whose worker died: received once, then back on the queue (one receive counted). */
@@ -85,6 +92,7 @@ describe('an attempt stored images, then a later event ended the job without the
     const w = start({ queue: env.queue, jobs: finalRecordWriteFailsOnce(env.jobs), blobs: env.blobs }, firstRunStores(stepping(100_000, 10)), { jobTimeoutSec: 1, resultWriteRetryMs: 0 });
     await waitFor('the first attempt put back', () => ofType(w.events, 'job_finished').find((e) => e.outcome === 'requeued'));
     expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
+    expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
     await waitFor('the job to end', () => ended(w.events), 20_000);
     await expectEndedWithoutImages(env, job, { status: 'failed', attempts: 2, error: { code: 'timeout' }, outputs: [] });
   });
@@ -179,7 +187,7 @@ describe('an attempt stored images, then a later event ended the job without the
     await expectEndedWithoutImages(env, job, { status: 'failed', error: { code: 'invalid_model' } });
   });
 
-  it('a removal that fails neither fails nor holds up the job\'s end: it is canceled, its message acked, and the failure logged (the lifecycle rule removes the images)', async () => {
+  it('a removal that fails neither fails nor holds up the job\'s end: it is canceled, its message acked, the failure logged, and the next queued-job sweep removes the images', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
     await leftByAnEarlierAttempt(env, job, { cancel_requested: true });
@@ -195,6 +203,93 @@ describe('an attempt stored images, then a later event ended the job without the
     expect(w.logs.find((l) => l.level === 'warn' && /stored images of an ended job were not removed/.test(l.msg))?.fields).toMatchObject({ jobId: job.id, status: 'canceled', error: expect.objectContaining({ message: 'injected: S3 503 on LIST' }) });
     expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
     expect(await env.queue.depth()).toBe(0);
+
+    // The marker stayed: the queued-job sweep retries the removal, and then drops it.
+    expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
+    const report = await sweepQueuedJobs({ blobs: env.blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date() });
+    expect(report).toMatchObject({ scanned: 1, cleared: 1, errors: 0 });
+    await expectEndedWithoutImages(env, job, { status: 'canceled', outputs: [] });
+  });
+
+  it('a job that ends another way while its attempt is storing images (the sweep expires it and removes what it finds): the attempt removes the images that landed after', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    let ender: Promise<void> | undefined;
+    const blobs = patched(env.blobs, {
+      put: (async (key: string, body: Uint8Array, options?: Parameters<BlobStore['put']>[2]) => {
+        if (key.startsWith('outputs/')) {
+          // The first image write waits for the other path to end the job and remove what was stored so far.
+          ender ??= (async () => {
+            const rec = await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'failed', finished_at: new Date().toISOString(), error: { code: 'expired', message: 'injected' } }), { retries: 50 });
+            await settleStoredOutputs(env.blobs, rec);
+          })();
+          await ender;
+        }
+        return env.blobs.put(key, body, options);
+      }) as never,
+    }) as BlobStore;
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
+    await waitFor('the attempt to end', () => finishedOf(w.events), 20_000);
+    expect(finishedOf(w.events)).toMatchObject({ outcome: 'skipped' });
+    expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['already_failed']);
+    await expectEndedWithoutImages(env, job, { status: 'failed', error: { code: 'expired' }, outputs: [] });
+  });
+
+  it('a succeeded job keeps its images and drops their marker', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    const marked: string[] = [];
+    const blobs = patched(env.blobs, {
+      put: ((key: string, body: Uint8Array, options?: Parameters<BlobStore['put']>[2]) => {
+        // The marker goes first: no image is stored before it.
+        if (key.startsWith('outputs/') || key.startsWith('pending/outputs/')) marked.push(key.startsWith('pending/') ? 'marker' : 'image');
+        return env.blobs.put(key, body, options);
+      }) as never,
+    }) as BlobStore;
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
+    await waitFor('the job to end', () => ended(w.events), 20_000);
+    expect(marked).toEqual(['marker', 'image', 'image', 'image']);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'succeeded', outputs: [{ key: `${jobOutputsPrefix(OWNER, job.id)}0.png` }, { key: `${jobOutputsPrefix(OWNER, job.id)}1.png` }] });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
+    expect(await outputsMarker(env, job)).toEqual([]);
+  });
+});
+
+describe('the queued-job sweep, on a marker of stored images', () => {
+  it('keeps it while the job may still store images; once the job has ended it removes the images no record names, and then the marker', async () => {
+    const env = await makeEnv();
+    const sweep = () => sweepQueuedJobs({ blobs: env.blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date() });
+    const running = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, running, { status: 'running', lease_expires_at: new Date(Date.now() + 60_000).toISOString() });
+    const failed = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, failed, { status: 'failed', finished_at: new Date().toISOString(), error: { code: 'timeout', message: 'injected' } });
+    const succeeded = await submit(env, { n: 2 });
+    const prefix = jobOutputsPrefix(OWNER, succeeded.id);
+    await leftByAnEarlierAttempt(env, succeeded, { status: 'succeeded', finished_at: new Date().toISOString(), outputs: [{ key: `${prefix}0.png`, width: 64, height: 64 }, { key: `${prefix}1.png`, width: 64, height: 64 }] });
+
+    expect(await sweep()).toMatchObject({ scanned: 3, cleared: 2, kept: 1, errors: 0 });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, running.id))).toEqual(storedKeys(running));
+    expect(await outputsMarker(env, running)).toEqual([pendingJobKey('outputs', OWNER, running.id)]);
+    await expectEndedWithoutImages(env, failed, { status: 'failed' });
+    expect(await listKeys(env.blobs, prefix)).toEqual(storedKeys(succeeded));
+    expect(await outputsMarker(env, succeeded)).toEqual([]);
+  });
+
+  it('a removal that fails keeps the marker, is counted as an error, and is retried by the next sweep', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    await leftByAnEarlierAttempt(env, job, { status: 'canceled', finished_at: new Date().toISOString() });
+    let failing = true;
+    const blobs = patched(env.blobs, {
+      list: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) =>
+        failing && prefix.startsWith('outputs/') ? Promise.reject(new RetryableError('injected: S3 503 on LIST')) : env.blobs.list(prefix, options)) as never,
+    }) as BlobStore;
+    const sweep = () => sweepQueuedJobs({ blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date() });
+    expect(await sweep()).toMatchObject({ scanned: 1, cleared: 0, errors: 1 });
+    expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
+    failing = false;
+    expect(await sweep()).toMatchObject({ scanned: 1, cleared: 1, errors: 0 });
+    await expectEndedWithoutImages(env, job, { status: 'canceled' });
   });
 });
 
