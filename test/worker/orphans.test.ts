@@ -81,6 +81,10 @@ async function earlierDeliveryDied(env: Env): Promise<void> {
   await env.queue.release(first!.receipt);
 }
 
+/** One queued-job sweep over `blobs` (no job here owes a webhook: a send would be a bug). */
+const sweepOnce = (env: Env, blobs: BlobStore = env.blobs) =>
+  sweepQueuedJobs({ blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date(), webhooks: { send: () => Promise.reject(new Error('no webhook is owed here')), signedUrlTtlSec: 600 } });
+
 const ofType = <T extends WorkerEvent['type']>(events: WorkerEvent[], type: T) => events.filter((e): e is Extract<WorkerEvent, { type: T }> => e.type === type);
 /** The job_finished event that ended the job (not a requeue). */
 const ended = (events: WorkerEvent[]) => ofType(events, 'job_finished').find((e) => ['succeeded', 'failed', 'canceled'].includes(e.outcome));
@@ -206,8 +210,7 @@ describe('an attempt stored images, then a later event ended the job without the
 
     // The marker stayed: the queued-job sweep retries the removal, and then drops it.
     expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
-    const report = await sweepQueuedJobs({ blobs: env.blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date() });
-    expect(report).toMatchObject({ scanned: 1, cleared: 1, errors: 0 });
+    expect(await sweepOnce(env)).toMatchObject({ scanned: 1, cleared: 1, errors: 0 });
     await expectEndedWithoutImages(env, job, { status: 'canceled', outputs: [] });
   });
 
@@ -258,7 +261,7 @@ describe('an attempt stored images, then a later event ended the job without the
 describe('the queued-job sweep, on a marker of stored images', () => {
   it('keeps it while the job may still store images; once the job has ended it removes the images no record names, and then the marker', async () => {
     const env = await makeEnv();
-    const sweep = () => sweepQueuedJobs({ blobs: env.blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date() });
+    const sweep = () => sweepOnce(env);
     const running = await submit(env, { n: 2 });
     await leftByAnEarlierAttempt(env, running, { status: 'running', lease_expires_at: new Date(Date.now() + 60_000).toISOString() });
     const failed = await submit(env, { n: 2 });
@@ -284,7 +287,7 @@ describe('the queued-job sweep, on a marker of stored images', () => {
       list: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) =>
         failing && prefix.startsWith('outputs/') ? Promise.reject(new RetryableError('injected: S3 503 on LIST')) : env.blobs.list(prefix, options)) as never,
     }) as BlobStore;
-    const sweep = () => sweepQueuedJobs({ blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date() });
+    const sweep = () => sweepOnce(env, blobs);
     expect(await sweep()).toMatchObject({ scanned: 1, cleared: 0, errors: 1 });
     expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
     failing = false;
