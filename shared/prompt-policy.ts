@@ -274,8 +274,20 @@ const CHEROKEE_LOWER = /[\u13f8-\u13fd\uab70-\uabbf]/u;
  */
 function latinLookalike(ch: string): string | undefined {
   if (ch.charCodeAt(0) < 128 || NO_SPACE_SCRIPT.test(ch) || /\p{scx=Hang}/u.test(ch)) return undefined;
-  const latin = SMALL_CAPITALS.get(ch) ?? LOOKALIKES[CHEROKEE_LOWER.test(ch) ? ch.toUpperCase() : ch];
+  const latin = SMALL_CAPITALS.get(ch) ?? enclosedLetter(ch) ?? LOOKALIKES[CHEROKEE_LOWER.test(ch) ? ch.toUpperCase() : ch];
   return latin !== undefined && /^[a-zA-Z0-9]+$/.test(latin) ? latin : undefined;
+}
+
+/**
+ * The capital letter of an enclosed form that compatibility folding leaves as a symbol: the negative
+ * circled (🅟) and negative squared (🅿) letters, and the regional indicators (🇵), which read as
+ * letters ("🅿🅸🅺🅰🅲🅷🆄", "🇵🇮🇰🇦🇨🇭🇺"; a flag's pair reads as its country code). The circled and
+ * squared ones (ⓟ, 🄿) fold to their letter already.
+ */
+function enclosedLetter(ch: string): string | undefined {
+  const cp = ch.codePointAt(0)!;
+  for (const first of [0x1f150, 0x1f170, 0x1f1e6]) if (cp >= first && cp < first + 26) return String.fromCharCode(65 + cp - first);
+  return undefined;
 }
 
 /** The text with each character that passes for Latin letters (latinLookalike) replaced by them. */
@@ -295,6 +307,30 @@ export function lookalikeLatin(text: string): string {
 function lookalikeForms(text: string): string[] {
   const cleaned = cleanClipText(text);
   return [...new Set([cleaned, cleanClipText(lookalikeLatin(text)), lookalikeLatin(cleaned)])];
+}
+
+/**
+ * The prompt with ASCII letters and symbols that pass for another letter read as that one: added to the
+ * forms a prompt is matched in (never in place of it), and only where the way it is written shows the
+ * intent, so that ordinary words keep their reading:
+ * - in a word otherwise in capitals, a lower-case l is an I ("PlKACHU"); in a word otherwise in lower
+ *   case after its first letter, a capital I is an l ("heIIo kitty");
+ * - inside a word, "rn" is an m ("batrnan") and "vv" a w ("vvonder vvoman");
+ * - between letters, "|" is an l, "+" a t and "(" a c ("he||o kitty", "ba+man", "pika(hu").
+ * Empty when nothing is read.
+ */
+function asciiLookalikeForms(text: string): string[] {
+  if (!/[lI|+(]|rn|vv/.test(text)) return [];
+  const read = text
+    .replace(/\p{L}{3,}/gu, (word) => {
+      const rest = [...word.slice(1)];
+      if (word.includes('l') && [...word].every((c) => c === 'l' || /\p{Lu}/u.test(c)) && [...word].filter((c) => c !== 'l').length >= 2) return word.replaceAll('l', 'I');
+      if (rest.includes('I') && rest.every((c) => c === 'I' || /\p{Ll}/u.test(c)) && rest.filter((c) => c !== 'I').length >= 2) return word[0] + rest.join('').replaceAll('I', 'l');
+      return word;
+    })
+    .replace(/(?<=\p{L})[|+(]+(?=\p{L})/gu, (run) => run.replaceAll('|', 'l').replaceAll('+', 't').replaceAll('(', 'c'))
+    .replace(/\p{L}*(?:rn|vv)\p{L}*/gu, (word) => (word.length > 2 ? word.replaceAll('rn', 'm').replaceAll('vv', 'w') : word));
+  return read === text ? [] : [read];
 }
 
 /** Digits and symbols that stand for the letter they resemble inside a word ("p1kachu", "b4tman", "pik@chu"). */
@@ -325,13 +361,31 @@ function readsAsLetters(word: string): boolean {
  * "r2d2" is left as the model reads it. Empty when nothing is read.
  */
 function leetForms(text: string): string[] {
-  if (!/[0-9@$!]/.test(text)) return [];
+  if (!/[0-9@$!]|[^\p{ASCII}]/u.test(text)) return [];
+  const digits = text.replace(/(?![0-9])\p{Nd}/gu, asciiDigit);
+  if (!/[0-9@$!]/.test(digits)) return [];
   const letterOf = (one: string) => (c: string) => (c === '1' ? one : LEET_LETTERS[c] ?? c);
   const read = (one: string) =>
-    text
+    digits
       .replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/[0-9@$!]/g, letterOf(one)) : word))
       .replace(SPELLED_LEET, letterOf(one));
-  return [...new Set([read('i'), read('l')])].filter((form) => form !== text);
+  // A third reading: a doubled 1 as "ll" and a lone one as i ("he11o k1tty" is "hello kitty").
+  const mixed = digits.replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/11/g, 'll').replace(/[0-9@$!]/g, letterOf('i')) : word));
+  return [...new Set([read('i'), read('l'), mixed])].filter((form) => form !== text);
+}
+
+/**
+ * A decimal digit of another script as its ASCII digit ("p١kachu" is "p1kachu"): its place in its
+ * script's run of ten (Unicode lays each script's 0 to 9 out in order).
+ */
+function asciiDigit(d: string): string {
+  let cp = d.codePointAt(0)!;
+  let back = 0;
+  while (back < 60 && /\p{Nd}/u.test(String.fromCodePoint(cp - 1))) {
+    cp--;
+    back++;
+  }
+  return String(back % 10);
 }
 
 /**
@@ -524,7 +578,9 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         // the model may read any of them as the name. Each phrase as written and with punctuation inside
         // its words taken out ("Bat-Man").
         const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
-        const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel))];
+        // ASCII look-alikes ("PlKACHU", "batrnan") are read in the form as written only (with leetspeak
+        // on top): each added form costs a pass over the prompt.
+        const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel)), ...asciiLookalikeForms(text).map(cleanClipText)];
         const phrases = [...forms, ...forms.flatMap(leetForms)]
           .flatMap((t) => t.split(PHRASE_BREAK))
           .flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);

@@ -98,6 +98,36 @@ describe('matching', () => {
     }
   });
 
+  it('reads 1 as l where doubled and as i alone in one prompt, and the digits of other scripts as leetspeak digits', () => {
+    for (const text of ['he11o k1tty backpack', 'p\u0661kachu plush', 'b\u096atman logo', 'p\u{1d7ed}kachu']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']); // ١ (Arabic-Indic 1), ४ (Devanagari 4), 𝟭 (math 1)
+    }
+    // Still only a reading of a digit before a letter: a number in another script stays a number.
+    for (const text of ['\u0661\u0669\u0668\u0669 poster', 'a \u096a\u0966 km road', 'room 11 of the hotel']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual([]);
+    }
+  });
+
+  it('reads enclosed letters that fold to no letter (negative circled and squared, regional indicators) as the letters they show', () => {
+    for (const text of ['\u{1f17f}\u{1f178}\u{1f17a}\u{1f170}\u{1f172}\u{1f177}\u{1f184} plush', '\u{1f15f}\u{1f158}\u{1f15a}\u{1f150}\u{1f152}\u{1f157}\u{1f164} plush', '\u{1f1f5}\u{1f1ee}\u{1f1f0}\u{1f1e6}\u{1f1e8}\u{1f1ed}\u{1f1fa} plush']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']); // 🅿🅸🅺🅰🅲🅷🆄, 🅟🅘🅚🅐🅒🅗🅤, 🇵🇮🇰🇦🇨🇭🇺
+    }
+    // A flag is its country's code; a parking sign is a P.
+    for (const text of ['a \u{1f1ef}\u{1f1f5} flag on a pole', '\u{1f17f}\u{fe0f} parking sign at night']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual([]);
+    }
+  });
+
+  it('reads ASCII letters and symbols written for another letter where the writing shows it: l among capitals, I among lower case, rn, vv, and | + ( between letters', () => {
+    for (const text of ['PlKACHU plush toy', 'heIIo kitty backpack', 'batrnan logo', 'vvonder vvoman costume', 'he||o kitty backpack', 'ba+man logo', 'pika(hu plush', 'SPlDERMAN swinging']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    // Ordinary words keep their reading: an l or I in ordinary case, rn and vv in real words.
+    for (const text of ['Illustration of a modern barn in autumn', 'a corn field, vivid colours', 'the HOTEl lobby', 'an iPhone on a desk', 'McIntosh apples in a basket', 'a savvy fox', 'C++ code on a screen', 'a word(s) puzzle']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
   it('reads small capitals and lower-case Cherokee as the Latin letters they stand for', () => {
     for (const text of ['\u1d18\u026a\u1d0b\u1d00\u1d04\u029c\u1d1c', '\u0299\u1d00\u1d1b\u1d0d\u1d00\u0274 poster', '\uab70arth vader', '\uabb2ikachu']) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']); // ᴘɪᴋᴀᴄʜᴜ, ʙᴀᴛᴍᴀɴ, ꭰ, ꮲ
