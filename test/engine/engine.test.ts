@@ -90,6 +90,18 @@ describe('bundle validation', () => {
     expect(err.code).toBe('invalid_weights');
     expect(err.message).toMatch(/visual\.conv1\.weight has shape \[64,3,8,8\], expected \[128,3,8,8\]/);
   });
+  it('a layer count the weights do not hold is refused in one line; one past any real CLIP is refused by the manifest check (before a list of 200 000 000 layers is built)', async () => {
+    const withLayers = (name: string, layers: number) =>
+      variant(name, (d) => {
+        const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+        m.architecture.visionLayers = layers;
+        writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+      });
+    const off = await loadBundle(withLayers('layers-off', 5)).catch((e) => e);
+    expect([off.code, off.message]).toEqual(['invalid_weights', expect.stringMatching(/architecture\.visionLayers is 5, but the weights hold 2 \(visual\.transformer\.resblocks\.N\)$/)]);
+    const huge = await loadBundle(withLayers('layers-huge', 200_000_000)).catch((e) => e);
+    expect([huge.code, huge.message]).toEqual(['invalid_model', expect.stringMatching(/architecture\.visionLayers: Too big: expected number to be <=512/)]);
+  });
   it('a tokenizer file that does not parse', async () => {
     const dir = variant('badtok', (d) => writeFileSync(join(d, 'tokenizer.json'), 'not json'));
     await expect(ClipEngine.open(dir)).rejects.toMatchObject({ code: 'invalid_tokenizer' });

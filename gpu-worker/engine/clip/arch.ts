@@ -6,19 +6,26 @@ import { EngineError } from '../errors.ts';
 export const ActivationSchema = z.enum(['quick_gelu', 'gelu']);
 export type Activation = z.infer<typeof ActivationSchema>;
 
+/**
+ * Upper bounds far above any published CLIP (ViT-bigG-14: 48 vision layers, width 1664; vocabularies
+ * of 250 000 tokens): a manifest is input, and a layer count of 200 000 000 must be refused by its
+ * check, not build a list of tensors until the process runs out of memory.
+ */
+const size = (max: number) => z.number().int().positive().max(max);
+
 export const ClipArchSchema = z
   .object({
-    embedDim: z.number().int().positive(),
-    imageResolution: z.number().int().positive(),
-    visionLayers: z.number().int().positive(),
-    visionWidth: z.number().int().positive(),
-    visionPatchSize: z.number().int().positive(),
-    visionHeads: z.number().int().positive(),
-    contextLength: z.number().int().positive(),
-    vocabSize: z.number().int().positive(),
-    textWidth: z.number().int().positive(),
-    textHeads: z.number().int().positive(),
-    textLayers: z.number().int().positive(),
+    embedDim: size(65_536),
+    imageResolution: size(4096),
+    visionLayers: size(512),
+    visionWidth: size(65_536),
+    visionPatchSize: size(1024),
+    visionHeads: size(1024),
+    contextLength: size(65_536),
+    vocabSize: size(4_000_000),
+    textWidth: size(65_536),
+    textHeads: size(1024),
+    textLayers: size(512),
     activation: ActivationSchema,
   })
   .strict()
@@ -113,17 +120,12 @@ export function inferArch(
   const vpos = need('visual.positional_embedding');
   const grid = Math.round(Math.sqrt(vpos[0] - 1));
   if (grid * grid + 1 !== vpos[0]) throw new EngineError('invalid_weights', `visual.positional_embedding has ${vpos[0]} rows, which is not grid²+1`, { tensor: 'visual.positional_embedding' });
-  const countLayers = (prefix: string) => {
-    let n = 0;
-    while (shapes.has(`${prefix}.${n}.ln_1.weight`)) n++;
-    return n;
-  };
   const tok = need('token_embedding.weight');
   const textWidth = tok[1];
   const arch: ClipArch = {
     embedDim: need('visual.proj')[1],
     imageResolution: grid * patch,
-    visionLayers: countLayers('visual.transformer.resblocks'),
+    visionLayers: countLayers(shapes, VISION_BLOCKS),
     visionWidth,
     visionPatchSize: patch,
     visionHeads: overrides.visionHeads ?? Math.max(1, Math.floor(visionWidth / 64)),
@@ -131,7 +133,7 @@ export function inferArch(
     vocabSize: tok[0],
     textWidth,
     textHeads: overrides.textHeads ?? Math.max(1, Math.floor(textWidth / 64)),
-    textLayers: countLayers('transformer.resblocks'),
+    textLayers: countLayers(shapes, TEXT_BLOCKS),
     activation: overrides.activation ?? 'quick_gelu',
   };
   const parsed = ClipArchSchema.safeParse(arch);
@@ -139,9 +141,25 @@ export function inferArch(
   return arch;
 }
 
+const VISION_BLOCKS = 'visual.transformer.resblocks';
+const TEXT_BLOCKS = 'transformer.resblocks';
+
+/** How many residual blocks `prefix.0`, `prefix.1`, … the weights hold, counted up to the first gap. */
+function countLayers(shapes: Map<string, number[]>, prefix: string): number {
+  let n = 0;
+  while (shapes.has(`${prefix}.${n}.ln_1.weight`)) n++;
+  return n;
+}
+
 /** Check a weight set against an architecture: every missing, extra or misshapen tensor is listed. */
 export function checkWeights(a: ClipArch, shapes: Map<string, number[]>, opts: { visionOnly?: boolean; textOnly?: boolean; allowExtra?: boolean } = {}): void {
   const problems: string[] = [];
+  // Layer counts first: a count that is off says so in one line, not as a block's dozen tensors per layer.
+  for (const [tower, prefix, declared, skip] of [['visionLayers', VISION_BLOCKS, a.visionLayers, opts.textOnly], ['textLayers', TEXT_BLOCKS, a.textLayers, opts.visionOnly]] as const) {
+    const found = countLayers(shapes, prefix);
+    if (!skip && found !== declared) problems.push(`architecture.${tower} is ${declared}, but the weights hold ${found} (${prefix}.N)`);
+  }
+  if (problems.length) throw new EngineError('invalid_weights', `weights do not match the architecture: ${problems.join('; ')}`, { problems });
   const expected = expectedTensors(a).filter(([n]) => (!opts.visionOnly || isVisionTensor(n)) && (!opts.textOnly || !isVisionTensor(n)));
   const names = new Set(expected.map(([n]) => n));
   for (const [name, shape] of expected) {
