@@ -2,6 +2,7 @@
 // local adapters (filesystem blobs, durable on-disk queue) under .data/, with the default model.
 // This is a composition root: it reads config once and wires functions/ and gpu-worker/ together.
 import { existsSync, readFileSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseConfig, type LocalConfig } from '../shared/config.ts';
@@ -52,7 +53,7 @@ export async function serve(
     ...config,
     dataDir: resolve(config.dataDir),
     // Signed links must point at this server unless an explicit public URL was configured.
-    publicBaseUrl: env.CLIPAG_PUBLIC_BASE_URL ? config.publicBaseUrl : `http://${config.host}:${config.port}`,
+    publicBaseUrl: env.CLIPAG_PUBLIC_BASE_URL ? config.publicBaseUrl : localBaseUrl(config.host, config.port),
   };
   if (statSync(local.dataDir, { throwIfNoEntry: false })?.isDirectory() === false) {
     throw new EngineError('invalid_input', `the data folder ${local.dataDir} (--data or CLIPAG_DATA_DIR) is a file, not a folder`);
@@ -143,3 +144,15 @@ export async function run(argv: string[]): Promise<number> {
   });
   return 0;
 }
+
+/**
+ * Where this server's signed links point when no CLIPAG_PUBLIC_BASE_URL is set: the address it
+ * listens on, an IPv6 one in brackets (`http://[::1]:8787`; `http://::1:8787` is no URL). A wildcard
+ * address (0.0.0.0, ::) is where it listens, not an address to visit: its loopback stands in, which
+ * reaches it from this machine; callers elsewhere need CLIPAG_PUBLIC_BASE_URL.
+ */
+export function localBaseUrl(host: string, port: number): string {
+  const visit = host === '0.0.0.0' ? '127.0.0.1' : host === '::' || host === '::0' ? '::1' : host;
+  return `http://${isIP(visit) === 6 ? `[${visit}]` : visit}:${port}`;
+}
+

@@ -8,7 +8,8 @@ import { Webhook } from 'standardwebhooks';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { run as serveVerb, serve, type ServeHandle } from '../../cli/serve.ts';
+import { localBaseUrl, run as serveVerb, serve, type ServeHandle } from '../../cli/serve.ts';
+import { buildLocalSignedUrl, verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
 import { localStores } from '../../shared/adapters/stores.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
@@ -322,5 +323,20 @@ describe('local server error envelopes (over the real socket serve() listens on)
   it('serve --steps is validated (1..1000) before anything starts', async () => {
     await expect(serveVerb(['--steps', '0', '--data', join(root, 'never')])).rejects.toMatchObject({ code: 'invalid_input' });
     await expect(serveVerb(['--steps', 'lots', '--data', join(root, 'never')])).rejects.toThrow(/--steps must be an integer in \[1, 1000\]/);
+  });
+});
+
+describe('where local signed links point without CLIPAG_PUBLIC_BASE_URL', () => {
+  it('at the address serve listens on: an IPv6 one in brackets, a wildcard by its loopback (http://::1:8787 is no URL)', () => {
+    expect(localBaseUrl('127.0.0.1', 8787)).toBe('http://127.0.0.1:8787');
+    expect(localBaseUrl('localhost', 8787)).toBe('http://localhost:8787');
+    expect(localBaseUrl('::1', 8793)).toBe('http://[::1]:8793');
+    expect(localBaseUrl('fe80::1', 80)).toBe('http://[fe80::1]:80');
+    expect(localBaseUrl('0.0.0.0', 8787)).toBe('http://127.0.0.1:8787');
+    expect(localBaseUrl('::', 8787)).toBe('http://[::1]:8787');
+    // A link built on it parses and its signature checks (what failed with an IPv6 host: every view of a succeeded job was a 500).
+    const url = buildLocalSignedUrl(localBaseUrl('::1', 8793), 's3cret', { method: 'GET', key: 'outputs/o/j/0.png', expiresAtSec: 2_000_000_000 });
+    expect(new URL(url).host).toBe('[::1]:8793');
+    expect(verifyLocalSignature('s3cret', 'GET', url, 1_900_000_000_000)).toMatchObject({ ok: true, key: 'outputs/o/j/0.png' });
   });
 });
