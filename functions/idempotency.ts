@@ -20,10 +20,21 @@ export const IDEMPOTENCY_KEY_PATTERN = /^[\x21-\x7e]{1,255}$/;
 /** A claim whose job never appeared (its request died in between) is taken over after this long. */
 const STALE_CLAIM_MS = 30_000;
 
+/**
+ * `v` 2: `body_hash` is the hash of the body as sent. A `v` 1 claim was written by an earlier version,
+ * which hashed the body with defaults filled in: only such a claim is compared with the hashes that
+ * version would have made of a body (`sameBodyHashes`). Matched against a new claim, those would make
+ * a body that omits the size the same request as one that named 224×224, and replay the wrong job.
+ */
 const IdempotencyRecord = z
-  .object({ v: z.literal(1), body_hash: z.string(), job_id: z.string(), created_at: z.string() })
+  .object({ v: z.union([z.literal(1), z.literal(2)]), body_hash: z.string(), job_id: z.string(), created_at: z.string() })
   .strict();
 type IdempotencyRecord = z.output<typeof IdempotencyRecord>;
+
+/** Whether a claim was made by this body: its hash as sent, or, for a claim an earlier version wrote, as that version hashed it. */
+function sameBody(existing: IdempotencyRecord, args: { bodyHash: string; sameBodyHashes?: readonly string[] }): boolean {
+  return existing.body_hash === args.bodyHash || (existing.v === 1 && (args.sameBodyHashes?.includes(existing.body_hash) ?? false));
+}
 
 export type Claim = { kind: 'claimed'; jobId: string } | { kind: 'replay'; job: JobRecord };
 
@@ -87,7 +98,7 @@ export class IdempotencyLedger {
       if (error instanceof CorruptDocumentError) return null;
       throw error;
     }
-    if (existing.body_hash !== args.bodyHash && !args.sameBodyHashes?.includes(existing.body_hash)) throw keyReused();
+    if (!sameBody(existing, args)) throw keyReused();
     return this.jobs.get(args.owner, existing.job_id);
   }
 
@@ -99,13 +110,13 @@ export class IdempotencyLedger {
     owner: string;
     key: string;
     bodyHash: string;
-    /** Other hashes of the same body: how earlier versions hashed it (a claim outlives a deploy). */
+    /** Other hashes of the same body: how earlier versions hashed it (a claim outlives a deploy); compared with their (`v` 1) claims only. */
     sameBodyHashes?: readonly string[];
     jobId: string;
     now: Date;
   }): Promise<Claim> {
     const blobKey = idempotencyRecordKey(args.owner, args.key);
-    const fresh: IdempotencyRecord = { v: 1, body_hash: args.bodyHash, job_id: args.jobId, created_at: args.now.toISOString() };
+    const fresh: IdempotencyRecord = { v: 2, body_hash: args.bodyHash, job_id: args.jobId, created_at: args.now.toISOString() };
     const encoded = Buffer.from(JSON.stringify(fresh));
     const deadline = Date.now() + (this.options.waitMs ?? 3000);
     for (let attempt = 0; ; attempt++) {
@@ -137,9 +148,7 @@ export class IdempotencyLedger {
       // Our own claim: a write that landed but whose reply was lost, and whose resend failed its
       // condition (S3 resends such a PUT). The job id is this request's own, so no one else's claim names it.
       if (existing.job_id === args.jobId) return { kind: 'claimed', jobId: args.jobId };
-      if (existing.body_hash !== args.bodyHash && !args.sameBodyHashes?.includes(existing.body_hash)) {
-        throw keyReused();
-      }
+      if (!sameBody(existing, args)) throw keyReused();
       const job = await this.jobs.get(args.owner, existing.job_id);
       if (job) return { kind: 'replay', job };
       // The first request holds the claim but has not written its job yet.

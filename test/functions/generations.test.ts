@@ -501,7 +501,7 @@ describe('Idempotency-Key', () => {
     const key = idempotencyRecordKey('acct_alice', 'pre-upgrade');
     const claim = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString());
     const legacy = sha256Hex(canonicalJson({ prompt: 'apple', width: 224, height: 224, steps: 100, n: 1, init: 'gmm', model: 'toy' }));
-    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...claim, body_hash: legacy })));
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...claim, v: 1, body_hash: legacy })));
     const retry = await post({ prompt: 'apple' }, { 'Idempotency-Key': 'pre-upgrade' });
     expect(retry.status).toBe(200);
     expect(((await retry.json()) as { id: string }).id).toBe(first.id);
@@ -510,9 +510,25 @@ describe('Idempotency-Key', () => {
     const named = (await (await post({ prompt: 'plum', model: 'toy' }, { 'Idempotency-Key': 'pre-size' })).json()) as { id: string };
     const sizeKey = idempotencyRecordKey('acct_alice', 'pre-size');
     const sized = JSON.parse(Buffer.from((await h.blobs.get(sizeKey))!.body).toString());
-    await h.blobs.put(sizeKey, Buffer.from(JSON.stringify({ ...sized, body_hash: sha256Hex(canonicalJson({ prompt: 'plum', model: 'toy', width: 224, height: 224, steps: 100, n: 1, init: 'gmm' })) })));
+    await h.blobs.put(sizeKey, Buffer.from(JSON.stringify({ ...sized, v: 1, body_hash: sha256Hex(canonicalJson({ prompt: 'plum', model: 'toy', width: 224, height: 224, steps: 100, n: 1, init: 'gmm' })) })));
     const sizedRetry = await post({ prompt: 'plum', model: 'toy' }, { 'Idempotency-Key': 'pre-size' });
     expect([sizedRetry.status, ((await sizedRetry.json()) as { id: string }).id]).toEqual([200, named.id]);
+  });
+
+  it('a claim this version wrote is matched by the body as sent only: a body that leaves out the size or the model another named is another request (409)', async () => {
+    const small = createApp({ ...h.deps, models: async () => [{ id: 'toy', default: true, input_size: 64 }, { id: 'tiny', input_size: 32 }] });
+    const send = (json: Record<string, unknown>, key: string) =>
+      small.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': key }, body: JSON.stringify(json) });
+    // 224×224 named, then the size left out (a 64×64 job on this deployment): not the same request.
+    const big = await send({ prompt: 'a blue square', width: 224, height: 224 }, 'k224');
+    expect([big.status, ((await big.json()) as any).request]).toEqual([202, expect.objectContaining({ width: 224, height: 224 })]);
+    await expectEnvelope(await send({ prompt: 'a blue square' }, 'k224'), 409, 'idempotency_key_reused');
+    // The model named, then left out: not the same request either (the default may change).
+    expect((await send({ prompt: 'a red star', model: 'toy' }, 'kmodel')).status).toBe(202);
+    await expectEnvelope(await send({ prompt: 'a red star' }, 'kmodel'), 409, 'idempotency_key_reused');
+    // The same body again replays.
+    const again = await send({ prompt: 'a blue square', width: 224, height: 224 }, 'k224');
+    expect(again.status).toBe(200);
   });
 
   it("a request naming no size gets the model's own input size; a width alone makes a square", async () => {
