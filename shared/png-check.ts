@@ -78,8 +78,9 @@ export type PngFileCheck = { ok: true; header: PngHeader; decodable: Uint8Array 
 
 /**
  * Reads the file's chunks up to IEND. Refuses: a chunk that runs past the end of the file, a decoded
- * chunk whose CRC is wrong, no IDAT, IDAT chunks that are not consecutive, no IEND, and a palette image
- * without a palette or with one longer than its bit depth can index.
+ * chunk whose CRC is wrong, a second IHDR, a critical chunk PNG does not define, a second PLTE or one
+ * after IDAT, no IDAT, IDAT chunks that are not consecutive, no IEND, and a palette image without a
+ * palette or with one longer than its bit depth can index.
  */
 export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = {}): PngLayoutCheck {
   const headerCheck = readPngHeader(bytes, opts);
@@ -96,6 +97,12 @@ export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = 
     const length = dv.getUint32(off);
     const type = String.fromCharCode(bytes[off + 4]!, bytes[off + 5]!, bytes[off + 6]!, bytes[off + 7]!);
     if (off + 12 + length > bytes.length) return fail(`chunk ${JSON.stringify(type)} runs past the end of the file (cut short?)`);
+    // The header was read from the first chunk: another IHDR would be the one a decoder uses (its
+    // size never checked). A chunk whose name starts with a capital is critical: one a decoder does
+    // not know cannot be skipped (PNG spec 5.4), and Apple's CgBI files are no PNG a decoder reads.
+    if (type === 'IHDR' && off !== 8) return fail('more than one header (IHDR chunk)');
+    if (/^[A-Z]/.test(type) && !CRITICAL_CHUNKS.has(type)) return fail(`a critical chunk ${JSON.stringify(type)} that PNG does not define (not a standard PNG)`);
+    if (type === 'PLTE' && (palette > 0 || idat.length > 0)) return fail(palette > 0 ? 'more than one palette (PLTE chunk)' : 'a palette (PLTE chunk) after the pixel data');
     if (PNG_DECODED_CHUNKS.has(type)) {
       if (crc32(bytes.subarray(off + 4, off + 8 + length)) !== dv.getUint32(off + 8 + length)) {
         return fail(`chunk ${JSON.stringify(type)} fails its CRC check (the file is damaged)`);
@@ -125,6 +132,9 @@ export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = 
   }
   return { ok: true, layout: { header, decodable: Buffer.concat(kept), deflated: Buffer.concat(idat), paletteEntries: palette } };
 }
+
+/** The chunks PNG defines as critical: every other chunk whose name starts with a capital is refused. */
+const CRITICAL_CHUNKS: ReadonlySet<string> = new Set(['IHDR', 'PLTE', 'IDAT', 'IEND']);
 
 function fail(what: string): { ok: false; reason: string } {
   return { ok: false, reason: `corrupt PNG: ${what}` };

@@ -123,6 +123,32 @@ describe('the whole-file PNG check (API) agrees with the engine decoder (worker)
     expect((await verdicts(split)).reason).toMatch(/IDAT chunks are not consecutive/);
   });
 
+  it('refuses a chunk order decoders read differently: a second header, a critical chunk PNG does not define, a second palette or one after the pixels', async () => {
+    const ihdr = (w: number, h: number) => {
+      const d = Buffer.alloc(13);
+      d.writeUInt32BE(w, 0);
+      d.writeUInt32BE(h, 4);
+      d.set([8, 2, 0, 0, 0], 8);
+      return d;
+    };
+    const rows = deflateSync(Buffer.alloc(2 * 7));
+    const palette = new Uint8Array([255, 0, 0, 0, 255, 0]);
+    const cases: Array<[string, Uint8Array, RegExp]> = [
+      // The check read the first header; fast-png decoded with the second (the job failed in the worker: "Unsupported filter").
+      ['a second IHDR', pngOf(2, 2, 8, 2, 0, rows, [['IHDR', ihdr(64, 64)]]), /more than one header/],
+      ['a critical chunk PNG does not define (Apple CgBI)', pngOf(2, 2, 8, 2, 0, rows, [['CgBI', new Uint8Array(4)]]), /critical chunk "CgBI"/],
+      ['two palettes', pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3)), [['PLTE', palette], ['PLTE', palette]]), /more than one palette/],
+      ['a palette after the pixels', Buffer.concat([SIGNATURE, pngChunk('IHDR', Buffer.from([0, 0, 0, 2, 0, 0, 0, 2, 8, 3, 0, 0, 0])), pngChunk('IDAT', deflateSync(Buffer.alloc(2 * 3))), pngChunk('PLTE', palette), pngChunk('IEND', new Uint8Array(0))]), /palette \(PLTE chunk\) after the pixel data/],
+    ];
+    for (const [name, bytes, why] of cases) {
+      const v = await verdicts(bytes);
+      expect(v, name).toMatchObject({ api: false, sync: false, engine: false });
+      expect(v.reason, name).toMatch(why);
+    }
+    // An ancillary chunk PNG does not define is skipped, as decoders skip it.
+    expect(await verdicts(pngOf(2, 2, 8, 2, 0, rows, [['prVt', new Uint8Array(3)]]))).toMatchObject({ api: true, sync: true, engine: true });
+  });
+
   it('takes what decoders take: a wrong zlib trailer, a damaged ancillary chunk, stray bytes after the rows, a palette longer than its bit depth indexes', async () => {
     const wide = pngOf(2, 2, 4, 3, 0, deflateSync(Buffer.alloc(2 * 2)), [['PLTE', new Uint8Array(768)]]);
     expect(await verdicts(wide), '4-bit, 256 entries').toEqual({ api: true, sync: true, engine: true });
