@@ -4,6 +4,7 @@ import { IdempotencyLedger } from './idempotency.ts';
 import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
 import { bodySizeLimit, requireJson } from './middleware/limits.ts';
+import { noStore } from './middleware/cache.ts';
 import { requestId } from './middleware/request-id.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
@@ -97,6 +98,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     responses: { 200: { description: 'Any 2xx: delivered' } },
   });
 
+  app.use('/v1/*', noStore());
   app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   app.use('/v1/*', auth(deps.keys));
   app.use('/v1/generations', requireJson());

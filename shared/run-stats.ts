@@ -45,6 +45,9 @@ const RunStatsDoc = z.object({ v: z.literal(2), samples: z.array(RunSample).max(
 /** The kind of start: a GMM start scores its samples (1000 encoder passes an image on the recipe), a noise or image start does not. */
 export type RunStart = 'gmm' | 'noise' | 'image';
 
+/** "a gmm start", "a noise start", "an image start": how the estimate notes name a kind of start. */
+const startPhrase = (start: RunStart) => `${start === 'image' ? 'an' : 'a'} ${start} start`;
+
 export function runStartOf(init: string): RunStart {
   return init === 'gmm' || init === 'noise' ? init : 'image';
 }
@@ -255,7 +258,7 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
   if (own.length > 0) return { seconds: estimateSeconds(own, { steps, n: job.n }), basis: null, note: null };
   const nearby = await readNearbySizes(blobs, k);
   const size = { width: k.width, height: k.height };
-  if (nearby.length === 0) return { seconds: null, basis: null, note: `no run of model ${k.model} with a ${k.start} start was recorded on this deployment yet` };
+  if (nearby.length === 0) return { seconds: null, basis: null, note: `no run of model ${k.model} with ${startPhrase(k.start)} was recorded on this deployment yet` };
 
   const timedRuns = nearby.flatMap((r) => r.samples.filter((s) => s.stages !== undefined).map((sample) => ({ px: r.width * r.height, sample })));
   const stageGroups = groupMedians(stagePointsOf(timedRuns));
@@ -293,7 +296,7 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
   return {
     seconds: null,
     basis: null,
-    note: `no run of model ${k.model} with a ${k.start} start near ${k.width}×${k.height} was recorded on this deployment yet (${why}): one run at this size, or at a size nearer it, gives figures`,
+    note: `no run of model ${k.model} with ${startPhrase(k.start)} near ${k.width}×${k.height} was recorded on this deployment yet (${why}): one run at this size, or at a size nearer it, gives figures`,
   };
 }
 

@@ -47,6 +47,8 @@ export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
   if (error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
   if (status === 503) c.header('Retry-After', '1');
   if (error instanceof TooManyRequestsError) c.header('Retry-After', String(error.retryAfterSec));
+  // The first request with the key is still running: its job is a moment away.
+  if (body.error.code === 'idempotency_in_progress') c.header('Retry-After', '1');
   if (error instanceof HttpError && error.status === 405 && allowHeader.has(error)) c.header('Allow', allowHeader.get(error));
   return c.json(body, status as ContentfulStatusCode);
 }
@@ -54,7 +56,8 @@ export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
 const allowHeader = new WeakMap<HttpError, string>();
 export function methodNotAllowed(allowed: string[]): HttpError {
   const error = new HttpError(405, 'method_not_allowed', `method not allowed; use ${allowed.join(', ')}`);
-  allowHeader.set(error, allowed.join(', '));
+  // HEAD answers wherever GET does (Hono runs the GET route without the body), so Allow names it too.
+  allowHeader.set(error, [...allowed, ...(allowed.includes('GET') && !allowed.includes('HEAD') ? ['HEAD'] : [])].join(', '));
   return error;
 }
 
@@ -98,7 +101,15 @@ export function validationHook(
     if (issue.code === 'unrecognized_keys' && issue.keys?.length) return path ? `${path}.${issue.keys[0]}` : issue.keys[0];
     return path || undefined;
   };
-  const message = issues
+  // One issue per field: zod reports a seed of 1e30 twice (over the safe-integer bound and over the
+  // field's own), and only the field's rule means anything to a caller.
+  const byField = new Map<string, ZodIssueLike>();
+  for (const issue of issues) {
+    const p = paramOf(issue) ?? '';
+    const kept = byField.get(p);
+    if (!kept || (isSafeIntegerBound(kept) && !isSafeIntegerBound(issue))) byField.set(p, issue);
+  }
+  const message = [...byField.values()]
     .slice(0, 3)
     .map((issue) => {
       const p = paramOf(issue);
@@ -108,7 +119,14 @@ export function validationHook(
   throw new ValidationError(message || `invalid ${result.target}`, first ? paramOf(first) : undefined);
 }
 
+/** zod's `.int()` bound (±2^53 − 1), which it reports beside a field's own bound. */
+function isSafeIntegerBound(issue: ZodIssueLike): boolean {
+  return (issue.code === 'too_big' || issue.code === 'too_small') && Math.abs(Number(issue.maximum ?? issue.minimum)) === Number.MAX_SAFE_INTEGER;
+}
+
 interface ZodIssueLike {
+  maximum?: unknown;
+  minimum?: unknown;
   code: string;
   path: ReadonlyArray<PropertyKey>;
   message: string;

@@ -31,8 +31,14 @@ const JSON_CONTENT_TYPE = /^application\/(?:[a-z.-]+\+)?json(?:;\s*[a-zA-Z0-9-]+
 export function requireJson(): MiddlewareHandler<AppEnv> {
   return async function requireJsonMiddleware(c, next) {
     if (c.req.method === 'POST') {
-      if (!JSON_CONTENT_TYPE.test(c.req.header('Content-Type') ?? '')) {
+      const contentType = c.req.header('Content-Type') ?? '';
+      if (!JSON_CONTENT_TYPE.test(contentType)) {
         throw new HttpError(415, 'unsupported_media_type', 'Content-Type must be application/json (optionally with parameters such as "; charset=utf-8")', 'Content-Type');
+      }
+      // A body declared in another charset would be read as UTF-8 anyway: say so, rather than read "é" in Latin-1 as a broken byte.
+      const charset = /;\s*charset=("?)([^";]*)\1/i.exec(contentType)?.[2];
+      if (charset !== undefined && !/^utf-?8$/i.test(charset.trim())) {
+        throw new HttpError(415, 'unsupported_media_type', `JSON must be UTF-8 (RFC 8259); the body is declared as charset=${charset.slice(0, 40)}`, 'Content-Type');
       }
       // JSON is UTF-8 (RFC 8259). A decoder would replace broken bytes with U+FFFD, and a prompt would
       // run on text its caller never wrote. (Hono keeps the bytes: the route still reads the body.)

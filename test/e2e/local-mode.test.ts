@@ -296,7 +296,7 @@ describe('local server error envelopes (over the real socket serve() listens on)
     h = await start(dataDir);
     const put = await fetch(`${h.url}/healthz`, { method: 'PUT' });
     await envelopeOf(put, 405, 'method_not_allowed');
-    expect(put.headers.get('allow')).toBe('GET');
+    expect(put.headers.get('allow')).toBe('GET, HEAD');
     await envelopeOf(await fetch(`${h.url}/nope`), 404, 'not_found');
     await envelopeOf(await fetch(`${h.url}/blobs/x?expires=1&sig=${'a'.repeat(64)}`), 403, 'forbidden');
     await envelopeOf(await fetch(`${h.url}/blobs/x`, { method: 'DELETE' }), 405, 'method_not_allowed');

@@ -59,6 +59,12 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     });
   }
 
+  it('a seed far too large names its own bound once, not the safe-integer bound zod adds beside it', async () => {
+    const err = await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', seed: 1e30 } }), 400, 'validation_error');
+    expect([err.param, err.message]).toEqual(['seed', expect.stringMatching(/^seed: .*4294967295/)]);
+    expect(err.message).not.toMatch(/9007199254740991/);
+  });
+
   it('malformed JSON → 400 invalid_json', async () => {
     const res = await h.request('/v1/generations', { method: 'POST', body: '{"prompt": "a",', headers: { 'Content-Type': 'application/json' } });
     await expectEnvelope(res, 400, 'invalid_json');
@@ -76,7 +82,7 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
   });
 
   it('wrong or missing content type → 415, always the same envelope naming Content-Type', async () => {
-    const bad = ['text/plain', 'application/x-www-form-urlencoded', 'application/json ; charset=utf-8', 'application/json;', 'application/jsonx', undefined];
+    const bad = ['text/plain', 'application/x-www-form-urlencoded', 'application/json ; charset=utf-8', 'application/json;', 'application/jsonx', undefined, 'application/json; charset=latin1', 'application/json; charset="ISO-8859-1"', 'application/json; charset=utf-16'];
     for (const type of bad) {
       const headers: Record<string, string> = type === undefined ? {} : { 'Content-Type': type };
       const res = await h.request('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a' }), headers });
@@ -87,9 +93,17 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
   });
 
   it('JSON content types with parameters or a +json suffix are accepted', async () => {
-    for (const type of ['application/json; charset=utf-8', 'APPLICATION/JSON;charset=UTF-8', 'application/vnd.api+json']) {
+    for (const type of ['application/json; charset=utf-8', 'APPLICATION/JSON;charset=UTF-8', 'application/vnd.api+json', 'application/json; charset="utf-8"', 'application/json; charset=utf8']) {
       const res = await h.request('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a' }), headers: { 'Content-Type': type } });
       expect(res.status, type).toBe(202);
+    }
+  });
+
+  it('every API answer, an error too, is marked Cache-Control: no-store (signed links, webhook secrets, one caller\'s jobs)', async () => {
+    const created = await h.request('/v1/generations', { json: { prompt: 'a' } });
+    expect([created.status, created.headers.get('Cache-Control')]).toEqual([202, 'no-store']);
+    for (const res of [await h.request('/v1/generations'), await h.request('/v1/generations/nope'), await h.request('/v1/models'), await h.request('/v1/generations', { key: null })]) {
+      expect(res.headers.get('Cache-Control'), res.url).toBe('no-store');
     }
   });
 
@@ -152,7 +166,10 @@ describe('routing', () => {
     await expectEnvelope(await h.request('/v1/nope'), 404, 'not_found');
     const res = await h.request('/v1/generations', { method: 'DELETE' });
     await expectEnvelope(res, 405, 'method_not_allowed');
-    expect(res.headers.get('Allow')).toBe('GET, POST');
+    expect(res.headers.get('Allow')).toBe('GET, POST, HEAD');
+    // HEAD is answered where GET is: Allow names it.
+    const head = await h.request('/v1/generations', { method: 'HEAD' });
+    expect(head.status).toBe(200);
     const cancel = await h.request('/v1/generations/abc/cancel');
     await expectEnvelope(cancel, 405, 'method_not_allowed');
     expect(cancel.headers.get('Allow')).toBe('POST');

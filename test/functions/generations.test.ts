@@ -531,6 +531,18 @@ describe('Idempotency-Key', () => {
     expect(again.status).toBe(200);
   });
 
+  it('a request whose key another request with the same body still holds (no job yet) is a 409 idempotency_in_progress with Retry-After', async () => {
+    const { idempotencyRecordKey } = await import('../../functions/idempotency.ts');
+    const first = (await (await post({ prompt: 'fig' }, { 'Idempotency-Key': 'held' })).json()) as { id: string };
+    // The claim as a request still creating its job leaves it: it names a job not written yet.
+    const key = idempotencyRecordKey('acct_alice', 'held');
+    const claim = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString());
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...claim, job_id: first.id.replace(/.$/, (c) => (c === '0' ? '1' : '0')), created_at: new Date().toISOString() })));
+    const res = await post({ prompt: 'fig' }, { 'Idempotency-Key': 'held' });
+    await expectEnvelope(res, 409, 'idempotency_in_progress');
+    expect(res.headers.get('Retry-After')).toBe('1');
+  });
+
   it("a request naming no size gets the model's own input size; a width alone makes a square", async () => {
     const sized = (json: Record<string, unknown>) => post({ prompt: 'apple', ...json }).then(async (r) => ((await r.json()) as any).request);
     // The harness's model says input_size 224; a 64 px model gets 64 (below: models with other sizes).
