@@ -1,13 +1,13 @@
 // clipag eval-pag: the in-repo proof of Perceptually Aligned Gradients (robust vs plain toy CLIP,
 // graded by the independent judge).
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
-import { PAG_PROMPTS, evalPag, pagMarkdown, writePagOutputs } from '../gpu-worker/engine/toy/eval-pag.ts';
+import { PAG_OUTPUT_SUFFIXES, PAG_PROMPTS, evalPag, pagMarkdown, writePagOutputs } from '../gpu-worker/engine/toy/eval-pag.ts';
 import { checkRecipeDefaults } from '../gpu-worker/engine/clip/bundle.ts';
 import { type Recipe } from '../gpu-worker/engine/synth/recipe.ts';
-import { REPO_ROOT, intArg } from './common.ts';
+import { REPO_ROOT, intArg, outputFile } from './common.ts';
 
 function parseRecipeArg(text: string | undefined): Partial<Recipe> {
   if (text === undefined) return {};
@@ -32,7 +32,9 @@ export const usage = `usage: clipag eval-pag [options]
   --views G,P      global and patch views (default: each bundle's recipe defaults)
   --recipe JSON    other recipe fields for both models, e.g. '{"flip":true,"cutout":0}' (checked like a
                    bundle's recipe defaults; --steps and --views win)
-  --out PREFIX     writes PREFIX.json, PREFIX.md and PREFIX.png (default docs/toy-pag)
+  --out PREFIX     writes PREFIX.json, PREFIX.md and PREFIX.png (default docs/toy-pag, the report the
+                   README shows); existing files are replaced only with --force
+  --force          replace existing PREFIX.json, PREFIX.md and PREFIX.png
   --no-probes      skip the robustness and gradient-only probes (about a minute; they ignore the
                    recipe and the seeds, so recipe screens can leave them out)
   --threads N      onnxruntime threads (default 1)`;
@@ -43,15 +45,15 @@ export async function run(argv: string[]): Promise<number> {
     options: {
       robust: { type: 'string' }, plain: { type: 'string' }, judge: { type: 'string' }, prompts: { type: 'string' },
       seeds: { type: 'string' }, steps: { type: 'string' }, views: { type: 'string' }, recipe: { type: 'string' }, out: { type: 'string' }, threads: { type: 'string' },
-      'no-probes': { type: 'boolean' },
+      'no-probes': { type: 'boolean' }, force: { type: 'boolean' },
     },
     strict: true,
   });
   const nPrompts = intArg(values.prompts, 'prompts', PAG_PROMPTS.length, 1, PAG_PROMPTS.length);
   const seeds = (values.seeds ?? '1,2,3').split(',').map((s) => intArg(s, 'seeds', 1, 0, 0xffffffff));
   const recipe: Partial<Recipe> = parseRecipeArg(values.recipe);
-  if (values.steps) recipe.steps = intArg(values.steps, 'steps', 100, 1, 1000);
-  if (values.views) {
+  if (values.steps !== undefined) recipe.steps = intArg(values.steps, 'steps', 100, 1, 1000);
+  if (values.views !== undefined) {
     const m = /^(\d+),(\d+)$/.exec(values.views);
     if (!m) throw new EngineError('invalid_input', '--views must look like 32,32');
     recipe.globalViews = Number(m[1]);
@@ -59,6 +61,13 @@ export async function run(argv: string[]): Promise<number> {
   }
   const prefix = resolve(values.out ?? join(REPO_ROOT, 'docs', 'toy-pag'));
   mkdirSync(dirname(prefix), { recursive: true });
+  // Checked before the run (minutes): a report is not lost to a path that cannot be written, and the
+  // committed one (the default prefix) is not replaced by a quick screen by accident.
+  const outputs = PAG_OUTPUT_SUFFIXES.map((suffix) => outputFile(`${prefix}${suffix}`, '--out'));
+  const existing = outputs.filter((f) => existsSync(f));
+  if (existing.length > 0 && !values.force) {
+    throw new EngineError('invalid_input', `--out ${prefix}: ${existing.join(', ')} already ${existing.length === 1 ? 'exists' : 'exist'}; pass --force to replace ${existing.length === 1 ? 'it' : 'them'}, or another --out`);
+  }
   const log = (s: string) => process.stderr.write(`${s}\n`);
   const { report, images } = await evalPag({
     robustDir: resolve(values.robust ?? join(REPO_ROOT, 'models', 'toy')),

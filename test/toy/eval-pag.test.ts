@@ -4,7 +4,7 @@
 // model's images carry the prompt to a second model (they score higher under the plain CLIP than the
 // plain twin's images score under the robust one); and the plain twin's images carry far more
 // high-frequency texture.
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -106,3 +106,30 @@ describe('eval-pag (quick)', () => {
     expect(readFileSync(files[2]).subarray(1, 4).toString()).toBe('PNG');
   }, 300_000);
 });
+
+describe('clipag eval-pag: its outputs are checked before the run (minutes), and replaced only with --force', () => {
+  it('refuses existing report files without --force, an output that is a folder, and an empty --steps; all before any model loads', async () => {
+    const { run } = await import('../../cli/eval-pag.ts');
+    const refusal = (argv: string[]) => run(argv).then(() => ['ran'], (e: { code?: string; message?: string }) => [e.code, e.message]);
+    const dir = mkdtempSync(join(tmp, 'out-'));
+    writeFileSync(join(dir, 'old.md'), 'the committed report');
+    // The default prefix is the committed report: the same rule.
+    expect(await refusal(['--out', join(dir, 'old'), '--no-probes'])).toEqual(['invalid_input', expect.stringMatching(/old\.md already exists; pass --force to replace it/)]);
+    expect(readFileSync(join(dir, 'old.md'), 'utf8')).toBe('the committed report');
+    mkdirSync(join(dir, 'dir.png'));
+    expect(await refusal(['--out', join(dir, 'dir'), '--no-probes'])).toEqual(['invalid_input', expect.stringMatching(/dir\.png is a folder/)]);
+    expect(await refusal(['--out', join(dir, 'new'), '--steps', ''])).toEqual(['invalid_input', expect.stringMatching(/steps/)]);
+  });
+
+  it('writes the three files together: a report that fails to render leaves the earlier files whole and no temporary file behind', () => {
+    const dir = mkdtempSync(join(tmp, 'atomic-'));
+    const prefix = join(dir, 'r');
+    writeFileSync(`${prefix}.json`, 'old json');
+    // A report that cannot be rendered (here: a bare object) fails before any file is replaced.
+    const report = { seeds: [1] } as unknown as Parameters<typeof writePagOutputs>[1];
+    expect(() => writePagOutputs(prefix, report, { robust: [], plain: [] })).toThrow();
+    expect(readFileSync(`${prefix}.json`, 'utf8')).toBe('old json');
+    expect(readdirSync(dir)).toEqual(['r.json']);
+  });
+});
+

@@ -3,7 +3,7 @@
 // says whether each named attribute is really in the picture. A robust model's gradient should make the
 // judge agree; a plain model's gradient should raise its own CLIP score while the judge disagrees.
 
-import { writeFileSync } from 'node:fs';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { ClipEngine } from '../engine.ts';
 import { EngineError } from '../errors.ts';
 import { type PlanarImage, encodePng } from '../synth/image.ts';
@@ -360,10 +360,22 @@ export function pagMarkdown(r: PagReport): string {
   return lines.join('\n') + '\n';
 }
 
+/** What `writePagOutputs(prefix, …)` writes: the report, its markdown and the image grid. */
+export const PAG_OUTPUT_SUFFIXES = ['.json', '.md', '.png'] as const;
+
+/**
+ * Writes the three files, each to a temporary name first and all renamed at the end: a failure on
+ * any of them leaves the previous report whole, not a new JSON beside an old grid.
+ */
 export function writePagOutputs(prefix: string, report: PagReport, images: { robust: PlanarImage[]; plain: PlanarImage[] }): string[] {
-  const files = [`${prefix}.json`, `${prefix}.md`, `${prefix}.png`];
-  writeFileSync(files[0], JSON.stringify(report, null, 2) + '\n');
-  writeFileSync(files[1], pagMarkdown(report));
-  writeFileSync(files[2], pagGrid(images, report.seeds.length));
+  const contents: Array<string | Uint8Array> = [JSON.stringify(report, null, 2) + '\n', pagMarkdown(report), pagGrid(images, report.seeds.length)];
+  const files = PAG_OUTPUT_SUFFIXES.map((suffix) => `${prefix}${suffix}`);
+  const staged = files.map((f) => `${f}.${process.pid}.tmp`);
+  try {
+    staged.forEach((tmp, i) => writeFileSync(tmp, contents[i]!));
+    staged.forEach((tmp, i) => renameSync(tmp, files[i]!));
+  } finally {
+    for (const tmp of staged) rmSync(tmp, { force: true });
+  }
   return files;
 }
