@@ -1,6 +1,6 @@
 // clipag generate: prompt in, PNG out.
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
@@ -116,14 +116,35 @@ export async function run(argv: string[]): Promise<number> {
   // The engine takes 8 prompts in all: the prompt and up to 7 negatives.
   if ((values.negative?.length ?? 0) > 7) throw new EngineError('invalid_input', `--negative: at most 7 (the model takes 8 prompts in all), got ${values.negative!.length}`);
   if (values.frames === '') throw new UsageError('--frames needs a folder');
+  // Made now, so that a folder that cannot be made is refused before the run; a folder this run made
+  // is removed again if the run fails before writing into it (a bad model, a bad init image).
+  let madeFrames: string | undefined;
   if (values.frames) {
     try {
-      mkdirSync(values.frames, { recursive: true });
+      madeFrames = mkdirSync(values.frames, { recursive: true });
     } catch (e) {
       throw new EngineError('invalid_input', `--frames ${values.frames}: cannot make the folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
   }
-  const engine = await ClipEngine.open(modelDir(values.model));
+  const removeMadeFrames = () => {
+    if (madeFrames === undefined) return;
+    // Only what this run made, and only while empty: from the innermost folder up to the first it made.
+    for (let dir = resolve(values.frames!); ; dir = dirname(dir)) {
+      try {
+        rmdirSync(dir);
+      } catch {
+        return;
+      }
+      if (dir === resolve(madeFrames)) return;
+    }
+  };
+  let engine: ClipEngine;
+  try {
+    engine = await ClipEngine.open(modelDir(values.model));
+  } catch (e) {
+    removeMadeFrames();
+    throw e;
+  }
   try {
     const [width, height] = askedSize ?? [engine.imageSize, engine.imageSize];
     let init: InitSpec = { kind: 'gmm' };
@@ -201,6 +222,9 @@ export async function run(argv: string[]): Promise<number> {
     }
     if (!values.json) process.stderr.write(`wrote ${out} (clip score ${res.scores[0].cosine.toFixed(3)}, ${(res.usage.timingsMs.total / 1000).toFixed(1)} s)\n`);
     return 0;
+  } catch (e) {
+    removeMadeFrames();
+    throw e;
   } finally {
     await engine.close();
   }

@@ -1,6 +1,6 @@
 // Issue 6, "done when": a prior is fitted from a generated image folder (`clipag prior fit`) and used
 // by `clipag generate --init gmm`, both through the CLI's main().
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
@@ -152,5 +152,16 @@ describe('generate checks its flags and output before any work', () => {
     const { code, stderr } = await runCliErr(['generate', 'a red circle', '--model', '/nonexistent-clipag/model', '--frames', file, '-o', join(tmpdir(), 'x.png')]);
     expect(code).not.toBe(0);
     expect(stderr).toMatch(/--frames .*taken: cannot make the folder \(EEXIST\)/);
+  });
+
+  it('a --frames folder this run made is removed again when the run fails before a frame (a model that does not open); one that was there stays', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'clipag-frames-'));
+    const made = await runCliErr(['generate', 'a red circle', '--model', '/nonexistent-clipag/model', '--frames', join(root, 'new', 'frames'), '-o', join(root, 'x.png')]);
+    expect(made.code).not.toBe(0);
+    expect(readdirSync(root)).toEqual([]);
+    mkdirSync(join(root, 'kept'));
+    await runCliErr(['generate', 'a red circle', '--model', '/nonexistent-clipag/model', '--frames', join(root, 'kept', 'frames'), '-o', join(root, 'x.png')]);
+    expect(readdirSync(root)).toEqual(['kept']);
+    expect(readdirSync(join(root, 'kept'))).toEqual([]);
   });
 });
