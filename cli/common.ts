@@ -87,20 +87,28 @@ export function outputFile(path: string, flag: string): string {
 }
 
 /**
+ * An output folder's absolute path; a symbolic link is followed to where it leads, which must exist
+ * (a dangling link or a loop is refused here, not after the work). Used by bundleOut and by
+ * `models import -o`.
+ */
+export function followLink(path: string, flag: string): string {
+  const out = resolve(path);
+  if (!lstatSync(out, { throwIfNoEntry: false })?.isSymbolicLink()) return out;
+  try {
+    return realpathSync(out);
+  } catch (e) {
+    throw new EngineError('invalid_input', `${flag} ${out} is a symbolic link that leads nowhere (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+}
+
+/**
  * A bundle folder a command will write, checked before any work: absent, an empty folder, or (with
  * `force`) a bundle to replace, one holding a manifest.json and nothing but files. Anything else in
  * the folder (a subfolder, a repository) is never replaced. A link is followed to its folder, which
  * is replaced in place. The parent must be writable, since the new bundle is renamed in there.
  */
 export function bundleOut(path: string, force: boolean, flag = '--out'): string {
-  let out = resolve(path);
-  if (lstatSync(out, { throwIfNoEntry: false })?.isSymbolicLink()) {
-    try {
-      out = realpathSync(out);
-    } catch (e) {
-      throw new EngineError('invalid_input', `${flag} ${out} is a symbolic link that leads nowhere (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
-  }
+  const out = followLink(path, flag);
   const st = statSync(out, { throwIfNoEntry: false });
   if (st && !st.isDirectory()) throw new EngineError('invalid_input', `${flag} ${out} is a file, not a folder`);
   if (st) {

@@ -13,7 +13,7 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { ActivationSchema } from '../gpu-worker/engine/clip/arch.ts';
 import { scanModelsDir } from '../gpu-worker/models.ts';
 import { importModel, type ImportProgress } from '../gpu-worker/engine/import/import.ts';
-import { UsageError, intArg } from './common.ts';
+import { UsageError, followLink, intArg } from './common.ts';
 
 export const summary = 'manage model bundles (import a CLIP checkpoint, push to and list the model store)';
 
@@ -30,7 +30,8 @@ Pickles are read by a restricted unpickler: only tensor-storage globals are acce
 The architecture is inferred from the tensor shapes. Heads default to width // 64 (the official rule)
 and the activation to QuickGELU; override with the flags. Weights are stored as F32 unless
 --keep-fp16. The bundle is written into a temporary folder next to DIR, verified with a float64
-gradient check (batch 1, 2 directions), and renamed into place; on any error nothing is left behind.`;
+gradient check (batch 1, 2 directions), and renamed into place; on any error nothing is left behind.
+DIR must not exist or be an empty folder; a symbolic link DIR is followed to the folder it leads to.`;
 
 const PUSH_USAGE = `usage: clipag models push DIR [--name NAME] [--force] [--json]
 
@@ -120,7 +121,7 @@ async function runImport(argv: string[]): Promise<number> {
   const heads = (v: string | undefined, name: string) => (v === undefined ? undefined : intArg(v, name, 1, 1, 1024));
   const log = (line: string) => (values.json ? process.stderr : process.stdout).write(`${line}\n`);
   const res = await importModel(positionals[0], {
-    out: values.out,
+    out: followLink(values.out, '-o'), // importModel refuses a link: the bundle would be renamed onto it
     vocab: values.vocab,
     tokenizer: values.tokenizer,
     activation,

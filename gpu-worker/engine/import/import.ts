@@ -1,20 +1,21 @@
 // `clipag models import`: turn a CLIP checkpoint (PyTorch zip, open_clip training checkpoint,
 // open_clip/OpenAI safetensors, Hugging Face CLIPModel) into a model bundle (docs/model-bundle.md).
 //
-// Steps: open the source lazily → map names → infer the architecture from shapes (flags override
-// heads/activation) → check every tensor against it (missing/extra/misshapen are listed) → stream the
-// tensors one at a time into weights.safetensors (cast to F32, or F16 kept with keepFp16) → tokenizer →
-// manifest with sha256 → float64 gradient check on the new bundle → rename into place.
+// Steps: check the target and the tokenizer (--tokenizer parsed, --vocab built) → open the source
+// lazily → map names → infer the architecture from shapes (flags override heads/activation) → check
+// every tensor against it (missing/extra/misshapen are listed) → stream the tensors one at a time into
+// weights.safetensors (cast to F32, or F16 kept with keepFp16; each checked for NaN/Inf as stored) →
+// tokenizer.json → manifest with sha256 → float64 gradient check on the new bundle → rename into place.
 // Everything is written into a temporary folder next to the target and renamed at the end; any error
 // removes it, so a failed import never leaves a partial bundle.
 
 import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { EngineError } from '../errors.ts';
 import { type Activation, type ClipArch, checkWeights, expectedTensors, inferArch } from '../clip/arch.ts';
-import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, type Manifest, ManifestSchema, OPENAI_MEAN, OPENAI_STD, sha256File } from '../clip/bundle.ts';
-import { writeClipTokenizerJson } from '../clip/tokenizer-json.ts';
+import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, type Manifest, ManifestSchema, OPENAI_MEAN, OPENAI_STD, checkFinite, sha256File } from '../clip/bundle.ts';
+import { buildClipTokenizerJson } from '../clip/tokenizer-json.ts';
 import { TextTokenizer } from '../clip/tokenizer.ts';
 import { makeStagingFolder, syncFolder, syncPath } from '../io/staging.ts';
 import { gradcheck, type GradcheckResult } from '../clip/gradcheck.ts';
@@ -82,6 +83,11 @@ export function defaultBundleName(src: string): string {
 }
 
 function checkTarget(out: string): void {
+  // The bundle is renamed onto `out` at the end: a link there would be replaced (or fail with ENOTDIR)
+  // only after all the work. The CLI follows -o links first (cli/common.ts followLink), as --out does.
+  if (lstatSync(out, { throwIfNoEntry: false })?.isSymbolicLink()) {
+    throw new EngineError('invalid_input', `output ${out} is a symbolic link; pass the folder it leads to`, { path: out });
+  }
   if (!existsSync(out)) return;
   if (!statSync(out).isDirectory() || readdirSync(out).length > 0) {
     throw new EngineError('invalid_input', `output ${out} already exists and is not an empty folder; choose a new -o DIR or remove it first`, { path: out });
@@ -113,6 +119,8 @@ function streamSafetensors(
   list: { name: string; dtype: 'float32' | 'float16'; shape: number[]; read(): TensorData }[],
   metadata: Record<string, string>,
   onTensor: (i: number, name: string, bytesWritten: number) => void,
+  /** Names the bundle in a non-finite-weight refusal. */
+  bundleLabel: string,
 ): number {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
@@ -145,10 +153,8 @@ function streamSafetensors(
       if (d.dims.length !== t.shape.length || d.dims.some((x, j) => x !== t.shape[j]) || d.dtype !== t.dtype) {
         throw new EngineError('invalid_weights', `tensor ${t.name} read as ${d.dtype} [${d.dims}], expected ${t.dtype} [${t.shape}]`, { tensor: t.name });
       }
-      for (let k = 0; k < d.data.length; k++) {
-        const v = (d.data as Float32Array)[k];
-        if (!Number.isFinite(v) && d.dtype === 'float32') throw new EngineError('invalid_weights', `tensor ${t.name} has a non-finite value (${v}) at element ${k}; the checkpoint is corrupt or was saved mid-divergence`, { tensor: t.name });
-      }
+      // The stored dtype (F32, or F16 with keepFp16: NaN/Inf bit patterns), as loadBundle checks it.
+      checkFinite(new Map([[t.name, d]]), bundleLabel);
       write(new Uint8Array(d.data.buffer, d.data.byteOffset, d.data.byteLength));
       onTensor(i, t.name, pos - dataStart);
     });
@@ -171,6 +177,7 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
   }
   // Before any weight is converted, and under the caller's own path (a bad file found later would be named by its temp copy).
   if (opts.tokenizer) TextTokenizer.fromFile(opts.tokenizer);
+  const tokenizerJson = opts.vocab ? JSON.stringify(buildClipTokenizerJson(opts.vocab)) : undefined;
   const name = opts.name ?? defaultBundleName(src);
   if (!NAME_RE.test(name) || name.length > 64) throw new EngineError('invalid_input', `bundle name "${name}" must be 1–64 lower-case letters, digits, ., _ or -; pass --name`);
 
@@ -231,10 +238,11 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
         peakRss = Math.max(peakRss, process.memoryUsage.rss());
         opts.onProgress?.({ tensor, index: i + 1, total: list.length, bytesWritten, bytesTotal });
       },
+      `${name} (from ${basename(src)})`,
     );
 
     const tokFile = 'tokenizer.json';
-    if (opts.vocab) writeClipTokenizerJson(opts.vocab, join(tmp, tokFile));
+    if (tokenizerJson !== undefined) writeFileSync(join(tmp, tokFile), tokenizerJson);
     else copyFileSync(opts.tokenizer!, join(tmp, tokFile));
 
     const manifest: Manifest = {

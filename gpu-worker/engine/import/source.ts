@@ -247,11 +247,20 @@ function hfHints(weightsPath: string, configPath: string | undefined): ArchHints
     if (configPath) throw new EngineError('invalid_input', `Hugging Face config ${configPath} does not exist`, { path: configPath });
     return hints;
   }
-  let cfg: Record<string, Record<string, unknown> | undefined>;
+  let parsed: unknown;
   try {
-    cfg = JSON.parse(readFileSync(path, 'utf8'));
+    parsed = JSON.parse(readFileSync(path, 'utf8'));
   } catch (e) {
     throw new EngineError('invalid_input', `${path} is not valid JSON: ${(e as Error).message}`, { path });
+  }
+  const notConfig = (what: string, v: unknown) =>
+    new EngineError('invalid_input', `${path}: ${what} is ${describeJson(v)}, not a Hugging Face CLIPModel config object; pass the model's config.json with --hf-config`, { path });
+  if (!isJsonObject(parsed)) throw notConfig('the file', parsed);
+  const cfg: Record<string, Record<string, unknown> | undefined> = {};
+  for (const k of ['text_config', 'vision_config'] as const) {
+    const c = parsed[k];
+    if (c !== undefined && !isJsonObject(c)) throw notConfig(k, c);
+    cfg[k] = c;
   }
   // transformers' CLIPTextConfig / CLIPVisionConfig default hidden_act is "quick_gelu".
   const act = (c: Record<string, unknown> | undefined) => (c?.hidden_act as string | undefined) ?? 'quick_gelu';
@@ -265,12 +274,27 @@ function hfHints(weightsPath: string, configPath: string | undefined): ArchHints
   if (norm(ta) !== norm(va)) throw new EngineError('invalid_model', `${path}: the text tower uses ${ta} and the vision tower ${va}; a bundle has one activation`, { path });
   hints.activation = norm(ta);
   hints.from.activation = `${path} hidden_act`;
-  const heads = (c: Record<string, unknown> | undefined) => (typeof c?.num_attention_heads === 'number' ? (c.num_attention_heads as number) : undefined);
-  hints.textHeads = heads(cfg.text_config);
-  hints.visionHeads = heads(cfg.vision_config);
+  const heads = (k: 'text_config' | 'vision_config') => {
+    const h = cfg[k]?.num_attention_heads;
+    if (h === undefined) return undefined;
+    if (typeof h !== 'number' || !Number.isSafeInteger(h) || h <= 0) {
+      throw new EngineError('invalid_input', `${path}: ${k}.num_attention_heads must be a positive integer, got ${JSON.stringify(h)}; fix the file (or pass --hf-config with a corrected copy)`, { path });
+    }
+    return h;
+  };
+  hints.textHeads = heads('text_config');
+  hints.visionHeads = heads('vision_config');
   if (hints.textHeads) hints.from.textHeads = `${path} text_config.num_attention_heads`;
   if (hints.visionHeads) hints.from.visionHeads = `${path} vision_config.num_attention_heads`;
   return hints;
+}
+
+const isJsonObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function describeJson(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return `a ${typeof v} (${JSON.stringify(v).slice(0, 40)})`;
 }
 
 // ------------------------------------------------------------------------------------------------

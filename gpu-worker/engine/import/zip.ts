@@ -6,9 +6,13 @@
 //
 // A truncated or corrupt archive (no end-of-central-directory record, a directory or entry that runs
 // past the end of the file, bad signatures) fails with EngineError('invalid_model') saying what to do.
+// So does a record whose bytes do not match the CRC-32 in the central directory (a flipped bit in a
+// copy or download): each record is checked once, the first time any of its bytes are read (a read of
+// the whole record checks the bytes it read; a partial read first streams the whole record through the
+// CRC in IO_CHECK_CHUNK pieces, so memory stays one chunk).
 
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { inflateRawSync } from 'node:zlib';
+import { crc32, inflateRawSync } from 'node:zlib';
 import { EngineError } from '../errors.ts';
 
 const SIG_EOCD = 0x06054b50;
@@ -18,6 +22,8 @@ const SIG_CENTRAL = 0x02014b50;
 const SIG_LOCAL = 0x04034b50;
 /** One fs read call is limited to 2^31 − 1 bytes; stay well under it. */
 const IO_CHUNK = 64 << 20;
+/** Piece size when a record is streamed through the CRC for a partial read. */
+const IO_CHECK_CHUNK = 8 << 20;
 /** Compressed entries are inflated in memory; refuse big ones (torch never compresses). */
 const MAX_INFLATE = 256 << 20;
 
@@ -29,12 +35,16 @@ export interface ZipEntry {
   size: number;
   /** Offset of the local file header. */
   localHeaderOffset: number;
+  /** CRC-32 of the uncompressed data, from the central directory. */
+  crc32: number;
 }
 
 export class ZipReader {
   readonly entries: ReadonlyMap<string, ZipEntry>;
   private fd: number | undefined;
   private readonly dataOffsets = new Map<string, number>();
+  /** Records whose bytes matched their CRC-32. */
+  private readonly checked = new Set<string>();
 
   private constructor(readonly path: string, fd: number, readonly fileSize: number, entries: Map<string, ZipEntry>) {
     this.fd = fd;
@@ -86,7 +96,8 @@ export class ZipReader {
 
   /**
    * Read `length` bytes of an entry's (uncompressed) data starting at `start`, into `into` if given.
-   * STORED entries are read in place; DEFLATE entries are inflated whole (small records only).
+   * STORED entries are read in place; DEFLATE entries are inflated whole (small records only). The
+   * record's CRC-32 is checked the first time it is read (see the file comment).
    */
   read(name: string, start = 0, length?: number, into?: Uint8Array): Uint8Array {
     const e = this.entry(name);
@@ -97,7 +108,10 @@ export class ZipReader {
     const out = into ?? new Uint8Array(len);
     if (out.byteLength < len) throw new EngineError('invalid_input', `read buffer too small for ${len} bytes`);
     if (e.method === 0) {
+      const whole = start === 0 && len === e.size;
+      if (!whole) this.checkStored(e);
       this.readAt(out.subarray(0, len), this.dataOffset(name) + start);
+      if (whole && !this.checked.has(name)) this.checkCrc(e, crc32(out.subarray(0, len)));
       return out;
     }
     if (e.method === 8) {
@@ -113,10 +127,37 @@ export class ZipReader {
         throw corrupt(this.path, `record ${name} does not inflate (${(err as Error).message})`);
       }
       if (full.byteLength !== e.size) throw corrupt(this.path, `record ${name} inflates to ${full.byteLength} bytes, the directory says ${e.size}`);
+      this.checkCrc(e, crc32(full));
       out.set(full.subarray(start, start + len));
       return out;
     }
     throw new EngineError('invalid_model', `${this.path}: record ${name} uses ZIP compression method ${e.method}; only STORED and DEFLATE are supported (re-save with torch.save)`, { path: this.path, method: e.method });
+  }
+
+  /** Streams a STORED record through the CRC once, before a read of part of it. */
+  private checkStored(e: ZipEntry): void {
+    if (this.checked.has(e.name)) return;
+    const off = this.dataOffset(e.name);
+    const buf = new Uint8Array(Math.min(IO_CHECK_CHUNK, e.size));
+    let crc = 0;
+    for (let done = 0; done < e.size; ) {
+      const piece = buf.subarray(0, Math.min(buf.byteLength, e.size - done));
+      this.readAt(piece, off + done);
+      crc = crc32(piece, crc);
+      done += piece.byteLength;
+    }
+    this.checkCrc(e, crc);
+  }
+
+  private checkCrc(e: ZipEntry, got: number): void {
+    if (got !== e.crc32) {
+      throw new EngineError(
+        'invalid_model',
+        `${this.path}: record ${e.name} fails its CRC-32 check (the archive says ${hex32(e.crc32)}, its ${e.size} bytes give ${hex32(got)}): the file is corrupt (download or copy it again)`,
+        { path: this.path, entry: e.name },
+      );
+    }
+    this.checked.add(e.name);
   }
 
   private readAt(into: Uint8Array, position: number): void {
@@ -129,6 +170,8 @@ export class ZipReader {
     this.fd = undefined;
   }
 }
+
+const hex32 = (n: number) => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
 function corrupt(path: string, msg: string): EngineError {
   return new EngineError('invalid_model', `${path} is not a readable zip archive: ${msg}; the file is truncated or corrupt (download or copy it again)`, { path });
@@ -196,6 +239,7 @@ function readCentralDirectory(fd: number, size: number, path: string): Map<strin
   for (let i = 0; i < count; i++) {
     if (p + 46 > cdSize || v.getUint32(p, true) !== SIG_CENTRAL) throw corrupt(path, `central directory entry ${i} is malformed`);
     const method = v.getUint16(p + 10, true);
+    const crc = v.getUint32(p + 16, true);
     let compressedSize = v.getUint32(p + 20, true);
     let usize = v.getUint32(p + 24, true);
     const nameLen = v.getUint16(p + 28, true);
@@ -221,7 +265,7 @@ function readCentralDirectory(fd: number, size: number, path: string): Map<strin
     if (localHeaderOffset + 30 + compressedSize > size) {
       throw corrupt(path, `record ${name} (${compressedSize} bytes at ${localHeaderOffset}) runs past the end of the ${size}-byte file`);
     }
-    entries.set(name, { name, method, compressedSize, size: usize, localHeaderOffset });
+    entries.set(name, { name, method, compressedSize, size: usize, localHeaderOffset, crc32: crc });
     p += 46 + nameLen + extraLen + commentLen;
   }
   return entries;
