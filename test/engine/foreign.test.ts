@@ -1,13 +1,17 @@
 // Foreign ONNX image towers (torch.onnx.export of an OpenAI-layout ViT, made by
 // test/fixtures/foreign/make_foreign_onnx.py): import, forward parity with PyTorch, gradient check,
 // and the refusals (unsupported ops listed by name, onnxruntime-fused ops refused with advice).
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { emitForeignTower, inspectForeignTower } from '../../gpu-worker/engine/clip/foreign.ts';
 import { GraphBuilder } from '../../gpu-worker/engine/onnx/builder.ts';
-import { encodeModel, readModelFile } from '../../gpu-worker/engine/onnx/codec.ts';
+import { encodeModel, readModelFile, writeModelFile } from '../../gpu-worker/engine/onnx/codec.ts';
+import { createModelRegistry } from '../../gpu-worker/models.ts';
+import { LocalBlobStore } from '../../shared/adapters/local/blobstore.ts';
+import { ModelStore } from '../../shared/modelstore.ts';
 import { loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
 import type { ModelIR, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { runModel } from '../../gpu-worker/engine/runtime/session.ts';
@@ -153,6 +157,28 @@ describe('a bundle is checked whole at load (and so at models push), not on its 
     await expect(loadBundle(dangling)).rejects.toThrow(/bundle dangling: vision\.onnx: .*does_not_exist/);
     const garbage = await bundle('garbage', { onnxBytes: new Uint8Array([0x0e, 0xff, 0xff, 0x01, 0x02, 0x03]) });
     await expect(loadBundle(garbage)).rejects.toThrow(/vision\.onnx: /);
+  });
+
+  it('a tower whose weights sit in a .data file beside it must name that file in sha256; then models push uploads it and a worker serves the bundle from the store', async () => {
+    const out = await bundle('external', {});
+    await writeModelFile(join(out, 'vision.onnx'), readModelFile(join(FIX, 'vision-quick.onnx')), { externalDataThreshold: 1024 });
+    expect(readdirSync(out).sort()).toEqual(['manifest.json', 'tokenizer.json', 'vision.onnx', 'vision.onnx.data', 'weights.safetensors']);
+    await expect(loadBundle(out)).rejects.toThrow(/bundle external: vision\.onnx keeps initializers in vision\.onnx\.data, which manifest\.json does not name: add it to "sha256"/);
+    const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
+    const digest = createHash('sha256').update(readFileSync(join(out, 'vision.onnx.data'))).digest('hex');
+    writeFileSync(join(out, 'manifest.json'), JSON.stringify({ ...manifest, sha256: { 'vision.onnx.data': digest } }));
+    await expect(loadBundle(out)).resolves.toMatchObject({ manifest: { name: 'external' } });
+    // Pushed to a store and fetched by a worker's registry into its cache: the data file travels too.
+    const blobs = new LocalBlobStore({ rootDir: mkdtempSync(join(dir, 'store-')), signingSecret: 's'.repeat(32), publicBaseUrl: 'http://127.0.0.1:1' });
+    const pushed = await new ModelStore(blobs).push(out, 'external', { validate: async (d) => void (await loadBundle(d)) });
+    expect(pushed.files.map((f) => f.path)).toContain('vision.onnx.data');
+    const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir: mkdtempSync(join(dir, 'cache-')), threads: 1 });
+    try {
+      await reg.refresh();
+      await expect(loadBundle(await reg.locate('external'))).resolves.toMatchObject({ manifest: { name: 'external' } });
+    } finally {
+      await reg.close();
+    }
   });
 
   it('refuses integer weights and weights of another architecture, naming the bundle and the file', async () => {

@@ -4,7 +4,7 @@
 
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join, relative, resolve, sep } from 'node:path';
 import { z } from 'zod';
 import { isPlainRelativePath } from '../../../shared/keys.ts';
 import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
@@ -179,6 +179,14 @@ export async function loadBundle(dirIn: string, opts: { verifyChecksums?: boolea
     const onnxFile = manifest.image_onnx.file;
     const model = readModelFile(file(onnxFile, 'image_onnx'));
     const where = `bundle ${manifest.name}: ${onnxFile}`;
+    // Weights kept beside the graph (vision.onnx.data) travel with the bundle only when the manifest
+    // names them: models push uploads the files it names, and a worker would find none otherwise.
+    for (const external of model.externalFiles ?? []) {
+      const named = relative(dir, external).split(sep).join('/');
+      if (!manifest.sha256?.[named]) {
+        throw new EngineError('invalid_model', `${where} keeps initializers in ${named}, which manifest.json does not name: add it to "sha256" (its digest, from sha256sum) so that its checksum is checked and clipag models push uploads it`, { path: named });
+      }
+    }
     const info = whereFrom(where, () => inspectForeignTower(model, manifest.image_onnx));
     if (info.embedDim !== arch.embedDim || info.resolution !== arch.imageResolution) {
       throw new EngineError('invalid_model', `bundle ${manifest.name}: the foreign image tower outputs ${info.embedDim}-d features at ${info.resolution} px, but the architecture says embedDim ${arch.embedDim} at ${arch.imageResolution} px`);

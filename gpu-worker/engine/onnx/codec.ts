@@ -469,6 +469,7 @@ export function decodeModel(bytes: Uint8Array, opts: { baseDir?: string } = {}):
     if ((proto.metadataProps ?? []).length) {
       m.metadata = Object.fromEntries(proto.metadataProps.map((p) => [p.key ?? '', p.value ?? '']));
     }
+    if (ctx.files.size > 0) m.externalFiles = [...ctx.files.keys()].sort();
     return m;
   } finally {
     for (const f of ctx.files.values()) closeSync(f.fd);

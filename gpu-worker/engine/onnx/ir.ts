@@ -77,6 +77,11 @@ export interface ModelIR {
   /** Optional shape/type annotations of intermediate values (ONNX value_info). */
   valueInfo?: ValueInfo[];
   metadata?: Record<string, string>;
+  /**
+   * Set by decoding only: the files the initializers' external data was read from, as absolute paths
+   * (what has to travel with the model file).
+   */
+  externalFiles?: string[];
 }
 
 export const OPSET = 17;
