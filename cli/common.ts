@@ -87,6 +87,27 @@ export function outputFile(path: string, flag: string): string {
 }
 
 /**
+ * A training checkpoint's absolute path, its folder made: a file (to resume from, or to write), never
+ * a folder, under a folder that can be made. Checked before training starts.
+ */
+export function checkpointFile(path: string): string {
+  const ckpt = resolve(path);
+  let isFolder = false;
+  try {
+    isFolder = statSync(ckpt, { throwIfNoEntry: false })?.isDirectory() ?? false;
+  } catch {
+    // ENOTDIR (a part of the path is a file): the mkdir below says so.
+  }
+  if (isFolder) throw new EngineError('invalid_input', `--checkpoint ${ckpt} is a folder; give a file name (for example ${join(ckpt, 'run.ckpt')})`);
+  try {
+    mkdirSync(dirname(ckpt), { recursive: true });
+  } catch (e) {
+    throw new EngineError('invalid_input', `--checkpoint ${ckpt}: cannot make its folder ${dirname(ckpt)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; is a part of the path a file?)`);
+  }
+  return ckpt;
+}
+
+/**
  * An output folder's absolute path; a symbolic link is followed to where it leads, which must exist
  * (a dangling link or a loop is refused here, not after the work). Used by bundleOut and by
  * `models import -o`.

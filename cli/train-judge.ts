@@ -1,10 +1,9 @@
 // clipag train-judge: train the independent judge (a small CNN with one head per attribute) on fresh
 // world images, check it on more fresh images, and write models/toy-judge.
-import { mkdirSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ATTRIBUTES, JUDGE_MIN_ACCURACY, Judge, defaultJudgeConfig, judgePasses, trainJudge, writeJudgeBundle } from '../gpu-worker/engine/toy/judge.ts';
-import { REPO_ROOT, bundleOut, intArg, replaceFolder } from './common.ts';
+import { REPO_ROOT, bundleOut, checkpointFile, intArg, replaceFolder } from './common.ts';
 
 export const summary = 'train the independent attribute judge (small CNN) used by eval-pag';
 export const usage = `usage: clipag train-judge [options]
@@ -39,8 +38,7 @@ export async function run(argv: string[]): Promise<number> {
   // Checked before training, so that a run does not end in a refusal.
   const out = bundleOut(values.out ?? join(REPO_ROOT, 'models', 'toy-judge'), values.force ?? false);
   const nCheck = intArg(values.check, 'check', 2000, 32, 1_000_000);
-  const ckpt = resolve(values.checkpoint ?? join(REPO_ROOT, '.tmp', 'checkpoints', 'judge.ckpt'));
-  mkdirSync(dirname(ckpt), { recursive: true });
+  const ckpt = checkpointFile(values.checkpoint ?? join(REPO_ROOT, '.tmp', 'checkpoints', 'judge.ckpt'));
   const log = (s: string) => process.stderr.write(`${s}\n`);
   const res = await trainJudge(cfg, { threads, checkpoint: ckpt, resume: !values['no-resume'], progress: true, log });
   const judge = await Judge.fromParams(cfg.arch, res.params, undefined, threads);

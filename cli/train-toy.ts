@@ -1,14 +1,14 @@
 // clipag train-toy: train the embedded mini-CLIP (robust, TeCoA-style PGD) or its plain twin on the
 // procedural world, on the CPU, and write a model bundle. Resumable from its checkpoint.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
 import { writeWorldPrior } from '../gpu-worker/engine/toy/prior.ts';
 import { zeroShotAccuracy } from '../gpu-worker/engine/toy/zero-shot.ts';
-import { REPO_ROOT, bundleOut, decimalNumber, intArg, replaceFolder } from './common.ts';
+import { REPO_ROOT, bundleOut, checkpointFile, decimalNumber, intArg, replaceFolder } from './common.ts';
 
 export const summary = 'train the toy mini-CLIP (robust or plain twin) on the procedural world and write a bundle';
 export const usage = `usage: clipag train-toy --variant robust|plain [options]
@@ -88,8 +88,7 @@ export async function run(argv: string[]): Promise<number> {
   // Checked before training: a run must not end in a refusal, nor replace a bundle nobody asked it to.
   const out = bundleOut(values.out ?? join(REPO_ROOT, 'models', robust ? 'toy' : 'toy-plain'), values.force ?? false);
   const maxMinutes = values['max-minutes'] !== undefined ? num(values['max-minutes'], 'max-minutes', 0) : undefined;
-  const ckpt = resolve(values.checkpoint ?? join(REPO_ROOT, '.tmp', 'checkpoints', `${variant}.ckpt`));
-  mkdirSync(dirname(ckpt), { recursive: true });
+  const ckpt = checkpointFile(values.checkpoint ?? join(REPO_ROOT, '.tmp', 'checkpoints', `${variant}.ckpt`));
   const log = (s: string) => process.stderr.write(`${s}\n`);
   log(`train-toy ${variant}: ${cfg.steps} steps × batch ${cfg.batch}, vision ${cfg.arch.visionLayers}×${cfg.arch.visionWidth}, ${robust ? `PGD ${cfg.attack.norm} eps ${cfg.attack.eps} × ${cfg.attack.steps} steps` : 'no attack'}; checkpoint ${ckpt}`);
   const res = await trainToyClip(cfg, {

@@ -56,6 +56,20 @@ describe('clipag train-toy --out', () => {
     expect(existsSync(ck)).toBe(false);
     expect(readFileSync(file, 'utf8')).toBe('keep');
   });
+
+  it('refuses a --checkpoint that is a folder, or under a file, naming the flag (train-toy and train-judge), before training', async () => {
+    const folder = join(dir, 'ckdir');
+    mkdirSync(folder);
+    const file = join(dir, 'ckfile');
+    writeFileSync(file, 'keep');
+    for (const verb of [['train-toy', ...TINY], ['train-judge', '--steps', '1']]) {
+      expect((await runCli([...verb, '--out', join(dir, 'new-ck'), '--checkpoint', folder])).stderr).toMatch(/--checkpoint .*ckdir is a folder; give a file name/);
+      expect((await runCli([...verb, '--out', join(dir, 'new-ck'), '--checkpoint', join(file, 'x.ckpt')])).stderr).toMatch(/--checkpoint .*ckfile\/x\.ckpt: cannot make its folder .*\(EEXIST|ENOTDIR/);
+    }
+    expect(readdirSync(folder)).toEqual([]);
+    expect(readFileSync(file, 'utf8')).toBe('keep');
+    expect(existsSync(join(dir, 'new-ck'))).toBe(false);
+  });
 });
 
 describe('bundleOut', () => {
