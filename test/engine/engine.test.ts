@@ -1,6 +1,6 @@
 // ClipEngine on a bundle: embeddings match the reference, bad bundles fail with typed errors,
 // the CLI verbs embed and gradcheck work end to end.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -101,6 +101,13 @@ describe('bundle validation', () => {
     expect([off.code, off.message]).toEqual(['invalid_weights', expect.stringMatching(/architecture\.visionLayers is 5, but the weights hold 2 \(visual\.transformer\.resblocks\.N\)$/)]);
     const huge = await loadBundle(withLayers('layers-huge', 200_000_000)).catch((e) => e);
     expect([huge.code, huge.message]).toEqual(['invalid_model', expect.stringMatching(/architecture\.visionLayers: Too big: expected number to be <=512/)]);
+  });
+  it('a bundle file that is a looping link is named as such, not as missing', async () => {
+    const dir = variant('loop', (d) => {
+      rmSync(join(d, 'tokenizer.json'));
+      symlinkSync('tokenizer.json', join(d, 'tokenizer.json'));
+    });
+    await expect(loadBundle(dir)).rejects.toThrow(/tokenizer file tokenizer\.json in .* cannot be read \(a symbolic link that loops\)/);
   });
   it('a tokenizer file that does not parse', async () => {
     const dir = variant('badtok', (d) => writeFileSync(join(d, 'tokenizer.json'), 'not json'));

@@ -158,8 +158,16 @@ export async function loadBundle(dirIn: string, opts: { verifyChecksums?: boolea
   const manifest = readManifest(dir);
   const file = (f: string, what: string) => {
     const p = join(dir, f);
-    if (!existsSync(p)) throw new EngineError('invalid_model', `bundle ${manifest.name}: ${what} file ${f} is missing from ${dir}`, { path: p });
-    if (!statSync(p).isFile()) throw new EngineError('invalid_model', `bundle ${manifest.name}: ${what} file ${f} in ${dir} is not a regular file`, { path: p });
+    let st;
+    try {
+      st = statSync(p);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      // A link that loops, or a path through a file, is not "missing": say what it is.
+      if (code === 'ENOENT') throw new EngineError('invalid_model', `bundle ${manifest.name}: ${what} file ${f} is missing from ${dir}`, { path: p });
+      throw new EngineError('invalid_model', `bundle ${manifest.name}: ${what} file ${f} in ${dir} cannot be read (${code === 'ELOOP' ? 'a symbolic link that loops' : code ?? (e as Error).message})`, { path: p });
+    }
+    if (!st.isFile()) throw new EngineError('invalid_model', `bundle ${manifest.name}: ${what} file ${f} in ${dir} is not a regular file`, { path: p });
     return p;
   };
   const weightsPath = file(manifest.weights, 'weights');
