@@ -256,6 +256,7 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   const eventId = `evt_${job.id}_${job.status}`;
   const timestampSec = Math.floor(now.getTime() / 1000);
   let error: string | null = null;
+  let sending = false;
   try {
     // Inside the attempt: a body that cannot be built (the store cannot sign a link) is a failed
     // attempt like any other, so it backs off and ends, instead of retrying for ever.
@@ -265,6 +266,7 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     const latest = job.deleted_at === undefined ? await deps.jobs.get(owner, jobId) : null;
     if (latest && latest.deleted_at !== undefined) data = await generationView(latest, deps.blobs, deps.signedUrlTtlSec, now, deps.view ?? {});
     const body = JSON.stringify({ type: `generation.${job.status}`, timestamp: job.finished_at ?? now.toISOString(), data });
+    sending = true;
     const status = await deps.send({
       url: webhook.url,
       body,
@@ -278,7 +280,9 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     });
     if (status < 200 || status >= 300) error = `HTTP ${status}`;
   } catch (cause) {
-    error = callerError(cause, webhook.url);
+    // Before the request went out, the fault is the deployment's (a link it could not sign), never the
+    // caller's URL: the record says so, and the operator's log keeps the detail.
+    error = sending ? callerError(cause, webhook.url) : 'the event could not be prepared (a fault on our side); it is retried';
     // The operator's log keeps the detail the caller's record does not show.
     if (error !== (cause instanceof Error ? cause.message : String(cause))) deps.log?.({ level: 'warn', msg: 'webhook: attempt refused or unresolved', job_id: jobId, owner, detail: cause instanceof Error ? cause.message : String(cause) });
   }

@@ -367,8 +367,11 @@ describe('delivery', () => {
     const broken = new Proxy(h.blobs, {
       get: (target, prop, receiver) => (prop === 'signedGetUrl' ? () => Promise.reject(new Error('cannot sign')) : Reflect.get(target, prop, receiver)),
     });
-    expect(await deliverWebhook({ ...deliveryDeps(), blobs: broken }, 'acct_alice', id)).toBe('failed');
-    expect((await h.jobs.get('acct_alice', id))!.webhook).toMatchObject({ attempts: 1, last_error: 'cannot sign', claimed_until: null });
+    const logged: Array<{ msg: string; detail?: unknown }> = [];
+    expect(await deliverWebhook({ ...deliveryDeps(), blobs: broken, log: (e) => logged.push(e as never) }, 'acct_alice', id)).toBe('failed');
+    // The caller's record blames no URL of theirs; the operator's log has the cause.
+    expect((await h.jobs.get('acct_alice', id))!.webhook).toMatchObject({ attempts: 1, last_error: 'the event could not be prepared (a fault on our side); it is retried', claimed_until: null });
+    expect(logged).toContainEqual(expect.objectContaining({ detail: 'cannot sign' }));
     expect(received).toEqual([]);
   });
 
