@@ -3,7 +3,7 @@ import { withSharedResponses } from './openapi-document.ts';
 import { IdempotencyLedger } from './idempotency.ts';
 import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
-import { bodySizeLimit, requireJson } from './middleware/limits.ts';
+import { bodySizeLimit, requireJson, strictListQuery } from './middleware/limits.ts';
 import { noStore } from './middleware/cache.ts';
 import { requestId } from './middleware/request-id.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
@@ -102,6 +102,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   app.use('/v1/*', auth(deps.keys));
   app.use('/v1/generations', requireJson());
+  app.use('/v1/generations', strictListQuery());
   app.use('/v1/uploads', requireJson());
   app.use('/v1/estimates', requireJson());
 

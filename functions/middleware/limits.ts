@@ -51,3 +51,21 @@ export function requireJson(): MiddlewareHandler<AppEnv> {
     await next();
   };
 }
+
+/**
+ * The list's query as a caller means it: each parameter once (`?limit=2&limit=5` read as an array was
+ * refused as "not a whole number"), and `limit` in plain decimal digits (zod's coercion read "0x3",
+ * "3e0" and " 3" as 3). The schema's own checks follow.
+ */
+export function strictListQuery(): MiddlewareHandler<AppEnv> {
+  return async function strictListQueryMiddleware(c, next) {
+    if (c.req.method === 'GET' || c.req.method === 'HEAD') {
+      for (const [name, values] of Object.entries(c.req.queries())) {
+        if (values.length > 1) throw new HttpError(400, 'validation_error', `${name} is given ${values.length} times; give it once`, name);
+      }
+      const limit = c.req.query('limit');
+      if (limit !== undefined && !/^[0-9]+$/.test(limit)) throw new HttpError(400, 'validation_error', 'limit must be a whole number from 1 to 100 (decimal digits only)', 'limit');
+    }
+    await next();
+  };
+}

@@ -74,6 +74,14 @@ describe('POST → GET → list → cancel', () => {
     // A cursor no page gave (a typo, a stale format) is the caller's bug, not an empty page.
     expect((await expectEnvelope(await h.request('/v1/generations?cursor=garbage'), 400, 'validation_error')).message).toMatch(/cursor must be the next_cursor of an earlier page/);
     expect((await expectEnvelope(await h.request('/v1/generations?limit=abc'), 400, 'validation_error')).message).toMatch(/limit must be a whole number from 1 to 100/);
+    // Read as written: a parameter given twice says so, and limit takes decimal digits only.
+    const twice = await expectEnvelope(await h.request('/v1/generations?limit=2&limit=5'), 400, 'validation_error');
+    expect([twice.param, twice.message]).toEqual(['limit', 'limit is given 2 times; give it once']);
+    for (const odd of ['0x3', '3e0', '%203', '3.0', '-1']) {
+      const err = await expectEnvelope(await h.request(`/v1/generations?limit=${odd}`), 400, 'validation_error');
+      expect([err.param, err.message], odd).toEqual(['limit', expect.stringMatching(/limit must be a whole number from 1 to 100/)]);
+    }
+    expect((await h.request('/v1/generations?limit=003')).status).toBe(200);
   });
 
   it('?status= lists only generations in that status, newest first, paging on through pages that scan and find few', async () => {
