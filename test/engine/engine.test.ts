@@ -13,6 +13,7 @@ import { validateRequest } from '../../gpu-worker/engine/synth/synthesize.ts';
 import { main } from '../../cli/main.ts';
 import { asNumbers, loadReference, maxRelErr } from '../helpers/clip.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
+import { REPO_ROOT } from '../helpers/reference.ts';
 
 const PROMPTS = ['a photo of a cat', 'a diagram of a red circle', 'two dogs playing in the snow!', 'café 赤い円 🙂'];
 
@@ -101,6 +102,10 @@ describe('bundle validation', () => {
     expect([off.code, off.message]).toEqual(['invalid_weights', expect.stringMatching(/architecture\.visionLayers is 5, but the weights hold 2 \(visual\.transformer\.resblocks\.N\)$/)]);
     const huge = await loadBundle(withLayers('layers-huge', 200_000_000)).catch((e) => e);
     expect([huge.code, huge.message]).toEqual(['invalid_model', expect.stringMatching(/architecture\.visionLayers: Too big: expected number to be <=512/)]);
+  });
+  it('a bundle of another kind (the judge) is named as such, not listed field by field', async () => {
+    const err = await loadBundle(join(REPO_ROOT, 'models', 'toy-judge')).catch((e) => e);
+    expect([err.code, err.message]).toEqual(['invalid_model', expect.stringMatching(/is a "clipag-toy-judge" bundle, not a CLIP model bundle \("clipag-model-bundle"\)/)]);
   });
   it('a bundle file that is a looping link is named as such, not as missing', async () => {
     const dir = variant('loop', (d) => {

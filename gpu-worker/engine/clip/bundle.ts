@@ -132,6 +132,11 @@ export function readManifest(dir: string): Manifest {
   } catch (e) {
     throw new EngineError('invalid_model', `${path} is not valid JSON: ${(e as Error).message}`, { path });
   }
+  // Another kind of bundle (the judge's) is named as such, before a list of every field it lacks.
+  const format = (raw as { format?: unknown } | null)?.format;
+  if (typeof format === 'string' && format !== BUNDLE_FORMAT) {
+    throw new EngineError('invalid_model', `${path} is a "${format}" bundle, not a CLIP model bundle ("${BUNDLE_FORMAT}"): pass a CLIP model folder (models/toy, or one made with clipag models import)`, { path });
+  }
   const parsed = ManifestSchema.safeParse(raw);
   if (!parsed.success) throw new EngineError('invalid_model', `${path} is not a valid bundle manifest: ${issueText(parsed.error)}`, { path });
   if (parsed.data.recipe) {
