@@ -2,7 +2,7 @@
 // keeps serving), the directory lock refuses to release a lock it no longer owns and keeps a live
 // holder's lock fresh, and the blob store stages big writes before taking a key's lock.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -23,7 +23,7 @@ async function waitFor<T>(what: string, probe: () => T | Promise<T>, timeoutMs =
 }
 
 describe('LocalJobQueue with unreadable message files', () => {
-  it('moves zero-length, truncated and off-schema files to corrupt/, logs them, and keeps delivering', async () => {
+  it('moves zero-length, truncated and off-schema files (and a folder) to corrupt/, logs them, and keeps delivering', async () => {
     const dir = tmp('clipag-q-');
     const warnings: Record<string, unknown>[] = [];
     const q = new LocalJobQueue({ dir, log: { warn: (msg, f) => warnings.push({ msg, ...f }) } });
@@ -33,13 +33,14 @@ describe('LocalJobQueue with unreadable message files', () => {
     writeFileSync(join(messages, '00000000000000000000000000.json'), '');
     writeFileSync(join(messages, '00000000000000000000000001.json'), '{"id":"00000000000000000000000001","bo');
     writeFileSync(join(messages, '00000000000000000000000002.json'), JSON.stringify({ id: '00000000000000000000000002', body: 42 }));
+    mkdirSync(join(messages, '00000000000000000000000003.json')); // a folder under a message's name
     expect(await q.depth()).toBe(1); // depth skips them without moving anything
     const got = await q.receive({ max: 10 });
     expect(got.map((m) => m.messageId)).toEqual([messageId]);
     await q.ack(got[0].receipt);
     expect(readdirSync(messages)).toEqual([]);
-    expect((await q.corruptFiles()).length).toBe(3);
-    expect(warnings.filter((w) => w.msg === 'unreadable queue message moved aside')).toHaveLength(3);
+    expect((await q.corruptFiles()).length).toBe(4);
+    expect(warnings.filter((w) => w.msg === 'unreadable queue message moved aside')).toHaveLength(4);
     // Still serving afterwards.
     await q.send('again');
     expect((await q.receive()).map((m) => m.body)).toEqual(['again']);

@@ -126,19 +126,24 @@ export class LocalJobQueue implements JobQueue {
   private async read(id: string, quarantine = true): Promise<StoredMessage | null> {
     const path = this.messagePath(id);
     let text: string;
+    let problem: string | undefined;
     try {
       text = await readFile(path, 'utf8');
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw error;
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return null;
+      // A folder (or other non-file) under a message's name is unreadable like a damaged file: moved aside.
+      if (code !== 'EISDIR') throw error;
+      text = '';
+      problem = 'a folder, not a file';
     }
-    let problem: string;
     try {
+      if (problem !== undefined) throw new Error(problem);
       const parsed = StoredMessage.safeParse(JSON.parse(text));
       if (parsed.success && parsed.data.id === id) return parsed.data;
       problem = parsed.success ? `names message ${parsed.data.id}` : (parsed.error.issues[0]?.message ?? 'invalid');
     } catch (error) {
-      problem = text.length === 0 ? 'empty file' : `not JSON: ${(error as Error).message}`;
+      problem ??= text.length === 0 ? 'empty file' : `not JSON: ${(error as Error).message}`;
     }
     if (quarantine) {
       const target = join(this.corruptDir, `${id}.${randomBytes(4).toString('hex')}.json`);
