@@ -18,7 +18,7 @@ import { f32ToF16, readSafetensors, writeSafetensors } from '../../gpu-worker/en
 import type { TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { main } from '../../cli/main.ts';
 import { loadReference } from '../helpers/clip.ts';
-import { referencePath } from '../helpers/reference.ts';
+import { REPO_ROOT, referencePath } from '../helpers/reference.ts';
 import { statePickle, zipStored } from './torch-writer.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'clipag-import-bad-'));
@@ -301,5 +301,20 @@ describe('#9 a bad --vocab is refused before any weight is converted', () => {
     writeFileSync(gz, gzipSync('#version: 0.2\na b\n'));
     const b = await refused(referencePath('tiny-quickgelu.safetensors'), { vocab: gz, textHeads: 4 }, /short-vocab\.txt\.gz has \d+ merge lines, expected 48894/);
     expect(b.converted).toBe(0);
+  });
+});
+
+describe('a tokenizer far smaller than the model\'s vocabulary', () => {
+  it('is imported with a warning that names both sizes (most likely another model\'s file)', async () => {
+    const lines: string[] = [];
+    const res = await importModel(referencePath('tiny-quickgelu.safetensors'), {
+      ...quiet, vocab: undefined, tokenizer: join(REPO_ROOT, 'models', 'toy', 'tokenizer.json'), out: join(work, 'toy-tokenizer'), textHeads: 4, log: (l: string) => lines.push(l),
+    });
+    expect(res.tensors).toBe(62);
+    expect(lines).toContainEqual(expect.stringMatching(/^warning: --tokenizer .*toy\/tokenizer\.json has \d+ token ids, but the model's token embedding has 49408 rows/));
+    // The tokenizer the model was trained with: no warning.
+    const quietLines: string[] = [];
+    await importModel(referencePath('tiny-quickgelu.safetensors'), { ...quiet, out: join(work, 'own-tokenizer'), textHeads: 4, log: (l: string) => quietLines.push(l) });
+    expect(quietLines.filter((l) => l.startsWith('warning'))).toEqual([]);
   });
 });

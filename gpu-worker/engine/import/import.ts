@@ -176,7 +176,7 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
     if (p && !existsSync(p)) throw new EngineError('invalid_input', `--${flag} ${p} does not exist`, { path: p });
   }
   // Before any weight is converted, and under the caller's own path (a bad file found later would be named by its temp copy).
-  if (opts.tokenizer) TextTokenizer.fromFile(opts.tokenizer);
+  const givenTokenizer = opts.tokenizer ? TextTokenizer.fromFile(opts.tokenizer) : undefined;
   const tokenizerJson = opts.vocab ? JSON.stringify(buildClipTokenizerJson(opts.vocab)) : undefined;
   const name = opts.name ?? defaultBundleName(src);
   if (!NAME_RE.test(name) || name.length > 64) throw new EngineError('invalid_input', `bundle name "${name}" must be 1–64 lower-case letters, digits, ., _ or -; pass --name`);
@@ -216,6 +216,11 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
       `architecture: ViT ${arch.visionLayers}×${arch.visionWidth} (heads ${arch.visionHeads}, patch ${arch.visionPatchSize}, ${arch.imageResolution}px), text ${arch.textLayers}×${arch.textWidth} (heads ${arch.textHeads}), embed ${arch.embedDim}, ${arch.activation}`,
     );
     log(`  activation: ${inferred.activation}; vision heads: ${inferred.visionHeads}; text heads: ${inferred.textHeads}`);
+    // More ids than rows is refused when the bundle loads; far fewer is most likely another model's file
+    // (every prompt then embeds through the wrong rows), while a table padded a little is common.
+    if (givenTokenizer && givenTokenizer.vocabSize < arch.vocabSize * 0.9) {
+      log(`warning: --tokenizer ${opts.tokenizer} has ${givenTokenizer.vocabSize} token ids, but the model's token embedding has ${arch.vocabSize} rows: is it the tokenizer this model was trained with?`);
+    }
 
     mkdirSync(dirname(out), { recursive: true });
     tmp = makeStagingFolder(out, 'importing');
