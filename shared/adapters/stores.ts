@@ -2,7 +2,7 @@
 // under the data folder) or AWS (S3, SQS). Every composition root (Lambda, the worker's main, the
 // local server, the operator CLI) calls this, so the layout and the client settings cannot drift.
 import { join, resolve } from 'node:path';
-import { S3Client } from '@aws-sdk/client-s3';
+import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { BlobApiKeyStore } from '../apikeys.ts';
 import type { AwsConfig, Config, LocalConfig } from '../config.ts';
@@ -60,16 +60,25 @@ export async function localStores(config: LocalConfig): Promise<LocalStores> {
  */
 export const SDK_SOCKET_TIMEOUTS = { requestHandler: { connectionTimeout: 5_000, requestTimeout: 60_000, socketTimeout: 60_000, throwOnRequestTimeout: true } };
 
-/** S3 and SQS adapters; the SDK clients are constructed here, once per process. */
-export function awsStores(config: AwsConfig): Stores {
-  const s3 = new S3Client({
+/**
+ * The S3 client's settings. Request checksums only where an operation requires one, on real S3 too:
+ * by default the SDK signs a CRC32 of the (empty) body into every presigned PUT URL
+ * (`x-amz-checksum-crc32=AAAAAA==`), and S3 refuses the customer's upload through that link for its
+ * checksum. Responses are still validated against S3's checksums, except on the stand-ins (s3rver),
+ * which also store the checksum framing of streamed uploads unless checksums are only sent when required.
+ */
+export function s3ClientConfig(config: Pick<AwsConfig, 'region' | 's3Endpoint'>): S3ClientConfig {
+  return {
     ...SDK_SOCKET_TIMEOUTS,
     region: config.region,
-    ...(config.s3Endpoint
-      ? // S3 stand-ins (s3rver) store the checksum framing of streamed uploads unless checksums are only sent when required.
-        { endpoint: config.s3Endpoint, forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED' as const, responseChecksumValidation: 'WHEN_REQUIRED' as const }
-      : {}),
-  });
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true, responseChecksumValidation: 'WHEN_REQUIRED' as const } : {}),
+  };
+}
+
+/** S3 and SQS adapters; the SDK clients are constructed here, once per process. */
+export function awsStores(config: AwsConfig): Stores {
+  const s3 = new S3Client(s3ClientConfig(config));
   const sqs = new SQSClient({ ...SDK_SOCKET_TIMEOUTS, region: config.region, ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}) });
   const blobs = new S3BlobStore({ client: s3, bucket: config.bucket });
   const queue = new SqsJobQueue({ client: sqs, queueUrl: config.queueUrl, ...(config.deadLetterQueueUrl ? { deadLetterQueueUrl: config.deadLetterQueueUrl } : {}) });

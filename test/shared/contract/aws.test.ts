@@ -20,7 +20,7 @@ import { SqsJobQueue } from '../../../shared/adapters/aws/sqs-queue.ts';
 import { NonRetryableError, PreconditionFailedError, RetryableError } from '../../../shared/errors.ts';
 import { blobStoreContract } from './blobstore.contract.ts';
 import { close, httpDownload, httpUpload, makeTempDir, silentServer, slowProxy } from './helpers.ts';
-import { SDK_SOCKET_TIMEOUTS } from '../../../shared/adapters/stores.ts';
+import { s3ClientConfig, SDK_SOCKET_TIMEOUTS } from '../../../shared/adapters/stores.ts';
 import { jobStoreContract } from './jobstore.contract.ts';
 import { queueContract } from './queue.contract.ts';
 import { RESEND_AFTER_MS } from '../../../functions/queued-jobs.ts';
@@ -211,6 +211,19 @@ describe('S3 adapter specifics', () => {
     expect(signed.headers).toEqual({ 'content-type': 'image/png', 'content-length': '5' });
     expect((await httpUpload(signed.url, { 'content-type': 'image/png' }, Buffer.from('12345'))).status).toBe(200);
     expect((await store.head('uploads/sized.png'))!.size).toBe(5);
+  });
+
+  it('a signed PUT from the client AWS mode builds (real S3: no endpoint) carries no checksum of an empty body, which S3 would hold the upload to', async () => {
+    const client = new S3Client({ ...s3ClientConfig({ region: REGION }), credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' } });
+    const store = new S3BlobStore({ client, bucket: 'clipag-bucket' });
+    const signed = await store.signedPutUrl('uploads/o/u1', { contentType: 'image/png', maxBytes: 4096, contentLength: 1234, expiresSec: 60 });
+    const params = [...new URL(signed.url).searchParams.keys()].map((k) => k.toLowerCase());
+    expect(params.filter((k) => k.includes('checksum'))).toEqual([]);
+    expect(new URL(signed.url).host).toBe(`clipag-bucket.s3.${REGION}.amazonaws.com`);
+    // What the SDK's default would sign (the regression this guards against).
+    const defaults = new S3BlobStore({ client: new S3Client({ region: REGION, credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' } }), bucket: 'clipag-bucket' });
+    const unsafe = await defaults.signedPutUrl('uploads/o/u1', { contentType: 'image/png', maxBytes: 4096, contentLength: 1234, expiresSec: 60 });
+    expect([...new URL(unsafe.url).searchParams.keys()].some((k) => k.toLowerCase().includes('checksum'))).toBe(true);
   });
 
   it('a signed PUT without a declared size cannot bound the size (enforcesMaxBytes is false)', async () => {
