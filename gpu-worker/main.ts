@@ -226,6 +226,9 @@ export function exitOnSignal(opts: { stop: () => Promise<void> | undefined; unhe
   };
 }
 
+/** What the process says before (or without) its configured logger: at `error`, as JSON lines. */
+const startupLog = jsonLogger('error', { component: 'worker' });
+
 /** Container entry point: config → adapters → worker; SIGTERM/SIGINT drain, then exit 0; an unhealthy worker exits 1. */
 export async function main(env: Readonly<Record<string, string | undefined>> = process.env): Promise<void> {
   let config: Config;
@@ -233,7 +236,9 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
     config = parseConfig(env);
   } catch (error) {
     if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n`);
+      // A JSON error line, as every other: the log group's error alarm pages on it (a task that
+      // cannot start restarts in a loop, and no job would say so until one waited too long).
+      startupLog.error('worker configuration is invalid; exiting', { error: error.message, exit_code: 78 });
       process.exit(78); // EX_CONFIG
     }
     throw error;
@@ -263,7 +268,7 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
 
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
   main().catch((error) => {
-    process.stderr.write(`worker failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    startupLog.error('worker failed to start; exiting', { error: error instanceof Error ? (error.stack ?? error.message) : String(error), exit_code: 1 });
     process.exit(1);
   });
 }

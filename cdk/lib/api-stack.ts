@@ -126,8 +126,11 @@ export class ApiStack extends Stack {
       // A sweep reads one record per pending job; a backlog of thousands takes tens of seconds.
       timeout: Duration.minutes(2),
       // EventBridge invokes asynchronously, and Lambda would retry a failed sweep twice on its own:
-      // the next scheduled sweep is the retry.
+      // the next scheduled sweep is the retry. For the same reason an invocation that waited (the
+      // account's concurrency taken by API calls held by Prefer: wait) is dropped once the next is due,
+      // not kept for up to 6 hours.
       retryAttempts: 0,
+      maxEventAge: Duration.minutes(config.queuedJobSweepMinutes),
       logGroup: sweeperLogs,
       bundling: BUNDLING,
       environment,

@@ -55,7 +55,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
 
   // Readers before writers: the worker writes job-record fields (e.g. `warnings`) that the API's
   // strict schema must already know, so `cdk deploy --all` updates the API stack first.
-  worker.addDependency(api, 'the API must read every job-record field the worker writes');
+  worker.addStackDependency(api, 'the API must read every job-record field the worker writes');
 
   for (const stack of [stateful, api, worker]) {
     Tags.of(stack).add('project', 'clipag');

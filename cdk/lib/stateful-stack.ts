@@ -62,7 +62,14 @@ export class StatefulStack extends Stack {
           abortIncompleteMultipartUploadAfter: Duration.days(1),
         },
         ...(config.bucketVersioning
-          ? [{ id: 'expire-noncurrent', noncurrentVersionExpiration: Duration.days(30) }]
+          ? [
+              { id: 'expire-noncurrent', noncurrentVersionExpiration: Duration.days(30) },
+              // Every job writes and deletes two to four markers. In a versioned bucket each delete leaves
+              // a delete marker, which stays for ever once its old version has expired (no rule here
+              // expires current versions), and every list of pending/ (each POST's active-job count,
+              // each sweep) must step over them. Their old versions go after a day, then the markers.
+              { id: 'pending-markers', prefix: BUCKET_PREFIXES.pending, noncurrentVersionExpiration: Duration.days(1), expiredObjectDeleteMarker: true },
+            ]
           : []),
       ],
       // Browsers PUT init images straight to S3 with a presigned URL and GET outputs.

@@ -184,6 +184,11 @@ describe('StatefulStack', () => {
     Template.fromStack(prod.stateful).hasResourceProperties('AWS::S3::Bucket', {
       VersioningConfiguration: { Status: 'Enabled' },
     });
+    // Versioned, the markers' deletes leave delete markers: a rule removes them (and their old versions) under pending/.
+    const rules = Template.fromStack(prod.stateful).toJSON().Resources.ClipagBucket.Properties.LifecycleConfiguration.Rules as Array<Record<string, unknown>>;
+    expect(rules.find((r) => r.Prefix === 'pending/')).toMatchObject({ Status: 'Enabled', ExpiredObjectDeleteMarker: true, NoncurrentVersionExpiration: { NoncurrentDays: 1 } });
+    // Still nothing expires a current job record, key or marker.
+    expect(rules.filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix).sort()).toEqual(['outputs/', 'uploads/']);
     // The logical IDs do not depend on the stage either.
     expect(Object.keys(Template.fromStack(prod.stateful).toJSON().Resources)).toEqual(
       expect.arrayContaining(['ClipagBucket', 'ClipagJobQueue', 'ClipagJobDeadLetterQueue']),
@@ -231,7 +236,7 @@ describe('ApiStack', () => {
     expect(sweeper.Properties.Environment.Variables[ENV.queueRetention]).toBe(String(dev.queueRetentionDays * 86_400));
     expect(sweeper.Properties.Timeout).toBe(120);
     // Lambda's own async retries are off too: the next scheduled sweep is the retry.
-    api.hasResourceProperties('AWS::Lambda::EventInvokeConfig', { FunctionName: { Ref: sweeperId }, MaximumRetryAttempts: 0 });
+    api.hasResourceProperties('AWS::Lambda::EventInvokeConfig', { FunctionName: { Ref: sweeperId }, MaximumRetryAttempts: 0, MaximumEventAgeInSeconds: dev.queuedJobSweepMinutes * 60 });
     const rules = resources(api).filter(([, r]) => r.Type === 'AWS::Events::Rule');
     expect(rules).toHaveLength(1);
     const rule = rules[0]![1].Properties;

@@ -47,6 +47,14 @@ function spawnWorker(env: Env, extra: Record<string, string> = {}) {
 }
 
 describe('the worker process', () => {
+  it('a configuration that does not parse: exits 78 (EX_CONFIG) with a JSON error line, which the log group\'s error alarm counts', async () => {
+    const env = await makeEnv();
+    const proc = spawnWorker(env, { CLIPAG_VISIBILITY_TIMEOUT_SEC: 'soon' });
+    expect(await proc.exited, proc.output()).toEqual({ code: 78, signal: null });
+    const lines = proc.output().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines).toEqual([expect.objectContaining({ level: 'error', component: 'worker', msg: 'worker configuration is invalid; exiting', error: expect.stringMatching(/CLIPAG_VISIBILITY_TIMEOUT_SEC/) })]);
+  });
+
   it('SIGKILL mid-job: the job completes after redelivery by a second worker once the visibility timeout expires', async () => {
     const env = await makeEnv({ CLIPAG_VISIBILITY_TIMEOUT_SEC: '3' });
     // The notebook's default recipe (32 + 32 views) on the tiny model: 400 steps are ~10 s of work, so the
