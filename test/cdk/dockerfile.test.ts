@@ -99,6 +99,18 @@ describe('gpu-worker/Dockerfile', () => {
     expect(finalStage.indexOf(inFinal('COPY')[copyLock]!)).toBeLessThan(ciIndex);
   });
 
+  it('fails the build when the CUDA provider links against a library the base image lacks (libcuda aside: the driver\'s, mounted at run time)', () => {
+    const checks = inFinal('RUN').filter((r) => /\bldd\b/.test(r.args));
+    expect(checks).toHaveLength(1);
+    expect(checks[0]!.args).toMatch(/libonnxruntime_providers_cuda\.so/);
+    expect(checks[0]!.args).toMatch(/grep 'not found'/);
+    expect(checks[0]!.args).toMatch(/grep -v 'libcuda\\\.so'/);
+    expect(checks[0]!.args).toMatch(/exit 1/);
+    // After the install that puts the provider there.
+    const ci = inFinal('RUN').findIndex((r) => /\bnpm ci\b/.test(r.args));
+    expect(finalStage.indexOf(checks[0]!)).toBeGreaterThan(finalStage.indexOf(inFinal('RUN')[ci]!));
+  });
+
   it('sets NODE_ENV=production', () => {
     expect(inFinal('ENV').some((e) => /\bNODE_ENV=production\b/.test(e.args))).toBe(true);
   });
