@@ -2,7 +2,7 @@ import { expectEngineError } from '../helpers/errors.ts';
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { onnx as OnnxNs } from 'onnx-proto';
 import { decodeModel, encodeModel, readModelFile, writeModelFile } from '../../gpu-worker/engine/onnx/codec.ts';
@@ -197,8 +197,8 @@ describe('external data', () => {
     }
     expect(inits.find((t) => t.name === 'b')?.dataLocation).not.toBe(1);
 
-    // producer defaults to 'clipag' when the IR names none
-    expect(readModelFile(path)).toEqual({ ...m, producer: 'clipag' });
+    // producer defaults to 'clipag' when the IR names none; the decode names the side file it read
+    expect(readModelFile(path)).toEqual({ ...m, producer: 'clipag', externalFiles: [resolve(path + '.data')] });
 
     const s = await createSession(path);
     try {
