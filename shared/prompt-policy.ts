@@ -428,6 +428,8 @@ const MAX_SPAN_WORDS = 16;
  * name out is a way round a refusal, while a monogram ("C E O", "G A Y") is no reason for a flag.
  */
 const MIN_SPELLED_LETTERS = 3;
+/** Most whole words a name partly spelled out may keep beside its spelled letters ("mickey m o u s e"). */
+const MAX_WHOLE_WORDS_BESIDE_SPELLED = 2;
 /** Shortest term of an `inside_words` rule that is found inside a longer word: "batman", "naruto". */
 const COMPOUND_MIN_LETTERS = 6;
 
@@ -588,18 +590,28 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';
-            let spelled = true; // every word of the span is one letter
+            // The span's shape: how many of its words are one letter, how many are longer, and how often
+            // it switches between the two ("bat m a n": one switch).
+            let singles = 0;
+            let longer = 0;
+            let switches = 0;
             for (let j = i; j < Math.min(words.length, i + MAX_SPAN_WORDS); j++) {
               const spanWords = j - i + 1;
-              spelled &&= words[j]!.length === 1 && LATIN_LIKE.test(words[j]!);
+              const single = words[j]!.length === 1 && LATIN_LIKE.test(words[j]!);
+              if (j > i && single !== (words[j - 1]!.length === 1 && LATIN_LIKE.test(words[j - 1]!))) switches++;
+              if (single) singles++;
+              else longer++;
+              // Its letters spelled out one by one, all of them or from one point on or up to one point
+              // ("p i k a c h u", "bat m a n", "h e l l o kitty"): three letters at least, one switch at most.
+              const spelled = singles >= MIN_SPELLED_LETTERS && (longer === 0 || (switches === 1 && longer <= MAX_WHOLE_WORDS_BESIDE_SPELLED));
               for (const last of wordForms(words[j]!)) {
                 for (const t of index.get(joined + last) ?? []) {
                   if (seen.has(t.rule.id)) continue;
-                  // One word run together; its letters spelled out one by one; or the term's own words
-                  // (a joined "hell okitty" is not "hello kitty").
+                  // One word run together; its letters spelled out one by one (wholly or partly); or the
+                  // term's own words (a joined "hell okitty" is not "hello kitty").
                   const same =
                     spanWords === 1 ||
-                    (spelled && spanWords >= MIN_SPELLED_LETTERS && t.rule.action === 'refuse') ||
+                    (spelled && t.rule.action === 'refuse') ||
                     (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
                   if (same && !excepted(t, words, i, j)) hit(t);
                 }

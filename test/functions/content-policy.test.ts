@@ -128,6 +128,16 @@ describe('matching', () => {
     }
   });
 
+  it('reads a name partly spelled out (whole words, then letters one by one, or the reverse) for refusing rules', () => {
+    for (const text of ['mickey m o u s e ears', 'bat m a n cape and cowl', 'pika c h u plush toy', 'h e l l o kitty backpack', 'spider m a n swinging between buildings']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    // Letters beside words that spell no name stay as written.
+    for (const text of ['the letters a b c on a toy block', 'vitamin b c d e supplements', 'grades a b c on a card', 'plan b c d for the trip', 'option a b or c on the form']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+  });
+
   it('reads small capitals and lower-case Cherokee as the Latin letters they stand for', () => {
     for (const text of ['\u1d18\u026a\u1d0b\u1d00\u1d04\u029c\u1d1c', '\u0299\u1d00\u1d1b\u1d0d\u1d00\u0274 poster', '\uab70arth vader', '\uabb2ikachu']) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']); // ᴘɪᴋᴀᴄʜᴜ, ʙᴀᴛᴍᴀɴ, ꭰ, ꮲ
