@@ -290,11 +290,29 @@ function enclosedLetter(ch: string): string | undefined {
   return undefined;
 }
 
+const REGION_NAMES = new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' });
+const REGIONAL_INDICATORS = /[\u{1f1e6}-\u{1f1ff}]{2,}/gu;
+
+/**
+ * A run of regional indicators that is a row of flags (every pair a region: 🇳🇦🇷🇺🇹🇴 is Namibia,
+ * Russia, Tonga) is read pair by pair, each its own word: a row of flags is no word ("naruto"). A run
+ * that is not (🇵🇮🇰🇦🇨🇭🇺: "PI" is no region) is read as letters, one word.
+ */
+function flagRows(text: string): string {
+  return text.replace(REGIONAL_INDICATORS, (run) => {
+    const letters = [...run].map((c) => String.fromCharCode(65 + c.codePointAt(0)! - 0x1f1e6)).join('');
+    if (letters.length % 2 !== 0) return run;
+    const pairs = letters.match(/../g)!;
+    const flags = pairs.every((p) => p !== 'ZZ' && REGION_NAMES.of(p) !== undefined);
+    return flags ? pairs.join(' ') + ' ' : run;
+  });
+}
+
 /** The text with each character that passes for Latin letters (latinLookalike) replaced by them. */
 export function lookalikeLatin(text: string): string {
   let out = '';
   // Compatibility forms first (math bold 𝛂 is α, which passes for a).
-  for (const ch of text.normalize('NFKD')) out += latinLookalike(ch) ?? ch;
+  for (const ch of flagRows(text).normalize('NFKD')) out += latinLookalike(ch) ?? ch;
   return out.normalize('NFD');
 }
 
@@ -315,12 +333,13 @@ function lookalikeForms(text: string): string[] {
  * intent, so that ordinary words keep their reading:
  * - in a word otherwise in capitals, a lower-case l is an I ("PlKACHU"); in a word otherwise in lower
  *   case after its first letter, a capital I is an l ("heIIo kitty");
- * - inside a word, "rn" is an m ("batrnan") and "vv" a w ("vvonder vvoman");
  * - between letters, "|" is an l, "+" a t and "(" a c ("he||o kitty", "ba+man", "pika(hu").
+ * Not read: "rn" for m and "vv" for w ("batrnan"). Nothing in the writing tells them from ordinary
+ * words, and an operator's short terms would be found in them ("burn" is "bum", "torn" "tom").
  * Empty when nothing is read.
  */
 function asciiLookalikeForms(text: string): string[] {
-  if (!/[lI|+(]|rn|vv/.test(text)) return [];
+  if (!/[lI|+(]/.test(text)) return [];
   const read = text
     .replace(/\p{L}{3,}/gu, (word) => {
       const rest = [...word.slice(1)];
@@ -328,8 +347,7 @@ function asciiLookalikeForms(text: string): string[] {
       if (rest.includes('I') && rest.every((c) => c === 'I' || /\p{Ll}/u.test(c)) && rest.filter((c) => c !== 'I').length >= 2) return word[0] + rest.join('').replaceAll('I', 'l');
       return word;
     })
-    .replace(/(?<=\p{L})[|+(]+(?=\p{L})/gu, (run) => run.replaceAll('|', 'l').replaceAll('+', 't').replaceAll('(', 'c'))
-    .replace(/\p{L}*(?:rn|vv)\p{L}*/gu, (word) => (word.length > 2 ? word.replaceAll('rn', 'm').replaceAll('vv', 'w') : word));
+    .replace(/(?<=\p{L})[|+(]+(?=\p{L})/gu, (run) => run.replaceAll('|', 'l').replaceAll('+', 't').replaceAll('(', 'c'));
   return read === text ? [] : [read];
 }
 
