@@ -79,7 +79,8 @@ export type PngFileCheck = { ok: true; header: PngHeader; decodable: Uint8Array 
 /**
  * Reads the file's chunks up to IEND. Refuses: a chunk that runs past the end of the file, a decoded
  * chunk whose CRC is wrong, a second IHDR, a critical chunk PNG does not define, a second PLTE or one
- * after IDAT, no IDAT, IDAT chunks that are not consecutive, no IEND, and a palette image without a
+ * after IDAT, a tRNS the decoder refuses (before the palette or longer than it, or in an image with
+ * alpha), an IEND with data, no IDAT, IDAT chunks that are not consecutive, no IEND, and a palette image without a
  * palette or with one longer than its bit depth can index.
  */
 export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = {}): PngLayoutCheck {
@@ -103,6 +104,12 @@ export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = 
     if (type === 'IHDR' && off !== 8) return fail('more than one header (IHDR chunk)');
     if (/^[A-Z]/.test(type) && !CRITICAL_CHUNKS.has(type)) return fail(`a critical chunk ${JSON.stringify(type)} that PNG does not define (not a standard PNG)`);
     if (type === 'PLTE' && (palette > 0 || idat.length > 0)) return fail(palette > 0 ? 'more than one palette (PLTE chunk)' : 'a palette (PLTE chunk) after the pixel data');
+    // What the decoder refuses of a transparency chunk, and an IEND with data.
+    if (type === 'tRNS') {
+      if (header.colourType === 4 || header.colourType === 6) return fail(`a transparency chunk (tRNS) in an image with an alpha channel (colour type ${header.colourType})`);
+      if (header.colourType === 3 && length > palette) return fail(palette === 0 ? 'a transparency chunk (tRNS) before the palette (PLTE chunk)' : `a transparency chunk (tRNS) of ${length} entries for a palette of ${palette}`);
+    }
+    if (type === 'IEND' && length !== 0) return fail(`an IEND chunk that holds ${length} bytes (it holds none)`);
     if (PNG_DECODED_CHUNKS.has(type)) {
       if (crc32(bytes.subarray(off + 4, off + 8 + length)) !== dv.getUint32(off + 8 + length)) {
         return fail(`chunk ${JSON.stringify(type)} fails its CRC check (the file is damaged)`);

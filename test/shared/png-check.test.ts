@@ -123,7 +123,7 @@ describe('the whole-file PNG check (API) agrees with the engine decoder (worker)
     expect((await verdicts(split)).reason).toMatch(/IDAT chunks are not consecutive/);
   });
 
-  it('refuses a chunk order decoders read differently: a second header, a critical chunk PNG does not define, a second palette or one after the pixels', async () => {
+  it('refuses a chunk order or content the decoder refuses or reads differently: a second header, a critical chunk PNG does not define, a second palette or one after the pixels, a tRNS it refuses, an IEND with data', async () => {
     const ihdr = (w: number, h: number) => {
       const d = Buffer.alloc(13);
       d.writeUInt32BE(w, 0);
@@ -139,14 +139,21 @@ describe('the whole-file PNG check (API) agrees with the engine decoder (worker)
       ['a critical chunk PNG does not define (Apple CgBI)', pngOf(2, 2, 8, 2, 0, rows, [['CgBI', new Uint8Array(4)]]), /critical chunk "CgBI"/],
       ['two palettes', pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3)), [['PLTE', palette], ['PLTE', palette]]), /more than one palette/],
       ['a palette after the pixels', Buffer.concat([SIGNATURE, pngChunk('IHDR', Buffer.from([0, 0, 0, 2, 0, 0, 0, 2, 8, 3, 0, 0, 0])), pngChunk('IDAT', deflateSync(Buffer.alloc(2 * 3))), pngChunk('PLTE', palette), pngChunk('IEND', new Uint8Array(0))]), /palette \(PLTE chunk\) after the pixel data/],
+      // Transparency the decoder refuses (each failed its job in the worker after the API took it), and an IEND with data.
+      ['a tRNS before the palette', pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3)), [['tRNS', new Uint8Array([0, 128])], ['PLTE', palette]]), /transparency chunk \(tRNS\) before the palette/],
+      ['a tRNS longer than the palette', pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3)), [['PLTE', palette], ['tRNS', new Uint8Array([0, 128, 7])]]), /tRNS\) of 3 entries for a palette of 2/],
+      ['a tRNS in an RGBA image', pngOf(2, 2, 8, 6, 0, deflateSync(Buffer.alloc(2 * 9)), [['tRNS', new Uint8Array(6)]]), /alpha channel \(colour type 6\)/],
+      ['a tRNS in a grey + alpha image', pngOf(2, 2, 8, 4, 0, deflateSync(Buffer.alloc(2 * 5)), [['tRNS', new Uint8Array(2)]]), /alpha channel \(colour type 4\)/],
+      ['an IEND with data', Buffer.concat([SIGNATURE, pngChunk('IHDR', ihdr(2, 2)), pngChunk('IDAT', rows), pngChunk('IEND', new Uint8Array([1, 2, 3]))]), /IEND chunk that holds 3 bytes/],
     ];
     for (const [name, bytes, why] of cases) {
       const v = await verdicts(bytes);
       expect(v, name).toMatchObject({ api: false, sync: false, engine: false });
       expect(v.reason, name).toMatch(why);
     }
-    // An ancillary chunk PNG does not define is skipped, as decoders skip it.
+    // An ancillary chunk PNG does not define is skipped, as decoders skip it; a palette's tRNS may be shorter than the palette.
     expect(await verdicts(pngOf(2, 2, 8, 2, 0, rows, [['prVt', new Uint8Array(3)]]))).toMatchObject({ api: true, sync: true, engine: true });
+    expect(await verdicts(pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3)), [['PLTE', palette], ['tRNS', new Uint8Array([0])]]))).toMatchObject({ api: true, sync: true, engine: true });
   });
 
   it('takes what decoders take: a wrong zlib trailer, a damaged ancillary chunk, stray bytes after the rows, a palette longer than its bit depth indexes', async () => {
