@@ -22,8 +22,8 @@ const STALE_CLAIM_MS = 30_000;
 
 /**
  * `v` 2: `body_hash` is the hash of the body as sent. A `v` 1 claim was written by an earlier version,
- * which hashed the body with defaults filled in: only such a claim is compared with the hashes that
- * version would have made of a body (`sameBodyHashes`). Matched against a new claim, those would make
+ * which (before HASHED_AS_SENT_SINCE_MS) hashed the body with defaults filled in: only such a claim is
+ * compared with the hashes that version would have made of a body (`sameBodyHashes`). Matched against a new claim, those would make
  * a body that omits the size the same request as one that named 224×224, and replay the wrong job.
  */
 const IdempotencyRecord = z
@@ -31,9 +31,19 @@ const IdempotencyRecord = z
   .strict();
 type IdempotencyRecord = z.output<typeof IdempotencyRecord>;
 
+/**
+ * When the body began to be hashed as sent (commit d0dfad4): the `v` 1 claims written from then on hashed
+ * it so too, and only older ones are compared with the old hashes. (A claim that an older version
+ * wrote after this moment, before its deploy, is then compared as sent: its retry without the size
+ * is a 409, not a replay of the wrong job.)
+ */
+const HASHED_AS_SENT_SINCE_MS = Date.parse('2026-12-05T18:01:00Z');
+
 /** Whether a claim was made by this body: its hash as sent, or, for a claim an earlier version wrote, as that version hashed it. */
 function sameBody(existing: IdempotencyRecord, args: { bodyHash: string; sameBodyHashes?: readonly string[] }): boolean {
-  return existing.body_hash === args.bodyHash || (existing.v === 1 && (args.sameBodyHashes?.includes(existing.body_hash) ?? false));
+  if (existing.body_hash === args.bodyHash) return true;
+  const legacy = existing.v === 1 && Date.parse(existing.created_at) < HASHED_AS_SENT_SINCE_MS;
+  return legacy && (args.sameBodyHashes?.includes(existing.body_hash) ?? false);
 }
 
 export type Claim = { kind: 'claimed'; jobId: string } | { kind: 'replay'; job: JobRecord };

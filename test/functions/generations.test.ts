@@ -509,7 +509,7 @@ describe('Idempotency-Key', () => {
     const key = idempotencyRecordKey('acct_alice', 'pre-upgrade');
     const claim = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString());
     const legacy = sha256Hex(canonicalJson({ prompt: 'apple', width: 224, height: 224, steps: 100, n: 1, init: 'gmm', model: 'toy' }));
-    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...claim, v: 1, body_hash: legacy })));
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...claim, v: 1, body_hash: legacy, created_at: '2026-12-01T00:00:00.000Z' })));
     const retry = await post({ prompt: 'apple' }, { 'Idempotency-Key': 'pre-upgrade' });
     expect(retry.status).toBe(200);
     expect(((await retry.json()) as { id: string }).id).toBe(first.id);
@@ -518,7 +518,7 @@ describe('Idempotency-Key', () => {
     const named = (await (await post({ prompt: 'plum', model: 'toy' }, { 'Idempotency-Key': 'pre-size' })).json()) as { id: string };
     const sizeKey = idempotencyRecordKey('acct_alice', 'pre-size');
     const sized = JSON.parse(Buffer.from((await h.blobs.get(sizeKey))!.body).toString());
-    await h.blobs.put(sizeKey, Buffer.from(JSON.stringify({ ...sized, v: 1, body_hash: sha256Hex(canonicalJson({ prompt: 'plum', model: 'toy', width: 224, height: 224, steps: 100, n: 1, init: 'gmm' })) })));
+    await h.blobs.put(sizeKey, Buffer.from(JSON.stringify({ ...sized, v: 1, created_at: '2026-12-01T00:00:00.000Z', body_hash: sha256Hex(canonicalJson({ prompt: 'plum', model: 'toy', width: 224, height: 224, steps: 100, n: 1, init: 'gmm' })) })));
     const sizedRetry = await post({ prompt: 'plum', model: 'toy' }, { 'Idempotency-Key': 'pre-size' });
     expect([sizedRetry.status, ((await sizedRetry.json()) as { id: string }).id]).toEqual([200, named.id]);
   });
@@ -537,6 +537,12 @@ describe('Idempotency-Key', () => {
     // The same body again replays.
     const again = await send({ prompt: 'a blue square', width: 224, height: 224 }, 'k224');
     expect(again.status).toBe(200);
+    // A claim the version before this one wrote (v 1, after the body was first hashed as sent) is compared as sent too.
+    const { idempotencyRecordKey } = await import('../../functions/idempotency.ts');
+    const key = idempotencyRecordKey('acct_alice', 'k224');
+    const claim = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString());
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...claim, v: 1, created_at: '2026-12-05T20:00:00.000Z' })));
+    await expectEnvelope(await send({ prompt: 'a blue square' }, 'k224'), 409, 'idempotency_key_reused');
   });
 
   it('a request whose key another request with the same body still holds (no job yet) is a 409 idempotency_in_progress with Retry-After', async () => {
