@@ -914,6 +914,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // (the update then re-read a terminal record of this very attempt, with this run's usage).
       const ours = wrote || (done.attempts === attempt && isTerminal(done.status) && done.usage.worker_seconds === usage.worker_seconds && done.usage.encoder_passes === usage.encoder_passes);
       if (superseded(done, attempt)) {
+        // Another attempt holds the job now, and may have ended it and settled its images (marker
+        // included) before these landed: the marker goes back, so the sweep settles them against the
+        // record as it will stand (a succeeded record's images stay). Best effort.
+        if (outputs.length > 0) await markPending(blobs, 'outputs', msg.owner, msg.job_id).catch(() => undefined);
         await lease.release();
         return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
       }

@@ -238,6 +238,32 @@ describe('an attempt stored images, then a later event ended the job without the
     await expectEndedWithoutImages(env, job, { status: 'failed', error: { code: 'expired' }, outputs: [] });
   });
 
+  it('an attempt superseded while storing (another attempt took the job and ended it, settling what it found): its marker goes back, and the sweep removes what landed after', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    let other: Promise<void> | undefined;
+    const blobs = patched(env.blobs, {
+      put: (async (key: string, body: Uint8Array, options?: Parameters<BlobStore['put']>[2]) => {
+        if (key.startsWith('outputs/')) {
+          // The first image write waits for another attempt to take the job over, fail it and settle it.
+          other ??= (async () => {
+            const rec = await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, attempts: cur.attempts + 1, status: 'failed', finished_at: new Date().toISOString(), error: { code: 'timeout', message: 'injected' } }), { retries: 50 });
+            await settleStoredOutputs(env.blobs, rec);
+          })();
+          await other;
+        }
+        return env.blobs.put(key, body, options);
+      }) as never,
+    }) as BlobStore;
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
+    await waitFor('the attempt to end', () => finishedOf(w.events), 20_000);
+    expect(finishedOf(w.events)).toMatchObject({ outcome: 'lease_lost' });
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
+    expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
+    expect(await sweepOnce(env)).toMatchObject({ cleared: 1, errors: 0 });
+    await expectEndedWithoutImages(env, job, { status: 'failed', attempts: 2 });
+  });
+
   it('a succeeded job keeps its images and drops their marker', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
