@@ -86,6 +86,25 @@ describe('#2 ZIP records are checked against their CRC-32', () => {
     expect((await importModel(ok, { ...quiet, out: outDir('unflipped'), textHeads: 4 })).tensors).toBe(62);
   });
 
+  it('a checkpoint saved without CRCs (torch set_crc32_options(False) writes 0) imports: 0 is "not recorded", not a mismatch', async () => {
+    const bytes = Buffer.from(readFileSync(referencePath('tiny-quickgelu-statedict.pt')));
+    // Every central-directory entry's CRC-32 (offset 16) and every local header's (offset 14) set to 0.
+    for (let at = 0; at + 4 <= bytes.length; at++) {
+      const sig = bytes.readUInt32LE(at);
+      if (sig === 0x02014b50 && at + 20 <= bytes.length) bytes.writeUInt32LE(0, at + 16);
+      if (sig === 0x04034b50 && at + 18 <= bytes.length) bytes.writeUInt32LE(0, at + 14);
+    }
+    const p = join(work, 'no-crc.pt');
+    writeFileSync(p, bytes);
+    const zip = ZipReader.open(p);
+    try {
+      expect([...zip.entries.values()].every((e) => e.crc32 === 0)).toBe(true);
+    } finally {
+      zip.close();
+    }
+    expect((await importModel(p, { ...quiet, out: outDir('no-crc'), textHeads: 4 })).tensors).toBe(62);
+  });
+
   it('a flipped byte in data.pkl is refused by the CRC before the pickle is decoded', async () => {
     const ref = referencePath('tiny-quickgelu-statedict.pt');
     const zip = ZipReader.open(ref);

@@ -137,6 +137,10 @@ export class ZipReader {
   /** Streams a STORED record through the CRC once, before a read of part of it. */
   private checkStored(e: ZipEntry): void {
     if (this.checked.has(e.name)) return;
+    if (!this.crcRecorded(e)) {
+      this.checked.add(e.name);
+      return;
+    }
     const off = this.dataOffset(e.name);
     const buf = new Uint8Array(Math.min(IO_CHECK_CHUNK, e.size));
     let crc = 0;
@@ -149,8 +153,17 @@ export class ZipReader {
     this.checkCrc(e, crc);
   }
 
+  /**
+   * A CRC of 0 on a record with bytes is "not recorded": torch.save with
+   * `torch.serialization.set_crc32_options(False)` writes that, and torch.load reads such files. (A
+   * record whose bytes really sum to 0 is one in four billion, and is read unchecked too.)
+   */
+  private crcRecorded(e: ZipEntry): boolean {
+    return e.crc32 !== 0 || e.size === 0;
+  }
+
   private checkCrc(e: ZipEntry, got: number): void {
-    if (got !== e.crc32) {
+    if (got !== e.crc32 && this.crcRecorded(e)) {
       throw new EngineError(
         'invalid_model',
         `${this.path}: record ${e.name} fails its CRC-32 check (the archive says ${hex32(e.crc32)}, its ${e.size} bytes give ${hex32(got)}): the file is corrupt (download or copy it again)`,
