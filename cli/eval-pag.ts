@@ -80,7 +80,7 @@ export async function run(argv: string[]): Promise<number> {
     ...(values['no-probes'] ? { robustness: false as const, morph: false as const } : {}),
     log,
   });
-  const files = writePagOutputs(prefix, report, images);
+  const files = writePagOutputs(prefix, report, images, outputs);
   process.stdout.write(pagMarkdown(report));
   log(`robust all-correct ${(report.robust.allCorrect * 100).toFixed(0)} % (target ≥ 80 %: ${report.targets.robustMet ? 'met' : 'MISSED'}), plain ${(report.plain.allCorrect * 100).toFixed(0)} % (target ≤ 30 %: ${report.targets.plainMet ? 'met' : 'MISSED'}); wrote ${files.join(', ')}`);
   return 0;

@@ -18,14 +18,14 @@ export async function clearPending(blobs: BlobStore, kind: PendingKind, owner: s
  * Once a job has ended, what its attempts stored is settled: the images of a job that ended without
  * them (failed, canceled) are removed (removeOrphanedOutputs), and the `outputs` marker the worker
  * wrote before storing goes, so nothing retries it. A job still queued or running is left alone (an
- * attempt may be storing now); one never started stored nothing and has no marker.
+ * attempt may be storing now).
  *
  * It throws what the store throws, with the marker still there: the queued-job sweep then tries again
  * (ADR 0005), and the bucket's lifecycle rule stays the last backstop. True when the job is settled.
  */
 export async function settleStoredOutputs(blobs: BlobStore, job: Pick<JobRecord, 'owner' | 'id' | 'status' | 'attempts' | 'outputs'>): Promise<boolean> {
   if (!isTerminal(job.status)) return false;
-  if (job.attempts === 0) return true;
+  // Never started: nothing stored, so nothing to remove (removeOrphanedOutputs does not even list).
   await removeOrphanedOutputs(blobs, job);
   await clearPending(blobs, 'outputs', job.owner, job.id);
   return true;

@@ -198,6 +198,8 @@ function validate(cfg: StageConfig): void {
   if (cfg.jobTimeoutSeconds + cfg.visibilityTimeoutSeconds > 43_200) problems.push('jobTimeoutSeconds + visibilityTimeoutSeconds must be <= 43200 (SQS hides a message for at most 12 h)');
   if (cfg.maxActiveJobsPerAccount > 1000) problems.push('maxActiveJobsPerAccount must be <= 1000');
   if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
+  // The sweep's invocations are dropped once the next is due (maxEventAge), which Lambda allows up to 6 h.
+  if (cfg.queuedJobSweepMinutes > 360) problems.push('queuedJobSweepMinutes must be <= 360 (a sweep every 6 h at least)');
   // A job can wait queueRetentionDays before a worker reads its upload; its init image should
   // outlive that when the job follows the upload closely.
   if (cfg.uploadRetentionDays <= cfg.queueRetentionDays) problems.push('uploadRetentionDays must be > queueRetentionDays, or a queued job can lose its init image');

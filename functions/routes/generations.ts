@@ -601,10 +601,12 @@ export function registerGenerationRoutes(
       await clearPending(blobs, 'active', owner, id);
       // Queued again after an attempt that stored images (put back after a storage fault on its
       // record): no record will name them. Best effort: the cancel stands, and the queued-job sweep
-      // retries from the marker the worker left.
-      await settleStoredOutputs(blobs, job).catch((error) =>
-        ctx.log({ level: 'warn', msg: 'stored images of a canceled generation were not removed; the queued-job sweep retries', job_id: id, owner, error: operatorMessage(error) }),
-      );
+      // retries from the marker the worker left. (Never started: nothing stored, nothing to look at.)
+      if (job.attempts > 0) {
+        await settleStoredOutputs(blobs, job).catch((error) =>
+          ctx.log({ level: 'warn', msg: 'stored images of a canceled generation were not removed; the queued-job sweep retries', job_id: id, owner, error: operatorMessage(error) }),
+        );
+      }
     }
     return c.json(await view(job), 200);
   });

@@ -679,6 +679,7 @@ describe('stage config', () => {
     expect(() => stageConfig('dev', { uploadRetentionDays: 4 })).toThrow(/uploadRetentionDays must be > queueRetentionDays/);
     expect(() => stageConfig('dev', { maxInstances: 0 })).toThrow(/maxInstances/);
     expect(() => stageConfig('dev', { jobTimeoutSeconds: 43_000 })).toThrow(/jobTimeoutSeconds \+ visibilityTimeoutSeconds must be <= 43200/);
+    expect(() => stageConfig('dev', { queuedJobSweepMinutes: 361 })).toThrow(/queuedJobSweepMinutes must be <= 360/);
     expect(() => stageConfig('dev', { maxActiveJobsPerAccount: 5000 })).toThrow(/maxActiveJobsPerAccount/);
   });
 

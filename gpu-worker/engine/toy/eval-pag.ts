@@ -364,12 +364,19 @@ export function pagMarkdown(r: PagReport): string {
 export const PAG_OUTPUT_SUFFIXES = ['.json', '.md', '.png'] as const;
 
 /**
- * Writes the three files, each to a temporary name first and all renamed at the end: a failure on
- * any of them leaves the previous report whole, not a new JSON beside an old grid.
+ * Writes the three files: all rendered before any is written, each written to a temporary name and
+ * renamed over its file at the end. A report that fails to render, or a write that fails, leaves
+ * the previous files whole; only a rename failing between the first and the last (a disk error)
+ * could leave a mix.
  */
-export function writePagOutputs(prefix: string, report: PagReport, images: { robust: PlanarImage[]; plain: PlanarImage[] }): string[] {
+export function writePagOutputs(
+  prefix: string,
+  report: PagReport,
+  images: { robust: PlanarImage[]; plain: PlanarImage[] },
+  /** Where each goes, as the CLI checked them (a link followed to its file); default PREFIX.json, .md, .png. */
+  files: readonly string[] = PAG_OUTPUT_SUFFIXES.map((suffix) => `${prefix}${suffix}`),
+): string[] {
   const contents: Array<string | Uint8Array> = [JSON.stringify(report, null, 2) + '\n', pagMarkdown(report), pagGrid(images, report.seeds.length)];
-  const files = PAG_OUTPUT_SUFFIXES.map((suffix) => `${prefix}${suffix}`);
   const staged = files.map((f) => `${f}.${process.pid}.tmp`);
   try {
     staged.forEach((tmp, i) => writeFileSync(tmp, contents[i]!));
@@ -377,5 +384,5 @@ export function writePagOutputs(prefix: string, report: PagReport, images: { rob
   } finally {
     for (const tmp of staged) rmSync(tmp, { force: true });
   }
-  return files;
+  return [...files];
 }
