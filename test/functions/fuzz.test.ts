@@ -1,0 +1,146 @@
+// Seeded random requests against every route, through the real app on the local adapters: whatever a
+// caller sends (fields of the wrong type, extreme numbers, odd Unicode, unknown keys, deep nesting,
+// broken JSON, odd headers and queries), the answer is never a 5xx, an error is always the one
+// envelope, and a success is JSON. The seed is fixed, so a failure reproduces; the request that
+// failed is in the assertion's message.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectEnvelope, harness, type Harness } from './helpers.ts';
+
+let h: Harness;
+let created: { id: string };
+beforeAll(async () => {
+  h = await harness();
+  // Made first: the random POSTs may fill the account's active-job limit.
+  created = (await (await h.request('/v1/generations', { json: { prompt: 'a red circle', steps: 2, width: 64, height: 64 } })).json()) as { id: string };
+});
+afterAll(() => h.close());
+
+/** mulberry32: small, seeded, good enough to pick cases. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const STRINGS = [
+  '', ' ', 'a', 'a red circle', 'x'.repeat(301), 'x'.repeat(5000), '\u0000', '\u202e\u200b', '🙂'.repeat(80), 'Ｐｉｋａｃｈｕ', '&amp;&#0;&#x110000;',
+  'upload:', 'upload:upl0000000000000000000001', 'upload:../../etc/passwd', 'gmm', 'noise', 'toy', '../x', '%00', 'null', '1e309',
+  'https://example.com/hook', 'http://169.254.169.254/latest', 'http://[::1]:80/x', 'javascript:alert(1)', 'succeeded', 'queued', '2026-13-45',
+  '\ud800', 'a\nb', '__proto__', 'constructor',
+];
+const NUMBERS = [0, -0, 1, -1, 2, 32, 64, 224, 1024, 2048, 4096, 0.5, 1.5, -1e-300, 1e308, -1e308, 2 ** 31, 2 ** 32, 2 ** 53, 2 ** 53 + 2, 1e21, 3.14159];
+
+function value(r: () => number, depth = 0): unknown {
+  const k = Math.floor(r() * (depth > 3 ? 5 : 8));
+  switch (k) {
+    case 0:
+      return STRINGS[Math.floor(r() * STRINGS.length)];
+    case 1:
+      return NUMBERS[Math.floor(r() * NUMBERS.length)];
+    case 2:
+      return r() < 0.5;
+    case 3:
+      return null;
+    case 4:
+      return Math.floor(r() * 1e6) - 5e5;
+    case 5:
+      return Array.from({ length: Math.floor(r() * 4) }, () => value(r, depth + 1));
+    case 6: {
+      const o: Record<string, unknown> = {};
+      for (let i = Math.floor(r() * 4); i > 0; i--) o[STRINGS[Math.floor(r() * STRINGS.length)]! || 'k'] = value(r, depth + 1);
+      return o;
+    }
+    default:
+      return { text: STRINGS[Math.floor(r() * STRINGS.length)], weight: NUMBERS[Math.floor(r() * NUMBERS.length)] };
+  }
+}
+
+const GENERATION_FIELDS = ['prompt', 'prompts', 'negative_prompt', 'width', 'height', 'steps', 'n', 'seed', 'init', 'strength', 'model', 'webhook_url', 'metadata', 'recipe', 'style', 'content_weight'];
+const UPLOAD_FIELDS = ['content_type', 'bytes', 'purpose'];
+
+/** A valid-looking body with one to three fields changed, removed or added; sometimes not an object at all. */
+function body(r: () => number, base: Record<string, unknown>, fields: readonly string[]): unknown {
+  if (r() < 0.1) return value(r);
+  const b: Record<string, unknown> = { ...base };
+  for (let i = 1 + Math.floor(r() * 3); i > 0; i--) {
+    const roll = r();
+    const field = roll < 0.8 ? fields[Math.floor(r() * fields.length)]! : STRINGS[Math.floor(r() * STRINGS.length)]! || 'extra';
+    if (roll < 0.15) delete b[field];
+    else b[field] = value(r);
+  }
+  return b;
+}
+
+/** A JSON text with something wrong in it, or an unusual but valid one. */
+function rawText(r: () => number): string {
+  const texts = ['{', '{"prompt": "a",}', '[]', '""', 'null', '{"prompt": "a"} trailing', '\u00ef\u00bb\u00bf{"prompt":"a"}', '{"prompt": "\\ud800"}', '{"prompt": "a", "prompt": "b"}', `${'['.repeat(2000)}${']'.repeat(2000)}`, '{"a":' + '1'.repeat(400) + '}'];
+  return texts[Math.floor(r() * texts.length)]!;
+}
+
+/** Percent-encoded; a lone surrogate becomes the bytes of one (%ED%A0%80), which is no UTF-8. */
+const encode = (text: string) => {
+  try {
+    return encodeURIComponent(text);
+  } catch {
+    return encodeURIComponent(text.replace(/[\ud800-\udfff]/g, '')) + '%ED%A0%80';
+  }
+};
+
+function query(r: () => number, names: readonly string[]): string {
+  const parts: string[] = [];
+  for (let i = Math.floor(r() * 4); i > 0; i--) {
+    const v = value(r);
+    parts.push(`${encode(names[Math.floor(r() * names.length)]!)}=${encode(typeof v === 'string' ? v : JSON.stringify(v) ?? '')}`);
+  }
+  return parts.length ? `?${parts.join('&')}` : '';
+}
+
+describe('random requests (seeded) never get a 5xx, and every error is the envelope', () => {
+  it('POST /v1/generations, /v1/estimates and /v1/uploads with mutated bodies, broken JSON and odd headers', async () => {
+    const r = rng(20261206);
+    const valid = { prompt: 'a red circle', steps: 2, width: 64, height: 64 };
+    for (let i = 0; i < 400; i++) {
+      const route = ['/v1/generations', '/v1/estimates', '/v1/uploads'][i % 3]!;
+      const headers: Record<string, string> = { 'Content-Type': r() < 0.9 ? 'application/json' : ['text/plain', 'application/json; charset=latin1', ''][Math.floor(r() * 3)]! };
+      if (r() < 0.3) headers['Idempotency-Key'] = String(STRINGS[Math.floor(r() * STRINGS.length)]).replace(/[^\x20-\x7e]/g, '?') || 'k';
+      if (r() < 0.2) headers.Prefer = ['wait=1', 'wait=abc', 'wait=-1', 'wait=99999', 'respond-async', 'wait'][Math.floor(r() * 6)]!;
+      if (r() < 0.1) headers['X-Request-Id'] = ['short', 'a'.repeat(300), 'ok-request-id-123', '\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9'][Math.floor(r() * 4)]!.replace(/[^\x20-\xff]/g, '?');
+      const text = r() < 0.1 ? rawText(r) : JSON.stringify(route === '/v1/uploads' ? body(r, { content_type: 'image/png', bytes: 1234 }, UPLOAD_FIELDS) : body(r, valid, GENERATION_FIELDS));
+      const res = await h.request(route, { method: 'POST', headers, body: text });
+      const what = `POST ${route} ${JSON.stringify(headers)} ${text.slice(0, 300)}`;
+      expect(res.status, what).toBeLessThan(500);
+      if (res.status >= 400) await expectEnvelope(res, res.status).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
+      else expect(await res.json(), what).toBeTypeOf('object');
+    }
+  }, 120_000);
+
+  it('GET, cancel and DELETE with random ids and queries', async () => {
+    const r = rng(7);
+    const ids = [created.id, 'nope', '../x', 'a'.repeat(300), '%2e%2e', created.id.toUpperCase(), '', ' ', '\u00e9', created.id + '/frames', '\ud800'];
+    for (let i = 0; i < 300; i++) {
+      const id = encode(ids[Math.floor(r() * ids.length)]!).replace(/%2F/g, '/');
+      const roll = r();
+      const [method, path] =
+        roll < 0.3
+          ? ['GET', `/v1/generations${query(r, ['limit', 'cursor', 'status', 'x'])}`]
+          : roll < 0.45
+            ? ['GET', `/v1/usage${query(r, ['month', 'api_key_id', 'from', 'to', 'x'])}`]
+            : roll < 0.6
+              ? ['GET', `/v1/generations/${id}${query(r, ['x'])}`]
+              : roll < 0.7
+                ? ['GET', `/v1/generations/${id}/frames`]
+                : roll < 0.85
+                  ? ['POST', `/v1/generations/${id}/cancel`]
+                  : ['DELETE', `/v1/generations/${id}`];
+      const res = await h.request(path, { method, ...(method === 'POST' ? { headers: { 'Content-Type': 'application/json' }, body: '{}' } : {}) });
+      const what = `${method} ${path}`;
+      expect(res.status, what).toBeLessThan(500);
+      if (res.status >= 400) await expectEnvelope(res, res.status).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
+    }
+  }, 120_000);
+});
