@@ -130,7 +130,7 @@ export async function generationView(
     created_at: job.created_at,
     started_at: job.started_at,
     finished_at: job.finished_at,
-    progress: { step: job.progress.step, total: job.progress.total },
+    progress: { step: job.progress.step, total: job.progress.total, attempt: job.attempts },
     cancel_requested: job.cancel_requested,
     outputs,
     outputs_expire_at: deleted ? null : outputsExpireAt(job, options.outputRetentionDays),

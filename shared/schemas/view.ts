@@ -63,7 +63,13 @@ export const GenerationView = z
     created_at: Timestamp,
     started_at: Timestamp.nullable(),
     finished_at: Timestamp.nullable(),
-    progress: z.object({ step: z.number().int(), total: z.number().int() }),
+    progress: z.object({
+      step: z.number().int(),
+      total: z.number().int(),
+      attempt: z.number().int().nonnegative().openapi({
+        description: 'Which run of the generation the progress is of: 0 before the first starts, 1 for the first. A run the deployment retries (a worker stopped, a storage fault) starts again from step 0 with the next attempt.',
+      }),
+    }),
     cancel_requested: z.boolean(),
     outputs: z.array(GenerationOutputView),
     outputs_expire_at: Timestamp.nullable().openapi({

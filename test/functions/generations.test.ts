@@ -41,7 +41,7 @@ describe('POST → GET → list → cancel', () => {
     expect(res.status).toBe(202);
     const body = (await res.json()) as { id: string; status: string; progress: { step: number; total: number } };
     expect(body.status).toBe('queued');
-    expect(body.progress).toEqual({ step: 0, total: 20 });
+    expect(body.progress).toEqual({ step: 0, total: 20, attempt: 0 });
     expect(res.headers.get('Location')).toBe(`/v1/generations/${body.id}`);
     const record = await h.jobs.get('acct_alice', body.id);
     expect(record).toMatchObject({ status: 'queued', owner: 'acct_alice', version: 1, spec: { prompt: 'a red apple', steps: 20, seed: 7, width: 224 } });
@@ -144,7 +144,7 @@ describe('POST → GET → list → cancel', () => {
     expect(body.status).toBe('succeeded');
     expect(body.warnings).toEqual(['"apple": model toy does not know the word "apple", so it cannot draw it']);
     expect(body.usage).toEqual({ encoder_passes: 6400, worker_seconds: 12.5, cost_usd: null, hourly_usd: null }); // no price in this deployment
-    expect(body.progress).toEqual({ step: 200, total: 200 }); // steps over all n = 2 images
+    expect(body.progress).toEqual({ step: 200, total: 200, attempt: 1 }); // steps over all n = 2 images, of the first run
     expect(body.outputs).toHaveLength(2);
     for (const [i, out] of body.outputs.entries()) {
       expect(out.index).toBe(i);
