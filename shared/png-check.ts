@@ -108,6 +108,12 @@ export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = 
     if (type === 'tRNS') {
       if (header.colourType === 4 || header.colourType === 6) return fail(`a transparency chunk (tRNS) in an image with an alpha channel (colour type ${header.colourType})`);
       if (header.colourType === 3 && length > palette) return fail(palette === 0 ? 'a transparency chunk (tRNS) before the palette (PLTE chunk)' : `a transparency chunk (tRNS) of ${length} entries for a palette of ${palette}`);
+      // Grey and RGB: 2-byte samples, and (the decoder's own limit, which a 6-byte RGB key in an image
+      // of one or two pixels also meets) no more of them than the image has pixels.
+      if (header.colourType === 0 || header.colourType === 2) {
+        if (length % 2 !== 0) return fail(`a transparency chunk (tRNS) of ${length} bytes (its values are 2 bytes each)`);
+        if (length / 2 > header.width * header.height) return fail(`a transparency chunk (tRNS) of ${length / 2} values for ${header.width * header.height} pixels (the decoder refuses it)`);
+      }
     }
     if (type === 'IEND' && length !== 0) return fail(`an IEND chunk that holds ${length} bytes (it holds none)`);
     if (PNG_DECODED_CHUNKS.has(type)) {

@@ -144,6 +144,8 @@ describe('the whole-file PNG check (API) agrees with the engine decoder (worker)
       ['a tRNS longer than the palette', pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3)), [['PLTE', palette], ['tRNS', new Uint8Array([0, 128, 7])]]), /tRNS\) of 3 entries for a palette of 2/],
       ['a tRNS in an RGBA image', pngOf(2, 2, 8, 6, 0, deflateSync(Buffer.alloc(2 * 9)), [['tRNS', new Uint8Array(6)]]), /alpha channel \(colour type 6\)/],
       ['a tRNS in a grey + alpha image', pngOf(2, 2, 8, 4, 0, deflateSync(Buffer.alloc(2 * 5)), [['tRNS', new Uint8Array(2)]]), /alpha channel \(colour type 4\)/],
+      ['a grey tRNS of an odd length', pngOf(2, 2, 8, 0, 0, deflateSync(Buffer.alloc(2 * 3)), [['tRNS', new Uint8Array(3)]]), /tRNS\) of 3 bytes \(its values are 2 bytes each\)/],
+      ['an RGB tRNS key in an image of two pixels', pngOf(2, 1, 8, 2, 0, deflateSync(Buffer.alloc(1 * 7)), [['tRNS', new Uint8Array(6)]]), /tRNS\) of 3 values for 2 pixels/],
       ['an IEND with data', Buffer.concat([SIGNATURE, pngChunk('IHDR', ihdr(2, 2)), pngChunk('IDAT', rows), pngChunk('IEND', new Uint8Array([1, 2, 3]))]), /IEND chunk that holds 3 bytes/],
     ];
     for (const [name, bytes, why] of cases) {
@@ -154,6 +156,7 @@ describe('the whole-file PNG check (API) agrees with the engine decoder (worker)
     // An ancillary chunk PNG does not define is skipped, as decoders skip it; a palette's tRNS may be shorter than the palette.
     expect(await verdicts(pngOf(2, 2, 8, 2, 0, rows, [['prVt', new Uint8Array(3)]]))).toMatchObject({ api: true, sync: true, engine: true });
     expect(await verdicts(pngOf(2, 2, 8, 3, 0, deflateSync(Buffer.alloc(2 * 3)), [['PLTE', palette], ['tRNS', new Uint8Array([0])]]))).toMatchObject({ api: true, sync: true, engine: true });
+    expect(await verdicts(pngOf(2, 2, 8, 2, 0, rows, [['tRNS', new Uint8Array(6)]]))).toMatchObject({ api: true, sync: true, engine: true });
   });
 
   it('takes what decoders take: a wrong zlib trailer, a damaged ancillary chunk, stray bytes after the rows, a palette longer than its bit depth indexes', async () => {
