@@ -291,6 +291,9 @@ function enclosedLetter(ch: string): string | undefined {
 }
 
 const REGION_NAMES = new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' });
+/** Codes ICU names that no flag emoji shows: retired codes it maps to a country (AN, SU, YU…), and groupings (EZ, QO, ZZ). */
+const NO_FLAG = new Set(['AN', 'BU', 'CS', 'DD', 'FX', 'NT', 'SU', 'TP', 'YD', 'YU', 'ZR', 'EZ', 'QO', 'XA', 'XB', 'ZZ']);
+const isFlag = (code: string) => !NO_FLAG.has(code) && REGION_NAMES.of(code) !== undefined;
 const REGIONAL_INDICATORS = /[\u{1f1e6}-\u{1f1ff}]{2,}/gu;
 
 /**
@@ -303,8 +306,9 @@ function flagRows(text: string): string {
     const letters = [...run].map((c) => String.fromCharCode(65 + c.codePointAt(0)! - 0x1f1e6)).join('');
     if (letters.length % 2 !== 0) return run;
     const pairs = letters.match(/../g)!;
-    const flags = pairs.every((p) => p !== 'ZZ' && REGION_NAMES.of(p) !== undefined);
-    return flags ? pairs.join(' ') + ' ' : run;
+    // Spaces between the flags only: letters glued to the row stay glued to its last or first flag
+    // ("🇧🇦tman" is still "batman"), as they would to a letter.
+    return pairs.every(isFlag) ? pairs.join(' ') : run;
   });
 }
 
@@ -598,7 +602,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         // the model may read any of them as the name. Each phrase as written and with punctuation inside
         // its words taken out ("Bat-Man").
         const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
-        // ASCII look-alikes ("PlKACHU", "batrnan") are read in the form as written only (with leetspeak
+        // ASCII look-alikes ("PlKACHU", "he||o") are read in the form as written only (with leetspeak
         // on top): each added form costs a pass over the prompt.
         const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel)), ...asciiLookalikeForms(text).map(cleanClipText)];
         const phrases = [...forms, ...forms.flatMap(leetForms)]
