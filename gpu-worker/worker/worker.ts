@@ -634,6 +634,24 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     let abortRun: ((reason: AbortReason) => void) | undefined;
     let lostEarly = false;
     let attempt = 0;
+    /** Set once this attempt marked the images it is about to store (the `outputs` marker). */
+    let storing = false;
+    /**
+     * Another attempt holds the job now (or this one failed after storing): it may have ended the job
+     * and settled its images, marker included, before these landed. The marker goes back, and when the
+     * job has already ended it is settled here at once (the other attempt's settling may have listed
+     * before these landed and then removed the marker put back). Best effort: what is left stays marked.
+     */
+    const remarkStoredImages = async () => {
+      if (!storing) return;
+      try {
+        await markPending(blobs, 'outputs', msg.owner, msg.job_id);
+        const now = await jobs.get(msg.owner, msg.job_id);
+        if (now && isTerminal(now.status)) await removeOrphans(now);
+      } catch (error) {
+        log.warn('stored images of a superseded attempt not re-marked; the lifecycle rule removes them', { jobId: msg.job_id, owner: msg.owner, error: describe(error) });
+      }
+    };
     // The record's copy of the lease, renewed with the message's: lets another delivery tell a
     // duplicate message (the job is held) from a redelivery after a crash (the lease ran out). It
     // counts from the moments the queue's does (the receive, each extend as it was sent), so it neither
@@ -893,7 +911,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       // Marked before the first image is stored: until the record names them or they are removed, the
       // queued-job sweep can find images that this attempt leaves behind (a crash, a lost record write).
-      if (outputs.length > 0) await store('the stored-images marker', () => markPending(blobs, 'outputs', msg.owner, msg.job_id));
+      if (outputs.length > 0) {
+        await store('the stored-images marker', () => markPending(blobs, 'outputs', msg.owner, msg.job_id));
+        storing = true;
+      }
       await forEachLimited(writes, OUTPUT_WRITE_CONCURRENCY, async (write) => void (await write()));
       const usage = { encoder_passes: outcome.encoderPasses, worker_seconds: Math.round(clock.now() - startedAt) / 1000 };
       let wrote = false;
@@ -914,10 +935,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // (the update then re-read a terminal record of this very attempt, with this run's usage).
       const ours = wrote || (done.attempts === attempt && isTerminal(done.status) && done.usage.worker_seconds === usage.worker_seconds && done.usage.encoder_passes === usage.encoder_passes);
       if (superseded(done, attempt)) {
-        // Another attempt holds the job now, and may have ended it and settled its images (marker
-        // included) before these landed: the marker goes back, so the sweep settles them against the
-        // record as it will stand (a succeeded record's images stay). Best effort.
-        if (outputs.length > 0) await markPending(blobs, 'outputs', msg.owner, msg.job_id).catch(() => undefined);
+        await remarkStoredImages();
         await lease.release();
         return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
       }
@@ -952,6 +970,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       return finish(msg, !ours ? 'skipped' : allWithheld ? 'failed' : 'succeeded', ended);
     } catch (error) {
       await lease.release();
+      await remarkStoredImages();
       await onFailure(m, msg, attempt, error);
     } finally {
       current = undefined;

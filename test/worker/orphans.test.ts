@@ -238,7 +238,7 @@ describe('an attempt stored images, then a later event ended the job without the
     await expectEndedWithoutImages(env, job, { status: 'failed', error: { code: 'expired' }, outputs: [] });
   });
 
-  it('an attempt superseded while storing (another attempt took the job and ended it, settling what it found): its marker goes back, and the sweep removes what landed after', async () => {
+  it('an attempt superseded while storing (another attempt took the job and ended it, settling what it found): it removes what landed after, itself', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
     let other: Promise<void> | undefined;
@@ -258,10 +258,33 @@ describe('an attempt stored images, then a later event ended the job without the
     const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
     await waitFor('the attempt to end', () => finishedOf(w.events), 20_000);
     expect(finishedOf(w.events)).toMatchObject({ outcome: 'lease_lost' });
-    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
-    expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
-    expect(await sweepOnce(env)).toMatchObject({ cleared: 1, errors: 0 });
+    // The job had ended: settled at once, marker included (the other attempt's settling had listed too early).
     await expectEndedWithoutImages(env, job, { status: 'failed', attempts: 2 });
+  });
+
+  it('an attempt superseded while storing, by one still running: the marker goes back and stays until that one settles', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    let other: Promise<void> | undefined;
+    const blobs = patched(env.blobs, {
+      put: (async (key: string, body: Uint8Array, options?: Parameters<BlobStore['put']>[2]) => {
+        if (key.startsWith('outputs/')) {
+          // Another attempt takes the job over (still running) and, as if it had stored and settled, drops the marker.
+          other ??= (async () => {
+            await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, attempts: cur.attempts + 1, lease_message_id: 'another', lease_expires_at: new Date(Date.now() + 600_000).toISOString() }), { retries: 50 });
+            await env.blobs.delete(pendingJobKey('outputs', OWNER, job.id));
+          })();
+          await other;
+        }
+        return env.blobs.put(key, body, options);
+      }) as never,
+    }) as BlobStore;
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
+    await waitFor('the attempt to end', () => finishedOf(w.events), 20_000);
+    expect(finishedOf(w.events)).toMatchObject({ outcome: 'lease_lost' });
+    expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
+    expect(await sweepOnce(env)).toMatchObject({ errors: 0 });
+    expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]); // still running: kept
   });
 
   it('a succeeded job keeps its images and drops their marker', async () => {
