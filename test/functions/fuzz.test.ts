@@ -1,6 +1,6 @@
 // Seeded random requests against every route, through the real app on the local adapters: whatever a
 // caller sends (fields of the wrong type, extreme numbers, odd Unicode, unknown keys, deep nesting,
-// broken JSON, odd headers and queries), the answer is never a 5xx, an error is always the one
+// broken JSON, oversized bodies, odd Authorization and other headers, queries and ids), the answer is never a 5xx, an error is always the one
 // envelope, and a success is JSON. The seed is fixed, so a failure reproduces; the request that
 // failed is in the assertion's message.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -63,10 +63,29 @@ function value(r: () => number, depth = 0): unknown {
 const GENERATION_FIELDS = ['prompt', 'prompts', 'negative_prompt', 'width', 'height', 'steps', 'n', 'seed', 'init', 'strength', 'model', 'webhook_url', 'metadata', 'recipe', 'style', 'content_weight'];
 const UPLOAD_FIELDS = ['content_type', 'bytes', 'purpose'];
 
+/** Values a caller could mean, for requests that pass validation and reach the policy, the limits and the store. */
+const PLAUSIBLE: Record<string, unknown[]> = {
+  prompt: ['a red circle', 'Pikachu plush', 'p 1 k a c h u', 'a nurse at work', 'a portrait in the style of a famous painter', 'mickey m o u s e', '🅿🅸🅺🅰🅲🅷🆄', 'a cat & a dog'],
+  negative_prompt: ['blurry', 'a blue square', 'Batman'],
+  steps: [1, 2, 3],
+  n: [1, 2, 4],
+  seed: [0, 1, 4294967295],
+  init: ['gmm', 'noise', 'upload:upl0000000000000000000001'],
+  width: [64, 96, 128],
+  height: [64, 96],
+  webhook_url: ['https://example.com/hook', 'http://127.0.0.1:9/x'],
+  metadata: [{ order: 'A-1' }, {}],
+  model: ['toy'],
+};
+
 /** A valid-looking body with one to three fields changed, removed or added; sometimes not an object at all. */
 function body(r: () => number, base: Record<string, unknown>, fields: readonly string[]): unknown {
   if (r() < 0.1) return value(r);
   const b: Record<string, unknown> = { ...base };
+  if (fields === GENERATION_FIELDS && r() < 0.4) {
+    for (const [field, values] of Object.entries(PLAUSIBLE)) if (r() < 0.3) b[field] = values[Math.floor(r() * values.length)];
+    return b;
+  }
   for (let i = 1 + Math.floor(r() * 3); i > 0; i--) {
     const roll = r();
     const field = roll < 0.8 ? fields[Math.floor(r() * fields.length)]! : STRINGS[Math.floor(r() * STRINGS.length)]! || 'extra';
@@ -110,8 +129,9 @@ describe('random requests (seeded) never get a 5xx, and every error is the envel
       if (r() < 0.3) headers['Idempotency-Key'] = String(STRINGS[Math.floor(r() * STRINGS.length)]).replace(/[^\x20-\x7e]/g, '?') || 'k';
       if (r() < 0.2) headers.Prefer = ['wait=1', 'wait=abc', 'wait=-1', 'wait=99999', 'respond-async', 'wait'][Math.floor(r() * 6)]!;
       if (r() < 0.1) headers['X-Request-Id'] = ['short', 'a'.repeat(300), 'ok-request-id-123', '\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9'][Math.floor(r() * 4)]!.replace(/[^\x20-\xff]/g, '?');
-      const text = r() < 0.1 ? rawText(r) : JSON.stringify(route === '/v1/uploads' ? body(r, { content_type: 'image/png', bytes: 1234 }, UPLOAD_FIELDS) : body(r, valid, GENERATION_FIELDS));
-      const res = await h.request(route, { method: 'POST', headers, body: text });
+      if (r() < 0.1) headers.Authorization = ['', 'Bearer', 'Bearer ', 'Basic dXNlcjpwYXNz', `Bearer ${h.bob}`, `Bearer ${h.revoked}`, `Bearer ${'x'.repeat(500)}`, 'bearer  clipag_' + 'a'.repeat(40)][Math.floor(r() * 8)]!;
+      const text = r() < 0.03 ? JSON.stringify({ prompt: 'a', pad: 'x'.repeat(20_000) }) : r() < 0.1 ? rawText(r) : JSON.stringify(route === '/v1/uploads' ? body(r, { content_type: 'image/png', bytes: 1234 }, UPLOAD_FIELDS) : body(r, valid, GENERATION_FIELDS));
+      const res = await h.request(route, { method: 'POST', headers, body: text, ...('Authorization' in headers ? { key: null } : {}) });
       const what = `POST ${route} ${JSON.stringify(headers)} ${text.slice(0, 300)}`;
       expect(res.status, what).toBeLessThan(500);
       if (res.status >= 400) await expectEnvelope(res, res.status).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
@@ -129,7 +149,9 @@ describe('random requests (seeded) never get a 5xx, and every error is the envel
         roll < 0.3
           ? ['GET', `/v1/generations${query(r, ['limit', 'cursor', 'status', 'x'])}`]
           : roll < 0.45
-            ? ['GET', `/v1/usage${query(r, ['month', 'api_key_id', 'from', 'to', 'x'])}`]
+            ? r() < 0.7
+              ? ['GET', `/v1/usage${query(r, ['month', 'api_key_id', 'from', 'to', 'x'])}`]
+              : ['GET', ['/v1/models', '/healthz', '/openapi.json', '/v1', '/v1/', '/'][Math.floor(r() * 6)]! + query(r, ['x'])]
             : roll < 0.6
               ? ['GET', `/v1/generations/${id}${query(r, ['x'])}`]
               : roll < 0.7
