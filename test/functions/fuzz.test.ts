@@ -4,6 +4,7 @@
 // envelope, and a success is JSON. The seed is fixed, so a failure reproduces; the request that
 // failed is in the assertion's message.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rng } from '../helpers/rng.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -14,18 +15,6 @@ beforeAll(async () => {
   created = (await (await h.request('/v1/generations', { json: { prompt: 'a red circle', steps: 2, width: 64, height: 64 } })).json()) as { id: string };
 });
 afterAll(() => h.close());
-
-/** mulberry32: small, seeded, good enough to pick cases. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const STRINGS = [
   '', ' ', 'a', 'a red circle', 'x'.repeat(301), 'x'.repeat(5000), '\u0000', '\u202e\u200b', '🙂'.repeat(80), 'Ｐｉｋａｃｈｕ', '&amp;&#0;&#x110000;',

@@ -85,6 +85,23 @@ async function earlierDeliveryDied(env: Env): Promise<void> {
 const sweepOnce = (env: Env, blobs: BlobStore = env.blobs) =>
   sweepQueuedJobs({ blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date(), webhooks: { send: () => Promise.reject(new Error('no webhook is owed here')), signedUrlTtlSec: 600 } });
 
+/**
+ * A run of two images whose first image write waits for `meanwhile` (another path acting on the job)
+ * to finish; returns the worker's events once that attempt has ended.
+ */
+async function runWhileStoring(env: Env, meanwhile: () => Promise<unknown>): Promise<WorkerEvent[]> {
+  let once: Promise<unknown> | undefined;
+  const blobs = patched(env.blobs, {
+    put: (async (key: string, body: Uint8Array, options?: Parameters<BlobStore['put']>[2]) => {
+      if (key.startsWith('outputs/')) await (once ??= meanwhile());
+      return env.blobs.put(key, body, options);
+    }) as never,
+  }) as BlobStore;
+  const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
+  await waitFor('the attempt to end', () => finishedOf(w.events), 20_000);
+  return w.events;
+}
+
 const ofType = <T extends WorkerEvent['type']>(events: WorkerEvent[], type: T) => events.filter((e): e is Extract<WorkerEvent, { type: T }> => e.type === type);
 /** The job_finished event that ended the job (not a requeue). */
 const ended = (events: WorkerEvent[]) => ofType(events, 'job_finished').find((e) => ['succeeded', 'failed', 'canceled'].includes(e.outcome));
@@ -217,47 +234,23 @@ describe('an attempt stored images, then a later event ended the job without the
   it('a job that ends another way while its attempt is storing images (the sweep expires it and removes what it finds): the attempt removes the images that landed after', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
-    let ender: Promise<void> | undefined;
-    const blobs = patched(env.blobs, {
-      put: (async (key: string, body: Uint8Array, options?: Parameters<BlobStore['put']>[2]) => {
-        if (key.startsWith('outputs/')) {
-          // The first image write waits for the other path to end the job and remove what was stored so far.
-          ender ??= (async () => {
-            const rec = await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'failed', finished_at: new Date().toISOString(), error: { code: 'expired', message: 'injected' } }), { retries: 50 });
-            await settleStoredOutputs(env.blobs, rec);
-          })();
-          await ender;
-        }
-        return env.blobs.put(key, body, options);
-      }) as never,
-    }) as BlobStore;
-    const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
-    await waitFor('the attempt to end', () => finishedOf(w.events), 20_000);
-    expect(finishedOf(w.events)).toMatchObject({ outcome: 'skipped' });
-    expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['already_failed']);
+    const events = await runWhileStoring(env, async () => {
+      const rec = await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'failed', finished_at: new Date().toISOString(), error: { code: 'expired', message: 'injected' } }), { retries: 50 });
+      await settleStoredOutputs(env.blobs, rec);
+    });
+    expect(finishedOf(events)).toMatchObject({ outcome: 'skipped' });
+    expect(ofType(events, 'acked').map((e) => e.reason)).toEqual(['already_failed']);
     await expectEndedWithoutImages(env, job, { status: 'failed', error: { code: 'expired' }, outputs: [] });
   });
 
   it('an attempt superseded while storing (another attempt took the job and ended it, settling what it found): it removes what landed after, itself', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
-    let other: Promise<void> | undefined;
-    const blobs = patched(env.blobs, {
-      put: (async (key: string, body: Uint8Array, options?: Parameters<BlobStore['put']>[2]) => {
-        if (key.startsWith('outputs/')) {
-          // The first image write waits for another attempt to take the job over, fail it and settle it.
-          other ??= (async () => {
-            const rec = await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, attempts: cur.attempts + 1, status: 'failed', finished_at: new Date().toISOString(), error: { code: 'timeout', message: 'injected' } }), { retries: 50 });
-            await settleStoredOutputs(env.blobs, rec);
-          })();
-          await other;
-        }
-        return env.blobs.put(key, body, options);
-      }) as never,
-    }) as BlobStore;
-    const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
-    await waitFor('the attempt to end', () => finishedOf(w.events), 20_000);
-    expect(finishedOf(w.events)).toMatchObject({ outcome: 'lease_lost' });
+    const events = await runWhileStoring(env, async () => {
+      const rec = await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, attempts: cur.attempts + 1, status: 'failed', finished_at: new Date().toISOString(), error: { code: 'timeout', message: 'injected' } }), { retries: 50 });
+      await settleStoredOutputs(env.blobs, rec);
+    });
+    expect(finishedOf(events)).toMatchObject({ outcome: 'lease_lost' });
     // The job had ended: settled at once, marker included (the other attempt's settling had listed too early).
     await expectEndedWithoutImages(env, job, { status: 'failed', attempts: 2 });
   });
@@ -265,23 +258,12 @@ describe('an attempt stored images, then a later event ended the job without the
   it('an attempt superseded while storing, by one still running: the marker goes back and stays until that one settles', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
-    let other: Promise<void> | undefined;
-    const blobs = patched(env.blobs, {
-      put: (async (key: string, body: Uint8Array, options?: Parameters<BlobStore['put']>[2]) => {
-        if (key.startsWith('outputs/')) {
-          // Another attempt takes the job over (still running) and, as if it had stored and settled, drops the marker.
-          other ??= (async () => {
-            await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, attempts: cur.attempts + 1, lease_message_id: 'another', lease_expires_at: new Date(Date.now() + 600_000).toISOString() }), { retries: 50 });
-            await env.blobs.delete(pendingJobKey('outputs', OWNER, job.id));
-          })();
-          await other;
-        }
-        return env.blobs.put(key, body, options);
-      }) as never,
-    }) as BlobStore;
-    const w = start({ queue: env.queue, jobs: env.jobs, blobs }, firstRunStores(stepping(1, 1)));
-    await waitFor('the attempt to end', () => finishedOf(w.events), 20_000);
-    expect(finishedOf(w.events)).toMatchObject({ outcome: 'lease_lost' });
+    // Another attempt takes the job over (still running) and, as if it had stored and settled, drops the marker.
+    const events = await runWhileStoring(env, async () => {
+      await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, attempts: cur.attempts + 1, lease_message_id: 'another', lease_expires_at: new Date(Date.now() + 600_000).toISOString() }), { retries: 50 });
+      await env.blobs.delete(pendingJobKey('outputs', OWNER, job.id));
+    });
+    expect(finishedOf(events)).toMatchObject({ outcome: 'lease_lost' });
     expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]);
     expect(await sweepOnce(env)).toMatchObject({ errors: 0 });
     expect(await outputsMarker(env, job)).toEqual([pendingJobKey('outputs', OWNER, job.id)]); // still running: kept

@@ -12,18 +12,8 @@ import { A, type DType, type TensorData, numel, tensor } from '../../../gpu-work
 import { createSession } from '../../../gpu-worker/engine/runtime/session.ts';
 import { appendGradients } from '../../../gpu-worker/engine/autodiff/gradient.ts';
 
-export type Rng = () => number;
-/** Deterministic PRNG (mulberry32) so that failures reproduce. */
-export function rng(seed: number): Rng {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { type Rng, rng } from '../../helpers/rng.ts';
+export { type Rng, rng };
 export const uniform = (r: Rng, n: number, lo = -1, hi = 1) => Array.from({ length: n }, () => lo + (hi - lo) * r());
 export function normal(r: Rng, n: number): number[] {
   return Array.from({ length: n }, () => {
