@@ -355,6 +355,32 @@ function asciiLookalikeForms(text: string): string[] {
   return read === text ? [] : [read];
 }
 
+/**
+ * The prompt with each letter written twice or more in a row inside a word written once ("pikaachu",
+ * "batmaan"): an added form, empty when nothing changes. Matched only against the terms
+ * collapsedReadingFits allows, since collapsing also turns ordinary names into others ("Anna" into "Ana").
+ */
+function collapsedLetterForms(text: string): string[] {
+  if (!/(\p{L})\1/u.test(text)) return [];
+  const read = text.replace(/(\p{L})\1+/gu, '$1');
+  return read === text ? [] : [read];
+}
+
+const collapsedUnless = new WeakMap<object, object>();
+/** The term with its unless phrases read as the collapsed form reads the prompt ("minions of doom" is "minions of dom" there). */
+function withCollapsedUnless<T extends { unless: string[][] }>(t: T): T {
+  let c = collapsedUnless.get(t) as T | undefined;
+  if (!c) collapsedUnless.set(t, (c = { ...t, unless: t.unless.map((ws) => ws.map((w) => w.replace(/(\p{L})\1+/gu, '$1'))) }));
+  return c;
+}
+
+/** Letters of a term that the collapsed reading may find: a refusing rule's, six letters or more, none doubled ("batman", not "hello kitty" or "anna"). */
+const MIN_COLLAPSED_TERM_LETTERS = 6;
+function collapsedReadingFits(t: { rule: { action: string }; words: string[] }): boolean {
+  const letters = t.words.join('');
+  return t.rule.action === 'refuse' && [...letters].length >= MIN_COLLAPSED_TERM_LETTERS && !/(\p{L})\1/u.test(letters);
+}
+
 /** Digits and symbols that stand for the letter they resemble inside a word ("p1kachu", "b4tman", "pik@chu"). */
 const LEET_LETTERS: Readonly<Record<string, string>> = { 0: 'o', 3: 'e', 4: 'a', 5: 's', 7: 't', 8: 'b', 9: 'g', '@': 'a', $: 's', '!': 'i' };
 
@@ -605,10 +631,12 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         // ASCII look-alikes ("PlKACHU", "he||o") are read in the form as written only (with leetspeak
         // on top): each added form costs a pass over the prompt.
         const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel)), ...asciiLookalikeForms(text).map(cleanClipText)];
-        const phrases = [...forms, ...forms.flatMap(leetForms)]
-          .flatMap((t) => t.split(PHRASE_BREAK))
-          .flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
-        for (const phrase of new Set(phrases)) {
+        const toPhrases = (texts: string[]) => texts.flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
+        const phrases = new Set(toPhrases([...forms, ...forms.flatMap(leetForms)]));
+        // Doubled letters collapsed ("pikaachu"): a weaker reading, held to long names that double no letter.
+        const collapsed = toPhrases(collapsedLetterForms(cleanClipText(text))).filter((p) => !phrases.has(p));
+        for (const phrase of [...phrases, ...new Set(collapsed)]) {
+          const weak = !phrases.has(phrase);
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           for (let i = 0; i < words.length; i++) {
             let joined = '';
@@ -635,7 +663,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
                     spanWords === 1 ||
                     (spelled && t.rule.action === 'refuse') ||
                     (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
-                  if (same && !excepted(t, words, i, j)) hit(t);
+                  if (same && (!weak || collapsedReadingFits(t)) && !excepted(weak ? withCollapsedUnless(t) : t, words, i, j)) hit(t);
                 }
               }
               joined += words[j];

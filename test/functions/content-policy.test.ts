@@ -146,6 +146,22 @@ describe('matching', () => {
     }
   });
 
+  it('reads a letter written twice as once, for a refusing rule\'s long name that doubles no letter', () => {
+    for (const text of ['pikaachu plush', 'batmaan logo', 'Supermann flying over a city', 'ttotoro plush']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    // Not for a name that doubles a letter itself, nor a short one, nor a flag: ordinary words stay as written.
+    const policy = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [
+      { id: 'names', category: 'copyright', action: 'refuse', message: 'm', terms: ['anna', 'hello kitty', 'totoro'] },
+      { id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['batman'] },
+    ] }));
+    const hit = (text: string) => policy.screen([{ text, param: 'prompt' }]).map((h) => `${h.action} ${h.rule}`);
+    expect(hit('Ana and her sister')).toEqual([]); // "anna" doubles its n: never collapsed to
+    expect(hit('helo kity backpack')).toEqual([]);
+    expect(hit('batmaan logo')).toEqual([]); // a flag rule: as written only
+    expect(hit('totoroo plush')).toEqual(['refuse names']);
+  });
+
   it('reads small capitals and lower-case Cherokee as the Latin letters they stand for', () => {
     for (const text of ['\u1d18\u026a\u1d0b\u1d00\u1d04\u029c\u1d1c', '\u0299\u1d00\u1d1b\u1d0d\u1d00\u0274 poster', '\uab70arth vader', '\uabb2ikachu']) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']); // ᴘɪᴋᴀᴄʜᴜ, ʙᴀᴛᴍᴀɴ, ꭰ, ꮲ
