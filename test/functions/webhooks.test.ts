@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { sweepQueuedJobs, WEBHOOKS_PER_OWNER_PER_SWEEP } from '../../functions/queued-jobs.ts';
 import { verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import {
@@ -476,6 +476,36 @@ describe('the sweep', () => {
     expect(order).toEqual([]);
     expect(none).toMatchObject({ webhooksFailed: 0 });
     expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}hook/`)).items).toHaveLength(4);
+  });
+
+  it('owed webhooks are taken owner by owner: one owner\'s many to a receiver that never answers do not use up the sweep\'s budget before another owner\'s turn', async () => {
+    // An owner whose id sorts first owes 40 webhooks to a tarpit (each attempt waits out its time);
+    // alice owes one to a receiver that answers.
+    const early = (await h.keys.create({ name: 'early', owner: 'acct_aaaa' })).secret;
+    const app = localApp();
+    const createAndCancel = async (key: string, url: string) => {
+      const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: url }) });
+      const { id } = (await res.json()) as { id: string };
+      expect((await app.request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${key}` } })).status).toBe(200);
+      return id;
+    };
+    for (let i = 0; i < 40; i++) await createAndCancel(early, 'https://tarpit.example/hook');
+    const victim = await createAndCancel(h.alice, 'https://victim.example/hook');
+    const tried: string[] = [];
+    const send = async (r: { url: string }) => {
+      tried.push(r.url);
+      if (r.url.includes('tarpit')) {
+        await new Promise((res) => setTimeout(res, 100));
+        throw new Error('no answer in time');
+      }
+      return 200;
+    };
+    // Budget for about one round of attempts: in key order all of it went to the tarpit's first eight.
+    const report = await sweepQueuedJobs({ ...sweepDeps(), webhooks: { send, signedUrlTtlSec: 600 }, webhookBudgetMs: 150 });
+    expect((await h.jobs.get('acct_alice', victim))!.webhook).toMatchObject({ attempts: 1, delivered_at: expect.any(String) });
+    expect(report.webhooksDelivered).toBe(1);
+    // One owner's turns in one sweep are capped: the rest wait for a later sweep.
+    expect(tried.filter((u) => u.includes('tarpit')).length).toBeLessThanOrEqual(WEBHOOKS_PER_OWNER_PER_SWEEP);
   });
 
   it('a 503 is not announced; the retry that queues the job again owes its webhook afresh, and its end is announced', async () => {
