@@ -33,9 +33,12 @@ for (const [net, bits] of [
   ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
   ['192.0.0.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15], ['224.0.0.0', 4], ['240.0.0.0', 4],
 ] as const) PRIVATE.addSubnet(net, bits, 'ipv4');
-// Also the IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96, 6to4 2002::/16) and the
-// deprecated site-local fec0::/10: none is a legitimate receiver's address.
-for (const [net, bits] of [['::', 96], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8], ['64:ff9b::', 96], ['2002::', 16]] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
+// Also the IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96, NAT64 64:ff9b::/96 and the
+// local-use 64:ff9b:1::/48, 6to4 2002::/16, Teredo 2001::/32), the discard prefix 100::/64, the
+// documentation 2001:db8::/32 and the deprecated site-local fec0::/10: none is a legitimate receiver's address.
+for (const [net, bits] of [
+  ['::', 96], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8], ['64:ff9b::', 96], ['64:ff9b:1::', 48], ['2002::', 16], ['2001::', 32], ['100::', 64], ['2001:db8::', 32],
+] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
 
 const LINK_LOCAL = new BlockList();
 LINK_LOCAL.addSubnet('169.254.0.0', 16, 'ipv4');
@@ -81,7 +84,8 @@ export function checkWebhookUrl(raw: string, policy: WebhookPolicy): URL {
   if (!schemes.includes(url.protocol)) throw new ValidationError(`webhook_url must use ${schemes.join(' or ')}`, 'webhook_url');
   if (url.username || url.password) throw new ValidationError('webhook_url must not carry credentials', 'webhook_url');
   if (url.hash) throw new ValidationError('webhook_url must not have a #fragment', 'webhook_url');
-  const literal = url.hostname.replace(/^\[|\]$/g, '');
+  // A name's trailing dot (the root) names the same host: "localhost." is localhost.
+  const literal = url.hostname.replace(/^\[|\]$/g, '').replace(/\.$/, '');
   if (isIP(literal) !== 0 && isLinkLocalAddress(literal)) throw new ValidationError('webhook_url must not point at a link-local address (the instance metadata service)', 'webhook_url');
   if (!policy.allowPrivate) {
     const host = literal;

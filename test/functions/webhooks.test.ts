@@ -110,6 +110,7 @@ describe('webhook URL policy', () => {
     const policy = { allowPrivate: false };
     expect(checkWebhookUrl('https://hooks.example.com/clipag?x=1', policy).hostname).toBe('hooks.example.com');
     expect(checkWebhookUrl('https://8.8.8.8/h', policy).hostname).toBe('8.8.8.8');
+    expect(checkWebhookUrl('https://[2001:4860:4860::8888]/h', policy).hostname).toBe('[2001:4860:4860::8888]'); // public, beside Teredo's 2001::/32
     for (const bad of [
       'http://hooks.example.com/',
       'ftp://hooks.example.com/',
@@ -121,6 +122,13 @@ describe('webhook URL policy', () => {
       'https://169.254.169.254/latest/meta-data/',
       'https://[::1]/',
       'https://[::ffff:10.0.0.1]/',
+      // A trailing dot names the same host; Teredo, local-use NAT64, the discard and documentation prefixes embed or name no receiver.
+      'https://localhost./',
+      'https://api.localhost./',
+      'https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/',
+      'https://[64:ff9b:1::a00:1]/',
+      'https://[100::1]/',
+      'https://[2001:db8::1]/',
       'not a url',
     ]) {
       expect(() => checkWebhookUrl(bad, policy), bad).toThrow(/webhook_url/);
