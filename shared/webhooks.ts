@@ -109,7 +109,16 @@ function callerError(cause: unknown, url: string): string {
   if (code === PRIVATE_ONLY || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'ENODATA') {
     return `${new URL(url).hostname} does not resolve to a public address`;
   }
-  return cause instanceof Error ? cause.message : String(cause);
+  // Coarse classes, never the socket's or the TLS library's own text (an address and port, a server's
+  // TLS quirks): the record says what went wrong with the caller's receiver without making the
+  // deployment a tool to fingerprint other hosts. The operator's log keeps the detail.
+  const message = cause instanceof Error ? cause.message : String(cause);
+  if (code === 'ECONNREFUSED') return 'connection refused';
+  if (code === 'ECONNRESET' || code === 'EPIPE') return 'connection reset before an answer';
+  if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'host unreachable';
+  if (/^no answer within/.test(message)) return message;
+  if (typeof code === 'string' && /^(ERR_TLS|ERR_SSL|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|ERR_OSSL)/.test(code)) return 'TLS handshake failed (certificate or protocol)';
+  return 'the request failed';
 }
 
 /** A fresh signing secret: `whsec_` and 24 random bytes in base64 (Standard Webhooks). */
