@@ -26,8 +26,6 @@ export const EXPIRY_MARGIN_MS = 60 * 60_000;
 
 /** Markers handled at once by a sweep: bounded, so a backlog of thousands does not open thousands of requests. */
 const SWEEP_CONCURRENCY = 8;
-/** Owed webhooks of one owner a sweep looks at, at most (ownerByOwner). */
-export const WEBHOOKS_PER_OWNER_PER_SWEEP = 16;
 /**
  * How long a sweep keeps starting webhook attempts (each up to 10 s). With the Lambda's 2-minute limit
  * this leaves room for the lost messages, which go first, and for the attempts still out.
@@ -149,10 +147,7 @@ export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
   const isHook = (m: BlobMeta) => parsePendingJobKey(m.key)?.kind === 'hook';
   await forEachLimited(markers.filter((m) => !isHook(m)), SWEEP_CONCURRENCY, (m) => sweepOne(deps, m, report));
   const stopHooksAt = deps.clock().getTime() + (deps.webhookBudgetMs ?? WEBHOOK_BUDGET_MS);
-  const { turns, deferred } = ownerByOwner(markers.filter(isHook), WEBHOOKS_PER_OWNER_PER_SWEEP, Math.floor(deps.clock().getTime() / 1000));
-  report.scanned += deferred;
-  report.kept += deferred;
-  await forEachLimited(turns, SWEEP_CONCURRENCY, async (m) => {
+  await forEachLimited(ownerByOwner(markers.filter(isHook)), SWEEP_CONCURRENCY, async (m) => {
     if (deps.clock().getTime() >= stopHooksAt) {
       report.scanned++;
       report.kept++;
@@ -164,13 +159,11 @@ export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
 }
 
 /**
- * Webhook markers taken owner by owner (one of each owner's, then the next of each, …), at most
- * `perOwner` of one owner's in a sweep: the sweep's time budget is shared, and in key order one
- * owner's many webhooks to a receiver that never answers (each attempt waits its 10 s) would use it
- * up before any other owner's turn. The rest wait for a later sweep (`deferred`); each sweep starts
- * an owner's list at another place (`rotation`), so the same ones do not take every turn.
+ * Webhook markers taken owner by owner: one of each owner's, then the next of each, and so on. The
+ * sweep's time budget is shared, and in key order one owner's many webhooks to a receiver that never
+ * answers (each attempt waits its 10 s) would use it up before any other owner's turn.
  */
-function ownerByOwner(markers: readonly BlobMeta[], perOwner: number, rotation: number): { turns: BlobMeta[]; deferred: number } {
+function ownerByOwner(markers: readonly BlobMeta[]): BlobMeta[] {
   const byOwner = new Map<string, BlobMeta[]>();
   for (const m of markers) {
     const owner = parsePendingJobKey(m.key)?.owner ?? '';
@@ -179,10 +172,11 @@ function ownerByOwner(markers: readonly BlobMeta[], perOwner: number, rotation: 
     else byOwner.set(owner, [m]);
   }
   const turns: BlobMeta[] = [];
-  for (let round = 0; round < perOwner; round++) {
-    for (const list of byOwner.values()) if (round < list.length) turns.push(list[(round + rotation) % list.length]!);
+  const lists = [...byOwner.values()];
+  for (let round = 0; turns.length < markers.length; round++) {
+    for (const list of lists) if (round < list.length) turns.push(list[round]!);
   }
-  return { turns, deferred: markers.length - turns.length };
+  return turns;
 }
 
 async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport): Promise<void> {

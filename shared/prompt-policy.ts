@@ -355,6 +355,9 @@ function asciiLookalikeForms(text: string): string[] {
   return read === text ? [] : [read];
 }
 
+/** Fewest letters of a word the collapsed reading changes, and of a term it may find. */
+const MIN_COLLAPSED_TERM_LETTERS = 6;
+
 /**
  * The prompt with each letter written twice or more in a row inside a word written once ("pikaachu",
  * "batmaan"): an added form, empty when nothing changes. Matched only against the terms
@@ -362,7 +365,12 @@ function asciiLookalikeForms(text: string): string[] {
  */
 function collapsedLetterForms(text: string): string[] {
   if (!/(\p{L})\1/u.test(text)) return [];
-  const read = text.replace(/(\p{L})\1+/gu, '$1');
+  // Only a word that keeps six letters or more once collapsed: a short word doubling a letter is an
+  // ordinary word far more often than a disguise ("mousse", "Supper", "Tonny", "Nikke").
+  const read = text.replace(/\p{L}+/gu, (word) => {
+    const once = word.replace(/(\p{L})\1+/gu, '$1');
+    return [...once].length >= MIN_COLLAPSED_TERM_LETTERS ? once : word;
+  });
   return read === text ? [] : [read];
 }
 
@@ -375,7 +383,6 @@ function withCollapsedUnless<T extends { unless: string[][] }>(t: T): T {
 }
 
 /** Letters of a term that the collapsed reading may find: a refusing rule's, six letters or more, none doubled ("batman", not "hello kitty" or "anna"). */
-const MIN_COLLAPSED_TERM_LETTERS = 6;
 function collapsedReadingFits(t: { rule: { action: string }; words: string[] }): boolean {
   const letters = t.words.join('');
   return t.rule.action === 'refuse' && [...letters].length >= MIN_COLLAPSED_TERM_LETTERS && !/(\p{L})\1/u.test(letters);
@@ -670,6 +677,9 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               if (!keyPrefixes.has(joined)) break;
             }
             const run = words[i]!;
+            // The collapsed reading is for whole words only: a script written without spaces repeats
+            // characters as grammar, and a name inside a longer word is a reading of its own.
+            if (weak) continue;
             if (inside.size > 0 && NO_SPACE_SCRIPT.test(run)) {
               let at = 0;
               for (const ch of run) {

@@ -113,11 +113,14 @@ function callerError(cause: unknown, url: string): string {
   // TLS quirks): the record says what went wrong with the caller's receiver without making the
   // deployment a tool to fingerprint other hosts. The operator's log keeps the detail.
   const message = cause instanceof Error ? cause.message : String(cause);
+  // The URL's own check, made again at send time (a rule tightened since the job was made): its
+  // message is about the caller's URL, and says what to change.
+  if (cause instanceof ValidationError) return message;
   if (code === 'ECONNREFUSED') return 'connection refused';
   if (code === 'ECONNRESET' || code === 'EPIPE') return 'connection reset before an answer';
   if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'host unreachable';
   if (/^no answer within/.test(message)) return message;
-  if (typeof code === 'string' && /^(ERR_TLS|ERR_SSL|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|ERR_OSSL)/.test(code)) return 'TLS handshake failed (certificate or protocol)';
+  if (typeof code === 'string' && /^(EPROTO$|ERR_TLS|ERR_SSL|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|ERR_OSSL)/.test(code)) return 'TLS handshake failed (certificate or protocol; https to a plain-http port?)';
   return 'the request failed';
 }
 

@@ -160,6 +160,16 @@ describe('matching', () => {
     expect(hit('helo kity backpack')).toEqual([]);
     expect(hit('batmaan logo')).toEqual([]); // a flag rule: as written only
     expect(hit('totoroo plush')).toEqual(['refuse names']);
+    // Only a word that keeps six letters collapsed: ordinary short words doubling a letter stay as written.
+    for (const text of ["a bowl of Mickey's mousse", 'micky mousse cake', 'Supper Mario', 'Tonny Stark', 'Nikke logo']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+    // Never inside a longer word, nor in a script written without spaces (which repeats characters as grammar): there the unless phrases as written decide.
+    const inside = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [
+      { id: 'brands', category: 'trademark', action: 'refuse', message: 'm', terms: ['宝马'], unless: ['宝宝马桶'] },
+      { id: 'chars', category: 'copyright', action: 'refuse', message: 'm', terms: ['superman'], unless: ['supermannschaft'], inside_words: true },
+    ] }));
+    for (const text of ['宝宝马桶', 'die Supermannschaft gewinnt']) expect(inside.screen([{ text, param: 'prompt' }]), text).toEqual([]);
   });
 
   it('reads small capitals and lower-case Cherokee as the Latin letters they stand for', () => {
