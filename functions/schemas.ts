@@ -41,7 +41,7 @@ export const GenerationList = z
   .object({ object: z.literal('list'), data: z.array(GenerationView), next_cursor: z.string().nullable() })
   .openapi('GenerationList');
 
-const LIMIT_RULE = 'limit must be a whole number from 1 to 100';
+export const LIMIT_RULE = 'limit must be a whole number from 1 to 100';
 
 export const ListQuery = z.object({
   limit: z.coerce

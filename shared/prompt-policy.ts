@@ -303,7 +303,7 @@ const REGIONAL_INDICATORS = /[\u{1f1e6}-\u{1f1ff}]{2,}/gu;
  */
 function flagRows(text: string): string {
   return text.replace(REGIONAL_INDICATORS, (run) => {
-    const letters = [...run].map((c) => String.fromCharCode(65 + c.codePointAt(0)! - 0x1f1e6)).join('');
+    const letters = [...run].map((c) => enclosedLetter(c)!).join('');
     if (letters.length % 2 !== 0) return run;
     const pairs = letters.match(/../g)!;
     // Spaces between the flags only: letters glued to the row stay glued to its last or first flag
@@ -357,6 +357,9 @@ function asciiLookalikeForms(text: string): string[] {
 
 /** Fewest letters of a word the collapsed reading changes, and of a term it may find. */
 const MIN_COLLAPSED_TERM_LETTERS = 6;
+const DOUBLED_LETTER = /(\p{L})\1/u;
+/** Each letter written twice or more in a row, written once. */
+const collapseDoubled = (word: string) => word.replace(/(\p{L})\1+/gu, '$1');
 
 /**
  * The prompt with each letter written twice or more in a row inside a word written once ("pikaachu",
@@ -364,11 +367,11 @@ const MIN_COLLAPSED_TERM_LETTERS = 6;
  * collapsedReadingFits allows, since collapsing also turns ordinary names into others ("Anna" into "Ana").
  */
 function collapsedLetterForms(text: string): string[] {
-  if (!/(\p{L})\1/u.test(text)) return [];
+  if (!DOUBLED_LETTER.test(text)) return [];
   // Only a word that keeps six letters or more once collapsed: a short word doubling a letter is an
   // ordinary word far more often than a disguise ("mousse", "Supper", "Tonny", "Nikke").
   const read = text.replace(/\p{L}+/gu, (word) => {
-    const once = word.replace(/(\p{L})\1+/gu, '$1');
+    const once = collapseDoubled(word);
     return [...once].length >= MIN_COLLAPSED_TERM_LETTERS ? once : word;
   });
   return read === text ? [] : [read];
@@ -378,14 +381,14 @@ const collapsedUnless = new WeakMap<object, object>();
 /** The term with its unless phrases read as the collapsed form reads the prompt ("minions of doom" is "minions of dom" there). */
 function withCollapsedUnless<T extends { unless: string[][] }>(t: T): T {
   let c = collapsedUnless.get(t) as T | undefined;
-  if (!c) collapsedUnless.set(t, (c = { ...t, unless: t.unless.map((ws) => ws.map((w) => w.replace(/(\p{L})\1+/gu, '$1'))) }));
+  if (!c) collapsedUnless.set(t, (c = { ...t, unless: t.unless.map((ws) => ws.map(collapseDoubled)) }));
   return c;
 }
 
 /** Letters of a term that the collapsed reading may find: a refusing rule's, six letters or more, none doubled ("batman", not "hello kitty" or "anna"). */
 function collapsedReadingFits(t: { rule: { action: string }; words: string[] }): boolean {
   const letters = t.words.join('');
-  return t.rule.action === 'refuse' && [...letters].length >= MIN_COLLAPSED_TERM_LETTERS && !/(\p{L})\1/u.test(letters);
+  return t.rule.action === 'refuse' && [...letters].length >= MIN_COLLAPSED_TERM_LETTERS && !DOUBLED_LETTER.test(letters);
 }
 
 /** Digits and symbols that stand for the letter they resemble inside a word ("p1kachu", "b4tman", "pik@chu"). */
@@ -652,10 +655,12 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
             let singles = 0;
             let longer = 0;
             let switches = 0;
+            let previous: boolean | undefined;
             for (let j = i; j < Math.min(words.length, i + MAX_SPAN_WORDS); j++) {
               const spanWords = j - i + 1;
               const single = words[j]!.length === 1 && LATIN_LIKE.test(words[j]!);
-              if (j > i && single !== (words[j - 1]!.length === 1 && LATIN_LIKE.test(words[j - 1]!))) switches++;
+              if (previous !== undefined && single !== previous) switches++;
+              previous = single;
               if (single) singles++;
               else longer++;
               // Its letters spelled out one by one, all of them or from one point on or up to one point

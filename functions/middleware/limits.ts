@@ -1,6 +1,7 @@
 import type { MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { PayloadTooLargeError } from '../../shared/errors.ts';
+import { LIMIT_RULE } from '../schemas.ts';
 import type { AppEnv } from '../types.ts';
 import { HttpError, errorResponse } from './errors.ts';
 
@@ -64,7 +65,7 @@ export function strictListQuery(): MiddlewareHandler<AppEnv> {
         if (values.length > 1) throw new HttpError(400, 'validation_error', `${name} is given ${values.length} times; give it once`, name);
       }
       const limit = c.req.query('limit');
-      if (limit !== undefined && !/^[0-9]+$/.test(limit)) throw new HttpError(400, 'validation_error', 'limit must be a whole number from 1 to 100 (decimal digits only)', 'limit');
+      if (limit !== undefined && !/^[0-9]+$/.test(limit)) throw new HttpError(400, 'validation_error', `${LIMIT_RULE} (decimal digits only)`, 'limit');
     }
     await next();
   };

@@ -647,7 +647,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       try {
         await markPending(blobs, 'outputs', msg.owner, msg.job_id);
         const now = await jobs.get(msg.owner, msg.job_id);
-        if (now && isTerminal(now.status)) await removeOrphans(now);
+        if (now) await removeOrphans(now); // a record still queued or running is left alone
       } catch (error) {
         log.warn('stored images of a superseded attempt not re-marked; the lifecycle rule removes them', { jobId: msg.job_id, owner: msg.owner, error: describe(error) });
       }
@@ -957,15 +957,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // After the end: the record names these images now, or the job ended another way while they were
       // being stored (a cancel, the sweep's expiry), and whoever ended it may have removed its images
       // before these landed: they go now.
-      const settleImages = async () => (isTerminal(done.status) ? removeOrphans(done) : undefined);
       if (ours && !(await settleUsage(m, msg, done, lease))) {
         await recordSample();
-        await settleImages();
+        await removeOrphans(done);
         return finish(msg, allWithheld ? 'failed' : 'succeeded', ended);
       }
       await lease.release();
       await ack(m, ours ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);
-      await settleImages();
+      await removeOrphans(done);
       if (ours) await recordSample();
       return finish(msg, !ours ? 'skipped' : allWithheld ? 'failed' : 'succeeded', ended);
     } catch (error) {
