@@ -5,12 +5,14 @@ import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
 import { bodySizeLimit, requireJson, strictListQuery } from './middleware/limits.ts';
 import { noStore } from './middleware/cache.ts';
+import { rateLimit } from './middleware/rate-limit.ts';
 import { requestId } from './middleware/request-id.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
 import { registerUploadRoutes } from './routes/uploads.ts';
 import { registerUsageRoutes } from './routes/usage.ts';
 import { ErrorEnvelope } from '../shared/schemas/error.ts';
+import { SlidingWindowRateLimiter } from '../shared/rate-limit.ts';
 import { GenerationEvent } from '../shared/schemas/view.ts';
 import { jsonLineLog } from './log.ts';
 import type { AppDeps, AppEnv } from './types.ts';
@@ -101,6 +103,10 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('/v1/*', noStore());
   app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   app.use('/v1/*', auth(deps.keys));
+  const perMinute = deps.limits.rateLimitPerMin ?? 0;
+  if (deps.rateCounter && perMinute > 0) {
+    app.use('/v1/*', rateLimit(new SlidingWindowRateLimiter(deps.rateCounter, { limit: perMinute, windowSec: 60, name: 'requests' }), { clock, log }));
+  }
   app.use('/v1/generations', requireJson());
   app.use('/v1/generations', strictListQuery());
   app.use('/v1/uploads', requireJson());

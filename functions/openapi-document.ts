@@ -2,6 +2,8 @@
 // headers that middleware and the AWS gateway give any route, which the routes' own declarations
 // (typed for their handlers) leave out.
 
+import { rateLimitFields } from './routes/common.ts';
+
 type Json = Record<string, any>;
 
 const REQUEST_ID_HEADER = {
@@ -39,12 +41,19 @@ export function withSharedResponses(doc: Json): Json {
     for (const [method, op] of Object.entries<Json>(item)) {
       if (!['get', 'post', 'put', 'patch', 'delete'].includes(method)) continue;
       const responses: Json = (op.responses ??= {});
-      // The gateway's throttle stands before every route.
+      // The gateway's throttle stands before every route; the per-account limit before every /v1 route.
+      const v1 = path.startsWith('/v1/');
       responses[429] = responses[429]
         ? { ...responses[429], description: `${responses[429].description}. Also the gateway's throttle (GatewayError), on any route`, content: ERROR_OR_GATEWAY }
-        : { description: "The gateway's throttle (GatewayError; AWS only): retry with back-off", content: ERROR_OR_GATEWAY };
+        : v1
+          ? {
+              description: "rate_limited: over the account's requests per minute (see the RateLimit fields); retry after Retry-After seconds. Also the gateway's throttle (GatewayError; AWS only): retry with back-off",
+              headers: { 'Retry-After': { description: 'Seconds to wait before retrying (absent on a GatewayError)', schema: { type: 'integer', minimum: 0 } } },
+              content: ERROR_OR_GATEWAY,
+            }
+          : { description: "The gateway's throttle (GatewayError; AWS only): retry with back-off", content: ERROR_OR_GATEWAY };
       if (responses[503]) responses[503] = { ...responses[503], description: `${responses[503].description}. Also a request that outlived the function (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
-      if (path.startsWith('/v1/')) {
+      if (v1) {
         if (responses[401]) {
           responses[401].headers = { ...responses[401].headers, 'WWW-Authenticate': { description: 'Bearer realm="clipag"', required: true, schema: { type: 'string' } } };
         }
@@ -58,6 +67,8 @@ export function withSharedResponses(doc: Json): Json {
         // The gateway's own answers come without it (a GatewayError; its 413 for a body over 10 MB): required only where the app alone answers.
         const orGateway = response.content === ERROR_OR_GATEWAY || status === '413';
         response.headers = { 'X-Request-Id': orGateway ? { ...REQUEST_ID_HEADER, required: false, description: `${REQUEST_ID_HEADER.description}; absent on a GatewayError` } : REQUEST_ID_HEADER, ...response.headers };
+        // Where the deployment limits requests per account; not on a 401 (no account yet) nor a 413 (refused before the key is read).
+        if (v1 && status !== '401' && status !== '413') response.headers = { ...response.headers, ...rateLimitFields };
       }
     }
   }

@@ -1,6 +1,6 @@
 import type { z } from '@hono/zod-openapi';
 import type { ApiKeyRecord } from '../shared/schemas/apikey.ts';
-import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
+import type { BlobStore, JobQueue, JobStore, RateCounter } from '../shared/ports.ts';
 import type { ModelInfo } from './schemas.ts';
 import type { PromptPolicy } from '../shared/prompt-policy.ts';
 
@@ -30,6 +30,8 @@ export interface AppLimits {
   maxActiveJobs?: number;
   /** The longest `Prefer: wait` honoured, seconds (default 0: not honoured). */
   maxWaitSec?: number;
+  /** Requests one account may make per minute, sliding window (ADR 0026); needs `rateCounter`. 0 or unset: no limit. */
+  rateLimitPerMin?: number;
 }
 
 export interface AppLogEntry {
@@ -44,6 +46,8 @@ export interface AppDeps {
   queue: JobQueue;
   jobs: JobStore;
   keys: ApiKeyVerifier;
+  /** Where the per-account request counts live (`limits.rateLimitPerMin`); unset: no per-account limit. */
+  rateCounter?: RateCounter;
   /**
    * The content policy an owner's requests are checked by (default: the shipped DEFAULT_PROMPT_POLICY
    * for all). `policyFromStore` reads the owner's own document, else the deployment's (ADR 0015, 0018).

@@ -57,6 +57,12 @@ const Common = {
   outputRetentionDays: z.coerce.number().int().min(1).max(3650).optional(),
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
   workerHourlyUsd: z.coerce.number().min(0).max(1000).optional(),
+  /**
+   * API requests one account may make per minute (a sliding window; the next is a 429 rate_limited,
+   * ADR 0026). 0: no per-account limit. Local mode counts in the server's memory; AWS mode in the
+   * DynamoDB table CLIPAG_RATE_TABLE.
+   */
+  rateLimitPerMin: intIn(0, 1_000_000, 0),
 };
 
 const LocalConfig = z.object({
@@ -95,7 +101,15 @@ const AwsConfig = z.object({
   ecsAgentUri: httpUrl.optional(),
   /** A retryable job failure's message comes back after this × its receive count (s), so it may land on another worker. */
   retryDelaySec: intIn(0, 900, 30),
+  /** The DynamoDB table of the per-account request counts (the CDK's StatefulStack); required when CLIPAG_RATE_LIMIT_PER_MIN > 0. */
+  rateTable: z.string().regex(/^[A-Za-z0-9_.-]{3,255}$/, 'must be a DynamoDB table name').optional(),
+  /** Only for a DynamoDB stand-in in tests; unset in real deployments. */
+  dynamodbEndpoint: httpUrl.optional(),
   ...Common,
+}).refine((c) => c.rateLimitPerMin === 0 || c.rateTable !== undefined, {
+  // Counting in one Lambda's memory would let every concurrent instance through at the full limit.
+  path: ['rateTable'],
+  message: 'is required when CLIPAG_RATE_LIMIT_PER_MIN is above 0 (the counts live in DynamoDB)',
 }).refine((c) => c.jobTimeoutSec + c.visibilityTimeoutSec <= 43_200, {
   // SQS keeps a received message hidden for at most 12 h in all; an extend past that is refused, and
   // the worker would take the refusal for a lost lease and abort the job.
@@ -145,6 +159,9 @@ export const ENV_VARS = {
   CLIPAG_MAX_ACTIVE_JOBS: 'maxActiveJobs',
   CLIPAG_MAX_WAIT_SEC: 'maxWaitSec',
   CLIPAG_DISABLE_PREPACKING: 'disablePrepacking',
+  CLIPAG_RATE_LIMIT_PER_MIN: 'rateLimitPerMin',
+  CLIPAG_RATE_TABLE: 'rateTable',
+  CLIPAG_DYNAMODB_ENDPOINT: 'dynamodbEndpoint',
 } as const satisfies Record<string, string>;
 
 const FIELD_TO_ENV: Record<string, string> = Object.fromEntries(Object.entries(ENV_VARS).map(([env, field]) => [field, env]));
@@ -169,7 +186,7 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>): 
     const field = String(issue.path[0] ?? 'mode');
     const envName = FIELD_TO_ENV[field] ?? field;
     const shown = field === 'signingSecret' ? '' : input[field] !== undefined ? ` (got ${JSON.stringify(input[field])})` : ' (not set)';
-    const message = input[field] === undefined ? 'is required' : issue.message;
+    const message = input[field] === undefined && issue.code !== 'custom' ? 'is required' : issue.message;
     return `${envName}: ${message}${shown}`;
   });
   throw new ConfigError(problems);

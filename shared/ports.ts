@@ -144,3 +144,21 @@ export interface JobStore {
   update(owner: string, id: string, mutate: JobMutation, options?: UpdateOptions): Promise<JobRecord>;
   listByOwner(owner: string, options?: { limit?: number; cursor?: string }): Promise<JobPage>;
 }
+
+// ---------------------------------------------------------------- RateCounter
+
+/**
+ * Counts per key and numbered time window, for the API's per-account request limit
+ * (shared/rate-limit.ts holds the sliding-window arithmetic; adapters only count). Entries are
+ * ephemeral: a store may drop one once its `expiresAtSec` has passed.
+ */
+export interface RateCounter {
+  /** The count of `key` in `window`; 0 when there is none. */
+  get(key: string, window: number): Promise<number>;
+  /**
+   * Adds one to `key`'s count in `window` unless that count is already `ceiling` or more, atomically
+   * (concurrent callers never push it past `ceiling`). Returns the new count, or `null` when nothing
+   * was added.
+   */
+  addBelow(key: string, window: number, ceiling: number, expiresAtSec: number): Promise<number | null>;
+}

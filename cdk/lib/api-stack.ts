@@ -1,6 +1,7 @@
 import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
@@ -11,13 +12,15 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { BUCKET_PREFIXES, ENV, type StageConfig } from './config.ts';
-import { grantListBucket, grantPrefix, grantSend } from './grants.ts';
+import { grantListBucket, grantPrefix, grantRateCounting, grantSend } from './grants.ts';
 import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT, shippedModelInputSize, SWEEP_LAMBDA_ENTRY } from './paths.ts';
 
 export interface ApiStackProps extends StackProps {
   readonly config: StageConfig;
   readonly bucket: s3.IBucket;
   readonly queue: sqs.IQueue;
+  /** The per-account request counters of the rate limit (the Stateful stack's table); the handler only. */
+  readonly rateCounters: dynamodb.ITableV2;
   /** Handler source; default functions/lambda.ts. Tests point it at a stub (bundling is skipped there). */
   readonly entry?: string;
   /** The queued-job sweep's source; default functions/sweep-lambda.ts. */
@@ -40,9 +43,9 @@ const BUNDLING: nodejs.BundlingOptions = {
 /**
  * The public API: one Lambda running the Hono app behind an HTTP API. HTTP API rather than
  * REST API: about a third of the price per request, lower latency, and stage-level
- * throttling is all the product needs (per-key limits live in the app). Beside it, on a
- * schedule, the queued-job sweep: a job whose message was lost between its create and its send
- * gets it again (ADR 0012).
+ * throttling is all the product needs (per-account limits live in the app, the request counts in
+ * the Stateful stack's DynamoDB table). Beside it, on a schedule, the queued-job sweep: a job whose
+ * message was lost between its create and its send gets it again (ADR 0012).
  */
 export class ApiStack extends Stack {
   readonly handler: nodejs.NodejsFunction;
@@ -53,7 +56,7 @@ export class ApiStack extends Stack {
 
   constructor(scope: Construct, id: string, props: ApiStackProps) {
     super(scope, id, props);
-    const { config, bucket, queue } = props;
+    const { config, bucket, queue, rateCounters } = props;
 
     const logGroup = new logs.LogGroup(this, 'HandlerLogs', {
       retention: config.logRetentionDays as logs.RetentionDays,
@@ -91,7 +94,12 @@ export class ApiStack extends Stack {
       logGroup,
       tracing: lambda.Tracing.DISABLED,
       bundling: BUNDLING,
-      environment,
+      // The rate limit is the handler's alone: the sweep serves no requests and may not touch the table.
+      environment: {
+        ...environment,
+        [ENV.rateTable]: rateCounters.tableName,
+        [ENV.rateLimitPerMin]: String(config.rateLimitPerMinute),
+      },
     });
 
     // Least privilege, per prefix. The API creates and updates job records (cancel,
@@ -110,6 +118,7 @@ export class ApiStack extends Stack {
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.config, ['read']);
     grantListBucket(this.handler, bucket);
     grantSend(this.handler, queue);
+    grantRateCounting(this.handler, rateCounters);
 
     const sweeperLogs = (this.sweeperLogGroup = new logs.LogGroup(this, 'QueuedJobSweeperLogs', {
       retention: config.logRetentionDays as logs.RetentionDays,

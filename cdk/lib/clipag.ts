@@ -28,7 +28,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
 
   const stateful = new StatefulStack(app, `${prefix}-Stateful`, {
     ...base,
-    description: `clipag ${config.stage}: bucket, job queue and DLQ (retained on delete)`,
+    description: `clipag ${config.stage}: bucket, job queue and DLQ (retained on delete), rate-limit counters`,
     terminationProtection: config.stage === 'prod',
     config,
   });
@@ -38,6 +38,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
     config,
     bucket: stateful.bucket,
     queue: stateful.queue,
+    rateCounters: stateful.rateCounters,
     entry: options.lambdaEntry,
     sweepEntry: options.lambdaEntry,
   });

@@ -39,6 +39,11 @@ export interface StageConfig {
   // ---- API -----------------------------------------------------------------
   readonly apiThrottleRatePerSecond: number;
   readonly apiThrottleBurst: number;
+  /**
+   * Requests one account may make per minute, over a sliding window (the API's
+   * CLIPAG_RATE_LIMIT_PER_MIN, counted in the Stateful stack's rate-counter table); 0 turns the limit off.
+   */
+  readonly rateLimitPerMinute: number;
   readonly lambdaMemoryMiB: number;
   readonly lambdaTimeoutSeconds: number;
   /** How often the queued-job sweep runs (re-sends the message of a job queued over 5 min and never started). */
@@ -94,6 +99,7 @@ const dev: StageConfig = {
   maxActiveJobsPerAccount: 100,
   apiThrottleRatePerSecond: 10,
   apiThrottleBurst: 20,
+  rateLimitPerMinute: 300,
   lambdaMemoryMiB: 512,
   lambdaTimeoutSeconds: 15,
   queuedJobSweepMinutes: 2,
@@ -122,6 +128,7 @@ const prod: StageConfig = {
   outputRetentionDays: 30,
   apiThrottleRatePerSecond: 50,
   apiThrottleBurst: 100,
+  rateLimitPerMinute: 600,
   // On-demand by default in prod: a Spot reclaim costs a customer's job a restart.
   useSpot: false,
   maxInstances: 8,
@@ -197,6 +204,8 @@ function validate(cfg: StageConfig): void {
   // A received message stays hidden for at most 12 h: the run and one timeout after it must fit (ADR 0023).
   if (cfg.jobTimeoutSeconds + cfg.visibilityTimeoutSeconds > 43_200) problems.push('jobTimeoutSeconds + visibilityTimeoutSeconds must be <= 43200 (SQS hides a message for at most 12 h)');
   if (cfg.maxActiveJobsPerAccount > 1000) problems.push('maxActiveJobsPerAccount must be <= 1000');
+  // 0 is allowed (no limit), so it is not one of the positive integers above.
+  if (!(Number.isInteger(cfg.rateLimitPerMinute) && cfg.rateLimitPerMinute >= 0 && cfg.rateLimitPerMinute <= 1_000_000)) problems.push('rateLimitPerMinute must be an integer in [0, 1000000] (0 turns the limit off)');
   if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
   // The sweep's invocations are dropped once the next is due (maxEventAge), which Lambda allows up to 6 h.
   if (cfg.queuedJobSweepMinutes > 360) problems.push('queuedJobSweepMinutes must be <= 360 (a sweep every 6 h at least)');
@@ -264,6 +273,10 @@ export const ENV = {
   defaultModel: 'CLIPAG_DEFAULT_MODEL',
   /** Its input size when it ships in the worker image (the API cannot read the image). */
   defaultModelInputSize: 'CLIPAG_DEFAULT_MODEL_INPUT_SIZE',
+  /** API: the DynamoDB table that holds the per-account request counts of the rate limit. */
+  rateTable: 'CLIPAG_RATE_TABLE',
+  /** API: requests per account per minute over a sliding window (rateLimitPerMinute; 0: no limit). */
+  rateLimitPerMin: 'CLIPAG_RATE_LIMIT_PER_MIN',
   region: 'AWS_REGION',
 } as const;
 

@@ -1,3 +1,4 @@
+import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
@@ -42,6 +43,20 @@ export function grantListBucket(grantee: iam.IGrantable, bucket: s3.IBucket): vo
     new iam.PolicyStatement({
       actions: ['s3:ListBucket'],
       resources: [bucket.bucketArn],
+    }),
+  );
+}
+
+/**
+ * The rate limit's read and counter update on the table itself: `table.grantReadWriteData` would add
+ * queries, scans, batch and transactional writes, deletes and the index ARNs, none of which a
+ * counter needs.
+ */
+export function grantRateCounting(grantee: iam.IGrantable, table: dynamodb.ITableV2): void {
+  grantee.grantPrincipal.addToPrincipalPolicy(
+    new iam.PolicyStatement({
+      actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'],
+      resources: [table.tableArn],
     }),
   );
 }

@@ -1,4 +1,5 @@
 import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
@@ -11,23 +12,28 @@ export interface StatefulStackProps extends StackProps {
 /**
  * Logical IDs of the stateful resources, fixed by hand. A construct-tree refactor would
  * otherwise change the generated IDs and make CloudFormation replace the bucket (data
- * loss) or the queues (in-flight jobs lost). The tests pin these exact values.
+ * loss) or the queues (in-flight jobs lost). The rate-counter table holds only a minute of
+ * counts, but a replacement would still change its name under the API stack that reads it. The
+ * tests pin these exact values.
  */
 export const STATEFUL_LOGICAL_IDS = {
   bucket: 'ClipagBucket',
   queue: 'ClipagJobQueue',
   deadLetterQueue: 'ClipagJobDeadLetterQueue',
+  rateCounters: 'ClipagRateCounters',
 } as const;
 
 /**
- * Everything that holds data: the bucket (jobs, outputs, uploads, models, API keys) and the
- * job queue with its DLQ. Kept apart from the compute stacks so those can be destroyed and
- * redeployed freely.
+ * Everything that holds data: the bucket (jobs, outputs, uploads, models, API keys), the
+ * job queue with its DLQ, and the API's per-account request counters. Kept apart from the
+ * compute stacks so those can be destroyed and redeployed freely.
  */
 export class StatefulStack extends Stack {
   readonly bucket: s3.Bucket;
   readonly queue: sqs.Queue;
   readonly deadLetterQueue: sqs.Queue;
+  /** The API's sliding-window request counts per account (CLIPAG_RATE_TABLE). */
+  readonly rateCounters: dynamodb.TableV2;
 
   constructor(scope: Construct, id: string, props: StatefulStackProps) {
     super(scope, id, props);
@@ -108,9 +114,28 @@ export class StatefulStack extends Stack {
     });
     (this.queue.node.defaultChild as sqs.CfnQueue).overrideLogicalId(STATEFUL_LOGICAL_IDS.queue);
 
+    // TableV2 (AWS::DynamoDB::GlobalTable), CDK's current recommendation: moving from Table later would replace it.
+    this.rateCounters = new dynamodb.TableV2(this, 'RateCounters', {
+      // The API's own key per account and window; no sort key.
+      partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
+      // Traffic follows API requests, spiky and mostly idle: no capacity to size or pay for while idle.
+      billing: dynamodb.Billing.onDemand(),
+      // Epoch seconds the API sets on each item: DynamoDB drops past windows by itself, at no cost.
+      timeToLiveAttribute: 'expires_at',
+      // An AWS-owned key (the default, said here): no KMS key to grant the API or pay for per request.
+      encryption: dynamodb.TableEncryptionV2.dynamoOwnedKey(),
+      // The counts are ephemeral: losing them loses at most a minute of counting, so no backups and
+      // no retention. Deleting the stack (or replacing the table) just restarts every window.
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: false },
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    (this.rateCounters.node.defaultChild as dynamodb.CfnGlobalTable).overrideLogicalId(STATEFUL_LOGICAL_IDS.rateCounters);
+
     // What the operator CLI (`clipag keys`, `usage`, `policy`, `dlq`) needs in its environment.
     new CfnOutput(this, 'BucketName', { value: this.bucket.bucketName, description: 'CLIPAG_BUCKET' });
     new CfnOutput(this, 'QueueUrl', { value: this.queue.queueUrl, description: 'CLIPAG_QUEUE_URL' });
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: this.deadLetterQueue.queueUrl, description: 'CLIPAG_DLQ_URL' });
+    // Not one the CLI needs: the API Lambda's table, named for an operator who looks at an account's counts.
+    new CfnOutput(this, 'RateTableName', { value: this.rateCounters.tableName, description: 'CLIPAG_RATE_TABLE' });
   }
 }

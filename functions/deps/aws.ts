@@ -1,4 +1,4 @@
-import { awsStores } from '../../shared/adapters/stores.ts';
+import { awsRateCounter, awsStores } from '../../shared/adapters/stores.ts';
 import { parseConfig, type AwsConfig } from '../../shared/config.ts';
 import { ConfigError } from '../../shared/errors.ts';
 import type { AppDeps } from '../types.ts';
@@ -15,6 +15,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
     queue,
     jobs,
     keys,
+    rateCounter: awsRateCounter(config),
     promptPolicy: policyFromStore(blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
     models: modelsFromBucket(blobs, config.defaultModel, { defaultInputSize: config.defaultModelInputSize }),
     limits: {
@@ -25,6 +26,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       webhookAllowPrivate: config.webhookAllowPrivate,
       maxActiveJobs: config.maxActiveJobs,
       maxWaitSec: config.maxWaitSec,
+      rateLimitPerMin: config.rateLimitPerMin,
       ...viewOptionsFromConfig(config),
     },
   };

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { type LocalStores, localLayout, localStores } from '../../shared/adapters/stores.ts';
+import { MemoryRateCounter } from '../../shared/adapters/local/index.ts';
 import type { LocalConfig } from '../../shared/config.ts';
 import type { ModelInfo } from '../schemas.ts';
 import type { AppDeps } from '../types.ts';
@@ -25,6 +26,7 @@ export async function localDeps(
     queue: adapters.queue,
     jobs: adapters.jobs,
     keys: adapters.keys,
+    ...(config.rateLimitPerMin > 0 ? { rateCounter: new MemoryRateCounter() } : {}),
     promptPolicy: policyFromStore(adapters.blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
     models: options.models ?? modelsFromDir(config.modelsDir, config.defaultModel, { store: adapters.blobs }),
     limits: {
@@ -35,6 +37,7 @@ export async function localDeps(
       webhookAllowPrivate: config.webhookAllowPrivate,
       maxActiveJobs: config.maxActiveJobs,
       maxWaitSec: config.maxWaitSec,
+      rateLimitPerMin: config.rateLimitPerMin,
       ...viewOptionsFromConfig(config),
     },
   };

@@ -5,6 +5,15 @@ export const SECURITY = [{ bearerAuth: [] }];
 const envelope = (description: string) => ({ description, content: { 'application/json': { schema: ErrorEnvelope } } });
 const retryAfter = { 'Retry-After': { description: 'Seconds to wait before retrying', schema: { type: 'integer' as const, minimum: 0 } } };
 
+/** Where the deployment limits requests per account (ADR 0026), every /v1 answer carries these (IETF draft-ietf-httpapi-ratelimit-headers). */
+export const rateLimitFields = {
+  'RateLimit-Policy': { description: 'The limit: `"requests";q=<requests>;w=<window seconds>` (a sliding window)', schema: { type: 'string' as const } },
+  RateLimit: {
+    description: 'Its state: `"requests";r=<requests left>;t=<seconds>`; t is when the current window ends, or on a 429 when one more request would be let through',
+    schema: { type: 'string' as const },
+  },
+};
+
 /** The error responses a route documents (all share the envelope). */
 export const errors = {
   400: envelope('Invalid request (validation_error: a parameter, header or body field; invalid_json: a body that does not parse); `param` names it'),
@@ -13,7 +22,10 @@ export const errors = {
   409: envelope('Conflict: corrupt_record (the stored record is unreadable; retrying will not help)'),
   413: envelope('Payload too large'),
   415: envelope('Content-Type is not application/json'),
-  429: { ...envelope('too_many_active_jobs: the caller has as many generations queued or running as it may; retry after Retry-After seconds'), headers: retryAfter },
+  429: {
+    ...envelope("rate_limited: over the account's requests per minute (see the RateLimit fields); too_many_active_jobs: the caller has as many generations queued or running as it may. Retry after Retry-After seconds"),
+    headers: { ...retryAfter, ...rateLimitFields },
+  },
   503: { ...envelope('A dependency is unavailable; retry after Retry-After seconds'), headers: retryAfter },
 } as const;
 

@@ -4,12 +4,13 @@
 import { join, resolve } from 'node:path';
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { SQSClient } from '@aws-sdk/client-sqs';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { BlobApiKeyStore } from '../apikeys.ts';
 import type { AwsConfig, Config, LocalConfig } from '../config.ts';
 import { BlobJobStore } from '../jobstore.ts';
 import { ModelStore } from '../modelstore.ts';
-import type { BlobStore, JobQueue } from '../ports.ts';
-import { S3BlobStore, SqsJobQueue } from './aws/index.ts';
+import type { BlobStore, JobQueue, RateCounter } from '../ports.ts';
+import { DynamoDbRateCounter, S3BlobStore, SqsJobQueue } from './aws/index.ts';
 import { LocalBlobStore, LocalJobQueue, loadOrCreateSigningSecret } from './local/index.ts';
 
 /** Corrupt documents skipped by listings / refused by key checks: one JSON line on stderr. */
@@ -83,6 +84,21 @@ export function awsStores(config: AwsConfig): Stores {
   const blobs = new S3BlobStore({ client: s3, bucket: config.bucket });
   const queue = new SqsJobQueue({ client: sqs, queueUrl: config.queueUrl, ...(config.deadLetterQueueUrl ? { deadLetterQueueUrl: config.deadLetterQueueUrl } : {}) });
   return { blobs, queue, jobs: new BlobJobStore(blobs, { log: storeLog }), keys: new BlobApiKeyStore(blobs, { log: storeLog }), models: new ModelStore(blobs) };
+}
+
+/**
+ * The API's per-account request counts (ADR 0026): the DynamoDB table in AWS mode, undefined when the
+ * limit is off. Two SDK attempts at most: a request waits on this, and the limiter fails open.
+ */
+export function awsRateCounter(config: AwsConfig): RateCounter | undefined {
+  if (config.rateLimitPerMin === 0 || config.rateTable === undefined) return undefined;
+  const client = new DynamoDBClient({
+    ...SDK_SOCKET_TIMEOUTS,
+    maxAttempts: 2,
+    region: config.region,
+    ...(config.dynamodbEndpoint ? { endpoint: config.dynamodbEndpoint } : {}),
+  });
+  return new DynamoDbRateCounter({ client, table: config.rateTable });
 }
 
 export async function storesFor(config: Config): Promise<Stores> {

@@ -87,23 +87,47 @@ describe('environment-agnostic stacks', () => {
 });
 
 describe('StatefulStack', () => {
-  it('pins the logical IDs of the bucket, the queue and the DLQ', () => {
+  it('pins the logical IDs of the bucket, the queue, the DLQ and the rate-counter table', () => {
     // Changing any of these makes CloudFormation REPLACE the resource: data loss for the
-    // bucket, lost in-flight jobs for the queues. This test must fail on such a refactor.
+    // bucket, lost in-flight jobs for the queues, a restart of every rate window (and a new
+    // table name) for the counters. This test must fail on such a refactor.
     expect(STATEFUL_LOGICAL_IDS).toEqual({
       bucket: 'ClipagBucket',
       queue: 'ClipagJobQueue',
       deadLetterQueue: 'ClipagJobDeadLetterQueue',
+      rateCounters: 'ClipagRateCounters',
     });
     const byType = (type: string) => resources(stateful).filter(([, r]) => r.Type === type).map(([id]) => id).sort();
     expect(byType('AWS::S3::Bucket')).toEqual(['ClipagBucket']);
     expect(byType('AWS::SQS::Queue')).toEqual(['ClipagJobDeadLetterQueue', 'ClipagJobQueue']);
+    // TableV2 synthesizes a GlobalTable (one replica, this region), never a classic Table.
+    expect(byType('AWS::DynamoDB::GlobalTable')).toEqual(['ClipagRateCounters']);
+    expect(byType('AWS::DynamoDB::Table')).toEqual([]);
   });
 
-  it('outputs what the operator CLI needs: the bucket, the queue and the DLQ', () => {
+  it('outputs what the operator CLI needs: the bucket, the queue and the DLQ; and the rate-counter table', () => {
     stateful.hasOutput('BucketName', { Value: { Ref: 'ClipagBucket' }, Description: 'CLIPAG_BUCKET' });
     stateful.hasOutput('QueueUrl', { Value: { Ref: 'ClipagJobQueue' }, Description: 'CLIPAG_QUEUE_URL' });
     stateful.hasOutput('DeadLetterQueueUrl', { Value: { Ref: 'ClipagJobDeadLetterQueue' }, Description: 'CLIPAG_DLQ_URL' });
+    stateful.hasOutput('RateTableName', { Value: { Ref: 'ClipagRateCounters' }, Description: ENV.rateTable });
+  });
+
+  it('keeps the rate counts in an on-demand table keyed by pk alone, expired by TTL on expires_at, without backups', () => {
+    const table = (stateful.toJSON() as { Resources: Record<string, any> }).Resources.ClipagRateCounters;
+    expect(table.Type).toBe('AWS::DynamoDB::GlobalTable');
+    expect(table.Properties.KeySchema).toEqual([{ AttributeName: 'pk', KeyType: 'HASH' }]);
+    expect(table.Properties.AttributeDefinitions).toEqual([{ AttributeName: 'pk', AttributeType: 'S' }]);
+    expect(table.Properties.BillingMode).toBe('PAY_PER_REQUEST');
+    expect(table.Properties.TimeToLiveSpecification).toEqual({ AttributeName: 'expires_at', Enabled: true });
+    // Encrypted with DynamoDB's own key (SSEEnabled false means that, not "unencrypted"): no KMS key to grant.
+    expect(table.Properties.SSESpecification).toEqual({ SSEEnabled: false });
+    expect(table.Properties.GlobalSecondaryIndexes).toBeUndefined();
+    expect(table.Properties.LocalSecondaryIndexes).toBeUndefined();
+    expect(table.Properties.Replicas).toHaveLength(1);
+    expect(table.Properties.Replicas[0].PointInTimeRecoverySpecification).toEqual({ PointInTimeRecoveryEnabled: false });
+    // Ephemeral counts (a minute's worth): deleted with the stack, unlike the bucket and the queues.
+    expect(table.DeletionPolicy).toBe('Delete');
+    expect(table.UpdateReplacePolicy).toBe('Delete');
   });
 
   it('retains the bucket and the queues when the stack is deleted or the resource replaced', () => {
@@ -191,7 +215,7 @@ describe('StatefulStack', () => {
     expect(rules.filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix).sort()).toEqual(['outputs/', 'uploads/']);
     // The logical IDs do not depend on the stage either.
     expect(Object.keys(Template.fromStack(prod.stateful).toJSON().Resources)).toEqual(
-      expect.arrayContaining(['ClipagBucket', 'ClipagJobQueue', 'ClipagJobDeadLetterQueue']),
+      expect.arrayContaining(['ClipagBucket', 'ClipagJobQueue', 'ClipagJobDeadLetterQueue', 'ClipagRateCounters']),
     );
   });
 });
@@ -216,6 +240,8 @@ describe('ApiStack', () => {
           [ENV.maxWaitSec]: String(dev.lambdaTimeoutSeconds - 3), // Prefer: wait answers before the Lambda times out
           // toy ships in the image: the API cannot read it, so the CDK passes its input size (models/toy/manifest.json).
           [ENV.defaultModelInputSize]: '64',
+          [ENV.rateTable]: Match.anyValue(),
+          [ENV.rateLimitPerMin]: String(dev.rateLimitPerMinute),
         }),
       },
     });
@@ -224,12 +250,23 @@ describe('ApiStack', () => {
     expect(fn[1].Properties.Environment.Variables.AWS_REGION).toBeUndefined();
   });
 
-  it('runs the queued-job sweep on a schedule, with the same environment and no retries of its own', () => {
+  it('names the rate-counter table to the handler: the Stateful stack\'s table, and the stage\'s limit', () => {
+    const [, handler] = resources(api).find(([id, r]) => id.startsWith('Handler') && r.Type === 'AWS::Lambda::Function')!;
+    const vars = handler.Properties.Environment.Variables;
+    expect(JSON.stringify(vars[ENV.rateTable])).toContain('ClipagRateCounters'); // a reference to the table's name, not a literal
+    expect(vars[ENV.rateLimitPerMin]).toBe('300');
+  });
+
+  it('runs the queued-job sweep on a schedule, with the same environment (but the rate limit) and no retries of its own', () => {
     const fns = resources(api).filter(([, r]) => r.Type === 'AWS::Lambda::Function' && r.Properties.Runtime === 'nodejs22.x');
     expect(fns.map(([id]) => id.replace(/[0-9A-F]{8}$/, '')).sort()).toEqual(['Handler', 'QueuedJobSweeper']);
     const [sweeperId, sweeper] = fns.find(([id]) => id.startsWith('QueuedJobSweeper'))!;
     const [, handler] = fns.find(([id]) => id.startsWith('Handler'))!;
-    expect(sweeper.Properties.Environment).toEqual(handler.Properties.Environment);
+    // The sweep serves no requests: it neither counts them nor may touch the table.
+    const { [ENV.rateTable]: _table, [ENV.rateLimitPerMin]: _limit, ...handlerVarsButRate } = handler.Properties.Environment.Variables;
+    expect(_table).toBeDefined();
+    expect(_limit).toBeDefined();
+    expect(sweeper.Properties.Environment).toEqual({ Variables: handlerVarsButRate });
     // The sweep fails jobs no message can reach: it must know the queue's own retention.
     const queues = resources(stateful).filter(([, r]) => r.Type === 'AWS::SQS::Queue').map(([, r]) => r.Properties.MessageRetentionPeriod);
     expect(queues).toContain(dev.queueRetentionDays * 86_400);
@@ -529,9 +566,9 @@ describe('WorkerStack', () => {
 });
 
 describe('IAM least privilege (every policy document of every stack)', () => {
-  const DATA_SERVICES = /^(s3|sqs):/;
+  const DATA_SERVICES = /^(s3|sqs|dynamodb):/;
 
-  it('has no Allow statement with a "*" or "service:*" action, and no wildcard action on S3/SQS', () => {
+  it('has no Allow statement with a "*" or "service:*" action, and no wildcard action on S3/SQS/DynamoDB', () => {
     const offenders: string[] = [];
     let scanned = 0;
     for (const t of [stateful, api, worker]) {
@@ -597,6 +634,24 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     expect(lambdaSqs.sort()).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
   });
 
+  it('gives the Lambda exactly GetItem and UpdateItem on the rate-counter table (no index, no other action); nobody else any DynamoDB action', () => {
+    const dynamo = (t: Template) =>
+      policyStatements(t)
+        .filter(({ statement }) => statement.Effect === 'Allow' && asArray(statement.Action).some((a) => a.startsWith('dynamodb:')))
+        .map(({ owner, statement }) => ({ owner, actions: asArray(statement.Action).sort(), resources: asArray(statement.Resource).map((r) => JSON.stringify(r)) }));
+    const inApi = dynamo(api);
+    expect(inApi).toHaveLength(1);
+    expect(inApi[0]!.owner).toMatch(/^HandlerServiceRoleDefaultPolicy/);
+    expect(inApi[0]!.actions).toEqual(['dynamodb:GetItem', 'dynamodb:UpdateItem']);
+    expect(inApi[0]!.resources).toHaveLength(1);
+    expect(inApi[0]!.resources[0]).toContain('ClipagRateCountersArn'); // the table's own ARN (a stack output of it)
+    expect(inApi[0]!.resources[0]).not.toContain('/index/');
+    // The sweeper, the worker and the stateful stack's own policies: none.
+    expect(inApi.filter(({ owner }) => owner.startsWith('QueuedJobSweeper'))).toEqual([]);
+    expect(dynamo(worker)).toEqual([]);
+    expect(dynamo(stateful)).toEqual([]);
+  });
+
   it('gives the queued-job sweeper records, the pending markers (delete, and put back when a job was re-queued meanwhile), the images of a job it expires (delete) and send; nothing else', () => {
     expect(s3Grants(api, 'QueuedJobSweeperServiceRoleDefaultPolicy')).toEqual(
       ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:PutObject pending/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:DeleteObject outputs/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
@@ -656,7 +711,8 @@ describe('environment contract with shared/config.ts', () => {
   it('sets only variables that the processes\' config parser reads (plus two informational ones)', async () => {
     const { ENV_VARS } = (await import('../../shared/config.ts')) as { ENV_VARS: Record<string, string> };
     const informational = new Set<string>([ENV.stage, ENV.stopTimeout]);
-    const fn = resources(api).find(([, r]) => r.Type === 'AWS::Lambda::Function' && r.Properties.Runtime === 'nodejs22.x')![1];
+    // The handler's: a superset of the sweeper's (it alone has the rate limit's two).
+    const fn = resources(api).find(([id, r]) => id.startsWith('Handler') && r.Type === 'AWS::Lambda::Function')![1];
     const td = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')![1];
     const lambdaNames = Object.keys(fn.Properties.Environment.Variables).filter((n) => n !== 'NODE_OPTIONS');
     const workerNames = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name);
@@ -683,14 +739,30 @@ describe('stage config', () => {
     expect(() => stageConfig('dev', { maxActiveJobsPerAccount: 5000 })).toThrow(/maxActiveJobsPerAccount/);
   });
 
-  it('passes the job time limit to the workers and the active-job limit to the API (the processes\' own parser reads them)', async () => {
+  it('limits each account to 300 requests a minute in dev, 600 in prod; 0 turns it off, and nothing but an integer in [0, 1000000] passes', () => {
+    expect(dev.rateLimitPerMinute).toBe(300);
+    expect(prodConfig().rateLimitPerMinute).toBe(600);
+    expect(stageConfig('dev', { rateLimitPerMinute: 0 }).rateLimitPerMinute).toBe(0);
+    expect(stageConfig('dev', { rateLimitPerMinute: 1_000_000 }).rateLimitPerMinute).toBe(1_000_000);
+    for (const bad of [-1, 1.5, 1_000_001, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => stageConfig('dev', { rateLimitPerMinute: bad }), String(bad)).toThrow(/rateLimitPerMinute must be an integer in \[0, 1000000\]/);
+    }
+    expect(() => stageConfig('dev', { rateLimitPerMinute: '300' as unknown as number })).toThrow(/rateLimitPerMinute/);
+  });
+
+  it('passes the job time limit to the workers and the active-job and rate limits to the API (the processes\' own parser reads them)', async () => {
     const { parseConfig } = await import('../../shared/config.ts');
     const td = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')![1];
     const env = Object.fromEntries((td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string; Value: unknown }>).map((e) => [e.Name, e.Value]));
     expect(env[ENV.jobTimeout]).toBe(String(dev.jobTimeoutSeconds));
-    const fn = resources(api).find(([, r]) => r.Type === 'AWS::Lambda::Function' && r.Properties.Runtime === 'nodejs22.x')![1];
+    const fn = resources(api).find(([id, r]) => id.startsWith('Handler') && r.Type === 'AWS::Lambda::Function')![1];
     expect(fn.Properties.Environment.Variables[ENV.maxActiveJobs]).toBe(String(dev.maxActiveJobsPerAccount));
-    const parsed = parseConfig({ CLIPAG_MODE: 'local', [ENV.jobTimeout]: env[ENV.jobTimeout] as string, [ENV.maxActiveJobs]: fn.Properties.Environment.Variables[ENV.maxActiveJobs] });
-    expect(parsed).toMatchObject({ jobTimeoutSec: dev.jobTimeoutSeconds, maxActiveJobs: dev.maxActiveJobsPerAccount });
+    const parsed = parseConfig({
+      CLIPAG_MODE: 'local',
+      [ENV.jobTimeout]: env[ENV.jobTimeout] as string,
+      [ENV.maxActiveJobs]: fn.Properties.Environment.Variables[ENV.maxActiveJobs],
+      [ENV.rateLimitPerMin]: fn.Properties.Environment.Variables[ENV.rateLimitPerMin],
+    });
+    expect(parsed).toMatchObject({ jobTimeoutSec: dev.jobTimeoutSeconds, maxActiveJobs: dev.maxActiveJobsPerAccount, rateLimitPerMin: dev.rateLimitPerMinute });
   });
 });

@@ -132,8 +132,17 @@ describe('GET /openapi.json', () => {
     // The headers a client's retry logic needs are in the document, so generated SDKs keep them.
     const post = doc.paths['/v1/generations'].post.responses as Record<string, { headers?: Record<string, unknown> }>;
     expect([Object.keys(post['200']!.headers!), Object.keys(post['202']!.headers!), Object.keys(post['429']!.headers!), Object.keys(post['503']!.headers!)]).toEqual([
-      ['X-Request-Id', 'Location', 'Idempotent-Replayed', 'Preference-Applied'], ['X-Request-Id', 'Location', 'Preference-Applied'], ['X-Request-Id', 'Retry-After'], ['X-Request-Id', 'Retry-After'],
+      ['X-Request-Id', 'Location', 'Idempotent-Replayed', 'Preference-Applied', 'RateLimit-Policy', 'RateLimit'],
+      ['X-Request-Id', 'Location', 'Preference-Applied', 'RateLimit-Policy', 'RateLimit'],
+      ['X-Request-Id', 'Retry-After', 'RateLimit-Policy', 'RateLimit'],
+      ['X-Request-Id', 'Retry-After', 'RateLimit-Policy', 'RateLimit'],
     ]);
+    // Every /v1 route may be refused by the per-account limit (ADR 0026); the routes that never read a key may not.
+    const models = doc.paths['/v1/models'].get.responses as Record<string, { description: string; headers?: Record<string, unknown> }>;
+    expect(models['429']!.description).toMatch(/^rate_limited/);
+    expect(Object.keys(models['429']!.headers!)).toEqual(['X-Request-Id', 'Retry-After', 'RateLimit-Policy', 'RateLimit']);
+    expect(Object.keys(models['401']!.headers!)).not.toContain('RateLimit');
+    expect((doc.paths['/healthz'].get.responses as Record<string, { description: string }>)['429']!.description).not.toMatch(/rate_limited/);
     const operationIds: string[] = [];
     for (const [path, ops] of Object.entries(doc.paths)) {
       for (const [method, op] of Object.entries(ops) as Array<[string, any]>) {

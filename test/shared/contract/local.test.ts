@@ -10,6 +10,8 @@ import { blobStoreContract } from './blobstore.contract.ts';
 import { httpDownload, httpUpload, makeTempDir, startSignedBlobServer } from './helpers.ts';
 import { jobStoreContract } from './jobstore.contract.ts';
 import { queueContract } from './queue.contract.ts';
+import { rateCounterContract } from './ratecounter.contract.ts';
+import { MemoryRateCounter } from '../../../shared/adapters/local/rate-counter.ts';
 
 const SECRET = 'test-secret-0123456789abcdef0123456789abcdef';
 const cleanups: Array<() => Promise<void>> = [];
@@ -46,6 +48,23 @@ blobStoreContract('local filesystem', async () => ({ store: await freshStore(), 
 });
 queueContract('local durable queue', async () => ({ queue: (await freshQueue()).queue, maxReceives: 3 }));
 jobStoreContract('on the local blob store', freshStore, { enforcesConditionalWrites: true, truncatedListing: true });
+rateCounterContract('memory (local mode)', async () => new MemoryRateCounter());
+
+describe('memory rate counter specifics', () => {
+  it('a count past its expiry reads 0 and starts again; expired entries are dropped as new ones come', async () => {
+    let now = 1000;
+    const counter = new MemoryRateCounter(() => now);
+    expect(await counter.addBelow('k', 1, 5, 1060)).toBe(1);
+    expect(await counter.addBelow('k', 1, 5, 1060)).toBe(2);
+    now = 1060;
+    expect(await counter.get('k', 1)).toBe(0);
+    expect(await counter.addBelow('k', 1, 5, 1120)).toBe(1);
+    for (let i = 0; i < 100; i++) await counter.addBelow(`other-${i}`, 1, 5, 1070);
+    now = 1200;
+    await counter.addBelow('fresh', 2, 5, 1300);
+    expect((counter as unknown as { counts: Map<string, unknown> }).counts.size).toBe(1);
+  });
+});
 
 describe('local blob store specifics', () => {
   it('etags are the sha256 of the content', async () => {

@@ -1,0 +1,110 @@
+// The API's per-account request limit (ADR 0026): a sliding-window counter over whole-minute windows.
+// The estimate at time t is `previous × (1 − elapsed/window) + current`, the usual approximation of
+// a true sliding window (Cloudflare's): bursts at a window's edge cannot double the rate, as a fixed
+// window lets them, and the store keeps two integers per account, not a log of requests. A request is
+// counted only when it is let through (the adapter's conditional add), so a client that keeps
+// retrying while refused is not locked out for longer than its own accepted traffic says.
+import type { RateCounter } from './ports.ts';
+
+export interface RateDecision {
+  allowed: boolean;
+  /** Requests per window. */
+  limit: number;
+  windowSec: number;
+  /** Requests left now (after this one, when it was let through). */
+  remaining: number;
+  /**
+   * Let through: seconds until the current window ends (from then on its requests start to age out).
+   * Refused: seconds until one more request would be let through, if no other arrives meanwhile.
+   */
+  resetSec: number;
+}
+
+export interface RateLimiterOptions {
+  /** Requests per window, ≥ 1. */
+  limit: number;
+  /** Default 60 s. */
+  windowSec?: number;
+  /** What is limited, part of every key: `requests`. */
+  name: string;
+  /** Previous-window counts kept in memory (they change no more once their window is over). Default 10 000. */
+  cacheEntries?: number;
+}
+
+/** Seconds as the headers give them: whole, at least 1 (a 0 would invite an immediate retry that fails). */
+const wholeSec = (ms: number) => Math.max(1, Math.ceil(ms / 1000));
+
+export class SlidingWindowRateLimiter {
+  readonly limit: number;
+  readonly windowSec: number;
+  readonly name: string;
+  private readonly windowMs: number;
+  private readonly cacheEntries: number;
+  /**
+   * The previous window's count per key, read once: that window is over, so only requests in flight
+   * at its end can still add to it. In steady state a request then costs the store one call.
+   */
+  private readonly previous = new Map<string, number>();
+
+  constructor(
+    private readonly counter: RateCounter,
+    options: RateLimiterOptions,
+  ) {
+    if (!Number.isInteger(options.limit) || options.limit < 1) throw new RangeError(`rate limit must be a whole number ≥ 1 (got ${options.limit})`);
+    const windowSec = options.windowSec ?? 60;
+    if (!Number.isInteger(windowSec) || windowSec < 1) throw new RangeError(`rate window must be whole seconds ≥ 1 (got ${windowSec})`);
+    if (!/^[a-z][a-z0-9-]*$/.test(options.name)) throw new RangeError(`rate limit name must be lower-case letters, digits and hyphens (got ${JSON.stringify(options.name)})`);
+    this.limit = options.limit;
+    this.windowSec = windowSec;
+    this.windowMs = windowSec * 1000;
+    this.name = options.name;
+    this.cacheEntries = options.cacheEntries ?? 10_000;
+  }
+
+  /** Counts one request of `subject` at `nowMs` if it is within the limit. Store errors propagate (the caller decides to fail open). */
+  async take(subject: string, nowMs: number): Promise<RateDecision> {
+    const key = `${this.name}/${subject}`;
+    const window = Math.floor(nowMs / this.windowMs);
+    const elapsedMs = nowMs - window * this.windowMs;
+    const weight = 1 - elapsedMs / this.windowMs;
+    const previous = await this.previousCount(key, window - 1);
+    // Let through while previous × weight + current + 1 ≤ limit, i.e. current + 1 ≤ floor(limit − previous × weight).
+    const ceiling = Math.floor(this.limit - previous * weight + 1e-9);
+    // Kept until the next window has used it as its previous one.
+    const expiresAtSec = Math.ceil(((window + 2) * this.windowMs) / 1000);
+    const current = ceiling > 0 ? await this.counter.addBelow(key, window, ceiling, expiresAtSec) : null;
+    const base = { limit: this.limit, windowSec: this.windowSec };
+    if (current !== null) {
+      return { ...base, allowed: true, remaining: Math.max(0, ceiling - current), resetSec: wholeSec(this.windowMs - elapsedMs) };
+    }
+    // Refused: the count is at the ceiling (or more, if others raced in); read it for the wait.
+    const atCeiling = ceiling > 0 ? Math.max(ceiling, await this.counter.get(key, window)) : await this.counter.get(key, window);
+    return { ...base, allowed: false, remaining: 0, resetSec: wholeSec(this.waitMs(previous, atCeiling, elapsedMs)) };
+  }
+
+  /**
+   * How long until previous × weight + current + 1 ≤ limit, with no request let through meanwhile:
+   * within this window the weight falls; past its end, this window's count is the previous one.
+   */
+  private waitMs(previous: number, current: number, elapsedMs: number): number {
+    const room = this.limit - 1 - current;
+    if (room >= 0 && previous > 0) {
+      // previous × (1 − (elapsed + d)/W) ≤ room  ⇔  d ≥ W × (1 − room/previous) − elapsed
+      const d = this.windowMs * (1 - room / previous) - elapsedMs;
+      if (elapsedMs + d < this.windowMs) return Math.max(0, d);
+    }
+    // In the next window: current × (1 − e/W) + 1 ≤ limit  ⇔  e ≥ W × (1 − (limit − 1)/current).
+    const intoNext = current > 0 ? Math.max(0, this.windowMs * (1 - (this.limit - 1) / current)) : 0;
+    return this.windowMs - elapsedMs + intoNext;
+  }
+
+  private async previousCount(key: string, window: number): Promise<number> {
+    const cacheKey = `${key}\u0000${window}`;
+    const cached = this.previous.get(cacheKey);
+    if (cached !== undefined) return cached;
+    const count = await this.counter.get(key, window);
+    if (this.previous.size >= this.cacheEntries) this.previous.clear();
+    this.previous.set(cacheKey, count);
+    return count;
+  }
+}

@@ -1,0 +1,137 @@
+// The per-account request limit through the app (ADR 0026): the RateLimit fields, the 429, fail-open,
+// and the configuration that turns it on in local mode. The DynamoDB side: test/shared/contract/dynamodb.test.ts.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { localDeps } from '../../functions/deps/local.ts';
+import { MemoryRateCounter } from '../../shared/adapters/local/rate-counter.ts';
+import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+import { RetryableError } from '../../shared/errors.ts';
+import type { RateCounter } from '../../shared/ports.ts';
+import { expectEnvelope, harness } from './helpers.ts';
+
+/** 20 s into a minute. */
+const NOW = new Date(Date.UTC(2026, 11, 6, 12, 0, 20));
+
+async function limited(limit: number, counter: RateCounter = new MemoryRateCounter()) {
+  const h = await harness();
+  let now = NOW;
+  const app = createApp({ ...h.deps, rateCounter: counter, limits: { ...h.deps.limits, rateLimitPerMin: limit }, clock: () => now });
+  const call = (path: string, init: RequestInit & { key?: string | null } = {}) => {
+    const { key = h.alice, ...rest } = init;
+    const headers = new Headers(rest.headers);
+    if (key !== null) headers.set('Authorization', `Bearer ${key}`);
+    return app.request(path, { ...rest, headers });
+  };
+  return { h, call, at: (d: Date) => (now = d) };
+}
+
+describe('per-account request limit', () => {
+  it('every answer carries the RateLimit fields; over the limit a 429 rate_limited with Retry-After, whatever the route', async () => {
+    const { h, call } = await limited(3);
+    try {
+      const seen = [];
+      for (const path of ['/v1/models', '/v1/generations', '/v1/usage']) {
+        const res = await call(path);
+        expect(res.status).toBe(200);
+        seen.push(res.headers.get('RateLimit'));
+        expect(res.headers.get('RateLimit-Policy')).toBe('"requests";q=3;w=60');
+      }
+      expect(seen).toEqual(['"requests";r=2;t=40', '"requests";r=1;t=40', '"requests";r=0;t=40']);
+      // A POST and an unknown id are requests too: refused before they reach the route.
+      const refused = await call('/v1/generations', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'a red circle' }) });
+      const error = await expectEnvelope(refused, 429, 'rate_limited');
+      expect(error.message).toMatch(/limit of 3 requests per 60 s; retry after 60 s/);
+      // 20 s into the next minute: 3 × (1 − 20/60) + 0 + 1 ≤ 3.
+      expect(refused.headers.get('Retry-After')).toBe('60');
+      expect(refused.headers.get('RateLimit')).toBe('"requests";r=0;t=60');
+      expect(refused.headers.get('RateLimit-Policy')).toBe('"requests";q=3;w=60');
+      expect(await h.queue.depth()).toBe(0); // nothing was queued
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('accounts count apart; a request without a valid key is a 401 that counts for no one', async () => {
+    const { h, call } = await limited(1);
+    try {
+      expect((await call('/v1/models')).status).toBe(200);
+      expect((await call('/v1/models')).status).toBe(429);
+      const anonymous = await call('/v1/models', { key: null });
+      expect(anonymous.status).toBe(401);
+      expect(anonymous.headers.get('RateLimit')).toBeNull();
+      expect((await call('/v1/models', { key: h.revoked })).status).toBe(401);
+      const bob = await call('/v1/models', { key: h.bob });
+      expect(bob.status).toBe(200);
+      expect(bob.headers.get('RateLimit')).toBe('"requests";r=0;t=40');
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('the window slides: the next minute lets through what the old count leaves room for', async () => {
+    const { h, call, at } = await limited(4);
+    try {
+      for (let i = 0; i < 4; i++) expect((await call('/v1/models')).status).toBe(200);
+      at(new Date(NOW.getTime() + 70_000)); // 30 s into the next minute: half of the 4 still count
+      const statuses = [];
+      for (let i = 0; i < 3; i++) statuses.push((await call('/v1/models')).status);
+      expect(statuses).toEqual([200, 200, 429]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('when the counts cannot be read the request goes through without the fields, logged once (not once per request)', async () => {
+    const broken: RateCounter = {
+      get: async () => Promise.reject(new RetryableError('DynamoDB is unavailable: 503')),
+      addBelow: async () => Promise.reject(new RetryableError('DynamoDB is unavailable: 503')),
+    };
+    const { h, call } = await limited(1, broken);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const res = await call('/v1/models');
+        expect(res.status).toBe(200);
+        expect(res.headers.get('RateLimit')).toBeNull();
+      }
+      const warnings = h.logs.filter((l) => (l as { msg: string }).msg.startsWith('rate limit:'));
+      expect(warnings).toEqual([expect.objectContaining({ level: 'warn', error: 'DynamoDB is unavailable: 503' })]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('no counter or a limit of 0: no limit and no fields', async () => {
+    const h = await harness();
+    try {
+      for (const deps of [{ ...h.deps, limits: { ...h.deps.limits, rateLimitPerMin: 1 } }, { ...h.deps, rateCounter: new MemoryRateCounter(), limits: { ...h.deps.limits, rateLimitPerMin: 0 } }]) {
+        const app = createApp(deps);
+        for (let i = 0; i < 3; i++) {
+          const res = await app.request('/v1/models', { headers: { Authorization: `Bearer ${h.alice}` } });
+          expect(res.status).toBe(200);
+          expect(res.headers.get('RateLimit-Policy')).toBeNull();
+        }
+      }
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('CLIPAG_RATE_LIMIT_PER_MIN turns it on in local mode (counted in the server\'s memory); unset it is off', async () => {
+    expect(parseConfig({}).rateLimitPerMin).toBe(0);
+    expect(() => parseConfig({ CLIPAG_RATE_LIMIT_PER_MIN: '-1' })).toThrow(/CLIPAG_RATE_LIMIT_PER_MIN/);
+    expect(() => parseConfig({ CLIPAG_RATE_LIMIT_PER_MIN: '2.5' })).toThrow(/CLIPAG_RATE_LIMIT_PER_MIN/);
+    const aws = { CLIPAG_MODE: 'aws', AWS_REGION: 'eu-west-1', CLIPAG_BUCKET: 'bucket-x', CLIPAG_QUEUE_URL: 'https://sqs.eu-west-1.amazonaws.com/1/q' };
+    expect(() => parseConfig({ ...aws, CLIPAG_RATE_LIMIT_PER_MIN: '600' })).toThrow(/CLIPAG_RATE_TABLE: is required when CLIPAG_RATE_LIMIT_PER_MIN is above 0/);
+    expect(parseConfig({ ...aws, CLIPAG_RATE_LIMIT_PER_MIN: '600', CLIPAG_RATE_TABLE: 'clipag-rate' })).toMatchObject({ rateLimitPerMin: 600, rateTable: 'clipag-rate' });
+    const config = parseConfig({ CLIPAG_DATA_DIR: mkdtempSync(join(tmpdir(), 'clipag-rate-')), CLIPAG_RATE_LIMIT_PER_MIN: '2' }) as LocalConfig;
+    const deps = await localDeps(config, { models: async () => [{ id: 'toy', default: true, input_size: 224 }] });
+    const { secret } = await deps.adapters.keys.create({ name: 't', owner: 'acct_t' });
+    const app = createApp(deps);
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push((await app.request('/v1/models', { headers: { Authorization: `Bearer ${secret}` } })).status);
+    expect(statuses).toEqual([200, 200, 429]);
+  });
+});
