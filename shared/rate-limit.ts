@@ -1,7 +1,8 @@
 // The API's per-account request limit (ADR 0026): a sliding-window counter over whole-minute windows.
 // The estimate at time t is `previous × (1 − elapsed/window) + current`, the usual approximation of
-// a true sliding window (Cloudflare's): bursts at a window's edge cannot double the rate, as a fixed
-// window lets them, and the store keeps two integers per account, not a log of requests. A request is
+// a true sliding window (Cloudflare's): an instant burst at a window's edge cannot double the rate, as
+// a fixed window lets it, and the store keeps two integers per account, not a log of requests (how far
+// the approximation goes: ADR 0026). A request is
 // counted only when it is let through (the adapter's conditional add), so a client that keeps
 // retrying while refused is not locked out for longer than its own accepted traffic says.
 import type { RateCounter } from './ports.ts';
@@ -14,10 +15,16 @@ export interface RateDecision {
   /** Requests left now (after this one, when it was let through). */
   remaining: number;
   /**
-   * Let through: seconds until the current window ends (from then on its requests start to age out).
-   * Refused: seconds until one more request would be let through, if no other arrives meanwhile.
+   * With requests left: seconds until the current window ends (from then on its requests start to
+   * age out). With none left (the last one let through, or refused): seconds until one more request
+   * would be let through, if no other is let through meanwhile.
    */
   resetSec: number;
+  /**
+   * False when a refusal came from this instance's memory of an earlier one (the account is refused
+   * until a known time, so the store is not asked again); true when the store decided.
+   */
+  fromStore: boolean;
 }
 
 export interface RateLimiterOptions {
@@ -45,6 +52,12 @@ export class SlidingWindowRateLimiter {
    * at its end can still add to it. In steady state a request then costs the store one call.
    */
   private readonly previous = new Map<string, number>();
+  /**
+   * Accounts refused until a known time (ms): until then nothing can change the decision (the
+   * estimate only falls as time passes, and no other request is let through at the ceiling), so a
+   * client that ignores Retry-After costs no store call.
+   */
+  private readonly refusedUntil = new Map<string, number>();
 
   constructor(
     private readonly counter: RateCounter,
@@ -64,6 +77,12 @@ export class SlidingWindowRateLimiter {
   /** Counts one request of `subject` at `nowMs` if it is within the limit. Store errors propagate (the caller decides to fail open). */
   async take(subject: string, nowMs: number): Promise<RateDecision> {
     const key = `${this.name}/${subject}`;
+    const base = { limit: this.limit, windowSec: this.windowSec };
+    const until = this.refusedUntil.get(key);
+    if (until !== undefined) {
+      if (nowMs < until) return { ...base, allowed: false, remaining: 0, resetSec: wholeSec(until - nowMs), fromStore: false };
+      this.refusedUntil.delete(key);
+    }
     const window = Math.floor(nowMs / this.windowMs);
     const elapsedMs = nowMs - window * this.windowMs;
     const weight = 1 - elapsedMs / this.windowMs;
@@ -73,13 +92,23 @@ export class SlidingWindowRateLimiter {
     // Kept until the next window has used it as its previous one.
     const expiresAtSec = Math.ceil(((window + 2) * this.windowMs) / 1000);
     const current = ceiling > 0 ? await this.counter.addBelow(key, window, ceiling, expiresAtSec) : null;
-    const base = { limit: this.limit, windowSec: this.windowSec };
     if (current !== null) {
-      return { ...base, allowed: true, remaining: Math.max(0, ceiling - current), resetSec: wholeSec(this.windowMs - elapsedMs) };
+      const remaining = Math.max(0, ceiling - current);
+      const resetMs = remaining > 0 ? this.windowMs - elapsedMs : this.waitMs(previous, current, elapsedMs);
+      return { ...base, allowed: true, remaining, resetSec: wholeSec(resetMs), fromStore: true };
     }
-    // Refused: the count is at the ceiling (or more, if others raced in); read it for the wait.
-    const atCeiling = ceiling > 0 ? Math.max(ceiling, await this.counter.get(key, window)) : await this.counter.get(key, window);
-    return { ...base, allowed: false, remaining: 0, resetSec: wholeSec(this.waitMs(previous, atCeiling, elapsedMs)) };
+    // Refused: the count is at the ceiling (more if others raced in); it is read for the wait. The
+    // decision stands if that read fails: the wait is then the ceiling's, the shortest it can be.
+    let atCeiling = Math.max(ceiling, 0);
+    try {
+      atCeiling = Math.max(atCeiling, await this.counter.get(key, window));
+    } catch {
+      // keep the ceiling's wait
+    }
+    const waitMs = this.waitMs(previous, atCeiling, elapsedMs);
+    if (this.refusedUntil.size >= this.cacheEntries) this.refusedUntil.clear();
+    this.refusedUntil.set(key, nowMs + waitMs);
+    return { ...base, allowed: false, remaining: 0, resetSec: wholeSec(waitMs), fromStore: true };
   }
 
   /**

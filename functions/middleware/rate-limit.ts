@@ -1,11 +1,14 @@
 import type { MiddlewareHandler } from 'hono';
-import { operatorMessage, TooManyRequestsError } from '../../shared/errors.ts';
+import { NonRetryableError, operatorMessage, TooManyRequestsError } from '../../shared/errors.ts';
 import type { RateDecision, SlidingWindowRateLimiter } from '../../shared/rate-limit.ts';
 import type { AppEnv, AppLogEntry } from '../types.ts';
 import { errorResponse } from './errors.ts';
 
-/** A store outage is logged at most this often (every request would otherwise log it). */
-const WARN_EVERY_MS = 60_000;
+/**
+ * After the counts fail to answer, this instance lets requests through unlimited for this long
+ * without asking again: a slow or missing table must not add its deadline to every request.
+ */
+export const SKIP_AFTER_FAILURE_MS = 30_000;
 
 /**
  * The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers): the policy (`q` requests per `w`
@@ -20,29 +23,44 @@ export function rateLimitHeaders(name: string, d: RateDecision): Record<string, 
 
 /**
  * The per-account request limit (ADR 0026), after `auth`: over it, a 429 rate_limited with
- * Retry-After; every answer carries the RateLimit fields. When the counts cannot be read or written
- * the request goes through (fail open, logged): an outage of the counter must not take the API down,
- * and API Gateway's stage throttle still bounds the whole deployment.
+ * Retry-After; every answer it counted carries the RateLimit fields. When the counts cannot be read
+ * or written the request goes through (fail open): an outage of the counter must not take the API
+ * down, and API Gateway's stage throttle still bounds the whole deployment. The failure is logged
+ * (an error when it will not pass by itself: a missing table, a missing grant), and the counter is
+ * left alone for SKIP_AFTER_FAILURE_MS.
  */
 export function rateLimit(limiter: SlidingWindowRateLimiter, options: { clock: () => Date; log: (entry: AppLogEntry) => void }): MiddlewareHandler<AppEnv> {
-  let lastWarnMs = -Infinity;
+  let skipUntilMs = -Infinity;
+  let unlimited = 0;
   return async function rateLimitMiddleware(c, next) {
+    if (Date.now() < skipUntilMs) {
+      unlimited++;
+      return next();
+    }
     let decision: RateDecision;
     try {
       decision = await limiter.take(c.get('owner'), options.clock().getTime());
     } catch (error) {
-      const now = Date.now();
-      if (now - lastWarnMs >= WARN_EVERY_MS) {
-        lastWarnMs = now;
-        options.log({ level: 'warn', msg: 'rate limit: the counts are unavailable; requests go through unlimited (logged once a minute)', request_id: c.get('requestId'), error: operatorMessage(error) });
-      }
+      skipUntilMs = Date.now() + SKIP_AFTER_FAILURE_MS;
+      options.log({
+        level: error instanceof NonRetryableError ? 'error' : 'warn',
+        msg: `rate limit: the counts are unavailable; requests go through unlimited for ${SKIP_AFTER_FAILURE_MS / 1000} s`,
+        request_id: c.get('requestId'),
+        error: operatorMessage(error),
+        unlimited_before: unlimited,
+      });
+      unlimited = 0;
       return next();
     }
     const headers = rateLimitHeaders(limiter.name, decision);
     if (!decision.allowed) {
+      // Once per refusal the store decided (later ones until Retry-After come from memory): who, and for how long.
+      if (decision.fromStore) {
+        options.log({ level: 'warn', msg: 'rate limit: an account is over its limit', request_id: c.get('requestId'), owner: c.get('owner'), limit: decision.limit, window_sec: decision.windowSec, retry_after_sec: decision.resetSec });
+      }
       const res = errorResponse(
         c,
-        new TooManyRequestsError(`over this account's limit of ${decision.limit} requests per ${decision.windowSec} s; retry after ${decision.resetSec} s`, {
+        new TooManyRequestsError(`over this account's limit of ${decision.limit} ${limiter.name} per ${decision.windowSec} s; retry after ${decision.resetSec} s`, {
           code: 'rate_limited',
           retryAfterSec: decision.resetSec,
         }),
@@ -51,6 +69,12 @@ export function rateLimit(limiter: SlidingWindowRateLimiter, options: { clock: (
       return res;
     }
     await next();
-    for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
+    try {
+      for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
+    } catch {
+      // An immutable response (Response.redirect, a fetched one): the same response, headers copied.
+      c.res = new Response(c.res.body, c.res);
+      for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
+    }
   };
 }

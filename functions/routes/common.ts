@@ -9,7 +9,8 @@ const retryAfter = { 'Retry-After': { description: 'Seconds to wait before retry
 export const rateLimitFields = {
   'RateLimit-Policy': { description: 'The limit: `"requests";q=<requests>;w=<window seconds>` (a sliding window)', schema: { type: 'string' as const } },
   RateLimit: {
-    description: 'Its state: `"requests";r=<requests left>;t=<seconds>`; t is when the current window ends, or on a 429 when one more request would be let through',
+    description:
+      'Its state: `"requests";r=<requests left>;t=<seconds>`. With requests left, t is when the current minute ends; with none left (r=0, and on a 429), when one more request will be let through, as Retry-After',
     schema: { type: 'string' as const },
   },
 };

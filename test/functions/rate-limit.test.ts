@@ -8,7 +8,7 @@ import { createApp } from '../../functions/app.ts';
 import { localDeps } from '../../functions/deps/local.ts';
 import { MemoryRateCounter } from '../../shared/adapters/local/rate-counter.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
-import { RetryableError } from '../../shared/errors.ts';
+import { NonRetryableError, RetryableError } from '../../shared/errors.ts';
 import type { RateCounter } from '../../shared/ports.ts';
 import { expectEnvelope, harness } from './helpers.ts';
 
@@ -39,7 +39,8 @@ describe('per-account request limit', () => {
         seen.push(res.headers.get('RateLimit'));
         expect(res.headers.get('RateLimit-Policy')).toBe('"requests";q=3;w=60');
       }
-      expect(seen).toEqual(['"requests";r=2;t=40', '"requests";r=1;t=40', '"requests";r=0;t=40']);
+      // t: the minute's end while requests are left; with none left, when the next one fits (as a 429's Retry-After).
+      expect(seen).toEqual(['"requests";r=2;t=40', '"requests";r=1;t=40', '"requests";r=0;t=60']);
       // A POST and an unknown id are requests too: refused before they reach the route.
       const refused = await call('/v1/generations', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'a red circle' }) });
       const error = await expectEnvelope(refused, 429, 'rate_limited');
@@ -65,7 +66,7 @@ describe('per-account request limit', () => {
       expect((await call('/v1/models', { key: h.revoked })).status).toBe(401);
       const bob = await call('/v1/models', { key: h.bob });
       expect(bob.status).toBe(200);
-      expect(bob.headers.get('RateLimit')).toBe('"requests";r=0;t=40');
+      expect(bob.headers.get('RateLimit')).toBe('"requests";r=0;t=100');
     } finally {
       await h.close();
     }
@@ -84,10 +85,11 @@ describe('per-account request limit', () => {
     }
   });
 
-  it('when the counts cannot be read the request goes through without the fields, logged once (not once per request)', async () => {
+  it('when the counts cannot be read the request goes through without the fields; the counter is left alone for a while, and that is logged once', async () => {
+    let calls = 0;
     const broken: RateCounter = {
-      get: async () => Promise.reject(new RetryableError('DynamoDB is unavailable: 503')),
-      addBelow: async () => Promise.reject(new RetryableError('DynamoDB is unavailable: 503')),
+      get: async () => (calls++, Promise.reject(new RetryableError('DynamoDB is unavailable: 503'))),
+      addBelow: async () => (calls++, Promise.reject(new RetryableError('DynamoDB is unavailable: 503'))),
     };
     const { h, call } = await limited(1, broken);
     try {
@@ -96,8 +98,35 @@ describe('per-account request limit', () => {
         expect(res.status).toBe(200);
         expect(res.headers.get('RateLimit')).toBeNull();
       }
+      expect(calls).toBe(1); // the first request's read; the next two did not wait on a failing store
       const warnings = h.logs.filter((l) => (l as { msg: string }).msg.startsWith('rate limit:'));
-      expect(warnings).toEqual([expect.objectContaining({ level: 'warn', error: 'DynamoDB is unavailable: 503' })]);
+      expect(warnings).toEqual([expect.objectContaining({ level: 'warn', msg: expect.stringMatching(/unlimited for 30 s/), error: 'DynamoDB is unavailable: 503' })]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('a failure that will not pass by itself (a missing table or grant) is logged as an error', async () => {
+    const missing: RateCounter = {
+      get: async () => Promise.reject(new NonRetryableError('DynamoDB request failed (ResourceNotFoundException): Requested resource not found')),
+      addBelow: async () => Promise.reject(new NonRetryableError('unreachable')),
+    };
+    const { h, call } = await limited(1, missing);
+    try {
+      expect((await call('/v1/models')).status).toBe(200);
+      expect(h.logs).toContainEqual(expect.objectContaining({ level: 'error', error: expect.stringMatching(/ResourceNotFoundException/) }));
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('the operator sees which account went over its limit, once per refusal period, not once per refused request', async () => {
+    const { h, call } = await limited(1);
+    try {
+      await call('/v1/models');
+      for (let i = 0; i < 5; i++) expect((await call('/v1/models')).status).toBe(429);
+      const over = h.logs.filter((l) => (l as { msg: string }).msg === 'rate limit: an account is over its limit');
+      expect(over).toEqual([expect.objectContaining({ level: 'warn', owner: 'acct_alice', limit: 1, window_sec: 60, retry_after_sec: 100 })]);
     } finally {
       await h.close();
     }

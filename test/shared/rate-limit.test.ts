@@ -10,8 +10,7 @@ const W = 60_000;
 /** The start of a window, far from the epoch (any aligned instant). */
 const T0 = 29_000_000 * W;
 
-function limiter(limit: number, counter: RateCounter = new MemoryRateCounter(() => 0)) {
-  // Entries never expire here: the counter's clock is not the limiter's, and expiry is the counter's own test.
+function limiter(limit: number, counter: RateCounter = new MemoryRateCounter()) {
   return new SlidingWindowRateLimiter(counter, { limit, name: 'requests' });
 }
 
@@ -25,7 +24,7 @@ describe('SlidingWindowRateLimiter', () => {
       [true, 3, 50],
       [true, 2, 50],
       [true, 1, 50],
-      [true, 0, 50],
+      [true, 0, 62], // none left: t is when the next one fits, as a refusal's Retry-After
     ]);
     // Next window at 12 s: 5 × (1 − 12/60) + 0 + 1 = 5 ≤ 5.
     expect(await l.take('acct', T0 + 10_000)).toMatchObject({ allowed: false, remaining: 0, resetSec: 62, limit: 5, windowSec: 60 });
@@ -45,6 +44,51 @@ describe('SlidingWindowRateLimiter', () => {
     expect(got[2]!.resetSec).toBe(6);
     for (let i = 0; i < 20; i++) expect((await l.take('acct', half + 5_000)).allowed).toBe(false);
     expect((await l.take('acct', half + 6_000)).allowed).toBe(true);
+  });
+
+  it('t on the last request let through (r=0) is exact too: a second earlier is refused, at t it goes through', async () => {
+    for (const [limit, at] of [[1, 59_999], [5, 10_000], [3, 30_500]] as const) {
+      const l = limiter(limit);
+      let last;
+      for (let i = 0; i < limit; i++) last = await l.take('acct', T0 + at);
+      expect(last).toMatchObject({ allowed: true, remaining: 0 });
+      const t = last!.resetSec;
+      if (t >= 2) expect((await l.take('acct', T0 + at + (t - 1) * 1000)).allowed, `limit ${limit}`).toBe(false);
+      expect((await l.take('acct', T0 + at + t * 1000)).allowed, `limit ${limit}`).toBe(true);
+    }
+  });
+
+  it('a refused account is refused from memory until its Retry-After: no store call, the same deadline', async () => {
+    const memory = new MemoryRateCounter();
+    let calls = 0;
+    const counting: RateCounter = { get: (k, w) => (calls++, memory.get(k, w)), addBelow: (k, w, c, e) => (calls++, memory.addBelow(k, w, c, e)) };
+    const l = limiter(2, counting);
+    await l.take('acct', T0);
+    await l.take('acct', T0);
+    const first = await l.take('acct', T0 + 1000);
+    expect(first).toMatchObject({ allowed: false, fromStore: true });
+    const before = calls;
+    const again = await l.take('acct', T0 + 11_000);
+    expect(again).toMatchObject({ allowed: false, fromStore: false, resetSec: first.resetSec - 10 });
+    expect(calls).toBe(before);
+    expect((await l.take('other', T0 + 11_000)).allowed).toBe(true);
+  });
+
+  it('a refusal stands when the read for its wait fails (the wait is then the ceiling\'s)', async () => {
+    const memory = new MemoryRateCounter();
+    let failCurrent = false;
+    const flaky: RateCounter = {
+      get: async (k, w) => {
+        if (failCurrent && w === Math.floor(T0 / W)) throw new Error('injected: read failed');
+        return memory.get(k, w);
+      },
+      addBelow: (k, w, c, e) => memory.addBelow(k, w, c, e),
+    };
+    const l = limiter(2, flaky);
+    await l.take('acct', T0 + 10_000);
+    await l.take('acct', T0 + 10_000);
+    failCurrent = true;
+    expect(await l.take('acct', T0 + 10_000)).toMatchObject({ allowed: false, resetSec: 50 + 30 });
   });
 
   it('accounts count apart', async () => {
@@ -100,7 +144,7 @@ describe('SlidingWindowRateLimiter', () => {
   });
 
   it('reads the previous window once per account (one store call per request in steady state)', async () => {
-    const memory = new MemoryRateCounter(() => 0);
+    const memory = new MemoryRateCounter();
     let gets = 0;
     const counting: RateCounter = { get: (k, w) => (gets++, memory.get(k, w)), addBelow: (k, w, c, e) => memory.addBelow(k, w, c, e) };
     const l = limiter(100, counting);

@@ -33,9 +33,14 @@ export class DynamoDbRateCounter implements RateCounter {
     if (!(this.callMs > 0)) throw new ValidationError('callMs must be > 0', 'callMs');
   }
 
+  /**
+   * A strongly consistent read: the limiter reads a window just after it ended and keeps the count,
+   * so an eventually consistent one could miss its last adds for good (one read per account per
+   * window: its double price is nothing).
+   */
   async get(key: string, window: number): Promise<number> {
     const out = await withDeadline('DynamoDB GetItem', this.callMs, (abortSignal) =>
-      call(() => this.client.send(new GetItemCommand({ TableName: this.table, Key: { pk: { S: `${key}#${window}` } }, ProjectionExpression: 'n' }), { abortSignal })),
+      call(() => this.client.send(new GetItemCommand({ TableName: this.table, Key: { pk: { S: `${key}#${window}` } }, ProjectionExpression: 'n', ConsistentRead: true }), { abortSignal })),
     );
     const n = out.Item?.n?.N;
     return n === undefined ? 0 : Number(n);

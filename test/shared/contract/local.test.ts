@@ -51,18 +51,15 @@ jobStoreContract('on the local blob store', freshStore, { enforcesConditionalWri
 rateCounterContract('memory (local mode)', async () => new MemoryRateCounter());
 
 describe('memory rate counter specifics', () => {
-  it('a count past its expiry reads 0 and starts again; expired entries are dropped as new ones come', async () => {
-    let now = 1000;
-    const counter = new MemoryRateCounter(() => now);
-    expect(await counter.addBelow('k', 1, 5, 1060)).toBe(1);
-    expect(await counter.addBelow('k', 1, 5, 1060)).toBe(2);
-    now = 1060;
-    expect(await counter.get('k', 1)).toBe(0);
-    expect(await counter.addBelow('k', 1, 5, 1120)).toBe(1);
-    for (let i = 0; i < 100; i++) await counter.addBelow(`other-${i}`, 1, 5, 1070);
-    now = 1200;
-    await counter.addBelow('fresh', 2, 5, 1300);
-    expect((counter as unknown as { counts: Map<string, unknown> }).counts.size).toBe(1);
+  it('keeps a key\'s last two windows: counting a window drops the ones before its previous; other keys keep theirs', async () => {
+    const counter = new MemoryRateCounter();
+    await counter.addBelow('k', 1, 5, 0);
+    await counter.addBelow('k', 2, 5, 0);
+    await counter.addBelow('other', 1, 5, 0);
+    await counter.addBelow('k', 3, 5, 0);
+    expect([await counter.get('k', 1), await counter.get('k', 2), await counter.get('k', 3), await counter.get('other', 1)]).toEqual([0, 1, 1, 1]);
+    const windows = (counter as unknown as { counts: Map<string, Map<number, number>> }).counts.get('k')!;
+    expect([...windows.keys()].sort()).toEqual([2, 3]);
   });
 });
 
