@@ -5,7 +5,7 @@ import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
 import { bodySizeLimit, requireJson, strictListQuery } from './middleware/limits.ts';
 import { noStore } from './middleware/cache.ts';
-import { rateLimit } from './middleware/rate-limit.ts';
+import { RateGate, rateLimit } from './middleware/rate-limit.ts';
 import { requestId } from './middleware/request-id.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
@@ -103,17 +103,19 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('/v1/*', noStore());
   app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   app.use('/v1/*', auth(deps.keys));
-  const perMinute = deps.limits.rateLimitPerMin ?? 0;
-  if (deps.rateCounter && perMinute > 0) {
-    app.use('/v1/*', rateLimit(new SlidingWindowRateLimiter(deps.rateCounter, { limit: perMinute, windowSec: 60, name: 'requests' }), { clock, log }));
-  }
+  // Per-account limits (ADR 0026): every request, and the uploads among them (each may store an image for days).
+  const gate = (limit: number | undefined, windowSec: number, name: string) =>
+    deps.rateCounter && (limit ?? 0) > 0 ? new RateGate(new SlidingWindowRateLimiter(deps.rateCounter, { limit: limit!, windowSec, name }), { clock, log }) : undefined;
+  const requestGate = gate(deps.limits.rateLimitPerMin, 60, 'requests');
+  if (requestGate) app.use('/v1/*', rateLimit(requestGate));
+  const uploadGate = gate(deps.limits.uploadsPerHour, 3600, 'uploads');
   app.use('/v1/generations', requireJson());
   app.use('/v1/generations', strictListQuery());
   app.use('/v1/uploads', requireJson());
   app.use('/v1/estimates', requireJson());
 
   registerModelRoutes(app, deps);
-  registerUploadRoutes(app, deps, { clock });
+  registerUploadRoutes(app, deps, { clock, uploadGate });
   registerGenerationRoutes(app, deps, { clock, ledger, log });
   registerUsageRoutes(app, deps, { clock });
   return app;

@@ -32,6 +32,8 @@ export interface AppLimits {
   maxWaitSec?: number;
   /** Requests one account may make per minute, sliding window (ADR 0026); needs `rateCounter`. 0 or unset: no limit. */
   rateLimitPerMin?: number;
+  /** Upload URLs (POST /v1/uploads) one account may ask for per hour, sliding window (ADR 0026); needs `rateCounter`. 0 or unset: no limit. */
+  uploadsPerHour?: number;
 }
 
 export interface AppLogEntry {

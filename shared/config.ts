@@ -63,6 +63,12 @@ const Common = {
    * DynamoDB table CLIPAG_RATE_TABLE.
    */
   rateLimitPerMin: intIn(0, 1_000_000, 0),
+  /**
+   * Upload URLs (POST /v1/uploads) one account may ask for per hour, over a sliding window: each may
+   * store an image of up to CLIPAG_MAX_UPLOAD_BYTES for days. 0: no limit. Counted where the request
+   * rate is.
+   */
+  uploadsPerHour: intIn(0, 1_000_000, 0),
 };
 
 const LocalConfig = z.object({
@@ -106,10 +112,10 @@ const AwsConfig = z.object({
   /** Only for a DynamoDB stand-in in tests; unset in real deployments. */
   dynamodbEndpoint: httpUrl.optional(),
   ...Common,
-}).refine((c) => c.rateLimitPerMin === 0 || c.rateTable !== undefined, {
+}).refine((c) => (c.rateLimitPerMin === 0 && c.uploadsPerHour === 0) || c.rateTable !== undefined, {
   // Counting in one Lambda's memory would let every concurrent instance through at the full limit.
   path: ['rateTable'],
-  message: 'is required when CLIPAG_RATE_LIMIT_PER_MIN is above 0 (the counts live in DynamoDB)',
+  message: 'is required when CLIPAG_RATE_LIMIT_PER_MIN or CLIPAG_UPLOADS_PER_HOUR is above 0 (the counts live in DynamoDB)',
 }).refine((c) => c.jobTimeoutSec + c.visibilityTimeoutSec <= 43_200, {
   // SQS keeps a received message hidden for at most 12 h in all; an extend past that is refused, and
   // the worker would take the refusal for a lost lease and abort the job.
@@ -161,6 +167,7 @@ export const ENV_VARS = {
   CLIPAG_DISABLE_PREPACKING: 'disablePrepacking',
   CLIPAG_RATE_LIMIT_PER_MIN: 'rateLimitPerMin',
   CLIPAG_RATE_TABLE: 'rateTable',
+  CLIPAG_UPLOADS_PER_HOUR: 'uploadsPerHour',
   CLIPAG_DYNAMODB_ENDPOINT: 'dynamodbEndpoint',
 } as const satisfies Record<string, string>;
 

@@ -27,6 +27,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       maxActiveJobs: config.maxActiveJobs,
       maxWaitSec: config.maxWaitSec,
       rateLimitPerMin: config.rateLimitPerMin,
+      uploadsPerHour: config.uploadsPerHour,
       ...viewOptionsFromConfig(config),
     },
   };

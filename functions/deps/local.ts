@@ -26,7 +26,7 @@ export async function localDeps(
     queue: adapters.queue,
     jobs: adapters.jobs,
     keys: adapters.keys,
-    ...(config.rateLimitPerMin > 0 ? { rateCounter: new MemoryRateCounter() } : {}),
+    ...(config.rateLimitPerMin > 0 || config.uploadsPerHour > 0 ? { rateCounter: new MemoryRateCounter() } : {}),
     promptPolicy: policyFromStore(adapters.blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
     models: options.models ?? modelsFromDir(config.modelsDir, config.defaultModel, { store: adapters.blobs }),
     limits: {
@@ -38,6 +38,7 @@ export async function localDeps(
       maxActiveJobs: config.maxActiveJobs,
       maxWaitSec: config.maxWaitSec,
       rateLimitPerMin: config.rateLimitPerMin,
+      uploadsPerHour: config.uploadsPerHour,
       ...viewOptionsFromConfig(config),
     },
   };

@@ -1,8 +1,7 @@
-import type { MiddlewareHandler } from 'hono';
+import type { Context, MiddlewareHandler } from 'hono';
 import { NonRetryableError, operatorMessage, TooManyRequestsError } from '../../shared/errors.ts';
 import type { RateDecision, SlidingWindowRateLimiter } from '../../shared/rate-limit.ts';
 import type { AppEnv, AppLogEntry } from '../types.ts';
-import { errorResponse } from './errors.ts';
 
 /**
  * After the counts fail to answer, this instance lets requests through unlimited for this long
@@ -21,6 +20,67 @@ export function rateLimitHeaders(name: string, d: RateDecision): Record<string, 
   };
 }
 
+/** Where a limit is checked: the owner of the request, against one limiter, failing open. */
+export class RateGate {
+  private skipUntilMs = -Infinity;
+  private unlimited = 0;
+
+  constructor(
+    private readonly limiter: SlidingWindowRateLimiter,
+    private readonly options: { clock: () => Date; log: (entry: AppLogEntry) => void },
+  ) {}
+
+  /**
+   * Counts the request against the owner's limit. Within it: the RateLimit fields to add to the
+   * answer. Over it: throws a 429 rate_limited (the fields are set on the context first, so the error
+   * answer carries them). The counter unavailable: `null` (fail open, see rateLimit).
+   */
+  async check(c: Context<AppEnv>): Promise<Record<string, string> | null> {
+    const { limiter, options } = this;
+    if (Date.now() < this.skipUntilMs) {
+      this.unlimited++;
+      return null;
+    }
+    let decision: RateDecision;
+    try {
+      decision = await limiter.take(c.get('owner'), options.clock().getTime());
+    } catch (error) {
+      this.skipUntilMs = Date.now() + SKIP_AFTER_FAILURE_MS;
+      options.log({
+        level: error instanceof NonRetryableError ? 'error' : 'warn',
+        msg: `rate limit: the counts are unavailable; requests go through unlimited (${limiter.name}) for ${SKIP_AFTER_FAILURE_MS / 1000} s`,
+        request_id: c.get('requestId'),
+        error: operatorMessage(error),
+        unlimited_before: this.unlimited,
+      });
+      this.unlimited = 0;
+      return null;
+    }
+    const headers = rateLimitHeaders(limiter.name, decision);
+    if (decision.allowed) return headers;
+    // Once per refusal the store decided (later ones until Retry-After come from memory): who, and for how long.
+    if (decision.fromStore) {
+      options.log({ level: 'warn', msg: 'rate limit: an account is over its limit', request_id: c.get('requestId'), owner: c.get('owner'), limit_name: limiter.name, limit: decision.limit, window_sec: decision.windowSec, retry_after_sec: decision.resetSec });
+    }
+    for (const [name, value] of Object.entries(headers)) c.header(name, value, { append: true });
+    throw new TooManyRequestsError(`over this account's limit of ${decision.limit} ${limiter.name} per ${decision.windowSec} s; retry after ${decision.resetSec} s`, {
+      code: 'rate_limited',
+      retryAfterSec: decision.resetSec,
+    });
+  }
+}
+
+/** Adds `headers` to the answer, after any a nearer limit added (RFC 9110 lists: one field, comma-separated). */
+function appendTo(c: Context<AppEnv>, headers: Record<string, string>): void {
+  try {
+    for (const [name, value] of Object.entries(headers)) c.res.headers.append(name, value);
+  } catch {
+    // An immutable response (Response.redirect, a fetched one): the same response, headers copied.
+    c.res = new Response(c.res.body, c.res);
+    for (const [name, value] of Object.entries(headers)) c.res.headers.append(name, value);
+  }
+}
+
 /**
  * The per-account request limit (ADR 0026), after `auth`: over it, a 429 rate_limited with
  * Retry-After; every answer it counted carries the RateLimit fields. When the counts cannot be read
@@ -29,52 +89,10 @@ export function rateLimitHeaders(name: string, d: RateDecision): Record<string, 
  * (an error when it will not pass by itself: a missing table, a missing grant), and the counter is
  * left alone for SKIP_AFTER_FAILURE_MS.
  */
-export function rateLimit(limiter: SlidingWindowRateLimiter, options: { clock: () => Date; log: (entry: AppLogEntry) => void }): MiddlewareHandler<AppEnv> {
-  let skipUntilMs = -Infinity;
-  let unlimited = 0;
+export function rateLimit(gate: RateGate): MiddlewareHandler<AppEnv> {
   return async function rateLimitMiddleware(c, next) {
-    if (Date.now() < skipUntilMs) {
-      unlimited++;
-      return next();
-    }
-    let decision: RateDecision;
-    try {
-      decision = await limiter.take(c.get('owner'), options.clock().getTime());
-    } catch (error) {
-      skipUntilMs = Date.now() + SKIP_AFTER_FAILURE_MS;
-      options.log({
-        level: error instanceof NonRetryableError ? 'error' : 'warn',
-        msg: `rate limit: the counts are unavailable; requests go through unlimited for ${SKIP_AFTER_FAILURE_MS / 1000} s`,
-        request_id: c.get('requestId'),
-        error: operatorMessage(error),
-        unlimited_before: unlimited,
-      });
-      unlimited = 0;
-      return next();
-    }
-    const headers = rateLimitHeaders(limiter.name, decision);
-    if (!decision.allowed) {
-      // Once per refusal the store decided (later ones until Retry-After come from memory): who, and for how long.
-      if (decision.fromStore) {
-        options.log({ level: 'warn', msg: 'rate limit: an account is over its limit', request_id: c.get('requestId'), owner: c.get('owner'), limit: decision.limit, window_sec: decision.windowSec, retry_after_sec: decision.resetSec });
-      }
-      const res = errorResponse(
-        c,
-        new TooManyRequestsError(`over this account's limit of ${decision.limit} ${limiter.name} per ${decision.windowSec} s; retry after ${decision.resetSec} s`, {
-          code: 'rate_limited',
-          retryAfterSec: decision.resetSec,
-        }),
-      );
-      for (const [name, value] of Object.entries(headers)) res.headers.set(name, value);
-      return res;
-    }
+    const headers = await gate.check(c);
     await next();
-    try {
-      for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
-    } catch {
-      // An immutable response (Response.redirect, a fetched one): the same response, headers copied.
-      c.res = new Response(c.res.body, c.res);
-      for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
-    }
+    if (headers) appendTo(c, headers);
   };
 }

@@ -5,6 +5,7 @@ import { uploadKey } from '../../shared/keys.ts';
 import { UploadRequest, UploadView } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
+import type { RateGate } from '../middleware/rate-limit.ts';
 
 const createUpload = createRoute({
   operationId: 'createUpload',
@@ -17,17 +18,20 @@ const createUpload = createRoute({
   request: { body: { required: true, content: { 'application/json': { schema: UploadRequest } } } },
   responses: {
     201: { description: 'Where to PUT the file', content: { 'application/json': { schema: UploadView } } },
-    ...pick(400, 401, 413, 415, 503),
+    ...pick(400, 401, 413, 415, 429, 503),
   },
 });
 
-export function registerUploadRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx: { clock: () => Date }): void {
+export function registerUploadRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx: { clock: () => Date; uploadGate?: RateGate }): void {
   const { limits } = deps;
   app.openapi(createUpload, async (c) => {
     const { content_type, bytes } = c.req.valid('json');
     if (bytes > limits.maxUploadBytes) {
       throw new PayloadTooLargeError(`uploads are limited to ${limits.maxUploadBytes} bytes (asked for ${bytes})`, { param: 'bytes' });
     }
+    // Counted once the request is valid: a refused body spends nothing of the hour's uploads.
+    const quota = ctx.uploadGate ? await ctx.uploadGate.check(c) : null;
+    for (const [name, value] of Object.entries(quota ?? {})) c.header(name, value, { append: true });
     const owner = c.get('owner');
     const id = newId(ctx.clock().getTime());
     const signed = await deps.blobs.signedPutUrl(uploadKey(owner, id), {

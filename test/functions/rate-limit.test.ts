@@ -100,7 +100,7 @@ describe('per-account request limit', () => {
       }
       expect(calls).toBe(1); // the first request's read; the next two did not wait on a failing store
       const warnings = h.logs.filter((l) => (l as { msg: string }).msg.startsWith('rate limit:'));
-      expect(warnings).toEqual([expect.objectContaining({ level: 'warn', msg: expect.stringMatching(/unlimited for 30 s/), error: 'DynamoDB is unavailable: 503' })]);
+      expect(warnings).toEqual([expect.objectContaining({ level: 'warn', msg: expect.stringMatching(/unlimited \(requests\) for 30 s/), error: 'DynamoDB is unavailable: 503' })]);
     } finally {
       await h.close();
     }
@@ -126,7 +126,7 @@ describe('per-account request limit', () => {
       await call('/v1/models');
       for (let i = 0; i < 5; i++) expect((await call('/v1/models')).status).toBe(429);
       const over = h.logs.filter((l) => (l as { msg: string }).msg === 'rate limit: an account is over its limit');
-      expect(over).toEqual([expect.objectContaining({ level: 'warn', owner: 'acct_alice', limit: 1, window_sec: 60, retry_after_sec: 100 })]);
+      expect(over).toEqual([expect.objectContaining({ level: 'warn', owner: 'acct_alice', limit_name: 'requests', limit: 1, window_sec: 60, retry_after_sec: 100 })]);
     } finally {
       await h.close();
     }
@@ -148,12 +148,36 @@ describe('per-account request limit', () => {
     }
   });
 
+  it('upload URLs have their own hourly limit, counted once the request is valid; its answers carry both policies', async () => {
+    const h = await harness();
+    try {
+      const app = createApp({ ...h.deps, rateCounter: new MemoryRateCounter(), limits: { ...h.deps.limits, rateLimitPerMin: 100, uploadsPerHour: 2 }, clock: () => NOW });
+      const upload = (body: unknown) =>
+        app.request('/v1/uploads', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      expect((await upload({ content_type: 'image/png', bytes: 'many' })).status).toBe(400); // spends no upload
+      const ok = [await upload({ content_type: 'image/png', bytes: 100 }), await upload({ content_type: 'image/png', bytes: 100 })];
+      expect(ok.map((r) => r.status)).toEqual([201, 201]);
+      expect(ok[1]!.headers.get('RateLimit-Policy')).toBe('"uploads";q=2;w=3600, "requests";q=100;w=60');
+      expect(ok[1]!.headers.get('RateLimit')).toBe('"uploads";r=0;t=5380, "requests";r=97;t=40'); // 3580 s to the hour's end, then half an hour for 1 of 2 to age out
+      const refused = await upload({ content_type: 'image/png', bytes: 100 });
+      const error = await expectEnvelope(refused, 429, 'rate_limited');
+      expect(error.message).toMatch(/limit of 2 uploads per 3600 s/);
+      expect(Number(refused.headers.get('Retry-After'))).toBeGreaterThan(3000);
+      expect(refused.headers.get('RateLimit')).toMatch(/^"uploads";r=0;t=\d+, "requests";r=96;t=40$/);
+      // Other requests go on.
+      expect((await app.request('/v1/models', { headers: { Authorization: `Bearer ${h.alice}` } })).status).toBe(200);
+      expect(parseConfig({ CLIPAG_UPLOADS_PER_HOUR: '50' }).uploadsPerHour).toBe(50);
+    } finally {
+      await h.close();
+    }
+  });
+
   it('CLIPAG_RATE_LIMIT_PER_MIN turns it on in local mode (counted in the server\'s memory); unset it is off', async () => {
     expect(parseConfig({}).rateLimitPerMin).toBe(0);
     expect(() => parseConfig({ CLIPAG_RATE_LIMIT_PER_MIN: '-1' })).toThrow(/CLIPAG_RATE_LIMIT_PER_MIN/);
     expect(() => parseConfig({ CLIPAG_RATE_LIMIT_PER_MIN: '2.5' })).toThrow(/CLIPAG_RATE_LIMIT_PER_MIN/);
     const aws = { CLIPAG_MODE: 'aws', AWS_REGION: 'eu-west-1', CLIPAG_BUCKET: 'bucket-x', CLIPAG_QUEUE_URL: 'https://sqs.eu-west-1.amazonaws.com/1/q' };
-    expect(() => parseConfig({ ...aws, CLIPAG_RATE_LIMIT_PER_MIN: '600' })).toThrow(/CLIPAG_RATE_TABLE: is required when CLIPAG_RATE_LIMIT_PER_MIN is above 0/);
+    expect(() => parseConfig({ ...aws, CLIPAG_RATE_LIMIT_PER_MIN: '600' })).toThrow(/CLIPAG_RATE_TABLE: is required when CLIPAG_RATE_LIMIT_PER_MIN or CLIPAG_UPLOADS_PER_HOUR is above 0/);
     expect(parseConfig({ ...aws, CLIPAG_RATE_LIMIT_PER_MIN: '600', CLIPAG_RATE_TABLE: 'clipag-rate' })).toMatchObject({ rateLimitPerMin: 600, rateTable: 'clipag-rate' });
     const config = parseConfig({ CLIPAG_DATA_DIR: mkdtempSync(join(tmpdir(), 'clipag-rate-')), CLIPAG_RATE_LIMIT_PER_MIN: '2' }) as LocalConfig;
     const deps = await localDeps(config, { models: async () => [{ id: 'toy', default: true, input_size: 224 }] });
