@@ -103,12 +103,14 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('/v1/*', noStore());
   app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   app.use('/v1/*', auth(deps.keys));
-  // Per-account limits (ADR 0026): every request, and the uploads among them (each may store an image for days).
+  // Per-account limits (ADR 0026): every request; the uploads among them (each may store an image for
+  // days); and the `Prefer: wait` holds (each keeps an API instance busy).
   const gate = (limit: number | undefined, windowSec: number, name: string) =>
     deps.rateCounter && (limit ?? 0) > 0 ? new RateGate(new SlidingWindowRateLimiter(deps.rateCounter, { limit: limit!, windowSec, name }), { clock, log }) : undefined;
   const requestGate = gate(deps.limits.rateLimitPerMin, 60, 'requests');
   if (requestGate) app.use('/v1/*', rateLimit(requestGate));
   const uploadGate = gate(deps.limits.uploadsPerHour, 3600, 'uploads');
+  const waitGate = gate(deps.limits.waitsPerMin, 60, 'waits');
   app.use('/v1/generations', requireJson());
   app.use('/v1/generations', strictListQuery());
   app.use('/v1/uploads', requireJson());
@@ -116,7 +118,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
 
   registerModelRoutes(app, deps);
   registerUploadRoutes(app, deps, { clock, uploadGate });
-  registerGenerationRoutes(app, deps, { clock, ledger, log });
+  registerGenerationRoutes(app, deps, { clock, ledger, log, ...(waitGate ? { waitGate } : {}) });
   registerUsageRoutes(app, deps, { clock });
   return app;
 }

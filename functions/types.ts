@@ -34,6 +34,8 @@ export interface AppLimits {
   rateLimitPerMin?: number;
   /** Upload URLs (POST /v1/uploads) one account may ask for per hour, sliding window (ADR 0026); needs `rateCounter`. 0 or unset: no limit. */
   uploadsPerHour?: number;
+  /** `Prefer: wait` holds one account may have honoured per minute (ADR 0026); past it the header is ignored. 0 or unset: no budget. */
+  waitsPerMin?: number;
 }
 
 export interface AppLogEntry {

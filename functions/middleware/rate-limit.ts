@@ -36,6 +36,20 @@ export class RateGate {
    * answer carries them). The counter unavailable: `null` (fail open, see rateLimit).
    */
   async check(c: Context<AppEnv>): Promise<Record<string, string> | null> {
+    const decision = await this.decide(c);
+    if (decision === null) return null;
+    const { limiter } = this;
+    const headers = rateLimitHeaders(limiter.name, decision);
+    if (decision.allowed) return headers;
+    for (const [name, value] of Object.entries(headers)) c.header(name, value, { append: true });
+    throw new TooManyRequestsError(`over this account's limit of ${decision.limit} ${limiter.name} per ${decision.windowSec} s; retry after ${decision.resetSec} s`, {
+      code: 'rate_limited',
+      retryAfterSec: decision.resetSec,
+    });
+  }
+
+  /** The owner's request counted if within the limit, and the decision; `null` when the counter is unavailable (logged). */
+  async decide(c: Context<AppEnv>): Promise<RateDecision | null> {
     const { limiter, options } = this;
     if (Date.now() < this.skipUntilMs) {
       this.unlimited++;
@@ -56,17 +70,11 @@ export class RateGate {
       this.unlimited = 0;
       return null;
     }
-    const headers = rateLimitHeaders(limiter.name, decision);
-    if (decision.allowed) return headers;
     // Once per refusal the store decided (later ones until Retry-After come from memory): who, and for how long.
-    if (decision.fromStore) {
+    if (!decision.allowed && decision.fromStore) {
       options.log({ level: 'warn', msg: 'rate limit: an account is over its limit', request_id: c.get('requestId'), owner: c.get('owner'), limit_name: limiter.name, limit: decision.limit, window_sec: decision.windowSec, retry_after_sec: decision.resetSec });
     }
-    for (const [name, value] of Object.entries(headers)) c.header(name, value, { append: true });
-    throw new TooManyRequestsError(`over this account's limit of ${decision.limit} ${limiter.name} per ${decision.windowSec} s; retry after ${decision.resetSec} s`, {
-      code: 'rate_limited',
-      retryAfterSec: decision.resetSec,
-    });
+    return decision;
   }
 }
 

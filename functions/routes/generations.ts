@@ -21,6 +21,7 @@ import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
+import type { RateGate } from '../middleware/rate-limit.ts';
 
 /** How many passed upload checks a process remembers. */
 const CHECKED_UPLOADS_KEPT = 1000;
@@ -200,7 +201,7 @@ const cancelGeneration = generationRoute(
 export function registerGenerationRoutes(
   app: OpenAPIHono<AppEnv>,
   deps: AppDeps,
-  ctx: { clock: () => Date; ledger: IdempotencyLedger; log: (entry: AppLogEntry) => void },
+  ctx: { clock: () => Date; ledger: IdempotencyLedger; log: (entry: AppLogEntry) => void; waitGate?: RateGate },
 ): void {
   const { blobs, jobs, queue, limits } = deps;
   const viewOptions = viewOptionsFromConfig(limits); // the worker price and output retention the views show
@@ -342,6 +343,10 @@ export function registerGenerationRoutes(
   async function heldUntilEnded(c: Context<AppEnv>, job: JobRecord): Promise<JobRecord> {
     const waitSec = preferredWaitSec(c.req.header('Prefer'), limits.maxWaitSec ?? 0);
     if (waitSec === null) return job;
+    // Each wait holds an API instance: the account's waits a minute are counted (a job already ended
+    // holds nothing), and past its budget the preference is not honoured (no Preference-Applied; the
+    // caller polls). An unavailable counter holds, as the request limit lets requests through.
+    if (!isTerminal(job.status) && ctx.waitGate && (await ctx.waitGate.decide(c))?.allowed === false) return job;
     // Counted from the request's arrival, so the whole request fits the deployment's cap (which the
     // CDK sets under the Lambda's timeout); no read starts in the last 250 ms of it.
     const until = (c.get('receivedAt') ?? Date.now()) + waitSec * 1000;

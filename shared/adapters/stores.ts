@@ -87,11 +87,11 @@ export function awsStores(config: AwsConfig): Stores {
 }
 
 /**
- * The API's per-account request and upload counts (ADR 0026): the DynamoDB table in AWS mode,
- * undefined when both limits are off. Two SDK attempts at most: a request waits on this, and the limiter fails open.
+ * The API's per-account counts of requests, uploads and waits (ADR 0026): the DynamoDB table in AWS
+ * mode, undefined when all three limits are off. Two SDK attempts at most: a request waits on this, and the limiter fails open.
  */
 export function awsRateCounter(config: AwsConfig): RateCounter | undefined {
-  if ((config.rateLimitPerMin === 0 && config.uploadsPerHour === 0) || config.rateTable === undefined) return undefined;
+  if ((config.rateLimitPerMin === 0 && config.uploadsPerHour === 0 && config.waitsPerMin === 0) || config.rateTable === undefined) return undefined;
   const client = new DynamoDBClient({
     ...SDK_SOCKET_TIMEOUTS,
     maxAttempts: 2,

@@ -172,12 +172,46 @@ describe('per-account request limit', () => {
     }
   });
 
+  it('Prefer: wait has a budget per account: past it the request is answered at once, without Preference-Applied; a job already ended costs none', async () => {
+    const h = await harness();
+    try {
+      const app = createApp({ ...h.deps, rateCounter: new MemoryRateCounter(), limits: { ...h.deps.limits, maxWaitSec: 1, waitsPerMin: 1 } });
+      const post = () =>
+        app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', Prefer: 'wait=1' }, body: JSON.stringify({ prompt: 'a red circle' }) });
+      const timed = async () => {
+        const started = Date.now();
+        const res = await post();
+        return { res, ms: Date.now() - started };
+      };
+      const held = await timed();
+      expect(held.res.status).toBe(202);
+      expect(held.res.headers.get('Preference-Applied')).toBe('wait=1');
+      expect(held.ms).toBeGreaterThanOrEqual(700); // no worker here: held until the wait ran out
+      const over = await timed();
+      expect(over.res.status).toBe(202);
+      expect(over.res.headers.get('Preference-Applied')).toBeNull();
+      expect(over.ms).toBeLessThan(700);
+      expect(h.logs).toContainEqual(expect.objectContaining({ msg: 'rate limit: an account is over its limit', limit_name: 'waits', owner: 'acct_alice' }));
+      // An ended job is answered at once anyway: its wait is honoured without spending the budget.
+      const id = ((await over.res.json()) as { id: string }).id;
+      expect((await app.request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' } })).status).toBe(200);
+      const ended = await app.request(`/v1/generations/${id}`, { headers: { Authorization: `Bearer ${h.alice}`, Prefer: 'wait=1' } });
+      expect(ended.headers.get('Preference-Applied')).toBe('wait=1');
+      // Another account has its own budget.
+      const bob = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.bob}`, 'Content-Type': 'application/json', Prefer: 'wait=1' }, body: JSON.stringify({ prompt: 'a red circle' }) });
+      expect(bob.headers.get('Preference-Applied')).toBe('wait=1');
+      expect(parseConfig({ CLIPAG_WAITS_PER_MIN: '30' }).waitsPerMin).toBe(30);
+    } finally {
+      await h.close();
+    }
+  });
+
   it('CLIPAG_RATE_LIMIT_PER_MIN turns it on in local mode (counted in the server\'s memory); unset it is off', async () => {
     expect(parseConfig({}).rateLimitPerMin).toBe(0);
     expect(() => parseConfig({ CLIPAG_RATE_LIMIT_PER_MIN: '-1' })).toThrow(/CLIPAG_RATE_LIMIT_PER_MIN/);
     expect(() => parseConfig({ CLIPAG_RATE_LIMIT_PER_MIN: '2.5' })).toThrow(/CLIPAG_RATE_LIMIT_PER_MIN/);
     const aws = { CLIPAG_MODE: 'aws', AWS_REGION: 'eu-west-1', CLIPAG_BUCKET: 'bucket-x', CLIPAG_QUEUE_URL: 'https://sqs.eu-west-1.amazonaws.com/1/q' };
-    expect(() => parseConfig({ ...aws, CLIPAG_RATE_LIMIT_PER_MIN: '600' })).toThrow(/CLIPAG_RATE_TABLE: is required when CLIPAG_RATE_LIMIT_PER_MIN or CLIPAG_UPLOADS_PER_HOUR is above 0/);
+    expect(() => parseConfig({ ...aws, CLIPAG_RATE_LIMIT_PER_MIN: '600' })).toThrow(/CLIPAG_RATE_TABLE: is required when CLIPAG_RATE_LIMIT_PER_MIN, CLIPAG_UPLOADS_PER_HOUR or CLIPAG_WAITS_PER_MIN is above 0/);
     expect(parseConfig({ ...aws, CLIPAG_RATE_LIMIT_PER_MIN: '600', CLIPAG_RATE_TABLE: 'clipag-rate' })).toMatchObject({ rateLimitPerMin: 600, rateTable: 'clipag-rate' });
     const config = parseConfig({ CLIPAG_DATA_DIR: mkdtempSync(join(tmpdir(), 'clipag-rate-')), CLIPAG_RATE_LIMIT_PER_MIN: '2' }) as LocalConfig;
     const deps = await localDeps(config, { models: async () => [{ id: 'toy', default: true, input_size: 224 }] });
