@@ -52,15 +52,19 @@ export class ApiStack extends Stack {
   readonly sweeper: nodejs.NodejsFunction;
   /** The sweep's log group: each sweep logs one `queued-job sweep` line with its figures (the alarms read `oldestQueuedSec`). */
   readonly sweeperLogGroup: logs.LogGroup;
+  /** The handler's log group: the app's warn and error lines (the dashboard links to it). */
+  readonly handlerLogGroup: logs.LogGroup;
   readonly httpApi: apigw.HttpApi;
+  /** The stage's JSON access log, one line per request with its `status` (the dashboard counts the 429s in it). */
+  readonly accessLogGroup: logs.LogGroup;
 
   constructor(scope: Construct, id: string, props: ApiStackProps) {
     super(scope, id, props);
     const { config, bucket, queue, rateCounters } = props;
 
-    const logGroup = new logs.LogGroup(this, 'HandlerLogs', {
+    const logGroup = (this.handlerLogGroup = new logs.LogGroup(this, 'HandlerLogs', {
       retention: config.logRetentionDays as logs.RetentionDays,
-    });
+    }));
 
     const environment = {
       [ENV.mode]: 'aws',
@@ -167,9 +171,9 @@ export class ApiStack extends Stack {
       createDefaultStage: false,
     });
 
-    const accessLogs = new logs.LogGroup(this, 'AccessLogs', {
+    const accessLogs = (this.accessLogGroup = new logs.LogGroup(this, 'AccessLogs', {
       retention: config.logRetentionDays as logs.RetentionDays,
-    });
+    }));
     new apigw.HttpStage(this, 'DefaultStage', {
       httpApi: this.httpApi,
       stageName: '$default',

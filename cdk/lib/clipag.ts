@@ -44,7 +44,7 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
   });
   const worker = new WorkerStack(app, `${prefix}-Worker`, {
     ...base,
-    description: `clipag ${config.stage}: GPU worker fleet on ECS, queue alarms`,
+    description: `clipag ${config.stage}: GPU worker fleet on ECS, queue alarms, dashboard`,
     config,
     bucket: stateful.bucket,
     queue: stateful.queue,
@@ -52,6 +52,8 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
     image: options.workerImage,
     queuedJobSweep: { fn: api.sweeper, logGroup: api.sweeperLogGroup },
     httpApi: api.httpApi,
+    apiHandler: { fn: api.handler, logGroup: api.handlerLogGroup },
+    apiAccessLogGroup: api.accessLogGroup,
   });
 
   // Readers before writers: the worker writes job-record fields (e.g. `warnings`) that the API's

@@ -39,6 +39,10 @@ export class QueueAlarms extends Construct {
   readonly queuedJobSweepAlarm: cloudwatch.Alarm;
   readonly api5xxAlarm: cloudwatch.Alarm | undefined;
   readonly workerErrorAlarm: cloudwatch.Alarm | undefined;
+  /** `OldestQueuedJobSeconds` from the sweep's `queued-job sweep` line; the dashboard graphs the same metric. */
+  readonly oldestQueuedJobFilter: logs.MetricFilter;
+  /** `WorkerErrorLines`, one per `"level":"error"` line of the worker; the dashboard graphs the same metric. */
+  readonly workerErrorLinesFilter: logs.MetricFilter | undefined;
 
   constructor(scope: Construct, id: string, props: QueueAlarmsProps) {
     super(scope, id);
@@ -86,14 +90,14 @@ export class QueueAlarms extends Construct {
     this.oldestQueuedJobAlarm = atLeast(
       'OldestQueuedJob',
       `A queued job has waited more than ${props.oldestQueuedJobSeconds}s to start (the queued-job sweep's oldestQueuedSec).`,
-      new logs.MetricFilter(this, 'OldestQueuedJobFilter', {
+      (this.oldestQueuedJobFilter = new logs.MetricFilter(this, 'OldestQueuedJobFilter', {
         logGroup: props.queuedJobSweep.logGroup,
         filterPattern: logs.FilterPattern.stringValue('$.msg', '=', 'queued-job sweep'),
         metricNamespace: 'Clipag',
         metricName: 'OldestQueuedJobSeconds',
         metricValue: '$.oldestQueuedSec',
         unit: cloudwatch.Unit.SECONDS,
-      }).metric({ period: Duration.minutes(5), statistic: 'Maximum' }),
+      })).metric({ period: Duration.minutes(5), statistic: 'Maximum' }),
       props.oldestQueuedJobSeconds,
       // One reading is enough: a job's wait only grows until it starts, so it cannot flap.
       1,
@@ -123,17 +127,20 @@ export class QueueAlarms extends Construct {
     // The worker logs at `error` only what an operator must act on: an unhealthy worker (ADR 0023),
     // a usage add that failed (the ledger misses a job until `clipag usage rebuild`), a failure it
     // could not record, a corrupt job document, a content policy that does not parse.
-    this.workerErrorAlarm = props.workerLogGroup
+    this.workerErrorLinesFilter = props.workerLogGroup
+      ? new logs.MetricFilter(this, 'WorkerErrorLinesFilter', {
+          logGroup: props.workerLogGroup,
+          filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'error'),
+          metricNamespace: 'Clipag',
+          metricName: 'WorkerErrorLines',
+          metricValue: '1',
+        })
+      : undefined;
+    this.workerErrorAlarm = this.workerErrorLinesFilter
       ? atLeast(
           'WorkerErrorLines',
           'The GPU worker logged an error line (search its log group for "level":"error").',
-          new logs.MetricFilter(this, 'WorkerErrorLinesFilter', {
-            logGroup: props.workerLogGroup,
-            filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'error'),
-            metricNamespace: 'Clipag',
-            metricName: 'WorkerErrorLines',
-            metricValue: '1',
-          }).metric({ period: Duration.minutes(5), statistic: 'Sum' }),
+          this.workerErrorLinesFilter.metric({ period: Duration.minutes(5), statistic: 'Sum' }),
           1,
           1,
         )

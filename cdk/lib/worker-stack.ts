@@ -10,6 +10,7 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { BUCKET_PREFIXES, ENV, MAX_RECEIVE_COUNT, type StageConfig } from './config.ts';
+import { type ApiHandlerRef, ClipagDashboard } from './dashboard.ts';
 import { GpuQueueWorker } from './gpu-queue-worker.ts';
 import { grantDeadLetterSweep, grantListBucket, grantPrefix } from './grants.ts';
 import { REPO_ROOT, WORKER_DOCKERFILE } from './paths.ts';
@@ -26,6 +27,10 @@ export interface WorkerStackProps extends StackProps {
   readonly queuedJobSweep: QueuedJobSweepRef;
   /** The API stack's HTTP API, whose 5xx answers alarm on the same topic. */
   readonly httpApi?: apigw.IHttpApi;
+  /** The API stack's handler and its log group: the dashboard's API row (errors, throttles, concurrency). */
+  readonly apiHandler?: ApiHandlerRef;
+  /** The API stage's access log group: the dashboard counts its 429 answers. */
+  readonly apiAccessLogGroup?: logs.ILogGroup;
 }
 
 /**
@@ -53,6 +58,7 @@ export class WorkerStack extends Stack {
   readonly capacityProvider: ecs.AsgCapacityProvider;
   readonly worker: GpuQueueWorker;
   readonly alarms: QueueAlarms;
+  readonly dashboard: ClipagDashboard;
 
   constructor(scope: Construct, id: string, props: WorkerStackProps) {
     super(scope, id, props);
@@ -241,6 +247,21 @@ export class WorkerStack extends Stack {
       queuedJobSweep: props.queuedJobSweep,
       ...(props.httpApi ? { httpApi: props.httpApi } : {}),
       workerLogGroup: this.worker.logGroup,
+    });
+
+    // Beside the alarms it shows, with every reference it reads already here.
+    this.dashboard = new ClipagDashboard(this, 'Dashboard', {
+      config,
+      queue,
+      deadLetterQueue,
+      queuedJobSweep: props.queuedJobSweep,
+      cluster: this.cluster,
+      capacityProvider: this.capacityProvider,
+      worker: this.worker,
+      alarms: this.alarms,
+      ...(props.httpApi ? { httpApi: props.httpApi } : {}),
+      ...(props.apiHandler ? { apiHandler: props.apiHandler } : {}),
+      ...(props.apiAccessLogGroup ? { apiAccessLogGroup: props.apiAccessLogGroup } : {}),
     });
   }
 }

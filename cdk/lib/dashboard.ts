@@ -1,0 +1,285 @@
+import { Aws, Duration } from 'aws-cdk-lib';
+import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import type * as ecs from 'aws-cdk-lib/aws-ecs';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+import type { StageConfig } from './config.ts';
+import type { GpuQueueWorker } from './gpu-queue-worker.ts';
+import type { QueueAlarms, QueuedJobSweepRef } from './queue-alarms.ts';
+
+/** The API's request handler and the log group its warn and error lines go to. */
+export interface ApiHandlerRef {
+  readonly fn: lambda.IFunction;
+  readonly logGroup: logs.ILogGroup;
+}
+
+/**
+ * The outcomes the worker's `job finished` line can carry (`JobOutcome` in gpu-worker/worker/worker.ts;
+ * a test reads that type and compares). The dashboard graphs one line per value: a metric filter's
+ * dimension publishes one metric per value it sees, so the set must stay this small.
+ */
+export const JOB_OUTCOMES = ['succeeded', 'failed', 'canceled', 'requeued', 'skipped', 'lease_lost'] as const;
+
+/** Namespace of every metric the stack's metric filters publish (the alarms' two included). */
+const NAMESPACE = 'Clipag';
+
+export interface ClipagDashboardProps {
+  /** Stage name (the dashboard's name), thresholds and fleet shape for the titles, Container Insights on or off. */
+  readonly config: StageConfig;
+  readonly queue: sqs.IQueue;
+  readonly deadLetterQueue: sqs.IQueue;
+  /** The queued-job sweep: its invocations, errors and duration; its wait figure comes through `alarms`. */
+  readonly queuedJobSweep: QueuedJobSweepRef;
+  readonly cluster: ecs.ICluster;
+  readonly capacityProvider: ecs.AsgCapacityProvider;
+  /** The GPU service, its backlog expression (the scaling input) and its JSON log group. */
+  readonly worker: GpuQueueWorker;
+  /** The operator alarms: shown as states, and their two metric filters graphed (not filtered twice). */
+  readonly alarms: QueueAlarms;
+  /** The public API's gateway metrics: requests, 4xx, 5xx, latency. */
+  readonly httpApi?: apigw.IHttpApi;
+  /** The API Lambda: errors, throttles, concurrency; its log group is linked from the notes. */
+  readonly apiHandler?: ApiHandlerRef;
+  /** The API stage's JSON access log (`status` per request): the 429s are counted from it. */
+  readonly apiAccessLogGroup?: logs.ILogGroup;
+}
+
+/**
+ * One CloudWatch dashboard per stage, `clipag-<stage>`: notes and alarm states on top, then a row each
+ * for the API, the queue and its sweep, and the GPU fleet. It reads what the system already emits: AWS
+ * metrics, the two metric filters of the alarms, and three metric filters of its own on JSON fields the
+ * code really logs (each cited below). No alarm, topic or paid feature is added here; Container
+ * Insights stays as the stage config has it.
+ */
+export class ClipagDashboard extends Construct {
+  readonly dashboard: cloudwatch.Dashboard;
+  /** 429 answers in the API's access log: the stage throttle's and the app's (rate_limited, too_many_active_jobs). */
+  readonly api429Filter: logs.MetricFilter | undefined;
+  /** Jobs the worker finished, one metric per `outcome` of its `job finished` line. */
+  readonly jobOutcomesFilter: logs.MetricFilter;
+  /** The worker's warm-up time, from its `warmed up` line. */
+  readonly warmUpFilter: logs.MetricFilter;
+
+  constructor(scope: Construct, id: string, props: ClipagDashboardProps) {
+    super(scope, id);
+    const { config, queue, deadLetterQueue, queuedJobSweep, worker, alarms } = props;
+    const minute = Duration.minutes(1);
+    const fiveMinutes = Duration.minutes(5);
+
+    // ---- metric filters (free; their metrics are custom metrics, see cdk/README.md) -----------------
+
+    // The access log's format (api-stack.ts) writes `"status":"$context.status"`: a JSON string, so the
+    // pattern compares strings. The gateway logs the requests its stage throttle refuses as well, so the
+    // count holds both kinds of 429.
+    this.api429Filter = props.apiAccessLogGroup
+      ? new logs.MetricFilter(this, 'Api429Filter', {
+          logGroup: props.apiAccessLogGroup,
+          filterPattern: logs.FilterPattern.stringValue('$.status', '=', '429'),
+          metricNamespace: NAMESPACE,
+          metricName: 'Api429Answers',
+          metricValue: '1',
+        })
+      : undefined;
+
+    // gpu-worker/worker/worker.ts, `finish`: log.info('job finished', { jobId, owner, outcome, ...extra }),
+    // through jsonLogger (`msg` and the fields at the top level). `outcome` is one of JOB_OUTCOMES, never
+    // free text, so it can be a dimension; jobId and owner never are (one metric per value).
+    this.jobOutcomesFilter = new logs.MetricFilter(this, 'JobOutcomesFilter', {
+      logGroup: worker.logGroup,
+      filterPattern: logs.FilterPattern.stringValue('$.msg', '=', 'job finished'),
+      metricNamespace: NAMESPACE,
+      metricName: 'WorkerJobsFinished',
+      metricValue: '1',
+      dimensions: { Outcome: '$.outcome' },
+    });
+
+    // gpu-worker/worker/worker.ts, the warm-up before the first poll (ADR 0020):
+    // log.info('warmed up', { ms: clock.now() - t0 }). Every task start pays it before it takes a job, so
+    // it is part of the wait of a job that scaled the fleet out. The number test keeps a line without
+    // a numeric `ms` from publishing anything.
+    this.warmUpFilter = new logs.MetricFilter(this, 'WarmUpFilter', {
+      logGroup: worker.logGroup,
+      filterPattern: logs.FilterPattern.all(logs.FilterPattern.stringValue('$.msg', '=', 'warmed up'), logs.FilterPattern.numberValue('$.ms', '>=', 0)),
+      metricNamespace: NAMESPACE,
+      metricName: 'WorkerWarmUpTime',
+      metricValue: '$.ms',
+      unit: cloudwatch.Unit.MILLISECONDS,
+    });
+
+    // ---- widgets --------------------------------------------------------------------------------------
+
+    const graph = (title: string, left: cloudwatch.IMetric[], more: Partial<cloudwatch.GraphWidgetProps> = {}) =>
+      new cloudwatch.GraphWidget({ title, left, width: 8, height: 6, ...more });
+    const header = (markdown: string) => new cloudwatch.TextWidget({ markdown, width: 24, height: 1 });
+    const operatorAlarms = [alarms.dlqDepthAlarm, alarms.oldestQueuedJobAlarm, alarms.queuedJobSweepAlarm, alarms.api5xxAlarm, alarms.workerErrorAlarm].filter(
+      (a): a is cloudwatch.Alarm => a !== undefined,
+    );
+
+    this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', {
+      // Dashboard names are unique per account and region: one per stage.
+      dashboardName: `clipag-${config.stage}`,
+      defaultInterval: Duration.hours(6),
+    });
+
+    this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: this.notes(props), width: 24, height: 9 }));
+    this.dashboard.addWidgets(
+      new cloudwatch.AlarmStatusWidget({
+        title: 'Alarms (state now; each notifies the SNS topic of the worker stack on ALARM and on OK)',
+        alarms: operatorAlarms,
+        width: 24,
+        height: 3,
+      }),
+    );
+
+    // API row.
+    const api: cloudwatch.IWidget[] = [];
+    if (props.httpApi) {
+      const httpApi = props.httpApi;
+      api.push(
+        graph('API requests, 4xx and 5xx answers (count per minute, at the gateway)', [
+          httpApi.metricCount({ period: minute, statistic: 'Sum', label: 'requests' }),
+          httpApi.metricClientError({ period: minute, statistic: 'Sum', label: '4xx (429s included)' }),
+          httpApi.metricServerError({ period: minute, statistic: 'Sum', label: '5xx' }),
+        ], { width: 6 }),
+        graph('API latency p50 / p90 / p99 (ms, request to answer at the gateway; Prefer: wait holds requests up to its limit)', [
+          httpApi.metricLatency({ period: minute, statistic: 'p50', label: 'p50' }),
+          httpApi.metricLatency({ period: minute, statistic: 'p90', label: 'p90' }),
+          httpApi.metricLatency({ period: minute, statistic: 'p99', label: 'p99' }),
+        ], { width: 6, leftYAxis: { label: 'ms', showUnits: false, min: 0 } }),
+      );
+    }
+    if (this.api429Filter) {
+      api.push(
+        graph('API 429 answers (count per minute; stage throttle + app rate_limited + too_many_active_jobs, from the access log)', [
+          this.api429Filter.metric({ period: minute, statistic: 'Sum', label: '429 answers' }),
+        ], { width: 6 }),
+      );
+    }
+    if (props.apiHandler) {
+      const fn = props.apiHandler.fn;
+      api.push(
+        graph('API Lambda: errors and throttles (count per minute, left), concurrent executions (max, right)', [
+          fn.metricErrors({ period: minute, statistic: 'Sum', label: 'errors' }),
+          fn.metricThrottles({ period: minute, statistic: 'Sum', label: 'throttles' }),
+        ], { width: 6, right: [fn.metric('ConcurrentExecutions', { period: minute, statistic: 'Maximum', label: 'concurrent executions' })] }),
+      );
+    }
+    if (api.length > 0) this.dashboard.addWidgets(header('### API'), ...api);
+
+    // Queue and jobs row.
+    const dlqAnnotation = alarms.dlqDepthAlarm.toAnnotation();
+    const waitAnnotation = alarms.oldestQueuedJobAlarm.toAnnotation();
+    this.dashboard.addWidgets(
+      header('### Queue and jobs'),
+      graph('Job queue: visible and in-flight messages (count, max per minute)', [
+        queue.metricApproximateNumberOfMessagesVisible({ period: minute, statistic: 'Maximum', label: 'visible (waiting)' }),
+        queue.metricApproximateNumberOfMessagesNotVisible({ period: minute, statistic: 'Maximum', label: 'in flight (running or held)' }),
+      ]),
+      graph('Job queue: age of the oldest message (seconds; in-flight messages count, so a long run shows here too)', [
+        queue.metricApproximateAgeOfOldestMessage({ period: minute, statistic: 'Maximum', label: 'oldest message age' }),
+      ], { leftYAxis: { label: 'seconds', showUnits: false, min: 0 } }),
+      graph(`Queued jobs: longest wait to start (seconds, the sweep's oldestQueuedSec; alarm at ${config.alarmOldestQueuedJobSeconds})`, [
+        alarms.oldestQueuedJobFilter.metric({ period: fiveMinutes, statistic: 'Maximum', label: 'longest queued wait' }),
+      ], { leftAnnotations: [waitAnnotation], leftYAxis: { label: 'seconds', showUnits: false, min: 0 } }),
+      graph(`Dead-letter queue depth (messages; alarm at ${config.alarmDlqDepth}, clipag dlq list)`, [
+        deadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: minute, statistic: 'Maximum', label: 'dead letters' }),
+      ], { leftAnnotations: [dlqAnnotation], leftYAxis: { min: 0 } }),
+      graph(`Queued-job sweep: runs and failed runs (count per 5 min; one run every ${config.queuedJobSweepMinutes} min)`, [
+        queuedJobSweep.fn.metricInvocations({ period: fiveMinutes, statistic: 'Sum', label: 'runs' }),
+        queuedJobSweep.fn.metricErrors({ period: fiveMinutes, statistic: 'Sum', label: 'failed runs' }),
+      ]),
+      graph('Queued-job sweep: duration (ms, longest run per 5 min)', [
+        queuedJobSweep.fn.metricDuration({ period: fiveMinutes, statistic: 'Maximum', label: 'longest run' }),
+      ], { leftYAxis: { label: 'ms', showUnits: false, min: 0 } }),
+    );
+
+    // Worker fleet row.
+    const serviceDimensions = { ClusterName: props.cluster.clusterName, ServiceName: worker.service.serviceName };
+    const insights = (metricName: string, label: string) =>
+      new cloudwatch.Metric({ namespace: 'ECS/ContainerInsights', metricName, dimensionsMap: serviceDimensions, period: minute, statistic: 'Maximum', label });
+    const tasks = config.containerInsights
+      ? graph('GPU worker tasks: running, desired and pending (count; Container Insights)', [
+          insights('RunningTaskCount', 'running'),
+          insights('DesiredTaskCount', 'desired'),
+          insights('PendingTaskCount', 'pending (waiting for an instance)'),
+        ])
+      : // Without Container Insights ECS publishes no task count; turning it on is a paid choice of the
+        // stage config, not the dashboard's.
+        new cloudwatch.TextWidget({
+          width: 8,
+          height: 6,
+          markdown: [
+            '**GPU worker tasks: running / desired (count)**',
+            '',
+            `Not published in this stage: task counts come from Container Insights, off here (\`containerInsights\` in cdk/lib/config.ts; a paid feature).`,
+            '',
+            'The desired count follows the backlog beside this note; the capacity-provider reservation says whether instances are being added.',
+            `\`aws ecs describe-services --cluster ${props.cluster.clusterName} --services ${worker.service.serviceName}\` shows both counts.`,
+          ].join('\n'),
+        });
+    this.dashboard.addWidgets(
+      header('### GPU worker fleet'),
+      tasks,
+      graph(`Backlog that sets the task count (jobs: visible + in flight, max per minute; one task per ${config.jobsPerTask} jobs, at most ${config.maxInstances})`, [
+        worker.backlog.with({ label: 'backlog' }),
+      ], { leftYAxis: { min: 0 } }),
+      graph('GPU capacity provider reservation (%; above 100: instances are being added, below: some stand idle)', [
+        new cloudwatch.Metric({
+          namespace: 'AWS/ECS/ManagedScaling',
+          metricName: 'CapacityProviderReservation',
+          dimensionsMap: { CapacityProviderName: props.capacityProvider.capacityProviderName, ClusterName: props.cluster.clusterName },
+          period: minute,
+          statistic: 'Maximum',
+          label: 'reservation',
+        }),
+      ], { leftYAxis: { label: '%', showUnits: false, min: 0 } }),
+      graph('GPU worker error lines (count per 5 min; "level":"error", the alarm fires at 1)', [
+        ...(alarms.workerErrorLinesFilter ? [alarms.workerErrorLinesFilter.metric({ period: fiveMinutes, statistic: 'Sum', label: 'error lines' })] : []),
+      ]),
+      graph('Jobs finished by outcome (count per 5 min, the worker\'s "job finished" line; only succeeded, failed and canceled end a job)', JOB_OUTCOMES.map((outcome) =>
+        this.jobOutcomesFilter.metric({ period: fiveMinutes, statistic: 'Sum', dimensionsMap: { Outcome: outcome }, label: outcome }),
+      ), { stacked: true }),
+      graph('GPU worker warm-up before its first job (ms, per task start: max and average per 5 min)', [
+        this.warmUpFilter.metric({ period: fiveMinutes, statistic: 'Maximum', label: 'max' }),
+        this.warmUpFilter.metric({ period: fiveMinutes, statistic: 'Average', label: 'average' }),
+      ], { leftYAxis: { label: 'ms', showUnits: false, min: 0 } }),
+    );
+  }
+
+  /** The text at the top: where the runbook is, what each alarm means, where the logs are. */
+  private notes(props: ClipagDashboardProps): string {
+    const { config, alarms, worker } = props;
+    // Thresholds and windows as the alarms have them, so the notes cannot drift from queue-alarms.ts.
+    const cfn = (alarm: cloudwatch.Alarm) => alarm.node.defaultChild as cloudwatch.CfnAlarm;
+    const thresholdOf = (alarm: cloudwatch.Alarm) => cfn(alarm).threshold;
+    const periodMinutes = (alarm: cloudwatch.Alarm) => (cfn(alarm).period ?? 60) / 60;
+    const periodsOf = (alarm: cloudwatch.Alarm) => cfn(alarm).evaluationPeriods ?? 1;
+    const windowMinutes = (alarm: cloudwatch.Alarm) => periodsOf(alarm) * periodMinutes(alarm);
+    const logLink = (name: string) => `https://console.aws.amazon.com/cloudwatch/home?region=${Aws.REGION}#logsV2:log-groups/log-group/${name}`;
+    const logLinks = [
+      `[GPU worker](${logLink(worker.logGroup.logGroupName)})`,
+      ...(props.apiHandler ? [`[API handler](${logLink(props.apiHandler.logGroup.logGroupName)})`] : []),
+      ...(props.apiAccessLogGroup ? [`[API access log](${logLink(props.apiAccessLogGroup.logGroupName)})`] : []),
+      `[queued-job sweep](${logLink(props.queuedJobSweep.logGroup.logGroupName)})`,
+    ];
+    const alarmLines = [
+      `- **DLQ depth ≥ ${thresholdOf(alarms.dlqDepthAlarm)}**: a job failed all its deliveries (the worker has marked it failed), or a message did not parse. Stays in ALARM while anything is in the DLQ: triage with \`clipag dlq list\`, then \`clipag dlq purge --yes\` re-arms it.`,
+      `- **Oldest queued job ≥ ${thresholdOf(alarms.oldestQueuedJobAlarm)} s**: a job has waited that long to start (the sweep's figure; running jobs do not count): the fleet is not keeping up or cannot start (GPU quota, Spot, image pull).`,
+      `- **Queued-job sweep failing for ${windowMinutes(alarms.queuedJobSweepAlarm)} min**: lost messages are not re-sent, owed webhooks not retried, and the queued wait is not measured.`,
+      ...(alarms.api5xxAlarm ? [`- **API 5xx ≥ ${thresholdOf(alarms.api5xxAlarm)} per ${periodMinutes(alarms.api5xxAlarm)} min, ${periodsOf(alarms.api5xxAlarm)} periods in a row**: customers get server errors (the app's 500s, or the gateway's for a failing or timing-out Lambda).`] : []),
+      ...(alarms.workerErrorAlarm ? ['- **GPU worker error line**: the worker logged something an operator must act on; search its log group for `"level":"error"` (`worker unhealthy`, `message dead-lettered`, `usage not recorded`…).'] : []),
+    ];
+    return [
+      `# clipag ${config.stage}`,
+      'Runbook: **cdk/README.md, section "On call"** (dead letters, unhealthy workers, the operator CLI). Logs: ' + logLinks.join(' · ') + '.',
+      '',
+      'Alarms (shown below; all notify the SNS topic of the worker stack):',
+      ...alarmLines,
+      '',
+      '429s: the stage throttle and the app\'s own (`rate_limited`, `too_many_active_jobs`) are counted together. Not here: job durations (the worker logs none per job; `usage.worker_seconds` is in the job record) and GPU utilization (no agent publishes it).',
+    ].join('\n');
+  }
+}

@@ -1,0 +1,392 @@
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { ContainerImage } from 'aws-cdk-lib/aws-ecs';
+import { Template } from 'aws-cdk-lib/assertions';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
+import { stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
+import { JOB_OUTCOMES } from '../../cdk/lib/dashboard.ts';
+import { createWorker, jsonLogger } from '../../gpu-worker/worker/worker.ts';
+import { makeEnv, submit, waitForStatus } from '../worker/helpers.ts';
+import { standInImage, stepping } from '../worker/stand-ins.ts';
+import { LAMBDA_STUB, REPO_ROOT, resources, testApp } from './helpers.ts';
+
+// Both stages on a stub image: the dashboard does not depend on the image, and staging the repo
+// root (stacks.test.ts does it once) costs seconds.
+const stubImage = ContainerImage.fromRegistry('public.ecr.aws/docker/library/busybox:stable');
+
+interface Built {
+  config: StageConfig;
+  stacks: ClipagStacks;
+  stateful: Template;
+  api: Template;
+  worker: Template;
+}
+
+let cleanups: Array<() => void> = [];
+const built: Record<'dev' | 'prod', Built> = {} as Record<'dev' | 'prod', Built>;
+
+beforeAll(() => {
+  for (const stage of ['dev', 'prod'] as const) {
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const config = stage === 'prod' ? stageConfig('prod', { alarmEmail: 'ops@example.com' }) : stageConfig('dev');
+    const stacks = buildClipag(app, config, { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
+    built[stage] = { config, stacks, stateful: Template.fromStack(stacks.stateful), api: Template.fromStack(stacks.api), worker: Template.fromStack(stacks.worker) };
+  }
+});
+
+afterAll(() => {
+  for (const c of cleanups) c();
+  cleanups = [];
+});
+
+// ---- reading the dashboard body ------------------------------------------------------------------
+
+interface Widget {
+  type: 'metric' | 'text' | 'alarm';
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+  properties: { title?: string; markdown?: string; alarms?: string[]; metrics?: unknown[][]; annotations?: { horizontal?: Array<{ value: number }> } };
+}
+
+/**
+ * The dashboard of a template with its body parsed. The body is an Fn::Join of JSON text and
+ * CloudFormation tokens (Refs, GetAtts, other stacks' outputs), and every token sits inside a JSON
+ * string: each is replaced by a placeholder `⟦n⟧` (`tokens[n]` is the token), which leaves valid JSON.
+ */
+function dashboardOf(template: Template): { logicalId: string; name: unknown; widgets: Widget[]; tokens: unknown[] } {
+  const dashboards = resources(template).filter(([, r]) => r.Type === 'AWS::CloudWatch::Dashboard');
+  expect(dashboards).toHaveLength(1);
+  const [logicalId, dashboard] = dashboards[0]!;
+  const [separator, parts] = dashboard.Properties.DashboardBody['Fn::Join'] as [string, unknown[]];
+  expect(separator).toBe('');
+  const tokens: unknown[] = [];
+  const text = parts.map((p) => (typeof p === 'string' ? p : `⟦${tokens.push(p) - 1}⟧`)).join('');
+  const body = JSON.parse(text) as { widgets: Widget[] };
+  return { logicalId, name: dashboard.Properties.DashboardName, widgets: body.widgets, tokens };
+}
+
+/** What a placeholder stands for: a token of this stack, or the value another stack outputs for it. */
+function resolvePlaceholder(b: Built, tokens: unknown[], value: unknown): unknown {
+  const m = typeof value === 'string' ? /^⟦(\d+)⟧$/.exec(value) : null;
+  if (!m) return value;
+  const token = tokens[Number(m[1])] as Record<string, any>;
+  const producer = (stackName: string) => ({ [b.stacks.stateful.stackName]: b.stateful, [b.stacks.api.stackName]: b.api })[stackName]!;
+  // Cross-stack references: an output of the producing stack, read as a stack output or an export.
+  if (token['Fn::GetStackOutput']) {
+    const { StackName, OutputName } = token['Fn::GetStackOutput'];
+    return (producer(StackName).toJSON() as any).Outputs[OutputName].Value;
+  }
+  if (token['Fn::ImportValue']) {
+    for (const t of [b.stateful, b.api]) {
+      const out = Object.values((t.toJSON() as any).Outputs ?? {}).find((o: any) => o.Export?.Name === token['Fn::ImportValue']) as any;
+      if (out) return out.Value;
+    }
+  }
+  return token;
+}
+
+/** Every metric line of every graph: namespace, name, dimensions (resolved), with the widget's title. */
+function metricsOf(b: Built, dash: ReturnType<typeof dashboardOf>): Array<{ title: string; namespace: string; name: string; dimensions: Record<string, unknown> }> {
+  const out: Array<{ title: string; namespace: string; name: string; dimensions: Record<string, unknown> }> = [];
+  for (const w of dash.widgets.filter((x) => x.type === 'metric')) {
+    for (const line of w.properties.metrics ?? []) {
+      if (typeof line[0] !== 'string') continue; // a math expression: its inputs are lines of their own
+      const [namespace, name, ...rest] = line as [string, string, ...unknown[]];
+      const dims: Record<string, unknown> = {};
+      for (let i = 0; i + 1 < rest.length && typeof rest[i] === 'string'; i += 2) dims[rest[i] as string] = resolvePlaceholder(b, dash.tokens, rest[i + 1]);
+      out.push({ title: w.properties.title!, namespace, name, dimensions: dims });
+    }
+  }
+  return out;
+}
+
+const logicalIdOf = (t: Template, type: string, prefix: string) => {
+  const ids = resources(t).filter(([id, r]) => r.Type === type && id.startsWith(prefix)).map(([id]) => id);
+  expect(ids, `${type} ${prefix}`).toHaveLength(1);
+  return ids[0]!;
+};
+
+/** The metric filters of the worker stack, by metric name. */
+function filtersOf(b: Built): Record<string, any> {
+  const filters = resources(b.worker).filter(([, r]) => r.Type === 'AWS::Logs::MetricFilter').map(([, r]) => r.Properties);
+  return Object.fromEntries(filters.map((f) => [f.MetricTransformations[0].MetricName, f]));
+}
+
+// ---- CloudWatch Logs filter patterns, as far as these filters use them ------------------------------
+
+/**
+ * Whether a JSON filter pattern (`{ $.a = "x" }`, `{ ($.a = "x") && ($.b >= 0) }`) matches one JSON log
+ * line. Only what the stack's patterns use: `&&` of comparisons of top-level fields with a quoted string
+ * (= and !=) or a number; anything else throws, so a new pattern cannot pass untested.
+ */
+function matches(pattern: string, line: Record<string, unknown>): boolean {
+  const m = /^\{\s*(.*?)\s*\}$/.exec(pattern);
+  if (!m) throw new Error(`not a JSON pattern: ${pattern}`);
+  return m[1]!.split('&&').every((raw) => {
+    const term = raw.trim().replace(/^\((.*)\)$/, '$1').trim();
+    const t = /^\$\.([A-Za-z_][A-Za-z0-9_]*)\s*(=|!=|>=|<=|>|<)\s*("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?)$/.exec(term);
+    if (!t) throw new Error(`unsupported term: ${term}`);
+    const [, field, op, literal] = t;
+    const value = line[field!];
+    if (literal!.startsWith('"')) {
+      const want = JSON.parse(literal!) as string;
+      if (op !== '=' && op !== '!=') throw new Error(`unsupported string comparison: ${term}`);
+      // A string pattern compares with a string field only.
+      const equal = typeof value === 'string' && value === want;
+      return op === '=' ? equal : !equal;
+    }
+    if (typeof value !== 'number') return false;
+    const n = Number(literal);
+    return { '=': value === n, '!=': value !== n, '>=': value >= n, '<=': value <= n, '>': value > n, '<': value < n }[op!]!;
+  });
+}
+
+// ---- tests ---------------------------------------------------------------------------------------
+
+describe('the dashboard', () => {
+  it('is exactly one AWS::CloudWatch::Dashboard per stage, in the worker stack, named clipag-<stage>', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const b = built[stage];
+      expect(dashboardOf(b.worker).name).toBe(`clipag-${stage}`);
+      b.stateful.resourceCountIs('AWS::CloudWatch::Dashboard', 0);
+      b.api.resourceCountIs('AWS::CloudWatch::Dashboard', 0);
+    }
+  });
+
+  it('graphs the job queue, the DLQ, the HTTP API and the API function of its own stage', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const b = built[stage];
+      const metrics = metricsOf(b, dashboardOf(b.worker));
+      const dimension = (namespace: string, name: string, key: string) => metrics.filter((m) => m.namespace === namespace && m.name === name).map((m) => m.dimensions[key]);
+      const queueName = (id: string) => ({ 'Fn::GetAtt': [id, 'QueueName'] });
+      expect(dimension('AWS/SQS', 'ApproximateNumberOfMessagesVisible', 'QueueName')).toEqual(expect.arrayContaining([queueName('ClipagJobQueue'), queueName('ClipagJobDeadLetterQueue')]));
+      expect(dimension('AWS/SQS', 'ApproximateNumberOfMessagesNotVisible', 'QueueName')).toContainEqual(queueName('ClipagJobQueue'));
+      expect(dimension('AWS/SQS', 'ApproximateAgeOfOldestMessage', 'QueueName')).toEqual([queueName('ClipagJobQueue')]);
+      const apiId = { Ref: logicalIdOf(b.api, 'AWS::ApiGatewayV2::Api', 'HttpApi') };
+      for (const name of ['Count', '4xx', '5xx', 'Latency']) expect(dimension('AWS/ApiGateway', name, 'ApiId'), name).toContainEqual(apiId);
+      // p50 / p90 / p99 of the gateway's latency.
+      const latency = dashboardOf(b.worker).widgets.find((w) => w.properties.metrics?.some((l) => l[1] === 'Latency'))!;
+      expect(latency.properties.metrics!.map((l) => (l.at(-1) as { stat: string }).stat)).toEqual(['p50', 'p90', 'p99']);
+      const handler = { Ref: logicalIdOf(b.api, 'AWS::Lambda::Function', 'Handler') };
+      for (const name of ['Errors', 'Throttles', 'ConcurrentExecutions']) expect(dimension('AWS/Lambda', name, 'FunctionName'), name).toContainEqual(handler);
+      const sweeper = { Ref: logicalIdOf(b.api, 'AWS::Lambda::Function', 'QueuedJobSweeper') };
+      for (const name of ['Invocations', 'Errors', 'Duration']) expect(dimension('AWS/Lambda', name, 'FunctionName'), name).toContainEqual(sweeper);
+      // Nothing of another queue or API: every SQS/API Gateway/Lambda dimension is one of these.
+      const known = [queueName('ClipagJobQueue'), queueName('ClipagJobDeadLetterQueue'), apiId, handler, sweeper].map((v) => JSON.stringify(v));
+      for (const m of metrics.filter((x) => ['AWS/SQS', 'AWS/ApiGateway', 'AWS/Lambda'].includes(x.namespace))) {
+        expect(known, `${m.namespace} ${m.name}`).toContain(JSON.stringify(Object.values(m.dimensions)[0]));
+      }
+    }
+  });
+
+  it("shows every operator alarm's state, by ARN, and no scaling alarm", () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const b = built[stage];
+      const dash = dashboardOf(b.worker);
+      const alarmWidgets = dash.widgets.filter((w) => w.type === 'alarm');
+      expect(alarmWidgets).toHaveLength(1);
+      const shown = alarmWidgets[0]!.properties.alarms!.map((a) => resolvePlaceholder(b, dash.tokens, a));
+      // The operator alarms are those that notify the topic; the scaling policy's two go to the policy.
+      const operatorAlarms = resources(b.worker)
+        .filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm' && JSON.stringify(r.Properties.AlarmActions ?? []).includes('AlarmsTopic'))
+        .map(([id]) => ({ 'Fn::GetAtt': [id, 'Arn'] }));
+      expect(operatorAlarms).toHaveLength(5);
+      expect(shown).toHaveLength(operatorAlarms.length);
+      expect(shown).toEqual(expect.arrayContaining(operatorAlarms));
+      const a = b.stacks.worker.alarms;
+      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.api5xxAlarm!, a.workerErrorAlarm!]) {
+        expect(shown).toContainEqual(b.stacks.worker.resolve(alarm.alarmArn));
+      }
+    }
+  });
+
+  it('opens with notes: where the runbook is and one line per alarm, with the stage\'s thresholds', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const b = built[stage];
+      const [first] = dashboardOf(b.worker).widgets;
+      expect(first!.type).toBe('text');
+      expect(first!.y).toBe(0);
+      const md = first!.properties.markdown!;
+      expect(md).toMatch(new RegExp(`^# clipag ${stage}\\n`));
+      expect(md).toContain('cdk/README.md, section "On call"');
+      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', '**API 5xx ≥ 10 per 5 min, 2 periods in a row**', '**GPU worker error line**']) {
+        expect(md).toContain(line);
+      }
+      // The runbook section it names exists.
+      expect(readFileSync(path.join(REPO_ROOT, 'cdk', 'README.md'), 'utf8')).toMatch(/^### On call$/m);
+      expect(md).toContain('rate_limited');
+    }
+  });
+
+  it('titles every graph with what it shows and its unit, in rows: API, queue and jobs, GPU worker fleet', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const { widgets } = dashboardOf(built[stage].worker);
+      for (const w of widgets.filter((x) => x.type === 'metric')) {
+        expect(w.properties.title, JSON.stringify(w.properties.metrics?.[0])).toMatch(/\([^)]*?(\bcount\b|\bms\b|\bseconds\b|%|\bmessages\b|\bjobs\b)/);
+      }
+      const headers = widgets.filter((w) => w.type === 'text' && w.height === 1).map((w) => w.properties.markdown);
+      expect(headers).toEqual(['### API', '### Queue and jobs', '### GPU worker fleet']);
+      // Rows do not overlap and stay inside the 24-unit grid.
+      for (const w of widgets) expect(w.x + w.width).toBeLessThanOrEqual(24);
+      const cells = new Set<string>();
+      for (const w of widgets) {
+        for (let x = w.x; x < w.x + w.width; x++) {
+          for (let y = w.y; y < w.y + w.height; y++) {
+            expect(cells.has(`${x},${y}`), `overlap at ${x},${y}`).toBe(false);
+            cells.add(`${x},${y}`);
+          }
+        }
+      }
+    }
+  });
+
+  it("graphs the alarms' own metric filters: one filter per figure, none added for the same lines", () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const b = built[stage];
+      const metrics = metricsOf(b, dashboardOf(b.worker));
+      expect(metrics.filter((m) => m.namespace === 'Clipag').map((m) => m.name)).toEqual(expect.arrayContaining(['OldestQueuedJobSeconds', 'WorkerErrorLines']));
+      const filters = resources(b.worker).filter(([, r]) => r.Type === 'AWS::Logs::MetricFilter').map(([, r]) => r.Properties);
+      // The alarms' two and the dashboard's three; no two on the same lines and metric.
+      expect(filters.map((f) => f.MetricTransformations[0].MetricName).sort()).toEqual(['Api429Answers', 'OldestQueuedJobSeconds', 'WorkerErrorLines', 'WorkerJobsFinished', 'WorkerWarmUpTime']);
+      // Every metric it graphs in the Clipag namespace is one a filter of this stack publishes, with its dimensions.
+      const published = filtersOf(b);
+      for (const m of metrics.filter((x) => x.namespace === 'Clipag')) {
+        const f = published[m.name];
+        expect(f, m.name).toBeDefined();
+        expect(f.MetricTransformations[0].MetricNamespace).toBe('Clipag');
+        expect(Object.keys(m.dimensions)).toEqual((f.MetricTransformations[0].Dimensions ?? []).map((d: { Key: string }) => d.Key));
+      }
+    }
+  });
+
+  it('adds metric filters only on JSON fields the code logs: the access log\'s status, the worker\'s job finished and warmed up lines', () => {
+    const b = built.dev;
+    const f = filtersOf(b);
+    expect(f.Api429Answers).toMatchObject({ FilterPattern: '{ $.status = "429" }', MetricTransformations: [{ MetricNamespace: 'Clipag', MetricName: 'Api429Answers', MetricValue: '1' }] });
+    expect(JSON.stringify(f.Api429Answers.LogGroupName)).toContain('AccessLogs'); // the API stage's access log, not the handler's
+    expect(f.WorkerJobsFinished).toMatchObject({
+      FilterPattern: '{ $.msg = "job finished" }',
+      LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) },
+      MetricTransformations: [{ MetricNamespace: 'Clipag', MetricName: 'WorkerJobsFinished', MetricValue: '1', Dimensions: [{ Key: 'Outcome', Value: '$.outcome' }] }],
+    });
+    expect(f.WorkerWarmUpTime).toMatchObject({
+      FilterPattern: '{ ($.msg = "warmed up") && ($.ms >= 0) }',
+      LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) },
+      MetricTransformations: [{ MetricNamespace: 'Clipag', MetricName: 'WorkerWarmUpTime', MetricValue: '$.ms', Unit: 'Milliseconds' }],
+    });
+    // The lines they read, in the worker's source.
+    const source = readFileSync(path.join(REPO_ROOT, 'gpu-worker', 'worker', 'worker.ts'), 'utf8');
+    expect(source).toMatch(/log\.info\('job finished', \{[^}]*\boutcome\b/);
+    expect(source).toMatch(/log\.info\('warmed up', \{ ms: /);
+  });
+
+  it("graphs one line per outcome the worker can log: JOB_OUTCOMES is the worker's JobOutcome type", () => {
+    const source = readFileSync(path.join(REPO_ROOT, 'gpu-worker', 'worker', 'worker.ts'), 'utf8');
+    const union = /export type JobOutcome = ([^;]+);/.exec(source)?.[1];
+    expect(union).toBeDefined();
+    const outcomes = [...union!.matchAll(/'([a-z_]+)'/g)].map((m) => m[1]);
+    expect([...JOB_OUTCOMES].sort()).toEqual(outcomes.sort());
+    const b = built.dev;
+    const graphed = metricsOf(b, dashboardOf(b.worker)).filter((m) => m.name === 'WorkerJobsFinished').map((m) => m.dimensions.Outcome);
+    expect(graphed).toEqual([...JOB_OUTCOMES]);
+  });
+
+  it('counts 429s from the access log as the stage writes it: status is a top-level JSON string', () => {
+    const b = built.dev;
+    const stage = resources(b.api).find(([, r]) => r.Type === 'AWS::ApiGatewayV2::Stage')![1];
+    const format = stage.Properties.AccessLogSettings.Format as string;
+    // One access-log line as API Gateway writes it: each $context variable replaced by its value.
+    const line = (status: string) => JSON.parse(format.replace(/\$context\.[A-Za-z.]+/g, (v) => (v === '$context.status' ? status : 'x'))) as Record<string, unknown>;
+    const pattern = filtersOf(b).Api429Answers.FilterPattern as string;
+    expect(line('429').status).toBe('429');
+    expect(matches(pattern, line('429'))).toBe(true);
+    expect(matches(pattern, line('200'))).toBe(false);
+    expect(matches(pattern, line('503'))).toBe(false);
+  });
+
+  it('the worker, running a job, writes the lines its filters read (through its own JSON logger)', async () => {
+    const env = await makeEnv();
+    const lines: string[] = [];
+    const capture = (chunk: unknown) => (lines.push(String(chunk)), true);
+    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation(capture as typeof process.stdout.write);
+    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(capture as typeof process.stderr.write);
+    const worker = createWorker({
+      queue: env.queue, jobs: env.jobs, blobs: env.blobs,
+      synthesizer: stepping(2, 1, undefined, [standInImage(0)]),
+      config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1, progressIntervalMs: 0, deadLetterSweepMs: 0 },
+      warmUp: async () => undefined,
+      // What gpu-worker/main.ts builds: jsonLogger at the default level, with its base field.
+      log: jsonLogger('info', { component: 'worker' }),
+    });
+    try {
+      worker.start();
+      const job = await submit(env, { steps: 2 });
+      expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).status).toBe('succeeded');
+      // The `job finished` line follows the record's update: wait for it as well.
+      const deadline = Date.now() + 10_000;
+      while (!lines.some((l) => l.includes('"msg":"job finished"')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    } finally {
+      await worker.stop();
+      stdout.mockRestore();
+      stderr.mockRestore();
+    }
+    const logged = lines.flatMap((l) => l.split('\n')).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const f = filtersOf(built.dev);
+
+    const finished = logged.filter((l) => matches(f.WorkerJobsFinished.FilterPattern, l));
+    expect(finished).toHaveLength(1);
+    expect(finished[0]).toMatchObject({ level: 'info', msg: 'job finished', jobId: expect.any(String), outcome: 'succeeded' });
+    // The dimension's field: one of the outcomes graphed.
+    expect(JOB_OUTCOMES).toContain(finished[0]!.outcome);
+
+    const warmed = logged.filter((l) => matches(f.WorkerWarmUpTime.FilterPattern, l));
+    expect(warmed).toHaveLength(1);
+    expect(warmed[0]).toMatchObject({ msg: 'warmed up', ms: expect.any(Number) });
+
+    // And the alarms' error filter matches none of a healthy run's lines.
+    expect(logged.filter((l) => matches(f.WorkerErrorLines.FilterPattern, l))).toEqual([]);
+  });
+
+  it('graphs task counts from Container Insights where the stage has it, and turns nothing on where it has not', () => {
+    const cluster = (b: Built) => resources(b.worker).find(([, r]) => r.Type === 'AWS::ECS::Cluster')![1].Properties.ClusterSettings;
+    expect(cluster(built.dev)).toEqual([{ Name: 'containerInsights', Value: 'disabled' }]);
+    expect(cluster(built.prod)).toEqual([{ Name: 'containerInsights', Value: 'enabled' }]);
+
+    const prod = metricsOf(built.prod, dashboardOf(built.prod.worker)).filter((m) => m.namespace === 'ECS/ContainerInsights');
+    expect(prod.map((m) => m.name)).toEqual(['RunningTaskCount', 'DesiredTaskCount', 'PendingTaskCount']);
+    const service = logicalIdOf(built.prod.worker, 'AWS::ECS::Service', 'WorkerService');
+    for (const m of prod) {
+      expect(m.dimensions).toEqual({ ClusterName: { Ref: logicalIdOf(built.prod.worker, 'AWS::ECS::Cluster', 'Cluster') }, ServiceName: { 'Fn::GetAtt': [service, 'Name'] } });
+    }
+
+    const dev = dashboardOf(built.dev.worker);
+    expect(metricsOf(built.dev, dev).filter((m) => m.namespace === 'ECS/ContainerInsights')).toEqual([]);
+    expect(dev.widgets.some((w) => w.type === 'text' && w.properties.markdown!.includes('Container Insights, off here'))).toBe(true);
+    // Both: the backlog that sets the task count, and the capacity provider's reservation.
+    for (const b of [built.dev, built.prod]) {
+      const metrics = metricsOf(b, dashboardOf(b.worker));
+      expect(metrics.find((m) => m.name === 'CapacityProviderReservation')?.dimensions).toEqual({
+        CapacityProviderName: { Ref: logicalIdOf(b.worker, 'AWS::ECS::CapacityProvider', 'GpuCapacityProvider') },
+        ClusterName: { Ref: logicalIdOf(b.worker, 'AWS::ECS::Cluster', 'Cluster') },
+      });
+      expect(dashboardOf(b.worker).widgets.some((w) => w.properties.metrics?.some((l) => (l[0] as { expression?: string }).expression === 'FILL(visible, 0) + FILL(inFlight, 0)'))).toBe(true);
+    }
+  });
+
+  it('adds nothing billable but itself and its metric filters: no alarm, topic or log group', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const b = built[stage];
+      const own = resources(b.worker).filter(([id]) => id.startsWith('Dashboard')).map(([, r]) => r.Type);
+      expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', 'AWS::Logs::MetricFilter', 'AWS::Logs::MetricFilter', 'AWS::Logs::MetricFilter']);
+      b.worker.resourceCountIs('AWS::SNS::Topic', 1);
+      // The five operator alarms and the scaling policy's two, as before.
+      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 7);
+      // It reads no Logs Insights queries (each view of such a widget is billed by the data it scans).
+      expect(dashboardOf(b.worker).widgets.map((w) => w.type).every((t) => t === 'metric' || t === 'text' || t === 'alarm')).toBe(true);
+    }
+  });
+});
