@@ -103,6 +103,8 @@ export class ApiStack extends Stack {
         ...environment,
         [ENV.rateTable]: rateCounters.tableName,
         [ENV.rateLimitPerMin]: String(config.rateLimitPerMinute),
+        [ENV.uploadsPerHour]: String(config.uploadsPerHour),
+        [ENV.waitsPerMin]: String(config.waitsPerMinute),
       },
     });
 

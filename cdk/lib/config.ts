@@ -44,6 +44,14 @@ export interface StageConfig {
    * CLIPAG_RATE_LIMIT_PER_MIN, counted in the Stateful stack's rate-counter table); 0 turns the limit off.
    */
   readonly rateLimitPerMinute: number;
+  /** Upload URLs one account may ask for per hour (CLIPAG_UPLOADS_PER_HOUR; each may store an image for uploadRetentionDays); 0: no limit. */
+  readonly uploadsPerHour: number;
+  /**
+   * `Prefer: wait` holds honoured per account and minute (CLIPAG_WAITS_PER_MIN): each keeps an API
+   * Lambda busy for up to lambdaTimeoutSeconds − 3 s, so this × that / 60 bounds one account's held
+   * executions. 0: no budget.
+   */
+  readonly waitsPerMinute: number;
   readonly lambdaMemoryMiB: number;
   readonly lambdaTimeoutSeconds: number;
   /** How often the queued-job sweep runs (re-sends the message of a job queued over 5 min and never started). */
@@ -100,6 +108,8 @@ const dev: StageConfig = {
   apiThrottleRatePerSecond: 10,
   apiThrottleBurst: 20,
   rateLimitPerMinute: 300,
+  uploadsPerHour: 120,
+  waitsPerMinute: 30,
   lambdaMemoryMiB: 512,
   lambdaTimeoutSeconds: 15,
   queuedJobSweepMinutes: 2,
@@ -129,6 +139,8 @@ const prod: StageConfig = {
   apiThrottleRatePerSecond: 50,
   apiThrottleBurst: 100,
   rateLimitPerMinute: 600,
+  uploadsPerHour: 600,
+  waitsPerMinute: 60,
   // On-demand by default in prod: a Spot reclaim costs a customer's job a restart.
   useSpot: false,
   maxInstances: 8,
@@ -205,7 +217,10 @@ function validate(cfg: StageConfig): void {
   if (cfg.jobTimeoutSeconds + cfg.visibilityTimeoutSeconds > 43_200) problems.push('jobTimeoutSeconds + visibilityTimeoutSeconds must be <= 43200 (SQS hides a message for at most 12 h)');
   if (cfg.maxActiveJobsPerAccount > 1000) problems.push('maxActiveJobsPerAccount must be <= 1000');
   // 0 is allowed (no limit), so it is not one of the positive integers above.
-  if (!(Number.isInteger(cfg.rateLimitPerMinute) && cfg.rateLimitPerMinute >= 0 && cfg.rateLimitPerMinute <= 1_000_000)) problems.push('rateLimitPerMinute must be an integer in [0, 1000000] (0 turns the limit off)');
+  for (const field of ['rateLimitPerMinute', 'uploadsPerHour', 'waitsPerMinute'] as const) {
+    const value = cfg[field];
+    if (!(Number.isInteger(value) && value >= 0 && value <= 1_000_000)) problems.push(`${field} must be an integer in [0, 1000000] (0 turns the limit off)`);
+  }
   if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
   // The sweep's invocations are dropped once the next is due (maxEventAge), which Lambda allows up to 6 h.
   if (cfg.queuedJobSweepMinutes > 360) problems.push('queuedJobSweepMinutes must be <= 360 (a sweep every 6 h at least)');
@@ -277,6 +292,10 @@ export const ENV = {
   rateTable: 'CLIPAG_RATE_TABLE',
   /** API: requests per account per minute over a sliding window (rateLimitPerMinute; 0: no limit). */
   rateLimitPerMin: 'CLIPAG_RATE_LIMIT_PER_MIN',
+  /** API: upload URLs per account per hour (uploadsPerHour; 0: no limit). */
+  uploadsPerHour: 'CLIPAG_UPLOADS_PER_HOUR',
+  /** API: Prefer: wait holds honoured per account per minute (waitsPerMinute; 0: no budget). */
+  waitsPerMin: 'CLIPAG_WAITS_PER_MIN',
   region: 'AWS_REGION',
 } as const;
 

@@ -242,6 +242,8 @@ describe('ApiStack', () => {
           [ENV.defaultModelInputSize]: '64',
           [ENV.rateTable]: Match.anyValue(),
           [ENV.rateLimitPerMin]: String(dev.rateLimitPerMinute),
+          [ENV.uploadsPerHour]: String(dev.uploadsPerHour),
+          [ENV.waitsPerMin]: String(dev.waitsPerMinute),
         }),
       },
     });
@@ -263,9 +265,8 @@ describe('ApiStack', () => {
     const [sweeperId, sweeper] = fns.find(([id]) => id.startsWith('QueuedJobSweeper'))!;
     const [, handler] = fns.find(([id]) => id.startsWith('Handler'))!;
     // The sweep serves no requests: it neither counts them nor may touch the table.
-    const { [ENV.rateTable]: _table, [ENV.rateLimitPerMin]: _limit, ...handlerVarsButRate } = handler.Properties.Environment.Variables;
-    expect(_table).toBeDefined();
-    expect(_limit).toBeDefined();
+    const { [ENV.rateTable]: _table, [ENV.rateLimitPerMin]: _limit, [ENV.uploadsPerHour]: _uploads, [ENV.waitsPerMin]: _waits, ...handlerVarsButRate } = handler.Properties.Environment.Variables;
+    expect([_table, _limit, _uploads, _waits].every((v) => v !== undefined)).toBe(true);
     expect(sweeper.Properties.Environment).toEqual({ Variables: handlerVarsButRate });
     // The sweep fails jobs no message can reach: it must know the queue's own retention.
     const queues = resources(stateful).filter(([, r]) => r.Type === 'AWS::SQS::Queue').map(([, r]) => r.Properties.MessageRetentionPeriod);
@@ -749,6 +750,10 @@ describe('stage config', () => {
       expect(() => stageConfig('dev', { rateLimitPerMinute: bad }), String(bad)).toThrow(/rateLimitPerMinute must be an integer in \[0, 1000000\]/);
     }
     expect(() => stageConfig('dev', { rateLimitPerMinute: '300' as unknown as number })).toThrow(/rateLimitPerMinute/);
+    // Uploads per hour and waits per minute: the same rule.
+    expect([dev.uploadsPerHour, prodConfig().uploadsPerHour, dev.waitsPerMinute, prodConfig().waitsPerMinute]).toEqual([120, 600, 30, 60]);
+    expect(() => stageConfig('dev', { uploadsPerHour: -1 })).toThrow(/uploadsPerHour must be an integer in \[0, 1000000\]/);
+    expect(() => stageConfig('dev', { waitsPerMinute: 2.5 })).toThrow(/waitsPerMinute must be an integer in \[0, 1000000\]/);
   });
 
   it('passes the job time limit to the workers and the active-job and rate limits to the API (the processes\' own parser reads them)', async () => {
@@ -763,7 +768,15 @@ describe('stage config', () => {
       [ENV.jobTimeout]: env[ENV.jobTimeout] as string,
       [ENV.maxActiveJobs]: fn.Properties.Environment.Variables[ENV.maxActiveJobs],
       [ENV.rateLimitPerMin]: fn.Properties.Environment.Variables[ENV.rateLimitPerMin],
+      [ENV.uploadsPerHour]: fn.Properties.Environment.Variables[ENV.uploadsPerHour],
+      [ENV.waitsPerMin]: fn.Properties.Environment.Variables[ENV.waitsPerMin],
     });
-    expect(parsed).toMatchObject({ jobTimeoutSec: dev.jobTimeoutSeconds, maxActiveJobs: dev.maxActiveJobsPerAccount, rateLimitPerMin: dev.rateLimitPerMinute });
+    expect(parsed).toMatchObject({
+      jobTimeoutSec: dev.jobTimeoutSeconds,
+      maxActiveJobs: dev.maxActiveJobsPerAccount,
+      rateLimitPerMin: dev.rateLimitPerMinute,
+      uploadsPerHour: dev.uploadsPerHour,
+      waitsPerMin: dev.waitsPerMinute,
+    });
   });
 });
