@@ -190,7 +190,7 @@ describe('per-account request limit', () => {
       const over = await timed();
       expect(over.res.status).toBe(202);
       expect(over.res.headers.get('Preference-Applied')).toBeNull();
-      expect(over.ms).toBeLessThan(700);
+      expect(over.ms).toBeLessThan(held.ms); // not held (loose: a loaded machine slows both)
       expect(h.logs).toContainEqual(expect.objectContaining({ msg: 'rate limit: an account is over its limit', limit_name: 'waits', owner: 'acct_alice' }));
       // An ended job is answered at once anyway: its wait is honoured without spending the budget.
       const id = ((await over.res.json()) as { id: string }).id;
