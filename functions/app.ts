@@ -5,7 +5,7 @@ import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
 import { bodySizeLimit, requireJson, strictListQuery } from './middleware/limits.ts';
 import { noStore } from './middleware/cache.ts';
-import { RateGate, rateLimit } from './middleware/rate-limit.ts';
+import { CounterBreaker, RateGate, rateLimit } from './middleware/rate-limit.ts';
 import { requestId } from './middleware/request-id.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
@@ -104,13 +104,17 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   app.use('/v1/*', auth(deps.keys));
   // Per-account limits (ADR 0026): every request; the uploads among them (each may store an image for
-  // days); and the `Prefer: wait` holds (each keeps an API instance busy).
-  const gate = (limit: number | undefined, windowSec: number, name: string) =>
-    deps.rateCounter && (limit ?? 0) > 0 ? new RateGate(new SlidingWindowRateLimiter(deps.rateCounter, { limit: limit!, windowSec, name }), { clock, log }) : undefined;
+  // days); and the `Prefer: wait` holds (each keeps an API instance busy), counted over one longest
+  // wait so that the budget is about the holds one account can have at once.
+  const breaker = new CounterBreaker(log);
+  const gate = (limit: number | undefined, windowSec: number, name: string, overMessage?: string) =>
+    deps.rateCounter && (limit ?? 0) > 0 && windowSec > 0
+      ? new RateGate(new SlidingWindowRateLimiter(deps.rateCounter, { limit: limit!, windowSec, name }), { clock, log, breaker, ...(overMessage ? { overMessage } : {}) })
+      : undefined;
   const requestGate = gate(deps.limits.rateLimitPerMin, 60, 'requests');
   if (requestGate) app.use('/v1/*', rateLimit(requestGate));
   const uploadGate = gate(deps.limits.uploadsPerHour, 3600, 'uploads');
-  const waitGate = gate(deps.limits.waitsPerMin, 60, 'waits');
+  const waitGate = gate(deps.limits.maxWaits, deps.limits.maxWaitSec ?? 0, 'waits', 'rate limit: an account has used its budget of waits (Prefer: wait not honoured)');
   app.use('/v1/generations', requireJson());
   app.use('/v1/generations', strictListQuery());
   app.use('/v1/uploads', requireJson());

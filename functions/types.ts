@@ -34,8 +34,11 @@ export interface AppLimits {
   rateLimitPerMin?: number;
   /** Upload URLs (POST /v1/uploads) one account may ask for per hour, sliding window (ADR 0026); needs `rateCounter`. 0 or unset: no limit. */
   uploadsPerHour?: number;
-  /** `Prefer: wait` holds one account may have honoured per minute (ADR 0026); past it the header is ignored. 0 or unset: no budget. */
-  waitsPerMin?: number;
+  /**
+   * `Prefer: wait` holds one account may start within one `maxWaitSec` (ADR 0026): about the holds it
+   * can have at once (at most twice that). Past it the header is not honoured. 0 or unset: no budget.
+   */
+  maxWaits?: number;
 }
 
 export interface AppLogEntry {

@@ -70,11 +70,12 @@ const Common = {
    */
   uploadsPerHour: intIn(0, 1_000_000, 0),
   /**
-   * `Prefer: wait` holds one account may have honoured per minute, over a sliding window: each keeps an
-   * API instance busy for up to CLIPAG_MAX_WAIT_SEC. Past it the header is ignored (the caller gets
-   * the generation at once, without Preference-Applied). 0: no budget. Counted where the request rate is.
+   * `Prefer: wait` holds one account may start within one CLIPAG_MAX_WAIT_SEC (a sliding window that
+   * long): about the holds it can have at once (at most twice as many), each keeping an API instance
+   * busy. Past it the header is not honoured (the generation at once, without Preference-Applied).
+   * 0: no budget. Counted where the request rate is.
    */
-  waitsPerMin: intIn(0, 1_000_000, 0),
+  maxWaits: intIn(0, 1_000_000, 0),
 };
 
 const LocalConfig = z.object({
@@ -118,10 +119,10 @@ const AwsConfig = z.object({
   /** Only for a DynamoDB stand-in in tests; unset in real deployments. */
   dynamodbEndpoint: httpUrl.optional(),
   ...Common,
-}).refine((c) => (c.rateLimitPerMin === 0 && c.uploadsPerHour === 0 && c.waitsPerMin === 0) || c.rateTable !== undefined, {
+}).refine((c) => (c.rateLimitPerMin === 0 && c.uploadsPerHour === 0 && c.maxWaits === 0) || c.rateTable !== undefined, {
   // Counting in one Lambda's memory would let every concurrent instance through at the full limit.
   path: ['rateTable'],
-  message: 'is required when CLIPAG_RATE_LIMIT_PER_MIN, CLIPAG_UPLOADS_PER_HOUR or CLIPAG_WAITS_PER_MIN is above 0 (the counts live in DynamoDB)',
+  message: 'is required when CLIPAG_RATE_LIMIT_PER_MIN, CLIPAG_UPLOADS_PER_HOUR or CLIPAG_MAX_WAITS is above 0 (the counts live in DynamoDB)',
 }).refine((c) => c.jobTimeoutSec + c.visibilityTimeoutSec <= 43_200, {
   // SQS keeps a received message hidden for at most 12 h in all; an extend past that is refused, and
   // the worker would take the refusal for a lost lease and abort the job.
@@ -174,7 +175,7 @@ export const ENV_VARS = {
   CLIPAG_RATE_LIMIT_PER_MIN: 'rateLimitPerMin',
   CLIPAG_RATE_TABLE: 'rateTable',
   CLIPAG_UPLOADS_PER_HOUR: 'uploadsPerHour',
-  CLIPAG_WAITS_PER_MIN: 'waitsPerMin',
+  CLIPAG_MAX_WAITS: 'maxWaits',
   CLIPAG_DYNAMODB_ENDPOINT: 'dynamodbEndpoint',
 } as const satisfies Record<string, string>;
 

@@ -104,7 +104,7 @@ export class ApiStack extends Stack {
         [ENV.rateTable]: rateCounters.tableName,
         [ENV.rateLimitPerMin]: String(config.rateLimitPerMinute),
         [ENV.uploadsPerHour]: String(config.uploadsPerHour),
-        [ENV.waitsPerMin]: String(config.waitsPerMinute),
+        [ENV.maxWaits]: String(config.maxWaitsPerAccount),
       },
     });
 

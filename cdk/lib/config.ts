@@ -47,11 +47,11 @@ export interface StageConfig {
   /** Upload URLs one account may ask for per hour (CLIPAG_UPLOADS_PER_HOUR; each may store an image for uploadRetentionDays); 0: no limit. */
   readonly uploadsPerHour: number;
   /**
-   * `Prefer: wait` holds honoured per account and minute (CLIPAG_WAITS_PER_MIN): each keeps an API
-   * Lambda busy for up to lambdaTimeoutSeconds − 3 s, so this × that / 60 bounds one account's held
-   * executions. 0: no budget.
+   * `Prefer: wait` holds one account may start within one longest wait (lambdaTimeoutSeconds − 3 s;
+   * CLIPAG_MAX_WAITS): about the API executions it can hold at once (at most twice as many, as the
+   * window slides). 0: no budget.
    */
-  readonly waitsPerMinute: number;
+  readonly maxWaitsPerAccount: number;
   readonly lambdaMemoryMiB: number;
   readonly lambdaTimeoutSeconds: number;
   /** How often the queued-job sweep runs (re-sends the message of a job queued over 5 min and never started). */
@@ -108,8 +108,8 @@ const dev: StageConfig = {
   apiThrottleRatePerSecond: 10,
   apiThrottleBurst: 20,
   rateLimitPerMinute: 300,
-  uploadsPerHour: 120,
-  waitsPerMinute: 30,
+  uploadsPerHour: 60,
+  maxWaitsPerAccount: 6,
   lambdaMemoryMiB: 512,
   lambdaTimeoutSeconds: 15,
   queuedJobSweepMinutes: 2,
@@ -139,8 +139,8 @@ const prod: StageConfig = {
   apiThrottleRatePerSecond: 50,
   apiThrottleBurst: 100,
   rateLimitPerMinute: 600,
-  uploadsPerHour: 600,
-  waitsPerMinute: 60,
+  uploadsPerHour: 300,
+  maxWaitsPerAccount: 12,
   // On-demand by default in prod: a Spot reclaim costs a customer's job a restart.
   useSpot: false,
   maxInstances: 8,
@@ -217,7 +217,7 @@ function validate(cfg: StageConfig): void {
   if (cfg.jobTimeoutSeconds + cfg.visibilityTimeoutSeconds > 43_200) problems.push('jobTimeoutSeconds + visibilityTimeoutSeconds must be <= 43200 (SQS hides a message for at most 12 h)');
   if (cfg.maxActiveJobsPerAccount > 1000) problems.push('maxActiveJobsPerAccount must be <= 1000');
   // 0 is allowed (no limit), so it is not one of the positive integers above.
-  for (const field of ['rateLimitPerMinute', 'uploadsPerHour', 'waitsPerMinute'] as const) {
+  for (const field of ['rateLimitPerMinute', 'uploadsPerHour', 'maxWaitsPerAccount'] as const) {
     const value = cfg[field];
     if (!(Number.isInteger(value) && value >= 0 && value <= 1_000_000)) problems.push(`${field} must be an integer in [0, 1000000] (0 turns the limit off)`);
   }
@@ -294,8 +294,8 @@ export const ENV = {
   rateLimitPerMin: 'CLIPAG_RATE_LIMIT_PER_MIN',
   /** API: upload URLs per account per hour (uploadsPerHour; 0: no limit). */
   uploadsPerHour: 'CLIPAG_UPLOADS_PER_HOUR',
-  /** API: Prefer: wait holds honoured per account per minute (waitsPerMinute; 0: no budget). */
-  waitsPerMin: 'CLIPAG_WAITS_PER_MIN',
+  /** API: Prefer: wait holds one account may start within one longest wait (maxWaitsPerAccount; 0: no budget). */
+  maxWaits: 'CLIPAG_MAX_WAITS',
   region: 'AWS_REGION',
 } as const;
 

@@ -28,7 +28,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       maxWaitSec: config.maxWaitSec,
       rateLimitPerMin: config.rateLimitPerMin,
       uploadsPerHour: config.uploadsPerHour,
-      waitsPerMin: config.waitsPerMin,
+      maxWaits: config.maxWaits,
       ...viewOptionsFromConfig(config),
     },
   };

@@ -26,7 +26,7 @@ export async function localDeps(
     queue: adapters.queue,
     jobs: adapters.jobs,
     keys: adapters.keys,
-    ...(config.rateLimitPerMin > 0 || config.uploadsPerHour > 0 || config.waitsPerMin > 0 ? { rateCounter: new MemoryRateCounter() } : {}),
+    ...(config.rateLimitPerMin > 0 || config.uploadsPerHour > 0 || config.maxWaits > 0 ? { rateCounter: new MemoryRateCounter() } : {}),
     promptPolicy: policyFromStore(adapters.blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
     models: options.models ?? modelsFromDir(config.modelsDir, config.defaultModel, { store: adapters.blobs }),
     limits: {
@@ -39,7 +39,7 @@ export async function localDeps(
       maxWaitSec: config.maxWaitSec,
       rateLimitPerMin: config.rateLimitPerMin,
       uploadsPerHour: config.uploadsPerHour,
-      waitsPerMin: config.waitsPerMin,
+      maxWaits: config.maxWaits,
       ...viewOptionsFromConfig(config),
     },
   };

@@ -20,15 +20,56 @@ export function rateLimitHeaders(name: string, d: RateDecision): Record<string, 
   };
 }
 
-/** Where a limit is checked: the owner of the request, against one limiter, failing open. */
-export class RateGate {
+/**
+ * The fail-open state of one counter, shared by every limit counted in it: when the counter fails,
+ * all of them leave it alone for SKIP_AFTER_FAILURE_MS, so a request that passes several limits waits
+ * out one failed call, not one per limit, and the failure is logged once.
+ */
+export class CounterBreaker {
   private skipUntilMs = -Infinity;
   private unlimited = 0;
 
+  constructor(private readonly log: (entry: AppLogEntry) => void) {}
+
+  /** True while the counter is being left alone (the request goes through unlimited). */
+  open(): boolean {
+    if (Date.now() >= this.skipUntilMs) return false;
+    this.unlimited++;
+    return true;
+  }
+
+  trip(error: unknown, requestId: string | undefined): void {
+    this.skipUntilMs = Date.now() + SKIP_AFTER_FAILURE_MS;
+    this.log({
+      level: error instanceof NonRetryableError ? 'error' : 'warn',
+      msg: `rate limit: the counts are unavailable; requests go through unlimited for ${SKIP_AFTER_FAILURE_MS / 1000} s`,
+      request_id: requestId,
+      error: operatorMessage(error),
+      unlimited_before: this.unlimited,
+    });
+    this.unlimited = 0;
+  }
+}
+
+export interface RateGateOptions {
+  clock: () => Date;
+  log: (entry: AppLogEntry) => void;
+  /** Shared by the gates on one counter (default: a breaker of its own). */
+  breaker?: CounterBreaker;
+  /** The operator's line when the store refuses an account (default: over its limit, a 429). */
+  overMessage?: string;
+}
+
+/** Where a limit is checked: the owner of the request, against one limiter, failing open. */
+export class RateGate {
+  private readonly breaker: CounterBreaker;
+
   constructor(
     private readonly limiter: SlidingWindowRateLimiter,
-    private readonly options: { clock: () => Date; log: (entry: AppLogEntry) => void },
-  ) {}
+    private readonly options: RateGateOptions,
+  ) {
+    this.breaker = options.breaker ?? new CounterBreaker(options.log);
+  }
 
   /**
    * Counts the request against the owner's limit. Within it: the RateLimit fields to add to the
@@ -51,28 +92,17 @@ export class RateGate {
   /** The owner's request counted if within the limit, and the decision; `null` when the counter is unavailable (logged). */
   async decide(c: Context<AppEnv>): Promise<RateDecision | null> {
     const { limiter, options } = this;
-    if (Date.now() < this.skipUntilMs) {
-      this.unlimited++;
-      return null;
-    }
+    if (this.breaker.open()) return null;
     let decision: RateDecision;
     try {
       decision = await limiter.take(c.get('owner'), options.clock().getTime());
     } catch (error) {
-      this.skipUntilMs = Date.now() + SKIP_AFTER_FAILURE_MS;
-      options.log({
-        level: error instanceof NonRetryableError ? 'error' : 'warn',
-        msg: `rate limit: the counts are unavailable; requests go through unlimited (${limiter.name}) for ${SKIP_AFTER_FAILURE_MS / 1000} s`,
-        request_id: c.get('requestId'),
-        error: operatorMessage(error),
-        unlimited_before: this.unlimited,
-      });
-      this.unlimited = 0;
+      this.breaker.trip(error, c.get('requestId'));
       return null;
     }
     // Once per refusal the store decided (later ones until Retry-After come from memory): who, and for how long.
     if (!decision.allowed && decision.fromStore) {
-      options.log({ level: 'warn', msg: 'rate limit: an account is over its limit', request_id: c.get('requestId'), owner: c.get('owner'), limit_name: limiter.name, limit: decision.limit, window_sec: decision.windowSec, retry_after_sec: decision.resetSec });
+      options.log({ level: 'warn', msg: options.overMessage ?? 'rate limit: an account is over its limit', request_id: c.get('requestId'), owner: c.get('owner'), limit_name: limiter.name, limit: decision.limit, window_sec: decision.windowSec, retry_after_sec: decision.resetSec });
     }
     return decision;
   }

@@ -7,12 +7,21 @@ const retryAfter = { 'Retry-After': { description: 'Seconds to wait before retry
 
 /** Where the deployment limits requests per account (ADR 0026), every /v1 answer carries these (IETF draft-ietf-httpapi-ratelimit-headers). */
 export const rateLimitFields = {
-  'RateLimit-Policy': { description: 'The limit: `"requests";q=<requests>;w=<window seconds>` (a sliding window)', schema: { type: 'string' as const } },
-  RateLimit: {
-    description:
-      'Its state: `"requests";r=<requests left>;t=<seconds>`. With requests left, t is when the current minute ends; with none left (r=0, and on a 429), when one more request will be let through, as Retry-After',
+  'RateLimit-Policy': {
+    description: 'The limits that counted this request, most specific first: `"<name>";q=<count>;w=<window seconds>` each (sliding windows): `"requests"` per minute on every /v1 route, `"uploads"` per hour on POST /v1/uploads',
     schema: { type: 'string' as const },
   },
+  RateLimit: {
+    description:
+      'Their state, in the same order: `"<name>";r=<left>;t=<seconds>`. With some left, t is when the current window ends; with none left (r=0, and on a 429), when one more will be let through, as Retry-After',
+    schema: { type: 'string' as const },
+  },
+};
+
+/** POST /v1/uploads' 429: its hourly limit, or the request rate. */
+export const uploadsTooMany = {
+  ...envelope("rate_limited: over the account's upload URLs per hour, or its requests per minute (the RateLimit fields name which); retry after Retry-After seconds"),
+  headers: { ...retryAfter, ...rateLimitFields },
 };
 
 /** The error responses a route documents (all share the envelope). */

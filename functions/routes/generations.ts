@@ -343,10 +343,11 @@ export function registerGenerationRoutes(
   async function heldUntilEnded(c: Context<AppEnv>, job: JobRecord): Promise<JobRecord> {
     const waitSec = preferredWaitSec(c.req.header('Prefer'), limits.maxWaitSec ?? 0);
     if (waitSec === null) return job;
-    // Each wait holds an API instance: the account's waits a minute are counted (a job already ended
-    // holds nothing), and past its budget the preference is not honoured (no Preference-Applied; the
-    // caller polls). An unavailable counter holds, as the request limit lets requests through.
-    if (!isTerminal(job.status) && ctx.waitGate && (await ctx.waitGate.decide(c))?.allowed === false) return job;
+    // Each wait holds an API instance: the account's holds are counted over one longest wait (a job
+    // already ended, or a wait of 0, holds nothing), and past its budget the preference is not honoured
+    // (no Preference-Applied; the caller polls). An unavailable counter holds, as the request limit
+    // lets requests through.
+    if (waitSec > 0 && !isTerminal(job.status) && ctx.waitGate && (await ctx.waitGate.decide(c))?.allowed === false) return job;
     // Counted from the request's arrival, so the whole request fits the deployment's cap (which the
     // CDK sets under the Lambda's timeout); no read starts in the last 250 ms of it.
     const until = (c.get('receivedAt') ?? Date.now()) + waitSec * 1000;

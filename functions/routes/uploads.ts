@@ -4,7 +4,7 @@ import { newId } from '../../shared/ids.ts';
 import { uploadKey } from '../../shared/keys.ts';
 import { UploadRequest, UploadView } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
-import { SECURITY, pick } from './common.ts';
+import { SECURITY, pick, uploadsTooMany } from './common.ts';
 import type { RateGate } from '../middleware/rate-limit.ts';
 
 const createUpload = createRoute({
@@ -18,7 +18,8 @@ const createUpload = createRoute({
   request: { body: { required: true, content: { 'application/json': { schema: UploadRequest } } } },
   responses: {
     201: { description: 'Where to PUT the file', content: { 'application/json': { schema: UploadView } } },
-    ...pick(400, 401, 413, 415, 429, 503),
+    ...pick(400, 401, 413, 415, 503),
+    429: uploadsTooMany,
   },
 });
 
@@ -29,9 +30,6 @@ export function registerUploadRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ct
     if (bytes > limits.maxUploadBytes) {
       throw new PayloadTooLargeError(`uploads are limited to ${limits.maxUploadBytes} bytes (asked for ${bytes})`, { param: 'bytes' });
     }
-    // Counted once the request is valid: a refused body spends nothing of the hour's uploads.
-    const quota = ctx.uploadGate ? await ctx.uploadGate.check(c) : null;
-    for (const [name, value] of Object.entries(quota ?? {})) c.header(name, value, { append: true });
     const owner = c.get('owner');
     const id = newId(ctx.clock().getTime());
     const signed = await deps.blobs.signedPutUrl(uploadKey(owner, id), {
@@ -41,6 +39,10 @@ export function registerUploadRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ct
       contentLength: bytes,
       expiresSec: limits.uploadUrlTtlSec ?? 900,
     });
+    // Counted once the URL exists: a refused body or a failed signing spends nothing of the hour's
+    // uploads (an unused URL signed here, then refused, grants nothing: it is never handed out).
+    const quota = ctx.uploadGate ? await ctx.uploadGate.check(c) : null;
+    for (const [name, value] of Object.entries(quota ?? {})) c.header(name, value, { append: true });
     return c.json(
       {
         upload_id: id,

@@ -91,7 +91,7 @@ export function awsStores(config: AwsConfig): Stores {
  * mode, undefined when all three limits are off. Two SDK attempts at most: a request waits on this, and the limiter fails open.
  */
 export function awsRateCounter(config: AwsConfig): RateCounter | undefined {
-  if ((config.rateLimitPerMin === 0 && config.uploadsPerHour === 0 && config.waitsPerMin === 0) || config.rateTable === undefined) return undefined;
+  if ((config.rateLimitPerMin === 0 && config.uploadsPerHour === 0 && config.maxWaits === 0) || config.rateTable === undefined) return undefined;
   const client = new DynamoDBClient({
     ...SDK_SOCKET_TIMEOUTS,
     maxAttempts: 2,

@@ -243,7 +243,7 @@ describe('ApiStack', () => {
           [ENV.rateTable]: Match.anyValue(),
           [ENV.rateLimitPerMin]: String(dev.rateLimitPerMinute),
           [ENV.uploadsPerHour]: String(dev.uploadsPerHour),
-          [ENV.waitsPerMin]: String(dev.waitsPerMinute),
+          [ENV.maxWaits]: String(dev.maxWaitsPerAccount),
         }),
       },
     });
@@ -265,7 +265,7 @@ describe('ApiStack', () => {
     const [sweeperId, sweeper] = fns.find(([id]) => id.startsWith('QueuedJobSweeper'))!;
     const [, handler] = fns.find(([id]) => id.startsWith('Handler'))!;
     // The sweep serves no requests: it neither counts them nor may touch the table.
-    const { [ENV.rateTable]: _table, [ENV.rateLimitPerMin]: _limit, [ENV.uploadsPerHour]: _uploads, [ENV.waitsPerMin]: _waits, ...handlerVarsButRate } = handler.Properties.Environment.Variables;
+    const { [ENV.rateTable]: _table, [ENV.rateLimitPerMin]: _limit, [ENV.uploadsPerHour]: _uploads, [ENV.maxWaits]: _waits, ...handlerVarsButRate } = handler.Properties.Environment.Variables;
     expect([_table, _limit, _uploads, _waits].every((v) => v !== undefined)).toBe(true);
     expect(sweeper.Properties.Environment).toEqual({ Variables: handlerVarsButRate });
     // The sweep fails jobs no message can reach: it must know the queue's own retention.
@@ -751,9 +751,9 @@ describe('stage config', () => {
     }
     expect(() => stageConfig('dev', { rateLimitPerMinute: '300' as unknown as number })).toThrow(/rateLimitPerMinute/);
     // Uploads per hour and waits per minute: the same rule.
-    expect([dev.uploadsPerHour, prodConfig().uploadsPerHour, dev.waitsPerMinute, prodConfig().waitsPerMinute]).toEqual([120, 600, 30, 60]);
+    expect([dev.uploadsPerHour, prodConfig().uploadsPerHour, dev.maxWaitsPerAccount, prodConfig().maxWaitsPerAccount]).toEqual([60, 300, 6, 12]);
     expect(() => stageConfig('dev', { uploadsPerHour: -1 })).toThrow(/uploadsPerHour must be an integer in \[0, 1000000\]/);
-    expect(() => stageConfig('dev', { waitsPerMinute: 2.5 })).toThrow(/waitsPerMinute must be an integer in \[0, 1000000\]/);
+    expect(() => stageConfig('dev', { maxWaitsPerAccount: 2.5 })).toThrow(/maxWaitsPerAccount must be an integer in \[0, 1000000\]/);
   });
 
   it('passes the job time limit to the workers and the active-job and rate limits to the API (the processes\' own parser reads them)', async () => {
@@ -769,14 +769,14 @@ describe('stage config', () => {
       [ENV.maxActiveJobs]: fn.Properties.Environment.Variables[ENV.maxActiveJobs],
       [ENV.rateLimitPerMin]: fn.Properties.Environment.Variables[ENV.rateLimitPerMin],
       [ENV.uploadsPerHour]: fn.Properties.Environment.Variables[ENV.uploadsPerHour],
-      [ENV.waitsPerMin]: fn.Properties.Environment.Variables[ENV.waitsPerMin],
+      [ENV.maxWaits]: fn.Properties.Environment.Variables[ENV.maxWaits],
     });
     expect(parsed).toMatchObject({
       jobTimeoutSec: dev.jobTimeoutSeconds,
       maxActiveJobs: dev.maxActiveJobsPerAccount,
       rateLimitPerMin: dev.rateLimitPerMinute,
       uploadsPerHour: dev.uploadsPerHour,
-      waitsPerMin: dev.waitsPerMinute,
+      maxWaits: dev.maxWaitsPerAccount,
     });
   });
 });

@@ -117,6 +117,9 @@ describe('GET /openapi.json', () => {
     expect(Object.keys(doc.paths['/v1/generations']).sort()).toEqual(['get', 'post']);
     expect(doc.components.securitySchemes.bearerAuth).toMatchObject({ type: 'http', scheme: 'bearer' });
     expect(doc.paths['/v1/generations'].post.security).toEqual([{ bearerAuth: [] }]);
+    const uploads = doc.paths['/v1/uploads'].post.responses as Record<string, { description: string }>;
+    expect(uploads['429']!.description).toMatch(/^rate_limited: over the account's upload URLs per hour, or its requests per minute/);
+    expect(uploads['429']!.description).not.toMatch(/too_many_active_jobs/);
     expect(doc.paths['/healthz'].get.security).toEqual([]); // stated: no key
     // A body of {prompt} alone must type-check in generated clients: request fields carry no `default` (some generators make those required); it is said in words.
     const requestFields = doc.components.schemas.GenerationRequest.properties as Record<string, { default?: unknown; description?: string }>;
