@@ -8,6 +8,7 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   embed: () => import('./embed.ts'),
   gradcheck: () => import('./gradcheck.ts'),
   generate: () => import('./generate.ts'),
+  remote: () => import('./remote.ts'),
   screen: () => import('./screen.ts'),
   serve: () => import('./serve.ts'),
   keys: () => import('./keys.ts'),

@@ -1,0 +1,530 @@
+// clipag remote: the HTTP API from the command line, used as a careful client uses it. `generate` does
+// the README's curl walk-through in one command: upload an init image, create the generation with one
+// Idempotency-Key (the same on every retry), wait for it with `Prefer: wait`, download its images.
+// `get` waits for (or reads) a generation and downloads it; `cancel` cancels one. The retries live in
+// api-client.ts; this file parses, checks before any request, and reports.
+import { randomUUID } from 'node:crypto';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleepFor } from 'node:timers/promises';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
+import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE } from '../shared/schemas/generation.ts';
+import { ApiError, ClipagClient, GaveUp, Interrupted, TimedOut, type Generation, type GenerationBody } from './api-client.ts';
+import { UsageError, decimalNumber, outputFile } from './common.ts';
+
+export const summary = 'use a clipag API (deployed or local): generate, get or cancel, honouring Retry-After';
+export const usage = `usage: clipag remote generate "PROMPT" [options]
+       clipag remote get ID [-o out.png] [--json] [--timeout SEC]
+       clipag remote cancel ID [--json]
+
+generate: upload --init (if a file), create the generation (one Idempotency-Key, reused on every
+retry), wait for it (Prefer: wait), download its images, print id, status, seeds and scores.
+  --negative TEXT     push away from TEXT (the API takes one)
+  --steps N           optimization steps (1-${MAX_STEPS}; default: the API's, 100)
+  --size WxH          ${MIN_SIDE}-${MAX_SIDE} px a side, multiples of ${SIDE_MULTIPLE} (default: the model's input size)
+  --seed S            uint32 seed (default: the API picks one; each image's seed is printed)
+  --n N               images (1-${MAX_IMAGES}); with more than one, -o out.png writes out-0.png, out-1.png, …
+  --model NAME        a model id from GET /v1/models (default: the deployment's default)
+  --init KIND         gmm | noise | upload:ID | PATH.png (a file is uploaded first)
+  --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
+  -o, --out FILE      output PNG (default out.png)
+  --idempotency-key K the POST's Idempotency-Key (default: a new one); the same command with the same
+                      key gets the generation an earlier run made, never a second one
+get: the generation, waited for until it ends (or --timeout); -o downloads its images.
+cancel: cancel a queued or running generation.
+
+  --timeout SEC       how long to wait for the generation to end, retries included (default 600,
+                      cancel 60; 0: read it once as it stands); it goes on after that: clipag remote get ID
+  --cancel-on-interrupt   Ctrl-C cancels the generation (default: it goes on; the id is printed)
+  --json              print the generation (the API's view) on stdout
+  --url URL           the API (default $CLIPAG_API_URL, else http://127.0.0.1:8787, what npm start serves)
+  --key KEY           an API key (default $CLIPAG_API_KEY, else, for a local --url, the key npm start
+                      keeps in $CLIPAG_DATA_DIR/local-api-key, default .data/local-api-key)
+
+Retries: 429 and 503 wait as Retry-After says (said on stderr); the gateway's own 429/5xx and network
+errors back off 1, 2, 4 … s with jitter; any other 4xx fails at once with its code, param and request_id.
+
+Exit status: 0 done, 1 refused by the API (a content-policy refusal too) or a failed or canceled
+generation, 2 bad usage, 3 withheld by the output check (as clipag generate), 124 not ended within
+--timeout (it goes on), 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt).`;
+
+/** Where `npm start` listens by default. */
+export const DEFAULT_API_URL = 'http://127.0.0.1:8787';
+/** As `clipag generate`'s WITHHELD_EXIT_CODE (not imported: that module loads the engine). */
+export const WITHHELD_EXIT_CODE = 3;
+/** As timeout(1): the command stopped waiting; the generation goes on. */
+export const TIMED_OUT_EXIT_CODE = 124;
+/** 128 + SIGINT, as a shell reports Ctrl-C. */
+export const INTERRUPTED_EXIT_CODE = 130;
+
+/** The longest `Prefer: wait` asked for; the deployment caps it lower (12 s in AWS). */
+const MAX_WAIT_SEC = 60;
+/** Between reads the API did not hold (its budget of waits spent, or no waits in this deployment): a poll interval, growing. */
+const POLL_FIRST_MS = 2000;
+const POLL_MAX_MS = 10_000;
+/** Between reads the API held: at least this, so that an early answer (a store error) is no loop. */
+const HELD_GAP_MS = 1000;
+const DEFAULT_TIMEOUT_SEC = 600;
+const CANCEL_TIMEOUT_SEC = 60;
+/** The POST's Idempotency-Key, as the API checks it. */
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+
+export interface RemoteIo {
+  env: Readonly<Record<string, string | undefined>>;
+  /** A line of the result (stdout). */
+  out: (line: string) => void;
+  /** A line of notes or errors (stderr). */
+  err: (line: string) => void;
+  /** Ctrl-C. */
+  signal?: AbortSignal;
+  fetch?: typeof fetch;
+}
+
+/** The verb: the composition root. The environment is read here, once, and SIGINT wired to an abort. */
+export async function run(argv: string[]): Promise<number> {
+  const interrupt = new AbortController();
+  let presses = 0;
+  const onSigint = () => {
+    // A second Ctrl-C does not wait for the first to be handled (a cancel on its way, say).
+    if (++presses > 1) process.exit(INTERRUPTED_EXIT_CODE);
+    interrupt.abort();
+  };
+  process.on('SIGINT', onSigint);
+  try {
+    return await remote(argv, { env: { ...process.env }, out: (line) => console.log(line), err: (line) => void process.stderr.write(`${line}\n`), signal: interrupt.signal });
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}
+
+export async function remote(argv: string[], io: RemoteIo): Promise<number> {
+  const [action, ...rest] = argv;
+  if (action === 'generate') return generate(rest, io);
+  if (action === 'get') return get(rest, io);
+  if (action === 'cancel') return cancel(rest, io);
+  throw new UsageError(action === undefined || action.startsWith('-') ? 'give an action: generate, get or cancel' : `unknown action "${action}" (known: generate, get, cancel)`);
+}
+
+const connectionOptions = { url: { type: 'string' }, key: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' } } as const;
+
+interface Connection {
+  url: string;
+  key: string;
+  /** Where the key came from, for a 401's message (never the key itself). */
+  keySource: string;
+}
+
+/** --url and --key, else the environment, else the local server `npm start` runs and the key it keeps. */
+function connection(values: { url?: string; key?: string }, env: RemoteIo['env']): Connection {
+  const url = values.url ?? (env.CLIPAG_API_URL || DEFAULT_API_URL);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new UsageError(`--url ${JSON.stringify(url)} is not a URL (like ${DEFAULT_API_URL})`);
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UsageError(`--url ${url}: http or https only`);
+  if (parsed.search || parsed.hash) throw new UsageError(`--url ${url}: the API's base address, without a query`);
+  const source = values.url !== undefined ? '--url' : env.CLIPAG_API_URL ? 'CLIPAG_API_URL' : 'the default';
+  const keyFile = resolve(env.CLIPAG_DATA_DIR || '.data', 'local-api-key');
+  let key: string | undefined;
+  let keySource: string;
+  if (values.key !== undefined) [key, keySource] = [values.key, '--key'];
+  else if (env.CLIPAG_API_KEY) [key, keySource] = [env.CLIPAG_API_KEY, 'CLIPAG_API_KEY'];
+  else {
+    keySource = keyFile;
+    // Only for a server on this machine: a local key is no business of a remote deployment.
+    if (isLoopback(parsed)) key = readKeyFile(keyFile);
+  }
+  if (!key) {
+    throw new UsageError(
+      `no API key for ${parsed.origin} (${source}): pass --key KEY or set CLIPAG_API_KEY (a deployment's operator issues keys with \`clipag keys create\`)` +
+        (isLoopback(parsed) ? `; for a local server, \`npm start\` writes one to ${keyFile}, which does not exist or is empty (CLIPAG_DATA_DIR moves it)` : ''),
+    );
+  }
+  key = key.trim();
+  // A key with a space or a newline cannot go in a header; said without echoing it.
+  if (!/^[\x21-\x7e]+$/.test(key)) throw new UsageError(`the API key from ${keySource} holds characters no HTTP header can carry (is it the whole key, ck_…?)`);
+  return { url: parsed.toString().replace(/\/$/, ''), key, keySource };
+}
+
+function isLoopback(url: URL): boolean {
+  return ['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname) || url.hostname.startsWith('127.');
+}
+
+function readKeyFile(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function timeoutSec(value: string | undefined, def: number): number {
+  if (value === undefined) return def;
+  const n = decimalNumber(value);
+  if (!Number.isFinite(n) || n < 0 || n > 86_400) throw new UsageError(`--timeout must be a number of seconds in [0, 86400], got "${value}"`);
+  return n;
+}
+
+function intFlag(value: string | undefined, name: string, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = /^\d+$/.test(value) ? Number(value) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer in [${min}, ${max}], got "${value}"`);
+  return n;
+}
+
+/** --size, by the API's limits: refused here, before an upload or a request. */
+function parseSize(s: string): [number, number] {
+  const m = /^(\d+)x(\d+)$/.exec(s);
+  if (!m) throw new UsageError(`--size must look like 128x96, got "${s}"`);
+  const [w, h] = [Number(m[1]), Number(m[2])];
+  for (const v of [w, h]) {
+    if (v < MIN_SIDE || v > MAX_SIDE || v % SIDE_MULTIPLE !== 0) throw new UsageError(`--size ${s}: the API takes sides of ${MIN_SIDE}-${MAX_SIDE} px, multiples of ${SIDE_MULTIPLE}`);
+  }
+  return [w, h];
+}
+
+/** The file image `index` goes to: FILE itself for one image, else FILE with -<index> before its extension. */
+export function outputPath(out: string, index: number, n: number): string {
+  if (n <= 1) return out;
+  const dot = out.lastIndexOf('.');
+  const slash = Math.max(out.lastIndexOf('/'), out.lastIndexOf('\\'));
+  return dot > slash + 1 ? `${out.slice(0, dot)}-${index}${out.slice(dot)}` : `${out}-${index}`;
+}
+
+/** Every file the images may go to, checked as `clipag generate` checks -o: before any request. */
+function outputPaths(out: string, n: number): string[] {
+  return Array.from({ length: n }, (_, i) => {
+    try {
+      return outputFile(outputPath(out, i, n), '-o');
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  });
+}
+
+const ended = (g: Generation) => g.status === 'succeeded' || g.status === 'failed' || g.status === 'canceled';
+
+/** What a run knows when it stops early: for the message that says how to go on. */
+interface Progress {
+  id?: string;
+  last?: Generation;
+  /** The POST was sent (it may have made a generation whose answer was lost). */
+  posted?: boolean;
+  idempotencyKey?: string;
+  uploadInit?: string;
+}
+
+interface Session {
+  io: RemoteIo;
+  client: ClipagClient;
+  conn: Connection;
+  deadline: number;
+  timeoutSec: number;
+  json: boolean;
+  cancelOnInterrupt: boolean;
+  /** The -o as given, for the resume hint. */
+  outArg?: string;
+  progress: Progress;
+}
+
+function session(io: RemoteIo, values: { url?: string; key?: string; json?: boolean; timeout?: string; 'cancel-on-interrupt'?: boolean }, def: number, outArg?: string): Session {
+  const conn = connection(values, io.env);
+  const t = timeoutSec(values.timeout, def);
+  const client = new ClipagClient({ url: conn.url, key: conn.key, note: io.err, ...(io.signal ? { signal: io.signal } : {}), ...(io.fetch ? { fetch: io.fetch } : {}) });
+  return { io, client, conn, deadline: Date.now() + t * 1000, timeoutSec: t, json: Boolean(values.json), cancelOnInterrupt: Boolean(values['cancel-on-interrupt']), ...(outArg !== undefined ? { outArg } : {}), progress: {} };
+}
+
+async function generate(argv: string[], io: RemoteIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      ...connectionOptions,
+      negative: { type: 'string', multiple: true }, steps: { type: 'string' }, size: { type: 'string' }, seed: { type: 'string' }, n: { type: 'string' },
+      model: { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, out: { type: 'string', short: 'o' },
+      'idempotency-key': { type: 'string' }, 'cancel-on-interrupt': { type: 'boolean' },
+    },
+  });
+  // Everything is checked before the first request: a bad flag must not cost an upload or a job.
+  if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag remote generate "a red apple on a table"');
+  const prompt = positionals[0]!;
+  if (!prompt.trim()) throw new UsageError('the prompt is empty');
+  if (prompt.length > PROMPT_MAX_CHARS) throw new UsageError(`the prompt is ${prompt.length} characters; the API takes at most ${PROMPT_MAX_CHARS}`);
+  if ((values.negative?.length ?? 0) > 1) throw new UsageError('--negative: the API takes one negative prompt');
+  const body: GenerationBody = { prompt };
+  if (values.negative?.[0] !== undefined) body.negative_prompt = values.negative[0];
+  if (values.size !== undefined) [body.width, body.height] = parseSize(values.size);
+  const steps = intFlag(values.steps, 'steps', 1, MAX_STEPS);
+  if (steps !== undefined) body.steps = steps;
+  const seed = intFlag(values.seed, 'seed', 0, 2 ** 32 - 1);
+  if (seed !== undefined) body.seed = seed;
+  const n = intFlag(values.n, 'n', 1, MAX_IMAGES) ?? 1;
+  if (values.n !== undefined) body.n = n;
+  if (values.model !== undefined) body.model = values.model;
+  const init = values.init;
+  const initFile = init !== undefined && init !== 'gmm' && init !== 'noise' && !init.startsWith('upload:') ? init : undefined;
+  if (init !== undefined && initFile === undefined) body.init = init;
+  if (values.strength !== undefined) {
+    if (initFile === undefined && !init?.startsWith('upload:')) throw new UsageError('--strength needs an init image (--init PATH.png or upload:ID); gmm and noise starts have nothing to keep');
+    const strength = decimalNumber(values.strength);
+    if (!(strength >= 0 && strength <= 1)) throw new UsageError(`--strength must be a number in [0, 1], got "${values.strength}"`);
+    body.strength = strength;
+  }
+  const idempotencyKey = values['idempotency-key'] ?? `clipag-remote-${randomUUID()}`;
+  if (!IDEMPOTENCY_KEY.test(idempotencyKey)) throw new UsageError('--idempotency-key must be 1-255 visible ASCII characters, no spaces');
+  const outArg = values.out ?? 'out.png';
+  const paths = outputPaths(outArg, n);
+  let initBytes: Uint8Array | undefined;
+  if (initFile !== undefined) {
+    try {
+      initBytes = readFileSync(initFile);
+    } catch (e) {
+      throw new UsageError(`cannot read --init ${initFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    if (!PNG_SIGNATURE.every((b, i) => initBytes![i] === b)) throw new UsageError(`--init ${initFile} is not a PNG (the API takes PNG init images only)`);
+    const initStat = statSync(initFile);
+    for (const path of paths) {
+      const st = statSync(path, { throwIfNoEntry: false });
+      if (st && st.dev === initStat.dev && st.ino === initStat.ino) throw new UsageError(`-o ${path} is the --init image: the output would replace it; choose another -o`);
+    }
+  }
+  const s = session(io, values, DEFAULT_TIMEOUT_SEC, outArg);
+  s.progress.idempotencyKey = idempotencyKey;
+  try {
+    if (initBytes !== undefined) {
+      if (!s.json) io.err(`clipag remote: uploading ${initFile} (${initBytes.length} bytes)`);
+      const upload = await s.client.upload(initBytes, { deadline: s.deadline });
+      body.init = upload.init;
+      s.progress.uploadInit = upload.init;
+    }
+    s.progress.posted = true;
+    const created = await s.client.createGeneration(body, { idempotencyKey, waitSec: waitSecUntil(s.deadline), deadline: s.deadline });
+    s.progress.id = created.generation.id;
+    s.progress.last = created.generation;
+    if (!s.json) io.err(`clipag remote: ${created.replayed ? 'the API replayed generation' : 'created generation'} ${created.generation.id} (${created.generation.status})`);
+    const final = await untilEnded(s, created.generation, created.held);
+    return await finish(s, final, paths);
+  } catch (e) {
+    return stopped(s, e);
+  }
+}
+
+async function get(argv: string[], io: RemoteIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: { ...connectionOptions, out: { type: 'string', short: 'o' }, 'cancel-on-interrupt': { type: 'boolean' } },
+  });
+  const id = generationId(positionals, 'get');
+  // The folder at least, now; each file once the generation says how many images it has.
+  if (values.out !== undefined) outputPaths(values.out, 1);
+  const s = session(io, values, DEFAULT_TIMEOUT_SEC, values.out);
+  s.progress.id = id;
+  try {
+    const first = await s.client.getGeneration(id, { waitSec: waitSecUntil(s.deadline), deadline: s.deadline });
+    s.progress.last = first.generation;
+    const final = await untilEnded(s, first.generation, first.held);
+    const n = final.request.n;
+    return await finish(s, final, values.out === undefined ? undefined : outputPaths(values.out, n));
+  } catch (e) {
+    return stopped(s, e);
+  }
+}
+
+async function cancel(argv: string[], io: RemoteIo): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, strict: true, options: connectionOptions });
+  const id = generationId(positionals, 'cancel');
+  const s = session(io, values, CANCEL_TIMEOUT_SEC);
+  s.progress.id = id;
+  try {
+    const g = await s.client.cancelGeneration(id, { deadline: s.deadline });
+    if (s.json) io.out(JSON.stringify(g));
+    else io.out(`${g.id} ${g.status === 'canceled' ? 'canceled' : `${g.status}, cancel requested: it stops within a step`}`);
+    return 0;
+  } catch (e) {
+    if (e instanceof ApiError && e.code === 'job_terminal') {
+      io.err(`clipag remote: nothing to cancel: ${e.detail}`);
+      return 1;
+    }
+    return stopped(s, e);
+  }
+}
+
+/** The one positional of get and cancel, as the API's ids look (so that it is refused here, not by a 400). */
+function generationId(positionals: string[], verb: string): string {
+  if (positionals.length !== 1) throw new UsageError(`give exactly one generation id: clipag remote ${verb} ID`);
+  const id = positionals[0]!;
+  if (!RESOURCE_ID_PATTERN.test(id)) throw new UsageError(`"${id}" is not a generation id (letters, digits, "_" and "-", as the API's "id")`);
+  return id;
+}
+
+/** The `Prefer: wait` to ask for: what is left of --timeout, whole seconds, at most MAX_WAIT_SEC; 0 asks for none. */
+function waitSecUntil(deadline: number): number {
+  return Math.max(0, Math.min(MAX_WAIT_SEC, Math.floor((deadline - Date.now()) / 1000)));
+}
+
+function progressText(g: Generation): string {
+  const p = g.progress;
+  const steps = g.status === 'running' && p.total > 0 ? ` step ${p.step}/${p.total}` : '';
+  return `${g.status}${steps}${p.attempt > 1 ? ` (attempt ${p.attempt})` : ''}${g.cancel_requested && !ended(g) ? ', cancel requested' : ''}`;
+}
+
+/** Reads the generation until it has ended, or throws TimedOut at the deadline. */
+async function untilEnded(s: Session, first: Generation, firstHeld: boolean): Promise<Generation> {
+  let g = first;
+  let held = firstHeld;
+  let shown = progressText(g);
+  let pollMs = POLL_FIRST_MS;
+  let sentAt = Date.now();
+  let saidUnheld = false;
+  while (!ended(g)) {
+    if (!held && !saidUnheld && waitSecUntil(s.deadline) > 0) {
+      saidUnheld = true;
+      if (!s.json) s.io.err('clipag remote: the API answered at once (no Preference-Applied: this deployment does not hold requests, or the account spent its waits for the minute); polling every few seconds');
+    }
+    const gap = held ? HELD_GAP_MS - (Date.now() - sentAt) : pollMs;
+    if (!held) pollMs = Math.min(POLL_MAX_MS, Math.round(pollMs * 1.5));
+    const left = s.deadline - Date.now();
+    if (left <= 0 || gap >= left) throw new TimedOut(`generation ${g.id} is still ${progressText(g)}`);
+    if (gap > 0) await pause(gap, s.io.signal);
+    sentAt = Date.now();
+    ({ generation: g, held } = await s.client.getGeneration(g.id, { waitSec: waitSecUntil(s.deadline), deadline: s.deadline }));
+    s.progress.last = g;
+    const now = progressText(g);
+    if (now !== shown && !s.json && !ended(g)) s.io.err(`clipag remote: ${g.id}: ${now}`);
+    shown = now;
+  }
+  return g;
+}
+
+async function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  try {
+    await sleepFor(ms, undefined, signal ? { signal } : {});
+  } catch (e) {
+    if (signal?.aborted) throw new Interrupted('interrupted while waiting');
+    throw e;
+  }
+}
+
+/** The generation has ended: its images downloaded (to `paths`, by index), it reported, the exit status chosen. */
+async function finish(s: Session, g: Generation, paths: string[] | undefined): Promise<number> {
+  const { io } = s;
+  const written = new Map<number, string>();
+  if (g.status === 'succeeded' && paths) {
+    if (g.outputs.length === 0 && g.withheld_outputs.length === 0) {
+      // Deleted (ADR 0021), or its images expired: nothing to download, and -o asked for files.
+      if (s.json) io.out(JSON.stringify(g));
+      io.err(`clipag remote: generation ${g.id} has no images to download${g.deleted_at ? ` (deleted at ${g.deleted_at})` : ''}`);
+      return 1;
+    }
+    for (const o of g.outputs) {
+      const path = paths[o.index] ?? paths[0]!;
+      const bytes = await s.client.download(o.url, { deadline: Date.now() + DEFAULT_TIMEOUT_SEC * 1000 });
+      // A proxy's or a store's error page with a 200 is not an image: never written as one.
+      if (!PNG_SIGNATURE.every((b, i) => bytes[i] === b)) throw new ApiError(`GET image ${o.index}`, 200, 'not_png', `the signed URL answered ${bytes.length} bytes that are not a PNG`);
+      try {
+        writeFileSync(path, bytes);
+      } catch (e) {
+        io.err(`clipag remote: cannot write ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        return 1;
+      }
+      written.set(o.index, path);
+    }
+  }
+  if (s.json) io.out(JSON.stringify(g));
+  else {
+    const r = g.request;
+    io.out(`${g.id} ${g.status} (model ${r.model}, ${r.width}x${r.height}, ${r.steps} steps, n ${r.n})`);
+    for (const o of g.outputs) {
+      io.out(`  image ${o.index}: seed ${o.seed}${o.clip_score !== undefined ? `, clip score ${o.clip_score.toFixed(3)}` : ''}, ${written.has(o.index) ? `wrote ${written.get(o.index)}` : o.url}`);
+    }
+    for (const w of g.withheld_outputs) io.out(`  image ${w.index}: withheld by the output check (${w.content_flags.map((f) => f.rule).join(', ')})`);
+    for (const w of g.warnings) io.err(`warning: ${w}`);
+    for (const f of g.content_flags) io.err(`content policy (${f.category}): "${f.term}" ${f.message}`);
+    for (const o of g.outputs) for (const f of o.content_flags ?? []) io.err(`output check (${f.category}, ${f.action}) on image ${o.index}: looks like "${f.concept}" (cosine ${f.cosine.toFixed(3)}): ${f.message}`);
+  }
+  const withheld = g.withheld_outputs.map((w) => w.index);
+  if (g.status === 'failed' && g.error?.code === 'content_policy') {
+    // Every image withheld: what `clipag generate --policy` exits with when it withholds its image.
+    io.err(`clipag remote: generation ${g.id}: the output check withheld every image: ${g.error.message}; nothing was written`);
+    return WITHHELD_EXIT_CODE;
+  }
+  if (g.status === 'failed') {
+    io.err(`clipag remote: generation ${g.id} failed: ${g.error?.message ?? 'no reason given'} [${g.error?.code ?? 'unknown'}]`);
+    return 1;
+  }
+  if (g.status === 'canceled') {
+    io.err(`clipag remote: generation ${g.id} was canceled`);
+    return 1;
+  }
+  if (withheld.length > 0) {
+    // Some delivered, some kept back: the files asked for are not all there, so not a plain success.
+    io.err(`clipag remote: generation ${g.id}: the output check withheld image${withheld.length > 1 ? 's' : ''} ${withheld.join(', ')}; ${paths ? 'those files were not written' : 'they have no URL'}`);
+    return WITHHELD_EXIT_CODE;
+  }
+  return 0;
+}
+
+/** The run stopped before its end (an error, the deadline, Ctrl-C): say why, and how to go on. */
+async function stopped(s: Session, e: unknown): Promise<number> {
+  const { io, progress } = s;
+  const id = progress.id;
+  const getAgain = `clipag remote get ${id}${s.outArg !== undefined ? ` -o ${s.outArg}` : ''}`;
+  // Stopped while downloading: the generation has ended, and only the download is left to do.
+  const over = progress.last !== undefined && ended(progress.last);
+  // `notCanceled`: said after Ctrl-C, where a reader may think the job stopped with the command.
+  const resumeText = (notCanceled: boolean) =>
+    id
+      ? over
+        ? `generation ${id} has ended (${progress.last!.status}): ${getAgain} downloads it`
+        : `generation ${id} goes on${notCanceled ? ' (not canceled)' : ''}: ${getAgain} waits for it again; clipag remote cancel ${id} stops it`
+      : progress.posted
+        ? `no generation id came back; the request may still have made one: the same command with --idempotency-key ${progress.idempotencyKey}${progress.uploadInit ? ` and --init ${progress.uploadInit}` : ''} gets it, never a second one`
+        : 'no generation was made';
+  const resume = resumeText(false);
+  if (e instanceof Interrupted) {
+    if (s.json && progress.last) io.out(JSON.stringify(progress.last));
+    if (id && s.cancelOnInterrupt && !over) {
+      try {
+        // A client of its own: the interrupted one's signal has fired.
+        const client = new ClipagClient({ url: s.conn.url, key: s.conn.key, note: io.err, ...(io.fetch ? { fetch: io.fetch } : {}) });
+        const g = await client.cancelGeneration(id, { deadline: Date.now() + 10_000 });
+        io.err(`clipag remote: interrupted; generation ${id} ${g.status === 'canceled' ? 'canceled' : 'asked to cancel (it stops within a step)'} (--cancel-on-interrupt)`);
+      } catch (ce) {
+        io.err(`clipag remote: interrupted; the cancel of ${id} failed (${(ce as Error).message}): clipag remote cancel ${id}`);
+      }
+    } else {
+      io.err(`clipag remote: interrupted; ${resumeText(true)}`);
+    }
+    return INTERRUPTED_EXIT_CODE;
+  }
+  if (e instanceof TimedOut) {
+    if (s.json && progress.last) io.out(JSON.stringify(progress.last));
+    io.err(`clipag remote: timed out (--timeout ${s.timeoutSec} s): ${e.message}; ${resume}`);
+    return TIMED_OUT_EXIT_CODE;
+  }
+  if (e instanceof ApiError) {
+    if (e.status === 401) {
+      io.err(`clipag remote: the API refused the key from ${s.conn.keySource} (401 ${e.code}: ${e.detail}${e.requestId ? ` [request_id ${e.requestId}]` : ''}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes`);
+      return 1;
+    }
+    if (e.status === 404 && e.code === 'not_found' && id) {
+      io.err(`clipag remote: no generation ${id} for this key's account (404 not_found${e.requestId ? ` [request_id ${e.requestId}]` : ''}); check the id`);
+      return 1;
+    }
+    io.err(`clipag remote: ${e.message}${id && progress.last && !ended(progress.last) ? `; ${resume}` : ''}`);
+    return 1;
+  }
+  if (e instanceof GaveUp) {
+    const local = isLoopback(new URL(s.conn.url)) && /network error/.test(e.message) ? ` (is the API running at ${s.conn.url}? npm start runs one)` : '';
+    io.err(`clipag remote: ${e.message}${local}${id ? `; ${resume}` : ''}`);
+    return 1;
+  }
+  throw e;
+}

@@ -1,0 +1,136 @@
+// `clipag remote` against the real local server (API, durable queue, worker, tiny engine), as
+// test/e2e/local-mode.test.ts starts it: generate with --json, get -o again, an --init upload, a
+// content-policy refusal and an image the output check withholds. One server for the file.
+import { mkdirSync, mkdtempSync, readFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { REPO_ROOT } from '../../cli/common.ts';
+import { main } from '../../cli/main.ts';
+import { serve, type ServeHandle } from '../../cli/serve.ts';
+import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
+import { localStores } from '../../shared/adapters/stores.ts';
+import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+import { ownerPolicyKey } from '../../shared/keys.ts';
+import { makeTinyBundle } from '../helpers/bundle.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'clipag-remote-e2e-'));
+const modelsDir = join(root, 'models');
+const dataDir = join(root, 'data');
+const work = join(root, 'work');
+mkdirSync(work);
+makeTinyBundle('quickgelu', { dir: join(modelsDir, 'toy'), prior: join(REPO_ROOT, 'models', 'test-prior', 'prior.safetensors'), manifest: { name: 'toy' } });
+const FAST = { steps: 6, globalViews: 4, patchViews: 4, initSamples: 32, frameEvery: 2 };
+
+async function freePort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+let h: ServeHandle;
+/** A key of another account, whose own policy (ADR 0018) refuses "zebra" and withholds an image that looks like "a photo of a cat". */
+let strictKey: string;
+
+beforeAll(async () => {
+  const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+  strictKey = (await stores.keys.create({ name: 'strict', owner: 'acct_strict' })).secret;
+  const policy = {
+    version: 1,
+    rules: [{ id: 'no-zebras', category: 'trademark', action: 'refuse', message: 'zebras are a registered mark here', terms: ['zebra'] }],
+    // The prompt itself as the concept: every image of that prompt is as close to it as to the prompt.
+    output_rules: [{ id: 'cat-lookalike', category: 'copyright', action: 'withhold', message: 'looks like a cat we do not own', concepts: ['a photo of a cat'], above_prompt_by: -0.0001 }],
+  };
+  await stores.blobs.put(ownerPolicyKey('acct_strict'), Buffer.from(JSON.stringify(policy)), { contentType: 'application/json' });
+  const port = await freePort();
+  h = await serve({ CLIPAG_DATA_DIR: dataDir, CLIPAG_MODELS_DIR: modelsDir, PORT: String(port), CLIPAG_RECEIVE_WAIT_SEC: '1', LOG_LEVEL: 'error' }, { recipeOverrides: FAST });
+});
+afterAll(async () => {
+  await h?.stop();
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** `clipag remote …` through the verb dispatch, with this environment (the verb reads it once), its stdout and stderr caught. */
+async function remote(argv: string[], env: Record<string, string | undefined> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  for (const name of ['CLIPAG_API_URL', 'CLIPAG_API_KEY', 'CLIPAG_DATA_DIR']) vi.stubEnv(name, env[name]);
+  const log = vi.spyOn(console, 'log').mockImplementation((...a) => void out.push(a.join(' ')));
+  const error = vi.spyOn(console, 'error').mockImplementation((...a) => void err.push(a.join(' ')));
+  const write = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s).replace(/\n$/, '')), true));
+  try {
+    return { code: await main(['remote', ...argv]), stdout: out.join('\n'), stderr: err.join('\n') };
+  } finally {
+    log.mockRestore();
+    error.mockRestore();
+    write.mockRestore();
+    vi.unstubAllEnvs();
+  }
+}
+
+const env = () => ({ CLIPAG_API_URL: h.url, CLIPAG_API_KEY: h.apiKey });
+
+describe('clipag remote against the local server', () => {
+  it('generate writes PNGs of the --size asked (n 2: out-0, out-1), --json prints the succeeded view; get -o downloads them again with the key npm start keeps', async () => {
+    const out = join(work, 'cat.png');
+    const made = await remote(['generate', 'a photo of a cat', '--size', '96x64', '--seed', '7', '--n', '2', '-o', out, '--json'], env());
+    expect(made.code, made.stderr).toBe(0);
+    const view = JSON.parse(made.stdout);
+    expect(view).toMatchObject({ object: 'generation', status: 'succeeded', request: { width: 96, height: 64, n: 2, seed: 7 } });
+    expect(view.outputs.map((o: { index: number; seed: number }) => [o.index, o.seed])).toEqual([
+      [0, 7],
+      [1, 8],
+    ]);
+    for (const i of [0, 1]) {
+      const img = decodeImage(new Uint8Array(readFileSync(join(work, `cat-${i}.png`))));
+      expect([img.width, img.height]).toEqual([96, 64]);
+    }
+    expect(existsSync(out)).toBe(false);
+
+    // No --key and no CLIPAG_API_KEY: a local --url reads the key npm start keeps in CLIPAG_DATA_DIR.
+    const again = join(work, 'again.png');
+    const got = await remote(['get', view.id, '-o', again, '--url', h.url], { CLIPAG_DATA_DIR: dataDir });
+    expect(got.code, got.stderr).toBe(0);
+    expect(got.stdout).toContain(`${view.id} succeeded (model toy, 96x64, 100 steps, n 2)`);
+    expect(got.stdout).toMatch(/image 0: seed 7, clip score -?\d\.\d{3}, wrote .*again-0\.png/);
+    expect(got.stdout).toMatch(/image 1: seed 8, clip score -?\d\.\d{3}, wrote .*again-1\.png/);
+    for (const i of [0, 1]) expect(readFileSync(join(work, `again-${i}.png`)).equals(readFileSync(join(work, `cat-${i}.png`)))).toBe(true);
+  });
+
+  it('--init PATH.png is uploaded (POST /v1/uploads, PUT to the signed URL) and drives the generation', async () => {
+    const init = join(work, 'red.png');
+    writeFileSync(init, encodePng(solidImage(64, 64, [0.9, 0.1, 0.1])));
+    const out = join(work, 'from-init.png');
+    const made = await remote(['generate', 'a photo of a cat', '--size', '64x64', '--seed', '1', '--init', init, '--strength', '0.2', '-o', out, '--json'], env());
+    expect(made.code, made.stderr).toBe(0);
+    const view = JSON.parse(made.stdout);
+    expect(view.status).toBe('succeeded');
+    expect(view.request).toMatchObject({ init: expect.stringMatching(/^upload:/), strength: 0.2 });
+    const img = decodeImage(new Uint8Array(readFileSync(out)));
+    const mean = (c: number) => img.data.subarray(c * 4096, (c + 1) * 4096).reduce((a, b) => a + b, 0) / 4096;
+    expect(mean(0)).toBeGreaterThan(mean(1)); // still reddish: the uploaded image was the start
+  });
+
+  it('a prompt the content policy refuses: exit 1, as clipag generate, with the code, the param and the message; nothing written', async () => {
+    const out = join(work, 'zebra.png');
+    const refused = await remote(['generate', 'a zebra on a hill', '-o', out], { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/clipag remote: POST \/v1\/generations: 400 content_policy: .*zebras are a registered mark here.* \(param prompt\) \[request_id \S+\]/);
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it('every image withheld by the output check: exit 3, as clipag generate, and no file', async () => {
+    const { WITHHELD_EXIT_CODE: generateWithheld } = await import('../../cli/generate.ts');
+    const out = join(work, 'withheld.png');
+    const withheld = await remote(['generate', 'a photo of a cat', '--size', '64x64', '-o', out], { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey });
+    expect(withheld.code).toBe(generateWithheld);
+    expect(withheld.stdout).toMatch(/ failed \(model toy, 64x64/);
+    expect(withheld.stdout).toContain('image 0: withheld by the output check (cat-lookalike)');
+    expect(withheld.stderr).toMatch(/the output check withheld every image: .*looks like "a photo of a cat".*; nothing was written/);
+    expect(existsSync(out)).toBe(false);
+  });
+});
