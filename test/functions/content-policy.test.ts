@@ -117,20 +117,31 @@ describe('matching', () => {
     for (const text of ['\u{1f17f}\u{1f178}\u{1f17a}\u{1f170}\u{1f172}\u{1f177}\u{1f184} plush', '\u{1f15f}\u{1f158}\u{1f15a}\u{1f150}\u{1f152}\u{1f157}\u{1f164} plush', '\u{1f1f5}\u{1f1ee}\u{1f1f0}\u{1f1e6}\u{1f1e8}\u{1f1ed}\u{1f1fa} plush']) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']); // 🅿🅸🅺🅰🅲🅷🆄, 🅟🅘🅚🅐🅒🅗🅤, 🇵🇮🇰🇦🇨🇭🇺
     }
-    // A flag is its country's code, and a row of flags is a row of codes, not one word (🇳🇦🇷🇺🇹🇴 is
-    // Namibia, Russia and Tonga, not "naruto"); a parking sign is a P.
+    // A flag is its country's code, and a row of flags is a row of codes, not one word (🇲🇺🇸🇱🇮🇲 is
+    // Mauritius, Sierra Leone and the Isle of Man, not "muslim"); a parking sign is a P.
     const flags = (codes: string) => [...codes].map((c) => String.fromCodePoint(0x1f1e6 + c.charCodeAt(0) - 65)).join('');
-    for (const text of ['a \u{1f1ef}\u{1f1f5} flag on a pole', '\u{1f17f}\u{fe0f} parking sign at night', `flags of ${flags('NARUTO')} on a world map`, `${flags('MUSLIM')} flags waving`, `${flags('CRIMINAL')} football fans`, `${flags('THUG')} friendship poster`]) {
+    for (const text of ['a \u{1f1ef}\u{1f1f5} flag on a pole', '\u{1f17f}\u{fe0f} parking sign at night', `${flags('MUSLIM')} flags waving`, `${flags('CRIMINAL')} football fans`, `${flags('THUG')} friendship poster`, `${flags('USGBFR')} flags on a desk`, `${flags('NARUTOUS')} flags`]) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual([]);
     }
+  });
+
+  it("reads a row of flags that, whole, spells a refusing rule's name as that name; a flag rule's term stays a row of flags", () => {
+    const flags = (codes: string) => [...codes].map((c) => String.fromCodePoint(0x1f1e6 + c.charCodeAt(0) - 65)).join('');
+    // 🇳🇦🇷🇺🇹🇴 (Namibia, Russia, Tonga) reads "naruto", 🇹🇴🇹🇴🇷🇴 "totoro": the whole row is the name.
+    for (const text of [`${flags('NARUTO')} plush`, `flags of ${flags('NARUTO')} on a world map`, `${flags('TOTORO')} keychain`]) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    }
+    // Not a flag rule's term (MUSLIM, THUG above), nor a name that is only part of the row (NARUTOUS above).
+    const watch = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['naruto'] }] }));
+    expect(watch.screen([{ text: `${flags('NARUTO')} plush`, param: 'prompt' }])).toEqual([]);
   });
 
   it('reads ASCII letters and symbols written for another letter where the writing shows it: l among capitals, I among lower case, and | + ( between letters', () => {
     for (const text of ['PlKACHU plush toy', 'heIIo kitty backpack', 'he||o kitty backpack', 'ba+man logo', 'pika(hu plush', 'SPlDERMAN swinging']) {
       expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     }
-    // Ordinary words keep their reading: an l or I in ordinary case; rn and vv are never read as m and w
-    // (nothing tells "batrnan" from "Horner": "Horner Simpson family portrait" is no "homer simpson").
+    // Ordinary words keep their reading: an l or I in ordinary case; rn and vv are read as m and w only
+    // under the conditions of their own test below ("Horner Simpson family portrait" is no "homer simpson").
     for (const text of ['Illustration of a modern barn in autumn', 'a corn field, vivid colours', 'the HOTEl lobby', 'an iPhone on a desk', 'McIntosh apples in a basket', 'a savvy fox', 'C++ code on a screen', 'a word(s) puzzle', 'Horner Simpson family portrait']) {
       expect(rulesHit(text), text).toEqual([]);
     }
@@ -170,6 +181,77 @@ describe('matching', () => {
       { id: 'chars', category: 'copyright', action: 'refuse', message: 'm', terms: ['superman'], unless: ['supermannschaft'], inside_words: true },
     ] }));
     for (const text of ['宝宝马桶', 'die Supermannschaft gewinnt']) expect(inside.screen([{ text, param: 'prompt' }]), text).toEqual([]);
+  });
+
+  it('reads a refusing rule\'s one-word name split in pieces that are no common words, one of them short ("pika chu"); ordinary words side by side stay as written', () => {
+    for (const text of ['pika chu plush toy', 'two pika chus in a basket', 'nar uto headband', 'po kemon cards', 'p1ka chu keychain']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    // A common word among the pieces: what people write.
+    for (const text of ['a super man lifting a car', 'a tribute to Toro the bull', 'a bat man counting bats in a cave', 'a poke bowl, mon to fri', 'naru to the rescue']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+    // A term whose own words the span is stays the one reported ("sponge bob", not "spongebob").
+    expect(policy.screen([{ text: 'Sponge Bob on a rock', param: 'prompt' }]).map((h) => h.term)).toEqual(['sponge bob']);
+    const games = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [
+      { id: 'games', category: 'trademark', action: 'refuse', message: 'm', terms: ['deadpool', 'minecraft', 'starbucks', 'pikachu', 'hello kitty'] },
+      { id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['snorlax'] },
+    ] }));
+    const hit = (text: string) => games.screen([{ text, param: 'prompt' }]).map((h) => h.rule);
+    expect(hit('pika chu')).toEqual(['games']);
+    // Two longer pieces are likelier two words than syllables; a flag's term, and a term of several
+    // words, are matched as written.
+    for (const text of ['a dead pool of water', 'a mine craft fair', 'star bucks grazing at dawn', 'snor lax', 'hel lo kitty']) expect(hit(text), text).toEqual([]);
+  });
+
+  it('reads 6 as g or b where a digit stands before a letter, and keeps model numbers and quantities as written', () => {
+    for (const text of ['6oku powering up', '6atman logo', 'spon6ebob']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    for (const text of ['iPhone 6s on a desk', 'a 6ft sunflower', 'C6H12O6 glucose molecule', 'a 6x6 medium format camera', 'Sony a6000 on a tripod', 'the 6th of June', 'vitamin b6 tablets']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+    // The look-alike list reads Cyrillic б as 6; only a 6 the prompt has as written is read, so a
+    // Cyrillic name with a б is still found through leetspeak in its other letters.
+    const cyrillic = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'cheburashka', category: 'copyright', action: 'refuse', message: 'm', terms: ['\u0447\u0435\u0431\u0443\u0440\u0430\u0448\u043a\u0430'] }] }));
+    expect(cyrillic.screen([{ text: '\u04473\u0431\u0443\u0440\u0430\u0448\u043a\u0430', param: 'prompt' }]).map((h) => h.rule)).toEqual(['cheburashka']);
+  });
+
+  it('reads ß as ss, and at the start of a word (where German writes none) as the B it looks like', () => {
+    for (const text of ['\u00dfatman logo', '\u1e9eATMAN logo']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    for (const text of ['Stra\u00dfenfest in K\u00f6ln', 'Fu\u00dfballfans im Stadion', 'STRASSE in Berlin']) expect(rulesHit(text), text).toEqual([]);
+    const beer = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'brands', category: 'trademark', action: 'refuse', message: 'm', terms: ['weissbier logo'] }] }));
+    for (const text of ['ein Wei\u00dfbier logo', 'WEISSBIER LOGO']) expect(beer.screen([{ text, param: 'prompt' }]).map((h) => h.rule), text).toEqual(['brands']);
+  });
+
+  it('in a word that mixes Cyrillic or Greek letters with Latin ones, reads those that pass for Latin only in some fonts (к, т, н, μ) as Latin too', () => {
+    // Р1каchu (Cyrillic Р, к, а), piкachu, bатman (Cyrillic а, т), pikachµ (the micro sign), pikachμ (Greek μ).
+    for (const text of ['\u04201\u043a\u0430chu plush', 'pi\u043aachu', 'b\u0430\u0442man logo', 'pikach\u00b5 plush', 'pikach\u03bc']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    }
+    // Russian and Greek words keep their letters: no word mixes scripts.
+    for (const text of ['\u043a\u0430\u0442\u043c\u0430\u043d', '\u043a\u043e\u0442 \u0432 4k', '\u03bc\u03c0\u03bb\u03b5 \u03c3\u03c0\u03af\u03c4\u03b9', 'a 5\u00b5m scale bar on a micrograph']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual([]);
+    }
+    // An operator's Cyrillic name is read so too: a Latin k in it ("чебурашkа") is still the name.
+    const cyrillic = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'cheburashka', category: 'copyright', action: 'refuse', message: 'm', terms: ['\u0447\u0435\u0431\u0443\u0440\u0430\u0448\u043a\u0430'] }] }));
+    for (const text of ['\u0447\u0435\u0431\u0443\u0440\u0430\u0448k\u0430', '\u0447e\u0431\u0443pa\u0448\u043aa']) {
+      expect(cyrillic.screen([{ text, param: 'prompt' }]).map((h) => h.rule), text).toEqual(['cheburashka']);
+    }
+  });
+
+  it('reads rn as m and vv as w for a refusing rule\'s name of six letters or more, where each of the name\'s words is read so', () => {
+    for (const text of ['batrnan logo', 'vvonder vvoman costume', 'rnickey rnouse ears', 'b4trnan poster', 'BATRNAN']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    // A word as written beside them completes no name; ordinary words stay as written.
+    for (const text of ['Horner Simpson family portrait', 'a savvy shopper in a modern mall', 'a vvery big dog', 'a corn field at the turn of the season']) {
+      expect(rulesHit(text), text).toEqual([]);
+    }
+    const policy = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [
+      { id: 'names', category: 'copyright', action: 'refuse', message: 'm', terms: ['bum', 'tom', 'modem', 'homer', 'wolverine'] },
+      { id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['wonderwall'] },
+    ] }));
+    const hit = (text: string) => policy.screen([{ text, param: 'prompt' }]).map((h) => h.rule);
+    // Short names are found in ordinary words read so ("burn" is "bum"), and a flag is no reason to read them.
+    for (const text of ['a burn scar', 'a torn map', 'a modern house', 'Jack Horner', 'vvonderwall']) expect(hit(text), text).toEqual([]);
+    expect(hit('vvolverine claws')).toEqual(['names']);
   });
 
   it('reads small capitals and lower-case Cherokee as the Latin letters they stand for', () => {
