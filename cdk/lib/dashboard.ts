@@ -23,7 +23,10 @@ export interface ApiHandlerRef {
  */
 export const JOB_OUTCOMES = ['succeeded', 'failed', 'canceled', 'requeued', 'skipped', 'lease_lost'] as const;
 
-/** Namespace of every metric the stack's metric filters publish (the alarms' two included). */
+/** The names of the API's per-account limits (`name` of each SlidingWindowRateLimiter in functions/app.ts). */
+export const RATE_LIMIT_NAMES = ['requests', 'uploads', 'waits'] as const;
+
+/** Namespace of every metric the stack's metric filters publish (the alarms' included). */
 const NAMESPACE = 'Clipag';
 
 export interface ClipagDashboardProps {
@@ -62,6 +65,8 @@ export class ClipagDashboard extends Construct {
   readonly jobOutcomesFilter: logs.MetricFilter;
   /** The worker's warm-up time, from its `warmed up` line. */
   readonly warmUpFilter: logs.MetricFilter;
+  /** The API's refusals by a per-account limit (ADR 0026), one metric per limit, from its `rate_limit_refused` lines. */
+  readonly rateLimitRefusalsFilter: logs.MetricFilter | undefined;
 
   constructor(scope: Construct, id: string, props: ClipagDashboardProps) {
     super(scope, id);
@@ -109,12 +114,27 @@ export class ClipagDashboard extends Construct {
       unit: cloudwatch.Unit.MILLISECONDS,
     });
 
+    // functions/middleware/rate-limit.ts, RateGate.decide: one `rate_limit_refused` line (level warn, through
+    // jsonLineLog) per refusal the counter decided, i.e. once per account and Retry-After on an instance,
+    // with `limit_name` one of the app's three limits (requests, uploads, waits): a small, fixed set, so a
+    // dimension. It counts accounts being held back, not refused requests (the access log's 429s do).
+    this.rateLimitRefusalsFilter = props.apiHandler
+      ? new logs.MetricFilter(this, 'RateLimitRefusalsFilter', {
+          logGroup: props.apiHandler.logGroup,
+          filterPattern: logs.FilterPattern.stringValue('$.event', '=', 'rate_limit_refused'),
+          metricNamespace: NAMESPACE,
+          metricName: 'RateLimitRefusals',
+          metricValue: '1',
+          dimensions: { Limit: '$.limit_name' },
+        })
+      : undefined;
+
     // ---- widgets --------------------------------------------------------------------------------------
 
     const graph = (title: string, left: cloudwatch.IMetric[], more: Partial<cloudwatch.GraphWidgetProps> = {}) =>
       new cloudwatch.GraphWidget({ title, left, width: 8, height: 6, ...more });
     const header = (markdown: string) => new cloudwatch.TextWidget({ markdown, width: 24, height: 1 });
-    const operatorAlarms = [alarms.dlqDepthAlarm, alarms.oldestQueuedJobAlarm, alarms.queuedJobSweepAlarm, alarms.api5xxAlarm, alarms.workerErrorAlarm].filter(
+    const operatorAlarms = [alarms.dlqDepthAlarm, alarms.oldestQueuedJobAlarm, alarms.queuedJobSweepAlarm, alarms.api5xxAlarm, alarms.workerErrorAlarm, alarms.rateLimitFailingOpenAlarm].filter(
       (a): a is cloudwatch.Alarm => a !== undefined,
     );
 
@@ -165,6 +185,15 @@ export class ClipagDashboard extends Construct {
           fn.metricErrors({ period: minute, statistic: 'Sum', label: 'errors' }),
           fn.metricThrottles({ period: minute, statistic: 'Sum', label: 'throttles' }),
         ], { width: 6, right: [fn.metric('ConcurrentExecutions', { period: minute, statistic: 'Maximum', label: 'concurrent executions' })] }),
+      );
+    }
+    if (this.rateLimitRefusalsFilter) {
+      const refusals = this.rateLimitRefusalsFilter;
+      api.push(
+        graph('Per-account limits (count per 5 min): accounts held back, by limit, and counter failures (requests then let through unlimited)', [
+          ...RATE_LIMIT_NAMES.map((limit) => refusals.metric({ period: fiveMinutes, statistic: 'Sum', dimensionsMap: { Limit: limit }, label: `held back: ${limit}` })),
+          ...(alarms.rateLimitUnavailableFilter ? [alarms.rateLimitUnavailableFilter.metric({ period: fiveMinutes, statistic: 'Sum', label: 'counter unavailable (fail open)' })] : []),
+        ], { width: 6 }),
       );
     }
     if (api.length > 0) this.dashboard.addWidgets(header('### API'), ...api);
@@ -270,6 +299,7 @@ export class ClipagDashboard extends Construct {
       `- **Oldest queued job ≥ ${thresholdOf(alarms.oldestQueuedJobAlarm)} s**: a job has waited that long to start (the sweep's figure; running jobs do not count): the fleet is not keeping up or cannot start (GPU quota, Spot, image pull).`,
       `- **Queued-job sweep failing for ${windowMinutes(alarms.queuedJobSweepAlarm)} min**: lost messages are not re-sent, owed webhooks not retried, and the queued wait is not measured.`,
       ...(alarms.api5xxAlarm ? [`- **API 5xx ≥ ${thresholdOf(alarms.api5xxAlarm)} per ${periodMinutes(alarms.api5xxAlarm)} min, ${periodsOf(alarms.api5xxAlarm)} periods in a row**: customers get server errors (the app's 500s, or the gateway's for a failing or timing-out Lambda).`] : []),
+      ...(alarms.rateLimitFailingOpenAlarm ? [`- **Rate limits failing open for ${windowMinutes(alarms.rateLimitFailingOpenAlarm)} min**: the API cannot reach its DynamoDB counter and lets every request through unlimited; an error-level \`rate_limit_unavailable\` line in the API log means a missing table or grant.`] : []),
       ...(alarms.workerErrorAlarm ? ['- **GPU worker error line**: the worker logged something an operator must act on; search its log group for `"level":"error"` (`worker unhealthy`, `message dead-lettered`, `usage not recorded`…).'] : []),
     ];
     return [

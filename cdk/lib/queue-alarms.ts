@@ -29,6 +29,8 @@ export interface QueueAlarmsProps {
   readonly api5xxPerFiveMinutes?: number;
   /** The worker's JSON log lines: any `error` line pages (a lost usage add, an unhealthy worker, a failure it could not record). */
   readonly workerLogGroup?: logs.ILogGroup;
+  /** The API handler's JSON log lines: a per-account limit failing open (its counter unavailable) pages once it lasts. */
+  readonly apiLogGroup?: logs.ILogGroup;
 }
 
 /** Operator alarms for the job pipeline, published to one SNS topic. */
@@ -43,6 +45,9 @@ export class QueueAlarms extends Construct {
   readonly oldestQueuedJobFilter: logs.MetricFilter;
   /** `WorkerErrorLines`, one per `"level":"error"` line of the worker; the dashboard graphs the same metric. */
   readonly workerErrorLinesFilter: logs.MetricFilter | undefined;
+  /** `RateLimitUnavailable`, one per `rate_limit_unavailable` line of the API (ADR 0026); the dashboard graphs it. */
+  readonly rateLimitUnavailableFilter: logs.MetricFilter | undefined;
+  readonly rateLimitFailingOpenAlarm: cloudwatch.Alarm | undefined;
 
   constructor(scope: Construct, id: string, props: QueueAlarmsProps) {
     super(scope, id);
@@ -146,7 +151,29 @@ export class QueueAlarms extends Construct {
         )
       : undefined;
 
-    const alarms = [this.dlqDepthAlarm, this.oldestQueuedJobAlarm, this.queuedJobSweepAlarm, this.api5xxAlarm, this.workerErrorAlarm];
+    // The per-account limits fail open when their DynamoDB counter does not answer (ADR 0026): requests
+    // go through unlimited, and each API instance logs `rate_limit_unavailable` at most every 30 s. A
+    // blip passes; 15 minutes of it (a missing table or grant never passes by itself) pages.
+    this.rateLimitUnavailableFilter = props.apiLogGroup
+      ? new logs.MetricFilter(this, 'RateLimitUnavailableFilter', {
+          logGroup: props.apiLogGroup,
+          filterPattern: logs.FilterPattern.stringValue('$.event', '=', 'rate_limit_unavailable'),
+          metricNamespace: 'Clipag',
+          metricName: 'RateLimitUnavailable',
+          metricValue: '1',
+        })
+      : undefined;
+    this.rateLimitFailingOpenAlarm = this.rateLimitUnavailableFilter
+      ? atLeast(
+          'RateLimitFailingOpen',
+          'The per-account rate limits cannot reach their DynamoDB counter and let every request through (search the API log for "rate_limit_unavailable"; an error-level line means a missing table or grant).',
+          this.rateLimitUnavailableFilter.metric({ period: Duration.minutes(5), statistic: 'Sum' }),
+          1,
+          3,
+        )
+      : undefined;
+
+    const alarms = [this.dlqDepthAlarm, this.oldestQueuedJobAlarm, this.queuedJobSweepAlarm, this.api5xxAlarm, this.workerErrorAlarm, this.rateLimitFailingOpenAlarm];
     for (const alarm of alarms.filter((a): a is cloudwatch.Alarm => a !== undefined)) {
       alarm.addAlarmAction(action);
       alarm.addOkAction(action);

@@ -247,6 +247,7 @@ export class WorkerStack extends Stack {
       queuedJobSweep: props.queuedJobSweep,
       ...(props.httpApi ? { httpApi: props.httpApi } : {}),
       workerLogGroup: this.worker.logGroup,
+      ...(props.apiHandler ? { apiLogGroup: props.apiHandler.logGroup } : {}),
     });
 
     // Beside the alarms it shows, with every reference it reads already here.

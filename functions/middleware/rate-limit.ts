@@ -42,6 +42,8 @@ export class CounterBreaker {
     this.skipUntilMs = Date.now() + SKIP_AFTER_FAILURE_MS;
     this.log({
       level: error instanceof NonRetryableError ? 'error' : 'warn',
+      // `event`: the name the CDK's metric filter and alarm match (cdk/lib/queue-alarms.ts).
+      event: 'rate_limit_unavailable',
       msg: `rate limit: the counts are unavailable; requests go through unlimited for ${SKIP_AFTER_FAILURE_MS / 1000} s`,
       request_id: requestId,
       error: operatorMessage(error),
@@ -102,7 +104,7 @@ export class RateGate {
     }
     // Once per refusal the store decided (later ones until Retry-After come from memory): who, and for how long.
     if (!decision.allowed && decision.fromStore) {
-      options.log({ level: 'warn', msg: options.overMessage ?? 'rate limit: an account is over its limit', request_id: c.get('requestId'), owner: c.get('owner'), limit_name: limiter.name, limit: decision.limit, window_sec: decision.windowSec, retry_after_sec: decision.resetSec });
+      options.log({ level: 'warn', event: 'rate_limit_refused', msg: options.overMessage ?? 'rate limit: an account is over its limit', request_id: c.get('requestId'), owner: c.get('owner'), limit_name: limiter.name, limit: decision.limit, window_sec: decision.windowSec, retry_after_sec: decision.resetSec });
     }
     return decision;
   }

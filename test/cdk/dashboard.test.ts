@@ -5,7 +5,11 @@ import { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
 import { stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
-import { JOB_OUTCOMES } from '../../cdk/lib/dashboard.ts';
+import { JOB_OUTCOMES, RATE_LIMIT_NAMES } from '../../cdk/lib/dashboard.ts';
+import { createApp } from '../../functions/app.ts';
+import { MemoryRateCounter } from '../../shared/adapters/local/rate-counter.ts';
+import { RetryableError } from '../../shared/errors.ts';
+import { harness } from '../functions/helpers.ts';
 import { createWorker, jsonLogger } from '../../gpu-worker/worker/worker.ts';
 import { makeEnv, submit, waitForStatus } from '../worker/helpers.ts';
 import { standInImage, stepping } from '../worker/stand-ins.ts';
@@ -194,7 +198,7 @@ describe('the dashboard', () => {
       const operatorAlarms = resources(b.worker)
         .filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm' && JSON.stringify(r.Properties.AlarmActions ?? []).includes('AlarmsTopic'))
         .map(([id]) => ({ 'Fn::GetAtt': [id, 'Arn'] }));
-      expect(operatorAlarms).toHaveLength(5);
+      expect(operatorAlarms).toHaveLength(6);
       expect(shown).toHaveLength(operatorAlarms.length);
       expect(shown).toEqual(expect.arrayContaining(operatorAlarms));
       const a = b.stacks.worker.alarms;
@@ -250,8 +254,10 @@ describe('the dashboard', () => {
       const metrics = metricsOf(b, dashboardOf(b.worker));
       expect(metrics.filter((m) => m.namespace === 'Clipag').map((m) => m.name)).toEqual(expect.arrayContaining(['OldestQueuedJobSeconds', 'WorkerErrorLines']));
       const filters = resources(b.worker).filter(([, r]) => r.Type === 'AWS::Logs::MetricFilter').map(([, r]) => r.Properties);
-      // The alarms' two and the dashboard's three; no two on the same lines and metric.
-      expect(filters.map((f) => f.MetricTransformations[0].MetricName).sort()).toEqual(['Api429Answers', 'OldestQueuedJobSeconds', 'WorkerErrorLines', 'WorkerJobsFinished', 'WorkerWarmUpTime']);
+      // The alarms' three and the dashboard's four; no two on the same lines and metric.
+      expect(filters.map((f) => f.MetricTransformations[0].MetricName).sort()).toEqual([
+        'Api429Answers', 'OldestQueuedJobSeconds', 'RateLimitRefusals', 'RateLimitUnavailable', 'WorkerErrorLines', 'WorkerJobsFinished', 'WorkerWarmUpTime',
+      ]);
       // Every metric it graphs in the Clipag namespace is one a filter of this stack publishes, with its dimensions.
       const published = filtersOf(b);
       for (const m of metrics.filter((x) => x.namespace === 'Clipag')) {
@@ -351,6 +357,39 @@ describe('the dashboard', () => {
     expect(logged.filter((l) => matches(f.WorkerErrorLines.FilterPattern, l))).toEqual([]);
   });
 
+  it('the API writes the lines the rate-limit filters read: a refusal per limit (the dimension one of RATE_LIMIT_NAMES), and a counter failure', async () => {
+    const h = await harness();
+    try {
+      const auth = { Authorization: `Bearer ${h.alice}` };
+      // Each limit refuses once: requests at 1 a minute (bob), uploads at 1 an hour, waits at 1.
+      const limited = createApp({ ...h.deps, rateCounter: new MemoryRateCounter(), limits: { ...h.deps.limits, rateLimitPerMin: 1 } });
+      await limited.request('/v1/models', { headers: { Authorization: `Bearer ${h.bob}` } });
+      expect((await limited.request('/v1/models', { headers: { Authorization: `Bearer ${h.bob}` } })).status).toBe(429);
+      const budgets = createApp({ ...h.deps, rateCounter: new MemoryRateCounter(), limits: { ...h.deps.limits, uploadsPerHour: 1, maxWaits: 1, maxWaitSec: 1 } });
+      const upload = () => budgets.request('/v1/uploads', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: JSON.stringify({ content_type: 'image/png', bytes: 10 }) });
+      await upload();
+      expect((await upload()).status).toBe(429);
+      const held = () => budgets.request('/v1/generations', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json', Prefer: 'wait=1' }, body: JSON.stringify({ prompt: 'a red circle' }) });
+      await held();
+      expect((await held()).headers.get('Preference-Applied')).toBeNull();
+      // A counter that does not answer.
+      const broken = { get: async () => Promise.reject(new RetryableError('injected')), addBelow: async () => Promise.reject(new RetryableError('injected')) };
+      await createApp({ ...h.deps, rateCounter: broken, limits: { ...h.deps.limits, rateLimitPerMin: 5 } }).request('/v1/models', { headers: auth });
+    } finally {
+      await h.close();
+    }
+    // As jsonLineLog writes them: the entry, with its time, as one JSON line.
+    const lines = h.logs.map((e) => JSON.parse(JSON.stringify({ time: new Date().toISOString(), ...(e as object) })) as Record<string, unknown>);
+    const f = filtersOf(built.dev);
+    const refused = lines.filter((l) => matches(f.RateLimitRefusals.FilterPattern, l));
+    expect(refused.map((l) => l.limit_name).sort()).toEqual([...RATE_LIMIT_NAMES].sort());
+    expect(f.RateLimitRefusals.MetricTransformations[0].Dimensions).toEqual([{ Key: 'Limit', Value: '$.limit_name' }]);
+    expect(lines.filter((l) => matches(f.RateLimitUnavailable.FilterPattern, l))).toHaveLength(1);
+    // The names the app gives its limiters are the ones graphed.
+    const app = readFileSync(path.join(REPO_ROOT, 'functions', 'app.ts'), 'utf8');
+    expect([...app.matchAll(/\bgate\(deps\.limits\.\w+, [^,]+, '([a-z]+)'/g)].map((m) => m[1]).sort()).toEqual([...RATE_LIMIT_NAMES].sort());
+  });
+
   it('graphs task counts from Container Insights where the stage has it, and turns nothing on where it has not', () => {
     const cluster = (b: Built) => resources(b.worker).find(([, r]) => r.Type === 'AWS::ECS::Cluster')![1].Properties.ClusterSettings;
     expect(cluster(built.dev)).toEqual([{ Name: 'containerInsights', Value: 'disabled' }]);
@@ -381,10 +420,10 @@ describe('the dashboard', () => {
     for (const stage of ['dev', 'prod'] as const) {
       const b = built[stage];
       const own = resources(b.worker).filter(([id]) => id.startsWith('Dashboard')).map(([, r]) => r.Type);
-      expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', 'AWS::Logs::MetricFilter', 'AWS::Logs::MetricFilter', 'AWS::Logs::MetricFilter']);
+      expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', ...Array(4).fill('AWS::Logs::MetricFilter')]);
       b.worker.resourceCountIs('AWS::SNS::Topic', 1);
-      // The five operator alarms and the scaling policy's two, as before.
-      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 7);
+      // The six operator alarms (QueueAlarms) and the scaling policy's two.
+      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 8);
       // It reads no Logs Insights queries (each view of such a widget is billed by the data it scans).
       expect(dashboardOf(b.worker).widgets.map((w) => w.type).every((t) => t === 'metric' || t === 'text' || t === 'alarm')).toBe(true);
     }

@@ -535,7 +535,14 @@ describe('WorkerStack', () => {
     // Any error line of the worker, through a metric filter on its log group. (The dashboard's own
     // three filters, beside these two, are tested in dashboard.test.ts.)
     const filters = resources(worker).filter(([id, r]) => r.Type === 'AWS::Logs::MetricFilter' && id.startsWith('Alarms')).map(([, r]) => r.Properties);
-    expect(filters).toHaveLength(2);
+    expect(filters).toHaveLength(3);
+    // The per-account limits failing open (their counter unavailable) for 15 minutes pages (ADR 0026).
+    const unavailable = filters.find((f) => f.MetricTransformations[0].MetricName === 'RateLimitUnavailable');
+    expect(unavailable).toMatchObject({ FilterPattern: '{ $.event = "rate_limit_unavailable" }' });
+    expect(JSON.stringify(unavailable.LogGroupName)).toContain('HandlerLogs'); // the API stack's handler log, imported
+    const failingOpen = alarms.find((a) => a.MetricName === 'RateLimitUnavailable');
+    expect(failingOpen).toMatchObject({ Namespace: 'Clipag', Threshold: 1, EvaluationPeriods: 3, Period: 300, Statistic: 'Sum', TreatMissingData: 'notBreaching' });
+    expect(failingOpen.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
     const errorLines = filters.find((f) => f.MetricTransformations[0].MetricName === 'WorkerErrorLines');
     expect(errorLines).toMatchObject({ FilterPattern: '{ $.level = "error" }', LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) } });
     expect(errorLines.MetricTransformations).toEqual([{ MetricNamespace: 'Clipag', MetricName: 'WorkerErrorLines', MetricValue: '1' }]);
