@@ -1,25 +1,40 @@
 // A client of the clipag HTTP API that retries the way the README asks (Limits, HTTP errors), for
-// `clipag remote`. Fetch only: no SDK, no dependency. Types come from the API's own zod schemas.
+// `clipag remote`. Fetch only: no SDK, no dependency. Answers are checked against the API's own zod
+// schemas (GenerationView, UploadView).
 //
 // Retry rules, in one place:
 // - 429 and 503 with the error envelope and Retry-After (rate_limited, too_many_active_jobs,
-//   queue_unavailable, busy, unavailable), and 409 idempotency_in_progress: wait as Retry-After says.
-//   A Retry-After that runs past the deadline ends the call at once (TimedOut): retrying sooner is
-//   refused, and waiting out the rest of --timeout to then give up helps no one.
+//   queue_unavailable, busy, unavailable), and 409 idempotency_in_progress: wait as Retry-After says,
+//   at least MIN_RETRY_AFTER_MS, a floor that doubles on each such wait of the same request (a
+//   Retry-After of 0, again and again, is no tight loop), plus 0-10 % jitter (clients refused together
+//   do not come back together). A Retry-After that is not a whole number of seconds ("1.5") is rounded
+//   up; one that is neither seconds nor an HTTP date is ignored (back-off, below). A Retry-After that
+//   runs past the deadline ends the call at once (WaitPastDeadline): retrying sooner is refused, and
+//   waiting out the rest of --timeout to then give up helps no one.
 // - The AWS gateway's own 429, 500, 502, 503, 504 (`{"message": …}`, no envelope, no Retry-After),
 //   network errors and attempts that got no answer in time: exponential back-off with jitter (about 1,
-//   2, 4, 8, 16 s, at most 30 s a wait), at most BACKOFF_ATTEMPTS tries in a row; the app's own 500
-//   internal_error at most INTERNAL_ERROR_ATTEMPTS tries (a bug does not go away by waiting).
-// - Anything else fails at once (ApiError, with the envelope's code, message, param and request_id).
+//   2, 4, 8, 16 s, at most 30 s a wait), at most BACKOFF_ATTEMPTS of them; the app's own 500
+//   internal_error at most INTERNAL_ERROR_ATTEMPTS tries (a bug does not go away by waiting). A
+//   connection refused by this machine (no local server) and a host DNS does not know are tried
+//   REFUSED_LOCAL_ATTEMPTS times, quickly.
+// - Every request: at most MAX_ATTEMPTS tries in all, whatever mix of the above.
+// - A request fetch will never send (a port it blocks, a URL with credentials, a header it cannot
+//   carry) fails at once (CannotSend); anything else fails at once too (ApiError, with the envelope's
+//   code, message, param and request_id).
+// - The deadline bounds everything: no attempt runs past it (by more than DEADLINE_GRACE_MS), a
+//   `Prefer: wait` never asks past it, and no wait starts that would end after it.
 // POST /v1/generations is only retried with the one Idempotency-Key the caller made for it, so a retry
-// after a lost answer gets the same job (ADR 0004). Signed URLs (upload PUT, image GET) never carry the
-// API key, and no message here ever holds the key or a signed URL's query (its signature).
+// after a lost answer gets the same job (ADR 0004). Every error thrown says (`lost`) whether an attempt
+// may have reached the server without its answer coming back: for a POST, a job may exist. Signed URLs
+// (upload PUT, image GET) never carry the API key, and no message here ever holds the key, a URL's
+// credentials or a URL's query (a signed URL's signature).
+import { isIP } from 'node:net';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { z } from '@hono/zod-openapi';
 import type { ErrorEnvelope } from '../shared/schemas/error.ts';
 import type { GenerationRequest } from '../shared/schemas/generation.ts';
-import type { GenerationView } from '../shared/schemas/view.ts';
-import type { UploadRequest, UploadView } from '../functions/schemas.ts';
+import { GenerationView } from '../shared/schemas/view.ts';
+import { UploadView, type UploadRequest } from '../functions/schemas.ts';
 
 export type GenerationBody = z.input<typeof GenerationRequest>;
 export type Generation = GenerationView;
@@ -27,22 +42,41 @@ export type Upload = z.output<typeof UploadView>;
 type UploadBody = z.input<typeof UploadRequest>;
 type Envelope = ErrorEnvelope['error'];
 
-/** Back-off tries in a row (network errors, the gateway's own answers) before giving up. */
+/** Back-off tries (network errors, the gateway's own answers) before giving up. */
 export const BACKOFF_ATTEMPTS = 6;
 /** Tries of a request the app answers 500 internal_error. */
 export const INTERNAL_ERROR_ATTEMPTS = 3;
-/** The longest back-off wait. */
+/** Tries of a request whose connection this machine refuses (no server listening here), or whose host DNS does not know, before giving up. */
+export const REFUSED_LOCAL_ATTEMPTS = 3;
+/** Tries of one request in all (back-offs and Retry-After waits together). */
+export const MAX_ATTEMPTS = 12;
+/** The longest back-off wait, and the highest the Retry-After floor grows. */
 export const BACKOFF_CAP_MS = 30_000;
-/** The shortest wait on a Retry-After. */
-const MIN_RETRY_AFTER_MS = 500;
+/** The shortest wait on a Retry-After (the first; it doubles on each further one of the same request). */
+export const MIN_RETRY_AFTER_MS = 1000;
+/** At most this share of a Retry-After wait is added to it at random. */
+const RETRY_AFTER_JITTER = 0.1;
+/** The first wait after a connection this machine refused (it doubles). */
+const REFUSED_LOCAL_FIRST_MS = 250;
 /** How long an attempt may go unanswered beyond the wait it asked for, before it counts as lost. */
 const ANSWER_GRACE_MS = 30_000;
-/** An image download's attempt. */
-const DOWNLOAD_ATTEMPT_MS = 120_000;
+/** An image download's or an upload's attempt. */
+const TRANSFER_ATTEMPT_MS = 120_000;
+/** An attempt may run this far past the deadline (an answer held until the deadline is on its way). */
+const DEADLINE_GRACE_MS = 1000;
+/** An attempt's bound when the deadline is (nearly) here: one last read still gets this long. */
+const MIN_ATTEMPT_MS = 2000;
+
+/** Said of a request that stopped without its answer: could an attempt have reached the server, its answer lost? */
+interface MaybeLost {
+  /** True when an attempt may have reached the server and no answer came back (for a POST: a job may exist). */
+  lost: boolean;
+}
 
 /** The API (or a signed URL) said no, in a way a retry will not change. */
-export class ApiError extends Error {
+export class ApiError extends Error implements MaybeLost {
   override readonly name = 'ApiError';
+  lost = false;
   constructor(
     /** What was asked: `POST /v1/generations`. */
     readonly what: string,
@@ -57,19 +91,71 @@ export class ApiError extends Error {
   }
 }
 
-/** The deadline came before an answer that ends the call (a Retry-After past it, or retries that ran out of time). */
-export class TimedOut extends Error {
-  override readonly name = 'TimedOut';
+/** The deadline came before an answer that ends the call (retries that ran out of time, an attempt unanswered at the deadline). */
+export class TimedOut extends Error implements MaybeLost {
+  override readonly name: string = 'TimedOut';
+  lost = false;
 }
 
-/** Transient failures, retried until BACKOFF_ATTEMPTS (or INTERNAL_ERROR_ATTEMPTS) ran out. */
-export class GaveUp extends Error {
+/** A 429 or 503 whose Retry-After runs past the deadline: the API refused, for now, and says until when. */
+export class WaitPastDeadline extends TimedOut {
+  override readonly name = 'WaitPastDeadline';
+  constructor(
+    readonly what: string,
+    readonly status: number,
+    /** The envelope's code, or `http_<status>`. */
+    readonly code: string,
+    /** The envelope's message (or the gateway's), with its request id. */
+    readonly detail: string,
+    /** Which limit, from the RateLimit fields (`"uploads" (1 per 3600 s)`), when the answer has them. */
+    readonly policy: string | null,
+    readonly retryAfterMs: number,
+    /** When a retry may come (Date.now() ms). */
+    readonly retryAt: number,
+    /** What was left of the deadline (ms). */
+    readonly leftMs: number,
+  ) {
+    super(`${what}: ${status} ${code}: ${detail}${policy ? ` (limit ${policy})` : ''}; it asks to wait ${seconds(retryAfterMs)} (Retry-After; until ${new Date(retryAt).toISOString()}), past the deadline (${seconds(Math.max(0, leftMs))} left)`);
+  }
+}
+
+/** Transient failures, retried until the tries ran out. */
+export class GaveUp extends Error implements MaybeLost {
   override readonly name = 'GaveUp';
+  lost = false;
+  constructor(
+    message: string,
+    /** The last try's connection was refused (nothing listens there). */
+    readonly refused = false,
+    /** The last try found no such host (DNS). */
+    readonly noHost = false,
+  ) {
+    super(message);
+  }
+}
+
+/** fetch will never send this request (a port it blocks, a URL with credentials, a header value it refuses): no retry can help. */
+export class CannotSend extends Error implements MaybeLost {
+  override readonly name = 'CannotSend';
+  lost = false;
+  constructor(
+    message: string,
+    /** To the API (its URL is the caller's --url), or to a signed URL the API gave. */
+    readonly api: boolean,
+  ) {
+    super(message);
+  }
 }
 
 /** The caller's signal (Ctrl-C) stopped the call. */
-export class Interrupted extends Error {
+export class Interrupted extends Error implements MaybeLost {
   override readonly name = 'Interrupted';
+  lost = false;
+}
+
+/** A schema's safeParse, as zod's has it: enough to check an answer without zod's types here. */
+interface Checks {
+  safeParse(value: unknown): { success: true } | { success: false; error: { issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }> } };
 }
 
 export interface ClientOptions {
@@ -82,9 +168,11 @@ export interface ClientOptions {
   signal?: AbortSignal;
   fetch?: typeof fetch;
   random?: () => number;
+  /** How a retry waits (tests give one that only records the wait). */
+  sleep?: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
 }
 
-/** One call's bound: an absolute time (Date.now() ms) after which no wait starts. */
+/** One call's bound: an absolute time (Date.now() ms) after which no wait starts and no attempt runs (but for DEADLINE_GRACE_MS). */
 export interface CallOptions {
   deadline: number;
 }
@@ -98,7 +186,10 @@ interface Attempt {
   body?: string | Uint8Array;
   /** An API call (bearer key, error envelope), or a signed URL (neither). */
   api: boolean;
+  /** An attempt's bound beyond the wait it asks for (capped by the deadline). */
   attemptMs: number;
+  /** The longest `Prefer: wait` to ask for; each attempt asks for no more than what is left of the deadline. */
+  waitSec?: number;
   deadline: number;
   /** Said when a retry re-sends: "with the same Idempotency-Key". */
   resend?: string;
@@ -110,26 +201,49 @@ interface Answer {
   bytes: Uint8Array;
 }
 
-type Verdict = { retry: 'after'; ms: number; why: string } | { retry: 'backoff'; why: string; internal?: boolean } | { retry: 'no'; error: Error };
+type Verdict = { lost: boolean } & (
+  | { retry: 'after'; ms: number; why: string; said: string; policy: string | null; detail: string; status: number; code: string }
+  | { retry: 'backoff'; why: string; internal?: boolean; refused?: boolean; noHost?: boolean }
+  | { retry: 'no'; error: ApiError | CannotSend }
+);
 
-/** Seconds from a Retry-After field (delta-seconds or an HTTP date); undefined when absent or unreadable. */
+const IMF_FIXDATE = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT$/;
+
+/**
+ * Milliseconds from a Retry-After field: delta-seconds (RFC 9110; a decimal such as "1.5", which the RFC
+ * does not allow, is rounded up to whole seconds: never sooner than asked) or an IMF-fixdate; undefined
+ * when absent or unreadable ("-1", "soon", a date in another format), so that the request backs off.
+ */
 export function retryAfterMs(value: string | null, now = Date.now()): number | undefined {
-  if (value === null || value.trim() === '') return undefined;
-  if (/^\s*\d+\s*$/.test(value)) return Number(value) * 1000;
-  const at = Date.parse(value);
+  if (value === null) return undefined;
+  const v = value.trim();
+  if (/^\d+(\.\d+)?$/.test(v)) return Math.ceil(Number(v)) * 1000;
+  if (!IMF_FIXDATE.test(v)) return undefined;
+  const at = Date.parse(v);
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 && ms % 1000 !== 0 ? 1 : 0)} s`;
 
-/** A URL as it may be shown: origin and path, without the query that signs it. */
-export function shownUrl(url: string): string {
+/** A URL as it may be shown: origin and path, without credentials or the query that signs it. */
+export function shownUrl(url: string, base?: string): string {
   try {
-    const u = new URL(url);
+    const u = new URL(url, base);
     return `${u.origin}${u.pathname}`;
   } catch {
     return '(an unreadable URL)';
   }
+}
+
+/** Text that may quote a URL (an error's message): every URL in it as shownUrl shows it. */
+export function scrubbed(text: string): string {
+  return text.replace(/\b[a-z][a-z0-9+.-]*:\/\/[^\s"'<>()]+/gi, (u) => shownUrl(u)).replace(/\/\/[^\s/@]*@/g, '//…@');
+}
+
+/** A server on this machine: localhost, [::1], or an IPv4 address in 127.0.0.0/8 (an address, never a name that merely starts with "127."). */
+export function isLoopbackUrl(url: URL): boolean {
+  const h = url.hostname;
+  return h === 'localhost' || h === '[::1]' || (isIP(h) === 4 && h.startsWith('127.'));
 }
 
 export class ClipagClient {
@@ -139,6 +253,7 @@ export class ClipagClient {
   readonly #signal: AbortSignal | undefined;
   readonly #fetch: typeof fetch;
   readonly #random: () => number;
+  readonly #sleep: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
 
   constructor(opts: ClientOptions) {
     // A trailing slash, so that relative paths land under a stage path ("…/prod/" + "v1/…").
@@ -148,12 +263,17 @@ export class ClipagClient {
     this.#signal = opts.signal;
     this.#fetch = opts.fetch ?? fetch;
     this.#random = opts.random ?? Math.random;
+    this.#sleep = opts.sleep ?? ((ms, signal) => sleepFor(ms, undefined, signal ? { signal } : {}));
   }
 
-  /** An upload grant (POST /v1/uploads), then the bytes PUT to its signed URL with the headers it names. */
+  /**
+   * An upload grant (POST /v1/uploads), then the bytes PUT to its signed URL with the headers it names.
+   * The API gives uploads no Idempotency-Key: a grant whose answer was lost and is asked for again is
+   * a second grant (each counts toward the upload quota).
+   */
   async upload(bytes: Uint8Array, o: CallOptions): Promise<Upload> {
     const body: UploadBody = { content_type: 'image/png', bytes: bytes.length };
-    const { json } = await this.#api<Upload>('POST', 'v1/uploads', { ...o, body });
+    const { json } = await this.#api<Upload>('POST', 'v1/uploads', UploadView, 'an upload grant', { ...o, body });
     await this.#send({
       method: 'PUT',
       url: json.url,
@@ -161,7 +281,7 @@ export class ClipagClient {
       headers: json.headers,
       body: bytes,
       api: false,
-      attemptMs: DOWNLOAD_ATTEMPT_MS,
+      attemptMs: TRANSFER_ATTEMPT_MS,
       deadline: o.deadline,
     });
     return json;
@@ -169,7 +289,7 @@ export class ClipagClient {
 
   /** POST /v1/generations with its Idempotency-Key (the same on every retry) and `Prefer: wait` when waitSec > 0. */
   async createGeneration(body: GenerationBody, o: CallOptions & { idempotencyKey: string; waitSec: number }): Promise<{ generation: Generation; replayed: boolean; held: boolean }> {
-    const { json, res } = await this.#api<Generation>('POST', 'v1/generations', {
+    const { json, res } = await this.#api<Generation>('POST', 'v1/generations', GenerationView, 'a generation', {
       ...o,
       body,
       headers: { 'Idempotency-Key': o.idempotencyKey },
@@ -180,87 +300,133 @@ export class ClipagClient {
 
   /** GET /v1/generations/{id}, held with `Prefer: wait` when waitSec > 0. `held`: the API honoured the wait. */
   async getGeneration(id: string, o: CallOptions & { waitSec: number }): Promise<{ generation: Generation; held: boolean }> {
-    const { json, res } = await this.#api<Generation>('GET', `v1/generations/${encodeURIComponent(id)}`, o);
+    const { json, res } = await this.#api<Generation>('GET', `v1/generations/${encodeURIComponent(id)}`, GenerationView, 'a generation', o);
     return { generation: json, held: res.headers.has('preference-applied') };
   }
 
   /** POST /v1/generations/{id}/cancel (idempotent; 409 job_terminal once it succeeded or failed). */
   async cancelGeneration(id: string, o: CallOptions): Promise<Generation> {
-    return (await this.#api<Generation>('POST', `v1/generations/${encodeURIComponent(id)}/cancel`, o)).json;
+    return (await this.#api<Generation>('POST', `v1/generations/${encodeURIComponent(id)}/cancel`, GenerationView, 'a generation', o)).json;
   }
 
   /** A signed URL's bytes (an output image), retried as the API is; no key sent. */
   async download(url: string, o: CallOptions): Promise<Uint8Array> {
-    return (await this.#send({ method: 'GET', url, what: `GET ${shownUrl(url)}`, headers: {}, api: false, attemptMs: DOWNLOAD_ATTEMPT_MS, deadline: o.deadline })).bytes;
+    return (await this.#send({ method: 'GET', url, what: `GET ${shownUrl(url)}`, headers: {}, api: false, attemptMs: TRANSFER_ATTEMPT_MS, deadline: o.deadline })).bytes;
   }
 
   async #api<T>(
     method: 'GET' | 'POST',
     path: string,
+    schema: Checks,
+    kind: string,
     o: CallOptions & { body?: unknown; headers?: Record<string, string>; waitSec?: number; resend?: string },
   ): Promise<{ json: T; res: Response }> {
     const url = new URL(path, this.#base).toString();
+    const what = `${method} ${new URL(url).pathname}`;
     const headers: Record<string, string> = { Authorization: `Bearer ${this.#key}`, Accept: 'application/json', ...o.headers };
     if (o.body !== undefined) headers['Content-Type'] = 'application/json';
-    if (o.waitSec !== undefined && o.waitSec > 0) headers.Prefer = `wait=${o.waitSec}`;
     const { res, bytes } = await this.#send({
       method,
       url,
-      what: `${method} ${new URL(url).pathname}`,
+      what,
       headers,
       ...(o.body !== undefined ? { body: JSON.stringify(o.body) } : {}),
       api: true,
-      attemptMs: (o.waitSec ?? 0) * 1000 + ANSWER_GRACE_MS,
+      attemptMs: ANSWER_GRACE_MS,
+      ...(o.waitSec !== undefined && o.waitSec > 0 ? { waitSec: o.waitSec } : {}),
       deadline: o.deadline,
       ...(o.resend ? { resend: o.resend } : {}),
     });
-    let json: T;
+    // A 2xx that is not what the API answers: not this API (or not this version of it). For a POST, a
+    // job may have been made all the same: said as `lost`, so the caller gives the Idempotency-Key.
+    const wrong = (code: string, why: string) => Object.assign(new ApiError(what, res.status, code, `${why} (is ${this.#base.origin} a clipag API?)`), { lost: method === 'POST' });
+    let json: unknown;
     try {
-      json = JSON.parse(new TextDecoder().decode(bytes)) as T;
+      json = JSON.parse(new TextDecoder().decode(bytes));
     } catch {
-      throw new ApiError(`${method} ${new URL(url).pathname}`, res.status, 'not_json', `the answer is not JSON (is ${this.#base.origin} a clipag API?)`);
+      throw wrong('not_json', 'the answer is not JSON');
     }
-    return { json, res };
+    const checked = schema.safeParse(json);
+    if (!checked.success) {
+      const issue = checked.error.issues[0];
+      const where = issue?.path.length ? issue.path.map(String).join('.') : 'the body';
+      throw wrong(kind === 'a generation' ? 'not_a_generation' : 'not_an_upload', `the answer is not ${kind} as the API's schema has it (${where}: ${issue?.message ?? 'invalid'})`);
+    }
+    // The answer as the API sent it (a field this client's schema does not know yet is kept for --json).
+    return { json: json as T, res };
   }
 
   /** Sends one request until it is answered with a 2xx, retrying by the rules above. */
   async #send(a: Attempt): Promise<Answer> {
+    let tries = 0;
     let backoffs = 0;
     let internals = 0;
+    let refusedInRow = 0;
+    let afters = 0;
+    let lost = false;
+    const failed = <E extends Error & MaybeLost>(e: E): E => {
+      e.lost ||= lost;
+      return e;
+    };
+    const local = (() => {
+      try {
+        return isLoopbackUrl(new URL(a.url));
+      } catch {
+        return false;
+      }
+    })();
     for (;;) {
-      const verdict = await this.#attempt(a);
+      tries++;
+      let verdict: { answer: Answer } | Verdict;
+      try {
+        verdict = await this.#attempt(a);
+      } catch (e) {
+        if (e instanceof Interrupted) throw failed(e);
+        throw e;
+      }
       if ('answer' in verdict) return verdict.answer;
-      if (verdict.retry === 'no') throw verdict.error;
+      lost ||= verdict.lost;
+      if (verdict.retry === 'no') throw failed(verdict.error);
+      const left = a.deadline - Date.now();
       let ms: number;
       let how: string;
       if (verdict.retry === 'after') {
-        backoffs = 0;
-        // A Retry-After of 0, again and again, must not become a tight loop.
-        ms = Math.max(MIN_RETRY_AFTER_MS, verdict.ms);
-        if (Date.now() + ms > a.deadline) {
-          throw new TimedOut(`${a.what}: ${verdict.why} and asks to wait ${seconds(ms)} (Retry-After), past --timeout (${seconds(Math.max(0, a.deadline - Date.now()))} left)`);
+        refusedInRow = 0;
+        if (verdict.ms > 0 && verdict.ms > left) {
+          throw failed(new WaitPastDeadline(a.what, verdict.status, verdict.code, verdict.detail, verdict.policy, verdict.ms, Date.now() + verdict.ms, left));
         }
-        how = `waiting ${seconds(ms)} (Retry-After)`;
-      } else {
-        backoffs++;
-        if (verdict.internal) internals++;
-        const limit = verdict.internal ? INTERNAL_ERROR_ATTEMPTS : BACKOFF_ATTEMPTS;
-        const tries = verdict.internal ? internals : backoffs;
-        if (tries >= limit) throw new GaveUp(`${a.what}: ${verdict.why}; gave up after ${limit} tries`);
-        // 1, 2, 4 … s, each scaled by a random factor in [0.5, 1.5) so that clients refused together do not return together.
-        const nominal = Math.min(BACKOFF_CAP_MS, 1000 * 2 ** (backoffs - 1));
-        ms = Math.round(Math.min(BACKOFF_CAP_MS, nominal * (0.5 + this.#random())));
-        const left = a.deadline - Date.now();
-        if (left <= 0) throw new TimedOut(`${a.what}: ${verdict.why}; --timeout passed while retrying`);
-        // Capped at what is left of --timeout: one last try at the deadline.
+        if (tries >= MAX_ATTEMPTS) throw failed(new GaveUp(`${a.what}: ${verdict.why}; gave up after ${tries} tries`));
+        afters++;
+        // Never sooner than asked; at least a floor that doubles with each Retry-After of this request, plus jitter.
+        const floor = Math.min(BACKOFF_CAP_MS, MIN_RETRY_AFTER_MS * 2 ** (afters - 1));
+        ms = Math.round(Math.max(verdict.ms, floor) * (1 + RETRY_AFTER_JITTER * this.#random()));
+        if (left <= 0) throw failed(new TimedOut(`${a.what}: ${verdict.why}; the deadline passed while retrying`));
+        // Capped at what is left of the deadline (the Retry-After itself fits): one last try at it.
         ms = Math.min(ms, left);
-        how = `backing off ${seconds(ms)} (try ${tries + 1} of ${limit})`;
+        how = `waiting ${seconds(ms)} (Retry-After ${verdict.said})`;
+      } else {
+        // Nothing listens on this machine, or no such host: no use backing off for half a minute.
+        const quick = (verdict.refused === true && local) || verdict.noHost === true;
+        refusedInRow = quick ? refusedInRow + 1 : 0;
+        if (!quick) backoffs++;
+        if (verdict.internal) internals++;
+        const limit = quick ? REFUSED_LOCAL_ATTEMPTS : verdict.internal ? INTERNAL_ERROR_ATTEMPTS : BACKOFF_ATTEMPTS;
+        const count = quick ? refusedInRow : verdict.internal ? internals : backoffs;
+        if (count >= limit || tries >= MAX_ATTEMPTS) throw failed(new GaveUp(`${a.what}: ${verdict.why}; gave up after ${tries} tries`, verdict.refused === true, verdict.noHost === true));
+        // 1, 2, 4 … s (0.25, 0.5 s for a refused local connection), each scaled by a random factor in
+        // [0.5, 1.5) so that clients refused together do not return together.
+        const nominal = quick ? REFUSED_LOCAL_FIRST_MS * 2 ** (refusedInRow - 1) : Math.min(BACKOFF_CAP_MS, 1000 * 2 ** (backoffs - 1));
+        ms = Math.round(Math.min(BACKOFF_CAP_MS, nominal * (0.5 + this.#random())));
+        if (left <= 0) throw failed(new TimedOut(`${a.what}: ${verdict.why}; the deadline passed while retrying`));
+        // Capped at what is left of the deadline: one last try at it.
+        ms = Math.min(ms, left);
+        how = `backing off ${seconds(ms)} (try ${count + 1} of ${limit})`;
       }
       this.#note(`clipag remote: ${a.what}: ${verdict.why}; ${how}, then ${a.resend ? `sending it again ${a.resend}` : 'trying again'}`);
       try {
-        await sleepFor(ms, undefined, this.#signal ? { signal: this.#signal } : {});
+        await this.#sleep(ms, this.#signal);
       } catch (e) {
-        if (this.#signal?.aborted) throw new Interrupted(`interrupted while waiting to retry ${a.what}`);
+        if (this.#signal?.aborted) throw failed(new Interrupted(`interrupted while waiting to retry ${a.what}`));
         throw e;
       }
     }
@@ -269,51 +435,115 @@ export class ClipagClient {
   /** One try: the 2xx answer, or what to do about it. */
   async #attempt(a: Attempt): Promise<{ answer: Answer } | Verdict> {
     if (this.#signal?.aborted) throw new Interrupted(`interrupted before ${a.what}`);
-    const timeout = AbortSignal.timeout(a.attemptMs);
+    const left = a.deadline - Date.now();
+    // The wait asked for and the attempt's bound: never past the deadline (but for the grace an
+    // answer held until it needs), never under MIN_ATTEMPT_MS (a last read at the deadline).
+    const waitSec = a.waitSec ? Math.max(0, Math.min(a.waitSec, Math.floor(left / 1000))) : 0;
+    const headers = waitSec > 0 ? { ...a.headers, Prefer: `wait=${waitSec}` } : a.headers;
+    const attemptMs = Math.max(MIN_ATTEMPT_MS, Math.min(waitSec * 1000 + a.attemptMs, left + DEADLINE_GRACE_MS));
+    const timeout = AbortSignal.timeout(attemptMs);
     const signal = this.#signal ? AbortSignal.any([this.#signal, timeout]) : timeout;
+    const unanswered = (): Verdict => ({ retry: 'backoff', why: `no answer within ${seconds(attemptMs)}`, lost: true });
     let res: Response;
     try {
       res = await this.#fetch(a.url, {
         method: a.method,
-        headers: a.headers,
+        headers,
         ...(a.body !== undefined ? { body: a.body } : {}),
         signal,
         // The API never redirects; a redirect followed elsewhere could carry the key there.
         redirect: 'manual',
       });
-      if (res.ok) {
-        // Read now, inside the attempt: a body cut short is retried like any lost answer.
-        return { answer: { res, bytes: new Uint8Array(await res.arrayBuffer()) } };
-      }
     } catch (e) {
-      if (this.#signal?.aborted) throw new Interrupted(`interrupted during ${a.what}`);
-      if (timeout.aborted) return { retry: 'backoff', why: `no answer within ${seconds(a.attemptMs)}` };
-      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
-      return { retry: 'backoff', why: `network error (${cause?.code ?? cause?.message ?? (e as Error).message})` };
+      if (this.#signal?.aborted) throw Object.assign(new Interrupted(`interrupted during ${a.what}`), { lost: true });
+      if (timeout.aborted) return unanswered();
+      return networkVerdict(a, e);
+    }
+    if (res.ok) {
+      // Read now, inside the attempt: a body cut short is retried like any lost answer.
+      try {
+        return { answer: { res, bytes: new Uint8Array(await res.arrayBuffer()) } };
+      } catch (e) {
+        if (this.#signal?.aborted) throw Object.assign(new Interrupted(`interrupted during ${a.what}`), { lost: true });
+        if (timeout.aborted) return unanswered();
+        return { retry: 'backoff', why: `the answer was cut short (${causeText(e)})`, lost: true };
+      }
     }
     const text = await res.text().catch(() => '');
     const envelope = a.api ? envelopeOf(text) : undefined;
-    const after = retryAfterMs(res.headers.get('retry-after'));
+    const said = res.headers.get('retry-after');
+    const after = retryAfterMs(said);
     const status = res.status;
+    // A 5xx may come after the work was done (a job made, then the answer failed); a 4xx never.
+    const lost = status >= 500;
     if (status >= 300 && status < 400) {
-      return { retry: 'no', error: new ApiError(a.what, status, `http_${status}`, `redirected to ${res.headers.get('location') ?? '(no Location)'}; give that address instead`) };
+      const location = res.headers.get('location');
+      return { retry: 'no', error: new ApiError(a.what, status, `http_${status}`, `redirected to ${location === null ? '(no Location)' : shownUrl(location, a.url)}; give that address instead`), lost };
     }
+    const policy = limitOf(res.headers.get('ratelimit-policy'), res.headers.get('ratelimit'));
+    const waitFor = (why: string, code: string, detail: string): Verdict => ({ retry: 'after', ms: after!, why, said: said!.trim(), policy, detail, status, code, lost });
     if (envelope) {
       const why = `${status} ${envelope.code}`;
-      if ((status === 429 || status === 503) && after !== undefined) return { retry: 'after', ms: after, why };
-      if (status === 409 && envelope.code === 'idempotency_in_progress') return { retry: 'after', ms: after ?? 1000, why: `${why} (its first try is still being made)` };
-      if (status === 429 || status === 503) return { retry: 'backoff', why };
-      if (status === 500) return { retry: 'backoff', why: `${why} [request_id ${envelope.request_id}]`, internal: true };
-      return { retry: 'no', error: new ApiError(a.what, status, envelope.code, envelope.message, envelope.param, envelope.request_id) };
+      const detail = `${envelope.message}${envelope.request_id ? ` [request_id ${envelope.request_id}]` : ''}`;
+      if ((status === 429 || status === 503) && after !== undefined) return waitFor(why, envelope.code, detail);
+      // The key is claimed by an earlier try of this very request: a job is being made.
+      if (status === 409 && envelope.code === 'idempotency_in_progress') {
+        return after !== undefined ? { ...waitFor(`${why} (its first try is still being made)`, envelope.code, detail), lost: true } : { retry: 'backoff', why: `${why} (its first try is still being made)`, lost: true };
+      }
+      if (status === 429 || status === 503) return { retry: 'backoff', why, lost };
+      if (status === 500) return { retry: 'backoff', why: `${why} [request_id ${envelope.request_id}]`, internal: true, lost };
+      return { retry: 'no', error: new ApiError(a.what, status, envelope.code, envelope.message, envelope.param, envelope.request_id), lost };
     }
     // No envelope: the AWS gateway's own answer, a proxy's, or (for a signed URL) the store's.
-    const said = gatewayMessage(text);
-    const why = `${status}${said ? ` ${JSON.stringify(said)}` : ''} (${a.api ? 'from the gateway, not the API' : 'from the store'})`;
-    if (status === 429 || status === 503) return after !== undefined ? { retry: 'after', ms: after, why } : { retry: 'backoff', why };
-    if (status >= 500) return { retry: 'backoff', why };
-    const hint = a.api ? (status === 404 ? ' (is the URL the API\'s base address?)' : '') : status === 403 || status === 404 ? ' (the link expired, or the image was deleted)' : '';
-    return { retry: 'no', error: new ApiError(a.what, status, `http_${status}`, `${said ?? 'no error envelope'}${hint}`) };
+    const message = gatewayMessage(text);
+    const why = `${status}${message ? ` ${JSON.stringify(message)}` : ''} (${a.api ? 'from the gateway, not the API' : 'from the store'})`;
+    if (status === 429 || status === 503) return after !== undefined ? waitFor(why, `http_${status}`, message ?? 'no error envelope') : { retry: 'backoff', why, lost };
+    if (status >= 500) return { retry: 'backoff', why, lost };
+    // API Gateway answers a path it has no route for with 404 "Not Found" (HTTP API) or 403 "Missing Authentication Token" (REST API).
+    const wrongPath = status === 404 || (status === 403 && message === 'Missing Authentication Token');
+    const hint = a.api ? (wrongPath ? " (is the URL the API's base address, with its stage path and without /v1?)" : '') : status === 403 || status === 404 ? ' (the link expired, or the image was deleted)' : '';
+    return { retry: 'no', error: new ApiError(a.what, status, `http_${status}`, `${message ?? 'no error envelope'}${hint}`), lost };
   }
+}
+
+/**
+ * Which limit a 429 is of, from the RateLimit fields (draft-ietf-httpapi-ratelimit-headers, as the API
+ * sends them): `"uploads" (1 per 3600 s)`. With several policies, the one with none left; null when
+ * the answer has none.
+ */
+export function limitOf(policyField: string | null, stateField: string | null): string | null {
+  if (!policyField) return null;
+  const policies = [...policyField.matchAll(/"([^"]*)"\s*;\s*q=(\d+)\s*;\s*w=(\d+)/g)].map((m) => ({ name: m[1]!, text: `"${m[1]}" (${m[2]} per ${m[3]} s)` }));
+  if (policies.length === 0) return scrubbed(policyField.slice(0, 200));
+  const spent = [...(stateField ?? '').matchAll(/"([^"]*)"\s*;\s*r=0\b/g)].map((m) => m[1]);
+  return (policies.find((p) => spent.includes(p.name)) ?? policies[0]!).text;
+}
+
+/** What fetch's throw means: a network error to retry, or a request fetch will never send. */
+function networkVerdict(a: Attempt, e: unknown): Verdict {
+  const cause = (e as { cause?: { code?: unknown; message?: unknown; errors?: Array<{ code?: unknown }> } }).cause;
+  const code = typeof cause?.code === 'string' ? cause.code : typeof cause?.errors?.[0]?.code === 'string' ? cause.errors[0].code : undefined;
+  if (code !== undefined) {
+    // Refused, or no such host: the request never reached a server. Anything else (a reset, a
+    // socket closed mid-answer) may have come after the server had the request.
+    const unsent = code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN';
+    return { retry: 'backoff', why: `network error (${code})`, refused: code === 'ECONNREFUSED', noHost: code === 'ENOTFOUND', lost: !unsent };
+  }
+  // undici's own refusals, before any connection: "fetch failed" with a cause but no system code (a
+  // port fetch blocks, a scheme it does not speak), or a TypeError of its own (credentials in the URL,
+  // a header value it cannot carry). Sending it again would fail the same way.
+  if (e instanceof TypeError && (e.message !== 'fetch failed' || typeof cause?.message === 'string')) {
+    const why = e.message === 'fetch failed' ? String(cause?.message) : e.message;
+    return { retry: 'no', error: new CannotSend(`${a.what}: fetch will not send it (${scrubbed(why)})`, a.api), lost: false };
+  }
+  return { retry: 'backoff', why: `network error (${causeText(e)})`, lost: true };
+}
+
+/** An error's own words, URLs in it shown without credentials or query. */
+function causeText(e: unknown): string {
+  const cause = (e as { cause?: { code?: unknown; message?: unknown } }).cause;
+  const text = typeof cause?.code === 'string' ? cause.code : typeof cause?.message === 'string' ? cause.message : e instanceof Error ? e.message : String(e);
+  return scrubbed(text);
 }
 
 /** The error envelope in a body, if it is one. */
@@ -330,14 +560,14 @@ function envelopeOf(text: string): Envelope | undefined {
   return undefined;
 }
 
-/** The gateway's `{"message": "Too Many Requests"}`, or a short text body; never a long page. */
+/** The gateway's `{"message": "Too Many Requests"}`, or a short text body; never a long page, nor a URL's query. */
 function gatewayMessage(text: string): string | undefined {
   try {
     const m = (JSON.parse(text) as { message?: unknown })?.message;
-    if (typeof m === 'string') return m.slice(0, 200);
+    if (typeof m === 'string') return scrubbed(m.slice(0, 200));
   } catch {
     // Not JSON.
   }
   const flat = text.replace(/\s+/g, ' ').trim();
-  return flat && flat.length <= 200 && !flat.startsWith('<') ? flat : undefined;
+  return flat && flat.length <= 200 && !flat.startsWith('<') ? scrubbed(flat) : undefined;
 }

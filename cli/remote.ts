@@ -4,13 +4,13 @@
 // `get` waits for (or reads) a generation and downloads it; `cancel` cancels one. The retries live in
 // api-client.ts; this file parses, checks before any request, and reports.
 import { randomUUID } from 'node:crypto';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import { resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE } from '../shared/schemas/generation.ts';
-import { ApiError, ClipagClient, GaveUp, Interrupted, TimedOut, type Generation, type GenerationBody } from './api-client.ts';
+import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, decimalNumber, outputFile } from './common.ts';
 
 export const summary = 'use a clipag API (deployed or local): generate, get or cancel, honouring Retry-After';
@@ -26,28 +26,42 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
   --seed S            uint32 seed (default: the API picks one; each image's seed is printed)
   --n N               images (1-${MAX_IMAGES}); with more than one, -o out.png writes out-0.png, out-1.png, …
   --model NAME        a model id from GET /v1/models (default: the deployment's default)
-  --init KIND         gmm | noise | upload:ID | PATH.png (a file is uploaded first)
+  --init KIND         gmm | noise | upload:ID | PATH.png (a file is uploaded first; its upload:ID is printed)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
-  -o, --out FILE      output PNG (default out.png)
-  --idempotency-key K the POST's Idempotency-Key (default: a new one); the same command with the same
-                      key gets the generation an earlier run made, never a second one
+  -o, --out FILE      output PNG (default out.png), written whole or not at all (a temporary file, renamed)
+  --idempotency-key K the POST's Idempotency-Key (default: a new one); the same request with the same
+                      key gets the generation an earlier run made, never a second one. With --init
+                      PATH.png, run it again with --init upload:ID (the earlier run printed it): the
+                      file would be uploaded again, another request (409 idempotency_key_reused)
 get: the generation, waited for until it ends (or --timeout); -o downloads its images.
 cancel: cancel a queued or running generation.
 
-  --timeout SEC       how long to wait for the generation to end, retries included (default 600,
-                      cancel 60; 0: read it once as it stands); it goes on after that: clipag remote get ID
-  --cancel-on-interrupt   Ctrl-C cancels the generation (default: it goes on; the id is printed)
+  --timeout SEC       the whole command's bound: every request, hold, retry wait and download
+                      (default 600, cancel 60; 0: read it once as it stands); the generation goes on
+                      after it: clipag remote get ID
+  --cancel-on-interrupt   Ctrl-C cancels the generation (default: it goes on; how to pick it up is printed)
   --json              print the generation (the API's view) on stdout
-  --url URL           the API (default $CLIPAG_API_URL, else http://127.0.0.1:8787, what npm start serves)
-  --key KEY           an API key (default $CLIPAG_API_KEY, else, for a local --url, the key npm start
-                      keeps in $CLIPAG_DATA_DIR/local-api-key, default .data/local-api-key)
+  --url URL           the API (default $CLIPAG_API_URL, else http://127.0.0.1:8787, what npm start serves);
+                      no user name or password in it
+  --key KEY           an API key (default $CLIPAG_API_KEY, else, for a --url on this machine: localhost,
+                      [::1] or 127.x.x.x, the key npm start keeps in $CLIPAG_DATA_DIR/local-api-key,
+                      default .data/local-api-key). Prefer CLIPAG_API_KEY: --key shows in ps and in
+                      your shell's history
 
-Retries: 429 and 503 wait as Retry-After says (said on stderr); the gateway's own 429/5xx and network
-errors back off 1, 2, 4 … s with jitter; any other 4xx fails at once with its code, param and request_id.
+Retries: 429 and 503 wait as Retry-After says (at least 1 s, doubling when it repeats, plus up to 10 %;
+a decimal Retry-After is rounded up), said on stderr; the gateway's own 429/5xx and network errors back
+off 1, 2, 4 … s with jitter (a connection refused on this machine, or an unknown host: 2 quick retries);
+at most 12 tries a request; any other 4xx fails at once with its code, param and request_id. When the
+POST may have reached the API but its answer was lost, the command that gets its generation (the same
+Idempotency-Key) is printed. Uploads have no Idempotency-Key: a grant retried after a lost answer is a
+second grant, counted toward the upload quota.
 
-Exit status: 0 done, 1 refused by the API (a content-policy refusal too) or a failed or canceled
-generation, 2 bad usage, 3 withheld by the output check (as clipag generate), 124 not ended within
---timeout (it goes on), 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt).`;
+Exit status: 0 done; 1 refused by the API (a content-policy refusal; a rate limit or quota whose
+Retry-After is past --timeout, named with when to retry, when no generation was made), a failed or
+canceled generation, or --timeout passed before any generation was made; 2 bad usage (a --url fetch
+will not use, too); 3 withheld by the output check (as clipag generate); 124 --timeout passed while a
+generation goes on (or may have been made, or its images are still to download): the printed command
+picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt).`;
 
 /** Where `npm start` listens by default. */
 export const DEFAULT_API_URL = 'http://127.0.0.1:8787';
@@ -80,6 +94,8 @@ export interface RemoteIo {
   /** Ctrl-C. */
   signal?: AbortSignal;
   fetch?: typeof fetch;
+  /** How a retry waits (default: a timer; tests give a shorter one). */
+  sleep?: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
 }
 
 /** The verb: the composition root. The environment is read here, once, and SIGINT wired to an abort. */
@@ -114,20 +130,32 @@ interface Connection {
   key: string;
   /** Where the key came from, for a 401's message (never the key itself). */
   keySource: string;
+  /** Where the URL came from: --url, CLIPAG_API_URL or the default. */
+  urlSource: string;
+  /** Said on stderr before any request (a key over plain http to another machine). */
+  warning?: string;
+}
+
+/** A URL as the user gave it, fit to be shown: without credentials or a query (both may be secrets). */
+function shownArg(url: string): string {
+  return URL.canParse(url) ? shownUrl(url) : JSON.stringify(scrubbed(url));
 }
 
 /** --url and --key, else the environment, else the local server `npm start` runs and the key it keeps. */
 function connection(values: { url?: string; key?: string }, env: RemoteIo['env']): Connection {
   const url = values.url ?? (env.CLIPAG_API_URL || DEFAULT_API_URL);
+  const urlSource = values.url !== undefined ? '--url' : env.CLIPAG_API_URL ? 'CLIPAG_API_URL' : 'the default';
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
-    throw new UsageError(`--url ${JSON.stringify(url)} is not a URL (like ${DEFAULT_API_URL})`);
+    throw new UsageError(`${urlSource} ${shownArg(url)} is not a URL (like ${DEFAULT_API_URL})`);
   }
-  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UsageError(`--url ${url}: http or https only`);
-  if (parsed.search || parsed.hash) throw new UsageError(`--url ${url}: the API's base address, without a query`);
-  const source = values.url !== undefined ? '--url' : env.CLIPAG_API_URL ? 'CLIPAG_API_URL' : 'the default';
+  // Each of these can never work: refused here, at once, not retried as a network error.
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UsageError(`${urlSource} ${shownArg(url)}: http or https only`);
+  // fetch refuses a URL with credentials; the API takes a bearer key, never a user name or password.
+  if (parsed.username || parsed.password) throw new UsageError(`${urlSource} ${shownArg(url)}: a user name or password in the URL is not how the API takes a key; pass the key with --key or CLIPAG_API_KEY`);
+  if (parsed.search || parsed.hash) throw new UsageError(`${urlSource} ${shownArg(url)}: the API's base address, without a query`);
   const keyFile = resolve(env.CLIPAG_DATA_DIR || '.data', 'local-api-key');
   let key: string | undefined;
   let keySource: string;
@@ -136,22 +164,22 @@ function connection(values: { url?: string; key?: string }, env: RemoteIo['env']
   else {
     keySource = keyFile;
     // Only for a server on this machine: a local key is no business of a remote deployment.
-    if (isLoopback(parsed)) key = readKeyFile(keyFile);
+    if (isLoopbackUrl(parsed)) key = readKeyFile(keyFile);
   }
   if (!key) {
     throw new UsageError(
-      `no API key for ${parsed.origin} (${source}): pass --key KEY or set CLIPAG_API_KEY (a deployment's operator issues keys with \`clipag keys create\`)` +
-        (isLoopback(parsed) ? `; for a local server, \`npm start\` writes one to ${keyFile}, which does not exist or is empty (CLIPAG_DATA_DIR moves it)` : ''),
+      `no API key for ${parsed.origin} (${urlSource}): pass --key KEY or set CLIPAG_API_KEY (a deployment's operator issues keys with \`clipag keys create\`)` +
+        (isLoopbackUrl(parsed) ? `; for a local server, \`npm start\` writes one to ${keyFile}, which does not exist or is empty (CLIPAG_DATA_DIR moves it)` : ''),
     );
   }
   key = key.trim();
   // A key with a space or a newline cannot go in a header; said without echoing it.
   if (!/^[\x21-\x7e]+$/.test(key)) throw new UsageError(`the API key from ${keySource} holds characters no HTTP header can carry (is it the whole key, ck_…?)`);
-  return { url: parsed.toString().replace(/\/$/, ''), key, keySource };
-}
-
-function isLoopback(url: URL): boolean {
-  return ['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname) || url.hostname.startsWith('127.');
+  const warning =
+    parsed.protocol === 'http:' && !isLoopbackUrl(parsed)
+      ? `clipag remote: warning: the API key goes to ${parsed.host} over plain http, readable by anyone on the way; use https (a deployment's API Gateway URL is https)`
+      : undefined;
+  return { url: parsed.toString().replace(/\/$/, ''), key, keySource, urlSource, ...(warning ? { warning } : {}) };
 }
 
 function readKeyFile(path: string): string | undefined {
@@ -206,16 +234,26 @@ function outputPaths(out: string, n: number): string[] {
   });
 }
 
+/** One word for a POSIX shell: as it is when it is plain, else in single quotes. */
+export function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+const command = (words: string[]) => words.map(shellWord).join(' ');
+
 const ended = (g: Generation) => g.status === 'succeeded' || g.status === 'failed' || g.status === 'canceled';
 
 /** What a run knows when it stops early: for the message that says how to go on. */
 interface Progress {
   id?: string;
   last?: Generation;
-  /** The POST was sent (it may have made a generation whose answer was lost). */
-  posted?: boolean;
+  /** The POST was sent, and may have reached the API without its answer coming back: a generation may exist. */
+  postLost?: boolean;
   idempotencyKey?: string;
+  /** The upload:ID this run's --init file became. */
   uploadInit?: string;
+  /** The files written before the run stopped. */
+  written?: string[];
 }
 
 interface Session {
@@ -228,21 +266,76 @@ interface Session {
   cancelOnInterrupt: boolean;
   /** The -o as given, for the resume hint. */
   outArg?: string;
+  /** The --url as given, for the resume hint (absent: the environment or the default, as the next run finds them too). */
+  urlArg?: string;
   progress: Progress;
+  /** generate: the POST's body (its re-send after Ctrl-C), and the command that gets its generation again. */
+  body?: GenerationBody;
+  resumeCommand?: () => string;
+  /** generate: the --init file uploaded. */
+  initFile?: string;
 }
 
 function session(io: RemoteIo, values: { url?: string; key?: string; json?: boolean; timeout?: string; 'cancel-on-interrupt'?: boolean }, def: number, outArg?: string): Session {
   const conn = connection(values, io.env);
   const t = timeoutSec(values.timeout, def);
-  const client = new ClipagClient({ url: conn.url, key: conn.key, note: io.err, ...(io.signal ? { signal: io.signal } : {}), ...(io.fetch ? { fetch: io.fetch } : {}) });
-  return { io, client, conn, deadline: Date.now() + t * 1000, timeoutSec: t, json: Boolean(values.json), cancelOnInterrupt: Boolean(values['cancel-on-interrupt']), ...(outArg !== undefined ? { outArg } : {}), progress: {} };
+  if (conn.warning) io.err(conn.warning);
+  const client = new ClipagClient({ url: conn.url, key: conn.key, note: io.err, ...(io.signal ? { signal: io.signal } : {}), ...(io.fetch ? { fetch: io.fetch } : {}), ...(io.sleep ? { sleep: io.sleep } : {}) });
+  return {
+    io,
+    client,
+    conn,
+    deadline: Date.now() + t * 1000,
+    timeoutSec: t,
+    json: Boolean(values.json),
+    cancelOnInterrupt: Boolean(values['cancel-on-interrupt']),
+    ...(outArg !== undefined ? { outArg } : {}),
+    ...(values.url !== undefined ? { urlArg: values.url } : {}),
+    progress: {},
+  };
+}
+
+/** `clipag remote get ID` as this run was given it (--url, -o), to pick the generation up again. */
+function getCommand(s: Session, id: string): string {
+  return command(['clipag', 'remote', 'get', id, ...(s.urlArg !== undefined ? ['--url', s.urlArg] : []), ...(s.outArg !== undefined ? ['-o', s.outArg] : [])]);
+}
+
+function cancelCommand(s: Session, id: string): string {
+  return command(['clipag', 'remote', 'cancel', id, ...(s.urlArg !== undefined ? ['--url', s.urlArg] : [])]);
+}
+
+type Token = NonNullable<ReturnType<typeof parseArgs>['tokens']>[number];
+
+/**
+ * This generate command again, with its Idempotency-Key: it gets the generation the first made (a
+ * replay), never a second one. An --init file becomes the upload:ID it was uploaded as (uploading it
+ * again would be another request, refused as idempotency_key_reused). A --key is never printed: KEY
+ * stands for it.
+ */
+function generateCommand(tokens: Token[], key: string, uploadInit: string | undefined): string {
+  const words = ['clipag', 'remote', 'generate'];
+  for (const t of tokens) {
+    if (t.kind === 'option-terminator') words.push('--');
+    else if (t.kind === 'positional') words.push(t.value);
+    else if (t.name === 'idempotency-key') continue;
+    else if (t.name === 'key') words.push('--key', 'KEY');
+    else if (t.value === undefined) words.push(t.rawName);
+    else {
+      const value = t.name === 'init' && uploadInit !== undefined ? uploadInit : t.value;
+      // A value that starts with "-" goes with "=": parseArgs takes it as a value only that way.
+      if (value.startsWith('-')) words.push(`--${t.name}=${value}`);
+      else words.push(t.rawName, value);
+    }
+  }
+  return command([...words, '--idempotency-key', key]);
 }
 
 async function generate(argv: string[], io: RemoteIo): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals, tokens } = parseArgs({
     args: argv,
     allowPositionals: true,
     strict: true,
+    tokens: true,
     options: {
       ...connectionOptions,
       negative: { type: 'string', multiple: true }, steps: { type: 'string' }, size: { type: 'string' }, seed: { type: 'string' }, n: { type: 'string' },
@@ -275,7 +368,8 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
     if (!(strength >= 0 && strength <= 1)) throw new UsageError(`--strength must be a number in [0, 1], got "${values.strength}"`);
     body.strength = strength;
   }
-  const idempotencyKey = values['idempotency-key'] ?? `clipag-remote-${randomUUID()}`;
+  const userKey = values['idempotency-key'];
+  const idempotencyKey = userKey ?? `clipag-remote-${randomUUID()}`;
   if (!IDEMPOTENCY_KEY.test(idempotencyKey)) throw new UsageError('--idempotency-key must be 1-255 visible ASCII characters, no spaces');
   const outArg = values.out ?? 'out.png';
   const paths = outputPaths(outArg, n);
@@ -295,15 +389,29 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   }
   const s = session(io, values, DEFAULT_TIMEOUT_SEC, outArg);
   s.progress.idempotencyKey = idempotencyKey;
+  s.body = body;
+  s.resumeCommand = () => generateCommand(tokens, idempotencyKey, s.progress.uploadInit);
+  if (initFile !== undefined) s.initFile = initFile;
+  if (userKey !== undefined && initFile !== undefined) {
+    io.err(
+      `clipag remote: note: --idempotency-key with --init ${initFile}: the file is uploaded again on every run, a new upload:ID, so a run that repeats this command is another request to the API (409 idempotency_key_reused); to get this run's generation again, give the upload:ID printed below as --init`,
+    );
+  }
   try {
     if (initBytes !== undefined) {
       if (!s.json) io.err(`clipag remote: uploading ${initFile} (${initBytes.length} bytes)`);
       const upload = await s.client.upload(initBytes, { deadline: s.deadline });
       body.init = upload.init;
       s.progress.uploadInit = upload.init;
+      if (!s.json || userKey !== undefined) io.err(`clipag remote: uploaded ${initFile} as ${upload.init} (--init ${upload.init} uses it again without uploading)`);
     }
-    s.progress.posted = true;
-    const created = await s.client.createGeneration(body, { idempotencyKey, waitSec: waitSecUntil(s.deadline), deadline: s.deadline });
+    let created: Awaited<ReturnType<ClipagClient['createGeneration']>>;
+    try {
+      created = await s.client.createGeneration(body, { idempotencyKey, waitSec: waitSecUntil(s.deadline), deadline: s.deadline });
+    } catch (e) {
+      s.progress.postLost = (e as { lost?: boolean }).lost === true;
+      throw e;
+    }
     s.progress.id = created.generation.id;
     s.progress.last = created.generation;
     if (!s.json) io.err(`clipag remote: ${created.replayed ? 'the API replayed generation' : 'created generation'} ${created.generation.id} (${created.generation.status})`);
@@ -329,9 +437,10 @@ async function get(argv: string[], io: RemoteIo): Promise<number> {
   try {
     const first = await s.client.getGeneration(id, { waitSec: waitSecUntil(s.deadline), deadline: s.deadline });
     s.progress.last = first.generation;
+    // Every file its images go to, checked now that the first read says how many: not after the wait.
+    const paths = values.out === undefined ? undefined : outputPaths(values.out, first.generation.request.n);
     const final = await untilEnded(s, first.generation, first.held);
-    const n = final.request.n;
-    return await finish(s, final, values.out === undefined ? undefined : outputPaths(values.out, n));
+    return await finish(s, final, paths);
   } catch (e) {
     return stopped(s, e);
   }
@@ -375,7 +484,7 @@ function progressText(g: Generation): string {
   return `${g.status}${steps}${p.attempt > 1 ? ` (attempt ${p.attempt})` : ''}${g.cancel_requested && !ended(g) ? ', cancel requested' : ''}`;
 }
 
-/** Reads the generation until it has ended, or throws TimedOut at the deadline. */
+/** Reads the generation until it has ended, or throws TimedOut once a read at (or after) the deadline found it still going. */
 async function untilEnded(s: Session, first: Generation, firstHeld: boolean): Promise<Generation> {
   let g = first;
   let held = firstHeld;
@@ -384,15 +493,17 @@ async function untilEnded(s: Session, first: Generation, firstHeld: boolean): Pr
   let sentAt = Date.now();
   let saidUnheld = false;
   while (!ended(g)) {
+    const left = s.deadline - Date.now();
+    if (left <= 0) throw new TimedOut(`generation ${g.id} is still ${progressText(g)}`);
     if (!held && !saidUnheld && waitSecUntil(s.deadline) > 0) {
       saidUnheld = true;
-      if (!s.json) s.io.err('clipag remote: the API answered at once (no Preference-Applied: this deployment does not hold requests, or the account spent its waits for the minute); polling every few seconds');
+      if (!s.json) s.io.err("clipag remote: the API answered at once (no Preference-Applied: this deployment does not hold requests, or this account's budget of held requests is spent for now); polling every few seconds");
     }
     const gap = held ? HELD_GAP_MS - (Date.now() - sentAt) : pollMs;
     if (!held) pollMs = Math.min(POLL_MAX_MS, Math.round(pollMs * 1.5));
-    const left = s.deadline - Date.now();
-    if (left <= 0 || gap >= left) throw new TimedOut(`generation ${g.id} is still ${progressText(g)}`);
-    if (gap > 0) await pause(gap, s.io.signal);
+    // Never past the deadline: a gap that would run past it ends there, with one last read.
+    const ms = Math.min(gap, left);
+    if (ms > 0) await pause(ms, s.io.signal);
     sentAt = Date.now();
     ({ generation: g, held } = await s.client.getGeneration(g.id, { waitSec: waitSecUntil(s.deadline), deadline: s.deadline }));
     s.progress.last = g;
@@ -412,6 +523,18 @@ async function pause(ms: number, signal: AbortSignal | undefined): Promise<void>
   }
 }
 
+/** `bytes` at `path`, whole or not at all: a temporary file in the same folder, renamed over it. */
+function writeWhole(path: string, bytes: Uint8Array): void {
+  const temporary = join(dirname(path), `.${basename(path)}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`);
+  try {
+    writeFileSync(temporary, bytes, { flag: 'wx' });
+    renameSync(temporary, path);
+  } catch (e) {
+    rmSync(temporary, { force: true });
+    throw e;
+  }
+}
+
 /** The generation has ended: its images downloaded (to `paths`, by index), it reported, the exit status chosen. */
 async function finish(s: Session, g: Generation, paths: string[] | undefined): Promise<number> {
   const { io } = s;
@@ -424,17 +547,21 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
       return 1;
     }
     for (const o of g.outputs) {
-      const path = paths[o.index] ?? paths[0]!;
-      const bytes = await s.client.download(o.url, { deadline: Date.now() + DEFAULT_TIMEOUT_SEC * 1000 });
+      const path = paths[o.index];
+      if (path === undefined) throw new ApiError(`GET /v1/generations/${g.id}`, 200, 'bad_output_index', `image ${o.index} of a generation of ${paths.length} (its request.n)`);
+      // Each file is written as soon as it is downloaded: a later failure keeps the images already here (and says which).
+      const bytes = await s.client.download(o.url, { deadline: s.deadline });
       // A proxy's or a store's error page with a 200 is not an image: never written as one.
       if (!PNG_SIGNATURE.every((b, i) => bytes[i] === b)) throw new ApiError(`GET image ${o.index}`, 200, 'not_png', `the signed URL answered ${bytes.length} bytes that are not a PNG`);
       try {
-        writeFileSync(path, bytes);
+        writeWhole(path, bytes);
       } catch (e) {
-        io.err(`clipag remote: cannot write ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        const done = [...written.values()];
+        io.err(`clipag remote: cannot write ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}${done.length ? `; wrote ${done.join(', ')}` : ''}; ${getCommand(s, g.id)} downloads ${done.length ? 'them all' : 'its images'} again`);
         return 1;
       }
       written.set(o.index, path);
+      s.progress.written = [...written.values()];
     }
   }
   if (s.json) io.out(JSON.stringify(g));
@@ -471,60 +598,135 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
   return 0;
 }
 
+/** How long the re-send and the cancel after a Ctrl-C may take (the command's own --timeout may be spent). */
+const INTERRUPT_CANCEL_MS = 10_000;
+
+/**
+ * --cancel-on-interrupt: cancels the generation. With no id yet (Ctrl-C during the POST, held by
+ * `Prefer: wait`: its job exists from the start of the hold), the same POST is sent again with the
+ * same Idempotency-Key and no wait: a replay, answered at once with that job (or, if the first never
+ * arrived, a new one, canceled all the same); then that job is canceled.
+ */
+async function cancelAfterInterrupt(s: Session, known: string | undefined): Promise<void> {
+  const { io, progress } = s;
+  // A client of its own: the interrupted one's signal has fired.
+  const client = new ClipagClient({ url: s.conn.url, key: s.conn.key, note: io.err, ...(io.fetch ? { fetch: io.fetch } : {}), ...(io.sleep ? { sleep: io.sleep } : {}) });
+  const deadline = Date.now() + INTERRUPT_CANCEL_MS;
+  let id = known;
+  try {
+    if (id === undefined) {
+      const again = await client.createGeneration(s.body!, { idempotencyKey: progress.idempotencyKey!, waitSec: 0, deadline });
+      id = again.generation.id;
+      if (ended(again.generation)) {
+        io.err(`clipag remote: interrupted; generation ${id} had already ended (${again.generation.status}), nothing to cancel: ${getCommand(s, id)} downloads it`);
+        return;
+      }
+    }
+    const g = await client.cancelGeneration(id, { deadline });
+    io.err(`clipag remote: interrupted; generation ${id} ${g.status === 'canceled' ? 'canceled' : 'asked to cancel (it stops within a step)'} (--cancel-on-interrupt)`);
+  } catch (ce) {
+    if (ce instanceof ApiError && ce.code === 'job_terminal' && id !== undefined) {
+      io.err(`clipag remote: interrupted; generation ${id} had already ended, nothing to cancel (${ce.detail}): ${getCommand(s, id)} downloads it`);
+      return;
+    }
+    const how = id !== undefined ? cancelCommand(s, id) : `${s.resumeCommand!()} --timeout 0 prints its id; clipag remote cancel ID cancels it`;
+    io.err(`clipag remote: interrupted; the cancel ${id !== undefined ? `of ${id} ` : ''}failed (${(ce as Error).message}): ${how}`);
+  }
+}
+
 /** The run stopped before its end (an error, the deadline, Ctrl-C): say why, and how to go on. */
 async function stopped(s: Session, e: unknown): Promise<number> {
   const { io, progress } = s;
   const id = progress.id;
-  const getAgain = `clipag remote get ${id}${s.outArg !== undefined ? ` -o ${s.outArg}` : ''}`;
   // Stopped while downloading: the generation has ended, and only the download is left to do.
   const over = progress.last !== undefined && ended(progress.last);
+  const goesOn = id !== undefined && !over;
+  // No id came back, but the POST may have reached the API: a generation may exist; its Idempotency-Key gets it.
+  const mayExist = id === undefined && progress.postLost === true;
+  const wrote = progress.written?.length ? `wrote ${progress.written.join(', ')}; ` : '';
   // `notCanceled`: said after Ctrl-C, where a reader may think the job stopped with the command.
   const resumeText = (notCanceled: boolean) =>
-    id
+    id !== undefined
       ? over
-        ? `generation ${id} has ended (${progress.last!.status}): ${getAgain} downloads it`
-        : `generation ${id} goes on${notCanceled ? ' (not canceled)' : ''}: ${getAgain} waits for it again; clipag remote cancel ${id} stops it`
-      : progress.posted
-        ? `no generation id came back; the request may still have made one: the same command with --idempotency-key ${progress.idempotencyKey}${progress.uploadInit ? ` and --init ${progress.uploadInit}` : ''} gets it, never a second one`
+        ? `generation ${id} has ended (${progress.last!.status}): ${wrote}${getCommand(s, id)} downloads ${wrote ? 'them all again' : 'its images'}`
+        : `generation ${id} goes on${notCanceled ? ' (not canceled)' : ''}: ${getCommand(s, id)} waits for it again; ${cancelCommand(s, id)} stops it`
+      : mayExist
+        ? `the POST was sent and no answer came back, so it may have made a generation${notCanceled ? ', not canceled' : ''} (Idempotency-Key ${progress.idempotencyKey}): ${s.resumeCommand!()} gets it, never a second one`
         : 'no generation was made';
   const resume = resumeText(false);
   if (e instanceof Interrupted) {
     if (s.json && progress.last) io.out(JSON.stringify(progress.last));
-    if (id && s.cancelOnInterrupt && !over) {
-      try {
-        // A client of its own: the interrupted one's signal has fired.
-        const client = new ClipagClient({ url: s.conn.url, key: s.conn.key, note: io.err, ...(io.fetch ? { fetch: io.fetch } : {}) });
-        const g = await client.cancelGeneration(id, { deadline: Date.now() + 10_000 });
-        io.err(`clipag remote: interrupted; generation ${id} ${g.status === 'canceled' ? 'canceled' : 'asked to cancel (it stops within a step)'} (--cancel-on-interrupt)`);
-      } catch (ce) {
-        io.err(`clipag remote: interrupted; the cancel of ${id} failed (${(ce as Error).message}): clipag remote cancel ${id}`);
-      }
-    } else {
-      io.err(`clipag remote: interrupted; ${resumeText(true)}`);
-    }
+    if (!s.cancelOnInterrupt || over) io.err(`clipag remote: interrupted; ${resumeText(true)}`);
+    else if (id === undefined && !mayExist) io.err('clipag remote: interrupted; no generation was made');
+    else await cancelAfterInterrupt(s, id);
     return INTERRUPTED_EXIT_CODE;
+  }
+  // Exit 124 only while there is something to pick up: a generation that goes on (or may exist), or its images.
+  const somethingLeft = goesOn || over || mayExist;
+  if (e instanceof WaitPastDeadline) {
+    if (s.json && progress.last) io.out(JSON.stringify(progress.last));
+    const refusal = `${e.what}: ${e.status} ${e.code}: ${e.detail}${e.policy ? ` (the limit: ${e.policy})` : ''}; it asks to wait ${retryIn(e.retryAfterMs)} (until ${new Date(e.retryAt).toISOString()}), past --timeout ${s.timeoutSec} s`;
+    if (!somethingLeft) {
+      io.err(`clipag remote: refused for now: ${refusal}; retry after that${progress.uploadInit ? ` (--init ${progress.uploadInit} uses the upload this run made)` : ''}; no generation was made`);
+      return 1;
+    }
+    io.err(`clipag remote: timed out: ${refusal}; ${resume}`);
+    return TIMED_OUT_EXIT_CODE;
   }
   if (e instanceof TimedOut) {
     if (s.json && progress.last) io.out(JSON.stringify(progress.last));
     io.err(`clipag remote: timed out (--timeout ${s.timeoutSec} s): ${e.message}; ${resume}`);
-    return TIMED_OUT_EXIT_CODE;
+    return somethingLeft ? TIMED_OUT_EXIT_CODE : 1;
+  }
+  if (e instanceof CannotSend) {
+    // The --url (or its port) is one fetch will never use: a usage error, as a malformed --url is.
+    if (e.api) throw new UsageError(`${s.conn.urlSource} ${shownUrl(s.conn.url)}: ${e.message}`);
+    io.err(`clipag remote: ${e.message}; ${resume}`);
+    return 1;
   }
   if (e instanceof ApiError) {
+    const rid = e.requestId ? ` [request_id ${e.requestId}]` : '';
     if (e.status === 401) {
-      io.err(`clipag remote: the API refused the key from ${s.conn.keySource} (401 ${e.code}: ${e.detail}${e.requestId ? ` [request_id ${e.requestId}]` : ''}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes`);
+      io.err(`clipag remote: the API refused the key from ${s.conn.keySource} (401 ${e.code}: ${e.detail}${rid}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes`);
       return 1;
     }
-    if (e.status === 404 && e.code === 'not_found' && id) {
-      io.err(`clipag remote: no generation ${id} for this key's account (404 not_found${e.requestId ? ` [request_id ${e.requestId}]` : ''}); check the id`);
+    if (e.status === 404 && e.code === 'not_found' && e.detail.startsWith('no route for ')) {
+      // The app's own answer to a path it has no route for (functions/middleware/errors.ts, notFound): the URL is wrong, not the id.
+      io.err(`clipag remote: ${e.message}; is ${s.conn.urlSource} ${shownUrl(s.conn.url)} the API's base address (with its stage path, without /v1)?`);
       return 1;
     }
-    io.err(`clipag remote: ${e.message}${id && progress.last && !ended(progress.last) ? `; ${resume}` : ''}`);
+    if (e.status === 404 && e.code === 'not_found' && id !== undefined && e.detail.startsWith('no generation')) {
+      io.err(`clipag remote: no generation ${id} for this key's account (404 not_found: ${e.detail}${rid}); check the id`);
+      return 1;
+    }
+    if (e.status === 409 && e.code === 'idempotency_key_reused') {
+      const why = s.initFile
+        ? `this run uploaded --init ${s.initFile} again (as ${progress.uploadInit}), which makes it another request than the earlier run with this key: give that run's upload:ID as --init (it printed it), or a new --idempotency-key`
+        : 'an earlier request with this key had another prompt or options: give the same ones, or a new --idempotency-key';
+      io.err(`clipag remote: ${e.message}; ${why}`);
+      return 1;
+    }
+    io.err(`clipag remote: ${e.message}${(goesOn && progress.last) || over || mayExist ? `; ${resume}` : ''}`);
     return 1;
   }
   if (e instanceof GaveUp) {
-    const local = isLoopback(new URL(s.conn.url)) && /network error/.test(e.message) ? ` (is the API running at ${s.conn.url}? npm start runs one)` : '';
-    io.err(`clipag remote: ${e.message}${local}${id ? `; ${resume}` : ''}`);
+    // Refused: nothing listens there. Any other failure means something answered (or may have).
+    const hint = e.refused
+      ? isLoopbackUrl(new URL(s.conn.url))
+        ? ` (is the API running at ${shownUrl(s.conn.url)}? npm start runs one)`
+        : ` (connection refused: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right, and the API up?)`
+      : e.noHost
+        ? ` (no such host: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right?)`
+        : '';
+    io.err(`clipag remote: ${e.message}${hint}; ${resume}`);
     return 1;
   }
   throw e;
+}
+
+/** A Retry-After as a reader takes it: seconds, or minutes and hours when long. */
+function retryIn(ms: number): string {
+  const sec = Math.ceil(ms / 1000);
+  if (sec < 120) return `${sec} s`;
+  return `${sec} s, about ${sec < 7200 ? `${Math.round(sec / 60)} min` : `${(sec / 3600).toFixed(1)} h`}`;
 }

@@ -1,6 +1,8 @@
 // `clipag remote` against the real local server (API, durable queue, worker, tiny engine), as
-// test/e2e/local-mode.test.ts starts it: generate with --json, get -o again, an --init upload, a
-// content-policy refusal and an image the output check withholds. One server for the file.
+// test/e2e/local-mode.test.ts starts it: generate with --json, get -o again, an --init upload (and its
+// resume with the same Idempotency-Key), a content-policy refusal, an image the output check withholds,
+// a --url that is not the API's base address. One server for the file; and one API without a worker,
+// whose POST with Prefer: wait is really held, for Ctrl-C during it.
 import { mkdirSync, mkdtempSync, readFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -8,7 +10,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
+import { remote as remoteVerb } from '../../cli/remote.ts';
 import { serve, type ServeHandle } from '../../cli/serve.ts';
+import { createApp } from '../../functions/app.ts';
+import { localDeps, startApiServer } from '../../functions/server.ts';
 import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { localStores } from '../../shared/adapters/stores.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
@@ -132,5 +137,106 @@ describe('clipag remote against the local server', () => {
     expect(withheld.stdout).toContain('image 0: withheld by the output check (cat-lookalike)');
     expect(withheld.stderr).toMatch(/the output check withheld every image: .*looks like "a photo of a cat".*; nothing was written/);
     expect(existsSync(out)).toBe(false);
+  });
+});
+
+describe('clipag remote against the local server: resuming', () => {
+  it('--init PATH.png with --idempotency-key: the upload:ID is printed, and the command again with --init upload:ID replays the generation (no second upload, no 409)', async () => {
+    const init = join(work, 'blue.png');
+    writeFileSync(init, encodePng(solidImage(64, 64, [0.1, 0.1, 0.9])));
+    const key = `e2e-init-${Date.now()}`;
+    const first = await remote(['generate', 'a photo of a cat', '--size', '64x64', '--init', init, '--idempotency-key', key, '-o', join(work, 'init-k1.png'), '--json'], env());
+    expect(first.code, first.stderr).toBe(0);
+    const made = JSON.parse(first.stdout);
+    const upload = /uploaded \S+ as (upload:\S+) /.exec(first.stderr)?.[1];
+    expect(upload).toBe(made.request.init);
+    const again = await remote(['generate', 'a photo of a cat', '--size', '64x64', '--init', upload!, '--idempotency-key', key, '-o', join(work, 'init-k2.png'), '--json'], env());
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout).id).toBe(made.id);
+    expect(again.stderr).not.toContain('uploading');
+    expect(readFileSync(join(work, 'init-k2.png')).equals(readFileSync(join(work, 'init-k1.png')))).toBe(true);
+    // The first command as it was, the file again: a new upload, so another request under that key. Said, with the way out.
+    const file = await remote(['generate', 'a photo of a cat', '--size', '64x64', '--init', init, '--idempotency-key', key, '-o', join(work, 'init-k3.png')], env());
+    expect(file.code).toBe(1);
+    expect(file.stderr).toContain(`--idempotency-key with --init ${init}: the file is uploaded again on every run`);
+    expect(file.stderr).toMatch(/409 idempotency_key_reused: .*; this run uploaded --init \S+ again \(as upload:\S+\), .*give that run's upload:ID as --init/);
+  });
+
+  it('a --url that is not the base address (…/v1): the 404 says the route does not exist, with the server\'s message, not "no generation"', async () => {
+    const made = await remote(['generate', 'a photo of a cat', '--size', '64x64', '-o', join(work, 'route.png'), '--json'], env());
+    expect(made.code, made.stderr).toBe(0);
+    const id = JSON.parse(made.stdout).id;
+    const res = await remote(['get', id, '--url', `${h.url}/v1`], { CLIPAG_API_KEY: h.apiKey });
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(new RegExp(`404 not_found: no route for GET /v1/v1/generations/${id} .*; is --url http://127\\.0\\.0\\.1:\\d+/v1 the API's base address \\(with its stage path, without /v1\\)\\?`));
+    expect(res.stderr).not.toContain('no generation');
+  });
+});
+
+/** `clipag remote` itself (not through main), so that a test can interrupt it with a signal, as its SIGINT handler does. */
+async function interruptible(argv: string[], envVars: Record<string, string>, signal: AbortSignal): Promise<{ code: number; stderr: string }> {
+  const err: string[] = [];
+  const code = await remoteVerb(argv, { env: envVars, out: () => {}, err: (l) => err.push(l), signal });
+  return { code, stderr: err.join('\n') };
+}
+
+describe('clipag remote: Ctrl-C while the real API holds the POST (an API with no worker: the job stays queued, the POST held)', () => {
+  let api: { url: string; close(): Promise<void> };
+  let key: string;
+  beforeAll(async () => {
+    const data = join(root, 'held-data');
+    const deps = await localDeps({ ...(parseConfig({ CLIPAG_DATA_DIR: data, CLIPAG_MODELS_DIR: modelsDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+    key = (await deps.adapters.keys.create({ name: 'held', owner: 'acct_held' })).secret;
+    api = await startApiServer(createApp({ ...deps, log: () => {} }), 0);
+  });
+  afterAll(async () => {
+    await api?.close();
+  });
+
+  /** The account's generations, newest first, as the API lists them. */
+  async function listed(): Promise<Array<{ id: string; status: string; cancel_requested: boolean }>> {
+    const res = await fetch(`${api.url}/v1/generations`, { headers: { Authorization: `Bearer ${key}` } });
+    return ((await res.json()) as { data: Array<{ id: string; status: string; cancel_requested: boolean }> }).data;
+  }
+
+  async function interruptedWhileHeld(extra: string[]): Promise<{ code: number; stderr: string; id: string }> {
+    const before = new Set((await listed()).map((g) => g.id));
+    const interrupt = new AbortController();
+    // --timeout 8: the POST asks to be held 8 s (the server's hold ends then, after the test has moved on).
+    const running = interruptible(['generate', 'a photo of a cat', '--size', '64x64', '--url', api.url, '-o', join(work, 'held.png'), '--timeout', '8', ...extra], { CLIPAG_API_KEY: key }, interrupt.signal);
+    // The job exists once the POST is being held: listed while the POST has not answered.
+    let id: string | undefined;
+    for (const t0 = Date.now(); id === undefined; await new Promise((r) => setTimeout(r, 50))) {
+      if (Date.now() - t0 > 6000) throw new Error('no job listed while the POST was held');
+      id = (await listed()).find((g) => !before.has(g.id))?.id;
+    }
+    interrupt.abort();
+    const res = await running;
+    return { ...res, id };
+  }
+
+  it('with --cancel-on-interrupt: the same POST again gets the job (a replay), which is canceled; no second job', async () => {
+    const before = (await listed()).length;
+    const res = await interruptedWhileHeld(['--cancel-on-interrupt']);
+    expect(res.code, res.stderr).toBe(130);
+    expect(res.stderr).toContain(`interrupted; generation ${res.id} canceled (--cancel-on-interrupt)`);
+    const after = await listed();
+    expect(after).toHaveLength(before + 1);
+    expect(after.find((g) => g.id === res.id)!.status).toBe('canceled');
+  });
+
+  it('without it: the job goes on, and the command printed (its Idempotency-Key) gets that job, not a second one', async () => {
+    const before = (await listed()).length;
+    const res = await interruptedWhileHeld([]);
+    expect(res.code).toBe(130);
+    expect(res.stderr).toMatch(/interrupted; the POST was sent and no answer came back, so it may have made a generation, not canceled \(Idempotency-Key clipag-remote-\S+\): clipag remote generate .* --idempotency-key clipag-remote-\S+ gets it, never a second one/);
+    expect((await listed()).find((g) => g.id === res.id)!.status).toBe('queued');
+    // The printed command, read once (--timeout 0: the last --timeout wins): a replay of the held job.
+    const printed = /: clipag remote (generate .*?) gets it/.exec(res.stderr)![1]!;
+    const argv = [...printed.matchAll(/(?:[^\s']+|'[^']*')+/g)].map((m) => m[0].replace(/'([^']*)'/g, '$1'));
+    const again = await interruptible([...argv, '--timeout', '0'], { CLIPAG_API_KEY: key }, new AbortController().signal);
+    expect(again.code, again.stderr).toBe(124); // still queued: it goes on
+    expect(again.stderr).toContain(`the API replayed generation ${res.id} (queued)`);
+    expect(await listed()).toHaveLength(before + 1);
   });
 });

@@ -4,18 +4,20 @@
 // envelope) do not exist in local mode at all. The real server is in test/e2e/remote.test.ts. Every
 // answer the stand-in gives is a GenerationView the API's own schema accepts.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Generation } from '../../cli/api-client.ts';
-import { retryAfterMs } from '../../cli/api-client.ts';
+import { ClipagClient, GaveUp, retryAfterMs } from '../../cli/api-client.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
-import { outputPath, remote } from '../../cli/remote.ts';
+import { outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
 import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
+import { UploadView } from '../../functions/schemas.ts';
 import { GenerationView } from '../../shared/schemas/view.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'clipag-remote-cli-'));
@@ -110,13 +112,33 @@ const envelope = (status: number, code: string, message: string, param: string |
 });
 const png = (): Answer => ({ status: 200, body: PNG, headers: { 'content-type': 'image/png' } });
 
-/** `clipag remote` as its run() wires it, minus the process: this environment, output caught. */
-async function cli(argv: string[], env: Record<string, string> = {}, signal?: AbortSignal): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
+/** `clipag remote` as its run() wires it, minus the process: this environment, output caught; `io` adds a signal, a fetch or a sleep. */
+async function cli(argv: string[], env: Record<string, string> = {}, io: Partial<Pick<RemoteIo, 'signal' | 'fetch' | 'sleep'>> = {}): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
   const out: string[] = [];
   const err: string[] = [];
   const t0 = Date.now();
-  const code = await remote(argv, { env, out: (l) => out.push(l), err: (l) => err.push(l), ...(signal ? { signal } : {}) });
+  const code = await remote(argv, { env, out: (l) => out.push(l), err: (l) => err.push(l), ...io });
   return { code, stdout: out.join('\n'), stderr: err.join('\n'), ms: Date.now() - t0 };
+}
+
+/** A retry's wait that takes no time (the waits are recorded): for the tests of retry budgets, which would otherwise take minutes. */
+function instantSleep(): { sleep: NonNullable<RemoteIo['sleep']>; waits: number[] } {
+  const waits: number[] = [];
+  return { waits, sleep: async (ms) => void waits.push(ms) };
+}
+
+/** The words of a command printed shell-quoted (plain words and '…' quotes, as shellWord makes them). */
+function words(line: string): string[] {
+  const out: string[] = [];
+  for (const m of line.matchAll(/(?:[^\s']+|'[^']*')+/g)) out.push(m[0].replace(/'([^']*)'/g, '$1'));
+  return out;
+}
+
+/** The command a message printed between `: ` and ` gets it`, as argv for remote() (without "clipag remote"). */
+function resumeArgv(stderr: string): string[] {
+  const m = /: (clipag remote generate .*?) gets it/.exec(stderr);
+  if (!m) throw new Error(`no resume command in: ${stderr}`);
+  return words(m[1]!).slice(2);
 }
 
 describe.concurrent('clipag remote: retries', () => {
@@ -137,7 +159,7 @@ describe.concurrent('clipag remote: retries', () => {
     expect(posts[1]!.headers['idempotency-key']).toBe(posts[0]!.headers['idempotency-key']);
     expect(posts[0]!.headers.prefer).toMatch(/^wait=\d+$/);
     expect(posts[0]!.headers.authorization).toBe(`Bearer ${KEY}`);
-    expect(res.stderr).toMatch(/POST \/t\/rate-limited\/v1\/generations: 429 rate_limited; waiting 1 s \(Retry-After\), then sending it again with the same Idempotency-Key/);
+    expect(res.stderr).toMatch(/POST \/t\/rate-limited\/v1\/generations: 429 rate_limited; waiting 1(\.\d)? s \(Retry-After 1\), then sending it again with the same Idempotency-Key/);
     // The signed URL gets no key; the image is written.
     const image = r.seen.find((s) => s.path === '/img/0.png')!;
     expect(image.headers.authorization).toBeUndefined();
@@ -177,7 +199,7 @@ describe.concurrent('clipag remote: retries', () => {
     expect(keys).toHaveLength(3);
     expect(new Set(keys).size).toBe(1);
     expect(res.stderr).toMatch(/network error \(.+\); backing off/);
-    expect(res.stderr).toMatch(/409 idempotency_in_progress \(its first try is still being made\); waiting 1 s \(Retry-After\)/);
+    expect(res.stderr).toMatch(/409 idempotency_in_progress \(its first try is still being made\); waiting 1(\.\d)? s \(Retry-After 1\)/);
     expect(res.stderr).toContain(`the API replayed generation ${id}`);
     expect(res.stderr).toMatch(/GET .*\/img\/0\.png: 503 "Slow Down" \(from the store\); backing off/);
     expect(r.seen.filter((s) => s.path === '/img/0.png')).toHaveLength(2);
@@ -201,25 +223,47 @@ describe.concurrent('clipag remote: retries', () => {
     expect(res.stderr).not.toContain('secretsecret');
   });
 
-  it('a Retry-After past --timeout: exit 124 at once, saying it timed out and naming the generation that goes on', async () => {
+  it('a Retry-After past --timeout while a generation goes on: exit 124 at once, naming the limit, when to retry, and the generation (its get command shell-quoted)', async () => {
     const id = newJobId();
     const r = route('timeout', (req) =>
-      req.method === 'POST' ? { status: 202, json: view(id, 'running'), headers: { 'preference-applied': 'wait=1' } } : envelope(429, 'rate_limited', 'over 600 requests a minute', null, { 'retry-after': '30' }),
+      req.method === 'POST'
+        ? { status: 202, json: view(id, 'running'), headers: { 'preference-applied': 'wait=1' } }
+        : envelope(429, 'rate_limited', 'over 600 requests a minute', null, { 'retry-after': '30', 'ratelimit-policy': '"requests";q=600;w=60', ratelimit: '"requests";r=0;t=30' }),
     );
-    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'timeout.png'), '--timeout', '3', '--json']);
+    const out = join(dir, 'time out.png');
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', out, '--timeout', '3', '--json']);
     expect(res.code).toBe(124);
     expect(res.ms).toBeLessThan(3000); // no use waiting out the rest of --timeout: the retry could not come before it
-    expect(res.stderr).toMatch(new RegExp(`timed out \\(--timeout 3 s\\): GET \\S+/v1/generations/${id}: 429 rate_limited and asks to wait 30 s \\(Retry-After\\), past --timeout`));
-    expect(res.stderr).toContain(`generation ${id} goes on: clipag remote get ${id} -o ${join(dir, 'timeout.png')} waits for it again`);
+    expect(res.stderr).toMatch(new RegExp(`timed out: GET \\S+/v1/generations/${id}: 429 rate_limited: over 600 requests a minute \\[request_id req_rate_limited\\] \\(the limit: "requests" \\(600 per 60 s\\)\\); it asks to wait 30 s \\(until \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z\\), past --timeout 3 s`));
+    // Shell-quoted: the path has a space.
+    expect(res.stderr).toContain(`generation ${id} goes on: clipag remote get ${id} --url ${r.url} -o '${out}' waits for it again`);
     expect(JSON.parse(res.stdout)).toMatchObject({ id, status: 'running' }); // the last view, for a script's sake
   });
 
-  it('a Retry-After past --timeout before any generation exists: exit 124, with the Idempotency-Key that gets the job if one was made', async () => {
-    const r = route('timeout-post', () => envelope(429, 'too_many_active_jobs', '100 generations are queued or running', null, { 'retry-after': '30' }));
-    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'never.png'), '--timeout', '2', '--idempotency-key', 'order-1042']);
-    expect(res.code).toBe(124);
+  it('a Retry-After past --timeout before any generation exists (the upload quota): exit 1, not 124, naming the limit and when to retry', async () => {
+    const r = route('upload-quota', () =>
+      envelope(429, 'rate_limited', "over this account's limit of 1 uploads per 3600 s; retry after 7126 s", null, { 'retry-after': '7126', 'ratelimit-policy': '"requests";q=600;w=60, "uploads";q=1;w=3600', ratelimit: '"requests";r=598;t=60, "uploads";r=0;t=7126' }),
+    );
+    writeFileSync(join(dir, 'quota-init.png'), PNG);
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--init', join(dir, 'quota-init.png'), '-o', join(dir, 'never.png'), '--timeout', '600']);
+    expect(res.code).toBe(1);
     expect(r.seen).toHaveLength(1);
-    expect(res.stderr).toMatch(/timed out .*429 too_many_active_jobs and asks to wait 30 s .*no generation id came back; .*--idempotency-key order-1042 gets it/);
+    expect(res.stderr).toMatch(/refused for now: POST \S+\/v1\/uploads: 429 rate_limited: over this account's limit of 1 uploads per 3600 s.* \(the limit: "uploads" \(1 per 3600 s\)\); it asks to wait 7126 s, about 119 min \(until \d{4}-[\d-]+T[\d:.]+Z\), past --timeout 600 s; retry after that; no generation was made/);
+    expect(res.stderr).not.toContain('timed out');
+  });
+
+  it('a 429 past --timeout on the POST itself: exit 1 and no Idempotency-Key when it was the only try; exit 124 with the resume command when an earlier try was lost', async () => {
+    const first = route('timeout-post', () => envelope(429, 'too_many_active_jobs', '100 generations are queued or running', null, { 'retry-after': '30' }));
+    const refused = await cli(['generate', 'a red circle', '--url', first.url, '--key', KEY, '-o', join(dir, 'never.png'), '--timeout', '2', '--idempotency-key', 'order-1042']);
+    expect(refused.code).toBe(1);
+    expect(first.seen).toHaveLength(1);
+    expect(refused.stderr).toMatch(/refused for now: POST \S+: 429 too_many_active_jobs: 100 generations are queued or running .*it asks to wait 30 s .*no generation was made/);
+    // The first try's answer was lost (the connection dropped after the body arrived): a job may exist, whatever the 429 says now.
+    const lost = route('timeout-post-lost', (_req, nth) => (nth === 1 ? 'drop' : envelope(429, 'too_many_active_jobs', '100 generations are queued or running', null, { 'retry-after': '30' })));
+    const res = await cli(['generate', 'a red circle', '--url', lost.url, '--key', KEY, '-o', join(dir, 'never.png'), '--timeout', '5', '--idempotency-key', 'order-1043']);
+    expect(res.code).toBe(124);
+    expect(lost.seen).toHaveLength(2);
+    expect(res.stderr).toContain(`the POST was sent and no answer came back, so it may have made a generation (Idempotency-Key order-1043): clipag remote generate 'a red circle' --url ${lost.url} --key KEY -o ${join(dir, 'never.png')} --timeout 5 --idempotency-key order-1043 gets it`);
   });
 
   it('a 500 internal_error is tried 3 times, then exit 1 with its request_id', async () => {
@@ -254,11 +298,311 @@ describe.concurrent('clipag remote: retries', () => {
     expect([terminal.code, terminal.stderr]).toEqual([1, `clipag remote: nothing to cancel: generation ${id} already succeeded`]);
   });
 
-  it('Retry-After as seconds or as an HTTP date', () => {
+  it('Retry-After as seconds or as an HTTP date (an IMF-fixdate); a decimal rounded up; anything else unreadable', () => {
     expect(retryAfterMs('3')).toBe(3000);
+    expect(retryAfterMs(' 0 ')).toBe(0);
     expect(retryAfterMs(new Date(Date.now() + 10_000).toUTCString(), Date.now())).toBeGreaterThan(8000);
-    expect([retryAfterMs(null), retryAfterMs('soon')]).toEqual([undefined, undefined]);
+    expect(retryAfterMs('Wed, 21 Oct 2015 07:28:00 GMT', Date.parse('2015-10-21T07:27:00Z'))).toBe(60_000);
+    // Date.parse reads "1.5" and "-1" as days of 2001: a Retry-After of 0 (a tight loop) before.
+    expect(retryAfterMs('1.5')).toBe(2000);
+    expect([retryAfterMs(null), retryAfterMs('soon'), retryAfterMs('-1'), retryAfterMs(''), retryAfterMs('2015-10-21')]).toEqual([undefined, undefined, undefined, undefined, undefined]);
     expect([outputPath('out.png', 1, 2), outputPath('a/b', 0, 2), outputPath('x.png', 0, 1)]).toEqual(['out-1.png', 'a/b-0', 'x.png']);
+    expect([shellWord('a/b-c.png'), shellWord('my image.png'), shellWord("it's"), shellWord('')]).toEqual(['a/b-c.png', "'my image.png'", "'it'\\''s'", "''"]);
+  });
+});
+
+/** A port nothing listens on (a closed one, just freed). */
+async function closedPort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createNetServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** A fetch that answers every request with this generation (and records where it went, with which Authorization). */
+function fakeFetch(g: Generation, seen: string[]): typeof fetch {
+  return (async (url: string | URL | Request, init?: RequestInit) => {
+    seen.push(`${String(url)} ${(init?.headers as Record<string, string>).Authorization}`);
+    return new Response(JSON.stringify(g), { status: 200, headers: { 'content-type': 'application/json' } });
+  }) as typeof fetch;
+}
+
+describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
+  it('POST answers lost every time (the connection dropped after the body arrived): gives up, prints the command that gets the job (its Idempotency-Key), not "is the API running?"; that command replays it', async () => {
+    const id = newJobId();
+    let up = false;
+    const r = route('lost-posts', (req) => {
+      if (req.path === '/v1/generations') return up ? { status: 200, json: succeeded(`${base}/t/lost-posts`, id), headers: { 'idempotent-replayed': 'true' } } : 'drop';
+      return png();
+    });
+    const { sleep, waits } = instantSleep();
+    const out = join(dir, 'lost.png');
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', out], {}, { sleep });
+    expect(res.code).toBe(1);
+    const posts = r.seen.filter((s) => s.path === '/v1/generations');
+    expect(posts).toHaveLength(6);
+    expect(waits).toHaveLength(5);
+    const key = String(posts[0]!.headers['idempotency-key']);
+    expect(new Set(posts.map((p) => p.headers['idempotency-key']))).toEqual(new Set([key]));
+    expect(res.stderr).toMatch(/network error \(\w+\); gave up after 6 tries; the POST was sent and no answer came back, so it may have made a generation \(Idempotency-Key clipag-remote-[0-9a-f-]+\): /);
+    expect(res.stderr).toContain(`clipag remote generate 'a red circle' --url ${r.url} --key KEY -o ${out} --idempotency-key ${key} gets it`);
+    expect(res.stderr).not.toContain('is the API running');
+    expect(res.stderr).not.toContain('secretsecret');
+    // The command as printed (KEY stands for the key): the same Idempotency-Key, so the job the lost POST made.
+    up = true;
+    const again = await cli(resumeArgv(res.stderr).map((w) => (w === 'KEY' ? KEY : w)));
+    expect(again.code, again.stderr).toBe(0);
+    expect(r.seen.filter((s) => s.path === '/v1/generations').at(-1)!.headers['idempotency-key']).toBe(key);
+    expect(again.stderr).toContain(`the API replayed generation ${id}`);
+  });
+
+  it("the app's 500 internal_error on the POST, 3 times: exit 1 with the Idempotency-Key (the job may have been made before the error)", async () => {
+    const r = route('internal-post', () => envelope(500, 'internal_error', 'internal error'));
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'internal.png'), '--idempotency-key', 'order-9'], {}, instantSleep());
+    expect(res.code).toBe(1);
+    expect(r.seen).toHaveLength(3);
+    expect(res.stderr).toMatch(/gave up after 3 tries; the POST was sent and no answer came back, .*--idempotency-key order-9 gets it/);
+  });
+
+  it('a connection refused on this machine: two quick retries, then "is the API running … npm start"; no Idempotency-Key (the POST reached no server)', async () => {
+    const port = await closedPort();
+    const res = await cli(['generate', 'a red circle', '--url', `http://127.0.0.1:${port}`, '--key', KEY, '-o', join(dir, 'refused.png')]);
+    expect(res.code).toBe(1);
+    expect(res.ms).toBeLessThan(6000); // 0.25 + 0.5 s of waits, × at most 1.5: about 30 s before
+    expect(res.stderr).toMatch(new RegExp(`network error \\(ECONNREFUSED\\); gave up after 3 tries \\(is the API running at http://127\\.0\\.0\\.1:${port}/\\? npm start runs one\\); no generation was made$`));
+    expect(res.stderr).not.toContain('--idempotency-key');
+  });
+
+  it('a host DNS does not know: two quick retries, then "no such host"', async () => {
+    let tries = 0;
+    const fetch = (async () => {
+      tries++;
+      throw new TypeError('fetch failed', { cause: Object.assign(new Error('getaddrinfo ENOTFOUND api.nowhere.invalid'), { code: 'ENOTFOUND' }) });
+    }) as typeof globalThis.fetch;
+    const res = await cli(['get', newJobId(), '--url', 'https://api.nowhere.invalid', '--key', KEY], {}, { fetch });
+    expect([res.code, tries]).toEqual([1, 3]);
+    expect(res.ms).toBeLessThan(6000);
+    expect(res.stderr).toMatch(/network error \(ENOTFOUND\); gave up after 3 tries \(no such host: is --url https:\/\/api\.nowhere\.invalid\/ right\?\)/);
+  });
+
+  it('a hung API: --timeout 3 ends the run in about 3 s (not 30 s more), the Prefer: wait within it; exit 124 with the command that gets the job the POST may have made', async () => {
+    const r = route('hung', () => 'hang');
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'hung.png'), '--timeout', '3']);
+    expect(res.code).toBe(124);
+    expect(res.ms).toBeGreaterThanOrEqual(2900);
+    expect(res.ms).toBeLessThan(7000); // 3 s and 1 s of grace for an answer held to the deadline; 33 s before
+    expect(r.seen).toHaveLength(1);
+    expect(Number(/^wait=(\d+)$/.exec(String(r.seen[0]!.headers.prefer))![1])).toBeLessThanOrEqual(3);
+    expect(res.stderr).toMatch(/timed out \(--timeout 3 s\): POST \S+: no answer within [\d.]+ s; the deadline passed while retrying; the POST was sent .*--idempotency-key clipag-remote-[0-9a-f-]+ gets it/);
+  });
+
+  it('a retried POST asks for no Prefer: wait past what is left of --timeout', async () => {
+    const id = newJobId();
+    const r = route('prefer-shrinks', (req, nth) => {
+      if (req.path === '/v1/generations') return nth === 1 ? envelope(503, 'queue_unavailable', 'the job queue is unavailable', null, { 'retry-after': '2' }) : { status: 202, json: succeeded(`${base}/t/prefer-shrinks`, id) };
+      return png();
+    });
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'prefer.png'), '--timeout', '5']);
+    expect(res.code, res.stderr).toBe(0);
+    const [first, second] = r.seen.filter((s) => s.path === '/v1/generations').map((s) => Number(/^wait=(\d+)$/.exec(String(s.headers.prefer))![1]));
+    expect(first).toBeLessThanOrEqual(5);
+    expect(second).toBeLessThanOrEqual(first! - 2); // 2 s (and more) of the 5 were spent waiting
+  });
+
+  it('an image download that hangs is bounded by --timeout too: exit 124, and the get command that downloads it', async () => {
+    const id = newJobId();
+    const r = route('download-hangs', (req) => (req.path === '/v1/generations' ? { status: 202, json: succeeded(`${base}/t/download-hangs`, id), headers: { 'preference-applied': 'wait=2' } } : 'hang'));
+    const out = join(dir, 'download-hangs.png');
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', out, '--timeout', '2']);
+    expect(res.code).toBe(124);
+    expect(res.ms).toBeLessThan(6000); // 2 s and 1 s of grace; up to 10 min before
+    expect(res.stderr).toContain(`generation ${id} has ended (succeeded): clipag remote get ${id} --url ${r.url} -o ${out} downloads its images`);
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it('polling the API does not hold: one last read at the deadline, not an exit before it', async () => {
+    const id = newJobId();
+    const r = route('poll-deadline', (req) => (req.method === 'POST' ? { status: 202, json: view(id, 'queued') } : { status: 200, json: view(id, 'running') }));
+    const t0 = Date.now();
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'poll-deadline.png'), '--timeout', '4']);
+    expect(res.code).toBe(124);
+    const gets = r.seen.filter((s) => s.method === 'GET');
+    expect(gets).toHaveLength(2); // after 2 s, then at the deadline (the next gap, 3 s, would pass it); before: an exit at 2 s
+    expect(gets[1]!.at - t0).toBeGreaterThanOrEqual(3900);
+    expect(res.ms).toBeLessThan(8000);
+    expect(res.stderr).toContain(`timed out (--timeout 4 s): generation ${id} is still running`);
+  });
+
+  it('Retry-After: 0 again and again, in real time: at least 1 s, then 2 s between tries (3 tries in 3 s; 6 before)', async () => {
+    const r = route('retry-after-0', () => envelope(503, 'busy', 'busy', null, { 'retry-after': '0' }));
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'ra0.png'), '--timeout', '3']);
+    // A 5xx may come after the job was made (the API's 503 queue_unavailable does: its retry with the key re-queues it).
+    expect(res.code).toBe(124);
+    expect(res.stderr).toMatch(/timed out \(--timeout 3 s\): POST \S+: 503 busy; the deadline passed while retrying; .*--idempotency-key clipag-remote-\S+ gets it/);
+    expect(r.seen.length).toBeGreaterThanOrEqual(2);
+    expect(r.seen.length).toBeLessThanOrEqual(4);
+    expect(r.seen[1]!.at - r.seen[0]!.at).toBeGreaterThanOrEqual(950);
+  });
+
+  it('Retry-After: 0 again and again (the client alone, its waits recorded): 1, 2, 4 … s, at most 30 s, each with up to 10 % jitter, and at most 12 tries', async () => {
+    let tries = 0;
+    let draw = 0;
+    const waits: number[] = [];
+    const busy = async () => {
+      tries++;
+      return new Response(JSON.stringify({ error: { code: 'busy', message: 'busy', param: null, request_id: 'r' } }), { status: 503, headers: { 'retry-after': '0', 'content-type': 'application/json' } });
+    };
+    const client = new ClipagClient({ url: 'http://127.0.0.1:8787', key: KEY, note: () => {}, fetch: busy as typeof fetch, sleep: async (ms) => void waits.push(ms), random: () => [0, 0.99][draw++ % 2]! });
+    await expect(client.getGeneration(newJobId(), { waitSec: 0, deadline: Date.now() + 86_400_000 })).rejects.toThrow(GaveUp);
+    expect(tries).toBe(12);
+    const floors = [1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000, 30_000, 30_000, 30_000];
+    expect(waits).toHaveLength(floors.length);
+    waits.forEach((w, i) => expect([w >= floors[i]!, w <= floors[i]! * 1.1]).toEqual([true, true]));
+    expect(waits[1]).toBeGreaterThan(2000 * 1.05); // the jitter: a draw of 0.99 adds 9.9 %
+  });
+
+  it("the gateway's 502 and a 429 with Retry-After: 0 in turn: given up on, not retried until the deadline", async () => {
+    let tries = 0;
+    const alternate = async () =>
+      ++tries % 2
+        ? new Response(JSON.stringify({ message: 'Bad Gateway' }), { status: 502 })
+        : new Response(JSON.stringify({ error: { code: 'rate_limited', message: 'over', param: null, request_id: 'r' } }), { status: 429, headers: { 'retry-after': '0' } });
+    const client = new ClipagClient({ url: 'http://127.0.0.1:8787', key: KEY, note: () => {}, fetch: alternate as typeof fetch, sleep: async () => {} });
+    await expect(client.cancelGeneration(newJobId(), { deadline: Date.now() + 86_400_000 })).rejects.toThrow(/gave up after \d+ tries/);
+    expect(tries).toBeLessThanOrEqual(12);
+  });
+
+  it('a redirect: exit 1 at once, its Location shown without its query (a signature)', async () => {
+    const r = route('redirect', () => ({ status: 307, headers: { location: 'https://other.example/v1/generations?X-Amz-Signature=SECRETSIG' } }));
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'redirect.png')]);
+    expect(res.code).toBe(1);
+    expect(r.seen).toHaveLength(1);
+    expect(res.stderr).toContain('307 http_307: redirected to https://other.example/v1/generations; give that address instead');
+    expect(res.stderr).not.toContain('SECRETSIG');
+  });
+
+  it("API Gateway's answer to a path it has no route for (403 Missing Authentication Token, no envelope): exit 1, asking whether --url is the base address", async () => {
+    const r = route('no-stage', () => ({ status: 403, json: { message: 'Missing Authentication Token' } }));
+    const res = await cli(['get', newJobId(), '--url', r.url, '--key', KEY]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(`403 http_403: Missing Authentication Token (is the URL the API's base address, with its stage path and without /v1?)`);
+  });
+
+  it('a 2xx that is not a generation (not this API): exit 1 saying so, no TypeError; the POST may have made one, so its key is printed; an upload grant that is not one, too', async () => {
+    const r = route('not-api', () => ({ status: 200, json: { ok: true } }));
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'not-api.png'), '--idempotency-key', 'order-11']);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(/POST \S+\/v1\/generations: 200 not_a_generation: the answer is not a generation as the API's schema has it \(id: [^)]*\) \(is http:\/\/127\.0\.0\.1:\d+ a clipag API\?\); the POST was sent .*--idempotency-key order-11 gets it/);
+    expect(res.stderr).not.toContain('TypeError');
+    writeFileSync(join(dir, 'not-api-init.png'), PNG);
+    const upload = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--init', join(dir, 'not-api-init.png'), '-o', join(dir, 'not-api.png')]);
+    expect(upload.code).toBe(1);
+    expect(upload.stderr).toMatch(/POST \S+\/v1\/uploads: 200 not_an_upload: the answer is not an upload grant as the API's schema has it \(upload_id: [^)]*\) \(is http:\/\/127\.0\.0\.1:\d+ a clipag API\?\)$/);
+  });
+
+  it('-o is replaced whole (a new file renamed over it, no temporary left), not written in place', async () => {
+    const id = newJobId();
+    const r = route('atomic', (req) => (req.path === '/v1/generations' ? { status: 202, json: succeeded(`${base}/t/atomic`, id) } : png()));
+    const folder = join(dir, 'atomic');
+    mkdirSync(folder);
+    const out = join(folder, 'a.png');
+    writeFileSync(out, 'the earlier file');
+    // A second name for the same file: a write in place would change it too; a rename leaves it be.
+    linkSync(out, join(folder, 'keep.png'));
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', out]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(readFileSync(out).equals(PNG)).toBe(true);
+    expect(readFileSync(join(folder, 'keep.png'), 'utf8')).toBe('the earlier file');
+    expect(readdirSync(folder).sort()).toEqual(['a.png', 'keep.png']);
+  });
+
+  it('n 2 and the second image gone: exit 1, saying which file was written and the get command that downloads them again', async () => {
+    const id = newJobId();
+    const url = `${base}/t/partial`;
+    const g = view(id, 'succeeded', {
+      request: { prompt: 'a red circle', width: 64, height: 64, steps: 100, n: 2, init: 'gmm', model: 'toy', seed: 7 },
+      outputs: [0, 1].map((i) => ({ index: i, seed: 7 + i, url: `${url}/img/${i}.png?sig=abc`, expires_at: new Date(Date.now() + 3_600_000).toISOString(), width: 64, height: 64 })),
+    });
+    const r = route('partial', (req) => (req.path === '/v1/generations' ? { status: 202, json: g } : req.path === '/img/0.png' ? png() : { status: 404, body: '' }));
+    const out = join(dir, 'partial.png');
+    const res = await cli(['generate', 'a red circle', '--n', '2', '--url', r.url, '--key', KEY, '-o', out]);
+    expect(res.code).toBe(1);
+    expect([existsSync(join(dir, 'partial-0.png')), existsSync(join(dir, 'partial-1.png'))]).toEqual([true, false]);
+    expect(res.stderr).toContain(`generation ${id} has ended (succeeded): wrote ${join(dir, 'partial-0.png')}; clipag remote get ${id} --url ${r.url} -o ${out} downloads them all again`);
+    expect(res.stderr).not.toContain('sig=abc');
+  });
+
+  it('an image whose index is past the request\'s n: an error, not the first file overwritten', async () => {
+    const id = newJobId();
+    const url = `${base}/t/bad-index`;
+    const g = view(id, 'succeeded', { outputs: [{ index: 3, seed: 7, url: `${url}/img/0.png?sig=abc`, expires_at: new Date(Date.now() + 3_600_000).toISOString(), width: 64, height: 64 }] });
+    const r = route('bad-index', (req) => (req.path === '/v1/generations' ? { status: 202, json: g } : png()));
+    const out = join(dir, 'bad-index.png');
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', out]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(/bad_output_index: image 3 of a generation of 1/);
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it('--init FILE whose POST answer is lost: the resume command has --init upload:ID, not the file, so running it uploads nothing and replays the job', async () => {
+    const id = newJobId();
+    const uploadId = newJobId();
+    const url = `${base}/t/init-resume`;
+    const grant = UploadView.parse({ upload_id: uploadId, object: 'upload', init: `upload:${uploadId}`, method: 'PUT', url: `${url}/put/${uploadId}?sig=abc`, headers: { 'Content-Type': 'image/png' }, expires_at: new Date(Date.now() + 900_000).toISOString(), bytes: PNG.length, max_bytes: 1 << 20 });
+    let up = false;
+    const r = route('init-resume', (req) => {
+      if (req.path === '/v1/uploads') return { status: 201, json: grant };
+      if (req.path.startsWith('/put/')) return { status: 200, body: '' };
+      if (req.path === '/v1/generations') return up ? { status: 200, json: succeeded(url, id), headers: { 'idempotent-replayed': 'true' } } : 'drop';
+      return png();
+    });
+    const init = join(dir, 'resume-init.png');
+    writeFileSync(init, PNG);
+    const argv = ['generate', 'a red circle', '--init', init, '--strength', '0.3', '--url', r.url, '--key', KEY, '-o', join(dir, 'resume.png'), '--idempotency-key', 'order-77'];
+    const res = await cli(argv, {}, instantSleep());
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(`--idempotency-key with --init ${init}: the file is uploaded again on every run`);
+    expect(res.stderr).toContain(`uploaded ${init} as upload:${uploadId}`);
+    const resume = resumeArgv(res.stderr);
+    expect(resume).toContain(`upload:${uploadId}`);
+    expect(resume).not.toContain(init);
+    expect(resume.slice(-2)).toEqual(['--idempotency-key', 'order-77']);
+    up = true;
+    const again = await cli(resume.map((w) => (w === 'KEY' ? KEY : w)));
+    expect(again.code, again.stderr).toBe(0);
+    expect(r.seen.filter((s) => s.path === '/v1/uploads')).toHaveLength(1); // no second upload
+    expect(new Set(r.seen.filter((s) => s.path === '/v1/generations').map((s) => s.headers['idempotency-key']))).toEqual(new Set(['order-77']));
+    expect(again.stderr).toContain(`the API replayed generation ${id}`);
+  });
+
+  it('the local key file goes only to a loopback address (127.0.0.0/8, localhost, [::1]): never to a name that starts with "127."', async () => {
+    const data = join(dir, 'loop-key');
+    mkdirSync(data, { recursive: true });
+    writeFileSync(join(data, 'local-api-key'), 'ck_local_key\n');
+    const id = newJobId();
+    const seen: string[] = [];
+    const fetch = fakeFetch(view(id, 'running'), seen);
+    for (const url of ['http://127.attacker.example', 'http://127.0.0.1.nip.io:8787', 'http://localhost.attacker.example']) {
+      await expect(cli(['get', id, '--url', url, '--timeout', '0'], { CLIPAG_DATA_DIR: data }, { fetch })).rejects.toThrow(/no API key for/);
+    }
+    expect(seen).toEqual([]);
+    for (const url of ['http://127.0.0.2:8787', 'http://localhost:8787', 'http://[::1]:8787']) {
+      const res = await cli(['get', id, '--url', url, '--timeout', '0'], { CLIPAG_DATA_DIR: data }, { fetch });
+      expect(res.code, res.stderr).toBe(124); // read once (--timeout 0): still running
+      expect(res.stderr).not.toContain('warning');
+    }
+    expect(seen.map((s) => s.split(' ').slice(1).join(' '))).toEqual(Array(3).fill('Bearer ck_local_key'));
+  });
+
+  it('a key over plain http to another machine: a warning on stderr; none for https', async () => {
+    const id = newJobId();
+    const fetch = fakeFetch(view(id, 'running'), []);
+    const plain = await cli(['get', id, '--url', 'http://api.example.com/prod', '--key', KEY, '--timeout', '0'], {}, { fetch });
+    expect(plain.stderr).toMatch(/^clipag remote: warning: the API key goes to api\.example\.com over plain http/);
+    const tls = await cli(['get', id, '--url', 'https://api.example.com/prod', '--key', KEY, '--timeout', '0'], {}, { fetch });
+    expect(tls.stderr).not.toContain('warning');
   });
 });
 
@@ -290,10 +634,62 @@ describe.concurrent('clipag remote: Ctrl-C while waiting', () => {
         expect(p.stderr()).toContain(`interrupted; generation ${id} canceled (--cancel-on-interrupt)`);
       } else {
         expect(cancels).toHaveLength(0);
-        expect(p.stderr()).toContain(`interrupted; generation ${id} goes on (not canceled): clipag remote get ${id} -o ${join(dir, 'sigint.png')} waits for it again`);
+        expect(p.stderr()).toContain(`interrupted; generation ${id} goes on (not canceled): clipag remote get ${id} --url ${r.url} -o ${join(dir, 'sigint.png')} waits for it again`);
       }
     });
   }
+
+  // The POST held (Prefer: wait) when Ctrl-C comes: its job exists, its id not known yet. The stand-in
+  // holds the first POST for ever and answers the second (the same Idempotency-Key) as the API answers
+  // a replay; the real server's hold is in test/e2e/remote.test.ts.
+  const heldPost = (id: string) => (req: Seen, nth: number): Answer =>
+    req.path.endsWith('/cancel') ? { status: 200, json: view(id, 'canceled') } : req.method === 'POST' ? (nth === 1 ? 'hang' : { status: 200, json: view(id, 'queued'), headers: { 'idempotent-replayed': 'true' } }) : 'hang';
+
+  for (const cancelOnInterrupt of [false, true]) {
+    it(
+      cancelOnInterrupt
+        ? 'Ctrl-C during the held POST, --cancel-on-interrupt: the same POST again (same key, no Prefer: wait) gets the job, which is canceled'
+        : 'Ctrl-C during the held POST: the command that gets the job (its Idempotency-Key), nothing canceled, nothing re-sent',
+      async () => {
+        const id = newJobId();
+        const name = cancelOnInterrupt ? 'held-post-cancel' : 'held-post';
+        const r = route(name, heldPost(id));
+        const interrupt = new AbortController();
+        const out = join(dir, `${name}.png`);
+        const running = cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', out, ...(cancelOnInterrupt ? ['--cancel-on-interrupt'] : [])], {}, { signal: interrupt.signal });
+        await until('the held POST', () => r.seen.length > 0);
+        interrupt.abort();
+        const res = await running;
+        expect(res.code).toBe(130);
+        const posts = r.seen.filter((s) => s.path === '/v1/generations');
+        const key = String(posts[0]!.headers['idempotency-key']);
+        expect(posts[0]!.headers.prefer).toMatch(/^wait=\d+$/);
+        const cancels = r.seen.filter((s) => s.path.endsWith('/cancel'));
+        if (cancelOnInterrupt) {
+          expect(posts).toHaveLength(2);
+          expect(posts[1]!.headers['idempotency-key']).toBe(key);
+          expect(posts[1]!.headers.prefer).toBeUndefined();
+          expect(cancels.map((c) => c.path)).toEqual([`/v1/generations/${id}/cancel`]);
+          expect(res.stderr).toContain(`interrupted; generation ${id} canceled (--cancel-on-interrupt)`);
+        } else {
+          expect(posts).toHaveLength(1);
+          expect(cancels).toHaveLength(0);
+          expect(res.stderr).toContain(`may have made a generation, not canceled (Idempotency-Key ${key}): clipag remote generate 'a red circle' --url ${r.url} --key KEY -o ${out} --idempotency-key ${key} gets it`);
+        }
+      },
+    );
+  }
+
+  it('a real SIGINT during the held POST, --cancel-on-interrupt: the job is canceled, exit 130', async () => {
+    const id = newJobId();
+    const r = route('held-post-sigint', heldPost(id));
+    const p = spawnRemote(['generate', 'a red circle', '--url', r.url, '-o', join(dir, 'held-post-sigint.png'), '--cancel-on-interrupt']);
+    await until('the held POST', () => r.seen.length > 0);
+    p.child.kill('SIGINT');
+    expect(await p.exit).toBe(130);
+    expect(r.seen.filter((s) => s.path.endsWith('/cancel')).map((s) => s.path)).toEqual([`/v1/generations/${id}/cancel`]);
+    expect(p.stderr()).toContain(`interrupted; generation ${id} canceled (--cancel-on-interrupt)`);
+  });
 });
 
 /** Through the verb dispatch (usage errors exit 2 with the usage), with this environment; the stand-in counts requests. */
@@ -361,6 +757,39 @@ describe('clipag remote: argument errors exit 2 with the usage, before any reque
     } finally {
       chmodSync(locked, 0o700);
     }
+  });
+
+  it('a URL with a user name and password (--url or CLIPAG_API_URL): exit 2 at once, no request, the password never printed', async () => {
+    const r = route('never', () => ({ status: 500, body: 'no request was to be made' }));
+    const withCredentials = r.url.replace('http://', 'http://u:hunter2@');
+    for (const [argv, env] of [
+      [['get', newJobId(), '--url', withCredentials], { CLIPAG_API_KEY: KEY }],
+      [['get', newJobId()], { CLIPAG_API_KEY: KEY, CLIPAG_API_URL: withCredentials }],
+    ] as const) {
+      const res = await viaMain([...argv], env);
+      expect(res.code).toBe(2);
+      expect(res.stderr).toMatch(/a user name or password in the URL is not how the API takes a key/);
+      expect(res.stderr).not.toContain('hunter2');
+    }
+    expect(r.seen).toEqual([]);
+  });
+
+  it('a --url on a port fetch will not use: exit 2 at once (6 tries and 30 s before)', async () => {
+    const t0 = Date.now();
+    const res = await viaMain(['generate', 'a red circle', '--url', 'http://127.0.0.1:1', '-o', join(dir, 'bad-port.png')], { CLIPAG_API_KEY: KEY });
+    expect(res.code).toBe(2);
+    expect(res.stderr).toMatch(/--url http:\/\/127\.0\.0\.1:1\/: POST \/v1\/generations: fetch will not send it \(bad port\)/);
+    expect(Date.now() - t0).toBeLessThan(3000);
+  });
+
+  it('get -o with n 2: a folder where one of its files goes is refused after the first read, not after the wait', async () => {
+    const id = newJobId();
+    const r = route('get-n2', (_req, nth) => (nth === 1 ? { status: 200, json: view(id, 'running', { request: { prompt: 'p', width: 64, height: 64, steps: 100, n: 2, init: 'gmm', model: 'toy', seed: 7 } }), headers: { 'preference-applied': 'wait=1' } } : 'hang'));
+    mkdirSync(join(dir, 'g2-1.png'), { recursive: true });
+    const res = await viaMain(['get', id, '--url', r.url, '-o', join(dir, 'g2.png'), '--timeout', '60'], { CLIPAG_API_KEY: KEY });
+    expect(res.code).toBe(2);
+    expect(res.stderr).toMatch(/g2-1\.png is a folder; give a file name/);
+    expect(r.seen).toHaveLength(1);
   });
 
   it("a local key file is not sent to a remote --url: no key, exit 2, and the message does not point at the file", async () => {
