@@ -2,8 +2,8 @@
 // job is made. Rules name phrases; a prompt that contains one (whole words, read as the model reads it,
 // then folded: case, accents, compatibility forms such as full-width letters, invisible characters,
 // punctuation inside a phrase, look-alike letters of other scripts and small capitals, digits and
-// symbols that stand for letters, letters spelled out one by one, a name split in pieces, "rn" and "vv"
-// for m and w; for a rule that says so, a name inside a longer word) is refused (400 content_policy) or
+// symbols that stand for letters, letters spelled out one by one, "rn" and "vv" for m and w; for a rule
+// that says so, a name inside a longer word or a name split in pieces) is refused (400 content_policy) or
 // flagged (the job carries the flag, and every view shows it). Its `output_rules` check every generated
 // image (ADR 0017). The operator owns the list: a deployment may replace the default below with a
 // document in its store (`config/prompt-policy.json`), and an owner's `config/prompt-policies/<owner>.json`
@@ -47,6 +47,13 @@ const PolicyRule = z
      * words do ("heroin" in "heroine", "rapist" in "therapist").
      */
     inside_words: z.boolean().optional(),
+    /**
+     * Also find a one-word term of a refusing rule split in pieces that are no common words, one of
+     * them three letters or fewer ("pika chu", "nar uto": isSplitName): for invented names, whose
+     * syllables are no words. Not for ordinary words or brand names made of words, which people write
+     * apart ("tencent" would refuse "a ten cent coin", "tiktok" "tik tok", "alibaba" "Ali Baba").
+     */
+    split_names: z.boolean().optional(),
   })
   .strict();
 
@@ -297,22 +304,25 @@ const REGION_NAMES = new Intl.DisplayNames(['en'], { type: 'region', fallback: '
 /** Codes ICU names that no flag emoji shows: retired codes it maps to a country (AN, SU, YU…), and groupings (EZ, QO, ZZ). */
 const NO_FLAG = new Set(['AN', 'BU', 'CS', 'DD', 'FX', 'NT', 'SU', 'TP', 'YD', 'YU', 'ZR', 'EZ', 'QO', 'XA', 'XB', 'ZZ']);
 const isFlag = (code: string) => !NO_FLAG.has(code) && REGION_NAMES.of(code) !== undefined;
-const REGIONAL_INDICATORS = /[\u{1f1e6}-\u{1f1ff}]{2,}/gu;
+/** A run of two regional indicators or more, with invisible characters between them or not (🇳🇦\u200b🇷🇺). */
+const REGIONAL_INDICATORS = /[\u{1f1e6}-\u{1f1ff}](?:\p{Default_Ignorable_Code_Point}*[\u{1f1e6}-\u{1f1ff}])+/gu;
 
 /**
  * A run of regional indicators that is a row of flags (every pair a region: 🇳🇦🇷🇺🇹🇴 is Namibia,
- * Russia, Tonga) is read pair by pair, each its own word: a row of flags is no word ("muslim" in
- * 🇲🇺🇸🇱🇮🇲). A run that is not (🇵🇮🇰🇦🇨🇭🇺: "PI" is no region) is read as letters, one word, and so
- * is a row that, whole, is a name `wholeName` knows (the screen's: a refusing rule's term, "naruto").
+ * Russia, Tonga) is read pair by pair, each its own word: a row of flags is no word (not "naruto", nor
+ * "muslim" in 🇲🇺🇸🇱🇮🇲; two flags spell many a short name: "cars" is Canada and Serbia). A run that is
+ * not (🇵🇮🇰🇦🇨🇭🇺: "PI" is no region) is read as letters, one word. Invisible characters between the
+ * flags go with them (they are dropped later, which would join the flags' letters into a word: a zero-width
+ * space or joiner between them must not read 🇳🇦🇷🇺🇹🇴 as "naruto").
  */
-function flagRows(text: string, wholeName?: (letters: string) => boolean): string {
+function flagRows(text: string): string {
   return text.replace(REGIONAL_INDICATORS, (run) => {
-    const letters = [...run].map((c) => enclosedLetter(c)!).join('');
+    const letters = [...run].map((c) => enclosedLetter(c) ?? '').join('');
     if (letters.length % 2 !== 0) return run;
     const pairs = letters.match(/../g)!;
     // Spaces between the flags only: letters glued to the row stay glued to its last or first flag
     // ("🇧🇦tman" is still "batman"), as they would to a letter.
-    return pairs.every(isFlag) && !wholeName?.(letters.toLowerCase()) ? pairs.join(' ') : run;
+    return pairs.every(isFlag) ? pairs.join(' ') : run;
   });
 }
 
@@ -351,13 +361,13 @@ const SHARP_S_AT_WORD_START = /(?<![\p{L}\p{M}\p{N}])[ß\u1e9e]/gu;
 /**
  * The text with each character that passes for Latin letters (latinLookalike) replaced by them, and
  * in a word that mixes Cyrillic or Greek letters with Latin ones, those letters also read loosely
- * (LOOSE_LOOKALIKES). `loose: 'all'` reads every such letter loosely: a term is indexed so too, since a
- * disguised prompt is read so ("чeбуpaшкa", Latin e, p, a in a Cyrillic name, reads its к as k).
- * `wholeFlagRow`: the names a row of flags is read as whole (flagRows).
+ * (LOOSE_LOOKALIKES). `loose: 'all'` reads every such letter loosely: a term is indexed so too
+ * (looseTermForms), since a disguised prompt is read so ("чeбуpaшкa", Latin e, p, a in a Cyrillic name,
+ * reads its к as k).
  */
-export function lookalikeLatin(text: string, options: { loose?: 'mixed' | 'all'; wholeFlagRow?: (letters: string) => boolean } = {}): string {
+export function lookalikeLatin(text: string, options: { loose?: 'mixed' | 'all' } = {}): string {
   // Compatibility forms first (math bold 𝛂 is α, which passes for a; the micro sign µ is μ).
-  const prepared = flagRows(text, options.wholeFlagRow).replace(SHARP_S_AT_WORD_START, 'b').normalize('NFKD');
+  const prepared = flagRows(text).replace(SHARP_S_AT_WORD_START, 'b').normalize('NFKD');
   const loosely = (chars: string) => chars.replace(LOOSE_LETTERS, (ch) => LOOSE_LOOKALIKES.get(ch)!);
   // Word by word only where the text has both: most prompts have one script.
   const mixedRead =
@@ -376,15 +386,24 @@ export function lookalikeLatin(text: string, options: { loose?: 'mixed' | 'all';
  * The forms a prompt or term is matched in, each as the model's cleaning leaves it (entities decoded,
  * lower case): as written, and with look-alikes read as Latin, once before the cleaning lowers the
  * case (Cyrillic "М" is "M", while "м" is no Latin letter) and once after it (Greek "Ι" is "ι", which
- * is "i"; an entity is decoded by then). The first is the text as written. A term is also indexed
- * with its Cyrillic and Greek letters read loosely (`asTerm`), as a word mixing them with Latin letters
- * is read (lookalikeLatin).
+ * is "i"; an entity is decoded by then). The first is the text as written.
  */
-function lookalikeForms(text: string, options: { asTerm?: boolean; wholeFlagRow?: (letters: string) => boolean } = {}): string[] {
+function lookalikeForms(text: string): string[] {
   const cleaned = cleanClipText(text);
-  const forms = [cleaned, cleanClipText(lookalikeLatin(text, options)), lookalikeLatin(cleaned, options)];
-  if (options.asTerm && CYRILLIC_OR_GREEK.test(cleaned)) forms.push(cleanClipText(lookalikeLatin(text, { loose: 'all' })), lookalikeLatin(cleaned, { loose: 'all' }));
-  return [...new Set(forms)];
+  return [...new Set([cleaned, cleanClipText(lookalikeLatin(text)), lookalikeLatin(cleaned)])];
+}
+
+/**
+ * A term's forms with its Cyrillic and Greek letters read loosely, as a prompt's word that mixes them
+ * with Latin letters is read (lookalikeLatin): "чебурашка" as "чe6ypaшka", so that "чeбуpaшкa" (Latin e,
+ * p, a) is still the name. Empty for a term without such letters. Such a form often reads as plain
+ * Latin ("тор" as "top", "нео" as "heo"), and is matched only against words of the prompt that have a
+ * Cyrillic or Greek letter themselves (`loose` of IndexedTerm): never against a Latin word.
+ */
+function looseTermForms(term: string): string[] {
+  const cleaned = cleanClipText(term);
+  if (!CYRILLIC_OR_GREEK.test(cleaned.normalize('NFKD'))) return [];
+  return [...new Set([cleanClipText(lookalikeLatin(term, { loose: 'all' })), lookalikeLatin(cleaned, { loose: 'all' })])];
 }
 
 /**
@@ -622,6 +641,8 @@ const MAX_SYLLABLE_LETTERS = 3;
  *   two words that the 1000 common ones do not list ("a dead pool of water" for an operator's
  *   "deadpool", "mine craft").
  * - A single letter is spelling, read as such; the list knows no word of other scripts.
+ * Read only for the terms of rules with `split_names`: pieces that are words, only less common ones,
+ * are what people write of a brand made of words ("a ten cent coin" for "tencent", "tik tok", "Ali Baba").
  */
 function isSplitName(pieces: string[]): boolean {
   return pieces.every((w) => /^[a-z]{2,}$/.test(w) && !COMMON_WORDS.has(w)) && pieces.some((w) => w.length <= MAX_SYLLABLE_LETTERS);
@@ -648,6 +669,28 @@ const MIN_RN_VV_TERM_LETTERS = 6;
  */
 function rnVvReadingFits(t: { rule: { action: string }; words: string[] }): boolean {
   return t.rule.action === 'refuse' && [...t.words.join('')].length >= MIN_RN_VV_TERM_LETTERS;
+}
+
+/**
+ * The phrases a prompt is matched in: as written, with CamelCase split ("SuperMarioBros": the model
+ * lowers the case and reads the words), and each with letters of other scripts that look like Latin
+ * ones read as those ("Ріkachu" in Cyrillic Р and і), and with digits and symbols read as letters
+ * ("p1kachu"): the model may read any of them as the name. Each phrase as written and with punctuation
+ * inside its words taken out ("Bat-Man"). `collapsed`: those of the weaker reading with doubled letters
+ * written once, not among `phrases`. `sixes`: whether leetspeak read a 6 (typesSix), as given or found.
+ */
+function promptPhrases(text: string, sixes?: boolean): { phrases: Set<string>; collapsed: Set<string>; sixes: boolean } {
+  const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
+  // ASCII look-alikes ("PlKACHU", "he||o") are read in the form as written only (with leetspeak
+  // on top): each added form costs a pass over the prompt.
+  const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel)), ...asciiLookalikeForms(text).map(cleanClipText)];
+  const toPhrases = (texts: string[]) => texts.flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
+  // Leetspeak reads a 6 where the prompt as written (the first form) has one: not a Cyrillic б.
+  const six = sixes ?? typesSix(forms[0]!);
+  const phrases = new Set(toPhrases([...forms, ...forms.flatMap((form) => leetForms(form, six))]));
+  // Doubled letters collapsed ("pikaachu"): a weaker reading, held to long names that double no letter.
+  const collapsed = new Set(toPhrases(collapsedLetterForms(cleanClipText(text))).filter((p) => !phrases.has(p)));
+  return { phrases, collapsed, sixes: six };
 }
 
 /** Most words a term may have: spans of a prompt are looked up up to this length. */
@@ -733,6 +776,12 @@ interface IndexedTerm {
   words: string[];
   /** The rule's unless phrases (folded words) that contain this term: the only ones that can cover a match of it. */
   unless: string[][];
+  /**
+   * A key only the loose reading of the term's Cyrillic or Greek letters gives (looseTermForms): found
+   * only in words of the prompt that have such a letter (a mixed-script disguise, "тoр"), never in a
+   * Latin word ("a top hat" for an operator's "тор").
+   */
+  loose: boolean;
 }
 
 /** Adds `value` to the list at `key`. */
@@ -747,8 +796,9 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   // words (any punctuation or spacing between them inside one phrase), or one word that is the term
   // run together: "Spider-Man", "spider man" and "spiderman" match "spider man"; "spider mango",
   // "to toro" (for "totoro") and "a super man" (for "superman") do not, though a refused one-word name
-  // split in pieces that are no common words does ("pika chu": isSplitName). Punctuation inside a word is
-  // also read as nothing ("Bat-Man" is "batman"), and a span's last word may be a plural.
+  // of a `split_names` rule split in pieces that are no common words does ("pika chu": isSplitName).
+  // Punctuation inside a word is also read as nothing ("Bat-Man" is "batman"), and a span's last word
+  // may be a plural.
   const index = new Map<string, IndexedTerm[]>();
   // What a span of a prompt can still grow into a key from: a key's first letters, as many as a span can
   // spell out one by one, and its first words run together. A span that is neither ends the search from
@@ -758,31 +808,30 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   const inside = new Map<string, Array<{ key: string; entry: IndexedTerm }>>();
   // Latin terms of `inside_words` rules, found inside longer words ("babypikachu"), by their first COMPOUND_MIN_LETTERS letters.
   const insideWords = new Map<string, Array<{ key: string; entry: IndexedTerm }>>();
-  // The keys of refusing rules' terms.
-  const refusedKeys = new Set<string>();
   const order = new Map(doc.rules.map((rule, i) => [rule.id, i]));
   const unless = new Map(doc.rules.map((rule) => [rule.id, (rule.unless ?? []).map((u) => normalizeText(u).split(' ').filter(Boolean)).filter((w) => w.length > 0)]));
   // Found once per term, when the policy is compiled: a prompt with many matches must not scan long lists.
   const unlessContaining = (ruleId: string, key: string) => unless.get(ruleId)!.filter((u) => u.join('').includes(key));
   for (const rule of doc.rules) {
     for (const term of rule.terms) {
-      // A term in another script ("путин") is also found spelled with Latin look-alikes ("пyтин").
-      for (const form of lookalikeForms(term, { asTerm: true })) {
+      // A term in another script ("путин") is also found spelled with Latin look-alikes ("пyтин"), and,
+      // in words that mix scripts, with its letters read loosely (looseTermForms).
+      const forms = lookalikeForms(term);
+      const strictKeys = new Set(forms.map((form) => normalizeText(form).replace(/ /g, '')));
+      const looseForms = looseTermForms(term).filter((form) => !strictKeys.has(normalizeText(form).replace(/ /g, '')));
+      for (const [form, loose] of [...forms.map((f) => [f, false] as const), ...looseForms.map((f) => [f, true] as const)]) {
         const folded = normalizeText(form);
         if (folded === '') continue;
         const key = folded.replace(/ /g, '');
-        const entry = { rule, term, words: folded.split(' '), unless: unlessContaining(rule.id, key) };
+        const entry = { rule, term, words: folded.split(' '), unless: unlessContaining(rule.id, key), loose };
         if (NO_SPACE_SCRIPT.test(key)) addTo(inside, String.fromCodePoint(key.codePointAt(0)!), { key, entry });
         if (rule.inside_words && key.length >= COMPOUND_MIN_LETTERS && /^\p{sc=Latin}+$/u.test(key)) addTo(insideWords, key.slice(0, COMPOUND_MIN_LETTERS), { key, entry });
         addTo(index, key, entry);
         for (let n = 1; n < Math.min(key.length, MAX_SPAN_WORDS); n++) keyPrefixes.add(key.slice(0, n));
         for (let n = 1, prefix = ''; n < entry.words.length; n++) keyPrefixes.add((prefix += entry.words[n - 1]));
-        if (rule.action === 'refuse') refusedKeys.add(key);
       }
     }
   }
-  // A row of flags that, whole, spells one of these is that name (flagRows).
-  const wholeFlagRow = (letters: string) => refusedKeys.has(letters);
   /** Whether one of the term's unless phrases covers `key` found at `at` inside a run (no spaces to go by). */
   const exceptedInside = (t: IndexedTerm, run: string, key: string, at: number) =>
     t.unless.some((u) => {
@@ -807,7 +856,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         const seen = new Set<string>();
         /** Whether `key` of `entry` is at `at` inside `run`, for a rule not yet hit, and no unless phrase covers it. */
         const foundInside = (entry: IndexedTerm, run: string, key: string, at: number) =>
-          !seen.has(entry.rule.id) && run.startsWith(key, at) && !exceptedInside(entry, run, key, at);
+          !seen.has(entry.rule.id) && run.startsWith(key, at) && !exceptedInside(entry, run, key, at) && looseFits(entry, [run], 0, 0);
         const hit = (t: IndexedTerm) => {
           seen.add(t.rule.id);
           hits.push({ rule: t.rule.id, category: t.rule.category, action: t.rule.action, term: t.term, message: t.rule.message, param });
@@ -825,28 +874,42 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               for (const t of index.get(joined + last) ?? []) {
                 if (seen.has(t.rule.id) || !rnVvReadingFits(t)) continue;
                 const same = spanWords === 1 || (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : read[i + n]) === w));
-                if (same && !excepted(t, read, i, j)) hit(t);
+                if (same && !excepted(t, read, i, j) && looseFits(t, words, i, j)) hit(t);
               }
             }
             joined += read[j];
           }
         };
-        // The prompt as written, with CamelCase split ("SuperMarioBros": the model lowers the case and
-        // reads the words), and each with letters of other scripts that look like Latin ones read as
-        // those ("Ріkachu" in Cyrillic Р and і), and with digits and symbols read as letters ("p1kachu"):
-        // the model may read any of them as the name. Each phrase as written and with punctuation inside
-        // its words taken out ("Bat-Man").
-        const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
-        // ASCII look-alikes ("PlKACHU", "he||o") are read in the form as written only (with leetspeak
-        // on top): each added form costs a pass over the prompt.
-        const forms = [...lookalikeForms(text, { wholeFlagRow }), ...(camel === text ? [] : lookalikeForms(camel, { wholeFlagRow })), ...asciiLookalikeForms(text).map(cleanClipText)];
-        const toPhrases = (texts: string[]) => texts.flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
-        // Leetspeak reads a 6 where the prompt as written (the first form) has one: not a Cyrillic б.
-        const sixes = typesSix(forms[0]!);
-        const phrases = new Set(toPhrases([...forms, ...forms.flatMap((form) => leetForms(form, sixes))]));
-        // Doubled letters collapsed ("pikaachu"): a weaker reading, held to long names that double no letter.
-        const collapsed = toPhrases(collapsedLetterForms(cleanClipText(text))).filter((p) => !phrases.has(p));
-        for (const phrase of [...phrases, ...new Set(collapsed)]) {
+        const { phrases, collapsed, sixes } = promptPhrases(text);
+        /**
+         * What the prompt's words that have a Cyrillic or Greek letter read as (each read as the prompt
+         * is: "тoр" reads "top"), found when a loose key of a term is first met on a word without such a
+         * letter (IndexedTerm's `loose`).
+         */
+        let mixedWords: Set<string> | undefined;
+        const fromCyrillicOrGreek = (word: string) => {
+          if (CYRILLIC_OR_GREEK.test(word)) return true;
+          if (!mixedWords) {
+            mixedWords = new Set();
+            // Those words (between spaces; as the model reads them, entities decoded) read together, one
+            // phrase each: one pass over them.
+            const chunks = text
+              .split(/\s+/)
+              .filter((chunk) => /[^\x00-\x7f]|&/.test(chunk) && (CYRILLIC_OR_GREEK.test(chunk.normalize('NFKD')) || CYRILLIC_OR_GREEK.test(cleanClipText(chunk).normalize('NFKD'))));
+            if (chunks.length > 0) {
+              const read = promptPhrases(chunks.join('\n'), sixes);
+              for (const phrase of [...read.phrases, ...read.collapsed]) for (const w of normalizeText(phrase).split(' ')) if (w) mixedWords.add(w);
+            }
+          }
+          return mixedWords.has(word);
+        };
+        /** Whether an entry may be matched on these words of the prompt: a loose key only on words that have a Cyrillic or Greek letter. */
+        const looseFits = (t: IndexedTerm, words: string[], i: number, j: number) => {
+          if (!t.loose) return true;
+          for (let k = i; k <= j; k++) if (!fromCyrillicOrGreek(words[k]!)) return false;
+          return true;
+        };
+        for (const phrase of [...phrases, ...collapsed]) {
           const weak = !phrases.has(phrase);
           const words = normalizeText(phrase).split(' ').filter(Boolean);
           // The words with "rn" and "vv" read as m and w, where some word has them (rnVvReading).
@@ -884,14 +947,15 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
                   for (const t of entries) {
                     if (seen.has(t.rule.id)) continue;
                     // One word run together; its letters spelled out one by one (wholly or partly); the
-                    // term's own words (a joined "hell okitty" is not "hello kitty"); or a refused one-word
-                    // name split in pieces that are no common words ("pika chu", not "a super man").
+                    // term's own words (a joined "hell okitty" is not "hello kitty"); or, for a rule with
+                    // split_names, a refused one-word name split in pieces that are no common words
+                    // ("pika chu", not "a super man").
                     const same = split
-                      ? t.words.length === 1 && t.rule.action === 'refuse' && spanWords > 1 && spanWords <= MAX_SPLIT_PIECES && isSplitName([...words.slice(i, j), last])
+                      ? t.rule.split_names === true && t.words.length === 1 && t.rule.action === 'refuse' && spanWords > 1 && spanWords <= MAX_SPLIT_PIECES && isSplitName([...words.slice(i, j), last])
                       : spanWords === 1 ||
                         (spelled && t.rule.action === 'refuse') ||
                         (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
-                    if (same && (!weak || collapsedReadingFits(t)) && !excepted(weak ? withCollapsedUnless(t) : t, words, i, j)) hit(t);
+                    if (same && (!weak || collapsedReadingFits(t)) && !excepted(weak ? withCollapsedUnless(t) : t, words, i, j) && looseFits(t, words, i, j)) hit(t);
                   }
                 }
               }
@@ -960,6 +1024,8 @@ export const DEFAULT_PROMPT_POLICY: PromptPolicyDocument = {
         'naruto strait', 'naruto straits', 'batman river',
         'sponge bobs on the water', 'sponge bobs in the water', 'sponge bobs up', 'sponge bobs down', 'sponge bobs along', 'sponge bobs about', 'sponge bobs around',
       ],
+      // Invented names, whose syllables are no words: "pika chu", "nar uto" are these names (isSplitName).
+      split_names: true,
       // No inside_words: a red-team corpus of innocent prompts had 42 refusals with it and 6 without.
       // Hashtags and compounds hold these names by chance ("#WelcomeToToronto" holds "totoro",
       // "#SuperMango" "superman", "combatmanual" "batman", Polish "Narutowicza" "naruto"), and the

@@ -117,23 +117,22 @@ describe('matching', () => {
     for (const text of ['\u{1f17f}\u{1f178}\u{1f17a}\u{1f170}\u{1f172}\u{1f177}\u{1f184} plush', '\u{1f15f}\u{1f158}\u{1f15a}\u{1f150}\u{1f152}\u{1f157}\u{1f164} plush', '\u{1f1f5}\u{1f1ee}\u{1f1f0}\u{1f1e6}\u{1f1e8}\u{1f1ed}\u{1f1fa} plush']) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']); // 🅿🅸🅺🅰🅲🅷🆄, 🅟🅘🅚🅐🅒🅗🅤, 🇵🇮🇰🇦🇨🇭🇺
     }
-    // A flag is its country's code, and a row of flags is a row of codes, not one word (🇲🇺🇸🇱🇮🇲 is
-    // Mauritius, Sierra Leone and the Isle of Man, not "muslim"); a parking sign is a P.
+    // A flag is its country's code, and a row of flags is a row of codes, not one word (🇳🇦🇷🇺🇹🇴 is
+    // Namibia, Russia and Tonga, not "naruto"; 🇲🇺🇸🇱🇮🇲 not "muslim"); a parking sign is a P.
     const flags = (codes: string) => [...codes].map((c) => String.fromCodePoint(0x1f1e6 + c.charCodeAt(0) - 65)).join('');
-    for (const text of ['a \u{1f1ef}\u{1f1f5} flag on a pole', '\u{1f17f}\u{fe0f} parking sign at night', `${flags('MUSLIM')} flags waving`, `${flags('CRIMINAL')} football fans`, `${flags('THUG')} friendship poster`, `${flags('USGBFR')} flags on a desk`, `${flags('NARUTOUS')} flags`]) {
+    for (const text of ['a \u{1f1ef}\u{1f1f5} flag on a pole', '\u{1f17f}\u{fe0f} parking sign at night', `flags of ${flags('NARUTO')} on a world map`, `${flags('NARUTO')} travel stickers on a suitcase`, `${flags('TOTORO')} fans`, `${flags('MUSLIM')} flags waving`, `${flags('CRIMINAL')} football fans`, `${flags('THUG')} friendship poster`, `${flags('USGBFR')} flags on a desk`, `${flags('NARUTOUS')} flags`]) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual([]);
     }
-  });
-
-  it("reads a row of flags that, whole, spells a refusing rule's name as that name; a flag rule's term stays a row of flags", () => {
-    const flags = (codes: string) => [...codes].map((c) => String.fromCodePoint(0x1f1e6 + c.charCodeAt(0) - 65)).join('');
-    // 🇳🇦🇷🇺🇹🇴 (Namibia, Russia, Tonga) reads "naruto", 🇹🇴🇹🇴🇷🇴 "totoro": the whole row is the name.
-    for (const text of [`${flags('NARUTO')} plush`, `flags of ${flags('NARUTO')} on a world map`, `${flags('TOTORO')} keychain`]) {
-      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    // So is a row with invisible characters between its flags (they would otherwise join the letters).
+    for (const text of [`${flags('NA')}\u200b${flags('RU')}\u200b${flags('TO')} plush`, `${flags('NA')}\u200d${flags('RU')}\ufe0f${flags('TO')}`, `${flags('MU')}\u200b${flags('SL')}\u200b${flags('IM')} flags`]) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual([]);
     }
-    // Not a flag rule's term (MUSLIM, THUG above), nor a name that is only part of the row (NARUTOUS above).
-    const watch = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['naruto'] }] }));
-    expect(watch.screen([{ text: `${flags('NARUTO')} plush`, param: 'prompt' }])).toEqual([]);
+    expect(rulesHit(`${flags('P')}\u200b${flags('IKACHU')} plush`)).toEqual(['refuse protected-characters']);
+    // Nor does an operator's short name read in two flags ("cars": Canada, Serbia; "nike": Nicaragua, Kenya).
+    const brands = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'trademark', action: 'refuse', message: 'm', terms: ['cars', 'nike', 'mars', 'seat', 'fiat', 'sega'] }] }));
+    for (const codes of ['CARS', 'NIKE', 'MARS', 'SEAT', 'FIAT', 'SEGA']) {
+      expect(brands.screen([{ text: `${flags(codes)} friendship match, fans in the stadium`, param: 'prompt' }]), codes).toEqual([]);
+    }
   });
 
   it('reads ASCII letters and symbols written for another letter where the writing shows it: l among capitals, I among lower case, and | + ( between letters', () => {
@@ -183,7 +182,7 @@ describe('matching', () => {
     for (const text of ['宝宝马桶', 'die Supermannschaft gewinnt']) expect(inside.screen([{ text, param: 'prompt' }]), text).toEqual([]);
   });
 
-  it('reads a refusing rule\'s one-word name split in pieces that are no common words, one of them short ("pika chu"); ordinary words side by side stay as written', () => {
+  it('reads a one-word name of a refusing rule with split_names split in pieces that are no common words, one of them short ("pika chu"); ordinary words side by side stay as written', () => {
     for (const text of ['pika chu plush toy', 'two pika chus in a basket', 'nar uto headband', 'po kemon cards', 'p1ka chu keychain']) {
       expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     }
@@ -194,14 +193,38 @@ describe('matching', () => {
     // A term whose own words the span is stays the one reported ("sponge bob", not "spongebob").
     expect(policy.screen([{ text: 'Sponge Bob on a rock', param: 'prompt' }]).map((h) => h.term)).toEqual(['sponge bob']);
     const games = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [
-      { id: 'games', category: 'trademark', action: 'refuse', message: 'm', terms: ['deadpool', 'minecraft', 'starbucks', 'pikachu', 'hello kitty'] },
-      { id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['snorlax'] },
+      { id: 'games', category: 'trademark', action: 'refuse', message: 'm', terms: ['deadpool', 'minecraft', 'starbucks', 'pikachu', 'hello kitty'], split_names: true },
+      { id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['snorlax'], split_names: true },
     ] }));
     const hit = (text: string) => games.screen([{ text, param: 'prompt' }]).map((h) => h.rule);
     expect(hit('pika chu')).toEqual(['games']);
     // Two longer pieces are likelier two words than syllables; a flag's term, and a term of several
     // words, are matched as written.
     for (const text of ['a dead pool of water', 'a mine craft fair', 'star bucks grazing at dawn', 'snor lax', 'hel lo kitty']) expect(hit(text), text).toEqual([]);
+  });
+
+  it('reads a name split in pieces only for a rule with split_names: a brand made of words is written apart', () => {
+    const brands = (split_names?: boolean) =>
+      compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'trademark', action: 'refuse', message: 'm', terms: ['tencent', 'tiktok', 'alibaba', 'pikachu', 'starbucks'], split_names }] }));
+    const hit = (policy: ReturnType<typeof compilePolicy>, text: string) => policy.screen([{ text, param: 'prompt' }]).map((h) => h.term);
+    // Without the field (and with it false), pieces are words as written.
+    for (const policy of [brands(undefined), brands(false)]) {
+      for (const text of ['a ten cent coin on a wooden table, macro', 'an old clock going tik tok in a quiet room', 'Ali Baba and the forty thieves', 'pika chu plush']) expect(hit(policy, text), text).toEqual([]);
+      // The name run together, as its own words, or spelled out is still found.
+      expect(hit(policy, 'a Tencent office')).toEqual(['tencent']);
+      expect(hit(policy, 'p i k a c h u')).toEqual(['pikachu']);
+    }
+    // With it, every split the reading allows is the name, words or not: the operator's choice.
+    const split = brands(true);
+    for (const [text, term] of [['a ten cent coin', 'tencent'], ['Ten-Cent', 'tencent'], ['tik tok', 'tiktok'], ['Ali Baba', 'alibaba'], ['pika chu', 'pikachu']] as const) {
+      expect(hit(split, text), text).toEqual([term]);
+    }
+    // A piece among the common words ("star", "ent") stays what people write.
+    for (const text of ['star bucks grazing at dawn', 'tenc ent']) expect(hit(split, text), text).toEqual([]);
+    // The shipped character names set it: their syllables are no words.
+    expect(DEFAULT_PROMPT_POLICY.rules.find((r) => r.id === 'protected-characters')?.split_names).toBe(true);
+    for (const text of ['pika chu plush toy', 'nar uto headband']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    expect(PromptPolicyDocument.safeParse({ version: 1, rules: [{ id: 'op', category: 'bias', action: 'refuse', message: 'm', terms: ['x'], split_names: 'yes' }] }).success).toBe(false);
   });
 
   it('reads 6 as g or b where a digit stands before a letter, and keeps model numbers and quantities as written', () => {
@@ -236,6 +259,20 @@ describe('matching', () => {
     for (const text of ['\u0447\u0435\u0431\u0443\u0440\u0430\u0448k\u0430', '\u0447e\u0431\u0443pa\u0448\u043aa']) {
       expect(cyrillic.screen([{ text, param: 'prompt' }]).map((h) => h.rule), text).toEqual(['cheburashka']);
     }
+  });
+
+  it("reads an operator's Cyrillic or Greek name loosely only in words that have such a letter: a Latin word is never the name", () => {
+    // Read loosely, "тор" (Thor) is "top", "нео" "heo", "вата" "bata", "нато" "hato".
+    const names = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'names', category: 'copyright', action: 'refuse', message: 'm', terms: ['\u0442\u043e\u0440', '\u043d\u0435\u043e', '\u0432\u0430\u0442\u0430', '\u043d\u0430\u0442\u043e'] }] }));
+    const hit = (text: string) => names.screen([{ text, param: 'prompt' }]).map((h) => h.term);
+    for (const text of ['a man in a top hat', 'mountain top at sunrise', 'Heo, a Korean surname, portrait', 'una bata de ba\u00f1o blanca', 'un hato de vacas en los llanos', 'TOP SECRET', 'a top hat beside a \u0441oat']) {
+      expect(hit(text), text).toEqual([]);
+    }
+    // Written in Cyrillic, or mixing Cyrillic and Latin letters in the word (тoр, tоp: Latin o, t, p), it is the name.
+    for (const text of ['\u0442\u043e\u0440 \u0441 \u043c\u043e\u043b\u043e\u0442\u043e\u043c', '\u0442o\u0440 with a hammer', 't\u043ep with a hammer', '\u0442o\u0440Hammer', '\u0442 \u043e \u0440']) {
+      expect(hit(text), text).toEqual(['\u0442\u043e\u0440']);
+    }
+    expect(hit('H\u0435o in a long coat')).toEqual(['\u043d\u0435\u043e']);
   });
 
   it('reads rn as m and vv as w for a refusing rule\'s name of six letters or more, where each of the name\'s words is read so', () => {
