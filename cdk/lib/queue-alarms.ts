@@ -67,6 +67,10 @@ export class QueueAlarms extends Construct {
     if (props.email) this.topic.addSubscription(new subs.EmailSubscription(props.email));
     const action = new actions.SnsAction(this.topic);
 
+    /** One a line: the JSON lines of `logGroup` whose `field` is `value`, counted as `Clipag/<metricName>`. */
+    const countLines = (id: string, logGroup: logs.ILogGroup, field: string, value: string, metricName: string) =>
+      new logs.MetricFilter(this, id, { logGroup, filterPattern: logs.FilterPattern.stringValue(field, '=', value), metricNamespace: 'Clipag', metricName, metricValue: '1' });
+
     /** Every alarm here: at or over its threshold for `periods` periods; no data (an idle queue or API) is healthy. */
     const atLeast = (id: string, description: string, metric: cloudwatch.IMetric, threshold: number, periods: number) =>
       new cloudwatch.Alarm(this, id, {
@@ -132,15 +136,7 @@ export class QueueAlarms extends Construct {
     // The worker logs at `error` only what an operator must act on: an unhealthy worker (ADR 0023),
     // a usage add that failed (the ledger misses a job until `clipag usage rebuild`), a failure it
     // could not record, a corrupt job document, a content policy that does not parse.
-    this.workerErrorLinesFilter = props.workerLogGroup
-      ? new logs.MetricFilter(this, 'WorkerErrorLinesFilter', {
-          logGroup: props.workerLogGroup,
-          filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'error'),
-          metricNamespace: 'Clipag',
-          metricName: 'WorkerErrorLines',
-          metricValue: '1',
-        })
-      : undefined;
+    this.workerErrorLinesFilter = props.workerLogGroup ? countLines('WorkerErrorLinesFilter', props.workerLogGroup, '$.level', 'error', 'WorkerErrorLines') : undefined;
     this.workerErrorAlarm = this.workerErrorLinesFilter
       ? atLeast(
           'WorkerErrorLines',
@@ -154,15 +150,7 @@ export class QueueAlarms extends Construct {
     // The per-account limits fail open when their DynamoDB counter does not answer (ADR 0026): requests
     // go through unlimited, and each API instance logs `rate_limit_unavailable` at most every 30 s. A
     // blip passes; 15 minutes of it (a missing table or grant never passes by itself) pages.
-    this.rateLimitUnavailableFilter = props.apiLogGroup
-      ? new logs.MetricFilter(this, 'RateLimitUnavailableFilter', {
-          logGroup: props.apiLogGroup,
-          filterPattern: logs.FilterPattern.stringValue('$.event', '=', 'rate_limit_unavailable'),
-          metricNamespace: 'Clipag',
-          metricName: 'RateLimitUnavailable',
-          metricValue: '1',
-        })
-      : undefined;
+    this.rateLimitUnavailableFilter = props.apiLogGroup ? countLines('RateLimitUnavailableFilter', props.apiLogGroup, '$.event', 'rate_limit_unavailable', 'RateLimitUnavailable') : undefined;
     this.rateLimitFailingOpenAlarm = this.rateLimitUnavailableFilter
       ? atLeast(
           'RateLimitFailingOpen',

@@ -12,28 +12,18 @@ import { localBaseUrl, run as serveVerb, serve, type ServeHandle } from '../../c
 import { buildLocalSignedUrl, verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
 import { localStores } from '../../shared/adapters/stores.ts';
-import { REPO_ROOT } from '../../cli/common.ts';
 import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
-import { makeTinyBundle } from '../helpers/bundle.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
 import { ownerPolicyKey } from '../../shared/keys.ts';
+import { FAST_RECIPE, freePort, tinyModelsDir } from '../helpers/serve.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-e2e-'));
-const modelsDir = join(root, 'models');
-makeTinyBundle('quickgelu', { dir: join(modelsDir, 'toy'), prior: join(REPO_ROOT, 'models', 'test-prior', 'prior.safetensors'), manifest: { name: 'toy' } });
-const FAST = { steps: 6, globalViews: 4, patchViews: 4, initSamples: 32, frameEvery: 2 };
+const modelsDir = tinyModelsDir(root);
+const FAST = FAST_RECIPE;
 
-async function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 async function start(dataDir: string): Promise<ServeHandle> {
   const port = await freePort();

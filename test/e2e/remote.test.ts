@@ -4,11 +4,9 @@
 // a --url that is not the API's base address. One server for the file; and one API without a worker,
 // whose POST with Prefer: wait is really held, for Ctrl-C during it.
 import { mkdirSync, mkdtempSync, readFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
 import { remote as remoteVerb } from '../../cli/remote.ts';
 import { serve, type ServeHandle } from '../../cli/serve.ts';
@@ -18,24 +16,15 @@ import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synt
 import { localStores } from '../../shared/adapters/stores.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
 import { ownerPolicyKey } from '../../shared/keys.ts';
-import { makeTinyBundle } from '../helpers/bundle.ts';
+import { FAST_RECIPE, freePort, tinyModelsDir } from '../helpers/serve.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-remote-e2e-'));
-const modelsDir = join(root, 'models');
+const modelsDir = tinyModelsDir(root);
 const dataDir = join(root, 'data');
 const work = join(root, 'work');
 mkdirSync(work);
-makeTinyBundle('quickgelu', { dir: join(modelsDir, 'toy'), prior: join(REPO_ROOT, 'models', 'test-prior', 'prior.safetensors'), manifest: { name: 'toy' } });
-const FAST = { steps: 6, globalViews: 4, patchViews: 4, initSamples: 32, frameEvery: 2 };
+const FAST = FAST_RECIPE;
 
-async function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 let h: ServeHandle;
 /** A key of another account, whose own policy (ADR 0018) refuses "zebra" and withholds an image that looks like "a photo of a cat". */
