@@ -53,7 +53,7 @@ export interface AppDeps {
   queue: JobQueue;
   jobs: JobStore;
   keys: ApiKeyVerifier;
-  /** Where the per-account request counts live (`limits.rateLimitPerMin`); unset: no per-account limit. */
+  /** Where the per-account counts live (`limits.rateLimitPerMin`, `uploadsPerHour`, `maxWaits`); unset: none of those limits. */
   rateCounter?: RateCounter;
   /**
    * The content policy an owner's requests are checked by (default: the shipped DEFAULT_PROMPT_POLICY

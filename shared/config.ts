@@ -114,7 +114,7 @@ const AwsConfig = z.object({
   ecsAgentUri: httpUrl.optional(),
   /** A retryable job failure's message comes back after this × its receive count (s), so it may land on another worker. */
   retryDelaySec: intIn(0, 900, 30),
-  /** The DynamoDB table of the per-account request counts (the CDK's StatefulStack); required when CLIPAG_RATE_LIMIT_PER_MIN > 0. */
+  /** The DynamoDB table of the per-account counts (requests, uploads, holds; the CDK's StatefulStack); required when any of those limits is above 0. */
   rateTable: z.string().regex(/^[A-Za-z0-9_.-]{3,255}$/, 'must be a DynamoDB table name').optional(),
   /** Only for a DynamoDB stand-in in tests; unset in real deployments. */
   dynamodbEndpoint: httpUrl.optional(),

@@ -148,7 +148,7 @@ export interface JobStore {
 // ---------------------------------------------------------------- RateCounter
 
 /**
- * Counts per key and numbered time window, for the API's per-account request limit
+ * Counts per key and numbered time window, for the API's per-account limits
  * (shared/rate-limit.ts holds the sliding-window arithmetic; adapters only count). Entries are
  * ephemeral: a store may drop one once its `expiresAtSec` has passed.
  */

@@ -1,4 +1,5 @@
-// The API's per-account request limit (ADR 0026): a sliding-window counter over whole-minute windows.
+// The API's per-account limits (ADR 0026): a sliding-window counter over whole windows (a minute for
+// requests, an hour for upload URLs, one longest wait for Prefer: wait holds).
 // The estimate at time t is `previous × (1 − elapsed/window) + current`, the usual approximation of
 // a true sliding window (Cloudflare's): an instant burst at a window's edge cannot double the rate, as
 // a fixed window lets it, and the store keeps two integers per account, not a log of requests (how far
@@ -32,7 +33,7 @@ export interface RateLimiterOptions {
   limit: number;
   /** Default 60 s. */
   windowSec?: number;
-  /** What is limited, part of every key: `requests`. */
+  /** What is limited, part of every key: `requests`, `uploads`, `waits`. */
   name: string;
   /** Previous-window counts kept in memory (they change no more once their window is over). Default 10 000. */
   cacheEntries?: number;

@@ -40,7 +40,7 @@ export interface ClipagDashboardProps {
   readonly capacityProvider: ecs.AsgCapacityProvider;
   /** The GPU service, its backlog expression (the scaling input) and its JSON log group. */
   readonly worker: GpuQueueWorker;
-  /** The operator alarms: shown as states, and their two metric filters graphed (not filtered twice). */
+  /** The operator alarms: shown as states, and their metric filters graphed (not filtered twice). */
   readonly alarms: QueueAlarms;
   /** The public API's gateway metrics: requests, 4xx, 5xx, latency. */
   readonly httpApi?: apigw.IHttpApi;
@@ -53,7 +53,7 @@ export interface ClipagDashboardProps {
 /**
  * One CloudWatch dashboard per stage, `clipag-<stage>`: notes and alarm states on top, then a row each
  * for the API, the queue and its sweep, and the GPU fleet. It reads what the system already emits: AWS
- * metrics, the two metric filters of the alarms, and three metric filters of its own on JSON fields the
+ * metrics, the metric filters of the alarms, and four metric filters of its own on JSON fields the
  * code really logs (each cited below). No alarm, topic or paid feature is added here; Container
  * Insights stays as the stage config has it.
  */

@@ -45,7 +45,7 @@ const Prefer = z.string().optional().openapi({
   param: { name: 'Prefer', in: 'header' },
   example: 'wait=10',
   description:
-    'wait=N (RFC 7240): hold the response up to N seconds for the generation to end, so a short job answers with its outputs without polling. The deployment caps N (the Preference-Applied response header says what was applied); the body is the generation as it stands when the wait ends.',
+    'wait=N (RFC 7240): hold the response up to N seconds for the generation to end, so a short job answers with its outputs without polling. The deployment caps N (the Preference-Applied response header says what was applied); the body is the generation as it stands when the wait ends. Each account has a budget of holds started within one longest wait (ADR 0026): past it the wait is not honoured, the generation comes back at once without Preference-Applied, and the caller polls (never a 429 for it).',
 });
 const preferenceApplied = { 'Preference-Applied': { description: 'wait=N when a Prefer: wait was honoured, with the N applied', schema: { type: 'string' as const } } };
 

@@ -41,8 +41,8 @@ export function registerUploadRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ct
     });
     // Counted once the URL exists: a refused body or a failed signing spends nothing of the hour's
     // uploads (an unused URL signed here, then refused, grants nothing: it is never handed out).
-    const quota = ctx.uploadGate ? await ctx.uploadGate.check(c) : null;
-    for (const [name, value] of Object.entries(quota ?? {})) c.header(name, value, { append: true });
+    const rateLimitFields = ctx.uploadGate ? await ctx.uploadGate.check(c) : null;
+    for (const [name, value] of Object.entries(rateLimitFields ?? {})) c.header(name, value, { append: true });
     return c.json(
       {
         upload_id: id,

@@ -533,7 +533,7 @@ describe('WorkerStack', () => {
     expect(JSON.stringify(api5xx.Dimensions)).toContain('HttpApi');
     expect(api5xx.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
     // Any error line of the worker, through a metric filter on its log group. (The dashboard's own
-    // three filters, beside these two, are tested in dashboard.test.ts.)
+    // four filters, beside these three, are tested in dashboard.test.ts.)
     const filters = resources(worker).filter(([id, r]) => r.Type === 'AWS::Logs::MetricFilter' && id.startsWith('Alarms')).map(([, r]) => r.Properties);
     expect(filters).toHaveLength(3);
     // The per-account limits failing open (their counter unavailable) for 15 minutes pages (ADR 0026).
@@ -720,7 +720,7 @@ describe('environment contract with shared/config.ts', () => {
   it('sets only variables that the processes\' config parser reads (plus two informational ones)', async () => {
     const { ENV_VARS } = (await import('../../shared/config.ts')) as { ENV_VARS: Record<string, string> };
     const informational = new Set<string>([ENV.stage, ENV.stopTimeout]);
-    // The handler's: a superset of the sweeper's (it alone has the rate limit's two).
+    // The handler's: a superset of the sweeper's (it alone has the rate limits' four: the table and three limits).
     const fn = resources(api).find(([id, r]) => id.startsWith('Handler') && r.Type === 'AWS::Lambda::Function')![1];
     const td = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')![1];
     const lambdaNames = Object.keys(fn.Properties.Environment.Variables).filter((n) => n !== 'NODE_OPTIONS');
@@ -757,7 +757,7 @@ describe('stage config', () => {
       expect(() => stageConfig('dev', { rateLimitPerMinute: bad }), String(bad)).toThrow(/rateLimitPerMinute must be an integer in \[0, 1000000\]/);
     }
     expect(() => stageConfig('dev', { rateLimitPerMinute: '300' as unknown as number })).toThrow(/rateLimitPerMinute/);
-    // Uploads per hour and waits per minute: the same rule.
+    // Uploads per hour and holds per longest wait: the same rule.
     expect([dev.uploadsPerHour, prodConfig().uploadsPerHour, dev.maxWaitsPerAccount, prodConfig().maxWaitsPerAccount]).toEqual([60, 300, 6, 12]);
     expect(() => stageConfig('dev', { uploadsPerHour: -1 })).toThrow(/uploadsPerHour must be an integer in \[0, 1000000\]/);
     expect(() => stageConfig('dev', { maxWaitsPerAccount: 2.5 })).toThrow(/maxWaitsPerAccount must be an integer in \[0, 1000000\]/);
