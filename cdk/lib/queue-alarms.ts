@@ -67,10 +67,6 @@ export class QueueAlarms extends Construct {
     if (props.email) this.topic.addSubscription(new subs.EmailSubscription(props.email));
     const action = new actions.SnsAction(this.topic);
 
-    /** One a line: the JSON lines of `logGroup` whose `field` is `value`, counted as `Clipag/<metricName>`. */
-    const countLines = (id: string, logGroup: logs.ILogGroup, field: string, value: string, metricName: string) =>
-      new logs.MetricFilter(this, id, { logGroup, filterPattern: logs.FilterPattern.stringValue(field, '=', value), metricNamespace: 'Clipag', metricName, metricValue: '1' });
-
     /** Every alarm here: at or over its threshold for `periods` periods; no data (an idle queue or API) is healthy. */
     const atLeast = (id: string, description: string, metric: cloudwatch.IMetric, threshold: number, periods: number) =>
       new cloudwatch.Alarm(this, id, {
@@ -81,6 +77,16 @@ export class QueueAlarms extends Construct {
         evaluationPeriods: periods,
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       });
+
+    /**
+     * An alarm on log lines: `<alarmId>Filter` counts, as `Clipag/<metricName>`, the JSON lines of
+     * `logGroup` whose `field` is `value`, and the alarm fires when one or more come in each of
+     * `periods` 5-minute periods.
+     */
+    const onLines = (logGroup: logs.ILogGroup, alarmId: string, field: string, value: string, metricName: string, description: string, periods: number) => {
+      const filter = new logs.MetricFilter(this, `${alarmId}Filter`, { logGroup, filterPattern: logs.FilterPattern.stringValue(field, '=', value), metricNamespace: 'Clipag', metricName, metricValue: '1' });
+      return { filter, alarm: atLeast(alarmId, description, filter.metric({ period: Duration.minutes(5), statistic: 'Sum' }), 1, periods) };
+    };
 
     // Any message in the DLQ is a job that failed three times: a human should look.
     this.dlqDepthAlarm = atLeast(
@@ -136,30 +142,28 @@ export class QueueAlarms extends Construct {
     // The worker logs at `error` only what an operator must act on: an unhealthy worker (ADR 0023),
     // a usage add that failed (the ledger misses a job until `clipag usage rebuild`), a failure it
     // could not record, a corrupt job document, a content policy that does not parse.
-    this.workerErrorLinesFilter = props.workerLogGroup ? countLines('WorkerErrorLinesFilter', props.workerLogGroup, '$.level', 'error', 'WorkerErrorLines') : undefined;
-    this.workerErrorAlarm = this.workerErrorLinesFilter
-      ? atLeast(
-          'WorkerErrorLines',
-          'The GPU worker logged an error line (search its log group for "level":"error").',
-          this.workerErrorLinesFilter.metric({ period: Duration.minutes(5), statistic: 'Sum' }),
-          1,
-          1,
-        )
+    const workerErrors = props.workerLogGroup
+      ? onLines(props.workerLogGroup, 'WorkerErrorLines', '$.level', 'error', 'WorkerErrorLines', 'The GPU worker logged an error line (search its log group for "level":"error").', 1)
       : undefined;
+    this.workerErrorLinesFilter = workerErrors?.filter;
+    this.workerErrorAlarm = workerErrors?.alarm;
 
     // The per-account limits fail open when their DynamoDB counter does not answer (ADR 0026): requests
     // go through unlimited, and each API instance logs `rate_limit_unavailable` at most every 30 s. A
     // blip passes; 15 minutes of it (a missing table or grant never passes by itself) pages.
-    this.rateLimitUnavailableFilter = props.apiLogGroup ? countLines('RateLimitUnavailableFilter', props.apiLogGroup, '$.event', 'rate_limit_unavailable', 'RateLimitUnavailable') : undefined;
-    this.rateLimitFailingOpenAlarm = this.rateLimitUnavailableFilter
-      ? atLeast(
+    const failingOpen = props.apiLogGroup
+      ? onLines(
+          props.apiLogGroup,
           'RateLimitFailingOpen',
+          '$.event',
+          'rate_limit_unavailable',
+          'RateLimitUnavailable',
           'The per-account rate limits cannot reach their DynamoDB counter and let every request through (search the API log for "rate_limit_unavailable"; an error-level line means a missing table or grant).',
-          this.rateLimitUnavailableFilter.metric({ period: Duration.minutes(5), statistic: 'Sum' }),
-          1,
           3,
         )
       : undefined;
+    this.rateLimitUnavailableFilter = failingOpen?.filter;
+    this.rateLimitFailingOpenAlarm = failingOpen?.alarm;
 
     const alarms = [this.dlqDepthAlarm, this.oldestQueuedJobAlarm, this.queuedJobSweepAlarm, this.api5xxAlarm, this.workerErrorAlarm, this.rateLimitFailingOpenAlarm];
     for (const alarm of alarms.filter((a): a is cloudwatch.Alarm => a !== undefined)) {
