@@ -34,7 +34,7 @@ import type { z } from '@hono/zod-openapi';
 import type { ErrorEnvelope } from '../shared/schemas/error.ts';
 import type { GenerationRequest } from '../shared/schemas/generation.ts';
 import { GenerationView } from '../shared/schemas/view.ts';
-import { UploadView, type UploadRequest } from '../functions/schemas.ts';
+import { EstimateView, UploadView, type UploadRequest } from '../functions/schemas.ts';
 
 export type GenerationBody = z.input<typeof GenerationRequest>;
 export type Generation = GenerationView;
@@ -285,6 +285,14 @@ export class ClipagClient {
       deadline: o.deadline,
     });
     return json;
+  }
+
+  /**
+   * POST /v1/estimates: the API's own checks of a request (the content policy, the model, sizes) and
+   * what it would take, with nothing queued, uploaded or charged.
+   */
+  async estimate(body: GenerationBody, o: CallOptions): Promise<z.output<typeof EstimateView>> {
+    return (await this.#api<z.output<typeof EstimateView>>('POST', 'v1/estimates', EstimateView, 'an estimate', { ...o, body })).json;
   }
 
   /** POST /v1/generations with its Idempotency-Key (the same on every retry) and `Prefer: wait` when waitSec > 0. */

@@ -399,6 +399,10 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   }
   try {
     if (initBytes !== undefined) {
+      // The request checked first, without its init (and the strength that goes with it): a prompt the
+      // content policy refuses, or a size or model the API does not take, spends no upload of the hour's.
+      const { init: _init, strength: _strength, ...checked } = body;
+      await s.client.estimate(checked, { deadline: s.deadline });
       if (!s.json) io.err(`clipag remote: uploading ${initFile} (${initBytes.length} bytes)`);
       const upload = await s.client.upload(initBytes, { deadline: s.deadline });
       body.init = upload.init;

@@ -117,6 +117,17 @@ describe('clipag remote against the local server', () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it('with --init PATH.png, a refused prompt is caught before the upload (POST /v1/estimates): exit 1, no upload spent', async () => {
+    const init = join(work, 'zebra-init.png');
+    writeFileSync(init, encodePng(solidImage(64, 64, [0.2, 0.2, 0.2])));
+    const refused = await remote(['generate', 'a zebra on a hill', '--init', init, '--strength', '0.5', '-o', join(work, 'zebra2.png')], { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/POST \/v1\/estimates: 400 content_policy: .*zebras are a registered mark here/);
+    expect(refused.stderr).not.toMatch(/uploading|uploaded/);
+    const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+    expect((await stores.blobs.list('uploads/acct_strict/')).items).toEqual([]);
+  });
+
   it('every image withheld by the output check: exit 3, as clipag generate, and no file', async () => {
     const { WITHHELD_EXIT_CODE: generateWithheld } = await import('../../cli/generate.ts');
     const out = join(work, 'withheld.png');
