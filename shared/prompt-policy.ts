@@ -55,7 +55,9 @@ const PolicyRule = z
      */
     split_names: z.boolean().optional(),
   })
-  .strict();
+  .strict()
+  // Said, not ignored: a flag is no reason to read a prompt's words otherwise (as with rn/vv and spelling).
+  .refine((rule) => !rule.split_names || rule.action === 'refuse', { path: ['split_names'], message: 'applies to refusing rules only (action "refuse")' });
 
 /**
  * An output rule (ADR 0017): after a run, every image's cosine to each concept is taken in the same

@@ -194,13 +194,17 @@ describe('matching', () => {
     expect(policy.screen([{ text: 'Sponge Bob on a rock', param: 'prompt' }]).map((h) => h.term)).toEqual(['sponge bob']);
     const games = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [
       { id: 'games', category: 'trademark', action: 'refuse', message: 'm', terms: ['deadpool', 'minecraft', 'starbucks', 'pikachu', 'hello kitty'], split_names: true },
-      { id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['snorlax'], split_names: true },
+      { id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['snorlax'] },
     ] }));
     const hit = (text: string) => games.screen([{ text, param: 'prompt' }]).map((h) => h.rule);
     expect(hit('pika chu')).toEqual(['games']);
     // Two longer pieces are likelier two words than syllables; a flag's term, and a term of several
     // words, are matched as written.
     for (const text of ['a dead pool of water', 'a mine craft fair', 'star bucks grazing at dawn', 'snor lax', 'hel lo kitty']) expect(hit(text), text).toEqual([]);
+    // On a flagging rule the field would do nothing: the document says so rather than ignore it.
+    const flagging = PromptPolicyDocument.safeParse({ version: 1, rules: [{ id: 'watch', category: 'bias', action: 'flag', message: 'm', terms: ['snorlax'], split_names: true }] });
+    expect(flagging.success).toBe(false);
+    expect(JSON.stringify(flagging.error?.issues)).toContain('applies to refusing rules only');
   });
 
   it('reads a name split in pieces only for a rule with split_names: a brand made of words is written apart', () => {
