@@ -53,7 +53,7 @@ export interface ClipagDashboardProps {
 /**
  * One CloudWatch dashboard per stage, `clipag-<stage>`: notes and alarm states on top, then a row each
  * for the API, the queue and its sweep, and the GPU fleet. It reads what the system already emits: AWS
- * metrics, the metric filters of the alarms, and four metric filters of its own on JSON fields the
+ * metrics, the metric filters of the alarms, and five metric filters of its own on JSON fields the
  * code really logs (each cited below). No alarm, topic or paid feature is added here; Container
  * Insights stays as the stage config has it.
  */
@@ -65,6 +65,8 @@ export class ClipagDashboard extends Construct {
   readonly jobOutcomesFilter: logs.MetricFilter;
   /** The worker's warm-up time, from its `warmed up` line. */
   readonly warmUpFilter: logs.MetricFilter;
+  /** Worker seconds per image of each finished run (what the customer pays for), from its `job finished` line. */
+  readonly secondsPerImageFilter: logs.MetricFilter;
   /** The API's refusals by a per-account limit (ADR 0026), one metric per limit, from its `rate_limit_refused` lines. */
   readonly rateLimitRefusalsFilter: logs.MetricFilter | undefined;
 
@@ -112,6 +114,19 @@ export class ClipagDashboard extends Construct {
       metricName: 'WorkerWarmUpTime',
       metricValue: '$.ms',
       unit: cloudwatch.Unit.MILLISECONDS,
+    });
+
+    // The same `job finished` line of a run the worker finished itself carries `secondsPerImage` (its
+    // worker seconds over the images it made, withheld ones included): the GPU time a customer pays per
+    // image, which the MISSION says customers judge a PoC by. The number test keeps the other outcomes'
+    // lines (no such field) from publishing.
+    this.secondsPerImageFilter = new logs.MetricFilter(this, 'SecondsPerImageFilter', {
+      logGroup: worker.logGroup,
+      filterPattern: logs.FilterPattern.all(logs.FilterPattern.stringValue('$.msg', '=', 'job finished'), logs.FilterPattern.numberValue('$.secondsPerImage', '>=', 0)),
+      metricNamespace: NAMESPACE,
+      metricName: 'WorkerSecondsPerImage',
+      metricValue: '$.secondsPerImage',
+      unit: cloudwatch.Unit.SECONDS,
     });
 
     // functions/middleware/rate-limit.ts, RateGate.decide: one `rate_limit_refused` line (level warn, through
@@ -271,6 +286,10 @@ export class ClipagDashboard extends Construct {
       graph('Jobs finished by outcome (count per 5 min, the worker\'s "job finished" line; only succeeded, failed and canceled end a job)', JOB_OUTCOMES.map((outcome) =>
         this.jobOutcomesFilter.metric({ period: fiveMinutes, statistic: 'Sum', dimensionsMap: { Outcome: outcome }, label: outcome }),
       ), { stacked: true }),
+      graph(`GPU time per image, p50 / p90 per hour (seconds; × the stage's $${config.workerHourlyUsd}/h is an image's compute cost)`, [
+        this.secondsPerImageFilter.metric({ period: Duration.hours(1), statistic: 'p50', label: 'p50' }),
+        this.secondsPerImageFilter.metric({ period: Duration.hours(1), statistic: 'p90', label: 'p90' }),
+      ], { leftYAxis: { label: 's', showUnits: false, min: 0 } }),
       graph('GPU worker warm-up before its first job (ms, per task start: max and average per 5 min)', [
         this.warmUpFilter.metric({ period: fiveMinutes, statistic: 'Maximum', label: 'max' }),
         this.warmUpFilter.metric({ period: fiveMinutes, statistic: 'Average', label: 'average' }),
@@ -309,7 +328,7 @@ export class ClipagDashboard extends Construct {
       'Alarms (shown below; all notify the SNS topic of the worker stack):',
       ...alarmLines,
       '',
-      '429s: the stage throttle and the app\'s own (`rate_limited`, `too_many_active_jobs`) are counted together. Not here: job durations (the worker logs none per job; `usage.worker_seconds` is in the job record) and GPU utilization (no agent publishes it).',
+      '429s: the stage throttle and the app\'s own (`rate_limited`, `too_many_active_jobs`) are counted together. Not here: GPU utilization (no agent publishes it).',
     ].join('\n');
   }
 }

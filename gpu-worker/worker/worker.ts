@@ -470,7 +470,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   // ------------------------------------------------------------ job record writes
 
-  const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string } } = {}) => {
+  const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string }; workerSeconds?: number; secondsPerImage?: number } = {}) => {
     log.info('job finished', { jobId: msg.job_id, owner: msg.owner, outcome, ...extra });
     if (outcome === 'succeeded') machineFailures = 0;
     if (outcome === 'succeeded' || outcome === 'failed' || outcome === 'canceled') jobEnded(msg);
@@ -939,7 +939,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         await lease.release();
         return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
       }
-      const ended = { stepsDone: outcome.stepsDone, ...(ours && allWithheld ? { error: done.error! } : {}) };
+      const ended = {
+        stepsDone: outcome.stepsDone,
+        ...(ours && allWithheld ? { error: done.error! } : {}),
+        // What the customer is billed for, on the operator's dashboard (cdk/lib/dashboard.ts reads these
+        // two from this line): the run's worker seconds, and per image made (withheld ones included).
+        ...(ours ? { workerSeconds: usage.worker_seconds, ...(outcome.images.length > 0 ? { secondsPerImage: Math.round((usage.worker_seconds / outcome.images.length) * 1000) / 1000 } : {}) } : {}),
+      };
       // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.
       const recordSample = async () => {
         const key = { model: done.spec.model, width: done.spec.width, height: done.spec.height, start: runStartOf(done.spec.init) };

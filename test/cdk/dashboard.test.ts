@@ -256,7 +256,7 @@ describe('the dashboard', () => {
       const filters = resources(b.worker).filter(([, r]) => r.Type === 'AWS::Logs::MetricFilter').map(([, r]) => r.Properties);
       // The alarms' three and the dashboard's four; no two on the same lines and metric.
       expect(filters.map((f) => f.MetricTransformations[0].MetricName).sort()).toEqual([
-        'Api429Answers', 'OldestQueuedJobSeconds', 'RateLimitRefusals', 'RateLimitUnavailable', 'WorkerErrorLines', 'WorkerJobsFinished', 'WorkerWarmUpTime',
+        'Api429Answers', 'OldestQueuedJobSeconds', 'RateLimitRefusals', 'RateLimitUnavailable', 'WorkerErrorLines', 'WorkerJobsFinished', 'WorkerSecondsPerImage', 'WorkerWarmUpTime',
       ]);
       // Every metric it graphs in the Clipag namespace is one a filter of this stack publishes, with its dimensions.
       const published = filtersOf(b);
@@ -349,6 +349,12 @@ describe('the dashboard', () => {
     // The dimension's field: one of the outcomes graphed.
     expect(JOB_OUTCOMES).toContain(finished[0]!.outcome);
 
+    // The run's GPU time per image, on the same line: one image here.
+    const perImage = logged.filter((l) => matches(f.WorkerSecondsPerImage.FilterPattern, l));
+    expect(perImage).toHaveLength(1);
+    expect(perImage[0]).toMatchObject({ msg: 'job finished', outcome: 'succeeded', workerSeconds: expect.any(Number), secondsPerImage: perImage[0]!.workerSeconds });
+    expect(f.WorkerSecondsPerImage.MetricTransformations[0]).toMatchObject({ MetricValue: '$.secondsPerImage', Unit: 'Seconds' });
+
     const warmed = logged.filter((l) => matches(f.WorkerWarmUpTime.FilterPattern, l));
     expect(warmed).toHaveLength(1);
     expect(warmed[0]).toMatchObject({ msg: 'warmed up', ms: expect.any(Number) });
@@ -420,7 +426,7 @@ describe('the dashboard', () => {
     for (const stage of ['dev', 'prod'] as const) {
       const b = built[stage];
       const own = resources(b.worker).filter(([id]) => id.startsWith('Dashboard')).map(([, r]) => r.Type);
-      expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', ...Array(4).fill('AWS::Logs::MetricFilter')]);
+      expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', ...Array(5).fill('AWS::Logs::MetricFilter')]);
       b.worker.resourceCountIs('AWS::SNS::Topic', 1);
       // The six operator alarms (QueueAlarms) and the scaling policy's two.
       b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 8);
