@@ -103,31 +103,28 @@ export class ClipagDashboard extends Construct {
       dimensions: { Outcome: '$.outcome' },
     });
 
+    /** A number the worker logs on its `msg` line, published as it is; a line without it as a number publishes nothing. */
+    const workerFigure = (id: string, msg: string, field: string, metricName: string, unit: cloudwatch.Unit) =>
+      new logs.MetricFilter(this, id, {
+        logGroup: worker.logGroup,
+        filterPattern: logs.FilterPattern.all(logs.FilterPattern.stringValue('$.msg', '=', msg), logs.FilterPattern.numberValue(`$.${field}`, '>=', 0)),
+        metricNamespace: NAMESPACE,
+        metricName,
+        metricValue: `$.${field}`,
+        unit,
+      });
+
     // gpu-worker/worker/worker.ts, the warm-up before the first poll (ADR 0020):
     // log.info('warmed up', { ms: clock.now() - t0 }). Every task start pays it before it takes a job, so
     // it is part of the wait of a job that scaled the fleet out. The number test keeps a line without
     // a numeric `ms` from publishing anything.
-    this.warmUpFilter = new logs.MetricFilter(this, 'WarmUpFilter', {
-      logGroup: worker.logGroup,
-      filterPattern: logs.FilterPattern.all(logs.FilterPattern.stringValue('$.msg', '=', 'warmed up'), logs.FilterPattern.numberValue('$.ms', '>=', 0)),
-      metricNamespace: NAMESPACE,
-      metricName: 'WorkerWarmUpTime',
-      metricValue: '$.ms',
-      unit: cloudwatch.Unit.MILLISECONDS,
-    });
+    this.warmUpFilter = workerFigure('WarmUpFilter', 'warmed up', 'ms', 'WorkerWarmUpTime', cloudwatch.Unit.MILLISECONDS);
 
     // The same `job finished` line of a run the worker finished itself carries `secondsPerImage` (its
     // worker seconds over the images it made, withheld ones included): the GPU time a customer pays per
     // image, which the MISSION says customers judge a PoC by. The number test keeps the other outcomes'
     // lines (no such field) from publishing.
-    this.secondsPerImageFilter = new logs.MetricFilter(this, 'SecondsPerImageFilter', {
-      logGroup: worker.logGroup,
-      filterPattern: logs.FilterPattern.all(logs.FilterPattern.stringValue('$.msg', '=', 'job finished'), logs.FilterPattern.numberValue('$.secondsPerImage', '>=', 0)),
-      metricNamespace: NAMESPACE,
-      metricName: 'WorkerSecondsPerImage',
-      metricValue: '$.secondsPerImage',
-      unit: cloudwatch.Unit.SECONDS,
-    });
+    this.secondsPerImageFilter = workerFigure('SecondsPerImageFilter', 'job finished', 'secondsPerImage', 'WorkerSecondsPerImage', cloudwatch.Unit.SECONDS);
 
     // functions/middleware/rate-limit.ts, RateGate.decide: one `rate_limit_refused` line (level warn, through
     // jsonLineLog) per refusal the counter decided, i.e. once per account and Retry-After on an instance,
