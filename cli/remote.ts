@@ -17,6 +17,7 @@ export const summary = 'use a clipag API (deployed or local): generate, get or c
 export const usage = `usage: clipag remote generate "PROMPT" [options]
        clipag remote get ID [-o out.png] [--json] [--timeout SEC]
        clipag remote cancel ID [--json]
+       clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]
 
 generate: upload --init (if a file), create the generation (one Idempotency-Key, reused on every
 retry), wait for it (Prefer: wait), download its images, print id, status, seeds and scores.
@@ -61,7 +62,37 @@ Retry-After is past --timeout, named with when to retry, when no generation was 
 canceled generation, or --timeout passed before any generation was made; 2 bad usage (a --url fetch
 will not use, too); 3 withheld by the output check (as clipag generate); 124 --timeout passed while a
 generation goes on (or may have been made, or its images are still to download): the printed command
-picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt).`;
+picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt).
+
+batch: runs a file of requests. Each non-empty line of FILE is one JSON object: a POST /v1/generations body (prompt or prompts,
+negative_prompt, width, height, steps, seed, n, model, init, strength, metadata, webhook_url), plus:
+  "id"         the line's name (1-64 of A-Z a-z 0-9 _ -; default line-<number>): its images are
+               DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …)
+  "init_file"  a PNG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
+Every line is checked before the first request: a bad one is named by its number and nothing is sent.
+
+  -d, --dir DIR     where the images, results.jsonl and the run's journal go (default: FILE's name
+                    without .jsonl, beside it)
+  --parallel N      lines in flight at once (1-16, default 4)
+  --retry-failed    lines an earlier run of this command saw fail or canceled are made again (by
+                    default they stay as they ended: the same Idempotency-Key gets the same generation)
+  --batch-key K     mixed into every line's Idempotency-Key: another K makes every line again
+  --timeout SEC     the whole run's bound (default 3600); generations go on after it
+  --json            print each line's result (as results.jsonl has it) on stdout as it ends
+
+Running the same command again resumes: lines that succeeded and whose images are in DIR are kept;
+every other line's POST is sent again with its own Idempotency-Key, which gets the generation an
+earlier run made (never a second one), and is waited for and downloaded.
+
+DIR/results.jsonl: one line per input line, in order: id, line, status (succeeded, failed, canceled,
+refused: the API said no before any generation was made, error: the request could not be made,
+timed_out or interrupted: it goes on, not_started), generation_id, files, seeds, clip_scores, withheld,
+cost_usd, error {code, message}.
+
+Exit status: 0 every line succeeded; 1 a line failed, was canceled, refused or could not be made;
+2 bad usage or a bad line; 3 images withheld by the output check (and nothing worse); 124 --timeout
+passed with generations going on; 130 interrupted (Ctrl-C; generations go on); where several apply,
+the first of 130, 124, 1, 3.`;
 
 /** Where `npm start` listens by default. */
 export const DEFAULT_API_URL = 'http://127.0.0.1:8787';
@@ -79,11 +110,11 @@ const POLL_FIRST_MS = 2000;
 const POLL_MAX_MS = 10_000;
 /** Between reads the API held: at least this, so that an early answer (a store error) is no loop. */
 const HELD_GAP_MS = 1000;
-const DEFAULT_TIMEOUT_SEC = 600;
+export const DEFAULT_TIMEOUT_SEC = 600;
 const CANCEL_TIMEOUT_SEC = 60;
 /** The POST's Idempotency-Key, as the API checks it. */
-const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
-const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+export const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+export const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 export interface RemoteIo {
   env: Readonly<Record<string, string | undefined>>;
@@ -120,12 +151,14 @@ export async function remote(argv: string[], io: RemoteIo): Promise<number> {
   if (action === 'generate') return generate(rest, io);
   if (action === 'get') return get(rest, io);
   if (action === 'cancel') return cancel(rest, io);
-  throw new UsageError(action === undefined || action.startsWith('-') ? 'give an action: generate, get or cancel' : `unknown action "${action}" (known: generate, get, cancel)`);
+  // Loaded when used: the batch runner builds on this module's pieces.
+  if (action === 'batch') return (await import('./remote-batch.ts')).batch(rest, io);
+  throw new UsageError(action === undefined || action.startsWith('-') ? 'give an action: generate, get, cancel or batch' : `unknown action "${action}" (known: generate, get, cancel, batch)`);
 }
 
-const connectionOptions = { url: { type: 'string' }, key: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' } } as const;
+export const connectionOptions = { url: { type: 'string' }, key: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' } } as const;
 
-interface Connection {
+export interface Connection {
   url: string;
   key: string;
   /** Where the key came from, for a 401's message (never the key itself). */
@@ -241,10 +274,10 @@ export function shellWord(word: string): string {
 
 const command = (words: string[]) => words.map(shellWord).join(' ');
 
-const ended = (g: Generation) => g.status === 'succeeded' || g.status === 'failed' || g.status === 'canceled';
+export const ended = (g: Generation) => g.status === 'succeeded' || g.status === 'failed' || g.status === 'canceled';
 
 /** What a run knows when it stops early: for the message that says how to go on. */
-interface Progress {
+export interface Progress {
   id?: string;
   last?: Generation;
   /** The POST was sent, and may have reached the API without its answer coming back: a generation may exist. */
@@ -256,7 +289,7 @@ interface Progress {
   written?: string[];
 }
 
-interface Session {
+export interface Session {
   io: RemoteIo;
   client: ClipagClient;
   conn: Connection;
@@ -276,7 +309,7 @@ interface Session {
   initFile?: string;
 }
 
-function session(io: RemoteIo, values: { url?: string; key?: string; json?: boolean; timeout?: string; 'cancel-on-interrupt'?: boolean }, def: number, outArg?: string): Session {
+export function session(io: RemoteIo, values: { url?: string; key?: string; json?: boolean; timeout?: string; 'cancel-on-interrupt'?: boolean }, def: number, outArg?: string): Session {
   const conn = connection(values, io.env);
   const t = timeoutSec(values.timeout, def);
   if (conn.warning) io.err(conn.warning);
@@ -489,7 +522,7 @@ function progressText(g: Generation): string {
 }
 
 /** Reads the generation until it has ended, or throws TimedOut once a read at (or after) the deadline found it still going. */
-async function untilEnded(s: Session, first: Generation, firstHeld: boolean): Promise<Generation> {
+export async function untilEnded(s: Session, first: Generation, firstHeld: boolean): Promise<Generation> {
   let g = first;
   let held = firstHeld;
   let shown = progressText(g);
@@ -528,7 +561,7 @@ async function pause(ms: number, signal: AbortSignal | undefined): Promise<void>
 }
 
 /** `bytes` at `path`, whole or not at all: a temporary file in the same folder, renamed over it. */
-function writeWhole(path: string, bytes: Uint8Array): void {
+export function writeWhole(path: string, bytes: Uint8Array): void {
   const temporary = join(dirname(path), `.${basename(path)}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`);
   try {
     writeFileSync(temporary, bytes, { flag: 'wx' });
@@ -729,7 +762,7 @@ async function stopped(s: Session, e: unknown): Promise<number> {
 }
 
 /** A Retry-After as a reader takes it: seconds, or minutes and hours when long. */
-function retryIn(ms: number): string {
+export function retryIn(ms: number): string {
   const sec = Math.ceil(ms / 1000);
   if (sec < 120) return `${sec} s`;
   return `${sec} s, about ${sec < 7200 ? `${Math.round(sec / 60)} min` : `${(sec / 3600).toFixed(1)} h`}`;

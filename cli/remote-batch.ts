@@ -1,0 +1,393 @@
+// clipag remote batch: a file of generation requests (JSON Lines, one POST /v1/generations body a
+// line) run against the API as a pipeline would: every line checked before the first request, a few
+// in flight at once, each line's Idempotency-Key derived from the line itself (so a run that stops,
+// whatever the reason, is resumed by running the same command again: no line is made twice), the
+// images downloaded as each line ends, and a results file, in the input's order, for the pipeline
+// to read. Retries and Retry-After live in api-client.ts, as for `generate`.
+import { createHash } from 'node:crypto';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { GenerationRequest } from '../shared/schemas/generation.ts';
+import { ApiError, CannotSend, GaveUp, Interrupted, TimedOut, WaitPastDeadline, type Generation, type GenerationBody } from './api-client.ts';
+import { UsageError } from './common.ts';
+import {
+  IDEMPOTENCY_KEY, INTERRUPTED_EXIT_CODE, PNG_SIGNATURE, TIMED_OUT_EXIT_CODE, WITHHELD_EXIT_CODE,
+  connectionOptions, ended, outputPath, retryIn, session, shellWord, untilEnded, writeWhole, type RemoteIo, type Session,
+} from './remote.ts';
+
+/** More lines than this is a job for several files: the journal and the checks are per run. */
+export const MAX_BATCH_LINES = 10_000;
+const MAX_PARALLEL = 16;
+/** The whole run's default bound (remote.ts's usage says it). */
+const BATCH_TIMEOUT_SEC = 3600;
+const DEFAULT_PARALLEL = 4;
+const LINE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** What the API takes as an upload (its `max_bytes`). */
+const MAX_INIT_BYTES = 10 * 1024 * 1024;
+const JOURNAL = 'journal.jsonl';
+const RESULTS = 'results.jsonl';
+
+/** One input line, checked. */
+interface Line {
+  /** 1-based, in FILE. */
+  number: number;
+  id: string;
+  /** The request as sent, but for an init_file's init (filled in once uploaded). */
+  body: GenerationBody;
+  initFile?: { path: string; bytes: Uint8Array; sha256: string };
+  /** The Idempotency-Key's stem: the line's identity (its id, its body, its init file's bytes, --batch-key). */
+  stem: string;
+  /** Its images' file names in DIR, by index. */
+  files: string[];
+}
+
+type Status = 'succeeded' | 'failed' | 'canceled' | 'refused' | 'error' | 'timed_out' | 'interrupted' | 'not_started';
+
+/** What a run knows of a line: the journal's records of it merged, and the results file's line. */
+interface LineState {
+  id: string;
+  line: number;
+  status: Status;
+  generation_id: string | null;
+  /** Which try of the line (--retry-failed makes another); its key is stem-attempt. */
+  attempt: number;
+  upload: string | null;
+  files: string[];
+  seeds: number[];
+  clip_scores: number[];
+  withheld: number[];
+  cost_usd: number | null;
+  error: { code: string; message: string } | null;
+  /** The line's Idempotency-Key stem, to match the journal to the file. */
+  stem: string;
+}
+
+/** The journal's record: what changed for a line (appended, never rewritten; the last record of a field wins). */
+type JournalRecord = Partial<LineState> & { stem: string };
+
+export async function batch(argv: string[], io: RemoteIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      ...connectionOptions,
+      dir: { type: 'string', short: 'd' }, parallel: { type: 'string' }, 'retry-failed': { type: 'boolean' }, 'batch-key': { type: 'string' },
+    },
+  });
+  if (positionals.length !== 1) throw new UsageError('give one file of requests, one JSON object a line: clipag remote batch requests.jsonl');
+  const file = positionals[0]!;
+  const parallel = values.parallel === undefined ? DEFAULT_PARALLEL : /^\d+$/.test(values.parallel) ? Number(values.parallel) : Number.NaN;
+  if (!(Number.isSafeInteger(parallel) && parallel >= 1 && parallel <= MAX_PARALLEL)) throw new UsageError(`--parallel must be an integer in [1, ${MAX_PARALLEL}], got "${values.parallel}"`);
+  const batchKey = values['batch-key'] ?? '';
+  if (batchKey !== '' && !IDEMPOTENCY_KEY.test(batchKey)) throw new UsageError('--batch-key must be visible ASCII characters, no spaces');
+  const dir = resolve(values.dir ?? join(dirname(file), `${file.replace(/^.*[\\/]/, '').replace(/\.jsonl$/i, '')}${/\.jsonl$/i.test(file) ? '' : '-out'}`));
+  const lines = readLines(file, batchKey, dir);
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    throw new UsageError(`cannot make -d ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  if (!statSync(dir).isDirectory()) throw new UsageError(`-d ${dir} is not a folder`);
+
+  const s = session(io, { ...values, json: true }, BATCH_TIMEOUT_SEC);
+  const json = Boolean(values.json);
+  const journal = join(dir, JOURNAL);
+  const earlier = readJournal(journal);
+  const states = lines.map((l) => startState(l, earlier.get(l.stem), Boolean(values['retry-failed']), dir));
+  const record = (r: JournalRecord) => appendFileSync(journal, `${JSON.stringify(r)}\n`);
+  const kept = states.filter((st) => st.status === 'succeeded').length;
+  io.err(`clipag remote batch: ${lines.length} line${lines.length === 1 ? '' : 's'} from ${file} → ${dir}${kept ? ` (${kept} kept from an earlier run)` : ''}; ${parallel} at once`);
+
+  let next = 0;
+  let stop: 'interrupted' | 'timed_out' | undefined;
+  const report = (st: LineState) => {
+    if (json) io.out(JSON.stringify(resultOf(st)));
+    else io.out(lineText(st, dir));
+  };
+  const runner = async () => {
+    for (;;) {
+      const i = next++;
+      if (i >= lines.length) return;
+      const st = states[i]!;
+      if (st.status === 'succeeded') {
+        report(st);
+        continue;
+      }
+      if (stop !== undefined) {
+        st.status = stop === 'interrupted' ? 'interrupted' : 'timed_out';
+        if (st.generation_id === null) st.status = 'not_started';
+        continue;
+      }
+      const stopped = await runLine(s, lines[i]!, st, record, dir);
+      if (stopped) stop ??= stopped;
+      report(st);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, lines.length) }, runner));
+
+  writeWhole(join(dir, RESULTS), new TextEncoder().encode(states.map((st) => `${JSON.stringify(resultOf(st))}\n`).join('')));
+  return summarize(io, states, stop, file, dir, values);
+}
+
+/** FILE read and every line checked, before any request: all of a file's problems at once, by line number. */
+function readLines(file: string, batchKey: string, dir: string): Line[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const raw = text.split(/\r?\n/).map((t, i) => ({ t, number: i + 1 })).filter(({ t }) => t.trim() !== '');
+  if (raw.length === 0) throw new UsageError(`${file} has no requests (one JSON object a line)`);
+  if (raw.length > MAX_BATCH_LINES) throw new UsageError(`${file} has ${raw.length} requests; a batch takes at most ${MAX_BATCH_LINES} (split the file)`);
+  const problems: string[] = [];
+  const lines: Line[] = [];
+  const ids = new Map<string, number>();
+  const files = new Map<string, string>();
+  for (const { t, number } of raw) {
+    const bad = (why: string) => void problems.push(`line ${number}: ${why}`);
+    let value: unknown;
+    try {
+      value = JSON.parse(t);
+    } catch (e) {
+      bad(`not JSON (${(e as Error).message})`);
+      continue;
+    }
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      bad('not a JSON object');
+      continue;
+    }
+    const { id = `line-${number}`, init_file: initFile, ...body } = value as Record<string, unknown>;
+    if (typeof id !== 'string' || !LINE_ID.test(id)) {
+      bad(`"id" must be 1-64 of A-Z a-z 0-9 _ - (it names the line's images), got ${JSON.stringify(id)}`);
+      continue;
+    }
+    if (ids.has(id)) bad(`"id" ${id} is line ${ids.get(id)}'s too`);
+    ids.set(id, number);
+    let init: Line['initFile'];
+    if (initFile !== undefined) {
+      if (typeof initFile !== 'string' || initFile === '') bad('"init_file" must be a path to a PNG');
+      else if (body.init !== undefined) bad('give "init" or "init_file", not both');
+      else {
+        const path = resolve(dirname(file), initFile);
+        try {
+          const bytes = readFileSync(path);
+          if (!PNG_SIGNATURE.every((b, k) => bytes[k] === b)) bad(`"init_file" ${initFile} is not a PNG (the API takes PNG init images only)`);
+          else if (bytes.length > MAX_INIT_BYTES) bad(`"init_file" ${initFile} is ${bytes.length} bytes; the API takes at most ${MAX_INIT_BYTES}`);
+          else init = { path, bytes, sha256: createHash('sha256').update(bytes).digest('hex') };
+        } catch (e) {
+          bad(`cannot read "init_file" ${initFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
+      }
+    }
+    // The API's own schema, with a syntactically valid upload in place of the file not yet uploaded.
+    const checked = GenerationRequest.safeParse(initFile !== undefined ? { ...body, init: 'upload:checked-before-upload' } : body);
+    if (!checked.success) {
+      for (const issue of checked.error.issues) bad(`${issue.path.length ? issue.path.join('.') : 'the request'}: ${issue.message}`);
+      continue;
+    }
+    const n = checked.data.n;
+    const names = Array.from({ length: n }, (_, k) => outputPath(`${id}.png`, k, n));
+    for (const name of names) {
+      // Case-folded: on macOS and Windows A.png and a.png are one file.
+      const folded = name.toLowerCase();
+      if (files.has(folded)) bad(`its image ${name} is also ${files.get(folded)}'s (rename one "id")`);
+      files.set(folded, `line ${number}`);
+    }
+    const stem = `clipag-batch-${createHash('sha256')
+      .update(JSON.stringify([batchKey, id, canonical(body), init?.sha256 ?? null]))
+      .digest('hex')
+      .slice(0, 40)}`;
+    lines.push({ number, id, body: body as GenerationBody, ...(init ? { initFile: init } : {}), stem, files: names });
+  }
+  if (problems.length) {
+    const shown = problems.slice(0, 20);
+    throw new UsageError(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}, nothing was sent:\n  ${shown.join('\n  ')}${problems.length > shown.length ? `\n  … and ${problems.length - shown.length} more` : ''}`);
+  }
+  return lines;
+}
+
+/** JSON with every object's keys sorted: the same request, however its keys are ordered, is the same line. */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v !== null && typeof v === 'object') {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** The journal of earlier runs into DIR, merged per line (by its key stem). A torn last line (a run killed mid-write) is skipped. */
+function readJournal(path: string): Map<string, JournalRecord> {
+  const merged = new Map<string, JournalRecord>();
+  if (!existsSync(path)) return merged;
+  for (const t of readFileSync(path, 'utf8').split('\n')) {
+    if (!t.trim()) continue;
+    let r: JournalRecord;
+    try {
+      r = JSON.parse(t) as JournalRecord;
+    } catch {
+      continue;
+    }
+    if (typeof r?.stem !== 'string') continue;
+    merged.set(r.stem, { ...merged.get(r.stem), ...r });
+  }
+  return merged;
+}
+
+function startState(line: Line, earlier: JournalRecord | undefined, retryFailed: boolean, dir: string): LineState {
+  const st: LineState = {
+    id: line.id, line: line.number, status: 'not_started', generation_id: null, attempt: 1, upload: null,
+    files: [], seeds: [], clip_scores: [], withheld: [], cost_usd: null, error: null, stem: line.stem,
+  };
+  if (!earlier) return st;
+  st.attempt = typeof earlier.attempt === 'number' ? earlier.attempt : 1;
+  // An upload is the line's for good: its POST body names it, so a resumed POST must name the same one.
+  st.upload = typeof earlier.upload === 'string' ? earlier.upload : null;
+  const done = earlier.status === 'succeeded' && Array.isArray(earlier.files) && earlier.files.length > 0 && earlier.files.every((f) => typeof f === 'string' && existsSync(join(dir, f)));
+  if (done) return { ...st, ...earlier, stem: line.stem } as LineState;
+  if ((earlier.status === 'failed' || earlier.status === 'canceled') && retryFailed) {
+    st.attempt += 1;
+    return st;
+  }
+  st.generation_id = typeof earlier.generation_id === 'string' ? earlier.generation_id : null;
+  return st;
+}
+
+const keyOf = (line: Line, st: LineState) => (st.attempt === 1 ? line.stem : `${line.stem}-${st.attempt}`);
+
+/** One line, from its upload to its images. Returns why the whole run must stop (Ctrl-C, the deadline), if it must. */
+async function runLine(base: Session, line: Line, st: LineState, record: (r: JournalRecord) => void, dir: string): Promise<'interrupted' | 'timed_out' | undefined> {
+  // A session per line: its own progress, the shared client and deadline.
+  const s: Session = { ...base, progress: {} };
+  const body: GenerationBody = { ...line.body };
+  st.error = null;
+  try {
+    if (line.initFile) {
+      if (st.upload === null) {
+        // Checked first without the init, so that a refused prompt spends no upload of the hour's.
+        const { strength: _strength, ...checked } = body;
+        await s.client.estimate(checked, { deadline: s.deadline });
+        const upload = await s.client.upload(line.initFile.bytes, { deadline: s.deadline });
+        st.upload = upload.init;
+        record({ stem: line.stem, id: line.id, upload: st.upload });
+      }
+      body.init = st.upload;
+    }
+    const key = keyOf(line, st);
+    const created = await s.client.createGeneration(body, { idempotencyKey: key, waitSec: 0, deadline: s.deadline });
+    st.generation_id = created.generation.id;
+    // Kept at once: a run that stops now still knows the line's generation (a rerun's POST would find it too).
+    record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id });
+    const g = await untilEnded(s, created.generation, created.held);
+    await settle(s, line, st, g, dir);
+    record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id, ...outcome(st) });
+    return undefined;
+  } catch (e) {
+    if (e instanceof Interrupted) {
+      st.status = st.generation_id === null ? 'not_started' : 'interrupted';
+      return 'interrupted';
+    }
+    if (e instanceof TimedOut && !(e instanceof WaitPastDeadline)) {
+      st.status = st.generation_id === null ? 'not_started' : 'timed_out';
+      st.error = { code: 'timed_out', message: e.message };
+      return 'timed_out';
+    }
+    if (e instanceof WaitPastDeadline) {
+      st.status = st.generation_id === null ? 'not_started' : 'timed_out';
+      st.error = { code: e.code, message: `${e.detail}; retry after ${retryIn(e.retryAfterMs)}` };
+      return 'timed_out';
+    }
+    if (e instanceof ApiError && st.generation_id === null) {
+      // The API said no before a generation was made (the content policy, a model it does not serve, …).
+      st.status = e.status >= 400 && e.status < 500 ? 'refused' : 'error';
+      st.error = { code: e.code, message: e.detail };
+      if (e.code === 'idempotency_key_reused') {
+        st.error.message += line.initFile
+          ? `: an earlier run made this line's generation with another upload of ${line.initFile.path} (its journal was lost?); --batch-key NEW makes every line again`
+          : '';
+      }
+    } else {
+      // The line alone: the request could not be made or its images not kept (a network that gave up,
+      // a disk that is full). The rest of the batch goes on; a rerun tries this line again.
+      st.status = 'error';
+      const code = e instanceof ApiError ? e.code : e instanceof GaveUp ? 'gave_up' : e instanceof CannotSend ? 'cannot_send' : ((e as NodeJS.ErrnoException).code ?? 'error');
+      st.error = { code, message: (e as Error).message };
+    }
+    record({ stem: line.stem, id: line.id, attempt: st.attempt, ...outcome(st) });
+    return undefined;
+  }
+}
+
+/** The fields an ended line's journal record and result carry. */
+function outcome(st: LineState): Partial<LineState> {
+  return { status: st.status, files: st.files, seeds: st.seeds, clip_scores: st.clip_scores, withheld: st.withheld, cost_usd: st.cost_usd, error: st.error, generation_id: st.generation_id };
+}
+
+/** The generation has ended: its images written (each whole), the line's state filled in. */
+async function settle(s: Session, line: Line, st: LineState, g: Generation, dir: string): Promise<void> {
+  st.status = g.status as Status;
+  st.cost_usd = g.usage?.cost_usd ?? null;
+  st.withheld = g.withheld_outputs.map((w) => w.index);
+  st.error = g.error ? { code: g.error.code, message: g.error.message } : null;
+  st.files = [];
+  st.seeds = [];
+  st.clip_scores = [];
+  if (g.status !== 'succeeded') return;
+  if (g.outputs.length === 0 && g.withheld_outputs.length === 0) {
+    st.status = 'error';
+    st.error = { code: 'no_images', message: `generation ${g.id} has no images to download${g.deleted_at ? ` (deleted at ${g.deleted_at})` : ' (expired?)'}` };
+    return;
+  }
+  for (const o of g.outputs) {
+    const path = line.files[o.index];
+    if (path === undefined) throw new ApiError(`GET /v1/generations/${g.id}`, 200, 'bad_output_index', `image ${o.index} of a generation of ${line.files.length}`);
+    const bytes = await s.client.download(o.url, { deadline: s.deadline });
+    if (!PNG_SIGNATURE.every((b, i) => bytes[i] === b)) throw new ApiError(`GET image ${o.index}`, 200, 'not_png', `the signed URL answered ${bytes.length} bytes that are not a PNG`);
+    writeWhole(join(dir, path), bytes);
+    st.files.push(path);
+    st.seeds.push(o.seed);
+    if (o.clip_score !== undefined) st.clip_scores.push(o.clip_score);
+  }
+}
+
+function resultOf(st: LineState): Record<string, unknown> {
+  const { stem: _stem, upload: _upload, attempt, ...rest } = st;
+  return { ...rest, attempt };
+}
+
+function lineText(st: LineState, dir: string): string {
+  const what =
+    st.status === 'succeeded'
+      ? `${st.files.length ? `wrote ${st.files.map((f) => join(dir, f)).join(', ')}` : ''}${st.withheld.length ? `; withheld by the output check: image ${st.withheld.join(', ')}` : ''}`
+      : st.error
+        ? `${st.error.code}: ${st.error.message}`
+        : '';
+  return `${st.id} ${st.status}${st.generation_id ? ` ${st.generation_id}` : ''}${what ? ` ${what}` : ''}`;
+}
+
+function summarize(io: RemoteIo, states: LineState[], stop: 'interrupted' | 'timed_out' | undefined, file: string, dir: string, values: { url?: string; 'batch-key'?: string }): number {
+  const count = (...ss: Status[]) => states.filter((st) => ss.includes(st.status)).length;
+  const costs = states.map((st) => st.cost_usd).filter((c): c is number => c !== null);
+  const cost = costs.reduce((sum, c) => sum + c, 0);
+  const withheld = states.filter((st) => st.status === 'succeeded' && st.withheld.length > 0).length;
+  const parts = (['succeeded', 'failed', 'canceled', 'refused', 'error', 'timed_out', 'interrupted', 'not_started'] as Status[])
+    .map((k) => [k, count(k)] as const)
+    .filter(([, n]) => n > 0)
+    .map(([k, n]) => `${n} ${k.replace('_', ' ')}`);
+  io.err(`clipag remote batch: ${states.length} lines: ${parts.join(', ')}${withheld ? ` (${withheld} with images withheld)` : ''}${costs.length ? `; cost $${cost.toFixed(4)}${costs.length < count('succeeded') ? ` (${costs.length} priced)` : ''}` : ''}; results in ${join(dir, RESULTS)}`);
+  const goesOn = count('timed_out', 'interrupted', 'not_started') > 0;
+  if (goesOn) {
+    const again = ['clipag', 'remote', 'batch', file, '-d', dir, ...(values.url !== undefined ? ['--url', values.url] : []), ...(values['batch-key'] !== undefined ? ['--batch-key', values['batch-key']] : [])];
+    io.err(`clipag remote batch: the generations go on; ${again.map(shellWord).join(' ')} picks them up (no line is made twice)`);
+  }
+  if (stop === 'interrupted') return INTERRUPTED_EXIT_CODE;
+  if (goesOn) return TIMED_OUT_EXIT_CODE;
+  if (count('failed', 'canceled', 'refused', 'error') > 0) return 1;
+  if (withheld > 0) return WITHHELD_EXIT_CODE;
+  return 0;
+}

@@ -1,0 +1,261 @@
+// `clipag remote batch` against the real local server (API, durable queue, worker, tiny engine): a file
+// of requests run to its end, images and results.jsonl; the same command again makes nothing twice (a
+// lost image is downloaded again from the same generation, an init file is not uploaded again);
+// --retry-failed makes a failed line again; bad lines are refused before any request; --timeout with
+// generations going on (an API without a worker) says how to resume, and the resume finds them.
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { remote } from '../../cli/remote.ts';
+import { UsageError } from '../../cli/common.ts';
+import { serve, type ServeHandle } from '../../cli/serve.ts';
+import { createApp } from '../../functions/app.ts';
+import { localDeps, startApiServer } from '../../functions/server.ts';
+import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
+import { localStores } from '../../shared/adapters/stores.ts';
+import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+import { ownerPolicyKey } from '../../shared/keys.ts';
+import { FAST_RECIPE, freePort, tinyModelsDir } from '../helpers/serve.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'clipag-batch-e2e-'));
+const modelsDir = tinyModelsDir(root);
+const dataDir = join(root, 'data');
+const work = join(root, 'work');
+mkdirSync(work);
+
+let h: ServeHandle;
+/** A key of an account whose own policy withholds every image of "a photo of a cat" (ADR 0018): its generations fail. */
+let strictKey: string;
+
+beforeAll(async () => {
+  const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+  strictKey = (await stores.keys.create({ name: 'strict', owner: 'acct_strict' })).secret;
+  const policy = {
+    version: 1,
+    rules: [],
+    output_rules: [{ id: 'cat-lookalike', category: 'copyright', action: 'withhold', message: 'looks like a cat we do not own', concepts: ['a photo of a cat'], above_prompt_by: -0.0001 }],
+  };
+  await stores.blobs.put(ownerPolicyKey('acct_strict'), Buffer.from(JSON.stringify(policy)), { contentType: 'application/json' });
+  const port = await freePort();
+  h = await serve({ CLIPAG_DATA_DIR: dataDir, CLIPAG_MODELS_DIR: modelsDir, PORT: String(port), CLIPAG_RECEIVE_WAIT_SEC: '1', LOG_LEVEL: 'error' }, { recipeOverrides: FAST_RECIPE });
+});
+afterAll(async () => {
+  await h?.stop();
+  rmSync(root, { recursive: true, force: true });
+});
+
+interface Run {
+  code: number;
+  stdout: string[];
+  stderr: string;
+}
+
+async function batch(args: string[], env: Record<string, string>, signal?: AbortSignal): Promise<Run> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await remote(['batch', ...args], { env, out: (l) => out.push(l), err: (l) => err.push(l), ...(signal ? { signal } : {}) });
+  return { code, stdout: out, stderr: err.join('\n') };
+}
+
+const env = () => ({ CLIPAG_API_URL: h.url, CLIPAG_API_KEY: h.apiKey });
+
+function results(dir: string): Array<Record<string, unknown> & { id: string; status: string; generation_id: string | null; files: string[] }> {
+  return readFileSync(join(dir, 'results.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+}
+
+/** The account's generations, as the API lists them. */
+async function listed(url: string, key: string): Promise<string[]> {
+  const res = await fetch(`${url}/v1/generations?limit=100`, { headers: { Authorization: `Bearer ${key}` } });
+  return ((await res.json()) as { data: Array<{ id: string }> }).data.map((g) => g.id);
+}
+
+function jsonl(path: string, lines: unknown[]): string {
+  writeFileSync(path, `${lines.map((l) => JSON.stringify(l)).join('\n')}\n`);
+  return path;
+}
+
+describe('clipag remote batch against the local server', () => {
+  it('runs every line (ids, n 2, an init_file, a refused prompt), writes the images and results.jsonl in order; run again, it makes nothing twice', async () => {
+    const init = join(work, 'red.png');
+    writeFileSync(init, encodePng(solidImage(64, 64, [0.9, 0.1, 0.1])));
+    const file = jsonl(join(work, 'first.jsonl'), [
+      { id: 'circle', prompt: 'a large red circle on the left', width: 96, height: 64, seed: 3, metadata: { batch: 'spring' } },
+      { prompt: 'a small blue star, top', n: 2, width: 64, height: 64 },
+      { id: 'mickey', prompt: 'mickey mouse waving' },
+      { id: 'from-red', prompt: 'a photo of a cat', init_file: 'red.png', strength: 0.2, width: 64, height: 64, seed: 1 },
+    ]);
+    const dir = join(work, 'first');
+    const before = (await listed(h.url, h.apiKey)).length;
+    const run = await batch([file, '--parallel', '3'], env());
+    // The refused line makes the run exit 1; the others are there.
+    expect(run.code, run.stderr).toBe(1);
+    const r = results(dir);
+    expect(r.map((x) => [x.id, x.status])).toEqual([
+      ['circle', 'succeeded'],
+      ['line-2', 'succeeded'],
+      ['mickey', 'refused'],
+      ['from-red', 'succeeded'],
+    ]);
+    expect(r[0]).toMatchObject({ line: 1, files: ['circle.png'], seeds: [3], withheld: [], error: null });
+    expect(r[1]!.files).toEqual(['line-2-0.png', 'line-2-1.png']);
+    expect(r[2]).toMatchObject({ generation_id: null, error: { code: 'content_policy' } });
+    expect(String((r[2]!.error as { message: string }).message)).toMatch(/mickey/i);
+    const circle = decodeImage(new Uint8Array(readFileSync(join(dir, 'circle.png'))));
+    expect([circle.width, circle.height]).toEqual([96, 64]);
+    for (const f of ['line-2-0.png', 'line-2-1.png', 'from-red.png']) expect(decodeImage(new Uint8Array(readFileSync(join(dir, f)))).width).toBe(64);
+    // The init file was the start: the image is still reddish.
+    const red = decodeImage(new Uint8Array(readFileSync(join(dir, 'from-red.png'))));
+    const mean = (c: number) => red.data.subarray(c * 4096, (c + 1) * 4096).reduce((a, b) => a + b, 0) / 4096;
+    expect(mean(0)).toBeGreaterThan(mean(1));
+    // Each line printed as it ended; a summary on stderr.
+    expect(run.stdout.find((l) => l.startsWith('circle succeeded'))).toMatch(new RegExp(`^circle succeeded ${r[0]!.generation_id} wrote .*circle\\.png$`));
+    expect(run.stderr).toMatch(/4 lines: 3 succeeded, 1 refused; results in .*results\.jsonl/);
+    const made = await listed(h.url, h.apiKey);
+    expect(made.length - before).toBe(3);
+    // The API has the line's labels.
+    const g = await (await fetch(`${h.url}/v1/generations/${r[0]!.generation_id}`, { headers: { Authorization: `Bearer ${h.apiKey}` } })).json();
+    expect(g.metadata).toEqual({ batch: 'spring' });
+
+    // Again: the succeeded lines are kept as they are; nothing new is made.
+    const circleBytes = readFileSync(join(dir, 'circle.png'));
+    const again = await batch([file], env());
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('(3 kept from an earlier run)');
+    expect(await listed(h.url, h.apiKey)).toEqual(made);
+    expect(results(dir).map((x) => x.generation_id)).toEqual(r.map((x) => x.generation_id));
+
+    // A lost image: its line's generation is asked for again (the same Idempotency-Key: a replay) and
+    // downloaded again; the init file is not uploaded again (a second upload would be another request: 409).
+    rmSync(join(dir, 'circle.png'));
+    rmSync(join(dir, 'from-red.png'));
+    const uploadsBefore = (await uploads(h.apiKey)).length;
+    const third = await batch([file, '--json'], env());
+    expect(third.code).toBe(1);
+    expect(third.stderr).toContain('(1 kept from an earlier run)');
+    expect(await listed(h.url, h.apiKey)).toEqual(made);
+    expect((await uploads(h.apiKey)).length).toBe(uploadsBefore);
+    expect(readFileSync(join(dir, 'circle.png')).equals(circleBytes)).toBe(true);
+    const printed = third.stdout.map((l) => JSON.parse(l) as { id: string; generation_id: string });
+    expect(printed.find((x) => x.id === 'from-red')?.generation_id).toBe(r[3]!.generation_id);
+
+    // Another --batch-key: every line made again.
+    const fresh = await batch([file, '--batch-key', 'second', '-d', join(work, 'first-b')], env());
+    expect(fresh.code).toBe(1);
+    const r2 = results(join(work, 'first-b'));
+    for (const i of [0, 1, 3]) expect(r2[i]!.generation_id).not.toBe(r[i]!.generation_id);
+  });
+
+  it('a line whose generation failed stays failed when run again (the same generation); --retry-failed makes it again', async () => {
+    const file = jsonl(join(work, 'failing.jsonl'), [{ id: 'cat', prompt: 'a photo of a cat', width: 64, height: 64 }]);
+    const strict = { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey };
+    const first = await batch([file], strict);
+    expect(first.code).toBe(1);
+    const [r1] = results(join(work, 'failing'));
+    expect(r1).toMatchObject({ status: 'failed', withheld: [0], error: { code: 'content_policy' }, attempt: 1 });
+    const again = await batch([file], strict);
+    expect(again.code).toBe(1);
+    expect(results(join(work, 'failing'))[0]!.generation_id).toBe(r1!.generation_id);
+    const retried = await batch([file, '--retry-failed'], strict);
+    expect(retried.code).toBe(1);
+    const [r3] = results(join(work, 'failing'));
+    expect(r3).toMatchObject({ status: 'failed', attempt: 2 });
+    expect(r3!.generation_id).not.toBe(r1!.generation_id);
+  });
+
+  it('bad lines: every problem named by its line number, nothing sent (exit 2 through the CLI)', async () => {
+    const file = join(work, 'bad.jsonl');
+    writeFileSync(
+      file,
+      [
+        JSON.stringify({ prompt: 'a red circle' }),
+        '{"prompt": "a red circle"', // cut short
+        JSON.stringify({ prompt: 'a blue star', steps: 0 }),
+        JSON.stringify({ id: 'a b', prompt: 'x' }),
+        JSON.stringify({ id: 'twice', prompt: 'x' }),
+        JSON.stringify({ id: 'twice', prompt: 'y' }),
+        JSON.stringify({ prompt: 'x', init_file: 'missing.png' }),
+        JSON.stringify({ prompt: 'x', init: 'gmm', init_file: 'red.png' }),
+        JSON.stringify({ id: 'pair', prompt: 'x', n: 2 }),
+        JSON.stringify({ id: 'pair-1', prompt: 'x' }),
+        '[1, 2]',
+      ].join('\n'),
+    );
+    // Nothing listens there: a request would fail otherwise than with these problems.
+    const run = batch([file], { CLIPAG_API_URL: 'http://127.0.0.1:1', CLIPAG_API_KEY: 'ck_x_y' });
+    await expect(run).rejects.toThrow(UsageError);
+    const message = await run.catch((e: Error) => e.message);
+    for (const want of [
+      'line 2: not JSON',
+      'line 3: steps:',
+      'line 4: "id" must be 1-64 of',
+      'line 6: "id" twice is line 5\'s too',
+      'line 7: cannot read "init_file" missing.png: ENOENT',
+      'line 8: give "init" or "init_file", not both',
+      "line 10: its image pair-1.png is also line 9's",
+      'line 11: not a JSON object',
+    ]) {
+      expect(message).toContain(want);
+    }
+    expect(message).toMatch(/9 problems, nothing was sent/);
+    expect(message).not.toContain('line 1:');
+  });
+});
+
+describe('clipag remote batch: --timeout while the generations go on (an API with no worker: the jobs stay queued)', () => {
+  let api: { url: string; close(): Promise<void> };
+  let key: string;
+  beforeAll(async () => {
+    const deps = await localDeps({ ...(parseConfig({ CLIPAG_DATA_DIR: join(root, 'queued-data'), CLIPAG_MODELS_DIR: modelsDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+    key = (await deps.adapters.keys.create({ name: 'queued', owner: 'acct_queued' })).secret;
+    api = await startApiServer(createApp({ ...deps, log: () => {} }), 0);
+  });
+  afterAll(async () => {
+    await api?.close();
+  });
+
+  it('exit 124, each line timed_out with its generation, the command to resume printed; the resume finds the same generations', async () => {
+    const file = jsonl(join(work, 'queued.jsonl'), [
+      { id: 'a', prompt: 'a red circle' },
+      { id: 'b', prompt: 'a blue square' },
+    ]);
+    const e = { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key };
+    const run = await batch([file, '--timeout', '2'], e);
+    expect(run.code, run.stderr).toBe(124);
+    const r = results(join(work, 'queued'));
+    expect(r.map((x) => x.status)).toEqual(['timed_out', 'timed_out']);
+    expect(r.every((x) => typeof x.generation_id === 'string')).toBe(true);
+    expect(run.stderr).toMatch(/the generations go on; clipag remote batch \S+queued\.jsonl -d \S+queued picks them up \(no line is made twice\)/);
+    const again = await batch([file, '--timeout', '1'], e);
+    expect(again.code).toBe(124);
+    expect(results(join(work, 'queued')).map((x) => x.generation_id)).toEqual(r.map((x) => x.generation_id));
+    expect((await listed(api.url, key)).sort()).toEqual(r.map((x) => x.generation_id).sort());
+  });
+
+  it('Ctrl-C: exit 130, the lines in flight interrupted (they go on), the rest not started', async () => {
+    const file = jsonl(
+      join(work, 'interrupted.jsonl'),
+      Array.from({ length: 6 }, (_, i) => ({ id: `i${i}`, prompt: `a red circle ${i}` })),
+    );
+    const ac = new AbortController();
+    const run = batch([file, '--parallel', '2'], { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key }, ac.signal);
+    // Both in flight have their generation (each POST answers at once), then Ctrl-C.
+    for (let i = 0; i < 100 && (await listed(api.url, key)).length < 4; i++) await new Promise((r) => setTimeout(r, 50));
+    ac.abort();
+    const done = await run;
+    expect(done.code).toBe(130);
+    const statuses = results(join(work, 'interrupted')).map((x) => x.status);
+    expect(statuses.filter((s) => s === 'interrupted')).toHaveLength(2);
+    expect(statuses.filter((s) => s === 'not_started')).toHaveLength(4);
+  });
+});
+
+/** The account's uploads in the local store. */
+async function uploads(apiKey: string): Promise<string[]> {
+  const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+  const owner = (await stores.keys.verify(apiKey))?.owner;
+  return (await stores.blobs.list(`uploads/${owner}/`)).items.map((i) => i.key);
+}
