@@ -729,8 +729,8 @@ describe('clipag remote: argument errors exit 2 with the usage, before any reque
     ['an --init file that is not a PNG', ['generate', 'a red circle', '--init', join(dir, 'notes.txt')], {}, /--init .*notes\.txt is not a PNG/],
     ['--steps out of range', ['generate', 'a red circle', '--steps', '0'], {}, /--steps must be an integer in \[1, 500\], got "0"/],
     ['a bad --timeout', ['get', 'abc', '--timeout', 'soon'], {}, /--timeout must be a number of seconds/],
-    ['an unknown action', ['list'], {}, /unknown action "list" \(known: generate, get, cancel\)/],
-    ['no action', [], {}, /give an action: generate, get or cancel/],
+    ['an unknown action', ['list'], {}, /unknown action "list" \(known: generate, get, cancel, batch\)/],
+    ['no action', [], {}, /give an action: generate, get, cancel or batch/],
     ['an unknown flag', ['cancel', 'abc', '--force'], {}, /Unknown option '--force'/],
     [
       'no key for a local URL',
