@@ -296,21 +296,25 @@ export function registerGenerationRoutes(
   /**
    * Marks a queued job `failed` with code `enqueue_failed`, which a retry with the same
    * Idempotency-Key re-queues. Best effort: if the store is down too, the record stays
-   * queued-without-message.
+   * queued-without-message. Returns true when the record shows the send landed after all (a worker
+   * has taken the job, or it has ended: a reply lost or late past the SDK's deadline), so the job is
+   * the caller's and no failure.
    */
-  async function markEnqueueFailed(owner: string, id: string): Promise<void> {
+  async function markEnqueueFailed(owner: string, id: string): Promise<boolean> {
     const now = ctx.clock().toISOString();
     let moved = false;
+    let landed = false;
     await jobs
       .update(owner, id, (cur) => {
         moved = cur.status === 'queued' && cur.attempts === 0;
+        landed = !moved;
         return moved ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } } : null;
       })
       // No record: the create never landed, so nothing holds the place its marker took.
       .catch((error) => (moved = error instanceof NotFoundError));
-    // Failed: it no longer counts against its owner (a retry that re-queues it marks it again). A
-    // send that landed though its reply was lost may already have a worker on it: that job keeps its place.
+    // Failed: it no longer counts against its owner (a retry that re-queues it marks it again).
     if (moved) await clearPending(blobs, 'active', owner, id);
+    return landed;
   }
 
   /**
@@ -327,8 +331,12 @@ export function registerGenerationRoutes(
     try {
       await sendJobMessage(queue, job);
     } catch (cause) {
-      await markEnqueueFailed(job.owner, job.id);
-      throw new RetryableError('the job queue is unavailable; retry (with the same Idempotency-Key)', { code: 'queue_unavailable', cause });
+      // A send whose reply was lost may have landed, and a worker may already run (and bill) the job:
+      // then it is answered as made, with its id and webhook secret, never a 503 the caller would retry.
+      if (!(await markEnqueueFailed(job.owner, job.id))) {
+        throw new RetryableError('the job queue is unavailable; retry (with the same Idempotency-Key)', { code: 'queue_unavailable', cause });
+      }
+      ctx.log({ level: 'warn', msg: 'job message send failed, but a worker has taken the job: answered as made', job_id: job.id, owner: job.owner, error: operatorMessage(cause) });
     }
     // Sent: the marker's work is done. Without this delete every job waiting over 5 minutes in a
     // backlog would be sent again by the sweep.

@@ -118,7 +118,7 @@ describe('clipag remote batch against the local server', () => {
     expect(made.length - before).toBe(3);
     // The API has the line's labels.
     const g = await (await fetch(`${h.url}/v1/generations/${r[0]!.generation_id}`, { headers: { Authorization: `Bearer ${h.apiKey}` } })).json();
-    expect(g.metadata).toEqual({ batch: 'spring' });
+    expect((g as { metadata: unknown }).metadata).toEqual({ batch: 'spring' });
 
     // Again: the succeeded lines are kept as they are; nothing new is made.
     const circleBytes = readFileSync(join(dir, 'circle.png'));

@@ -670,6 +670,34 @@ describe('queue failure', () => {
     expect(await queued()).toEqual([job.id]);
   });
 
+  it('a send that landed though it answered an error (a worker has already taken the job): 202 with the job and its webhook secret, never a 503 for a job that runs and is billed', async () => {
+    // The worker's claim is the record's transition to running with attempt 1 (as gpu-worker does it),
+    // made here inside the send, as a reply that comes back late past the SDK's deadline allows.
+    const late = {
+      ...h.queue,
+      send: async (body: string) => {
+        await h.queue.send(body);
+        const { job_id: id } = JSON.parse(body) as { job_id: string };
+        await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', attempts: 1, started_at: new Date().toISOString() }));
+        throw new RetryableError('injected: the SendMessage reply ran past its deadline; the message had landed');
+      },
+    };
+    const app = createApp({ ...h.deps, queue: late });
+    const res = await app.request('/v1/generations', {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ prompt: 'apple', webhook_url: 'https://hooks.example.com/clipag' }),
+    });
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as { id: string; webhook: { secret: string } };
+    expect(body.webhook.secret).toMatch(/^whsec_/);
+    const job = await h.jobs.get('acct_alice', body.id);
+    expect(job).toMatchObject({ status: 'running', error: null });
+    // Its message marker is done with (the sweep must not send it again); its place among the owner's active jobs stays.
+    const markers = (await h.blobs.list('pending/')).items.map((i) => i.key);
+    expect(markers.filter((k) => k.includes(body.id)).map((k) => k.split('/')[1]).sort()).toEqual(['active', 'hook']);
+  });
+
   it('a job whose send failed and that the caller then deleted stays ended: a retry with the same key answers it, queuing nothing', async () => {
     const { outage, send } = await appWithFlakyQueue('k-del');
     expect((await send()).status).toBe(503);
