@@ -653,15 +653,17 @@ describe('queue failure', () => {
   it('a send that landed though it answered an error (a worker has already taken the job): 202 with the job and its webhook secret, never a 503 for a job that runs and is billed', async () => {
     // The worker's claim is the record's transition to running with attempt 1 (as gpu-worker does it),
     // made here inside the send, as a reply that comes back late past the SDK's deadline allows.
-    const late = {
-      ...h.queue,
-      send: async (body: string) => {
-        await h.queue.send(body);
-        const { job_id: id } = JSON.parse(body) as { job_id: string };
-        await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', attempts: 1, started_at: new Date().toISOString() }));
-        throw new RetryableError('injected: the SendMessage reply ran past its deadline; the message had landed');
-      },
-    };
+    const late = new Proxy(h.queue, {
+      get: (target, prop, receiver) =>
+        prop === 'send'
+          ? async (body: string) => {
+              await target.send(body);
+              const { job_id: id } = parseQueueMessage(body);
+              await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', attempts: 1, started_at: new Date().toISOString() }));
+              throw new RetryableError('injected: the SendMessage reply ran past its deadline; the message had landed');
+            }
+          : Reflect.get(target, prop, receiver),
+    });
     const app = createApp({ ...h.deps, queue: late });
     const res = await app.request('/v1/generations', {
       method: 'POST',
