@@ -98,7 +98,14 @@ export interface Logger {
 }
 
 export interface Clock {
+  /** Wall-clock ms (timestamps, leases). */
   now(): number;
+  /**
+   * Ms on a clock that never steps (durations: the time limit, billed worker_seconds), so that an NTP
+   * step or a VM resume neither bills a run for the jump nor fails it. Without it, `now` measures them
+   * (a test clock that moves both).
+   */
+  monotonic?(): number;
 }
 
 export type JobOutcome = 'succeeded' | 'failed' | 'canceled' | 'requeued' | 'skipped' | 'lease_lost';
@@ -203,7 +210,7 @@ function withheldMessage(checks: readonly OutputCheck[]): string {
   return `the output check withheld every image: image ${checks[0]!.index} looks like "${first.concept}" (${first.category}, rule ${first.rule}, cosine ${first.cosine.toFixed(3)}): ${first.message}${more}`.slice(0, MAX_JOB_WARNING_CHARS);
 }
 
-const systemClock: Clock = { now: () => Date.now() };
+const systemClock: Clock = { now: () => Date.now(), monotonic: () => performance.now() };
 const MAX_BACKOFF_MS = 30_000;
 /** The longest a retryable failure's message is held back before its retry (SQS allows 12 h). */
 const MAX_RETRY_DELAY_SEC = 900;
@@ -224,6 +231,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   const { queue, jobs, blobs, synthesizer, models, config } = deps;
   const protection = deps.protection ?? noTaskProtection;
   const clock = deps.clock ?? systemClock;
+  const elapsedClock = () => (clock.monotonic ? clock.monotonic() : clock.now());
   const log = deps.log ?? silentLogger;
   const visibilitySec = config.visibilityTimeoutSec;
   const progressIntervalMs = config.progressIntervalMs ?? 1000;
@@ -723,7 +731,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // Claim it: a versioned write that re-checks terminal/cancel on the freshest record.
       const steps = Math.min(job.spec.steps, maxSteps ?? Infinity);
       const total = steps * job.spec.n;
-      const startedAt = clock.now();
+      const startedAt = elapsedClock();
       let claimed = false;
       let heldElsewhere = false;
       let copy = false;
@@ -795,12 +803,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const deadline = jobTimeoutSec === undefined ? undefined : startedAt + jobTimeoutSec * 1000;
       let deadlineTimer: NodeJS.Timeout | undefined;
       if (deadline !== undefined) {
-        lease.setDeadline(deadline);
-        deadlineTimer = setTimeout(() => abortRun!('timeout'), Math.max(0, deadline - clock.now()));
+        // The lease's own bound is wall-clock time, as its expiry is.
+        lease.setDeadline(clock.now() + jobTimeoutSec! * 1000);
+        deadlineTimer = setTimeout(() => abortRun!('timeout'), Math.max(0, deadline - elapsedClock()));
       }
       const onProgress = (p: SynthesisProgress) => {
         progress.report(p);
-        if (deadline !== undefined && clock.now() >= deadline) abortRun!('timeout');
+        if (deadline !== undefined && elapsedClock() >= deadline) abortRun!('timeout');
       };
       let outcome: SynthesisOutcome | undefined;
       let runError: unknown;
@@ -916,7 +925,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         storing = true;
       }
       await forEachLimited(writes, OUTPUT_WRITE_CONCURRENCY, async (write) => void (await write()));
-      const usage = { encoder_passes: outcome.encoderPasses, worker_seconds: Math.round(clock.now() - startedAt) / 1000 };
+      const usage = { encoder_passes: outcome.encoderPasses, worker_seconds: Math.max(0, Math.round(elapsedClock() - startedAt)) / 1000 };
       let wrote = false;
       const done = await store('the job record', () => jobs.update(msg.owner, msg.job_id, (cur) => {
         wrote = false;

@@ -24,7 +24,7 @@ const outcome = (stepsDone: number, aborted: boolean, totalSteps = stepsDone): S
 
 interface Logged { level: string; msg: string; fields?: Record<string, unknown> }
 
-function start(env: Env, synthesizer: Synthesizer, config: Partial<WorkerConfig> = {}, clock?: { now(): number }) {
+function start(env: Env, synthesizer: Synthesizer, config: Partial<WorkerConfig> = {}, clock?: { now(): number; monotonic?(): number }) {
   const events: WorkerEvent[] = [];
   const logs: Logged[] = [];
   const log: Logger = {
@@ -516,5 +516,39 @@ describe('an unhealthy machine', () => {
     w = start(env, stuck, { jobTimeoutSec: 60, visibilityTimeoutSec: 1 }, { now: () => Date.now() + offset });
     await waitFor('unhealthy', () => w.events.some((e) => e.type === 'unhealthy'));
     expect(w.events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'stuck_run' }]);
+  });
+});
+
+describe('durations on a clock that never steps', () => {
+  /** A worker whose wall clock jumps by `jumpMs` mid-run, while its monotonic clock runs on (an NTP step, a VM resume). */
+  async function runWithWallJump(jumpMs: number, config: Partial<WorkerConfig> = {}) {
+    const { standInImage, outcome: imagesOutcome } = await import('./stand-ins.ts');
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    let offset = 0;
+    const synthesizer: Synthesizer = {
+      async run(_job, { onProgress } = {}) {
+        onProgress?.({ step: 1, total: 6, image: 0 });
+        await new Promise((r) => setTimeout(r, 100));
+        offset = jumpMs;
+        onProgress?.({ step: 6, total: 6, image: 0 });
+        return imagesOutcome(6, false, [standInImage(0)]);
+      },
+    };
+    start(env, synthesizer, config, { now: () => Date.now() + offset, monotonic: () => performance.now() });
+    return waitForStatus(env, job.id, ['failed', 'succeeded', 'canceled']);
+  }
+
+  it('a wall clock stepped back 5 s mid-run: the job succeeds, billed for the time it ran (never a negative worker_seconds)', async () => {
+    const done = await runWithWallJump(-5_000);
+    expect(done.status).toBe('succeeded');
+    expect(done.usage!.worker_seconds).toBeGreaterThanOrEqual(0.1);
+    expect(done.usage!.worker_seconds).toBeLessThan(5);
+  });
+
+  it('a wall clock stepped 30 min forward mid-run: billed for the time it ran, not the jump; not a timeout', async () => {
+    const done = await runWithWallJump(30 * 60_000, { jobTimeoutSec: 60 });
+    expect(done.status).toBe('succeeded');
+    expect(done.usage!.worker_seconds).toBeLessThan(5);
   });
 });
