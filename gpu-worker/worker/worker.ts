@@ -834,17 +834,21 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           message: `the job ran past its ${jobTimeoutSec} s time limit and was stopped after ${Math.min(stepsDone, total)} of ${total} steps; it is not retried (the same request would time out again): ask for fewer steps, fewer images or a smaller size`,
         };
         if (runError !== undefined) log.warn('run threw after the timeout abort', { jobId: msg.job_id, error: describe(runError) });
-        const rec = await jobs.update(msg.owner, msg.job_id, (cur) =>
-          isTerminal(cur.status) || cur.attempts !== attempt
-            ? null
-            : { ...cur, status: 'failed', finished_at: iso(), progress: { step: Math.min(stepsDone, total), total }, error },
-        );
+        // A job its caller asked to cancel ends `canceled`, as markFailed ends it: a timeout's advice to
+        // submit a smaller request would tell them to pay again for what they stopped.
+        let canceled = false;
+        const rec = await jobs.update(msg.owner, msg.job_id, (cur) => {
+          if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
+          canceled = cur.cancel_requested === true;
+          const ended = { ...cur, finished_at: iso(), progress: { step: Math.min(stepsDone, total), total } };
+          return canceled ? { ...ended, status: 'canceled' } : { ...ended, status: 'failed', error };
+        });
         await lease.release();
         if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone });
         await ack(m, 'timeout');
         // This run stored nothing; an earlier attempt may have.
         await removeOrphans(rec);
-        return finish(msg, 'failed', { stepsDone, error });
+        return canceled && rec.status === 'canceled' ? finish(msg, 'canceled', { stepsDone }) : finish(msg, 'failed', { stepsDone, error });
       }
       if (runError !== undefined && reason !== undefined) {
         // The run threw on its way out of an abort (a session rejected mid-step): it ends as the abort

@@ -519,6 +519,36 @@ describe('an unhealthy machine', () => {
   });
 });
 
+describe('a cancel and the time limit', () => {
+  it('a job its caller asked to cancel that then reaches the time limit ends canceled, not failed with the timeout\'s advice', async () => {
+    const env = await makeEnv();
+    let offset = 0;
+    let started!: () => void;
+    const running = new Promise<void>((r) => (started = r));
+    const synthesizer: Synthesizer = {
+      async run(_job, { signal, onProgress } = {}) {
+        started();
+        // No progress report sees the cancel before the limit: the engine is between reports.
+        await waitFor('the cancel request', async () => (await env.jobs.get(OWNER, job.id))?.cancel_requested === true);
+        offset += 61_000;
+        onProgress?.({ step: 2, total: 10, image: 0 });
+        await untilAborted(signal);
+        return outcome(2, true, 10);
+      },
+    };
+    const job = await submit(env, { steps: 10 });
+    const w = start(env, synthesizer, { jobTimeoutSec: 60, progressIntervalMs: 60_000 }, { now: () => Date.now() + offset });
+    await running;
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true })); // what POST /cancel does to a running job
+    const done = await waitForStatus(env, job.id, ['failed', 'succeeded', 'canceled']);
+    expect(done.status).toBe('canceled');
+    expect(done.error).toBeNull();
+    expect(w.events).toContainEqual(expect.objectContaining({ type: 'abort', reason: 'timeout' }));
+    await waitFor('the ack', () => w.events.some((e) => e.type === 'acked'));
+    expect(await env.queue.depth()).toBe(0);
+  });
+});
+
 describe('durations on a clock that never steps', () => {
   /** A worker whose wall clock jumps by `jumpMs` mid-run, while its monotonic clock runs on (an NTP step, a VM resume). */
   async function runWithWallJump(jumpMs: number, config: Partial<WorkerConfig> = {}) {
