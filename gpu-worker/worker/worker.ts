@@ -594,7 +594,6 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     const { day: _day, ...figures } = used;
     try {
       await recordUsage(blobs, msg.owner, msg.job_id, new Date(job.finished_at!), figures);
-      return true;
     } catch (error) {
       const last = m.receiveCount >= config.maxReceives;
       log.error(last ? 'usage not recorded on the last delivery; the owner\'s daily totals miss this job (clipag usage rebuild)' : 'usage not recorded yet; the message comes back to record it', { jobId: msg.job_id, owner: msg.owner, ...figures, error: describe(error) });
@@ -603,6 +602,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       await release(m, 'usage_unrecorded', retryDelaySec(m));
       return false;
     }
+    // Stamped, so that a copy of this message that comes back later (a lost ack; a duplicate delivery
+    // held back past the job's end) does not add it again. Best effort: without the stamp the ledger's
+    // own check of its last jobs still holds for repeats that come soon.
+    await jobs
+      .update(msg.owner, msg.job_id, (cur) => (cur.usage_recorded_at ? null : { ...cur, usage_recorded_at: iso() }))
+      .catch((error) => log.warn('usage recorded, but the record was not stamped with it', { jobId: msg.job_id, error: describe(error) }));
+    return true;
   }
 
   /** How long a retried message waits before it is seen again (retryDelaySec × its receive count). */
@@ -688,7 +694,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // are seen to as well.
         if (job.lease_message_id === m.messageId && usageOfRecord(job)) {
           jobEnded(msg);
-          if (!(await settleUsage(m, msg, job, lease))) return finish(msg, 'skipped');
+          if (!job.usage_recorded_at && !(await settleUsage(m, msg, job, lease))) return finish(msg, 'skipped');
         }
         await lease.release();
         await ack(m, `already_${job.status}`);

@@ -178,6 +178,12 @@ export const JobRecord = z
      * before prices were kept, or a deployment with no price; views then use today's price.
      */
     hourly_usd: z.number().finite().min(0).max(1000).optional(),
+    /**
+     * When the run's usage was added to its owner's ledger: a copy of the job's message that comes back
+     * after its end (a lost ack, a duplicate SQS delivery) adds it again only when this is absent (the
+     * ledger's own check remembers only its last RECENT_JOBS_KEPT jobs).
+     */
+    usage_recorded_at: Timestamp.optional(),
     /** The API key that created the job (its id, not its secret), for usage per key; absent: created before keys were recorded. */
     api_key_id: ApiKeyId.optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */

@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { NonRetryableError, RetryableError } from '../../shared/errors.ts';
 import type { BlobStore, JobStore } from '../../shared/ports.ts';
-import { readUsage } from '../../shared/usage.ts';
+import { RECENT_JOBS_KEPT, readUsage, recordUsage } from '../../shared/usage.ts';
 import { readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import { OWNER, listKeys, makeEnv, submit, waitFor } from './helpers.ts';
 import { finishedOf, outcome, patched, SqsReceiptRulesQueue, sleep, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
@@ -129,6 +129,39 @@ describe('the usage ledger and the ack', () => {
     // The run's time still reached the estimates (the redelivery would not know it).
     expect(await readRunSamples(env.blobs, { model: rec.spec.model, width: rec.spec.width, height: rec.spec.height, start: runStartOf(rec.spec.init) })).toHaveLength(1);
     await waitFor('the queue empty', async () => (await env.queue.depth()) === 0);
+  });
+
+  it('a message back after its ack failed, once the ledger has counted 500 other jobs of the owner, adds nothing: the record says its usage is recorded', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 3 });
+    let failAck = true;
+    const queue = patched(env.queue, {
+      ack: (async (receipt: string) => {
+        if (failAck) {
+          failAck = false;
+          throw new RetryableError('injected: SQS DeleteMessage timed out');
+        }
+        return env.queue.ack(receipt);
+      }) as never,
+    });
+    let runs = 0;
+    const w = start({ queue, jobs: env.jobs, blobs: env.blobs }, stepping(3, 1, () => runs++, [standInImage(0)]), { visibilityTimeoutSec: 2 });
+    await waitFor('the first end', () => finishedOf(w.events), 20_000);
+    await w.worker.stop();
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    expect(rec.usage_recorded_at).toEqual(expect.any(String));
+    const month = rec.finished_at!.slice(0, 7);
+    const at = new Date(rec.finished_at!);
+    // The owner's other jobs ending meanwhile (a batch customer): past the ledger's own window.
+    for (let i = 0; i < RECENT_JOBS_KEPT; i++) await recordUsage(env.blobs, OWNER, `other-${i}`, at, { images: 0, workerSeconds: 0, encoderPasses: 0 });
+    const before = (await readUsage(env.blobs, OWNER, month))[0]!;
+    // The un-acked delivery comes back after its visibility timeout.
+    const w2 = start({ queue: env.queue, jobs: env.jobs, blobs: env.blobs }, stepping(3, 1, () => runs++, [standInImage(0)]), { visibilityTimeoutSec: 2 });
+    await waitFor('the redelivery acked', () => ofType(w2.events, 'acked')[0], 20_000);
+    expect(ofType(w2.events, 'acked').map((e) => e.reason)).toEqual(['already_succeeded']);
+    expect(runs).toBe(1);
+    const after = (await readUsage(env.blobs, OWNER, month))[0]!;
+    expect(after).toEqual(before);
   });
 });
 

@@ -230,7 +230,9 @@ describe('gpu-worker queue worker', () => {
     await env.queue.send(JSON.stringify({ v: 1, job_id: 'nosuchjob', owner: OWNER }));
     const w = start(env);
     await waitForStatus(env, ok.id, ['succeeded']);
-    // A duplicate delivery of the finished job is acked and changes nothing.
+    // A duplicate delivery of the finished job is acked and changes nothing (read once the run's last
+    // write, the stamp of its usage, has landed).
+    await waitFor('the usage stamp', async () => Boolean((await env.jobs.get(OWNER, ok.id))?.usage_recorded_at));
     const before = await env.jobs.get(OWNER, ok.id);
     await env.queue.send(JSON.stringify({ v: 1, job_id: ok.id, owner: OWNER }));
     await waitFor('the queue to empty', async () => (await env.queue.depth()) === 0);
