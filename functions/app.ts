@@ -3,7 +3,7 @@ import { withSharedResponses } from './openapi-document.ts';
 import { IdempotencyLedger } from './idempotency.ts';
 import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
-import { bodySizeLimit, requireJson, strictListQuery } from './middleware/limits.ts';
+import { bodySizeLimit, requireJson, singleQueryParams, strictListQuery } from './middleware/limits.ts';
 import { noStore } from './middleware/cache.ts';
 import { CounterBreaker, RateGate, rateLimit } from './middleware/rate-limit.ts';
 import { requestId } from './middleware/request-id.ts';
@@ -117,6 +117,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   const waitGate = gate(deps.limits.maxWaits, deps.limits.maxWaitSec ?? 0, 'waits', 'rate limit: an account has used its budget of waits (Prefer: wait not honoured)');
   app.use('/v1/generations', requireJson());
   app.use('/v1/generations', strictListQuery());
+  // The other GET under /v1 that reads a query (the list's own rules are strictListQuery's).
+  app.use('/v1/usage', singleQueryParams());
   app.use('/v1/uploads', requireJson());
   app.use('/v1/estimates', requireJson());
 

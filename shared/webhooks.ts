@@ -84,6 +84,9 @@ export function checkWebhookUrl(raw: string, policy: WebhookPolicy): URL {
   if (!schemes.includes(url.protocol)) throw new ValidationError(`webhook_url must use ${schemes.join(' or ')}`, 'webhook_url');
   if (url.username || url.password) throw new ValidationError('webhook_url must not carry credentials', 'webhook_url');
   if (url.hash) throw new ValidationError('webhook_url must not have a #fragment', 'webhook_url');
+  // Port 0 is no port a receiver can listen on, and Node's request reads it as "unset": the POST would
+  // go to 80 or 443, not where the stored URL says.
+  if (url.port === '0') throw new ValidationError('webhook_url must not use port 0', 'webhook_url');
   // A name's trailing dot (the root) names the same host: "localhost." is localhost.
   const literal = url.hostname.replace(/^\[|\]$/g, '').replace(/\.$/, '');
   if (isIP(literal) !== 0 && isLinkLocalAddress(literal)) throw new ValidationError('webhook_url must not point at a link-local address (the instance metadata service)', 'webhook_url');

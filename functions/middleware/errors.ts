@@ -50,14 +50,18 @@ export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
   // The first request with the key is still running: its job is a moment away.
   if (body.error.code === 'idempotency_in_progress') c.header('Retry-After', '1');
   if (error instanceof HttpError && error.status === 405 && allowHeader.has(error)) c.header('Allow', allowHeader.get(error));
+  // RFC 9110 §12.5.3: a 415 for a content coding says which codings would do.
+  if (error instanceof HttpError && error.status === 415 && error.param === 'Content-Encoding') c.header('Accept-Encoding', 'identity');
   return c.json(body, status as ContentfulStatusCode);
 }
 
 const allowHeader = new WeakMap<HttpError, string>();
 export function methodNotAllowed(allowed: string[]): HttpError {
-  const error = new HttpError(405, 'method_not_allowed', `method not allowed; use ${allowed.join(', ')}`);
-  // HEAD answers wherever GET does (Hono runs the GET route without the body), so Allow names it too.
-  allowHeader.set(error, [...allowed, ...(allowed.includes('GET') && !allowed.includes('HEAD') ? ['HEAD'] : [])].join(', '));
+  // HEAD answers wherever GET does (Hono runs the GET route without the body), so it is named too.
+  // One list for the message and Allow, so the two never disagree.
+  const methods = [...allowed, ...(allowed.includes('GET') && !allowed.includes('HEAD') ? ['HEAD'] : [])].join(', ');
+  const error = new HttpError(405, 'method_not_allowed', `method not allowed; use ${methods}`);
+  allowHeader.set(error, methods);
   return error;
 }
 

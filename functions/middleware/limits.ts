@@ -41,6 +41,15 @@ export function requireJson(): MiddlewareHandler<AppEnv> {
       if (charset !== undefined && !/^utf-?8$/i.test(charset.trim())) {
         throw new HttpError(415, 'unsupported_media_type', `JSON must be UTF-8 (RFC 8259); the body is declared as charset=${charset.slice(0, 40)}`, 'Content-Type');
       }
+      // A coded body (gzip, br, …) is not decoded here: reading it as JSON would answer "not valid UTF-8",
+      // and one declared but sent plain would be taken as it came. RFC 9110 §15.5.16: 415, naming the coding.
+      const codings = (c.req.header('Content-Encoding') ?? '')
+        .split(',')
+        .map((coding) => coding.trim().toLowerCase())
+        .filter((coding) => coding !== '' && coding !== 'identity');
+      if (codings.length > 0) {
+        throw new HttpError(415, 'unsupported_media_type', `Content-Encoding ${codings[0]!.slice(0, 40)} is not supported: send the body uncompressed (identity)`, 'Content-Encoding');
+      }
       // JSON is UTF-8 (RFC 8259). A decoder would replace broken bytes with U+FFFD, and a prompt would
       // run on text its caller never wrote. (Hono keeps the bytes: the route still reads the body.)
       try {
@@ -53,6 +62,21 @@ export function requireJson(): MiddlewareHandler<AppEnv> {
   };
 }
 
+/** Each query parameter given at most once: `?month=a&month=b` read as an array got zod's "expected string, received array". */
+function refuseRepeatedQuery(c: Parameters<MiddlewareHandler<AppEnv>>[0]): void {
+  for (const [name, values] of Object.entries(c.req.queries())) {
+    if (values.length > 1) throw new HttpError(400, 'validation_error', `${name} is given ${values.length} times; give it once`, name);
+  }
+}
+
+/** A GET's query as a caller means it: each parameter once (for the GETs under /v1 that read a query). */
+export function singleQueryParams(): MiddlewareHandler<AppEnv> {
+  return async function singleQueryParamsMiddleware(c, next) {
+    if (c.req.method === 'GET' || c.req.method === 'HEAD') refuseRepeatedQuery(c);
+    await next();
+  };
+}
+
 /**
  * The list's query as a caller means it: each parameter once (`?limit=2&limit=5` read as an array was
  * refused as "not a whole number"), and `limit` in plain decimal digits (zod's coercion read "0x3",
@@ -61,9 +85,7 @@ export function requireJson(): MiddlewareHandler<AppEnv> {
 export function strictListQuery(): MiddlewareHandler<AppEnv> {
   return async function strictListQueryMiddleware(c, next) {
     if (c.req.method === 'GET' || c.req.method === 'HEAD') {
-      for (const [name, values] of Object.entries(c.req.queries())) {
-        if (values.length > 1) throw new HttpError(400, 'validation_error', `${name} is given ${values.length} times; give it once`, name);
-      }
+      refuseRepeatedQuery(c);
       const limit = c.req.query('limit');
       if (limit !== undefined && !/^[0-9]+$/.test(limit)) throw new HttpError(400, 'validation_error', `${LIMIT_RULE} (decimal digits only)`, 'limit');
     }

@@ -31,7 +31,10 @@ export const errors = {
   404: envelope('Not found (also for another owner\'s id)'),
   409: envelope('Conflict: corrupt_record (the stored record is unreadable; retrying will not help)'),
   413: envelope('Payload too large'),
-  415: envelope('Content-Type is not application/json'),
+  415: {
+    ...envelope('unsupported_media_type: Content-Type is not application/json in UTF-8 (`param` "Content-Type"), or the body has a Content-Encoding other than identity (`param` "Content-Encoding"; send it uncompressed)'),
+    headers: { 'Accept-Encoding': { description: '`identity`, on a 415 for a Content-Encoding: the only coding a request body may have', schema: { type: 'string' as const } } },
+  },
   429: {
     ...envelope("rate_limited: over the account's requests per minute (see the RateLimit fields); too_many_active_jobs: the caller has as many generations queued or running as it may. Retry after Retry-After seconds"),
     headers: { ...retryAfter, ...rateLimitFields },

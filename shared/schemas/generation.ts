@@ -8,6 +8,22 @@ export const MAX_SIDE = 1024;
 export const SIDE_MULTIPLE = 32;
 export const MAX_STEPS = 500;
 export const MAX_IMAGES = 4;
+/**
+ * The largest |weight| a request may give a prompt. Weights are relative (the engine divides by the
+ * positive ones' sum), so nothing is lost by the bound; at 1e300 the sum overflowed and the job failed
+ * or ran with every prompt at 0. Request-only: a stored spec from before it still parses.
+ */
+export const MAX_PROMPT_WEIGHT = 1000;
+
+/**
+ * Text a caller could have written: no lone UTF-16 surrogate (JSON's "\ud800" escape parses to one,
+ * past the body's UTF-8 check). The model would read U+FFFD, and a strict client cannot encode it.
+ * (String.prototype.isWellFormed, which the ES2022 lib does not type.)
+ */
+export function isWellFormedText(s: string): boolean {
+  return !/\p{Cs}/u.test(s);
+}
+export const NOT_WELL_FORMED = 'must be well-formed Unicode (no lone UTF-16 surrogate such as "\\ud800")';
 
 const PromptText = z
   .string()
@@ -41,7 +57,10 @@ export const WeightedPrompt = z
     weight: z
       .number()
       .refine((w) => Number.isFinite(w) && w !== 0, { message: 'weight must be a finite non-zero number' })
-      .openapi({ not: { const: 0 }, description: 'Non-zero: a negative weight steers away from the text; at least one prompt must weigh more than 0' }),
+      .openapi({
+        not: { const: 0 },
+        description: `Non-zero: a negative weight steers away from the text; at least one prompt must weigh more than 0. Weights are relative; in a request each is at most ${MAX_PROMPT_WEIGHT} in magnitude`,
+      }),
   })
   .strict()
   .openapi('WeightedPrompt');
@@ -94,7 +113,10 @@ function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[]
 export const MAX_PROMPTS_WITH_NEGATIVE = 8;
 
 /** Request-only checks: stored specs from before them must still parse. */
-function checkRequestOnly(req: { init: string; strength?: number; prompt?: string; prompts?: { text: string }[]; negative_prompt?: string }, ctx: z.RefinementCtx): void {
+function checkRequestOnly(
+  req: { init: string; strength?: number; prompt?: string; prompts?: { text: string; weight: number }[]; negative_prompt?: string },
+  ctx: z.RefinementCtx,
+): void {
   // The model reads a prompt after CLIP's cleaning (entities unescaped twice, control characters
   // dropped): one that cleans to nothing ("&nbsp;", "\u0001") would be queued and only fail on a GPU.
   const texts: Array<[string, Array<string | number>]> = [
@@ -103,8 +125,17 @@ function checkRequestOnly(req: { init: string; strength?: number; prompt?: strin
     ...(req.negative_prompt !== undefined ? [[req.negative_prompt, ['negative_prompt']] as [string, Array<string | number>]] : []),
   ];
   for (const [text, path] of texts) {
+    if (!isWellFormedText(text)) {
+      ctx.addIssue({ code: 'custom', path, message: NOT_WELL_FORMED });
+      continue;
+    }
     if (cleanClipText(text) === '') ctx.addIssue({ code: 'custom', path, message: 'is empty once read as the model reads it (HTML entities, control characters and whitespace removed)' });
   }
+  (req.prompts ?? []).forEach((p, i) => {
+    if (Math.abs(p.weight) > MAX_PROMPT_WEIGHT) {
+      ctx.addIssue({ code: 'custom', path: ['prompts', i, 'weight'], message: `weight must be between -${MAX_PROMPT_WEIGHT} and ${MAX_PROMPT_WEIGHT} (weights are relative: scale them down together)` });
+    }
+  });
   if (req.prompts && req.negative_prompt !== undefined && req.prompts.length + 1 > MAX_PROMPTS_WITH_NEGATIVE) {
     ctx.addIssue({ code: 'custom', path: ['negative_prompt'], message: `with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts fit (the model takes ${MAX_PROMPTS_WITH_NEGATIVE} in all); or give it as a prompt with a negative weight` });
   }
@@ -144,13 +175,13 @@ export const GenerationMetadata = z
     },
     z.record(
       z.string().min(1).max(METADATA_MAX_KEY_CHARS).regex(/^[A-Za-z0-9_.-]+$/, 'metadata keys are letters, digits, "_", "." and "-"'),
-      z.string().max(METADATA_MAX_VALUE_CHARS),
+      z.string().max(METADATA_MAX_VALUE_CHARS).refine(isWellFormedText, NOT_WELL_FORMED),
     ),
   )
   .refine((m) => Object.keys(m).length <= METADATA_MAX_KEYS, { message: `at most ${METADATA_MAX_KEYS} metadata keys` })
   .openapi('GenerationMetadata', {
     ...METADATA_KEY_RULES,
-    description: `Your own labels (at most ${METADATA_MAX_KEYS} keys of up to ${METADATA_MAX_KEY_CHARS} characters [A-Za-z0-9_.-], string values of up to ${METADATA_MAX_VALUE_CHARS}): returned with the generation, in lists and in webhooks, never interpreted`,
+    description: `Your own labels (at most ${METADATA_MAX_KEYS} keys of up to ${METADATA_MAX_KEY_CHARS} characters [A-Za-z0-9_.-], string values of up to ${METADATA_MAX_VALUE_CHARS} characters of well-formed Unicode): returned with the generation, in lists and in webhooks, never interpreted`,
     example: { order_id: 'A-1042', batch: 'spring-catalog' },
   });
 
@@ -168,6 +199,8 @@ export const GenerationRequest = z
     webhook_url: z
       .string()
       .max(2000)
+      // The URL parser would read a lone surrogate as U+FFFD: the stored URL and the one called would differ.
+      .refine(isWellFormedText, `webhook_url ${NOT_WELL_FORMED}`)
       .optional()
       .openapi({
         format: 'uri',
@@ -184,8 +217,9 @@ export const GenerationRequest = z
   .openapi('GenerationRequest', {
     // Exactly one of prompt and prompts (checkGeneration).
     oneOf: [{ required: ['prompt'] }, { required: ['prompts'] }],
-    description:
-      'Exactly one of prompt and prompts. Also checked, beyond what the schema says: a prompt must not be empty once read as the model reads it (HTML entities, control characters and whitespace removed); with negative_prompt at most 7 prompts; strength only with an "upload:<id>" init; webhook_url https on a public address in AWS',
+    // The request's own bound on a weight (checkRequestOnly): not on WeightedPrompt, which stored specs share.
+    allOf: [{ properties: { prompts: { items: { properties: { weight: { minimum: -MAX_PROMPT_WEIGHT, maximum: MAX_PROMPT_WEIGHT } } } } } }],
+    description: `Exactly one of prompt and prompts. Each prompts[].weight is at most ${MAX_PROMPT_WEIGHT} in magnitude (-${MAX_PROMPT_WEIGHT}…${MAX_PROMPT_WEIGHT}, not 0). Also checked, beyond what the schema says: every text (prompt, negative_prompt, prompts[].text, metadata values, webhook_url) must be well-formed Unicode (no lone UTF-16 surrogate); a prompt must not be empty once read as the model reads it (HTML entities, control characters and whitespace removed); with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts; strength only with an "upload:<id>" init; webhook_url https on a public address in AWS, never port 0`,
   });
 
 /** What a job stores and the worker runs: a request with every default filled in, the model included. */

@@ -1,4 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { gzipSync } from 'node:zlib';
+import { GenerationSpec, GenerationSpecView, MAX_PROMPT_WEIGHT } from '../../shared/schemas/generation.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -50,6 +52,20 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     ['metadata key with a space', { prompt: 'a', metadata: { 'order id': '1' } }, 'metadata.order id'],
     ['a metadata key that JSON.parse keeps and a record drops', JSON.parse('{"prompt": "a", "metadata": {"__proto__": "x", "b": "c"}}'), 'metadata.__proto__'],
     ['metadata with 17 keys', { prompt: 'a', metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, 'v'])) }, 'metadata'],
+    // Weights whose sum overflowed in the engine (a failed job, or every prompt at weight 0): at most MAX_PROMPT_WEIGHT.
+    ['a weight of -1e300', { prompts: [{ text: 'a red circle', weight: 1 }, { text: 'a blue square', weight: -1e300 }] }, 'prompts.1.weight'],
+    ['weights of 1e308', { prompts: [{ text: 'a red circle', weight: 1e308 }, { text: 'a blue square', weight: 1e308 }] }, 'prompts.0.weight'],
+    ['a weight just over the bound', { prompts: [{ text: 'a red circle', weight: MAX_PROMPT_WEIGHT + 0.5 }] }, 'prompts.0.weight'],
+    ['a negative weight just over the bound', { prompts: [{ text: 'a red circle', weight: 2 }, { text: 'b', weight: -MAX_PROMPT_WEIGHT - 1 }] }, 'prompts.1.weight'],
+    // Lone UTF-16 surrogates (JSON's "\ud800" escape): no text a caller wrote; the model would read U+FFFD.
+    ['a lone surrogate as the prompt', { prompt: '\ud800' }, 'prompt'],
+    ['a lone surrogate in a prompt', { prompt: 'a red circle \udc00' }, 'prompt'],
+    ['a surrogate pair reversed in a prompt', { prompt: 'a red circle \ude00\ud83d' }, 'prompt'],
+    ['a lone surrogate in a weighted prompt', { prompts: [{ text: 'apple', weight: 1 }, { text: 'pear \ud800', weight: 0.5 }] }, 'prompts.1.text'],
+    ['a lone surrogate in the negative prompt', { prompt: 'apple', negative_prompt: 'blurry \udfff' }, 'negative_prompt'],
+    ['a lone surrogate in a metadata value', { prompt: 'apple', metadata: { k: '\ud800' } }, 'metadata.k'],
+    ['a lone surrogate in a metadata key', { prompt: 'apple', metadata: { 'k\ud800': 'v' } }, 'metadata.k\ud800'],
+    ['a lone surrogate in the webhook URL', { prompt: 'apple', webhook_url: 'https://example.com/\ud800' }, 'webhook_url'],
   ];
   for (const [name, body, param] of cases) {
     it(name, async () => {
@@ -58,6 +74,28 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
       await expectNothingWritten();
     });
   }
+
+  it('weights up to ±MAX_PROMPT_WEIGHT are accepted; over it, the message names the bound; a stored spec from before still parses', async () => {
+    const ok = await h.request('/v1/generations', { json: { prompts: [{ text: 'a red circle', weight: MAX_PROMPT_WEIGHT }, { text: 'a blue square', weight: -MAX_PROMPT_WEIGHT }] } });
+    expect(ok.status).toBe(202);
+    const over = await expectEnvelope(await h.request('/v1/estimates', { json: { prompts: [{ text: 'a red circle', weight: 1e300 }] } }), 400, 'validation_error');
+    expect([over.param, over.message]).toEqual(['prompts.0.weight', `prompts.0.weight: weight must be between -${MAX_PROMPT_WEIGHT} and ${MAX_PROMPT_WEIGHT} (weights are relative: scale them down together)`]);
+    // Request-only: what stored jobs hold (GenerationSpec) and views show keeps no such bound.
+    const stored = { prompts: [{ text: 'a red circle', weight: 1 }, { text: 'a blue square', weight: -1e300 }], width: 224, height: 224, steps: 10, n: 1, init: 'gmm', model: 'toy' };
+    expect(GenerationSpec.safeParse(stored).success).toBe(true);
+    expect(GenerationSpecView.safeParse(stored).success).toBe(true);
+  });
+
+  it('a lone surrogate is a 400 that says why, at the estimate too; a surrogate pair (an emoji) is fine', async () => {
+    const err = await expectEnvelope(await h.request('/v1/estimates', { json: { prompt: '\ud800' } }), 400, 'validation_error');
+    expect([err.param, err.message]).toEqual(['prompt', 'prompt: must be well-formed Unicode (no lone UTF-16 surrogate such as "\\ud800")']);
+    // The escape as a caller's JSON text carries it, not only JSON.stringify's.
+    const raw = await h.request('/v1/generations', { method: 'POST', body: '{"prompt":"a red circle","metadata":{"k":"\\ud800"}}', headers: { 'Content-Type': 'application/json' } });
+    expect((await expectEnvelope(raw, 400, 'validation_error')).param).toBe('metadata.k');
+    await expectNothingWritten();
+    const fine = await h.request('/v1/generations', { json: { prompt: 'a red circle \ud83d\ude00', metadata: { k: '\ud83d\ude00' } } });
+    expect(fine.status).toBe(202);
+  });
 
   it('a seed far too large names its own bound once, not the safe-integer bound zod adds beside it', async () => {
     const err = await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', seed: 1e30 } }), 400, 'validation_error');
@@ -90,6 +128,29 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
       expect(err.param, String(type)).toBe('Content-Type');
     }
     await expectNothingWritten();
+  });
+
+  it('a coded body (Content-Encoding other than identity) → 415 naming Content-Encoding, with Accept-Encoding: identity', async () => {
+    const plain = JSON.stringify({ prompt: 'a red circle' });
+    const cases: Array<[string, string, string | Uint8Array]> = [
+      ['/v1/estimates', 'gzip', gzipSync(plain)],
+      ['/v1/generations', 'gzip', gzipSync(plain)],
+      ['/v1/estimates', 'br', plain], // declared but not applied: still not taken as it came
+      ['/v1/generations', 'deflate', plain],
+      ['/v1/generations', 'identity, gzip', gzipSync(plain)],
+      ['/v1/uploads', 'gzip', JSON.stringify({ content_type: 'image/png', bytes: 100 })],
+    ];
+    for (const [path, coding, body] of cases) {
+      const res = await h.request(path, { method: 'POST', body, headers: { 'Content-Type': 'application/json', 'Content-Encoding': coding } });
+      expect(res.headers.get('Accept-Encoding'), coding).toBe('identity');
+      const err = await expectEnvelope(res, 415, 'unsupported_media_type');
+      expect([err.param, err.message], coding).toEqual(['Content-Encoding', expect.stringMatching(/^Content-Encoding (gzip|br|deflate) is not supported/)]);
+    }
+    await expectNothingWritten();
+    for (const coding of ['identity', 'Identity', '']) {
+      const res = await h.request('/v1/estimates', { method: 'POST', body: plain, headers: { 'Content-Type': 'application/json', 'Content-Encoding': coding } });
+      expect(res.status, coding).toBe(200);
+    }
   });
 
   it('JSON content types with parameters or a +json suffix are accepted', async () => {
@@ -165,8 +226,12 @@ describe('routing', () => {
     await expectEnvelope(await h.request('/nope', { key: null }), 404, 'not_found');
     await expectEnvelope(await h.request('/v1/nope'), 404, 'not_found');
     const res = await h.request('/v1/generations', { method: 'DELETE' });
-    await expectEnvelope(res, 405, 'method_not_allowed');
     expect(res.headers.get('Allow')).toBe('GET, POST, HEAD');
+    // The message names the methods Allow names, HEAD included.
+    expect((await expectEnvelope(res, 405, 'method_not_allowed')).message).toBe('method not allowed; use GET, POST, HEAD');
+    const health = await h.request('/healthz', { method: 'OPTIONS', key: null });
+    expect(health.headers.get('Allow')).toBe('GET, HEAD');
+    expect((await expectEnvelope(health, 405, 'method_not_allowed')).message).toBe('method not allowed; use GET, HEAD');
     // HEAD is answered where GET is: Allow names it.
     const head = await h.request('/v1/generations', { method: 'HEAD' });
     expect(head.status).toBe(200);

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { localDeps, startApiServer } from '../../functions/server.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+import { harness } from './helpers.ts';
 
 /** Writes raw bytes to the server and returns everything it answers before closing. */
 function rawRequest(url: string, raw: string): Promise<string> {
@@ -18,6 +19,26 @@ function rawRequest(url: string, raw: string): Promise<string> {
     socket.on('end', () => resolve(out));
     socket.on('error', reject);
   });
+}
+
+/** A raw HTTP/1.1 answer: status, headers (lower-cased names) and body (Content-Length or chunked). */
+function parseRaw(raw: string): { status: number; headers: Record<string, string>; body: string } {
+  const split = raw.indexOf('\r\n\r\n');
+  const [statusLine, ...lines] = raw.slice(0, split).split('\r\n');
+  const headers = Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]));
+  let body = raw.slice(split + 4);
+  if (headers['transfer-encoding'] === 'chunked') {
+    let out = '';
+    for (let at = 0; ; ) {
+      const eol = body.indexOf('\r\n', at);
+      const size = parseInt(body.slice(at, eol), 16);
+      if (!size) break;
+      out += body.slice(eol + 2, eol + 2 + size);
+      at = eol + 2 + size + 2;
+    }
+    body = out;
+  }
+  return { status: Number(statusLine!.split(' ')[1]), headers, body };
 }
 
 describe('entry points', () => {
@@ -69,6 +90,37 @@ describe('entry points', () => {
       }
     } finally {
       await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a request Node parses but no URL can be made of (bad Host, backslash, OPTIONS *, bad absolute form) → 400 envelope with X-Request-Id', async () => {
+    const h = await harness();
+    const running = await startApiServer(h.app, 0);
+    try {
+      const port = new URL(running.url).port;
+      const requests = [
+        `GET /healthz HTTP/1.1\r\nHost: a b\r\n`,
+        `GET /healthz HTTP/1.1\r\nHost: x:99999\r\n`,
+        `GET /healthz HTTP/1.1\r\nHost: x/y\r\n`,
+        `GET /healthz HTTP/1.1\r\nHost: [::1\r\n`,
+        `GET /v1\\models HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n`,
+        `OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n`,
+        `GET http://[bad/v1/models HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n`,
+      ];
+      for (const request of requests) {
+        const res = parseRaw(await rawRequest(running.url, `${request}Authorization: Bearer ${h.alice}\r\nConnection: close\r\n\r\n`));
+        const what = request.split('\r\n').slice(0, 2).join(' | ');
+        expect(res.status, what).toBe(400);
+        expect(res.headers['content-type'], what).toMatch(/^application\/json/);
+        expect(res.headers['x-request-id'], what).toMatch(/^req_/);
+        expect(JSON.parse(res.body), what).toEqual({ error: { code: 'bad_request', message: expect.stringMatching(/^the request target or Host header is not valid/), param: null, request_id: res.headers['x-request-id'] } });
+      }
+      // And a well-formed request on the same server is the app's, as before.
+      const ok = parseRaw(await rawRequest(running.url, `GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`));
+      expect(ok.status).toBe(200);
+    } finally {
+      await running.close();
+      await h.close();
     }
   });
 });

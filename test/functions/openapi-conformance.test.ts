@@ -114,13 +114,16 @@ describe('requests conform to /openapi.json', () => {
       { prompt: 'a', metadata: { 'bad key': 'x' } },
       { prompt: 'a', metadata: manyKeys },
       { prompt: 'a', metadata: { ['x'.repeat(41)]: 'v' } },
+      // A request's weight bound (not WeightedPrompt's, which stored specs share): stated in GenerationRequest.
+      { prompts: [{ text: 'b', weight: 1 }, { text: 'c', weight: -1e300 }] },
+      { prompts: [{ text: 'b', weight: 1001 }] },
     ]; // (webhook_url's `format: uri` is an annotation to a validator that does not assert formats, as here)
     for (const body of refused) {
       expect((await h.request('/v1/estimates', { json: body })).status, JSON.stringify(body)).toBe(400);
       expect(validRequest(body), JSON.stringify(body)).toBe(false);
     }
     // And the same fields, well formed, pass both.
-    const fine = { prompts: [{ text: 'b', weight: 1 }, { text: 'c', weight: -0.5 }], init: 'noise', metadata: { 'order.id': 'A-1' }, webhook_url: 'https://example.com/h' };
+    const fine = { prompts: [{ text: 'b', weight: 1000 }, { text: 'c', weight: -0.5 }, { text: 'd', weight: -1000 }], init: 'noise', metadata: { 'order.id': 'A-1' }, webhook_url: 'https://example.com/h' };
     expect(validRequest(fine) ? [] : validRequest.errors).toEqual([]);
   });
 

@@ -186,6 +186,13 @@ describe('GET /v1/usage', () => {
       const res = await get(app(), q);
       await expectEnvelope(res, 400, 'validation_error');
     }
+    // A parameter given twice is named as such, as on the list (not zod's "expected string, received array").
+    for (const q of ['?month=2026-12&month=2026-11', '?api_key_id=a&api_key_id=b&api_key_id=c']) {
+      const err = await expectEnvelope(await get(app(), q), 400, 'validation_error');
+      const name = q.slice(1, q.indexOf('='));
+      expect(err.param).toBe(name);
+      expect(err.message).toBe(`${name} is given ${q.split('&').length} times; give it once`);
+    }
     expect((await app().request('/v1/usage')).status).toBe(401);
     expect((await app().request('/v1/usage', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } })).status).toBe(405);
     await h.blobs.put(usageKey('acct_alice', '2026-12'), Buffer.from('not json'));

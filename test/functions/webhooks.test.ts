@@ -210,6 +210,25 @@ describe('the API', () => {
     expect((await expectEnvelope(res, 400, 'validation_error')).param).toBe('webhook_url');
   });
 
+  it('a webhook_url on port 0 is a 400 (Node would deliver it to 80 or 443), in local mode too', async () => {
+    const cases: Array<[ReturnType<typeof localApp> | typeof h.app, string]> = [
+      [localApp(), 'http://127.0.0.1:0/hook'],
+      [localApp(), 'http://127.0.0.1:000/hook'],
+      [h.app, 'https://hooks.example.com:0/x'],
+    ];
+    for (const [app, url] of cases) {
+      const res = await app.request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ prompt: 'apple', webhook_url: url }),
+      });
+      const error = await expectEnvelope(res, 400, 'validation_error');
+      expect(error.param).toBe('webhook_url');
+      expect(error.message).toMatch(/port 0/);
+    }
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+  });
+
   it('a bad webhook_url is a 400 naming it, and nothing is written', async () => {
     for (const url of ['http://hooks.example.com/x', 'https://10.0.0.1/x', 'nope', `https://x.example/${'a'.repeat(2000)}`]) {
       const res = await h.request('/v1/generations', { json: { prompt: 'apple', webhook_url: url } });
