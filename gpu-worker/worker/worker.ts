@@ -435,11 +435,25 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     // The fresh copy lives the queue's whole retention again: stamp the job first, so the queued-job
     // sweep never takes it for one no message can reach (ADR 0012). Best effort: a record that cannot
     // be read or written must not keep the message from going back.
+    let heldCopy: { jobId: string; leaseExpiresAt: string | null | undefined } | undefined;
     try {
       const msg = parseQueueMessage(m.body);
-      await jobs.update(msg.owner, msg.job_id, (cur) => (isTerminal(cur.status) ? null : { ...cur, enqueued_at: iso() }));
+      await jobs.update(msg.owner, msg.job_id, (cur) => {
+        heldCopy = copyOfHeld(cur, m) ? { jobId: cur.id, leaseExpiresAt: cur.lease_expires_at } : undefined;
+        return isTerminal(cur.status) || heldCopy ? null : { ...cur, enqueued_at: iso() };
+      });
     } catch (error) {
       log.warn('requeue: the job record could not be stamped', { messageId: m.messageId, error: describe(error) });
+    }
+    if (heldCopy) {
+      // A second copy of the message whose delivery holds the job (a stop came as it arrived): a fresh
+      // copy and an ack of this one would, on SQS (a delete with any receipt deletes the message), take
+      // the holder's message away, and the fresh copy would be dropped as a duplicate: the job left
+      // with none. Put off, as handle() puts such a copy off.
+      const delaySec = copyDelaySec(heldCopy.leaseExpiresAt);
+      log.info('a second copy of the message whose delivery holds the job, received while stopping; it comes back after the lease', { jobId: heldCopy.jobId, messageId: m.messageId, delaySec });
+      await release(m, 'copy_of_held', delaySec);
+      return;
     }
     try {
       await queue.send(m.body);
@@ -620,13 +634,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * after the job's deadline: the job has ended by then (the copy is acked), or its holder died and
    * its own copy has taken over.
    */
+  /** How long a second copy of the held message is put off: past the holder's lease and the job's deadline. */
+  function copyDelaySec(leaseExpiresAt: string | null | undefined): number {
+    const leftSec = Math.ceil((Date.parse(leaseExpiresAt ?? '') - clock.now()) / 1000);
+    return Math.min(COPY_DEFER_MAX_SEC, Math.max(Math.max(1, leftSec) + Math.ceil(visibilitySec / 4), (jobTimeoutSec ?? COPY_DEFER_DEFAULT_SEC) + visibilitySec));
+  }
+
   async function deferCopy(m: ReceivedMessage, msg: QueueMessage, lease: { release(): Promise<void> }, leaseExpiresAt: string | null | undefined): Promise<void> {
     // Put off past the job's deadline, not just past this lease: the holder renews its lease for as
     // long as it runs, and every return of the copy would be one more receive towards the redrive
     // limit (a false dead letter). The copy is never the one that resumes the job: a holder that dies
     // leaves its own copy, which comes back when its lease runs out.
-    const leftSec = Math.ceil((Date.parse(leaseExpiresAt ?? '') - clock.now()) / 1000);
-    const delaySec = Math.min(COPY_DEFER_MAX_SEC, Math.max(Math.max(1, leftSec) + Math.ceil(visibilitySec / 4), (jobTimeoutSec ?? COPY_DEFER_DEFAULT_SEC) + visibilitySec));
+    const delaySec = copyDelaySec(leaseExpiresAt);
     log.info('a second copy of the message whose delivery holds the job; it comes back after the lease', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt, delaySec });
     await lease.release();
     await release(m, 'copy_of_held', delaySec);

@@ -194,6 +194,29 @@ describe('deliveries', () => {
     expect(sqs.left).toBe(0);
   });
 
+  it('a second copy of the held message that reaches a worker as it stops is put off, not sent again and acked (on SQS that ack would delete the holder\'s message)', async () => {
+    const env = await makeEnv();
+    // The copy becomes visible 800 ms after the message: A holds the job by then, and B is stopping.
+    const sqs = new SqsReceiptRulesQueue(2, 800);
+    const job = await submit({ jobs: env.jobs, queue: sqs }, { steps: 6 });
+    let finishA!: () => void;
+    const gate = new Promise<void>((r) => (finishA = r));
+    const a = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, { run: async () => (await gate, outcome(6, false)) }, { visibilityTimeoutSec: 4, jobTimeoutSec: 6 });
+    await waitFor('A started', () => ofType(a.events, 'job_started')[0]);
+    const b = start({ queue: sqs, jobs: env.jobs, blobs: env.blobs }, stepping(6, 1), { visibilityTimeoutSec: 4, jobTimeoutSec: 6, receiveWaitSec: 3 });
+    await waitFor('B polling', () => b.worker.state === 'polling');
+    const stopped = b.worker.stop();
+    await stopped;
+    expect(ofType(b.events, 'requeued')).toEqual([]);
+    expect(ofType(b.events, 'acked')).toEqual([]);
+    expect(ofType(b.events, 'released')).toEqual([expect.objectContaining({ reason: 'copy_of_held' })]);
+    // Nothing new was sent: the two copies of the one message are all there is.
+    expect(sqs.stored).toHaveLength(2);
+    finishA();
+    await waitFor('A done', () => finishedOf(a.events));
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'succeeded', attempts: 1 });
+  });
+
   it('a slow claim does not make the record\'s lease outlive the queue\'s: after a failure it could not record, the message comes back and takes over, not put off as a copy', async () => {
     const env = await makeEnv();
     let failQueuedWrite = true;
