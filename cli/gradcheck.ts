@@ -1,13 +1,12 @@
 // clipag gradcheck: directional-derivative check of a bundle's pixel gradient.
 import { parseArgs } from 'node:util';
 import { imageGradientGraph } from '../gpu-worker/engine/clip/graphs.ts';
-import { gradcheck } from '../gpu-worker/engine/clip/gradcheck.ts';
+import { gradcheck, gradcheckDType } from '../gpu-worker/engine/clip/gradcheck.ts';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
-import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { intArg, modelDir } from './common.ts';
 
 export const summary = 'check a model\'s pixel gradient against finite differences';
-export const usage = `usage: clipag gradcheck [--model DIR] [--dtype float64|float32 (default float64; float32 for foreign ONNX towers)] [--batch N] [--directions N] [--seed S] [--json]
+export const usage = `usage: clipag gradcheck [--model DIR] [--dtype float64|float32 (default float64; float32 for foreign ONNX towers and exact-GELU models)] [--batch N] [--directions N] [--seed S] [--json]
 
 Compiles the model's image tower with its backward pass, then compares ∇L·d with the central
 difference (L(x+hd) − L(x−hd))/2h along random directions d (default 4): alternately one blended
@@ -26,9 +25,9 @@ export async function run(argv: string[]): Promise<number> {
   const batch = intArg(values.batch, 'batch', 1, 1, 64);
   const engine = await ClipEngine.open(modelDir(values.model));
   try {
-    // Foreign ONNX towers are float32 graphs (Conv has no float64 CPU kernel); ours check in float64.
-    const dtype = (values.dtype ?? (engine.bundle.foreign ? 'float32' : 'float64')) as 'float64' | 'float32';
-    if (dtype !== 'float64' && dtype !== 'float32') throw new EngineError('invalid_input', `--dtype must be float64 or float32, got ${values.dtype}`);
+    // Foreign ONNX towers (Conv) and exact-GELU towers (Erf) hold ops with no float64 CPU kernel: they
+    // check in float32; ours otherwise in float64.
+    const dtype = gradcheckDType(engine.bundle, values.dtype);
     const src = engine.towerSource();
     // float64 graphs must skip ORT's QuickGelu fusion, which only has a float kernel.
     const handle = await engine.graph(`gradcheck:${dtype}:b${batch}`, () => imageGradientGraph(src, batch, dtype), { graphOptimizationLevel: dtype === 'float64' ? 'basic' : 'all' });

@@ -258,7 +258,29 @@ export class ClipEngine {
       const out = await h.run({ tokens: { dtype: 'int64', dims: [batch, L], data: tokens }, eot_index: { dtype: 'int64', dims: [batch], data: eot } });
       raw.set((out.text_features.data as Float32Array).subarray(0, chunk.length * E), start * E);
     }
+    this.checkTextFeatures(texts, raw);
     return { unit: normalizeRows(raw, E), raw };
+  }
+
+  /**
+   * Refuses text features that have no direction: a zero (or vanishing) vector, say from an all-zero
+   * text_projection, would normalize to a zero "unit" target, and every synthesis would optimize
+   * nothing (its gradient is 0) and still report success; a non-finite one would fail at step 0
+   * blaming the seed. Both come from the model's weights, not from the prompt.
+   */
+  private checkTextFeatures(texts: readonly string[], raw: Float32Array): void {
+    const E = this.embedDim;
+    for (let r = 0; r < texts.length; r++) {
+      let s = 0;
+      for (let k = 0; k < E; k++) s += raw[r * E + k]! ** 2;
+      const prompt = JSON.stringify(texts[r]!.length > 80 ? `${texts[r]!.slice(0, 80)}…` : texts[r]);
+      if (!Number.isFinite(s)) {
+        throw new EngineError('numerical_error', `model ${this.name}: the text tower produces a non-finite embedding for ${prompt}; its weights overflow (check the bundle's text weights, or re-import it)`, { model: this.name });
+      }
+      if (Math.sqrt(s) < MIN_TEXT_FEATURE_NORM) {
+        throw new EngineError('invalid_model', `model ${this.name}: the text tower produces a zero embedding for ${prompt} (norm ${Math.sqrt(s).toExponential(1)}), so no prompt can steer an image; its text weights are broken (an all-zero text_projection?): re-export or re-import the model`, { model: this.name });
+      }
+    }
   }
 
   /**
@@ -346,6 +368,8 @@ export class ClipEngine {
 }
 
 const DEFAULT_MAX_LEASED_GRAPHS = 8;
+/** Text features shorter than this have no usable direction (real CLIP features have norms of order 1–10). */
+const MIN_TEXT_FEATURE_NORM = 1e-12;
 let engineInstances = 0;
 
 /** Above this many bytes of weights a graph goes through a file with external data (protobuf caps at 2 GB). */

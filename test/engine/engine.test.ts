@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { checkRecipeDefaults, loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import { inferArch } from '../../gpu-worker/engine/clip/arch.ts';
 import { readSafetensors, writeSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
 import { DEFAULT_RECIPE } from '../../gpu-worker/engine/synth/recipe.ts';
 import { validateRequest } from '../../gpu-worker/engine/synth/synthesize.ts';
@@ -58,6 +59,32 @@ describe('ClipEngine', () => {
     await expect(engine.embedImages([{ width: 32, height: 32, data: new Float32Array(10) }])).rejects.toMatchObject({ code: 'invalid_input' });
     await expect(engine.embedText(['   '])).rejects.toMatchObject({ code: 'invalid_input' });
   });
+
+  it('refuses a text tower that gives a zero embedding (all-zero text_projection) or an overflowing one, naming model and prompt', async () => {
+    const spoilt = async (name: string, value: number) => {
+      const d = makeTinyBundle('quickgelu', { manifest: { name } });
+      const w = readSafetensors(join(d, 'weights.safetensors')).tensors;
+      const t = w.get('text_projection')!;
+      w.set('text_projection', { ...t, data: new Float32Array(t.data.length).fill(value) });
+      await writeSafetensors(join(d, 'weights.safetensors'), w);
+      return d;
+    };
+    for (const [name, value, code, message] of [
+      ['zero-proj', 0, 'invalid_model', /model zero-proj: the text tower produces a zero embedding for "a red circle"/],
+      ['huge-proj', 3e38, 'numerical_error', /model huge-proj: the text tower produces a non-finite embedding for "a red circle"/],
+    ] as const) {
+      const d = await spoilt(name, value);
+      const e = await ClipEngine.open(d, { threads: 1 });
+      try {
+        const err = await e.embedText(['a red circle', 'a blue square']).catch((x) => x);
+        expect(err).toBeInstanceOf(EngineError);
+        expect([err.code, err.message]).toEqual([code, expect.stringMatching(message)]);
+      } finally {
+        await e.close();
+        rmSync(d, { recursive: true, force: true });
+      }
+    }
+  });
 });
 
 describe('bundle validation', () => {
@@ -103,6 +130,23 @@ describe('bundle validation', () => {
     const huge = await loadBundle(withLayers('layers-huge', 200_000_000)).catch((e) => e);
     expect([huge.code, huge.message]).toEqual(['invalid_model', expect.stringMatching(/architecture\.visionLayers: Too big: expected number to be <=512/)]);
   });
+  it('a context length too short for start, one token and end (1 or 2) is refused by the manifest check and by inferArch', async () => {
+    for (const L of [1, 2]) {
+      const dir = variant(`ctx${L}`, (d) => {
+        const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+        m.architecture.contextLength = L;
+        writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+      });
+      const w = readSafetensors(join(dir, 'weights.safetensors')).tensors;
+      const pos = w.get('positional_embedding')!;
+      w.set('positional_embedding', { ...pos, dims: [L, pos.dims[1]!], data: pos.data.slice(0, L * pos.dims[1]!) });
+      await writeSafetensors(join(dir, 'weights.safetensors'), w);
+      const err = await loadBundle(dir).catch((e) => e);
+      expect([err.code, err.message]).toEqual(['invalid_model', expect.stringMatching(/architecture\.contextLength: must be at least 3 \(the start token, one token of text and the end token\)/)]);
+      const shapes = new Map([...readSafetensors(join(dir, 'weights.safetensors')).tensors].map(([k, t]) => [k, t.dims]));
+      expect(() => inferArch(shapes, { textHeads: 4 })).toThrow(new RegExp(`inferred architecture is inconsistent: contextLength is ${L}: must be at least 3`));
+    }
+  });
   it('a bundle of another kind (the judge) is named as such, not listed field by field', async () => {
     const err = await loadBundle(join(REPO_ROOT, 'models', 'toy-judge')).catch((e) => e);
     expect([err.code, err.message]).toEqual(['invalid_model', expect.stringMatching(/is a "clipag-toy-judge" bundle, not a CLIP model bundle \("clipag-model-bundle"\)/)]);
@@ -127,6 +171,11 @@ describe('bundle validation', () => {
       });
     await expect(loadBundle(withRecipe('recipe-unknown', { patchView: 0 }))).rejects.toThrow(/not a valid bundle manifest: recipe: Unrecognized key.*patchView/);
     await expect(loadBundle(withRecipe('recipe-bad', { translation: 0.9 }))).rejects.toThrow(/recipe defaults are invalid: translation must be in \[0, 0.5\]/);
+    // No weight on any view: every step's loss and gradient would be 0, and each job would return its start image.
+    await expect(loadBundle(withRecipe('recipe-zero-weights', { globalWeight: 0, patchWeight: 0 }))).rejects.toThrow(/recipe defaults are invalid: view_weights must put a weight > 0 on the views taken/);
+    await expect(loadBundle(withRecipe('recipe-zero-on-only-kind', { patchViews: 0, globalWeight: 0 }))).rejects.toThrow(/view_weights must put a weight > 0/);
+    expect(() => checkRecipeDefaults({ globalWeight: 0, patchWeight: 0 })).toThrow(/view_weights must put a weight > 0/);
+    await expect(loadBundle(withRecipe('recipe-zero-global-ok', { globalWeight: 0 }))).resolves.toBeTruthy();
     const ok = await loadBundle(withRecipe('recipe-ok', { patchViews: 0, globalViews: 12 }));
     const req = { prompts: [{ text: 'x', weight: 1 }], width: 64, height: 64, seed: 1 };
     expect(validateRequest(req, 64, ok.manifest.recipe).recipe).toMatchObject({ patchViews: 0, globalViews: 12, steps: DEFAULT_RECIPE.steps });
@@ -212,6 +261,25 @@ describe('CLI', () => {
     const res = JSON.parse(out);
     expect(res.maxRelError).toBeLessThan(1e-6);
     expect(code).toBe(0);
+  });
+  it('clipag gradcheck on an exact-GELU model checks in float32 by default (no float64 Erf kernel), and says why float64 is refused', async () => {
+    const gelu = makeTinyBundle('gelu');
+    const err = console.error;
+    const errors: string[] = [];
+    console.error = (...a: unknown[]) => errors.push(a.join(' '));
+    try {
+      const { code, out } = await capture(['gradcheck', '--model', gelu, '--json', '--directions', '2']);
+      const res = JSON.parse(out);
+      expect(res.dtype).toBe('float32');
+      expect(res.maxRelError).toBeLessThan(2e-2);
+      expect(code).toBe(0);
+      const f64 = await capture(['gradcheck', '--model', gelu, '--dtype', 'float64']);
+      expect(f64.code).not.toBe(0);
+      expect(errors.join('\n')).toMatch(/cannot be checked in float64: it uses exact GELU.*use --dtype float32/);
+    } finally {
+      console.error = err;
+      rmSync(gelu, { recursive: true, force: true });
+    }
   });
   it('clipag embed with neither --text nor --image is a usage error', async () => {
     const err = console.error;

@@ -181,6 +181,31 @@ describe('a bundle is checked whole at load (and so at models push), not on its 
     }
   });
 
+  it('refuses a tower exported for a fixed batch of 1 (torch.onnx.export without dynamic_axes), with re-export advice', async () => {
+    // The input says so: refused by inspectForeignTower.
+    const fixedInput = await bundle('fixed-input', { model: (m) => ({ ...m, inputs: m.inputs.map((i) => ({ ...i, shape: [1, ...i.shape.slice(1)] })) }) });
+    await expect(loadBundle(fixedInput)).rejects.toThrow(/bundle fixed-input: vision\.onnx: .*input image has a fixed batch size of 1 .*dynamic_axes=\{'image': \{0: 'batch'\}/);
+    // The input claims a dynamic batch, but a Reshape holds the export's batch of 1: the load check at batch 2 finds it.
+    const fixedReshape = await bundle('fixed-reshape', {
+      model: (m) => {
+        const r = m.nodes.find((n) => n.op === 'Reshape')!;
+        const inits = new Map(m.initializers);
+        // The exporter's runtime shape plumbing folds to constants; one baked-in shape with batch 1:
+        // the first Reshape of the fixture at batch 1, taken from a batch-1 build.
+        const b = new GraphBuilder('probe');
+        emitForeignTower(b, m, inspectForeignTower(m), b.input('x', 'float32', [1, 3, 32, 32]));
+        const emitted = b.nodes.find((n) => n.op === 'Reshape')!;
+        const target = b.shape(emitted.outputs[0]!);
+        inits.set('baked_shape', { dtype: 'int64', dims: [target.length], data: BigInt64Array.from(target.map(BigInt)) });
+        return { ...m, initializers: inits, nodes: m.nodes.map((n) => (n === r ? { ...n, inputs: [n.inputs[0]!, 'baked_shape'] } : n)) };
+      },
+    });
+    const err = await loadBundle(fixedReshape).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(EngineError);
+    expect((err as EngineError).code).toMatch(/invalid_graph|invalid_model/);
+    expect((err as EngineError).message).toMatch(/bundle fixed-reshape: vision\.onnx: the tower builds for one image but not for a batch of 2 .*re-export it with a dynamic batch axis/);
+  });
+
   it('refuses integer weights and weights of another architecture, naming the bundle and the file', async () => {
     const ints = await bundle('ints', { weights: (w) => w.set('text_projection', { ...w.get('text_projection')!, dtype: 'int32', data: new Int32Array(w.get('text_projection')!.data.length) }) });
     await expect(loadBundle(ints)).rejects.toThrow(/bundle ints: weights\.safetensors: tensor text_projection is int32; weights are float32, float16 or float64/);

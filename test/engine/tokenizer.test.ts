@@ -203,6 +203,18 @@ describe('WordLevel tokenizer.json through the same class', () => {
     expectEngineError(() => TextTokenizer.fromJson(wordLevel, { source: 'toy.json' }), 'invalid_tokenizer', 'toy.json', '<|startoftext|>', '<|endoftext|>');
   });
 
+  it('refuses start and end tokens that share an id, and a word with either id (every prompt would embed alike)', () => {
+    const opts = { sotToken: '<sot>', eotToken: '<eot>', source: 'same.json' };
+    const same = { ...wordLevel, added_tokens: wordLevel.added_tokens.map((t) => (t.content === '<sot>' ? { ...t, id: 6 } : t)) };
+    expectEngineError(() => TextTokenizer.fromJson(same, opts), 'invalid_tokenizer', 'same.json', 'share id 6');
+    const wordIsEot = { ...wordLevel, model: { ...wordLevel.model, vocab: { ...wordLevel.model.vocab, circle: 6 } } };
+    expectEngineError(() => TextTokenizer.fromJson(wordIsEot, opts), 'invalid_tokenizer', '"circle" has id 6', 'end token');
+    const wordIsSot = { ...wordLevel, model: { ...wordLevel.model, vocab: { ...wordLevel.model.vocab, red: 5 } } };
+    expectEngineError(() => TextTokenizer.fromJson(wordIsSot, opts), 'invalid_tokenizer', '"red" has id 5', 'start token');
+    // The specials' own vocab entries (as in Hugging Face CLIP files) are fine.
+    expect(TextTokenizer.fromJson(wordLevel, opts).vocabSize).toBe(7);
+  });
+
   it('without unk_token an unknown word is invalid_input', () => {
     const noUnk = { ...wordLevel, model: { ...wordLevel.model, unk_token: undefined } };
     const wl = TextTokenizer.fromJson(noUnk, { sotToken: '<sot>', eotToken: '<eot>' });

@@ -21,7 +21,9 @@ export const ClipArchSchema = z
     visionWidth: size(65_536),
     visionPatchSize: size(1024),
     visionHeads: size(1024),
-    contextLength: size(65_536),
+    // The start token, at least one word and the end token: at 2 every prompt is cut to [start, end]
+    // and embeds alike; at 1 none can be encoded at all.
+    contextLength: size(65_536).min(3, 'must be at least 3 (the start token, one token of text and the end token)'),
     vocabSize: size(4_000_000),
     textWidth: size(65_536),
     textHeads: size(1024),
@@ -137,7 +139,9 @@ export function inferArch(
     activation: overrides.activation ?? 'quick_gelu',
   };
   const parsed = ClipArchSchema.safeParse(arch);
-  if (!parsed.success) throw new EngineError('invalid_weights', `inferred architecture is inconsistent: ${parsed.error.issues.map((i) => i.message).join('; ')}`);
+  if (!parsed.success) {
+    throw new EngineError('invalid_weights', `inferred architecture is inconsistent: ${parsed.error.issues.map((i) => (i.path.length ? `${i.path.join('.')} is ${JSON.stringify((arch as Record<string, unknown>)[String(i.path[0])])}: ` : '') + i.message).join('; ')}`);
+  }
   return arch;
 }
 

@@ -11,7 +11,7 @@ import { MODEL_NAME_PATTERN } from '../../../shared/names.ts';
 import { EngineError, whereFrom } from '../errors.ts';
 import type { ModelIR, TensorData } from '../onnx/ir.ts';
 import { readModelFile } from '../onnx/codec.ts';
-import { type ForeignTowerInfo, emitForeignTower, inspectForeignTower } from './foreign.ts';
+import { type ForeignTowerInfo, REEXPORT_DYNAMIC_BATCH, emitForeignTower, inspectForeignTower } from './foreign.ts';
 import { GraphBuilder } from '../onnx/builder.ts';
 import { readSafetensors } from '../io/safetensors.ts';
 import { ClipArchSchema, type ClipArch, checkWeights } from './arch.ts';
@@ -205,11 +205,26 @@ export async function loadBundle(dirIn: string, opts: { verifyChecksums?: boolea
       throw new EngineError('invalid_model', `bundle ${manifest.name}: the foreign image tower outputs ${info.embedDim}-d features at ${info.resolution} px, but the architecture says embedDim ${arch.embedDim} at ${arch.imageResolution} px`);
     }
     // At load (and at models push), not on a customer's first job: its weights are finite, and its
-    // graph builds (no node reads a value nothing defines, nodes in order, no name defined twice).
+    // graph builds (no node reads a value nothing defines, nodes in order, no name defined twice) at
+    // batch 1 (one image) and at a batch of several (synthesis views): a graph whose Reshape constants
+    // hold the export's batch of 1 fails to build at 2, or keeps the images apart no more.
     checkFinite(model.initializers, `${manifest.name} (${onnxFile})`);
     whereFrom(where, () => {
-      const b = new GraphBuilder('foreign_check');
-      b.output(emitForeignTower(b, model, info, b.input('pixels', 'float32', [1, 3, info.resolution, info.resolution])));
+      for (const batch of [1, 2]) {
+        const b = new GraphBuilder('foreign_check');
+        let out: string;
+        try {
+          out = emitForeignTower(b, model, info, b.input('pixels', 'float32', [batch, 3, info.resolution, info.resolution]));
+        } catch (e) {
+          if (batch === 1 || !(e instanceof EngineError)) throw e;
+          throw new EngineError(e.code, `the tower builds for one image but not for a batch of 2 (${e.message}): it was likely exported for a fixed batch of 1; ${REEXPORT_DYNAMIC_BATCH(info.inputName, info.outputName)}`, e.detail);
+        }
+        const shape = b.shape(out);
+        if (shape.length !== 2 || shape[0] !== batch || shape[1] !== info.embedDim) {
+          throw new EngineError('invalid_model', `for a batch of ${batch} images the tower outputs [${shape}], not [${batch}, ${info.embedDim}]: it mixes the images of a batch (exported for a fixed batch size?); ${REEXPORT_DYNAMIC_BATCH(info.inputName, info.outputName)}`);
+        }
+        b.output(out);
+      }
     });
     foreign = { model, info };
   }

@@ -43,6 +43,10 @@ export function inspectForeignTower(model: ModelIR, opts: { input?: string; outp
   if (input.dtype !== 'float32' || s.length !== 4 || s[1] !== 3 || s[2] !== s[3] || s[2] <= 0) {
     throw new EngineError('invalid_model', `${where}: input ${input.name} must be float32 [batch, 3, R, R] (NCHW, square); it is ${input.dtype} [${s}]`);
   }
+  // Synthesis runs the tower on a batch of views (16 by default) and scoring on several images: a
+  // graph exported for one image at a time (torch.onnx.export without dynamic_axes) has that batch
+  // baked into its Reshape constants too, and would fail every job (or mix the views together).
+  if (s[0] >= 0) throw new EngineError('invalid_model', `${where}: input ${input.name} has a fixed batch size of ${s[0]} ([${s}]), but the tower runs on batches of views; ${REEXPORT_DYNAMIC_BATCH(input.name, output.name)}`, { input: input.name, shape: s });
   const o = output.shape;
   if (o.length !== 2 || o[1] <= 0) throw new EngineError('invalid_model', `${where}: output ${output.name} must be [batch, embed_dim]; it is [${o}]`);
   const problems = listUnsupportedOps(model, { input: input.name, output: output.name });
@@ -52,6 +56,10 @@ export function inspectForeignTower(model: ModelIR, opts: { input?: string; outp
   }
   return { inputName: input.name, outputName: output.name, resolution: s[2], embedDim: o[1] };
 }
+
+/** The advice for a tower exported for a fixed batch size. */
+export const REEXPORT_DYNAMIC_BATCH = (input: string, output?: string) =>
+  `re-export it with a dynamic batch axis: torch.onnx.export(..., input_names=['${input}']${output ? `, output_names=['${output}']` : ''}, dynamic_axes={'${input}': {0: 'batch'}${output ? `, '${output}': {0: 'batch'}` : ''}})`;
 
 /**
  * Ops with no shape rule, ops of other domains (onnxruntime's fused com.microsoft ops), and float ops

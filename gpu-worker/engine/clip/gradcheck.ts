@@ -3,6 +3,8 @@
 // Operators run it (`clipag gradcheck --model DIR`) on any bundle, including foreign towers.
 
 import type { DType, ModelIR } from '../onnx/ir.ts';
+import { EngineError } from '../errors.ts';
+import type { ClipArch } from './arch.ts';
 import { Rng } from '../synth/rng.ts';
 import type { EngineHandle } from '../runtime/pool.ts';
 
@@ -26,6 +28,28 @@ export interface GradcheckResult {
   passed: boolean;
 }
 
+
+/**
+ * Why a bundle's image tower cannot be checked in float64, or undefined when it can. onnxruntime's
+ * CPU provider has float32-only kernels for some ops: Erf (the exact GELU of `activation: "gelu"`
+ * models), and the Conv/ConvTranspose foreign ONNX towers hold (ADR 0001). Those bundles are checked
+ * in float32, with its tolerance.
+ */
+export function float64Obstacle(bundle: { arch: Pick<ClipArch, 'activation'>; foreign?: unknown }): string | undefined {
+  if (bundle.foreign) return 'its image tower is a foreign ONNX graph, which runs in float32 (onnxruntime has no float64 CPU Conv kernel)';
+  if (bundle.arch.activation === 'gelu') return 'it uses exact GELU (an Erf op), which onnxruntime\'s CPU provider has no float64 kernel for';
+  return undefined;
+}
+
+/** The dtype a bundle's gradient check runs in by default: float64, or float32 where float64Obstacle says why not. */
+export function gradcheckDType(bundle: { arch: Pick<ClipArch, 'activation'>; foreign?: unknown }, requested?: string): 'float64' | 'float32' {
+  if (requested !== undefined && requested !== 'float64' && requested !== 'float32') {
+    throw new EngineError('invalid_input', `--dtype must be float64 or float32, got ${requested}`);
+  }
+  const obstacle = float64Obstacle(bundle);
+  if (requested === 'float64' && obstacle) throw new EngineError('invalid_input', `this model cannot be checked in float64: ${obstacle}; use --dtype float32`);
+  return (requested as 'float64' | 'float32' | undefined) ?? (obstacle ? 'float32' : 'float64');
+}
 
 /** Pixels a sparse test direction touches. */
 const SPARSE_PIXELS = 64;

@@ -156,10 +156,16 @@ export class TextTokenizer {
     if (missing.length) bad(`missing special token(s) ${missing.map((x) => JSON.stringify(x)).join(', ')} in added_tokens`);
     this.sotId = sot!;
     this.eotId = eot!;
+    // The text tower pools at the first end token: were it the start token's id (or a word's), every
+    // prompt would pool at position 0 (or at that word) and embed alike, ignoring what it says.
+    if (sot === eot) bad(`the start token ${JSON.stringify(sotName)} and the end token ${JSON.stringify(eotName)} share id ${sot}; they must have ids of their own (the model pools its text features at the end token)`);
 
     let maxId = -1;
     for (const [tok, id] of Object.entries(m.vocab as Json)) {
       if (!Number.isInteger(id) || (id as number) < 0) bad(`vocab entry ${JSON.stringify(tok)} has a bad id ${JSON.stringify(id)}`);
+      if ((id === sot && tok !== sotName) || (id === eot && tok !== eotName)) {
+        bad(`vocab entry ${JSON.stringify(tok)} has id ${id}, the id of the ${id === sot ? `start token ${JSON.stringify(sotName)}` : `end token ${JSON.stringify(eotName)}`}; a word must have an id of its own (the model pools its text features at the end token)`);
+      }
       maxId = Math.max(maxId, id as number);
     }
     for (const id of this.special.values()) maxId = Math.max(maxId, id);

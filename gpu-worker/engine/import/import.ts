@@ -5,7 +5,8 @@
 // lazily → map names → infer the architecture from shapes (flags override heads/activation) → check
 // every tensor against it (missing/extra/misshapen are listed) → stream the tensors one at a time into
 // weights.safetensors (cast to F32, or F16 kept with keepFp16; each checked for NaN/Inf as stored) →
-// tokenizer.json → manifest with sha256 → float64 gradient check on the new bundle → rename into place.
+// tokenizer.json → manifest with sha256 → gradient check on the new bundle (float64; float32 for exact
+// GELU, whose Erf has no float64 CPU kernel) → rename into place.
 // Everything is written into a temporary folder next to the target and renamed at the end; any error
 // removes it, so a failed import never leaves a partial bundle.
 
@@ -18,7 +19,7 @@ import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, type Manifest, ManifestSchema, OP
 import { buildClipTokenizerJson } from '../clip/tokenizer-json.ts';
 import { TextTokenizer } from '../clip/tokenizer.ts';
 import { makeStagingFolder, syncFolder, syncPath } from '../io/staging.ts';
-import { gradcheck, type GradcheckResult } from '../clip/gradcheck.ts';
+import { gradcheck, gradcheckDType, type GradcheckResult } from '../clip/gradcheck.ts';
 import { imageGradientGraph } from '../clip/graphs.ts';
 import { ClipEngine } from '../engine.ts';
 import { f16ToF32Array } from '../io/safetensors.ts';
@@ -44,7 +45,7 @@ export interface ImportOptions {
   robust?: boolean;
   /** Hugging Face config.json (default: next to the weights). */
   hfConfig?: string;
-  /** Run the float64 gradient check on the new bundle (default true). */
+  /** Run the gradient check on the new bundle (default true; float64, or float32 for exact-GELU models). */
   verify?: boolean;
   onProgress?: (p: ImportProgress) => void;
   log?: (line: string) => void;
@@ -177,7 +178,9 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
   }
   // Before any weight is converted, and under the caller's own path (a bad file found later would be named by its temp copy).
   const givenTokenizer = opts.tokenizer ? TextTokenizer.fromFile(opts.tokenizer) : undefined;
-  const tokenizerJson = opts.vocab ? JSON.stringify(buildClipTokenizerJson(opts.vocab)) : undefined;
+  const builtJson = opts.vocab ? buildClipTokenizerJson(opts.vocab) : undefined;
+  const tokenizerJson = builtJson ? JSON.stringify(builtJson) : undefined;
+  const tokenizer = givenTokenizer ?? TextTokenizer.fromJson(builtJson, { source: `built from --vocab ${opts.vocab}` });
   const name = opts.name ?? defaultBundleName(src);
   if (!NAME_RE.test(name) || name.length > 64) throw new EngineError('invalid_input', `bundle name "${name}" must be 1–64 lower-case letters, digits, ., _ or -; pass --name`);
 
@@ -216,8 +219,17 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
       `architecture: ViT ${arch.visionLayers}×${arch.visionWidth} (heads ${arch.visionHeads}, patch ${arch.visionPatchSize}, ${arch.imageResolution}px), text ${arch.textLayers}×${arch.textWidth} (heads ${arch.textHeads}), embed ${arch.embedDim}, ${arch.activation}`,
     );
     log(`  activation: ${inferred.activation}; vision heads: ${inferred.visionHeads}; text heads: ${inferred.textHeads}`);
-    // More ids than rows is refused when the bundle loads; far fewer is most likely another model's file
-    // (every prompt then embeds through the wrong rows), while a table padded a little is common.
+    // More ids than rows is refused when the bundle loads, so it is refused here, before anything is
+    // written (--no-verify too); far fewer is most likely another model's file (every prompt then embeds
+    // through the wrong rows), while a table padded a little is common.
+    if (tokenizer.vocabSize > arch.vocabSize) {
+      const which = opts.tokenizer ? `--tokenizer ${opts.tokenizer}` : `the CLIP tokenizer built from --vocab ${opts.vocab}`;
+      throw new EngineError(
+        'invalid_tokenizer',
+        `${which} has ${tokenizer.vocabSize} token ids, but the model's token embedding (token_embedding.weight) has only ${arch.vocabSize} rows: ids past row ${arch.vocabSize - 1} have no embedding. Pass the tokenizer this model was trained with (--tokenizer tokenizer.json); nothing was written`,
+        { tokenizerIds: tokenizer.vocabSize, embeddingRows: arch.vocabSize },
+      );
+    }
     if (givenTokenizer && givenTokenizer.vocabSize < arch.vocabSize * 0.9) {
       log(`warning: --tokenizer ${opts.tokenizer} has ${givenTokenizer.vocabSize} token ids, but the model's token embedding has ${arch.vocabSize} rows: is it the tokenizer this model was trained with?`);
     }
@@ -280,7 +292,7 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
 
     let gc: GradcheckResult | undefined;
     if (opts.verify !== false) {
-      log('verifying: float64 gradient check (batch 1, 2 directions)…');
+      log(`verifying: ${gradcheckDType({ arch })} gradient check (batch 1, 2 directions)…`);
       gc = await verifyBundle(tmp);
       for (const [i, d] of gc.directions.entries()) log(`  direction ${i}: analytic ${d.analytic.toExponential(6)}  numeric ${d.numeric.toExponential(6)}  rel.err ${d.relError.toExponential(2)}`);
       log(`  ${gc.passed ? 'PASS' : 'FAIL'}: max relative error ${gc.maxRelError.toExponential(2)} (tolerance ${gc.tolerance})`);
@@ -305,13 +317,19 @@ function pickInfo(info: Record<string, unknown>): Record<string, unknown> {
   return o;
 }
 
-/** The float64 directional-derivative check of `clipag gradcheck`, batch 1, 2 directions. */
+/**
+ * The directional-derivative check of `clipag gradcheck`, batch 1, 2 directions, in its default dtype:
+ * float64, or float32 (with its tolerance) for a tower holding an op with no float64 CPU kernel
+ * (exact GELU's Erf, a foreign tower's Conv).
+ */
 export async function verifyBundle(dir: string, opts: { directions?: number; seed?: number } = {}): Promise<GradcheckResult> {
   const engine = await ClipEngine.open(dir);
   try {
     const src = engine.towerSource();
-    const handle = await engine.graph('gradcheck:float64:b1', () => imageGradientGraph(src, 1, 'float64'), { graphOptimizationLevel: 'basic' });
-    return await gradcheck(handle, { batch: 1, resolution: engine.imageSize, embedDim: engine.embedDim }, { dtype: 'float64', directions: opts.directions ?? 2, seed: opts.seed ?? 1234 });
+    const dtype = gradcheckDType(engine.bundle);
+    // float64 graphs must skip ORT's QuickGelu fusion, which only has a float kernel.
+    const handle = await engine.graph(`gradcheck:${dtype}:b1`, () => imageGradientGraph(src, 1, dtype), { graphOptimizationLevel: dtype === 'float64' ? 'basic' : 'all' });
+    return await gradcheck(handle, { batch: 1, resolution: engine.imageSize, embedDim: engine.embedDim }, { dtype, directions: opts.directions ?? 2, seed: opts.seed ?? 1234 });
   } finally {
     await engine.close();
   }

@@ -268,10 +268,19 @@ function readCentralDirectory(fd: number, size: number, path: string): Map<strin
       const id = v.getUint16(x, true);
       const len = v.getUint16(x + 2, true);
       if (id === 0x0001) {
+        // Each value is read from inside this field (and this entry's extra data): a field cut short
+        // would read past the directory (a RangeError) or take the next entry's bytes as a size.
+        const fieldEnd = Math.min(x + 4 + len, xEnd);
         let q = x + 4;
-        if (usize === 0xffffffff) { usize = u64(v, q, path); q += 8; }
-        if (compressedSize === 0xffffffff) { compressedSize = u64(v, q, path); q += 8; }
-        if (localHeaderOffset === 0xffffffff) { localHeaderOffset = u64(v, q, path); q += 8; }
+        const next = (what: string): number => {
+          if (q + 8 > fieldEnd) throw corrupt(path, `the ZIP64 extra field of record ${name} is too short (${len} bytes) to hold its ${what}`);
+          const n = u64(v, q, path);
+          q += 8;
+          return n;
+        };
+        if (usize === 0xffffffff) usize = next('size');
+        if (compressedSize === 0xffffffff) compressedSize = next('compressed size');
+        if (localHeaderOffset === 0xffffffff) localHeaderOffset = next('local header offset');
       }
       x += 4 + len;
     }

@@ -116,6 +116,11 @@ export function validateRecipe(r: Recipe): void {
   if (!(r.noiseStd >= 0 && r.noiseStd <= 1)) bad('noise_std', 'must be in [0, 1]');
   if (!(r.thresholdPercentile > 0 && r.thresholdPercentile <= 1)) bad('threshold_percentile', 'must be in (0, 1]');
   if (!(Number.isFinite(r.globalWeight) && Number.isFinite(r.patchWeight) && r.globalWeight >= 0 && r.patchWeight >= 0)) bad('view_weights', 'must be finite and ≥ 0');
+  // Each view's weight is its kind's weight over the count: with no weight on any view taken, the loss
+  // and its gradient are 0 at every step, and the job would return its starting image as a success.
+  if (!((r.globalViews > 0 && r.globalWeight > 0) || (r.patchViews > 0 && r.patchWeight > 0))) {
+    bad('view_weights', `must put a weight > 0 on the views taken (global_views ${r.globalViews} × global_weight ${r.globalWeight} + patch_views ${r.patchViews} × patch_weight ${r.patchWeight} is 0): nothing would be optimized`);
+  }
 }
 
 // The schedule lives in shared/: the API prices a job by the stages the worker will run (ADR 0014).

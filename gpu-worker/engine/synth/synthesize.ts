@@ -10,6 +10,7 @@ import { DEFAULT_RECIPE, LIMITS, type Recipe, type Stage, defaultSchedule, valid
 import { type PlanarImage, cloneImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage, squareCropsCovering } from './image.ts';
 import { Rng } from './rng.ts';
 import { samplePrior } from './prior.ts';
+import { MAX_PROMPT_WEIGHT } from '../../../shared/schemas/generation.ts';
 
 export interface WeightedPrompt {
   text: string;
@@ -103,10 +104,60 @@ export interface SynthResult {
 }
 
 const PROMPT_SLOTS = [1, 2, 4, 8];
+/**
+ * The largest |weight| the engine runs a prompt with is the API's (MAX_PROMPT_WEIGHT, 1000). Weights
+ * are relative, so the bound costs nothing; without it a weight of 1e308 overflowed the sum the
+ * weights are divided by, and the job failed or ran with every prompt at weight 0.
+ */
+export { MAX_PROMPT_WEIGHT };
+/**
+ * The most a prompt may weigh relative to the positive weights together. Normalized weights are
+ * float32 in the step graph: a negative prompt of -1000 against a positive one of 1e-300 would be
+ * -1e303 there, an infinite loss. A million to one is far past any useful mix.
+ */
+export const MAX_RELATIVE_PROMPT_WEIGHT = 1e6;
+const SMALLEST_NORMAL = 2 ** -1022;
 /** The output policy's concepts are capped at 500 (MAX_OUTPUT_CONCEPTS). */
 const MAX_SCREEN_TEXTS = 500;
 const NOISE_BANK = 16;
 const NOISE_SEED = 0x6e6f6973;
+
+/**
+ * Prompt weights divided by the sum of the positive ones (so those sum to 1), refused with
+ * invalid_input where that cannot be done in range: a non-finite weight or one past ±MAX_PROMPT_WEIGHT,
+ * no positive weight, or a weight more than MAX_RELATIVE_PROMPT_WEIGHT times the positive sum. Where
+ * the plain sum is not a finite normal number (it cannot overflow within the bound, but it can be
+ * subnormal), the weights are first scaled by the largest magnitude.
+ */
+export function normalizePromptWeights(weights: readonly number[]): number[] {
+  const bad = (msg: string): never => {
+    throw new EngineError('invalid_input', msg, { param: 'prompts' });
+  };
+  let maxAbs = 0;
+  for (const w of weights) {
+    if (!Number.isFinite(w)) bad(`prompt weights must be finite numbers, got ${w}`);
+    if (Math.abs(w) > MAX_PROMPT_WEIGHT) bad(`prompt weight ${w} is out of range: each weight must be between -${MAX_PROMPT_WEIGHT} and ${MAX_PROMPT_WEIGHT} (weights are relative: scale them down together)`);
+    maxAbs = Math.max(maxAbs, Math.abs(w));
+  }
+  // Within the bound the plain sum is exact enough and finite: keep it (bit for bit what the engine
+  // always computed); the scaled one only where the plain sum is not a normal positive number.
+  let sum = 0;
+  for (const w of weights) if (w > 0) sum += w;
+  let scaled = weights;
+  if (!(Number.isFinite(sum) && sum >= SMALLEST_NORMAL)) {
+    scaled = maxAbs > 0 ? weights.map((w) => w / maxAbs) : weights;
+    sum = 0;
+    for (const w of scaled) if (w > 0) sum += w;
+  }
+  if (!(sum > 0 && Number.isFinite(sum))) bad('at least one prompt needs a positive weight (all-zero or all-negative weights give nothing to move toward)');
+  const out = scaled.map((w) => w / sum);
+  for (const [k, w] of out.entries()) {
+    if (!(Math.abs(w) <= MAX_RELATIVE_PROMPT_WEIGHT)) {
+      bad(`prompt ${k + 1}'s weight ${weights[k]} is more than ${MAX_RELATIVE_PROMPT_WEIGHT} times the positive weights together (${weights.filter((x) => x > 0).join(' + ')}); give the prompts weights of comparable size`);
+    }
+  }
+  return out;
+}
 
 /** The recipe a request runs: the notebook defaults, then the model's own defaults, then the request's fields. */
 export function validateRequest(req: SynthRequest, encoderSize: number, modelDefaults: Partial<Recipe> = {}): { recipe: Recipe; schedule: Stage[] } {
@@ -126,6 +177,7 @@ export function validateRequest(req: SynthRequest, encoderSize: number, modelDef
     }
   }
   if (!req.prompts.some((p) => p.weight > 0)) throw new EngineError('invalid_input', 'at least one prompt needs a positive weight (all-zero or all-negative weights give nothing to move toward)', { param: 'prompts' });
+  normalizePromptWeights(req.prompts.map((p) => p.weight)); // the bounds, before any compute is spent
   const side = (v: number, param: string) => {
     if (!Number.isInteger(v) || v < LIMITS.side[0] || v > LIMITS.side[1] || v % 8 !== 0) {
       throw new EngineError('invalid_input', `${param} must be a multiple of 8 in [${LIMITS.side[0]}, ${LIMITS.side[1]}], got ${v}`, { param });
@@ -295,8 +347,7 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   const { unit: textUnit } = await engine.embedText(req.prompts.map((p) => p.text));
   // Before the run, so a text the engine cannot embed fails the request before the compute is spent.
   const screenUnits = req.screenTexts?.length ? await engine.conceptEmbeddings(req.screenTexts) : [];
-  const weightSum = req.prompts.filter((p) => p.weight > 0).reduce((a, p) => a + p.weight, 0);
-  const promptWeights = req.prompts.map((p) => p.weight / weightSum);
+  const promptWeights = normalizePromptWeights(req.prompts.map((p) => p.weight));
   let encoderPasses = 0;
   let encoderBackwardPasses = 0;
 

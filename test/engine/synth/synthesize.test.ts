@@ -10,7 +10,7 @@ import { decodeImage, resizeCover, solidImage, squareCropsCovering } from '../..
 import { augmentViews, stepGraph } from '../../../gpu-worker/engine/synth/step-graph.ts';
 import { createSession } from '../../../gpu-worker/engine/runtime/session.ts';
 import { encodeModel } from '../../../gpu-worker/engine/onnx/codec.ts';
-import { AdamW, type SynthRequest, addContentLoss, clipGradNorm, dynamicThreshold, planViews, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
+import { AdamW, MAX_PROMPT_WEIGHT, type SynthRequest, addContentLoss, normalizePromptWeights, clipGradNorm, dynamicThreshold, planViews, quantileAbsCentered, synthesize } from '../../../gpu-worker/engine/synth/synthesize.ts';
 import { Rng } from '../../../gpu-worker/engine/synth/rng.ts';
 import { DEFAULT_RECIPE, STYLE_CONTENT_WEIGHT, STYLE_RECIPE, defaultSchedule } from '../../../gpu-worker/engine/synth/recipe.ts';
 import { fillViewOperators } from '../../../gpu-worker/engine/synth/resample.ts';
@@ -200,11 +200,27 @@ describe('bad input fails before any compute', () => {
     ['steps too many', { recipe: { steps: 5000 } }, /steps/],
     ['a switch that is not true or false', { recipe: { colorOnImage: 'yes' as never } }, /color_on_image must be true or false/],
     ['strength out of range', { init: { kind: 'image', image: solidImage(8, 8, [0, 0, 0]), strength: 2 } }, /strength/],
+    ['weights of 1e308 (their sum overflowed)', { prompts: [{ text: 'a cat', weight: 1e308 }, { text: 'a dog', weight: 1e308 }] }, /prompt weight 1e\+308 is out of range: each weight must be between -1000 and 1000/],
+    ['a weight of 1.7e308', { prompts: [{ text: 'a cat', weight: 1.7e308 }] }, /prompt weight 1\.7e\+308 is out of range/],
+    ['a negative weight of -1e308', { prompts: [{ text: 'a cat', weight: 1 }, { text: 'a dog', weight: -1e308 }] }, /prompt weight -1e\+308 is out of range/],
+    ['a negative weight a million times the positive ones', { prompts: [{ text: 'a cat', weight: 1e-300 }, { text: 'a dog', weight: -1000 }] }, /prompt 2's weight -1000 is more than 1000000 times the positive weights together/],
   ] as [string, Partial<SynthRequest>, RegExp][])('%s', async (_name, patch, msg) => {
     const err = await synthesize(engine, { ...ok, ...patch }).catch((e) => e);
     expect(err).toBeInstanceOf(EngineError);
     expect(err.code).toBe('invalid_input');
     expect(err.message).toMatch(msg);
+  });
+
+  it('prompt weights are normalized by the positive ones\' sum; the largest allowed ones and tiny ones stay finite; the bound is the API\'s', () => {
+    expect(normalizePromptWeights([1])).toEqual([1]);
+    expect(normalizePromptWeights([3, 1, -2])).toEqual([3 / 4, 1 / 4, -2 / 4]);
+    const big = normalizePromptWeights([MAX_PROMPT_WEIGHT, MAX_PROMPT_WEIGHT, -MAX_PROMPT_WEIGHT, MAX_PROMPT_WEIGHT, MAX_PROMPT_WEIGHT, MAX_PROMPT_WEIGHT, MAX_PROMPT_WEIGHT, MAX_PROMPT_WEIGHT]);
+    expect(big.every((w) => Number.isFinite(Math.fround(w)))).toBe(true);
+    expect(big[0]).toBeCloseTo(1 / 7, 12);
+    const tiny = normalizePromptWeights([1e-320, 3e-320, -1e-320]); // a denormal sum: scaled first
+    expect(tiny.map((w) => Number(w.toPrecision(2)))).toEqual([0.25, 0.75, -0.25]);
+    expect(MAX_PROMPT_WEIGHT).toBe(1000);
+    expect(() => normalizePromptWeights([1, -1001])).toThrow(/prompt weight -1001 is out of range: each weight must be between -1000 and 1000/);
   });
 
   it('a corrupt prior file is refused', async () => {
