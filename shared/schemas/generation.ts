@@ -14,6 +14,12 @@ export const MAX_IMAGES = 4;
  * or ran with every prompt at 0. Request-only: a stored spec from before it still parses.
  */
 export const MAX_PROMPT_WEIGHT = 1000;
+/**
+ * The most a prompt may weigh relative to the positive weights together: the step graph runs the
+ * normalized weights in float32, where -1000 against 1e-300 would be an infinite loss. The engine
+ * refuses past it too; the request is refused here, before it is queued.
+ */
+export const MAX_RELATIVE_PROMPT_WEIGHT = 1e6;
 
 /**
  * Text a caller could have written: no lone UTF-16 surrogate (JSON's "\ud800" escape parses to one,
@@ -131,9 +137,12 @@ function checkRequestOnly(
     }
     if (cleanClipText(text) === '') ctx.addIssue({ code: 'custom', path, message: 'is empty once read as the model reads it (HTML entities, control characters and whitespace removed)' });
   }
+  const positiveSum = (req.prompts ?? []).reduce((sum, p) => (p.weight > 0 ? sum + p.weight : sum), 0);
   (req.prompts ?? []).forEach((p, i) => {
     if (Math.abs(p.weight) > MAX_PROMPT_WEIGHT) {
       ctx.addIssue({ code: 'custom', path: ['prompts', i, 'weight'], message: `weight must be between -${MAX_PROMPT_WEIGHT} and ${MAX_PROMPT_WEIGHT} (weights are relative: scale them down together)` });
+    } else if (positiveSum > 0 && !(Math.abs(p.weight) / positiveSum <= MAX_RELATIVE_PROMPT_WEIGHT)) {
+      ctx.addIssue({ code: 'custom', path: ['prompts', i, 'weight'], message: `weight is more than ${MAX_RELATIVE_PROMPT_WEIGHT} times the positive weights together; give the prompts weights of comparable size` });
     }
   });
   if (req.prompts && req.negative_prompt !== undefined && req.prompts.length + 1 > MAX_PROMPTS_WITH_NEGATIVE) {

@@ -57,6 +57,8 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     ['weights of 1e308', { prompts: [{ text: 'a red circle', weight: 1e308 }, { text: 'a blue square', weight: 1e308 }] }, 'prompts.0.weight'],
     ['a weight just over the bound', { prompts: [{ text: 'a red circle', weight: MAX_PROMPT_WEIGHT + 0.5 }] }, 'prompts.0.weight'],
     ['a negative weight just over the bound', { prompts: [{ text: 'a red circle', weight: 2 }, { text: 'b', weight: -MAX_PROMPT_WEIGHT - 1 }] }, 'prompts.1.weight'],
+    // Within the bound but a million times the positive weights: an infinite loss in the float32 step graph.
+    ['a weight a million times the positive ones', { prompts: [{ text: 'a red circle', weight: 1e-300 }, { text: 'b', weight: -1 }] }, 'prompts.1.weight'],
     // Lone UTF-16 surrogates (JSON's "\ud800" escape): no text a caller wrote; the model would read U+FFFD.
     ['a lone surrogate as the prompt', { prompt: '\ud800' }, 'prompt'],
     ['a lone surrogate in a prompt', { prompt: 'a red circle \udc00' }, 'prompt'],

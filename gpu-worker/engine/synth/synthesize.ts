@@ -10,7 +10,7 @@ import { DEFAULT_RECIPE, LIMITS, type Recipe, type Stage, defaultSchedule, valid
 import { type PlanarImage, cloneImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage, squareCropsCovering } from './image.ts';
 import { Rng } from './rng.ts';
 import { samplePrior } from './prior.ts';
-import { MAX_PROMPT_WEIGHT } from '../../../shared/schemas/generation.ts';
+import { MAX_PROMPT_WEIGHT, MAX_RELATIVE_PROMPT_WEIGHT } from '../../../shared/schemas/generation.ts';
 
 export interface WeightedPrompt {
   text: string;
@@ -111,11 +111,11 @@ const PROMPT_SLOTS = [1, 2, 4, 8];
  */
 export { MAX_PROMPT_WEIGHT };
 /**
- * The most a prompt may weigh relative to the positive weights together. Normalized weights are
- * float32 in the step graph: a negative prompt of -1000 against a positive one of 1e-300 would be
- * -1e303 there, an infinite loss. A million to one is far past any useful mix.
+ * The most a prompt may weigh relative to the positive weights together (the API's bound too).
+ * Normalized weights are float32 in the step graph: a negative prompt of -1000 against a positive one
+ * of 1e-300 would be -1e303 there, an infinite loss. A million to one is far past any useful mix.
  */
-export const MAX_RELATIVE_PROMPT_WEIGHT = 1e6;
+export { MAX_RELATIVE_PROMPT_WEIGHT };
 const SMALLEST_NORMAL = 2 ** -1022;
 /** The output policy's concepts are capped at 500 (MAX_OUTPUT_CONCEPTS). */
 const MAX_SCREEN_TEXTS = 500;
