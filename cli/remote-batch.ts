@@ -5,11 +5,11 @@
 // images downloaded as each line ends, and a results file, in the input's order, for the pipeline
 // to read. Retries and Retry-After live in api-client.ts, as for `generate`.
 import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { GenerationRequest } from '../shared/schemas/generation.ts';
-import { ApiError, CannotSend, GaveUp, Interrupted, TimedOut, WaitPastDeadline, type Generation, type GenerationBody } from './api-client.ts';
+import { ApiError, CannotSend, GaveUp, Interrupted, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError } from './common.ts';
 import {
   IDEMPOTENCY_KEY, INTERRUPTED_EXIT_CODE, PNG_SIGNATURE, TIMED_OUT_EXIT_CODE, WITHHELD_EXIT_CODE,
@@ -26,6 +26,7 @@ const LINE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 /** What the API takes as an upload (its `max_bytes`). */
 const MAX_INIT_BYTES = 10 * 1024 * 1024;
 const JOURNAL = 'journal.jsonl';
+const LOCK = '.lock';
 const RESULTS = 'results.jsonl';
 
 /** One input line, checked. */
@@ -35,7 +36,8 @@ interface Line {
   id: string;
   /** The request as sent, but for an init_file's init (filled in once uploaded). */
   body: GenerationBody;
-  initFile?: { path: string; bytes: Uint8Array; sha256: string };
+  /** Its init image: the file (read again when uploaded: a batch's bytes are not all held) and its hash. */
+  initFile?: { path: string; sha256: string };
   /** The Idempotency-Key's stem: the line's identity (its id, its body, its init file's bytes, --batch-key). */
   stem: string;
   /** Its images' file names in DIR, by index. */
@@ -43,6 +45,8 @@ interface Line {
 }
 
 type Status = 'succeeded' | 'failed' | 'canceled' | 'refused' | 'error' | 'timed_out' | 'interrupted' | 'not_started';
+/** The journal's word for a line whose POST was answered: its generation goes on (a --retry-failed run makes no other). */
+const SUBMITTED = 'submitted';
 
 /** What a run knows of a line: the journal's records of it merged, and the results file's line. */
 interface LineState {
@@ -64,7 +68,12 @@ interface LineState {
 }
 
 /** The journal's record: what changed for a line (appended, never rewritten; the last record of a field wins). */
-type JournalRecord = Partial<LineState> & { stem: string };
+type JournalRecord = Omit<Partial<LineState>, 'status'> & { stem: string; status?: Status | typeof SUBMITTED };
+
+/** Windows' device names: a file of that name (any extension) is the device, not a file. */
+const RESERVED_NAME = /^(con|prn|aux|nul|com[0-9]|lpt[0-9])$/i;
+/** The journal's key for the upload of an init file (by its hash): lines that share a file share the upload. */
+const uploadStem = (sha256: string) => `upload-${sha256}`;
 
 export async function batch(argv: string[], io: RemoteIo): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -90,22 +99,67 @@ export async function batch(argv: string[], io: RemoteIo): Promise<number> {
     throw new UsageError(`cannot make -d ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   if (!statSync(dir).isDirectory()) throw new UsageError(`-d ${dir} is not a folder`);
-
   const s = session(io, { ...values, json: true }, BATCH_TIMEOUT_SEC);
+  const unlock = lockDir(dir);
+  try {
+    return await runBatch(s, io, lines, file, dir, values, parallel);
+  } finally {
+    unlock();
+  }
+}
+
+/**
+ * One run at a time in DIR: two would each upload a line's init file and POST it under the line's one
+ * key (the second refused, 409), and interleave the journal. A lock left by a run that died (its pid
+ * gone) is taken over.
+ */
+function lockDir(dir: string): () => void {
+  const path = join(dir, LOCK);
+  for (let tries = 0; ; tries++) {
+    try {
+      const fd = openSync(path, 'wx');
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      return () => rmSync(path, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 0) throw new UsageError(`cannot lock ${dir} for this run (${path}): ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      const pid = Number(readFileSync(path, 'utf8').trim());
+      if (Number.isSafeInteger(pid) && pid > 0 && alive(pid)) {
+        throw new UsageError(`another run (pid ${pid}) is using ${dir}; wait for it, or give this one another -d (if no such run is going on, remove ${path})`);
+      }
+      rmSync(path, { force: true });
+    }
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Why a whole run stopped before its lines did: Ctrl-C, the deadline, or a failure every line would meet. */
+type Stop = { kind: 'interrupted' } | { kind: 'timed_out' } | { kind: 'fatal'; message: string; usage: boolean };
+
+async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, dir: string, values: { url?: string; 'batch-key'?: string; 'retry-failed'?: boolean; json?: boolean }, parallel: number): Promise<number> {
   const json = Boolean(values.json);
   const journal = join(dir, JOURNAL);
   const earlier = readJournal(journal);
   const states = lines.map((l) => startState(l, earlier.get(l.stem), Boolean(values['retry-failed']), dir));
   const record = (r: JournalRecord) => appendFileSync(journal, `${JSON.stringify(r)}\n`);
+  // An init file is uploaded once a run, whatever the lines that name it, and kept for the next run.
+  const uploads = new Map<string, Promise<string>>();
+  for (const [stem, r] of earlier) if (stem.startsWith('upload-') && typeof r.upload === 'string') uploads.set(stem.slice('upload-'.length), Promise.resolve(r.upload));
+  const ctx: RunContext = { s, dir, record, uploads };
   const kept = states.filter((st) => st.status === 'succeeded').length;
   io.err(`clipag remote batch: ${lines.length} line${lines.length === 1 ? '' : 's'} from ${file} → ${dir}${kept ? ` (${kept} kept from an earlier run)` : ''}; ${parallel} at once`);
 
   let next = 0;
-  let stop: 'interrupted' | 'timed_out' | undefined;
-  const report = (st: LineState) => {
-    if (json) io.out(JSON.stringify(resultOf(st)));
-    else io.out(lineText(st, dir));
-  };
+  let stop: Stop | undefined;
+  const report = (st: LineState) => io.out(json ? JSON.stringify(resultOf(st)) : lineText(st, dir));
   const runner = async () => {
     for (;;) {
       const i = next++;
@@ -116,11 +170,11 @@ export async function batch(argv: string[], io: RemoteIo): Promise<number> {
         continue;
       }
       if (stop !== undefined) {
-        st.status = stop === 'interrupted' ? 'interrupted' : 'timed_out';
-        if (st.generation_id === null) st.status = 'not_started';
+        // Not begun in this run; a generation an earlier run made for it goes on.
+        st.status = st.generation_id === null ? 'not_started' : stop.kind === 'interrupted' ? 'interrupted' : 'timed_out';
         continue;
       }
-      const stopped = await runLine(s, lines[i]!, st, record, dir);
+      const stopped = await runLine(ctx, lines[i]!, st);
       if (stopped) stop ??= stopped;
       report(st);
     }
@@ -131,6 +185,14 @@ export async function batch(argv: string[], io: RemoteIo): Promise<number> {
   return summarize(io, states, stop, file, dir, values);
 }
 
+interface RunContext {
+  s: Session;
+  dir: string;
+  record: (r: JournalRecord) => void;
+  /** Upload ids by init file hash: one upload per file a run. */
+  uploads: Map<string, Promise<string>>;
+}
+
 /** FILE read and every line checked, before any request: all of a file's problems at once, by line number. */
 function readLines(file: string, batchKey: string, dir: string): Line[] {
   let text: string;
@@ -139,6 +201,8 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
   } catch (e) {
     throw new UsageError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
+  // A byte-order mark, as Windows editors and spreadsheet exports write one.
+  if (text.startsWith('\uFEFF')) text = text.slice(1);
   const raw = text.split(/\r?\n/).map((t, i) => ({ t, number: i + 1 })).filter(({ t }) => t.trim() !== '');
   if (raw.length === 0) throw new UsageError(`${file} has no requests (one JSON object a line)`);
   if (raw.length > MAX_BATCH_LINES) throw new UsageError(`${file} has ${raw.length} requests; a batch takes at most ${MAX_BATCH_LINES} (split the file)`);
@@ -146,6 +210,9 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
   const lines: Line[] = [];
   const ids = new Map<string, number>();
   const files = new Map<string, string>();
+  /** Init files by real path: each read and hashed once, its bytes not kept. */
+  const hashed = new Map<string, { sha256: string } | { problem: string }>();
+  const inits: Array<{ number: number; shown: string; path: string }> = [];
   for (const { t, number } of raw) {
     const bad = (why: string) => void problems.push(`line ${number}: ${why}`);
     let value: unknown;
@@ -164,6 +231,7 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
       bad(`"id" must be 1-64 of A-Z a-z 0-9 _ - (it names the line's images), got ${JSON.stringify(id)}`);
       continue;
     }
+    if (RESERVED_NAME.test(id)) bad(`"id" ${id} is a device name on Windows, no file name: choose another`);
     if (ids.has(id)) bad(`"id" ${id} is line ${ids.get(id)}'s too`);
     ids.set(id, number);
     let init: Line['initFile'];
@@ -171,14 +239,21 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
       if (typeof initFile !== 'string' || initFile === '') bad('"init_file" must be a path to a PNG');
       else if (body.init !== undefined) bad('give "init" or "init_file", not both');
       else {
-        const path = resolve(dirname(file), initFile);
+        let path: string;
         try {
-          const bytes = readFileSync(path);
-          if (!PNG_SIGNATURE.every((b, k) => bytes[k] === b)) bad(`"init_file" ${initFile} is not a PNG (the API takes PNG init images only)`);
-          else if (bytes.length > MAX_INIT_BYTES) bad(`"init_file" ${initFile} is ${bytes.length} bytes; the API takes at most ${MAX_INIT_BYTES}`);
-          else init = { path, bytes, sha256: createHash('sha256').update(bytes).digest('hex') };
+          path = realpathSync(resolve(dirname(file), initFile));
         } catch (e) {
           bad(`cannot read "init_file" ${initFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+          path = '';
+        }
+        if (path) {
+          if (!hashed.has(path)) hashed.set(path, hashInit(path, initFile));
+          const h = hashed.get(path)!;
+          if ('problem' in h) bad(h.problem);
+          else {
+            init = { path, sha256: h.sha256 };
+            inits.push({ number, shown: initFile, path });
+          }
         }
       }
     }
@@ -202,11 +277,38 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
       .slice(0, 40)}`;
     lines.push({ number, id, body: body as GenerationBody, ...(init ? { initFile: init } : {}), stem, files: names });
   }
+  // An init file that is one of the images: the first result would replace it (and the line's key,
+  // made from its bytes, would change: every run would make the line again).
+  let realDir = dir;
+  try {
+    realDir = realpathSync(dir);
+  } catch {
+    // Not made yet: nothing in it can be an init file.
+  }
+  for (const { number, shown, path } of inits) {
+    if (dirname(path).toLowerCase() === realDir.toLowerCase() && files.has(path.slice(realDir.length + 1).toLowerCase())) {
+      problems.push(`line ${number}: "init_file" ${shown} is ${files.get(path.slice(realDir.length + 1).toLowerCase())}'s output in ${dir}: the image would replace it; move it, or give another -d`);
+    }
+  }
   if (problems.length) {
+    problems.sort((a, b) => Number(/\d+/.exec(a)![0]) - Number(/\d+/.exec(b)![0]));
     const shown = problems.slice(0, 20);
     throw new UsageError(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}, nothing was sent:\n  ${shown.join('\n  ')}${problems.length > shown.length ? `\n  … and ${problems.length - shown.length} more` : ''}`);
   }
   return lines;
+}
+
+/** An init file checked (a PNG within the API's size) and hashed; its bytes dropped. */
+function hashInit(path: string, shown: string): { sha256: string } | { problem: string } {
+  try {
+    const size = statSync(path).size;
+    if (size > MAX_INIT_BYTES) return { problem: `"init_file" ${shown} is ${size} bytes; the API takes at most ${MAX_INIT_BYTES}` };
+    const bytes = readFileSync(path);
+    if (!PNG_SIGNATURE.every((b, k) => bytes[k] === b)) return { problem: `"init_file" ${shown} is not a PNG (the API takes PNG init images only)` };
+    return { sha256: createHash('sha256').update(bytes).digest('hex') };
+  } catch (e) {
+    return { problem: `cannot read "init_file" ${shown}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` };
+  }
 }
 
 /** JSON with every object's keys sorted: the same request, however its keys are ordered, is the same line. */
@@ -249,9 +351,12 @@ function startState(line: Line, earlier: JournalRecord | undefined, retryFailed:
   // An upload is the line's for good: its POST body names it, so a resumed POST must name the same one.
   st.upload = typeof earlier.upload === 'string' ? earlier.upload : null;
   const done = earlier.status === 'succeeded' && Array.isArray(earlier.files) && earlier.files.length > 0 && earlier.files.every((f) => typeof f === 'string' && existsSync(join(dir, f)));
-  if (done) return { ...st, ...earlier, stem: line.stem } as LineState;
+  if (done) return { ...st, ...earlier, status: 'succeeded', stem: line.stem } as LineState;
+  // Only an attempt seen to end failed or canceled is made again; one submitted goes on (its POST again
+  // gets it), whatever an earlier attempt ended as.
   if ((earlier.status === 'failed' || earlier.status === 'canceled') && retryFailed) {
     st.attempt += 1;
+    // The next attempt is a new request: a new upload would do, but the line's own still does.
     return st;
   }
   st.generation_id = typeof earlier.generation_id === 'string' ? earlier.generation_id : null;
@@ -260,66 +365,109 @@ function startState(line: Line, earlier: JournalRecord | undefined, retryFailed:
 
 const keyOf = (line: Line, st: LineState) => (st.attempt === 1 ? line.stem : `${line.stem}-${st.attempt}`);
 
-/** One line, from its upload to its images. Returns why the whole run must stop (Ctrl-C, the deadline), if it must. */
-async function runLine(base: Session, line: Line, st: LineState, record: (r: JournalRecord) => void, dir: string): Promise<'interrupted' | 'timed_out' | undefined> {
+/** The upload of the line's init file: the line's own (from an earlier run), else the run's for that file, else a new one. */
+async function initUpload(ctx: RunContext, line: Line, st: LineState): Promise<string> {
+  if (st.upload !== null) return st.upload;
+  const { s, uploads, record } = ctx;
+  const { path, sha256 } = line.initFile!;
+  let upload = uploads.get(sha256);
+  if (!upload) {
+    upload = (async () => {
+      const bytes = readFileSync(path);
+      // Changed since the check: its hash is in the line's key, so the key would name other bytes.
+      if (createHash('sha256').update(bytes).digest('hex') !== sha256) throw new ApiError(`read ${path}`, 0, 'init_file_changed', `${path} changed since the batch was checked; run the command again`);
+      const made = (await s.client.upload(bytes, { deadline: s.deadline })).init;
+      record({ stem: uploadStem(sha256), upload: made });
+      return made;
+    })();
+    uploads.set(sha256, upload);
+    // A failed upload is not the file's for good: the next line tries again.
+    upload.catch(() => uploads.get(sha256) === upload && uploads.delete(sha256));
+  }
+  return upload;
+}
+
+/**
+ * A failure every line would meet (the key refused, the URL no API's, nothing listening there): the
+ * run stops rather than spend it on each line. `usage`: fetch will never send to this URL (exit 2).
+ */
+function fatalOf(e: unknown, s: Session): Stop | undefined {
+  if (e instanceof ApiError && e.status === 401) return { kind: 'fatal', usage: false, message: `the API refused the key from ${s.conn.keySource} (401 ${e.code}: ${e.detail}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes` };
+  if (e instanceof ApiError && e.status === 404 && e.code === 'not_found' && e.detail.startsWith('no route for ')) return { kind: 'fatal', usage: false, message: `${e.message}; is ${s.conn.urlSource} ${shownUrl(s.conn.url)} the API's base address (with its stage path, without /v1)?` };
+  if (e instanceof CannotSend && e.api) return { kind: 'fatal', usage: true, message: `${s.conn.urlSource} ${shownUrl(s.conn.url)}: ${e.message}` };
+  if (e instanceof GaveUp && (e.refused || e.noHost)) return { kind: 'fatal', usage: false, message: `${e.message} (${e.refused ? `connection refused: is the API running at ${shownUrl(s.conn.url)}?` : `no such host: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right?`})` };
+  return undefined;
+}
+
+/** One line, from its upload to its images. Returns why the whole run must stop, if it must. */
+async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop | undefined> {
   // A session per line: its own progress, the shared client and deadline.
-  const s: Session = { ...base, progress: {} };
-  const body: GenerationBody = { ...line.body };
+  const s: Session = { ...ctx.s, progress: {} };
+  const { record, dir } = ctx;
   st.error = null;
-  try {
-    if (line.initFile) {
-      if (st.upload === null) {
-        // Checked first without the init, so that a refused prompt spends no upload of the hour's.
-        const { strength: _strength, ...checked } = body;
-        await s.client.estimate(checked, { deadline: s.deadline });
-        const upload = await s.client.upload(line.initFile.bytes, { deadline: s.deadline });
-        st.upload = upload.init;
+  for (let uploadTries = 0; ; uploadTries++) {
+    const body: GenerationBody = { ...line.body };
+    try {
+      if (line.initFile) {
+        if (st.upload === null && !ctx.uploads.has(line.initFile.sha256)) {
+          // Checked first without the init, so that a refused prompt spends no upload of the hour's.
+          const { strength: _strength, ...checked } = body;
+          await s.client.estimate(checked, { deadline: s.deadline });
+        }
+        st.upload = await initUpload(ctx, line, st);
         record({ stem: line.stem, id: line.id, upload: st.upload });
+        body.init = st.upload;
       }
-      body.init = st.upload;
-    }
-    const key = keyOf(line, st);
-    const created = await s.client.createGeneration(body, { idempotencyKey: key, waitSec: 0, deadline: s.deadline });
-    st.generation_id = created.generation.id;
-    // Kept at once: a run that stops now still knows the line's generation (a rerun's POST would find it too).
-    record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id });
-    const g = await untilEnded(s, created.generation, created.held);
-    await settle(s, line, st, g, dir);
-    record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id, ...outcome(st) });
-    return undefined;
-  } catch (e) {
-    if (e instanceof Interrupted) {
-      st.status = st.generation_id === null ? 'not_started' : 'interrupted';
-      return 'interrupted';
-    }
-    if (e instanceof TimedOut && !(e instanceof WaitPastDeadline)) {
-      st.status = st.generation_id === null ? 'not_started' : 'timed_out';
-      st.error = { code: 'timed_out', message: e.message };
-      return 'timed_out';
-    }
-    if (e instanceof WaitPastDeadline) {
-      st.status = st.generation_id === null ? 'not_started' : 'timed_out';
-      st.error = { code: e.code, message: `${e.detail}; retry after ${retryIn(e.retryAfterMs)}` };
-      return 'timed_out';
-    }
-    if (e instanceof ApiError && st.generation_id === null) {
-      // The API said no before a generation was made (the content policy, a model it does not serve, …).
-      st.status = e.status >= 400 && e.status < 500 ? 'refused' : 'error';
-      st.error = { code: e.code, message: e.detail };
-      if (e.code === 'idempotency_key_reused') {
-        st.error.message += line.initFile
-          ? `: an earlier run made this line's generation with another upload of ${line.initFile.path} (its journal was lost?); --batch-key NEW makes every line again`
-          : '';
+      const created = await s.client.createGeneration(body, { idempotencyKey: keyOf(line, st), waitSec: 0, deadline: s.deadline });
+      st.generation_id = created.generation.id;
+      // Kept at once: a run that stops now still knows the line's generation, and that this attempt goes on.
+      record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id, status: SUBMITTED, error: null });
+      const g = await untilEnded(s, created.generation, created.held);
+      await settle(s, line, st, g, dir);
+      record({ stem: line.stem, id: line.id, attempt: st.attempt, ...outcome(st) });
+      return undefined;
+    } catch (e) {
+      if (e instanceof Interrupted) {
+        st.status = st.generation_id === null ? 'not_started' : 'interrupted';
+        return { kind: 'interrupted' };
       }
-    } else {
-      // The line alone: the request could not be made or its images not kept (a network that gave up,
-      // a disk that is full). The rest of the batch goes on; a rerun tries this line again.
-      st.status = 'error';
-      const code = e instanceof ApiError ? e.code : e instanceof GaveUp ? 'gave_up' : e instanceof CannotSend ? 'cannot_send' : ((e as NodeJS.ErrnoException).code ?? 'error');
-      st.error = { code, message: (e as Error).message };
+      if (e instanceof WaitPastDeadline) {
+        st.status = st.generation_id === null ? 'not_started' : 'timed_out';
+        st.error = { code: e.code, message: `${e.detail}; retry after ${retryIn(e.retryAfterMs)}` };
+        return { kind: 'timed_out' };
+      }
+      if (e instanceof TimedOut) {
+        st.status = st.generation_id === null ? 'not_started' : 'timed_out';
+        st.error = { code: 'timed_out', message: e.message };
+        return { kind: 'timed_out' };
+      }
+      const fatal = st.generation_id === null ? fatalOf(e, s) : undefined;
+      if (fatal) {
+        st.status = 'not_started';
+        return fatal;
+      }
+      if (e instanceof ApiError && e.status === 400 && e.param === 'init' && line.initFile && st.generation_id === null && uploadTries === 0) {
+        // The upload is gone (AWS removes uploads after 5 days) and no generation was made with it: a
+        // new upload makes the same line's request anew.
+        if (st.upload !== null && ctx.uploads.get(line.initFile.sha256) !== undefined) ctx.uploads.delete(line.initFile.sha256);
+        st.upload = null;
+        continue;
+      }
+      if (e instanceof ApiError && e.status >= 400 && e.status < 500 && st.generation_id === null) {
+        // The API said no before a generation was made (the content policy, a model it does not serve, …).
+        st.status = 'refused';
+        st.error = { code: e.code, message: e.detail };
+      } else {
+        // The line alone: the request could not be made or its images not kept (a network that gave up,
+        // a disk that is full). The rest of the batch goes on; a rerun tries this line again.
+        st.status = 'error';
+        const code = e instanceof ApiError ? e.code : e instanceof GaveUp ? 'gave_up' : e instanceof CannotSend ? 'cannot_send' : ((e as NodeJS.ErrnoException).code ?? 'error');
+        const lost = st.generation_id === null && (e as { lost?: boolean }).lost === true;
+        st.error = { code, message: `${(e as Error).message}${lost ? '; the POST may have reached the API: running the command again gets its generation if it was made, never a second one' : ''}` };
+      }
+      record({ stem: line.stem, id: line.id, attempt: st.attempt, ...outcome(st) });
+      return undefined;
     }
-    record({ stem: line.stem, id: line.id, attempt: st.attempt, ...outcome(st) });
-    return undefined;
   }
 }
 
@@ -370,7 +518,7 @@ function lineText(st: LineState, dir: string): string {
   return `${st.id} ${st.status}${st.generation_id ? ` ${st.generation_id}` : ''}${what ? ` ${what}` : ''}`;
 }
 
-function summarize(io: RemoteIo, states: LineState[], stop: 'interrupted' | 'timed_out' | undefined, file: string, dir: string, values: { url?: string; 'batch-key'?: string }): number {
+function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, file: string, dir: string, values: { url?: string; 'batch-key'?: string }): number {
   const count = (...ss: Status[]) => states.filter((st) => ss.includes(st.status)).length;
   const costs = states.map((st) => st.cost_usd).filter((c): c is number => c !== null);
   const cost = costs.reduce((sum, c) => sum + c, 0);
@@ -379,14 +527,19 @@ function summarize(io: RemoteIo, states: LineState[], stop: 'interrupted' | 'tim
     .map((k) => [k, count(k)] as const)
     .filter(([, n]) => n > 0)
     .map(([k, n]) => `${n} ${k.replace('_', ' ')}`);
+  if (stop?.kind === 'fatal') io.err(`clipag remote batch: stopped: ${stop.message}`);
   io.err(`clipag remote batch: ${states.length} lines: ${parts.join(', ')}${withheld ? ` (${withheld} with images withheld)` : ''}${costs.length ? `; cost $${cost.toFixed(4)}${costs.length < count('succeeded') ? ` (${costs.length} priced)` : ''}` : ''}; results in ${join(dir, RESULTS)}`);
-  const goesOn = count('timed_out', 'interrupted', 'not_started') > 0;
-  if (goesOn) {
+  // Generations that go on (timed out or interrupted), and lines not begun or whose POST may have
+  // landed: the same command again picks each up where it is.
+  const goesOn = count('timed_out', 'interrupted');
+  const unfinished = goesOn + count('not_started', 'error');
+  if (unfinished > 0) {
     const again = ['clipag', 'remote', 'batch', file, '-d', dir, ...(values.url !== undefined ? ['--url', values.url] : []), ...(values['batch-key'] !== undefined ? ['--batch-key', values['batch-key']] : [])];
-    io.err(`clipag remote batch: the generations go on; ${again.map(shellWord).join(' ')} picks them up (no line is made twice)`);
+    io.err(`clipag remote batch: ${goesOn ? `${goesOn} generation${goesOn === 1 ? '' : 's'} go${goesOn === 1 ? 'es' : ''} on; ` : ''}${again.map(shellWord).join(' ')} ${goesOn ? 'picks them up and runs' : 'runs'} the lines not finished (no line is made twice)`);
   }
-  if (stop === 'interrupted') return INTERRUPTED_EXIT_CODE;
-  if (goesOn) return TIMED_OUT_EXIT_CODE;
+  if (stop?.kind === 'interrupted') return INTERRUPTED_EXIT_CODE;
+  if (stop?.kind === 'fatal') return stop.usage ? 2 : 1;
+  if (goesOn > 0 || stop?.kind === 'timed_out') return TIMED_OUT_EXIT_CODE;
   if (count('failed', 'canceled', 'refused', 'error') > 0) return 1;
   if (withheld > 0) return WITHHELD_EXIT_CODE;
   return 0;

@@ -82,15 +82,18 @@ Every line is checked before the first request: a bad one is named by its number
 
 Running the same command again resumes: lines that succeeded and whose images are in DIR are kept;
 every other line's POST is sent again with its own Idempotency-Key, which gets the generation an
-earlier run made (never a second one), and is waited for and downloaded.
+earlier run made (never a second one), and is waited for and downloaded. An init file is uploaded
+once however many lines name it, and not again on a resumed run (unless the API no longer has it).
+One run at a time uses DIR (DIR/.lock). A key the API refuses, a URL that is not the API's, or
+nothing listening there stops the run at once.
 
 DIR/results.jsonl: one line per input line, in order: id, line, status (succeeded, failed, canceled,
-refused: the API said no before any generation was made, error: the request could not be made,
-timed_out or interrupted: it goes on, not_started), generation_id, files, seeds, clip_scores, withheld,
-cost_usd, error {code, message}.
+refused: the API said no before any generation was made, error: the request could not be made
+(a rerun tries it again), timed_out or interrupted: it goes on, not_started), generation_id, files,
+seeds, clip_scores, withheld, cost_usd, error {code, message}, attempt.
 
-Exit status: 0 every line succeeded; 1 a line failed, was canceled, refused or could not be made;
-2 bad usage or a bad line; 3 images withheld by the output check (and nothing worse); 124 --timeout
+Exit status: 0 every line succeeded; 1 a line failed, was canceled, refused or could not be made
+(or the run stopped: a refused key, no API there); 2 bad usage, a bad line, or a URL fetch will not use; 3 images withheld by the output check (and nothing worse); 124 --timeout
 passed with generations going on; 130 interrupted (Ctrl-C; generations go on); where several apply,
 the first of 130, 124, 1, 3.`;
 

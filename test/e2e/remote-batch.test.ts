@@ -3,6 +3,7 @@
 // lost image is downloaded again from the same generation, an init file is not uploaded again);
 // --retry-failed makes a failed line again; bad lines are refused before any request; --timeout with
 // generations going on (an API without a worker) says how to resume, and the resume finds them.
+import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -149,6 +150,42 @@ describe('clipag remote batch against the local server', () => {
     for (const i of [0, 1, 3]) expect(r2[i]!.generation_id).not.toBe(r[i]!.generation_id);
   });
 
+  it('one upload for an init file that several lines name; a run into a folder another run holds is refused', async () => {
+    writeFileSync(join(work, 'shared-init.png'), encodePng(solidImage(64, 64, [0.2, 0.6, 0.2])));
+    const file = jsonl(
+      join(work, 'shared.jsonl'),
+      Array.from({ length: 4 }, (_, i) => ({ id: `s${i}`, prompt: `a green square ${i}`, init_file: 'shared-init.png', width: 64, height: 64 })),
+    );
+    const e = env();
+    const before = (await uploads(h.apiKey)).length;
+    const run = await batch([file], e);
+    expect(run.code, `${run.stderr}\n${run.stdout.join('\n')}`).toBe(0);
+    expect((await uploads(h.apiKey)).length - before).toBe(1);
+    // Another run's lock on the folder (a live pid: this process's parent stands in).
+    writeFileSync(join(work, 'shared', '.lock'), String(process.ppid));
+    await expect(batch([file], e)).rejects.toThrow(/another run \(pid \d+\) is using .*shared/);
+    // A lock whose run died is taken over; the lines are kept, nothing is uploaded again.
+    writeFileSync(join(work, 'shared', '.lock'), '999999999');
+    const again = await batch([file], e);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain('(4 kept from an earlier run)');
+    expect((await uploads(h.apiKey)).length - before).toBe(1);
+  });
+
+  it('an upload the journal kept that the API no longer has (AWS removes uploads after 5 days) is made again, once, for a line with no generation yet', async () => {
+    const png = encodePng(solidImage(64, 64, [0.7, 0.3, 0.1]));
+    writeFileSync(join(work, 'old-init.png'), png);
+    const file = jsonl(join(work, 'expired.jsonl'), [{ id: 'e', prompt: 'a photo of a cat', init_file: 'old-init.png', width: 64, height: 64 }]);
+    // What an earlier run left: the file's upload, since removed by the store.
+    mkdirSync(join(work, 'expired'), { recursive: true });
+    const sha = createHash('sha256').update(png).digest('hex');
+    writeFileSync(join(work, 'expired', 'journal.jsonl'), `${JSON.stringify({ stem: `upload-${sha}`, upload: 'upload:removed-by-the-lifecycle-rule' })}\n`);
+    const before = (await uploads(h.apiKey)).length;
+    const run = await batch([file], env());
+    expect(run.code, `${run.stderr}\n${run.stdout.join('\n')}`).toBe(0);
+    expect((await uploads(h.apiKey)).length - before).toBe(1);
+  });
+
   it('a line whose generation failed stays failed when run again (the same generation); --retry-failed makes it again', async () => {
     const file = jsonl(join(work, 'failing.jsonl'), [{ id: 'cat', prompt: 'a photo of a cat', width: 64, height: 64 }]);
     const strict = { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey };
@@ -168,8 +205,12 @@ describe('clipag remote batch against the local server', () => {
 
   it('bad lines: every problem named by its line number, nothing sent (exit 2 through the CLI)', async () => {
     const file = join(work, 'bad.jsonl');
+    // The default folder for bad.jsonl, holding a line's own output name.
+    mkdirSync(join(work, 'bad'), { recursive: true });
+    writeFileSync(join(work, 'bad', 'own.png'), encodePng(solidImage(64, 64, [0.5, 0.5, 0.5])));
     writeFileSync(
       file,
+      '\uFEFF' +
       [
         JSON.stringify({ prompt: 'a red circle' }),
         '{"prompt": "a red circle"', // cut short
@@ -182,6 +223,8 @@ describe('clipag remote batch against the local server', () => {
         JSON.stringify({ id: 'pair', prompt: 'x', n: 2 }),
         JSON.stringify({ id: 'pair-1', prompt: 'x' }),
         '[1, 2]',
+        JSON.stringify({ id: 'nul', prompt: 'x' }),
+        JSON.stringify({ id: 'own', prompt: 'x', init_file: 'bad/own.png' }),
       ].join('\n'),
     );
     // Nothing listens there: a request would fail otherwise than with these problems.
@@ -197,10 +240,13 @@ describe('clipag remote batch against the local server', () => {
       'line 8: give "init" or "init_file", not both',
       "line 10: its image pair-1.png is also line 9's",
       'line 11: not a JSON object',
+      'line 12: "id" nul is a device name on Windows',
+      "line 13: \"init_file\" bad/own.png is line 13's output in",
     ]) {
       expect(message).toContain(want);
     }
-    expect(message).toMatch(/9 problems, nothing was sent/);
+    // Line 1 (after a byte-order mark) is fine.
+    expect(message).toMatch(/11 problems, nothing was sent/);
     expect(message).not.toContain('line 1:');
   });
 });
@@ -224,15 +270,45 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     ]);
     const e = { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key };
     const run = await batch([file, '--timeout', '2'], e);
-    expect(run.code, run.stderr).toBe(124);
+    expect(run.code, `${run.stderr}\n${run.stdout.join('\n')}`).toBe(124);
     const r = results(join(work, 'queued'));
     expect(r.map((x) => x.status)).toEqual(['timed_out', 'timed_out']);
     expect(r.every((x) => typeof x.generation_id === 'string')).toBe(true);
-    expect(run.stderr).toMatch(/the generations go on; clipag remote batch \S+queued\.jsonl -d \S+queued picks them up \(no line is made twice\)/);
+    expect(run.stderr).toMatch(/2 generations go on; clipag remote batch \S+queued\.jsonl -d \S+queued picks them up and runs the lines not finished \(no line is made twice\)/);
     const again = await batch([file, '--timeout', '1'], e);
     expect(again.code).toBe(124);
     expect(results(join(work, 'queued')).map((x) => x.generation_id)).toEqual(r.map((x) => x.generation_id));
     expect((await listed(api.url, key)).sort()).toEqual(r.map((x) => x.generation_id).sort());
+  });
+
+  it('--retry-failed makes a canceled line again once: a third run finds the retry going on and makes no other', async () => {
+    const file = jsonl(join(work, 'retry-once.jsonl'), [{ id: 'r', prompt: 'a red circle' }]);
+    const e = { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key };
+    const first = await batch([file, '--timeout', '1'], e);
+    expect(first.code).toBe(124);
+    const g1 = results(join(work, 'retry-once'))[0]!.generation_id!;
+    await fetch(`${api.url}/v1/generations/${g1}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${key}` } });
+    const second = await batch([file, '--timeout', '1'], e);
+    expect(results(join(work, 'retry-once'))[0]).toMatchObject({ status: 'canceled', generation_id: g1 });
+    expect(second.code).toBe(1);
+    const retried = await batch([file, '--retry-failed', '--timeout', '1'], e);
+    expect(retried.code).toBe(124);
+    const g2 = results(join(work, 'retry-once'))[0]!.generation_id!;
+    expect(g2).not.toBe(g1);
+    // The retry is still queued: the same command with --retry-failed picks it up, it makes no third.
+    const third = await batch([file, '--retry-failed', '--timeout', '1'], e);
+    expect(third.code).toBe(124);
+    expect(results(join(work, 'retry-once'))[0]).toMatchObject({ generation_id: g2, attempt: 2 });
+    const mine = (await listed(api.url, key)).filter((id) => id === g1 || id === g2);
+    expect(mine.sort()).toEqual([g1, g2].sort());
+  });
+
+  it('a key the API refuses stops the run at the first line (not once a line), with the hint; exit 1', async () => {
+    const file = jsonl(join(work, 'badkey.jsonl'), Array.from({ length: 12 }, (_, i) => ({ prompt: `a red circle ${i}` })));
+    const run = await batch([file, '--parallel', '1'], { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: 'ck_nosuch_key' });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/stopped: the API refused the key from CLIPAG_API_KEY \(401 /);
+    expect(results(join(work, 'badkey')).map((r) => r.status)).toEqual(Array(12).fill('not_started'));
   });
 
   it('Ctrl-C: exit 130, the lines in flight interrupted (they go on), the rest not started', async () => {
@@ -241,9 +317,10 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
       Array.from({ length: 6 }, (_, i) => ({ id: `i${i}`, prompt: `a red circle ${i}` })),
     );
     const ac = new AbortController();
+    const before = (await listed(api.url, key)).length;
     const run = batch([file, '--parallel', '2'], { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key }, ac.signal);
     // Both in flight have their generation (each POST answers at once), then Ctrl-C.
-    for (let i = 0; i < 100 && (await listed(api.url, key)).length < 4; i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 100 && (await listed(api.url, key)).length < before + 2; i++) await new Promise((r) => setTimeout(r, 50));
     ac.abort();
     const done = await run;
     expect(done.code).toBe(130);
