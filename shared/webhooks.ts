@@ -33,11 +33,12 @@ for (const [net, bits] of [
   ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
   ['192.0.0.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15], ['224.0.0.0', 4], ['240.0.0.0', 4],
 ] as const) PRIVATE.addSubnet(net, bits, 'ipv4');
-// Also the IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96, NAT64 64:ff9b::/96 and the
+// Also the IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96, IPv4-translated ::ffff:0:0:0/96,
+// NAT64 64:ff9b::/96 and the
 // local-use 64:ff9b:1::/48, 6to4 2002::/16, Teredo 2001::/32), the discard prefix 100::/64, the
 // documentation 2001:db8::/32 and the deprecated site-local fec0::/10: none is a legitimate receiver's address.
 for (const [net, bits] of [
-  ['::', 96], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8], ['64:ff9b::', 96], ['64:ff9b:1::', 48], ['2002::', 16], ['2001::', 32], ['100::', 64], ['2001:db8::', 32],
+  ['::', 96], ['::1', 128], ['::ffff:0:0:0', 96], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8], ['64:ff9b::', 96], ['64:ff9b:1::', 48], ['2002::', 16], ['2001::', 32], ['100::', 64], ['2001:db8::', 32],
 ] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
 
 const LINK_LOCAL = new BlockList();
@@ -52,11 +53,46 @@ LINK_LOCAL.addSubnet('fd00:ec2::', 32, 'ipv6'); // EC2's IPv6 instance metadata 
  */
 export function isLinkLocalAddress(address: string): boolean {
   const family = isIP(address);
-  const mapped = family === 6 ? /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address) : null;
-  if (mapped) return LINK_LOCAL.check(mapped[1]!, 'ipv4');
   if (family === 4) return LINK_LOCAL.check(address, 'ipv4');
-  if (family === 6) return LINK_LOCAL.check(address, 'ipv6');
-  return false;
+  if (family !== 6) return false;
+  // An IPv6 form that wraps an IPv4 address reaches it wherever a translator sits on the path (AWS's
+  // NAT64, a 6to4 relay): the wrapped address is checked too.
+  return LINK_LOCAL.check(address, 'ipv6') || embeddedIpv4(address).some((v4) => LINK_LOCAL.check(v4, 'ipv4'));
+}
+
+/**
+ * The IPv4 addresses an IPv6 address wraps: IPv4-mapped ::ffff:a.b.c.d, IPv4-translated
+ * ::ffff:0:a.b.c.d, IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::a.b.c.d (and the local-use
+ * 64:ff9b:1::/48), and 6to4 2002:AABB:CCDD::.
+ */
+export function embeddedIpv4(address: string): string[] {
+  const h = ipv6Hextets(address);
+  if (!h) return [];
+  const v4 = (hi: number, lo: number) => `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  const zero = (from: number, to: number) => h.slice(from, to).every((x) => x === 0);
+  const out: string[] = [];
+  if (zero(0, 5) && (h[5] === 0xffff || h[5] === 0)) out.push(v4(h[6]!, h[7]!)); // mapped, compatible
+  if (zero(0, 4) && h[4] === 0xffff && h[5] === 0) out.push(v4(h[6]!, h[7]!)); // translated
+  if (h[0] === 0x64 && h[1] === 0xff9b) out.push(v4(h[6]!, h[7]!)); // NAT64
+  if (h[0] === 0x2002) out.push(v4(h[1]!, h[2]!)); // 6to4
+  return out;
+}
+
+/** An IPv6 address's eight 16-bit groups (a dotted IPv4 tail read as two), or null. */
+function ipv6Hextets(address: string): number[] | null {
+  let text = address.replace(/^\[|\]$/g, '').replace(/%.*$/, '');
+  const tail = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (tail) {
+    const [a, b, c, d] = tail.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, tail.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const halves = text.split('::');
+  if (halves.length > 2) return null;
+  const part = (t: string) => (t === '' ? [] : t.split(':').map((x) => parseInt(x, 16)));
+  const head = part(halves[0]!);
+  const rest = halves.length === 2 ? part(halves[1]!) : [];
+  const groups = halves.length === 2 ? [...head, ...new Array(8 - head.length - rest.length).fill(0), ...rest] : head;
+  return groups.length === 8 && groups.every((x) => Number.isInteger(x) && x >= 0 && x <= 0xffff) ? groups : null;
 }
 
 /** Loopback, private, link-local (the instance metadata service), CGNAT, multicast or reserved. */

@@ -16,6 +16,7 @@ import {
   deliverWebhook,
   httpWebhookSender,
   type WebhookResolver,
+  isLinkLocalAddress,
   isPrivateAddress,
   newWebhookSecret,
   signWebhook,
@@ -104,6 +105,15 @@ describe('webhook URL policy', () => {
       expect(isPrivateAddress(a), a).toBe(true);
     }
     for (const a of ['8.8.8.8', '1.1.1.1', '2606:4700::1111', '::ffff:8.8.8.8']) expect(isPrivateAddress(a), a).toBe(false);
+  });
+
+  it('the IPv4-translated prefix is private; a link-local address wrapped in any IPv6 form is link-local (local mode refuses it too)', () => {
+    expect(isPrivateAddress('::ffff:0:7f00:1')).toBe(true); // ::ffff:0:127.0.0.1
+    for (const a of ['::ffff:169.254.169.254', '::ffff:a9fe:a9fe', '::ffff:0:a9fe:a9fe', '::a9fe:a9fe', '64:ff9b::a9fe:a9fe', '64:ff9b::169.254.169.254', '2002:a9fe:a9fe::1']) {
+      expect(isLinkLocalAddress(a), a).toBe(true);
+      expect(() => checkWebhookUrl(`http://[${a}]/hook`, { allowPrivate: true }), a).toThrow(/link-local/);
+    }
+    for (const a of ['::ffff:10.0.0.1', '64:ff9b::808:808', '2002:808:808::1', '2001:4860::8888']) expect(isLinkLocalAddress(a), a).toBe(false);
   });
 
   it('in AWS (no private): https only, public hosts, no credentials or fragments', () => {
