@@ -16,8 +16,7 @@ import { localDeps, startApiServer } from '../../functions/server.ts';
 import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { localStores } from '../../shared/adapters/stores.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
-import { ownerPolicyKey } from '../../shared/keys.ts';
-import { FAST_RECIPE, freePort, tinyModelsDir } from '../helpers/serve.ts';
+import { FAST_RECIPE, freePort, strictAccount, tinyModelsDir } from '../helpers/serve.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-batch-e2e-'));
 const modelsDir = tinyModelsDir(root);
@@ -30,14 +29,7 @@ let h: ServeHandle;
 let strictKey: string;
 
 beforeAll(async () => {
-  const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
-  strictKey = (await stores.keys.create({ name: 'strict', owner: 'acct_strict' })).secret;
-  const policy = {
-    version: 1,
-    rules: [],
-    output_rules: [{ id: 'cat-lookalike', category: 'copyright', action: 'withhold', message: 'looks like a cat we do not own', concepts: ['a photo of a cat'], above_prompt_by: -0.0001 }],
-  };
-  await stores.blobs.put(ownerPolicyKey('acct_strict'), Buffer.from(JSON.stringify(policy)), { contentType: 'application/json' });
+  strictKey = await strictAccount(dataDir);
   const port = await freePort();
   h = await serve({ CLIPAG_DATA_DIR: dataDir, CLIPAG_MODELS_DIR: modelsDir, PORT: String(port), CLIPAG_RECEIVE_WAIT_SEC: '1', LOG_LEVEL: 'error' }, { recipeOverrides: FAST_RECIPE });
 });

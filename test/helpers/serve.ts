@@ -3,6 +3,9 @@
 import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { REPO_ROOT } from '../../cli/common.ts';
+import { localStores } from '../../shared/adapters/stores.ts';
+import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+import { ownerPolicyKey } from '../../shared/keys.ts';
 import { makeTinyBundle } from './bundle.ts';
 
 /** A recipe the tiny model runs in a few hundred milliseconds (pass as `serve(…, { recipeOverrides })`). */
@@ -23,4 +26,21 @@ export function freePort(): Promise<number> {
       s.close(() => res(port));
     });
   });
+}
+
+/**
+ * An account `acct_strict` in the local store at `dataDir`, with its own content policy (ADR 0018): an
+ * output rule that withholds every image of "a photo of a cat" (the prompt itself as the concept: each
+ * such image is as close to it as to the prompt), and the refusing `rules` given. Returns its key.
+ */
+export async function strictAccount(dataDir: string, rules: unknown[] = []): Promise<string> {
+  const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+  const key = (await stores.keys.create({ name: 'strict', owner: 'acct_strict' })).secret;
+  const policy = {
+    version: 1,
+    rules,
+    output_rules: [{ id: 'cat-lookalike', category: 'copyright', action: 'withhold', message: 'looks like a cat we do not own', concepts: ['a photo of a cat'], above_prompt_by: -0.0001 }],
+  };
+  await stores.blobs.put(ownerPolicyKey('acct_strict'), Buffer.from(JSON.stringify(policy)), { contentType: 'application/json' });
+  return key;
 }
