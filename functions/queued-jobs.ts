@@ -45,6 +45,13 @@ export interface SweepDeps extends QueuedJobDeps {
   webhooks: { send: WebhookSender; signedUrlTtlSec: number; view?: ViewOptions };
   /** Default WEBHOOK_BUDGET_MS. */
   webhookBudgetMs?: number;
+  /**
+   * When (clock ms) the sweep must have returned: the Lambda's own end less a margin. No marker is
+   * started past it (those left count as kept, and `deferred`): a sweep the Lambda kills mid-way records
+   * nothing of what it did (a webhook a receiver already took is sent again next time) and writes no
+   * report line, which the waiting-customer alarm reads.
+   */
+  deadline?: number;
   /** The queue's message retention; unset (the local queue keeps messages for ever): nothing expires. */
   queueRetentionSec?: number;
 }
@@ -113,6 +120,8 @@ export interface SweepReport {
   errors: number;
   /** Keys under the prefix that this code does not write (logged, left alone). */
   foreign: number;
+  /** Markers not looked at this time: the sweep's deadline came first (counted in `kept` too). */
+  deferred: number;
   /** Completion webhooks sent with a 2xx answer. */
   webhooksDelivered: number;
   /** Webhook attempts that failed (retried later, or given up after the last). */
@@ -134,7 +143,13 @@ export interface SweepReport {
  * Safe to run concurrently and repeatedly.
  */
 export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
-  const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0, oldestQueuedSec: 0 };
+  const report: SweepReport = { scanned: 0, resent: 0, cleared: 0, kept: 0, expired: 0, errors: 0, foreign: 0, deferred: 0, webhooksDelivered: 0, webhooksFailed: 0, oldestQueuedSec: 0 };
+  const deadline = deps.deadline ?? Infinity;
+  const defer = () => {
+    report.scanned++;
+    report.kept++;
+    report.deferred++;
+  };
   const markers: BlobMeta[] = [];
   let cursor: string | undefined;
   do {
@@ -145,12 +160,29 @@ export async function sweepQueuedJobs(deps: SweepDeps): Promise<SweepReport> {
   // Lost messages (and active-job markers) first: they are quick, and a slow webhook receiver must not
   // keep a job from its worker. Webhook attempts then get a time budget; the rest wait for the next sweep.
   const isHook = (m: BlobMeta) => parsePendingJobKey(m.key)?.kind === 'hook';
-  await forEachLimited(markers.filter((m) => !isHook(m)), SWEEP_CONCURRENCY, (m) => sweepOne(deps, m, report));
-  const stopHooksAt = deps.clock().getTime() + (deps.webhookBudgetMs ?? WEBHOOK_BUDGET_MS);
-  await forEachLimited(ownerByOwner(markers.filter(isHook)), SWEEP_CONCURRENCY, async (m) => {
-    if (deps.clock().getTime() >= stopHooksAt) {
+  /** Jobs still queued or running (their active-job marker kept): their webhook is not owed yet. */
+  const unended = new Set<string>();
+  await forEachLimited(markers.filter((m) => !isHook(m)), SWEEP_CONCURRENCY, async (m) => (deps.clock().getTime() >= deadline ? defer() : sweepOne(deps, m, report, unended)));
+  const stopHooksAt = Math.min(deadline, deps.clock().getTime() + (deps.webhookBudgetMs ?? WEBHOOK_BUDGET_MS));
+  // Every job with a webhook has its marker from its creation: a backlog of queued ones would each cost
+  // a read of the budget before an ended job's turn. Those the listing shows still active are skipped.
+  const hooks = markers.filter((m) => {
+    if (!isHook(m)) return false;
+    const named = parsePendingJobKey(m.key);
+    if (named && unended.has(`${named.owner}/${named.jobId}`)) {
       report.scanned++;
       report.kept++;
+      return false;
+    }
+    return true;
+  });
+  await forEachLimited(ownerByOwner(hooks), SWEEP_CONCURRENCY, async (m) => {
+    if (deps.clock().getTime() >= stopHooksAt) {
+      if (deps.clock().getTime() >= deadline) defer();
+      else {
+        report.scanned++;
+        report.kept++;
+      }
       return;
     }
     await sweepOne(deps, m, report);
@@ -179,7 +211,7 @@ function ownerByOwner(markers: readonly BlobMeta[]): BlobMeta[] {
   return turns;
 }
 
-async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport): Promise<void> {
+async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, unended?: Set<string>): Promise<void> {
   report.scanned++;
   const named = parsePendingJobKey(marker.key);
   if (!named) {
@@ -236,6 +268,7 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport):
       if (isTerminal(job.status)) await clear();
       else {
         report.kept++;
+        unended?.add(`${job.owner}/${job.id}`);
         if (job.status === 'queued') {
           const waitedSec = Math.max(0, Math.floor((deps.clock().getTime() - waitingSince(job)) / 1000));
           report.oldestQueuedSec = Math.max(report.oldestQueuedSec, waitedSec);

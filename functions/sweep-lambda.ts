@@ -7,6 +7,8 @@ import { awsConfig } from './deps/aws.ts';
 import { sweepQueuedJobs, type SweepReport } from './queued-jobs.ts';
 
 const config = awsConfig(process.env);
+/** Between the last marker started and the Lambda's end: a webhook attempt's 10 s, the report, a margin. */
+const SWEEP_END_MARGIN_MS = 20_000;
 const { blobs, jobs, queue } = awsStores(config);
 const webhooks = webhookDeliveryFromConfig(config);
 
@@ -14,8 +16,11 @@ const webhooks = webhookDeliveryFromConfig(config);
  * One sweep. Markers it could not handle make the invocation fail after the whole sweep, so the
  * function's Errors metric (and its alarm) shows a sweep that keeps failing; the next run retries.
  */
-export async function handler(): Promise<SweepReport> {
-  const report = await sweepQueuedJobs({ blobs, jobs, queue, webhooks, queueRetentionSec: config.queueRetentionSec, clock: () => new Date(), log: jsonLineLog });
+export async function handler(_event?: unknown, context?: { getRemainingTimeInMillis(): number }): Promise<SweepReport> {
+  // Done before the Lambda's own end: one webhook attempt (10 s) may still be out when the last
+  // marker starts, and the report line must be written.
+  const deadline = context ? Date.now() + context.getRemainingTimeInMillis() - SWEEP_END_MARGIN_MS : undefined;
+  const report = await sweepQueuedJobs({ blobs, jobs, queue, webhooks, queueRetentionSec: config.queueRetentionSec, clock: () => new Date(), log: jsonLineLog, ...(deadline !== undefined ? { deadline } : {}) });
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'queued-job sweep', ...report })}\n`);
   if (report.errors > 0) throw new Error(`queued-job sweep: ${report.errors} of ${report.scanned} markers not handled (see the warnings above)`);
   return report;

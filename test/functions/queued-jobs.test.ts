@@ -140,7 +140,7 @@ describe('queued-job sweep', () => {
     const report = await sweepQueuedJobs(sweepDeps());
     // 4 message markers (3 cleared) and 3 active ones (the cancel freed the fourth): the succeeded
     // job's is cleared, the running and the waiting job keep theirs.
-    expect(report).toEqual({ scanned: 7, resent: 0, cleared: 4, kept: 3, expired: 0, errors: 0, foreign: 0, webhooksDelivered: 0, webhooksFailed: 0, oldestQueuedSec: expect.any(Number) });
+    expect(report).toEqual({ scanned: 7, resent: 0, cleared: 4, kept: 3, expired: 0, errors: 0, foreign: 0, deferred: 0, webhooksDelivered: 0, webhooksFailed: 0, oldestQueuedSec: expect.any(Number) });
     expect(await markers()).toEqual([pendingJobKey('msg', 'acct_alice', waiting)]);
   });
 

@@ -558,6 +558,49 @@ describe('the sweep', () => {
     expect(tried.indexOf('https://victim.example/hook')).toBeLessThan(8);
   });
 
+  it('an owed webhook behind its owner\'s newer queued jobs (whose webhooks are not owed yet) is tried: those are skipped unread', async () => {
+    const owed = await postWithWebhook();
+    await finish(owed.id, 'canceled');
+    // Newer jobs of the same owner, still queued: their ids sort first, each with its hook marker.
+    for (let i = 0; i < 30; i++) await postWithWebhook();
+    let reads = 0;
+    const jobs = new Proxy(h.jobs, {
+      get: (target, prop, receiver) =>
+        prop === 'get'
+          ? async (...a: Parameters<typeof target.get>) => {
+              reads++;
+              await new Promise((r) => setTimeout(r, 20));
+              return target.get(...a);
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const tried: string[] = [];
+    const send = async (r: { headers: Record<string, string> }) => (tried.push(r.headers['webhook-id']!), 200);
+    // A budget of a few reads: before, it went on the thirty queued jobs' hook markers.
+    const report = await sweepQueuedJobs({ ...sweepDeps(), jobs, webhooks: { send, signedUrlTtlSec: 600 }, webhookBudgetMs: 100 });
+    expect(report.webhooksDelivered).toBe(1);
+    expect((await h.jobs.get('acct_alice', owed.id))!.webhook).toMatchObject({ attempts: 1, delivered_at: expect.any(String) });
+    expect(tried).toHaveLength(1);
+    // The queued jobs' hook markers are kept, unread in the webhook pass (their active markers were read once).
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}hook/`)).items).toHaveLength(30);
+    expect(reads).toBeLessThan(45);
+  });
+
+  it('past its deadline the sweep starts no marker (lost messages included): they are kept for the next, counted deferred, and the report is returned', async () => {
+    const lost = await postWithWebhook();
+    await h.jobs.update('acct_alice', lost.id, (cur) => ({ ...cur, created_at: new Date(Date.now() - 10 * 60_000).toISOString() }));
+    await markPending(h.blobs, 'msg', 'acct_alice', lost.id);
+    const ended = await postWithWebhook();
+    await finish(ended.id, 'canceled');
+    const send = async () => 200;
+    const report = await sweepQueuedJobs({ ...sweepDeps(), webhooks: { send, signedUrlTtlSec: 600 }, deadline: Date.now() - 1 });
+    expect(report).toMatchObject({ resent: 0, cleared: 0, webhooksDelivered: 0 });
+    expect(report.deferred).toBe(report.scanned);
+    expect(report.deferred).toBeGreaterThan(0);
+    // The next sweep, in time, does the work.
+    expect(await sweepQueuedJobs({ ...sweepDeps(), webhooks: { send, signedUrlTtlSec: 600 } })).toMatchObject({ resent: 1, webhooksDelivered: 1, deferred: 0 });
+  });
+
   it('a 503 is not announced; the retry that queues the job again owes its webhook afresh, and its end is announced', async () => {
     const { queue: flaky, outage } = queueWithOutage(h.queue);
     const app = createApp({ ...h.deps, queue: flaky, clock, limits: { ...LIMITS, webhookAllowPrivate: true } });
