@@ -75,6 +75,12 @@ export interface BlobStore {
   /** Conditional replace. Throws PreconditionFailedError when the key is absent or its etag differs. */
   replaceIfMatch(key: string, body: Uint8Array, etag: string, options?: PutOptions): Promise<{ etag: string }>;
   signedGetUrl(key: string, expiresSec: number): Promise<string>;
+  /**
+   * How long a link signed now can live, at most `expiresSec`: a link signed with temporary credentials
+   * (an ECS task's or a Lambda's role) dies with them. A store whose signing key does not expire
+   * leaves it out (the full `expiresSec`).
+   */
+  linkLifeSec?(expiresSec: number): Promise<number>;
   signedPutUrl(key: string, options: SignedPutOptions): Promise<SignedPut>;
 }
 

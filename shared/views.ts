@@ -35,6 +35,11 @@ export function frameKey(owner: string, jobId: string, index: number, step: numb
   return `${jobOutputsPrefix(owner, jobId)}frames/${index}/${String(step).padStart(4, '0')}_${width}x${height}.png`;
 }
 
+/** The links' life: the configured one, or less where the store's signing credentials end sooner. */
+async function linkLife(blobs: BlobStore, ttlSec: number): Promise<number> {
+  return blobs.linkLifeSec ? blobs.linkLifeSec(ttlSec) : ttlSec;
+}
+
 /**
  * The progress frames of a job's published images (the image before step 0, 10, 20, …: every
  * `frameEvery` steps of the recipe), as signed URLs, by image index and step. Frames are stored with the
@@ -48,6 +53,7 @@ export async function generationFrames(
 ): Promise<Array<{ index: number; step: number; width: number | null; height: number | null; url: string; expires_at: string }>> {
   const published = new Set(publishedIndices(job));
   if (published.size === 0 || job.deleted_at !== undefined) return [];
+  ttlSec = await linkLife(blobs, ttlSec);
   const expiresAt = linkExpiry(now, ttlSec);
   const found: Array<{ index: number; step: number; width: number | null; height: number | null; key: string }> = [];
   let cursor: string | undefined;
@@ -100,6 +106,7 @@ export async function generationView(
   now: Date,
   options: ViewOptions & { webhookSecret?: boolean } = {},
 ): Promise<GenerationView> {
+  if (job.outputs.length > 0 && job.deleted_at === undefined) ttlSec = await linkLife(blobs, ttlSec);
   const expiresAt = linkExpiry(now, ttlSec);
   const checks = new Map((job.output_checks ?? []).map((c) => [c.index, c]));
   const indices = publishedIndices(job);

@@ -164,6 +164,21 @@ describe('POST → GET → list → cancel', () => {
     expect(Date.parse(view.outputs_expire_at) - Date.parse(finished)).toBe(30 * 86_400_000);
     const queued = (await (await post({ prompt: 'pear' })).json()) as any;
     expect(queued.outputs_expire_at).toBeNull(); // nothing stored yet
+    // A store whose signing credentials end in 2 minutes (linkLifeSec): links signed for that, and said.
+    const lives: number[] = [];
+    const shortLived = new Proxy(h.blobs, {
+      get: (target, prop, receiver) => (prop === 'linkLifeSec' ? async (sec: number) => (lives.push(sec), Math.min(sec, 120)) : Reflect.get(target, prop, receiver)),
+    });
+    const capped = createApp({ ...h.deps, blobs: shortLived });
+    const t0 = Date.now();
+    const short = (await (await capped.request(`/v1/generations/${id}`, { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
+    expect(lives).toEqual([600]);
+    for (const out of short.outputs) {
+      expect(Date.parse(out.expires_at)).toBeLessThanOrEqual(Date.now() + 121_000);
+      expect(Date.parse(out.expires_at)).toBeGreaterThanOrEqual(t0 + 119_000);
+      expect(verifyLocalSignature('x'.repeat(32), 'GET', out.url)).toMatchObject({ ok: true });
+      expect(Number(new URL(out.url).searchParams.get('expires')) * 1000).toBeLessThanOrEqual(Date.now() + 121_000);
+    }
   });
 });
 

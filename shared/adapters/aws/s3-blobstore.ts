@@ -46,6 +46,9 @@ export interface S3BlobStoreOptions {
  * page; a put's grows with its body; a get's first covers the response headers, then its body in
  * proportion to the size they announce, so a large download that keeps arriving is never cut off.
  */
+/** A link is promised this much less than its signing credentials have left (clock skew, the time to use it). */
+const LINK_CREDENTIAL_MARGIN_SEC = 60;
+
 export class S3BlobStore implements BlobStore {
   private readonly client: S3Client;
   private readonly bucket: string;
@@ -156,6 +159,19 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
+  /**
+   * The SDK keeps temporary credentials until 5 minutes before they expire, and a link signed with them
+   * stops working when they do: credentials that would not outlive a link of `expiresSec` (and a margin)
+   * are refreshed first, and the life returned is what the ones that sign cover, at most `expiresSec`.
+   */
+  async linkLifeSec(expiresSec: number): Promise<number> {
+    const provider = this.client.config.credentials as (options?: { forceRefresh?: boolean }) => Promise<{ expiration?: Date }>;
+    const covers = (c: { expiration?: Date }) => (c.expiration === undefined ? Infinity : Math.floor((c.expiration.getTime() - Date.now()) / 1000) - LINK_CREDENTIAL_MARGIN_SEC);
+    let credentials = await provider();
+    if (covers(credentials) < expiresSec) credentials = await provider({ forceRefresh: true });
+    return Math.max(1, Math.min(expiresSec, covers(credentials)));
+  }
+
   async signedGetUrl(key: string, expiresSec: number): Promise<string> {
     assertValidKey(key);
     checkExpiry(expiresSec);
@@ -166,6 +182,8 @@ export class S3BlobStore implements BlobStore {
     assertValidKey(key);
     checkExpiry(options.expiresSec);
     checkPutLimits(options);
+    // No longer than the signing credentials last (see linkLifeSec).
+    const expiresSec = await this.linkLifeSec(options.expiresSec);
     const headers: Record<string, string> = { 'content-type': options.contentType };
     const signed = new Set(['content-type']);
     if (options.contentLength !== undefined) {
@@ -184,13 +202,13 @@ export class S3BlobStore implements BlobStore {
         ...(options.contentLength !== undefined ? { ContentLength: options.contentLength } : {}),
       }),
       // Keep these as signed headers (not query parameters) so the client must send exactly them.
-      { expiresIn: options.expiresSec, signableHeaders: signed, unhoistableHeaders: signed },
+      { expiresIn: expiresSec, signableHeaders: signed, unhoistableHeaders: signed },
     );
     return {
       url,
       method: 'PUT',
       headers,
-      expiresAt: new Date(signedAtMs + options.expiresSec * 1000),
+      expiresAt: new Date(signedAtMs + expiresSec * 1000),
       enforcesMaxBytes: options.contentLength !== undefined,
     };
   }

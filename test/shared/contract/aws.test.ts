@@ -226,6 +226,33 @@ describe('S3 adapter specifics', () => {
     expect([...new URL(unsafe.url).searchParams.keys()].some((k) => k.toLowerCase().includes('checksum'))).toBe(true);
   });
 
+  it('links last no longer than the temporary credentials that sign them: expiring ones are refreshed first, and a link is capped (and says so) by what the fresh ones cover', async () => {
+    // Role credentials as ECS and Lambda hand them out: with an expiration. The first set has 10 minutes left.
+    const lefts = [600, 7200, 900];
+    const calls: Array<{ forceRefresh?: boolean } | undefined> = [];
+    const credentials = async (options?: { forceRefresh?: boolean }) => {
+      calls.push(options);
+      const left = lefts[Math.min(calls.length - 1, lefts.length - 1)]!;
+      return { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER', expiration: new Date(Date.now() + left * 1000) };
+    };
+    const store = await freshS3Store(s3Client({ credentials }));
+    // An hour's link on a set with 10 minutes left: refreshed (2 h), the hour kept.
+    expect(await store.linkLifeSec(3600)).toBe(3600);
+    expect(calls.some((o) => o?.forceRefresh === true)).toBe(true);
+    const url = new URL(await store.signedGetUrl('k', 3600));
+    expect(url.searchParams.get('X-Amz-Expires')).toBe('3600');
+    // Where a refresh also has only 15 minutes left, links are capped below what it covers; a PUT's expiresAt says so.
+    calls.length = 0;
+    lefts.splice(0, lefts.length, 900);
+    const short = await freshS3Store(s3Client({ credentials }));
+    const capped = await short.linkLifeSec(3600);
+    expect(capped).toBeGreaterThan(780);
+    expect(capped).toBeLessThanOrEqual(840);
+    const put = await short.signedPutUrl('up', { contentType: 'image/png', maxBytes: 100, contentLength: 10, expiresSec: 3600 });
+    expect(put.expiresAt.getTime() - Date.now()).toBeLessThanOrEqual(841_000);
+    expect(Number(new URL(put.url).searchParams.get('X-Amz-Expires'))).toBeLessThanOrEqual(840);
+  });
+
   it('a signed PUT without a declared size cannot bound the size (enforcesMaxBytes is false)', async () => {
     const store = await freshS3Store();
     const signed = await store.signedPutUrl('uploads/unsized.png', { contentType: 'image/png', maxBytes: 4, expiresSec: 60 });
