@@ -1,8 +1,10 @@
 import type { App, StackProps } from 'aws-cdk-lib';
-import { Tags } from 'aws-cdk-lib';
+import { Aspects, Tags } from 'aws-cdk-lib';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
+import type * as logs from 'aws-cdk-lib/aws-logs';
 import { ApiStack } from './api-stack.ts';
 import type { StageConfig } from './config.ts';
+import { FunctionLogRetention } from './function-log-retention.ts';
 import { StatefulStack } from './stateful-stack.ts';
 import { WorkerStack } from './worker-stack.ts';
 
@@ -63,6 +65,8 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
   for (const stack of [stateful, api, worker]) {
     Tags.of(stack).add('project', 'clipag');
     Tags.of(stack).add('stage', config.stage);
+    // CDK's own custom-resource providers (the VPC's default-SG handler) name no log group: give them one that expires.
+    Aspects.of(stack).add(new FunctionLogRetention(config.logRetentionDays as logs.RetentionDays));
   }
   return { stateful, api, worker };
 }

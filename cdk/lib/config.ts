@@ -166,6 +166,36 @@ export function stageConfig(name: string, overrides: Partial<StageConfig> = {}):
   return cfg;
 }
 
+/**
+ * The one-GPU instance types a stage may name in `instanceTypes`, with their vCPUs and nominal memory
+ * (EC2's published sizes). A type not listed here is refused: add it with its figures before using it.
+ */
+export const GPU_INSTANCE_TYPES: Readonly<Record<string, { readonly vcpus: number; readonly memoryMiB: number }>> = {
+  'g4dn.xlarge': { vcpus: 4, memoryMiB: 16 * 1024 },
+  'g4dn.2xlarge': { vcpus: 8, memoryMiB: 32 * 1024 },
+  'g4dn.4xlarge': { vcpus: 16, memoryMiB: 64 * 1024 },
+  'g5.xlarge': { vcpus: 4, memoryMiB: 16 * 1024 },
+  'g5.2xlarge': { vcpus: 8, memoryMiB: 32 * 1024 },
+  'g5.4xlarge': { vcpus: 16, memoryMiB: 64 * 1024 },
+  'g6.xlarge': { vcpus: 4, memoryMiB: 16 * 1024 },
+  'g6.2xlarge': { vcpus: 8, memoryMiB: 32 * 1024 },
+  'g6.4xlarge': { vcpus: 16, memoryMiB: 64 * 1024 },
+};
+
+/**
+ * What ECS can place on one instance of `type`. CPU: the agent registers 1024 units per vCPU and
+ * reserves none. Memory: the agent registers what the OS reports as total memory (less any
+ * ECS_RESERVED_MEMORY, unset here), which is below the nominal size by the kernel's and the
+ * platform's share: AWS's own example is an m4.large, 8192 MiB nominal, registering 7985 MiB (2.5 %
+ * less). AWS publishes no per-type figure for the GPU AMI (whose NVIDIA driver takes more), so this
+ * keeps a conservative 10 % of the nominal memory back: 14745 MiB of a 16 GiB type, 29491 of 32 GiB.
+ */
+export function ecsPlaceable(type: string): { cpuUnits: number; memoryMiB: number } | undefined {
+  const spec = GPU_INSTANCE_TYPES[type];
+  if (!spec) return undefined;
+  return { cpuUnits: spec.vcpus * 1024, memoryMiB: Math.floor(spec.memoryMiB * 0.9) };
+}
+
 /** The retention periods CloudWatch Logs accepts. */
 const LOG_RETENTION_DAYS = new Set([
   1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
@@ -207,6 +237,23 @@ function validate(cfg: StageConfig): void {
     problems.push(`logRetentionDays must be one of CloudWatch's values: ${[...LOG_RETENTION_DAYS].join(', ')}`);
   }
   if (cfg.instanceTypes.length === 0) problems.push('instanceTypes must name at least one type');
+  // The task must fit every type the group may launch (Spot uses them all), or a task waits PROVISIONING
+  // for ever while managed scaling keeps launching (and billing) GPU instances it can never use.
+  for (const type of cfg.instanceTypes) {
+    const placeable = ecsPlaceable(type);
+    if (!placeable) {
+      problems.push(`instanceTypes: unknown instance type ${JSON.stringify(type)}; known one-GPU types: ${Object.keys(GPU_INSTANCE_TYPES).join(', ')} (add it with its vCPUs and memory to GPU_INSTANCE_TYPES in cdk/lib/config.ts)`);
+      continue;
+    }
+    if (cfg.taskCpuUnits > placeable.cpuUnits) problems.push(`taskCpuUnits must be <= ${placeable.cpuUnits} (what ECS registers for ${type}); got ${cfg.taskCpuUnits}`);
+    if (cfg.taskMemoryMiB > placeable.memoryMiB) problems.push(`taskMemoryMiB must be <= ${placeable.memoryMiB} (the memory ECS can place on ${type}, nominal ${GPU_INSTANCE_TYPES[type]!.memoryMiB} MiB less the OS's share); got ${cfg.taskMemoryMiB}`);
+  }
+  // Lambda's own range for a function's memory.
+  if (cfg.lambdaMemoryMiB < 128 || cfg.lambdaMemoryMiB > 10_240) problems.push('lambdaMemoryMiB must be in [128, 10240] (Lambda limit)');
+  // It is the evaluation periods (and datapoints) of the scale-in alarm, whose period is 1 minute
+  // (gpu-queue-worker.ts): CloudWatch refuses an alarm whose period × evaluation periods exceeds one day
+  // when the period is under an hour, so 1440 one-minute periods at most.
+  if (cfg.scaleInAfterIdleMinutes > 1440) problems.push('scaleInAfterIdleMinutes must be <= 1440 (the scale-in alarm evaluates 1-minute periods, and CloudWatch allows at most a day of them)');
   if (!MODEL_NAME_PATTERN.test(cfg.defaultModel)) problems.push(`defaultModel is not a model name: ${JSON.stringify(cfg.defaultModel)} (lower-case letters, digits, '.', '_', '-')`);
   if (cfg.alarmEmail !== undefined && !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(cfg.alarmEmail)) problems.push(`alarmEmail is not an e-mail address: ${JSON.stringify(cfg.alarmEmail)}`);
   if (cfg.stage === 'prod' && cfg.alarmEmail === undefined) problems.push('alarmEmail is required in prod (-c alarmEmail=ops@example.com or $CLIPAG_ALARM_EMAIL): the alarms would tell nobody');
@@ -230,6 +277,10 @@ function validate(cfg: StageConfig): void {
   // API Gateway HTTP APIs cut integrations at 30 s.
   if (cfg.lambdaTimeoutSeconds > 29) problems.push('lambdaTimeoutSeconds must be <= 29 (API Gateway limit)');
   if (cfg.stopTimeoutSeconds < 120) problems.push('stopTimeoutSeconds must be >= 120 so a running job can drain');
+  // A Spot instance is reclaimed two minutes after its interruption notice, whatever the stop timeout:
+  // a longer one is never honoured there. (ECS documents a maximum of 120 s for Fargate only; for the
+  // EC2 launch type it names none, so on-demand keeps no upper bound here.)
+  if (cfg.useSpot && cfg.stopTimeoutSeconds > 120) problems.push('stopTimeoutSeconds must be <= 120 with useSpot (a Spot instance ends two minutes after its interruption notice)');
   // One scaling step per task count; CloudWatch step policies allow at most 20 adjustments.
   if (cfg.maxInstances > 18) problems.push('maxInstances must be <= 18 (one step-scaling adjustment per task)');
   // Presigned URLs signed with role credentials die with the session (Lambda: ~1-12 h).

@@ -146,7 +146,7 @@ export class ClipagDashboard extends Construct {
     const graph = (title: string, left: cloudwatch.IMetric[], more: Partial<cloudwatch.GraphWidgetProps> = {}) =>
       new cloudwatch.GraphWidget({ title, left, width: 8, height: 6, ...more });
     const header = (markdown: string) => new cloudwatch.TextWidget({ markdown, width: 24, height: 1 });
-    const operatorAlarms = [alarms.dlqDepthAlarm, alarms.oldestQueuedJobAlarm, alarms.queuedJobSweepAlarm, alarms.api5xxAlarm, alarms.workerErrorAlarm, alarms.rateLimitFailingOpenAlarm].filter(
+    const operatorAlarms = [alarms.dlqDepthAlarm, alarms.oldestQueuedJobAlarm, alarms.queuedJobSweepAlarm, alarms.queuedJobSweepNotRunningAlarm, alarms.queuedJobSweepDroppedAlarm, alarms.api5xxAlarm, alarms.workerErrorAlarm, alarms.rateLimitFailingOpenAlarm].filter(
       (a): a is cloudwatch.Alarm => a !== undefined,
     );
 
@@ -228,9 +228,10 @@ export class ClipagDashboard extends Construct {
       graph(`Dead-letter queue depth (messages; alarm at ${config.alarmDlqDepth}, clipag dlq list)`, [
         deadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: minute, statistic: 'Maximum', label: 'dead letters' }),
       ], { leftAnnotations: [dlqAnnotation], leftYAxis: { min: 0 } }),
-      graph(`Queued-job sweep: runs and failed runs (count per 5 min; one run every ${config.queuedJobSweepMinutes} min)`, [
+      graph(`Queued-job sweep: runs, failed runs and dropped events (count per 5 min; one run every ${config.queuedJobSweepMinutes} min)`, [
         queuedJobSweep.fn.metricInvocations({ period: fiveMinutes, statistic: 'Sum', label: 'runs' }),
         queuedJobSweep.fn.metricErrors({ period: fiveMinutes, statistic: 'Sum', label: 'failed runs' }),
+        queuedJobSweep.fn.metric('AsyncEventsDropped', { period: fiveMinutes, statistic: 'Sum', label: 'dropped events (never ran)' }),
       ]),
       graph('Queued-job sweep: duration (ms, longest run per 5 min)', [
         queuedJobSweep.fn.metricDuration({ period: fiveMinutes, statistic: 'Maximum', label: 'longest run' }),
@@ -314,6 +315,8 @@ export class ClipagDashboard extends Construct {
       `- **DLQ depth ≥ ${thresholdOf(alarms.dlqDepthAlarm)}**: a job failed all its deliveries (the worker has marked it failed), or a message did not parse. Stays in ALARM while anything is in the DLQ: triage with \`clipag dlq list\`, then \`clipag dlq purge --yes\` re-arms it.`,
       `- **Oldest queued job ≥ ${thresholdOf(alarms.oldestQueuedJobAlarm)} s**: a job has waited that long to start (the sweep's figure; running jobs do not count): the fleet is not keeping up or cannot start (GPU quota, Spot, image pull).`,
       `- **Queued-job sweep failing for ${windowMinutes(alarms.queuedJobSweepAlarm)} min**: lost messages are not re-sent, owed webhooks not retried, and the queued wait is not measured.`,
+      `- **Queued-job sweep not running for ${windowMinutes(alarms.queuedJobSweepNotRunningAlarm)} min**: no invocation at all (throttled, events dropped, schedule disabled): the same losses, and the oldest-queued-job alarm has no data.`,
+      `- **Queued-job sweep event dropped**: Lambda dropped a scheduled sweep that waited a whole period (\`AsyncEventsDropped\`; most likely the account's concurrency is taken).`,
       ...(alarms.api5xxAlarm ? [`- **API 5xx ≥ ${thresholdOf(alarms.api5xxAlarm)} per ${periodMinutes(alarms.api5xxAlarm)} min, ${periodsOf(alarms.api5xxAlarm)} periods in a row**: customers get server errors (the app's 500s, or the gateway's for a failing or timing-out Lambda).`] : []),
       ...(alarms.rateLimitFailingOpenAlarm ? [`- **Rate limits failing open for ${windowMinutes(alarms.rateLimitFailingOpenAlarm)} min**: the API cannot reach its DynamoDB counter and lets every request through unlimited; an error-level \`rate_limit_unavailable\` line in the API log means a missing table or grant.`] : []),
       ...(alarms.workerErrorAlarm ? ['- **GPU worker error line**: the worker logged something an operator must act on; search its log group for `"level":"error"` (`worker unhealthy`, `message dead-lettered`, `usage not recorded`…).'] : []),

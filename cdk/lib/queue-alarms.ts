@@ -23,6 +23,8 @@ export interface QueueAlarmsProps {
   readonly email?: string;
   /** The queued-job sweep: failing sweep after sweep means lost messages stay lost; its figures say how long customers wait. */
   readonly queuedJobSweep: QueuedJobSweepRef;
+  /** How often the sweep's schedule runs it (queuedJobSweepMinutes): its liveness alarm counts runs per period. */
+  readonly queuedJobSweepMinutes: number;
   /** The public API: 5xx answers (the app's 500s, and the gateway's own for a failing Lambda). */
   readonly httpApi?: apigw.IHttpApi;
   /** 5xx answers in each of two 5-minute periods that page (default 10). */
@@ -39,6 +41,10 @@ export class QueueAlarms extends Construct {
   readonly dlqDepthAlarm: cloudwatch.Alarm;
   readonly oldestQueuedJobAlarm: cloudwatch.Alarm;
   readonly queuedJobSweepAlarm: cloudwatch.Alarm;
+  /** No sweep ran for three periods of its schedule (throttled, dropped, a disabled rule, a deleted function). */
+  readonly queuedJobSweepNotRunningAlarm: cloudwatch.Alarm;
+  /** Lambda dropped a scheduled sweep's event (it waited past maxEventAge, e.g. throttled): the sweep is being starved. */
+  readonly queuedJobSweepDroppedAlarm: cloudwatch.Alarm;
   readonly api5xxAlarm: cloudwatch.Alarm | undefined;
   readonly workerErrorAlarm: cloudwatch.Alarm | undefined;
   /** `OldestQueuedJobSeconds` from the sweep's `queued-job sweep` line; the dashboard graphs the same metric. */
@@ -67,7 +73,7 @@ export class QueueAlarms extends Construct {
     if (props.email) this.topic.addSubscription(new subs.EmailSubscription(props.email));
     const action = new actions.SnsAction(this.topic);
 
-    /** Every alarm here: at or over its threshold for `periods` periods; no data (an idle queue or API) is healthy. */
+    /** Most alarms here: at or over its threshold for `periods` periods; no data (an idle queue or API) is healthy. */
     const atLeast = (id: string, description: string, metric: cloudwatch.IMetric, threshold: number, periods: number) =>
       new cloudwatch.Alarm(this, id, {
         alarmDescription: description,
@@ -101,7 +107,9 @@ export class QueueAlarms extends Construct {
     // Spot unavailable, image pull failing): customers are waiting. The figure is the sweep's, from the
     // job records: the queue's ApproximateAgeOfOldestMessage also counts messages in flight, so one
     // long run (and the wait before it) tripped it while nobody waited. The sweep runs every few
-    // minutes and logs 0 when nothing waits; a sweep that stops running has its own alarm below.
+    // minutes and logs 0 when nothing waits, so no data here means no sweep, not no wait: a sweep that
+    // stops running (or whose events are dropped) has its own alarms below (QueuedJobSweepNotRunning,
+    // QueuedJobSweepEventsDropped), so this one reading OK on missing data never hides a stopped sweep.
     this.oldestQueuedJobAlarm = atLeast(
       'OldestQueuedJob',
       `A queued job has waited more than ${props.oldestQueuedJobSeconds}s to start (the queued-job sweep's oldestQueuedSec).`,
@@ -125,6 +133,32 @@ export class QueueAlarms extends Construct {
       props.queuedJobSweep.fn.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }),
       1,
       3,
+    );
+
+    // The errors alarm above only sees sweeps that ran. Lambda records neither Invocations nor Errors
+    // for a throttled async invocation, an event older than maxEventAge (the sweep period) is dropped,
+    // and a disabled or deleted schedule invokes nothing: all silent, while lost messages stay lost,
+    // owed webhooks are never retried and OldestQueuedJob loses its data and reads OK. So: no run in
+    // three sweep periods in a row pages, and missing data (no invocation at all) is breaching.
+    const sweepPeriod = Duration.minutes(props.queuedJobSweepMinutes);
+    const notRunningPeriods = 3;
+    this.queuedJobSweepNotRunningAlarm = new cloudwatch.Alarm(this, 'QueuedJobSweepNotRunning', {
+      alarmDescription: `The queued-job sweep has not run for ${notRunningPeriods * props.queuedJobSweepMinutes} minutes (scheduled every ${props.queuedJobSweepMinutes} min): throttled, its events dropped, its schedule disabled or its function gone. Lost messages are not re-sent, owed webhooks not retried, and the queued-job wait alarm has no data.`,
+      metric: props.queuedJobSweep.fn.metricInvocations({ period: sweepPeriod, statistic: 'Sum' }),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+      evaluationPeriods: notRunningPeriods,
+      treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+    });
+
+    // An event dropped for its age means the sweep waited a whole period for concurrency (the API's
+    // Prefer: wait calls can take the account's): one is worth a look before the runs stop altogether.
+    this.queuedJobSweepDroppedAlarm = atLeast(
+      'QueuedJobSweepEventsDropped',
+      "Lambda dropped a scheduled queued-job sweep (AsyncEventsDropped: it waited longer than one sweep period, most likely throttled by the account's concurrency).",
+      props.queuedJobSweep.fn.metric('AsyncEventsDropped', { period: Duration.minutes(5), statistic: 'Sum' }),
+      1,
+      1,
     );
 
     // Customers are getting server errors: 10 or more in each of two 5-minute periods, so one
@@ -165,7 +199,7 @@ export class QueueAlarms extends Construct {
     this.rateLimitUnavailableFilter = failingOpen?.filter;
     this.rateLimitFailingOpenAlarm = failingOpen?.alarm;
 
-    const alarms = [this.dlqDepthAlarm, this.oldestQueuedJobAlarm, this.queuedJobSweepAlarm, this.api5xxAlarm, this.workerErrorAlarm, this.rateLimitFailingOpenAlarm];
+    const alarms = [this.dlqDepthAlarm, this.oldestQueuedJobAlarm, this.queuedJobSweepAlarm, this.queuedJobSweepNotRunningAlarm, this.queuedJobSweepDroppedAlarm, this.api5xxAlarm, this.workerErrorAlarm, this.rateLimitFailingOpenAlarm];
     for (const alarm of alarms.filter((a): a is cloudwatch.Alarm => a !== undefined)) {
       alarm.addAlarmAction(action);
       alarm.addOkAction(action);

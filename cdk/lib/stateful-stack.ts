@@ -75,6 +75,12 @@ export class StatefulStack extends Stack {
               // expires current versions), and every list of pending/ (each POST's active-job count,
               // each sweep) must step over them. Their old versions go after a day, then the markers.
               { id: 'pending-markers', prefix: BUCKET_PREFIXES.pending, noncurrentVersionExpiration: Duration.days(1), expiredObjectDeleteMarker: true },
+              // The same for outputs/ and uploads/: each expiry above, each DELETE /v1/generations/{id} and
+              // each withheld image leaves a delete marker, and every list of a job's outputs/ prefix steps
+              // over them. The expire-* rules already drop the old versions after a day; S3 refuses
+              // ExpiredObjectDeleteMarker beside an expiration in days in one rule, hence rules of their own.
+              { id: 'outputs-markers', prefix: BUCKET_PREFIXES.outputs, expiredObjectDeleteMarker: true },
+              { id: 'uploads-markers', prefix: BUCKET_PREFIXES.uploads, expiredObjectDeleteMarker: true },
             ]
           : []),
       ],

@@ -245,6 +245,7 @@ export class WorkerStack extends Stack {
       dlqDepth: config.alarmDlqDepth,
       email: config.alarmEmail,
       queuedJobSweep: props.queuedJobSweep,
+      queuedJobSweepMinutes: config.queuedJobSweepMinutes,
       ...(props.httpApi ? { httpApi: props.httpApi } : {}),
       workerLogGroup: this.worker.logGroup,
       ...(props.apiHandler ? { apiLogGroup: props.apiHandler.logGroup } : {}),

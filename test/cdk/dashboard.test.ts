@@ -198,11 +198,11 @@ describe('the dashboard', () => {
       const operatorAlarms = resources(b.worker)
         .filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm' && JSON.stringify(r.Properties.AlarmActions ?? []).includes('AlarmsTopic'))
         .map(([id]) => ({ 'Fn::GetAtt': [id, 'Arn'] }));
-      expect(operatorAlarms).toHaveLength(6);
+      expect(operatorAlarms).toHaveLength(8);
       expect(shown).toHaveLength(operatorAlarms.length);
       expect(shown).toEqual(expect.arrayContaining(operatorAlarms));
       const a = b.stacks.worker.alarms;
-      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.api5xxAlarm!, a.workerErrorAlarm!]) {
+      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.queuedJobSweepNotRunningAlarm, a.queuedJobSweepDroppedAlarm, a.api5xxAlarm!, a.workerErrorAlarm!]) {
         expect(shown).toContainEqual(b.stacks.worker.resolve(alarm.alarmArn));
       }
     }
@@ -217,7 +217,7 @@ describe('the dashboard', () => {
       const md = first!.properties.markdown!;
       expect(md).toMatch(new RegExp(`^# clipag ${stage}\\n`));
       expect(md).toContain('cdk/README.md, section "On call"');
-      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', '**API 5xx ≥ 10 per 5 min, 2 periods in a row**', '**GPU worker error line**']) {
+      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', `**Queued-job sweep not running for ${3 * b.config.queuedJobSweepMinutes} min**`, '**Queued-job sweep event dropped**', '**API 5xx ≥ 10 per 5 min, 2 periods in a row**', '**GPU worker error line**']) {
         expect(md).toContain(line);
       }
       // The runbook section it names exists.
@@ -428,8 +428,8 @@ describe('the dashboard', () => {
       const own = resources(b.worker).filter(([id]) => id.startsWith('Dashboard')).map(([, r]) => r.Type);
       expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', ...Array(5).fill('AWS::Logs::MetricFilter')]);
       b.worker.resourceCountIs('AWS::SNS::Topic', 1);
-      // The six operator alarms (QueueAlarms) and the scaling policy's two.
-      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 8);
+      // The eight operator alarms (QueueAlarms) and the scaling policy's two.
+      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 10);
       // It reads no Logs Insights queries (each view of such a widget is billed by the data it scans).
       expect(dashboardOf(b.worker).widgets.map((w) => w.type).every((t) => t === 'metric' || t === 'text' || t === 'alarm')).toBe(true);
     }

@@ -62,6 +62,15 @@ describe('cdk.json', () => {
     expect(ctx['@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig']).toBe(true);
   });
 
+  it('uses weak cross-stack references (no exports), so cdk/README.md says to deploy the stacks together and why', () => {
+    expect(readCdkJson().context['@aws-cdk/core:defaultCrossStackReferences']).toBe('weak');
+    for (const [, r] of [stateful, api, worker].flatMap((t) => Object.entries(t.toJSON().Outputs ?? {}))) expect(r).not.toHaveProperty('Export');
+    expect(JSON.stringify(api.toJSON())).toContain('Fn::GetStackOutput');
+    const readme = readFileSync(path.join(REPO_ROOT, 'cdk', 'README.md'), 'utf8');
+    expect(readme).toMatch(/\*\*Always deploy the stacks together\*\* \(`--all`/);
+    expect(readme).toContain('`Fn::GetStackOutput`, resolved only when the *consuming* stack is created or updated');
+  });
+
   it('the app uses functions/lambda.ts as the real Lambda entry', () => {
     expect(path.relative(REPO_ROOT, LAMBDA_ENTRY)).toBe(path.join('functions', 'lambda.ts'));
   });
@@ -213,6 +222,15 @@ describe('StatefulStack', () => {
     expect(rules.find((r) => r.Prefix === 'pending/')).toMatchObject({ Status: 'Enabled', ExpiredObjectDeleteMarker: true, NoncurrentVersionExpiration: { NoncurrentDays: 1 } });
     // Still nothing expires a current job record, key or marker.
     expect(rules.filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix).sort()).toEqual(['outputs/', 'uploads/']);
+    // Each expiry, DELETE /v1/generations/{id} and withheld image leaves a delete marker under outputs/ or
+    // uploads/: a rule of its own removes them (S3 refuses ExpiredObjectDeleteMarker beside ExpirationInDays),
+    // and their old versions go after a day.
+    for (const prefix of ['outputs/', 'uploads/']) {
+      const own = rules.filter((r) => r.Prefix === prefix);
+      expect(own.find((r) => r.ExpiredObjectDeleteMarker === true), prefix).toMatchObject({ Status: 'Enabled' });
+      for (const r of own) expect(r.ExpiredObjectDeleteMarker === true && r.ExpirationInDays !== undefined, `${prefix} ${String(r.Id)}`).toBe(false);
+      expect(own.find((r) => r.NoncurrentVersionExpiration !== undefined), prefix).toMatchObject({ NoncurrentVersionExpiration: { NoncurrentDays: 1 } });
+    }
     // The logical IDs do not depend on the stage either.
     expect(Object.keys(Template.fromStack(prod.stateful).toJSON().Resources)).toEqual(
       expect.arrayContaining(['ClipagBucket', 'ClipagJobQueue', 'ClipagJobDeadLetterQueue', 'ClipagRateCounters']),
@@ -555,6 +573,64 @@ describe('WorkerStack', () => {
     expect(errors.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
   });
 
+  it('alarms when the queued-job sweep stops running (no invocation in 3 sweep periods, missing data breaching) or Lambda drops its events', () => {
+    const alarms = resources(worker).filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm');
+    const sweepAlarm = (metricName: string) => {
+      const found = alarms.filter(([, a]) => a.Properties.MetricName === metricName && a.Properties.Namespace === 'AWS/Lambda' && JSON.stringify(a.Properties.Dimensions).includes('QueuedJobSweeper'));
+      expect(found, metricName).toHaveLength(1);
+      return found[0]!;
+    };
+    // A throttled or dropped invocation, or a disabled schedule, records neither Invocations nor Errors.
+    const [notRunningId, notRunning] = sweepAlarm('Invocations');
+    expect(notRunning.Properties).toMatchObject({
+      Statistic: 'Sum',
+      Threshold: 1,
+      ComparisonOperator: 'LessThanThreshold',
+      Period: dev.queuedJobSweepMinutes * 60,
+      EvaluationPeriods: 3,
+      TreatMissingData: 'breaching',
+    });
+    const [droppedId, dropped] = sweepAlarm('AsyncEventsDropped');
+    expect(dropped.Properties).toMatchObject({ Statistic: 'Sum', Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', EvaluationPeriods: 1 });
+    for (const a of [notRunning, dropped]) {
+      expect(a.Properties.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+      expect(a.Properties.OKActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+    }
+    expect([notRunningId, droppedId]).toEqual([expect.stringMatching(/^AlarmsQueuedJobSweepNotRunning/), expect.stringMatching(/^AlarmsQueuedJobSweepEventsDropped/)]);
+    // The existing alarms keep their logical IDs.
+    expect(alarms.map(([id]) => id)).toEqual(expect.arrayContaining(['AlarmsQueuedJobSweepErrors4353CE89', 'AlarmsOldestQueuedJob57F197CD']));
+    // The window follows the stage's sweep period, and stays within CloudWatch's one day for sub-hour periods.
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const slow = Template.fromStack(buildClipag(app, stageConfig('dev', { queuedJobSweepMinutes: 10 }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    slow.hasResourceProperties('AWS::CloudWatch::Alarm', { MetricName: 'Invocations', Period: 600, EvaluationPeriods: 3, TreatMissingData: 'breaching' });
+    // The comment that promised this alarm now points at it.
+    const source = readFileSync(path.join(REPO_ROOT, 'cdk', 'lib', 'queue-alarms.ts'), 'utf8');
+    expect(source).toContain('QueuedJobSweepNotRunning');
+  });
+
+  it("gives every Lambda function a log group with the stage's retention, CDK's own custom-resource provider included", () => {
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const prod = prodConfig();
+    for (const [built, retention] of [[stacks, dev.logRetentionDays], [buildClipag(app, prod, { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }), prod.logRetentionDays]] as const) {
+      let providers = 0;
+      for (const stack of [built.stateful, built.api, built.worker]) {
+        const json = Template.fromStack(stack).toJSON() as { Resources: Record<string, { Type: string; Properties: any }> };
+        for (const [id, fn] of Object.entries(json.Resources).filter(([, r]) => r.Type === 'AWS::Lambda::Function')) {
+          if (id.startsWith('CustomVpcRestrictDefaultSG')) providers++;
+          const ref = fn.Properties.LoggingConfig?.LogGroup?.Ref as string | undefined;
+          expect(ref, `${stack.stackName} ${id}`).toBeDefined();
+          expect(json.Resources[ref!]).toMatchObject({ Type: 'AWS::Logs::LogGroup', Properties: { RetentionInDays: retention } });
+        }
+      }
+      // The VPC's restrictDefaultSecurityGroup provider is there (the flag is on), and it is covered.
+      expect(providers).toBe(1);
+    }
+    // Its logical ID did not change.
+    expect(Object.keys(worker.toJSON().Resources)).toContain('CustomVpcRestrictDefaultSGCustomResourceProviderHandlerDC833E5E');
+  });
+
   it('stages the worker image from the repo root with gpu-worker/Dockerfile, for linux/amd64', () => {
     const assets = JSON.parse(readFileSync(path.join(assemblyDir, `${stacks.worker.artifactId}.assets.json`), 'utf8')) as {
       dockerImages: Record<string, { source: { directory: string; dockerFile?: string; platform?: string } }>;
@@ -746,6 +822,40 @@ describe('stage config', () => {
     expect(() => stageConfig('dev', { jobTimeoutSeconds: 43_000 })).toThrow(/jobTimeoutSeconds \+ visibilityTimeoutSeconds must be <= 43200/);
     expect(() => stageConfig('dev', { queuedJobSweepMinutes: 361 })).toThrow(/queuedJobSweepMinutes must be <= 360/);
     expect(() => stageConfig('dev', { maxActiveJobsPerAccount: 5000 })).toThrow(/maxActiveJobsPerAccount/);
+  });
+
+  it('bounds lambdaMemoryMiB to Lambda\'s 128-10240, scaleInAfterIdleMinutes to a day of 1-minute periods, and a Spot stop timeout to the two-minute notice', () => {
+    for (const ok of [128, 10_240]) expect(stageConfig('dev', { lambdaMemoryMiB: ok }).lambdaMemoryMiB).toBe(ok);
+    for (const bad of [64, 127, 10_241, 16_384]) expect(() => stageConfig('dev', { lambdaMemoryMiB: bad }), String(bad)).toThrow(/lambdaMemoryMiB must be in \[128, 10240\]/);
+    // The scale-in alarm: one evaluation period (and datapoint) per idle minute, each of 60 s.
+    expect(stageConfig('dev', { scaleInAfterIdleMinutes: 1440 }).scaleInAfterIdleMinutes).toBe(1440);
+    expect(() => stageConfig('dev', { scaleInAfterIdleMinutes: 1441 })).toThrow(/scaleInAfterIdleMinutes must be <= 1440/);
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const longest = Template.fromStack(buildClipag(app, stageConfig('dev', { scaleInAfterIdleMinutes: 1440 }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    const scaleIn = resources(longest).find(([id, r]) => r.Type === 'AWS::CloudWatch::Alarm' && /LowerAlarm/.test(id))![1].Properties;
+    // Where the bound comes from: period × evaluation periods at most 86400 s for a period under an hour.
+    expect(scaleIn.EvaluationPeriods * scaleIn.Metrics.find((m: { MetricStat?: { Period: number } }) => m.MetricStat)!.MetricStat.Period).toBe(86_400);
+    // Spot: the instance is gone two minutes after the notice, so a longer stop timeout is never honoured.
+    expect(dev.useSpot).toBe(true);
+    expect(() => stageConfig('dev', { stopTimeoutSeconds: 121 })).toThrow(/stopTimeoutSeconds must be <= 120 with useSpot/);
+    expect(stageConfig('dev', { stopTimeoutSeconds: 120 }).stopTimeoutSeconds).toBe(120);
+    expect(stageConfig('prod', { alarmEmail: 'ops@example.com', stopTimeoutSeconds: 300 }).stopTimeoutSeconds).toBe(300); // on-demand: no notice
+  });
+
+  it('fits the task on every instance type it may run on, from a table of one-GPU types, and refuses a type it does not know', () => {
+    // Today's shape fits g5.xlarge and g4dn.xlarge (4 vCPU, 16 GiB).
+    expect(dev.taskCpuUnits).toBeLessThanOrEqual(4096);
+    expect(() => stageConfig('dev', { instanceTypes: ['g4dn.xlarge', 'g4dn.2xlarge', 'g5.xlarge', 'g5.2xlarge', 'g6.xlarge', 'g6.2xlarge'] })).not.toThrow();
+    // The nominal 16 GiB cannot be placed: ECS registers less than the instance's memory.
+    expect(() => stageConfig('dev', { taskMemoryMiB: 16_384 })).toThrow(/taskMemoryMiB must be <= \d+ \(the memory ECS can place on g5\.xlarge/);
+    expect(() => stageConfig('dev', { taskCpuUnits: 4097 })).toThrow(/taskCpuUnits must be <= 4096 \(what ECS registers for g5\.xlarge\)/);
+    // Larger types allow larger tasks, but every type in the list must fit it (Spot may launch any).
+    const big = { taskCpuUnits: 7168, taskMemoryMiB: 28_672 };
+    expect(stageConfig('prod', { alarmEmail: 'ops@example.com', instanceTypes: ['g5.2xlarge', 'g6.2xlarge'], ...big }).taskMemoryMiB).toBe(28_672);
+    expect(() => stageConfig('dev', { instanceTypes: ['g5.2xlarge', 'g4dn.xlarge'], ...big })).toThrow(/taskCpuUnits must be <= 4096 \(what ECS registers for g4dn\.xlarge\)[\s\S]*taskMemoryMiB must be <= \d+ \(the memory ECS can place on g4dn\.xlarge/);
+    // A type with no figures is refused by name, with the known ones listed.
+    expect(() => stageConfig('dev', { instanceTypes: ['p5.48xlarge'] })).toThrow(/unknown instance type "p5\.48xlarge"; known one-GPU types: .*g5\.xlarge/);
   });
 
   it('limits each account to 300 requests a minute in dev, 600 in prod; 0 turns it off, and nothing but an integer in [0, 1000000] passes', () => {
