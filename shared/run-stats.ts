@@ -227,10 +227,17 @@ function costModel(runs: readonly TimedRun[]): { predict: (schedule: readonly St
   const stepLine = fitNonNegativeLine(stageGroups.map((g) => ({ x: g.x, y: g.median })));
   const imageGroups = groupMedians(runs.map((r) => ({ x: r.px, y: (r.sample.seconds - stepSeconds(r.sample)) / r.sample.n })));
   const imageLine = spansSizes(imageGroups.map((g) => g.x)) ? fitNonNegativeLine(imageGroups.map((g) => ({ x: g.x, y: g.median }))) : undefined;
-  const perImage = (px: number) => (imageLine ? imageLine.a + imageLine.b * px : [...imageGroups].sort((a, b) => pixelRatioDistance(a.x, px) - pixelRatioDistance(b.x, px))[0]!.median);
+  // Below the smallest size measured, each line is held at its value there: most of an image's cost is
+  // fixed (the prior's samples run at the model's input size, the model's load), and a line fitted to
+  // larger sizes and forced through the origin would price a small image at nearly nothing.
+  const smallestImage = Math.min(...imageGroups.map((g) => g.x));
+  const smallestStage = Math.min(...stageGroups.map((g) => g.x));
+  const perImage = (px: number) =>
+    imageLine ? imageLine.a + imageLine.b * Math.max(px, smallestImage) : [...imageGroups].sort((a, b) => pixelRatioDistance(a.x, px) - pixelRatioDistance(b.x, px))[0]!.median;
+  const perStep = (px: number) => stepLine.a + stepLine.b * Math.max(px, smallestStage);
   return {
     /** Seconds for n images, each running `schedule` (steps per image) at `px` output pixels. */
-    predict: (schedule, px, n) => (perImage(px) + schedule.reduce((t, st) => t + st.steps * (stepLine.a + stepLine.b * st.width * st.height), 0)) * n,
+    predict: (schedule, px, n) => (perImage(px) + schedule.reduce((t, st) => t + st.steps * perStep(st.width * st.height), 0)) * n,
   };
 }
 

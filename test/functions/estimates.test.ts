@@ -96,6 +96,29 @@ describe('POST /v1/estimates', () => {
     expect((await ask({ width: 896, steps: 100, n: 2 })).basis.method).toBe('fit');
   });
 
+  it('below every size run, the fit holds each part at its value at the smallest size measured: a small image is not priced at nearly nothing', async () => {
+    // Runs at 448 px (1 s an image beside its steps) and 896 px (6 s): the image line through them
+    // crosses zero above 64 px, and the fit through the origin put a 64 px image's part at 0.03 s.
+    const step = (px: number) => 0.01 + 1e-7 * px;
+    const timed = (side: number, perImage: number) => {
+      const stages = defaultSchedule(side, side, 100, 224).map((st) => ({ ...st, seconds: st.steps * step(st.width * st.height) }));
+      const loop = stages.reduce((t, st) => t + st.seconds, 0);
+      return { seconds: perImage + loop, loopSeconds: loop, steps: 100, n: 1, at: new Date().toISOString(), stages };
+    };
+    for (let i = 0; i < 3; i++) {
+      await recordRunSample(h.blobs, toy(448, 448), { ...timed(448, 1), job: `a${i}` });
+      await recordRunSample(h.blobs, toy(896, 896), { ...timed(896, 6), job: `b${i}` });
+    }
+    const ask = async (side: number) => (await (await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', width: side, height: side, steps: 100 }) })).json()) as any;
+    for (const side of [64, 128, 224]) {
+      const got = await ask(side);
+      expect(got.basis.method).toBe('fit');
+      // The steps, each at least what a step of the smallest stage timed (224 px) cost.
+      const stepsAtLeast = defaultSchedule(side, side, 100, 224).reduce((t, st) => t + st.steps * step(Math.max(224 * 224, st.width * st.height)), 0);
+      expect(got.worker_seconds.median - stepsAtLeast, `${side} px`).toBeGreaterThanOrEqual(0.99);
+    }
+  });
+
   it('before any run: no figures (null), never invented ones; nothing is queued or stored', async () => {
     const res = await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 50, n: 2 }) });
     expect(res.status).toBe(200);
