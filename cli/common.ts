@@ -1,5 +1,6 @@
 // Options shared by the verbs.
-import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { accessSync, chmodSync, closeSync, constants, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -84,6 +85,28 @@ export function outputFile(path: string, flag: string): string {
     throw new EngineError('invalid_input', `${flag} ${out}: the folder ${dir} is not writable`);
   }
   return out;
+}
+
+/**
+ * `bytes` at `path`, whole or not at all: written to a temporary file in the same folder, flushed,
+ * and renamed over `path`. A write that fails (a full disk, a file-size limit, Ctrl-C) leaves the file
+ * that was there as it was, never half an image.
+ */
+export function writeWhole(path: string, bytes: Uint8Array): void {
+  const temporary = join(dirname(path), `.${basename(path)}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`);
+  try {
+    const fd = openSync(temporary, 'wx', 0o644);
+    try {
+      for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at, bytes.length - at);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temporary, path);
+  } catch (e) {
+    rmSync(temporary, { force: true });
+    throw e;
+  }
 }
 
 /**

@@ -1,5 +1,5 @@
 // clipag generate: prompt in, PNG out.
-import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -9,7 +9,7 @@ import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { LIMITS, type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
-import { UsageError, intArg, modelDir, numberArg, outputFile, policyFile } from './common.ts';
+import { UsageError, intArg, modelDir, numberArg, outputFile, policyFile, writeWhole } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
 export const usage = `usage: clipag generate "PROMPT" [options]
@@ -33,6 +33,9 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --json              print a JSON summary on stdout
 
 Exit status: 0 written, 1 bad input or a failed run, 2 bad usage, 3 withheld by the output check.`;
+
+/** The files --frames writes: frame-<step, 4 digits>.png. */
+const FRAME_FILE = /^frame-\d{4,}\.png$/;
 
 /** The exit status when the policy's output rules withhold the image (nothing is written). */
 export const WITHHELD_EXIT_CODE = 3;
@@ -92,6 +95,7 @@ export async function run(argv: string[]): Promise<number> {
     strict: true,
   });
   if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
+  if (!positionals[0]!.trim()) throw new EngineError('invalid_input', 'the prompt is empty');
   // Before anything echoes it: a prompt too long to run is refused, not printed twice first.
   for (const text of [positionals[0]!, ...(values.negative ?? [])]) {
     if (text.length > LIMITS.promptChars) throw new EngineError('invalid_input', `a prompt is ${text.length} characters; the limit is ${LIMITS.promptChars}`);
@@ -107,6 +111,16 @@ export async function run(argv: string[]): Promise<number> {
   if (imageInit && sameFile(values.init!, out)) throw new EngineError('invalid_input', `-o ${out} is the --init image: the output would replace it; choose another -o`);
   if (!imageInit && values.strength !== undefined) throw new EngineError('invalid_input', '--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
   if (!imageInit && values['content-weight'] !== undefined) throw new EngineError('invalid_input', '--content-weight needs an init image (--init PATH.png) to pull toward');
+  if (values.style && !imageInit) throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
+  // Read now: a missing file must not wait for the model to load.
+  let initBytes: Uint8Array | undefined;
+  if (imageInit) {
+    try {
+      initBytes = readFileSync(values.init!);
+    } catch (e) {
+      throw new EngineError('invalid_input', `cannot read init image ${values.init}: ${(e as Error).message}`);
+    }
+  }
   const strengthArg = numberArg(values.strength, 'strength', undefined, 0, 1);
   const contentWeightArg = numberArg(values['content-weight'], 'content-weight', undefined, 0, 1e6);
   const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);
@@ -124,6 +138,12 @@ export async function run(argv: string[]): Promise<number> {
       madeFrames = mkdirSync(values.frames, { recursive: true });
     } catch (e) {
       throw new EngineError('invalid_input', `--frames ${values.frames}: cannot make the folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    // An earlier run's frames would be left between this run's (whose steps differ), read as one
+    // progression of two prompts.
+    const earlier = readdirSync(values.frames, { withFileTypes: true }).filter((e) => e.isFile() && FRAME_FILE.test(e.name)).map((e) => e.name);
+    if (earlier.length > 0) {
+      throw new EngineError('invalid_input', `--frames ${values.frames} holds ${earlier.length} frame${earlier.length === 1 ? '' : 's'} of an earlier run (${earlier[0]}…): give an empty or new folder, or remove them`);
     }
   }
   const removeMadeFrames = () => {
@@ -151,21 +171,16 @@ export async function run(argv: string[]): Promise<number> {
     const initArg = values.init ?? (engine.bundle.priorPath ? 'gmm' : 'noise');
     if (initArg === 'noise') init = { kind: 'noise' };
     else if (initArg !== 'gmm') {
-      let bytes: Uint8Array;
-      try {
-        bytes = readFileSync(initArg);
-      } catch (e) {
-        throw new EngineError('invalid_input', `cannot read init image ${initArg}: ${(e as Error).message}`);
-      }
+      const bytes = initBytes!;
       const strength = strengthArg ?? (values.style ? 0 : 0.6);
       init = { kind: 'image', image: whereFrom(`--init ${initArg}`, () => decodeImage(bytes, { maxBytes: DEFAULT_MAX_BYTES })), strength };
     }
-    if (values.style && init.kind !== 'image') throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
     let recipe: Partial<Recipe> = { ...(values.style ? STYLE_RECIPE : {}), steps };
     if (views) recipe = { ...recipe, ...views };
     const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -0.5 }))];
     if (!values.json) {
-      process.stderr.write(`clipag: "${positionals[0]}" ${width}x${height} with ${engine.name}, seed ${seed}\n`);
+      // Quoted as JSON: a prompt's control characters (a terminal's escape sequences) are shown, not run.
+      process.stderr.write(`clipag: ${JSON.stringify(positionals[0])} ${width}x${height} with ${engine.name}, seed ${seed}\n`);
       // Before the run: a prompt the model cannot read is worth knowing before waiting for it.
       for (const w of engine.promptWarnings(prompts.map((p) => p.text))) process.stderr.write(`warning: ${w}\n`);
       for (const hit of policyHits) process.stderr.write(`content policy (${hit.category}): "${hit.term}" ${hit.message}\n`);
@@ -195,13 +210,15 @@ export async function run(argv: string[]): Promise<number> {
     const outputFlags = outputScreen.judge(res.screenCosines, res.scores[0]!.cosine);
     const withheld = outputFlags.find((f) => f.action === 'withhold');
     if (withheld) {
-      // As the worker does: neither the image nor its frames are kept.
+      // As the worker does: neither the image nor its frames are kept (nor the folder this run made for them).
       for (const path of framesWritten) rmSync(path, { force: true });
+      removeMadeFrames();
     } else {
       try {
-        writeFileSync(out, res.png);
+        // Whole or not at all: a failed write (a full disk, Ctrl-C) leaves the file that was there.
+        writeWhole(out, res.png);
       } catch (e) {
-        throw new EngineError('invalid_input', `cannot write ${out}: ${(e as Error).message}`);
+        throw new EngineError('runtime_failed', `cannot write ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; the file that was there is as it was`);
       }
     }
     const summaryJson = {
@@ -220,7 +237,7 @@ export async function run(argv: string[]): Promise<number> {
       process.stderr.write(`clipag generate: the output check withheld the image (rule ${withheld.rule}); ${out} was not written${earlier}\n`);
       return WITHHELD_EXIT_CODE;
     }
-    if (!values.json) process.stderr.write(`wrote ${out} (clip score ${res.scores[0].cosine.toFixed(3)}, ${(res.usage.timingsMs.total / 1000).toFixed(1)} s)\n`);
+    if (!values.json) process.stderr.write(`wrote ${/[\x00-\x1f\x7f]/.test(out) ? JSON.stringify(out) : out} (clip score ${res.scores[0].cosine.toFixed(3)}, ${(res.usage.timingsMs.total / 1000).toFixed(1)} s)\n`);
     return 0;
   } catch (e) {
     removeMadeFrames();

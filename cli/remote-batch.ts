@@ -10,10 +10,10 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { GenerationRequest } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, GaveUp, Interrupted, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
-import { UsageError } from './common.ts';
+import { UsageError, writeWhole } from './common.ts';
 import {
   IDEMPOTENCY_KEY, INTERRUPTED_EXIT_CODE, PNG_SIGNATURE, TIMED_OUT_EXIT_CODE, WITHHELD_EXIT_CODE,
-  connectionOptions, ended, outputPath, retryIn, session, shellWord, untilEnded, writeWhole, type RemoteIo, type Session,
+  connectionOptions, ended, outputPath, retryIn, session, shellWord, untilEnded, type RemoteIo, type Session,
 } from './remote.ts';
 
 /** More lines than this is a job for several files: the journal and the checks are per run. */

@@ -4,14 +4,14 @@
 // `get` waits for (or reads) a generation and downloads it; `cancel` cancels one. The retries live in
 // api-client.ts; this file parses, checks before any request, and reports.
 import { randomUUID } from 'node:crypto';
-import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
-import { UsageError, decimalNumber, outputFile } from './common.ts';
+import { UsageError, decimalNumber, outputFile, writeWhole } from './common.ts';
 
 export const summary = 'use a clipag API (deployed or local): generate, get or cancel, honouring Retry-After';
 export const usage = `usage: clipag remote generate "PROMPT" [options]
@@ -559,18 +559,6 @@ async function pause(ms: number, signal: AbortSignal | undefined): Promise<void>
     await sleepFor(ms, undefined, signal ? { signal } : {});
   } catch (e) {
     if (signal?.aborted) throw new Interrupted('interrupted while waiting');
-    throw e;
-  }
-}
-
-/** `bytes` at `path`, whole or not at all: a temporary file in the same folder, renamed over it. */
-export function writeWhole(path: string, bytes: Uint8Array): void {
-  const temporary = join(dirname(path), `.${basename(path)}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`);
-  try {
-    writeFileSync(temporary, bytes, { flag: 'wx' });
-    renameSync(temporary, path);
-  } catch (e) {
-    rmSync(temporary, { force: true });
     throw e;
   }
 }

@@ -202,6 +202,55 @@ describe('clipag generate', () => {
   }, 60_000);
 });
 
+describe('clipag generate keeps what was there', () => {
+  it('a write that fails (a file-size limit, a full disk) leaves the earlier image whole, and says so', async () => {
+    const out = join(dir, 'keep.png');
+    const made = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '1', '-o', out]);
+    expect(made.code, made.stderr).toBe(0);
+    const before = readFileSync(out);
+    // A file-size limit, as `ulimit -f` sets, in a child: the write fails past 8 KiB (SIGXFSZ ignored, so EFBIG).
+    const { spawnSync } = await import('node:child_process');
+    const r = spawnSync('bash', ['-c', `trap '' XFSZ; ulimit -f 8; exec node --import tsx bin/clipag.ts generate "a large red circle on the left" --steps 2 --seed 2 -o "${out}"`], { cwd: REPO_ROOT, encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/cannot write .*keep\.png: EFBIG; the file that was there is as it was \[runtime_failed\]/);
+    expect(readFileSync(out).equals(before)).toBe(true);
+    expect(readdirSync(dir).filter((n) => n.startsWith('.keep.png.'))).toEqual([]); // no temporary file left
+  }, 60_000);
+
+  it('--frames into a folder holding an earlier run\'s frames is refused before the run; a withheld run removes the folder it made', async () => {
+    const frames = join(dir, 'old-frames');
+    mkdirSync(frames);
+    writeFileSync(join(frames, 'frame-0010.png'), 'an earlier run');
+    const r = await runCli(['generate', 'a red circle', '--steps', '1', '--frames', frames, '-o', join(dir, 'f.png')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--frames .*old-frames holds 1 frame of an earlier run \(frame-0010\.png…\): give an empty or new folder/);
+    expect(existsSync(join(dir, 'f.png'))).toBe(false);
+    // An operator policy whose output rule withholds every image of the prompt: no image, no frames, no folder.
+    const policy = join(dir, 'withhold.json');
+    writeFileSync(policy, JSON.stringify({ version: 1, rules: [], output_rules: [{ id: 'all', category: 'copyright', action: 'withhold', message: 'kept back', concepts: ['a red circle'], above_prompt_by: -0.0001 }] }));
+    const fresh = join(dir, 'new-frames', 'inner');
+    const withheld = await runCli(['generate', 'a red circle', '--steps', '2', '--frames', fresh, '--policy', policy, '-o', join(dir, 'w.png')]);
+    expect(withheld.code, withheld.stderr).toBe(3);
+    expect(existsSync(join(dir, 'new-frames'))).toBe(false);
+  }, 60_000);
+
+  it('an empty prompt, a missing --init file and --style without --init are refused before the model loads; a prompt\'s control characters are shown quoted', async () => {
+    for (const [argv, message] of [
+      [['generate', '   '], /the prompt is empty/],
+      [['generate', 'a red circle', '--init', join(dir, 'missing.png')], /cannot read init image .*missing\.png/],
+      [['generate', 'a red circle', '--style'], /--style needs an init image/],
+    ] as const) {
+      const r = await runCli([...argv, '--model', join(dir, 'no-such-model'), '-o', join(dir, 'never.png')]);
+      expect(r.stderr).toMatch(message); // not the missing model: checked before it would load
+      expect(r.code).toBe(1);
+    }
+    const r = await runCli(['generate', 'a red circle\u001b[2J', '--steps', '1', '-o', join(dir, 'esc.png')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain('clipag: "a red circle\\u001b[2J"');
+    expect(r.stderr).not.toContain('\u001b[2J');
+  }, 60_000);
+});
+
 describe('a wrong command line', () => {
   it.each([
     [['generate'], /give exactly one prompt/],
