@@ -25,8 +25,8 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --style             style transfer (CLIPStyler-like): the init image is the content, the prompt the
                       style; starts from the image (strength 0), keeps its content, emphasizes patch views
   --views G,P         global and patch views per step (default: the model's recipe defaults, else 32,32)
-  -o, --out FILE      output PNG (default out.png)
-  --frames DIR        write a frame every 10 steps
+  -o, --out FILE      output PNG (default out.png), written whole or not at all
+  --frames DIR        write a frame every 10 steps (into an empty or new folder)
   --policy FILE       a content policy document (config/prompt-policy.json format) instead of the shipped
                       one: its prompt rules refuse or flag before the run, its output rules after it; an
                       image its output rules withhold is not written, and the command fails (as the job would)
