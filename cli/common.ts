@@ -62,6 +62,16 @@ export function numberArg(value: string | undefined, name: string, def: number |
  * and is writable, and the path is not a folder. A long run must not end in a bare ENOENT.
  */
 export function outputFile(path: string, flag: string): string {
+  try {
+    return checkedOutputFile(path, flag);
+  } catch (e) {
+    if (e instanceof EngineError) throw e;
+    // A name the file system refuses (ENAMETOOLONG, ELOOP, EACCES on the way): said in the verb's format.
+    throw new EngineError('invalid_input', `${flag} ${path.length > 80 ? `${path.slice(0, 80)}…` : path}: cannot be written (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+}
+
+function checkedOutputFile(path: string, flag: string): string {
   let out = resolve(path);
   if (lstatSync(out, { throwIfNoEntry: false })?.isSymbolicLink()) {
     // A link is written through: to where it leads, which must exist as a folder (a loop or a dangling link would fail only after the run).

@@ -112,15 +112,6 @@ export async function run(argv: string[]): Promise<number> {
   if (!imageInit && values.strength !== undefined) throw new EngineError('invalid_input', '--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
   if (!imageInit && values['content-weight'] !== undefined) throw new EngineError('invalid_input', '--content-weight needs an init image (--init PATH.png) to pull toward');
   if (values.style && !imageInit) throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
-  // Read now: a missing file must not wait for the model to load.
-  let initBytes: Uint8Array | undefined;
-  if (imageInit) {
-    try {
-      initBytes = readFileSync(values.init!);
-    } catch (e) {
-      throw new EngineError('invalid_input', `cannot read init image ${values.init}: ${(e as Error).message}`);
-    }
-  }
   const strengthArg = numberArg(values.strength, 'strength', undefined, 0, 1);
   const contentWeightArg = numberArg(values['content-weight'], 'content-weight', undefined, 0, 1e6);
   const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);
@@ -130,6 +121,16 @@ export async function run(argv: string[]): Promise<number> {
   // The engine takes 8 prompts in all: the prompt and up to 7 negatives.
   if ((values.negative?.length ?? 0) > 7) throw new EngineError('invalid_input', `--negative: at most 7 (the model takes 8 prompts in all), got ${values.negative!.length}`);
   if (values.frames === '') throw new UsageError('--frames needs a folder');
+  // Read now, after the flags: a missing file must not wait for the model to load.
+  let initBytes: Uint8Array | undefined;
+  if (imageInit) {
+    try {
+      initBytes = readFileSync(values.init!);
+    } catch (e) {
+      throw new EngineError('invalid_input', `cannot read init image ${values.init}: ${(e as Error).message}`);
+    }
+  }
+
   // Made now, so that a folder that cannot be made is refused before the run; a folder this run made
   // is removed again if the run fails before writing into it (a bad model, a bad init image).
   let madeFrames: string | undefined;

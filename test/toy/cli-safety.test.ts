@@ -244,6 +244,10 @@ describe('clipag generate keeps what was there', () => {
       expect(r.stderr).toMatch(message); // not the missing model: checked before it would load
       expect(r.code).toBe(1);
     }
+    // A name the file system refuses: said before the run, in the verb's format (not a raw ENAMETOOLONG).
+    const long = await runCli(['generate', 'a red circle', '-o', join(dir, `${'a'.repeat(300)}.png`)]);
+    expect(long.code).toBe(1);
+    expect(long.stderr).toMatch(/clipag generate: -o .*…: cannot be written \(ENAMETOOLONG\) \[invalid_input\]/);
     const r = await runCli(['generate', 'a red circle\u001b[2J', '--steps', '1', '-o', join(dir, 'esc.png')]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain('clipag: "a red circle\\u001b[2J"');
