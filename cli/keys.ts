@@ -7,8 +7,11 @@ import { parseConfig } from '../shared/config.ts';
 import { ClipagError, operatorMessage } from '../shared/errors.ts';
 import { newId } from '../shared/ids.ts';
 import { OWNER_ID_PATTERN } from '../shared/schemas/common.ts';
+import { ApiKeyRecord } from '../shared/schemas/apikey.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { refusal } from './common.ts';
+
+const NAME_MAX = ApiKeyRecord.shape.name.maxLength ?? 100;
 
 export const summary = 'create, list or revoke API keys (stored hashed; the secret is shown once)';
 export const usage = `usage: clipag keys create --name NAME [--owner ID] [--json]
@@ -44,6 +47,9 @@ export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: s
     if (action === 'create') {
       if (rest.length > 0) return fail(`unexpected argument "${rest[0]}"`);
       if (!values.name?.trim()) return fail('--name is required');
+      // The stored record's limit (ApiKeyRecord), checked here so that the flag is named: the store's
+      // own refusal reads as a problem with a key.
+      if (values.name.trim().length > NAME_MAX) return fail(`--name must be at most ${NAME_MAX} characters (got ${values.name.trim().length})`);
       const owner = values.owner ?? `acct_${newId()}`;
       if (!OWNER_ID_PATTERN.test(owner)) return fail('--owner must match [A-Za-z0-9_-]{1,64}');
       const keys = store ?? (await openKeyStore());

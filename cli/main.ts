@@ -26,7 +26,11 @@ export async function main(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
   if (!verb || verb === '--help' || verb === '-h' || verb === 'help') {
     const lines = await Promise.all(Object.entries(VERBS).map(async ([name, load]) => `  ${name.padEnd(12)} ${(await load()).summary}`));
-    console.log(`usage: clipag <verb> [options]\n\nverbs:\n${lines.join('\n')}\n\nclipag <verb> --help shows a verb's options.`);
+    const text = `usage: clipag <verb> [options]\n\nverbs:\n${lines.join('\n')}\n\nclipag <verb> --help shows a verb's options.`;
+    // Asked for (--help, -h, help): the answer, on stdout, exit 0. No verb at all is a usage error:
+    // stderr and exit 2, as every verb's usage error is (stdout stays for what a command produces).
+    if (verb) console.log(text);
+    else console.error(text);
     return verb ? 0 : 2;
   }
   const load = VERBS[verb];

@@ -212,7 +212,8 @@ export async function runPush(argv: string[], env: Readonly<Record<string, strin
 
 export async function runList(argv: string[], env: Readonly<Record<string, string | undefined>> = process.env): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } }, strict: true });
-  if (positionals.length) throw new EngineError('invalid_input', `models list takes no arguments\n\n${LIST_USAGE}`);
+  // A wrong command line is a usage error (exit 2, the usage printed by main), as in every verb.
+  if (positionals.length) throw new UsageError(`models list takes no arguments, got "${positionals[0]}"`);
   const { store, where } = await configuredStore(env);
   const models = await store.list().catch(asEngineError);
   if (values.json) {

@@ -6,7 +6,8 @@ import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseConfig, type LocalConfig } from '../shared/config.ts';
-import { ConfigError } from '../shared/errors.ts';
+import { ConfigError, NonRetryableError } from '../shared/errors.ts';
+import { dataFolderWriteProblem } from '../shared/adapters/local/probe.ts';
 import { createApp } from '../functions/app.ts';
 import { jsonLineLog } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
@@ -38,7 +39,16 @@ export interface ServeHandle {
 /** Starts everything; used by the verb and by the end-to-end tests. */
 export async function serve(
   env: Readonly<Record<string, string | undefined>>,
-  opts: { recipeOverrides?: Record<string, number>; maxSteps?: number; quiet?: boolean; sweepEveryMs?: number } = {},
+  opts: {
+    recipeOverrides?: Record<string, number>;
+    maxSteps?: number;
+    quiet?: boolean;
+    sweepEveryMs?: number;
+    /** How long a stop waits for the requests in flight before it cuts their connections (default 5 s). */
+    shutdownGraceMs?: number;
+    /** Tests only: the data folder's write probe (the default creates and removes a file; see probe.ts). */
+    probeFolder?: (dir: string) => Promise<void>;
+  } = {},
 ): Promise<ServeHandle> {
   let config;
   try {
@@ -55,11 +65,13 @@ export async function serve(
     // Signed links must point at this server unless an explicit public URL was configured.
     publicBaseUrl: env.CLIPAG_PUBLIC_BASE_URL ? config.publicBaseUrl : localBaseUrl(config.host, config.port),
   };
-  if (statSync(local.dataDir, { throwIfNoEntry: false })?.isDirectory() === false) {
-    throw new EngineError('invalid_input', `the data folder ${local.dataDir} (--data or CLIPAG_DATA_DIR) is a file, not a folder`);
-  }
-  mkdirSync(local.dataDir, { recursive: true });
-  const deps = await localDeps(local);
+  await usableDataFolder(local.dataDir, opts.probeFolder);
+  const deps = await localDeps(local).catch((error: unknown) => {
+    // The signing secret unreadable or damaged (shared/adapters/local/secret.ts): its message names
+    // the file and what to do; said in this verb's format.
+    if (error instanceof NonRetryableError && error.code === 'config_error') throw new EngineError('invalid_input', error.message);
+    throw error;
+  });
   const { blobs, queue, jobs, keys, signingSecret } = deps.adapters;
   const apiKey = await localApiKey(local.dataDir, keys);
   // The signed-link routes go on the API app itself: one request id, one onError, one notFound, so
@@ -93,11 +105,45 @@ export async function serve(
     apiKey,
     stop: () =>
       (stopping ??= (async () => {
-        await sweeps.stop();
-        await worker.stop();
-        await server.close();
+        // The API at once, beside the worker's drain: it takes no new connection, and the requests in
+        // flight are answered (a held `Prefer: wait` with the generation as it is now) before their
+        // connections close; only what is still open after the grace period is cut.
+        const results = await Promise.allSettled([
+          server.close({ graceMs: opts.shutdownGraceMs ?? 5_000 }),
+          (async () => {
+            await sweeps.stop();
+            await worker.stop();
+          })(),
+        ]);
+        const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed) throw failed.reason;
       })()),
   };
+}
+
+/**
+ * Refuses, before anything starts, a data folder this process cannot use: a file, a path through a
+ * file, one it cannot make, or one it (or a folder the local adapters write in it) cannot write. A
+ * folder made by another user (an earlier `sudo npm start`) used to pass: the server said it was
+ * running, then answered 500 to every POST while the worker retried EACCES for ever.
+ */
+async function usableDataFolder(dataDir: string, probe?: (dir: string) => Promise<void>): Promise<void> {
+  const named = `the data folder ${dataDir} (--data or CLIPAG_DATA_DIR)`;
+  const cannot = (error: unknown) => (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+  let info;
+  try {
+    info = statSync(dataDir, { throwIfNoEntry: false });
+  } catch (error) {
+    throw new EngineError('invalid_input', `${named} cannot be used: ${cannot(error) === 'ENOTDIR' ? 'a part of its path is a file' : cannot(error)}`);
+  }
+  if (info?.isDirectory() === false) throw new EngineError('invalid_input', `${named} is a file, not a folder`);
+  try {
+    mkdirSync(dataDir, { recursive: true });
+  } catch (error) {
+    throw new EngineError('invalid_input', `${named} cannot be made (${cannot(error)}); pass --data DIR or set CLIPAG_DATA_DIR to a folder this user can write`);
+  }
+  const problem = await dataFolderWriteProblem(dataDir, probe);
+  if (problem) throw new EngineError('invalid_input', `${problem}; pass --data DIR or set CLIPAG_DATA_DIR to a folder this user can write, or fix its permissions`);
 }
 
 /** Local mode keeps one API key for the owner "local" so the printed curl keeps working across restarts. */

@@ -10,7 +10,38 @@ export interface RunningServer {
   server: ServerType;
   /** e.g. http://127.0.0.1:8787 (the port actually bound, also when 0 was asked for). */
   url: string;
-  close(): Promise<void>;
+  /**
+   * Stops at once taking new connections, and ends the requests in flight: each request's signal
+   * aborts, so a held `Prefer: wait` answers now with the generation as it stands; the others finish
+   * as usual. Connections are closed as they fall idle; what is still open after `graceMs` (default
+   * 5 s: a slow upload, a handler that ignores its signal) is cut. Calling it again waits for the same close.
+   */
+  close(options?: { graceMs?: number }): Promise<void>;
+}
+
+/** Methods the Request constructor refuses (node-server stands in for TRACE): such a request is passed on as it came. */
+const NOT_REMAKEABLE = new Set(['CONNECT', 'TRACE', 'TRACK']);
+
+/**
+ * The request, with a signal that aborts when the client goes (as the request's own does) and also
+ * when the server starts closing: the app's only shutdown hook, so that functions/ needs none of its own.
+ */
+function followingShutdown(request: Request, shutdown: AbortSignal): { request: Request; done(): void } {
+  if (NOT_REMAKEABLE.has(request.method.toUpperCase())) return { request, done: () => undefined };
+  const controller = new AbortController();
+  const fromClient = () => controller.abort(request.signal.reason);
+  const fromShutdown = () => controller.abort(shutdown.reason);
+  if (request.signal.aborted) fromClient();
+  else request.signal.addEventListener('abort', fromClient, { once: true });
+  if (shutdown.aborted) fromShutdown();
+  else shutdown.addEventListener('abort', fromShutdown, { once: true });
+  return {
+    request: new Request(request, { signal: controller.signal }),
+    done: () => {
+      request.signal.removeEventListener('abort', fromClient);
+      shutdown.removeEventListener('abort', fromShutdown);
+    },
+  };
 }
 
 /** The API's one error envelope, for what is answered before the app sees a request: its body and request id. */
@@ -46,9 +77,19 @@ export function startApiServer(
   hostname = '127.0.0.1',
 ): Promise<RunningServer> {
   return new Promise((resolvePromise, reject) => {
+    const shutdown = new AbortController();
+    const fetch = async (request: Request, env: unknown): Promise<Response> => {
+      const followed = followingShutdown(request, shutdown.signal);
+      try {
+        return await (app.fetch as (request: Request, env: unknown) => Response | Promise<Response>)(followed.request, env);
+      } finally {
+        followed.done();
+      }
+    };
     // @hono/node-server's serve(), with the errorHandler it does not pass through.
-    const listener = getRequestListener(app.fetch as (request: Request) => Response | Promise<Response>, { hostname, errorHandler: requestErrorResponse });
+    const listener = getRequestListener(fetch, { hostname, errorHandler: requestErrorResponse });
     const server = createServer(listener);
+    let closing: Promise<void> | undefined;
     server.once('error', reject);
     server.listen(port, hostname, () => {
       const info = server.address() as AddressInfo;
@@ -56,11 +97,21 @@ export function startApiServer(
       resolvePromise({
         server,
         url: `http://${host}:${info.port}`,
-        close: () =>
-          new Promise<void>((done, fail) => {
-            server.close((error) => (error ? fail(error) : done()));
-            server.closeAllConnections();
-          }),
+        close: ({ graceMs = 5_000 } = {}) =>
+          (closing ??= new Promise<void>((done, fail) => {
+            // No new connections; the callback runs once every connection has closed.
+            server.close((error) => {
+              clearInterval(idle);
+              clearTimeout(cut);
+              if (error) fail(error);
+              else done();
+            });
+            shutdown.abort(new Error('the server is shutting down'));
+            // Keep-alive connections close as soon as they hold no request (server.close() closes
+            // only those idle at the time it is called).
+            const idle = setInterval(() => server.closeIdleConnections(), 25);
+            const cut = setTimeout(() => server.closeAllConnections(), graceMs);
+          })),
       });
     });
     // Requests Node refuses before the app sees them (headers over its 16 KB limit, malformed HTTP):

@@ -361,8 +361,10 @@ export function registerGenerationRoutes(
     const until = (c.get('receivedAt') ?? Date.now()) + waitSec * 1000;
     const signal = c.req.raw.signal;
     let latest = job;
+    // The signal aborts when the caller goes, and when the server shuts down (the local server's
+    // adapter): the pause ends at once, and the wait answers with the generation as it is now.
     for (let pause = 250; !isTerminal(latest.status) && until - Date.now() > 250 && !signal?.aborted; pause = Math.min(1000, pause * 2)) {
-      await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, until - Date.now() - 250))));
+      await pauseUnlessAborted(Math.min(pause, Math.max(0, until - Date.now() - 250)), signal);
       let again: JobRecord | null;
       try {
         again = await jobs.get(latest.owner, latest.id);
@@ -623,5 +625,18 @@ export function registerGenerationRoutes(
       }
     }
     return c.json(await view(job), 200);
+  });
+}
+
+/** Waits `ms`, or less if `signal` aborts first. */
+function pauseUnlessAborted(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const end = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', end);
+      resolve();
+    };
+    const timer = setTimeout(end, ms);
+    signal?.addEventListener('abort', end, { once: true });
   });
 }

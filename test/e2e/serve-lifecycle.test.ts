@@ -1,0 +1,124 @@
+// `clipag serve` starting and stopping, from a CLI review: a data folder it cannot write was accepted
+// (500 on every POST, the worker retrying EACCES for ever), an empty signing secret stopped it with a
+// message naming no file, and Ctrl-C dropped held `Prefer: wait` requests with no answer.
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { serve } from '../../cli/serve.ts';
+import { localStores } from '../../shared/adapters/stores.ts';
+import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+import { newJobId } from '../../shared/ids.ts';
+import { GenerationSpec } from '../../shared/schemas/generation.ts';
+import { newJobRecord } from '../../shared/schemas/job.ts';
+import { FAST_RECIPE, freePort, tinyModelsDir } from '../helpers/serve.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'clipag-serve-life-'));
+const modelsDir = tinyModelsDir(root);
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+const env = async (dataDir: string) => ({ CLIPAG_DATA_DIR: dataDir, CLIPAG_MODELS_DIR: modelsDir, PORT: String(await freePort()), CLIPAG_RECEIVE_WAIT_SEC: '1', LOG_LEVEL: 'error' });
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** Whether something answers on the port of `env` (a refused start must not have left a server). */
+async function listening(port: string): Promise<boolean> {
+  return fetch(`http://127.0.0.1:${port}/`).then(
+    () => true,
+    () => false,
+  );
+}
+
+describe('serve refuses a data folder it cannot write, before anything starts', () => {
+  it('a folder it cannot write, or a folder the adapters write in it: named, with CLIPAG_DATA_DIR', async () => {
+    // File modes cannot make this case when the tests run as root (root writes through any mode, and a
+    // read-only mount needs privileges a test should not use): the probe's failure is injected, on the
+    // folder it is asked about, as a real EACCES would come.
+    for (const bad of ['', 'queue']) {
+      const dataDir = join(root, `unwritable-${bad || 'root'}`);
+      mkdirSync(join(dataDir, 'queue'), { recursive: true });
+      const target = join(dataDir, bad);
+      const probed: string[] = [];
+      const probeFolder = async (dir: string) => {
+        probed.push(dir);
+        if (dir === target.replace(/\/$/, '')) throw Object.assign(new Error(`EACCES: permission denied, open '${dir}/x'`), { code: 'EACCES' });
+      };
+      const e = await env(dataDir);
+      const refused = serve(e, { recipeOverrides: FAST_RECIPE, probeFolder });
+      await expect(refused).rejects.toMatchObject({ code: 'invalid_input' });
+      await expect(refused).rejects.toThrow(new RegExp(`^the data folder ${escape(dataDir)} is not writable by this user${bad ? ` \\(its folder ${escape(target)} is not\\)` : ''}: EACCES creating a file there.*; pass --data DIR or set CLIPAG_DATA_DIR`));
+      expect(probed[0]).toBe(dataDir); // the data folder first, then the adapters' folders that exist
+      expect(probed.at(-1)).toBe(target.replace(/\/$/, ''));
+      expect(await listening(e.PORT)).toBe(false);
+    }
+  });
+
+  it.skipIf(process.getuid?.() === 0 || process.platform === 'win32')('a folder whose mode forbids writing (not as root)', async () => {
+    const { chmodSync } = await import('node:fs');
+    const dataDir = join(root, 'read-only');
+    mkdirSync(dataDir);
+    chmodSync(dataDir, 0o555);
+    try {
+      await expect(serve(await env(dataDir), { recipeOverrides: FAST_RECIPE })).rejects.toThrow(/is not writable by this user: EACCES creating a file there.*CLIPAG_DATA_DIR/);
+    } finally {
+      chmodSync(dataDir, 0o755);
+    }
+  });
+
+  it('a data folder under a regular file: said in words, not a bare ENOTDIR', async () => {
+    const file = join(root, 'plain-file');
+    writeFileSync(file, 'x');
+    await expect(serve(await env(join(file, 'data')), { recipeOverrides: FAST_RECIPE })).rejects.toThrow(
+      new RegExp(`^the data folder ${escape(join(file, 'data'))} \\(--data or CLIPAG_DATA_DIR\\) cannot be used: a part of its path is a file$`),
+    );
+  });
+
+  it('a damaged signing secret: the file named, and what to do', async () => {
+    const dataDir = join(root, 'short-secret');
+    mkdirSync(dataDir);
+    writeFileSync(join(dataDir, 'signing-secret'), 'too short');
+    const refused = serve(await env(dataDir), { recipeOverrides: FAST_RECIPE });
+    await expect(refused).rejects.toMatchObject({ code: 'invalid_input' });
+    await expect(refused).rejects.toThrow(`the signing secret ${join(dataDir, 'signing-secret')} is damaged (9 characters, at least 32 needed); delete it and start again`);
+  });
+
+  it('an empty signing secret (an interrupted first start) is replaced: serve starts', async () => {
+    const dataDir = join(root, 'empty-secret');
+    mkdirSync(dataDir);
+    writeFileSync(join(dataDir, 'signing-secret'), '');
+    const h = await serve(await env(dataDir), { recipeOverrides: FAST_RECIPE });
+    try {
+      expect(readFileSync(join(dataDir, 'signing-secret'), 'utf8')).toMatch(/^[0-9a-f]{64}$/);
+      expect(readdirSync(dataDir).filter((f) => f.includes('probe'))).toEqual([]); // the write probes removed their files
+      expect((await fetch(`${h.url}/v1/models`, { headers: { authorization: `Bearer ${h.apiKey}` } })).status).toBe(200);
+    } finally {
+      await h.stop();
+    }
+  });
+});
+
+describe('serve stopping', () => {
+  it('a held Prefer: wait is answered with the generation as it is, promptly, not dropped', async () => {
+    const dataDir = join(root, 'held');
+    const h = await serve(await env(dataDir), { recipeOverrides: FAST_RECIPE, shutdownGraceMs: 20_000 });
+    // A queued job with no message (none is sent and the sweep re-sends only after minutes): it stays
+    // queued, so a wait on it holds until the server stops.
+    const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
+    const id = newJobId(Date.now());
+    await stores.jobs.create(newJobRecord({ id, owner: 'local', spec: GenerationSpec.parse({ prompt: 'held', width: 64, height: 64, seed: 1, model: 'toy' }), now: new Date() }));
+    const t0 = Date.now();
+    const held = fetch(`${h.url}/v1/generations/${id}`, { headers: { authorization: `Bearer ${h.apiKey}`, prefer: 'wait=30' } });
+    // The wait is holding, in its third pause (of 1 s, from about 0.8 s after the request, after pauses
+    // of 0.25 s and 0.5 s and a read after each): it ends at the stop, not at the end of the pause.
+    await new Promise((r) => setTimeout(r, 1200));
+    const t1 = Date.now();
+    const stopped = h.stop();
+    const res = await held;
+    expect(Date.now() - t1).toBeLessThan(400); // the pause it was in had most of a second to run
+    expect(res.status).toBe(200);
+    expect(res.headers.get('preference-applied')).toBe('wait=30');
+    expect(await res.json()).toMatchObject({ id, status: 'queued' });
+    await stopped;
+    expect(Date.now() - t0).toBeLessThan(10_000); // neither the 30 s wait nor the 20 s grace period
+    await expect(fetch(`${h.url}/v1/models`)).rejects.toThrow(); // it has stopped listening
+  });
+});
