@@ -219,8 +219,14 @@ export function deletedRecord(job: JobRecord, at: string): JobRecord {
     ...(job.spec.prompts !== undefined ? { prompts: job.spec.prompts.map((p) => ({ ...p, text: DELETED_TEXT })) } : {}),
     ...(job.spec.negative_prompt !== undefined ? { negative_prompt: DELETED_TEXT } : {}),
   };
-  return { ...rest, ...(webhook ? { webhook: webhookOfDeleted(webhook) } : {}), spec, deleted_at: job.deleted_at ?? at };
+  // An error's message may quote the prompt (an engine error naming the text it could not embed, a
+  // retry's last message): its code stays, its words go with the prompt.
+  const error = rest.error ? { code: rest.error.code, message: DELETED_ERROR_MESSAGE } : rest.error;
+  return { ...rest, error, ...(webhook ? { webhook: webhookOfDeleted(webhook) } : {}), spec, deleted_at: job.deleted_at ?? at };
 }
+
+/** A deleted generation's error message: the code says what happened. */
+export const DELETED_ERROR_MESSAGE = 'removed with the generation (its code says what happened)';
 
 /**
  * A deleted generation's webhook once its delivery has settled (delivered, or given up): the URL

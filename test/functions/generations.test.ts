@@ -430,6 +430,25 @@ describe('DELETE /v1/generations/{id}', () => {
   });
 });
 
+describe('DELETE and a failed generation', () => {
+  it('an error message that quotes the prompt goes with the prompt; its code stays', async () => {
+    const created = (await (await post({ prompt: 'portrait of Jane Q. Citizen, 12 Elm Street' })).json()) as { id: string };
+    // What the worker stores for an engine error that names the text it could not embed.
+    await h.jobs.update('acct_alice', created.id, (cur) => ({
+      ...cur,
+      status: 'failed',
+      attempts: 1,
+      finished_at: new Date().toISOString(),
+      error: { code: 'numerical_error', message: 'model toy: the text tower produces a non-finite embedding for "portrait of Jane Q. Citizen, 12 Elm Street"' },
+    }));
+    expect((await h.request(`/v1/generations/${created.id}`, { method: 'DELETE' })).status).toBe(200);
+    const after = JSON.stringify(await (await h.request(`/v1/generations/${created.id}`)).json());
+    expect(after).not.toContain('Jane');
+    expect(JSON.parse(after).error).toEqual({ code: 'numerical_error', message: expect.stringMatching(/removed with the generation/) });
+    expect(JSON.stringify(await h.jobs.get('acct_alice', created.id))).not.toContain('Jane');
+  });
+});
+
 describe('metadata', () => {
   it("the caller's labels come back as given in the POST, GET and list; {} without any; they are part of the request an Idempotency-Key names", async () => {
     const labels = { order_id: 'A-1042', 'batch.name': 'spring catalog, page 3', empty: '' };
