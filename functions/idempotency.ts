@@ -109,7 +109,17 @@ export class IdempotencyLedger {
       throw error;
     }
     if (!sameBody(existing, args)) throw keyReused();
-    return this.jobs.get(args.owner, existing.job_id);
+    // The first request may hold the claim and not have written its job yet (its own marker then counts
+    // at the active-job limit): wait for it, as a claim does, rather than refuse its twin.
+    const deadline = Date.now() + (this.options.waitMs ?? 3000);
+    for (let attempt = 0; ; attempt++) {
+      const job = await this.jobs.get(args.owner, existing.job_id);
+      if (job) return job;
+      // Abandoned (its request died before the create): nothing to replay; the refusal stands.
+      if (Date.now() - Date.parse(existing.created_at) > (this.options.staleMs ?? STALE_CLAIM_MS)) return null;
+      if (Date.now() >= deadline) throw inProgress();
+      await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
+    }
   }
 
   /**
@@ -172,15 +182,14 @@ export class IdempotencyLedger {
           continue;
         }
       }
-      if (Date.now() >= deadline) {
-        throw new ConflictError('a request with this Idempotency-Key is still being processed; retry shortly', {
-          code: 'idempotency_in_progress',
-          param: 'Idempotency-Key',
-        });
-      }
+      if (Date.now() >= deadline) throw inProgress();
       await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
     }
   }
+}
+
+function inProgress(): ConflictError {
+  return new ConflictError('a request with this Idempotency-Key is still being processed; retry shortly', { code: 'idempotency_in_progress', param: 'Idempotency-Key' });
 }
 
 function keyReused(): ConflictError {

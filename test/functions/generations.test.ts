@@ -481,6 +481,37 @@ describe('Idempotency-Key', () => {
     expect(await queued()).toEqual([idA]);
   });
 
+  it('a twin of a request still writing its job, at the active-job limit (its own marker counts), gets that job, not a 429', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let held = false;
+    // The first request's job-record write is slow (an S3 PUT); everything else is the real store.
+    const blobs = new Proxy(h.blobs, {
+      get: (target, prop, receiver) =>
+        prop === 'putIfAbsent'
+          ? async (key: string, ...rest: unknown[]) => {
+              if (/^jobs\/acct_alice\/[0-9a-z]{26}\.json$/.test(key) && !held) {
+                held = true;
+                await gate;
+              }
+              return (target.putIfAbsent as (...a: unknown[]) => Promise<unknown>).call(target, key, ...rest);
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, blobs, jobs: new BlobJobStore(blobs), limits: { ...h.deps.limits, maxActiveJobs: 1 } });
+    const send = () => app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'twin' }, body: JSON.stringify({ prompt: 'a red fox' }) });
+    const first = send();
+    while (!held) await new Promise((r) => setTimeout(r, 5));
+    const twin = send();
+    await new Promise((r) => setTimeout(r, 300));
+    release();
+    const [a, b] = await Promise.all([first, twin]);
+    expect(a.status).toBe(202);
+    expect(b.status).toBe(200);
+    expect(((await b.json()) as { id: string }).id).toBe(((await a.json()) as { id: string }).id);
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(1);
+  });
+
   it('same key + different body → 409, nothing written', async () => {
     const headers = { 'Idempotency-Key': 'order-43' };
     const a = await post({ prompt: 'apple' }, headers);
