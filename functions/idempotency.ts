@@ -3,6 +3,7 @@ import { readDoc } from '../shared/documents.ts';
 import { ConflictError, CorruptDocumentError, PreconditionFailedError } from '../shared/errors.ts';
 import type { BlobStore, JobStore } from '../shared/ports.ts';
 import type { JobRecord } from '../shared/schemas/job.ts';
+import { jobIdTime } from '../shared/ids.ts';
 import { sha256Hex } from '../shared/schemas/apikey.ts';
 import type { AppLogEntry } from './types.ts';
 
@@ -42,8 +43,21 @@ const HASHED_AS_SENT_SINCE_MS = Date.parse('2026-12-05T18:01:00Z');
 /** Whether a claim was made by this body: its hash as sent, or, for a claim an earlier version wrote, as that version hashed it. */
 function sameBody(existing: IdempotencyRecord, args: { bodyHash: string; sameBodyHashes?: readonly string[] }): boolean {
   if (existing.body_hash === args.bodyHash) return true;
-  const legacy = existing.v === 1 && Date.parse(existing.created_at) < HASHED_AS_SENT_SINCE_MS;
+  // When the claim was made (a released claim's created_at is set to 1970 to mark it stale, which
+  // would make every released claim look as old as the hashing it predates: its job id says instead).
+  const legacy = existing.v === 1 && claimMadeAt(existing) < HASHED_AS_SENT_SINCE_MS;
   return legacy && (args.sameBodyHashes?.includes(existing.body_hash) ?? false);
+}
+
+function claimMadeAt(claim: IdempotencyRecord): number {
+  const at = Date.parse(claim.created_at);
+  if (at !== 0) return at;
+  // Released (release() sets 1970 to mark a claim stale): its job id holds when it was made.
+  try {
+    return jobIdTime(claim.job_id);
+  } catch {
+    return at;
+  }
 }
 
 export type Claim = { kind: 'claimed'; jobId: string } | { kind: 'replay'; job: JobRecord };

@@ -568,6 +568,20 @@ describe('Idempotency-Key', () => {
     expect([sizedRetry.status, ((await sizedRetry.json()) as { id: string }).id]).toEqual([200, named.id]);
   });
 
+  it('a v1 claim released after a failed create (created_at set to 1970) made after the hashing changed is not taken for a legacy one', async () => {
+    const { canonicalJson, idempotencyRecordKey } = await import('../../functions/idempotency.ts');
+    const { sha256Hex } = await import('../../shared/schemas/apikey.ts');
+    const small = createApp({ ...h.deps, models: async () => [{ id: 'toy', default: true, input_size: 64 }] });
+    const send = (json: Record<string, unknown>) =>
+      small.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'released-v1' }, body: JSON.stringify(json) });
+    // A 224×224 request's claim, as a v1 version wrote it after the change and released when its create failed.
+    const key = idempotencyRecordKey('acct_alice', 'released-v1');
+    const jobId = newJobId(Date.parse('2026-12-05T20:00:00Z'));
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ v: 1, body_hash: sha256Hex(canonicalJson({ prompt: 'fox', width: 224, height: 224 })), job_id: jobId, created_at: new Date(0).toISOString() })));
+    // The same prompt without a size is a 64×64 request here: another request, not the released one's.
+    await expectEnvelope(await send({ prompt: 'fox' }), 409, 'idempotency_key_reused');
+  });
+
   it('a claim this version wrote is matched by the body as sent only: a body that leaves out the size or the model another named is another request (409)', async () => {
     const small = createApp({ ...h.deps, models: async () => [{ id: 'toy', default: true, input_size: 64 }, { id: 'tiny', input_size: 32 }] });
     const send = (json: Record<string, unknown>, key: string) =>
