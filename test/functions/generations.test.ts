@@ -577,7 +577,7 @@ describe('Idempotency-Key', () => {
     // A 224×224 request's claim, as a v1 version wrote it after the change and released when its create failed.
     const key = idempotencyRecordKey('acct_alice', 'released-v1');
     const jobId = newJobId(Date.parse('2026-12-05T20:00:00Z'));
-    await h.blobs.put(key, Buffer.from(JSON.stringify({ v: 1, body_hash: sha256Hex(canonicalJson({ prompt: 'fox', width: 224, height: 224 })), job_id: jobId, created_at: new Date(0).toISOString() })));
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ v: 1, body_hash: sha256Hex(canonicalJson({ prompt: 'fox', width: 224, height: 224, steps: 100, n: 1, init: 'gmm' })), job_id: jobId, created_at: new Date(0).toISOString() })));
     // The same prompt without a size is a 64×64 request here: another request, not the released one's.
     await expectEnvelope(await send({ prompt: 'fox' }), 409, 'idempotency_key_reused');
   });
