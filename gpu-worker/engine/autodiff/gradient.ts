@@ -121,7 +121,7 @@ export function appendGradients(b: GraphBuilder, opts: GradientOptions): Map<str
         { op: node.op, node: node.name, output: node.outputs[unread] },
       );
     }
-    const ctx = makeCtx(b, node, gos, needs);
+    const ctx = makeCtx(b, node, gos, needs, active);
     const gis = b.scope(`grad/${node.name}`, () => rule(ctx));
     node.inputs.forEach((inp, i) => {
       if (!needs[i]) return;
@@ -148,7 +148,7 @@ export function appendGradients(b: GraphBuilder, opts: GradientOptions): Map<str
   return result;
 }
 
-function makeCtx(b: GraphBuilder, node: Node, gos: (string | null)[], needs: boolean[]): GradCtx {
+function makeCtx(b: GraphBuilder, node: Node, gos: (string | null)[], needs: boolean[], active: (v: string) => boolean): GradCtx {
   const firstFloatOut = node.outputs.find((o) => o !== '' && isFloat(b.dtype(o)));
   const fdt: DType = firstFloatOut ? b.dtype(firstFloatOut) : 'float32';
   const ctx: GradCtx = {
@@ -160,6 +160,7 @@ function makeCtx(b: GraphBuilder, node: Node, gos: (string | null)[], needs: boo
     O: (i) => node.outputs[i] ?? '',
     GO: (i) => gos[i] ?? null,
     needs: (i) => needs[i] ?? false,
+    isActive: (v) => v !== '' && active(v),
     nIn: node.inputs.length,
     has: (i) => i < node.inputs.length && node.inputs[i] !== '',
     shape: (n) => b.shape(n),

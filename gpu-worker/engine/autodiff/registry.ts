@@ -26,6 +26,8 @@ export interface GradCtx {
   GO(i: number): string | null;
   /** Whether input #i needs a gradient (it is active: on a path from a wrt to the loss). */
   needs(i: number): boolean;
+  /** Whether any value of the graph (not only this node's inputs) is active, i.e. needs a gradient. */
+  isActive(name: string): boolean;
   /** Number of forward inputs (including omitted optional ones). */
   nIn: number;
   has(i: number): boolean;
@@ -164,10 +166,12 @@ function sigmoidGatePattern(c: GradCtx): { xIndex: 0 | 1; z: string; s: string }
     const k = scale.inputs.indexOf(x);
     if (k < 0 || scale.inputs[1 - k] === x) continue;
     // α must be a constant the builder made: a named initializer is a parameter, which may be a wrt,
-    // and the fused rule sends nothing down the Sigmoid's path to it.
+    // and the fused rule sends nothing down the Sigmoid's path to it. A value folded from a parameter
+    // (Identity, Reshape, Mul of a wrt initializer) is in b.consts too, so α must also be inactive.
     const alphaName = scale.inputs[1 - k]!;
     const alpha = b.consts.get(alphaName);
     if (!alpha || numel(alpha.dims) !== 1 || (b.initializers.has(alphaName) && !b.constantNames.has(alphaName))) continue;
+    if (c.isActive(alphaName)) continue;
     if (![x, s, z].every((v) => sameShape(c.shape(v), outShape))) continue;
     return { xIndex, z, s };
   }
@@ -240,13 +244,24 @@ registerGradient('Pow', (c) => {
     } else {
       const ex = c.dtype(c.I(1)) === c.dtype(c.I(0)) ? c.I(1) : b.cast(c.I(1), c.dtype(c.I(0)));
       const pm1 = b.sub(ex, c.scalar(1));
-      term = b.mul(g, b.mul(b.op1('Pow', [c.I(0), pm1]), ex));
+      // p·a^(p−1) is 0·∞ = NaN at a = 0, p = 0, where a^0 = 1 is flat: 0 there, as in PyTorch.
+      const slope = b.op1('Where', [b.op1('Equal', [ex, c.scalar(0)]), c.scalar(0), b.mul(b.op1('Pow', [c.I(0), pm1]), ex)]);
+      term = b.mul(g, slope);
     }
     out[0] = c.reduceToShape(term, c.shape(c.I(0)));
   }
   if (c.needs(1)) {
-    // d(a^p)/dp = a^p · ln a (defined for a > 0, as in PyTorch).
-    out[1] = c.reduceToShape(b.mul(b.mul(g, c.O(0)), b.op1('Log', [c.I(0)])), c.shape(c.I(1)));
+    // d(a^p)/dp = a^p · ln a (defined for a > 0). At a = 0 with p ≥ 0 that is 0·(−∞) = NaN: PyTorch defines
+    // it as 0 there (a^p is constant in p from the right), so mask it the same way.
+    const pdt = c.dtype(c.I(1));
+    const term = b.mul(b.mul(g, c.O(0)), b.op1('Log', [c.I(0)]));
+    const zeroBase = b.op1('And', [
+      b.op1('Equal', [c.I(0), c.scalar(0)]),
+      b.op1('GreaterOrEqual', [c.I(1), c.scalar(0, pdt)]),
+    ]);
+    const gp = c.reduceToShape(b.op1('Where', [zeroBase, c.scalar(0), term]), c.shape(c.I(1)));
+    // The exponent may have another float dtype than the base (ONNX allows it): its gradient has its own.
+    out[1] = c.dtype(gp) === pdt ? gp : b.cast(gp, pdt);
   }
   return out;
 });
@@ -600,10 +615,13 @@ registerGradient('ReduceL2', (c) => {
   const b = c.b;
   const { keepShape, identity } = reduceInfo(c);
   if (identity) return [b.mul(c.GO(0)!, b.op1('Sign', [c.I(0)]))];
-  // d‖x‖/dx = x/‖x‖ (undefined at 0, like every norm): broadcasting the small dY/‖x‖ avoids an Expand.
+  // d‖x‖/dx = x/‖x‖: broadcasting the small dY/‖x‖ avoids an Expand. At ‖x‖ = 0 (a zero row) it is
+  // undefined; like PyTorch's norm backward, give 0 there rather than 0·∞ = NaN, which would spread
+  // through every later accumulation. The mask costs two ops on the reduced (small) tensor.
   const gk = reshapeTo(b, c.GO(0)!, keepShape);
   const yk = reshapeTo(b, c.O(0), keepShape);
-  return [b.mul(c.I(0), b.div(gk, yk))];
+  const ratio = b.op1('Where', [b.op1('Equal', [yk, c.scalar(0)]), c.scalar(0), b.div(gk, yk)]);
+  return [b.mul(c.I(0), ratio)];
 });
 
 registerGradient('ReduceMax', (c) => {
@@ -781,7 +799,13 @@ registerGradient('Gather', (c) => {
     upd = b.transpose(g, perm);
   }
   const dataShape = [xs[axis], ...xs.slice(0, axis), ...xs.slice(axis + 1)];
-  let gx = b.op1('ScatterND', [c.zeros(dataShape), idx, upd], { reduction: A.s('add') });
+  // onnxruntime's CPU EP has no float16 ScatterND with reduction='add': scatter in float32 and cast back
+  // (the sum of repeated rows is then also rounded once, not once per row).
+  const dt = c.dtype(c.I(0));
+  const sdt: DType = dt === 'float16' ? 'float32' : dt;
+  if (sdt !== dt) upd = b.cast(upd, sdt);
+  let gx = b.op1('ScatterND', [c.zeros(dataShape, sdt), idx, upd], { reduction: A.s('add') });
+  if (sdt !== dt) gx = b.cast(gx, dt);
   if (axis > 0) {
     const perm = [...Array.from({ length: axis }, (_, i) => i + 1), 0, ...Array.from({ length: r - axis - 1 }, (_, i) => axis + 1 + i)];
     gx = b.transpose(gx, perm);

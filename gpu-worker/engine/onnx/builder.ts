@@ -16,7 +16,7 @@ import {
   numel,
   tensor,
 } from './ir.ts';
-import { SHAPE_RULES, type ShapeCtx } from './shapes.ts';
+import { SHAPE_RULES, type ShapeCtx, constInts, isSliceEndNone } from './shapes.ts';
 import { foldConstant } from './fold.ts';
 
 export interface OpOptions {
@@ -169,6 +169,7 @@ export class GraphBuilder {
         { op: node.op, node: node.name, domain: node.domain },
       );
     }
+    if (node.op === 'Slice') this.sliceEndsAsKernel(node);
     const rule = SHAPE_RULES[node.op];
     if (!rule) {
       throw new EngineError('unsupported_op', `op ${node.op} (node ${node.name}) is not supported by the graph builder`, { op: node.op, node: node.name });
@@ -196,6 +197,30 @@ export class GraphBuilder {
     this.nodes.push(node);
     const folded = foldConstant(node, ctx);
     if (folded) folded.forEach((t, k) => t && node.outputs[k] && this.consts.set(node.outputs[k], t));
+  }
+
+  /**
+   * onnxruntime's Slice kernel reads an end of INT32_MAX or INT64_MAX with a negative step as "to index 0
+   * included" (numpy's None), but ONNX shape inference, which onnxruntime runs when it loads the model,
+   * clamps it to the last index (an empty slice): a graph whose later shapes follow the kernel is then
+   * refused. Such an end is replaced by −INT_MAX of the ends' dtype, which both read as "to index 0".
+   * (A positive step reads INT_MAX the same way in both, so those ends stay.)
+   */
+  private sliceEndsAsKernel(node: Node): void {
+    const ends = node.inputs[2] ? this.consts.get(node.inputs[2]) : undefined;
+    const steps = node.inputs[4] ? this.consts.get(node.inputs[4]) : undefined;
+    if (!ends || !steps || (ends.dtype !== 'int64' && ends.dtype !== 'int32')) return;
+    const e = constInts(ends, 'Slice ends'), st = constInts(steps, 'Slice steps');
+    const fix = e.map((v, i) => isSliceEndNone(v) && (st[i] ?? 1) < 0);
+    if (!fix.some(Boolean)) return;
+    const data = ends.data.slice() as BigInt64Array | Int32Array;
+    fix.forEach((f, i) => {
+      if (!f) return;
+      if (data instanceof BigInt64Array) data[i] = -9223372036854775807n;
+      else data[i] = -2147483647;
+    });
+    node.inputs = [...node.inputs];
+    node.inputs[2] = this.constant({ dtype: ends.dtype, dims: [...ends.dims], data }, 'slice_ends');
   }
 
   private shapeCtx(node: Node): ShapeCtx {

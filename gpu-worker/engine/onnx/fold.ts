@@ -13,15 +13,31 @@ function isIntLike(t: TensorData): boolean {
   return t.dtype === 'int64' || t.dtype === 'int32' || t.dtype === 'bool';
 }
 const get = valueAt;
+/** Element `i` exactly: a bigint for int64 (a JS number holds only 53 bits), else as `valueAt`. */
+const raw = (t: TensorData, i: number): number | bigint => (t.dtype === 'int64' ? (t.data as BigInt64Array)[i]! : valueAt(t, i));
 const INT64_MAX = 9223372036854775807n;
 const INT64_MIN = -9223372036854775808n;
-function make(like: TensorData['dtype'], dims: number[], values: number[]): TensorData {
-  if (like === 'float16') return tensor(like, dims, values); // encoded as half bits
+/** A JS number as int64: truncated toward zero; past ±2^63 only the int64 bounds can have been meant. */
+function numberToI64(v: number): bigint {
+  return v >= 2 ** 63 ? INT64_MAX : v <= -(2 ** 63) ? INT64_MIN : BigInt(Math.trunc(v));
+}
+function make(like: TensorData['dtype'], dims: number[], values: (number | bigint)[]): TensorData {
+  if (like === 'float16') return tensor(like, dims, values.map(Number)); // encoded as half bits
   const data: TypedData = allocData(like, values.length);
-  // Folded values are JS numbers: INT64_MAX (a Slice's "to the end") reads as 2^63, which BigInt64Array
-  // would wrap to INT64_MIN. Beyond ±2^63 only the int64 bounds can have been meant.
-  if (data instanceof BigInt64Array) values.forEach((v, i) => (data[i] = v >= 2 ** 63 ? INT64_MAX : v <= -(2 ** 63) ? INT64_MIN : BigInt(Math.trunc(v))));
-  else values.forEach((v, i) => ((data as Float32Array)[i] = v));
+  if (data instanceof BigInt64Array) {
+    // Exact int64 values (bigints) wrap like onnxruntime's two's-complement arithmetic. Values that went
+    // through a JS number saturate instead: INT64_MAX (a Slice's "to the end") reads as 2^63, which
+    // BigInt64Array would wrap to INT64_MIN.
+    values.forEach((v, i) => (data[i] = typeof v === 'bigint' ? BigInt.asIntN(64, v) : numberToI64(v)));
+  } else if (like === 'bool') {
+    // Cast to bool is "non-zero" (NaN included): Uint8Array would truncate 0.5 to 0 and wrap 256 to 0.
+    values.forEach((v, i) => (data[i] = typeof v === 'bigint' ? (v !== 0n ? 1 : 0) : v !== 0 ? 1 : 0));
+  } else if (like === 'int32') {
+    // int64 → int32 keeps the low 32 bits (the typed array wraps a number only while it is exact).
+    values.forEach((v, i) => (data[i] = typeof v === 'bigint' ? Number(BigInt.asIntN(32, v)) : v));
+  } else if (like === 'uint8') {
+    values.forEach((v, i) => (data[i] = typeof v === 'bigint' ? Number(BigInt.asUintN(8, v)) : v));
+  } else values.forEach((v, i) => ((data as Float32Array)[i] = Number(v)));
   return { dtype: like, dims, data };
 }
 function strides(dims: number[]): number[] {
@@ -86,7 +102,7 @@ function foldInner(node: Node, c: ShapeCtx): (TensorData | undefined)[] | undefi
     if (n > MAX_FOLD) return undefined;
     const v = c.attr.value;
     const dtype = v?.type === 'tensor' ? v.v.dtype : 'float32';
-    const fill = v?.type === 'tensor' ? get(v.v, 0) : 0;
+    const fill = v?.type === 'tensor' ? raw(v.v, 0) : 0;
     return [make(dtype, shape, new Array(n).fill(fill))];
   }
   if (!x || numel(x.dims) > MAX_FOLD) return undefined;
@@ -98,7 +114,7 @@ function foldInner(node: Node, c: ShapeCtx): (TensorData | undefined)[] | undefi
   }
   if (op === 'Cast') {
     const to = shapeOf(node, c, 'dtype') as unknown as TensorData['dtype'];
-    return [make(to, [...x.dims], Array.from({ length: numel(x.dims) }, (_, i) => get(x, i)))];
+    return [make(to, [...x.dims], Array.from({ length: numel(x.dims) }, (_, i) => raw(x, i)))];
   }
   if (op === 'Gather') {
     const axis = normAxis(attrInt(c.attr, 'axis', 0), x.dims.length);
@@ -106,25 +122,25 @@ function foldInner(node: Node, c: ShapeCtx): (TensorData | undefined)[] | undefi
     const outDims = [...x.dims.slice(0, axis), ...idx.dims, ...x.dims.slice(axis + 1)];
     const inner = numel(x.dims.slice(axis + 1));
     const outer = numel(x.dims.slice(0, axis));
-    const vals: number[] = [];
+    const vals: (number | bigint)[] = [];
     for (let o = 0; o < outer; o++)
       for (let j = 0; j < numel(idx.dims); j++) {
         let k = get(idx, j);
         if (k < 0) k += x.dims[axis];
-        for (let q = 0; q < inner; q++) vals.push(get(x, (o * x.dims[axis] + k) * inner + q));
+        for (let q = 0; q < inner; q++) vals.push(raw(x, (o * x.dims[axis] + k) * inner + q));
       }
     return [make(x.dtype, outDims, vals)];
   }
   if (op === 'Concat') {
     if (ins.some((t) => t.dims.length !== 1)) return undefined;
-    const vals = ins.flatMap((t) => Array.from({ length: numel(t.dims) }, (_, i) => get(t, i)));
+    const vals = ins.flatMap((t) => Array.from({ length: numel(t.dims) }, (_, i) => raw(t, i)));
     return [make(x.dtype, [vals.length], vals)];
   }
   if (op === 'Slice') {
     if (x.dims.length !== 1) return undefined;
     const [p] = sliceParams(x.dims, constInts(ins[1], ''), constInts(ins[2], ''), ins[3] ? constInts(ins[3], '') : undefined, ins[4] ? constInts(ins[4], '') : undefined);
-    const vals: number[] = [];
-    for (let k = 0, i = p.start; k < p.size; k++, i += p.step) vals.push(get(x, i));
+    const vals: (number | bigint)[] = [];
+    for (let k = 0, i = p.start; k < p.size; k++, i += p.step) vals.push(raw(x, i));
     return [make(x.dtype, [vals.length], vals)];
   }
   if (op === 'Range') {
@@ -135,7 +151,8 @@ function foldInner(node: Node, c: ShapeCtx): (TensorData | undefined)[] | undefi
   const BIN: Record<string, (a: number, b: number) => number> = {
     Add: (a, b) => a + b,
     Sub: (a, b) => a - b,
-    Mul: (a, b) => a * b,
+    // int32 products can pass 2^53, where a JS number is no longer exact: multiply modulo 2^32.
+    Mul: (a, b) => (x.dtype === 'int32' ? Math.imul(a, b) : a * b),
     Div: (a, b) => (isIntLike(x) ? Math.trunc(a / b) : a / b),
     Equal: (a, b) => (a === b ? 1 : 0),
     Less: (a, b) => (a < b ? 1 : 0),
@@ -143,28 +160,45 @@ function foldInner(node: Node, c: ShapeCtx): (TensorData | undefined)[] | undefi
     Max: (a, b) => Math.max(a, b),
     Min: (a, b) => Math.min(a, b),
   };
+  // int64 in exact bigint arithmetic; make() wraps the result to 64 bits as onnxruntime does (INT64_MAX + 1
+  // is INT64_MIN). A division by zero throws, and the node is then simply not folded.
+  const BIN64: Record<string, (a: bigint, b: bigint) => bigint | number> = {
+    Add: (a, b) => a + b,
+    Sub: (a, b) => a - b,
+    Mul: (a, b) => a * b,
+    Div: (a, b) => a / b,
+    Equal: (a, b) => (a === b ? 1 : 0),
+    Less: (a, b) => (a < b ? 1 : 0),
+    Greater: (a, b) => (a > b ? 1 : 0),
+    Max: (a, b) => (a > b ? a : b),
+    Min: (a, b) => (a < b ? a : b),
+  };
   const f = BIN[op];
   if (f && ins.length === 2) {
     const y = ins[1];
     const dims = broadcastShapes(x.dims, y.dims);
-    const vals = Array.from({ length: numel(dims) }, (_, i) => f(get(x, broadcastIndex(i, dims, x.dims)), get(y, broadcastIndex(i, dims, y.dims))));
+    const f64 = x.dtype === 'int64' && y.dtype === 'int64' ? BIN64[op]! : undefined;
+    const vals = Array.from({ length: numel(dims) }, (_, i) => {
+      const xi = broadcastIndex(i, dims, x.dims), yi = broadcastIndex(i, dims, y.dims);
+      return f64 ? f64(raw(x, xi) as bigint, raw(y, yi) as bigint) : f(get(x, xi), get(y, yi));
+    });
     return [make(op === 'Equal' || op === 'Less' || op === 'Greater' ? 'bool' : x.dtype, dims, vals)];
   }
   if (op === 'Where') {
     const [cond, a, b] = ins;
     const dims = broadcastShapes(cond.dims, a.dims, b.dims);
     const vals = Array.from({ length: numel(dims) }, (_, i) =>
-      get(cond, broadcastIndex(i, dims, cond.dims)) ? get(a, broadcastIndex(i, dims, a.dims)) : get(b, broadcastIndex(i, dims, b.dims)),
+      get(cond, broadcastIndex(i, dims, cond.dims)) ? raw(a, broadcastIndex(i, dims, a.dims)) : raw(b, broadcastIndex(i, dims, b.dims)),
     );
     return [make(a.dtype, dims, vals)];
   }
   if (op === 'Expand') {
     const dims = shapeOf(node, c);
     if (numel(dims) > MAX_FOLD) return undefined;
-    const vals = Array.from({ length: numel(dims) }, (_, i) => get(x, broadcastIndex(i, dims, x.dims)));
+    const vals = Array.from({ length: numel(dims) }, (_, i) => raw(x, broadcastIndex(i, dims, x.dims)));
     return [make(x.dtype, dims, vals)];
   }
-  if (op === 'Neg') return [make(x.dtype, [...x.dims], Array.from({ length: numel(x.dims) }, (_, i) => -get(x, i)))];
+  if (op === 'Neg') return [make(x.dtype, [...x.dims], Array.from({ length: numel(x.dims) }, (_, i) => -raw(x, i)))];
   return undefined;
 }
 

@@ -153,7 +153,15 @@ function reshapeTarget(inShape: number[], target: number[], allowzero: boolean):
   return out;
 }
 
-/** Normalized Slice parameters per axis (clamped like ONNX). */
+/**
+ * Whether a Slice end means "to the end" in onnxruntime's kernel: INT32_MAX or INT64_MAX (numpy's None),
+ * whatever the ends' dtype. INT64_MAX arrives as the number 2^63 (ints are read as JS numbers).
+ */
+export function isSliceEndNone(e: number): boolean {
+  return e === 2147483647 || e >= 2 ** 63;
+}
+
+/** Normalized Slice parameters per axis (clamped like ONNX; INT_MAX ends read as onnxruntime reads them). */
 export function sliceParams(shape: number[], starts: number[], ends: number[], axes?: number[], steps?: number[]) {
   const r = shape.length;
   const ax = axes ?? starts.map((_, i) => i);
@@ -166,7 +174,10 @@ export function sliceParams(shape: number[], starts: number[], ends: number[], a
     if (step === 0) throw new Error('Slice step 0');
     let s = starts[i], e = ends[i];
     if (s < 0) s += d;
-    if (e < 0) e += d;
+    // onnxruntime reads an end of INT32_MAX or INT64_MAX as "to the end" (numpy's None): -1 for a negative
+    // step, not the last element (GraphBuilder rewrites such ends so that ONNX shape inference agrees).
+    if (isSliceEndNone(e)) e = step < 0 ? -1 : d;
+    else if (e < 0) e += d;
     if (step > 0) {
       s = Math.min(Math.max(s, 0), d);
       e = Math.min(Math.max(e, 0), d);

@@ -41,6 +41,12 @@ const CASES: Array<[string, (b: GraphBuilder, x: string, dt: DType) => string, n
   ['Pow 3 (constant exponent)', (b, x, dt) => b.op1('Pow', [x, half(b, 3, dt)])],
   ['Softmax', (b, x) => b.op1('Softmax', [x], { axis: A.i(0) })],
   ['Div', (b, x, dt) => b.op1('Div', [half(b, 1, dt), b.add(b.mul(x, x), half(b, 0.5, dt))])],
+  // Gather's gradient scatters with ScatterND(reduction='add'), which onnxruntime's CPU EP lacks in float16.
+  ['Gather axis 0, repeated indices', (b, x) => b.gather(x, b.constant(tensor('int64', [6], [0, 2, 2, 5, 1, 5]), 'idx'), 0)],
+  // The class-token pooling x[:, 0] of foreign towers: [2,3] → Gather(axis 1, scalar 0) → [2], as [2,1] for the weights.
+  ['Gather axis 1, scalar index', (b, x) => b.reshape(b.gather(b.reshape(x, [2, 3]), b.constant(tensor('int64', [], [0]), 'idx'), 1), [2, 1])],
+  ['ReduceL2 (zero-norm mask)', (b, x) => b.op1('ReduceL2', [x], { axes: A.ints([0]), keepdims: A.i(1) })],
+  ['Pow, variable base and exponent (zero-base masks)', (b, x, dt) => b.op1('Pow', [b.add(b.mul(x, x), half(b, 0.5, dt)), x])],
 ];
 
 describe('gradient rules through a float16 island', () => {

@@ -59,6 +59,34 @@ describe('elementwise', () => {
   check('Pow', 'constant exponent 2 (negative base)', f64([{ name: 'x', shape: [2, 3] }], (b, v) => b.op1('Pow', [v.x, b.scalar(2, 'float64')])));
   check('Pow', 'constant exponent -0.5', f64([{ name: 'x', shape: [5], lo: 0.5, hi: 1.5 }], (b, v) => b.op1('Pow', [v.x, b.scalar(-0.5, 'float64')])));
   check('Pow', 'variable exponent (broadcast)', f64([{ name: 'x', shape: [2, 3], lo: 0.5, hi: 1.5 }, { name: 'p', shape: [3], lo: 0.5, hi: 2.5 }], (b, v) => b.op1('Pow', [v.x, v.p])));
+  test('Pow: at a zero base the exponent\'s gradient (p ≥ 0) and the base\'s (p = 0) are 0 as in PyTorch, not NaN', async () => {
+    const { runModel } = await import('../../../gpu-worker/engine/runtime/session.ts');
+    const b = new Builder();
+    const x = b.input('x', 'float64', [4]);
+    const p = b.input('p', 'float64', [4]);
+    const g = appendGradients(b, { loss: b.reduceSum(b.op1('Pow', [x, p]), [0], false), wrt: [x, p] });
+    b.output(b.op1('Identity', [g.get(x)!], {}, { outputNames: ['gx'] }));
+    b.output(b.op1('Identity', [g.get(p)!], {}, { outputNames: ['gp'] }));
+    const out = await runModel(b.toModel(), { x: tensor('float64', [4], [0, 2, 0, 0]), p: tensor('float64', [4], [2, 2, 3, 0]) });
+    expect([...(out.gx.data as Float64Array)]).toEqual([0, 4, 0, 0]);
+    expect([...(out.gp.data as Float64Array)]).toEqual([0, 4 * Math.log(2), 0, 0]);
+  });
+  test('Pow: an active exponent of another dtype (float32 base, float64 exponent) gets a float64 gradient', async () => {
+    const { runModel } = await import('../../../gpu-worker/engine/runtime/session.ts');
+    const b = new Builder();
+    const x = b.input('x', 'float32', [2, 3]);
+    const p = b.input('p', 'float64', [3]);
+    const g = appendGradients(b, { loss: b.reduceSum(b.op1('Pow', [x, p]), [0, 1], false), wrt: [x, p] });
+    expect(b.dtype(g.get(p)!)).toBe('float64');
+    b.output(b.op1('Identity', [g.get(x)!], {}, { outputNames: ['gx'] }));
+    b.output(b.op1('Identity', [g.get(p)!], {}, { outputNames: ['gp'] }));
+    const xs = [1, 2, 3, 0.5, 1.5, 2.5], ps = [2, 0.5, 3];
+    const out = await runModel(b.toModel(), { x: tensor('float32', [2, 3], xs), p: tensor('float64', [3], ps) });
+    const gx = xs.map((v, i) => ps[i % 3] * v ** (ps[i % 3] - 1));
+    const gp = ps.map((q, j) => [xs[j], xs[j + 3]].reduce((s, v) => s + v ** q * Math.log(v), 0));
+    [...(out.gx.data as Float32Array)].forEach((v, i) => expect(v).toBeCloseTo(gx[i], 5));
+    [...(out.gp.data as Float64Array)].forEach((v, j) => expect(v).toBeCloseTo(gp[j], 5));
+  });
   check('Sqrt', 'sqrt', f64([{ name: 'x', shape: [2, 3], lo: 0.2, hi: 2 }], (b, v) => b.op1('Sqrt', [v.x])));
   check('Exp', 'exp', f64([{ name: 'x', shape: [2, 3] }], (b, v) => b.op1('Exp', [v.x])));
   check('Log', 'log', f64([{ name: 'x', shape: [2, 3], lo: 0.2, hi: 2 }], (b, v) => b.op1('Log', [v.x])));
@@ -79,6 +107,29 @@ describe('elementwise', () => {
   }, { optimization: 'basic' }));
   check('Mul', 'x·σ(w·x) with w a wrt (no fused rule: w is not a build-time constant)', f64([{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }, { name: 'w', shape: [] }], (b, v) => b.mul(v.x, b.sigmoid(b.mul(v.x, v.w))), { optimization: 'basic' }));
   check('Mul', 'x·σ(α·x) with α a one-element parameter (an initializer and a wrt: no fused rule)', f64([{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }, { name: 'a', shape: [1], init: true }], (b, v) => b.mul(b.sigmoid(b.mul(v.a, v.x)), v.x), { optimization: 'basic' }));
+  // α folded at build time from a parameter (an initializer that is a wrt): it is in the builder's constants,
+  // but carries a gradient, so the fused rule (which sends nothing down the Sigmoid's path) must not apply.
+  for (const [form, alphaOf] of [
+    ['Identity(a)', (b: GraphBuilder, a: string) => b.op1('Identity', [a])],
+    ['Reshape(a, [])', (b: GraphBuilder, a: string) => b.reshape(a, [])],
+    ['Mul(a, 2)', (b: GraphBuilder, a: string) => b.mul(a, b.scalar(2, 'float64'))],
+  ] as const) {
+    check('Mul', `x·σ(α·x) with α = ${form} folded from a wrt initializer (no fused rule)`, f64(
+      [{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }, { name: 'a', shape: [1], data: [0.65], init: true }],
+      (b, v) => b.mul(v.x, b.sigmoid(b.mul(v.x, alphaOf(b, v.a)))),
+      { optimization: 'basic' },
+    ));
+  }
+  // The production form: float32 at onnxruntime's 'all' level (which fuses the forward into QuickGelu), with α
+  // from a Constant node as a torch export writes it (Mul(Constant α, x)).
+  check('Mul', 'QuickGELU gate, float32 at level all, α from a Constant node (fused rule)', f32(
+    [{ name: 'x', shape: [3, 4], lo: -3, hi: 3 }],
+    (b, v) => {
+      const alpha = b.op1('Constant', [], { value: A.t(tensor('float32', [], [1.702])) });
+      return b.mul(v.x, b.sigmoid(b.mul(alpha, v.x)));
+    },
+    { optimization: 'all', step: 3e-3 },
+  ), 1e-3);
   check('Softplus', 'softplus (float32)', f32([{ name: 'x', shape: [2, 3], lo: -3, hi: 3 }], (b, v) => b.op1('Softplus', [v.x])));
   // Erf has no float64 CPU kernel: float32 (see the header for step and tolerance).
   check('Erf', 'erf (float32)', f32([{ name: 'x', shape: [3, 4], lo: -2, hi: 2 }], (b, v) => b.op1('Erf', [v.x])));
@@ -187,6 +238,20 @@ describe('reductions', () => {
   check('ReduceMean', 'axes [0, 2] keepdims 0', f64([{ name: 'x', shape: [2, 3, 4] }], (b, v) => b.reduceMean(v.x, [0, 2], false)));
   check('ReduceL2', 'axes [-1] keepdims 0', f64([{ name: 'x', shape: [3, 4] }], (b, v) => b.op1('ReduceL2', [v.x], { axes: A.ints([-1]), keepdims: A.i(0) })));
   check('ReduceL2', 'axes [0] keepdims 1', f64([{ name: 'x', shape: [3, 4] }], (b, v) => b.op1('ReduceL2', [v.x], { axes: A.ints([0]), keepdims: A.i(1) })));
+  check(['ReduceL2', 'Div'], 'l2normalize: x / ReduceL2(x, axes [-1], keepdims 1)', f64([{ name: 'x', shape: [3, 4] }], (b, v) =>
+    b.div(v.x, b.op1('ReduceL2', [v.x], { axes: A.ints([-1]), keepdims: A.i(1) }))));
+  test('ReduceL2: a zero row gets a zero gradient (as in PyTorch), not NaN', async () => {
+    const { runModel } = await import('../../../gpu-worker/engine/runtime/session.ts');
+    const b = new Builder();
+    const x = b.input('x', 'float64', [2, 3]);
+    const n = b.op1('ReduceL2', [x], { axes: A.ints([-1]), keepdims: A.i(1) });
+    const g = appendGradients(b, { loss: b.reduceSum(n, [0, 1], false), wrt: [x] }).get(x)!;
+    b.output(b.op1('Identity', [g], {}, { outputNames: ['g'] }));
+    const out = await runModel(b.toModel(), { x: tensor('float64', [2, 3], [0, 0, 0, 3, 4, 0]) });
+    const got = [...(out.g.data as Float64Array)];
+    expect(got.slice(0, 3)).toEqual([0, 0, 0]);
+    [0.6, 0.8, 0].forEach((v, i) => expect(got[3 + i]).toBeCloseTo(v, 12));
+  });
   check('ReduceMax', 'axes [1] keepdims 0', f64([{ name: 'x', shape: [2, 5, 3] }], (b, v) => b.op1('ReduceMax', [v.x], { axes: A.ints([1]), keepdims: A.i(0) })));
   check('ReduceMax', 'axes [-1, 0] keepdims 1', f64([{ name: 'x', shape: [2, 5, 3] }], (b, v) => b.op1('ReduceMax', [v.x], { axes: A.ints([-1, 0]), keepdims: A.i(1) })));
   test('ReduceMax: tied maxima share the gradient equally', async () => {
@@ -201,6 +266,9 @@ describe('shape ops', () => {
   check('Squeeze', 'axes [-2]', f64([{ name: 'x', shape: [2, 3, 1, 2] }], (b, v) => b.op1('Squeeze', [v.x, ints(b, [-2])])));
   check('Unsqueeze', 'axes [0, -1]', f64([{ name: 'x', shape: [2, 3] }], (b, v) => b.op1('Unsqueeze', [v.x, ints(b, [0, -1])])));
   check('Transpose', 'perm [2,0,1]', f64([{ name: 'x', shape: [2, 3, 4] }], (b, v) => b.transpose(v.x, [2, 0, 1])));
+  check('Transpose', '4-D perm [0,2,1,3] (attention heads)', f64([{ name: 'x', shape: [2, 3, 2, 4] }], (b, v) => b.transpose(v.x, [0, 2, 1, 3])));
+  check('Transpose', '4-D perm [0,1,3,2] (keys for the scores)', f64([{ name: 'x', shape: [2, 3, 2, 4] }], (b, v) => b.transpose(v.x, [0, 1, 3, 2])));
+  check('Transpose', '6-D perm [0,2,4,1,3,5] (patchify)', f64([{ name: 'x', shape: [1, 2, 2, 3, 2, 2] }], (b, v) => b.transpose(v.x, [0, 2, 4, 1, 3, 5])));
   check('Transpose', 'default perm (reverse)', f64([{ name: 'x', shape: [2, 3, 4] }], (b, v) => b.op1('Transpose', [v.x])));
   check('Expand', '[3,1] -> [2,3,4]', f64([{ name: 'x', shape: [3, 1] }], (b, v) => b.op1('Expand', [v.x, ints(b, [2, 3, 4])])));
   check('Tile', 'repeats [2,1,3]', f64([{ name: 'x', shape: [2, 3, 2] }], (b, v) => b.op1('Tile', [v.x, ints(b, [2, 1, 3])])));
@@ -225,6 +293,45 @@ describe('shape ops', () => {
   check('Slice', 'step -3 ending early, negative axis', f64([{ name: 'x', shape: [2, 9] }], (b, v) => b.slice(v.x, [7], [1], [-1], [-3])));
   // "To the end" as exporters write it, INT64_MAX, passed through a folded Concat: folding once wrapped it
   // to INT64_MIN, which made the slice empty and its gradient silently zero.
+  // onnxruntime reads an end of INT64_MAX or INT32_MAX as "to the end" in the step's direction (numpy's None):
+  // with a negative step that is index 0 included, not the last element (which made the slice empty).
+  check('Slice', 'ends INT64_MAX with step -3', f64([{ name: 'x', shape: [2, 7] }], (b, v) =>
+    b.op1('Slice', [v.x, b.ints([5]), b.constant(tensor('int64', [1], [9223372036854775807n]), 'end'), b.ints([1]), b.ints([-3])])));
+  check('Slice', 'ends INT32_MAX (int32 inputs) with step -1', f64([{ name: 'x', shape: [5, 2] }], (b, v) => {
+    const i32 = (q: number) => b.constant(tensor('int32', [1], [q]), 'i32');
+    return b.op1('Slice', [v.x, i32(3), i32(2147483647), i32(0), i32(-1)]);
+  }));
+  test('Slice: INT_MAX ends with negative steps agree with onnxruntime (static shape, values, exact gradient)', async () => {
+    const { runModel } = await import('../../../gpu-worker/engine/runtime/session.ts');
+    const I64 = 9223372036854775807n, I32 = 2147483647;
+    const d = 7;
+    const xs = Array.from({ length: d }, (_, i) => i / 10);
+    // [start, end, step, ends dtype] → the indices numpy's x[start::step] selects.
+    const cases: [number, bigint | number, number, 'int64' | 'int32'][] = [
+      [1, I64, -3, 'int64'], [3, I32, -1, 'int32'], [3, I32, -1, 'int64'], [4, I32, -2, 'int64'], [-1, I64, -1, 'int64'], [6, I64, -4, 'int64'], [2, I64, 2, 'int64'],
+    ];
+    for (const [start, end, step, edt] of cases) {
+      const want: number[] = [];
+      const s0 = start < 0 ? start + d : start;
+      for (let i = s0; step > 0 ? i < d : i >= 0; i += step) want.push(i);
+      const b = new Builder();
+      const x = b.input('x', 'float64', [d]);
+      const q = (v: number | bigint) => b.constant(tensor(edt, [1], [v as number]), 'q');
+      const y = b.op1('Slice', [x, q(start), q(end), q(0), q(step)]);
+      const label = `start ${start} end ${end} step ${step} (${edt})`;
+      expect(b.shape(y), label).toEqual([want.length]);
+      const w = b.constant(tensor('float64', [want.length], want.map((_, k) => k + 1)), 'w');
+      const loss = b.reduceSum(b.mul(y, w), [0], false);
+      const g = appendGradients(b, { loss, wrt: [x] }).get(x)!;
+      b.output(b.op1('Identity', [y], {}, { outputNames: ['y'] }));
+      b.output(b.op1('Identity', [g], {}, { outputNames: ['g'] }));
+      const out = await runModel(b.toModel(), { x: tensor('float64', [d], xs) });
+      expect([...(out.y.data as Float64Array)], label).toEqual(want.map((i) => xs[i]));
+      const gw = new Array(d).fill(0);
+      want.forEach((i, k) => (gw[i] += k + 1));
+      expect([...(out.g.data as Float64Array)], label).toEqual(gw);
+    }
+  });
   check('Dropout', 'inference mode: a ratio, no training_mode', f64([{ name: 'x', shape: [2, 3] }], (b, v) => b.op1('Dropout', [v.x, b.constant(tensor('float64', [], [0.5]), 'ratio')])));
   check('Dropout', 'training_mode a constant false', f64([{ name: 'x', shape: [2, 3] }], (b, v) => b.op1('Dropout', [v.x, b.constant(tensor('float64', [], [0.3]), 'ratio'), b.constant(tensor('bool', [], [0]), 'mode')])));
   check('Slice', 'ends INT64_MAX through a folded Concat', f64([{ name: 'x', shape: [2, 5] }], (b, v) => {
@@ -234,6 +341,7 @@ describe('shape ops', () => {
   check('Gather', 'axis 0, repeated indices [[0,2],[2,1]]', f64([{ name: 'x', shape: [3, 4] }], (b, v) => b.gather(v.x, ints(b, [0, 2, 2, 1], [2, 2]), 0)));
   check('Gather', 'axis 1, repeated and negative indices', f64([{ name: 'x', shape: [2, 4, 3] }], (b, v) => b.gather(v.x, ints(b, [3, -1, 0, 3, 1], [5]), 1)));
   check('Gather', 'axis -1, scalar index', f64([{ name: 'x', shape: [2, 4] }], (b, v) => b.gather(v.x, ints(b, [2], []), -1)));
+  check('Gather', 'axis 1, scalar index on rank 3 (class token x[:, 0])', f64([{ name: 'x', shape: [2, 4, 3] }], (b, v) => b.gather(v.x, ints(b, [0], []), 1)));
   check('Gather', 'indices computed at run time (non-constant), repeated and negative', f64(
     [{ name: 'x', shape: [5, 3] }, { name: 'fi', shape: [2, 3], data: [4, 0, 4, -1, 2, 2] }],
     (b, v) => b.gather(v.x, b.cast(v.fi, 'int64'), 0),
@@ -288,6 +396,21 @@ describe('graph-level behaviour', () => {
     const full = b.nodes.slice(before).filter((n) => ['Mul', 'Sub', 'Add'].includes(n.op) && n.outputs.some((o) => b.shape(o).length === 2));
     expect(full.map((n) => n.op).sort()).toEqual(['Add', 'Mul', 'Mul', 'Mul', 'Sub']);
     expect(b.nodes.slice(before).some((n) => n.name.includes('Sigmoid'))).toBe(false);
+  });
+
+  test('the gate takes its fused rule with α from a Constant node, and not with α folded from a wrt', () => {
+    const sigmoidGrads = (alphaFrom: 'constant' | 'parameter') => {
+      const b = new Builder();
+      const x = b.input('x', 'float32', [4, 8]);
+      const a = b.initializer('a', tensor('float32', [1], [1.702]));
+      const alpha = alphaFrom === 'constant' ? b.op1('Constant', [], { value: A.t(tensor('float32', [], [1.702])) }) : b.op1('Identity', [a]);
+      const s = b.op1('Sigmoid', [b.mul(alpha, x)], {}, { name: 'gate_sigmoid' });
+      const before = b.nodes.length;
+      appendGradients(b, { loss: b.reduceSum(b.mul(x, s), [0, 1], false), wrt: alphaFrom === 'constant' ? [x] : [x, a] });
+      return b.nodes.slice(before).filter((n) => n.name.includes('grad/gate_sigmoid')).length;
+    };
+    expect(sigmoidGrads('constant')).toBe(0);
+    expect(sigmoidGrads('parameter')).toBeGreaterThan(0);
   });
 
   test('the harness fails on a wrong rule (a test that can fail)', async () => {
