@@ -1,7 +1,7 @@
 // `clipag screen` and the output check in `clipag generate` (ADR 0017), through the CLI's main() on
 // the shipped toy model: `generate --policy` flags or withholds by an operator's document; an operator's rule about stars catches the star the model drew and lets its
 // circle through, with the cosines to calibrate by; bad input is refused before the model is opened.
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
@@ -69,6 +69,11 @@ describe('clipag generate --policy', () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ output: null, withheld: true, output_flags: [{ action: 'withhold', rule: 'rings' }] });
     expect(r.stderr).toMatch(/the output check withheld the image \(rule rings\); .*ring-withheld\.png was not written/);
     expect(existsSync(out)).toBe(false);
+    expect(existsSync(frames)).toBe(false); // the folder this run made for them goes too
+    // A folder that was there before is the user's: emptied of this run's frames, kept.
+    mkdirSync(frames);
+    const kept = await runCli(['generate', prompt, ...GEN, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('withhold')]);
+    expect(kept.code).toBe(WITHHELD_EXIT_CODE);
     expect(readdirSync(frames)).toEqual([]);
     // A file already at the path is the user's: left as it was, and the message says so.
     writeFileSync(out, 'EARLIER');
