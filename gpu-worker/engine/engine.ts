@@ -62,7 +62,10 @@ export class ClipEngine {
   private readonly priors = new Map<string, GmmPrior>();
   /** conceptEmbeddings' cache, in least-recently-used order (a Map iterates in insertion order). */
   private readonly concepts = new Map<string, Float32Array | null>();
+  /** Graph compiles (build, serialize, pool load) and runs not yet settled: close() waits for them. */
+  private readonly pending = new Set<Promise<unknown>>();
   private closed = false;
+  private closing?: Promise<void>;
 
   private constructor(
     readonly bundle: ModelBundle,
@@ -72,7 +75,7 @@ export class ClipEngine {
     private readonly inlineLimit: number = DEFAULT_INLINE_LIMIT,
     private readonly maxLeasedGraphs: number = DEFAULT_MAX_LEASED_GRAPHS,
   ) {
-    if (!(Number.isInteger(maxLeasedGraphs) && maxLeasedGraphs >= 1)) throw new EngineError('invalid_input', `maxLeasedGraphs must be a positive integer, got ${maxLeasedGraphs}`);
+    checkEngineOptions({ maxLeasedGraphs });
   }
 
   /**
@@ -90,13 +93,19 @@ export class ClipEngine {
   static async open(bundleDir: string, opts: EngineOptions = {}): Promise<ClipEngine> {
     const bundle = await loadBundle(bundleDir);
     const tokenizer = bundleTokenizer(bundle);
-    const pool =
-      opts.pool ??
-      new EnginePool({
-        size: 1,
-        sessionOptions: { device: opts.device ?? 'cpu', intraOpThreads: opts.threads, disablePrepacking: opts.disablePrepacking },
-      });
-    return new ClipEngine(bundle, tokenizer, pool, !opts.pool, opts.inlineGraphLimitBytes, opts.maxLeasedGraphs);
+    // Options are checked before a pool (a worker thread) is started, so a refusal leaves nothing running.
+    checkEngineOptions(opts);
+    if (opts.pool) return new ClipEngine(bundle, tokenizer, opts.pool, false, opts.inlineGraphLimitBytes, opts.maxLeasedGraphs);
+    const pool = new EnginePool({
+      size: 1,
+      sessionOptions: { device: opts.device ?? 'cpu', intraOpThreads: opts.threads, disablePrepacking: opts.disablePrepacking },
+    });
+    try {
+      return new ClipEngine(bundle, tokenizer, pool, true, opts.inlineGraphLimitBytes, opts.maxLeasedGraphs);
+    } catch (e) {
+      await pool.close();
+      throw e;
+    }
   }
 
   get name(): string {
@@ -116,24 +125,66 @@ export class ClipEngine {
 
   /** A compiled graph, built and loaded on first use. `key` must identify the graph's shape. */
   graph(key: string, build: () => ModelIR, sessionOptions: SessionOptions = {}): Promise<EngineHandle> {
-    if (this.closed) return Promise.reject(new EngineError('aborted', 'engine is closed'));
+    if (this.closed) return Promise.reject(closedError());
     const full = this.fullKey(key);
     let h = this.handles.get(full);
     if (!h) {
-      h = Promise.resolve().then(async () => {
+      const loading = Promise.resolve().then(async () => {
         const model = await serializeForLoad(build(), full, this.inlineLimit);
+        let loaded: EngineHandle;
         try {
-          return await this.pool.load(full, model, sessionOptions);
+          // close() may have come while the graph was built: then nothing is loaded.
+          if (this.closed) throw closedError();
+          // The bytes were encoded for this load alone: move them to the worker instead of copying them.
+          loaded = await this.pool.load(full, model, sessionOptions, { transfer: true });
         } finally {
           // A large graph went through a temporary .onnx + .onnx.data pair: loaded (or failed), it
           // is not needed again, and an evicted graph's recompile writes a new one.
           if (typeof model === 'string') rmSync(dirname(model), { recursive: true, force: true });
         }
+        // ...or while the pool loaded it: then it is unloaded here, since close() had no key to unload yet.
+        if (this.closed) {
+          await this.pool.unload(full).catch(() => undefined);
+          throw closedError();
+        }
+        return this.guarded(loaded);
       });
-      this.handles.set(full, h);
-      h.catch(() => this.handles.delete(full));
+      h = loading;
+      this.track(loading);
+      this.handles.set(full, loading);
+      loading.catch(() => {
+        if (this.handles.get(full) === loading) this.handles.delete(full);
+      });
     }
     return h;
+  }
+
+  /** Remembers `p` until it settles, so close() can wait for it. */
+  private track(p: Promise<unknown>): void {
+    this.pending.add(p);
+    const done = (): void => void this.pending.delete(p);
+    p.then(done, done);
+  }
+
+  /**
+   * `h` with runs refused once the engine is closed, and a run that fails because the engine was
+   * closed under it (its session unloaded, its pool closed) reported as `aborted` (retryable: the
+   * engine went away, the request is fine) rather than as the pool's error for a missing session.
+   */
+  private guarded(h: EngineHandle): EngineHandle {
+    return {
+      key: h.key,
+      inputNames: h.inputNames,
+      outputNames: h.outputNames,
+      run: (feeds, fetches, opts) => {
+        if (this.closed) return Promise.reject(closedError());
+        const running = h.run(feeds, fetches, opts).catch((e: unknown) => {
+          throw this.closed ? closedError(e) : e;
+        });
+        this.track(running);
+        return running;
+      },
+    };
   }
 
   /**
@@ -356,14 +407,36 @@ export class ClipEngine {
    * Releases this engine's sessions: the whole pool when the engine owns it, otherwise its own graphs
    * in the shared pool (a registry closing a superseded engine must get its memory back). Idempotent.
    */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    if (this.ownsPool) return this.pool.close();
-    const keys = [...this.handles.keys()];
-    this.handles.clear();
-    this.leasedOrder.length = 0;
-    await Promise.all(keys.map((k) => this.pool.unload(k).catch(() => undefined)));
+  close(): Promise<void> {
+    // Every call gets the one close, so a second caller does not go on before anything is released.
+    this.closing ??= (async () => {
+      this.closed = true; // before any await: graph() and runs are refused from here on
+      // Compiles in flight load nothing more once they see `closed` (a load already sent is unloaded by
+      // the compile itself), and runs in flight finish before their sessions are released under them.
+      while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
+      const keys = [...this.handles.keys()];
+      this.handles.clear();
+      this.leasedOrder.length = 0;
+      if (this.ownsPool) return this.pool.close();
+      await Promise.all(keys.map((k) => this.pool.unload(k).catch(() => undefined)));
+    })();
+    return this.closing;
+  }
+}
+
+function closedError(cause?: unknown): EngineError {
+  const why = cause instanceof Error ? ` (${cause.message})` : '';
+  return new EngineError('aborted', `engine is closed; open the model again${why}`);
+}
+
+/** The options the engine refuses, checked before anything (a pool's worker thread) is started. */
+function checkEngineOptions(opts: Pick<EngineOptions, 'maxLeasedGraphs' | 'inlineGraphLimitBytes'>): void {
+  const { maxLeasedGraphs, inlineGraphLimitBytes } = opts;
+  if (maxLeasedGraphs !== undefined && !(Number.isInteger(maxLeasedGraphs) && maxLeasedGraphs >= 1)) {
+    throw new EngineError('invalid_input', `maxLeasedGraphs must be a positive integer, got ${maxLeasedGraphs}`);
+  }
+  if (inlineGraphLimitBytes !== undefined && !(typeof inlineGraphLimitBytes === 'number' && inlineGraphLimitBytes >= 0)) {
+    throw new EngineError('invalid_input', `inlineGraphLimitBytes must be a non-negative number, got ${inlineGraphLimitBytes}`);
   }
 }
 
@@ -385,7 +458,13 @@ async function serializeForLoad(model: ModelIR, key: string, limit: number): Pro
   if (bytes < limit) return encodeModel(model);
   const dir = mkdtempSync(join(tmpdir(), 'clipag-graph-'));
   const path = join(dir, `${key.replace(/[^A-Za-z0-9_.-]/g, '_')}.onnx`);
-  await writeModelFile(path, model);
+  try {
+    await writeModelFile(path, model);
+  } catch (e) {
+    // A partial write (a full disk) is of no use, and every retry would leave another one behind.
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
   return path;
 }
 

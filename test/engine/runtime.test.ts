@@ -234,6 +234,29 @@ describe('EnginePool', () => {
     expect(kept.data.length).toBe(6);
   });
 
+  it('load with transfer moves the model bytes (with several workers the last gets them, the others copies); a view on part of a buffer is copied', async () => {
+    for (const size of [1, 2]) {
+      const pool = newPool({ size });
+      const bytes = encodeModel(smallModel());
+      const whole = new Uint8Array(bytes); // a view covering its whole buffer
+      const h = await pool.load('small', whole, {}, { transfer: true });
+      expect(whole.byteLength).toBe(0); // detached: not copied on the caller's thread
+      const outs = await Promise.all([1, 2, 3, 4].map(() => h.run({ x: X, idx: IDX }, ['g'])));
+      for (const o of outs) expect(Array.from(o.g.data as Float32Array)).toEqual([4, 2, 1, 0]);
+      // Moving a view on part of a buffer would detach the rest of it: it is copied.
+      const big = new Uint8Array(bytes.length + 8);
+      big.set(bytes, 4);
+      const part = big.subarray(4, 4 + bytes.length);
+      const h2 = await pool.load('part', part, {}, { transfer: true });
+      expect(part.byteLength).toBe(bytes.length);
+      expect(Array.from((await h2.run({ x: X, idx: IDX }, ['g'])).g.data as Float32Array)).toEqual([4, 2, 1, 0]);
+      // without transfer the caller keeps its bytes
+      const kept = new Uint8Array(bytes);
+      await pool.load('kept', kept);
+      expect(kept.byteLength).toBe(bytes.length);
+    }
+  });
+
   it('the main event loop keeps running while the pool runs a long graph', async () => {
     const n = 1024;
     const x = { dtype: 'float32' as const, dims: [n, n], data: new Float32Array(n * n).map((_, i) => (i % 7) - 3) };

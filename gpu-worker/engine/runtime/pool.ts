@@ -29,6 +29,16 @@ export interface RunOptions {
   transfer?: boolean;
 }
 
+export interface LoadOptions {
+  /**
+   * Move the model bytes to the worker instead of copying them (a ViT-B/32 graph is over 300 MB, and
+   * the copy is made on the caller's thread). The caller's array becomes detached (length 0), so only use
+   * it for bytes encoded for this one load. With several workers all but one get a copy. Bytes that are a
+   * view on part of a larger buffer are copied anyway: moving them would detach the whole buffer.
+   */
+  transfer?: boolean;
+}
+
 export interface EngineHandle {
   readonly key: string;
   readonly inputNames: string[];
@@ -73,6 +83,12 @@ class PoolWorker {
 }
 
 export class EnginePool {
+  private static opened = 0;
+  /** Pools of this thread started and not yet closed (each holds `size` worker threads). */
+  static get openPools(): number {
+    return EnginePool.opened;
+  }
+
   private readonly workers: PoolWorker[] = [];
   private readonly handles = new Map<string, Promise<EngineHandle>>();
   private readonly inflight = new Set<Promise<unknown>>();
@@ -95,6 +111,7 @@ export class EnginePool {
     for (let i = 0; i < size; i++) {
       this.workers.push(new PoolWorker((w, why) => w.failAll(why)));
     }
+    EnginePool.opened++;
   }
 
   /** The keys loaded (or loading) now. */
@@ -116,7 +133,13 @@ export class EnginePool {
     const p = new Promise<unknown>((resolve, reject) => {
       w.pending.set(req.id, { resolve, reject });
       try {
-        w.worker.postMessage(req, transfer);
+        try {
+          w.worker.postMessage(req, transfer);
+        } catch (e) {
+          // A buffer that cannot be moved (one Node marked untransferable) is still correct copied.
+          if (transfer.length === 0 || !(e instanceof Error && e.name === 'DataCloneError')) throw e;
+          w.worker.postMessage(req);
+        }
       } catch (e) {
         w.pending.delete(req.id);
         reject(new EngineError('invalid_input', `cannot send the request to the engine worker: ${(e as Error).message}`));
@@ -137,14 +160,20 @@ export class EnginePool {
    * worker. A second load of the same key returns the cached handle without reloading, even if `model`
    * differs: pick keys that identify the model (e.g. a content hash or file path plus variant).
    */
-  load(key: string, model: Uint8Array | string, opts: SessionOptions = {}): Promise<EngineHandle> {
+  load(key: string, model: Uint8Array | string, opts: SessionOptions = {}, loadOpts: LoadOptions = {}): Promise<EngineHandle> {
     this.checkOpen();
     const cached = this.handles.get(key);
     if (cached) return cached;
     const options = { ...this.sessionOptions, ...opts };
+    const workers = this.live();
+    // Bytes are copied to each worker (structured clone); a buffer can be transferred only once, so
+    // with transfer the last worker gets the original and the others copies (made before it moves).
+    const movable =
+      loadOpts.transfer && typeof model !== 'string' && model.buffer instanceof ArrayBuffer && model.byteOffset === 0 && model.byteLength === model.buffer.byteLength && model.byteLength > 0
+        ? [model.buffer]
+        : [];
     const loading = Promise.all(
-      // bytes are copied to each worker (structured clone); a buffer can be transferred only once
-      this.live().map((w) => this.send(w, { id: this.nextId++, type: 'load', key, model, options })),
+      workers.map((w, i) => this.send(w, { id: this.nextId++, type: 'load', key, model, options }, i === workers.length - 1 ? movable : [])),
     ).then((results) => this.makeHandle(key, results[0] as LoadResult));
     this.handles.set(key, loading);
     // A failed load is not cached, so the caller can fix the model and retry under the same key.
@@ -192,6 +221,7 @@ export class EnginePool {
       await Promise.allSettled(this.workers.filter((w) => w.alive).map((w) => this.send(w, { id: this.nextId++, type: 'close' })));
       for (const w of this.workers) w.alive = false;
       await Promise.all(this.workers.map((w) => w.worker.terminate()));
+      EnginePool.opened--;
     })();
     return this.closing;
   }
