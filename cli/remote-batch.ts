@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { canonicalJson } from '../functions/idempotency.ts';
 import { GenerationRequest } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, GaveUp, Interrupted, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, writeWhole } from './common.ts';
@@ -272,7 +273,7 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
       files.set(folded, `line ${number}`);
     }
     const stem = `clipag-batch-${createHash('sha256')
-      .update(JSON.stringify([batchKey, id, canonical(body), init?.sha256 ?? null]))
+      .update(JSON.stringify([batchKey, id, canonicalJson(body), init?.sha256 ?? null]))
       .digest('hex')
       .slice(0, 40)}`;
     lines.push({ number, id, body: body as GenerationBody, ...(init ? { initFile: init } : {}), stem, files: names });
@@ -309,18 +310,6 @@ function hashInit(path: string, shown: string): { sha256: string } | { problem: 
   } catch (e) {
     return { problem: `cannot read "init_file" ${shown}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` };
   }
-}
-
-/** JSON with every object's keys sorted: the same request, however its keys are ordered, is the same line. */
-function canonical(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
-  if (v !== null && typeof v === 'object') {
-    return `{${Object.keys(v)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
-      .join(',')}}`;
-  }
-  return JSON.stringify(v);
 }
 
 /** The journal of earlier runs into DIR, merged per line (by its key stem). A torn last line (a run killed mid-write) is skipped. */
