@@ -105,9 +105,10 @@ export interface SynthResult {
 
 const PROMPT_SLOTS = [1, 2, 4, 8];
 /**
- * The largest |weight| the engine runs a prompt with is the API's (MAX_PROMPT_WEIGHT, 1000). Weights
- * are relative, so the bound costs nothing; without it a weight of 1e308 overflowed the sum the
- * weights are divided by, and the job failed or ran with every prompt at weight 0.
+ * The API's bound on a request's weights (MAX_PROMPT_WEIGHT). The engine itself takes any finite
+ * weights: they are relative, and the worker derives weights past that bound (a negative prompt weighs
+ * half the positive ones together), as may a job stored before the bound. A sum that would overflow is
+ * scaled first (a weight of 1e308 made it Infinity, and every prompt ran at weight 0).
  */
 export { MAX_PROMPT_WEIGHT };
 /**
@@ -124,10 +125,10 @@ const NOISE_SEED = 0x6e6f6973;
 
 /**
  * Prompt weights divided by the sum of the positive ones (so those sum to 1), refused with
- * invalid_input where that cannot be done in range: a non-finite weight or one past ±MAX_PROMPT_WEIGHT,
- * no positive weight, or a weight more than MAX_RELATIVE_PROMPT_WEIGHT times the positive sum. Where
- * the plain sum is not a finite normal number (it cannot overflow within the bound, but it can be
- * subnormal), the weights are first scaled by the largest magnitude.
+ * invalid_input where that cannot be done in range: a non-finite weight, no positive weight, or a
+ * weight more than MAX_RELATIVE_PROMPT_WEIGHT times the positive sum. Where the plain sum is not a
+ * finite normal number (it overflows, or it is subnormal), the weights are first scaled by the
+ * largest magnitude.
  */
 export function normalizePromptWeights(weights: readonly number[]): number[] {
   const bad = (msg: string): never => {
@@ -136,11 +137,10 @@ export function normalizePromptWeights(weights: readonly number[]): number[] {
   let maxAbs = 0;
   for (const w of weights) {
     if (!Number.isFinite(w)) bad(`prompt weights must be finite numbers, got ${w}`);
-    if (Math.abs(w) > MAX_PROMPT_WEIGHT) bad(`prompt weight ${w} is out of range: each weight must be between -${MAX_PROMPT_WEIGHT} and ${MAX_PROMPT_WEIGHT} (weights are relative: scale them down together)`);
     maxAbs = Math.max(maxAbs, Math.abs(w));
   }
-  // Within the bound the plain sum is exact enough and finite: keep it (bit for bit what the engine
-  // always computed); the scaled one only where the plain sum is not a normal positive number.
+  // The plain sum where it is a normal finite number (bit for bit what the engine always computed);
+  // the scaled one only where it is not.
   let sum = 0;
   for (const w of weights) if (w > 0) sum += w;
   let scaled = weights;
