@@ -298,7 +298,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     let timer: NodeJS.Timeout | undefined;
     let inflight: Promise<void> | undefined;
     let held = true;
-    /** No extension at or after this clock time (the job's deadline plus one visibility timeout). */
+    /** No extension at or after this time on the monotonic clock (the job's deadline plus one visibility timeout). */
     let stopExtendingAt = Infinity;
     /** The engine call has returned (or thrown): time past the deadline is then spent on uploads, not a stuck run. */
     let runEnded = false;
@@ -306,7 +306,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     /** Consecutive failed extends: the next try comes sooner, well inside what is left of the timeout. */
     let failures = 0;
     const tick = () => {
-      if (clock.now() >= stopExtendingAt) {
+      // On the clock the deadline is measured on: a wall clock stepped forward must not make a healthy run look stuck.
+      if (elapsedClock() >= stopExtendingAt) {
         // The run ignored its timeout abort: let the lease lapse instead of holding the message for
         // ever; the redelivery finds the record failed (timeout) once this run returns, or retries it.
         log.warn('job past its deadline; no longer extending the lease', { messageId: m.messageId });
@@ -357,7 +358,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       get validFrom() {
         return validFrom;
       },
-      /** From now on the heartbeat stops extending at `deadlineMs` + one visibility timeout. */
+      /** From now on the heartbeat stops extending at `deadlineMs` (monotonic clock) + one visibility timeout. */
       setDeadline(deadlineMs: number): void {
         stopExtendingAt = deadlineMs + visibilitySec * 1000;
       },
@@ -828,8 +829,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const deadline = jobTimeoutSec === undefined ? undefined : startedAt + jobTimeoutSec * 1000;
       let deadlineTimer: NodeJS.Timeout | undefined;
       if (deadline !== undefined) {
-        // The lease's own bound is wall-clock time, as its expiry is.
-        lease.setDeadline(clock.now() + jobTimeoutSec! * 1000);
+        lease.setDeadline(deadline);
         deadlineTimer = setTimeout(() => abortRun!('timeout'), Math.max(0, deadline - elapsedClock()));
       }
       const onProgress = (p: SynthesisProgress) => {

@@ -551,7 +551,7 @@ describe('a cancel and the time limit', () => {
 
 describe('durations on a clock that never steps', () => {
   /** A worker whose wall clock jumps by `jumpMs` mid-run, while its monotonic clock runs on (an NTP step, a VM resume). */
-  async function runWithWallJump(jumpMs: number, config: Partial<WorkerConfig> = {}) {
+  async function runWithWallJump(jumpMs: number, config: Partial<WorkerConfig> = {}, afterJumpMs = 0) {
     const { standInImage, outcome: imagesOutcome } = await import('./stand-ins.ts');
     const env = await makeEnv();
     const job = await submit(env, { steps: 6 });
@@ -561,12 +561,16 @@ describe('durations on a clock that never steps', () => {
         onProgress?.({ step: 1, total: 6, image: 0 });
         await new Promise((r) => setTimeout(r, 100));
         offset = jumpMs;
+        onProgress?.({ step: 3, total: 6, image: 0 });
+        // The run goes on past the jump, across heartbeats.
+        await new Promise((r) => setTimeout(r, afterJumpMs));
         onProgress?.({ step: 6, total: 6, image: 0 });
         return imagesOutcome(6, false, [standInImage(0)]);
       },
     };
-    start(env, synthesizer, config, { now: () => Date.now() + offset, monotonic: () => performance.now() });
-    return waitForStatus(env, job.id, ['failed', 'succeeded', 'canceled']);
+    const w = start(env, synthesizer, config, { now: () => Date.now() + offset, monotonic: () => performance.now() });
+    const done = await waitForStatus(env, job.id, ['failed', 'succeeded', 'canceled']);
+    return Object.assign(done, { events: w.events });
   }
 
   it('a wall clock stepped back 5 s mid-run: the job succeeds, billed for the time it ran (never a negative worker_seconds)', async () => {
@@ -577,8 +581,10 @@ describe('durations on a clock that never steps', () => {
   });
 
   it('a wall clock stepped 30 min forward mid-run: billed for the time it ran, not the jump; not a timeout', async () => {
-    const done = await runWithWallJump(30 * 60_000, { jobTimeoutSec: 60 });
+    // Heartbeats every second; the run goes on 2.5 s after the jump: the lease keeps being extended.
+    const done = await runWithWallJump(30 * 60_000, { jobTimeoutSec: 60, visibilityTimeoutSec: 2 }, 2500);
     expect(done.status).toBe('succeeded');
     expect(done.usage!.worker_seconds).toBeLessThan(5);
+    expect(done.events.filter((e) => e.type === 'lease_stopped' || e.type === 'unhealthy')).toEqual([]);
   });
 });
