@@ -168,9 +168,17 @@ export class S3BlobStore implements BlobStore {
     const provider = this.client.config.credentials as (options?: { forceRefresh?: boolean }) => Promise<{ expiration?: Date }>;
     const covers = (c: { expiration?: Date }) => (c.expiration === undefined ? Infinity : Math.floor((c.expiration.getTime() - Date.now()) / 1000) - LINK_CREDENTIAL_MARGIN_SEC);
     let credentials = await provider();
-    if (covers(credentials) < expiresSec) credentials = await provider({ forceRefresh: true });
+    // Refreshed once per set: a set that a refresh returned and that still does not cover the link
+    // (role credentials live shorter than a 12-hour link) is not refreshed again on every view.
+    if (covers(credentials) < expiresSec && credentials.expiration?.getTime() !== this.refreshedUntil) {
+      credentials = await provider({ forceRefresh: true });
+      this.refreshedUntil = credentials.expiration?.getTime();
+    }
     return Math.max(1, Math.min(expiresSec, covers(credentials)));
   }
+
+  /** The expiry of the credentials the last forced refresh returned. */
+  private refreshedUntil: number | undefined;
 
   async signedGetUrl(key: string, expiresSec: number): Promise<string> {
     assertValidKey(key);

@@ -251,6 +251,10 @@ describe('S3 adapter specifics', () => {
     const put = await short.signedPutUrl('up', { contentType: 'image/png', maxBytes: 100, contentLength: 10, expiresSec: 3600 });
     expect(put.expiresAt.getTime() - Date.now()).toBeLessThanOrEqual(841_000);
     expect(Number(new URL(put.url).searchParams.get('X-Amz-Expires'))).toBeLessThanOrEqual(840);
+    // A set a refresh returned that still cannot cover the link is not refreshed again on every view.
+    const forcedBefore = calls.filter((o) => o?.forceRefresh === true).length;
+    for (let i = 0; i < 5; i++) await short.linkLifeSec(3600);
+    expect(calls.filter((o) => o?.forceRefresh === true).length).toBe(forcedBefore);
   });
 
   it('a signed PUT without a declared size cannot bound the size (enforcesMaxBytes is false)', async () => {
