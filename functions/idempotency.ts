@@ -111,7 +111,7 @@ export class IdempotencyLedger {
    * there is none (no claim, or a claim whose job was never written). The key used with another body
    * is the ConflictError (409) that `claim` would give.
    */
-  async existingJob(args: { owner: string; key: string; bodyHash: string; sameBodyHashes?: readonly string[] }): Promise<JobRecord | null> {
+  async existingJob(args: { owner: string; key: string; bodyHash: string; sameBodyHashes?: readonly string[]; waitForJob?: boolean }): Promise<JobRecord | null> {
     const blobKey = idempotencyRecordKey(args.owner, args.key);
     const object = await this.blobs.get(blobKey);
     if (!object) return null;
@@ -123,12 +123,14 @@ export class IdempotencyLedger {
       throw error;
     }
     if (!sameBody(existing, args)) throw keyReused();
-    // The first request may hold the claim and not have written its job yet (its own marker then counts
-    // at the active-job limit): wait for it, as a claim does, rather than refuse its twin.
+    // With `waitForJob` (a refusal the first request itself may cause: its active-job marker counts
+    // before its job is written), a claim whose job is not written yet is waited for, as a claim does,
+    // rather than refuse its twin. Otherwise the refusal stands.
     const deadline = Date.now() + (this.options.waitMs ?? 3000);
     for (let attempt = 0; ; attempt++) {
       const job = await this.jobs.get(args.owner, existing.job_id);
       if (job) return job;
+      if (!args.waitForJob) return null;
       // Abandoned (its request died before the create): nothing to replay; the refusal stands.
       if (Date.now() - Date.parse(existing.created_at) > (this.options.staleMs ?? STALE_CLAIM_MS)) return null;
       if (Date.now() >= deadline) throw inProgress();

@@ -424,7 +424,8 @@ export function registerGenerationRoutes(
         contentFlags = await screenedPrompts(owner, request);
         await checkActiveLimit(owner);
       } catch (error) {
-        const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes });
+        const atLimit = error instanceof TooManyRequestsError && error.code === 'too_many_active_jobs';
+        const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, waitForJob: atLimit });
         // A job that failed to enqueue is not replayed from here: its retry would queue it again, which
         // is a new job as far as the policy and the limit are concerned.
         if (!earlier || requeueable(earlier)) throw error;
