@@ -17,7 +17,10 @@
 //   internal_error at most INTERNAL_ERROR_ATTEMPTS tries (a bug does not go away by waiting). A
 //   connection refused by this machine (no local server) and a host DNS does not know are tried
 //   REFUSED_LOCAL_ATTEMPTS times, quickly.
-// - Every request: at most MAX_ATTEMPTS tries in all, whatever mix of the above.
+// - Every request: at most MAX_ATTEMPTS tries in all, whatever mix of the above; but a POST of a
+//   generation refused 429 too_many_active_jobs waits as Retry-After says until the deadline, those
+//   tries not counted: the account's own generations end and free the room (a batch with more lines in
+//   flight than the account may run, or a queue behind a GPU that is still starting, is no failure).
 // - A request fetch will never send (a port it blocks, a URL with credentials, a header it cannot
 //   carry) fails at once (CannotSend); anything else fails at once too (ApiError, with the envelope's
 //   code, message, param and request_id).
@@ -52,6 +55,8 @@ export const REFUSED_LOCAL_ATTEMPTS = 3;
 export const MAX_ATTEMPTS = 12;
 /** The longest back-off wait, and the highest the Retry-After floor grows. */
 export const BACKOFF_CAP_MS = 30_000;
+/** The refusal of a new generation while the account has as many active as it may: waited out (the deadline bounds it). */
+const ACTIVE_LIMIT_CODES: readonly string[] = ['too_many_active_jobs'];
 /** The shortest wait on a Retry-After (the first; it doubles on each further one of the same request). */
 export const MIN_RETRY_AFTER_MS = 1000;
 /** At most this share of a Retry-After wait is added to it at random. */
@@ -193,6 +198,8 @@ interface Attempt {
   deadline: number;
   /** Said when a retry re-sends: "with the same Idempotency-Key". */
   resend?: string;
+  /** Refusals (envelope codes of a Retry-After answer) waited out until the deadline, not counted against MAX_ATTEMPTS. */
+  patientWith?: readonly string[];
 }
 
 /** A 2xx answer, its body read. */
@@ -302,6 +309,7 @@ export class ClipagClient {
       body,
       headers: { 'Idempotency-Key': o.idempotencyKey },
       resend: 'with the same Idempotency-Key',
+      patientWith: ACTIVE_LIMIT_CODES,
     });
     return { generation: json, replayed: res.headers.get('idempotent-replayed') === 'true', held: res.headers.has('preference-applied') };
   }
@@ -327,7 +335,7 @@ export class ClipagClient {
     path: string,
     schema: Checks,
     kind: string,
-    o: CallOptions & { body?: unknown; headers?: Record<string, string>; waitSec?: number; resend?: string },
+    o: CallOptions & { body?: unknown; headers?: Record<string, string>; waitSec?: number; resend?: string; patientWith?: readonly string[] },
   ): Promise<{ json: T; res: Response }> {
     const url = new URL(path, this.#base).toString();
     const what = `${method} ${new URL(url).pathname}`;
@@ -344,6 +352,7 @@ export class ClipagClient {
       ...(o.waitSec !== undefined && o.waitSec > 0 ? { waitSec: o.waitSec } : {}),
       deadline: o.deadline,
       ...(o.resend ? { resend: o.resend } : {}),
+      ...(o.patientWith ? { patientWith: o.patientWith } : {}),
     });
     // A 2xx that is not what the API answers: not this API (or not this version of it). For a POST, a
     // job may have been made all the same: said as `lost`, so the caller gives the Idempotency-Key.
@@ -371,6 +380,8 @@ export class ClipagClient {
     let internals = 0;
     let refusedInRow = 0;
     let afters = 0;
+    // Tries refused by a limit this request waits out (patientWith): not counted against MAX_ATTEMPTS.
+    let patient = 0;
     let lost = false;
     const failed = <E extends Error & MaybeLost>(e: E): E => {
       e.lost ||= lost;
@@ -403,7 +414,9 @@ export class ClipagClient {
         if (verdict.ms > 0 && verdict.ms > left) {
           throw failed(new WaitPastDeadline(a.what, verdict.status, verdict.code, verdict.detail, verdict.policy, verdict.ms, Date.now() + verdict.ms, left));
         }
-        if (tries >= MAX_ATTEMPTS) throw failed(new GaveUp(`${a.what}: ${verdict.why}; gave up after ${tries} tries`));
+        const waitedOut = a.patientWith?.includes(verdict.code) === true;
+        if (waitedOut) patient++;
+        else if (tries - patient >= MAX_ATTEMPTS) throw failed(new GaveUp(`${a.what}: ${verdict.why}; gave up after ${tries} tries`));
         afters++;
         // Never sooner than asked; at least a floor that doubles with each Retry-After of this request, plus jitter.
         const floor = Math.min(BACKOFF_CAP_MS, MIN_RETRY_AFTER_MS * 2 ** (afters - 1));
@@ -420,7 +433,7 @@ export class ClipagClient {
         if (verdict.internal) internals++;
         const limit = quick ? REFUSED_LOCAL_ATTEMPTS : verdict.internal ? INTERNAL_ERROR_ATTEMPTS : BACKOFF_ATTEMPTS;
         const count = quick ? refusedInRow : verdict.internal ? internals : backoffs;
-        if (count >= limit || tries >= MAX_ATTEMPTS) throw failed(new GaveUp(`${a.what}: ${verdict.why}; gave up after ${tries} tries`, verdict.refused === true, verdict.noHost === true));
+        if (count >= limit || tries - patient >= MAX_ATTEMPTS) throw failed(new GaveUp(`${a.what}: ${verdict.why}; gave up after ${tries} tries`, verdict.refused === true, verdict.noHost === true));
         // 1, 2, 4 … s (0.25, 0.5 s for a refused local connection), each scaled by a random factor in
         // [0.5, 1.5) so that clients refused together do not return together.
         const nominal = quick ? REFUSED_LOCAL_FIRST_MS * 2 ** (refusedInRow - 1) : Math.min(BACKOFF_CAP_MS, 1000 * 2 ** (backoffs - 1));

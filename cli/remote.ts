@@ -52,7 +52,8 @@ cancel: cancel a queued or running generation.
 Retries: 429 and 503 wait as Retry-After says (at least 1 s, doubling when it repeats, plus up to 10 %;
 a decimal Retry-After is rounded up), said on stderr; the gateway's own 429/5xx and network errors back
 off 1, 2, 4 … s with jitter (a connection refused on this machine, or an unknown host: 2 quick retries);
-at most 12 tries a request; any other 4xx fails at once with its code, param and request_id. When the
+at most 12 tries a request, but a new generation refused 429 too_many_active_jobs (the account has as
+many queued or running as it may) waits for room until --timeout; any other 4xx fails at once with its code, param and request_id. When the
 POST may have reached the API but its answer was lost, the command that gets its generation (the same
 Idempotency-Key) is printed. Uploads have no Idempotency-Key: a grant retried after a lost answer is a
 second grant, counted toward the upload quota.

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Generation } from '../../cli/api-client.ts';
-import { ClipagClient, GaveUp, retryAfterMs } from '../../cli/api-client.ts';
+import { ClipagClient, GaveUp, retryAfterMs, WaitPastDeadline } from '../../cli/api-client.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
 import { outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
@@ -468,6 +468,47 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
     expect(waits).toHaveLength(floors.length);
     waits.forEach((w, i) => expect([w >= floors[i]!, w <= floors[i]! * 1.1]).toEqual([true, true]));
     expect(waits[1]).toBeGreaterThan(2000 * 1.05); // the jitter: a draw of 0.99 adds 9.9 %
+  });
+
+  it('a new generation refused too_many_active_jobs waits for room past 12 tries (until the deadline); other calls, and other refusals, still stop at 12', async () => {
+    // A clock of the test's own, moved by each wait.
+    let skew = 0;
+    const realNow = Date.now.bind(Date);
+    const clock = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + skew);
+    const post = (code: string, full: number) => {
+      let tries = 0;
+      const fetch = async () => {
+        tries++;
+        if (tries <= full) return new Response(JSON.stringify({ error: { code, message: 'at the limit', param: null, request_id: 'r' } }), { status: 429, headers: { 'retry-after': '30', 'content-type': 'application/json' } });
+        return new Response(JSON.stringify({ error: { code: 'internal_error', message: 'a bug', param: null, request_id: 'r' } }), { status: 500, headers: { 'content-type': 'application/json' } });
+      };
+      const waits: number[] = [];
+      const sleep = async (ms: number) => {
+        waits.push(ms);
+        skew += ms;
+      };
+      const client = new ClipagClient({ url: 'http://127.0.0.1:8787', key: KEY, note: () => {}, fetch: fetch as typeof fetch, sleep, random: () => 0 });
+      return { client, waits, tries: () => tries };
+    };
+    const day = () => Date.now() + 86_400_000;
+    try {
+      // 40 refusals (20 minutes of Retry-After), then the app's 500 (3 tries): the refusals spent none of the 12.
+      const active = post('too_many_active_jobs', 40);
+      await expect(active.client.createGeneration({ prompt: 'a red circle' }, { idempotencyKey: 'k', waitSec: 0, deadline: day() })).rejects.toThrow(/500 internal_error.*gave up after 43 tries/);
+      expect(active.waits.slice(0, 40).every((w) => w === 30_000)).toBe(true);
+      // The deadline still bounds it: 100 s hold three 30 s waits; the fourth Retry-After, past what is left, ends the call.
+      const late = post('too_many_active_jobs', 1000);
+      await expect(late.client.createGeneration({ prompt: 'a red circle' }, { idempotencyKey: 'k', waitSec: 0, deadline: Date.now() + 100_000 })).rejects.toThrow(WaitPastDeadline);
+      expect(late.tries()).toBe(4);
+      // rate_limited is the request rate: 12 tries, as before.
+      const rate = post('rate_limited', 1000);
+      await expect(rate.client.createGeneration({ prompt: 'a red circle' }, { idempotencyKey: 'k', waitSec: 0, deadline: day() })).rejects.toThrow(/gave up after 12 tries/);
+      // Only the POST of a generation waits it out.
+      const get = post('too_many_active_jobs', 1000);
+      await expect(get.client.getGeneration(newJobId(), { waitSec: 0, deadline: day() })).rejects.toThrow(/gave up after 12 tries/);
+    } finally {
+      clock.mockRestore();
+    }
   });
 
   it("the gateway's 502 and a 429 with Retry-After: 0 in turn: given up on, not retried until the deadline", async () => {
