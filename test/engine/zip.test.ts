@@ -12,8 +12,8 @@ import { expectEngineError } from '../helpers/errors.ts';
 const dir = mkdtempSync(join(tmpdir(), 'clipag-zip-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A STORED zip; `zip64Extra` gives an entry a size of 0xFFFFFFFF and this ZIP64 extra field payload. */
-function makeZip(file: string, entries: { name: string; data: Buffer; zip64Extra?: Buffer }[]): string {
+/** A STORED zip; `zip64Extra` gives an entry a size of 0xFFFFFFFF and this ZIP64 extra field payload; `markedWithoutZip64` the size alone. */
+function makeZip(file: string, entries: { name: string; data: Buffer; zip64Extra?: Buffer; markedWithoutZip64?: boolean }[]): string {
   const out: Buffer[] = [];
   const cd: Buffer[] = [];
   let off = 0;
@@ -35,7 +35,7 @@ function makeZip(file: string, entries: { name: string; data: Buffer; zip64Extra
     c.writeUInt16LE(20, 6);
     c.writeUInt32LE(crc, 16);
     c.writeUInt32LE(e.data.length, 20);
-    c.writeUInt32LE(e.zip64Extra ? 0xffffffff : e.data.length, 24);
+    c.writeUInt32LE(e.zip64Extra || e.markedWithoutZip64 ? 0xffffffff : e.data.length, 24);
     c.writeUInt16LE(name.length, 28);
     c.writeUInt16LE(extra.length, 30);
     c.writeUInt32LE(off, 42);
@@ -82,5 +82,10 @@ describe('ZIP64 extra fields', () => {
       { name: 'archive/version', data: Buffer.from('3\n') },
     ]);
     expectEngineError(() => ZipReader.open(path), 'invalid_model', 'ZIP64 extra field of record archive/data.pkl is too short (4 bytes)');
+  });
+
+  it('a size marked 0xFFFFFFFF (it is in the ZIP64 field) in an entry with no ZIP64 field is a corrupt file, not a 4 GB entry', () => {
+    const path = makeZip('no-zip64.pt', [{ name: 'archive/data.pkl', data: pkl, markedWithoutZip64: true }]);
+    expectEngineError(() => ZipReader.open(path), 'invalid_model', path, 'not a readable zip archive', 'record archive/data.pkl says its size is in a ZIP64 extra field, and it has none');
   });
 });

@@ -264,10 +264,13 @@ function readCentralDirectory(fd: number, size: number, path: string): Map<strin
     // ZIP64 extended information: the fields that were 0xFFFFFFFF, in this order.
     let x = p + 46 + nameLen;
     const xEnd = x + extraLen;
+    const marked = [usize === 0xffffffff && 'size', compressedSize === 0xffffffff && 'compressed size', localHeaderOffset === 0xffffffff && 'local header offset'].filter(Boolean);
+    let zip64 = false;
     while (x + 4 <= xEnd) {
       const id = v.getUint16(x, true);
       const len = v.getUint16(x + 2, true);
       if (id === 0x0001) {
+        zip64 = true;
         // Each value is read from inside this field (and this entry's extra data): a field cut short
         // would read past the directory (a RangeError) or take the next entry's bytes as a size.
         const fieldEnd = Math.min(x + 4 + len, xEnd);
@@ -284,6 +287,8 @@ function readCentralDirectory(fd: number, size: number, path: string): Map<strin
       }
       x += 4 + len;
     }
+    // 0xFFFFFFFF says "the value is in the ZIP64 field": still there, the entry had none to give it.
+    if (marked.length > 0 && !zip64) throw corrupt(path, `record ${name} says its ${marked.join(', ')} is in a ZIP64 extra field, and it has none`);
     if (localHeaderOffset + 30 + compressedSize > size) {
       throw corrupt(path, `record ${name} (${compressedSize} bytes at ${localHeaderOffset}) runs past the end of the ${size}-byte file`);
     }
