@@ -258,6 +258,9 @@ function validate(cfg: StageConfig): void {
   if (cfg.alarmEmail !== undefined && !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(cfg.alarmEmail)) problems.push(`alarmEmail is not an e-mail address: ${JSON.stringify(cfg.alarmEmail)}`);
   if (cfg.stage === 'prod' && cfg.alarmEmail === undefined) problems.push('alarmEmail is required in prod (-c alarmEmail=ops@example.com or $CLIPAG_ALARM_EMAIL): the alarms would tell nobody');
   if (!(Number.isFinite(cfg.workerHourlyUsd) && cfg.workerHourlyUsd >= 0 && cfg.workerHourlyUsd <= 1000)) problems.push('workerHourlyUsd must be a price in [0, 1000]');
+  // The ECS GPU AMI's root snapshot is 30 GiB (amazon-ecs-ami's block_device_size_gb): a smaller volume
+  // fails every launch. gp3 volumes end at 16 TiB.
+  if (cfg.rootVolumeGiB < 30 || cfg.rootVolumeGiB > 16_384) problems.push('rootVolumeGiB must be in [30, 16384] (the GPU AMI\'s 30 GiB root snapshot; gp3\'s 16 TiB)');
   // SQS limit; the worker heartbeat keeps long jobs leased, so no need to go near it.
   if (cfg.visibilityTimeoutSeconds > 43_200) problems.push('visibilityTimeoutSeconds must be <= 43200');
   // A received message stays hidden for at most 12 h: the run and one timeout after it must fit (ADR 0023).

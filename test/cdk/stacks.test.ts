@@ -843,6 +843,11 @@ describe('stage config', () => {
     expect(stageConfig('prod', { alarmEmail: 'ops@example.com', stopTimeoutSeconds: 300 }).stopTimeoutSeconds).toBe(300); // on-demand: no notice
   });
 
+  it('bounds rootVolumeGiB below by the GPU AMI\'s 30 GiB root snapshot (a smaller volume fails every launch) and above by gp3\'s 16 TiB', () => {
+    for (const ok of [30, 16_384]) expect(stageConfig('dev', { rootVolumeGiB: ok }).rootVolumeGiB).toBe(ok);
+    for (const bad of [8, 29, 16_385]) expect(() => stageConfig('dev', { rootVolumeGiB: bad }), String(bad)).toThrow(/rootVolumeGiB must be in \[30, 16384\]/);
+  });
+
   it('fits the task on every instance type it may run on, from a table of one-GPU types, and refuses a type it does not know', () => {
     // Today's shape fits g5.xlarge and g4dn.xlarge (4 vCPU, 16 GiB).
     expect(dev.taskCpuUnits).toBeLessThanOrEqual(4096);
