@@ -11,7 +11,8 @@ export interface Stage {
 /**
  * Default multi-scale schedule: when the output is larger than the encoder input, start with the long
  * side at the encoder size and double up to the output, spending 40 % of the steps on the first stage
- * and splitting the rest evenly. Sizes are rounded to multiples of 8. A single stage otherwise.
+ * and splitting the rest evenly, the last stage at least 2 steps. Sizes are rounded to multiples of 8.
+ * A single stage otherwise.
  */
 export function defaultSchedule(width: number, height: number, steps: number, encoderSize: number): Stage[] {
   const long = Math.max(width, height);
@@ -26,13 +27,25 @@ export function defaultSchedule(width: number, height: number, steps: number, en
     f *= 2;
   }
   sizes.push({ width, height });
-  // Fewer steps than stages: keep one step per stage on an evenly spaced subset, always ending at the output size.
-  if (steps < sizes.length) {
-    const picked = Array.from({ length: steps }, (_, k) => sizes[steps === 1 ? sizes.length - 1 : Math.round((k * (sizes.length - 1)) / (steps - 1))]);
-    return picked.map((s) => ({ ...s, steps: 1 }));
-  }
-  const later = sizes.length - 1;
-  const first = Math.min(Math.max(1, Math.round(steps * 0.4)), steps - later);
+  // The image a step scores is the one before its update (the notebook's best-image rule), so the
+  // final stage's last update is never seen, and a final stage of one step returns the previous
+  // stage's image upsampled: its step, the costliest of the run, spent for nothing. Every stage
+  // before the last carries its updates on. So the final stage gets at least 2 steps and the others
+  // at least 1: with fewer steps than that takes, fewer stages (an evenly spaced subset, always
+  // ending at the output size).
+  const n = Math.min(sizes.length, steps - 1);
+  const kept = n === sizes.length ? sizes : Array.from({ length: n }, (_, k) => sizes[n === 1 ? sizes.length - 1 : Math.round((k * (sizes.length - 1)) / (n - 1))]!);
+  if (n === 1) return [{ width, height, steps }];
+  const later = n - 1;
+  const first = Math.min(Math.max(1, Math.round(steps * 0.4)), steps - later - 1);
   const rest = steps - first;
-  return sizes.map((s, i) => ({ ...s, steps: i === 0 ? first : Math.floor(rest / later) + (i - 1 < rest % later ? 1 : 0) }));
+  const stages = kept.map((s, i) => ({ ...s, steps: i === 0 ? first : Math.floor(rest / later) + (i - 1 < rest % later ? 1 : 0) }));
+  // rest >= later + 1, so some stage has a step to spare when the last has one.
+  const last = stages[stages.length - 1]!;
+  if (last.steps < 2) {
+    const donor = stages.slice(1, -1).find((s) => s.steps > 1) ?? stages[0]!;
+    donor.steps--;
+    last.steps++;
+  }
+  return stages;
 }

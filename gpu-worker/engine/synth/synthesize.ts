@@ -513,7 +513,7 @@ export async function warmUp(
   // Twice as many steps as stages: a session's second run is still slow too (its memory arena grows;
   // 1.3–1.9 s against 0.5 s at ViT-B/32 dims on the CPU), and the first job would pay it. The
   // schedule gives every stage two of them up to 3 stages, which the worker's default sizes never
-  // pass; past that the last stages get one. A worker's step cap runs fewer, on the stages
+  // pass; past that some middle stages get one. A worker's step cap runs fewer, on the stages
   // defaultSchedule picks for that many: warm the same ones.
   const stages = defaultSchedule(size, size, Number.MAX_SAFE_INTEGER, engine.imageSize).length;
   const steps = Math.min(2 * stages, options.maxSteps ?? Infinity, recipe.steps ?? Infinity);

@@ -522,4 +522,23 @@ describe('default multi-scale schedule', () => {
     expect(s[s.length - 1]).toMatchObject({ width: 224, height: 160 });
     for (let i = 1; i < s.length; i++) expect(s[i].width).toBeGreaterThanOrEqual(s[i - 1].width);
   });
+
+  it('the last stage has at least 2 steps whenever the run has 2 (its first scores the upsampled previous stage, its last update is never scored): fewer stages rather than a last stage of 1', () => {
+    for (const [w, h, enc] of [[224, 160, 32], [1024, 1024, 64], [1024, 64, 64], [512, 384, 224]] as const) {
+      for (let steps = 2; steps <= 40; steps++) {
+        const s = defaultSchedule(w, h, steps, enc);
+        const where = `${w}x${h} on ${enc}, ${steps} steps: ${JSON.stringify(s)}`;
+        expect(s.reduce((a, x) => a + x.steps, 0), where).toBe(steps);
+        expect(s.at(-1), where).toMatchObject({ width: w, height: h });
+        expect(s.at(-1)!.steps, where).toBeGreaterThanOrEqual(2);
+        expect(s.every((x) => x.steps >= 1), where).toBe(true);
+      }
+    }
+    // 1024² on a 64 px model has 5 sizes: 3 steps keep the coarsest and the output; 4 steps the middle one too.
+    expect(defaultSchedule(1024, 1024, 3, 64)).toEqual([{ width: 64, height: 64, steps: 1 }, { width: 1024, height: 1024, steps: 2 }]);
+    expect(defaultSchedule(1024, 1024, 4, 64)).toEqual([{ width: 64, height: 64, steps: 1 }, { width: 256, height: 256, steps: 1 }, { width: 1024, height: 1024, steps: 2 }]);
+    // The default 100 steps are split as before: 40 % on the first stage, the rest evenly.
+    expect(defaultSchedule(1024, 1024, 100, 64).map((x) => x.steps)).toEqual([40, 15, 15, 15, 15]);
+    expect(defaultSchedule(1024, 1024, 2, 64)).toEqual([{ width: 1024, height: 1024, steps: 2 }]);
+  });
 });
