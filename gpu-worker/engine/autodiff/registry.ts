@@ -307,6 +307,20 @@ registerGradient('Clip', (c) => {
   return [b.op1('Where', [mask, c.GO(0)!, c.scalar(0)])];
 });
 
+/**
+ * Equal(a, y) for a forward input and the forward output it may have produced (the winner masks of Max, Min and
+ * ReduceMax). onnxruntime's CPU EP has no float16 Equal: it inserts Cast(float16→float32) in front of it, and then
+ * removes that cast together with the Cast(float32→float16) that made `a` in a float16 island, so Equal reads `a`
+ * before its float16 rounding and finds it unequal to the (rounded) output almost everywhere: the winner's
+ * gradient was silently 0. Explicit casts to float32 are kept (they are not the EP's own), and compare the values
+ * the forward actually compared.
+ */
+function equalExact(c: GradCtx, a: string, y: string): string {
+  const b = c.b;
+  if (c.dtype(a) !== 'float16') return b.op1('Equal', [a, y]);
+  return b.op1('Equal', [b.cast(a, 'float32'), b.cast(y, 'float32')]);
+}
+
 function maxMin(c: GradCtx): (string | null)[] {
   const b = c.b;
   const n = c.node.inputs.length;
@@ -318,7 +332,7 @@ function maxMin(c: GradCtx): (string | null)[] {
   let last = -1;
   for (let i = n - 1; i >= 0; i--) if (c.needs(i)) { last = i; break; }
   for (let i = 0; i <= last; i++) {
-    const eq = b.op1('Equal', [c.I(i), c.O(0)]);
+    const eq = equalExact(c, c.I(i), c.O(0));
     const mine: string = taken ? b.op1('And', [eq, b.op1('Not', [taken])]) : eq;
     if (c.needs(i)) out[i] = c.reduceToShape(b.op1('Where', [mine, c.GO(0)!, c.scalar(0)]), c.shape(c.I(i)));
     if (i < last) taken = taken ? b.op1('Or', [taken, mine]) : mine;
@@ -632,7 +646,7 @@ registerGradient('ReduceMax', (c) => {
   const gk = reshapeTo(b, c.GO(0)!, keepShape);
   const yk = reshapeTo(b, c.O(0), keepShape);
   // Ties share the gradient equally (what PyTorch's amax does), so the sum over the maxima is preserved.
-  const mask = b.cast(b.op1('Equal', [x, yk]), c.dtype(x));
+  const mask = b.cast(equalExact(c, x, yk), c.dtype(x));
   const cnt = rsum(b, mask, axes, true);
   return [b.mul(mask, b.div(gk, cnt))];
 });

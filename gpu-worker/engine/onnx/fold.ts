@@ -105,9 +105,13 @@ function foldInner(node: Node, c: ShapeCtx): (TensorData | undefined)[] | undefi
     const fill = v?.type === 'tensor' ? raw(v.v, 0) : 0;
     return [make(dtype, shape, new Array(n).fill(fill))];
   }
-  if (!x || numel(x.dims) > MAX_FOLD) return undefined;
-  // Only fold integer plumbing (and tiny float scalars feeding it): never fold real float compute.
-  if (!isIntLike(x) && numel(x.dims) > 16) return undefined;
+  if (!x) return undefined;
+  // Only fold integer plumbing (and tiny float scalars feeding it): never fold real float compute. Every input
+  // counts, not only the first: Mul(scalar, weight) or Where(cond, weight, 0) with a large float initializer
+  // once folded the whole weight element by element in JS (a second and 9 MB per [768, 3072] weight).
+  for (const t of ins) if (t && (numel(t.dims) > MAX_FOLD || (!isIntLike(t) && numel(t.dims) > 16))) return undefined;
+  // Nor a result larger than the plumbing it stands for (Gather with many indices, a broadcast).
+  if (numel(shapeOf(node, c)) > MAX_FOLD) return undefined;
   if (RESHAPING.has(op)) {
     const outShape = shapeOf(node, c);
     return [{ dtype: x.dtype, dims: outShape, data: x.data }];

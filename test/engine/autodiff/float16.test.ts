@@ -29,6 +29,8 @@ async function gradient(dt: DType, f: (b: GraphBuilder, x: string, dt: DType) =>
 }
 
 const half = (b: GraphBuilder, v: number, dt: DType) => b.constant(tensor(dt, [], [v]), 'c');
+/** Values float16 cannot hold exactly (XS are all float16 numbers). */
+const ROUNDED = [0.3, -1.1, 0.7, 2.2, -1.3, 0.9];
 
 const CASES: Array<[string, (b: GraphBuilder, x: string, dt: DType) => string, number[]?]> = [
   ['Mul', (b, x) => b.mul(x, x)],
@@ -47,6 +49,12 @@ const CASES: Array<[string, (b: GraphBuilder, x: string, dt: DType) => string, n
   ['Gather axis 1, scalar index', (b, x) => b.reshape(b.gather(b.reshape(x, [2, 3]), b.constant(tensor('int64', [], [0]), 'idx'), 1), [2, 1])],
   ['ReduceL2 (zero-norm mask)', (b, x) => b.op1('ReduceL2', [x], { axes: A.ints([0]), keepdims: A.i(1) })],
   ['Pow, variable base and exponent (zero-base masks)', (b, x, dt) => b.op1('Pow', [b.add(b.mul(x, x), half(b, 0.5, dt)), x])],
+  // Winner masks compare an input with the output (Equal). The inputs here are not float16 numbers, so the island's
+  // Cast rounds them: onnxruntime's float16 Equal (Cast-wrapped) once read them unrounded, and every winner that
+  // came from x got a zero gradient. Margins to the constants are ≥ 0.1, far from ties at float16 precision.
+  ['Max with a constant, inputs not float16 numbers', (b, x, dt) => b.op1('Max', [x, b.constant(tensor(dt, [6], [0, 0.2, 0.8, 0, -2, 1]), 'c')]), ROUNDED],
+  ['Min of three (one broadcast), inputs not float16 numbers', (b, x, dt) => b.op1('Min', [b.constant(tensor(dt, [6], [0, -1.3, 0.8, 2.5, -1, 1]), 'c'), x, half(b, 0.5, dt)]), ROUNDED],
+  ['ReduceMax axis 1 (as [2,1]), inputs not float16 numbers', (b, x) => b.op1('ReduceMax', [b.reshape(x, [2, 3])], { axes: A.ints([1]), keepdims: A.i(1) }), ROUNDED],
 ];
 
 describe('gradient rules through a float16 island', () => {
