@@ -231,6 +231,7 @@ export const SHAPE_RULES: Record<string, ShapeRule> = {
     if (autoPad !== 'NOTSET' && autoPad !== 'VALID') throw new Error(`Conv auto_pad=${autoPad} is not supported; use explicit pads`);
     const group = attrInt(c.attr, 'group', 1);
     if (x[1] !== w[1] * group) throw new Error(`Conv channels: input ${x[1]} vs weight ${w[1]}×group ${group}`);
+    if (w[0] % group !== 0) throw new Error(`Conv output channels ${w[0]} are not a multiple of group ${group}`);
     const k = attrInts(c.attr, 'kernel_shape') ?? w.slice(2);
     const strides = attrInts(c.attr, 'strides') ?? k.map(() => 1);
     const dil = attrInts(c.attr, 'dilations') ?? k.map(() => 1);
@@ -352,7 +353,10 @@ export const SHAPE_RULES: Record<string, ShapeRule> = {
   Pad: (c) => {
     const s = c.info(0).shape;
     const pads = constInts(c.const(1), 'Pad pads');
-    const axes = c.has(3) ? constInts(c.const(3), 'Pad axes').map((a) => normAxis(a, s.length)) : s.map((_, i) => i);
+    // Pad's axes input came with opset 18: at opset 17 onnxruntime refuses such a model at load.
+    if (c.has(3)) throw new Error('Pad takes no "axes" input at opset 13–17 (it came with opset 18); give pads for every axis');
+    const axes = s.map((_, i) => i);
+    if (pads.length !== 2 * s.length) throw new Error(`Pad pads has ${pads.length} values; a rank-${s.length} input needs ${2 * s.length}`);
     const out = [...s];
     axes.forEach((a, i) => (out[a] = s[a] + pads[i] + pads[i + axes.length]));
     return [{ dtype: c.info(0).dtype, shape: out }];

@@ -417,3 +417,27 @@ function unaryLike(b: GraphBuilder, op: string, x: string): string {
       return b.op1(op, [x]);
   }
 }
+
+describe('shape rules refuse what onnxruntime would refuse at load or run time, naming it', () => {
+  const refused = (build: (b: GraphBuilder) => void): Error => {
+    const b = new GraphBuilder();
+    try {
+      build(b);
+    } catch (e) {
+      return e as Error;
+    }
+    throw new Error('not refused');
+  };
+  test("Pad's axes input (opset 18) is refused at build: the shape and gradient rules would use it, and onnxruntime refuses the model at opset 17", () => {
+    const e = refused((b) => b.op1('Pad', [b.input('x', 'float32', [2, 3]), b.ints([0, 1, 0, 1]), b.scalar(0, 'float32'), b.ints([1])]));
+    expect(e).toBeInstanceOf(EngineError);
+    expect(e.message).toMatch(/Pad takes no "axes" input at opset 13–17/);
+  });
+  test('Pad pads of the wrong length are refused at build', () => {
+    expect(refused((b) => b.op1('Pad', [b.input('x', 'float32', [2, 3]), b.ints([1, 1])])).message).toMatch(/Pad pads has 2 values; a rank-2 input needs 4/);
+  });
+  test('Conv output channels not a multiple of group are refused at build (onnxruntime failed only at run time)', () => {
+    const e = refused((b) => b.op1('Conv', [b.input('x', 'float32', [1, 4, 5, 5]), b.input('w', 'float32', [3, 2, 3, 3])], { group: A.i(2) }));
+    expect(e.message).toMatch(/Conv output channels 3 are not a multiple of group 2/);
+  });
+});
