@@ -5,14 +5,12 @@ import { EngineError } from './errors.ts';
 import { type ModelBundle, loadBundle, weightLookup } from './clip/bundle.ts';
 import { type TowerSource, imageEmbedGraph, textEmbedGraph } from './clip/graphs.ts';
 import { TextTokenizer } from './clip/tokenizer.ts';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { encodeModel, writeModelFile } from './onnx/codec.ts';
+import { statSync } from 'node:fs';
 import type { ModelIR, TensorData } from './onnx/ir.ts';
-import { EnginePool, type EngineHandle } from './runtime/pool.ts';
+import { DEFAULT_INLINE_LIMIT_BYTES, EnginePool, type EngineHandle } from './runtime/pool.ts';
 import type { Device } from './runtime/providers.ts';
 import type { SessionOptions } from './runtime/session.ts';
+import { moveToSharedMemory } from './runtime/shared-memory.ts';
 import type { PlanarImage } from './synth/image.ts';
 import { resizeBilinear } from './synth/image.ts';
 import { type GmmPrior, loadPrior } from './synth/prior.ts';
@@ -62,7 +60,7 @@ export class ClipEngine {
   private readonly priors = new Map<string, GmmPrior>();
   /** conceptEmbeddings' cache, in least-recently-used order (a Map iterates in insertion order). */
   private readonly concepts = new Map<string, Float32Array | null>();
-  /** Graph compiles (build, serialize, pool load) and runs not yet settled: close() waits for them. */
+  /** Graph compiles (build, pool load) and runs not yet settled: close() waits for them. */
   private readonly pending = new Set<Promise<unknown>>();
   private closed = false;
   private closing?: Promise<void>;
@@ -72,10 +70,14 @@ export class ClipEngine {
     readonly tokenizer: TextTokenizer,
     readonly pool: EnginePool,
     private readonly ownsPool: boolean,
-    private readonly inlineLimit: number = DEFAULT_INLINE_LIMIT,
+    private readonly inlineLimit: number = DEFAULT_INLINE_LIMIT_BYTES,
     private readonly maxLeasedGraphs: number = DEFAULT_MAX_LEASED_GRAPHS,
   ) {
     checkEngineOptions({ maxLeasedGraphs });
+    // Graphs go to the pool's thread as IR, which serializes them there. Weights in shared memory
+    // cross to it without a copy; otherwise every compile would copy hundreds of MB on this thread.
+    moveToSharedMemory(bundle.weights);
+    if (bundle.foreign) moveToSharedMemory(bundle.foreign.model.initializers);
   }
 
   /**
@@ -130,18 +132,12 @@ export class ClipEngine {
     let h = this.handles.get(full);
     if (!h) {
       const loading = Promise.resolve().then(async () => {
-        const model = await serializeForLoad(build(), full, this.inlineLimit);
-        let loaded: EngineHandle;
-        try {
-          // close() may have come while the graph was built: then nothing is loaded.
-          if (this.closed) throw closedError();
-          // The bytes were encoded for this load alone: move them to the worker instead of copying them.
-          loaded = await this.pool.load(full, model, sessionOptions, { transfer: true });
-        } finally {
-          // A large graph went through a temporary .onnx + .onnx.data pair: loaded (or failed), it
-          // is not needed again, and an evicted graph's recompile writes a new one.
-          if (typeof model === 'string') rmSync(dirname(model), { recursive: true, force: true });
-        }
+        // Only the IR is built on this thread (tens of ms at ViT-B/32 size): the pool's thread encodes
+        // it (1-2 s there), or writes it to a temporary file when it is too large to load from memory.
+        const model = build();
+        // close() may have come while the graph was built: then nothing is loaded.
+        if (this.closed) throw closedError();
+        const loaded = await this.pool.load(full, model, sessionOptions, { inlineLimitBytes: this.inlineLimit });
         // ...or while the pool loaded it: then it is unloaded here, since close() had no key to unload yet.
         if (this.closed) {
           await this.pool.unload(full).catch(() => undefined);
@@ -411,13 +407,16 @@ export class ClipEngine {
     // Every call gets the one close, so a second caller does not go on before anything is released.
     this.closing ??= (async () => {
       this.closed = true; // before any await: graph() and runs are refused from here on
+      // An owned pool is closed first: its close waits for the runs and loads in flight, but only so
+      // long, so that a run that never returns (a hung device) cannot hold this close forever.
+      if (this.ownsPool) await this.pool.close();
       // Compiles in flight load nothing more once they see `closed` (a load already sent is unloaded by
       // the compile itself), and runs in flight finish before their sessions are released under them.
       while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
       const keys = [...this.handles.keys()];
       this.handles.clear();
       this.leasedOrder.length = 0;
-      if (this.ownsPool) return this.pool.close();
+      if (this.ownsPool) return;
       await Promise.all(keys.map((k) => this.pool.unload(k).catch(() => undefined)));
     })();
     return this.closing;
@@ -444,29 +443,6 @@ const DEFAULT_MAX_LEASED_GRAPHS = 8;
 /** Text features shorter than this have no usable direction (real CLIP features have norms of order 1–10). */
 const MIN_TEXT_FEATURE_NORM = 1e-12;
 let engineInstances = 0;
-
-/** Above this many bytes of weights a graph goes through a file with external data (protobuf caps at 2 GB). */
-const DEFAULT_INLINE_LIMIT = 1.5 * 2 ** 30;
-
-/**
- * In-memory ONNX bytes for ordinary graphs; for very large ones (ViT-L/14-and-up towers in float32)
- * a temporary .onnx + .onnx.data pair, loaded by path.
- */
-async function serializeForLoad(model: ModelIR, key: string, limit: number): Promise<Uint8Array | string> {
-  let bytes = 0;
-  for (const t of model.initializers.values()) bytes += t.data.byteLength;
-  if (bytes < limit) return encodeModel(model);
-  const dir = mkdtempSync(join(tmpdir(), 'clipag-graph-'));
-  const path = join(dir, `${key.replace(/[^A-Za-z0-9_.-]/g, '_')}.onnx`);
-  try {
-    await writeModelFile(path, model);
-  } catch (e) {
-    // A partial write (a full disk) is of no use, and every retry would leave another one behind.
-    rmSync(dir, { recursive: true, force: true });
-    throw e;
-  }
-  return path;
-}
 
 export function normalizeRows(x: Float32Array, d: number): Float32Array {
   const out = new Float32Array(x.length);

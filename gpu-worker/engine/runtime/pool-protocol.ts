@@ -1,14 +1,50 @@
 // Messages between EnginePool (main thread) and pool-worker (worker thread).
 
 import type { EngineErrorCode } from '../errors.ts';
-import type { TensorData } from '../onnx/ir.ts';
+import type { ModelIR, TensorData } from '../onnx/ir.ts';
 import type { SessionOptions } from './session.ts';
 
+/**
+ * A graph the worker thread serializes itself. Encoding a ViT-B/32 graph takes 1–2 s; done on the
+ * caller's thread it stalls everything else there (the HTTP API of `clipag serve`). Weights held in
+ * SharedArrayBuffers cross to the worker without a copy (see shared-memory.ts).
+ */
+export interface GraphSource {
+  kind: 'graph';
+  model: ModelIR;
+  /**
+   * From this many bytes of initializers up, the worker writes a temporary .onnx + .onnx.data pair and
+   * loads it by path (protobuf caps an in-memory model at 2 GB).
+   */
+  inlineLimitBytes: number;
+  /** Where that pair goes: the caller's tmpdir (a worker's environment is a copy taken when it started). */
+  tempDir: string;
+}
+
+/** ONNX bytes, a path (for models with external data), or a graph the worker serializes. */
+export type ModelSource = Uint8Array | string | GraphSource;
+
 export type PoolRequest =
-  | { id: number; type: 'load'; key: string; model: Uint8Array | string; options: SessionOptions }
+  | {
+      id: number;
+      type: 'load';
+      key: string;
+      model: ModelSource;
+      options: SessionOptions;
+      /** The bytes were moved here: hand them back once the session is open, so the pool can re-open the key on a replacement thread. */
+      returnBytes?: boolean;
+    }
   | { id: number; type: 'run'; key: string; feeds: Record<string, TensorData>; fetches?: string[] }
   | { id: number; type: 'unload'; key: string }
-  | { id: number; type: 'close' };
+  | { id: number; type: 'close' }
+  /**
+   * Release every session and end the thread. Sent by close() to a thread it gave up waiting for: it
+   * acts once that thread's native call returns, if ever (terminating the thread instead would abort
+   * the whole process when the call returns).
+   */
+  | { id: number; type: 'exit' }
+  /** Tests only: end this thread as a crash would (an uncaught error, or process.exit inside it). Never answered. */
+  | { id: number; type: 'crash'; how: 'throw' | 'exit' };
 
 export interface SerializedError {
   code: EngineErrorCode;
@@ -23,6 +59,8 @@ export type PoolResponse =
 export interface LoadResult {
   inputNames: string[];
   outputNames: string[];
+  /** The model bytes, when the load asked for them back (returnBytes). */
+  bytes?: Uint8Array;
 }
 
 /** Distinct transferable buffers behind some tensors (a buffer may back several views; listing it twice throws). */

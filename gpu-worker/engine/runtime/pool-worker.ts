@@ -1,11 +1,15 @@
 // Worker-thread side of EnginePool: owns ORT sessions so their blocking run() never stalls the main thread.
+// It also serializes the graphs it is given (GraphSource), which takes seconds at ViT-B/32 size.
 
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { parentPort } from 'node:worker_threads';
 import { EngineError } from '../errors.ts';
+import { encodeModel, writeModelFile } from '../onnx/codec.ts';
 import { createSession } from './session.ts';
-import type { EngineSession } from './session.ts';
+import type { EngineSession, SessionOptions } from './session.ts';
 import { transferablesOf } from './pool-protocol.ts';
-import type { LoadResult, PoolRequest, PoolResponse } from './pool-protocol.ts';
+import type { GraphSource, LoadResult, ModelSource, PoolRequest, PoolResponse } from './pool-protocol.ts';
 
 if (!parentPort) throw new Error('pool-worker.ts must run inside a worker thread started by EnginePool');
 const port = parentPort;
@@ -17,14 +21,43 @@ function sessionFor(key: string): EngineSession {
   return s;
 }
 
+/**
+ * In-memory ONNX bytes for ordinary graphs; for very large ones (ViT-L/14-and-up towers in float32) a
+ * temporary .onnx + .onnx.data pair, loaded by path and removed once loaded (or refused): a re-open
+ * after an eviction or on a replacement thread writes a new one.
+ */
+async function openGraph(key: string, src: GraphSource, options: SessionOptions): Promise<EngineSession> {
+  let bytes = 0;
+  for (const t of src.model.initializers.values()) bytes += t.data.byteLength;
+  if (bytes < src.inlineLimitBytes) return createSession(encodeModel(src.model), options);
+  const dir = mkdtempSync(join(src.tempDir, 'clipag-graph-'));
+  try {
+    const path = join(dir, `${key.replace(/[^A-Za-z0-9_.-]/g, '_')}.onnx`);
+    await writeModelFile(path, src.model);
+    return await createSession(path, options);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function open(key: string, model: ModelSource, options: SessionOptions): Promise<EngineSession> {
+  if (typeof model === 'string' || model instanceof Uint8Array) return createSession(model, options);
+  return openGraph(key, model, options);
+}
+
 async function handle(msg: PoolRequest): Promise<{ value: unknown; transfer: ArrayBuffer[] }> {
   switch (msg.type) {
     case 'load': {
       const old = sessions.get(msg.key);
-      const s = await createSession(msg.model, msg.options);
+      const s = await open(msg.key, msg.model, msg.options);
       sessions.set(msg.key, s);
       if (old) await old.release();
       const value: LoadResult = { inputNames: s.inputNames, outputNames: s.outputNames };
+      // onnxruntime parsed the bytes into its own graph and keeps no reference to them.
+      if (msg.returnBytes && msg.model instanceof Uint8Array && msg.model.buffer instanceof ArrayBuffer) {
+        value.bytes = msg.model;
+        return { value, transfer: [msg.model.buffer] };
+      }
       return { value, transfer: [] };
     }
     case 'run': {
@@ -43,10 +76,22 @@ async function handle(msg: PoolRequest): Promise<{ value: unknown; transfer: Arr
       sessions.clear();
       return { value: null, transfer: [] };
     }
+    case 'exit': {
+      for (const s of sessions.values()) await s.release().catch(() => undefined);
+      sessions.clear();
+      process.exit(0); // in a worker thread this ends the thread, not the process
+    }
+    case 'crash':
+      throw new Error('crash requests are handled as they arrive'); // see the listener below
   }
 }
 
 port.on('message', (msg: PoolRequest) => {
+  if (msg.type === 'crash') {
+    // Thrown from the listener itself, so the thread dies before it takes any message queued behind this one.
+    if (msg.how === 'exit') process.exit(70);
+    throw new Error('engine worker crash requested (test hook)');
+  }
   handle(msg).then(
     ({ value, transfer }) => {
       const res: PoolResponse = { id: msg.id, ok: true, value };

@@ -1,14 +1,20 @@
 // A worker_threads pool of ORT sessions. onnxruntime-node's session.run blocks its thread's event loop
 // for the whole run (seconds for a CLIP backward pass), so the server keeps sessions off the main thread.
+// Graphs handed over as IR are serialized there too (seconds at ViT-B/32 size).
 //
 // Every worker loads every model: any idle worker can take any run. Loads are cached by key.
+//
+// A worker thread that dies (an uncaught error, an exit, out of memory) is replaced: only the work that
+// was in flight on it fails, as `aborted` (retryable), and the new thread re-opens a key's session on
+// the key's next run there. Threads that keep dying (more than maxRestarts within restartWindowMs) are
+// a machine or process problem: the pool stops replacing them and refuses work as runtime_unavailable.
 
-import { cpus } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { EngineError } from '../errors.ts';
-import type { TensorData } from '../onnx/ir.ts';
+import type { ModelIR, TensorData } from '../onnx/ir.ts';
 import { transferablesOf } from './pool-protocol.ts';
-import type { LoadResult, PoolRequest, PoolResponse } from './pool-protocol.ts';
+import type { LoadResult, ModelSource, PoolRequest, PoolResponse } from './pool-protocol.ts';
 import type { SessionOptions } from './session.ts';
 
 export interface EnginePoolOptions {
@@ -19,6 +25,16 @@ export interface EnginePoolOptions {
    * at once do not oversubscribe the CPU.
    */
   sessionOptions?: SessionOptions;
+  /**
+   * How long close() waits for work in flight before it ends the threads and fails what is left as
+   * `aborted` (default 30 s). A native run that never returns (a hung device) would otherwise hold
+   * close() forever.
+   */
+  closeTimeoutMs?: number;
+  /** Dead worker threads replaced within restartWindowMs before the pool gives up (default 3). */
+  maxRestarts?: number;
+  /** The window maxRestarts counts deaths in (default 60 s). */
+  restartWindowMs?: number;
 }
 
 export interface RunOptions {
@@ -31,12 +47,19 @@ export interface RunOptions {
 
 export interface LoadOptions {
   /**
-   * Move the model bytes to the worker instead of copying them (a ViT-B/32 graph is over 300 MB, and
+   * Bytes only: move the model bytes to the worker instead of copying them (a ViT-B/32 graph is over 300 MB, and
    * the copy is made on the caller's thread). The caller's array becomes detached (length 0), so only use
    * it for bytes encoded for this one load. With several workers all but one get a copy. Bytes that are a
    * view on part of a larger buffer are copied anyway: moving them would detach the whole buffer.
    */
   transfer?: boolean;
+  /**
+   * IR models only: from this many bytes of initializers up, the worker writes the graph to a temporary
+   * .onnx with external data and loads it by path (protobuf caps an in-memory model at 2 GB). Default 1.5 GiB.
+   */
+  inlineLimitBytes?: number;
+  /** IR models only: the folder for that temporary file (default: this thread's os.tmpdir()). */
+  tempDir?: string;
 }
 
 export interface EngineHandle {
@@ -46,12 +69,35 @@ export interface EngineHandle {
   run(feeds: Record<string, TensorData>, fetches?: string[], opts?: RunOptions): Promise<Record<string, TensorData>>;
 }
 
+export const DEFAULT_INLINE_LIMIT_BYTES = 1.5 * 2 ** 30;
+const DEFAULT_CLOSE_TIMEOUT_MS = 30_000;
+const DEFAULT_MAX_RESTARTS = 3;
+const DEFAULT_RESTART_WINDOW_MS = 60_000;
+/** How long close() waits for the idle threads it terminates to end. */
+const TERMINATE_GRACE_MS = 1_000;
+
 type Pending = { resolve: (v: unknown) => void; reject: (e: EngineError) => void };
+
+/** What the pool needs to open a key again on a replacement thread. */
+interface ModelEntry {
+  source: ModelSource;
+  options: SessionOptions;
+}
 
 class PoolWorker {
   readonly worker: Worker;
   readonly pending = new Map<number, Pending>();
+  /** Loads sent to this thread, by key: its sessions (a replacement thread starts with none). */
+  readonly sessions = new Map<string, Promise<unknown>>();
+  /** Runs given to this thread that wait for it to re-open their key's session first. */
+  waiting = 0;
   alive = true;
+  /** close() is ending this thread: its exit is not a death. */
+  stopping = false;
+  /** The thread has ended. */
+  exited = false;
+  /** Why it stopped taking work: what a request sent to it after that gets. */
+  error?: EngineError;
 
   constructor(onDeath: (w: PoolWorker, why: string) => void) {
     const isTs = import.meta.url.endsWith('.ts');
@@ -71,14 +117,47 @@ class PoolWorker {
       if (res.ok) p.resolve(res.value);
       else p.reject(new EngineError(res.error.code, res.error.message, res.error.detail));
     });
-    this.worker.on('error', (e) => onDeath(this, `engine worker crashed: ${e.message}`));
-    this.worker.on('exit', (code) => onDeath(this, `engine worker exited with code ${code}`));
+    // An uncaught error emits 'error' and then 'exit': onDeath acts on the first.
+    this.worker.on('error', (e) => onDeath(this, `engine worker thread crashed: ${e.message}`));
+    this.worker.on('exit', (code) => {
+      this.exited = true;
+      onDeath(this, `engine worker thread exited with code ${code}`);
+    });
   }
 
-  failAll(why: string): void {
+  /** Takes no more work; what was in flight on it fails with `error`. */
+  fail(error: EngineError): void {
     this.alive = false;
-    for (const p of this.pending.values()) p.reject(new EngineError('runtime_failed', why));
+    this.error ??= error;
+    for (const p of this.pending.values()) p.reject(error);
     this.pending.clear();
+  }
+
+  /** Requests sent and not answered, plus runs waiting for a session: how busy it is. */
+  get load(): number {
+    return this.pending.size + this.waiting;
+  }
+}
+
+function isModelIR(model: Uint8Array | string | ModelIR): model is ModelIR {
+  return typeof model === 'object' && !(model instanceof Uint8Array);
+}
+
+/** Resolves true when `p` settles before `ms` pass, false otherwise; leaves no timer behind. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
+  try {
+    return await Promise.race([p.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function checkNonNegative(name: string, v: number | undefined, integer = false): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (integer && !Number.isInteger(v))) {
+    throw new EngineError('invalid_input', `EnginePool ${name} must be a non-negative ${integer ? 'integer' : 'number'}, got ${v}`);
   }
 }
 
@@ -90,9 +169,20 @@ export class EnginePool {
   }
 
   private readonly workers: PoolWorker[] = [];
+  /** Every thread this pool started, replaced ones included. */
+  private threads: PoolWorker[] = [];
   private readonly handles = new Map<string, Promise<EngineHandle>>();
+  /** The source and options of every key loaded (or loading), to re-open it on a replacement thread. */
+  private readonly models = new Map<string, ModelEntry>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly sessionOptions: SessionOptions;
+  private readonly closeTimeoutMs: number;
+  private readonly maxRestarts: number;
+  private readonly restartWindowMs: number;
+  /** When worker threads died (performance.now()), within the restart window. */
+  private deaths: number[] = [];
+  private replaced = 0;
+  private broken?: EngineError;
   private nextId = 1;
   private closing?: Promise<void>;
 
@@ -104,13 +194,17 @@ export class EnginePool {
   constructor(opts: EnginePoolOptions = {}) {
     const size = opts.size ?? 1;
     if (!Number.isInteger(size) || size < 1) throw new EngineError('invalid_input', `EnginePool size must be a positive integer, got ${size}`);
+    checkNonNegative('closeTimeoutMs', opts.closeTimeoutMs);
+    checkNonNegative('maxRestarts', opts.maxRestarts, true);
+    checkNonNegative('restartWindowMs', opts.restartWindowMs);
+    this.closeTimeoutMs = opts.closeTimeoutMs ?? DEFAULT_CLOSE_TIMEOUT_MS;
+    this.maxRestarts = opts.maxRestarts ?? DEFAULT_MAX_RESTARTS;
+    this.restartWindowMs = opts.restartWindowMs ?? DEFAULT_RESTART_WINDOW_MS;
     this.sessionOptions = { ...opts.sessionOptions };
     if (this.sessionOptions.intraOpThreads === undefined && size > 1) {
       this.sessionOptions.intraOpThreads = Math.max(1, Math.floor(cpus().length / size));
     }
-    for (let i = 0; i < size; i++) {
-      this.workers.push(new PoolWorker((w, why) => w.failAll(why)));
-    }
+    for (let i = 0; i < size; i++) this.workers.push(this.spawn());
     EnginePool.opened++;
   }
 
@@ -123,14 +217,71 @@ export class EnginePool {
     return this.workers.length;
   }
 
+  /** Dead worker threads replaced so far. */
+  get restarts(): number {
+    return this.replaced;
+  }
+
+  /** Set once threads died too often to be replaced: every load and run is refused with it. */
+  get failure(): EngineError | undefined {
+    return this.broken;
+  }
+
+  /**
+   * Threads of this pool that have not ended. After close() only threads it gave up waiting for: each
+   * ends when its native call returns. A process that exits before then waits for that call and then
+   * aborts (onnxruntime-node cannot return into a thread that is being stopped).
+   */
+  get runningThreads(): number {
+    return this.threads.filter((w) => !w.exited).length;
+  }
+
+  /** The worker threads' ids now (a replaced thread has a new one). */
+  get threadIds(): number[] {
+    return this.workers.map((w) => w.worker.threadId);
+  }
+
+  private spawn(): PoolWorker {
+    const w = new PoolWorker((dead, why) => this.onDeath(dead, why));
+    this.threads = [...this.threads.filter((t) => !t.exited), w];
+    return w;
+  }
+
+  private onDeath(w: PoolWorker, why: string): void {
+    if (!w.alive) return;
+    if (w.stopping || this.closing) {
+      w.fail(new EngineError('aborted', `${why} while the engine pool closed; retry on a new pool`));
+      return;
+    }
+    const now = performance.now();
+    this.deaths = this.deaths.filter((t) => now - t < this.restartWindowMs);
+    this.deaths.push(now);
+    if (this.deaths.length > this.maxRestarts) {
+      this.broken ??= new EngineError(
+        'runtime_unavailable',
+        `engine worker threads died ${this.deaths.length} times within ${Math.round(this.restartWindowMs / 1000)} s (last: ${why}); ` +
+          'the pool no longer replaces them: this process cannot run the engine reliably, restart it',
+        { deaths: this.deaths.length, windowMs: this.restartWindowMs },
+      );
+      w.fail(this.broken);
+      return;
+    }
+    // Only what was in flight on this thread fails; the job is fine and can be retried.
+    w.fail(new EngineError('aborted', `${why}; the request was in flight on it and can be retried (the pool started a replacement thread)`));
+    this.workers[this.workers.indexOf(w)] = this.spawn();
+    this.replaced++;
+  }
+
   private live(): PoolWorker[] {
     const live = this.workers.filter((w) => w.alive);
-    if (live.length === 0) throw new EngineError('runtime_unavailable', 'every engine worker has died; create a new EnginePool (see the earlier runtime_failed error for the cause)');
+    if (live.length === 0) throw this.broken ?? new EngineError('runtime_unavailable', 'every engine worker thread has died; create a new EnginePool');
     return live;
   }
 
   private send(w: PoolWorker, req: PoolRequest, transfer: ArrayBuffer[] = []): Promise<unknown> {
-    const p = new Promise<unknown>((resolve, reject) => {
+    // A thread that died between picking it and sending: the message would go nowhere and never be answered.
+    if (!w.alive) return Promise.reject(w.error ?? new EngineError('aborted', 'the engine worker thread stopped; retry'));
+    return new Promise<unknown>((resolve, reject) => {
       w.pending.set(req.id, { resolve, reject });
       try {
         try {
@@ -145,6 +296,10 @@ export class EnginePool {
         reject(new EngineError('invalid_input', `cannot send the request to the engine worker: ${(e as Error).message}`));
       }
     });
+  }
+
+  /** Remembers `p` until it settles, so close() can wait for it. */
+  private track<T>(p: Promise<T>): Promise<T> {
     this.inflight.add(p);
     const done = (): void => void this.inflight.delete(p);
     p.then(done, done);
@@ -155,30 +310,74 @@ export class EnginePool {
     if (this.closing) throw new EngineError('aborted', 'the engine pool is closed; create a new EnginePool');
   }
 
-  /**
-   * Load `model` (ONNX bytes, or a path — use a path for models with external data) under `key` in every
-   * worker. A second load of the same key returns the cached handle without reloading, even if `model`
-   * differs: pick keys that identify the model (e.g. a content hash or file path plus variant).
-   */
-  load(key: string, model: Uint8Array | string, opts: SessionOptions = {}, loadOpts: LoadOptions = {}): Promise<EngineHandle> {
+  private checkUsable(): void {
     this.checkOpen();
+    if (this.broken) throw this.broken;
+  }
+
+  /** Sends a load of `key` to `w` and records it as `w`'s session (dropped again if it fails). */
+  private loadOn(w: PoolWorker, key: string, entry: ModelEntry, transfer: ArrayBuffer[] = []): Promise<unknown> {
+    const req: PoolRequest = { id: this.nextId++, type: 'load', key, model: entry.source, options: entry.options };
+    if (transfer.length > 0) req.returnBytes = true;
+    const p = this.send(w, req, transfer);
+    w.sessions.set(key, p);
+    p.catch(() => {
+      if (w.sessions.get(key) === p) w.sessions.delete(key);
+    });
+    return p;
+  }
+
+  /**
+   * Load `model` under `key` in every worker: ONNX bytes, a path (for models with external data), or a
+   * graph as IR, which the worker serializes itself so that the caller's thread does not (seconds at
+   * ViT-B/32 size). A second load of the same key returns the cached handle without reloading, even if
+   * `model` differs: pick keys that identify the model (e.g. a content hash or file path plus variant).
+   *
+   * The pool keeps `model` (the IR or bytes by reference, moved bytes as the worker hands them back)
+   * until the key is unloaded, to re-open it on a thread that replaces a dead one. An IR whose weights
+   * live in SharedArrayBuffers (see shared-memory.ts) costs little to keep and nothing to send.
+   */
+  load(key: string, model: Uint8Array | string | ModelIR, opts: SessionOptions = {}, loadOpts: LoadOptions = {}): Promise<EngineHandle> {
+    this.checkUsable();
     const cached = this.handles.get(key);
     if (cached) return cached;
     const options = { ...this.sessionOptions, ...opts };
+    const source: ModelSource = isModelIR(model)
+      ? { kind: 'graph', model, inlineLimitBytes: loadOpts.inlineLimitBytes ?? DEFAULT_INLINE_LIMIT_BYTES, tempDir: loadOpts.tempDir ?? tmpdir() }
+      : model;
+    const entry: ModelEntry = { source, options };
     const workers = this.live();
     // Bytes are copied to each worker (structured clone); a buffer can be transferred only once, so
     // with transfer the last worker gets the original and the others copies (made before it moves).
     const movable =
-      loadOpts.transfer && typeof model !== 'string' && model.buffer instanceof ArrayBuffer && model.byteOffset === 0 && model.byteLength === model.buffer.byteLength && model.byteLength > 0
+      loadOpts.transfer && model instanceof Uint8Array && model.buffer instanceof ArrayBuffer && model.byteOffset === 0 && model.byteLength === model.buffer.byteLength && model.byteLength > 0
         ? [model.buffer]
         : [];
-    const loading = Promise.all(
-      workers.map((w, i) => this.send(w, { id: this.nextId++, type: 'load', key, model, options }, i === workers.length - 1 ? movable : [])),
-    ).then((results) => this.makeHandle(key, results[0] as LoadResult));
+    const attempts = workers.map((w, i) => this.loadOn(w, key, entry, i === workers.length - 1 ? movable : []));
+    const loading = this.track(
+      Promise.all(attempts).then((results) => {
+        const moved = (results as LoadResult[]).find((r) => r.bytes)?.bytes;
+        if (moved) entry.source = moved;
+        return this.makeHandle(key, results[0] as LoadResult);
+      }),
+    );
     this.handles.set(key, loading);
-    // A failed load is not cached, so the caller can fix the model and retry under the same key.
+    this.models.set(key, entry);
+    // A failed load is not cached, so the caller can fix the model and retry under the same key; the
+    // threads where it did open (one thread died during the load, say) close it again.
     loading.catch(() => {
       if (this.handles.get(key) === loading) this.handles.delete(key);
+      if (this.models.get(key) === entry) this.models.delete(key);
+      workers.forEach((w, i) =>
+        attempts[i]!.then(
+          () => {
+            if (w.sessions.get(key) !== attempts[i] || this.closing) return; // a later load of the key replaced it
+            w.sessions.delete(key);
+            this.send(w, { id: this.nextId++, type: 'unload', key }).catch(() => undefined);
+          },
+          () => undefined,
+        ),
+      );
     });
     return loading;
   }
@@ -194,11 +393,29 @@ export class EnginePool {
 
   private run(key: string, feeds: Record<string, TensorData>, fetches?: string[], opts: RunOptions = {}): Promise<Record<string, TensorData>> {
     try {
-      this.checkOpen();
-      // least in-flight requests first: a busy worker's queue waits behind a blocking run
-      const w = this.live().reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+      this.checkUsable();
+      // least busy first: a busy worker's queue waits behind a blocking run
+      const w = this.live().reduce((a, b) => (b.load < a.load ? b : a));
       const transfer = opts.transfer ? transferablesOf(Object.values(feeds)) : [];
-      return this.send(w, { id: this.nextId++, type: 'run', key, feeds, fetches }, transfer) as Promise<Record<string, TensorData>>;
+      const send = () => this.send(w, { id: this.nextId++, type: 'run', key, feeds, fetches }, transfer) as Promise<Record<string, TensorData>>;
+      const entry = this.models.get(key);
+      // A thread that replaced a dead one opens the key on its first run there.
+      const ready = w.sessions.get(key) ?? (entry ? this.loadOn(w, key, entry) : undefined);
+      // Without a session or a source the worker answers why (the key was never loaded, or unloaded).
+      if (!ready) return this.track(send());
+      w.waiting++;
+      return this.track(
+        ready.then(
+          () => {
+            w.waiting--;
+            return send();
+          },
+          (e: unknown) => {
+            w.waiting--;
+            throw e;
+          },
+        ),
+      );
     } catch (e) {
       return Promise.reject(e);
     }
@@ -210,19 +427,68 @@ export class EnginePool {
     const h = this.handles.get(key);
     if (!h) return;
     this.handles.delete(key);
+    this.models.delete(key);
     await h.catch(() => undefined);
-    await Promise.all(this.live().map((w) => this.send(w, { id: this.nextId++, type: 'unload', key })));
+    await Promise.all(
+      this.live().map(async (w) => {
+        const opening = w.sessions.get(key);
+        w.sessions.delete(key);
+        // A re-open in flight on a replacement thread would open the session after this unload.
+        await opening?.catch(() => undefined);
+        return this.send(w, { id: this.nextId++, type: 'unload', key });
+      }),
+    );
   }
 
-  /** Stop taking work, wait for what is in flight, release sessions and end the workers. Idempotent. */
+  /**
+   * Tests only: ends worker thread `index` as a crash would: an uncaught error in it ('throw'),
+   * process.exit inside it ('exit'), or ended from outside ('terminate': only on an idle thread, since
+   * a thread stopped inside onnxruntime aborts the whole process when the native call returns).
+   */
+  crashWorkerForTest(index: number, how: 'throw' | 'exit' | 'terminate' = 'throw'): void {
+    const w = this.workers[index];
+    if (!w) throw new EngineError('invalid_input', `no worker ${index} in a pool of ${this.workers.length}`);
+    if (how === 'terminate') void w.worker.terminate();
+    else w.worker.postMessage({ id: this.nextId++, type: 'crash', how } satisfies PoolRequest);
+  }
+
+  /**
+   * Stop taking work, wait up to closeTimeoutMs for what is in flight, release sessions and end the
+   * workers; work still in flight after that fails as `aborted`. Idempotent.
+   */
   close(): Promise<void> {
-    this.closing ??= (async () => {
-      while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
-      await Promise.allSettled(this.workers.filter((w) => w.alive).map((w) => this.send(w, { id: this.nextId++, type: 'close' })));
-      for (const w of this.workers) w.alive = false;
-      await Promise.all(this.workers.map((w) => w.worker.terminate()));
-      EnginePool.opened--;
-    })();
+    this.closing ??= this.shutDown();
     return this.closing;
+  }
+
+  private async shutDown(): Promise<void> {
+    const deadline = performance.now() + this.closeTimeoutMs;
+    const drain = async () => {
+      while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+    };
+    if (await settlesWithin(drain(), deadline - performance.now())) {
+      const released = Promise.allSettled(this.workers.filter((w) => w.alive).map((w) => this.send(w, { id: this.nextId++, type: 'close' })));
+      await settlesWithin(released, deadline - performance.now());
+    }
+    const cut = new EngineError(
+      'aborted',
+      `the engine pool closed after waiting ${this.closeTimeoutMs} ms for work in flight (a run that does not return: a hung device or native call); retry it`,
+    );
+    const ended: Promise<unknown>[] = [];
+    for (const w of this.workers) {
+      w.stopping = true;
+      // A request still unanswered may be inside onnxruntime. A thread terminated there aborts the whole
+      // process when the native call returns ("terminate called after throwing an instance of
+      // 'Napi::Error'"), so such a thread is asked to exit once it is back, and let go of (unref) so that
+      // it cannot keep the process alive if the call never returns. An idle thread is simply ended.
+      const busy = w.alive && w.pending.size > 0;
+      if (w.alive) w.fail(cut);
+      if (busy) {
+        w.worker.postMessage({ id: this.nextId++, type: 'exit' } satisfies PoolRequest);
+        w.worker.unref();
+      } else ended.push(w.worker.terminate());
+    }
+    await settlesWithin(Promise.allSettled(ended), TERMINATE_GRACE_MS);
+    EnginePool.opened--;
   }
 }
