@@ -266,8 +266,9 @@ export class ClipEngine {
 
   /**
    * What this model cannot read of the prompts, in words a caller can act on: words outside its
-   * vocabulary (they become the unknown token) and prompts cut at its context length. Encoding does
-   * both silently, as CLIP does, so this is how a user learns why "a cat" draws nothing cat-like.
+   * vocabulary (they become the unknown token), prompts cut at its context length, and the special
+   * tokens' texts typed into a prompt (after "<|endoftext|>" it reads nothing). Encoding does all of it
+   * silently, as CLIP does, so this is how a user learns why "a cat" draws nothing cat-like.
    */
   promptWarnings(texts: readonly string[]): string[] {
     const L = this.bundle.arch.contextLength;
@@ -279,6 +280,9 @@ export class ClipEngine {
         warnings.push(`${JSON.stringify(text)}: model ${this.name} does not know ${r.unknownWords.length === 1 ? 'the word' : 'the words'} ${words}, so it cannot draw ${r.unknownWords.length === 1 ? 'it' : 'them'}`);
       }
       if (r.truncated) warnings.push(`${JSON.stringify(text)}: ${r.tokens} tokens, more than model ${this.name}'s context of ${L}; it reads only the first ${L - 2}`);
+      // Typed into a prompt, the special tokens' texts are read as those tokens (as openai/CLIP does).
+      if (r.endTokenText) warnings.push(`${JSON.stringify(text)}: contains ${JSON.stringify(r.endTokenText)}, which model ${this.name} reads as its end token: it ignores everything after it`);
+      if (r.startTokenText) warnings.push(`${JSON.stringify(text)}: contains ${JSON.stringify(r.startTokenText)}, which model ${this.name} reads as its start token, not as words`);
     }
     return warnings;
   }
@@ -334,8 +338,8 @@ export class ClipEngine {
    * Unit text embeddings [E] of texts asked about job after job (the output policy's concepts),
    * cached by text, the least recently used dropped past CONCEPT_CACHE_SIZE. null for a text the
    * model cannot read whole: a word outside its vocabulary (its embedding would rest on the unknown
-   * token), nothing left after cleaning, or more tokens than its context (the end would be cut off
-   * unseen). A check against such an embedding would mean nothing.
+   * token), nothing left after cleaning (or before a literal "<|endoftext|>"), or more tokens than its
+   * context (the end would be cut off unseen). A check against such an embedding would mean nothing.
    */
   async conceptEmbeddings(texts: readonly string[]): Promise<Array<Float32Array | null>> {
     const L = this.bundle.arch.contextLength;
@@ -347,7 +351,7 @@ export class ClipEngine {
     const readable: string[] = [];
     for (const t of missing) {
       const r = this.tokenizer.inspect(t, L);
-      if (r.unknownWords.length === 0 && !r.truncated && r.tokens > 2) readable.push(t);
+      if (r.unknownWords.length === 0 && !r.truncated && r.tokens > 2 && !r.nothingBeforeEnd) readable.push(t);
       else found.set(t, null);
     }
     // One at a time, through the batch-1 text graph every prompt compiles anyway: a larger batch would

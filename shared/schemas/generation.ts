@@ -1,5 +1,5 @@
 import { z } from '@hono/zod-openapi';
-import { cleanClipText } from '../text-clean.ts';
+import { CLIP_END_TOKEN_TEXT, CLIP_START_TOKEN_TEXT, cleanClipText, clipReadsNothing } from '../text-clean.ts';
 import { MODEL_NAME_PATTERN, RESOURCE_ID_PATTERN } from './common.ts';
 
 export const PROMPT_MAX_CHARS = 300;
@@ -135,7 +135,10 @@ function checkRequestOnly(
       ctx.addIssue({ code: 'custom', path, message: NOT_WELL_FORMED });
       continue;
     }
-    if (cleanClipText(text) === '') ctx.addIssue({ code: 'custom', path, message: 'is empty once read as the model reads it (HTML entities, control characters and whitespace removed)' });
+    const cleaned = cleanClipText(text);
+    if (cleaned === '') ctx.addIssue({ code: 'custom', path, message: 'is empty once read as the model reads it (HTML entities, control characters and whitespace removed)' });
+    // "<|endoftext|> a cat": the model reads its end token first and nothing after it.
+    else if (clipReadsNothing(text)) ctx.addIssue({ code: 'custom', path, message: cleaned.includes(CLIP_END_TOKEN_TEXT) ? `is empty once read as the model reads it: nothing comes before "${CLIP_END_TOKEN_TEXT}", its end token, after which it reads nothing` : `is empty once read as the model reads it: it holds only "${CLIP_START_TOKEN_TEXT}", the model's start token` });
   }
   const positiveSum = (req.prompts ?? []).reduce((sum, p) => (p.weight > 0 ? sum + p.weight : sum), 0);
   (req.prompts ?? []).forEach((p, i) => {

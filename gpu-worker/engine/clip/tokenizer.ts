@@ -7,7 +7,7 @@
 // - The library does the vocabulary and the BPE merges (its BPE model honours
 //   `end_of_word_suffix: "</w>"`), and the whole pipeline for non-CLIP tokenizers.
 // - Done here in TS, because the library cannot reproduce the official CLIP pipeline:
-//   * text cleaning (ftfy subset, html.unescape ×2, Python whitespace/lower), see shared/text-clean.ts (shared: the prompt policy reads prompts the same way);
+//   * text cleaning (ftfy's fix_text reimplemented, html.unescape ×2, Python whitespace/lower), see shared/text-clean.ts (shared: the prompt policy reads prompts the same way);
 //     the library has no ftfy/HTML step, and its NFC/\s+/Lowercase normalizer differs from
 //     Python's at the edges (JS \s includes U+FEFF), so for tokenizers whose normalizer only does
 //     those steps we drop it: the cleaning here subsumes it.
@@ -36,8 +36,9 @@ export interface EncodeOptions {
   /** Default true: keep sot + first (contextLength-2) tokens + eot. False: throw if too long. */
   truncate?: boolean;
   /**
-   * Default false: an empty or whitespace-only prompt is an error. True: encode it as [sot, eot]
-   * like openai/CLIP does (used to compare against the reference vectors).
+   * Default false: an empty or whitespace-only prompt is an error, and so is one with nothing before
+   * a literal end token ("<|endoftext|> a cat": the model reads no further). True: encode it as
+   * openai/CLIP does (used to compare against the reference vectors).
    */
   allowEmpty?: boolean;
 }
@@ -110,12 +111,28 @@ export interface PromptInspection {
   unknownWords: string[];
   /** Whether the prompt is longer than the context length (the model reads only its start). */
   truncated: boolean;
+  /**
+   * The end token's text ("<|endoftext|>") when the prompt holds it where the tokenizer reads it as
+   * that token (as openai/CLIP does): the model pools its features at the first end token, so it
+   * ignores everything after it.
+   */
+  endTokenText?: string;
+  /** Likewise the start token's text ("<|startoftext|>"): read as the start token, not as words. */
+  startTokenText?: string;
+  /**
+   * True when the prompt holds the end token with nothing before it but start tokens: the model reads
+   * it as an empty prompt (encode refuses it as it refuses an empty one). Absent otherwise.
+   */
+  nothingBeforeEnd?: true;
 }
 
 export class TextTokenizer {
   readonly sotId: number;
   readonly eotId: number;
   readonly vocabSize: number;
+  /** The start and end tokens' texts (their names among the added tokens). */
+  readonly sotText: string;
+  readonly eotText: string;
   /** 'clip-bpe': byte-level BPE following openai/CLIP exactly; 'generic': the tokenizer.json pipeline. */
   readonly mode: 'clip-bpe' | 'generic';
   private readonly hf: Tokenizer;
@@ -156,6 +173,8 @@ export class TextTokenizer {
     if (missing.length) bad(`missing special token(s) ${missing.map((x) => JSON.stringify(x)).join(', ')} in added_tokens`);
     this.sotId = sot!;
     this.eotId = eot!;
+    this.sotText = sotName;
+    this.eotText = eotName;
     // The text tower pools at the first end token: were it the start token's id (or a word's), every
     // prompt would pool at position 0 (or at that word) and embed alike, ignoring what it says.
     if (sot === eot) bad(`the start token ${JSON.stringify(sotName)} and the end token ${JSON.stringify(eotName)} share id ${sot}; they must have ids of their own (the model pools its text features at the end token)`);
@@ -272,7 +291,23 @@ export class TextTokenizer {
         if (enc.ids[i] === this.unkId && !unknownWords.includes(enc.tokens[i])) unknownWords.push(enc.tokens[i]);
       }
     }
-    return { tokens: ids.length + 2, unknownWords, truncated: ids.length + 2 > contextLength };
+    return {
+      tokens: ids.length + 2,
+      unknownWords,
+      truncated: ids.length + 2 > contextLength,
+      ...(ids.includes(this.eotId) ? { endTokenText: this.eotText } : {}),
+      ...(ids.includes(this.sotId) ? { startTokenText: this.sotText } : {}),
+      ...(ids.includes(this.eotId) && this.readsNothing(ids) ? { nothingBeforeEnd: true as const } : {}),
+    };
+  }
+
+  /** Whether token ids (without the added start/end) hold nothing but start tokens (before the first end token, if any). */
+  private readsNothing(ids: readonly number[]): boolean {
+    for (const id of ids) {
+      if (id === this.eotId) return true;
+      if (id !== this.sotId) return false;
+    }
+    return true;
   }
 
   /** [sot, ...ids, eot] zero-padded to contextLength (default 77). */
@@ -315,8 +350,15 @@ export class TextTokenizer {
   private encodeInto(text: string, opts: EncodeOptions, out: Int32Array, _row: number): void {
     const ctx = out.length;
     const ids = this.tokenize(text);
-    if (ids.length === 0 && !opts.allowEmpty) {
-      throw new EngineError('invalid_input', 'prompt is empty (or only whitespace/control characters after cleaning)');
+    if (!opts.allowEmpty && this.readsNothing(ids)) {
+      throw new EngineError(
+        'invalid_input',
+        ids.length === 0
+          ? 'prompt is empty (or only whitespace/control characters after cleaning)'
+          : ids.includes(this.eotId)
+            ? `prompt is empty before its first ${JSON.stringify(this.eotText)}, the end token, where the model stops reading`
+            : `prompt has no words, only ${JSON.stringify(this.sotText)}, the start token`,
+      );
     }
     const total = ids.length + 2;
     if (total > ctx) {
