@@ -12,9 +12,19 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The embedded default model bundle (trained by the project, shipped in the repo). */
 export const DEFAULT_MODEL_DIR = join(REPO_ROOT, 'models', 'toy');
 
-/** The command line itself is wrong (a missing argument, flags that exclude each other): exit 2 with the usage, as parseArgs errors do. */
+/**
+ * The command line itself is wrong (a missing argument, flags that exclude each other, a flag's value
+ * out of its range): exit 2 with the usage, as parseArgs errors do. `brief`: a usage error that is not
+ * about the command line's shape (no API key configured, a bad line in a file of requests): exit 2
+ * with the message and a one-line pointer to --help, not the whole usage, which would hide it.
+ */
 export class UsageError extends Error {
   override readonly name = 'UsageError';
+  readonly brief: boolean;
+  constructor(message: string, options: { brief?: boolean } = {}) {
+    super(message);
+    this.brief = options.brief ?? false;
+  }
 }
 
 /**
@@ -40,7 +50,7 @@ export function intArg(value: string | undefined, name: string, def: number, min
   if (value === undefined) return def;
   // Decimal digits only: Number() would also take "", " ", "0x10" and "1e3".
   const n = /^-?\d+$/.test(value) ? Number(value) : Number.NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new EngineError('invalid_input', `--${name} must be an integer in [${min}, ${max}], got "${value}"`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer in [${min}, ${max}], got "${value}"`);
   return n;
 }
 
@@ -53,7 +63,7 @@ export function decimalNumber(value: string): number {
 export function numberArg(value: string | undefined, name: string, def: number | undefined, min: number, max: number): number | undefined {
   if (value === undefined) return def;
   const n = decimalNumber(value);
-  if (!Number.isFinite(n) || n < min || n > max) throw new EngineError('invalid_input', `--${name} must be a number in [${min}, ${max}], got "${value}"`);
+  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} must be a number in [${min}, ${max}], got "${value}"`);
   return n;
 }
 

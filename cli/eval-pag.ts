@@ -7,7 +7,7 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { PAG_OUTPUT_SUFFIXES, PAG_PROMPTS, evalPag, pagMarkdown, writePagOutputs } from '../gpu-worker/engine/toy/eval-pag.ts';
 import { checkRecipeDefaults } from '../gpu-worker/engine/clip/bundle.ts';
 import { type Recipe } from '../gpu-worker/engine/synth/recipe.ts';
-import { REPO_ROOT, intArg, outputFile } from './common.ts';
+import { REPO_ROOT, UsageError, intArg, outputFile } from './common.ts';
 
 function parseRecipeArg(text: string | undefined): Partial<Recipe> {
   if (text === undefined) return {};
@@ -15,7 +15,7 @@ function parseRecipeArg(text: string | undefined): Partial<Recipe> {
   try {
     raw = JSON.parse(text);
   } catch {
-    throw new EngineError('invalid_input', `--recipe must be a JSON object, e.g. '{"flip":true}'; got ${JSON.stringify(text)}`);
+    throw new UsageError(`--recipe must be a JSON object, e.g. '{"flip":true}'; got ${JSON.stringify(text)}`);
   }
   return checkRecipeDefaults(raw);
 }
@@ -55,7 +55,7 @@ export async function run(argv: string[]): Promise<number> {
   if (values.steps !== undefined) recipe.steps = intArg(values.steps, 'steps', 100, 1, 1000);
   if (values.views !== undefined) {
     const m = /^(\d+),(\d+)$/.exec(values.views);
-    if (!m) throw new EngineError('invalid_input', '--views must look like 32,32');
+    if (!m) throw new UsageError(`--views must look like 32,32, got "${values.views}"`);
     recipe.globalViews = Number(m[1]);
     recipe.patchViews = Number(m[2]);
   }

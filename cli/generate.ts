@@ -15,9 +15,10 @@ export const summary = 'make an image from a text prompt (no generator: CLIP-gui
 export const usage = `usage: clipag generate "PROMPT" [options]
 
   --negative TEXT     push away from TEXT (repeatable)
-  --model DIR         model bundle (default: models/toy, the embedded robust mini-CLIP)
-  --steps N           optimization steps (default 100)
-  --size WxH          output size, multiples of 8 (default: the encoder size); larger sizes run coarse to fine
+  --model DIR         the model: a bundle's folder (default: models/toy, the embedded robust mini-CLIP)
+  --steps N           optimization steps (${LIMITS.steps[0]}-${LIMITS.steps[1]}, default 100)
+  --size WxH          output size: multiples of 8, ${LIMITS.side[0]}-${LIMITS.side[1]} a side, at most ${LIMITS.pixels} pixels
+                      (default: the encoder size); larger sizes run coarse to fine
   --seed S            uint32 seed (default: random, printed); the same seed gives the same PNG
   --init KIND         gmm (default) | noise | PATH.png (an init image)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
@@ -32,7 +33,8 @@ export const usage = `usage: clipag generate "PROMPT" [options]
                       image its output rules withhold is not written, and the command fails (as the job would)
   --json              print a JSON summary on stdout
 
-Exit status: 0 written, 1 bad input or a failed run, 2 bad usage, 3 withheld by the output check.`;
+Exit status: 0 written, 1 bad input or a failed run, 2 bad usage (a flag's value out of its range too),
+3 withheld by the output check.`;
 
 /** The files --frames writes: frame-<step, 4 digits>.png. */
 const FRAME_FILE = /^frame-\d{4,}\.png$/;
@@ -40,24 +42,24 @@ const FRAME_FILE = /^frame-\d{4,}\.png$/;
 /** The exit status when the policy's output rules withhold the image (nothing is written). */
 export const WITHHELD_EXIT_CODE = 3;
 
-/** --size, checked against the engine's limits before any model loads. */
+/** --size, checked against the engine's limits before any model loads: a value out of them is a usage error (exit 2). */
 function parseSize(s: string): [number, number] {
   const m = /^(\d+)x(\d+)$/.exec(s);
-  if (!m) throw new EngineError('invalid_input', `--size must look like 512x384, got "${s}"`);
+  if (!m) throw new UsageError(`--size must look like 512x384, got "${s}"`);
   const [w, h] = [Number(m[1]), Number(m[2])];
   for (const v of [w, h]) {
-    if (v < LIMITS.side[0] || v > LIMITS.side[1] || v % 8 !== 0) throw new EngineError('invalid_input', `--size ${s}: each side must be a multiple of 8 in [${LIMITS.side[0]}, ${LIMITS.side[1]}]`);
+    if (v < LIMITS.side[0] || v > LIMITS.side[1] || v % 8 !== 0) throw new UsageError(`--size ${s}: each side must be a multiple of 8 in [${LIMITS.side[0]}, ${LIMITS.side[1]}]`);
   }
-  if (w * h > LIMITS.pixels) throw new EngineError('invalid_input', `--size ${s} is ${w * h} pixels; the limit is ${LIMITS.pixels}`);
+  if (w * h > LIMITS.pixels) throw new UsageError(`--size ${s} is ${w * h} pixels; the limit is ${LIMITS.pixels}`);
   return [w, h];
 }
 
 /** --views G,P, checked before any model loads. */
 function parseViews(s: string): { globalViews: number; patchViews: number } {
   const m = /^(\d+),(\d+)$/.exec(s);
-  if (!m) throw new EngineError('invalid_input', `--views must look like 32,32, got "${s}"`);
+  if (!m) throw new UsageError(`--views must look like 32,32, got "${s}"`);
   const [g, p] = [Number(m[1]), Number(m[2])];
-  if (g > LIMITS.views[1] || p > LIMITS.views[1] || g + p < 1) throw new EngineError('invalid_input', `--views ${s}: each count at most ${LIMITS.views[1]}, and at least one view`);
+  if (g > LIMITS.views[1] || p > LIMITS.views[1] || g + p < 1) throw new UsageError(`--views ${s}: each count at most ${LIMITS.views[1]}, and at least one view`);
   return { globalViews: g, patchViews: p };
 }
 
@@ -115,11 +117,11 @@ export async function run(argv: string[]): Promise<number> {
   const strengthArg = numberArg(values.strength, 'strength', undefined, 0, 1);
   const contentWeightArg = numberArg(values['content-weight'], 'content-weight', undefined, 0, 1e6);
   const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);
-  const steps = intArg(values.steps, 'steps', 100, 1, 1000);
+  const steps = intArg(values.steps, 'steps', 100, LIMITS.steps[0], LIMITS.steps[1]);
   const askedSize = values.size === undefined ? undefined : parseSize(values.size);
   const views = values.views === undefined ? undefined : parseViews(values.views);
   // The engine takes 8 prompts in all: the prompt and up to 7 negatives.
-  if ((values.negative?.length ?? 0) > 7) throw new EngineError('invalid_input', `--negative: at most 7 (the model takes 8 prompts in all), got ${values.negative!.length}`);
+  if ((values.negative?.length ?? 0) > 7) throw new UsageError(`--negative: at most 7 (the model takes 8 prompts in all), got ${values.negative!.length}`);
   if (values.frames === '') throw new UsageError('--frames needs a folder');
   // Read now, after the flags: a missing file must not wait for the model to load.
   let initBytes: Uint8Array | undefined;

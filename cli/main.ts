@@ -22,11 +22,16 @@ const VERBS: Record<string, () => Promise<Verb>> = {
   'eval-pag': () => import('./eval-pag.ts'),
 };
 
+/** The top-level usage: the verbs, each with its summary. */
+async function verbList(): Promise<string> {
+  const lines = await Promise.all(Object.entries(VERBS).map(async ([name, load]) => `  ${name.padEnd(12)} ${(await load()).summary}`));
+  return `usage: clipag <verb> [options]\n\nverbs:\n${lines.join('\n')}\n\nclipag <verb> --help shows a verb's options.`;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
   if (!verb || verb === '--help' || verb === '-h' || verb === 'help') {
-    const lines = await Promise.all(Object.entries(VERBS).map(async ([name, load]) => `  ${name.padEnd(12)} ${(await load()).summary}`));
-    const text = `usage: clipag <verb> [options]\n\nverbs:\n${lines.join('\n')}\n\nclipag <verb> --help shows a verb's options.`;
+    const text = await verbList();
     // Asked for (--help, -h, help): the answer, on stdout, exit 0. No verb at all is a usage error:
     // stderr and exit 2, as every verb's usage error is (stdout stays for what a command produces).
     if (verb) console.log(text);
@@ -35,7 +40,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const load = VERBS[verb];
   if (!load) {
-    console.error(`clipag: unknown verb "${verb}" (known: ${Object.keys(VERBS).join(', ')})`);
+    // A wrong command line: the usage, as for no verb, after what was wrong.
+    console.error(`clipag: unknown verb "${verb}"\n\n${await verbList()}`);
     return 2;
   }
   const mod = await load();
@@ -49,6 +55,11 @@ export async function main(argv: string[]): Promise<number> {
     if (isEngineError(e)) {
       console.error(`clipag ${verb}: ${e.message} [${e.code}]`);
       return 1;
+    }
+    if (e instanceof UsageError && e.brief) {
+      // Not the command line's shape (no key configured, a bad line in a file): the whole usage would hide the message.
+      console.error(`clipag ${verb}: ${e.message}\n(clipag ${verb} --help shows the usage)`);
+      return 2;
     }
     if (e instanceof UsageError || (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))) {
       console.error(`clipag ${verb}: ${e.message}\n\n${mod.usage}`);

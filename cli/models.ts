@@ -115,7 +115,7 @@ async function runImport(argv: string[]): Promise<number> {
   let activation;
   if (values.activation !== undefined) {
     const a = ActivationSchema.safeParse(values.activation);
-    if (!a.success) throw new EngineError('invalid_input', `--activation must be quick_gelu or gelu, got "${values.activation}"`);
+    if (!a.success) throw new UsageError(`--activation must be quick_gelu or gelu, got "${values.activation}"`);
     activation = a.data;
   }
   const heads = (v: string | undefined, name: string) => (v === undefined ? undefined : intArg(v, name, 1, 1, 1024));

@@ -123,10 +123,10 @@ function lockDir(dir: string): () => void {
       closeSync(fd);
       return () => rmSync(path, { force: true });
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 0) throw new UsageError(`cannot lock ${dir} for this run (${path}): ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 0) throw new UsageError(`cannot lock ${dir} for this run (${path}): ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { brief: true });
       const pid = Number(readFileSync(path, 'utf8').trim());
       if (Number.isSafeInteger(pid) && pid > 0 && alive(pid)) {
-        throw new UsageError(`another run (pid ${pid}) is using ${dir}; wait for it, or give this one another -d (if no such run is going on, remove ${path})`);
+        throw new UsageError(`another run (pid ${pid}) is using ${dir}; wait for it, or give this one another -d (if no such run is going on, remove ${path})`, { brief: true });
       }
       rmSync(path, { force: true });
     }
@@ -200,13 +200,13 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
-    throw new UsageError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new UsageError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { brief: true });
   }
   // A byte-order mark, as Windows editors and spreadsheet exports write one.
   if (text.startsWith('\uFEFF')) text = text.slice(1);
   const raw = text.split(/\r?\n/).map((t, i) => ({ t, number: i + 1 })).filter(({ t }) => t.trim() !== '');
-  if (raw.length === 0) throw new UsageError(`${file} has no requests (one JSON object a line)`);
-  if (raw.length > MAX_BATCH_LINES) throw new UsageError(`${file} has ${raw.length} requests; a batch takes at most ${MAX_BATCH_LINES} (split the file)`);
+  if (raw.length === 0) throw new UsageError(`${file} has no requests (one JSON object a line)`, { brief: true });
+  if (raw.length > MAX_BATCH_LINES) throw new UsageError(`${file} has ${raw.length} requests; a batch takes at most ${MAX_BATCH_LINES} (split the file)`, { brief: true });
   const problems: string[] = [];
   const lines: Line[] = [];
   const ids = new Map<string, number>();
@@ -294,7 +294,8 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
   if (problems.length) {
     problems.sort((a, b) => Number(/\d+/.exec(a)![0]) - Number(/\d+/.exec(b)![0]));
     const shown = problems.slice(0, 20);
-    throw new UsageError(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}, nothing was sent:\n  ${shown.join('\n  ')}${problems.length > shown.length ? `\n  … and ${problems.length - shown.length} more` : ''}`);
+    // The file's problems, not the command line's: the whole usage after them would push them off the screen.
+    throw new UsageError(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}, nothing was sent:\n  ${shown.join('\n  ')}${problems.length > shown.length ? `\n  … and ${problems.length - shown.length} more` : ''}`, { brief: true });
   }
   return lines;
 }

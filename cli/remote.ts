@@ -13,11 +13,13 @@ import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTI
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, decimalNumber, outputFile, writeWhole } from './common.ts';
 
-export const summary = 'use a clipag API (deployed or local): generate, get or cancel, honouring Retry-After';
-export const usage = `usage: clipag remote generate "PROMPT" [options]
-       clipag remote get ID [-o out.png] [--json] [--timeout SEC]
-       clipag remote cancel ID [--json]
+export const summary = 'use a clipag API (deployed or local): generate, get, cancel, or run a batch file, honouring Retry-After';
+export const usage = `usage: clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
+           [--init KIND] [--strength X] [-o out.png] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]
+       clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]
+       clipag remote cancel ID [--timeout SEC] [--json]
        clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]
+       each also takes [--url URL] [--key KEY]
 
 generate: upload --init (if a file), create the generation (one Idempotency-Key, reused on every
 retry), wait for it (Prefer: wait), download its images, print id, status, seeds and scores.
@@ -61,7 +63,8 @@ second grant, counted toward the upload quota.
 Exit status: 0 done; 1 refused by the API (a content-policy refusal; a rate limit or quota whose
 Retry-After is past --timeout, named with when to retry, when no generation was made), a failed or
 canceled generation, or --timeout passed before any generation was made; 2 bad usage (a --url fetch
-will not use, too); 3 withheld by the output check (as clipag generate); 124 --timeout passed while a
+will not use, too), or no API key (no --key, no CLIPAG_API_KEY and, for a --url on this machine, no
+key file); 3 withheld by the output check (as clipag generate); 124 --timeout passed while a
 generation goes on (or may have been made, or its images are still to download): the printed command
 picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt).
 
@@ -94,7 +97,7 @@ refused: the API said no before any generation was made, error: the request coul
 seeds, clip_scores, withheld, cost_usd, error {code, message}, attempt.
 
 Exit status: 0 every line succeeded; 1 a line failed, was canceled, refused or could not be made
-(or the run stopped: a refused key, no API there); 2 bad usage, a bad line, or a URL fetch will not use; 3 images withheld by the output check (and nothing worse); 124 --timeout
+(or the run stopped: a refused key, no API there); 2 bad usage, a bad line, no API key, or a URL fetch will not use; 3 images withheld by the output check (and nothing worse); 124 --timeout
 passed with generations going on; 130 interrupted (Ctrl-C; generations go on); where several apply,
 the first of 130, 124, 1, 3.`;
 
@@ -204,14 +207,16 @@ function connection(values: { url?: string; key?: string }, env: RemoteIo['env']
     if (isLoopbackUrl(parsed)) key = readKeyFile(keyFile);
   }
   if (!key) {
+    // Configuration, not the command line's shape: the message and a pointer to --help, not the whole usage.
     throw new UsageError(
       `no API key for ${parsed.origin} (${urlSource}): pass --key KEY or set CLIPAG_API_KEY (a deployment's operator issues keys with \`clipag keys create\`)` +
         (isLoopbackUrl(parsed) ? `; for a local server, \`npm start\` writes one to ${keyFile}, which does not exist or is empty (CLIPAG_DATA_DIR moves it)` : ''),
+      { brief: true },
     );
   }
   key = key.trim();
   // A key with a space or a newline cannot go in a header; said without echoing it.
-  if (!/^[\x21-\x7e]+$/.test(key)) throw new UsageError(`the API key from ${keySource} holds characters no HTTP header can carry (is it the whole key, ck_…?)`);
+  if (!/^[\x21-\x7e]+$/.test(key)) throw new UsageError(`the API key from ${keySource} holds characters no HTTP header can carry (is it the whole key, ck_…?)`, { brief: true });
   const warning =
     parsed.protocol === 'http:' && !isLoopbackUrl(parsed)
       ? `clipag remote: warning: the API key goes to ${parsed.host} over plain http, readable by anyone on the way; use https (a deployment's API Gateway URL is https)`

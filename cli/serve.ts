@@ -26,9 +26,13 @@ Starts the HTTP API and the queue worker in one process on the local adapters. J
 keys persist under .data/ across restarts; queued jobs survive a restart. Prints a working curl
 example with a local API key (made on first start, kept in .data/local-api-key).
 
-  --port N     listen port (default $PORT or 8787)
+  --port N     listen port, 1-65535 (default $PORT or 8787)
   --data DIR   data folder (default $CLIPAG_DATA_DIR or .data)
-  --steps N    cap the optimization steps of every job (CPU demos); default: as requested`;
+  --steps N    cap the optimization steps of every job, 1-1000 (CPU demos); default: as requested
+
+Exit status: 0 stopped (Ctrl-C or SIGTERM, after draining the worker); 1 it could not start (the port
+in use, a data folder it cannot use, a bad setting in the environment); 2 bad usage (a flag's value
+out of its range too).`;
 
 export interface ServeHandle {
   url: string;
@@ -160,9 +164,11 @@ async function localApiKey(dataDir: string, keys: { create(a: { name: string; ow
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, data: { type: 'string' }, steps: { type: 'string' } }, strict: true });
-  const env = { ...process.env, ...(values.port ? { PORT: values.port } : {}), ...(values.data ? { CLIPAG_DATA_DIR: values.data } : {}) };
+  // The flags checked here, named as given (a bad --port is not reported as the PORT it would become).
+  const port = values.port === undefined ? undefined : intArg(values.port, 'port', 0, 1, 65_535);
   // A cap (min with each job's steps), validated before anything starts.
   const maxSteps = values.steps === undefined ? undefined : intArg(values.steps, 'steps', 0, 1, 1000);
+  const env = { ...process.env, ...(port !== undefined ? { PORT: String(port) } : {}), ...(values.data ? { CLIPAG_DATA_DIR: values.data } : {}) };
   const handle = await serve(env, { maxSteps });
   const k = handle.apiKey;
   process.stderr.write(

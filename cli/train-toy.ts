@@ -4,11 +4,10 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
-import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
 import { writeWorldPrior } from '../gpu-worker/engine/toy/prior.ts';
 import { zeroShotAccuracy } from '../gpu-worker/engine/toy/zero-shot.ts';
-import { REPO_ROOT, bundleOut, checkpointFile, decimalNumber, intArg, replaceFolder } from './common.ts';
+import { REPO_ROOT, UsageError, bundleOut, checkpointFile, decimalNumber, intArg, replaceFolder } from './common.ts';
 
 export const summary = 'train the toy mini-CLIP (robust or plain twin) on the procedural world and write a bundle';
 export const usage = `usage: clipag train-toy --variant robust|plain [options]
@@ -42,14 +41,14 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
 function num(v: string | undefined, name: string, def: number): number {
   if (v === undefined) return def;
   const n = decimalNumber(v);
-  if (!Number.isFinite(n) || n <= 0) throw new EngineError('invalid_input', `--${name} must be a positive number, got "${v}"`);
+  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`--${name} must be a positive number, got "${v}"`);
   return n;
 }
 
 function fraction(v: string | undefined, name: string, def: number): number {
   if (v === undefined) return def;
   const n = decimalNumber(v);
-  if (!Number.isFinite(n) || n < 0 || n >= 1) throw new EngineError('invalid_input', `--${name} must be a number in [0, 1), got "${v}"`);
+  if (!Number.isFinite(n) || n < 0 || n >= 1) throw new UsageError(`--${name} must be a number in [0, 1), got "${v}"`);
   return n;
 }
 
@@ -68,10 +67,10 @@ export async function run(argv: string[]): Promise<number> {
     strict: true,
   });
   const variant = values.variant;
-  if (variant !== 'robust' && variant !== 'plain') throw new EngineError('invalid_input', '--variant must be robust or plain');
+  if (variant !== 'robust' && variant !== 'plain') throw new UsageError('--variant must be robust or plain');
   const robust = variant === 'robust';
   const norm = values.norm ?? 'l2';
-  if (norm !== 'l2' && norm !== 'linf') throw new EngineError('invalid_input', '--norm must be l2 or linf');
+  if (norm !== 'l2' && norm !== 'linf') throw new UsageError('--norm must be l2 or linf');
   const base = defaultToyConfig(robust);
   const width = intArg(values.width, 'width', TOY_ARCH.visionWidth, 16, 512);
   const cfg = defaultToyConfig(robust, {

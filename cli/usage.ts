@@ -3,13 +3,13 @@
 // (the API then answers 409 and the worker's adds fail) or missed jobs whose adds failed.
 import { parseArgs } from 'node:util';
 import { storesFor } from '../shared/adapters/stores.ts';
-import { parseConfig } from '../shared/config.ts';
+import { parseConfig, type Config } from '../shared/config.ts';
 import { CorruptDocumentError, operatorMessage } from '../shared/errors.ts';
 import { BlobJobStore } from '../shared/jobstore.ts';
 import { MONTH_PATTERN, usageKey } from '../shared/keys.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
-import { MAX_KEYS_PER_DAY, readUsage, rebuildUsage, usageFromRecords, type DayUsage, type JobScan, type UsageFigures } from '../shared/usage.ts';
+import { MAX_KEYS_PER_DAY, monthCostUsd, readUsage, rebuildUsage, usageFromRecords, type DayUsage, type JobScan, type UsageFigures } from '../shared/usage.ts';
 import { refusal } from './common.ts';
 
 export const summary = "show an owner's usage ledger, audit it against the job records, or rebuild it from them";
@@ -17,7 +17,8 @@ export const usage = `usage: clipag usage show --owner ID [--month YYYY-MM] [--j
        clipag usage audit --owner ID [--month YYYY-MM] [--json]
        clipag usage rebuild --owner ID [--month YYYY-MM] [--skip-unreadable]
 
-  show     the ledger's days, as GET /v1/usage reads them
+  show     the ledger's days and their cost, as GET /v1/usage shows them: each job at the price kept
+           with it, the rest at the current CLIPAG_WORKER_HOURLY_USD (ADR 0022); unknown without one
   audit    compare the ledger with what the owner's job records show (every record is read);
            exit 0 when they agree, 3 when they differ or the ledger does not read
   rebuild  replace the ledger's month with what the records show: the repair for a ledger that does
@@ -33,7 +34,13 @@ const DIFFERS_EXIT_CODE = 3;
 
 type Day = DayUsage & { date: string };
 
-export async function run(argv: string[], blobs?: BlobStore, out: (line: string) => void = console.log, now: () => Date = () => new Date()): Promise<number> {
+export async function run(
+  argv: string[],
+  blobs?: BlobStore,
+  out: (line: string) => void = console.log,
+  now: () => Date = () => new Date(),
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     options: { owner: { type: 'string' }, month: { type: 'string' }, json: { type: 'boolean' }, 'skip-unreadable': { type: 'boolean' } },
@@ -54,12 +61,20 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
   const key = usageKey(owner, month);
 
   try {
-    const store = blobs ?? (await storesFor(parseConfig(process.env))).blobs;
+    // The store and the price from the environment, as the API reads them.
+    const config: Config = parseConfig(env);
+    const store = blobs ?? (await storesFor(config)).blobs;
     if (action === 'show') {
       const days = await readUsage(store, owner, month);
-      if (values.json) out(JSON.stringify({ owner, month, days }));
+      // The cost as GET /v1/usage computes it (one function): at the price kept with each job, the rest at today's.
+      const price = config.workerHourlyUsd;
+      const cost = monthCostUsd(days, price);
+      if (values.json) out(JSON.stringify({ owner, month, hourly_usd: price ?? null, cost_usd: cost.total, days: days.map((d, i) => ({ ...d, cost_usd: cost.days[i] ?? null })) }));
       else if (days.length === 0) out(`${key}: no usage recorded`);
-      else for (const d of days) out(formatDay(d));
+      else {
+        for (const [i, d] of days.entries()) out(`${formatDay(d)}; cost ${usd(cost.days[i] ?? null)}`);
+        out(`${key}: cost ${usd(cost.total)} (${price !== undefined ? `seconds without a price of their own at CLIPAG_WORKER_HOURLY_USD ${price}` : 'CLIPAG_WORKER_HOURLY_USD is not set: seconds without a price of their own have none'}), as GET /v1/usage shows it`);
+      }
       return 0;
     }
     if (action === 'audit') {
@@ -171,6 +186,11 @@ function formatFigures(f: UsageFigures & { by_api_key?: Record<string, UsageFigu
   const priced = f.priced_seconds !== undefined ? `, of which ${f.priced_seconds} s at their own price: $${f.priced_cost_usd}` : '';
   const keys = Object.entries(f.by_api_key ?? {}).map(([key, k]) => ` [key ${key}: ${formatFigures(k)}]`);
   return `${f.generations} generation(s), ${f.images} image(s), ${f.worker_seconds} worker s${priced}, ${f.encoder_passes} encoder passes${keys.join('')}`;
+}
+
+/** A cost as shown: dollars, or unknown (some seconds have no price, and none is set). */
+function usd(cost: number | null): string {
+  return cost === null ? 'unknown' : `$${cost}`;
 }
 
 function formatDay(d: Day): string {

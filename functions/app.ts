@@ -5,6 +5,7 @@ import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
 import { bodySizeLimit, requireJson, singleQueryParams, strictListQuery } from './middleware/limits.ts';
 import { noStore } from './middleware/cache.ts';
+import { headContentLength } from './middleware/head.ts';
 import { CounterBreaker, RateGate, rateLimit } from './middleware/rate-limit.ts';
 import { requestId } from './middleware/request-id.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
@@ -45,6 +46,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
 
   app.use('*', requestId());
+  // Inside requestId: the HEAD's answer it makes again keeps every header, the request id included.
+  app.use('*', headContentLength());
   app.onError(onError(log));
   app.notFound(notFound(ROUTES));
 

@@ -41,7 +41,8 @@ export const GenerationList = z
   .object({ object: z.literal('list'), data: z.array(GenerationView), next_cursor: z.string().nullable() })
   .openapi('GenerationList');
 
-export const LIMIT_RULE = 'limit must be a whole number from 1 to 100';
+/** The one message for a bad `limit`, whichever check finds it (the middleware's digits-only one, or the schema's range). */
+export const LIMIT_RULE = 'limit must be a whole number from 1 to 100, in decimal digits';
 
 export const ListQuery = z.object({
   limit: z.coerce

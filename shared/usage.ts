@@ -164,6 +164,17 @@ export function dayCostUsd(day: UsageFigures, hourlyUsd: number | undefined): nu
 }
 
 /**
+ * A month's cost as GET /v1/usage shows it: each day's (dayCostUsd), and their total, the sum of the
+ * days as shown (so the figures a reader adds up agree). The total is null when a day's is, and for a
+ * month with nothing in it where no price is set (it costs nothing only where there is a price to say so).
+ */
+export function monthCostUsd(days: readonly UsageFigures[], hourlyUsd: number | undefined): { days: Array<number | null>; total: number | null } {
+  const costs = days.map((d) => dayCostUsd(d, hourlyUsd));
+  const unknown = costs.some((c) => c === null) || (costs.length === 0 && hourlyUsd === undefined);
+  return { days: costs, total: unknown ? null : micro(costs.reduce<number>((a, c) => a + c!, 0)) };
+}
+
+/**
  * What the worker adds to the ledger for this job, as its record shows it: a run that ended with its
  * usage written (succeeded, or failed because every image was withheld), on the UTC day it finished;
  * null for a job the ledger does not count.

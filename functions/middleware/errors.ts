@@ -117,7 +117,8 @@ export function validationHook(
     .slice(0, 3)
     .map((issue) => {
       const p = paramOf(issue);
-      return p ? `${p}: ${issue.message}` : issue.message;
+      // A rule that names its field itself ("limit must be …") is not prefixed with it again.
+      return p && !issue.message.startsWith(`${p} `) ? `${p}: ${issue.message}` : issue.message;
     })
     .join('; ');
   throw new ValidationError(message || `invalid ${result.target}`, first ? paramOf(first) : undefined);

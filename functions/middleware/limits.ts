@@ -87,7 +87,7 @@ export function strictListQuery(): MiddlewareHandler<AppEnv> {
     if (c.req.method === 'GET' || c.req.method === 'HEAD') {
       refuseRepeatedQuery(c);
       const limit = c.req.query('limit');
-      if (limit !== undefined && !/^[0-9]+$/.test(limit)) throw new HttpError(400, 'validation_error', `${LIMIT_RULE} (decimal digits only)`, 'limit');
+      if (limit !== undefined && !/^[0-9]+$/.test(limit)) throw new HttpError(400, 'validation_error', LIMIT_RULE, 'limit');
     }
     await next();
   };

@@ -86,7 +86,10 @@ const createGeneration = createRoute({
     },
     ...pick(400, 401, 413, 415, 429, 503),
     400: promptBadRequest,
-    409: conflict('idempotency_key_reused (the key was used with another body), idempotency_in_progress (its first request is still being made: retry shortly)'),
+    409: {
+      ...conflict('idempotency_key_reused (the key was used with another body), idempotency_in_progress (its first request is still being made: retry after Retry-After seconds)'),
+      headers: { 'Retry-After': { description: 'On idempotency_in_progress: seconds to wait before retrying with the same key and body', schema: { type: 'integer', minimum: 0 } } },
+    },
   },
 });
 

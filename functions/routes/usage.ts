@@ -1,5 +1,5 @@
 import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
-import { dayCostUsd, MAX_KEYS_PER_DAY, readUsage } from '../../shared/usage.ts';
+import { MAX_KEYS_PER_DAY, monthCostUsd, readUsage } from '../../shared/usage.ts';
 import { UsageQuery, UsageView } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
@@ -33,19 +33,18 @@ export function registerUsageRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx
     const incomplete = key === undefined ? [] : all.filter((d) => !share(d) && Object.keys(d.by_api_key ?? {}).length >= MAX_KEYS_PER_DAY).map((d) => d.date);
     const sum = (f: 'generations' | 'images' | 'worker_seconds' | 'encoder_passes') => days.reduce((a, d) => a + d[f], 0);
     const seconds = Math.round(sum('worker_seconds') * 1000) / 1000;
-    // Each day's jobs at the price of their day where the worker kept it (ADR 0022), today's otherwise.
-    const priced = days.map((d) => ({
+    // Each day's jobs at the price of their day where the worker kept it (ADR 0022), today's otherwise;
+    // the total, the sum of the days' as shown (one function, shared with `clipag usage show`).
+    const cost = monthCostUsd(days, price);
+    const priced = days.map((d, i) => ({
       date: d.date,
       generations: d.generations,
       images: d.images,
       worker_seconds: d.worker_seconds,
       encoder_passes: d.encoder_passes,
-      cost_usd: dayCostUsd(d, price),
+      cost_usd: cost.days[i] ?? null,
     }));
-    // The total's cost is the sum of the days' as shown, so the figures a customer adds up agree.
-    // A month with nothing in it costs nothing only where there is a price to say so.
-    const unknown = priced.some((d) => d.cost_usd === null) || (priced.length === 0 && price === undefined);
-    const totalCost = unknown ? null : Math.round(priced.reduce((a, d) => a + d.cost_usd!, 0) * 1e6) / 1e6;
+    const totalCost = cost.total;
     return c.json(
       {
         object: 'usage' as const,

@@ -167,8 +167,13 @@ export const METADATA_MAX_VALUE_CHARS = 500;
  */
 export const StoredMetadata = z.record(z.string().max(1000), z.string().max(100_000));
 
-/** The key rules in JSON Schema terms (a variable: the metadata type has no propertyNames field). */
-const METADATA_KEY_RULES = {
+/**
+ * The key rules in JSON Schema terms (a variable: the metadata type has no propertyNames field). The
+ * request's, and the response's too: POST /v1/generations is the only writer of a record's metadata,
+ * and has checked these bounds since metadata was added, so no stored job holds more (the response's
+ * parse stays StoredMetadata's, loose, for records a later version writes).
+ */
+export const METADATA_KEY_RULES = {
   maxProperties: METADATA_MAX_KEYS,
   propertyNames: { pattern: '^[A-Za-z0-9_.-]+$', minLength: 1, maxLength: METADATA_MAX_KEY_CHARS },
   additionalProperties: { type: 'string', maxLength: METADATA_MAX_VALUE_CHARS },

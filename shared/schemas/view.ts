@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { ResourceId, Timestamp } from './common.ts';
-import { GenerationSpecView, StoredMetadata } from './generation.ts';
+import { GenerationSpecView, METADATA_KEY_RULES, StoredMetadata } from './generation.ts';
 import { ContentFlag, JobError, JobStatus, JobUsage, OutputFlag } from './job.ts';
 
 // The public view of a job: what GET /v1/generations/{id} answers and what a webhook carries.
@@ -88,7 +88,8 @@ export const GenerationView = z
       description: 'What the prompt policy flagged: copyright, trademark, likeness or bias risks the caller should review before use. Empty when none.',
     }),
     webhook: GenerationWebhookView.nullable(),
-    metadata: StoredMetadata.openapi({ description: 'Your labels from the request; {} when none' }),
+    // Documented with the request's bounds: no stored job holds more (see METADATA_KEY_RULES).
+    metadata: StoredMetadata.openapi({ ...METADATA_KEY_RULES, description: 'Your labels from the request (GenerationMetadata\'s bounds); {} when none' }),
     api_key_id: z.string().nullable().openapi({ description: 'The id of your API key that created the generation (GET /v1/usage?api_key_id= sums its usage); null for one created before keys were recorded' }),
     deleted_at: Timestamp.nullable().openapi({
       description: 'When you deleted the generation: its images and frames are gone, and its prompts, labels and flags blanked. Usage stays.',

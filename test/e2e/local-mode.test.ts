@@ -1,13 +1,14 @@
 // End to end through the real pieces: HTTP API → durable local queue → worker → engine (tiny model)
 // → blob store → signed URL download; uploads as init images; persistence across a restart.
 import { markPending } from '../../shared/pending.ts';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { UsageError } from '../../cli/common.ts';
 import { localBaseUrl, run as serveVerb, serve, type ServeHandle } from '../../cli/serve.ts';
 import { buildLocalSignedUrl, verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
@@ -310,9 +311,12 @@ describe('local server error envelopes (over the real socket serve() listens on)
     await envelopeOf(await fetch(grant.url, { method: 'PUT', headers: grant.headers, body: new Uint8Array(8) }), 400, 'validation_error');
   });
 
-  it('serve --steps is validated (1..1000) before anything starts', async () => {
-    await expect(serveVerb(['--steps', '0', '--data', join(root, 'never')])).rejects.toMatchObject({ code: 'invalid_input' });
+  it('serve --steps (1..1000) and --port (1..65535) are validated before anything starts: usage errors (exit 2), naming the flag', async () => {
+    await expect(serveVerb(['--steps', '0', '--data', join(root, 'never')])).rejects.toBeInstanceOf(UsageError);
     await expect(serveVerb(['--steps', 'lots', '--data', join(root, 'never')])).rejects.toThrow(/--steps must be an integer in \[1, 1000\]/);
+    // Checked as --port, not passed on as PORT for the configuration to refuse ("PORT: Invalid input: expected number, received NaN").
+    await expect(serveVerb(['--port', 'abc', '--data', join(root, 'never')])).rejects.toThrow(new UsageError('--port must be an integer in [1, 65535], got "abc"'));
+    expect(existsSync(join(root, 'never'))).toBe(false);
   });
 });
 

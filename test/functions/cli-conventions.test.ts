@@ -1,9 +1,11 @@
 // The exit-code and message conventions of the command line (a CLI review): a usage error goes to
 // stderr with exit 2 and names what is wrong; what was asked for (--help) goes to stdout with exit 0.
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
 import { run as keys } from '../../cli/keys.ts';
 import { BlobApiKeyStore } from '../../shared/apikeys.ts';
@@ -36,6 +38,91 @@ describe('clipag with no verb, and --help', () => {
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
     expect(r.stdout).toMatch(/^usage: clipag <verb> \[options\]/);
+  });
+});
+
+describe('an unknown verb', () => {
+  it('is a wrong command line: what was wrong, then the verb list, on stderr, exit 2', async () => {
+    const r = await capture(() => main(['bogusverb']));
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^clipag: unknown verb "bogusverb"\n\nusage: clipag <verb> \[options\]\n\nverbs:\n/);
+    expect(r.stderr).toContain('  serve ');
+    expect(r.stderr).toContain('  remote ');
+  });
+});
+
+describe('clipag --help', () => {
+  it("names every action of remote in its line, batch included", async () => {
+    const r = await capture(() => main(['--help']));
+    const line = r.stdout.split('\n').find((l) => l.startsWith('  remote '));
+    expect(line).toMatch(/generate, get, cancel,? or run a batch file/);
+  });
+});
+
+describe('a flag whose value is out of its range is a usage error: exit 2, the flag and its range named, the usage shown', () => {
+  it.each([
+    [['generate', 'a red circle', '--size', '17x17'], /^clipag generate: --size 17x17: each side must be a multiple of 8 in \[16, 2048\]\n\nusage: clipag generate/],
+    [['generate', 'a red circle', '--size', '2048x2048'], /^clipag generate: --size 2048x2048 is 4194304 pixels; the limit is 1048576\n\nusage: clipag generate/],
+    [['generate', 'a red circle', '--steps', '0'], /^clipag generate: --steps must be an integer in \[1, 1000\], got "0"\n\nusage: clipag generate/],
+    [['generate', 'a red circle', '--seed', '4294967296'], /^clipag generate: --seed must be an integer in \[0, 4294967295\], got "4294967296"\n\nusage: clipag generate/],
+    [['generate', 'a red circle', '--views', '0,0'], /^clipag generate: --views 0,0: each count at most 256, and at least one view\n\nusage: clipag generate/],
+    [['serve', '--port', 'abc'], /^clipag serve: --port must be an integer in \[1, 65535\], got "abc"\n\nusage: clipag serve/],
+    [['serve', '--port', '70000'], /^clipag serve: --port must be an integer in \[1, 65535\], got "70000"\n\nusage: clipag serve/],
+    [['serve', '--steps', '0'], /^clipag serve: --steps must be an integer in \[1, 1000\], got "0"\n\nusage: clipag serve/],
+  ])('%j', async (argv, message) => {
+    // A model that does not exist and a data folder never made: the flag is refused before either is reached.
+    const extra = argv[0] === 'generate' ? ['--model', '/nonexistent-clipag/model', '-o', '/tmp/clipag-never.png'] : ['--data', '/nonexistent-clipag/data'];
+    const r = await capture(() => main([...argv, ...extra]));
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).not.toContain('[invalid_input]');
+    expect(r.stderr).not.toMatch(/PORT:/); // the flag given, not the variable it would become
+  });
+});
+
+describe('the README\'s verb table and the verbs\' help list the same flags', () => {
+  const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('## Command line'), readme.indexOf('## Engine API'));
+  const spans = [...section.matchAll(/`([^`]+)`/g)].map((m) => m[1]!);
+  const inReadme = (start: string) => {
+    // The table's cell: the longest span that names the verb (the prose names some bare).
+    const span = spans.filter((s) => s === start || s.startsWith(`${start} `)).sort((a, b) => b.length - a.length)[0];
+    expect(span, `README: \`${start} …\``).toBeDefined();
+    return span!;
+  };
+  const flagsOf = (text: string) => [...new Set(text.match(/(?<![\w-])--?[a-z][a-z-]*/g) ?? [])].sort();
+  /** A help's usage lines (up to the first blank line), each action's continuation lines joined to it. */
+  const usageLines = (usage: string, prefix: string) =>
+    usage
+      .slice(0, usage.indexOf('\n\n'))
+      .replace(/^usage: /, '')
+      .split(/\n\s+(?=clipag |each )/)
+      .map((l) => l.replace(/\s+/g, ' ').trim())
+      .filter((l) => l.startsWith(prefix));
+
+  it('serve', async () => {
+    const { usage } = await import('../../cli/serve.ts');
+    const [line] = usageLines(usage, 'clipag serve');
+    expect(flagsOf(inReadme('serve'))).toEqual(flagsOf(line!));
+    expect(flagsOf(line!)).toEqual(['--data', '--port', '--steps']);
+  });
+
+  it('remote generate, get, cancel and batch (and --url, --key for each)', async () => {
+    const { usage } = await import('../../cli/remote.ts');
+    for (const action of ['generate', 'get', 'cancel', 'batch']) {
+      const [line] = usageLines(usage, `clipag remote ${action} `);
+      expect(line, action).toBeDefined();
+      expect(flagsOf(inReadme(`remote ${action}`)), action).toEqual(flagsOf(line!));
+    }
+    expect(usageLines(usage, 'each ')[0]).toContain('[--url URL] [--key KEY]');
+    expect(section).toContain('each `[--url URL] [--key KEY]`');
+  });
+
+  it('generate: the README lists every option its help describes', async () => {
+    const { usage } = await import('../../cli/generate.ts');
+    const options = usage.split('\n').filter((l) => /^ {2}-/.test(l)).map((l) => l.trim().split(/\s{2,}/)[0]!);
+    expect(flagsOf(inReadme('generate'))).toEqual(flagsOf(options.join(' ')).filter((f) => f !== '--out'));
   });
 });
 

@@ -74,6 +74,12 @@ describe('POST → GET → list → cancel', () => {
     // A cursor no page gave (a typo, a stale format) is the caller's bug, not an empty page.
     expect((await expectEnvelope(await h.request('/v1/generations?cursor=garbage'), 400, 'validation_error')).message).toMatch(/cursor must be the next_cursor of an earlier page/);
     expect((await expectEnvelope(await h.request('/v1/generations?limit=abc'), 400, 'validation_error')).message).toMatch(/limit must be a whole number from 1 to 100/);
+    // One message, whichever check finds the limit bad (digits only, or the range), and said once ("limit: limit must …" before).
+    for (const bad of ['abc', '0', '101', '0x3']) {
+      const err = await expectEnvelope(await h.request(`/v1/generations?limit=${bad}`), 400, 'validation_error');
+      expect([err.param, err.message], bad).toEqual(['limit', 'limit must be a whole number from 1 to 100, in decimal digits']);
+    }
+    expect((await expectEnvelope(await h.request('/v1/generations?cursor=garbage'), 400, 'validation_error')).message).toBe('cursor must be the next_cursor of an earlier page');
     // Read as written: a parameter given twice says so, and limit takes decimal digits only.
     const twice = await expectEnvelope(await h.request('/v1/generations?limit=2&limit=5'), 400, 'validation_error');
     expect([twice.param, twice.message]).toEqual(['limit', 'limit is given 2 times; give it once']);

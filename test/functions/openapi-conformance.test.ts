@@ -146,3 +146,92 @@ describe('requests conform to /openapi.json', () => {
     expect(event).toMatchObject({ type: 'generation.canceled', data: { id, status: 'canceled' } });
   });
 });
+
+describe('what the document says beyond the bodies', () => {
+  it("POST /v1/generations' 409 declares the Retry-After that idempotency_in_progress carries", async () => {
+    const doc = (await (await h.app.request('/openapi.json')).json()) as any;
+    const conflict = doc.paths['/v1/generations'].post.responses['409'];
+    expect(conflict.description).toContain('idempotency_in_progress');
+    expect(conflict.headers['Retry-After']).toMatchObject({ schema: { type: 'integer', minimum: 0 } });
+    // (generations.test.ts checks the server sends it: Retry-After 1.)
+  });
+
+  it("a generation's metadata is documented with the request's bounds: POST /v1/generations is its only writer", async () => {
+    const doc = (await (await h.app.request('/openapi.json')).json()) as any;
+    const request = doc.components.schemas.GenerationMetadata;
+    const response = doc.components.schemas.Generation.properties.metadata;
+    for (const rule of ['maxProperties', 'propertyNames', 'additionalProperties'] as const) expect(response[rule], rule).toEqual(request[rule]);
+    expect(response).toMatchObject({ maxProperties: 16, additionalProperties: { type: 'string', maxLength: 500 }, propertyNames: { maxLength: 40 } });
+    // And what the API accepts, it answers within those bounds (the longest labels it takes).
+    const check = await validatorFor(h.app);
+    const labels = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`k${String(i).padStart(39, '0')}`, 'v'.repeat(500)]));
+    const res = await h.request('/v1/generations', { json: { prompt: 'apple', metadata: labels } });
+    const body = (await res.json()) as { metadata: unknown };
+    expect([res.status, body.metadata]).toEqual([202, labels]);
+    check('/v1/generations', 'post', 202, body);
+  });
+});
+
+describe('HEAD answers as GET without a body, Content-Length included', () => {
+  const paths = ['/healthz', '/openapi.json', '/v1/models', '/v1/generations', '/v1/usage'];
+  const auth = () => ({ Authorization: `Bearer ${h.alice}` });
+
+  it('through the app (as the Lambda adapter calls it)', async () => {
+    for (const path of paths) {
+      const get = await h.app.request(path, { headers: auth() });
+      const bytes = (await get.arrayBuffer()).byteLength;
+      const head = await h.app.request(path, { method: 'HEAD', headers: auth() });
+      expect([head.status, head.headers.get('Content-Length'), head.headers.get('Content-Type')], path).toEqual([get.status, String(bytes), get.headers.get('Content-Type')]);
+      expect((await head.arrayBuffer()).byteLength, path).toBe(0);
+      expect(head.headers.get('X-Request-Id'), path).toMatch(/^req_/);
+    }
+    // An error's HEAD too: its envelope's length.
+    const missing = await h.app.request('/v1/generations/nope', { method: 'HEAD', headers: auth() });
+    const missingGet = await h.app.request('/v1/generations/nope', { headers: auth() });
+    expect([missing.status, missing.headers.get('Content-Length')]).toEqual([missingGet.status, String((await missingGet.arrayBuffer()).byteLength)]);
+  });
+
+  it("through hono's Lambda adapter (AWS): the result it hands API Gateway carries the GET's length", async () => {
+    const { handle } = await import('hono/aws-lambda');
+    const handler = handle(h.app) as unknown as (event: unknown, context: unknown) => Promise<{ statusCode: number; body: string; headers: Record<string, string>; isBase64Encoded: boolean }>;
+    const event = (method: string, path: string) => ({
+      version: '2.0',
+      routeKey: '$default',
+      rawPath: path,
+      rawQueryString: '',
+      headers: { host: 'api.example.com', authorization: `Bearer ${h.alice}` },
+      requestContext: { http: { method, path, protocol: 'HTTP/1.1', sourceIp: '192.0.2.1', userAgent: 'test' }, domainName: 'api.example.com', requestId: 'r', stage: '$default' },
+      isBase64Encoded: false,
+    });
+    for (const path of paths) {
+      const get = await handler(event('GET', path), {});
+      const head = await handler(event('HEAD', path), {});
+      expect([head.statusCode, head.body], path).toEqual([get.statusCode, '']);
+      expect(head.headers['content-length'], path).toBe(String(Buffer.byteLength(get.body)));
+    }
+  });
+
+  it('through the Node server (local mode), as GET sends it', async () => {
+    const { startApiServer } = await import('../../functions/server.ts');
+    const { request } = await import('node:http');
+    const server = await startApiServer(h.app, 0);
+    try {
+      const headers = (method: string, path: string) =>
+        new Promise<Record<string, unknown>>((resolve, reject) => {
+          const req = request(`${server.url}${path}`, { method, headers: auth() }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.headers));
+          });
+          req.on('error', reject);
+          req.end();
+        });
+      for (const path of paths) {
+        const [get, head] = [await headers('GET', path), await headers('HEAD', path)];
+        expect(get['content-length'], path).toMatch(/^\d+$/);
+        expect(head['content-length'], path).toBe(get['content-length']);
+      }
+    } finally {
+      await server.close();
+    }
+  });
+});

@@ -773,12 +773,6 @@ describe('clipag remote: argument errors exit 2 with the usage, before any reque
     ['an unknown action', ['list'], {}, /unknown action "list" \(known: generate, get, cancel, batch\)/],
     ['no action', [], {}, /give an action: generate, get, cancel or batch/],
     ['an unknown flag', ['cancel', 'abc', '--force'], {}, /Unknown option '--force'/],
-    [
-      'no key for a local URL',
-      ['generate', 'a red circle'],
-      { CLIPAG_API_KEY: undefined, CLIPAG_DATA_DIR: empty },
-      /no API key for http:\/\/127\.0\.0\.1:\d+ \(CLIPAG_API_URL\): pass --key KEY or set CLIPAG_API_KEY .*clipag keys create.*; for a local server, `npm start` writes one to .*no-data\/local-api-key/,
-    ],
   ];
   for (const [what, argv, env, message] of cases) {
     it(what, async () => {
@@ -787,10 +781,45 @@ describe('clipag remote: argument errors exit 2 with the usage, before any reque
       const res = await viaMain(argv, { CLIPAG_API_URL: r.url, CLIPAG_API_KEY: KEY, ...env });
       expect(res.code, res.stderr).toBe(2);
       expect(res.stderr).toMatch(message);
-      expect(res.stderr).toContain('usage: clipag remote generate "PROMPT" [options]');
+      expect(res.stderr).toContain('usage: clipag remote generate "PROMPT" [--negative T]');
       expect(r.seen).toEqual([]);
     });
   }
+
+  // Not the command line's shape: the message, and one line that says where the usage is; the whole
+  // usage (85 lines) after it would push the message off the screen.
+  const brief = (stderr: string) => {
+    expect(stderr).not.toContain('usage: clipag remote');
+    expect(stderr.trimEnd().split('\n').at(-1)).toBe('(clipag remote --help shows the usage)');
+  };
+
+  it('no key for a local URL: exit 2 (as the help and README say), the message and a one-line hint, not the usage', async () => {
+    const r = route('never', () => ({ status: 500, body: 'no request was to be made' }));
+    for (const argv of [['generate', 'a red circle'], ['get', 'abc'], ['cancel', 'abc'], ['batch', join(dir, 'unused.jsonl')]]) {
+      writeFileSync(join(dir, 'unused.jsonl'), '{"prompt": "a red circle"}\n');
+      const res = await viaMain(argv, { CLIPAG_API_URL: r.url, CLIPAG_API_KEY: undefined, CLIPAG_DATA_DIR: empty });
+      expect(res.code, argv.join(' ')).toBe(2);
+      expect(res.stderr).toMatch(/^clipag remote: no API key for http:\/\/127\.0\.0\.1:\d+ \(CLIPAG_API_URL\): pass --key KEY or set CLIPAG_API_KEY .*clipag keys create.*; for a local server, `npm start` writes one to .*no-data\/local-api-key/);
+      expect(res.stderr.split('\n')).toHaveLength(2);
+      brief(res.stderr);
+    }
+    expect(r.seen).toEqual([]);
+    // The help and the README say so.
+    const { usage } = await import('../../cli/remote.ts');
+    expect(usage).toMatch(/2 bad usage \(a --url fetch\s+will not use, too\), or no API key/);
+    expect(readFileSync(join(REPO_ROOT, 'README.md'), 'utf8')).toMatch(/2 bad usage \(.*\) or no API key/);
+  });
+
+  it('a batch file with bad lines: exit 2, its problems and "nothing was sent", then a one-line hint, not the usage', async () => {
+    const r = route('never', () => ({ status: 500, body: 'no request was to be made' }));
+    const bad = join(dir, 'bad-lines.jsonl');
+    writeFileSync(bad, ['{"prompt": "a red circle"}', 'not json', '{"prompt": "x", "steps": 0}'].join('\n'));
+    const res = await viaMain(['batch', bad, '-d', join(dir, 'bad-lines-out')], { CLIPAG_API_URL: r.url, CLIPAG_API_KEY: KEY });
+    expect(res.code).toBe(2);
+    expect(res.stderr).toMatch(/bad-lines\.jsonl: 2 problems, nothing was sent:\n  line 2: not JSON.*\n  line 3: steps:/);
+    brief(res.stderr);
+    expect(r.seen).toEqual([]);
+  });
 
   // Skipped when the tests run as root (this machine and CI do): root writes into a folder whatever
   // its mode, so the refusal this checks cannot happen there. A missing -o folder, refused the same

@@ -9,7 +9,8 @@ import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { MAX_KEYS_PER_DAY, readUsage, rebuildUsage, recordUsage, usageOfRecord, type JobScan } from '../../shared/usage.ts';
-import { harness, type Harness } from './helpers.ts';
+import { createApp } from '../../functions/app.ts';
+import { harness, LIMITS, type Harness } from './helpers.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -29,11 +30,16 @@ function aliceDay<T extends { date: string }>(day: T) {
 }
 
 async function cli(...argv: string[]): Promise<{ code: number; lines: string[]; stderr: string }> {
+  return cliIn({}, ...argv);
+}
+
+/** `clipag usage` with this environment (the deployment's price, say). */
+async function cliIn(env: Record<string, string>, ...argv: string[]): Promise<{ code: number; lines: string[]; stderr: string }> {
   const lines: string[] = [];
   const errors: string[] = [];
   const err = vi.spyOn(console, 'error').mockImplementation((...a) => void errors.push(a.join(' ')));
   try {
-    const code = await run(argv, h.blobs, (l) => lines.push(l), NOW);
+    const code = await run(argv, h.blobs, (l) => lines.push(l), NOW, env);
     return { code, lines, stderr: errors.join('\n') };
   } finally {
     err.mockRestore();
@@ -90,7 +96,14 @@ describe('clipag usage', () => {
     const after = await readUsage(h.blobs, 'acct_alice', '2026-12');
     expect(after).toEqual([before[0], aliceDay({ date: '2026-12-06', generations: 2, images: 4, worker_seconds: 10.25, encoder_passes: 160 })]);
     expect((await cli('audit', '--owner', 'acct_alice')).code).toBe(0);
-    expect(JSON.parse((await cli('show', '--owner', 'acct_alice', '--json')).lines[0]!)).toEqual({ owner: 'acct_alice', month: '2026-12', days: after });
+    // No price in this environment, and no run kept one: the cost is unknown, as GET /v1/usage says.
+    expect(JSON.parse((await cli('show', '--owner', 'acct_alice', '--json')).lines[0]!)).toEqual({
+      owner: 'acct_alice',
+      month: '2026-12',
+      hourly_usd: null,
+      cost_usd: null,
+      days: after.map((d) => ({ ...d, cost_usd: null })),
+    });
     // The counted jobs stay deduplicated: a late repeat of an add does not count twice.
     const job = (await h.jobs.listByOwner('acct_alice')).jobs.find((j) => j.finished_at === '2026-12-06T08:00:00.000Z')!;
     await recordUsage(h.blobs, 'acct_alice', job.id, new Date(job.finished_at!), usageOfRecord(job)!);
@@ -172,6 +185,30 @@ describe('clipag usage', () => {
     expect([skipped.code, skipped.lines[0]]).toEqual([0, `job ${broken.id}: its record does not read; not counted`]);
     expect(await readUsage(h.blobs, 'acct_alice', '2026-12')).toEqual([aliceDay({ date: '2026-12-05', generations: 1, images: 1, worker_seconds: 2, encoder_passes: 40 })]);
     expect(kept.id).not.toBe(broken.id);
+  });
+
+  it("show costs the days as GET /v1/usage does: each run at the price kept with it, the rest at today's CLIPAG_WORKER_HOURLY_USD (ADR 0022)", async () => {
+    // One run priced when it ended (at 3.6 $/h), one that ended while no price was set.
+    await ended('2026-12-06T08:00:00.000Z', { images: 1, seconds: 14.744, hourlyUsd: 3.6 });
+    await ended('2026-12-06T09:00:00.000Z', { images: 1, seconds: 20.514 });
+    await ended('2026-12-07T09:00:00.000Z', { images: 1, seconds: 10 });
+    for (const price of [3.6, 7.2]) {
+      const api = createApp({ ...h.deps, clock: NOW, limits: { ...LIMITS, workerHourlyUsd: price } });
+      const res = await api.request('/v1/usage?month=2026-12', { headers: { Authorization: `Bearer ${h.alice}` } });
+      const view = (await res.json()) as { days: Array<{ date: string; cost_usd: number | null }>; total: { cost_usd: number | null } };
+      expect(view.total.cost_usd, String(price)).not.toBeNull();
+      const shown = JSON.parse((await cliIn({ CLIPAG_WORKER_HOURLY_USD: String(price) }, 'show', '--owner', 'acct_alice', '--month', '2026-12', '--json')).lines[0]!);
+      expect(shown.hourly_usd).toBe(price);
+      expect(shown.cost_usd).toBe(view.total.cost_usd);
+      expect(shown.days.map((d: { date: string; cost_usd: number }) => [d.date, d.cost_usd])).toEqual(view.days.map((d) => [d.date, d.cost_usd]));
+    }
+    // The figures the review saw: 35.258 s, 14.744 of them priced at 3.6 $/h, the rest at today's 3.6.
+    const text = await cliIn({ CLIPAG_WORKER_HOURLY_USD: '3.6' }, 'show', '--owner', 'acct_alice', '--month', '2026-12');
+    expect(text.lines[0]).toMatch(/^2026-12-06: 2 generation\(s\), .*35\.258 worker s, of which 14\.744 s at their own price: \$0\.014744, .*; cost \$0\.035258$/);
+    expect(text.lines[1]).toMatch(/^2026-12-07: .*; cost \$0\.01$/);
+    expect(text.lines[2]).toBe('usage/acct_alice/2026-12.json: cost $0.045258 (seconds without a price of their own at CLIPAG_WORKER_HOURLY_USD 3.6), as GET /v1/usage shows it');
+    // Without a price, the unpriced seconds have none: unknown, as the API's null.
+    expect((await cliIn({}, 'show', '--owner', 'acct_alice', '--month', '2026-12')).lines[0]).toMatch(/; cost unknown$/);
   });
 
   it('bad usage is exit 2 with the reason; a missing ledger shows as none', async () => {

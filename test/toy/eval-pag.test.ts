@@ -118,7 +118,9 @@ describe('clipag eval-pag: its outputs are checked before the run (minutes), and
     expect(readFileSync(join(dir, 'old.md'), 'utf8')).toBe('the committed report');
     mkdirSync(join(dir, 'dir.png'));
     expect(await refusal(['--out', join(dir, 'dir'), '--no-probes'])).toEqual(['invalid_input', expect.stringMatching(/dir\.png is a folder/)]);
-    expect(await refusal(['--out', join(dir, 'new'), '--steps', ''])).toEqual(['invalid_input', expect.stringMatching(/steps/)]);
+    // A flag's bad value is a usage error (exit 2 with the usage), as every verb's.
+    const usage = await run(['--out', join(dir, 'new'), '--steps', '']).then(() => 'ran', (e: Error) => e);
+    expect(usage).toMatchObject({ name: 'UsageError', message: expect.stringMatching(/--steps must be an integer in \[1, 1000\]/) });
   });
 
   it('writes the three files together: a report that fails to render leaves the earlier files whole and no temporary file behind', () => {
