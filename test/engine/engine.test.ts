@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
-import { checkRecipeDefaults, loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import { checkFinite, checkFiniteYielding, checkRecipeDefaults, loadBundle } from '../../gpu-worker/engine/clip/bundle.ts';
+import type { TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { inferArch } from '../../gpu-worker/engine/clip/arch.ts';
 import { readSafetensors, writeSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
 import { DEFAULT_RECIPE } from '../../gpu-worker/engine/synth/recipe.ts';
@@ -34,6 +35,13 @@ describe('ClipEngine', () => {
   it('embeds text through tokenizer + compiled graph like the official model', async () => {
     const { raw } = await engine.embedText(PROMPTS);
     expect(maxRelErr(Array.from(raw), asNumbers(ref.get('text_features')!))).toBeLessThan(1e-5);
+  });
+
+  it("a bundle's weights are read into shared memory, so the engine sends graphs to its threads without a copy and holds one copy of each weight", async () => {
+    const loaded = await loadBundle(dir);
+    expect([...loaded.weights.values()].every((t) => t.data.buffer instanceof SharedArrayBuffer)).toBe(true);
+    expect(engine.bundle.weights.size).toBe(loaded.weights.size);
+    expect([...engine.bundle.weights.values()].every((t) => t.data.buffer instanceof SharedArrayBuffer)).toBe(true);
   });
 
   it('embeds images (pixels in [0,1], normalized in the graph)', async () => {
@@ -224,6 +232,32 @@ describe('bundle validation', () => {
       writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
     });
     await expect(loadBundle(std)).rejects.toThrow(/preprocess\.std\.0/);
+  });
+  it('checkFinite finds NaN and ±Inf in float32, float64 and float16 at any element, slices included; finite extremes, subnormals and -0 pass', async () => {
+    const cases: [TensorData['dtype'], (n: number) => TensorData['data'], number[]][] = [
+      ['float32', (n) => new Float32Array(n), [Number.NaN, Infinity, -Infinity]],
+      ['float64', (n) => new Float64Array(n), [Number.NaN, Infinity, -Infinity]],
+      ['float16', (n) => new Uint16Array(n), [0x7e00, 0x7c00, 0xfc00]], // NaN, +Inf, -Inf bit patterns
+    ];
+    const n = (1 << 22) + 10; // past one slice of checkFiniteYielding
+    for (const [dtype, alloc, bads] of cases) {
+      const data = alloc(n);
+      const fine = dtype === 'float16' ? [0x7bff, 0xfbff, 0x0001, 0x8000] : dtype === 'float32' ? [3.4028234663852886e38, -3.4028234663852886e38, 1e-45, -0] : [Number.MAX_VALUE, -Number.MAX_VALUE, 5e-324, -0];
+      fine.forEach((v, i) => ((data as Float32Array)[i] = v));
+      const weights = new Map([['w', { dtype, dims: [n], data }]]) as Map<string, TensorData>;
+      checkFinite(weights, 'b');
+      await checkFiniteYielding(weights, 'b');
+      for (const at of [0, (1 << 22) - 1, 1 << 22, n - 1]) {
+        for (const bad of bads) {
+          const keep = (data as Float32Array)[at]!;
+          (data as Float32Array)[at] = bad;
+          const want = new RegExp(`tensor w holds a non-finite value .* at element ${at}:`);
+          expect(() => checkFinite(weights, 'b'), `${dtype} ${bad} at ${at}`).toThrow(want);
+          await expect(checkFiniteYielding(weights, 'b'), `${dtype} ${bad} at ${at}`).rejects.toThrow(want);
+          (data as Float32Array)[at] = keep;
+        }
+      }
+    }
   });
   it('a corrupt checksum', async () => {
     const dir = variant('badsum', (d) => {

@@ -10,6 +10,7 @@ import {
   f32ToF16,
   openSafetensors,
   readSafetensors,
+  readSafetensorsAsync,
   writeSafetensors,
 } from '../../gpu-worker/engine/io/safetensors.ts';
 import { tensor } from '../../gpu-worker/engine/onnx/ir.ts';
@@ -186,6 +187,43 @@ describe('reading hand-made files', () => {
     expect(tensors.get('h')).toEqual({ dtype: 'float16', dims: [1], data: new Uint16Array([0x3c00]) });
     expect(tensors.get('l')!.data).toEqual(new BigInt64Array([-5n]));
     expect(tensors.get('u')!.dims).toEqual([2, 1]);
+  });
+
+  it('readSafetensorsAsync reads what readSafetensors reads, every dtype (BF16 widened); shared: each tensor in its own SharedArrayBuffer', async () => {
+    const data = new Uint8Array(18);
+    data.set(bytesOf(new Uint16Array([0x3f80, 0xbf00])), 0);
+    data.set(bytesOf(new Uint16Array([0x3c00])), 4);
+    data.set(bytesOf(new BigInt64Array([-5n])), 8);
+    data.set([9, 8], 16);
+    const p = handmade(
+      {
+        bf: { dtype: 'BF16', shape: [2], data_offsets: [0, 4] },
+        h: { dtype: 'F16', shape: [1], data_offsets: [4, 6] },
+        l: { dtype: 'I64', shape: [1], data_offsets: [8, 16] },
+        u: { dtype: 'U8', shape: [2, 1], data_offsets: [16, 18] },
+        __metadata__: { format: 'pt' },
+      },
+      data,
+    );
+    for (const path of [p, referencePath('tiny-quickgelu.safetensors')]) {
+      const sync = readSafetensors(path);
+      for (const shared of [false, true]) {
+        const got = await readSafetensorsAsync(path, { shared });
+        expect(got.metadata).toEqual(sync.metadata);
+        expect([...got.tensors.keys()]).toEqual([...sync.tensors.keys()]);
+        for (const [name, t] of sync.tensors) {
+          const a = got.tensors.get(name)!;
+          expect([a.dtype, a.dims, a.data.constructor]).toEqual([t.dtype, t.dims, t.data.constructor]);
+          expect(Array.from(a.data as ArrayLike<unknown>)).toEqual(Array.from(t.data as ArrayLike<unknown>));
+          expect(a.data.buffer instanceof SharedArrayBuffer, name).toBe(shared);
+        }
+      }
+    }
+    // A file cut short is refused as the sync reader refuses it.
+    const whole = readFileSync(referencePath('tiny-quickgelu.safetensors'));
+    const cut = join(tmp, 'cut-async.safetensors');
+    writeFileSync(cut, whole.subarray(0, whole.length - 100));
+    await expect(readSafetensorsAsync(cut)).rejects.toMatchObject({ code: 'invalid_model' });
   });
 
   it('corrupt files give invalid_model saying what is wrong', () => {

@@ -5,11 +5,11 @@
 // BF16 has no IR dtype and ORT CPU has few bf16 kernels, so it is widened to float32 on read.
 // F16 stays float16 (Uint16Array bit patterns); use f16ToF32Array to widen it.
 
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, read, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { EngineError } from '../errors.ts';
 import { allocData, bytesPerElement, numel } from '../onnx/ir.ts';
-import type { DType, TensorData } from '../onnx/ir.ts';
+import type { DType, TensorData, TypedData } from '../onnx/ir.ts';
 
 export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'F64' | 'I32' | 'I64' | 'U8' | 'BOOL';
 
@@ -56,6 +56,22 @@ export function bf16ToF32Array(bits: Uint16Array): Float32Array {
 
 // ---------------------------------------------------------------------------------------------
 // Reading
+
+/** readFully without blocking the caller's thread: each chunk is read on libuv's thread pool. */
+async function readFullyAsync(fd: number, into: Uint8Array, position: number, path: string): Promise<void> {
+  let done = 0;
+  while (done < into.byteLength) {
+    const r = await new Promise<number>((res, rej) => read(fd, into, done, Math.min(into.byteLength - done, IO_CHUNK), position + done, (e, n) => (e ? rej(e) : res(n))));
+    if (r === 0) throw invalid(path, `unexpected end of file at byte ${position + done}`);
+    done += r;
+  }
+}
+
+/** A typed array of `dtype` whose memory is a SharedArrayBuffer (the engine sends such weights to its threads without a copy). */
+function allocShared(dtype: DType, n: number): TypedData {
+  const Ctor = allocData(dtype, 0).constructor as new (buffer: SharedArrayBuffer) => TypedData;
+  return new Ctor(new SharedArrayBuffer(n * bytesPerElement(dtype)));
+}
 
 function readFully(fd: number, into: Uint8Array, position: number, path: string): void {
   let done = 0;
@@ -187,6 +203,30 @@ export class SafetensorsFile {
     return { dtype, dims: [...e.shape], data };
   }
 
+  /**
+   * read(name) without blocking this thread on the disk (hundreds of MB for a CLIP tower). `shared`:
+   * the tensor's memory is a SharedArrayBuffer (BF16 is widened into one too).
+   */
+  async readAsync(name: string, opts: { shared?: boolean } = {}): Promise<TensorData> {
+    if (this.fd === undefined) throw new EngineError('invalid_input', `${this.path} is closed; open it again to read '${name}'`);
+    const e = this.entries.get(name);
+    if (!e) throw new EngineError('invalid_weights', `${this.path} has no tensor '${name}'`, { path: this.path, tensor: name });
+    const n = numel(e.shape);
+    const alloc = opts.shared ? allocShared : allocData;
+    if (e.dtype === 'BF16') {
+      const bits = new Uint16Array(n);
+      await readFullyAsync(this.fd, new Uint8Array(bits.buffer), this.dataStart + e.begin, this.path);
+      const wide = bf16ToF32Array(bits);
+      const data = alloc('float32', n) as Float32Array;
+      data.set(wide);
+      return { dtype: 'float32', dims: [...e.shape], data };
+    }
+    const dtype = ST_TO_DTYPE[e.dtype];
+    const data = alloc(dtype, n);
+    await readFullyAsync(this.fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), this.dataStart + e.begin, this.path);
+    return { dtype, dims: [...e.shape], data };
+  }
+
   close(): void {
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = undefined;
@@ -204,6 +244,18 @@ export function readSafetensors(path: string, opts: { names?: string[] } = {}): 
   try {
     const tensors = new Map<string, TensorData>();
     for (const name of opts.names ?? f.names) tensors.set(name, f.read(name));
+    return { metadata: { ...f.metadata }, tensors };
+  } finally {
+    f.close();
+  }
+}
+
+/** readSafetensors without blocking this thread on the disk; `shared` puts every tensor in a SharedArrayBuffer. */
+export async function readSafetensorsAsync(path: string, opts: { shared?: boolean } = {}): Promise<SafetensorsContents> {
+  const f = SafetensorsFile.open(path);
+  try {
+    const tensors = new Map<string, TensorData>();
+    for (const name of f.names) tensors.set(name, await f.readAsync(name, opts));
     return { metadata: { ...f.metadata }, tensors };
   } finally {
     f.close();
