@@ -111,9 +111,9 @@ export async function run(argv: string[]): Promise<number> {
   const out = outputFile(values.out ?? 'out.png', '-o');
   const imageInit = values.init !== undefined && values.init !== 'gmm' && values.init !== 'noise';
   if (imageInit && sameFile(values.init!, out)) throw new EngineError('invalid_input', `-o ${out} is the --init image: the output would replace it; choose another -o`);
-  if (!imageInit && values.strength !== undefined) throw new EngineError('invalid_input', '--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
-  if (!imageInit && values['content-weight'] !== undefined) throw new EngineError('invalid_input', '--content-weight needs an init image (--init PATH.png) to pull toward');
-  if (values.style && !imageInit) throw new EngineError('invalid_input', '--style needs an init image: --init content.png');
+  if (!imageInit && values.strength !== undefined) throw new UsageError('--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
+  if (!imageInit && values['content-weight'] !== undefined) throw new UsageError('--content-weight needs an init image (--init PATH.png) to pull toward');
+  if (values.style && !imageInit) throw new UsageError('--style needs an init image: --init content.png');
   const strengthArg = numberArg(values.strength, 'strength', undefined, 0, 1);
   const contentWeightArg = numberArg(values['content-weight'], 'content-weight', undefined, 0, 1e6);
   const seed = values.seed === undefined ? randomInt(2 ** 32) : intArg(values.seed, 'seed', 0, 0, 2 ** 32 - 1);

@@ -235,14 +235,18 @@ describe('clipag generate keeps what was there', () => {
   }, 60_000);
 
   it('an empty prompt, a missing --init file and --style without --init are refused before the model loads; a prompt\'s control characters are shown quoted', async () => {
-    for (const [argv, message] of [
-      [['generate', '   '], /the prompt is empty/],
-      [['generate', 'a red circle', '--init', join(dir, 'missing.png')], /cannot read init image .*missing\.png/],
-      [['generate', 'a red circle', '--style'], /--style needs an init image/],
+    // Bad input exits 1; flags that need another flag are a wrong command line: exit 2, with the usage.
+    for (const [argv, message, code] of [
+      [['generate', '   '], /the prompt is empty/, 1],
+      [['generate', 'a red circle', '--init', join(dir, 'missing.png')], /cannot read init image .*missing\.png/, 1],
+      [['generate', 'a red circle', '--style'], /--style needs an init image/, 2],
+      [['generate', 'a red circle', '--strength', '0.5'], /--strength needs an init image/, 2],
+      [['generate', 'a red circle', '--content-weight', '3'], /--content-weight needs an init image/, 2],
     ] as const) {
       const r = await runCli([...argv, '--model', join(dir, 'no-such-model'), '-o', join(dir, 'never.png')]);
       expect(r.stderr).toMatch(message); // not the missing model: checked before it would load
-      expect(r.code).toBe(1);
+      expect(r.code, argv.join(' ')).toBe(code);
+      if (code === 2) expect(r.stderr).toMatch(/usage: clipag generate/);
     }
     // A name the file system refuses: said before the run, in the verb's format (not a raw ENAMETOOLONG).
     const long = await runCli(['generate', 'a red circle', '-o', join(dir, `${'a'.repeat(300)}.png`)]);
