@@ -10,6 +10,7 @@ import type { ModelIR } from '../../gpu-worker/engine/onnx/ir.ts';
 import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
 import { synthesize } from '../../gpu-worker/engine/synth/synthesize.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
+import { rejection } from '../helpers/errors.ts';
 
 const dir = makeTinyBundle('quickgelu');
 const pool = new EnginePool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
@@ -17,15 +18,6 @@ afterAll(async () => {
   await pool.close();
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function rejection(p: Promise<unknown>): Promise<EngineError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(EngineError);
-  return e as EngineError;
-}
 
 describe('ClipEngine.close on a shared pool', () => {
   it('waits for a graph compile in flight: what it loaded is unloaded, and the call is refused as aborted', async () => {

@@ -17,6 +17,8 @@ import { numel, tensor } from '../../gpu-worker/engine/onnx/ir.ts';
 import type { ModelIR, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
 import { makeTinyBundle, tinyManifest } from '../helpers/bundle.ts';
+import { rejection } from '../helpers/errors.ts';
+import { slowModel } from '../helpers/models.ts';
 
 const pools: EnginePool[] = [];
 const newPool = (...a: ConstructorParameters<typeof EnginePool>): EnginePool => {
@@ -29,15 +31,6 @@ afterAll(async () => {
   await Promise.all(pools.map((p) => p.close()));
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
-
-async function rejection(p: Promise<unknown>): Promise<EngineError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(EngineError);
-  return e as EngineError;
-}
 
 async function waitUntil(cond: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
   const t0 = performance.now();
@@ -61,23 +54,6 @@ function doubleModel(): ModelIR {
 const X = tensor('float32', [2], [1.5, -3]);
 const Y = [3, -6];
 
-/** A chain of `depth` [n,n] MatMuls by the identity: blocks its thread for a while, output = input. */
-function slowModel(n: number, depth: number): ModelIR {
-  const eye = new Float32Array(n * n);
-  for (let i = 0; i < n; i++) eye[i * n + i] = 1;
-  const nodes = [];
-  for (let i = 0; i < depth; i++) {
-    nodes.push({ op: 'MatMul', name: `mm${i}`, inputs: [i === 0 ? 'x' : `h${i}`, 'w'], outputs: [i === depth - 1 ? 'y' : `h${i + 1}`], attrs: {} });
-  }
-  return {
-    opset: 17,
-    graphName: 'slow',
-    inputs: [{ name: 'x', dtype: 'float32', shape: [n, n] }],
-    outputs: [{ name: 'y', dtype: 'float32', shape: [n, n] }],
-    initializers: new Map([['w', { dtype: 'float32', dims: [n, n], data: eye }]]),
-    nodes,
-  };
-}
 const N = 512;
 const slowInput = (): TensorData => ({ dtype: 'float32', dims: [N, N], data: new Float32Array(N * N).map((_, i) => (i % 5) - 2) });
 

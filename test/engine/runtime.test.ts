@@ -9,6 +9,7 @@ import type { ModelIR, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
 import { cudaProviderInstalled, executionProviders, providersFor } from '../../gpu-worker/engine/runtime/providers.ts';
 import { createSession, loadError, runModel, toOrtSessionOptions } from '../../gpu-worker/engine/runtime/session.ts';
+import { slowModel } from '../helpers/models.ts';
 
 async function expectEngineError(p: Promise<unknown> | (() => unknown), code: string, message: RegExp): Promise<EngineError> {
   let caught: unknown;
@@ -47,26 +48,6 @@ function smallModel(): ModelIR {
 const X = tensor('float32', [2, 3], [1, -1, 2, -3, 4, 0.5]);
 const IDX = tensor('int64', [2], [2, 0]);
 
-/**
- * A chain of `depth` [n,n] MatMuls: slow enough to block a thread for a while. The weight is
- * the identity scaled by 1, so the output equals the input and the numbers stay checkable.
- */
-function slowModel(n: number, depth: number): ModelIR {
-  const eye = new Float32Array(n * n);
-  for (let i = 0; i < n; i++) eye[i * n + i] = 1;
-  const nodes = [];
-  for (let i = 0; i < depth; i++) {
-    nodes.push({ op: 'MatMul', name: `mm${i}`, inputs: [i === 0 ? 'x' : `h${i}`, 'w'], outputs: [i === depth - 1 ? 'y' : `h${i + 1}`], attrs: {} });
-  }
-  return {
-    opset: 17,
-    graphName: 'slow',
-    inputs: [{ name: 'x', dtype: 'float32', shape: [n, n] }],
-    outputs: [{ name: 'y', dtype: 'float32', shape: [n, n] }],
-    initializers: new Map([['w', { dtype: 'float32', dims: [n, n], data: eye }]]),
-    nodes,
-  };
-}
 
 describe('providers', () => {
   it('maps cpu to the CPU EP', () => {

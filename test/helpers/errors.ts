@@ -18,3 +18,13 @@ export function expectEngineError(fn: () => unknown, code: string, ...messages: 
   }
   return e;
 }
+
+/** The EngineError a promise rejects with (fails the test when it resolves or rejects with anything else). */
+export async function rejection(p: Promise<unknown>): Promise<EngineError> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e).toBeInstanceOf(EngineError);
+  return e as EngineError;
+}
