@@ -397,7 +397,9 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     close() {
       closed ??= (async () => {
         const opened = await Promise.allSettled([...engines.values()]);
-        for (const r of opened) if (r.status === 'fulfilled') await r.value.close();
+        // All at once: each close waits for its engine's runs up to the pool's closeTimeoutMs, so one
+        // after another they could take that long per engine.
+        await Promise.allSettled(opened.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
         engines.clear();
         if (ownsPool && pool) await pool.close();
       })();

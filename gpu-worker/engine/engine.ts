@@ -4,10 +4,11 @@
 import { EngineError } from './errors.ts';
 import { type ModelBundle, loadBundle, weightLookup } from './clip/bundle.ts';
 import { type TowerSource, imageEmbedGraph, textEmbedGraph } from './clip/graphs.ts';
+import { type WeightLookup, castTensor } from './clip/model.ts';
 import { TextTokenizer } from './clip/tokenizer.ts';
 import { statSync } from 'node:fs';
-import type { ModelIR, TensorData } from './onnx/ir.ts';
-import { DEFAULT_INLINE_LIMIT_BYTES, EnginePool, type EngineHandle } from './runtime/pool.ts';
+import type { DType, ModelIR, TensorData } from './onnx/ir.ts';
+import { DEFAULT_INLINE_LIMIT_BYTES, EnginePool, type EngineHandle, settlesWithin } from './runtime/pool.ts';
 import type { Device } from './runtime/providers.ts';
 import type { SessionOptions } from './runtime/session.ts';
 import { moveToSharedMemory } from './runtime/shared-memory.ts';
@@ -34,6 +35,14 @@ export interface EngineOptions {
    * the next stage's graph at every stage. The least recently used idle one is unloaded beyond this.
    */
   maxLeasedGraphs?: number;
+  /**
+   * A shared pool only: how long close() waits for this engine's runs and compiles in flight before it
+   * fails them as `aborted` (retryable), unloads its graphs and returns (default: the pool's
+   * closeTimeoutMs, 30 s unless the pool was given another). A run that never returns (a hung device)
+   * would otherwise hold close() forever, and with it the model registry, which closes its engines
+   * before the pool. An engine that owns its pool closes it instead, which is bounded the same way.
+   */
+  closeTimeoutMs?: number;
 }
 
 /** Text batches are padded to one of these sizes so a handful of graphs serve every request. */
@@ -60,10 +69,20 @@ export class ClipEngine {
   private readonly priors = new Map<string, GmmPrior>();
   /** conceptEmbeddings' cache, in least-recently-used order (a Map iterates in insertion order). */
   private readonly concepts = new Map<string, Float32Array | null>();
-  /** Graph compiles (build, pool load) and runs not yet settled: close() waits for them. */
+  /**
+   * Bundle weights converted to a graph dtype they are not stored in (a float16 bundle's, imported with
+   * --keep-fp16, in float32), by name and dtype: converted once, into shared memory, so every graph of
+   * this engine holds the same copy (the pool keeps each graph's IR while it is loaded) and it crosses to
+   * the pool's threads without a copy. Converted per graph, each graph kept a private copy of its tower.
+   */
+  private readonly converted = new Map<string, TensorData>();  /** Graph compiles (build, pool load) and runs not yet settled: close() waits for them. */
   private readonly pending = new Set<Promise<unknown>>();
   private closed = false;
   private closing?: Promise<void>;
+  /** Compiles and runs callers wait for: close() fails them when it stops waiting for them. */
+  private readonly waiting = new Set<(why: EngineError) => void>();
+  /** Set when close() stopped waiting for work in flight. */
+  private gaveUp?: EngineError;
 
   private constructor(
     readonly bundle: ModelBundle,
@@ -72,8 +91,9 @@ export class ClipEngine {
     private readonly ownsPool: boolean,
     private readonly inlineLimit: number = DEFAULT_INLINE_LIMIT_BYTES,
     private readonly maxLeasedGraphs: number = DEFAULT_MAX_LEASED_GRAPHS,
+    private readonly closeTimeoutMs: number = pool.closeTimeoutMs,
   ) {
-    checkEngineOptions({ maxLeasedGraphs });
+    checkEngineOptions({ maxLeasedGraphs, closeTimeoutMs });
     // Graphs go to the pool's thread as IR, which serializes them there. Weights in shared memory
     // cross to it without a copy; otherwise every compile would copy hundreds of MB on this thread.
     moveToSharedMemory(bundle.weights);
@@ -97,10 +117,11 @@ export class ClipEngine {
     const tokenizer = bundleTokenizer(bundle);
     // Options are checked before a pool (a worker thread) is started, so a refusal leaves nothing running.
     checkEngineOptions(opts);
-    if (opts.pool) return new ClipEngine(bundle, tokenizer, opts.pool, false, opts.inlineGraphLimitBytes, opts.maxLeasedGraphs);
+    if (opts.pool) return new ClipEngine(bundle, tokenizer, opts.pool, false, opts.inlineGraphLimitBytes, opts.maxLeasedGraphs, opts.closeTimeoutMs);
     const pool = new EnginePool({
       size: 1,
       sessionOptions: { device: opts.device ?? 'cpu', intraOpThreads: opts.threads, disablePrepacking: opts.disablePrepacking },
+      ...(opts.closeTimeoutMs !== undefined ? { closeTimeoutMs: opts.closeTimeoutMs } : {}),
     });
     try {
       return new ClipEngine(bundle, tokenizer, pool, true, opts.inlineGraphLimitBytes, opts.maxLeasedGraphs);
@@ -122,8 +143,22 @@ export class ClipEngine {
 
   towerSource(): TowerSource {
     const { arch, manifest } = this.bundle;
-    return { arch, weights: weightLookup(this.bundle), mean: manifest.preprocess.mean, std: manifest.preprocess.std, foreign: this.bundle.foreign };
+    return { arch, weights: this.weights, mean: manifest.preprocess.mean, std: manifest.preprocess.std, foreign: this.bundle.foreign };
   }
+
+  /** The bundle's weights, in the dtype a graph asks for (see `converted`). */
+  private readonly weights: WeightLookup = (name: string, dtype?: DType): TensorData => {
+    const t = weightLookup(this.bundle)(name);
+    if (dtype === undefined || t.dtype === dtype) return t;
+    const key = `${dtype}:${name}`;
+    let c = this.converted.get(key);
+    if (!c) {
+      // The same values castTensor gives any graph, once.
+      c = castTensor(t, dtype, { shared: true });
+      if (!this.closed) this.converted.set(key, c);
+    }
+    return c;
+  };
 
   /** A compiled graph, built and loaded on first use. `key` must identify the graph's shape. */
   graph(key: string, build: () => ModelIR, sessionOptions: SessionOptions = {}): Promise<EngineHandle> {
@@ -131,7 +166,7 @@ export class ClipEngine {
     const full = this.fullKey(key);
     let h = this.handles.get(full);
     if (!h) {
-      const loading = Promise.resolve().then(async () => {
+      const compiling = Promise.resolve().then(async () => {
         // Only the IR is built on this thread (tens of ms at ViT-B/32 size): the pool's thread encodes
         // it (1-2 s there), or writes it to a temporary file when it is too large to load from memory.
         const model = build();
@@ -145,6 +180,9 @@ export class ClipEngine {
         }
         return this.guarded(loaded);
       });
+      // A compile close() gave up waiting for (its load queued behind a run that does not return) still
+      // unloads what it loaded when it ends; its callers do not wait for that.
+      const loading = this.abandonable(compiling);
       h = loading;
       this.track(loading);
       this.handles.set(full, loading);
@@ -153,6 +191,31 @@ export class ClipEngine {
       });
     }
     return h;
+  }
+
+  /** `p`, or the reason close() stopped waiting for work in flight if that comes first. */
+  private abandonable<T>(p: Promise<T>): Promise<T> {
+    if (this.gaveUp) return Promise.reject(this.gaveUp);
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.add(reject);
+      p.then(
+        (v) => {
+          this.waiting.delete(reject);
+          resolve(v);
+        },
+        (e: unknown) => {
+          this.waiting.delete(reject);
+          reject(e);
+        },
+      );
+    });
+  }
+
+  /** close() stops waiting: every compile and run still in flight fails with `why`. */
+  private giveUp(why: EngineError): void {
+    this.gaveUp = why;
+    for (const reject of this.waiting) reject(why);
+    this.waiting.clear();
   }
 
   /** Remembers `p` until it settles, so close() can wait for it. */
@@ -174,7 +237,7 @@ export class ClipEngine {
       outputNames: h.outputNames,
       run: (feeds, fetches, opts) => {
         if (this.closed) return Promise.reject(closedError());
-        const running = h.run(feeds, fetches, opts).catch((e: unknown) => {
+        const running = this.abandonable(h.run(feeds, fetches, opts)).catch((e: unknown) => {
           throw this.closed ? closedError(e) : e;
         });
         this.track(running);
@@ -406,22 +469,35 @@ export class ClipEngine {
   /**
    * Releases this engine's sessions: the whole pool when the engine owns it, otherwise its own graphs
    * in the shared pool (a registry closing a superseded engine must get its memory back). Idempotent.
+   * On a shared pool it waits for its runs and compiles in flight up to closeTimeoutMs: past that they
+   * fail as `aborted`, and its graphs are unloaded anyway (each once the runs already on its thread
+   * have returned, if ever; close() does not wait for that).
    */
   close(): Promise<void> {
     // Every call gets the one close, so a second caller does not go on before anything is released.
     this.closing ??= (async () => {
       this.closed = true; // before any await: graph() and runs are refused from here on
+      const deadline = performance.now() + this.closeTimeoutMs;
       // An owned pool is closed first: its close waits for the runs and loads in flight, but only so
       // long, so that a run that never returns (a hung device) cannot hold this close forever.
       if (this.ownsPool) await this.pool.close();
       // Compiles in flight load nothing more once they see `closed` (a load already sent is unloaded by
       // the compile itself), and runs in flight finish before their sessions are released under them.
-      while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
+      const drain = async (): Promise<void> => {
+        while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
+      };
+      // (After an owned pool's close nothing of it is left running: what is pending settles at once.)
+      if (this.ownsPool) await drain();
+      else if (!(await settlesWithin(drain(), deadline - performance.now()))) {
+        this.giveUp(new EngineError('aborted', `the engine closed after waiting ${this.closeTimeoutMs} ms for its work in flight (a run that does not return: a hung device or native call)`));
+      }
       const keys = [...this.handles.keys()];
       this.handles.clear();
       this.leasedOrder.length = 0;
+      this.converted.clear();
       if (this.ownsPool) return;
-      await Promise.all(keys.map((k) => this.pool.unload(k).catch(() => undefined)));
+      const unloads = Promise.all(keys.map((k) => this.pool.unload(k).catch(() => undefined)));
+      await settlesWithin(unloads, deadline - performance.now());
     })();
     return this.closing;
   }
@@ -433,8 +509,11 @@ function closedError(cause?: unknown): EngineError {
 }
 
 /** The options the engine refuses, checked before anything (a pool's worker thread) is started. */
-function checkEngineOptions(opts: Pick<EngineOptions, 'maxLeasedGraphs' | 'inlineGraphLimitBytes'>): void {
-  const { maxLeasedGraphs, inlineGraphLimitBytes } = opts;
+function checkEngineOptions(opts: Pick<EngineOptions, 'maxLeasedGraphs' | 'inlineGraphLimitBytes' | 'closeTimeoutMs'>): void {
+  const { maxLeasedGraphs, inlineGraphLimitBytes, closeTimeoutMs } = opts;
+  if (closeTimeoutMs !== undefined && !(typeof closeTimeoutMs === 'number' && Number.isFinite(closeTimeoutMs) && closeTimeoutMs >= 0)) {
+    throw new EngineError('invalid_input', `closeTimeoutMs must be a non-negative number, got ${closeTimeoutMs}`);
+  }
   if (maxLeasedGraphs !== undefined && !(Number.isInteger(maxLeasedGraphs) && maxLeasedGraphs >= 1)) {
     throw new EngineError('invalid_input', `maxLeasedGraphs must be a positive integer, got ${maxLeasedGraphs}`);
   }

@@ -2,10 +2,12 @@
 // event loop (the pool's thread serializes it), a dead worker thread is replaced (only what was in
 // flight on it fails, as retryable `aborted`; its sessions re-open on next use; threads that keep dying
 // make the pool refuse work as runtime_unavailable), and close() gives up on a run that does not return.
-import { rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PRESETS, type ClipArch, expectedTensors } from '../../gpu-worker/engine/clip/arch.ts';
 import { textEmbedGraph } from '../../gpu-worker/engine/clip/graphs.ts';
@@ -215,7 +217,7 @@ describe('a dead worker thread is replaced', () => {
 });
 
 describe('EnginePool.close', () => {
-  it('gives up on a run that does not return within closeTimeoutMs: the run fails as aborted and the threads are let go', async () => {
+  it('gives up on a run that does not return within closeTimeoutMs: the run fails as aborted, and the busy thread ends once its run returns', async () => {
     const before = EnginePool.openPools;
     const pool = new EnginePool({ size: 1, sessionOptions: { intraOpThreads: 1 }, closeTimeoutMs: 100 });
     const { h, runMs } = await loadSlow(pool, 'slow', 1_500);
@@ -252,3 +254,168 @@ describe('EnginePool.close', () => {
     expect(() => new EnginePool({ restartWindowMs: Number.NaN })).toThrow(/restartWindowMs/);
   });
 });
+
+/** The bytes of every file in the folders under `dir`. */
+function bytesUnder(dir: string): number {
+  let n = 0;
+  for (const d of readdirSync(dir)) for (const f of readdirSync(join(dir, d))) n += statSync(join(dir, d, f)).size;
+  return n;
+}
+
+/** A graph with `count` [n, n] weights (4·n² bytes each): loaded through a temporary file when over the inline limit. */
+function manyWeights(n: number, count: number): ModelIR {
+  const initializers = new Map<string, TensorData>();
+  const nodes = [];
+  for (let i = 0; i < count; i++) {
+    initializers.set(`w${i}`, { dtype: 'float32', dims: [n, n], data: new Float32Array(new SharedArrayBuffer(4 * n * n)).fill(1 / n) });
+    nodes.push({ op: 'MatMul', name: `mm${i}`, inputs: [i === 0 ? 'x' : `h${i}`, `w${i}`], outputs: [i === count - 1 ? 'y' : `h${i + 1}`], attrs: {} });
+  }
+  return { opset: 17, graphName: 'many', inputs: [{ name: 'x', dtype: 'float32', shape: [1, n] }], outputs: [{ name: 'y', dtype: 'float32', shape: [1, n] }], initializers, nodes };
+}
+
+describe("a large graph's temporary file", () => {
+  // 128 MiB in 32 weights: the worker writes it in many steps, between which it takes messages.
+  const big = manyWeights(1024, 32);
+
+  for (const how of ['close', 'crash'] as const) {
+    it(`is removed when its thread ends while writing it (${how})`, async () => {
+      const tempDir = mkdtempSync(join(tmpdir(), 'clipag-healing-tmp-'));
+      dirs.push(tempDir);
+      const pool = newPool({ size: 1, sessionOptions: { intraOpThreads: 1 }, closeTimeoutMs: 0 });
+      const loading = pool.load('big', big, {}, { inlineLimitBytes: 0, tempDir });
+      loading.catch(() => undefined);
+      await waitUntil(() => bytesUnder(tempDir) > 0, 'the worker to write the file', 60_000);
+      if (how === 'close') await pool.close();
+      else pool.crashWorkerForTest(0, 'exit');
+      const e = await rejection(loading);
+      expect(e.code, e.message).toBe('aborted');
+      // The thread has ended (the replacement, after a crash, is not the one that wrote)...
+      await waitUntil(() => (how === 'close' ? pool.runningThreads === 0 : pool.restarts === 1), 'the writing thread to end');
+      // ...and nothing of its file is left: the pool made the folder, and removes it once the thread ended.
+      await waitUntil(() => readdirSync(tempDir).length === 0, `the temporary folder to go (left: ${readdirSync(tempDir).join(', ')})`, 5_000);
+      if (how === 'crash') {
+        // The pool still loads large graphs through a temporary file, and leaves nothing either.
+        const h = await pool.load('big2', manyWeights(256, 2), {}, { inlineLimitBytes: 0, tempDir });
+        expect((await h.run({ x: { dtype: 'float32', dims: [1, 256], data: new Float32Array(256).fill(1) } })).y.data.length).toBe(256);
+        await waitUntil(() => readdirSync(tempDir).length === 0, 'the temporary folder of a load that succeeded to go', 5_000);
+      }
+    });
+  }
+});
+
+describe('EnginePool.close and the end of the process', () => {
+  it('a process whose pool gave up on a run inside onnxruntime ends by itself, cleanly (exit code 0, not an abort)', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./pool-exit-child.ts', import.meta.url)), '600'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('exit', (c, s) => resolve([c, s])));
+    const why = `code ${code}, signal ${signal}; stdout ${out.trim()}; stderr ${err.trim().slice(-500)}`;
+    const result = JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as { run?: string; runningThreads?: number };
+    // close() gave up on the run (it returned while the thread was still inside onnxruntime)...
+    expect(result.run, why).toBe('aborted');
+    expect(result.runningThreads, why).toBe(1);
+    // ...and the process still ended cleanly once the thread returned and took its exit request.
+    expect(signal, why).toBeNull();
+    expect(code, why).toBe(0);
+    expect(err, why).not.toMatch(/terminate called/);
+  });
+});
+
+describe('ClipEngine.close on a shared pool, bounded', () => {
+  it('stops waiting for a run that does not return after closeTimeoutMs: the run fails as aborted, the graphs are unloaded', async () => {
+    const pool = newPool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
+    expect(pool.closeTimeoutMs).toBe(30_000); // the engine's default bound
+    const engine = await ClipEngine.open(makeTinyBundle('quickgelu'), { pool, closeTimeoutMs: 100 });
+    await engine.embedText(['a red circle']);
+    // A slow graph of this engine, deepened until one run takes a while.
+    let depth = 16;
+    let h = await engine.graph(`slow:${depth}`, () => slowModel(N, depth));
+    let runMs = 0;
+    for (;;) {
+      const t0 = performance.now();
+      await h.run({ x: slowInput() });
+      runMs = performance.now() - t0;
+      if (runMs >= 1_500 || depth >= 1024) break;
+      depth *= 2;
+      const d = depth;
+      h = await engine.graph(`slow:${d}`, () => slowModel(N, d));
+    }
+    const running = h.run({ x: slowInput() });
+    await new Promise((r) => setTimeout(r, 50)); // inside onnxruntime
+    const t0 = performance.now();
+    await engine.close();
+    const closeMs = performance.now() - t0;
+    const e = await rejection(running);
+    expect(e.code, e.message).toBe('aborted');
+    expect(e.message).toMatch(/engine is closed.*waiting 100 ms/);
+    expect(closeMs, `close took ${closeMs.toFixed(0)} ms; one run takes ${runMs.toFixed(0)} ms`).toBeLessThan(runMs / 2);
+    expect(engine.loadedGraphs).toEqual([]);
+    expect(pool.loadedKeys).toEqual([]); // unloaded: each session is released once the run on it returns
+    // The pool serves on: the thread takes the next work once the run has returned.
+    const other = await pool.load('double', doubleModel());
+    expect(Array.from((await other.run({ x: X })).y.data as Float32Array)).toEqual(Y);
+  });
+
+  it('refuses a closeTimeoutMs that is not a non-negative number', async () => {
+    await expect(ClipEngine.open(makeTinyBundle('quickgelu'), { closeTimeoutMs: -1 })).rejects.toMatchObject({ code: 'invalid_input', message: expect.stringMatching(/closeTimeoutMs/) });
+  });
+});
+
+describe('unload against loads and runs in flight', () => {
+  it('a run waiting for its key to re-open on a replacement thread is not failed by an unload issued meanwhile', async () => {
+    const pool = newPool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
+    const h = await pool.load('slow', slowModel(256, 64));
+    pool.crashWorkerForTest(0, 'throw');
+    await waitUntil(() => pool.restarts === 1, 'the death to be seen');
+    const x = slowInput256();
+    const run = h.run({ x }); // re-opens 'slow' on the new thread first
+    const unloaded = pool.unload('slow');
+    // The run completes (it was issued before the unload); it does not find its session disposed.
+    const out = await run.catch((err: EngineError) => err);
+    expect(out instanceof EngineError ? `${out.code}: ${out.message}` : 'ok').toBe('ok');
+    expect(Array.from((out as Record<string, TensorData>).y.data.subarray(0, 5) as Float32Array)).toEqual(Array.from(x.data.subarray(0, 5) as Float32Array));
+    await unloaded;
+    expect(pool.loadedKeys).toEqual([]);
+    const after = await rejection(h.run({ x: slowInput256() }));
+    expect(after.code).toBe('invalid_input'); // unloaded: a use after it is the caller's mistake
+  });
+
+  it('a run issued just before an unload completes on the session (the unload waits for it)', async () => {
+    const pool = newPool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
+    const h = await pool.load('slow', slowModel(256, 64));
+    const x = slowInput256();
+    const run = h.run({ x });
+    const unloaded = pool.unload('slow');
+    const out = await run.catch((err: EngineError) => err);
+    expect(out instanceof EngineError ? `${out.code}: ${out.message}` : 'ok').toBe('ok');
+    await unloaded;
+  });
+
+  it("load, unload while it loads, load again: the unload removes only the first load's session", async () => {
+    const pool = newPool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
+    const thread = (pool as unknown as { workers: Array<{ worker: { postMessage: (m: { type: string }, t?: unknown) => void } }> }).workers[0]!.worker;
+    const sent: string[] = [];
+    const post = thread.postMessage.bind(thread);
+    thread.postMessage = (m, t) => {
+      sent.push(m.type);
+      return post(m, t as never);
+    };
+    const first = pool.load('k', doubleModel());
+    const unloaded = pool.unload('k');
+    const second = pool.load('k', doubleModel());
+    const h = await second;
+    await unloaded;
+    await first;
+    expect(pool.loadedKeys).toEqual(['k']);
+    expect(sent).toEqual(['load', 'load', 'unload']);
+    // The second load's session is there: the run goes straight to it, without opening the key again.
+    expect(Array.from((await h.run({ x: X })).y.data as Float32Array)).toEqual(Y);
+    expect(sent).toEqual(['load', 'load', 'unload', 'run']);
+  });
+});
+
+function slowInput256(): TensorData {
+  return { dtype: 'float32', dims: [256, 256], data: new Float32Array(256 * 256).map((_, i) => (i % 7) - 3) };
+}

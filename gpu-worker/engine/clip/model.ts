@@ -8,7 +8,12 @@ import { GraphBuilder } from '../onnx/builder.ts';
 import { A, type DType, type TensorData, numel } from '../onnx/ir.ts';
 import type { ClipArch } from './arch.ts';
 
-export type WeightLookup = (name: string) => TensorData;
+/**
+ * A bundle weight by name. `dtype` is the dtype the graph wants it in: a lookup may hand the weight
+ * back already converted (ClipEngine's keeps one converted copy per weight for all its graphs), or as
+ * stored, and the tower converts it.
+ */
+export type WeightLookup = (name: string, dtype?: DType) => TensorData;
 
 export interface TowerOptions {
   dtype: DType; // 'float32' or 'float64'
@@ -23,12 +28,17 @@ export interface TowerOptions {
 
 const LN_EPS = 1e-5;
 
-/** Convert a weight to the graph dtype (f16/f32 sources → f32 or f64). */
-export function castTensor(t: TensorData, dtype: DType): TensorData {
+/**
+ * Convert a weight to the graph dtype (f16/f32 sources → f32 or f64). `shared`: the result's data is in a
+ * SharedArrayBuffer (same values), so that a graph holding it crosses to the pool's threads without a copy.
+ */
+export function castTensor(t: TensorData, dtype: DType, opts: { shared?: boolean } = {}): TensorData {
   if (t.dtype === dtype) return t;
   const n = numel(t.dims);
   if (dtype === 'float32' || dtype === 'float64') {
-    const out = dtype === 'float32' ? new Float32Array(n) : new Float64Array(n);
+    const bytes = n * (dtype === 'float32' ? 4 : 8);
+    const buffer: ArrayBufferLike = opts.shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
+    const out = dtype === 'float32' ? new Float32Array(buffer) : new Float64Array(buffer);
     if (t.dtype === 'float16') {
       const src = t.data as Uint16Array;
       for (let i = 0; i < n; i++) out[i] = f16ToF32(src[i]!);
@@ -51,7 +61,7 @@ class TowerEmitter {
   w(name: string): string {
     const known = this.names.get(name);
     if (known) return known;
-    const t = castTensor(this.weights(name), this.opts.dtype);
+    const t = castTensor(this.weights(name, this.opts.dtype), this.opts.dtype);
     const v = this.opts.weightsAs === 'input' ? this.b.input(name, t.dtype, t.dims) : this.b.initializer(name, t);
     this.names.set(name, v);
     return v;

@@ -12,13 +12,6 @@ import type { SessionOptions } from './session.ts';
 export interface GraphSource {
   kind: 'graph';
   model: ModelIR;
-  /**
-   * From this many bytes of initializers up, the worker writes a temporary .onnx + .onnx.data pair and
-   * loads it by path (protobuf caps an in-memory model at 2 GB).
-   */
-  inlineLimitBytes: number;
-  /** Where that pair goes: the caller's tmpdir (a worker's environment is a copy taken when it started). */
-  tempDir: string;
 }
 
 /** ONNX bytes, a path (for models with external data), or a graph the worker serializes. */
@@ -29,18 +22,33 @@ export type PoolRequest =
       id: number;
       type: 'load';
       key: string;
+      /**
+       * Which load of the key this is (the pool numbers them): a thread keeps the newest one it opened,
+       * and an unload removes only the one it names, so an unload still on its way cannot remove the
+       * session of a load of the same key issued after it.
+       */
+      gen: number;
       model: ModelSource;
+      /**
+       * A graph only: an empty folder the pool made for this load. The worker writes the graph there as
+       * a temporary .onnx + .onnx.data and loads it by path (protobuf caps an in-memory model at 2 GB);
+       * without it the graph is encoded in memory. The pool removes the folder once the load is answered
+       * or the thread has ended, whichever comes first, so a thread that ends mid-write leaves nothing.
+       */
+      dir?: string;
       options: SessionOptions;
       /** The bytes were moved here: hand them back once the session is open, so the pool can re-open the key on a replacement thread. */
       returnBytes?: boolean;
     }
   | { id: number; type: 'run'; key: string; feeds: Record<string, TensorData>; fetches?: string[] }
-  | { id: number; type: 'unload'; key: string }
+  /** Release the key's session if it is still the one load `gen` opened (after the runs in flight on it). */
+  | { id: number; type: 'unload'; key: string; gen: number }
   | { id: number; type: 'close' }
   /**
    * Release every session and end the thread. Sent by close() to a thread it gave up waiting for: it
    * acts once that thread's native call returns, if ever (terminating the thread instead would abort
-   * the whole process when the call returns).
+   * the whole process when the call returns). Until then the thread keeps the process alive: a process
+   * that exits while a worker thread is inside onnxruntime aborts when the call returns.
    */
   | { id: number; type: 'exit' }
   /** Tests only: end this thread as a crash would (an uncaught error, or process.exit inside it). Never answered. */

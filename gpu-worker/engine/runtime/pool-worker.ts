@@ -1,7 +1,6 @@
 // Worker-thread side of EnginePool: owns ORT sessions so their blocking run() never stalls the main thread.
 // It also serializes the graphs it is given (GraphSource), which takes seconds at ViT-B/32 size.
 
-import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parentPort } from 'node:worker_threads';
 import { EngineError } from '../errors.ts';
@@ -13,45 +12,61 @@ import type { GraphSource, LoadResult, ModelSource, PoolRequest, PoolResponse } 
 
 if (!parentPort) throw new Error('pool-worker.ts must run inside a worker thread started by EnginePool');
 const port = parentPort;
-const sessions = new Map<string, EngineSession>();
 
-function sessionFor(key: string): EngineSession {
+/** A key's session: the load (generation) that opened it, and its runs not yet finished. */
+interface Open {
+  session: EngineSession;
+  gen: number;
+  runs: Set<Promise<unknown>>;
+}
+const sessions = new Map<string, Open>();
+
+function sessionFor(key: string): Open {
   const s = sessions.get(key);
   if (!s) throw new EngineError('invalid_input', `no model loaded under key '${key}'; call pool.load(key, model) first`, { key });
   return s;
 }
 
 /**
- * In-memory ONNX bytes for ordinary graphs; for very large ones (ViT-L/14-and-up towers in float32) a
- * temporary .onnx + .onnx.data pair, loaded by path and removed once loaded (or refused): a re-open
- * after an eviction or on a replacement thread writes a new one.
+ * Releases a session once the runs already started on it have finished. A run's native call begins a
+ * turn after session.run is called, so an unload taken in between would otherwise dispose the session
+ * under it ("Session already disposed").
  */
-async function openGraph(key: string, src: GraphSource, options: SessionOptions): Promise<EngineSession> {
-  let bytes = 0;
-  for (const t of src.model.initializers.values()) bytes += t.data.byteLength;
-  if (bytes < src.inlineLimitBytes) return createSession(encodeModel(src.model), options);
-  const dir = mkdtempSync(join(src.tempDir, 'clipag-graph-'));
-  try {
-    const path = join(dir, `${key.replace(/[^A-Za-z0-9_.-]/g, '_')}.onnx`);
-    await writeModelFile(path, src.model);
-    return await createSession(path, options);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+async function retire(o: Open): Promise<void> {
+  while (o.runs.size > 0) await Promise.allSettled([...o.runs]);
+  await o.session.release();
 }
 
-function open(key: string, model: ModelSource, options: SessionOptions): Promise<EngineSession> {
+/**
+ * In-memory ONNX bytes for ordinary graphs; for very large ones (ViT-L/14-and-up towers in float32) a
+ * temporary .onnx + .onnx.data pair in `dir`, loaded by path. The pool made `dir` and removes it once
+ * this load is answered or this thread has ended: a re-open after an eviction or on a replacement
+ * thread writes a new one.
+ */
+async function openGraph(key: string, src: GraphSource, options: SessionOptions, dir: string | undefined): Promise<EngineSession> {
+  if (dir === undefined) return createSession(encodeModel(src.model), options);
+  const path = join(dir, `${key.replace(/[^A-Za-z0-9_.-]/g, '_')}.onnx`);
+  await writeModelFile(path, src.model);
+  return createSession(path, options);
+}
+
+function open(key: string, model: ModelSource, options: SessionOptions, dir: string | undefined): Promise<EngineSession> {
   if (typeof model === 'string' || model instanceof Uint8Array) return createSession(model, options);
-  return openGraph(key, model, options);
+  return openGraph(key, model, options, dir);
 }
 
 async function handle(msg: PoolRequest): Promise<{ value: unknown; transfer: ArrayBuffer[] }> {
   switch (msg.type) {
     case 'load': {
-      const old = sessions.get(msg.key);
-      const s = await open(msg.key, msg.model, msg.options);
-      sessions.set(msg.key, s);
-      if (old) await old.release();
+      const s = await open(msg.key, msg.model, msg.options, msg.dir);
+      const cur = sessions.get(msg.key);
+      if (cur && cur.gen > msg.gen) {
+        // A later load of the key opened first: this one was unloaded before it finished, so its session is not kept.
+        await s.release();
+      } else {
+        sessions.set(msg.key, { session: s, gen: msg.gen, runs: new Set() });
+        if (cur) await retire(cur);
+      }
       const value: LoadResult = { inputNames: s.inputNames, outputNames: s.outputNames };
       // onnxruntime parsed the bytes into its own graph and keeps no reference to them.
       if (msg.returnBytes && msg.model instanceof Uint8Array && msg.model.buffer instanceof ArrayBuffer) {
@@ -61,23 +76,30 @@ async function handle(msg: PoolRequest): Promise<{ value: unknown; transfer: Arr
       return { value, transfer: [] };
     }
     case 'run': {
-      const out = await sessionFor(msg.key).run(msg.feeds, msg.fetches);
+      const o = sessionFor(msg.key);
+      const running = o.session.run(msg.feeds, msg.fetches);
+      o.runs.add(running);
+      const out = await running.finally(() => o.runs.delete(running));
       // The worker keeps nothing of the outputs, so hand their memory over instead of copying it.
       return { value: out, transfer: transferablesOf(Object.values(out)) };
     }
     case 'unload': {
-      const s = sessions.get(msg.key);
-      sessions.delete(msg.key);
-      if (s) await s.release();
+      // Only the session of the load it was issued for: a later load of the key keeps its own.
+      const o = sessions.get(msg.key);
+      if (o && o.gen === msg.gen) {
+        sessions.delete(msg.key);
+        await retire(o);
+      }
       return { value: null, transfer: [] };
     }
     case 'close': {
-      for (const s of sessions.values()) await s.release();
+      const all = [...sessions.values()];
       sessions.clear();
+      for (const o of all) await retire(o);
       return { value: null, transfer: [] };
     }
     case 'exit': {
-      for (const s of sessions.values()) await s.release().catch(() => undefined);
+      for (const o of sessions.values()) await o.session.release().catch(() => undefined);
       sessions.clear();
       process.exit(0); // in a worker thread this ends the thread, not the process
     }

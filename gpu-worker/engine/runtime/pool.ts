@@ -9,7 +9,10 @@
 // the key's next run there. Threads that keep dying (more than maxRestarts within restartWindowMs) are
 // a machine or process problem: the pool stops replacing them and refuses work as runtime_unavailable.
 
+import { mkdtempSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { EngineError } from '../errors.ts';
 import type { ModelIR, TensorData } from '../onnx/ir.ts';
@@ -26,9 +29,9 @@ export interface EnginePoolOptions {
    */
   sessionOptions?: SessionOptions;
   /**
-   * How long close() waits for work in flight before it ends the threads and fails what is left as
-   * `aborted` (default 30 s). A native run that never returns (a hung device) would otherwise hold
-   * close() forever.
+   * How long close() waits for work in flight before it fails what is left as `aborted` and returns
+   * (default 30 s). A native run that never returns (a hung device) would otherwise hold close()
+   * forever. A thread still inside onnxruntime then ends once its call returns (see runningThreads).
    */
   closeTimeoutMs?: number;
   /** Dead worker threads replaced within restartWindowMs before the pool gives up (default 3). */
@@ -58,7 +61,11 @@ export interface LoadOptions {
    * .onnx with external data and loads it by path (protobuf caps an in-memory model at 2 GB). Default 1.5 GiB.
    */
   inlineLimitBytes?: number;
-  /** IR models only: the folder for that temporary file (default: this thread's os.tmpdir()). */
+  /**
+   * IR models only: the folder for that temporary file (default: this thread's os.tmpdir()). The pool
+   * makes a folder of its own there for each such load, and removes it once the load is answered or its
+   * thread has ended, so a thread that ends mid-write (close(), a crash) leaves nothing behind.
+   */
   tempDir?: string;
 }
 
@@ -82,13 +89,31 @@ type Pending = { resolve: (v: unknown) => void; reject: (e: EngineError) => void
 interface ModelEntry {
   source: ModelSource;
   options: SessionOptions;
+  /** Which load of the key this is: an unload removes only the sessions this load opened. */
+  gen: number;
+  /** IR models from this many bytes of initializers up are loaded through a temporary file in `tempDir`. */
+  inlineLimitBytes: number;
+  tempDir: string;
 }
+
+/** A load of a key sent to one thread, and the runs given to that thread on it. */
+interface SessionRef {
+  gen: number;
+  /** Settles when the thread answered the load. */
+  ready: Promise<unknown>;
+  /** Runs on this session not answered yet (those waiting for a re-open included): an unload waits for them. */
+  runs: Set<Promise<unknown>>;
+}
+
+const noop = (): void => undefined;
 
 class PoolWorker {
   readonly worker: Worker;
   readonly pending = new Map<number, Pending>();
   /** Loads sent to this thread, by key: its sessions (a replacement thread starts with none). */
-  readonly sessions = new Map<string, Promise<unknown>>();
+  readonly sessions = new Map<string, SessionRef>();
+  /** Temporary folders of loads sent to this thread and not answered, by request id. */
+  private readonly tempDirs = new Map<number, string>();
   /** Runs given to this thread that wait for it to re-open their key's session first. */
   waiting = 0;
   alive = true;
@@ -112,17 +137,42 @@ class PoolWorker {
       : new Worker(new URL('./pool-worker.js', import.meta.url), { execArgv: [] });
     this.worker.on('message', (res: PoolResponse) => {
       const p = this.pending.get(res.id);
-      if (!p) return;
       this.pending.delete(res.id);
-      if (res.ok) p.resolve(res.value);
-      else p.reject(new EngineError(res.error.code, res.error.message, res.error.detail));
+      const settle = (): void => {
+        if (!p) return;
+        if (res.ok) p.resolve(res.value);
+        else p.reject(new EngineError(res.error.code, res.error.message, res.error.detail));
+      };
+      // The thread is done with a load's temporary file once it answers (even a load close() gave up
+      // on); the load settles once the file is gone.
+      const removing = this.dropTempDir(res.id);
+      if (removing) void removing.then(settle);
+      else settle();
     });
     // An uncaught error emits 'error' and then 'exit': onDeath acts on the first.
     this.worker.on('error', (e) => onDeath(this, `engine worker thread crashed: ${e.message}`));
     this.worker.on('exit', (code) => {
       this.exited = true;
+      // ...and with every file once it has ended, whatever it was doing.
+      for (const id of [...this.tempDirs.keys()]) this.dropTempDir(id);
       onDeath(this, `engine worker thread exited with code ${code}`);
     });
+  }
+
+  /** Remembers `dir` as request `id`'s temporary folder, removed when the request is answered or the thread ends. */
+  addTempDir(id: number, dir: string): void {
+    this.tempDirs.set(id, dir);
+  }
+
+  /**
+   * Removes request `id`'s temporary folder, if it has one (resolves once it is gone). Only once the
+   * thread can no longer be writing there: it answered the request, ended, or was never sent it.
+   */
+  dropTempDir(id: number): Promise<void> | undefined {
+    const dir = this.tempDirs.get(id);
+    if (dir === undefined) return undefined;
+    this.tempDirs.delete(id);
+    return rm(dir, { recursive: true, force: true }).catch(noop);
   }
 
   /** Takes no more work; what was in flight on it fails with `error`. */
@@ -139,12 +189,27 @@ class PoolWorker {
   }
 }
 
+/** Bytes of `model`'s initializers: what decides whether it loads through a temporary file. */
+function initializerBytes(model: ModelIR): number {
+  let bytes = 0;
+  for (const t of model.initializers.values()) bytes += t.data.byteLength;
+  return bytes;
+}
+
+function makeTempDir(parent: string): string {
+  try {
+    return mkdtempSync(join(parent, 'clipag-graph-'));
+  } catch (e) {
+    throw new EngineError('runtime_failed', `cannot make a temporary folder for a large graph in ${parent}: ${(e as Error).message}`, { tempDir: parent });
+  }
+}
+
 function isModelIR(model: Uint8Array | string | ModelIR): model is ModelIR {
   return typeof model === 'object' && !(model instanceof Uint8Array);
 }
 
 /** Resolves true when `p` settles before `ms` pass, false otherwise; leaves no timer behind. */
-async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+export async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
   try {
@@ -176,7 +241,8 @@ export class EnginePool {
   private readonly models = new Map<string, ModelEntry>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly sessionOptions: SessionOptions;
-  private readonly closeTimeoutMs: number;
+  /** How long close() waits for work in flight (EnginePoolOptions.closeTimeoutMs). */
+  readonly closeTimeoutMs: number;
   private readonly maxRestarts: number;
   private readonly restartWindowMs: number;
   /** When worker threads died (performance.now()), within the restart window. */
@@ -184,6 +250,8 @@ export class EnginePool {
   private replaced = 0;
   private broken?: EngineError;
   private nextId = 1;
+  /** Numbers the loads of keys (ModelEntry.gen). */
+  private nextGen = 1;
   private closing?: Promise<void>;
 
   /** The options every session of this pool opens with (a copy; a load may add its own). */
@@ -229,8 +297,10 @@ export class EnginePool {
 
   /**
    * Threads of this pool that have not ended. After close() only threads it gave up waiting for: each
-   * ends when its native call returns. A process that exits before then waits for that call and then
-   * aborts (onnxruntime-node cannot return into a thread that is being stopped).
+   * ends when its native call returns, and keeps the process alive until then, so a process that ends
+   * by itself (its event loop empties) waits for the call and exits cleanly. One that calls
+   * process.exit() before then aborts when the call returns (onnxruntime-node cannot return into a
+   * thread that is being stopped), as letting go of the thread (unref) would make a natural exit do.
    */
   get runningThreads(): number {
     return this.threads.filter((w) => !w.exited).length;
@@ -280,7 +350,10 @@ export class EnginePool {
 
   private send(w: PoolWorker, req: PoolRequest, transfer: ArrayBuffer[] = []): Promise<unknown> {
     // A thread that died between picking it and sending: the message would go nowhere and never be answered.
-    if (!w.alive) return Promise.reject(w.error ?? new EngineError('aborted', 'the engine worker thread stopped; retry'));
+    if (!w.alive) {
+      w.dropTempDir(req.id);
+      return Promise.reject(w.error ?? new EngineError('aborted', 'the engine worker thread stopped; retry'));
+    }
     return new Promise<unknown>((resolve, reject) => {
       w.pending.set(req.id, { resolve, reject });
       try {
@@ -293,6 +366,7 @@ export class EnginePool {
         }
       } catch (e) {
         w.pending.delete(req.id);
+        w.dropTempDir(req.id);
         reject(new EngineError('invalid_input', `cannot send the request to the engine worker: ${(e as Error).message}`));
       }
     });
@@ -315,16 +389,30 @@ export class EnginePool {
     if (this.broken) throw this.broken;
   }
 
-  /** Sends a load of `key` to `w` and records it as `w`'s session (dropped again if it fails). */
-  private loadOn(w: PoolWorker, key: string, entry: ModelEntry, transfer: ArrayBuffer[] = []): Promise<unknown> {
-    const req: PoolRequest = { id: this.nextId++, type: 'load', key, model: entry.source, options: entry.options };
+  /**
+   * Sends a load of `key` to `w` and records it as `w`'s session (dropped again if it fails). A graph
+   * over the entry's inline limit goes through a temporary file: its folder is made here, on this
+   * thread, so that it is removed even when the thread ends while writing it (see PoolWorker.dropTempDir).
+   */
+  private loadOn(w: PoolWorker, key: string, entry: ModelEntry, transfer: ArrayBuffer[] = []): SessionRef {
+    const req: PoolRequest = { id: this.nextId++, type: 'load', key, gen: entry.gen, model: entry.source, options: entry.options };
     if (transfer.length > 0) req.returnBytes = true;
-    const p = this.send(w, req, transfer);
-    w.sessions.set(key, p);
-    p.catch(() => {
-      if (w.sessions.get(key) === p) w.sessions.delete(key);
+    let sent: Promise<unknown>;
+    try {
+      if (typeof entry.source === 'object' && !(entry.source instanceof Uint8Array) && w.alive && initializerBytes(entry.source.model) >= entry.inlineLimitBytes) {
+        req.dir = makeTempDir(entry.tempDir);
+        w.addTempDir(req.id, req.dir);
+      }
+      sent = this.send(w, req, transfer);
+    } catch (e) {
+      sent = Promise.reject(e);
+    }
+    const ref: SessionRef = { gen: entry.gen, ready: sent, runs: new Set() };
+    w.sessions.set(key, ref);
+    sent.catch(() => {
+      if (w.sessions.get(key) === ref) w.sessions.delete(key);
     });
-    return p;
+    return ref;
   }
 
   /**
@@ -342,10 +430,14 @@ export class EnginePool {
     const cached = this.handles.get(key);
     if (cached) return cached;
     const options = { ...this.sessionOptions, ...opts };
-    const source: ModelSource = isModelIR(model)
-      ? { kind: 'graph', model, inlineLimitBytes: loadOpts.inlineLimitBytes ?? DEFAULT_INLINE_LIMIT_BYTES, tempDir: loadOpts.tempDir ?? tmpdir() }
-      : model;
-    const entry: ModelEntry = { source, options };
+    const source: ModelSource = isModelIR(model) ? { kind: 'graph', model } : model;
+    const entry: ModelEntry = {
+      source,
+      options,
+      gen: this.nextGen++,
+      inlineLimitBytes: loadOpts.inlineLimitBytes ?? DEFAULT_INLINE_LIMIT_BYTES,
+      tempDir: loadOpts.tempDir ?? tmpdir(),
+    };
     const workers = this.live();
     // Bytes are copied to each worker (structured clone); a buffer can be transferred only once, so
     // with transfer the last worker gets the original and the others copies (made before it moves).
@@ -355,7 +447,7 @@ export class EnginePool {
         : [];
     const attempts = workers.map((w, i) => this.loadOn(w, key, entry, i === workers.length - 1 ? movable : []));
     const loading = this.track(
-      Promise.all(attempts).then((results) => {
+      Promise.all(attempts.map((a) => a.ready)).then((results) => {
         const moved = (results as LoadResult[]).find((r) => r.bytes)?.bytes;
         if (moved) entry.source = moved;
         return this.makeHandle(key, results[0] as LoadResult);
@@ -369,13 +461,13 @@ export class EnginePool {
       if (this.handles.get(key) === loading) this.handles.delete(key);
       if (this.models.get(key) === entry) this.models.delete(key);
       workers.forEach((w, i) =>
-        attempts[i]!.then(
+        attempts[i]!.ready.then(
           () => {
             if (w.sessions.get(key) !== attempts[i] || this.closing) return; // a later load of the key replaced it
             w.sessions.delete(key);
-            this.send(w, { id: this.nextId++, type: 'unload', key }).catch(() => undefined);
+            this.send(w, { id: this.nextId++, type: 'unload', key, gen: entry.gen }).catch(noop);
           },
-          () => undefined,
+          noop,
         ),
       );
     });
@@ -400,42 +492,56 @@ export class EnginePool {
       const send = () => this.send(w, { id: this.nextId++, type: 'run', key, feeds, fetches }, transfer) as Promise<Record<string, TensorData>>;
       const entry = this.models.get(key);
       // A thread that replaced a dead one opens the key on its first run there.
-      const ready = w.sessions.get(key) ?? (entry ? this.loadOn(w, key, entry) : undefined);
+      const session = w.sessions.get(key) ?? (entry ? this.loadOn(w, key, entry) : undefined);
       // Without a session or a source the worker answers why (the key was never loaded, or unloaded).
-      if (!ready) return this.track(send());
+      if (!session) return this.track(send());
       w.waiting++;
-      return this.track(
-        ready.then(
-          () => {
-            w.waiting--;
-            return send();
-          },
-          (e: unknown) => {
-            w.waiting--;
-            throw e;
-          },
-        ),
+      const running = session.ready.then(
+        () => {
+          w.waiting--;
+          return send();
+        },
+        (e: unknown) => {
+          w.waiting--;
+          throw e;
+        },
       );
+      // An unload of the key waits for it (a run waiting for a re-open included), so it does not release the session first.
+      session.runs.add(running);
+      const done = (): void => void session.runs.delete(running);
+      running.then(done, done);
+      return this.track(running);
     } catch (e) {
       return Promise.reject(e);
     }
   }
 
-  /** Release `key`'s sessions in every worker; a later load of the key loads afresh. */
+  /**
+   * Release `key`'s sessions in every worker, once the runs already given to them have finished; a
+   * later load of the key loads afresh. Only the sessions of the load this unload removes: a load of the
+   * key made while it waits keeps its own.
+   */
   async unload(key: string): Promise<void> {
     this.checkOpen();
     const h = this.handles.get(key);
-    if (!h) return;
+    const entry = this.models.get(key);
+    if (!h || !entry) return;
     this.handles.delete(key);
     this.models.delete(key);
-    await h.catch(() => undefined);
+    await h.catch(noop);
     await Promise.all(
       this.live().map(async (w) => {
-        const opening = w.sessions.get(key);
-        w.sessions.delete(key);
-        // A re-open in flight on a replacement thread would open the session after this unload.
-        await opening?.catch(() => undefined);
-        return this.send(w, { id: this.nextId++, type: 'unload', key });
+        const session = w.sessions.get(key);
+        if (session?.gen === entry.gen) {
+          w.sessions.delete(key);
+          // A re-open in flight on a replacement thread would open the session after this unload; runs
+          // given to the thread on it (waiting for that re-open, say) would find it released.
+          await session.ready.catch(noop);
+          while (session.runs.size > 0) await Promise.allSettled([...session.runs]);
+        }
+        // The thread may have died meanwhile: its sessions went with it.
+        if (!w.alive) return;
+        await this.send(w, { id: this.nextId++, type: 'unload', key, gen: entry.gen });
       }),
     );
   }
@@ -479,15 +585,20 @@ export class EnginePool {
       w.stopping = true;
       // A request still unanswered may be inside onnxruntime. A thread terminated there aborts the whole
       // process when the native call returns ("terminate called after throwing an instance of
-      // 'Napi::Error'"), so such a thread is asked to exit once it is back, and let go of (unref) so that
-      // it cannot keep the process alive if the call never returns. An idle thread is simply ended.
+      // 'Napi::Error'"), so such a thread is asked to exit once it is back. It stays referenced: a
+      // process may not end while the call runs, since that ends the thread inside the call and aborts
+      // just the same (an unref'd thread lets the event loop empty, and Node then waits at exit for the
+      // call and aborts: exit code 134). Kept referenced, the process ends once the thread has taken its
+      // exit request, cleanly. An idle thread is simply ended.
       const busy = w.alive && w.pending.size > 0;
       if (w.alive) w.fail(cut);
-      if (busy) {
-        w.worker.postMessage({ id: this.nextId++, type: 'exit' } satisfies PoolRequest);
-        w.worker.unref();
-      } else ended.push(w.worker.terminate());
+      if (busy) w.worker.postMessage({ id: this.nextId++, type: 'exit' } satisfies PoolRequest);
+      else ended.push(w.worker.terminate());
     }
+    // Nothing of the models is kept past close(): the IR of every graph (and so its weights) goes with them.
+    this.handles.clear();
+    this.models.clear();
+    for (const w of this.threads) w.sessions.clear();
     await settlesWithin(Promise.allSettled(ended), TERMINATE_GRACE_MS);
     EnginePool.opened--;
   }
