@@ -594,6 +594,13 @@ const TERM_FORBIDDEN = /[,;:.!?|/()[\]{}"“”«»\n]/u;
 /** Punctuation inside a word ("Bat-Man", "spider.man", "pika_chu"): also read with it removed. */
 const INSIDE_WORD_PUNCTUATION = /(?<=[\p{L}\p{N}])[^\p{L}\p{N}\p{M}\s]+(?=[\p{L}\p{N}])/gu;
 
+/**
+ * What the fold joins words across (an apostrophe, an invisible character: "pika\u200bchu" is "pikachu")
+ * where CLIP's tokenizer splits: "pikachu'fan" and "pikachu\u200bfan" are the token pikachu and a word
+ * fan to the model. A phrase holding one is also read with it as a space.
+ */
+const JOINED_BY_FOLD = /['\u2019\p{Default_Ignorable_Code_Point}]/gu;
+
 /** A word as written and as the singular it may be the plural of ("pikachus", "spidermen", "doctors"). */
 function wordForms(word: string): string[] {
   const forms = [word];
@@ -728,7 +735,10 @@ function promptPhrases(text: string, sixes?: boolean): { phrases: Set<string>; c
   // ASCII look-alikes ("PlKACHU", "he||o") are read in the form as written only (with leetspeak
   // on top): each added form costs a pass over the prompt.
   const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel)), ...asciiLookalikeForms(text).map(cleanClipText)];
-  const toPhrases = (texts: string[]) => texts.flatMap((t) => t.split(PHRASE_BREAK)).flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, '')]);
+  const toPhrases = (texts: string[]) =>
+    texts
+      .flatMap((t) => t.split(PHRASE_BREAK))
+      .flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, ''), ...(p.search(JOINED_BY_FOLD) >= 0 ? [p.replace(JOINED_BY_FOLD, ' ')] : [])]);
   // Leetspeak reads a 6 where the prompt as written (the first form) has one: not a Cyrillic б.
   const six = sixes ?? typesSix(forms[0]!);
   const phrases = new Set(toPhrases([...forms, ...forms.flatMap((form) => leetForms(form, six))]));

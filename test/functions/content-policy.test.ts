@@ -390,6 +390,16 @@ describe('matching', () => {
     expect(normalizeText('pikachu2')).toBe('pikachu 2');
   });
 
+  it('reads a name glued to a word by an apostrophe or an invisible character as the name, where CLIP splits there; joined names still read joined', () => {
+    // CLIP's tokenizer: "pikachu'fan" and "pikachu\u200bfan" are the token pikachu and a word fan.
+    for (const text of ["pikachu'fan", 'pikachu\u2019fan', 'pikachu\u200bfan', 'pikachu\u2060fan art', "batman'logo", "mickey'mouse", 'pika\u200bchu', "pikachu's hat"]) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
+    }
+    for (const text of ["don't panic", "rock'n'roll band", "O'Neill's garden", "it's a cat", 'a dog\u200bhouse', "l'amour", 'rock\u00adstar']) {
+      expect(rulesHit(text), JSON.stringify(text)).toEqual([]);
+    }
+  });
+
   it('reads a name joined by punctuation inside a word, or put in brackets, as the name', () => {
     for (const text of ['spider.man on a roof', 'harry.potter', 'spider/man', 'Mickey (Mouse) waving', 'mickey&#46;mouse', 'Bat-Man of Gotham, 1939 comic', 'Super-Man', 'pika-chu', 'to-toro', 'spider_man']) {
       expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
