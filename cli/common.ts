@@ -131,10 +131,18 @@ export function writeWhole(path: string, bytes: Uint8Array): void {
 
 /**
  * A training checkpoint's absolute path, its folder made: a file (to resume from, or to write), never
- * a folder, under a folder that can be made. Checked before training starts.
+ * a folder, under a folder that can be made. A symbolic link is followed to the file it leads to (the
+ * run resumes from it and saves over it, keeping the link); one that leads nowhere (dangling, a loop)
+ * is refused. Checked before training starts.
  */
 export function checkpointFile(path: string): string {
-  const ckpt = resolve(path);
+  let ckpt: string;
+  try {
+    ckpt = followLink(path, '--checkpoint');
+  } catch (e) {
+    if (e instanceof EngineError) throw e;
+    ckpt = resolve(path); // ENOTDIR (a part of the path is a file): the mkdir below says so
+  }
   let isFolder = false;
   try {
     isFolder = statSync(ckpt, { throwIfNoEntry: false })?.isDirectory() ?? false;

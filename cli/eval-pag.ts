@@ -23,11 +23,12 @@ function parseRecipeArg(text: string | undefined): Partial<Recipe> {
 export const summary = 'measure PAG: images from the robust and plain toy CLIPs, graded by the judge';
 export const usage = `usage: clipag eval-pag [options]
 
-  --robust DIR     robust bundle (default models/toy)
+  --robust DIR     robust bundle (default models/toy); it must ship the GMM prior both models start from,
+                   and both bundles must carry the toy world's tokenizer
   --plain DIR      plain twin (default models/toy-plain)
   --judge DIR      judge (default models/toy-judge); refused unless it passes its accuracy check
   --prompts N      use the first N prompts of the fixed set (default all ${PAG_PROMPTS.length})
-  --seeds LIST     comma-separated seeds (default 1,2,3)
+  --seeds LIST     comma-separated seeds, each once (default 1,2,3)
   --steps N        synthesis steps (default: the recipe's 100)
   --views G,P      global and patch views (default: each bundle's recipe defaults)
   --recipe JSON    other recipe fields for both models, e.g. '{"flip":true,"cutout":0}' (checked like a
@@ -51,6 +52,9 @@ export async function run(argv: string[]): Promise<number> {
   });
   const nPrompts = intArg(values.prompts, 'prompts', PAG_PROMPTS.length, 1, PAG_PROMPTS.length);
   const seeds = (values.seeds ?? '1,2,3').split(',').map((s) => intArg(s, 'seeds', 1, 0, 0xffffffff));
+  // A seed given twice draws the same images twice: counted twice, they inflate the count and the interval.
+  const repeated = [...new Set(seeds.filter((s, i) => seeds.indexOf(s) !== i))];
+  if (repeated.length > 0) throw new UsageError(`--seeds must not repeat a seed; ${repeated.join(', ')} ${repeated.length === 1 ? 'is' : 'are'} given more than once in "${values.seeds}"`);
   const recipe: Partial<Recipe> = parseRecipeArg(values.recipe);
   if (values.steps !== undefined) recipe.steps = intArg(values.steps, 'steps', 100, 1, 1000);
   if (values.views !== undefined) {

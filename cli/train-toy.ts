@@ -15,8 +15,10 @@ export const usage = `usage: clipag train-toy --variant robust|plain [options]
   --variant V          robust (PGD adversarial training, TeCoA-style) or plain (the identical recipe without the attack)
   --out DIR            bundle folder (default models/toy for robust, models/toy-plain for plain); written whole
                        or not at all
-  --force              replace a bundle already in --out (the shipped models/toy and models/toy-plain included)
-  --checkpoint FILE    checkpoint (default .tmp/checkpoints/<variant>.ckpt); resumed from when it exists
+  --force              replace a bundle already in --out (the shipped models/toy and models/toy-plain included),
+                       and let --no-resume replace a checkpoint of another kind (a judge's)
+  --checkpoint FILE    checkpoint (default .tmp/checkpoints/<variant>.ckpt); resumed from when it exists; a link
+                       is followed (saves replace its target); one run at a time per checkpoint
   --no-resume          ignore an existing checkpoint and start from step 0
   --checkpoint-every N steps between checkpoints (default 100)
   --steps N            training steps (default 10000)
@@ -93,6 +95,7 @@ export async function run(argv: string[]): Promise<number> {
   const res = await trainToyClip(cfg, {
     checkpoint: ckpt,
     resume: !values['no-resume'],
+    force: values.force ?? false,
     checkpointEvery: intArg(values['checkpoint-every'], 'checkpoint-every', 100, 1, 1_000_000),
     threads,
     progress: true,

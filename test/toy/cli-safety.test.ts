@@ -5,9 +5,10 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { REPO_ROOT, bundleOut, outputFile, replaceFolder } from '../../cli/common.ts';
+import { REPO_ROOT, bundleOut, checkpointFile, outputFile, replaceFolder } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
+import { readSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'clipag-train-cli-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -70,6 +71,43 @@ describe('clipag train-toy --out', () => {
     expect(readFileSync(file, 'utf8')).toBe('keep');
     expect(existsSync(join(dir, 'new-ck'))).toBe(false);
   });
+});
+
+describe('--checkpoint that is a symbolic link (train-toy, train-judge)', () => {
+  it('is followed to its file; one that leads nowhere (dangling, a loop) is refused before training, naming the flag', async () => {
+    const target = join(dir, 'ck-target.ckpt');
+    writeFileSync(target, 'a checkpoint');
+    symlinkSync(target, join(dir, 'ck-link.ckpt'));
+    expect(checkpointFile(join(dir, 'ck-link.ckpt'))).toBe(target);
+    symlinkSync(join(dir, 'ck-nowhere.ckpt'), join(dir, 'ck-dangling.ckpt'));
+    expect(() => checkpointFile(join(dir, 'ck-dangling.ckpt'))).toThrow(/--checkpoint .*ck-dangling\.ckpt is a symbolic link that leads nowhere \(ENOENT\)/);
+    symlinkSync(join(dir, 'ck-loop2'), join(dir, 'ck-loop1'));
+    symlinkSync(join(dir, 'ck-loop1'), join(dir, 'ck-loop2'));
+    for (const verb of [['train-toy', ...TINY], ['train-judge', '--steps', '1']]) {
+      const r = await runCli([...verb, '--out', join(dir, 'never'), '--checkpoint', join(dir, 'ck-loop1')]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/--checkpoint .*ck-loop1 is a symbolic link that leads nowhere \(ELOOP\)/);
+    }
+    expect(existsSync(join(dir, 'ck-nowhere.ckpt'))).toBe(false);
+    expect(existsSync(join(dir, 'never'))).toBe(false);
+  });
+});
+
+describe('clipag train-judge below the accuracy bar', () => {
+  it('advises a command that trains longer, and that command is accepted (not refused for its --steps)', async () => {
+    const ck = join(dir, 'weak-judge.ckpt');
+    const args = ['--steps', '1', '--batch', '2', '--check', '32', '--out', join(dir, 'weak-judge'), '--checkpoint', ck];
+    const weak = await runCli(['train-judge', ...args]);
+    expect(weak.code, weak.stderr).toBe(1);
+    const advised = /To train longer, .*: clipag train-judge (.*)$/m.exec(weak.stderr);
+    expect(advised, weak.stderr).not.toBeNull();
+    const argv = advised![1].split(' ');
+    expect(argv).toEqual(['--batch', '2', '--check', '32', '--out', join(dir, 'weak-judge'), '--checkpoint', ck, '--no-resume', '--steps', '2']);
+    const again = await runCli(['train-judge', ...argv]);
+    expect(again.stderr).not.toMatch(/different steps|refused|\[invalid/);
+    expect(again.stderr).toMatch(/accuracy on 32 fresh world images/);
+    expect(readSafetensors(ck).metadata?.step).toBe('2');
+  }, 60_000);
 });
 
 describe('bundleOut', () => {

@@ -4,12 +4,13 @@
 // model's images carry the prompt to a second model (they score higher under the plain CLIP than the
 // plain twin's images score under the robust one); and the plain twin's images carry far more
 // high-frequency texture.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../cli/common.ts';
-import { evalPag, highFrequencyEnergy, wilsonInterval, writePagOutputs } from '../../gpu-worker/engine/toy/eval-pag.ts';
+import { evalPag, highFrequencyEnergy, pagMarkdown, wilsonInterval, writePagOutputs } from '../../gpu-worker/engine/toy/eval-pag.ts';
 import { createImage } from '../../gpu-worker/engine/synth/image.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
@@ -135,3 +136,71 @@ describe('clipag eval-pag: its outputs are checked before the run (minutes), and
   });
 });
 
+
+// From a review of eval-pag's inputs: a CLIP whose tokenizer is not the world's was graded (its
+// "red" drew blue); a bundle without a prior switched silently to noise init; a repeated seed counted
+// its images twice.
+describe('eval-pag refuses what it cannot grade, and records where the images start', () => {
+  const MODELS = join(REPO_ROOT, 'models');
+  const JUDGE = join(MODELS, 'toy-judge');
+  /** A copy of models/toy, edited, its manifest's checksums kept true (as a re-export would). */
+  const toyCopy = (name: string, edit: (dir: string, manifest: Record<string, any>) => void): string => {
+    const d = join(tmp, name);
+    cpSync(join(MODELS, 'toy'), d, { recursive: true });
+    const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8')) as Record<string, any>;
+    edit(d, m);
+    for (const f of Object.keys(m.sha256)) m.sha256[f] = createHash('sha256').update(readFileSync(join(d, f))).digest('hex');
+    writeFileSync(join(d, 'manifest.json'), JSON.stringify(m, null, 2));
+    return d;
+  };
+  const editTokenizer = (d: string, f: (vocab: Record<string, number>) => void) => {
+    const t = JSON.parse(readFileSync(join(d, 'tokenizer.json'), 'utf8'));
+    f(t.model.vocab);
+    writeFileSync(join(d, 'tokenizer.json'), JSON.stringify(t));
+  };
+  const quick = { plainDir: join(MODELS, 'toy-plain'), judgeDir: JUDGE, judgeCheckImages: 64, prompts: ['a yellow star'], seeds: [1], recipe: { steps: 1 }, robustness: false as const, morph: false as const, threads: 1 };
+
+  it('a CLIP whose tokenizer is not the world\'s (ids swapped, a word missing) is refused, naming the bundle and the difference', async () => {
+    const swapped = toyCopy('tok-swapped', (d) => editTokenizer(d, (v) => ([v.red, v.blue] = [v.blue, v.red])));
+    const err = await evalPag({ ...quick, robustDir: swapped }).catch((e) => e);
+    expect(err).toMatchObject({ code: 'invalid_model', message: expect.stringMatching(/the robust model .*tok-swapped does not read the toy world's words .*tokenizer\.json: "blue" is id \d+, the world's \d+, "red" is id \d+, the world's \d+/) });
+    const missing = toyCopy('tok-missing', (d) => editTokenizer(d, (v) => delete v.large));
+    expect(await evalPag({ ...quick, robustDir: missing }).catch((e) => e)).toMatchObject({
+      code: 'invalid_model',
+      message: expect.stringMatching(/the robust model .*tok-missing does not read .*it lacks "large"/),
+    });
+  }, 60_000);
+
+  it('a prompt the model cannot read whole (an unknown word) is refused before any image', async () => {
+    const err = await evalPag({ ...quick, robustDir: join(MODELS, 'toy'), prompts: ['a yellow star with zorbles'] }).catch((e) => e);
+    expect(err).toMatchObject({ code: 'invalid_input', message: expect.stringMatching(/the robust model .* cannot read every prompt: .*does not know the words? .*"zorbles"/) });
+  }, 60_000);
+
+  it('a robust bundle without its GMM prior is refused (not run from noise)', async () => {
+    const noPrior = toyCopy('no-prior', (d, m) => {
+      rmSync(join(d, 'prior.safetensors'));
+      delete m.prior;
+      delete m.sha256['prior.safetensors'];
+    });
+    expect(await evalPag({ ...quick, robustDir: noPrior }).catch((e) => e)).toMatchObject({ code: 'invalid_model', message: expect.stringMatching(/the robust model .*no-prior ships no GMM prior/) });
+  }, 60_000);
+
+  it('the report records the init (the prior and its sha256) in its JSON and its Markdown; an older report without it still renders', async () => {
+    const { report, images } = await evalPag({ ...quick, robustDir: join(MODELS, 'toy') });
+    const manifest = JSON.parse(readFileSync(join(MODELS, 'toy', 'manifest.json'), 'utf8'));
+    expect(report.init).toEqual({ kind: 'gmm', prior: 'toy/prior.safetensors', sha256: manifest.sha256['prior.safetensors'] });
+    const [json, md] = writePagOutputs(join(tmp, 'init'), report, images);
+    expect(JSON.parse(readFileSync(json, 'utf8')).init.sha256).toBe(manifest.sha256['prior.safetensors']);
+    expect(readFileSync(md, 'utf8').split('\n')[0]).toBe(`Both models start from the GMM prior toy/prior.safetensors (sha256 ${manifest.sha256['prior.safetensors']}).`);
+    const { init: _, ...older } = report;
+    expect(pagMarkdown(older).startsWith('| | robust (toy)')).toBe(true);
+    expect(pagMarkdown(JSON.parse(readFileSync(join(REPO_ROOT, 'docs', 'toy-pag.json'), 'utf8')))).toMatch(/all named attributes correct/);
+  }, 120_000);
+
+  it('a repeated seed is refused: a usage error in the CLI (exit 2), before any model loads; invalid input in the API', async () => {
+    const { run } = await import('../../cli/eval-pag.ts');
+    const usage = await run(['--seeds', '1,2,1', '--out', join(tmp, 'dup'), '--robust', join(tmp, 'no-such-model')]).then(() => 'ran', (e: Error) => e);
+    expect(usage).toMatchObject({ name: 'UsageError', message: expect.stringMatching(/--seeds must not repeat a seed; 1 is given more than once in "1,2,1"/) });
+    expect(await evalPag({ ...quick, robustDir: join(MODELS, 'toy'), seeds: [3, 3] }).catch((e) => e)).toMatchObject({ code: 'invalid_input', message: expect.stringMatching(/seeds must differ; 3 is repeated/) });
+  });
+});

@@ -7,6 +7,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Rng } from '../../gpu-worker/engine/synth/rng.ts';
 import { ATTRIBUTES, JUDGE_ARCH, Judge, defaultJudgeConfig, initJudgeParams, trainJudge, writeJudgeBundle } from '../../gpu-worker/engine/toy/judge.ts';
 import { evalPag } from '../../gpu-worker/engine/toy/eval-pag.ts';
+import { f32ToF16Array } from '../../gpu-worker/engine/io/half.ts';
+import { readSafetensors, writeSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 
 const JUDGE_DIR = join(REPO_ROOT, 'models', 'toy-judge');
@@ -66,5 +68,17 @@ describe('toy judge', () => {
     await expect(Judge.open(dir, 1)).rejects.toMatchObject({ code: 'invalid_model', message: expect.stringMatching(/is not a .* v1 manifest/) });
     rmSync(join(dir, 'manifest.json'));
     await expect(Judge.open(dir, 1)).rejects.toThrow(/no judge manifest.json/);
+  });
+
+  it('judge weights that are not float32 (re-saved as float16) are refused on open, naming the file', async () => {
+    const dir = join(tmp, 'f16');
+    cpSync(JUDGE_DIR, dir, { recursive: true });
+    const w = join(dir, 'weights.safetensors');
+    const st = readSafetensors(w);
+    await writeSafetensors(w, new Map([...st.tensors].map(([k, t]) => [k, { dtype: 'float16' as const, dims: t.dims, data: f32ToF16Array(t.data as Float32Array) }])));
+    const manifest = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
+    delete manifest.sha256;
+    writeFileSync(join(dir, 'manifest.json'), JSON.stringify(manifest));
+    await expect(Judge.open(dir, 1)).rejects.toMatchObject({ code: 'invalid_model', message: expect.stringMatching(/judge weights .*f16\/weights\.safetensors: conv0\.weight is float16, .*; the judge needs float32 weights/) });
   });
 });

@@ -1,7 +1,7 @@
 // Training on the gradient engine: a short run shows the contrastive loss falling, a PGD step raises
 // it, checkpoints resume exactly, and checkpoints from another architecture or corrupt files are refused.
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, lstatSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readSafetensors, writeSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -10,6 +10,9 @@ import {
   AUX_HEADS, TOY_ARCH, ToyClipTrainer, attackRamp, defaultToyConfig, encodeWorldBatch, initAuxParams, initClipParams, nearestText, trainToyClip, worldTokenizer,
 } from '../../gpu-worker/engine/toy/clip-train.ts';
 import { sampleBatch } from '../../gpu-worker/engine/toy/world.ts';
+import { defaultJudgeConfig, trainJudge } from '../../gpu-worker/engine/toy/judge.ts';
+import { saveCheckpoint } from '../../gpu-worker/engine/toy/optim.ts';
+import type { TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 
 // A small arch so the test runs in seconds on 2 cores.
 const ARCH = { ...TOY_ARCH, visionWidth: 32, visionHeads: 1, visionLayers: 1, textWidth: 32, textHeads: 1, textLayers: 1, embedDim: 32 };
@@ -233,5 +236,109 @@ describe('nearestText (zero-shot choice)', () => {
     expect(nearestText(images, 1, texts, E)).toBe(1);
     expect(nearestText(images, 0, texts, E, [1, 2])).toBe(2);
     expect(nearestText(images, 1, texts, E, [0])).toBe(0);
+  });
+});
+
+describe('checkpoint files (from a review of bad input and interruption)', () => {
+  const cfg = defaultToyConfig(false, { arch: ARCH, batch: 8, steps: 2, warmup: 1 });
+  const stepOf = (path: string) => readSafetensors(path).metadata?.step;
+
+  it('a link to a checkpoint resumes from its target and saves into it, keeping the link', async () => {
+    const target = join(dir, 'linked-target.ckpt');
+    await trainToyClip(cfg, { threads: 1, checkpoint: target, maxStepsThisRun: 1 });
+    const link = join(dir, 'link.ckpt');
+    symlinkSync(target, link);
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: link })).resolves.toMatchObject({ resumedFrom: 1, step: 2 });
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(stepOf(target)).toBe('2');
+  });
+
+  it('a link that leads nowhere (dangling, a loop) is refused, and left as it was', async () => {
+    const dangling = join(dir, 'dangling.ckpt');
+    symlinkSync(join(dir, 'no-such.ckpt'), dangling);
+    const loop = join(dir, 'loop-a.ckpt');
+    symlinkSync(join(dir, 'loop-b.ckpt'), loop);
+    symlinkSync(loop, join(dir, 'loop-b.ckpt'));
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: dangling })).rejects.toThrow(/checkpoint .*dangling\.ckpt is a symbolic link that leads nowhere \(ENOENT\)/);
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: loop, resume: false })).rejects.toThrow(/loop-a\.ckpt is a symbolic link that leads nowhere \(ELOOP\)/);
+    expect(lstatSync(dangling).isSymbolicLink()).toBe(true);
+    expect(lstatSync(loop).isSymbolicLink()).toBe(true);
+    expect(existsSync(join(dir, 'no-such.ckpt'))).toBe(false);
+  });
+
+  it('a second run on a checkpoint in use is refused; a lock left by a dead run is taken over; saves never share a temporary name', async () => {
+    const ck = join(dir, 'busy.ckpt');
+    const first = trainToyClip(cfg, { threads: 1, checkpoint: ck });
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/another run is using the checkpoint .*busy\.ckpt \(process \d+ holds .*busy\.ckpt\.lock\)/);
+    await expect(first).resolves.toMatchObject({ step: 2 });
+    expect(existsSync(`${ck}.lock`)).toBe(false); // released
+    // A run killed with SIGKILL leaves its lock: the next run takes it over.
+    let dead = 900_000;
+    for (;; dead++) {
+      try {
+        process.kill(dead, 0);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ESRCH') break;
+      }
+    }
+    writeFileSync(`${ck}.lock`, JSON.stringify({ pid: dead, host: hostname() }));
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, resume: false })).resolves.toMatchObject({ step: 2 });
+    // So is one with this process's pid from before a restart (a container's pids repeat).
+    writeFileSync(`${ck}.lock`, JSON.stringify({ pid: process.pid, host: hostname(), mark: 'an earlier process' }));
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, resume: false })).resolves.toMatchObject({ step: 2 });
+    expect(existsSync(`${ck}.lock`)).toBe(false);
+    // Two saves at once (two runs when a lock was taken over twice): both land, no ENOENT on a shared name.
+    const adam = { step: 1, m: new Map<string, Float32Array>(), v: new Map<string, Float32Array>() };
+    const params = new Map([['x', { dtype: 'float32' as const, dims: [1], data: new Float32Array([1]) }]]);
+    adam.m.set('x', new Float32Array(1));
+    adam.v.set('x', new Float32Array(1));
+    const save = (step: number) => saveCheckpoint(join(dir, 'twice.ckpt'), { kind: 'k', config: {}, step, elapsedS: 0, history: [], params, adam });
+    await expect(Promise.all([save(1), save(2)])).resolves.toBeDefined();
+    expect(readdirSync(dir).filter((n) => n.includes('.partial'))).toEqual([]);
+    expect(readSafetensors(join(dir, 'twice.ckpt')).metadata?.step).toMatch(/^[12]$/);
+  });
+
+  it('a fresh run does not replace a checkpoint of another kind (a judge\'s) unless forced', async () => {
+    const ck = join(dir, 'judge-kind.ckpt');
+    await trainJudge(defaultJudgeConfig({ steps: 1, batch: 2, warmup: 1 }), { threads: 1, checkpoint: ck });
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, resume: false })).rejects.toThrow(/judge-kind\.ckpt holds a "toy-judge" checkpoint, not "toy-clip": a fresh run would overwrite it; choose another --checkpoint, or pass --force/);
+    expect(readSafetensors(ck).metadata?.kind).toBe('toy-judge');
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, resume: false, force: true })).resolves.toMatchObject({ step: 2 });
+    expect(readSafetensors(ck).metadata?.kind).toBe('toy-clip');
+  });
+
+  it('a checkpoint carries its format version; another version is refused, a version-less one read as version 1', async () => {
+    const ck = join(dir, 'version.ckpt');
+    await trainToyClip(cfg, { threads: 1, checkpoint: ck, maxStepsThisRun: 1 });
+    expect(readSafetensors(ck).metadata?.format_version).toBe('1');
+    const edit = async (f: (meta: Record<string, string>) => Record<string, string>) => {
+      const st = readSafetensors(ck);
+      const { sha256: _, ...rest } = st.metadata ?? {};
+      await writeSafetensors(ck, st.tensors, f(rest));
+    };
+    await edit((m) => ({ ...m, format_version: '2' }));
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/checkpoint .*version\.ckpt is clipag-toy-checkpoint version "2"; this clipag reads version 1/);
+    await edit(({ format_version: _, ...m }) => m);
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck, maxStepsThisRun: 0 })).resolves.toMatchObject({ resumedFrom: 1 });
+  });
+
+  it('Adam moments that do not fit their weights, and tensors of no kind, are refused', async () => {
+    const ck = join(dir, 'moments.ckpt');
+    await trainToyClip(cfg, { threads: 1, checkpoint: ck, maxStepsThisRun: 1 });
+    const original = readSafetensors(ck);
+    const withTensors = async (f: (t: Map<string, TensorData>) => void) => {
+      const { sha256: _, ...rest } = original.metadata ?? {};
+      const tensors = new Map(original.tensors);
+      f(tensors);
+      await writeSafetensors(ck, tensors, rest);
+    };
+    await withTensors((t) => t.set('m/visual.proj', { dtype: 'float32', dims: [1], data: new Float32Array(1) }));
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/the Adam moment m\/visual\.proj has 1 values, but the weight has \d+; delete it to start over/);
+    await withTensors((t) => t.set('v/visual.proj', { dtype: 'float32', dims: [5000], data: new Float32Array(5000) }));
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/the Adam moment v\/visual\.proj has 5000 values/);
+    await withTensors((t) => t.set('extra', { dtype: 'float32', dims: [1], data: new Float32Array(1) }));
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/holds a tensor "extra" that is not a weight/);
+    await withTensors((t) => t.set('m/ghost', { dtype: 'float32', dims: [1], data: new Float32Array(1) }));
+    await expect(trainToyClip(cfg, { threads: 1, checkpoint: ck })).rejects.toThrow(/holds Adam moments for ghost, which has no weight/);
   });
 });

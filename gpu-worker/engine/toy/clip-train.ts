@@ -20,7 +20,7 @@ import { encodeModel } from '../onnx/codec.ts';
 import { type EngineSession, createSession } from '../runtime/session.ts';
 import { type Recipe } from '../synth/recipe.ts';
 import { Rng } from '../synth/rng.ts';
-import { type AdamConfig, type AdamState, type Params, adamStep, assertCheckpointReplaceable, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint } from './optim.ts';
+import { type AdamConfig, type AdamState, type Params, adamStep, assertCheckpointReplaceable, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint, withCheckpoint } from './optim.ts';
 import { COLOURS, CONTEXT_LENGTH, POSITIONS, SHAPES, SIZES, type WorldBatch, WORLD_SIZE, describes, parseCaption, sampleGroupedBatch, worldTokenizerJson, worldVocabSize } from './world.ts';
 
 export const TOY_ARCH: ClipArch = {
@@ -421,6 +421,8 @@ export interface TrainToyOptions {
   checkpoint?: string;
   checkpointEvery?: number;
   resume?: boolean;
+  /** A fresh run may replace a checkpoint of another kind (a judge's) at `checkpoint`. */
+  force?: boolean;
   threads?: number;
   /** Stop after this many steps of this call (for tests / time-boxing); the run stays resumable. */
   maxStepsThisRun?: number;
@@ -454,8 +456,16 @@ function configRecord(cfg: ToyTrainConfig): Record<string, unknown> {
   return { ...cfg, world_version: 3 } as unknown as Record<string, unknown>;
 }
 
+/**
+ * Trains (or resumes) the toy CLIP. A checkpoint that is a symbolic link is read and written through
+ * (a dangling link is refused), and is locked for the run: a second run on it is refused.
+ */
 export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = {}): Promise<TrainToyResult> {
   ClipArchSchema.parse(cfg.arch);
+  return withCheckpoint(opts.checkpoint, (checkpoint) => trainToyClipLocked(cfg, { ...opts, checkpoint }));
+}
+
+async function trainToyClipLocked(cfg: ToyTrainConfig, opts: TrainToyOptions): Promise<TrainToyResult> {
   const tok = worldTokenizer();
   if (tok.vocabSize > cfg.arch.vocabSize) throw new EngineError('invalid_input', `arch vocabSize ${cfg.arch.vocabSize} < tokenizer ${tok.vocabSize}`);
   const root = Rng.fromSeed(cfg.seed);
@@ -476,7 +486,7 @@ export async function trainToyClip(cfg: ToyTrainConfig, opts: TrainToyOptions = 
     resumedFrom = step;
     opts.log?.(`resuming ${opts.checkpoint} at step ${step}`);
   } else {
-    if (opts.checkpoint) assertCheckpointReplaceable(opts.checkpoint);
+    if (opts.checkpoint) assertCheckpointReplaceable(opts.checkpoint, CLIP_CHECKPOINT_KIND, opts.force);
     params = initClipParams(cfg.arch, root.fork('init'));
     if (cfg.auxWeight > 0) initAuxParams(cfg.arch, root.fork('init:aux'), params);
     adam = newAdamState(params);

@@ -3,14 +3,16 @@
 // says whether each named attribute is really in the picture. A robust model's gradient should make the
 // judge agree; a plain model's gradient should raise its own CLIP score while the judge disagrees.
 
-import { renameSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { sha256File } from '../clip/bundle.ts';
 import { ClipEngine } from '../engine.ts';
 import { EngineError } from '../errors.ts';
 import { type PlanarImage, encodePng } from '../synth/image.ts';
 import { type Recipe } from '../synth/recipe.ts';
 import { synthesize } from '../synth/synthesize.ts';
 import { ATTRIBUTES, type Attribute, Judge, JUDGE_MIN_ACCURACY, judgePasses, type Verdict } from './judge.ts';
-import { type NamedObject, WORLD_SIZE, isHeldOut, parseCaption, sampleBatch } from './world.ts';
+import { type NamedObject, WORLD_SIZE, isHeldOut, parseCaption, sampleBatch, worldTokenizerDifference } from './world.ts';
 import { Rng } from '../synth/rng.ts';
 import { DEFAULT_MORPH, DEFAULT_ROBUSTNESS, type MorphOptions, type MorphPoint, type RobustnessOptions, type RobustnessPoint, gradientMorph, judgeUnderAttack, zeroShotUnderAttack } from './robustness.ts';
 
@@ -77,10 +79,20 @@ export interface ModelReport {
   seconds: number;
 }
 
+/** Where both models' images start: the GMM prior, named by where it came from and its file's sha256. */
+export interface PagInit {
+  kind: 'gmm';
+  /** "<robust bundle name>/<file>" (the robust bundle's prior), or the priorPath given. */
+  prior: string;
+  sha256: string;
+}
+
 export interface PagReport {
   prompts: string[];
   seeds: number[];
   recipe: Partial<Recipe>;
+  /** The start of every synthesis (absent in reports written before it was recorded: those were gmm too). */
+  init?: PagInit;
   judge: { accuracy: Record<Attribute | 'all', number>; checkedOn: number };
   robust: ModelReport;
   plain: ModelReport;
@@ -123,6 +135,9 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
   const log = opts.log ?? (() => {});
   const prompts = opts.prompts ?? PAG_PROMPTS;
   const seeds = opts.seeds ?? [1];
+  // A repeated seed repeats its images: counted twice, it inflates the count and narrows the interval.
+  const repeated = seeds.filter((s, i) => seeds.indexOf(s) !== i);
+  if (repeated.length > 0) throw new EngineError('invalid_input', `eval-pag seeds must differ; ${[...new Set(repeated)].join(', ')} ${new Set(repeated).size === 1 ? 'is' : 'are'} repeated`);
   const judge = await Judge.open(opts.judgeDir, opts.threads);
   const nCheck = opts.judgeCheckImages ?? 512;
   const acc = await judge.accuracy(nCheck, 20240601);
@@ -145,8 +160,33 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
       const training = e.bundle.manifest.training as { stopped_early?: unknown; steps?: unknown; planned_steps?: unknown } | undefined;
       if (training?.stopped_early === true) log(`warning: the ${role} model ${e.name} stopped early (${String(training.steps)} of ${String(training.planned_steps)} steps): it is graded as it is`);
     }
+    // The world's tokenizer, id for id: a bundle that reads "red" as blue's id draws blue for "red", and
+    // the judge would grade its gradient for what its tokenizer did.
+    for (const [role, e, dir] of [['robust', robust, opts.robustDir], ['plain', plain, opts.plainDir]] as const) {
+      let tok: unknown;
+      try {
+        tok = JSON.parse(readFileSync(e.bundle.tokenizerPath, 'utf8'));
+      } catch (err) {
+        throw new EngineError('invalid_model', `the ${role} model ${dir}: cannot read its tokenizer ${e.bundle.tokenizerPath} (${(err as Error).message})`);
+      }
+      const diff = worldTokenizerDifference(tok);
+      if (diff) throw new EngineError('invalid_model', `the ${role} model ${dir} does not read the toy world's words as the world's tokenizer does (${e.bundle.tokenizerPath}: ${diff}); eval-pag grades models trained on the world with its tokenizer`);
+      // Any prompt it would not read whole (an unknown word, past its context): its images would not be of the prompt.
+      const warnings = e.promptWarnings(prompts);
+      if (warnings.length > 0) throw new EngineError('invalid_input', `the ${role} model ${dir} cannot read every prompt: ${warnings.join('; ')}`);
+    }
+    // Both models start from the GMM prior (docs/toy-model.md): noise init would grade another recipe.
     const priorPath = opts.priorPath ?? robust.bundle.priorPath;
-    const init = priorPath ? { kind: 'gmm' as const, priorPath } : { kind: 'noise' as const };
+    if (!priorPath) {
+      throw new EngineError('invalid_model', `the robust model ${opts.robustDir} ships no GMM prior (manifest "prior"); eval-pag starts both models from it (docs/toy-model.md): use a bundle trained with its prior (clipag train-toy --prior)`);
+    }
+    const init = { kind: 'gmm' as const, priorPath };
+    const initRecord: PagInit = {
+      kind: 'gmm',
+      prior: opts.priorPath ?? `${robust.name}/${basename(priorPath)}`,
+      sha256: await sha256File(priorPath),
+    };
+    log(`both models start from the GMM prior ${initRecord.prior} (sha256 ${initRecord.sha256.slice(0, 12)}…)`);
     const images = { robust: [] as PlanarImage[], plain: [] as PlanarImage[] };
     const run = async (engine: ClipEngine, other: ClipEngine, which: 'robust' | 'plain'): Promise<ModelReport> => {
       const t0 = performance.now();
@@ -158,6 +198,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
         for (const seed of seeds) {
           const t1 = performance.now();
           const res = await synthesize(engine, { prompts: [{ text: prompt, weight: 1 }], width: WORLD_SIZE, height: WORLD_SIZE, seed, init, recipe: opts.recipe }, { keepInitial: true });
+          for (const w of res.warnings) log(`warning: ${which} "${prompt}": ${w}`);
           images[which].push(res.image);
           const [verdict] = await judge.classify(res.image.data, 1);
           const [initVerdict] = await judge.classify(res.initialImage!.data, 1);
@@ -224,6 +265,7 @@ export async function evalPag(opts: EvalPagOptions): Promise<{ report: PagReport
     const targets = { robustAllCorrectMin: 0.8, plainAllCorrectMax: 0.3, robustMet: rRep.allCorrect >= 0.8, plainMet: pRep.allCorrect <= 0.3 };
     const report: PagReport = {
       prompts, seeds, recipe: opts.recipe ?? {},
+      init: initRecord,
       judge: { accuracy: acc, checkedOn: nCheck },
       robust: rRep, plain: pRep,
       adversarialSignature: pRep.meanOwnScore.final > pRep.meanOwnScore.initial && pRep.scoreRoseJudgeDisagreed >= 0.5,
@@ -307,6 +349,7 @@ const pct = (x: number) => (Number.isNaN(x) ? '–' : `${(x * 100).toFixed(0)} %
 /** The report as a Markdown table (docs/toy-model.md quotes it). */
 export function pagMarkdown(r: PagReport): string {
   const lines: string[] = [];
+  if (r.init) lines.push(`Both models start from the GMM prior ${r.init.prior} (sha256 ${r.init.sha256}).`, '');
   lines.push(`| | robust (${r.robust.model}) | plain (${r.plain.model}) |`, '|---|---|---|');
   for (const a of ATTRIBUTES) {
     const x = r.robust.perAttribute[a], y = r.plain.perAttribute[a];

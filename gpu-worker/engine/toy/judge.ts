@@ -14,7 +14,7 @@ import { A, type TensorData } from '../onnx/ir.ts';
 import { encodeModel } from '../onnx/codec.ts';
 import { type EngineSession, createSession } from '../runtime/session.ts';
 import { Rng } from '../synth/rng.ts';
-import { type AdamConfig, type AdamState, type Params, adamStep, assertCheckpointReplaceable, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint } from './optim.ts';
+import { type AdamConfig, type AdamState, type Params, adamStep, assertCheckpointReplaceable, checkParamShapes, loadCheckpoint, lrAt, newAdamState, progressPrinter, saveCheckpoint, withCheckpoint } from './optim.ts';
 import { COLOURS, POSITIONS, SHAPES, SIZES, WORLD_SIZE, type WorldObject, sampleBatch } from './world.ts';
 
 export const JUDGE_FORMAT = 'clipag-toy-judge';
@@ -178,10 +178,24 @@ export interface JudgeTrainResult {
   lossHistory: { step: number; loss: number }[];
 }
 
-export async function trainJudge(
-  cfg: JudgeTrainConfig,
-  opts: { threads?: number; checkpoint?: string; checkpointEvery?: number; resume?: boolean; progress?: boolean; maxStepsThisRun?: number; log?: (s: string) => void } = {},
-): Promise<JudgeTrainResult> {
+export interface JudgeTrainOptions {
+  threads?: number;
+  /** Resumed from when it exists (unless resume is false); a symbolic link is followed, and the file is locked for the run. */
+  checkpoint?: string;
+  checkpointEvery?: number;
+  resume?: boolean;
+  /** A fresh run may replace a checkpoint of another kind (a CLIP's) at `checkpoint`. */
+  force?: boolean;
+  progress?: boolean;
+  maxStepsThisRun?: number;
+  log?: (s: string) => void;
+}
+
+export async function trainJudge(cfg: JudgeTrainConfig, opts: JudgeTrainOptions = {}): Promise<JudgeTrainResult> {
+  return withCheckpoint(opts.checkpoint, (checkpoint) => trainJudgeLocked(cfg, { ...opts, checkpoint }));
+}
+
+async function trainJudgeLocked(cfg: JudgeTrainConfig, opts: JudgeTrainOptions): Promise<JudgeTrainResult> {
   const root = Rng.fromSeed(cfg.seed);
   const config = cfg as unknown as Record<string, unknown>;
   let params: Params, adam: AdamState, step = 0, before = 0;
@@ -195,7 +209,7 @@ export async function trainJudge(
     history = ck.history as typeof history;
     opts.log?.(`resuming ${opts.checkpoint} at step ${step}`);
   } else {
-    if (opts.checkpoint) assertCheckpointReplaceable(opts.checkpoint);
+    if (opts.checkpoint) assertCheckpointReplaceable(opts.checkpoint, JUDGE_CHECKPOINT_KIND, opts.force);
     params = initJudgeParams(cfg.arch, root.fork('init'));
     adam = newAdamState(params);
   }
@@ -281,6 +295,11 @@ export class Judge {
     const want = m.sha256?.[m.weights];
     if (want && (await sha256File(wpath)) !== want) throw new EngineError('invalid_model', `judge weights ${wpath} do not match the manifest's sha256 (corrupt or replaced)`, { path: wpath });
     const st = readSafetensors(wpath);
+    // The judge's graph is float32 throughout: a float16 (or integer) tensor failed deep in onnxruntime.
+    const notF32 = [...st.tensors].filter(([, t]) => t.dtype !== 'float32');
+    if (notF32.length > 0) {
+      throw new EngineError('invalid_model', `judge weights ${wpath}: ${notF32.slice(0, 3).map(([n, t]) => `${n} is ${t.dtype}`).join(', ')}${notF32.length > 3 ? `, and ${notF32.length - 3} more` : ''}; the judge needs float32 weights`, { path: wpath });
+    }
     return Judge.fromParams(m.architecture, st.tensors, m, threads);
   }
 

@@ -1,8 +1,10 @@
 // Host-side AdamW over named float32 parameters, and resumable checkpoints (safetensors: weights,
 // Adam moments, step, config). Shared by the toy CLIP trainer and the judge trainer.
 
-import { createHash } from 'node:crypto';
-import { existsSync, renameSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, existsSync, lstatSync, openSync, readFileSync, realpathSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
 import { EngineError } from '../errors.ts';
 import type { TensorData } from '../onnx/ir.ts';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.ts';
@@ -67,6 +69,8 @@ export function lrAt(step: number, total: number, base: number, warmup: number, 
 }
 
 export const CHECKPOINT_FORMAT = 'clipag-toy-checkpoint';
+/** The checkpoint layout this code writes and reads; a file without `format_version` (written before it) is version 1. */
+export const CHECKPOINT_FORMAT_VERSION = 1;
 
 export interface Checkpoint {
   kind: string;
@@ -99,9 +103,12 @@ export async function saveCheckpoint(path: string, ck: Checkpoint): Promise<void
   for (const [k, t] of ck.params) tensors.set(`w/${k}`, t);
   for (const [k, a] of ck.adam.m) tensors.set(`m/${k}`, { dtype: 'float32', dims: [a.length], data: a });
   for (const [k, a] of ck.adam.v) tensors.set(`v/${k}`, { dtype: 'float32', dims: [a.length], data: a });
-  const tmp = `${path}.partial`;
+  // A name of its own per write: two runs on one checkpoint (refused by the lock, but a lock can be
+  // taken over from a run that died) never rename each other's file away.
+  const tmp = `${path}.${process.pid}-${randomBytes(4).toString('hex')}.partial`;
   const meta: Record<string, string> = {
     format: CHECKPOINT_FORMAT,
+    format_version: String(CHECKPOINT_FORMAT_VERSION),
     kind: ck.kind,
     config: JSON.stringify(ck.config),
     step: String(ck.step),
@@ -109,24 +116,129 @@ export async function saveCheckpoint(path: string, ck: Checkpoint): Promise<void
     elapsed_s: String(ck.elapsedS),
     history: JSON.stringify(ck.history),
   };
-  await writeSafetensors(tmp, tensors, { ...meta, sha256: checkpointDigest(tensors, meta) });
-  renameSync(tmp, path);
+  try {
+    await writeSafetensors(tmp, tensors, { ...meta, sha256: checkpointDigest(tensors, meta) });
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+/**
+ * A checkpoint path with a symbolic link followed to the file it leads to: a resume reads the target
+ * and every save replaces the target, never the link. A link that leads nowhere (dangling, or a loop)
+ * is refused: training would start from step 0 and write a file over the link.
+ */
+export function resolveCheckpointPath(path: string): string {
+  const abs = resolve(path);
+  let link = false;
+  try {
+    link = lstatSync(abs, { throwIfNoEntry: false })?.isSymbolicLink() ?? false;
+  } catch {
+    // ENOTDIR, EACCES on the way: not a link; reading or writing the file says what is wrong
+  }
+  if (!link) return abs;
+  try {
+    return realpathSync(abs);
+  } catch (e) {
+    throw new EngineError('invalid_input', `checkpoint ${abs} is a symbolic link that leads nowhere (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); point it at a checkpoint, or remove it`, { path: abs });
+  }
+}
+
+/** This process's own mark in its locks: a lock with its pid but another mark is from a run before a restart (a container's pids repeat). */
+const PROCESS_MARK = randomBytes(8).toString('hex');
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Takes `PATH.lock` for one training run: a second run on the same checkpoint (same process or another)
+ * is refused while the first is alive, instead of the two overwriting each other's saves. A lock left by
+ * a run that died (SIGKILL, a crash) on this host is taken over. Returns the release function.
+ */
+export function lockCheckpoint(path: string): () => void {
+  const lock = `${path}.lock`;
+  const mine = JSON.stringify({ pid: process.pid, host: hostname(), mark: PROCESS_MARK });
+  for (let attempt = 0; ; attempt++) {
+    let fd: number;
+    try {
+      fd = openSync(lock, 'wx', 0o644);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) {
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new EngineError('invalid_input', `another run is using the checkpoint ${path} (it holds ${lock}); wait for it, or give this run another --checkpoint`, { path, lock });
+        throw new EngineError('invalid_input', `cannot lock the checkpoint ${path} (${lock}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { path, lock });
+      }
+      let holder: { pid?: unknown; host?: unknown; mark?: unknown } = {};
+      try {
+        holder = JSON.parse(readFileSync(lock, 'utf8')) as typeof holder;
+      } catch {
+        // unreadable or half-written: treated as held by a live run on another host (said below)
+      }
+      const pid = typeof holder.pid === 'number' && Number.isSafeInteger(holder.pid) && holder.pid > 0 ? holder.pid : undefined;
+      const here = holder.host === hostname();
+      const alive = pid !== undefined && (pid === process.pid ? holder.mark === PROCESS_MARK : processAlive(pid));
+      if (pid === undefined || !here || alive) {
+        throw new EngineError(
+          'invalid_input',
+          `another run is using the checkpoint ${path} (${pid !== undefined ? `process ${pid}${here ? '' : ` on ${String(holder.host)}`}` : 'an unreadable lock'} holds ${lock}); wait for it, or give this run another --checkpoint (delete ${lock} only if no run is using it)`,
+          { path, lock, pid },
+        );
+      }
+      rmSync(lock, { force: true }); // left by a run that died: taken over
+      continue;
+    }
+    try {
+      writeSync(fd, mine);
+    } finally {
+      closeSync(fd);
+    }
+    return () => {
+      try {
+        if (readFileSync(lock, 'utf8') === mine) rmSync(lock, { force: true });
+      } catch {
+        // already gone
+      }
+    };
+  }
+}
+
+/** Runs `train` with the checkpoint's link followed and its lock held (no checkpoint: no lock). */
+export async function withCheckpoint<T>(path: string | undefined, train: (checkpoint: string | undefined) => Promise<T>): Promise<T> {
+  if (path === undefined) return train(undefined);
+  const checkpoint = resolveCheckpointPath(path);
+  const release = lockCheckpoint(checkpoint);
+  try {
+    return await train(checkpoint);
+  } finally {
+    release();
+  }
 }
 
 /**
  * A fresh run (--no-resume) writes its checkpoint over `path`: only a clipag checkpoint may be
- * there, never some other file a mistyped --checkpoint names.
+ * there, never some other file a mistyped --checkpoint names; and only one of this run's `kind`
+ * (a judge checkpoint is not replaced by a CLIP run) unless `force`.
  */
-export function assertCheckpointReplaceable(path: string): void {
+export function assertCheckpointReplaceable(path: string, kind?: string, force = false): void {
   if (!existsSync(path)) return;
-  let format: string | undefined;
+  let meta: Record<string, string> | undefined;
   try {
-    format = readSafetensors(path).metadata?.format;
+    meta = readSafetensors(path).metadata;
   } catch {
-    format = undefined;
+    meta = undefined;
   }
-  if (format !== CHECKPOINT_FORMAT) {
+  if (meta?.format !== CHECKPOINT_FORMAT) {
     throw new EngineError('invalid_input', `${path} exists and is not a ${CHECKPOINT_FORMAT} file: a fresh run would overwrite it; choose another --checkpoint`, { path });
+  }
+  if (kind !== undefined && meta.kind !== kind && !force) {
+    throw new EngineError('invalid_input', `${path} holds a "${meta.kind}" checkpoint, not "${kind}": a fresh run would overwrite it; choose another --checkpoint, or pass --force to replace it`, { path, kind: meta.kind });
   }
 }
 
@@ -159,6 +271,11 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
   }
   const meta = st.metadata ?? {};
   if (meta.format !== CHECKPOINT_FORMAT) throw new EngineError('invalid_model', `${path} is not a ${CHECKPOINT_FORMAT} file`, { path });
+  // Written before format_version existed: version 1.
+  const version = meta.format_version ?? '1';
+  if (version !== String(CHECKPOINT_FORMAT_VERSION)) {
+    throw new EngineError('invalid_model', `checkpoint ${path} is ${CHECKPOINT_FORMAT} version ${JSON.stringify(version)}; this clipag reads version ${CHECKPOINT_FORMAT_VERSION} (made by another clipag?); use another --checkpoint or start fresh with --no-resume`, { path, format_version: version });
+  }
   if (meta.kind !== kind) throw new EngineError('invalid_model', `checkpoint ${path} is a "${meta.kind}" checkpoint, not "${kind}"`, { path });
   let saved: Record<string, unknown>;
   try {
@@ -183,9 +300,18 @@ export function loadCheckpoint(path: string, kind: string, config: Record<string
     if (pfx === 'w/') params.set(rest, { dtype: 'float32', dims: [...t.dims], data: new Float32Array(t.data as Float32Array) });
     else if (pfx === 'm/') m.set(rest, new Float32Array(t.data as Float32Array));
     else if (pfx === 'v/') v.set(rest, new Float32Array(t.data as Float32Array));
+    else throw new EngineError('invalid_model', `checkpoint ${path} holds a tensor ${JSON.stringify(name)} that is not a weight (w/), nor an Adam moment (m/, v/); delete it to start over`, { path });
   }
-  for (const k of params.keys()) {
+  for (const [k, t] of params) {
     if (!m.has(k) || !v.has(k)) throw new EngineError('invalid_model', `checkpoint ${path} lacks Adam moments for ${k}`, { path });
+    // A moment shorter than its weight reads past its end (NaN) in the first step; a longer one is not this weight's.
+    const n = t.data.length;
+    for (const [which, a] of [['m', m.get(k)!], ['v', v.get(k)!]] as const) {
+      if (a.length !== n) throw new EngineError('invalid_model', `checkpoint ${path}: the Adam moment ${which}/${k} has ${a.length} values, but the weight has ${n}; delete it to start over`, { path, param: k });
+    }
+  }
+  for (const k of new Set([...m.keys(), ...v.keys()])) {
+    if (!params.has(k)) throw new EngineError('invalid_model', `checkpoint ${path} holds Adam moments for ${k}, which has no weight; delete it to start over`, { path, param: k });
   }
   // A NaN in the weights or moments would train on into a NaN bundle written over --out.
   try {

@@ -456,6 +456,39 @@ export function worldTokenizerJson(): Record<string, unknown> {
   };
 }
 
+/**
+ * How a tokenizer.json (parsed) differs from the world's, in words ("\"red\" is id 30, the world's 7;
+ * no \"large\""), or undefined when it is the world's. A model that reads the world's words with other
+ * ids (or without some) cannot be graded on the world's prompts.
+ */
+export function worldTokenizerDifference(json: unknown): string | undefined {
+  const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+  if (!isObj(json)) return 'it is not a JSON object';
+  const world = worldTokenizerJson();
+  const diffs: string[] = [];
+  const want = (world.model as { vocab: Record<string, number> }).vocab;
+  const have = isObj(json.model) && isObj(json.model.vocab) ? json.model.vocab : undefined;
+  if (!have) diffs.push('it has no model.vocab');
+  else {
+    const wrongId = Object.keys(want).filter((w) => Object.hasOwn(have, w) && have[w] !== want[w]);
+    const missing = Object.keys(want).filter((w) => !Object.hasOwn(have, w));
+    const extra = Object.keys(have).filter((w) => !Object.hasOwn(want, w));
+    const list = (ws: string[], f: (w: string) => string) => ws.slice(0, 6).map(f).join(', ') + (ws.length > 6 ? `, and ${ws.length - 6} more` : '');
+    if (wrongId.length) diffs.push(list(wrongId, (w) => `${JSON.stringify(w)} is id ${JSON.stringify(have[w])}, the world's ${want[w]}`));
+    if (missing.length) diffs.push(`it lacks ${list(missing, (w) => JSON.stringify(w))}`);
+    if (extra.length) diffs.push(`it has words the world does not: ${list(extra, (w) => JSON.stringify(w))}`);
+  }
+  const canonical = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (isObj(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x));
+  for (const key of Object.keys({ ...world, ...json })) {
+    if (key === 'model') {
+      const { vocab: _w, ...wm } = world.model as Record<string, unknown>;
+      const { vocab: _h, ...hm } = isObj(json.model) ? json.model : {};
+      if (canonical(wm) !== canonical(hm)) diffs.push(`its model settings differ (${canonical(hm)} vs the world's ${canonical(wm)})`);
+    } else if (canonical(json[key]) !== canonical(world[key])) diffs.push(`its ${key} differs from the world's`);
+  }
+  return diffs.length ? diffs.join('; ') : undefined;
+}
+
 export function writeWorldTokenizer(path: string): void {
   writeFileSync(path, JSON.stringify(worldTokenizerJson(), null, 1));
 }
