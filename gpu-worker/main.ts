@@ -145,6 +145,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       jobTimeoutSec: config.jobTimeoutSec,
       ...(config.workerHourlyUsd !== undefined ? { hourlyUsd: config.workerHourlyUsd } : {}),
       retryDelaySec: config.retryDelaySec,
+      device: config.device,
       ...(maxSteps !== undefined ? { maxSteps } : {}),
       ...deps.worker,
     },

@@ -1,4 +1,4 @@
-import { Duration, Stack } from 'aws-cdk-lib';
+import { Duration, Size, Stack } from 'aws-cdk-lib';
 import * as appscaling from 'aws-cdk-lib/aws-applicationautoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -66,7 +66,9 @@ export class GpuQueueWorker extends Construct {
       environment: props.environment,
       // ECS sends SIGTERM, waits this long, then SIGKILLs: the worker drains inside it.
       stopTimeout: props.stopTimeout,
-      logging: ecs.LogDrivers.awsLogs({ streamPrefix: 'worker', logGroup }),
+      // Non-blocking: a CloudWatch Logs that stalls fills this buffer (then drops lines) instead of
+      // blocking the process's stdout writes, and with them its heartbeats and progress writes.
+      logging: ecs.LogDrivers.awsLogs({ streamPrefix: 'worker', logGroup, mode: ecs.AwsLogDriverMode.NON_BLOCKING, maxBufferSize: Size.mebibytes(8) }),
     });
 
     this.service = new ecs.Ec2Service(this, 'Service', {

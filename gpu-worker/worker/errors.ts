@@ -3,11 +3,12 @@
 
 import { ClipagError, PreconditionFailedError, isRetryable } from '../../shared/errors.ts';
 import { EngineError } from '../engine/errors.ts';
+import { isDeviceFault, isOutOfMemory } from '../engine/runtime/session.ts';
 
 /**
  * Engine failures that depend on the machine, not the request: an execution provider that did not
- * load, a session run that onnxruntime rejected (e.g. device out of memory), an engine closed under
- * the job. Every other engine code (invalid_input, invalid_model, invalid_weights, …) is about the
+ * load or a device that failed (runtime_unavailable), a session run that onnxruntime rejected (e.g.
+ * device out of memory), an engine closed under the job. Every other engine code (invalid_input, invalid_model, invalid_weights, …) is about the
  * request or the bundle and cannot succeed on a retry. Retries are bounded by the receive limit.
  */
 const RETRYABLE_ENGINE_CODES = new Set(['runtime_unavailable', 'runtime_failed', 'aborted']);
@@ -44,15 +45,28 @@ export class StorageFailure extends Error {
 const MACHINE_SYSTEM_CODES = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EIO', 'EMFILE', 'ENFILE']);
 
 /**
- * A failure of this machine, not of the job: the execution provider does not load, every engine
- * thread has died, its disk is full or failing, or its storage writes keep failing. Another worker
- * might run the job; this one will fail every job it takes.
+ * A failure of this machine, not of the job: the execution provider does not load, the device fails
+ * its runs (a sticky CUDA error, an ECC or Xid fault: session.ts makes those runtime_unavailable, and
+ * a runtime_failed whose message shows one, such as an engine thread's wrapped error, counts too),
+ * every engine thread has died, its disk is full or failing, or its storage writes keep failing.
+ * Another worker might run the job; this one will fail every job it takes.
  */
 export function isMachineFailure(error: unknown): boolean {
   if (error instanceof StorageFailure) return !error.leaseLost;
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && MACHINE_SYSTEM_CODES.has(code)) return true;
-  return error instanceof EngineError && error.code === 'runtime_unavailable';
+  if (!(error instanceof EngineError)) return false;
+  return error.code === 'runtime_unavailable' || (error.code === 'runtime_failed' && isDeviceFault(error.message));
+}
+
+/**
+ * A run that onnxruntime rejected for a reason its message does not name: a job's own error (shapes
+ * a model cannot take), or a device fault in a form isDeviceFault does not know. Out of memory is the
+ * job's (ADR 0023) and is not one. The worker counts these across different jobs: several jobs in a
+ * row failing so on one machine say the machine is broken (worker.ts, `run_failures`).
+ */
+export function isUnexplainedRunFailure(error: unknown): boolean {
+  return error instanceof EngineError && error.code === 'runtime_failed' && !isOutOfMemory(error.message) && !isMachineFailure(error);
 }
 
 export function classifyError(error: unknown): ErrorClass {

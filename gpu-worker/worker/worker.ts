@@ -5,13 +5,13 @@ import { randomUUID } from 'node:crypto';
 import { forEachLimited } from '../../shared/concurrency.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
 import { jobOutputsPrefix } from '../../shared/keys.ts';
-import { CorruptDocumentError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
+import { CorruptDocumentError, NonRetryableError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
 import type { ModelRegistry } from '../models.ts';
-import { classifyError, describe, isMachineFailure, jobErrorOf, StorageFailure } from './errors.ts';
+import { classifyError, describe, isMachineFailure, isUnexplainedRunFailure, jobErrorOf, StorageFailure } from './errors.ts';
 import { abortedOutcome, type SynthesisOutcome, type SynthesisProgress, type SynthesizedImage, type Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
@@ -67,12 +67,29 @@ export interface WorkerConfig {
    */
   hourlyUsd?: number;
   /**
-   * Jobs in a row that fail on this machine (isMachineFailure: the execution provider does not load)
-   * after which the worker is unhealthy: it stops taking jobs and emits `unhealthy`, and the container
-   * exits non-zero so ECS replaces the task, instead of spending every queued job's deliveries. A
-   * warm-up that fails on the machine makes it unhealthy at once. Default 2.
+   * Jobs in a row that fail on this machine (isMachineFailure: the execution provider does not load,
+   * the device faults during a run) after which the worker is unhealthy: it stops taking jobs and
+   * emits `unhealthy`, and the container exits non-zero so ECS replaces the task, instead of spending
+   * every queued job's deliveries. A warm-up that fails on the machine makes it unhealthy at once.
+   * On `device: 'cuda'`, also the number of *different* jobs (at least 2) whose runs fail in a row
+   * with an unexplained `runtime_failed` (isUnexplainedRunFailure: not out of memory) after which it
+   * is unhealthy: a device fault in a form the classifier does not know. Default 2.
    */
   maxMachineFailures?: number;
+  /**
+   * The device the engine runs on (`CLIPAG_EXECUTION_PROVIDER`). With `cuda`, a warm-up whose run
+   * fails (runtime_failed, not out of memory) makes the worker unhealthy: the default model at the
+   * default size cannot run on this GPU; and unexplained run failures of different jobs in a row
+   * count against it (maxMachineFailures). On the CPU both are the jobs' own. Default `cpu`.
+   */
+  device?: 'cpu' | 'cuda';
+  /**
+   * Receives in a row that fail (each followed by a back-off) after which the worker is unhealthy:
+   * a task that can never receive takes no jobs while ECS sees it healthy. A receive the queue
+   * refuses for good (NonRetryableError: AccessDenied, QueueDoesNotExist, a KMS key it may not use)
+   * makes it unhealthy at once. Default 10 (about 3 minutes of back-off).
+   */
+  maxReceiveFailures?: number;
   /**
    * A retryable failure's message comes back after this many seconds times its receive count (at
    * most 900 s), so that the retry can land on another worker, and a passing fault can pass. Default
@@ -88,7 +105,7 @@ export interface WorkerConfig {
 }
 
 /** Why a worker stopped taking jobs on its own (its process should exit non-zero and be replaced). */
-export type UnhealthyReason = 'machine_failures' | 'warm_up' | 'stuck_run' | 'poll_loop_crashed';
+export type UnhealthyReason = 'machine_failures' | 'run_failures' | 'warm_up' | 'stuck_run' | 'poll_loop_crashed' | 'queue_unreachable';
 
 export interface Logger {
   debug(msg: string, fields?: Record<string, unknown>): void;
@@ -273,6 +290,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   const maxMachineFailures = config.maxMachineFailures ?? 2;
   /** Jobs in a row that failed on this machine; a job that succeeds here resets it. */
   let machineFailures = 0;
+  /**
+   * The different jobs whose runs failed in a row with an unexplained runtime_failed. One job failing
+   * again and again (a redelivery) is one job: its own error, not the machine's.
+   */
+  const runFailureJobs = new Set<string>();
+  const maxRunFailureJobs = Math.max(2, maxMachineFailures);
+  const maxReceiveFailures = config.maxReceiveFailures ?? 10;
+  if (!(Number.isInteger(maxReceiveFailures) && maxReceiveFailures >= 1)) throw new RangeError('maxReceiveFailures must be a positive integer');
   let unhealthyReason: UnhealthyReason | undefined;
   /**
    * Stops taking jobs (once): the loop ends after what it holds, as on stop(). The process owner
@@ -495,7 +520,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string }; workerSeconds?: number; secondsPerImage?: number } = {}) => {
     log.info('job finished', { jobId: msg.job_id, owner: msg.owner, outcome, ...extra });
-    if (outcome === 'succeeded') machineFailures = 0;
+    if (outcome === 'succeeded') {
+      machineFailures = 0;
+      runFailureJobs.clear();
+    }
     if (outcome === 'succeeded' || outcome === 'failed' || outcome === 'canceled') jobEnded(msg);
     emit({ type: 'job_finished', jobId: msg.job_id, outcome, ...extra });
   };
@@ -1032,9 +1060,19 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     const cls = classifyError(error);
     const lastAttempt = m.receiveCount >= config.maxReceives;
     log.warn('job attempt failed', { jobId: msg.job_id, owner: msg.owner, class: cls, receiveCount: m.receiveCount, lastAttempt, error: describe(error) });
-    // In a row: a job failing for its own reasons shows this machine can run jobs.
-    if (!isMachineFailure(error)) machineFailures = 0;
-    else if (++machineFailures >= maxMachineFailures) unhealthy('machine_failures', { failures: machineFailures, error: describe(error) });
+    if (isMachineFailure(error)) {
+      if (++machineFailures >= maxMachineFailures) unhealthy('machine_failures', { failures: machineFailures, error: describe(error) });
+    } else if (config.device === 'cuda' && isUnexplainedRunFailure(error)) {
+      // Neither the job's fault nor the machine's, on its own. Runs of different jobs failing so in a
+      // row on a GPU, none succeeding between, are the machine's: a device fault in a form not known
+      // here. (The CPU has no such sticky state: there they are the jobs' or the model's.)
+      runFailureJobs.add(msg.job_id);
+      if (runFailureJobs.size >= maxRunFailureJobs) unhealthy('run_failures', { jobs: runFailureJobs.size, error: describe(error) });
+    } else {
+      // In a row: a job failing for its own reasons shows this machine can run jobs.
+      machineFailures = 0;
+      runFailureJobs.clear();
+    }
     try {
       if (cls === 'retryable' && !lastAttempt) {
         if (attempt > 0 && superseded(await markQueued(msg, attempt), attempt)) return finish(msg, 'lease_lost', { error: jobErrorOf(error) });
@@ -1183,8 +1221,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           () => 'done' as const,
           (error: unknown) => {
             if (ac.signal.aborted) return 'ended' as const;
-            // The device cannot run anything: every job taken would fail on it.
-            if (isMachineFailure(error)) unhealthy('warm_up', { error: describe(error) });
+            // The device cannot run anything: every job taken would fail on it. On a GPU, the default
+            // model failing its run at the default size says the same (out of memory aside).
+            if (isMachineFailure(error) || (config.device === 'cuda' && isUnexplainedRunFailure(error))) unhealthy('warm_up', { device: config.device ?? 'cpu', error: describe(error) });
             else log.warn('warm-up failed; the first job pays the cold start', { error: describe(error) });
             return 'failed' as const;
           },
@@ -1213,6 +1252,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       } catch (error) {
         failures++;
         emit({ type: 'poll_error', error });
+        // A queue this task may never read (refused for good), or one that failed every receive for
+        // minutes: a live task taking no jobs looks healthy to ECS, pages nobody, and counts toward
+        // the fleet's size. It goes, and ECS replaces it (or its restarts show, and page).
+        if (error instanceof NonRetryableError || failures >= maxReceiveFailures) {
+          log.error('cannot receive from the queue; giving up', { failures, nonRetryable: error instanceof NonRetryableError, error: describe(error) });
+          unhealthy('queue_unreachable', { failures });
+          continue;
+        }
         const backoff = Math.min(MAX_BACKOFF_MS, (config.pollErrorBackoffMs ?? 1000) * 2 ** (failures - 1));
         log.warn('receive failed; backing off', { backoffMs: backoff, error: describe(error) });
         await new Promise<void>((resolve) => {

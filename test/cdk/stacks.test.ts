@@ -392,7 +392,8 @@ describe('WorkerStack', () => {
         Match.objectLike({
           ResourceRequirements: [{ Type: 'GPU', Value: '1' }],
           StopTimeout: dev.stopTimeoutSeconds,
-          LogConfiguration: Match.objectLike({ LogDriver: 'awslogs' }),
+          // Non-blocking: a stalled CloudWatch Logs must not block the worker's stdout (and its heartbeats).
+          LogConfiguration: Match.objectLike({ LogDriver: 'awslogs', Options: Match.objectLike({ mode: 'non-blocking', 'max-buffer-size': '8388608b' }) }),
           Environment: Match.arrayWith([
             { Name: ENV.mode, Value: 'aws' },
             { Name: ENV.queueUrl, Value: Match.anyValue() },

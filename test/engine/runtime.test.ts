@@ -8,7 +8,7 @@ import { tensor } from '../../gpu-worker/engine/onnx/ir.ts';
 import type { ModelIR, TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
 import { cudaProviderInstalled, executionProviders, providersFor } from '../../gpu-worker/engine/runtime/providers.ts';
-import { createSession, loadError, runModel, toOrtSessionOptions } from '../../gpu-worker/engine/runtime/session.ts';
+import { createSession, isDeviceFault, loadError, runError, runModel, toOrtSessionOptions } from '../../gpu-worker/engine/runtime/session.ts';
 import { slowModel } from '../helpers/models.ts';
 
 async function expectEngineError(p: Promise<unknown> | (() => unknown), code: string, message: RegExp): Promise<EngineError> {
@@ -79,6 +79,81 @@ describe('providers', () => {
       expect([e.code, e.message]).toEqual(['runtime_failed', expect.stringMatching(/^the cuda device ran out of memory loading the model/)]);
     }
     expect(loadError(new Error('Load model from x failed: Protobuf parsing failed'), {}).code).toBe('invalid_model');
+  });
+
+  it('a model its kernels refuse at initialization is the model\'s fault, though the message names a provider\'s source path', async () => {
+    // Real onnxruntime: a Conv whose auto_pad no kernel knows fails InferenceSession.create with
+    // "Exception during initialization: /onnxruntime_src/onnxruntime/core/providers/common.h:… Unknown AutoPadType String".
+    const m: ModelIR = {
+      opset: 17,
+      graphName: 'bad-conv',
+      inputs: [{ name: 'x', dtype: 'float32', shape: [1, 1, 4, 4] }],
+      outputs: [{ name: 'y', dtype: 'float32', shape: [1, 1, 2, 2] }],
+      initializers: new Map([['w', tensor('float32', [1, 1, 3, 3], new Array(9).fill(0))]]),
+      nodes: [{ op: 'Conv', name: 'conv', inputs: ['x', 'w'], outputs: ['y'], attrs: { auto_pad: { type: 'string', v: 'BOGUS' } } }],
+    };
+    const e = await expectEngineError(createSession(encodeModel(m), { logSeverity: 4 }), 'invalid_model', /core\/providers\/.*AutoPadType/);
+    expect(e.message).toMatch(/^onnxruntime refused the model: Exception during initialization/);
+    // The same on the CUDA provider, whose kernels' paths say "cuda".
+    const cuda = { device: 'cuda' as const };
+    for (const msg of [
+      'Exception during initialization: /onnxruntime_src/onnxruntime/core/providers/cuda/nn/conv.cc:140 onnxruntime::cuda::Conv<T, Layout>::Conv(const OpKernelInfo&) [with T = float] kernel_shape is not compatible with W shape',
+      'Exception during initialization: /onnxruntime_src/onnxruntime/core/providers/cuda/tensor/resize.h:21 onnxruntime::cuda::Resize<T>::Resize(const OpKernelInfo&) mode attribute is linear. It can only be nearest|linear|cubic',
+      "Could not find an implementation for Erf(13) node with name 'Erf'",
+    ]) {
+      expect([msg, loadError(new Error(msg), cuda).code]).toEqual([msg, 'invalid_model']);
+    }
+  });
+
+  it('a load failure of the device or of the provider\'s libraries is runtime_unavailable', () => {
+    const cuda = { device: 'cuda' as const };
+    for (const msg of [
+      '/onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:1778 onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open shared object file: No such file or directory',
+      "CUDA Provider not available, can't get interface for it",
+      "Invalid argument: sessionOptions.executionProviders[0] is unsupported: 'cuda'.",
+      'Exception during initialization: /onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:129 std::conditional_t<THRW, void, onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const char*, SUCCTYPE, const char*, const char*, int) [with ERRTYPE = cudaError; bool THRW = true; SUCCTYPE = cudaError; std::conditional_t<THRW, void, onnxruntime::common::Status> = void] CUDA failure 100: no CUDA-capable device is detected ; GPU=-1 ; hostname=ip-10-0-1-23 ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_execution_provider.cc ; line=280 ; expr=cudaSetDevice(info_.device_id);',
+      'CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version ; GPU=0 ; hostname=h ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_execution_provider.cc ; line=282 ; expr=cudaSetDevice(info_.device_id);',
+    ]) {
+      expect([msg, loadError(new Error(msg), cuda).code]).toEqual([msg, 'runtime_unavailable']);
+    }
+    // A cuDNN that does not support this model's configuration: retryable (another GPU kind may), not the machine's.
+    expect(loadError(new Error('CUDNN failure 3000: CUDNN_STATUS_NOT_SUPPORTED ; GPU=0 ; hostname=h ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/nn/conv.cc ; line=1 ; expr=x;'), cuda).code).toBe('runtime_failed');
+  });
+
+  it('a failed run: a device fault is runtime_unavailable (the machine\'s); out of memory and the request\'s errors stay runtime_failed', () => {
+    const at = (file: string) => ` ; GPU=0 ; hostname=ip-10-0-1-23 ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/${file} ; line=129 ; expr=x; `;
+    const node = "Non-zero status code returned while running MatMul node. Name:'/text/MatMul_3' Status Message: ";
+    const faults = [
+      `CUDA failure 700: an illegal memory access was encountered${at('cuda_call.cc')}`,
+      `CUDA failure 214: uncorrectable ECC error encountered${at('gpu_data_transfer.cc')}`,
+      `CUDA failure 719: unspecified launch failure${at('cuda_call.cc')}`,
+      `CUDA failure 999: unknown error${at('cuda_call.cc')}`,
+      `CUBLAS failure 13: CUBLAS_STATUS_EXECUTION_FAILED${at('math/gemm.cc')}`,
+      `CUDNN failure 4000: CUDNN_STATUS_INTERNAL_ERROR${at('nn/conv.cc')}`,
+      'CUDA error cudaErrorIllegalAddress:an illegal memory access was encountered',
+      `CUDA failure 209: no kernel image is available for execution on the device${at('cu_inc/common.cuh')}`,
+    ];
+    for (const f of faults) {
+      const e = runError(new Error(node + f), 'cuda');
+      expect([f, e.code, e.message.startsWith('onnxruntime run failed: the cuda device failed: ')]).toEqual([f, 'runtime_unavailable', true]);
+    }
+    const own = [
+      "/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Failed to allocate memory for requested buffer of size 8589934592",
+      `CUDA failure 2: out of memory${at('cuda_allocator.cc')}`,
+      `CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED${at('math/gemm.cc')}`,
+      `CUDA failure 1: invalid argument${at('cuda_call.cc')}`,
+      `CUDNN failure 3000: CUDNN_STATUS_NOT_SUPPORTED${at('nn/conv.cc')}`,
+      // Shape errors of a kernel, under a CUDA source path.
+      '/onnxruntime_src/onnxruntime/core/providers/cuda/math/binary_elementwise_ops.cc:70 onnxruntime::common::Status onnxruntime::cuda::BinaryElementwiseBroadcastPrepare(...) left operand cannot broadcast on dim 1 LeftShape: {2,3}, RightShape: {4}',
+      "/onnxruntime_src/onnxruntime/core/providers/cpu/tensor/reshape_helper.h:39 onnxruntime::ReshapeHelper::ReshapeHelper(...) input_shape_size == size was false. The input tensor cannot be reshaped to the requested shape. Input shape:{1,16}, requested shape:{3,5}",
+    ];
+    for (const o of own) {
+      const e = runError(new Error(node + o), 'cuda');
+      expect([o, e.code, isDeviceFault(e.message)]).toEqual([o, 'runtime_failed', false]);
+    }
+    // An EngineError (our own feed checks) passes through.
+    const mine = new EngineError('invalid_input', 'missing input');
+    expect(runError(mine)).toBe(mine);
   });
 
   it('session options map to ORT options', () => {

@@ -4,11 +4,13 @@
 // local adapters. Time is a test clock (real time + an offset the test moves), never a sleep.
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlobJobStore } from '../../shared/jobstore.ts';
-import { RetryableError } from '../../shared/errors.ts';
+import { NonRetryableError, RetryableError } from '../../shared/errors.ts';
+import type { JobQueue } from '../../shared/ports.ts';
 import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
 import { createWorker, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { SynthesisJob, SynthesisOutcome, SynthesisRunOptions, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
-import { classifyError, jobErrorOf, redactPaths } from '../../gpu-worker/worker/errors.ts';
+import { classifyError, isMachineFailure, isUnexplainedRunFailure, jobErrorOf, redactPaths } from '../../gpu-worker/worker/errors.ts';
+import { runError } from '../../gpu-worker/engine/runtime/session.ts';
 import { stepsFor, toSynthRequests } from '../../gpu-worker/worker/synthesizer.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { OWNER, type Env, makeEnv, submit, waitFor, waitForStatus } from './helpers.ts';
@@ -516,6 +518,213 @@ describe('an unhealthy machine', () => {
     w = start(env, stuck, { jobTimeoutSec: 60, visibilityTimeoutSec: 1 }, { now: () => Date.now() + offset });
     await waitFor('unhealthy', () => w.events.some((e) => e.type === 'unhealthy'));
     expect(w.events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'stuck_run' }]);
+  });
+});
+
+// What onnxruntime says when a run fails on a GPU (CudaCall's format, cuda_call.cc; the arena's OOM).
+const ORT_RUN = "Non-zero status code returned while running Conv node. Name:'/visual/conv1/Conv' Status Message: ";
+const CUDA_FILE = (file: string, expr: string) => ` ; GPU=0 ; hostname=ip-10-0-1-23 ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/${file} ; line=129 ; expr=${expr}; `;
+const STICKY_CUDA = `${ORT_RUN}CUDA failure 700: an illegal memory access was encountered${CUDA_FILE('cuda_call.cc', 'cudaStreamSynchronize(stream)')}`;
+const CUDNN_INTERNAL = `${ORT_RUN}CUDNN failure 4000: CUDNN_STATUS_INTERNAL_ERROR${CUDA_FILE('nn/conv.cc', 'cudnnConvolutionForward(...)')}`;
+const ARENA_OOM = `${ORT_RUN}/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Failed to allocate memory for requested buffer of size 8589934592`;
+const CUDA_OOM = `${ORT_RUN}CUDA failure 2: out of memory${CUDA_FILE('cuda_allocator.cc', 'cudaMalloc((void**)&p, size)')}`;
+/** A run error in no form the classifier knows (a kernel's own message, under a CUDA source path). */
+const UNEXPLAINED = `${ORT_RUN}/onnxruntime_src/onnxruntime/core/providers/cuda/nn/conv.cc:262 Status onnxruntime::cuda::Conv<T, NHWC>::UpdateState(...) const [with T = float; bool NHWC = false] conv kernel reported a failure`;
+
+describe('a GPU that breaks after startup', () => {
+  const ended = (w: { events: WorkerEvent[] }) => w.events.some((e) => e.type === 'unhealthy' || e.type === 'dead_lettered');
+
+  it('a sticky CUDA error in every run: the worker goes unhealthy after two jobs, and no queued job is dead-lettered', async () => {
+    const env = await makeEnv();
+    let runs = 0;
+    // What session.ts makes of onnxruntime's error; and the same message as a plain runtime_failed,
+    // as an engine thread's wrapped error (or the review's repro) carries it.
+    for (const thrown of [() => runError(new Error(STICKY_CUDA), 'cuda'), () => new EngineError('runtime_failed', `onnxruntime run failed: ${CUDNN_INTERNAL}`)]) {
+      runs = 0;
+      const broken: Synthesizer = {
+        async run() {
+          runs++;
+          throw thrown();
+        },
+      };
+      const queued = [];
+      for (let i = 0; i < 4; i++) queued.push(await submit(env, { steps: 6 }));
+      const w = start(env, broken, { maxMachineFailures: 2, retryDelaySec: 0 });
+      await waitFor('unhealthy (or a dead letter)', () => ended(w), 20_000);
+      await w.worker.stop();
+      expect(w.events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'machine_failures' }]);
+      expect(runs).toBe(2);
+      expect(w.events.some((e) => e.type === 'dead_lettered')).toBe(false);
+      // Every job is still queued, with its deliveries left for a working GPU.
+      for (const job of queued) expect((await env.jobs.get(OWNER, job.id))!.status).toBe('queued');
+      expect(await env.queue.deadLetter!.receive({ max: 10, waitSec: 0, visibilitySec: 1 })).toEqual([]);
+      // Drain the queue for the next round.
+      await waitFor('the queue drained', async () => {
+        const ms = await env.queue.receive({ max: 10, waitSec: 0, visibilitySec: 30 });
+        await Promise.all(ms.map((m) => env.queue.ack(m.receipt)));
+        return ms.length === 0;
+      });
+    }
+  });
+
+  it('unexplained run failures on two different jobs in a row make it unhealthy too (a device fault in an unknown form)', async () => {
+    const env = await makeEnv();
+    const broken: Synthesizer = {
+      async run() {
+        throw new EngineError('runtime_failed', `onnxruntime run failed: ${UNEXPLAINED}`);
+      },
+    };
+    const queued = [];
+    for (let i = 0; i < 4; i++) queued.push(await submit(env, { steps: 6 }));
+    // A retry comes back later (AWS's default is 30 s): the next run is another job's. (With no delay
+    // the same job may come straight back and spend its deliveries first: one job, not the machine.)
+    const w = start(env, broken, { maxMachineFailures: 2, retryDelaySec: 30, device: 'cuda' });
+    await waitFor('unhealthy (or a dead letter)', () => ended(w), 20_000);
+    await w.worker.stop();
+    expect(w.events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'run_failures' }]);
+    expect(w.events.filter((e) => e.type === 'job_started')).toHaveLength(2);
+    for (const job of queued) expect((await env.jobs.get(OWNER, job.id))!.status).toBe('queued');
+
+    // On the CPU the same failures are the jobs' (or the model's): no sticky device state to blame.
+    const cpu = await makeEnv();
+    for (let i = 0; i < 2; i++) await submit(cpu, { steps: 6 });
+    const w2 = start(cpu, broken, { maxMachineFailures: 2, retryDelaySec: 0 });
+    await waitFor('two dead letters', () => w2.events.filter((e) => e.type === 'dead_lettered').length >= 2, 20_000);
+    expect(w2.events.some((e) => e.type === 'unhealthy')).toBe(false);
+  });
+
+  it('out of memory in every run is the jobs\' own: retried to their limit, the machine stays healthy', async () => {
+    const env = await makeEnv();
+    let runs = 0;
+    const tooBig: Synthesizer = {
+      async run() {
+        runs++;
+        throw runError(new Error(runs % 2 ? ARENA_OOM : CUDA_OOM), 'cuda');
+      },
+    };
+    const queued = [await submit(env, { steps: 6 }), await submit(env, { steps: 6 }), await submit(env, { steps: 6 })];
+    const w = start(env, tooBig, { maxMachineFailures: 2, retryDelaySec: 0, device: 'cuda' });
+    for (const job of queued) expect((await waitForStatus(env, job.id, ['failed'], 20_000)).error?.code).toBe('retries_exhausted');
+    expect(runs).toBe(9);
+    expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
+  });
+
+  it('one job that always fails with a generic runtime_failed does not make a healthy machine unhealthy, redelivered or among successes', async () => {
+    const env = await makeEnv();
+    const bad = new Set<string>();
+    const someBad: Synthesizer = {
+      async run(job) {
+        if (bad.has(job.id)) throw new EngineError('runtime_failed', `onnxruntime run failed: ${UNEXPLAINED}`);
+        return outcome(6, false);
+      },
+    };
+    // Alone in the queue: its three deliveries come to this worker back to back.
+    const first = await submit(env, { steps: 6 });
+    bad.add(first.id);
+    const w = start(env, someBad, { maxMachineFailures: 2, retryDelaySec: 0, device: 'cuda' });
+    expect((await waitForStatus(env, first.id, ['failed'], 20_000)).error?.code).toBe('retries_exhausted');
+    // Then among jobs that succeed.
+    const ok1 = await submit(env, { steps: 6 });
+    await waitForStatus(env, ok1.id, ['succeeded'], 20_000);
+    const second = await submit(env, { steps: 6 });
+    bad.add(second.id);
+    const ok2 = await submit(env, { steps: 6 });
+    await waitForStatus(env, ok2.id, ['succeeded'], 20_000);
+    expect((await waitForStatus(env, second.id, ['failed'], 20_000)).error?.code).toBe('retries_exhausted');
+    expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
+  });
+
+  it('on a GPU, a warm-up whose run fails makes it unhealthy; on the CPU, or out of memory, it is only logged', async () => {
+    const env = await makeEnv();
+    const cases = [
+      { device: 'cuda' as const, error: new EngineError('runtime_failed', `onnxruntime run failed: ${UNEXPLAINED}`), unhealthy: true },
+      { device: 'cpu' as const, error: new EngineError('runtime_failed', `onnxruntime run failed: ${UNEXPLAINED}`), unhealthy: false },
+      { device: 'cuda' as const, error: runError(new Error(ARENA_OOM), 'cuda'), unhealthy: false },
+      // A device fault is the machine's whatever the device setting says.
+      { device: 'cpu' as const, error: new EngineError('runtime_failed', `engine worker failed: ${STICKY_CUDA}`), unhealthy: true },
+    ];
+    for (const c of cases) {
+      const events: WorkerEvent[] = [];
+      const worker = createWorker({
+        queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer: { run: async () => outcome(1, false) },
+        config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 0, device: c.device },
+        warmUp: async () => {
+          throw c.error;
+        },
+        onEvent: (e) => events.push(e),
+      });
+      workers.push(worker);
+      worker.start();
+      await waitFor('unhealthy or polling', () => events.some((e) => e.type === 'unhealthy' || (e.type === 'state' && e.state === 'polling')));
+      await worker.stop();
+      expect([c.device, c.error.message, events.filter((e) => e.type === 'unhealthy')]).toEqual([c.device, c.error.message, c.unhealthy ? [{ type: 'unhealthy', reason: 'warm_up' }] : []]);
+    }
+  });
+
+  it('classifies: device faults are machine failures; out of memory and unexplained run errors are not', () => {
+    expect(isMachineFailure(runError(new Error(STICKY_CUDA), 'cuda'))).toBe(true);
+    expect(isMachineFailure(new EngineError('runtime_failed', `engine worker failed: ${CUDNN_INTERNAL}`))).toBe(true);
+    for (const oom of [ARENA_OOM, CUDA_OOM]) {
+      const e = runError(new Error(oom), 'cuda');
+      expect([e.code, isMachineFailure(e), isUnexplainedRunFailure(e), classifyError(e)]).toEqual(['runtime_failed', false, false, 'retryable']);
+    }
+    const unexplained = runError(new Error(UNEXPLAINED), 'cuda');
+    expect([unexplained.code, isMachineFailure(unexplained), isUnexplainedRunFailure(unexplained)]).toEqual(['runtime_failed', false, true]);
+    expect(classifyError(runError(new Error(STICKY_CUDA), 'cuda'))).toBe('retryable');
+  });
+});
+
+describe('a queue the worker cannot read', () => {
+  /** The local queue, but `receive` runs `fail` first (it throws, or returns to receive for real). */
+  const failingReceive = <Q extends JobQueue>(queue: Q, fail: () => void): Q =>
+    new Proxy(queue, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop) as unknown;
+        if (prop === 'receive') {
+          return async (...args: Parameters<JobQueue['receive']>) => {
+            fail();
+            return target.receive(...args);
+          };
+        }
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+
+  it('a receive the queue refuses for good (AccessDenied) is an error line and makes it unhealthy at once', async () => {
+    const env = await makeEnv();
+    const denied = failingReceive(env.queue, () => {
+      throw new NonRetryableError('SQS request failed (AccessDenied): User is not authorized to perform: sqs:receivemessage');
+    });
+    const w = start({ ...env, queue: denied }, { run: async () => outcome(6, false) });
+    await waitFor('unhealthy (or a third receive)', () => w.events.some((e) => e.type === 'unhealthy') || w.events.filter((e) => e.type === 'poll_error').length >= 3, 20_000);
+    expect(w.events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'queue_unreachable' }]);
+    expect(w.events.filter((e) => e.type === 'poll_error')).toHaveLength(1);
+    expect(w.logs).toContainEqual(expect.objectContaining({ level: 'error', msg: 'cannot receive from the queue; giving up' }));
+    await w.worker.stop();
+    expect(w.worker.state).toBe('stopped');
+  });
+
+  it('transient receive errors that recover leave it healthy; ones that never stop make it unhealthy after maxReceiveFailures', async () => {
+    const env = await makeEnv();
+    let calls = 0;
+    const flaky = failingReceive(env.queue, () => {
+      if (++calls <= 4) throw new RetryableError('SQS is unavailable: socket hang up');
+    });
+    const job = await submit(env, { steps: 6 });
+    const w = start({ ...env, queue: flaky }, { run: async () => outcome(6, false) }, { maxReceiveFailures: 5 });
+    await waitForStatus(env, job.id, ['succeeded'], 20_000);
+    expect(w.events.filter((e) => e.type === 'poll_error')).toHaveLength(4);
+    expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
+    expect(w.logs.filter((l) => l.level === 'error')).toEqual([]);
+    await w.worker.stop();
+
+    const down = failingReceive(env.queue, () => {
+      throw new RetryableError('SQS is unavailable: socket hang up');
+    });
+    const w2 = start({ ...env, queue: down }, { run: async () => outcome(6, false) }, { maxReceiveFailures: 3, pollErrorBackoffMs: 10 });
+    await waitFor('unhealthy (or a fifth receive)', () => w2.events.some((e) => e.type === 'unhealthy') || w2.events.filter((e) => e.type === 'poll_error').length >= 5, 20_000);
+    expect(w2.events.filter((e) => e.type === 'unhealthy')).toEqual([{ type: 'unhealthy', reason: 'queue_unreachable' }]);
+    expect(w2.events.filter((e) => e.type === 'poll_error')).toHaveLength(3);
   });
 });
 

@@ -124,19 +124,122 @@ function checkFeeds(specs: InputSpec[], feeds: Record<string, TensorData>): void
   }
 }
 
-/** What a failed InferenceSession.create means for the worker: a device that cannot start, a model too large for it, or a model onnxruntime refuses. */
+/**
+ * Out of memory, on the device or the host: a property of this request's size or of this model on
+ * this device (it may fit another GPU, or a smaller request this one), never counted against the
+ * machine (ADR 0023). onnxruntime's forms: its arena's "Failed to allocate memory for requested
+ * buffer of size N", CudaCall's "CUDA failure 2: out of memory ; GPU=…", "cudaErrorMemoryAllocation",
+ * cuBLAS/cuDNN's *_STATUS_ALLOC_FAILED, the C++ runtime's std::bad_alloc.
+ */
+const OUT_OF_MEMORY = /out of memory|cudaErrorMemoryAllocation|failed to allocate memory|_ALLOC_FAILED\b|\bbad_alloc\b/i;
+
+/**
+ * CUDA library errors that depend on the request (its shapes, the launch sizes they give a kernel),
+ * not on the device: an invalid argument or launch configuration, a cuDNN/cuBLAS configuration it
+ * does not support. Another job, or this one on another GPU of the same kind, would fail the same
+ * way, so they are no device fault (a GPU that fails every job with one still trips the worker's
+ * run-failure count, ADR 0023).
+ */
+const REQUEST_DEPENDENT_CUDA =
+  /\binvalid (?:configuration )?argument\b|cudaErrorInvalid(?:Value|Configuration)\b|too many resources requested for launch|cudaErrorLaunchOutOfResources\b|_STATUS_(?:BAD_PARAM|NOT_SUPPORTED|INVALID_VALUE)\w*/i;
+
+/**
+ * What a failed device shows in onnxruntime's messages. CudaCall formats every CUDA, cuBLAS, cuDNN,
+ * cuRAND, cuFFT and NCCL error as "<LIB> failure <code>: <text> ; GPU=<n> ; hostname=… ; file=… ;
+ * line=… ; expr=…" (cuda_call.cc); other paths name the runtime's error (cudaError…) or the
+ * library's status (CUBLAS_STATUS_…, CUDNN_STATUS_…). The phrases are the CUDA runtime's own texts of
+ * the sticky and hardware errors (700 illegal memory access, 214 uncorrectable ECC, 719 unspecified
+ * launch failure, 710 device-side assert, 999 unknown error via its "failure" form, …) and the
+ * driver's Xid reports. Matched on these forms, case and all, never on a bare "cuda": onnxruntime's
+ * messages carry source paths such as `core/providers/cuda/…` whatever went wrong.
+ */
+const DEVICE_FAULT = new RegExp(
+  [
+    String.raw`\b(?:CUDA|CUBLAS|CUDNN|CURAND|CUFFT|NCCL) failure -?\d+`,
+    String.raw`\bcudaError[A-Z]\w*`,
+    String.raw`\bCU(?:BLAS|DNN)_STATUS_[A-Z]\w*`,
+    String.raw`\bCUDA error\b`,
+    'illegal memory access',
+    'illegal address',
+    'illegal instruction',
+    'misaligned address',
+    'unspecified launch failure',
+    'uncorrectable ECC',
+    String.raw`\bECC error`,
+    String.raw`\bXid\b`,
+    'fallen off the bus',
+    'no CUDA-capable device',
+    String.raw`CUDA-capable device\(s\) (?:is|are)(?:/are)? busy or unavailable`,
+    'CUDA driver version is insufficient',
+    'device-side assert',
+    'hardware stack error',
+    'launch timed out',
+    'no kernel image is available',
+  ].join('|'),
+);
+
+/** The message shows the device (or host) out of memory: the request's or the model's size, not the machine. */
+export function isOutOfMemory(message: string): boolean {
+  return OUT_OF_MEMORY.test(message);
+}
+
+/**
+ * The message shows a faulty or unusable GPU (a sticky CUDA error, an ECC/Xid fault, a driver or
+ * library failure), not a property of the request: out of memory and request-dependent CUDA errors
+ * (invalid arguments, unsupported configurations) are not. A process whose CUDA context saw a
+ * sticky error fails every later call, so the machine, not the job, is at fault.
+ */
+export function isDeviceFault(message: string): boolean {
+  return DEVICE_FAULT.test(message) && !OUT_OF_MEMORY.test(message) && !REQUEST_DEPENDENT_CUDA.test(message);
+}
+
+/**
+ * An execution provider that could not be registered or whose libraries did not load: onnxruntime's
+ * "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open
+ * shared object file", "CUDA Provider not available", onnxruntime-node's "executionProviders[0] is
+ * unsupported: 'cuda'", a CUDA/cuDNN library that is missing.
+ */
+const PROVIDER_LOAD_FAILURE =
+  /failed to load library|cannot open shared object file|error while loading shared libraries|LoadLibrary(?:Ex)?\w* failed|provider not available|executionProviders\[\d+\] is unsupported|\blib(?:cuda|cudart|cublas\w*|cudnn\w*|cufft|curand|nvrtc|nvinfer\w*|onnxruntime_providers_\w+)\.so[\w.]*: /i;
+
+/**
+ * What a failed InferenceSession.create means for the worker: a device that cannot start, a model
+ * too large for it, or a model onnxruntime refuses. Only a device fault or a provider that does not
+ * load is `runtime_unavailable` (a machine failure, ADR 0023): a model whose kernels refuse it at
+ * initialization also names a provider's source path ("Exception during initialization:
+ * …/core/providers/cpu/…", "…/core/providers/cuda/…"), and taking that for the machine's fault would
+ * make every worker that loads the model restart.
+ */
 export function loadError(e: unknown, opts: SessionOptions): EngineError {
   if (e instanceof EngineError) return e;
   const msg = (e as Error)?.message ?? String(e);
   // Out of memory while loading: a property of this model on this device (it may fit another GPU),
   // not a device that cannot start. Retryable, and never counted against the machine (ADR 0023).
-  if (/out of memory|cudaErrorMemoryAllocation|failed to allocate memory/i.test(msg)) {
+  if (isOutOfMemory(msg)) {
     return new EngineError('runtime_failed', `the ${opts.device ?? 'cpu'} device ran out of memory loading the model: ${msg}`, { device: opts.device });
   }
-  if (/provider|cuda|cudnn|libcu/i.test(msg)) {
+  if (isDeviceFault(msg) || PROVIDER_LOAD_FAILURE.test(msg)) {
     return new EngineError('runtime_unavailable', `onnxruntime could not start the ${opts.device ?? 'cpu'} execution provider: ${msg}`, { device: opts.device });
   }
+  // A CUDA library that refused this model's configuration (CUDNN_STATUS_NOT_SUPPORTED, an invalid
+  // launch argument): the model's on this kind of GPU, perhaps not on another. Retryable, not the machine's.
+  if (DEVICE_FAULT.test(msg)) {
+    return new EngineError('runtime_failed', `a CUDA library on the ${opts.device ?? 'cpu'} device refused the model: ${msg}`, { device: opts.device });
+  }
   return new EngineError('invalid_model', `onnxruntime refused the model: ${msg}`);
+}
+
+/**
+ * What a failed session.run means for the worker. A device fault is `runtime_unavailable`, as a
+ * device that cannot start: the machine is at fault (a retry elsewhere, and a mark against this
+ * worker's health, ADR 0023). Anything else (out of memory, shapes onnxruntime rejects) is
+ * `runtime_failed`: retryable, and the job's own.
+ */
+export function runError(e: unknown, device: Device = 'cpu'): EngineError {
+  if (e instanceof EngineError) return e;
+  const msg = (e as Error)?.message ?? String(e);
+  if (isDeviceFault(msg)) return new EngineError('runtime_unavailable', `onnxruntime run failed: the ${device} device failed: ${msg}`, { device, deviceFault: true });
+  return new EngineError('runtime_failed', `onnxruntime run failed: ${msg}`);
 }
 
 class OrtEngineSession implements EngineSession {
@@ -147,6 +250,7 @@ class OrtEngineSession implements EngineSession {
   constructor(
     private readonly session: ort.InferenceSession,
     private readonly specs: InputSpec[],
+    private readonly device: Device,
   ) {
     this.inputNames = [...session.inputNames];
     this.outputNames = [...session.outputNames];
@@ -167,7 +271,7 @@ class OrtEngineSession implements EngineSession {
     try {
       out = await this.session.run(ortFeeds, wanted);
     } catch (e) {
-      throw new EngineError('runtime_failed', `onnxruntime run failed: ${(e as Error)?.message ?? String(e)}`);
+      throw runError(e, this.device);
     }
     const result: Record<string, TensorData> = {};
     for (const name of wanted) result[name] = fromOrtTensor(name, out[name] as ort.Tensor);
@@ -193,7 +297,7 @@ export async function createSession(model: Uint8Array | string, opts: SessionOpt
   const specs = opts.inputInfos
     ? opts.inputInfos.map((v) => ({ name: v.name, dtype: v.dtype, shape: v.rankUnknown ? undefined : v.shape }))
     : specsFromMetadata(session);
-  return new OrtEngineSession(session, specs);
+  return new OrtEngineSession(session, specs, opts.device ?? 'cpu');
 }
 
 /** Encode, load, run once and release: for tests and one-off evaluations. */
