@@ -580,13 +580,14 @@ const SPELLED_LEET = /(?<=(?:^|[^\p{L}\p{N}])\p{L}[^\p{L}\p{N}]{1,3})[0-9@$!](?=
 
 /**
  * Where a phrase cannot run across: a comma or a semicolon, with or without a space (CLIP's tokenizer
- * drops spaces: "bugs, bunny" and "bugs,bunny" are the same tokens, and two phrases each). Sentence
- * punctuation (. : ! ?) is read like any other between words, spaced or not: "mickey. mouse" is the
- * tokens of "mickey.mouse", which the model reads as the name as it does "spider.man", "spider / man",
- * "McDonald's" and "Mickey (Mouse)". (Next to a space it ended a phrase before the review of ADR 0015's
- * last section.)
+ * drops spaces: "bugs, bunny" and "bugs,bunny" are the same tokens, and two phrases each), and sentence
+ * punctuation (. : ! ?) next to a space. "Batman. Superman" is two phrases; "Spider-Man", "spider.man",
+ * "spider / man", "McDonald's" and "Mickey (Mouse)" stay one (the model reads each as the name).
+ * "mickey. mouse" is, to CLIP, the tokens of "mickey.mouse" too, but reading sentence punctuation as
+ * part of a phrase refused ordinary two-sentence prompts ("A big spider. Man screaming in fear",
+ * "Hello! Kitty cat on a mat") and lost flags to exceptions ("pilot. whale"): ADR 0015, last section.
  */
-const PHRASE_BREAK = /[,;\n]+/u;
+const PHRASE_BREAK = /[,;\n]+|\s+[.:!?]+|[.:!?]+(?=\s|$)/u;
 
 /** What a term or an unless phrase may not contain: a phrase break, and punctuation that reads as one in a document ("mr. bean": write "mr bean", which finds "Mr. Bean"). */
 const TERM_FORBIDDEN = /[,;:.!?|/()[\]{}"“”«»\n]/u;
@@ -599,7 +600,10 @@ const INSIDE_WORD_PUNCTUATION = /(?<=[\p{L}\p{N}])[^\p{L}\p{N}\p{M}\s]+(?=[\p{L}
  * where CLIP's tokenizer splits: "pikachu'fan" and "pikachu\u200bfan" are the token pikachu and a word
  * fan to the model. A phrase holding one is also read with it as a space.
  */
-const JOINED_BY_FOLD = /['\u2019\p{Default_Ignorable_Code_Point}]/gu;
+// Not before a contraction's ending ("naruto's", "pilot's", "don't"): CLIP reads those as a piece of their
+// own anyway, the joined reading finds "pikachu's" through its singular, and a space there made "naruto s
+// strait" miss its exception "naruto strait".
+const JOINED_BY_FOLD = /['\u2019](?!(?:s|t|re|ve|m|ll|d)(?![\p{L}\p{N}]))|\p{Default_Ignorable_Code_Point}/giu;
 
 /** A word as written and as the singular it may be the plural of ("pikachus", "spidermen", "doctors"). */
 function wordForms(word: string): string[] {

@@ -395,7 +395,8 @@ describe('matching', () => {
     for (const text of ["pikachu'fan", 'pikachu\u2019fan', 'pikachu\u200bfan', 'pikachu\u2060fan art', "batman'logo", "mickey'mouse", 'pika\u200bchu', "pikachu's hat"]) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual(['refuse protected-characters']);
     }
-    for (const text of ["don't panic", "rock'n'roll band", "O'Neill's garden", "it's a cat", 'a dog\u200bhouse', "l'amour", 'rock\u00adstar']) {
+    // A contraction's ending is not read apart: possessives keep their exceptions ("naruto strait").
+    for (const text of ["don't panic", "rock'n'roll band", "O'Neill's garden", "it's a cat", 'a dog\u200bhouse', "l'amour", 'rock\u00adstar', "Naruto's straits at dusk", "the batman's river", "engineer's boots", 'a pilot\u2019s light', "the pilot's whale watching boat", "a nurse's shark tooth", "an african's grey parrot", "a king charles's spaniel"]) {
       expect(rulesHit(text), JSON.stringify(text)).toEqual([]);
     }
   });
@@ -404,10 +405,12 @@ describe('matching', () => {
     for (const text of ['spider.man on a roof', 'harry.potter', 'spider/man', 'Mickey (Mouse) waving', 'mickey&#46;mouse', 'Bat-Man of Gotham, 1939 comic', 'Super-Man', 'pika-chu', 'to-toro', 'spider_man']) {
       expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
     }
-    // Sentence punctuation, spaced or not, is read like any other (CLIP's tokenizer drops the space:
-    // "mickey. mouse" is the tokens of "mickey.mouse"); a comma or semicolon ends a phrase, spaced or not.
-    for (const text of ['mickey. mouse', 'mickey .mouse', 'mickey . mouse', 'spider! man', 'darth? vader', 'bugs: bunny', 'Darth. Vader.', 'p. i. k. a. c. h. u.', 'b. a. t. m. a. n.', 'hello. kitty']) {
-      expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    // Sentence punctuation next to a space ends a phrase (ordinary two-sentence prompts stay ordinary);
+    // without a space it is punctuation inside a word, read as the name. A comma or semicolon ends a
+    // phrase, spaced or not.
+    for (const text of ['mickey.mouse', 'darth?vader', 'spider!man']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    for (const text of ['A big spider. Man screaming in fear', 'Hello! Kitty cat on a mat', 'a sponge. bob the builder', 'Mary had a little lamb. Super. Mario', 'spider: man of the year']) {
+      expect(rulesHit(text).filter((r) => r.startsWith('refuse')), text).toEqual([]);
     }
     for (const text of ['the end. man walking', 'my dog Charlie,brown and white', 'garden scene: bugs,bunny;frog', 'mickey; mouse']) expect(rulesHit(text), text).toEqual([]);
   });

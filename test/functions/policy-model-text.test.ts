@@ -68,8 +68,9 @@ describe('the screen reads the text the model reads, cleaned once', () => {
     const next = random(20261206);
     for (let i = 0; i < 3000; i++) {
       const text = adversarialPrompt(next);
-      // Phrases end at a comma or a semicolon (ADR 0015); each is folded once, never cleaned again.
-      const expected = cleanClipText(text).split(/[,;]+/u).map((phrase) => foldCleaned(phrase).split(' ').filter(Boolean));
+      // Phrases end at a comma or a semicolon, and at sentence punctuation next to a space (ADR 0015);
+      // each is folded once, never cleaned again.
+      const expected = cleanClipText(text).split(/[,;\n]+|\s+[.:!?]+|[.:!?]+(?=\s|$)/u).map((phrase) => foldCleaned(phrase).split(' ').filter(Boolean));
       expect(promptReading(text), JSON.stringify(text)).toEqual(expected);
     }
   });
@@ -119,7 +120,7 @@ describe('through the API', () => {
   afterEach(() => h.close());
 
   it("refuses the review's four prompts with 400 content_policy, as it refuses the names written plainly", async () => {
-    for (const prompt of ['pikachu&#x2568&ouml', '<3 pikachu&#x2568;&ouml;', '&ampampmicrosoft logo', '<3 &amp;amp;microsoft logo', 'pika<|startoftext|>chu', 'mickey. mouse', 'cocacola logo']) {
+    for (const prompt of ['pikachu&#x2568&ouml', '<3 pikachu&#x2568;&ouml;', '&ampampmicrosoft logo', '<3 &amp;amp;microsoft logo', 'pika<|startoftext|>chu', 'mickey.mouse', 'cocacola logo']) {
       const error = await expectEnvelope(await h.request('/v1/generations', { json: { prompt, steps: 1 } }), 400, 'content_policy');
       expect(error.param, prompt).toBe('prompt');
     }
