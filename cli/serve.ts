@@ -15,6 +15,7 @@ import { startQueuedJobSweeps } from '../functions/queued-jobs.ts';
 import { webhookDeliveryFromConfig } from '../shared/webhooks.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
+import type { UnhealthyReason } from '../gpu-worker/worker/worker.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { intArg, REPO_ROOT } from './common.ts';
 import { ModelStore } from '../shared/modelstore.ts';
@@ -31,13 +32,19 @@ example with a local API key (made on first start, kept in .data/local-api-key).
   --steps N    cap the optimization steps of every job, 1-1000 (CPU demos); default: as requested
 
 Exit status: 0 stopped (Ctrl-C or SIGTERM, after draining the worker); 1 it could not start (the port
-in use, a data folder it cannot use, a bad setting in the environment); 2 bad usage (a flag's value
+in use, a data folder it cannot use, a bad setting in the environment), or its worker became unhealthy
+(a device or queue it cannot use: it stops rather than queue jobs nothing runs); 2 bad usage (a flag's value
 out of its range too).`;
 
 export interface ServeHandle {
   url: string;
   apiKey: string;
   stop(): Promise<void>;
+  /**
+   * Resolves with the reason when the worker becomes unhealthy (its device or queue cannot run jobs,
+   * ADR 0023): it takes no more jobs, so the server should stop rather than queue jobs nothing runs.
+   */
+  unhealthy: Promise<UnhealthyReason>;
 }
 
 /** Starts everything; used by the verb and by the end-to-end tests. */
@@ -89,7 +96,14 @@ export async function serve(
     throw error;
   });
   // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
-  const worker = startWorker({ queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache') });
+  let markUnhealthy!: (reason: UnhealthyReason) => void;
+  const unhealthy = new Promise<UnhealthyReason>((resolveUnhealthy) => (markUnhealthy = resolveUnhealthy));
+  const worker = startWorker({
+    queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache'),
+    onEvent: (event) => {
+      if (event.type === 'unhealthy') markUnhealthy(event.reason);
+    },
+  });
   // A job whose message was lost (a crash between its create and its send) gets it again. The first
   // sweep runs now: a restart after such a crash picks the job up.
   const sweeps = startQueuedJobSweeps(
@@ -107,6 +121,7 @@ export async function serve(
   return {
     url: server.url,
     apiKey,
+    unhealthy,
     stop: () =>
       (stopping ??= (async () => {
         // The API at once, beside the worker's drain: it takes no new connection, and the requests in
@@ -186,15 +201,21 @@ export async function run(argv: string[]): Promise<number> {
       '',
     ].join('\n'),
   );
-  await new Promise<void>((resolveStop) => {
+  return await new Promise<number>((resolveStop) => {
     const onSignal = () => {
       process.stderr.write('clipag: stopping (draining the worker)…\n');
-      handle.stop().then(resolveStop, resolveStop);
+      handle.stop().then(() => resolveStop(0), () => resolveStop(0));
     };
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
+    // A worker that takes no more jobs (ADR 0023) would leave the API queueing jobs nothing runs.
+    void handle.unhealthy.then((reason) => {
+      process.stderr.write(`clipag: the worker is unhealthy (${reason}; its log line says why) and takes no more jobs: stopping\n`);
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      handle.stop().then(() => resolveStop(1), () => resolveStop(1));
+    });
   });
-  return 0;
 }
 
 /**

@@ -4,7 +4,7 @@
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { serve } from '../../cli/serve.ts';
 import { localStores } from '../../shared/adapters/stores.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
@@ -97,6 +97,32 @@ describe('serve refuses a data folder it cannot write, before anything starts', 
       await h.stop();
     }
   });
+});
+
+describe('serve and an unhealthy worker', () => {
+  it('a worker that cannot use its device says so through the handle, and the verb stops with exit 1 rather than queue jobs nothing runs', async () => {
+    // No CUDA provider on this machine: the warm-up cannot open a session, which makes the worker unhealthy (ADR 0023).
+    const dataDir = join(root, 'unhealthy');
+    const h = await serve({ ...(await env(dataDir)), CLIPAG_EXECUTION_PROVIDER: 'cuda' }, { recipeOverrides: FAST_RECIPE });
+    try {
+      expect(await h.unhealthy).toBe('warm_up');
+    } finally {
+      await h.stop();
+    }
+    const { run } = await import('../../cli/serve.ts');
+    const saved = { ...process.env };
+    const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      Object.assign(process.env, await env(join(root, 'unhealthy-verb')), { CLIPAG_EXECUTION_PROVIDER: 'cuda' });
+      const code = await run([]);
+      expect(code).toBe(1);
+      expect(err.mock.calls.map((c) => String(c[0])).join('')).toMatch(/the worker is unhealthy \(warm_up; .*\) and takes no more jobs: stopping/);
+    } finally {
+      err.mockRestore();
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      Object.assign(process.env, saved);
+    }
+  }, 60_000);
 });
 
 describe('serve stopping', () => {
