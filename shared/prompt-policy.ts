@@ -587,7 +587,7 @@ const SPELLED_LEET = /(?<=(?:^|[^\p{L}\p{N}])\p{L}[^\p{L}\p{N}]{1,3})[0-9@$!](?=
  * part of a phrase refused ordinary two-sentence prompts ("A big spider. Man screaming in fear",
  * "Hello! Kitty cat on a mat") and lost flags to exceptions ("pilot. whale"): ADR 0015, last section.
  */
-const PHRASE_BREAK = /[,;\n]+|\s+[.:!?]+|[.:!?]+(?=\s|$)/u;
+export const PHRASE_BREAK = /[,;\n]+|\s+[.:!?]+|[.:!?]+(?=\s|$)/u;
 
 /** What a term or an unless phrase may not contain: a phrase break, and punctuation that reads as one in a document ("mr. bean": write "mr bean", which finds "Mr. Bean"). */
 const TERM_FORBIDDEN = /[,;:.!?|/()[\]{}"“”«»\n]/u;

@@ -4,7 +4,7 @@
 // review found names the model reads whole that the screen, cleaning twice, read as other words.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CLIP_END_TOKEN_TEXT, CLIP_START_TOKEN_TEXT, cleanClipText, PY_WHITESPACE_CLASS } from '../../shared/text-clean.ts';
-import { compilePolicy, defaultPromptPolicy, foldCleaned, promptReading, PromptPolicyDocument } from '../../shared/prompt-policy.ts';
+import { compilePolicy, defaultPromptPolicy, foldCleaned, promptReading, PromptPolicyDocument, PHRASE_BREAK } from '../../shared/prompt-policy.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 const policy = defaultPromptPolicy();
@@ -70,7 +70,7 @@ describe('the screen reads the text the model reads, cleaned once', () => {
       const text = adversarialPrompt(next);
       // Phrases end at a comma or a semicolon, and at sentence punctuation next to a space (ADR 0015);
       // each is folded once, never cleaned again.
-      const expected = cleanClipText(text).split(/[,;\n]+|\s+[.:!?]+|[.:!?]+(?=\s|$)/u).map((phrase) => foldCleaned(phrase).split(' ').filter(Boolean));
+      const expected = cleanClipText(text).split(PHRASE_BREAK).map((phrase) => foldCleaned(phrase).split(' ').filter(Boolean));
       expect(promptReading(text), JSON.stringify(text)).toEqual(expected);
     }
   });

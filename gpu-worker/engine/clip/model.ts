@@ -5,7 +5,7 @@
 import { f16ToF32 } from '../io/half.ts';
 import { EngineError } from '../errors.ts';
 import { GraphBuilder } from '../onnx/builder.ts';
-import { A, type DType, type TensorData, numel } from '../onnx/ir.ts';
+import { A, allocData, type DType, type TensorData, numel } from '../onnx/ir.ts';
 import type { ClipArch } from './arch.ts';
 
 /**
@@ -36,9 +36,7 @@ export function castTensor(t: TensorData, dtype: DType, opts: { shared?: boolean
   if (t.dtype === dtype) return t;
   const n = numel(t.dims);
   if (dtype === 'float32' || dtype === 'float64') {
-    const bytes = n * (dtype === 'float32' ? 4 : 8);
-    const buffer: ArrayBufferLike = opts.shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
-    const out = dtype === 'float32' ? new Float32Array(buffer) : new Float64Array(buffer);
+    const out = allocData(dtype, n, opts) as Float32Array | Float64Array;
     if (t.dtype === 'float16') {
       const src = t.data as Uint16Array;
       for (let i = 0; i < n; i++) out[i] = f16ToF32(src[i]!);

@@ -9,7 +9,7 @@ import { closeSync, fstatSync, openSync, read, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { EngineError } from '../errors.ts';
 import { allocData, bytesPerElement, numel } from '../onnx/ir.ts';
-import type { DType, TensorData, TypedData } from '../onnx/ir.ts';
+import type { DType, TensorData } from '../onnx/ir.ts';
 
 export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'F64' | 'I32' | 'I64' | 'U8' | 'BOOL';
 
@@ -65,12 +65,6 @@ async function readFullyAsync(fd: number, into: Uint8Array, position: number, pa
     if (r === 0) throw invalid(path, `unexpected end of file at byte ${position + done}`);
     done += r;
   }
-}
-
-/** A typed array of `dtype` whose memory is a SharedArrayBuffer (the engine sends such weights to its threads without a copy). */
-function allocShared(dtype: DType, n: number): TypedData {
-  const Ctor = allocData(dtype, 0).constructor as new (buffer: SharedArrayBuffer) => TypedData;
-  return new Ctor(new SharedArrayBuffer(n * bytesPerElement(dtype)));
 }
 
 function readFully(fd: number, into: Uint8Array, position: number, path: string): void {
@@ -212,7 +206,7 @@ export class SafetensorsFile {
     const e = this.entries.get(name);
     if (!e) throw new EngineError('invalid_weights', `${this.path} has no tensor '${name}'`, { path: this.path, tensor: name });
     const n = numel(e.shape);
-    const alloc = opts.shared ? allocShared : allocData;
+    const alloc = (dtype: DType, count: number) => allocData(dtype, count, opts);
     if (e.dtype === 'BF16') {
       const bits = new Uint16Array(n);
       await readFullyAsync(this.fd, new Uint8Array(bits.buffer), this.dataStart + e.begin, this.path);

@@ -120,21 +120,26 @@ export function bytesPerElement(dtype: DType): number {
   }
 }
 
-export function allocData(dtype: DType, n: number): TypedData {
+/**
+ * A zeroed typed array of `n` elements of `dtype`. `shared`: its memory is a SharedArrayBuffer, which
+ * crosses to the engine's pool threads without a copy (weights; see runtime/shared-memory.ts).
+ */
+export function allocData(dtype: DType, n: number, opts: { shared?: boolean } = {}): TypedData {
+  const b = opts.shared ? new SharedArrayBuffer(n * bytesPerElement(dtype)) : undefined;
   switch (dtype) {
     case 'float32':
-      return new Float32Array(n);
+      return b ? new Float32Array(b) : new Float32Array(n);
     case 'float64':
-      return new Float64Array(n);
+      return b ? new Float64Array(b) : new Float64Array(n);
     case 'float16':
-      return new Uint16Array(n);
+      return b ? new Uint16Array(b) : new Uint16Array(n);
     case 'int64':
-      return new BigInt64Array(n);
+      return b ? new BigInt64Array(b) : new BigInt64Array(n);
     case 'int32':
-      return new Int32Array(n);
+      return b ? new Int32Array(b) : new Int32Array(n);
     case 'bool':
     case 'uint8':
-      return new Uint8Array(n);
+      return b ? new Uint8Array(b) : new Uint8Array(n);
   }
 }
 

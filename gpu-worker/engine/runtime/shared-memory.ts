@@ -3,13 +3,12 @@
 // of MB of weights per graph at ViT-B/32 size. Shared memory crosses threads without a copy, so the
 // engine moves a bundle's weights there once, and every graph built on them is cheap to send.
 
-import type { TensorData, TypedData } from '../onnx/ir.ts';
+import { allocData, type TensorData } from '../onnx/ir.ts';
 
 /** `t` with its data in a SharedArrayBuffer: `t` itself when it already is, otherwise a copy. */
 export function inSharedMemory(t: TensorData): TensorData {
   if (t.data.buffer instanceof SharedArrayBuffer) return t;
-  const Ctor = t.data.constructor as new (buffer: SharedArrayBuffer) => TypedData;
-  const data = new Ctor(new SharedArrayBuffer(t.data.byteLength));
+  const data = allocData(t.dtype, t.data.length, { shared: true });
   (data as Float32Array).set(t.data as Float32Array);
   return { dtype: t.dtype, dims: t.dims, data };
 }
