@@ -85,8 +85,12 @@ const LocalConfig = z.object({
   dataDir: z.string().min(1).default('.data'),
   /** Optional here: local mode can make one and keep it in dataDir (loadOrCreateSigningSecret). */
   signingSecret: z.string().min(32, 'must be at least 32 characters').optional(),
-  /** A retryable job failure's message comes back after this × its receive count (s); at once here. */
-  retryDelaySec: intIn(0, 900, 0),
+  /**
+   * A retryable job failure's message comes back after this × its receive count (s). Not at once: a
+   * passing fault (a locked file, a policy document being rewritten) would use up a job's deliveries
+   * within a second; 2 s gives the retries 2 s and 4 s.
+   */
+  retryDelaySec: intIn(0, 900, 2),
   /** The longest `Prefer: wait=N` a request may be held for until its generation ends (0: the header is ignored). */
   maxWaitSec: intIn(0, 900, 60),
   ...Common,

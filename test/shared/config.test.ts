@@ -35,7 +35,7 @@ describe('parseConfig', () => {
       CLIPAG_QUEUE_URL: 'https://sqs.eu-west-1.amazonaws.com/123456789012/jobs',
       CLIPAG_VISIBILITY_TIMEOUT_SEC: '300',
     };
-    expect(parseConfig({}).retryDelaySec).toBe(0);
+    expect(parseConfig({}).retryDelaySec).toBe(2);
     expect(parseConfig(aws).retryDelaySec).toBe(30);
     expect(parseConfig({ ...aws, CLIPAG_RETRY_DELAY_SEC: '5' }).retryDelaySec).toBe(5);
     expect(() => parseConfig({ ...aws, CLIPAG_RETRY_DELAY_SEC: '901' })).toThrow(/CLIPAG_RETRY_DELAY_SEC/);
