@@ -2,6 +2,7 @@
 // clipag command line: one entry, verbs live in cli/.
 import { resolve } from 'node:path';
 import { main } from '../cli/main.ts';
+import { endProcess } from '../gpu-worker/engine/runtime/pool.ts';
 
 // `npm run clipag -- …` runs in the package root whatever folder it was typed in; npm names that
 // folder INIT_CWD. Relative paths on the command line (-o out.png, --init photo.png) mean the
@@ -13,10 +14,12 @@ if (process.env.npm_lifecycle_event === 'clipag' && process.env.INIT_CWD) {
   process.chdir(process.env.INIT_CWD);
 }
 
+// endProcess, not process.exit: an engine run that a stop gave up on (a hung device) would make
+// process.exit wait for it and then abort.
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  (code) => endProcess(code, { warn: (m) => console.error(`clipag: ${m}`) }),
   (e) => {
     console.error(`clipag: ${(e as Error).message}`);
-    process.exit(1);
+    return endProcess(1, { warn: (m) => console.error(`clipag: ${m}`) });
   },
 );

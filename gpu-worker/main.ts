@@ -16,6 +16,7 @@ import type { BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import type { Recipe } from './engine/synth/recipe.ts';
 import { warmUp as warmUpEngine } from './engine/synth/synthesize.ts';
 import { defaultSideFor } from '../shared/schemas/generation.ts';
+import { endProcess } from './engine/runtime/pool.ts';
 import { createModelRegistry, type ModelRegistry } from './models.ts';
 import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.ts';
 import { ecsTaskProtection, type TaskProtection } from './worker/task-protection.ts';
@@ -250,12 +251,15 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
 
   // Signals first: a stop while the stores load has nothing to drain, and one after the worker
   // started must drain it, however early it comes.
-  const onSignal = exitOnSignal({ stop: () => running?.stop(), unhealthy: () => unhealthy, exit: (code) => process.exit(code), log });
+  // endProcess, not process.exit: a run the drain gave up on (a hung GPU) would make process.exit wait
+  // for it and then abort.
+  const exit = (code: number) => void endProcess(code, { warn: (m) => log.error(m) });
+  const onSignal = exitOnSignal({ stop: () => running?.stop(), unhealthy: () => unhealthy, exit, log });
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
 
   const { blobs, queue, jobs, models: modelStore } = await storesFor(config);
-  const onUnhealthy = exitWhenUnhealthy({ stop: () => running?.stop() ?? Promise.resolve(), exit: (code) => process.exit(code), log });
+  const onUnhealthy = exitWhenUnhealthy({ stop: () => running?.stop() ?? Promise.resolve(), exit, log });
   const onEvent = (event: WorkerEvent) => {
     if (event.type === 'unhealthy') unhealthy = true;
     onUnhealthy(event);

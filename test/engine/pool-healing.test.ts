@@ -303,16 +303,37 @@ describe("a large graph's temporary file", () => {
   }
 });
 
+interface ChildEnd {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  out: string;
+  err: string;
+  why: string;
+  /** ms from the child's line (printed as it starts to end) to its exit. */
+  endMs: number;
+  result: { run?: string; runningThreads?: number; busyThreads?: number; runMs?: number };
+}
+
+/** Runs pool-exit-child.ts: a run of at least `minRunMs` given up on by close(), then the end `how`. */
+async function childEnd(minRunMs: number, how: string): Promise<ChildEnd> {
+  const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./pool-exit-child.ts', import.meta.url)), String(minRunMs), how], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  let lineAt = 0;
+  child.stdout.on('data', (d) => {
+    out += d;
+    if (!lineAt && out.includes('\n')) lineAt = performance.now();
+  });
+  child.stderr.on('data', (d) => (err += d));
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('exit', (c, s) => resolve([c, s])));
+  const endMs = performance.now() - lineAt;
+  const why = `code ${code}, signal ${signal}; ${endMs.toFixed(0)} ms after its line; stdout ${out.trim()}; stderr ${err.trim().slice(-500)}`;
+  return { code, signal, out, err, why, endMs, result: JSON.parse(out.trim().split('\n').at(-1) ?? '{}') };
+}
+
 describe('EnginePool.close and the end of the process', () => {
   it('a process whose pool gave up on a run inside onnxruntime ends by itself, cleanly (exit code 0, not an abort)', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./pool-exit-child.ts', import.meta.url)), '600'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('exit', (c, s) => resolve([c, s])));
-    const why = `code ${code}, signal ${signal}; stdout ${out.trim()}; stderr ${err.trim().slice(-500)}`;
-    const result = JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as { run?: string; runningThreads?: number };
+    const { code, signal, err, why, result } = await childEnd(600, 'natural');
     // close() gave up on the run (it returned while the thread was still inside onnxruntime)...
     expect(result.run, why).toBe('aborted');
     expect(result.runningThreads, why).toBe(1);
@@ -320,6 +341,29 @@ describe('EnginePool.close and the end of the process', () => {
     expect(signal, why).toBeNull();
     expect(code, why).toBe(0);
     expect(err, why).not.toMatch(/terminate called/);
+  });
+
+  // process.exit() joins every worker thread: with one inside onnxruntime it waits for the call, then
+  // aborts ("terminate called after throwing an instance of 'Napi::Error'", exit code 134). bin/clipag.ts
+  // and gpu-worker/main.ts end through endProcess instead.
+  it('endProcess waits for such a run to return within its grace, then exits with the code asked, cleanly', async () => {
+    const { code, signal, err, why, result } = await childEnd(600, 'end:60000');
+    expect(result.run, why).toBe('aborted');
+    expect(result.busyThreads, why).toBe(1); // the run was still inside onnxruntime when endProcess was called
+    expect(signal, why).toBeNull();
+    expect(code, why).toBe(3);
+    expect(err, why).not.toMatch(/terminate called|engine thread/);
+  });
+
+  it('endProcess past its grace (a run that does not return) says why and ends the process at once, without waiting for the call or aborting', async () => {
+    const { signal, err, why, result, endMs } = await childEnd(2_000, 'end:100');
+    expect(result.run, why).toBe('aborted');
+    expect(result.busyThreads, why).toBe(1);
+    expect(err, why).toMatch(/1 engine thread\(s\) still inside a native call.*SIGKILL.*code 3/);
+    expect(err, why).not.toMatch(/terminate called/);
+    expect(signal, why).toBe('SIGKILL');
+    // It did not wait for the run (at least 2 s, of which 0.1 s had passed when the line was printed).
+    expect(endMs, why).toBeLessThan(Math.max(1_000, (result.runMs ?? 0) / 2));
   });
 });
 

@@ -228,9 +228,26 @@ function checkNonNegative(name: string, v: number | undefined, integer = false):
 
 export class EnginePool {
   private static opened = 0;
+  /** Every pool of this thread that is open, or closed with threads still inside a native call. */
+  private static readonly live = new Set<EnginePool>();
   /** Pools of this thread started and not yet closed (each holds `size` worker threads). */
   static get openPools(): number {
     return EnginePool.opened;
+  }
+
+  /**
+   * Worker threads of every pool of this thread that may be inside a native call now: one with work
+   * in flight, or one close() gave up waiting for (runningThreads). process.exit() joins every worker
+   * thread first, so with such a thread it waits for the call and then aborts (endProcess).
+   */
+  static get busyThreads(): number {
+    let n = 0;
+    for (const pool of EnginePool.live) {
+      const busy = pool.closing ? pool.runningThreads : pool.workers.filter((w) => !w.exited && w.pending.size > 0).length;
+      if (pool.closing && busy === 0) EnginePool.live.delete(pool);
+      n += busy;
+    }
+    return n;
   }
 
   private readonly workers: PoolWorker[] = [];
@@ -274,6 +291,7 @@ export class EnginePool {
     }
     for (let i = 0; i < size; i++) this.workers.push(this.spawn());
     EnginePool.opened++;
+    EnginePool.live.add(this);
   }
 
   /** The keys loaded (or loading) now. */
@@ -603,3 +621,29 @@ export class EnginePool {
     EnginePool.opened--;
   }
 }
+
+/** How long endProcess waits by default for a native call to return before it ends the process anyway. */
+const END_PROCESS_GRACE_MS = 5_000;
+
+/**
+ * Ends the process with `code`, as process.exit() would, unless an engine thread may still be inside a
+ * native call (EnginePool.busyThreads: a hung device's run that close() gave up on). process.exit()
+ * joins worker threads first: it would wait for that call, however long, and then abort (exit code 134,
+ * "terminate called after throwing an instance of 'Napi::Error'"). So it waits up to `graceMs` for such
+ * calls to return and then exits with `code`, cleanly; past that it says why and kills the process
+ * (SIGKILL: the status a shell sees is 137), since nothing else ends a process whose thread is stuck in
+ * native code.
+ */
+export async function endProcess(code: number, opts: { graceMs?: number; warn?: (message: string) => void } = {}): Promise<never> {
+  const deadline = performance.now() + (opts.graceMs ?? END_PROCESS_GRACE_MS);
+  while (EnginePool.busyThreads > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const busy = EnginePool.busyThreads;
+  if (busy > 0) {
+    (opts.warn ?? ((m: string) => process.stderr.write(`${m}\n`)))(
+      `${busy} engine thread(s) still inside a native call (a run that does not return: a hung device); ending the process without waiting for it (SIGKILL) instead of exiting with code ${code}`,
+    );
+    process.kill(process.pid, 'SIGKILL');
+  }
+  process.exit(code);
+}
+
