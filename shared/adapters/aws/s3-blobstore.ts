@@ -8,7 +8,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
-import { NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../errors.ts';
+import { NonRetryableError, NotFoundError, PreconditionFailedError, RetryableError, ValidationError } from '../../errors.ts';
 import { assertValidKey, assertValidPrefix } from '../../keys.ts';
 import type {
   BlobMeta,
@@ -76,11 +76,11 @@ export class S3BlobStore implements BlobStore {
     // 60 s silence limit bounds the body.
     const deadline = new Deadline('S3 GetObject', this.deadlines.callMs);
     try {
-      const out = await call(() => this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: deadline.signal }));
+      const out = await call(this.bucket, () => this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: deadline.signal }), ABSENT_IS_AN_ANSWER);
       if (out.ContentLength === undefined) deadline.clear();
       else deadline.rearm(transferDeadlineMs(this.deadlines, out.ContentLength));
       // A body cut off mid-way (a reset, the deadline) is as transient as a request that failed.
-      const body = await call(() => out.Body!.transformToByteArray());
+      const body = await call(this.bucket, () => out.Body!.transformToByteArray());
       return {
         key,
         body,
@@ -90,7 +90,7 @@ export class S3BlobStore implements BlobStore {
         lastModified: out.LastModified ?? new Date(0),
       };
     } catch (error) {
-      if (isNotFound(error)) return null;
+      if (error instanceof ObjectAbsent) return null;
       throw deadline.errorFor(error);
     } finally {
       deadline.clear();
@@ -100,7 +100,10 @@ export class S3BlobStore implements BlobStore {
   async head(key: string): Promise<BlobMeta | null> {
     assertValidKey(key);
     try {
-      const out = await this.small('S3 HeadObject', (abortSignal) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal }));
+      // A HEAD's answer has no body, so S3's 404 for a missing bucket (NoSuchBucket) reaches the SDK
+      // as a bare NotFound, the same as a missing key's: it cannot be told apart here and reads as
+      // "absent". get, list and put (whose 404s carry the code) surface the misconfiguration.
+      const out = await this.small('S3 HeadObject', (abortSignal) => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal }), ABSENT_IS_AN_ANSWER);
       return {
         key,
         size: out.ContentLength ?? 0,
@@ -109,7 +112,7 @@ export class S3BlobStore implements BlobStore {
         lastModified: out.LastModified ?? new Date(0),
       };
     } catch (error) {
-      if (isNotFound(error)) return null;
+      if (error instanceof ObjectAbsent) return null;
       throw error;
     }
   }
@@ -150,11 +153,12 @@ export class S3BlobStore implements BlobStore {
     assertValidKey(key);
     if (!etag) throw new ValidationError('etag is required', 'etag');
     try {
-      const out = await this.upload(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: options.contentType, IfMatch: etag }), body);
+      const out = await this.upload(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: options.contentType, IfMatch: etag }), body, ABSENT_IS_AN_ANSWER);
       return { etag: requireEtag(out.ETag) };
     } catch (error) {
-      // S3 answers 404 when the object is gone: for a conditional replace that is a failed precondition.
-      if (isNotFound(error)) throw new PreconditionFailedError(`object does not exist: ${key}`, { cause: error });
+      // S3 answers 404 NoSuchKey when the object is gone: for a conditional replace that is a failed
+      // precondition. (A missing bucket is not: call() has made that a NonRetryableError.)
+      if (error instanceof ObjectAbsent) throw new PreconditionFailedError(`object does not exist: ${key}`, { cause: error });
       throw error;
     }
   }
@@ -222,8 +226,8 @@ export class S3BlobStore implements BlobStore {
   }
 
   /** A request with no body to speak of either way, under a small request's deadline. */
-  private small<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
-    return withDeadline(what, this.deadlines.callMs, (abortSignal) => call(() => send(abortSignal)));
+  private small<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>, absent?: typeof ABSENT_IS_AN_ANSWER): Promise<T> {
+    return withDeadline(what, this.deadlines.callMs, (abortSignal) => call(this.bucket, () => send(abortSignal), absent));
   }
 
   /**
@@ -231,9 +235,9 @@ export class S3BlobStore implements BlobStore {
    * off. The client's `requestTimeout` (60 s from the start of a request to its response headers, the
    * upload included) is raised to the same deadline: it cut off every upload longer than a minute.
    */
-  private upload(command: PutObjectCommand, body: Uint8Array) {
+  private upload(command: PutObjectCommand, body: Uint8Array, absent?: typeof ABSENT_IS_AN_ANSWER) {
     const deadlineMs = transferDeadlineMs(this.deadlines, body.byteLength);
-    return withDeadline('S3 PutObject', deadlineMs, (abortSignal) => call(() => this.client.send(command, { abortSignal, requestTimeout: deadlineMs })));
+    return withDeadline('S3 PutObject', deadlineMs, (abortSignal) => call(this.bucket, () => this.client.send(command, { abortSignal, requestTimeout: deadlineMs }), absent));
   }
 }
 
@@ -246,16 +250,31 @@ function statusOf(error: unknown): number | undefined {
   return (error as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
 }
 
+/**
+ * The object is not there: NoSuchKey (GET, a conditional PUT) or NotFound (a HEAD's bodiless 404).
+ * Not any 404: S3 answers a missing bucket with 404 NoSuchBucket, and reading that as "absent" made
+ * a misconfigured bucket look like missing API keys (401) and missing jobs (404).
+ */
 function isNotFound(error: unknown): boolean {
   const name = (error as { name?: string })?.name;
-  return name === 'NoSuchKey' || name === 'NotFound' || statusOf(error) === 404;
+  return name === 'NoSuchKey' || name === 'NotFound';
 }
+
+/** Passed by the calls that give "the object is not there" a meaning (get, head, replaceIfMatch). */
+const ABSENT_IS_AN_ANSWER = 'absent-is-an-answer' as const;
+
+/** What call() throws for a missing object where the caller asked for it: a ClipagError the caller turns into its answer. */
+class ObjectAbsent extends NotFoundError {}
 
 const TRANSIENT_S3_STATUS = new Set([429, 500, 502, 503, 504]);
 const TRANSIENT_S3_CODES = new Set(['RequestTimeout', 'RequestTimeoutException', 'SlowDown', 'Throttling', 'ThrottlingException', 'RequestThrottled', 'InternalError']);
 
-/** Maps SDK failures to the shared error taxonomy; 404s pass through for callers to interpret. */
-async function call<T>(fn: () => Promise<T>): Promise<T> {
+/**
+ * Maps SDK failures to the shared error taxonomy: no raw SDK error leaves the adapter. A missing
+ * object becomes ObjectAbsent only where the caller passed ABSENT_IS_AN_ANSWER; anywhere else (list,
+ * put, delete) a 404 is unexpected and, like any other refusal, a NonRetryableError.
+ */
+async function call<T>(bucket: string, fn: () => Promise<T>, absent?: typeof ABSENT_IS_AN_ANSWER): Promise<T> {
   try {
     return await fn();
   } catch (error) {
@@ -263,7 +282,12 @@ async function call<T>(fn: () => Promise<T>): Promise<T> {
     if (status === 412 || status === 409) {
       throw new PreconditionFailedError('conditional write failed: the object changed or already exists', { cause: error });
     }
-    if (isNotFound(error)) throw error;
+    if ((error as { name?: string })?.name === 'NoSuchBucket') {
+      // Configuration, not data: the bucket the deployment names does not exist (a typo, the wrong
+      // account or region, a deleted stack). Retrying cannot help; it must page, not read as "absent".
+      throw new NonRetryableError(`S3 bucket "${bucket}" does not exist: check the configured bucket name, account and region`, { code: 'config_error', cause: error });
+    }
+    if (absent && isNotFound(error)) throw new ObjectAbsent(`no such object in bucket ${bucket}`, { cause: error });
     // Transient, as the SDK itself classes them (it has already retried them by the time they get here):
     // 429, 500, 502, 503 and 504, a 400 RequestTimeout (the socket idled mid-upload), throttling by
     // name. Not a 501: an unsupported request stays unsupported.

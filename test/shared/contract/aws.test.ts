@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { S3BlobStore } from '../../../shared/adapters/aws/s3-blobstore.ts';
 import { SqsJobQueue } from '../../../shared/adapters/aws/sqs-queue.ts';
-import { NonRetryableError, PreconditionFailedError, RetryableError } from '../../../shared/errors.ts';
+import { ClipagError, NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../../shared/errors.ts';
 import { blobStoreContract } from './blobstore.contract.ts';
 import { close, httpDownload, httpUpload, makeTempDir, silentServer, slowProxy } from './helpers.ts';
 import { s3ClientConfig, SDK_SOCKET_TIMEOUTS } from '../../../shared/adapters/stores.ts';
@@ -151,6 +151,16 @@ describe('S3 adapter specifics', () => {
     expect(puts[1]!.headers['if-match']).toBe(etag);
   });
 
+  it('[request shape] a put without a content type is stored as application/octet-stream (the SDK sends it), so head always has one', async () => {
+    // What the local adapter should match (review finding 9): real S3 stores the header the SDK sends,
+    // and falls back to binary/octet-stream only when a request carries none.
+    const { client, sent } = capturingClient();
+    const store = await freshS3Store(client);
+    await store.put('a/b.bin', Buffer.from('x'));
+    expect(sent.find((r) => r.method === 'PUT' && r.path.endsWith('/a/b.bin'))?.headers['content-type']).toBe('application/octet-stream');
+    expect((await store.head('a/b.bin'))?.contentType).toBe('application/octet-stream');
+  });
+
   /** S3 answers a lost conditional write with 412 (or 409 when racing another conditional write).
    * s3rver never produces these, so the client is given a canned HTTP response. */
   function clientAnswering(status: number, code: string) {
@@ -196,6 +206,49 @@ describe('S3 adapter specifics', () => {
       const store = new S3BlobStore({ client: clientAnswering(status, code), bucket: 'b' });
       await expect(store.put('k', Buffer.from('x')), `${status} ${code}`).rejects.toBeInstanceOf(NonRetryableError);
     }
+  });
+
+  it('a bucket that does not exist is a configuration error naming the bucket (NonRetryableError config_error), never an absent object', async () => {
+    const bucket = unique('never-created').toLowerCase().slice(0, 63);
+    const store = new S3BlobStore({ client: s3Client({ maxAttempts: 1 }), bucket });
+    const configError = (what: string) => async (call: Promise<unknown>) => {
+      const error = await call.then(() => undefined, (e: unknown) => e);
+      expect(error, what).toBeInstanceOf(NonRetryableError);
+      expect((error as NonRetryableError).code, what).toBe('config_error');
+      expect((error as Error).message, what).toContain(bucket);
+    };
+    // get read it as "no such object": every API key then failed as 401, every job as 404.
+    await configError('get')(store.get('jobs/o/j.json'));
+    await configError('JobStore.get')(new BlobJobStore(store).get('acct_x', newJobId()));
+    await configError('list')(store.list('jobs/o/'));
+    await configError('put')(store.put('jobs/o/j.json', Buffer.from('{}')));
+    await configError('putIfAbsent')(store.putIfAbsent('jobs/o/j.json', Buffer.from('{}')));
+    await configError('delete')(store.delete('jobs/o/j.json'));
+    // Not a lost conditional write (412), which callers answer by re-reading.
+    await configError('replaceIfMatch')(store.replaceIfMatch('jobs/o/j.json', Buffer.from('{}'), '"e"'));
+    // A HEAD's 404 has no body, so S3 cannot say which is missing: it stays "absent" (see head()).
+    expect(await store.head('jobs/o/j.json')).toBeNull();
+  });
+
+  it('[canned response] a 404 that is not a missing object\'s answer, from list, put or delete, is a NonRetryableError, not a raw SDK error; NoSuchKey and a bare 404 HEAD still read as absent', async () => {
+    // S3 sends no such 404 to these calls for a bucket that exists, and s3rver cannot be made to: a canned answer.
+    for (const code of ['NoSuchKey', 'NoSuchUpload']) {
+      const store = new S3BlobStore({ client: clientAnswering(404, code), bucket: 'b' });
+      for (const [what, call] of [
+        ['list', () => store.list('jobs/')],
+        ['put', () => store.put('k', Buffer.from('x'))],
+        ['delete', () => store.delete('k')],
+      ] as const) {
+        const error = await call().then(() => undefined, (e: unknown) => e);
+        expect(error, `${what} ${code}`).toBeInstanceOf(NonRetryableError);
+      }
+    }
+    const missing = new S3BlobStore({ client: clientAnswering(404, 'NoSuchKey'), bucket: 'b' });
+    expect(await missing.get('k')).toBeNull();
+    expect(await missing.head('k')).toBeNull();
+    await expect(missing.replaceIfMatch('k', Buffer.from('x'), '"e"')).rejects.toBeInstanceOf(PreconditionFailedError);
+    // Any other 404 on a GET is not "absent" either.
+    await expect(new S3BlobStore({ client: clientAnswering(404, 'NoSuchUpload'), bucket: 'b' }).get('k')).rejects.toBeInstanceOf(NonRetryableError);
   });
 
   it('a signed PUT with a declared size signs Content-Length, so the limit is enforced by S3', async () => {
@@ -292,6 +345,105 @@ describe('S3 adapter specifics', () => {
       ['jobs/o/c.json', '"e2"', 4],
     ]);
     expect(page.cursor).toBe('jobs/o/c.json');
+  });
+});
+
+describe('SQS adapter: error mapping', () => {
+  /**
+   * A client whose every request gets this SQS (AWS JSON protocol) error. local-aws-sqs never sends
+   * throttling, limit or most InvalidParameterValue answers, and the real service cannot be reached
+   * here: canned HTTP responses, shaped as SQS sends them. `sent` counts the requests that went out.
+   */
+  function sqsAnswering(status: number, code: string, message = 'm') {
+    const sent: unknown[] = [];
+    const client = new SQSClient({
+      region: REGION,
+      credentials: { accessKeyId: 'x', secretAccessKey: 'x' },
+      maxAttempts: 1,
+      requestHandler: {
+        handle: async (request: unknown) => {
+          sent.push(request);
+          return {
+            response: {
+              statusCode: status,
+              headers: { 'content-type': 'application/x-amz-json-1.0', 'x-amzn-query-error': `${code};Sender` },
+              body: Readable.from([Buffer.from(JSON.stringify({ __type: `com.amazonaws.sqs#${code}`, message }))]),
+            },
+          };
+        },
+      } as never,
+    });
+    return { queue: new SqsJobQueue({ client, queueUrl: 'https://sqs.us-east-1.amazonaws.com/000000000000/jobs' }), sent };
+  }
+
+  async function errorOf(call: Promise<unknown>): Promise<unknown> {
+    return call.then(() => undefined, (e: unknown) => e);
+  }
+
+  it('[canned response] throttling and limit answers (RequestThrottled, KmsThrottled, OverLimit, ThrottlingException) are RetryableError on every call, not a permanent refusal', async () => {
+    for (const [status, code] of [[400, 'RequestThrottled'], [403, 'RequestThrottled'], [400, 'KmsThrottled'], [403, 'OverLimit'], [400, 'ThrottlingException']] as const) {
+      const { queue } = sqsAnswering(status, code);
+      for (const [what, call] of [
+        ['receive', () => queue.receive({ max: 1 })],
+        ['send', () => queue.send('{"v":1}')],
+        ['ack', () => queue.ack('receipt')],
+        ['extendVisibility', () => queue.extendVisibility('receipt', 30)],
+      ] as const) {
+        const error = await errorOf(call());
+        expect(error, `${status} ${code} ${what}`).toBeInstanceOf(RetryableError);
+      }
+    }
+    // A refusal that lasts stays permanent.
+    expect(await errorOf(sqsAnswering(400, 'QueueDoesNotExist').queue.receive())).toBeInstanceOf(NonRetryableError);
+  });
+
+  it('[canned response] InvalidParameterValue is PreconditionFailedError only when a receipt call is told the delivery is over; any other is NonRetryableError', async () => {
+    const receiptGone = [
+      'Value AQEBx for parameter ReceiptHandle is invalid. Reason: Message does not exist or is not available for visibility timeout change.',
+      'The receipt handle has expired.',
+    ];
+    for (const message of receiptGone) {
+      const { queue } = sqsAnswering(400, 'InvalidParameterValue', message);
+      expect(await errorOf(queue.extendVisibility('receipt', 30)), `extend: ${message}`).toBeInstanceOf(PreconditionFailedError);
+      expect(await errorOf(queue.ack('receipt')), `ack: ${message}`).toBeInstanceOf(PreconditionFailedError);
+      expect(await errorOf(queue.release('receipt')), `release: ${message}`).toBeInstanceOf(PreconditionFailedError);
+    }
+    expect(await errorOf(sqsAnswering(400, 'MessageNotInflight').queue.extendVisibility('receipt', 30))).toBeInstanceOf(PreconditionFailedError);
+    expect(await errorOf(sqsAnswering(400, 'ReceiptHandleIsInvalid').queue.ack('receipt'))).toBeInstanceOf(PreconditionFailedError);
+
+    // Not about the receipt: a lease past SQS's 12-hour total is no lost lease (the heartbeat must not
+    // abort the run as if another worker held the job), and a send is not the API caller's 412.
+    const totalCap = sqsAnswering(400, 'InvalidParameterValue', 'Value 900 for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [43200 seconds]');
+    expect(await errorOf(totalCap.queue.extendVisibility('receipt', 900))).toBeInstanceOf(NonRetryableError);
+    const badParameter = sqsAnswering(400, 'InvalidParameterValue', 'Value 0 for parameter DelaySeconds is invalid. Reason: queue is FIFO.');
+    for (const [what, call] of [
+      ['send', () => badParameter.queue.send('{"v":1}', { delaySec: 0 })],
+      ['receive', () => badParameter.queue.receive()],
+    ] as const) {
+      const error = await errorOf(call());
+      expect(error, what).toBeInstanceOf(NonRetryableError);
+    }
+  });
+
+  it('a delay or visibility outside SQS\'s range is the caller\'s ValidationError before any request, as on the local queue', async () => {
+    const { queue, sent } = sqsAnswering(400, 'InvalidParameterValue', 'Value 901 for parameter DelaySeconds is invalid.');
+    for (const [what, call] of [
+      ['send delaySec 901', () => queue.send('{"v":1}', { delaySec: 901 })],
+      ['send delaySec 1.5', () => queue.send('{"v":1}', { delaySec: 1.5 })],
+      ['receive visibilitySec -1', () => queue.receive({ visibilitySec: -1 })],
+      ['extendVisibility 43201', () => queue.extendVisibility('receipt', 43_201)],
+    ] as const) {
+      const error = await errorOf(call());
+      expect(error, what).toBeInstanceOf(ValidationError);
+    }
+    expect(sent).toHaveLength(0);
+  });
+
+  it('[canned response] nothing the SQS adapter throws is a raw SDK error', async () => {
+    const { queue } = sqsAnswering(400, 'UnsupportedOperation');
+    for (const call of [() => queue.send('{"v":1}'), () => queue.receive(), () => queue.ack('r'), () => queue.release('r')]) {
+      expect(await errorOf(call())).toBeInstanceOf(ClipagError);
+    }
   });
 });
 
