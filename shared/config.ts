@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ConfigError } from './errors.ts';
+import { MAX_IMAGE_FILE_BYTES } from './image-header.ts';
 import { MODEL_NAME_PATTERN } from './schemas/common.ts';
 
 /**
@@ -30,7 +31,13 @@ const Common = {
    * out again); the lease heartbeat stops extending soon after, whatever the engine does.
    */
   jobTimeoutSec: intIn(1, 7 * 24 * 3600, 3600),
-  maxUploadBytes: intIn(1, 100 * 1024 * 1024, 10 * 1024 * 1024),
+  /**
+   * The largest upload (an init image). At most the worker's decode limit: above it the API would take
+   * an upload (202) that every worker then refuses for its size, a failed job.
+   */
+  maxUploadBytes: z.coerce.number().int().min(1)
+    .max(MAX_IMAGE_FILE_BYTES, `must be at most ${MAX_IMAGE_FILE_BYTES} (32 MiB), the largest init image the worker decodes`)
+    .default(10 * 1024 * 1024),
   maxBodyBytes: intIn(1024, 10 * 1024 * 1024, 64 * 1024),
   defaultModel: z.string().regex(MODEL_NAME_PATTERN).default('toy'),
   /**

@@ -8,6 +8,12 @@ export const PNG_SIGNATURE: readonly number[] = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0
 export const PNG_HEADER_BYTES = 33;
 /** The most pixels an init image may have (4096 × 4096): decoding holds 12 float32 bytes per pixel. */
 export const MAX_IMAGE_PIXELS = 4096 * 4096;
+/**
+ * The largest init image file the worker decodes (32 MiB). One limit for both sides: the config
+ * refuses a CLIPAG_MAX_UPLOAD_BYTES above it, so an upload the API takes is never one the worker
+ * refuses for its size (the API and the worker may be configured apart; a constant cannot drift).
+ */
+export const MAX_IMAGE_FILE_BYTES = 32 * 1024 * 1024;
 /** Channels per PNG colour type (grey, RGB, palette, grey + alpha, RGBA). */
 export const PNG_CHANNELS: Readonly<Record<number, number>> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
 /** The bit depths each colour type allows (PNG spec, table 11.1). */

@@ -69,19 +69,36 @@ export interface PngLayout {
   decodable: Uint8Array;
   /** The IDAT payloads joined: a zlib stream. */
   deflated: Uint8Array;
-  /** The PLTE chunk's entries (0 when it has none). */
+  /** The PLTE chunk's entries (0 when it has none, or when a grey image's PLTE is ignored). */
   paletteEntries: number;
+  /** A grey or RGB image's tRNS colour key in sample units (1 or 3 values), read here: `decodable` leaves that chunk out. */
+  colourKey?: number[];
 }
 
 export type PngLayoutCheck = { ok: true; layout: PngLayout } | { ok: false; reason: string; format?: string };
-export type PngFileCheck = { ok: true; header: PngHeader; decodable: Uint8Array } | { ok: false; reason: string; format?: string };
+export type PngFileCheck =
+  | { ok: true; header: PngHeader; decodable: Uint8Array; colourKey?: readonly number[] }
+  | { ok: false; reason: string; format?: string };
 
 /**
- * Reads the file's chunks up to IEND. Refuses: a chunk that runs past the end of the file, a decoded
- * chunk whose CRC is wrong, a second IHDR, a critical chunk PNG does not define, a second PLTE or one
- * after IDAT, a tRNS the decoder refuses (before the palette or longer than it, or in an image with
- * alpha), an IEND with data, no IDAT, IDAT chunks that are not consecutive, no IEND, and a palette image without a
- * palette or with one longer than its bit depth can index.
+ * The most chunks a file may have (all kinds). Each costs a few µs to walk here and several more in
+ * fast-png, so a file of ~700 000 empty IDAT chunks (8 MiB) held the API's event loop for seconds and
+ * the worker for ~11 s. No encoder comes near the bound: libpng writes IDATs of 8 KiB by default, PNGJ
+ * 32 KiB, Pillow up to 64 KiB, fast-png a single one, so a file at the 32 MiB limit
+ * (MAX_IMAGE_FILE_BYTES) has at most ~4 100 chunks; an encoder that flushes every row writes one IDAT a
+ * row, at most 4 096 (7 680 interlaced) for a square image of the 16 Mpx limit. 20 000 leaves room for
+ * tall images written that way and for metadata; it is counted before the full read (chunkCountOver).
+ */
+export const PNG_MAX_CHUNKS = 20_000;
+
+/**
+ * Reads the file's chunks up to IEND. Refuses: more than PNG_MAX_CHUNKS chunks, a chunk that runs past
+ * the end of the file, a decoded chunk whose CRC is wrong, a second IHDR, a critical chunk PNG does not
+ * define, a second PLTE or one after IDAT, a tRNS the decoder refuses (before the palette or longer
+ * than it, in an image with alpha, or of an odd length), an IEND with data, no IDAT, IDAT chunks that
+ * are not consecutive, no IEND, and a palette image without a palette or with more than 256 entries.
+ * A PLTE in a grey image (colour type 0 or 4) is ignored, as libpng ignores it: PNG forbids it there,
+ * and decoding through it turned grey pixels into palette colours.
  */
 export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = {}): PngLayoutCheck {
   const headerCheck = readPngHeader(bytes, opts);
@@ -92,41 +109,54 @@ export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = 
   const idat: Uint8Array[] = [];
   let idatEnded = false;
   let palette = 0;
+  let colourKey: number[] | undefined;
   let ended = false;
+  let firstIdat = -1; // where the IDAT goes in `kept`
+  let firstIdatChunk: Uint8Array | undefined;
+  if (chunkCountOver(bytes, dv, PNG_MAX_CHUNKS)) {
+    return { ok: false, reason: `unsupported PNG: more than ${PNG_MAX_CHUNKS} chunks (encoders write a few, their pixel data in pieces of 8–64 KiB; save the image again with any image editor)` };
+  }
   for (let off = 8; off < bytes.length; ) {
     if (off + 12 > bytes.length) return fail('the file ends inside a chunk header (cut short?)');
     const length = dv.getUint32(off);
     const type = String.fromCharCode(bytes[off + 4]!, bytes[off + 5]!, bytes[off + 6]!, bytes[off + 7]!);
     if (off + 12 + length > bytes.length) return fail(`chunk ${JSON.stringify(type)} runs past the end of the file (cut short?)`);
+    // Colour types 0 and 4 have no colour bit (2): a PLTE there is skipped like an unknown ancillary chunk.
+    const paletteIgnored = type === 'PLTE' && (header.colourType & 2) === 0;
     // The header was read from the first chunk: another IHDR would be the one a decoder uses (its
     // size never checked). A chunk whose name starts with a capital is critical: one a decoder does
     // not know cannot be skipped (PNG spec 5.4), and Apple's CgBI files are no PNG a decoder reads.
     if (type === 'IHDR' && off !== 8) return fail('more than one header (IHDR chunk)');
     if (/^[A-Z]/.test(type) && !CRITICAL_CHUNKS.has(type)) return fail(`a critical chunk ${JSON.stringify(type)} that PNG does not define (not a standard PNG)`);
-    if (type === 'PLTE' && (palette > 0 || idat.length > 0)) return fail(palette > 0 ? 'more than one palette (PLTE chunk)' : 'a palette (PLTE chunk) after the pixel data');
+    if (type === 'PLTE' && !paletteIgnored && (palette > 0 || idat.length > 0)) return fail(palette > 0 ? 'more than one palette (PLTE chunk)' : 'a palette (PLTE chunk) after the pixel data');
     // What the decoder refuses of a transparency chunk, and an IEND with data.
     if (type === 'tRNS') {
       if (header.colourType === 4 || header.colourType === 6) return fail(`a transparency chunk (tRNS) in an image with an alpha channel (colour type ${header.colourType})`);
       if (header.colourType === 3 && length > palette) return fail(palette === 0 ? 'a transparency chunk (tRNS) before the palette (PLTE chunk)' : `a transparency chunk (tRNS) of ${length} entries for a palette of ${palette}`);
-      // Grey and RGB: 2-byte samples, and (the decoder's own limit, which a 6-byte RGB key in an image
-      // of one or two pixels also meets) no more of them than the image has pixels.
+      // Grey and RGB: a colour key of 2-byte samples (grey: 1, RGB: 3; as before, a shorter one keys
+      // nothing and the first values of a longer one are the key). It is read here and not handed to
+      // fast-png, which refuses more values than the image has pixels: a valid 1×1 or 2×1 RGB image
+      // with its 3-value key failed as "corrupt".
       if (header.colourType === 0 || header.colourType === 2) {
         if (length % 2 !== 0) return fail(`a transparency chunk (tRNS) of ${length} bytes (its values are 2 bytes each)`);
-        if (length / 2 > header.width * header.height) return fail(`a transparency chunk (tRNS) of ${length / 2} values for ${header.width * header.height} pixels (the decoder refuses it)`);
+        const values = header.colourType === 0 ? 1 : 3;
+        colourKey = length >= 2 * values ? Array.from({ length: values }, (_, i) => dv.getUint16(off + 8 + 2 * i)) : undefined;
       }
     }
     if (type === 'IEND' && length !== 0) return fail(`an IEND chunk that holds ${length} bytes (it holds none)`);
-    if (PNG_DECODED_CHUNKS.has(type)) {
+    if (PNG_DECODED_CHUNKS.has(type) && !paletteIgnored) {
       if (crc32(bytes.subarray(off + 4, off + 8 + length)) !== dv.getUint32(off + 8 + length)) {
         return fail(`chunk ${JSON.stringify(type)} fails its CRC check (the file is damaged)`);
       }
-      kept.push(bytes.subarray(off, off + 12 + length));
+      if (type === 'IDAT') {
+        if (idat.length === 0) [firstIdat, firstIdatChunk] = [kept.length, bytes.subarray(off, off + 12 + length)];
+      } else if (!(type === 'tRNS' && header.colourType !== 3)) kept.push(bytes.subarray(off, off + 12 + length));
     }
     if (type === 'IDAT') {
       if (idatEnded) return fail('its IDAT chunks are not consecutive');
       idat.push(bytes.subarray(off + 8, off + 8 + length));
     } else if (idat.length > 0) idatEnded = true;
-    if (type === 'PLTE') {
+    if (type === 'PLTE' && !paletteIgnored) {
       if (length % 3 !== 0 || length === 0) return fail(`a palette of ${length} bytes (not a whole number of RGB entries)`);
       palette = length / 3;
     }
@@ -143,7 +173,35 @@ export function readPngLayout(bytes: Uint8Array, opts: { maxPixels?: number } = 
     // More entries than the bit depth can index is allowed in practice (libpng and fast-png read it).
     if (palette > 256) return fail(`a palette of ${palette} entries (at most 256)`);
   }
-  return { ok: true, layout: { header, decodable: Buffer.concat(kept), deflated: Buffer.concat(idat), paletteEntries: palette } };
+  // The pixel data handed on as one IDAT: fast-png takes several µs per chunk (20 000 small ones took
+  // it over a second), and a single chunk stays byte for byte as it was.
+  const deflated = Buffer.concat(idat);
+  kept.splice(firstIdat, 0, idat.length === 1 ? firstIdatChunk! : pngChunkOf('IDAT', deflated));
+  return { ok: true, layout: { header, decodable: Buffer.concat(kept), deflated, paletteEntries: palette, ...(colourKey ? { colourKey } : {}) } };
+}
+
+/**
+ * Whether the file has more than `max` chunks up to IEND, from their lengths alone: a walk of a few
+ * µs per thousand chunks, done before the full read (a CRC and more per chunk), so such a file is
+ * refused in about a millisecond.
+ */
+function chunkCountOver(bytes: Uint8Array, dv: DataView, max: number): boolean {
+  let n = 0;
+  for (let off = 8; off + 12 <= bytes.length; off += 12 + dv.getUint32(off)) {
+    if (++n > max) return true;
+    if (bytes[off + 4] === 0x49 && bytes[off + 5] === 0x45 && bytes[off + 6] === 0x4e && bytes[off + 7] === 0x44) break; // IEND
+  }
+  return false;
+}
+
+/** One chunk: length, type, data and the CRC of type and data. */
+function pngChunkOf(type: string, data: Uint8Array): Buffer {
+  const c = Buffer.alloc(12 + data.length);
+  c.writeUInt32BE(data.length, 0);
+  c.write(type, 4, 'latin1');
+  c.set(data, 8);
+  c.writeUInt32BE(crc32(c.subarray(4, 8 + data.length)), 8 + data.length);
+  return c;
 }
 
 /** The chunks PNG defines as critical: every other chunk whose name starts with a capital is refused. */
@@ -297,11 +355,17 @@ function inflateFailure(header: PngHeader, e: unknown): string {
   return `corrupt PNG: its pixel data does not inflate (${(e as Error).message})`;
 }
 
-/** The zlib stream's 2-byte header: deflate (method 8), a window of at most 32 KiB, its check bits right. */
+/**
+ * The zlib stream's 2-byte header: deflate (method 8), a window of at most 32 KiB, its check bits
+ * right, and no preset dictionary (FDICT, bit 5 of FLG): PNG does not allow one, and the check's raw
+ * inflate from byte 2 would not see it while fast-png fails on it (with an empty reason, after the
+ * API had taken the file).
+ */
 function zlibHeaderProblem(deflated: Uint8Array): string | null {
   if (deflated.length < 2) return 'corrupt PNG: its pixel data is empty';
   const [cmf, flg] = [deflated[0]!, deflated[1]!];
   if ((cmf & 0x0f) !== 8 || cmf >> 4 > 7 || ((cmf << 8) | flg) % 31 !== 0) return 'corrupt PNG: its pixel data is not a zlib stream';
+  if (flg & 0x20) return 'corrupt PNG: its pixel data needs a preset zlib dictionary (PNG does not allow one)';
   return null;
 }
 
@@ -314,7 +378,8 @@ function trailerProblem(deflated: Uint8Array, consumed: number): string | null {
 export function checkPngFileSync(bytes: Uint8Array, opts: { maxPixels?: number } = {}): PngFileCheck {
   const read = readPngLayout(bytes, opts);
   if (!read.ok) return read;
-  const { header, deflated, decodable, paletteEntries } = read.layout;
+  const { header, deflated, decodable, paletteEntries, colourKey } = read.layout;
+  const key = colourKey ? { colourKey } : {};
   const bad = zlibHeaderProblem(deflated);
   if (bad) return { ok: false, reason: bad };
   let info: InflateInfo;
@@ -328,8 +393,8 @@ export function checkPngFileSync(bytes: Uint8Array, opts: { maxPixels?: number }
   // fast-png (8.0) reads an interlaced pass's rows as whole bytes per pixel, so it misreads every
   // interlaced image of 1, 2 or 4 bits (grey or palette): it fails on a filter byte that is really
   // pixels, or decodes garbage. Such a file is handed on deinterlaced, which fast-png reads right.
-  if (header.interlaced && header.bitDepth < 8) return { ok: true, header, decodable: deinterlacedSubByte(header, decodable, info.buffer) };
-  return { ok: true, header, decodable };
+  if (header.interlaced && header.bitDepth < 8) return { ok: true, header, decodable: deinterlacedSubByte(header, decodable, info.buffer), ...key };
+  return { ok: true, header, decodable, ...key };
 }
 
 /**
@@ -361,14 +426,7 @@ function deinterlacedSubByte(header: PngHeader, decodable: Uint8Array, inflated:
     }
   }
   const dv = new DataView(decodable.buffer, decodable.byteOffset, decodable.byteLength);
-  const chunk = (type: string, data: Uint8Array) => {
-    const c = Buffer.alloc(12 + data.length);
-    c.writeUInt32BE(data.length, 0);
-    c.write(type, 4, 'latin1');
-    c.set(data, 8);
-    c.writeUInt32BE(crc32(c.subarray(4, 8 + data.length)), 8 + data.length);
-    return c;
-  };
+  const chunk = pngChunkOf;
   const parts: Uint8Array[] = [decodable.subarray(0, 8)];
   let idatWritten = false;
   for (let off = 8; off < decodable.length; ) {
@@ -396,7 +454,7 @@ function deinterlacedSubByte(header: PngHeader, decodable: Uint8Array, inflated:
 export async function checkPngFile(bytes: Uint8Array, opts: { maxPixels?: number } = {}): Promise<PngFileCheck> {
   const read = readPngLayout(bytes, opts);
   if (!read.ok) return read;
-  const { header, deflated, decodable, paletteEntries } = read.layout;
+  const { header, deflated, decodable, paletteEntries, colourKey } = read.layout;
   const bad = zlibHeaderProblem(deflated);
   if (bad) return { ok: false, reason: bad };
   const rows = pixelStreamChecker(header, paletteEntries);
@@ -407,7 +465,7 @@ export async function checkPngFile(bytes: Uint8Array, opts: { maxPixels?: number
       if (settled) return;
       settled = true;
       inflate.destroy();
-      resolve(why ? { ok: false, reason: why } : { ok: true, header, decodable });
+      resolve(why ? { ok: false, reason: why } : { ok: true, header, decodable, ...(colourKey ? { colourKey } : {}) });
     };
     inflate.on('data', (piece: Buffer) => {
       const why = rows.feed(piece);

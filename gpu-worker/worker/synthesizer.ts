@@ -9,7 +9,8 @@ import { uploadKey } from '../../shared/keys.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import { imageSeed, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../engine/errors.ts';
-import { DEFAULT_MAX_BYTES, decodeImage } from '../engine/synth/image.ts';
+import { MAX_IMAGE_FILE_BYTES } from '../../shared/image-header.ts';
+import { decodeImage } from '../engine/synth/image.ts';
 import type { Recipe } from '../engine/synth/recipe.ts';
 import { type InitSpec, type PromptScore, type SynthRequest, synthesize } from '../engine/synth/synthesize.ts';
 import type { ModelRegistry } from '../models.ts';
@@ -122,7 +123,8 @@ export async function resolveInit(job: SynthesisJob, blobs: BlobStore): Promise<
   const id = init.slice('upload:'.length);
   const object = await blobs.get(uploadKey(job.owner, id)); // storage errors propagate (retryable ones are retried)
   if (!object) throw new EngineError('invalid_input', `init image upload:${id} does not exist (upload it with POST /v1/uploads first)`, { param: 'init' });
-  const image = decodeImage(object.body, { maxBytes: DEFAULT_MAX_BYTES });
+  // The limit the config caps CLIPAG_MAX_UPLOAD_BYTES at: whatever size the API takes, this takes too.
+  const image = decodeImage(object.body, { maxBytes: MAX_IMAGE_FILE_BYTES });
   return { kind: 'image', image, strength: strength ?? DEFAULT_INIT_STRENGTH };
 }
 

@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../shared/config.ts';
 import { ConfigError } from '../../shared/errors.ts';
+import { MAX_IMAGE_FILE_BYTES } from '../../shared/image-header.ts';
+import type { BlobStore } from '../../shared/ports.ts';
+import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
+import { resolveInit, type SynthesisJob } from '../../gpu-worker/worker/synthesizer.ts';
+import { pngChunk } from '../helpers/png.ts';
 
 describe('parseConfig', () => {
   it('defaults to local mode with working values', () => {
@@ -80,5 +85,31 @@ describe('parseConfig', () => {
       expect((e as Error).message).not.toContain('short-secret-value');
     }
     expect(() => parseConfig({ CLIPAG_MODE: 'gcp' })).toThrow(ConfigError);
+  });
+});
+
+describe('CLIPAG_MAX_UPLOAD_BYTES and the worker use one limit', () => {
+  // It went up to 100 MiB while the worker decodes at most 32 MiB: every upload between the two was
+  // taken by the API (202) and failed every job that named it.
+  it('above the worker\'s decode limit is a config error that says the limit', () => {
+    expect(MAX_IMAGE_FILE_BYTES).toBe(32 * 1024 * 1024);
+    for (const over of [MAX_IMAGE_FILE_BYTES + 1, 64 * 1024 * 1024, 100 * 1024 * 1024]) {
+      expect(() => parseConfig({ CLIPAG_MAX_UPLOAD_BYTES: String(over) })).toThrow(/CLIPAG_MAX_UPLOAD_BYTES: must be at most 33554432 \(32 MiB\), the largest init image the worker decodes/);
+    }
+    expect(parseConfig({}).maxUploadBytes).toBe(10 * 1024 * 1024);
+    expect(parseConfig({ CLIPAG_MAX_UPLOAD_BYTES: String(MAX_IMAGE_FILE_BYTES) }).maxUploadBytes).toBe(MAX_IMAGE_FILE_BYTES);
+  });
+
+  it('an upload of the largest size the config allows is decoded by the worker\'s resolveInit', async () => {
+    const max = parseConfig({ CLIPAG_MAX_UPLOAD_BYTES: String(MAX_IMAGE_FILE_BYTES) }).maxUploadBytes;
+    const png = encodePng(solidImage(2, 2, [1, 0, 0]));
+    // Padded to exactly `max` bytes with an ancillary chunk before IEND (its 12 bytes of framing included).
+    const pad = pngChunk('zzPd', new Uint8Array(max - png.length - 12));
+    const body = Buffer.concat([png.subarray(0, png.length - 12), pad, png.subarray(png.length - 12)]);
+    expect(body.length).toBe(max);
+    const blobs = { get: async () => ({ body }) } as unknown as BlobStore;
+    const job = { id: 'j', owner: 'o', spec: { init: 'upload:u1', strength: 0.5 } } as unknown as SynthesisJob;
+    const init = await resolveInit(job, blobs);
+    expect(init).toMatchObject({ kind: 'image', strength: 0.5, image: { width: 2, height: 2 } });
   });
 });

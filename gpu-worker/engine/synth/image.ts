@@ -9,13 +9,14 @@
 //   is often garbage (black or leftover colour), so dropping alpha would start an init-image run from
 //   pixels the user never saw.
 // - Greyscale is replicated to R=G=B. 16-bit samples are scaled by 1/65535, 8-bit by 1/255,
-//   1/2/4-bit by 1/(2^d − 1). Palette images are expanded through the palette (and its tRNS alphas).
+//   1/2/4-bit by 1/(2^d − 1). Palette images (colour type 3 only) are expanded through the palette
+//   (and its tRNS alphas); a PLTE in a grey image is ignored, as libpng ignores it.
 // - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
 // - JPEG/WebP/GIF are refused with advice to convert to PNG: no decoder for them is installed.
 
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
 import { EngineError } from '../errors.ts';
-import { MAX_IMAGE_PIXELS } from '../../../shared/image-header.ts';
+import { MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS } from '../../../shared/image-header.ts';
 import { checkPngFileSync } from '../../../shared/png-check.ts';
 import type { Rng } from './rng.ts';
 
@@ -33,7 +34,8 @@ export interface DecodeLimits {
   maxPixels?: number;
 }
 
-export const DEFAULT_MAX_BYTES = 32 * 1024 * 1024;
+/** The shared limit: the config caps CLIPAG_MAX_UPLOAD_BYTES at it, so the API never takes a file the worker refuses for its size. */
+export const DEFAULT_MAX_BYTES = MAX_IMAGE_FILE_BYTES;
 export const DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS;
 
 function checkSize(width: number, height: number, what: string): void {
@@ -117,21 +119,32 @@ export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): Plana
   // `decodable` leaves out.
   const check = checkPngFileSync(bytes, { maxPixels });
   if (!check.ok) throw new EngineError('invalid_input', check.reason, check.format ? { format: check.format } : { limit: maxPixels });
-  const { width, height } = check.header;
+  const { width, height, colourType } = check.header;
   const decodable = check.decodable;
   let png: DecodedPng;
   try {
     png = pngDecode(decodable, { checkCrc: true });
   } catch (e) {
-    throw new EngineError('invalid_input', `corrupt PNG: ${(e as Error).message}`);
+    throw new EngineError('invalid_input', `corrupt PNG: ${decoderReason(e)}`);
   }
   if (png.width !== width || png.height !== height) throw new EngineError('invalid_input', 'corrupt PNG: inconsistent header');
   try {
-    return toPlanar(png);
+    return toPlanar(png, colourType, check.colourKey);
   } catch (e) {
     if (e instanceof EngineError) throw e;
-    throw new EngineError('invalid_input', `corrupt PNG: ${(e as Error).message}`);
+    throw new EngineError('invalid_input', `corrupt PNG: ${decoderReason(e)}`);
   }
+}
+
+/**
+ * Why the decoder failed, in words: fast-png wraps an inflate error as "Error while decompressing the
+ * data:" with the reason only in its cause, and an error may carry no message at all; a job's error
+ * must never end at a colon or be empty.
+ */
+function decoderReason(e: unknown): string {
+  const own = e instanceof Error ? e.message.trim().replace(/:$/, '') : '';
+  const cause = e instanceof Error && e.cause instanceof Error ? e.cause.message.trim() : '';
+  return [own, cause].filter(Boolean).join(': ') || 'the decoder could not read it (a damaged file, or a feature the decoder does not support)';
 }
 
 /** Unpack 1/2/4-bit samples (rows padded to whole bytes) into one value per sample. */
@@ -151,19 +164,26 @@ function unpackBits(data: ArrayLike<number>, width: number, height: number, chan
   return out;
 }
 
-function toPlanar(png: DecodedPng): PlanarImage {
+/**
+ * `colourType` is the file's (IHDR): only type 3 is a palette image. A grey image may carry a PLTE
+ * (PNG forbids it, libpng ignores it): read through it, its grey pixels became palette colours or
+ * failed as out-of-range indices, after the API had taken the file. `colourKey` is the tRNS colour
+ * key of a grey or RGB image (from the shared check, which leaves that chunk out of what fast-png
+ * reads: fast-png refuses a 3-value RGB key in an image of one or two pixels, a valid file).
+ */
+function toPlanar(png: DecodedPng, colourType: number, colourKey: readonly number[] | undefined): PlanarImage {
   const { width, height, depth } = png;
   const hw = width * height;
   const img = createImage(width, height);
   const out = img.data;
-  const isPalette = png.palette !== undefined && png.channels === 1;
+  const isPalette = colourType === 3;
   let samples: ArrayLike<number> = png.data;
   if (depth < 8) samples = unpackBits(png.data, width, height, png.channels, depth);
   const need = hw * png.channels;
   if (samples.length < need) throw new Error(`pixel data too short (${samples.length} < ${need} samples)`);
 
   if (isPalette) {
-    const pal = png.palette!;
+    const pal = png.palette ?? [];
     for (let i = 0; i < hw; i++) {
       const entry = pal[samples[i]];
       if (!entry) throw new Error(`palette index ${samples[i]} out of range (${pal.length} entries)`);
@@ -177,7 +197,7 @@ function toPlanar(png: DecodedPng): PlanarImage {
   const scale = 1 / maxV;
   const ch = png.channels;
   // tRNS for grey/RGB names one colour (in sample units) that is fully transparent.
-  const key = png.transparency && png.transparency.length > 0 ? png.transparency : undefined;
+  const key = colourKey && colourKey.length > 0 ? colourKey : undefined;
   for (let i = 0; i < hw; i++) {
     const p = i * ch;
     let r: number, g: number, b: number, a = 1;
