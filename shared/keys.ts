@@ -1,3 +1,4 @@
+import { forEachLimited } from './concurrency.ts';
 import { ValidationError } from './errors.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './names.ts';
 import type { BlobStore } from './ports.ts';
@@ -57,21 +58,65 @@ export function jobOutputsPrefix(owner: string, jobId: string): string {
 }
 
 /**
- * Removes the images and frames an attempt of an ended job stored that its record does not name: a
- * job that ended `failed` or `canceled` (a time-out, a cancel, a dead letter, a sweep's expiry) after
- * an attempt had stored some, and whose record therefore names none. Without this they stayed until
- * the bucket's lifecycle rule or a DELETE removed them.
+ * Removes the images and frames that attempts of an ended job stored and that its record does not
+ * name. Without this they stayed until the bucket's lifecycle rule (or a DELETE, for what had landed
+ * by then) removed them:
+ * - a job that ended `failed` or `canceled` (a time-out, a cancel, a dead letter, a sweep's expiry)
+ *   after an attempt had stored some: its record names none, so the whole prefix goes;
+ * - a deleted job (`deleted_at`), whatever its status: the whole prefix goes. DELETE removes what is
+ *   there when it runs, but an attempt superseded while it stored (its lease lapsed; another attempt
+ *   ended the job) can land its writes after that, and settles them itself (ADR 0021: a delete removes
+ *   the images);
+ * - a succeeded job: only what it does not name goes, an image `<index>.png` not in `outputs` and the
+ *   frames (`frames/<index>/`) of such an index (a superseded attempt stored an index that the
+ *   attempt which ended the job withheld, the owner's policy being read again per run). Its named
+ *   images and their frames always stay, and so does any key of another shape (what a later version
+ *   might store beside them); when a named key is not `<prefix><index>.png`, no frames are removed
+ *   (whose they are cannot be told).
  *
- * Only such a record is acted on. One that names images (a succeeded job) is left alone, so nothing
- * it names can go; one still queued or running too (an attempt may be storing its images now); and
+ * A record still queued or running is left alone (an attempt may be storing its images now), and
  * one never started (`attempts` 0) has nothing stored, so nothing is even listed. An ended record
  * never runs again, so what is removed cannot be wanted later. Idempotent; it throws what the store
  * throws, and callers log that and go on (the job's end never waits on it: the lifecycle rule stays
- * the backstop). True when it looked (and removed whatever was there).
+ * the backstop). True when it looked (and removed whatever was there not named).
  */
-export async function removeOrphanedOutputs(blobs: BlobStore, job: Pick<JobRecord, 'owner' | 'id' | 'status' | 'attempts' | 'outputs'>): Promise<boolean> {
-  if ((job.status !== 'failed' && job.status !== 'canceled') || job.outputs.length > 0 || job.attempts === 0) return false;
-  await deletePrefix(blobs, jobOutputsPrefix(job.owner, job.id));
+export async function removeOrphanedOutputs(
+  blobs: BlobStore,
+  job: Pick<JobRecord, 'owner' | 'id' | 'status' | 'attempts' | 'outputs'> & Partial<Pick<JobRecord, 'deleted_at'>>,
+): Promise<boolean> {
+  // Literal statuses, not isTerminal: schemas/job.ts imports this module.
+  const ended = job.status === 'succeeded' || job.status === 'failed' || job.status === 'canceled';
+  if (!ended || job.attempts === 0) return false;
+  const prefix = jobOutputsPrefix(job.owner, job.id);
+  if (job.deleted_at !== undefined || job.outputs.length === 0) {
+    // Deleted, or ended naming nothing (a failed or canceled job; a succeeded one names at least one image).
+    await deletePrefix(blobs, prefix);
+    return true;
+  }
+  const named = new Set(job.outputs.map((o) => o.key));
+  const namedIndices = new Set<string>();
+  let framesKnown = true;
+  for (const key of named) {
+    const index = key.startsWith(prefix) ? /^(\d+)\.png$/.exec(key.slice(prefix.length))?.[1] : undefined;
+    if (index === undefined) framesKnown = false;
+    else namedIndices.add(index);
+  }
+  const unnamed = (key: string): boolean => {
+    if (named.has(key) || !key.startsWith(prefix)) return false;
+    const rest = key.slice(prefix.length);
+    if (/^\d+\.png$/.test(rest)) return true;
+    const frameOf = /^frames\/(\d+)\//.exec(rest)?.[1];
+    return frameOf !== undefined && framesKnown && !namedIndices.has(frameOf);
+  };
+  // Listed in full, then deleted (a job holds a few hundred keys at most).
+  const doomed: string[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await blobs.list(prefix, cursor ? { cursor } : {});
+    for (const item of page.items) if (unnamed(item.key)) doomed.push(item.key);
+    cursor = page.cursor;
+  } while (cursor);
+  await forEachLimited(doomed, 8, (key) => blobs.delete(key));
   return true;
 }
 

@@ -64,21 +64,33 @@ export interface DayUsage extends UsageFigures {
 }
 
 /**
- * The ids of the jobs added last, so an add repeated for the same job counts once: an S3 PUT that
- * landed but whose reply was lost is sent again by the SDK, fails its condition, and the add is
- * re-read and retried, as is a worker's retry of a record write it could not confirm. Such repeats
- * come within seconds; the window only bounds the document.
+ * How many of the ids of the jobs added last `recent_jobs` keeps: the once-per-job check of the
+ * versions before `counted_jobs`, still written for them (they refuse a longer list, and keep a field
+ * they do not know). This version checks `counted_jobs`.
  */
 export const RECENT_JOBS_KEPT = 500;
 
+const JobIds = z.array(z.string().min(1).max(100));
 const UsageDoc = z
   .object({
     v: z.literal(1),
     days: z.record(z.string().regex(/^\d{4}-\d{2}-\d{2}$/), DayUsage),
-    recent_jobs: z.array(z.string().min(1).max(100)).max(RECENT_JOBS_KEPT).default([]),
+    recent_jobs: JobIds.max(RECENT_JOBS_KEPT).default([]),
+    /**
+     * Every job the month counts, so an add repeated for the same job counts once however late it
+     * comes. Repeats come within seconds (an S3 PUT that landed but whose reply was lost is sent again,
+     * fails its condition, and the add re-reads; a worker retries a record write it could not confirm),
+     * but also much later: a message back after its job was added but before the record's
+     * `usage_recorded_at` stamp and the ack landed (a crash, or both writes failing) comes back after a
+     * visibility timeout, or a deferred second copy after the job's deadline; a window of the last
+     * RECENT_JOBS_KEPT jobs had let a batch customer's other jobs push it out, and the job was counted
+     * twice. A job is always added to the month it ended in, so the month's ids are every id an add
+     * can repeat. About 29 bytes a job (a 26-character id, quoted): 10,000 jobs make 290 KB, read and
+     * rewritten by each add. Absent: a document written before it, whose `recent_jobs` is all it knows.
+     */
+    counted_jobs: JobIds.optional(),
   })
   .loose();
-
 
 /**
  * The month's document. One that does not read, or holds a day outside its month (or no real day),
@@ -95,7 +107,7 @@ function parse(body: Uint8Array, key: string, month: string): z.output<typeof Us
 
 /**
  * Adds one generation's usage to its owner's day (UTC, of `at`), once per `jobId` (see
- * RECENT_JOBS_KEPT). A conditional read-modify-write: workers may race.
+ * `counted_jobs`). A conditional read-modify-write: workers may race.
  */
 export async function recordUsage(blobs: BlobStore, owner: string, jobId: string, at: Date, used: Used): Promise<void> {
   const day = at.toISOString().slice(0, 10);
@@ -103,9 +115,12 @@ export async function recordUsage(blobs: BlobStore, owner: string, jobId: string
   const key = usageKey(owner, month);
   await updateDocument(blobs, key, (current) => {
     const doc = current ? parse(current, key, month) : { v: 1 as const, days: {}, recent_jobs: [] };
-    if (doc.recent_jobs.includes(jobId)) return null; // counted already
+    // With the ids a version before counted_jobs added (it writes recent_jobs only).
+    const counted = new Set([...(doc.counted_jobs ?? []), ...doc.recent_jobs]);
+    if (counted.has(jobId)) return null; // counted already
     addToDay(doc.days, day, used);
-    return Buffer.from(JSON.stringify({ ...doc, v: 1, days: doc.days, recent_jobs: [...doc.recent_jobs, jobId].slice(-RECENT_JOBS_KEPT) }));
+    counted.add(jobId);
+    return Buffer.from(JSON.stringify({ ...doc, v: 1, days: doc.days, recent_jobs: [...doc.recent_jobs, jobId].slice(-RECENT_JOBS_KEPT), counted_jobs: [...counted] }));
   });
 }
 
@@ -223,15 +238,16 @@ export function usageFromRecords(records: Iterable<JobRecord>, month: string): {
  * Replaces the owner's month with what the job records show (the repair for a document that does not
  * read, or that missed jobs whose adds failed), then catches up: a second scan adds, as their workers
  * would have, the month's jobs the first scan did not count (they ended in between, and their adds
- * either failed on the unreadable document or were overwritten). The rebuilt document keeps the
- * counted jobs' ids, and every add is once per job, so a worker's add landing at the same time counts
- * once. A job ending after the second scan is added by its worker as usual.
+ * either failed on the unreadable document or were overwritten). The rebuilt document keeps every
+ * counted job's id (`counted_jobs`), and every add is once per job, so a worker's add landing at the
+ * same time, or a late one for a job the rebuild counted, counts once. A job ending after the second
+ * scan is added by its worker as usual.
  */
 export async function rebuildUsage(blobs: BlobStore, owner: string, month: string, scan: () => Promise<JobScan>): Promise<Array<DayUsage & { date: string }>> {
   const key = usageKey(owner, month);
   const rebuilt = usageFromRecords((await scan()).records, month);
   const days = Object.fromEntries(rebuilt.days.map(({ date, ...d }) => [date, d]));
-  const body = Buffer.from(JSON.stringify({ v: 1, days, recent_jobs: rebuilt.jobs.slice(-RECENT_JOBS_KEPT) }));
+  const body = Buffer.from(JSON.stringify({ v: 1, days, recent_jobs: rebuilt.jobs.slice(-RECENT_JOBS_KEPT), counted_jobs: rebuilt.jobs }));
   // Whatever is there, readable or not, is replaced (conditionally on what was read: a racing add re-reads).
   await updateDocument(blobs, key, () => body);
   const counted = new Set(rebuilt.jobs);

@@ -539,8 +539,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   /**
    * Once a job has ended (`rec` is its record as this write left it), what its attempts stored is
-   * settled: without images (failed, canceled), the images and frames an attempt stored go, since no
-   * record will name them; and the `outputs` marker goes (settleStoredOutputs leaves a record still
+   * settled: the images and frames its record does not name go (all of them for a job that ended
+   * without images or was deleted; removeOrphanedOutputs), since no record will name them; and the
+   * `outputs` marker goes (settleStoredOutputs leaves a record still
    * queued or running alone). Called after the end is recorded and the message settled: a failure is
    * only logged, and the queued-job sweep retries it from the marker (ADR 0005).
    */
@@ -616,6 +617,23 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     );
   }
 
+  /**
+   * After a retryable failure of this attempt's run: back to `queued` for the next delivery, or ended
+   * `canceled` when its caller asked to cancel it meanwhile (the run failed before a progress write saw
+   * the cancel). Re-queued, such a job would hold its place among its owner's active jobs (ADR 0016) and
+   * its webhook through the retry delay (up to MAX_RETRY_DELAY_SEC), only for that delivery to cancel
+   * it before it starts. One write, so a cancel landing now either ends it here or is seen by that
+   * delivery. Only while the record is still this attempt's (as markQueued).
+   */
+  async function markQueuedOrCanceled(msg: QueueMessage, attempt: number): Promise<JobRecord> {
+    return jobs.update(msg.owner, msg.job_id, (cur) => {
+      if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
+      return cur.cancel_requested
+        ? { ...cur, status: 'canceled', finished_at: iso() }
+        : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total }, queued_at: iso() };
+    });
+  }
+
   /** This message duplicates the delivery that holds the job: it is dropped, and ends nothing. */
   async function dropDuplicate(m: ReceivedMessage, msg: QueueMessage, lease: { release(): Promise<void> }, leaseExpiresAt: string | null | undefined): Promise<void> {
     log.info('duplicate message for a job another worker holds; dropping it', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt });
@@ -646,8 +664,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       return false;
     }
     // Stamped, so that a copy of this message that comes back later (a lost ack; a duplicate delivery
-    // held back past the job's end) does not add it again. Best effort: without the stamp the ledger's
-    // own check of its last jobs still holds for repeats that come soon.
+    // held back past the job's end) need not add it again. Best effort: without the stamp that add is
+    // made and the ledger's own check counts it once (it keeps every job of the month, shared/usage.ts).
     await jobs
       .update(msg.owner, msg.job_id, (cur) => (cur.usage_recorded_at ? null : { ...cur, usage_recorded_at: iso() }))
       .catch((error) => log.warn('usage recorded, but the record was not stamped with it', { jobId: msg.job_id, error: describe(error) }));
@@ -1075,7 +1093,17 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     }
     try {
       if (cls === 'retryable' && !lastAttempt) {
-        if (attempt > 0 && superseded(await markQueued(msg, attempt), attempt)) return finish(msg, 'lease_lost', { error: jobErrorOf(error) });
+        if (attempt > 0) {
+          const rec = await markQueuedOrCanceled(msg, attempt);
+          if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobErrorOf(error) });
+          if (rec.status === 'canceled') {
+            // Ended as the abort path ends a cancel seen mid-run: nothing billed, the message acked,
+            // whatever an attempt stored removed, its place freed and its webhook told (finish).
+            await ack(m, 'canceled');
+            await removeOrphans(rec);
+            return finish(msg, 'canceled', { error: jobErrorOf(error) });
+          }
+        }
         await release(m, 'retryable_error', retryDelaySec(m));
         return finish(msg, 'requeued', { error: jobErrorOf(error) });
       }

@@ -180,8 +180,8 @@ export const JobRecord = z
     hourly_usd: z.number().finite().min(0).max(1000).optional(),
     /**
      * When the run's usage was added to its owner's ledger: a copy of the job's message that comes back
-     * after its end (a lost ack, a duplicate SQS delivery) adds it again only when this is absent (the
-     * ledger's own check remembers only its last RECENT_JOBS_KEPT jobs).
+     * after its end (a lost ack, a duplicate SQS delivery) adds it again only when this is absent; the
+     * ledger counts a job once in its month either way (its `counted_jobs`), so this is a shortcut.
      */
     usage_recorded_at: Timestamp.optional(),
     /** The API key that created the job (its id, not its secret), for usage per key; absent: created before keys were recorded. */

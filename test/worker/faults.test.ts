@@ -165,6 +165,60 @@ describe('the usage ledger and the ack', () => {
   });
 });
 
+describe('the usage ledger, a job counted long ago', () => {
+  it('a message back after its usage was added but neither its stamp nor its ack landed, once 500 other jobs of the owner have been added, adds nothing', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 3 });
+    // The record write stamping usage_recorded_at fails (S3 down for a moment), and so does the ack: the
+    // message comes back (as after a crash between the ledger's add and the stamp).
+    let failStamp = true;
+    const jobs = patched(env.jobs, {
+      update: ((owner: string, id: string, mutate: Mutate, options?: Parameters<JobStore['update']>[3]) =>
+        env.jobs.update(owner, id, (cur) => {
+          const next = mutate(cur);
+          if (failStamp && next?.usage_recorded_at && !cur.usage_recorded_at) {
+            failStamp = false;
+            throw new RetryableError('injected: S3 503 on the usage stamp');
+          }
+          return next;
+        }, options)) as never,
+    }) as JobStore;
+    let failAck = true;
+    const queue = patched(env.queue, {
+      ack: (async (receipt: string) => {
+        if (failAck) {
+          failAck = false;
+          throw new RetryableError('injected: SQS DeleteMessage timed out');
+        }
+        return env.queue.ack(receipt);
+      }) as never,
+    });
+    let runs = 0;
+    const w = start({ queue, jobs, blobs: env.blobs }, stepping(3, 1, () => runs++, [standInImage(0)]), { visibilityTimeoutSec: 2 });
+    await waitFor('the first end', () => finishedOf(w.events), 20_000);
+    await w.worker.stop();
+    expect(failStamp).toBe(false);
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    expect(rec).toMatchObject({ status: 'succeeded' });
+    expect(rec.usage_recorded_at).toBeUndefined();
+    const month = rec.finished_at!.slice(0, 7);
+    const at = new Date(rec.finished_at!);
+    expect(await readUsage(env.blobs, OWNER, month)).toEqual([expect.objectContaining({ generations: 1 })]);
+    // The owner's other jobs ending meanwhile (a batch customer on a fleet).
+    for (let i = 0; i < RECENT_JOBS_KEPT; i++) await recordUsage(env.blobs, OWNER, `other-${i}`, at, { images: 0, workerSeconds: 0, encoderPasses: 0 });
+    const before = (await readUsage(env.blobs, OWNER, month))[0]!;
+    expect(before.generations).toBe(RECENT_JOBS_KEPT + 1);
+    // The un-acked delivery comes back after its visibility timeout, and finds no stamp.
+    const w2 = start(env, stepping(3, 1, () => runs++, [standInImage(0)]), { visibilityTimeoutSec: 2 });
+    await waitFor('the redelivery acked', () => ofType(w2.events, 'acked')[0], 20_000);
+    expect(ofType(w2.events, 'acked').map((e) => e.reason)).toEqual(['already_succeeded']);
+    expect(runs).toBe(1);
+    expect((await readUsage(env.blobs, OWNER, month))[0]).toEqual(before);
+    // Stamped now: a later copy does not even look at the ledger.
+    expect((await env.jobs.get(OWNER, job.id))!.usage_recorded_at).toEqual(expect.any(String));
+  });
+});
+
 describe('deliveries', () => {
   it('a second copy of the held message (SQS at-least-once, same message id) neither takes the live run over nor is dropped: it comes back once, after the job\'s deadline, and is acked then', async () => {
     const env = await makeEnv();

@@ -130,7 +130,7 @@ describe('an attempt stored images, then a later event ended the job without the
     await expectEndedWithoutImages(env, job, { status: 'canceled', attempts: 2, outputs: [] });
   });
 
-  it('a cancel asked for while the attempt that stored them ran: the next delivery cancels the job before starting it, and keeps none of the images', async () => {
+  it('a cancel asked for while the attempt that stored them ran, whose final write then failed: that attempt ends the job canceled at once (not re-queued) and keeps none of the images', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });
     let runs = 0;
@@ -144,8 +144,11 @@ describe('an attempt stored images, then a later event ended the job without the
     const w = start({ queue: env.queue, jobs: finalRecordWriteFailsOnce(env.jobs), blobs: env.blobs }, synthesizer, { resultWriteRetryMs: 0 });
     await waitFor('the job to end', () => ended(w.events), 20_000);
     expect(runs).toBe(1);
-    expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['canceled_before_start']);
+    expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['canceled']);
+    expect(ofType(w.events, 'released')).toEqual([]);
+    expect(ofType(w.events, 'job_finished').map((e) => e.outcome)).toEqual(['canceled']);
     await expectEndedWithoutImages(env, job, { status: 'canceled', attempts: 1, outputs: [] });
+    expect(await env.queue.depth()).toBe(0);
   });
 
   it('the dead-letter sweep fails a job whose worker died after storing images: it keeps none of them', async () => {
@@ -340,14 +343,15 @@ describe('removeOrphanedOutputs', () => {
     const prefix = jobOutputsPrefix(OWNER, job.id);
     const named = [{ key: `${prefix}0.png`, width: 64, height: 64 }, { key: `${prefix}1.png`, width: 64, height: 64 }];
 
-    // Left alone: a succeeded record (it names its images), and records still queued or running.
-    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'succeeded', outputs: named })).toBe(false);
-    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'failed', outputs: named })).toBe(false);
+    // Left alone: records still queued or running (not even listed), and one never started (nothing can be stored).
     expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'queued' })).toBe(false);
     expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'running' })).toBe(false);
-    // Never started: nothing can be stored, so nothing is listed.
     expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'canceled', attempts: 0 })).toBe(false);
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'succeeded', attempts: 0, outputs: named, deleted_at: new Date().toISOString() })).toBe(false);
     expect(listed).toEqual([]);
+    // A record that names every image: looked at, nothing of it removed.
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'succeeded', outputs: named })).toBe(true);
+    expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'failed', outputs: named })).toBe(true);
     expect(await listKeys(env.blobs, prefix)).toEqual(storedKeys(job));
 
     // Ended without images: all of it goes, and only this job's.
@@ -357,6 +361,48 @@ describe('removeOrphanedOutputs', () => {
     expect(await listKeys(env.blobs, prefix)).toEqual([]);
     expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, other.id))).toEqual(storedKeys(other));
     expect(await removeOrphanedOutputs(blobs, { ...rec, status: 'failed' })).toBe(true); // again: nothing left, no error
+  });
+
+  it('a succeeded record: removes the images it does not name and their frames; never a named image, a named image\'s frames, or a key of another shape', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 3 });
+    await leftByAnEarlierAttempt(env, job);
+    const prefix = jobOutputsPrefix(OWNER, job.id);
+    // Image 2 with frames too; image 1's frames beside image 1; a key no version writes yet.
+    for (const key of [`${prefix}2.png`, `${prefix}frames/1/0000_64x64.png`, `${prefix}frames/2/0000_64x64.png`, `${prefix}frames/2/0002_64x64.png`, `${prefix}meta.json`]) {
+      await env.blobs.put(key, FRAME.png, { contentType: 'image/png' });
+    }
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    // It names images 0 and 2 (image 1 was withheld by the attempt that ended it).
+    const named = [{ key: `${prefix}0.png`, width: 64, height: 64 }, { key: `${prefix}2.png`, width: 64, height: 64 }];
+    expect(await removeOrphanedOutputs(env.blobs, { ...rec, status: 'succeeded', outputs: named })).toBe(true);
+    expect(await listKeys(env.blobs, prefix)).toEqual(
+      [`${prefix}0.png`, `${prefix}2.png`, `${prefix}frames/0/0000_64x64.png`, `${prefix}frames/2/0000_64x64.png`, `${prefix}frames/2/0002_64x64.png`, `${prefix}meta.json`].sort(),
+    );
+    // A named key of another shape: which frames are whose cannot be told, so none go (the unnamed image still does).
+    await env.blobs.put(`${prefix}frames/1/0000_64x64.png`, FRAME.png, { contentType: 'image/png' });
+    await env.blobs.put(`${prefix}1.png`, FRAME.png, { contentType: 'image/png' });
+    expect(await removeOrphanedOutputs(env.blobs, { ...rec, status: 'succeeded', outputs: [...named, { key: `${prefix}legacy-image`, width: 64, height: 64 }] })).toBe(true);
+    expect(await listKeys(env.blobs, `${prefix}frames/1/`)).toEqual([`${prefix}frames/1/0000_64x64.png`]);
+    expect(await listKeys(env.blobs, `${prefix}1.png`)).toEqual([]);
+  });
+
+  it('a deleted record: everything under its prefix goes, whatever its status and whatever it names; another job\'s stays', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    const other = await submit(env, {});
+    await leftByAnEarlierAttempt(env, job);
+    await leftByAnEarlierAttempt(env, other);
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    const prefix = jobOutputsPrefix(OWNER, job.id);
+    const named = [{ key: `${prefix}0.png`, width: 64, height: 64 }, { key: `${prefix}1.png`, width: 64, height: 64 }];
+    const deleted_at = new Date().toISOString();
+    expect(await removeOrphanedOutputs(env.blobs, { ...rec, status: 'succeeded', outputs: named, deleted_at })).toBe(true);
+    expect(await listKeys(env.blobs, prefix)).toEqual([]);
+    await leftByAnEarlierAttempt(env, job);
+    expect(await removeOrphanedOutputs(env.blobs, { ...rec, status: 'failed', outputs: [], deleted_at })).toBe(true);
+    expect(await listKeys(env.blobs, prefix)).toEqual([]);
+    expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, other.id))).toEqual(storedKeys(other));
   });
 
   it('refuses a job id that is not one, before touching storage', () => {

@@ -7,14 +7,19 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Synthesizer, SynthesisOutcome } from '../../gpu-worker/worker/synthesizer.ts';
 import { RetryableError } from '../../shared/errors.ts';
-import type { JobQueue, JobStore } from '../../shared/ports.ts';
+import type { BlobStore, JobQueue, JobStore } from '../../shared/ports.ts';
+import { pendingJobKey } from '../../shared/keys.ts';
+import { markPending } from '../../shared/pending.ts';
 import { encodeQueueMessage } from '../../shared/schemas/queue.ts';
 import { readUsage } from '../../shared/usage.ts';
 import { harness } from '../functions/helpers.ts';
 import { OWNER, listKeys, makeEnv, submit, waitFor } from './helpers.ts';
-import { finishedOf, outcome, SqsReceiptRulesQueue, sleep, start, stepping, stopWorkers } from './stand-ins.ts';
+import { handMadePng } from '../helpers/png.ts';
+import { finishedOf, outcome, patched, SqsReceiptRulesQueue, sleep, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
 
 afterEach(stopWorkers);
+
+const FRAME = { step: 0, png: handMadePng(64, 64, new Uint8Array(0)) };
 
 /**
  * Worker A takes a job but cannot extend its lease (an SQS brown-out seen from its host); worker B
@@ -163,6 +168,105 @@ describe('deliveries of one job racing', () => {
     const w = start(env, { run: async () => { throw new Error('nothing to run'); } }, { deadLetterSweepMs: 50 });
     await waitFor('the sweep settled it', () => w.events.some((e) => e.type === 'dead_lettered'));
     expect(await env.jobs.get(OWNER, job.id)).toMatchObject({ status: 'canceled', error: null });
+  });
+
+  it('a cancel asked for mid-run, then a retryable error before a progress write saw it: the job ends canceled at once, its message acked and its place freed, not re-queued behind the retry delay', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    await markPending(env.blobs, 'active', OWNER, job.id); // what the POST writes (ADR 0016)
+    let fail!: () => void;
+    const failing = new Promise<void>((r) => (fail = r));
+    const w = start(env, { run: async () => { await failing; throw new RetryableError('injected: a transient engine fault'); } }, { retryDelaySec: 30 });
+    await waitFor('the run started', () => w.events.some((e) => e.type === 'job_started'));
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }), { retries: 30 }); // what POST …/cancel writes to a running job
+    fail();
+    await waitFor('the attempt to end', () => finishedOf(w.events));
+    expect(finishedOf(w.events)).toMatchObject({ outcome: 'canceled' });
+    expect(await env.jobs.get(OWNER, job.id)).toMatchObject({ status: 'canceled', attempts: 1, error: null, finished_at: expect.any(String) });
+    expect(w.events.filter((e) => e.type === 'acked').map((e) => (e as { reason: string }).reason)).toEqual(['canceled']);
+    expect(w.events.filter((e) => e.type === 'released')).toEqual([]);
+    expect(await env.queue.depth()).toBe(0);
+    await waitFor('its place freed', async () => (await listKeys(env.blobs, pendingJobKey('active', OWNER, job.id))).length === 0);
+  });
+
+  it('without a cancel, the same retryable error puts the job back to queued and gives its message back after the retry delay', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    const w = start(env, { run: async () => { throw new RetryableError('injected: a transient engine fault'); } }, { retryDelaySec: 30 });
+    await waitFor('the attempt to end', () => finishedOf(w.events));
+    expect(finishedOf(w.events)).toMatchObject({ outcome: 'requeued' });
+    expect(await env.jobs.get(OWNER, job.id)).toMatchObject({ status: 'queued', attempts: 1 });
+    expect(w.events.filter((e) => e.type === 'released').map((e) => (e as { reason: string }).reason)).toEqual(['retryable_error']);
+  });
+});
+
+/**
+ * Worker A runs a generation of `n` images but cannot extend its lease, and its image writes stall
+ * (after its check that it still holds the job) until `releasePuts()`; worker B gets the message once
+ * A's lease lapses and ends the job `succeeded` with `bImages`. Resolves once B has ended it.
+ */
+async function storesAfterTakeover(n: number, aImages: SynthesisOutcome['images'], bImages: SynthesisOutcome['images']) {
+  const sqs = new SqsReceiptRulesQueue();
+  const h = await harness({ queue: sqs });
+  const res = await h.request('/v1/generations', { json: { prompt: 'a red circle', n } });
+  const id = ((await res.json()) as { id: string }).id;
+  const blind = new Proxy(sqs, {
+    get: (t, p, r) => (p === 'extendVisibility' ? async () => { throw new RetryableError('injected: ChangeMessageVisibility timed out'); } : Reflect.get(t, p, r)),
+  }) as JobQueue;
+  let releasePuts!: () => void;
+  const putsGate = new Promise<void>((r) => (releasePuts = r));
+  let stalled = false;
+  const stallingBlobs = patched(h.blobs, {
+    put: (async (key: string, ...rest: Parameters<BlobStore['put']> extends [string, ...infer R] ? R : never) => {
+      if (key.startsWith('outputs/')) {
+        stalled = true;
+        await putsGate;
+      }
+      return h.blobs.put(key, ...rest);
+    }) as never,
+  }) as BlobStore;
+  const a = start({ queue: blind, jobs: h.jobs, blobs: stallingBlobs }, { run: async () => outcome(6, false, aImages) }, { visibilityTimeoutSec: 2 });
+  await waitFor('A storing', () => stalled, 15_000);
+  const b = start({ queue: sqs, jobs: h.jobs, blobs: h.blobs }, stepping(3, 20, undefined, bImages), { visibilityTimeoutSec: 2 });
+  await waitFor('B done', () => finishedOf(b.events), 20_000);
+  expect(finishedOf(b.events)).toMatchObject({ outcome: 'succeeded' });
+  expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'succeeded', attempts: 2 });
+  return { h, id, a, releasePuts };
+}
+
+describe('images of an attempt superseded while it stored them', () => {
+  it('land after the generation was DELETEd: the attempt removes them itself, and no marker is left (ADR 0021: a delete removes the images)', async () => {
+    const { h, id, a, releasePuts } = await storesAfterTakeover(1, [standInImage(0, [FRAME])], [standInImage(0, [FRAME])]);
+    try {
+      const prefix = `outputs/acct_alice/${id}/`;
+      expect(await listKeys(h.blobs, prefix)).toEqual([`${prefix}0.png`, `${prefix}frames/0/0000_64x64.png`]);
+      expect((await h.request(`/v1/generations/${id}`, { method: 'DELETE' })).status).toBe(200);
+      expect(await listKeys(h.blobs, prefix)).toEqual([]);
+      releasePuts(); // A's stalled writes land now
+      await waitFor('A done', () => finishedOf(a.events), 20_000);
+      expect(finishedOf(a.events)).toMatchObject({ outcome: 'lease_lost' });
+      expect(await listKeys(h.blobs, prefix)).toEqual([]);
+      expect(await listKeys(h.blobs, pendingJobKey('outputs', 'acct_alice', id))).toEqual([]);
+      expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'succeeded', deleted_at: expect.any(String) });
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('include an index the succeeded record does not name (the attempt that ended it withheld it): that image and its frames go, the named ones stay', async () => {
+    // B publishes only image 0, as when its output check withheld image 1 (the owner's policy is read again per run).
+    const { h, id, a, releasePuts } = await storesAfterTakeover(2, [standInImage(0, [FRAME]), standInImage(1, [FRAME])], [standInImage(0, [FRAME])]);
+    try {
+      const prefix = `outputs/acct_alice/${id}/`;
+      releasePuts();
+      await waitFor('A done', () => finishedOf(a.events), 20_000);
+      expect(finishedOf(a.events)).toMatchObject({ outcome: 'lease_lost' });
+      expect((await h.jobs.get('acct_alice', id))!.outputs.map((o) => o.key)).toEqual([`${prefix}0.png`]);
+      expect(await listKeys(h.blobs, prefix)).toEqual([`${prefix}0.png`, `${prefix}frames/0/0000_64x64.png`]);
+      expect(await listKeys(h.blobs, pendingJobKey('outputs', 'acct_alice', id))).toEqual([]);
+    } finally {
+      await h.close();
+    }
   });
 });
 
