@@ -1,11 +1,13 @@
 // The local adapters under damage and contention: unreadable queue files are moved aside (the queue
 // keeps serving), the directory lock refuses to release a lock it no longer owns and keeps a live
 // holder's lock fresh, and the blob store stages big writes before taking a key's lock.
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { RetryableError } from '../../shared/errors.ts';
 import { LocalBlobStore, LocalJobQueue } from '../../shared/adapters/local/index.ts';
 import { withDirLock } from '../../shared/adapters/local/lock.ts';
 import { writeFileDurable } from '../../shared/adapters/local/durable.ts';
@@ -95,6 +97,98 @@ describe('withDirLock', () => {
   });
 });
 
+/** A pid that no process has now: a child that already exited (reuse within the test is vanishingly unlikely). */
+function deadPid(): number {
+  const child = spawnSync(process.execPath, ['-e', '']);
+  expect(child.status).toBe(0);
+  return child.pid!;
+}
+
+/** What withDirLock records as this host (host name plus pid namespace where there is one). */
+function thisHost(): string {
+  let ns = '';
+  try {
+    ns = readlinkSync('/proc/self/ns/pid');
+  } catch {
+    // not Linux
+  }
+  return `${hostname()}${ns ? `|${ns}` : ''}`;
+}
+
+const lockRecord = (pid: number) => JSON.stringify({ token: 'f'.repeat(24), pid, host: thisHost() });
+
+describe('withDirLock with abandoned locks', () => {
+  it('contenders that all saw the same abandoned lock never hold it together (200 trials, start jitter)', async () => {
+    // The race: B judged the lock dead, A broke it and made its own, then B's rename moved A's live
+    // lock aside and both ran. Half the trials leave an old (age-stale) lock, half a dead holder's.
+    const dead = deadPid();
+    let worstOverlap = 0;
+    for (let t = 0; t < 200; t++) {
+      const lock = join(tmp('clipag-lockrace-'), 'lock');
+      if (t % 2 === 0) {
+        writeFileSync(lock, 'deadholder'); // an older version's bare token, one minute old
+        const old = new Date(Date.now() - 60_000);
+        utimesSync(lock, old, old);
+      } else {
+        writeFileSync(lock, lockRecord(dead)); // fresh, but its holder is gone
+      }
+      let inside = 0;
+      let maxInside = 0;
+      // Independent withDirLock calls (no in-process mutex) stand in for separate processes.
+      await Promise.all(
+        Array.from({ length: 4 }, async (_, i) => {
+          await new Promise((r) => setTimeout(r, (i * 0.7 + Math.random()) * (t % 5)));
+          await withDirLock(lock, async () => {
+            inside++;
+            maxInside = Math.max(maxInside, inside);
+            await new Promise((r) => setTimeout(r, 5));
+            inside--;
+          });
+        }),
+      );
+      worstOverlap = Math.max(worstOverlap, maxInside);
+    }
+    expect(worstOverlap).toBe(1);
+  }, 120_000);
+
+  it('a lock whose holder process was killed is broken at once, long before staleMs', async () => {
+    const lock = join(tmp('clipag-lock-'), 'l');
+    const lockModule = resolve(__dirname, '../../shared/adapters/local/lock.ts');
+    const script = `
+      import { withDirLock } from ${JSON.stringify(lockModule)};
+      setInterval(() => {}, 1000);
+      await withDirLock(${JSON.stringify(lock)}, async () => { process.stdout.write('held\\n'); await new Promise(() => {}); });
+    `;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((r, j) => {
+      child.stdout.once('data', () => r());
+      child.once('exit', (code) => j(new Error(`child exited early (${code})`)));
+    });
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await exited;
+    expect(existsSync(lock)).toBe(true); // the crash left its lock behind
+    // staleMs of an hour: only the dead-pid rule can let this in before the timeout.
+    await expect(withDirLock(lock, async () => 'in', { staleMs: 3_600_000, timeoutMs: 5_000 })).resolves.toBe('in');
+  }, 30_000);
+
+  it('a fresh lock of a live process on this host is not broken, nor one from another host', async () => {
+    const lock = join(tmp('clipag-lock-'), 'l');
+    writeFileSync(lock, lockRecord(process.pid));
+    await expect(withDirLock(lock, async () => 'in', { timeoutMs: 200 })).rejects.toBeInstanceOf(RetryableError);
+    writeFileSync(lock, JSON.stringify({ token: 'f'.repeat(24), pid: deadPid(), host: 'another-host' }));
+    await expect(withDirLock(lock, async () => 'in', { timeoutMs: 200 })).rejects.toBeInstanceOf(RetryableError);
+  });
+
+  it('a break lock left by a breaker that died does not block breaking', async () => {
+    const lock = join(tmp('clipag-lock-'), 'l');
+    writeFileSync(lock, lockRecord(deadPid()));
+    writeFileSync(`${lock}.break`, lockRecord(deadPid()));
+    await expect(withDirLock(lock, async () => 'in', { staleMs: 3_600_000, timeoutMs: 5_000 })).resolves.toBe('in');
+    expect(readdirSync(join(lock, '..'))).toEqual([]);
+  });
+});
+
 describe('LocalBlobStore', () => {
   it('stages the body in tmp/ before taking the key lock (slow writes never hold it)', async () => {
     const root = tmp('clipag-blobs-');
@@ -121,6 +215,27 @@ describe('LocalBlobStore', () => {
     // A losing conditional write cleans its staged files up.
     await expect(blobs.putIfAbsent(key, new Uint8Array(10))).rejects.toThrow(/already exists/);
     expect(readdirSync(join(root, 'tmp'))).toEqual([]);
+  });
+
+  it('removes temp files older than an hour when the blob store or the queue opens, and keeps fresh ones', async () => {
+    const root = tmp('clipag-blobs-');
+    const qdir = tmp('clipag-q-');
+    const hoursAgo = new Date(Date.now() - 2 * 3600_000);
+    for (const dir of [join(root, 'tmp'), join(qdir, 'tmp')]) {
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'old.tmp'), 'left by a crashed write');
+      utimesSync(join(dir, 'old.tmp'), hoursAgo, hoursAgo);
+      writeFileSync(join(dir, 'fresh.tmp'), 'another process is staging this');
+    }
+    const blobs = new LocalBlobStore({ rootDir: root, signingSecret: 's'.repeat(32), publicBaseUrl: 'http://127.0.0.1:1' });
+    const queue = new LocalJobQueue({ dir: qdir });
+    await (blobs as unknown as { tmpSwept: Promise<void> }).tmpSwept;
+    await (queue as unknown as { tmpSwept: Promise<void> }).tmpSwept;
+    expect(readdirSync(join(root, 'tmp'))).toEqual(['fresh.tmp']);
+    expect(readdirSync(join(qdir, 'tmp'))).toEqual(['fresh.tmp']);
+    // A store on a folder that does not exist yet opens fine.
+    const none = new LocalBlobStore({ rootDir: join(root, 'nope'), signingSecret: 's'.repeat(32), publicBaseUrl: 'http://127.0.0.1:1' });
+    await (none as unknown as { tmpSwept: Promise<void> }).tmpSwept;
   });
 
   it('writeFileDurable writes the whole content and never overwrites an existing file', async () => {

@@ -1,9 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
-import { assertValidKey, assertValidPrefix } from '../../keys.ts';
+import { assertValidKey, assertValidPrefix, isValidKey } from '../../keys.ts';
 import type {
   BlobMeta,
   BlobObject,
@@ -16,7 +16,7 @@ import type {
 } from '../../ports.ts';
 import { KeyedMutex, withDirLock } from './lock.ts';
 import { buildLocalSignedUrl } from './signing.ts';
-import { syncDir, writeFileDurable } from './durable.ts';
+import { removeStaleFiles, syncDir, writeFileDurable } from './durable.ts';
 
 export interface LocalBlobStoreOptions {
   /** Everything lives under here: objects/, meta/, tmp/, locks/. */
@@ -25,7 +25,21 @@ export interface LocalBlobStoreOptions {
   signingSecret: string;
   /** Where the local server that serves `/blobs/*` is reachable, e.g. http://127.0.0.1:8787 */
   publicBaseUrl: string;
+  /** Hears about files under objects/ that are skipped by list() (default: a JSON line on stderr). */
+  log?: { warn(msg: string, fields?: Record<string, unknown>): void };
 }
+
+/**
+ * What a put without a content type stores: S3 fills in a default too (binary/octet-stream; s3rver
+ * says application/octet-stream), so in both modes `head().contentType` is a string.
+ */
+export const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
+
+const stderrLog = {
+  warn(msg: string, fields: Record<string, unknown> = {}): void {
+    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'warn', component: 'local-blobstore', msg, ...fields })}\n`);
+  },
+};
 
 /** Bodies larger than this are written to their temp file before the key's lock is taken. */
 export const STAGE_OUTSIDE_LOCK_BYTES = 64 * 1024;
@@ -48,10 +62,18 @@ export class LocalBlobStore implements BlobStore {
   private readonly mutex = new KeyedMutex();
   /** head()'s etags by key, valid while the file's inode, size and mtime are unchanged. */
   private readonly etags = new Map<string, { ino: number; size: number; mtimeMs: number; etag: string }>();
+  private readonly log: NonNullable<LocalBlobStoreOptions['log']>;
+  /** Stray names list() already warned about: one line per name, not one per listing. */
+  private readonly warnedNames = new Set<string>();
+  /** Removal of temp files left by crashed writes, started when the store opens (tests await it). */
+  private readonly tmpSwept: Promise<void>;
 
   constructor(private readonly options: LocalBlobStoreOptions) {
     if (options.signingSecret.length < 32) throw new ValidationError('signingSecret must be at least 32 characters', 'signingSecret');
     this.root = resolve(options.rootDir);
+    this.log = options.log ?? stderrLog;
+    // In the background and best effort: opening the store never waits for or fails on it.
+    this.tmpSwept = removeStaleFiles(join(this.root, 'tmp')).catch(() => undefined);
   }
 
   private objectPath(key: string): string {
@@ -83,8 +105,16 @@ export class LocalBlobStore implements BlobStore {
   /** Renames a staged temp file into place (fast: the only part done under the key's lock). */
   private async commit(tmp: string, path: string): Promise<void> {
     try {
-      await mkdir(dirname(path), { recursive: true });
-      await rename(tmp, path);
+      try {
+        await mkdir(dirname(path), { recursive: true });
+        await rename(tmp, path);
+      } catch (error) {
+        // A delete of another key in the same folder (under that key's lock, not ours) removes the
+        // folder when it empties it; if that fell between our mkdir and rename, make it again once.
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+        await mkdir(dirname(path), { recursive: true });
+        await rename(tmp, path);
+      }
     } catch (error) {
       await rm(tmp, { force: true });
       const code = (error as NodeJS.ErrnoException).code;
@@ -102,7 +132,7 @@ export class LocalBlobStore implements BlobStore {
 
   /** Stages metadata and body outside the lock; `write` (under the lock) renames them into place. */
   private async prepare(key: string, body: Uint8Array, options: PutOptions) {
-    const metaTmp = await this.stage(JSON.stringify({ contentType: options.contentType ?? null }));
+    const metaTmp = await this.stage(JSON.stringify({ contentType: options.contentType ?? DEFAULT_CONTENT_TYPE }));
     let bodyTmp: string;
     try {
       bodyTmp = await this.stage(body);
@@ -155,12 +185,16 @@ export class LocalBlobStore implements BlobStore {
     }
   }
 
-  /** The stored content type, or undefined when the metadata file is missing or unreadable. */
-  private async readContentType(key: string): Promise<string | undefined> {
+  /**
+   * The stored content type, or the default when none was given (older versions stored null) or the
+   * metadata file is missing or unreadable: like S3, every object has one.
+   */
+  private async readContentType(key: string): Promise<string> {
     try {
-      return JSON.parse(await readFile(this.metaPath(key), 'utf8')).contentType ?? undefined;
+      const stored: unknown = JSON.parse(await readFile(this.metaPath(key), 'utf8')).contentType;
+      return typeof stored === 'string' ? stored : DEFAULT_CONTENT_TYPE;
     } catch {
-      return undefined;
+      return DEFAULT_CONTENT_TYPE;
     }
   }
 
@@ -251,7 +285,16 @@ export class LocalBlobStore implements BlobStore {
       for (const entry of entries) {
         const rel = relDir ? `${relDir}/${entry.name}` : entry.name;
         if (entry.isDirectory()) await walk(rel);
-        else if (entry.isFile() && rel.startsWith(prefix)) keys.push(rel);
+        else if (entry.isFile() && rel.startsWith(prefix)) {
+          // A name no key can have (an editor's `x~`, a copy's `a b.json`, non-ASCII) was put there
+          // by hand, not by this store: skipped, as callers skip S3 keys they do not recognise. It
+          // used to make the whole listing (models, jobs, keys, the sweep) throw a 400.
+          if (isValidKey(rel)) keys.push(rel);
+          else if (!this.warnedNames.has(rel)) {
+            this.warnedNames.add(rel);
+            this.log.warn('file under objects/ is not a valid key; list() skips it', { file: join(this.root, 'objects', rel) });
+          }
+        }
       }
     };
     await walk(baseFolder);
@@ -273,8 +316,27 @@ export class LocalBlobStore implements BlobStore {
     await this.withKeyLock(key, async () => {
       await rm(this.objectPath(key), { force: true });
       await rm(this.metaPath(key), { force: true });
+      // Empty folders piled up (every job's outputs/<o>/<j>/frames/<i>/), slowed every list() walk,
+      // and blocked a later key named like them (put p/q, delete p/q, put p).
+      await this.removeEmptyFolders(this.objectPath(key), join(this.root, 'objects'));
+      await this.removeEmptyFolders(this.metaPath(key), join(this.root, 'meta'));
     });
     this.etags.delete(key);
+  }
+
+  /**
+   * Removes `path`'s folder and its parents below `top` while they are empty. Best effort: rmdir
+   * refuses a folder that is not empty, so a concurrent put's file is never lost, and a put whose
+   * folder vanished between its mkdir and rename makes it again (see `commit`).
+   */
+  private async removeEmptyFolders(path: string, top: string): Promise<void> {
+    for (let dir = dirname(path); dir.startsWith(top + sep); dir = dirname(dir)) {
+      try {
+        await rmdir(dir);
+      } catch {
+        return; // not empty (ENOTEMPTY/EEXIST), already gone, or not ours: stop here
+      }
+    }
   }
 
   async putIfAbsent(key: string, body: Uint8Array, options: PutOptions = {}): Promise<{ etag: string }> {

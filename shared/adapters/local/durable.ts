@@ -1,4 +1,5 @@
-import { open } from 'node:fs/promises';
+import { open, readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 
 /**
  * Writes `data` to a new file and fsyncs it before returning, so a rename that follows publishes
@@ -25,5 +26,33 @@ export async function syncDir(dir: string): Promise<void> {
     // EISDIR/EPERM/EINVAL on platforms without folder fsync: nothing more we can do.
   } finally {
     await handle?.close().catch(() => undefined);
+  }
+}
+
+/** How old a staged temp file must be before a store that opens removes it as a crash leftover. */
+export const STALE_TEMP_MS = 60 * 60 * 1000;
+
+/**
+ * Removes files in `dir` older than `maxAgeMs`: temp files staged by a write that crashed before
+ * its rename (as big as the body) were never removed. Only old ones: another process may be
+ * staging a write right now, and no write stages for an hour. Best effort, never throws: a store
+ * must open whatever state its temp folder is in.
+ */
+export async function removeStaleFiles(dir: string, maxAgeMs = STALE_TEMP_MS): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return;
+  }
+  const cutoff = Date.now() - maxAgeMs;
+  for (const name of names) {
+    try {
+      const path = join(dir, name);
+      const st = await stat(path);
+      if (st.isFile() && st.mtimeMs < cutoff) await rm(path, { force: true });
+    } catch {
+      // Removed by another process meanwhile, or not ours to remove: leave it.
+    }
   }
 }

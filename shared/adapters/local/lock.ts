@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { readlinkSync } from 'node:fs';
+import { link, mkdir, open, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { RetryableError } from '../../errors.ts';
 
@@ -26,12 +28,159 @@ export class KeyedMutex {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
+ * Which pids `process.kill(pid, 0)` can judge: the host name plus, on Linux, the pid namespace.
+ * Two containers can share a host name (and a volume) while living in different pid namespaces,
+ * where a live holder's pid would look dead to us; the namespace id keeps them apart.
+ */
+let hostIdCache: string | undefined;
+function hostId(): string {
+  if (hostIdCache === undefined) {
+    let ns = '';
+    try {
+      ns = readlinkSync('/proc/self/ns/pid'); // e.g. "pid:[4026531836]"
+    } catch {
+      // Not Linux (or no /proc): the host name alone.
+    }
+    hostIdCache = `${hostname()}${ns ? `|${ns}` : ''}`;
+  }
+  return hostIdCache;
+}
+
+interface Holder {
+  /** The lock file's whole content: its identity (a fresh lock always holds a fresh random token). */
+  content: string;
+  mtimeMs: number;
+  pid?: number;
+  host?: string;
+}
+
+/** The lock at `path` as it is now, or null when there is none. Reads content and mtime through one descriptor. */
+async function inspect(path: string): Promise<Holder | null> {
+  let handle;
+  try {
+    handle = await open(path, 'r');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    if (code !== 'EISDIR') throw error;
+    // Where folders cannot be opened (Windows): an older version's lock folder, judged by age.
+    const st = await stat(path).catch(() => null);
+    return st && { content: `<folder ${st.ino}>`, mtimeMs: st.mtimeMs };
+  }
+  try {
+    const st = await handle.stat();
+    // A lock folder left by an older version has no content: it is judged by age only.
+    if (st.isDirectory()) return { content: `<folder ${st.ino}>`, mtimeMs: st.mtimeMs };
+    const content = await handle.readFile('utf8');
+    const holder: Holder = { content, mtimeMs: st.mtimeMs };
+    try {
+      const record = JSON.parse(content) as { pid?: unknown; host?: unknown };
+      if (Number.isInteger(record.pid) && (record.pid as number) > 0 && typeof record.host === 'string') {
+        holder.pid = record.pid as number;
+        holder.host = record.host;
+      }
+    } catch {
+      // Empty (its holder is between create and write, or crashed there) or an older version's bare
+      // token: judged by age only.
+    }
+    return holder;
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Whether the holder is gone. A holder on this host (same pid namespace) whose pid no longer exists
+ * crashed: broken at once instead of after `staleMs` (a SIGKILLed worker used to stall every writer
+ * of the key, or the whole queue, for 10 s). Pid reuse can only make a dead holder look alive (its
+ * pid now names another process): then the age rule below applies, which is slower but never wrong;
+ * no start time is needed for safety. EPERM means the pid exists (another user's process): alive.
+ */
+function isAbandoned(holder: Holder, staleMs: number): boolean {
+  if (Date.now() - holder.mtimeMs > staleMs) return true;
+  if (holder.pid === undefined || holder.host !== hostId()) return false;
+  try {
+    process.kill(holder.pid, 0);
+    return false;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+/**
+ * Moves `path` aside if it still is the lock `expected` described, and deletes it. Renaming is not
+ * conditional, so a lock that changed in between (its presumed-dead holder released it after all and
+ * a new holder took it) is put back with link(), which cannot overwrite a lock taken meanwhile.
+ * False when it could not be moved (not ours to move, say): the caller waits instead of spinning.
+ */
+async function removeIfSame(path: string, expected: Holder, token: string): Promise<boolean> {
+  const grave = `${path}.broken-${token}`;
+  try {
+    await rename(path, grave);
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ENOENT'; // gone already: try again now
+  }
+  const moved = await inspect(grave).catch(() => null);
+  if (moved && moved.content !== expected.content) await link(grave, path).catch(() => undefined);
+  await rm(grave, { recursive: true, force: true });
+  return true;
+}
+
+/** Tries to create `path` exclusively with `content`; false when it exists. */
+async function create(path: string, content: string): Promise<boolean> {
+  for (;;) {
+    try {
+      await writeFile(path, content, { flag: 'wx' });
+      return true;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') return false;
+      if (code !== 'ENOENT') throw error;
+      await mkdir(dirname(path), { recursive: true });
+    }
+  }
+}
+
+/** How old a break lock (held for a few file operations) must be before another breaker removes it. */
+const BREAK_STALE_MIN_MS = 2_000;
+
+/**
+ * Breaks the abandoned lock at `lockPath`. Only the holder of `<lockPath>.break` (created with `wx`)
+ * may remove the lock, and it re-reads the lock under it: a breaker that judged the lock from a
+ * stale look can no longer remove a fresh lock another breaker made meanwhile (two contenders that
+ * both saw the dead lock used to both end up holding it). Nobody but a breaker removes an abandoned
+ * lock, so the lock cannot change between that re-read and the rename; `removeIfSame` covers a
+ * holder that was only presumed dead by age. Returns false when another breaker is at work or the
+ * lock could not be moved (the caller then waits), true when taking the lock may be tried again now.
+ */
+async function breakLock(lockPath: string, record: string, token: string, staleMs: number): Promise<boolean> {
+  const breakPath = `${lockPath}.break`;
+  if (!(await create(breakPath, record))) {
+    const breaker = await inspect(breakPath);
+    // A breaker that died mid-break (rare: it holds it for a few operations) must not block forever.
+    // Two contenders removing the same dead break lock at once could both end up breaking; that
+    // needs a crash inside that short window and still only matters if the lock changes under them,
+    // which removeIfSame then repairs.
+    if (breaker && isAbandoned(breaker, Math.max(staleMs, BREAK_STALE_MIN_MS))) await removeIfSame(breakPath, breaker, token);
+    return false;
+  }
+  try {
+    const holder = await inspect(lockPath);
+    if (holder && isAbandoned(holder, staleMs)) return await removeIfSame(lockPath, holder, token);
+    return true;
+  } finally {
+    if ((await readFile(breakPath, 'utf8').catch(() => null)) === record) await unlink(breakPath).catch(() => undefined);
+  }
+}
+
+/**
  * Cross-process lock: a lock file created with O_EXCL (`wx`), atomic on every local filesystem, so
- * exactly one process creates it; it holds the holder's random owner token. The holder refreshes
- * its mtime every `staleMs / 3` while `fn` runs, so only a lock whose holder died (no refresh for
- * `staleMs`) is broken. Breaking renames the lock away (atomic: of two breakers one wins) instead of
- * deleting it, and release removes the lock only while it still holds this holder's token, so a
- * holder that was (wrongly) presumed dead can never delete the next holder's lock.
+ * exactly one process creates it; it records the holder's random token, pid and host. The holder
+ * refreshes its mtime every `staleMs / 3` while `fn` runs, so a lock is broken only when its holder
+ * is gone: a dead pid on this host (at once) or no refresh for `staleMs` (any host). Breaking is
+ * serialized by a break lock (see `breakLock`), and release removes the lock only while it still
+ * holds this holder's token, so a holder that was (wrongly) presumed dead can never delete the next
+ * holder's lock.
  */
 export async function withDirLock<T>(
   lockPath: string,
@@ -39,29 +188,15 @@ export async function withDirLock<T>(
   { staleMs = 10_000, timeoutMs = 15_000 }: { staleMs?: number; timeoutMs?: number } = {},
 ): Promise<T> {
   const token = randomBytes(12).toString('hex');
+  const record = JSON.stringify({ token, pid: process.pid, host: hostId() });
   const deadline = Date.now() + timeoutMs;
   for (let attempt = 0; ; attempt++) {
-    try {
-      await writeFile(lockPath, token, { flag: 'wx' });
-      break;
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') {
-        await mkdir(dirname(lockPath), { recursive: true });
-        continue;
-      }
-      if (code !== 'EEXIST') throw error;
-      const info = await stat(lockPath).catch(() => null);
-      if (info && Date.now() - info.mtimeMs > staleMs) {
-        // Its holder stopped refreshing it: crashed. Move it aside (only one breaker's rename succeeds).
-        // (A lock folder left by an older version is broken the same way.)
-        const grave = `${lockPath}.broken-${token}`;
-        if (await rename(lockPath, grave).then(() => true, () => false)) await rm(grave, { recursive: true, force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new RetryableError(`timed out waiting for lock ${lockPath}`);
-      await sleep(Math.min(2 + attempt * 2, 25) * (0.5 + Math.random()));
-    }
+    if (await create(lockPath, record)) break;
+    const holder = await inspect(lockPath);
+    if (!holder) continue; // released meanwhile
+    if (isAbandoned(holder, staleMs) && (await breakLock(lockPath, record, token, staleMs))) continue;
+    if (Date.now() > deadline) throw new RetryableError(`timed out waiting for lock ${lockPath}`);
+    await sleep(Math.min(2 + attempt * 2, 25) * (0.5 + Math.random()));
   }
   const refresh = setInterval(() => {
     const now = new Date();
@@ -73,6 +208,6 @@ export async function withDirLock<T>(
   } finally {
     clearInterval(refresh);
     const owner = await readFile(lockPath, 'utf8').catch(() => null);
-    if (owner === token) await unlink(lockPath).catch(() => undefined);
+    if (owner === record) await unlink(lockPath).catch(() => undefined);
   }
 }

@@ -1,6 +1,6 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { LocalBlobStore } from '../../../shared/adapters/local/blobstore.ts';
 import { LocalJobQueue } from '../../../shared/adapters/local/queue.ts';
 import { buildLocalSignedUrl, verifyLocalSignature } from '../../../shared/adapters/local/signing.ts';
@@ -12,6 +12,8 @@ import { jobStoreContract } from './jobstore.contract.ts';
 import { queueContract } from './queue.contract.ts';
 import { rateCounterContract } from './ratecounter.contract.ts';
 import { MemoryRateCounter } from '../../../shared/adapters/local/rate-counter.ts';
+import { BlobJobStore } from '../../../shared/jobstore.ts';
+import { ModelStore } from '../../../shared/modelstore.ts';
 
 const SECRET = 'test-secret-0123456789abcdef0123456789abcdef';
 const cleanups: Array<() => Promise<void>> = [];
@@ -109,6 +111,58 @@ describe('local blob store specifics', () => {
     expect((await store.list('models/'))!.items.map((i) => i.etag)).toEqual([second.etag]);
     await store.delete('models/m/w.bin');
     expect(await store.head('models/m/w.bin')).toBeNull();
+  });
+
+  it('a put without a content type reads back a default content type, as S3 gives one', async () => {
+    const store = await freshStore();
+    await store.put('ct/none', Buffer.from('x'));
+    await store.putIfAbsent('ct/none2', Buffer.from('x'));
+    expect((await store.head('ct/none'))!.contentType).toBe('application/octet-stream');
+    expect((await store.get('ct/none2'))!.contentType).toBe('application/octet-stream');
+    expect((await store.list('ct/')).items.map((i) => i.contentType)).toEqual(['application/octet-stream', 'application/octet-stream']);
+  });
+
+  it('list skips files under objects/ whose names are not keys (warning once per name); model, job and key listings keep working', async () => {
+    const { dir, cleanup } = await makeTempDir('blobs-stray');
+    cleanups.push(cleanup);
+    const warnings: Array<Record<string, unknown>> = [];
+    const store = new LocalBlobStore({
+      rootDir: dir,
+      signingSecret: SECRET,
+      publicBaseUrl: baseUrl,
+      log: { warn: (msg, fields) => warnings.push({ msg, ...fields }) },
+    });
+    await store.put('models/m/bundle.json', Buffer.from('{}'));
+    await store.put('jobs/acct1/keep.json', Buffer.from('{}'));
+    // What an editor or a file manager leaves beside a file someone opened by hand.
+    await writeFile(join(dir, 'objects/models/m/bundle.json~'), '{}');
+    await writeFile(join(dir, 'objects/jobs/acct1/keep copy.json'), '{}');
+    await writeFile(join(dir, 'objects/jobs/acct1/#x#'), '{}');
+    expect((await store.list('models/')).items.map((i) => i.key)).toEqual(['models/m/bundle.json']);
+    expect((await store.list('jobs/acct1/')).items.map((i) => i.key)).toEqual(['jobs/acct1/keep.json']);
+    await store.list('jobs/');
+    expect(warnings.map((w) => w.msg)).toEqual(Array(3).fill('file under objects/ is not a valid key; list() skips it'));
+    // The callers the stray files used to break with a 400.
+    await expect(new ModelStore(store).list()).resolves.toBeInstanceOf(Array);
+    await expect(new BlobJobStore(store).listByOwner('acct1')).resolves.toMatchObject({ jobs: expect.any(Array) });
+  });
+
+  it('delete removes the folders it empties, so a later key of a folder\'s name can be put', async () => {
+    const store = await freshStore();
+    const root = (store as unknown as { root: string }).root;
+    await store.put('p/q/r', Buffer.from('1'));
+    await store.put('m.json/n', Buffer.from('1'));
+    await store.put('keep/x', Buffer.from('1'));
+    await store.delete('p/q/r');
+    await store.delete('m.json/n');
+    await expect(store.put('p/q', Buffer.from('2'))).resolves.toBeDefined(); // objects/p/q/ is gone
+    await expect(store.put('m', Buffer.from('3'))).resolves.toBeDefined(); // meta/m.json/ is gone
+    expect(await readdir(join(root, 'objects', 'keep'))).toEqual(['x']); // a folder still in use stays
+    await store.delete('p/q');
+    await store.delete('m');
+    await store.delete('keep/x');
+    expect(await readdir(join(root, 'objects'))).toEqual([]);
+    expect(await readdir(join(root, 'meta'))).toEqual([]);
   });
 
   it('an oversized signed upload is refused by the local server', async () => {
@@ -237,6 +291,39 @@ describe('local queue specifics', () => {
     const [msg] = await queue.receive({ max: 1, waitSec: 3 });
     expect(msg!.body).toBe('later');
   });
+
+  it('a receive reads only the files it needs, oldest first: 5000 queued with 3 in flight ahead', async () => {
+    const { dir, queue } = await freshQueue();
+    const messages = join(dir, 'messages');
+    await mkdir(messages, { recursive: true });
+    const now = Date.now();
+    const id = (i: number) => String(i).padStart(26, '0');
+    for (let i = 0; i < 5000; i += 250) {
+      await Promise.all(
+        Array.from({ length: 250 }, (_, j) => {
+          const n = i + j;
+          const inFlight = n < 3;
+          return writeFile(
+            join(messages, `${id(n)}.json`),
+            JSON.stringify({
+              id: id(n),
+              body: `m${n}`,
+              sentAt: now,
+              visibleAt: inFlight ? now + 600_000 : now - 1,
+              receiveCount: inFlight ? 1 : 0,
+              deliveryToken: inFlight ? 'a'.repeat(24) : null,
+            }),
+          );
+        }),
+      );
+    }
+    const read = vi.spyOn(queue as unknown as { read: (id: string) => Promise<unknown> }, 'read');
+    expect((await queue.receive({ max: 1 })).map((m) => m.body)).toEqual(['m3']);
+    expect(read.mock.calls.length).toBeLessThanOrEqual(4); // it read and parsed all 5000
+    read.mockClear();
+    expect((await queue.receive({ max: 10 })).map((m) => m.body)).toEqual(Array.from({ length: 10 }, (_, i) => `m${i + 4}`));
+    expect(read.mock.calls.length).toBeLessThanOrEqual(14);
+  }, 60_000);
 
   it('ignores foreign files in its folder', async () => {
     const { dir, queue } = await freshQueue();
