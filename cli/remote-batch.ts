@@ -9,6 +9,8 @@ import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSyn
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { canonicalJson } from '../functions/idempotency.ts';
+import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
+import { checkPngFileSync } from '../shared/png-check.ts';
 import { GenerationRequest } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, GaveUp, Interrupted, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, writeWhole } from './common.ts';
@@ -24,8 +26,12 @@ const MAX_PARALLEL = 16;
 const BATCH_TIMEOUT_SEC = 3600;
 const DEFAULT_PARALLEL = 4;
 const LINE_ID = /^[A-Za-z0-9_-]{1,64}$/;
-/** What the API takes as an upload (its `max_bytes`). */
-const MAX_INIT_BYTES = 10 * 1024 * 1024;
+/**
+ * The most any deployment takes as an upload (shared/config.ts caps CLIPAG_MAX_UPLOAD_BYTES at it). A
+ * deployment's own limit, the grant's `max_bytes`, may be lower: its grant answers 413 naming it, before
+ * anything is stored, and the run asks no more grants for that file.
+ */
+const MAX_INIT_BYTES = MAX_IMAGE_FILE_BYTES;
 const JOURNAL = 'journal.jsonl';
 const LOCK = '.lock';
 const RESULTS = 'results.jsonl';
@@ -300,13 +306,19 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
   return lines;
 }
 
-/** An init file checked (a PNG within the API's size) and hashed; its bytes dropped. */
+/**
+ * An init file checked and hashed; its bytes dropped. The check is the API's own (shared/png-check.ts):
+ * a damaged or unusable PNG is a problem of the batch, found before anything is sent, not a refused
+ * upload per line that spends the hour's upload quota.
+ */
 function hashInit(path: string, shown: string): { sha256: string } | { problem: string } {
   try {
     const size = statSync(path).size;
     if (size > MAX_INIT_BYTES) return { problem: `"init_file" ${shown} is ${size} bytes; the API takes at most ${MAX_INIT_BYTES}` };
     const bytes = readFileSync(path);
     if (!PNG_SIGNATURE.every((b, k) => bytes[k] === b)) return { problem: `"init_file" ${shown} is not a PNG (the API takes PNG init images only)` };
+    const check = checkPngFileSync(bytes);
+    if (!check.ok) return { problem: `"init_file" ${shown} cannot be an init image: ${check.reason}` };
     return { sha256: createHash('sha256').update(bytes).digest('hex') };
   } catch (e) {
     return { problem: `cannot read "init_file" ${shown}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` };
@@ -371,8 +383,9 @@ async function initUpload(ctx: RunContext, line: Line, st: LineState): Promise<s
       return made;
     })();
     uploads.set(sha256, upload);
-    // A failed upload is not the file's for good: the next line tries again.
-    upload.catch(() => uploads.get(sha256) === upload && uploads.delete(sha256));
+    // A failed upload is not the file's for good: the next line tries again. Except a file over the
+    // deployment's limit (the grant's 413): every grant for it would be refused the same.
+    upload.catch((e) => !(e instanceof ApiError && e.status === 413) && uploads.get(sha256) === upload && uploads.delete(sha256));
   }
   return upload;
 }
@@ -436,9 +449,10 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
         st.status = 'not_started';
         return fatal;
       }
-      if (e instanceof ApiError && e.status === 400 && e.param === 'init' && line.initFile && st.generation_id === null && uploadTries === 0) {
+      if (e instanceof ApiError && e.status === 400 && e.code === 'upload_not_found' && line.initFile && st.generation_id === null && uploadTries === 0) {
         // The upload is gone (AWS removes uploads after 5 days) and no generation was made with it: a
-        // new upload makes the same line's request anew.
+        // new upload makes the same line's request anew. Only then: an upload the API refused as an
+        // image (validation_error) would be refused again, each time spending one of the hour's uploads.
         if (st.upload !== null && ctx.uploads.get(line.initFile.sha256) !== undefined) ctx.uploads.delete(line.initFile.sha256);
         st.upload = null;
         continue;

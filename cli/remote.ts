@@ -9,6 +9,7 @@ import { setTimeout as sleepFor } from 'node:timers/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
+import { checkPngFile } from '../shared/png-check.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, decimalNumber, outputFile, writeWhole } from './common.ts';
@@ -423,6 +424,9 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
       throw new UsageError(`cannot read --init ${initFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
     if (!PNG_SIGNATURE.every((b, i) => initBytes![i] === b)) throw new UsageError(`--init ${initFile} is not a PNG (the API takes PNG init images only)`);
+    // The API's own check, here: a damaged PNG would spend an upload of the hour's, then be refused.
+    const check = await checkPngFile(initBytes);
+    if (!check.ok) throw new UsageError(`--init ${initFile} cannot be an init image: ${check.reason}`);
     const initStat = statSync(initFile);
     for (const path of paths) {
       const st = statSync(path, { throwIfNoEntry: false });

@@ -107,6 +107,38 @@ export class IdempotencyLedger {
   }
 
   /**
+   * Called by the claimant once its job exists, before anything sends it: whether its claim still
+   * names `jobId`. A request that stalled past STALE_CLAIM_MS before its create (a slow store, a
+   * paused VM; `clipag serve` has no request deadline) may have had its claim taken over by a retry
+   * that made its own job; then this is false and the caller must drop its job. Otherwise the claim is
+   * re-written conditionally (its created_at renewed): a takeover that read the old claim now fails
+   * its own condition and re-reads, finding this job, so exactly one of the two jobs runs.
+   */
+  async confirm(args: { owner: string; key: string; jobId: string; now: Date }): Promise<boolean> {
+    const blobKey = idempotencyRecordKey(args.owner, args.key);
+    for (let attempt = 0; ; attempt++) {
+      const object = await this.blobs.get(blobKey);
+      if (!object) return false;
+      let existing: IdempotencyRecord;
+      try {
+        existing = readDoc(IdempotencyRecord, object.body, blobKey);
+      } catch (error) {
+        if (error instanceof CorruptDocumentError) return false;
+        throw error;
+      }
+      if (existing.job_id !== args.jobId) return false;
+      const renewed: IdempotencyRecord = { ...existing, created_at: args.now.toISOString() };
+      try {
+        await this.blobs.replaceIfMatch(blobKey, Buffer.from(JSON.stringify(renewed)), object.etag, { contentType: 'application/json' });
+        return true;
+      } catch (error) {
+        // Someone wrote in between (a takeover, or our own re-write whose reply was lost): read again.
+        if (!(error instanceof PreconditionFailedError) || attempt >= 5) throw error;
+      }
+    }
+  }
+
+  /**
    * The job an earlier request with this key and body made, without claiming anything; `null` when
    * there is none (no claim, or a claim whose job was never written). The key used with another body
    * is the ConflictError (409) that `claim` would give.

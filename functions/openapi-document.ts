@@ -24,6 +24,11 @@ const GATEWAY_ERROR = {
     "AWS API Gateway's own answer, before the app: its throttle (429 \"Too Many Requests\"), a request that outlived the function (503 \"Service Unavailable\"), a function crash (500). No envelope, no Retry-After and no X-Request-Id: retry with back-off (with the same Idempotency-Key for POST /v1/generations). Not in local mode.",
 };
 
+/** The operations that read an `init` upload, and what their 400 adds for it. */
+const INIT_UPLOAD_OPERATIONS = new Set(['createGeneration', 'createEstimate']);
+const UPLOAD_NOT_FOUND =
+  'upload_not_found (`param` "init"): the upload does not exist, expired or is another account\'s; upload the image again. An upload that is there but not a usable image is a validation_error (`param` "init"): uploading it again will not help';
+
 /** The document as served: each operation may also answer 429 and 5xx from the gateway, and 500 from the app; every response of the app carries X-Request-Id. */
 export function withSharedResponses(doc: Json): Json {
   doc.components ??= {};
@@ -62,6 +67,8 @@ export function withSharedResponses(doc: Json): Json {
           { name: 'X-Request-Id', in: 'header', required: false, description: 'Your own id for this request, echoed back when sane (8–128 characters of [A-Za-z0-9._:-])', schema: { type: 'string' } },
         ];
       }
+      // The shared 400 (routes/common.ts) is one text for many routes: the init-taking ones add their own code.
+      if (INIT_UPLOAD_OPERATIONS.has(op.operationId) && responses[400]) responses[400] = { ...responses[400], description: `${responses[400].description}; ${UPLOAD_NOT_FOUND}` };
       responses.default = { description: 'Unexpected error: 500 internal_error (retry later; report its request_id), or a gateway error in AWS', content: ERROR_OR_GATEWAY };
       for (const [status, response] of Object.entries<Json>(responses)) {
         // The gateway's own answers come without it (a GatewayError; its 413 for a body over 10 MB): required only where the app alone answers.

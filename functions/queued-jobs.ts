@@ -1,6 +1,6 @@
 import { forEachLimited } from '../shared/concurrency.ts';
 import { CorruptDocumentError } from '../shared/errors.ts';
-import { PENDING_JOBS_PREFIX, parsePendingJobKey, type PendingKind } from '../shared/keys.ts';
+import { PENDING_JOBS_PREFIX, parsePendingJobKey, pendingJobKey, type PendingKind } from '../shared/keys.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
@@ -54,6 +54,63 @@ export interface SweepDeps extends QueuedJobDeps {
   deadline?: number;
   /** The queue's message retention; unset (the local queue keeps messages for ever): nothing expires. */
   queueRetentionSec?: number;
+}
+
+/**
+ * The body of a `pending/msg` marker whose POST answered 503 but could not record the job as failed
+ * (ADR 0012): the sweep fails such a job `enqueue_failed` instead of sending it. Told apart from the
+ * ordinary, empty marker by its size, which a listing shows: neither the API nor the sweep may read
+ * objects under `pending/`.
+ */
+const REFUSED_MARKER_BODY = new TextEncoder().encode('refused');
+
+/** Marks the job's message as refused: its POST answered 503, so nothing may send it behind its caller's back. */
+export async function markMessageRefused(blobs: BlobStore, owner: string, jobId: string): Promise<void> {
+  await blobs.put(pendingJobKey('msg', owner, jobId), REFUSED_MARKER_BODY, { contentType: 'application/octet-stream' });
+}
+
+/** A `pending/msg` marker's state: unproven (send it once long queued) or refused (its POST answered 503). */
+export type MessageMarker = { state: 'unproven' | 'refused'; writtenAt: Date };
+
+function markerOf(meta: Pick<BlobMeta, 'size' | 'lastModified'>): MessageMarker {
+  return { state: meta.size > 0 ? 'refused' : 'unproven', writtenAt: meta.lastModified };
+}
+
+/** The job's `pending/msg` marker (null: none), found by listing its exact key: both roles may list, neither may read `pending/`. */
+export async function messageMarker(blobs: BlobStore, owner: string, jobId: string): Promise<MessageMarker | null> {
+  const key = pendingJobKey('msg', owner, jobId);
+  const found = (await blobs.list(key, { limit: 1 })).items.find((item) => item.key === key);
+  return found ? markerOf(found) : null;
+}
+
+/**
+ * Fails `enqueue_failed` a job whose POST answered 503 but could not fail it then (a refused marker),
+ * as its caller was told; a retry with the same Idempotency-Key re-queues it. Conditional: a job sent
+ * since the marker was written (a re-queue stamps enqueued_at) or started is left alone.
+ */
+export async function failRefusedJob(deps: QueuedJobDeps, job: JobRecord, marker: MessageMarker): Promise<JobRecord> {
+  const now = deps.clock().toISOString();
+  let failed = false;
+  const current = await deps.jobs.update(job.owner, job.id, (cur) => {
+    failed = cur.status === 'queued' && cur.attempts === 0 && queuedSince(cur) <= marker.writtenAt.getTime();
+    return failed ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } } : null;
+  });
+  if (failed) {
+    await clearPending(deps.blobs, 'active', job.owner, job.id);
+    deps.log?.({ level: 'warn', msg: 'a job whose POST answered 503 failed enqueue_failed, not sent', job_id: job.id, owner: job.owner });
+  }
+  return current;
+}
+
+/**
+ * A replay's re-send, by the sweep's rule: only a long-queued job whose message is not proven sent
+ * (its `pending/msg` marker is there, and not a refusal) is sent again. A job merely waiting in a
+ * backlog has no marker: re-sending it on every replay would add a duplicate message every 5 minutes.
+ */
+export async function resendIfMessageUnproven(deps: QueuedJobDeps, job: JobRecord): Promise<JobRecord> {
+  if (!isLongQueued(job, deps.clock())) return job;
+  if ((await messageMarker(deps.blobs, job.owner, job.id))?.state !== 'unproven') return job;
+  return (await resendIfLongQueued(deps, job)).job;
 }
 
 export function sendJobMessage(queue: JobQueue, job: Pick<JobRecord, 'id' | 'owner'>): Promise<{ messageId: string }> {
@@ -249,7 +306,7 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, 
       else report.kept++;
       return;
     }
-    if (named.kind === 'msg') await sweepMessage(deps, job, clear, report);
+    if (named.kind === 'msg') await sweepMessage(deps, job, markerOf(marker), clear, report);
     else if (named.kind === 'active') {
       // Counts against its owner while queued or running; an ended job's marker is one its ender
       // could not remove (a crash, a failed delete). A job no message can reach any more would hold
@@ -320,10 +377,15 @@ function markerNeeded(kind: PendingKind, job: JobRecord): boolean {
 }
 
 /** A job whose message is not proven sent: send it again once it has waited long. */
-async function sweepMessage(deps: SweepDeps, job: JobRecord, clear: (recheck?: boolean) => Promise<void>, report: SweepReport): Promise<void> {
+async function sweepMessage(deps: SweepDeps, job: JobRecord, marker: MessageMarker, clear: (recheck?: boolean) => Promise<void>, report: SweepReport): Promise<void> {
   if (job.status !== 'queued' || job.attempts > 0) {
     // A worker has it (or had it): from its first start the worker's lease, its re-queue and the
     // dead-letter sweep own the message. Ended or canceled: nothing to send.
+    return clear();
+  }
+  if (marker.state === 'refused') {
+    // Its POST answered 503 and could not fail it then: it fails now, as its caller was told.
+    await failRefusedJob(deps, job, marker);
     return clear();
   }
   const { resent, sendFailed } = await resendIfLongQueued(deps, job);

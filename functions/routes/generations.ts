@@ -9,7 +9,7 @@ import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { deletedRecord, isTerminal, newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
-import { resendIfLongQueued, sendJobMessage } from '../queued-jobs.ts';
+import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
 import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
@@ -36,6 +36,10 @@ export const DEFAULT_MAX_ACTIVE_JOBS = 100;
 function requeueable(job: JobRecord): boolean {
   return job.status === 'failed' && job.error?.code === 'enqueue_failed' && job.deleted_at === undefined;
 }
+
+/** Tries of the write that fails a job whose send or create failed, and the pause before the second (growing). */
+const MARK_FAILED_TRIES = 3;
+const MARK_FAILED_PAUSE_MS = 100;
 
 /** A cancel must win against progress writes; the store re-reads and re-applies it on every lost race. */
 const CANCEL_RETRIES = 30;
@@ -279,45 +283,83 @@ export function registerGenerationRoutes(
     // The size first, so an object over the limit is never read into memory (a signed PUT fixes
     // the length, so it cannot grow between the two reads).
     const meta = await blobs.head(key);
-    if (!meta) throw new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init');
+    if (!meta) throw uploadNotFound(uploadId);
     if (meta.size > limits.maxUploadBytes) {
       throw new PayloadTooLargeError(`the uploaded image is ${meta.size} bytes, over the ${limits.maxUploadBytes}-byte limit`, { param: 'init' });
     }
     // An upload named again (n runs of one init, an estimate then the POST) is not inflated again.
     if (checkedUploads.get(key) === meta.etag) return;
     const object = await blobs.get(key);
-    if (!object) throw new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init');
+    if (!object) throw uploadNotFound(uploadId);
     const check = await checkPngFile(object.body);
     if (!check.ok) throw new ValidationError(`upload ${uploadId} cannot be an init image: ${check.reason}`, 'init');
     checkedUploads.delete(key);
     checkedUploads.set(key, object.etag);
     if (checkedUploads.size > CHECKED_UPLOADS_KEPT) checkedUploads.delete(checkedUploads.keys().next().value!);
   }
+  /**
+   * An upload that does not exist (never PUT, expired, deleted, or another account's: keys are per
+   * owner) has its own code, apart from validation_error for one that is there but is not a usable
+   * image: a client uploads the file again on this one only, never a file the API refused.
+   */
+  function uploadNotFound(uploadId: string): ValidationError {
+    return new ValidationError(`no upload ${uploadId}: upload the image first (POST /v1/uploads)`, 'init', { code: 'upload_not_found' });
+  }
   /** Uploads whose whole-file check passed, by key, with the etag checked: this process's, oldest first. */
   const checkedUploads = new Map<string, string>();
 
   /**
-   * Marks a queued job `failed` with code `enqueue_failed`, which a retry with the same
-   * Idempotency-Key re-queues. Best effort: if the store is down too, the record stays
-   * queued-without-message. Returns true when the record shows the send landed after all (a worker
-   * has taken the job, or it has ended: a reply lost or late past the SDK's deadline), so the job is
-   * the caller's and no failure.
+   * Marks a queued, never-started job `failed` with code `enqueue_failed`, which a retry with the same
+   * Idempotency-Key re-queues. The write is tried a few times (the store often blips with the queue):
+   * - `failed`: the job is failed (by this or an earlier try whose reply was lost), or it was never
+   *   created; nothing will send it;
+   * - `taken`: the record shows the send landed after all (a worker has taken the job, or it has
+   *   ended: a reply lost or late past the SDK's deadline), so the job is the caller's and no failure;
+   * - `unrecorded`: every write failed; the record may still say queued, with its `pending/msg` marker,
+   *   which the sweep would send.
    */
-  async function markEnqueueFailed(owner: string, id: string): Promise<boolean> {
+  async function markEnqueueFailed(owner: string, id: string, message = 'the job could not be queued; submit it again'): Promise<'failed' | 'taken' | 'unrecorded'> {
     const now = ctx.clock().toISOString();
-    let moved = false;
-    let landed = false;
-    await jobs
-      .update(owner, id, (cur) => {
-        moved = cur.status === 'queued' && cur.attempts === 0;
-        landed = !moved;
-        return moved ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } } : null;
-      })
-      // No record: the create never landed, so nothing holds the place its marker took.
-      .catch((error) => (moved = error instanceof NotFoundError));
-    // Failed: it no longer counts against its owner (a retry that re-queues it marks it again).
-    if (moved) await clearPending(blobs, 'active', owner, id);
-    return landed;
+    for (let attempt = 0; attempt < MARK_FAILED_TRIES; attempt++) {
+      if (attempt > 0) await new Promise((r) => setTimeout(r, MARK_FAILED_PAUSE_MS * attempt));
+      let outcome: 'failed' | 'taken' = 'taken';
+      try {
+        await jobs.update(owner, id, (cur) => {
+          if (cur.status === 'failed' && cur.error?.code === 'enqueue_failed') {
+            outcome = 'failed'; // an earlier try landed though its reply was lost
+            return null;
+          }
+          outcome = cur.status === 'queued' && cur.attempts === 0 ? 'failed' : 'taken';
+          return outcome === 'failed' ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message } } : null;
+        });
+      } catch (error) {
+        // No record: the create never landed, so nothing can run and nothing holds the place its marker took.
+        if (error instanceof NotFoundError) outcome = 'failed';
+        else continue;
+      }
+      // Failed: it no longer counts against its owner (a retry that re-queues it marks it again).
+      if (outcome === 'failed') await clearPending(blobs, 'active', owner, id);
+      return outcome;
+    }
+    return 'unrecorded';
+  }
+
+  /**
+   * Makes sure a job its caller is told failed (a 503, or a claim another request took over) never
+   * runs: failed `enqueue_failed`, or, when the record cannot be written, its `pending/msg` marker
+   * rewritten as a refusal that the sweep and a replay honour by failing it (ADR 0012). False only when
+   * both writes failed: then a create that landed despite its error could still be sent by the sweep.
+   */
+  async function refuseJob(owner: string, id: string, message?: string): Promise<'failed' | 'taken' | 'unrecorded'> {
+    const outcome = await markEnqueueFailed(owner, id, message);
+    if (outcome !== 'unrecorded') return outcome;
+    try {
+      await markMessageRefused(blobs, owner, id);
+      return 'failed';
+    } catch (error) {
+      ctx.log({ level: 'error', msg: 'a refused job could be neither failed nor marked refused: if its create landed, the sweep may still send it', job_id: id, owner, error: operatorMessage(error) });
+      return 'unrecorded';
+    }
   }
 
   /**
@@ -327,18 +369,45 @@ export function registerGenerationRoutes(
   const markQueuedJob = (owner: string, id: string, withWebhook: boolean) =>
     Promise.all([markPending(blobs, 'msg', owner, id), markPending(blobs, 'active', owner, id), ...(withWebhook ? [markPending(blobs, 'hook', owner, id)] : [])]);
 
+  /**
+   * After the create, whether the Idempotency-Key's claim still names this request's job (ADR 0004):
+   * the ledger re-writes it conditionally, so a stale-claim takeover either came first (false) or can no
+   * longer happen. When that cannot be told (the store fails) the job is refused and the claim released,
+   * as for a failed create: the caller is told 503, and nothing sends the job behind its back.
+   */
+  async function claimStillOurs(owner: string, key: string, jobId: string): Promise<boolean> {
+    try {
+      return await ctx.ledger.confirm({ owner, key, jobId, now: ctx.clock() });
+    } catch (error) {
+      await refuseJob(owner, jobId);
+      await ctx.ledger.release({ owner, key, jobId });
+      throw error;
+    }
+  }
+
   const queuedJobDeps = { blobs, jobs, queue, clock: ctx.clock, ...(deps.log ? { log: deps.log } : {}) };
 
-  /** Sends the queue message; if that fails the job is marked failed (never left queued with no message). */
+  /**
+   * Sends the queue message. If that fails the caller is told 503 only once the job is recorded failed
+   * (so nothing sends it behind the caller's back); when even that write fails, the job stays queued
+   * with its `pending/msg` marker, which the sweep sends within about 7 minutes, and the caller is told
+   * 202: the job will run (ADR 0012).
+   */
   async function enqueue(job: JobRecord): Promise<void> {
     try {
       await sendJobMessage(queue, job);
     } catch (cause) {
-      // A send whose reply was lost may have landed, and a worker may already run (and bill) the job:
-      // then it is answered as made, with its id and webhook secret, never a 503 the caller would retry.
-      if (!(await markEnqueueFailed(job.owner, job.id))) {
+      const outcome = await markEnqueueFailed(job.owner, job.id);
+      if (outcome === 'failed') {
         throw new RetryableError('the job queue is unavailable; retry (with the same Idempotency-Key)', { code: 'queue_unavailable', cause });
       }
+      if (outcome === 'unrecorded') {
+        // The marker stays: it is what makes the sweep send the message.
+        ctx.log({ level: 'warn', msg: 'job message send failed and the job could not be failed: answered as made; the queued-job sweep sends it', job_id: job.id, owner: job.owner, error: operatorMessage(cause) });
+        return;
+      }
+      // A send whose reply was lost may have landed, and a worker may already run (and bill) the job:
+      // then it is answered as made, with its id and webhook secret, never a 503 the caller would retry.
       ctx.log({ level: 'warn', msg: 'job message send failed, but a worker has taken the job: answered as made', job_id: job.id, owner: job.owner, error: operatorMessage(cause) });
     }
     // Sent: the marker's work is done. Without this delete every job waiting over 5 minutes in a
@@ -434,7 +503,7 @@ export function registerGenerationRoutes(
         if (!earlier || requeueable(earlier)) throw error;
         // As in the replay below: long queued and never started, its message may have been lost (this
         // path runs at the active-job limit, just when an owner's jobs wait).
-        const job = (await resendIfLongQueued(queuedJobDeps, earlier)).job;
+        const job = await resendIfMessageUnproven(queuedJobDeps, earlier);
         c.header('Location', `/v1/generations/${job.id}`);
         c.header('Idempotent-Replayed', 'true');
         return c.json(await createdView(await heldUntilEnded(c, job)), 200);
@@ -443,6 +512,12 @@ export function registerGenerationRoutes(
         const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
         if (claim.kind === 'replay') {
           let job = claim.job;
+          if (job.status === 'queued' && job.attempts === 0) {
+            // Its POST answered 503 and could only mark it refused: failed now, it is re-queued below,
+            // as the retry the 503 invited asks.
+            const marker = await messageMarker(blobs, owner, job.id);
+            if (marker?.state === 'refused') job = await failRefusedJob(queuedJobDeps, job, marker);
+          }
           if (requeueable(job)) {
             // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
             // concurrent retries only the one whose write made the transition sends the message.
@@ -465,8 +540,9 @@ export function registerGenerationRoutes(
             }
           } else {
             // Queued for long and never started: its message may have been lost. The queued-job sweep
-            // finds such jobs too; a replay need not wait for it.
-            job = (await resendIfLongQueued(queuedJobDeps, job)).job;
+            // finds such jobs too; a replay need not wait for it. By the sweep's rule: only with its
+            // `pending/msg` marker (a job merely waiting in a backlog has none).
+            job = await resendIfMessageUnproven(queuedJobDeps, job);
           }
           c.header('Location', `/v1/generations/${job.id}`);
           c.header('Idempotent-Replayed', 'true');
@@ -484,13 +560,23 @@ export function registerGenerationRoutes(
           newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId') }),
         );
       } catch (error) {
-        // The create may have landed before the error (a timeout): such a job is failed
-        // `enqueue_failed`, so the sweep never sends it to run behind the caller's back (the caller got
-        // a 503 and may submit again); a retry with the same key re-queues it. With a key, its claim is
-        // released otherwise, so that the retry is not a 409.
-        await markEnqueueFailed(owner, jobId);
+        // The create may have landed before the error (a timeout): such a job is refused (failed
+        // `enqueue_failed`, or its marker rewritten as a refusal), so the sweep never sends it to run
+        // behind the caller's back (the caller gets a 503 and may submit again); a retry with the same
+        // key re-queues it. With a key, its claim is released otherwise, so that the retry is not a 409.
+        await refuseJob(owner, jobId);
         if (idempotencyKey !== undefined) await ctx.ledger.release({ owner, key: idempotencyKey, jobId });
         throw error;
+      }
+      if (idempotencyKey !== undefined && !(await claimStillOurs(owner, idempotencyKey, jobId))) {
+        // This request stalled past the claim's stale age and a retry took the key over (ADR 0004): one
+        // key, one job. Ours is refused before anything sends it, and the retry's job is the answer.
+        await refuseJob(owner, jobId, 'superseded: a retry with the same Idempotency-Key made the generation');
+        const theirs = await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, waitForJob: true });
+        if (!theirs) throw new ConflictError('a request with this Idempotency-Key is still being processed; retry shortly', { code: 'idempotency_in_progress', param: 'Idempotency-Key' });
+        c.header('Location', `/v1/generations/${theirs.id}`);
+        c.header('Idempotent-Replayed', 'true');
+        return c.json(await createdView(await heldUntilEnded(c, theirs)), 200);
       }
       await enqueue(job);
       c.header('Location', `/v1/generations/${job.id}`);

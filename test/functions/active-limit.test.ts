@@ -4,6 +4,7 @@ import { createApp } from '../../functions/app.ts';
 import { RESEND_AFTER_MS, sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import { parseConfig } from '../../shared/config.ts';
+import { markPending } from '../../shared/pending.ts';
 import { expectEnvelope, harness, LIMITS, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -99,6 +100,9 @@ describe('active generations per owner', () => {
     const { id } = (await (await post(app, { prompt: 'a' }, 'k-lost')).json()) as { id: string };
     const [lost] = await h.queue.receive({ waitSec: 0 });
     await h.queue.ack(lost!.receipt); // the message is gone; the job still waits, holding the owner's one place
+    // Lost as a process that died between the create and the send loses it: its message marker stays
+    // (a job merely waiting in a backlog has none, and is not sent again).
+    await markPending(h.blobs, 'msg', 'acct_alice', id);
     offsetMs = RESEND_AFTER_MS + 1000;
     const retry = await post(app, { prompt: 'a' }, 'k-lost');
     expect([retry.status, ((await retry.json()) as { id: string }).id]).toEqual([200, id]);

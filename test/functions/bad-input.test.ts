@@ -45,7 +45,6 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     ['strength out of range', { prompt: 'a', strength: 2 }, 'strength'],
     ['wrong type', { prompt: 42 }, 'prompt'],
     ['array body', [1, 2], null],
-    ['missing upload', { prompt: 'a', init: 'upload:nosuchupload' }, 'init'],
     ['metadata not an object', { prompt: 'a', metadata: ['x'] }, 'metadata'],
     ['metadata value not a string', { prompt: 'a', metadata: { order: 42 } }, 'metadata.order'],
     ['metadata value too long', { prompt: 'a', metadata: { note: 'x'.repeat(501) } }, 'metadata.note'],

@@ -10,6 +10,7 @@ import { preferredWaitSec } from '../../functions/routes/common.ts';
 import { PreconditionFailedError, RetryableError } from '../../shared/errors.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import { jobOutputsPrefix, uploadKey } from '../../shared/keys.ts';
+import { markPending } from '../../shared/pending.ts';
 import { usageOfRecord } from '../../shared/usage.ts';
 import { blobsRefusingList, expectEnvelope, harness, queueWithOutage, type Harness } from './helpers.ts';
 
@@ -569,7 +570,7 @@ describe('Idempotency-Key', () => {
     await h.blobs.delete(upload); // the uploads lifecycle rule expired it
     const retry = await post(body, { 'Idempotency-Key': 'with-upload' });
     expect([retry.status, ((await retry.json()) as { id: string }).id]).toEqual([200, id]);
-    await expectEnvelope(await post(body, { 'Idempotency-Key': 'new-key' }), 400, 'validation_error');
+    await expectEnvelope(await post(body, { 'Idempotency-Key': 'new-key' }), 400, 'upload_not_found');
 
     const withdrawn = createApp({ ...h.deps, models: async () => [{ id: 'other', default: true, input_size: 224 }] });
     const call = (json: unknown, key: string) =>
@@ -675,8 +676,9 @@ describe('Idempotency-Key', () => {
     const app = createApp({ ...h.deps, clock: () => new Date(Date.now() + offsetMs) });
     const send = () => postApple(app, 'lost-message');
     const { id } = (await (await send()).json()) as { id: string };
-    // The message is lost (the process died between create and send, or it was consumed wrongly).
+    // The message is lost: the process died between create and send, so its message marker stays.
     for (const m of await h.queue.receive({ max: 10, waitSec: 0 })) await h.queue.ack(m.receipt);
+    await markPending(h.blobs, 'msg', 'acct_alice', id);
     expect((await send()).status).toBe(200);
     expect(await queued()).toEqual([]); // fresh: no re-send
     offsetMs = 6 * 60_000;
@@ -696,6 +698,7 @@ describe('Idempotency-Key', () => {
     const app = createApp({ ...h.deps, queue: flaky, clock: () => new Date(Date.now() + offsetMs) });
     const { id } = (await (await postApple(app, 'resend-fails')).json()) as { id: string };
     for (const m of await h.queue.receive({ max: 10, waitSec: 0 })) await h.queue.ack(m.receipt);
+    await markPending(h.blobs, 'msg', 'acct_alice', id); // lost as above: the send was never proven
     offsetMs = 6 * 60_000;
     outage.down = true;
     const r = await postApple(app, 'resend-fails');
@@ -705,6 +708,20 @@ describe('Idempotency-Key', () => {
     outage.down = false;
     await postApple(app, 'resend-fails');
     expect(await queued()).toEqual([id]);
+  });
+
+  it('a replay of a job waiting in a backlog (its send proven: no message marker) sends nothing, however long it waits', async () => {
+    let offsetMs = 0;
+    const app = createApp({ ...h.deps, clock: () => new Date(Date.now() + offsetMs) });
+    const { id } = (await (await postApple(app, 'backlog')).json()) as { id: string };
+    expect((await h.blobs.list('pending/msg/')).items).toEqual([]);
+    // Its one message waits in the queue; the client re-POSTs every 6 minutes for half an hour.
+    for (let minutes = 6; minutes <= 30; minutes += 6) {
+      offsetMs = minutes * 60_000;
+      const replay = await postApple(app, 'backlog');
+      expect(replay.status).toBe(200);
+    }
+    expect(await queued()).toEqual([id]); // still the one message: no duplicate per replay
   });
 
   it('keys are per owner: the same key from another owner makes its own job', async () => {
@@ -819,6 +836,136 @@ describe('queue failure', () => {
     const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
     expect(job.status).toBe('queued');
     expect(await queued()).toEqual([job.id]);
+  });
+});
+
+/** A job store whose `update` fails while `down.updates` is set (the store blipping with the queue). */
+function jobsWithFailingUpdates() {
+  const down = { updates: true };
+  const jobs = new Proxy(h.jobs, {
+    get: (target, prop, receiver) =>
+      prop === 'update'
+        ? (...args: Parameters<typeof target.update>) => (down.updates ? Promise.reject(new RetryableError('injected: S3 timeout')) : target.update(...args))
+        : Reflect.get(target, prop, receiver),
+  });
+  return { jobs, down };
+}
+
+/** The queued-job sweep, run `aheadMs` from now. */
+async function sweepAt(aheadMs: number) {
+  const { sweepQueuedJobs } = await import('../../functions/queued-jobs.ts');
+  const { httpWebhookSender } = await import('../../shared/webhooks.ts');
+  return sweepQueuedJobs({ blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock: () => new Date(Date.now() + aheadMs), webhooks: { send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600 } });
+}
+
+describe('a failure that cannot be recorded (the queue or the create fails, and so does the write that fails the job)', () => {
+  it('a failed send: 202 for a job that will run (the sweep sends it), never a 503 for a job that runs behind the caller\'s back', async () => {
+    const { queue, outage } = queueWithOutage(h.queue);
+    const { jobs, down } = jobsWithFailingUpdates();
+    const app = createApp({ ...h.deps, queue, jobs });
+    const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple' }) });
+    expect(res.status).toBe(202);
+    const { id } = (await res.json()) as { id: string };
+    expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'queued', attempts: 0 });
+    outage.down = false;
+    down.updates = false;
+    expect(await sweepAt(6 * 60_000)).toMatchObject({ resent: 1, errors: 0 });
+    expect(await queued()).toEqual([id]);
+    expect((await h.jobs.listByOwner('acct_alice')).jobs.map((j) => j.id)).toEqual([id]);
+  });
+
+  it('a create that landed despite its error: 503, and the sweep fails the job enqueue_failed instead of sending it; the retry with the key re-queues it', async () => {
+    const { jobs: failing, down } = jobsWithFailingUpdates();
+    let failCreate = true;
+    const jobs = new Proxy(failing, {
+      get: (target, prop, receiver) =>
+        prop === 'create'
+          ? async (job: JobRecord) => {
+              if (!failCreate) return target.create(job);
+              failCreate = false;
+              await target.create(job);
+              throw new RetryableError('injected: the create timed out (it landed)', { code: 'store_unavailable' });
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, jobs });
+    const send = () => postApple(app, 'k-refused');
+    await expectEnvelope(await send(), 503);
+    const [job] = (await h.jobs.listByOwner('acct_alice')).jobs;
+    expect(job).toMatchObject({ status: 'queued', attempts: 0 }); // the record could not be failed
+    down.updates = false;
+    await sweepAt(6 * 60_000);
+    expect(await h.jobs.get('acct_alice', job!.id)).toMatchObject({ status: 'failed', error: { code: 'enqueue_failed' } });
+    expect(await queued()).toEqual([]); // nothing ran behind the 503
+    expect((await h.blobs.list('pending/')).items.map((i) => i.key).filter((k) => !k.startsWith('pending/hook/'))).toEqual([]);
+    const retry = await send();
+    expect(retry.status).toBe(200);
+    expect(await retry.json()).toMatchObject({ id: job!.id, status: 'queued' });
+    expect(await queued()).toEqual([job!.id]);
+  });
+
+  it('the same, retried with the key before any sweep: the retry re-queues the job at once, one job, one message', async () => {
+    const { jobs: failing, down } = jobsWithFailingUpdates();
+    let failCreate = true;
+    const jobs = new Proxy(failing, {
+      get: (target, prop, receiver) =>
+        prop === 'create'
+          ? async (job: JobRecord) => {
+              if (!failCreate) return target.create(job);
+              failCreate = false;
+              await target.create(job);
+              throw new RetryableError('injected: the create timed out (it landed)', { code: 'store_unavailable' });
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, jobs });
+    await expectEnvelope(await postApple(app, 'k-refused-2'), 503);
+    down.updates = false;
+    const retry = await postApple(app, 'k-refused-2');
+    expect(retry.status).toBe(200);
+    const { id } = (await retry.json()) as { id: string };
+    expect(await queued()).toEqual([id]);
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(1);
+    expect(await sweepAt(6 * 60_000)).toMatchObject({ resent: 0 }); // its marker was cleared by the send
+  });
+});
+
+describe('one Idempotency-Key, one job', () => {
+  it('a request that stalls past the stale-claim age while a retry takes its key over answers the retry\'s job, and its own never runs', async () => {
+    const { waitFor } = await import('../worker/helpers.ts');
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let stalled = false;
+    // The first request stalls after its claim, before its create (a slow store, a paused VM).
+    const slow = new Proxy(h.blobs, {
+      get: (target, prop, receiver) =>
+        prop === 'put'
+          ? async (key: string, ...rest: [Uint8Array]) => {
+              if (key.startsWith('pending/msg/') && !stalled) {
+                stalled = true;
+                await gate;
+              }
+              return target.put(key, ...rest);
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const first = createApp({ ...h.deps, blobs: slow, jobs: new BlobJobStore(slow) });
+    const retryApp = createApp({ ...h.deps, clock: () => new Date(Date.now() + 31_000) }); // the retry, 31 s later
+    const r1 = postApple(first, 'k-stall');
+    await waitFor('the first request past its claim', () => stalled, 5000);
+    const r2 = await postApple(retryApp, 'k-stall');
+    expect(r2.status).toBe(202);
+    const theirs = (await r2.json()) as { id: string };
+    release();
+    const late = await r1;
+    expect(late.status).toBe(200);
+    expect(late.headers.get('Idempotent-Replayed')).toBe('true');
+    expect(((await late.json()) as { id: string }).id).toBe(theirs.id);
+    expect(await queued()).toEqual([theirs.id]);
+    const records = (await h.jobs.listByOwner('acct_alice')).jobs;
+    expect(records.filter((j) => j.status === 'queued').map((j) => j.id)).toEqual([theirs.id]);
+    expect(records.find((j) => j.id !== theirs.id)).toMatchObject({ status: 'failed', error: { code: 'enqueue_failed' } });
+    expect(await sweepAt(6 * 60_000)).toMatchObject({ resent: 0, errors: 0 }); // the sweep sends nothing later either
   });
 });
 

@@ -15,6 +15,7 @@ import { ClipagClient, GaveUp, retryAfterMs, WaitPastDeadline } from '../../cli/
 import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
 import { outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
+import { encode as fastPngEncode } from 'fast-png';
 import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { UploadView } from '../../functions/schemas.ts';
@@ -808,6 +809,74 @@ describe('clipag remote: argument errors exit 2 with the usage, before any reque
     const { usage } = await import('../../cli/remote.ts');
     expect(usage).toMatch(/2 bad usage \(a --url fetch\s+will not use, too\), or no API key/);
     expect(readFileSync(join(REPO_ROOT, 'README.md'), 'utf8')).toMatch(/2 bad usage \(.*\) or no API key/);
+  });
+
+  it('a damaged PNG as init_file or --init: a usage error found before anything is sent (no upload of the hour\'s spent)', async () => {
+    const r = route('damaged-init', () => ({ status: 500, body: 'no request was to be made' }));
+    const damaged = join(dir, 'damaged-init.png');
+    writeFileSync(damaged, PNG.subarray(0, PNG.length - 20)); // cut short: the signature is fine, the file is not
+    const file = join(dir, 'damaged-init.jsonl');
+    writeFileSync(file, Array.from({ length: 5 }, (_, i) => JSON.stringify({ id: `l${i}`, prompt: 'a red circle', init_file: 'damaged-init.png' })).join('\n'));
+    const res = await viaMain(['batch', file, '-d', join(dir, 'damaged-init-out')], { CLIPAG_API_URL: r.url, CLIPAG_API_KEY: KEY });
+    expect(res.code).toBe(2);
+    expect(res.stderr).toMatch(/damaged-init\.jsonl: 5 problems, nothing was sent:\n  line 1: "init_file" damaged-init\.png cannot be an init image: corrupt PNG/);
+    const one = await viaMain(['generate', 'a red circle', '--init', damaged, '-o', join(dir, 'never-damaged.png')], { CLIPAG_API_URL: r.url, CLIPAG_API_KEY: KEY });
+    expect(one.code).toBe(2);
+    expect(one.stderr).toContain(`--init ${damaged} cannot be an init image: corrupt PNG`);
+    expect(r.seen).toEqual([]);
+  });
+
+  it('batch: an init upload the API refuses as an image (validation_error) is not uploaded again for the next lines; one it no longer has (upload_not_found) is, once', async () => {
+    const grants: string[] = [];
+    const handler = (notFound: boolean) => (req: Seen) => {
+      if (req.path === '/v1/uploads') {
+        const uploadId = newJobId();
+        grants.push(uploadId);
+        return { status: 201, json: UploadView.parse({ upload_id: uploadId, object: 'upload', init: `upload:${uploadId}`, method: 'PUT', url: `${base}/t/${notFound ? 'gone' : 'refused'}-init/put/${uploadId}?sig=abc`, headers: { 'Content-Type': 'image/png' }, expires_at: new Date(Date.now() + 900_000).toISOString(), bytes: PNG.length, max_bytes: 1 << 20 }) };
+      }
+      if (req.path.startsWith('/put/')) return { status: 200, body: '' };
+      const error = notFound
+        ? { code: 'upload_not_found', message: 'no upload: upload the image first (POST /v1/uploads)', param: 'init', request_id: 'req_1' }
+        : { code: 'validation_error', message: 'upload cannot be an init image: not usable', param: 'init', request_id: 'req_1' };
+      return { status: 400, json: { error } };
+    };
+    writeFileSync(join(dir, 'shared-init.png'), PNG);
+    const lines = Array.from({ length: 3 }, (_, i) => JSON.stringify({ id: `l${i}`, prompt: 'a red circle', init_file: 'shared-init.png' })).join('\n');
+    const refusedFile = join(dir, 'refused-init.jsonl');
+    writeFileSync(refusedFile, lines);
+    const refused = route('refused-init', handler(false));
+    const res = await cli(['batch', refusedFile, '--parallel', '1', '-d', join(dir, 'refused-init-out'), '--url', refused.url, '--key', KEY]);
+    expect(res.code).toBe(1);
+    expect(refused.seen.filter((s) => s.path === '/v1/uploads')).toHaveLength(1); // one upload for the file, not one per line and try
+    grants.length = 0;
+    const goneFile = join(dir, 'gone-init.jsonl');
+    writeFileSync(goneFile, lines.split('\n')[0]!);
+    const gone = route('gone-init', handler(true));
+    await cli(['batch', goneFile, '-d', join(dir, 'gone-init-out'), '--url', gone.url, '--key', KEY]);
+    expect(gone.seen.filter((s) => s.path === '/v1/uploads')).toHaveLength(2); // uploaded again once
+  });
+
+  it('batch: an init file over 10 MiB is for the deployment to judge (its grant\'s max_bytes), and a 413 for it is asked once, not once per line', async () => {
+    // Noise does not compress: a valid PNG of about 11.5 MiB, which a deployment may take (up to 32 MiB).
+    const side = 1960;
+    const noise = new Uint8Array(side * side * 3);
+    for (let i = 0, x = 1; i < noise.length; i++) noise[i] = (x = (Math.imul(x, 1664525) + 1013904223) >>> 0) >>> 24;
+    expect(noise.length).toBeGreaterThan(10 * 1024 * 1024);
+    const big = fastPngEncode({ width: side, height: side, data: noise, channels: 3, depth: 8 });
+    expect(big.length).toBeGreaterThan(10 * 1024 * 1024);
+    writeFileSync(join(dir, 'big-init.png'), big);
+    const r = route('big-init', (req) =>
+      req.path === '/v1/uploads'
+        ? { status: 413, json: { error: { code: 'payload_too_large', message: 'uploads are limited to 10485760 bytes', param: 'bytes', request_id: 'req_1' } } }
+        : { status: 500, body: 'not to be asked' },
+    );
+    const file = join(dir, 'big-init.jsonl');
+    writeFileSync(file, Array.from({ length: 3 }, (_, i) => JSON.stringify({ id: `b${i}`, prompt: 'a red circle', init_file: 'big-init.png' })).join('\n'));
+    const res = await cli(['batch', file, '--parallel', '1', '-d', join(dir, 'big-init-out'), '--url', r.url, '--key', KEY]);
+    expect(res.code).toBe(1);
+    expect(r.seen.filter((s) => s.path === '/v1/uploads')).toHaveLength(1);
+    const results = readFileSync(join(dir, 'big-init-out', 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { status: string; error: { code: string } });
+    expect(results.map((x) => [x.status, x.error.code])).toEqual(Array.from({ length: 3 }, () => ['refused', 'payload_too_large']));
   });
 
   it('a batch file with bad lines: exit 2, its problems and "nothing was sent", then a one-line hint, not the usage', async () => {

@@ -27,11 +27,11 @@ describe('POST /v1/uploads', () => {
     expect(Date.parse(body.expires_at)).toBeGreaterThan(Date.now());
 
     // Before the file exists a generation cannot use it; after, it can; another owner cannot.
-    await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', init: body.init } }), 400, 'validation_error');
+    await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', init: body.init } }), 400, 'upload_not_found');
     await h.blobs.put(`uploads/acct_alice/${body.upload_id}`, smallPng(), { contentType: 'image/png' });
     const ok = await h.request('/v1/generations', { json: { prompt: 'a', init: body.init, strength: 0.5 } });
     expect(ok.status).toBe(202);
-    await expectEnvelope(await h.request('/v1/generations', { key: h.bob, json: { prompt: 'a', init: body.init } }), 400, 'validation_error');
+    await expectEnvelope(await h.request('/v1/generations', { key: h.bob, json: { prompt: 'a', init: body.init } }), 400, 'upload_not_found');
   });
 
   it('oversized upload → 413; bad content type or size → 400; nothing signed or written', async () => {
@@ -98,6 +98,22 @@ describe('GET /v1/models and /healthz', () => {
     const res = await h.request('/v1/models');
     expect(await res.json()).toEqual({ object: 'list', data: [{ id: 'toy', default: true, input_size: 224 }] });
     expect(await (await h.request('/healthz', { key: null })).json()).toEqual({ status: 'ok' });
+  });
+});
+
+describe('an init upload that is not there', () => {
+  it('is 400 upload_not_found (param "init"), apart from validation_error for one that is no usable image: missing, or another account\'s; at the estimate too; nothing written', async () => {
+    await h.blobs.put('uploads/acct_bob/bobs', smallPng(), { contentType: 'image/png' });
+    for (const id of ['nosuchupload', 'bobs']) {
+      for (const path of ['/v1/generations', '/v1/estimates']) {
+        const err = await expectEnvelope(await h.request(path, { json: { prompt: 'a', init: `upload:${id}`, strength: 0.5 } }), 400, 'upload_not_found');
+        expect([err.param, err.message]).toEqual(['init', `no upload ${id}: upload the image first (POST /v1/uploads)`]);
+      }
+    }
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+    const doc = (await (await h.request('/openapi.json', { key: null })).json()) as { paths: Record<string, Record<string, { responses: Record<string, { description: string }> }>> };
+    for (const op of [doc.paths['/v1/generations']!.post!, doc.paths['/v1/estimates']!.post!]) expect(op.responses['400']!.description).toMatch(/upload_not_found \(`param` "init"\)/);
+    expect(doc.paths['/v1/uploads']!.post!.responses['400']!.description).not.toMatch(/upload_not_found/);
   });
 });
 
