@@ -37,7 +37,7 @@ import type { z } from '@hono/zod-openapi';
 import type { ErrorEnvelope } from '../shared/schemas/error.ts';
 import type { GenerationRequest } from '../shared/schemas/generation.ts';
 import { GenerationView } from '../shared/schemas/view.ts';
-import { EstimateView, UploadView, type UploadRequest } from '../functions/schemas.ts';
+import { EstimateView, GenerationList, UploadView, type UploadRequest } from '../functions/schemas.ts';
 
 export type GenerationBody = z.input<typeof GenerationRequest>;
 export type Generation = GenerationView;
@@ -320,6 +320,12 @@ export class ClipagClient {
     return { generation: json, held: res.headers.has('preference-applied') };
   }
 
+  /** GET /v1/generations: one page of the account's generations, newest first (`cursor`: the previous page's next_cursor). */
+  async listGenerations(o: CallOptions & { cursor?: string; limit?: number }): Promise<z.output<typeof GenerationList>> {
+    const query = new URLSearchParams({ limit: String(o.limit ?? 100), ...(o.cursor !== undefined ? { cursor: o.cursor } : {}) });
+    return (await this.#api<z.output<typeof GenerationList>>('GET', `v1/generations?${query}`, GenerationList, 'a list of generations', o)).json;
+  }
+
   /** POST /v1/generations/{id}/cancel (idempotent; 409 job_terminal once it succeeded or failed). */
   async cancelGeneration(id: string, o: CallOptions): Promise<Generation> {
     return (await this.#api<Generation>('POST', `v1/generations/${encodeURIComponent(id)}/cancel`, GenerationView, 'a generation', o)).json;
@@ -367,7 +373,7 @@ export class ClipagClient {
     if (!checked.success) {
       const issue = checked.error.issues[0];
       const where = issue?.path.length ? issue.path.map(String).join('.') : 'the body';
-      throw wrong(kind === 'a generation' ? 'not_a_generation' : 'not_an_upload', `the answer is not ${kind} as the API's schema has it (${where}: ${issue?.message ?? 'invalid'})`);
+      throw wrong(kind === 'a generation' ? 'not_a_generation' : kind === 'a list of generations' ? 'not_a_list' : 'not_an_upload', `the answer is not ${kind} as the API's schema has it (${where}: ${issue?.message ?? 'invalid'})`);
     }
     // The answer as the API sent it (a field this client's schema does not know yet is kept for --json).
     return { json: json as T, res };

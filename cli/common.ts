@@ -1,8 +1,9 @@
 // Options shared by the verbs.
 import { randomUUID } from 'node:crypto';
 import { accessSync, chmodSync, closeSync, constants, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { makeStagingFolder, syncFolder, syncPath } from '../gpu-worker/engine/io/staging.ts';
 import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
@@ -39,9 +40,159 @@ export function refusal(verb: string, usage: string): (message: string, code?: n
   };
 }
 
+/** Edit distance of two short strings (a swap of two neighbours is one edit, as in --prot): for "did you mean". */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/** The option of `names` (without dashes) closest to `given`, when it is close enough to be a typo. */
+export function closestOption(given: string, names: readonly string[]): string | undefined {
+  const bare = given.replace(/^-+/, '').replace(/=.*$/, '');
+  if (bare.length < 2) return undefined;
+  let best: { name: string; d: number } | undefined;
+  for (const name of names) {
+    // A prefix (--neg for --negative) is close whatever the distance.
+    const d = name.length > bare.length && name.startsWith(bare) && bare.length >= 3 ? 1 : editDistance(bare, name);
+    if (best === undefined || d < best.d) best = { name, d };
+  }
+  return best && best.d <= Math.max(1, Math.min(2, Math.floor(bare.length / 3))) ? best.name : undefined;
+}
+
+/** What node:util parseArgs returns for `config`. */
+type ParsedResults<T extends ParseArgsConfig> = ReturnType<typeof parseArgs<T>>;
+
+/** A value that looks like a negative number ("-1", "-0.5", "-1,2"): never an option, since no option's name is a digit. */
+const NEGATIVE_NUMBER = /^-\.?\d/;
+
+/**
+ * node:util parseArgs, with the command line's mistakes said as usage errors (exit 2) a user can act on:
+ * - an unknown option: "unknown option --stepz (did you mean --steps?)", from the verb's own options;
+ * - a negative number after a flag that takes a value (`--seed -1`): taken as the value, so that the
+ *   flag's own check says its rule ("--seed must be an integer in [0, 4294967295], got "-1"");
+ * - a short option written with "=" (`-o=out.png`, which parseArgs reads as the value "=out.png");
+ * - a flag that takes one value given twice ("--steps given twice (3, 4)"); flags declared
+ *   `multiple` (and boolean flags) may repeat.
+ * Otherwise the same call and the same result as parseArgs (tokens included when asked for, indexed
+ * into the caller's argv).
+ */
+export function parseCliArgs<T extends ParseArgsConfig>(config: T): ParsedResults<T> {
+  const argv = config.args ?? process.argv.slice(2);
+  const options = config.options ?? {};
+  const valueOption = (arg: string): boolean => {
+    if (/^--[^=]+$/.test(arg)) return options[arg.slice(2)]?.type === 'string';
+    if (/^-[^-]$/.test(arg)) return Object.values(options).some((o) => o.short === arg[1] && o.type === 'string');
+    return false;
+  };
+  // `--seed -1` becomes `--seed=-1` (`-x -1` becomes `-x-1`); `from[i]` is the caller's index of args[i].
+  const args: string[] = [];
+  const from: number[] = [];
+  const joined = new Set<number>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      for (let j = i; j < argv.length; j++) (args.push(argv[j]!), from.push(j));
+      break;
+    }
+    args.push(arg);
+    from.push(i);
+    if (!valueOption(arg) || i + 1 >= argv.length) continue;
+    const next = argv[i + 1]!;
+    if (NEGATIVE_NUMBER.test(next)) {
+      args[args.length - 1] = arg.startsWith('--') ? `${arg}=${next}` : `${arg}${next}`;
+      joined.add(args.length - 1);
+      i++;
+    } else if (!next.startsWith('-')) {
+      // The flag's value: kept as it is.
+      args.push(next);
+      from.push(i + 1);
+      i++;
+    } // else an option follows: parseArgs says the value is missing
+  }
+  let parsed: ParsedResults<T & { tokens: true }>;
+  try {
+    parsed = parseArgs({ ...config, args, tokens: true }) as ParsedResults<T & { tokens: true }>;
+  } catch (e) {
+    throw parseArgsUsageError(e, argv, Object.keys(options), config.allowPositionals === true);
+  }
+  const tokens = (parsed.tokens ?? []).map((t) => {
+    const at = from[t.index]!;
+    // A joined value reads as parseArgs would have read `--seed 1`: the value in the next argument.
+    return t.kind === 'option' && joined.has(t.index) ? { ...t, index: at, inlineValue: false } : { ...t, index: at };
+  });
+  const seen = new Map<string, { rawNames: Set<string>; values: string[] }>();
+  for (const t of tokens) {
+    if (t.kind !== 'option' || t.value === undefined) continue;
+    if (t.inlineValue && !t.rawName.startsWith('--') && t.value.startsWith('=')) {
+      throw new UsageError(`${t.rawName}=${t.value.slice(1)}: a short option takes its value after a space: write ${t.rawName} ${t.value.slice(1) || 'VALUE'} or --${t.name}=${t.value.slice(1) || 'VALUE'}`);
+    }
+    if (options[t.name]?.multiple) continue;
+    const s = seen.get(t.name) ?? { rawNames: new Set<string>(), values: [] };
+    s.rawNames.add(t.rawName);
+    s.values.push(t.value);
+    seen.set(t.name, s);
+  }
+  for (const [name, s] of seen) {
+    if (s.values.length < 2) continue;
+    const flag = s.rawNames.size === 1 ? [...s.rawNames][0]! : `--${name}`;
+    throw new UsageError(`${flag} given ${s.values.length === 2 ? 'twice' : `${s.values.length} times`} (${s.values.join(', ')}); give it once`);
+  }
+  return (config.tokens ? { ...parsed, tokens } : { values: parsed.values, positionals: parsed.positionals }) as unknown as ParsedResults<T>;
+}
+
+/** parseArgs' own errors, said as usage errors: what is wrong, in the verb's terms. */
+function parseArgsUsageError(e: unknown, argv: readonly string[], names: readonly string[], positionals: boolean): unknown {
+  const code = (e as { code?: string }).code;
+  const message = (e as Error).message ?? '';
+  if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    const given = /^Unknown option '([^']*)'/.exec(message)?.[1] ?? '?';
+    // The argument as typed: parseArgs names one letter of a group ("-r" of "-red").
+    const typed = argv.find((a) => a === given || a.startsWith(`${given}=`)) ?? argv.find((a) => !a.startsWith('--') && a.startsWith(given)) ?? given;
+    const near = closestOption(typed, names);
+    const hint = near !== undefined ? ` (did you mean --${near}?)` : positionals ? ` (an argument that starts with "-" goes after --, as in -- ${JSON.stringify(typed)})` : '';
+    return new UsageError(`unknown option ${typed === given || typed.startsWith(`${given}=`) ? given : `${given} (in ${typed})`}${hint}`);
+  }
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+    const ambiguous = /^Option '([^' ]+)' argument is ambiguous/.exec(message)?.[1];
+    if (ambiguous) return new UsageError(`${ambiguous} needs a value (a value that starts with "-" is written ${ambiguous.startsWith('--') ? `${ambiguous}=-…` : `${ambiguous}-…`})`);
+    const missing = /^Option '(?:-\w, )?(--?[^' ]+) <value>' argument missing/.exec(message)?.[1];
+    if (missing) return new UsageError(`${missing} needs a value`);
+    const noValue = /^Option '(?:-\w, )?(--?[^' ]+)' does not take an argument/.exec(message)?.[1];
+    if (noValue) return new UsageError(`${noValue} takes no value`);
+  }
+  if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+    const arg = /^Unexpected argument '([^']*)'/.exec(message)?.[1];
+    if (arg !== undefined) return new UsageError(`unexpected argument "${arg}": this command takes none`);
+  }
+  return code?.startsWith('ERR_PARSE_ARGS') ? new UsageError(message) : e;
+}
+
+/**
+ * A --size value's width and height, before any range check (the verb's own): WxH (an x or an X), or
+ * one side alone for a square ("64" is 64x64), as the API reads a width or a height given alone.
+ */
+export function sizeShape(value: string, example = '512x384'): [number, number] {
+  const m = /^(\d+)(?:[xX](\d+))?$/.exec(value);
+  if (!m) throw new UsageError(`--size must look like ${example} (or ${example.split('x')[0]} for a square), got "${value}"`);
+  return [Number(m[1]), Number(m[2] ?? m[1])];
+}
+
 export function modelDir(arg: string | undefined): string {
   const dir = resolve(arg ?? DEFAULT_MODEL_DIR);
-  if (!existsSync(dir)) throw new EngineError('invalid_model', `model bundle ${dir} does not exist${arg ? '' : ' (the default model ships in models/toy)'}; pass --model DIR`);
+  if (!existsSync(dir)) {
+    // A model's name (as the API takes it) where a folder is meant: the models folder's bundle of that name.
+    const named = arg && !/[\\/]/.test(arg) ? join(process.env.CLIPAG_MODELS_DIR ?? join(REPO_ROOT, 'models'), arg) : undefined;
+    if (named !== undefined && statSync(named, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new EngineError('invalid_model', `model bundle ${dir} does not exist; --model takes a folder: for the model named ${arg}, pass --model ${relative(process.cwd(), named) || named}`);
+    }
+    throw new EngineError('invalid_model', `model bundle ${dir} does not exist${arg ? '' : ' (the default model ships in models/toy)'}; pass --model DIR`);
+  }
   if (!statSync(dir).isDirectory()) throw new EngineError('invalid_model', `--model ${dir} is a file; pass the bundle's folder (the one that holds manifest.json)`);
   return dir;
 }
@@ -72,6 +223,7 @@ export function numberArg(value: string | undefined, name: string, def: number |
  * and is writable, and the path is not a folder. A long run must not end in a bare ENOENT.
  */
 export function outputFile(path: string, flag: string): string {
+  if (path === '') throw new UsageError(`${flag} is empty; give a file name`);
   try {
     return checkedOutputFile(path, flag);
   } catch (e) {

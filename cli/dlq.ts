@@ -2,14 +2,13 @@
 // notes). Each dead letter names a job; the worker marks that job `failed` (`retries_exhausted`) when it
 // dead-letters it, or its DLQ sweep does within a minute. So a dead letter is for an operator to read,
 // never to re-run: its job has already told its caller to submit again.
-import { parseArgs } from 'node:util';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig } from '../shared/config.ts';
 import { ClipagError, CorruptDocumentError, ValidationError } from '../shared/errors.ts';
 import { isTerminal } from '../shared/schemas/job.ts';
 import type { JobQueue, JobStore, ReceivedMessage } from '../shared/ports.ts';
 import { parseQueueMessage } from '../shared/schemas/queue.ts';
-import { refusal } from './common.ts';
+import { refusal, parseCliArgs } from './common.ts';
 
 export const summary = 'list the dead-letter queue, or purge the dead letters whose job has ended';
 export const usage = `usage: clipag dlq list [--json] [--max N]
@@ -114,7 +113,7 @@ async function openDeps(): Promise<DlqDeps> {
 }
 
 export async function run(argv: string[], deps?: DlqDeps, out: (line: string) => void = console.log): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCliArgs({
     args: argv,
     options: { json: { type: 'boolean' }, yes: { type: 'boolean' }, max: { type: 'string' } },
     allowPositionals: true,

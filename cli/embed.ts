@@ -1,10 +1,9 @@
 // clipag embed: print a text or image embedding.
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
 import { decodeImage } from '../gpu-worker/engine/synth/image.ts';
-import { UsageError, modelDir } from './common.ts';
+import { UsageError, modelDir, parseCliArgs } from './common.ts';
 
 export const summary = 'print the CLIP embedding of a text or an image';
 export const usage = `usage: clipag embed [--model DIR] (--text T | --image PNG) [--raw] [--json]
@@ -16,16 +15,22 @@ export const usage = `usage: clipag embed [--model DIR] (--text T | --image PNG)
   --json        print one JSON object: {model, kind, dim, embedding}`;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
+  const { values } = parseCliArgs({
     args: argv,
     options: { model: { type: 'string' }, text: { type: 'string' }, image: { type: 'string' }, raw: { type: 'boolean' }, json: { type: 'boolean' } },
     strict: true,
   });
   if ((values.text === undefined) === (values.image === undefined)) throw new UsageError('give exactly one of --text or --image');
+  // A usage error, as generate's empty prompt is.
+  if (values.text !== undefined && !values.text.trim()) throw new UsageError('--text is empty');
   const engine = await ClipEngine.open(modelDir(values.model));
   try {
     let res;
-    if (values.text !== undefined) res = await engine.embedText([values.text]);
+    if (values.text !== undefined) {
+      // What the model cannot read of the text (as generate warns): its embedding says little about those words.
+      for (const w of engine.promptWarnings([values.text])) process.stderr.write(`warning: ${w}\n`);
+      res = await engine.embedText([values.text]);
+    }
     else {
       let bytes: Uint8Array;
       try {

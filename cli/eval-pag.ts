@@ -2,12 +2,11 @@
 // graded by the independent judge).
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { PAG_OUTPUT_SUFFIXES, PAG_PROMPTS, evalPag, pagMarkdown, writePagOutputs } from '../gpu-worker/engine/toy/eval-pag.ts';
 import { checkRecipeDefaults } from '../gpu-worker/engine/clip/bundle.ts';
 import { type Recipe } from '../gpu-worker/engine/synth/recipe.ts';
-import { REPO_ROOT, UsageError, intArg, outputFile } from './common.ts';
+import { REPO_ROOT, UsageError, intArg, outputFile, parseCliArgs } from './common.ts';
 
 function parseRecipeArg(text: string | undefined): Partial<Recipe> {
   if (text === undefined) return {};
@@ -41,7 +40,7 @@ export const usage = `usage: clipag eval-pag [options]
   --threads N      onnxruntime threads (default 1)`;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
+  const { values } = parseCliArgs({
     args: argv,
     options: {
       robust: { type: 'string' }, plain: { type: 'string' }, judge: { type: 'string' }, prompts: { type: 'string' },

@@ -1,15 +1,14 @@
 // clipag generate: prompt in, PNG out.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, extname, join, resolve } from 'node:path';
 import { randomInt } from 'node:crypto';
-import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { defaultPromptPolicy, refusalMessage } from '../shared/prompt-policy.ts';
 import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { LIMITS, type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
-import { UsageError, intArg, modelDir, numberArg, outputFile, policyFile, writeWhole } from './common.ts';
+import { UsageError, intArg, modelDir, numberArg, outputFile, parseCliArgs, policyFile, sizeShape, writeWhole } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
 export const usage = `usage: clipag generate "PROMPT" [options]
@@ -18,9 +17,11 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --model DIR         the model: a bundle's folder (default: models/toy, the embedded robust mini-CLIP)
   --steps N           optimization steps (${LIMITS.steps[0]}-${LIMITS.steps[1]}, default 100)
   --size WxH          output size: multiples of 8, ${LIMITS.side[0]}-${LIMITS.side[1]} a side, at most ${LIMITS.pixels} pixels
-                      (default: the encoder size); larger sizes run coarse to fine
+                      (default: the encoder size); one side alone (--size 64) is a square; larger sizes run
+                      coarse to fine
   --seed S            uint32 seed (default: random, printed); the same seed gives the same PNG
-  --init KIND         gmm (default) | noise | PATH.png (an init image)
+  --init KIND         gmm | noise | PATH.png (an init image); default gmm when the model ships a GMM prior,
+                      else noise (with a warning)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
   --content-weight C  with an init image: pull toward its content (default 0; 20 with --style)
   --style             style transfer (CLIPStyler-like): the init image is the content, the prompt the
@@ -44,9 +45,7 @@ export const WITHHELD_EXIT_CODE = 3;
 
 /** --size, checked against the engine's limits before any model loads: a value out of them is a usage error (exit 2). */
 function parseSize(s: string): [number, number] {
-  const m = /^(\d+)x(\d+)$/.exec(s);
-  if (!m) throw new UsageError(`--size must look like 512x384, got "${s}"`);
-  const [w, h] = [Number(m[1]), Number(m[2])];
+  const [w, h] = sizeShape(s);
   for (const v of [w, h]) {
     if (v < LIMITS.side[0] || v > LIMITS.side[1] || v % 8 !== 0) throw new UsageError(`--size ${s}: each side must be a multiple of 8 in [${LIMITS.side[0]}, ${LIMITS.side[1]}]`);
   }
@@ -85,7 +84,7 @@ function sameFile(a: string, b: string): boolean {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCliArgs({
     args: argv,
     allowPositionals: true,
     options: {
@@ -97,7 +96,8 @@ export async function run(argv: string[]): Promise<number> {
     strict: true,
   });
   if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
-  if (!positionals[0]!.trim()) throw new EngineError('invalid_input', 'the prompt is empty');
+  // A usage error, as a missing prompt is (and as remote generate says it).
+  if (!positionals[0]!.trim()) throw new UsageError('the prompt is empty');
   // Before anything echoes it: a prompt too long to run is refused, not printed twice first.
   for (const text of [positionals[0]!, ...(values.negative ?? [])]) {
     if (text.length > LIMITS.promptChars) throw new EngineError('invalid_input', `a prompt is ${text.length} characters; the limit is ${LIMITS.promptChars}`);
@@ -106,9 +106,18 @@ export async function run(argv: string[]): Promise<number> {
   const policy = values.policy === undefined ? defaultPromptPolicy() : policyFile(values.policy);
   const policyHits = policy.screen([{ text: positionals[0]!, param: 'prompt' }]);
   const refusal = policyHits.find((hit) => hit.action === 'refuse');
-  if (refusal) throw new EngineError('invalid_input', refusalMessage(refusal));
+  if (refusal) {
+    // Tagged with the API's code for it (remote prints the same); with --json, the refusal on stdout as well.
+    const message = refusalMessage(refusal);
+    if (values.json) console.log(JSON.stringify({ output: null, prompt: positionals[0], error: { code: 'content_policy', message, rule: refusal.rule, category: refusal.category } }));
+    console.error(`clipag generate: ${message} [content_policy]`);
+    return 1;
+  }
   // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.
   const out = outputFile(values.out ?? 'out.png', '-o');
+  // Said before the run, beside the prompt's warnings (and in --json's warnings).
+  const cliWarnings: string[] = [];
+  if (extname(out) !== '' && extname(out).toLowerCase() !== '.png') cliWarnings.push(`-o ${out}: the image is written as a PNG whatever the file's extension (${extname(out)})`);
   const imageInit = values.init !== undefined && values.init !== 'gmm' && values.init !== 'noise';
   if (imageInit && sameFile(values.init!, out)) throw new EngineError('invalid_input', `-o ${out} is the --init image: the output would replace it; choose another -o`);
   if (!imageInit && values.strength !== undefined) throw new UsageError('--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
@@ -129,7 +138,8 @@ export async function run(argv: string[]): Promise<number> {
     try {
       initBytes = readFileSync(values.init!);
     } catch (e) {
-      throw new EngineError('invalid_input', `cannot read init image ${values.init}: ${(e as Error).message}`);
+      const hint = (e as NodeJS.ErrnoException).code === 'ENOENT' ? ' (--init takes gmm, noise or a PNG file)' : '';
+      throw new EngineError('invalid_input', `cannot read init image ${values.init}: ${(e as Error).message}${hint}`);
     }
   }
 
@@ -172,6 +182,8 @@ export async function run(argv: string[]): Promise<number> {
     const [width, height] = askedSize ?? [engine.imageSize, engine.imageSize];
     let init: InitSpec = { kind: 'gmm' };
     const initArg = values.init ?? (engine.bundle.priorPath ? 'gmm' : 'noise');
+    // Said as the API says it (gpu-worker/worker/synthesizer.ts): gmm is the default start, and this model cannot give it.
+    if (values.init === undefined && !engine.bundle.priorPath) cliWarnings.push(`model ${engine.name} ships no GMM prior: the image started from noise (init "gmm" needs one; see clipag prior fit)`);
     if (initArg === 'noise') init = { kind: 'noise' };
     else if (initArg !== 'gmm') {
       const bytes = initBytes!;
@@ -185,7 +197,7 @@ export async function run(argv: string[]): Promise<number> {
       // Quoted as JSON: a prompt's control characters (a terminal's escape sequences) are shown, not run.
       process.stderr.write(`clipag: ${JSON.stringify(positionals[0])} ${width}x${height} with ${engine.name}, seed ${seed}\n`);
       // Before the run: a prompt the model cannot read is worth knowing before waiting for it.
-      for (const w of engine.promptWarnings(prompts.map((p) => p.text))) process.stderr.write(`warning: ${w}\n`);
+      for (const w of [...cliWarnings, ...engine.promptWarnings(prompts.map((p) => p.text))]) process.stderr.write(`warning: ${w}\n`);
       for (const hit of policyHits) process.stderr.write(`content policy (${hit.category}): "${hit.term}" ${hit.message}\n`);
     }
     // The output rules too (ADR 0017): the shipped ones only flag; one that withholds keeps the file unwritten.
@@ -227,7 +239,7 @@ export async function run(argv: string[]): Promise<number> {
     const summaryJson = {
       output: withheld ? null : out, withheld: Boolean(withheld), model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
       width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,
-      scores: res.scores, initial_scores: res.initialScores, warnings: res.warnings,
+      scores: res.scores, initial_scores: res.initialScores, warnings: [...cliWarnings, ...res.warnings],
       content_flags: policyHits.map(({ rule, category, term, message }) => ({ rule, category, term, message })),
       output_flags: outputFlags,
       usage: { encoder_passes: res.usage.encoderPasses, encoder_backward_passes: res.usage.encoderBackwardPasses, timings_ms: res.usage.timingsMs },

@@ -1,9 +1,8 @@
 // clipag gradcheck: directional-derivative check of a bundle's pixel gradient.
-import { parseArgs } from 'node:util';
 import { imageGradientGraph } from '../gpu-worker/engine/clip/graphs.ts';
 import { gradcheck, gradcheckDType } from '../gpu-worker/engine/clip/gradcheck.ts';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
-import { intArg, modelDir } from './common.ts';
+import { intArg, modelDir, parseCliArgs } from './common.ts';
 
 export const summary = 'check a model\'s pixel gradient against finite differences';
 export const usage = `usage: clipag gradcheck [--model DIR] [--dtype float64|float32 (default float64; float32 for foreign ONNX towers and exact-GELU models)] [--batch N] [--directions N] [--seed S] [--json]
@@ -14,7 +13,7 @@ with the gradient and one of ±1 on 64 random pixels. Prints the error per direc
 |∇L·d| (or √Σ(∇L_i·d_i)², where larger); exits 1 when the largest exceeds the tolerance (1e-6 in float64, 2e-2 in float32).`;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
+  const { values } = parseCliArgs({
     args: argv,
     options: {
       model: { type: 'string' }, dtype: { type: 'string' }, batch: { type: 'string' }, directions: { type: 'string' },

@@ -1,6 +1,5 @@
 // clipag keys: issue, list and revoke API keys in the configured blob store
 // (local `.data/` by default; S3 when CLIPAG_MODE=aws). Keys are stored hashed; the secret is printed once.
-import { parseArgs } from 'node:util';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { BlobApiKeyStore } from '../shared/apikeys.ts';
 import { parseConfig } from '../shared/config.ts';
@@ -9,7 +8,7 @@ import { newId } from '../shared/ids.ts';
 import { OWNER_ID_PATTERN } from '../shared/schemas/common.ts';
 import { ApiKeyRecord } from '../shared/schemas/apikey.ts';
 import type { BlobStore } from '../shared/ports.ts';
-import { refusal } from './common.ts';
+import { refusal, parseCliArgs } from './common.ts';
 
 const NAME_MAX = ApiKeyRecord.shape.name.maxLength ?? 100;
 
@@ -34,7 +33,7 @@ export async function openKeyStore(env: Readonly<Record<string, string | undefin
 }
 
 export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: string) => void = console.log): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCliArgs({
     args: argv,
     options: { name: { type: 'string' }, owner: { type: 'string' }, json: { type: 'boolean' } },
     allowPositionals: true,

@@ -1,6 +1,8 @@
 // Verb dispatch. Each verb module exports `run(argv): Promise<number>` (the exit code) and `usage`.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { isEngineError } from '../gpu-worker/engine/errors.ts';
-import { UsageError } from './common.ts';
+import { REPO_ROOT, UsageError } from './common.ts';
 
 type Verb = { run(argv: string[]): Promise<number>; usage: string; summary: string };
 
@@ -25,17 +27,27 @@ const VERBS: Record<string, () => Promise<Verb>> = {
 /** The top-level usage: the verbs, each with its summary. */
 async function verbList(): Promise<string> {
   const lines = await Promise.all(Object.entries(VERBS).map(async ([name, load]) => `  ${name.padEnd(12)} ${(await load()).summary}`));
-  return `usage: clipag <verb> [options]\n\nverbs:\n${lines.join('\n')}\n\nclipag <verb> --help shows a verb's options.`;
+  return `usage: clipag <verb> [options]\n       clipag --version\n\nverbs:\n${lines.join('\n')}\n\nclipag <verb> --help shows a verb's options; clipag --version (or -v) prints the version.`;
+}
+
+/** The package's version, from package.json. */
+function version(): string {
+  return (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 }
 
 export async function main(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
+  if (verb === '--version' || verb === '-v') {
+    console.log(`clipag ${version()}`);
+    return 0;
+  }
   if (!verb || verb === '--help' || verb === '-h' || verb === 'help') {
     const text = await verbList();
     // Asked for (--help, -h, help): the answer, on stdout, exit 0. No verb at all is a usage error:
-    // stderr and exit 2, as every verb's usage error is (stdout stays for what a command produces).
+    // what is wrong, then the usage, on stderr, exit 2, as every verb's usage error is (stdout stays
+    // for what a command produces).
     if (verb) console.log(text);
-    else console.error(text);
+    else console.error(`clipag: give a verb\n\n${text}`);
     return verb ? 0 : 2;
   }
   const load = VERBS[verb];

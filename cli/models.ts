@@ -1,8 +1,8 @@
 // clipag models <subcommand>: model bundle management. Subcommands live in SUBCOMMANDS; `import`
 // turns a CLIP checkpoint into a bundle (gpu-worker/engine/import, docs/import.md); `push` and `list`
 // work on the model store (shared/modelstore.ts, docs/model-store.md).
-import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { localLayout, storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig, type Config } from '../shared/config.ts';
 import { isClipagError } from '../shared/errors.ts';
@@ -11,9 +11,10 @@ import type { BlobStore } from '../shared/ports.ts';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { ActivationSchema } from '../gpu-worker/engine/clip/arch.ts';
+import { readManifest } from '../gpu-worker/engine/clip/bundle.ts';
 import { scanModelsDir } from '../gpu-worker/models.ts';
 import { importModel, type ImportProgress } from '../gpu-worker/engine/import/import.ts';
-import { UsageError, followLink, intArg } from './common.ts';
+import { UsageError, followLink, intArg, parseCliArgs } from './common.ts';
 
 export const summary = 'manage model bundles (import a CLIP checkpoint, push to and list the model store)';
 
@@ -98,7 +99,7 @@ function progressPrinter(tty: boolean) {
 }
 
 async function runImport(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCliArgs({
     args: argv,
     allowPositionals: true,
     options: {
@@ -112,6 +113,8 @@ async function runImport(argv: string[]): Promise<number> {
   });
   if (positionals.length !== 1) throw new UsageError(`models import takes one SRC file, got ${positionals.length}`);
   if (!values.out) throw new UsageError('models import needs -o DIR (the new bundle folder)');
+  // The source first: a missing file is the first thing to fix, before the tokenizer flags.
+  if (!existsSync(positionals[0]!)) throw new EngineError('invalid_input', `models import: SRC ${resolve(positionals[0]!)} does not exist`);
   let activation;
   if (values.activation !== undefined) {
     const a = ActivationSchema.safeParse(values.activation);
@@ -171,13 +174,16 @@ function asEngineError(e: unknown): never {
 }
 
 export async function runPush(argv: string[], env: Readonly<Record<string, string | undefined>> = process.env): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCliArgs({
     args: argv,
     allowPositionals: true,
     options: { name: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' } },
     strict: true,
   });
   if (positionals.length !== 1) throw new UsageError(`models push takes one bundle folder, got ${positionals.length}`);
+  // Another kind of bundle (the judge's) is named as such, as generate --model names it, before the
+  // store's check of the files a CLIP bundle's manifest names (and before the store is opened).
+  if (existsSync(join(positionals[0]!, 'manifest.json'))) readManifest(resolve(positionals[0]!));
   const { store, where } = await configuredStore(env);
   const log = (line: string) => (values.json ? process.stderr : process.stdout).write(`${line}\n`);
   const tty = Boolean(process.stderr.isTTY) && !values.json;
@@ -211,7 +217,7 @@ export async function runPush(argv: string[], env: Readonly<Record<string, strin
 }
 
 export async function runList(argv: string[], env: Readonly<Record<string, string | undefined>> = process.env): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } }, strict: true });
+  const { values, positionals } = parseCliArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } }, strict: true });
   // A wrong command line is a usage error (exit 2, the usage printed by main), as in every verb.
   if (positionals.length) throw new UsageError(`models list takes no arguments, got "${positionals[0]}"`);
   const { store, where } = await configuredStore(env);

@@ -3,14 +3,13 @@
 // `clipag keys` does for keys. A document is checked before it is stored, so a typo never reaches the
 // API (which would keep its last good policy and log the problem).
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig } from '../shared/config.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { ownerPolicyKey } from '../shared/keys.ts';
 import { DEFAULT_PROMPT_POLICY, MAX_POLICY_BYTES, parsePolicyDocument, PROMPT_POLICY_KEY, type PromptPolicy, type PromptPolicyDocument } from '../shared/prompt-policy.ts';
-import { refusal } from './common.ts';
+import { refusal, parseCliArgs } from './common.ts';
 
 export const summary = "check a content policy, or put, show or remove the deployment's or an owner's";
 export const usage = `usage: clipag policy check FILE
@@ -35,7 +34,7 @@ mode; CLIPAG_MODE=aws with AWS_REGION, CLIPAG_BUCKET, CLIPAG_QUEUE_URL for S3.`;
 const NONE_EXIT_CODE = 3;
 
 export async function run(argv: string[], blobs?: BlobStore, out: (line: string) => void = console.log): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, options: { owner: { type: 'string' } }, allowPositionals: true, strict: true });
+  const { values, positionals } = parseCliArgs({ args: argv, options: { owner: { type: 'string' } }, allowPositionals: true, strict: true });
   const [action, ...rest] = positionals;
   const fail = refusal('policy', usage);
   const arity: Record<string, number> = { check: 1, put: 1, get: 0, delete: 0, default: 0 };

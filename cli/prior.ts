@@ -2,10 +2,9 @@
 // folder into a prior file (gpu-worker/engine/import/prior-fit.ts).
 import { existsSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { fitPriorFromFolder, writePriorAtomic, type PriorFitMode } from '../gpu-worker/engine/import/prior-fit.ts';
-import { UsageError, intArg, outputFile } from './common.ts';
+import { UsageError, intArg, outputFile, parseCliArgs } from './common.ts';
 
 export const summary = 'fit a GMM initialization prior from an image folder';
 
@@ -36,7 +35,7 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 async function runFit(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCliArgs({
     args: argv,
     allowPositionals: true,
     options: {

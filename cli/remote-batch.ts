@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseCliArgs as parseArgs } from './common.ts';
 import { canonicalJson } from '../functions/idempotency.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
 import { checkPngFileSync } from '../shared/png-check.ts';
@@ -47,6 +47,12 @@ interface Line {
   initFile?: { path: string; sha256: string };
   /** The Idempotency-Key's stem: the line's identity (its id, its body, its init file's bytes, --batch-key). */
   stem: string;
+  /**
+   * The fields the line names (but its init, labels and webhook), as the API reads them (a prompt
+   * trimmed), and its labels: what a generation this line made shows in its `request` and `metadata`
+   * (earlierGeneration).
+   */
+  named: { fields: Record<string, unknown>; metadata: Record<string, string> };
   /** Its images' file names in DIR, by index. */
   files: string[];
 }
@@ -160,7 +166,7 @@ async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, d
   // An init file is uploaded once a run, whatever the lines that name it, and kept for the next run.
   const uploads = new Map<string, Promise<string>>();
   for (const [stem, r] of earlier) if (stem.startsWith('upload-') && typeof r.upload === 'string') uploads.set(stem.slice('upload-'.length), Promise.resolve(r.upload));
-  const ctx: RunContext = { s, dir, record, uploads };
+  const ctx: RunContext = { s, dir, record, uploads, earlier: new EarlierUploads(s), retryFailed: Boolean(values['retry-failed']) };
   const kept = states.filter((st) => st.status === 'succeeded').length;
   io.err(`clipag remote batch: ${lines.length} line${lines.length === 1 ? '' : 's'} from ${file} → ${dir}${kept ? ` (${kept} kept from an earlier run)` : ''}; ${parallel} at once`);
 
@@ -198,6 +204,9 @@ interface RunContext {
   record: (r: JournalRecord) => void;
   /** Upload ids by init file hash: one upload per file a run. */
   uploads: Map<string, Promise<string>>;
+  /** The account's generations made from uploads, read when a line's key turns out used (earlierGeneration). */
+  earlier: EarlierUploads;
+  retryFailed: boolean;
 }
 
 /** FILE read and every line checked, before any request: all of a file's problems at once, by line number. */
@@ -282,7 +291,10 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
       .update(JSON.stringify([batchKey, id, canonicalJson(body), init?.sha256 ?? null]))
       .digest('hex')
       .slice(0, 40)}`;
-    lines.push({ number, id, body: body as GenerationBody, ...(init ? { initFile: init } : {}), stem, files: names });
+    const parsed = checked.data as Record<string, unknown>;
+    const fields = Object.fromEntries(Object.keys(body).filter((k) => k !== 'metadata' && k !== 'webhook_url' && k !== 'init').map((k) => [k, parsed[k]]));
+    const named = { fields, metadata: (checked.data.metadata ?? {}) as Record<string, string> };
+    lines.push({ number, id, body: body as GenerationBody, ...(init ? { initFile: init } : {}), stem, files: names, named });
   }
   // An init file that is one of the images: the first result would replace it (and the line's key,
   // made from its bytes, would change: every run would make the line again).
@@ -356,13 +368,91 @@ function startState(line: Line, earlier: JournalRecord | undefined, retryFailed:
   if (done) return { ...st, ...earlier, status: 'succeeded', stem: line.stem } as LineState;
   // Only an attempt seen to end failed or canceled is made again; one submitted goes on (its POST again
   // gets it), whatever an earlier attempt ended as.
-  if ((earlier.status === 'failed' || earlier.status === 'canceled') && retryFailed) {
+  if ((earlier.status === 'failed' || earlier.status === 'canceled' || (earlier.status === 'refused' && earlier.error?.code === KEY_USED)) && retryFailed) {
     st.attempt += 1;
     // The next attempt is a new request: a new upload would do, but the line's own still does.
     return st;
   }
   st.generation_id = typeof earlier.generation_id === 'string' ? earlier.generation_id : null;
   return st;
+}
+
+/** The API's 409 for an Idempotency-Key used with another body. */
+const KEY_USED = 'idempotency_key_reused';
+/** How many of the account's newest generations a run reads looking for the ones lines made without a journal (100 a page). */
+const MAX_SCANNED_PAGES = 100;
+/** How many different earlier uploads are tried for one line (each a POST that the API answers 409 or with the line's generation). */
+const MAX_GUESSES = 8;
+/** --retry-failed: how many new attempts one run makes of a line whose key an earlier run used (each key may have been used too). */
+const MAX_FRESH_ATTEMPTS = 5;
+
+/**
+ * The account's generations whose init was an upload, read a page at a time as lines need them (one
+ * read at a time, shared by all lines of the run): where a line finds the upload an earlier run, whose
+ * journal is not in DIR, sent it with.
+ */
+class EarlierUploads {
+  readonly seen: Array<{ init: string; request: Record<string, unknown>; metadata: Record<string, string> }> = [];
+  #cursor: string | null | undefined;
+  #pages = 0;
+  #reading: Promise<void> | undefined;
+  constructor(private readonly s: Session) {}
+
+  /** Every generation read; or the most this run reads. */
+  get done(): boolean {
+    return this.#cursor === null || this.#pages >= MAX_SCANNED_PAGES;
+  }
+
+  get scanned(): number {
+    return this.#pages;
+  }
+
+  /** One page more (a line that asks while another reads waits for that read). */
+  more(): Promise<void> {
+    this.#reading ??= (async () => {
+      try {
+        const page = await this.s.client.listGenerations({ ...(this.#cursor ? { cursor: this.#cursor } : {}), deadline: this.s.deadline });
+        this.#pages++;
+        for (const g of page.data) {
+          if (g.deleted_at === null && g.request.init.startsWith('upload:')) this.seen.push({ init: g.request.init, request: g.request as Record<string, unknown>, metadata: g.metadata });
+        }
+        this.#cursor = page.next_cursor;
+      } finally {
+        this.#reading = undefined;
+      }
+    })();
+    return this.#reading;
+  }
+}
+
+/**
+ * The line's key was used with another body (409): for a line with an init file and no upload in the
+ * journal, an earlier run sent it with an upload of its own of the same file (the key is made from the
+ * file's bytes, the body names the upload). The API cannot be asked what a key made, so the account's
+ * generations are read for the ones whose request is this line's but for the upload, and the POST is
+ * sent again with each such upload in turn: the API's own idempotency answers with the key's generation
+ * for the body it was made with, and 409 for any other (a wrong guess makes nothing). `null`: none found.
+ */
+async function earlierGeneration(ctx: RunContext, s: Session, line: Line, key: string, sent: string): Promise<{ created: Awaited<ReturnType<Session['client']['createGeneration']>>; upload: string } | null> {
+  const tried = new Set([sent]);
+  const matches = (c: EarlierUploads['seen'][number]) =>
+    canonicalJson(c.metadata) === canonicalJson(line.named.metadata) && Object.entries(line.named.fields).every(([k, v]) => canonicalJson(v) === canonicalJson(c.request[k]));
+  for (let i = 0; ; i++) {
+    while (i >= ctx.earlier.seen.length && !ctx.earlier.done) await ctx.earlier.more();
+    if (i >= ctx.earlier.seen.length) return null;
+    const c = ctx.earlier.seen[i]!;
+    if (tried.has(c.init) || !matches(c)) continue;
+    tried.add(c.init);
+    try {
+      const created = await s.client.createGeneration({ ...line.body, init: c.init }, { idempotencyKey: key, waitSec: 0, deadline: s.deadline });
+      return { created, upload: c.init };
+    } catch (e) {
+      // Another upload than the key's (409), or one the API no longer has for a generation it would
+      // queue again: the next.
+      if (!(e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 401)) throw e;
+    }
+    if (tried.size > MAX_GUESSES) return null;
+  }
 }
 
 const keyOf = (line: Line, st: LineState) => (st.attempt === 1 ? line.stem : `${line.stem}-${st.attempt}`);
@@ -408,6 +498,7 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
   const s: Session = { ...ctx.s, progress: {} };
   const { record, dir } = ctx;
   st.error = null;
+  let freshAttempts = 0;
   for (let uploadTries = 0; ; uploadTries++) {
     const body: GenerationBody = { ...line.body };
     try {
@@ -421,7 +512,28 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
         record({ stem: line.stem, id: line.id, upload: st.upload });
         body.init = st.upload;
       }
-      const created = await s.client.createGeneration(body, { idempotencyKey: keyOf(line, st), waitSec: 0, deadline: s.deadline });
+      const key = keyOf(line, st);
+      let created: Awaited<ReturnType<Session['client']['createGeneration']>>;
+      try {
+        created = await s.client.createGeneration(body, { idempotencyKey: key, waitSec: 0, deadline: s.deadline });
+      } catch (e) {
+        if (!(e instanceof ApiError && e.status === 409 && e.code === KEY_USED)) throw e;
+        const found = line.initFile && body.init !== undefined ? await earlierGeneration(ctx, s, line, key, body.init) : null;
+        if (found) {
+          // The generation an earlier run made: its upload is the line's from now on.
+          created = found.created;
+          st.upload = found.upload;
+          record({ stem: line.stem, id: line.id, upload: st.upload });
+        } else if (ctx.retryFailed && freshAttempts < MAX_FRESH_ATTEMPTS) {
+          // --retry-failed: a new attempt, under a new key (which an earlier run may have used too).
+          freshAttempts++;
+          st.attempt += 1;
+          uploadTries = -1;
+          continue;
+        } else {
+          throw new ApiError(e.what, e.status, e.code, keyUsedDetail(ctx, line, key, e.detail), e.param, e.requestId);
+        }
+      }
       st.generation_id = created.generation.id;
       // Kept at once: a run that stops now still knows the line's generation, and that this attempt goes on.
       record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id, status: SUBMITTED, error: null });
@@ -473,6 +585,14 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
       return undefined;
     }
   }
+}
+
+/** What a line refused 409 idempotency_key_reused says: what happened, and what to do. */
+function keyUsedDetail(ctx: RunContext, line: Line, key: string, detail: string): string {
+  const todo = `run with that run's -d to get its generation; --retry-failed makes this line again (a new generation); --batch-key K makes every line again`;
+  if (!line.initFile) return `${detail}: an earlier request with this line's key ${key} had another body (another client with this key?); ${todo}`;
+  const looked = ctx.earlier.done && ctx.earlier.scanned < MAX_SCANNED_PAGES ? "none of the account's generations is this line's (deleted?)" : `none of the account's ${ctx.earlier.scanned * 100} newest generations is this line's`;
+  return `${detail}: an earlier run sent this line (key ${key}) with another upload of its init_file ${line.initFile.path}, and its journal is not in ${ctx.dir}; ${looked}: ${todo}`;
 }
 
 /** The fields an ended line's journal record and result carry. */
@@ -538,7 +658,7 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
   const goesOn = count('timed_out', 'interrupted');
   const unfinished = goesOn + count('not_started', 'error');
   if (unfinished > 0) {
-    const again = ['clipag', 'remote', 'batch', file, '-d', dir, ...(values.url !== undefined ? ['--url', values.url] : []), ...(values['batch-key'] !== undefined ? ['--batch-key', values['batch-key']] : [])];
+    const again = [...(io.invokedAs ?? ['clipag']), 'remote', 'batch', file, '-d', dir, ...(values.url !== undefined ? ['--url', values.url] : []), ...(values['batch-key'] !== undefined ? ['--batch-key', values['batch-key']] : [])];
     io.err(`clipag remote batch: ${goesOn ? `${goesOn} generation${goesOn === 1 ? '' : 's'} go${goesOn === 1 ? 'es' : ''} on; ` : ''}${again.map(shellWord).join(' ')} ${goesOn ? 'picks them up and runs' : 'runs'} the lines not finished (no line is made twice)`);
   }
   if (stop?.kind === 'interrupted') return INTERRUPTED_EXIT_CODE;

@@ -6,20 +6,30 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { basename, isAbsolute, relative, resolve } from 'node:path';
+import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkPngFile } from '../shared/png-check.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
-import { UsageError, decimalNumber, outputFile, writeWhole } from './common.ts';
+import { UsageError, decimalNumber, outputFile, sizeShape, writeWhole } from './common.ts';
 
 export const summary = 'use a clipag API (deployed or local): generate, get, cancel, or run a batch file, honouring Retry-After';
-export const usage = `usage: clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
-           [--init KIND] [--strength X] [-o out.png] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]
-       clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]
-       clipag remote cancel ID [--timeout SEC] [--json]
-       clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]
+/** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
+const SYNOPSIS = {
+  generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
+           [--init KIND] [--strength X] [-o out.png] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
+  get: 'clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]',
+  cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
+  batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
+} as const;
+type Action = keyof typeof SYNOPSIS;
+const ACTIONS = Object.keys(SYNOPSIS) as Action[];
+
+export const usage = `usage: ${SYNOPSIS.generate}
+       ${SYNOPSIS.get}
+       ${SYNOPSIS.cancel}
+       ${SYNOPSIS.batch}
        each also takes [--url URL] [--key KEY]
 
 generate: upload --init (if a file), create the generation (one Idempotency-Key, reused on every
@@ -80,7 +90,8 @@ Every line is checked before the first request: a bad one is named by its number
                     without .jsonl, beside it)
   --parallel N      lines in flight at once (1-16, default 4)
   --retry-failed    lines an earlier run of this command saw fail or canceled are made again (by
-                    default they stay as they ended: the same Idempotency-Key gets the same generation)
+                    default they stay as they ended: the same Idempotency-Key gets the same generation),
+                    and lines whose key an earlier run used for a generation not found (see below)
   --batch-key K     mixed into every line's Idempotency-Key: another K makes every line again
   --timeout SEC     the whole run's bound (default 3600); generations go on after it
   --json            print each line's result (as results.jsonl has it) on stdout as it ends
@@ -89,6 +100,10 @@ Running the same command again resumes: lines that succeeded and whose images ar
 every other line's POST is sent again with its own Idempotency-Key, which gets the generation an
 earlier run made (never a second one), and is waited for and downloaded. An init file is uploaded
 once however many lines name it, and not again on a resumed run (unless the API no longer has it).
+Without DIR's journal (removed, or another -d), an init_file line is sent with a new upload, which its
+key refuses (409 idempotency_key_reused); the run then looks among the account's generations for the
+line's (its request but for the upload) and gets it with its upload and the line's key. One it cannot
+find (deleted) is refused, saying so; --retry-failed makes it again.
 One run at a time uses DIR (DIR/.lock). A key the API refuses, a URL that is not the API's, or
 nothing listening there stops the run at once.
 
@@ -135,6 +150,32 @@ export interface RemoteIo {
   fetch?: typeof fetch;
   /** How a retry waits (default: a timer; tests give a shorter one). */
   sleep?: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
+  /**
+   * The words that started clipag, as a printed command to go on begins (`npm run clipag --`, `npx
+   * clipag`, …: see `invocation`); default `clipag`.
+   */
+  invokedAs?: readonly string[];
+}
+
+/**
+ * How this process was started, as the words a user pastes to start clipag again the same way: what a
+ * command printed to pick a run up begins with. A README reader has no `clipag` on PATH: they typed
+ * `npm run clipag -- …` (npm names the script it runs), `npx clipag …` (npm's exec), or `node [--import
+ * tsx] bin/clipag.…` (the script's path, relative when it is under the working folder). `clipag` alone
+ * only for an installed command of that name, which is on PATH.
+ */
+export function invocation(env: Readonly<Record<string, string | undefined>>, script: string | undefined, cwd: string): string[] {
+  if (env.npm_lifecycle_event === 'clipag') return ['npm', 'run', 'clipag', '--'];
+  // npm's exec runs the package's bin link, named clipag (a variable a child process inherits: only then).
+  if (env.npm_lifecycle_event === 'npx' && (script === undefined || basename(script) === 'clipag')) return ['npx', 'clipag'];
+  if (script) {
+    const rel = relative(cwd, script);
+    const path = rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : script;
+    if (/\.ts$/.test(script)) return ['node', '--import', 'tsx', path];
+    if (/\.[cm]?js$/.test(script)) return ['node', path];
+    if (basename(script) === 'clipag') return ['clipag'];
+  }
+  return ['npx', 'clipag'];
 }
 
 /** The verb: the composition root. The environment is read here, once, and SIGINT wired to an abort. */
@@ -148,7 +189,8 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.on('SIGINT', onSigint);
   try {
-    return await remote(argv, { env: { ...process.env }, out: (line) => console.log(line), err: (line) => void process.stderr.write(`${line}\n`), signal: interrupt.signal });
+    const env = { ...process.env };
+    return await remote(argv, { env, out: (line) => console.log(line), err: (line) => void process.stderr.write(`${line}\n`), signal: interrupt.signal, invokedAs: invocation(env, process.argv[1], process.cwd()) });
   } finally {
     process.off('SIGINT', onSigint);
   }
@@ -156,12 +198,24 @@ export async function run(argv: string[]): Promise<number> {
 
 export async function remote(argv: string[], io: RemoteIo): Promise<number> {
   const [action, ...rest] = argv;
-  if (action === 'generate') return generate(rest, io);
-  if (action === 'get') return get(rest, io);
-  if (action === 'cancel') return cancel(rest, io);
-  // Loaded when used: the batch runner builds on this module's pieces.
-  if (action === 'batch') return (await import('./remote-batch.ts')).batch(rest, io);
-  throw new UsageError(action === undefined || action.startsWith('-') ? 'give an action: generate, get, cancel or batch' : `unknown action "${action}" (known: generate, get, cancel, batch)`);
+  if (action === undefined || !(ACTIONS as string[]).includes(action)) {
+    // The four actions' synopses, not the whole usage (88 lines) that would push the message away.
+    const what = action === undefined || action.startsWith('-') ? 'give an action: generate, get, cancel or batch' : `unknown action "${action}" (known: generate, get, cancel, batch)`;
+    throw new UsageError(`${what}\nusage: ${ACTIONS.map((a) => SYNOPSIS[a]).join('\n       ')}`, { brief: true });
+  }
+  try {
+    if (action === 'generate') return await generate(rest, io);
+    if (action === 'get') return await get(rest, io);
+    if (action === 'cancel') return await cancel(rest, io);
+    // Loaded when used: the batch runner builds on this module's pieces.
+    return await (await import('./remote-batch.ts')).batch(rest, io);
+  } catch (e) {
+    // A wrong command line: what is wrong and this action's synopsis, not the usage of all four (88
+    // lines, the message scrolled away); --help has the rest.
+    const parseError = e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true;
+    if ((e instanceof UsageError && !e.brief) || parseError) throw new UsageError(`${(e as Error).message}\nusage: ${SYNOPSIS[action as Action]} [--url URL] [--key KEY]`, { brief: true });
+    throw e;
+  }
 }
 
 export const connectionOptions = { url: { type: 'string' }, key: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' } } as const;
@@ -249,9 +303,7 @@ function intFlag(value: string | undefined, name: string, min: number, max: numb
 
 /** --size, by the API's limits: refused here, before an upload or a request. */
 function parseSize(s: string): [number, number] {
-  const m = /^(\d+)x(\d+)$/.exec(s);
-  if (!m) throw new UsageError(`--size must look like 128x96, got "${s}"`);
-  const [w, h] = [Number(m[1]), Number(m[2])];
+  const [w, h] = sizeShape(s, '128x96');
   for (const v of [w, h]) {
     if (v < MIN_SIDE || v > MAX_SIDE || v % SIDE_MULTIPLE !== 0) throw new UsageError(`--size ${s}: the API takes sides of ${MIN_SIDE}-${MAX_SIDE} px, multiples of ${SIDE_MULTIPLE}`);
   }
@@ -301,6 +353,8 @@ export interface Progress {
 
 export interface Session {
   io: RemoteIo;
+  /** What a printed command begins with (RemoteIo.invokedAs), then `remote …`. */
+  cli: readonly string[];
   client: ClipagClient;
   conn: Connection;
   deadline: number;
@@ -326,6 +380,7 @@ export function session(io: RemoteIo, values: { url?: string; key?: string; json
   const client = new ClipagClient({ url: conn.url, key: conn.key, note: io.err, ...(io.signal ? { signal: io.signal } : {}), ...(io.fetch ? { fetch: io.fetch } : {}), ...(io.sleep ? { sleep: io.sleep } : {}) });
   return {
     io,
+    cli: io.invokedAs ?? ['clipag'],
     client,
     conn,
     deadline: Date.now() + t * 1000,
@@ -340,11 +395,11 @@ export function session(io: RemoteIo, values: { url?: string; key?: string; json
 
 /** `clipag remote get ID` as this run was given it (--url, -o), to pick the generation up again. */
 function getCommand(s: Session, id: string): string {
-  return command(['clipag', 'remote', 'get', id, ...(s.urlArg !== undefined ? ['--url', s.urlArg] : []), ...(s.outArg !== undefined ? ['-o', s.outArg] : [])]);
+  return command([...s.cli, 'remote', 'get', id, ...(s.urlArg !== undefined ? ['--url', s.urlArg] : []), ...(s.outArg !== undefined ? ['-o', s.outArg] : [])]);
 }
 
 function cancelCommand(s: Session, id: string): string {
-  return command(['clipag', 'remote', 'cancel', id, ...(s.urlArg !== undefined ? ['--url', s.urlArg] : [])]);
+  return command([...s.cli, 'remote', 'cancel', id, ...(s.urlArg !== undefined ? ['--url', s.urlArg] : [])]);
 }
 
 type Token = NonNullable<ReturnType<typeof parseArgs>['tokens']>[number];
@@ -355,8 +410,8 @@ type Token = NonNullable<ReturnType<typeof parseArgs>['tokens']>[number];
  * again would be another request, refused as idempotency_key_reused). A --key is never printed: KEY
  * stands for it.
  */
-function generateCommand(tokens: Token[], key: string, uploadInit: string | undefined): string {
-  const words = ['clipag', 'remote', 'generate'];
+function generateCommand(cli: readonly string[], tokens: Token[], key: string, uploadInit: string | undefined): string {
+  const words = [...cli, 'remote', 'generate'];
   for (const t of tokens) {
     if (t.kind === 'option-terminator') words.push('--');
     else if (t.kind === 'positional') words.push(t.value);
@@ -436,7 +491,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   const s = session(io, values, DEFAULT_TIMEOUT_SEC, outArg);
   s.progress.idempotencyKey = idempotencyKey;
   s.body = body;
-  s.resumeCommand = () => generateCommand(tokens, idempotencyKey, s.progress.uploadInit);
+  s.resumeCommand = () => generateCommand(s.cli, tokens, idempotencyKey, s.progress.uploadInit);
   if (initFile !== undefined) s.initFile = initFile;
   if (userKey !== undefined && initFile !== undefined) {
     io.err(
@@ -667,7 +722,7 @@ async function cancelAfterInterrupt(s: Session, known: string | undefined): Prom
       io.err(`clipag remote: interrupted; generation ${id} had already ended, nothing to cancel (${ce.detail}): ${getCommand(s, id)} downloads it`);
       return;
     }
-    const how = id !== undefined ? cancelCommand(s, id) : `${s.resumeCommand!()} --timeout 0 prints its id; clipag remote cancel ID cancels it`;
+    const how = id !== undefined ? cancelCommand(s, id) : `${s.resumeCommand!()} --timeout 0 prints its id; ${command([...s.cli, 'remote', 'cancel'])} ID cancels it`;
     io.err(`clipag remote: interrupted; the cancel ${id !== undefined ? `of ${id} ` : ''}failed (${(ce as Error).message}): ${how}`);
   }
 }

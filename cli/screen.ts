@@ -2,13 +2,12 @@
 // operator can see where a model puts look-alikes and innocent images before setting min_cosine or a
 // margin, or switching a rule to withhold.
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { DEFAULT_MAX_BYTES, decodeImage } from '../gpu-worker/engine/synth/image.ts';
 import { cosinesOver } from '../gpu-worker/engine/synth/synthesize.ts';
 import { defaultPromptPolicy } from '../shared/prompt-policy.ts';
-import { UsageError, modelDir, policyFile } from './common.ts';
+import { UsageError, modelDir, policyFile, parseCliArgs } from './common.ts';
 
 export const summary = "score images against the content policy's output concepts (calibrate the output check)";
 export const usage = `usage: clipag screen IMAGE.png... --prompt "TEXT" [--model DIR] [--policy FILE.json] [--json]
@@ -24,7 +23,7 @@ model does not know a word or the concept is longer than its context: such a con
 and the rules that match, as the worker would decide them.`;
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCliArgs({
     args: argv,
     allowPositionals: true,
     options: { prompt: { type: 'string' }, model: { type: 'string' }, policy: { type: 'string' }, json: { type: 'boolean' } },

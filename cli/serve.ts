@@ -2,9 +2,8 @@
 // local adapters (filesystem blobs, durable on-disk queue) under .data/, with the default model.
 // This is a composition root: it reads config once and wires functions/ and gpu-worker/ together.
 import { existsSync, readFileSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
-import { isIP } from 'node:net';
+import { createServer, isIP } from 'node:net';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { parseConfig, type LocalConfig } from '../shared/config.ts';
 import { ConfigError, NonRetryableError } from '../shared/errors.ts';
 import { dataFolderWriteProblem } from '../shared/adapters/local/probe.ts';
@@ -17,7 +16,7 @@ import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import type { UnhealthyReason } from '../gpu-worker/worker/worker.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
-import { intArg, REPO_ROOT } from './common.ts';
+import { intArg, REPO_ROOT, parseCliArgs } from './common.ts';
 import { ModelStore } from '../shared/modelstore.ts';
 
 export const summary = 'run the API and the worker locally (no AWS account), with the embedded model';
@@ -76,6 +75,8 @@ export async function serve(
     // Signed links must point at this server unless an explicit public URL was configured.
     publicBaseUrl: env.CLIPAG_PUBLIC_BASE_URL ? config.publicBaseUrl : localBaseUrl(config.host, config.port),
   };
+  // A busy port is refused before the data folder is made or written (its keys, its signing secret).
+  if (local.port !== 0 && (await portInUse(local.port, local.host))) throw portInUseError(local.port, local.host);
   await usableDataFolder(local.dataDir, opts.probeFolder);
   const deps = await localDeps(local).catch((error: unknown) => {
     // The signing secret unreadable or damaged (shared/adapters/local/secret.ts): its message names
@@ -92,7 +93,7 @@ export async function serve(
   mountLocalBlobRoutes(app, blobs, signingSecret);
   // The port first: a second `clipag serve` on a busy port fails before its worker takes a job.
   const server = await startApiServer(app, local.port, local.host).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'EADDRINUSE') throw new EngineError('invalid_input', `port ${local.port} on ${local.host} is in use (another clipag serve?); pass --port N or set PORT`);
+    if (error.code === 'EADDRINUSE') throw portInUseError(local.port, local.host);
     throw error;
   });
   // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
@@ -140,6 +141,19 @@ export async function serve(
   };
 }
 
+function portInUseError(port: number, host: string): EngineError {
+  return new EngineError('invalid_input', `port ${port} on ${host} is in use (another clipag serve?); pass --port N or set PORT`);
+}
+
+/** Whether something listens on the port now (a quick listen and close; any other failure is left to the real listen). */
+function portInUse(port: number, host: string): Promise<boolean> {
+  return new Promise((resolvePort) => {
+    const probe = createServer();
+    probe.once('error', (error: NodeJS.ErrnoException) => resolvePort(error.code === 'EADDRINUSE'));
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolvePort(false)));
+  });
+}
+
 /**
  * Refuses, before anything starts, a data folder this process cannot use: a file, a path through a
  * file, one it cannot make, or one it (or a folder the local adapters write in it) cannot write. A
@@ -178,7 +192,7 @@ async function localApiKey(dataDir: string, keys: { create(a: { name: string; ow
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, data: { type: 'string' }, steps: { type: 'string' } }, strict: true });
+  const { values } = parseCliArgs({ args: argv, options: { port: { type: 'string' }, data: { type: 'string' }, steps: { type: 'string' } }, strict: true });
   // The flags checked here, named as given (a bad --port is not reported as the PORT it would become).
   const port = values.port === undefined ? undefined : intArg(values.port, 'port', 0, 1, 65_535);
   // A cap (min with each job's steps), validated before anything starts.
@@ -189,6 +203,8 @@ export async function run(argv: string[]): Promise<number> {
   process.stderr.write(
     [
       `clipag: API and worker running at ${handle.url} (local mode, data in ${resolve(env.CLIPAG_DATA_DIR ?? '.data')})`,
+      // The cap is said here, and in the record of each job it cuts short (a warning): not a silent change.
+      ...(maxSteps !== undefined ? [`clipag: --steps ${maxSteps}: every job is capped at ${maxSteps} step${maxSteps === 1 ? '' : 's'} (a job that asks for more gets a warning saying so)`] : []),
       '',
       'Try it:',
       `  export CLIPAG=${handle.url} CLIPAG_KEY=${k}     # as the README's examples use them`,

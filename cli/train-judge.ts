@@ -1,9 +1,8 @@
 // clipag train-judge: train the independent judge (a small CNN with one head per attribute) on fresh
 // world images, check it on more fresh images, and write models/toy-judge.
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { ATTRIBUTES, JUDGE_MIN_ACCURACY, Judge, defaultJudgeConfig, judgePasses, trainJudge, writeJudgeBundle } from '../gpu-worker/engine/toy/judge.ts';
-import { REPO_ROOT, bundleOut, checkpointFile, intArg, replaceFolder } from './common.ts';
+import { REPO_ROOT, bundleOut, checkpointFile, intArg, replaceFolder, parseCliArgs } from './common.ts';
 
 export const summary = 'train the independent attribute judge (small CNN) used by eval-pag';
 export const usage = `usage: clipag train-judge [options]
@@ -23,7 +22,7 @@ export const usage = `usage: clipag train-judge [options]
   --threads N          onnxruntime intra-op threads (default 1)`;
 
 /** argv without the named options (and their values). */
-function withoutFlags(argv: readonly string[], tokens: ReturnType<typeof parseArgs>['tokens'], names: readonly string[]): string[] {
+function withoutFlags(argv: readonly string[], tokens: ReturnType<typeof parseCliArgs>['tokens'], names: readonly string[]): string[] {
   const drop = new Set<number>();
   for (const t of tokens ?? []) {
     if (t.kind !== 'option' || !names.includes(t.name)) continue;
@@ -39,7 +38,7 @@ function shellWord(w: string): string {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { values, tokens } = parseArgs({
+  const { values, tokens } = parseCliArgs({
     args: argv,
     tokens: true,
     options: {

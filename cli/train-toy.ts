@@ -2,12 +2,11 @@
 // procedural world, on the CPU, and write a model bundle. Resumable from its checkpoint.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { TOY_ARCH, TOY_RECIPE, defaultToyConfig, trainToyClip, writeToyBundle } from '../gpu-worker/engine/toy/clip-train.ts';
 import { writeWorldPrior } from '../gpu-worker/engine/toy/prior.ts';
 import { zeroShotAccuracy } from '../gpu-worker/engine/toy/zero-shot.ts';
-import { REPO_ROOT, UsageError, bundleOut, checkpointFile, decimalNumber, intArg, replaceFolder } from './common.ts';
+import { REPO_ROOT, UsageError, bundleOut, checkpointFile, decimalNumber, intArg, replaceFolder, parseCliArgs } from './common.ts';
 
 export const summary = 'train the toy mini-CLIP (robust or plain twin) on the procedural world and write a bundle';
 export const usage = `usage: clipag train-toy --variant robust|plain [options]
@@ -55,7 +54,7 @@ function fraction(v: string | undefined, name: string, def: number): number {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
+  const { values } = parseCliArgs({
     args: argv,
     options: {
       variant: { type: 'string' }, out: { type: 'string' }, checkpoint: { type: 'string' }, 'no-resume': { type: 'boolean' },

@@ -1,7 +1,6 @@
 // clipag usage: an owner's monthly usage ledger (ADR 0019) for the operator: show it, audit it against
 // the job records (which carry each run's own usage), and rebuild it from them when it does not read
 // (the API then answers 409 and the worker's adds fail) or missed jobs whose adds failed.
-import { parseArgs } from 'node:util';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig, type Config } from '../shared/config.ts';
 import { CorruptDocumentError, operatorMessage } from '../shared/errors.ts';
@@ -10,7 +9,7 @@ import { MONTH_PATTERN, usageKey } from '../shared/keys.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { MAX_KEYS_PER_DAY, monthCostUsd, readUsage, rebuildUsage, usageFromRecords, type DayUsage, type JobScan, type UsageFigures } from '../shared/usage.ts';
-import { refusal } from './common.ts';
+import { refusal, parseCliArgs } from './common.ts';
 
 export const summary = "show an owner's usage ledger, audit it against the job records, or rebuild it from them";
 export const usage = `usage: clipag usage show --owner ID [--month YYYY-MM] [--json]
@@ -41,7 +40,7 @@ export async function run(
   now: () => Date = () => new Date(),
   env: Readonly<Record<string, string | undefined>> = process.env,
 ): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseCliArgs({
     args: argv,
     options: { owner: { type: 'string' }, month: { type: 'string' }, json: { type: 'boolean' }, 'skip-unreadable': { type: 'boolean' } },
     allowPositionals: true,

@@ -1001,6 +1001,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       }
       await forEachLimited(writes, OUTPUT_WRITE_CONCURRENCY, async (write) => void (await write()));
       const usage = { encoder_passes: outcome.encoderPasses, worker_seconds: Math.max(0, Math.round(elapsedClock() - startedAt)) / 1000 };
+      // The worker's cap (clipag serve --steps) said in the record: its request still shows the steps asked for.
+      const warnings = [...(steps < job.spec.steps ? [`steps capped at ${steps} by this server (asked ${job.spec.steps})`] : []), ...(outcome.warnings ?? [])];
       let wrote = false;
       const done = await store('the job record', () => jobs.update(msg.owner, msg.job_id, (cur) => {
         wrote = false;
@@ -1011,7 +1013,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           ...cur, status: allWithheld ? 'failed' : 'succeeded', finished_at: iso(), progress: { step: total, total }, outputs, usage,
           ...(config.hourlyUsd !== undefined ? { hourly_usd: config.hourlyUsd } : {}),
           error: allWithheld ? { code: 'content_policy', message: withheldMessage(checks) } : null,
-          ...(outcome.warnings?.length ? { warnings: outcome.warnings.slice(0, MAX_JOB_WARNINGS).map((w) => w.slice(0, MAX_JOB_WARNING_CHARS)) } : {}),
+          ...(warnings.length ? { warnings: warnings.slice(0, MAX_JOB_WARNINGS).map((w) => w.slice(0, MAX_JOB_WARNING_CHARS)) } : {}),
           ...(checks.length ? { output_checks: checks } : {}),
         };
       }));

@@ -194,10 +194,10 @@ describe('local mode end to end', () => {
       const queue = new LocalJobQueue({ dir: join(dataDir, 'queue') });
       await queue.send('{"v":1,"job_id":"probe","owner":"local"}');
       await expect(serve({ CLIPAG_DATA_DIR: dataDir, CLIPAG_MODELS_DIR: modelsDir, PORT: port, CLIPAG_RECEIVE_WAIT_SEC: '1', LOG_LEVEL: 'error' }, { recipeOverrides: FAST })).rejects.toThrow(new RegExp(`port ${port} on 127\\.0\\.0\\.1 is in use \\(another clipag serve\\?\\); pass --port N or set PORT`));
-      // A data folder that is a file: said so, before anything starts.
+      // A data folder that is a file: said so, before anything starts (on a free port: a busy one is said first).
       const file = join(dataDir, 'a-file');
       writeFileSync(file, 'x');
-      await expect(serve({ CLIPAG_DATA_DIR: file, CLIPAG_MODELS_DIR: modelsDir, PORT: port, LOG_LEVEL: 'error' })).rejects.toThrow(/the data folder .*a-file \(--data or CLIPAG_DATA_DIR\) is a file, not a folder/);
+      await expect(serve({ CLIPAG_DATA_DIR: file, CLIPAG_MODELS_DIR: modelsDir, PORT: String(await freePort()), LOG_LEVEL: 'error' })).rejects.toThrow(/the data folder .*a-file \(--data or CLIPAG_DATA_DIR\) is a file, not a folder/);
       await new Promise((r) => setTimeout(r, 1500)); // a worker, had one started, would have polled by now
       const [m] = await queue.receive({ max: 1, waitSec: 0 });
       expect([m?.body, m?.receiveCount]).toEqual(['{"v":1,"job_id":"probe","owner":"local"}', 1]); // never received before

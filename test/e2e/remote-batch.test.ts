@@ -164,6 +164,73 @@ describe('clipag remote batch against the local server', () => {
     expect((await uploads(h.apiKey)).length - before).toBe(1);
   });
 
+  it('the folder (its journal) gone, or another -d: a line with an init_file gets the generation the first run made (not a 409 for good), never a second one', async () => {
+    writeFileSync(join(work, 'lost-init.png'), encodePng(solidImage(64, 64, [0.1, 0.3, 0.8])));
+    const file = jsonl(join(work, 'lost.jsonl'), [
+      { id: 'a', prompt: 'a blue square', width: 64, height: 64, seed: 4 },
+      { id: 'd', prompt: '  a blue circle ', init_file: 'lost-init.png', strength: 0.3, width: 64, height: 64, metadata: { run: 'one' } },
+      { id: 'e', prompt: 'a blue circle', init_file: 'lost-init.png', width: 64, height: 64 },
+    ]);
+    const dir = join(work, 'lost');
+    const first = await batch([file], env());
+    expect(first.code, first.stderr).toBe(0);
+    const r1 = results(dir);
+    const made = await listed(h.url, h.apiKey);
+    const uploadsBefore = (await uploads(h.apiKey)).length;
+
+    rmSync(dir, { recursive: true });
+    const again = await batch([file], env());
+    expect(again.code, `${again.stderr}\n${again.stdout.join('\n')}`).toBe(0);
+    expect(results(dir).map((x) => [x.id, x.status, x.generation_id])).toEqual(r1.map((x) => [x.id, 'succeeded', x.generation_id]));
+    expect(await listed(h.url, h.apiKey)).toEqual(made);
+    // One upload at most (the file's, before its key turned out used); the lines' own upload is journaled now.
+    expect((await uploads(h.apiKey)).length - uploadsBefore).toBeLessThanOrEqual(1);
+    const afterRerun = (await uploads(h.apiKey)).length;
+    rmSync(join(dir, 'd.png'));
+    const third = await batch([file], env());
+    expect(third.code).toBe(0);
+    expect((await uploads(h.apiKey)).length).toBe(afterRerun);
+    expect(await listed(h.url, h.apiKey)).toEqual(made);
+
+    // Another -d: the same generations.
+    const other = await batch([file, '-d', join(work, 'lost-other')], env());
+    expect(other.code, other.stderr).toBe(0);
+    expect(results(join(work, 'lost-other')).map((x) => x.generation_id)).toEqual(r1.map((x) => x.generation_id));
+    expect(await listed(h.url, h.apiKey)).toEqual(made);
+  });
+
+  it('a line whose earlier generation cannot be found (deleted) and whose journal is gone: refused saying what happened and what to do; --retry-failed makes it again', async () => {
+    writeFileSync(join(work, 'gone-init.png'), encodePng(solidImage(64, 64, [0.8, 0.8, 0.1])));
+    const file = jsonl(join(work, 'deleted.jsonl'), [{ id: 'g', prompt: 'a yellow square', init_file: 'gone-init.png', width: 64, height: 64 }]);
+    const dir = join(work, 'deleted');
+    const auth = { Authorization: `Bearer ${h.apiKey}` };
+    expect((await batch([file], env())).code).toBe(0);
+    const [first] = results(dir);
+    expect((await fetch(`${h.url}/v1/generations/${first!.generation_id}`, { method: 'DELETE', headers: auth })).status).toBe(200);
+    rmSync(dir, { recursive: true });
+    const made = await listed(h.url, h.apiKey);
+    const refused = await batch([file], env());
+    expect(refused.code).toBe(1);
+    const [r] = results(dir);
+    expect(r).toMatchObject({ status: 'refused', generation_id: null, error: { code: 'idempotency_key_reused' } });
+    const message = (r!.error as { message: string }).message;
+    expect(message).toContain('an earlier run sent this line');
+    expect(message).toContain(`its journal is not in ${dir}`);
+    expect(message).toMatch(/run with that run's -d to get its generation; --retry-failed makes this line again \(a new generation\); --batch-key K makes every line again/);
+    expect(await listed(h.url, h.apiKey)).toEqual(made);
+    // --retry-failed after that run: a new attempt, a new generation.
+    const retried = await batch([file, '--retry-failed'], env());
+    expect(retried.code, retried.stderr).toBe(0);
+    const [r2] = results(dir);
+    expect(r2).toMatchObject({ status: 'succeeded', attempt: 2 });
+    expect(r2!.generation_id).not.toBe(first!.generation_id);
+    // And with no journal at all: --retry-failed finds attempt 2's generation (made just now), not a third.
+    rmSync(dir, { recursive: true });
+    const noJournal = await batch([file, '--retry-failed'], env());
+    expect(noJournal.code, noJournal.stderr).toBe(0);
+    expect(results(dir)[0]).toMatchObject({ status: 'succeeded', attempt: 2, generation_id: r2!.generation_id });
+  });
+
   it('an upload the journal kept that the API no longer has (AWS removes uploads after 5 days) is made again, once, for a line with no generation yet', async () => {
     const png = encodePng(solidImage(64, 64, [0.7, 0.3, 0.1]));
     writeFileSync(join(work, 'old-init.png'), png);

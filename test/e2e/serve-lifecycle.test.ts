@@ -1,7 +1,8 @@
 // `clipag serve` starting and stopping, from a CLI review: a data folder it cannot write was accepted
 // (500 on every POST, the worker retrying EACCES for ever), an empty signing secret stopped it with a
 // message naming no file, and Ctrl-C dropped held `Prefer: wait` requests with no answer.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
@@ -97,6 +98,40 @@ describe('serve refuses a data folder it cannot write, before anything starts', 
       await h.stop();
     }
   });
+});
+
+describe('serve on a busy port', () => {
+  it('is refused before the data folder is made or written (no keys, no signing secret left behind)', async () => {
+    const busy = createServer();
+    await new Promise<void>((ok) => busy.listen(0, '127.0.0.1', ok));
+    const port = (busy.address() as { port: number }).port;
+    const dataDir = join(root, 'busy-port');
+    try {
+      const e = await serve({ ...(await env(dataDir)), PORT: String(port) }, { recipeOverrides: FAST_RECIPE }).catch((error: unknown) => error);
+      expect(String((e as Error).message)).toMatch(new RegExp(`port ${port} on .* is in use \\(another clipag serve\\?\\); pass --port N or set PORT`));
+      expect(existsSync(dataDir)).toBe(false);
+    } finally {
+      await new Promise((ok) => busy.close(ok));
+    }
+  });
+});
+
+describe('serve --steps', () => {
+  it('says the cap in the start banner', async () => {
+    // The worker cannot use its device (no CUDA here), so the verb stops by itself after its banner.
+    const { run } = await import('../../cli/serve.ts');
+    const saved = { ...process.env };
+    const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      Object.assign(process.env, await env(join(root, 'capped-verb')), { CLIPAG_EXECUTION_PROVIDER: 'cuda' });
+      expect(await run(['--steps', '3'])).toBe(1);
+      expect(err.mock.calls.map((c) => String(c[0])).join('')).toMatch(/--steps 3: every job is capped at 3 steps \(a job that asks for more gets a warning saying so\)/);
+    } finally {
+      err.mockRestore();
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      Object.assign(process.env, saved);
+    }
+  }, 60_000);
 });
 
 describe('serve and an unhealthy worker', () => {

@@ -5,7 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { REPO_ROOT } from '../../cli/common.ts';
+import { REPO_ROOT, closestOption, parseCliArgs, sizeShape } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
 import { run as keys } from '../../cli/keys.ts';
 import { BlobApiKeyStore } from '../../shared/apikeys.ts';
@@ -25,12 +25,20 @@ async function capture(fn: () => Promise<number>): Promise<{ code: number; stdou
 }
 
 describe('clipag with no verb, and --help', () => {
-  it('no verb: the verb list on stderr, exit 2 (a usage error)', async () => {
+  it('no verb: what is wrong, then the verb list, on stderr, exit 2 (a usage error)', async () => {
     const r = await capture(() => main([]));
     expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
-    expect(r.stderr).toMatch(/^usage: clipag <verb> \[options\]/);
+    expect(r.stderr).toMatch(/^clipag: give a verb\n\nusage: clipag <verb> \[options\]/);
     expect(r.stderr).toContain('  serve ');
+  });
+
+  it.each([['--version'], ['-v']])('%s: the package version on stdout, exit 0; --help says so', async (flag) => {
+    const r = await capture(() => main([flag]));
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe(`clipag ${JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')).version}`);
+    expect((await capture(() => main(['--help']))).stdout).toMatch(/clipag --version \(or -v\) prints the version/);
   });
 
   it.each([['--help'], ['-h'], ['help']])('%s: the verb list on stdout, exit 0', async (flag) => {
@@ -46,7 +54,7 @@ describe('an unknown verb', () => {
     const r = await capture(() => main(['bogusverb']));
     expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
-    expect(r.stderr).toMatch(/^clipag: unknown verb "bogusverb"\n\nusage: clipag <verb> \[options\]\n\nverbs:\n/);
+    expect(r.stderr).toMatch(/^clipag: unknown verb "bogusverb"\n\nusage: clipag <verb> \[options\]\n {7}clipag --version\n\nverbs:\n/);
     expect(r.stderr).toContain('  serve ');
     expect(r.stderr).toContain('  remote ');
   });
@@ -156,5 +164,133 @@ describe('clipag keys create --name', () => {
     const r = await capture(() => keys(['create', '--name', ` ${'n'.repeat(100)} `, '--json'], store, (l) => console.log(l)));
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout).name).toBe('n'.repeat(100));
+  });
+});
+
+describe('the command line as every verb parses it (parseCliArgs): mistakes are usage errors that say what to do', () => {
+  // A model and a data folder that do not exist: the command line is refused before either is reached.
+  const NO_MODEL = ['--model', '/nonexistent-clipag/model', '-o', '/tmp/clipag-never.png'];
+  it.each([
+    [['generate', 'a red circle', '--stepz', '5', ...NO_MODEL], /^clipag generate: unknown option --stepz \(did you mean --steps\?\)\n\nusage: clipag generate/],
+    [['generate', 'a red circle', '--neg', 'blue', ...NO_MODEL], /^clipag generate: unknown option --neg \(did you mean --negative\?\)/],
+    [['generate', 'a red circle', '--seed', '-1', ...NO_MODEL], /^clipag generate: --seed must be an integer in \[0, 4294967295\], got "-1"\n\nusage/],
+    [['generate', 'a red circle', '--views', '-1,2', ...NO_MODEL], /^clipag generate: --views must look like 32,32, got "-1,2"/],
+    [['generate', 'a red circle', '--steps', '--seed', '1', ...NO_MODEL], /^clipag generate: --steps needs a value \(a value that starts with "-" is written --steps=-…\)/],
+    [['generate', 'a red circle', '--model', '/nonexistent-clipag/model', '-o=/tmp/clipag-never.png'], /^clipag generate: -o=\/tmp\/clipag-never\.png: a short option takes its value after a space: write -o \/tmp\/clipag-never\.png or --out=\/tmp\/clipag-never\.png\n\nusage/],
+    [['generate', 'a red circle', '--steps', '3', '--steps', '4', ...NO_MODEL], /^clipag generate: --steps given twice \(3, 4\); give it once\n\nusage/],
+    [['generate', 'a red circle', '-o', 'a.png', '--out', 'b.png', '--model', '/nonexistent-clipag/model'], /^clipag generate: --out given twice \(a\.png, b\.png\)/],
+    [['serve', '--port', '-1', '--data', '/nonexistent-clipag/data'], /^clipag serve: --port must be an integer in \[1, 65535\], got "-1"/],
+    [['serve', '--prot', '8080'], /^clipag serve: unknown option --prot \(did you mean --port\?\)/],
+    [['embed', '--txt', 'a'], /^clipag embed: unknown option --txt \(did you mean --text\?\)/],
+    [['dlq', 'list', '--limt', '3'], /^clipag dlq: unknown option --limt/],
+  ])('%j', async (argv, message) => {
+    const r = await capture(() => main(argv));
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).not.toMatch(/Unknown option '|is ambiguous|\[invalid_input\]/);
+  });
+
+  it('a flag declared repeatable (--negative) may repeat: the run goes on to the model', async () => {
+    const r = await capture(() => main(['generate', 'a red circle', '--negative', 'blue', '--negative', 'green', ...NO_MODEL]));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/model bundle \/nonexistent-clipag\/model does not exist/);
+  });
+
+  it('returns what parseArgs returns; tokens index the caller\'s argv, a negative value read as a value in the next argument', () => {
+    const argv = ['x', '--seed', '-1', '-n', '-2', '--json', '--', '-3'];
+    const r = parseCliArgs({ args: argv, allowPositionals: true, tokens: true, options: { seed: { type: 'string' }, n: { type: 'string', short: 'n' }, json: { type: 'boolean' } } });
+    expect(r.values).toEqual({ seed: '-1', n: '-2', json: true });
+    expect(r.positionals).toEqual(['x', '-3']);
+    expect(r.tokens!.map((t) => [t.kind, t.index, 'inlineValue' in t ? t.inlineValue : null])).toEqual([
+      ['positional', 0, null], ['option', 1, false], ['option', 3, false], ['option', 5, undefined], ['option-terminator', 6, null], ['positional', 7, null],
+    ]);
+    expect('tokens' in parseCliArgs({ args: ['--seed', '1'], options: { seed: { type: 'string' } } })).toBe(false);
+  });
+
+  it('did you mean: a near name or a prefix, nothing for a far one', () => {
+    expect(closestOption('--stepz', ['steps', 'seed', 'size'])).toBe('steps');
+    expect(closestOption('--neg', ['negative', 'model'])).toBe('negative');
+    expect(closestOption('--frobnicate', ['steps', 'seed'])).toBeUndefined();
+  });
+});
+
+describe('--size: WxH, WXH, or one side for a square (as the API takes a width or a height alone)', () => {
+  it('parses the shape; the verb checks the range', () => {
+    expect(sizeShape('64')).toEqual([64, 64]);
+    expect(sizeShape('64X32')).toEqual([64, 32]);
+    expect(sizeShape('64x32')).toEqual([64, 32]);
+    expect(() => sizeShape('64x')).toThrow(/--size must look like 512x384 \(or 512 for a square\), got "64x"/);
+  });
+
+  it.each([['64'], ['64X64']])('generate --size %s is taken (the run goes on to the model)', async (size) => {
+    const r = await capture(() => main(['generate', 'a red circle', '--size', size, '--model', '/nonexistent-clipag/model', '-o', '/tmp/clipag-never.png']));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/model bundle \/nonexistent-clipag\/model does not exist/);
+  });
+
+  it('generate --size 12: the range, said of the square', async () => {
+    const r = await capture(() => main(['generate', 'a red circle', '--size', '12', '--model', '/nonexistent-clipag/model']));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^clipag generate: --size 12: each side must be a multiple of 8 in \[16, 2048\]/);
+  });
+});
+
+describe('an empty or blank prompt is a usage error (exit 2), as a missing one is', () => {
+  it.each([[['generate', '']], [['generate', '   ']], [['embed', '--text', '']], [['embed', '--text', ' \t']]])('%j', async (argv) => {
+    const r = await capture(() => main([...argv, '--model', '/nonexistent-clipag/model']));
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(/^clipag (generate: the prompt is empty|embed: --text is empty)\n\nusage: clipag/);
+  });
+});
+
+describe('generate: a prompt the content policy refuses', () => {
+  it('is tagged with the API\'s code, content_policy, exit 1', async () => {
+    const r = await capture(() => main(['generate', 'pikachu on a hill', ...NO_MODEL_FLAGS]));
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^clipag generate: refused by the content policy \(copyright, rule protected-characters\): "pikachu" .* \[content_policy\]$/);
+  });
+
+  it('with --json: the refusal as a JSON object on stdout too ({output: null, error: {code, message}})', async () => {
+    const r = await capture(() => main(['generate', 'pikachu on a hill', '--json', ...NO_MODEL_FLAGS]));
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout)).toMatchObject({ output: null, prompt: 'pikachu on a hill', error: { code: 'content_policy', rule: 'protected-characters', category: 'copyright', message: expect.stringMatching(/^refused by the content policy/) } });
+  });
+});
+
+describe('generate: small messages', () => {
+  it('-o "": said to be empty (exit 2), not "is a folder"', async () => {
+    const r = await capture(() => main(['generate', 'a red circle', '-o', '', '--model', '/nonexistent-clipag/model']));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^clipag generate: -o is empty; give a file name/);
+  });
+
+  it('--init with a typo: what --init takes', async () => {
+    const r = await capture(() => main(['generate', 'a red circle', '--init', 'gnm', ...NO_MODEL_FLAGS]));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cannot read init image gnm: ENOENT.*\(--init takes gmm, noise or a PNG file\) \[invalid_input\]/);
+  });
+
+  it('--model NAME (an API model name) points at the models folder\'s bundle of that name', async () => {
+    const r = await capture(() => main(['generate', 'a red circle', '--model', 'toy-plain', '-o', '/tmp/clipag-never.png']));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/does not exist; --model takes a folder: for the model named toy-plain, pass --model \S*models\/toy-plain \[invalid_model\]/);
+  });
+});
+
+const NO_MODEL_FLAGS = ['--model', '/nonexistent-clipag/model', '-o', '/tmp/clipag-never.png'];
+
+describe('clipag models: the first thing to fix is said first', () => {
+  it('push of a judge bundle: named as another kind of bundle (as generate --model says), not a tokenizer complaint', async () => {
+    const r = await capture(() => main(['models', 'push', join(REPO_ROOT, 'models', 'toy-judge'), '--name', 'judge']));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/manifest\.json is a "clipag-toy-judge" bundle, not a CLIP model bundle/);
+    expect(r.stderr).not.toMatch(/"tokenizer" must name a file/);
+  });
+
+  it('import of a source file that does not exist, without --vocab: the missing file, not the missing tokenizer', async () => {
+    const r = await capture(() => main(['models', 'import', '/nonexistent-clipag/nope.pt', '-o', '/nonexistent-clipag/out']));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^clipag models: models import: SRC \/nonexistent-clipag\/nope\.pt does not exist \[invalid_input\]/);
   });
 });

@@ -14,7 +14,7 @@ import type { Generation } from '../../cli/api-client.ts';
 import { ClipagClient, GaveUp, retryAfterMs, WaitPastDeadline } from '../../cli/api-client.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
-import { outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
+import { invocation, outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
 import { encode as fastPngEncode } from 'fast-png';
 import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
@@ -121,7 +121,7 @@ const envelope = (status: number, code: string, message: string, param: string |
 const png = (): Answer => ({ status: 200, body: PNG, headers: { 'content-type': 'image/png' } });
 
 /** `clipag remote` as its run() wires it, minus the process: this environment, output caught; `io` adds a signal, a fetch or a sleep. */
-async function cli(argv: string[], env: Record<string, string> = {}, io: Partial<Pick<RemoteIo, 'signal' | 'fetch' | 'sleep'>> = {}): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
+async function cli(argv: string[], env: Record<string, string> = {}, io: Partial<Pick<RemoteIo, 'signal' | 'fetch' | 'sleep' | 'invokedAs'>> = {}): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
   const out: string[] = [];
   const err: string[] = [];
   const t0 = Date.now();
@@ -246,6 +246,31 @@ describe.concurrent('clipag remote: retries', () => {
     // Shell-quoted: the path has a space.
     expect(res.stderr).toContain(`generation ${id} goes on: clipag remote get ${id} --url ${r.url} -o '${out}' waits for it again`);
     expect(JSON.parse(res.stdout)).toMatchObject({ id, status: 'running' }); // the last view, for a script's sake
+  });
+
+  it('the command that picks a run up is printed in the form clipag was run with (npm run clipag --, npx clipag, node bin/…), not a bare clipag that is not on PATH', async () => {
+    expect(invocation({ npm_lifecycle_event: 'clipag' }, join(REPO_ROOT, 'bin', 'clipag.ts'), '/elsewhere')).toEqual(['npm', 'run', 'clipag', '--']);
+    expect(invocation({ npm_lifecycle_event: 'npx' }, join(REPO_ROOT, 'node_modules', '.bin', 'clipag'), REPO_ROOT)).toEqual(['npx', 'clipag']);
+    // Inherited from an npx that started something else, which started clipag's script.
+    expect(invocation({ npm_lifecycle_event: 'npx' }, join(REPO_ROOT, 'bin', 'clipag.mjs'), REPO_ROOT)).toEqual(['node', join('bin', 'clipag.mjs')]);
+    expect(invocation({}, join(REPO_ROOT, 'bin', 'clipag.ts'), REPO_ROOT)).toEqual(['node', '--import', 'tsx', join('bin', 'clipag.ts')]);
+    expect(invocation({}, join(REPO_ROOT, 'bin', 'clipag.mjs'), '/elsewhere')).toEqual(['node', join(REPO_ROOT, 'bin', 'clipag.mjs')]);
+    expect(invocation({}, '/usr/local/bin/clipag', '/elsewhere')).toEqual(['clipag']);
+    expect(invocation({}, undefined, '/elsewhere')).toEqual(['npx', 'clipag']);
+    const id = newJobId();
+    const r = route('invoked-as', (req) => (req.method === 'POST' ? { status: 202, json: view(id, 'running') } : { status: 202, json: view(id, 'running') }));
+    const out = join(dir, 'invoked.png');
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', out, '--timeout', '0'], {}, { invokedAs: ['npm', 'run', 'clipag', '--'] });
+    expect(res.code).toBe(124);
+    expect(res.stderr).toContain(`generation ${id} goes on: npm run clipag -- remote get ${id} --url ${r.url} -o ${out} waits for it again; npm run clipag -- remote cancel ${id} --url ${r.url} stops it`);
+    // remote batch's "runs the lines not finished" too.
+    writeFileSync(join(dir, 'invoked.jsonl'), '{"id": "i", "prompt": "a red circle"}\n');
+    const b = await cli(['batch', join(dir, 'invoked.jsonl'), '-d', join(dir, 'invoked-out'), '--url', r.url, '--key', KEY, '--timeout', '0'], {}, { invokedAs: ['npx', 'clipag'] });
+    expect(b.code, b.stderr).toBe(124);
+    expect(b.stderr).toContain(`1 generation goes on; npx clipag remote batch ${join(dir, 'invoked.jsonl')} -d ${join(dir, 'invoked-out')} --url ${r.url} picks them up`);
+    // The README says so, and that npx clipag works.
+    const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
+    expect(readme.slice(readme.indexOf('## Command line'))).toMatch(/`npx clipag <verb>`\s+works/);
   });
 
   it('a Retry-After past --timeout before any generation exists (the upload quota): exit 1, not 124, naming the limit and when to retry', async () => {
@@ -655,6 +680,23 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
   });
 });
 
+describe('the README says what the commands do', () => {
+  const flat = (text: string) => text.replace(/\s+/g, ' ');
+  const readme = flat(readFileSync(join(REPO_ROOT, 'README.md'), 'utf8'));
+
+  it("remote's retries: the help's own sentence, the quick retries of a refused local connection or an unknown host included", async () => {
+    const { usage } = await import('../../cli/remote.ts');
+    const sentence = /the gateway's own 429\/5xx and network errors back off .*? at most 12 tries a request/.exec(flat(usage))?.[0];
+    expect(sentence).toContain('2 quick retries');
+    expect(readme).toContain(sentence);
+  });
+
+  it('serve: a job interrupted by Ctrl-C runs again from step 0 on the next start (attempt 2), it does not resume', () => {
+    expect(readme).not.toMatch(/goes back to the queue and resumes on the next start/);
+    expect(readme).toContain('a running job goes back to the queue and runs again from step 0 on the next start, as attempt 2');
+  });
+});
+
 /** The real command, a process of its own, so that Ctrl-C is a real SIGINT. */
 function spawnRemote(argv: string[]): { child: ChildProcess; stderr: () => string; exit: Promise<number | null> } {
   const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'clipag.mjs'), 'remote', ...argv], { env: { ...process.env, CLIPAG_API_KEY: KEY }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -683,7 +725,10 @@ describe.concurrent('clipag remote: Ctrl-C while waiting', () => {
         expect(p.stderr()).toContain(`interrupted; generation ${id} canceled (--cancel-on-interrupt)`);
       } else {
         expect(cancels).toHaveLength(0);
-        expect(p.stderr()).toContain(`interrupted; generation ${id} goes on (not canceled): clipag remote get ${id} --url ${r.url} -o ${join(dir, 'sigint.png')} waits for it again`);
+        // The command as this process was started (node bin/clipag.mjs), which a user can paste.
+        const started = invocation(process.env, join(REPO_ROOT, 'bin', 'clipag.mjs'), process.cwd()).map(shellWord).join(' ');
+        expect(started).toMatch(/^node \S*bin\/clipag\.mjs$/);
+        expect(p.stderr()).toContain(`interrupted; generation ${id} goes on (not canceled): ${started} remote get ${id} --url ${r.url} -o ${join(dir, 'sigint.png')} waits for it again`);
       }
     });
   }
@@ -756,13 +801,18 @@ async function viaMain(argv: string[], env: Record<string, string | undefined>):
   }
 }
 
-describe('clipag remote: argument errors exit 2 with the usage, before any request', () => {
+describe("clipag remote: argument errors exit 2 with the action's usage (not all four's), before any request", () => {
   const empty = join(dir, 'no-data');
   mkdirSync(empty, { recursive: true });
   const cases: Array<[string, string[], Record<string, string | undefined>, RegExp]> = [
     ['a missing prompt', ['generate'], {}, /give exactly one prompt/],
     ['two prompts', ['generate', 'a', 'b'], {}, /give exactly one prompt/],
-    ['a --size that is no size', ['generate', 'a red circle', '--size', 'big'], {}, /--size must look like 128x96, got "big"/],
+    ['a --size that is no size', ['generate', 'a red circle', '--size', 'big'], {}, /--size must look like 128x96 \(or 128 for a square\), got "big"/],
+    ['a one-side --size is a square, and the API rule applies to it', ['generate', 'a red circle', '--size', '100'], {}, /--size 100: the API takes sides of 64-1024 px, multiples of 32/],
+    ['a negative --timeout meets its own range rule (the shared parser)', ['get', 'abc', '--timeout', '-5'], {}, /--timeout must be a number of seconds in \[0, 86400\], got "-5"/],
+    ['-o=x.png (the shared parser)', ['generate', 'a red circle', '-o=x.png'], {}, /-o=x\.png: a short option takes its value after a space/],
+    ['a flag given twice (the shared parser)', ['generate', 'a red circle', '--steps', '3', '--steps', '4'], {}, /--steps given twice \(3, 4\)/],
+    ['batch -d=out (the shared parser)', ['batch', join(dir, 'unused.jsonl'), '-d=out'], {}, /-d=out: a short option takes its value after a space/],
     ['a --size the API does not take', ['generate', 'a red circle', '--size', '100x64'], {}, /--size 100x64: the API takes sides of 64-1024 px, multiples of 32/],
     ['-o in a folder that does not exist', ['generate', 'a red circle', '-o', join(dir, 'nowhere', 'x.png')], {}, /-o .*x\.png: the folder .*nowhere does not exist/],
     ['-o that is a folder', ['generate', 'a red circle', '-o', dir], {}, /is a folder; give a file name/],
@@ -773,7 +823,9 @@ describe('clipag remote: argument errors exit 2 with the usage, before any reque
     ['a bad --timeout', ['get', 'abc', '--timeout', 'soon'], {}, /--timeout must be a number of seconds/],
     ['an unknown action', ['list'], {}, /unknown action "list" \(known: generate, get, cancel, batch\)/],
     ['no action', [], {}, /give an action: generate, get, cancel or batch/],
-    ['an unknown flag', ['cancel', 'abc', '--force'], {}, /Unknown option '--force'/],
+    ['an unknown flag', ['cancel', 'abc', '--force'], {}, /unknown option --force/],
+    ['a misspelt flag is named with the real one', ['generate', 'a red circle', '--stepz', '5'], {}, /unknown option --stepz \(did you mean --steps\?\)/],
+    ['batch --parallel 0', ['batch', join(dir, 'unused.jsonl'), '--parallel', '0'], {}, /--parallel must be an integer in \[1, 16\], got "0"/],
   ];
   for (const [what, argv, env, message] of cases) {
     it(what, async () => {
@@ -782,7 +834,17 @@ describe('clipag remote: argument errors exit 2 with the usage, before any reque
       const res = await viaMain(argv, { CLIPAG_API_URL: r.url, CLIPAG_API_KEY: KEY, ...env });
       expect(res.code, res.stderr).toBe(2);
       expect(res.stderr).toMatch(message);
-      expect(res.stderr).toContain('usage: clipag remote generate "PROMPT" [--negative T]');
+      // The action's synopsis (all four for no action or an unknown one), then where the rest is: not
+      // the whole usage, whose 88 lines would scroll the message away.
+      const action = ['generate', 'get', 'cancel', 'batch'].includes(argv[0] ?? '') ? argv[0]! : undefined;
+      const synopses = { generate: 'usage: clipag remote generate "PROMPT" [--negative T]', get: 'clipag remote get ID [-o out.png]', cancel: 'clipag remote cancel ID [--timeout SEC]', batch: 'clipag remote batch FILE.jsonl [-d DIR]' };
+      for (const [a, synopsis] of Object.entries(synopses)) {
+        if (action === undefined || a === action) expect(res.stderr).toContain(action === undefined ? synopsis.replace(/^usage: /, '') : synopsis.replace(/^(usage: )?/, 'usage: '));
+        else expect(res.stderr).not.toContain(synopsis.replace(/^usage: /, ''));
+      }
+      expect(res.stderr).not.toContain('Retries:');
+      expect(res.stderr.trimEnd().split('\n').length).toBeLessThanOrEqual(7);
+      expect(res.stderr.trimEnd().split('\n').at(-1)).toBe('(clipag remote --help shows the usage)');
       expect(r.seen).toEqual([]);
     });
   }

@@ -273,9 +273,9 @@ describe('clipag generate keeps what was there', () => {
   }, 60_000);
 
   it('an empty prompt, a missing --init file and --style without --init are refused before the model loads; a prompt\'s control characters are shown quoted', async () => {
-    // Bad input exits 1; flags that need another flag are a wrong command line: exit 2, with the usage.
+    // Bad input exits 1; flags that need another flag, and a blank prompt, are a wrong command line: exit 2, with the usage.
     for (const [argv, message, code] of [
-      [['generate', '   '], /the prompt is empty/, 1],
+      [['generate', '   '], /the prompt is empty/, 2],
       [['generate', 'a red circle', '--init', join(dir, 'missing.png')], /cannot read init image .*missing\.png/, 1],
       [['generate', 'a red circle', '--style'], /--style needs an init image/, 2],
       [['generate', 'a red circle', '--strength', '0.5'], /--strength needs an init image/, 2],
@@ -310,4 +310,50 @@ describe('a wrong command line', () => {
     expect(r.stderr).toMatch(/usage: clipag/);
     expect(r.code).toBe(2);
   });
+});
+
+describe('clipag generate with a model that ships no GMM prior (models/toy-plain)', () => {
+  it('starts from noise and says so, as the API does: on stderr, and in --json warnings', async () => {
+    const plain = join(REPO_ROOT, 'models', 'toy-plain');
+    const r = await runCli(['generate', 'a red circle', '--model', plain, '--steps', '1', '--seed', '5', '-o', join(dir, 'plain.png')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/warning: model toy-plain ships no GMM prior: the image started from noise \(init "gmm" needs one; see clipag prior fit\)/);
+    const lines: string[] = [];
+    const log = vi.spyOn(console, 'log').mockImplementation((...a) => void lines.push(a.join(' ')));
+    try {
+      const j = await runCli(['generate', 'a red circle', '--model', plain, '--steps', '1', '--seed', '5', '-o', join(dir, 'plain.png'), '--json']);
+      expect(j.code, j.stderr).toBe(0);
+    } finally {
+      log.mockRestore();
+    }
+    expect(JSON.parse(lines.join('\n')).warnings).toContainEqual(expect.stringMatching(/^model toy-plain ships no GMM prior/));
+    // --init noise asked for: nothing to say. The shipped toy has its prior: nothing either.
+    for (const argv of [['--model', plain, '--init', 'noise'], []]) {
+      const quiet = await runCli(['generate', 'a red circle', ...argv, '--steps', '1', '--seed', '5', '-o', join(dir, 'plain.png')]);
+      expect(quiet.code, quiet.stderr).toBe(0);
+      expect(quiet.stderr).not.toMatch(/ships no GMM prior/);
+    }
+  }, 60_000);
+
+  it('-o with another extension than .png: written as a PNG, with a warning saying so', async () => {
+    const r = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '-o', join(dir, 'photo.jpg')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/warning: -o .*photo\.jpg: the image is written as a PNG whatever the file's extension \(\.jpg\)/);
+    expect(readFileSync(join(dir, 'photo.jpg')).subarray(1, 4).toString()).toBe('PNG');
+  }, 60_000);
+});
+
+describe('clipag embed --text', () => {
+  it('warns about words the model does not know, as generate does (the embedding still printed)', async () => {
+    const lines: string[] = [];
+    const log = vi.spyOn(console, 'log').mockImplementation((...a) => void lines.push(a.join(' ')));
+    try {
+      const r = await runCli(['embed', '--text', 'a purple elephant', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/warning: .*does not know the word "elephant"/);
+    } finally {
+      log.mockRestore();
+    }
+    expect(JSON.parse(lines.join('\n')).kind).toBe('text');
+  }, 60_000);
 });

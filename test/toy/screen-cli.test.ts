@@ -28,7 +28,8 @@ const dir = mkdtempSync(join(tmpdir(), 'clipag-screen-'));
 const policyPath = join(dir, 'policy.json');
 const stars = { id: 'stars', category: 'trademark', action: 'withhold', message: "stars are a client's mark", concepts: ['a star', 'a blue star', 'Mickey Mouse'], above_prompt_by: -0.05 };
 writeFileSync(policyPath, JSON.stringify({ version: 1, rules: [], output_rules: [stars] }));
-const GEN = ['--steps', '30', '--views', '8,8', '--seed', '1'];
+const VIEWS_SEED = ['--views', '8,8', '--seed', '1'];
+const GEN = ['--steps', '30', ...VIEWS_SEED];
 
 let circle: any;
 beforeAll(async () => {
@@ -51,7 +52,7 @@ describe('clipag generate --policy', () => {
   it('a flag rule: the image is written, and the finding reported', async () => {
     const out = join(dir, 'ring-flag.png');
     const frames = join(dir, 'ring-flag-frames');
-    const r = await runCli(['generate', prompt, ...GEN, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('flag'), '--json']);
+    const r = await runCli(['generate', prompt, ...VIEWS_SEED, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('flag'), '--json']);
     expect(r.code, r.stderr).toBe(0);
     const summary = JSON.parse(r.stdout);
     expect(summary).toMatchObject({ output: out, withheld: false });
@@ -64,7 +65,7 @@ describe('clipag generate --policy', () => {
   it('a withhold rule: neither the image nor its frames are written, and the exit status says why (3)', async () => {
     const out = join(dir, 'ring-withheld.png');
     const frames = join(dir, 'ring-frames');
-    const r = await runCli(['generate', prompt, ...GEN, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('withhold'), '--json']);
+    const r = await runCli(['generate', prompt, ...VIEWS_SEED, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('withhold'), '--json']);
     expect(r.code).toBe(WITHHELD_EXIT_CODE);
     expect(JSON.parse(r.stdout)).toMatchObject({ output: null, withheld: true, output_flags: [{ action: 'withhold', rule: 'rings' }] });
     expect(r.stderr).toMatch(/the output check withheld the image \(rule rings\); .*ring-withheld\.png was not written/);
@@ -72,12 +73,12 @@ describe('clipag generate --policy', () => {
     expect(existsSync(frames)).toBe(false); // the folder this run made for them goes too
     // A folder that was there before is the user's: emptied of this run's frames, kept.
     mkdirSync(frames);
-    const kept = await runCli(['generate', prompt, ...GEN, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('withhold')]);
+    const kept = await runCli(['generate', prompt, ...VIEWS_SEED, '--steps', '12', '-o', out, '--frames', frames, '--policy', policyWith('withhold')]);
     expect(kept.code).toBe(WITHHELD_EXIT_CODE);
     expect(readdirSync(frames)).toEqual([]);
     // A file already at the path is the user's: left as it was, and the message says so.
     writeFileSync(out, 'EARLIER');
-    const again = await runCli(['generate', prompt, ...GEN, '--steps', '2', '-o', out, '--policy', policyWith('withhold')]);
+    const again = await runCli(['generate', prompt, ...VIEWS_SEED, '--steps', '2', '-o', out, '--policy', policyWith('withhold')]);
     expect(again.code).toBe(WITHHELD_EXIT_CODE);
     expect(again.stderr).toMatch(/was not written \(the file already there, from before, is left as it was\)/);
     expect(readFileSync(out, 'utf8')).toBe('EARLIER');

@@ -299,6 +299,10 @@ describe('steps cap', () => {
     expect(a.progress).toEqual({ step: 8, total: 8 });
     expect(b.progress).toEqual({ step: 2, total: 2 });
     expect(seen.map((j) => j.spec.steps)).toEqual([4, 2]);
+    // Said in the record of the job it cut short (its request still shows the steps asked for), not of the other.
+    expect(a.warnings).toEqual(['steps capped at 4 by this server (asked 50)']);
+    expect(a.spec.steps).toBe(50);
+    expect(b.warnings ?? []).toEqual([]);
   });
 
   it('the engine synthesizer treats recipeOverrides.steps / maxSteps as a cap, not a replacement', () => {
