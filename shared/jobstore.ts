@@ -1,3 +1,4 @@
+import { forEachLimited } from './concurrency.ts';
 import { readDoc } from './documents.ts';
 import { CorruptDocumentError, NotFoundError, PreconditionFailedError, ValidationError } from './errors.ts';
 import type { BlobStore, JobMutation, JobPage, JobStore, UpdateOptions } from './ports.ts';
@@ -13,6 +14,9 @@ import { JobRecord } from './schemas/job.ts';
  * re-reading on a lost race, so a cancel and a progress write can never overwrite each other.
  * Job ids from `newJobId` sort newest-first, so listing a prefix is already newest-first.
  */
+/** How many job documents a listing reads at once. */
+const LIST_READS_AT_ONCE = 16;
+
 export interface JobStoreLogger {
   warn(msg: string, fields?: Record<string, unknown>): void;
 }
@@ -97,19 +101,30 @@ export class BlobJobStore implements JobStore {
       limit,
       ...(options.cursor !== undefined ? { cursor: BlobJobStore.keyFor(owner, options.cursor) } : {}),
     });
-    const jobs: JobRecord[] = [];
-    for (const item of page.items) {
-      const id = item.key.slice(`jobs/${owner}/`.length, -'.json'.length);
-      if (!RESOURCE_ID_PATTERN.test(id)) continue; // not a job document
-      try {
-        const record = await this.get(owner, id);
-        if (record) jobs.push(record);
-      } catch (error) {
-        // One unreadable document must not hide the owner's other jobs: skip it, tell the operator.
-        if (!(error instanceof CorruptDocumentError)) throw error;
-        this.options.log?.warn('skipping a corrupt job document in a listing', { key: error.key, detail: error.detail });
+    // The page's records are read a few at once (one after another, a 100-job page waited on 100
+    // round trips), each into its slot: the page keeps its key order, newest first.
+    const ids = page.items.map((item) => item.key.slice(`jobs/${owner}/`.length, -'.json'.length)).filter((id) => RESOURCE_ID_PATTERN.test(id)); // others are not job documents
+    const read: Array<JobRecord | CorruptDocumentError | null> = new Array(ids.length).fill(null);
+    try {
+      await forEachLimited(
+        ids.map((id, index) => ({ id, index })),
+        LIST_READS_AT_ONCE,
+        async ({ id, index }) => {
+          try {
+            read[index] = await this.get(owner, id);
+          } catch (error) {
+            // One unreadable document must not hide the owner's other jobs: skip it, tell the operator.
+            if (!(error instanceof CorruptDocumentError)) throw error;
+            read[index] = error;
+          }
+        },
+      );
+    } finally {
+      for (const entry of read) {
+        if (entry instanceof CorruptDocumentError) this.options.log?.warn('skipping a corrupt job document in a listing', { key: entry.key, detail: entry.detail });
       }
     }
+    const jobs = read.filter((entry): entry is JobRecord => entry !== null && !(entry instanceof CorruptDocumentError));
     // The cursor given out is the last job id, so it stays meaningful to the caller and cannot name a key.
     const last = page.items[page.items.length - 1];
     return page.cursor && last ? { jobs, cursor: last.key.slice(`jobs/${owner}/`.length, -'.json'.length) } : { jobs };

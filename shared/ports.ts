@@ -70,6 +70,12 @@ export interface BlobStore {
   list(prefix: string, options?: ListOptions): Promise<ListPage>;
   /** Idempotent: deleting an absent key succeeds. */
   delete(key: string): Promise<void>;
+  /**
+   * `delete` of each key, in as few requests as the store allows (S3: one per 1000 keys). Every key is
+   * validated before any is deleted. Idempotent, as `delete`. Every key is tried: one that could not be
+   * deleted makes it throw after (never a silent partial delete). Optional: without it, delete them one by one.
+   */
+  deleteMany?(keys: readonly string[]): Promise<void>;
   /** Conditional create. Throws PreconditionFailedError when the key exists. */
   putIfAbsent(key: string, body: Uint8Array, options?: PutOptions): Promise<{ etag: string }>;
   /** Conditional replace. Throws PreconditionFailedError when the key is absent or its etag differs. */

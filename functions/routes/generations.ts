@@ -492,9 +492,17 @@ export function registerGenerationRoutes(
       let spec: GenerationSpec;
       let contentFlags: ContentFlag[];
       try {
-        spec = await checkedSpec(owner, request);
-        contentFlags = await screenedPrompts(owner, request);
-        await checkActiveLimit(owner);
+        // The three are independent reads (the models and the upload; the prompt policy; the owner's
+        // active markers), so they run at once: a POST waits on the slowest, not on their sum. Each is
+        // waited for, and the first failure in the order they ran in one after another (the spec, the
+        // prompts, the limit) is the answer, as then. Nothing here writes: the markers, the claim and
+        // the create all come after (ADR 0012, 0016).
+        const [checked, screened, limit] = await Promise.allSettled([checkedSpec(owner, request), screenedPrompts(owner, request), checkActiveLimit(owner)]);
+        if (checked.status === 'rejected') throw checked.reason;
+        if (screened.status === 'rejected') throw screened.reason;
+        if (limit.status === 'rejected') throw limit.reason;
+        spec = checked.value;
+        contentFlags = screened.value;
       } catch (error) {
         const atLimit = error instanceof TooManyRequestsError && error.code === 'too_many_active_jobs';
         const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, waitForJob: atLimit });

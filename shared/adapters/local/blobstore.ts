@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { type FileHandle, mkdir, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
+import { forEachLimited } from '../../concurrency.ts';
 import { checkExpiry, checkPutLimits } from '../signed-url-limits.ts';
 import { assertValidKey, assertValidPrefix, isValidKey } from '../../keys.ts';
 import type {
@@ -45,6 +46,9 @@ const stderrLog = {
 export const STAGE_OUTSIDE_LOCK_BYTES = 64 * 1024;
 
 const ETAG_CACHE_MIN_BYTES = 1 << 20;
+
+/** How many files `deleteMany` removes at once (as deletePrefix did before the batch delete). */
+const LOCAL_DELETES_AT_ONCE = 8;
 
 function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
@@ -322,6 +326,23 @@ export class LocalBlobStore implements BlobStore {
       await this.removeEmptyFolders(this.metaPath(key), join(this.root, 'meta'));
     });
     this.etags.delete(key);
+  }
+
+  /**
+   * `delete` of each key, a few at once, once all are valid (the port's batch delete; on S3 one request):
+   * every key is tried, and the first failure is thrown after.
+   */
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    for (const key of keys) assertValidKey(key);
+    let failure: { error: unknown } | undefined;
+    await forEachLimited(keys, LOCAL_DELETES_AT_ONCE, async (key) => {
+      try {
+        await this.delete(key);
+      } catch (error) {
+        failure ??= { error };
+      }
+    });
+    if (failure) throw failure.error;
   }
 
   /**

@@ -26,6 +26,7 @@ import { queueContract } from './queue.contract.ts';
 import { RESEND_AFTER_MS } from '../../../functions/queued-jobs.ts';
 import { newJobId } from '../../../shared/ids.ts';
 import { BlobJobStore } from '../../../shared/jobstore.ts';
+import { deletePrefix } from '../../../shared/prefix.ts';
 import { GenerationSpec } from '../../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../../shared/schemas/job.ts';
 
@@ -345,6 +346,83 @@ describe('S3 adapter specifics', () => {
       ['jobs/o/c.json', '"e2"', 4],
     ]);
     expect(page.cursor).toBe('jobs/o/c.json');
+  });
+
+  it('[request shape] deleteMany sends one DeleteObjects (quiet, with the checksum S3 requires) per 1000 keys, and deletePrefix one per listed page', async () => {
+    const { client, sent } = capturingClient();
+    const store = await freshS3Store(client);
+    // Keys in no folder: s3rver deletes a DeleteObjects' keys at once, and two that empty a folder together
+    // race on removing it (a 500 the SDK retries). Real S3 has no folders.
+    const keys = Array.from({ length: 12 }, (_, i) => `frame-${i}.png`);
+    for (const key of keys) await store.put(key, Buffer.from('x'));
+    await store.put('other', Buffer.from('x'));
+    sent.length = 0;
+    await deletePrefix(store, 'frame-');
+    expect(sent.map((r) => r.method)).toEqual(['GET', 'POST']); // one LIST, one DeleteObjects: not 12 DELETEs
+    expect(Object.keys(sent[1]!.headers).some((h) => /^(content-md5|x-amz-checksum-)/i.test(h))).toBe(true);
+    expect((await store.list('')).items.map((i) => i.key)).toEqual(['other']);
+
+    // Over 1000 keys: batches of 1000, every key named once.
+    const bodies: string[] = [];
+    const canned = s3Client({
+      requestHandler: {
+        handle: async (request: { method: string; query: Record<string, string | null>; body: string | Uint8Array }) => {
+          expect(request.method).toBe('POST');
+          expect(Object.keys(request.query)).toContain('delete');
+          bodies.push(Buffer.from(request.body).toString('utf8'));
+          const xml = '<?xml version="1.0"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></DeleteResult>';
+          return { response: { statusCode: 200, headers: { 'content-type': 'application/xml' }, body: Readable.from([Buffer.from(xml)]) } };
+        },
+      } as never,
+      maxAttempts: 1,
+    });
+    const many = Array.from({ length: 2345 }, (_, i) => `outputs/o/j/${i}.png`);
+    await new S3BlobStore({ client: canned, bucket: 'b' }).deleteMany(many);
+    const named = bodies.map((b) => [...b.matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1]));
+    expect(named.map((n) => n.length)).toEqual([1000, 1000, 345]);
+    expect(named.flat()).toEqual(many);
+    expect(bodies.every((b) => b.includes('<Quiet>true</Quiet>'))).toBe(true);
+  });
+
+  it('[canned response] a DeleteObjects answered 200 with per-key Errors throws (never a silent partial delete): RetryableError when all are transient, NonRetryableError otherwise; the other batches are still sent', async () => {
+    function answering(errors: Array<[string, string]>) {
+      let requests = 0;
+      const client = s3Client({
+        requestHandler: {
+          handle: async () => {
+            // Only the first batch fails some keys.
+            const failed = requests++ === 0 ? errors.map(([key, code]) => `<Error><Key>${key}</Key><Code>${code}</Code><Message>m ${code}</Message></Error>`).join('') : '';
+            const xml = `<?xml version="1.0"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">${failed}</DeleteResult>`;
+            return { response: { statusCode: 200, headers: { 'content-type': 'application/xml' }, body: Readable.from([Buffer.from(xml)]) } };
+          },
+        } as never,
+        maxAttempts: 1,
+      });
+      return { store: new S3BlobStore({ client, bucket: 'b' }), requests: () => requests };
+    }
+    const keys = Array.from({ length: 1500 }, (_, i) => `outputs/o/j/${i}.png`);
+    const denied = answering([['outputs/o/j/3.png', 'AccessDenied'], ['outputs/o/j/4.png', 'InternalError']]);
+    const error = await denied.store.deleteMany(keys).then(() => undefined, (e: unknown) => e);
+    expect(error).toBeInstanceOf(NonRetryableError);
+    expect((error as Error).message).toContain('2 of 1500');
+    expect((error as Error).message).toContain('outputs/o/j/3.png (AccessDenied');
+    expect(denied.requests()).toBe(2);
+    const busy = answering([['outputs/o/j/7.png', 'SlowDown'], ['outputs/o/j/8.png', 'InternalError']]);
+    await expect(busy.store.deleteMany(keys)).rejects.toBeInstanceOf(RetryableError);
+    // Through deletePrefix, as DELETE /v1/generations/{id} calls it: the failure reaches the caller.
+    const listing = s3Client({
+      requestHandler: {
+        handle: async (request: { method: string }) => {
+          const xml =
+            request.method === 'GET'
+              ? '<?xml version="1.0"?><ListBucketResult><Name>b</Name><KeyCount>1</KeyCount><IsTruncated>false</IsTruncated><Contents><Key>outputs/o/j/0.png</Key><ETag>"e"</ETag><Size>1</Size><LastModified>2025-01-01T00:00:00.000Z</LastModified></Contents></ListBucketResult>'
+              : '<?xml version="1.0"?><DeleteResult><Error><Key>outputs/o/j/0.png</Key><Code>AccessDenied</Code><Message>Access Denied</Message></Error></DeleteResult>';
+          return { response: { statusCode: 200, headers: { 'content-type': 'application/xml' }, body: Readable.from([Buffer.from(xml)]) } };
+        },
+      } as never,
+      maxAttempts: 1,
+    });
+    await expect(deletePrefix(new S3BlobStore({ client: listing, bucket: 'b' }), 'outputs/o/j/')).rejects.toBeInstanceOf(NonRetryableError);
   });
 });
 

@@ -105,6 +105,29 @@ export function blobStoreContract(
       expect((await store.list('d/')).items).toEqual([]);
     });
 
+    it('deleteMany removes every key it is given in one call, absent ones included, and leaves the rest', async () => {
+      const { store } = await makeHarness();
+      expect(store.deleteMany).toBeTypeOf('function');
+      // In no folder: s3rver deletes a batch's keys at once, and two that empty a folder together race on
+      // removing it (a 500 the SDK retries, up to a failed test). S3 has no folders; the local store's
+      // deletePrefix tests (and the routes') cover nested keys.
+      const keys = Array.from({ length: 30 }, (_, i) => `dm-a-${String(i).padStart(2, '0')}.png`);
+      for (const key of keys) await store.put(key, bytes(key));
+      await store.put('dm-b-keep', bytes('keep'));
+      await store.deleteMany!([...keys, 'dm-a-never-written']);
+      expect((await store.list('dm-')).items.map((i) => i.key)).toEqual(['dm-b-keep']);
+      await expect(store.deleteMany!(keys)).resolves.toBeUndefined(); // idempotent
+      await expect(store.deleteMany!([])).resolves.toBeUndefined();
+    });
+
+    it('deleteMany checks every key before deleting any', async () => {
+      const { store } = await makeHarness();
+      await store.put('dm/c/1', bytes('1'));
+      await expect(store.deleteMany!(['dm/c/1', '../escape'])).rejects.toBeInstanceOf(ValidationError);
+      await expect(store.deleteMany!(['dm/c/1', 'a//b'])).rejects.toBeInstanceOf(ValidationError);
+      expect(await store.head('dm/c/1')).not.toBeNull();
+    });
+
     it('rejects keys that could escape their prefix', async () => {
       const { store } = await makeHarness();
       for (const key of ['../x', 'a/../../x', '/abs', 'a//b', 'a/./b', 'a\\b', '', 'a/b/']) {
