@@ -239,6 +239,12 @@ describe('EnginePool.close', () => {
     await waitUntil(() => pool.runningThreads === 0, 'the busy thread to end', 60_000);
   });
 
+  it('a closed pool whose threads all ended is not kept for busyThreads (nothing grows with pools opened and closed)', async () => {
+    const before = EnginePool.trackedPools;
+    for (let i = 0; i < 3; i++) await new EnginePool({ size: 1 }).close();
+    expect(EnginePool.trackedPools).toBe(before);
+  });
+
   it('within the bound it still drains: a run in flight completes', async () => {
     const pool = new EnginePool({ size: 1, sessionOptions: { intraOpThreads: 1 }, closeTimeoutMs: 60_000 });
     const { h } = await loadSlow(pool, 'slow', 200);

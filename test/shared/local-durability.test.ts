@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { RetryableError } from '../../shared/errors.ts';
 import { LocalBlobStore, LocalJobQueue } from '../../shared/adapters/local/index.ts';
-import { withDirLock } from '../../shared/adapters/local/lock.ts';
+import { hostId, withDirLock } from '../../shared/adapters/local/lock.ts';
 import { writeFileDurable } from '../../shared/adapters/local/durable.ts';
 
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), p));
@@ -104,18 +104,7 @@ function deadPid(): number {
   return child.pid!;
 }
 
-/** What withDirLock records as this host (host name plus pid namespace where there is one). */
-function thisHost(): string {
-  let ns = '';
-  try {
-    ns = readlinkSync('/proc/self/ns/pid');
-  } catch {
-    // not Linux
-  }
-  return `${hostname()}${ns ? `|${ns}` : ''}`;
-}
-
-const lockRecord = (pid: number) => JSON.stringify({ token: 'f'.repeat(24), pid, host: thisHost() });
+const lockRecord = (pid: number) => JSON.stringify({ token: 'f'.repeat(24), pid, host: hostId() });
 
 describe('withDirLock with abandoned locks', () => {
   it('contenders that all saw the same abandoned lock never hold it together (200 trials, start jitter)', async () => {
@@ -177,6 +166,14 @@ describe('withDirLock with abandoned locks', () => {
     writeFileSync(lock, lockRecord(process.pid));
     await expect(withDirLock(lock, async () => 'in', { timeoutMs: 200 })).rejects.toBeInstanceOf(RetryableError);
     writeFileSync(lock, JSON.stringify({ token: 'f'.repeat(24), pid: deadPid(), host: 'another-host' }));
+    await expect(withDirLock(lock, async () => 'in', { timeoutMs: 200 })).rejects.toBeInstanceOf(RetryableError);
+    // A machine of the same name sharing the folder (a network mount): its pid namespace has the same
+    // number as ours (the initial one's), but another boot id. Its live holder must not look dead here.
+    // hostId carries this boot's id where Linux gives one (a pid namespace's number alone is the same
+    // on every machine).
+    if (existsSync('/proc/sys/kernel/random/boot_id')) expect(hostId().split('|')).toContain(readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim());
+    const [name, , ns] = hostId().split('|');
+    writeFileSync(lock, JSON.stringify({ token: 'f'.repeat(24), pid: deadPid(), host: [name, 'another-boot-id', ns].join('|') }));
     await expect(withDirLock(lock, async () => 'in', { timeoutMs: 200 })).rejects.toBeInstanceOf(RetryableError);
   });
 

@@ -240,6 +240,11 @@ export class EnginePool {
    * in flight, or one close() gave up waiting for (runningThreads). process.exit() joins every worker
    * thread first, so with such a thread it waits for the call and then aborts (endProcess).
    */
+  /** Pools this thread still tracks for busyThreads (open ones, and closed ones with a thread not ended): diagnostics. */
+  static get trackedPools(): number {
+    return EnginePool.live.size;
+  }
+
   static get busyThreads(): number {
     let n = 0;
     for (const pool of EnginePool.live) {
@@ -619,6 +624,9 @@ export class EnginePool {
     for (const w of this.threads) w.sessions.clear();
     await settlesWithin(Promise.allSettled(ended), TERMINATE_GRACE_MS);
     EnginePool.opened--;
+    // Kept in `live` only while a thread it let go of may still be inside a native call (busyThreads
+    // drops it once that thread has ended).
+    if (this.runningThreads === 0) EnginePool.live.delete(this);
   }
 }
 

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { link, mkdir, open, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
@@ -28,20 +28,24 @@ export class KeyedMutex {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Which pids `process.kill(pid, 0)` can judge: the host name plus, on Linux, the pid namespace.
- * Two containers can share a host name (and a volume) while living in different pid namespaces,
- * where a live holder's pid would look dead to us; the namespace id keeps them apart.
+ * Which pids `process.kill(pid, 0)` can judge: the host name plus, on Linux, this boot of the kernel
+ * (`boot_id`) and the pid namespace. Two containers can share a host name (and a volume) while living
+ * in different pid namespaces, where a live holder's pid would look dead to us; and a namespace's id
+ * is the same number on every host (the initial namespace's), so two machines of one name sharing a
+ * folder (a network mount) are told apart by their boot ids. Anything unreadable is left out, which
+ * only makes ids compare equal less often (a dead holder then waits for the age rule).
  */
 let hostIdCache: string | undefined;
-function hostId(): string {
+export function hostId(): string {
   if (hostIdCache === undefined) {
-    let ns = '';
+    const parts = [hostname()];
     try {
-      ns = readlinkSync('/proc/self/ns/pid'); // e.g. "pid:[4026531836]"
+      parts.push(readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim());
+      parts.push(readlinkSync('/proc/self/ns/pid')); // e.g. "pid:[4026531836]"
     } catch {
       // Not Linux (or no /proc): the host name alone.
     }
-    hostIdCache = `${hostname()}${ns ? `|${ns}` : ''}`;
+    hostIdCache = parts.join('|');
   }
   return hostIdCache;
 }
