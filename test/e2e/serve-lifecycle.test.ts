@@ -13,6 +13,7 @@ import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { FAST_RECIPE, freePort, tinyModelsDir } from '../helpers/serve.ts';
+import { unprivilegedBox } from '../helpers/unprivileged.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-serve-life-'));
 const modelsDir = tinyModelsDir(root);
@@ -31,9 +32,10 @@ async function listening(port: string): Promise<boolean> {
 
 describe('serve refuses a data folder it cannot write, before anything starts', () => {
   it('a folder it cannot write, or a folder the adapters write in it: named, with CLIPAG_DATA_DIR', async () => {
-    // File modes cannot make this case when the tests run as root (root writes through any mode, and a
-    // read-only mount needs privileges a test should not use): the probe's failure is injected, on the
-    // folder it is asked about, as a real EACCES would come.
+    // In this process file modes cannot make this case when the tests run as root (root writes through any
+    // mode, and a read-only mount needs privileges a test should not use): the probe's failure is injected,
+    // on the folder it is asked about, as a real EACCES would come. The next test makes it for real, in a
+    // child process that is not root.
     for (const bad of ['', 'queue']) {
       const dataDir = join(root, `unwritable-${bad || 'root'}`);
       mkdirSync(join(dataDir, 'queue'), { recursive: true });
@@ -53,18 +55,19 @@ describe('serve refuses a data folder it cannot write, before anything starts', 
     }
   });
 
-  // Skipped as root (this machine and CI run as root): root writes into a folder whatever its mode, so
-  // this refusal cannot happen there; Windows has no such modes. The same refusal is covered as root by
-  // the injected-EACCES cases above and by the data folder under a regular file below.
-  it.skipIf(process.getuid?.() === 0 || process.platform === 'win32')('a folder whose mode forbids writing (not as root)', async () => {
-    const { chmodSync } = await import('node:fs');
-    const dataDir = join(root, 'read-only');
-    mkdirSync(dataDir);
-    chmodSync(dataDir, 0o555);
+  // Not injected: `clipag serve` itself, in a child process for which mode 0o555 forbids writing (as root,
+  // the child runs as nobody; see test/helpers/unprivileged.ts), refused by the probe's real EACCES.
+  it('a folder whose mode forbids writing: `clipag serve` refuses it, exit 1, nothing listening', async () => {
+    const box = unprivilegedBox();
     try {
-      await expect(serve(await env(dataDir), { recipeOverrides: FAST_RECIPE })).rejects.toThrow(/is not writable by this user: EACCES creating a file there.*CLIPAG_DATA_DIR/);
+      const port = String(await freePort());
+      const res = await box.clipag(['serve', '--data', box.readOnly, '--port', port], { CLIPAG_MODELS_DIR: modelsDir, LOG_LEVEL: 'error' }, 30_000);
+      expect([res.code, res.stdout], res.stderr).toEqual([1, '']);
+      expect(res.stderr).toMatch(new RegExp(`^clipag serve: the data folder ${escape(box.readOnly)} is not writable by this user: EACCES creating a file there.*; pass --data DIR or set CLIPAG_DATA_DIR`));
+      expect(readdirSync(box.readOnly)).toEqual([]);
+      expect(await listening(port)).toBe(false);
     } finally {
-      chmodSync(dataDir, 0o755);
+      box.remove();
     }
   });
 

@@ -108,10 +108,28 @@ function query(r: () => number, names: readonly string[]): string {
   return parts.length ? `?${parts.join('&')}` : '';
 }
 
+interface Answer {
+  route: string;
+  status: number;
+  code?: string;
+}
+/** How many answers of each route, status and error code ("ROUTE STATUS CODE" → count). */
+function tally(answers: Answer[]): Record<string, number> {
+  const t: Record<string, number> = {};
+  for (const a of answers) {
+    const key = `${a.route} ${a.status}${a.code ? ` ${a.code}` : ''}`;
+    t[key] = (t[key] ?? 0) + 1;
+  }
+  return t;
+}
+/** The answers whose tally key matches. */
+const count = (t: Record<string, number>, match: (key: string) => boolean) => Object.entries(t).reduce((n, [k, v]) => n + (match(k) ? v : 0), 0);
+
 describe('random requests (seeded) never get a 5xx, and every error is the envelope', () => {
   it('POST /v1/generations, /v1/estimates and /v1/uploads with mutated bodies, broken JSON and odd headers', async () => {
     const r = rng(20261206);
     const valid = { prompt: 'a red circle', steps: 2, width: 64, height: 64 };
+    const answers: Answer[] = [];
     for (let i = 0; i < 400; i++) {
       const route = ['/v1/generations', '/v1/estimates', '/v1/uploads'][i % 3]!;
       const headers: Record<string, string> = { 'Content-Type': r() < 0.9 ? 'application/json' : ['text/plain', 'application/json; charset=latin1', ''][Math.floor(r() * 3)]! };
@@ -123,35 +141,68 @@ describe('random requests (seeded) never get a 5xx, and every error is the envel
       const res = await h.request(route, { method: 'POST', headers, body: text, ...('Authorization' in headers ? { key: null } : {}) });
       const what = `POST ${route} ${JSON.stringify(headers)} ${text.slice(0, 300)}`;
       expect(res.status, what).toBeLessThan(500);
-      if (res.status >= 400) await expectEnvelope(res, res.status).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
-      else expect(await res.json(), what).toBeTypeOf('object');
+      if (res.status >= 400) answers.push({ route, status: res.status, code: (await expectEnvelope(res, res.status).catch((e: Error) => expect.fail(`${what}: ${e.message}`))).code });
+      else {
+        expect(await res.json(), what).toBeTypeOf('object');
+        answers.push({ route, status: res.status });
+      }
     }
+    // The corpus reaches the handlers, not only the refusals in front of them (the key, the content type, the
+    // body's size, its JSON): each route took some requests (202, 200, 201) and refused some in its own
+    // validation; a generation and an estimate also reached the content policy and the upload store.
+    const t = tally(answers);
+    const json = JSON.stringify(t);
+    for (const [route, ok] of [['/v1/generations', 202], ['/v1/estimates', 200], ['/v1/uploads', 201]] as const) {
+      expect(t[`${route} ${ok}`], `${route}: ${json}`).toBeGreaterThan(0);
+      expect(t[`${route} 400 validation_error`], `${route}: ${json}`).toBeGreaterThan(0);
+    }
+    for (const route of ['/v1/generations', '/v1/estimates']) {
+      expect(t[`${route} 400 content_policy`], `${route}: ${json}`).toBeGreaterThan(0);
+      expect(t[`${route} 400 upload_not_found`], `${route}: ${json}`).toBeGreaterThan(0);
+    }
+    // Answered before any handler ran: well under the whole corpus (about a fifth with this seed).
+    const upFront = count(t, (k) => / (401 unauthorized|413 payload_too_large|415 unsupported_media_type|400 invalid_json)$/.test(k));
+    expect(upFront, json).toBeLessThan(answers.length / 3);
+    expect(count(t, (k) => / 401 /.test(k)), json).toBeLessThan(answers.length / 10);
   }, 120_000);
 
   it('GET, cancel and DELETE with random ids and queries', async () => {
     const r = rng(7);
     const ids = [created.id, 'nope', '../x', 'a'.repeat(300), '%2e%2e', created.id.toUpperCase(), '', ' ', '\u00e9', created.id + '/frames', '\ud800'];
+    const answers: Answer[] = [];
     for (let i = 0; i < 300; i++) {
       const id = encode(ids[Math.floor(r() * ids.length)]!).replace(/%2F/g, '/');
       const roll = r();
-      const [method, path] =
+      // The route each request was meant for (its id and query aside), for the tally below.
+      const [method, path, meant] =
         roll < 0.3
-          ? ['GET', `/v1/generations${query(r, ['limit', 'cursor', 'status', 'x'])}`]
+          ? ['GET', `/v1/generations${query(r, ['limit', 'cursor', 'status', 'x'])}`, 'list']
           : roll < 0.45
             ? r() < 0.7
-              ? ['GET', `/v1/usage${query(r, ['month', 'api_key_id', 'from', 'to', 'x'])}`]
-              : ['GET', ['/v1/models', '/healthz', '/openapi.json', '/v1', '/v1/', '/'][Math.floor(r() * 6)]! + query(r, ['x'])]
+              ? ['GET', `/v1/usage${query(r, ['month', 'api_key_id', 'from', 'to', 'x'])}`, 'usage']
+              : ['GET', ['/v1/models', '/healthz', '/openapi.json', '/v1', '/v1/', '/'][Math.floor(r() * 6)]! + query(r, ['x']), 'other']
             : roll < 0.6
-              ? ['GET', `/v1/generations/${id}${query(r, ['x'])}`]
+              ? ['GET', `/v1/generations/${id}${query(r, ['x'])}`, 'get']
               : roll < 0.7
-                ? ['GET', `/v1/generations/${id}/frames`]
+                ? ['GET', `/v1/generations/${id}/frames`, 'frames']
                 : roll < 0.85
-                  ? ['POST', `/v1/generations/${id}/cancel`]
-                  : ['DELETE', `/v1/generations/${id}`];
+                  ? ['POST', `/v1/generations/${id}/cancel`, 'cancel']
+                  : ['DELETE', `/v1/generations/${id}`, 'delete'];
       const res = await h.request(path, { method, ...(method === 'POST' ? { headers: { 'Content-Type': 'application/json' }, body: '{}' } : {}) });
       const what = `${method} ${path}`;
       expect(res.status, what).toBeLessThan(500);
-      if (res.status >= 400) await expectEnvelope(res, res.status).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
+      if (res.status >= 400) answers.push({ route: meant, status: res.status, code: (await expectEnvelope(res, res.status).catch((e: Error) => expect.fail(`${what}: ${e.message}`))).code });
+      else answers.push({ route: meant, status: res.status });
     }
+    // The corpus reaches the handlers, not only the router's and the validators' refusals: every route
+    // answered at least once with a success (the created job found, listed, cancelled, deleted) and at
+    // least once refused by its own validation or store (a malformed id or query, an id it does not have).
+    const t = tally(answers);
+    for (const route of ['list', 'usage', 'get', 'frames', 'cancel', 'delete']) {
+      expect(count(t, (k) => k.startsWith(`${route} 2`)), `${route}: ${JSON.stringify(t)}`).toBeGreaterThan(0);
+    }
+    for (const route of ['list', 'usage']) expect(t[`${route} 400 validation_error`], `${route}: ${JSON.stringify(t)}`).toBeGreaterThan(0);
+    for (const route of ['get', 'frames', 'cancel', 'delete']) expect(t[`${route} 404 not_found`], `${route}: ${JSON.stringify(t)}`).toBeGreaterThan(0);
+    expect(count(t, (k) => / 401 /.test(k)), JSON.stringify(t)).toBe(0); // every request carried the key
   }, 120_000);
 });

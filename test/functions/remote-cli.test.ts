@@ -4,7 +4,7 @@
 // envelope) do not exist in local mode at all. The real server is in test/e2e/remote.test.ts. Every
 // answer the stand-in gives is a GenerationView the API's own schema accepts.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chmodSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -20,6 +20,7 @@ import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { UploadView } from '../../functions/schemas.ts';
 import { GenerationView } from '../../shared/schemas/view.ts';
+import { unprivilegedBox } from '../helpers/unprivileged.ts';
 import { EstimateView } from '../../functions/schemas.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'clipag-remote-cli-'));
@@ -952,20 +953,18 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not all
     expect(r.seen).toEqual([]);
   });
 
-  // Skipped when the tests run as root (this machine and CI do): root writes into a folder whatever
-  // its mode, so the refusal this checks cannot happen there. A missing -o folder, refused the same
-  // way before any request, is tested as root too (the argument-error cases above).
-  it.skipIf(process.getuid?.() === 0)('-o in a folder that is not writable', async () => {
-    const locked = join(dir, 'locked');
-    mkdirSync(locked, { recursive: true });
-    chmodSync(locked, 0o500);
+  // The real command in a child process for which mode 0o555 forbids writing (as root, the child runs as
+  // nobody; see test/helpers/unprivileged.ts): refused before any request, as a missing -o folder is.
+  it('-o in a folder that is not writable', async () => {
+    const box = unprivilegedBox();
     try {
-      const r = route('never', () => ({ status: 500, body: 'no request was to be made' }));
-      const res = await viaMain(['generate', 'a red circle', '-o', join(locked, 'x.png')], { CLIPAG_API_URL: r.url, CLIPAG_API_KEY: KEY });
+      const r = route('unwritable-o', () => ({ status: 500, body: 'no request was to be made' }));
+      const res = await box.clipag(['remote', 'generate', 'a red circle', '-o', join(box.readOnly, 'x.png')], { CLIPAG_API_URL: r.url, CLIPAG_API_KEY: KEY });
       expect([res.code, r.seen]).toEqual([2, []]);
-      expect(res.stderr).toMatch(/the folder .*locked is not writable/);
+      expect(res.stderr).toContain(`-o ${join(box.readOnly, 'x.png')}: the folder ${box.readOnly} is not writable`);
+      expect(readdirSync(box.readOnly)).toEqual([]);
     } finally {
-      chmodSync(locked, 0o700);
+      box.remove();
     }
   });
 

@@ -44,7 +44,14 @@ describe('clipag train-toy --out', () => {
     expect(readFileSync(join(victim, 'weights.safetensors')).equals(before)).toBe(false);
     const engine = await ClipEngine.open(victim, { threads: 1 }); // a whole bundle: checksums match
     await engine.close();
-    expect(JSON.parse(readFileSync(join(victim, 'manifest.json'), 'utf8')).training.final.zero_shot).toBeDefined();
+    // The replaced bundle's own zero-shot figures (zeroShotAccuracy on its 512 images), each a fraction.
+    const zeroShot = JSON.parse(readFileSync(join(victim, 'manifest.json'), 'utf8')).training.final.zero_shot as Record<string, number>;
+    expect(Object.keys(zeroShot).sort()).toEqual(['colour', 'heldOut', 'images', 'position', 'seen', 'shape', 'size']);
+    expect(zeroShot.images).toBe(512);
+    for (const k of ['colour', 'heldOut', 'position', 'seen', 'shape', 'size']) {
+      expect(zeroShot[k], k).toBeGreaterThanOrEqual(0);
+      expect(zeroShot[k], k).toBeLessThanOrEqual(1);
+    }
     expect(readdirSync(dir).filter((n) => n.startsWith('.victim.'))).toEqual([]); // no staging left behind
   }, 120_000);
 

@@ -7,6 +7,8 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../cli/main.ts';
 import { WITHHELD_EXIT_CODE } from '../../cli/generate.ts';
+import { defaultPromptPolicy } from '../../shared/prompt-policy.ts';
+import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 
 async function runCli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const out: string[] = [];
@@ -32,10 +34,23 @@ const VIEWS_SEED = ['--views', '8,8', '--seed', '1'];
 const GEN = ['--steps', '30', ...VIEWS_SEED];
 
 let circle: any;
+/** For the circle's `generate`: the texts it embedded as concepts, what the model made of them, and what it handed the shipped policy's output screen (a cosine per concept, the prompt's score). */
+const circleScreen: { embedded: unknown[][]; embeddings: unknown[]; judged: unknown[][] } = { embedded: [], embeddings: [], judged: [] };
 beforeAll(async () => {
-  const r = await runCli(['generate', 'a large red circle on the left', ...GEN, '-o', join(dir, 'circle.png'), '--json']);
-  expect(r.code, r.stderr).toBe(0);
-  circle = JSON.parse(r.stdout);
+  // The shipped policy is compiled once per process (defaultPromptPolicy): the screen generate runs is this one.
+  const judge = vi.spyOn(defaultPromptPolicy().output, 'judge');
+  const embed = vi.spyOn(ClipEngine.prototype, 'conceptEmbeddings');
+  try {
+    const r = await runCli(['generate', 'a large red circle on the left', ...GEN, '-o', join(dir, 'circle.png'), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    circle = JSON.parse(r.stdout);
+    circleScreen.embedded = embed.mock.calls.map((call) => [...call]);
+    circleScreen.embeddings = await Promise.all(embed.mock.results.map((x) => x.value));
+    circleScreen.judged = judge.mock.calls.map((call) => [...call]);
+  } finally {
+    judge.mockRestore();
+    embed.mockRestore();
+  }
   const s = await runCli(['generate', 'a small blue star at the top', ...GEN, '-o', join(dir, 'star.png'), '--json']);
   expect(s.code, s.stderr).toBe(0);
 }, 120_000);
@@ -96,6 +111,13 @@ describe('clipag generate --policy', () => {
 
 describe('clipag screen', () => {
   it('generate runs the shipped output rules: the toy model cannot read their concepts, so nothing is flagged', () => {
+    const shipped = defaultPromptPolicy().output.concepts;
+    expect(shipped.length).toBeGreaterThan(0);
+    // The shipped concepts embedded by the model, once: none of them a text the toy model can read.
+    expect(circleScreen.embedded).toEqual([[shipped]]);
+    expect(circleScreen.embeddings).toEqual([shipped.map(() => null)]);
+    // Judged once by the shipped rules: a null cosine for every concept, and the image's own clip score.
+    expect(circleScreen.judged).toEqual([[shipped.map(() => null), circle.scores[0].cosine]]);
     expect(circle.output_flags).toEqual([]);
   });
 

@@ -166,13 +166,19 @@ describe('drain and lease', () => {
     let finishA!: () => void;
     const gate = new Promise<void>((r) => (finishA = r));
     const a = start(env, { run: async () => (await gate, outcome(6, false)) });
-    await waitForStatus(env, job.id, ['running']);
+    const running = await waitForStatus(env, job.id, ['running']);
     const b = start(env, { run: async () => { throw new Error('the duplicate must not run'); } });
     await waitFor('the duplicate dropped', () => b.events.some((e) => e.type === 'acked' && e.reason === 'duplicate_of_running'));
     finishA();
     const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
     expect([done.status, done.attempts]).toEqual(['succeeded', 1]);
-    expect(done.lease_expires_at).toBeTruthy();
+    // A's lease from its claim (the visibility timeout, 30 s, from when it took the message) is still the
+    // record's: the dropped duplicate neither cleared it nor moved it back.
+    const claimedLease = Date.parse(running.lease_expires_at!);
+    expect(claimedLease - Date.parse(running.started_at!)).toBeGreaterThan(25_000);
+    expect(claimedLease - Date.parse(running.started_at!)).toBeLessThanOrEqual(30_000);
+    expect(new Date(Date.parse(done.lease_expires_at!)).toISOString()).toBe(done.lease_expires_at);
+    expect(Date.parse(done.lease_expires_at!)).toBeGreaterThanOrEqual(claimedLease);
     expect(a.events.some((e) => e.type === 'abort')).toBe(false); // never lease_lost
   });
 

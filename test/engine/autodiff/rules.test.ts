@@ -4,7 +4,7 @@
 // rounding ~eps64·|L|/h ≈ 1e-9, so a relative tolerance of 1e-6 leaves three orders of margin and still
 // fails on any wrong rule (a wrong rule is off by O(1)).
 //
-// Conv, ConvTranspose, Erf, Mean and Softplus have no float64 CPU kernels, so those checks run in float32 with h = 1e-2:
+// Conv, Erf, Mean and Softplus have no float64 CPU kernels, so those checks run in float32 with h = 1e-2:
 // the FD rounding is then ~eps32·Σ|out⊙R|/h ≈ 1.2e-7·(≈20)/1e-2 ≈ 2e-4 relative to an O(1) gradient, and
 // truncation ~h²·|f'''| ≈ 1e-4 (zero for Conv, which is bilinear in X and W). Tolerance 3e-3 covers both
 // with margin while staying far below the O(1) error of a wrong rule.
@@ -459,14 +459,22 @@ describe('graph-level behaviour', () => {
     expect((err as EngineError).detail).toMatchObject({ op: 'Floor', node: 'quantize', input: h });
   });
 
-  test('an active Clip bound is not_differentiable (a rule can refuse one input), naming the input', () => {
-    const b = new Builder();
-    const x = b.input('x', 'float64', [3]);
-    const lo = b.input('lo', 'float64', []);
-    const y = b.op1('Clip', [x, lo], {}, { name: 'clamp' });
-    const l = b.reduceSum(y, [0], false);
-    expect(() => appendGradients(b, { loss: l, wrt: [x, lo] })).toThrow(/op Clip \(node clamp\), input #1 "lo"/);
-    expect(appendGradients(b, { loss: l, wrt: [x] }).get(x)).toBeDefined();
+  test('an active Clip bound is not_differentiable (a rule can refuse one input), naming the input', async () => {
+    const clamped = () => {
+      const b = new Builder();
+      const x = b.input('x', 'float64', [4]);
+      const lo = b.input('lo', 'float64', []);
+      const y = b.op1('Clip', [x, lo], {}, { name: 'clamp' });
+      return { b, x, lo, l: b.reduceSum(y, [0], false) };
+    };
+    const refused = clamped();
+    expect(() => appendGradients(refused.b, { loss: refused.l, wrt: [refused.x, refused.lo] })).toThrow(/op Clip \(node clamp\), input #1 "lo"/);
+    // With x alone it is taken, and the gradient is right: 1 where x is above the bound, 0 where it was clipped.
+    const { runModel } = await import('../../../gpu-worker/engine/runtime/session.ts');
+    const { b, x, l } = clamped();
+    b.output(b.op1('Identity', [appendGradients(b, { loss: l, wrt: [x] }).get(x)!], {}, { outputNames: ['gx'] }));
+    const out = await runModel(b.toModel(), { x: tensor('float64', [4], [-2, 0.5, -0.25, 3]), lo: tensor('float64', [], [0]) });
+    expect([...(out.gx.data as Float64Array)]).toEqual([0, 1, 0, 1]);
   });
 
   test('a Dropout whose training_mode is not a constant false is not differentiable, and says why', () => {
@@ -486,14 +494,21 @@ describe('graph-level behaviour', () => {
     expect(() => b.op1('ReduceMax', [x], { axes: A.ints([1]), noop_with_empty_axes: A.i(1) })).toThrow(/ReduceMax has no "noop_with_empty_axes" attribute/);
   });
 
-  test('an inactive non-differentiable op (off the wrt path) and unsupported ops off the path are fine', () => {
+  test('an inactive non-differentiable op (off the wrt path) and unsupported ops off the path are fine', async () => {
+    const { runModel } = await import('../../../gpu-worker/engine/runtime/session.ts');
     const b = new Builder();
     const x = b.input('x', 'float64', [3]);
     const c = b.input('c', 'float64', [3]);
     const q = b.op1('Sin', [b.op1('Floor', [c])]); // depends on c only, and c is not a wrt
     const l = b.reduceSum(b.mul(q, x), [0], false);
     const g = appendGradients(b, { loss: l, wrt: [x] });
-    expect(g.get(x)).toBeDefined();
+    // L = Σ q·x, so ∂L/∂x is q = sin(floor(c)) exactly: the branch off the path is computed, not differentiated.
+    b.output(b.op1('Identity', [g.get(x)!], {}, { outputNames: ['gx'] }));
+    const cs = [1.7, -0.3, 2.2];
+    const out = await runModel(b.toModel(), { x: tensor('float64', [3], [0.5, -1, 2]), c: tensor('float64', [3], cs) });
+    const want = cs.map((v) => Math.sin(Math.floor(v)));
+    expect(want.every((v) => Math.abs(v) > 0.5)).toBe(true); // no zero the gradient could hit by chance
+    [...(out.gx.data as Float64Array)].forEach((v, i) => expect(v, `∂L/∂x[${i}]`).toBeCloseTo(want[i]!, 12));
   });
 
   test('integer and constant wrt names are refused', () => {
