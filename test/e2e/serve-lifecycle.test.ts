@@ -13,7 +13,7 @@ import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { FAST_RECIPE, freePort, tinyModelsDir } from '../helpers/serve.ts';
-import { unprivilegedBox } from '../helpers/unprivileged.ts';
+import { unprivilegedBox, unprivilegedUnavailable } from '../helpers/unprivileged.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-serve-life-'));
 const modelsDir = tinyModelsDir(root);
@@ -57,7 +57,7 @@ describe('serve refuses a data folder it cannot write, before anything starts', 
 
   // Not injected: `clipag serve` itself, in a child process for which mode 0o555 forbids writing (as root,
   // the child runs as nobody; see test/helpers/unprivileged.ts), refused by the probe's real EACCES.
-  it('a folder whose mode forbids writing: `clipag serve` refuses it, exit 1, nothing listening', async () => {
+  it.skipIf(unprivilegedUnavailable)('a folder whose mode forbids writing: `clipag serve` refuses it, exit 1, nothing listening', async () => {
     const box = unprivilegedBox();
     try {
       const port = String(await freePort());

@@ -20,7 +20,7 @@ import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { UploadView } from '../../functions/schemas.ts';
 import { GenerationView } from '../../shared/schemas/view.ts';
-import { unprivilegedBox } from '../helpers/unprivileged.ts';
+import { unprivilegedBox, unprivilegedUnavailable } from '../helpers/unprivileged.ts';
 import { EstimateView } from '../../functions/schemas.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'clipag-remote-cli-'));
@@ -955,7 +955,7 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not all
 
   // The real command in a child process for which mode 0o555 forbids writing (as root, the child runs as
   // nobody; see test/helpers/unprivileged.ts): refused before any request, as a missing -o folder is.
-  it('-o in a folder that is not writable', async () => {
+  it.skipIf(unprivilegedUnavailable)('-o in a folder that is not writable', async () => {
     const box = unprivilegedBox();
     try {
       const r = route('unwritable-o', () => ({ status: 500, body: 'no request was to be made' }));

@@ -20,6 +20,20 @@ function othersReach(path: string): boolean {
   return true;
 }
 
+/**
+ * Why the child cannot run here, or undefined: as root, uid 65534 must reach the repo, its node_modules
+ * and node itself. A checkout under a folder others may not enter (root's home, mode 0o700) leaves
+ * nothing to run the command as; the tests that need it are skipped there with this reason, and run
+ * wherever the checkout is reachable (this machine's checkouts under /work are).
+ */
+export const unprivilegedUnavailable: string | undefined = (() => {
+  if (!asRoot) return undefined;
+  for (const needed of [REPO_ROOT, join(REPO_ROOT, 'node_modules'), process.execPath]) {
+    if (!othersReach(needed)) return `uid ${NOBODY} cannot read ${needed} (a folder on its way has no x bit for others)`;
+  }
+  return undefined;
+})();
+
 export interface UnprivilegedBox {
   /** A folder (mode 0o555) the child cannot create anything in. */
   readOnly: string;
@@ -34,11 +48,7 @@ export interface UnprivilegedBox {
  * folder is made 0o700), else under /tmp.
  */
 export function unprivilegedBox(): UnprivilegedBox {
-  if (asRoot) {
-    for (const needed of [REPO_ROOT, join(REPO_ROOT, 'node_modules'), process.execPath]) {
-      if (!othersReach(needed)) throw new Error(`uid ${NOBODY} cannot read ${needed} (a folder on its way has no x bit for others): the read-only-folder checks run the command as that user`);
-    }
-  }
+  if (unprivilegedUnavailable) throw new Error(`${unprivilegedUnavailable}: the read-only-folder checks run the command as that user`);
   const base = !asRoot || othersReach(tmpdir()) ? tmpdir() : '/tmp';
   const root = mkdtempSync(join(base, 'clipag-unprivileged-'));
   chmodSync(root, 0o755);
