@@ -70,10 +70,10 @@ export async function markMessageRefused(blobs: BlobStore, owner: string, jobId:
 }
 
 /** A `pending/msg` marker's state: unproven (send it once long queued) or refused (its POST answered 503). */
-export type MessageMarker = { state: 'unproven' | 'refused'; writtenAt: Date };
+export type MessageMarker = { state: 'unproven' | 'refused' };
 
-function markerOf(meta: Pick<BlobMeta, 'size' | 'lastModified'>): MessageMarker {
-  return { state: meta.size > 0 ? 'refused' : 'unproven', writtenAt: meta.lastModified };
+function markerOf(meta: Pick<BlobMeta, 'size'>): MessageMarker {
+  return { state: meta.size > 0 ? 'refused' : 'unproven' };
 }
 
 /** The job's `pending/msg` marker (null: none), found by listing its exact key: both roles may list, neither may read `pending/`. */
@@ -84,15 +84,28 @@ export async function messageMarker(blobs: BlobStore, owner: string, jobId: stri
 }
 
 /**
- * Fails `enqueue_failed` a job whose POST answered 503 but could not fail it then (a refused marker),
- * as its caller was told; a retry with the same Idempotency-Key re-queues it. Conditional: a job sent
- * since the marker was written (a re-queue stamps enqueued_at) or started is left alone.
+ * Whether a refused marker still binds the job: queued, never started, and never queued again since
+ * its create (no `enqueued_at`). A refusal is only ever written for a job fresh from its create, before
+ * anything sent it; every later send stamps `enqueued_at` (a replay's re-queue, a re-send, a worker's
+ * requeue), so a job that has one was queued again after its refusal, and the marker is void. Decided
+ * by the record alone, not by comparing the marker's time with the job's: a listing gives S3's
+ * LastModified in whole seconds, and another machine's clock (ADR 0012).
  */
-export async function failRefusedJob(deps: QueuedJobDeps, job: JobRecord, marker: MessageMarker): Promise<JobRecord> {
+export function refusalBinds(job: JobRecord): boolean {
+  return job.status === 'queued' && job.attempts === 0 && job.enqueued_at === undefined;
+}
+
+/**
+ * Fails `enqueue_failed` a job whose POST answered 503 but could not fail it then (a refused marker),
+ * as its caller was told; a retry with the same Idempotency-Key re-queues it. Conditional: a job
+ * started, ended, or queued again since its create (refusalBinds) is left alone. Returns the record as
+ * it now stands.
+ */
+export async function failRefusedJob(deps: QueuedJobDeps, job: JobRecord): Promise<JobRecord> {
   const now = deps.clock().toISOString();
   let failed = false;
   const current = await deps.jobs.update(job.owner, job.id, (cur) => {
-    failed = cur.status === 'queued' && cur.attempts === 0 && queuedSince(cur) <= marker.writtenAt.getTime();
+    failed = refusalBinds(cur);
     return failed ? { ...cur, status: 'failed', finished_at: now, error: { code: 'enqueue_failed', message: 'the job could not be queued; submit it again' } } : null;
   });
   if (failed) {
@@ -104,12 +117,14 @@ export async function failRefusedJob(deps: QueuedJobDeps, job: JobRecord, marker
 
 /**
  * A replay's re-send, by the sweep's rule: only a long-queued job whose message is not proven sent
- * (its `pending/msg` marker is there, and not a refusal) is sent again. A job merely waiting in a
- * backlog has no marker: re-sending it on every replay would add a duplicate message every 5 minutes.
+ * (its `pending/msg` marker is there, and not a refusal that still binds it) is sent again. A job
+ * merely waiting in a backlog has no marker: re-sending it on every replay would add a duplicate
+ * message every 5 minutes.
  */
 export async function resendIfMessageUnproven(deps: QueuedJobDeps, job: JobRecord): Promise<JobRecord> {
   if (!isLongQueued(job, deps.clock())) return job;
-  if ((await messageMarker(deps.blobs, job.owner, job.id))?.state !== 'unproven') return job;
+  const marker = await messageMarker(deps.blobs, job.owner, job.id);
+  if (!marker || (marker.state === 'refused' && refusalBinds(job))) return job;
   return (await resendIfLongQueued(deps, job)).job;
 }
 
@@ -283,7 +298,10 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, 
     await deps.blobs.delete(marker.key);
     const again = recheck ? await deps.jobs.get(named.owner, named.jobId).catch(() => null) : null;
     if (again && markerNeeded(named.kind, again)) {
-      await markPending(deps.blobs, named.kind, named.owner, named.jobId);
+      // A refusal goes back as a refusal while it binds the job: never as an ordinary marker, which a
+      // later sweep would send behind its 503.
+      if (named.kind === 'msg' && marker.size > 0 && refusalBinds(again)) await markMessageRefused(deps.blobs, named.owner, named.jobId);
+      else await markPending(deps.blobs, named.kind, named.owner, named.jobId);
       report.kept++;
       return;
     }
@@ -385,8 +403,16 @@ async function sweepMessage(deps: SweepDeps, job: JobRecord, marker: MessageMark
   }
   if (marker.state === 'refused') {
     // Its POST answered 503 and could not fail it then: it fails now, as its caller was told.
-    await failRefusedJob(deps, job, marker);
-    return clear();
+    const current = await failRefusedJob(deps, job);
+    if (refusalBinds(current)) {
+      // Not failed (a store answering oddly): the refusal stays as it is, for the next sweep.
+      report.kept++;
+      return;
+    }
+    if (current.status !== 'queued' || current.attempts > 0) return clear();
+    // Still queued: queued again since its refusal (a replay's re-queue stamped enqueued_at), so the
+    // refusal is void and the marker is an ordinary one (that re-queue's send may have failed too).
+    job = current;
   }
   const { resent, sendFailed } = await resendIfLongQueued(deps, job);
   if (sendFailed) {

@@ -341,6 +341,14 @@ export function registerGenerationRoutes(
       if (outcome === 'failed') await clearPending(blobs, 'active', owner, id);
       return outcome;
     }
+    // Every try threw, but one that wrote may have lost its reply (and the later ones their reads): one
+    // last read, so a job already failed is answered as failed (a 503), not as one the sweep will send.
+    const last = await jobs.get(owner, id).catch(() => undefined);
+    if (last === null || (last?.status === 'failed' && last.error?.code === 'enqueue_failed')) {
+      await clearPending(blobs, 'active', owner, id);
+      return 'failed';
+    }
+    if (last !== undefined && !(last.status === 'queued' && last.attempts === 0)) return 'taken';
     return 'unrecorded';
   }
 
@@ -355,6 +363,9 @@ export function registerGenerationRoutes(
     if (outcome !== 'unrecorded') return outcome;
     try {
       await markMessageRefused(blobs, owner, id);
+      // It will not run unless a retry re-queues it (which marks its place again): its place is freed,
+      // so the retry the 503 invited is not refused for the limit this job itself fills. Best effort.
+      await clearPending(blobs, 'active', owner, id);
       return 'failed';
     } catch (error) {
       ctx.log({ level: 'error', msg: 'a refused job could be neither failed nor marked refused: if its create landed, the sweep may still send it', job_id: id, owner, error: operatorMessage(error) });
@@ -491,30 +502,41 @@ export function registerGenerationRoutes(
       // withdrawn, the policy or the count changed); a key used with another body is a 409 first.
       let spec: GenerationSpec;
       let contentFlags: ContentFlag[];
-      try {
-        // The three are independent reads (the models and the upload; the prompt policy; the owner's
-        // active markers), so they run at once: a POST waits on the slowest, not on their sum. Each is
-        // waited for, and the first failure in the order they ran in one after another (the spec, the
-        // prompts, the limit) is the answer, as then. Nothing here writes: the markers, the claim and
-        // the create all come after (ADR 0012, 0016).
-        const [checked, screened, limit] = await Promise.allSettled([checkedSpec(owner, request), screenedPrompts(owner, request), checkActiveLimit(owner)]);
-        if (checked.status === 'rejected') throw checked.reason;
-        if (screened.status === 'rejected') throw screened.reason;
-        if (limit.status === 'rejected') throw limit.reason;
-        spec = checked.value;
-        contentFlags = screened.value;
-      } catch (error) {
-        const atLimit = error instanceof TooManyRequestsError && error.code === 'too_many_active_jobs';
-        const earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, waitForJob: atLimit });
-        // A job that failed to enqueue is not replayed from here: its retry would queue it again, which
-        // is a new job as far as the policy and the limit are concerned.
-        if (!earlier || requeueable(earlier)) throw error;
-        // As in the replay below: long queued and never started, its message may have been lost (this
-        // path runs at the active-job limit, just when an owner's jobs wait).
-        const job = await resendIfMessageUnproven(queuedJobDeps, earlier);
-        c.header('Location', `/v1/generations/${job.id}`);
-        c.header('Idempotent-Replayed', 'true');
-        return c.json(await createdView(await heldUntilEnded(c, job)), 200);
+      for (let pass = 0; ; pass++) {
+        try {
+          // The three are independent reads (the models and the upload; the prompt policy; the owner's
+          // active markers), so they run at once: a POST waits on the slowest, not on their sum. Each is
+          // waited for, and the first failure in the order they ran in one after another (the spec, the
+          // prompts, the limit) is the answer, as then. Nothing here writes: the markers, the claim and
+          // the create all come after (ADR 0012, 0016).
+          const [checked, screened, limit] = await Promise.allSettled([checkedSpec(owner, request), screenedPrompts(owner, request), checkActiveLimit(owner)]);
+          if (checked.status === 'rejected') throw checked.reason;
+          if (screened.status === 'rejected') throw screened.reason;
+          if (limit.status === 'rejected') throw limit.reason;
+          spec = checked.value;
+          contentFlags = screened.value;
+          break;
+        } catch (error) {
+          const atLimit = error instanceof TooManyRequestsError && error.code === 'too_many_active_jobs';
+          let earlier = idempotencyKey === undefined ? null : await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, waitForJob: atLimit });
+          if (earlier?.status === 'queued' && earlier.attempts === 0 && (await messageMarker(blobs, owner, earlier.id))?.state === 'refused') {
+            // Its POST answered 503 and could only mark it refused (ADR 0012): it fails now, as the
+            // claim's replay below does, and is never answered as queued (nothing would run it). At the
+            // limit, the place it held is free now: the checks run once more, and on success the
+            // replay below re-queues it, as the retry the 503 invited asks.
+            earlier = await failRefusedJob(queuedJobDeps, earlier);
+            if (atLimit && pass === 0 && requeueable(earlier)) continue;
+          }
+          // A job that failed to enqueue is not replayed from here: its retry would queue it again, which
+          // is a new job as far as the policy and the limit are concerned.
+          if (!earlier || requeueable(earlier)) throw error;
+          // As in the replay below: long queued and never started, its message may have been lost (this
+          // path runs at the active-job limit, just when an owner's jobs wait).
+          const job = await resendIfMessageUnproven(queuedJobDeps, earlier);
+          c.header('Location', `/v1/generations/${job.id}`);
+          c.header('Idempotent-Replayed', 'true');
+          return c.json(await createdView(await heldUntilEnded(c, job)), 200);
+        }
       }
       if (idempotencyKey !== undefined) {
         const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
@@ -524,7 +546,7 @@ export function registerGenerationRoutes(
             // Its POST answered 503 and could only mark it refused: failed now, it is re-queued below,
             // as the retry the 503 invited asks.
             const marker = await messageMarker(blobs, owner, job.id);
-            if (marker?.state === 'refused') job = await failRefusedJob(queuedJobDeps, job, marker);
+            if (marker?.state === 'refused') job = await failRefusedJob(queuedJobDeps, job);
           }
           if (requeueable(job)) {
             // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
