@@ -1,7 +1,7 @@
 // Options shared by the verbs.
 import { randomUUID } from 'node:crypto';
 import { accessSync, chmodSync, closeSync, constants, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -400,4 +400,30 @@ export function policyFile(path: string): PromptPolicy {
   const parsed = parsePolicyDocument(body);
   if ('problem' in parsed) throw new EngineError('invalid_input', `--policy ${path} is not a valid policy document: ${parsed.problem}`);
   return parsed.policy;
+}
+
+/** One word for a POSIX shell: as it is when it is plain, else in single quotes. */
+export function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * How this process was started, as the words a user pastes to start clipag again the same way: what a
+ * command printed to pick a run up begins with. A README reader has no `clipag` on PATH: they typed
+ * `npm run clipag -- …` (npm names the script it runs), `npx clipag …` (npm's exec), or `node [--import
+ * tsx] bin/clipag.…` (the script's path, relative when it is under the working folder). `clipag` alone
+ * only for an installed command of that name, which is on PATH.
+ */
+export function invocation(env: Readonly<Record<string, string | undefined>>, script: string | undefined, cwd: string): string[] {
+  if (env.npm_lifecycle_event === 'clipag') return ['npm', 'run', 'clipag', '--'];
+  // npm's exec runs the package's bin link, named clipag (a variable a child process inherits: only then).
+  if (env.npm_lifecycle_event === 'npx' && (script === undefined || basename(script) === 'clipag')) return ['npx', 'clipag'];
+  if (script) {
+    const rel = relative(cwd, script);
+    const path = rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : script;
+    if (/\.ts$/.test(script)) return ['node', '--import', 'tsx', path];
+    if (/\.[cm]?js$/.test(script)) return ['node', path];
+    if (basename(script) === 'clipag') return ['clipag'];
+  }
+  return ['npx', 'clipag'];
 }

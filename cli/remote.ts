@@ -12,7 +12,9 @@ import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkPngFile } from '../shared/png-check.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
-import { UsageError, decimalNumber, outputFile, sizeShape, writeWhole } from './common.ts';
+import { UsageError, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
+// Re-exported: the tests and remote-batch.ts take them from here.
+export { invocation, shellWord };
 
 export const summary = 'use a clipag API (deployed or local): generate, get, cancel, or run a batch file, honouring Retry-After';
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
@@ -36,7 +38,7 @@ generate: upload --init (if a file), create the generation (one Idempotency-Key,
 retry), wait for it (Prefer: wait), download its images, print id, status, seeds and scores.
   --negative TEXT     push away from TEXT (the API takes one)
   --steps N           optimization steps (1-${MAX_STEPS}; default: the API's, 100)
-  --size WxH          ${MIN_SIDE}-${MAX_SIDE} px a side, multiples of ${SIDE_MULTIPLE} (default: the model's input size)
+  --size WxH          ${MIN_SIDE}-${MAX_SIDE} px a side, multiples of ${SIDE_MULTIPLE}; N alone is N×N (default: the model's input size)
   --seed S            uint32 seed (default: the API picks one; each image's seed is printed)
   --n N               images (1-${MAX_IMAGES}); with more than one, -o out.png writes out-0.png, out-1.png, …
   --model NAME        a model id from GET /v1/models (default: the deployment's default)
@@ -155,27 +157,6 @@ export interface RemoteIo {
    * clipag`, …: see `invocation`); default `clipag`.
    */
   invokedAs?: readonly string[];
-}
-
-/**
- * How this process was started, as the words a user pastes to start clipag again the same way: what a
- * command printed to pick a run up begins with. A README reader has no `clipag` on PATH: they typed
- * `npm run clipag -- …` (npm names the script it runs), `npx clipag …` (npm's exec), or `node [--import
- * tsx] bin/clipag.…` (the script's path, relative when it is under the working folder). `clipag` alone
- * only for an installed command of that name, which is on PATH.
- */
-export function invocation(env: Readonly<Record<string, string | undefined>>, script: string | undefined, cwd: string): string[] {
-  if (env.npm_lifecycle_event === 'clipag') return ['npm', 'run', 'clipag', '--'];
-  // npm's exec runs the package's bin link, named clipag (a variable a child process inherits: only then).
-  if (env.npm_lifecycle_event === 'npx' && (script === undefined || basename(script) === 'clipag')) return ['npx', 'clipag'];
-  if (script) {
-    const rel = relative(cwd, script);
-    const path = rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : script;
-    if (/\.ts$/.test(script)) return ['node', '--import', 'tsx', path];
-    if (/\.[cm]?js$/.test(script)) return ['node', path];
-    if (basename(script) === 'clipag') return ['clipag'];
-  }
-  return ['npx', 'clipag'];
 }
 
 /** The verb: the composition root. The environment is read here, once, and SIGINT wired to an abort. */
@@ -329,10 +310,6 @@ function outputPaths(out: string, n: number): string[] {
   });
 }
 
-/** One word for a POSIX shell: as it is when it is plain, else in single quotes. */
-export function shellWord(word: string): string {
-  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
-}
 
 const command = (words: string[]) => words.map(shellWord).join(' ');
 
@@ -368,7 +345,7 @@ export interface Session {
   progress: Progress;
   /** generate: the POST's body (its re-send after Ctrl-C), and the command that gets its generation again. */
   body?: GenerationBody;
-  resumeCommand?: () => string;
+  resumeCommand?: (set?: Record<string, string>) => string;
   /** generate: the --init file uploaded. */
   initFile?: string;
 }
@@ -410,12 +387,19 @@ type Token = NonNullable<ReturnType<typeof parseArgs>['tokens']>[number];
  * again would be another request, refused as idempotency_key_reused). A --key is never printed: KEY
  * stands for it.
  */
-function generateCommand(cli: readonly string[], tokens: Token[], key: string, uploadInit: string | undefined): string {
-  const words = [...cli, 'remote', 'generate'];
+export function generateCommand(cli: readonly string[], tokens: Token[], key: string, uploadInit: string | undefined, set: Record<string, string> = {}): string {
+  // The user's words in their order, the key (and any flag set here) last; but before a "--", after
+  // which everything is an argument: there they would join the prompt. A flag in `set` replaces the
+  // user's own (a flag given twice is refused).
+  const words: string[] = [];
+  const added = [...Object.entries(set).flatMap(([name, value]) => [`--${name}`, value]), '--idempotency-key', key];
+  let placed = false;
   for (const t of tokens) {
-    if (t.kind === 'option-terminator') words.push('--');
-    else if (t.kind === 'positional') words.push(t.value);
-    else if (t.name === 'idempotency-key') continue;
+    if (t.kind === 'option-terminator') {
+      words.push(...added, '--');
+      placed = true;
+    } else if (t.kind === 'positional') words.push(t.value);
+    else if (t.name === 'idempotency-key' || Object.hasOwn(set, t.name)) continue;
     else if (t.name === 'key') words.push('--key', 'KEY');
     else if (t.value === undefined) words.push(t.rawName);
     else {
@@ -425,7 +409,7 @@ function generateCommand(cli: readonly string[], tokens: Token[], key: string, u
       else words.push(t.rawName, value);
     }
   }
-  return command([...words, '--idempotency-key', key]);
+  return command([...cli, 'remote', 'generate', ...words, ...(placed ? [] : added)]);
 }
 
 async function generate(argv: string[], io: RemoteIo): Promise<number> {
@@ -491,7 +475,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   const s = session(io, values, DEFAULT_TIMEOUT_SEC, outArg);
   s.progress.idempotencyKey = idempotencyKey;
   s.body = body;
-  s.resumeCommand = () => generateCommand(s.cli, tokens, idempotencyKey, s.progress.uploadInit);
+  s.resumeCommand = (set) => generateCommand(s.cli, tokens, idempotencyKey, s.progress.uploadInit, set);
   if (initFile !== undefined) s.initFile = initFile;
   if (userKey !== undefined && initFile !== undefined) {
     io.err(
@@ -722,7 +706,7 @@ async function cancelAfterInterrupt(s: Session, known: string | undefined): Prom
       io.err(`clipag remote: interrupted; generation ${id} had already ended, nothing to cancel (${ce.detail}): ${getCommand(s, id)} downloads it`);
       return;
     }
-    const how = id !== undefined ? cancelCommand(s, id) : `${s.resumeCommand!()} --timeout 0 prints its id; ${command([...s.cli, 'remote', 'cancel'])} ID cancels it`;
+    const how = id !== undefined ? cancelCommand(s, id) : `${s.resumeCommand!({ timeout: '0' })} prints its id; ${command([...s.cli, 'remote', 'cancel'])} ID cancels it`;
     io.err(`clipag remote: interrupted; the cancel ${id !== undefined ? `of ${id} ` : ''}failed (${(ce as Error).message}): ${how}`);
   }
 }

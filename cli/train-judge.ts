@@ -2,7 +2,7 @@
 // world images, check it on more fresh images, and write models/toy-judge.
 import { join } from 'node:path';
 import { ATTRIBUTES, JUDGE_MIN_ACCURACY, Judge, defaultJudgeConfig, judgePasses, trainJudge, writeJudgeBundle } from '../gpu-worker/engine/toy/judge.ts';
-import { REPO_ROOT, bundleOut, checkpointFile, intArg, replaceFolder, parseCliArgs } from './common.ts';
+import { REPO_ROOT, bundleOut, checkpointFile, intArg, replaceFolder, parseCliArgs, shellWord } from './common.ts';
 
 export const summary = 'train the independent attribute judge (small CNN) used by eval-pag';
 export const usage = `usage: clipag train-judge [options]
@@ -30,11 +30,6 @@ function withoutFlags(argv: readonly string[], tokens: ReturnType<typeof parseCl
     if (t.value !== undefined && !t.inlineValue) drop.add(t.index + 1);
   }
   return argv.filter((_, i) => !drop.has(i));
-}
-
-/** A word as a POSIX shell reads it back. */
-function shellWord(w: string): string {
-  return /^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replaceAll("'", `'\\''`)}'`;
 }
 
 export async function run(argv: string[]): Promise<number> {

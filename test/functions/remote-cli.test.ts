@@ -14,7 +14,10 @@ import type { Generation } from '../../cli/api-client.ts';
 import { ClipagClient, GaveUp, retryAfterMs, WaitPastDeadline } from '../../cli/api-client.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
-import { invocation, outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
+import { generateCommand, invocation, outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
+import { parseArgs as nodeParseArgs } from 'node:util';
+import { execFileSync } from 'node:child_process';
+import { parseCliArgs } from '../../cli/common.ts';
 import { encode as fastPngEncode } from 'fast-png';
 import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
@@ -678,6 +681,27 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
     expect(plain.stderr).toMatch(/^clipag remote: warning: the API key goes to api\.example\.com over plain http/);
     const tls = await cli(['get', id, '--url', 'https://api.example.com/prod', '--key', KEY, '--timeout', '0'], {}, { fetch });
     expect(tls.stderr).not.toContain('warning');
+  });
+});
+
+describe('the remote generate command printed to pick a run up', () => {
+  const options = {
+    url: { type: 'string' }, key: { type: 'string' }, timeout: { type: 'string' }, steps: { type: 'string' }, 'idempotency-key': { type: 'string' }, out: { type: 'string', short: 'o' },
+  } as const;
+  /** The printed command's words as a shell reads them, after "clipag remote generate". */
+  const pasted = (printed: string) => execFileSync('bash', ['-c', `printf '%s\\0' ${printed}`], { encoding: 'utf8' }).split('\0').slice(0, -1).slice(3);
+
+  it('pasted back, it parses: a flag it sets replaces the one given (not twice), and a prompt after -- stays the prompt', () => {
+    const argv = ['--timeout', '60', '--steps', '5', '--', '-a red circle'];
+    const { tokens } = nodeParseArgs({ args: argv, options, allowPositionals: true, strict: true, tokens: true });
+    const printed = generateCommand(['clipag'], tokens, 'clipag-remote-K1', undefined, { timeout: '0' });
+    const back = parseCliArgs({ args: pasted(printed), options, allowPositionals: true, strict: true });
+    expect(back.values).toMatchObject({ timeout: '0', steps: '5', 'idempotency-key': 'clipag-remote-K1' });
+    expect(back.positionals).toEqual(['-a red circle']);
+    // Without a flag to set, the user's own is kept once.
+    const again = parseCliArgs({ args: pasted(generateCommand(['clipag'], tokens, 'clipag-remote-K1', undefined)), options, allowPositionals: true, strict: true });
+    expect(again.values).toMatchObject({ timeout: '60', 'idempotency-key': 'clipag-remote-K1' });
+    expect(again.positionals).toEqual(['-a red circle']);
   });
 });
 
