@@ -874,7 +874,8 @@ describe('a failure that cannot be recorded (the queue or the create fails, and 
     expect((await h.jobs.listByOwner('acct_alice')).jobs.map((j) => j.id)).toEqual([id]);
   });
 
-  it('a create that landed despite its error: 503, and the sweep fails the job enqueue_failed instead of sending it; the retry with the key re-queues it', async () => {
+  /** Updates that fail while `down.updates` is set, and a first create that lands but answers an error (a timeout after the write). */
+  function jobsWhoseFirstCreateLandsAndThrows() {
     const { jobs: failing, down } = jobsWithFailingUpdates();
     let failCreate = true;
     const jobs = new Proxy(failing, {
@@ -888,6 +889,11 @@ describe('a failure that cannot be recorded (the queue or the create fails, and 
             }
           : Reflect.get(target, prop, receiver),
     });
+    return { jobs, down };
+  }
+
+  it('a create that landed despite its error: 503, and the sweep fails the job enqueue_failed instead of sending it; the retry with the key re-queues it', async () => {
+    const { jobs, down } = jobsWhoseFirstCreateLandsAndThrows();
     const app = createApp({ ...h.deps, jobs });
     const send = () => postApple(app, 'k-refused');
     await expectEnvelope(await send(), 503);
@@ -905,19 +911,7 @@ describe('a failure that cannot be recorded (the queue or the create fails, and 
   });
 
   it('the same, retried with the key before any sweep: the retry re-queues the job at once, one job, one message', async () => {
-    const { jobs: failing, down } = jobsWithFailingUpdates();
-    let failCreate = true;
-    const jobs = new Proxy(failing, {
-      get: (target, prop, receiver) =>
-        prop === 'create'
-          ? async (job: JobRecord) => {
-              if (!failCreate) return target.create(job);
-              failCreate = false;
-              await target.create(job);
-              throw new RetryableError('injected: the create timed out (it landed)', { code: 'store_unavailable' });
-            }
-          : Reflect.get(target, prop, receiver),
-    });
+    const { jobs, down } = jobsWhoseFirstCreateLandsAndThrows();
     const app = createApp({ ...h.deps, jobs });
     await expectEnvelope(await postApple(app, 'k-refused-2'), 503);
     down.updates = false;

@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
 import { NonRetryableError, RetryableError } from '../../shared/errors.ts';
-import type { BlobStore, JobStore } from '../../shared/ports.ts';
+import type { BlobStore, JobQueue, JobStore } from '../../shared/ports.ts';
 import { RECENT_JOBS_KEPT, readUsage, recordUsage } from '../../shared/usage.ts';
 import { readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import { OWNER, listKeys, makeEnv, submit, waitFor } from './helpers.ts';
@@ -31,6 +31,20 @@ function failingWrites(blobs: BlobStore, prefix: string, error: () => Error, fai
     replaceIfMatch: guard(blobs.replaceIfMatch.bind(blobs)),
   } as never);
   return { store, counts };
+}
+
+/** The queue with its first ack failing (SQS DeleteMessage timed out): that delivery comes back after its visibility. */
+function ackFailsOnce(queue: JobQueue): JobQueue {
+  let failAck = true;
+  return patched(queue, {
+    ack: (async (receipt: string) => {
+      if (failAck) {
+        failAck = false;
+        throw new RetryableError('injected: SQS DeleteMessage timed out');
+      }
+      return queue.ack(receipt);
+    }) as never,
+  });
 }
 
 type Mutate = Parameters<JobStore['update']>[2];
@@ -134,16 +148,7 @@ describe('the usage ledger and the ack', () => {
   it('a message back after its ack failed, once the ledger has counted 500 other jobs of the owner, adds nothing: the record says its usage is recorded', async () => {
     const env = await makeEnv();
     const job = await submit(env, { steps: 3 });
-    let failAck = true;
-    const queue = patched(env.queue, {
-      ack: (async (receipt: string) => {
-        if (failAck) {
-          failAck = false;
-          throw new RetryableError('injected: SQS DeleteMessage timed out');
-        }
-        return env.queue.ack(receipt);
-      }) as never,
-    });
+    const queue = ackFailsOnce(env.queue);
     let runs = 0;
     const w = start({ queue, jobs: env.jobs, blobs: env.blobs }, stepping(3, 1, () => runs++, [standInImage(0)]), { visibilityTimeoutSec: 2 });
     await waitFor('the first end', () => finishedOf(w.events), 20_000);
@@ -183,16 +188,7 @@ describe('the usage ledger, a job counted long ago', () => {
           return next;
         }, options)) as never,
     }) as JobStore;
-    let failAck = true;
-    const queue = patched(env.queue, {
-      ack: (async (receipt: string) => {
-        if (failAck) {
-          failAck = false;
-          throw new RetryableError('injected: SQS DeleteMessage timed out');
-        }
-        return env.queue.ack(receipt);
-      }) as never,
-    });
+    const queue = ackFailsOnce(env.queue);
     let runs = 0;
     const w = start({ queue, jobs, blobs: env.blobs }, stepping(3, 1, () => runs++, [standInImage(0)]), { visibilityTimeoutSec: 2 });
     await waitFor('the first end', () => finishedOf(w.events), 20_000);
