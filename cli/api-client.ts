@@ -320,10 +320,16 @@ export class ClipagClient {
     return { generation: json, held: res.headers.has('preference-applied') };
   }
 
-  /** GET /v1/generations: one page of the account's generations, newest first (`cursor`: the previous page's next_cursor). */
-  async listGenerations(o: CallOptions & { cursor?: string; limit?: number }): Promise<z.output<typeof GenerationList>> {
-    const query = new URLSearchParams({ limit: String(o.limit ?? 100), ...(o.cursor !== undefined ? { cursor: o.cursor } : {}) });
-    return (await this.#api<z.output<typeof GenerationList>>('GET', `v1/generations?${query}`, GenerationList, 'a list of generations', o)).json;
+  /**
+   * GET /v1/generations?idempotency_key=K: the generation this Idempotency-Key made for the account,
+   * whatever body it was sent with; null when it made none (a 409 idempotency_in_progress, its first
+   * request still making it, is waited out as for a POST). An API older than the lookup ignores the
+   * parameter and answers its plain list, without the key said back: read as none found, so the
+   * caller goes on as it did before there was a lookup.
+   */
+  async generationByKey(key: string, o: CallOptions): Promise<Generation | null> {
+    const { json, res } = await this.#api<z.output<typeof GenerationList>>('GET', `v1/generations?${new URLSearchParams({ idempotency_key: key })}`, GenerationList, 'a list of generations', o);
+    return res.headers.get('idempotency-key') === key ? (json.data[0] ?? null) : null;
   }
 
   /** POST /v1/generations/{id}/cancel (idempotent; 409 job_terminal once it succeeded or failed). */

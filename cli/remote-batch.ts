@@ -47,12 +47,6 @@ interface Line {
   initFile?: { path: string; sha256: string };
   /** The Idempotency-Key's stem: the line's identity (its id, its body, its init file's bytes, --batch-key). */
   stem: string;
-  /**
-   * The fields the line names (but its init, labels and webhook), as the API reads them (a prompt
-   * trimmed), and its labels: what a generation this line made shows in its `request` and `metadata`
-   * (earlierGeneration).
-   */
-  named: { fields: Record<string, unknown>; metadata: Record<string, string> };
   /** Its images' file names in DIR, by index. */
   files: string[];
 }
@@ -166,7 +160,7 @@ async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, d
   // An init file is uploaded once a run, whatever the lines that name it, and kept for the next run.
   const uploads = new Map<string, Promise<string>>();
   for (const [stem, r] of earlier) if (stem.startsWith('upload-') && typeof r.upload === 'string') uploads.set(stem.slice('upload-'.length), Promise.resolve(r.upload));
-  const ctx: RunContext = { s, dir, record, uploads, earlier: new EarlierUploads(s), retryFailed: Boolean(values['retry-failed']) };
+  const ctx: RunContext = { s, dir, record, uploads, earlier, retryFailed: Boolean(values['retry-failed']) };
   const kept = states.filter((st) => st.status === 'succeeded').length;
   io.err(`clipag remote batch: ${lines.length} line${lines.length === 1 ? '' : 's'} from ${file} → ${dir}${kept ? ` (${kept} kept from an earlier run)` : ''}; ${parallel} at once`);
 
@@ -204,8 +198,8 @@ interface RunContext {
   record: (r: JournalRecord) => void;
   /** Upload ids by init file hash: one upload per file a run. */
   uploads: Map<string, Promise<string>>;
-  /** The account's generations made from uploads, read when a line's key turns out used (earlierGeneration). */
-  earlier: EarlierUploads;
+  /** The journal of earlier runs into DIR, by line stem: a line it has no record of looks its key up (lookUp). */
+  earlier: ReadonlyMap<string, JournalRecord>;
   retryFailed: boolean;
 }
 
@@ -291,10 +285,7 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
       .update(JSON.stringify([batchKey, id, canonicalJson(body), init?.sha256 ?? null]))
       .digest('hex')
       .slice(0, 40)}`;
-    const parsed = checked.data as Record<string, unknown>;
-    const fields = Object.fromEntries(Object.keys(body).filter((k) => k !== 'metadata' && k !== 'webhook_url' && k !== 'init').map((k) => [k, parsed[k]]));
-    const named = { fields, metadata: (checked.data.metadata ?? {}) as Record<string, string> };
-    lines.push({ number, id, body: body as GenerationBody, ...(init ? { initFile: init } : {}), stem, files: names, named });
+    lines.push({ number, id, body: body as GenerationBody, ...(init ? { initFile: init } : {}), stem, files: names });
   }
   // An init file that is one of the images: the first result would replace it (and the line's key,
   // made from its bytes, would change: every run would make the line again).
@@ -379,83 +370,28 @@ function startState(line: Line, earlier: JournalRecord | undefined, retryFailed:
 
 /** The API's 409 for an Idempotency-Key used with another body. */
 const KEY_USED = 'idempotency_key_reused';
-/** How many of the account's newest generations a run reads looking for the ones lines made without a journal (100 a page). */
-const MAX_SCANNED_PAGES = 100;
-/** How many different earlier uploads are tried for one line (each a POST that the API answers 409 or with the line's generation). */
-const MAX_GUESSES = 8;
-/** --retry-failed: how many new attempts one run makes of a line whose key an earlier run used (each key may have been used too). */
-const MAX_FRESH_ATTEMPTS = 5;
-
-/**
- * The account's generations whose init was an upload, read a page at a time as lines need them (one
- * read at a time, shared by all lines of the run): where a line finds the upload an earlier run, whose
- * journal is not in DIR, sent it with.
- */
-class EarlierUploads {
-  readonly seen: Array<{ init: string; request: Record<string, unknown>; metadata: Record<string, string> }> = [];
-  #cursor: string | null | undefined;
-  #pages = 0;
-  #reading: Promise<void> | undefined;
-  constructor(private readonly s: Session) {}
-
-  /** Every generation read; or the most this run reads. */
-  get done(): boolean {
-    return this.#cursor === null || this.#pages >= MAX_SCANNED_PAGES;
-  }
-
-  get scanned(): number {
-    return this.#pages;
-  }
-
-  /** One page more (a line that asks while another reads waits for that read). */
-  more(): Promise<void> {
-    this.#reading ??= (async () => {
-      try {
-        const page = await this.s.client.listGenerations({ ...(this.#cursor ? { cursor: this.#cursor } : {}), deadline: this.s.deadline });
-        this.#pages++;
-        for (const g of page.data) {
-          if (g.deleted_at === null && g.request.init.startsWith('upload:')) this.seen.push({ init: g.request.init, request: g.request as Record<string, unknown>, metadata: g.metadata });
-        }
-        this.#cursor = page.next_cursor;
-      } finally {
-        this.#reading = undefined;
-      }
-    })();
-    return this.#reading;
-  }
-}
-
-/**
- * The line's key was used with another body (409): for a line with an init file and no upload in the
- * journal, an earlier run sent it with an upload of its own of the same file (the key is made from the
- * file's bytes, the body names the upload). The API cannot be asked what a key made, so the account's
- * generations are read for the ones whose request is this line's but for the upload, and the POST is
- * sent again with each such upload in turn: the API's own idempotency answers with the key's generation
- * for the body it was made with, and 409 for any other (a wrong guess makes nothing). `null`: none found.
- */
-async function earlierGeneration(ctx: RunContext, s: Session, line: Line, key: string, sent: string): Promise<{ created: Awaited<ReturnType<Session['client']['createGeneration']>>; upload: string } | null> {
-  const tried = new Set([sent]);
-  const matches = (c: EarlierUploads['seen'][number]) =>
-    canonicalJson(c.metadata) === canonicalJson(line.named.metadata) && Object.entries(line.named.fields).every(([k, v]) => canonicalJson(v) === canonicalJson(c.request[k]));
-  for (let i = 0; ; i++) {
-    while (i >= ctx.earlier.seen.length && !ctx.earlier.done) await ctx.earlier.more();
-    if (i >= ctx.earlier.seen.length) return null;
-    const c = ctx.earlier.seen[i]!;
-    if (tried.has(c.init) || !matches(c)) continue;
-    tried.add(c.init);
-    try {
-      const created = await s.client.createGeneration({ ...line.body, init: c.init }, { idempotencyKey: key, waitSec: 0, deadline: s.deadline });
-      return { created, upload: c.init };
-    } catch (e) {
-      // Another upload than the key's (409), or one the API no longer has for a generation it would
-      // queue again: the next.
-      if (!(e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 401)) throw e;
-    }
-    if (tried.size > MAX_GUESSES) return null;
-  }
-}
-
 const keyOf = (line: Line, st: LineState) => (st.attempt === 1 ? line.stem : `${line.stem}-${st.attempt}`);
+
+/**
+ * For a line the journal does not tell about: what its key made, asked of the API
+ * (GET /v1/generations?idempotency_key=), so that a run without the journal (removed, or another -d)
+ * gets it. A line with an init_file needs it most: its body names an upload, and a new upload of the
+ * file under the key an earlier run used would be another body (409). The generation's upload becomes
+ * the line's: sent again with it (journaled in runLine), the line's POST is the key's own request, which
+ * the API answers with that generation (queuing it again if its first send failed), no upload made.
+ * With --retry-failed, an attempt that failed or was canceled is passed for the next (each attempt has
+ * a key of its own; the next one sends the same upload, as after a journal), up to the first attempt
+ * that made nothing, or one that goes on or succeeded; `st.attempt` is then the attempt to send.
+ */
+async function lookUp(ctx: RunContext, s: Session, line: Line, st: LineState): Promise<void> {
+  for (;;) {
+    const g = await s.client.generationByKey(keyOf(line, st), { deadline: s.deadline });
+    if (!g) return;
+    if (line.initFile) st.upload = g.request.init;
+    if (!(ctx.retryFailed && (g.status === 'failed' || g.status === 'canceled'))) return;
+    st.attempt += 1;
+  }
+}
 
 /** The upload of the line's init file: the line's own (from an earlier run), else the run's for that file, else a new one. */
 async function initUpload(ctx: RunContext, line: Line, st: LineState): Promise<string> {
@@ -498,10 +434,15 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
   const s: Session = { ...ctx.s, progress: {} };
   const { record, dir } = ctx;
   st.error = null;
-  let freshAttempts = 0;
+  // A line with an init file and no upload of its own in the journal, or (--retry-failed) one the journal has no record of.
+  let lookup = st.generation_id === null && ((line.initFile !== undefined && st.upload === null) || (ctx.retryFailed && !ctx.earlier.has(line.stem)));
   for (let uploadTries = 0; ; uploadTries++) {
     const body: GenerationBody = { ...line.body };
     try {
+      if (lookup) {
+        lookup = false;
+        await lookUp(ctx, s, line, st);
+      }
       if (line.initFile) {
         if (st.upload === null && !ctx.uploads.has(line.initFile.sha256)) {
           // Checked first without the init, so that a refused prompt spends no upload of the hour's.
@@ -518,21 +459,7 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
         created = await s.client.createGeneration(body, { idempotencyKey: key, waitSec: 0, deadline: s.deadline });
       } catch (e) {
         if (!(e instanceof ApiError && e.status === 409 && e.code === KEY_USED)) throw e;
-        const found = line.initFile && body.init !== undefined ? await earlierGeneration(ctx, s, line, key, body.init) : null;
-        if (found) {
-          // The generation an earlier run made: its upload is the line's from now on.
-          created = found.created;
-          st.upload = found.upload;
-          record({ stem: line.stem, id: line.id, upload: st.upload });
-        } else if (ctx.retryFailed && freshAttempts < MAX_FRESH_ATTEMPTS) {
-          // --retry-failed: a new attempt, under a new key (which an earlier run may have used too).
-          freshAttempts++;
-          st.attempt += 1;
-          uploadTries = -1;
-          continue;
-        } else {
-          throw new ApiError(e.what, e.status, e.code, keyUsedDetail(ctx, line, key, e.detail), e.param, e.requestId);
-        }
+        throw new ApiError(e.what, e.status, e.code, keyUsedDetail(ctx, line, key, e.detail), e.param, e.requestId);
       }
       st.generation_id = created.generation.id;
       // Kept at once: a run that stops now still knows the line's generation, and that this attempt goes on.
@@ -591,8 +518,8 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
 function keyUsedDetail(ctx: RunContext, line: Line, key: string, detail: string): string {
   const todo = `run with that run's -d to get its generation; --retry-failed makes this line again (a new generation); --batch-key K makes every line again`;
   if (!line.initFile) return `${detail}: an earlier request with this line's key ${key} had another body (another client with this key?); ${todo}`;
-  const looked = ctx.earlier.done && ctx.earlier.scanned < MAX_SCANNED_PAGES ? "none of the account's generations is this line's (deleted?)" : `none of the account's ${ctx.earlier.scanned * 100} newest generations is this line's`;
-  return `${detail}: an earlier run sent this line (key ${key}) with another upload of its init_file ${line.initFile.path}, and its journal is not in ${ctx.dir}; ${looked}: ${todo}`;
+  // Without a journaled upload the lookup found nothing, yet the key is used: another run sending this line at once, or an API older than the lookup.
+  return `${detail}: an earlier run sent this line (key ${key}) with another upload of its init_file ${line.initFile.path}, and its journal is not in ${ctx.dir}; the API did not name that run's generation (another run sending this line now, or an API without GET /v1/generations?idempotency_key=): ${todo}`;
 }
 
 /** The fields an ended line's journal record and result carry. */

@@ -93,7 +93,7 @@ Every line is checked before the first request: a bad one is named by its number
   --parallel N      lines in flight at once (1-16, default 4)
   --retry-failed    lines an earlier run of this command saw fail or canceled are made again (by
                     default they stay as they ended: the same Idempotency-Key gets the same generation),
-                    and lines whose key an earlier run used for a generation not found (see below)
+                    and lines refused 409 idempotency_key_reused (see below)
   --batch-key K     mixed into every line's Idempotency-Key: another K makes every line again
   --timeout SEC     the whole run's bound (default 3600); generations go on after it
   --json            print each line's result (as results.jsonl has it) on stdout as it ends
@@ -102,10 +102,10 @@ Running the same command again resumes: lines that succeeded and whose images ar
 every other line's POST is sent again with its own Idempotency-Key, which gets the generation an
 earlier run made (never a second one), and is waited for and downloaded. An init file is uploaded
 once however many lines name it, and not again on a resumed run (unless the API no longer has it).
-Without DIR's journal (removed, or another -d), an init_file line is sent with a new upload, which its
-key refuses (409 idempotency_key_reused); the run then looks among the account's generations for the
-line's (its request but for the upload) and gets it with its upload and the line's key. One it cannot
-find (deleted) is refused, saying so; --retry-failed makes it again.
+Without DIR's journal (removed, or another -d), an init_file line first asks the API what its key
+made (GET /v1/generations?idempotency_key=) and, if it made a generation, gets it with the upload it
+was made with: no upload. A key the API still refuses (409 idempotency_key_reused) after the lookup
+found nothing is refused, saying so. --retry-failed without the journal looks each attempt's key up.
 One run at a time uses DIR (DIR/.lock). A key the API refuses, a URL that is not the API's, or
 nothing listening there stops the run at once.
 

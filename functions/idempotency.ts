@@ -18,6 +18,8 @@ import type { AppLogEntry } from './types.ts';
  */
 
 export const IDEMPOTENCY_KEY_PATTERN = /^[\x21-\x7e]{1,255}$/;
+/** What a key that breaks IDEMPOTENCY_KEY_PATTERN is told, as the header or as GET /v1/generations' `idempotency_key`. */
+export const IDEMPOTENCY_KEY_RULE = 'must be 1..255 visible ASCII characters (no spaces)';
 /** A claim whose job never appeared (its request died in between) is taken over after this long. */
 const STALE_CLAIM_MS = 30_000;
 
@@ -171,6 +173,31 @@ export class IdempotencyLedger {
   }
 
   /**
+   * The job the key's claim names, for GET /v1/generations?idempotency_key= (whatever body made it):
+   * one read of the claim, one of the job, never another owner's (the claim's path and the job's are
+   * the owner's). `null` when the key made none a POST would replay: no claim, an unreadable one, or
+   * one whose job was never written and that the next POST takes over (stale, or released after a
+   * failed create). A live claim whose job is not written yet is 409 idempotency_in_progress, as the
+   * POST answers: the job is a moment away, and "none" would invite a second request with the key.
+   */
+  async madeBy(args: { owner: string; key: string; now: Date }): Promise<JobRecord | null> {
+    const blobKey = idempotencyRecordKey(args.owner, args.key);
+    const object = await this.blobs.get(blobKey);
+    if (!object) return null;
+    let existing: IdempotencyRecord;
+    try {
+      existing = readDoc(IdempotencyRecord, object.body, blobKey);
+    } catch (error) {
+      if (error instanceof CorruptDocumentError) return null;
+      throw error;
+    }
+    const job = await this.jobs.get(args.owner, existing.job_id);
+    if (job) return job;
+    if (args.now.getTime() - Date.parse(existing.created_at) > (this.options.staleMs ?? STALE_CLAIM_MS)) return null;
+    throw inProgress('idempotency_key');
+  }
+
+  /**
    * Claims `key` for a new job `jobId`, or returns the job an earlier request with the same key
    * and body made. Same key with another body → ConflictError (409).
    */
@@ -236,8 +263,8 @@ export class IdempotencyLedger {
   }
 }
 
-function inProgress(): ConflictError {
-  return new ConflictError('a request with this Idempotency-Key is still being processed; retry shortly', { code: 'idempotency_in_progress', param: 'Idempotency-Key' });
+function inProgress(param = 'Idempotency-Key'): ConflictError {
+  return new ConflictError('a request with this Idempotency-Key is still being processed; retry shortly', { code: 'idempotency_in_progress', param });
 }
 
 function keyReused(): ConflictError {

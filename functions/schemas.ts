@@ -3,6 +3,7 @@ import { ApiKeyId, ResourceId, Timestamp } from '../shared/schemas/common.ts';
 import { SORTABLE_ID_PATTERN } from '../shared/names.ts';
 import { ModelName } from '../shared/schemas/generation.ts';
 import { JobError, JobStatus, JobUsage } from '../shared/schemas/job.ts';
+import { IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE } from './idempotency.ts';
 
 /**
  * Response shapes of the public API. Requests use the shared schemas directly
@@ -63,6 +64,16 @@ export const ListQuery = z.object({
     example: 'failed',
     description: `Only generations in this status. A request looks at no more than ${LIST_SCAN_LIMIT} generations, so a page may hold fewer than \`limit\` while \`next_cursor\` is set: keep paging until it is null.`,
   }),
+  idempotency_key: z
+    .string()
+    .regex(IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE)
+    .optional()
+    .openapi({
+      param: { name: 'idempotency_key', in: 'query' },
+      example: 'order-42',
+      description:
+        "The generation an `Idempotency-Key` of this account made (POST /v1/generations), whatever body it was sent with: a list of that one generation (a deleted one too, as lists show it), or empty when the key made none (never used, or its request was refused or failed before the generation was written, so the same key may be sent again). 409 idempotency_in_progress while its first request is still making it. Cannot be combined with limit, cursor or status (400); next_cursor is null. The answer carries the key back in an Idempotency-Key header: an older API that ignores this parameter answers its plain list without it.",
+    }),
 });
 
 export const GenerationFrameList = z

@@ -12,7 +12,7 @@ import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
-import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, type IdempotencyLedger } from '../idempotency.ts';
+import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
@@ -55,10 +55,10 @@ const preferenceApplied = { 'Preference-Applied': { description: 'wait=N when a 
 
 const jobHeaders = z.object({
   Prefer,
-  'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY_PATTERN, 'must be 1..255 visible ASCII characters (no spaces)').optional().openapi({
+  'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE).optional().openapi({
     param: { name: 'Idempotency-Key', in: 'header' },
     description:
-      "Same key and body → the same job (200); same key, other body → 409. A key belongs to the account (shared by all its API keys) and is kept as long as its generation's record. Only this operation reads it.",
+      "Same key and body → the same job (200); same key, other body → 409. A key belongs to the account (shared by all its API keys) and is kept as long as its generation's record. GET /v1/generations?idempotency_key= finds the generation it made.",
   }),
 });
 
@@ -183,12 +183,20 @@ const listGenerations = createRoute({
   tags: ['generations'],
   method: 'get',
   path: '/v1/generations',
-  summary: "The caller's generations, newest first",
+  summary: "The caller's generations, newest first; or the one an Idempotency-Key made",
   security: SECURITY,
   request: { query: ListQuery },
   responses: {
-    200: { description: 'A page of generations', content: { 'application/json': { schema: GenerationList } } },
+    200: {
+      description: 'A page of generations; with idempotency_key, the one the key made, or none',
+      headers: { 'Idempotency-Key': { description: 'With idempotency_key: the key looked up (an API that predates the parameter answers its plain list without it)', schema: { type: 'string' } } },
+      content: { 'application/json': { schema: GenerationList } },
+    },
     ...pick(400, 401, 503),
+    409: {
+      ...conflict('idempotency_in_progress (with idempotency_key: the key\'s first request is still making its generation; retry after Retry-After seconds)'),
+      headers: { 'Retry-After': { description: 'On idempotency_in_progress: seconds to wait before asking again', schema: { type: 'integer', minimum: 0 } } },
+    },
   },
 });
 
@@ -651,8 +659,17 @@ export function registerGenerationRoutes(
   });
 
   app.openapi(listGenerations, async (c) => {
-    const { limit = 20, cursor, status } = c.req.valid('query');
+    const { limit = 20, cursor, status, idempotency_key: key } = c.req.valid('query');
     const owner = c.get('owner');
+    if (key !== undefined) {
+      // The lookup (ADR 0004): the key's claim read directly, no scan. At most one generation, so no page to ask for.
+      const query = c.req.query();
+      const other = (['limit', 'cursor', 'status'] as const).find((p) => query[p] !== undefined);
+      if (other) throw new ValidationError(`${other} cannot be combined with idempotency_key (the lookup answers at most one generation)`, other);
+      const job = await ctx.ledger.madeBy({ owner, key, now: ctx.clock() });
+      c.header('Idempotency-Key', key);
+      return c.json({ object: 'list' as const, data: job ? [await view(job)] : [], next_cursor: null }, 200);
+    }
     if (status === undefined) {
       const page = await jobs.listByOwner(owner, { limit, ...(cursor !== undefined ? { cursor } : {}) });
       const data = await Promise.all(page.jobs.map(view));

@@ -164,7 +164,7 @@ describe('clipag remote batch against the local server', () => {
     expect((await uploads(h.apiKey)).length - before).toBe(1);
   });
 
-  it('the folder (its journal) gone, or another -d: a line with an init_file gets the generation the first run made (not a 409 for good), never a second one', async () => {
+  it('the folder (its journal) gone, or another -d: a line with an init_file gets the generation the first run made by looking its key up: no upload, never a second one', async () => {
     writeFileSync(join(work, 'lost-init.png'), encodePng(solidImage(64, 64, [0.1, 0.3, 0.8])));
     const file = jsonl(join(work, 'lost.jsonl'), [
       { id: 'a', prompt: 'a blue square', width: 64, height: 64, seed: 4 },
@@ -183,23 +183,23 @@ describe('clipag remote batch against the local server', () => {
     expect(again.code, `${again.stderr}\n${again.stdout.join('\n')}`).toBe(0);
     expect(results(dir).map((x) => [x.id, x.status, x.generation_id])).toEqual(r1.map((x) => [x.id, 'succeeded', x.generation_id]));
     expect(await listed(h.url, h.apiKey)).toEqual(made);
-    // One upload at most (the file's, before its key turned out used); the lines' own upload is journaled now.
-    expect((await uploads(h.apiKey)).length - uploadsBefore).toBeLessThanOrEqual(1);
-    const afterRerun = (await uploads(h.apiKey)).length;
+    // No upload at all: each line's key named its generation, and so the upload it was made with (journaled now).
+    expect((await uploads(h.apiKey)).length).toBe(uploadsBefore);
     rmSync(join(dir, 'd.png'));
     const third = await batch([file], env());
     expect(third.code).toBe(0);
-    expect((await uploads(h.apiKey)).length).toBe(afterRerun);
+    expect((await uploads(h.apiKey)).length).toBe(uploadsBefore);
     expect(await listed(h.url, h.apiKey)).toEqual(made);
 
-    // Another -d: the same generations.
+    // Another -d: the same generations, no upload either.
     const other = await batch([file, '-d', join(work, 'lost-other')], env());
     expect(other.code, other.stderr).toBe(0);
     expect(results(join(work, 'lost-other')).map((x) => x.generation_id)).toEqual(r1.map((x) => x.generation_id));
     expect(await listed(h.url, h.apiKey)).toEqual(made);
+    expect((await uploads(h.apiKey)).length).toBe(uploadsBefore);
   });
 
-  it('a line whose earlier generation cannot be found (deleted) and whose journal is gone: refused saying what happened and what to do; --retry-failed makes it again', async () => {
+  it('a line whose generation was deleted and whose journal is gone: the lookup finds it, says it was deleted, and makes nothing (no upload, no generation)', async () => {
     writeFileSync(join(work, 'gone-init.png'), encodePng(solidImage(64, 64, [0.8, 0.8, 0.1])));
     const file = jsonl(join(work, 'deleted.jsonl'), [{ id: 'g', prompt: 'a yellow square', init_file: 'gone-init.png', width: 64, height: 64 }]);
     const dir = join(work, 'deleted');
@@ -209,26 +209,42 @@ describe('clipag remote batch against the local server', () => {
     expect((await fetch(`${h.url}/v1/generations/${first!.generation_id}`, { method: 'DELETE', headers: auth })).status).toBe(200);
     rmSync(dir, { recursive: true });
     const made = await listed(h.url, h.apiKey);
-    const refused = await batch([file], env());
-    expect(refused.code).toBe(1);
+    const uploadsBefore = (await uploads(h.apiKey)).length;
+    const again = await batch([file], env());
+    expect(again.code).toBe(1);
     const [r] = results(dir);
-    expect(r).toMatchObject({ status: 'refused', generation_id: null, error: { code: 'idempotency_key_reused' } });
-    const message = (r!.error as { message: string }).message;
-    expect(message).toContain('an earlier run sent this line');
-    expect(message).toContain(`its journal is not in ${dir}`);
-    expect(message).toMatch(/run with that run's -d to get its generation; --retry-failed makes this line again \(a new generation\); --batch-key K makes every line again/);
+    // As with the journal: the line's generation, whose images are gone.
+    expect(r).toMatchObject({ status: 'error', generation_id: first!.generation_id, error: { code: 'no_images' } });
+    expect((r!.error as { message: string }).message).toMatch(/has no images to download \(deleted at /);
     expect(await listed(h.url, h.apiKey)).toEqual(made);
-    // --retry-failed after that run: a new attempt, a new generation.
-    const retried = await batch([file, '--retry-failed'], env());
-    expect(retried.code, retried.stderr).toBe(0);
-    const [r2] = results(dir);
-    expect(r2).toMatchObject({ status: 'succeeded', attempt: 2 });
-    expect(r2!.generation_id).not.toBe(first!.generation_id);
-    // And with no journal at all: --retry-failed finds attempt 2's generation (made just now), not a third.
+    expect((await uploads(h.apiKey)).length).toBe(uploadsBefore);
+  });
+
+  it('--retry-failed without a journal: the lookup passes the failed attempt (no guess, no upload) and makes the next; without the flag the same failed generation', async () => {
+    writeFileSync(join(work, 'cat-init.png'), encodePng(solidImage(64, 64, [0.5, 0.4, 0.3])));
+    const file = jsonl(join(work, 'cat-retry.jsonl'), [{ id: 'c', prompt: 'a photo of a cat', init_file: 'cat-init.png', strength: 0.3, width: 64, height: 64 }]);
+    const dir = join(work, 'cat-retry');
+    const strict = { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey };
+    expect((await batch([file], strict)).code).toBe(1);
+    const [r1] = results(dir);
+    expect(r1).toMatchObject({ status: 'failed', attempt: 1 });
+    const uploadsBefore = (await uploads(strictKey)).length;
+    const made = await listed(h.url, strictKey);
+
     rmSync(dir, { recursive: true });
-    const noJournal = await batch([file, '--retry-failed'], env());
-    expect(noJournal.code, noJournal.stderr).toBe(0);
-    expect(results(dir)[0]).toMatchObject({ status: 'succeeded', attempt: 2, generation_id: r2!.generation_id });
+    expect((await batch([file], strict)).code).toBe(1);
+    expect(results(dir)[0]).toMatchObject({ status: 'failed', attempt: 1, generation_id: r1!.generation_id });
+    expect(await listed(h.url, strictKey)).toEqual(made);
+
+    rmSync(dir, { recursive: true });
+    const retried = await batch([file, '--retry-failed'], strict);
+    expect(retried.code, retried.stderr).toBe(1);
+    const [r2] = results(dir);
+    expect(r2).toMatchObject({ status: 'failed', attempt: 2 });
+    expect(r2!.generation_id).not.toBe(r1!.generation_id);
+    // One generation more, sent with the first attempt's upload: no upload.
+    expect((await listed(h.url, strictKey)).filter((id) => !made.includes(id))).toEqual([r2!.generation_id]);
+    expect((await uploads(strictKey)).length).toBe(uploadsBefore);
   });
 
   it('an upload the journal kept that the API no longer has (AWS removes uploads after 5 days) is made again, once, for a line with no generation yet', async () => {
@@ -358,8 +374,19 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     const third = await batch([file, '--retry-failed', '--timeout', '1'], e);
     expect(third.code).toBe(124);
     expect(results(join(work, 'retry-once'))[0]).toMatchObject({ generation_id: g2, attempt: 2 });
-    const mine = (await listed(api.url, key)).filter((id) => id === g1 || id === g2);
+    // And without the journal: the lookup finds attempt 1 canceled and attempt 2 going on; no third.
+    rmSync(join(work, 'retry-once'), { recursive: true });
+    const fourth = await batch([file, '--retry-failed', '--timeout', '1'], e);
+    expect(fourth.code).toBe(124);
+    expect(results(join(work, 'retry-once'))[0]).toMatchObject({ generation_id: g2, attempt: 2 });
+    const before = await listed(api.url, key);
+    const mine = before.filter((id) => id === g1 || id === g2);
     expect(mine.sort()).toEqual([g1, g2].sort());
+    // Without --retry-failed and without the journal, attempt 1's key names the canceled generation: nothing made.
+    rmSync(join(work, 'retry-once'), { recursive: true });
+    expect((await batch([file, '--timeout', '1'], e)).code).toBe(1);
+    expect(results(join(work, 'retry-once'))[0]).toMatchObject({ status: 'canceled', generation_id: g1, attempt: 1 });
+    expect(await listed(api.url, key)).toEqual(before);
   });
 
   it('a key the API refuses stops the run at the first line (not once a line), with the hint; exit 1', async () => {

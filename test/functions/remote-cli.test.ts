@@ -34,7 +34,10 @@ const PNG = encodePng(solidImage(64, 64, [0.2, 0.4, 0.6]));
 interface Seen {
   method: string;
   path: string;
+  query: URLSearchParams;
   headers: IncomingMessage['headers'];
+  /** The request's body, as text. */
+  body: string;
   at: number;
 }
 type Answer = { status: number; json?: unknown; body?: string | Uint8Array; headers?: Record<string, string> } | 'hang' | 'drop';
@@ -53,9 +56,11 @@ const server = createServer((req: IncomingMessage, res: ServerResponse) => {
   const m = /^\/t\/([^/]+)(\/.*)$/.exec(req.url ?? '');
   const route = m ? routes.get(m[1]!) : undefined;
   if (!m || !route) return void res.writeHead(500).end('no route');
-  req.resume();
+  const chunks: Buffer[] = [];
+  req.on('data', (chunk: Buffer) => chunks.push(chunk));
   req.on('end', () => {
-    const seen: Seen = { method: req.method!, path: m[2]!.split('?')[0]!, headers: req.headers, at: Date.now() };
+    const [path, query = ''] = m[2]!.split('?');
+    const seen: Seen = { method: req.method!, path: path!, query: new URLSearchParams(query), headers: req.headers, body: Buffer.concat(chunks).toString(), at: Date.now() };
     route.seen.push(seen);
     // The request check `remote generate --init FILE` makes before its upload: answered as the API does
     // for a request it takes (the e2e suite has the real one refuse); the tests' handlers see the rest.
@@ -123,6 +128,8 @@ const envelope = (status: number, code: string, message: string, param: string |
   headers,
 });
 const png = (): Answer => ({ status: 200, body: PNG, headers: { 'content-type': 'image/png' } });
+/** GET /v1/generations?idempotency_key=K as the API answers it: the key's generations (none by default), the key said back. */
+const lookedUp = (req: Seen, found: Generation[] = []): Answer => ({ status: 200, json: { object: 'list', data: found, next_cursor: null }, headers: { 'idempotency-key': req.query.get('idempotency_key') ?? '' } });
 
 /** `clipag remote` as its run() wires it, minus the process: this environment, output caught; `io` adds a signal, a fetch or a sleep. */
 async function cli(argv: string[], env: Record<string, string> = {}, io: Partial<Pick<RemoteIo, 'signal' | 'fetch' | 'sleep' | 'invokedAs'>> = {}): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
@@ -916,6 +923,7 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not all
   it('batch: an init upload the API refuses as an image (validation_error) is not uploaded again for the next lines; one it no longer has (upload_not_found) is, once', async () => {
     const grants: string[] = [];
     const handler = (notFound: boolean) => (req: Seen) => {
+      if (req.method === 'GET' && req.path === '/v1/generations') return lookedUp(req);
       if (req.path === '/v1/uploads') {
         const uploadId = newJobId();
         grants.push(uploadId);
@@ -953,7 +961,9 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not all
     expect(big.length).toBeGreaterThan(10 * 1024 * 1024);
     writeFileSync(join(dir, 'big-init.png'), big);
     const r = route('big-init', (req) =>
-      req.path === '/v1/uploads'
+      req.method === 'GET' && req.path === '/v1/generations'
+        ? lookedUp(req)
+        : req.path === '/v1/uploads'
         ? { status: 413, json: { error: { code: 'payload_too_large', message: 'uploads are limited to 10485760 bytes', param: 'bytes', request_id: 'req_1' } } }
         : { status: 500, body: 'not to be asked' },
     );
@@ -964,6 +974,71 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not all
     expect(r.seen.filter((s) => s.path === '/v1/uploads')).toHaveLength(1);
     const results = readFileSync(join(dir, 'big-init-out', 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { status: string; error: { code: string } });
     expect(results.map((x) => [x.status, x.error.code])).toEqual(Array.from({ length: 3 }, () => ['refused', 'payload_too_large']));
+  });
+
+  it('batch without a journal: a line whose key the lookup names gets that generation with its upload (no upload grant, no new generation); one it finds nothing for is uploaded, and a 409 then says what happened', async () => {
+    writeFileSync(join(dir, 'lookup-init.png'), PNG);
+    const file = join(dir, 'lookup.jsonl');
+    writeFileSync(file, ['found', 'raced'].map((id) => JSON.stringify({ id, prompt: 'a red circle', init_file: 'lookup-init.png' })).join('\n'));
+    const url = `${base}/t/lookup`;
+    const earlier = { ...succeeded(url, newJobId()), request: { ...view('x', 'succeeded').request, init: 'upload:made-by-an-earlier-run' } };
+    const r = route('lookup', (req, nth) => {
+      // In line order (--parallel 1): the first line's key made `earlier`; the second's made nothing it can name.
+      if (req.method === 'GET' && req.path === '/v1/generations') return lookedUp(req, nth === 1 ? [earlier] : []);
+      if (req.path === '/v1/uploads') {
+        const uploadId = newJobId();
+        return { status: 201, json: UploadView.parse({ upload_id: uploadId, object: 'upload', init: `upload:${uploadId}`, method: 'PUT', url: `${url}/put/${uploadId}?sig=abc`, headers: { 'Content-Type': 'image/png' }, expires_at: new Date(Date.now() + 900_000).toISOString(), bytes: PNG.length, max_bytes: 1 << 20 }) };
+      }
+      if (req.path.startsWith('/put/')) return { status: 200, body: '' };
+      if (req.path === '/img/0.png') return png();
+      if (req.method === 'POST' && req.path === '/v1/generations') {
+        return (JSON.parse(req.body) as { init: string }).init === earlier.request.init
+          ? { status: 200, json: earlier, headers: { 'idempotent-replayed': 'true' } }
+          : envelope(409, 'idempotency_key_reused', 'this Idempotency-Key was already used with a different request body', 'Idempotency-Key');
+      }
+      return { status: 500, body: `not to be asked: ${req.method} ${req.path}` };
+    });
+    const out = join(dir, 'lookup-out');
+    const res = await cli(['batch', file, '--parallel', '1', '-d', out, '--url', r.url, '--key', KEY]);
+    expect(res.code, res.stderr).toBe(1);
+    const lookups = r.seen.filter((s) => s.method === 'GET' && s.path === '/v1/generations');
+    const posts = r.seen.filter((s) => s.method === 'POST' && s.path === '/v1/generations');
+    expect(lookups.map((s) => [...s.query.keys()])).toEqual([['idempotency_key'], ['idempotency_key']]);
+    // Each lookup is of the key its POST then sends.
+    expect(lookups.map((s) => s.query.get('idempotency_key'))).toEqual(posts.map((s) => s.headers['idempotency-key']));
+    // The found line: sent with the earlier run's upload, no grant for it; one grant in all, the other line's.
+    expect(JSON.parse(posts[0]!.body)).toMatchObject({ init: 'upload:made-by-an-earlier-run' });
+    expect(r.seen.filter((s) => s.path === '/v1/uploads')).toHaveLength(1);
+    const results = readFileSync(join(out, 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { id: string; status: string; generation_id: string | null; error: { code: string; message: string } | null });
+    expect(results[0]).toMatchObject({ id: 'found', status: 'succeeded', generation_id: earlier.id });
+    expect(existsSync(join(out, 'found.png'))).toBe(true);
+    expect(results[1]).toMatchObject({ id: 'raced', status: 'refused', generation_id: null, error: { code: 'idempotency_key_reused' } });
+    expect(results[1]!.error!.message).toContain(`an earlier run sent this line (key ${posts[1]!.headers['idempotency-key']}) with another upload of its init_file`);
+    expect(results[1]!.error!.message).toContain("the API did not name that run's generation");
+    expect(results[1]!.error!.message).toMatch(/--retry-failed makes this line again \(a new generation\)/);
+    // The found upload is the line's in the journal: a run after this one asks the API nothing about it.
+    expect(readFileSync(join(out, 'journal.jsonl'), 'utf8')).toContain('"upload":"upload:made-by-an-earlier-run"');
+  });
+
+  it('batch against an API older than the lookup (its plain list, no key said back): read as nothing found, the line uploaded and sent as before', async () => {
+    writeFileSync(join(dir, 'old-api-init.png'), PNG);
+    const file = join(dir, 'old-api.jsonl');
+    writeFileSync(file, JSON.stringify({ id: 'o', prompt: 'a red circle', init_file: 'old-api-init.png' }));
+    const url = `${base}/t/old-api`;
+    const someone = { ...succeeded(url, newJobId()), request: { ...view('x', 'succeeded').request, init: 'upload:another-generations' } };
+    const made = succeeded(url, newJobId());
+    const r = route('old-api', (req) => {
+      if (req.method === 'GET' && req.path === '/v1/generations') return { status: 200, json: { object: 'list', data: [someone], next_cursor: null } };
+      if (req.path === '/v1/uploads') return { status: 201, json: UploadView.parse({ upload_id: 'upl1', object: 'upload', init: 'upload:upl1', method: 'PUT', url: `${url}/put/upl1?sig=abc`, headers: { 'Content-Type': 'image/png' }, expires_at: new Date(Date.now() + 900_000).toISOString(), bytes: PNG.length, max_bytes: 1 << 20 }) };
+      if (req.path.startsWith('/put/')) return { status: 200, body: '' };
+      if (req.path === '/img/0.png') return png();
+      if (req.method === 'POST' && req.path === '/v1/generations') return { status: 202, json: made };
+      return { status: 500, body: 'not to be asked' };
+    });
+    const res = await cli(['batch', file, '-d', join(dir, 'old-api-out'), '--url', r.url, '--key', KEY]);
+    expect(res.code, res.stderr).toBe(0);
+    const post = r.seen.find((s) => s.method === 'POST' && s.path === '/v1/generations')!;
+    expect(JSON.parse(post.body)).toMatchObject({ init: 'upload:upl1' });
   });
 
   it('a batch file with bad lines: exit 2, its problems and "nothing was sent", then a one-line hint, not the usage', async () => {
