@@ -14,12 +14,36 @@ import { CLIP_END_TOKEN_TEXT, CLIP_START_TOKEN_TEXT, cleanClipText, PY_WHITESPAC
 import { OWNER_ID_PATTERN } from './names.ts';
 import { ownerPolicyKey } from './keys.ts';
 import { RetryableError } from './errors.ts';
+import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES, type PolicyCategory } from './policy-constants.ts';
 
-export const POLICY_CATEGORIES = ['copyright', 'trademark', 'likeness', 'bias'] as const;
-export type PolicyCategory = (typeof POLICY_CATEGORIES)[number];
+export { MAX_CONCEPT_CHARS, POLICY_CATEGORIES, type PolicyCategory };
 
-/** Longest concept text of an output rule. */
-export const MAX_CONCEPT_CHARS = 200;
+/**
+ * The matcher's tables (Unicode script classes, the look-alike maps, the region names of ICU, the
+ * common words) are built at their first use, not when the module loads: the API's Lambda imports this
+ * module at every cold start, and most requests there (GET routes, polls) never check a prompt. Loading
+ * built them all: about 65 to 80 ms of its Init (the latency review, finding 3b). How often each was
+ * built, by name: see lazyTablesBuilt.
+ */
+const tableBuilds = new Map<string, number>();
+
+/** A value built by `build` at the first call, then the same one: one of the matcher's tables. */
+function lazy<T>(name: string, build: () => T): () => T {
+  let built: { value: T } | undefined;
+  return () => {
+    if (!built) {
+      built = { value: build() };
+      tableBuilds.set(name, (tableBuilds.get(name) ?? 0) + 1);
+    }
+    return built.value;
+  };
+}
+
+/** Which of the matcher's tables have been built in this process, and how often (once each, by design): for tests and benchmarks. */
+export function lazyTablesBuilt(): Record<string, number> {
+  return Object.fromEntries(tableBuilds);
+}
+
 /** Most distinct concepts a policy's output rules may name together. */
 export const MAX_OUTPUT_CONCEPTS = 500;
 
@@ -192,7 +216,7 @@ export function foldCleaned(cleaned: string): string {
  * only where a piece begins there (after a space, a letter, a digit or another piece), not inside a run
  * of punctuation ("!<|startoftext|>" is "!<|", "startoftext", "|>").
  */
-const CLIP_PIECES = new RegExp(`<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^${PY_WHITESPACE_CLASS}\\p{L}\\p{N}]+`, 'giu');
+const clipPieces = lazy('CLIP_PIECES', () => new RegExp(`<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^${PY_WHITESPACE_CLASS}\\p{L}\\p{N}]+`, 'giu'));
 
 /**
  * CLIP's start and end tokens typed into a cleaned text, where its tokenizer reads them as those
@@ -204,7 +228,7 @@ const CLIP_PIECES = new RegExp(`<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|
  */
 function specialTokensApart(cleaned: string): string {
   if (!cleaned.includes('<|')) return cleaned;
-  return cleaned.replace(CLIP_PIECES, (piece) => {
+  return cleaned.replace(clipPieces(), (piece) => {
     const lower = piece.toLowerCase();
     return lower === CLIP_START_TOKEN_TEXT || lower === CLIP_END_TOKEN_TEXT ? ' ' : piece;
   });
@@ -214,8 +238,8 @@ function specialTokensApart(cleaned: string): string {
  * Scripts whose marks are letters, not accents: a Japanese voicing mark (バ is ハ with one), the vowel
  * signs of Indic and Southeast Asian scripts. Their marks are kept after a letter of the same script.
  */
-const MARK_SCRIPTS = ['Hira', 'Kana', 'Deva', 'Beng', 'Guru', 'Gujr', 'Orya', 'Taml', 'Telu', 'Knda', 'Mlym', 'Sinh', 'Thai', 'Laoo', 'Khmr', 'Mymr', 'Tibt'].map(
-  (sc) => new RegExp(`\\p{scx=${sc}}`, 'u'),
+const markScripts = lazy('MARK_SCRIPTS', () =>
+  ['Hira', 'Kana', 'Deva', 'Beng', 'Guru', 'Gujr', 'Orya', 'Taml', 'Telu', 'Knda', 'Mlym', 'Sinh', 'Thai', 'Laoo', 'Khmr', 'Mymr', 'Tibt'].map((sc) => new RegExp(`\\p{scx=${sc}}`, 'u')),
 );
 
 /**
@@ -257,7 +281,7 @@ function dropMarks(word: string): string {
   for (const ch of word) {
     if (ch.charCodeAt(0) >= 0x0300 && /\p{M}/u.test(ch)) {
       // Looked up only where a mark follows. Every script of MARK_SCRIPTS lies at U+0900 or above.
-      if (before.codePointAt(0)! >= 0x0900 && /\p{L}/u.test(before) && MARK_SCRIPTS.some((sc) => sc.test(before) && sc.test(ch))) out += ch;
+      if (before.codePointAt(0)! >= 0x0900 && /\p{L}/u.test(before) && markScripts().some((sc) => sc.test(before) && sc.test(ch))) out += ch;
       continue;
     }
     out += ch;
@@ -267,13 +291,13 @@ function dropMarks(word: string): string {
 }
 
 /** Scripts written without spaces between words: a term in one is found inside a run of it. */
-const NO_SPACE_SCRIPT = /[\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Thai}\p{scx=Lao}\p{scx=Khmer}\p{scx=Myanmar}]/u;
+const noSpaceScript = lazy('NO_SPACE_SCRIPT', () => /[\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Thai}\p{scx=Lao}\p{scx=Khmer}\p{scx=Myanmar}]/u);
 
 /** Latin and the scripts whose letters pass for Latin ones: kept together (a look-alike spelling mixes them). */
-const LATIN_LIKE = /[\p{sc=Latin}\p{sc=Greek}\p{sc=Cyrillic}\p{sc=Armenian}\p{sc=Cherokee}]/u;
+const latinLike = lazy('LATIN_LIKE', () => /[\p{sc=Latin}\p{sc=Greek}\p{sc=Cyrillic}\p{sc=Armenian}\p{sc=Cherokee}]/u);
 
 /** What splitRuns tells apart, in its order: a mark, a script without spaces, a digit, a Latin-like letter. */
-const CHAR_KIND = new RegExp(`(\\p{M})|(${NO_SPACE_SCRIPT.source})|(\\p{N})|(${LATIN_LIKE.source})`, 'u');
+const charKind = lazy('CHAR_KIND', () => new RegExp(`(\\p{M})|(${noSpaceScript().source})|(\\p{N})|(${latinLike().source})`, 'u'));
 
 /**
  * Splits where the model's tokenizer splits without a space: between letters and digits
@@ -289,7 +313,7 @@ function splitRuns(text: string): string {
     // ASCII without a lookup, the rest with one: every prompt is matched in many forms.
     if (code < 128) kind = ch === ' ' ? 0 : code <= 57 ? 2 : 1;
     else {
-      const m = CHAR_KIND.exec(ch);
+      const m = charKind().exec(ch);
       kind = !m ? 4 : m[1] ? prev : m[2] ? 3 : m[3] ? 2 : 1;
     }
     if (prev !== 0 && kind !== 0 && kind !== prev) out += ' ';
@@ -307,8 +331,12 @@ const LOOKALIKES: Readonly<Record<string, string>> = TR39_CONFUSABLES;
  * and keeps the others as prototypes that Cyrillic letters fold to (в is ʙ, н is ʜ, т is ᴛ). So these
  * are read here, on the character itself and not on what the list made of another: в stays в.
  */
-const SMALL_CAPITALS: ReadonlyMap<string, string> = new Map(
-  [...'\u1d00\u0299\u1d04\u1d05\u1d07\ua730\u0262\u029c\u026a\u1d0a\u1d0b\u029f\u1d0d\u0274\u1d0f\u1d18\ua7af\u0280\ua731\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22'].map((c, i) => [c, 'abcdefghijklmnopqrstuvwyz'[i]!]),
+const smallCapitals = lazy(
+  'SMALL_CAPITALS',
+  (): ReadonlyMap<string, string> =>
+    new Map(
+      [...'\u1d00\u0299\u1d04\u1d05\u1d07\ua730\u0262\u029c\u026a\u1d0a\u1d0b\u029f\u1d0d\u0274\u1d0f\u1d18\ua7af\u0280\ua731\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22'].map((c, i) => [c, 'abcdefghijklmnopqrstuvwyz'[i]!]),
+    ),
 );
 
 /** A lower-case Cherokee letter: the list maps the capitals (Ꭰ to "D"), which the model's cleaning lowers (Ꭰ to ꭰ). */
@@ -324,8 +352,8 @@ const CHEROKEE_LOWER = /[\u13f8-\u13fd\uab70-\uabbf]/u;
  * without spaces, and Hangul, are not Latin in disguise.
  */
 function latinLookalike(ch: string): string | undefined {
-  if (ch.charCodeAt(0) < 128 || NO_SPACE_SCRIPT.test(ch) || /\p{scx=Hang}/u.test(ch)) return undefined;
-  const latin = SMALL_CAPITALS.get(ch) ?? enclosedLetter(ch) ?? LOOKALIKES[CHEROKEE_LOWER.test(ch) ? ch.toUpperCase() : ch];
+  if (ch.charCodeAt(0) < 128 || noSpaceScript().test(ch) || /\p{scx=Hang}/u.test(ch)) return undefined;
+  const latin = smallCapitals().get(ch) ?? enclosedLetter(ch) ?? LOOKALIKES[CHEROKEE_LOWER.test(ch) ? ch.toUpperCase() : ch];
   return latin !== undefined && /^[a-zA-Z0-9]+$/.test(latin) ? latin : undefined;
 }
 
@@ -341,10 +369,11 @@ function enclosedLetter(ch: string): string | undefined {
   return undefined;
 }
 
-const REGION_NAMES = new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' });
+/** ICU's region names: the costliest of the tables to build (its locale data), needed only for a run of regional indicators. */
+const regionNames = lazy('REGION_NAMES', () => new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' }));
 /** Codes ICU names that no flag emoji shows: retired codes it maps to a country (AN, SU, YU…), and groupings (EZ, QO, ZZ). */
 const NO_FLAG = new Set(['AN', 'BU', 'CS', 'DD', 'FX', 'NT', 'SU', 'TP', 'YD', 'YU', 'ZR', 'EZ', 'QO', 'XA', 'XB', 'ZZ']);
-const isFlag = (code: string) => !NO_FLAG.has(code) && REGION_NAMES.of(code) !== undefined;
+const isFlag = (code: string) => !NO_FLAG.has(code) && regionNames().of(code) !== undefined;
 /** A run of two regional indicators or more, with invisible characters between them or not (🇳🇦\u200b🇷🇺). */
 const REGIONAL_INDICATORS = /[\u{1f1e6}-\u{1f1ff}](?:\p{Default_Ignorable_Code_Point}*[\u{1f1e6}-\u{1f1ff}])+/gu;
 
@@ -368,7 +397,7 @@ function flagRows(text: string): string {
 }
 
 /** A letter of the scripts whose look-alikes a word mixed with Latin is read through loosely (see LOOSE_LOOKALIKES). */
-const CYRILLIC_OR_GREEK = /[\p{sc=Cyrillic}\p{sc=Greek}]/u;
+const cyrillicOrGreek = lazy('CYRILLIC_OR_GREEK', () => /[\p{sc=Cyrillic}\p{sc=Greek}]/u);
 
 /**
  * Cyrillic and Greek letters that the confusables list maps to no plain Latin letter, read as the one
@@ -377,18 +406,24 @@ const CYRILLIC_OR_GREEK = /[\p{sc=Cyrillic}\p{sc=Greek}]/u;
  * Only in a word that mixes them with Latin letters ("Р1каchu"), which no language writes: in Russian or
  * Greek text they stay themselves, as in latinLookalike ("агав" is not "arab").
  */
-const LOOSE_LOOKALIKES: ReadonlyMap<string, string> = new Map([
-  ...Object.entries(LOOKALIKES).flatMap(([ch, proto]): Array<[string, string]> => {
-    if (!CYRILLIC_OR_GREEK.test(ch) || /^[a-zA-Z0-9]+$/.test(proto)) return [];
-    const letters = [...proto.normalize('NFD').replace(/\p{M}/gu, '')].map((c) => SMALL_CAPITALS.get(c) ?? (c === '\u0138' ? 'k' : c)).join('');
-    return /^[a-zA-Z]+$/.test(letters) ? [[ch, letters]] : [];
-  }),
-  ['\u03bc', 'u'],
-]);
+const looseLookalikes = lazy(
+  'LOOSE_LOOKALIKES',
+  (): ReadonlyMap<string, string> =>
+    new Map([
+      ...Object.entries(LOOKALIKES).flatMap(([ch, proto]): Array<[string, string]> => {
+        if (!cyrillicOrGreek().test(ch) || /^[a-zA-Z0-9]+$/.test(proto)) return [];
+        const letters = [...proto.normalize('NFD').replace(/\p{M}/gu, '')].map((c) => smallCapitals().get(c) ?? (c === '\u0138' ? 'k' : c)).join('');
+        return /^[a-zA-Z]+$/.test(letters) ? [[ch, letters]] : [];
+      }),
+      ['\u03bc', 'u'],
+    ]),
+);
 
-/** The letters of LOOSE_LOOKALIKES. */
-const LOOSE_LETTERS = new RegExp(`[${[...LOOSE_LOOKALIKES.keys()].join('')}]`, 'gu');
-const LOOSE_LETTER = new RegExp(LOOSE_LETTERS.source, 'u');
+/** The letters of LOOSE_LOOKALIKES: `all` (global, to replace them) and `one` (to test for one). */
+const looseLetters = lazy('LOOSE_LETTERS', () => {
+  const all = new RegExp(`[${[...looseLookalikes().keys()].join('')}]`, 'gu');
+  return { all, one: new RegExp(all.source, 'u') };
+});
 
 /** A run of letters, marks and digits: a word, as the loose reading sees one. */
 const LETTER_RUN = /[\p{L}\p{M}\p{N}]+/gu;
@@ -409,7 +444,9 @@ const SHARP_S_AT_WORD_START = /(?<![\p{L}\p{M}\p{N}])[ß\u1e9e]/gu;
 export function lookalikeLatin(text: string, options: { loose?: 'mixed' | 'all' } = {}): string {
   // Compatibility forms first (math bold 𝛂 is α, which passes for a; the micro sign µ is μ).
   const prepared = flagRows(text).replace(SHARP_S_AT_WORD_START, 'b').normalize('NFKD');
-  const loosely = (chars: string) => chars.replace(LOOSE_LETTERS, (ch) => LOOSE_LOOKALIKES.get(ch)!);
+  const { all: LOOSE_LETTERS, one: LOOSE_LETTER } = looseLetters();
+  const loose = looseLookalikes();
+  const loosely = (chars: string) => chars.replace(LOOSE_LETTERS, (ch) => loose.get(ch)!);
   // Word by word only where the text has both: most prompts have one script.
   const mixedRead =
     options.loose === 'all'
@@ -443,7 +480,7 @@ function lookalikeForms(text: string): string[] {
  */
 function looseTermForms(term: string): string[] {
   const cleaned = cleanClipText(term);
-  if (!CYRILLIC_OR_GREEK.test(cleaned.normalize('NFKD'))) return [];
+  if (!cyrillicOrGreek().test(cleaned.normalize('NFKD'))) return [];
   return [...new Set([cleanClipText(lookalikeLatin(term, { loose: 'all' })), lookalikeLatin(cleaned, { loose: 'all' })])];
 }
 
@@ -623,7 +660,7 @@ function wordForms(word: string): string[] {
  * of longer words ("ing", "ers"), which only makes the reading that consults the list rarer: a name
  * split in pieces (isSplitName) is never read from pieces one of which is in it.
  */
-const COMMON_WORDS: ReadonlySet<string> = new Set(
+const commonWords = lazy('COMMON_WORDS', (): ReadonlySet<string> => new Set(
   [
     'the ing on er in to is at and ed of or es st an ay for ve al day en le our it this ts you with ly as',
     'my se ers me all ke out ent ar ce ght are ss from ch one by th ere ds we ter de be ation ill ks ver',
@@ -680,7 +717,7 @@ const COMMON_WORDS: ReadonlySet<string> = new Set(
   ]
     .join(' ')
     .split(' '),
-);
+));
 
 /** Most pieces a one-word name may be split into ("pika chu", "pik ac hu"). */
 const MAX_SPLIT_PIECES = 3;
@@ -700,7 +737,7 @@ const MAX_SYLLABLE_LETTERS = 3;
  * are what people write of a brand made of words ("a ten cent coin" for "tencent", "tik tok", "Ali Baba").
  */
 function isSplitName(pieces: string[]): boolean {
-  return pieces.every((w) => /^[a-z]{2,}$/.test(w) && !COMMON_WORDS.has(w)) && pieces.some((w) => w.length <= MAX_SYLLABLE_LETTERS);
+  return pieces.every((w) => /^[a-z]{2,}$/.test(w) && !commonWords().has(w)) && pieces.some((w) => w.length <= MAX_SYLLABLE_LETTERS);
 }
 
 /**
@@ -915,7 +952,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
         const words = folded.split(' ');
         const joins = new Set(words.slice(0, -1).map((_, n) => words.slice(0, n + 1).join('').length));
         const entry = { rule, term, words, joins, unless: unlessContaining(rule.id, key), loose };
-        if (NO_SPACE_SCRIPT.test(key)) addTo(inside, String.fromCodePoint(key.codePointAt(0)!), { key, entry });
+        if (noSpaceScript().test(key)) addTo(inside, String.fromCodePoint(key.codePointAt(0)!), { key, entry });
         if (rule.inside_words && key.length >= COMPOUND_MIN_LETTERS && /^\p{sc=Latin}+$/u.test(key)) addTo(insideWords, key.slice(0, COMPOUND_MIN_LETTERS), { key, entry });
         addTo(index, key, entry);
         for (let n = 1; n < Math.min(key.length, MAX_SPAN_WORDS); n++) keyPrefixes.add(key.slice(0, n));
@@ -977,14 +1014,14 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
          */
         let mixedWords: Set<string> | undefined;
         const fromCyrillicOrGreek = (word: string) => {
-          if (CYRILLIC_OR_GREEK.test(word)) return true;
+          if (cyrillicOrGreek().test(word)) return true;
           if (!mixedWords) {
             mixedWords = new Set();
             // Those words (between spaces; as the model reads them, entities decoded) read together, one
             // phrase each: one pass over them.
             const chunks = text
               .split(/\s+/)
-              .filter((chunk) => /[^\x00-\x7f]|&/.test(chunk) && (CYRILLIC_OR_GREEK.test(chunk.normalize('NFKD')) || CYRILLIC_OR_GREEK.test(cleanClipText(chunk).normalize('NFKD'))));
+              .filter((chunk) => /[^\x00-\x7f]|&/.test(chunk) && (cyrillicOrGreek().test(chunk.normalize('NFKD')) || cyrillicOrGreek().test(cleanClipText(chunk).normalize('NFKD'))));
             if (chunks.length > 0) {
               const read = promptPhrases(chunks.join('\n'), sixes);
               for (const phrase of [...read.phrases, ...read.collapsed]) for (const w of phraseWords(phrase)) mixedWords.add(w);
@@ -1019,7 +1056,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
             let previous: boolean | undefined;
             for (let j = i; j < Math.min(words.length, i + MAX_SPAN_WORDS); j++) {
               const spanWords = j - i + 1;
-              const single = words[j]!.length === 1 && LATIN_LIKE.test(words[j]!);
+              const single = words[j]!.length === 1 && latinLike().test(words[j]!);
               if (previous !== undefined && single !== previous) switches++;
               previous = single;
               if (single) singles++;
@@ -1054,7 +1091,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
             // The collapsed reading is for whole words only: a script written without spaces repeats
             // characters as grammar, and a name inside a longer word is a reading of its own.
             if (weak) continue;
-            if (inside.size > 0 && NO_SPACE_SCRIPT.test(run)) {
+            if (inside.size > 0 && noSpaceScript().test(run)) {
               let at = 0;
               for (const ch of run) {
                 for (const { key, entry } of inside.get(ch) ?? []) if (foundInside(entry, run, key, at)) hit(entry);
@@ -1281,13 +1318,21 @@ export const POLICY_RETRY_MS = 1000;
  * stricter document may be there: the promise rejects with a RetryableError (503 `unavailable` in the
  * API, a retried job in the worker), and the next request looks again after POLICY_RETRY_MS. Concurrent
  * requests share one look. Called without an owner, it gives the deployment's.
+ *
+ * An owner's look starts the deployment's at the same time where the owner had no document at its last
+ * look (or has had no look yet: most owners have none), rather than after it: the two HEADs overlap
+ * (one round trip, not two, on a POST that refreshes them; the latency review, finding 5b). The
+ * deployment's answer is used only where the owner's look finds no document, exactly as if it had been
+ * asked then; where the owner's document is there, it is dropped, and its failure fails nothing. Where
+ * the owner's document cannot be told (its store failed before any look had), the request fails
+ * whatever the deployment's says (ADR 0015, 2026-12-06: fail closed). Building the shipped policy
+ * waits for its first use, not for this call (the API calls this at its cold start).
  */
 export function policyFromStore(
   store: PolicySource,
   options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string, kind: PolicyProblemKind) => void } = {},
 ): (owner?: string) => Promise<PromptPolicy> {
-  const shipped = defaultPromptPolicy();
-  const deployment = storedPolicy(store, PROMPT_POLICY_KEY, async () => shipped, 'the shipped policy', options);
+  const deployment = storedPolicy(store, PROMPT_POLICY_KEY, async () => defaultPromptPolicy(), 'the shipped policy', options);
   const owners = new Map<string, StoredPolicy>();
   return (owner) => {
     // Owners are checked where they enter (keys, queue messages); one that is not an id would have no
@@ -1295,7 +1340,7 @@ export function policyFromStore(
     if (owner === undefined || !OWNER_ID_PATTERN.test(owner)) return deployment.policy();
     let loader = owners.get(owner);
     if (loader) owners.delete(owner); // most recently used goes last
-    else loader = storedPolicy(store, ownerPolicyKey(owner), deployment.policy, "the deployment's policy", options);
+    else loader = storedPolicy(store, ownerPolicyKey(owner), deployment.policy, "the deployment's policy", { ...options, lookAtFallbackAlongside: true });
     owners.set(owner, loader);
     if (owners.size > MAX_OWNER_LOADERS) {
       for (const [id, l] of owners) {
@@ -1317,14 +1362,15 @@ interface StoredPolicy {
 
 /**
  * One document's policy, or `fallback`'s (named `fallbackName` in reports) where the document is
- * absent or none of its versions was good (see policyFromStore).
+ * absent or none of its versions was good (see policyFromStore). `lookAtFallbackAlongside`: a look at
+ * this document where the last found none (or none has been made) asks `fallback` at the same time.
  */
 function storedPolicy(
   store: PolicySource,
   key: string,
   fallback: () => Promise<PromptPolicy>,
   fallbackName: string,
-  options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string, kind: PolicyProblemKind) => void },
+  options: { ttlMs?: number; now?: () => number; onProblem?: (problem: string, kind: PolicyProblemKind) => void; lookAtFallbackAlongside?: boolean },
 ): StoredPolicy {
   const ttlMs = options.ttlMs ?? 60_000;
   const retryMs = Math.min(ttlMs, POLICY_RETRY_MS);
@@ -1392,12 +1438,19 @@ function storedPolicy(
 
   return {
     async policy() {
+      /** The fallback, asked alongside this look: used only where the look leaves no document in force. */
+      let alongside: Promise<PromptPolicy> | undefined;
       if (now() - readAt >= (known ? ttlMs : retryMs)) {
         inflight ??= refresh().finally(() => (inflight = undefined));
+        if (options.lookAtFallbackAlongside && own === null) {
+          alongside = fallback();
+          // Unused (the document is there, or cannot be told), its failure is no one's: not unhandled.
+          alongside.catch(() => undefined);
+        }
         await inflight;
       }
       if (!known) throw new RetryableError(`the content policy ${key} could not be read; retry`, { cause: unknownBecause });
-      return own ?? fallback();
+      return own ?? alongside ?? fallback();
     },
     get holdsDocument() {
       return seenEtag !== null || inflight !== undefined;

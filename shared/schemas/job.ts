@@ -2,7 +2,7 @@ import { z } from '@hono/zod-openapi';
 import { ApiKeyId, OwnerId, ResourceId, Timestamp } from './common.ts';
 import { GenerationSpec, MAX_IMAGES, StoredMetadata } from './generation.ts';
 import { isValidKey } from '../keys.ts';
-import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES } from '../prompt-policy.ts';
+import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES } from '../policy-constants.ts';
 
 export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'canceled'] as const;
 export const JobStatus = z.enum(JOB_STATUSES).openapi('JobStatus');
