@@ -4,6 +4,7 @@ import { ConflictError, CorruptDocumentError, PreconditionFailedError } from '..
 import type { BlobStore, JobStore } from '../shared/ports.ts';
 import type { JobRecord } from '../shared/schemas/job.ts';
 import { jobIdTime } from '../shared/ids.ts';
+import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { sha256Hex } from '../shared/schemas/apikey.ts';
 import type { AppLogEntry } from './types.ts';
 
@@ -29,8 +30,15 @@ const STALE_CLAIM_MS = 30_000;
  * compared with the hashes that version would have made of a body (`sameBodyHashes`). Matched against a new claim, those would make
  * a body that omits the size the same request as one that named 224×224, and replay the wrong job.
  */
+// A job id the job store can look up and a time that parses: a claim without them is unreadable
+// (taken over, and a lookup finds nothing), not a 400 blaming the caller or an in-progress claim for ever.
 const IdempotencyRecord = z
-  .object({ v: z.union([z.literal(1), z.literal(2)]), body_hash: z.string(), job_id: z.string(), created_at: z.string() })
+  .object({
+    v: z.union([z.literal(1), z.literal(2)]),
+    body_hash: z.string(),
+    job_id: z.string().regex(RESOURCE_ID_PATTERN),
+    created_at: z.string().refine((s) => Number.isFinite(Date.parse(s)), 'must be a time'),
+  })
   .strict();
 type IdempotencyRecord = z.output<typeof IdempotencyRecord>;
 
@@ -243,11 +251,18 @@ export class IdempotencyLedger {
       // Our own claim: a write that landed but whose reply was lost, and whose resend failed its
       // condition (S3 resends such a PUT). The job id is this request's own, so no one else's claim names it.
       if (existing.job_id === args.jobId) return { kind: 'claimed', jobId: args.jobId };
-      if (!sameBody(existing, args)) throw keyReused();
+      const same = sameBody(existing, args);
       const job = await this.jobs.get(args.owner, existing.job_id);
-      if (job) return { kind: 'replay', job };
-      // The first request holds the claim but has not written its job yet.
+      if (job) {
+        if (!same) throw keyReused();
+        return { kind: 'replay', job };
+      }
+      // No job under the claim. A stale one (its request died before its create, or it was released
+      // after a failure) made nothing: the key is free for any body, as GET ?idempotency_key= says; a
+      // request of it still alive finds the takeover at its confirm(). A live one is a request still
+      // being made: the same body waits for it, another is a reuse.
       const age = args.now.getTime() - Date.parse(existing.created_at);
+      if (age <= (this.options.staleMs ?? STALE_CLAIM_MS) && !same) throw keyReused();
       if (age > (this.options.staleMs ?? STALE_CLAIM_MS)) {
         try {
           await this.blobs.replaceIfMatch(blobKey, encoded, object.etag, { contentType: 'application/json' });

@@ -607,7 +607,7 @@ describe('Idempotency-Key', () => {
     expect([sizedRetry.status, ((await sizedRetry.json()) as { id: string }).id]).toEqual([200, named.id]);
   });
 
-  it('a v1 claim released after a failed create (created_at set to 1970) made after the hashing changed is not taken for a legacy one', async () => {
+  it('a v1 claim released after a failed create (created_at set to 1970) made nothing: the key is free again, for any body (as GET ?idempotency_key= says)', async () => {
     const { canonicalJson, idempotencyRecordKey } = await import('../../functions/idempotency.ts');
     const { sha256Hex } = await import('../../shared/schemas/apikey.ts');
     const small = createApp({ ...h.deps, models: async () => [{ id: 'toy', default: true, input_size: 64 }] });
@@ -617,8 +617,34 @@ describe('Idempotency-Key', () => {
     const key = idempotencyRecordKey('acct_alice', 'released-v1');
     const jobId = newJobId(Date.parse('2026-12-05T20:00:00Z'));
     await h.blobs.put(key, Buffer.from(JSON.stringify({ v: 1, body_hash: sha256Hex(canonicalJson({ prompt: 'fox', width: 224, height: 224, steps: 100, n: 1, init: 'gmm' })), job_id: jobId, created_at: new Date(0).toISOString() })));
-    // The same prompt without a size is a 64×64 request here: another request, not the released one's.
-    await expectEnvelope(await send({ prompt: 'fox' }), 409, 'idempotency_key_reused');
+    // The same prompt without a size is a 64×64 request here: another request than the released one's,
+    // but the released claim made no job, so the key is taken over (it was a 409 for ever, while the
+    // lookup said the key had made nothing).
+    const lookup = await small.request('/v1/generations?idempotency_key=released-v1', { headers: { Authorization: `Bearer ${h.alice}` } });
+    expect(((await lookup.json()) as { data: unknown[] }).data).toEqual([]);
+    const res = await send({ prompt: 'fox' });
+    expect(res.status).toBe(202);
+    expect(((await res.json()) as { request: { width: number } }).request.width).toBe(64);
+    expect(((await (await small.request('/v1/generations?idempotency_key=released-v1', { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as { data: unknown[] }).data).toHaveLength(1);
+  });
+
+  it('a claim still being made (no job yet, not stale) with another body is a reuse (409), not a takeover', async () => {
+    const { canonicalJson, idempotencyRecordKey } = await import('../../functions/idempotency.ts');
+    const { sha256Hex } = await import('../../shared/schemas/apikey.ts');
+    const key = idempotencyRecordKey('acct_alice', 'in-flight');
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ v: 2, body_hash: sha256Hex(canonicalJson({ prompt: 'elsewhere' })), job_id: newJobId(Date.now()), created_at: new Date().toISOString() })));
+    await expectEnvelope(await post({ prompt: 'apple' }, { 'Idempotency-Key': 'in-flight' }), 409, 'idempotency_key_reused');
+  });
+
+  it('a claim whose job id or time does not read is unreadable: taken over by the next POST, and the lookup finds nothing (not a 400 or an in-progress 409 for ever)', async () => {
+    const { idempotencyRecordKey } = await import('../../functions/idempotency.ts');
+    for (const [name, odd] of [['odd-id', { job_id: '../x', created_at: new Date().toISOString() }], ['odd-time', { job_id: newJobId(Date.now()), created_at: 'yesterday' }]] as const) {
+      await h.blobs.put(idempotencyRecordKey('acct_alice', name), Buffer.from(JSON.stringify({ v: 2, body_hash: 'x'.repeat(64), ...odd })));
+      const lookup = await h.app.request(`/v1/generations?idempotency_key=${name}`, { headers: { Authorization: `Bearer ${h.alice}` } });
+      expect([name, lookup.status]).toEqual([name, 200]);
+      expect(((await lookup.json()) as { data: unknown[] }).data).toEqual([]);
+      expect([name, (await post({ prompt: 'apple' }, { 'Idempotency-Key': name })).status]).toEqual([name, 202]);
+    }
   });
 
   it('a claim this version wrote is matched by the body as sent only: a body that leaves out the size or the model another named is another request (409)', async () => {
