@@ -117,6 +117,27 @@ export class IdempotencyLedger {
   }
 
   /**
+   * The key's claim as stored: null when there is none; `claim` undefined when it does not read
+   * (`corrupt` says why), which protects nothing: every caller treats it as no claim, and `claim()`
+   * takes it over.
+   */
+  private async readClaim(blobKey: string): Promise<{ etag: string; claim?: IdempotencyRecord; corrupt?: CorruptDocumentError } | null> {
+    const object = await this.blobs.get(blobKey);
+    if (!object) return null;
+    try {
+      return { etag: object.etag, claim: readDoc(IdempotencyRecord, object.body, blobKey) };
+    } catch (error) {
+      if (error instanceof CorruptDocumentError) return { etag: object.etag, corrupt: error };
+      throw error;
+    }
+  }
+
+  /** A claim older than the stale age, or released (its time set to 1970): its request made no job and never will. */
+  private isStale(claim: IdempotencyRecord, nowMs: number): boolean {
+    return nowMs - Date.parse(claim.created_at) > (this.options.staleMs ?? STALE_CLAIM_MS);
+  }
+
+  /**
    * Called by the claimant once its job exists, before anything sends it: whether its claim still
    * names `jobId`. A request that stalled past STALE_CLAIM_MS before its create (a slow store, a
    * paused VM; `clipag serve` has no request deadline) may have had its claim taken over by a retry
@@ -127,19 +148,11 @@ export class IdempotencyLedger {
   async confirm(args: { owner: string; key: string; jobId: string; now: Date }): Promise<boolean> {
     const blobKey = idempotencyRecordKey(args.owner, args.key);
     for (let attempt = 0; ; attempt++) {
-      const object = await this.blobs.get(blobKey);
-      if (!object) return false;
-      let existing: IdempotencyRecord;
+      const read = await this.readClaim(blobKey);
+      if (!read?.claim || read.claim.job_id !== args.jobId) return false;
+      const renewed: IdempotencyRecord = { ...read.claim, created_at: args.now.toISOString() };
       try {
-        existing = readDoc(IdempotencyRecord, object.body, blobKey);
-      } catch (error) {
-        if (error instanceof CorruptDocumentError) return false;
-        throw error;
-      }
-      if (existing.job_id !== args.jobId) return false;
-      const renewed: IdempotencyRecord = { ...existing, created_at: args.now.toISOString() };
-      try {
-        await this.blobs.replaceIfMatch(blobKey, Buffer.from(JSON.stringify(renewed)), object.etag, { contentType: 'application/json' });
+        await this.blobs.replaceIfMatch(blobKey, Buffer.from(JSON.stringify(renewed)), read.etag, { contentType: 'application/json' });
         return true;
       } catch (error) {
         // Someone wrote in between (a takeover, or our own re-write whose reply was lost): read again.
@@ -154,16 +167,8 @@ export class IdempotencyLedger {
    * is the ConflictError (409) that `claim` would give.
    */
   async existingJob(args: { owner: string; key: string; bodyHash: string; sameBodyHashes?: readonly string[]; waitForJob?: boolean }): Promise<JobRecord | null> {
-    const blobKey = idempotencyRecordKey(args.owner, args.key);
-    const object = await this.blobs.get(blobKey);
-    if (!object) return null;
-    let existing: IdempotencyRecord;
-    try {
-      existing = readDoc(IdempotencyRecord, object.body, blobKey);
-    } catch (error) {
-      if (error instanceof CorruptDocumentError) return null;
-      throw error;
-    }
+    const existing = (await this.readClaim(idempotencyRecordKey(args.owner, args.key)))?.claim;
+    if (!existing) return null;
     if (!sameBody(existing, args)) throw keyReused();
     // With `waitForJob` (a refusal the first request itself may cause: its active-job marker counts
     // before its job is written), a claim whose job is not written yet is waited for, as a claim does,
@@ -174,7 +179,7 @@ export class IdempotencyLedger {
       if (job) return job;
       if (!args.waitForJob) return null;
       // Abandoned (its request died before the create): nothing to replay; the refusal stands.
-      if (Date.now() - Date.parse(existing.created_at) > (this.options.staleMs ?? STALE_CLAIM_MS)) return null;
+      if (this.isStale(existing, Date.now())) return null;
       if (Date.now() >= deadline) throw inProgress();
       await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
     }
@@ -189,19 +194,11 @@ export class IdempotencyLedger {
    * POST answers: the job is a moment away, and "none" would invite a second request with the key.
    */
   async madeBy(args: { owner: string; key: string; now: Date }): Promise<JobRecord | null> {
-    const blobKey = idempotencyRecordKey(args.owner, args.key);
-    const object = await this.blobs.get(blobKey);
-    if (!object) return null;
-    let existing: IdempotencyRecord;
-    try {
-      existing = readDoc(IdempotencyRecord, object.body, blobKey);
-    } catch (error) {
-      if (error instanceof CorruptDocumentError) return null;
-      throw error;
-    }
+    const existing = (await this.readClaim(idempotencyRecordKey(args.owner, args.key)))?.claim;
+    if (!existing) return null;
     const job = await this.jobs.get(args.owner, existing.job_id);
     if (job) return job;
-    if (args.now.getTime() - Date.parse(existing.created_at) > (this.options.staleMs ?? STALE_CLAIM_MS)) return null;
+    if (this.isStale(existing, args.now.getTime())) return null;
     throw inProgress('idempotency_key');
   }
 
@@ -229,43 +226,37 @@ export class IdempotencyLedger {
       } catch (error) {
         if (!(error instanceof PreconditionFailedError)) throw error;
       }
-      const object = await this.blobs.get(blobKey);
-      if (!object) continue; // vanished in between: claim again
-      let existing: IdempotencyRecord;
-      try {
-        existing = readDoc(IdempotencyRecord, object.body, blobKey);
-      } catch (error) {
-        if (!(error instanceof CorruptDocumentError)) throw error;
+      const read = await this.readClaim(blobKey);
+      if (!read) continue; // vanished in between: claim again
+      const existing = read.claim;
+      let takeOver = false;
+      if (!existing) {
         // An unreadable claim names no job and no body we could compare or replay, so it protects
-        // nothing: treat it like a stale claim and take it over (conditionally, so of two requests
-        // racing for it exactly one wins). The alternative, a 409 forever, would burn the key.
-        this.options.log?.({ level: 'warn', msg: 'corrupt idempotency claim taken over', key: error.key, detail: error.detail });
-        try {
-          await this.blobs.replaceIfMatch(blobKey, encoded, object.etag, { contentType: 'application/json' });
-          return { kind: 'claimed', jobId: args.jobId };
-        } catch (replaceError) {
-          if (!(replaceError instanceof PreconditionFailedError)) throw replaceError;
-          continue;
+        // nothing: treat it like a stale claim and take it over. The alternative, a 409 forever, would
+        // burn the key.
+        this.options.log?.({ level: 'warn', msg: 'corrupt idempotency claim taken over', key: read.corrupt?.key, detail: read.corrupt?.detail });
+        takeOver = true;
+      } else {
+        // Our own claim: a write that landed but whose reply was lost, and whose resend failed its
+        // condition (S3 resends such a PUT). The job id is this request's own, so no one else's claim names it.
+        if (existing.job_id === args.jobId) return { kind: 'claimed', jobId: args.jobId };
+        const same = sameBody(existing, args);
+        const job = await this.jobs.get(args.owner, existing.job_id);
+        if (job) {
+          if (!same) throw keyReused();
+          return { kind: 'replay', job };
         }
+        // No job under the claim. A stale one (its request died before its create, or it was released
+        // after a failure) made nothing: the key is free for any body, as GET ?idempotency_key= says; a
+        // request of it still alive finds the takeover at its confirm(). A live one is a request still
+        // being made: the same body waits for it, another is a reuse.
+        takeOver = this.isStale(existing, args.now.getTime());
+        if (!takeOver && !same) throw keyReused();
       }
-      // Our own claim: a write that landed but whose reply was lost, and whose resend failed its
-      // condition (S3 resends such a PUT). The job id is this request's own, so no one else's claim names it.
-      if (existing.job_id === args.jobId) return { kind: 'claimed', jobId: args.jobId };
-      const same = sameBody(existing, args);
-      const job = await this.jobs.get(args.owner, existing.job_id);
-      if (job) {
-        if (!same) throw keyReused();
-        return { kind: 'replay', job };
-      }
-      // No job under the claim. A stale one (its request died before its create, or it was released
-      // after a failure) made nothing: the key is free for any body, as GET ?idempotency_key= says; a
-      // request of it still alive finds the takeover at its confirm(). A live one is a request still
-      // being made: the same body waits for it, another is a reuse.
-      const age = args.now.getTime() - Date.parse(existing.created_at);
-      if (age <= (this.options.staleMs ?? STALE_CLAIM_MS) && !same) throw keyReused();
-      if (age > (this.options.staleMs ?? STALE_CLAIM_MS)) {
+      if (takeOver) {
+        // Conditionally: of two requests racing for it exactly one wins; the other reads again.
         try {
-          await this.blobs.replaceIfMatch(blobKey, encoded, object.etag, { contentType: 'application/json' });
+          await this.blobs.replaceIfMatch(blobKey, encoded, read.etag, { contentType: 'application/json' });
           return { kind: 'claimed', jobId: args.jobId };
         } catch (error) {
           if (!(error instanceof PreconditionFailedError)) throw error;
