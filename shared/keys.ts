@@ -1,8 +1,7 @@
-import { forEachLimited } from './concurrency.ts';
 import { ValidationError } from './errors.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './names.ts';
 import type { BlobStore } from './ports.ts';
-import { deletePrefix } from './prefix.ts';
+import { deleteKeys, deletePrefix } from './prefix.ts';
 import type { JobRecord } from './schemas/job.ts';
 
 /**
@@ -116,7 +115,7 @@ export async function removeOrphanedOutputs(
     for (const item of page.items) if (unnamed(item.key)) doomed.push(item.key);
     cursor = page.cursor;
   } while (cursor);
-  await forEachLimited(doomed, 8, (key) => blobs.delete(key));
+  await deleteKeys(blobs, doomed);
   return true;
 }
 

@@ -32,6 +32,7 @@ import { z } from 'zod';
 import { ClipagError, PreconditionFailedError } from './errors.ts';
 import { assertValidKey, isPlainRelativePath } from './keys.ts';
 import type { BlobStore } from './ports.ts';
+import { deleteKeys, deletePrefix } from './prefix.ts';
 import { MODEL_NAME_PATTERN } from './schemas/common.ts';
 
 export const MODEL_STORE_PREFIX = 'models/';
@@ -440,7 +441,7 @@ export class ModelStore {
         if (!(e instanceof PreconditionFailedError)) throw e;
         const now = await this.describe(target).catch(() => null);
         if (now?.content_hash !== contentHash) {
-          await this.deletePrefix(bundlePrefix(target, contentHash)); // no index names them
+          await deletePrefix(this.blobs, bundlePrefix(target, contentHash)); // no index names them
           throw new ModelStoreError('conflict', `model "${target}" was pushed by someone else meanwhile with a different bundle; nothing of yours is listed. Check clipag models list, then push again with --force if yours should win`);
         }
       }
@@ -453,15 +454,15 @@ export class ModelStore {
     const removed: string[] = [];
     if (existing && !sameBundle) {
       if (existing.format_version === 1) {
-        for (const f of existing.files) {
+        const present = await Promise.all(existing.files.map(async (f) => {
           const key = modelFileKey(existing, f.path);
-          if (await this.blobs.head(key)) {
-            await this.blobs.delete(key);
-            removed.push(key);
-          }
-        }
+          return (await this.blobs.head(key)) ? key : undefined;
+        }));
+        const keys = present.filter((key): key is string => key !== undefined);
+        await deleteKeys(this.blobs, keys);
+        removed.push(...keys);
       } else if (existing.content_hash !== contentHash) {
-        removed.push(...(await this.deletePrefix(bundlePrefix(target, existing.content_hash))));
+        removed.push(...(await deletePrefix(this.blobs, bundlePrefix(target, existing.content_hash))));
       }
     }
     const status: PushResult['status'] = !existing
@@ -474,18 +475,6 @@ export class ModelStore {
     return { name: target, contentHash, files, totalBytes: bytesTotal, status, uploadedBytes, removed };
   }
 
-  /** Deletes every object under `prefix`; returns their keys. */
-  private async deletePrefix(prefix: string): Promise<string[]> {
-    const keys: string[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await this.blobs.list(prefix, cursor === undefined ? {} : { cursor });
-      keys.push(...page.items.map((i) => i.key));
-      cursor = page.cursor;
-    } while (cursor !== undefined);
-    for (const key of keys) await this.blobs.delete(key);
-    return keys;
-  }
 }
 
 function contentTypeOf(path: string): string {

@@ -2,19 +2,28 @@ import { forEachLimited } from './concurrency.ts';
 import type { BlobStore } from './ports.ts';
 
 /**
- * Deletes every object under `prefix`, page by page: each page in one batch where the store deletes
- * many at once (S3 DeleteObjects, a page being at most 1000 keys), else a few objects at once.
- * Idempotent: a rerun finishes what a failed one left.
+ * Deletes `keys`: in as few requests as the store allows (S3 DeleteObjects, 1000 keys a request), else
+ * a few at once. Idempotent, as `BlobStore.delete`.
  */
-export async function deletePrefix(blobs: BlobStore, prefix: string): Promise<void> {
+export async function deleteKeys(blobs: BlobStore, keys: readonly string[]): Promise<void> {
+  if (keys.length === 0) return;
+  if (blobs.deleteMany) await blobs.deleteMany(keys);
+  else await forEachLimited(keys, 8, (key) => blobs.delete(key));
+}
+
+/**
+ * Deletes every object under `prefix`, page by page (a page being at most 1000 keys, one batch on S3);
+ * returns the keys deleted. Idempotent: a rerun finishes what a failed one left.
+ */
+export async function deletePrefix(blobs: BlobStore, prefix: string): Promise<string[]> {
+  const deleted: string[] = [];
   let cursor: string | undefined;
   do {
     const page = await blobs.list(prefix, cursor ? { cursor } : {});
-    if (blobs.deleteMany) {
-      if (page.items.length > 0) await blobs.deleteMany(page.items.map((item) => item.key));
-    } else {
-      await forEachLimited(page.items, 8, (item) => blobs.delete(item.key));
-    }
+    const keys = page.items.map((item) => item.key);
+    await deleteKeys(blobs, keys);
+    deleted.push(...keys);
     cursor = page.cursor;
   } while (cursor);
+  return deleted;
 }

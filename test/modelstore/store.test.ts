@@ -285,12 +285,19 @@ describe('model store on S3 (s3rver)', () => {
     expect(err).toMatchObject({ code: 'conflict', message: expect.stringMatching(/already exists .*different bundle.*--force/) });
     expect((await store.describe('robust-x'))!.content_hash).toBe(a.contentHash); // untouched
 
+    const deleteRequests = { many: 0, one: 0 };
+    const deleteMany = blobs.deleteMany.bind(blobs);
+    const deleteOne = blobs.delete.bind(blobs);
+    blobs.deleteMany = async (keys) => (deleteRequests.many++, deleteMany(keys));
+    blobs.delete = async (key) => (deleteRequests.one++, deleteOne(key));
     const b = await store.push(other, 'robust-x', { force: true });
     expect(b.status).toBe('replaced');
     expect(b.contentHash).not.toBe(a.contentHash);
     // the replaced bundle's folder is gone, LICENSE.txt with it
     expect(b.removed.sort()).toEqual(a.files.map((f) => modelKey('robust-x', `${a.contentHash}/${f.path}`)).sort());
     expect((await blobs.list(`models/robust-x/${a.contentHash}/`)).items).toEqual([]);
+    // in one DeleteObjects request, not one DELETE per file
+    expect(deleteRequests).toEqual({ many: 1, one: 0 });
     expect((await store.describe('robust-x'))!.content_hash).toBe(b.contentHash);
     const w = await blobs.get(modelKey('robust-x', `${b.contentHash}/weights.safetensors`));
     expect(Buffer.compare(Buffer.from(w!.body), readFileSync(join(other, 'weights.safetensors')))).toBe(0);
