@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import { parseConfig, type LocalConfig } from '../shared/config.ts';
 import { ConfigError, NonRetryableError } from '../shared/errors.ts';
 import { dataFolderWriteProblem } from '../shared/adapters/local/probe.ts';
+import { PRIVATE_DIR_MODE, makeDataFolderPrivate } from '../shared/adapters/local/private.ts';
 import { createApp } from '../functions/app.ts';
 import { jsonLineLog } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
@@ -16,7 +17,7 @@ import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import type { UnhealthyReason } from '../gpu-worker/worker/worker.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
-import { intArg, REPO_ROOT, parseCliArgs } from './common.ts';
+import { intArg, REPO_ROOT, parseCliArgs, shellWord } from './common.ts';
 import { ModelStore } from '../shared/modelstore.ts';
 
 export const summary = 'run the API and the worker locally (no AWS account), with the embedded model';
@@ -171,13 +172,25 @@ async function usableDataFolder(dataDir: string, probe?: (dir: string) => Promis
   }
   if (info?.isDirectory() === false) throw new EngineError('invalid_input', `${named} is a file, not a folder`);
   try {
-    mkdirSync(dataDir, { recursive: true });
+    mkdirSync(dataDir, { recursive: true, mode: PRIVATE_DIR_MODE });
   } catch (error) {
     throw new EngineError('invalid_input', `${named} cannot be made (${cannot(error)}); pass --data DIR or set CLIPAG_DATA_DIR to a folder this user can write`);
   }
   const problem = await dataFolderWriteProblem(dataDir, probe);
   if (problem) throw new EngineError('invalid_input', `${problem}; pass --data DIR or set CLIPAG_DATA_DIR to a folder this user can write, or fix its permissions`);
+  // The adapters make every folder 0700 and every file 0600, but a data folder made by an older
+  // version holds 0755 folders and 0644 files (job records with prompts and webhook secrets): its
+  // root made 0700 closes all of them at once, so nothing under it needs a walk. Not a reason to
+  // refuse to start: said once per folder, and the server runs.
+  const notPrivate = await makeDataFolderPrivate(dataDir);
+  if (notPrivate && !warnedNotPrivate.has(dataDir)) {
+    warnedNotPrivate.add(dataDir);
+    jsonLineLog({ level: 'warn', msg: notPrivate });
+  }
 }
+
+/** Data folders already warned about as readable by others, in this process. */
+const warnedNotPrivate = new Set<string>();
 
 /** Local mode keeps one API key for the owner "local" so the printed curl keeps working across restarts. */
 async function localApiKey(dataDir: string, keys: { create(a: { name: string; owner: string }): Promise<{ secret: string }>; verify(s: string): Promise<unknown> }): Promise<string> {
@@ -199,15 +212,18 @@ export async function run(argv: string[]): Promise<number> {
   const maxSteps = values.steps === undefined ? undefined : intArg(values.steps, 'steps', 0, 1, 1000);
   const env = { ...process.env, ...(port !== undefined ? { PORT: String(port) } : {}), ...(values.data ? { CLIPAG_DATA_DIR: values.data } : {}) };
   const handle = await serve(env, { maxSteps });
-  const k = handle.apiKey;
+  const dataDir = resolve(env.CLIPAG_DATA_DIR ?? '.data');
+  // The key itself only to a person at a terminal: under systemd, docker or CI, stderr is a log that
+  // others read and keep. There the line says where the key is (the file is the owner's only).
+  const key = process.stderr.isTTY ? handle.apiKey : `$(cat ${shellWord(join(dataDir, 'local-api-key'))})`;
   process.stderr.write(
     [
-      `clipag: API and worker running at ${handle.url} (local mode, data in ${resolve(env.CLIPAG_DATA_DIR ?? '.data')})`,
+      `clipag: API and worker running at ${handle.url} (local mode, data in ${dataDir})`,
       // The cap is said here, and in the record of each job it cuts short (a warning): not a silent change.
       ...(maxSteps !== undefined ? [`clipag: --steps ${maxSteps}: every job is capped at ${maxSteps} step${maxSteps === 1 ? '' : 's'} (a job that asks for more gets a warning saying so)`] : []),
       '',
       'Try it:',
-      `  export CLIPAG=${handle.url} CLIPAG_KEY=${k}     # as the README's examples use them`,
+      `  export CLIPAG=${handle.url} CLIPAG_KEY=${key}     # as the README's examples use them`,
       `  curl -s -X POST $CLIPAG/v1/generations -H "Authorization: Bearer $CLIPAG_KEY" -H 'Content-Type: application/json' \\`,
       `       -d '{"prompt": "a large red circle on the left", "seed": 1}'`,
       `  curl -s $CLIPAG/v1/generations/<id> -H "Authorization: Bearer $CLIPAG_KEY" -H 'Prefer: wait=30'   # answers when it has ended (or after 30 s)`,

@@ -7,11 +7,40 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import { verifyLocalSignature } from '../shared/adapters/local/signing.ts';
 import { NotFoundError, PayloadTooLargeError, ValidationError } from '../shared/errors.ts';
+import { PNG_SIGNATURE } from '../shared/image-header.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { HttpError, methodNotAllowed } from './middleware/errors.ts';
 import type { AppEnv } from './types.ts';
 
 const forbidden = (reason: string) => new HttpError(403, 'forbidden', `signed link rejected: ${reason}`);
+
+/**
+ * On every `/blobs` answer. These links are served on the API's own origin, so a stored body must
+ * never be read as a page: no sniffing past the stored type, and a sandbox with nothing allowed, were
+ * a browser to render one as a document anyway. No cache keeps a copy: a link grants access only
+ * until it expires, a DELETE of its generation removes the image, and each image is one account's
+ * (a local server is cheap to ask again).
+ */
+const BLOB_RESPONSE_HEADERS: Readonly<Record<string, string>> = {
+  'x-content-type-options': 'nosniff',
+  'cache-control': 'private, no-store',
+  'content-security-policy': "default-src 'none'; sandbox",
+};
+
+const isPngType = (contentType: string | undefined) => contentType !== undefined && /^image\/png\s*(;|$)/i.test(contentType);
+
+/**
+ * Shown in place (inline) only for a PNG, the one type these links are signed for; anything else is
+ * a download. The name is the key's last segment, reduced to characters that need no quoting.
+ */
+function contentDisposition(key: string, contentType: string): string {
+  const name = (key.slice(key.lastIndexOf('/') + 1).replace(/[^A-Za-z0-9._=+@-]/g, '_') || 'blob').slice(0, 100);
+  return `${isPngType(contentType) ? 'inline' : 'attachment'}; filename="${name}"`;
+}
+
+function startsWithPngSignature(body: Uint8Array): boolean {
+  return body.byteLength >= PNG_SIGNATURE.length && PNG_SIGNATURE.every((byte, i) => body[i] === byte);
+}
 
 /**
  * Reads at most `cap` bytes of `body`; `null` as soon as the body turns out longer (the rest is
@@ -45,14 +74,27 @@ async function readCapped(body: ReadableStream<Uint8Array> | null, cap: number):
 }
 
 export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore, signingSecret: string): void {
+  // Before the routes, so it also sees the error envelopes onError makes of what they throw.
+  app.use('/blobs/*', async function protectiveBlobHeaders(c, next) {
+    await next();
+    for (const [name, value] of Object.entries(BLOB_RESPONSE_HEADERS)) c.res.headers.set(name, value);
+  });
+
   app.get('/blobs/*', async function serveSignedBlob(c) {
     const check = verifyLocalSignature(signingSecret, 'GET', c.req.url);
     if (!check.ok) throw forbidden(check.reason);
     const obj = await blobs.get(check.key);
     if (!obj) throw new NotFoundError('no such object');
+    const contentType = obj.contentType ?? 'application/octet-stream';
     return new Response(obj.body, {
       status: 200,
-      headers: { 'content-type': obj.contentType ?? 'application/octet-stream', 'content-length': String(obj.body.length), etag: `"${obj.etag}"`, 'x-request-id': c.get('requestId') },
+      headers: {
+        'content-type': contentType,
+        'content-length': String(obj.body.length),
+        'content-disposition': contentDisposition(check.key, contentType),
+        etag: `"${obj.etag}"`,
+        'x-request-id': c.get('requestId'),
+      },
     });
   });
 
@@ -80,6 +122,11 @@ export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore,
     }
     if (body.byteLength !== declared) {
       throw new ValidationError(`the body is ${body.byteLength} bytes but Content-Length says ${declared}`, 'Content-Length');
+    }
+    // A link signed for a PNG stores only a PNG: other bytes (HTML, say) are never kept under this
+    // origin. The generation that uses the upload still checks the whole file.
+    if (isPngType(check.contentType) && !startsWithPngSignature(body)) {
+      throw new ValidationError('the body is not a PNG file (it does not start with the PNG signature); this upload URL is for image/png: convert the image to PNG', 'body');
     }
     const { etag } = await blobs.put(check.key, body, { contentType: check.contentType ?? c.req.header('content-type') ?? 'application/octet-stream' });
     return new Response(null, { status: 200, headers: { etag: `"${etag}"`, 'x-request-id': c.get('requestId') } });

@@ -270,12 +270,13 @@ describe("the output check on the real engine, under an owner's own policy", () 
   });
 });
 
-async function envelopeOf(res: Response, status: number, code: string): Promise<void> {
+async function envelopeOf(res: Response, status: number, code: string): Promise<{ code: string; message: string; request_id: string }> {
   expect(res.status).toBe(status);
   expect(res.headers.get('content-type')).toMatch(/^application\/json/);
-  const body = (await res.json()) as { error: { code: string; request_id: string } };
+  const body = (await res.json()) as { error: { code: string; message: string; request_id: string } };
   expect(body.error.code).toBe(code);
   expect(body.error.request_id).toBe(res.headers.get('x-request-id'));
+  return body.error;
 }
 
 describe('local server error envelopes (over the real socket serve() listens on)', () => {
@@ -308,7 +309,9 @@ describe('local server error envelopes (over the real socket serve() listens on)
     // An error thrown by the blob store inside the /blobs handler (a key already used as a folder).
     const stores = await localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: h.url });
     await stores.blobs.put(`uploads/local/${grant.upload_id}/child`, new Uint8Array(1));
-    await envelopeOf(await fetch(grant.url, { method: 'PUT', headers: grant.headers, body: new Uint8Array(8) }), 400, 'validation_error');
+    // PNG signature bytes, so the link's PNG check passes and the store's refusal is what answers.
+    const conflict = await envelopeOf(await fetch(grant.url, { method: 'PUT', headers: grant.headers, body: new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]) }), 400, 'validation_error');
+    expect(conflict.message).not.toMatch(/PNG signature/);
   });
 
   it('serve --steps (1..1000) and --port (1..65535) are validated before anything starts: usage errors (exit 2), naming the flag', async () => {

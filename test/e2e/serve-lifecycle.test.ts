@@ -1,7 +1,8 @@
 // `clipag serve` starting and stopping, from a CLI review: a data folder it cannot write was accepted
 // (500 on every POST, the worker retrying EACCES for ever), an empty signing secret stopped it with a
 // message naming no file, and Ctrl-C dropped held `Prefer: wait` requests with no answer.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -135,6 +136,87 @@ describe('serve --steps', () => {
       Object.assign(process.env, saved);
     }
   }, 60_000);
+});
+
+describe('the start banner and the API key (a security review: the key landed in systemd, docker and CI logs)', () => {
+  /** What `run` writes to stderr, with stderr a terminal or not, until it stops by itself (no CUDA here). */
+  async function banner(dataDir: string, tty: boolean): Promise<string> {
+    const { run } = await import('../../cli/serve.ts');
+    const saved = { ...process.env };
+    const savedTty = Object.getOwnPropertyDescriptor(process.stderr, 'isTTY');
+    const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    Object.defineProperty(process.stderr, 'isTTY', { value: tty, configurable: true });
+    try {
+      Object.assign(process.env, await env(dataDir), { CLIPAG_EXECUTION_PROVIDER: 'cuda' });
+      expect(await run([])).toBe(1);
+      return err.mock.calls.map((c) => String(c[0])).join('');
+    } finally {
+      err.mockRestore();
+      if (savedTty) Object.defineProperty(process.stderr, 'isTTY', savedTty);
+      else delete (process.stderr as { isTTY?: boolean }).isTTY;
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      Object.assign(process.env, saved);
+    }
+  }
+
+  it('not a terminal: no key, but a line that reads it from the key file, quoted for the shell; a terminal: the key', async () => {
+    const dataDir = join(root, "banner's data");
+    const logged = await banner(dataDir, false);
+    const key = readFileSync(join(dataDir, 'local-api-key'), 'utf8').trim();
+    expect(key).toMatch(/^ck_/);
+    expect(logged).not.toContain(key);
+    const line = /^ {2}(export CLIPAG=\S+ CLIPAG_KEY=.*?) {5}# as the README's examples use them$/m.exec(logged)?.[1];
+    expect(line).toBe(`export CLIPAG=${/running at (\S+)/.exec(logged)?.[1]} CLIPAG_KEY=$(cat '${join(root, "banner'\\''s data")}/local-api-key')`);
+    // Pasted into a shell, it sets the key.
+    expect(execFileSync('bash', ['-c', `${line}; printf %s "$CLIPAG_KEY"`], { encoding: 'utf8' })).toBe(key);
+
+    expect(await banner(dataDir, true)).toContain(` CLIPAG_KEY=${key} `);
+  }, 90_000);
+});
+
+describe('the data folder is the owner\'s only (a security review: others could read prompts and webhook secrets)', () => {
+  it('a new one: the folder and what serve writes at its start are 0700 and 0600', async () => {
+    const dataDir = join(root, 'private-new');
+    const h = await serve(await env(dataDir), { recipeOverrides: FAST_RECIPE });
+    try {
+      const made = join(dataDir, 'blobs', 'objects', 'keys');
+      expect([dataDir, join(dataDir, 'blobs'), made].map((p) => (statSync(p).mode & 0o777).toString(8))).toEqual(['700', '700', '700']);
+      const files = [join(dataDir, 'signing-secret'), join(dataDir, 'local-api-key'), ...readdirSync(made).map((f) => join(made, f))];
+      expect(files.length).toBeGreaterThan(2);
+      expect(files.map((p) => (statSync(p).mode & 0o777).toString(8))).toEqual(files.map(() => '600'));
+    } finally {
+      await h.stop();
+    }
+  });
+
+  it('one an older version made (0755, a 0644 record in it): its root is closed at the start', async () => {
+    const dataDir = join(root, 'private-old');
+    mkdirSync(join(dataDir, 'blobs', 'objects', 'jobs'), { recursive: true });
+    chmodSync(dataDir, 0o755);
+    writeFileSync(join(dataDir, 'blobs', 'objects', 'jobs', 'old.json'), '{}', { mode: 0o644 });
+    const h = await serve(await env(dataDir), { recipeOverrides: FAST_RECIPE });
+    await h.stop();
+    expect(statSync(dataDir).mode & 0o777).toBe(0o700);
+  });
+
+  it('a shared one (sticky bit, like /tmp) is left as it is: serve starts, and says so once, not at every start', async () => {
+    const dataDir = join(root, 'private-sticky');
+    mkdirSync(dataDir);
+    chmodSync(dataDir, 0o1777);
+    const err = vi.spyOn(process.stderr, 'write');
+    try {
+      for (let start = 0; start < 2; start++) {
+        const h = await serve(await env(dataDir), { recipeOverrides: FAST_RECIPE });
+        await h.stop();
+      }
+      const warnings = err.mock.calls.map((c) => String(c[0])).filter((line) => line.includes('is a shared folder (sticky bit)'));
+      expect(warnings).toHaveLength(1);
+      expect(JSON.parse(warnings[0]!)).toMatchObject({ level: 'warn', msg: expect.stringMatching(new RegExp(`^the data folder ${escape(dataDir)} \\(mode 1777\\) is a shared folder`)) });
+      expect(statSync(dataDir).mode & 0o7777).toBe(0o1777);
+    } finally {
+      err.mockRestore();
+    }
+  });
 });
 
 describe('serve and an unhealthy worker', () => {

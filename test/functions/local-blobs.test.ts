@@ -1,8 +1,10 @@
 // The local signed-link routes, mounted on the API app as `clipag serve` does: every failure is the
 // ErrorEnvelope, and a signed PUT needs a Content-Length within the grant and a body of exactly that
-// length (read with a cap, never buffered unbounded).
+// length (read with a cap, never buffered unbounded). From a security review: answers on the API's
+// origin carried no nosniff, cache or sandbox headers, and a PUT signed for image/png stored any bytes.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mountLocalBlobRoutes } from '../../functions/local-blobs.ts';
+import { PNG_SIGNATURE } from '../../shared/image-header.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -24,6 +26,13 @@ async function grant(bytes: number): Promise<string> {
   return pathOf(signed.url);
 }
 
+/** `n` bytes (at least 8) that start as a PNG does: all the PUT looks at. */
+function pngBytes(n: number): Uint8Array {
+  const bytes = new Uint8Array(n).fill(3);
+  bytes.set(PNG_SIGNATURE);
+  return bytes;
+}
+
 function put(path: string, body: RequestInit['body'], headers: Record<string, string>) {
   return h.app.request(path, { method: 'PUT', body, headers: { 'content-type': 'image/png', ...headers }, ...(body instanceof ReadableStream ? { duplex: 'half' } : {}) } as RequestInit);
 }
@@ -42,9 +51,24 @@ function stream(total: number): ReadableStream<Uint8Array> {
 
 describe('signed PUT', () => {
   it('stores a body of exactly the granted length', async () => {
-    const res = await put(await grant(10), new Uint8Array(10).fill(3), { 'content-length': '10' });
+    const res = await put(await grant(10), pngBytes(10), { 'content-length': '10' });
     expect(res.status).toBe(200);
     expect((await h.blobs.get('uploads/acct_alice/u1'))?.size).toBe(10);
+  });
+
+  it('a link signed for image/png stores only bytes that start as a PNG: HTML or anything else → 400 (param "body"), nothing stored', async () => {
+    const html = new TextEncoder().encode('<html><script>alert(document.cookie)</script></html>');
+    const cases: Array<[string, Uint8Array]> = [
+      ['html', html],
+      ['seven bytes of the signature', pngBytes(10).map((b, i) => (i === 7 ? 0 : b))],
+      ['zeros', new Uint8Array(10)],
+    ];
+    for (const [what, body] of cases) {
+      const err = await expectEnvelope(await put(await grant(body.length), body, { 'content-length': String(body.length) }), 400, 'validation_error');
+      expect([err.param, err.message], what).toEqual(['body', 'the body is not a PNG file (it does not start with the PNG signature); this upload URL is for image/png: convert the image to PNG']);
+      expect(await h.blobs.get('uploads/acct_alice/u1'), what).toBeNull();
+    }
+    expect((await put(await grant(8), pngBytes(8), { 'content-length': '8' })).status).toBe(200); // the signature alone passes here; the generation checks the rest
   });
 
   it('a shorter body with a matching Content-Length → 400: the grant is for an exact size, as on S3', async () => {
@@ -95,13 +119,14 @@ describe('signed PUT', () => {
 
   it('a bad signature, a wrong Content-Type, a store error and a wrong method are all envelopes', async () => {
     const path = await grant(10);
-    await expectEnvelope(await put(path.replace(/sig=[0-9a-f]/, 'sig=g'), new Uint8Array(10), { 'content-length': '10' }), 403, 'forbidden');
-    await expectEnvelope(await put(path, new Uint8Array(10), { 'content-length': '10', 'content-type': 'image/jpeg' }), 400, 'validation_error');
+    await expectEnvelope(await put(path.replace(/sig=[0-9a-f]/, 'sig=g'), pngBytes(10), { 'content-length': '10' }), 403, 'forbidden');
+    await expectEnvelope(await put(path, pngBytes(10), { 'content-length': '10', 'content-type': 'image/jpeg' }), 400, 'validation_error');
     await expectEnvelope(await h.app.request(path, { method: 'DELETE' }), 405, 'method_not_allowed');
     // A key used as a folder: the local blob store throws ValidationError inside the handler.
     await h.blobs.put('uploads/acct_alice/dir/x', new Uint8Array(1));
-    const signed = await h.blobs.signedPutUrl('uploads/acct_alice/dir', { contentType: 'image/png', maxBytes: 10, contentLength: 1, expiresSec: 60 });
-    await expectEnvelope(await put(pathOf(signed.url), new Uint8Array(1), { 'content-length': '1' }), 400, 'validation_error');
+    const signed = await h.blobs.signedPutUrl('uploads/acct_alice/dir', { contentType: 'image/png', maxBytes: 10, contentLength: 8, expiresSec: 60 });
+    const err = await expectEnvelope(await put(pathOf(signed.url), pngBytes(8), { 'content-length': '8' }), 400, 'validation_error');
+    expect(err.message).toMatch(/key conflicts with an existing key used as a folder/);
   });
 });
 
@@ -114,5 +139,22 @@ describe('signed GET', () => {
     expect(ok.status).toBe(200);
     expect(ok.headers.get('x-request-id')).toMatch(/^req_/);
     expect(new Uint8Array(await ok.arrayBuffer())).toEqual(new Uint8Array([1, 2, 3]));
+  });
+
+  it('answers, images and errors alike, carry nosniff, no-store and a sandbox with nothing allowed; a PNG is inline under its name, anything else a download', async () => {
+    const protective = { 'x-content-type-options': 'nosniff', 'cache-control': 'private, no-store', 'content-security-policy': "default-src 'none'; sandbox" };
+    const headersOf = (res: Response, names: string[]) => Object.fromEntries(names.map((n) => [n, res.headers.get(n)]));
+    const names = [...Object.keys(protective), 'content-type', 'content-disposition'];
+    await h.blobs.put('outputs/acct_alice/j1/0.png', pngBytes(8), { contentType: 'image/png' });
+    await h.blobs.put('outputs/acct_alice/j1/page', new TextEncoder().encode('<html></html>'), { contentType: 'text/html' });
+    const png = await h.app.request(pathOf(await h.blobs.signedGetUrl('outputs/acct_alice/j1/0.png', 60)));
+    expect([png.status, headersOf(png, names)]).toEqual([200, { ...protective, 'content-type': 'image/png', 'content-disposition': 'inline; filename="0.png"' }]);
+    const page = await h.app.request(pathOf(await h.blobs.signedGetUrl('outputs/acct_alice/j1/page', 60)));
+    expect([page.status, headersOf(page, names)]).toEqual([200, { ...protective, 'content-type': 'text/html', 'content-disposition': 'attachment; filename="page"' }]);
+    const missing = await h.app.request(pathOf(await h.blobs.signedGetUrl('outputs/acct_alice/j1/none.png', 60)));
+    expect(headersOf(missing, Object.keys(protective))).toEqual(protective);
+    await expectEnvelope(missing, 404, 'not_found');
+    const stored = await put(await grant(8), pngBytes(8), { 'content-length': '8' });
+    expect([stored.status, headersOf(stored, Object.keys(protective))]).toEqual([200, protective]);
   });
 });

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { type FileHandle, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { forEachLimited } from '../../concurrency.ts';
@@ -18,6 +18,7 @@ import type {
 import { KeyedMutex, withDirLock } from './lock.ts';
 import { buildLocalSignedUrl } from './signing.ts';
 import { removeStaleFiles, syncDir, writeFileDurable } from './durable.ts';
+import { mkdirPrivate } from './private.ts';
 
 export interface LocalBlobStoreOptions {
   /** Everything lives under here: objects/, meta/, tmp/, locks/. */
@@ -95,7 +96,7 @@ export class LocalBlobStore implements BlobStore {
   /** Writes `data` to a fresh temp file, fsynced (slow for big bodies: done outside any lock). */
   private async stage(data: Uint8Array | string): Promise<string> {
     const tmpDir = join(this.root, 'tmp');
-    await mkdir(tmpDir, { recursive: true });
+    await mkdirPrivate(tmpDir);
     const tmp = join(tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
     try {
       await writeFileDurable(tmp, data);
@@ -110,13 +111,13 @@ export class LocalBlobStore implements BlobStore {
   private async commit(tmp: string, path: string): Promise<void> {
     try {
       try {
-        await mkdir(dirname(path), { recursive: true });
+        await mkdirPrivate(dirname(path));
         await rename(tmp, path);
       } catch (error) {
         // A delete of another key in the same folder (under that key's lock, not ours) removes the
         // folder when it empties it; if that fell between our mkdir and rename, make it again once.
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-        await mkdir(dirname(path), { recursive: true });
+        await mkdirPrivate(dirname(path));
         await rename(tmp, path);
       }
     } catch (error) {

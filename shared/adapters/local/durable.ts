@@ -1,13 +1,16 @@
 import { open, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { privateFileMode } from './private.ts';
 
 /**
  * Writes `data` to a new file and fsyncs it before returning, so a rename that follows publishes
  * complete contents: after a power loss the target is the old file or the new one, never a
- * zero-length or torn one (ext4/xfs may otherwise persist the rename before the data).
+ * zero-length or torn one (ext4/xfs may otherwise persist the rename before the data). The file is
+ * the owner's only (0600, or `mode` where that is stricter): the rename keeps the mode, and what is
+ * written here is job records, images, uploads and queue messages.
  */
-export async function writeFileDurable(path: string, data: Uint8Array | string): Promise<void> {
-  const handle = await open(path, 'wx');
+export async function writeFileDurable(path: string, data: Uint8Array | string, mode?: number): Promise<void> {
+  const handle = await open(path, 'wx', privateFileMode(mode));
   try {
     await handle.writeFile(data);
     await handle.sync();

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
-import { link, mkdir, open, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { link, open, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { RetryableError } from '../../errors.ts';
+import { PRIVATE_FILE_MODE, mkdirPrivate } from './private.ts';
 
 /** Serializes async critical sections per key within this process. */
 export class KeyedMutex {
@@ -134,13 +135,13 @@ async function removeIfSame(path: string, expected: Holder, token: string): Prom
 async function create(path: string, content: string): Promise<boolean> {
   for (;;) {
     try {
-      await writeFile(path, content, { flag: 'wx' });
+      await writeFile(path, content, { flag: 'wx', mode: PRIVATE_FILE_MODE });
       return true;
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'EEXIST') return false;
       if (code !== 'ENOENT') throw error;
-      await mkdir(dirname(path), { recursive: true });
+      await mkdirPrivate(dirname(path));
     }
   }
 }

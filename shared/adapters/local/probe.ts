@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, stat, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { PRIVATE_FILE_MODE } from './private.ts';
 
 /**
  * The folders under a data folder that the local adapters write into: the folder itself (signing
@@ -29,7 +30,7 @@ export function localWriteFolders(dataDir: string): string[] {
  */
 export async function probeWritableFolder(dir: string): Promise<void> {
   const probe = join(dir, `.clipag-write-probe-${process.pid}-${randomBytes(4).toString('hex')}`);
-  const handle = await open(probe, 'wx', 0o600);
+  const handle = await open(probe, 'wx', PRIVATE_FILE_MODE);
   await handle.close();
   await unlink(probe);
 }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
@@ -7,6 +7,7 @@ import { newId } from '../../ids.ts';
 import type { JobQueue, ReceivedMessage, ReceiveOptions } from '../../ports.ts';
 import { removeStaleFiles, syncDir, writeFileDurable } from './durable.ts';
 import { KeyedMutex, withDirLock } from './lock.ts';
+import { mkdirPrivate } from './private.ts';
 
 export interface LocalJobQueueOptions {
   /** The queue's folder; messages live in `<dir>/messages`, dead letters in `<dir>/dlq`. */
@@ -113,8 +114,8 @@ export class LocalJobQueue implements JobQueue {
 
   private async write(message: StoredMessage): Promise<void> {
     const tmpDir = join(this.dir, 'tmp');
-    await mkdir(tmpDir, { recursive: true });
-    await mkdir(this.messagesDir, { recursive: true });
+    await mkdirPrivate(tmpDir);
+    await mkdirPrivate(this.messagesDir);
     const tmp = join(tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
     // fsync before the rename: a power loss leaves the old message or the new one, never an empty file.
     await writeFileDurable(tmp, JSON.stringify(message));
@@ -152,7 +153,7 @@ export class LocalJobQueue implements JobQueue {
     if (quarantine) {
       const target = join(this.corruptDir, `${id}.${randomBytes(4).toString('hex')}.json`);
       try {
-        await mkdir(this.corruptDir, { recursive: true });
+        await mkdirPrivate(this.corruptDir);
         await rename(path, target);
         this.log.warn('unreadable queue message moved aside', { file: path, movedTo: target, problem });
       } catch (error) {

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
+import { link, open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NonRetryableError } from '../../errors.ts';
 import { syncDir } from './durable.ts';
 import { withDirLock } from './lock.ts';
+import { PRIVATE_FILE_MODE, mkdirPrivate } from './private.ts';
 
 /** The blob store's minimum (LocalBlobStore refuses a shorter HMAC key). */
 const MIN_SECRET_CHARS = 32;
@@ -33,7 +34,7 @@ async function readSecretFile(path: string, dataDir: string): Promise<string | u
 /** A new 0600 file next to `path` holding `secret`, fsynced: the rename or link that follows publishes it whole. */
 async function stageSecret(path: string, secret: string): Promise<string> {
   const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-  const handle = await open(tmp, 'wx', 0o600);
+  const handle = await open(tmp, 'wx', PRIVATE_FILE_MODE);
   try {
     await handle.writeFile(secret);
     await handle.sync();
@@ -84,7 +85,7 @@ export async function loadOrCreateSigningSecret(dataDir: string): Promise<string
       continue;
     }
     if (existing !== undefined) return usable(existing);
-    await mkdir(dataDir, { recursive: true });
+    await mkdirPrivate(dataDir);
     const secret = randomBytes(32).toString('hex');
     const tmp = await stageSecret(path, secret);
     try {
