@@ -2,18 +2,20 @@
 //
 // The worker only knows this interface; `createEngineSynthesizer` is the real one, on the CLIPAG
 // engine (ORT sessions in the worker-thread pool, so this process's event loop keeps serving
-// heartbeats and progress writes while a step runs). Engine code stays free of AWS/HTTP: the only
-// storage access here is the BlobStore port, to fetch an uploaded init image.
+// heartbeats and progress writes while a step runs; an uploaded init image is decoded on a thread of
+// its own, init-decode.ts, for the same reason). Engine code stays free of AWS/HTTP: the only storage
+// access here is the BlobStore port, to fetch an uploaded init image.
 
 import { uploadKey } from '../../shared/keys.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import { imageSeed, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../engine/errors.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../../shared/image-header.ts';
-import { decodeImage } from '../engine/synth/image.ts';
-import type { Recipe } from '../engine/synth/recipe.ts';
-import { type InitSpec, type PromptScore, type SynthRequest, synthesize } from '../engine/synth/synthesize.ts';
+import type { ClipEngine } from '../engine/engine.ts';
+import type { Recipe, Stage } from '../engine/synth/recipe.ts';
+import { type InitSpec, type PromptScore, type SynthRequest, synthesize, validateRequest } from '../engine/synth/synthesize.ts';
 import type { ModelRegistry } from '../models.ts';
+import { type FitSize, decodeInitImage } from './init-decode.ts';
 
 /** Weight of `negative_prompt` relative to the positive prompts' total (the CLI's `--negative` uses the same). */
 export const NEGATIVE_PROMPT_WEIGHT = -0.5;
@@ -115,8 +117,34 @@ export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrid
   }));
 }
 
-/** Resolves `spec.init` to the engine's InitSpec, fetching `uploads/<owner>/<id>` for an upload. */
-export async function resolveInit(job: SynthesisJob, blobs: BlobStore): Promise<InitSpec> {
+/**
+ * The sizes synthesize fits an init image at for `request`: its stages' (the schedule validateRequest
+ * gives it, the same for each of a job's n images). None for a request it refuses, since synthesize
+ * then fails with that refusal before it reads the image.
+ */
+export function initFitSizes(request: SynthRequest, engine: Pick<ClipEngine, 'imageSize' | 'bundle'>): FitSize[] {
+  let schedule: Stage[];
+  try {
+    schedule = validateRequest(request, engine.imageSize, engine.bundle.manifest.recipe).schedule;
+  } catch {
+    return [];
+  }
+  return [...new Map(schedule.map((s) => [`${s.width}x${s.height}`, { width: s.width, height: s.height }])).values()];
+}
+
+export interface ResolveInitOptions {
+  /** The sizes an upload is fitted at (initFitSizes): the only ones the engine can resize it to. */
+  fitSizes?: readonly FitSize[];
+  /** Stops an upload's decode at once; resolveInit then rejects as `aborted`. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Resolves `spec.init` to the engine's InitSpec, fetching `uploads/<owner>/<id>` for an upload and
+ * decoding it off this thread (decodeInitImage): its image has the upload's size and holds its fits
+ * at `fitSizes` only.
+ */
+export async function resolveInit(job: SynthesisJob, blobs: BlobStore, { fitSizes, signal }: ResolveInitOptions = {}): Promise<InitSpec> {
   const { init, strength } = job.spec;
   if (init === 'gmm') return { kind: 'gmm' };
   if (init === 'noise') return { kind: 'noise' };
@@ -124,7 +152,7 @@ export async function resolveInit(job: SynthesisJob, blobs: BlobStore): Promise<
   const object = await blobs.get(uploadKey(job.owner, id)); // storage errors propagate (retryable ones are retried)
   if (!object) throw new EngineError('invalid_input', `init image upload:${id} does not exist (upload it with POST /v1/uploads first)`, { param: 'init' });
   // The limit the config caps CLIPAG_MAX_UPLOAD_BYTES at: whatever size the API takes, this takes too.
-  const image = decodeImage(object.body, { maxBytes: MAX_IMAGE_FILE_BYTES });
+  const image = await decodeInitImage(object.body, { maxBytes: MAX_IMAGE_FILE_BYTES, fitSizes, signal });
   return { kind: 'image', image, strength: strength ?? DEFAULT_INIT_STRENGTH };
 }
 
@@ -156,7 +184,15 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
       try {
         const engine = held.engine;
         if (signal?.aborted) return abortedOutcome(0, 0);
-        let init = await resolveInit(job, options.blobs);
+        // The schedule does not depend on the start, so a stand-in start gives the stage sizes to fit an upload at.
+        const fitSizes = initFitSizes(toSynthRequests(job, { kind: 'noise' }, options.recipeOverrides, options.maxSteps)[0]!, engine);
+        let init: InitSpec;
+        try {
+          init = await resolveInit(job, options.blobs, { fitSizes, signal });
+        } catch (e) {
+          if (signal?.aborted) return abortedOutcome(0, 0); // a stop during the decode ends the run as one before it
+          throw e;
+        }
         // "gmm" is the API's default start, so a model shipped without a prior would fail every
         // request that names no init: it starts from noise instead, and the job says so.
         const initWarnings: string[] = [];

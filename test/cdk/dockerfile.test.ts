@@ -177,8 +177,9 @@ describe('gpu-worker/Dockerfile', () => {
 
 describe("the worker's code in the image", () => {
   it('every module the worker runs is in a folder the image copies, and every package it imports is a production dependency', async () => {
-    // The worker's entry and its pool threads' (tsx in the image: pool-worker-tsx.mjs loads pool-worker.ts).
-    const entries = ['gpu-worker/main.ts', 'gpu-worker/engine/runtime/pool-worker-tsx.mjs', 'gpu-worker/engine/runtime/pool-worker.ts'];
+    // The worker's entry and its threads' (tsx in the image: pool-worker-tsx.mjs loads pool-worker.ts and
+    // the init image's decode thread).
+    const entries = ['gpu-worker/main.ts', 'gpu-worker/engine/runtime/pool-worker-tsx.mjs', 'gpu-worker/engine/runtime/pool-worker.ts', 'gpu-worker/worker/init-decode-thread.ts'];
     const result = await build({ entryPoints: entries.map((e) => path.join(REPO_ROOT, e)), absWorkingDir: REPO_ROOT, bundle: true, platform: 'node', format: 'esm', packages: 'external', write: false, outdir: 'out', metafile: true, logLevel: 'silent' });
     const copied = inFinal('COPY')
       .filter((c) => !c.args.includes('--from='))

@@ -361,8 +361,18 @@ export function squareCropsCovering(img: PlanarImage): PlanarImage[] {
  * preprocessing shape (Resize(short side) + CenterCrop), used to fit init images to the run size.
  */
 export function resizeCover(img: PlanarImage, width: number, height: number, opts: ResizeOptions = {}): PlanarImage {
-  checkImage(img, 'resizeCover');
   checkSize(width, height, 'resizeCover');
+  const fits = coverFits.get(img);
+  if (fits) {
+    const fit = fits.get(`${width}x${height}`);
+    // Only the default filter was fitted: anything else would be other pixels than the caller asked for.
+    if (!fit || opts.antialias === false) {
+      const asked = `${width}×${height}${opts.antialias === false ? ' without antialias' : ''}`;
+      throw new Error(`resizeCover: this ${img.width}×${img.height} image holds antialiased fits at ${[...fits.keys()].join(', ') || 'no size'} only, not at ${asked}`);
+    }
+    return cloneImage(fit); // a copy, as a resize is: callers write into it
+  }
+  checkImage(img, 'resizeCover');
   const s = Math.max(width / img.width, height / img.height);
   let src = img;
   if (s > 1) {
@@ -382,4 +392,28 @@ export function resizeCover(img: PlanarImage, width: number, height: number, opt
   const rw = Math.max(width, Math.round(src.width * s));
   const rh = Math.max(height, Math.round(src.height * s));
   return cropCenter(resizeBilinear(src, rw, rh, opts), width, height);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fitted images
+
+/**
+ * The resizeCover fits of each image fittedImage made, by `${width}x${height}`. An init image of up to
+ * 16 Mpx is 200 MB as float: the GPU worker decodes it on a thread of its own and keeps only its fits
+ * at the sizes a run asks for (gpu-worker/worker/init-decode.ts). That is enough because every use
+ * the engine makes of an init image is a resizeCover to a stage's size.
+ */
+const coverFits = new WeakMap<PlanarImage, ReadonlyMap<string, PlanarImage>>();
+
+/**
+ * A width×height image known only by its resizeCover fits (each made as resizeCover(source, w, h)
+ * with the default filter): resizeCover returns a copy of the fit of the size it is asked, bit for bit
+ * what it would have computed from the source. Its data is empty, so any other use of it fails.
+ */
+export function fittedImage(width: number, height: number, fits: readonly PlanarImage[]): PlanarImage {
+  checkSize(width, height, 'fittedImage');
+  for (const f of fits) checkImage(f, 'fittedImage');
+  const img: PlanarImage = { width, height, data: new Float32Array(0) };
+  coverFits.set(img, new Map(fits.map((f) => [`${f.width}x${f.height}`, f])));
+  return img;
 }
