@@ -161,11 +161,13 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     }
   });
 
-  it('every API answer, an error too, is marked Cache-Control: no-store (signed links, webhook secrets, one caller\'s jobs)', async () => {
+  it('every API answer, an error too, is marked Cache-Control: no-store (signed links, webhook secrets, one caller\'s jobs), nosniff and not for framing', async () => {
     const created = await h.request('/v1/generations', { json: { prompt: 'a' } });
     expect([created.status, created.headers.get('Cache-Control')]).toEqual([202, 'no-store']);
-    for (const res of [await h.request('/v1/generations'), await h.request('/v1/generations/nope'), await h.request('/v1/models'), await h.request('/v1/generations', { key: null })]) {
+    for (const res of [created, await h.request('/v1/generations'), await h.request('/v1/generations/nope'), await h.request('/v1/models'), await h.request('/v1/generations', { key: null })]) {
       expect(res.headers.get('Cache-Control'), res.url).toBe('no-store');
+      expect(res.headers.get('X-Content-Type-Options'), res.url).toBe('nosniff');
+      expect(res.headers.get('X-Frame-Options'), res.url).toBe('DENY');
     }
   });
 
