@@ -7,7 +7,7 @@ import { rateLimitFields } from './routes/common.ts';
 type Json = Record<string, any>;
 
 const REQUEST_ID_HEADER = {
-  description: 'This request\'s id (also `error.request_id`); a sane incoming X-Request-Id (8–128 characters of [A-Za-z0-9._:-]) is kept',
+  description: "This request's id (also `error.request_id`), given by the API (in AWS, the gateway's own id for the request); never the caller's X-Request-Id",
   required: true,
   schema: { type: 'string' },
 };
@@ -64,7 +64,7 @@ export function withSharedResponses(doc: Json): Json {
         }
         op.parameters = [
           ...(op.parameters ?? []),
-          { name: 'X-Request-Id', in: 'header', required: false, description: 'Your own id for this request, echoed back when sane (8–128 characters of [A-Za-z0-9._:-])', schema: { type: 'string' } },
+          { name: 'X-Request-Id', in: 'header', required: false, description: "Your own id for this request: logged beside the API's own id (the response's X-Request-Id) when it is 8–128 characters of [A-Za-z0-9._:-]; it never replaces it", schema: { type: 'string' } },
         ];
       }
       // The shared 400 (routes/common.ts) is one text for many routes: the init-taking ones add their own code.

@@ -33,8 +33,12 @@ export const ModelList = z.object({ object: z.literal('list'), data: z.array(Mod
 import { MONTH_PATTERN } from '../shared/keys.ts';
 import { JOB_STATUSES } from '../shared/schemas/job.ts';
 
-/** The most generations one filtered list request reads (one GET each): bounded latency, whatever the filter matches. */
-export const LIST_SCAN_LIMIT = 200;
+/**
+ * The most generations one filtered list request reads (one GET each): the largest page (`limit`
+ * 100), so no list request reads more than any other, whatever the filter matches. Each counts as one
+ * request against the account's rate (ADR 0026); 200 let one request cost 202 store reads.
+ */
+export const LIST_SCAN_LIMIT = 100;
 export { GenerationOutputView, GenerationView } from '../shared/schemas/view.ts';
 import { GenerationView } from '../shared/schemas/view.ts';
 
@@ -62,7 +66,7 @@ export const ListQuery = z.object({
   status: z.enum(JOB_STATUSES).optional().openapi({
     param: { name: 'status', in: 'query' },
     example: 'failed',
-    description: `Only generations in this status. A request looks at no more than ${LIST_SCAN_LIMIT} generations, so a page may hold fewer than \`limit\` while \`next_cursor\` is set: keep paging until it is null.`,
+    description: `Only generations in this status. A request looks at no more than ${LIST_SCAN_LIMIT} generations (the largest page), so a page may hold fewer than \`limit\`, even none, while \`next_cursor\` is set: keep paging until it is null.`,
   }),
   idempotency_key: z
     .string()

@@ -4,6 +4,7 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { AuthError, ClipagError, RetryableError, TooManyRequestsError, ValidationError, toErrorEnvelope } from '../../shared/errors.ts';
 import type { ErrorEnvelopeBody } from '../../shared/errors.ts';
 import type { AppEnv, AppLogEntry } from '../types.ts';
+import { clientRequestId } from './request-id.ts';
 
 /** An HTTP-level error with an explicit public code (405, 415, malformed JSON, ...). */
 export class HttpError extends ClipagError {
@@ -65,7 +66,11 @@ export function methodNotAllowed(allowed: string[]): HttpError {
   return error;
 }
 
-/** The one onError: the envelope for every thrown error, and a log line for 5xx. */
+/**
+ * The one onError: the envelope for every thrown error, and a log line for 5xx, with what an operator
+ * needs to follow it up: the request's id (in AWS also the gateway's, which its access log joins to
+ * the caller's IP), the account once the key was read, and the caller's own X-Request-Id if it sent one.
+ */
 export function onError(log: (entry: AppLogEntry) => void): ErrorHandler<AppEnv> {
   return function onErrorHandler(error, c) {
     const response = errorResponse(c, error);
@@ -74,6 +79,8 @@ export function onError(log: (entry: AppLogEntry) => void): ErrorHandler<AppEnv>
         level: 'error',
         msg: 'request failed',
         request_id: c.get('requestId'),
+        owner: c.get('owner'),
+        client_request_id: clientRequestId(c),
         method: c.req.method,
         path: c.req.path,
         status: response.status,

@@ -3,7 +3,7 @@ import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { checkPngFile } from '../../shared/png-check.ts';
-import { jobOutputsPrefix, PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
+import { jobOutputsPrefix, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
@@ -12,7 +12,7 @@ import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
-import { canonicalJson, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
+import { canonicalJson, type Claim, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
@@ -28,6 +28,13 @@ const CHECKED_UPLOADS_KEPT = 1000;
 
 /** Generations one owner may have queued or running at once, unless the deployment says otherwise. */
 export const DEFAULT_MAX_ACTIVE_JOBS = 100;
+
+/**
+ * Over the active-job limit but among its oldest markers (a burst racing at the limit), a request
+ * counts again this many times, pausing 100 ms, then 200, then 400, for the others to take theirs away.
+ */
+const ACTIVE_RECOUNTS = 3;
+const ACTIVE_RECOUNT_PAUSE_MS = 100;
 
 /**
  * A job whose first enqueue failed (its POST answered 503): the retry with the same Idempotency-Key
@@ -184,6 +191,7 @@ const listGenerations = createRoute({
   method: 'get',
   path: '/v1/generations',
   summary: "The caller's generations, newest first; or the one an Idempotency-Key made",
+  description: `One request reads at most ${LIST_SCAN_LIMIT} generations, the largest page: \`limit\` of them, or with \`status\` up to ${LIST_SCAN_LIMIT} looked at to find \`limit\` in that status (keep paging while \`next_cursor\` is set). Every list request counts as one request against the account's rate limit, whatever its size (ADR 0026).`,
   security: SECURITY,
   request: { query: ListQuery },
   responses: {
@@ -244,22 +252,59 @@ export function registerGenerationRoutes(
   }
 
   /**
-   * The owner's limit of active (queued or running) generations, counted from their markers. A soft
-   * limit: requests racing at the edge may each see room. Markers of jobs that ended without removing
-   * theirs (a crash) are removed by the queued-job sweep within minutes.
+   * Takes one of the owner's places among its active (queued or running) generations (ADR 0016) for
+   * the job `jobId` this request would make: its `pending/active` marker is written first, and only
+   * then are the owner's markers counted. A request is let through only by a count, made after its
+   * own marker was written, that finds at most the limit (its own included). Of any requests let
+   * through, the last to count saw the markers of all the others (each was written before its own
+   * request counted), so no more than the limit are ever let through, however many race.
+   *
+   * Over the limit, the markers are ranked oldest first (job ids sort newest first, so an older one's
+   * key is greater): with `max` or more older than its own, the request is refused at once; otherwise
+   * (a burst, each seeing the others' markers) it looks again a few times while the others, ranked
+   * after it, take theirs away. So of a burst at an empty account the oldest `max` get through, not
+   * none. A refused request takes its marker away; the place is the caller's to give back on any later
+   * failure before its job is made (`givePlaceBack`).
    */
-  async function checkActiveLimit(owner: string): Promise<void> {
+  async function takeActivePlace(owner: string, jobId: string): Promise<void> {
     const max = limits.maxActiveJobs ?? DEFAULT_MAX_ACTIVE_JOBS;
-    // One page: the limit is at most 1000 (shared/config.ts), a page's size.
-    const page = await blobs.list(`${PENDING_JOBS_PREFIX}active/${owner}/`, { limit: max });
-    const active = page.items.length;
-    if (active >= max) {
-      throw new TooManyRequestsError(`${active} generations are queued or running; at most ${max} at once. Retry when some have finished.`, {
-        code: 'too_many_active_jobs',
-        retryAfterSec: 30,
-      });
+    const mine = pendingJobKey('active', owner, jobId);
+    let others = 0;
+    try {
+      await markPending(blobs, 'active', owner, jobId);
+      for (let look = 0; ; look++) {
+        // One page: the limit is at most 1000 (shared/config.ts), a page's size; an owner with more
+        // markers than a page is over any limit.
+        const page = await blobs.list(`${PENDING_JOBS_PREFIX}active/${owner}/`);
+        const keys = page.items.map((item) => item.key);
+        if (page.cursor === undefined && !keys.includes(mine)) {
+          // Written, yet not listed: the count cannot be trusted to include this request.
+          throw new RetryableError('the active generations could not be counted; retry', { code: 'unavailable' });
+        }
+        others = keys.filter((key) => key !== mine).length;
+        if (page.cursor === undefined && others < max) return;
+        const older = keys.filter((key) => key > mine).length;
+        if (older >= max || page.cursor !== undefined || look >= ACTIVE_RECOUNTS) break;
+        await new Promise((r) => setTimeout(r, ACTIVE_RECOUNT_PAUSE_MS * 2 ** look));
+      }
+    } catch (error) {
+      await givePlaceBack(owner, jobId);
+      throw error;
     }
+    try {
+      await blobs.delete(mine);
+    } catch (error) {
+      // The 429 stands: the marker holds a place until the queued-job sweep drops it (no job has it).
+      ctx.log({ level: 'warn', msg: "a refused request's active-job marker could not be removed: it counts against its owner until the queued-job sweep drops it", job_id: jobId, owner, error: operatorMessage(error) });
+    }
+    throw new TooManyRequestsError(`${others} generations are queued or running; at most ${max} at once. Retry when some have finished.`, {
+      code: 'too_many_active_jobs',
+      retryAfterSec: 30,
+    });
   }
+
+  /** The place `takeActivePlace` took for a job this request will not make (best effort, as every marker removal). */
+  const givePlaceBack = (owner: string, jobId: string) => clearPending(blobs, 'active', owner, jobId);
 
   /**
    * The request as a job spec: the deployment's default model filled in when it names none, the
@@ -383,10 +428,15 @@ export function registerGenerationRoutes(
 
   /**
    * The markers of a job about to be queued: its message not yet sent (ADR 0012), its place among its
-   * owner's active jobs (ADR 0016) and, with a webhook, the event it owes (ADR 0013).
+   * owner's active jobs (ADR 0016; already there when `takeActivePlace` took it for this job) and, with
+   * a webhook, the event it owes (ADR 0013).
    */
-  const markQueuedJob = (owner: string, id: string, withWebhook: boolean) =>
-    Promise.all([markPending(blobs, 'msg', owner, id), markPending(blobs, 'active', owner, id), ...(withWebhook ? [markPending(blobs, 'hook', owner, id)] : [])]);
+  const markQueuedJob = (owner: string, id: string, withWebhook: boolean, { placeTaken = false } = {}) =>
+    Promise.all([
+      markPending(blobs, 'msg', owner, id),
+      ...(placeTaken ? [] : [markPending(blobs, 'active', owner, id)]),
+      ...(withWebhook ? [markPending(blobs, 'hook', owner, id)] : []),
+    ]);
 
   /**
    * After the create, whether the Idempotency-Key's claim still names this request's job (ADR 0004):
@@ -503,21 +553,25 @@ export function registerGenerationRoutes(
       const variants = [legacySize, ...(request.model === undefined ? [{ ...request, model: 'toy' }, { ...legacySize, model: 'toy' }] : [])];
       const sameBodyHashes = [...new Set(variants.map((v) => sha256Hex(canonicalJson(v))))].filter((h) => h !== bodyHash);
       let jobId = newJobId(now.getTime());
-      // The model, the upload and the webhook URL are checked, the prompts screened and the owner's
-      // active jobs counted before anything is claimed or written, so a refused request spends nothing
-      // (the caller may fix it, or wait, and retry with the same key). A retry of a request whose job
-      // exists is answered with that job, whatever the checks say now (its upload expired, its model
-      // withdrawn, the policy or the count changed); a key used with another body is a 409 first.
+      // The model, the upload and the webhook URL are checked, the prompts screened and a place among
+      // the owner's active jobs taken before anything is claimed or made; a refused request gives its
+      // place back and so leaves nothing (the caller may fix it, or wait, and retry with the same key),
+      // as does any later failure before the job is made, and a replay (it makes no job). A retry of a
+      // request whose job exists is answered with that job, whatever the checks say now (its upload
+      // expired, its model withdrawn, the policy or the count changed); a key used with another body
+      // is a 409 first.
       let spec: GenerationSpec;
       let contentFlags: ContentFlag[];
       for (let pass = 0; ; pass++) {
         try {
-          // The three are independent reads (the models and the upload; the prompt policy; the owner's
-          // active markers), so they run at once: a POST waits on the slowest, not on their sum. Each is
-          // waited for, and the first failure in the order they ran in one after another (the spec, the
-          // prompts, the limit) is the answer, as then. Nothing here writes: the markers, the claim and
-          // the create all come after (ADR 0012, 0016).
-          const [checked, screened, limit] = await Promise.allSettled([checkedSpec(owner, request), screenedPrompts(owner, request), checkActiveLimit(owner)]);
+          // The three are independent (the models and the upload; the prompt policy; the owner's active
+          // markers), so they run at once: a POST waits on the slowest, not on their sum. Each is waited
+          // for, and the first failure in the order they ran in one after another (the spec, the prompts,
+          // the limit) is the answer, as then. The only write is this request's place among the active
+          // jobs, given back when any check fails; the other markers, the claim and the create all come
+          // after (ADR 0012, 0016).
+          const [checked, screened, limit] = await Promise.allSettled([checkedSpec(owner, request), screenedPrompts(owner, request), takeActivePlace(owner, jobId)]);
+          if (limit.status === 'fulfilled' && (checked.status === 'rejected' || screened.status === 'rejected')) await givePlaceBack(owner, jobId);
           if (checked.status === 'rejected') throw checked.reason;
           if (screened.status === 'rejected') throw screened.reason;
           if (limit.status === 'rejected') throw limit.reason;
@@ -547,40 +601,52 @@ export function registerGenerationRoutes(
         }
       }
       if (idempotencyKey !== undefined) {
-        const claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
+        let claim: Claim;
+        try {
+          claim = await ctx.ledger.claim({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, jobId, now });
+        } catch (error) {
+          await givePlaceBack(owner, jobId);
+          throw error;
+        }
         if (claim.kind === 'replay') {
           let job = claim.job;
-          if (job.status === 'queued' && job.attempts === 0) {
-            // Its POST answered 503 and could only mark it refused: failed now, it is re-queued below,
-            // as the retry the 503 invited asks.
-            const marker = await messageMarker(blobs, owner, job.id);
-            if (marker?.state === 'refused') job = await failRefusedJob(queuedJobDeps, job);
-          }
-          if (requeueable(job)) {
-            // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
-            // concurrent retries only the one whose write made the transition sends the message.
-            // The sweep drops the markers of a failed job: they go back before the job is queued again,
-            // and its webhook is owed afresh (the job's end is still to come).
-            await markQueuedJob(owner, job.id, job.webhook !== undefined);
-            let requeued = false;
-            job = await jobs.update(owner, job.id, (cur) => {
-              requeued = requeueable(cur);
-              // enqueued_at restarts the clock of the re-send after a lost message.
-              return requeued
-                ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString(), ...(cur.webhook ? { webhook: freshWebhookState(cur.webhook) } : {}) }
-                : null;
-            });
-            if (requeued) {
-              // Again after the transition: a sweep that read the job while it was still failed may
-              // have removed the markers written before it.
-              await markQueuedJob(owner, job.id, job.webhook !== undefined);
-              await enqueue(job);
+          try {
+            if (job.status === 'queued' && job.attempts === 0) {
+              // Its POST answered 503 and could only mark it refused: failed now, it is re-queued below,
+              // as the retry the 503 invited asks.
+              const marker = await messageMarker(blobs, owner, job.id);
+              if (marker?.state === 'refused') job = await failRefusedJob(queuedJobDeps, job);
             }
-          } else {
-            // Queued for long and never started: its message may have been lost. The queued-job sweep
-            // finds such jobs too; a replay need not wait for it. By the sweep's rule: only with its
-            // `pending/msg` marker (a job merely waiting in a backlog has none).
-            job = await resendIfMessageUnproven(queuedJobDeps, job);
+            if (requeueable(job)) {
+              // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
+              // concurrent retries only the one whose write made the transition sends the message.
+              // The sweep drops the markers of a failed job: they go back before the job is queued again,
+              // and its webhook is owed afresh (the job's end is still to come).
+              await markQueuedJob(owner, job.id, job.webhook !== undefined);
+              let requeued = false;
+              job = await jobs.update(owner, job.id, (cur) => {
+                requeued = requeueable(cur);
+                // enqueued_at restarts the clock of the re-send after a lost message.
+                return requeued
+                  ? { ...cur, status: 'queued', finished_at: null, error: null, enqueued_at: now.toISOString(), ...(cur.webhook ? { webhook: freshWebhookState(cur.webhook) } : {}) }
+                  : null;
+              });
+              if (requeued) {
+                // Again after the transition: a sweep that read the job while it was still failed may
+                // have removed the markers written before it.
+                await markQueuedJob(owner, job.id, job.webhook !== undefined);
+                await enqueue(job);
+              }
+            } else {
+              // Queued for long and never started: its message may have been lost. The queued-job sweep
+              // finds such jobs too; a replay need not wait for it. By the sweep's rule: only with its
+              // `pending/msg` marker (a job merely waiting in a backlog has none).
+              job = await resendIfMessageUnproven(queuedJobDeps, job);
+            }
+          } finally {
+            // This request makes no job of its own. Its place goes back only now: a re-queue above has
+            // marked its job's place first, so no count in between finds room that is not there.
+            await givePlaceBack(owner, jobId);
           }
           c.header('Location', `/v1/generations/${job.id}`);
           c.header('Idempotent-Replayed', 'true');
@@ -593,7 +659,7 @@ export function registerGenerationRoutes(
         // The markers first: a process that dies after the create but before the send leaves them for
         // the queued-job sweep, which then sends the message; a webhook is owed from the start.
         const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
-        await markQueuedJob(owner, jobId, webhook !== undefined);
+        await markQueuedJob(owner, jobId, webhook !== undefined, { placeTaken: true });
         job = await jobs.create(
           newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId') }),
         );
@@ -676,16 +742,18 @@ export function registerGenerationRoutes(
       return c.json({ object: 'list' as const, data, next_cursor: page.cursor ?? null }, 200);
     }
     // Filtered: read pages until `limit` match or LIST_SCAN_LIMIT were read. The cursor is the last
-    // generation read, so the next request goes on from exactly there.
+    // generation read, so the next request goes on from exactly there. A page counts as read in full,
+    // the documents skipped as corrupt included: they cost their GET too.
     const matched: JobRecord[] = [];
     let after = cursor;
     let more = true;
     let scanned = 0;
     while (more && matched.length < limit && scanned < LIST_SCAN_LIMIT) {
-      const page = await jobs.listByOwner(owner, { limit: Math.min(100, LIST_SCAN_LIMIT - scanned), ...(after !== undefined ? { cursor: after } : {}) });
+      const size = Math.min(100, LIST_SCAN_LIMIT - scanned);
+      const page = await jobs.listByOwner(owner, { limit: size, ...(after !== undefined ? { cursor: after } : {}) });
+      scanned += size;
       more = page.cursor !== undefined;
       for (const [i, job] of page.jobs.entries()) {
-        scanned++;
         after = job.id;
         if (job.status === status) matched.push(job);
         if (matched.length === limit) {

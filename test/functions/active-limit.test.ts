@@ -65,6 +65,16 @@ describe('active generations per owner', () => {
     expect((await post(app, { prompt: 'b' })).status).toBe(429);
   });
 
+  it('a request that makes no job gives back the place it took: a replay, a reused key (409)', async () => {
+    const app = limited();
+    const { id } = (await (await post(app, { prompt: 'a' }, 'k-a')).json()) as { id: string };
+    expect((await post(app, { prompt: 'a' }, 'k-a')).status).toBe(200);
+    await expectEnvelope(await post(app, { prompt: 'other' }, 'k-a'), 409, 'idempotency_key_reused');
+    expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', id)]);
+    // The one place left is still free.
+    expect((await post(app, { prompt: 'b' })).status).toBe(202);
+  });
+
   it('the sweep removes the marker of a job that ended without removing it, and keeps the others', async () => {
     const app = limited();
     const a = (await (await post(app, { prompt: 'a' })).json()) as { id: string };
@@ -150,9 +160,12 @@ describe('active generations per owner', () => {
     outage.down = false;
     const retry = send();
     await atGate; // the markers are written, the re-queue not yet made
-    expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', job!.id)]);
+    const jobMarker = pendingJobKey('active', 'acct_alice', job!.id);
+    // Beside the job's, the place the retry took for itself until its replay ends (it has no job: the sweep leaves it).
+    const [retryPlace] = (await activeMarkers()).filter((key) => key !== jobMarker);
+    expect((await activeMarkers()).sort()).toEqual([jobMarker, retryPlace!].sort());
     await sweepQueuedJobs({ blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock: () => new Date(), webhooks: { send: async () => 200, signedUrlTtlSec: 60 } });
-    expect(await activeMarkers()).toEqual([]); // the job was still failed when the sweep looked twice
+    expect(await activeMarkers()).toEqual([retryPlace]); // the job was still failed when the sweep looked twice
     release!();
     expect((await retry).status).toBe(200);
     expect(await activeMarkers()).toEqual([pendingJobKey('active', 'acct_alice', job!.id)]);

@@ -257,7 +257,7 @@ describe('routing', () => {
 });
 
 describe('request id', () => {
-  it('is on every response, success or error, and a sane incoming one is echoed', async () => {
+  it("is on every response, success or error, and is the API's own, never the caller's", async () => {
     const responses = [
       await h.request('/healthz', { key: null }),
       await h.request('/v1/models'),
@@ -271,20 +271,29 @@ describe('request id', () => {
     for (const id of ids) expect(id).toMatch(/^req_[0-9a-z]{26}$/);
     expect(new Set(ids).size).toBe(ids.length);
 
-    const echoed = await h.request('/v1/models', { headers: { 'X-Request-Id': 'client-trace-0001' } });
-    expect(echoed.headers.get('X-Request-Id')).toBe('client-trace-0001');
-    const err = await expectEnvelope(await h.request('/v1/nope', { headers: { 'X-Request-Id': 'client-trace-0002' } }), 404);
-    expect(err.request_id).toBe('client-trace-0002');
+    // A caller's id, sane or not, never becomes the request's (it could name another request).
+    const sent = await h.request('/v1/models', { headers: { 'X-Request-Id': 'client-trace-0001' } });
+    expect(sent.headers.get('X-Request-Id')).toMatch(/^req_[0-9a-z]{26}$/);
+    const notFound = await h.request('/v1/nope', { headers: { 'X-Request-Id': 'req_someone_elses_request' } });
+    const err = await expectEnvelope(notFound, 404);
+    expect(err.request_id).toMatch(/^req_[0-9a-z]{26}$/);
+    expect(notFound.headers.get('X-Request-Id')).toBe(err.request_id);
     const insane = await h.request('/v1/models', { headers: { 'X-Request-Id': 'bad id\twith spaces' } });
     expect(insane.headers.get('X-Request-Id')).toMatch(/^req_/);
   });
 
-  it('an unexpected failure is a 500 envelope that leaks nothing, and is logged with the request id', async () => {
+  it("an unexpected failure is a 500 envelope that leaks nothing, and is logged with the request id, the account and the caller's own id", async () => {
     const { createApp } = await import('../../functions/app.ts');
     const app = createApp({ ...h.deps, models: async () => { throw new Error('secret internals /etc/x'); } });
-    const res = await app.request('/v1/models', { headers: { Authorization: `Bearer ${h.alice}` } });
+    const res = await app.request('/v1/models', { headers: { Authorization: `Bearer ${h.alice}`, 'X-Request-Id': 'client-trace-0003' } });
     const err = await expectEnvelope(res, 500, 'internal_error');
     expect(err.message).toBe('internal error');
-    expect(h.logs).toContainEqual(expect.objectContaining({ level: 'error', request_id: err.request_id }));
+    expect(h.logs).toContainEqual(expect.objectContaining({ level: 'error', msg: 'request failed', request_id: err.request_id, owner: 'acct_alice', client_request_id: 'client-trace-0003' }));
+    // A caller's id that is not short and plain is left out of the log line.
+    const odd = await app.request('/v1/models', { headers: { Authorization: `Bearer ${h.alice}`, 'X-Request-Id': 'x'.repeat(200) } });
+    const oddErr = await expectEnvelope(odd, 500, 'internal_error');
+    const line = h.logs.find((l) => (l as { request_id?: string }).request_id === oddErr.request_id) as Record<string, unknown>;
+    expect(line).toMatchObject({ owner: 'acct_alice' });
+    expect(line.client_request_id).toBeUndefined();
   });
 });

@@ -1,8 +1,9 @@
 /**
  * POST /v1/generations runs its three checks (the spec: models and upload; the prompt policy; the
- * owner's active-job count) at once rather than one after another (review finding 5c), and answers
- * exactly what it answered then: the first failure in the old order wins (spec, then prompts, then the
- * limit), and nothing is claimed or written before all three have passed.
+ * owner's active-job count, which first writes the request's own place) at once rather than one after
+ * another (review finding 5c), and answers exactly what it answered then: the first failure in the old
+ * order wins (spec, then prompts, then the limit), and nothing is claimed or written before all three
+ * have passed (a place taken is given back).
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
@@ -34,8 +35,10 @@ function timedApp(maxActiveJobs = 100) {
       spans[name] = { start, end: performance.now() };
     }
   };
+  // The active-job check writes its marker, then lists: it starts with the write.
   const blobs = new Proxy(h.blobs, {
     get(target, prop, receiver) {
+      if (prop === 'put') return (key: string, body: Uint8Array, options?: never) => (key.startsWith('pending/active/') ? timed('active marker', () => target.put(key, body, options)) : target.put(key, body, options));
       if (prop === 'list') return (prefix: string, options?: never) => (prefix.startsWith('pending/active/') ? timed('active list', () => target.list(prefix, options)) : target.list(prefix, options));
       return Reflect.get(target, prop, receiver);
     },
@@ -57,8 +60,9 @@ describe('POST /v1/generations checks', () => {
     const { post, spans } = timedApp();
     const res = await post({ prompt: 'a red apple' });
     expect(res.status).toBe(202);
-    const names = ['models', 'policy', 'active list'];
+    const names = ['models', 'policy', 'active marker'];
     for (const name of names) expect(spans[name], name).toBeDefined();
+    expect(spans['active list']!.start).toBeGreaterThanOrEqual(spans['active marker']!.end);
     // Each started before any other ended: they overlapped.
     const lastStart = Math.max(...names.map((n) => spans[n]!.start));
     const firstEnd = Math.min(...names.map((n) => spans[n]!.end));
@@ -74,9 +78,21 @@ describe('POST /v1/generations checks', () => {
     await expectEnvelope(await post({ prompt: 'Mickey Mouse waving' }), 400, 'content_policy');
     // All good but the limit: 429.
     await expectEnvelope(await post({ prompt: 'a red apple' }), 429, 'too_many_active_jobs');
-    // None of them claimed a key or wrote a job.
+    // None of them claimed a key, wrote a job or kept a place among the active jobs.
     await expectEnvelope(await post({ prompt: 'a red apple' }, 'k-1'), 429, 'too_many_active_jobs');
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
     expect((await h.blobs.list('jobs/.idempotency/')).items).toEqual([]);
+    expect((await h.blobs.list('pending/')).items.map((i) => i.key)).toEqual(['pending/active/acct_alice/gen_01jzzzzzzzzzzzzzzzzzzzzzzz']);
+  });
+
+  it('a place taken while another check refuses the request is given back', async () => {
+    const { post } = timedApp(1);
+    // The limit has room, so the place is taken; the model or the prompt refuses the request.
+    await expectEnvelope(await post({ prompt: 'a red apple', model: 'nope' }), 400, 'validation_error');
+    await expectEnvelope(await post({ prompt: 'Mickey Mouse waving' }, 'k-2'), 400, 'content_policy');
+    expect((await h.blobs.list('pending/')).items).toEqual([]);
+    expect((await h.blobs.list('jobs/.idempotency/')).items).toEqual([]);
+    // The one place is free: a good request takes it.
+    expect((await post({ prompt: 'a red apple' })).status).toBe(202);
   });
 });
