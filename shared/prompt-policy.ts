@@ -2,7 +2,9 @@
 // job is made. Rules name phrases; a prompt that contains one (whole words, read as the model reads it,
 // then folded: case, accents, compatibility forms such as full-width letters, invisible characters,
 // punctuation inside a phrase, look-alike letters of other scripts and small capitals, digits and
-// symbols that stand for letters, letters spelled out one by one, "rn" and "vv" for m and w; for a rule
+// symbols that stand for letters, letters spelled out one by one, "rn" and "vv" for m and w; for a refusing
+// rule, a name across a comma glued inside it or a sentence break before a lower-case letter
+// ("mickey,mouse", "mickey. mouse") and a name with a letter glued to its edge ("öbatman"); for a rule
 // that says so, a name inside a longer word or a name split in pieces) is refused (400 content_policy) or
 // flagged (the job carries the flag, and every view shows it). Its `output_rules` check every generated
 // image (ADR 0017). The operator owns the list: a deployment may replace the default below with a
@@ -622,9 +624,93 @@ const SPELLED_LEET = /(?<=(?:^|[^\p{L}\p{N}])\p{L}[^\p{L}\p{N}]{1,3})[0-9@$!](?=
  * "spider / man", "McDonald's" and "Mickey (Mouse)" stay one (the model reads each as the name).
  * "mickey. mouse" is, to CLIP, the tokens of "mickey.mouse" too, but reading sentence punctuation as
  * part of a phrase refused ordinary two-sentence prompts ("A big spider. Man screaming in fear",
- * "Hello! Kitty cat on a mat") and lost flags to exceptions ("pilot. whale"): ADR 0015, last section.
+ * "Hello! Kitty cat on a mat") and lost flags to exceptions ("pilot. whale"): ADR 0015. Refusing rules
+ * read a name across the breaks that no sentence or list is written with, in added readings
+ * (phraseJoins): "mickey. mouse", "mickey,mouse".
  */
 export const PHRASE_BREAK = /[,;\n]+|\s+[.:!?]+|[.:!?]+(?=\s|$)/u;
+
+/** PHRASE_BREAK, to find every break of a prompt (phraseJoins). */
+const PHRASE_BREAKS = new RegExp(PHRASE_BREAK.source, 'gu');
+/** A break of sentence punctuation: . ! or ?, spaced before or not (":" introduces: "spider: man of the year"). */
+const SENTENCE_BREAK = /^[^\S\n]*[.!?]+$/u;
+/** What follows a sentence break inside a name: a lower-case letter (after a space or not: "mickey .mouse"), where a sentence starts with a capital. */
+const LOWER_CASE_NEXT = /^[^\S\n]*\p{Ll}/u;
+
+/**
+ * The breaks of a prompt that a disguise puts between a name's words, by their place among its breaks
+ * (the k-th joins the prompt's phrases k and k + 1), with how a name is found across them; read against
+ * refusing rules only (ADR 0015, "2026-12-06, evasions"):
+ * - `anywhere`: a comma or semicolon glued between two letters, the only one in its run of characters
+ *   without a space ("mickey,mouse", "m1ckey;m0use"), where a list has spaces or more separators
+ *   ("bugs, bunny", "bugs,bunny;frog"). A term is found anywhere in the two phrases joined, as in
+ *   "mickey.mouse".
+ * - `whole`: . ! or ? next to a space, then a lower-case letter ("mickey. mouse", "mickey . mouse"),
+ *   where an ordinary sentence starts with a capital ("A big spider. Man screaming"). A term is found
+ *   there only as the whole of the two phrases joined: the one before the break is the name's first
+ *   words and the one after it the rest, nothing else. Two sentences that only begin or end with a
+ *   name's words are sentences still: "a sponge. bob the builder", "hello. kitty cats sleeping on a sofa"
+ *   (a review found such prompts refused when sentence punctuation was read through: ADR 0015).
+ * Found on the prompt as written, whose case the model's cleaning lowers. `phrases`: how many phrases
+ * the prompt as written has; a form of it with another number (an entity decoded to a comma) is not joined.
+ */
+function phraseJoins(text: string): { phrases: number; joins: Map<number, 'anywhere' | 'whole'> } {
+  const joins = new Map<number, 'anywhere' | 'whole'>();
+  if (!/[,;.!?]/.test(text)) return { phrases: 1, joins };
+  const parts: Array<{ phrase: string; breakAt: number; separator: string }> = [];
+  let from = 0;
+  for (const m of text.matchAll(PHRASE_BREAKS)) {
+    parts.push({ phrase: text.slice(from, m.index), breakAt: m.index, separator: m[0] });
+    from = m.index + m[0].length;
+  }
+  const last = text.slice(from);
+  parts.forEach(({ phrase: before, breakAt, separator }, k) => {
+    const after = parts[k + 1]?.phrase ?? last;
+    if ((separator === ',' || separator === ';') && /[\p{L}\p{M}]$/u.test(before) && /^\p{L}/u.test(after)) {
+      // The run of characters without a space the separator stands in: a list if it holds another.
+      let start = breakAt;
+      while (start > 0 && !/\s/.test(text[start - 1]!)) start--;
+      let end = breakAt + 1;
+      while (end < text.length && !/\s/.test(text[end]!)) end++;
+      if (text.slice(start, end).match(/[,;]/g)!.length === 1) joins.set(k, 'anywhere');
+    } else if (SENTENCE_BREAK.test(separator) && LOWER_CASE_NEXT.test(after) && before.trim() !== '') {
+      // A term has at most MAX_TERM_WORDS words as written: two phrases of more are never one whole.
+      const words = (phrase: string) => phrase.trim().split(/\s+/).length;
+      if (words(before) + words(after) <= MAX_TERM_WORDS) joins.set(k, 'whole');
+    }
+  });
+  return { phrases: parts.length + 1, joins };
+}
+
+/**
+ * A word of three or more ASCII letters and digits (a letter among them) with one letter of another kind
+ * glued at its start or its end: one outside ASCII ("ö", "é", "ø", Cyrillic "а") or one with marks
+ * ("o\u0308"). CLIP's byte-level BPE reads that letter as a piece of its own: "öbatman" is the tokens
+ * "ö" and "batman", "batmanø" "batman" and "ø" (as "über" is "ü" and "ber"), where folding its accent
+ * off leaves the longer word "obatman". Not a letter inside a word: "Zürich" is "z", "ü", "rich" to the
+ * model, and "Zürich people" must not read "rich people".
+ */
+const EDGE_LETTER_WORD =
+  /(?<![\p{L}\p{M}\p{N}])(?:((?![a-zA-Z])\p{L}\p{M}*|[a-zA-Z]\p{M}+)([a-zA-Z0-9]{3,})|([a-zA-Z0-9]{3,})((?![a-zA-Z])\p{L}\p{M}*|[a-zA-Z]\p{M}+))(?![\p{L}\p{M}\p{N}])/gu;
+
+/**
+ * The texts with such a letter (EDGE_LETTER_WORD) set apart from the rest of its word ("ö batman"):
+ * added forms, read against refusing rules only; empty when no word has one. Composed (NFC): the forms a
+ * prompt is read in differ often only in how a letter's marks are written (ö, o\u0308), which folds
+ * alike, and each distinct form costs a reading (with leetspeak on top, three).
+ */
+function edgeLetterForms(texts: readonly string[]): string[] {
+  const read = new Set<string>();
+  for (const text of texts) {
+    if (!/[^\x00-\x7f]/.test(text)) continue;
+    const apart = text.replace(EDGE_LETTER_WORD, (word, letter: string | undefined, rest: string | undefined, restBefore: string | undefined, letterAfter: string | undefined) => {
+      if (letter !== undefined) return /[a-zA-Z]/.test(rest!) ? `${letter} ${rest}` : word;
+      return /[a-zA-Z]/.test(restBefore!) ? `${restBefore} ${letterAfter}` : word;
+    });
+    if (apart !== text) read.add(apart.normalize('NFC'));
+  }
+  return [...read];
+}
 
 /** What a term or an unless phrase may not contain: a phrase break, and punctuation that reads as one in a document ("mr. bean": write "mr bean", which finds "Mr. Bean"). */
 const TERM_FORBIDDEN = /[,;:.!?|/()[\]{}"“”«»\n]/u;
@@ -769,23 +855,47 @@ function rnVvReadingFits(t: { rule: { action: string }; words: string[] }): bool
  * ones read as those ("Ріkachu" in Cyrillic Р and і), and with digits and symbols read as letters
  * ("p1kachu"): the model may read any of them as the name. Each phrase as written and with punctuation
  * inside its words taken out ("Bat-Man"). `collapsed`: those of the weaker reading with doubled letters
- * written once, not among `phrases`. `sixes`: whether leetspeak read a 6 (typesSix), as given or found.
+ * written once, not among `phrases`. `refusing`: those read against refusing rules only, not among
+ * `phrases`: a letter glued to a word's edge set apart ("öbatman": edgeLetterForms) and the phrases
+ * joined across a glued comma or semicolon ("mickey,mouse": phraseJoins); `refusingWhole`: likewise,
+ * across sentence punctuation ("mickey. mouse"), where a term is found only as a whole phrase.
+ * `sixes`: whether leetspeak read a 6 (typesSix), as given or found.
  */
-function promptPhrases(text: string, sixes?: boolean): { phrases: Set<string>; collapsed: Set<string>; sixes: boolean } {
+function promptPhrases(
+  text: string,
+  sixes?: boolean,
+): { phrases: Set<string>; collapsed: Set<string>; refusing: Set<string>; refusingWhole: Set<string>; sixes: boolean } {
   const camel = text.replace(/(\p{Ll})(?=\p{Lu})/gu, '$1 ');
   // ASCII look-alikes ("PlKACHU", "he||o") are read in the form as written only (with leetspeak
   // on top): each added form costs a pass over the prompt.
   const forms = [...lookalikeForms(text), ...(camel === text ? [] : lookalikeForms(camel)), ...asciiLookalikeForms(text).map(cleanClipText)];
-  const toPhrases = (texts: string[]) =>
-    texts
-      .flatMap((t) => t.split(PHRASE_BREAK))
-      .flatMap((p) => [p, p.replace(INSIDE_WORD_PUNCTUATION, ''), ...(p.search(JOINED_BY_FOLD) >= 0 ? [p.replace(JOINED_BY_FOLD, ' ')] : [])]);
+  /** A phrase as written, with punctuation inside its words taken out, and with what the fold joins across set apart. */
+  const variants = (p: string) => [p, p.replace(INSIDE_WORD_PUNCTUATION, ''), ...(p.search(JOINED_BY_FOLD) >= 0 ? [p.replace(JOINED_BY_FOLD, ' ')] : [])];
+  const toPhrases = (texts: string[]) => texts.flatMap((t) => t.split(PHRASE_BREAK)).flatMap(variants);
   // Leetspeak reads a 6 where the prompt as written (the first form) has one: not a Cyrillic б.
   const six = sixes ?? typesSix(forms[0]!);
-  const phrases = new Set(toPhrases([...forms, ...forms.flatMap((form) => leetForms(form, six))]));
+  const read = [...forms, ...forms.flatMap((form) => leetForms(form, six))];
+  const phrases = new Set(toPhrases(read));
   // Doubled letters collapsed ("pikaachu"): a weaker reading, held to long names that double no letter.
   const collapsed = new Set(toPhrases(collapsedLetterForms(cleanClipText(text))).filter((p) => !phrases.has(p)));
-  return { phrases, collapsed, sixes: six };
+  // A letter glued to a word's edge set apart, with leetspeak on top ("öb4tman").
+  const edges = edgeLetterForms(forms);
+  const edgeRead = [...edges, ...edges.flatMap((form) => leetForms(form, six))];
+  const refusing = new Set(toPhrases(edgeRead));
+  const refusingWhole = new Set<string>();
+  // Phrases joined across a break no sentence or list is written with, in every form
+  // ("m1ckey. m0use" read as leetspeak): the form's phrases on either side of it, with a space between.
+  const { phrases: count, joins } = phraseJoins(text);
+  if (joins.size > 0) {
+    for (const form of [...read, ...edgeRead]) {
+      const parts = form.split(PHRASE_BREAK);
+      if (parts.length !== count) continue;
+      for (const [k, kind] of joins) for (const joined of variants(`${parts[k]} ${parts[k + 1]}`)) (kind === 'whole' ? refusingWhole : refusing).add(joined);
+    }
+  }
+  // A phrase read in full already needs no narrower reading.
+  for (const set of [refusing, refusingWhole]) for (const phrase of set) if (phrases.has(phrase)) set.delete(phrase);
+  return { phrases, collapsed, refusing, refusingWhole, sixes: six };
 }
 
 /** A phrase's words, as the screen matches them: a phrase of a cleaned form, folded (never cleaned again: foldCleaned). */
@@ -1006,7 +1116,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
             joined += read[j];
           }
         };
-        const { phrases, collapsed, sixes } = promptPhrases(text);
+        const { phrases, collapsed, refusing, refusingWhole, sixes } = promptPhrases(text);
         /**
          * What the prompt's words that have a Cyrillic or Greek letter read as (each read as the prompt
          * is: "тoр" reads "top"), found when a loose key of a term is first met on a word without such a
@@ -1035,9 +1145,29 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
           for (let k = i; k <= j; k++) if (!fromCyrillicOrGreek(words[k]!)) return false;
           return true;
         };
-        for (const phrase of [...phrases, ...collapsed]) {
-          const weak = !phrases.has(phrase);
+        // Each phrase with how it is read: in full; with doubled letters collapsed; against refusing
+        // rules only, anywhere in it or as the whole of it (promptPhrases).
+        const readings: Array<readonly [string, 'full' | 'collapsed' | 'refusing' | 'refusing-whole']> = [
+          ...[...phrases].map((p) => [p, 'full'] as const),
+          ...[...collapsed].map((p) => [p, 'collapsed'] as const),
+          ...[...refusing].map((p) => [p, 'refusing'] as const),
+          ...[...refusingWhole].map((p) => [p, 'refusing-whole'] as const),
+        ];
+        // The words of the phrases read in full or against refusing rules: many forms of a prompt fold to
+        // the same words ("ü ber" and "u\u0308 ber"), which need matching once, the widest reading first.
+        const wordsRead = new Set<string>();
+        for (const [phrase, reading] of readings) {
+          // Any reading but the full one is matched span by span only, with none of the readings on top
+          // (rn and vv, inside runs and longer words): each would cost a pass, and find only what these do.
+          const weak = reading !== 'full';
+          const refusingOnly = reading === 'refusing' || reading === 'refusing-whole';
+          const collapsedRead = reading === 'collapsed';
           const words = phraseWords(phrase);
+          if (!collapsedRead) {
+            const key = `${reading === 'refusing-whole' ? 'whole:' : ''}${words.join(' ')}`;
+            if (wordsRead.has(key) || (reading === 'refusing-whole' && wordsRead.has(words.join(' ')))) continue;
+            wordsRead.add(key);
+          }
           // The words with "rn" and "vv" read as m and w, where some word has them (rnVvReading).
           let read: string[] | undefined;
           if (!weak) {
@@ -1046,7 +1176,7 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
               if (r !== undefined) (read ??= [...words])[k] = r;
             }
           }
-          for (let i = 0; i < words.length; i++) {
+          for (let i = 0; i < (reading === 'refusing-whole' ? Math.min(1, words.length) : words.length); i++) {
             let joined = '';
             // The span's shape: how many of its words are one letter, how many are longer, and how often
             // it switches between the two ("bat m a n": one switch).
@@ -1079,7 +1209,8 @@ export function compilePolicy(doc: PromptPolicyDocument): PromptPolicy {
                     const same = split
                       ? t.rule.split_names === true && t.words.length === 1 && t.rule.action === 'refuse' && spanWords > 1 && spanWords <= MAX_SPLIT_PIECES && isSplitName([...words.slice(i, j), last])
                       : runsTermWords(t, words, i, j) || (spelled && t.rule.action === 'refuse');
-                    if (same && (!weak || collapsedReadingFits(t)) && !excepted(weak ? withCollapsedUnless(t) : t, words, i, j) && looseFits(t, words, i, j)) hit(t);
+                    if (!same || (refusingOnly && t.rule.action !== 'refuse') || (reading === 'refusing-whole' && j !== words.length - 1)) continue;
+                    if ((!collapsedRead || collapsedReadingFits(t)) && !excepted(collapsedRead ? withCollapsedUnless(t) : t, words, i, j) && looseFits(t, words, i, j)) hit(t);
                   }
                 }
               }

@@ -407,12 +407,14 @@ describe('matching', () => {
     }
     // Sentence punctuation next to a space ends a phrase (ordinary two-sentence prompts stay ordinary);
     // without a space it is punctuation inside a word, read as the name. A comma or semicolon ends a
-    // phrase, spaced or not.
-    for (const text of ['mickey.mouse', 'darth?vader', 'spider!man']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
-    for (const text of ['A big spider. Man screaming in fear', 'Hello! Kitty cat on a mat', 'a sponge. bob the builder', 'Mary had a little lamb. Super. Mario', 'spider: man of the year']) {
+    // phrase, spaced or not. Refusing rules also read a name across a break no sentence or list is
+    // written with (ADR 0015, "2026-12-06, evasions"; the cases: test/shared/prompt-policy-evasion.test.ts):
+    // the whole of "mickey. mouse" (lower case after the break), and a comma glued alone inside a name.
+    for (const text of ['mickey.mouse', 'darth?vader', 'spider!man', 'darth. vader', 'darth,vader']) expect(rulesHit(text), text).toEqual(['refuse protected-characters']);
+    for (const text of ['A big spider. Man screaming in fear', 'Hello! Kitty cat on a mat', 'a sponge. bob the builder', 'Mary had a little lamb. Super. Mario', 'spider: man of the year', 'hello. kitty cats on a mat']) {
       expect(rulesHit(text).filter((r) => r.startsWith('refuse')), text).toEqual([]);
     }
-    for (const text of ['the end. man walking', 'my dog Charlie,brown and white', 'garden scene: bugs,bunny;frog', 'mickey; mouse']) expect(rulesHit(text), text).toEqual([]);
+    for (const text of ['the end. man walking', 'my dog Charlie,brown and white', 'garden scene: bugs,bunny;frog', 'mickey; mouse', 'Darth. Vader is a name', 'a cat,dog,spider,man parade']) expect(rulesHit(text), text).toEqual([]);
   });
 
   it('reads a plural as its singular', () => {
