@@ -4,9 +4,9 @@
 // whatever the reason, is resumed by running the same command again: no line is made twice), the
 // images downloaded as each line ends, and a results file, in the input's order, for the pipeline
 // to read. Retries and Retry-After live in api-client.ts, as for `generate`.
-import { createHash } from 'node:crypto';
-import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { createHash, randomUUID } from 'node:crypto';
+import { appendFileSync, chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { canonicalJson } from '../functions/idempotency.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
@@ -35,6 +35,8 @@ const MAX_INIT_BYTES = MAX_IMAGE_FILE_BYTES;
 const JOURNAL = 'journal.jsonl';
 const LOCK = '.lock';
 const RESULTS = 'results.jsonl';
+/** The journal's and results.jsonl's mode: they hold the webhook signing secrets (as `.data/local-api-key` holds a key). */
+const SECRET_FILE_MODE = 0o600;
 
 /** One input line, checked. */
 interface Line {
@@ -70,6 +72,11 @@ interface LineState {
   withheld: number[];
   cost_usd: number | null;
   error: { code: string; message: string } | null;
+  /**
+   * The signing secret of the generation's webhook (a line with `webhook_url`): the API answers it in
+   * the POST only (and its replays), so it is kept here, or no event of the line could be verified.
+   */
+  webhook_secret: string | null;
   /** The line's Idempotency-Key stem, to match the journal to the file. */
   stem: string;
 }
@@ -154,9 +161,11 @@ type Stop = { kind: 'interrupted' } | { kind: 'timed_out' } | { kind: 'fatal'; m
 async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, dir: string, values: { url?: string; 'batch-key'?: string; 'retry-failed'?: boolean; json?: boolean }, parallel: number): Promise<number> {
   const json = Boolean(values.json);
   const journal = join(dir, JOURNAL);
+  // A journal an older version wrote (0644, before it held secrets) is closed before one is added.
+  if (existsSync(journal)) chmodSync(journal, SECRET_FILE_MODE);
   const earlier = readJournal(journal);
   const states = lines.map((l) => startState(l, earlier.get(l.stem), Boolean(values['retry-failed']), dir));
-  const record = (r: JournalRecord) => appendFileSync(journal, `${JSON.stringify(r)}\n`);
+  const record = (r: JournalRecord) => appendFileSync(journal, `${JSON.stringify(r)}\n`, { mode: SECRET_FILE_MODE });
   // An init file is uploaded once a run, whatever the lines that name it, and kept for the next run.
   const uploads = new Map<string, Promise<string>>();
   for (const [stem, r] of earlier) if (stem.startsWith('upload-') && typeof r.upload === 'string') uploads.set(stem.slice('upload-'.length), Promise.resolve(r.upload));
@@ -188,7 +197,7 @@ async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, d
   };
   await Promise.all(Array.from({ length: Math.min(parallel, lines.length) }, runner));
 
-  writeWhole(join(dir, RESULTS), new TextEncoder().encode(states.map((st) => `${JSON.stringify(resultOf(st))}\n`).join('')));
+  writePrivate(join(dir, RESULTS), new TextEncoder().encode(states.map((st) => `${JSON.stringify(resultOf(st))}\n`).join('')));
   return summarize(io, states, stop, file, dir, values);
 }
 
@@ -349,7 +358,7 @@ function readJournal(path: string): Map<string, JournalRecord> {
 function startState(line: Line, earlier: JournalRecord | undefined, retryFailed: boolean, dir: string): LineState {
   const st: LineState = {
     id: line.id, line: line.number, status: 'not_started', generation_id: null, attempt: 1, upload: null,
-    files: [], seeds: [], clip_scores: [], withheld: [], cost_usd: null, error: null, stem: line.stem,
+    files: [], seeds: [], clip_scores: [], withheld: [], cost_usd: null, error: null, webhook_secret: null, stem: line.stem,
   };
   if (!earlier) return st;
   st.attempt = typeof earlier.attempt === 'number' ? earlier.attempt : 1;
@@ -365,6 +374,8 @@ function startState(line: Line, earlier: JournalRecord | undefined, retryFailed:
     return st;
   }
   st.generation_id = typeof earlier.generation_id === 'string' ? earlier.generation_id : null;
+  // The generation's secret, for a run that stops before its POST is answered again.
+  st.webhook_secret = typeof earlier.webhook_secret === 'string' ? earlier.webhook_secret : null;
   return st;
 }
 
@@ -462,8 +473,10 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
         throw new ApiError(e.what, e.status, e.code, keyUsedDetail(ctx, line, key, e.detail), e.param, e.requestId);
       }
       st.generation_id = created.generation.id;
+      // Every answer to the line's POST (a replay too) carries the secret: a resumed run learns it again.
+      st.webhook_secret = created.generation.webhook?.secret ?? null;
       // Kept at once: a run that stops now still knows the line's generation, and that this attempt goes on.
-      record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id, status: SUBMITTED, error: null });
+      record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id, webhook_secret: st.webhook_secret, status: SUBMITTED, error: null });
       const g = await untilEnded(s, created.generation, created.held);
       await settle(s, line, st, g, dir);
       record({ stem: line.stem, id: line.id, attempt: st.attempt, ...outcome(st) });
@@ -524,7 +537,25 @@ function keyUsedDetail(ctx: RunContext, line: Line, key: string, detail: string)
 
 /** The fields an ended line's journal record and result carry. */
 function outcome(st: LineState): Partial<LineState> {
-  return { status: st.status, files: st.files, seeds: st.seeds, clip_scores: st.clip_scores, withheld: st.withheld, cost_usd: st.cost_usd, error: st.error, generation_id: st.generation_id };
+  return { status: st.status, files: st.files, seeds: st.seeds, clip_scores: st.clip_scores, withheld: st.withheld, cost_usd: st.cost_usd, error: st.error, generation_id: st.generation_id, webhook_secret: st.webhook_secret };
+}
+
+/** As writeWhole (a temporary file renamed over PATH), but the owner's only from its first byte. */
+function writePrivate(path: string, bytes: Uint8Array): void {
+  const temporary = join(dirname(path), `.${basename(path)}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`);
+  try {
+    const fd = openSync(temporary, 'wx', SECRET_FILE_MODE);
+    try {
+      for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at, bytes.length - at);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temporary, path);
+  } catch (e) {
+    rmSync(temporary, { force: true });
+    throw e;
+  }
 }
 
 /** The generation has ended: its images written (each whole), the line's state filled in. */

@@ -87,6 +87,8 @@ negative_prompt, width, height, steps, seed, n, model, init, strength, metadata,
                DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …)
   "init_file"  a PNG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
 Every line is checked before the first request: a bad one is named by its number and nothing is sent.
+A line with webhook_url gets its signing secret as "webhook_secret" in results.jsonl and --json (never
+printed otherwise): the journal and results.jsonl hold secrets, and are made mode 0600.
 
   -d, --dir DIR     where the images, results.jsonl and the run's journal go (default: FILE's name
                     without .jsonl, beside it)

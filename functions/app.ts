@@ -91,7 +91,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     summary: 'A generation ended (succeeded, failed or canceled): POSTed to its webhook_url',
     security: [], // signed (webhook-signature), not authenticated with a key
     description:
-      'Signed as Standard Webhooks: verify webhook-signature over `webhook-id.webhook-timestamp.body` with the `webhook.secret` the POST answered. Delivered at least once: drop repeats by webhook-id. Any 2xx within 10 s counts as delivered; anything else is retried (30 s, 2 min, 10 min, 30 min, 2 h, 6 h).',
+      'Signed as Standard Webhooks: verify webhook-signature over `webhook-id.webhook-timestamp.body` with the `webhook.secret` the POST answered. Delivered at least once: drop repeats by webhook-id. Any 2xx within 10 s counts as delivered; anything else is retried (30 s, 2 min, 10 min, 30 min, 2 h, 6 h). The event can arrive before its POST has answered (with `Prefer: wait`, or a POST retried after a lost answer): answer an event for a generation id you do not know yet with a non-2xx (503), never a 2xx, so it comes again once you hold the secret.',
     request: {
       headers: z.object({
         'webhook-id': z.string().openapi({ description: 'evt_<generation id>_<status>: the same on every attempt' }),

@@ -20,6 +20,8 @@ export interface AppLimits {
   uploadUrlTtlSec?: number;
   /** Whether webhook URLs may use http: and private/loopback addresses (local mode; default false). */
   webhookAllowPrivate?: boolean;
+  /** Where private addresses are refused: the ports a webhook URL may name (unset: 443 alone; ADR 0013). */
+  webhookPorts?: readonly number[];
   /** One worker's price per hour (USD): `usage.cost_usd` and cost estimates. Unset: no cost figures. */
   workerHourlyUsd?: number;
   /** How long the store keeps a generation's images, days (views say `outputs_expire_at`). Unset: kept. */

@@ -3,7 +3,7 @@
 // (first attempt, right after a job ends) and by the queued-job sweep (retries, and jobs the API
 // ended: a cancel while queued).
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
-import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { lookup as dnsLookup, promises as dnsPromises, type LookupAddress } from 'node:dns';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import { BlockList, isIP } from 'node:net';
@@ -17,6 +17,12 @@ export const WEBHOOK_RETRY_DELAYS_SEC = [30, 120, 600, 1800, 7200, 21600] as con
 export const WEBHOOK_MAX_ATTEMPTS = WEBHOOK_RETRY_DELAYS_SEC.length + 1;
 /** One attempt: connect, send, and get the status line within this. */
 export const WEBHOOK_TIMEOUT_MS = 10_000;
+/** A webhook host's name lookup (A and AAAA at once, a lost query asked again once) within this, inside the attempt's. */
+export const WEBHOOK_DNS_TIMEOUT_MS = 4_000;
+/** The ports a webhook URL may name where private addresses are refused (AWS), unless the operator sets others. */
+export const DEFAULT_WEBHOOK_PORTS: readonly number[] = [443];
+/** The record's limit on a webhook URL (JobWebhook.url): the canonical form, which may be longer than the one typed. */
+const WEBHOOK_URL_MAX_CHARS = 2000;
 /** How long a deliverer holds an attempt (longer than one attempt can take). */
 const CLAIM_MS = 60_000;
 
@@ -26,6 +32,12 @@ export interface WebhookPolicy {
    * in AWS a webhook to 169.254.169.254 or a VPC address would let a caller probe the inside.
    */
   allowPrivate: boolean;
+  /**
+   * Where private addresses are refused (AWS): the only ports a webhook URL may name (unset:
+   * DEFAULT_WEBHOOK_PORTS). Any port would let a caller learn, from `last_error`, which ports of any
+   * public host are open. Where private addresses are allowed (local mode), any port.
+   */
+  ports?: readonly number[];
 }
 
 const PRIVATE = new BlockList();
@@ -106,20 +118,41 @@ export function isPrivateAddress(address: string): boolean {
 }
 
 /**
+ * The authority (user info, host, port) as typed: what the URL parser reads between an http(s) scheme
+ * and the path. The parser drops tabs and newlines anywhere, C0 controls and spaces at the ends, and
+ * takes any run of slashes and backslashes after the scheme; so does this.
+ */
+function typedAuthority(raw: string): string {
+  const text = raw.replace(/[\t\n\r]/g, '').replace(/^[\u0000-\u0020]+|[\u0000-\u0020]+$/g, '');
+  return /^[a-z][a-z0-9+.-]*:[\\/]*([^\\/?#]*)/i.exec(text)?.[1] ?? '';
+}
+
+/** "443", "443 or 8443", "80, 443 or 8443". */
+function portList(ports: readonly number[]): string {
+  return ports.length === 1 ? String(ports[0]) : `${ports.slice(0, -1).join(', ')} or ${ports.at(-1)}`;
+}
+
+/**
  * Checks a webhook URL at the API (400 on failure) and again before every attempt. Names are resolved
  * only at send time, where the connection is pinned to an address that passed (no DNS rebinding).
+ * Returns the parsed URL: its `href` is the canonical form, the URL an attempt calls, and so the one
+ * to store and show (`https:\\host\path` and `https:host/path` are both `https://host/path`).
  */
 export function checkWebhookUrl(raw: string, policy: WebhookPolicy): URL {
   let url: URL;
   try {
     url = new URL(raw);
   } catch {
-    throw new ValidationError('webhook_url must be an absolute URL', 'webhook_url');
+    const port = /:(\d+)$/.exec(typedAuthority(raw))?.[1];
+    if (port !== undefined && Number(port) > 65535) throw new ValidationError(`webhook_url has port ${port}; a port is 1-65535`, 'webhook_url');
+    throw new ValidationError('webhook_url is not a valid absolute URL', 'webhook_url');
   }
   const schemes = policy.allowPrivate ? ['https:', 'http:'] : ['https:'];
   if (!schemes.includes(url.protocol)) throw new ValidationError(`webhook_url must use ${schemes.join(' or ')}`, 'webhook_url');
-  if (url.username || url.password) throw new ValidationError('webhook_url must not carry credentials', 'webhook_url');
-  if (url.hash) throw new ValidationError('webhook_url must not have a #fragment', 'webhook_url');
+  // Empty credentials ("https://@host/") parse to none, but are credentials as typed.
+  if (url.username || url.password || typedAuthority(raw).includes('@')) throw new ValidationError('webhook_url must not carry credentials', 'webhook_url');
+  // An empty fragment ("…/#") leaves `hash` empty but stays in the URL; a serialized URL has a "#" only there.
+  if (url.href.includes('#')) throw new ValidationError('webhook_url must not have a #fragment', 'webhook_url');
   // Port 0 is no port a receiver can listen on, and Node's request reads it as "unset": the POST would
   // go to 80 or 443, not where the stored URL says.
   if (url.port === '0') throw new ValidationError('webhook_url must not use port 0', 'webhook_url');
@@ -131,36 +164,50 @@ export function checkWebhookUrl(raw: string, policy: WebhookPolicy): URL {
     if (host === 'localhost' || host.endsWith('.localhost') || (isIP(host) !== 0 && isPrivateAddress(host))) {
       throw new ValidationError('webhook_url must point at a public address', 'webhook_url');
     }
+    const ports = policy.ports ?? DEFAULT_WEBHOOK_PORTS;
+    const port = url.port === '' ? 443 : Number(url.port); // https only here
+    if (!ports.includes(port)) throw new ValidationError(`webhook_url's port ${port} is not allowed here: webhooks go to port ${portList(ports)} only${ports.includes(443) ? ' (https\'s default, which the URL need not name)' : ''}`, 'webhook_url');
   }
+  // Percent-encoding and punycode can make the canonical form longer than the 2000 characters typed.
+  if (url.href.length > WEBHOOK_URL_MAX_CHARS) throw new ValidationError(`webhook_url is ${url.href.length} characters once encoded (${url.href.slice(0, 40)}…); at most ${WEBHOOK_URL_MAX_CHARS}`, 'webhook_url');
   return url;
 }
 
 /** The lookup's error for a name with no allowed (public) address. */
 export const PRIVATE_ONLY = 'EPRIVATEONLY';
+/** The lookup's error for a name whose DNS servers did not answer within the lookup's bound. */
+export const DNS_TIMEOUT = 'EDNSTIMEOUT';
 
 /**
- * What the caller's record says of a failed attempt. A name that does not resolve and one that
- * resolves only to private addresses read the same: otherwise `last_error` would tell a caller which
- * internal names exist behind the deployment.
+ * What the caller's record says of a connection that failed before an HTTP status: one class whatever
+ * the socket said. Told apart, refused, reset, unreachable and a failed TLS handshake say which ports of
+ * a host are open and what answers there; the hint names what the receiver's owner can check.
+ */
+export const COULD_NOT_CONNECT = 'could not connect (refused, reset or unreachable, or the TLS handshake failed): check the host, the port, and that its certificate is valid for the name';
+
+/**
+ * What the caller's record says of a failed attempt: a name that resolves to no public address (its
+ * DNS servers silent, named as such), "could not connect", "no answer within N s", or (deliverWebhook)
+ * "HTTP <status>". A name that does not resolve and one that resolves only to private addresses read
+ * the same: otherwise `last_error` would tell a caller which internal names exist behind the
+ * deployment. The operator's log keeps the socket's own text.
  */
 function callerError(cause: unknown, url: string): string {
   const code = (cause as { code?: unknown } | null)?.code;
-  if (code === PRIVATE_ONLY || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'ENODATA') {
-    return `${new URL(url).hostname} does not resolve to a public address`;
+  const hostname = () => new URL(url).hostname;
+  if (code === DNS_TIMEOUT) {
+    const ms = (cause as { timeoutMs?: unknown }).timeoutMs;
+    return `${hostname()} does not resolve to a public address: no answer from its DNS servers${typeof ms === 'number' ? ` within ${ms / 1000} s` : ''}`;
   }
-  // Coarse classes, never the socket's or the TLS library's own text (an address and port, a server's
-  // TLS quirks): the record says what went wrong with the caller's receiver without making the
-  // deployment a tool to fingerprint other hosts. The operator's log keeps the detail.
+  if (code === PRIVATE_ONLY || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'ENODATA') {
+    return `${hostname()} does not resolve to a public address`;
+  }
   const message = cause instanceof Error ? cause.message : String(cause);
   // The URL's own check, made again at send time (a rule tightened since the job was made): its
   // message is about the caller's URL, and says what to change.
   if (cause instanceof ValidationError) return message;
-  if (code === 'ECONNREFUSED') return 'connection refused';
-  if (code === 'ECONNRESET' || code === 'EPIPE') return 'connection reset before an answer';
-  if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'host unreachable';
   if (/^no answer within/.test(message)) return message;
-  if (typeof code === 'string' && /^(EPROTO$|ERR_TLS|ERR_SSL|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|ERR_OSSL)/.test(code)) return 'TLS handshake failed (certificate or protocol; https to a plain-http port?)';
-  return 'the request failed';
+  return COULD_NOT_CONNECT;
 }
 
 /** A fresh signing secret: `whsec_` and 24 random bytes in base64 (Standard Webhooks). */
@@ -186,20 +233,70 @@ export type WebhookResolver = (hostname: string, options: object, callback: (err
 /** Sends one attempt; resolves with the HTTP status, rejects on a network error, a refused address or the timeout. */
 export type WebhookSender = (request: WebhookRequest) => Promise<number>;
 
+/** The DNS resolver of the attempts that do not use the system's (see httpWebhookSender). */
+export interface WebhookDnsOptions {
+  /** The whole lookup's bound, A and AAAA queried at once (default WEBHOOK_DNS_TIMEOUT_MS). */
+  timeoutMs?: number;
+  /** DNS servers, as `Resolver.setServers` takes them; default: the system's (resolv.conf). */
+  servers?: string[];
+}
+
+/**
+ * One attempt's lookup through c-ares (a `dns.promises.Resolver` of its own): A and AAAA at once on
+ * the event loop, bounded, and cancelled with the attempt. Not getaddrinfo: that runs on libuv's
+ * threadpool, at most two lookups at a time, and cannot be cancelled, so names whose DNS never answers
+ * (anyone's, for the price of a canceled job) would hold both slots and make every other webhook's
+ * lookup, and the AWS SDK's, wait out its deadline.
+ */
+function dnsLookupOf(options: WebhookDnsOptions): { resolve: WebhookResolver; cancel: () => void } {
+  const timeoutMs = options.timeoutMs ?? WEBHOOK_DNS_TIMEOUT_MS;
+  // Half the bound a query: one lost to the network is asked again once.
+  const resolver = new dnsPromises.Resolver({ timeout: Math.max(1, Math.floor(timeoutMs / 2)), tries: 2 });
+  if (options.servers) resolver.setServers(options.servers);
+  const resolve: WebhookResolver = (hostname, lookupOptions, callback) => {
+    const family = (lookupOptions as { family?: number }).family;
+    // c-ares's own give-up comes later than the bound (its back-off doubles the second try's wait).
+    const bound = setTimeout(() => resolver.cancel(), timeoutMs);
+    const none = Promise.resolve<string[]>([]);
+    void Promise.allSettled([family === 6 ? none : resolver.resolve4(hostname), family === 4 ? none : resolver.resolve6(hostname)]).then(([v4, v6]) => {
+      clearTimeout(bound);
+      const addresses: LookupAddress[] = [
+        ...(v4.status === 'fulfilled' ? v4.value.map((address) => ({ address, family: 4 })) : []),
+        ...(v6.status === 'fulfilled' ? v6.value.map((address) => ({ address, family: 6 })) : []),
+      ];
+      if (addresses.length > 0) return callback(null, addresses);
+      const codes = [v4, v6].flatMap((r) => (r.status === 'rejected' ? [String((r.reason as { code?: unknown }).code ?? (r.reason as Error).message)] : []));
+      const silent = codes.some((c) => c === 'ETIMEOUT' || c === 'ECANCELLED');
+      // Other failures (no such name, no record, SERVFAIL, REFUSED) read as a name that does not resolve.
+      const error = silent
+        ? Object.assign(new Error(`${hostname}: no answer from DNS within ${timeoutMs / 1000} s (${codes.join(', ')})`), { code: DNS_TIMEOUT, timeoutMs })
+        : Object.assign(new Error(`${hostname}: DNS gave no address (${codes.join(', ') || 'no records'})`), { code: 'ENOTFOUND' });
+      callback(error, []);
+    });
+  };
+  return { resolve, cancel: () => resolver.cancel() };
+}
+
 /**
  * POST over node:http(s), redirects not followed (a 3xx is a failure). The connection goes to an
  * address the policy allows: the lookup itself refuses the others, so a name that resolves to a
  * private address is refused however it was written.
+ *
+ * Names are resolved through c-ares (dnsLookupOf) where private addresses are refused (AWS: every
+ * caller's name, an attacker's included), or where `dns` is given. Local mode keeps the system's
+ * resolver: a receiver on this machine is named `localhost` or in the hosts file, which c-ares's
+ * queries never read; and its callers are this machine's own key holders.
  */
-export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: number; resolve?: WebhookResolver } = {}): WebhookSender {
+export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: number; resolve?: WebhookResolver; dns?: WebhookDnsOptions } = {}): WebhookSender {
   const timeoutMs = options.timeoutMs ?? WEBHOOK_TIMEOUT_MS;
-  const resolve: WebhookResolver = options.resolve ?? ((hostname, lookupOptions, callback) => dnsLookup(hostname, { ...lookupOptions, all: true }, callback));
-  const lookup = (hostname: string, options: object, callback: (error: Error | null, address: string | LookupAddress[], family?: number) => void) => {
-    resolve(hostname, options, (error, addresses) => {
+  const viaDns = options.resolve === undefined && (options.dns !== undefined || !policy.allowPrivate);
+  const systemResolve: WebhookResolver = (hostname, lookupOptions, callback) => dnsLookup(hostname, { ...lookupOptions, all: true }, callback);
+  const lookupWith = (resolveName: WebhookResolver) => (hostname: string, lookupOptions: object, callback: (error: Error | null, address: string | LookupAddress[], family?: number) => void) => {
+    resolveName(hostname, lookupOptions, (error, addresses) => {
       if (error) return callback(error, '');
       const allowed = addresses.filter((a) => !isLinkLocalAddress(a.address) && (policy.allowPrivate || !isPrivateAddress(a.address)));
       if (allowed.length === 0) return callback(Object.assign(new Error(`${hostname} resolves only to private addresses`), { code: PRIVATE_ONLY }), '');
-      if ((options as { all?: boolean }).all) return callback(null, allowed);
+      if ((lookupOptions as { all?: boolean }).all) return callback(null, allowed);
       return callback(null, allowed[0]!.address, allowed[0]!.family);
     });
   };
@@ -208,12 +305,13 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
       // Literal addresses are refused here; names, by the lookup below.
       const url = checkWebhookUrl(request.url, policy);
       const client = url.protocol === 'https:' ? https : http;
+      const dns = viaDns ? dnsLookupOf(options.dns ?? {}) : undefined;
       const req = client.request(
         url,
         {
           method: 'POST',
           headers: { ...request.headers, 'content-length': String(Buffer.byteLength(request.body)) },
-          lookup: lookup as never,
+          lookup: lookupWith(options.resolve ?? dns?.resolve ?? systemResolve) as never,
           agent: false,
         },
         (res) => {
@@ -226,7 +324,10 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
       );
       // One deadline for the whole attempt, name lookup included. A socket timeout alone would let a
       // receiver that trickles its headers hold the attempt (and a drain, and the claim) for ever.
-      const deadline = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`)), timeoutMs);
+      const deadline = setTimeout(() => {
+        dns?.cancel();
+        req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
       req.on('error', (error) => {
         clearTimeout(deadline);
         reject(error);
@@ -236,13 +337,13 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
 }
 
 /** The delivery settings a process takes from its config: the address policy, link lifetime and price. */
-export function webhookDeliveryFromConfig(config: { webhookAllowPrivate: boolean; signedUrlTtlSec: number; workerHourlyUsd?: number | undefined; outputRetentionDays?: number | undefined }): {
+export function webhookDeliveryFromConfig(config: { webhookAllowPrivate: boolean; webhookPorts?: readonly number[]; signedUrlTtlSec: number; workerHourlyUsd?: number | undefined; outputRetentionDays?: number | undefined }): {
   send: WebhookSender;
   signedUrlTtlSec: number;
   view: ViewOptions;
 } {
   return {
-    send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate }),
+    send: httpWebhookSender({ allowPrivate: config.webhookAllowPrivate, ...(config.webhookPorts ? { ports: config.webhookPorts } : {}) }),
     signedUrlTtlSec: config.signedUrlTtlSec,
     view: viewOptionsFromConfig(config),
   };

@@ -24,6 +24,7 @@ export function awsDeps(config: AwsConfig): AppDeps {
       signedUrlTtlSec: config.signedUrlTtlSec,
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
+      webhookPorts: config.webhookPorts,
       maxActiveJobs: config.maxActiveJobs,
       maxWaitSec: config.maxWaitSec,
       rateLimitPerMin: config.rateLimitPerMin,

@@ -231,7 +231,7 @@ export function registerGenerationRoutes(
   const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions);
   /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
   const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...viewOptions, webhookSecret: true });
-  const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false };
+  const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false, ...(limits.webhookPorts ? { ports: limits.webhookPorts } : {}) };
   const promptPolicy = deps.promptPolicy ?? (async () => defaultPromptPolicy());
 
   /**
@@ -658,7 +658,9 @@ export function registerGenerationRoutes(
       try {
         // The markers first: a process that dies after the create but before the send leaves them for
         // the queued-job sweep, which then sends the message; a webhook is owed from the start.
-        const webhook = request.webhook_url === undefined ? undefined : { url: request.webhook_url, secret: newWebhookSecret() };
+        // The URL as it will be called (canonical: "https:host/x" and a backslash form are stored as the
+        // URL the sender requests), checked above.
+        const webhook = request.webhook_url === undefined ? undefined : { url: checkWebhookUrl(request.webhook_url, webhookPolicy).href, secret: newWebhookSecret() };
         await markQueuedJob(owner, jobId, webhook !== undefined, { placeTaken: true });
         job = await jobs.create(
           newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId') }),

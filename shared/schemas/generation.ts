@@ -222,7 +222,7 @@ export const GenerationRequest = z
       .openapi({
         format: 'uri',
         description:
-          'Called with a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature) when the generation succeeds, fails or is canceled. The body is the generation, outputs with signed URLs. In AWS: https on a public address (local mode also allows http and this machine). The signing secret is in the POST response (`webhook.secret`).',
+          'Called with a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature) when the generation succeeds, fails or is canceled. The body is the generation, outputs with signed URLs. In AWS: https on port 443 (unless the deployment allows others) of a public address; local mode also allows http, any port and this machine. No credentials, no #fragment. The signing secret is in the POST response (`webhook.secret`). The event can arrive before you have that response (with `Prefer: wait`, or when a lost response is retried): answer an event for a generation id you do not know yet with a non-2xx status (503, say), never a 2xx. It is retried (30 s, 2 min, …), and by then you have the secret; a 2xx counts as delivered, and the event is not sent again.',
         example: 'https://example.com/hooks/clipag',
       }),
   })
@@ -236,7 +236,7 @@ export const GenerationRequest = z
     oneOf: [{ required: ['prompt'] }, { required: ['prompts'] }],
     // The request's own bound on a weight (checkRequestOnly): not on WeightedPrompt, which stored specs share.
     allOf: [{ properties: { prompts: { items: { properties: { weight: { minimum: -MAX_PROMPT_WEIGHT, maximum: MAX_PROMPT_WEIGHT } } } } } }],
-    description: `Exactly one of prompt and prompts. Each prompts[].weight is at most ${MAX_PROMPT_WEIGHT} in magnitude (-${MAX_PROMPT_WEIGHT}…${MAX_PROMPT_WEIGHT}, not 0). Also checked, beyond what the schema says: every text (prompt, negative_prompt, prompts[].text, metadata values, webhook_url) must be well-formed Unicode (no lone UTF-16 surrogate); a prompt must not be empty once read as the model reads it (HTML entities, control characters and whitespace removed); with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts; strength only with an "upload:<id>" init; webhook_url https on a public address in AWS, never port 0`,
+    description: `Exactly one of prompt and prompts. Each prompts[].weight is at most ${MAX_PROMPT_WEIGHT} in magnitude (-${MAX_PROMPT_WEIGHT}…${MAX_PROMPT_WEIGHT}, not 0). Also checked, beyond what the schema says: every text (prompt, negative_prompt, prompts[].text, metadata values, webhook_url) must be well-formed Unicode (no lone UTF-16 surrogate); a prompt must not be empty once read as the model reads it (HTML entities, control characters and whitespace removed); with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts; strength only with an "upload:<id>" init; webhook_url https on port 443 (or a port the deployment allows) of a public address in AWS, never port 0`,
   });
 
 /** What a job stores and the worker runs: a request with every default filled in, the model included. */

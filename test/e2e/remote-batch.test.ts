@@ -4,7 +4,7 @@
 // --retry-failed makes a failed line again; bad lines are refused before any request; --timeout with
 // generations going on (an API without a worker) says how to resume, and the resume finds them.
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -354,6 +354,40 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     expect(again.code).toBe(124);
     expect(results(join(work, 'queued')).map((x) => x.generation_id)).toEqual(r.map((x) => x.generation_id));
     expect((await listed(api.url, key)).sort()).toEqual(r.map((x) => x.generation_id).sort());
+  });
+
+  it('a line with webhook_url keeps its signing secret (the POST\'s answer only) in the journal, results.jsonl and --json, files 0600; a run without the journal learns it again', async () => {
+    const file = jsonl(join(work, 'hooks.jsonl'), [
+      { id: 'hooked', prompt: 'a red circle', webhook_url: 'http://127.0.0.1:9/hook' },
+      { id: 'plain', prompt: 'a blue square' },
+    ]);
+    const dir = join(work, 'hooks');
+    const e = { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key };
+    const run = await batch([file, '--timeout', '3', '--json'], e);
+    expect(run.code, run.stderr).toBe(124);
+    const [hooked, plain] = results(dir);
+    expect(hooked).toMatchObject({ id: 'hooked', status: 'timed_out', webhook_secret: expect.stringMatching(/^whsec_[A-Za-z0-9+/]{32}$/) });
+    expect(plain).toMatchObject({ id: 'plain', webhook_secret: null });
+    const secret = hooked!.webhook_secret as string;
+    expect(run.stdout.map((l) => JSON.parse(l) as { id: string; webhook_secret: unknown }).find((l) => l.id === 'hooked')?.webhook_secret).toBe(secret);
+    expect(run.stderr).not.toContain('whsec_');
+    expect(readFileSync(join(dir, 'journal.jsonl'), 'utf8')).toContain(secret);
+    // Only the owner may read the files that hold it (the images' folder may be shared).
+    const mode = (name: string) => statSync(join(dir, name)).mode & 0o777;
+    expect([mode('journal.jsonl'), mode('results.jsonl')]).toEqual([0o600, 0o600]);
+
+    // Again, without --json: the human lines never print it; a journal an older version left 0644 is closed.
+    chmodSync(join(dir, 'journal.jsonl'), 0o644);
+    const again = await batch([file, '--timeout', '1'], e);
+    expect(again.code).toBe(124);
+    expect(`${again.stdout.join('\n')}\n${again.stderr}`).not.toContain('whsec_');
+    expect(results(dir)[0]!.webhook_secret).toBe(secret);
+    expect([mode('journal.jsonl'), mode('results.jsonl')]).toEqual([0o600, 0o600]);
+
+    // The journal gone: the line's POST again (its key) is answered with the same generation and secret.
+    rmSync(dir, { recursive: true });
+    expect((await batch([file, '--timeout', '2'], e)).code).toBe(124);
+    expect(results(dir).map((r) => [r.generation_id, r.webhook_secret])).toEqual([[hooked!.generation_id, secret], [plain!.generation_id, null]]);
   });
 
   it('--retry-failed makes a canceled line again once: a third run finds the retry going on and makes no other', async () => {
