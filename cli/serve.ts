@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import { parseConfig, type LocalConfig } from '../shared/config.ts';
 import { ConfigError, NonRetryableError } from '../shared/errors.ts';
 import { dataFolderWriteProblem } from '../shared/adapters/local/probe.ts';
-import { PRIVATE_DIR_MODE, makeDataFolderPrivate } from '../shared/adapters/local/private.ts';
+import { PRIVATE_DIR_MODE, closeDataFolder } from '../shared/adapters/local/private.ts';
 import { createApp } from '../functions/app.ts';
 import { jsonLineLog } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
@@ -182,15 +182,8 @@ async function usableDataFolder(dataDir: string, probe?: (dir: string) => Promis
   // version holds 0755 folders and 0644 files (job records with prompts and webhook secrets): its
   // root made 0700 closes all of them at once, so nothing under it needs a walk. Not a reason to
   // refuse to start: said once per folder, and the server runs.
-  const notPrivate = await makeDataFolderPrivate(dataDir);
-  if (notPrivate && !warnedNotPrivate.has(dataDir)) {
-    warnedNotPrivate.add(dataDir);
-    jsonLineLog({ level: 'warn', msg: notPrivate });
-  }
+  await closeDataFolder(dataDir, (message) => jsonLineLog({ level: 'warn', msg: message }));
 }
-
-/** Data folders already warned about as readable by others, in this process. */
-const warnedNotPrivate = new Set<string>();
 
 /** Local mode keeps one API key for the owner "local" so the printed curl keeps working across restarts. */
 async function localApiKey(dataDir: string, keys: { create(a: { name: string; owner: string }): Promise<{ secret: string }>; verify(s: string): Promise<unknown> }): Promise<string> {

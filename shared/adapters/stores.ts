@@ -12,6 +12,7 @@ import { ModelStore } from '../modelstore.ts';
 import type { BlobStore, JobQueue, RateCounter } from '../ports.ts';
 import { DynamoDbRateCounter, S3BlobStore, SqsJobQueue } from './aws/index.ts';
 import { LocalBlobStore, LocalJobQueue, loadOrCreateSigningSecret } from './local/index.ts';
+import { closeDataFolder } from './local/private.ts';
 
 /** Corrupt documents skipped by listings / refused by key checks: one JSON line on stderr. */
 const storeLog = {
@@ -43,6 +44,9 @@ export function localLayout(dataDir: string): { blobsDir: string; queueDir: stri
 
 export async function localStores(config: LocalConfig): Promise<LocalStores> {
   const signingSecret = config.signingSecret ?? (await loadOrCreateSigningSecret(resolve(config.dataDir)));
+  // Every command that opens the local stores (models push, keys, usage, policy, dlq), not only serve,
+  // closes a data folder an older version left readable by others (and says so, once, when it cannot).
+  await closeDataFolder(config.dataDir, (message) => storeLog.warn(message));
   const layout = localLayout(config.dataDir);
   const blobs = new LocalBlobStore({ rootDir: layout.blobsDir, signingSecret, publicBaseUrl: config.publicBaseUrl });
   const queue = new LocalJobQueue({ dir: layout.queueDir, visibilitySec: config.visibilityTimeoutSec, maxReceives: config.maxReceives });

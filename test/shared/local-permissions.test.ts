@@ -96,6 +96,12 @@ describe.skipIf(noModes)('makeDataFolderPrivate (a data folder made by an older 
     expect(await makeDataFolderPrivate(dataDir)).toBeUndefined(); // already private: nothing to say
   });
 
+  it('any command that opens the local stores (models push, keys, usage, policy, dlq), not only serve, closes it', async () => {
+    const { dataDir } = oldDataFolder('old-cli');
+    await stores(dataDir);
+    expect(modeOf(dataDir)).toBe(0o700);
+  });
+
   it('leaves a shared folder with the sticky bit (/tmp given as the data folder) as it is, and says why', async () => {
     const dataDir = join(root, 'sticky');
     mkdirSync(dataDir);

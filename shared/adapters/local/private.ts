@@ -51,3 +51,16 @@ export async function makeDataFolderPrivate(dataDir: string): Promise<string | u
   }
   return undefined;
 }
+
+/** Data folders already warned about, in this process: said once, whichever command opens them. */
+const warnedNotPrivate = new Set<string>();
+
+/** makeDataFolderPrivate, with why it could not said through `warn` once per folder and process. */
+export async function closeDataFolder(dataDir: string, warn: (message: string) => void): Promise<void> {
+  const notPrivate = await makeDataFolderPrivate(dataDir);
+  const dir = resolve(dataDir);
+  if (notPrivate && !warnedNotPrivate.has(dir)) {
+    warnedNotPrivate.add(dir);
+    warn(notPrivate);
+  }
+}
