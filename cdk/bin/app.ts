@@ -7,20 +7,24 @@
  */
 import { App } from 'aws-cdk-lib';
 import { buildClipag } from '../lib/clipag.ts';
-import { stageConfig } from '../lib/config.ts';
+import { type PassedValue, selectStage } from '../lib/config.ts';
 
 const app = new App();
-const fromContext: unknown = app.node.tryGetContext('stage');
-const stage = typeof fromContext === 'string' && fromContext !== '' ? fromContext : (process.env.CLIPAG_STAGE ?? 'dev');
-const alarmEmail: unknown = app.node.tryGetContext('alarmEmail') ?? process.env.CLIPAG_ALARM_EMAIL;
 
+/** A non-empty string from the first source that has one. */
+const firstOf = (...sources: Array<[unknown, string]>): PassedValue | undefined => {
+  for (const [value, from] of sources) if (typeof value === 'string' && value !== '') return { value, from };
+  return undefined;
+};
+
+const stage = firstOf([app.node.tryGetContext('stage'), '-c stage'], [process.env.CLIPAG_STAGE, '$CLIPAG_STAGE']) ?? { value: 'dev', from: 'the default' };
+const alarmEmail = firstOf([app.node.tryGetContext('alarmEmail'), '-c alarmEmail'], [process.env.CLIPAG_ALARM_EMAIL, '$CLIPAG_ALARM_EMAIL']);
 // Context only: $CLIPAG_DEFAULT_MODEL is the processes' own variable (a local `clipag serve`), and a
 // developer's local setting must not reach a deployment unnoticed.
-const defaultModel: unknown = app.node.tryGetContext('defaultModel');
+const defaultModel = firstOf([app.node.tryGetContext('defaultModel'), '-c defaultModel']);
 
-const config = stageConfig(stage, {
-  ...(typeof alarmEmail === 'string' && alarmEmail !== '' ? { alarmEmail } : {}),
-  ...(typeof defaultModel === 'string' && defaultModel !== '' ? { defaultModel } : {}),
-});
+const { config, summary } = selectStage({ stage, ...(alarmEmail ? { alarmEmail } : {}), ...(defaultModel ? { defaultModel } : {}) });
+// On stderr, in every synth and deploy: a value that went back to the stage table's shows here.
+process.stderr.write(`${summary}\n`);
 buildClipag(app, config);
 app.synth();

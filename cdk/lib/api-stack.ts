@@ -187,7 +187,10 @@ export class ApiStack extends Stack {
       throttle: { rateLimit: config.apiThrottleRatePerSecond, burstLimit: config.apiThrottleBurst },
       accessLogSettings: {
         destination: new apigw.LogGroupLogDestination(accessLogs),
-        // JSON with HTTP-API context variables; the request id matches the app's X-Request-Id logs.
+        // JSON with HTTP-API context variables. $context.requestId is the id the gateway gives the
+        // request and passes to the Lambda as requestContext.requestId; the app uses it as its own
+        // request id (X-Request-Id, error.request_id, its log lines), so an app error joins to this line
+        // (caller IP, status). Requests the gateway answers itself never reach the app.
         format: AccessLogFormat.custom(
           JSON.stringify({
             requestId: '$context.requestId',
@@ -205,5 +208,11 @@ export class ApiStack extends Stack {
     });
 
     new CfnOutput(this, 'ApiUrl', { value: this.httpApi.apiEndpoint });
+    // What the runbook's commands take (cdk/README.md, "On call").
+    new CfnOutput(this, 'HandlerLogGroupName', { value: logGroup.logGroupName, description: "The API handler's warn and error lines" });
+    new CfnOutput(this, 'AccessLogGroupName', { value: accessLogs.logGroupName, description: "The API stage's access log (status, integrationError per request)" });
+    new CfnOutput(this, 'HandlerFunctionName', { value: this.handler.functionName, description: 'The API Lambda' });
+    new CfnOutput(this, 'QueuedJobSweepFunctionName', { value: this.sweeper.functionName, description: 'The queued-job sweep Lambda' });
+    new CfnOutput(this, 'QueuedJobSweepLogGroupName', { value: sweeperLogs.logGroupName, description: "The queued-job sweep's lines" });
   }
 }

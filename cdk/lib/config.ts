@@ -58,17 +58,26 @@ export interface StageConfig {
   readonly queuedJobSweepMinutes: number;
 
   // ---- GPU worker ----------------------------------------------------------
-  /** First entry is the primary type; the rest are Spot fallbacks of the same shape (1 GPU). */
+  /**
+   * One-GPU types the group may launch, in priority order. On demand (useSpot false) the group launches
+   * the first type that has capacity (a prioritized mixed-instances policy), so an
+   * InsufficientInstanceCapacity for the first falls through to the next instead of leaving tasks
+   * PROVISIONING; with Spot they are all pools of one price-capacity-optimized request. Each must run
+   * the image's CUDA 12 build of onnxruntime (g4dn's T4, g5's A10G, g6's L4: compute capability 7.5 to 8.9; ADR 0003).
+   */
   readonly instanceTypes: readonly string[];
   /**
    * What one worker costs per hour, USD: the primary instance type's on-demand list price (g5.xlarge,
    * us-east-1: 1.006; set it for other regions). Callers see it as `usage.cost_usd` and in estimates.
-   * With Spot it is an upper bound.
+   * With Spot, or on a cheaper fallback type, it is an upper bound.
    */
   readonly workerHourlyUsd: number;
   /**
    * The model a request that names none gets, and the one each worker warms before it polls
    * (ADR 0020): `toy` (in the image) until a real bundle is pushed to the store (docs/model-store.md).
+   * Set here, per stage, never only on the command line: `cdk` does not keep a `-c` value, so the next
+   * deploy without it would quietly put every default-model request back on the old model. Prod refuses
+   * a `-c defaultModel` that differs from its entry (`selectStage`).
    */
   readonly defaultModel: string;
   readonly useSpot: boolean;
@@ -90,8 +99,21 @@ export interface StageConfig {
   readonly alarmOldestQueuedJobSeconds: number;
   /** Alarm when at least this many messages sit in the DLQ. */
   readonly alarmDlqDepth: number;
-  /** E-mail subscribed to the alarm topic; required in prod, where an alarm nobody reads is no alarm. */
+  /**
+   * E-mail subscribed to the alarm topic; required in prod, where an alarm nobody reads is no alarm.
+   * From `-c alarmEmail`, then $CLIPAG_ALARM_EMAIL, then the stage's entry here (where it lasts from one
+   * deploy to the next: a deploy without any removes the subscription an earlier one made).
+   */
   readonly alarmEmail?: string;
+}
+
+/** What each stage's entry states for itself, never taken over from another stage's entry. */
+type OwnValues = 'stage' | 'defaultModel' | 'alarmEmail';
+
+/** A stage's values that another stage may start from: all but its own (the type makes the new entry state them). */
+function sharedValues(from: StageConfig): Omit<StageConfig, OwnValues> {
+  const { stage: _stage, defaultModel: _defaultModel, alarmEmail: _alarmEmail, ...shared } = from;
+  return shared;
 }
 
 const dev: StageConfig = {
@@ -132,8 +154,10 @@ const dev: StageConfig = {
 };
 
 const prod: StageConfig = {
-  ...dev,
+  ...sharedValues(dev),
   stage: 'prod',
+  // Prod's own, stated here (the type requires it): edit it when a pushed model becomes the default.
+  defaultModel: 'toy',
   bucketVersioning: true,
   outputRetentionDays: 30,
   apiThrottleRatePerSecond: 50,
@@ -143,6 +167,9 @@ const prod: StageConfig = {
   maxWaitsPerAccount: 12,
   // On-demand by default in prod: a Spot reclaim costs a customer's job a restart.
   useSpot: false,
+  // In this order when g5 has no on-demand capacity in the group's AZs: g6 (L4, cheaper), then g4dn
+  // (T4, slower per image). workerHourlyUsd stays g5's price: an upper bound on the others.
+  instanceTypes: ['g5.xlarge', 'g6.xlarge', 'g4dn.xlarge'],
   maxInstances: 8,
   scaleInAfterIdleMinutes: 15,
   containerInsights: true,
@@ -164,6 +191,58 @@ export function stageConfig(name: string, overrides: Partial<StageConfig> = {}):
   const cfg: StageConfig = { ...STAGES[name], ...overrides, stage: name };
   validate(cfg);
   return cfg;
+}
+
+/** A value the deployer passed at synth, and where it came from (`-c stage`, `$CLIPAG_STAGE`…), for the summary. */
+export interface PassedValue {
+  readonly value: string;
+  readonly from: string;
+}
+
+/** What cdk/bin/app.ts read from the context and the environment: the stage, and the values that may override its entry. */
+export interface SynthSelection {
+  readonly stage: PassedValue;
+  readonly alarmEmail?: PassedValue;
+  readonly defaultModel?: PassedValue;
+}
+
+/**
+ * The stage a synth builds, from what the deployer passed, and a summary of its effective default model
+ * and alarm e-mail with where each came from: cdk/bin/app.ts prints it on stderr, so a value that went
+ * back to the table's (a `-c` left out) shows in every synth's and deploy's output.
+ *
+ * Prod takes its default model from its entry only: a `-c defaultModel` that differs is refused,
+ * because the next deploy without it would revert prod's default-model requests without a word. Dev
+ * takes one for a try, and the summary says that it lasts one deploy.
+ */
+export function selectStage(selection: SynthSelection): { config: StageConfig; summary: string } {
+  const name = selection.stage.value;
+  if (!isStageName(name)) {
+    throw new Error(`Unknown stage "${name}" (${selection.stage.from}). Known stages: ${Object.keys(STAGES).join(', ')}`);
+  }
+  const entry = STAGES[name];
+  const model = selection.defaultModel;
+  if (name === 'prod' && model !== undefined && model.value !== entry.defaultModel) {
+    throw new Error(
+      `Invalid config for stage "prod":\n  - defaultModel comes from the prod entry of cdk/lib/config.ts ("${entry.defaultModel}"), and ${model.from} asks for ${JSON.stringify(model.value)}: ` +
+        `a -c value lasts one deploy, and the next deploy without it would put every request that names no model back on "${entry.defaultModel}". Set defaultModel in the prod entry instead (docs/model-store.md).`,
+    );
+  }
+  const config = stageConfig(name, {
+    ...(selection.alarmEmail ? { alarmEmail: selection.alarmEmail.value } : {}),
+    ...(model ? { defaultModel: model.value } : {}),
+  });
+  const modelLine =
+    model === undefined || model.value === entry.defaultModel
+      ? `${config.defaultModel} (the ${name} entry of cdk/lib/config.ts)`
+      : `${config.defaultModel} (${model.from}, for this deploy only: the next one without it goes back to the entry's "${entry.defaultModel}")`;
+  const emailLine = selection.alarmEmail
+    ? `${config.alarmEmail} (${selection.alarmEmail.from})`
+    : config.alarmEmail !== undefined
+      ? `${config.alarmEmail} (the ${name} entry of cdk/lib/config.ts)`
+      : 'none: the alarm topic gets no subscriber, and one an earlier deploy made is removed (set alarmEmail in cdk/lib/config.ts, or pass -c alarmEmail or $CLIPAG_ALARM_EMAIL)';
+  const summary = [`clipag: stage ${name} (${selection.stage.from})`, `  defaultModel: ${modelLine}`, `  alarmEmail:   ${emailLine}`].join('\n');
+  return { config, summary };
 }
 
 /**
@@ -256,7 +335,7 @@ function validate(cfg: StageConfig): void {
   if (cfg.scaleInAfterIdleMinutes > 1440) problems.push('scaleInAfterIdleMinutes must be <= 1440 (the scale-in alarm evaluates 1-minute periods, and CloudWatch allows at most a day of them)');
   if (!MODEL_NAME_PATTERN.test(cfg.defaultModel)) problems.push(`defaultModel is not a model name: ${JSON.stringify(cfg.defaultModel)} (lower-case letters, digits, '.', '_', '-')`);
   if (cfg.alarmEmail !== undefined && !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(cfg.alarmEmail)) problems.push(`alarmEmail is not an e-mail address: ${JSON.stringify(cfg.alarmEmail)}`);
-  if (cfg.stage === 'prod' && cfg.alarmEmail === undefined) problems.push('alarmEmail is required in prod (-c alarmEmail=ops@example.com or $CLIPAG_ALARM_EMAIL): the alarms would tell nobody');
+  if (cfg.stage === 'prod' && cfg.alarmEmail === undefined) problems.push('alarmEmail is required in prod (alarmEmail in the prod entry of cdk/lib/config.ts, -c alarmEmail=ops@example.com or $CLIPAG_ALARM_EMAIL): the alarms would tell nobody');
   if (!(Number.isFinite(cfg.workerHourlyUsd) && cfg.workerHourlyUsd >= 0 && cfg.workerHourlyUsd <= 1000)) problems.push('workerHourlyUsd must be a price in [0, 1000]');
   // The ECS GPU AMI's root snapshot is 30 GiB (amazon-ecs-ami's block_device_size_gb): a smaller volume
   // fails every launch. gp3 volumes end at 16 TiB.

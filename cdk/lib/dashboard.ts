@@ -1,5 +1,6 @@
 import { Aws, Duration } from 'aws-cdk-lib';
 import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import type * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
@@ -8,7 +9,8 @@ import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import type { StageConfig } from './config.ts';
 import type { GpuQueueWorker } from './gpu-queue-worker.ts';
-import type { QueueAlarms, QueuedJobSweepRef } from './queue-alarms.ts';
+import { metricNamespace } from './metrics.ts';
+import { JOB_FAILURE_MIN_JOBS, JOB_FAILURE_PERCENT, type QueueAlarms, type QueuedJobSweepRef } from './queue-alarms.ts';
 
 /** The API's request handler and the log group its warn and error lines go to. */
 export interface ApiHandlerRef {
@@ -26,9 +28,6 @@ export const JOB_OUTCOMES = ['succeeded', 'failed', 'canceled', 'requeued', 'ski
 /** The names of the API's per-account limits (`name` of each SlidingWindowRateLimiter in functions/app.ts). */
 export const RATE_LIMIT_NAMES = ['requests', 'uploads', 'waits'] as const;
 
-/** Namespace of every metric the stack's metric filters publish (the alarms' included). */
-const NAMESPACE = 'Clipag';
-
 export interface ClipagDashboardProps {
   /** Stage name (the dashboard's name), thresholds and fleet shape for the titles, Container Insights on or off. */
   readonly config: StageConfig;
@@ -38,6 +37,8 @@ export interface ClipagDashboardProps {
   readonly queuedJobSweep: QueuedJobSweepRef;
   readonly cluster: ecs.ICluster;
   readonly capacityProvider: ecs.AsgCapacityProvider;
+  /** The GPU instances: how many are in service (its group metrics). */
+  readonly autoScalingGroup?: autoscaling.IAutoScalingGroup;
   /** The GPU service, its backlog expression (the scaling input) and its JSON log group. */
   readonly worker: GpuQueueWorker;
   /** The operator alarms: shown as states, and their metric filters graphed (not filtered twice). */
@@ -54,15 +55,15 @@ export interface ClipagDashboardProps {
  * One CloudWatch dashboard per stage, `clipag-<stage>`: notes and alarm states on top, then a row each
  * for the API, the queue and its sweep, and the GPU fleet. It reads what the system already emits: AWS
  * metrics, the metric filters of the alarms, and five metric filters of its own on JSON fields the
- * code really logs (each cited below). No alarm, topic or paid feature is added here; Container
+ * code really logs (each cited below), all in the stage's namespace `Clipag/<stage>`. No alarm, topic or paid feature is added here; Container
  * Insights stays as the stage config has it.
  */
 export class ClipagDashboard extends Construct {
   readonly dashboard: cloudwatch.Dashboard;
   /** 429 answers in the API's access log: the stage throttle's and the app's (rate_limited, too_many_active_jobs). */
   readonly api429Filter: logs.MetricFilter | undefined;
-  /** Jobs the worker finished, one metric per `outcome` of its `job finished` line. */
-  readonly jobOutcomesFilter: logs.MetricFilter;
+  /** Images the output check withheld (ADR 0017), one per `output check matched` line with `withheld` true. */
+  readonly imagesWithheldFilter: logs.MetricFilter;
   /** The worker's warm-up time, from its `warmed up` line. */
   readonly warmUpFilter: logs.MetricFilter;
   /** Worker seconds per image of each finished run (what the customer pays for), from its `job finished` line. */
@@ -73,6 +74,7 @@ export class ClipagDashboard extends Construct {
   constructor(scope: Construct, id: string, props: ClipagDashboardProps) {
     super(scope, id);
     const { config, queue, deadLetterQueue, queuedJobSweep, worker, alarms } = props;
+    const NAMESPACE = metricNamespace(config.stage);
     const minute = Duration.minutes(1);
     const fiveMinutes = Duration.minutes(5);
 
@@ -91,16 +93,18 @@ export class ClipagDashboard extends Construct {
         })
       : undefined;
 
-    // gpu-worker/worker/worker.ts, `finish`: log.info('job finished', { jobId, owner, outcome, ...extra }),
-    // through jsonLogger (`msg` and the fields at the top level). `outcome` is one of JOB_OUTCOMES, never
-    // free text, so it can be a dimension; jobId and owner never are (one metric per value).
-    this.jobOutcomesFilter = new logs.MetricFilter(this, 'JobOutcomesFilter', {
+    // The jobs finished by outcome are the alarms' filter (JobOutcomesFilter): its failure share pages.
+
+    // gpu-worker/worker/worker.ts, the output check: log.info('output check matched', { jobId, owner, index,
+    // withheld, rules }) for each image a rule matched, `withheld` a boolean. Customers are billed for
+    // withheld images (README, usage), and a policy that withholds everything fails each job (the
+    // failure alarm's content_policy); this graphs how many images the check keeps back.
+    this.imagesWithheldFilter = new logs.MetricFilter(this, 'ImagesWithheldFilter', {
       logGroup: worker.logGroup,
-      filterPattern: logs.FilterPattern.stringValue('$.msg', '=', 'job finished'),
+      filterPattern: logs.FilterPattern.all(logs.FilterPattern.stringValue('$.msg', '=', 'output check matched'), logs.FilterPattern.booleanValue('$.withheld', true)),
       metricNamespace: NAMESPACE,
-      metricName: 'WorkerJobsFinished',
+      metricName: 'WorkerImagesWithheld',
       metricValue: '1',
-      dimensions: { Outcome: '$.outcome' },
     });
 
     /** A number the worker logs on its `msg` line, published as it is; a line without it as a number publishes nothing. */
@@ -146,9 +150,7 @@ export class ClipagDashboard extends Construct {
     const graph = (title: string, left: cloudwatch.IMetric[], more: Partial<cloudwatch.GraphWidgetProps> = {}) =>
       new cloudwatch.GraphWidget({ title, left, width: 8, height: 6, ...more });
     const header = (markdown: string) => new cloudwatch.TextWidget({ markdown, width: 24, height: 1 });
-    const operatorAlarms = [alarms.dlqDepthAlarm, alarms.oldestQueuedJobAlarm, alarms.queuedJobSweepAlarm, alarms.queuedJobSweepNotRunningAlarm, alarms.queuedJobSweepDroppedAlarm, alarms.api5xxAlarm, alarms.workerErrorAlarm, alarms.rateLimitFailingOpenAlarm].filter(
-      (a): a is cloudwatch.Alarm => a !== undefined,
-    );
+    const operatorAlarms = alarms.operatorAlarms;
 
     this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', {
       // Dashboard names are unique per account and region: one per stage.
@@ -156,13 +158,13 @@ export class ClipagDashboard extends Construct {
       defaultInterval: Duration.hours(6),
     });
 
-    this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: this.notes(props), width: 24, height: 9 }));
+    this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: this.notes(props), width: 24, height: 12 }));
     this.dashboard.addWidgets(
       new cloudwatch.AlarmStatusWidget({
         title: 'Alarms (state now; each notifies the SNS topic of the worker stack on ALARM and on OK)',
         alarms: operatorAlarms,
         width: 24,
-        height: 3,
+        height: 4,
       }),
     );
 
@@ -268,7 +270,7 @@ export class ClipagDashboard extends Construct {
       graph(`Backlog that sets the task count (jobs: visible + in flight, max per minute; one task per ${config.jobsPerTask} jobs, at most ${config.maxInstances})`, [
         worker.backlog.with({ label: 'backlog' }),
       ], { leftYAxis: { min: 0 } }),
-      graph('GPU capacity provider reservation (%; above 100: instances are being added, below: some stand idle)', [
+      graph(`GPU capacity provider reservation (%; above 100: instances are being added, below: some stand idle)${props.autoScalingGroup ? ', and GPU instances in service (count, right)' : ''}`, [
         new cloudwatch.Metric({
           namespace: 'AWS/ECS/ManagedScaling',
           metricName: 'CapacityProviderReservation',
@@ -277,13 +279,37 @@ export class ClipagDashboard extends Construct {
           statistic: 'Maximum',
           label: 'reservation',
         }),
-      ], { leftYAxis: { label: '%', showUnits: false, min: 0 } }),
+      ], {
+        leftYAxis: { label: '%', showUnits: false, min: 0 },
+        ...(props.autoScalingGroup
+          ? {
+              right: [
+                new cloudwatch.Metric({
+                  namespace: 'AWS/AutoScaling',
+                  metricName: 'GroupInServiceInstances',
+                  dimensionsMap: { AutoScalingGroupName: props.autoScalingGroup.autoScalingGroupName },
+                  period: minute,
+                  statistic: 'Maximum',
+                  label: 'instances in service',
+                }),
+              ],
+              rightYAxis: { min: 0 },
+            }
+          : {}),
+      }),
       graph('GPU worker error lines (count per 5 min; "level":"error", the alarm fires at 1)', [
-        ...(alarms.workerErrorLinesFilter ? [alarms.workerErrorLinesFilter.metric({ period: fiveMinutes, statistic: 'Sum', label: 'error lines' })] : []),
+        alarms.workerErrorLinesFilter.metric({ period: fiveMinutes, statistic: 'Sum', label: 'error lines' }),
       ]),
       graph('Jobs finished by outcome (count per 5 min, the worker\'s "job finished" line; only succeeded, failed and canceled end a job)', JOB_OUTCOMES.map((outcome) =>
-        this.jobOutcomesFilter.metric({ period: fiveMinutes, statistic: 'Sum', dimensionsMap: { Outcome: outcome }, label: outcome }),
+        alarms.jobOutcomesFilter.metric({ period: fiveMinutes, statistic: 'Sum', dimensionsMap: { Outcome: outcome }, label: outcome }),
       ), { stacked: true }),
+      graph(`Failed share of finished jobs (%, per 15 min; the alarm pages at ${JOB_FAILURE_PERCENT} % of ${JOB_FAILURE_MIN_JOBS} or more jobs), and images the output check withheld (count per 15 min, right)`, [
+        alarms.jobFailureRatioAlarm.metric,
+      ], {
+        leftAnnotations: [alarms.jobFailureRatioAlarm.toAnnotation()],
+        leftYAxis: { label: '%', showUnits: false, min: 0, max: 100 },
+        right: [this.imagesWithheldFilter.metric({ period: Duration.minutes(15), statistic: 'Sum', label: 'images withheld' })],
+      }),
       graph(`GPU time per image, p50 / p90 per hour (seconds; × the stage's $${config.workerHourlyUsd}/h is an image's compute cost)`, [
         this.secondsPerImageFilter.metric({ period: Duration.hours(1), statistic: 'p50', label: 'p50' }),
         this.secondsPerImageFilter.metric({ period: Duration.hours(1), statistic: 'p90', label: 'p90' }),
@@ -301,7 +327,13 @@ export class ClipagDashboard extends Construct {
     // Thresholds and windows as the alarms have them, so the notes cannot drift from queue-alarms.ts.
     const cfn = (alarm: cloudwatch.Alarm) => alarm.node.defaultChild as cloudwatch.CfnAlarm;
     const thresholdOf = (alarm: cloudwatch.Alarm) => cfn(alarm).threshold;
-    const periodMinutes = (alarm: cloudwatch.Alarm) => (cfn(alarm).period ?? 60) / 60;
+    // A math alarm has no period of its own: its queries' (all alike here) are the period.
+    const periodMinutes = (alarm: cloudwatch.Alarm) => {
+      const queries = (cfn(alarm).metrics ?? []) as cloudwatch.CfnAlarm.MetricDataQueryProperty[];
+      const query = queries.find((q) => q.period !== undefined || (q.metricStat as cloudwatch.CfnAlarm.MetricStatProperty | undefined)?.period !== undefined);
+      const seconds = cfn(alarm).period ?? query?.period ?? (query?.metricStat as cloudwatch.CfnAlarm.MetricStatProperty | undefined)?.period ?? 60;
+      return (seconds as number) / 60;
+    };
     const periodsOf = (alarm: cloudwatch.Alarm) => cfn(alarm).evaluationPeriods ?? 1;
     const windowMinutes = (alarm: cloudwatch.Alarm) => periodsOf(alarm) * periodMinutes(alarm);
     const logLink = (name: string) => `https://console.aws.amazon.com/cloudwatch/home?region=${Aws.REGION}#logsV2:log-groups/log-group/${name}`;
@@ -311,15 +343,21 @@ export class ClipagDashboard extends Construct {
       ...(props.apiAccessLogGroup ? [`[API access log](${logLink(props.apiAccessLogGroup.logGroupName)})`] : []),
       `[queued-job sweep](${logLink(props.queuedJobSweep.logGroup.logGroupName)})`,
     ];
+    // Each line ends with the runbook entry (cdk/README.md, "On call") that says what to look at first.
+    const see = (entry: string) => ` → runbook: *${entry}*.`;
     const alarmLines = [
-      `- **DLQ depth ≥ ${thresholdOf(alarms.dlqDepthAlarm)}**: a job failed all its deliveries (the worker has marked it failed), or a message did not parse. Stays in ALARM while anything is in the DLQ: triage with \`clipag dlq list\`, then \`clipag dlq purge --yes\` re-arms it.`,
-      `- **Oldest queued job ≥ ${thresholdOf(alarms.oldestQueuedJobAlarm)} s**: a job has waited that long to start (the sweep's figure; running jobs do not count): the fleet is not keeping up or cannot start (GPU quota, Spot, image pull).`,
-      `- **Queued-job sweep failing for ${windowMinutes(alarms.queuedJobSweepAlarm)} min**: lost messages are not re-sent, owed webhooks not retried, and the queued wait is not measured.`,
-      `- **Queued-job sweep not running for ${windowMinutes(alarms.queuedJobSweepNotRunningAlarm)} min**: no invocation at all (throttled, events dropped, schedule disabled): the same losses, and the oldest-queued-job alarm has no data.`,
-      `- **Queued-job sweep event dropped**: Lambda dropped a scheduled sweep that waited a whole period (\`AsyncEventsDropped\`; most likely the account's concurrency is taken).`,
-      ...(alarms.api5xxAlarm ? [`- **API 5xx ≥ ${thresholdOf(alarms.api5xxAlarm)} per ${periodMinutes(alarms.api5xxAlarm)} min, ${periodsOf(alarms.api5xxAlarm)} periods in a row**: customers get server errors (the app's 500s, or the gateway's for a failing or timing-out Lambda).`] : []),
-      ...(alarms.rateLimitFailingOpenAlarm ? [`- **Rate limits failing open for ${windowMinutes(alarms.rateLimitFailingOpenAlarm)} min**: the API cannot reach its DynamoDB counter and lets every request through unlimited; an error-level \`rate_limit_unavailable\` line in the API log means a missing table or grant.`] : []),
-      ...(alarms.workerErrorAlarm ? ['- **GPU worker error line**: the worker logged something an operator must act on; search its log group for `"level":"error"` (`worker unhealthy`, `message dead-lettered`, `usage not recorded`…).'] : []),
+      `- **DLQ depth ≥ ${thresholdOf(alarms.dlqDepthAlarm)}**: a job failed all its deliveries (the worker has marked it failed), or a message did not parse. Stays in ALARM while anything is in the DLQ: triage with \`clipag dlq list\`, then \`clipag dlq purge --yes\` re-arms it.` + see('DLQ depth'),
+      `- **Oldest queued job ≥ ${thresholdOf(alarms.oldestQueuedJobAlarm)} s**: a job has waited that long to start (the sweep's figure; running jobs do not count): the fleet is not keeping up or cannot start (GPU quota, Spot, image pull).` + see('Oldest queued job'),
+      `- **Queued-job sweep failing for ${windowMinutes(alarms.queuedJobSweepAlarm)} min**: lost messages are not re-sent, owed webhooks not retried, and the queued wait is not measured.` + see('Queued-job sweep failing, not running, or its events dropped'),
+      `- **Queued-job sweep not running for ${windowMinutes(alarms.queuedJobSweepNotRunningAlarm)} min**: no invocation at all (throttled, events dropped, schedule disabled): the same losses, and the oldest-queued-job alarm has no data.` + see('Queued-job sweep failing, not running, or its events dropped'),
+      `- **Queued-job sweep event dropped**: Lambda dropped a scheduled sweep that waited a whole period (\`AsyncEventsDropped\`; most likely the account's concurrency is taken).` + see('Queued-job sweep failing, not running, or its events dropped'),
+      ...(alarms.api5xxAlarm ? [`- **API 5xx ≥ ${thresholdOf(alarms.api5xxAlarm)} % of requests per ${periodMinutes(alarms.api5xxAlarm)} min, ${periodsOf(alarms.api5xxAlarm)} periods in a row**: customers get server errors (the app's 500s, or the gateway's for a failing or timing-out Lambda).` + see('API 5xx share')] : []),
+      ...(alarms.apiThrottlesAlarm ? [`- **API Lambda throttled, ${periodsOf(alarms.apiThrottlesAlarm)} periods of ${periodMinutes(alarms.apiThrottlesAlarm)} min in a row**: no concurrency left for the API (\`Prefer: wait\` holds take it).` + see('API Lambda throttled')] : []),
+      ...(alarms.rateLimitFailingOpenAlarm ? [`- **Rate limits failing open for ${windowMinutes(alarms.rateLimitFailingOpenAlarm)} min**: the API cannot reach its DynamoDB counter and lets every request through unlimited; an error-level \`rate_limit_unavailable\` line in the API log means a missing table or grant.` + see('Rate limits failing open')] : []),
+      '- **GPU worker error line**: the worker logged something an operator must act on; search its log group for `"level":"error"` (`worker unhealthy`, `message dead-lettered`, `usage not recorded`…).' + see('GPU worker error line'),
+      `- **Job failure share ≥ ${thresholdOf(alarms.jobFailureRatioAlarm)} % in ${windowMinutes(alarms.jobFailureRatioAlarm)} min** (of ${JOB_FAILURE_MIN_JOBS} or more finished jobs): a default model that is not in the store, a model that fails every run, a policy that withholds everything.` + see('Job failure share'),
+      ...(alarms.gpuIdleInstancesAlarm ? [`- **GPU instances idle for ${windowMinutes(alarms.gpuIdleInstancesAlarm)} min**: instances in service while the queue was empty: billed for nothing.` + see('GPU instances idle')] : []),
+      ...(alarms.workerTaskStoppedRule ? ['- Not an alarm, a notice on the same topic: **a worker task stopped abnormally** (non-zero exit code, or it never started).' + see('A worker task stopped abnormally')] : []),
     ];
     return [
       `# clipag ${config.stage}`,

@@ -3,12 +3,16 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import type * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as events from 'aws-cdk-lib/aws-events';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subs from 'aws-cdk-lib/aws-sns-subscriptions';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
+import type { StageName } from './config.ts';
+import { metricNamespace } from './metrics.ts';
 
 /** The queued-job sweep (ADR 0012): its function, and the log group its per-sweep figures go to. */
 export interface QueuedJobSweepRef {
@@ -16,7 +20,23 @@ export interface QueuedJobSweepRef {
   readonly logGroup: logs.ILogGroup;
 }
 
+/** The GPU worker service, whose tasks' abnormal stops are reported to the topic (ADR 0023, 2026-12-08). */
+export interface WorkerServiceRef {
+  readonly cluster: ecs.ICluster;
+  readonly service: ecs.IBaseService;
+}
+
+/** The GPU instances and the queue whose backlog they serve: instances in service with nothing to do page. */
+export interface GpuFleetRef {
+  readonly autoScalingGroupName: string;
+  readonly queue: sqs.IQueue;
+  /** Minutes of instances in service with an empty backlog before it pages; longer than the normal tail after a burst. */
+  readonly idleMinutes: number;
+}
+
 export interface QueueAlarmsProps {
+  /** The stage: its metric namespace (`Clipag/<stage>`), and the name in the task-stopped notices. */
+  readonly stage: StageName;
   readonly deadLetterQueue: sqs.IQueue;
   readonly oldestQueuedJobSeconds: number;
   readonly dlqDepth: number;
@@ -25,15 +45,27 @@ export interface QueueAlarmsProps {
   readonly queuedJobSweep: QueuedJobSweepRef;
   /** How often the sweep's schedule runs it (queuedJobSweepMinutes): its liveness alarm counts runs per period. */
   readonly queuedJobSweepMinutes: number;
-  /** The public API: 5xx answers (the app's 500s, and the gateway's own for a failing Lambda). */
+  /** The public API: 5xx answers (the app's 500s, and the gateway's own for a failing Lambda) as a share of its requests. */
   readonly httpApi?: apigw.IHttpApi;
-  /** 5xx answers in each of two 5-minute periods that page (default 10). */
-  readonly api5xxPerFiveMinutes?: number;
-  /** The worker's JSON log lines: any `error` line pages (a lost usage add, an unhealthy worker, a failure it could not record). */
-  readonly workerLogGroup?: logs.ILogGroup;
+  /** The share of requests answered 5xx, in %, that pages when it holds for two 5-minute periods (default 20). */
+  readonly api5xxPercent?: number;
+  /** Requests a 5-minute period needs before its 5xx share counts (default 5): one unlucky request of two does not page. */
+  readonly api5xxMinRequests?: number;
+  /** The API's Lambda: its throttles (the account's concurrency taken, e.g. by `Prefer: wait` holds) page. */
+  readonly apiFunction?: lambda.IFunction;
+  /** The worker's JSON log lines: any `error` line pages (a lost usage add, an unhealthy worker, a failure it could not record); its `job finished` lines give the failure share. */
+  readonly workerLogGroup: logs.ILogGroup;
   /** The API handler's JSON log lines: a per-account limit failing open (its counter unavailable) pages once it lasts. */
   readonly apiLogGroup?: logs.ILogGroup;
+  /** The worker service: a task that stops with a non-zero exit code, or never starts, is reported to the topic. */
+  readonly workerService?: WorkerServiceRef;
+  /** The GPU instances: in service for `idleMinutes` with an empty backlog pages. */
+  readonly gpuFleet?: GpuFleetRef;
 }
+
+/** The share of finished jobs that failed, in %, that pages (JobFailureRatio), and the jobs a window needs first. */
+export const JOB_FAILURE_PERCENT = 50;
+export const JOB_FAILURE_MIN_JOBS = 5;
 
 /** Operator alarms for the job pipeline, published to one SNS topic. */
 export class QueueAlarms extends Construct {
@@ -45,18 +77,49 @@ export class QueueAlarms extends Construct {
   readonly queuedJobSweepNotRunningAlarm: cloudwatch.Alarm;
   /** Lambda dropped a scheduled sweep's event (it waited past maxEventAge, e.g. throttled): the sweep is being starved. */
   readonly queuedJobSweepDroppedAlarm: cloudwatch.Alarm;
+  /** The share of the API's requests answered 5xx, over a minimum of requests. */
   readonly api5xxAlarm: cloudwatch.Alarm | undefined;
-  readonly workerErrorAlarm: cloudwatch.Alarm | undefined;
+  /** The API Lambda throttled (no concurrency left): its callers got errors. */
+  readonly apiThrottlesAlarm: cloudwatch.Alarm | undefined;
+  readonly workerErrorAlarm: cloudwatch.Alarm;
+  /** Half or more of the jobs the worker finished in 15 minutes failed (a bad default model, a policy that withholds everything). */
+  readonly jobFailureRatioAlarm: cloudwatch.Alarm;
+  /** GPU instances in service while the backlog stayed empty for `gpuFleet.idleMinutes`. */
+  readonly gpuIdleInstancesAlarm: cloudwatch.Alarm | undefined;
+  /** Reports each worker task that stopped with a non-zero exit code or failed to start, straight to the topic. */
+  readonly workerTaskStoppedRule: events.Rule | undefined;
+  /** The namespace of the custom metrics below: `Clipag/<stage>`. */
+  readonly metricNamespace: string;
   /** `OldestQueuedJobSeconds` from the sweep's `queued-job sweep` line; the dashboard graphs the same metric. */
   readonly oldestQueuedJobFilter: logs.MetricFilter;
   /** `WorkerErrorLines`, one per `"level":"error"` line of the worker; the dashboard graphs the same metric. */
-  readonly workerErrorLinesFilter: logs.MetricFilter | undefined;
+  readonly workerErrorLinesFilter: logs.MetricFilter;
+  /** `WorkerJobsFinished`, one per `job finished` line of the worker, by `Outcome`; the failure alarm divides two of them, the dashboard graphs all. */
+  readonly jobOutcomesFilter: logs.MetricFilter;
   /** `RateLimitUnavailable`, one per `rate_limit_unavailable` line of the API (ADR 0026); the dashboard graphs it. */
   readonly rateLimitUnavailableFilter: logs.MetricFilter | undefined;
   readonly rateLimitFailingOpenAlarm: cloudwatch.Alarm | undefined;
 
+  /** Every alarm that notifies the topic (on ALARM and on OK), for the dashboard's states. */
+  get operatorAlarms(): cloudwatch.Alarm[] {
+    return [
+      this.dlqDepthAlarm,
+      this.oldestQueuedJobAlarm,
+      this.queuedJobSweepAlarm,
+      this.queuedJobSweepNotRunningAlarm,
+      this.queuedJobSweepDroppedAlarm,
+      this.api5xxAlarm,
+      this.apiThrottlesAlarm,
+      this.workerErrorAlarm,
+      this.jobFailureRatioAlarm,
+      this.rateLimitFailingOpenAlarm,
+      this.gpuIdleInstancesAlarm,
+    ].filter((a): a is cloudwatch.Alarm => a !== undefined);
+  }
+
   constructor(scope: Construct, id: string, props: QueueAlarmsProps) {
     super(scope, id);
+    const namespace = (this.metricNamespace = metricNamespace(props.stage));
     this.topic = new sns.Topic(this, 'Topic', { displayName: 'clipag alarms', enforceSSL: true });
     // enforceSSL writes a topic policy, and a topic policy replaces SNS's default one (which let the
     // account's own services publish): without this Allow, every alarm action fails with
@@ -85,12 +148,12 @@ export class QueueAlarms extends Construct {
       });
 
     /**
-     * An alarm on log lines: `<alarmId>Filter` counts, as `Clipag/<metricName>`, the JSON lines of
+     * An alarm on log lines: `<alarmId>Filter` counts, as `<namespace>/<metricName>`, the JSON lines of
      * `logGroup` whose `field` is `value`, and the alarm fires when one or more come in each of
      * `periods` 5-minute periods.
      */
     const onLines = (logGroup: logs.ILogGroup, alarmId: string, field: string, value: string, metricName: string, description: string, periods: number) => {
-      const filter = new logs.MetricFilter(this, `${alarmId}Filter`, { logGroup, filterPattern: logs.FilterPattern.stringValue(field, '=', value), metricNamespace: 'Clipag', metricName, metricValue: '1' });
+      const filter = new logs.MetricFilter(this, `${alarmId}Filter`, { logGroup, filterPattern: logs.FilterPattern.stringValue(field, '=', value), metricNamespace: namespace, metricName, metricValue: '1' });
       return { filter, alarm: atLeast(alarmId, description, filter.metric({ period: Duration.minutes(5), statistic: 'Sum' }), 1, periods) };
     };
 
@@ -116,7 +179,7 @@ export class QueueAlarms extends Construct {
       (this.oldestQueuedJobFilter = new logs.MetricFilter(this, 'OldestQueuedJobFilter', {
         logGroup: props.queuedJobSweep.logGroup,
         filterPattern: logs.FilterPattern.stringValue('$.msg', '=', 'queued-job sweep'),
-        metricNamespace: 'Clipag',
+        metricNamespace: namespace,
         metricName: 'OldestQueuedJobSeconds',
         metricValue: '$.oldestQueuedSec',
         unit: cloudwatch.Unit.SECONDS,
@@ -161,14 +224,39 @@ export class QueueAlarms extends Construct {
       1,
     );
 
-    // Customers are getting server errors: 10 or more in each of two 5-minute periods, so one
-    // unlucky request does not page but an outage does within 10 minutes.
+    // Customers are getting server errors: a fifth or more of the requests of each of two 5-minute
+    // periods, once a period has a few requests. A share, not a count: a PoC with a request a minute was
+    // wholly down without reaching 10 errors per 5 minutes. Below the minimum the share reads 0, so one
+    // failed request out of two does not page.
+    const api5xxPercent = props.api5xxPercent ?? 20;
+    const api5xxMinRequests = props.api5xxMinRequests ?? 5;
+    const fiveMinutes = Duration.minutes(5);
     this.api5xxAlarm = props.httpApi
       ? atLeast(
           'Api5xx',
-          "The public API answered 5xx repeatedly (the app's 500s, or the gateway's own for a failing or timing-out Lambda).",
-          props.httpApi.metricServerError({ period: Duration.minutes(5), statistic: 'Sum' }),
-          props.api5xxPerFiveMinutes ?? 10,
+          `The public API answered ${api5xxPercent} % or more of its requests with 5xx in two 5-minute periods in a row (at least ${api5xxMinRequests} requests each): the app's 500s, or the gateway's own for a failing or timing-out Lambda.`,
+          new cloudwatch.MathExpression({
+            label: '5xx share of requests (%)',
+            expression: `IF(FILL(requests, 0) >= ${api5xxMinRequests}, 100 * FILL(errors, 0) / requests, 0)`,
+            usingMetrics: {
+              errors: props.httpApi.metricServerError({ period: fiveMinutes, statistic: 'Sum' }),
+              requests: props.httpApi.metricCount({ period: fiveMinutes, statistic: 'Sum' }),
+            },
+            period: fiveMinutes,
+          }),
+          api5xxPercent,
+          2,
+        )
+      : undefined;
+
+    // A throttled API invocation is an error to its caller. With `Prefer: wait` holding executions
+    // (ADR 0024), the account's concurrency is the known limit: two periods in a row page.
+    this.apiThrottlesAlarm = props.apiFunction
+      ? atLeast(
+          'ApiThrottles',
+          "The API Lambda was throttled in two 5-minute periods in a row: callers got errors because the account's (or the function's) concurrency was used up.",
+          props.apiFunction.metricThrottles({ period: fiveMinutes, statistic: 'Sum' }),
+          1,
           2,
         )
       : undefined;
@@ -176,11 +264,41 @@ export class QueueAlarms extends Construct {
     // The worker logs at `error` only what an operator must act on: an unhealthy worker (ADR 0023),
     // a usage add that failed (the ledger misses a job until `clipag usage rebuild`), a failure it
     // could not record, a corrupt job document, a content policy that does not parse.
-    const workerErrors = props.workerLogGroup
-      ? onLines(props.workerLogGroup, 'WorkerErrorLines', '$.level', 'error', 'WorkerErrorLines', 'The GPU worker logged an error line (search its log group for "level":"error").', 1)
-      : undefined;
-    this.workerErrorLinesFilter = workerErrors?.filter;
-    this.workerErrorAlarm = workerErrors?.alarm;
+    const workerErrors = onLines(props.workerLogGroup, 'WorkerErrorLines', '$.level', 'error', 'WorkerErrorLines', 'The GPU worker logged an error line (search its log group for "level":"error").', 1);
+    this.workerErrorLinesFilter = workerErrors.filter;
+    this.workerErrorAlarm = workerErrors.alarm;
+
+    // gpu-worker/worker/worker.ts, `finish`: log.info('job finished', { jobId, owner, outcome, ...extra }),
+    // through jsonLogger (`msg` and the fields at the top level). `outcome` is one of JOB_OUTCOMES
+    // (dashboard.ts), never free text, so it can be a dimension; jobId and owner never are (one metric
+    // per value).
+    this.jobOutcomesFilter = new logs.MetricFilter(this, 'JobOutcomesFilter', {
+      logGroup: props.workerLogGroup,
+      filterPattern: logs.FilterPattern.stringValue('$.msg', '=', 'job finished'),
+      metricNamespace: namespace,
+      metricName: 'WorkerJobsFinished',
+      metricValue: '1',
+      dimensions: { Outcome: '$.outcome' },
+    });
+
+    // Jobs can fail one after another at full GPU speed while every other alarm stays quiet: a default
+    // model that was never pushed or is misspelled (each job fails invalid_model), a pushed model that
+    // fails every run, a content policy that withholds every image (the job fails content_policy, and
+    // is billed). Each is an `info` line. Half of 5 or more finished jobs in 15 minutes pages; below 5
+    // the share reads 0 (one customer's bad prompt is not an incident).
+    const finished = (outcome: string) => this.jobOutcomesFilter.metric({ period: Duration.minutes(15), statistic: 'Sum', dimensionsMap: { Outcome: outcome } });
+    this.jobFailureRatioAlarm = atLeast(
+      'JobFailureRatio',
+      `${JOB_FAILURE_PERCENT} % or more of the jobs the GPU worker finished in 15 minutes failed (at least ${JOB_FAILURE_MIN_JOBS} jobs): search its log group for "job finished" with "outcome":"failed" and read their error codes.`,
+      new cloudwatch.MathExpression({
+        label: 'failed share of finished jobs (%)',
+        expression: `IF(FILL(failed, 0) + FILL(succeeded, 0) >= ${JOB_FAILURE_MIN_JOBS}, 100 * FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0)), 0)`,
+        usingMetrics: { failed: finished('failed'), succeeded: finished('succeeded') },
+        period: Duration.minutes(15),
+      }),
+      JOB_FAILURE_PERCENT,
+      1,
+    );
 
     // The per-account limits fail open when their DynamoDB counter does not answer (ADR 0026): requests
     // go through unlimited, and each API instance logs `rate_limit_unavailable` at most every 30 s. A
@@ -199,8 +317,81 @@ export class QueueAlarms extends Construct {
     this.rateLimitUnavailableFilter = failingOpen?.filter;
     this.rateLimitFailingOpenAlarm = failingOpen?.alarm;
 
-    const alarms = [this.dlqDepthAlarm, this.oldestQueuedJobAlarm, this.queuedJobSweepAlarm, this.queuedJobSweepNotRunningAlarm, this.queuedJobSweepDroppedAlarm, this.api5xxAlarm, this.workerErrorAlarm, this.rateLimitFailingOpenAlarm];
-    for (const alarm of alarms.filter((a): a is cloudwatch.Alarm => a !== undefined)) {
+    // Paid GPU instances that stay in service with nothing to do: an instance whose ECS agent never
+    // registers (a bad AMI or driver) keeps its scale-in protection, and a capacity provider left in an
+    // odd state after a failed deploy keeps instances too. The normal tail after a burst (the idle
+    // minutes before scale-in, then about 15 minutes of managed scaling) is shorter than idleMinutes.
+    // Per 5 minutes: the fewest instances in service, and the largest backlog; 1 when there were
+    // instances throughout and no job at all.
+    if (props.gpuFleet) {
+      const fleet = props.gpuFleet;
+      const inService = new cloudwatch.Metric({
+        namespace: 'AWS/AutoScaling',
+        metricName: 'GroupInServiceInstances',
+        dimensionsMap: { AutoScalingGroupName: fleet.autoScalingGroupName },
+        period: fiveMinutes,
+        statistic: 'Minimum',
+      });
+      this.gpuIdleInstancesAlarm = atLeast(
+        'GpuIdleInstances',
+        `GPU instances have been in service for ${fleet.idleMinutes} minutes while the job queue was empty (nothing visible, nothing in flight): they are billed and do nothing. Check the Auto Scaling group's instances and the cluster's container instances.`,
+        new cloudwatch.MathExpression({
+          label: 'GPU instances in service with an empty backlog (1 = yes)',
+          expression: 'IF((FILL(inService, 0) > 0) AND ((FILL(visible, 0) + FILL(inFlight, 0)) == 0), 1, 0)',
+          usingMetrics: {
+            inService,
+            visible: fleet.queue.metricApproximateNumberOfMessagesVisible({ period: fiveMinutes, statistic: 'Maximum' }),
+            inFlight: fleet.queue.metricApproximateNumberOfMessagesNotVisible({ period: fiveMinutes, statistic: 'Maximum' }),
+          },
+          period: fiveMinutes,
+        }),
+        1,
+        Math.ceil(fleet.idleMinutes / 5),
+      );
+    }
+
+    // A worker that dies without a JSON line pages nobody through the error-line alarm: an OOM kill at
+    // the task's hard memory limit (exit 137), a native crash in the CUDA provider, an image that does
+    // not pull or a task that cannot be placed on its instance (stop code TaskFailedToStart). ECS
+    // restarts such a task with back-off, and until now only the DLQ or the queued-wait alarm said so,
+    // many minutes later. Each such stop goes to the topic as one readable notice. A drained task exits
+    // 0 (scale-in, a deploy, a Spot notice) and is not reported.
+    if (props.workerService) {
+      const { cluster, service } = props.workerService;
+      const rule = (this.workerTaskStoppedRule = new events.Rule(this, 'WorkerTaskStopped', {
+        description: `clipag ${props.stage}: a GPU worker task stopped with a non-zero exit code or failed to start`,
+        eventPattern: {
+          source: ['aws.ecs'],
+          detailType: ['ECS Task State Change'],
+          detail: {
+            clusterArn: [cluster.clusterArn],
+            group: [`service:${service.serviceName}`],
+            lastStatus: ['STOPPED'],
+            $or: [{ stopCode: ['TaskFailedToStart'] }, { containers: { exitCode: [{ 'anything-but': 0 }] } }],
+          },
+        },
+      }));
+      const field = (p: string) => events.EventField.fromPath(p);
+      const message = events.RuleTargetInput.fromText(
+        `clipag ${props.stage}: a GPU worker task stopped abnormally. Exit code: ${field('$.detail.containers[0].exitCode')}. ` +
+          `Stop code: ${field('$.detail.stopCode')}. Reason: ${field('$.detail.stoppedReason')} ${field('$.detail.containers[0].reason')}. ` +
+          `Task: ${field('$.detail.taskArn')}. Runbook: cdk/README.md, On call, A worker task stopped abnormally.`,
+      );
+      // A target of its own rather than events-targets' SnsTopic, which grants every EventBridge rule
+      // (events.amazonaws.com, no condition) publish on the topic: this rule alone may.
+      rule.addTarget({ bind: () => ({ arn: this.topic.topicArn, input: message }) });
+      this.topic.addToResourcePolicy(
+        new iam.PolicyStatement({
+          sid: 'WorkerTaskStoppedRulePublish',
+          principals: [new iam.ServicePrincipal('events.amazonaws.com')],
+          actions: ['sns:Publish'],
+          resources: [this.topic.topicArn],
+          conditions: { ArnEquals: { 'aws:SourceArn': rule.ruleArn } },
+        }),
+      );
+    }
+
+    for (const alarm of this.operatorAlarms) {
       alarm.addAlarmAction(action);
       alarm.addOkAction(action);
     }

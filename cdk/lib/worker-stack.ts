@@ -1,4 +1,4 @@
-import { Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { Aws, CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
@@ -100,7 +100,7 @@ export class WorkerStack extends Stack {
       );
     }
 
-    // On-demand runs the primary type only; the other types diversify Spot pools.
+    // The launch template names the first type; the group's overrides list them all (below).
     const primaryType = config.instanceTypes[0];
     const userData = ec2.UserData.forLinux();
     if (config.useSpot) {
@@ -140,21 +140,28 @@ export class WorkerStack extends Stack {
       // Zero instances when there is no work; the capacity provider adds them on demand.
       minCapacity: 0,
       maxCapacity: config.maxInstances,
-      ...(config.useSpot
-        ? {
-            mixedInstancesPolicy: {
-              launchTemplate,
-              launchTemplateOverrides: config.instanceTypes.map((t) => ({
-                instanceType: new ec2.InstanceType(t),
-              })),
-              instancesDistribution: {
-                onDemandBaseCapacity: 0,
-                onDemandPercentageAboveBaseCapacity: 0,
-                spotAllocationStrategy: autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
-              },
+      // Every type in `instanceTypes`, in both purchase options. On demand: the first type with
+      // capacity, in the stage's order (PRIORITIZED), so an InsufficientInstanceCapacity for g5.xlarge
+      // in the group's AZs launches the next type instead of leaving tasks PROVISIONING. Spot: all of
+      // them as pools of one price-capacity-optimized request.
+      mixedInstancesPolicy: {
+        launchTemplate,
+        launchTemplateOverrides: config.instanceTypes.map((t) => ({ instanceType: new ec2.InstanceType(t) })),
+        instancesDistribution: config.useSpot
+          ? {
+              onDemandBaseCapacity: 0,
+              onDemandPercentageAboveBaseCapacity: 0,
+              spotAllocationStrategy: autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+            }
+          : {
+              onDemandBaseCapacity: 0,
+              onDemandPercentageAboveBaseCapacity: 100,
+              onDemandAllocationStrategy: autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
             },
-          }
-        : { launchTemplate }),
+      },
+      // One-minute group metrics (free): instances in service, pending, desired. The idle-GPU alarm
+      // reads GroupInServiceInstances; without collection the group publishes nothing.
+      groupMetrics: [autoscaling.GroupMetrics.all()],
     });
 
     this.capacityProvider = new ecs.AsgCapacityProvider(this, 'GpuCapacityProvider', {
@@ -240,6 +247,7 @@ export class WorkerStack extends Stack {
     grantDeadLetterSweep(taskRole, deadLetterQueue);
 
     this.alarms = new QueueAlarms(this, 'Alarms', {
+      stage: config.stage,
       deadLetterQueue,
       oldestQueuedJobSeconds: config.alarmOldestQueuedJobSeconds,
       dlqDepth: config.alarmDlqDepth,
@@ -248,7 +256,16 @@ export class WorkerStack extends Stack {
       queuedJobSweepMinutes: config.queuedJobSweepMinutes,
       ...(props.httpApi ? { httpApi: props.httpApi } : {}),
       workerLogGroup: this.worker.logGroup,
-      ...(props.apiHandler ? { apiLogGroup: props.apiHandler.logGroup } : {}),
+      ...(props.apiHandler ? { apiLogGroup: props.apiHandler.logGroup, apiFunction: props.apiHandler.fn } : {}),
+      workerService: { cluster: this.cluster, service: this.worker.service },
+      gpuFleet: {
+        autoScalingGroupName: this.autoScalingGroup.autoScalingGroupName,
+        queue,
+        // Past the normal tail after a burst: the idle minutes before the service scales in, then
+        // about 15 minutes before managed scaling removes an empty instance (ADR 0023), with margin;
+        // at least an hour, and at most the day of 5-minute periods an alarm may evaluate.
+        idleMinutes: Math.min(1440, Math.max(60, config.scaleInAfterIdleMinutes + 30)),
+      },
     });
 
     // Beside the alarms it shows, with every reference it reads already here.
@@ -259,11 +276,25 @@ export class WorkerStack extends Stack {
       queuedJobSweep: props.queuedJobSweep,
       cluster: this.cluster,
       capacityProvider: this.capacityProvider,
+      autoScalingGroup: this.autoScalingGroup,
       worker: this.worker,
       alarms: this.alarms,
       ...(props.httpApi ? { httpApi: props.httpApi } : {}),
       ...(props.apiHandler ? { apiHandler: props.apiHandler } : {}),
       ...(props.apiAccessLogGroup ? { apiAccessLogGroup: props.apiAccessLogGroup } : {}),
     });
+
+    // What the runbook's commands take (cdk/README.md, "On call"): read them with
+    // `aws cloudformation describe-stacks --stack-name Clipag-<stage>-Worker --query 'Stacks[0].Outputs'`.
+    const out = (id: string, value: string, description: string) => new CfnOutput(this, id, { value, description });
+    out('ClusterName', this.cluster.clusterName, 'ECS cluster of the GPU workers (aws ecs --cluster)');
+    out('ServiceName', this.worker.service.serviceName, 'ECS service of the GPU workers (aws ecs --services)');
+    out('WorkerScalableTarget', `service/${this.cluster.clusterName}/${this.worker.service.serviceName}`, 'Application Auto Scaling resource id of the service (pause and resume the GPU fleet)');
+    out('WorkerMaxTasks', String(config.maxInstances), 'The stage\'s maxInstances: the max capacity to resume the GPU fleet with');
+    out('AutoScalingGroupName', this.autoScalingGroup.autoScalingGroupName, 'GPU Auto Scaling group (aws autoscaling describe-scaling-activities)');
+    out('AlarmTopicArn', this.alarms.topic.topicArn, 'SNS topic of every alarm and task-stopped notice (subscribe a pager here)');
+    out('WorkerLogGroupName', this.worker.logGroup.logGroupName, "The GPU worker's JSON log lines (aws logs tail / filter-log-events)");
+    out('DashboardName', this.dashboard.dashboard.dashboardName, 'CloudWatch dashboard of the stage');
+    out('DashboardUrl', `https://console.aws.amazon.com/cloudwatch/home?region=${Aws.REGION}#dashboards/dashboard/${this.dashboard.dashboard.dashboardName}`, 'The dashboard in the console');
   }
 }

@@ -11,6 +11,9 @@ import { MemoryRateCounter } from '../../shared/adapters/local/rate-counter.ts';
 import { RetryableError } from '../../shared/errors.ts';
 import { harness } from '../functions/helpers.ts';
 import { createWorker, jsonLogger } from '../../gpu-worker/worker/worker.ts';
+import type { SynthesisOutcome, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
+import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
+import { compileOutputScreen } from '../../shared/prompt-policy.ts';
 import { makeEnv, submit, waitForStatus } from '../worker/helpers.ts';
 import { standInImage, stepping } from '../worker/stand-ins.ts';
 import { LAMBDA_STUB, REPO_ROOT, resources, testApp } from './helpers.ts';
@@ -125,13 +128,16 @@ function filtersOf(b: Built): Record<string, any> {
 /**
  * Whether a JSON filter pattern (`{ $.a = "x" }`, `{ ($.a = "x") && ($.b >= 0) }`) matches one JSON log
  * line. Only what the stack's patterns use: `&&` of comparisons of top-level fields with a quoted string
- * (= and !=) or a number; anything else throws, so a new pattern cannot pass untested.
+ * (= and !=) or a number, and `IS TRUE` / `IS FALSE` (a JSON boolean only); anything else throws, so a
+ * new pattern cannot pass untested.
  */
 function matches(pattern: string, line: Record<string, unknown>): boolean {
   const m = /^\{\s*(.*?)\s*\}$/.exec(pattern);
   if (!m) throw new Error(`not a JSON pattern: ${pattern}`);
   return m[1]!.split('&&').every((raw) => {
     const term = raw.trim().replace(/^\((.*)\)$/, '$1').trim();
+    const bool = /^\$\.([A-Za-z_][A-Za-z0-9_]*) IS (TRUE|FALSE)$/.exec(term);
+    if (bool) return line[bool[1]!] === (bool[2] === 'TRUE');
     const t = /^\$\.([A-Za-z_][A-Za-z0-9_]*)\s*(=|!=|>=|<=|>|<)\s*("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?)$/.exec(term);
     if (!t) throw new Error(`unsupported term: ${term}`);
     const [, field, op, literal] = t;
@@ -198,11 +204,11 @@ describe('the dashboard', () => {
       const operatorAlarms = resources(b.worker)
         .filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm' && JSON.stringify(r.Properties.AlarmActions ?? []).includes('AlarmsTopic'))
         .map(([id]) => ({ 'Fn::GetAtt': [id, 'Arn'] }));
-      expect(operatorAlarms).toHaveLength(8);
+      expect(operatorAlarms).toHaveLength(11);
       expect(shown).toHaveLength(operatorAlarms.length);
       expect(shown).toEqual(expect.arrayContaining(operatorAlarms));
       const a = b.stacks.worker.alarms;
-      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.queuedJobSweepNotRunningAlarm, a.queuedJobSweepDroppedAlarm, a.api5xxAlarm!, a.workerErrorAlarm!]) {
+      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.queuedJobSweepNotRunningAlarm, a.queuedJobSweepDroppedAlarm, a.api5xxAlarm!, a.apiThrottlesAlarm!, a.workerErrorAlarm, a.jobFailureRatioAlarm, a.rateLimitFailingOpenAlarm!, a.gpuIdleInstancesAlarm!]) {
         expect(shown).toContainEqual(b.stacks.worker.resolve(alarm.alarmArn));
       }
     }
@@ -217,11 +223,16 @@ describe('the dashboard', () => {
       const md = first!.properties.markdown!;
       expect(md).toMatch(new RegExp(`^# clipag ${stage}\\n`));
       expect(md).toContain('cdk/README.md, section "On call"');
-      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', `**Queued-job sweep not running for ${3 * b.config.queuedJobSweepMinutes} min**`, '**Queued-job sweep event dropped**', '**API 5xx ≥ 10 per 5 min, 2 periods in a row**', '**GPU worker error line**']) {
+      const idleMinutes = Math.max(60, b.config.scaleInAfterIdleMinutes + 30);
+      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', `**Queued-job sweep not running for ${3 * b.config.queuedJobSweepMinutes} min**`, '**Queued-job sweep event dropped**', '**API 5xx ≥ 20 % of requests per 5 min, 2 periods in a row**', '**API Lambda throttled, 2 periods of 5 min in a row**', '**Rate limits failing open for 15 min**', '**GPU worker error line**', '**Job failure share ≥ 50 % in 15 min**', `**GPU instances idle for ${idleMinutes} min**`, '**a worker task stopped abnormally**']) {
         expect(md).toContain(line);
       }
-      // The runbook section it names exists.
-      expect(readFileSync(path.join(REPO_ROOT, 'cdk', 'README.md'), 'utf8')).toMatch(/^### On call$/m);
+      // The runbook section it names exists, and so does each entry a line points to.
+      const readme = readFileSync(path.join(REPO_ROOT, 'cdk', 'README.md'), 'utf8');
+      expect(readme).toMatch(/^### On call$/m);
+      const entries = [...md.matchAll(/→ runbook: \*([^*]+)\*/g)].map((m) => m[1]!);
+      expect(new Set(entries).size).toBe(10);
+      for (const entry of entries) expect(readme, entry).toContain(`#### ${entry}\n`);
       expect(md).toContain('rate_limited');
     }
   });
@@ -252,18 +263,19 @@ describe('the dashboard', () => {
     for (const stage of ['dev', 'prod'] as const) {
       const b = built[stage];
       const metrics = metricsOf(b, dashboardOf(b.worker));
-      expect(metrics.filter((m) => m.namespace === 'Clipag').map((m) => m.name)).toEqual(expect.arrayContaining(['OldestQueuedJobSeconds', 'WorkerErrorLines']));
+      const namespace = `Clipag/${stage}`;
+      expect(metrics.filter((m) => m.namespace === namespace).map((m) => m.name)).toEqual(expect.arrayContaining(['OldestQueuedJobSeconds', 'WorkerErrorLines', 'WorkerJobsFinished']));
       const filters = resources(b.worker).filter(([, r]) => r.Type === 'AWS::Logs::MetricFilter').map(([, r]) => r.Properties);
-      // The alarms' three and the dashboard's four; no two on the same lines and metric.
+      // The alarms' four and the dashboard's five; no two on the same lines and metric.
       expect(filters.map((f) => f.MetricTransformations[0].MetricName).sort()).toEqual([
-        'Api429Answers', 'OldestQueuedJobSeconds', 'RateLimitRefusals', 'RateLimitUnavailable', 'WorkerErrorLines', 'WorkerJobsFinished', 'WorkerSecondsPerImage', 'WorkerWarmUpTime',
+        'Api429Answers', 'OldestQueuedJobSeconds', 'RateLimitRefusals', 'RateLimitUnavailable', 'WorkerErrorLines', 'WorkerImagesWithheld', 'WorkerJobsFinished', 'WorkerSecondsPerImage', 'WorkerWarmUpTime',
       ]);
-      // Every metric it graphs in the Clipag namespace is one a filter of this stack publishes, with its dimensions.
+      // Every metric it graphs in the stage's namespace is one a filter of this stack publishes, with its dimensions.
       const published = filtersOf(b);
-      for (const m of metrics.filter((x) => x.namespace === 'Clipag')) {
+      for (const m of metrics.filter((x) => x.namespace.startsWith('Clipag'))) {
         const f = published[m.name];
         expect(f, m.name).toBeDefined();
-        expect(f.MetricTransformations[0].MetricNamespace).toBe('Clipag');
+        expect(f.MetricTransformations[0].MetricNamespace).toBe(namespace);
         expect(Object.keys(m.dimensions)).toEqual((f.MetricTransformations[0].Dimensions ?? []).map((d: { Key: string }) => d.Key));
       }
     }
@@ -272,17 +284,17 @@ describe('the dashboard', () => {
   it('adds metric filters only on JSON fields the code logs: the access log\'s status, the worker\'s job finished and warmed up lines', () => {
     const b = built.dev;
     const f = filtersOf(b);
-    expect(f.Api429Answers).toMatchObject({ FilterPattern: '{ $.status = "429" }', MetricTransformations: [{ MetricNamespace: 'Clipag', MetricName: 'Api429Answers', MetricValue: '1' }] });
+    expect(f.Api429Answers).toMatchObject({ FilterPattern: '{ $.status = "429" }', MetricTransformations: [{ MetricNamespace: 'Clipag/dev', MetricName: 'Api429Answers', MetricValue: '1' }] });
     expect(JSON.stringify(f.Api429Answers.LogGroupName)).toContain('AccessLogs'); // the API stage's access log, not the handler's
     expect(f.WorkerJobsFinished).toMatchObject({
       FilterPattern: '{ $.msg = "job finished" }',
       LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) },
-      MetricTransformations: [{ MetricNamespace: 'Clipag', MetricName: 'WorkerJobsFinished', MetricValue: '1', Dimensions: [{ Key: 'Outcome', Value: '$.outcome' }] }],
+      MetricTransformations: [{ MetricNamespace: 'Clipag/dev', MetricName: 'WorkerJobsFinished', MetricValue: '1', Dimensions: [{ Key: 'Outcome', Value: '$.outcome' }] }],
     });
     expect(f.WorkerWarmUpTime).toMatchObject({
       FilterPattern: '{ ($.msg = "warmed up") && ($.ms >= 0) }',
       LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) },
-      MetricTransformations: [{ MetricNamespace: 'Clipag', MetricName: 'WorkerWarmUpTime', MetricValue: '$.ms', Unit: 'Milliseconds' }],
+      MetricTransformations: [{ MetricNamespace: 'Clipag/dev', MetricName: 'WorkerWarmUpTime', MetricValue: '$.ms', Unit: 'Milliseconds' }],
     });
     // The lines they read, in the worker's source.
     const source = readFileSync(path.join(REPO_ROOT, 'gpu-worker', 'worker', 'worker.ts'), 'utf8');
@@ -297,7 +309,8 @@ describe('the dashboard', () => {
     const outcomes = [...union!.matchAll(/'([a-z_]+)'/g)].map((m) => m[1]);
     expect([...JOB_OUTCOMES].sort()).toEqual(outcomes.sort());
     const b = built.dev;
-    const graphed = metricsOf(b, dashboardOf(b.worker)).filter((m) => m.name === 'WorkerJobsFinished').map((m) => m.dimensions.Outcome);
+    const graph = dashboardOf(b.worker).widgets.find((w) => w.properties.title?.startsWith('Jobs finished by outcome'))!;
+    const graphed = metricsOf(b, { ...dashboardOf(b.worker), widgets: [graph] }).map((m) => m.dimensions.Outcome);
     expect(graphed).toEqual([...JOB_OUTCOMES]);
   });
 
@@ -361,6 +374,58 @@ describe('the dashboard', () => {
 
     // And the alarms' error filter matches none of a healthy run's lines.
     expect(logged.filter((l) => matches(f.WorkerErrorLines.FilterPattern, l))).toEqual([]);
+  });
+
+  it('the worker whose output check withholds every image writes a line per withheld image (ImagesWithheld) and a failed job finished line (the failure share)', async () => {
+    const env = await makeEnv();
+    // Two images, both scoring above the withhold rule's concept: the job fails content_policy.
+    const screen = compileOutputScreen([{ id: 'mouse', category: 'copyright', action: 'withhold', message: 'no mice', concepts: ['Mickey Mouse'], above_prompt_by: 0 }]);
+    const synthesizer: Synthesizer = {
+      async run(job, options = {}) {
+        const images = [0, 1].map((index) => ({
+          index, seed: index, png: encodePng(solidImage(8, 8, [0.5, 0.5, 0.5])), width: 8, height: 8,
+          clipScore: 0.3, scores: [{ text: job.spec.prompt ?? '', weight: 1, cosine: 0.3 }],
+          screenCosines: options.screenTexts ? [0.6] : [], frames: [], stepsDone: 2,
+        }));
+        return { images, aborted: false, stepsDone: 4, totalSteps: 4, encoderPasses: 4, timingsMs: { total: 5, sessionRun: 4, optimize: 3 } } satisfies SynthesisOutcome;
+      },
+    };
+    const lines: string[] = [];
+    const capture = (chunk: unknown) => (lines.push(String(chunk)), true);
+    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation(capture as typeof process.stdout.write);
+    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(capture as typeof process.stderr.write);
+    const worker = createWorker({
+      queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer,
+      outputScreen: async () => screen,
+      config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1, progressIntervalMs: 0, deadLetterSweepMs: 0 },
+      warmUp: async () => undefined,
+      log: jsonLogger('info', { component: 'worker' }),
+    });
+    try {
+      worker.start();
+      const job = await submit(env, { n: 2 });
+      expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).error?.code).toBe('content_policy');
+      const deadline = Date.now() + 10_000;
+      while (!lines.some((l) => l.includes('"msg":"job finished"')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    } finally {
+      await worker.stop();
+      stdout.mockRestore();
+      stderr.mockRestore();
+    }
+    const logged = lines.flatMap((l) => l.split('\n')).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const f = filtersOf(built.dev);
+    expect(f.WorkerImagesWithheld).toMatchObject({
+      FilterPattern: '{ ($.msg = "output check matched") && ($.withheld IS TRUE) }',
+      LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) },
+      MetricTransformations: [{ MetricNamespace: 'Clipag/dev', MetricName: 'WorkerImagesWithheld', MetricValue: '1' }],
+    });
+    const withheld = logged.filter((l) => matches(f.WorkerImagesWithheld.FilterPattern, l));
+    expect(withheld.map((l) => [l.msg, l.index, l.withheld])).toEqual([['output check matched', 0, true], ['output check matched', 1, true]]);
+    // A flagged image (withheld false) is not counted.
+    expect(matches(f.WorkerImagesWithheld.FilterPattern, { ...withheld[0]!, withheld: false })).toBe(false);
+    // The job counts as failed for the failure share.
+    const finished = logged.filter((l) => matches(f.WorkerJobsFinished.FilterPattern, l));
+    expect(finished.map((l) => l.outcome)).toEqual(['failed']);
   });
 
   it('the API writes the lines the rate-limit filters read: a refusal per limit (the dimension one of RATE_LIMIT_NAMES), and a counter failure', async () => {
@@ -428,10 +493,57 @@ describe('the dashboard', () => {
       const own = resources(b.worker).filter(([id]) => id.startsWith('Dashboard')).map(([, r]) => r.Type);
       expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', ...Array(5).fill('AWS::Logs::MetricFilter')]);
       b.worker.resourceCountIs('AWS::SNS::Topic', 1);
-      // The eight operator alarms (QueueAlarms) and the scaling policy's two.
-      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 10);
+      // The eleven operator alarms (QueueAlarms) and the scaling policy's two.
+      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 13);
       // It reads no Logs Insights queries (each view of such a widget is billed by the data it scans).
       expect(dashboardOf(b.worker).widgets.map((w) => w.type).every((t) => t === 'metric' || t === 'text' || t === 'alarm')).toBe(true);
     }
+  });
+});
+
+describe('stage isolation (both stages in one account and region)', () => {
+  /** True when a dimension value is a reference to a resource of the stage's own stacks, not a literal. */
+  const stageScoped = (value: unknown) => typeof value === 'object' && value !== null && /"(Fn::GetAtt|Fn::GetStackOutput)"|"Ref":"(?!AWS::)/.test(JSON.stringify(value));
+
+  /**
+   * Every metric a stage's worker stack publishes or reads whose identity is literal text (namespace, name,
+   * dimension names and literal values): those of its metric filters, alarms (single and math) and
+   * dashboard. A metric with a dimension that references one of the stage's resources (a queue, a
+   * function, a cluster) is the stage's by construction and left out.
+   */
+  function literalMetrics(b: Built): Set<string> {
+    const out = new Set<string>();
+    const add = (namespace: string, name: string, dimensions: Array<[string, unknown]>) => {
+      if (dimensions.some(([, v]) => stageScoped(v))) return;
+      out.add(`${namespace} | ${name} | ${JSON.stringify(dimensions.map(([k, v]) => [k, v]).sort())}`);
+    };
+    for (const [, r] of resources(b.worker)) {
+      if (r.Type === 'AWS::Logs::MetricFilter') {
+        const t = r.Properties.MetricTransformations[0];
+        // A filter's dimension takes its value from each line: the identity is the key.
+        add(t.MetricNamespace, t.MetricName, (t.Dimensions ?? []).map((d: { Key: string }) => [d.Key, '(from the line)']));
+      }
+      if (r.Type === 'AWS::CloudWatch::Alarm') {
+        const p = r.Properties;
+        const dims = (list: Array<{ Name: string; Value: unknown }> | undefined) => (list ?? []).map((d) => [d.Name, d.Value] as [string, unknown]);
+        if (p.MetricName) add(p.Namespace, p.MetricName, dims(p.Dimensions));
+        for (const q of p.Metrics ?? []) if (q.MetricStat) add(q.MetricStat.Metric.Namespace, q.MetricStat.Metric.MetricName, dims(q.MetricStat.Metric.Dimensions));
+      }
+    }
+    for (const m of metricsOf(b, dashboardOf(b.worker))) add(m.namespace, m.name, Object.entries(m.dimensions));
+    return out;
+  }
+
+  it('no metric of dev is a metric of prod: every custom metric is in its stage\'s namespace, Clipag/<stage>', () => {
+    const dev = literalMetrics(built.dev);
+    const prod = literalMetrics(built.prod);
+    // The check sees the custom metrics: the alarms' and the dashboard's filters, the outcomes the failure share reads.
+    for (const [stage, set] of [['dev', dev], ['prod', prod]] as const) {
+      expect([...set].filter((m) => m.startsWith('Clipag')).length, stage).toBeGreaterThanOrEqual(9);
+      expect(set, stage).toContain(`Clipag/${stage} | WorkerErrorLines | []`);
+      expect(set, stage).toContain(`Clipag/${stage} | WorkerJobsFinished | [["Outcome","failed"]]`);
+      for (const m of set) expect(m, stage).toMatch(new RegExp(`^Clipag/${stage} \\| `));
+    }
+    expect([...dev].filter((m) => prod.has(m))).toEqual([]);
   });
 });

@@ -1,0 +1,271 @@
+// What an operator runs the stages with (the operator review of deploying and running clipag on AWS):
+// values that must not revert between deploys, the alarms and the notice that say something is wrong,
+// and the stack outputs the runbook's commands read.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { ContainerImage } from 'aws-cdk-lib/aws-ecs';
+import { Template } from 'aws-cdk-lib/assertions';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
+import { selectStage, STAGES, stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
+import { LAMBDA_STUB, REPO_ROOT, resources, testApp } from './helpers.ts';
+
+const stubImage = ContainerImage.fromRegistry('public.ecr.aws/docker/library/busybox:stable');
+
+interface Built {
+  config: StageConfig;
+  stacks: ClipagStacks;
+  api: Template;
+  worker: Template;
+  stateful: Template;
+}
+
+let cleanups: Array<() => void> = [];
+const built = {} as Record<'dev' | 'prod', Built>;
+
+function build(config: StageConfig): Built {
+  const { app, cleanup } = testApp();
+  cleanups.push(cleanup);
+  const stacks = buildClipag(app, config, { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
+  return { config, stacks, api: Template.fromStack(stacks.api), worker: Template.fromStack(stacks.worker), stateful: Template.fromStack(stacks.stateful) };
+}
+
+beforeAll(() => {
+  built.dev = build(stageConfig('dev'));
+  built.prod = build(stageConfig('prod', { alarmEmail: 'ops@example.com' }));
+});
+
+afterAll(() => {
+  for (const c of cleanups) c();
+  cleanups = [];
+});
+
+const readme = () => readFileSync(path.join(REPO_ROOT, 'cdk', 'README.md'), 'utf8');
+const resource = (t: Template, id: string) => (t.toJSON() as { Resources: Record<string, { Type: string; Properties: any }> }).Resources[id]!;
+const topicRef = { Ref: 'AlarmsTopic3A2DFEBA' };
+
+/** The queries of a math alarm, by id: the expression and each metric it reads. */
+function queriesOf(alarm: { Properties: any }): Record<string, any> {
+  return Object.fromEntries((alarm.Properties.Metrics as Array<{ Id: string }>).map((q) => [q.Id, q]));
+}
+
+describe('the default model and the alarm e-mail do not revert on a deploy without -c (H2)', () => {
+  const stage = (value: string) => ({ value, from: '-c stage' });
+
+  it('prod takes its default model from its entry in cdk/lib/config.ts: a -c defaultModel that differs fails the synth', () => {
+    expect(STAGES.prod.defaultModel).toBe('toy');
+    const email = { value: 'ops@example.com', from: '-c alarmEmail' };
+    expect(() => selectStage({ stage: stage('prod'), alarmEmail: email, defaultModel: { value: 'clipag-vitb32', from: '-c defaultModel' } })).toThrow(
+      /defaultModel comes from the prod entry of cdk\/lib\/config\.ts \("toy"\), and -c defaultModel asks for "clipag-vitb32"/,
+    );
+    // The same value as the entry is no change, and is taken.
+    expect(selectStage({ stage: stage('prod'), alarmEmail: email, defaultModel: { value: 'toy', from: '-c defaultModel' } }).config.defaultModel).toBe('toy');
+    // Prod without an alarm e-mail still fails.
+    expect(() => selectStage({ stage: stage('prod') })).toThrow(/alarmEmail is required in prod/);
+    expect(() => selectStage({ stage: { value: 'staging', from: '$CLIPAG_STAGE' } })).toThrow(/Unknown stage "staging" \(\$CLIPAG_STAGE\)/);
+  });
+
+  it('says, at every synth, which default model and alarm e-mail the stage gets and where each came from', () => {
+    const prod = selectStage({ stage: stage('prod'), alarmEmail: { value: 'ops@example.com', from: '$CLIPAG_ALARM_EMAIL' } });
+    expect(prod.summary).toBe(
+      ['clipag: stage prod (-c stage)', '  defaultModel: toy (the prod entry of cdk/lib/config.ts)', '  alarmEmail:   ops@example.com ($CLIPAG_ALARM_EMAIL)'].join('\n'),
+    );
+    // Dev: a -c model lasts one deploy, and a missing e-mail removes the subscription: both are said.
+    const dev = selectStage({ stage: { value: 'dev', from: 'the default' }, defaultModel: { value: 'clipag-vitb32', from: '-c defaultModel' } });
+    expect(dev.config.defaultModel).toBe('clipag-vitb32');
+    expect(dev.summary).toContain('defaultModel: clipag-vitb32 (-c defaultModel, for this deploy only: the next one without it goes back to the entry\'s "toy")');
+    expect(dev.summary).toContain('alarmEmail:   none: the alarm topic gets no subscriber, and one an earlier deploy made is removed');
+  });
+
+  it('cdk/bin/app.ts prints the summary on stderr and refuses prod\'s -c defaultModel (the real entry point, as `cdk synth` runs it)', () => {
+    const outdir = mkdtempSync(path.join(tmpdir(), 'clipag-app-'));
+    cleanups.push(() => rmSync(outdir, { recursive: true, force: true }));
+    // `cdk` hands the app its context in CDK_CONTEXT_JSON and its output folder in CDK_OUTDIR.
+    const run = (context: Record<string, unknown>, env: Record<string, string> = {}) => {
+      const { CLIPAG_STAGE: _s, CLIPAG_ALARM_EMAIL: _e, ...rest } = process.env;
+      return spawnSync(process.execPath, ['--import', 'tsx', 'cdk/bin/app.ts'], {
+        cwd: REPO_ROOT,
+        encoding: 'utf8',
+        env: { ...rest, ...env, CDK_OUTDIR: outdir, CDK_CONTEXT_JSON: JSON.stringify({ 'aws:cdk:bundling-stacks': [], ...context }) },
+      });
+    };
+    const refused = run({ stage: 'prod', alarmEmail: 'ops@example.com', defaultModel: 'clipag-vitb32' });
+    expect(refused.status).not.toBe(0);
+    expect(refused.stderr).toContain('defaultModel comes from the prod entry of cdk/lib/config.ts ("toy"), and -c defaultModel asks for "clipag-vitb32"');
+    const synthesized = run({}, { CLIPAG_STAGE: 'prod', CLIPAG_ALARM_EMAIL: 'ops@example.com' });
+    expect(synthesized.status, synthesized.stderr).toBe(0);
+    expect(synthesized.stderr).toContain(['clipag: stage prod ($CLIPAG_STAGE)', '  defaultModel: toy (the prod entry of cdk/lib/config.ts)', '  alarmEmail:   ops@example.com ($CLIPAG_ALARM_EMAIL)'].join('\n'));
+    const template = JSON.parse(readFileSync(path.join(outdir, 'Clipag-prod-Worker.template.json'), 'utf8')) as { Resources: Record<string, { Type: string; Properties: any }> };
+    const td = Object.values(template.Resources).find((r) => r.Type === 'AWS::ECS::TaskDefinition')!;
+    expect(td.Properties.ContainerDefinitions[0].Environment).toContainEqual({ Name: 'CLIPAG_DEFAULT_MODEL', Value: 'toy' });
+  });
+});
+
+describe('job failures (M2)', () => {
+  it('alarm when half or more of 5+ jobs finished in 15 minutes failed, from the outcomes the worker logs', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const { worker } = built[stage];
+      const alarm = resource(worker, 'AlarmsJobFailureRatio9B454D2E');
+      expect(alarm.Properties).toMatchObject({ Threshold: 50, ComparisonOperator: 'GreaterThanOrEqualToThreshold', EvaluationPeriods: 1, TreatMissingData: 'notBreaching', AlarmActions: [topicRef], OKActions: [topicRef] });
+      const q = queriesOf(alarm);
+      expect(q.expr_1.Expression).toBe('IF(FILL(failed, 0) + FILL(succeeded, 0) >= 5, 100 * FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0)), 0)');
+      for (const outcome of ['failed', 'succeeded']) {
+        expect(q[outcome].MetricStat).toEqual({ Metric: { Namespace: `Clipag/${stage}`, MetricName: 'WorkerJobsFinished', Dimensions: [{ Name: 'Outcome', Value: outcome }] }, Period: 900, Stat: 'Sum' });
+      }
+      // The metric it divides is published by this stack's filter on the worker's log.
+      expect(resource(worker, 'AlarmsJobOutcomesFilter88ED1501').Properties.MetricTransformations).toEqual([
+        { MetricNamespace: `Clipag/${stage}`, MetricName: 'WorkerJobsFinished', MetricValue: '1', Dimensions: [{ Key: 'Outcome', Value: '$.outcome' }] },
+      ]);
+    }
+  });
+});
+
+describe('a worker task that stops abnormally (M3)', () => {
+  /**
+   * EventBridge's matching, as far as this rule's pattern uses it: literal values, `anything-but` a
+   * number, nested objects, arrays in the event (any element), and `$or`.
+   */
+  function eventMatches(pattern: Record<string, unknown>, event: unknown): boolean {
+    return Object.entries(pattern).every(([key, want]) => {
+      if (key === '$or') return (want as Array<Record<string, unknown>>).some((alt) => eventMatches(alt, event));
+      const got = (event as Record<string, unknown> | undefined)?.[key];
+      const candidates = Array.isArray(got) ? got : [got];
+      if (Array.isArray(want)) {
+        return candidates.some((value) =>
+          want.some((w) => {
+            if (typeof w === 'object' && w !== null && 'anything-but' in w) return value !== undefined && value !== (w as { 'anything-but': unknown })['anything-but'];
+            if (typeof w === 'object') throw new Error(`unsupported matcher ${JSON.stringify(w)}`);
+            return value === w;
+          }),
+        );
+      }
+      return candidates.some((value) => typeof value === 'object' && value !== null && eventMatches(want as Record<string, unknown>, value));
+    });
+  }
+
+  it('sends each stop with a non-zero exit code, or a task that never started, to the alarm topic as a readable notice; not a drained stop', () => {
+    const { worker } = built.prod;
+    const rule = resource(worker, 'AlarmsWorkerTaskStopped09EC3212');
+    expect(rule.Type).toBe('AWS::Events::Rule');
+    const pattern = rule.Properties.EventPattern;
+    expect(pattern.detail.clusterArn).toEqual([{ 'Fn::GetAtt': ['ClusterEB0386A7', 'Arn'] }]);
+    expect(pattern.detail.group).toEqual([{ 'Fn::Join': ['', ['service:', { 'Fn::GetAtt': ['WorkerService3F60922A', 'Name'] }]] }]);
+    // The pattern with this stage's cluster and service as ECS names them in its events.
+    const resolved = JSON.parse(JSON.stringify(pattern).replace(JSON.stringify(pattern.detail.clusterArn[0]), '"arn:cluster/prod"').replace(JSON.stringify(pattern.detail.group[0]), '"service:worker"'));
+    const event = (detail: Record<string, unknown>) => ({ source: 'aws.ecs', 'detail-type': 'ECS Task State Change', detail: { clusterArn: 'arn:cluster/prod', group: 'service:worker', lastStatus: 'STOPPED', ...detail } });
+    const oom = event({ stopCode: 'EssentialContainerExited', containers: [{ exitCode: 137, reason: 'OutOfMemoryError: Container killed due to memory usage' }] });
+    const unpulled = event({ stopCode: 'TaskFailedToStart', stoppedReason: 'CannotPullContainerError: pull image manifest has been retried 5 time(s)', containers: [{ lastStatus: 'STOPPED' }] });
+    const configError = event({ stopCode: 'EssentialContainerExited', containers: [{ exitCode: 78 }] });
+    const drained = event({ stopCode: 'ServiceSchedulerInitiated', containers: [{ exitCode: 0 }] });
+    const running = event({ lastStatus: 'RUNNING', containers: [{ exitCode: 137 }] });
+    const otherService = { ...oom, detail: { ...oom.detail, group: 'service:other' } };
+    const otherCluster = { ...oom, detail: { ...oom.detail, clusterArn: 'arn:cluster/dev' } };
+    expect([oom, unpulled, configError].map((e) => eventMatches(resolved, e))).toEqual([true, true, true]);
+    expect([drained, running, otherService, otherCluster].map((e) => eventMatches(resolved, e))).toEqual([false, false, false, false]);
+
+    // Straight to the topic, with what happened in the text.
+    expect(rule.Properties.Targets).toHaveLength(1);
+    const target = rule.Properties.Targets[0];
+    expect(target.Arn).toEqual(topicRef);
+    expect(Object.values(target.InputTransformer.InputPathsMap).sort()).toEqual(['$.detail.containers[0].exitCode', '$.detail.containers[0].reason', '$.detail.stopCode', '$.detail.stoppedReason', '$.detail.taskArn']);
+    expect(target.InputTransformer.InputTemplate).toMatch(/^"clipag prod: a GPU worker task stopped abnormally\. Exit code: <[^>]+>\. Stop code: <[^>]+>\./);
+    expect(target.InputTransformer.InputTemplate).toContain('A worker task stopped abnormally');
+    expect(readme()).toContain('#### A worker task stopped abnormally\n');
+  });
+});
+
+describe('stack outputs the runbook reads (M4)', () => {
+  it('the worker stack outputs its cluster, service, scalable target, group, topic, log group and dashboard; the API stack its log groups and functions', () => {
+    const { worker, api } = built.dev;
+    const outputs = (t: Template) => (t.toJSON() as { Outputs: Record<string, { Value: unknown }> }).Outputs;
+    const w = outputs(worker);
+    expect(w.ClusterName!.Value).toEqual({ Ref: 'ClusterEB0386A7' });
+    expect(w.ServiceName!.Value).toEqual({ 'Fn::GetAtt': ['WorkerService3F60922A', 'Name'] });
+    expect(w.AutoScalingGroupName!.Value).toEqual({ Ref: 'GpuAsgASG4AAF2DD0' });
+    expect(Object.keys(w)).toEqual(expect.arrayContaining(['WorkerScalableTarget', 'WorkerMaxTasks'])); // their values: the pause test below
+    expect(w.AlarmTopicArn!.Value).toEqual(topicRef);
+    expect(w.WorkerLogGroupName!.Value).toEqual({ Ref: 'WorkerLogs4B5B6506' });
+    expect(w.DashboardName!.Value).toEqual({ Ref: 'Dashboard7A714131' });
+    expect(JSON.stringify(w.DashboardUrl!.Value)).toContain('#dashboards/dashboard/');
+    const a = outputs(api);
+    expect(JSON.stringify(a.HandlerLogGroupName!.Value)).toMatch(/"Ref":"HandlerLogs/);
+    expect(JSON.stringify(a.AccessLogGroupName!.Value)).toMatch(/"Ref":"AccessLogs/);
+    expect(JSON.stringify(a.HandlerFunctionName!.Value)).toMatch(/"Ref":"Handler[0-9A-F]{8}"/);
+    expect(JSON.stringify(a.QueuedJobSweepFunctionName!.Value)).toMatch(/"Ref":"QueuedJobSweeper[0-9A-F]{8}"/);
+    expect(JSON.stringify(a.QueuedJobSweepLogGroupName!.Value)).toMatch(/"Ref":"QueuedJobSweeperLogs/);
+  });
+
+  it('every output the runbook reads (`out <Stack> <Output>`) exists, and every alarm has its runbook entry', () => {
+    const text = readme();
+    const used = [...text.matchAll(/\bout (Stateful|Api|Worker) ([A-Za-z]+)/g)].map((m) => [m[1] as 'Stateful' | 'Api' | 'Worker', m[2]!] as const);
+    expect(used.length).toBeGreaterThanOrEqual(12);
+    const b = built.prod;
+    const templates = { Stateful: b.stateful, Api: b.api, Worker: b.worker };
+    for (const [stack, output] of used) expect(Object.keys((templates[stack].toJSON() as { Outputs: object }).Outputs), `${stack} ${output}`).toContain(output);
+    for (const entry of ['DLQ depth', 'Oldest queued job', 'Queued-job sweep failing, not running, or its events dropped', 'API 5xx share', 'API Lambda throttled', 'Rate limits failing open', 'GPU worker error line', 'Job failure share', 'GPU instances idle', 'A worker task stopped abnormally', 'Pause GPU spending']) {
+      expect(text, entry).toContain(`#### ${entry}\n`);
+    }
+  });
+});
+
+describe('pausing GPU spending (M5)', () => {
+  it('the runbook caps the scalable target at 0 (a desired count alone is undone by the step policy), with the stack output that names it', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const { worker, config } = built[stage];
+      const outputs = (worker.toJSON() as { Outputs: Record<string, { Value: unknown }> }).Outputs;
+      const target = resources(worker).find(([, r]) => r.Type === 'AWS::ApplicationAutoScaling::ScalableTarget')![1];
+      // The output is the very resource id the scalable target registers, and the max to resume with.
+      expect(outputs.WorkerScalableTarget!.Value).toEqual(target.Properties.ResourceId);
+      expect(outputs.WorkerMaxTasks!.Value).toBe(String(target.Properties.MaxCapacity));
+      expect(target.Properties.MaxCapacity).toBe(config.maxInstances);
+    }
+    const text = readme();
+    const section = text.slice(text.indexOf('#### Pause GPU spending'), text.indexOf('\n### ', text.indexOf('#### Pause GPU spending')));
+    expect(section).toMatch(/register-scalable-target --service-namespace ecs --scalable-dimension ecs:service:DesiredCount \\\n\s+--resource-id "\$TARGET" --min-capacity 0 --max-capacity 0\n/);
+    expect(section).toMatch(/--resource-id "\$TARGET" --min-capacity 0 --max-capacity "\$\(out Worker WorkerMaxTasks\)"/);
+    expect(text).toContain('TARGET=$(out Worker WorkerScalableTarget)');
+    // The old advice, which the step policy undid within a minute, is gone.
+    expect(text).not.toMatch(/scale the service to 0 \(`desiredCount`/);
+  });
+});
+
+describe('paid GPU instances with nothing to do (M7)', () => {
+  it('collects the group\'s one-minute metrics, and alarms when instances stay in service for an hour while the backlog is 0', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const { worker, config } = built[stage];
+      expect(resource(worker, 'GpuAsgASG4AAF2DD0').Properties.MetricsCollection).toEqual([{ Granularity: '1Minute' }]);
+      const alarm = resource(worker, 'AlarmsGpuIdleInstances146A8D9F');
+      const minutes = Math.max(60, config.scaleInAfterIdleMinutes + 30);
+      expect(alarm.Properties).toMatchObject({ Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', EvaluationPeriods: minutes / 5, TreatMissingData: 'notBreaching', AlarmActions: [topicRef], OKActions: [topicRef] });
+      const q = queriesOf(alarm);
+      expect(q.expr_1.Expression).toBe('IF((FILL(inService, 0) > 0) AND ((FILL(visible, 0) + FILL(inFlight, 0)) == 0), 1, 0)');
+      expect(q.inService.MetricStat).toEqual({ Metric: { Namespace: 'AWS/AutoScaling', MetricName: 'GroupInServiceInstances', Dimensions: [{ Name: 'AutoScalingGroupName', Value: { Ref: 'GpuAsgASG4AAF2DD0' } }] }, Period: 300, Stat: 'Minimum' });
+      expect(q.visible.MetricStat).toMatchObject({ Metric: { Namespace: 'AWS/SQS', MetricName: 'ApproximateNumberOfMessagesVisible' }, Period: 300, Stat: 'Maximum' });
+      expect(q.inFlight.MetricStat).toMatchObject({ Metric: { Namespace: 'AWS/SQS', MetricName: 'ApproximateNumberOfMessagesNotVisible' }, Period: 300, Stat: 'Maximum' });
+      for (const id of ['visible', 'inFlight']) expect(JSON.stringify(q[id].MetricStat.Metric.Dimensions)).toContain('ClipagJobQueueQueueName');
+    }
+    // A stage that waits longer before scaling in gets a longer window: the normal tail never pages.
+    const slow = build(stageConfig('dev', { scaleInAfterIdleMinutes: 60 }));
+    expect(resource(slow.worker, 'AlarmsGpuIdleInstances146A8D9F').Properties.EvaluationPeriods).toBe(18);
+  });
+});
+
+describe('the API alarms (L4)', () => {
+  it('page on the share of requests answered 5xx (20 % of 5 or more, twice in a row), and on the API Lambda\'s throttles', () => {
+    const { worker } = built.dev;
+    const api5xx = resource(worker, 'AlarmsApi5xxFE885FB1');
+    expect(api5xx.Properties).toMatchObject({ Threshold: 20, ComparisonOperator: 'GreaterThanOrEqualToThreshold', EvaluationPeriods: 2, TreatMissingData: 'notBreaching', AlarmActions: [topicRef] });
+    expect(api5xx.Properties.MetricName).toBeUndefined();
+    const q = queriesOf(api5xx);
+    expect(q.expr_1.Expression).toBe('IF(FILL(requests, 0) >= 5, 100 * FILL(errors, 0) / requests, 0)');
+    expect(q.errors.MetricStat).toMatchObject({ Metric: { Namespace: 'AWS/ApiGateway', MetricName: '5xx' }, Period: 300, Stat: 'Sum' });
+    expect(q.requests.MetricStat).toMatchObject({ Metric: { Namespace: 'AWS/ApiGateway', MetricName: 'Count' }, Period: 300, Stat: 'Sum' });
+    for (const id of ['errors', 'requests']) expect(JSON.stringify(q[id].MetricStat.Metric.Dimensions)).toContain('HttpApi');
+    const throttles = resource(worker, 'AlarmsApiThrottles0E721B72');
+    expect(throttles.Properties).toMatchObject({ Namespace: 'AWS/Lambda', MetricName: 'Throttles', Statistic: 'Sum', Period: 300, Threshold: 1, EvaluationPeriods: 2, AlarmActions: [topicRef], OKActions: [topicRef] });
+    expect(JSON.stringify(throttles.Properties.Dimensions)).toMatch(/Handler[0-9A-F]{8}/);
+    expect(JSON.stringify(throttles.Properties.Dimensions)).not.toContain('QueuedJobSweeper');
+  });
+});
