@@ -1,12 +1,12 @@
 // clipag models <subcommand>: model bundle management. Subcommands live in SUBCOMMANDS; `import`
 // turns a CLIP checkpoint into a bundle (gpu-worker/engine/import, docs/import.md); `push` and `list`
 // work on the model store (shared/modelstore.ts, docs/model-store.md).
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { localLayout, storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig, type Config } from '../shared/config.ts';
 import { isClipagError } from '../shared/errors.ts';
-import { ModelStore, type PushProgress } from '../shared/modelstore.ts';
+import { ModelStore, type PushProgress, readManifestText } from '../shared/modelstore.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -21,15 +21,18 @@ export const summary = 'manage model bundles (import a CLIP checkpoint, push to 
 const IMPORT_USAGE = `usage: clipag models import SRC -o DIR (--vocab bpe_simple_vocab_16e6.txt.gz | --tokenizer tokenizer.json)
        [--activation quick_gelu|gelu] [--vision-heads N] [--text-heads N] [--keep-fp16]
        [--name NAME] [--license TEXT] [--source TEXT] [--description TEXT] [--robust]
-       [--hf-config config.json] [--no-verify] [--json]
+       [--hf-config config.json] [--open-clip-config open_clip_config.json] [--no-verify] [--json]
 
 SRC is a PyTorch zip checkpoint (.pt/.bin: a state_dict, or an open_clip training checkpoint whose
 "state_dict" is taken and whose optimizer state is skipped), open_clip/OpenAI safetensors, or a Hugging
 Face CLIPModel (safetensors or pytorch_model.bin; config.json next to it gives heads and activation).
-Pickles are read by a restricted unpickler: only tensor-storage globals are accepted.
+Pickles are read by a restricted unpickler: only tensor-storage globals are accepted. TorchScript files
+(what OpenAI's clip.load downloads) are refused with the Python line that exports their state_dict.
 
-The architecture is inferred from the tensor shapes. Heads default to width // 64 (the official rule)
-and the activation to QuickGELU; override with the flags. Weights are stored as F32 unless
+The architecture is inferred from the tensor shapes. An open_clip_config.json next to open_clip weights
+(or --open-clip-config) gives the activation (quick_gelu), the heads and the normalization, and a flag
+that contradicts it is an error. Otherwise heads default to width // 64 (the official rule) and the
+activation to QuickGELU; override with the flags. Weights are stored as F32 unless
 --keep-fp16. The bundle is written into a temporary folder next to DIR, verified with a float64
 gradient check (batch 1, 2 directions), and renamed into place; on any error nothing is left behind.
 DIR must not exist or be an empty folder; a symbolic link DIR is followed to the folder it leads to.`;
@@ -43,7 +46,11 @@ hash, written last so a half-pushed model is never listed. The bundle is fully l
 first. Pushing the same bundle again changes nothing; a different bundle under an existing NAME is
 refused unless --force. The store is the configured blob store: the local data folder
 (CLIPAG_DATA_DIR, default .data) or, with CLIPAG_MODE=aws, the bucket CLIPAG_BUCKET (see
-shared/config.ts; AWS credentials from the usual chain).`;
+shared/config.ts; AWS credentials from the usual chain).
+
+NAME must not be a folder of the models folder (CLIPAG_MODELS_DIR, default models/, which the worker
+image copies) holding another bundle: workers serve that folder before the store's model, while the
+API lists the pushed one. Such a push is refused unless --force; pushing that very bundle is fine.`;
 
 const LIST_USAGE = `usage: clipag models list [--json]
 
@@ -106,7 +113,7 @@ async function runImport(argv: string[]): Promise<number> {
       out: { type: 'string', short: 'o' }, vocab: { type: 'string' }, tokenizer: { type: 'string' },
       activation: { type: 'string' }, 'vision-heads': { type: 'string' }, 'text-heads': { type: 'string' },
       'keep-fp16': { type: 'boolean' }, name: { type: 'string' }, license: { type: 'string' }, source: { type: 'string' },
-      description: { type: 'string' }, robust: { type: 'boolean' }, 'hf-config': { type: 'string' }, 'no-verify': { type: 'boolean' },
+      description: { type: 'string' }, robust: { type: 'boolean' }, 'hf-config': { type: 'string' }, 'open-clip-config': { type: 'string' }, 'no-verify': { type: 'boolean' },
       json: { type: 'boolean' },
     },
     strict: true,
@@ -137,6 +144,7 @@ async function runImport(argv: string[]): Promise<number> {
     description: values.description,
     robust: values.robust,
     hfConfig: values['hf-config'],
+    openClipConfig: values['open-clip-config'],
     verify: !values['no-verify'],
     onProgress: progressPrinter(Boolean(process.stderr.isTTY) && !values.json),
     log,
@@ -183,9 +191,11 @@ export async function runPush(argv: string[], env: Readonly<Record<string, strin
   if (positionals.length !== 1) throw new UsageError(`models push takes one bundle folder, got ${positionals.length}`);
   // Another kind of bundle (the judge's) is named as such, as generate --model names it, before the
   // store's check of the files a CLIP bundle's manifest names (and before the store is opened).
-  if (existsSync(join(positionals[0]!, 'manifest.json'))) readManifest(resolve(positionals[0]!));
-  const { store, where } = await configuredStore(env);
+  const manifest = existsSync(join(positionals[0]!, 'manifest.json')) ? readManifest(resolve(positionals[0]!)) : undefined;
   const log = (line: string) => (values.json ? process.stderr : process.stdout).write(`${line}\n`);
+  const target = values.name ?? manifest?.name;
+  if (target !== undefined) checkModelsFolderClash(target, positionals[0]!, env, Boolean(values.force), log);
+  const { store, where } = await configuredStore(env);
   const tty = Boolean(process.stderr.isTTY) && !values.json;
   const onProgress = (p: PushProgress) => {
     if (p.phase === 'hash') log(`sha256 ${p.sha256}  ${p.file} (${mib(p.size!)} MiB)`);
@@ -214,6 +224,40 @@ export async function runPush(argv: string[], env: Readonly<Record<string, strin
     if (res.removed.length) log(`removed stale objects: ${res.removed.join(', ')}`);
   }
   return 0;
+}
+
+/**
+ * A model pushed under the name of a folder in the models folder is shadowed wherever that folder is
+ * served: the worker image copies models/, and a worker serves a local folder before a store model
+ * of the same name (docs/model-store.md), while the API (AWS mode) lists the pushed bundle. Refused
+ * unless --force, when the folder holds another bundle; the same bundle (that folder itself, or a
+ * copy with the same manifest, whose sha256 pin the files) is the documented import-then-push flow.
+ */
+function checkModelsFolderClash(name: string, dir: string, env: Readonly<Record<string, string | undefined>>, force: boolean, log: (line: string) => void): void {
+  const modelsDir = resolve(parseConfig(env).modelsDir);
+  const local = scanModelsDir(modelsDir)[name];
+  if (local === undefined) return;
+  const same = (() => {
+    try {
+      return realpathSync(local) === realpathSync(dir) || readManifestText(join(local, 'manifest.json')) === readManifestText(join(dir, 'manifest.json'));
+    } catch {
+      return false; // unreadable: not known to be the same bundle
+    }
+  })();
+  const served = `Workers that have the folder (the worker image copies ${modelsDir}) serve it before the store's model of that name, while GET /v1/models in AWS mode describes the pushed bundle`;
+  if (same) {
+    log(`note: ${local} holds this same bundle. ${served}: after changing the folder, rebuild the worker image too`);
+    return;
+  }
+  if (!force) {
+    throw new EngineError(
+      'invalid_input',
+      `model "${name}" is also the folder ${local} in the models folder, with another bundle. ${served}: customers would be told about one model and get the other. ` +
+        `Push under another --name, or update or remove ${local} and rebuild the worker image; pass --force to push anyway`,
+      { model: name, folder: local },
+    );
+  }
+  log(`warning: pushing "${name}" although ${local} holds another bundle (--force). ${served}, until the folder is updated or removed and the image rebuilt`);
 }
 
 export async function runList(argv: string[], env: Readonly<Record<string, string | undefined>> = process.env): Promise<number> {

@@ -2,7 +2,9 @@
 //
 // Bundles are the repo's `models/<name>/` folders that hold a `manifest.json` (or explicit
 // name → folder entries), and, when a model store is given, the models pushed to it
-// (shared/modelstore.ts, docs/model-store.md). Local folders win over store models of the same name.
+// (shared/modelstore.ts, docs/model-store.md). Local folders win over store models of the same name;
+// such a clash is logged once per name as a warning, since the API (in AWS mode) lists the pushed
+// bundle while this registry serves the folder.
 // A store model is downloaded into `<cacheDir>/<content hash>/`, every file checked against the
 // store's sha256 (a corrupt download is deleted and fetched once more, then `invalid_model`), and the
 // folder is reused by later jobs and later processes. Engines are opened on first use and cached for
@@ -43,6 +45,11 @@ export interface ModelRegistryOptions {
   cacheDir?: string;
   /** How long a store index read stays fresh before `engine(name)` looks again (default 60 s). */
   indexTtlMs?: number;
+  /**
+   * Where a local folder that shadows a pushed model of the same name is reported (default: the
+   * store's onWarning, which the worker routes to its log; else stderr).
+   */
+  onWarning?: (message: string) => void;
 }
 
 export interface ModelInfo {
@@ -231,6 +238,26 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   const indexes = new Map<string, { at: number; index: ModelIndex | null }>();
   /** Store models already on disk: name → cache folder of the hash last served. */
   const fetched = new Map<string, string>();
+  const warn = options.onWarning ?? store?.onWarning ?? ((m: string) => void process.stderr.write(`warning: ${m}\n`));
+  /** Local model names checked for a pushed model of the same name: each clash is reported once. */
+  const shadowChecks = new Map<string, Promise<void>>();
+  const reportShadowed = (name: string, index: ModelIndex) =>
+    warn(
+      `model "${name}" is both the local folder ${bundles[name]} and a model pushed to the store (content hash ${index.content_hash.slice(0, 12)}…, pushed ${index.pushed_at}): ` +
+        'this worker serves the local folder (local folders win), while GET /v1/models in AWS mode describes the pushed bundle. ' +
+        'Remove the folder from the models folder (the worker image copies models/) and rebuild the image, or push under another name',
+    );
+  /** Once per local name, when a store is configured: does the store have a model of that name too? */
+  function checkShadowed(name: string): Promise<void> {
+    if (!store || !Object.hasOwn(bundles, name)) return Promise.resolve();
+    let p = shadowChecks.get(name);
+    if (!p) {
+      // A store that cannot be read now does not stop a job on a local folder.
+      p = store.describe(name).then((index) => (index ? reportShadowed(name, index) : undefined), () => undefined);
+      shadowChecks.set(name, p);
+    }
+    return p;
+  }
   const ownsPool = !options.pool;
   let pool = options.pool;
   const engines = new Map<string, Promise<ClipEngine>>();
@@ -299,6 +326,10 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     let key: string;
     let dir: string;
     if (Object.hasOwn(bundles, name) || !store) {
+      if (store) {
+        await checkShadowed(name);
+        if (closed) throw new EngineError('aborted', 'model registry is closed');
+      }
       key = name;
       dir = engines.has(name) ? '' : registry.resolve(name);
     } else {
@@ -347,7 +378,10 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
       throw unknownModel(name);
     },
     async locate(name) {
-      if (Object.hasOwn(bundles, name)) return bundles[name];
+      if (Object.hasOwn(bundles, name)) {
+        await checkShadowed(name);
+        return bundles[name];
+      }
       if (!store || !MODEL_NAME.test(name)) throw unknownModel(name);
       const index = await storeIndex(name);
       if (!index) throw unknownModel(name);
@@ -374,7 +408,13 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
         const now = Date.now();
         const listed = await store.list();
         const names = new Set(listed.map((i) => i.name));
-        for (const index of listed) indexes.set(index.name, { at: now, index });
+        for (const index of listed) {
+          indexes.set(index.name, { at: now, index });
+          if (Object.hasOwn(bundles, index.name) && !shadowChecks.has(index.name)) {
+            shadowChecks.set(index.name, Promise.resolve());
+            reportShadowed(index.name, index);
+          }
+        }
         for (const [name, v] of indexes) if (!names.has(name) && v.index) indexes.set(name, { at: now, index: null });
       }
       return registry.list();

@@ -285,7 +285,10 @@ export interface PushResult {
 }
 
 export interface ModelStoreOptions {
-  /** Called for indexes that are skipped by list() because they are unreadable. */
+  /**
+   * Called for indexes that are skipped by list() because they are unreadable. The worker's model
+   * registry reports through it too (a pushed model that a local folder shadows).
+   */
   onWarning?: (message: string) => void;
 }
 
@@ -294,6 +297,11 @@ export class ModelStore {
     readonly blobs: BlobStore,
     private readonly options: ModelStoreOptions = {},
   ) {}
+
+  /** The warning sink given at construction (the worker passes its log's warn), if any. */
+  get onWarning(): ((message: string) => void) | undefined {
+    return this.options.onWarning;
+  }
 
   /** The index of `name`, or null when no complete push of it exists. */
   async describe(name: string): Promise<ModelIndex | null> {

@@ -1,6 +1,6 @@
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { isOtherBundleKind, type ModelIndex, ModelStore } from '../../shared/modelstore.ts';
+import { isOtherBundleKind, type ModelIndex, ModelStore, readManifestText } from '../../shared/modelstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import type { ModelInfo } from '../schemas.ts';
 import { MODEL_NAME_PATTERN } from '../../shared/schemas/common.ts';
@@ -63,7 +63,8 @@ export function fromIndex(index: ModelIndex): DeployedModel {
 /** A local bundle folder's entry from its manifest.json (by name only when the manifest is unreadable: the worker reports that). */
 function fromManifest(name: string, dir: string): DeployedModel {
   try {
-    const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as Record<string, unknown>;
+    // readManifestText: a byte-order mark an editor saved is no reason to list the model by name only (the engine loads it).
+    const m = JSON.parse(readManifestText(join(dir, 'manifest.json'))) as Record<string, unknown>;
     const pre = (m.preprocess ?? {}) as { image_size?: unknown };
     return {
       id: name,

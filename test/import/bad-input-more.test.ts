@@ -1,8 +1,8 @@
 // More bad input for `clipag models import` (review of the non-HTTP boundaries, items 2, 6, 7, 8, 9):
 // a record whose bytes fail the ZIP CRC-32, F16 NaN/Inf weights kept with --keep-fp16 --no-verify, -o a
 // symbolic link, a Hugging Face config.json that is not an object (or whose head count is not a positive
-// integer), and a bad --vocab file. Each damaged input is made here, in a temp folder, from the shared
-// reference files; each refusal is checked to come before any weight is converted where that matters,
+// integer), a bad --vocab file, and two imports racing for one -o DIR. Each damaged input is made here,
+// in a temp folder, from the shared reference files; each refusal is checked to come before any weight is converted where that matters,
 // and to leave nothing behind.
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -335,5 +335,23 @@ describe('a tokenizer far smaller than the model\'s vocabulary', () => {
     const quietLines: string[] = [];
     await importModel(referencePath('tiny-quickgelu.safetensors'), { ...quiet, out: join(work, 'own-tokenizer'), textHeads: 4, log: (l: string) => quietLines.push(l) });
     expect(quietLines.filter((l) => l.startsWith('warning'))).toEqual([]);
+  });
+});
+
+describe('two imports to the same -o DIR at once', () => {
+  it('the one that finishes second gets a clear error (not a raw ENOTEMPTY), and the first one\'s bundle is left as it is', async () => {
+    const out = join(work, 'race-out');
+    // The other import's rename, landing while this one converts tensors (after its own check of DIR).
+    const other = () => {
+      if (existsSync(out)) return;
+      mkdirSync(out);
+      writeFileSync(join(out, 'manifest.json'), '{"from":"the other import"}');
+    };
+    const err = await importModel(referencePath('tiny-quickgelu.safetensors'), { ...quiet, out, textHeads: 4, onProgress: other }).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(EngineError);
+    expect((err as EngineError).code).toBe('invalid_input');
+    expect((err as Error).message).toContain(`output ${out} was created or filled by another process (another import to the same -o DIR?) while this import ran`);
+    expect(readFileSync(join(out, 'manifest.json'), 'utf8')).toBe('{"from":"the other import"}');
+    expect(readdirSync(work).filter((f) => f.includes('.importing-'))).toEqual([]);
   });
 });

@@ -1,9 +1,17 @@
-// Restricted unpickler edge cases: huge APPENDS batches, cycles through the memo, deep nesting.
-// Each ends in a value or an EngineError, never a RangeError / stack overflow.
-import { describe, expect, it } from 'vitest';
+// Restricted unpickler edge cases: huge APPENDS batches, cycles through the memo, deep nesting, a
+// pickle that runs past the opcode budget, a data.pkl over the size limit. Each ends in a value or an
+// EngineError, never a RangeError / stack overflow / heap exhaustion.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
-import { describePickle, restrictedUnpickle } from '../../gpu-worker/engine/import/pickle.ts';
-import { statePickle } from './torch-writer.ts';
+import { MAX_PICKLE_OPS, describePickle, restrictedUnpickle } from '../../gpu-worker/engine/import/pickle.ts';
+import { MAX_PICKLE, openTorchCheckpoint } from '../../gpu-worker/engine/import/torch.ts';
+import { statePickle, zipRecords } from './torch-writer.ts';
+
+const work = mkdtempSync(join(tmpdir(), 'clipag-pickle-edges-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 const PROTO2 = [0x80, 0x02];
 const STOP = 0x2e;
@@ -66,5 +74,28 @@ describe('restricted unpickler edge cases', () => {
     for (let i = 1; i < depth; i++) ops.push(0x61); // APPEND each into the one below
     const value = restrictedUnpickle(pickle(ops), 'deep.pkl');
     expect(engineErrorOf(() => describePickle(value)).message).toMatch(/nested more than/);
+  });
+
+  it('a pickle that runs more than MAX_PICKLE_OPS opcodes is refused when it reaches the budget, naming the file', () => {
+    // NONE × (budget + 1): each opcode makes a value, as a run of EMPTY_DICT does at ~200 bytes a Map
+    // (NONE keeps this test's own memory small). Without the budget it decodes (and a 64 MiB run of
+    // EMPTY_DICT exhausts the V8 heap: a fatal crash, not an error).
+    const bytes = new Uint8Array(2 + MAX_PICKLE_OPS + 1 + 1).fill(0x4e);
+    bytes.set(PROTO2, 0);
+    bytes[bytes.length - 1] = STOP;
+    const err = engineErrorOf(() => restrictedUnpickle(bytes, 'amp.pt (archive/data.pkl)'));
+    expect(err.code).toBe('invalid_model');
+    expect(err.message).toContain(`amp.pt (archive/data.pkl): refused to load: the pickle runs more than ${MAX_PICKLE_OPS} operations`);
+    // A real checkpoint runs far fewer: the reference state_dict pickle decodes under the budget.
+    expect(() => restrictedUnpickle(statePickle([['w', { dtype: 'float32', dims: [3, 2], data: new Float32Array(6) }]]), 'ok.pt')).not.toThrow();
+  });
+
+  it(`a data.pkl over ${MAX_PICKLE >> 20} MiB is refused before it is read (a compressed one can be small on disk)`, () => {
+    // DEFLATE, declaring one byte over the limit: the refusal comes from its declared size alone.
+    const path = join(work, 'big-pickle.pt');
+    writeFileSync(path, zipRecords([{ name: 'archive/data.pkl', data: pickle([0x7d]), deflate: true, declaredSize: MAX_PICKLE + 1 }]));
+    const err = engineErrorOf(() => openTorchCheckpoint(path));
+    expect(err.code).toBe('invalid_model');
+    expect(err.message).toContain(`${path}: archive/data.pkl is ${MAX_PICKLE + 1} bytes, over the 64 MiB limit`);
   });
 });

@@ -2,7 +2,7 @@
 // an OrderedDict of tensors, with the opcodes and globals torch uses. It lets the tests make
 // checkpoints with a missing or an extra tensor from the reference weights.
 import { writeFileSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
+import { crc32, deflateRawSync } from 'node:zlib';
 import type { TensorData } from '../../gpu-worker/engine/onnx/ir.ts';
 
 class PickleWriter {
@@ -44,6 +44,37 @@ export function statePickle(tensors: [string, TensorData][], options: { strides?
     p.int(0).tuple(t.dims).tuple(strides).op(0x89).global('collections', 'OrderedDict').op(0x29, 0x52).op(0x74, 0x52);
   });
   return p.op(0x75, 0x2e).bytes();
+}
+
+/**
+ * A zip archive whose records may be DEFLATE-compressed (`deflate`) and may declare another size
+ * than their data has (`declaredSize`: the directory lies, as in a corrupt or hostile file).
+ */
+export function zipRecords(records: { name: string; data: Uint8Array; deflate?: boolean; declaredSize?: number }[]): Uint8Array {
+  const chunks: Buffer[] = [];
+  const central: Buffer[] = [];
+  let offset = 0;
+  for (const r of records) {
+    const n = Buffer.from(r.name, 'utf8');
+    const crc = crc32(r.data);
+    const stored = r.deflate ? deflateRawSync(r.data) : Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+    const method = r.deflate ? 8 : 0;
+    const size = r.declaredSize ?? r.data.length;
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0); local.writeUInt16LE(20, 4); local.writeUInt16LE(method, 8);
+    local.writeUInt32LE(crc, 14); local.writeUInt32LE(stored.length, 18); local.writeUInt32LE(size, 22); local.writeUInt16LE(n.length, 26);
+    const cd = Buffer.alloc(46);
+    cd.writeUInt32LE(0x02014b50, 0); cd.writeUInt16LE(20, 4); cd.writeUInt16LE(20, 6); cd.writeUInt16LE(method, 10);
+    cd.writeUInt32LE(crc, 16); cd.writeUInt32LE(stored.length, 20); cd.writeUInt32LE(size, 24); cd.writeUInt16LE(n.length, 28); cd.writeUInt32LE(offset, 42);
+    chunks.push(local, n, stored);
+    central.push(cd, n);
+    offset += 30 + n.length + stored.length;
+  }
+  const cdBuf = Buffer.concat(central);
+  const eocd = Buffer.alloc(22);
+  eocd.writeUInt32LE(0x06054b50, 0); eocd.writeUInt16LE(records.length, 8); eocd.writeUInt16LE(records.length, 10);
+  eocd.writeUInt32LE(cdBuf.length, 12); eocd.writeUInt32LE(offset, 16);
+  return Buffer.concat([...chunks, cdBuf, eocd]);
 }
 
 /** A STORED zip archive of the given records. */

@@ -397,6 +397,74 @@ describe('model store in local mode', () => {
 
   const localBlobs = () => new LocalBlobStore({ rootDir: tmp('local-blobs'), signingSecret: 'x'.repeat(32), publicBaseUrl: 'http://127.0.0.1:8787' });
 
+  it('a manifest.json saved with a byte-order mark is listed in full, as the engine and the store read it', async () => {
+    const modelsDir = tmp('models-dir');
+    const dir = join(modelsDir, 'bom-model');
+    cpSync(bundle('bom-model', { description: 'saved by an editor' }), dir, { recursive: true });
+    writeFileSync(join(dir, 'manifest.json'), `\uFEFF${readFileSync(join(dir, 'manifest.json'), 'utf8')}`);
+    expect(await modelsFromDir(modelsDir, 'bom-model')()).toEqual([
+      { id: 'bom-model', description: 'saved by an editor', robust: true, embed_dim: 32, input_size: 32, license: expect.any(String), source: expect.any(String), default: true },
+    ]);
+  });
+
+  it('a pushed model that a local folder of the same name shadows: the registry serves the folder and warns once, naming both', async () => {
+    const modelsDir = tmp('models-dir');
+    cpSync(bundle('dup-model', { description: 'the folder' }), join(modelsDir, 'dup-model'), { recursive: true });
+    const blobs = localBlobs();
+    const warnings: string[] = [];
+    // The worker gives the store its log's warn (gpu-worker/main.ts): the registry reports through it.
+    const store = new ModelStore(blobs, { onWarning: (m) => void warnings.push(m) });
+    const pushed = await store.push(bundle('dup-model', { variant: 'gelu', description: 'the pushed one' }), 'dup-model');
+
+    const reg = createModelRegistry({ modelsDir, store, cacheDir: tmp('dup-cache'), threads: 1 });
+    try {
+      expect(await reg.locate('dup-model')).toBe(join(modelsDir, 'dup-model'));
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toContain(`model "dup-model" is both the local folder ${join(modelsDir, 'dup-model')} and a model pushed to the store (content hash ${pushed.contentHash.slice(0, 12)}`);
+      expect(warnings[0]).toMatch(/serves the local folder .*GET \/v1\/models in AWS mode describes the pushed bundle/);
+      await reg.locate('dup-model');
+      expect(warnings).toHaveLength(1);
+    } finally {
+      await reg.close();
+    }
+    // At start-up the worker lists the store (refresh): the clash is reported from that listing, once.
+    warnings.length = 0;
+    const fresh = createModelRegistry({ modelsDir, store, cacheDir: tmp('dup-cache'), threads: 1 });
+    try {
+      expect((await fresh.refresh()).find((m) => m.name === 'dup-model')?.source).toBe('local');
+      expect(warnings).toHaveLength(1);
+      await fresh.locate('dup-model');
+      expect(warnings).toHaveLength(1);
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  it('clipag models push refuses a name that is a models-folder bundle of other content, unless --force; pushing that very bundle is fine', async () => {
+    const modelsDir = tmp('models-dir');
+    const folder = join(modelsDir, 'clash');
+    cpSync(bundle('clash'), folder, { recursive: true });
+    const env = { CLIPAG_DATA_DIR: tmp('push-data'), CLIPAG_MODELS_DIR: modelsDir };
+    const out: string[] = [];
+    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation((c) => (out.push(String(c)), true));
+    try {
+      const other = bundle('clash', { variant: 'gelu' });
+      const refused = runPush([other, '--name', 'clash'], env);
+      await expect(refused).rejects.toMatchObject({ code: 'invalid_input', message: expect.stringContaining(`model "clash" is also the folder ${folder} in the models folder, with another bundle`) });
+      await expect(refused).rejects.toMatchObject({ message: expect.stringMatching(/serve it before the store's model.*--force to push anyway/) });
+      expect(await new ModelStore(new LocalBlobStore({ rootDir: join(env.CLIPAG_DATA_DIR, 'blobs'), signingSecret: 'x'.repeat(32), publicBaseUrl: 'http://127.0.0.1:8787' })).describe('clash')).toBeNull();
+
+      // the folder itself (import into models/NAME, then push it: docs/model-store.md) goes through, with a note
+      expect(await runPush([folder], env)).toBe(0);
+      expect(out.join('')).toMatch(/note: .*clash holds this same bundle/);
+      out.length = 0;
+      expect(await runPush([other, '--name', 'clash', '--force'], env)).toBe(0);
+      expect(out.join('')).toMatch(/warning: pushing "clash" although .*clash holds another bundle \(--force\)/);
+    } finally {
+      stdout.mockRestore();
+    }
+  });
+
   it('two concurrent pushes of different bundles under one name: one wins, the other gets a conflict, and the winner is served intact', async () => {
     // The local store enforces conditional writes (s3rver does not), so the race is decided here.
     for (let round = 0; round < 4; round++) {

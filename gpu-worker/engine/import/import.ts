@@ -22,7 +22,7 @@ import { makeStagingFolder, syncFolder, syncPath } from '../io/staging.ts';
 import { gradcheck, gradcheckDType, type GradcheckResult } from '../clip/gradcheck.ts';
 import { imageGradientGraph } from '../clip/graphs.ts';
 import { ClipEngine } from '../engine.ts';
-import { f16ToF32Array } from '../io/safetensors.ts';
+import { f16ToF32ArrayByTable } from './f16-table.ts';
 import { numel, type TensorData } from '../onnx/ir.ts';
 import { type SourceFormat, type SourceTensor, type WeightSource, openWeightSource } from './source.ts';
 
@@ -45,6 +45,8 @@ export interface ImportOptions {
   robust?: boolean;
   /** Hugging Face config.json (default: next to the weights). */
   hfConfig?: string;
+  /** open_clip's open_clip_config.json or model config (default: open_clip_config.json next to the weights). */
+  openClipConfig?: string;
   /** Run the gradient check on the new bundle (default true; float64, or float32 for exact-GELU models). */
   verify?: boolean;
   onProgress?: (p: ImportProgress) => void;
@@ -64,8 +66,8 @@ export interface ImportResult {
   manifest: Manifest;
   format: SourceFormat;
   arch: ClipArch;
-  /** Where activation and heads came from: 'flag', a metadata/config hint, or 'default (width // 64)'. */
-  inferred: Record<'activation' | 'visionHeads' | 'textHeads', string>;
+  /** Where activation, heads and normalization came from: 'flag', a metadata/config hint, or a default. */
+  inferred: Record<'activation' | 'visionHeads' | 'textHeads' | 'preprocess', string>;
   tensors: number;
   bytes: number;
   ignored: string[];
@@ -105,7 +107,7 @@ function outDType(t: SourceTensor, keepFp16: boolean): 'float32' | 'float16' {
 function toOutput(t: TensorData, dtype: 'float32' | 'float16', name: string): TensorData {
   if (t.dtype === dtype) return t;
   if (dtype === 'float32') {
-    if (t.dtype === 'float16') return { dtype, dims: t.dims, data: f16ToF32Array(t.data as Uint16Array) };
+    if (t.dtype === 'float16') return { dtype, dims: t.dims, data: f16ToF32ArrayByTable(t.data as Uint16Array) };
     if (t.dtype === 'float64') return { dtype, dims: t.dims, data: Float32Array.from(t.data as Float64Array) };
   }
   throw new EngineError('invalid_weights', `cannot store tensor ${name} (${t.dtype}) as ${dtype}`, { tensor: name });
@@ -184,7 +186,7 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
   const name = opts.name ?? defaultBundleName(src);
   if (!NAME_RE.test(name) || name.length > 64) throw new EngineError('invalid_input', `bundle name "${name}" must be 1–64 lower-case letters, digits, ., _ or -; pass --name`);
 
-  const source: WeightSource = openWeightSource(resolve(src), { hfConfig: opts.hfConfig });
+  const source: WeightSource = openWeightSource(resolve(src), { hfConfig: opts.hfConfig, openClipConfig: opts.openClipConfig });
   let tmp: string | undefined;
   try {
     // Architecture from shapes; flags > file hints > the official defaults.
@@ -196,8 +198,17 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
     }
     if (dup.length) throw new EngineError('invalid_weights', `${src}: tensor names collide after renaming: ${dup.slice(0, 6).join(', ')}`);
     const h = source.hints;
-    const pick = <K extends 'activation' | 'visionHeads' | 'textHeads'>(k: K, flag: ImportOptions[K], def: string) =>
-      flag !== undefined ? { v: flag, from: 'flag' } : h[k] !== undefined ? { v: h[k] as ImportOptions[K], from: h.from[k] ?? 'file' } : { v: undefined, from: def };
+    const flagNames = { activation: '--activation', visionHeads: '--vision-heads', textHeads: '--text-heads' } as const;
+    const pick = <K extends 'activation' | 'visionHeads' | 'textHeads'>(k: K, flag: ImportOptions[K], def: string) => {
+      if (flag !== undefined && h.binding?.[k] && h[k] !== undefined && h[k] !== flag) {
+        throw new EngineError(
+          'invalid_input',
+          `${flagNames[k]} ${flag} contradicts the model's own config: ${h.from[k]} gives ${h[k]}. Drop the flag, or pass --open-clip-config with a corrected copy of the config`,
+          { flag: flagNames[k], config: h[k] },
+        );
+      }
+      return flag !== undefined ? { v: flag, from: 'flag' } : h[k] !== undefined ? { v: h[k] as ImportOptions[K], from: h.from[k] ?? 'file' } : { v: undefined, from: def };
+    };
     const act = pick('activation', opts.activation, 'default (quick_gelu, as OpenAI weights; pass --activation gelu for GELU models)');
     const vh = pick('visionHeads', opts.visionHeads, 'default (vision width // 64)');
     const th = pick('textHeads', opts.textHeads, 'default (text width // 64)');
@@ -211,14 +222,14 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
       }
       throw e;
     }
-    const inferred = { activation: act.from, visionHeads: vh.from, textHeads: th.from };
+    const inferred = { activation: act.from, visionHeads: vh.from, textHeads: th.from, preprocess: h.from.preprocess ?? "default (OpenAI's mean and std)" };
     log(`source ${src}: ${source.format}${source.info.epoch !== undefined ? `, epoch ${source.info.epoch}` : ''}${source.info.name ? `, name ${source.info.name}` : ''}; ${source.tensors.length} tensors${source.ignored.length ? `, ignored ${source.ignored.join(', ')}` : ''}`);
     const opt = source.info.optimizer as { state_tensors?: number; state_bytes_skipped?: number } | undefined;
     if (opt) log(`optimizer state skipped without reading it: ${opt.state_tensors} tensors, ${(Number(opt.state_bytes_skipped) / 2 ** 20).toFixed(1)} MiB`);
     log(
       `architecture: ViT ${arch.visionLayers}×${arch.visionWidth} (heads ${arch.visionHeads}, patch ${arch.visionPatchSize}, ${arch.imageResolution}px), text ${arch.textLayers}×${arch.textWidth} (heads ${arch.textHeads}), embed ${arch.embedDim}, ${arch.activation}`,
     );
-    log(`  activation: ${inferred.activation}; vision heads: ${inferred.visionHeads}; text heads: ${inferred.textHeads}`);
+    log(`  activation: ${inferred.activation}; vision heads: ${inferred.visionHeads}; text heads: ${inferred.textHeads}${h.from.preprocess ? `; mean/std: ${h.from.preprocess}` : ''}`);
     // More ids than rows is refused when the bundle loads, so it is refused here, before anything is
     // written (--no-verify too); far fewer is most likely another model's file (every prompt then embeds
     // through the wrong rows), while a table padded a little is common.
@@ -270,7 +281,7 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
       architecture: arch,
       embed_dim: arch.embedDim,
       activation: arch.activation,
-      preprocess: { image_size: arch.imageResolution, mean: OPENAI_MEAN, std: OPENAI_STD },
+      preprocess: { image_size: arch.imageResolution, mean: h.mean ?? OPENAI_MEAN, std: h.std ?? OPENAI_STD },
       weights: weightsFile,
       sha256: { [weightsFile]: await sha256File(join(tmp, weightsFile)), [tokFile]: await sha256File(join(tmp, tokFile)) },
       tokenizer: tokFile,
@@ -299,9 +310,19 @@ export async function importModel(src: string, opts: ImportOptions): Promise<Imp
       if (!gc.passed) throw new EngineError('invalid_model', `the imported bundle fails the gradient check (max relative error ${gc.maxRelError.toExponential(2)} > ${gc.tolerance}); nothing was written. Check --activation and the head counts`);
     }
 
-    if (existsSync(out)) rmdirSync(out); // empty (checked above)
     syncFolder(tmp); // on the disk before it has its name, as replaceFolder does
-    renameSync(tmp, out);
+    try {
+      if (existsSync(out)) rmdirSync(out); // empty when checked above, unless something filled it since
+      renameSync(tmp, out);
+    } catch (e) {
+      // Another import (or anything else) wrote DIR while this one ran: ENOTEMPTY/EEXIST from either
+      // call, or ENOTDIR when DIR became a file. Its work is kept; this import's staging folder is removed.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR') {
+        throw new EngineError('invalid_input', `output ${out} was created or filled by another process (another import to the same -o DIR?) while this import ran; it was left as it is and nothing of this import was kept. Choose another -o DIR, or remove it and import again`, { path: out });
+      }
+      throw e;
+    }
     tmp = undefined;
     syncPath(dirname(out));
     return { dir: out, manifest, format: source.format, arch, inferred, tensors: list.length, bytes, ignored: source.ignored, info: source.info, gradcheck: gc, peakRss };

@@ -18,6 +18,7 @@
 // Values: None → null, bool, int → number (bigint beyond 2^53), float → number, str → string,
 // list → Array, tuple → PyTuple, dict/OrderedDict → Map (keys: str, int, …), tensor → TensorRef.
 // BUILD on a dict (the `_metadata` attribute of a state_dict's OrderedDict) is accepted and ignored.
+// A pickle may run at most MAX_PICKLE_OPS opcodes (a bound on the memory it can make the VM build).
 
 import { EngineError } from '../errors.ts';
 
@@ -99,6 +100,17 @@ export interface UnpickleStats {
   globals: string[];
 }
 
+/**
+ * Opcodes one pickle may run. Each opcode makes at most one new value (a one-byte EMPTY_DICT makes a
+ * ~200-byte Map), so this bounds the memory a hostile data.pkl can build to a few hundred MB, where a
+ * run of EMPTY_DICT otherwise grows about 200× its size (a 64 MiB pickle exhausts the V8 heap: a crash,
+ * not an error). A weights file's pickle runs far fewer: about 36 opcodes per tensor of a state_dict
+ * and 120 per parameter of a training checkpoint with AdamW state (the reference fixtures), so about
+ * 11 000 for OpenAI ViT-B/32's state_dict and 120 000 for an open_clip ViT-bigG checkpoint with its
+ * optimizer state.
+ */
+export const MAX_PICKLE_OPS = 2_000_000;
+
 const refuse = (source: string, msg: string, detail: Record<string, unknown> = {}) =>
   new EngineError('invalid_model', `${source}: ${msg}`, { path: source, ...detail });
 
@@ -154,6 +166,16 @@ export function restrictedUnpickle(bytes: Uint8Array, source: string, stats: Unp
   const global = (module: string, name: string): GlobalMarker => {
     const q = `${module}.${name}`;
     stats.globals.push(q);
+    // TorchScript archives (torch.jit.save; OpenAI's official CLIP files) pickle their compiled
+    // classes under `__torch__.`: not a hostile file, a whole model. The caller (torch.ts) turns this
+    // into the export advice for its path.
+    if (module === '__torch__' || module.startsWith('__torch__.')) {
+      throw refuse(
+        source,
+        `refused to load: the pickle asks for the TorchScript class "${module} ${name}": this is a TorchScript (torch.jit) archive, a compiled model, not a weights file. Export its weights with torch.jit.load(path, map_location='cpu').state_dict() and torch.save, and import that file`,
+        { global: q, module, name, torchScript: true },
+      );
+    }
     if (!ALLOWED_GLOBALS.includes(q)) {
       throw refuse(
         source,
@@ -214,7 +236,14 @@ export function restrictedUnpickle(bytes: Uint8Array, source: string, stats: Unp
     }
   };
 
-  for (;;) {
+  for (let ops = 1; ; ops++) {
+    if (ops > MAX_PICKLE_OPS) {
+      throw refuse(
+        source,
+        `refused to load: the pickle runs more than ${MAX_PICKLE_OPS} operations (stopped at byte ${pos} of ${bytes.length}); a weights file's pickle runs far fewer, so this is not a plain state_dict (or it is built to exhaust memory)`,
+        { maxOps: MAX_PICKLE_OPS },
+      );
+    }
     const op = u8();
     switch (op) {
       case 0x80: { // PROTO

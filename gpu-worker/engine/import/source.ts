@@ -28,12 +28,22 @@ export interface SourceTensor {
   read(): TensorData;
 }
 
+export type HintKey = 'activation' | 'visionHeads' | 'textHeads';
+
 export interface ArchHints {
   activation?: Activation;
   visionHeads?: number;
   textHeads?: number;
+  /** Image normalization (open_clip_config.json preprocess_cfg); absent: OpenAI's. */
+  mean?: [number, number, number];
+  std?: [number, number, number];
   /** Where each hint came from, for the report. */
-  from: Partial<Record<'activation' | 'visionHeads' | 'textHeads', string>>;
+  from: Partial<Record<HintKey | 'preprocess', string>>;
+  /**
+   * Hints the model's own open_clip config states: a flag that contradicts one is an error rather than
+   * an override (one of the two is wrong, and a wrong activation passes the gradient check).
+   */
+  binding?: Partial<Record<HintKey, true>>;
 }
 
 export interface WeightSource {
@@ -53,6 +63,12 @@ export interface WeightSource {
 export interface SourceOptions {
   /** Hugging Face config.json; default: config.json next to the weights, when present. */
   hfConfig?: string;
+  /**
+   * open_clip's open_clip_config.json (as its Hugging Face hub repos ship it) or a bare open_clip model
+   * config (model_configs/<name>.json); default: open_clip_config.json next to the weights, when present.
+   * Read for open_clip-layout weights only.
+   */
+  openClipConfig?: string;
 }
 
 /** Buffers and bookkeeping entries that are not weights. */
@@ -109,6 +125,12 @@ export function openWeightSource(path: string, opts: SourceOptions = {}): Weight
       hints = hfHints(path, opts.hfConfig);
     } else {
       hints = metadataHints(raw.metadata);
+      // The model's own config, where there is one, over the metadata hints.
+      const oc = openClipHints(path, opts.openClipConfig);
+      if (oc) hints = { ...hints, ...oc, from: { ...hints.from, ...oc.from } };
+    }
+    if (huggingFace && opts.openClipConfig) {
+      throw new EngineError('invalid_input', `--open-clip-config applies to open_clip/OpenAI-layout weights, and ${path} is a Hugging Face CLIPModel (its config.json gives heads and activation; see --hf-config)`, { path });
     }
     const kept: SourceTensor[] = [];
     for (const t of tensors) {
@@ -286,6 +308,76 @@ function hfHints(weightsPath: string, configPath: string | undefined): ArchHints
   hints.visionHeads = heads('vision_config');
   if (hints.textHeads) hints.from.textHeads = `${path} text_config.num_attention_heads`;
   if (hints.visionHeads) hints.from.visionHeads = `${path} vision_config.num_attention_heads`;
+  return hints;
+}
+
+/**
+ * open_clip's config, as open_clip builds the model from it (open_clip/model.py): `quick_gelu` true is
+ * QuickGELU and absent or false is exact GELU; text heads are `text_cfg.heads` (open_clip's default 8);
+ * vision heads are `vision_cfg.width / head_width` (default head width 64). The hub file wraps it as
+ * `model_cfg` and adds `preprocess_cfg` (mean, std), which the bundle's preprocessing takes. Undefined
+ * when there is no such file.
+ */
+function openClipHints(weightsPath: string, configPath: string | undefined): ArchHints | undefined {
+  const path = configPath ?? join(dirname(weightsPath), 'open_clip_config.json');
+  if (!existsSync(path)) {
+    if (configPath) throw new EngineError('invalid_input', `open_clip config ${configPath} does not exist`, { path: configPath });
+    return undefined;
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(path, 'utf8').replace(/^\uFEFF/, ''));
+  } catch (e) {
+    throw new EngineError('invalid_input', `${path} is not valid JSON: ${(e as Error).message}`, { path });
+  }
+  const invalid = (what: string) =>
+    new EngineError('invalid_input', `${path}: ${what}; it is not an open_clip model config (open_clip_config.json from the model's hub repo, or open_clip's model_configs/<model>.json). Fix it, or pass --open-clip-config with the right file`, { path });
+  if (!isJsonObject(parsed)) throw invalid(`the file is ${describeJson(parsed)}`);
+  const cfg = parsed.model_cfg ?? parsed;
+  if (!isJsonObject(cfg)) throw invalid(`model_cfg is ${describeJson(cfg)}`);
+  if (!isJsonObject(cfg.vision_cfg) && !isJsonObject(cfg.text_cfg)) throw invalid('it has neither vision_cfg nor text_cfg');
+  const where = parsed.model_cfg !== undefined ? `${path} model_cfg` : path;
+  const hints: ArchHints = { from: {}, binding: {} };
+
+  const qg = cfg.quick_gelu;
+  if (qg !== undefined && typeof qg !== 'boolean') throw invalid(`quick_gelu is ${describeJson(qg)}, not true or false`);
+  hints.activation = qg === true ? 'quick_gelu' : 'gelu';
+  hints.from.activation = qg === undefined ? `${where} (no quick_gelu: open_clip runs exact GELU)` : `${where}.quick_gelu = ${qg}`;
+  hints.binding!.activation = true;
+
+  const positiveInt = (v: unknown, field: string): number => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw invalid(`${field} is ${describeJson(v)}, not a positive integer`);
+    return v;
+  };
+  if (isJsonObject(cfg.text_cfg)) {
+    const given = cfg.text_cfg.heads;
+    hints.textHeads = given === undefined ? 8 : positiveInt(given, 'text_cfg.heads');
+    hints.from.textHeads = given === undefined ? `${where} (no text_cfg.heads: open_clip's default 8)` : `${where}.text_cfg.heads`;
+    hints.binding!.textHeads = true;
+  }
+  if (isJsonObject(cfg.vision_cfg) && cfg.vision_cfg.width !== undefined) {
+    const width = positiveInt(cfg.vision_cfg.width, 'vision_cfg.width');
+    const headWidth = cfg.vision_cfg.head_width === undefined ? 64 : positiveInt(cfg.vision_cfg.head_width, 'vision_cfg.head_width');
+    if (width % headWidth !== 0) throw invalid(`vision_cfg.width ${width} is not a multiple of head_width ${headWidth}`);
+    hints.visionHeads = width / headWidth;
+    hints.from.visionHeads = `${where}.vision_cfg (width ${width} / head_width ${headWidth})`;
+    hints.binding!.visionHeads = true;
+  }
+
+  const pre = parsed.preprocess_cfg;
+  if (pre !== undefined) {
+    if (!isJsonObject(pre)) throw invalid(`preprocess_cfg is ${describeJson(pre)}`);
+    const triple = (v: unknown, field: string): [number, number, number] | undefined => {
+      if (v === undefined) return undefined;
+      if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === 'number' && Number.isFinite(x))) throw invalid(`preprocess_cfg.${field} is ${describeJson(v)}, not three numbers`);
+      return v as [number, number, number];
+    };
+    const mean = triple(pre.mean, 'mean');
+    const std = triple(pre.std, 'std');
+    if (mean) hints.mean = mean;
+    if (std) hints.std = std;
+    if (mean || std) hints.from.preprocess = `${path} preprocess_cfg`;
+  }
   return hints;
 }
 

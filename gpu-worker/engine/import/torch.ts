@@ -10,9 +10,15 @@ import { bf16ToF32Array } from '../io/safetensors.ts';
 import { ELEMENT_BYTES, type PickleValue, type TensorRef, type UnpickleStats, restrictedUnpickle } from './pickle.ts';
 import { ZipReader } from './zip.ts';
 import { closeSync, openSync, readSync } from 'node:fs';
+import { basename } from 'node:path';
 
-/** data.pkl of a weights file is small (the tensors live in other records); refuse absurd ones. */
-const MAX_PICKLE = 512 << 20;
+/**
+ * data.pkl of a weights file is small, since the tensors live in other records: 9 KB for the tiny
+ * reference state_dict, about 100 KB for ViT-B/32, under 1 MB for an open_clip training checkpoint with
+ * its optimizer state. Bigger ones are refused before they are read (the unpickler's opcode budget,
+ * MAX_PICKLE_OPS, bounds what a smaller one can build).
+ */
+export const MAX_PICKLE = 64 << 20;
 
 export interface TorchCheckpoint {
   path: string;
@@ -62,9 +68,20 @@ export function openTorchCheckpoint(path: string): TorchCheckpoint {
       if (order !== 'little') throw new EngineError('invalid_model', `${path} was saved on a ${order}-endian machine; re-save it on a little-endian one`, { path });
     }
     const pe = zip.entry(pkl);
-    if (pe.size > MAX_PICKLE) throw new EngineError('invalid_model', `${path}: data.pkl is ${pe.size} bytes; a weights file's pickle is far smaller (is the whole model pickled, not its state_dict?)`, { path });
+    if (pe.size > MAX_PICKLE) {
+      throw new EngineError('invalid_model', `${path}: ${pkl} is ${pe.size} bytes, over the ${MAX_PICKLE >> 20} MiB limit; a weights file's pickle is far smaller (under 1 MB): is the whole model pickled, not its state_dict?`, { path, limit: MAX_PICKLE });
+    }
+    // torch.jit.save writes constants.pkl and the model's code/ next to data.pkl; known before a byte
+    // of the pickle is decoded.
+    if (zip.entries.has(at('constants.pkl')) || zip.names.some((n) => n.startsWith(at('code/')))) throw torchScriptError(path);
     const stats: UnpickleStats = { reduces: 0, globals: [] };
-    const root = restrictedUnpickle(zip.read(pkl), `${path} (${pkl})`, stats);
+    let root: PickleValue;
+    try {
+      root = restrictedUnpickle(zip.read(pkl), `${path} (${pkl})`, stats);
+    } catch (e) {
+      if (e instanceof EngineError && e.detail.torchScript === true) throw torchScriptError(path);
+      throw e;
+    }
     return {
       path,
       prefix,
@@ -77,6 +94,23 @@ export function openTorchCheckpoint(path: string): TorchCheckpoint {
     zip.close();
     throw e;
   }
+}
+
+/**
+ * OpenAI's official CLIP files (what clip.load downloads, e.g. ViT-B-32.pt) are TorchScript archives:
+ * a compiled model whose code clipag does not run. Their state_dict has OpenAI's key names (plus
+ * input_resolution, context_length and vocab_size, which the import skips), so the exported file
+ * imports as it is.
+ */
+function torchScriptError(path: string): EngineError {
+  const file = basename(path).replace(/'/g, '');
+  const out = `${file.replace(/\.(pt|pth|bin)$/i, '')}-state-dict.pt`;
+  return new EngineError(
+    'invalid_model',
+    `${path} is a TorchScript (torch.jit) archive, as OpenAI's clip.load downloads: a compiled model with its code, which clipag does not run. ` +
+      `Export its weights once with Python (in its folder), then import that file: python -c "import torch; torch.save(torch.jit.load('${file}', map_location='cpu').state_dict(), '${out}')"`,
+    { path, torchScript: true },
+  );
 }
 
 function readTensor(zip: ZipReader, record: string, t: TensorRef, path: string): TensorData {

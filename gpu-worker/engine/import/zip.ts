@@ -122,8 +122,11 @@ export class ZipReader {
       this.readAt(raw, this.dataOffset(name));
       let full: Uint8Array;
       try {
-        full = inflateRawSync(raw);
+        // Capped at the declared size: a record that says 100 bytes and inflates to gigabytes (a zip
+        // bomb, or a corrupt directory) stops after size + 1 bytes instead of filling memory first.
+        full = inflateRawSync(raw, { maxOutputLength: Math.max(1, e.size) });
       } catch (err) {
+        if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw corrupt(this.path, `record ${name} inflates to more than the ${e.size} bytes the directory says`);
         throw corrupt(this.path, `record ${name} does not inflate (${(err as Error).message})`);
       }
       if (full.byteLength !== e.size) throw corrupt(this.path, `record ${name} inflates to ${full.byteLength} bytes, the directory says ${e.size}`);
@@ -289,6 +292,11 @@ function readCentralDirectory(fd: number, size: number, path: string): Map<strin
     }
     // 0xFFFFFFFF says "the value is in the ZIP64 field": still there, the entry had none to give it.
     if (marked.length > 0 && !zip64) throw corrupt(path, `record ${name} says its ${marked.join(', ')} is in a ZIP64 extra field, and it has none`);
+    // A STORED record's bytes are its data: a directory that declares another size would have a reader
+    // allocate (and trust) bytes the record does not hold, or read the next records' bytes as its own.
+    if (method === 0 && usize !== compressedSize) {
+      throw corrupt(path, `record ${name} is stored uncompressed in ${compressedSize} bytes but the directory says it holds ${usize}`);
+    }
     if (localHeaderOffset + 30 + compressedSize > size) {
       throw corrupt(path, `record ${name} (${compressedSize} bytes at ${localHeaderOffset}) runs past the end of the ${size}-byte file`);
     }
