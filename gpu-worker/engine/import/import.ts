@@ -19,10 +19,10 @@ import { BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, type Manifest, ManifestSchema, OP
 import { buildClipTokenizerJson } from '../clip/tokenizer-json.ts';
 import { TextTokenizer } from '../clip/tokenizer.ts';
 import { makeStagingFolder, syncFolder, syncPath } from '../io/staging.ts';
+import { f16ToF32Array } from '../io/half.ts';
 import { gradcheck, gradcheckDType, type GradcheckResult } from '../clip/gradcheck.ts';
 import { imageGradientGraph } from '../clip/graphs.ts';
 import { ClipEngine } from '../engine.ts';
-import { f16ToF32ArrayByTable } from './f16-table.ts';
 import { numel, type TensorData } from '../onnx/ir.ts';
 import { type SourceFormat, type SourceTensor, type WeightSource, openWeightSource } from './source.ts';
 
@@ -107,7 +107,7 @@ function outDType(t: SourceTensor, keepFp16: boolean): 'float32' | 'float16' {
 function toOutput(t: TensorData, dtype: 'float32' | 'float16', name: string): TensorData {
   if (t.dtype === dtype) return t;
   if (dtype === 'float32') {
-    if (t.dtype === 'float16') return { dtype, dims: t.dims, data: f16ToF32ArrayByTable(t.data as Uint16Array) };
+    if (t.dtype === 'float16') return { dtype, dims: t.dims, data: f16ToF32Array(t.data as Uint16Array) };
     if (t.dtype === 'float64') return { dtype, dims: t.dims, data: Float32Array.from(t.data as Float64Array) };
   }
   throw new EngineError('invalid_weights', `cannot store tensor ${name} (${t.dtype}) as ${dtype}`, { tensor: name });
