@@ -18,6 +18,7 @@ export const WORKER_DOCKERFILE = 'gpu-worker/Dockerfile';
 export function shippedModelInputSize(name: string): number | undefined {
   const manifest = path.join(REPO_ROOT, 'models', name, 'manifest.json');
   if (!existsSync(manifest)) return undefined;
-  const size = (JSON.parse(readFileSync(manifest, 'utf8').replace(/^\uFEFF/, '')) // a BOM, as the API and worker allow as { preprocess?: { image_size?: unknown } }).preprocess?.image_size;
+  // A BOM is allowed, as the API and the worker allow it.
+  const size = (JSON.parse(readFileSync(manifest, 'utf8').replace(/^\uFEFF/, '')) as { preprocess?: { image_size?: unknown } }).preprocess?.image_size;
   return Number.isInteger(size) ? (size as number) : undefined;
 }
