@@ -439,8 +439,9 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     const ac = new AbortController();
     const before = (await listed(api.url, key)).length;
     const run = batch([file, '--parallel', '2'], { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key }, ac.signal);
-    // Both in flight have their generation (each POST answers at once), then Ctrl-C.
-    for (let i = 0; i < 100 && (await listed(api.url, key)).length < before + 2; i++) await new Promise((r) => setTimeout(r, 50));
+    // Both in flight have their generation (each POST answers at once), then Ctrl-C. Waited for as long
+    // as it takes (the test's own timeout bounds it): on a loaded machine the CLI's start alone took 5 s.
+    while ((await listed(api.url, key)).length < before + 2) await new Promise((r) => setTimeout(r, 50));
     ac.abort();
     const done = await run;
     expect(done.code).toBe(130);
