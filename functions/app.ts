@@ -12,6 +12,7 @@ import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
 import { registerUploadRoutes } from './routes/uploads.ts';
 import { registerUsageRoutes } from './routes/usage.ts';
+import { registerWebhookSecretRoutes } from './routes/webhook-secret.ts';
 import { ErrorEnvelope } from '../shared/schemas/error.ts';
 import { SlidingWindowRateLimiter } from '../shared/rate-limit.ts';
 import { GenerationEvent } from '../shared/schemas/view.ts';
@@ -29,6 +30,7 @@ const ROUTES = [
   { pattern: /^\/v1\/uploads$/, methods: ['POST'] },
   { pattern: /^\/v1\/estimates$/, methods: ['POST'] },
   { pattern: /^\/v1\/usage$/, methods: ['GET'] },
+  { pattern: /^\/v1\/webhook-secret$/, methods: ['GET', 'POST', 'DELETE'] },
   { pattern: /^\/v1\/generations$/, methods: ['GET', 'POST'] },
   { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET', 'DELETE'] },
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
@@ -72,6 +74,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
             { name: 'uploads', description: 'Init images for image-to-image' },
             { name: 'models', description: 'The deployed models' },
             { name: 'usage', description: "The caller's usage and cost" },
+            { name: 'webhooks', description: "The account's webhook signing secret" },
             { name: 'health', description: 'Liveness' },
           ],
         }) as unknown as Record<string, any>,
@@ -91,12 +94,12 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     summary: 'A generation ended (succeeded, failed or canceled): POSTed to its webhook_url',
     security: [], // signed (webhook-signature), not authenticated with a key
     description:
-      'Signed as Standard Webhooks: verify webhook-signature over `webhook-id.webhook-timestamp.body` with the `webhook.secret` the POST answered. Delivered at least once: drop repeats by webhook-id. Any 2xx within 10 s counts as delivered; anything else is retried (30 s, 2 min, 10 min, 30 min, 2 h, 6 h). The event can arrive before its POST has answered (with `Prefer: wait`, or a POST retried after a lost answer): answer an event for a generation id you do not know yet with a non-2xx (503), never a 2xx, so it comes again once you hold the secret.',
+      "Signed as Standard Webhooks: verify webhook-signature over `webhook-id.webhook-timestamp.body` with the account's webhook secret (POST /v1/webhook-secret), or with the `webhook.secret` the generation's POST answered: with an account secret the header holds one space-separated signature per secret, and any one that verifies will do (the reference libraries check each). Delivered at least once: drop repeats by webhook-id. Any 2xx within 10 s counts as delivered; anything else is retried (30 s, 2 min, 10 min, 30 min, 2 h, 6 h). The event can arrive before its POST has answered (with `Prefer: wait`, or a POST retried after a lost answer): a receiver that verifies with the account secret needs nothing more; one that verifies with the generation's own secret must answer an event for a generation id it does not know yet with a non-2xx (503), never a 2xx, so it comes again once it holds that secret.",
     request: {
       headers: z.object({
         'webhook-id': z.string().openapi({ description: 'evt_<generation id>_<status>: the same on every attempt' }),
         'webhook-timestamp': z.string().openapi({ description: 'Unix seconds of the attempt' }),
-        'webhook-signature': z.string().openapi({ description: 'v1,<base64 HMAC-SHA256>' }),
+        'webhook-signature': z.string().openapi({ description: "v1,<base64 HMAC-SHA256>: one per signing secret, space-separated (the account's current secret, its replaced ones still inside their 24 hours, then the generation's own)" }),
       }),
       body: { content: { 'application/json': { schema: GenerationEvent } } },
     },
@@ -129,5 +132,6 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerUploadRoutes(app, deps, { clock, uploadGate });
   registerGenerationRoutes(app, deps, { clock, ledger, log, ...(waitGate ? { waitGate } : {}) });
   registerUsageRoutes(app, deps, { clock });
+  registerWebhookSecretRoutes(app, deps, { clock });
   return app;
 }

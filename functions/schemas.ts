@@ -200,3 +200,40 @@ export const UsageView = z
     hourly_usd: z.number().nullable().openapi({ description: "The deployment's hourly worker price today; null where it sets none" }),
   })
   .openapi('Usage');
+
+/** A replaced account webhook secret that still signs (ADR 0028): when it was made and when it stops. Never the secret. */
+const WebhookSecretPrevious = z
+  .object({
+    created_at: Timestamp,
+    expires_at: Timestamp.openapi({ description: 'When it stops signing: 24 hours after the rotation that replaced it' }),
+  })
+  .openapi('WebhookSecretPrevious');
+
+const previousSecrets = z.array(WebhookSecretPrevious).openapi({
+  description: 'Secrets a rotation replaced that still sign every event beside the current one, newest first (at most 3: a fourth rotation within 24 hours ends the oldest one early)',
+});
+
+export const WebhookSecretStatus = z
+  .object({
+    object: z.literal('webhook_secret'),
+    exists: z.boolean().openapi({ description: 'Whether the account has a webhook secret: if so, it signs every event of every generation of the account' }),
+    created_at: Timestamp.nullable().openapi({ description: 'When the current secret was made; null without one' }),
+    previous: previousSecrets,
+  })
+  .openapi('WebhookSecretStatus');
+
+export const WebhookSecretCreated = z
+  .object({
+    object: z.literal('webhook_secret'),
+    secret: z.string().openapi({ example: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', description: 'The signing secret (Standard Webhooks). Shown only in this answer: keep it where your receiver reads it' }),
+    created_at: Timestamp,
+    previous: previousSecrets,
+  })
+  .openapi('WebhookSecret');
+
+export const WebhookSecretDeleted = z
+  .object({
+    object: z.literal('webhook_secret'),
+    deleted: z.boolean().openapi({ description: 'Whether there was a secret to delete (false: there was none; nothing changed)' }),
+  })
+  .openapi('WebhookSecretDeleted');

@@ -152,6 +152,17 @@ export function ownerPolicyKey(owner: string): string {
   return `config/prompt-policies/${owner}.json`;
 }
 
+/**
+ * Where one owner's webhook signing secret lives (ADR 0028): written by the API (POST and DELETE
+ * /v1/webhook-secret), read by whoever delivers a webhook (the worker, the queued-job sweep).
+ */
+export const WEBHOOK_SECRETS_PREFIX = 'webhook-secrets/';
+
+export function webhookSecretKey(owner: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError(`not an owner id: ${JSON.stringify(owner)}`, 'owner');
+  return `${WEBHOOK_SECRETS_PREFIX}${owner}.json`;
+}
+
 /** A UTC month, `YYYY-MM`. */
 export const MONTH_PATTERN = /^\d{4}-(0[1-9]|1[0-2])$/;
 

@@ -2,15 +2,16 @@
 // the delivery of one job's event with its attempt bookkeeping in the job record. Used by the worker
 // (first attempt, right after a job ends) and by the queued-job sweep (retries, and jobs the API
 // ended: a cancel while queued).
-import { createHmac, randomBytes, randomUUID } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { lookup as dnsLookup, promises as dnsPromises, type LookupAddress } from 'node:dns';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import { BlockList, isIP } from 'node:net';
-import { ValidationError } from './errors.ts';
+import { CorruptDocumentError, ValidationError } from './errors.ts';
 import type { BlobStore, JobStore } from './ports.ts';
 import { isTerminal, webhookOfDeleted, type JobRecord, type JobWebhook } from './schemas/job.ts';
 import { generationView, viewOptionsFromConfig, type ViewOptions } from './views.ts';
+import { accountSigningSecrets, newWebhookSecret } from './webhook-secrets.ts';
 
 /** Attempts in all; the waits after each failed one (the last failure gives up). About 9 hours. */
 export const WEBHOOK_RETRY_DELAYS_SEC = [30, 120, 600, 1800, 7200, 21600] as const;
@@ -210,15 +211,20 @@ function callerError(cause: unknown, url: string): string {
   return COULD_NOT_CONNECT;
 }
 
-/** A fresh signing secret: `whsec_` and 24 random bytes in base64 (Standard Webhooks). */
-export function newWebhookSecret(): string {
-  return `whsec_${randomBytes(24).toString('base64')}`;
-}
+export { newWebhookSecret };
 
 /** Standard Webhooks signature: base64 HMAC-SHA256 of `id.timestamp.body` under the secret's bytes. */
 export function signWebhook(secret: string, id: string, timestampSec: number, body: string): string {
   const key = Buffer.from(secret.slice('whsec_'.length), 'base64');
   return `v1,${createHmac('sha256', key).update(`${id}.${timestampSec}.${body}`).digest('base64')}`;
+}
+
+/**
+ * The `webhook-signature` header: one signature per secret, space-separated, as Standard Webhooks
+ * allows, so a receiver holding any one of the secrets verifies the event.
+ */
+export function signWebhookWithEach(secrets: readonly string[], id: string, timestampSec: number, body: string): string {
+  return secrets.map((secret) => signWebhook(secret, id, timestampSec, body)).join(' ');
 }
 
 export interface WebhookRequest {
@@ -422,6 +428,9 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     const latest = job.deleted_at === undefined ? await deps.jobs.get(owner, jobId) : null;
     if (latest && latest.deleted_at !== undefined) data = await generationView(latest, deps.blobs, deps.signedUrlTtlSec, now, deps.view ?? {});
     const body = JSON.stringify({ type: `generation.${job.status}`, timestamp: job.finished_at ?? now.toISOString(), data });
+    // The account's secrets (ADR 0028), read at each attempt so that a rotation or a delete applies
+    // to retries too; the job's own secret always signs as well (receivers that keep it, as before).
+    const secrets = [...(await accountSecretsOrNone(deps, owner, jobId, now)), webhook.secret];
     sending = true;
     const status = await deps.send({
       url: webhook.url,
@@ -431,7 +440,7 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
         'user-agent': 'clipag-webhooks/1',
         'webhook-id': eventId,
         'webhook-timestamp': String(timestampSec),
-        'webhook-signature': signWebhook(webhook.secret, eventId, timestampSec, body),
+        'webhook-signature': signWebhookWithEach(secrets, eventId, timestampSec, body),
       },
     });
     if (status < 200 || status >= 300) error = `HTTP ${status}`;
@@ -465,6 +474,24 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     deps.log?.({ level: 'warn', msg: gaveUp ? 'webhook: last attempt failed; giving up' : 'webhook: attempt failed; will retry', job_id: jobId, owner, attempts, error });
   }
   return error === null ? 'delivered' : gaveUp ? 'gave_up' : 'failed';
+}
+
+/**
+ * The owner's account secrets that sign this attempt. A document that does not read signs nothing
+ * (the job's secret still does), and the operator's log says so: holding every event of the owner
+ * back for it would fail receivers that verify with the job's secret too. Its owner mends it with
+ * POST /v1/webhook-secret, and GET says it is unreadable. A store that fails throws: the attempt
+ * fails as "could not be prepared" and is retried, rather than go out without a signature its
+ * receiver may need.
+ */
+async function accountSecretsOrNone(deps: WebhookDeliveryDeps, owner: string, jobId: string, now: Date): Promise<string[]> {
+  try {
+    return await accountSigningSecrets(deps.blobs, owner, now);
+  } catch (error) {
+    if (!(error instanceof CorruptDocumentError)) throw error;
+    deps.log?.({ level: 'warn', msg: "webhook: the owner's webhook secret does not read; signed with the job's secret alone", job_id: jobId, owner, key: error.key, detail: error.detail });
+    return [];
+  }
 }
 
 /** Starts deliveries in the background (the worker's first attempt) and can wait for them (its drain). */

@@ -12,7 +12,7 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { BUCKET_PREFIXES, ENV, type StageConfig } from './config.ts';
-import { grantListBucket, grantPrefix, grantRateCounting, grantSend } from './grants.ts';
+import { grantListBucket, grantPrefix, grantRateCounting, grantSend, grantWebhookSecrets } from './grants.ts';
 import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT, shippedModelInputSize, SWEEP_LAMBDA_ENTRY } from './paths.ts';
 
 export interface ApiStackProps extends StackProps {
@@ -126,6 +126,8 @@ export class ApiStack extends Stack {
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.stats, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.usage, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.config, ['read']);
+    // POST, GET and DELETE /v1/webhook-secret (ADR 0028).
+    grantWebhookSecrets(this.handler, bucket, 'manage');
     grantListBucket(this.handler, bucket);
     grantSend(this.handler, queue);
     grantRateCounting(this.handler, rateCounters);
@@ -161,6 +163,8 @@ export class ApiStack extends Stack {
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.pending, ['write', 'delete']);
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.outputs, ['read', 'delete']);
+    // The webhooks it retries are signed with their account's secret too (ADR 0028).
+    grantWebhookSecrets(this.sweeper, bucket, 'sign');
     grantListBucket(this.sweeper, bucket);
     grantSend(this.sweeper, queue);
     new events.Rule(this, 'QueuedJobSweepSchedule', {

@@ -2,6 +2,7 @@ import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import { WEBHOOK_SECRETS_PREFIX } from '../../shared/keys.ts';
 
 /**
  * Explicit, prefix-scoped grants. The L2 `bucket.grantReadWrite` helpers emit wildcard
@@ -30,6 +31,16 @@ export function grantPrefix(
       }),
     );
   }
+}
+
+/**
+ * The accounts' webhook signing secrets (ADR 0028), `webhook-secrets/<owner>.json`, stored as they are
+ * (they sign). `manage`: the API creates, rotates and deletes them (POST and DELETE
+ * /v1/webhook-secret; its GET reads). `sign`: whoever delivers webhooks (the worker's first attempt,
+ * the queued-job sweep's retries) reads them at each attempt. No other role may read them.
+ */
+export function grantWebhookSecrets(grantee: iam.IGrantable, bucket: s3.IBucket, use: 'manage' | 'sign'): void {
+  grantPrefix(grantee, bucket, WEBHOOK_SECRETS_PREFIX, use === 'manage' ? ['read', 'write', 'delete'] : ['read']);
 }
 
 /**

@@ -12,7 +12,7 @@ import type { Construct } from 'constructs';
 import { BUCKET_PREFIXES, ENV, MAX_RECEIVE_COUNT, type StageConfig } from './config.ts';
 import { type ApiHandlerRef, ClipagDashboard } from './dashboard.ts';
 import { GpuQueueWorker } from './gpu-queue-worker.ts';
-import { grantDeadLetterSweep, grantListBucket, grantPrefix } from './grants.ts';
+import { grantDeadLetterSweep, grantListBucket, grantPrefix, grantWebhookSecrets } from './grants.ts';
 import { REPO_ROOT, WORKER_DOCKERFILE } from './paths.ts';
 import { QueueAlarms, type QueuedJobSweepRef } from './queue-alarms.ts';
 
@@ -240,6 +240,8 @@ export class WorkerStack extends Stack {
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read']);
     // The operator's policy document: its output rules are checked on every image (ADR 0017).
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.config, ['read']);
+    // A job's first webhook attempt is signed with its account's secret too (ADR 0028).
+    grantWebhookSecrets(taskRole, bucket, 'sign');
     grantListBucket(taskRole, bucket);
     // Malformed messages are forwarded to the DLQ explicitly (they never parse, so waiting
     // for three receives would only delay them), and the idle worker sweeps it for jobs whose

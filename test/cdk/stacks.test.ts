@@ -719,7 +719,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
           continue;
         }
         for (const r of asArray(statement.Resource)) {
-          const suffix = JSON.stringify(r).match(/"\/([a-z]+(?:\/[a-z]+)*\/\*)"/)?.[1];
+          const suffix = JSON.stringify(r).match(/"\/([a-z-]+(?:\/[a-z-]+)*\/\*)"/)?.[1];
           out.push(`${action} ${suffix ?? 'WHOLE-BUCKET'}`);
         }
       }
@@ -743,6 +743,9 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:GetObject stats/*',
         's3:GetObject usage/*',
         's3:GetObject config/*',
+        's3:GetObject webhook-secrets/*',
+        's3:PutObject webhook-secrets/*',
+        's3:DeleteObject webhook-secrets/*',
         's3:ListBucket WHOLE-BUCKET',
       ].sort(),
     );
@@ -773,7 +776,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
 
   it('gives the queued-job sweeper records, the pending markers (delete, and put back when a job was re-queued meanwhile), the images of a job it expires (delete) and send; nothing else', () => {
     expect(s3Grants(api, 'QueuedJobSweeperServiceRoleDefaultPolicy')).toEqual(
-      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:PutObject pending/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:DeleteObject outputs/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
+      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:PutObject pending/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:DeleteObject outputs/*', 's3:GetObject webhook-secrets/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
     );
     const sqs = policyStatements(api)
       .filter(({ owner }) => owner.startsWith('QueuedJobSweeperServiceRoleDefaultPolicy'))
@@ -801,6 +804,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:DeleteObject pending/active/*',
         's3:PutObject pending/outputs/*',
         's3:DeleteObject pending/outputs/*',
+        's3:GetObject webhook-secrets/*',
         's3:ListBucket WHOLE-BUCKET',
       ].sort(),
     );

@@ -218,8 +218,9 @@ describe('the API', () => {
   it('the OpenAPI document tells a receiver to answer non-2xx for a generation id it does not know yet (the event can beat the POST\'s answer, and its secret)', async () => {
     const doc = (await (await h.app.request('/openapi.json')).json()) as { components: { schemas: Record<string, { properties: Record<string, { description: string }> }> } };
     const description = doc.components.schemas.GenerationRequest!.properties.webhook_url!.description;
-    expect(description).toMatch(/before you have that response \(with `Prefer: wait`/);
-    expect(description).toMatch(/generation id you do not know yet with a non-2xx status .*never a 2xx/);
+    expect(description).toMatch(/account webhook secret \(POST \/v1\/webhook-secret/);
+    expect(description).toMatch(/before it has that response \(with `Prefer: wait`/);
+    expect(description).toMatch(/generation id it does not know yet with a non-2xx status .*never a 2xx/);
     expect(description).toMatch(/https on port 443/);
   });
 
