@@ -31,6 +31,9 @@ function tree(dir: string): Array<{ path: string; dir: boolean; mode: number }> 
   return out;
 }
 
+/** As root with the capability to switch users (a container may drop it): the one way to be another user here. */
+const canRunAsNobody = process.getuid?.() === 0 && spawnSync('true', [], { uid: 65534, gid: 65534 }).error === undefined;
+
 const stores = (dataDir: string) => localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
 
 describe.skipIf(noModes)('what the local adapters write is the owner\'s only', () => {
@@ -88,31 +91,35 @@ describe.skipIf(noModes)('makeDataFolderPrivate (a data folder made by an older 
     return { dataDir, record };
   }
 
-  it('closes the root folder (0700) and nothing else: that alone shuts out everything under it', async () => {
+  it('closes clipag\'s own folders (0700) and nothing else: that alone shuts out everything under them; the data folder keeps its mode', async () => {
     const { dataDir, record } = oldDataFolder('old');
     expect(await makeDataFolderPrivate(dataDir)).toBeUndefined();
-    expect(modeOf(dataDir)).toBe(0o700);
+    expect(modeOf(join(dataDir, 'blobs'))).toBe(0o700);
+    expect(modeOf(dataDir)).toBe(0o755); // it may be a folder of the user's that others rightly read
     expect(modeOf(record)).toBe(0o644); // not walked
     expect(await makeDataFolderPrivate(dataDir)).toBeUndefined(); // already private: nothing to say
   });
 
-  it('any command that opens the local stores (models push, keys, usage, policy, dlq), not only serve, closes it', async () => {
+  it('any command that opens the local stores (models push, keys, usage, policy, dlq), not only serve, closes them', async () => {
     const { dataDir } = oldDataFolder('old-cli');
     await stores(dataDir);
-    expect(modeOf(dataDir)).toBe(0o700);
+    expect(modeOf(join(dataDir, 'blobs'))).toBe(0o700);
   });
 
-  it('leaves a shared folder with the sticky bit (/tmp given as the data folder) as it is, and says why', async () => {
+  it('a folder of the user\'s given as the data folder (--data ., /tmp) keeps its mode and its other contents', async () => {
     const dataDir = join(root, 'sticky');
-    mkdirSync(dataDir);
+    mkdirSync(join(dataDir, 'site'), { recursive: true });
     chmodSync(dataDir, 0o1777);
-    expect(await makeDataFolderPrivate(dataDir)).toMatch(new RegExp(`^the data folder ${dataDir} \\(mode 1777\\) is a shared folder \\(sticky bit\\): left as it is.*use a folder of your own`));
-    expect(modeOf(dataDir)).toBe(0o1777);
+    chmodSync(join(dataDir, 'site'), 0o755);
+    mkdirSync(join(dataDir, 'queue'), { mode: 0o755 });
+    chmodSync(join(dataDir, 'queue'), 0o755);
+    expect(await makeDataFolderPrivate(dataDir)).toBeUndefined();
+    expect([modeOf(dataDir), modeOf(join(dataDir, 'site')), modeOf(join(dataDir, 'queue'))]).toEqual([0o1777, 0o755, 0o700]);
   });
 
-  // The proof that counts: another user (uid 65534) reads the old record, and cannot once the root is closed.
+  // The proof that counts: another user (uid 65534) reads the old record, and cannot once clipag's folders are closed.
   // Only root can run a command as another user; elsewhere the mode checks above stand for it.
-  it.skipIf(process.getuid?.() !== 0)('another user of the machine can read an old data folder\'s job record before, and not after', async () => {
+  it.skipIf(!canRunAsNobody)('another user of the machine can read an old data folder\'s job record before, and not after', async () => {
     const { dataDir, record } = oldDataFolder('old-other-user');
     const catAsNobody = () => spawnSync('cat', [record], { uid: 65534, gid: 65534, encoding: 'utf8' });
     const before = catAsNobody();

@@ -1,5 +1,5 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 
 /**
  * Modes of everything the local adapters write under a data folder. Job records there hold prompts,
@@ -20,36 +20,40 @@ export function mkdirPrivate(dir: string): Promise<string | undefined> {
   return mkdir(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
 }
 
+/** The folders clipag makes in a data folder, which hold everything but its two 0600 secret files. */
+const OWN_FOLDERS = ['blobs', 'queue', 'model-cache'];
+
 /**
- * Makes an existing data folder 0700, for data folders made by older versions (0755, their files 0644):
- * with its root closed, nobody else can reach anything under it, whatever the modes of the files
- * inside, so this one chmod is enough and nothing under it is walked. Returns, in words for a warning,
- * why it was left as it is; undefined when it is private now (or already was).
- *
- * A folder with the sticky bit (`/tmp`, given as the data folder by mistake) is shared by design:
- * it is never changed, as closing it would break every other user of it.
+ * Makes clipag's own folders in an existing data folder 0700, for data folders made by older versions
+ * (0755 folders, 0644 files): with those folders closed, nobody else can reach anything under them,
+ * whatever the modes of the files inside, so nothing is walked. The data folder itself is left as it
+ * is: it may be a folder of the user's (`--data .`, a project folder, /opt) that others rightly read;
+ * the only files clipag keeps directly in it (signing-secret, local-api-key) are 0600. A new data folder
+ * is made 0700 by whoever creates it. Returns, in words for a warning, why a folder was left open;
+ * undefined when all are private now (or already were).
  */
 export async function makeDataFolderPrivate(dataDir: string): Promise<string | undefined> {
-  const dir = resolve(dataDir);
   if (process.platform === 'win32') return undefined; // no such modes there: ACLs decide
-  let info;
-  try {
-    info = await stat(dir);
-  } catch (error) {
-    return `cannot check the mode of the data folder ${dir} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`;
+  const problems: string[] = [];
+  for (const name of OWN_FOLDERS) {
+    const dir = join(resolve(dataDir), name);
+    let info;
+    try {
+      info = await stat(dir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // made 0700 when first needed
+      problems.push(`${dir} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+      continue;
+    }
+    if (!info.isDirectory() || (info.mode & 0o077) === 0) continue;
+    try {
+      await chmod(dir, PRIVATE_DIR_MODE);
+    } catch (error) {
+      problems.push(`${dir} (mode ${(info.mode & 0o7777).toString(8)}; chmod 700: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+    }
   }
-  if (!info.isDirectory() || (info.mode & 0o077) === 0) return undefined;
-  const shown = (info.mode & 0o7777).toString(8);
-  if (info.mode & 0o1000) {
-    return `the data folder ${dir} (mode ${shown}) is a shared folder (sticky bit): left as it is, and other users of this machine may read what was stored there before; use a folder of your own (--data DIR or CLIPAG_DATA_DIR)`;
-  }
-  try {
-    await chmod(dir, PRIVATE_DIR_MODE);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-    return `cannot make the data folder ${dir} private (chmod 700: ${code}); it stays mode ${shown}, and other users of this machine may read the prompts, images and webhook secrets in it`;
-  }
-  return undefined;
+  if (problems.length === 0) return undefined;
+  return `cannot make the data folder's own folders private: ${problems.join('; ')}; other users of this machine may read the prompts, images and webhook secrets in them`;
 }
 
 /** Data folders already warned about, in this process: said once, whichever command opens them. */
