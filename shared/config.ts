@@ -83,6 +83,17 @@ const Common = {
    * 0: no budget. Counted where the request rate is.
    */
   maxWaits: intIn(0, 1_000_000, 0),
+  /**
+   * The ports a webhook URL may name ("443,8443"), while webhookAllowPrivate is off (AWS; local mode on
+   * a public address): any port would make `last_error` a port scanner of public hosts (ADR 0013).
+   * Default 443 alone.
+   */
+  webhookPorts: z
+    .string()
+    .regex(/^\d{1,5}( *, *\d{1,5})*$/, 'must be ports separated by commas, such as 443,8443')
+    .transform((v) => [...new Set(v.split(',').map((p) => Number(p.trim())))])
+    .refine((ports) => ports.every((p) => p >= 1 && p <= 65535), 'every port must be 1-65535')
+    .default([443]),
 };
 
 const LocalConfig = z.object({
@@ -107,16 +118,6 @@ const AwsConfig = z.object({
   mode: z.literal('aws'),
   /** Never by default in AWS: a webhook must not reach the instance metadata service or the VPC. */
   webhookAllowPrivate: flag(false),
-  /**
-   * The ports a webhook URL may name ("443,8443"), while webhookAllowPrivate is off: any port would make
-   * `last_error` a port scanner of public hosts (ADR 0013). Default 443 alone.
-   */
-  webhookPorts: z
-    .string()
-    .regex(/^\d{1,5}( *, *\d{1,5})*$/, 'must be ports separated by commas, such as 443,8443')
-    .transform((v) => [...new Set(v.split(',').map((p) => Number(p.trim())))])
-    .refine((ports) => ports.every((p) => p >= 1 && p <= 65535), 'every port must be 1-65535')
-    .default([443]),
   /** As in local mode, but 0 unless set: a wait must end before the API Lambda's timeout, which the CDK knows. */
   maxWaitSec: intIn(0, 900, 0),
   region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'must be an AWS region such as eu-west-1'),

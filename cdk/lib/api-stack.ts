@@ -78,6 +78,7 @@ export class ApiStack extends Stack {
       [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
       [ENV.queueRetention]: String(config.queueRetentionDays * 24 * 3600),
       [ENV.maxActiveJobs]: String(config.maxActiveJobsPerAccount),
+      [ENV.webhookPorts]: config.webhookPorts.join(','),
       // Prefer: wait holds a request open: it must answer before the Lambda (and API Gateway's 30 s) cut it.
       [ENV.maxWaitSec]: String(Math.max(0, config.lambdaTimeoutSeconds - 3)),
       [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),

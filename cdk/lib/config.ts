@@ -35,6 +35,11 @@ export interface StageConfig {
   readonly jobTimeoutSeconds: number;
   /** Generations one account may have queued or running at once (the API's CLIPAG_MAX_ACTIVE_JOBS, ADR 0016). */
   readonly maxActiveJobsPerAccount: number;
+  /**
+   * The ports a webhook URL may name (CLIPAG_WEBHOOK_PORTS of the API, the sweep and the workers alike:
+   * were they to differ, events would be accepted at POST and fail at every send). ADR 0013.
+   */
+  readonly webhookPorts: readonly number[];
 
   // ---- API -----------------------------------------------------------------
   readonly apiThrottleRatePerSecond: number;
@@ -127,6 +132,7 @@ const dev: StageConfig = {
   queueRetentionDays: 4,
   jobTimeoutSeconds: 3600,
   maxActiveJobsPerAccount: 100,
+  webhookPorts: [443],
   apiThrottleRatePerSecond: 10,
   apiThrottleBurst: 20,
   rateLimitPerMinute: 300,
@@ -345,6 +351,7 @@ function validate(cfg: StageConfig): void {
   // A received message stays hidden for at most 12 h: the run and one timeout after it must fit (ADR 0023).
   if (cfg.jobTimeoutSeconds + cfg.visibilityTimeoutSeconds > 43_200) problems.push('jobTimeoutSeconds + visibilityTimeoutSeconds must be <= 43200 (SQS hides a message for at most 12 h)');
   if (cfg.maxActiveJobsPerAccount > 1000) problems.push('maxActiveJobsPerAccount must be <= 1000');
+  if (cfg.webhookPorts.length === 0 || !cfg.webhookPorts.every((p) => Number.isInteger(p) && p >= 1 && p <= 65535)) problems.push('webhookPorts must be one or more ports in 1-65535');
   // 0 is allowed (no limit), so it is not one of the positive integers above.
   for (const field of ['rateLimitPerMinute', 'uploadsPerHour', 'maxWaitsPerAccount'] as const) {
     const value = cfg[field];
@@ -411,6 +418,8 @@ export const ENV = {
   jobTimeout: 'CLIPAG_JOB_TIMEOUT_SEC',
   /** API: generations one account may have queued or running (jobs beyond get 429). */
   maxActiveJobs: 'CLIPAG_MAX_ACTIVE_JOBS',
+  /** API, sweep and workers: the ports a webhook URL may name (webhookPorts). */
+  webhookPorts: 'CLIPAG_WEBHOOK_PORTS',
   /** API: the longest `Prefer: wait` honoured (a few seconds under the Lambda's timeout). */
   maxWaitSec: 'CLIPAG_MAX_WAIT_SEC',
   /** One worker's price per hour: `usage.cost_usd` of generations and the cost in estimates. */

@@ -212,6 +212,7 @@ export class WorkerStack extends Stack {
         [ENV.outputRetention]: String(config.outputRetentionDays),
         // The links in the completion webhooks the worker sends live as long as the API's.
         [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
+        [ENV.webhookPorts]: config.webhookPorts.join(','),
         // EC2-launched containers do not get a region from ECS, and SDK v3 does not ask IMDS.
         [ENV.region]: this.region,
       },

@@ -35,6 +35,7 @@ export async function localDeps(
       signedUrlTtlSec: config.signedUrlTtlSec,
       uploadUrlTtlSec: config.uploadUrlTtlSec,
       webhookAllowPrivate: config.webhookAllowPrivate,
+      webhookPorts: config.webhookPorts,
       maxActiveJobs: config.maxActiveJobs,
       maxWaitSec: config.maxWaitSec,
       rateLimitPerMin: config.rateLimitPerMin,

@@ -437,11 +437,16 @@ describe('WorkerStack', () => {
     expect(td.Properties.ContainerDefinitions[0].StopTimeout).toBeGreaterThanOrEqual(120);
     const names = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name).sort();
     expect(names).toEqual(
-      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.jobTimeout, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.outputRetention, ENV.signedUrlTtl, ENV.region, ENV.defaultModel].sort(),
+      [ENV.mode, ENV.stage, ENV.bucket, ENV.queueUrl, ENV.dlqUrl, ENV.visibilityTimeout, ENV.maxReceiveCount, ENV.jobTimeout, ENV.stopTimeout, ENV.executionProvider, ENV.workerHourlyUsd, ENV.outputRetention, ENV.signedUrlTtl, ENV.webhookPorts, ENV.region, ENV.defaultModel].sort(),
     );
     // The model the API defaults to is the one the worker warms (ADR 0020).
     const env = td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string; Value: unknown }>;
     expect(env.find((e) => e.Name === ENV.defaultModel)?.Value).toBe('toy');
+    // The webhook ports the API accepts at POST are the ones the sweep and the workers send to (ADR 0013).
+    const lambdaPorts = resources(api)
+      .filter(([id, r]) => r.Type === 'AWS::Lambda::Function' && (id.startsWith('Handler') || id.startsWith('QueuedJobSweeper')))
+      .map(([, r]) => r.Properties.Environment.Variables[ENV.webhookPorts]);
+    expect([...lambdaPorts, env.find((e) => e.Name === ENV.webhookPorts)?.Value]).toEqual(['443', '443', '443']);
   });
 
   it('takes the default model from the stage config, and refuses a name no model can have', () => {

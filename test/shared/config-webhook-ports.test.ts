@@ -23,10 +23,14 @@ describe('CLIPAG_WEBHOOK_PORTS', () => {
     }
   });
 
-  it('reaches the sender: a port not listed is refused before any lookup; local mode has no such list', async () => {
+  it('reaches the sender: a port not listed is refused before any lookup; local mode on a public address has the same list', async () => {
     const attempt = (config: Parameters<typeof webhookDeliveryFromConfig>[0], url: string) => webhookDeliveryFromConfig(config).send({ url, headers: {}, body: '{}' });
     await expect(attempt(aws(), 'https://hooks.example.com:8443/x')).rejects.toThrow(/port 8443 is not allowed here: webhooks go to port 443 only/);
     await expect(attempt(aws({ CLIPAG_WEBHOOK_PORTS: '8443' }), 'https://hooks.example.com/x')).rejects.toThrow(/port 443 is not allowed here: webhooks go to port 8443 only$/);
-    expect('webhookPorts' in parseConfig({})).toBe(false);
+    // Local mode: the list binds only where private addresses are refused (a public host); on loopback any port.
+    expect(parseConfig({})).toMatchObject({ mode: 'local', webhookAllowPrivate: true, webhookPorts: [443] });
+    const publicLocal = parseConfig({ CLIPAG_HOST: '0.0.0.0', CLIPAG_WEBHOOK_PORTS: '443,8443' });
+    expect(publicLocal).toMatchObject({ webhookAllowPrivate: false, webhookPorts: [443, 8443] });
+    await expect(attempt(publicLocal as Parameters<typeof webhookDeliveryFromConfig>[0], 'https://hooks.example.com:9443/x')).rejects.toThrow(/port 9443 is not allowed here: webhooks go to port 443 or 8443 only/);
   });
 });
