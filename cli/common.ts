@@ -264,10 +264,10 @@ function checkedOutputFile(path: string, flag: string): string {
  * and renamed over `path`. A write that fails (a full disk, a file-size limit, Ctrl-C) leaves the file
  * that was there as it was, never half an image.
  */
-export function writeWhole(path: string, bytes: Uint8Array): void {
+export function writeWhole(path: string, bytes: Uint8Array, mode = 0o644): void {
   const temporary = join(dirname(path), `.${basename(path)}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`);
   try {
-    const fd = openSync(temporary, 'wx', 0o644);
+    const fd = openSync(temporary, 'wx', mode);
     try {
       for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at, bytes.length - at);
       fsyncSync(fd);

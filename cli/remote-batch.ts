@@ -4,9 +4,9 @@
 // whatever the reason, is resumed by running the same command again: no line is made twice), the
 // images downloaded as each line ends, and a results file, in the input's order, for the pipeline
 // to read. Retries and Retry-After live in api-client.ts, as for `generate`.
-import { createHash, randomUUID } from 'node:crypto';
-import { appendFileSync, chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
+import { appendFileSync, chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { canonicalJson } from '../functions/idempotency.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
@@ -197,7 +197,8 @@ async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, d
   };
   await Promise.all(Array.from({ length: Math.min(parallel, lines.length) }, runner));
 
-  writePrivate(join(dir, RESULTS), new TextEncoder().encode(states.map((st) => `${JSON.stringify(resultOf(st))}\n`).join('')));
+  // The owner's only from its first byte: it holds the lines' webhook secrets.
+  writeWhole(join(dir, RESULTS), new TextEncoder().encode(states.map((st) => `${JSON.stringify(resultOf(st))}\n`).join('')), SECRET_FILE_MODE);
   return summarize(io, states, stop, file, dir, values);
 }
 
@@ -540,23 +541,6 @@ function outcome(st: LineState): Partial<LineState> {
   return { status: st.status, files: st.files, seeds: st.seeds, clip_scores: st.clip_scores, withheld: st.withheld, cost_usd: st.cost_usd, error: st.error, generation_id: st.generation_id, webhook_secret: st.webhook_secret };
 }
 
-/** As writeWhole (a temporary file renamed over PATH), but the owner's only from its first byte. */
-function writePrivate(path: string, bytes: Uint8Array): void {
-  const temporary = join(dirname(path), `.${basename(path)}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`);
-  try {
-    const fd = openSync(temporary, 'wx', SECRET_FILE_MODE);
-    try {
-      for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at, bytes.length - at);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(temporary, path);
-  } catch (e) {
-    rmSync(temporary, { force: true });
-    throw e;
-  }
-}
 
 /** The generation has ended: its images written (each whole), the line's state filled in. */
 async function settle(s: Session, line: Line, st: LineState, g: Generation, dir: string): Promise<void> {

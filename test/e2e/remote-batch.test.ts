@@ -4,7 +4,7 @@
 // --retry-failed makes a failed line again; bad lines are refused before any request; --timeout with
 // generations going on (an API without a worker) says how to resume, and the resume finds them.
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -439,9 +439,16 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     const ac = new AbortController();
     const before = (await listed(api.url, key)).length;
     const run = batch([file, '--parallel', '2'], { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key }, ac.signal);
-    // Both in flight have their generation (each POST answers at once), then Ctrl-C. Waited for as long
-    // as it takes (the test's own timeout bounds it): on a loaded machine the CLI's start alone took 5 s.
-    while ((await listed(api.url, key)).length < before + 2) await new Promise((r) => setTimeout(r, 50));
+    // Both in flight have their generation and the run knows it (its journal says submitted: a job the API
+    // lists may still be a POST whose answer the run has not read), then Ctrl-C. Waited for as long as it
+    // takes (the test's own timeout bounds it): on a loaded machine the CLI's start alone took 5 s.
+    const submitted = () => {
+      const journal = join(work, 'interrupted', 'journal.jsonl');
+      if (!existsSync(journal)) return 0;
+      return new Set(readFileSync(journal, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { stem: string; status?: string }).filter((r) => r.status === 'submitted').map((r) => r.stem)).size;
+    };
+    while (submitted() < 2) await new Promise((r) => setTimeout(r, 50));
+    expect((await listed(api.url, key)).length).toBe(before + 2);
     ac.abort();
     const done = await run;
     expect(done.code).toBe(130);
