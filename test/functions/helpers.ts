@@ -72,7 +72,7 @@ export async function harness(overrides: { queue?: JobQueue } = {}): Promise<Har
       }
       return Promise.resolve(app.request(path, { ...rest, headers }));
     },
-    close: () => rm(dir, { recursive: true, force: true }),
+    close: () => rm(dir, { recursive: true, force: true, maxRetries: 3 }), // retried: a straggling write (a worker stopping) can refill a folder mid-removal
   };
 }
 

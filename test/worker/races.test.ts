@@ -104,6 +104,7 @@ describe('deliveries of one job racing', () => {
       expect((await h.request(`/v1/generations/${id}`, { method: 'DELETE' })).status).toBe(200);
       expect(await listKeys(h.blobs, `outputs/acct_alice/${id}/`)).toEqual([]);
     } finally {
+      await stopWorkers(); // before the folder goes: a worker still polling writes into it (ENOTEMPTY)
       await h.close();
     }
   });
@@ -249,6 +250,7 @@ describe('images of an attempt superseded while it stored them', () => {
       expect(await listKeys(h.blobs, pendingJobKey('outputs', 'acct_alice', id))).toEqual([]);
       expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'succeeded', deleted_at: expect.any(String) });
     } finally {
+      await stopWorkers(); // before the folder goes: a worker still polling writes into it (ENOTEMPTY)
       await h.close();
     }
   });
@@ -265,6 +267,7 @@ describe('images of an attempt superseded while it stored them', () => {
       expect(await listKeys(h.blobs, prefix)).toEqual([`${prefix}0.png`, `${prefix}frames/0/0000_64x64.png`]);
       expect(await listKeys(h.blobs, pendingJobKey('outputs', 'acct_alice', id))).toEqual([]);
     } finally {
+      await stopWorkers(); // before the folder goes: a worker still polling writes into it (ENOTEMPTY)
       await h.close();
     }
   });
