@@ -24,6 +24,12 @@ export interface TowerOptions {
   weightsAs?: 'initializer' | 'input';
   /** Weight value names created so far, so both towers can share a builder. */
   weightNames?: Map<string, string>;
+  /**
+   * The image tower's token layout: 'seq-first' [L, B, D] (the default: onnxruntime then reads the
+   * attention heads in place, see TowerEmitter.scaledDotAttention) or 'batch-first' [B, L, D], the
+   * text tower's. The same function either way; tests check one against the other.
+   */
+  imageLayout?: 'seq-first' | 'batch-first';
 }
 
 const LN_EPS = 1e-5;
@@ -52,7 +58,11 @@ export function castTensor(t: TensorData, dtype: DType, opts: { shared?: boolean
 
 class TowerEmitter {
   readonly names: Map<string, string>;
-  constructor(readonly b: GraphBuilder, readonly weights: WeightLookup, readonly opts: TowerOptions) {
+  /**
+   * `seqFirst`: the residual stream's tokens are [L, B, D] (the image tower's default layout) rather
+   * than [B, L, D] (the text tower's). Only the attention's head layout depends on it.
+   */
+  constructor(readonly b: GraphBuilder, readonly weights: WeightLookup, readonly opts: TowerOptions, readonly seqFirst = false) {
     this.names = opts.weightNames ?? new Map();
   }
 
@@ -88,40 +98,51 @@ class TowerEmitter {
     return b.mul(b.mul(x, b.scalar(0.5, dt)), b.add(erf, b.scalar(1, dt)));
   }
 
+  /** The token axis of the residual stream. */
+  get seqAxis(): number {
+    return this.seqFirst ? 0 : 1;
+  }
+
   /**
-   * Splits a packed projection [B, L, n·D] into n head-major tensors [B, H, L, hd]: a Split along the
-   * last axis, then a Reshape and a 4-D Transpose per part. (One 5-D Transpose of the packed tensor
-   * and a Split along its leading axis saved 3 % of the 8-view step, but the gradient's 5-D transposes
-   * cost more than that at 32 views.)
+   * Splits a packed projection [·, ·, n·D] (tokens in the stream's layout) into n per-head views
+   * [·, ·, H, hd]: a Split along the last axis and a Reshape (no copy) per part. The head-major
+   * layout is left to scaledDotAttention's Transposes.
    */
   headsFromPacked(packed: string, n: number, heads: number): string[] {
     const b = this.b;
-    const [B, L, nD] = b.shape(packed);
+    const [d0, d1, nD] = b.shape(packed);
     const D = nD / n, hd = D / heads;
     const parts = b.op('Split', [packed, b.ints(new Array(n).fill(D))], { axis: A.i(-1) }, { outputs: n });
-    return parts.map((p) => b.transpose(b.reshape(p, [B, L, heads, hd]), [0, 2, 1, 3]));
+    return parts.map((p) => b.reshape(p, [d0, d1, heads, hd]));
   }
 
   /**
-   * Scaled dot-product attention on head-major q [B,H,Lq,hd], k and v [B,H,L,hd] → [B, Lq, H·hd].
-   * The 1/√hd scale sits on the scores, right after their MatMul, where onnxruntime folds it into the
-   * product (FusedMatMul's alpha); so does the key's last-two-axes Transpose (transB).
+   * Scaled dot-product attention on per-head views q [·,·,H,hd] (Lq tokens), k and v (L tokens), in
+   * the stream's layout → [·, ·, H·hd] in that layout. The head-major operands are Transposes that
+   * onnxruntime folds into the products (FusedMatMul's transA/transB, and in the sequence-first
+   * layout transBatchA/transBatchB: [L, B, H, hd] is read as B·H matrices of L rows in place); so
+   * is the 1/√hd scale on the scores (alpha). Sequence first, only the context's Transpose back to
+   * the stream's layout is a copy in the forward pass, and in the gradient only dQ, dK, dV's.
    */
-  scaledDotAttention(qh: string, kh: string, vh: string, mask?: string): string {
+  scaledDotAttention(q: string, k: string, v: string, mask?: string): string {
     const b = this.b;
-    const [B, H, Lq, hd] = b.shape(qh);
-    let scores = b.mul(b.matmul(qh, b.transpose(kh, [0, 1, 3, 2])), b.scalar(1 / Math.sqrt(hd), this.opts.dtype)); // [B,H,Lq,L]
+    const [q0, q1, H, hd] = b.shape(q);
+    const toHeads = this.seqFirst ? [1, 2, 0, 3] : [0, 2, 1, 3]; // → [B, H, L, hd]
+    const toHeadsT = this.seqFirst ? [1, 2, 3, 0] : [0, 2, 3, 1]; // → [B, H, hd, L]
+    const fromHeads = this.seqFirst ? [2, 0, 1, 3] : [0, 2, 1, 3]; // [B, H, L, hd] → the stream's layout
+    const qh = b.transpose(q, toHeads), khT = b.transpose(k, toHeadsT), vh = b.transpose(v, toHeads);
+    let scores = b.mul(b.matmul(qh, khT), b.scalar(1 / Math.sqrt(hd), this.opts.dtype)); // [B,H,Lq,L]
     if (mask) scores = b.add(scores, mask);
     const attn = b.op1('Softmax', [scores], { axis: A.i(-1) });
-    return b.reshape(b.transpose(b.matmul(attn, vh), [0, 2, 1, 3]), [B, Lq, H * hd]);
+    return b.reshape(b.transpose(b.matmul(attn, vh), fromHeads), [q0, q1, H * hd]);
   }
 
-  /** nn.MultiheadAttention on [B, L, D] (batch-first; the official code's LND permutes cancel out). */
+  /** nn.MultiheadAttention on the token stream, in either layout (the official code runs it sequence first). */
   attention(x: string, prefix: string, heads: number, mask?: string): string {
     const b = this.b;
     const qkv = b.add(b.matmul(x, b.transpose(this.w(`${prefix}.in_proj_weight`), [1, 0])), this.w(`${prefix}.in_proj_bias`));
-    const [qh, kh, vh] = this.headsFromPacked(qkv, 3, heads);
-    const ctx = this.scaledDotAttention(qh!, kh!, vh!, mask);
+    const [q, k, v] = this.headsFromPacked(qkv, 3, heads);
+    const ctx = this.scaledDotAttention(q!, k!, v!, mask);
     return b.add(b.matmul(ctx, b.transpose(this.w(`${prefix}.out_proj.weight`), [1, 0])), this.w(`${prefix}.out_proj.bias`));
   }
 
@@ -133,23 +154,23 @@ class TowerEmitter {
   resblockClsOnly(x: string, prefix: string, heads: number, act: ClipArch['activation']): string {
     const b = this.b;
     return b.scope(prefix, () => {
-      const [B, L, D] = b.shape(x);
-      const hd = D / heads;
+      const D = b.shape(x)[2];
+      const t = this.seqAxis;
       const ln = this.layerNorm(x, `${prefix}.ln_1`);
-      const lnCls = b.slice(ln, [0], [1], [1]); // [B,1,D]
+      const lnCls = b.slice(ln, [0], [1], [t]); // the class token
       const w = this.w(`${prefix}.attn.in_proj_weight`), bias = this.w(`${prefix}.attn.in_proj_bias`);
       // q from the class token only; k and v from every token (slices of the packed projection).
       const wq = b.transpose(b.slice(w, [0], [D], [0]), [1, 0]);
       const wkv = b.transpose(b.slice(w, [D], [3 * D], [0]), [1, 0]);
       const q = b.add(b.matmul(lnCls, wq), b.slice(bias, [0], [D], [0]));
       const kv = b.add(b.matmul(ln, wkv), b.slice(bias, [D], [3 * D], [0]));
-      const [kh, vh] = this.headsFromPacked(kv, 2, heads);
-      const qh = b.transpose(b.reshape(q, [B, 1, heads, hd]), [0, 2, 1, 3]); // [B,H,1,hd]
-      const ctx = this.scaledDotAttention(qh, kh!, vh!); // [B,1,D]
+      const [k, v] = this.headsFromPacked(kv, 2, heads);
+      const [q0, q1] = b.shape(q);
+      const ctx = this.scaledDotAttention(b.reshape(q, [q0, q1, heads, D / heads]), k!, v!); // one token
       const out = b.add(b.matmul(ctx, b.transpose(this.w(`${prefix}.attn.out_proj.weight`), [1, 0])), this.w(`${prefix}.attn.out_proj.bias`));
-      const h = b.add(b.slice(x, [0], [1], [1]), out);
+      const h = b.add(b.slice(x, [0], [1], [t]), out);
       const m = this.linear(this.gelu(this.linear(this.layerNorm(h, `${prefix}.ln_2`), `${prefix}.mlp.c_fc`), act), `${prefix}.mlp.c_proj`);
-      return b.add(h, m); // [B,1,D]
+      return b.add(h, m); // one token
     });
   }
 
@@ -175,7 +196,8 @@ export interface ImageTowerInput {
  * float64 kernels on the CPU EP (Conv does not), and its gradient needs no ConvTranspose.
  */
 export function buildImageTower(b: GraphBuilder, arch: ClipArch, weights: WeightLookup, input: ImageTowerInput, opts: TowerOptions): string {
-  const e = new TowerEmitter(b, weights, opts);
+  const seqFirst = (opts.imageLayout ?? 'seq-first') === 'seq-first';
+  const e = new TowerEmitter(b, weights, opts, seqFirst);
   const dt = opts.dtype;
   const [B, C, H, W] = b.shape(input.pixels);
   const R = arch.imageResolution, p = arch.visionPatchSize, g = R / p, D = arch.visionWidth;
@@ -189,13 +211,16 @@ export function buildImageTower(b: GraphBuilder, arch: ClipArch, weights: Weight
       const invStd = b.constant({ dtype: dt, dims: [1, 3, 1, 1], data: (dt === 'float64' ? Float64Array : Float32Array).from(input.normalize.std.map((s) => 1 / s)) }, 'inv_std');
       x = b.mul(b.sub(x, mean), invStd);
     }
-    // [B,3,g,p,g,p] → [B,g,g,3,p,p] → [B, g·g, 3·p·p]
-    const patches = b.reshape(b.transpose(b.reshape(x, [B, 3, g, p, g, p]), [0, 2, 4, 1, 3, 5]), [B, g * g, 3 * p * p]);
+    // [B,3,g,p,g,p] → [g,g,B,3,p,p] → [g·g, B, 3·p·p] sequence first (batch first: [B,g,g,3,p,p] → [B, g·g, 3·p·p]).
+    const patches = seqFirst
+      ? b.reshape(b.transpose(b.reshape(x, [B, 3, g, p, g, p]), [2, 4, 0, 1, 3, 5]), [g * g, B, 3 * p * p])
+      : b.reshape(b.transpose(b.reshape(x, [B, 3, g, p, g, p]), [0, 2, 4, 1, 3, 5]), [B, g * g, 3 * p * p]);
     const convW = b.reshape(e.w('visual.conv1.weight'), [D, 3 * p * p]);
-    let tokens = b.matmul(patches, b.transpose(convW, [1, 0])); // [B, g·g, D]
-    const cls = b.op1('Expand', [b.reshape(e.w('visual.class_embedding'), [1, 1, D]), b.ints([B, 1, D])]);
-    tokens = b.concat([cls, tokens], 1);
-    tokens = b.add(tokens, e.w('visual.positional_embedding'));
+    let tokens = b.matmul(patches, b.transpose(convW, [1, 0]));
+    const cls = b.op1('Expand', [b.reshape(e.w('visual.class_embedding'), [1, 1, D]), b.ints(seqFirst ? [1, B, D] : [B, 1, D])]);
+    tokens = b.concat([cls, tokens], e.seqAxis);
+    const pos = e.w('visual.positional_embedding'); // [L, D]
+    tokens = b.add(tokens, seqFirst ? b.reshape(pos, [g * g + 1, 1, D]) : pos);
     tokens = e.layerNorm(tokens, 'visual.ln_pre');
     const last = arch.visionLayers - 1;
     for (let i = 0; i < last; i++) tokens = e.resblock(tokens, `visual.transformer.resblocks.${i}`, arch.visionHeads, arch.activation);
