@@ -3,8 +3,7 @@
 // sweep, checked with the reference `standardwebhooks` library: a receiver holding the account secret
 // or the job's verifies, a rotated secret signs for 24 hours more, an account without one is signed as
 // before, and no other account's secret ever signs.
-import { createServer, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { webhookReceiver, type ReceivedWebhook } from '../helpers/webhook-receiver.ts';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { Webhook } from 'standardwebhooks';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -18,30 +17,10 @@ import { accountSigningSecrets, MAX_PREVIOUS_SECRETS, readAccountWebhookSecret, 
 import { deliverWebhook, httpWebhookSender, signWebhook, webhookNotifier, WEBHOOK_RETRY_DELAYS_SEC, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 
-interface Received {
-  headers: Record<string, string>;
-  body: string;
-}
-
-/** A webhook receiver on 127.0.0.1 that answers `answer` and records every request. */
-let receiver: Server;
-let receiverUrl: string;
-let answer = 200;
-const received: Received[] = [];
-
-beforeAll(async () => {
-  receiver = createServer((req: IncomingMessage, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => (body += c.toString()));
-    req.on('end', () => {
-      received.push({ headers: req.headers as Record<string, string>, body });
-      res.writeHead(answer).end('ok');
-    });
-  });
-  await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
-  receiverUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`;
-});
-afterAll(() => new Promise<void>((r) => receiver.close(() => r())));
+type Received = ReceivedWebhook;
+/** A webhook receiver on 127.0.0.1 that answers `hook.answer` and records every request. */
+const hook = webhookReceiver();
+const received = hook.received;
 
 const HOUR = 3_600_000;
 let h: Harness;
@@ -54,8 +33,7 @@ beforeEach(async () => {
   h = await harness();
   apiOffsetMs = 0;
   deliverOffsetMs = 0;
-  answer = 200;
-  received.length = 0;
+  hook.reset();
 });
 afterEach(() => h.close());
 
@@ -91,7 +69,7 @@ async function status(key = h.alice) {
 
 /** A generation of `key`'s with a webhook to the receiver, ended (canceled); its own secret. */
 async function endedJob(key = h.alice, owner = 'acct_alice'): Promise<{ id: string; secret: string }> {
-  const res = await call('/v1/generations', { method: 'POST', key, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: receiverUrl }) });
+  const res = await call('/v1/generations', { method: 'POST', key, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: hook.url }) });
   expect(res.status).toBe(202);
   const body = (await res.json()) as { id: string; webhook: { secret: string } };
   await h.jobs.update(owner, body.id, (cur) => ({ ...cur, status: 'canceled', cancel_requested: true, finished_at: new Date().toISOString() }));
@@ -336,13 +314,13 @@ describe('delivery with an account secret', () => {
   it('the secrets are read at each attempt: a rotation applies to a retry, and a delete leaves the job secret alone', async () => {
     const a = (await rotate()).body.secret;
     const job = await endedJob();
-    answer = 500;
+    hook.answer = 500;
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', job.id)).toBe('failed');
     const b = (await rotate()).body.secret;
     deliverOffsetMs = WEBHOOK_RETRY_DELAYS_SEC[0] * 1000 + 1000;
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', job.id)).toBe('failed');
     expect((await call('/v1/webhook-secret', { method: 'DELETE' })).status).toBe(200);
-    answer = 200;
+    hook.answer = 200;
     deliverOffsetMs += WEBHOOK_RETRY_DELAYS_SEC[1] * 1000 + 1000;
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', job.id)).toBe('delivered');
     const seen = received.map((e) => [verifies(a, e), verifies(b, e), verifies(job.secret, e)]);

@@ -3,8 +3,9 @@
 // back-off and giving up, one sender among concurrent deliverers, and the sweep's retries.
 import { markPending } from '../../shared/pending.ts';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { webhookReceiver, type ReceivedWebhook } from '../helpers/webhook-receiver.ts';
 import { Webhook } from 'standardwebhooks';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
@@ -32,30 +33,10 @@ import { BlobJobStore } from '../../shared/jobstore.ts';
 import { lostReplyOnce } from '../helpers/lost-reply.ts';
 import { expectEnvelope, harness, LIMITS, queueWithOutage, type Harness } from './helpers.ts';
 
-interface Received {
-  headers: IncomingMessage['headers'];
-  body: string;
-}
-
-/** A webhook receiver on 127.0.0.1 that answers `status` (settable) and records every request. */
-let receiver: Server;
-let receiverUrl: string;
-let answer = 200;
-const received: Received[] = [];
-
-beforeAll(async () => {
-  receiver = createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => (body += c.toString()));
-    req.on('end', () => {
-      received.push({ headers: req.headers, body });
-      res.writeHead(answer).end('ok');
-    });
-  });
-  await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
-  receiverUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`;
-});
-afterAll(() => new Promise<void>((r) => receiver.close(() => r())));
+type Received = ReceivedWebhook;
+/** A webhook receiver on 127.0.0.1 that answers `hook.answer` and records every request. */
+const hook = webhookReceiver();
+const received = hook.received;
 
 let h: Harness;
 let offsetMs: number;
@@ -64,8 +45,7 @@ const clock = () => new Date(Date.now() + offsetMs);
 beforeEach(async () => {
   h = await harness();
   offsetMs = 0;
-  answer = 200;
-  received.length = 0;
+  hook.reset();
 });
 afterEach(() => h.close());
 
@@ -74,7 +54,7 @@ function localApp() {
   return createApp({ ...h.deps, clock, limits: { ...LIMITS, webhookAllowPrivate: true } });
 }
 
-async function postWithWebhook(url = receiverUrl): Promise<{ id: string; secret: string }> {
+async function postWithWebhook(url = hook.url): Promise<{ id: string; secret: string }> {
   const res = await localApp().request('/v1/generations', {
     method: 'POST',
     headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' },
@@ -155,7 +135,7 @@ describe('webhook URL policy', () => {
   });
 
   it('the sender refuses a name that resolves to a private address, and connects to an allowed one', async () => {
-    const port = (receiver.address() as AddressInfo).port;
+    const port = hook.port;
     // Names answer what the test says (no DNS here); the receiver listens on 127.0.0.1.
     const answers: Record<string, string[]> = {
       'loopback.example': ['127.0.0.1'],
@@ -187,14 +167,14 @@ describe('webhook URL policy', () => {
 
   it('the sender never reaches this machine through a literal address, in any spelling', async () => {
     // The receiver listens on 127.0.0.1; with private addresses refused, nothing may arrive.
-    const port = (receiver.address() as AddressInfo).port;
+    const port = hook.port;
     const send = httpWebhookSender({ allowPrivate: false }, { timeoutMs: 1000 });
     for (const host of ['127.0.0.1', '2130706433', '0x7f000001', '0177.0.0.1', '127.1', '0', '[::1]', '[::ffff:127.0.0.1]', '[::ffff:7f00:1]', '169.254.169.254', '10.0.0.1', '[fe80::1]', '[::]']) {
       await expect(send({ url: `https://${host}:${port}/hooks`, headers: {}, body: '{}' }), host).rejects.toThrow(/public address|link-local/);
     }
     // The same receiver over a name, with private addresses allowed (local mode), is reached: the
     // refusals above are the policy, not a dead receiver.
-    expect(await httpWebhookSender({ allowPrivate: true })({ url: receiverUrl, headers: {}, body: '{}' })).toBe(200);
+    expect(await httpWebhookSender({ allowPrivate: true })({ url: hook.url, headers: {}, body: '{}' })).toBe(200);
     await expect(httpWebhookSender({ allowPrivate: true }, { timeoutMs: 1000 })({ url: 'http://169.254.169.254/latest', headers: {}, body: '{}' })).rejects.toThrow(/link-local/);
     expect(received).toHaveLength(1);
   });
@@ -268,15 +248,15 @@ describe('the API', () => {
       app.request('/v1/generations', {
         method: 'POST',
         headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'hook-1' },
-        body: JSON.stringify({ prompt: 'apple', webhook_url: receiverUrl }),
+        body: JSON.stringify({ prompt: 'apple', webhook_url: hook.url }),
       });
     const created = (await (await post()).json()) as any;
-    expect(created.webhook).toEqual({ url: receiverUrl, status: 'pending', attempts: 0, last_error: null, secret: expect.stringMatching(/^whsec_/) });
+    expect(created.webhook).toEqual({ url: hook.url, status: 'pending', attempts: 0, last_error: null, secret: expect.stringMatching(/^whsec_/) });
     expect(created.request.webhook_url).toBeUndefined();
     const replay = (await (await post()).json()) as any;
     expect(replay.webhook.secret).toBe(created.webhook.secret); // a retried POST still learns it
     const got = (await (await app.request(`/v1/generations/${created.id}`, { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
-    expect(got.webhook).toEqual({ url: receiverUrl, status: 'pending', attempts: 0, last_error: null });
+    expect(got.webhook).toEqual({ url: hook.url, status: 'pending', attempts: 0, last_error: null });
     const list = (await (await app.request('/v1/generations', { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
     expect(list.data[0].webhook.secret).toBeUndefined();
     // The webhook marker is written with the job; the message marker went with the send.
@@ -309,8 +289,8 @@ describe('delivery', () => {
   });
 
   it('deleting the generation keeps only the origin of a settled webhook URL (its path and query may hold tokens); one still owed keeps it until it settles', async () => {
-    const tokenUrl = `${receiverUrl}/T0K3N?sig=s3cr3t`;
-    const origin = `${new URL(receiverUrl).origin}/`;
+    const tokenUrl = `${hook.url}/T0K3N?sig=s3cr3t`;
+    const origin = `${new URL(hook.url).origin}/`;
     const del = (id: string) => localApp().request(`/v1/generations/${id}`, { method: 'DELETE', headers: { Authorization: `Bearer ${h.alice}` } });
     // Delivered, then deleted.
     const sent = await postWithWebhook(tokenUrl);
@@ -320,13 +300,13 @@ describe('delivery', () => {
     expect(view.webhook).toMatchObject({ url: origin, status: 'delivered', attempts: 1 });
     expect(JSON.stringify(await h.jobs.get('acct_alice', sent.id))).not.toMatch(/T0K3N|s3cr3t/);
     // Deleted while owed (its receiver failing): the URL stays for the retries, and goes once it is delivered.
-    answer = 500;
+    hook.answer = 500;
     const owed = await postWithWebhook(tokenUrl);
     await finish(owed.id);
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', owed.id)).toBe('failed');
     await del(owed.id);
     expect((await h.jobs.get('acct_alice', owed.id))!.webhook!.url).toBe(tokenUrl);
-    answer = 200;
+    hook.answer = 200;
     offsetMs += 3_600_000;
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', owed.id)).toBe('delivered');
     expect(JSON.parse(received.at(-1)!.body).data).toMatchObject({ id: owed.id, deleted_at: expect.any(String), outputs: [] }); // it announces the deleted view
@@ -360,7 +340,7 @@ describe('delivery', () => {
   it('a failed attempt backs off per the schedule; after the last one it gives up, and the view says failed', async () => {
     const { id } = await postWithWebhook();
     await finish(id, 'failed');
-    answer = 503;
+    hook.answer = 503;
     for (let attempt = 1; attempt <= WEBHOOK_MAX_ATTEMPTS; attempt++) {
       const result = await deliverWebhook(deliveryDeps(), 'acct_alice', id);
       expect(result).toBe(attempt < WEBHOOK_MAX_ATTEMPTS ? 'failed' : 'gave_up');
@@ -378,14 +358,14 @@ describe('delivery', () => {
     expect(new Set(received.map((r) => r.headers['webhook-id']))).toEqual(new Set([`evt_${id}_failed`])); // one event id throughout
     const view = (await (await h.request(`/v1/generations/${id}`)).json()) as any;
     expect(view.webhook).toMatchObject({ status: 'failed', attempts: WEBHOOK_MAX_ATTEMPTS, last_error: 'HTTP 503' });
-    answer = 200;
+    hook.answer = 200;
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('nothing_to_send');
   });
 
   it('a redirect is a failure (not followed), and an unreachable receiver is recorded as one', async () => {
     const { id } = await postWithWebhook();
     await finish(id);
-    answer = 302;
+    hook.answer = 302;
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', id)).toBe('failed');
     expect((await h.jobs.get('acct_alice', id))!.webhook!.last_error).toBe('HTTP 302');
     const dead = await postWithWebhook('http://127.0.0.1:1/nobody');
@@ -395,7 +375,7 @@ describe('delivery', () => {
     expect((await h.jobs.get('acct_alice', dead.id))!.webhook!.last_error).toBe(COULD_NOT_CONNECT);
     // https to the plain-http receiver (an open port, but no TLS there) reads the same as the closed
     // port: told apart, they would say which ports of a host are open and what listens there.
-    const tls = await postWithWebhook(receiverUrl.replace(/^http:/, 'https:'));
+    const tls = await postWithWebhook(hook.url.replace(/^http:/, 'https:'));
     await finish(tls.id);
     expect(await deliverWebhook(deliveryDeps(), 'acct_alice', tls.id)).toBe('failed');
     expect((await h.jobs.get('acct_alice', tls.id))!.webhook!.last_error).toBe(COULD_NOT_CONNECT);
@@ -560,7 +540,7 @@ describe('name lookups (c-ares, bounded and cancelled: not the threadpool\'s get
   });
 
   it('names whose DNS never answers do not hold up another owner\'s webhook in the same sweep: it is delivered while theirs are still pending', async () => {
-    const port = (receiver.address() as AddressInfo).port;
+    const port = hook.port;
     const early = (await h.keys.create({ name: 'early', owner: 'acct_aaaa' })).secret;
     const app = localApp();
     const createAndCancel = async (key: string, url: string) => {
@@ -599,7 +579,7 @@ describe('name lookups (c-ares, bounded and cancelled: not the threadpool\'s get
   });
 
   it('local mode keeps the system resolver where no DNS servers are named (localhost and the hosts file are what c-ares never reads)', async () => {
-    const port = (receiver.address() as AddressInfo).port;
+    const port = hook.port;
     expect(await httpWebhookSender({ allowPrivate: true }, { timeoutMs: 2000 })({ url: `http://localhost:${port}/hooks`, headers: {}, body: '{}' })).toBe(200);
     expect(received).toHaveLength(1);
   });
@@ -683,10 +663,10 @@ describe('the sweep', () => {
     // Still queued: the marker waits.
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 2, webhooksDelivered: 0 }); // and its active-job marker
     expect((await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' })).status).toBe(200);
-    answer = 500;
+    hook.answer = 500;
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksFailed: 1 });
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksFailed: 0 }); // not due yet
-    answer = 200;
+    hook.answer = 200;
     offsetMs += WEBHOOK_RETRY_DELAYS_SEC[0] * 1000 + 1000;
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 1, webhooksDelivered: 1 });
     expect((await h.blobs.list(PENDING_JOBS_PREFIX)).items.map((i) => i.key)).not.toContain(marker);
@@ -803,7 +783,7 @@ describe('the sweep', () => {
       app.request('/v1/generations', {
         method: 'POST',
         headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': 'hook-503' },
-        body: JSON.stringify({ prompt: 'apple', webhook_url: receiverUrl }),
+        body: JSON.stringify({ prompt: 'apple', webhook_url: hook.url }),
       });
     expect((await post()).status).toBe(503);
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ webhooksDelivered: 0 });

@@ -36,6 +36,7 @@ const canRunAsNobody = process.getuid?.() === 0 && spawnSync('true', [], { uid: 
 
 const stores = (dataDir: string) => localStores({ ...(parseConfig({ CLIPAG_DATA_DIR: dataDir }) as LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' });
 
+// Skipped only on Windows (noModes): it has no POSIX file modes, ACLs decide there.
 describe.skipIf(noModes)('what the local adapters write is the owner\'s only', () => {
   it('a fresh data folder: every folder 0700 and every file 0600, job records with webhook secrets included, whatever the umask lets through', async () => {
     expect(process.umask() & 0o077).not.toBe(0o077); // else this test could not fail
@@ -79,6 +80,7 @@ describe.skipIf(noModes)('what the local adapters write is the owner\'s only', (
   });
 });
 
+// Skipped only on Windows (noModes), as above.
 describe.skipIf(noModes)('makeDataFolderPrivate (a data folder made by an older version)', () => {
   /** A data folder as older versions left it: 0755 folders, a 0644 job record holding a webhook secret. */
   function oldDataFolder(name: string): { dataDir: string; record: string } {
@@ -118,7 +120,8 @@ describe.skipIf(noModes)('makeDataFolderPrivate (a data folder made by an older 
   });
 
   // The proof that counts: another user (uid 65534) reads the old record, and cannot once clipag's folders are closed.
-  // Only root can run a command as another user; elsewhere the mode checks above stand for it.
+  // Only root allowed to switch users can run a command as another user (skipped elsewhere, e.g. a
+  // container that drops CAP_SETUID); there the mode checks above stand for it. It runs here and in CI.
   it.skipIf(!canRunAsNobody)('another user of the machine can read an old data folder\'s job record before, and not after', async () => {
     const { dataDir, record } = oldDataFolder('old-other-user');
     const catAsNobody = () => spawnSync('cat', [record], { uid: 65534, gid: 65534, encoding: 'utf8' });
