@@ -224,6 +224,8 @@ export function numberArg(value: string | undefined, name: string, def: number |
  */
 export function outputFile(path: string, flag: string): string {
   if (path === '') throw new UsageError(`${flag} is empty; give a file name`);
+  // The usual spelling of "standard output" elsewhere: a file named "-" in the working folder is never what was meant.
+  if (path === '-') throw new UsageError(`${flag} - (standard output) is not supported; give a file name`);
   try {
     return checkedOutputFile(path, flag);
   } catch (e) {
@@ -248,7 +250,21 @@ function checkedOutputFile(path: string, flag: string): string {
       out = target;
     }
   }
-  if (existsSync(out) && statSync(out).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out} is a folder; give a file name`);
+  const existing = statSync(out, { throwIfNoEntry: false });
+  if (existing?.isDirectory()) throw new EngineError('invalid_input', `${flag} ${out} is a folder; give a file name`);
+  // The output is renamed over the path (writeWhole): over a device, a pipe or a socket that would put
+  // a plain file in its place (-o /dev/null once replaced the machine's /dev/null).
+  if (existing && !existing.isFile()) {
+    throw new EngineError('invalid_input', `${flag} ${out} is not a regular file (a device, a pipe or a socket); give a file name`);
+  }
+  // A file its owner made read-only is not replaced behind their back (the rename needs only the folder's permission).
+  if (existing) {
+    try {
+      accessSync(out, constants.W_OK);
+    } catch {
+      throw new EngineError('invalid_input', `${flag} ${out} is read-only; make it writable or give another file name`);
+    }
+  }
   const dir = dirname(out);
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out}: the folder ${dir} does not exist`);
   try {

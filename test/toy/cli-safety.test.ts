@@ -1,10 +1,11 @@
 // The CLI loses nothing and says what is wrong (a CLI review): the training verbs write bundles only
 // where asked, whole or not at all (it found `train-toy` writing over the shipped models/toy, in place,
 // without asking); output paths are checked before any work; a wrong command line exits 2.
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished, vi } from 'vitest';
 import { REPO_ROOT, bundleOut, checkpointFile, outputFile, replaceFolder } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
@@ -196,6 +197,46 @@ describe('outputFile', () => {
     expect(outputFile(join(dir, 'link.png'), '-o')).toBe(target);
     symlinkSync(join(dir, 'not-yet.png'), join(dir, 'ahead.png')); // a link to a file not made yet, in a folder that exists
     expect(outputFile(join(dir, 'ahead.png'), '-o')).toBe(join(dir, 'not-yet.png'));
+  });
+});
+
+describe('outputFile refuses what a rename would destroy', () => {
+  it('a pipe (or a device: -o /dev/null once replaced the machine\'s /dev/null) is refused before the run and left as it was', async () => {
+    const fifo = join(dir, 'pipe.png');
+    execFileSync('mkfifo', [fifo]);
+    expect(() => outputFile(fifo, '-o')).toThrow(/-o .*pipe\.png is not a regular file \(a device, a pipe or a socket\)/);
+    expect(() => outputFile('/dev/null', '-o')).toThrow(/-o \/dev\/null is not a regular file/);
+    const r = await runCli(['generate', 'a red circle', '--steps', '1', '-o', fifo]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/is not a regular file/);
+    expect(lstatSync(fifo).isFIFO()).toBe(true);
+    expect(statSync('/dev/null').isCharacterDevice()).toBe(true);
+  });
+
+  it('"-" is refused as a usage error, not written as a file named "-"', async () => {
+    expect(() => outputFile('-', '-o')).toThrow(/-o - \(standard output\) is not supported; give a file name/);
+    const r = await runCli(['generate', 'a red circle', '--steps', '1', '-o', '-']);
+    expect(r.code).toBe(2);
+    expect(existsSync(join(process.cwd(), '-'))).toBe(false);
+  });
+
+  // Root may write any file, so the check is seen only by another user: a child run as nobody.
+  const canRunAsNobody = process.getuid?.() === 0 && spawnSync('true', [], { uid: 65534, gid: 65534 }).error === undefined;
+  it.skipIf(process.getuid?.() === 0 && !canRunAsNobody)('a read-only file is refused, its bytes and mode kept', () => {
+    // Under /tmp itself: the test run's own temporary folder is private, and nobody could not reach it.
+    const folder = mkdtempSync(join(process.getuid?.() === 0 ? '/tmp' : tmpdir(), 'clipag-ro-'));
+    onTestFinished(() => rmSync(folder, { recursive: true, force: true }));
+    const locked = join(folder, 'locked.png');
+    writeFileSync(locked, 'keep me');
+    chmodSync(locked, 0o444);
+    const script = `import { outputFile } from ${JSON.stringify(join(REPO_ROOT, 'cli', 'common.ts'))}; try { outputFile(${JSON.stringify(locked)}, '-o'); console.log('accepted'); } catch (e) { console.log(e.message); }`;
+    const asOther = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+    // nobody may write the folder (and tsx its cache there), only not the file
+    if (process.getuid?.() === 0) chmodSync(folder, 0o777);
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: REPO_ROOT, encoding: 'utf8', env: { ...process.env, TMPDIR: folder }, ...asOther });
+    expect(r.stdout, r.stderr).toMatch(/-o .*locked\.png is read-only; make it writable or give another file name/);
+    expect(readFileSync(locked, 'utf8')).toBe('keep me');
+    expect(statSync(locked).mode & 0o777).toBe(0o444);
   });
 });
 
