@@ -42,6 +42,10 @@ const FRAME_FILE = /^frame-\d{4,}\.png$/;
 
 /** The exit status when the policy's output rules withhold the image (nothing is written). */
 export const WITHHELD_EXIT_CODE = 3;
+/** 128 + SIGINT, as a shell reports Ctrl-C. */
+export const INTERRUPTED_EXIT_CODE = 130;
+/** How much of a prompt the run's first line shows (a 1000-character prompt is not echoed whole). */
+const PROMPT_SHOWN_CHARS = 100;
 
 /** --size, checked against the engine's limits before any model loads: a value out of them is a usage error (exit 2). */
 function parseSize(s: string): [number, number] {
@@ -95,9 +99,11 @@ export async function run(argv: string[]): Promise<number> {
     },
     strict: true,
   });
-  if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag generate "a red apple on a table"');
+  // The example is one the default (toy) model can draw: a first try should not meet an undrawable prompt.
+  if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag generate "a large red circle on the left"');
   // A usage error, as a missing prompt is (and as remote generate says it).
   if (!positionals[0]!.trim()) throw new UsageError('the prompt is empty');
+  if ((values.negative ?? []).some((text) => !text.trim())) throw new UsageError('--negative is empty; give the text to steer away from');
   // Before anything echoes it: a prompt too long to run is refused, not printed twice first.
   for (const text of [positionals[0]!, ...(values.negative ?? [])]) {
     if (text.length > LIMITS.promptChars) throw new EngineError('invalid_input', `a prompt is ${text.length} characters; the limit is ${LIMITS.promptChars}`);
@@ -195,7 +201,8 @@ export async function run(argv: string[]): Promise<number> {
     const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -0.5 }))];
     if (!values.json) {
       // Quoted as JSON: a prompt's control characters (a terminal's escape sequences) are shown, not run.
-      process.stderr.write(`clipag: ${JSON.stringify(positionals[0])} ${width}x${height} with ${engine.name}, seed ${seed}\n`);
+      const shown = positionals[0]!.length > PROMPT_SHOWN_CHARS ? `${positionals[0]!.slice(0, PROMPT_SHOWN_CHARS)}…` : positionals[0]!;
+      process.stderr.write(`clipag: ${JSON.stringify(shown)} ${width}x${height} with ${engine.name}, seed ${seed}\n`);
       // Before the run: a prompt the model cannot read is worth knowing before waiting for it.
       for (const w of [...cliWarnings, ...engine.promptWarnings(prompts.map((p) => p.text))]) process.stderr.write(`warning: ${w}\n`);
       for (const hit of policyHits) process.stderr.write(`content policy (${hit.category}): "${hit.term}" ${hit.message}\n`);
@@ -203,6 +210,14 @@ export async function run(argv: string[]): Promise<number> {
     // The output rules too (ADR 0017): the shipped ones only flag; one that withholds keeps the file unwritten.
     const outputScreen = policy.output;
     const framesWritten: string[] = [];
+    // Ctrl-C stops the run at the next step and cleans up after it (the frames it wrote, the folder it
+    // made), so the same command can run again; a second Ctrl-C ends the process at once.
+    const interrupt = new AbortController();
+    const onSigint = () => {
+      process.off('SIGINT', onSigint);
+      interrupt.abort();
+    };
+    process.on('SIGINT', onSigint);
     const res = await synthesize(
       engine,
       { prompts, width, height, seed, init, recipe, contentWeight: contentWeightArg ?? (values.style ? STYLE_CONTENT_WEIGHT : undefined), screenTexts: outputScreen.concepts },
@@ -220,8 +235,18 @@ export async function run(argv: string[]): Promise<number> {
               }
             }
           : undefined,
+        signal: interrupt.signal,
       },
-    );
+    ).finally(() => process.off('SIGINT', onSigint));
+    if (res.aborted) {
+      for (const path of framesWritten) rmSync(path, { force: true });
+      removeMadeFrames();
+      const earlier = existsSync(out) ? ' (the file already there, from before, is left as it was)' : '';
+      const message = `interrupted after ${res.stepsDone} steps; ${out} was not written${earlier}${framesWritten.length ? `, and the ${framesWritten.length} frames it wrote were removed` : ''}`;
+      if (values.json) console.log(JSON.stringify({ output: null, prompt: positionals[0], error: { code: 'interrupted', message } }));
+      process.stderr.write(`clipag generate: ${message}\n`);
+      return INTERRUPTED_EXIT_CODE;
+    }
     const outputFlags = outputScreen.judge(res.screenCosines, res.scores[0]!.cosine);
     const withheld = outputFlags.find((f) => f.action === 'withhold');
     if (withheld) {
@@ -229,11 +254,13 @@ export async function run(argv: string[]): Promise<number> {
       for (const path of framesWritten) rmSync(path, { force: true });
       removeMadeFrames();
     } else {
+      const existed = existsSync(out);
       try {
         // Whole or not at all: a failed write (a full disk, Ctrl-C) leaves the file that was there.
         writeWhole(out, res.png);
       } catch (e) {
-        throw new EngineError('runtime_failed', `cannot write ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; the file that was there is as it was`);
+        const kept = existed ? 'the file that was there is as it was' : 'nothing was written';
+        throw new EngineError('runtime_failed', `cannot write ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; ${kept}`);
       }
     }
     const summaryJson = {

@@ -289,6 +289,35 @@ describe('clipag generate', () => {
 });
 
 describe('clipag generate keeps what was there', () => {
+  it('Ctrl-C mid-run: exit 130, said on stderr, no image, and the frames folder it made removed, so the same command runs again', async () => {
+    const { spawn } = await import('node:child_process');
+    const frames = join(dir, 'interrupted-frames', 'inner');
+    const out = join(dir, 'interrupted.png');
+    const child = spawn(process.execPath, ['--import', 'tsx', 'bin/clipag.ts', 'generate', 'a red circle', '--steps', '1000', '--seed', '1', '--frames', frames, '-o', out], { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += String(d)));
+    const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+    // Interrupted once the run has written frames (no clock: the frames are the evidence it is running).
+    while (!(existsSync(frames) && readdirSync(frames).length >= 2)) await new Promise((r) => setTimeout(r, 50));
+    child.kill('SIGINT');
+    expect(await exited, stderr).toBe(130);
+    expect(stderr).toMatch(/clipag generate: interrupted after \d+ steps; .*interrupted\.png was not written, and the \d+ frames it wrote were removed/);
+    expect(existsSync(out)).toBe(false);
+    expect(existsSync(join(dir, 'interrupted-frames'))).toBe(false); // both folders it made
+  }, 120_000);
+
+  it('--negative "" is a usage error before the model loads; a failed write with no earlier file says nothing was written', async () => {
+    const r = await runCli(['generate', 'a red circle', '--negative', '', '--model', join(dir, 'no-such-model')]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--negative is empty/);
+    const { spawnSync } = await import('node:child_process');
+    const out = join(dir, 'never-there.png');
+    const w = spawnSync('bash', ['-c', `trap '' XFSZ; ulimit -f 8; exec node --import tsx bin/clipag.ts generate "a large red circle on the left" --steps 1 --seed 2 -o "${out}"`], { cwd: REPO_ROOT, encoding: 'utf8' });
+    expect(w.status, w.stderr).toBe(1);
+    expect(w.stderr).toMatch(/cannot write .*never-there\.png: EFBIG; nothing was written \[runtime_failed\]/);
+    expect(existsSync(out)).toBe(false);
+  }, 60_000);
+
   it('a write that fails (a file-size limit, a full disk) leaves the earlier image whole, and says so', async () => {
     const out = join(dir, 'keep.png');
     const made = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '1', '-o', out]);
