@@ -428,7 +428,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
     },
   });
   // Everything is checked before the first request: a bad flag must not cost an upload or a job.
-  if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag remote generate "a red apple on a table"');
+  if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag remote generate "a large red circle on the left"');
   const prompt = positionals[0]!;
   if (!prompt.trim()) throw new UsageError('the prompt is empty');
   if (prompt.length > PROMPT_MAX_CHARS) throw new UsageError(`the prompt is ${prompt.length} characters; the API takes at most ${PROMPT_MAX_CHARS}`);

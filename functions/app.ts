@@ -3,7 +3,7 @@ import { withSharedResponses } from './openapi-document.ts';
 import { IdempotencyLedger } from './idempotency.ts';
 import { auth } from './middleware/auth.ts';
 import { notFound, onError, validationHook } from './middleware/errors.ts';
-import { bodySizeLimit, requireJson, singleQueryParams, strictListQuery } from './middleware/limits.ts';
+import { bodySizeLimit, declaredQueryOnly, requireJson, singleQueryParams, strictListQuery } from './middleware/limits.ts';
 import { noStore } from './middleware/cache.ts';
 import { headContentLength } from './middleware/head.ts';
 import { CounterBreaker, RateGate, rateLimit } from './middleware/rate-limit.ts';
@@ -65,7 +65,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
             title: 'clipag API',
             version: '1.0.0',
             description:
-              "Generator-free text-to-image: pixels optimized along the gradients of a robust CLIP (CLIPAG). Every 4xx/5xx the app gives has the ErrorEnvelope body; in AWS the gateway's own 429, 500 and 503 have the GatewayError body instead. Every response carries X-Request-Id. Undeclared methods on a path answer 405 method_not_allowed with Allow; HEAD answers as GET without a body.",
+              "Generator-free text-to-image: pixels optimized along the gradients of a robust CLIP (CLIPAG). Every 4xx/5xx the app gives has the ErrorEnvelope body; in AWS the gateway's own 429, 500 and 503 have the GatewayError body instead. Every response carries X-Request-Id. Undeclared methods on a path answer 405 method_not_allowed with Allow; HEAD answers as GET without a body. A /v1 operation refuses a query parameter it does not declare (an operation that declares none refuses any): 400 validation_error, `param` naming it.",
           },
           // Relative to where the document is served: the deployment answering this request.
           servers: [{ url: '/', description: 'This deployment' }],
@@ -119,6 +119,18 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
       : undefined;
   const requestGate = gate(deps.limits.rateLimitPerMin, 60, 'requests');
   if (requestGate) app.use('/v1/*', rateLimit(requestGate));
+  // Each /v1 operation takes the query parameters its route declares (as the document lists them), no
+  // others. A route's query is a z.object (one that is not would have all its parameters refused).
+  app.use(
+    '/v1/*',
+    declaredQueryOnly(() =>
+      app.openAPIRegistry.definitions.flatMap((d) => {
+        if (d.type !== 'route') return [];
+        const query = d.route.request?.query;
+        return [{ method: d.route.method, path: d.route.path, query: query && 'shape' in query ? Object.keys(query.shape) : [] }];
+      }),
+    ),
+  );
   const uploadGate = gate(deps.limits.uploadsPerHour, 3600, 'uploads');
   const waitGate = gate(deps.limits.maxWaits, deps.limits.maxWaitSec ?? 0, 'waits', 'rate limit: an account has used its budget of waits (Prefer: wait not honoured)');
   app.use('/v1/generations', requireJson());

@@ -21,8 +21,12 @@ const GATEWAY_ERROR = {
   properties: { message: { type: 'string', examples: ['Too Many Requests'] } },
   required: ['message'],
   description:
-    "AWS API Gateway's own answer, before the app: its throttle (429 \"Too Many Requests\"), a request that outlived the function (503 \"Service Unavailable\"), a function crash (500). No envelope, no Retry-After and no X-Request-Id: retry with back-off (with the same Idempotency-Key for POST /v1/generations). Not in local mode.",
+    "AWS API Gateway's own answer, before the app: its throttle (429 \"Too Many Requests\"), a body over its 10 MB (413), a request that outlived the function (503 \"Service Unavailable\"), a function crash (500). No envelope, no Retry-After and no X-Request-Id: retry with back-off (with the same Idempotency-Key for POST /v1/generations). Not in local mode.",
 };
+
+const RATE_LIMIT_FIELDS_ON_413 = Object.fromEntries(
+  Object.entries(rateLimitFields).map(([name, field]) => [name, { ...field, description: `${field.description}. Absent on a 413 for a request body over the limit (refused before the key is read)` }]),
+);
 
 /** The operations that read an `init` upload, and what their 400 adds for it. */
 const INIT_UPLOAD_OPERATIONS = new Set(['createGeneration', 'createEstimate']);
@@ -58,6 +62,7 @@ export function withSharedResponses(doc: Json): Json {
             }
           : { description: "The gateway's throttle (GatewayError; AWS only): retry with back-off", content: ERROR_OR_GATEWAY };
       if (responses[503]) responses[503] = { ...responses[503], description: `${responses[503].description}. Also a request that outlived the function (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
+      if (responses[413]) responses[413] = { ...responses[413], description: `${responses[413].description}. Also the gateway's own, for a body over 10 MB (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
       if (v1) {
         if (responses[401]) {
           responses[401].headers = { ...responses[401].headers, 'WWW-Authenticate': { description: 'Bearer realm="clipag"', required: true, schema: { type: 'string' } } };
@@ -71,11 +76,14 @@ export function withSharedResponses(doc: Json): Json {
       if (INIT_UPLOAD_OPERATIONS.has(op.operationId) && responses[400]) responses[400] = { ...responses[400], description: `${responses[400].description}; ${UPLOAD_NOT_FOUND}` };
       responses.default = { description: 'Unexpected error: 500 internal_error (retry later; report its request_id), or a gateway error in AWS', content: ERROR_OR_GATEWAY };
       for (const [status, response] of Object.entries<Json>(responses)) {
-        // The gateway's own answers come without it (a GatewayError; its 413 for a body over 10 MB): required only where the app alone answers.
-        const orGateway = response.content === ERROR_OR_GATEWAY || status === '413';
+        // The gateway's own answers come without it (a GatewayError): required only where the app alone answers.
+        const orGateway = response.content === ERROR_OR_GATEWAY;
         response.headers = { 'X-Request-Id': orGateway ? { ...REQUEST_ID_HEADER, required: false, description: `${REQUEST_ID_HEADER.description}; absent on a GatewayError` } : REQUEST_ID_HEADER, ...response.headers };
-        // Where the deployment limits requests per account; not on a 401 (no account yet) nor a 413 (refused before the key is read).
-        if (v1 && status !== '401' && status !== '413') response.headers = { ...response.headers, ...rateLimitFields };
+        // Where the deployment limits requests per account; not on a 401 (no account yet). A 413 has them when
+        // the operation refused a size it was told (POST /v1/uploads' `bytes`), not when the body itself was
+        // too large (refused before the key is read).
+        if (v1 && status === '413') response.headers = { ...response.headers, ...RATE_LIMIT_FIELDS_ON_413 };
+        else if (v1 && status !== '401') response.headers = { ...response.headers, ...rateLimitFields };
       }
     }
   }

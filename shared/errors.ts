@@ -7,6 +7,8 @@
  * (retry later) and failing the job for good.
  */
 
+import { isListedErrorCode } from './error-codes.ts';
+
 export interface ClipagErrorOptions {
   code?: string;
   param?: string;
@@ -161,15 +163,22 @@ export interface ErrorEnvelopeBody {
   error: { code: string; message: string; param: string | null; request_id: string };
 }
 
-/** The one error shape of every 4xx/5xx response. Unknown errors never leak their message. */
+/**
+ * The one error shape of every 4xx/5xx response. Unknown errors never leak their message. A 5xx whose
+ * code the API does not document (API_ERROR_CODES: a NonRetryableError's `config_error`, say) is
+ * answered as the documented one: 500 internal_error, or 503 unavailable where retrying helps; its own
+ * code is for the log.
+ */
 export function toErrorEnvelope(error: unknown, requestId: string): { status: number; body: ErrorEnvelopeBody } {
   if (error instanceof ClipagError) {
     const internal = error.status >= 500;
+    const documented = !internal || isListedErrorCode(error.status, error.code);
+    const [status, code] = documented ? [error.status, error.code] : error.retryable ? [503, 'unavailable'] : [500, 'internal_error'];
     return {
-      status: error.status,
+      status,
       body: {
         error: {
-          code: error.code,
+          code,
           message: internal && !(error instanceof RetryableError) ? 'internal error' : error.message,
           param: error.param ?? null,
           request_id: requestId,

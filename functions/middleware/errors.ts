@@ -36,7 +36,7 @@ export function envelopeFor(error: unknown, requestId: string): { status: number
     return { status, body: { error: { code, message, param: null, request_id: requestId } } };
   }
   const envelope = toErrorEnvelope(error, requestId);
-  if (error instanceof RetryableError && error.code === 'unavailable') {
+  if (error instanceof RetryableError && envelope.body.error.code === 'unavailable') {
     // Adapter errors carry SDK messages; callers only need to know to retry.
     envelope.body.error.message = 'a dependency is temporarily unavailable; retry later';
   }
@@ -84,6 +84,8 @@ export function onError(log: (entry: AppLogEntry) => void): ErrorHandler<AppEnv>
         method: c.req.method,
         path: c.req.path,
         status: response.status,
+        // The error's own code: the answer may not show it (a config_error is answered as internal_error).
+        ...(error instanceof ClipagError ? { code: error.code } : {}),
         error: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
       });
     }

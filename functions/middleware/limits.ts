@@ -92,3 +92,44 @@ export function strictListQuery(): MiddlewareHandler<AppEnv> {
     await next();
   };
 }
+
+/** An operation as the query check knows it: its method, its path template (`{id}` for a segment), and the query parameters it declares. */
+export interface QueryDeclaration {
+  method: string;
+  path: string;
+  query: readonly string[];
+}
+
+/**
+ * Every operation it guards refuses a query parameter it does not declare: 400 validation_error naming
+ * it. Ignored, a misspelt filter (`?statu=failed`, `?mnth=2020-01`) answered plausible wrong data: every
+ * generation, this month's usage. An operation without a query refuses any, so that none is taken for
+ * meaning something. The declarations are read at the first request, once every route is registered;
+ * a path no operation has is left to the router (404, 405).
+ */
+export function declaredQueryOnly(declarations: () => Iterable<QueryDeclaration>): MiddlewareHandler<AppEnv> {
+  let operations: Array<{ method: string; pattern: RegExp; label: string; query: ReadonlySet<string> }> | undefined;
+  return async function declaredQueryOnlyMiddleware(c, next) {
+    operations ??= [...declarations()].map((d) => ({
+      method: d.method.toUpperCase(),
+      pattern: new RegExp(`^${d.path.split(/\{[^}]+\}/).map(escapeRegExp).join('[^/]+')}$`),
+      label: `${d.method.toUpperCase()} ${d.path}`,
+      query: new Set(d.query),
+    }));
+    // HEAD is answered by the GET route.
+    const method = c.req.method === 'HEAD' ? 'GET' : c.req.method;
+    const operation = operations.find((o) => o.method === method && o.pattern.test(c.req.path));
+    if (operation) {
+      const unknown = Object.keys(c.req.queries()).find((name) => !operation.query.has(name));
+      if (unknown !== undefined) {
+        const takes = operation.query.size > 0 ? `takes ${[...operation.query].join(', ')}` : 'takes no query parameters';
+        throw new HttpError(400, 'validation_error', `unknown query parameter "${unknown.slice(0, 40)}": ${operation.label} ${takes}`, unknown);
+      }
+    }
+    await next();
+  };
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}

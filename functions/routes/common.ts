@@ -1,3 +1,4 @@
+import { describeErrorCodes, type ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { ErrorEnvelope } from '../../shared/schemas/error.ts';
 
 export const SECURITY = [{ bearerAuth: [] }];
@@ -24,22 +25,29 @@ export const uploadsTooMany = {
   headers: { ...retryAfter, ...rateLimitFields },
 };
 
-/** The error responses a route documents (all share the envelope). */
+/**
+ * The error responses a route documents (all share the envelope), each naming its codes in the words
+ * of the one table (shared/error-codes.ts). Every /v1 operation refuses a query parameter it does not
+ * declare (middleware/limits.ts declaredQueryOnly), hence a 400 on each.
+ */
 export const errors = {
-  400: envelope('Invalid request (validation_error: a parameter, header or body field; invalid_json: a body that does not parse); `param` names it'),
-  401: envelope('Missing, malformed, unknown or revoked API key'),
-  404: envelope('Not found (also for another owner\'s id)'),
-  409: envelope('Conflict: corrupt_record (the stored record is unreadable; retrying will not help)'),
-  413: envelope('Payload too large'),
+  400: envelope(describeErrorCodes('validation_error', 'invalid_json')),
+  401: envelope(describeErrorCodes('unauthorized')),
+  404: envelope(describeErrorCodes('not_found')),
+  409: envelope(describeErrorCodes('corrupt_record')),
+  413: envelope(describeErrorCodes('payload_too_large')),
   415: {
-    ...envelope('unsupported_media_type: Content-Type is not application/json in UTF-8 (`param` "Content-Type"), or the body has a Content-Encoding other than identity (`param` "Content-Encoding"; send it uncompressed)'),
+    ...envelope(`${describeErrorCodes('unsupported_media_type')}. \`param\` names the header: "Content-Type", or "Content-Encoding" for a coding other than identity`),
     headers: { 'Accept-Encoding': { description: '`identity`, on a 415 for a Content-Encoding: the only coding a request body may have', schema: { type: 'string' as const } } },
   },
   429: {
-    ...envelope("rate_limited: over the account's requests per minute (see the RateLimit fields); too_many_active_jobs: the caller has as many generations queued or running as it may. Retry after Retry-After seconds"),
+    ...envelope(`${describeErrorCodes('rate_limited', 'too_many_active_jobs')}. See the RateLimit fields`),
     headers: { ...retryAfter, ...rateLimitFields },
   },
-  503: { ...envelope('A dependency is unavailable; retry after Retry-After seconds'), headers: retryAfter },
+  503: {
+    ...envelope(`${describeErrorCodes('queue_unavailable', 'busy', 'unavailable')}. Safe to repeat: a POST /v1/generations with the same Idempotency-Key makes at most one generation`),
+    headers: retryAfter,
+  },
 } as const;
 
 /**
@@ -57,11 +65,11 @@ export function preferredWaitSec(header: string | undefined, max: number): numbe
 }
 
 /** The 400 of a route that reads prompts: the content policy can refuse one. */
-export const promptBadRequest = envelope('Invalid request (validation_error, invalid_json; content_policy: a prompt the content policy refuses); `param` names the field');
+export const promptBadRequest = envelope(describeErrorCodes('validation_error', 'invalid_json', 'content_policy'));
 
 /** A route's own 409: the codes it can answer, besides corrupt_record. */
-export function conflict(codes: string): ReturnType<typeof envelope> {
-  return envelope(`Conflict: ${codes}; corrupt_record (the stored record is unreadable; retrying will not help)`);
+export function conflict(...codes: ApiErrorCodeName[]): ReturnType<typeof envelope> {
+  return envelope(describeErrorCodes(...codes, 'corrupt_record'));
 }
 
 export function pick<K extends keyof typeof errors>(...codes: K[]): Pick<typeof errors, K> {

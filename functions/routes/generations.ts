@@ -20,6 +20,7 @@ import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
+import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
 import type { RateGate } from '../middleware/rate-limit.ts';
 
@@ -98,7 +99,7 @@ const createGeneration = createRoute({
     ...pick(400, 401, 413, 415, 429, 503),
     400: promptBadRequest,
     409: {
-      ...conflict('idempotency_key_reused (the key was used with another body), idempotency_in_progress (its first request is still being made: retry after Retry-After seconds)'),
+      ...conflict('idempotency_key_reused', 'idempotency_in_progress'),
       headers: { 'Retry-After': { description: 'On idempotency_in_progress: seconds to wait before retrying with the same key and body', schema: { type: 'integer', minimum: 0 } } },
     },
   },
@@ -124,7 +125,7 @@ const createEstimate = createRoute({
 function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, S extends z.ZodType>(
   method: M,
   path: P,
-  doc: { operationId: string; summary: string; description?: string; ok: string; conflicts?: string },
+  doc: { operationId: string; summary: string; description?: string; ok: string; conflicts?: ApiErrorCodeName[] },
   schema: S,
 ) {
   return createRoute({
@@ -140,7 +141,7 @@ function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, 
       200: { description: doc.ok, content: { 'application/json': { schema } } },
       // 413: the body limit guards every /v1 route, these included (they take no body).
       ...pick(400, 401, 404, 409, 413, 503),
-      ...(doc.conflicts ? { 409: conflict(doc.conflicts) } : {}),
+      ...(doc.conflicts ? { 409: conflict(...doc.conflicts) } : {}),
     },
   });
 }
@@ -180,7 +181,7 @@ const deleteGeneration = generationRoute(
     description:
       'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`. 409 job_not_finished while it is queued or running.',
     ok: 'The generation as it now stands',
-    conflicts: 'job_not_finished (queued or running: cancel it first)',
+    conflicts: ['job_not_finished'],
   },
   GenerationView,
 );
@@ -202,7 +203,7 @@ const listGenerations = createRoute({
     },
     ...pick(400, 401, 503),
     409: {
-      ...conflict('idempotency_in_progress (with idempotency_key: the key\'s first request is still making its generation; retry after Retry-After seconds)'),
+      ...conflict('idempotency_in_progress'),
       headers: { 'Retry-After': { description: 'On idempotency_in_progress: seconds to wait before asking again', schema: { type: 'integer', minimum: 0 } } },
     },
   },
@@ -216,7 +217,7 @@ const cancelGeneration = generationRoute(
     summary: 'Cancel a generation (idempotent)',
     description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. 409 for succeeded or failed jobs.',
     ok: 'The generation after the cancel',
-    conflicts: 'job_terminal (it already succeeded or failed)',
+    conflicts: ['job_terminal'],
   },
   GenerationView,
 );

@@ -10,7 +10,8 @@ const listModels = createRoute({
   path: '/v1/models',
   summary: 'The deployed models',
   security: SECURITY,
-  responses: { 200: { description: 'Models', content: { 'application/json': { schema: ModelList } } }, ...pick(401, 503) },
+  // 400: it takes no query parameters, and refuses any (as every /v1 operation refuses one it does not declare).
+  responses: { 200: { description: 'Models', content: { 'application/json': { schema: ModelList } } }, ...pick(400, 401, 503) },
 });
 
 const healthz = createRoute({

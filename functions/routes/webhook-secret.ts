@@ -10,7 +10,7 @@ import { SECURITY, errors, pick } from './common.ts';
 
 const PATH = '/v1/webhook-secret';
 
-const noBody = { ...errors[400], description: 'validation_error: a request body was sent (these operations take none)' };
+const noBody = { ...errors[400], description: 'validation_error: a request body or a query parameter was sent (these operations take none; `param` names the parameter)' };
 
 const createWebhookSecret = createRoute({
   operationId: 'createWebhookSecret',

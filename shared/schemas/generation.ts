@@ -94,7 +94,17 @@ const generationFields = {
   width: Side,
   height: Side,
   steps: z.number().int().min(1).max(MAX_STEPS).default(100),
-  seed: z.number().int().min(0).max(0xffffffff).optional(),
+  // int64: a uint32 does not fit the int32 that generators make of a format-less integer.
+  seed: z
+    .number()
+    .int()
+    .min(0)
+    .max(0xffffffff)
+    .optional()
+    .openapi({
+      format: 'int64',
+      description: 'Seeds image 0; image i runs with seed + i, mod 2^32 (4294967295 + 1 wraps to 0). Without it the generation picks one, which each output\'s seed then shows',
+    }),
   n: z.number().int().min(1).max(MAX_IMAGES).default(1),
   init: InitSpec.default('gmm'),
   strength: z

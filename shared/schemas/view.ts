@@ -32,8 +32,9 @@ export const GenerationUsageView = z
 export const GenerationOutputView = z
   .object({
     index: z.number().int().nonnegative().openapi({ description: 'Which of the n images this is; a withheld image leaves a gap' }),
-    seed: z.number().int().nonnegative().openapi({
-      description: 'The seed this image ran with (the request\'s seed + index, or one the job chose when the request gave none): the same request with this seed and n 1 makes this image again',
+    seed: z.number().int().nonnegative().max(0xffffffff).openapi({
+      format: 'int64',
+      description: 'The seed this image ran with (the request\'s seed + index, mod 2^32, or one the job chose when the request gave none): the same request with this seed and n 1 makes this image again',
     }),
     url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
     expires_at: Timestamp,
@@ -78,7 +79,9 @@ export const GenerationView = z
     withheld_outputs: z.array(WithheldOutputView).openapi({
       description: 'Images the output check kept back (ADR 0017): not stored, no URL. Usage still counts them. Empty when none.',
     }),
-    error: JobError.nullable(),
+    // Nullable here, not in the components: a union keeps JobError and GenerationWebhook themselves
+    // non-null (`.nullable()` on a registered schema made the component nullable for every use).
+    error: z.union([JobError, z.null()]).openapi({ description: 'Why it failed: set when status is failed' }),
     usage: GenerationUsageView,
     warnings: z.array(z.string()).openapi({
       description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
@@ -87,7 +90,7 @@ export const GenerationView = z
     content_flags: z.array(ContentFlag).openapi({
       description: 'What the prompt policy flagged: copyright, trademark, likeness or bias risks the caller should review before use. Empty when none.',
     }),
-    webhook: GenerationWebhookView.nullable(),
+    webhook: z.union([GenerationWebhookView, z.null()]).openapi({ description: 'Its webhook_url and the delivery state; null without one' }),
     // Documented with the request's bounds: no stored job holds more (see METADATA_KEY_RULES).
     metadata: StoredMetadata.openapi({ ...METADATA_KEY_RULES, description: 'Your labels from the request (GenerationMetadata\'s bounds); {} when none' }),
     api_key_id: z.string().nullable().openapi({ description: 'The id of your API key that created the generation (GET /v1/usage?api_key_id= sums its usage); null for one created before keys were recorded' }),
@@ -95,7 +98,10 @@ export const GenerationView = z
       description: 'When you deleted the generation: its images and frames are gone, and its prompts, labels and flags blanked. Usage stays.',
     }),
   })
-  .openapi('Generation');
+  .openapi('Generation', {
+    description:
+      'A text-to-image generation as it stands. `status` says where it is: `error` is set once it failed, `finished_at` once it ended (succeeded, failed or canceled)',
+  });
 export type GenerationView = z.output<typeof GenerationView>;
 
 
@@ -104,8 +110,11 @@ export const GenerationEvent = z
   .object({
     type: z.enum(['generation.succeeded', 'generation.failed', 'generation.canceled']),
     timestamp: Timestamp.openapi({ description: 'When the generation ended' }),
-    data: GenerationView.openapi({ description: 'The generation as it stood when this attempt was sent: its `webhook` says the delivery state before this attempt (pending, with the attempts made so far)' }),
+    // Described here, not on `data`: an .openapi() on the registered GenerationView rewrites the Generation component's own description.
+    data: GenerationView,
   })
   .strict()
-  .openapi('GenerationEvent');
+  .openapi('GenerationEvent', {
+    description: 'What ended, when, and in `data` the generation as it stood when this attempt was sent: its `webhook` says the delivery state before this attempt (pending, with the attempts made so far)',
+  });
 export type GenerationEvent = z.output<typeof GenerationEvent>;

@@ -1,12 +1,17 @@
 // Every response shape the API sends, checked against the OpenAPI document it publishes, with a
 // JSON Schema 2020-12 validator (Ajv). A schema that no real response can satisfy (an allOf of two
 // closed objects, say) fails here, as does a response with a field the document does not declare.
+import { readFile } from 'node:fs/promises';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
+import { MemoryRateCounter } from '../../shared/adapters/local/rate-counter.ts';
+import { API_ERROR_CODES, isListedErrorCode } from '../../shared/error-codes.ts';
+import { ConfigError, NonRetryableError, RetryableError } from '../../shared/errors.ts';
+import { BlobJobStore } from '../../shared/jobstore.ts';
 import { recordRunSample } from '../../shared/run-stats.ts';
 import { recordUsage } from '../../shared/usage.ts';
-import { harness, LIMITS, type Harness } from './helpers.ts';
+import { expectEnvelope, harness, LIMITS, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -233,5 +238,227 @@ describe('HEAD answers as GET without a body, Content-Length included', () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+
+type Doc = { info: { description: string }; paths: Record<string, any>; components: { schemas: Record<string, any> } };
+
+/**
+ * Each real answer against the document's declaration for its operation and status (`default` where
+ * the status is not declared): the body valid (Ajv 2020; a oneOf of components too), every header sent
+ * declared, every required one sent. Returns the declaration it used and the envelope's code.
+ */
+async function answerChecker(app: { request: (path: string) => Response | Promise<Response> }) {
+  const doc = (await (await app.request('/openapi.json')).json()) as Doc;
+  const ajv = new Ajv2020({ strict: false, allErrors: true, logger: false });
+  ajv.addSchema(doc, 'api');
+  // The transport's own, and the ones middleware/cache.ts puts on every /v1 answer without a declaration per response.
+  const everywhere = new Set(['content-type', 'content-length', 'cache-control', 'x-content-type-options', 'x-frame-options']);
+  const templates = Object.keys(doc.paths).map((t) => ({ t, re: new RegExp(`^${t.replace(/\{[^}]+\}/g, '[^/]+')}$`) }));
+  const check = async (method: string, path: string, res: Response) => {
+    const template = templates.find(({ re }) => re.test(path.split('?')[0]!))?.t;
+    const label = `${method} ${path} → ${res.status}`;
+    const operation = template === undefined ? undefined : doc.paths[template][method.toLowerCase()];
+    expect(operation, `${label}: no operation in the document`).toBeDefined();
+    const declared = operation.responses[String(res.status)] ?? operation.responses.default;
+    const body = (await res.json()) as { error?: { code: string } };
+    const schema = JSON.parse(JSON.stringify(declared.content['application/json'].schema).replaceAll('"#/', '"api#/'));
+    const validate = ajv.compile(schema);
+    expect(validate(body) ? [] : validate.errors, `${label}: body`).toEqual([]);
+    const headers = new Map(Object.entries<any>(declared.headers ?? {}).map(([name, h]) => [name.toLowerCase(), h]));
+    const sent = [...res.headers.keys()].filter((name) => !everywhere.has(name));
+    expect(sent.filter((name) => !headers.has(name)), `${label}: headers sent but not declared`).toEqual([]);
+    expect([...headers].filter(([name, h]) => h.required && !res.headers.has(name)).map(([name]) => name), `${label}: required headers missing`).toEqual([]);
+    return { declared, code: body.error?.code, operation };
+  };
+  return { doc, check };
+}
+
+describe('error codes: one table, in the document, in every description, in the README', () => {
+  it("ErrorEnvelope's code lists the table (an extensible string: codes may be added)", async () => {
+    const { doc } = await answerChecker(h.app);
+    const code = doc.components.schemas.ErrorEnvelope.properties.error.properties.code;
+    expect(code.type).toBe('string');
+    expect(code.enum).toBeUndefined();
+    expect(code['x-extensible-enum']).toEqual(API_ERROR_CODES.map((e) => e.code));
+    for (const e of API_ERROR_CODES) expect(code.description).toContain(`${e.status} \`${e.code}\`: ${e.meaning}`);
+    expect(code.description).toMatch(/Codes may be added/);
+  });
+
+  it('every code an operation answers is in the table at its status, and named by that response in the document', async () => {
+    const rated = createApp({ ...h.deps, rateCounter: new MemoryRateCounter(), limits: { ...LIMITS, rateLimitPerMin: 3, uploadsPerHour: 1 } });
+    const one = createApp({ ...h.deps, limits: { ...LIMITS, maxActiveJobs: 1 } });
+    const down = createApp({ ...h.deps, queue: queueWithOutage(h.queue).queue });
+    const failing = (error: Error) => createApp({ ...h.deps, models: async () => Promise.reject(error) });
+    const { check } = await answerChecker(h.app);
+    const seen: string[] = [];
+    const call = async (app: typeof h.app, method: string, path: string, init: { key?: string | null; json?: unknown; body?: string; headers?: Record<string, string> } = {}) => {
+      const headers = new Headers(init.headers);
+      if (init.key !== null) headers.set('Authorization', `Bearer ${init.key ?? h.alice}`);
+      if (init.json !== undefined && !headers.has('Content-Type')) headers.set('Content-Type', 'application/json');
+      const res = await app.request(path, { method, headers, ...(init.json !== undefined ? { body: JSON.stringify(init.json) } : init.body !== undefined ? { body: init.body } : {}) });
+      const { declared, code } = await check(method, path, res.clone());
+      if (res.status >= 400) {
+        seen.push(`${res.status} ${code}`);
+        expect(isListedErrorCode(res.status, code!), `${method} ${path} → ${res.status} ${code}: not in API_ERROR_CODES`).toBe(true);
+        expect(declared.description, `${method} ${path} → ${res.status}: its description does not name ${code}`).toContain(code);
+      }
+      return res;
+    };
+    const created = (await (await call(h.app, 'POST', '/v1/generations', { json: { prompt: 'a red circle' }, headers: { 'Idempotency-Key': 'codes-1' } })).json()) as { id: string };
+    await call(h.app, 'POST', '/v1/generations', { json: { prompt: 'another' }, headers: { 'Idempotency-Key': 'codes-1' } });
+    await call(h.app, 'POST', '/v1/generations', { json: { prompt: 'x', width: 33 } });
+    await call(h.app, 'POST', '/v1/generations', { body: '{', headers: { 'Content-Type': 'application/json' } });
+    await call(h.app, 'POST', '/v1/generations', { json: { prompt: 'pikachu' } });
+    await call(h.app, 'POST', '/v1/estimates', { json: { prompt: 'apple', init: 'upload:01jabcdefabcdefabcdefabcdef' } });
+    await call(h.app, 'POST', '/v1/generations', { json: { prompt: 'x'.repeat(20_000) } });
+    await call(h.app, 'POST', '/v1/generations', { body: '{}', headers: { 'Content-Type': 'text/plain' } });
+    await call(h.app, 'GET', '/v1/models', { key: null });
+    await call(h.app, 'GET', '/v1/usage', { key: h.revoked });
+    await call(h.app, 'GET', '/v1/generations/nope');
+    await call(h.app, 'GET', '/v1/generations?statu=failed');
+    await call(h.app, 'DELETE', `/v1/generations/${created.id}`);
+    await call(h.app, 'POST', '/v1/uploads', { json: { content_type: 'image/png', bytes: 1e9 } });
+    await h.jobs.update('acct_alice', created.id, (cur) => ({ ...cur, status: 'succeeded', finished_at: new Date().toISOString() }));
+    await call(h.app, 'POST', `/v1/generations/${created.id}/cancel`);
+    await h.blobs.put(BlobJobStore.keyFor('acct_alice', created.id), new Uint8Array([1, 2]));
+    await call(h.app, 'GET', `/v1/generations/${created.id}`);
+    await call(one, 'POST', '/v1/generations', { json: { prompt: 'one more' } });
+    for (let i = 0; i < 4; i++) await call(rated, 'GET', '/v1/models');
+    await call(down, 'POST', '/v1/generations', { json: { prompt: 'a green star' }, headers: { 'Idempotency-Key': 'codes-down' } });
+    await call(failing(new RetryableError('DynamoDB throttled')), 'GET', '/v1/models');
+    await call(failing(new NonRetryableError('boom')), 'GET', '/v1/models');
+    expect(new Set(seen)).toEqual(
+      new Set([
+        '409 idempotency_key_reused', '400 validation_error', '400 invalid_json', '400 content_policy', '400 upload_not_found', '413 payload_too_large', '415 unsupported_media_type',
+        '401 unauthorized', '404 not_found', '409 job_not_finished', '409 job_terminal', '409 corrupt_record', '429 too_many_active_jobs', '429 rate_limited', '503 queue_unavailable',
+        '503 unavailable', '500 internal_error',
+      ]),
+    );
+  });
+
+  it("a 5xx with a code the table does not list is the documented one (500 internal_error; 503 unavailable if retrying helps), its detail only in the log", async () => {
+    const cases = [
+      [new NonRetryableError('S3 bucket "clipag-prod" does not exist: check the configured bucket name', { code: 'config_error' }), 500, 'internal_error', 'internal error'],
+      [new ConfigError(['CLIPAG_BUCKET: required']), 500, 'internal_error', 'internal error'],
+      [new RetryableError('DynamoDB: ProvisionedThroughputExceeded on table clipag-rate', { code: 'throttled' }), 503, 'unavailable', 'a dependency is temporarily unavailable; retry later'],
+    ] as const;
+    for (const [error, status, code, message] of cases) {
+      h.logs.length = 0;
+      const app = createApp({ ...h.deps, models: async () => Promise.reject(error) });
+      const res = await app.request('/v1/models', { headers: { Authorization: `Bearer ${h.alice}` } });
+      const body = await expectEnvelope(res, status, code);
+      expect(body.message, error.code).toBe(message);
+      expect(h.logs, error.code).toContainEqual(expect.objectContaining({ msg: 'request failed', code: error.code, error: expect.stringContaining(error.message.split('\n')[0]!) }));
+    }
+  });
+
+  it("the README's table of HTTP errors names the same codes at the same statuses", async () => {
+    const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
+    const table = readme.slice(readme.indexOf('**HTTP errors**'), readme.indexOf('**Why a generation failed**'));
+    const rows = table.split('\n').filter((line) => /^\| \d{3} \|/.test(line));
+    expect(rows.length).toBeGreaterThan(10);
+    const inReadme = rows.flatMap((row) => {
+      const [, status, codes] = row.split('|').map((cell) => cell.trim());
+      return [...codes!.matchAll(/`([a-z_]+)`/g)].map((m) => `${status} ${m[1]}`);
+    });
+    expect(inReadme.sort()).toEqual(API_ERROR_CODES.map((e) => `${e.status} ${e.code}`).sort());
+  });
+});
+
+describe('query parameters: an operation takes the ones it declares, no others', () => {
+  it('a misspelt filter is refused, naming it, where it once answered plausible wrong data', async () => {
+    await h.request('/v1/generations', { json: { prompt: 'apple' } });
+    const statu = await expectEnvelope(await h.request('/v1/generations?statu=failed'), 400, 'validation_error');
+    expect([statu.param, statu.message]).toEqual(['statu', 'unknown query parameter "statu": GET /v1/generations takes limit, cursor, status, idempotency_key']);
+    const mnth = await expectEnvelope(await h.request('/v1/usage?mnth=2020-01'), 400, 'validation_error');
+    expect([mnth.param, mnth.message]).toEqual(['mnth', 'unknown query parameter "mnth": GET /v1/usage takes month, api_key_id']);
+    // HEAD as its GET; the declared ones still work.
+    expect((await h.request('/v1/usage?mnth=2020-01', { method: 'HEAD' })).status).toBe(400);
+    expect((await h.request('/v1/generations?status=failed&limit=5')).status).toBe(200);
+    expect((await h.request('/v1/usage?month=2020-01')).status).toBe(200);
+    // A path no operation has stays the router's.
+    expect((await h.request('/v1/nothing?x=1')).status).toBe(404);
+    expect((await h.request('/v1/models?x=1', { method: 'PUT' })).status).toBe(405);
+  });
+
+  it("every /v1 operation refuses one it does not declare, with a 400 it documents, and the document's own are taken", async () => {
+    const { doc, check } = await answerChecker(h.app);
+    const id = ((await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string }).id;
+    let operations = 0;
+    for (const [template, item] of Object.entries(doc.paths)) {
+      if (!template.startsWith('/v1/')) continue;
+      for (const method of Object.keys(item)) {
+        const path = template.replace('{id}', id);
+        const declared: string[] = (item[method].parameters ?? []).filter((p: { in: string }) => p.in === 'query').map((p: { name: string }) => p.name);
+        const res = await h.request(`${path}?zz_unknown=1`, { method: method.toUpperCase(), ...(method === 'post' ? { headers: { 'Content-Type': 'application/json' }, body: '{}' } : {}) });
+        const label = `${method.toUpperCase()} ${template}`;
+        expect(res.status, label).toBe(400);
+        const { code } = await check(method.toUpperCase(), path, res.clone());
+        expect(code, label).toBe('validation_error');
+        expect(((await res.json()) as { error: { param: string } }).error.param, label).toBe('zz_unknown');
+        expect(item[method].responses['400']?.description, label).toMatch(/query parameter/);
+        // Each declared one gets past the check (its own rules may still refuse its value).
+        for (const name of declared) {
+          const body = (await (await h.request(`${path}?${name}=x`, { method: method.toUpperCase() })).json()) as { error?: { message: string } };
+          expect(body.error?.message ?? '', `${label} ?${name}`).not.toMatch(/unknown query parameter/);
+        }
+        operations++;
+      }
+    }
+    expect(operations).toBe(13);
+  });
+});
+
+describe('the document, finding by finding', () => {
+  it("Generation has its own description (not the webhook attempt's), and says what its status implies", async () => {
+    const { doc } = await answerChecker(h.app);
+    const generation = doc.components.schemas.Generation;
+    expect(generation.description ?? '').not.toMatch(/attempt/);
+    expect(generation.description).toMatch(/`error` is set once it failed/);
+    expect(doc.components.schemas.GenerationEvent.properties.data).toEqual({ $ref: '#/components/schemas/Generation' });
+    expect(doc.components.schemas.GenerationEvent.description).toMatch(/as it stood when this attempt was sent/);
+  });
+
+  it('JobError and GenerationWebhook are objects; a generation\'s error and webhook are nullable where it uses them', async () => {
+    const { doc } = await answerChecker(h.app);
+    const schemas = doc.components.schemas;
+    expect([schemas.JobError.type, schemas.GenerationWebhook.type]).toEqual(['object', 'object']);
+    expect(schemas.Generation.properties.error.anyOf).toEqual([{ $ref: '#/components/schemas/JobError' }, { type: 'null' }]);
+    expect(schemas.Generation.properties.webhook.anyOf).toEqual([{ $ref: '#/components/schemas/GenerationWebhook' }, { type: 'null' }]);
+  });
+
+  it('seeds are int64 (a uint32 overflows the int32 of a format-less integer); the output seed wraps mod 2^32, within its maximum', async () => {
+    const { doc, check } = await answerChecker(h.app);
+    const schemas = doc.components.schemas;
+    for (const seed of [schemas.GenerationRequest.properties.seed, schemas.GenerationSpec.properties.seed, schemas.GenerationOutput.properties.seed]) {
+      expect(seed).toMatchObject({ type: 'integer', format: 'int64', minimum: 0, maximum: 4294967295 });
+      expect(seed.description).toMatch(/mod 2\^32/);
+    }
+    const created = await h.request('/v1/generations', { json: { prompt: 'apple', seed: 4294967295, n: 2 } });
+    expect(created.status).toBe(202);
+    const { id } = (await created.json()) as { id: string };
+    const keys = [0, 1].map((i) => `outputs/acct_alice/${id}/${i}.png`);
+    for (const key of keys) await h.blobs.put(key, new Uint8Array([1]), { contentType: 'image/png' });
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', finished_at: new Date().toISOString(), outputs: keys.map((key) => ({ key, width: 224, height: 224 })) }));
+    const got = await h.request(`/v1/generations/${id}`);
+    const body = (await got.clone().json()) as { outputs: Array<{ index: number; seed: number }> };
+    expect(body.outputs.map((o) => [o.index, o.seed])).toEqual([[0, 4294967295], [1, 0]]);
+    await check('GET', `/v1/generations/${id}`, got);
+  });
+
+  it("a 413 is declared as it is sent: RateLimit fields when the operation refused a size (uploads' bytes), the gateway's GatewayError too", async () => {
+    const rated = createApp({ ...h.deps, rateCounter: new MemoryRateCounter(), limits: { ...LIMITS, rateLimitPerMin: 100 } });
+    const { doc, check } = await answerChecker(rated);
+    const uploads = await rated.request('/v1/uploads', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ content_type: 'image/png', bytes: 1e9 }) });
+    expect([uploads.status, uploads.headers.get('RateLimit')]).toEqual([413, expect.stringMatching(/^"requests";r=99;t=\d+$/)]);
+    await check('POST', '/v1/uploads', uploads);
+    // The body limit's 413 comes before the key is read: none there, and none required.
+    const body = await rated.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'x'.repeat(20_000) }) });
+    expect([body.status, body.headers.get('RateLimit')]).toEqual([413, null]);
+    await check('POST', '/v1/generations', body);
+    const declared = doc.paths['/v1/uploads'].post.responses['413'];
+    expect(declared.content['application/json'].schema.oneOf).toContainEqual({ $ref: '#/components/schemas/GatewayError' });
   });
 });
