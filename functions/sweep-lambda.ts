@@ -21,7 +21,9 @@ export async function handler(_event?: unknown, context?: { getRemainingTimeInMi
   // marker starts, and the report line must be written.
   const deadline = context ? Date.now() + context.getRemainingTimeInMillis() - SWEEP_END_MARGIN_MS : undefined;
   const report = await sweepQueuedJobs({ blobs, jobs, queue, webhooks, queueRetentionSec: config.queueRetentionSec, clock: () => new Date(), log: jsonLineLog, ...(deadline !== undefined ? { deadline } : {}) });
-  process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'queued-job sweep', ...report })}\n`);
+  // Written by every sweep, one with nothing to report too: the oldest-queued-job alarm reads its
+  // oldestQueuedSec, and a sweep without a line would look like no sweep.
+  jsonLineLog({ level: 'info', msg: 'queued-job sweep', ...report });
   if (report.errors > 0) throw new Error(`queued-job sweep: ${report.errors} of ${report.scanned} markers not handled (see the warnings above)`);
   return report;
 }

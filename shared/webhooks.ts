@@ -419,6 +419,8 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   const timestampSec = Math.floor(now.getTime() / 1000);
   let error: string | null = null;
   let sending = false;
+  let httpStatus: number | undefined;
+  let sentAt = now;
   try {
     // Inside the attempt: a body that cannot be built (the store cannot sign a link) is a failed
     // attempt like any other, so it backs off and ends, instead of retrying for ever.
@@ -432,6 +434,7 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     // to retries too; the job's own secret always signs as well (receivers that keep it, as before).
     const secrets = [...(await accountSecretsOrNone(deps, owner, jobId, now)), webhook.secret];
     sending = true;
+    sentAt = deps.clock();
     const status = await deps.send({
       url: webhook.url,
       body,
@@ -443,6 +446,7 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
         'webhook-signature': signWebhookWithEach(secrets, eventId, timestampSec, body),
       },
     });
+    httpStatus = status;
     if (status < 200 || status >= 300) error = `HTTP ${status}`;
   } catch (cause) {
     // Before the request went out, the fault is the deployment's (a link it could not sign), never the
@@ -472,6 +476,10 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   });
   if (error !== null) {
     deps.log?.({ level: 'warn', msg: gaveUp ? 'webhook: last attempt failed; giving up' : 'webhook: attempt failed; will retry', job_id: jobId, owner, attempts, error });
+  } else {
+    // "Did the customer's webhook arrive?" answered from the log. Never the URL (the caller's, and it
+    // may carry a token) nor anything signed.
+    deps.log?.({ level: 'info', msg: 'webhook delivered', job_id: jobId, owner, event_id: eventId, attempts, http_status: httpStatus, ms: Math.max(0, after.getTime() - sentAt.getTime()) });
   }
   return error === null ? 'delivered' : gaveUp ? 'gave_up' : 'failed';
 }

@@ -54,7 +54,7 @@ export interface ClipagDashboardProps {
 /**
  * One CloudWatch dashboard per stage, `clipag-<stage>`: notes and alarm states on top, then a row each
  * for the API, the queue and its sweep, and the GPU fleet. It reads what the system already emits: AWS
- * metrics, the metric filters of the alarms, and five metric filters of its own on JSON fields the
+ * metrics, the metric filters of the alarms, and seven metric filters of its own on JSON fields the
  * code really logs (each cited below), all in the stage's namespace `Clipag/<stage>`. No alarm, topic or paid feature is added here; Container
  * Insights stays as the stage config has it.
  */
@@ -70,6 +70,10 @@ export class ClipagDashboard extends Construct {
   readonly secondsPerImageFilter: logs.MetricFilter;
   /** The API's refusals by a per-account limit (ADR 0026), one metric per limit, from its `rate_limit_refused` lines. */
   readonly rateLimitRefusalsFilter: logs.MetricFilter | undefined;
+  /** How long each job waited to start, from the worker's `job started` line. */
+  readonly queueWaitFilter: logs.MetricFilter;
+  /** Failed jobs by their error code, one metric per code, from the worker's `job finished` lines. */
+  readonly jobFailuresFilter: logs.MetricFilter;
 
   constructor(scope: Construct, id: string, props: ClipagDashboardProps) {
     super(scope, id);
@@ -95,7 +99,7 @@ export class ClipagDashboard extends Construct {
 
     // The jobs finished by outcome are the alarms' filter (JobOutcomesFilter): its failure share pages.
 
-    // gpu-worker/worker/worker.ts, the output check: log.info('output check matched', { jobId, owner, index,
+    // gpu-worker/worker/worker.ts, the output check: log.info('output check matched', { job_id, owner, index,
     // withheld, rules }) for each image a rule matched, `withheld` a boolean. Customers are billed for
     // withheld images (README, usage), and a policy that withholds everything fails each job (the
     // failure alarm's content_policy); this graphs how many images the check keeps back.
@@ -129,6 +133,25 @@ export class ClipagDashboard extends Construct {
     // image, which the MISSION says customers judge a PoC by. The number test keeps the other outcomes'
     // lines (no such field) from publishing.
     this.secondsPerImageFilter = workerFigure('SecondsPerImageFilter', 'job finished', 'secondsPerImage', 'WorkerSecondsPerImage', cloudwatch.Unit.SECONDS);
+
+    // The worker's `job started` line carries `queuedSec`: how long that job waited to start, from its
+    // last send or from a worker putting it back (as the sweep counts oldestQueuedSec). The sweep's
+    // figure is the longest wait of the jobs still queued, sampled once a sweep; this one is every
+    // job's, so its percentiles say what customers typically wait.
+    this.queueWaitFilter = workerFigure('QueueWaitFilter', 'job started', 'queuedSec', 'WorkerQueueWaitSeconds', cloudwatch.Unit.SECONDS);
+
+    // The `job finished` line of a failed job carries its code at the top level, `error_code`: the
+    // engine's and the worker's own codes (invalid_model, numerical_error, timeout, content_policy,
+    // retries_exhausted, internal_error…), a small set fixed by the code, never free text, so it can
+    // be a dimension. What the failure share alarm pages on, split by why.
+    this.jobFailuresFilter = new logs.MetricFilter(this, 'JobFailuresFilter', {
+      logGroup: worker.logGroup,
+      filterPattern: logs.FilterPattern.all(logs.FilterPattern.stringValue('$.msg', '=', 'job finished'), logs.FilterPattern.stringValue('$.outcome', '=', 'failed')),
+      metricNamespace: NAMESPACE,
+      metricName: 'WorkerJobFailures',
+      metricValue: '1',
+      dimensions: { ErrorCode: '$.error_code' },
+    });
 
     // functions/middleware/rate-limit.ts, RateGate.decide: one `rate_limit_refused` line (level warn, through
     // jsonLineLog) per refusal the counter decided, i.e. once per account and Retry-After on an instance,
@@ -227,6 +250,10 @@ export class ClipagDashboard extends Construct {
       graph(`Queued jobs: longest wait to start (seconds, the sweep's oldestQueuedSec; alarm at ${config.alarmOldestQueuedJobSeconds})`, [
         alarms.oldestQueuedJobFilter.metric({ period: fiveMinutes, statistic: 'Maximum', label: 'longest queued wait' }),
       ], { leftAnnotations: [waitAnnotation], leftYAxis: { label: 'seconds', showUnits: false, min: 0 } }),
+      graph('Jobs: wait to start, p50 / p90 per 15 min (seconds; each job\'s queuedSec on the worker\'s "job started" line)', [
+        this.queueWaitFilter.metric({ period: Duration.minutes(15), statistic: 'p50', label: 'p50' }),
+        this.queueWaitFilter.metric({ period: Duration.minutes(15), statistic: 'p90', label: 'p90' }),
+      ], { leftYAxis: { label: 'seconds', showUnits: false, min: 0 } }),
       graph(`Dead-letter queue depth (messages; alarm at ${config.alarmDlqDepth}, clipag dlq list)`, [
         deadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: minute, statistic: 'Maximum', label: 'dead letters' }),
       ], { leftAnnotations: [dlqAnnotation], leftYAxis: { min: 0 } }),
@@ -297,6 +324,8 @@ export class ClipagDashboard extends Construct {
             }
           : {}),
       }),
+      // The API's and the sweep's error lines are not graphed: their alarm's state is shown above, and
+      // two more lines would take the dashboard past the 50 metrics of CloudWatch's free dashboards.
       graph('GPU worker error lines (count per 5 min; "level":"error", the alarm fires at 1)', [
         alarms.workerErrorLinesFilter.metric({ period: fiveMinutes, statistic: 'Sum', label: 'error lines' }),
       ]),
@@ -310,6 +339,11 @@ export class ClipagDashboard extends Construct {
         leftYAxis: { label: '%', showUnits: false, min: 0, max: 100 },
         right: [this.imagesWithheldFilter.metric({ period: Duration.minutes(15), statistic: 'Sum', label: 'images withheld' })],
       }),
+      // A search, not one line per code: the codes are fixed by the code but many, and only those seen
+      // have data. Its namespace is the stage's, so dev's failures never show on prod's dashboard.
+      graph('Failed jobs by error code (count per 15 min; the worker\'s "job finished" lines with "outcome":"failed", by error_code)', [
+        new cloudwatch.SearchExpression({ expression: `SEARCH('{${NAMESPACE},ErrorCode} MetricName="WorkerJobFailures"', 'Sum', 900)`, period: Duration.minutes(15) }),
+      ], { stacked: true }),
       graph(`GPU time per image, p50 / p90 per hour (seconds; × the stage's $${config.workerHourlyUsd}/h is an image's compute cost)`, [
         this.secondsPerImageFilter.metric({ period: Duration.hours(1), statistic: 'p50', label: 'p50' }),
         this.secondsPerImageFilter.metric({ period: Duration.hours(1), statistic: 'p90', label: 'p90' }),
@@ -354,7 +388,8 @@ export class ClipagDashboard extends Construct {
       ...(alarms.api5xxAlarm ? [`- **API 5xx ≥ ${thresholdOf(alarms.api5xxAlarm)} % of requests per ${periodMinutes(alarms.api5xxAlarm)} min, ${periodsOf(alarms.api5xxAlarm)} periods in a row**: customers get server errors (the app's 500s, or the gateway's for a failing or timing-out Lambda).` + see('API 5xx share')] : []),
       ...(alarms.apiThrottlesAlarm ? [`- **API Lambda throttled, ${periodsOf(alarms.apiThrottlesAlarm)} periods of ${periodMinutes(alarms.apiThrottlesAlarm)} min in a row**: no concurrency left for the API (\`Prefer: wait\` holds take it).` + see('API Lambda throttled')] : []),
       ...(alarms.rateLimitFailingOpenAlarm ? [`- **Rate limits failing open for ${windowMinutes(alarms.rateLimitFailingOpenAlarm)} min**: the API cannot reach its DynamoDB counter and lets every request through unlimited; an error-level \`rate_limit_unavailable\` line in the API log means a missing table or grant.` + see('Rate limits failing open')] : []),
-      '- **GPU worker error line**: the worker logged something an operator must act on; search its log group for `"level":"error"` (`worker unhealthy`, `message dead-lettered`, `usage not recorded`…).' + see('GPU worker error line'),
+      '- **GPU worker error line**: the worker logged something an operator must act on; search its log group for `"level":"error"` (`worker unhealthy`, `message dead-lettered`, `usage not recorded`, `job attempt failed` with an internal_error…).' + see('GPU worker error line'),
+      '- **API or queued-job sweep error line**: the API handler or the sweep logged something an operator must act on (a content policy that does not parse, a refused job that could not be settled, a lone 500: a bug; a 503\'s line is the 5xx share\'s); search both log groups for `"level":"error"`.' + see('API or sweep error line'),
       `- **Job failure share ≥ ${thresholdOf(alarms.jobFailureRatioAlarm)} % in ${windowMinutes(alarms.jobFailureRatioAlarm)} min** (of ${JOB_FAILURE_MIN_JOBS} or more finished jobs): a default model that is not in the store, a model that fails every run, a policy that withholds everything.` + see('Job failure share'),
       ...(alarms.gpuIdleInstancesAlarm ? [`- **GPU instances idle for ${windowMinutes(alarms.gpuIdleInstancesAlarm)} min**: instances in service while the queue was empty: billed for nothing.` + see('GPU instances idle')] : []),
       ...(alarms.workerTaskStoppedRule ? ['- Not an alarm, a notice on the same topic: **a worker task stopped abnormally** (non-zero exit code, or it never started).' + see('A worker task stopped abnormally')] : []),

@@ -55,7 +55,7 @@ export interface QueueAlarmsProps {
   readonly apiFunction?: lambda.IFunction;
   /** The worker's JSON log lines: any `error` line pages (a lost usage add, an unhealthy worker, a failure it could not record); its `job finished` lines give the failure share. */
   readonly workerLogGroup: logs.ILogGroup;
-  /** The API handler's JSON log lines: a per-account limit failing open (its counter unavailable) pages once it lasts. */
+  /** The API handler's JSON log lines: a per-account limit failing open (its counter unavailable) pages once it lasts, and so does any error line but a 503's. */
   readonly apiLogGroup?: logs.ILogGroup;
   /** The worker service: a task that stops with a non-zero exit code, or never starts, is reported to the topic. */
   readonly workerService?: WorkerServiceRef;
@@ -82,6 +82,8 @@ export class QueueAlarms extends Construct {
   /** The API Lambda throttled (no concurrency left): its callers got errors. */
   readonly apiThrottlesAlarm: cloudwatch.Alarm | undefined;
   readonly workerErrorAlarm: cloudwatch.Alarm;
+  /** An error line of the API handler or of the queued-job sweep (503 `request failed` lines aside). */
+  readonly apiErrorAlarm: cloudwatch.Alarm;
   /** Half or more of the jobs the worker finished in 15 minutes failed (a bad default model, a policy that withholds everything). */
   readonly jobFailureRatioAlarm: cloudwatch.Alarm;
   /** GPU instances in service while the backlog stayed empty for `gpuFleet.idleMinutes`. */
@@ -94,6 +96,10 @@ export class QueueAlarms extends Construct {
   readonly oldestQueuedJobFilter: logs.MetricFilter;
   /** `WorkerErrorLines`, one per `"level":"error"` line of the worker; the dashboard graphs the same metric. */
   readonly workerErrorLinesFilter: logs.MetricFilter;
+  /** `ApiErrorLines`, one per `"level":"error"` line of the API handler but a 503's `request failed`; absent without the API's log group. */
+  readonly apiErrorLinesFilter: logs.MetricFilter | undefined;
+  /** `SweepErrorLines`, one per `"level":"error"` line of the queued-job sweep. */
+  readonly sweepErrorLinesFilter: logs.MetricFilter;
   /** `WorkerJobsFinished`, one per `job finished` line of the worker, by `Outcome`; the failure alarm divides two of them, the dashboard graphs all. */
   readonly jobOutcomesFilter: logs.MetricFilter;
   /** `RateLimitUnavailable`, one per `rate_limit_unavailable` line of the API (ADR 0026); the dashboard graphs it. */
@@ -111,6 +117,7 @@ export class QueueAlarms extends Construct {
       this.api5xxAlarm,
       this.apiThrottlesAlarm,
       this.workerErrorAlarm,
+      this.apiErrorAlarm,
       this.jobFailureRatioAlarm,
       this.rateLimitFailingOpenAlarm,
       this.gpuIdleInstancesAlarm,
@@ -268,9 +275,41 @@ export class QueueAlarms extends Construct {
     this.workerErrorLinesFilter = workerErrors.filter;
     this.workerErrorAlarm = workerErrors.alarm;
 
-    // gpu-worker/worker/worker.ts, `finish`: log.info('job finished', { jobId, owner, outcome, ...extra }),
+    // The API and the sweep log at `error` what an operator must act on too: a refused job that could be
+    // neither failed nor marked (the sweep may still send it), a content policy document that does not
+    // parse (ADR 0023: it pages), a rate-limit counter whose table or grant is missing, and a lone bug's
+    // 500, which the 5xx share never reaches. Not a 503's `request failed` line: the store or queue
+    // refusing for a moment is the 5xx share's to judge (one blip pages nobody, an outage does). Every
+    // other error line counts through the `msg` test; a `request failed` line always has a `status`, so
+    // the pattern never depends on how CloudWatch compares a field a line lacks.
+    const errorLinePattern = (excluding503: boolean) =>
+      excluding503
+        ? logs.FilterPattern.all(
+            logs.FilterPattern.stringValue('$.level', '=', 'error'),
+            logs.FilterPattern.any(logs.FilterPattern.stringValue('$.msg', '!=', 'request failed'), logs.FilterPattern.numberValue('$.status', '!=', 503)),
+          )
+        : logs.FilterPattern.stringValue('$.level', '=', 'error');
+    const errorLines = (id: string, logGroup: logs.ILogGroup, metricName: string, excluding503: boolean) =>
+      new logs.MetricFilter(this, id, { logGroup, filterPattern: errorLinePattern(excluding503), metricNamespace: namespace, metricName, metricValue: '1' });
+    this.apiErrorLinesFilter = props.apiLogGroup ? errorLines('ApiErrorLinesFilter', props.apiLogGroup, 'ApiErrorLines', true) : undefined;
+    this.sweepErrorLinesFilter = errorLines('SweepErrorLinesFilter', props.queuedJobSweep.logGroup, 'SweepErrorLines', false);
+    const linesPer5Min = (filter: logs.MetricFilter) => filter.metric({ period: Duration.minutes(5), statistic: 'Sum' });
+    this.apiErrorAlarm = atLeast(
+      'ApiErrorLines',
+      'The API handler or the queued-job sweep logged an error line (search both log groups for "level":"error"; a 503\'s `request failed` line is not counted).',
+      new cloudwatch.MathExpression({
+        label: 'error lines of the API handler and the queued-job sweep',
+        expression: this.apiErrorLinesFilter ? 'FILL(api, 0) + FILL(sweep, 0)' : 'FILL(sweep, 0)',
+        usingMetrics: { sweep: linesPer5Min(this.sweepErrorLinesFilter), ...(this.apiErrorLinesFilter ? { api: linesPer5Min(this.apiErrorLinesFilter) } : {}) },
+        period: Duration.minutes(5),
+      }),
+      1,
+      1,
+    );
+
+    // gpu-worker/worker/worker.ts, `finish`: log.info('job finished', { job_id, owner, outcome, ...extra }),
     // through jsonLogger (`msg` and the fields at the top level). `outcome` is one of JOB_OUTCOMES
-    // (dashboard.ts), never free text, so it can be a dimension; jobId and owner never are (one metric
+    // (dashboard.ts), never free text, so it can be a dimension; job_id and owner never are (one metric
     // per value).
     this.jobOutcomesFilter = new logs.MetricFilter(this, 'JobOutcomesFilter', {
       logGroup: props.workerLogGroup,

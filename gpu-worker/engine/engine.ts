@@ -387,12 +387,14 @@ export class ClipEngine {
     for (let r = 0; r < texts.length; r++) {
       let s = 0;
       for (let k = 0; k < E; k++) s += raw[r * E + k]! ** 2;
-      const prompt = JSON.stringify(texts[r]!.length > 80 ? `${texts[r]!.slice(0, 80)}…` : texts[r]);
+      // By its place, never its words: this message goes to the worker's log, which outlives a
+      // generation's DELETE, and a prompt may be personal data (ADR 0021). The fault is the weights'.
+      const which = `text ${r + 1} of ${texts.length}`;
       if (!Number.isFinite(s)) {
-        throw new EngineError('numerical_error', `model ${this.name}: the text tower produces a non-finite embedding for ${prompt}; its weights overflow (check the bundle's text weights, or re-import it)`, { model: this.name });
+        throw new EngineError('numerical_error', `model ${this.name}: the text tower produces a non-finite embedding for ${which}; its weights overflow (check the bundle's text weights, or re-import it)`, { model: this.name });
       }
       if (Math.sqrt(s) < MIN_TEXT_FEATURE_NORM) {
-        throw new EngineError('invalid_model', `model ${this.name}: the text tower produces a zero embedding for ${prompt} (norm ${Math.sqrt(s).toExponential(1)}), so no prompt can steer an image; its text weights are broken (an all-zero text_projection?): re-export or re-import the model`, { model: this.name });
+        throw new EngineError('invalid_model', `model ${this.name}: the text tower produces a zero embedding for ${which} (norm ${Math.sqrt(s).toExponential(1)}), so no prompt can steer an image; its text weights are broken (an all-zero text_projection?): re-export or re-import the model`, { model: this.name });
       }
     }
   }

@@ -26,6 +26,15 @@ function pngSize(png: Uint8Array): { width: number; height: number } {
   return { width: dv.getUint32(16), height: dv.getUint32(20) };
 }
 
+/**
+ * Since when a job has waited to start: its last send (`enqueued_at`, else its creation), or a worker
+ * putting it back after a run (`queued_at`). Counted as the queued-job sweep counts its oldestQueuedSec
+ * (waitingSince in functions/queued-jobs.ts), so the two figures agree.
+ */
+function waitingSince(job: JobRecord): number {
+  return Math.max(Date.parse(job.enqueued_at ?? job.created_at), job.queued_at ? Date.parse(job.queued_at) : 0);
+}
+
 /** Output objects written at once at the end of a run. */
 const OUTPUT_WRITE_CONCURRENCY = 8;
 
@@ -195,7 +204,10 @@ export function jsonLogger(level: 'debug' | 'info' | 'warn' | 'error' = 'info', 
   const order = { debug: 10, info: 20, warn: 30, error: 40 } as const;
   const emit = (l: keyof typeof order) => (msg: string, fields: Record<string, unknown> = {}) => {
     if (order[l] < order[level]) return;
-    const line = JSON.stringify({ time: new Date().toISOString(), level: l, msg, ...base, ...fields });
+    const time = new Date().toISOString();
+    // time, level and msg first, and never a field's: a `level` among the fields would hide an error
+    // line from the error alarm ({ $.level = "error" }).
+    const line = JSON.stringify(Object.assign({ time, level: l, msg, ...base, ...fields }, { time, level: l, msg }));
     (l === 'error' || l === 'warn' ? process.stderr : process.stdout).write(`${line}\n`);
   };
   return { debug: emit('debug'), info: emit('info'), warn: emit('warn'), error: emit('error') };
@@ -277,6 +289,22 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       log.warn('onEvent listener threw', { error: describe(error) });
     }
   };
+  /**
+   * The job of each delivery whose body parsed: the lines about the delivery (its lease, ack, release,
+   * dead letter) name the job and its owner, so that a paging line such as `message dead-lettered`
+   * joins to the job's other lines.
+   */
+  const jobOfDelivery = new WeakMap<ReceivedMessage, QueueMessage>();
+  /** The ids a line about a delivery carries: its job's, once its body parsed, and the message's own. */
+  const about = (m: ReceivedMessage): Record<string, string> => {
+    const msg = jobOfDelivery.get(m);
+    return { ...(msg ? { job_id: msg.job_id, owner: msg.owner } : {}), message_id: m.messageId };
+  };
+  /**
+   * What each job read here runs: model, size and steps per image (after the worker's cap). Its
+   * `job finished` line carries them, since the GPU time per image depends on all three.
+   */
+  const runShapeOf = new WeakMap<QueueMessage, { model: string; width: number; height: number; steps: number }>();
   const setState = (next: WorkerState) => {
     if (state === next) return;
     state = next;
@@ -335,10 +363,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (elapsedClock() >= stopExtendingAt) {
         // The run ignored its timeout abort: let the lease lapse instead of holding the message for
         // ever; the redelivery finds the record failed (timeout) once this run returns, or retries it.
-        log.warn('job past its deadline; no longer extending the lease', { messageId: m.messageId });
+        log.warn('job past its deadline; no longer extending the lease', { ...about(m) });
         emit({ type: 'lease_stopped', messageId: m.messageId, reason: 'deadline' });
         // A run that ignores its abort this long holds the GPU for good: this process must go.
-        if (!runEnded) unhealthy('stuck_run', { messageId: m.messageId });
+        if (!runEnded) unhealthy('stuck_run', { ...about(m) });
         timer = undefined;
         held = false; // writes waiting on the lease (resultWriter) stop trying
         return;
@@ -351,18 +379,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           validFrom = Math.max(validFrom, sentAt);
           emit({ type: 'heartbeat', messageId: m.messageId, visibilitySec });
           // Not awaited: a slow job-store write must not push back the next extend.
-          onExtended(sentAt).catch((error) => log.warn('job lease not renewed in the record', { messageId: m.messageId, error: describe(error) }));
+          onExtended(sentAt).catch((error) => log.warn('job lease not renewed in the record', { ...about(m), error: describe(error) }));
         })
         .catch((error) => {
           if (!held) return;
           if (error instanceof PreconditionFailedError) {
             // The delivery is over (expired and redelivered elsewhere): the job is someone else's now.
-            log.warn('lease lost', { messageId: m.messageId, error: describe(error) });
+            log.warn('lease lost', { ...about(m), error: describe(error) });
             held = false;
             onLost();
           } else {
             failures++;
-            log.warn('heartbeat failed; retrying soon', { messageId: m.messageId, failures, error: describe(error) });
+            log.warn('heartbeat failed; retrying soon', { ...about(m), failures, error: describe(error) });
           }
         })
         .finally(() => {
@@ -435,7 +463,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       await queue.ack(m.receipt);
       emit({ type: 'acked', messageId: m.messageId, reason });
     } catch (error) {
-      log.warn(onFailure, { messageId: m.messageId, reason, error: describe(error) });
+      log.warn(onFailure, { ...about(m), reason, error: describe(error) });
     }
   }
 
@@ -446,7 +474,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       else await queue.release(m.receipt);
       emit({ type: 'released', messageId: m.messageId, reason });
     } catch (error) {
-      log.warn('release failed; the message returns when its visibility timeout passes', { messageId: m.messageId, reason, error: describe(error) });
+      log.warn('release failed; the message returns when its visibility timeout passes', { ...about(m), reason, error: describe(error) });
     }
   }
 
@@ -461,15 +489,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     // The fresh copy lives the queue's whole retention again: stamp the job first, so the queued-job
     // sweep never takes it for one no message can reach (ADR 0012). Best effort: a record that cannot
     // be read or written must not keep the message from going back.
-    let heldCopy: { jobId: string; leaseExpiresAt: string | null | undefined } | undefined;
+    let heldCopy: { leaseExpiresAt: string | null | undefined } | undefined;
     try {
       const msg = parseQueueMessage(m.body);
+      jobOfDelivery.set(m, msg);
       await jobs.update(msg.owner, msg.job_id, (cur) => {
-        heldCopy = copyOfHeld(cur, m) ? { jobId: cur.id, leaseExpiresAt: cur.lease_expires_at } : undefined;
+        heldCopy = copyOfHeld(cur, m) ? { leaseExpiresAt: cur.lease_expires_at } : undefined;
         return isTerminal(cur.status) || heldCopy ? null : { ...cur, enqueued_at: iso() };
       });
     } catch (error) {
-      log.warn('requeue: the job record could not be stamped', { messageId: m.messageId, error: describe(error) });
+      log.warn('requeue: the job record could not be stamped', { ...about(m), error: describe(error) });
     }
     if (heldCopy) {
       // A second copy of the message whose delivery holds the job (a stop came as it arrived): a fresh
@@ -477,14 +506,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // the holder's message away, and the fresh copy would be dropped as a duplicate: the job left
       // with none. Put off, as handle() puts such a copy off.
       const delaySec = copyDelaySec(heldCopy.leaseExpiresAt);
-      log.info('a second copy of the message whose delivery holds the job, received while stopping; it comes back after the lease', { jobId: heldCopy.jobId, messageId: m.messageId, delaySec });
+      log.info('a second copy of the message whose delivery holds the job, received while stopping; it comes back after the lease', { ...about(m), delaySec });
       await release(m, 'copy_of_held', delaySec);
       return;
     }
     try {
       await queue.send(m.body);
     } catch (error) {
-      log.warn('requeue send failed; releasing instead (this delivery counts)', { messageId: m.messageId, reason, error: describe(error) });
+      log.warn('requeue send failed; releasing instead (this delivery counts)', { ...about(m), reason, error: describe(error) });
       await release(m, reason);
       return;
     }
@@ -498,20 +527,20 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * Without a DLQ port the message is released, and the queue's redrive takes it at the receive limit. */
   async function deadLetter(m: ReceivedMessage, reason: string): Promise<void> {
     if (!queue.deadLetter) {
-      log.error('no dead-letter queue configured; releasing for the redrive policy', { messageId: m.messageId, reason });
+      log.error('no dead-letter queue configured; releasing for the redrive policy', { ...about(m), reason });
       await release(m, `dead_letter:${reason}`);
       return;
     }
     try {
       await queue.deadLetter.send(m.body);
     } catch (error) {
-      log.error('dead-letter send failed; releasing', { messageId: m.messageId, reason, error: describe(error) });
+      log.error('dead-letter send failed; releasing', { ...about(m), reason, error: describe(error) });
       await release(m, `dead_letter_failed:${reason}`);
       return;
     }
     // An error line: each dead letter pages through the worker's error alarm, also while the DLQ
     // depth alarm is already in ALARM (ADR 0023).
-    log.error('message dead-lettered', { messageId: m.messageId, reason, receiveCount: m.receiveCount });
+    log.error('message dead-lettered', { ...about(m), reason, receiveCount: m.receiveCount });
     emit({ type: 'dead_lettered', messageId: m.messageId, reason });
     await ack(m, `dead_lettered:${reason}`);
   }
@@ -519,7 +548,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   // ------------------------------------------------------------ job record writes
 
   const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string }; workerSeconds?: number; secondsPerImage?: number } = {}) => {
-    log.info('job finished', { jobId: msg.job_id, owner: msg.owner, outcome, ...extra });
+    // `error_code` at the top level: the failures-by-code metric (cdk/lib/queue-alarms.ts) takes its
+    // dimension from it. The codes are the worker's and the engine's own: a small, fixed set.
+    log.info('job finished', { job_id: msg.job_id, owner: msg.owner, outcome, ...runShapeOf.get(msg), ...(extra.error ? { error_code: extra.error.code } : {}), ...extra });
     if (outcome === 'succeeded') {
       machineFailures = 0;
       runFailureJobs.clear();
@@ -547,7 +578,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    */
   async function removeOrphans(rec: JobRecord): Promise<void> {
     await settleStoredOutputs(blobs, rec).catch((error) =>
-      log.warn('stored images of an ended job were not removed; the queued-job sweep retries', { jobId: rec.id, owner: rec.owner, status: rec.status, error: describe(error) }),
+      log.warn('stored images of an ended job were not removed; the queued-job sweep retries', { job_id: rec.id, owner: rec.owner, status: rec.status, error: describe(error) }),
     );
   }
 
@@ -636,7 +667,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   /** This message duplicates the delivery that holds the job: it is dropped, and ends nothing. */
   async function dropDuplicate(m: ReceivedMessage, msg: QueueMessage, lease: { release(): Promise<void> }, leaseExpiresAt: string | null | undefined): Promise<void> {
-    log.info('duplicate message for a job another worker holds; dropping it', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt });
+    log.info('duplicate message for a job another worker holds; dropping it', { ...about(m), leaseExpiresAt });
     await lease.release();
     await ack(m, 'duplicate_of_running');
     finish(msg, 'skipped');
@@ -657,7 +688,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       await recordUsage(blobs, msg.owner, msg.job_id, new Date(job.finished_at!), figures);
     } catch (error) {
       const last = m.receiveCount >= config.maxReceives;
-      log.error(last ? 'usage not recorded on the last delivery; the owner\'s daily totals miss this job (clipag usage rebuild)' : 'usage not recorded yet; the message comes back to record it', { jobId: msg.job_id, owner: msg.owner, ...figures, error: describe(error) });
+      log.error(last ? 'usage not recorded on the last delivery; the owner\'s daily totals miss this job (clipag usage rebuild)' : 'usage not recorded yet; the message comes back to record it', { job_id: msg.job_id, owner: msg.owner, ...figures, error: describe(error) });
       if (last) return true;
       await lease.release();
       await release(m, 'usage_unrecorded', retryDelaySec(m));
@@ -668,7 +699,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     // made and the ledger's own check counts it once (it keeps every job of the month, shared/usage.ts).
     await jobs
       .update(msg.owner, msg.job_id, (cur) => (cur.usage_recorded_at ? null : { ...cur, usage_recorded_at: iso() }))
-      .catch((error) => log.warn('usage recorded, but the record was not stamped with it', { jobId: msg.job_id, error: describe(error) }));
+      .catch((error) => log.warn('usage recorded, but the record was not stamped with it', { job_id: msg.job_id, owner: msg.owner, error: describe(error) }));
     return true;
   }
 
@@ -693,7 +724,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     // limit (a false dead letter). The copy is never the one that resumes the job: a holder that dies
     // leaves its own copy, which comes back when its lease runs out.
     const delaySec = copyDelaySec(leaseExpiresAt);
-    log.info('a second copy of the message whose delivery holds the job; it comes back after the lease', { jobId: msg.job_id, messageId: m.messageId, leaseExpiresAt, delaySec });
+    log.info('a second copy of the message whose delivery holds the job; it comes back after the lease', { ...about(m), leaseExpiresAt, delaySec });
     await lease.release();
     await release(m, 'copy_of_held', delaySec);
     finish(msg, 'skipped');
@@ -706,8 +737,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     let msg: QueueMessage;
     try {
       msg = parseQueueMessage(m.body);
+      jobOfDelivery.set(m, msg);
     } catch (error) {
-      log.warn('malformed queue message', { messageId: m.messageId, error: describe(error), body: m.body.slice(0, 200) });
+      log.warn('malformed queue message', { ...about(m), error: describe(error), body: m.body.slice(0, 200) });
       await deadLetter(m, 'malformed');
       return;
     }
@@ -729,7 +761,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         const now = await jobs.get(msg.owner, msg.job_id);
         if (now) await removeOrphans(now); // a record still queued or running is left alone
       } catch (error) {
-        log.warn('stored images of a superseded attempt not re-marked; the lifecycle rule removes them', { jobId: msg.job_id, owner: msg.owner, error: describe(error) });
+        log.warn('stored images of a superseded attempt not re-marked; the lifecycle rule removes them', { job_id: msg.job_id, owner: msg.owner, error: describe(error) });
       }
     };
     // The record's copy of the lease, renewed with the message's: lets another delivery tell a
@@ -748,11 +780,12 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     try {
       const job = await jobs.get(msg.owner, msg.job_id);
       if (!job) {
-        log.warn('job record not found; dropping the message', { jobId: msg.job_id, owner: msg.owner });
+        log.warn('job record not found; dropping the message', { job_id: msg.job_id, owner: msg.owner });
         await lease.release();
         await ack(m, 'job_missing');
         return finish(msg, 'skipped');
       }
+      runShapeOf.set(msg, { model: job.spec.model, width: job.spec.width, height: job.spec.height, steps: Math.min(job.spec.steps, maxSteps ?? Infinity) });
       if (isTerminal(job.status)) {
         // This very message back after its run ended: its usage write failed (the message was given
         // back for it), or the final write landed but answered an error. The ledger may miss the run;
@@ -855,7 +888,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         return finish(msg, isTerminal(running.status) || rec.status !== 'canceled' ? 'skipped' : 'canceled');
       }
       attempt = running.attempts;
-      log.info('job started', { jobId: msg.job_id, owner: msg.owner, attempt, receiveCount: m.receiveCount, model: job.spec.model, steps, requestedSteps: job.spec.steps, n: job.spec.n });
+      // `queuedSec`: how long this job waited to start (the dashboard's queue-wait percentiles; the
+      // sweep's oldestQueuedSec only samples the longest wait of the jobs still queued).
+      const queuedSec = Math.max(0, Math.round(clock.now() - waitingSince(running))) / 1000;
+      log.info('job started', { ...about(m), attempt, receiveCount: m.receiveCount, queuedSec, model: job.spec.model, steps, requestedSteps: job.spec.steps, n: job.spec.n });
       emit({ type: 'job_started', jobId: msg.job_id, attempt });
 
       // Run, with progress writes that double as the cancel check.
@@ -904,7 +940,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           code: 'timeout',
           message: `the job ran past its ${jobTimeoutSec} s time limit and was stopped after ${Math.min(stepsDone, total)} of ${total} steps; it is not retried (the same request would time out again): ask for fewer steps, fewer images or a smaller size`,
         };
-        if (runError !== undefined) log.warn('run threw after the timeout abort', { jobId: msg.job_id, error: describe(runError) });
+        if (runError !== undefined) log.warn('run threw after the timeout abort', { job_id: msg.job_id, owner: msg.owner, error: describe(runError) });
         // A job its caller asked to cancel ends `canceled`, as markFailed ends it: a timeout's advice to
         // submit a smaller request would tell them to pay again for what they stopped.
         let canceled = false;
@@ -924,7 +960,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (runError !== undefined && reason !== undefined) {
         // The run threw on its way out of an abort (a session rejected mid-step): it ends as the abort
         // says. A drain must not spend a delivery, nor a cancel end the job failed.
-        log.warn('run threw after an abort; settled as the abort', { jobId: msg.job_id, reason, error: describe(runError) });
+        log.warn('run threw after an abort; settled as the abort', { job_id: msg.job_id, owner: msg.owner, reason, error: describe(runError) });
         outcome = abortedOutcome(progress.latest?.step ?? 0, total);
         runError = undefined;
       }
@@ -959,7 +995,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // The output check decides what is published; a withheld image is never stored, nor its frames.
       const checks = checkOutputs(outcome.images, screen);
       const withheld = new Set(checks.filter((c) => c.withheld).map((c) => c.index));
-      for (const c of checks) log.info('output check matched', { jobId: msg.job_id, owner: msg.owner, index: c.index, withheld: c.withheld, rules: c.flags.map((f) => f.rule) });
+      for (const c of checks) log.info('output check matched', { job_id: msg.job_id, owner: msg.owner, index: c.index, withheld: c.withheld, rules: c.flags.map((f) => f.rule) });
       const allWithheld = outcome.images.length > 0 && withheld.size === outcome.images.length;
 
       // Another delivery may have taken the job over while this run went on (its lease lapsed): it
@@ -1042,7 +1078,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           // A step's cost at each stage size: what prices a size never run (ADR 0014).
           ...(outcome.stages?.length && stageSeconds <= loopSeconds ? { stages: outcome.stages.map((st) => ({ width: st.width, height: st.height, steps: st.steps, seconds: st.ms / 1000 })) } : {}),
         };
-        await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { jobId: msg.job_id, error: describe(error) }));
+        await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { job_id: msg.job_id, owner: msg.owner, error: describe(error) }));
       };
       // The usage before the ack, with the lease still held: see settleUsage. (The redelivery that
       // records the usage then does not know the run's stages: the sample is recorded now.)
@@ -1073,13 +1109,16 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     if (error instanceof CorruptDocumentError) {
       // The job document cannot be read, so it cannot be marked failed either, and every redelivery
       // would hit the same wall: park the message in the DLQ (once) for an operator.
-      log.error('job document is corrupt; dead-lettering its message', { jobId: msg.job_id, owner: msg.owner, key: error.key, detail: error.detail });
+      log.error('job document is corrupt; dead-lettering its message', { job_id: msg.job_id, owner: msg.owner, key: error.key, detail: error.detail });
       await deadLetter(m, 'corrupt_record');
       return finish(msg, 'failed', { error: { code: error.code, message: error.message } });
     }
     const cls = classifyError(error);
     const lastAttempt = m.receiveCount >= config.maxReceives;
-    log.warn('job attempt failed', { jobId: msg.job_id, owner: msg.owner, class: cls, receiveCount: m.receiveCount, lastAttempt, error: describe(error) });
+    // An error the worker does not know (a plain Error, no retry class: internal_error) is a bug in the
+    // worker or the engine: an error line, which pages (WorkerErrorLines), not only the failure share.
+    const bug = cls === 'permanent' && jobErrorOf(error).code === 'internal_error';
+    log[bug ? 'error' : 'warn']('job attempt failed', { job_id: msg.job_id, owner: msg.owner, class: cls, receiveCount: m.receiveCount, lastAttempt, error: describe(error) });
     if (isMachineFailure(error)) {
       if (++machineFailures >= maxMachineFailures) unhealthy('machine_failures', { failures: machineFailures, error: describe(error) });
     } else if (config.device === 'cuda' && isUnexplainedRunFailure(error)) {
@@ -1130,7 +1169,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // it, under a lease that lapses with the message's: the message is left to come back then (a
       // release now would find that lease live and be put off as a copy of the held message, which
       // spends a delivery). At the receive limit the redrive policy dead-letters it.
-      log.error('could not record the failure; the message comes back when its lease runs out', { jobId: msg.job_id, error: describe(writeError) });
+      log.error('could not record the failure; the message comes back when its lease runs out', { job_id: msg.job_id, owner: msg.owner, error: describe(writeError) });
     }
   }
 
@@ -1158,7 +1197,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           if (rec.cancel_requested || rec.status === 'canceled') abort('cancel');
           else if (rec.attempts !== attempt || isTerminal(rec.status)) abort('lease_lost');
         })
-        .catch((error) => log.warn('progress write failed (skipped)', { jobId: msg.job_id, error: describe(error) }))
+        .catch((error) => log.warn('progress write failed (skipped)', { job_id: msg.job_id, owner: msg.owner, error: describe(error) }))
         .finally(() => {
           inflight = undefined;
           // The interval counts from the end of a write: with slow (fsynced) writes, back-to-back
@@ -1220,17 +1259,17 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           await removeOrphans(rec);
           jobEnded(msg);
           emit({ type: 'dead_lettered', messageId: m.messageId, reason: 'swept' });
-          log.error(`dead-letter sweep: job marked ${rec.status}`, { jobId: msg.job_id, owner: msg.owner });
+          log.error(`dead-letter sweep: job marked ${rec.status}`, { job_id: msg.job_id, owner: msg.owner, message_id: m.messageId });
         }
       } catch (error) {
         // Malformed messages (ValidationError) and corrupt job documents are why such messages are in
         // the DLQ in the first place: nothing to settle, nothing new to say on every sweep.
         if (error instanceof ValidationError || error instanceof CorruptDocumentError) {
-          log.debug('dead-letter sweep: message left as is', { messageId: m.messageId, error: describe(error) });
+          log.debug('dead-letter sweep: message left as is', { ...about(m), error: describe(error) });
         } else if (!sweepWarned.has(m.messageId)) {
           if (sweepWarned.size >= 10_000) sweepWarned.clear();
           sweepWarned.add(m.messageId);
-          log.warn('dead-letter sweep: could not settle a message (not repeated for this message)', { messageId: m.messageId, error: describe(error) });
+          log.warn('dead-letter sweep: could not settle a message (not repeated for this message)', { ...about(m), error: describe(error) });
         }
       } finally {
         // Keep it visible in the DLQ for the depth alarm and for inspection.
@@ -1322,7 +1361,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           await handle(m, receivedAt);
         } catch (error) {
           // handle() settles every path itself; reaching here is a bug. Never take the process down.
-          log.error('unexpected error handling a message', { messageId: m.messageId, error: describe(error) });
+          log.error('unexpected error handling a message', { ...about(m), error: describe(error) });
         } finally {
           await protection.unprotect();
         }

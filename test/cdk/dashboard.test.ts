@@ -8,12 +8,14 @@ import { stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
 import { JOB_OUTCOMES, RATE_LIMIT_NAMES } from '../../cdk/lib/dashboard.ts';
 import { createApp } from '../../functions/app.ts';
 import { MemoryRateCounter } from '../../shared/adapters/local/rate-counter.ts';
-import { RetryableError } from '../../shared/errors.ts';
+import { NonRetryableError, RetryableError } from '../../shared/errors.ts';
+import type { JobStore } from '../../shared/ports.ts';
 import { harness } from '../functions/helpers.ts';
 import { createWorker, jsonLogger } from '../../gpu-worker/worker/worker.ts';
 import type { SynthesisOutcome, Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { compileOutputScreen } from '../../shared/prompt-policy.ts';
+import type { JobRecord } from '../../shared/schemas/job.ts';
 import { makeEnv, submit, waitForStatus } from '../worker/helpers.ts';
 import { standInImage, stepping } from '../worker/stand-ins.ts';
 import { LAMBDA_STUB, REPO_ROOT, resources, testApp } from './helpers.ts';
@@ -128,31 +130,44 @@ function filtersOf(b: Built): Record<string, any> {
 /**
  * Whether a JSON filter pattern (`{ $.a = "x" }`, `{ ($.a = "x") && ($.b >= 0) }`) matches one JSON log
  * line. Only what the stack's patterns use: `&&` of comparisons of top-level fields with a quoted string
- * (= and !=) or a number, and `IS TRUE` / `IS FALSE` (a JSON boolean only); anything else throws, so a
- * new pattern cannot pass untested.
+ * (= and !=) or a number, `IS TRUE` / `IS FALSE` (a JSON boolean only), and a parenthesized `||` of
+ * comparisons as one of the `&&` terms. A comparison on a field the line lacks is false here, `!=`
+ * included (the stack's patterns never depend on it: their `!=` fields are on every line they test).
+ * Anything else throws, so a new pattern cannot pass untested.
  */
 function matches(pattern: string, line: Record<string, unknown>): boolean {
   const m = /^\{\s*(.*?)\s*\}$/.exec(pattern);
   if (!m) throw new Error(`not a JSON pattern: ${pattern}`);
+  const unwrap = (raw: string) => raw.trim().replace(/^\((.*)\)$/, '$1').trim();
   return m[1]!.split('&&').every((raw) => {
-    const term = raw.trim().replace(/^\((.*)\)$/, '$1').trim();
-    const bool = /^\$\.([A-Za-z_][A-Za-z0-9_]*) IS (TRUE|FALSE)$/.exec(term);
-    if (bool) return line[bool[1]!] === (bool[2] === 'TRUE');
-    const t = /^\$\.([A-Za-z_][A-Za-z0-9_]*)\s*(=|!=|>=|<=|>|<)\s*("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?)$/.exec(term);
-    if (!t) throw new Error(`unsupported term: ${term}`);
-    const [, field, op, literal] = t;
-    const value = line[field!];
-    if (literal!.startsWith('"')) {
-      const want = JSON.parse(literal!) as string;
-      if (op !== '=' && op !== '!=') throw new Error(`unsupported string comparison: ${term}`);
-      // A string pattern compares with a string field only.
-      const equal = typeof value === 'string' && value === want;
-      return op === '=' ? equal : !equal;
-    }
-    if (typeof value !== 'number') return false;
-    const n = Number(literal);
-    return { '=': value === n, '!=': value !== n, '>=': value >= n, '<=': value <= n, '>': value > n, '<': value < n }[op!]!;
+    const term = unwrap(raw);
+    return term.includes('||') ? term.split('||').some((alternative) => compare(unwrap(alternative), line)) : compare(term, line);
   });
+}
+
+function compare(term: string, line: Record<string, unknown>): boolean {
+  const bool = /^\$\.([A-Za-z_][A-Za-z0-9_]*) IS (TRUE|FALSE)$/.exec(term);
+  if (bool) return line[bool[1]!] === (bool[2] === 'TRUE');
+  const t = /^\$\.([A-Za-z_][A-Za-z0-9_]*)\s*(=|!=|>=|<=|>|<)\s*("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?)$/.exec(term);
+  if (!t) throw new Error(`unsupported term: ${term}`);
+  const [, field, op, literal] = t;
+  if (!Object.hasOwn(line, field!)) return false;
+  const value = line[field!];
+  if (literal!.startsWith('"')) {
+    const want = JSON.parse(literal!) as string;
+    if (op !== '=' && op !== '!=') throw new Error(`unsupported string comparison: ${term}`);
+    // A string pattern compares with a string field only.
+    const equal = typeof value === 'string' && value === want;
+    return op === '=' ? equal : !equal;
+  }
+  if (typeof value !== 'number') return false;
+  const n = Number(literal);
+  return { '=': value === n, '!=': value !== n, '>=': value >= n, '<=': value <= n, '>': value > n, '<': value < n }[op!]!;
+}
+
+/** The job store with its listing (GET /v1/generations) failing as `fail` says, the rest as it is. */
+function patchedList(jobs: JobStore, fail: () => Promise<never>): JobStore {
+  return new Proxy(jobs, { get: (t, p, r) => (p === 'listByOwner' ? fail : typeof Reflect.get(t, p, r) === 'function' ? (Reflect.get(t, p, r) as Function).bind(t) : Reflect.get(t, p, r)) });
 }
 
 // ---- tests ---------------------------------------------------------------------------------------
@@ -204,11 +219,11 @@ describe('the dashboard', () => {
       const operatorAlarms = resources(b.worker)
         .filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm' && JSON.stringify(r.Properties.AlarmActions ?? []).includes('AlarmsTopic'))
         .map(([id]) => ({ 'Fn::GetAtt': [id, 'Arn'] }));
-      expect(operatorAlarms).toHaveLength(11);
+      expect(operatorAlarms).toHaveLength(12);
       expect(shown).toHaveLength(operatorAlarms.length);
       expect(shown).toEqual(expect.arrayContaining(operatorAlarms));
       const a = b.stacks.worker.alarms;
-      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.queuedJobSweepNotRunningAlarm, a.queuedJobSweepDroppedAlarm, a.api5xxAlarm!, a.apiThrottlesAlarm!, a.workerErrorAlarm, a.jobFailureRatioAlarm, a.rateLimitFailingOpenAlarm!, a.gpuIdleInstancesAlarm!]) {
+      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.queuedJobSweepNotRunningAlarm, a.queuedJobSweepDroppedAlarm, a.api5xxAlarm!, a.apiThrottlesAlarm!, a.workerErrorAlarm, a.apiErrorAlarm, a.jobFailureRatioAlarm, a.rateLimitFailingOpenAlarm!, a.gpuIdleInstancesAlarm!]) {
         expect(shown).toContainEqual(b.stacks.worker.resolve(alarm.alarmArn));
       }
     }
@@ -224,14 +239,14 @@ describe('the dashboard', () => {
       expect(md).toMatch(new RegExp(`^# clipag ${stage}\\n`));
       expect(md).toContain('cdk/README.md, section "On call"');
       const idleMinutes = Math.max(60, b.config.scaleInAfterIdleMinutes + 30);
-      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', `**Queued-job sweep not running for ${3 * b.config.queuedJobSweepMinutes} min**`, '**Queued-job sweep event dropped**', '**API 5xx ≥ 20 % of requests per 5 min, 2 periods in a row**', '**API Lambda throttled, 2 periods of 5 min in a row**', '**Rate limits failing open for 15 min**', '**GPU worker error line**', '**Job failure share ≥ 50 % in 15 min**', `**GPU instances idle for ${idleMinutes} min**`, '**a worker task stopped abnormally**']) {
+      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', `**Queued-job sweep not running for ${3 * b.config.queuedJobSweepMinutes} min**`, '**Queued-job sweep event dropped**', '**API 5xx ≥ 20 % of requests per 5 min, 2 periods in a row**', '**API Lambda throttled, 2 periods of 5 min in a row**', '**Rate limits failing open for 15 min**', '**GPU worker error line**', '**API or queued-job sweep error line**', '**Job failure share ≥ 50 % in 15 min**', `**GPU instances idle for ${idleMinutes} min**`, '**a worker task stopped abnormally**']) {
         expect(md).toContain(line);
       }
       // The runbook section it names exists, and so does each entry a line points to.
       const readme = readFileSync(path.join(REPO_ROOT, 'cdk', 'README.md'), 'utf8');
       expect(readme).toMatch(/^### On call$/m);
       const entries = [...md.matchAll(/→ runbook: \*([^*]+)\*/g)].map((m) => m[1]!);
-      expect(new Set(entries).size).toBe(10);
+      expect(new Set(entries).size).toBe(11);
       for (const entry of entries) expect(readme, entry).toContain(`#### ${entry}\n`);
       expect(md).toContain('rate_limited');
     }
@@ -266,9 +281,10 @@ describe('the dashboard', () => {
       const namespace = `Clipag/${stage}`;
       expect(metrics.filter((m) => m.namespace === namespace).map((m) => m.name)).toEqual(expect.arrayContaining(['OldestQueuedJobSeconds', 'WorkerErrorLines', 'WorkerJobsFinished']));
       const filters = resources(b.worker).filter(([, r]) => r.Type === 'AWS::Logs::MetricFilter').map(([, r]) => r.Properties);
-      // The alarms' four and the dashboard's five; no two on the same lines and metric.
+      // The alarms' six and the dashboard's seven; no two on the same lines and metric.
       expect(filters.map((f) => f.MetricTransformations[0].MetricName).sort()).toEqual([
-        'Api429Answers', 'OldestQueuedJobSeconds', 'RateLimitRefusals', 'RateLimitUnavailable', 'WorkerErrorLines', 'WorkerImagesWithheld', 'WorkerJobsFinished', 'WorkerSecondsPerImage', 'WorkerWarmUpTime',
+        'Api429Answers', 'ApiErrorLines', 'OldestQueuedJobSeconds', 'RateLimitRefusals', 'RateLimitUnavailable', 'SweepErrorLines', 'WorkerErrorLines', 'WorkerImagesWithheld', 'WorkerJobFailures', 'WorkerJobsFinished',
+        'WorkerQueueWaitSeconds', 'WorkerSecondsPerImage', 'WorkerWarmUpTime',
       ]);
       // Every metric it graphs in the stage's namespace is one a filter of this stack publishes, with its dimensions.
       const published = filtersOf(b);
@@ -341,9 +357,10 @@ describe('the dashboard', () => {
       // What gpu-worker/main.ts builds: jsonLogger at the default level, with its base field.
       log: jsonLogger('info', { component: 'worker' }),
     });
+    let job!: JobRecord;
     try {
       worker.start();
-      const job = await submit(env, { steps: 2 });
+      job = await submit(env, { steps: 2 });
       expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).status).toBe('succeeded');
       // The `job finished` line follows the record's update: wait for it as well.
       const deadline = Date.now() + 10_000;
@@ -358,9 +375,28 @@ describe('the dashboard', () => {
 
     const finished = logged.filter((l) => matches(f.WorkerJobsFinished.FilterPattern, l));
     expect(finished).toHaveLength(1);
-    expect(finished[0]).toMatchObject({ level: 'info', msg: 'job finished', jobId: expect.any(String), outcome: 'succeeded' });
+    // What the job ran, so that its time per image can be told apart from another model's or size's.
+    expect(finished[0]).toMatchObject({ level: 'info', msg: 'job finished', job_id: job.id, owner: job.owner, outcome: 'succeeded', model: 'tiny', width: 64, height: 64, steps: 2 });
+    expect(finished[0]).not.toHaveProperty('error_code');
     // The dimension's field: one of the outcomes graphed.
     expect(JOB_OUTCOMES).toContain(finished[0]!.outcome);
+    // A success is no failure by code.
+    expect(logged.filter((l) => matches(f.WorkerJobFailures.FilterPattern, l))).toEqual([]);
+
+    // How long the job waited to start, a number on its `job started` line, which also names the
+    // delivery (message_id) that the lease, ack and dead-letter lines name.
+    const started = logged.filter((l) => matches(f.WorkerQueueWaitSeconds.FilterPattern, l));
+    expect(started).toHaveLength(1);
+    expect(started[0]).toMatchObject({ msg: 'job started', job_id: job.id, owner: job.owner, message_id: expect.any(String), queuedSec: expect.any(Number) });
+    expect(started[0]!.queuedSec).toBeGreaterThanOrEqual(0);
+    expect(f.WorkerQueueWaitSeconds.MetricTransformations[0]).toMatchObject({ MetricValue: '$.queuedSec', Unit: 'Seconds' });
+    // Every line about the job names it under one key: a Logs Insights `filter job_id = …` finds them all.
+    const aboutJob = logged.filter((l) => JSON.stringify(l).includes(job.id));
+    expect(aboutJob.length).toBeGreaterThanOrEqual(2);
+    for (const l of aboutJob) {
+      expect(l, String(l.msg)).toMatchObject({ job_id: job.id });
+      expect(l, String(l.msg)).not.toHaveProperty('jobId');
+    }
 
     // The run's GPU time per image, on the same line: one image here.
     const perImage = logged.filter((l) => matches(f.WorkerSecondsPerImage.FilterPattern, l));
@@ -426,6 +462,14 @@ describe('the dashboard', () => {
     // The job counts as failed for the failure share.
     const finished = logged.filter((l) => matches(f.WorkerJobsFinished.FilterPattern, l));
     expect(finished.map((l) => l.outcome)).toEqual(['failed']);
+    // And once among the failures by code, its code at the top level of the line (the dimension's field).
+    expect(f.WorkerJobFailures).toMatchObject({
+      FilterPattern: '{ ($.msg = "job finished") && ($.outcome = "failed") }',
+      LogGroupName: { Ref: expect.stringMatching(/^WorkerLogs/) },
+      MetricTransformations: [{ MetricNamespace: 'Clipag/dev', MetricName: 'WorkerJobFailures', MetricValue: '1', Dimensions: [{ Key: 'ErrorCode', Value: '$.error_code' }] }],
+    });
+    const failures = logged.filter((l) => matches(f.WorkerJobFailures.FilterPattern, l));
+    expect(failures.map((l) => [l.error_code, (l.error as { code: string }).code])).toEqual([['content_policy', 'content_policy']]);
   });
 
   it('the API writes the lines the rate-limit filters read: a refusal per limit (the dimension one of RATE_LIMIT_NAMES), and a counter failure', async () => {
@@ -461,6 +505,44 @@ describe('the dashboard', () => {
     expect([...app.matchAll(/\bgate\(deps\.limits\.\w+, [^,]+, '([a-z]+)'/g)].map((m) => m[1]).sort()).toEqual([...RATE_LIMIT_NAMES].sort());
   });
 
+  it("the API's error lines page (ApiErrorLines), but a 503's `request failed` line, the 5xx share's, does not", async () => {
+    const h = await harness();
+    try {
+      const auth = { Authorization: `Bearer ${h.alice}` };
+      // A bug: an unexpected TypeError, answered 500. Then storage refusing for a moment, answered 503.
+      const buggy = createApp({ ...h.deps, jobs: patchedList(h.deps.jobs, () => Promise.reject(new TypeError("Cannot read properties of undefined (reading 'id')"))) });
+      expect((await buggy.request('/v1/generations', { headers: auth })).status).toBe(500);
+      const blip = createApp({ ...h.deps, jobs: patchedList(h.deps.jobs, () => Promise.reject(new RetryableError('S3 is unavailable: SlowDown'))) });
+      expect((await blip.request('/v1/generations', { headers: auth })).status).toBe(503);
+      // A rate-limit counter refused for good (a missing table or grant): an error line without a status.
+      const denied = { get: async () => Promise.reject(new NonRetryableError('AccessDenied')), addBelow: async () => Promise.reject(new NonRetryableError('AccessDenied')) };
+      await createApp({ ...h.deps, rateCounter: denied, limits: { ...h.deps.limits, rateLimitPerMin: 5 } }).request('/v1/models', { headers: auth });
+    } finally {
+      await h.close();
+    }
+    const lines = h.logs.map((e) => JSON.parse(JSON.stringify({ time: new Date().toISOString(), ...(e as object) })) as Record<string, unknown>);
+    const errors = lines.filter((l) => l.level === 'error');
+    expect(errors.map((l) => [l.msg === 'request failed' ? l.status : l.event])).toEqual(expect.arrayContaining([[500], [503], ['rate_limit_unavailable']]));
+    const f = filtersOf(built.dev);
+    expect(JSON.stringify(f.ApiErrorLines.LogGroupName)).toContain('HandlerLogs');
+    const paging = lines.filter((l) => matches(f.ApiErrorLines.FilterPattern, l));
+    expect(paging.map((l) => l.status ?? l.event).sort()).toEqual([500, 'rate_limit_unavailable'].sort());
+    // The sweep's group: every error line.
+    expect(f.SweepErrorLines).toMatchObject({ FilterPattern: '{ $.level = "error" }', MetricTransformations: [{ MetricNamespace: 'Clipag/dev', MetricName: 'SweepErrorLines', MetricValue: '1' }] });
+    expect(JSON.stringify(f.SweepErrorLines.LogGroupName)).toContain('QueuedJobSweeperLogs');
+  });
+
+  it("graphs failed jobs by error code with a search of the stage's own namespace, and each job's wait to start as p50 / p90", () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const { widgets } = dashboardOf(built[stage].worker);
+      const byCode = widgets.find((w) => w.properties.title?.startsWith('Failed jobs by error code'))!;
+      const expressions = (byCode.properties.metrics ?? []).map((l) => (l[0] as { expression?: string }).expression);
+      expect(expressions).toEqual([`SEARCH('{Clipag/${stage},ErrorCode} MetricName="WorkerJobFailures"', 'Sum', 900)`]);
+      const wait = widgets.find((w) => w.properties.title?.startsWith('Jobs: wait to start'))!;
+      expect(wait.properties.metrics!.map((l) => [l[1], (l.at(-1) as { stat: string }).stat])).toEqual([['WorkerQueueWaitSeconds', 'p50'], ['WorkerQueueWaitSeconds', 'p90']]);
+    }
+  });
+
   it('graphs task counts from Container Insights where the stage has it, and turns nothing on where it has not', () => {
     const cluster = (b: Built) => resources(b.worker).find(([, r]) => r.Type === 'AWS::ECS::Cluster')![1].Properties.ClusterSettings;
     expect(cluster(built.dev)).toEqual([{ Name: 'containerInsights', Value: 'disabled' }]);
@@ -491,10 +573,10 @@ describe('the dashboard', () => {
     for (const stage of ['dev', 'prod'] as const) {
       const b = built[stage];
       const own = resources(b.worker).filter(([id]) => id.startsWith('Dashboard')).map(([, r]) => r.Type);
-      expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', ...Array(5).fill('AWS::Logs::MetricFilter')]);
+      expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', ...Array(7).fill('AWS::Logs::MetricFilter')]);
       b.worker.resourceCountIs('AWS::SNS::Topic', 1);
-      // The eleven operator alarms (QueueAlarms) and the scaling policy's two.
-      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 13);
+      // The twelve operator alarms (QueueAlarms) and the scaling policy's two.
+      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 14);
       // It reads no Logs Insights queries (each view of such a widget is billed by the data it scans).
       expect(dashboardOf(b.worker).widgets.map((w) => w.type).every((t) => t === 'metric' || t === 'text' || t === 'alarm')).toBe(true);
     }

@@ -204,7 +204,7 @@ describe('stack outputs the runbook reads (M4)', () => {
     const b = built.prod;
     const templates = { Stateful: b.stateful, Api: b.api, Worker: b.worker };
     for (const [stack, output] of used) expect(Object.keys((templates[stack].toJSON() as { Outputs: object }).Outputs), `${stack} ${output}`).toContain(output);
-    for (const entry of ['DLQ depth', 'Oldest queued job', 'Queued-job sweep failing, not running, or its events dropped', 'API 5xx share', 'API Lambda throttled', 'Rate limits failing open', 'GPU worker error line', 'Job failure share', 'GPU instances idle', 'A worker task stopped abnormally', 'Pause GPU spending']) {
+    for (const entry of ['DLQ depth', 'Oldest queued job', 'Queued-job sweep failing, not running, or its events dropped', 'API 5xx share', 'API Lambda throttled', 'Rate limits failing open', 'GPU worker error line', 'API or sweep error line', 'Job failure share', 'GPU instances idle', 'A worker task stopped abnormally', 'Pause GPU spending']) {
       expect(text, entry).toContain(`#### ${entry}\n`);
     }
   });

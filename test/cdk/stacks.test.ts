@@ -589,10 +589,11 @@ describe('WorkerStack', () => {
     expect(api5xx).toMatchObject({ Threshold: 20, EvaluationPeriods: 2, TreatMissingData: 'notBreaching' });
     expect(JSON.stringify(api5xx.Metrics)).toContain('HttpApi');
     expect(api5xx.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
-    // Any error line of the worker, through a metric filter on its log group; the worker's job outcomes
-    // (the failure share's). (The dashboard's own filters, beside these four, are tested in dashboard.test.ts.)
+    // Any error line of the worker, the API handler (a 503's aside) and the sweep, through metric filters
+    // on their log groups; the worker's job outcomes (the failure share's). (The dashboard's own filters,
+    // beside these six, are tested in dashboard.test.ts.)
     const filters = resources(worker).filter(([id, r]) => r.Type === 'AWS::Logs::MetricFilter' && id.startsWith('Alarms')).map(([, r]) => r.Properties);
-    expect(filters).toHaveLength(4);
+    expect(filters).toHaveLength(6);
     // The per-account limits failing open (their counter unavailable) for 15 minutes pages (ADR 0026).
     const unavailable = filters.find((f) => f.MetricTransformations[0].MetricName === 'RateLimitUnavailable');
     expect(unavailable).toMatchObject({ FilterPattern: '{ $.event = "rate_limit_unavailable" }' });
@@ -610,6 +611,25 @@ describe('WorkerStack', () => {
     const errors = alarms.find((a) => a.MetricName === 'WorkerErrorLines');
     expect(errors).toMatchObject({ Namespace: 'Clipag/dev', Threshold: 1, Statistic: 'Sum', TreatMissingData: 'notBreaching' });
     expect(errors.AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+    // The API handler's and the sweep's error lines page too, through one alarm on their sum, to the same topic.
+    const apiLines = filters.find((f) => f.MetricTransformations[0].MetricName === 'ApiErrorLines');
+    expect(apiLines).toMatchObject({ FilterPattern: '{ ($.level = "error") && (($.msg != "request failed") || ($.status != 503)) }' });
+    expect(JSON.stringify(apiLines.LogGroupName)).toContain('HandlerLogs');
+    expect(apiLines.MetricTransformations).toEqual([{ MetricNamespace: 'Clipag/dev', MetricName: 'ApiErrorLines', MetricValue: '1' }]);
+    const sweepLines = filters.find((f) => f.MetricTransformations[0].MetricName === 'SweepErrorLines');
+    expect(sweepLines).toMatchObject({ FilterPattern: '{ $.level = "error" }' });
+    expect(JSON.stringify(sweepLines.LogGroupName)).toContain('QueuedJobSweeperLogs');
+    const apiErrors = alarms.filter((a) => /"MetricName":"(ApiErrorLines|SweepErrorLines)"/.test(JSON.stringify(a.Metrics ?? [])));
+    expect(apiErrors).toHaveLength(1);
+    expect(apiErrors[0]).toMatchObject({ Threshold: 1, EvaluationPeriods: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold', TreatMissingData: 'notBreaching' });
+    const reads = (apiErrors[0].Metrics as Array<{ Expression?: string; MetricStat?: { Metric: { Namespace: string; MetricName: string }; Stat: string; Period: number } }>);
+    expect(reads.find((q) => q.Expression)!.Expression).toBe('FILL(api, 0) + FILL(sweep, 0)');
+    expect(reads.filter((q) => q.MetricStat).map((q) => [q.MetricStat!.Metric.Namespace, q.MetricStat!.Metric.MetricName, q.MetricStat!.Stat, q.MetricStat!.Period]).sort()).toEqual([
+      ['Clipag/dev', 'ApiErrorLines', 'Sum', 300],
+      ['Clipag/dev', 'SweepErrorLines', 'Sum', 300],
+    ]);
+    expect(apiErrors[0].AlarmActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
+    expect(apiErrors[0].OKActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
   });
 
   it('alarms when the queued-job sweep stops running (no invocation in 3 sweep periods, missing data breaching) or Lambda drops its events', () => {

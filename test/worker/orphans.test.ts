@@ -224,7 +224,7 @@ describe('an attempt stored images, then a later event ended the job without the
     expect(ended(w.events)).toMatchObject({ outcome: 'canceled' });
     expect(ofType(w.events, 'acked').map((e) => e.reason)).toEqual(['canceled_before_start']);
     expect((await env.jobs.get(OWNER, job.id))!.status).toBe('canceled');
-    expect(w.logs.find((l) => l.level === 'warn' && /stored images of an ended job were not removed/.test(l.msg))?.fields).toMatchObject({ jobId: job.id, status: 'canceled', error: expect.objectContaining({ message: 'injected: S3 503 on LIST' }) });
+    expect(w.logs.find((l) => l.level === 'warn' && /stored images of an ended job were not removed/.test(l.msg))?.fields).toMatchObject({ job_id: job.id, owner: OWNER, status: 'canceled', error: expect.objectContaining({ message: 'injected: S3 503 on LIST' }) });
     expect(await listKeys(env.blobs, jobOutputsPrefix(OWNER, job.id))).toEqual(storedKeys(job));
     expect(await env.queue.depth()).toBe(0);
 
