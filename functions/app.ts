@@ -8,6 +8,7 @@ import { noStore } from './middleware/cache.ts';
 import { headContentLength } from './middleware/head.ts';
 import { CounterBreaker, RateGate, rateLimit } from './middleware/rate-limit.ts';
 import { requestId } from './middleware/request-id.ts';
+import { requestLog } from './middleware/request-log.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
 import { registerUploadRoutes } from './routes/uploads.ts';
@@ -106,6 +107,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     responses: { 200: { description: 'Any 2xx: delivered' } },
   });
 
+  // First under /v1, so its one line per request follows every answer below it, refusals included.
+  app.use('/v1/*', requestLog(log));
   app.use('/v1/*', noStore());
   app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   app.use('/v1/*', auth(deps.keys));

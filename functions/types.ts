@@ -67,7 +67,7 @@ export interface AppDeps {
   limits: AppLimits;
   /** Defaults to `() => new Date()`. */
   clock?: () => Date;
-  /** Defaults to one JSON line on stderr for warnings and errors. */
+  /** Defaults to `jsonLineLog`: one JSON line per entry, `info` on stdout, warnings and errors on stderr. */
   log?: (entry: AppLogEntry) => void;
 }
 
@@ -79,6 +79,12 @@ export type AppEnv = {
     /** Set by the auth middleware on /v1/*. */
     owner: string;
     apiKeyId: string;
+    /** The generation a /v1 route made or touched, for the request's log line (`job_id`). */
+    jobId: string;
+    /** The envelope's code of an error answer, set where the envelope is made, for the request's log line (`error_code`). */
+    errorCode: string;
+    /** Set while the request-log middleware is still to write this request's line, which then carries a 5xx's failure; onError writes its own otherwise. */
+    requestLinePending: boolean;
   };
 };
 

@@ -45,6 +45,7 @@ export function envelopeFor(error: unknown, requestId: string): { status: number
 
 export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
   const { status, body } = envelopeFor(error, c.get('requestId') ?? 'unknown');
+  c.set('errorCode', body.error.code);
   if (error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
   if (status === 503) c.header('Retry-After', '1');
   if (error instanceof TooManyRequestsError) c.header('Retry-After', String(error.retryAfterSec));
@@ -70,11 +71,13 @@ export function methodNotAllowed(allowed: string[]): HttpError {
  * The one onError: the envelope for every thrown error, and a log line for 5xx, with what an operator
  * needs to follow it up: the request's id (in AWS also the gateway's, which its access log joins to
  * the caller's IP), the account once the key was read, and the caller's own X-Request-Id if it sent one.
+ * A /v1 request's 5xx is logged by the request-log middleware instead, on its one line per request
+ * (after this handler has made the envelope), so it is never logged twice.
  */
 export function onError(log: (entry: AppLogEntry) => void): ErrorHandler<AppEnv> {
   return function onErrorHandler(error, c) {
     const response = errorResponse(c, error);
-    if (response.status >= 500) {
+    if (response.status >= 500 && !c.get('requestLinePending')) {
       log({
         level: 'error',
         msg: 'request failed',
@@ -84,13 +87,63 @@ export function onError(log: (entry: AppLogEntry) => void): ErrorHandler<AppEnv>
         method: c.req.method,
         path: c.req.path,
         status: response.status,
-        // The error's own code: the answer may not show it (a config_error is answered as internal_error).
-        ...(error instanceof ClipagError ? { code: error.code } : {}),
-        error: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
+        ...failureDetail(error),
       });
     }
     return response;
   };
+}
+
+/** How many stack frames a 5xx's line keeps: enough to place the bug, not the whole framework below it. */
+const STACK_FRAMES = 10;
+
+/**
+ * What a 5xx's log line says of its error (never the answer, which stays generic): the error's own
+ * code (the answer may not show it: a config_error is answered as internal_error), `Name: message`,
+ * the first frames of its stack (source-mapped in Lambda, NODE_OPTIONS=--enable-source-maps: the
+ * bundle is minified), its cause, and an AWS SDK error's HTTP status and request id (from the error or
+ * anywhere down its causes: the adapters wrap the SDK's), which AWS support asks for.
+ */
+export function failureDetail(error: unknown): Record<string, unknown> {
+  if (error === undefined) return {};
+  const detail: Record<string, unknown> = {
+    ...(error instanceof ClipagError ? { code: error.code } : {}),
+    error: describeError(error),
+  };
+  if (error instanceof Error) {
+    const frames = (error.stack ?? '')
+      .split('\n')
+      .filter((line) => /^\s*at /.test(line))
+      .slice(0, STACK_FRAMES)
+      .map((line) => line.trim());
+    if (frames.length > 0) detail.stack = frames.join('\n');
+    if (error.cause !== undefined) detail.cause = describeError(error.cause);
+  }
+  const metadata = awsMetadata(error);
+  if (metadata?.httpStatusCode !== undefined) detail.aws_http_status = metadata.httpStatusCode;
+  if (metadata?.requestId !== undefined) detail.aws_request_id = metadata.requestId;
+  return detail;
+}
+
+function describeError(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}
+
+/** The `$metadata` of the first AWS SDK error in `error`'s cause chain (five links at most, so a cyclic chain ends too). */
+function awsMetadata(error: unknown): { httpStatusCode?: number; requestId?: string } | undefined {
+  let at: unknown = error;
+  for (let depth = 0; depth < 5 && at !== null && typeof at === 'object'; depth++) {
+    const metadata = (at as { $metadata?: unknown }).$metadata;
+    if (metadata !== null && typeof metadata === 'object') {
+      const { httpStatusCode, requestId } = metadata as { httpStatusCode?: unknown; requestId?: unknown };
+      return {
+        ...(typeof httpStatusCode === 'number' ? { httpStatusCode } : {}),
+        ...(typeof requestId === 'string' ? { requestId } : {}),
+      };
+    }
+    at = (at as { cause?: unknown }).cause;
+  }
+  return undefined;
 }
 
 /** Unknown route → 404; a known path with the wrong method → 405 with Allow. */

@@ -596,6 +596,7 @@ export function registerGenerationRoutes(
           // As in the replay below: long queued and never started, its message may have been lost (this
           // path runs at the active-job limit, just when an owner's jobs wait).
           const job = await resendIfMessageUnproven(queuedJobDeps, earlier);
+          c.set('jobId', job.id);
           c.header('Location', `/v1/generations/${job.id}`);
           c.header('Idempotent-Replayed', 'true');
           return c.json(await createdView(await heldUntilEnded(c, job)), 200);
@@ -611,6 +612,7 @@ export function registerGenerationRoutes(
         }
         if (claim.kind === 'replay') {
           let job = claim.job;
+          c.set('jobId', job.id);
           try {
             if (job.status === 'queued' && job.attempts === 0) {
               // Its POST answered 503 and could only mark it refused: failed now, it is re-queued below,
@@ -662,9 +664,12 @@ export function registerGenerationRoutes(
         // The URL as it will be called (canonical: "https:host/x" and a backslash form are stored as the
         // URL the sender requests), checked above.
         const webhook = request.webhook_url === undefined ? undefined : { url: checkWebhookUrl(request.webhook_url, webhookPolicy).href, secret: newWebhookSecret() };
+        // From its first marker on, the job may exist (a create that failed may have landed): a
+        // failure's line names it, beside the refusal logged under it.
+        c.set('jobId', jobId);
         await markQueuedJob(owner, jobId, webhook !== undefined, { placeTaken: true });
         job = await jobs.create(
-          newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId') }),
+          newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId'), requestId: c.get('requestId') }),
         );
       } catch (error) {
         // The create may have landed before the error (a timeout): such a job is refused (failed
@@ -681,6 +686,7 @@ export function registerGenerationRoutes(
         await refuseJob(owner, jobId, 'superseded: a retry with the same Idempotency-Key made the generation');
         const theirs = await ctx.ledger.existingJob({ owner, key: idempotencyKey, bodyHash, sameBodyHashes, waitForJob: true });
         if (!theirs) throw new ConflictError('a request with this Idempotency-Key is still being processed; retry shortly', { code: 'idempotency_in_progress', param: 'Idempotency-Key' });
+        c.set('jobId', theirs.id);
         c.header('Location', `/v1/generations/${theirs.id}`);
         c.header('Idempotent-Replayed', 'true');
         return c.json(await createdView(await heldUntilEnded(c, theirs)), 200);
@@ -736,6 +742,7 @@ export function registerGenerationRoutes(
       const other = (['limit', 'cursor', 'status'] as const).find((p) => query[p] !== undefined);
       if (other) throw new ValidationError(`${other} cannot be combined with idempotency_key (the lookup answers at most one generation)`, other);
       const job = await ctx.ledger.madeBy({ owner, key, now: ctx.clock() });
+      if (job) c.set('jobId', job.id);
       c.header('Idempotency-Key', key);
       return c.json({ object: 'list' as const, data: job ? [await view(job)] : [], next_cursor: null }, 200);
     }
@@ -772,6 +779,7 @@ export function registerGenerationRoutes(
 
   app.openapi(getGeneration, async (c) => {
     const { id } = c.req.valid('param');
+    c.set('jobId', id);
     let job = await jobs.get(c.get('owner'), id);
     if (!job) throw new NotFoundError(`no generation ${id}`);
     job = await heldUntilEnded(c, job);
@@ -780,6 +788,7 @@ export function registerGenerationRoutes(
 
   app.openapi(listFrames, async (c) => {
     const { id } = c.req.valid('param');
+    c.set('jobId', id);
     const job = await jobs.get(c.get('owner'), id);
     if (!job) throw new NotFoundError(`no generation ${id}`);
     return c.json({ object: 'list' as const, data: await generationFrames(job, blobs, limits.signedUrlTtlSec, ctx.clock()) }, 200);
@@ -787,6 +796,7 @@ export function registerGenerationRoutes(
 
   app.openapi(deleteGeneration, async (c) => {
     const { id } = c.req.valid('param');
+    c.set('jobId', id);
     const owner = c.get('owner');
     const now = ctx.clock().toISOString();
     // The record first: once it says deleted, no view links an image, and a retry after a failed
@@ -805,6 +815,7 @@ export function registerGenerationRoutes(
 
   app.openapi(cancelGeneration, async (c) => {
     const { id } = c.req.valid('param');
+    c.set('jobId', id);
     const owner = c.get('owner');
     const now = ctx.clock().toISOString();
     const job = await callerUpdate(owner, id, 'cancel', (cur) => {

@@ -186,6 +186,12 @@ export const JobRecord = z
     usage_recorded_at: Timestamp.optional(),
     /** The API key that created the job (its id, not its secret), for usage per key; absent: created before keys were recorded. */
     api_key_id: ApiKeyId.optional(),
+    /**
+     * The id of the POST that created the job (its X-Request-Id answer; in AWS the gateway's request
+     * id), so the worker's lines about the job join the API's request line. Absent: created before it
+     * was recorded, or not through the API.
+     */
+    request_id: z.string().regex(/^[A-Za-z0-9+/=._:-]{1,128}$/).optional(),
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })
@@ -268,6 +274,7 @@ export function newJobRecord(args: {
   contentFlags?: z.input<typeof ContentFlag>[];
   metadata?: Record<string, string>;
   apiKeyId?: string;
+  requestId?: string;
 }): JobRecord {
   return JobRecord.parse({
     id: args.id,
@@ -289,6 +296,7 @@ export function newJobRecord(args: {
     ...(args.contentFlags?.length ? { content_flags: args.contentFlags.slice(0, MAX_JOB_WARNINGS) } : {}),
     ...(args.metadata && Object.keys(args.metadata).length > 0 ? { metadata: args.metadata } : {}),
     ...(args.apiKeyId !== undefined ? { api_key_id: args.apiKeyId } : {}),
+    ...(args.requestId !== undefined ? { request_id: args.requestId } : {}),
     ...(args.webhook
       ? { webhook: { ...args.webhook, attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null } }
       : {}),
