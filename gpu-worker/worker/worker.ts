@@ -304,7 +304,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * What each job read here runs: model, size and steps per image (after the worker's cap). Its
    * `job finished` line carries them, since the GPU time per image depends on all three.
    */
-  const runShapeOf = new WeakMap<QueueMessage, { model: string; width: number; height: number; steps: number }>();
+  const runShapeOf = new WeakMap<QueueMessage, { model: string; width: number; height: number; steps: number; request_id?: string }>();
   const setState = (next: WorkerState) => {
     if (state === next) return;
     state = next;
@@ -785,7 +785,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         await ack(m, 'job_missing');
         return finish(msg, 'skipped');
       }
-      runShapeOf.set(msg, { model: job.spec.model, width: job.spec.width, height: job.spec.height, steps: Math.min(job.spec.steps, maxSteps ?? Infinity) });
+      // The POST's request id (records made since it was stored): the trace from the API's line to this job's lines.
+      runShapeOf.set(msg, { model: job.spec.model, width: job.spec.width, height: job.spec.height, steps: Math.min(job.spec.steps, maxSteps ?? Infinity), ...(job.request_id ? { request_id: job.request_id } : {}) });
       if (isTerminal(job.status)) {
         // This very message back after its run ended: its usage write failed (the message was given
         // back for it), or the final write landed but answered an error. The ledger may miss the run;
@@ -891,7 +892,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // `queuedSec`: how long this job waited to start (the dashboard's queue-wait percentiles; the
       // sweep's oldestQueuedSec only samples the longest wait of the jobs still queued).
       const queuedSec = Math.max(0, Math.round(clock.now() - waitingSince(running))) / 1000;
-      log.info('job started', { ...about(m), attempt, receiveCount: m.receiveCount, queuedSec, model: job.spec.model, steps, requestedSteps: job.spec.steps, n: job.spec.n });
+      log.info('job started', { ...about(m), ...(job.request_id ? { request_id: job.request_id } : {}), attempt, receiveCount: m.receiveCount, queuedSec, model: job.spec.model, steps, requestedSteps: job.spec.steps, n: job.spec.n });
       emit({ type: 'job_started', jobId: msg.job_id, attempt });
 
       // Run, with progress writes that double as the cancel check.

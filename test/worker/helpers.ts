@@ -44,9 +44,9 @@ export async function makeEnv(overrides: Record<string, string> = {}) {
 export type Env = Awaited<ReturnType<typeof makeEnv>>;
 
 /** Creates a job as the API does for POST /v1/generations (made with `apiKeyId` when given): a queued record, then its message. */
-export async function submit(env: { jobs: JobStore; queue: Pick<JobQueue, 'send'> }, input: Partial<GenerationRequestInput>, apiKeyId?: string): Promise<JobRecord> {
+export async function submit(env: { jobs: JobStore; queue: Pick<JobQueue, 'send'> }, input: Partial<GenerationRequestInput>, apiKeyId?: string, requestId?: string): Promise<JobRecord> {
   const spec = GenerationSpec.parse({ prompt: 'a photo of a cat', width: 64, height: 64, steps: 6, seed: 7, model: 'tiny', ...input });
-  const job = await env.jobs.create(newJobRecord({ id: newJobId(), owner: OWNER, spec, ...(apiKeyId !== undefined ? { apiKeyId } : {}) }));
+  const job = await env.jobs.create(newJobRecord({ id: newJobId(), owner: OWNER, spec, ...(apiKeyId !== undefined ? { apiKeyId } : {}), ...(requestId !== undefined ? { requestId } : {}) }));
   await env.queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
   return job;
 }

@@ -77,6 +77,15 @@ describe('job started and job finished', () => {
     expect(started.fields.queuedSec).toBeGreaterThanOrEqual(120);
   });
 
+  it("`job started` and `job finished` carry the POST's request id stored on the job (the trace from the API's request line)", async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 }, undefined, 'req_0123456789abcdefghijklmnop');
+    const w = start(env, oneImage);
+    await waitFor('the job to finish', () => finishedOf(w.events));
+    expect(w.logs.find((l) => l.msg === 'job started')!.fields).toMatchObject({ job_id: job.id, request_id: 'req_0123456789abcdefghijklmnop' });
+    expect(w.logs.find((l) => l.msg === 'job finished')!.fields).toMatchObject({ job_id: job.id, request_id: 'req_0123456789abcdefghijklmnop' });
+  });
+
   it('`job finished` names the model, size and steps the job ran', async () => {
     const env = await makeEnv();
     const done = await submit(env, { steps: 6, width: 96, height: 64 });
