@@ -93,6 +93,8 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       modelsDir: resolve(config.modelsDir),
       device: config.device,
       disablePrepacking: config.disablePrepacking,
+      maxLeasedGraphs: config.maxLeasedGraphs,
+      maxOpenModels: config.maxOpenModels,
       ...(store ? { store, cacheDir: resolve(deps.modelCacheDir ?? join(tmpdir(), 'clipag-models')) } : {}),
     });
   const maxSteps = deps.maxSteps ?? deps.recipeOverrides?.steps;

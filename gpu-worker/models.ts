@@ -7,9 +7,10 @@
 // bundle while this registry serves the folder.
 // A store model is downloaded into `<cacheDir>/<content hash>/`, every file checked against the
 // store's sha256 (a corrupt download is deleted and fetched once more, then `invalid_model`), and the
-// folder is reused by later jobs and later processes. Engines are opened on first use and cached for
-// the life of the process; every engine shares one EnginePool (the ORT sessions' worker threads), so
-// compiled graphs of all models live in the same threads and the event loop stays free.
+// folder is reused by later jobs and later processes. Engines are opened on first use and cached (past
+// maxOpenModels the least recently used one no job holds is closed); every engine shares one
+// EnginePool (the ORT sessions' worker threads), so compiled graphs of all models live in the same
+// threads and the event loop stays free.
 
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
@@ -50,6 +51,14 @@ export interface ModelRegistryOptions {
    * store's onWarning, which the worker routes to its log; else stderr).
    */
   onWarning?: (message: string) => void;
+  /** Each engine's idle step graphs kept loaded (ClipEngine's maxLeasedGraphs; the worker: CLIPAG_MAX_LEASED_GRAPHS). */
+  maxLeasedGraphs?: number;
+  /**
+   * Engines kept open at once (default: no limit; the worker: CLIPAG_MAX_OPEN_MODELS). Past it the least
+   * recently used one no job holds is closed, its weights and sessions released; the next use of its
+   * model opens it again. Without it every model ever asked for stayed resident for the life of the process.
+   */
+  maxOpenModels?: number;
 }
 
 export interface ModelInfo {
@@ -231,6 +240,11 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   for (const name of Object.keys(bundles)) {
     if (!MODEL_NAME.test(name)) throw new EngineError('invalid_model', `model name "${name}" is not a valid model name`);
   }
+  for (const field of ['maxLeasedGraphs', 'maxOpenModels'] as const) {
+    const v = options[field];
+    if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new EngineError('invalid_input', `${field} must be a positive integer, got ${v}`);
+  }
+  const maxOpenModels = options.maxOpenModels ?? Infinity;
   const store = options.store;
   const cache = store ? new ModelCache(store, resolve(options.cacheDir ?? join(tmpdir(), 'clipag-models'))) : undefined;
   const indexTtlMs = options.indexTtlMs ?? 60_000;
@@ -266,6 +280,8 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   /** The engine key each store model name resolved to last; an engine no name resolves to any more is retired. */
   const currentKey = new Map<string, string>();
   const retired = new Set<string>();
+  /** Engine keys, least recently asked for first (a Map iterates in insertion order). */
+  const lastUsed = new Map<string, true>();
   let closed: Promise<void> | undefined;
 
   function unhold(key: string): void {
@@ -273,6 +289,20 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     if (n > 0) holders.set(key, n);
     else holders.delete(key);
     closeIfRetiredAndIdle(key);
+    // An engine that was held when the limit was passed can go now.
+    closeLeastRecentlyUsed();
+  }
+
+  /** Past maxOpenModels, retires the least recently used engines no job holds (never `keep`, the one being opened). */
+  function closeLeastRecentlyUsed(keep?: string): void {
+    for (const key of [...lastUsed.keys()]) {
+      if (engines.size <= maxOpenModels) return;
+      if (!engines.has(key)) lastUsed.delete(key);
+      else if (key !== keep && (holders.get(key) ?? 0) === 0) {
+        retired.add(key);
+        closeIfRetiredAndIdle(key);
+      }
+    }
   }
 
   /** Closes a retired engine once nothing holds it (a job on the old bundle finishes on it first). */
@@ -281,6 +311,7 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     const p = engines.get(key);
     retired.delete(key);
     engines.delete(key);
+    lastUsed.delete(key);
     void p?.then((e) => e.close()).catch(() => undefined);
   }
 
@@ -312,7 +343,7 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   const openEngine = (key: string, dir: string): Promise<ClipEngine> => {
     let p = engines.get(key);
     if (!p) {
-      p = Promise.resolve().then(() => ClipEngine.open(dir, { pool: sharedPool(), device: options.device, threads: options.threads }));
+      p = Promise.resolve().then(() => ClipEngine.open(dir, { pool: sharedPool(), device: options.device, threads: options.threads, maxLeasedGraphs: options.maxLeasedGraphs }));
       engines.set(key, p);
       // A failed open is not cached: a fixed bundle (or a transient read error) can load next time.
       p.catch(() => engines.delete(key));
@@ -346,8 +377,12 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
       }
     }
     if (hold) holders.set(key, (holders.get(key) ?? 0) + 1);
+    lastUsed.delete(key);
+    lastUsed.set(key, true);
     try {
-      return { key, engine: await (engines.get(key) ?? openEngine(key, dir)) };
+      const opening = engines.get(key) ?? openEngine(key, dir);
+      closeLeastRecentlyUsed(key);
+      return { key, engine: await opening };
     } catch (error) {
       if (hold) unhold(key);
       throw error;

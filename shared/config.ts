@@ -54,6 +54,17 @@ const Common = {
    * on the CPU, at a 5–18 % slower step (bench/profile.ts). For small CPU machines.
    */
   disablePrepacking: flag(false),
+  /**
+   * The worker's idle step graphs kept loaded per model (one per output size, view count and colour
+   * mode), least recently used unloaded past it. Each holds its session's memory (GBs at ViT-B/32 size
+   * on a GPU); fewer than a multi-scale run's stages recompile every stage of every job (1-2 s each).
+   */
+  maxLeasedGraphs: intIn(1, 64, 8),
+  /**
+   * Models the worker keeps open at once (each its weights and graphs: about 600 MB and more for
+   * ViT-B/32); past it the least recently used one no job holds is closed, and reopened when asked for.
+   */
+  maxOpenModels: intIn(1, 100, 2),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
   maxActiveJobs: intIn(1, 1000, 100),
@@ -195,6 +206,8 @@ export const ENV_VARS = {
   CLIPAG_MAX_ACTIVE_JOBS: 'maxActiveJobs',
   CLIPAG_MAX_WAIT_SEC: 'maxWaitSec',
   CLIPAG_DISABLE_PREPACKING: 'disablePrepacking',
+  CLIPAG_MAX_LEASED_GRAPHS: 'maxLeasedGraphs',
+  CLIPAG_MAX_OPEN_MODELS: 'maxOpenModels',
   CLIPAG_RATE_LIMIT_PER_MIN: 'rateLimitPerMin',
   CLIPAG_RATE_TABLE: 'rateTable',
   CLIPAG_UPLOADS_PER_HOUR: 'uploadsPerHour',

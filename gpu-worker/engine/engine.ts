@@ -10,7 +10,7 @@ import { statSync } from 'node:fs';
 import type { DType, ModelIR, TensorData } from './onnx/ir.ts';
 import { DEFAULT_INLINE_LIMIT_BYTES, EnginePool, type EngineHandle, settlesWithin } from './runtime/pool.ts';
 import type { Device } from './runtime/providers.ts';
-import type { SessionOptions } from './runtime/session.ts';
+import { type SessionOptions, isOutOfMemory } from './runtime/session.ts';
 import { moveToSharedMemory } from './runtime/shared-memory.ts';
 import type { PlanarImage } from './synth/image.ts';
 import { resizeBilinear } from './synth/image.ts';
@@ -266,7 +266,11 @@ export class ClipEngine {
     };
     let handle: EngineHandle;
     try {
-      handle = await this.graph(key, build, sessionOptions);
+      handle = await this.graph(key, build, sessionOptions).catch(async (error: unknown) => {
+        // Out of memory: the idle step graphs' sessions may hold what this load needs. Once.
+        if (!outOfMemory(error) || (await this.unloadIdleGraphs()) === 0) throw error;
+        return this.graph(key, build, sessionOptions);
+      });
     } catch (error) {
       release();
       throw error;
@@ -275,7 +279,57 @@ export class ClipEngine {
     if (at >= 0) this.leasedOrder.splice(at, 1);
     this.leasedOrder.push(full);
     await this.evictIdleGraphs();
-    return { handle, release };
+    return { handle: this.freeingOnOutOfMemory(handle), release };
+  }
+
+  /**
+   * `h`, whose run, when it fails out of memory while idle leased graphs are loaded, unloads them and
+   * runs once more (a second failure is the caller's). Feeds sent with `transfer` are detached once
+   * sent, so a retry needs a copy: only the lease's first run keeps one, since a session grows its
+   * memory at its first run (onnxruntime's arena) and later runs of the same shapes reuse it. A later
+   * run that fails out of memory still frees the idle graphs, so the job's retry finds the memory.
+   */
+  private freeingOnOutOfMemory(h: EngineHandle): EngineHandle {
+    let first = true;
+    return {
+      key: h.key,
+      inputNames: h.inputNames,
+      outputNames: h.outputNames,
+      run: async (feeds, fetches, opts) => {
+        const spare = first && opts?.transfer && this.idleLeasedGraphs().length > 0 ? copyFeeds(feeds) : undefined;
+        first = false;
+        try {
+          return await h.run(feeds, fetches, opts);
+        } catch (error) {
+          if (!outOfMemory(error) || (await this.unloadIdleGraphs()) === 0) throw error;
+          const again = opts?.transfer ? spare : feeds;
+          if (!again) throw error;
+          return h.run(again, fetches, opts);
+        }
+      },
+    };
+  }
+
+  /** Leased graphs no lease holds, least recently used first. */
+  private idleLeasedGraphs(): string[] {
+    return this.leasedOrder.filter((k) => !this.leases.has(k));
+  }
+
+  /**
+   * Unloads every leased graph no lease holds (a stage's own graph stays), for a load or run that ran
+   * out of memory: each idle step graph keeps its session's memory (its activation arena: about 175 MB
+   * on the toy model at 64 views, GBs at ViT-B/32 size), which is what the failed call needed.
+   * Returns how many it unloaded.
+   */
+  private async unloadIdleGraphs(): Promise<number> {
+    if (this.closed) return 0;
+    const idle = this.idleLeasedGraphs();
+    for (const k of idle) {
+      this.leasedOrder.splice(this.leasedOrder.indexOf(k), 1);
+      this.handles.delete(k);
+    }
+    await Promise.all(idle.map((k) => this.pool.unload(k).catch(() => undefined)));
+    return idle.length;
   }
 
   private async evictIdleGraphs(): Promise<void> {
@@ -503,6 +557,16 @@ export class ClipEngine {
     })();
     return this.closing;
   }
+}
+
+/** A load's or run's failure for want of device (or host) memory. */
+function outOfMemory(error: unknown): boolean {
+  return error instanceof EngineError && error.code === 'runtime_failed' && isOutOfMemory(error.message);
+}
+
+/** Copies of `feeds`' data, for a run again after the originals were transferred away. */
+function copyFeeds(feeds: Record<string, TensorData>): Record<string, TensorData> {
+  return Object.fromEntries(Object.entries(feeds).map(([name, t]) => [name, { ...t, dims: [...t.dims], data: t.data.slice() }]));
 }
 
 function closedError(cause?: unknown): EngineError {
