@@ -390,11 +390,24 @@ export class ClipEngine {
   promptWarnings(texts: readonly string[]): string[] {
     const L = this.bundle.arch.contextLength;
     const warnings: string[] = [];
-    for (const text of texts) {
-      const r = this.tokenizer.inspect(text, L);
-      if (r.unknownWords.length > 0) {
-        const words = r.unknownWords.slice(0, 10).map((w) => JSON.stringify(w)).join(', ') + (r.unknownWords.length > 10 ? ', …' : '');
-        warnings.push(`${JSON.stringify(text)}: model ${this.name} does not know ${r.unknownWords.length === 1 ? 'the word' : 'the words'} ${words}, so it cannot draw ${r.unknownWords.length === 1 ? 'it' : 'them'}`);
+    let vocabularyTold = false;
+    for (const full of texts) {
+      const r = this.tokenizer.inspect(full, L);
+      // A long prompt is named by its start, not echoed whole in every warning.
+      const text = full.length > 80 ? `${full.slice(0, 80)}…` : full;
+      // Punctuation is no word to draw: said apart ("." is read as an unknown token, left out it is not).
+      const signs = r.unknownWords.filter((w) => !/[\p{L}\p{N}]/u.test(w));
+      const unknown = r.unknownWords.filter((w) => /[\p{L}\p{N}]/u.test(w));
+      if (unknown.length > 0) {
+        const words = unknown.slice(0, 10).map((w) => JSON.stringify(w)).join(', ') + (unknown.length > 10 ? ', …' : '');
+        // A small model's whole vocabulary (the toy's 40-odd words) tells the caller what it can draw instead; once per call.
+        const known: readonly string[] | undefined = vocabularyTold ? undefined : this.tokenizer.knownWords(SMALL_VOCABULARY_WORDS);
+        vocabularyTold ||= known !== undefined;
+        const instead = known ? `; it knows only: ${known.filter((w) => /[\p{L}\p{N}]/u.test(w)).join(' ')}` : '';
+        warnings.push(`${JSON.stringify(text)}: model ${this.name} does not know ${unknown.length === 1 ? 'the word' : 'the words'} ${words}, so it cannot draw ${unknown.length === 1 ? 'it' : 'them'}${instead}`);
+      }
+      if (signs.length > 0) {
+        warnings.push(`${JSON.stringify(text)}: model ${this.name} does not read ${signs.map((w) => JSON.stringify(w)).join(', ')} (an unknown token to it); leave ${signs.length === 1 ? 'it' : 'them'} out`);
       }
       if (r.truncated) warnings.push(`${JSON.stringify(text)}: ${r.tokens} tokens, more than model ${this.name}'s context of ${L}; it reads only the first ${L - 2}`);
       // Typed into a prompt, the special tokens' texts are read as those tokens (as openai/CLIP does).
@@ -560,6 +573,9 @@ export class ClipEngine {
 }
 
 /** A load's or run's failure for want of device (or host) memory. */
+/** A word-level vocabulary this small is listed whole in an unknown-word warning. */
+const SMALL_VOCABULARY_WORDS = 200;
+
 function outOfMemory(error: unknown): boolean {
   return error instanceof EngineError && error.code === 'runtime_failed' && isOutOfMemory(error.message);
 }

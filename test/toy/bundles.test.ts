@@ -67,9 +67,16 @@ describe('shipped toy bundles', () => {
     const engine = await ClipEngine.open(join(REPO_ROOT, 'models', 'toy'), { threads: 1 });
     try {
       expect(engine.promptWarnings(['a large red circle on the left', 'small blue star, top'])).toEqual([]);
-      expect(engine.promptWarnings(['a purple cat on a sofa'])).toEqual([
-        '"a purple cat on a sofa": model toy does not know the words "cat", "sofa", so it cannot draw them',
+      // Its whole (small) vocabulary is told once, so the caller learns what it can draw instead.
+      const known = 'a an and at big blue bottom box center centre circle cross cyan disc donut green image in large left little middle of on orange photo picture plus purple red right ring small square star the tiny top triangle violet white yellow';
+      expect(engine.promptWarnings(['a purple cat on a sofa', 'a dog'])).toEqual([
+        `"a purple cat on a sofa": model toy does not know the words "cat", "sofa", so it cannot draw them; it knows only: ${known}`,
+        '"a dog": model toy does not know the word "dog", so it cannot draw it',
       ]);
+      // Punctuation is no word it cannot draw, and a long prompt is named by its start.
+      expect(engine.promptWarnings(['a red circle.'])).toEqual(['"a red circle.": model toy does not read "." (an unknown token to it); leave it out']);
+      const long = `a red circle ${'very '.repeat(30)}nice`;
+      expect(engine.promptWarnings([long])[0]).toMatch(new RegExp(`^"${long.slice(0, 80)}…": model toy does not know the words "very", "nice"`));
     } finally {
       await engine.close();
     }

@@ -140,6 +140,8 @@ export class TextTokenizer {
   private readonly source: string;
   /** The id unknown words map to (word-level vocabularies with an unk_token); undefined for byte-level BPE, which has none. */
   private readonly unkId: number | undefined;
+  /** A word-level vocabulary's words (no added tokens), sorted; undefined for BPE, whose pieces are no words. */
+  private readonly words: readonly string[] | undefined;
 
   private constructor(json: Json, opts: TextTokenizerOptions) {
     const src = opts.source ?? '<tokenizer json>';
@@ -201,6 +203,7 @@ export class TextTokenizer {
     const hfConfig: Json = typeof m.unk_token === 'string' ? { unk_token: m.unk_token } : {};
     const unk = typeof m.unk_token === 'string' ? ((m.vocab as Json)[m.unk_token] ?? this.special.get(m.unk_token)) : undefined;
     this.unkId = this.mode === 'generic' && Number.isInteger(unk) ? (unk as number) : undefined;
+    this.words = m.type === 'WordLevel' ? Object.keys(m.vocab as Json).filter((w) => !this.special.has(w) && w !== m.unk_token).sort() : undefined;
     try {
       this.hf = new Tokenizer(hfJson, hfConfig);
     } catch (e) {
@@ -274,6 +277,14 @@ export class TextTokenizer {
       }
       return id;
     });
+  }
+
+  /**
+   * Every word a word-level vocabulary knows, when it has at most `limit` (a small model's whole
+   * language, worth telling a caller whose prompt it cannot read); undefined for a larger or a BPE one.
+   */
+  knownWords(limit: number): readonly string[] | undefined {
+    return this.words && this.words.length <= limit ? this.words : undefined;
   }
 
   /**
