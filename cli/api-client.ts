@@ -27,7 +27,8 @@
 // - The deadline bounds everything: no attempt runs past it (by more than DEADLINE_GRACE_MS), a
 //   `Prefer: wait` never asks past it, and no wait starts that would end after it.
 // POST /v1/generations is only retried with the one Idempotency-Key the caller made for it, so a retry
-// after a lost answer gets the same job (ADR 0004). Every error thrown says (`lost`) whether an attempt
+// after a lost answer gets the same job (ADR 0004); POST /v1/webhook-secret likewise gets the same
+// secret, not a second rotation (ADR 0028). Every error thrown says (`lost`) whether an attempt
 // may have reached the server without its answer coming back: for a POST, a job may exist. Signed URLs
 // (upload PUT, image GET) never carry the API key, and no message here ever holds the key, a URL's
 // credentials or a URL's query (a signed URL's signature).
@@ -37,12 +38,14 @@ import type { z } from '@hono/zod-openapi';
 import type { ErrorEnvelope } from '../shared/schemas/error.ts';
 import type { GenerationRequest } from '../shared/schemas/generation.ts';
 import { GenerationView } from '../shared/schemas/view.ts';
-import { EstimateView, GenerationList, UploadView, type UploadRequest } from '../functions/schemas.ts';
+import { EstimateView, GenerationList, UploadView, WebhookSecretCreated, WebhookSecretDeleted, WebhookSecretStatus, type UploadRequest } from '../functions/schemas.ts';
 
 export type GenerationBody = z.input<typeof GenerationRequest>;
 export type Generation = GenerationView;
 export type Upload = z.output<typeof UploadView>;
 type UploadBody = z.input<typeof UploadRequest>;
+export type WebhookSecret = z.output<typeof WebhookSecretCreated>;
+export type WebhookSecretState = z.output<typeof WebhookSecretStatus>;
 type Envelope = ErrorEnvelope['error'];
 
 /** Back-off tries (network errors, the gateway's own answers) before giving up. */
@@ -71,6 +74,15 @@ const TRANSFER_ATTEMPT_MS = 120_000;
 const DEADLINE_GRACE_MS = 1000;
 /** An attempt's bound when the deadline is (nearly) here: one last read still gets this long. */
 const MIN_ATTEMPT_MS = 2000;
+
+/** The code of a 2xx whose body is not the `kind` asked for (ApiError's `code`). */
+const NOT_A: Readonly<Record<string, string>> = {
+  'a generation': 'not_a_generation',
+  'a list of generations': 'not_a_list',
+  'a webhook secret': 'not_a_webhook_secret',
+  'a webhook secret status': 'not_a_webhook_secret',
+  'a webhook secret deletion': 'not_a_webhook_secret',
+};
 
 /** Said of a request that stopped without its answer: could an attempt have reached the server, its answer lost? */
 interface MaybeLost {
@@ -183,7 +195,7 @@ export interface CallOptions {
 }
 
 interface Attempt {
-  method: 'GET' | 'POST' | 'PUT';
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   url: string;
   /** Shown in notes and errors: the method and the path, never a query. */
   what: string;
@@ -337,13 +349,37 @@ export class ClipagClient {
     return (await this.#api<Generation>('POST', `v1/generations/${encodeURIComponent(id)}/cancel`, GenerationView, 'a generation', o)).json;
   }
 
+  /**
+   * POST /v1/webhook-secret with its Idempotency-Key (the same on every retry): the account's new
+   * secret, its only showing. `replayed`: an earlier request with the key made it (nothing rotated);
+   * `created`: the account had none (201), else it was rotated (200), as the first request was answered.
+   */
+  async createWebhookSecret(o: CallOptions & { idempotencyKey: string }): Promise<{ secret: WebhookSecret; created: boolean; replayed: boolean }> {
+    const { json, res } = await this.#api<WebhookSecret>('POST', 'v1/webhook-secret', WebhookSecretCreated, 'a webhook secret', {
+      ...o,
+      headers: { 'Idempotency-Key': o.idempotencyKey },
+      resend: 'with the same Idempotency-Key',
+    });
+    return { secret: json, created: res.status === 201, replayed: res.headers.get('idempotent-replayed') === 'true' };
+  }
+
+  /** GET /v1/webhook-secret: whether the account has one, since when, and the replaced ones still signing (never a secret). */
+  async webhookSecretStatus(o: CallOptions): Promise<WebhookSecretState> {
+    return (await this.#api<WebhookSecretState>('GET', 'v1/webhook-secret', WebhookSecretStatus, 'a webhook secret status', o)).json;
+  }
+
+  /** DELETE /v1/webhook-secret (idempotent: `deleted` false when there was none). */
+  async deleteWebhookSecret(o: CallOptions): Promise<z.output<typeof WebhookSecretDeleted>> {
+    return (await this.#api<z.output<typeof WebhookSecretDeleted>>('DELETE', 'v1/webhook-secret', WebhookSecretDeleted, 'a webhook secret deletion', o)).json;
+  }
+
   /** A signed URL's bytes (an output image), retried as the API is; no key sent. */
   async download(url: string, o: CallOptions): Promise<Uint8Array> {
     return (await this.#send({ method: 'GET', url, what: `GET ${shownUrl(url)}`, headers: {}, api: false, attemptMs: TRANSFER_ATTEMPT_MS, deadline: o.deadline })).bytes;
   }
 
   async #api<T>(
-    method: 'GET' | 'POST',
+    method: 'GET' | 'POST' | 'DELETE',
     path: string,
     schema: Checks,
     kind: string,
@@ -379,7 +415,7 @@ export class ClipagClient {
     if (!checked.success) {
       const issue = checked.error.issues[0];
       const where = issue?.path.length ? issue.path.map(String).join('.') : 'the body';
-      throw wrong(kind === 'a generation' ? 'not_a_generation' : kind === 'a list of generations' ? 'not_a_list' : 'not_an_upload', `the answer is not ${kind} as the API's schema has it (${where}: ${issue?.message ?? 'invalid'})`);
+      throw wrong(NOT_A[kind] ?? 'not_an_upload', `the answer is not ${kind} as the API's schema has it (${where}: ${issue?.message ?? 'invalid'})`);
     }
     // The answer as the API sent it (a field this client's schema does not know yet is kept for --json).
     return { json: json as T, res };

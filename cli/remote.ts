@@ -1,7 +1,8 @@
 // clipag remote: the HTTP API from the command line, used as a careful client uses it. `generate` does
 // the README's curl walk-through in one command: upload an init image, create the generation with one
 // Idempotency-Key (the same on every retry), wait for it with `Prefer: wait`, download its images.
-// `get` waits for (or reads) a generation and downloads it; `cancel` cancels one. The retries live in
+// `get` waits for (or reads) a generation and downloads it; `cancel` cancels one; `webhook-secret`
+// manages the account's webhook signing secret (remote-webhook-secret.ts). The retries live in
 // api-client.ts; this file parses, checks before any request, and reports.
 import { randomUUID } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
@@ -16,7 +17,7 @@ import { UsageError, decimalNumber, invocation, outputFile, shellWord, sizeShape
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { invocation, shellWord };
 
-export const summary = 'use a clipag API (deployed or local): generate, get, cancel, or run a batch file, honouring Retry-After';
+export const summary = "use a clipag API (deployed or local): generate, get, cancel, or run a batch file, and the account's webhook secret, honouring Retry-After";
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
 const SYNOPSIS = {
   generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
@@ -24,6 +25,7 @@ const SYNOPSIS = {
   get: 'clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]',
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
   batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
+  'webhook-secret': 'clipag remote webhook-secret create|show|delete [--idempotency-key K] [--timeout SEC] [--json]',
 } as const;
 type Action = keyof typeof SYNOPSIS;
 const ACTIONS = Object.keys(SYNOPSIS) as Action[];
@@ -32,6 +34,7 @@ export const usage = `usage: ${SYNOPSIS.generate}
        ${SYNOPSIS.get}
        ${SYNOPSIS.cancel}
        ${SYNOPSIS.batch}
+       ${SYNOPSIS['webhook-secret']}
        each also takes [--url URL] [--key KEY]
 
 generate: upload --init (if a file), create the generation (one Idempotency-Key, reused on every
@@ -51,12 +54,20 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
                       file would be uploaded again, another request (409 idempotency_key_reused)
 get: the generation, waited for until it ends (or --timeout); -o downloads its images.
 cancel: cancel a queued or running generation.
+webhook-secret create: make the account's webhook signing secret, or rotate it (the replaced one keeps
+  signing for 24 hours), and print it on stdout: its only showing, so store it where your receiver
+  reads it. Its POST has one Idempotency-Key (a new one, or --idempotency-key K), the same on every
+  retry: a retry after a lost answer gets the same secret, not a second rotation; when no answer came
+  back, the command that gets it (with the key) is printed.
+webhook-secret show: whether the account has one, since when, and until when the replaced ones still
+  sign (never a secret). webhook-secret delete: delete it and the replaced ones, at once; events are
+  then signed with each generation's own secret alone (ADR 0028).
 
   --timeout SEC       the whole command's bound: every request, hold, retry wait and download
-                      (default 600, cancel 60; 0: read it once as it stands); the generation goes on
+                      (default 600, cancel and webhook-secret 60; 0: read it once as it stands); the generation goes on
                       after it: clipag remote get ID
   --cancel-on-interrupt   Ctrl-C cancels the generation (default: it goes on; how to pick it up is printed)
-  --json              print the generation (the API's view) on stdout
+  --json              print the generation (the API's view; webhook-secret: the API's answer) on stdout
   --url URL           the API (default $CLIPAG_API_URL, else http://127.0.0.1:8787, what npm start serves);
                       no user name or password in it
   --key KEY           an API key (default $CLIPAG_API_KEY, else, for a --url on this machine: localhost,
@@ -79,7 +90,9 @@ canceled generation, or --timeout passed before any generation was made; 2 bad u
 will not use, too), or no API key (no --key, no CLIPAG_API_KEY and, for a --url on this machine, no
 key file); 3 withheld by the output check (as clipag generate); 124 --timeout passed while a
 generation goes on (or may have been made, or its images are still to download): the printed command
-picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt).
+picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt). webhook-secret: 0 done
+(show and delete also when there is none), 1 refused or failed, 124 --timeout passed after a create's
+POST may have made a secret (the printed command gets it), 130 interrupted.
 
 batch: runs a file of requests. Each non-empty line of FILE is one JSON object: a POST /v1/generations body (prompt or prompts,
 negative_prompt, width, height, steps, seed, n, model, init, strength, metadata, webhook_url), plus:
@@ -182,14 +195,15 @@ export async function run(argv: string[]): Promise<number> {
 export async function remote(argv: string[], io: RemoteIo): Promise<number> {
   const [action, ...rest] = argv;
   if (action === undefined || !(ACTIONS as string[]).includes(action)) {
-    // The four actions' synopses, not the whole usage (88 lines) that would push the message away.
-    const what = action === undefined || action.startsWith('-') ? 'give an action: generate, get, cancel or batch' : `unknown action "${action}" (known: generate, get, cancel, batch)`;
+    // The actions' synopses, not the whole usage (over 90 lines) that would push the message away.
+    const what = action === undefined || action.startsWith('-') ? `give an action: ${ACTIONS.slice(0, -1).join(', ')} or ${ACTIONS.at(-1)}` : `unknown action "${action}" (known: ${ACTIONS.join(', ')})`;
     throw new UsageError(`${what}\nusage: ${ACTIONS.map((a) => SYNOPSIS[a]).join('\n       ')}`, { brief: true });
   }
   try {
     if (action === 'generate') return await generate(rest, io);
     if (action === 'get') return await get(rest, io);
     if (action === 'cancel') return await cancel(rest, io);
+    if (action === 'webhook-secret') return await (await import('./remote-webhook-secret.ts')).webhookSecret(rest, io);
     // Loaded when used: the batch runner builds on this module's pieces.
     return await (await import('./remote-batch.ts')).batch(rest, io);
   } catch (e) {
@@ -313,7 +327,8 @@ function outputPaths(out: string, n: number): string[] {
 }
 
 
-const command = (words: string[]) => words.map(shellWord).join(' ');
+/** A command to print: each word shell-quoted as needed. */
+export const command = (words: readonly string[]) => words.map(shellWord).join(' ');
 
 export const ended = (g: Generation) => g.status === 'succeeded' || g.status === 'failed' || g.status === 'canceled';
 
@@ -765,13 +780,9 @@ async function stopped(s: Session, e: unknown): Promise<number> {
   }
   if (e instanceof ApiError) {
     const rid = e.requestId ? ` [request_id ${e.requestId}]` : '';
-    if (e.status === 401) {
-      io.err(`clipag remote: the API refused the key from ${s.conn.keySource} (401 ${e.code}: ${e.detail}${rid}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes`);
-      return 1;
-    }
-    if (e.status === 404 && e.code === 'not_found' && e.detail.startsWith('no route for ')) {
-      // The app's own answer to a path it has no route for (functions/middleware/errors.ts, notFound): the URL is wrong, not the id.
-      io.err(`clipag remote: ${e.message}; is ${s.conn.urlSource} ${shownUrl(s.conn.url)} the API's base address (with its stage path, without /v1)?`);
+    const trouble = connectionTrouble(s.conn, e);
+    if (trouble !== undefined) {
+      io.err(`clipag remote: ${trouble}`);
       return 1;
     }
     if (e.status === 404 && e.code === 'not_found' && id !== undefined && e.detail.startsWith('no generation')) {
@@ -789,18 +800,38 @@ async function stopped(s: Session, e: unknown): Promise<number> {
     return 1;
   }
   if (e instanceof GaveUp) {
-    // Refused: nothing listens there. Any other failure means something answered (or may have).
-    const hint = e.refused
-      ? isLoopbackUrl(new URL(s.conn.url))
-        ? ` (is the API running at ${shownUrl(s.conn.url)}? npm start runs one)`
-        : ` (connection refused: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right, and the API up?)`
-      : e.noHost
-        ? ` (no such host: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right?)`
-        : '';
-    io.err(`clipag remote: ${e.message}${hint}; ${resume}`);
+    io.err(`clipag remote: ${connectionTrouble(s.conn, e)}; ${resume}`);
     return 1;
   }
   throw e;
+}
+
+/**
+ * What a failure says about the connection rather than the request, in the same words for every
+ * action: the key refused (401), a URL that is not the API's base address (the app's 404 for a path
+ * it has no route for), retries given up (with why: nothing listening, no such host). The words after
+ * `clipag remote: `; undefined for any other failure.
+ */
+export function connectionTrouble(conn: Connection, e: unknown): string | undefined {
+  if (e instanceof ApiError) {
+    const rid = e.requestId ? ` [request_id ${e.requestId}]` : '';
+    if (e.status === 401) return `the API refused the key from ${conn.keySource} (401 ${e.code}: ${e.detail}${rid}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes`;
+    // The app's own answer to a path it has no route for (functions/middleware/errors.ts, notFound): the URL is wrong, not the id.
+    if (e.status === 404 && e.code === 'not_found' && e.detail.startsWith('no route for ')) return `${e.message}; is ${conn.urlSource} ${shownUrl(conn.url)} the API's base address (with its stage path, without /v1)?`;
+    return undefined;
+  }
+  if (e instanceof GaveUp) {
+    // Refused: nothing listens there. Any other failure means something answered (or may have).
+    const hint = e.refused
+      ? isLoopbackUrl(new URL(conn.url))
+        ? ` (is the API running at ${shownUrl(conn.url)}? npm start runs one)`
+        : ` (connection refused: is ${conn.urlSource} ${shownUrl(conn.url)} right, and the API up?)`
+      : e.noHost
+        ? ` (no such host: is ${conn.urlSource} ${shownUrl(conn.url)} right?)`
+        : '';
+    return `${e.message}${hint}`;
+  }
+  return undefined;
 }
 
 /** A Retry-After as a reader takes it: seconds, or minutes and hours when long. */

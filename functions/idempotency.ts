@@ -9,7 +9,9 @@ import { sha256Hex } from '../shared/schemas/apikey.ts';
 import type { AppLogEntry } from './types.ts';
 
 /**
- * Idempotency-Key for POST /v1/generations (docs/adr/0004).
+ * Idempotency-Key for POST /v1/generations (docs/adr/0004). The key's rule (IDEMPOTENCY_KEY_PATTERN)
+ * and its hash are also those of POST /v1/webhook-secret, whose replay needs no ledger: the key is
+ * kept in the secret's own document, checked and written in its one conditional write (ADR 0028).
  *
  * One small record per (owner, key) at `jobs/.idempotency/<owner>/<sha256(key)>.json`, written
  * with a conditional create *before* the job, naming the job id the request will create and the
@@ -84,8 +86,16 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
+/**
+ * What is stored of an Idempotency-Key: its sha256, never the key. The ledger's records are named by
+ * it, and the account webhook secret's document keeps it for the POST that made the secret (ADR 0028).
+ */
+export function idempotencyKeyHash(key: string): string {
+  return sha256Hex(key);
+}
+
 export function idempotencyRecordKey(owner: string, key: string): string {
-  return `jobs/.idempotency/${owner}/${sha256Hex(key)}.json`;
+  return `jobs/.idempotency/${owner}/${idempotencyKeyHash(key)}.json`;
 }
 
 export class IdempotencyLedger {

@@ -29,11 +29,25 @@ export function newWebhookSecret(): string {
 const Secret = z.string().regex(WEBHOOK_SECRET_PATTERN);
 const Instant = z.iso.datetime({ offset: false });
 
+/**
+ * How long a POST's Idempotency-Key answers the secret it made again (ADR 0028), while that secret is
+ * still the current one: a retry after a lost answer comes within seconds; a longer window would only
+ * show the secret again to whoever kept the key.
+ */
+export const SECRET_REPLAY_WINDOW_MS = 24 * 3600_000;
+
 const AccountWebhookSecretDoc = z.object({
   secret: Secret,
   created_at: Instant,
   /** Secrets this one replaced, newest first, each signing until its `expires_at`. */
   previous: z.array(z.object({ secret: Secret, created_at: Instant, expires_at: Instant })).max(MAX_PREVIOUS_SECRETS),
+  /**
+   * The POST that made `secret`, when it came with an Idempotency-Key: its key's sha256 (never the
+   * key) and whether it created the secret (201) or rotated it (200), so that a retry with the key is
+   * answered as that POST was. Kept for the current secret only: a rotation drops it with the secret.
+   * Optional, and stripped by a reader that predates it: such a reader reads and rotates as before.
+   */
+  idempotency: z.object({ key_sha256: z.string().regex(/^[0-9a-f]{64}$/), created: z.boolean() }).optional(),
 });
 export type AccountWebhookSecret = z.output<typeof AccountWebhookSecretDoc>;
 
@@ -55,10 +69,29 @@ function stillSigning(previous: AccountWebhookSecret['previous'], now: Date): Ac
  * document that does not read is replaced, as if there were none: its secret never signed (see
  * accountSigningSecrets), and this is how its owner mends it. Conditional on what was read, so of
  * two rotations at once neither secret is lost: the later one keeps the other as a previous one.
+ *
+ * With `idempotencyKeySha256` (a POST's Idempotency-Key, hashed): when the current secret was made
+ * with that key within SECRET_REPLAY_WINDOW_MS, nothing is written and it is answered again
+ * (`replayed`, with the `created` it was answered with). The check and the write are one conditional
+ * write, so of two requests with one key at once exactly one rotates and the other replays its
+ * secret. A key whose secret is no longer the current one (rotated since by another request, deleted,
+ * or past the window) is not remembered: the request rotates as a new one, so a retry is never handed
+ * a secret that has stopped signing or will within a day (ADR 0028). A write of this call's that
+ * landed but whose reply was lost is found on the re-read and answered as made, key or no key, rather
+ * than rotating twice.
  */
-export async function rotateAccountWebhookSecret(blobs: BlobStore, owner: string, now: Date): Promise<{ created: boolean; doc: AccountWebhookSecret }> {
+export async function rotateAccountWebhookSecret(
+  blobs: BlobStore,
+  owner: string,
+  now: Date,
+  options: { idempotencyKeySha256?: string } = {},
+): Promise<{ created: boolean; replayed: boolean; doc: AccountWebhookSecret }> {
   const key = webhookSecretKey(owner);
-  let result: { created: boolean; doc: AccountWebhookSecret } | undefined;
+  const keySha256 = options.idempotencyKeySha256;
+  let result: { created: boolean; replayed: boolean; doc: AccountWebhookSecret } | undefined;
+  // The secrets this call wrote, and whether each was a create: one found on a re-read is this call's
+  // own write whose reply was lost (S3 resends the PUT, and the resend fails its own condition).
+  const written = new Map<string, boolean>();
   await updateDocument(blobs, key, (bytes) => {
     let current: AccountWebhookSecret | null = null;
     if (bytes !== null) {
@@ -68,13 +101,23 @@ export async function rotateAccountWebhookSecret(blobs: BlobStore, owner: string
         if (!(error instanceof CorruptDocumentError)) throw error;
       }
     }
+    if (current && written.has(current.secret)) {
+      result = { created: written.get(current.secret)!, replayed: false, doc: current };
+      return null;
+    }
+    if (keySha256 !== undefined && current?.idempotency?.key_sha256 === keySha256 && now.getTime() - Date.parse(current.created_at) < SECRET_REPLAY_WINDOW_MS) {
+      result = { created: current.idempotency.created, replayed: true, doc: current };
+      return null;
+    }
     const replaced = current ? [{ secret: current.secret, created_at: current.created_at, expires_at: new Date(now.getTime() + PREVIOUS_SECRET_GRACE_MS).toISOString() }] : [];
     const doc: AccountWebhookSecret = {
       secret: newWebhookSecret(),
       created_at: now.toISOString(),
       previous: [...replaced, ...stillSigning(current?.previous ?? [], now)].slice(0, MAX_PREVIOUS_SECRETS),
+      ...(keySha256 !== undefined ? { idempotency: { key_sha256: keySha256, created: current === null } } : {}),
     };
-    result = { created: current === null, doc };
+    result = { created: current === null, replayed: false, doc };
+    written.set(doc.secret, current === null);
     return new TextEncoder().encode(JSON.stringify(doc));
   });
   return result!;
