@@ -95,7 +95,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       disablePrepacking: config.disablePrepacking,
       maxLeasedGraphs: config.maxLeasedGraphs,
       maxOpenModels: config.maxOpenModels,
-      ...(store ? { store, cacheDir: resolve(deps.modelCacheDir ?? join(tmpdir(), 'clipag-models')) } : {}),
+      ...(store ? { store, cacheDir: resolve(deps.modelCacheDir ?? join(tmpdir(), 'clipag-models')), cacheMaxBytes: config.modelCacheMaxBytes } : {}),
     });
   const maxSteps = deps.maxSteps ?? deps.recipeOverrides?.steps;
   const jobs = deps.jobs ?? new BlobJobStore(deps.blobs);

@@ -7,20 +7,22 @@
 // bundle while this registry serves the folder.
 // A store model is downloaded into `<cacheDir>/<content hash>/`, every file checked against the
 // store's sha256 (a corrupt download is deleted and fetched once more, then `invalid_model`), and the
-// folder is reused by later jobs and later processes. Engines are opened on first use and cached (past
+// folder is reused by later jobs and later processes. Past a byte budget (cacheMaxBytes) the least
+// recently used folders no model is served from are deleted, and download folders a dead process left
+// are swept at the cache's first use. Engines are opened on first use and cached (past
 // maxOpenModels the least recently used one no job holds is closed); every engine shares one
 // EnginePool (the ORT sessions' worker threads), so compiled graphs of all models live in the same
 // threads and the event loop stays free.
 
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { bundleContentHash, isOtherBundleKind, type ModelIndex, ModelStore, ModelStoreError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
 import { ClipEngine } from './engine/engine.ts';
 import { EngineError } from './engine/errors.ts';
-import { EnginePool } from './engine/runtime/pool.ts';
+import { EnginePool, processMayBeAlive } from './engine/runtime/pool.ts';
 import type { Device } from './engine/runtime/providers.ts';
 import { MODEL_NAME_PATTERN } from '../shared/schemas/common.ts';
 
@@ -44,6 +46,13 @@ export interface ModelRegistryOptions {
   store?: ModelStore;
   /** Download cache of store models, one `<contentHash>/` folder per bundle (default: <tmp>/clipag-models). */
   cacheDir?: string;
+  /**
+   * Bytes the cache's `<contentHash>/` folders may take together (default: no limit; the worker:
+   * CLIPAG_MODEL_CACHE_MAX_BYTES). Past it the least recently used folders that no model is served from
+   * and no engine is open on are deleted (a later job downloads one again); those in use stay even
+   * when they alone are over it.
+   */
+  cacheMaxBytes?: number;
   /** How long a store index read stays fresh before `engine(name)` looks again (default 60 s). */
   indexTtlMs?: number;
   /**
@@ -122,22 +131,47 @@ export function scanModelsDir(modelsDir: string): Record<string, string> {
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
+/** A download folder: `.tmp-<first 16 hex of the content hash>-<pid of the downloading process>-<random hex>`. */
+const DOWNLOAD_DIR = /^\.tmp-[0-9a-f]{16}-(\d+)-[0-9a-f]+$/;
+
+export interface ModelCacheOptions {
+  onFetch?: (f: StoreFetch) => void;
+  /** Bytes the `<contentHash>/` folders may take together before the least recently used are deleted (default: no limit). */
+  maxBytes?: number;
+  /** Folders in use now (a model is served from them, an engine is open on them): never deleted. */
+  inUse?: () => Iterable<string>;
+  /** Why a sweep or an eviction could not remove a folder (best effort: the fetch goes on). */
+  onWarning?: (message: string) => void;
+}
 
 /**
  * Downloads store models into `<cacheDir>/<contentHash>/` and verifies them. A folder only gets its
  * final name after every file matched its sha256 (it is assembled in a temp folder and renamed), so a
- * crash mid-download leaves a `.tmp-*` folder, never a half bundle under a hash name.
+ * crash mid-download leaves a `.tmp-*` folder, never a half bundle under a hash name; the first fetch
+ * of a process removes those of processes that no longer exist. Each fetch marks its folder used now
+ * (its mtime); past maxBytes the folders used longest ago that are not in use are deleted.
  */
 export class ModelCache {
   private readonly inflight = new Map<string, Promise<StoreFetch>>();
   /** Hashes whose cached folder this process has verified once. */
   private readonly verified = new Set<string>();
+  private readonly maxBytes: number;
+  /** The sweep of dead processes' download folders, run once before the first fetch. */
+  private swept?: Promise<void>;
+  /** Evictions, one after another (two downloads ending together would count the same folders). */
+  private evicting: Promise<void> = Promise.resolve();
+  /** Whether this cache has checked the budget yet: at its first fetch, then after each download (only those add bytes). */
+  private checkedOnce = false;
 
   constructor(
     readonly store: ModelStore,
     readonly cacheDir: string,
-    private readonly onFetch?: (f: StoreFetch) => void,
-  ) {}
+    private readonly options: ModelCacheOptions = {},
+  ) {
+    const max = options.maxBytes ?? Infinity;
+    if (!(max === Infinity || (Number.isSafeInteger(max) && max >= 0))) throw new EngineError('invalid_input', `cacheMaxBytes must be a non-negative integer (bytes) or Infinity, got ${max}`);
+    this.maxBytes = max;
+  }
 
   dirOf(contentHash: string): string {
     if (!HEX64.test(contentHash)) throw new EngineError('invalid_model', `content hash ${JSON.stringify(contentHash)} is not a sha256 hex digest`);
@@ -155,6 +189,20 @@ export class ModelCache {
   }
 
   private async fetchNow(index: ModelIndex): Promise<StoreFetch> {
+    // Housekeeping never fails a fetch: what it cannot do is reported and left for next time.
+    const report = (e: unknown) => this.options.onWarning?.(`model cache ${this.cacheDir}: ${(e as Error).message}`);
+    await (this.swept ??= this.removeDeadDownloads().catch(report));
+    const f = await this.fetchVerified(index);
+    await this.markUsed(f.dir);
+    if (f.outcome === 'downloaded' || !this.checkedOnce) {
+      this.checkedOnce = true;
+      await (this.evicting = this.evicting.then(() => this.evictOverBudget(f.contentHash)).catch(report));
+    }
+    this.options.onFetch?.(f);
+    return f;
+  }
+
+  private async fetchVerified(index: ModelIndex): Promise<StoreFetch> {
     if (bundleContentHash(index.files) !== index.content_hash) {
       throw new EngineError('invalid_model', `store index of model ${index.name} is inconsistent (its content hash does not match its files); re-push it with clipag models push DIR --name ${index.name} --force`);
     }
@@ -162,9 +210,7 @@ export class ModelCache {
     if (existsSync(dir)) {
       if (this.verified.has(index.content_hash) || (await this.verifyDir(dir, index)) === null) {
         this.verified.add(index.content_hash);
-        const f: StoreFetch = { name: index.name, contentHash: index.content_hash, dir, outcome: 'cached', attempts: 0, bytes: 0 };
-        this.onFetch?.(f);
-        return f;
+        return { name: index.name, contentHash: index.content_hash, dir, outcome: 'cached', attempts: 0, bytes: 0 };
       }
       // damaged cache (disk error, someone edited it): fetch it again
       await rm(dir, { recursive: true, force: true });
@@ -204,9 +250,7 @@ export class ModelCache {
           if (!existsSync(dir)) throw e;
         }
         this.verified.add(index.content_hash);
-        const f: StoreFetch = { name: index.name, contentHash: index.content_hash, dir, outcome: 'downloaded', attempts: attempt, bytes };
-        this.onFetch?.(f);
-        return f;
+        return { name: index.name, contentHash: index.content_hash, dir, outcome: 'downloaded', attempts: attempt, bytes };
       } finally {
         await rm(tmp, { recursive: true, force: true });
       }
@@ -216,6 +260,73 @@ export class ModelCache {
       `model ${index.name} in the store is corrupt: ${lastProblem} (checked after 2 downloads). Re-push it from a good bundle: clipag models push DIR --name ${index.name} --force`,
       { model: index.name, param: 'model' },
     );
+  }
+
+  /**
+   * Removes the `.tmp-*` download folders whose process no longer exists (a crash or SIGKILL mid-download;
+   * every other download removes its own). A live process's, this one's included, is left: it is writing.
+   */
+  private async removeDeadDownloads(): Promise<void> {
+    for (const name of await this.entries()) {
+      const m = DOWNLOAD_DIR.exec(name);
+      if (!m || processMayBeAlive(Number(m[1]))) continue;
+      await rm(join(this.cacheDir, name), { recursive: true, force: true }).catch((e: Error) =>
+        this.options.onWarning?.(`model cache: cannot remove ${join(this.cacheDir, name)}, a download a process that no longer exists left: ${e.message}`),
+      );
+    }
+  }
+
+  /** Records a use of `dir` (its mtime, which nothing else changes once the folder has its name): what eviction orders by. */
+  private async markUsed(dir: string): Promise<void> {
+    const now = new Date();
+    // A folder that cannot be touched is only evicted a little early: the job goes on.
+    await utimes(dir, now, now).catch(() => undefined);
+  }
+
+  /**
+   * Past maxBytes, deletes the `<hash>/` folders used longest ago, until the rest fit: never `keep` (the
+   * folder just fetched), a hash being fetched, or a folder options.inUse names.
+   */
+  private async evictOverBudget(keep: string): Promise<void> {
+    if (this.maxBytes === Infinity) return;
+    const folders: { hash: string; dir: string; bytes: number; usedAt: number }[] = [];
+    for (const name of await this.entries()) {
+      if (!HEX64.test(name)) continue;
+      const dir = join(this.cacheDir, name);
+      const st = await stat(dir).catch(() => null);
+      if (!st?.isDirectory()) continue;
+      folders.push({ hash: name, dir, bytes: await bytesUnder(dir), usedAt: st.mtimeMs });
+    }
+    let total = folders.reduce((sum, f) => sum + f.bytes, 0);
+    if (total <= this.maxBytes) return;
+    folders.sort((a, b) => a.usedAt - b.usedAt || a.hash.localeCompare(b.hash));
+    for (const f of folders) {
+      if (total <= this.maxBytes) return;
+      // asked right before each removal: a fetch may have started during the last one
+      if (f.hash === keep || this.inflight.has(f.hash) || this.inUseNow().has(f.dir)) continue;
+      try {
+        await rm(f.dir, { recursive: true, force: true });
+      } catch (e) {
+        this.options.onWarning?.(`model cache: cannot remove ${f.dir} (over the cache's ${this.maxBytes} bytes): ${(e as Error).message}`);
+        continue;
+      }
+      this.verified.delete(f.hash);
+      total -= f.bytes;
+    }
+  }
+
+  private inUseNow(): Set<string> {
+    return new Set([...(this.options.inUse?.() ?? [])].map((d) => resolve(d)));
+  }
+
+  /** The names in the cache folder (none while it does not exist, or cannot be read: the fetch then says why). */
+  private async entries(): Promise<string[]> {
+    try {
+      return (await readdir(this.cacheDir)).sort();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.options.onWarning?.(`model cache: cannot list ${this.cacheDir}: ${(e as Error).message}`);
+      return [];
+    }
   }
 
   /** null when every file of `index` is in `dir` with the right size and sha256, else the first problem. */
@@ -232,6 +343,21 @@ export class ModelCache {
   }
 }
 
+/** Bytes of the files under `dir` (links not followed); what cannot be read counts 0. */
+async function bytesUnder(dir: string): Promise<number> {
+  let total = 0;
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) total += await bytesUnder(p);
+    else total += (await lstat(p).catch(() => null))?.size ?? 0;
+  }
+  return total;
+}
+
+/** Engine keys of store models: this prefix, then the bundle's cache folder. */
+const STORE_KEY = 'store:';
+
 export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRegistry {
   const bundles: Record<string, string> = {
     ...(options.modelsDir ? scanModelsDir(options.modelsDir) : {}),
@@ -246,7 +372,15 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   }
   const maxOpenModels = options.maxOpenModels ?? Infinity;
   const store = options.store;
-  const cache = store ? new ModelCache(store, resolve(options.cacheDir ?? join(tmpdir(), 'clipag-models'))) : undefined;
+  const cache = store
+    ? new ModelCache(store, resolve(options.cacheDir ?? join(tmpdir(), 'clipag-models')), {
+        maxBytes: options.cacheMaxBytes,
+        // The folder each store model is served from now, and those engines are open on (a job may
+        // still run on the bundle a --force push replaced): its prior is read per job.
+        inUse: () => [...fetched.values(), ...[...engines.keys()].filter((k) => k.startsWith(STORE_KEY)).map((k) => k.slice(STORE_KEY.length))],
+        onWarning: (m) => warn(m),
+      })
+    : undefined;
   const indexTtlMs = options.indexTtlMs ?? 60_000;
   /** Store models: the last index read per name (null: the store said it has no such model). */
   const indexes = new Map<string, { at: number; index: ModelIndex | null }>();
@@ -367,7 +501,7 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
       // store models: one engine per bundle content (a --force push is picked up after the index TTL)
       dir = await registry.locate(name);
       if (closed) throw new EngineError('aborted', 'model registry is closed');
-      key = `store:${dir}`;
+      key = `${STORE_KEY}${dir}`;
       const before = currentKey.get(name);
       currentKey.set(name, key);
       retired.delete(key); // back to a bundle it served before, whose engine may not be closed yet

@@ -65,6 +65,18 @@ const Common = {
    * ViT-B/32); past it the least recently used one no job holds is closed, and reopened when asked for.
    */
   maxOpenModels: intIn(1, 100, 2),
+  /**
+   * Bytes the worker's download cache of pushed models (one folder per bundle content hash) may take
+   * on disk; past it the least recently used folders no model is served from are deleted, and
+   * downloaded again when a job needs one. `unlimited`: never deleted. Default 20 GiB (a F32
+   * ViT-B/32 bundle is about 600 MB; the worker's root volume, 100 GiB, also holds the image and /tmp).
+   */
+  modelCacheMaxBytes: z
+    .string()
+    .regex(/^(\d+|unlimited)$/, 'must be a number of bytes (such as 21474836480 for 20 GiB) or unlimited')
+    .transform((v) => (v === 'unlimited' ? Infinity : Number(v)))
+    .refine((v) => v === Infinity || Number.isSafeInteger(v), 'must be at most 9007199254740991 bytes, or unlimited')
+    .default(20 * 2 ** 30),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
   maxActiveJobs: intIn(1, 1000, 100),
@@ -208,6 +220,7 @@ export const ENV_VARS = {
   CLIPAG_DISABLE_PREPACKING: 'disablePrepacking',
   CLIPAG_MAX_LEASED_GRAPHS: 'maxLeasedGraphs',
   CLIPAG_MAX_OPEN_MODELS: 'maxOpenModels',
+  CLIPAG_MODEL_CACHE_MAX_BYTES: 'modelCacheMaxBytes',
   CLIPAG_RATE_LIMIT_PER_MIN: 'rateLimitPerMin',
   CLIPAG_RATE_TABLE: 'rateTable',
   CLIPAG_UPLOADS_PER_HOUR: 'uploadsPerHour',

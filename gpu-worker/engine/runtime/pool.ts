@@ -9,10 +9,10 @@
 // the key's next run there. Threads that keep dying (more than maxRestarts within restartWindowMs) are
 // a machine or process problem: the pool stops replacing them and refuses work as runtime_unavailable.
 
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve as resolvePath } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { EngineError } from '../errors.ts';
 import type { ModelIR, TensorData } from '../onnx/ir.ts';
@@ -64,7 +64,8 @@ export interface LoadOptions {
   /**
    * IR models only: the folder for that temporary file (default: this thread's os.tmpdir()). The pool
    * makes a folder of its own there for each such load, and removes it once the load is answered or its
-   * thread has ended, so a thread that ends mid-write (close(), a crash) leaves nothing behind.
+   * thread has ended, so a thread that ends mid-write (close(), a crash) leaves nothing behind. One a
+   * killed process left (`clipag-graph-<its pid>-*`) is removed by the next process's first pool or load there.
    */
   tempDir?: string;
 }
@@ -196,9 +197,66 @@ function initializerBytes(model: ModelIR): number {
   return bytes;
 }
 
-function makeTempDir(parent: string): string {
+/**
+ * A large graph's temporary folder: `clipag-graph-<pid>-<mkdtemp's 6 characters>`. The pid of the process
+ * that made it tells a folder a SIGKILLed process left (the OOM killer is likely exactly while a graph of
+ * 1.5 GB or more is written) from one a live process is writing.
+ */
+const GRAPH_TEMP_DIR = /^clipag-graph-(\d+)-[A-Za-z0-9]{6}$/;
+
+/**
+ * False only when the OS says no process `pid` exists (ESRCH): EPERM is another user's live process,
+ * and a pid that cannot be asked about is not taken for dead. Pid reuse only makes a dead one look alive.
+ */
+export function processMayBeAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid < 1 || pid > 0x7fffffff) return true;
   try {
-    return mkdtempSync(join(parent, 'clipag-graph-'));
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Removes the large-graph temporary folders in `parent` whose process no longer exists (nothing else
+ * removes them: the pool that made one died with its process). Folders of live processes and other
+ * names stay. Best effort: one that cannot be read or removed is left. Returns the names removed.
+ */
+export function sweepStaleGraphDirs(parent: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(parent);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const m = GRAPH_TEMP_DIR.exec(name);
+    if (!m || processMayBeAlive(Number(m[1]))) continue;
+    try {
+      rmSync(join(parent, name), { recursive: true, force: true });
+      removed.push(name);
+    } catch {
+      // another user's, or a read-only folder: left as it is
+    }
+  }
+  return removed;
+}
+
+/** Temp folder parents this process has swept: once each, at the first pool or large-graph load there. */
+const sweptGraphParents = new Set<string>();
+function sweepGraphParentOnce(parent: string): void {
+  const key = resolvePath(parent);
+  if (sweptGraphParents.has(key)) return;
+  sweptGraphParents.add(key);
+  sweepStaleGraphDirs(key);
+}
+
+function makeTempDir(parent: string): string {
+  sweepGraphParentOnce(parent);
+  try {
+    return mkdtempSync(join(parent, `clipag-graph-${process.pid}-`));
   } catch (e) {
     throw new EngineError('runtime_failed', `cannot make a temporary folder for a large graph in ${parent}: ${(e as Error).message}`, { tempDir: parent });
   }
@@ -294,6 +352,8 @@ export class EnginePool {
     if (this.sessionOptions.intraOpThreads === undefined && size > 1) {
       this.sessionOptions.intraOpThreads = Math.max(1, Math.floor(cpus().length / size));
     }
+    // Large graphs go to os.tmpdir() unless a load names another folder (swept at its first use there).
+    sweepGraphParentOnce(tmpdir());
     for (let i = 0; i < size; i++) this.workers.push(this.spawn());
     EnginePool.opened++;
     EnginePool.live.add(this);
