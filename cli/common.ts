@@ -222,6 +222,11 @@ export function numberArg(value: string | undefined, name: string, def: number |
  * Resolves an output file and checks, before any work, that it can be written: its folder exists
  * and is writable, and the path is not a folder. A long run must not end in a bare ENOENT.
  */
+/** The exit status when the policy's output rules withhold the image (nothing is written): generate and remote alike. */
+export const WITHHELD_EXIT_CODE = 3;
+/** 128 + SIGINT, as a shell reports Ctrl-C: generate and remote alike. */
+export const INTERRUPTED_EXIT_CODE = 130;
+
 export function outputFile(path: string, flag: string): string {
   if (path === '') throw new UsageError(`${flag} is empty; give a file name`);
   // The usual spelling of "standard output" elsewhere: a file named "-" in the working folder is never what was meant.
@@ -257,13 +262,16 @@ function checkedOutputFile(path: string, flag: string): string {
   if (existing && !existing.isFile()) {
     throw new EngineError('invalid_input', `${flag} ${out} is not a regular file (a device, a pipe or a socket); give a file name`);
   }
-  // A file its owner made read-only is not replaced behind their back (the rename needs only the folder's permission).
+  // A file its owner made read-only is not replaced behind their back (the rename needs only the
+  // folder's permission). Its mode says so for root too, whom access(2) lets write anything.
   if (existing) {
+    let writable = (existing.mode & 0o222) !== 0;
     try {
       accessSync(out, constants.W_OK);
     } catch {
-      throw new EngineError('invalid_input', `${flag} ${out} is read-only; make it writable or give another file name`);
+      writable = false;
     }
+    if (!writable) throw new EngineError('invalid_input', `${flag} ${out} is read-only; make it writable or give another file name`);
   }
   const dir = dirname(out);
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new EngineError('invalid_input', `${flag} ${out}: the folder ${dir} does not exist`);

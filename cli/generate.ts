@@ -8,7 +8,7 @@ import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { LIMITS, type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
-import { UsageError, intArg, modelDir, numberArg, outputFile, parseCliArgs, policyFile, sizeShape, writeWhole } from './common.ts';
+import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, intArg, modelDir, numberArg, outputFile, parseCliArgs, policyFile, sizeShape, writeWhole } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
 export const usage = `usage: clipag generate "PROMPT" [options]
@@ -40,12 +40,10 @@ Exit status: 0 written, 1 bad input or a failed run, 2 bad usage (a flag's value
 /** The files --frames writes: frame-<step, 4 digits>.png. */
 const FRAME_FILE = /^frame-\d{4,}\.png$/;
 
-/** The exit status when the policy's output rules withhold the image (nothing is written). */
-export const WITHHELD_EXIT_CODE = 3;
-/** 128 + SIGINT, as a shell reports Ctrl-C. */
-export const INTERRUPTED_EXIT_CODE = 130;
 /** How much of a prompt the run's first line shows (a 1000-character prompt is not echoed whole). */
 const PROMPT_SHOWN_CHARS = 100;
+
+export { WITHHELD_EXIT_CODE };
 
 /** --size, checked against the engine's limits before any model loads: a value out of them is a usage error (exit 2). */
 function parseSize(s: string): [number, number] {

@@ -13,9 +13,9 @@ import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkPngFile } from '../shared/png-check.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
-import { UsageError, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
+import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
 // Re-exported: the tests and remote-batch.ts take them from here.
-export { invocation, shellWord };
+export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
 
 export const summary = "use a clipag API (deployed or local): generate, get, cancel, or run a batch file, and the account's webhook secret, honouring Retry-After";
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
@@ -136,12 +136,8 @@ the first of 130, 124, 1, 3.`;
 
 /** Where `npm start` listens by default. */
 export const DEFAULT_API_URL = 'http://127.0.0.1:8787';
-/** As `clipag generate`'s WITHHELD_EXIT_CODE (not imported: that module loads the engine). */
-export const WITHHELD_EXIT_CODE = 3;
 /** As timeout(1): the command stopped waiting; the generation goes on. */
 export const TIMED_OUT_EXIT_CODE = 124;
-/** 128 + SIGINT, as a shell reports Ctrl-C. */
-export const INTERRUPTED_EXIT_CODE = 130;
 
 /** The longest `Prefer: wait` asked for; the deployment caps it lower (12 s in AWS). */
 const MAX_WAIT_SEC = 60;

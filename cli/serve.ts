@@ -9,7 +9,7 @@ import { ConfigError, NonRetryableError } from '../shared/errors.ts';
 import { dataFolderWriteProblem } from '../shared/adapters/local/probe.ts';
 import { PRIVATE_DIR_MODE, closeDataFolder } from '../shared/adapters/local/private.ts';
 import { createApp } from '../functions/app.ts';
-import { jsonLineLog } from '../functions/log.ts';
+import { jsonLineLog, jsonLineLogAt } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
 import { startQueuedJobSweeps } from '../functions/queued-jobs.ts';
 import { webhookDeliveryFromConfig } from '../shared/webhooks.ts';
@@ -115,7 +115,7 @@ export async function serve(
       queue,
       webhooks: webhookDeliveryFromConfig(local),
       clock: () => new Date(),
-      log: jsonLineLog,
+      log: jsonLineLogAt(local.logLevel),
     },
     opts.sweepEveryMs ?? 60_000,
   );

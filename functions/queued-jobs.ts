@@ -3,7 +3,7 @@ import { CorruptDocumentError } from '../shared/errors.ts';
 import { PENDING_JOBS_PREFIX, parsePendingJobKey, pendingJobKey, type PendingKind } from '../shared/keys.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
-import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
+import { isTerminal, waitingSince, type JobRecord } from '../shared/schemas/job.ts';
 import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
 import { encodeQueueMessage } from '../shared/schemas/queue.ts';
 import type { ViewOptions } from '../shared/views.ts';
@@ -136,10 +136,6 @@ function queuedSince(job: JobRecord): number {
   return Date.parse(job.enqueued_at ?? job.created_at);
 }
 
-/** Since when a queued job has waited to start: its last send, or a worker putting it back (a retry, a drain) after a run. */
-function waitingSince(job: JobRecord): number {
-  return Math.max(queuedSince(job), job.queued_at ? Date.parse(job.queued_at) : 0);
-}
 
 /** Queued, never started, and last sent over RESEND_AFTER_MS ago. */
 export function isLongQueued(job: JobRecord, now: Date): boolean {

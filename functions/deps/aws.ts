@@ -4,7 +4,7 @@ import { ConfigError } from '../../shared/errors.ts';
 import type { AppDeps } from '../types.ts';
 import { policyFromStore } from '../../shared/prompt-policy.ts';
 import { viewOptionsFromConfig } from '../../shared/views.ts';
-import { jsonLineLog } from '../log.ts';
+import { jsonLineLogAt } from '../log.ts';
 import { modelsFromBucket } from './models.ts';
 
 /** The API's deps on S3 and SQS. SDK clients are built once per process (Lambda cold start). */
@@ -16,7 +16,8 @@ export function awsDeps(config: AwsConfig): AppDeps {
     jobs,
     keys,
     rateCounter: awsRateCounter(config),
-    promptPolicy: policyFromStore(blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
+    log: jsonLineLogAt(config.logLevel),
+    promptPolicy: policyFromStore(blobs, { onProblem: (problem, kind) => jsonLineLogAt(config.logLevel)({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
     models: modelsFromBucket(blobs, config.defaultModel, { defaultInputSize: config.defaultModelInputSize }),
     limits: {
       maxBodyBytes: config.maxBodyBytes,

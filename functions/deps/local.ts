@@ -6,7 +6,7 @@ import type { ModelInfo } from '../schemas.ts';
 import type { AppDeps } from '../types.ts';
 import { policyFromStore } from '../../shared/prompt-policy.ts';
 import { viewOptionsFromConfig } from '../../shared/views.ts';
-import { jsonLineLog } from '../log.ts';
+import { jsonLineLogAt } from '../log.ts';
 import { modelsFromDir } from './models.ts';
 
 export { localLayout };
@@ -27,7 +27,8 @@ export async function localDeps(
     jobs: adapters.jobs,
     keys: adapters.keys,
     ...(config.rateLimitPerMin > 0 || config.uploadsPerHour > 0 || config.maxWaits > 0 ? { rateCounter: new MemoryRateCounter() } : {}),
-    promptPolicy: policyFromStore(adapters.blobs, { onProblem: (problem, kind) => jsonLineLog({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
+    log: jsonLineLogAt(config.logLevel),
+    promptPolicy: policyFromStore(adapters.blobs, { onProblem: (problem, kind) => jsonLineLogAt(config.logLevel)({ level: kind === 'invalid' ? 'error' : 'warn', msg: problem }) }),
     models: options.models ?? modelsFromDir(config.modelsDir, config.defaultModel, { store: adapters.blobs }),
     limits: {
       maxBodyBytes: config.maxBodyBytes,

@@ -7,7 +7,7 @@ import { deletePrefix } from '../../shared/prefix.ts';
 import { jobOutputsPrefix } from '../../shared/keys.ts';
 import { CorruptDocumentError, NonRetryableError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
-import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
+import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, waitingSince, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
 import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
 import type { ModelRegistry } from '../models.ts';
@@ -26,14 +26,6 @@ function pngSize(png: Uint8Array): { width: number; height: number } {
   return { width: dv.getUint32(16), height: dv.getUint32(20) };
 }
 
-/**
- * Since when a job has waited to start: its last send (`enqueued_at`, else its creation), or a worker
- * putting it back after a run (`queued_at`). Counted as the queued-job sweep counts its oldestQueuedSec
- * (waitingSince in functions/queued-jobs.ts), so the two figures agree.
- */
-function waitingSince(job: JobRecord): number {
-  return Math.max(Date.parse(job.enqueued_at ?? job.created_at), job.queued_at ? Date.parse(job.queued_at) : 0);
-}
 
 /** Output objects written at once at the end of a run. */
 const OUTPUT_WRITE_CONCURRENCY = 8;

@@ -211,6 +211,15 @@ export type OutputFlag = z.output<typeof OutputFlag>;
 export type OutputCheck = z.output<typeof OutputCheck>;
 
 /** What a deleted generation's record keeps of its prompts. */
+/**
+ * Since when a queued job has waited to start (ms since the epoch): its last send, or a worker putting
+ * it back (a retry, a drain) after a run. One rule for the worker's `queuedSec` and the sweep's
+ * `oldestQueuedSec`, which the dashboard shows side by side.
+ */
+export function waitingSince(job: JobRecord): number {
+  return Math.max(Date.parse(job.enqueued_at ?? job.created_at), job.queued_at ? Date.parse(job.queued_at) : 0);
+}
+
 export const DELETED_TEXT = '[deleted]';
 
 /**

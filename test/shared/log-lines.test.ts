@@ -77,6 +77,22 @@ describe('jsonLineLog', () => {
   });
 });
 
+describe('LOG_LEVEL', () => {
+  it('quiets the API as it quiets the worker: at error, a /v1 request writes no line; at info, one', async () => {
+    const { parseConfig } = await import('../../shared/config.ts');
+    const { localDeps } = await import('../../functions/deps/local.ts');
+    const { createApp } = await import('../../functions/app.ts');
+    for (const [level, lines] of [['error', 0], ['info', 1]] as const) {
+      const dataDir = mkdtempSync(join(tmpdir(), 'clipag-log-level-'));
+      dirs.push(dataDir);
+      const config = { ...(parseConfig({ CLIPAG_DATA_DIR: dataDir, LOG_LEVEL: level }) as import('../../shared/config.ts').LocalConfig), publicBaseUrl: 'http://127.0.0.1:1' };
+      const app = createApp(await localDeps(config));
+      const { stdout } = await captured(() => app.request('/v1/models'));
+      expect(stdout.filter((l) => l.msg === 'request'), level).toHaveLength(lines); // a 401: no key sent
+    }
+  });
+});
+
 describe('a webhook delivery', () => {
   async function endedJobWithWebhook(s: ReturnType<typeof stores>, url: string, secret: string) {
     const spec = GenerationSpec.parse({ prompt: 'a red circle', width: 64, height: 64, steps: 6, seed: 7, model: 'tiny' });

@@ -220,23 +220,31 @@ describe('outputFile refuses what a rename would destroy', () => {
     expect(existsSync(join(process.cwd(), '-'))).toBe(false);
   });
 
-  // Root may write any file, so the check is seen only by another user: a child run as nobody.
+  it('a read-only file (no write bit) is refused whoever runs it, root included, its bytes kept', () => {
+    const locked = join(dir, 'locked-for-all.png');
+    writeFileSync(locked, 'keep me');
+    chmodSync(locked, 0o444);
+    expect(() => outputFile(locked, '-o')).toThrow(/-o .*locked-for-all\.png is read-only; make it writable or give another file name/);
+    expect(readFileSync(locked, 'utf8')).toBe('keep me');
+  });
+
+  // A file another user may not write though its mode has write bits (its owner's 0644): seen only by
+  // that user, a child run as nobody.
   const canRunAsNobody = process.getuid?.() === 0 && spawnSync('true', [], { uid: 65534, gid: 65534 }).error === undefined;
-  it.skipIf(process.getuid?.() === 0 && !canRunAsNobody)('a read-only file is refused, its bytes and mode kept', () => {
+  it.skipIf(!canRunAsNobody)('a file the user may not write is refused, its bytes and mode kept', () => {
     // Under /tmp itself: the test run's own temporary folder is private, and nobody could not reach it.
-    const folder = mkdtempSync(join(process.getuid?.() === 0 ? '/tmp' : tmpdir(), 'clipag-ro-'));
+    const folder = mkdtempSync(join('/tmp', 'clipag-ro-'));
     onTestFinished(() => rmSync(folder, { recursive: true, force: true }));
     const locked = join(folder, 'locked.png');
     writeFileSync(locked, 'keep me');
-    chmodSync(locked, 0o444);
+    chmodSync(locked, 0o644);
     const script = `import { outputFile } from ${JSON.stringify(join(REPO_ROOT, 'cli', 'common.ts'))}; try { outputFile(${JSON.stringify(locked)}, '-o'); console.log('accepted'); } catch (e) { console.log(e.message); }`;
-    const asOther = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
     // nobody may write the folder (and tsx its cache there), only not the file
-    if (process.getuid?.() === 0) chmodSync(folder, 0o777);
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: REPO_ROOT, encoding: 'utf8', env: { ...process.env, TMPDIR: folder }, ...asOther });
+    chmodSync(folder, 0o777);
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: REPO_ROOT, encoding: 'utf8', env: { ...process.env, TMPDIR: folder }, uid: 65534, gid: 65534 });
     expect(r.stdout, r.stderr).toMatch(/-o .*locked\.png is read-only; make it writable or give another file name/);
     expect(readFileSync(locked, 'utf8')).toBe('keep me');
-    expect(statSync(locked).mode & 0o777).toBe(0o444);
+    expect(statSync(locked).mode & 0o777).toBe(0o644);
   });
 });
 
@@ -298,7 +306,8 @@ describe('clipag generate keeps what was there', () => {
     child.stderr.on('data', (d) => (stderr += String(d)));
     const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
     // Interrupted once the run has written frames (no clock: the frames are the evidence it is running).
-    while (!(existsSync(frames) && readdirSync(frames).length >= 2)) await new Promise((r) => setTimeout(r, 50));
+    while (child.exitCode === null && !(existsSync(frames) && readdirSync(frames).length >= 2)) await new Promise((r) => setTimeout(r, 50));
+    expect(child.exitCode, `the run ended before it wrote two frames: ${stderr}`).toBe(null);
     child.kill('SIGINT');
     expect(await exited, stderr).toBe(130);
     expect(stderr).toMatch(/clipag generate: interrupted after \d+ steps; .*interrupted\.png was not written, and the \d+ frames it wrote were removed/);
