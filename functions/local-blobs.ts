@@ -102,7 +102,10 @@ export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore,
     const check = verifyLocalSignature(signingSecret, 'PUT', c.req.url);
     if (!check.ok) throw forbidden(check.reason);
     if (check.contentType && c.req.header('content-type') !== check.contentType) {
-      throw new ValidationError(`Content-Type must be ${check.contentType}`, 'Content-Type');
+      // What came, quoted (cut short): a client that merged its own header with the one the upload
+      // answer named sends "image/png, image/png", which reads like the right value otherwise.
+      const got = c.req.header('content-type');
+      throw new ValidationError(`Content-Type must be ${check.contentType}; got ${got === undefined ? 'none' : JSON.stringify(got.slice(0, 100))}`, 'Content-Type');
     }
     const header = c.req.header('content-length');
     if (header === undefined) throw new HttpError(411, 'length_required', 'Content-Length is required (the upload URL grants a fixed number of bytes)');
