@@ -146,13 +146,14 @@ export const EstimateView = z
     runs: z.number().int().nonnegative().openapi({ description: 'How many recorded runs the figures rest on (at most 50, the latest)' }),
     basis: z
       .object({
-        method: z.enum(['fit', 'nearest']).openapi({
+        method: z.enum(['fit', 'scaled', 'nearest']).openapi({
           description:
-            "fit: a step's cost fitted against its size from the timed stages of runs at other sizes (a coarse-to-fine run times several), summed over the stages this job will run. nearest: the runs of the nearest size, within 4× in pixels, as they are",
+            "fit: a step's cost fitted against its size from the timed stages of runs at other sizes (a coarse-to-fine run times several), summed over the stages this job will run; where no runs timed stages at two sizes, against the output size of whole runs at two sizes or more. scaled: one size run, within 4× in pixels and smaller than this one: its figures times the ratio of the pixels (factor), as a rule high, since much of the cost grows more slowly than the pixels. nearest: one size run, within 4× in pixels and larger than this one: its figures as they are",
         }),
         width: z.number().int().openapi({ description: 'The nearest size the figures rest on' }),
         height: z.number().int(),
         sizes: z.array(z.object({ width: z.number().int(), height: z.number().int() })).openapi({ description: 'Every size whose runs the figures rest on' }),
+        factor: z.number().positive().optional().openapi({ description: "With method scaled only: this size's pixels ÷ the basis size's, what its figures were multiplied by (4 decimals)" }),
       })
       .nullable()
       .openapi({

@@ -100,8 +100,8 @@ const ESTIMATE_SIZES_BATCH = 8;
 const ESTIMATE_SIZES_MAX = 24;
 /**
  * How far past measured sizes an estimate goes, in pixels: a fit is not extended past 4× the largest
- * stage ever run, nor a single size's runs stretched to a size 4× larger or smaller. Beyond that,
- * no figure: ADR 0014's rule against invented ones.
+ * stage (or, fitted over whole runs, the largest size) ever run, nor a single size's runs scaled to a
+ * size 4× larger or smaller. Beyond that, no figure: ADR 0014's rule against invented ones.
  */
 export const ESTIMATE_REACH = 4;
 
@@ -243,10 +243,32 @@ function costModel(runs: readonly TimedRun[]): { predict: (schedule: readonly St
 
 export interface JobEstimate {
   seconds: RunEstimate | null;
-  /** null: runs of this very size. Otherwise how the figures were reached from other sizes. */
-  basis: { method: 'fit' | 'nearest'; width: number; height: number; sizes: Array<{ width: number; height: number }> } | null;
+  /**
+   * null: runs of this very size. Otherwise how the figures were reached from other sizes; `factor`
+   * only with method "scaled": what the basis size's figures were multiplied by.
+   */
+  basis: { method: 'fit' | 'scaled' | 'nearest'; width: number; height: number; sizes: Array<{ width: number; height: number }>; factor?: number } | null;
   /** Why there are no figures, when there are none. */
   note: string | null;
+}
+
+/**
+ * A fitted cost model's figures for a job: the median its prediction, the 90th percentile that times
+ * how far the timed runs came above what a model fitted without each predicts for it (a per-size 90th
+ * percentile would rest on one run at most sizes, and a run's own group would absorb it). The latest
+ * runs only: a bound on the work per request.
+ */
+function fittedSeconds(runs: readonly TimedRun[], schedule: readonly Stage[], px: number, n: number): RunEstimate {
+  const median = costModel(runs)!.predict(schedule, px, n);
+  const recent = [...runs].sort((x, y) => (x.sample.at < y.sample.at ? -1 : x.sample.at > y.sample.at ? 1 : 0)).slice(-RUN_STATS_KEEP);
+  const ratios = recent
+    .map((run) => {
+      const without = costModel(runs.filter((t) => t !== run));
+      return without ? run.sample.seconds / without.predict(run.sample.stages!.map((st) => ({ ...st, steps: st.steps / run.sample.n })), run.px, run.sample.n) : Number.NaN;
+    })
+    .filter((x) => Number.isFinite(x))
+    .sort((x, y) => x - y);
+  return { median: round3(median), p90: ratios.length >= P90_MIN_RUNS ? round3(median * Math.max(1, quantile(ratios, 0.9))) : null, runs: runs.length };
 }
 
 /**
@@ -256,7 +278,12 @@ export interface JobEstimate {
  * - else, where runs at other sizes timed their stages at two sizes or more: a step's cost fitted as
  *   a + b × its stage's pixels, summed over the stages this job will run (`schedule`, per image), and
  *   the per-image part fitted as c + d × output pixels (basis.method "fit");
- * - else the runs of the nearest size, when it is within ESTIMATE_REACH in pixels (basis.method "nearest");
+ * - else, where runs were recorded at two output sizes or more (older runs that timed no stages, or
+ *   runs whose stages were all of one size): the same fit with each whole run as one stage at its
+ *   output size, and this job as one stage at its own (basis.method "fit");
+ * - else the runs of the nearest size, when it is within ESTIMATE_REACH in pixels: for a larger size
+ *   their figures times the ratio of the pixels (basis.method "scaled", basis.factor), for a smaller
+ *   one as they are (basis.method "nearest"; a fit holds its parts at the smallest size measured too);
  * - else no figures, and a note that says why.
  */
 export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number; schedule: readonly Stage[] }): Promise<JobEstimate> {
@@ -265,7 +292,9 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
   if (own.length > 0) return { seconds: estimateSeconds(own, { steps, n: job.n }), basis: null, note: null };
   const nearby = await readNearbySizes(blobs, k);
   const size = { width: k.width, height: k.height };
+  const px = k.width * k.height;
   if (nearby.length === 0) return { seconds: null, basis: null, note: `no run of model ${k.model} with ${startPhrase(k.start)} was recorded on this deployment yet` };
+  const sizesOf = (rs: readonly SizedSamples[]) => rs.map((r) => ({ width: r.width, height: r.height }));
 
   const timedRuns = nearby.flatMap((r) => r.samples.filter((s) => s.stages !== undefined).map((sample) => ({ px: r.width * r.height, sample })));
   const stageGroups = groupMedians(stagePointsOf(timedRuns));
@@ -273,33 +302,38 @@ export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number;
   const canFit = spansSizes(stageGroups.map((g) => g.x));
   const largestTimed = Math.max(0, ...stageGroups.map((g) => g.x));
   if (canFit && largestStage <= ESTIMATE_REACH * largestTimed) {
-    const model = costModel(timedRuns)!;
-    const median = model.predict(job.schedule, k.width * k.height, job.n);
-    // The spread: how far each timed run came above what a model fitted without it predicts for that
-    // very run (a per-size 90th percentile would rest on one run at most sizes, and a run's own group
-    // would absorb it). The latest runs only: a bound on the work per request.
-    const recent = [...timedRuns].sort((x, y) => (x.sample.at < y.sample.at ? -1 : x.sample.at > y.sample.at ? 1 : 0)).slice(-RUN_STATS_KEEP);
-    const ratios = recent
-      .map((run) => {
-        const without = costModel(timedRuns.filter((t) => t !== run));
-        return without ? run.sample.seconds / without.predict(run.sample.stages!.map((st) => ({ ...st, steps: st.steps / run.sample.n })), run.px, run.sample.n) : Number.NaN;
-      })
-      .filter((x) => Number.isFinite(x))
-      .sort((x, y) => x - y);
     const timed = nearby.filter((r) => r.samples.some((s) => s.stages !== undefined));
-    return {
-      seconds: { median: round3(median), p90: ratios.length >= P90_MIN_RUNS ? round3(median * Math.max(1, quantile(ratios, 0.9))) : null, runs: timedRuns.length },
-      basis: { method: 'fit', width: timed[0]!.width, height: timed[0]!.height, sizes: timed.map((r) => ({ width: r.width, height: r.height })) },
-      note: null,
-    };
+    return { seconds: fittedSeconds(timedRuns, job.schedule, px, job.n), basis: { method: 'fit', width: timed[0]!.width, height: timed[0]!.height, sizes: sizesOf(timed) }, note: null };
+  }
+  // Without stages timed at two sizes, runs at two output sizes still show how the cost grows: each
+  // whole run is one point, its step loops (compile excluded where timed) per step at its output size.
+  const outputSizes = nearby.map((r) => r.width * r.height);
+  const largestRun = Math.max(...outputSizes);
+  const canFitRuns = spansSizes(outputSizes);
+  if (canFitRuns && px <= ESTIMATE_REACH * largestRun) {
+    const wholeRuns = nearby.flatMap((r) =>
+      r.samples.map((s) => ({ px: r.width * r.height, sample: { ...s, stages: [{ width: r.width, height: r.height, steps: s.steps, seconds: stepSeconds(s) }] } })),
+    );
+    return { seconds: fittedSeconds(wholeRuns, [{ ...size, steps }], px, job.n), basis: { method: 'fit', width: nearby[0]!.width, height: nearby[0]!.height, sizes: sizesOf(nearby) }, note: null };
   }
   const nearest = nearby[0]!;
   if (pixelDistance(nearest, size) <= Math.log(ESTIMATE_REACH)) {
-    return { seconds: estimateSeconds(nearest.samples, { steps, n: job.n }), basis: { method: 'nearest', width: nearest.width, height: nearest.height, sizes: [{ width: nearest.width, height: nearest.height }] }, note: null };
+    const basis = { width: nearest.width, height: nearest.height, sizes: [{ width: nearest.width, height: nearest.height }] };
+    const asRun = estimateSeconds(nearest.samples, { steps, n: job.n })!;
+    const factor = px / (nearest.width * nearest.height);
+    if (factor <= 1) return { seconds: asRun, basis: { method: 'nearest', ...basis }, note: null };
+    // One size's runs show nothing of how the cost grows, so every part of it is taken to grow with the
+    // pixels: as a rule high (a step at 1024 px cost 7× one at 128 px, for 64× the pixels, and much of
+    // an image's part is fixed), where the figures as they were ran 2–5.6× low (ADR 0014). Steps and n
+    // are already counted, per step and per image.
+    const scale = (x: number) => round3(x * factor);
+    return { seconds: { median: scale(asRun.median), p90: asRun.p90 === null ? null : scale(asRun.p90), runs: asRun.runs }, basis: { method: 'scaled', ...basis, factor: Math.round(factor * 1e4) / 1e4 }, note: null };
   }
   const why = canFit
     ? `the largest stage timed here is ${largestTimed} pixels, and this job's largest is more than ${ESTIMATE_REACH}× that; the nearest size run, ${nearest.width}×${nearest.height}, is more than ${ESTIMATE_REACH}× away too`
-    : `the nearest is ${nearest.width}×${nearest.height}, more than ${ESTIMATE_REACH}× away in pixels, and the runs recorded do not time two sizes, which would show how the cost grows`;
+    : canFitRuns
+      ? `the nearest is ${nearest.width}×${nearest.height}, more than ${ESTIMATE_REACH}× away in pixels, and a cost fitted over the sizes run is not stretched that far`
+      : `the nearest is ${nearest.width}×${nearest.height}, more than ${ESTIMATE_REACH}× away in pixels, and the runs recorded do not time two sizes, which would show how the cost grows`;
   return {
     seconds: null,
     basis: null,

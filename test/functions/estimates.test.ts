@@ -38,23 +38,56 @@ describe('the run statistics', () => {
 });
 
 describe('POST /v1/estimates', () => {
-  it('a size never run here, without timed stages (runs recorded before), rests on the nearest size run with the same model and start, and says which', async () => {
-    await recordRunSample(h.blobs, toy(224, 224), run(2, 0.1, 10));
-    await recordRunSample(h.blobs, toy(448, 448), run(4, 0.3, 10));
-    await recordRunSample(h.blobs, toy(64, 64, 'noise'), run(1, 0.01, 10)); // another start: a basis for that start only
+  it('a size never run, with runs of one size only: a larger size gets their figures times the ratio of the pixels (labelled), a smaller one them as they are', async () => {
+    // 14 runs at 64×64, each timing its one stage (the stages of one size: no fit), as a review recorded them.
+    for (let i = 0; i < 14; i++) {
+      const sample = run(1.2 + i * 0.02, 0.1 + i * 0.005, 3);
+      await recordRunSample(h.blobs, toy(64, 64), { ...sample, job: `j${i}`, stages: [{ width: 64, height: 64, steps: 3, seconds: sample.loopSeconds }] });
+    }
+    await recordRunSample(h.blobs, toy(128, 128, 'noise'), run(1, 0.01, 10)); // another start: a basis for that start only
     await h.blobs.put('stats/toy/not-a-size.json', Buffer.from('{}')); // a stray object is ignored
-    const ask = async (body: Record<string, unknown>) => (await (await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 10, ...body }) })).json()) as any;
-    // 256×256 is nearer 224×224 (ratio 1.31) than 448×448 (3.06): its runs, 2 + 0.1 × 10 = 3 s.
-    expect(await ask({ width: 256, height: 256 })).toMatchObject({ worker_seconds: { median: 3 }, runs: 1, basis: { method: 'nearest', width: 224, height: 224 }, note: null });
-    expect(await ask({ width: 384, height: 384 })).toMatchObject({ worker_seconds: { median: 7 }, basis: { method: 'nearest', width: 448, height: 448 } });
-    // Its own size, once run: basis null.
-    expect(await ask({ width: 448, height: 448 })).toMatchObject({ basis: null, runs: 1, note: null });
-    // A noise start rests on noise-start runs only (1 + 0.01 × 10 = 1.1 s)...
-    expect(await ask({ width: 96, height: 96, init: 'noise' })).toMatchObject({ worker_seconds: { median: 1.1 }, basis: { method: 'nearest', width: 64, height: 64 } });
+    const ask = async (body: Record<string, unknown>) => (await (await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 3, ...body }) })).json()) as any;
+    // Its own size: the runs' figures, basis null.
+    const at64 = await ask({ width: 64, height: 64 });
+    expect(at64).toMatchObject({ basis: null, runs: 14, note: null });
+    // 128×128 has 4× the pixels: 4× the figures, not 64×64's as they are (which ran 2–5.6× low at larger sizes).
+    const at128 = await ask({ width: 128, height: 128 });
+    expect(at128).toMatchObject({ runs: 14, basis: { method: 'scaled', width: 64, height: 64, sizes: [{ width: 64, height: 64 }], factor: 4 }, note: null });
+    expect(at128.worker_seconds.median).toBeCloseTo(4 * at64.worker_seconds.median, 2);
+    expect(at128.worker_seconds.p90).toBeCloseTo(4 * at64.worker_seconds.p90, 2);
+    expect(at128.cost_usd.median).toBeCloseTo(at128.worker_seconds.median / 1000, 6);
+    // Steps and n still count, per step and per image, before the scaling.
+    const more = await ask({ width: 128, height: 128, steps: 30, n: 2 });
+    expect(more.worker_seconds.median).toBeCloseTo(4 * (await ask({ width: 64, height: 64, steps: 30, n: 2 })).worker_seconds.median, 2);
+    // A noise start rests on noise-start runs only (128×128: 1 + 0.01 × 10 = 1.1 s). 192×192 has 2.25× the pixels...
+    expect(await ask({ width: 192, height: 192, init: 'noise', steps: 10 })).toMatchObject({ worker_seconds: { median: 2.475 }, basis: { method: 'scaled', width: 128, height: 128, factor: 2.25 } });
+    // ...a smaller size keeps the figures as they are, with no factor: much of a job's cost does not shrink with the pixels...
+    const smaller = await ask({ width: 96, height: 96, init: 'noise', steps: 10 });
+    expect(smaller).toMatchObject({ worker_seconds: { median: 1.1 }, basis: { method: 'nearest', width: 128, height: 128 } });
+    expect(smaller.basis).not.toHaveProperty('factor');
     // ...and one size is not stretched to a size more than 4× away in pixels: no figures, and why.
     const far = await ask({ width: 448, height: 448, init: 'noise' });
     expect(far).toMatchObject({ worker_seconds: null, cost_usd: null, runs: 0, basis: null });
-    expect(far.note).toMatch(/nearest is 64×64, more than 4× away/);
+    expect(far.note).toMatch(/nearest is 128×128, more than 4× away/);
+  });
+
+  it('a size never run, with untimed runs (recorded before stage timings) at two sizes: the cost fitted against the output size of the runs', async () => {
+    // A world where a step costs 0.02 s + 2 µs an output pixel, and an image 1 s + 4 µs an output pixel.
+    const untimed = (side: number, steps: number) => run(1 + 4e-6 * side * side, 0.02 + 2e-6 * side * side, steps);
+    const truth = (side: number, steps: number, n: number) => n * (1 + 4e-6 * side * side + steps * (0.02 + 2e-6 * side * side));
+    await recordRunSample(h.blobs, toy(224, 224), untimed(224, 10));
+    const ask = async (body: Record<string, unknown>) => (await (await priced().request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', ...body }) })).json()) as any;
+    expect((await ask({ width: 256, height: 256, steps: 10 })).basis).toMatchObject({ method: 'scaled', width: 224, height: 224 }); // one size: scaled
+    await recordRunSample(h.blobs, toy(448, 448), untimed(448, 10));
+    for (const [side, steps, n] of [[256, 10, 1], [384, 40, 2], [640, 7, 3]] as const) {
+      const got = await ask({ width: side, height: side, steps, n });
+      expect(got.basis).toEqual({ method: 'fit', width: side <= 320 ? 224 : 448, height: side <= 320 ? 224 : 448, sizes: expect.arrayContaining([{ width: 224, height: 224 }, { width: 448, height: 448 }]) });
+      expect(got.worker_seconds.median, `${side} px`).toBeCloseTo(truth(side, steps, n), 2);
+    }
+    // Past 4× the largest size run the fit is not stretched, and the nearest size is too far: no figures.
+    const beyond = await ask({ width: 1024, height: 1024, steps: 10 });
+    expect(beyond).toMatchObject({ worker_seconds: null, basis: null });
+    expect(beyond.note).toMatch(/nearest is 448×448, more than 4× away in pixels, and a cost fitted over the sizes run is not stretched that far/);
   });
 
   it("a size never run: a step's cost fitted against its size from timed stages, summed over the stages the job will run", async () => {

@@ -76,6 +76,13 @@ describe('responses conform to /openapi.json', () => {
     check('/v1/estimates', 'post', 200, (await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle' }) })).body);
     await recordRunSample(h.blobs, { model: 'toy', width: 224, height: 224, start: 'gmm' }, { seconds: 3, loopSeconds: 2, steps: 100, n: 1, at: new Date().toISOString() });
     check('/v1/estimates', 'post', 200, (await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle' }) })).body);
+    // A size never run, from one size's runs: scaled (with its factor) when larger, as they are when smaller.
+    const scaled = await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle', width: 448, height: 448 }) });
+    expect((scaled.body as any).basis).toMatchObject({ method: 'scaled', factor: 4 });
+    check('/v1/estimates', 'post', 200, scaled.body);
+    const nearest = await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle', width: 160, height: 160 }) });
+    expect((nearest.body as any).basis).toMatchObject({ method: 'nearest' });
+    check('/v1/estimates', 'post', 200, nearest.body);
     check('/v1/models', 'get', 200, (await call('/v1/models')).body);
     await recordUsage(h.blobs, 'acct_alice', 'job-oa', new Date(), { images: 2, workerSeconds: 3.5, encoderPasses: 10 });
     const usage = await call('/v1/usage');
