@@ -8,9 +8,10 @@
 // A store model is downloaded into `<cacheDir>/<content hash>/`, every file checked against the
 // store's sha256 (a corrupt download is deleted and fetched once more, then `invalid_model`), and the
 // folder is reused by later jobs and later processes. Past a byte budget (cacheMaxBytes) the least
-// recently used folders no model is served from are deleted, and download folders a dead process left
-// are swept at the cache's first use. Engines are opened on first use and cached (past
-// maxOpenModels the least recently used one no job holds is closed); every engine shares one
+// recently used folders no engine is open on are deleted (a later job downloads one again), and
+// download folders a dead process left are swept at the cache's first use. Engines are opened on first
+// use and cached (past maxOpenModels the least recently used one no job holds is closed, once the new
+// one has opened); every engine shares one
 // EnginePool (the ORT sessions' worker threads), so compiled graphs of all models live in the same
 // threads and the event loop stays free.
 
@@ -22,7 +23,7 @@ import { dirname, join, resolve } from 'node:path';
 import { bundleContentHash, isOtherBundleKind, type ModelIndex, ModelStore, ModelStoreError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
 import { ClipEngine } from './engine/engine.ts';
 import { EngineError } from './engine/errors.ts';
-import { EnginePool, processMayBeAlive } from './engine/runtime/pool.ts';
+import { EnginePool, PROCESS_NONCE, tempOwnerMayBeAlive } from './engine/runtime/pool.ts';
 import type { Device } from './engine/runtime/providers.ts';
 import { MODEL_NAME_PATTERN } from '../shared/schemas/common.ts';
 
@@ -48,9 +49,9 @@ export interface ModelRegistryOptions {
   cacheDir?: string;
   /**
    * Bytes the cache's `<contentHash>/` folders may take together (default: no limit; the worker:
-   * CLIPAG_MODEL_CACHE_MAX_BYTES). Past it the least recently used folders that no model is served from
-   * and no engine is open on are deleted (a later job downloads one again); those in use stay even
-   * when they alone are over it.
+   * CLIPAG_MODEL_CACHE_MAX_BYTES). Past it the least recently used folders that no engine is open on
+   * are deleted (a later job downloads one again); the folder just fetched, those being downloaded and
+   * those engines are open on stay even when they alone are over it.
    */
   cacheMaxBytes?: number;
   /** How long a store index read stays fresh before `engine(name)` looks again (default 60 s). */
@@ -131,15 +132,20 @@ export function scanModelsDir(modelsDir: string): Record<string, string> {
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
-/** A download folder: `.tmp-<first 16 hex of the content hash>-<pid of the downloading process>-<random hex>`. */
-const DOWNLOAD_DIR = /^\.tmp-[0-9a-f]{16}-(\d+)-[0-9a-f]+$/;
+/**
+ * A download folder: `.tmp-<first 16 hex of the content hash>-<pid>-<PROCESS_NONCE>-<random hex>`, the pid
+ * and nonce of the downloading process (the nonce tells a restarted container's pid 1 from its predecessor).
+ */
+const DOWNLOAD_DIR = /^\.tmp-[0-9a-f]{16}-(\d+)-([0-9a-f]{8})-[0-9a-f]+$/;
 
 export interface ModelCacheOptions {
   onFetch?: (f: StoreFetch) => void;
   /** Bytes the `<contentHash>/` folders may take together before the least recently used are deleted (default: no limit). */
   maxBytes?: number;
-  /** Folders in use now (a model is served from them, an engine is open on them): never deleted. */
+  /** Folders in use now (an engine is open on them): never deleted. */
   inUse?: () => Iterable<string>;
+  /** A `<contentHash>/` folder the budget deleted: whoever remembered it as downloaded must fetch it again. */
+  onEvicted?: (dir: string) => void;
   /** Why a sweep or an eviction could not remove a folder (best effort: the fetch goes on). */
   onWarning?: (message: string) => void;
 }
@@ -163,11 +169,15 @@ export class ModelCache {
   /** Whether this cache has checked the budget yet: at its first fetch, then after each download (only those add bytes). */
   private checkedOnce = false;
 
+  /** Absolute, so that folders compare equal to the resolved paths options.inUse names. */
+  readonly cacheDir: string;
+
   constructor(
     readonly store: ModelStore,
-    readonly cacheDir: string,
+    cacheDir: string,
     private readonly options: ModelCacheOptions = {},
   ) {
+    this.cacheDir = resolve(cacheDir);
     const max = options.maxBytes ?? Infinity;
     if (!(max === Infinity || (Number.isSafeInteger(max) && max >= 0))) throw new EngineError('invalid_input', `cacheMaxBytes must be a non-negative integer (bytes) or Infinity, got ${max}`);
     this.maxBytes = max;
@@ -217,7 +227,7 @@ export class ModelCache {
     }
     let lastProblem = '';
     for (let attempt = 1; attempt <= 2; attempt++) {
-      const tmp = join(this.cacheDir, `.tmp-${index.content_hash.slice(0, 16)}-${process.pid}-${randomBytes(4).toString('hex')}`);
+      const tmp = join(this.cacheDir, `.tmp-${index.content_hash.slice(0, 16)}-${process.pid}-${PROCESS_NONCE}-${randomBytes(4).toString('hex')}`);
       try {
         await mkdir(tmp, { recursive: true });
         let bytes = 0;
@@ -265,11 +275,12 @@ export class ModelCache {
   /**
    * Removes the `.tmp-*` download folders whose process no longer exists (a crash or SIGKILL mid-download;
    * every other download removes its own). A live process's, this one's included, is left: it is writing.
+   * One with this process's pid but another nonce is a predecessor's that had the same pid (a container restart).
    */
   private async removeDeadDownloads(): Promise<void> {
     for (const name of await this.entries()) {
       const m = DOWNLOAD_DIR.exec(name);
-      if (!m || processMayBeAlive(Number(m[1]))) continue;
+      if (!m || tempOwnerMayBeAlive(Number(m[1]), m[2]!)) continue;
       await rm(join(this.cacheDir, name), { recursive: true, force: true }).catch((e: Error) =>
         this.options.onWarning?.(`model cache: cannot remove ${join(this.cacheDir, name)}, a download a process that no longer exists left: ${e.message}`),
       );
@@ -285,7 +296,8 @@ export class ModelCache {
 
   /**
    * Past maxBytes, deletes the `<hash>/` folders used longest ago, until the rest fit: never `keep` (the
-   * folder just fetched), a hash being fetched, or a folder options.inUse names.
+   * folder just fetched), a hash being fetched, or a folder options.inUse names. Each deleted folder is
+   * reported to options.onEvicted.
    */
   private async evictOverBudget(keep: string): Promise<void> {
     if (this.maxBytes === Infinity) return;
@@ -311,6 +323,7 @@ export class ModelCache {
         continue;
       }
       this.verified.delete(f.hash);
+      this.options.onEvicted?.(f.dir);
       total -= f.bytes;
     }
   }
@@ -375,9 +388,14 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   const cache = store
     ? new ModelCache(store, resolve(options.cacheDir ?? join(tmpdir(), 'clipag-models')), {
         maxBytes: options.cacheMaxBytes,
-        // The folder each store model is served from now, and those engines are open on (a job may
-        // still run on the bundle a --force push replaced): its prior is read per job.
-        inUse: () => [...fetched.values(), ...[...engines.keys()].filter((k) => k.startsWith(STORE_KEY)).map((k) => k.slice(STORE_KEY.length))],
+        // The folders engines are open on (or opening), the bundle a --force push replaced included while
+        // a job still runs on it: an engine reads its bundle's prior per job. A folder only downloaded
+        // once is not protected, or a long-lived process could never evict a model it once served.
+        inUse: () => [...engines.keys()].filter((k) => k.startsWith(STORE_KEY)).map((k) => k.slice(STORE_KEY.length)),
+        // locate() downloads it again (openNamed always locates), instead of resolve() naming a folder that is gone.
+        onEvicted: (dir) => {
+          for (const [name, d] of fetched) if (d === dir) fetched.delete(name);
+        },
         onWarning: (m) => warn(m),
       })
     : undefined;
@@ -514,9 +532,10 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     lastUsed.delete(key);
     lastUsed.set(key, true);
     try {
-      const opening = engines.get(key) ?? openEngine(key, dir);
+      const engine = await (engines.get(key) ?? openEngine(key, dir));
+      // Only once it opened: a bundle that fails to open must not cost an idle model its engine.
       closeLeastRecentlyUsed(key);
-      return { key, engine: await opening };
+      return { key, engine };
     } catch (error) {
       if (hold) unhold(key);
       throw error;

@@ -67,7 +67,7 @@ const Common = {
   maxOpenModels: intIn(1, 100, 2),
   /**
    * Bytes the worker's download cache of pushed models (one folder per bundle content hash) may take
-   * on disk; past it the least recently used folders no model is served from are deleted, and
+   * on disk; past it the least recently used folders no engine has open are deleted, and
    * downloaded again when a job needs one. `unlimited`: never deleted. Default 20 GiB (a F32
    * ViT-B/32 bundle is about 600 MB; the worker's root volume, 100 GiB, also holds the image and /tmp).
    */

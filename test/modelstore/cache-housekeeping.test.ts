@@ -1,13 +1,14 @@
 // The worker's download cache of pushed models is bounded: download folders a dead process left are
 // swept, and past CLIPAG_MODEL_CACHE_MAX_BYTES the least recently used content-hash folders that no
-// model is served from (and no engine is open on) are deleted. A local blob store stands in for S3:
-// the cache, not the transport, is under test.
+// engine is open on are deleted (the folder just fetched and those being downloaded excepted). A local
+// blob store stands in for S3: the cache, not the transport, is under test.
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startWorker } from '../../gpu-worker/main.ts';
-import { createModelRegistry } from '../../gpu-worker/models.ts';
+import { PROCESS_NONCE } from '../../gpu-worker/engine/runtime/pool.ts';
+import { createModelRegistry, ModelCache } from '../../gpu-worker/models.ts';
 import { LocalBlobStore, LocalJobQueue } from '../../shared/adapters/local/index.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { ModelStore } from '../../shared/modelstore.ts';
@@ -32,6 +33,8 @@ const localBlobs = () => new LocalBlobStore({ rootDir: tmp('cache-blobs'), signi
 const MiB = 2 ** 20;
 /** A pid no process has (Linux pids end at 2^22). */
 const DEAD_PID = 999_999_999;
+/** A nonce this process did not draw. */
+const OTHER_NONCE = PROCESS_NONCE === '0badc0de' ? '0badf00d' : '0badc0de';
 const LONG_AGO = new Date('2001-01-01T00:00:00Z');
 
 /** A content-hash folder of `bytes` bytes, last used at `usedAt`. */
@@ -68,10 +71,12 @@ describe('model cache housekeeping', () => {
     utimesSync(served, LONG_AGO, LONG_AGO);
     const older = fakeHashFolder(cacheDir, 'a', MiB, new Date('2002-01-01T00:00:00Z'));
     const newer = fakeHashFolder(cacheDir, 'b', MiB, new Date('2003-01-01T00:00:00Z'));
-    // A download a SIGKILLed process left, one this (live) process is writing, and a file that is not the cache's.
-    const stale = `.tmp-${'c'.repeat(16)}-${DEAD_PID}-abcd`;
-    const live = `.tmp-${'d'.repeat(16)}-${process.pid}-abcd`;
-    for (const t of [stale, live]) {
+    // A download a SIGKILLed process left, one a killed predecessor with this very pid left (a container
+    // restart), one this (live) process is writing, and a file that is not the cache's.
+    const stale = `.tmp-${'c'.repeat(16)}-${DEAD_PID}-${OTHER_NONCE}-abcd`;
+    const predecessor = `.tmp-${'c'.repeat(16)}-${process.pid}-${OTHER_NONCE}-abcd`;
+    const live = `.tmp-${'d'.repeat(16)}-${process.pid}-${PROCESS_NONCE}-abcd`;
+    for (const t of [stale, predecessor, live]) {
       mkdirSync(join(cacheDir, t));
       writeFileSync(join(cacheDir, t, 'weights.safetensors'), Buffer.alloc(MiB, 1));
     }
@@ -84,6 +89,7 @@ describe('model cache housekeeping', () => {
       expect(readdirSync(cacheDir).sort()).toEqual([live, 'README', newer, pushed.contentHash].sort());
       expect(existsSync(join(cacheDir, older))).toBe(false);
       expect(existsSync(join(cacheDir, stale))).toBe(false);
+      expect(existsSync(join(cacheDir, predecessor))).toBe(false);
       // served from the cache, not downloaded again, and marked used now
       expect(statSync(join(served, 'weights.safetensors')).ino).toBe(weightsIno);
       expect(statSync(served).mtimeMs).toBeGreaterThan(LONG_AGO.getTime());
@@ -98,18 +104,21 @@ describe('model cache housekeeping', () => {
     const cacheDir = tmp('cache-unlimited');
     mkdirSync(cacheDir, { recursive: true });
     const old = fakeHashFolder(cacheDir, 'e', MiB, LONG_AGO);
-    const stale = `.tmp-${'f'.repeat(16)}-${DEAD_PID}-0123abcd`;
+    const stale = `.tmp-${'f'.repeat(16)}-${DEAD_PID}-${OTHER_NONCE}-0123abcd`;
     mkdirSync(join(cacheDir, stale));
+    // an older version's name (no nonce) is not a shape this cache makes: left alone
+    const older = `.tmp-${'f'.repeat(16)}-${DEAD_PID}-0123abcd`;
+    mkdirSync(join(cacheDir, older));
     const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir, threads: 1 });
     try {
       await reg.locate('tiny-u');
-      expect(readdirSync(cacheDir).sort()).toEqual([old, pushed.contentHash].sort());
+      expect(readdirSync(cacheDir).sort()).toEqual([old, older, pushed.contentHash].sort());
     } finally {
       await reg.close();
     }
   });
 
-  it('never evicts a folder a model is served from, or one an engine is still open on (a job on a bundle a --force push replaced)', async () => {
+  it('never evicts the folder just fetched, or one an engine is still open on (a job on a bundle a --force push replaced); a folder only downloaded once goes', async () => {
     const blobs = localBlobs();
     const store = new ModelStore(blobs);
     const a = await store.push(bundle('tiny-a'), 'tiny-a');
@@ -119,11 +128,13 @@ describe('model cache housekeeping', () => {
     const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir, threads: 1, cacheMaxBytes: 1, indexTtlMs: 0 });
     try {
       await reg.locate('tiny-a');
-      utimesSync(join(cacheDir, a.contentHash), LONG_AGO, LONG_AGO); // the least recently used of all
+      expect(reg.resolve('tiny-a')).toBe(join(cacheDir, a.contentHash));
       const unused = fakeHashFolder(cacheDir, '1', MiB, new Date('2005-01-01T00:00:00Z'));
       await reg.locate('tiny-b'); // a download: the budget is checked
-      expect(readdirSync(cacheDir).sort()).toEqual([a.contentHash, b.contentHash].sort());
+      // tiny-a was only downloaded (no engine is open on it): it goes, and is no longer taken for on disk
+      expect(readdirSync(cacheDir)).toEqual([b.contentHash]);
       expect(existsSync(join(cacheDir, unused))).toBe(false);
+      expect(() => reg.resolve('tiny-a')).toThrow(/not downloaded yet/);
 
       // A job holds tiny-b's engine while a --force push replaces the bundle.
       const held = await reg.use('tiny-b');
@@ -132,20 +143,69 @@ describe('model cache housekeeping', () => {
       next.done();
       expect(b2.contentHash).not.toBe(b.contentHash);
       // Another download checks the budget: the old bundle of tiny-b is no model's any more, but the
-      // held engine is open on it (it reads the bundle's prior per job).
+      // held engine is open on it (it reads the bundle's prior per job); b2's engine is open too.
       const c = await store.push(bundle('tiny-c'), 'tiny-c');
       await reg.locate('tiny-c');
-      expect(readdirSync(cacheDir).sort()).toEqual([a.contentHash, b.contentHash, b2.contentHash, c.contentHash].sort());
+      expect(readdirSync(cacheDir).sort()).toEqual([b.contentHash, b2.contentHash, c.contentHash].sort());
 
-      // The job ends: its engine closes; the next download's check deletes the folder.
+      // The job ends: its engine closes; the next download's check deletes its folder, and tiny-c's
+      // (downloaded, never opened). b2 stays: its engine is open.
       held.done();
       const d = await store.push(bundle('tiny-d'), 'tiny-d');
       await reg.locate('tiny-d');
-      expect(readdirSync(cacheDir).sort()).toEqual([a.contentHash, b2.contentHash, c.contentHash, d.contentHash].sort());
+      expect(readdirSync(cacheDir).sort()).toEqual([b2.contentHash, d.contentHash].sort());
       expect(reg.resolve('tiny-b')).toBe(join(cacheDir, b2.contentHash));
+      expect(() => reg.resolve('tiny-c')).toThrow(/not downloaded yet/);
     } finally {
       await reg.close();
     }
+  });
+
+  it('a long-lived process can evict a model it served once: past maxOpenModels its engine closes, its folder goes, and its next use downloads it again', async () => {
+    const blobs = localBlobs();
+    const store = new ModelStore(blobs);
+    const pushed: Record<string, string> = {};
+    for (const n of ['tiny-a', 'tiny-b', 'tiny-c']) pushed[n] = (await store.push(bundle(n), n)).contentHash;
+    const cacheDir = tmp('cache-served-once');
+    const reg = createModelRegistry({ store: new ModelStore(blobs), cacheDir, threads: 1, cacheMaxBytes: 1, maxOpenModels: 1 });
+    try {
+      for (const n of ['tiny-a', 'tiny-b', 'tiny-c']) {
+        const job = await reg.use(n);
+        await job.engine.embedText(['a red circle']);
+        job.done();
+      }
+      // tiny-a's engine closed when tiny-b's opened; tiny-c's download then deleted tiny-a's folder.
+      const aDir = join(cacheDir, pushed['tiny-a']!);
+      expect(existsSync(aDir)).toBe(false);
+      expect(readdirSync(cacheDir)).not.toContain(pushed['tiny-a']);
+
+      const again = await reg.use('tiny-a');
+      try {
+        expect(existsSync(join(aDir, 'weights.safetensors'))).toBe(true); // downloaded again
+        expect((await again.engine.embedText(['a red circle'])).unit).toHaveLength(again.engine.embedDim);
+      } finally {
+        again.done();
+      }
+      expect(reg.resolve('tiny-a')).toBe(aDir);
+    } finally {
+      await reg.close();
+    }
+  });
+
+  it('a ModelCache given a relative folder compares it resolved with the folders in use: those stay', async () => {
+    const blobs = localBlobs();
+    const store = new ModelStore(blobs);
+    await store.push(bundle('tiny-r'), 'tiny-r');
+    const cacheDir = tmp('cache-relative');
+    mkdirSync(cacheDir, { recursive: true });
+    const open = fakeHashFolder(cacheDir, '3', MiB, LONG_AGO);
+    const idle = fakeHashFolder(cacheDir, '4', MiB, LONG_AGO);
+    const cache = new ModelCache(store, relative(process.cwd(), cacheDir), { maxBytes: 1, inUse: () => [join(cacheDir, open)] });
+    expect(cache.cacheDir).toBe(cacheDir);
+    const f = await cache.fetch((await store.describe('tiny-r'))!);
+    expect(f.dir).toBe(join(cacheDir, f.contentHash));
+    expect(readdirSync(cacheDir).sort()).toEqual([open, f.contentHash].sort());
+    expect(existsSync(join(cacheDir, idle))).toBe(false);
   });
 
   it('the registry refuses a budget that is not a non-negative integer', () => {

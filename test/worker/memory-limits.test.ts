@@ -1,6 +1,7 @@
 // The worker's memory limits: idle step graphs per model (CLIPAG_MAX_LEASED_GRAPHS) and models open at
 // once (CLIPAG_MAX_OPEN_MODELS), from the config through the model registry to the engines.
-import { rmSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
 import { synthesize } from '../../gpu-worker/engine/synth/synthesize.ts';
@@ -11,8 +12,11 @@ import { rejection } from '../helpers/errors.ts';
 
 const a = makeTinyBundle('quickgelu');
 const b = makeTinyBundle('quickgelu');
+/** A bundle that cannot open: its manifest is not JSON. */
+const broken = makeTinyBundle('quickgelu');
+writeFileSync(join(broken, 'manifest.json'), 'not json');
 afterAll(() => {
-  for (const d of [a, b]) rmSync(d, { recursive: true, force: true });
+  for (const d of [a, b, broken]) rmSync(d, { recursive: true, force: true });
 });
 
 const request = (width: number, height: number) => ({
@@ -78,6 +82,27 @@ describe('the model registry', () => {
       const again = await models.use('a');
       expect(again.engine).not.toBe(engineA);
       expect((await again.engine.embedText(['a red circle'])).unit).toHaveLength(engineA.embedDim);
+      again.done();
+    } finally {
+      await models.close();
+      await pool.close();
+    }
+  });
+
+  it('a model that fails to open does not close another model\'s engine', async () => {
+    const pool = new EnginePool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
+    const models = createModelRegistry({ bundles: { a, broken }, pool, maxOpenModels: 1 });
+    try {
+      const jobA = await models.use('a');
+      const engineA = jobA.engine;
+      await engineA.embedText(['a red circle']);
+      jobA.done();
+      await rejection(models.use('broken'));
+      await settle();
+      // still the same open engine: no warm-up paid again for a bundle that never opened
+      expect((await engineA.embedText(['a red circle'])).unit).toHaveLength(engineA.embedDim);
+      const again = await models.use('a');
+      expect(again.engine).toBe(engineA);
       again.done();
     } finally {
       await models.close();

@@ -9,6 +9,7 @@
 // the key's next run there. Threads that keep dying (more than maxRestarts within restartWindowMs) are
 // a machine or process problem: the pool stops replacing them and refuses work as runtime_unavailable.
 
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
@@ -65,7 +66,7 @@ export interface LoadOptions {
    * IR models only: the folder for that temporary file (default: this thread's os.tmpdir()). The pool
    * makes a folder of its own there for each such load, and removes it once the load is answered or its
    * thread has ended, so a thread that ends mid-write (close(), a crash) leaves nothing behind. One a
-   * killed process left (`clipag-graph-<its pid>-*`) is removed by the next process's first pool or load there.
+   * killed process left (`clipag-graph-<its pid>-<its nonce>-*`) is removed by the next process's first pool or load there.
    */
   tempDir?: string;
 }
@@ -198,13 +199,6 @@ function initializerBytes(model: ModelIR): number {
 }
 
 /**
- * A large graph's temporary folder: `clipag-graph-<pid>-<mkdtemp's 6 characters>`. The pid of the process
- * that made it tells a folder a SIGKILLed process left (the OOM killer is likely exactly while a graph of
- * 1.5 GB or more is written) from one a live process is writing.
- */
-const GRAPH_TEMP_DIR = /^clipag-graph-(\d+)-[A-Za-z0-9]{6}$/;
-
-/**
  * False only when the OS says no process `pid` exists (ESRCH): EPERM is another user's live process,
  * and a pid that cannot be asked about is not taken for dead. Pid reuse only makes a dead one look alive.
  */
@@ -217,6 +211,32 @@ export function processMayBeAlive(pid: number): boolean {
     return (e as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }
+
+/**
+ * This process's temp-folder nonce: 8 hex characters drawn once per process, written into the names of
+ * the temp folders it makes (next to its pid). A pid alone does not tell this process from a killed
+ * predecessor: in a container the server is pid 1 (or 7 under tini) after every restart, so a folder
+ * the last run left in a persistent volume carries our own pid. The worker threads of a process never
+ * make these folders (the main thread makes and removes them), so one module instance per process draws it.
+ */
+export const PROCESS_NONCE = randomBytes(4).toString('hex');
+
+/**
+ * Whether the process that named a temp folder `<pid>-<nonce>` may still be writing it: this process
+ * when the pid and nonce are ours; a dead predecessor's when only the pid is ours (pids are unique
+ * among live processes of one namespace); otherwise what processMayBeAlive says.
+ */
+export function tempOwnerMayBeAlive(pid: number, nonce: string): boolean {
+  if (pid === process.pid) return nonce === PROCESS_NONCE;
+  return processMayBeAlive(pid);
+}
+
+/**
+ * A large graph's temporary folder: `clipag-graph-<pid>-<PROCESS_NONCE>-<mkdtemp's 6 characters>`. The
+ * pid and nonce of the process that made it tell a folder a SIGKILLed process left (the OOM killer is
+ * likely exactly while a graph of 1.5 GB or more is written) from one a live process is writing.
+ */
+const GRAPH_TEMP_DIR = /^clipag-graph-(\d+)-([0-9a-f]{8})-[A-Za-z0-9]{6}$/;
 
 /**
  * Removes the large-graph temporary folders in `parent` whose process no longer exists (nothing else
@@ -233,7 +253,7 @@ export function sweepStaleGraphDirs(parent: string): string[] {
   const removed: string[] = [];
   for (const name of names) {
     const m = GRAPH_TEMP_DIR.exec(name);
-    if (!m || processMayBeAlive(Number(m[1]))) continue;
+    if (!m || tempOwnerMayBeAlive(Number(m[1]), m[2]!)) continue;
     try {
       rmSync(join(parent, name), { recursive: true, force: true });
       removed.push(name);
@@ -256,7 +276,7 @@ function sweepGraphParentOnce(parent: string): void {
 function makeTempDir(parent: string): string {
   sweepGraphParentOnce(parent);
   try {
-    return mkdtempSync(join(parent, `clipag-graph-${process.pid}-`));
+    return mkdtempSync(join(parent, `clipag-graph-${process.pid}-${PROCESS_NONCE}-`));
   } catch (e) {
     throw new EngineError('runtime_failed', `cannot make a temporary folder for a large graph in ${parent}: ${(e as Error).message}`, { tempDir: parent });
   }
