@@ -3,6 +3,7 @@ import type { ApiKeyRecord } from '../shared/schemas/apikey.ts';
 import type { BlobStore, JobQueue, JobStore, RateCounter } from '../shared/ports.ts';
 import type { ModelInfo } from './schemas.ts';
 import type { PromptPolicy } from '../shared/prompt-policy.ts';
+import type { WebhookSender } from '../shared/webhooks.ts';
 
 /** Checks a presented bearer secret; `null` when unknown, malformed or revoked. `BlobApiKeyStore` is one. */
 export interface ApiKeyVerifier {
@@ -65,6 +66,12 @@ export interface AppDeps {
   /** The deployed models; an unknown `model` in a request is a 400. Memoize it if it is costly. */
   models: () => Promise<ModelInfo[]>;
   limits: AppLimits;
+  /**
+   * Sends the first attempt of the webhook a cancel while queued owes (ADR 0013). Default: over
+   * HTTP(S) under `limits`' webhook policy, within CANCEL_WEBHOOK_TIMEOUT_MS. The cancel's answer
+   * waits for it: one given here must bound its own attempt.
+   */
+  webhookSend?: WebhookSender;
   /** Defaults to `() => new Date()`. */
   clock?: () => Date;
   /** Defaults to `jsonLineLog`: one JSON line per entry, `info` on stdout, warnings and errors on stderr. */

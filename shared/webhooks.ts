@@ -1,7 +1,7 @@
 // Completion webhooks (ADR 0013): URL policy, Standard Webhooks signing, an address-checked POST, and
 // the delivery of one job's event with its attempt bookkeeping in the job record. Used by the worker
-// (first attempt, right after a job ends) and by the queued-job sweep (retries, and jobs the API
-// ended: a cancel while queued).
+// (first attempt, right after a job ends), by the cancel of a queued job (its first attempt, bounded)
+// and by the queued-job sweep (retries, and jobs whose end nobody announced).
 import { createHmac, randomUUID } from 'node:crypto';
 import { lookup as dnsLookup, promises as dnsPromises, type LookupAddress } from 'node:dns';
 import * as http from 'node:http';
@@ -18,6 +18,12 @@ export const WEBHOOK_RETRY_DELAYS_SEC = [30, 120, 600, 1800, 7200, 21600] as con
 export const WEBHOOK_MAX_ATTEMPTS = WEBHOOK_RETRY_DELAYS_SEC.length + 1;
 /** One attempt: connect, send, and get the status line within this. */
 export const WEBHOOK_TIMEOUT_MS = 10_000;
+/**
+ * The first attempt a cancel while queued makes before it answers (ADR 0013, "a cancel's own
+ * attempt"): shorter than WEBHOOK_TIMEOUT_MS, so that a receiver that is down or slow holds the
+ * cancel's answer for at most this. A receiver slower than this gets the sweep's retry, 30 s later.
+ */
+export const CANCEL_WEBHOOK_TIMEOUT_MS = 5_000;
 /** A webhook host's name lookup (A and AAAA at once, a lost query asked again once) within this, inside the attempt's. */
 export const WEBHOOK_DNS_TIMEOUT_MS = 4_000;
 /** The ports a webhook URL may name where private addresses are refused (AWS), unless the operator sets others. */

@@ -19,7 +19,7 @@ import { defaultSchedule } from '../../shared/schedule.ts';
 import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
-import { checkWebhookUrl, freshWebhookState, newWebhookSecret } from '../../shared/webhooks.ts';
+import { CANCEL_WEBHOOK_TIMEOUT_MS, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
 import type { RateGate } from '../middleware/rate-limit.ts';
@@ -234,6 +234,20 @@ export function registerGenerationRoutes(
   const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...viewOptions, webhookSecret: true });
   const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false, ...(limits.webhookPorts ? { ports: limits.webhookPorts } : {}) };
   const promptPolicy = deps.promptPolicy ?? (async () => defaultPromptPolicy());
+  /**
+   * The first attempt of the event a cancel while queued owes: no worker announces that end (the
+   * message it gets later finds the job ended). The same bookkeeping as the worker's and the sweep's
+   * (deliverWebhook), its deadline CANCEL_WEBHOOK_TIMEOUT_MS (ADR 0013, "a cancel's own attempt").
+   */
+  const cancelDelivery: WebhookDeliveryDeps = {
+    jobs,
+    blobs,
+    send: deps.webhookSend ?? httpWebhookSender(webhookPolicy, { timeoutMs: CANCEL_WEBHOOK_TIMEOUT_MS }),
+    signedUrlTtlSec: limits.signedUrlTtlSec,
+    view: viewOptions,
+    clock: ctx.clock,
+    log: ctx.log,
+  };
 
   /**
    * The prompt policy (ADR 0015) on the prompts that pull the image (a negative prompt, or a negative
@@ -818,7 +832,7 @@ export function registerGenerationRoutes(
     c.set('jobId', id);
     const owner = c.get('owner');
     const now = ctx.clock().toISOString();
-    const job = await callerUpdate(owner, id, 'cancel', (cur) => {
+    let job = await callerUpdate(owner, id, 'cancel', (cur) => {
       switch (cur.status) {
         case 'canceled':
           return null;
@@ -841,6 +855,24 @@ export function registerGenerationRoutes(
         await settleStoredOutputs(blobs, job).catch((error) =>
           ctx.log({ level: 'warn', msg: 'stored images of a canceled generation were not removed; the queued-job sweep retries', job_id: id, owner, error: operatorMessage(error) }),
         );
+      }
+      // Its event's first attempt, now rather than at the next sweep (up to 2 minutes in AWS). Awaited
+      // before the answer, never left running behind it: a Lambda is frozen once it has answered, and
+      // an attempt frozen mid-way would hold its claim and record nothing. The sender's deadline bounds
+      // the wait; a failure is recorded with its retry time, which the sweep keeps to. (A webhook
+      // already tried, by a cancel before this one or a worker, is the sweep's: a repeat stays quick.)
+      if (job.webhook?.attempts === 0 && webhookOwed(job)) {
+        const recorded = await deliverWebhook(cancelDelivery, owner, id).then(
+          () => true,
+          (error: unknown) => {
+            // The cancel stands either way; the marker brings the sweep to the event.
+            ctx.log({ level: 'warn', msg: "a canceled generation's webhook attempt was not recorded; the queued-job sweep sends it", job_id: id, owner, error: operatorMessage(error) });
+            return false;
+          },
+        );
+        // The answer shows the attempt's outcome (delivered, or failed with its error); a read that
+        // fails leaves the record the cancel wrote.
+        if (recorded) job = (await jobs.get(owner, id).catch(() => null)) ?? job;
       }
     }
     return c.json(await view(job), 200);

@@ -13,6 +13,7 @@ import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { verifyLocalSignature } from '../../shared/adapters/local/signing.ts';
 import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import {
+  CANCEL_WEBHOOK_TIMEOUT_MS,
   COULD_NOT_CONNECT,
   DNS_TIMEOUT,
   PRIVATE_ONLY,
@@ -52,6 +53,11 @@ afterEach(() => h.close());
 /** The app as local mode runs it: webhooks to this machine allowed. */
 function localApp() {
   return createApp({ ...h.deps, clock, limits: { ...LIMITS, webhookAllowPrivate: true } });
+}
+
+/** Local mode, where a cancel's own attempt fails at once (its receiver down then): the sweep's retries are left. */
+function appWhoseCancelAttemptFails() {
+  return createApp({ ...h.deps, clock, limits: { ...LIMITS, webhookAllowPrivate: true }, webhookSend: async () => Promise.reject(new Error('connect ECONNREFUSED')) });
 }
 
 async function postWithWebhook(url = hook.url): Promise<{ id: string; secret: string }> {
@@ -477,6 +483,92 @@ describe('bounds', () => {
   });
 });
 
+describe('a cancel while queued (no worker announces that end): the cancel makes the first attempt itself', () => {
+  const cancel = (id: string) => localApp().request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } });
+
+  it('the receiver gets the signed generation.canceled event before the cancel answers, with no sweep; the sweep then only drops the marker', async () => {
+    const { id, secret } = await postWithWebhook();
+    const res = await cancel(id);
+    expect(res.status).toBe(200);
+    const answer = (await res.json()) as any;
+    expect(answer).toMatchObject({ id, status: 'canceled', webhook: { status: 'delivered', attempts: 1, last_error: null } });
+    expect(answer.webhook.secret).toBeUndefined();
+    expect(received).toHaveLength(1);
+    const { body, headers } = received[0]!;
+    expect(headers['webhook-id']).toBe(`evt_${id}_canceled`);
+    expect(new Webhook(secret).verify(body, headers)).toMatchObject({ type: 'generation.canceled', data: { id, status: 'canceled' } });
+    // The sweep sees the attempt: nothing sent again, the marker dropped.
+    expect(await sweepQueuedJobs({ blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock, webhooks: { send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600 } })).toMatchObject({ webhooksDelivered: 0, webhooksFailed: 0, cleared: 1 }); // its hook marker (the cancel dropped its active one)
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}hook/`)).items).toEqual([]);
+    expect(received).toHaveLength(1);
+  });
+
+  it('a receiver that never answers: the cancel still answers, once its own deadline has passed, with the failed attempt the sweep retries when due', async () => {
+    let held = true;
+    const requests: string[] = [];
+    const silent = createServer((req, res) => {
+      requests.push(String(req.headers['webhook-id']));
+      req.resume();
+      if (!held) res.writeHead(204).end();
+    });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    try {
+      const { id } = await postWithWebhook(`http://127.0.0.1:${(silent.address() as AddressInfo).port}/never`);
+      const res = await cancel(id);
+      expect(res.status).toBe(200);
+      // Answered while the receiver still holds the request it got (it never answers): the attempt's own deadline ended the wait.
+      expect(requests).toEqual([`evt_${id}_canceled`]);
+      expect(await res.json()).toMatchObject({ id, status: 'canceled', webhook: { status: 'pending', attempts: 1, last_error: `no answer within ${CANCEL_WEBHOOK_TIMEOUT_MS / 1000} s` } });
+      const after = (await h.jobs.get('acct_alice', id))!.webhook!;
+      expect(after).toMatchObject({ attempts: 1, delivered_at: null, given_up_at: null, claimed_until: null });
+      expect(Date.parse(after.next_attempt_at!)).toBeGreaterThan(clock().getTime()); // scheduled, not due yet
+      // A repeat cancel does not try again (the sweep owns the retries), nor does the sweep before the retry is due.
+      expect((await cancel(id)).status).toBe(200);
+      const sweepDeps = { blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock, webhooks: { send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600 } };
+      expect(await sweepQueuedJobs(sweepDeps)).toMatchObject({ webhooksDelivered: 0, webhooksFailed: 0 });
+      expect(requests).toHaveLength(1);
+      // Once due, the sweep retries it (the same event id), and the receiver now answers.
+      held = false;
+      offsetMs += WEBHOOK_RETRY_DELAYS_SEC[0] * 1000 + 1000;
+      expect(await sweepQueuedJobs(sweepDeps)).toMatchObject({ webhooksDelivered: 1 });
+      expect(requests).toEqual([`evt_${id}_canceled`, `evt_${id}_canceled`]);
+      expect((await h.jobs.get('acct_alice', id))!.webhook).toMatchObject({ attempts: 2, delivered_at: expect.any(String), last_error: null });
+    } finally {
+      silent.closeAllConnections();
+      await new Promise<void>((r) => silent.close(() => r()));
+    }
+  });
+
+  it('a receiver that refuses the connection, or a store that cannot record the attempt: the cancel still answers 200 canceled', async () => {
+    const refused = await postWithWebhook('http://127.0.0.1:1/nobody');
+    const res = await cancel(refused.id);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: 'canceled', webhook: { status: 'pending', attempts: 1, last_error: COULD_NOT_CONNECT } });
+
+    // The attempt's claim cannot be written: logged, and the marker left for the sweep.
+    const { id } = await postWithWebhook();
+    const logs: Array<Record<string, unknown>> = [];
+    let cancelWritten = false;
+    const jobs = new Proxy(h.jobs, {
+      get: (target, prop, receiver) =>
+        prop === 'update'
+          ? async (...a: Parameters<typeof target.update>) => {
+              if (cancelWritten) throw new Error('injected: the store is down');
+              cancelWritten = true;
+              return target.update(...a);
+            }
+          : Reflect.get(target, prop, receiver),
+    });
+    const app = createApp({ ...h.deps, jobs, clock, limits: { ...LIMITS, webhookAllowPrivate: true }, log: (e) => logs.push(e) });
+    const down = await app.request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } });
+    expect(down.status).toBe(200);
+    expect(await down.json()).toMatchObject({ status: 'canceled', webhook: { status: 'pending', attempts: 0 } });
+    expect(received).toEqual([]);
+    expect(logs).toContainEqual(expect.objectContaining({ level: 'warn', job_id: id, msg: expect.stringMatching(/webhook attempt was not recorded; the queued-job sweep sends it/) }));
+    expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}hook/`)).items.map((i) => i.key)).toContain(pendingJobKey('hook', 'acct_alice', id));
+  });
+});
+
 /**
  * A DNS server on 127.0.0.1 (UDP) that answers A queries for the names in `answers` and never answers
  * any other query: a name whose DNS is a tarpit. Records each question as it arrives.
@@ -542,7 +634,7 @@ describe('name lookups (c-ares, bounded and cancelled: not the threadpool\'s get
   it('names whose DNS never answers do not hold up another owner\'s webhook in the same sweep: it is delivered while theirs are still pending', async () => {
     const port = hook.port;
     const early = (await h.keys.create({ name: 'early', owner: 'acct_aaaa' })).secret;
-    const app = localApp();
+    const app = appWhoseCancelAttemptFails();
     const createAndCancel = async (key: string, url: string) => {
       const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: url }) });
       const { id } = (await res.json()) as { id: string };
@@ -553,6 +645,7 @@ describe('name lookups (c-ares, bounded and cancelled: not the threadpool\'s get
     const tarpits: string[] = [];
     for (let i = 0; i < 8; i++) tarpits.push(await createAndCancel(early, `http://t${i}.tarpit.example:${port}/hook`));
     const victim = await createAndCancel(h.alice, `http://victim.example:${port}/hooks`);
+    offsetMs += WEBHOOK_RETRY_DELAYS_SEC[0] * 1000 + 1000; // the cancels' failed attempts are due again
     // Names through the test's DNS server (local mode's policy, so that the victim's 127.0.0.1 is allowed).
     const http = httpWebhookSender({ allowPrivate: true }, { dns: { servers: [dns.server], timeoutMs: 2000 } });
     const events: string[] = [];
@@ -569,7 +662,7 @@ describe('name lookups (c-ares, bounded and cancelled: not the threadpool\'s get
     };
     const report = await sweepQueuedJobs({ blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock, webhooks: { send, signedUrlTtlSec: 600 } });
     expect(report).toMatchObject({ webhooksDelivered: 1, webhooksFailed: 8 });
-    expect((await h.jobs.get('acct_alice', victim))!.webhook).toMatchObject({ attempts: 1, delivered_at: expect.any(String), last_error: null });
+    expect((await h.jobs.get('acct_alice', victim))!.webhook).toMatchObject({ attempts: 2, delivered_at: expect.any(String), last_error: null });
     expect(received.map((r) => r.headers['webhook-id'])).toEqual([`evt_${victim}_canceled`]);
     // The victim's attempt ended first, while the tarpits' lookups were still out.
     expect(events[0]).toMatch(/^victim settled, [1-7] still out$/);
@@ -657,15 +750,16 @@ describe('the sweep', () => {
     return { blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock, webhooks: { send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600 } };
   }
 
-  it('delivers the webhook of a job canceled while queued, retries a failure when due, then drops the marker', async () => {
+  it('retries the failed first attempt of a job canceled while queued when it is due (not before), then drops the marker', async () => {
     const { id } = await postWithWebhook();
     const marker = pendingJobKey('hook', 'acct_alice', id);
     // Still queued: the marker waits.
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 2, webhooksDelivered: 0 }); // and its active-job marker
-    expect((await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' })).status).toBe(200);
     hook.answer = 500;
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksFailed: 1 });
-    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksFailed: 0 }); // not due yet
+    // The cancel made the first attempt itself; it failed.
+    expect((await localApp().request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } })).status).toBe(200);
+    expect((await h.jobs.get('acct_alice', id))!.webhook).toMatchObject({ attempts: 1, last_error: 'HTTP 500', delivered_at: null });
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ kept: 1, webhooksFailed: 0 }); // not due yet (its active marker cleared)
     hook.answer = 200;
     offsetMs += WEBHOOK_RETRY_DELAYS_SEC[0] * 1000 + 1000;
     expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 1, webhooksDelivered: 1 });
@@ -706,7 +800,7 @@ describe('the sweep', () => {
     // An owner whose id sorts first owes 40 webhooks to a tarpit (each attempt waits out its time);
     // alice owes one to a receiver that answers.
     const early = (await h.keys.create({ name: 'early', owner: 'acct_aaaa' })).secret;
-    const app = localApp();
+    const app = appWhoseCancelAttemptFails();
     const createAndCancel = async (key: string, url: string) => {
       const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: url }) });
       const { id } = (await res.json()) as { id: string };
@@ -715,6 +809,7 @@ describe('the sweep', () => {
     };
     for (let i = 0; i < 40; i++) await createAndCancel(early, 'https://tarpit.example/hook');
     const victim = await createAndCancel(h.alice, 'https://victim.example/hook');
+    offsetMs += WEBHOOK_RETRY_DELAYS_SEC[0] * 1000 + 1000; // the cancels' failed attempts are due again
     const tried: string[] = [];
     const send = async (r: { url: string }) => {
       tried.push(r.url);
@@ -726,7 +821,7 @@ describe('the sweep', () => {
     };
     // Budget for about one round of attempts: in key order all of it went to the tarpit's first eight.
     const report = await sweepQueuedJobs({ ...sweepDeps(), webhooks: { send, signedUrlTtlSec: 600 }, webhookBudgetMs: 150 });
-    expect((await h.jobs.get('acct_alice', victim))!.webhook).toMatchObject({ attempts: 1, delivered_at: expect.any(String) });
+    expect((await h.jobs.get('acct_alice', victim))!.webhook).toMatchObject({ attempts: 2, delivered_at: expect.any(String) });
     expect(report.webhooksDelivered).toBe(1);
     // The victim's was in the first wave of attempts (the sweep runs 8 at once), not after the early owner's forty.
     expect(tried.indexOf('https://victim.example/hook')).toBeGreaterThanOrEqual(0);
