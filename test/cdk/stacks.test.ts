@@ -879,6 +879,7 @@ describe('stage config', () => {
     expect(() => stageConfig('staging')).toThrow(/Unknown stage "staging"/);
     expect(() => stageConfig('dev', { stopTimeoutSeconds: 30 })).toThrow(/stopTimeoutSeconds/);
     expect(() => stageConfig('dev', { lambdaTimeoutSeconds: 60 })).toThrow(/lambdaTimeoutSeconds/);
+    expect(() => stageConfig('dev', { lambdaTimeoutSeconds: 6 })).toThrow(/lambdaTimeoutSeconds must be >= 10/);
     expect(() => stageConfig('dev', { logRetentionDays: 10 })).toThrow(/logRetentionDays/);
     expect(() => stageConfig('dev', { uploadRetentionDays: 4 })).toThrow(/uploadRetentionDays must be > queueRetentionDays/);
     expect(() => stageConfig('dev', { maxInstances: 0 })).toThrow(/maxInstances/);
