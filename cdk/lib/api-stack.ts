@@ -207,6 +207,9 @@ export class ApiStack extends Stack {
             bytes: '$context.responseLength',
             latencyMs: '$context.responseLatency',
             integrationError: '$context.integrationErrorMessage',
+            // The Lambda invocation's own request id: what its REPORT and "Task timed out" lines carry,
+            // so a request the function never answered joins to them.
+            lambdaRequestId: '$context.awsEndpointRequestId',
           }),
         ),
       },

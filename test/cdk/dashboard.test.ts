@@ -341,6 +341,8 @@ describe('the dashboard', () => {
     expect(matches(pattern, line('429'))).toBe(true);
     expect(matches(pattern, line('200'))).toBe(false);
     expect(matches(pattern, line('503'))).toBe(false);
+    // The gateway's id (the app's request_id) and the Lambda invocation's (its REPORT and timeout lines) both.
+    expect(JSON.parse(format)).toMatchObject({ requestId: '$context.requestId', lambdaRequestId: '$context.awsEndpointRequestId' });
   });
 
   it('the worker, running a job, writes the lines its filters read (through its own JSON logger)', async () => {
