@@ -63,6 +63,22 @@ describe('synthesis on the tiny model', () => {
     expect(Buffer.from(a.png).equals(Buffer.from(c.png))).toBe(false);
   });
 
+  it('the step graph\'s noise bank is drawn only when its graph is built, not again on a run that leases it warm', async () => {
+    const { vi } = await import('vitest');
+    const fills = vi.spyOn(Rng.prototype, 'fillNormal');
+    try {
+      const req: SynthRequest = { prompts: [{ text: 'a diagram of a red circle', weight: 1 }], width: 40, height: 40, seed: 3, recipe: { steps: 2, ...FAST } };
+      const bankDraws = () => fills.mock.calls.filter(([out]) => out.length === 16 * 3 * engine.imageSize ** 2).length;
+      const first = await synthesize(engine, req);
+      expect(bankDraws()).toBe(1); // a size no earlier test ran: its graph is built here
+      const again = await synthesize(engine, req);
+      expect(bankDraws()).toBe(1);
+      expect(Buffer.from(again.png).equals(Buffer.from(first.png))).toBe(true); // the same bank as before
+    } finally {
+      fills.mockRestore();
+    }
+  });
+
   it('multi-scale: a 64×48 request runs coarse-to-fine and returns 64×48', async () => {
     const schedule = defaultSchedule(64, 48, 12, 32);
     expect(schedule.map((s) => [s.width, s.height])).toEqual([[32, 24], [64, 48]]);
