@@ -166,6 +166,39 @@ function compare(term: string, line: Record<string, unknown>): boolean {
 }
 
 /** The job store with its listing (GET /v1/generations) failing as `fail` says, the rest as it is. */
+/**
+ * The JSON lines a real worker writes (its own jsonLogger at the default level, with its base field, as
+ * gpu-worker/main.ts builds it) while `run` submits a job and waits for its record, and until its
+ * `job finished` line, which follows the record's update.
+ */
+async function workerLines(
+  env: Awaited<ReturnType<typeof makeEnv>>,
+  parts: Pick<Parameters<typeof createWorker>[0], 'synthesizer' | 'outputScreen'>,
+  run: () => Promise<void>,
+): Promise<Array<Record<string, unknown>>> {
+  const lines: string[] = [];
+  const capture = (chunk: unknown) => (lines.push(String(chunk)), true);
+  const stdout = vi.spyOn(process.stdout, 'write').mockImplementation(capture as typeof process.stdout.write);
+  const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(capture as typeof process.stderr.write);
+  const worker = createWorker({
+    queue: env.queue, jobs: env.jobs, blobs: env.blobs, ...parts,
+    config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1, progressIntervalMs: 0, deadLetterSweepMs: 0 },
+    warmUp: async () => undefined,
+    log: jsonLogger('info', { component: 'worker' }),
+  });
+  try {
+    worker.start();
+    await run();
+    const deadline = Date.now() + 10_000;
+    while (!lines.some((l) => l.includes('"msg":"job finished"')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  } finally {
+    await worker.stop();
+    stdout.mockRestore();
+    stderr.mockRestore();
+  }
+  return lines.flatMap((l) => l.split('\n')).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
 function patchedList(jobs: JobStore, fail: () => Promise<never>): JobStore {
   return new Proxy(jobs, { get: (t, p, r) => (p === 'listByOwner' ? fail : typeof Reflect.get(t, p, r) === 'function' ? (Reflect.get(t, p, r) as Function).bind(t) : Reflect.get(t, p, r)) });
 }
@@ -347,32 +380,11 @@ describe('the dashboard', () => {
 
   it('the worker, running a job, writes the lines its filters read (through its own JSON logger)', async () => {
     const env = await makeEnv();
-    const lines: string[] = [];
-    const capture = (chunk: unknown) => (lines.push(String(chunk)), true);
-    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation(capture as typeof process.stdout.write);
-    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(capture as typeof process.stderr.write);
-    const worker = createWorker({
-      queue: env.queue, jobs: env.jobs, blobs: env.blobs,
-      synthesizer: stepping(2, 1, undefined, [standInImage(0)]),
-      config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1, progressIntervalMs: 0, deadLetterSweepMs: 0 },
-      warmUp: async () => undefined,
-      // What gpu-worker/main.ts builds: jsonLogger at the default level, with its base field.
-      log: jsonLogger('info', { component: 'worker' }),
-    });
     let job!: JobRecord;
-    try {
-      worker.start();
+    const logged = await workerLines(env, { synthesizer: stepping(2, 1, undefined, [standInImage(0)]) }, async () => {
       job = await submit(env, { steps: 2 });
       expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).status).toBe('succeeded');
-      // The `job finished` line follows the record's update: wait for it as well.
-      const deadline = Date.now() + 10_000;
-      while (!lines.some((l) => l.includes('"msg":"job finished"')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    } finally {
-      await worker.stop();
-      stdout.mockRestore();
-      stderr.mockRestore();
-    }
-    const logged = lines.flatMap((l) => l.split('\n')).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    });
     const f = filtersOf(built.dev);
 
     const finished = logged.filter((l) => matches(f.WorkerJobsFinished.FilterPattern, l));
@@ -428,29 +440,10 @@ describe('the dashboard', () => {
         return { images, aborted: false, stepsDone: 4, totalSteps: 4, encoderPasses: 4, timingsMs: { total: 5, sessionRun: 4, optimize: 3 } } satisfies SynthesisOutcome;
       },
     };
-    const lines: string[] = [];
-    const capture = (chunk: unknown) => (lines.push(String(chunk)), true);
-    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation(capture as typeof process.stdout.write);
-    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(capture as typeof process.stderr.write);
-    const worker = createWorker({
-      queue: env.queue, jobs: env.jobs, blobs: env.blobs, synthesizer,
-      outputScreen: async () => screen,
-      config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 1, progressIntervalMs: 0, deadLetterSweepMs: 0 },
-      warmUp: async () => undefined,
-      log: jsonLogger('info', { component: 'worker' }),
-    });
-    try {
-      worker.start();
+    const logged = await workerLines(env, { synthesizer, outputScreen: async () => screen }, async () => {
       const job = await submit(env, { n: 2 });
       expect((await waitForStatus(env, job.id, ['succeeded', 'failed'])).error?.code).toBe('content_policy');
-      const deadline = Date.now() + 10_000;
-      while (!lines.some((l) => l.includes('"msg":"job finished"')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    } finally {
-      await worker.stop();
-      stdout.mockRestore();
-      stderr.mockRestore();
-    }
-    const logged = lines.flatMap((l) => l.split('\n')).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    });
     const f = filtersOf(built.dev);
     expect(f.WorkerImagesWithheld).toMatchObject({
       FilterPattern: '{ ($.msg = "output check matched") && ($.withheld IS TRUE) }',

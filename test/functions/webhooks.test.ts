@@ -60,6 +60,20 @@ function appWhoseCancelAttemptFails() {
   return createApp({ ...h.deps, clock, limits: { ...LIMITS, webhookAllowPrivate: true }, webhookSend: async () => Promise.reject(new Error('connect ECONNREFUSED')) });
 }
 
+/**
+ * Makes a generation with a webhook and cancels it while queued, through an app whose cancel's own
+ * attempt fails (so the event is owed to the sweep, the subject of the tests that use it); its id.
+ */
+function creatorAndCanceller(): (key: string, url: string) => Promise<string> {
+  const app = appWhoseCancelAttemptFails();
+  return async (key, url) => {
+    const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: url }) });
+    const { id } = (await res.json()) as { id: string };
+    expect((await app.request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${key}` } })).status).toBe(200);
+    return id;
+  };
+}
+
 async function postWithWebhook(url = hook.url): Promise<{ id: string; secret: string }> {
   const res = await localApp().request('/v1/generations', {
     method: 'POST',
@@ -634,13 +648,7 @@ describe('name lookups (c-ares, bounded and cancelled: not the threadpool\'s get
   it('names whose DNS never answers do not hold up another owner\'s webhook in the same sweep: it is delivered while theirs are still pending', async () => {
     const port = hook.port;
     const early = (await h.keys.create({ name: 'early', owner: 'acct_aaaa' })).secret;
-    const app = appWhoseCancelAttemptFails();
-    const createAndCancel = async (key: string, url: string) => {
-      const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: url }) });
-      const { id } = (await res.json()) as { id: string };
-      expect((await app.request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${key}` } })).status).toBe(200);
-      return id;
-    };
+    const createAndCancel = creatorAndCanceller();
     // More tarpit names than getaddrinfo's two threadpool slots, in the sweep's first wave (8 at once).
     const tarpits: string[] = [];
     for (let i = 0; i < 8; i++) tarpits.push(await createAndCancel(early, `http://t${i}.tarpit.example:${port}/hook`));
@@ -800,13 +808,7 @@ describe('the sweep', () => {
     // An owner whose id sorts first owes 40 webhooks to a tarpit (each attempt waits out its time);
     // alice owes one to a receiver that answers.
     const early = (await h.keys.create({ name: 'early', owner: 'acct_aaaa' })).secret;
-    const app = appWhoseCancelAttemptFails();
-    const createAndCancel = async (key: string, url: string) => {
-      const res = await app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple', webhook_url: url }) });
-      const { id } = (await res.json()) as { id: string };
-      expect((await app.request(`/v1/generations/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${key}` } })).status).toBe(200);
-      return id;
-    };
+    const createAndCancel = creatorAndCanceller();
     for (let i = 0; i < 40; i++) await createAndCancel(early, 'https://tarpit.example/hook');
     const victim = await createAndCancel(h.alice, 'https://victim.example/hook');
     offsetMs += WEBHOOK_RETRY_DELAYS_SEC[0] * 1000 + 1000; // the cancels' failed attempts are due again
