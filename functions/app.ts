@@ -130,7 +130,13 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
       app.openAPIRegistry.definitions.flatMap((d) => {
         if (d.type !== 'route') return [];
         const query = d.route.request?.query;
-        return [{ method: d.route.method, path: d.route.path, query: query && 'shape' in query ? Object.keys(query.shape) : [] }];
+        const shape: Record<string, z.ZodType> = query && 'shape' in query ? (query.shape as Record<string, z.ZodType>) : {};
+        // A record-typed parameter is a deep object: `metadata[KEY]=VALUE`.
+        const deepObject = Object.keys(shape).filter((name) => {
+          const schema = shape[name];
+          return (schema instanceof z.ZodOptional ? schema.unwrap() : schema) instanceof z.ZodRecord;
+        });
+        return [{ method: d.route.method, path: d.route.path, query: Object.keys(shape), deepObject }];
       }),
     ),
   );

@@ -32,6 +32,8 @@ export const ModelList = z.object({ object: z.literal('list'), data: z.array(Mod
 
 import { MONTH_PATTERN } from '../shared/keys.ts';
 import { JOB_STATUSES } from '../shared/schemas/job.ts';
+import { WEBHOOK_STATUSES } from '../shared/schemas/view.ts';
+import { METADATA_MAX_KEYS } from '../shared/schemas/generation.ts';
 
 /**
  * The most generations one filtered list request reads (one GET each): the largest page (`limit`
@@ -68,6 +70,35 @@ export const ListQuery = z.object({
     example: 'failed',
     description: `Only generations in this status. A request looks at no more than ${LIST_SCAN_LIMIT} generations (the largest page), so a page may hold fewer than \`limit\`, even none, while \`next_cursor\` is set: keep paging until it is null.`,
   }),
+  created_after: z.iso
+    .datetime({ offset: true, error: 'created_after must be an RFC 3339 date-time, such as 2026-12-01T00:00:00Z' })
+    .optional()
+    .openapi({
+      param: { name: 'created_after', in: 'query' },
+      example: '2026-12-01T00:00:00Z',
+      description: 'Only generations created after this instant (exclusive). The list stops at the first older one: next_cursor is null from there.',
+    }),
+  created_before: z.iso
+    .datetime({ offset: true, error: 'created_before must be an RFC 3339 date-time, such as 2026-12-01T00:00:00Z' })
+    .optional()
+    .openapi({
+      param: { name: 'created_before', in: 'query' },
+      example: '2026-12-02T00:00:00Z',
+      description: 'Only generations created before this instant (exclusive): the list starts there, so it costs no scan. With `cursor`, paging goes on from whichever of the two is older.',
+    }),
+  webhook_status: z.enum(WEBHOOK_STATUSES).optional().openapi({
+    param: { name: 'webhook_status', in: 'query' },
+    example: 'failed',
+    description: `Only generations with a webhook in this delivery state (failed: every attempt failed; such a generation may be fetched with GET instead). A scan, as with \`status\`: a page may be short while \`next_cursor\` is set.`,
+  }),
+  metadata: z
+    .record(z.string(), z.string(), { error: 'metadata is filtered as metadata[KEY]=VALUE' })
+    .optional()
+    .openapi({
+      param: { name: 'metadata', in: 'query', style: 'deepObject', explode: true },
+      example: { batch: 'spring-catalog' },
+      description: `Only generations whose metadata has KEY with exactly VALUE: \`metadata[batch]=spring-catalog\` (percent-encode the brackets if your client does not). Several must all match (at most ${METADATA_MAX_KEYS}). A scan, as with \`status\`.`,
+    }),
   idempotency_key: z
     .string()
     .regex(IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE)
@@ -76,7 +107,7 @@ export const ListQuery = z.object({
       param: { name: 'idempotency_key', in: 'query' },
       example: 'order-42',
       description:
-        "The generation an `Idempotency-Key` of this account made (POST /v1/generations), whatever body it was sent with: a list of that one generation (a deleted one too, as lists show it), or empty when the key made none (never used, or its request was refused or failed before the generation was written, so the same key may be sent again). 409 idempotency_in_progress while its first request is still making it. Cannot be combined with limit, cursor or status (400); next_cursor is null. The answer carries the key back in an Idempotency-Key header: an older API that ignores this parameter answers its plain list without it.",
+        "The generation an `Idempotency-Key` of this account made (POST /v1/generations), whatever body it was sent with: a list of that one generation (a deleted one too, as lists show it), or empty when the key made none (never used, or its request was refused or failed before the generation was written, so the same key may be sent again). 409 idempotency_in_progress while its first request is still making it. Cannot be combined with any other parameter (400); next_cursor is null. The answer carries the key back in an Idempotency-Key header: an older API that ignores this parameter answers its plain list without it.",
     }),
 });
 

@@ -94,3 +94,23 @@ export function idTime(id: string): number {
 export function jobIdTime(id: string): number {
   return MAX_TIME - idTime(id);
 }
+
+/**
+ * The last id a job made at `ms` or later can have: a newest-first listing that starts after it starts
+ * at the jobs made before `ms` (a `created_before` filter is a start position, not a scan).
+ */
+export function lastJobIdFrom(ms: number): string {
+  return encodeTime(MAX_TIME - clampTime(ms)) + ALPHABET[31].repeat(RANDOM_CHARS);
+}
+
+/**
+ * The first id a job made at `ms` or earlier can have: a newest-first listing that ends before it
+ * shows only the jobs made after `ms` (a `created_after` filter is an end, not a scan).
+ */
+export function firstJobIdUntil(ms: number): string {
+  return encodeTime(MAX_TIME - clampTime(ms)) + ALPHABET[0].repeat(RANDOM_CHARS);
+}
+
+function clampTime(ms: number): number {
+  return Math.min(Math.max(Math.floor(ms), 0), MAX_TIME);
+}

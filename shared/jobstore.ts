@@ -92,15 +92,20 @@ export class BlobJobStore implements JobStore {
     }
   }
 
-  async listByOwner(owner: string, options: { limit?: number; cursor?: string } = {}): Promise<JobPage> {
+  async listByOwner(owner: string, options: { limit?: number; cursor?: string; endBefore?: string } = {}): Promise<JobPage> {
     assertOwner(owner);
     const limit = options.limit ?? 20;
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw new ValidationError('limit must be 1..100', 'limit');
     if (options.cursor !== undefined) assertJobId(options.cursor, 'cursor');
-    const page = await this.blobs.list(`jobs/${owner}/`, {
+    if (options.endBefore !== undefined) assertJobId(options.endBefore, 'endBefore');
+    const listed = await this.blobs.list(`jobs/${owner}/`, {
       limit,
       ...(options.cursor !== undefined ? { cursor: BlobJobStore.keyFor(owner, options.cursor) } : {}),
     });
+    // Keys list in order: the end cuts the page before any of its documents is read.
+    const end = options.endBefore === undefined ? undefined : BlobJobStore.keyFor(owner, options.endBefore);
+    const kept = end === undefined ? listed.items : listed.items.filter((item) => item.key < end);
+    const page = kept.length < listed.items.length ? { items: kept } : listed;
     // The page's records are read a few at once (one after another, a 100-job page waited on 100
     // round trips), each into its slot: the page keeps its key order, newest first.
     const ids = page.items.map((item) => item.key.slice(`jobs/${owner}/`.length, -'.json'.length)).filter((id) => RESOURCE_ID_PATTERN.test(id)); // others are not job documents

@@ -154,7 +154,8 @@ export interface JobStore {
   get(owner: string, id: string): Promise<JobRecord | null>;
   /** Optimistically versioned read-modify-write. NotFoundError when absent. */
   update(owner: string, id: string, mutate: JobMutation, options?: UpdateOptions): Promise<JobRecord>;
-  listByOwner(owner: string, options?: { limit?: number; cursor?: string }): Promise<JobPage>;
+  /** `endBefore`: a job id; the page ends before it (and the list with it: no cursor once it is reached). */
+  listByOwner(owner: string, options?: { limit?: number; cursor?: string; endBefore?: string }): Promise<JobPage>;
 }
 
 // ---------------------------------------------------------------- RateCounter

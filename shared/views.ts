@@ -2,8 +2,8 @@ import type { BlobStore } from './ports.ts';
 import { jobOutputsPrefix } from './keys.ts';
 import { costUsd } from './run-stats.ts';
 import { imageSeed } from './schemas/generation.ts';
-import type { JobRecord } from './schemas/job.ts';
-import type { GenerationView } from './schemas/view.ts';
+import type { JobRecord, JobWebhook } from './schemas/job.ts';
+import type { GenerationView, WebhookStatus } from './schemas/view.ts';
 
 /**
  * The `expires_at` of links signed from `now`. Signatures carry whole seconds (S3's X-Amz-Date, the
@@ -154,11 +154,16 @@ export async function generationView(
     webhook: w
       ? {
           url: w.url,
-          status: w.delivered_at !== null ? 'delivered' : w.given_up_at !== null ? 'failed' : 'pending',
+          status: webhookStatus(w),
           attempts: w.attempts,
           last_error: w.last_error,
           ...(options.webhookSecret ? { secret: w.secret } : {}),
         }
       : null,
   };
+}
+
+/** A webhook's delivery state as the view shows it and the list filters on it. */
+export function webhookStatus(w: JobWebhook): WebhookStatus {
+  return w.delivered_at !== null ? 'delivered' : w.given_up_at !== null ? 'failed' : 'pending';
 }

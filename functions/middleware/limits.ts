@@ -93,11 +93,15 @@ export function strictListQuery(): MiddlewareHandler<AppEnv> {
   };
 }
 
-/** An operation as the query check knows it: its method, its path template (`{id}` for a segment), and the query parameters it declares. */
+/**
+ * An operation as the query check knows it: its method, its path template (`{id}` for a segment), and
+ * the query parameters it declares; a deep-object one (`deepObject`) is sent as `name[KEY]=VALUE`.
+ */
 export interface QueryDeclaration {
   method: string;
   path: string;
   query: readonly string[];
+  deepObject?: readonly string[];
 }
 
 /**
@@ -108,21 +112,25 @@ export interface QueryDeclaration {
  * a path no operation has is left to the router (404, 405).
  */
 export function declaredQueryOnly(declarations: () => Iterable<QueryDeclaration>): MiddlewareHandler<AppEnv> {
-  let operations: Array<{ method: string; pattern: RegExp; label: string; query: ReadonlySet<string> }> | undefined;
+  let operations: Array<{ method: string; pattern: RegExp; label: string; query: ReadonlySet<string>; deep: ReadonlySet<string> }> | undefined;
   return async function declaredQueryOnlyMiddleware(c, next) {
     operations ??= [...declarations()].map((d) => ({
       method: d.method.toUpperCase(),
       pattern: new RegExp(`^${d.path.split(/\{[^}]+\}/).map(escapeRegExp).join('[^/]+')}$`),
       label: `${d.method.toUpperCase()} ${d.path}`,
+      // A deep object's bare name is taken too: its schema refuses it, saying how it is sent.
       query: new Set(d.query),
+      deep: new Set(d.deepObject ?? []),
     }));
     // HEAD is answered by the GET route.
     const method = c.req.method === 'HEAD' ? 'GET' : c.req.method;
     const operation = operations.find((o) => o.method === method && o.pattern.test(c.req.path));
     if (operation) {
-      const unknown = Object.keys(c.req.queries()).find((name) => !operation.query.has(name));
+      const declared = (name: string) => operation.query.has(name) || operation.deep.has(/^([^[\]]+)\[[^[\]]*\]$/.exec(name)?.[1] ?? '');
+      const unknown = Object.keys(c.req.queries()).find((name) => !declared(name));
       if (unknown !== undefined) {
-        const takes = operation.query.size > 0 ? `takes ${[...operation.query].join(', ')}` : 'takes no query parameters';
+        const names = [...operation.query].map((name) => (operation.deep.has(name) ? `${name}[KEY]` : name));
+        const takes = names.length > 0 ? `takes ${names.join(', ')}` : 'takes no query parameters';
         throw new HttpError(400, 'validation_error', `unknown query parameter "${unknown.slice(0, 40)}": ${operation.label} ${takes}`, unknown);
       }
     }

@@ -13,6 +13,7 @@ import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnpro
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
 import { canonicalJson, type Claim, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
+import { listFilter } from '../list-filter.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
@@ -192,7 +193,7 @@ const listGenerations = createRoute({
   method: 'get',
   path: '/v1/generations',
   summary: "The caller's generations, newest first; or the one an Idempotency-Key made",
-  description: `One request reads at most ${LIST_SCAN_LIMIT} generations, the largest page: \`limit\` of them, or with \`status\` up to ${LIST_SCAN_LIMIT} looked at to find \`limit\` in that status (keep paging while \`next_cursor\` is set). Every list request counts as one request against the account's rate limit, whatever its size (ADR 0026).`,
+  description: `One request reads at most ${LIST_SCAN_LIMIT} generations, the largest page: \`limit\` of them, or with \`status\`, \`webhook_status\` or \`metadata[KEY]\` up to ${LIST_SCAN_LIMIT} looked at to find \`limit\` that match (keep paging while \`next_cursor\` is set). \`created_before\` and \`created_after\` bound the list itself (ids sort by creation time), so they cost no scan; with the others they narrow it. Every list request counts as one request against the account's rate limit, whatever its size (ADR 0026).`,
   security: SECURITY,
   request: { query: ListQuery },
   responses: {
@@ -748,46 +749,47 @@ export function registerGenerationRoutes(
   });
 
   app.openapi(listGenerations, async (c) => {
-    const { limit = 20, cursor, status, idempotency_key: key } = c.req.valid('query');
+    const query = c.req.valid('query');
+    const { limit = 20, idempotency_key: key } = query;
     const owner = c.get('owner');
+    const raw = c.req.query();
     if (key !== undefined) {
       // The lookup (ADR 0004): the key's claim read directly, no scan. At most one generation, so no page to ask for.
-      const query = c.req.query();
-      const other = (['limit', 'cursor', 'status'] as const).find((p) => query[p] !== undefined);
-      if (other) throw new ValidationError(`${other} cannot be combined with idempotency_key (the lookup answers at most one generation)`, other);
+      const other = Object.keys(raw).find((p) => p !== 'idempotency_key');
+      if (other) throw new ValidationError(`${other.slice(0, 60)} cannot be combined with idempotency_key (the lookup answers at most one generation)`, other.slice(0, 60));
       const job = await ctx.ledger.madeBy({ owner, key, now: ctx.clock() });
       if (job) c.set('jobId', job.id);
       c.header('Idempotency-Key', key);
       return c.json({ object: 'list' as const, data: job ? [await view(job)] : [], next_cursor: null }, 200);
     }
-    if (status === undefined) {
-      const page = await jobs.listByOwner(owner, { limit, ...(cursor !== undefined ? { cursor } : {}) });
-      const data = await Promise.all(page.jobs.map(view));
-      return c.json({ object: 'list' as const, data, next_cursor: page.cursor ?? null }, 200);
-    }
-    // Filtered: read pages until `limit` match or LIST_SCAN_LIMIT were read. The cursor is the last
-    // generation read, so the next request goes on from exactly there. A page counts as read in full,
-    // the documents skipped as corrupt included: they cost their GET too.
-    const matched: JobRecord[] = [];
-    let after = cursor;
+    // Read pages until `limit` are shown, LIST_SCAN_LIMIT were read, or the list ends (at created_after,
+    // if given). The cursor is the last generation read, so the next request goes on from exactly
+    // there. A page counts as read in full, the documents skipped as corrupt included: they cost their
+    // GET too. Without a selective filter every job read is shown, so a page reads no more than `limit`.
+    const filter = listFilter(query, raw);
+    const shown: JobRecord[] = [];
+    let after = filter.startAfter;
     let more = true;
     let scanned = 0;
-    while (more && matched.length < limit && scanned < LIST_SCAN_LIMIT) {
-      const size = Math.min(100, LIST_SCAN_LIMIT - scanned);
-      const page = await jobs.listByOwner(owner, { limit: size, ...(after !== undefined ? { cursor: after } : {}) });
+    while (more && shown.length < limit && scanned < LIST_SCAN_LIMIT) {
+      const size = Math.min(filter.selective ? 100 : limit - shown.length, LIST_SCAN_LIMIT - scanned);
+      const page = await jobs.listByOwner(owner, { limit: size, ...(after !== undefined ? { cursor: after } : {}), ...(filter.endBefore !== undefined ? { endBefore: filter.endBefore } : {}) });
       scanned += size;
       more = page.cursor !== undefined;
+      let whole = true;
       for (const [i, job] of page.jobs.entries()) {
         after = job.id;
-        if (job.status === status) matched.push(job);
-        if (matched.length === limit) {
+        if (filter.matches(job)) shown.push(job);
+        if (shown.length === limit) {
           more = more || i < page.jobs.length - 1;
+          whole = i === page.jobs.length - 1;
           break;
         }
       }
-      if (page.jobs.length === 0) after = page.cursor ?? after; // a page of corrupt documents only
+      // A page read to its end goes on after its last document, a corrupt one skipped included.
+      if (whole && page.cursor !== undefined) after = page.cursor;
     }
-    const data = await Promise.all(matched.map(view));
+    const data = await Promise.all(shown.map(view));
     return c.json({ object: 'list' as const, data, next_cursor: more ? (after ?? null) : null }, 200);
   });
 

@@ -170,6 +170,8 @@ function checkRequestOnly(
 export const METADATA_MAX_KEYS = 16;
 export const METADATA_MAX_KEY_CHARS = 40;
 export const METADATA_MAX_VALUE_CHARS = 500;
+export const METADATA_KEY_PATTERN = /^[A-Za-z0-9_.-]+$/;
+export const METADATA_KEY_RULE = 'metadata keys are letters, digits, "_", "." and "-"';
 
 /**
  * Labels as stored and shown: loose bounds only, so that a later version that allows more (keys,
@@ -185,7 +187,7 @@ export const StoredMetadata = z.record(z.string().max(1000), z.string().max(100_
  */
 export const METADATA_KEY_RULES = {
   maxProperties: METADATA_MAX_KEYS,
-  propertyNames: { pattern: '^[A-Za-z0-9_.-]+$', minLength: 1, maxLength: METADATA_MAX_KEY_CHARS },
+  propertyNames: { pattern: METADATA_KEY_PATTERN.source, minLength: 1, maxLength: METADATA_MAX_KEY_CHARS },
   additionalProperties: { type: 'string', maxLength: METADATA_MAX_VALUE_CHARS },
 } as object;
 
@@ -201,7 +203,7 @@ export const GenerationMetadata = z
       return v;
     },
     z.record(
-      z.string().min(1).max(METADATA_MAX_KEY_CHARS).regex(/^[A-Za-z0-9_.-]+$/, 'metadata keys are letters, digits, "_", "." and "-"'),
+      z.string().min(1).max(METADATA_MAX_KEY_CHARS).regex(METADATA_KEY_PATTERN, METADATA_KEY_RULE),
       z.string().max(METADATA_MAX_VALUE_CHARS).refine(isWellFormedText, NOT_WELL_FORMED),
     ),
   )

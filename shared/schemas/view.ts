@@ -5,10 +5,13 @@ import { ContentFlag, JobError, JobStatus, JobUsage, OutputFlag } from './job.ts
 
 // The public view of a job: what GET /v1/generations/{id} answers and what a webhook carries.
 
+export const WEBHOOK_STATUSES = ['pending', 'delivered', 'failed'] as const;
+export type WebhookStatus = (typeof WEBHOOK_STATUSES)[number];
+
 export const GenerationWebhookView = z
   .object({
     url: z.string(),
-    status: z.enum(['pending', 'delivered', 'failed']).openapi({ description: 'pending until an attempt is answered with a 2xx (a GET made from inside your handler still reads pending); failed: every attempt failed (7 over about 9 hours)' }),
+    status: z.enum(WEBHOOK_STATUSES).openapi({ description: 'pending until an attempt is answered with a 2xx (a GET made from inside your handler still reads pending); failed: every attempt failed (7 over about 9 hours)' }),
     attempts: z.number().int().nonnegative(),
     last_error: z.string().nullable(),
     secret: z.string().optional().openapi({ description: 'The signing secret (Standard Webhooks). Only in the response to the POST that made the generation, and in its idempotent replays.' }),

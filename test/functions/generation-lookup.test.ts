@@ -123,7 +123,7 @@ describe('GET /v1/generations?idempotency_key=', () => {
     expect(param).toMatchObject({ in: 'query' });
     const header = doc.paths['/v1/generations']!.post!.parameters.find((p) => p.name === 'Idempotency-Key');
     expect(param!.schema.pattern).toBe(header!.schema.pattern);
-    expect(param!.description).toMatch(/Cannot be combined with limit, cursor or status/);
+    expect(param!.description).toMatch(/Cannot be combined with any other parameter/);
     expect(get.responses['409']!.description).toMatch(/idempotency_in_progress/);
     expect(get.responses['200']!.headers).toHaveProperty('Idempotency-Key');
   });
