@@ -20,7 +20,7 @@ import { defaultSchedule } from '../../shared/schedule.ts';
 import type { JobMutation } from '../../shared/ports.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
-import { CANCEL_WEBHOOK_TIMEOUT_MS, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
+import { CANCEL_WEBHOOK_TIMEOUT_MS, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
 import type { RateGate } from '../middleware/rate-limit.ts';
@@ -209,6 +209,19 @@ const listGenerations = createRoute({
     },
   },
 });
+
+const redeliverWebhook = generationRoute(
+  'post',
+  '/v1/generations/{id}/webhook/redeliver',
+  {
+    operationId: 'redeliverWebhook',
+    summary: "Send an ended generation's webhook event again, now",
+    description: `For a receiver that was down: the same event (the same \`webhook-id\`, so a receiver that processed it already may drop it), signed afresh, sent once before the answer (within ${CANCEL_WEBHOOK_TIMEOUT_MS / 1000} s). Its outcome is in the answer's \`webhook\` (delivered, or pending with \`last_error\` and retries to come). A delivered or given-up event is sent with a fresh retry schedule (${WEBHOOK_MAX_ATTEMPTS} attempts over about 9 hours); a pending one is tried now instead of at its next retry, within its schedule; one being sent at this moment is left to that attempt.`,
+    ok: 'The generation after the attempt',
+    conflicts: ['job_not_finished', 'no_webhook'],
+  },
+  GenerationView,
+);
 
 const cancelGeneration = generationRoute(
   'post',
@@ -543,7 +556,16 @@ export function registerGenerationRoutes(
    * progress write makes it re-read and re-apply. Another owner's id is a 404; a job so busy that every
    * try lost its race is a 503 `busy` (nothing was written; the caller can simply retry).
    */
-  async function callerUpdate(owner: string, id: string, action: 'cancel' | 'delete', mutate: JobMutation): Promise<JobRecord> {
+  /** Why a generation's webhook cannot be sent again, or null. */
+  function redeliveryRefusal(job: JobRecord): { code: ApiErrorCodeName; message: string } | null {
+    if (job.webhook === undefined) return { code: 'no_webhook', message: `generation ${job.id} asked for no webhook` };
+    if (job.deleted_at !== undefined) return { code: 'no_webhook', message: `generation ${job.id} is deleted: its event is not sent again` };
+    if (job.error?.code === 'enqueue_failed') return { code: 'no_webhook', message: `generation ${job.id} was refused (its POST was answered 503): no event is owed; send the POST again with the same Idempotency-Key` };
+    if (!isTerminal(job.status)) return { code: 'job_not_finished', message: `generation ${job.id} is ${job.status}: its event is sent when it ends` };
+    return null;
+  }
+
+  async function callerUpdate(owner: string, id: string, action: 'cancel' | 'delete' | 'redeliver', mutate: JobMutation): Promise<JobRecord> {
     try {
       return await jobs.update(owner, id, mutate, { retries: CANCEL_RETRIES });
     } catch (error) {
@@ -827,6 +849,35 @@ export function registerGenerationRoutes(
     // Its images are gone: nothing is left for the sweep to settle.
     if (job.attempts > 0) await clearPending(blobs, 'outputs', owner, id);
     return c.json(await view(job), 200);
+  });
+
+  app.openapi(redeliverWebhook, async (c) => {
+    const { id } = c.req.valid('param');
+    c.set('jobId', id);
+    const owner = c.get('owner');
+    const found = await jobs.get(owner, id);
+    if (!found) throw new NotFoundError(`no generation ${id}`);
+    const refusal = redeliveryRefusal(found);
+    if (refusal) throw new ConflictError(refusal.message, { code: refusal.code });
+    // The marker first: if this attempt fails, or the process dies before it is recorded, the
+    // queued-job sweep finds the event owed and keeps to its retry schedule.
+    await markPending(blobs, 'hook', owner, id);
+    const job = await callerUpdate(owner, id, 'redeliver', (cur) => {
+      const again = redeliveryRefusal(cur);
+      if (again) throw new ConflictError(again.message, { code: again.code });
+      const w = cur.webhook!;
+      // (One being sent at this moment keeps its claim: deliverWebhook leaves it to that attempt.)
+      if (w.delivered_at !== null || w.given_up_at !== null) return { ...cur, webhook: freshWebhookState(w) };
+      return w.next_attempt_at === null ? null : { ...cur, webhook: { ...w, next_attempt_at: null } };
+    });
+    const attempted = await deliverWebhook(cancelDelivery, owner, id).then(
+      () => true,
+      (error: unknown) => {
+        ctx.log({ level: 'warn', msg: 'a webhook redelivery was not recorded; the queued-job sweep sends it', job_id: id, owner, error: operatorMessage(error) });
+        return false;
+      },
+    );
+    return c.json(await view((attempted ? await jobs.get(owner, id).catch(() => null) : null) ?? job), 200);
   });
 
   app.openapi(cancelGeneration, async (c) => {

@@ -73,6 +73,7 @@ describe('responses conform to /openapi.json', () => {
     check('/v1/generations/{id}/frames', 'get', 200, frames.body);
     const other = await call('/v1/generations', { method: 'POST', body: JSON.stringify({ prompt: 'a blue square' }) });
     check('/v1/generations/{id}/cancel', 'post', 200, (await call(`/v1/generations/${(other.body as { id: string }).id}/cancel`, { method: 'POST' })).body);
+    check('/v1/generations/{id}/webhook/redeliver', 'post', 409, (await call(`/v1/generations/${(other.body as { id: string }).id}/webhook/redeliver`, { method: 'POST' })).body);
     check('/v1/estimates', 'post', 200, (await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle' }) })).body);
     await recordRunSample(h.blobs, { model: 'toy', width: 224, height: 224, start: 'gmm' }, { seconds: 3, loopSeconds: 2, steps: 100, n: 1, at: new Date().toISOString() });
     check('/v1/estimates', 'post', 200, (await call('/v1/estimates', { method: 'POST', body: JSON.stringify({ prompt: 'a red circle' }) })).body);
@@ -417,7 +418,7 @@ describe('query parameters: an operation takes the ones it declares, no others',
         operations++;
       }
     }
-    expect(operations).toBe(13);
+    expect(operations).toBe(14);
   });
 });
 
