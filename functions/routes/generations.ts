@@ -3,7 +3,7 @@ import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { checkPngFile } from '../../shared/png-check.ts';
-import { jobOutputsPrefix, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
+import { jobOutputsPrefix, parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
@@ -36,6 +36,12 @@ export const DEFAULT_MAX_ACTIVE_JOBS = 100;
  * counts again this many times, pausing 100 ms, then 200, then 400, for the others to take theirs away.
  */
 const ACTIVE_RECOUNTS = 3;
+/** too_many_active_jobs' Retry-After: at most this many of the owner's active generations are read to estimate it. */
+const RETRY_AFTER_READS = 8;
+/** ... when none of them is running with progress to extrapolate from (queued, just started, or unreadable). */
+const RETRY_AFTER_QUEUED_SEC = 30;
+/** ... and never longer than this: an extrapolation from a few early steps can be far off. */
+const RETRY_AFTER_MAX_SEC = 120;
 const ACTIVE_RECOUNT_PAUSE_MS = 100;
 
 /**
@@ -299,6 +305,7 @@ export function registerGenerationRoutes(
     const max = limits.maxActiveJobs ?? DEFAULT_MAX_ACTIVE_JOBS;
     const mine = pendingJobKey('active', owner, jobId);
     let others = 0;
+    let theirs: string[] = [];
     try {
       await markPending(blobs, 'active', owner, jobId);
       for (let look = 0; ; look++) {
@@ -310,7 +317,8 @@ export function registerGenerationRoutes(
           // Written, yet not listed: the count cannot be trusted to include this request.
           throw new RetryableError('the active generations could not be counted; retry', { code: 'unavailable' });
         }
-        others = keys.filter((key) => key !== mine).length;
+        theirs = keys.filter((key) => key !== mine);
+        others = theirs.length;
         if (page.cursor === undefined && others < max) return;
         const older = keys.filter((key) => key > mine).length;
         if (older >= max || page.cursor !== undefined || look >= ACTIVE_RECOUNTS) break;
@@ -328,8 +336,31 @@ export function registerGenerationRoutes(
     }
     throw new TooManyRequestsError(`${others} generations are queued or running; at most ${max} at once. Retry when some have finished.`, {
       code: 'too_many_active_jobs',
-      retryAfterSec: 30,
+      retryAfterSec: await soonestEndSec(owner, theirs),
     });
+  }
+
+  /**
+   * When a place is likely to come free, for a 429's Retry-After: the soonest end among the owner's
+   * oldest active generations (the ones most likely running), each running one's remaining time
+   * extrapolated from its own progress so far. Queued ones only (or none readable): 30 s. Bounded
+   * reads, however many are active; a read that fails counts as unknown.
+   */
+  async function soonestEndSec(owner: string, markerKeys: readonly string[]): Promise<number> {
+    const now = ctx.clock().getTime();
+    // Job ids sort newest first: the greatest keys are the oldest markers.
+    const oldest = [...markerKeys].sort().reverse().slice(0, RETRY_AFTER_READS);
+    const ends = await Promise.all(
+      oldest.map(async (key) => {
+        const named = parsePendingJobKey(key);
+        const job = named ? await jobs.get(owner, named.jobId).catch(() => null) : null;
+        if (!job || job.status !== 'running' || job.started_at === null || job.progress.step <= 0 || job.progress.total <= job.progress.step) return Infinity;
+        const elapsedSec = Math.max(0, now - Date.parse(job.started_at)) / 1000;
+        return (elapsedSec * (job.progress.total - job.progress.step)) / job.progress.step;
+      }),
+    );
+    const soonest = Math.min(...ends);
+    return Number.isFinite(soonest) ? Math.min(RETRY_AFTER_MAX_SEC, Math.max(1, Math.ceil(soonest))) : RETRY_AFTER_QUEUED_SEC;
   }
 
   /** The place `takeActivePlace` took for a job this request will not make (best effort, as every marker removal). */

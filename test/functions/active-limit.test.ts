@@ -40,6 +40,25 @@ describe('active generations per owner', () => {
     expect(((await replay.json()) as { id: string }).id).toBe(a.id);
   });
 
+  it("the 429's Retry-After is the soonest likely end among the running ones, from their own progress; 30 s while all are queued", async () => {
+    const app = limited();
+    const a = (await (await post(app, { prompt: 'a', steps: 100 })).json()) as { id: string };
+    const b = (await (await post(app, { prompt: 'b', steps: 100 })).json()) as { id: string };
+    expect((await post(app, { prompt: 'c' })).headers.get('Retry-After')).toBe('30');
+    const running = (id: string, step: number, startedSecAgo: number) =>
+      h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'running', attempts: 1, started_at: new Date(Date.now() - startedSecAgo * 1000).toISOString(), progress: { ...cur.progress, step } }));
+    // a: 20 of 100 steps in 40 s, so about 160 s to go (capped at 120); b: 50 of 100 in 20 s, so 20 s to go.
+    await running(a.id, 20, 40);
+    expect(Number((await post(app, { prompt: 'c' })).headers.get('Retry-After'))).toBe(120);
+    await running(b.id, 50, 20);
+    const after = Number((await post(app, { prompt: 'c' })).headers.get('Retry-After'));
+    expect(after).toBeGreaterThanOrEqual(20);
+    expect(after).toBeLessThanOrEqual(22);
+    // Nearly done: at least a second.
+    await running(b.id, 99, 1);
+    expect((await post(app, { prompt: 'c' })).headers.get('Retry-After')).toBe('1');
+  });
+
   it('a canceled, failed or finished job frees its place; the key a 429 refused is not spent', async () => {
     const app = limited();
     const a = (await (await post(app, { prompt: 'a' })).json()) as { id: string };
