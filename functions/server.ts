@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { getRequestListener, RequestError, type ServerType } from '@hono/node-server';
@@ -17,6 +18,13 @@ export interface RunningServer {
    * 5 s: a slow upload, a handler that ignores its signal) is cut. Calling it again waits for the same close.
    */
   close(options?: { graceMs?: number }): Promise<void>;
+}
+
+/** Node's limits on a request's arrival (node:http's headersTimeout, requestTimeout, and how often it checks them); Node's defaults where absent. */
+export interface ServerTimeouts {
+  headersMs?: number;
+  requestMs?: number;
+  checkEveryMs?: number;
 }
 
 /** Methods the Request constructor refuses (node-server stands in for TRACE): such a request is passed on as it came. */
@@ -75,9 +83,13 @@ export function startApiServer(
   app: { fetch: (request: Request, ...rest: never[]) => Response | Promise<Response> },
   port: number,
   hostname = '127.0.0.1',
+  timeouts: ServerTimeouts = {},
 ): Promise<RunningServer> {
   return new Promise((resolvePromise, reject) => {
     const shutdown = new AbortController();
+    // Every request in flight listens to it (followingShutdown) and stops listening when it ends: many
+    // at once are not a leak, and Node's warning past 10 said they were.
+    setMaxListeners(0, shutdown.signal);
     const fetch = async (request: Request, env: unknown): Promise<Response> => {
       const followed = followingShutdown(request, shutdown.signal);
       try {
@@ -88,7 +100,14 @@ export function startApiServer(
     };
     // @hono/node-server's serve(), with the errorHandler it does not pass through.
     const listener = getRequestListener(fetch, { hostname, errorHandler: requestErrorResponse });
-    const server = createServer(listener);
+    const server = createServer(
+      {
+        ...(timeouts.headersMs !== undefined ? { headersTimeout: timeouts.headersMs } : {}),
+        ...(timeouts.requestMs !== undefined ? { requestTimeout: timeouts.requestMs } : {}),
+        ...(timeouts.checkEveryMs !== undefined ? { connectionsCheckingInterval: timeouts.checkEveryMs } : {}),
+      },
+      listener,
+    );
     let closing: Promise<void> | undefined;
     server.once('error', reject);
     server.listen(port, hostname, () => {
@@ -119,10 +138,14 @@ export function startApiServer(
     server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
       if (!socket.writable || error.code === 'ECONNRESET') return socket.destroy();
       const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+      // Node's headersTimeout / requestTimeout: a client that stopped sending mid-request, not bad HTTP.
+      const tooSlow = error.code === 'ERR_HTTP_REQUEST_TIMEOUT';
       const { requestId, body } = tooLarge
         ? outsideAppError('headers_too_large', 'the request headers are over the 16 KB limit')
-        : outsideAppError('bad_request', 'the request is not valid HTTP');
-      const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
+        : tooSlow
+          ? outsideAppError('request_timeout', 'the request did not arrive whole in time (its headers, or its body, stopped coming); send it again')
+          : outsideAppError('bad_request', 'the request is not valid HTTP');
+      const status = tooLarge ? '431 Request Header Fields Too Large' : tooSlow ? '408 Request Timeout' : '400 Bad Request';
       socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`);
     });
   });

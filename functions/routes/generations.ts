@@ -334,7 +334,9 @@ export function registerGenerationRoutes(
       // The 429 stands: the marker holds a place until the queued-job sweep drops it (no job has it).
       ctx.log({ level: 'warn', msg: "a refused request's active-job marker could not be removed: it counts against its owner until the queued-job sweep drops it", job_id: jobId, owner, error: operatorMessage(error) });
     }
-    throw new TooManyRequestsError(`${others} generations are queued or running; at most ${max} at once. Retry when some have finished.`, {
+    // `others` may count requests being refused at this moment too (each counts with its marker
+    // written): the message names the limit, which is what was reached, not a count that may be inflated.
+    throw new TooManyRequestsError(`at most ${max} generations may be queued or running at once, and that many are (or are being made). Retry when some have finished.`, {
       code: 'too_many_active_jobs',
       retryAfterSec: await soonestEndSec(owner, theirs),
     });

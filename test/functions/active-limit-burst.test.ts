@@ -40,7 +40,7 @@ async function burst(app: ReturnType<typeof createApp>, secret: string, count: n
   expect(made.length + refused.length, JSON.stringify(answers.filter((a) => a.status !== 202 && a.status !== 429))).toBe(count);
   for (const r of refused) {
     expect(r.json.error?.code).toBe('too_many_active_jobs');
-    expect(r.json.error?.message).toMatch(/^\d+ generations are queued or running; at most \d+ at once\. Retry when some have finished\.$/);
+    expect(r.json.error?.message).toMatch(/^at most \d+ generations may be queued or running at once, and that many are \(or are being made\)\. Retry when some have finished\.$/);
     expect(r.retryAfter).toBe('30');
   }
   return { made, refused, ids: made.map((a) => a.json.id!) };

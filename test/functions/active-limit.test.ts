@@ -31,7 +31,7 @@ describe('active generations per owner', () => {
     const res = await post(app, { prompt: 'c' }, 'k-c');
     const error = await expectEnvelope(res, 429, 'too_many_active_jobs');
     expect(res.headers.get('Retry-After')).toBe('30');
-    expect(error.message).toMatch(/2 generations are queued or running; at most 2 at once/);
+    expect(error.message).toBe('at most 2 generations may be queued or running at once, and that many are (or are being made). Retry when some have finished.');
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(2);
     expect((await post(app, { prompt: 'c' }, undefined, h.bob)).status).toBe(202);
     // A retry of a request whose job exists is still answered with it.

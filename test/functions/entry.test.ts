@@ -93,6 +93,41 @@ describe('entry points', () => {
     }
   });
 
+  it('many requests in flight at once raise no MaxListenersExceededWarning (each listens to the shutdown signal until it ends)', async () => {
+    const h = await harness();
+    const running = await startApiServer(h.app, 0);
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const made = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
+      // Held answers (the job stays queued): 15 requests in flight together.
+      const held = Array.from({ length: 15 }, () => fetch(`${running.url}/v1/generations/${made.id}`, { headers: { Authorization: `Bearer ${h.alice}`, Prefer: 'wait=1' } }));
+      expect((await Promise.all(held)).map((r) => r.status)).toEqual(Array(15).fill(200));
+      await new Promise((r) => setImmediate(r));
+      expect(warnings).not.toContain('MaxListenersExceededWarning');
+    } finally {
+      process.off('warning', onWarning);
+      await running.close();
+      await h.close();
+    }
+  });
+
+  it("a client that stops sending mid-headers gets a 408 request_timeout envelope, not a 400 calling it bad HTTP", async () => {
+    const h = await harness();
+    const running = await startApiServer(h.app, 0, '127.0.0.1', { headersMs: 300, requestMs: 600, checkEveryMs: 50 });
+    try {
+      const port = new URL(running.url).port;
+      const answer = await rawRequest(running.url, `GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nX-Slow: `);
+      expect(answer).toMatch(/^HTTP\/1\.1 408 Request Timeout\r\n/);
+      expect(answer).toMatch(/"code":"request_timeout"/);
+      expect(answer).toMatch(/X-Request-Id: req_/);
+    } finally {
+      await running.close();
+      await h.close();
+    }
+  });
+
   it('a request Node parses but no URL can be made of (bad Host, backslash, OPTIONS *, bad absolute form) → 400 envelope with X-Request-Id', async () => {
     const h = await harness();
     const running = await startApiServer(h.app, 0);
