@@ -235,7 +235,7 @@ const cancelGeneration = generationRoute(
   {
     operationId: 'cancelGeneration',
     summary: 'Cancel a generation (idempotent)',
-    description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. 409 for succeeded or failed jobs.',
+    description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. A cancel that comes after its last step (while its images are being stored) is too late: it ends succeeded, and is billed as one. 409 for succeeded or failed jobs.',
     ok: 'The generation after the cancel',
     conflicts: ['job_terminal'],
   },

@@ -186,6 +186,35 @@ describe('withDirLock with abandoned locks', () => {
   });
 });
 
+describe('LocalJobQueue with a receiver that died', () => {
+  it("a message held by a process that was killed is receivable at once, not after its visibility timeout; a live holder's is not", async () => {
+    const dir = tmp('clipag-q-');
+    const queueModule = resolve(__dirname, '../../shared/adapters/local/queue.ts');
+    const queue = new LocalJobQueue({ dir, visibilitySec: 600 });
+    await queue.send('{"job":"a"}');
+    const script = `
+      import { LocalJobQueue } from ${JSON.stringify(queueModule)};
+      const [m] = await new LocalJobQueue({ dir: ${JSON.stringify(dir)}, visibilitySec: 600 }).receive({ max: 1 });
+      process.stdout.write(m.body + '\\n');
+      setInterval(() => {}, 1000);
+    `;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((r, j) => {
+      child.stdout.once('data', () => r());
+      child.once('exit', (code) => j(new Error(`child exited early (${code})`)));
+    });
+    // Held by the live child: not ours to receive (a 600 s visibility).
+    expect(await queue.receive({ max: 1 })).toEqual([]);
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await exited;
+    const [again] = await queue.receive({ max: 1 });
+    expect([again?.body, again?.receiveCount]).toEqual(['{"job":"a"}', 2]);
+    // Now held by this live process: the next receive finds nothing.
+    expect(await queue.receive({ max: 1 })).toEqual([]);
+  }, 30_000);
+});
+
 describe('LocalBlobStore', () => {
   it('stages the body in tmp/ before taking the key lock (slow writes never hold it)', async () => {
     const root = tmp('clipag-blobs-');

@@ -103,9 +103,18 @@ async function inspect(path: string): Promise<Holder | null> {
  */
 function isAbandoned(holder: Holder, staleMs: number): boolean {
   if (Date.now() - holder.mtimeMs > staleMs) return true;
-  if (holder.pid === undefined || holder.host !== hostId()) return false;
+  return holder.pid !== undefined && holder.host !== undefined && processIsGone(holder.pid, holder.host);
+}
+
+/**
+ * Whether the process `pid` of host `host` (a hostId()) has provably ended: only a pid of this host,
+ * pid namespace and boot can be judged, and one that is alive, or whose number now names another
+ * process, is not gone (the caller falls back to its time rule).
+ */
+export function processIsGone(pid: number, host: string): boolean {
+  if (host !== hostId() || pid === process.pid) return false;
   try {
-    process.kill(holder.pid, 0);
+    process.kill(pid, 0);
     return false;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'ESRCH';

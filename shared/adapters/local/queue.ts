@@ -6,7 +6,7 @@ import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { newId } from '../../ids.ts';
 import type { JobQueue, ReceivedMessage, ReceiveOptions } from '../../ports.ts';
 import { removeStaleFiles, syncDir, writeFileDurable } from './durable.ts';
-import { KeyedMutex, withDirLock } from './lock.ts';
+import { hostId, KeyedMutex, processIsGone, withDirLock } from './lock.ts';
 import { mkdirPrivate } from './private.ts';
 
 export interface LocalJobQueueOptions {
@@ -34,6 +34,8 @@ const StoredMessage = z
     receiveCount: z.number().int().min(0),
     /** Changes on every delivery; a receipt names the delivery it came from. */
     deliveryToken: z.string().regex(/^[0-9a-f]{24}$/).nullable(),
+    /** The process that received it last (pid and lock.ts hostId): one that has ended holds it no longer. */
+    holder: z.object({ pid: z.number().int().positive(), host: z.string().max(1000) }).optional(),
   })
   .strict();
 type StoredMessage = z.output<typeof StoredMessage>;
@@ -253,7 +255,10 @@ export class LocalJobQueue implements JobQueue {
         if (received.length >= max) break;
         const message = await this.read(id);
         if (!message) continue;
-        if (message.visibleAt > now) {
+        // In flight with a process that has died (a crash, a kill -9): its lease is void now, not at
+        // the visibility timeout, so the job does not sit "running" for a minute after a restart.
+        const orphaned = message.visibleAt > now && message.holder !== undefined && processIsGone(message.holder.pid, message.holder.host);
+        if (message.visibleAt > now && !orphaned) {
           nextVisibleAt = Math.min(nextVisibleAt ?? Infinity, message.visibleAt);
           continue;
         }
@@ -266,6 +271,7 @@ export class LocalJobQueue implements JobQueue {
           receiveCount: message.receiveCount + 1,
           visibleAt: now + visibilitySec * 1000,
           deliveryToken: randomBytes(12).toString('hex'),
+          holder: { pid: process.pid, host: hostId() },
         };
         await this.write(delivered);
         received.push({
