@@ -20,6 +20,13 @@ export const MAX_PROMPT_WEIGHT = 1000;
  * refuses past it too; the request is refused here, before it is queued.
  */
 export const MAX_RELATIVE_PROMPT_WEIGHT = 1e6;
+/**
+ * The smallest |weight| a request may give a prompt: below it the sums the worker forms of them (its
+ * CLIP score, the negative prompt's share of the positive total) round away in float64: a weight of
+ * 5e-324 made the reported score exactly 1, which switched the output check off, and a negative prompt
+ * beside it weighed nothing. Weights are relative: nothing is lost by scaling them up together.
+ */
+export const MIN_PROMPT_WEIGHT = 1e-6;
 
 /**
  * Text a caller could have written: no lone UTF-16 surrogate (JSON's "\ud800" escape parses to one,
@@ -65,7 +72,7 @@ export const WeightedPrompt = z
       .refine((w) => Number.isFinite(w) && w !== 0, { message: 'weight must be a finite non-zero number' })
       .openapi({
         not: { const: 0 },
-        description: `Non-zero: a negative weight steers away from the text; at least one prompt must weigh more than 0. Weights are relative; in a request each is at most ${MAX_PROMPT_WEIGHT} in magnitude`,
+        description: `Non-zero: a negative weight steers away from the text; at least one prompt must weigh more than 0. Weights are relative; in a request each is ${MIN_PROMPT_WEIGHT} to ${MAX_PROMPT_WEIGHT} in magnitude and at most ${MAX_RELATIVE_PROMPT_WEIGHT} times the positive weights together, and the same text given with opposite weights must not cancel out`,
       }),
   })
   .strict()
@@ -154,10 +161,25 @@ function checkRequestOnly(
   (req.prompts ?? []).forEach((p, i) => {
     if (Math.abs(p.weight) > MAX_PROMPT_WEIGHT) {
       ctx.addIssue({ code: 'custom', path: ['prompts', i, 'weight'], message: `weight must be between -${MAX_PROMPT_WEIGHT} and ${MAX_PROMPT_WEIGHT} (weights are relative: scale them down together)` });
+    } else if (Math.abs(p.weight) < MIN_PROMPT_WEIGHT) {
+      ctx.addIssue({ code: 'custom', path: ['prompts', i, 'weight'], message: `weight must be at least ${MIN_PROMPT_WEIGHT} in magnitude (weights are relative: scale them up together)` });
     } else if (positiveSum > 0 && !(Math.abs(p.weight) / positiveSum <= MAX_RELATIVE_PROMPT_WEIGHT)) {
       ctx.addIssue({ code: 'custom', path: ['prompts', i, 'weight'], message: `weight is more than ${MAX_RELATIVE_PROMPT_WEIGHT} times the positive weights together; give the prompts weights of comparable size` });
     }
   });
+  // The same text given with opposite weights cancels out as the model reads it (CLIP lowercases and
+  // cleans it first): a run that moves nothing, billed as a success. Refused when no text is left
+  // weighing more than 0 once each text's weights are added together.
+  if (req.prompts && req.prompts.every((p) => Number.isFinite(p.weight))) {
+    const net = new Map<string, number>();
+    for (const p of req.prompts) {
+      const read = cleanClipText(p.text).toLowerCase();
+      net.set(read, (net.get(read) ?? 0) + p.weight);
+    }
+    if (req.prompts.some((p) => p.weight > 0) && [...net.values()].every((w) => w <= 0)) {
+      ctx.addIssue({ code: 'custom', path: ['prompts'], message: 'the prompts cancel out: the same text is given with opposite weights, and once each text\'s weights are added together none weighs more than 0' });
+    }
+  }
   if (req.prompts && req.negative_prompt !== undefined && req.prompts.length + 1 > MAX_PROMPTS_WITH_NEGATIVE) {
     ctx.addIssue({ code: 'custom', path: ['negative_prompt'], message: `with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts fit (the model takes ${MAX_PROMPTS_WITH_NEGATIVE} in all); or give it as a prompt with a negative weight` });
   }

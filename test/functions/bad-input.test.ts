@@ -57,7 +57,13 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     ['a weight just over the bound', { prompts: [{ text: 'a red circle', weight: MAX_PROMPT_WEIGHT + 0.5 }] }, 'prompts.0.weight'],
     ['a negative weight just over the bound', { prompts: [{ text: 'a red circle', weight: 2 }, { text: 'b', weight: -MAX_PROMPT_WEIGHT - 1 }] }, 'prompts.1.weight'],
     // Within the bound but a million times the positive weights: an infinite loss in the float32 step graph.
-    ['a weight a million times the positive ones', { prompts: [{ text: 'a red circle', weight: 1e-300 }, { text: 'b', weight: -1 }] }, 'prompts.1.weight'],
+    ['a weight a million times the positive ones', { prompts: [{ text: 'a red circle', weight: 1e-6 }, { text: 'b', weight: -2 }] }, 'prompts.1.weight'],
+    // A weight so small that the worker's sums of them round it away: its CLIP score read exactly 1 (the output check off).
+    ['a weight of 5e-324', { prompts: [{ text: 'a blue square', weight: 5e-324 }] }, 'prompts.0.weight'],
+    ['a weight just under the least', { prompts: [{ text: 'a blue square', weight: 1 }, { text: 'b', weight: -9.9e-7 }] }, 'prompts.1.weight'],
+    // The same text (as the model reads it: lowercased, cleaned) for and against: nothing left to pull the image.
+    ['prompts that cancel out', { prompts: [{ text: 'a blue square', weight: 1 }, { text: 'A  blue square', weight: -1 }] }, 'prompts'],
+    ['prompts that cancel out, with a third that pushes away', { prompts: [{ text: 'x', weight: 2 }, { text: 'X', weight: -3 }, { text: 'y', weight: -1 }] }, 'prompts'],
     // Lone UTF-16 surrogates (JSON's "\ud800" escape): no text a caller wrote; the model would read U+FFFD.
     ['a lone surrogate as the prompt', { prompt: '\ud800' }, 'prompt'],
     ['a lone surrogate in a prompt', { prompt: 'a red circle \udc00' }, 'prompt'],
