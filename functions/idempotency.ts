@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { readDoc } from '../shared/documents.ts';
-import { ConflictError, CorruptDocumentError, PreconditionFailedError } from '../shared/errors.ts';
+import { ConflictError, CorruptDocumentError, PreconditionFailedError, RetryableError } from '../shared/errors.ts';
 import type { BlobStore, JobStore } from '../shared/ports.ts';
 import type { JobRecord } from '../shared/schemas/job.ts';
 import { jobIdTime } from '../shared/ids.ts';
@@ -34,14 +34,23 @@ const STALE_CLAIM_MS = 30_000;
  */
 // A job id the job store can look up and a time that parses: a claim without them is unreadable
 // (taken over, and a lookup finds nothing), not a 400 blaming the caller or an in-progress claim for ever.
+// Read loosely: a newer API (beside this one during a deploy, or the one a rollback replaced) may add a
+// field or write a higher `v`. Its claim still names its job and is used as this version's own (replay,
+// in progress, stale): a takeover, as of a corrupt claim, would make a second job for the caller's
+// retry and bill it twice. Every version keeps these four fields and what `job_id` and `created_at`
+// mean; a higher `v` may hash the body otherwise (as 2 did), so only its equal hash is conclusive (sameBody).
 const IdempotencyRecord = z
   .object({
-    v: z.union([z.literal(1), z.literal(2)]),
+    v: z.number().int().min(1),
     body_hash: z.string(),
     job_id: z.string().regex(RESOURCE_ID_PATTERN),
     created_at: z.string().refine((s) => Number.isFinite(Date.parse(s)), 'must be a time'),
   })
-  .strict();
+  .loose();
+/** The `v` this version writes; a higher one was written by a newer version. */
+const CLAIM_VERSION = 2;
+/** A claim of a newer version than this one: all that is known of it where its fields do not read as this version's. */
+const NewerClaim = z.object({ v: z.number().int().gt(CLAIM_VERSION) });
 type IdempotencyRecord = z.output<typeof IdempotencyRecord>;
 
 /**
@@ -52,9 +61,14 @@ type IdempotencyRecord = z.output<typeof IdempotencyRecord>;
  */
 const HASHED_AS_SENT_SINCE_MS = Date.parse('2026-12-05T18:01:00Z');
 
-/** Whether a claim was made by this body: its hash as sent, or, for a claim an earlier version wrote, as that version hashed it. */
-function sameBody(existing: IdempotencyRecord, args: { bodyHash: string; sameBodyHashes?: readonly string[] }): boolean {
+/**
+ * Whether a claim was made by this body: its hash as sent, or, for a claim an earlier version wrote, as
+ * that version hashed it. `undefined`: cannot be told, for a newer version's claim of another hash (it
+ * may hash the same body otherwise); neither a replay nor a reuse is certain.
+ */
+function sameBody(existing: IdempotencyRecord, args: { bodyHash: string; sameBodyHashes?: readonly string[] }): boolean | undefined {
   if (existing.body_hash === args.bodyHash) return true;
+  if (existing.v > CLAIM_VERSION) return undefined;
   // When the claim was made (a released claim's created_at is set to 1970 to mark it stale, which
   // would make every released claim look as old as the hashing it predates: its job id says instead).
   const legacy = existing.v === 1 && claimMadeAt(existing) < HASHED_AS_SENT_SINCE_MS;
@@ -129,17 +143,37 @@ export class IdempotencyLedger {
   /**
    * The key's claim as stored: null when there is none; `claim` undefined when it does not read
    * (`corrupt` says why), which protects nothing: every caller treats it as no claim, and `claim()`
-   * takes it over.
+   * takes it over. Except `newer` (why in its place): a claim of a higher `v` than this version's whose
+   * fields do not read as this version's. It may name a job, so it is never taken over (a second job
+   * for the caller's retry, billed twice); what it protects cannot be told here (newerClaim).
    */
-  private async readClaim(blobKey: string): Promise<{ etag: string; claim?: IdempotencyRecord; corrupt?: CorruptDocumentError } | null> {
+  private async readClaim(blobKey: string): Promise<{ etag: string; claim?: IdempotencyRecord; corrupt?: CorruptDocumentError; newer?: CorruptDocumentError } | null> {
     const object = await this.blobs.get(blobKey);
     if (!object) return null;
     try {
       return { etag: object.etag, claim: readDoc(IdempotencyRecord, object.body, blobKey) };
     } catch (error) {
-      if (error instanceof CorruptDocumentError) return { etag: object.etag, corrupt: error };
-      throw error;
+      if (!(error instanceof CorruptDocumentError)) throw error;
+      return NewerClaim.safeParse(parsedJson(object.body)).success ? { etag: object.etag, newer: error } : { etag: object.etag, corrupt: error };
     }
+  }
+
+  /**
+   * What a request meets at a newer version's claim it cannot use (its fields do not read here, or its
+   * body hash may be made otherwise): 503 `unavailable`, logged for the operator. The caller retries with
+   * the same key, and a version that reads the claim (the newer API once the deploy is through, or this
+   * one upgraded) replays its job or refuses a reuse. Not 409 idempotency_in_progress (its first request
+   * may have ended long ago) nor idempotency_key_reused (the body may be the same: a caller told so may
+   * send it again under a new key, a second job).
+   */
+  private newerClaim(key: string, detail: string, cause?: unknown): RetryableError {
+    this.options.log?.({
+      level: 'error',
+      msg: 'idempotency claim written by a newer clipag cannot be used here: its requests are answered 503 until a version that reads it serves them (finish the deploy, or upgrade)',
+      key,
+      detail,
+    });
+    return new RetryableError('an Idempotency-Key claim written by a newer version cannot be used here; retry', { cause });
   }
 
   /** A claim older than the stale age, or released (its time set to 1970): its request made no job and never will. */
@@ -173,13 +207,16 @@ export class IdempotencyLedger {
 
   /**
    * The job an earlier request with this key and body made, without claiming anything; `null` when
-   * there is none (no claim, or a claim whose job was never written). The key used with another body
-   * is the ConflictError (409) that `claim` would give.
+   * there is none (no claim, or a claim whose job was never written; an unreadable one too, a newer
+   * version's included: the refusal it is asked for stands, and a refusal makes no job). The key used
+   * with another body is the ConflictError (409) that `claim` would give.
    */
   async existingJob(args: { owner: string; key: string; bodyHash: string; sameBodyHashes?: readonly string[]; waitForJob?: boolean }): Promise<JobRecord | null> {
     const existing = (await this.readClaim(idempotencyRecordKey(args.owner, args.key)))?.claim;
     if (!existing) return null;
-    if (!sameBody(existing, args)) throw keyReused();
+    const same = sameBody(existing, args);
+    if (same === undefined) return null; // a newer version's claim of another hash: not told, the refusal stands
+    if (!same) throw keyReused();
     // With `waitForJob` (a refusal the first request itself may cause: its active-job marker counts
     // before its job is written), a claim whose job is not written yet is waited for, as a claim does,
     // rather than refuse its twin. Otherwise the refusal stands.
@@ -200,11 +237,15 @@ export class IdempotencyLedger {
    * one read of the claim, one of the job, never another owner's (the claim's path and the job's are
    * the owner's). `null` when the key made none a POST would replay: no claim, an unreadable one, or
    * one whose job was never written and that the next POST takes over (stale, or released after a
-   * failed create). A live claim whose job is not written yet is 409 idempotency_in_progress, as the
-   * POST answers: the job is a moment away, and "none" would invite a second request with the key.
+   * failed create). A newer version's claim that does not read here is a 503, as the POST answers. A
+   * live claim whose job is not written yet is 409 idempotency_in_progress, as the POST answers: the job
+   * is a moment away, and "none" would invite a second request with the key.
    */
   async madeBy(args: { owner: string; key: string; now: Date }): Promise<JobRecord | null> {
-    const existing = (await this.readClaim(idempotencyRecordKey(args.owner, args.key)))?.claim;
+    const read = await this.readClaim(idempotencyRecordKey(args.owner, args.key));
+    // "None" would invite a new POST with the key; the claim may name a job.
+    if (read?.newer) throw this.newerClaim(read.newer.key, read.newer.detail, read.newer);
+    const existing = read?.claim;
     if (!existing) return null;
     const job = await this.jobs.get(args.owner, existing.job_id);
     if (job) return job;
@@ -226,7 +267,7 @@ export class IdempotencyLedger {
     now: Date;
   }): Promise<Claim> {
     const blobKey = idempotencyRecordKey(args.owner, args.key);
-    const fresh: IdempotencyRecord = { v: 2, body_hash: args.bodyHash, job_id: args.jobId, created_at: args.now.toISOString() };
+    const fresh: IdempotencyRecord = { v: CLAIM_VERSION, body_hash: args.bodyHash, job_id: args.jobId, created_at: args.now.toISOString() };
     const encoded = Buffer.from(JSON.stringify(fresh));
     const deadline = Date.now() + (this.options.waitMs ?? 3000);
     for (let attempt = 0; ; attempt++) {
@@ -240,6 +281,7 @@ export class IdempotencyLedger {
       if (!read) continue; // vanished in between: claim again
       const existing = read.claim;
       let takeOver = false;
+      if (read.newer) throw this.newerClaim(read.newer.key, read.newer.detail, read.newer);
       if (!existing) {
         // An unreadable claim names no job and no body we could compare or replay, so it protects
         // nothing: treat it like a stale claim and take it over. The alternative, a 409 forever, would
@@ -252,15 +294,19 @@ export class IdempotencyLedger {
         if (existing.job_id === args.jobId) return { kind: 'claimed', jobId: args.jobId };
         const same = sameBody(existing, args);
         const job = await this.jobs.get(args.owner, existing.job_id);
+        const untold = () => this.newerClaim(blobKey, `v ${existing.v}, whose body hash may be made otherwise, and this body's differs`);
         if (job) {
+          if (same === undefined) throw untold();
           if (!same) throw keyReused();
           return { kind: 'replay', job };
         }
         // No job under the claim. A stale one (its request died before its create, or it was released
         // after a failure) made nothing: the key is free for any body, as GET ?idempotency_key= says; a
         // request of it still alive finds the takeover at its confirm(). A live one is a request still
-        // being made: the same body waits for it, another is a reuse.
+        // being made: the same body waits for it, another is a reuse (a newer version's claim of another
+        // hash cannot be told either way).
         takeOver = this.isStale(existing, args.now.getTime());
+        if (!takeOver && same === undefined) throw untold();
         if (!takeOver && !same) throw keyReused();
       }
       if (takeOver) {
@@ -276,6 +322,15 @@ export class IdempotencyLedger {
       if (Date.now() >= deadline) throw inProgress();
       await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
     }
+  }
+}
+
+/** The JSON a document holds, or undefined where it holds none (readDoc has said why). */
+function parsedJson(bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch {
+    return undefined;
   }
 }
 

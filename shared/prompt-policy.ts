@@ -1442,22 +1442,26 @@ export const POLICY_RETRY_MS = 1000;
  * (`ownerPolicyKey`), else the deployment's (`PROMPT_POLICY_KEY`), else the shipped default. Each
  * document is looked at (a HEAD) at most every `ttlMs` and downloaded only when its etag changed.
  * What goes wrong with a document (it does not parse, it is over MAX_POLICY_BYTES) keeps the last good
- * policy of that document (at first, the one it would replace) and is reported through `onProblem`,
- * once per document version: an operator's typo must neither stop the API nor switch the checks off. A
- * store that fails keeps what the last look found (the last good version, or no document); where no
- * look has found anything yet (a cold process during an S3 throttle) there is nothing to keep, and the
- * stricter document may be there: the promise rejects with a RetryableError (503 `unavailable` in the
- * API, a retried job in the worker), and the next request looks again after POLICY_RETRY_MS. Concurrent
- * requests share one look. Called without an owner, it gives the deployment's.
+ * policy of that document and is reported through `onProblem`, once per document version: a bad
+ * version must not switch the checks off. A store that fails keeps what the last look found (the last
+ * good version, or no document). Where there is nothing to keep, the document may be stricter than the
+ * fallback, which is not used in its place (fail closed): the promise rejects with a RetryableError
+ * (503 `unavailable` in the API, a retried job in the worker). So where no look has found anything yet
+ * (a cold process during an S3 throttle; the next request looks again after POLICY_RETRY_MS), and where
+ * the document is there but no version of it read has been good (a fresh process: a cold Lambda, a new
+ * worker task, one after a rollback; mostly a document a newer clipag wrote, with a field, version or
+ * value this one does not know; looked at again every ttlMs). Concurrent requests share one look.
+ * Called without an owner, it gives the deployment's.
  *
  * An owner's look starts the deployment's at the same time where the owner had no document at its last
  * look (or has had no look yet: most owners have none), rather than after it: the two HEADs overlap
  * (one round trip, not two, on a POST that refreshes them; the latency review, finding 5b). The
  * deployment's answer is used only where the owner's look finds no document, exactly as if it had been
  * asked then; where the owner's document is there, it is dropped, and its failure fails nothing. Where
- * the owner's document cannot be told (its store failed before any look had), the request fails
- * whatever the deployment's says (ADR 0015, 2026-12-06: fail closed). Building the shipped policy
- * waits for its first use, not for this call (the API calls this at its cold start).
+ * the owner's document cannot be told (its store failed before any look had) or none of its versions
+ * read has been good, the request fails whatever the deployment's says (ADR 0015, 2026-12-06: fail
+ * closed). Building the shipped policy waits for its first use, not for this call (the API calls this
+ * at its cold start).
  */
 export function policyFromStore(
   store: PolicySource,
@@ -1493,7 +1497,7 @@ interface StoredPolicy {
 
 /**
  * One document's policy, or `fallback`'s (named `fallbackName` in reports) where the document is
- * absent or none of its versions was good (see policyFromStore). `lookAtFallbackAlongside`: a look at
+ * absent; a rejection where it cannot be told or none of its versions read has been good (see policyFromStore). `lookAtFallbackAlongside`: a look at
  * this document where the last found none (or none has been made) asks `fallback` at the same time.
  */
 function storedPolicy(
@@ -1521,8 +1525,34 @@ function storedPolicy(
   let reportedUnknownAt = -Infinity;
   let readAt = -Infinity;
   let inflight: Promise<void> | undefined;
+  /**
+   * Why the document at the key cannot be used while no good version of it is held (it does not parse,
+   * or is over MAX_POLICY_BYTES); undefined otherwise. The checks it governs then fail, as while
+   * nothing is known: it may be stricter than the fallback (ADR 0015, fail closed).
+   */
+  let brokenBecause: string | undefined;
   /** What stays in force while this document cannot be used. */
-  const kept = () => (own ? 'keeping its last good version' : `keeping ${fallbackName}`);
+  const kept = () => (own ? 'keeping its last good version' : brokenBecause !== undefined ? 'its checks still fail (no good version of it read)' : `keeping ${fallbackName}`);
+  /**
+   * A document that cannot be used: keeps its last good version where one is held; without one, fails
+   * the checks it governs rather than falling back to `fallbackName`. A fresh process (a cold Lambda, a
+   * new worker task, one after a rollback) holds none, and the document is mostly one a newer clipag
+   * wrote (a field, a version or a value this one does not know): `clipag policy put` checks what it
+   * stores, so this version never writes one it cannot read.
+   */
+  const unusable = (problem: string) => {
+    if (own) {
+      brokenBecause = undefined;
+      options.onProblem?.(`${key} is not a valid policy; ${kept()}: ${problem}`.slice(0, 2000), 'invalid');
+      return;
+    }
+    brokenBecause = problem;
+    const advice = `it may have been written by a newer clipag: store it again with \`clipag policy put\` of this version (which checks it), or upgrade the API and workers`;
+    options.onProblem?.(
+      `${key} is not a valid policy for this version of clipag, and no good version of it has been read: the checks it governs fail (503, retried jobs) until it reads, rather than ${fallbackName} in its place; ${advice}: ${problem}`.slice(0, 2000),
+      'invalid',
+    );
+  };
 
   const refresh = async (): Promise<void> => {
     try {
@@ -1530,6 +1560,7 @@ function storedPolicy(
       if (!meta) {
         own = null;
         seenEtag = null;
+        brokenBecause = undefined;
         known = true;
         return;
       }
@@ -1537,7 +1568,7 @@ function storedPolicy(
       if (meta.size > MAX_POLICY_BYTES) {
         seenEtag = meta.etag; // reported once for this version
         known = true;
-        options.onProblem?.(`${key} is ${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit; ${kept()}`, 'invalid');
+        unusable(`${meta.size} bytes, over the ${MAX_POLICY_BYTES}-byte limit`);
         return;
       }
       // Only once the document is in hand does its etag count as seen: a failed download is tried again.
@@ -1547,8 +1578,10 @@ function storedPolicy(
       seenEtag = found.etag;
       // Replaced by a larger one since the HEAD: not parsed either.
       const parsed = parsePolicyDocument(found.body);
-      if ('policy' in parsed) own = parsed.policy;
-      else options.onProblem?.(`${key} is not a valid policy; ${kept()}: ${parsed.problem}`.slice(0, 2000), 'invalid');
+      if ('policy' in parsed) {
+        own = parsed.policy;
+        brokenBecause = undefined;
+      } else unusable(parsed.problem);
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       if (known) {
@@ -1581,6 +1614,7 @@ function storedPolicy(
         await inflight;
       }
       if (!known) throw new RetryableError(`the content policy ${key} could not be read; retry`, { cause: unknownBecause });
+      if (brokenBecause !== undefined) throw new RetryableError(`the content policy ${key} is not valid for this version and no good version of it is held; retry`);
       return own ?? alongside ?? fallback();
     },
     get holdsDocument() {

@@ -606,13 +606,13 @@ describe('the API', () => {
     expect(kinds).toEqual(['unreadable', 'invalid']);
   });
 
-  it('a document that grew past the cap between the HEAD and the GET is not parsed', async () => {
+  it('a document that grew past the cap between the HEAD and the GET is not parsed, nor replaced by the default (no good version is held: fail closed)', async () => {
     const problems: string[] = [];
     const own = { version: 1, rules: [{ id: 'no-circles', category: 'trademark', action: 'refuse', message: 'circles are ours', terms: ['circle'] }] };
     const body = Buffer.from(JSON.stringify({ ...own, pad: 'x'.repeat(MAX_POLICY_BYTES) }));
     const store = { head: async () => ({ size: 100, etag: '"small"' }), get: async () => ({ body, etag: '"big"' }) };
     const policyNow = policyFromStore(store, { onProblem: (p) => problems.push(p) });
-    expect((await policyNow()).screen([{ text: 'a circle', param: 'prompt' }])).toEqual([]); // still the default
+    await expect(policyNow()).rejects.toMatchObject({ code: 'unavailable' });
     expect(problems).toEqual([expect.stringMatching(/not a valid policy.*over the 2097152-byte limit/)]);
   });
 
@@ -820,12 +820,12 @@ describe('the API', () => {
     ]);
   });
 
-  it("an owner's first document that is broken leaves the owner on the deployment's policy", async () => {
+  it("an owner's first document that is broken fails closed (it may be stricter), not the deployment's policy in its place", async () => {
     const problems: string[] = [];
     const policyOf = policyFromStore(h.blobs, { onProblem: (p: string) => problems.push(p) });
     await h.blobs.put(ownerPolicyKey('acct_bob'), Buffer.from(JSON.stringify({ version: 1, rules: [], output_rules: [{ id: 'x', category: 'copyright', action: 'flag', message: 'm', concepts: ['a'] }] })));
-    expect((await policyOf('acct_bob')).screen([{ text: 'pikachu', param: 'prompt' }]).map((h) => h.rule)).toEqual(['protected-characters']);
-    expect(problems[0]).toMatch(/prompt-policies\/acct_bob\.json is not a valid policy; keeping the deployment's policy: output_rules\.0: an output rule needs/);
+    await expect(policyOf('acct_bob')).rejects.toMatchObject({ code: 'unavailable' });
+    expect(problems[0]).toMatch(/prompt-policies\/acct_bob\.json is not a valid policy for this version of clipag, and no good version of it has been read: .*output_rules\.0: an output rule needs/);
     expect(() => ownerPolicyKey('../keys/x')).toThrow(/not an owner id/);
     // Not a way in: an owner that is not an id gets the deployment's policy (here the shipped one).
     expect((await policyOf('../keys/x')).screen([{ text: 'pikachu', param: 'prompt' }]).map((h) => h.rule)).toEqual(['protected-characters']);
