@@ -1,7 +1,8 @@
 // clipag policy: check a content policy document, and put, show or remove the deployment's or one
 // owner's in the configured blob store (local `.data/` by default; S3 when CLIPAG_MODE=aws), as
 // `clipag keys` does for keys. A document is checked before it is stored, so a typo never reaches the
-// API (which would keep its last good policy and log the problem).
+// API (which would keep its last good policy, or, in a process that has none yet, refuse the requests
+// the policy governs with a 503 rather than apply a weaker one; and log the problem).
 import { readFileSync } from 'node:fs';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig } from '../shared/config.ts';
@@ -83,7 +84,7 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
       // Shown as stored, so that it can be mended; but a document that does not parse is not in force.
       const parsed = parsePolicyDocument(found.body);
       if ('problem' in parsed) {
-        console.error(`clipag policy: ${key} is not a valid policy document (${parsed.problem}): the API keeps the last good policy it read (the one it replaces, at first) and logs an error. Replace it with clipag policy put`);
+        console.error(`clipag policy: ${key} is not a valid policy document (${parsed.problem}): an API process that read a good version keeps it; one that has none (a fresh start) answers the requests it governs 503 rather than apply a weaker policy; both log an error. Replace it with clipag policy put`);
         return 1;
       }
       return 0;

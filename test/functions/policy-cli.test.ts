@@ -65,7 +65,7 @@ describe('clipag policy', () => {
     await blobs.put(ownerPolicyKey('acct_alice'), Buffer.from('{garb'));
     const got = await cli('get', '--owner', 'acct_alice');
     expect([got.code, got.lines.join('\n')]).toEqual([1, '{garb']);
-    expect(got.stderr).toMatch(/config\/prompt-policies\/acct_alice\.json is not a valid policy document \(not JSON.*\): the API keeps the last good policy/);
+    expect(got.stderr).toMatch(/config\/prompt-policies\/acct_alice\.json is not a valid policy document \(not JSON.*\): an API process that read a good version keeps it; one that has none .* answers the requests it governs 503/);
   });
 
   it('check and put refuse a document that would not load, naming what is wrong, and store nothing', async () => {
