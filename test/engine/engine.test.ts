@@ -185,6 +185,13 @@ describe('bundle validation', () => {
     await expect(loadBundle(withRecipe('recipe-zero-weights', { globalWeight: 0, patchWeight: 0 }))).rejects.toThrow(/recipe defaults are invalid: view_weights must put a weight > 0 on the views taken/);
     await expect(loadBundle(withRecipe('recipe-zero-on-only-kind', { patchViews: 0, globalWeight: 0 }))).rejects.toThrow(/view_weights must put a weight > 0/);
     expect(() => checkRecipeDefaults({ globalWeight: 0, patchWeight: 0 })).toThrow(/view_weights must put a weight > 0/);
+    // Valid one by one, ruinous together: 1 − lr·weight_decay ≤ 0 turned every pixel black; a grad_clip
+    // or eps that underflows in float32 left the start image unmoved. Each was returned as a success.
+    expect(() => checkRecipeDefaults({ lr: 1e6, weightDecay: 0.01 })).toThrow(/lr × weight_decay must be below 1/);
+    expect(() => checkRecipeDefaults({ lr: 100, weightDecay: 0.01 })).toThrow(/lr × weight_decay must be below 1/);
+    expect(() => checkRecipeDefaults({ lr: 99, weightDecay: 0.01 })).not.toThrow();
+    expect(() => checkRecipeDefaults({ gradClip: 5e-324 })).toThrow(/grad_clip must be at least 1e-30/);
+    expect(() => checkRecipeDefaults({ eps: 1e-300 })).toThrow(/eps must be at least 1e-30/);
     await expect(loadBundle(withRecipe('recipe-zero-global-ok', { globalWeight: 0 }))).resolves.toBeTruthy();
     const ok = await loadBundle(withRecipe('recipe-ok', { patchViews: 0, globalViews: 12 }));
     const req = { prompts: [{ text: 'x', weight: 1 }], width: 64, height: 64, seed: 1 };

@@ -85,6 +85,9 @@ export const LIMITS = {
   promptChars: 1000,
 } as const;
 
+/** The least grad_clip and eps: well inside float32's normal range, so the scaled gradient does not underflow. */
+const MIN_FLOAT32_SCALE = 1e-30;
+
 export function validateRecipe(r: Recipe): void {
   const bad = (param: string, msg: string) => {
     throw new EngineError('invalid_input', `${param} ${msg}`, { param });
@@ -108,6 +111,14 @@ export function validateRecipe(r: Recipe): void {
   pos('eps', r.eps);
   pos('grad_clip', r.gradClip);
   if (!(r.weightDecay >= 0 && r.weightDecay < 1)) bad('weight_decay', 'must be in [0, 1)');
+  // AdamW shrinks the pixels by 1 − lr·weight_decay each step: at or past 0 every pixel flips sign and
+  // clamps to black, and the job would return a black image as a success.
+  if (!(r.lr * r.weightDecay < 1)) bad('lr', `× weight_decay must be below 1 (${r.lr} × ${r.weightDecay}): each step would scale the image by 1 − lr·weight_decay ≤ 0, and it would turn black`);
+  // The gradient is scaled to grad_clip in float32 (and Adam divides by √v + eps there): far below its
+  // normal range (1.2e-38) it underflows to 0, the image never moves, and the start image is returned.
+  for (const [param, v] of [['grad_clip', r.gradClip], ['eps', r.eps]] as const) {
+    if (v < MIN_FLOAT32_SCALE) bad(param, `must be at least ${MIN_FLOAT32_SCALE}, got ${v}: smaller values underflow in float32, and the image would never move`);
+  }
   if (!(r.betas[0] >= 0 && r.betas[0] < 1 && r.betas[1] >= 0 && r.betas[1] < 1)) bad('betas', 'must be in [0, 1)');
   if (!(r.resize[0] > 0 && r.resize[1] >= r.resize[0] && r.resize[1] < 10)) bad('resize', 'must be 0 < lo ≤ hi < 10');
   if (!(r.translation >= 0 && r.translation <= 0.5)) bad('translation', 'must be in [0, 0.5]');
