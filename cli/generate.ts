@@ -102,9 +102,10 @@ export async function run(argv: string[]): Promise<number> {
   // A usage error, as a missing prompt is (and as remote generate says it).
   if (!positionals[0]!.trim()) throw new UsageError('the prompt is empty');
   if ((values.negative ?? []).some((text) => !text.trim())) throw new UsageError('--negative is empty; give the text to steer away from');
-  // Before anything echoes it: a prompt too long to run is refused, not printed twice first.
+  // Before anything echoes it: a prompt too long to run is refused, not printed twice first. A usage
+  // error (exit 2), as every other argument out of its range is.
   for (const text of [positionals[0]!, ...(values.negative ?? [])]) {
-    if (text.length > LIMITS.promptChars) throw new EngineError('invalid_input', `a prompt is ${text.length} characters; the limit is ${LIMITS.promptChars}`);
+    if (text.length > LIMITS.promptChars) throw new UsageError(`a prompt is ${text.length} characters; the limit is ${LIMITS.promptChars}`);
   }
   // The same prompt policy as the API (ADR 0015): refusals stop here, flags are printed.
   const policy = values.policy === undefined ? defaultPromptPolicy() : policyFile(values.policy);
