@@ -197,6 +197,9 @@ describe('WordLevel tokenizer.json through the same class', () => {
     expect(wl.inspect('a red circle', 8)).toEqual({ tokens: 5, unknownWords: [], truncated: false });
     expect(wl.inspect('a a a a a a a', 8)).toEqual({ tokens: 9, unknownWords: [], truncated: true });
     expect(wl.inspect('', 8)).toEqual({ tokens: 2, unknownWords: [], truncated: false });
+    // A word past the cut is not read at all: it is not named as unknown (the truncation is reported).
+    expect(wl.inspect('a red circle a a a square', 8)).toEqual({ tokens: 9, unknownWords: [], truncated: true });
+    expect(wl.inspect('a red blue a a a square', 8)).toEqual({ tokens: 9, unknownWords: ['blue'], truncated: true });
   });
 
   it('default CLIP special names are required unless configured', () => {

@@ -296,9 +296,12 @@ export class TextTokenizer {
     const cleaned = cleanClipText(text);
     const ids = cleaned.length === 0 ? [] : this.tokenize(text);
     const unknownWords: string[] = [];
-    if (this.unkId !== undefined && ids.includes(this.unkId)) {
+    // Only the tokens the model reads: past the context length the prompt is cut, and a word there is
+    // not read at all, known or not (the truncation is reported apart).
+    const read = ids.slice(0, Math.max(0, contextLength - 2));
+    if (this.unkId !== undefined && read.includes(this.unkId)) {
       const enc: { ids: Array<number | undefined>; tokens: string[] } = this.hf.encode(cleaned, { add_special_tokens: false });
-      for (let i = 0; i < enc.ids.length; i++) {
+      for (let i = 0; i < Math.min(enc.ids.length, read.length); i++) {
         if (enc.ids[i] === this.unkId && !unknownWords.includes(enc.tokens[i])) unknownWords.push(enc.tokens[i]);
       }
     }
