@@ -68,7 +68,9 @@ export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: s
     if (action === 'list') {
       const keys = store ?? (await openKeyStore());
       const records = await keys.list();
-      if (values.json) out(JSON.stringify(records.map(({ key_sha256: _hash, ...r }) => r)));
+      // The fields this version knows, never the hash: a field a newer clipag added to a record is not
+      // known to be fit to print.
+      if (values.json) out(JSON.stringify(records.map((r) => ({ id: r.id, name: r.name, owner: r.owner, created_at: r.created_at, revoked_at: r.revoked_at }))));
       else if (records.length === 0) out('no keys (create one with: clipag keys create --name NAME)');
       else {
         out(['KEY ID'.padEnd(26), 'OWNER'.padEnd(32), 'NAME'.padEnd(20), 'CREATED'.padEnd(24), 'REVOKED'].join('  '));

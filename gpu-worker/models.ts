@@ -20,7 +20,8 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { lstat, mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { bundleContentHash, isOtherBundleKind, type ModelIndex, ModelStore, ModelStoreError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
+import { bundleContentHash, isOtherBundleKind, type ModelIndex, ModelStore, ModelStoreError, NewerModelIndexError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
+import { RetryableError } from '../shared/errors.ts';
 import { ClipEngine } from './engine/engine.ts';
 import { EngineError } from './engine/errors.ts';
 import { EnginePool, PROCESS_NONCE, tempOwnerMayBeAlive } from './engine/runtime/pool.ts';
@@ -485,6 +486,20 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
       indexes.set(name, { at: Date.now(), index });
       return index;
     } catch (e) {
+      if (e instanceof NewerModelIndexError) {
+        // The same bundle content as the one this process serves (a newer clipag re-pushed it, or
+        // rewrote its index): keep serving it, looking again after the TTL.
+        if (hit?.index && e.contentHash === hit.index.content_hash) {
+          warn(`model ${name}: ${e.message}; serving the bundle already read (content hash ${hit.index.content_hash.slice(0, 12)}…), which the index still names`);
+          indexes.set(name, { at: Date.now(), index: hit.index });
+          return hit.index;
+        }
+        // Neither the request's fault (invalid_model tells the caller to fix it) nor a bundle to serve:
+        // the deployment is behind the CLI that pushed it. Retryable: a newer worker may take the job
+        // (a deploy under way), and the caller may try again later. The operator hears it here.
+        warn(`model ${name}: ${e.message}`);
+        throw new RetryableError(`model ${name}: ${e.message}`, { cause: e });
+      }
       if (e instanceof ModelStoreError) throw new EngineError('invalid_model', `model ${name}: ${e.message}`, { param: 'model' });
       // a transient store error: keep serving the bundle this process already has
       if (hit?.index) return hit.index;
@@ -594,8 +609,11 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     async refresh() {
       if (store) {
         const now = Date.now();
-        const listed = await store.list();
-        const names = new Set(listed.map((i) => i.name));
+        // A model whose index is there but does not read (a newer clipag's, say) is not "gone": what
+        // this process holds of it stays, and asking for it says why (storeIndex).
+        const skipped = new Set<string>();
+        const listed = await store.list({ onSkipped: (name) => skipped.add(name) });
+        const names = new Set([...listed.map((i) => i.name), ...skipped]);
         for (const index of listed) {
           indexes.set(index.name, { at: now, index });
           if (Object.hasOwn(bundles, index.name) && !shadowChecks.has(index.name)) {

@@ -4,7 +4,7 @@ import { CorruptDocumentError, NotFoundError, ValidationError } from './errors.t
 import { newId, SORTABLE_ID_PATTERN } from './ids.ts';
 import type { BlobStore } from './ports.ts';
 import { OWNER_ID_PATTERN } from './schemas/common.ts';
-import { ApiKeyRecord, sha256Hex } from './schemas/apikey.ts';
+import { ApiKeyRecord, sha256Hex, StoredApiKeyRecord } from './schemas/apikey.ts';
 
 /**
  * API keys on any BlobStore: one JSON document per key at `keys/<keyId>.json` holding only the
@@ -50,27 +50,36 @@ export class BlobApiKeyStore {
     return { secret, record: parsed.data };
   }
 
-  /** Throws CorruptDocumentError for an unreadable record (verify() treats that as an unknown key). */
+  /**
+   * The record as a key is verified by (ApiKeyRecord, strict). Throws CorruptDocumentError for one
+   * that does not read so, a record with a field this version does not know included (verify() treats
+   * that as an unknown key).
+   */
   async get(id: string): Promise<ApiKeyRecord | null> {
     const key = BlobApiKeyStore.keyFor(id);
     const object = await this.blobs.get(key);
     if (!object) return null;
-    const record = readDoc(ApiKeyRecord, object.body, key);
-    if (record.id !== id) throw new CorruptDocumentError(key, `names key ${record.id}`);
-    return record;
+    return ofId(readDoc(ApiKeyRecord, object.body, key), id, key);
   }
 
   /** The record for a presented secret, or null when it is malformed, unknown or revoked. */
   async verify(secret: string): Promise<ApiKeyRecord | null> {
     const match = API_KEY_PATTERN.exec(secret);
     if (!match) return null;
-    let record: ApiKeyRecord | null;
+    const key = BlobApiKeyStore.keyFor(match[1]);
+    const object = await this.blobs.get(key);
+    if (!object) return null;
+    let record: ApiKeyRecord;
     try {
-      record = await this.get(match[1]);
+      record = ofId(readDoc(ApiKeyRecord, object.body, key), match[1], key);
     } catch (error) {
-      // A corrupt record cannot vouch for anyone: the caller gets the same 401 as for an unknown key.
+      // A record this version cannot fully read cannot vouch for anyone: the caller gets the same 401
+      // as for an unknown key. That holds for one a newer clipag wrote with a field this version does
+      // not know (an expiry, a scope): ignoring it could grant more than the record means.
       if (error instanceof CorruptDocumentError) {
-        this.options.log?.warn('corrupt API key record; refusing the key', { key: error.key, detail: error.detail });
+        const newer = unknownFields(object.body, match[1], key);
+        if (newer) this.options.log?.warn('API key record has fields this version does not know (a newer clipag wrote it); refusing the key until the API is upgraded', { key, fields: newer });
+        else this.options.log?.warn('corrupt API key record; refusing the key', { key: error.key, detail: error.detail });
         return null;
       }
       throw error;
@@ -81,8 +90,12 @@ export class BlobApiKeyStore {
     return presented.length === stored.length && timingSafeEqual(presented, stored) ? record : null;
   }
 
-  async list(): Promise<ApiKeyRecord[]> {
-    const out: ApiKeyRecord[] = [];
+  /**
+   * Every key record that reads, fields a newer clipag added kept (the operator sees and can revoke
+   * such a key; verify() still refuses it). Corrupt records are skipped with a warning.
+   */
+  async list(): Promise<StoredApiKeyRecord[]> {
+    const out: StoredApiKeyRecord[] = [];
     let cursor: string | undefined;
     do {
       const page = await this.blobs.list('keys/', cursor === undefined ? {} : { cursor });
@@ -90,8 +103,8 @@ export class BlobApiKeyStore {
         const id = item.key.slice('keys/'.length, -'.json'.length);
         if (!SORTABLE_ID_PATTERN.test(id)) continue;
         try {
-          const record = await this.get(id);
-          if (record) out.push(record);
+          const object = await this.blobs.get(item.key);
+          if (object) out.push(ofId(readDoc(StoredApiKeyRecord, object.body, item.key), id, item.key));
         } catch (error) {
           if (!(error instanceof CorruptDocumentError)) throw error;
           this.options.log?.warn('skipping a corrupt API key record', { key: error.key, detail: error.detail });
@@ -102,13 +115,17 @@ export class BlobApiKeyStore {
     return out;
   }
 
-  /** Idempotent: revoking a revoked key keeps its first revocation time. */
-  async revoke(id: string, now: Date = new Date()): Promise<ApiKeyRecord> {
+  /**
+   * Idempotent: revoking a revoked key keeps its first revocation time. A record a newer clipag wrote
+   * is revoked too, its fields this version does not know written back as they were: a leaked key
+   * must be revocable with whichever clipag the operator has at hand.
+   */
+  async revoke(id: string, now: Date = new Date()): Promise<StoredApiKeyRecord> {
     const key = BlobApiKeyStore.keyFor(id);
     for (let attempt = 0; ; attempt++) {
       const object = await this.blobs.get(key);
       if (!object) throw new NotFoundError(`API key ${id} not found`);
-      const record = readDoc(ApiKeyRecord, object.body, key);
+      const record = ofId(readDoc(StoredApiKeyRecord, object.body, key), id, key);
       if (record.revoked_at !== null) return record;
       const next = { ...record, revoked_at: now.toISOString() };
       try {
@@ -121,6 +138,27 @@ export class BlobApiKeyStore {
   }
 }
 
-function encode(record: ApiKeyRecord): Uint8Array {
+function encode(record: StoredApiKeyRecord): Uint8Array {
   return Buffer.from(JSON.stringify(record));
+}
+
+/** The record, if it is the one its document's name says (a document naming another key is corrupt). */
+function ofId<T extends { id: string }>(record: T, id: string, key: string): T {
+  if (record.id !== id) throw new CorruptDocumentError(key, `names key ${record.id}`);
+  return record;
+}
+
+/**
+ * The fields of a key record this version does not know, when that is all that keeps it from reading
+ * (a newer clipag wrote it); undefined for a record that is corrupt otherwise.
+ */
+function unknownFields(bytes: Uint8Array, id: string, key: string): string[] | undefined {
+  try {
+    const record = ofId(readDoc(StoredApiKeyRecord, bytes, key), id, key);
+    const known = new Set(Object.keys(ApiKeyRecord.shape));
+    const unknown = Object.keys(record).filter((field) => !known.has(field));
+    return unknown.length > 0 ? unknown : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -64,7 +64,7 @@ export function isOtherBundleKind(dir: string): boolean {
 export const MODEL_NAME_RE = MODEL_NAME_PATTERN;
 const SHA256_RE = /^[0-9a-f]{64}$/;
 
-export type ModelStoreErrorCode = 'invalid_name' | 'invalid_bundle' | 'checksum_mismatch' | 'conflict' | 'not_found' | 'invalid_index';
+export type ModelStoreErrorCode = 'invalid_name' | 'invalid_bundle' | 'checksum_mismatch' | 'conflict' | 'not_found' | 'invalid_index' | 'newer_format';
 
 /** A model store failure; `code` says which, the message says what to do. Never retryable. */
 export class ModelStoreError extends ClipagError {
@@ -72,20 +72,42 @@ export class ModelStoreError extends ClipagError {
   readonly retryable = false;
   constructor(code: ModelStoreErrorCode, message: string, options: { cause?: unknown } = {}) {
     super(code, message, options);
-    this.status = code === 'conflict' ? 409 : code === 'not_found' ? 404 : 400;
+    // newer_format: the deployment cannot read its own store, which is no request's fault.
+    this.status = code === 'conflict' ? 409 : code === 'not_found' ? 404 : code === 'newer_format' ? 500 : 400;
   }
 }
 
+/** The newest index format this version reads (and the one it writes). */
+export const MODEL_INDEX_FORMAT_VERSION = 2;
+
+/**
+ * An index a newer clipag wrote, in a format_version this version does not know (its files may be laid
+ * out or described otherwise): not corrupt, and no re-push fixes it; the deployment is behind the CLI
+ * that pushed it. `contentHash` is the bundle content it names, when it names one as this version does.
+ */
+export class NewerModelIndexError extends ModelStoreError {
+  constructor(
+    where: string,
+    readonly formatVersion: number,
+    readonly contentHash: string | undefined,
+  ) {
+    super('newer_format', `${where} was written by a newer clipag (index format_version ${formatVersion}; this version reads 1 to ${MODEL_INDEX_FORMAT_VERSION}): upgrade the workers and the API (and this clipag CLI) to the version that pushed it`);
+  }
+}
+
+// The index, its file entries and its summary keep fields this version does not know (a newer clipag
+// may describe more of a bundle): they are read as before and listed. A change in how the files are
+// stored or checked is no such field: it takes a new format_version, which this version refuses.
 export const ModelIndexFileSchema = z
   .object({ path: z.string().min(1), sha256: z.string().regex(SHA256_RE), size: z.number().int().nonnegative() })
-  .strict();
+  .loose();
 export type ModelIndexFile = z.infer<typeof ModelIndexFileSchema>;
 
 export const ModelIndexSchema = z
   .object({
     format: z.literal(MODEL_INDEX_FORMAT),
     /** 1: files at models/<name>/<path>; 2: at models/<name>/<content_hash>/<path>. */
-    format_version: z.union([z.literal(1), z.literal(2)]),
+    format_version: z.union([z.literal(1), z.literal(MODEL_INDEX_FORMAT_VERSION)]),
     name: z.string().regex(MODEL_NAME_RE),
     /** sha256 over `<sha256>  <path>\n` of every file, sorted by path. */
     content_hash: z.string().regex(SHA256_RE),
@@ -103,9 +125,9 @@ export const ModelIndexSchema = z
         license: z.string().optional(),
         source: z.string().optional(),
       })
-      .strict(),
+      .loose(),
   })
-  .strict();
+  .loose();
 export type ModelIndex = z.infer<typeof ModelIndexSchema>;
 
 export function assertModelName(name: string): void {
@@ -146,6 +168,11 @@ export function parseModelIndex(bytes: Uint8Array, where: string): ModelIndex {
   } catch (e) {
     throw new ModelStoreError('invalid_index', `${where} is not valid JSON (${(e as Error).message}); re-push the model with clipag models push DIR --name NAME --force`);
   }
+  const newer = newerFormat(raw);
+  if (newer !== undefined) {
+    const hash = (raw as { content_hash?: unknown }).content_hash;
+    throw new NewerModelIndexError(where, newer, typeof hash === 'string' && SHA256_RE.test(hash) ? hash : undefined);
+  }
   const parsed = ModelIndexSchema.safeParse(raw);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
@@ -158,6 +185,13 @@ export function parseModelIndex(bytes: Uint8Array, where: string): ModelIndex {
   }
   for (const f of index.files) checkBundlePath(f.path, where);
   return index;
+}
+
+/** The format_version of an index of this store's format that is newer than this version reads. */
+function newerFormat(raw: unknown): number | undefined {
+  if (typeof raw !== 'object' || raw === null) return undefined;
+  const { format, format_version: version } = raw as { format?: unknown; format_version?: unknown };
+  return format === MODEL_INDEX_FORMAT && Number.isInteger(version) && (version as number) > MODEL_INDEX_FORMAT_VERSION ? (version as number) : undefined;
 }
 
 function checkBundlePath(path: string, where: string): void {
@@ -313,8 +347,11 @@ export class ModelStore {
     return index;
   }
 
-  /** Every completely pushed model (sorted by name). Unreadable indexes are skipped with a warning. */
-  async list(): Promise<ModelIndex[]> {
+  /**
+   * Every completely pushed model (sorted by name). Unreadable indexes (a newer clipag's among them)
+   * are skipped with a warning, and told to `onSkipped`: the model is there, this version cannot read it.
+   */
+  async list(options: { onSkipped?: (name: string, error: ModelStoreError) => void } = {}): Promise<ModelIndex[]> {
     const names: string[] = [];
     let cursor: string | undefined;
     do {
@@ -333,6 +370,7 @@ export class ModelStore {
       } catch (e) {
         if (!(e instanceof ModelStoreError)) throw e;
         this.options.onWarning?.(`model ${name} skipped: ${e.message}`);
+        options.onSkipped?.(name, e);
       }
     }
     return out;
@@ -380,7 +418,7 @@ export class ModelStore {
     const contentHash = bundleContentHash(files);
     const index: ModelIndex = {
       format: MODEL_INDEX_FORMAT,
-      format_version: 2,
+      format_version: MODEL_INDEX_FORMAT_VERSION,
       name: target,
       content_hash: contentHash,
       files,
@@ -400,11 +438,13 @@ export class ModelStore {
       }
     } catch (e) {
       if (!(e instanceof ModelStoreError) || !options.force) {
+        // A newer clipag's index is not broken: replacing it would take the model back to this version's format.
+        if (e instanceof NewerModelIndexError) throw new ModelStoreError('conflict', `${e.message}; to replace it in this version's format anyway, push again with --force`, { cause: e });
         if (e instanceof ModelStoreError) throw new ModelStoreError('conflict', `${e.message} (to overwrite the broken entry, push again with --force)`, { cause: e });
         throw e;
       }
     }
-    const sameBundle = existing?.content_hash === contentHash && existing.format_version === 2;
+    const sameBundle = existing?.content_hash === contentHash && existing.format_version === MODEL_INDEX_FORMAT_VERSION;
     if (existing && existing.content_hash !== contentHash && !options.force) {
       throw new ModelStoreError('conflict', `model "${target}" already exists in the store with a different bundle (content hash ${existing.content_hash.slice(0, 12)}…, pushed ${existing.pushed_at}; yours is ${contentHash.slice(0, 12)}…). Push under another --name, or pass --force to replace it (workers pick up the new bundle within a minute).`);
     }

@@ -2,7 +2,7 @@ import type { BlobStore } from './ports.ts';
 import { jobOutputsPrefix } from './keys.ts';
 import { costUsd } from './run-stats.ts';
 import { imageSeed } from './schemas/generation.ts';
-import type { JobRecord, JobWebhook } from './schemas/job.ts';
+import { shownContentFlags, shownError, shownOutputFlags, shownUsage, type JobRecord, type JobWebhook } from './schemas/job.ts';
 import type { GenerationView, WebhookStatus } from './schemas/view.ts';
 
 /**
@@ -113,7 +113,8 @@ export async function generationView(
   const deleted = job.deleted_at !== undefined;
   const outputs = await Promise.all(
     (deleted ? [] : job.outputs).map(async (output, k) => {
-      const flags = checks.get(indices[k]!)?.flags;
+      const stored = checks.get(indices[k]!)?.flags;
+      const flags = stored && shownOutputFlags(stored);
       return {
         index: indices[k]!,
         seed: imageSeed(job.id, job.spec, indices[k]!),
@@ -122,12 +123,12 @@ export async function generationView(
         width: output.width,
         height: output.height,
         ...(output.clip_score !== undefined ? { clip_score: output.clip_score } : {}),
-        ...(flags ? { content_flags: flags } : {}),
+        ...(flags?.length ? { content_flags: flags } : {}),
       };
     }),
   );
   // A deleted generation's findings are blanked (deletedRecord): which images were withheld still shows, not why.
-  const withheld = (job.output_checks ?? []).filter((c) => c.withheld).map((c) => ({ index: c.index, content_flags: deleted ? [] : c.flags }));
+  const withheld = (job.output_checks ?? []).filter((c) => c.withheld).map((c) => ({ index: c.index, content_flags: deleted ? [] : shownOutputFlags(c.flags) }));
   const w = job.webhook;
   // The price of the run's day where the worker kept it; today's otherwise.
   const hourly = job.hourly_usd ?? options.workerHourlyUsd;
@@ -143,11 +144,11 @@ export async function generationView(
     outputs,
     outputs_expire_at: deleted ? null : outputsExpireAt(job, options.outputRetentionDays),
     withheld_outputs: withheld,
-    error: job.error,
-    usage: { ...job.usage, cost_usd: hourly === undefined ? null : costUsd(job.usage.worker_seconds, hourly), hourly_usd: hourly ?? null },
+    error: shownError(job.error),
+    usage: { ...shownUsage(job.usage), cost_usd: hourly === undefined ? null : costUsd(job.usage.worker_seconds, hourly), hourly_usd: hourly ?? null },
     warnings: job.warnings ?? [],
     request: job.spec,
-    content_flags: job.content_flags ?? [],
+    content_flags: shownContentFlags(job.content_flags ?? []),
     metadata: job.metadata ?? {},
     api_key_id: job.api_key_id ?? null,
     deleted_at: job.deleted_at ?? null,

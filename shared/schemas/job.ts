@@ -8,6 +8,11 @@ export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancel
 export const JobStatus = z.enum(JOB_STATUSES).openapi('JobStatus');
 export type JobStatus = z.infer<typeof JobStatus>;
 
+// The status stays a closed enum in the stored record, unlike the nested objects and the flag
+// categories below: every reader acts on it (the worker claims `queued`, a cancel or a delete asks
+// whether it is terminal, the sweeps pick `queued`, the list filters by it), and a state this version
+// does not know cannot be acted on safely, nor shown (GenerationView's status is this enum). A record
+// with one reads as corrupt (ADR 0002): a new status ships in two deploys, readers first.
 export const TERMINAL_STATUSES: ReadonlySet<JobStatus> = new Set(['succeeded', 'failed', 'canceled']);
 export function isTerminal(status: JobStatus): boolean {
   return TERMINAL_STATUSES.has(status);
@@ -22,7 +27,8 @@ export const JobOutput = z
     height: z.number().int().positive(),
     clip_score: z.number().finite().optional(),
   })
-  .strict()
+  // Keys a newer version adds are kept (ADR 0002), here and in every nested object of the record below.
+  .loose()
   .openapi('JobOutput');
 
 export const JobError = z
@@ -36,6 +42,9 @@ export const JobError = z
   .strict()
   .openapi('JobError');
 
+/** JobError as stored: keys a newer version adds are kept (ADR 0002); JobError is what a view shows. */
+export const StoredJobError = z.object(JobError.shape).loose();
+
 export const JobUsage = z
   .object({
     encoder_passes: z.number().int().nonnegative(),
@@ -44,9 +53,12 @@ export const JobUsage = z
   .strict()
   .openapi('JobUsage');
 
+/** JobUsage as stored: figures a newer worker adds are kept (ADR 0002); JobUsage is what a view shows. */
+export const StoredJobUsage = z.object(JobUsage.shape).loose();
+
 export const JobProgress = z
   .object({ step: z.number().int().nonnegative(), total: z.number().int().nonnegative() })
-  .strict()
+  .loose()
   .refine((p) => p.step <= p.total, { message: 'step must not exceed total' });
 
 /**
@@ -68,7 +80,7 @@ export const JobWebhook = z
     claimed_until: Timestamp.nullable(),
     last_error: z.string().max(500).nullable(),
   })
-  .strict()
+  .loose()
   .openapi('JobWebhook');
 
 /** A prompt policy finding the caller should know of (shared/prompt-policy.ts). */
@@ -82,6 +94,12 @@ export const ContentFlag = z
   })
   .strict()
   .openapi('ContentFlag');
+
+/**
+ * A content flag as stored: a category a newer policy added (or keys a newer version added) is
+ * carried, not refused (ADR 0002); a view shows only the flags ContentFlag describes (shownContentFlags).
+ */
+export const StoredContentFlag = z.object({ ...ContentFlag.shape, category: z.string().min(1).max(64) }).loose();
 
 export const MAX_JOB_WARNINGS = 20;
 export const MAX_JOB_WARNING_CHARS = 1000;
@@ -99,15 +117,21 @@ export const OutputFlag = z
   .strict()
   .openapi('OutputFlag');
 
+/**
+ * An output flag as stored: a category or action a newer version added is carried, not refused (the
+ * image's fate is `withheld`, not the action); a view shows only the flags OutputFlag describes.
+ */
+export const StoredOutputFlag = z.object({ ...OutputFlag.shape, category: z.string().min(1).max(64), action: z.string().min(1).max(64) }).loose();
+
 /** The output check of one image that matched a rule: what it matched, and whether it was kept from the caller. */
 export const OutputCheck = z
   .object({
     /** The image's index among the n asked for (its seed is seed + index). */
     index: z.number().int().nonnegative().max(MAX_IMAGES - 1),
     withheld: z.boolean(),
-    flags: z.array(OutputFlag).min(1).max(MAX_JOB_WARNINGS),
+    flags: z.array(StoredOutputFlag).min(1).max(MAX_JOB_WARNINGS),
   })
-  .strict();
+  .loose();
 
 /** The job record: one JSON document per job in the blob store (see docs/adr/0002). */
 export const JobRecord = z
@@ -123,8 +147,8 @@ export const JobRecord = z
     started_at: Timestamp.nullable(),
     finished_at: Timestamp.nullable(),
     outputs: z.array(JobOutput),
-    error: JobError.nullable(),
-    usage: JobUsage,
+    error: StoredJobError.nullable(),
+    usage: StoredJobUsage,
     cancel_requested: z.boolean(),
     /** How many times a worker has started this job (redeliveries included). */
     attempts: z.number().int().nonnegative(),
@@ -150,7 +174,7 @@ export const JobRecord = z
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
     /** What the prompt policy flagged (not refused) at the job's creation (ADR 0015); absent: nothing. */
-    content_flags: z.array(ContentFlag).max(MAX_JOB_WARNINGS).optional(),
+    content_flags: z.array(StoredContentFlag).max(MAX_JOB_WARNINGS).optional(),
     /**
      * The images the output check matched (ADR 0017), by image index; absent: none matched. A
      * withheld image is not among `outputs` (nor stored): `outputs` lists the others in index order.
@@ -159,9 +183,9 @@ export const JobRecord = z
     /** The completion webhook the request asked for; absent: none. */
     webhook: JobWebhook.optional(),
     /**
-     * Unique to the delivery attempt that holds `webhook.claimed_until` (a top-level field, so a
-     * version without it keeps it rather than finding the strict webhook object corrupt): a claim
-     * whose reply was lost is still recognised as its own.
+     * Unique to the delivery attempt that holds `webhook.claimed_until` (a top-level field: it came
+     * when the webhook object was still strict, and a version of then keeps it): a claim whose reply
+     * was lost is still recognised as its own.
      */
     webhook_claim: z.string().min(1).max(100).optional(),
     /**
@@ -195,9 +219,11 @@ export const JobRecord = z
     /** sha256 hex of the canonical request body, to tell a replay from a conflicting reuse of a key. */
     body_hash: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
   })
-  // Top-level fields this version does not know are kept, not refused: the API and the worker deploy
-  // apart (and roll back apart), and a field a newer side added (warnings, lease_*, enqueued_at)
-  // must neither make the record "corrupt" to the older side nor be dropped by its writes.
+  // Fields this version does not know are kept, not refused, at the top level and in every nested
+  // object but the spec (ADR 0002): the API and the worker deploy apart (and roll back apart), and a
+  // field a newer side added (warnings, lease_*, enqueued_at, a usage figure) must neither make the
+  // record "corrupt" to the older side nor be dropped by its writes. The spec stays strict: a worker
+  // must not run a request it does not fully understand.
   .loose()
   .openapi('JobRecord');
 
@@ -209,6 +235,41 @@ export type JobWebhook = z.output<typeof JobWebhook>;
 export type ContentFlag = z.output<typeof ContentFlag>;
 export type OutputFlag = z.output<typeof OutputFlag>;
 export type OutputCheck = z.output<typeof OutputCheck>;
+export type StoredContentFlag = z.output<typeof StoredContentFlag>;
+export type StoredOutputFlag = z.output<typeof StoredOutputFlag>;
+
+// What a view shows of the stored objects: the fields and values this version documents
+// (shared/schemas/view.ts), never a key or a value a newer version added to the record.
+
+const isKnownCategory = (category: string): category is ContentFlag['category'] => (POLICY_CATEGORIES as readonly string[]).includes(category);
+const OUTPUT_ACTIONS: readonly string[] = OutputFlag.shape.action.options;
+
+/** The usage figures JobUsage documents. */
+export function shownUsage(usage: JobRecord['usage']): JobUsage {
+  return { encoder_passes: usage.encoder_passes, worker_seconds: usage.worker_seconds };
+}
+
+/** The error as JobError documents it. */
+export function shownError(error: JobRecord['error']): JobError | null {
+  return error === null ? null : { code: error.code, message: error.message };
+}
+
+/**
+ * The content flags of a category this version documents, with their documented fields. A flag of a
+ * category a newer version added is left out: this version's view (and its clients) know no such value.
+ */
+export function shownContentFlags(flags: readonly StoredContentFlag[]): ContentFlag[] {
+  return flags.flatMap((f) => (isKnownCategory(f.category) ? [{ rule: f.rule, category: f.category, term: f.term, message: f.message, param: f.param }] : []));
+}
+
+/** The output flags of a category and action this version documents, with their documented fields (as shownContentFlags). */
+export function shownOutputFlags(flags: readonly StoredOutputFlag[]): OutputFlag[] {
+  return flags.flatMap((f) =>
+    isKnownCategory(f.category) && OUTPUT_ACTIONS.includes(f.action)
+      ? [{ rule: f.rule, category: f.category, action: f.action as OutputFlag['action'], concept: f.concept, message: f.message, cosine: f.cosine }]
+      : [],
+  );
+}
 
 /** What a deleted generation's record keeps of its prompts. */
 /**
@@ -255,7 +316,9 @@ export function deletedRecord(job: JobRecord, at: string): JobRecord {
  * record keeps its shape (an older API or worker reads it), the views show none of it.
  */
 function deletedOutputCheck(check: OutputCheck): OutputCheck {
-  return { ...check, flags: check.flags.map((flag) => ({ ...flag, concept: DELETED_TEXT, message: DELETED_TEXT, cosine: 0 })) };
+  // Only the fields this version knows to be bookkeeping stay: a key a newer version added to a flag
+  // may say more of what was found in the image, which goes with it.
+  return { ...check, flags: check.flags.map((flag) => ({ rule: flag.rule, category: flag.category, action: flag.action, concept: DELETED_TEXT, message: DELETED_TEXT, cosine: 0 })) };
 }
 
 /** A deleted generation's error message: the code says what happened. */
