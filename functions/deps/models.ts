@@ -1,6 +1,6 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { isOtherBundleKind, type ModelIndex, ModelStore, readManifestText } from '../../shared/modelstore.ts';
+import { isOtherBundleKind, type ModelIndex, ModelStore, NewerModelIndexError, readManifestText } from '../../shared/modelstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import type { ModelInfo } from '../schemas.ts';
 import { MODEL_NAME_PATTERN } from '../../shared/schemas/common.ts';
@@ -60,6 +60,17 @@ export function fromIndex(index: ModelIndex): DeployedModel {
   };
 }
 
+/**
+ * The models pushed to a store. One whose index a newer clipag wrote (a higher format_version) is
+ * listed by name only, as the image's default model is: it is there, and a newer worker serves it; a
+ * request naming it must not be refused as naming an unknown model. Unreadable indexes are not listed.
+ */
+async function pushedModels(blobs: BlobStore): Promise<DeployedModel[]> {
+  const newer: DeployedModel[] = [];
+  const read = await new ModelStore(blobs).list({ onSkipped: (name, error) => error instanceof NewerModelIndexError && newer.push({ id: name }) });
+  return [...read.map(fromIndex), ...newer];
+}
+
 /** A local bundle folder's entry from its manifest.json (by name only when the manifest is unreadable: the worker reports that). */
 function fromManifest(name: string, dir: string): DeployedModel {
   try {
@@ -92,7 +103,7 @@ export function modelsFromDir(modelsDir: string, defaultModel: string, options: 
           .filter((e) => e.isDirectory() && MODEL_NAME.test(e.name) && existsSync(join(modelsDir, e.name, 'manifest.json')) && !isOtherBundleKind(join(modelsDir, e.name)))
           .map((e) => fromManifest(e.name, join(modelsDir, e.name)))
       : [];
-    const pushed = options.store ? (await new ModelStore(options.store).list()).map(fromIndex) : [];
+    const pushed = options.store ? await pushedModels(options.store) : [];
     return mark([...local, ...pushed], defaultModel);
   });
 }
@@ -104,7 +115,7 @@ export function modelsFromDir(modelsDir: string, defaultModel: string, options: 
  */
 export function modelsFromBucket(blobs: BlobStore, defaultModel: string, options: { defaultInputSize?: number | undefined } = {}): () => Promise<DeployedModel[]> {
   return memoizeModels(async () => {
-    const pushed = (await new ModelStore(blobs).list()).map(fromIndex);
+    const pushed = await pushedModels(blobs);
     // The image's default model: its input size as the CDK read it from the repo, so that a request
     // naming no size gets the size the worker warms (ADR 0020).
     const shipped: DeployedModel = { id: defaultModel, ...(options.defaultInputSize !== undefined ? { input_size: options.defaultInputSize } : {}) };

@@ -82,6 +82,15 @@ describe('an index in a format_version this version does not know', () => {
     expect(warnings).toEqual([expect.stringMatching(/^model future skipped: .*written by a newer clipag/)]);
   });
 
+  it("the API lists it by name only (a newer worker serves it: a request naming it is no 'unknown model'); an unreadable index is not listed", async () => {
+    const blobs = localBlobs();
+    await pushedThenRewritten(blobs, 'future', newer);
+    await pushedThenRewritten(blobs, 'broken', (index) => {
+      index.files = 'not a list';
+    });
+    expect(await modelsFromDir(tmp('no-models'), 'future', { store: blobs })()).toEqual([{ id: 'future', default: true }]);
+  });
+
   it('a worker that has not served it fails the attempt as retryable (another worker, or a later try, may read it), never invalid_model', async () => {
     const blobs = localBlobs();
     await pushedThenRewritten(blobs, 'future', newer);
