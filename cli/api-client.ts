@@ -1,6 +1,7 @@
 // A client of the clipag HTTP API that retries the way the README asks (Limits, HTTP errors), for
-// `clipag remote`. Fetch only: no SDK, no dependency. Answers are checked against the API's own zod
-// schemas (GenerationView, UploadView).
+// `clipag remote`. Fetch only: no SDK, no dependency. A 2xx answer is checked for what this client reads
+// of it and no more (ClientGeneration, below), so that a newer API, which adds fields and enum values,
+// is still read; an answer that is not the API's at all is refused.
 //
 // Retry rules, in one place:
 // - 429 and 503 with the error envelope and Retry-After (rate_limited, too_many_active_jobs,
@@ -34,14 +35,55 @@
 // credentials or a URL's query (a signed URL's signature).
 import { isIP } from 'node:net';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import type { z } from '@hono/zod-openapi';
+import { z } from '@hono/zod-openapi';
 import type { ErrorEnvelope } from '../shared/schemas/error.ts';
 import type { GenerationRequest } from '../shared/schemas/generation.ts';
-import { GenerationView } from '../shared/schemas/view.ts';
-import { EstimateView, GenerationList, UploadView, WebhookSecretCreated, WebhookSecretDeleted, WebhookSecretStatus, type UploadRequest } from '../functions/schemas.ts';
+import { JOB_STATUSES } from '../shared/schemas/job.ts';
+import { UploadView, WebhookSecretCreated, WebhookSecretDeleted, WebhookSecretStatus, type UploadRequest } from '../functions/schemas.ts';
+
+/**
+ * A generation as this client reads it: the fields `clipag remote` uses, checked as far as it uses them.
+ * Not the API's GenerationView, which is closed (nested objects strict, statuses and policy categories
+ * enums): a server one version newer, with a request parameter, a usage figure, a status or a category
+ * this version does not know, was "not a clipag API" to it, and a POST it had answered (the job made,
+ * and charged) was reported lost. Here keys it does not know pass at every level (and stay in the
+ * answer, for --json), and enum values are plain strings; `object` is still "generation" and each
+ * field used must be there with its type, so what is not the API's answer is still refused.
+ */
+const ClientGeneration = z.looseObject({
+  id: z.string().min(1),
+  object: z.literal('generation'),
+  // Any status: one this version does not know (a newer server's) is shown as it is and is not taken for
+  // an end (remote.ts `ended` names the three that end a generation), so the run waits for one of those.
+  status: z.string().min(1),
+  progress: z.looseObject({ step: z.number(), total: z.number(), attempt: z.number() }),
+  cancel_requested: z.boolean(),
+  outputs: z.array(
+    z.looseObject({
+      index: z.number().int().nonnegative(),
+      seed: z.number(),
+      url: z.string(),
+      clip_score: z.number().optional(),
+      content_flags: z.array(z.looseObject({ category: z.string(), action: z.string(), concept: z.string(), cosine: z.number(), message: z.string() })).optional(),
+    }),
+  ),
+  withheld_outputs: z.array(z.looseObject({ index: z.number().int().nonnegative(), content_flags: z.array(z.looseObject({ rule: z.string() })) })),
+  error: z.looseObject({ code: z.string(), message: z.string() }).nullable(),
+  usage: z.looseObject({ cost_usd: z.number().nullable() }),
+  warnings: z.array(z.string()),
+  request: z.looseObject({ model: z.string(), width: z.number(), height: z.number(), steps: z.number(), n: z.number().int().positive(), init: z.string() }),
+  content_flags: z.array(z.looseObject({ category: z.string(), term: z.string(), message: z.string() })),
+  webhook: z.looseObject({ secret: z.string().optional() }).nullable(),
+  deleted_at: z.string().nullable(),
+});
+/** GET /v1/generations: only `data` is read (the idempotency-key lookup). */
+const ClientGenerationList = z.looseObject({ object: z.literal('list'), data: z.array(ClientGeneration) });
+/** POST /v1/estimates: its answer is not read (the request check is the call's point), only told from another's. */
+const ClientEstimate = z.looseObject({ object: z.literal('estimate') });
 
 export type GenerationBody = z.input<typeof GenerationRequest>;
-export type Generation = GenerationView;
+export type Generation = z.output<typeof ClientGeneration>;
+export type Estimate = z.output<typeof ClientEstimate>;
 export type Upload = z.output<typeof UploadView>;
 type UploadBody = z.input<typeof UploadRequest>;
 export type WebhookSecret = z.output<typeof WebhookSecretCreated>;
@@ -273,6 +315,8 @@ export class ClipagClient {
   readonly #fetch: typeof fetch;
   readonly #random: () => number;
   readonly #sleep: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
+  /** Statuses this version does not know that were already said (#statusSaid). */
+  readonly #unknownStatuses = new Set<string>();
 
   constructor(opts: ClientOptions) {
     // A trailing slash, so that relative paths land under a stage path ("…/prod/" + "v1/…").
@@ -310,26 +354,26 @@ export class ClipagClient {
    * POST /v1/estimates: the API's own checks of a request (the content policy, the model, sizes) and
    * what it would take, with nothing queued, uploaded or charged.
    */
-  async estimate(body: GenerationBody, o: CallOptions): Promise<z.output<typeof EstimateView>> {
-    return (await this.#api<z.output<typeof EstimateView>>('POST', 'v1/estimates', EstimateView, 'an estimate', { ...o, body })).json;
+  async estimate(body: GenerationBody, o: CallOptions): Promise<Estimate> {
+    return (await this.#api<Estimate>('POST', 'v1/estimates', ClientEstimate, 'an estimate', { ...o, body })).json;
   }
 
   /** POST /v1/generations with its Idempotency-Key (the same on every retry) and `Prefer: wait` when waitSec > 0. */
   async createGeneration(body: GenerationBody, o: CallOptions & { idempotencyKey: string; waitSec: number }): Promise<{ generation: Generation; replayed: boolean; held: boolean }> {
-    const { json, res } = await this.#api<Generation>('POST', 'v1/generations', GenerationView, 'a generation', {
+    const { json, res } = await this.#api<Generation>('POST', 'v1/generations', ClientGeneration, 'a generation', {
       ...o,
       body,
       headers: { 'Idempotency-Key': o.idempotencyKey },
       resend: 'with the same Idempotency-Key',
       patientWith: ACTIVE_LIMIT_CODES,
     });
-    return { generation: json, replayed: res.headers.get('idempotent-replayed') === 'true', held: res.headers.has('preference-applied') };
+    return { generation: this.#statusSaid(json), replayed: res.headers.get('idempotent-replayed') === 'true', held: res.headers.has('preference-applied') };
   }
 
   /** GET /v1/generations/{id}, held with `Prefer: wait` when waitSec > 0. `held`: the API honoured the wait. */
   async getGeneration(id: string, o: CallOptions & { waitSec: number }): Promise<{ generation: Generation; held: boolean }> {
-    const { json, res } = await this.#api<Generation>('GET', `v1/generations/${encodeURIComponent(id)}`, GenerationView, 'a generation', o);
-    return { generation: json, held: res.headers.has('preference-applied') };
+    const { json, res } = await this.#api<Generation>('GET', `v1/generations/${encodeURIComponent(id)}`, ClientGeneration, 'a generation', o);
+    return { generation: this.#statusSaid(json), held: res.headers.has('preference-applied') };
   }
 
   /**
@@ -340,13 +384,26 @@ export class ClipagClient {
    * caller goes on as it did before there was a lookup.
    */
   async generationByKey(key: string, o: CallOptions): Promise<Generation | null> {
-    const { json, res } = await this.#api<z.output<typeof GenerationList>>('GET', `v1/generations?${new URLSearchParams({ idempotency_key: key })}`, GenerationList, 'a list of generations', o);
-    return res.headers.get('idempotency-key') === key ? (json.data[0] ?? null) : null;
+    const { json, res } = await this.#api<z.output<typeof ClientGenerationList>>('GET', `v1/generations?${new URLSearchParams({ idempotency_key: key })}`, ClientGenerationList, 'a list of generations', o);
+    const found = res.headers.get('idempotency-key') === key ? json.data[0] : undefined;
+    return found ? this.#statusSaid(found) : null;
   }
 
   /** POST /v1/generations/{id}/cancel (idempotent; 409 job_terminal once it succeeded or failed). */
   async cancelGeneration(id: string, o: CallOptions): Promise<Generation> {
-    return (await this.#api<Generation>('POST', `v1/generations/${encodeURIComponent(id)}/cancel`, GenerationView, 'a generation', o)).json;
+    return this.#statusSaid((await this.#api<Generation>('POST', `v1/generations/${encodeURIComponent(id)}/cancel`, ClientGeneration, 'a generation', o)).json);
+  }
+
+  /**
+   * A generation whose status this version does not know (a newer API's) is said once per status, so
+   * that a run waiting through it, until --timeout, is not a mystery. The status is passed on as it is.
+   */
+  #statusSaid(g: Generation): Generation {
+    if (!(JOB_STATUSES as readonly string[]).includes(g.status) && !this.#unknownStatuses.has(g.status)) {
+      this.#unknownStatuses.add(g.status);
+      this.#note(`clipag remote: generation ${g.id} is ${JSON.stringify(g.status)}, a status this clipag does not know (the API is newer than it): not taken for an end, it is waited on until the generation succeeds, fails or is canceled`);
+    }
+    return g;
   }
 
   /**

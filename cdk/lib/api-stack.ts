@@ -1,4 +1,4 @@
-import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
@@ -45,6 +45,18 @@ export const BUNDLING: nodejs.BundlingOptions = {
 };
 
 /**
+ * The alias of both functions that their callers invoke (the HTTP API's integration, the sweep's
+ * schedule), pointing at the version each deploy publishes. Earlier versions are kept, so an operator
+ * rolls the API back in seconds by pointing the alias at one (`aws lambda update-alias`), without a
+ * redeploy of old code, and without touching the worker. A version holds its code and its
+ * configuration (environment, memory, timeout), not its role: grants are always the current deploy's.
+ */
+export const LIVE_ALIAS = 'live';
+
+/** Earlier versions stay (a rollback needs them); CDK's default deletes each once its successor is published. */
+const KEEP_VERSIONS: lambda.VersionOptions = { removalPolicy: RemovalPolicy.RETAIN };
+
+/**
  * The public API: one Lambda running the Hono app behind an HTTP API. HTTP API rather than
  * REST API: about a third of the price per request, lower latency, and stage-level
  * throttling is all the product needs (per-account limits live in the app, the request counts in
@@ -54,6 +66,10 @@ export const BUNDLING: nodejs.BundlingOptions = {
 export class ApiStack extends Stack {
   readonly handler: nodejs.NodejsFunction;
   readonly sweeper: nodejs.NodejsFunction;
+  /** What the HTTP API invokes: the handler's LIVE_ALIAS. */
+  readonly handlerAlias: lambda.Alias;
+  /** What the sweep's schedule invokes: the sweep's LIVE_ALIAS. */
+  readonly sweeperAlias: lambda.Alias;
   /** The sweep's log group: each sweep logs one `queued-job sweep` line with its figures (the alarms read `oldestQueuedSec`). */
   readonly sweeperLogGroup: logs.LogGroup;
   /** The handler's log group: the app's warn and error lines (the dashboard links to it). */
@@ -103,6 +119,7 @@ export class ApiStack extends Stack {
       logGroup,
       tracing: lambda.Tracing.DISABLED,
       bundling: BUNDLING,
+      currentVersionOptions: KEEP_VERSIONS,
       // The rate limit is the handler's alone: the sweep serves no requests and may not touch the table.
       environment: {
         ...environment,
@@ -112,6 +129,7 @@ export class ApiStack extends Stack {
         [ENV.maxWaits]: String(config.maxWaitsPerAccount),
       },
     });
+    this.handlerAlias = new lambda.Alias(this, 'HandlerLive', { aliasName: LIVE_ALIAS, version: this.handler.currentVersion });
 
     // Least privilege, per prefix. The API creates and updates job records (cancel,
     // idempotency), marks a new job's message pending until it is sent, reads API keys, signs PUT
@@ -155,7 +173,16 @@ export class ApiStack extends Stack {
       maxEventAge: Duration.minutes(config.queuedJobSweepMinutes),
       logGroup: sweeperLogs,
       bundling: BUNDLING,
+      currentVersionOptions: KEEP_VERSIONS,
       environment,
+    });
+    // Lambda keeps the settings of asynchronous invocation per qualifier: the function's own above hold
+    // only for an unqualified invoke, so the alias the schedule invokes states them again.
+    this.sweeperAlias = new lambda.Alias(this, 'QueuedJobSweeperLive', {
+      aliasName: LIVE_ALIAS,
+      version: this.sweeper.currentVersion,
+      retryAttempts: 0,
+      maxEventAge: Duration.minutes(config.queuedJobSweepMinutes),
     });
     // The sweep reads and updates job records (the re-send stamp, webhook attempts), drops markers
     // whose work is done, sends messages, and signs output links for the webhooks it retries. It
@@ -172,12 +199,12 @@ export class ApiStack extends Stack {
       description: 'Runs the queued-job sweep',
       schedule: events.Schedule.rate(Duration.minutes(config.queuedJobSweepMinutes)),
       // No retries: the next scheduled sweep is the retry, and sweeps are idempotent.
-      targets: [new targets.LambdaFunction(this.sweeper, { retryAttempts: 0 })],
+      targets: [new targets.LambdaFunction(this.sweeperAlias, { retryAttempts: 0 })],
     });
 
     this.httpApi = new apigw.HttpApi(this, 'HttpApi', {
       description: `clipag public API (${config.stage})`,
-      defaultIntegration: new HttpLambdaIntegration('HandlerIntegration', this.handler),
+      defaultIntegration: new HttpLambdaIntegration('HandlerIntegration', this.handlerAlias),
       // The stage is declared below so throttling and access logs can be set on it.
       createDefaultStage: false,
     });
@@ -222,5 +249,6 @@ export class ApiStack extends Stack {
     new CfnOutput(this, 'HandlerFunctionName', { value: this.handler.functionName, description: 'The API Lambda' });
     new CfnOutput(this, 'QueuedJobSweepFunctionName', { value: this.sweeper.functionName, description: 'The queued-job sweep Lambda' });
     new CfnOutput(this, 'QueuedJobSweepLogGroupName', { value: sweeperLogs.logGroupName, description: "The queued-job sweep's lines" });
+    new CfnOutput(this, 'LiveAliasName', { value: LIVE_ALIAS, description: 'The alias of both functions the HTTP API and the sweep schedule invoke (roll back: aws lambda update-alias --function-version)' });
   }
 }

@@ -58,9 +58,17 @@ export function buildClipag(app: App, config: StageConfig, options: ClipagOption
     apiAccessLogGroup: api.accessLogGroup,
   });
 
-  // Readers before writers: the worker writes job-record fields (e.g. `warnings`) that the API's
-  // strict schema must already know, so `cdk deploy --all` updates the API stack first.
-  worker.addStackDependency(api, 'the API must read every job-record field the worker writes');
+  // `cdk deploy --all` updates the API stack before the worker stack. Not an order left to choose: the
+  // worker stack's alarms and dashboard read the API stack's functions, log groups and HTTP API, so it
+  // depends on the API stack anyway (the other way round is a cycle). It puts the reader first for what
+  // the worker writes and the API reads (outputs, usage, status, warnings), and the writer first for what
+  // the API writes and the worker reads (the spec, queue messages). No order is safe both ways, and a
+  // rollback of either side (the ECS circuit breaker, the API's alias) leaves any mix of versions running.
+  // So the rule is two-phase (ADR 0002): first every reader tolerates what a newer writer adds (unknown
+  // keys, versions and enum values); a later release, or a flag turned on once every worker runs the
+  // reader, writes it. Meanwhile a worker handed what it cannot read yet releases it without counting a
+  // delivery, and the job waits (the queued-wait alarm) rather than fails.
+  worker.addStackDependency(api, "the worker stack's alarms and dashboard read the API stack; the API reads what the worker writes");
 
   for (const stack of [stateful, api, worker]) {
     Tags.of(stack).add('project', 'clipag');

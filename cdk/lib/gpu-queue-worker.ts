@@ -1,4 +1,4 @@
-import { Duration, Size, Stack } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy, Size, Stack } from 'aws-cdk-lib';
 import * as appscaling from 'aws-cdk-lib/aws-applicationautoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -55,6 +55,14 @@ export class GpuQueueWorker extends Construct {
       networkMode: ecs.NetworkMode.BRIDGE,
     });
     this.taskRole = this.taskDefinition.taskRole;
+    // Each deploy that changes the task registers a new revision, and CloudFormation then deregisters the
+    // one before; ECS moves no service back to a deregistered (INACTIVE) revision. Kept ACTIVE (they cost
+    // nothing), the fleet rolls back in seconds with `aws ecs update-service --task-definition
+    // <family>:<revision>`: the breaker below cannot, while the service is at zero tasks (nothing starts
+    // during the deploy, so a broken image shows only once work arrives). Retained on the stack's
+    // deletion too (CloudFormation's validation asks for both policies): the last revision outlives a
+    // destroyed stack, ACTIVE and free, until deregistered by hand.
+    this.taskDefinition.applyRemovalPolicy(RemovalPolicy.RETAIN);
 
     const logGroup = new logs.LogGroup(this, 'Logs', { retention: props.logRetention });
     this.logGroup = logGroup;
@@ -85,6 +93,10 @@ export class GpuQueueWorker extends Construct {
       // capacity the group cannot add.
       minHealthyPercent: 0,
       maxHealthyPercent: 200,
+      // Rolls back a deploy whose new tasks fail to start, but only tasks that run during it: at zero
+      // tasks (the idle fleet) the deploy completes with none started. A broken image then shows with
+      // the first job (the task-stopped notice, the failure-share and queued-wait alarms) and is rolled
+      // back by hand to a kept revision (above).
       circuitBreaker: { enable: true, rollback: true },
     });
     // The service must not be created before the cluster's capacity-provider association,

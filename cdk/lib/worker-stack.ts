@@ -292,6 +292,7 @@ export class WorkerStack extends Stack {
     const out = (id: string, value: string, description: string) => new CfnOutput(this, id, { value, description });
     out('ClusterName', this.cluster.clusterName, 'ECS cluster of the GPU workers (aws ecs --cluster)');
     out('ServiceName', this.worker.service.serviceName, 'ECS service of the GPU workers (aws ecs --services)');
+    out('WorkerTaskDefinitionFamily', this.worker.taskDefinition.family, "The worker task's family: its earlier revisions stay ACTIVE, to roll the fleet back to (aws ecs update-service --task-definition <family>:<revision>)");
     out('WorkerScalableTarget', `service/${this.cluster.clusterName}/${this.worker.service.serviceName}`, 'Application Auto Scaling resource id of the service (pause and resume the GPU fleet)');
     out('WorkerMaxTasks', String(config.maxInstances), 'The stage\'s maxInstances: the max capacity to resume the GPU fleet with');
     out('AutoScalingGroupName', this.autoScalingGroup.autoScalingGroupName, 'GPU Auto Scaling group (aws autoscaling describe-scaling-activities)');

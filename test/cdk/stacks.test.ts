@@ -5,7 +5,7 @@ import { Token } from 'aws-cdk-lib';
 import { ContainerImage } from 'aws-cdk-lib/aws-ecs';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BUNDLING } from '../../cdk/lib/api-stack.ts';
+import { BUNDLING, LIVE_ALIAS } from '../../cdk/lib/api-stack.ts';
 import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
 import { BUCKET_PREFIXES, ENV, stageConfig } from '../../cdk/lib/config.ts';
 import { backlogSteps } from '../../cdk/lib/gpu-queue-worker.ts';
@@ -78,9 +78,15 @@ describe('cdk.json', () => {
 });
 
 describe('environment-agnostic stacks', () => {
-  it('deploy the API before the worker: readers of job records before their writers', () => {
+  it('deploy the API before the worker: the worker stack reads the API stack, and the API reads what the worker writes first', () => {
     expect(stacks.worker.dependencies.map((d) => d.stackName)).toContain(stacks.api.stackName);
     expect(stacks.api.dependencies.map((d) => d.stackName)).not.toContain(stacks.worker.stackName);
+    // Not an order to flip: the worker stack's alarms and dashboard take the API stack's outputs, so a
+    // worker-first order is a cycle. What the API writes for the worker is made safe by the two-phase
+    // rule (cdk/lib/clipag.ts), not by the order.
+    const readsApi = JSON.stringify(worker.toJSON()).match(/"Fn::GetStackOutput":\{"StackName":"Clipag-dev-Api"/g) ?? [];
+    expect(readsApi.length).toBeGreaterThan(0);
+    expect(JSON.stringify(api.toJSON())).not.toContain('"StackName":"Clipag-dev-Worker"');
   });
 
   it('have no concrete account or region (synth makes no AWS calls)', () => {
@@ -302,14 +308,20 @@ describe('ApiStack', () => {
     expect(queues).toContain(dev.queueRetentionDays * 86_400);
     expect(sweeper.Properties.Environment.Variables[ENV.queueRetention]).toBe(String(dev.queueRetentionDays * 86_400));
     expect(sweeper.Properties.Timeout).toBe(120);
-    // Lambda's own async retries are off too: the next scheduled sweep is the retry.
-    api.hasResourceProperties('AWS::Lambda::EventInvokeConfig', { FunctionName: { Ref: sweeperId }, MaximumRetryAttempts: 0, MaximumEventAgeInSeconds: dev.queuedJobSweepMinutes * 60 });
+    // Lambda's own async retries are off too: the next scheduled sweep is the retry. Lambda keeps these
+    // per qualifier, and the schedule invokes the alias: its own settings are the ones that apply.
+    const [aliasId] = resources(api).find(([, r]) => r.Type === 'AWS::Lambda::Alias' && r.Properties.FunctionName.Ref === sweeperId)!;
+    const invokeConfigs = resources(api).filter(([, r]) => r.Type === 'AWS::Lambda::EventInvokeConfig' && r.Properties.FunctionName.Ref === sweeperId).map(([, r]) => r.Properties);
+    expect(invokeConfigs).toEqual([
+      { FunctionName: { Ref: sweeperId }, Qualifier: '$LATEST', MaximumRetryAttempts: 0, MaximumEventAgeInSeconds: dev.queuedJobSweepMinutes * 60 },
+      { FunctionName: { Ref: sweeperId }, Qualifier: { 'Fn::Select': [7, { 'Fn::Split': [':', { Ref: aliasId }] }] }, MaximumRetryAttempts: 0, MaximumEventAgeInSeconds: dev.queuedJobSweepMinutes * 60 },
+    ]);
     const rules = resources(api).filter(([, r]) => r.Type === 'AWS::Events::Rule');
     expect(rules).toHaveLength(1);
     const rule = rules[0]![1].Properties;
     expect(rule.ScheduleExpression).toBe(`rate(${dev.queuedJobSweepMinutes} minutes)`);
-    expect(rule.Targets).toEqual([expect.objectContaining({ Arn: { 'Fn::GetAtt': [sweeperId, 'Arn'] }, RetryPolicy: { MaximumRetryAttempts: 0 } })]);
-    api.hasResourceProperties('AWS::Lambda::Permission', { Action: 'lambda:InvokeFunction', Principal: 'events.amazonaws.com', FunctionName: { 'Fn::GetAtt': [sweeperId, 'Arn'] } });
+    expect(rule.Targets).toEqual([expect.objectContaining({ Arn: { Ref: aliasId }, RetryPolicy: { MaximumRetryAttempts: 0 } })]);
+    api.hasResourceProperties('AWS::Lambda::Permission', { Action: 'lambda:InvokeFunction', Principal: 'events.amazonaws.com', FunctionName: { Ref: aliasId } });
   });
 
   it('throttles the API stage from the config', () => {
@@ -323,6 +335,56 @@ describe('ApiStack', () => {
       },
       AccessLogSettings: Match.objectLike({ DestinationArn: Match.anyValue() }),
     });
+  });
+});
+
+describe('rolling back without a redeploy: the API by its alias, the worker by a kept revision', () => {
+  const fnId = (name: string) => resources(api).find(([id, r]) => id.startsWith(name) && r.Type === 'AWS::Lambda::Function')![0];
+  /** The function's LIVE_ALIAS, and the version it points at. */
+  const liveOf = (functionId: string) => {
+    const [aliasId, alias] = resources(api).find(([, r]) => r.Type === 'AWS::Lambda::Alias' && r.Properties.FunctionName.Ref === functionId)!;
+    const versionId = alias.Properties.FunctionVersion['Fn::GetAtt'][0] as string;
+    return { aliasId, alias, versionId, version: (api.toJSON() as { Resources: Record<string, any> }).Resources[versionId] };
+  };
+
+  it('the HTTP API and the sweep schedule invoke each function through its live alias, never the function itself', () => {
+    for (const name of ['Handler', 'QueuedJobSweeper']) {
+      const { alias } = liveOf(fnId(name));
+      expect(alias.Properties.Name).toBe(LIVE_ALIAS);
+    }
+    const handlerAlias = liveOf(fnId('Handler')).aliasId;
+    const integrations = resources(api).filter(([, r]) => r.Type === 'AWS::ApiGatewayV2::Integration').map(([, r]) => r.Properties.IntegrationUri);
+    expect(integrations).toEqual([{ Ref: handlerAlias }]);
+    // Each caller may invoke the alias alone: pointing it at another version moves all of them.
+    const invokers = resources(api).filter(([, r]) => r.Type === 'AWS::Lambda::Permission').map(([, r]) => [r.Properties.Principal, r.Properties.FunctionName]);
+    expect(invokers).toEqual([
+      ['events.amazonaws.com', { Ref: liveOf(fnId('QueuedJobSweeper')).aliasId }],
+      ['apigateway.amazonaws.com', { Ref: handlerAlias }],
+    ]);
+    expect(JSON.stringify(api.toJSON().Outputs.LiveAliasName)).toContain(`"Value":"${LIVE_ALIAS}"`);
+  });
+
+  it("each deploy publishes a version of each function and keeps the ones before (CDK's default deletes them, and with them the rollback)", () => {
+    for (const name of ['Handler', 'QueuedJobSweeper']) {
+      const { version } = liveOf(fnId(name));
+      expect(version).toMatchObject({ Type: 'AWS::Lambda::Version', Properties: { FunctionName: { Ref: fnId(name) } }, DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
+    }
+  });
+
+  it("the API's alarms read the function's own metrics (FunctionName alone: every version and alias), so a rollback moves no alarm", () => {
+    const throttles = resources(worker).find(([id, r]) => id.startsWith('AlarmsApiThrottles') && r.Type === 'AWS::CloudWatch::Alarm')![1];
+    expect(throttles.Properties.Dimensions.map((d: { Name: string }) => d.Name)).toEqual(['FunctionName']);
+  });
+
+  it('the worker: its task revisions stay ACTIVE to roll back to, as the breaker cannot while the fleet is at zero tasks', () => {
+    const [tdId, td] = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')!;
+    expect([td.DeletionPolicy, td.UpdateReplacePolicy]).toEqual(['Retain', 'Retain']);
+    const service = resources(worker).find(([, r]) => r.Type === 'AWS::ECS::Service')![1].Properties;
+    expect(service.TaskDefinition).toEqual({ Ref: tdId });
+    expect(service.DeploymentConfiguration.DeploymentCircuitBreaker).toEqual({ Enable: true, Rollback: true });
+    // What the breaker cannot cover: a deploy at zero tasks starts none.
+    expect(service.DesiredCount).toBe(0);
+    expect((worker.toJSON() as { Outputs: Record<string, { Value: unknown }> }).Outputs.WorkerTaskDefinitionFamily!.Value).toBe(td.Properties.Family);
   });
 });
 
