@@ -12,6 +12,11 @@ export const RUN_STATS_PREFIX = 'stats/';
 /** Runs kept per (model, size): enough for a stable median, recent enough to follow a new GPU type. */
 export const RUN_STATS_KEEP = 50;
 
+/**
+ * One run. Loose, like every level of the document: workers of two versions write the same document
+ * during a deploy (and after a rollback), and a field a newer one added must neither make its samples
+ * unreadable here nor be dropped by this version's rewrite.
+ */
 const RunSample = z
   .object({
     /** Worker seconds for the whole job (model load, init, steps, scoring, uploads). */
@@ -31,16 +36,17 @@ const RunSample = z
      * Absent in samples recorded before.
      */
     stages: z
-      .array(z.object({ width: z.number().int().min(1).max(4096), height: z.number().int().min(1).max(4096), steps: z.number().int().positive(), seconds: z.number().finite().nonnegative() }).strict())
+      .array(z.object({ width: z.number().int().min(1).max(4096), height: z.number().int().min(1).max(4096), steps: z.number().int().positive(), seconds: z.number().finite().nonnegative() }).loose())
       .max(6)
       .optional(),
   })
-  .strict()
+  .loose()
   .refine((s) => s.loopSeconds <= s.seconds, { message: 'loopSeconds must not exceed seconds' })
   .refine((s) => s.stages === undefined || s.stages.reduce((t, st) => t + st.seconds, 0) <= s.seconds * 1.001, { message: 'the stages cannot take longer than the job' });
 export type RunSample = z.output<typeof RunSample>;
 
-const RunStatsDoc = z.object({ v: z.literal(2), samples: z.array(RunSample).max(RUN_STATS_KEEP) }).strict();
+/** The document's version this code writes; a higher one is a newer clipag's, which it leaves alone. */
+const RUN_STATS_VERSION = 2;
 
 /** The kind of start: a GMM start scores its samples (1000 encoder passes an image on the recipe), a noise or image start does not. */
 export type RunStart = 'gmm' | 'noise' | 'image';
@@ -65,30 +71,71 @@ export function runStatsKey(k: RunKey): string {
   return key;
 }
 
-function parseDoc(body: Uint8Array): RunSample[] {
+/**
+ * A stored document as this version reads it: `entries` as stored (each kept on a rewrite, readable
+ * here or not: a sample a newer worker wrote is not this version's to drop) and `samples`, those that
+ * read here, in order; `rest` its other top-level fields, kept too. `newer`: a version above the one
+ * this code writes, whose samples may mean something else: neither read nor rewritten. `unreadable`:
+ * damaged (not JSON, no list of samples), so no statistics, and the next run starts it afresh.
+ */
+type StoredStats =
+  | { kind: 'current'; entries: unknown[]; samples: RunSample[]; rest: Record<string, unknown> }
+  | { kind: 'newer'; v: number }
+  | { kind: 'unreadable' };
+
+function parseDoc(body: Uint8Array): StoredStats {
+  let doc: unknown;
   try {
-    const parsed = RunStatsDoc.safeParse(JSON.parse(Buffer.from(body).toString('utf8')));
-    return parsed.success ? parsed.data.samples : [];
+    doc = JSON.parse(Buffer.from(body).toString('utf8'));
   } catch {
-    return []; // unreadable statistics are no statistics: estimates say so, the next run starts afresh
+    return { kind: 'unreadable' };
   }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) return { kind: 'unreadable' };
+  const { v, samples: entries, ...rest } = doc as Record<string, unknown>;
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v > RUN_STATS_VERSION) return { kind: 'newer', v };
+  if (v !== RUN_STATS_VERSION || !Array.isArray(entries)) return { kind: 'unreadable' };
+  const samples = entries.flatMap((entry) => {
+    const parsed = RunSample.safeParse(entry);
+    return parsed.success ? [parsed.data] : [];
+  });
+  return { kind: 'current', entries, samples: samples.slice(-RUN_STATS_KEEP), rest };
 }
 
-/** The recorded runs of one (model, size, start), oldest first; none when nothing was recorded or the document is unreadable. */
+/** The recorded runs of one (model, size, start), oldest first; none when nothing was recorded or the document is unreadable (or a newer clipag's). */
 export async function readRunSamples(blobs: BlobStore, k: RunKey): Promise<RunSample[]> {
   const found = await blobs.get(runStatsKey(k));
-  return found ? parseDoc(found.body) : [];
+  if (!found) return [];
+  const stored = parseDoc(found.body);
+  return stored.kind === 'current' ? stored.samples : [];
 }
 
+/**
+ * What `recordRunSample` did: `recorded`; `duplicate` (this job's run is there already); `newer_document`
+ * (a newer clipag's document, left untouched: its writer records the runs, and this version's write
+ * would undo its format; the caller says so, once).
+ */
+export type RecordOutcome = 'recorded' | 'duplicate' | 'newer_document';
+
 /** Appends one run (a conditional read-modify-write: updateDocument), once per `sample.job`. */
-export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSample): Promise<void> {
+export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSample): Promise<RecordOutcome> {
   const checked = RunSample.parse(sample);
+  let outcome: RecordOutcome = 'recorded';
   await updateDocument(blobs, runStatsKey(k), (current) => {
-    const had = current ? parseDoc(current) : [];
-    if (checked.job !== undefined && had.some((s) => s.job === checked.job)) return null; // recorded already
-    const samples = [...had, checked].slice(-RUN_STATS_KEEP);
-    return Buffer.from(JSON.stringify({ v: 2, samples }));
+    const stored = current ? parseDoc(current) : ({ kind: 'unreadable' } as const);
+    outcome = 'recorded';
+    if (stored.kind === 'newer') {
+      outcome = 'newer_document';
+      return null;
+    }
+    const had = stored.kind === 'current' ? stored : { entries: [], samples: [], rest: {} };
+    if (checked.job !== undefined && had.samples.some((s) => s.job === checked.job)) {
+      outcome = 'duplicate';
+      return null; // recorded already
+    }
+    const samples = [...had.entries, checked].slice(-RUN_STATS_KEEP);
+    return Buffer.from(JSON.stringify({ ...had.rest, v: RUN_STATS_VERSION, samples }));
   });
+  return outcome;
 }
 
 const STATS_NAME = /^(\d{1,5})x(\d{1,5})-(gmm|noise|image)\.json$/;

@@ -7,15 +7,16 @@ import { deletePrefix } from '../../shared/prefix.ts';
 import { jobOutputsPrefix } from '../../shared/keys.ts';
 import { CorruptDocumentError, NonRetryableError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
-import { isTerminal, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, waitingSince, type JobOutput, type JobRecord, type OutputCheck } from '../../shared/schemas/job.ts';
+import { isTerminal, JobRecord, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, TERMINAL_STATUSES, waitingSince, type JobOutput, type JobStatus, type OutputCheck } from '../../shared/schemas/job.ts';
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
-import { parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
+import { NewerQueueMessageError, newerWriterOf, parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
+import { BlobJobStore } from '../../shared/jobstore.ts';
 import type { ModelRegistry } from '../models.ts';
 import { classifyError, describe, isMachineFailure, isUnexplainedRunFailure, jobErrorOf, StorageFailure } from './errors.ts';
 import { abortedOutcome, type SynthesisOutcome, type SynthesisProgress, type SynthesizedImage, type Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
-import { recordRunSample, runStartOf } from '../../shared/run-stats.ts';
+import { recordRunSample, runStartOf, runStatsKey } from '../../shared/run-stats.ts';
 import { recordUsage, usageOfRecord } from '../../shared/usage.ts';
 import { frameKey } from '../../shared/views.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
@@ -242,8 +243,45 @@ const DEFAULT_RESULT_WRITE_RETRY_MS = 60_000;
 const COPY_DEFER_MAX_SEC = 11 * 3600;
 /** Without a job time limit, how long a copy is put off (it comes back, sees the job, and is put off again or acked). */
 const COPY_DEFER_DEFAULT_SEC = 3600;
+/**
+ * Data a newer clipag wrote (a queue message, a job record) comes back after this long at first, and
+ * after a tenth of the job's wait later on, at most SQS's longest delay: soon during a rolling deploy,
+ * rarely for a job that only newer workers can run and none is running (a rollback).
+ */
+const NEWER_WRITER_DELAY_SEC = [60, 900] as const;
 /** Back-off between result-write tries: 250 ms, doubling, at most 5 s. */
 const RESULT_WRITE_BACKOFF_MS = [250, 5_000] as const;
+
+/** A job record a newer clipag wrote, as far as this version makes it out (see readNewerRecord in createWorker). */
+interface NewerRecord {
+  unknown: readonly string[];
+  status: string | undefined;
+  /** ms since the epoch; undefined when the record does not say. */
+  waitingSince: number | undefined;
+  /** The record without the keys this version does not know; absent when a value it does not know remains. */
+  rec?: JobRecord;
+}
+
+const isPlainRecord = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x);
+
+/** waitingSince of a record that does not parse here, from its raw timestamps. */
+function rawWaitingSince(raw: Record<string, unknown>): number | undefined {
+  const at = (v: unknown) => (typeof v === 'string' ? Date.parse(v) : Number.NaN);
+  const sent = at(raw.enqueued_at ?? raw.created_at);
+  const since = Math.max(sent, raw.queued_at === undefined ? 0 : at(raw.queued_at));
+  return Number.isFinite(since) ? since : undefined;
+}
+
+/**
+ * Why the dead-letter sweep fails a job, as far as its record tells: one never started was set aside on
+ * its first receipts (its message or record did not read there), one that was started ran out of tries
+ * (its worker stopped or died during each).
+ */
+function deadLetteredMessage(attempts: number): string {
+  return attempts === 0
+    ? 'the job never started: its message was dead-lettered on receipt by a worker that could not read the message or the job (a worker older than the request, or a damaged record); submit it again'
+    : `the job's message was dead-lettered after ${attempts} attempt${attempts === 1 ? '' : 's'} that ended without an outcome (the worker stopped or crashed during each)`;
+}
 
 /** Not storage trouble: a conditional write that lost, a record that does not read, a bad argument. */
 const notStorageTrouble = (error: unknown) => error instanceof PreconditionFailedError || error instanceof CorruptDocumentError || error instanceof ValidationError;
@@ -304,6 +342,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     emit({ type: 'state', state });
   };
   const iso = () => new Date(clock.now()).toISOString();
+
+  /** Run-statistics documents a newer clipag wrote that this worker has said it leaves alone: said once each. */
+  const newerStats = new Set<string>();
 
   // ------------------------------------------------------------ health
 
@@ -722,18 +763,90 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     finish(msg, 'skipped');
   }
 
+  // ------------------------------------------------------------ data a newer clipag wrote
+
+  /**
+   * The job's record, which does not read here, as far as this version can make it out: null unless it
+   * looks written by a newer clipag (newerWriterOf: only keys or enum values this version does not know,
+   * what it does know there and valid). Then its status, since when it has waited, and (when only
+   * unknown keys were in the way) the record without them: to decide with, never to run or to write.
+   */
+  async function readNewerRecord(msg: { job_id: string; owner: string }, key: string): Promise<NewerRecord | 'reads_now' | null> {
+    if (key !== BlobJobStore.keyFor(msg.owner, msg.job_id)) return null; // another document (an owner's policy, a ledger)
+    try {
+      const found = await blobs.get(key);
+      if (!found) return null;
+      const raw: unknown = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(found.body));
+      // Rewritten since the read that failed (by a newer writer, or an operator's fix): no damage to park.
+      if (JobRecord.safeParse(raw).success) return 'reads_now';
+      const newer = newerWriterOf(JobRecord, raw);
+      if (!newer || !isPlainRecord(raw) || raw.owner !== msg.owner || raw.id !== msg.job_id) return null;
+      const rec = newer.data;
+      return { unknown: newer.unknown, status: typeof raw.status === 'string' ? raw.status : undefined, waitingSince: rec ? waitingSince(rec) : rawWaitingSince(raw), ...(rec ? { rec } : {}) };
+    } catch (error) {
+      log.warn('job record: could not tell whether a newer clipag wrote it', { job_id: msg.job_id, owner: msg.owner, error: describe(error) });
+      return null;
+    }
+  }
+
+  /**
+   * Data a newer clipag wrote (the message, or the job's record), which this worker must neither run
+   * (it would make a different image from a request it does not fully understand) nor take for damage
+   * (dead-lettered on its first receipt, the job would later fail "retries_exhausted" without a run).
+   * The job is left as it is: queued, its owner's place held, no failure counted. Its message goes back
+   * for a worker that knows the data, as a drain's requeue does, so that the wait spends none of the
+   * job's deliveries: a fresh copy sent with a delay, then this delivery acked. A job that has ended
+   * meanwhile (a newer worker ran it; the queued-job sweep expired it after the queue's retention,
+   * ADR 0012) has its message dropped instead (the callers check), which ends the cycle.
+   * `leaseUntil` (ms): while the record names this delivery's lease, a copy back before it lapses would
+   * be taken for a duplicate of a live run and dropped, leaving the job no message; it comes back after.
+   */
+  async function waitForNewerWorker(m: ReceivedMessage, msg: QueueMessage, what: 'message' | 'record', unknown: readonly string[], since: number | undefined, leaseUntil = 0): Promise<void> {
+    const waitedSec = since === undefined || !Number.isFinite(since) ? 0 : Math.max(0, (clock.now() - since) / 1000);
+    let delaySec = Math.min(NEWER_WRITER_DELAY_SEC[1], Math.max(NEWER_WRITER_DELAY_SEC[0], Math.round(waitedSec / 10)));
+    const leaseLeftSec = Math.ceil((leaseUntil - clock.now()) / 1000);
+    if (leaseLeftSec > 0) delaySec = Math.min(COPY_DEFER_MAX_SEC, Math.max(delaySec, leaseLeftSec + Math.ceil(visibilitySec / 4)));
+    // A warning, not an error: during a deploy this is expected. A job no worker here can ever run (a
+    // rollback left only older ones) shows as the queued-job sweep's oldestQueuedSec, whose alarm pages.
+    log.warn('written by a newer clipag; waiting for a worker that knows it', { ...about(m), what, unknown: unknown.slice(0, 10), delaySec, waitedSec: Math.round(waitedSec) });
+    // SQS delays a send by at most 15 minutes; past that only the delivery's own visibility can wait.
+    const sent = delaySec <= NEWER_WRITER_DELAY_SEC[1]
+      ? await queue.send(m.body, { delaySec }).then(
+          () => true,
+          (error: unknown) => (log.warn('the copy of a newer message was not sent; releasing it instead (this delivery counts)', { ...about(m), error: describe(error) }), false),
+        )
+      : false;
+    if (!sent) {
+      await release(m, 'newer_writer', delaySec);
+      return finish(msg, 'requeued');
+    }
+    emit({ type: 'released', messageId: m.messageId, reason: 'newer_writer' });
+    // Rare (the send worked, the delete did not): this delivery comes back next to its copy, and goes
+    // round the same way; a worker that runs the job drops the other as a duplicate.
+    await ack(m, 'newer_writer', 'ack after sending the copy of a newer message failed; the job has two messages until one is settled');
+    return finish(msg, 'requeued');
+  }
+
   // ------------------------------------------------------------ one message
 
   async function handle(m: ReceivedMessage, receivedAt: number): Promise<void> {
     emit({ type: 'received', messageId: m.messageId, receiveCount: m.receiveCount });
     let msg: QueueMessage;
+    /** What this version does not know of a message a newer clipag wrote: it only puts its job back. */
+    let newerMessage: readonly string[] | undefined;
     try {
       msg = parseQueueMessage(m.body);
       jobOfDelivery.set(m, msg);
     } catch (error) {
-      log.warn('malformed queue message', { ...about(m), error: describe(error), body: m.body.slice(0, 200) });
-      await deadLetter(m, 'malformed');
-      return;
+      if (error instanceof NewerQueueMessageError) {
+        newerMessage = error.unknown;
+        msg = { v: 1, ...error.job };
+        jobOfDelivery.set(m, msg);
+      } else {
+        log.warn('malformed queue message', { ...about(m), error: describe(error), body: m.body.slice(0, 200) });
+        await deadLetter(m, 'malformed');
+        return;
+      }
     }
     let abortRun: ((reason: AbortReason) => void) | undefined;
     let lostEarly = false;
@@ -784,7 +897,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // back for it), or the final write landed but answered an error. The ledger may miss the run;
         // it counts a job once, so telling it again is harmless. The ended job's marker and webhook
         // are seen to as well.
-        if (job.lease_message_id === m.messageId && usageOfRecord(job)) {
+        if (!newerMessage && job.lease_message_id === m.messageId && usageOfRecord(job)) {
           jobEnded(msg);
           if (!job.usage_recorded_at && !(await settleUsage(m, msg, job, lease))) return finish(msg, 'skipped');
         }
@@ -803,6 +916,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // An earlier attempt may have stored images before it was put back (a storage fault on its record).
         await removeOrphans(rec);
         return finish(msg, rec.status === 'canceled' ? 'canceled' : 'skipped', { stepsDone: 0 });
+      }
+      // A message a newer clipag wrote: its job, ended, held or canceled, was seen to above; otherwise it waits.
+      if (newerMessage) {
+        await lease.release();
+        return waitForNewerWorker(m, msg, 'message', newerMessage, waitingSince(job));
       }
       if (m.receiveCount > config.maxReceives) {
         // Only when the queue has no redrive at this limit: enforce it here.
@@ -1071,7 +1189,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           // A step's cost at each stage size: what prices a size never run (ADR 0014).
           ...(outcome.stages?.length && stageSeconds <= loopSeconds ? { stages: outcome.stages.map((st) => ({ width: st.width, height: st.height, steps: st.steps, seconds: st.ms / 1000 })) } : {}),
         };
-        await recordRunSample(blobs, key, sample).catch((error) => log.warn('run statistics not recorded', { job_id: msg.job_id, owner: msg.owner, error: describe(error) }));
+        const recorded = await recordRunSample(blobs, key, sample).catch((error) => void log.warn('run statistics not recorded', { job_id: msg.job_id, owner: msg.owner, error: describe(error) }));
+        if (recorded === 'newer_document' && !newerStats.has(runStatsKey(key))) {
+          newerStats.add(runStatsKey(key));
+          log.warn('run statistics written by a newer clipag; left as they are, this run not recorded (not repeated for this document)', { key: runStatsKey(key), job_id: msg.job_id });
+        }
       };
       // The usage before the ack, with the lease still held: see settleUsage. (The redelivery that
       // records the usage then does not know the run's stages: the sample is recorded now.)
@@ -1091,14 +1213,38 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     } catch (error) {
       await lease.release();
       await remarkStoredImages();
-      await onFailure(m, msg, attempt, error);
+      await onFailure(m, msg, attempt, error, lease.validFrom + visibilitySec * 1000);
     } finally {
       current = undefined;
       await lease.release();
     }
   }
 
-  async function onFailure(m: ReceivedMessage, msg: QueueMessage, attempt: number, error: unknown): Promise<void> {
+  /** `leaseUntil` (ms): when this delivery's lease, which the record may name, runs out. */
+  async function onFailure(m: ReceivedMessage, msg: QueueMessage, attempt: number, error: unknown, leaseUntil = 0): Promise<void> {
+    const newer = error instanceof CorruptDocumentError ? await readNewerRecord(msg, error.key) : null;
+    if (newer === 'reads_now') {
+      log.warn('job record rewritten since it failed to read; the message is handled again', { ...about(m), attempt });
+      // Before a claim, a fresh copy at once (spending no delivery). After one, the record names this
+      // delivery's lease: a copy would be dropped as its duplicate, so the message is left to come back
+      // when the lease runs out, and takes the job over.
+      if (attempt === 0) await requeue(m, 'record_changed');
+      return finish(msg, 'requeued');
+    }
+    if (newer) {
+      // The record a newer clipag wrote (a request field this version does not know): the checks that
+      // settle a message before a claim, made on the record without what is unknown; otherwise it waits.
+      const { rec } = newer;
+      if (newer.status !== undefined && TERMINAL_STATUSES.has(newer.status as JobStatus)) {
+        await ack(m, `already_${newer.status}`);
+        return finish(msg, 'skipped');
+      }
+      if (rec && superseded(rec, attempt)) return finish(msg, 'lease_lost');
+      const noLease = { release: async () => undefined };
+      if (attempt === 0 && rec && heldByAnother(rec, m)) return dropDuplicate(m, msg, noLease, rec.lease_expires_at);
+      if (attempt === 0 && rec && copyOfHeld(rec, m)) return deferCopy(m, msg, noLease, rec.lease_expires_at);
+      return waitForNewerWorker(m, msg, 'record', newer.unknown, newer.waitingSince, attempt > 0 ? leaseUntil : 0);
+    }
     if (error instanceof CorruptDocumentError) {
       // The job document cannot be read, so it cannot be marked failed either, and every redelivery
       // would hit the same wall: park the message in the DLQ (once) for an operator.
@@ -1246,7 +1392,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // left alone; the holder ends it, and a later sweep finds it ended.
         const held = job?.status === 'running' && typeof job.lease_expires_at === 'string' && Date.parse(job.lease_expires_at) > clock.now();
         if (job && !isTerminal(job.status) && !held) {
-          const error = { code: 'retries_exhausted', message: `the job's message was dead-lettered after ${config.maxReceives} deliveries without finishing` };
+          const error = { code: 'retries_exhausted', message: deadLetteredMessage(job.attempts) };
           const rec = await markFailed(msg, error);
           // Its earlier attempts may have stored images (a worker killed after its uploads).
           await removeOrphans(rec);

@@ -206,15 +206,18 @@ describe('gpu-worker queue worker', () => {
   it('malformed messages go to the DLQ and the worker keeps serving', async () => {
     const env = await makeEnv();
     await env.queue.send('this is not json');
-    await env.queue.send(JSON.stringify({ v: 2, job_id: 'x', owner: 'y' }));
+    await env.queue.send(JSON.stringify({ v: '1', job_id: 'x', owner: 'y' }));
     await env.queue.send(JSON.stringify({ v: 1, job_id: '../../etc', owner: OWNER }));
+    // A newer writer's message (test/worker/newer-writer.test.ts) is no poison: for a job that does not exist it is dropped.
+    await env.queue.send(JSON.stringify({ v: 2, job_id: 'x', owner: 'y' }));
     const w = start(env);
     const job = await submit(env, { steps: 2 });
     const done = await waitForStatus(env, job.id, ['succeeded', 'failed']);
     expect(done.status).toBe('succeeded');
+    await waitFor('the newer message dropped', () => w.events.some((e) => e.type === 'acked' && e.reason === 'job_missing'));
     expect(await env.queue.deadLetter!.depth()).toBe(3);
     const dead = await env.queue.deadLetter!.receive({ max: 10 });
-    expect(dead.map((m) => m.body).sort()).toEqual(['this is not json', JSON.stringify({ v: 2, job_id: 'x', owner: 'y' }), JSON.stringify({ v: 1, job_id: '../../etc', owner: OWNER })].sort());
+    expect(dead.map((m) => m.body).sort()).toEqual(['this is not json', JSON.stringify({ v: '1', job_id: 'x', owner: 'y' }), JSON.stringify({ v: 1, job_id: '../../etc', owner: OWNER })].sort());
     expect(w.events.filter((e) => e.type === 'dead_lettered').length).toBe(3);
     await waitFor('the queue to empty', async () => (await env.queue.depth()) === 0);
     expect(['polling', 'running']).toContain(w.worker.state);
