@@ -76,8 +76,8 @@ const ClientGeneration = z.looseObject({
   webhook: z.looseObject({ secret: z.string().optional() }).nullable(),
   deleted_at: z.string().nullable(),
 });
-/** GET /v1/generations: only `data` is read (the idempotency-key lookup). */
-const ClientGenerationList = z.looseObject({ object: z.literal('list'), data: z.array(ClientGeneration) });
+/** GET /v1/generations: `data`, and `next_cursor` for paging (an older API's list has it too). */
+const ClientGenerationList = z.looseObject({ object: z.literal('list'), data: z.array(ClientGeneration), next_cursor: z.string().nullable().optional() });
 /** POST /v1/estimates: its answer is not read (the request check is the call's point), only told from another's. */
 const ClientEstimate = z.looseObject({ object: z.literal('estimate') });
 
@@ -387,6 +387,12 @@ export class ClipagClient {
     const { json, res } = await this.#api<z.output<typeof ClientGenerationList>>('GET', `v1/generations?${new URLSearchParams({ idempotency_key: key })}`, ClientGenerationList, 'a list of generations', o);
     const found = res.headers.get('idempotency-key') === key ? json.data[0] : undefined;
     return found ? this.#statusSaid(found) : null;
+  }
+
+  /** GET /v1/generations with the list's query (filters, limit, cursor): one page, and the cursor of the next (null at the end). */
+  async listGenerations(query: URLSearchParams, o: CallOptions): Promise<{ data: Generation[]; nextCursor: string | null }> {
+    const { json } = await this.#api<z.output<typeof ClientGenerationList>>('GET', `v1/generations?${query}`, ClientGenerationList, 'a list of generations', o);
+    return { data: json.data.map((g) => this.#statusSaid(g)), nextCursor: json.next_cursor ?? null };
   }
 
   /** POST /v1/generations/{id}/cancel (idempotent; 409 job_terminal once it succeeded or failed). */

@@ -5,8 +5,8 @@
 // gets it is printed with that key.
 import { randomUUID } from 'node:crypto';
 import { parseCliArgs as parseArgs, UsageError } from './common.ts';
-import { ApiError, CannotSend, Interrupted, TimedOut, WaitPastDeadline, shownUrl, type WebhookSecret, type WebhookSecretState } from './api-client.ts';
-import { command, connectionOptions, connectionTrouble, IDEMPOTENCY_KEY, INTERRUPTED_EXIT_CODE, retryIn, session, TIMED_OUT_EXIT_CODE, type RemoteIo, type Session } from './remote.ts';
+import type { WebhookSecret, WebhookSecretState } from './api-client.ts';
+import { command, connectionOptions, IDEMPOTENCY_KEY, requestFailed, session, TIMED_OUT_EXIT_CODE, type RemoteIo, type Session } from './remote.ts';
 
 const SUBCOMMANDS = ['create', 'show', 'delete'] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
@@ -93,7 +93,6 @@ async function remove(s: Session): Promise<number> {
 
 /** The command stopped before an answer: say why and, for a create whose POST may have made a secret, the command that gets it. */
 function failed(s: Session, sub: Subcommand, e: unknown, again: string): number {
-  const { io } = s;
   // No answer came back to a POST that may have reached the API: it may have made a secret, which this key gets.
   const mayExist = sub === 'create' && (e as { lost?: boolean }).lost === true;
   const after =
@@ -104,34 +103,9 @@ function failed(s: Session, sub: Subcommand, e: unknown, again: string): number 
       : sub === 'delete' && (e as { lost?: boolean }).lost === true
         ? 'the delete may have been made; running it again is safe'
         : undefined;
-  const tail = after === undefined ? '' : `; ${after}`;
-  if (e instanceof Interrupted) {
-    io.err(`clipag remote: interrupted${tail}`);
-    return INTERRUPTED_EXIT_CODE;
-  }
-  if (e instanceof WaitPastDeadline) {
-    io.err(`clipag remote: refused for now: ${e.what}: ${e.status} ${e.code}: ${e.detail}${e.policy ? ` (the limit: ${e.policy})` : ''}; it asks to wait ${retryIn(e.retryAfterMs)} (until ${new Date(e.retryAt).toISOString()}), past --timeout ${s.timeoutSec} s${tail}`);
-    return mayExist ? TIMED_OUT_EXIT_CODE : 1;
-  }
-  if (e instanceof TimedOut) {
-    io.err(`clipag remote: timed out (--timeout ${s.timeoutSec} s): ${e.message}${tail}`);
-    return mayExist ? TIMED_OUT_EXIT_CODE : 1;
-  }
-  if (e instanceof CannotSend) {
-    // The --url (or its port) is one fetch will never use: a usage error, as a malformed --url is.
-    if (e.api) throw new UsageError(`${s.conn.urlSource} ${shownUrl(s.conn.url)}: ${e.message}`);
-    io.err(`clipag remote: ${e.message}${tail}`);
-    return 1;
-  }
-  const trouble = connectionTrouble(s.conn, e);
-  if (trouble !== undefined) {
-    io.err(`clipag remote: ${trouble}${tail}`);
-    return 1;
-  }
-  if (e instanceof ApiError) {
-    const advice = e.status === 409 && e.code === 'corrupt_record' ? "; it signs nothing: webhook-secret create replaces it, delete removes it" : '';
-    io.err(`clipag remote: ${e.message}${advice}${tail}`);
-    return 1;
-  }
-  throw e;
+  return requestFailed(s, e, {
+    tail: after === undefined ? '' : `; ${after}`,
+    timedOutExit: mayExist ? TIMED_OUT_EXIT_CODE : 1,
+    advice: (error) => (error.status === 409 && error.code === 'corrupt_record' ? '; it signs nothing: webhook-secret create replaces it, delete removes it' : ''),
+  });
 }

@@ -17,7 +17,7 @@ import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, i
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
 
-export const summary = "use a clipag API (deployed or local): generate, get, cancel, or run a batch file, and the account's webhook secret, honouring Retry-After";
+export const summary = "use a clipag API (deployed or local): generate, get, cancel, list, or run a batch file, and the account's webhook secret, honouring Retry-After";
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
 const SYNOPSIS = {
   generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
@@ -26,6 +26,8 @@ const SYNOPSIS = {
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
   batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
   'webhook-secret': 'clipag remote webhook-secret create|show|delete [--idempotency-key K] [--timeout SEC] [--json]',
+  list: `clipag remote list [--status S] [--webhook-status S] [--metadata K=V]... [--since T] [--until T]
+           [--limit N | --all] [--cursor C] [--timeout SEC] [--json]`,
 } as const;
 type Action = keyof typeof SYNOPSIS;
 const ACTIONS = Object.keys(SYNOPSIS) as Action[];
@@ -35,6 +37,7 @@ export const usage = `usage: ${SYNOPSIS.generate}
        ${SYNOPSIS.cancel}
        ${SYNOPSIS.batch}
        ${SYNOPSIS['webhook-secret']}
+       ${SYNOPSIS.list}
        each also takes [--url URL] [--key KEY]
 
 generate: upload --init (if a file), create the generation (one Idempotency-Key, reused on every
@@ -93,6 +96,16 @@ generation goes on (or may have been made, or its images are still to download):
 picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt). webhook-secret: 0 done
 (show and delete also when there is none), 1 refused or failed, 124 --timeout passed after a create's
 POST may have made a secret (the printed command gets it), 130 interrupted.
+
+list: the account's generations, newest first, a line each (id, status, created, model and size, cost,
+prompt), or with --json the API's view of each, one JSON object per line. Filters (all must match):
+  --status S          queued, running, succeeded, failed or canceled
+  --webhook-status S  pending, delivered or failed (every attempt failed: redeliver with
+                      POST /v1/generations/ID/webhook/redeliver)
+  --metadata K=V      label K is exactly V (repeatable)
+  --since T, --until T  created after / before T (RFC 3339, such as 2026-12-01T00:00:00Z; exclusive)
+One page (--limit N, default 20; the command for the next page is printed on stderr), or --all of them.
+Exit status: 0 listed (also when none matches), 1 refused or failed, 130 interrupted.
 
 batch: runs a file of requests. Each non-empty line of FILE is one JSON object: a POST /v1/generations body (prompt or prompts,
 negative_prompt, width, height, steps, seed, n, model, init, strength, metadata, webhook_url), plus:
@@ -200,6 +213,7 @@ export async function remote(argv: string[], io: RemoteIo): Promise<number> {
     if (action === 'get') return await get(rest, io);
     if (action === 'cancel') return await cancel(rest, io);
     if (action === 'webhook-secret') return await (await import('./remote-webhook-secret.ts')).webhookSecret(rest, io);
+    if (action === 'list') return await (await import('./remote-list.ts')).list(rest, io);
     // Loaded when used: the batch runner builds on this module's pieces.
     return await (await import('./remote-batch.ts')).batch(rest, io);
   } catch (e) {
@@ -831,6 +845,46 @@ export function connectionTrouble(conn: Connection, e: unknown): string | undefi
 }
 
 /** A Retry-After as a reader takes it: seconds, or minutes and hours when long. */
+/**
+ * How a command with no generation to follow (webhook-secret, list) reports a request that got no
+ * usable answer, and its exit status: interrupted 130; refused past --timeout or timed out
+ * `timedOutExit` (124 where something may be left to pick up, else 1); a --url fetch will not use is a
+ * usage error; any other failure 1, its message with `advice` and `tail` after it.
+ */
+export function requestFailed(s: Session, e: unknown, o: { tail?: string; timedOutExit?: number; advice?: (e: ApiError) => string } = {}): number {
+  const { io } = s;
+  const tail = o.tail ?? '';
+  const timedOutExit = o.timedOutExit ?? 1;
+  if (e instanceof Interrupted) {
+    io.err(`clipag remote: interrupted${tail}`);
+    return INTERRUPTED_EXIT_CODE;
+  }
+  if (e instanceof WaitPastDeadline) {
+    io.err(`clipag remote: refused for now: ${e.what}: ${e.status} ${e.code}: ${e.detail}${e.policy ? ` (the limit: ${e.policy})` : ''}; it asks to wait ${retryIn(e.retryAfterMs)} (until ${new Date(e.retryAt).toISOString()}), past --timeout ${s.timeoutSec} s${tail}`);
+    return timedOutExit;
+  }
+  if (e instanceof TimedOut) {
+    io.err(`clipag remote: timed out (--timeout ${s.timeoutSec} s): ${e.message}${tail}`);
+    return timedOutExit;
+  }
+  if (e instanceof CannotSend) {
+    // The --url (or its port) is one fetch will never use: a usage error, as a malformed --url is.
+    if (e.api) throw new UsageError(`${s.conn.urlSource} ${shownUrl(s.conn.url)}: ${e.message}`);
+    io.err(`clipag remote: ${e.message}${tail}`);
+    return 1;
+  }
+  const trouble = connectionTrouble(s.conn, e);
+  if (trouble !== undefined) {
+    io.err(`clipag remote: ${trouble}${tail}`);
+    return 1;
+  }
+  if (e instanceof ApiError) {
+    io.err(`clipag remote: ${e.message}${o.advice?.(e) ?? ''}${tail}`);
+    return 1;
+  }
+  throw e;
+}
+
 export function retryIn(ms: number): string {
   const sec = Math.ceil(ms / 1000);
   if (sec < 120) return `${sec} s`;
