@@ -101,6 +101,12 @@ export interface ReceivedMessage {
   /** 1 on first delivery; incremented on every redelivery. */
   receiveCount: number;
   sentAt: Date;
+  /**
+   * The queue knows that the delivery before this one was held by a process that has ended (the local
+   * queue, which records its receivers): whatever lease that delivery took is void now, though its
+   * time has not run out. SQS cannot tell, and never sets it.
+   */
+  previousHolderGone?: true;
 }
 
 export interface ReceiveOptions {

@@ -638,6 +638,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   const copyOfHeld = (cur: JobRecord, m: ReceivedMessage): boolean =>
     cur.status === 'running' &&
     cur.lease_message_id === m.messageId &&
+    // The local queue knows the holder's process has ended (a kill -9, a crash): no live holder is
+    // renewing this lease, so the delivery takes the job over now, as when the lease has run out.
+    m.previousHolderGone !== true &&
     typeof cur.lease_expires_at === 'string' &&
     Date.parse(cur.lease_expires_at) - clock.now() > (visibilitySec * 1000) / 4;
 

@@ -209,7 +209,7 @@ describe('LocalJobQueue with a receiver that died', () => {
     child.kill('SIGKILL');
     await exited;
     const [again] = await queue.receive({ max: 1 });
-    expect([again?.body, again?.receiveCount]).toEqual(['{"job":"a"}', 2]);
+    expect([again?.body, again?.receiveCount, again?.previousHolderGone]).toEqual(['{"job":"a"}', 2, true]);
     // Now held by this live process: the next receive finds nothing.
     expect(await queue.receive({ max: 1 })).toEqual([]);
   }, 30_000);

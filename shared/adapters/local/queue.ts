@@ -280,6 +280,7 @@ export class LocalJobQueue implements JobQueue {
           receipt: `${delivered.id}.${delivered.deliveryToken}`,
           receiveCount: delivered.receiveCount,
           sentAt: new Date(delivered.sentAt),
+          ...(orphaned ? { previousHolderGone: true as const } : {}),
         });
       }
       return { received, nextVisibleAt };
