@@ -356,7 +356,10 @@ export function registerGenerationRoutes(
       oldest.map(async (key) => {
         const named = parsePendingJobKey(key);
         const job = named ? await jobs.get(owner, named.jobId).catch(() => null) : null;
-        if (!job || job.status !== 'running' || job.started_at === null || job.progress.step <= 0 || job.progress.total <= job.progress.step) return Infinity;
+        // started_at is the first attempt's, and a later attempt counts its steps from 0 again: only a
+        // first attempt's pace is known.
+        if (!job || job.status !== 'running' || job.started_at === null || job.attempts !== 1 || job.progress.step <= 0) return Infinity;
+        if (job.progress.step >= job.progress.total) return 0; // every step done: its images are being stored
         const elapsedSec = Math.max(0, now - Date.parse(job.started_at)) / 1000;
         return (elapsedSec * (job.progress.total - job.progress.step)) / job.progress.step;
       }),

@@ -27,6 +27,8 @@ export const MAX_RELATIVE_PROMPT_WEIGHT = 1e6;
  * beside it weighed nothing. Weights are relative: nothing is lost by scaling them up together.
  */
 export const MIN_PROMPT_WEIGHT = 1e-6;
+/** A negative_prompt's weight, as a share of the positive weights together (the worker adds it as a prompt of this weight). */
+export const NEGATIVE_PROMPT_SHARE = 0.5;
 
 /**
  * Text a caller could have written: no lone UTF-16 surrogate (JSON's "\ud800" escape parses to one,
@@ -172,10 +174,12 @@ function checkRequestOnly(
   // weighing more than 0 once each text's weights are added together.
   if (req.prompts && req.prompts.every((p) => Number.isFinite(p.weight))) {
     const net = new Map<string, number>();
-    for (const p of req.prompts) {
-      const read = cleanClipText(p.text).toLowerCase();
-      net.set(read, (net.get(read) ?? 0) + p.weight);
-    }
+    const add = (text: string, weight: number) => {
+      const read = cleanClipText(text).toLowerCase();
+      net.set(read, (net.get(read) ?? 0) + weight);
+    };
+    for (const p of req.prompts) add(p.text, p.weight);
+    if (req.negative_prompt !== undefined) add(req.negative_prompt, -NEGATIVE_PROMPT_SHARE * positiveSum);
     if (req.prompts.some((p) => p.weight > 0) && [...net.values()].every((w) => w <= 0)) {
       ctx.addIssue({ code: 'custom', path: ['prompts'], message: 'the prompts cancel out: the same text is given with opposite weights, and once each text\'s weights are added together none weighs more than 0' });
     }

@@ -54,9 +54,15 @@ describe('active generations per owner', () => {
     const after = Number((await post(app, { prompt: 'c' })).headers.get('Retry-After'));
     expect(after).toBeGreaterThanOrEqual(20);
     expect(after).toBeLessThanOrEqual(22);
-    // Nearly done: at least a second.
+    // Nearly done, or done and storing its images: at least a second.
     await running(b.id, 99, 1);
     expect((await post(app, { prompt: 'c' })).headers.get('Retry-After')).toBe('1');
+    await running(b.id, 100, 30);
+    expect((await post(app, { prompt: 'c' })).headers.get('Retry-After')).toBe('1');
+    // A second attempt counts its steps from 0 again under the first one's started_at: its pace is unknown.
+    await h.jobs.update('acct_alice', a.id, (cur) => ({ ...cur, status: 'queued', started_at: null, progress: { ...cur.progress, step: 0 } }));
+    await h.jobs.update('acct_alice', b.id, (cur) => ({ ...cur, attempts: 2, progress: { ...cur.progress, step: 5 } }));
+    expect((await post(app, { prompt: 'c' })).headers.get('Retry-After')).toBe('30');
   });
 
   it('a canceled, failed or finished job frees its place; the key a 429 refused is not spent', async () => {

@@ -63,6 +63,8 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     ['a weight just under the least', { prompts: [{ text: 'a blue square', weight: 1 }, { text: 'b', weight: -9.9e-7 }] }, 'prompts.1.weight'],
     // The same text (as the model reads it: lowercased, cleaned) for and against: nothing left to pull the image.
     ['prompts that cancel out', { prompts: [{ text: 'a blue square', weight: 1 }, { text: 'A  blue square', weight: -1 }] }, 'prompts'],
+    // The negative prompt weighs half the positive weights together: cat 1 − 0.6 − 0.5 × 1 < 0.
+    ['prompts that cancel out with the negative prompt', { prompts: [{ text: 'cat', weight: 1 }, { text: 'cat', weight: -0.6 }], negative_prompt: 'Cat' }, 'prompts'],
     ['prompts that cancel out, with a third that pushes away', { prompts: [{ text: 'x', weight: 2 }, { text: 'X', weight: -3 }, { text: 'y', weight: -1 }] }, 'prompts'],
     // Lone UTF-16 surrogates (JSON's "\ud800" escape): no text a caller wrote; the model would read U+FFFD.
     ['a lone surrogate as the prompt', { prompt: '\ud800' }, 'prompt'],
