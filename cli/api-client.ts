@@ -395,6 +395,11 @@ export class ClipagClient {
     return { data: json.data.map((g) => this.#statusSaid(g)), nextCursor: json.next_cursor ?? null };
   }
 
+  /** POST /v1/generations/{id}/webhook/redeliver: its event sent again now; the generation after the attempt. */
+  async redeliverWebhook(id: string, o: CallOptions): Promise<Generation> {
+    return this.#statusSaid((await this.#api<Generation>('POST', `v1/generations/${encodeURIComponent(id)}/webhook/redeliver`, ClientGeneration, 'a generation', o)).json);
+  }
+
   /** POST /v1/generations/{id}/cancel (idempotent; 409 job_terminal once it succeeded or failed). */
   async cancelGeneration(id: string, o: CallOptions): Promise<Generation> {
     return this.#statusSaid((await this.#api<Generation>('POST', `v1/generations/${encodeURIComponent(id)}/cancel`, ClientGeneration, 'a generation', o)).json);

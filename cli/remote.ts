@@ -26,6 +26,7 @@ const SYNOPSIS = {
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
   batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
   'webhook-secret': 'clipag remote webhook-secret create|show|delete [--idempotency-key K] [--timeout SEC] [--json]',
+  redeliver: 'clipag remote redeliver ID [--timeout SEC] [--json]',
   list: `clipag remote list [--status S] [--webhook-status S] [--metadata K=V]... [--since T] [--until T]
            [--limit N | --all] [--cursor C] [--timeout SEC] [--json]`,
 } as const;
@@ -37,6 +38,7 @@ export const usage = `usage: ${SYNOPSIS.generate}
        ${SYNOPSIS.cancel}
        ${SYNOPSIS.batch}
        ${SYNOPSIS['webhook-secret']}
+       ${SYNOPSIS.redeliver}
        ${SYNOPSIS.list}
        each also takes [--url URL] [--key KEY]
 
@@ -96,6 +98,10 @@ generation goes on (or may have been made, or its images are still to download):
 picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt). webhook-secret: 0 done
 (show and delete also when there is none), 1 refused or failed, 124 --timeout passed after a create's
 POST may have made a secret (the printed command gets it), 130 interrupted.
+
+redeliver: an ended generation's webhook event sent again, now (its receiver was down, say); prints
+whether it was delivered. Exit status: 0 delivered, 1 not delivered (retried on a fresh schedule) or
+refused (no webhook, not ended, deleted), 130 interrupted.
 
 list: the account's generations, newest first, a line each (id, status, created, model and size, cost,
 prompt), or with --json the API's view of each, one JSON object per line. Filters (all must match):
@@ -214,6 +220,7 @@ export async function remote(argv: string[], io: RemoteIo): Promise<number> {
     if (action === 'cancel') return await cancel(rest, io);
     if (action === 'webhook-secret') return await (await import('./remote-webhook-secret.ts')).webhookSecret(rest, io);
     if (action === 'list') return await (await import('./remote-list.ts')).list(rest, io);
+    if (action === 'redeliver') return await redeliver(rest, io);
     // Loaded when used: the batch runner builds on this module's pieces.
     return await (await import('./remote-batch.ts')).batch(rest, io);
   } catch (e) {
@@ -578,6 +585,22 @@ async function cancel(argv: string[], io: RemoteIo): Promise<number> {
       return 1;
     }
     return stopped(s, e);
+  }
+}
+
+async function redeliver(argv: string[], io: RemoteIo): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, strict: true, options: connectionOptions });
+  const id = generationId(positionals, 'redeliver');
+  const s = session(io, values, CANCEL_TIMEOUT_SEC);
+  try {
+    const g = await s.client.redeliverWebhook(id, { deadline: s.deadline });
+    const hook = g.webhook as { status?: unknown; last_error?: unknown } | null;
+    if (s.json) io.out(JSON.stringify(g));
+    else if (hook?.status === 'delivered') io.out(`${g.id} webhook delivered`);
+    else io.out(`${g.id} webhook ${String(hook?.status ?? 'unknown')}${typeof hook?.last_error === 'string' ? ` (${hook.last_error})` : ''}: retried on its schedule`);
+    return hook?.status === 'delivered' ? 0 : 1;
+  } catch (e) {
+    return requestFailed(s, e);
   }
 }
 

@@ -7,6 +7,7 @@ import { pendingJobKey } from '../../shared/keys.ts';
 import { WEBHOOK_RETRY_DELAYS_SEC } from '../../shared/webhooks.ts';
 import { webhookReceiver } from '../helpers/webhook-receiver.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
+import { remote } from '../../cli/remote.ts';
 
 const hook = webhookReceiver();
 
@@ -119,5 +120,27 @@ describe('POST /v1/generations/{id}/webhook/redeliver', () => {
     const { id } = await ended('succeeded', givenUp());
     await expectEnvelope(await redeliver(id, h.bob), 404, 'not_found');
     expect(hook.received).toHaveLength(0);
+  });
+});
+
+describe('clipag remote redeliver', () => {
+  async function cli(id: string): Promise<{ code: number; out: string; err: string }> {
+    const out: string[] = [];
+    const err: string[] = [];
+    const app0 = app();
+    const fetchApp = (async (input: string | URL | Request, init?: RequestInit) => app0.request(new Request(input, init))) as typeof fetch;
+    const code = await remote(['redeliver', id, '--url', 'http://127.0.0.1:8787', '--key', h.alice], { env: {}, out: (l) => out.push(l), err: (l) => err.push(l), fetch: fetchApp, sleep: async () => {} });
+    return { code, out: out.join('\n'), err: err.join('\n') };
+  }
+
+  it('exit 0 when the event was delivered, 1 with the error when not, 1 with the reason when refused', async () => {
+    const { id } = await ended('succeeded', givenUp());
+    expect(await cli(id)).toEqual({ code: 0, out: `${id} webhook delivered`, err: '' });
+    hook.answer = 500;
+    expect(await cli(id)).toMatchObject({ code: 1, out: `${id} webhook pending (HTTP 500): retried on its schedule` });
+    const plain = (await (await call('POST', '/v1/generations', { prompt: 'apple' })).json()) as { id: string };
+    const refused = await cli(plain.id);
+    expect(refused.code).toBe(1);
+    expect(refused.err).toMatch(/409 no_webhook: generation \S+ asked for no webhook/);
   });
 });
