@@ -17,7 +17,7 @@ import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, i
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
 
-export const summary = "use a clipag API (deployed or local): generate, get, cancel, list, or run a batch file, and the account's webhook secret, honouring Retry-After";
+export const summary = "use a clipag API (deployed or local): generate, get, cancel, list, redeliver a webhook, or run a batch file, and the account's webhook secret, honouring Retry-After";
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
 const SYNOPSIS = {
   generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
