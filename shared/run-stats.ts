@@ -211,19 +211,100 @@ export const P90_MIN_RUNS = 5;
  */
 const stepSeconds = (s: RunSample) => (s.stages ? s.stages.reduce((t, st) => t + st.seconds, 0) : s.loopSeconds);
 
+/** Two step counts whose runs' difference measures a step's cost: at least 2× apart (nearer, it measures noise). */
+const STEP_SPAN = 2;
+
+/**
+ * What a stage of k steps costs an image at one stage size, from the runs that timed that size: a
+ * fixed part (a stage's first step runs a freshly leased graph and sets up its buffers, so a 2-step
+ * run's steps cost far more each than a 500-step run's at the same size) plus a cost per step, and
+ * how far each run came above that line. The cost per step is the median of the slopes between runs
+ * at least STEP_SPAN× apart in steps (one slow run moves it little), the fixed part the median of what
+ * the runs spent beside their steps. Where the runs cannot show both (one step count, or no growth
+ * measured), a stage costs its steps at the runs' median per step, as they ran.
+ */
+function stageLine(runs: ReadonlyArray<{ steps: number; seconds: number }>): { cost: (k: number) => number; ratios: number[] } {
+  const median = (xs: number[]) => quantile(xs.sort((a, b) => a - b), 0.5);
+  const slopes: number[] = [];
+  for (let i = 0; i < runs.length; i++) {
+    for (let j = i + 1; j < runs.length; j++) {
+      const [a, b] = runs[i]!.steps < runs[j]!.steps ? [runs[i]!, runs[j]!] : [runs[j]!, runs[i]!];
+      if (b.steps >= STEP_SPAN * a.steps) slopes.push((b.seconds - a.seconds) / (b.steps - a.steps));
+    }
+  }
+  let perStep = slopes.length > 0 ? median(slopes) : 0;
+  let fixed = perStep > 0 ? median(runs.map((r) => r.seconds - perStep * r.steps)) : 0;
+  if (!(perStep > 0 && fixed >= 0)) {
+    perStep = median(runs.map((r) => r.seconds / r.steps));
+    fixed = 0;
+  }
+  const cost = (k: number) => fixed + perStep * k;
+  return { cost, ratios: runs.map((r) => r.seconds / cost(r.steps)).filter(Number.isFinite).sort((a, b) => a - b) };
+}
+
+/**
+ * What each stage of `schedule` (steps per image) costs an image, at quantile q, from the timed stages
+ * of runs at the job's own size: each size's stageLine at the job's steps there, times the q-quantile
+ * of how far the runs came above it. Runs of the job's own steps alone give the quantile over them,
+ * as a per-step average always did. A size no run timed (short runs skip stages) is interpolated by its
+ * pixels between the sizes timed on either side, or held at the nearest one past them (every run
+ * times its output size, the largest).
+ */
+function stageCosts(timed: readonly RunSample[], schedule: readonly Stage[], q: number): number[] {
+  const bySize = new Map<string, { px: number; runs: Array<{ steps: number; seconds: number }> }>();
+  for (const s of timed) {
+    for (const st of s.stages!) {
+      const key = `${st.width}x${st.height}`;
+      const run = { steps: st.steps / s.n, seconds: st.seconds / s.n };
+      const size = bySize.get(key);
+      if (size) size.runs.push(run);
+      else bySize.set(key, { px: st.width * st.height, runs: [run] });
+    }
+  }
+  const lines = [...bySize].map(([key, size]) => ({ key, px: size.px, ...stageLine(size.runs) })).sort((a, b) => a.px - b.px);
+  const costAt = (line: (typeof lines)[number], k: number) => line.cost(k) * (line.ratios.length > 0 ? quantile(line.ratios, q) : 1);
+  return schedule.map((st) => {
+    if (!(st.steps > 0)) return 0;
+    const own = lines.find((l) => l.key === `${st.width}x${st.height}`);
+    if (own) return costAt(own, st.steps);
+    const px = st.width * st.height;
+    const above = lines.findIndex((l) => l.px >= px);
+    if (above === -1) return costAt(lines[lines.length - 1]!, st.steps);
+    if (above === 0) return costAt(lines[0]!, st.steps);
+    const lo = lines[above - 1]!;
+    const hi = lines[above]!;
+    return costAt(lo, st.steps) + ((costAt(hi, st.steps) - costAt(lo, st.steps)) * (px - lo.px)) / (hi.px - lo.px);
+  });
+}
+
 /**
  * A job's worker seconds from recorded runs of the same model, size and start: the per-image part
- * (init, scoring, uploads, and a cold worker's model load) times n, plus the per-step part times
- * steps × n. Each part's median (90th percentile) over the runs. `null` with no recorded run: no
- * figure is better than an invented one.
+ * (init, scoring, uploads, and a cold worker's model load) times n, plus the step loops. Each part's
+ * median (90th percentile) over the runs. `null` with no recorded run: no figure is better than an
+ * invented one.
+ *
+ * With `schedule` (the job's stages, steps per image) and runs that timed their stages, the step loops
+ * are priced stage by stage: what each of the job's stages costs an image (stageCosts), times n. A
+ * run's cost per step depends on its steps: a run of a few steps skips the small stages and runs every
+ * step at the full size, and each stage's first step costs extra, so an average over whole runs priced
+ * a 500-step job at 1024² from shorter runs 3× high. Runs that timed no stages (recorded before) are
+ * then left out; without any timed run, or without `schedule`, a step costs the runs' step loops over
+ * their steps, whatever its stage.
  */
-export function estimateSeconds(samples: readonly RunSample[], job: { steps: number; n: number }): RunEstimate | null {
+export function estimateSeconds(samples: readonly RunSample[], job: { steps: number; n: number; schedule?: readonly Stage[] }): RunEstimate | null {
   if (samples.length === 0) return null;
   const sorted = (xs: number[]) => xs.sort((a, b) => a - b);
-  const perStep = sorted(samples.map((s) => stepSeconds(s) / s.steps));
-  const perImage = sorted(samples.map((s) => (s.seconds - stepSeconds(s)) / s.n));
-  const at = (q: number) => quantile(perImage, q) * job.n + quantile(perStep, q) * job.steps * job.n;
-  return { median: round3(at(0.5)), p90: samples.length >= P90_MIN_RUNS ? round3(at(0.9)) : null, runs: samples.length };
+  const { schedule } = job;
+  const timed = schedule ? samples.filter((s) => s.stages !== undefined && s.stages.length > 0) : [];
+  const basis = timed.length > 0 ? timed : samples;
+  const perImage = sorted(basis.map((s) => (s.seconds - stepSeconds(s)) / s.n));
+  const perStep = sorted(basis.map((s) => stepSeconds(s) / s.steps));
+  const stepsAt = (q: number) =>
+    schedule && timed.length > 0
+      ? stageCosts(timed, schedule, q).reduce((t, cost) => t + cost, 0) * job.n
+      : quantile(perStep, q) * job.steps * job.n;
+  const at = (q: number) => quantile(perImage, q) * job.n + stepsAt(q);
+  return { median: round3(at(0.5)), p90: basis.length >= P90_MIN_RUNS ? round3(at(0.9)) : null, runs: basis.length };
 }
 
 /** y ≈ a + b·x by least squares with a, b ≥ 0 (a cost never falls as the size grows, nor goes below zero). */
@@ -321,7 +402,8 @@ function fittedSeconds(runs: readonly TimedRun[], schedule: readonly Stage[], px
 /**
  * A job's worker seconds (median, 90th percentile) before it runs, from this deployment's runs of the
  * same model and start (ADR 0014):
- * - runs of this very size: their per-image and per-step parts (estimateSeconds);
+ * - runs of this very size: their per-image part and, stage by stage where they timed their stages,
+ *   their per-step part (estimateSeconds; basis null);
  * - else, where runs at other sizes timed their stages at two sizes or more: a step's cost fitted as
  *   a + b × its stage's pixels, summed over the stages this job will run (`schedule`, per image), and
  *   the per-image part fitted as c + d × output pixels (basis.method "fit");
@@ -336,7 +418,7 @@ function fittedSeconds(runs: readonly TimedRun[], schedule: readonly Stage[], px
 export async function estimateJob(blobs: BlobStore, k: RunKey, job: { n: number; schedule: readonly Stage[] }): Promise<JobEstimate> {
   const steps = job.schedule.reduce((t, st) => t + st.steps, 0);
   const own = await readRunSamples(blobs, k);
-  if (own.length > 0) return { seconds: estimateSeconds(own, { steps, n: job.n }), basis: null, note: null };
+  if (own.length > 0) return { seconds: estimateSeconds(own, { steps, n: job.n, schedule: job.schedule }), basis: null, note: null };
   const nearby = await readNearbySizes(blobs, k);
   const size = { width: k.width, height: k.height };
   const px = k.width * k.height;

@@ -19,6 +19,8 @@ import { type FitSize, decodeInitImage } from './init-decode.ts';
 
 /** Weight of `negative_prompt` relative to the positive prompts' total (the CLI's `--negative` uses the same). */
 export const NEGATIVE_PROMPT_WEIGHT = -0.5;
+/** The smallest positive normal double: below it a number keeps fewer significant bits (and 0.5 × 5e-324 is 0). */
+const SMALLEST_NORMAL = 2 ** -1022;
 /** `init: "upload:<id>"` without `strength`: keep 40 % of the image, 60 % noise (the CLI default). */
 export const DEFAULT_INIT_STRENGTH = 0.6;
 
@@ -99,10 +101,22 @@ export function stepsFor(spec: Pick<GenerationSpec, 'steps'>, recipeOverrides: P
 /** The engine requests for a job: n of them, seeds seed+i (mod 2³²); the init image is decoded once by the caller. */
 export function toSynthRequests(job: SynthesisJob, init: InitSpec, recipeOverrides: Partial<Recipe> = {}, maxSteps?: number): SynthRequest[] {
   const { spec } = job;
-  const weighted = weightedPrompts(spec);
+  let weighted = weightedPrompts(spec);
   // The engine divides every weight by the positive prompts' total, so the negative prompt is scaled
   // by that total first: its pull is −0.5 of the positives' whether they weigh 1 or 10.
-  const positiveTotal = weighted.filter((p) => p.weight > 0).reduce((a, p) => a + p.weight, 0);
+  const positiveTotalOf = (ps: readonly { weight: number }[]) => ps.filter((p) => p.weight > 0).reduce((a, p) => a + p.weight, 0);
+  let positiveTotal = positiveTotalOf(weighted);
+  // Weights are relative, so where that total or its share for the negative prompt is no finite normal
+  // number (a job stored before the API's floor on weights, or the engine API's callers), they are first
+  // divided by the largest: 0.5 × 5e-324 is 0 (the negative prompt weighed nothing), and eight weights
+  // of 1e308 sum to Infinity. Otherwise they pass as given, so the engine computes what it always did.
+  if (!(Number.isFinite(positiveTotal) && Math.abs(NEGATIVE_PROMPT_WEIGHT) * positiveTotal >= SMALLEST_NORMAL)) {
+    const largest = Math.max(0, ...weighted.map((p) => Math.abs(p.weight)));
+    if (largest > 0 && Number.isFinite(largest)) {
+      weighted = weighted.map((p) => ({ ...p, weight: p.weight / largest }));
+      positiveTotal = positiveTotalOf(weighted);
+    }
+  }
   const prompts = [
     ...weighted.map((p) => ({ text: p.text, weight: p.weight })),
     ...(spec.negative_prompt !== undefined ? [{ text: spec.negative_prompt, weight: NEGATIVE_PROMPT_WEIGHT * positiveTotal }] : []),
@@ -156,16 +170,26 @@ export async function resolveInit(job: SynthesisJob, blobs: BlobStore, { fitSize
   return { kind: 'image', image, strength: strength ?? DEFAULT_INIT_STRENGTH };
 }
 
+/**
+ * The weighted mean cosine over the positive prompts (0 with none). Weights are relative, so each is
+ * divided by the largest first and the score is the same at any scale: on the raw weights a subnormal
+ * one rounded weight × cosine to the weight or to 0 (a score of exactly 1 or 0, which switched off the
+ * output check's above_prompt_by, judged against this score), and weights near 1e308 overflowed the sum.
+ */
 export function clipScore(scores: PromptScore[]): number {
+  let largest = 0;
+  for (const s of scores) if (s.weight > largest) largest = s.weight;
+  if (!(largest > 0 && Number.isFinite(largest))) return 0;
   let num = 0;
   let den = 0;
   for (const s of scores) {
     if (s.weight > 0) {
-      num += s.weight * s.cosine;
-      den += s.weight;
+      const w = s.weight / largest;
+      num += w * s.cosine;
+      den += w;
     }
   }
-  return den > 0 ? num / den : 0;
+  return num / den;
 }
 
 /** The outcome of a run stopped by its abort before it made any image. */
