@@ -4,6 +4,7 @@ import { dirname, extname, join, resolve } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { defaultPromptPolicy, refusalMessage } from '../shared/prompt-policy.ts';
+import { NEGATIVE_PROMPT_SHARE } from '../shared/schemas/generation.ts';
 import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
@@ -197,7 +198,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     let recipe: Partial<Recipe> = { ...(values.style ? STYLE_RECIPE : {}), steps };
     if (views) recipe = { ...recipe, ...views };
-    const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -0.5 }))];
+    const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -NEGATIVE_PROMPT_SHARE }))];
     if (!values.json) {
       // Quoted as JSON: a prompt's control characters (a terminal's escape sequences) are shown, not run.
       const shown = positionals[0]!.length > PROMPT_SHOWN_CHARS ? `${positionals[0]!.slice(0, PROMPT_SHOWN_CHARS)}…` : positionals[0]!;

@@ -8,7 +8,7 @@
 
 import { uploadKey } from '../../shared/keys.ts';
 import type { BlobStore } from '../../shared/ports.ts';
-import { imageSeed, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
+import { imageSeed, NEGATIVE_PROMPT_SHARE, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../engine/errors.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../../shared/image-header.ts';
 import type { ClipEngine } from '../engine/engine.ts';
@@ -17,8 +17,8 @@ import { type InitSpec, type PromptScore, type SynthRequest, synthesize, validat
 import type { ModelRegistry } from '../models.ts';
 import { type FitSize, decodeInitImage } from './init-decode.ts';
 
-/** Weight of `negative_prompt` relative to the positive prompts' total (the CLI's `--negative` uses the same). */
-export const NEGATIVE_PROMPT_WEIGHT = -0.5;
+/** Weight of `negative_prompt` relative to the positive prompts' total (the CLI's `--negative` uses the same; the API's cancel-out check too). */
+export const NEGATIVE_PROMPT_WEIGHT = -NEGATIVE_PROMPT_SHARE;
 /** The smallest positive normal double: below it a number keeps fewer significant bits (and 0.5 × 5e-324 is 0). */
 const SMALLEST_NORMAL = 2 ** -1022;
 /** `init: "upload:<id>"` without `strength`: keep 40 % of the image, 60 % noise (the CLI default). */
