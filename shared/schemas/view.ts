@@ -37,7 +37,7 @@ export const GenerationOutputView = z
     index: z.number().int().nonnegative().openapi({ description: 'Which of the n images this is; a withheld image leaves a gap' }),
     seed: z.number().int().nonnegative().max(0xffffffff).openapi({
       format: 'int64',
-      description: 'The seed this image ran with (the request\'s seed + index, mod 2^32, or one the job chose when the request gave none): the same request with this seed and n 1 makes this image again',
+      description: 'The seed this image ran with (the request\'s seed + index, mod 2^32, or one the job chose when the request gave none): the same request with this seed and n 1 makes this image again, byte for byte, on the same deployment while its model and worker kind stay the same (another GPU type, a model pushed again under the same name, or CLIPAG_DISABLE_PREPACKING may change its last bits)',
     }),
     url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
     expires_at: Timestamp,
