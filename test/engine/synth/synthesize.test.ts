@@ -63,6 +63,18 @@ describe('synthesis on the tiny model', () => {
     expect(Buffer.from(a.png).equals(Buffer.from(c.png))).toBe(false);
   });
 
+  it('the same seed makes the same PNG whatever the engine\'s thread count (1 or 2), and on an engine opened afresh', async () => {
+    const req: SynthRequest = { prompts: [{ text: 'a diagram of a red circle', weight: 1 }], width: 32, height: 32, seed: 21, recipe: { steps: 4, ...FAST } };
+    const twoThreads = await synthesize(engine, req);
+    const single = await ClipEngine.open(makeTinyBundle('quickgelu', { prior: PRIOR }), { threads: 1 });
+    try {
+      const oneThread = await synthesize(single, req);
+      expect(Buffer.from(oneThread.png).equals(Buffer.from(twoThreads.png))).toBe(true);
+    } finally {
+      await single.close();
+    }
+  });
+
   it('the step graph\'s noise bank is drawn only when its graph is built, not again on a run that leases it warm', async () => {
     const { vi } = await import('vitest');
     const fills = vi.spyOn(Rng.prototype, 'fillNormal');
