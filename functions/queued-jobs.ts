@@ -1,9 +1,10 @@
 import { forEachLimited } from '../shared/concurrency.ts';
 import { CorruptDocumentError } from '../shared/errors.ts';
 import { PENDING_JOBS_PREFIX, parsePendingJobKey, pendingJobKey, type PendingKind } from '../shared/keys.ts';
+import { endNewerJobRecord, NewerJobRecordError, type JobEnding, type NewerJobSeen } from '../shared/jobstore.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
-import { isTerminal, waitingSince, type JobRecord } from '../shared/schemas/job.ts';
+import { isTerminal, TERMINAL_STATUSES, waitingSince, type JobRecord, type JobStatus } from '../shared/schemas/job.ts';
 import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
 import { encodeQueueMessage } from '../shared/schemas/queue.ts';
 import type { ViewOptions } from '../shared/views.ts';
@@ -308,6 +309,7 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, 
     try {
       job = await deps.jobs.get(named.owner, named.jobId);
     } catch (error) {
+      if (error instanceof NewerJobRecordError) return await sweepNewer(deps, marker, named, error, clear, report, unended);
       if (!(error instanceof CorruptDocumentError)) throw error;
       // Nothing a message or a webhook could do for it; the API answers 409 corrupt_record for it.
       deps.log?.({ level: 'warn', msg: 'queued-job sweep: corrupt job record; marker dropped', key: error.key, detail: error.detail });
@@ -359,25 +361,84 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, 
 }
 
 /**
+ * A marker of a job whose record a newer clipag wrote (ADR 0030): this version can neither send its
+ * message (the re-send writes the record), settle its images nor deliver its webhook (both read the
+ * record whole), so those markers stay for a version that reads it. What the sweep promises every
+ * waiting job holds for it too, from the record's stored times: a queued one counts in
+ * `oldestQueuedSec` (the waiting-customer alarm), and one no message can reach any more is expired.
+ * Its older workers keep sending its message back (no delivery spent), so the queue's retention
+ * alone would never end it. A status this version does not know is neither counted nor expired: it
+ * cannot tell whether that job waits.
+ */
+async function sweepNewer(
+  deps: SweepDeps,
+  marker: BlobMeta,
+  named: { kind: PendingKind; owner: string; jobId: string },
+  newer: NewerJobRecordError,
+  clear: (recheck?: boolean) => Promise<void>,
+  report: SweepReport,
+  unended?: Set<string>,
+): Promise<void> {
+  const { seen } = newer;
+  const ended = TERMINAL_STATUSES.has(seen.status as JobStatus);
+  if (named.kind === 'active') {
+    if (ended) return clear(false); // an ender that could not remove it (as for any ended job)
+    const now = deps.clock();
+    if (deps.queueRetentionSec !== undefined && unreachable(seen, now, deps.queueRetentionSec)) {
+      const ending = await endNewerJobRecord(deps.blobs, named.owner, named.jobId, (cur) => (unreachable(cur, now, deps.queueRetentionSec!) ? expiredEnding(cur, now, deps.queueRetentionSec!) : null));
+      if (ending) {
+        if (ending.error?.code === 'expired') {
+          report.expired++;
+          deps.log?.({ level: 'warn', msg: 'queued-job sweep: a job no queue message can reach failed as expired (its record was written by a newer clipag)', job_id: named.jobId, owner: named.owner, status_was: seen.status });
+        }
+        return clear(false);
+      }
+    }
+    report.kept++;
+    unended?.add(`${named.owner}/${named.jobId}`);
+    if (seen.status === 'queued' && newer.waitingSince !== undefined) {
+      report.oldestQueuedSec = Math.max(report.oldestQueuedSec, Math.max(0, Math.floor((now.getTime() - newer.waitingSince) / 1000)));
+    }
+    // Once per sweep and job (every waiting job has this marker), not per marker.
+    deps.log?.({ level: 'warn', msg: 'queued-job sweep: job record written by a newer clipag; its markers kept for a version that reads it', job_id: named.jobId, owner: named.owner, status: seen.status, unknown: newer.unknown.slice(0, 10) });
+    return;
+  }
+  // A message marker of a job a worker has started, or that ended, is done with (as sweepMessage
+  // decides); the rest wait for a version that reads the record, as do a status this one does not know.
+  const started = seen.status === 'running' || ended || (newer.record !== undefined && newer.record.attempts > 0);
+  if (named.kind === 'msg' && started) return clear(false);
+  report.kept++;
+}
+
+/** The stored times `unreachable` reads: a record's, or what was read of a newer clipag's. */
+type ReachFields = Pick<NewerJobSeen, 'status' | 'created_at' | 'enqueued_at'> & { lease_expires_at?: string | null };
+
+/**
  * Whether no queue message can reach the job any more: it waits (queued, or running on a lease that
  * lapsed: its worker died) and its last message was sent over the queue's retention ago. Every send
  * of a job's message comes at or after the stamp it is counted from (created_at, enqueued_at: the
  * API's re-sends and re-queues, the worker's requeue), so a later message cannot exist.
  */
-export function unreachable(job: JobRecord, now: Date, queueRetentionSec: number): boolean {
+export function unreachable(job: ReachFields, now: Date, queueRetentionSec: number): boolean {
   const waiting = job.status === 'queued' || (job.status === 'running' && (!job.lease_expires_at || Date.parse(job.lease_expires_at) < now.getTime()));
-  return waiting && now.getTime() - queuedSince(job) > queueRetentionSec * 1000 + EXPIRY_MARGIN_MS;
+  const since = Date.parse(job.enqueued_at ?? job.created_at ?? '');
+  return waiting && Number.isFinite(since) && now.getTime() - since > queueRetentionSec * 1000 + EXPIRY_MARGIN_MS;
+}
+
+/** How an unreachable job ends: `canceled` when its caller asked to cancel it (a run whose worker then died), else failed `expired`. */
+function expiredEnding(job: { cancel_requested?: boolean }, now: Date, queueRetentionSec: number): JobEnding {
+  const days = Math.round((queueRetentionSec / 86_400) * 10) / 10;
+  if (job.cancel_requested) return { status: 'canceled', finished_at: now.toISOString() };
+  return { status: 'failed', finished_at: now.toISOString(), error: { code: 'expired', message: `not run within ${days} day(s) (how long the queue keeps a job); submit it again` } };
 }
 
 /** Fails an unreachable job `expired` (conditionally: a worker that took it meanwhile wins). */
 async function expire(deps: SweepDeps, job: JobRecord, queueRetentionSec: number): Promise<JobRecord> {
   const now = deps.clock();
-  const days = Math.round((queueRetentionSec / 86_400) * 10) / 10;
   const updated = await deps.jobs.update(job.owner, job.id, (cur) => {
     if (isTerminal(cur.status) || !unreachable(cur, now, queueRetentionSec)) return null;
     // Its caller asked to cancel it (a run whose worker then died): it ends as asked, not as a failure to resubmit.
-    if (cur.cancel_requested) return { ...cur, status: 'canceled', finished_at: now.toISOString() };
-    return { ...cur, status: 'failed', finished_at: now.toISOString(), error: { code: 'expired', message: `not run within ${days} day(s) (how long the queue keeps a job); submit it again` } };
+    return { ...cur, ...expiredEnding(cur, now, queueRetentionSec) };
   });
   if (updated.error?.code === 'expired') deps.log?.({ level: 'warn', msg: 'queued-job sweep: a job no queue message can reach failed as expired', job_id: job.id, owner: job.owner, status_was: job.status });
   return updated;

@@ -106,6 +106,13 @@ export interface ModelRegistry {
   resolve(name: string): string;
   /** The bundle folder of `name`, downloading a store model into the cache first when needed. */
   locate(name: string): Promise<string>;
+  /**
+   * Before a job on `name` is claimed: the NewerModelError `locate` would throw (its store index is in
+   * a format a newer clipag wrote, and this process serves no bundle the index still names), else
+   * undefined. Reads the index (within its TTL), never downloads; anything else wrong (no such model, a
+   * store that does not answer) is left to `locate`, where the run meets it.
+   */
+  waitsForNewer(name: string): Promise<NewerModelError | undefined>;
   /** Re-reads the store's model list (no-op without a store); returns list(). */
   refresh(): Promise<ModelInfo[]>;
   /** The process-wide engine for `name`, opened once (concurrent callers share the same open). */
@@ -118,6 +125,23 @@ export interface ModelRegistry {
   use(name: string): Promise<{ engine: ClipEngine; done(): void }>;
   /** Closes every engine and the pool when the registry owns it. Idempotent. */
   close(): Promise<void>;
+}
+
+/**
+ * A store model only a newer clipag can serve: its index is in a format_version this version does not
+ * read (ADR 0030). Neither the request's fault (invalid_model would tell its caller to change it) nor
+ * a bundle to serve: the deployment is behind the CLI that pushed it. Retryable: a newer worker may take
+ * the job. The worker checks for it before it claims a job (ModelRegistry.waitsForNewer) and puts the
+ * job back for a newer worker without spending a delivery, as for a record a newer clipag wrote.
+ */
+export class NewerModelError extends RetryableError {
+  readonly model: string;
+  readonly formatVersion: number;
+  constructor(model: string, cause: NewerModelIndexError) {
+    super(`model ${model}: ${cause.message}`, { cause });
+    this.model = model;
+    this.formatVersion = cause.formatVersion;
+  }
 }
 
 /** `<modelsDir>/<name>/manifest.json` folders, name → absolute folder. */
@@ -494,11 +518,9 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
           indexes.set(name, { at: Date.now(), index: hit.index });
           return hit.index;
         }
-        // Neither the request's fault (invalid_model tells the caller to fix it) nor a bundle to serve:
-        // the deployment is behind the CLI that pushed it. Retryable: a newer worker may take the job
-        // (a deploy under way), and the caller may try again later. The operator hears it here.
+        // Neither the request's fault nor a bundle to serve (NewerModelError). The operator hears it here.
         warn(`model ${name}: ${e.message}`);
-        throw new RetryableError(`model ${name}: ${e.message}`, { cause: e });
+        throw new NewerModelError(name, e);
       }
       if (e instanceof ModelStoreError) throw new EngineError('invalid_model', `model ${name}: ${e.message}`, { param: 'model' });
       // a transient store error: keep serving the bundle this process already has
@@ -605,6 +627,15 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
       }
       fetched.set(name, f.dir);
       return f.dir;
+    },
+    async waitsForNewer(name) {
+      if (Object.hasOwn(bundles, name) || !store || !MODEL_NAME.test(name)) return undefined;
+      try {
+        await storeIndex(name);
+        return undefined;
+      } catch (error) {
+        return error instanceof NewerModelError ? error : undefined;
+      }
     },
     async refresh() {
       if (store) {

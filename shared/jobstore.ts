@@ -3,7 +3,8 @@ import { readDoc } from './documents.ts';
 import { CorruptDocumentError, NotFoundError, PreconditionFailedError, ValidationError } from './errors.ts';
 import type { BlobStore, JobMutation, JobPage, JobStore, UpdateOptions } from './ports.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './schemas/common.ts';
-import { JobRecord } from './schemas/job.ts';
+import { JobRecord, waitingSince } from './schemas/job.ts';
+import { newerWriterOf } from './schemas/queue.ts';
 
 /**
  * JobStore on any BlobStore: one JSON document per job at `jobs/<owner>/<jobId>.json`.
@@ -22,7 +23,7 @@ export interface JobStoreLogger {
 }
 
 export class BlobJobStore implements JobStore {
-  /** `log` hears about corrupt job documents that `listByOwner` skips. */
+  /** `log` hears about the job documents that `listByOwner` skips: corrupt ones, and newer clipags' records. */
   constructor(
     private readonly blobs: BlobStore,
     private readonly options: { log?: JobStoreLogger } = {},
@@ -59,13 +60,7 @@ export class BlobJobStore implements JobStore {
     const key = BlobJobStore.keyFor(owner, id);
     const object = await this.blobs.get(key);
     if (!object) return null;
-    // Unreadable or off-schema → CorruptDocumentError (non-retryable; the API answers 409 corrupt_record).
-    const record = readDoc(JobRecord, object.body, key);
-    if (record.owner !== owner || record.id !== id) {
-      // A document under someone's prefix must describe that owner's job; anything else is corruption.
-      throw new CorruptDocumentError(key, `names ${record.owner}/${record.id}`);
-    }
-    return { record, etag: object.etag };
+    return { record: readJobRecord(object.body, key, owner, id), etag: object.etag };
   }
 
   async update(owner: string, id: string, mutate: JobMutation, options: UpdateOptions = {}): Promise<JobRecord> {
@@ -119,6 +114,9 @@ export class BlobJobStore implements JobStore {
             read[index] = await this.get(owner, id);
           } catch (error) {
             // One unreadable document must not hide the owner's other jobs: skip it, tell the operator.
+            // A newer clipag's record is skipped too: a page's items are the documented view, which
+            // this version cannot make of a record it only partly reads (its GET answers 503); it is
+            // listed again once a version that reads it serves the list.
             if (!(error instanceof CorruptDocumentError)) throw error;
             read[index] = error;
           }
@@ -126,7 +124,8 @@ export class BlobJobStore implements JobStore {
       );
     } finally {
       for (const entry of read) {
-        if (entry instanceof CorruptDocumentError) this.options.log?.warn('skipping a corrupt job document in a listing', { key: entry.key, detail: entry.detail });
+        if (entry instanceof NewerJobRecordError) this.options.log?.warn('skipping a job record written by a newer clipag in a listing', { key: entry.key, unknown: entry.unknown.slice(0, 10) });
+        else if (entry instanceof CorruptDocumentError) this.options.log?.warn('skipping a corrupt job document in a listing', { key: entry.key, detail: entry.detail });
       }
     }
     const jobs = read.filter((entry): entry is JobRecord => entry !== null && !(entry instanceof CorruptDocumentError));
@@ -135,6 +134,144 @@ export class BlobJobStore implements JobStore {
     return page.cursor && last ? { jobs, cursor: last.key.slice(`jobs/${owner}/`.length, -'.json'.length) } : { jobs };
   }
 }
+
+// ------------------------------------------------------------------ newer writers (ADR 0030)
+
+/**
+ * What this version makes out of a job record a newer clipag wrote, read as stored (each field only
+ * when it has the type this version knows): enough to decide with (has the job ended, since when has it
+ * waited, is its lease live), never to run it or to show it.
+ */
+export interface NewerJobSeen {
+  /** A status this version may not know (an unknown status is a newer writer's too). */
+  status: string;
+  created_at?: string;
+  enqueued_at?: string;
+  queued_at?: string;
+  lease_expires_at?: string;
+  cancel_requested?: boolean;
+}
+
+/**
+ * A job record this version refuses only because a newer clipag wrote it (newerWriterOf: keys or enum
+ * values it does not know, everything it does know there and valid; the record names the job it is
+ * stored as). A CorruptDocumentError, so a reader that only tells good from bad refuses it as before;
+ * a reader that can leave it for a version that reads it catches this first (ADR 0030): the API answers
+ * 503 (a newer API reads it), the worker puts its message back for a newer worker, the queued-job sweep
+ * keeps its markers and expires it by its stored times, a listing skips it with its own log line.
+ */
+export class NewerJobRecordError extends CorruptDocumentError {
+  /** What this version does not know, by path: `spec.guidance`, `status: "paused"`. */
+  readonly unknown: readonly string[];
+  readonly seen: NewerJobSeen;
+  /**
+   * The record without the keys this version does not know; undefined when a value it does not know
+   * remains. For deciding (is it held, by which attempt), never for running, showing or writing: what
+   * this version does not know may change what the rest means.
+   */
+  readonly record: JobRecord | undefined;
+  /** Since when (ms since the epoch) the job has waited to start, as `waitingSince` counts it; undefined when the record does not say. */
+  readonly waitingSince: number | undefined;
+  constructor(key: string, unknown: readonly string[], seen: NewerJobSeen, record: JobRecord | undefined) {
+    super(key, `written by a newer clipag (this version does not know ${unknown.slice(0, 10).join(', ')})`);
+    // The public message: the API answers it 503 (retry), never "contact the operator".
+    this.message = 'the stored record for this resource was written by a newer version of the service; retry later';
+    this.unknown = unknown;
+    this.seen = seen;
+    this.record = record;
+    this.waitingSince = record ? waitingSince(record) : rawWaitingSince(seen);
+  }
+}
+
+/**
+ * A stored job record as this version reads it, the one way every reader does: the record; a
+ * NewerJobRecordError for one a newer clipag wrote; a CorruptDocumentError for damage (unreadable,
+ * off-schema, or naming another job than the one it is stored as).
+ */
+export function readJobRecord(body: Uint8Array, key: string, owner: string, id: string): JobRecord {
+  let record: JobRecord;
+  try {
+    record = readDoc(JobRecord, body, key);
+  } catch (error) {
+    if (!(error instanceof CorruptDocumentError)) throw error;
+    throw newerRecordError(body, key, owner, id) ?? error;
+  }
+  if (record.owner !== owner || record.id !== id) {
+    // A document under someone's prefix must describe that owner's job; anything else is corruption.
+    throw new CorruptDocumentError(key, `names ${record.owner}/${record.id}`);
+  }
+  return record;
+}
+
+/** The NewerJobRecordError for a record readDoc refused, or undefined when it is damage. */
+function newerRecordError(body: Uint8Array, key: string, owner: string, id: string): NewerJobRecordError | undefined {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
+  } catch {
+    return undefined;
+  }
+  const newer = newerWriterOf(JobRecord, raw);
+  if (!newer || !isPlainRecord(raw) || raw.owner !== owner || raw.id !== id || typeof raw.status !== 'string') return undefined;
+  const text = (v: unknown) => (typeof v === 'string' ? v : undefined);
+  const seen: NewerJobSeen = {
+    status: raw.status,
+    ...optional('created_at', text(raw.created_at)),
+    ...optional('enqueued_at', text(raw.enqueued_at)),
+    ...optional('queued_at', text(raw.queued_at)),
+    ...optional('lease_expires_at', text(raw.lease_expires_at)),
+    ...optional('cancel_requested', typeof raw.cancel_requested === 'boolean' ? raw.cancel_requested : undefined),
+  };
+  return new NewerJobRecordError(key, newer.unknown, seen, newer.data);
+}
+
+/** `waitingSince` of a record that does not parse here, from its stored times. */
+function rawWaitingSince(seen: NewerJobSeen): number | undefined {
+  const at = (v: string | undefined) => (v === undefined ? Number.NaN : Date.parse(v));
+  const since = Math.max(at(seen.enqueued_at ?? seen.created_at), seen.queued_at === undefined ? 0 : at(seen.queued_at));
+  return Number.isFinite(since) ? since : undefined;
+}
+
+/**
+ * Ends a job whose record a newer clipag wrote, as this version ends one (the queued-job sweep's
+ * expiry): `end` sees what could be read and returns the fields to set, or null to leave the record
+ * as it is. Only those fields change, and `version` goes up; every other key, known here or not, is
+ * written back as it was read (ADR 0030: an update carries what it does not know through). Conditional
+ * on what was read, re-reading on a lost race. Returns what was set; null when `end` left it, or when
+ * the record is gone, reads here now, or is no newer writer's any more (the caller's usual path sees to it).
+ */
+export async function endNewerJobRecord(
+  blobs: BlobStore,
+  owner: string,
+  id: string,
+  end: (seen: NewerJobSeen, record: JobRecord | undefined) => JobEnding | null,
+): Promise<JobEnding | null> {
+  const key = BlobJobStore.keyFor(owner, id);
+  for (let attempt = 0; ; attempt++) {
+    const object = await blobs.get(key);
+    if (!object) return null;
+    const newer = newerRecordError(object.body, key, owner, id);
+    if (!newer) return null;
+    const ending = end(newer.seen, newer.record);
+    if (!ending) return null;
+    const raw = JSON.parse(Buffer.from(object.body).toString('utf8')) as Record<string, unknown>;
+    const version = typeof raw.version === 'number' && Number.isSafeInteger(raw.version) ? raw.version + 1 : raw.version;
+    const next = { ...raw, ...ending, version };
+    try {
+      await blobs.replaceIfMatch(key, Buffer.from(JSON.stringify(next)), object.etag, { contentType: 'application/json' });
+      return ending;
+    } catch (error) {
+      if (!(error instanceof PreconditionFailedError) || attempt >= 5) throw error;
+      await new Promise((r) => setTimeout(r, Math.random() * 5 * (attempt + 1)));
+    }
+  }
+}
+
+/** The fields an ending sets (those every version knows). */
+export type JobEnding = Pick<JobRecord, 'status' | 'finished_at'> & Partial<Pick<JobRecord, 'error'>>;
+
+const isPlainRecord = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x);
+const optional = <K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } => (value === undefined ? {} : ({ [key]: value } as { [P in K]: V }));
 
 function assertOwner(owner: string): void {
   if (typeof owner !== 'string' || !OWNER_ID_PATTERN.test(owner)) throw new ValidationError('invalid owner id', 'owner');

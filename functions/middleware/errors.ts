@@ -3,6 +3,7 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { AuthError, ClipagError, RetryableError, TooManyRequestsError, ValidationError, toErrorEnvelope } from '../../shared/errors.ts';
 import type { ErrorEnvelopeBody } from '../../shared/errors.ts';
+import { NewerJobRecordError } from '../../shared/jobstore.ts';
 import type { AppEnv, AppLogEntry } from '../types.ts';
 import { clientRequestId } from './request-id.ts';
 
@@ -27,8 +28,19 @@ const HTTP_EXCEPTION_CODES: Record<number, string> = {
   415: 'unsupported_media_type',
 };
 
+/**
+ * Retry-After of a job record a newer clipag wrote: a deploy under way serves it from the newer API
+ * within minutes; a rollback that stays, not before the newer version is back. Either way, not every second.
+ */
+export const NEWER_RECORD_RETRY_AFTER_SEC = 30;
+
 /** Maps anything thrown to the one envelope; 5xx never leak internals. */
 export function envelopeFor(error: unknown, requestId: string): { status: number; body: ErrorEnvelopeBody } {
+  if (error instanceof NewerJobRecordError) {
+    // Written by a newer API or worker (ADR 0030): this version must neither act on it nor call it
+    // damage (409 corrupt_record tells the caller to give up). A version that reads it answers the retry.
+    return { status: 503, body: { error: { code: 'unavailable', message: error.message, param: null, request_id: requestId } } };
+  }
   if (error instanceof HTTPException && !(error instanceof ClipagError)) {
     const status = error.status;
     const code = HTTP_EXCEPTION_CODES[status] ?? (status >= 500 ? 'internal_error' : 'bad_request');
@@ -47,7 +59,7 @@ export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
   const { status, body } = envelopeFor(error, c.get('requestId') ?? 'unknown');
   c.set('errorCode', body.error.code);
   if (error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
-  if (status === 503) c.header('Retry-After', '1');
+  if (status === 503) c.header('Retry-After', error instanceof NewerJobRecordError ? String(NEWER_RECORD_RETRY_AFTER_SEC) : '1');
   if (error instanceof TooManyRequestsError) c.header('Retry-After', String(error.retryAfterSec));
   // The first request with the key is still running: its job is a moment away.
   if (body.error.code === 'idempotency_in_progress') c.header('Retry-After', '1');

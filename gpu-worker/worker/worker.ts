@@ -7,11 +7,11 @@ import { deletePrefix } from '../../shared/prefix.ts';
 import { jobOutputsPrefix } from '../../shared/keys.ts';
 import { CorruptDocumentError, NonRetryableError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
-import { isTerminal, JobRecord, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, TERMINAL_STATUSES, waitingSince, type JobOutput, type JobStatus, type OutputCheck } from '../../shared/schemas/job.ts';
+import { isTerminal, type JobRecord, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, TERMINAL_STATUSES, waitingSince, type JobOutput, type JobStatus, type OutputCheck } from '../../shared/schemas/job.ts';
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
-import { NewerQueueMessageError, newerWriterOf, parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
-import { BlobJobStore } from '../../shared/jobstore.ts';
-import type { ModelRegistry } from '../models.ts';
+import { NewerQueueMessageError, parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
+import { BlobJobStore, NewerJobRecordError } from '../../shared/jobstore.ts';
+import { NewerModelError, type ModelRegistry } from '../models.ts';
 import { classifyError, describe, isMachineFailure, isUnexplainedRunFailure, jobErrorOf, StorageFailure } from './errors.ts';
 import { abortedOutcome, type SynthesisOutcome, type SynthesisProgress, type SynthesizedImage, type Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
@@ -251,26 +251,6 @@ const COPY_DEFER_DEFAULT_SEC = 3600;
 const NEWER_WRITER_DELAY_SEC = [60, 900] as const;
 /** Back-off between result-write tries: 250 ms, doubling, at most 5 s. */
 const RESULT_WRITE_BACKOFF_MS = [250, 5_000] as const;
-
-/** A job record a newer clipag wrote, as far as this version makes it out (see readNewerRecord in createWorker). */
-interface NewerRecord {
-  unknown: readonly string[];
-  status: string | undefined;
-  /** ms since the epoch; undefined when the record does not say. */
-  waitingSince: number | undefined;
-  /** The record without the keys this version does not know; absent when a value it does not know remains. */
-  rec?: JobRecord;
-}
-
-const isPlainRecord = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x);
-
-/** waitingSince of a record that does not parse here, from its raw timestamps. */
-function rawWaitingSince(raw: Record<string, unknown>): number | undefined {
-  const at = (v: unknown) => (typeof v === 'string' ? Date.parse(v) : Number.NaN);
-  const sent = at(raw.enqueued_at ?? raw.created_at);
-  const since = Math.max(sent, raw.queued_at === undefined ? 0 : at(raw.queued_at));
-  return Number.isFinite(since) ? since : undefined;
-}
 
 /**
  * Why the dead-letter sweep fails a job, as far as its record tells: one never started was set aside on
@@ -769,33 +749,28 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   // ------------------------------------------------------------ data a newer clipag wrote
 
   /**
-   * The job's record, which does not read here, as far as this version can make it out: null unless it
-   * looks written by a newer clipag (newerWriterOf: only keys or enum values this version does not know,
-   * what it does know there and valid). Then its status, since when it has waited, and (when only
-   * unknown keys were in the way) the record without them: to decide with, never to run or to write.
+   * The job's record, which did not read here: the store's NewerJobRecordError when a newer clipag
+   * wrote it (what this version makes out of it: to decide with, never to run or to write). Damage is
+   * looked at once more: rewritten since the read that failed (by a newer writer, or an operator's fix),
+   * it is no damage to park ('reads_now', or the newer record now). Null for damage.
    */
-  async function readNewerRecord(msg: { job_id: string; owner: string }, key: string): Promise<NewerRecord | 'reads_now' | null> {
-    if (key !== BlobJobStore.keyFor(msg.owner, msg.job_id)) return null; // another document (an owner's policy, a ledger)
+  async function readNewerRecord(msg: { job_id: string; owner: string }, error: CorruptDocumentError): Promise<NewerJobRecordError | 'reads_now' | null> {
+    if (error.key !== BlobJobStore.keyFor(msg.owner, msg.job_id)) return null; // another document (an owner's policy, a ledger)
+    if (error instanceof NewerJobRecordError) return error;
     try {
-      const found = await blobs.get(key);
-      if (!found) return null;
-      const raw: unknown = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(found.body));
-      // Rewritten since the read that failed (by a newer writer, or an operator's fix): no damage to park.
-      if (JobRecord.safeParse(raw).success) return 'reads_now';
-      const newer = newerWriterOf(JobRecord, raw);
-      if (!newer || !isPlainRecord(raw) || raw.owner !== msg.owner || raw.id !== msg.job_id) return null;
-      const rec = newer.data;
-      return { unknown: newer.unknown, status: typeof raw.status === 'string' ? raw.status : undefined, waitingSince: rec ? waitingSince(rec) : rawWaitingSince(raw), ...(rec ? { rec } : {}) };
-    } catch (error) {
-      log.warn('job record: could not tell whether a newer clipag wrote it', { job_id: msg.job_id, owner: msg.owner, error: describe(error) });
+      return (await jobs.get(msg.owner, msg.job_id)) ? 'reads_now' : null;
+    } catch (again) {
+      if (again instanceof NewerJobRecordError) return again;
+      if (!(again instanceof CorruptDocumentError)) log.warn('job record: could not tell whether a newer clipag wrote it', { job_id: msg.job_id, owner: msg.owner, error: describe(again) });
       return null;
     }
   }
 
   /**
-   * Data a newer clipag wrote (the message, or the job's record), which this worker must neither run
-   * (it would make a different image from a request it does not fully understand) nor take for damage
-   * (dead-lettered on its first receipt, the job would later fail "retries_exhausted" without a run).
+   * Data a newer clipag wrote (the message, the job's record, or the index of the model it names),
+   * which this worker must neither run (it would make a different image from a request it does not
+   * fully understand) nor take for damage (dead-lettered on its first receipt, the job would later fail
+   * "retries_exhausted" without a run).
    * The job is left as it is: queued, its owner's place held, no failure counted. Its message goes back
    * for a worker that knows the data, as a drain's requeue does, so that the wait spends none of the
    * job's deliveries: a fresh copy sent with a delay, then this delivery acked. A job that has ended
@@ -804,7 +779,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * `leaseUntil` (ms): while the record names this delivery's lease, a copy back before it lapses would
    * be taken for a duplicate of a live run and dropped, leaving the job no message; it comes back after.
    */
-  async function waitForNewerWorker(m: ReceivedMessage, msg: QueueMessage, what: 'message' | 'record', unknown: readonly string[], since: number | undefined, leaseUntil = 0): Promise<void> {
+  async function waitForNewerWorker(m: ReceivedMessage, msg: QueueMessage, what: 'message' | 'record' | 'model', unknown: readonly string[], since: number | undefined, leaseUntil = 0): Promise<void> {
     const waitedSec = since === undefined || !Number.isFinite(since) ? 0 : Math.max(0, (clock.now() - since) / 1000);
     let delaySec = Math.min(NEWER_WRITER_DELAY_SEC[1], Math.max(NEWER_WRITER_DELAY_SEC[0], Math.round(waitedSec / 10)));
     const leaseLeftSec = Math.ceil((leaseUntil - clock.now()) / 1000);
@@ -828,6 +803,36 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     // round the same way; a worker that runs the job drops the other as a duplicate.
     await ack(m, 'newer_writer', 'ack after sending the copy of a newer message failed; the job has two messages until one is settled');
     return finish(msg, 'requeued');
+  }
+
+  /** What `waitForNewerWorker` logs as not known here, for a model only a newer clipag can serve. */
+  const newerModelUnknown = (error: NewerModelError) => [`model ${error.model}: format_version ${error.formatVersion}`];
+
+  /**
+   * A model only a newer clipag can serve, met by the run (its index was rewritten after the check
+   * before the claim): this attempt goes back to `queued` (or ends `canceled` when its caller asked
+   * meanwhile, as after a retryable failure), and the job waits for a newer worker as it would have
+   * before the claim: a retry would fail the same way on every delivery, and end `retries_exhausted`.
+   */
+  async function waitForNewerModel(m: ReceivedMessage, msg: QueueMessage, attempt: number, error: NewerModelError): Promise<void> {
+    try {
+      let since: number | undefined;
+      if (attempt > 0) {
+        const rec = await markQueuedOrCanceled(msg, attempt);
+        if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobErrorOf(error) });
+        if (rec.status === 'canceled') {
+          await ack(m, 'canceled');
+          await removeOrphans(rec);
+          return finish(msg, 'canceled', { error: jobErrorOf(error) });
+        }
+        since = waitingSince(rec);
+      }
+      return await waitForNewerWorker(m, msg, 'model', newerModelUnknown(error), since);
+    } catch (writeError) {
+      // As when a failure cannot be recorded: the record still names this attempt's lease, and the
+      // message comes back when it runs out.
+      log.error('could not put a job back for a newer worker; the message comes back when its lease runs out', { job_id: msg.job_id, owner: msg.owner, error: describe(writeError) });
+    }
   }
 
   // ------------------------------------------------------------ one message
@@ -945,6 +950,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         await ack(m, 'invalid_model');
         await removeOrphans(rec);
         return finish(msg, rec.status as JobOutcome, { error });
+      }
+      // A model whose index a newer clipag pushed: the run would fail on every delivery, and the job end
+      // retries_exhausted. It waits for a newer worker instead, as a newer record does, before a claim.
+      const newerModel = await models?.waitsForNewer(job.spec.model);
+      if (newerModel) {
+        await lease.release();
+        return waitForNewerWorker(m, msg, 'model', newerModelUnknown(newerModel), waitingSince(job));
       }
 
       // Claim it: a versioned write that re-checks terminal/cancel on the freshest record.
@@ -1225,7 +1237,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   /** `leaseUntil` (ms): when this delivery's lease, which the record may name, runs out. */
   async function onFailure(m: ReceivedMessage, msg: QueueMessage, attempt: number, error: unknown, leaseUntil = 0): Promise<void> {
-    const newer = error instanceof CorruptDocumentError ? await readNewerRecord(msg, error.key) : null;
+    const newer = error instanceof CorruptDocumentError ? await readNewerRecord(msg, error) : null;
     if (newer === 'reads_now') {
       log.warn('job record rewritten since it failed to read; the message is handled again', { ...about(m), attempt });
       // Before a claim, a fresh copy at once (spending no delivery). After one, the record names this
@@ -1237,9 +1249,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     if (newer) {
       // The record a newer clipag wrote (a request field this version does not know): the checks that
       // settle a message before a claim, made on the record without what is unknown; otherwise it waits.
-      const { rec } = newer;
-      if (newer.status !== undefined && TERMINAL_STATUSES.has(newer.status as JobStatus)) {
-        await ack(m, `already_${newer.status}`);
+      const { record: rec, seen } = newer;
+      if (TERMINAL_STATUSES.has(seen.status as JobStatus)) {
+        await ack(m, `already_${seen.status}`);
         return finish(msg, 'skipped');
       }
       if (rec && superseded(rec, attempt)) return finish(msg, 'lease_lost');
@@ -1248,6 +1260,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (attempt === 0 && rec && copyOfHeld(rec, m)) return deferCopy(m, msg, noLease, rec.lease_expires_at);
       return waitForNewerWorker(m, msg, 'record', newer.unknown, newer.waitingSince, attempt > 0 ? leaseUntil : 0);
     }
+    if (error instanceof NewerModelError) return waitForNewerModel(m, msg, attempt, error);
     if (error instanceof CorruptDocumentError) {
       // The job document cannot be read, so it cannot be marked failed either, and every redelivery
       // would hit the same wall: park the message in the DLQ (once) for an operator.
