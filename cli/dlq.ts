@@ -5,7 +5,8 @@
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig } from '../shared/config.ts';
 import { ClipagError, CorruptDocumentError, ValidationError } from '../shared/errors.ts';
-import { isTerminal } from '../shared/schemas/job.ts';
+import { NewerJobRecordError } from '../shared/jobstore.ts';
+import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
 import type { JobQueue, JobStore, ReceivedMessage } from '../shared/ports.ts';
 import { parseQueueMessage } from '../shared/schemas/queue.ts';
 import { refusal, parseCliArgs } from './common.ts';
@@ -95,8 +96,15 @@ async function describeMessage(jobs: JobStore, m: ReceivedMessage): Promise<Dead
     row.purgeable = !job || isTerminal(job.status);
   } catch (error) {
     if (!(error instanceof CorruptDocumentError)) throw error;
-    // The API answers 409 corrupt_record for it; nothing a message could do.
-    row.problem = `corrupt job record: ${error.message}`;
+    // A newer clipag's record (ADR 0030) is not damage: a newer version reads it, and its message is
+    // better sent again than purged. A damaged one: the API answers 409 corrupt_record; nothing a
+    // message could do.
+    row.problem =
+      error instanceof NewerJobRecordError
+        ? `job record written by a newer clipag (it has ${error.unknown.slice(0, 3).join(', ')}): this version cannot read it; use the clipag of the deployment`
+        : `corrupt job record: ${error.message}`;
+    // Kept unless it has ended, as a readable job's is.
+    if (error instanceof NewerJobRecordError) row.purgeable = isTerminal(error.seen.status as JobRecord['status']);
   }
   return row;
 }

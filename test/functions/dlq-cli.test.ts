@@ -64,6 +64,20 @@ describe('clipag dlq', () => {
     expect(text.lines.find((l) => l.includes(failed))).toMatch(/acct_a\/\S+ failed \(retries_exhausted\)/);
   });
 
+  it("a job record a newer clipag wrote is named so, not as corrupt, and its dead letter is kept by a purge", async () => {
+    const id = newJobId(Date.now());
+    await jobs.create(newJobRecord({ id, owner: 'acct_a', spec: GenerationSpec.parse({ prompt: 'apple', model: 'toy' }) }));
+    const key = BlobJobStore.keyFor('acct_a', id);
+    const blobs = (jobs as unknown as { blobs: LocalBlobStore }).blobs;
+    const record = JSON.parse(Buffer.from((await blobs.get(key))!.body).toString()) as { spec: Record<string, unknown> };
+    record.spec.guidance = 3; // a request parameter this version does not know
+    await blobs.put(key, Buffer.from(JSON.stringify(record)));
+    await queue.deadLetter!.send(JSON.stringify({ v: 1, job_id: id, owner: 'acct_a' }));
+    const { data } = JSON.parse((await cli('list', '--json')).lines[0]!) as { data: DeadLetterRow[] };
+    expect(data[0]).toMatchObject({ job_id: id, purgeable: false, problem: expect.stringMatching(/^job record written by a newer clipag \(it has spec\.guidance\)/) });
+    expect((await cli('purge', '--yes')).lines).toEqual(['deleted 0 of 1 dead letters (1 kept: their job has not ended yet)']);
+  });
+
   it('purge says what it would delete; with --yes it deletes the ended, gone and malformed ones and keeps the job still waiting', async () => {
     const { waiting } = await fill();
     expect((await cli('purge')).lines).toEqual(['would delete 3 of 4 dead letters (1 kept: their job has not ended yet). Run with --yes to delete.']);
