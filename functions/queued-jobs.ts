@@ -396,8 +396,12 @@ async function sweepNewer(
     }
     report.kept++;
     unended?.add(`${named.owner}/${named.jobId}`);
-    if (seen.status === 'queued' && newer.waitingSince !== undefined) {
-      report.oldestQueuedSec = Math.max(report.oldestQueuedSec, Math.max(0, Math.floor((now.getTime() - newer.waitingSince) / 1000)));
+    // Waiting: queued, or running on a lease that lapsed (its newer worker died; this version's workers
+    // send its message back for a newer one), counted from when it last waited or its lease lapsed.
+    const lapsedAt = seen.status === 'running' && seen.lease_expires_at !== undefined ? Date.parse(seen.lease_expires_at) : NaN;
+    const waitingFrom = seen.status === 'queued' ? newer.waitingSince : Number.isFinite(lapsedAt) && lapsedAt < now.getTime() ? lapsedAt : undefined;
+    if (waitingFrom !== undefined) {
+      report.oldestQueuedSec = Math.max(report.oldestQueuedSec, Math.max(0, Math.floor((now.getTime() - waitingFrom) / 1000)));
     }
     // Once per sweep and job (every waiting job has this marker), not per marker.
     deps.log?.({ level: 'warn', msg: 'queued-job sweep: job record written by a newer clipag; its markers kept for a version that reads it', job_id: named.jobId, owner: named.owner, status: seen.status, unknown: newer.unknown.slice(0, 10) });

@@ -359,6 +359,8 @@ export function registerGenerationRoutes(
         // started_at is the first attempt's, and a later attempt counts its steps from 0 again: only a
         // first attempt's pace is known.
         if (!job || job.status !== 'running' || job.started_at === null || job.attempts !== 1 || job.progress.step <= 0) return Infinity;
+        // A lease that lapsed: its worker has stopped renewing it (died), so its pace says nothing now.
+        if (typeof job.lease_expires_at === 'string' && Date.parse(job.lease_expires_at) < now) return Infinity;
         if (job.progress.step >= job.progress.total) return 0; // every step done: its images are being stored
         const elapsedSec = Math.max(0, now - Date.parse(job.started_at)) / 1000;
         return (elapsedSec * (job.progress.total - job.progress.step)) / job.progress.step;

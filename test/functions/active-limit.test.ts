@@ -59,6 +59,10 @@ describe('active generations per owner', () => {
     expect((await post(app, { prompt: 'c' })).headers.get('Retry-After')).toBe('1');
     await running(b.id, 100, 30);
     expect((await post(app, { prompt: 'c' })).headers.get('Retry-After')).toBe('1');
+    // ... unless its lease lapsed (its worker died): then its pace says nothing, and a's 120 s stand.
+    await h.jobs.update('acct_alice', b.id, (cur) => ({ ...cur, lease_expires_at: new Date(Date.now() - 1000).toISOString() }));
+    expect((await post(app, { prompt: 'c' })).headers.get('Retry-After')).toBe('120');
+    await h.jobs.update('acct_alice', b.id, (cur) => ({ ...cur, lease_expires_at: new Date(Date.now() + 60_000).toISOString() }));
     // A second attempt counts its steps from 0 again under the first one's started_at: its pace is unknown.
     await h.jobs.update('acct_alice', a.id, (cur) => ({ ...cur, status: 'queued', started_at: null, progress: { ...cur.progress, step: 0 } }));
     await h.jobs.update('acct_alice', b.id, (cur) => ({ ...cur, attempts: 2, progress: { ...cur.progress, step: 5 } }));

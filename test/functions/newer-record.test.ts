@@ -162,6 +162,21 @@ describe('the queued-job sweep, one version older than the writer', () => {
     expect(logs).toContainEqual(expect.objectContaining({ level: 'warn', msg: expect.stringMatching(/written by a newer clipag; its markers kept/), job_id: id, unknown: ['spec.guidance'] }));
   });
 
+  it('one left running on a lease that lapsed (its newer worker died) counts in oldestQueuedSec from the lapse; a live lease does not', async () => {
+    const t0 = Date.now();
+    const { id } = await newerQueuedJob((r) => {
+      r.spec.guidance = 3;
+      Object.assign(r, { status: 'running', attempts: 1, started_at: new Date(t0).toISOString(), lease_message_id: 'm1', lease_expires_at: new Date(t0 + 60_000).toISOString(), lease_token: 'x' });
+    });
+    offsetMs = 30_000; // the lease still runs: a worker holds it
+    expect((await sweepQueuedJobs({ ...sweepDeps(), queueRetentionSec: DAY })).oldestQueuedSec).toBe(0);
+    offsetMs = 6 * 3600_000; // six hours on
+    const report = await sweepQueuedJobs({ ...sweepDeps(), queueRetentionSec: DAY });
+    expect(report.oldestQueuedSec).toBeGreaterThanOrEqual(6 * 3600 - 60 - 5);
+    expect(report.oldestQueuedSec).toBeLessThan(6 * 3600);
+    expect(await hasMarker('active', id)).toBe(true);
+  });
+
   it("past the queue's retention it is expired like any job no message can reach, keeping what it does not know", async () => {
     const { id } = await newerQueuedJob();
     offsetMs = (DAY + 2 * 3600) * 1000;
