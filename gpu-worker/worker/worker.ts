@@ -672,6 +672,27 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * it before it starts. One write, so a cancel landing now either ends it here or is seen by that
    * delivery. Only while the record is still this attempt's (as markQueued).
    */
+  /**
+   * A claimed attempt that stops short (a retryable failure, a model only a newer worker reads): the
+   * job put back to queued, or ended here when it was superseded (lease_lost) or its caller asked to
+   * cancel it (as the abort path ends a cancel seen mid-run: nothing billed, the message acked, whatever
+   * an attempt stored removed, its place freed and its webhook told by finish). 'ended' when it ended.
+   */
+  async function putBackOrEnd(m: ReceivedMessage, msg: QueueMessage, attempt: number, error: unknown): Promise<JobRecord | 'ended'> {
+    const rec = await markQueuedOrCanceled(msg, attempt);
+    if (superseded(rec, attempt)) {
+      await finish(msg, 'lease_lost', { error: jobErrorOf(error) });
+      return 'ended';
+    }
+    if (rec.status === 'canceled') {
+      await ack(m, 'canceled');
+      await removeOrphans(rec);
+      await finish(msg, 'canceled', { error: jobErrorOf(error) });
+      return 'ended';
+    }
+    return rec;
+  }
+
   async function markQueuedOrCanceled(msg: QueueMessage, attempt: number): Promise<JobRecord> {
     return jobs.update(msg.owner, msg.job_id, (cur) => {
       if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
@@ -818,13 +839,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     try {
       let since: number | undefined;
       if (attempt > 0) {
-        const rec = await markQueuedOrCanceled(msg, attempt);
-        if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobErrorOf(error) });
-        if (rec.status === 'canceled') {
-          await ack(m, 'canceled');
-          await removeOrphans(rec);
-          return finish(msg, 'canceled', { error: jobErrorOf(error) });
-        }
+        const rec = await putBackOrEnd(m, msg, attempt, error);
+        if (rec === 'ended') return;
         since = waitingSince(rec);
       }
       return await waitForNewerWorker(m, msg, 'model', newerModelUnknown(error), since);
@@ -1289,17 +1305,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     }
     try {
       if (cls === 'retryable' && !lastAttempt) {
-        if (attempt > 0) {
-          const rec = await markQueuedOrCanceled(msg, attempt);
-          if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobErrorOf(error) });
-          if (rec.status === 'canceled') {
-            // Ended as the abort path ends a cancel seen mid-run: nothing billed, the message acked,
-            // whatever an attempt stored removed, its place freed and its webhook told (finish).
-            await ack(m, 'canceled');
-            await removeOrphans(rec);
-            return finish(msg, 'canceled', { error: jobErrorOf(error) });
-          }
-        }
+        if (attempt > 0 && (await putBackOrEnd(m, msg, attempt, error)) === 'ended') return;
         await release(m, 'retryable_error', retryDelaySec(m));
         return finish(msg, 'requeued', { error: jobErrorOf(error) });
       }
