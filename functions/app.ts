@@ -23,8 +23,8 @@ import type { AppDeps, AppEnv } from './types.ts';
 export type { AppDeps, AppLimits, ApiKeyVerifier, AppEnv } from './types.ts';
 export type { ModelInfo } from './schemas.ts';
 
-/** Paths the app serves, with their methods, so a wrong method is a 405 rather than a 404. */
-const ROUTES = [
+/** Paths the app serves, with their methods, so a wrong method is a 405 rather than a 404 (a test holds it to the document's operations). */
+export const ROUTES = [
   { pattern: /^\/healthz$/, methods: ['GET'] },
   { pattern: /^\/openapi\.json$/, methods: ['GET'] },
   { pattern: /^\/v1\/models$/, methods: ['GET'] },
@@ -36,6 +36,7 @@ const ROUTES = [
   { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET', 'DELETE'] },
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
   { pattern: /^\/v1\/generations\/[^/]+\/frames$/, methods: ['GET'] },
+  { pattern: /^\/v1\/generations\/[^/]+\/webhook\/redeliver$/, methods: ['POST'] },
 ];
 
 /**

@@ -233,6 +233,18 @@ describe('auth', () => {
 });
 
 describe('routing', () => {
+  it("every operation the document lists is in the app's route table, with its method (a wrong method is a 405, not a 404)", async () => {
+    const { ROUTES } = await import('../../functions/app.ts');
+    const doc = (await (await h.request('/openapi.json')).json()) as { paths: Record<string, Record<string, unknown>> };
+    for (const [template, item] of Object.entries(doc.paths)) {
+      const path = template.replace('{id}', 'abc');
+      const route = ROUTES.find((r) => r.pattern.test(path));
+      expect(route, template).toBeDefined();
+      for (const method of Object.keys(item)) expect(route!.methods, `${method} ${template}`).toContain(method.toUpperCase());
+    }
+    await expectEnvelope(await h.request('/v1/generations/abc/webhook/redeliver', { method: 'GET' }), 405, 'method_not_allowed');
+  });
+
   it('unknown route → 404 envelope; wrong method → 405 with Allow', async () => {
     await expectEnvelope(await h.request('/nope', { key: null }), 404, 'not_found');
     await expectEnvelope(await h.request('/v1/nope'), 404, 'not_found');
