@@ -72,7 +72,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
           // Relative to where the document is served: the deployment answering this request.
           servers: [{ url: '/', description: 'This deployment' }],
           tags: [
-            { name: 'generations', description: 'Text-to-image jobs: create, estimate, poll, list, cancel, delete' },
+            { name: 'generations', description: 'Text-to-image jobs: create, estimate, poll, list, cancel, delete, redeliver their webhook' },
             { name: 'uploads', description: 'Init images for image-to-image' },
             { name: 'models', description: 'The deployed models' },
             { name: 'usage', description: "The caller's usage and cost" },
