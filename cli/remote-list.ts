@@ -4,7 +4,7 @@
 // or with --json one JSON object per line (the API's view), for jq.
 import { parseCliArgs as parseArgs, UsageError } from './common.ts';
 import type { Generation } from './api-client.ts';
-import { command, connectionOptions, requestFailed, session, type RemoteIo } from './remote.ts';
+import { command, connectionOptions, optionWords, requestFailed, session, type RemoteIo } from './remote.ts';
 import { JOB_STATUSES } from '../shared/schemas/job.ts';
 import { WEBHOOK_STATUSES } from '../shared/schemas/view.ts';
 import { METADATA_KEY_PATTERN, METADATA_KEY_RULE, METADATA_MAX_KEYS } from '../shared/schemas/generation.ts';
@@ -93,12 +93,7 @@ export async function list(argv: string[], io: RemoteIo): Promise<number> {
       ...s.cli,
       'remote',
       'list',
-      ...tokens.flatMap((t) => {
-        if (t.kind !== 'option' || t.name === 'cursor') return [];
-        if (t.name === 'key') return ['--key', 'KEY'];
-        if (t.value === undefined) return [t.rawName];
-        return t.value.startsWith('-') ? [`--${t.name}=${t.value}`] : [t.rawName, t.value];
-      }),
+      ...optionWords(tokens, ['cursor']),
       '--cursor',
       from,
     ]);

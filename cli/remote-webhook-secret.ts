@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { parseCliArgs as parseArgs, UsageError } from './common.ts';
 import type { WebhookSecret, WebhookSecretState } from './api-client.ts';
-import { command, connectionOptions, IDEMPOTENCY_KEY, requestFailed, session, TIMED_OUT_EXIT_CODE, type RemoteIo, type Session } from './remote.ts';
+import { command, connectionOptions, IDEMPOTENCY_KEY, optionWords, requestFailed, session, TIMED_OUT_EXIT_CODE, type RemoteIo, type Session } from './remote.ts';
 
 const SUBCOMMANDS = ['create', 'show', 'delete'] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
@@ -32,13 +32,7 @@ export async function webhookSecret(argv: string[], io: RemoteIo): Promise<numbe
     'remote',
     'webhook-secret',
     'create',
-    ...tokens.flatMap((t) => {
-      if (t.kind !== 'option' || t.name === 'idempotency-key') return [];
-      if (t.name === 'key') return ['--key', 'KEY'];
-      if (t.value === undefined) return [t.rawName];
-      // A value that starts with "-" goes with "=": parseArgs takes it as a value only that way.
-      return t.value.startsWith('-') ? [`--${t.name}=${t.value}`] : [t.rawName, t.value];
-    }),
+    ...optionWords(tokens, ['idempotency-key']),
     '--idempotency-key',
     idempotencyKey,
   ]);

@@ -416,6 +416,20 @@ function cancelCommand(s: Session, id: string): string {
 type Token = NonNullable<ReturnType<typeof parseArgs>['tokens']>[number];
 
 /**
+ * The options a command was given, as words to print it again: those named in `without` left out, a
+ * --key as KEY (never the key itself), and a value that starts with "-" joined with "=" (parseArgs
+ * takes it as a value only that way).
+ */
+export function optionWords(tokens: readonly Token[], without: readonly string[]): string[] {
+  return tokens.flatMap((t) => {
+    if (t.kind !== 'option' || without.includes(t.name)) return [];
+    if (t.name === 'key') return ['--key', 'KEY'];
+    if (t.value === undefined) return [t.rawName];
+    return t.value.startsWith('-') ? [`--${t.name}=${t.value}`] : [t.rawName, t.value];
+  });
+}
+
+/**
  * This generate command again, with its Idempotency-Key: it gets the generation the first made (a
  * replay), never a second one. An --init file becomes the upload:ID it was uploaded as (uploading it
  * again would be another request, refused as idempotency_key_reused). A --key is never printed: KEY
