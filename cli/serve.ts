@@ -164,16 +164,20 @@ function portInUse(port: number, host: string): Promise<boolean> {
 async function usableDataFolder(dataDir: string, probe?: (dir: string) => Promise<void>): Promise<void> {
   const named = `the data folder ${dataDir} (--data or CLIPAG_DATA_DIR)`;
   const cannot = (error: unknown) => (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+  const throughFile = () => new EngineError('invalid_input', `${named} cannot be used: a part of its path is a file`);
   let info;
   try {
     info = statSync(dataDir, { throwIfNoEntry: false });
   } catch (error) {
-    throw new EngineError('invalid_input', `${named} cannot be used: ${cannot(error) === 'ENOTDIR' ? 'a part of its path is a file' : cannot(error)}`);
+    if (cannot(error) === 'ENOTDIR') throw throughFile();
+    throw new EngineError('invalid_input', `${named} cannot be used: ${cannot(error)}`);
   }
   if (info?.isDirectory() === false) throw new EngineError('invalid_input', `${named} is a file, not a folder`);
   try {
     mkdirSync(dataDir, { recursive: true, mode: PRIVATE_DIR_MODE });
   } catch (error) {
+    // Node 22's statSync answers a path through a file as absent (Node 20 threw ENOTDIR): the mkdir meets it.
+    if (cannot(error) === 'ENOTDIR') throw throughFile();
     throw new EngineError('invalid_input', `${named} cannot be made (${cannot(error)}); pass --data DIR or set CLIPAG_DATA_DIR to a folder this user can write`);
   }
   const problem = await dataFolderWriteProblem(dataDir, probe);
