@@ -21,7 +21,9 @@ export const ModelInfo = z
     robust: z.boolean().optional(),
     embed_dim: z.number().int().positive().optional(),
     /** sha256 over the bundle's files: what the worker caches and verifies. */
-    content_hash: z.string().optional(),
+    content_hash: z.string().optional().openapi({
+      description: "The bundle's content hash (sha256 over its files' hashes): a generation's `model_version` names the bundle that made it. Absent where the API cannot read the bundle (the worker image's default model, in AWS)",
+    }),
     license: z.string().optional(),
     source: z.string().optional(),
   })

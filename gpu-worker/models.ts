@@ -19,8 +19,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { lstat, mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { bundleContentHash, isOtherBundleKind, type ModelIndex, ModelStore, ModelStoreError, NewerModelIndexError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
+import { basename, dirname, join, resolve } from 'node:path';
+import { bundleContentHash, isOtherBundleKind, localBundleContentHash, type ModelIndex, ModelStore, ModelStoreError, NewerModelIndexError, sha256Bytes, sha256OfFile } from '../shared/modelstore.ts';
 import { RetryableError } from '../shared/errors.ts';
 import { ClipEngine } from './engine/engine.ts';
 import { EngineError } from './engine/errors.ts';
@@ -120,9 +120,10 @@ export interface ModelRegistry {
   /**
    * The engine for `name`, held until `done()`: a job's way in. When a `--force` push replaces a store
    * model, the engine of the old bundle is closed (its sessions and memory released) once nothing
-   * holds it; `engine()` callers do not hold it.
+   * holds it; `engine()` callers do not hold it. `contentHash`: the bundle the engine was opened from
+   * (bundleContentHash, as `clipag models push` would index it), absent when it could not be taken.
    */
-  use(name: string): Promise<{ engine: ClipEngine; done(): void }>;
+  use(name: string): Promise<{ engine: ClipEngine; done(): void; contentHash?: string }>;
   /** Closes every engine and the pool when the registry owns it. Idempotent. */
   close(): Promise<void>;
 }
@@ -452,6 +453,11 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   const ownsPool = !options.pool;
   let pool = options.pool;
   const engines = new Map<string, Promise<ClipEngine>>();
+  /**
+   * The content hash of the bundle each engine was opened from (by engine key), taken when it opened:
+   * a local folder edited later still names what the engine holds. Undefined where it could not be taken.
+   */
+  const versions = new Map<string, Promise<string | undefined>>();
   /** Holders of each engine (by engine key) through `use()`. */
   const holders = new Map<string, number>();
   /** The engine key each store model name resolved to last; an engine no name resolves to any more is retired. */
@@ -488,6 +494,7 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     const p = engines.get(key);
     retired.delete(key);
     engines.delete(key);
+    versions.delete(key);
     lastUsed.delete(key);
     void p?.then((e) => e.close()).catch(() => undefined);
   }
@@ -532,10 +539,21 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
   const openEngine = (key: string, dir: string): Promise<ClipEngine> => {
     let p = engines.get(key);
     if (!p) {
+      // Hashed as it opens (a store bundle's folder is named by its hash, checked when it was fetched).
+      const version = key.startsWith(STORE_KEY)
+        ? Promise.resolve(basename(dir))
+        : localBundleContentHash(dir).catch((e: unknown) => {
+            warn(`model bundle ${dir}: no content hash for its generations' model_version: ${e instanceof Error ? e.message : String(e)}`);
+            return undefined;
+          });
       p = Promise.resolve().then(() => ClipEngine.open(dir, { pool: sharedPool(), device: options.device, threads: options.threads, maxLeasedGraphs: options.maxLeasedGraphs }));
       engines.set(key, p);
+      versions.set(key, version);
       // A failed open is not cached: a fixed bundle (or a transient read error) can load next time.
-      p.catch(() => engines.delete(key));
+      p.catch(() => {
+        engines.delete(key);
+        versions.delete(key);
+      });
     }
     return p;
   };
@@ -662,8 +680,10 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
     async use(name) {
       const { key, engine } = await openNamed(name, true);
       let released = false;
+      const contentHash = await versions.get(key);
       return {
         engine,
+        ...(contentHash !== undefined ? { contentHash } : {}),
         done() {
           if (released) return;
           released = true;
@@ -678,6 +698,7 @@ export function createModelRegistry(options: ModelRegistryOptions = {}): ModelRe
         // after another they could take that long per engine.
         await Promise.allSettled(opened.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
         engines.clear();
+        versions.clear();
         if (ownsPool && pool) await pool.close();
       })();
       return closed;

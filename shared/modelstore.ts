@@ -279,6 +279,38 @@ export function readLocalBundle(dirIn: string): LocalBundle {
   };
 }
 
+/** Hashes of local bundle folders, by folder, with the (path, size, mtime) of the files they were taken from. */
+const localHashes = new Map<string, { stamp: string; hash: Promise<string> }>();
+
+/**
+ * The content hash a local bundle folder would have once pushed (bundleContentHash over manifest.json
+ * and every file it names): what a generation records as its `model_version`, so a folder model and
+ * its pushed copy name the same bundle alike. Kept per folder while no file's size or mtime changes,
+ * so listing models every minute does not read the weights again.
+ */
+export function localBundleContentHash(dir: string): Promise<string> {
+  let local: LocalBundle;
+  let stamp: string;
+  try {
+    local = readLocalBundle(dir);
+    const bundle = local;
+    stamp = JSON.stringify(bundle.paths.map((p) => {
+      const st = statSync(join(bundle.dir, p));
+      return [p, st.size, st.mtimeMs];
+    }));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  const hit = localHashes.get(local.dir);
+  if (hit && hit.stamp === stamp) return hit.hash;
+  const hash = Promise.all(local.paths.map(async (path) => ({ path, sha256: await sha256OfFile(join(local.dir, path)) }))).then(bundleContentHash);
+  localHashes.set(local.dir, { stamp, hash });
+  hash.catch(() => {
+    if (localHashes.get(local.dir)?.hash === hash) localHashes.delete(local.dir); // a failed read is not kept
+  });
+  return hash;
+}
+
 export interface PushProgress {
   phase: 'hash' | 'upload' | 'skip' | 'index';
   /** The file (bundle-relative), absent for 'index'. */

@@ -147,6 +147,7 @@ export async function generationView(
     error: shownError(job.error),
     usage: { ...shownUsage(job.usage), cost_usd: hourly === undefined ? null : costUsd(job.usage.worker_seconds, hourly), hourly_usd: hourly ?? null },
     warnings: job.warnings ?? [],
+    model_version: job.model_version ?? null,
     request: job.spec,
     content_flags: shownContentFlags(job.content_flags ?? []),
     metadata: job.metadata ?? {},

@@ -1,6 +1,6 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { isOtherBundleKind, type ModelIndex, ModelStore, NewerModelIndexError, readManifestText } from '../../shared/modelstore.ts';
+import { isOtherBundleKind, localBundleContentHash, type ModelIndex, ModelStore, NewerModelIndexError, readManifestText } from '../../shared/modelstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import type { ModelInfo } from '../schemas.ts';
 import { MODEL_NAME_PATTERN } from '../../shared/schemas/common.ts';
@@ -71,8 +71,13 @@ async function pushedModels(blobs: BlobStore): Promise<DeployedModel[]> {
   return [...read.map(fromIndex), ...newer];
 }
 
-/** A local bundle folder's entry from its manifest.json (by name only when the manifest is unreadable: the worker reports that). */
-function fromManifest(name: string, dir: string): DeployedModel {
+/**
+ * A local bundle folder's entry from its manifest.json (by name only when the manifest is unreadable:
+ * the worker reports that), with the content hash its generations record as `model_version`.
+ */
+async function fromManifest(name: string, dir: string): Promise<DeployedModel> {
+  // A folder the store would refuse (a file it names is missing) lists no hash; the worker says why.
+  const contentHash = await localBundleContentHash(dir).catch(() => undefined);
   try {
     // readManifestText: a byte-order mark an editor saved is no reason to list the model by name only (the engine loads it).
     const m = JSON.parse(readManifestText(join(dir, 'manifest.json'))) as Record<string, unknown>;
@@ -83,6 +88,7 @@ function fromManifest(name: string, dir: string): DeployedModel {
       ...(typeof m.robust === 'boolean' ? { robust: m.robust } : {}),
       ...(Number.isInteger(m.embed_dim) ? { embed_dim: m.embed_dim as number } : {}),
       ...(Number.isInteger(pre.image_size) ? { input_size: pre.image_size as number } : {}),
+      ...(contentHash !== undefined ? { content_hash: contentHash } : {}),
       ...(typeof m.license === 'string' ? { license: m.license } : {}),
       ...(typeof m.source === 'string' ? { source: m.source } : {}),
     };
@@ -99,9 +105,11 @@ function fromManifest(name: string, dir: string): DeployedModel {
 export function modelsFromDir(modelsDir: string, defaultModel: string, options: { store?: BlobStore } = {}): () => Promise<DeployedModel[]> {
   return memoizeModels(async () => {
     const local = existsSync(modelsDir)
-      ? readdirSync(modelsDir, { withFileTypes: true })
-          .filter((e) => e.isDirectory() && MODEL_NAME.test(e.name) && existsSync(join(modelsDir, e.name, 'manifest.json')) && !isOtherBundleKind(join(modelsDir, e.name)))
-          .map((e) => fromManifest(e.name, join(modelsDir, e.name)))
+      ? await Promise.all(
+          readdirSync(modelsDir, { withFileTypes: true })
+            .filter((e) => e.isDirectory() && MODEL_NAME.test(e.name) && existsSync(join(modelsDir, e.name, 'manifest.json')) && !isOtherBundleKind(join(modelsDir, e.name)))
+            .map((e) => fromManifest(e.name, join(modelsDir, e.name))),
+        )
       : [];
     const pushed = options.store ? await pushedModels(options.store) : [];
     return mark([...local, ...pushed], defaultModel);

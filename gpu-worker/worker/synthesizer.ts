@@ -8,7 +8,7 @@
 
 import { uploadKey } from '../../shared/keys.ts';
 import type { BlobStore } from '../../shared/ports.ts';
-import { imageSeed, NEGATIVE_PROMPT_SHARE, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
+import { imageSeed, isModelVersion, NEGATIVE_PROMPT_SHARE, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../engine/errors.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../../shared/image-header.ts';
 import type { ClipEngine } from '../engine/engine.ts';
@@ -66,6 +66,8 @@ export interface SynthesisOutcome {
   stages?: Array<{ width: number; height: number; steps: number; ms: number }>;
   /** What the model cannot read of the prompts (unknown words, truncation), for the job record. */
   warnings?: string[];
+  /** The content hash of the bundle the engine ran (ModelRegistry.use), for the job record's model_version. */
+  modelVersion?: string;
 }
 
 export interface SynthesisRunOptions {
@@ -197,6 +199,28 @@ export function abortedOutcome(stepsDone: number, totalSteps: number): Synthesis
   return { images: [], aborted: true, stepsDone, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 } };
 }
 
+/**
+ * The engine of `model`, held, and checked to be the bundle `modelVersion` names when the request
+ * pinned one. A store model pushed again since this process read its index is looked up afresh once
+ * before the job is refused: the API checked the version against a newer list than ours.
+ */
+export async function heldAtVersion(models: ModelRegistry, model: string, modelVersion: string | undefined): ReturnType<ModelRegistry['use']> {
+  const held = await models.use(model);
+  if (modelVersion === undefined || (held.contentHash !== undefined && isModelVersion(held.contentHash, modelVersion))) return held;
+  held.done();
+  await models.refresh();
+  const again = await models.use(model);
+  if (again.contentHash !== undefined && isModelVersion(again.contentHash, modelVersion)) return again;
+  again.done();
+  throw new EngineError(
+    'invalid_model',
+    again.contentHash === undefined
+      ? `model "${model}": this worker cannot hash its bundle, so it cannot run model_version ${modelVersion}`
+      : `model "${model}" is bundle ${again.contentHash} here, not model_version ${modelVersion}: that bundle is not deployed (GET /v1/models shows content_hash)`,
+    { param: 'model_version' },
+  );
+}
+
 export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synthesizer {
   return {
     async run(job, { signal, onProgress, screenTexts } = {}) {
@@ -204,7 +228,7 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
       // at once, as one between steps does.
       if (signal?.aborted) return abortedOutcome(0, 0);
       // Held for the run: a --force push of the model meanwhile closes the old engine only after it.
-      const held = await options.models.use(job.spec.model);
+      const held = await heldAtVersion(options.models, job.spec.model, job.spec.model_version);
       try {
         const engine = held.engine;
         if (signal?.aborted) return abortedOutcome(0, 0);
@@ -234,7 +258,10 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
         const requests = toSynthRequests(job, init, options.recipeOverrides, options.maxSteps).map((r) => (screenTexts?.length ? { ...r, screenTexts } : r));
         const perImage = stepsFor(job.spec, options.recipeOverrides, options.maxSteps);
         const totalSteps = perImage * requests.length;
-        const outcome: SynthesisOutcome & Required<Pick<SynthesisOutcome, 'stages'>> = { images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 }, stages: [] };
+        const outcome: SynthesisOutcome & Required<Pick<SynthesisOutcome, 'stages'>> = {
+          images: [], aborted: false, stepsDone: 0, totalSteps, encoderPasses: 0, timingsMs: { total: 0, sessionRun: 0, optimize: 0 }, stages: [],
+          ...(held.contentHash !== undefined ? { modelVersion: held.contentHash } : {}),
+        };
         for (let i = 0; i < requests.length; i++) {
           if (signal?.aborted) {
             outcome.aborted = true;

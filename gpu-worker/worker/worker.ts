@@ -1193,6 +1193,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           error: allWithheld ? { code: 'content_policy', message: withheldMessage(checks) } : null,
           ...(warnings.length ? { warnings: warnings.slice(0, MAX_JOB_WARNINGS).map((w) => w.slice(0, MAX_JOB_WARNING_CHARS)) } : {}),
           ...(checks.length ? { output_checks: checks } : {}),
+          ...(outcome.modelVersion !== undefined ? { model_version: outcome.modelVersion } : {}),
         };
       }));
       // This attempt's result is the record's: this write, or one that landed but whose reply was lost

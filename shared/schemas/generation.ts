@@ -96,6 +96,9 @@ export const InitSpec = z
 
 export const ModelName = z.string().regex(MODEL_NAME_PATTERN);
 
+/** A model_version: a content hash, whole or its first 12+ hex digits. */
+export const MODEL_VERSION_PATTERN = /^[0-9a-f]{12,64}$/;
+
 const generationFields = {
   prompt: PromptText.optional(),
   prompts: z.array(WeightedPrompt).min(1).max(8).optional(),
@@ -122,7 +125,20 @@ const generationFields = {
     .max(1)
     .optional()
     .openapi({ description: 'Noise mixed into an "upload:<id>" init image: 0 keeps the image, 1 replaces it with noise (default 0.6). Only with an upload init.' }),
+  // Stored only when given: a spec without it stays readable by a worker from before it (ADR 0030).
+  model_version: z
+    .string()
+    .regex(MODEL_VERSION_PATTERN, 'model_version must be 12 to 64 lower-case hex digits: the start of a content_hash from GET /v1/models')
+    .optional()
+    .openapi({
+      description:
+        "Run only on this bundle of the model: its content_hash from GET /v1/models, or the first 12 or more of its hex digits (a generation's model_version names the bundle that made it). A deployment that serves another bundle under the model's name refuses the request (400, param model_version), or fails the generation with invalid_model when only the worker can tell. Without it the model's current bundle runs",
+      example: '27443256b132e02554c7fdad7d64702ad56fe1c3f6db0a0cdaba3ad4500a020b',
+    }),
 };
+
+/** Whether the bundle `contentHash` is the one `modelVersion` (a content hash or its start) names. */
+export const isModelVersion = (contentHash: string, modelVersion: string): boolean => contentHash.startsWith(modelVersion);
 
 function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[] }, ctx: z.RefinementCtx): void {
   const has = [req.prompt !== undefined, req.prompts !== undefined].filter(Boolean).length;

@@ -171,6 +171,12 @@ export const JobRecord = z
     enqueued_at: Timestamp.optional(),
     /** When a worker last put the job back to `queued` (a retry, a drain): a wait counts from here, not from the run before it. */
     queued_at: Timestamp.optional(),
+    /**
+     * The content hash of the model bundle the run's images came from (as `clipag models push` indexes
+     * it, and GET /v1/models shows it); absent before a run made images, where the worker could not
+     * hash its bundle, or for jobs that ended before it was recorded.
+     */
+    model_version: z.string().regex(/^[0-9a-f]{64}$/).optional(),
     /** What the model could not read of the prompts (unknown words, truncation); absent when nothing. */
     warnings: z.array(z.string().max(MAX_JOB_WARNING_CHARS)).max(MAX_JOB_WARNINGS).optional(),
     /** What the prompt policy flagged (not refused) at the job's creation (ADR 0015); absent: nothing. */

@@ -37,7 +37,7 @@ export const GenerationOutputView = z
     index: z.number().int().nonnegative().openapi({ description: 'Which of the n images this is; a withheld image leaves a gap' }),
     seed: z.number().int().nonnegative().max(0xffffffff).openapi({
       format: 'int64',
-      description: 'The seed this image ran with (the request\'s seed + index, mod 2^32, or one the job chose when the request gave none): the same request with this seed and n 1 makes this image again, byte for byte, on the same deployment while its model and worker kind stay the same (another GPU type, a model pushed again under the same name, or CLIPAG_DISABLE_PREPACKING may change its last bits)',
+      description: 'The seed this image ran with (the request\'s seed + index, mod 2^32, or one the job chose when the request gave none): the same request with this seed and n 1 makes this image again, byte for byte, on the same deployment while its model and worker kind stay the same (another GPU type, a model pushed again under the same name (model_version then differs), or CLIPAG_DISABLE_PREPACKING may change its last bits)',
     }),
     url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
     expires_at: Timestamp,
@@ -90,6 +90,11 @@ export const GenerationView = z
       description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
     }),
     request: GenerationSpecView,
+    model_version: z.string().nullable().openapi({
+      description:
+        "The content hash (sha256) of the model bundle that made the images: GET /v1/models shows each model's `content_hash`. The same request and seed make the same image on the same model_version (see `seed`); a model pushed again under its name has another. Null until a run made images, or where the deployment could not hash its bundle.",
+      example: '27443256b132e02554c7fdad7d64702ad56fe1c3f6db0a0cdaba3ad4500a020b',
+    }),
     content_flags: z.array(ContentFlag).openapi({
       description: 'What the prompt policy flagged: copyright, trademark, likeness or bias risks the caller should review before use. Empty when none.',
     }),

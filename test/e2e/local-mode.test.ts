@@ -15,6 +15,7 @@ import { parseConfig, type LocalConfig } from '../../shared/config.ts';
 import { localStores } from '../../shared/adapters/stores.ts';
 import { decodeImage, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
+import { localBundleContentHash } from '../../shared/modelstore.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
 import { PROMPT_POLICY_KEY } from '../../shared/prompt-policy.ts';
@@ -76,6 +77,11 @@ describe('local mode end to end', () => {
     expect(job.status).toBe('succeeded');
     expect(job.usage.encoder_passes).toBeGreaterThanOrEqual(6 * 8);
     expect(job.usage.worker_seconds).toBeGreaterThan(0);
+    // The bundle that made it, as GET /v1/models names the deployed one and a push would index it.
+    const models = (await (await fetch(`${h.url}/v1/models`, { headers: auth(h) })).json()) as any;
+    expect(job.model_version).toMatch(/^[0-9a-f]{64}$/);
+    expect(job.model_version).toBe(models.data.find((m: any) => m.id === job.request.model).content_hash);
+    expect(job.model_version).toBe(await localBundleContentHash(join(modelsDir, job.request.model)));
     // The worker recorded the run (just after it wrote the record): estimates for this model and size now rest on it.
     const estimate = await until(async () => {
       const res = await fetch(`${h.url}/v1/estimates`, { method: 'POST', headers: { ...auth(h), 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'a dog', width: 64, height: 64 }) });
