@@ -130,7 +130,7 @@ export async function resendIfMessageUnproven(deps: QueuedJobDeps, job: JobRecor
 }
 
 export function sendJobMessage(queue: JobQueue, job: Pick<JobRecord, 'id' | 'owner'>): Promise<{ messageId: string }> {
-  return queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }));
+  return queue.send(encodeQueueMessage({ v: 1, job_id: job.id, owner: job.owner }), { group: job.owner });
 }
 
 function queuedSince(job: JobRecord): number {

@@ -107,6 +107,19 @@ export interface ReceivedMessage {
    * time has not run out. SQS cannot tell, and never sets it.
    */
   previousHolderGone?: true;
+  /** The tenant it was sent for (`SendOptions.group`); absent when it was sent without one. */
+  group?: string;
+}
+
+export interface SendOptions {
+  /** Seconds before it can be received, 0..900 (default 0). */
+  delaySec?: number;
+  /**
+   * The tenant it is sent for (the job's owner): the queue serves tenants fairly, so one tenant's
+   * backlog does not hold the others' messages back (SQS fair queues: the MessageGroupId of a
+   * standard queue). 1..128 printable ASCII characters.
+   */
+  group?: string;
 }
 
 export interface ReceiveOptions {
@@ -119,7 +132,7 @@ export interface ReceiveOptions {
 }
 
 export interface JobQueue {
-  send(body: string, options?: { delaySec?: number }): Promise<{ messageId: string }>;
+  send(body: string, options?: SendOptions): Promise<{ messageId: string }>;
   receive(options?: ReceiveOptions): Promise<ReceivedMessage[]>;
   /** Keep the message hidden for `visibilitySec` more seconds from now (a heartbeat). */
   extendVisibility(receipt: string, visibilitySec: number): Promise<void>;

@@ -311,6 +311,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     return { ...(msg ? { job_id: msg.job_id, owner: msg.owner } : {}), message_id: m.messageId };
   };
   /**
+   * The tenant a copy of a delivery is sent for: the group it came with, else its job's owner (a
+   * message an older API sent without one), so that the queue keeps serving tenants fairly.
+   */
+  const sentFor = (m: ReceivedMessage): { group?: string } => {
+    const group = m.group ?? jobOfDelivery.get(m)?.owner;
+    return group !== undefined ? { group } : {};
+  };
+  /**
    * What each job read here runs: model, size and steps per image (after the worker's cap). Its
    * `job finished` line carries them, since the GPU time per image depends on all three.
    */
@@ -524,7 +532,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       return;
     }
     try {
-      await queue.send(m.body);
+      await queue.send(m.body, sentFor(m));
     } catch (error) {
       log.warn('requeue send failed; releasing instead (this delivery counts)', { ...about(m), reason, error: describe(error) });
       await release(m, reason);
@@ -545,7 +553,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       return;
     }
     try {
-      await queue.deadLetter.send(m.body);
+      await queue.deadLetter.send(m.body, sentFor(m));
     } catch (error) {
       log.error('dead-letter send failed; releasing', { ...about(m), reason, error: describe(error) });
       await release(m, `dead_letter_failed:${reason}`);
@@ -810,7 +818,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     log.warn('written by a newer clipag; waiting for a worker that knows it', { ...about(m), what, unknown: unknown.slice(0, 10), delaySec, waitedSec: Math.round(waitedSec) });
     // SQS delays a send by at most 15 minutes; past that only the delivery's own visibility can wait.
     const sent = delaySec <= NEWER_WRITER_DELAY_SEC[1]
-      ? await queue.send(m.body, { delaySec }).then(
+      ? await queue.send(m.body, { delaySec, ...sentFor(m) }).then(
           () => true,
           (error: unknown) => (log.warn('the copy of a newer message was not sent; releasing it instead (this delivery counts)', { ...about(m), error: describe(error) }), false),
         )

@@ -10,6 +10,13 @@ export const QueueMessage = z
   .openapi('QueueMessage');
 export type QueueMessage = z.output<typeof QueueMessage>;
 
+/** SQS's rule for a MessageGroupId (1..128 printable ASCII), held by both queue adapters alike. */
+const QUEUE_GROUP_PATTERN = /^[\x21-\x7e]{1,128}$/;
+
+export function checkQueueGroup(group: string): void {
+  if (typeof group !== 'string' || !QUEUE_GROUP_PATTERN.test(group)) throw new ValidationError('group must be 1..128 printable ASCII characters, no spaces', 'group');
+}
+
 export function encodeQueueMessage(message: QueueMessage): string {
   return JSON.stringify(QueueMessage.parse(message));
 }

@@ -14,7 +14,7 @@ import { pendingJobKey } from '../../shared/keys.ts';
 import { readRunSamples, runStartOf, runStatsKey } from '../../shared/run-stats.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord } from '../../shared/schemas/job.ts';
-import type { JobQueue } from '../../shared/ports.ts';
+import type { JobQueue, SendOptions } from '../../shared/ports.ts';
 import type { Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import type { WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import { OWNER, listKeys, makeEnv, submit, waitFor, waitForStatus, type Env } from './helpers.ts';
@@ -42,11 +42,13 @@ async function rawRecord(env: Env, id: string): Promise<any> {
  */
 function recordingQueue(queue: JobQueue) {
   const delays: number[] = [];
-  const ctl = { fast: true, delays };
+  const groups: Array<string | undefined> = [];
+  const ctl = { fast: true, delays, groups };
   const wrapped = patched(queue, {
-    send: (body: string, options?: { delaySec?: number }) => {
+    send: (body: string, options?: SendOptions) => {
       if (options?.delaySec !== undefined) delays.push(options.delaySec);
-      return queue.send(body, ctl.fast ? {} : options);
+      groups.push(options?.group);
+      return queue.send(body, ctl.fast ? (options?.group !== undefined ? { group: options.group } : {}) : options);
     },
   });
   return Object.assign(ctl, { queue: wrapped });
@@ -82,6 +84,10 @@ describe('a job whose stored spec a newer API wrote', () => {
     expect(w.logs).toContainEqual(expect.objectContaining({ level: 'warn', msg: WAITING, fields: expect.objectContaining({ job_id: job.id, owner: OWNER, what: 'record', unknown: ['spec.guidance'] }) }));
     // Asked for a delay of a minute at least: never a tight loop.
     expect(Math.min(...q.delays)).toBeGreaterThanOrEqual(60);
+    // Each copy is sent for the job's owner (the message came from an API that named no tenant): the
+    // queue keeps serving owners fairly.
+    expect(q.groups.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(q.groups)).toEqual(new Set([OWNER]));
 
     // A worker that knows the field (stand-in: the spec as this one reads it) takes the next copy and runs it.
     await rewrite(env, job.id, (r) => void delete r.spec.guidance);

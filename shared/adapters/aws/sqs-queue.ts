@@ -7,7 +7,8 @@ import {
   type SQSClient,
 } from '@aws-sdk/client-sqs';
 import { NonRetryableError, PreconditionFailedError, RetryableError, ValidationError } from '../../errors.ts';
-import type { JobQueue, ReceivedMessage, ReceiveOptions } from '../../ports.ts';
+import type { JobQueue, ReceivedMessage, ReceiveOptions, SendOptions } from '../../ports.ts';
+import { checkQueueGroup } from '../../schemas/queue.ts';
 import { DEFAULT_CALL_DEADLINES, withDeadline, type CallDeadlines } from './deadline.ts';
 
 export interface SqsJobQueueOptions {
@@ -43,16 +44,17 @@ export class SqsJobQueue implements JobQueue {
       : undefined;
   }
 
-  async send(body: string, options: { delaySec?: number } = {}): Promise<{ messageId: string }> {
+  async send(body: string, options: SendOptions = {}): Promise<{ messageId: string }> {
     if (typeof body !== 'string' || body.length === 0) throw new ValidationError('message body must be a non-empty string', 'body');
     // Checked here, as the local queue does, so that a bad value is the caller's 400 on both adapters;
     // what SQS still refuses as a parameter after these checks is not a caller's mistake (see call()).
     if (options.delaySec !== undefined && !(Number.isInteger(options.delaySec) && options.delaySec >= 0 && options.delaySec <= 900)) {
       throw new ValidationError('delaySec must be an integer 0..900', 'delaySec');
     }
+    if (options.group !== undefined) checkQueueGroup(options.group);
     // A message is a few hundred bytes (at most 256 KiB): a small request.
     const out = await withDeadline('SQS SendMessage', this.callMs, (abortSignal) =>
-      call('send', () => this.client.send(new SendMessageCommand({ QueueUrl: this.queueUrl, MessageBody: body, DelaySeconds: options.delaySec }), { abortSignal })),
+      call('send', () => this.client.send(new SendMessageCommand({ QueueUrl: this.queueUrl, MessageBody: body, DelaySeconds: options.delaySec, MessageGroupId: options.group }), { abortSignal })),
     );
     return { messageId: out.MessageId! };
   }
@@ -72,7 +74,7 @@ export class SqsJobQueue implements JobQueue {
             MaxNumberOfMessages: max,
             WaitTimeSeconds: waitSec,
             VisibilityTimeout: options.visibilitySec,
-            MessageSystemAttributeNames: ['ApproximateReceiveCount', 'SentTimestamp'],
+            MessageSystemAttributeNames: ['ApproximateReceiveCount', 'SentTimestamp', 'MessageGroupId'],
             // Deprecated spelling of the same request, still honoured by SQS; local-aws-sqs reads only this one.
             AttributeNames: ['All'],
           }),
@@ -86,6 +88,7 @@ export class SqsJobQueue implements JobQueue {
       receipt: m.ReceiptHandle!,
       receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 1),
       sentAt: new Date(Number(m.Attributes?.SentTimestamp ?? Date.now())),
+      ...(m.Attributes?.MessageGroupId ? { group: m.Attributes.MessageGroupId } : {}),
     }));
   }
 

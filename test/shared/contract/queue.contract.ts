@@ -29,6 +29,25 @@ export function queueContract(name: string, makeHarness: () => Promise<QueueHarn
       expect(msg!.sentAt.getTime()).toBeGreaterThan(Date.now() - 60_000);
     });
 
+    it("a message sent for a tenant (group) comes back naming it; one sent without comes back without", async () => {
+      const { queue } = await makeHarness();
+      await queue.send('for-acme', { group: 'acct_acme' });
+      const msg = await receiveOne(queue, 2, 30);
+      expect([msg?.body, msg?.group]).toEqual(['for-acme', 'acct_acme']);
+      await queue.send('no-tenant');
+      const plain = await receiveOne(queue, 2, 30);
+      expect(plain?.body).toBe('no-tenant');
+      expect(plain && 'group' in plain).toBe(false);
+    });
+
+    it('a group SQS would refuse (empty, a space, non-ASCII, over 128) is refused before it is sent', async () => {
+      const { queue } = await makeHarness();
+      for (const group of ['', 'a b', 'caf\u00e9', 'x'.repeat(129)]) {
+        await expect(queue.send('x', { group })).rejects.toMatchObject({ param: 'group' });
+      }
+      expect(await queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
+    });
+
     it('an empty queue returns nothing after the wait', async () => {
       const { queue } = await makeHarness();
       const started = Date.now();
