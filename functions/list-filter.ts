@@ -42,7 +42,8 @@ export function listFilter(query: ListFilterQuery, raw: Record<string, string>):
     if (key.length === 0 || key.length > METADATA_MAX_KEY_CHARS || !METADATA_KEY_PATTERN.test(key)) {
       throw new ValidationError(`${name.slice(0, 60)}: ${METADATA_KEY_RULE}, 1 to ${METADATA_MAX_KEY_CHARS} of them`, 'metadata');
     }
-    if (value.length > METADATA_MAX_VALUE_CHARS) throw new ValidationError(`${name}: a metadata value is at most ${METADATA_MAX_VALUE_CHARS} characters, so none is longer`, 'metadata');
+    // Counted in code points, as the request's schema counts a stored value.
+    if ([...value].length > METADATA_MAX_VALUE_CHARS) throw new ValidationError(`${name}: a metadata value is at most ${METADATA_MAX_VALUE_CHARS} characters, so none is longer`, 'metadata');
     metadata.push([key, value]);
   }
   if (metadata.length > METADATA_MAX_KEYS) throw new ValidationError(`at most ${METADATA_MAX_KEYS} metadata filters (a generation has at most ${METADATA_MAX_KEYS} keys)`, 'metadata');

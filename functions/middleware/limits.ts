@@ -122,6 +122,12 @@ export function declaredQueryOnly(declarations: () => Iterable<QueryDeclaration>
       query: new Set(d.query),
       deep: new Set(d.deepObject ?? []),
     }));
+    // A query Hono cannot decode reaches the routes as its literal text (`caf%E9` matched nothing and
+    // answered an empty page): refused here, naming the part.
+    const malformed = malformedQueryPart(c.req.url);
+    if (malformed !== undefined) {
+      throw new HttpError(400, 'validation_error', `query part "${malformed.slice(0, 60)}" is not percent-encoded UTF-8 (encode each byte of the UTF-8 text as %XX; a lone surrogate has no UTF-8)`, malformed.split('=')[0]!.slice(0, 60));
+    }
     // HEAD is answered by the GET route.
     const method = c.req.method === 'HEAD' ? 'GET' : c.req.method;
     const operation = operations.find((o) => o.method === method && o.pattern.test(c.req.path));
@@ -136,6 +142,22 @@ export function declaredQueryOnly(declarations: () => Iterable<QueryDeclaration>
     }
     await next();
   };
+}
+
+/** The first `name=value` part of the URL's query whose percent-encoding does not decode as UTF-8, if any. */
+export function malformedQueryPart(url: string): string | undefined {
+  const q = url.indexOf('?');
+  if (q < 0) return undefined;
+  const hash = url.indexOf('#', q);
+  for (const part of url.slice(q + 1, hash < 0 ? undefined : hash).split('&')) {
+    if (!part.includes('%')) continue;
+    try {
+      decodeURIComponent(part.replace(/\+/g, ' '));
+    } catch {
+      return part;
+    }
+  }
+  return undefined;
 }
 
 function escapeRegExp(text: string): string {
