@@ -81,8 +81,11 @@ export interface AppDeps {
 export type AppEnv = {
   Variables: {
     requestId: string;
-    /** When the request arrived (ms since the epoch), set by the request-id middleware: a `Prefer: wait` counts from it. */
-    receivedAt: number;
+    /**
+     * performance.now() when the request arrived, set by the request-id middleware: a `Prefer: wait`
+     * and the request line's duration count from it (monotonic: a wall clock can be stepped).
+     */
+    receivedMono: number;
     /** Set by the auth middleware on /v1/*. */
     owner: string;
     apiKeyId: string;

@@ -18,7 +18,7 @@ const GATEWAY_ID = /^[A-Za-z0-9+/=._:-]{1,128}$/;
  */
 export function requestId(): MiddlewareHandler<AppEnv> {
   return async function requestIdMiddleware(c, next) {
-    c.set('receivedAt', Date.now());
+    c.set('receivedMono', performance.now());
     const id = gatewayRequestId(c.env) ?? `req_${newId()}`;
     c.set('requestId', id);
     c.header(REQUEST_ID_HEADER, id);

@@ -23,7 +23,7 @@ export function requestLog(log: (entry: AppLogEntry) => void): MiddlewareHandler
     c.set('requestLinePending', false);
     const status = c.res.status;
     const failed = status >= 500;
-    const receivedAt = c.get('receivedAt');
+    const receivedMono = c.get('receivedMono');
     log({
       level: failed ? 'error' : 'info',
       msg: failed ? 'request failed' : 'request',
@@ -36,7 +36,8 @@ export function requestLog(log: (entry: AppLogEntry) => void): MiddlewareHandler
       status,
       ...(status >= 400 ? { error_code: c.get('errorCode') } : {}),
       job_id: c.get('jobId'),
-      duration_ms: receivedAt === undefined ? undefined : Date.now() - receivedAt,
+      // Monotonic: a wall clock stepped back mid-request made it negative.
+      duration_ms: receivedMono === undefined ? undefined : Math.round(performance.now() - receivedMono),
       ...(failed ? failureDetail(c.error) : {}),
     });
   };

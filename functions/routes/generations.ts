@@ -362,7 +362,10 @@ export function registerGenerationRoutes(
         // A lease that lapsed: its worker has stopped renewing it (died), so its pace says nothing now.
         if (typeof job.lease_expires_at === 'string' && Date.parse(job.lease_expires_at) < now) return Infinity;
         if (job.progress.step >= job.progress.total) return 0; // every step done: its images are being stored
-        const elapsedSec = Math.max(0, now - Date.parse(job.started_at)) / 1000;
+        // A start in the future is a worker clock ahead of this one: its pace is unknown (it read as
+        // no time at all, a run about to end: Retry-After 1 while it had most of its steps to go).
+        if (Date.parse(job.started_at) > now) return Infinity;
+        const elapsedSec = (now - Date.parse(job.started_at)) / 1000;
         return (elapsedSec * (job.progress.total - job.progress.step)) / job.progress.step;
       }),
     );
@@ -569,14 +572,15 @@ export function registerGenerationRoutes(
     // lets requests through.
     if (waitSec > 0 && !isTerminal(job.status) && ctx.waitGate && (await ctx.waitGate.decide(c))?.allowed === false) return job;
     // Counted from the request's arrival, so the whole request fits the deployment's cap (which the
-    // CDK sets under the Lambda's timeout); no read starts in the last 250 ms of it.
-    const until = (c.get('receivedAt') ?? Date.now()) + waitSec * 1000;
+    // CDK sets under the Lambda's timeout); no read starts in the last 250 ms of it. On the monotonic
+    // clock: a wall clock stepped back by NTP held the wait that much longer (into a gateway timeout).
+    const until = (c.get('receivedMono') ?? performance.now()) + waitSec * 1000;
     const signal = c.req.raw.signal;
     let latest = job;
     // The signal aborts when the caller goes, and when the server shuts down (the local server's
     // adapter): the pause ends at once, and the wait answers with the generation as it is now.
-    for (let pause = 250; !isTerminal(latest.status) && until - Date.now() > 250 && !signal?.aborted; pause = Math.min(1000, pause * 2)) {
-      await pauseUnlessAborted(Math.min(pause, Math.max(0, until - Date.now() - 250)), signal);
+    for (let pause = 250; !isTerminal(latest.status) && until - performance.now() > 250 && !signal?.aborted; pause = Math.min(1000, pause * 2)) {
+      await pauseUnlessAborted(Math.min(pause, Math.max(0, until - performance.now() - 250)), signal);
       let again: JobRecord | null;
       try {
         again = await jobs.get(latest.owner, latest.id);
