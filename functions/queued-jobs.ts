@@ -424,7 +424,10 @@ type ReachFields = Pick<NewerJobSeen, 'status' | 'created_at' | 'enqueued_at'> &
  * API's re-sends and re-queues, the worker's requeue), so a later message cannot exist.
  */
 export function unreachable(job: ReachFields, now: Date, queueRetentionSec: number): boolean {
-  const waiting = job.status === 'queued' || (job.status === 'running' && (!job.lease_expires_at || Date.parse(job.lease_expires_at) < now.getTime()));
+  // The lease is the worker's wall-clock stamp: it counts as lapsed only the skew margin later, so a
+  // sweep whose clock runs ahead of a live worker's (which keeps half a visibility timeout on it) does
+  // not expire the run.
+  const waiting = job.status === 'queued' || (job.status === 'running' && (!job.lease_expires_at || Date.parse(job.lease_expires_at) + EXPIRY_MARGIN_MS < now.getTime()));
   const since = Date.parse(job.enqueued_at ?? job.created_at ?? '');
   return waiting && Number.isFinite(since) && now.getTime() - since > queueRetentionSec * 1000 + EXPIRY_MARGIN_MS;
 }

@@ -81,7 +81,9 @@ export class SlidingWindowRateLimiter {
     const base = { limit: this.limit, windowSec: this.windowSec };
     const until = this.refusedUntil.get(key);
     if (until !== undefined) {
-      if (nowMs < until) return { ...base, allowed: false, remaining: 0, resetSec: wholeSec(until - nowMs), fromStore: false };
+      // A refusal with more left than any this limiter gives (under two windows, `waitMs`) was made
+      // before the clock stepped back: its wait would grow by the step, so the store decides afresh.
+      if (nowMs < until && until - nowMs <= 2 * this.windowMs) return { ...base, allowed: false, remaining: 0, resetSec: wholeSec(until - nowMs), fromStore: false };
       this.refusedUntil.delete(key);
     }
     const window = Math.floor(nowMs / this.windowMs);

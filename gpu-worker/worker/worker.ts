@@ -608,13 +608,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * duplicate, and must neither run the job nor end it (cancel, fail). The holder renews its lease
    * every half visibility timeout to a full one ahead, so a live holder's lease never runs out; a dead
    * holder's lapses when its own message comes back, which then takes the job over.
+   * The lease is the holder's wall-clock stamp, read against this worker's clock: it counts as run out
+   * only a further `leaseSkewMs` later, so a worker whose clock runs ahead (by up to 1.5 timeouts) does
+   * not take a live run over. That delays no recovery: a dead holder's own message takes the job over
+   * (copyOfHeld, unchanged), and a duplicate dropped here is one the job does not need.
    */
+  const leaseSkewMs = visibilitySec * 1000;
   const heldByAnother = (cur: JobRecord, m: ReceivedMessage): boolean =>
     cur.status === 'running' &&
     cur.lease_message_id !== undefined &&
     cur.lease_message_id !== m.messageId &&
     typeof cur.lease_expires_at === 'string' &&
-    Date.parse(cur.lease_expires_at) > clock.now();
+    Date.parse(cur.lease_expires_at) + leaseSkewMs > clock.now();
 
   /**
    * Whether this delivery is a second copy of the very message whose delivery holds the job: SQS

@@ -95,15 +95,37 @@ async function inspect(path: string): Promise<Holder | null> {
 }
 
 /**
+ * What one contender has seen of each lock file it waits on: the content and mtime it last saw there,
+ * and when it first saw them, on the monotonic clock (`performance.now()`).
+ */
+type Sightings = Map<string, { content: string; mtimeMs: number; since: number }>;
+
+/** How long (ms, monotonic) `holder` has been seen at `path` with neither its content nor its mtime changing. */
+function unchangedForMs(sightings: Sightings, path: string, holder: Holder): number {
+  const now = performance.now();
+  const seen = sightings.get(path);
+  if (seen && seen.content === holder.content && seen.mtimeMs === holder.mtimeMs) return now - seen.since;
+  sightings.set(path, { content: holder.content, mtimeMs: holder.mtimeMs, since: now });
+  return 0;
+}
+
+/**
  * Whether the holder is gone. A holder on this host (same pid namespace) whose pid no longer exists
  * crashed: broken at once instead of after `staleMs` (a SIGKILLed worker used to stall every writer
- * of the key, or the whole queue, for 10 s). Pid reuse can only make a dead holder look alive (its
- * pid now names another process): then the age rule below applies, which is slower but never wrong;
- * no start time is needed for safety. EPERM means the pid exists (another user's process): alive.
+ * of the key, or the whole queue, for 10 s). A holder on this host whose pid exists is never broken
+ * for its file's age: that compares the mtime with the wall clock, and a clock stepped forward (an NTP
+ * step, a laptop waking from sleep) would let a second holder in beside a live one. It is broken only
+ * once this contender has watched its lock go unrefreshed for `staleMs` of the monotonic clock (its
+ * holder refreshes it every staleMs/3): a holder stalled that long, or a dead one whose pid now names
+ * another process (pid reuse; no start time is needed for safety). EPERM means the pid exists
+ * (another user's process): alive. A holder this host cannot judge (another host, or a lock without
+ * a pid) is judged by its file's age, the only clock the hosts share.
  */
-function isAbandoned(holder: Holder, staleMs: number): boolean {
-  if (Date.now() - holder.mtimeMs > staleMs) return true;
-  return holder.pid !== undefined && holder.host !== undefined && processIsGone(holder.pid, holder.host);
+function isAbandoned(path: string, holder: Holder, staleMs: number, sightings: Sightings): boolean {
+  if (holder.pid !== undefined && holder.host === hostId()) {
+    return processIsGone(holder.pid, holder.host) || unchangedForMs(sightings, path, holder) > staleMs;
+  }
+  return Date.now() - holder.mtimeMs > staleMs;
 }
 
 /**
@@ -167,7 +189,7 @@ const BREAK_STALE_MIN_MS = 2_000;
  * holder that was only presumed dead by age. Returns false when another breaker is at work or the
  * lock could not be moved (the caller then waits), true when taking the lock may be tried again now.
  */
-async function breakLock(lockPath: string, record: string, token: string, staleMs: number): Promise<boolean> {
+async function breakLock(lockPath: string, record: string, token: string, staleMs: number, sightings: Sightings): Promise<boolean> {
   const breakPath = `${lockPath}.break`;
   if (!(await create(breakPath, record))) {
     const breaker = await inspect(breakPath);
@@ -175,12 +197,12 @@ async function breakLock(lockPath: string, record: string, token: string, staleM
     // Two contenders removing the same dead break lock at once could both end up breaking; that
     // needs a crash inside that short window and still only matters if the lock changes under them,
     // which removeIfSame then repairs.
-    if (breaker && isAbandoned(breaker, Math.max(staleMs, BREAK_STALE_MIN_MS))) await removeIfSame(breakPath, breaker, token);
+    if (breaker && isAbandoned(breakPath, breaker, Math.max(staleMs, BREAK_STALE_MIN_MS), sightings)) await removeIfSame(breakPath, breaker, token);
     return false;
   }
   try {
     const holder = await inspect(lockPath);
-    if (holder && isAbandoned(holder, staleMs)) return await removeIfSame(lockPath, holder, token);
+    if (holder && isAbandoned(lockPath, holder, staleMs, sightings)) return await removeIfSame(lockPath, holder, token);
     return true;
   } finally {
     if ((await readFile(breakPath, 'utf8').catch(() => null)) === record) await unlink(breakPath).catch(() => undefined);
@@ -191,7 +213,7 @@ async function breakLock(lockPath: string, record: string, token: string, staleM
  * Cross-process lock: a lock file created with O_EXCL (`wx`), atomic on every local filesystem, so
  * exactly one process creates it; it records the holder's random token, pid and host. The holder
  * refreshes its mtime every `staleMs / 3` while `fn` runs, so a lock is broken only when its holder
- * is gone: a dead pid on this host (at once) or no refresh for `staleMs` (any host). Breaking is
+ * is gone: a dead pid on this host (at once) or no refresh for `staleMs` (see `isAbandoned`). Breaking is
  * serialized by a break lock (see `breakLock`), and release removes the lock only while it still
  * holds this holder's token, so a holder that was (wrongly) presumed dead can never delete the next
  * holder's lock.
@@ -203,13 +225,15 @@ export async function withDirLock<T>(
 ): Promise<T> {
   const token = randomBytes(12).toString('hex');
   const record = JSON.stringify({ token, pid: process.pid, host: hostId() });
-  const deadline = Date.now() + timeoutMs;
+  // The wait is measured on the monotonic clock: a wall clock stepped back must not stretch it.
+  const deadline = performance.now() + timeoutMs;
+  const sightings: Sightings = new Map();
   for (let attempt = 0; ; attempt++) {
     if (await create(lockPath, record)) break;
     const holder = await inspect(lockPath);
     if (!holder) continue; // released meanwhile
-    if (isAbandoned(holder, staleMs) && (await breakLock(lockPath, record, token, staleMs))) continue;
-    if (Date.now() > deadline) throw new RetryableError(`timed out waiting for lock ${lockPath}`);
+    if (isAbandoned(lockPath, holder, staleMs, sightings) && (await breakLock(lockPath, record, token, staleMs, sightings))) continue;
+    if (performance.now() > deadline) throw new RetryableError(`timed out waiting for lock ${lockPath}`);
     await sleep(Math.min(2 + attempt * 2, 25) * (0.5 + Math.random()));
   }
   const refresh = setInterval(() => {
