@@ -34,6 +34,12 @@ export class BlobApiKeyStore {
 
   async create(args: { name: string; owner: string; now?: Date }): Promise<CreatedApiKey> {
     if (!OWNER_ID_PATTERN.test(args.owner)) throw new ValidationError('owner must match [A-Za-z0-9_-]{1,64}', 'owner');
+    // Owner ids are keys of files in the local data folder too: on a case-insensitive file system
+    // (macOS and Windows by default) acct_Alice and acct_alice would share usage, uploads, policies and
+    // the webhook secret. Operators create keys rarely, so the whole list is read to keep ids apart.
+    const folded = args.owner.toLowerCase();
+    const twin = (await this.list()).find((k) => k.owner !== args.owner && k.owner.toLowerCase() === folded);
+    if (twin) throw new ValidationError(`owner "${args.owner}" differs from the existing owner "${twin.owner}" only in case: use "${twin.owner}", or another id (owners that differ only in case would share files in a local data folder on a case-insensitive file system)`, 'owner');
     const now = args.now ?? new Date();
     const id = newId(now.getTime());
     const secret = `ck_${id}_${randomBytes(32).toString('base64url')}`;
