@@ -34,10 +34,14 @@ export function requireJson(): MiddlewareHandler<AppEnv> {
     if (c.req.method === 'POST') {
       const contentType = c.req.header('Content-Type') ?? '';
       if (!JSON_CONTENT_TYPE.test(contentType)) {
-        throw new HttpError(415, 'unsupported_media_type', 'Content-Type must be application/json (optionally with parameters such as "; charset=utf-8")', 'Content-Type');
+        // Said with what came: "application/json ; charset=utf-8" and "application/json;" look right and are not read as JSON here.
+        const came = contentType === '' ? 'none was sent' : `got ${JSON.stringify(contentType.slice(0, 80))}`;
+        throw new HttpError(415, 'unsupported_media_type', `Content-Type must be application/json, optionally with parameters written as "; name=value" (no space before ";", no empty parameter, no ";" inside a value); ${came}`, 'Content-Type');
       }
       // A body declared in another charset would be read as UTF-8 anyway: say so, rather than read "é" in Latin-1 as a broken byte.
-      const charset = /;\s*charset=("?)([^";]*)\1/i.exec(contentType)?.[2];
+      const charsets = [...contentType.matchAll(/;\s*charset=("?)([^";]*)\1/gi)];
+      if (charsets.length > 1) throw new HttpError(415, 'unsupported_media_type', 'Content-Type names charset more than once: name it once (utf-8)', 'Content-Type');
+      const charset = charsets[0]?.[2];
       if (charset !== undefined && !/^utf-?8$/i.test(charset.trim())) {
         throw new HttpError(415, 'unsupported_media_type', `JSON must be UTF-8 (RFC 8259); the body is declared as charset=${charset.slice(0, 40)}`, 'Content-Type');
       }

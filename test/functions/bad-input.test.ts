@@ -136,6 +136,12 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
       const err = await expectEnvelope(res, 415, 'unsupported_media_type');
       expect(err.param, String(type)).toBe('Content-Type');
     }
+    // What is wrong is said, with what came; a charset named twice is refused, not read by its first.
+    const spaced = await expectEnvelope(await h.request('/v1/generations', { method: 'POST', body: '{"prompt":"a"}', headers: { 'Content-Type': 'application/json ; charset=utf-8' } }), 415);
+    expect(spaced.message).toContain('no space before ";"');
+    expect(spaced.message).toContain('got "application/json ; charset=utf-8"');
+    const twice = await expectEnvelope(await h.request('/v1/generations', { method: 'POST', body: '{"prompt":"a"}', headers: { 'Content-Type': 'application/json; charset=utf-8; charset=latin1' } }), 415);
+    expect(twice.message).toContain('names charset more than once');
     await expectNothingWritten();
   });
 
