@@ -394,25 +394,27 @@ export class ClipEngine {
     for (const full of texts) {
       const r = this.tokenizer.inspect(full, L);
       // A long prompt is named by its start, not echoed whole in every warning.
-      const text = full.length > 80 ? `${full.slice(0, 80)}…` : full;
+      const text = shownQuoted(promptStart(full));
       // Punctuation is no word to draw: said apart ("." is read as an unknown token, left out it is not).
       const signs = r.unknownWords.filter((w) => !/[\p{L}\p{N}]/u.test(w));
       const unknown = r.unknownWords.filter((w) => /[\p{L}\p{N}]/u.test(w));
       if (unknown.length > 0) {
-        const words = unknown.slice(0, 10).map((w) => JSON.stringify(w)).join(', ') + (unknown.length > 10 ? ', …' : '');
+        const words = unknown.slice(0, 10).map(shownQuoted).join(', ') + (unknown.length > 10 ? ', …' : '');
         // A small model's whole vocabulary (the toy's 40-odd words) tells the caller what it can draw instead; once per call.
         const known: readonly string[] | undefined = vocabularyTold ? undefined : this.tokenizer.knownWords(SMALL_VOCABULARY_WORDS);
         vocabularyTold ||= known !== undefined;
         const instead = known ? `; it knows only: ${known.filter((w) => /[\p{L}\p{N}]/u.test(w)).join(' ')}` : '';
-        warnings.push(`${JSON.stringify(text)}: model ${this.name} does not know ${unknown.length === 1 ? 'the word' : 'the words'} ${words}, so it cannot draw ${unknown.length === 1 ? 'it' : 'them'}${instead}`);
+        warnings.push(`${text}: model ${this.name} does not know ${unknown.length === 1 ? 'the word' : 'the words'} ${words}, so it cannot draw ${unknown.length === 1 ? 'it' : 'them'}${instead}`);
       }
       if (signs.length > 0) {
-        warnings.push(`${JSON.stringify(text)}: model ${this.name} does not read ${signs.map((w) => JSON.stringify(w)).join(', ')} (an unknown token to it); leave ${signs.length === 1 ? 'it' : 'them'} out`);
+        warnings.push(`${text}: model ${this.name} does not read ${signs.map(shownQuoted).join(', ')} (an unknown token to it); leave ${signs.length === 1 ? 'it' : 'them'} out`);
       }
-      if (r.truncated) warnings.push(`${JSON.stringify(text)}: ${r.tokens} tokens, more than model ${this.name}'s context of ${L}; it reads only the first ${L - 2}`);
+      if (r.truncated) warnings.push(`${text}: ${r.tokens} tokens, more than model ${this.name}'s context of ${L}; it reads only the first ${L - 2}`);
       // Typed into a prompt, the special tokens' texts are read as those tokens (as openai/CLIP does).
-      if (r.endTokenText) warnings.push(`${JSON.stringify(text)}: contains ${JSON.stringify(r.endTokenText)}, which model ${this.name} reads as its end token: it ignores everything after it`);
-      if (r.startTokenText) warnings.push(`${JSON.stringify(text)}: contains ${JSON.stringify(r.startTokenText)}, which model ${this.name} reads as its start token, not as words`);
+      if (r.endTokenText) warnings.push(`${text}: contains ${JSON.stringify(r.endTokenText)}, which model ${this.name} reads as its end token: it ignores everything after it`);
+      if (r.startTokenText) warnings.push(`${text}: contains ${JSON.stringify(r.startTokenText)}, which model ${this.name} reads as its start token, not as words`);
+      // As the start token: "<pad>" typed is read as the padding token, and a prompt of nothing else is refused (encode).
+      for (const s of r.specialTokens ?? []) warnings.push(`${text}: contains ${JSON.stringify(s.text)}, which model ${this.name} reads as its ${s.role}, not as words`);
     }
     return warnings;
   }
@@ -483,7 +485,7 @@ export class ClipEngine {
     const readable: string[] = [];
     for (const t of missing) {
       const r = this.tokenizer.inspect(t, L);
-      if (r.unknownWords.length === 0 && !r.truncated && r.tokens > 2 && !r.nothingBeforeEnd) readable.push(t);
+      if (r.unknownWords.length === 0 && !r.truncated && r.tokens > 2 && !r.nothingBeforeEnd && !r.noWords) readable.push(t);
       else found.set(t, null);
     }
     // One at a time, through the batch-1 text graph every prompt compiles anyway: a larger batch would
@@ -575,6 +577,53 @@ export class ClipEngine {
 /** A load's or run's failure for want of device (or host) memory. */
 /** A word-level vocabulary this small is listed whole in an unknown-word warning. */
 const SMALL_VOCABULARY_WORDS = 200;
+
+/** How much of a prompt a warning quotes, in code points. */
+const SHOWN_PROMPT_CODE_POINTS = 80;
+
+/** A prompt's first SHOWN_PROMPT_CODE_POINTS code points and "…" if longer: cut by code point, never inside a surrogate pair. */
+export function promptStart(text: string): string {
+  const points = [...text];
+  return points.length > SHOWN_PROMPT_CODE_POINTS ? `${points.slice(0, SHOWN_PROMPT_CODE_POINTS).join('')}…` : text;
+}
+
+/**
+ * Characters a terminal or page shows as nothing, or that reorder what follows (U+202E RIGHT-TO-LEFT
+ * OVERRIDE): format characters, separators other than the space, C1 controls (C0 ones JSON.stringify
+ * escapes already), private-use and unassigned code points.
+ */
+const INVISIBLE = /^(?:[\p{Cf}\p{Zl}\p{Zp}\p{Co}\p{Cn}\u007f-\u009f]|(?! )\p{Zs})$/u;
+const MARK = /^\p{M}$/u;
+const EMOJI_PART = /^[\p{Extended_Pictographic}\p{Emoji_Modifier}\ufe0f]$/u;
+const EMOJI = /^\p{Extended_Pictographic}$/u;
+
+/**
+ * Text in double quotes for a warning a person reads: JSON-quoted (so C0 controls, quotes and lone
+ * surrogates are escaped) and with every invisible character (INVISIBLE, or a combining mark with no
+ * character before it to sit on) written as a \u escape, so that `does not read "\u200d"` names
+ * something the caller can see and leave out, and no bidi control reorders the rest of the line.
+ * A zero-width joiner inside an emoji sequence (👨‍👩‍👧) is part of what shows, and kept.
+ */
+export function shownQuoted(text: string): string {
+  const points = [...text];
+  let out = '';
+  let visible = '';
+  let onBase = false;
+  points.forEach((c, i) => {
+    const joinsEmoji = c === '\u200d' && i > 0 && EMOJI_PART.test(points[i - 1]!) && EMOJI.test(points[i + 1] ?? '');
+    if ((INVISIBLE.test(c) && !joinsEmoji) || (MARK.test(c) && !onBase)) {
+      const cp = c.codePointAt(0)!;
+      out += JSON.stringify(visible).slice(1, -1) + (cp > 0xffff ? `\\u{${cp.toString(16)}}` : `\\u${cp.toString(16).padStart(4, '0')}`);
+      visible = '';
+      onBase = false;
+    } else {
+      visible += c;
+      // A mark after a mark still sits on the same base; after a space or control it has none.
+      if (!MARK.test(c)) onBase = !/^[\s\p{Cc}]$/u.test(c);
+    }
+  });
+  return `"${out}${JSON.stringify(visible).slice(1, -1)}"`;
+}
 
 function outOfMemory(error: unknown): boolean {
   return error instanceof EngineError && error.code === 'runtime_failed' && isOutOfMemory(error.message);

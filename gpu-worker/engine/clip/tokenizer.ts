@@ -17,6 +17,9 @@
 //     run), whereas the library's added-token splitter matches it anywhere. Python's regex is
 //     also case-insensitive and uses Unicode White_Space for \s. So we split with the official
 //     regex, map pieces to bytes (bytes_to_unicode) and call the library's BPE model per piece.
+//   * the `Whitespace` pre-tokenizer (`\w+|[^\w\s]+`) is ASCII-only in the library (a JS regex
+//     without the `u` flag), so "café" became "caf", "é"; Hugging Face's (Rust `regex`) \w and \s
+//     are Unicode's. We hand the library the same split spelt out in Unicode classes.
 //   * `WordLevel` is not a model type in tokenizers.js 0.2; a vocab-only model falls back to its
 //     "Legacy" model (token → id lookup), whose unknown-token id comes from the tokenizer config,
 //     so we pass `unk_token` from the model section.
@@ -97,6 +100,28 @@ function normalizerIsSubsumed(n: unknown): boolean {
   }
 }
 
+/**
+ * Hugging Face's `Whitespace` pre-tokenizer, `\w+|[^\w\s]+` in the Rust `regex` crate, where \w is
+ * UTS #18's word class (Alphabetic, marks, decimal digits, connector punctuation, ZWJ/ZWNJ) and \s
+ * is White_Space. Written as a `Split` (which is what `Whitespace` is in the Rust library) so that
+ * @huggingface/tokenizers, whose own `Whitespace` uses ASCII \w and JS \s, splits like the reference.
+ */
+const UNICODE_WORD_CLASS = '\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}';
+const UNICODE_WHITESPACE_SPLIT = {
+  type: 'Split',
+  pattern: { Regex: `[${UNICODE_WORD_CLASS}]+|[^${UNICODE_WORD_CLASS}\\p{White_Space}]+` },
+  behavior: 'Removed',
+  invert: true,
+};
+
+/** The pre-tokenizer config with every `Whitespace` in it replaced by its Unicode equivalent. */
+function withUnicodeWhitespace(pre: unknown): unknown {
+  if (!isObj(pre)) return pre;
+  if (pre.type === 'Whitespace') return UNICODE_WHITESPACE_SPLIT;
+  if (pre.type === 'Sequence' && Array.isArray(pre.pretokenizers)) return { ...pre, pretokenizers: pre.pretokenizers.map(withUnicodeWhitespace) };
+  return pre;
+}
+
 function hasByteLevel(pre: unknown): boolean {
   if (!isObj(pre)) return false;
   if (pre.type === 'ByteLevel') return true;
@@ -124,6 +149,22 @@ export interface PromptInspection {
    * it as an empty prompt (encode refuses it as it refuses an empty one). Absent otherwise.
    */
   nothingBeforeEnd?: true;
+  /**
+   * The tokenizer's other special tokens (its added tokens but the start, end and unknown ones, e.g.
+   * the toy models' "<pad>") where the prompt holds their texts: read as those tokens, not as words.
+   */
+  specialTokens?: SpecialTokenText[];
+  /**
+   * True when the prompt holds nothing but start and other special tokens (and no end token): the
+   * model reads no word of it, and encode refuses it. Absent otherwise.
+   */
+  noWords?: true;
+}
+
+export interface SpecialTokenText {
+  text: string;
+  /** "padding token" for the tokenizer's padding token, else "special token". */
+  role: 'padding token' | 'special token';
 }
 
 export class TextTokenizer {
@@ -142,6 +183,8 @@ export class TextTokenizer {
   private readonly unkId: number | undefined;
   /** A word-level vocabulary's words (no added tokens), sorted; undefined for BPE, whose pieces are no words. */
   private readonly words: readonly string[] | undefined;
+  /** Added tokens other than the start, end and unknown ones, by id: no words, so a prompt of only these reads nothing. */
+  private readonly otherSpecial = new Map<number, SpecialTokenText>();
 
   private constructor(json: Json, opts: TextTokenizerOptions) {
     const src = opts.source ?? '<tokenizer json>';
@@ -196,13 +239,22 @@ export class TextTokenizer {
     const hfJson: Json = {
       ...json,
       normalizer: normalizerIsSubsumed(json.normalizer) ? null : json.normalizer,
-      pre_tokenizer: json.pre_tokenizer ?? null,
+      pre_tokenizer: withUnicodeWhitespace(json.pre_tokenizer ?? null),
       post_processor: null, // sot/eot are added here
       decoder: json.decoder ?? null,
     };
     const hfConfig: Json = typeof m.unk_token === 'string' ? { unk_token: m.unk_token } : {};
     const unk = typeof m.unk_token === 'string' ? ((m.vocab as Json)[m.unk_token] ?? this.special.get(m.unk_token)) : undefined;
     this.unkId = this.mode === 'generic' && Number.isInteger(unk) ? (unk as number) : undefined;
+    const padToken = isObj(json.padding) && typeof json.padding.pad_token === 'string' ? json.padding.pad_token : undefined;
+    for (const t of added as Array<{ content: string; id: number; special?: unknown }>) {
+      const { content: text, id } = t;
+      // An added token that is not special (special: false) is an extra word of the vocabulary.
+      if (t.special !== true || id === this.sotId || id === this.eotId || text === m.unk_token) continue;
+      // Without a padding section the name tells (the toy models' "<pad>", BERT's "[PAD]").
+      const role = text === padToken || /^(<pad>|\[pad\])$/i.test(text) ? 'padding token' : 'special token';
+      this.otherSpecial.set(id, { text, role });
+    }
     this.words = m.type === 'WordLevel' ? Object.keys(m.vocab as Json).filter((w) => !this.special.has(w) && w !== m.unk_token).sort() : undefined;
     try {
       this.hf = new Tokenizer(hfJson, hfConfig);
@@ -305,6 +357,7 @@ export class TextTokenizer {
         if (enc.ids[i] === this.unkId && !unknownWords.includes(enc.tokens[i])) unknownWords.push(enc.tokens[i]);
       }
     }
+    const specialTokens = [...new Set(ids)].flatMap((id) => this.otherSpecial.get(id) ?? []);
     return {
       tokens: ids.length + 2,
       unknownWords,
@@ -312,16 +365,28 @@ export class TextTokenizer {
       ...(ids.includes(this.eotId) ? { endTokenText: this.eotText } : {}),
       ...(ids.includes(this.sotId) ? { startTokenText: this.sotText } : {}),
       ...(ids.includes(this.eotId) && this.readsNothing(ids) ? { nothingBeforeEnd: true as const } : {}),
+      ...(specialTokens.length > 0 ? { specialTokens } : {}),
+      ...(ids.length > 0 && !ids.includes(this.eotId) && this.readsNothing(ids) ? { noWords: true as const } : {}),
     };
   }
 
-  /** Whether token ids (without the added start/end) hold nothing but start tokens (before the first end token, if any). */
+  /**
+   * Whether token ids (without the added start/end) hold nothing but start tokens and other special
+   * tokens such as "<pad>" (before the first end token, if any): no word for the model to read.
+   */
   private readsNothing(ids: readonly number[]): boolean {
     for (const id of ids) {
       if (id === this.eotId) return true;
-      if (id !== this.sotId) return false;
+      if (id !== this.sotId && !this.otherSpecial.has(id)) return false;
     }
     return true;
+  }
+
+  /** The special tokens among ids, named with their roles, once each: '"<|startoftext|>", the start token'. */
+  private specialsIn(ids: readonly number[]): string {
+    return [...new Set(ids)]
+      .map((id) => (id === this.sotId ? `${JSON.stringify(this.sotText)}, the start token` : `${JSON.stringify(this.otherSpecial.get(id)!.text)}, the ${this.otherSpecial.get(id)!.role}`))
+      .join(' and ');
   }
 
   /** [sot, ...ids, eot] zero-padded to contextLength (default 77). */
@@ -371,7 +436,7 @@ export class TextTokenizer {
           ? 'prompt is empty (or only whitespace/control characters after cleaning)'
           : ids.includes(this.eotId)
             ? `prompt is empty before its first ${JSON.stringify(this.eotText)}, the end token, where the model stops reading`
-            : `prompt has no words, only ${JSON.stringify(this.sotText)}, the start token`,
+            : `prompt has no words, only ${this.specialsIn(ids)}`,
       );
     }
     const total = ids.length + 2;
