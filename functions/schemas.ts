@@ -73,7 +73,7 @@ export const ListQuery = z.object({
     description: `Only generations in this status. A request looks at no more than ${LIST_SCAN_LIMIT} generations (the largest page), so a page may hold fewer than \`limit\`, even none, while \`next_cursor\` is set: keep paging until it is null.`,
   }),
   created_after: z.iso
-    .datetime({ offset: true, error: 'created_after must be an RFC 3339 date-time, such as 2026-12-01T00:00:00Z' })
+    .datetime({ offset: true, error: 'created_after must be an RFC 3339 date-time with an upper-case T and Z (or an offset), seconds 00 to 59, such as 2026-12-01T00:00:00Z' })
     .optional()
     .openapi({
       param: { name: 'created_after', in: 'query' },
@@ -81,7 +81,7 @@ export const ListQuery = z.object({
       description: 'Only generations created after this instant (exclusive). The list stops at the first older one: next_cursor is null from there.',
     }),
   created_before: z.iso
-    .datetime({ offset: true, error: 'created_before must be an RFC 3339 date-time, such as 2026-12-01T00:00:00Z' })
+    .datetime({ offset: true, error: 'created_before must be an RFC 3339 date-time with an upper-case T and Z (or an offset), seconds 00 to 59, such as 2026-12-01T00:00:00Z' })
     .optional()
     .openapi({
       param: { name: 'created_before', in: 'query' },

@@ -124,9 +124,10 @@ describe('GET /v1/generations: a creation-time window', () => {
   it('a window that is empty or backwards is refused; a date that is not RFC 3339 is refused naming the rule', async () => {
     const same = await expectEnvelope(await h.request(`/v1/generations?created_after=${at(1).toISOString()}&created_before=${at(1).toISOString()}`), 400, 'validation_error');
     expect([same.param, same.message]).toEqual(['created_after', 'created_after must be earlier than created_before (both are exclusive)']);
-    for (const bad of ['2026-11-01', 'yesterday', '2026-13-01T00:00:00Z', '1730419200']) {
+    // Lower-case t and z and a leap second are RFC 3339 too, but not taken: the message says so rather than "not RFC 3339".
+    for (const bad of ['2026-11-01', 'yesterday', '2026-13-01T00:00:00Z', '1730419200', '2026-12-01t00:00:00z', '2016-12-31T23:59:60Z']) {
       const err = await expectEnvelope(await h.request(`/v1/generations?created_before=${bad}`), 400, 'validation_error');
-      expect([err.param, err.message], bad).toEqual(['created_before', 'created_before must be an RFC 3339 date-time, such as 2026-12-01T00:00:00Z']);
+      expect([err.param, err.message], bad).toEqual(['created_before', 'created_before must be an RFC 3339 date-time with an upper-case T and Z (or an offset), seconds 00 to 59, such as 2026-12-01T00:00:00Z']);
     }
   });
 });
