@@ -1425,8 +1425,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         const msg = parseQueueMessage(m.body);
         const job = await jobs.get(msg.owner, msg.job_id);
         // A job running under a live lease has a holder (a duplicate of its message was dead-lettered):
-        // left alone; the holder ends it, and a later sweep finds it ended.
-        const held = job?.status === 'running' && typeof job.lease_expires_at === 'string' && Date.parse(job.lease_expires_at) > clock.now();
+        // left alone; the holder ends it, and a later sweep finds it ended. Live by the holder's clock:
+        // the same skew margin as heldByAnother, so a sweeping worker whose clock runs ahead does not
+        // fail a run that is going on.
+        const held = job?.status === 'running' && typeof job.lease_expires_at === 'string' && Date.parse(job.lease_expires_at) + leaseSkewMs > clock.now();
         if (job && !isTerminal(job.status) && !held) {
           const error = { code: 'retries_exhausted', message: deadLetteredMessage(job.attempts) };
           const rec = await markFailed(msg, error);

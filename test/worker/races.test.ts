@@ -69,10 +69,15 @@ describe('deliveries of one job racing', () => {
     const job = await submit(env, { steps: 1 });
     const [m] = await env.queue.receive({ waitSec: 0 });
     // A duplicate of the message was dead-lettered while another delivery holds the job.
-    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_message_id: 'another-message', lease_expires_at: new Date(Date.now() + 5000).toISOString() }));
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 1, lease_message_id: 'another-message', lease_expires_at: new Date(Date.now() + 2000).toISOString() }));
     await env.queue.deadLetter!.send(m!.body);
     await env.queue.ack(m!.receipt);
-    const w = start(env, { run: async () => outcome(1, false) }, { deadLetterSweepMs: 1, receiveWaitSec: 0 });
+    // A 2 s visibility timeout: the lease counts as lapsed 2 s after it ends (the skew margin).
+    const w = start(env, { run: async () => outcome(1, false) }, { deadLetterSweepMs: 1, receiveWaitSec: 0, visibilityTimeoutSec: 2 });
+    await sleep(800);
+    expect((await env.jobs.get(OWNER, job.id))!.status).toBe('running');
+    // Ended by the holder's clock but within the margin: a sweeper whose clock runs ahead leaves it.
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, lease_expires_at: new Date(Date.now() - 500).toISOString() }));
     await sleep(800);
     expect((await env.jobs.get(OWNER, job.id))!.status).toBe('running');
     // The sweep marks the record failed, then settles stored outputs, then emits: wait for the event.
