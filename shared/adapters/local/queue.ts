@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
@@ -90,6 +91,12 @@ export class LocalJobQueue implements JobQueue {
   private readonly tmpSwept: Promise<void>;
   /** When this instance delivered each tenant's messages within FAIR_WINDOW_MS (oldest first). */
   private readonly deliveredAt = new Map<string, number[]>();
+  /**
+   * Message files this instance parsed, by id, with the identity of the file they came from (inode,
+   * size, change time): a receive that looks ahead past a busy tenant's backlog stats those files
+   * instead of reading and parsing each again (every write is a new file renamed into place).
+   */
+  private readonly parsedFiles = new Map<string, { ino: number; size: number; ctimeMs: number; message: StoredMessage }>();
 
   constructor(options: LocalJobQueueOptions) {
     this.dir = resolve(options.dir);
@@ -206,6 +213,21 @@ export class LocalJobQueue implements JobQueue {
     return messages;
   }
 
+  /** `read`, from parsedFiles when the file is the one parsed before. */
+  private async readKnown(id: string): Promise<StoredMessage | null> {
+    // Sync: a stat is a few microseconds, and a look-ahead makes up to FAIR_LOOKAHEAD of them in a row.
+    const st = statSync(this.messagePath(id), { throwIfNoEntry: false });
+    const known = this.parsedFiles.get(id);
+    if (st && known && known.ino === st.ino && known.size === st.size && known.ctimeMs === st.ctimeMs) return known.message;
+    const message = await this.read(id);
+    if (message && st) {
+      // Kept only if the file parsed is still the one stat saw (a write may have replaced it between).
+      const after = statSync(this.messagePath(id), { throwIfNoEntry: false });
+      if (after && after.ino === st.ino && after.ctimeMs === st.ctimeMs) this.parsedFiles.set(id, { ino: st.ino, size: st.size, ctimeMs: st.ctimeMs, message });
+    } else this.parsedFiles.delete(id);
+    return message;
+  }
+
   /** Used by the dead-letter move: keeps the original id, body and send time. */
   private async adopt(message: StoredMessage): Promise<void> {
     await this.locked(() => this.write({ ...message, visibleAt: Date.now(), receiveCount: 0, deliveryToken: null }));
@@ -294,9 +316,12 @@ export class LocalJobQueue implements JobQueue {
       const load = this.recentDeliveries(now);
       const candidates: Array<{ message: StoredMessage; orphaned: boolean; tenant: string }> = [];
       const idleTenants = new Set<string>();
-      for (const id of await this.messageIds()) {
+      const ids = await this.messageIds();
+      const listed = new Set(ids);
+      for (const id of this.parsedFiles.keys()) if (!listed.has(id)) this.parsedFiles.delete(id);
+      for (const id of ids) {
         if (idleTenants.size >= max || candidates.length >= max + FAIR_LOOKAHEAD) break;
-        const message = await this.read(id);
+        const message = await this.readKnown(id);
         if (!message) continue;
         const tenant = message.group !== undefined ? `g:${message.group}` : `m:${message.id}`;
         // In flight with a process that has died (a crash, a kill -9): its lease is void now, not at
