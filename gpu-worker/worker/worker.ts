@@ -234,6 +234,8 @@ function withheldMessage(checks: readonly OutputCheck[]): string {
 
 const systemClock: Clock = { now: () => Date.now(), monotonic: () => performance.now() };
 const MAX_BACKOFF_MS = 30_000;
+/** Dead letters one sweep looks at (10 at a time); more wait for a later sweep. */
+const DEAD_LETTER_SWEEP_MAX = 100;
 /** The longest a retryable failure's message is held back before its retry (SQS allows 12 h). */
 const MAX_RETRY_DELAY_SEC = 900;
 /** Long enough for a model download and its compiles on a GPU instance; short of the 120 s ECS stop timeout. */
@@ -1413,12 +1415,19 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   async function sweepDeadLetters(): Promise<void> {
     const dlq = queue.deadLetter;
     if (!dlq) return;
-    let seen: ReceivedMessage[];
+    // Batches of 10, each kept hidden until the sweep's end, so that the next batch holds other letters:
+    // one batch released at once came back as the same 10 oldest on every sweep (the local queue delivers
+    // oldest first), and a job whose letter came 11th was never settled.
+    const seen: ReceivedMessage[] = [];
     try {
-      seen = await dlq.receive({ max: 10, waitSec: 0, visibilitySec: 30 });
+      while (seen.length < DEAD_LETTER_SWEEP_MAX) {
+        const batch = await dlq.receive({ max: 10, waitSec: 0, visibilitySec: 60 });
+        seen.push(...batch);
+        if (batch.length < 10) break;
+      }
     } catch (error) {
       log.warn('dead-letter sweep: receive failed', { error: describe(error) });
-      return;
+      if (seen.length === 0) return;
     }
     for (const m of seen) {
       try {

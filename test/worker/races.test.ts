@@ -171,7 +171,8 @@ describe('deliveries of one job racing', () => {
     const [m] = await env.queue.receive({ max: 1, waitSec: 0 });
     await env.queue.deadLetter!.send(m!.body);
     await env.queue.ack(m!.receipt);
-    const w = start(env, { run: async () => { throw new Error('nothing to run'); } }, { deadLetterSweepMs: 50 });
+    // A 2 s visibility timeout: the lease that ran out a second ago counts as lapsed after the 2 s skew margin.
+    const w = start(env, { run: async () => { throw new Error('nothing to run'); } }, { deadLetterSweepMs: 50, visibilityTimeoutSec: 2 });
     await waitFor('the sweep settled it', () => w.events.some((e) => e.type === 'dead_lettered'));
     expect(await env.jobs.get(OWNER, job.id)).toMatchObject({ status: 'canceled', error: null });
   });
