@@ -119,7 +119,10 @@ export function modelsFromDir(modelsDir: string, defaultModel: string, options: 
 /**
  * AWS mode: the models pushed to the bucket's store (`models/<name>/bundle.json`, written last by
  * `clipag models push`, so half-pushed models are not listed), plus the default model, which ships
- * in the worker image and is listed by name (with its input size when the deployment gives it) unless it was pushed too.
+ * in the worker image and is listed by name (with its input size when the deployment gives it). A
+ * model pushed under the default's name too is listed as the image's: the worker serves its own
+ * folder over a pushed bundle of the same name (and warns), so the pushed index's content_hash would
+ * name a bundle no generation runs on, and a request pinned to it would fail at the worker.
  */
 export function modelsFromBucket(blobs: BlobStore, defaultModel: string, options: { defaultInputSize?: number | undefined } = {}): () => Promise<DeployedModel[]> {
   return memoizeModels(async () => {
@@ -127,6 +130,6 @@ export function modelsFromBucket(blobs: BlobStore, defaultModel: string, options
     // The image's default model: its input size as the CDK read it from the repo, so that a request
     // naming no size gets the size the worker warms (ADR 0020).
     const shipped: DeployedModel = { id: defaultModel, ...(options.defaultInputSize !== undefined ? { input_size: options.defaultInputSize } : {}) };
-    return mark([...pushed, shipped], defaultModel);
+    return mark([shipped, ...pushed], defaultModel);
   });
 }

@@ -106,6 +106,7 @@ function view(id: string, status: Generation['status'], extra: Partial<Generatio
     usage: { encoder_passes: 0, worker_seconds: 0, cost_usd: null, hourly_usd: null },
     warnings: [],
     request: { prompt: 'a red circle', width: 64, height: 64, steps: 100, n: 1, init: 'gmm', model: 'toy', seed: 7 },
+    model_version: null,
     content_flags: [],
     webhook: null,
     metadata: {},

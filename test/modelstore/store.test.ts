@@ -15,7 +15,7 @@ import { EnginePool } from '../../gpu-worker/engine/runtime/pool.ts';
 import { S3BlobStore } from '../../shared/adapters/aws/s3-blobstore.ts';
 import { LocalBlobStore, LocalJobQueue } from '../../shared/adapters/local/index.ts';
 import { parseConfig } from '../../shared/config.ts';
-import { bundleContentHash, ModelStore, ModelStoreError, modelIndexKey, modelKey, sha256Bytes } from '../../shared/modelstore.ts';
+import { bundleContentHash, localBundleContentHash, ModelStore, ModelStoreError, modelIndexKey, modelKey, sha256Bytes } from '../../shared/modelstore.ts';
 import type { BlobObject, BlobStore } from '../../shared/ports.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
@@ -266,6 +266,11 @@ describe('model store on S3 (s3rver)', () => {
     const res = await store.push(dir, 'tiny-h');
     expect(res.status).toBe('pushed');
     expect((await store.list()).map((m) => m.name)).toEqual(['tiny-h']);
+    // A push under the default's name does not replace the image's entry: the worker serves its own
+    // folder over it, so the pushed bundle's content_hash is no model_version any generation records.
+    await store.push(makeTinyBundle('quickgelu', { dir: tmp('tiny-shadow'), manifest: { name: 'toy' } }), 'toy');
+    expect((await store.list()).map((m) => m.name)).toEqual(['tiny-h', 'toy']);
+    expect((await modelsFromBucket(blobs, 'toy', { defaultInputSize: 64 })()).find((m) => m.id === 'toy')).toEqual({ id: 'toy', default: true, input_size: 64 });
   });
 
   it('a different bundle under an existing name is refused without --force; with it the old objects are replaced', async () => {
@@ -380,10 +385,10 @@ describe('model store in local mode', () => {
     const pushed = await new ModelStore(blobs).push(bundle('pushed-model'), 'pushed-model');
 
     expect(await modelsFromDir(modelsDir, 'folder-model')()).toEqual([
-      { id: 'folder-model', description: 'from a folder', robust: true, embed_dim: 32, input_size: 32, license: expect.any(String), source: expect.any(String), default: true },
+      { id: 'folder-model', description: 'from a folder', robust: true, embed_dim: 32, input_size: 32, content_hash: await localBundleContentHash(join(modelsDir, 'folder-model')), license: expect.any(String), source: expect.any(String), default: true },
     ]);
     const both = await modelsFromDir(modelsDir, 'folder-model', { store: blobs })();
-    expect(both.map((m) => [m.id, m.content_hash])).toEqual([['folder-model', undefined], ['pushed-model', pushed.contentHash]]);
+    expect(both.map((m) => [m.id, m.content_hash])).toEqual([['folder-model', await localBundleContentHash(join(modelsDir, 'folder-model'))], ['pushed-model', pushed.contentHash]]);
 
     const reg = createModelRegistry({ modelsDir, store: new ModelStore(blobs), cacheDir: tmp('local-cache'), threads: 1 });
     try {
@@ -403,7 +408,7 @@ describe('model store in local mode', () => {
     cpSync(bundle('bom-model', { description: 'saved by an editor' }), dir, { recursive: true });
     writeFileSync(join(dir, 'manifest.json'), `\uFEFF${readFileSync(join(dir, 'manifest.json'), 'utf8')}`);
     expect(await modelsFromDir(modelsDir, 'bom-model')()).toEqual([
-      { id: 'bom-model', description: 'saved by an editor', robust: true, embed_dim: 32, input_size: 32, license: expect.any(String), source: expect.any(String), default: true },
+      { id: 'bom-model', description: 'saved by an editor', robust: true, embed_dim: 32, input_size: 32, content_hash: await localBundleContentHash(dir), license: expect.any(String), source: expect.any(String), default: true },
     ]);
   });
 
