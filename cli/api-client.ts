@@ -174,7 +174,7 @@ export class WaitPastDeadline extends TimedOut {
     /** What was left of the deadline (ms). */
     readonly leftMs: number,
   ) {
-    super(`${what}: ${status} ${code}: ${detail}${policy ? ` (limit ${policy})` : ''}; it asks to wait ${seconds(retryAfterMs)} (Retry-After; until ${new Date(retryAt).toISOString()}), past the deadline (${seconds(Math.max(0, leftMs))} left)`);
+    super(`${what}: ${status} ${code}: ${detail}${policy ? ` (limit ${policy})` : ''}; it asks to wait ${seconds(retryAfterMs)} (Retry-After; until ${untilText(retryAt)}), past the deadline (${seconds(Math.max(0, leftMs))} left)`);
   }
 }
 
@@ -271,17 +271,30 @@ type Verdict = { lost: boolean } & (
 const IMF_FIXDATE = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT$/;
 
 /**
+ * The longest Retry-After taken as said: RFC 9111 §1.2.2's bound for delta-seconds (2^31). Past it
+ * (9999999999999, from a proxy or a broken server) the wait is no less a refusal, and its "until" must
+ * still be a date (past year 275760 it is none, and printing it threw "Invalid time value").
+ */
+export const MAX_RETRY_AFTER_SEC = 2 ** 31;
+
+/**
  * Milliseconds from a Retry-After field: delta-seconds (RFC 9110; a decimal such as "1.5", which the RFC
- * does not allow, is rounded up to whole seconds: never sooner than asked) or an IMF-fixdate; undefined
- * when absent or unreadable ("-1", "soon", a date in another format), so that the request backs off.
+ * does not allow, is rounded up to whole seconds: never sooner than asked; at most MAX_RETRY_AFTER_SEC)
+ * or an IMF-fixdate; undefined when absent or unreadable ("-1", "soon", a date in another format), so
+ * that the request backs off.
  */
 export function retryAfterMs(value: string | null, now = Date.now()): number | undefined {
   if (value === null) return undefined;
   const v = value.trim();
-  if (/^\d+(\.\d+)?$/.test(v)) return Math.ceil(Number(v)) * 1000;
+  if (/^\d+(\.\d+)?$/.test(v)) return Math.min(Math.ceil(Number(v)), MAX_RETRY_AFTER_SEC) * 1000;
   if (!IMF_FIXDATE.test(v)) return undefined;
   const at = Date.parse(v);
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+/** When a retry may come, for a message: an ISO date, or words where the number is no date (no message is lost to a RangeError). */
+export function untilText(at: number): string {
+  return Number.isFinite(at) && Math.abs(at) <= 8.64e15 ? new Date(at).toISOString() : 'a time past any date';
 }
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 && ms % 1000 !== 0 ? 1 : 0)} s`;

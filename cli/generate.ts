@@ -9,6 +9,7 @@ import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
 import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { LIMITS, type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
+import { quotedPrompt } from './remote.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, intArg, modelDir, numberArg, outputFile, parseCliArgs, policyFile, sizeShape, writeWhole } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
@@ -200,9 +201,8 @@ export async function run(argv: string[]): Promise<number> {
     if (views) recipe = { ...recipe, ...views };
     const prompts = [{ text: positionals[0], weight: 1 }, ...(values.negative ?? []).map((text) => ({ text, weight: -NEGATIVE_PROMPT_SHARE }))];
     if (!values.json) {
-      // Quoted as JSON: a prompt's control characters (a terminal's escape sequences) are shown, not run.
-      const shown = positionals[0]!.length > PROMPT_SHOWN_CHARS ? `${positionals[0]!.slice(0, PROMPT_SHOWN_CHARS)}…` : positionals[0]!;
-      process.stderr.write(`clipag: ${JSON.stringify(shown)} ${width}x${height} with ${engine.name}, seed ${seed}\n`);
+      // Quoted: a prompt's control characters (a terminal's escape sequences, bidi overrides) are shown, not run.
+      process.stderr.write(`clipag: ${quotedPrompt(positionals[0]!, PROMPT_SHOWN_CHARS)} ${width}x${height} with ${engine.name}, seed ${seed}\n`);
       // Before the run: a prompt the model cannot read is worth knowing before waiting for it.
       for (const w of [...cliWarnings, ...engine.promptWarnings(prompts.map((p) => p.text))]) process.stderr.write(`warning: ${w}\n`);
       for (const hit of policyHits) process.stderr.write(`content policy (${hit.category}): "${hit.term}" ${hit.message}\n`);

@@ -46,9 +46,9 @@ export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: s
     if (action === 'create') {
       if (rest.length > 0) return fail(`unexpected argument "${rest[0]}"`);
       if (!values.name?.trim()) return fail('--name is required');
-      // The stored record's limit (ApiKeyRecord), checked here so that the flag is named: the store's
-      // own refusal reads as a problem with a key.
-      if (values.name.trim().length > NAME_MAX) return fail(`--name must be at most ${NAME_MAX} characters (got ${values.name.trim().length})`);
+      // The stored record's own rule (ApiKeyRecord: trimmed, counted in code points), checked here so that
+      // the flag is named: the store's own refusal reads as a problem with a key.
+      if (!ApiKeyRecord.shape.name.safeParse(values.name).success) return fail(`--name must be at most ${NAME_MAX} characters (got ${[...values.name.trim()].length})`);
       const owner = values.owner ?? `acct_${newId()}`;
       if (!OWNER_ID_PATTERN.test(owner)) return fail('--owner must match [A-Za-z0-9_-]{1,64}');
       const keys = store ?? (await openKeyStore());

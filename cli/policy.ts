@@ -65,7 +65,10 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
     }
     try {
       const store = blobs ?? (await storesFor(parseConfig(process.env))).blobs;
-      await store.put(key, body, { contentType: 'application/json' });
+      // Stored without an editor's byte-order mark: a clipag from before it was read refuses such a
+      // document, and an API or worker of that version would then fail closed (503s) on a good policy.
+      const stored = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? body.subarray(3) : body;
+      await store.put(key, stored, { contentType: 'application/json' });
     } catch (e) {
       return fail(`could not store ${key}: ${e instanceof Error ? e.message : String(e)}`, 1);
     }

@@ -11,6 +11,7 @@ import { parseCliArgs as parseArgs } from './common.ts';
 import { canonicalJson } from '../functions/idempotency.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
 import { checkPngFileSync } from '../shared/png-check.ts';
+import { decodeUtf8Strictly } from '../shared/utf8.ts';
 import { GenerationRequest } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, GaveUp, Interrupted, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, writeWhole } from './common.ts';
@@ -215,18 +216,16 @@ interface RunContext {
 
 /** FILE read and every line checked, before any request: all of a file's problems at once, by line number. */
 function readLines(file: string, batchKey: string, dir: string): Line[] {
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = readFileSync(file, 'utf8');
+    bytes = readFileSync(file);
   } catch (e) {
     throw new UsageError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { brief: true });
   }
-  // A byte-order mark, as Windows editors and spreadsheet exports write one.
-  if (text.startsWith('\uFEFF')) text = text.slice(1);
-  const raw = text.split(/\r?\n/).map((t, i) => ({ t, number: i + 1 })).filter(({ t }) => t.trim() !== '');
-  if (raw.length === 0) throw new UsageError(`${file} has no requests (one JSON object a line)`, { brief: true });
-  if (raw.length > MAX_BATCH_LINES) throw new UsageError(`${file} has ${raw.length} requests; a batch takes at most ${MAX_BATCH_LINES} (split the file)`, { brief: true });
   const problems: string[] = [];
+  const raw = textLines(bytes, file, problems);
+  if (raw.length + problems.length === 0) throw new UsageError(`${file} has no requests (one JSON object a line)`, { brief: true });
+  if (raw.length + problems.length > MAX_BATCH_LINES) throw new UsageError(`${file} has ${raw.length + problems.length} requests; a batch takes at most ${MAX_BATCH_LINES} (split the file)`, { brief: true });
   const lines: Line[] = [];
   const ids = new Map<string, number>();
   const files = new Map<string, string>();
@@ -315,6 +314,33 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
     const shown = problems.slice(0, 20);
     // The file's problems, not the command line's: the whole usage after them would push them off the screen.
     throw new UsageError(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}, nothing was sent:\n  ${shown.join('\n  ')}${problems.length > shown.length ? `\n  … and ${problems.length - shown.length} more` : ''}`, { brief: true });
+  }
+  return lines;
+}
+
+/**
+ * FILE's non-empty lines, each decoded as UTF-8 strictly, with their numbers. A line that is not UTF-8
+ * is a problem of the batch, not a prompt sent with U+FFFD in place of its bytes (text its writer never
+ * wrote, run and billed): the API refuses such bytes in a body, for that reason.
+ */
+function textLines(bytes: Uint8Array, file: string, problems: string[]): Array<{ t: string; number: number }> {
+  const decoded = decodeUtf8Strictly(bytes);
+  // A whole file in another encoding (Notepad's "Unicode") is one problem, not one a line.
+  if ('problem' in decoded && decoded.problem.startsWith('UTF-16')) throw new UsageError(`${file} is ${decoded.problem}: save it as UTF-8`, { brief: true });
+  const lines: Array<{ t: string; number: number }> = [];
+  let start = 0;
+  for (let number = 1; start <= bytes.length; number++) {
+    // A "\n" byte is never part of a longer UTF-8 character: the file splits into lines before decoding.
+    const nl = bytes.indexOf(0x0a, start);
+    const end = nl === -1 ? bytes.length : nl;
+    const line = decodeUtf8Strictly(bytes.subarray(start, end));
+    if ('problem' in line) problems.push(`line ${number}: not UTF-8 (byte ${start + line.offset} of the file, 0x${bytes[start + line.offset]!.toString(16).toUpperCase().padStart(2, '0')}): save the file as UTF-8`);
+    else {
+      // A byte-order mark, as Windows editors and spreadsheet exports write one; "\r" of a CRLF file.
+      const t = (number === 1 ? line.text.replace(/^\uFEFF/, '') : line.text).replace(/\r$/, '');
+      if (t.trim() !== '') lines.push({ t, number });
+    }
+    start = end + 1;
   }
   return lines;
 }

@@ -4,7 +4,7 @@
 // or with --json one JSON object per line (the API's view), for jq.
 import { parseCliArgs as parseArgs, UsageError } from './common.ts';
 import type { Generation } from './api-client.ts';
-import { command, connectionOptions, optionWords, requestFailed, session, type RemoteIo } from './remote.ts';
+import { command, connectionOptions, optionWords, quotedPrompt, requestFailed, session, type RemoteIo } from './remote.ts';
 import { JOB_STATUSES } from '../shared/schemas/job.ts';
 import { WEBHOOK_STATUSES } from '../shared/schemas/view.ts';
 import { METADATA_KEY_PATTERN, METADATA_KEY_RULE, METADATA_MAX_KEYS } from '../shared/schemas/generation.ts';
@@ -106,9 +106,8 @@ function line(g: Generation): string {
   const prompts = Array.isArray(r.prompts) ? (r.prompts as Array<{ text?: unknown }>) : [];
   const first = typeof r.prompt === 'string' ? r.prompt : typeof prompts[0]?.text === 'string' ? prompts[0].text : '';
   const text = prompts.length > 1 ? `${first} (+${prompts.length - 1})` : first;
-  const prompt = text.length > 60 ? `${text.slice(0, 59)}…` : text;
   const created = typeof g.created_at === 'string' ? g.created_at : '';
   const cost = g.usage.cost_usd === null ? '' : `$${g.usage.cost_usd.toFixed(4)}`;
   const deleted = g.deleted_at !== null ? ' (deleted)' : '';
-  return [g.id, g.status.padEnd(9), created, `${r.model} ${r.width}x${r.height} ${r.steps} steps x${r.n}`, cost, JSON.stringify(prompt) + deleted].filter((part) => part !== '').join('  ');
+  return [g.id, g.status.padEnd(9), created, `${r.model} ${r.width}x${r.height} ${r.steps} steps x${r.n}`, cost, quotedPrompt(text, 60) + deleted].filter((part) => part !== '').join('  ');
 }

@@ -11,8 +11,8 @@ import { basename, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkPngFile } from '../shared/png-check.ts';
-import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE } from '../shared/schemas/generation.ts';
-import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
+import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
+import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
@@ -460,6 +460,28 @@ export function generateCommand(cli: readonly string[], tokens: Token[], key: st
   return command([...cli, 'remote', 'generate', ...words, ...(placed ? [] : added)]);
 }
 
+/**
+ * A prompt from the command line, checked as the API checks it: by the API's own schema for a prompt's
+ * text (trimmed, then counted in code points, so "🐱" is one character, not two UTF-16 units).
+ * Node decodes argv lossily: bytes a terminal in another encoding passed (Latin-1 "caf\xe9") arrive as
+ * U+FFFD, which the API would run, and bill, as written, on text its caller never typed (the API
+ * refuses such bytes in a body). A caller who means U+FFFD can send it from a UTF-8 batch file.
+ */
+function checkPromptArg(text: string, what: string): void {
+  if (text.includes('\uFFFD') || !isWellFormedText(text)) {
+    throw new UsageError(
+      `${what} holds U+FFFD (or a lone UTF-16 surrogate), what undecodable bytes become: the terminal passed text that is not UTF-8 (set a UTF-8 locale, such as LANG=C.UTF-8, and type it again)`,
+    );
+  }
+  const checked = WeightedPrompt.shape.text.safeParse(text);
+  if (checked.success) return;
+  if (checked.error.issues.some((issue) => issue.code === 'too_big')) {
+    // The count only for the message, in the schema's unit; the schema decided.
+    throw new UsageError(`${what} is ${[...text.trim()].length} characters; the API takes at most ${PROMPT_MAX_CHARS}`);
+  }
+  throw new UsageError(`${what} is empty`);
+}
+
 async function generate(argv: string[], io: RemoteIo): Promise<number> {
   const { values, positionals, tokens } = parseArgs({
     args: argv,
@@ -476,9 +498,9 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   // Everything is checked before the first request: a bad flag must not cost an upload or a job.
   if (positionals.length !== 1) throw new UsageError('give exactly one prompt, in quotes: clipag remote generate "a large red circle on the left"');
   const prompt = positionals[0]!;
-  if (!prompt.trim()) throw new UsageError('the prompt is empty');
-  if (prompt.length > PROMPT_MAX_CHARS) throw new UsageError(`the prompt is ${prompt.length} characters; the API takes at most ${PROMPT_MAX_CHARS}`);
+  checkPromptArg(prompt, 'the prompt');
   if ((values.negative?.length ?? 0) > 1) throw new UsageError('--negative: the API takes one negative prompt');
+  if (values.negative?.[0] !== undefined) checkPromptArg(values.negative[0], '--negative');
   const body: GenerationBody = { prompt };
   if (values.negative?.[0] !== undefined) body.negative_prompt = values.negative[0];
   if (values.size !== undefined) [body.width, body.height] = parseSize(values.size);
@@ -713,7 +735,8 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
       io.out(`  image ${o.index}: seed ${o.seed}${o.clip_score !== undefined ? `, clip score ${o.clip_score.toFixed(3)}` : ''}, ${written.has(o.index) ? `wrote ${written.get(o.index)}` : o.url}`);
     }
     for (const w of g.withheld_outputs) io.out(`  image ${w.index}: withheld by the output check (${w.content_flags.map((f) => f.rule).join(', ')})`);
-    for (const w of g.warnings) io.err(`warning: ${w}`);
+    // A warning quotes the prompt: its bidi overrides escaped here too (a worker before the text review sent them raw).
+    for (const w of g.warnings) io.err(`warning: ${bidiEscaped(w)}`);
     for (const f of g.content_flags) io.err(`content policy (${f.category}): "${f.term}" ${f.message}`);
     for (const o of g.outputs) for (const f of o.content_flags ?? []) io.err(`output check (${f.category}, ${f.action}) on image ${o.index}: looks like "${f.concept}" (cosine ${f.cosine.toFixed(3)}): ${f.message}`);
   }
@@ -806,7 +829,7 @@ async function stopped(s: Session, e: unknown): Promise<number> {
   const somethingLeft = goesOn || over || mayExist;
   if (e instanceof WaitPastDeadline) {
     if (s.json && progress.last) io.out(JSON.stringify(progress.last));
-    const refusal = `${e.what}: ${e.status} ${e.code}: ${e.detail}${e.policy ? ` (the limit: ${e.policy})` : ''}; it asks to wait ${retryIn(e.retryAfterMs)} (until ${new Date(e.retryAt).toISOString()}), past --timeout ${s.timeoutSec} s`;
+    const refusal = `${e.what}: ${e.status} ${e.code}: ${e.detail}${e.policy ? ` (the limit: ${e.policy})` : ''}; it asks to wait ${retryIn(e.retryAfterMs)} (until ${untilText(e.retryAt)}), past --timeout ${s.timeoutSec} s`;
     if (!somethingLeft) {
       io.err(`clipag remote: refused for now: ${refusal}; retry after that${progress.uploadInit ? ` (--init ${progress.uploadInit} uses the upload this run made)` : ''}; no generation was made`);
       return 1;
@@ -897,7 +920,7 @@ export function requestFailed(s: Session, e: unknown, o: { tail?: string; timedO
     return INTERRUPTED_EXIT_CODE;
   }
   if (e instanceof WaitPastDeadline) {
-    io.err(`clipag remote: refused for now: ${e.what}: ${e.status} ${e.code}: ${e.detail}${e.policy ? ` (the limit: ${e.policy})` : ''}; it asks to wait ${retryIn(e.retryAfterMs)} (until ${new Date(e.retryAt).toISOString()}), past --timeout ${s.timeoutSec} s${tail}`);
+    io.err(`clipag remote: refused for now: ${e.what}: ${e.status} ${e.code}: ${e.detail}${e.policy ? ` (the limit: ${e.policy})` : ''}; it asks to wait ${retryIn(e.retryAfterMs)} (until ${untilText(e.retryAt)}), past --timeout ${s.timeoutSec} s${tail}`);
     return timedOutExit;
   }
   if (e instanceof TimedOut) {
@@ -926,4 +949,23 @@ export function retryIn(ms: number): string {
   const sec = Math.ceil(ms / 1000);
   if (sec < 120) return `${sec} s`;
   return `${sec} s, about ${sec < 7200 ? `${Math.round(sec / 60)} min` : `${(sec / 3600).toFixed(1)} h`}`;
+}
+
+/** Bidirectional overrides and isolates (and the marks): raw on a terminal, they reorder the rest of its line. */
+const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/gu;
+
+/**
+ * A prompt as a terminal line shows it: its first `maxChars` code points (never half of a surrogate
+ * pair, which JSON.stringify would show as a literal "\ud83d"), "…" where it was cut, quoted as JSON
+ * (control characters escaped, not run) and with its bidirectional controls escaped the same way.
+ */
+export function quotedPrompt(text: string, maxChars: number): string {
+  const points = [...text];
+  const shown = points.length > maxChars ? `${points.slice(0, maxChars - 1).join('')}…` : text;
+  return bidiEscaped(JSON.stringify(shown));
+}
+
+/** Text with its bidirectional controls written as JSON escapes ("\\u202e"): seen, not obeyed. */
+export function bidiEscaped(text: string): string {
+  return text.replace(BIDI_CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }

@@ -17,6 +17,7 @@ import { OWNER_ID_PATTERN } from './names.ts';
 import { ownerPolicyKey } from './keys.ts';
 import { RetryableError } from './errors.ts';
 import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES, type PolicyCategory } from './policy-constants.ts';
+import { decodeUtf8Strictly } from './utf8.ts';
 
 export { MAX_CONCEPT_CHARS, POLICY_CATEGORIES, type PolicyCategory };
 
@@ -1413,9 +1414,14 @@ export interface PolicySource {
 /** A policy document's text, checked: the document and its compiled policy, or what is wrong with it. */
 export function parsePolicyDocument(body: Uint8Array): { policy: PromptPolicy; document: PromptPolicyDocument } | { problem: string } {
   if (body.byteLength > MAX_POLICY_BYTES) return { problem: `${body.byteLength} bytes, over the ${MAX_POLICY_BYTES}-byte limit` };
+  // Strictly: a lossy decoding read a Latin-1 "pok\xe9mon" as "pok\uFFFDmon", a rule that never matches
+  // what it names, in a document that checked as valid.
+  const decoded = decodeUtf8Strictly(body);
+  if ('problem' in decoded) return { problem: `${decoded.problem}: save it as UTF-8` };
   let json: unknown;
   try {
-    json = JSON.parse(Buffer.from(body).toString('utf8'));
+    // A byte-order mark, as Windows editors write one: JSON.parse would refuse it as an invisible "Unexpected token".
+    json = JSON.parse(decoded.text.replace(/^\uFEFF/, ''));
   } catch (error) {
     return { problem: `not JSON: ${error instanceof Error ? error.message : String(error)}` };
   }

@@ -1,0 +1,29 @@
+// Reading bytes that must be UTF-8 (policy documents, batch files): strictly, saying where they are not.
+
+const UTF8_FATAL = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const UTF8_LOSSY = new TextDecoder('utf-8', { ignoreBOM: true });
+
+/**
+ * Bytes as UTF-8 text, never with U+FFFD in place of a broken byte (the text would not be what its
+ * writer wrote); or what is wrong, naming the first byte that is not UTF-8 (`offset`, from 0). A
+ * byte-order mark is kept, for the caller to take off.
+ */
+export function decodeUtf8Strictly(bytes: Uint8Array): { text: string } | { problem: string; offset: number } {
+  try {
+    return { text: UTF8_FATAL.decode(bytes) };
+  } catch {
+    // Where, below.
+  }
+  if ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff)) {
+    return { problem: 'UTF-16 (it starts with a UTF-16 byte-order mark), not UTF-8', offset: 0 };
+  }
+  // Before its first replacement a lossy decoding is exact: each code point stands for its own UTF-8
+  // bytes. A U+FFFD the bytes themselves spell (EF BF BD) is the writer's, not a replacement.
+  let offset = 0;
+  for (const ch of UTF8_LOSSY.decode(bytes)) {
+    if (ch === '\uFFFD' && !(bytes[offset] === 0xef && bytes[offset + 1] === 0xbf && bytes[offset + 2] === 0xbd)) break;
+    offset += Buffer.byteLength(ch, 'utf8');
+  }
+  const byte = bytes[offset];
+  return { problem: `not UTF-8 (byte ${offset}${byte === undefined ? '' : `, 0x${byte.toString(16).toUpperCase().padStart(2, '0')},`} is not part of a UTF-8 character)`, offset };
+}
