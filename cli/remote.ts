@@ -14,6 +14,7 @@ import { checkPngFile } from '../shared/png-check.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
+import { shownQuoted } from '../shared/shown-text.ts';
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
 
@@ -956,13 +957,13 @@ const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/gu;
 
 /**
  * A prompt as a terminal line shows it: its first `maxChars` code points (never half of a surrogate
- * pair, which JSON.stringify would show as a literal "\ud83d"), "…" where it was cut, quoted as JSON
- * (control characters escaped, not run) and with its bidirectional controls escaped the same way.
+ * pair, which JSON.stringify would show as a literal "\ud83d"), "…" where it was cut, quoted as the
+ * engine's warnings quote text (shownQuoted: control characters, bidirectional controls and other
+ * invisible characters escaped, not run).
  */
 export function quotedPrompt(text: string, maxChars: number): string {
   const points = [...text];
-  const shown = points.length > maxChars ? `${points.slice(0, maxChars - 1).join('')}…` : text;
-  return bidiEscaped(JSON.stringify(shown));
+  return shownQuoted(points.length > maxChars ? `${points.slice(0, maxChars - 1).join('')}…` : text);
 }
 
 /** Text with its bidirectional controls written as JSON escapes ("\\u202e"): seen, not obeyed. */

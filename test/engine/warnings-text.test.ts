@@ -4,7 +4,8 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../cli/common.ts';
-import { ClipEngine, promptStart, shownQuoted } from '../../gpu-worker/engine/engine.ts';
+import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
+import { promptStart, shownQuoted } from '../../shared/shown-text.ts';
 
 let engine: ClipEngine;
 beforeAll(async () => {
