@@ -3,8 +3,8 @@
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it, vi } from 'vitest';
-import { main } from '../../cli/main.ts';
+import { describe, expect, it } from 'vitest';
+import { runMain } from '../helpers/cli.ts';
 import { decodeImage, encodePng, type PlanarImage } from '../../gpu-worker/engine/synth/image.ts';
 import { loadPrior } from '../../gpu-worker/engine/synth/prior.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
@@ -33,18 +33,7 @@ function makeImageFolder(): string {
   return dir;
 }
 
-async function runCli(argv: string[]): Promise<{ code: number; stdout: string }> {
-  const lines: string[] = [];
-  const log = vi.spyOn(console, 'log').mockImplementation((...a) => void lines.push(a.join(' ')));
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
-  try {
-    const code = await main(argv);
-    return { code, stdout: lines.join('\n') };
-  } finally {
-    log.mockRestore();
-    err.mockRestore();
-  }
-}
+const runCli = (argv: string[]) => runMain(argv);
 
 describe('prior fit → generate --init gmm', () => {
   it('fits a per-class prior from a generated PNG folder, puts it in a bundle, and generate starts from it', async () => {
@@ -95,20 +84,7 @@ describe('prior fit → generate --init gmm', () => {
 });
 
 describe('generate checks its flags and output before any work', () => {
-  async function runCliErr(argv: string[]): Promise<{ code: number; stderr: string }> {
-    const chunks: string[] = [];
-    const err = vi.spyOn(process.stderr, 'write').mockImplementation((c) => {
-      chunks.push(String(c));
-      return true;
-    });
-    const error = vi.spyOn(console, 'error').mockImplementation((...a) => void chunks.push(a.join(' ')));
-    try {
-      return { code: await main(argv), stderr: chunks.join('') };
-    } finally {
-      err.mockRestore();
-      error.mockRestore();
-    }
-  }
+  const runCliErr = (argv: string[]) => runMain(argv);
 
   it.each([
     [['-o', '/nonexistent-clipag/dir/x.png'], /folder \/nonexistent-clipag\/dir does not exist/],

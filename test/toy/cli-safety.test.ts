@@ -5,26 +5,16 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it, onTestFinished, vi } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { REPO_ROOT, bundleOut, checkpointFile, outputFile, replaceFolder } from '../../cli/common.ts';
-import { main } from '../../cli/main.ts';
+import { runMain } from '../helpers/cli.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 import { readSafetensors } from '../../gpu-worker/engine/io/safetensors.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'clipag-train-cli-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function runCli(argv: string[]): Promise<{ code: number; stderr: string }> {
-  const chunks: string[] = [];
-  const err = vi.spyOn(console, 'error').mockImplementation((...a) => void chunks.push(a.join(' ')));
-  const write = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (chunks.push(String(s)), true));
-  try {
-    return { code: await main(argv), stderr: chunks.join('\n') };
-  } finally {
-    err.mockRestore();
-    write.mockRestore();
-  }
-}
+const runCli = (argv: string[]) => runMain(argv, '\n');
 
 const TINY = ['--variant', 'plain', '--steps', '2', '--batch', '2', '--no-prior', '--width', '16', '--layers', '1'];
 
@@ -405,15 +395,9 @@ describe('clipag generate with a model that ships no GMM prior (models/toy-plain
     const r = await runCli(['generate', 'a red circle', '--model', plain, '--steps', '1', '--seed', '5', '-o', join(dir, 'plain.png')]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/warning: model toy-plain ships no GMM prior: the image started from noise \(init "gmm" needs one; see clipag prior fit\)/);
-    const lines: string[] = [];
-    const log = vi.spyOn(console, 'log').mockImplementation((...a) => void lines.push(a.join(' ')));
-    try {
-      const j = await runCli(['generate', 'a red circle', '--model', plain, '--steps', '1', '--seed', '5', '-o', join(dir, 'plain.png'), '--json']);
-      expect(j.code, j.stderr).toBe(0);
-    } finally {
-      log.mockRestore();
-    }
-    expect(JSON.parse(lines.join('\n')).warnings).toContainEqual(expect.stringMatching(/^model toy-plain ships no GMM prior/));
+    const j = await runCli(['generate', 'a red circle', '--model', plain, '--steps', '1', '--seed', '5', '-o', join(dir, 'plain.png'), '--json']);
+    expect(j.code, j.stderr).toBe(0);
+    expect(JSON.parse(j.stdout).warnings).toContainEqual(expect.stringMatching(/^model toy-plain ships no GMM prior/));
     // --init noise asked for: nothing to say. The shipped toy has its prior: nothing either.
     for (const argv of [['--model', plain, '--init', 'noise'], []]) {
       const quiet = await runCli(['generate', 'a red circle', ...argv, '--steps', '1', '--seed', '5', '-o', join(dir, 'plain.png')]);
@@ -432,15 +416,9 @@ describe('clipag generate with a model that ships no GMM prior (models/toy-plain
 
 describe('clipag embed --text', () => {
   it('warns about words the model does not know, as generate does (the embedding still printed)', async () => {
-    const lines: string[] = [];
-    const log = vi.spyOn(console, 'log').mockImplementation((...a) => void lines.push(a.join(' ')));
-    try {
-      const r = await runCli(['embed', '--text', 'a purple elephant', '--json']);
-      expect(r.code, r.stderr).toBe(0);
-      expect(r.stderr).toMatch(/warning: .*does not know the word "elephant"/);
-    } finally {
-      log.mockRestore();
-    }
-    expect(JSON.parse(lines.join('\n')).kind).toBe('text');
+    const r = await runCli(['embed', '--text', 'a purple elephant', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/warning: .*does not know the word "elephant"/);
+    expect(JSON.parse(r.stdout).kind).toBe('text');
   }, 60_000);
 });

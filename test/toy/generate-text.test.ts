@@ -4,23 +4,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../../cli/main.ts';
+import { afterAll, describe, expect, it } from 'vitest';
+import { runMain } from '../helpers/cli.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'clipag-generate-text-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function runCli(argv: string[]): Promise<{ code: number; stderr: string }> {
-  const chunks: string[] = [];
-  const err = vi.spyOn(console, 'error').mockImplementation((...a) => void chunks.push(a.join(' ')));
-  const write = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (chunks.push(String(s)), true));
-  try {
-    return { code: await main(argv), stderr: chunks.join('') };
-  } finally {
-    err.mockRestore();
-    write.mockRestore();
-  }
-}
+const runCli = (argv: string[]) => runMain(argv);
 
 const CAT = '\u{1F431}';
 

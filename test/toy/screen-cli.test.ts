@@ -5,26 +5,12 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFil
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../../cli/main.ts';
+import { runMain } from '../helpers/cli.ts';
 import { WITHHELD_EXIT_CODE } from '../../cli/generate.ts';
 import { defaultPromptPolicy } from '../../shared/prompt-policy.ts';
 import { ClipEngine } from '../../gpu-worker/engine/engine.ts';
 
-async function runCli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = vi.spyOn(console, 'log').mockImplementation((...a) => void out.push(a.join(' ')));
-  const error = vi.spyOn(console, 'error').mockImplementation((...a) => void err.push(a.join(' ')));
-  const write = vi.spyOn(process.stderr, 'write').mockImplementation((chunk) => (err.push(String(chunk)), true));
-  try {
-    const code = await main(argv);
-    return { code, stdout: out.join('\n'), stderr: err.join('') };
-  } finally {
-    log.mockRestore();
-    error.mockRestore();
-    write.mockRestore();
-  }
-}
+const runCli = (argv: string[]) => runMain(argv);
 
 const dir = mkdtempSync(join(tmpdir(), 'clipag-screen-'));
 const policyPath = join(dir, 'policy.json');
