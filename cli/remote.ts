@@ -11,7 +11,7 @@ import { basename, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkPngFile } from '../shared/png-check.ts';
-import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
+import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
 import { shownQuoted } from '../shared/shown-text.ts';
@@ -22,7 +22,7 @@ export const summary = "use a clipag API (deployed or local): generate, get, can
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
 const SYNOPSIS = {
   generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
-           [--init KIND] [--strength X] [-o out.png] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
+           [--model-version H] [--init KIND] [--strength X] [-o out.png] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
   get: 'clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]',
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
   batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
@@ -51,6 +51,8 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
   --seed S            uint32 seed (default: the API picks one; each image's seed is printed)
   --n N               images (1-${MAX_IMAGES}); with more than one, -o out.png writes out-0.png, out-1.png, …
   --model NAME        a model id from GET /v1/models (default: the deployment's default)
+  --model-version H   run only on that bundle of the model: its content_hash, or the first 12+ hex
+                      digits (a generation's model_version, printed with it, makes it again)
   --init KIND         gmm | noise | upload:ID | PATH.png (a file is uploaded first; its upload:ID is printed)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
   -o, --out FILE      output PNG (default out.png), written whole or not at all (a temporary file, renamed)
@@ -115,7 +117,7 @@ One page (--limit N, default 20; the command for the next page is printed on std
 Exit status: 0 listed (also when none matches), 1 refused or failed, 130 interrupted.
 
 batch: runs a file of requests. Each non-empty line of FILE is one JSON object: a POST /v1/generations body (prompt or prompts,
-negative_prompt, width, height, steps, seed, n, model, init, strength, metadata, webhook_url), plus:
+negative_prompt, width, height, steps, seed, n, model, model_version, init, strength, metadata, webhook_url), plus:
   "id"         the line's name (1-64 of A-Z a-z 0-9 _ -; default line-<number>): its images are
                DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …)
   "init_file"  a PNG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
@@ -492,7 +494,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
     options: {
       ...connectionOptions,
       negative: { type: 'string', multiple: true }, steps: { type: 'string' }, size: { type: 'string' }, seed: { type: 'string' }, n: { type: 'string' },
-      model: { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, out: { type: 'string', short: 'o' },
+      model: { type: 'string' }, 'model-version': { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, out: { type: 'string', short: 'o' },
       'idempotency-key': { type: 'string' }, 'cancel-on-interrupt': { type: 'boolean' },
     },
   });
@@ -512,6 +514,11 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   const n = intFlag(values.n, 'n', 1, MAX_IMAGES) ?? 1;
   if (values.n !== undefined) body.n = n;
   if (values.model !== undefined) body.model = values.model;
+  const modelVersion = values['model-version'];
+  if (modelVersion !== undefined) {
+    if (!MODEL_VERSION_PATTERN.test(modelVersion)) throw new UsageError(`--model-version must be 12 to 64 lower-case hex digits (a content_hash from GET /v1/models, or its start), got "${modelVersion.slice(0, 80)}"`);
+    body.model_version = modelVersion;
+  }
   const init = values.init;
   const initFile = init !== undefined && init !== 'gmm' && init !== 'noise' && !init.startsWith('upload:') ? init : undefined;
   if (init !== undefined && initFile === undefined) body.init = init;
@@ -731,7 +738,9 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
   if (s.json) io.out(JSON.stringify(g));
   else {
     const r = g.request;
-    io.out(`${g.id} ${g.status} (model ${r.model}, ${r.width}x${r.height}, ${r.steps} steps, n ${r.n})`);
+    // The bundle that made it, by the start of its hash (a --model-version that makes it again).
+    const made = typeof g.model_version === 'string' ? ` ${g.model_version.slice(0, 12)}` : '';
+    io.out(`${g.id} ${g.status} (model ${r.model}${made}, ${r.width}x${r.height}, ${r.steps} steps, n ${r.n})`);
     for (const o of g.outputs) {
       io.out(`  image ${o.index}: seed ${o.seed}${o.clip_score !== undefined ? `, clip score ${o.clip_score.toFixed(3)}` : ''}, ${written.has(o.index) ? `wrote ${written.get(o.index)}` : o.url}`);
     }

@@ -851,6 +851,8 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not eve
     ['-o that is a folder', ['generate', 'a red circle', '-o', dir], {}, /is a folder; give a file name/],
     ['get -o in a folder that does not exist', ['get', 'abc', '-o', join(dir, 'nowhere', 'x.png')], {}, /the folder .*nowhere does not exist/],
     ['--strength without an init image', ['generate', 'a red circle', '--strength', '0.5'], {}, /--strength needs an init image/],
+    ['a --model-version that is no content hash start', ['generate', 'a red circle', '--model-version', 'latest'], {}, /--model-version must be 12 to 64 lower-case hex digits/],
+    ['a --model-version of 11 digits', ['generate', 'a red circle', '--model-version', '27443256b13'], {}, /--model-version must be 12 to 64 lower-case hex digits/],
     ['an --init file that is not a PNG', ['generate', 'a red circle', '--init', join(dir, 'notes.txt')], {}, /--init .*notes\.txt is not a PNG/],
     ['--steps out of range', ['generate', 'a red circle', '--steps', '0'], {}, /--steps must be an integer in \[1, 500\], got "0"/],
     ['a bad --timeout', ['get', 'abc', '--timeout', 'soon'], {}, /--timeout must be a number of seconds/],
@@ -1108,5 +1110,22 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not eve
     const res = await viaMain(['get', 'abc', '--url', 'https://api.example.com/prod'], { CLIPAG_DATA_DIR: data });
     expect(res.code).toBe(2);
     expect(res.stderr).toMatch(/no API key for https:\/\/api\.example\.com \(--url\): pass --key KEY or set CLIPAG_API_KEY \(a deployment's operator issues keys with `clipag keys create`\)\n/);
+  });
+});
+
+describe('clipag remote generate --model-version', () => {
+  const HASH = '27443256b132e02554c7fdad7d64702ad56fe1c3f6db0a0cdaba3ad4500a020b';
+
+  it('sends the pin as model_version, and prints the start of the bundle that made the images', async () => {
+    const id = newJobId();
+    const r = route('model-version', (req) => {
+      if (req.path === '/v1/generations') return { status: 202, json: view(id, 'succeeded', { ...succeeded(`${base}/t/model-version`, id), model_version: HASH }) };
+      return png();
+    });
+    const res = await cli(['generate', 'a red circle', '--model-version', HASH.slice(0, 12), '--url', r.url, '--key', KEY, '-o', join(dir, 'model-version.png')]);
+    expect(res.code, res.stderr).toBe(0);
+    const post = r.seen.find((s) => s.path === '/v1/generations')!;
+    expect(JSON.parse(post.body).model_version).toBe(HASH.slice(0, 12));
+    expect(res.stdout).toContain(`${id} succeeded (model toy ${HASH.slice(0, 12)}, 64x64`);
   });
 });
