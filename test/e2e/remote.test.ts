@@ -80,7 +80,9 @@ describe('clipag remote against the local server', () => {
     const again = join(work, 'again.png');
     const got = await remote(['get', view.id, '-o', again, '--url', h.url], { CLIPAG_DATA_DIR: dataDir });
     expect(got.code, got.stderr).toBe(0);
-    expect(got.stdout).toContain(`${view.id} succeeded (model toy, 96x64, 100 steps, n 2)`);
+    // The bundle that made them, by the start of its content hash (the local toy folder's).
+    expect(view.model_version).toMatch(/^[0-9a-f]{64}$/);
+    expect(got.stdout).toContain(`${view.id} succeeded (model toy ${view.model_version.slice(0, 12)}, 96x64, 100 steps, n 2)`);
     expect(got.stdout).toMatch(/image 0: seed 7, clip score -?\d\.\d{3}, wrote .*again-0\.png/);
     expect(got.stdout).toMatch(/image 1: seed 8, clip score -?\d\.\d{3}, wrote .*again-1\.png/);
     for (const i of [0, 1]) expect(readFileSync(join(work, `again-${i}.png`)).equals(readFileSync(join(work, `cat-${i}.png`)))).toBe(true);
@@ -124,7 +126,7 @@ describe('clipag remote against the local server', () => {
     const out = join(work, 'withheld.png');
     const withheld = await remote(['generate', 'a photo of a cat', '--size', '64x64', '-o', out], { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey });
     expect(withheld.code).toBe(generateWithheld);
-    expect(withheld.stdout).toMatch(/ failed \(model toy, 64x64/);
+    expect(withheld.stdout).toMatch(/ failed \(model toy [0-9a-f]{12}, 64x64/);
     expect(withheld.stdout).toContain('image 0: withheld by the output check (cat-lookalike)');
     expect(withheld.stderr).toMatch(/the output check withheld every image: .*looks like "a photo of a cat".*; nothing was written/);
     expect(existsSync(out)).toBe(false);
