@@ -133,7 +133,7 @@ const generationFields = {
     .openapi({
       description:
         "Run only on this bundle of the model: its content_hash from GET /v1/models, or the first 12 or more of its hex digits (a generation's model_version names the bundle that made it). A deployment that serves another bundle under the model's name refuses the request (400, param model_version), or fails the generation with invalid_model when only the worker can tell. Without it the model's current bundle runs",
-      example: '27443256b132e02554c7fdad7d64702ad56fe1c3f6db0a0cdaba3ad4500a020b',
+      example: '091b89290466ab11bc1d34b3c1328ef2cd3c006e6ba5e0d96c6517d8ea772d78',
     }),
 };
 

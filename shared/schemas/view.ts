@@ -93,7 +93,7 @@ export const GenerationView = z
     model_version: z.string().nullable().openapi({
       description:
         "The content hash (sha256) of the model bundle that made the images: GET /v1/models shows each model's `content_hash`. The same request and seed make the same image on the same model_version (see `seed`); a model pushed again under its name has another. Null until a run made images, or where the deployment could not hash its bundle.",
-      example: '27443256b132e02554c7fdad7d64702ad56fe1c3f6db0a0cdaba3ad4500a020b',
+      example: '091b89290466ab11bc1d34b3c1328ef2cd3c006e6ba5e0d96c6517d8ea772d78',
     }),
     content_flags: z.array(ContentFlag).openapi({
       description: 'What the prompt policy flagged: copyright, trademark, likeness or bias risks the caller should review before use. Empty when none.',

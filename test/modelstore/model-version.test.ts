@@ -11,6 +11,9 @@ import { heldAtVersion } from '../../gpu-worker/worker/synthesizer.ts';
 import { LocalBlobStore } from '../../shared/adapters/local/index.ts';
 import { localBundleContentHash, ModelStore, ModelStoreError } from '../../shared/modelstore.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
+import { REPO_ROOT } from '../../cli/common.ts';
+import { createApp } from '../../functions/app.ts';
+import { LIMITS } from '../functions/helpers.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'clipag-model-version-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -130,5 +133,15 @@ describe('a pinned model_version at the worker (heldAtVersion)', () => {
     } finally {
       await reg.close();
     }
+  });
+});
+
+describe("the documents' model_version example", () => {
+  it('is the shipped default model\'s content hash, so a caller who copies it gets the embedded model', async () => {
+    const hash = await localBundleContentHash(join(REPO_ROOT, 'models', 'toy'));
+    const doc = createApp({ blobs: undefined as never, queue: undefined as never, jobs: undefined as never, keys: undefined as never, models: async () => [], limits: LIMITS });
+    const spec = (await (await doc.request('/openapi.json')).json()) as { components: { schemas: Record<string, { properties: Record<string, { example?: string }> }> } };
+    expect(spec.components.schemas.GenerationRequest!.properties.model_version!.example).toBe(hash);
+    expect(spec.components.schemas.Generation!.properties.model_version!.example).toBe(hash);
   });
 });
