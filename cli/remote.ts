@@ -14,7 +14,7 @@ import { checkPngFile } from '../shared/png-check.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
-import { shownQuoted } from '../shared/shown-text.ts';
+import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text.ts';
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
 
@@ -746,7 +746,7 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
     }
     for (const w of g.withheld_outputs) io.out(`  image ${w.index}: withheld by the output check (${w.content_flags.map((f) => f.rule).join(', ')})`);
     // A warning quotes the prompt: its bidi overrides escaped here too (a worker before the text review sent them raw).
-    for (const w of g.warnings) io.err(`warning: ${bidiEscaped(w)}`);
+    for (const w of g.warnings) io.err(`warning: ${invisibleEscaped(w)}`);
     for (const f of g.content_flags) io.err(`content policy (${f.category}): "${f.term}" ${f.message}`);
     for (const o of g.outputs) for (const f of o.content_flags ?? []) io.err(`output check (${f.category}, ${f.action}) on image ${o.index}: looks like "${f.concept}" (cosine ${f.cosine.toFixed(3)}): ${f.message}`);
   }
@@ -961,9 +961,6 @@ export function retryIn(ms: number): string {
   return `${sec} s, about ${sec < 7200 ? `${Math.round(sec / 60)} min` : `${(sec / 3600).toFixed(1)} h`}`;
 }
 
-/** Bidirectional overrides and isolates (and the marks): raw on a terminal, they reorder the rest of its line. */
-const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/gu;
-
 /**
  * A prompt as a terminal line shows it: its first `maxChars` code points (never half of a surrogate
  * pair, which JSON.stringify would show as a literal "\ud83d"), "…" where it was cut, quoted as the
@@ -971,11 +968,6 @@ const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/gu;
  * invisible characters escaped, not run).
  */
 export function quotedPrompt(text: string, maxChars: number): string {
-  const points = [...text];
-  return shownQuoted(points.length > maxChars ? `${points.slice(0, maxChars - 1).join('')}…` : text);
-}
-
-/** Text with its bidirectional controls written as JSON escapes ("\\u202e"): seen, not obeyed. */
-export function bidiEscaped(text: string): string {
-  return text.replace(BIDI_CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  // maxChars in all: a cut leaves maxChars - 1 code points and "…".
+  return shownQuoted([...text].length > maxChars ? promptStart(text, maxChars - 1) : text);
 }

@@ -4,10 +4,10 @@
 /** How much of a prompt a warning quotes, in code points. */
 const SHOWN_PROMPT_CODE_POINTS = 80;
 
-/** A prompt's first SHOWN_PROMPT_CODE_POINTS code points and "…" if longer: cut by code point, never inside a surrogate pair. */
-export function promptStart(text: string): string {
+/** A prompt's first `max` code points (default SHOWN_PROMPT_CODE_POINTS) and "…" if longer: cut by code point, never inside a surrogate pair. */
+export function promptStart(text: string, max = SHOWN_PROMPT_CODE_POINTS): string {
   const points = [...text];
-  return points.length > SHOWN_PROMPT_CODE_POINTS ? `${points.slice(0, SHOWN_PROMPT_CODE_POINTS).join('')}…` : text;
+  return points.length > max ? `${points.slice(0, max).join('')}…` : text;
 }
 
 /**
@@ -28,6 +28,18 @@ const EMOJI = /^\p{Extended_Pictographic}$/u;
  * A zero-width joiner inside an emoji sequence (👨‍👩‍👧) is part of what shows, and kept.
  */
 export function shownQuoted(text: string): string {
+  return `"${escapedInvisible(text, (visible) => JSON.stringify(visible).slice(1, -1))}"`;
+}
+
+/**
+ * A line (a warning an API sent, say) with its invisible characters written as \u escapes, as
+ * shownQuoted writes them, and the rest as it is: no bidi control reorders what follows it.
+ */
+export function invisibleEscaped(text: string): string {
+  return escapedInvisible(text, (visible) => visible);
+}
+
+function escapedInvisible(text: string, showVisible: (visible: string) => string): string {
   const points = [...text];
   let out = '';
   let visible = '';
@@ -36,7 +48,7 @@ export function shownQuoted(text: string): string {
     const joinsEmoji = c === '\u200d' && i > 0 && EMOJI_PART.test(points[i - 1]!) && EMOJI.test(points[i + 1] ?? '');
     if ((INVISIBLE.test(c) && !joinsEmoji) || (MARK.test(c) && !onBase)) {
       const cp = c.codePointAt(0)!;
-      out += JSON.stringify(visible).slice(1, -1) + (cp > 0xffff ? `\\u{${cp.toString(16)}}` : `\\u${cp.toString(16).padStart(4, '0')}`);
+      out += showVisible(visible) + (cp > 0xffff ? `\\u{${cp.toString(16)}}` : `\\u${cp.toString(16).padStart(4, '0')}`);
       visible = '';
       onBase = false;
     } else {
@@ -45,5 +57,5 @@ export function shownQuoted(text: string): string {
       if (!MARK.test(c)) onBase = !/^[\s\p{Cc}]$/u.test(c);
     }
   });
-  return `"${out}${JSON.stringify(visible).slice(1, -1)}"`;
+  return out + showVisible(visible);
 }

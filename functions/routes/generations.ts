@@ -6,7 +6,7 @@ import { checkPngFile } from '../../shared/png-check.ts';
 import { jobOutputsPrefix, parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
-import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, isModelVersion, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
+import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { deletedRecord, isTerminal, newJobRecord } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
@@ -394,7 +394,7 @@ export function registerGenerationRoutes(
     const spec: GenerationSpec = { ...fields, width, height: askedHeight ?? width, model };
     // Where the API reads the bundle's hash; else (the image's default model in AWS) the worker checks it.
     if (spec.model_version !== undefined && info.content_hash !== undefined && !isModelVersion(info.content_hash, spec.model_version)) {
-      throw new ValidationError(`model "${model}" is bundle ${info.content_hash} here, not model_version ${spec.model_version}: that bundle is not deployed (GET /v1/models shows content_hash)`, 'model_version');
+      throw new ValidationError(modelVersionMismatch(model, info.content_hash, spec.model_version), 'model_version');
     }
     if (spec.init.startsWith('upload:')) await checkUpload(owner, spec.init.slice('upload:'.length));
     return spec;

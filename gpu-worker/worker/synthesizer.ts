@@ -8,7 +8,7 @@
 
 import { uploadKey } from '../../shared/keys.ts';
 import type { BlobStore } from '../../shared/ports.ts';
-import { imageSeed, isModelVersion, NEGATIVE_PROMPT_SHARE, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
+import { imageSeed, isModelVersion, modelVersionMismatch, NEGATIVE_PROMPT_SHARE, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../engine/errors.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../../shared/image-header.ts';
 import type { ClipEngine } from '../engine/engine.ts';
@@ -216,7 +216,7 @@ export async function heldAtVersion(models: ModelRegistry, model: string, modelV
     'invalid_model',
     again.contentHash === undefined
       ? `model "${model}": this worker cannot hash its bundle, so it cannot run model_version ${modelVersion}`
-      : `model "${model}" is bundle ${again.contentHash} here, not model_version ${modelVersion}: that bundle is not deployed (GET /v1/models shows content_hash)`,
+      : modelVersionMismatch(model, again.contentHash, modelVersion),
     { param: 'model_version' },
   );
 }

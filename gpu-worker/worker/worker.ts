@@ -616,12 +616,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
    * (copyOfHeld, unchanged), and a duplicate dropped here is one the job does not need.
    */
   const leaseSkewMs = visibilitySec * 1000;
+  /** A running job whose lease is live by its holder's clock (the skew margin above). */
+  const runsUnderLiveLease = (cur: Pick<JobRecord, 'status' | 'lease_expires_at'>): boolean =>
+    cur.status === 'running' && typeof cur.lease_expires_at === 'string' && Date.parse(cur.lease_expires_at) + leaseSkewMs > clock.now();
   const heldByAnother = (cur: JobRecord, m: ReceivedMessage): boolean =>
-    cur.status === 'running' &&
-    cur.lease_message_id !== undefined &&
-    cur.lease_message_id !== m.messageId &&
-    typeof cur.lease_expires_at === 'string' &&
-    Date.parse(cur.lease_expires_at) + leaseSkewMs > clock.now();
+    runsUnderLiveLease(cur) && cur.lease_message_id !== undefined && cur.lease_message_id !== m.messageId;
 
   /**
    * Whether this delivery is a second copy of the very message whose delivery holds the job: SQS
@@ -1434,10 +1433,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         const msg = parseQueueMessage(m.body);
         const job = await jobs.get(msg.owner, msg.job_id);
         // A job running under a live lease has a holder (a duplicate of its message was dead-lettered):
-        // left alone; the holder ends it, and a later sweep finds it ended. Live by the holder's clock:
-        // the same skew margin as heldByAnother, so a sweeping worker whose clock runs ahead does not
-        // fail a run that is going on.
-        const held = job?.status === 'running' && typeof job.lease_expires_at === 'string' && Date.parse(job.lease_expires_at) + leaseSkewMs > clock.now();
+        // left alone; the holder ends it, and a later sweep finds it ended. Live by the holder's clock,
+        // so a sweeping worker whose clock runs ahead does not fail a run that is going on.
+        const held = job !== null && runsUnderLiveLease(job);
         if (job && !isTerminal(job.status) && !held) {
           const error = { code: 'retries_exhausted', message: deadLetteredMessage(job.attempts) };
           const rec = await markFailed(msg, error);

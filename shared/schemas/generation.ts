@@ -140,6 +140,10 @@ const generationFields = {
 /** Whether the bundle `contentHash` is the one `modelVersion` (a content hash or its start) names. */
 export const isModelVersion = (contentHash: string, modelVersion: string): boolean => contentHash.startsWith(modelVersion);
 
+/** Why a pinned model_version is refused where `model` is the bundle `contentHash` (the API's 400 and the worker's invalid_model alike). */
+export const modelVersionMismatch = (model: string, contentHash: string, modelVersion: string): string =>
+  `model "${model}" is bundle ${contentHash} here, not model_version ${modelVersion}: that bundle is not deployed (GET /v1/models shows content_hash)`;
+
 function checkGeneration(req: { prompt?: unknown; prompts?: { weight: number }[] }, ctx: z.RefinementCtx): void {
   const has = [req.prompt !== undefined, req.prompts !== undefined].filter(Boolean).length;
   if (has !== 1) {
