@@ -34,6 +34,7 @@ import { assertValidKey, isPlainRelativePath } from './keys.ts';
 import type { BlobStore } from './ports.ts';
 import { deleteKeys, deletePrefix } from './prefix.ts';
 import { MODEL_NAME_PATTERN } from './schemas/common.ts';
+import { decodeUtf8Strictly } from './utf8.ts';
 
 export const MODEL_STORE_PREFIX = 'models/';
 export const MODEL_INDEX_FILE = 'bundle.json';
@@ -162,9 +163,14 @@ export async function sha256OfFile(path: string): Promise<string> {
 
 /** Parses an index document; ModelStoreError('invalid_index') names the problem. */
 export function parseModelIndex(bytes: Uint8Array, where: string): ModelIndex {
+  // Strictly: a lossy decoding would turn a damaged byte into U+FFFD and serve the index as if whole.
+  const decoded = decodeUtf8Strictly(bytes);
+  if ('problem' in decoded) {
+    throw new ModelStoreError('invalid_index', `${where} is ${decoded.problem}; re-push the model with clipag models push DIR --name NAME --force`);
+  }
   let raw: unknown;
   try {
-    raw = JSON.parse(Buffer.from(bytes).toString('utf8'));
+    raw = JSON.parse(decoded.text);
   } catch (e) {
     throw new ModelStoreError('invalid_index', `${where} is not valid JSON (${(e as Error).message}); re-push the model with clipag models push DIR --name NAME --force`);
   }

@@ -11,7 +11,7 @@ import { modelsFromDir } from '../../functions/deps/models.ts';
 import { createModelRegistry } from '../../gpu-worker/models.ts';
 import { classifyError, jobErrorOf } from '../../gpu-worker/worker/errors.ts';
 import { LocalBlobStore } from '../../shared/adapters/local/index.ts';
-import { ModelStore, ModelStoreError, modelIndexKey, NewerModelIndexError } from '../../shared/modelstore.ts';
+import { ModelStore, ModelStoreError, modelIndexKey, NewerModelIndexError, parseModelIndex } from '../../shared/modelstore.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
 
 const tmp = (label: string) => mkdtempSync(join(tmpdir(), `clipag-${label}-`));
@@ -158,5 +158,30 @@ describe('an index in a format_version this version does not know', () => {
     expect((error as Error).message).not.toMatch(/broken/);
     await store.push(bundle('future'), 'future', { force: true });
     expect((await store.describe('future'))!.format_version).toBe(2);
+  });
+});
+
+describe('an index whose bytes are damaged', () => {
+  it('a byte that is not UTF-8, in a field this version does not even read, makes it invalid_index naming the byte (never served with U+FFFD in its place)', async () => {
+    const blobs = localBlobs();
+    await pushedThenRewritten(blobs, 'damaged', (index) => {
+      index.note = 'release ZZ';
+    });
+    const good = Buffer.from((await blobs.get(modelIndexKey('damaged')))!.body);
+    expect(parseModelIndex(good, 'models/damaged').name).toBe('damaged');
+    const at = good.indexOf('ZZ');
+    const bad = Buffer.concat([good.subarray(0, at), Buffer.from([0xff, 0xfe]), good.subarray(at + 2)]);
+    const error = (() => {
+      try {
+        parseModelIndex(bad, 'models/damaged');
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(error).toBeInstanceOf(ModelStoreError);
+    expect((error as ModelStoreError).code).toBe('invalid_index');
+    expect((error as Error).message).toContain(`byte ${at}, 0xFF,`);
+    await blobs.put(modelIndexKey('damaged'), bad);
+    await expect(new ModelStore(blobs).describe('damaged')).rejects.toThrow(/not UTF-8/);
   });
 });
