@@ -316,6 +316,22 @@ describe('EnginePool', () => {
   it('the main event loop keeps running while the pool runs a long graph', async () => {
     const n = 1024;
     const x = { dtype: 'float32' as const, dims: [n, n], data: new Float32Array(n * n).map((_, i) => (i % 7) - 3) };
+    // Each step has a bound of its own well under the test's, so a step that never returns (seen once
+    // in CI, not reproduced in 900 pool starts under load) fails naming itself and what was measured.
+    const seen: string[] = [];
+    const step = async <T>(what: string, p: Promise<T>): Promise<T> => {
+      const t = performance.now();
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} did not return within 40 s; before it: ${seen.join('; ') || 'nothing'}`)), 40_000);
+      });
+      try {
+        return await Promise.race([p, late]);
+      } finally {
+        clearTimeout(timer);
+        seen.push(`${what} ${(performance.now() - t).toFixed(0)} ms`);
+      }
+    };
 
     // Contrast: a session on the main thread starves timers for the length of the run. The chain is
     // deepened until one run takes >= 600 ms, so the test means the same on fast and slow CPUs (the margin
@@ -326,11 +342,11 @@ describe('EnginePool', () => {
     let directTicks: number;
     for (;;) {
       bytes = encodeModel(slowModel(n, depth));
-      const direct = await createSession(bytes, { intraOpThreads: 1 });
+      const direct = await step(`direct session d${depth}`, createSession(bytes, { intraOpThreads: 1 }));
       let ticks0 = 0;
       const iv0 = setInterval(() => ticks0++, 10);
       const t0 = performance.now();
-      await direct.run({ x });
+      await step(`direct run d${depth}`, direct.run({ x }));
       directMs = performance.now() - t0;
       clearInterval(iv0);
       directTicks = ticks0;
@@ -340,11 +356,11 @@ describe('EnginePool', () => {
     }
 
     const pool = newPool({ size: 1, sessionOptions: { intraOpThreads: 1 } });
-    const h = await pool.load('slow', bytes);
+    const h = await step('pool load', pool.load('slow', bytes));
     let ticks = 0;
     const iv = setInterval(() => ticks++, 10);
     const t1 = performance.now();
-    const out = await h.run({ x });
+    const out = await step('pool run', h.run({ x }));
     const poolMs = performance.now() - t1;
     clearInterval(iv);
 
