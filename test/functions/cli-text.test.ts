@@ -154,6 +154,9 @@ describe('clipag remote batch: a file that is not UTF-8 (F7)', () => {
     const file = join(dir, 'utf16.jsonl');
     writeFileSync(file, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('{"prompt":"a red circle"}\n', 'utf16le')]));
     await expect(cli(['batch', file, '-d', join(dir, 'utf16-out')])).rejects.toThrow(/utf16\.jsonl is UTF-16 \(it starts with a UTF-16 byte-order mark\), not UTF-8: save it as UTF-8/);
+    // The same without its mark: valid UTF-8 byte for byte, it was read as lines of "not JSON".
+    writeFileSync(file, Buffer.from('{"prompt":"a red circle"}\n{"prompt":"a blue star"}\n', 'utf16le'));
+    await expect(cli(['batch', file, '-d', join(dir, 'utf16-out')])).rejects.toThrow(/utf16\.jsonl is UTF-16 \(little-endian, without a byte-order mark: every other byte is 0\), not UTF-8: save it as UTF-8/);
   });
 
   it('UTF-8 with a byte-order mark, CRLF and a U+FFFD its writer put there is sent as written', async () => {

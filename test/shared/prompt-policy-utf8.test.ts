@@ -57,6 +57,14 @@ describe('decodeUtf8Strictly', () => {
     }
     expect(decodeUtf8Strictly(Uint8Array.from([0xff, 0xfe, 0x7b, 0x00]))).toEqual({ problem: 'UTF-16 (it starts with a UTF-16 byte-order mark), not UTF-8', offset: 0 });
   });
+
+  it('UTF-16 without a byte-order mark (valid UTF-8 byte for byte when mostly ASCII) is named as UTF-16; a NUL or two in UTF-8 text is not', () => {
+    const text = '{"prompt":"a red circle, caf\u00e9"}\n';
+    expect(decodeUtf8Strictly(Buffer.from(text, 'utf16le'))).toEqual({ problem: 'UTF-16 (little-endian, without a byte-order mark: every other byte is 0), not UTF-8', offset: 0 });
+    expect(decodeUtf8Strictly(Buffer.from(text, 'utf16le').swap16())).toEqual({ problem: 'UTF-16 (big-endian, without a byte-order mark: every other byte is 0), not UTF-8', offset: 0 });
+    expect(decodeUtf8Strictly(Buffer.from('a\u0000b and more text'))).toEqual({ text: 'a\u0000b and more text' });
+    expect(decodeUtf8Strictly(Buffer.from('ab'))).toEqual({ text: 'ab' });
+  });
 });
 
 describe('a policy document that is not UTF-8', () => {
