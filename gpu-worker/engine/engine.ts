@@ -389,6 +389,9 @@ export class ClipEngine {
    * silently, as CLIP does, so this is how a user learns why "a cat" draws nothing cat-like.
    */
   promptWarnings(texts: readonly string[]): string[] {
+    // The first ten, each cut like a prompt: a 1 000-letter "word" (no spaces) is one word to the tokenizer.
+    const shownList = (words: string[]): string =>
+      words.slice(0, 10).map((w) => shownQuoted(promptStart(w, SHOWN_WORD_CODE_POINTS))).join(', ') + (words.length > 10 ? ', …' : '');
     const L = this.bundle.arch.contextLength;
     const warnings: string[] = [];
     let vocabularyTold = false;
@@ -400,7 +403,7 @@ export class ClipEngine {
       const signs = r.unknownWords.filter((w) => !/[\p{L}\p{N}]/u.test(w));
       const unknown = r.unknownWords.filter((w) => /[\p{L}\p{N}]/u.test(w));
       if (unknown.length > 0) {
-        const words = unknown.slice(0, 10).map(shownQuoted).join(', ') + (unknown.length > 10 ? ', …' : '');
+        const words = shownList(unknown);
         // A small model's whole vocabulary (the toy's 40-odd words) tells the caller what it can draw instead; once per call.
         const known: readonly string[] | undefined = vocabularyTold ? undefined : this.tokenizer.knownWords(SMALL_VOCABULARY_WORDS);
         vocabularyTold ||= known !== undefined;
@@ -408,7 +411,7 @@ export class ClipEngine {
         warnings.push(`${text}: model ${this.name} does not know ${unknown.length === 1 ? 'the word' : 'the words'} ${words}, so it cannot draw ${unknown.length === 1 ? 'it' : 'them'}${instead}`);
       }
       if (signs.length > 0) {
-        warnings.push(`${text}: model ${this.name} does not read ${signs.map(shownQuoted).join(', ')} (an unknown token to it); leave ${signs.length === 1 ? 'it' : 'them'} out`);
+        warnings.push(`${text}: model ${this.name} does not read ${shownList(signs)} (an unknown token to it); leave ${signs.length === 1 ? 'it' : 'them'} out`);
       }
       if (r.truncated) warnings.push(`${text}: ${r.tokens} tokens, more than model ${this.name}'s context of ${L}; it reads only the first ${L - 2}`);
       // Typed into a prompt, the special tokens' texts are read as those tokens (as openai/CLIP does).
@@ -577,6 +580,8 @@ export class ClipEngine {
 
 /** A word-level vocabulary this small is listed whole in an unknown-word warning. */
 const SMALL_VOCABULARY_WORDS = 200;
+/** How much of one unknown word a warning quotes, in code points (the prompt itself is cut at 80). */
+const SHOWN_WORD_CODE_POINTS = 40;
 
 /** A load's or run's failure for want of device (or host) memory. */
 function outOfMemory(error: unknown): boolean {

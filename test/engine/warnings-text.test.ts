@@ -53,6 +53,16 @@ describe('a long prompt is cut at a code point', () => {
     }
   });
 
+  it('a long unknown word (or run of signs) is quoted by its first 40 code points; at most ten are listed', () => {
+    const word = 'z'.repeat(1000);
+    expect(first(`a red ${word} circle`)).toEqual([`"a red ${'z'.repeat(74)}…": model toy does not know the word "${'z'.repeat(40)}…", so it cannot draw it`]);
+    const signs = '#'.repeat(300);
+    expect(first(`a red circle ${signs}`)).toEqual([`"a red circle ${'#'.repeat(67)}…": model toy does not read "${'#'.repeat(40)}…" (an unknown token to it); leave it out`]);
+    const many = Array.from({ length: 12 }, (_, i) => `#${'!'.repeat(i + 1)}`).join(' ');
+    const [w] = first(`a red circle ${many}`);
+    expect(w).toMatch(/does not read ("#!+", ){10}… \(an unknown token to it\)/);
+  });
+
   it('promptStart counts code points', () => {
     expect(promptStart('🐱'.repeat(80))).toBe('🐱'.repeat(80));
     expect(promptStart('🐱'.repeat(81))).toBe(`${'🐱'.repeat(80)}…`);
