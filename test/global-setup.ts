@@ -5,14 +5,19 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+/** What os.tmpdir() reads: TMPDIR on POSIX systems, TEMP then TMP on Windows. */
+const TEMP_VARIABLES = ['TMPDIR', 'TEMP', 'TMP'] as const;
+
 export default function setup(): () => void {
-  const previous = process.env.TMPDIR;
+  const previous = TEMP_VARIABLES.map((name) => process.env[name]);
   const dir = mkdtempSync(join(tmpdir(), 'clipag-test-run-'));
-  // Test workers (and the processes tests spawn with process.env) inherit it; os.tmpdir() reads it on every call.
-  process.env.TMPDIR = dir;
+  // Test workers (and the processes tests spawn with process.env) inherit them; os.tmpdir() reads them on every call.
+  for (const name of TEMP_VARIABLES) process.env[name] = dir;
   return () => {
-    if (previous === undefined) delete process.env.TMPDIR;
-    else process.env.TMPDIR = previous;
+    TEMP_VARIABLES.forEach((name, i) => {
+      if (previous[i] === undefined) delete process.env[name];
+      else process.env[name] = previous[i];
+    });
     rmSync(dir, { recursive: true, force: true });
   };
 }

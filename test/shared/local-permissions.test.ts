@@ -13,12 +13,15 @@ import { localStores } from '../../shared/adapters/stores.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
 
 // Under /tmp with mode 0755: a folder another user can reach, so only the data folder's own modes stop them.
-const root = mkdtempSync('/tmp/clipag-perms-');
-chmodSync(root, 0o755);
-afterAll(() => rmSync(root, { recursive: true, force: true }));
+const noModes = process.platform === 'win32' ? 'no POSIX file modes on Windows' : undefined;
+// (Not made on Windows, where every case is skipped and there is no /tmp.)
+const root = noModes ? '' : mkdtempSync('/tmp/clipag-perms-');
+if (!noModes) chmodSync(root, 0o755);
+afterAll(() => {
+  if (root) rmSync(root, { recursive: true, force: true });
+});
 
 const modeOf = (path: string) => statSync(path).mode & 0o7777;
-const noModes = process.platform === 'win32' ? 'no POSIX file modes on Windows' : undefined;
 
 /** Every folder and file under `dir` (itself included), with its mode. */
 function tree(dir: string): Array<{ path: string; dir: boolean; mode: number }> {

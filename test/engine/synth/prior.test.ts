@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EngineError } from '../../../gpu-worker/engine/errors.ts';
 import { f32ToF16, writeSafetensors } from '../../../gpu-worker/engine/io/safetensors.ts';
@@ -277,7 +278,7 @@ describe('kmeans', () => {
 });
 
 describe('the shipped test prior (models/test-prior)', () => {
-  const path = new URL('../../../models/test-prior/prior.safetensors', import.meta.url).pathname;
+  const path = fileURLToPath(new URL('../../../models/test-prior/prior.safetensors', import.meta.url));
 
   it('loads, is small, and samples', () => {
     expect(readFileSync(path).length).toBeLessThan(2 * 1024 * 1024);
