@@ -4,6 +4,7 @@
 // API (which would keep its last good policy, or, in a process that has none yet, refuse the requests
 // the policy governs with a 503 rather than apply a weaker one; and log the problem).
 import { readFileSync } from 'node:fs';
+import { BlobApiKeyStore, ownerCaseTwin } from '../shared/apikeys.ts';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig } from '../shared/config.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
@@ -65,6 +66,8 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
     }
     try {
       const store = blobs ?? (await storesFor(parseConfig(process.env))).blobs;
+      const twin = values.owner === undefined ? undefined : await caseTwinRefusal(store, values.owner, 'replace');
+      if (twin !== undefined) return fail(twin, 1);
       // Stored without an editor's byte-order mark: a clipag from before it was read refuses such a
       // document, and an API or worker of that version would then fail closed (503s) on a good policy.
       const stored = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? body.subarray(3) : body;
@@ -78,6 +81,8 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
   try {
     const store = blobs ?? (await storesFor(parseConfig(process.env))).blobs;
     if (action === 'get') {
+      const twin = values.owner === undefined ? undefined : await caseTwinRefusal(store, values.owner, 'show');
+      if (twin !== undefined) return fail(twin, 1);
       const found = await store.get(key);
       if (!found) {
         console.error(`clipag policy: no document at ${key}; ${values.owner === undefined ? 'the shipped policy applies (clipag policy default)' : "the deployment's policy applies"}`);
@@ -92,12 +97,26 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
       }
       return 0;
     }
+    const twin = values.owner === undefined ? undefined : await caseTwinRefusal(store, values.owner, 'remove');
+    if (twin !== undefined) return fail(twin, 1);
     await store.delete(key);
     out(`removed ${key} (if it was there); ${values.owner === undefined ? 'the shipped policy applies' : `${values.owner} falls back to the deployment's policy`} within a minute`);
     return 0;
   } catch (e) {
     return fail(`store: ${e instanceof Error ? e.message : String(e)}`, 1);
   }
+}
+
+/**
+ * Why `--owner` is refused when it differs only in case from the owner of an existing key (acct_alice
+ * while acct_Alice has keys); undefined when it does not. In a local data folder on a case-insensitive
+ * file system (macOS and Windows by default, a bind mount from a Mac) both name the same policy file.
+ * An owner with no key and no such twin stays allowed: a policy may be set before the first key.
+ */
+async function caseTwinRefusal(store: BlobStore, owner: string, act: 'replace' | 'remove' | 'show'): Promise<string | undefined> {
+  const twin = await ownerCaseTwin(new BlobApiKeyStore(store), owner);
+  if (twin === undefined) return undefined;
+  return `--owner "${owner}" differs from the existing owner "${twin}" only in case: use "${twin}", or another id (in a local data folder on a case-insensitive file system, as on macOS and Windows, both name the same file, so this would ${act} ${twin}'s policy)${act === 'show' ? '' : '; nothing changed'}`;
 }
 
 function describe({ policy, document }: { policy: PromptPolicy; document: PromptPolicyDocument }, body: Uint8Array): string {

@@ -1,6 +1,7 @@
 // clipag usage: an owner's monthly usage ledger (ADR 0019) for the operator: show it, audit it against
 // the job records (which carry each run's own usage), and rebuild it from them when it does not read
 // (the API then answers 409 and the worker's adds fail) or missed jobs whose adds failed.
+import { BlobApiKeyStore, ownerCaseTwin } from '../shared/apikeys.ts';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { parseConfig, type Config } from '../shared/config.ts';
 import { CorruptDocumentError, operatorMessage } from '../shared/errors.ts';
@@ -63,6 +64,12 @@ export async function run(
     // The store and the price from the environment, as the API reads them.
     const config: Config = parseConfig(env);
     const store = blobs ?? (await storesFor(config)).blobs;
+    // In a local data folder on a case-insensitive file system (macOS and Windows by default, a bind
+    // mount from a Mac) acct_alice and an existing acct_Alice name the same ledger and job folder.
+    const twin = await ownerCaseTwin(new BlobApiKeyStore(store), owner);
+    if (twin !== undefined) {
+      return fail(`--owner "${owner}" differs from the existing owner "${twin}" only in case: use "${twin}", or another id (in a local data folder on a case-insensitive file system, as on macOS and Windows, both name the same files, so this would ${action === 'rebuild' ? 'replace' : 'read'} ${twin}'s ledger)${action === 'rebuild' ? '; nothing changed' : ''}`, 1);
+    }
     if (action === 'show') {
       const days = await readUsage(store, owner, month);
       // The cost as GET /v1/usage computes it (one function): at the price kept with each job, the rest at today's.

@@ -34,12 +34,8 @@ export class BlobApiKeyStore {
 
   async create(args: { name: string; owner: string; now?: Date }): Promise<CreatedApiKey> {
     if (!OWNER_ID_PATTERN.test(args.owner)) throw new ValidationError('owner must match [A-Za-z0-9_-]{1,64}', 'owner');
-    // Owner ids are keys of files in the local data folder too: on a case-insensitive file system
-    // (macOS and Windows by default) acct_Alice and acct_alice would share usage, uploads, policies and
-    // the webhook secret. Operators create keys rarely, so the whole list is read to keep ids apart.
-    const folded = args.owner.toLowerCase();
-    const twin = (await this.list()).find((k) => k.owner !== args.owner && k.owner.toLowerCase() === folded);
-    if (twin) throw new ValidationError(`owner "${args.owner}" differs from the existing owner "${twin.owner}" only in case: use "${twin.owner}", or another id (owners that differ only in case would share files in a local data folder on a case-insensitive file system)`, 'owner');
+    const twin = await ownerCaseTwin(this, args.owner);
+    if (twin !== undefined) throw new ValidationError(`owner "${args.owner}" differs from the existing owner "${twin}" only in case: use "${twin}", or another id (owners that differ only in case would share files in a local data folder on a case-insensitive file system)`, 'owner');
     const now = args.now ?? new Date();
     const id = newId(now.getTime());
     const secret = `ck_${id}_${randomBytes(32).toString('base64url')}`;
@@ -142,6 +138,19 @@ export class BlobApiKeyStore {
       }
     }
   }
+}
+
+/**
+ * The owner of an existing key whose id differs from `owner` only in case (acct_Alice for acct_alice),
+ * or undefined. Owner ids are keys of files in the local data folder too: on a case-insensitive file
+ * system (macOS and Windows by default, a bind mount from a Mac) acct_Alice and acct_alice would share
+ * usage, uploads, policies and the webhook secret, so what creates a key or writes an owner's files
+ * refuses such an id. Revoked keys count: their owner's files remain. Every key record is read, which
+ * suits the operator's commands that call this (rare), not a request path.
+ */
+export async function ownerCaseTwin(keys: Pick<BlobApiKeyStore, 'list'>, owner: string): Promise<string | undefined> {
+  const folded = owner.toLowerCase();
+  return (await keys.list()).find((k) => k.owner !== owner && k.owner.toLowerCase() === folded)?.owner;
 }
 
 function encode(record: StoredApiKeyRecord): Uint8Array {

@@ -60,7 +60,8 @@ export class BlobJobStore implements JobStore {
     const key = BlobJobStore.keyFor(owner, id);
     const object = await this.blobs.get(key);
     if (!object) return null;
-    return { record: readJobRecord(object.body, key, owner, id), etag: object.etag };
+    const record = readJobRecord(object.body, key, owner, id);
+    return record ? { record, etag: object.etag } : null;
   }
 
   async update(owner: string, id: string, mutate: JobMutation, options: UpdateOptions = {}): Promise<JobRecord> {
@@ -186,21 +187,47 @@ export class NewerJobRecordError extends CorruptDocumentError {
 /**
  * A stored job record as this version reads it, the one way every reader does: the record; a
  * NewerJobRecordError for one a newer clipag wrote; a CorruptDocumentError for damage (unreadable,
- * off-schema, or naming another job than the one it is stored as).
+ * off-schema, or naming another job than the one it is stored as); null for the owner's job whose id
+ * differs from `id` only in case (see namesCaseVariant): `id` names no job.
  */
-export function readJobRecord(body: Uint8Array, key: string, owner: string, id: string): JobRecord {
+export function readJobRecord(body: Uint8Array, key: string, owner: string, id: string): JobRecord | null {
   let record: JobRecord;
   try {
     record = readDoc(JobRecord, body, key);
   } catch (error) {
     if (!(error instanceof CorruptDocumentError)) throw error;
-    throw newerRecordError(body, key, owner, id) ?? error;
+    const newer = newerRecordError(body, key, owner, id);
+    if (newer) throw newer;
+    if (namesCaseVariant(parsedJson(body), owner, id)) return null;
+    throw error;
   }
+  if (namesCaseVariant(record, owner, id)) return null;
   if (record.owner !== owner || record.id !== id) {
     // A document under someone's prefix must describe that owner's job; anything else is corruption.
     throw new CorruptDocumentError(key, `names ${record.owner}/${record.id}`);
   }
   return record;
+}
+
+/**
+ * The document is the owner's job whose id differs from the requested `id` only in case. Job ids are
+ * minted lower case, but the routes take upper case too; on a case-insensitive file system (macOS and
+ * Windows by default, a bind mount from a Mac) the key of an upper-cased id opens the real job's file,
+ * where on Linux and S3 it holds nothing. So the variant names no job (404 everywhere), neither damage
+ * (409 corrupt_record: "contact the operator") nor the job itself. Another owner, or another id, stays corruption.
+ */
+function namesCaseVariant(doc: unknown, owner: string, id: string): boolean {
+  if (!isPlainRecord(doc) || doc.owner !== owner || typeof doc.id !== 'string') return false;
+  return doc.id !== id && doc.id.toLowerCase() === id.toLowerCase();
+}
+
+/** The document as JSON, or undefined when it is not UTF-8 JSON. */
+function parsedJson(body: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
+  } catch {
+    return undefined;
+  }
 }
 
 /** The NewerJobRecordError for a record readDoc refused, or undefined when it is damage. */
