@@ -17,6 +17,7 @@ import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
 import type { UnhealthyReason } from '../gpu-worker/worker/worker.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
+import { loadOrt } from '../gpu-worker/engine/runtime/ort.ts';
 import { intArg, REPO_ROOT, parseCliArgs, shellWord } from './common.ts';
 import { ModelStore } from '../shared/modelstore.ts';
 
@@ -70,6 +71,9 @@ export async function serve(
     throw e;
   }
   if (config.mode !== 'local') throw new EngineError('invalid_input', 'clipag serve runs the local mode; in AWS the API runs on Lambda and the worker on ECS (see cdk/README.md)');
+  // The engine's runtime, before anything starts: on a platform onnxruntime-node has no build for (an
+  // Intel Mac) the worker would fail its warm-up behind a "running" banner, the reason in a log line.
+  loadOrt();
   const local: LocalConfig = {
     ...config,
     dataDir: resolve(config.dataDir),

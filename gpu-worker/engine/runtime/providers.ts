@@ -1,11 +1,10 @@
-// Device -> onnxruntime execution providers. The runtime folder is the only place that imports
-// onnxruntime-node; everything else talks TensorData and EngineSession.
+// Device -> onnxruntime execution providers. The runtime folder is the only place that uses
+// onnxruntime-node (loaded by ort.ts); everything else talks TensorData and EngineSession.
 
 import { existsSync, readdirSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import ort from 'onnxruntime-node';
+import { join } from 'node:path';
 import { EngineError } from '../errors.ts';
+import { loadOrt, ortPackageDir } from './ort.ts';
 
 export type Device = 'cpu' | 'cuda';
 export const DEVICES: readonly Device[] = ['cpu', 'cuda'];
@@ -23,8 +22,7 @@ const CUDA_INSTALL_HINT =
 
 /** Folders that hold the native binding (where onnxruntime-node puts downloaded provider libraries). */
 function bindingDirs(): string[] {
-  const pkgDir = dirname(dirname(createRequire(import.meta.url).resolve('onnxruntime-node')));
-  const bin = join(pkgDir, 'bin');
+  const bin = join(ortPackageDir(), 'bin');
   if (!existsSync(bin)) return [];
   return readdirSync(bin)
     .filter((d) => d.startsWith('napi-v'))
@@ -39,7 +37,7 @@ export function cudaProviderInstalled(): boolean {
 }
 
 export function listBackends(): BackendInfo[] {
-  return ort.listSupportedBackends().map((b) => ({ name: b.name, bundled: b.bundled }));
+  return loadOrt().listSupportedBackends().map((b) => ({ name: b.name, bundled: b.bundled }));
 }
 
 /**

@@ -4,11 +4,12 @@
 //
 // session.run blocks the calling thread's event loop for the whole run: servers use EnginePool (pool.ts).
 
-import ort from 'onnxruntime-node';
+import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { EngineError } from '../errors.ts';
 import { encodeModel } from '../onnx/codec.ts';
 import { numel } from '../onnx/ir.ts';
 import type { DType, ModelIR, TensorData, TypedData, ValueInfo } from '../onnx/ir.ts';
+import { loadOrt } from './ort.ts';
 import { executionProviders } from './providers.ts';
 import type { Device } from './providers.ts';
 
@@ -50,8 +51,8 @@ interface InputSpec {
   shape: number[] | undefined;
 }
 
-export function toOrtSessionOptions(opts: SessionOptions): ort.InferenceSession.SessionOptions {
-  const o: ort.InferenceSession.SessionOptions = {
+export function toOrtSessionOptions(opts: SessionOptions): InferenceSession.SessionOptions {
+  const o: InferenceSession.SessionOptions = {
     executionProviders: executionProviders(opts.device ?? 'cpu'),
     graphOptimizationLevel: opts.graphOptimizationLevel ?? 'all',
     logSeverityLevel: (opts.logSeverity ?? 3) as 0 | 1 | 2 | 3 | 4,
@@ -74,11 +75,12 @@ export function toOrtSessionOptions(opts: SessionOptions): ort.InferenceSession.
   return o;
 }
 
-export function toOrtTensor(name: string, t: TensorData): ort.Tensor {
-  return new ort.Tensor(t.dtype, t.data as never, t.dims);
+export function toOrtTensor(name: string, t: TensorData): Tensor {
+  const { Tensor: OrtTensor } = loadOrt();
+  return new OrtTensor(t.dtype, t.data as never, t.dims);
 }
 
-export function fromOrtTensor(name: string, t: ort.Tensor): TensorData {
+export function fromOrtTensor(name: string, t: Tensor): TensorData {
   const dtype = t.type as DType;
   if (!DTYPES.includes(dtype)) {
     throw new EngineError('runtime_failed', `output '${name}' has type ${t.type}, which clipag does not handle; cast it to one of ${DTYPES.join(', ')} in the graph`, { name });
@@ -92,7 +94,7 @@ export function fromOrtTensor(name: string, t: ort.Tensor): TensorData {
   return { dtype, dims: [...t.dims], data };
 }
 
-function specsFromMetadata(session: ort.InferenceSession): InputSpec[] {
+function specsFromMetadata(session: InferenceSession): InputSpec[] {
   return session.inputMetadata.map((m) => {
     if (!m.isTensor) return { name: m.name, dtype: 'non-tensor', shape: undefined };
     return { name: m.name, dtype: m.type, shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : -1)) };
@@ -248,7 +250,7 @@ class OrtEngineSession implements EngineSession {
   private released = false;
 
   constructor(
-    private readonly session: ort.InferenceSession,
+    private readonly session: InferenceSession,
     private readonly specs: InputSpec[],
     private readonly device: Device,
   ) {
@@ -265,16 +267,16 @@ class OrtEngineSession implements EngineSession {
         throw new EngineError('invalid_input', `unknown output '${f}'; the model produces ${this.outputNames.join(', ')}`, { output: f });
       }
     }
-    const ortFeeds: Record<string, ort.Tensor> = {};
+    const ortFeeds: Record<string, Tensor> = {};
     for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrtTensor(name, t);
-    let out: ort.InferenceSession.ReturnType;
+    let out: InferenceSession.ReturnType;
     try {
       out = await this.session.run(ortFeeds, wanted);
     } catch (e) {
       throw runError(e, this.device);
     }
     const result: Record<string, TensorData> = {};
-    for (const name of wanted) result[name] = fromOrtTensor(name, out[name] as ort.Tensor);
+    for (const name of wanted) result[name] = fromOrtTensor(name, out[name] as Tensor);
     return result;
   }
 
@@ -287,10 +289,11 @@ class OrtEngineSession implements EngineSession {
 
 /** Load a model (ONNX bytes, or a path — use a path for models with external data). */
 export async function createSession(model: Uint8Array | string, opts: SessionOptions = {}): Promise<EngineSession> {
-  let session: ort.InferenceSession;
+  let session: InferenceSession;
   try {
     const o = toOrtSessionOptions(opts);
-    session = typeof model === 'string' ? await ort.InferenceSession.create(model, o) : await ort.InferenceSession.create(model, o);
+    const { InferenceSession: OrtInferenceSession } = loadOrt();
+    session = typeof model === 'string' ? await OrtInferenceSession.create(model, o) : await OrtInferenceSession.create(model, o);
   } catch (e) {
     throw loadError(e, opts);
   }

@@ -1,0 +1,3 @@
+// Types of ort-require.cjs.
+declare function requireOrt(): typeof import('onnxruntime-node');
+export = requireOrt;
