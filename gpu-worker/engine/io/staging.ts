@@ -1,6 +1,6 @@
 // Staging folders: a bundle is written next to its destination under a hidden name, then renamed
 // into place, so that a reader never sees half of one. Used by `models import` and the training verbs.
-import { chmodSync, closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 /** A new `.<DIR>.<tag>-<pid>-XXXXXX` folder beside `out`, mode 0755 (mkdtemp makes 0700; the worker's own user reads models). */
@@ -60,11 +60,27 @@ export function syncFolder(dir: string): void {
   syncPath(dir);
 }
 
-/** fsync of one file or folder (a folder's entry list: a rename in it is then durable). */
-export function syncPath(path: string): void {
-  const fd = openSync(path, 'r');
+/** How syncPath opens a file or folder to flush it on `platform`; undefined where a folder cannot be flushed. */
+export function syncOpenFlags(folder: boolean, platform: NodeJS.Platform): 'r' | 'r+' | undefined {
+  if (platform !== 'win32') return 'r';
+  return folder ? undefined : 'r+';
+}
+
+/**
+ * fsync of one file or folder (a folder's entry list: a rename in it is then durable). Windows flushes
+ * a file only through a handle opened for writing, and cannot flush a folder at all (EPERM): there a
+ * file is opened r+ and a folder is left, as NTFS makes a rename durable by itself.
+ */
+export function syncPath(path: string, platform: NodeJS.Platform = process.platform): void {
+  const folder = statSync(path).isDirectory();
+  const flags = syncOpenFlags(folder, platform);
+  if (flags === undefined) return;
+  const fd = openSync(path, flags);
   try {
     fsyncSync(fd);
+  } catch (error) {
+    // Some file systems cannot flush a folder either (EINVAL); its files were flushed all the same.
+    if (!(folder && ['EINVAL', 'EISDIR', 'EPERM', 'EBADF'].includes((error as NodeJS.ErrnoException).code ?? ''))) throw error;
   } finally {
     closeSync(fd);
   }
