@@ -1,5 +1,5 @@
 // clipag generate: prompt in, PNG out.
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, extname, join, resolve } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
@@ -227,7 +227,8 @@ export async function run(argv: string[]): Promise<number> {
           ? (f) => {
               const path = join(values.frames!, `frame-${String(f.step).padStart(4, '0')}.png`);
               try {
-                writeFileSync(path, f.png);
+                // Whole or not at all, as the image: a full disk would leave a truncated frame behind a "frame skipped".
+                writeWhole(path, f.png);
                 framesWritten.push(path);
               } catch (e) {
                 // A frame is a by-product: the run and its image go on without it.
