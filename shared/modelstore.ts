@@ -487,51 +487,71 @@ export class ModelStore {
       throw new ModelStoreError('conflict', `model "${target}" already exists in the store with a different bundle (content hash ${existing.content_hash.slice(0, 12)}…, pushed ${existing.pushed_at}; yours is ${contentHash.slice(0, 12)}…). Push under another --name, or pass --force to replace it (workers pick up the new bundle within a minute).`);
     }
 
-    // 3. upload into this content's own folder. The same bundle again: files already stored with
-    //    the right size are kept, unless --force asks to upload everything (a damaged object).
+    // Files this push put into the store: removed again if it fails before an index names them (a full
+    // disk, a network error), so a push given up leaves nothing behind. A file is named here before its
+    // put, since a put that fails partway may still leave part of it.
+    const uploaded: string[] = [];
     let bytesDone = 0;
     let uploadedBytes = 0;
-    for (const [i, f] of files.entries()) {
-      const key = modelFileKey(index, f.path);
-      if (sameBundle && !options.force) {
+    try {
+      // 3. upload into this content's own folder. The same bundle again: files already stored with
+      //    the right size are kept, unless --force asks to upload everything (a damaged object).
+      for (const [i, f] of files.entries()) {
+        const key = modelFileKey(index, f.path);
+        if (sameBundle && !options.force) {
+          const head = await this.blobs.head(key);
+          if (head && head.size === f.size) {
+            bytesDone += f.size;
+            options.onProgress?.({ phase: 'skip', file: f.path, index: i + 1, total, size: f.size, sha256: f.sha256, bytesDone, bytesTotal });
+            continue;
+          }
+        }
+        const body = await readFile(join(local.dir, f.path));
+        const sha256 = sha256Bytes(body);
+        if (sha256 !== f.sha256 || body.byteLength !== f.size) {
+          throw new ModelStoreError('checksum_mismatch', `bundle ${local.dir}: ${f.path} changed while it was being pushed (sha256 ${f.sha256.slice(0, 12)}… then ${sha256.slice(0, 12)}…); nothing was listed, push again when the folder is stable`);
+        }
+        uploaded.push(key);
+        await this.blobs.put(key, body, { contentType: contentTypeOf(f.path) });
         const head = await this.blobs.head(key);
-        if (head && head.size === f.size) {
-          bytesDone += f.size;
-          options.onProgress?.({ phase: 'skip', file: f.path, index: i + 1, total, size: f.size, sha256: f.sha256, bytesDone, bytesTotal });
-          continue;
+        if (!head || head.size !== f.size) {
+          throw new ModelStoreError('checksum_mismatch', `upload of ${key} stored ${head ? `${head.size} bytes` : 'nothing'} instead of ${f.size} bytes; the model was not listed, push again`);
         }
+        bytesDone += f.size;
+        uploadedBytes += f.size;
+        options.onProgress?.({ phase: 'upload', file: f.path, index: i + 1, total, size: f.size, sha256: f.sha256, bytesDone, bytesTotal });
       }
-      const body = await readFile(join(local.dir, f.path));
-      const sha256 = sha256Bytes(body);
-      if (sha256 !== f.sha256 || body.byteLength !== f.size) {
-        throw new ModelStoreError('checksum_mismatch', `bundle ${local.dir}: ${f.path} changed while it was being pushed (sha256 ${f.sha256.slice(0, 12)}… then ${sha256.slice(0, 12)}…); nothing was listed, push again when the folder is stable`);
-      }
-      await this.blobs.put(key, body, { contentType: contentTypeOf(f.path) });
-      const head = await this.blobs.head(key);
-      if (!head || head.size !== f.size) {
-        throw new ModelStoreError('checksum_mismatch', `upload of ${key} stored ${head ? `${head.size} bytes` : 'nothing'} instead of ${f.size} bytes; the model was not listed, push again`);
-      }
-      bytesDone += f.size;
-      uploadedBytes += f.size;
-      options.onProgress?.({ phase: 'upload', file: f.path, index: i + 1, total, size: f.size, sha256: f.sha256, bytesDone, bytesTotal });
-    }
 
-    // 4. the index, last, conditionally: a concurrent push of another bundle either wins before us
-    //    (we get a conflict and our files are removed) or after us (it gets the conflict).
-    const body = Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
-    if (!sameBundle) {
-      try {
-        if (existingEtag === undefined) await this.blobs.putIfAbsent(modelIndexKey(target), body, { contentType: 'application/json' });
-        else await this.blobs.replaceIfMatch(modelIndexKey(target), body, existingEtag, { contentType: 'application/json' });
-      } catch (e) {
-        if (!(e instanceof PreconditionFailedError)) throw e;
-        const now = await this.describe(target).catch(() => null);
-        if (now?.content_hash !== contentHash) {
-          await deletePrefix(this.blobs, bundlePrefix(target, contentHash)); // no index names them
-          throw new ModelStoreError('conflict', `model "${target}" was pushed by someone else meanwhile with a different bundle; nothing of yours is listed. Check clipag models list, then push again with --force if yours should win`);
+      // 4. the index, last, conditionally: a concurrent push of another bundle either wins before us
+      //    (we get a conflict and our files are removed) or after us (it gets the conflict).
+      const body = Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
+      if (!sameBundle) {
+        try {
+          if (existingEtag === undefined) await this.blobs.putIfAbsent(modelIndexKey(target), body, { contentType: 'application/json' });
+          else await this.blobs.replaceIfMatch(modelIndexKey(target), body, existingEtag, { contentType: 'application/json' });
+        } catch (e) {
+          if (!(e instanceof PreconditionFailedError)) throw e;
+          const now = await this.describe(target).catch(() => null);
+          if (now?.content_hash !== contentHash) {
+            await deletePrefix(this.blobs, bundlePrefix(target, contentHash)); // no index names them
+            throw new ModelStoreError('conflict', `model "${target}" was pushed by someone else meanwhile with a different bundle; nothing of yours is listed. Check clipag models list, then push again with --force if yours should win`);
+          }
+        }
+        options.onProgress?.({ phase: 'index', index: total, total, bytesDone, bytesTotal });
+      }
+    } catch (e) {
+      // The conflict above removed the folder itself already.
+      if (uploaded.length > 0 && !(e instanceof ModelStoreError && e.code === 'conflict')) {
+        const listed = await this.describe(target).catch(() => null);
+        // Another push of the same bundle may have listed it meanwhile: then the files are in use.
+        if (listed?.content_hash !== contentHash && e instanceof Error) {
+          const removed = await deleteKeys(this.blobs, uploaded).then(() => true, () => false);
+          e.message += removed
+            ? `; nothing was listed, and the ${uploaded.length} file(s) this push uploaded were removed`
+            : `; nothing was listed, and the files this push uploaded under ${bundlePrefix(target, contentHash)} could not all be removed (push again, or remove them)`;
         }
       }
-      options.onProgress?.({ phase: 'index', index: total, total, bytesDone, bytesTotal });
+      throw e;
     }
 
     // 5. the replaced bundle's files (format 2: its folder; format 1: the flat files), now that no

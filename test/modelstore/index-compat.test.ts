@@ -185,3 +185,31 @@ describe('an index whose bytes are damaged', () => {
     await expect(new ModelStore(blobs).describe('damaged')).rejects.toThrow(/not UTF-8/);
   });
 });
+
+describe('a push that fails partway (a full disk)', () => {
+  it('removes the files it uploaded and says so; nothing is listed; the same push later succeeds', async () => {
+    const inner = localBlobs();
+    let puts = 0;
+    let full = true;
+    // The real local store, with a disk that fills up at the third file.
+    const blobs = new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === 'put') {
+          return async (...args: Parameters<LocalBlobStore['put']>) => {
+            if (full && ++puts === 3) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+            return target.put(...args);
+          };
+        }
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const dir = bundle('spilled');
+    const error = await new ModelStore(blobs).push(dir, 'spilled').then(() => undefined, (e: unknown) => e as Error);
+    expect(error?.message).toMatch(/^ENOSPC: no space left on device, write; nothing was listed, and the 3 file\(s\) this push uploaded were removed$/);
+    expect((await inner.list('models/')).items.map((i) => i.key)).toEqual([]);
+    expect(await new ModelStore(inner).list()).toEqual([]);
+    full = false;
+    expect((await new ModelStore(blobs).push(dir, 'spilled')).status).toBe('pushed');
+  });
+});
