@@ -63,6 +63,7 @@ async function freshBucket(): Promise<{ bucket: string; blobs: S3BlobStore }> {
 class CountingBlobs implements BlobStore {
   gets: string[] = [];
   failPut?: (key: string) => boolean;
+  failDelete = false;
   constructor(private readonly inner: BlobStore) {}
   fileGets = () => this.gets.filter((k) => !k.endsWith('/bundle.json'));
   get(key: string): Promise<BlobObject | null> {
@@ -75,7 +76,7 @@ class CountingBlobs implements BlobStore {
   }
   head = (key: string) => this.inner.head(key);
   list = (prefix: string, o?: { cursor?: string; limit?: number }) => this.inner.list(prefix, o);
-  delete = (key: string) => this.inner.delete(key);
+  delete = (key: string) => (this.failDelete ? Promise.reject(new Error(`network down while deleting ${key}`)) : this.inner.delete(key));
   putIfAbsent(key: string, body: Uint8Array, o?: { contentType?: string }) {
     if (this.failPut?.(key)) return Promise.reject(new Error(`connection reset while writing ${key}`));
     return this.inner.putIfAbsent(key, body, o);
@@ -246,7 +247,12 @@ describe('model store on S3 (s3rver)', () => {
     const counting = new CountingBlobs(blobs);
     counting.failPut = (k) => k.endsWith('/bundle.json'); // the connection drops before the index is written
     const dir = bundle('tiny-h');
-    await expect(new ModelStore(counting).push(dir, 'tiny-h')).rejects.toThrow(/connection reset while writing models\/tiny-h\/bundle\.json/);
+    // A push that fails removes what it uploaded ...
+    await expect(new ModelStore(counting).push(dir, 'tiny-h')).rejects.toThrow(/connection reset while writing models\/tiny-h\/bundle\.json; nothing was listed, and the 3 file\(s\) this push uploaded were removed$/);
+    expect((await blobs.list('models/tiny-h/')).items).toEqual([]);
+    // ... unless it cannot (the connection stays down; a killed push leaves the same):
+    counting.failDelete = true;
+    await expect(new ModelStore(counting).push(dir, 'tiny-h')).rejects.toThrow(/bundle\.json; nothing was listed, and the files this push uploaded under models\/tiny-h\/[0-9a-f]{64}\/ could not all be removed/);
     // the files are there ...
     expect((await blobs.list('models/tiny-h/')).items.map((i) => i.key.split('/').at(-1)).sort()).toEqual(['manifest.json', 'tokenizer.json', 'weights.safetensors']);
     // ... but the model is not deployed
