@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
-import { link, open, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { type FileHandle, link, open, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { RetryableError } from '../../errors.ts';
@@ -162,19 +162,75 @@ async function removeIfSame(path: string, expected: Holder, token: string): Prom
   return true;
 }
 
-/** Tries to create `path` exclusively with `content`; false when it exists. */
-async function create(path: string, content: string): Promise<boolean> {
+/**
+ * A lock file this process created, kept open while it is held: an inode cannot be freed, nor its
+ * number reused, while a descriptor of it is open, so a path that stats to the same device and inode
+ * is still this very file. Deciding that needs only a stat(), no new descriptor: the check used to
+ * read the file back, and under EMFILE (too many open files) that read failed and left a live lock
+ * behind for the next writer of the key to wait out (staleMs).
+ */
+interface OwnFile {
+  handle: FileHandle;
+  dev: bigint;
+  ino: bigint;
+}
+
+/**
+ * Tries to create `path` exclusively with `content`; null when it exists. A create whose write fails
+ * (ENOSPC, EFBIG) removes the file it made before rethrowing: left empty, it had no pid to judge, so
+ * every later writer of the key (the queue has one lock) waited out staleMs for it.
+ */
+async function create(path: string, content: string): Promise<OwnFile | null> {
   for (;;) {
+    let handle: FileHandle;
     try {
-      await writeFile(path, content, { flag: 'wx', mode: PRIVATE_FILE_MODE });
-      return true;
+      handle = await open(path, 'wx', PRIVATE_FILE_MODE);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'EEXIST') return false;
+      if (code === 'EEXIST') return null;
       if (code !== 'ENOENT') throw error;
       await mkdirPrivate(dirname(path));
+      continue;
+    }
+    let own: OwnFile | undefined;
+    try {
+      const st = await handle.stat({ bigint: true });
+      own = { handle, dev: st.dev, ino: st.ino };
+      await handle.writeFile(content);
+      return own;
+    } catch (error) {
+      // Without its identity (an fstat that failed) the file is left, as before, to the age rule.
+      if (own) await release(path, own);
+      else await handle.close().catch(() => undefined);
+      throw error;
     }
   }
+}
+
+/** Whether `path` still names `own`; false when it is gone or is another file (a breaker replaced it). */
+async function stillOurs(path: string, own: OwnFile): Promise<boolean> {
+  // stat() needs no descriptor; only a failure other than "not there" is tried again, briefly, so
+  // that a passing error does not leave a lock that is ours to the age rule.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const st = await stat(path, { bigint: true });
+      return st.dev === own.dev && st.ino === own.ino;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR' || attempt >= 2) return false;
+      await sleep(10 * (attempt + 1));
+    }
+  }
+}
+
+/**
+ * Removes `path` if it still is `own`, and closes `own`. The descriptor is closed before the unlink:
+ * on Windows a file deleted while open stays in the way of a new create until it is closed.
+ */
+async function release(path: string, own: OwnFile): Promise<void> {
+  const ours = await stillOurs(path, own);
+  await own.handle.close().catch(() => undefined);
+  if (ours) await unlink(path).catch(() => undefined);
 }
 
 /** How old a break lock (held for a few file operations) must be before another breaker removes it. */
@@ -191,7 +247,8 @@ const BREAK_STALE_MIN_MS = 2_000;
  */
 async function breakLock(lockPath: string, record: string, token: string, staleMs: number, sightings: Sightings): Promise<boolean> {
   const breakPath = `${lockPath}.break`;
-  if (!(await create(breakPath, record))) {
+  const breakOwn = await create(breakPath, record);
+  if (!breakOwn) {
     const breaker = await inspect(breakPath);
     // A breaker that died mid-break (rare: it holds it for a few operations) must not block forever.
     // Two contenders removing the same dead break lock at once could both end up breaking; that
@@ -205,7 +262,7 @@ async function breakLock(lockPath: string, record: string, token: string, staleM
     if (holder && isAbandoned(lockPath, holder, staleMs, sightings)) return await removeIfSame(lockPath, holder, token);
     return true;
   } finally {
-    if ((await readFile(breakPath, 'utf8').catch(() => null)) === record) await unlink(breakPath).catch(() => undefined);
+    await release(breakPath, breakOwn);
   }
 }
 
@@ -214,9 +271,9 @@ async function breakLock(lockPath: string, record: string, token: string, staleM
  * exactly one process creates it; it records the holder's random token, pid and host. The holder
  * refreshes its mtime every `staleMs / 3` while `fn` runs, so a lock is broken only when its holder
  * is gone: a dead pid on this host (at once) or no refresh for `staleMs` (see `isAbandoned`). Breaking is
- * serialized by a break lock (see `breakLock`), and release removes the lock only while it still
- * holds this holder's token, so a holder that was (wrongly) presumed dead can never delete the next
- * holder's lock.
+ * serialized by a break lock (see `breakLock`), and release removes the lock only while its path
+ * still names the file this holder created (kept open while held, see `OwnFile`), so a holder that
+ * was (wrongly) presumed dead can never delete the next holder's lock.
  */
 export async function withDirLock<T>(
   lockPath: string,
@@ -228,8 +285,10 @@ export async function withDirLock<T>(
   // The wait is measured on the monotonic clock: a wall clock stepped back must not stretch it.
   const deadline = performance.now() + timeoutMs;
   const sightings: Sightings = new Map();
+  let own: OwnFile | null;
   for (let attempt = 0; ; attempt++) {
-    if (await create(lockPath, record)) break;
+    own = await create(lockPath, record);
+    if (own) break;
     const holder = await inspect(lockPath);
     if (!holder) continue; // released meanwhile
     if (isAbandoned(lockPath, holder, staleMs, sightings) && (await breakLock(lockPath, record, token, staleMs, sightings))) continue;
@@ -245,7 +304,6 @@ export async function withDirLock<T>(
     return await fn();
   } finally {
     clearInterval(refresh);
-    const owner = await readFile(lockPath, 'utf8').catch(() => null);
-    if (owner === record) await unlink(lockPath).catch(() => undefined);
+    await release(lockPath, own);
   }
 }

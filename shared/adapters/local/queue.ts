@@ -143,9 +143,16 @@ export class LocalJobQueue implements JobQueue {
     await mkdirPrivate(tmpDir);
     await mkdirPrivate(this.messagesDir);
     const tmp = join(tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
-    // fsync before the rename: a power loss leaves the old message or the new one, never an empty file.
-    await writeFileDurable(tmp, JSON.stringify(message));
-    await rename(tmp, this.messagePath(message.id));
+    try {
+      // fsync before the rename: a power loss leaves the old message or the new one, never an empty file.
+      await writeFileDurable(tmp, JSON.stringify(message));
+      await rename(tmp, this.messagePath(message.id));
+    } catch (error) {
+      // A partial temp file holds the very space a full disk ran out of, and the sweep of old temp
+      // files runs only when a queue opens: removed now, best effort, so the caller sees the write's error.
+      await rm(tmp, { force: true }).catch(() => undefined);
+      throw error;
+    }
     await syncDir(this.messagesDir);
   }
 
