@@ -159,6 +159,45 @@ export function isRetryable(error: unknown): boolean {
   return typeof code === 'string' && ['ECONNRESET', 'ETIMEDOUT', 'ECONNREFUSED', 'EPIPE', 'EAI_AGAIN'].includes(code);
 }
 
+/**
+ * The server's own disk and file table refusing: full (ENOSPC, EDQUOT), read-only (EROFS), out of
+ * file descriptors (EMFILE, ENFILE). Local mode's adapters throw these as Node raised them. None is
+ * the request's fault and none is a bug: each passes once an operator frees space (or remounts the
+ * disk), or once a burst of open files is over. So the API answers 503 `unavailable` with Retry-After
+ * (not a 500, which the README calls a bug), and the worker keeps polling (the queue is not gone).
+ * `condition` is what a caller is told (no path); `retryAfterSec`: a disk needs an operator, a burst
+ * of open files passes in seconds.
+ */
+const EXHAUSTED_RESOURCES: Readonly<Record<string, { condition: string; retryAfterSec: number }>> = {
+  ENOSPC: { condition: "the server's disk is full", retryAfterSec: 30 },
+  EDQUOT: { condition: "the server's disk quota is used up", retryAfterSec: 30 },
+  EROFS: { condition: "the server's data folder is on a read-only file system", retryAfterSec: 30 },
+  EMFILE: { condition: 'the server has too many open files', retryAfterSec: 5 },
+  ENFILE: { condition: "the server's system has too many open files", retryAfterSec: 5 },
+};
+
+export interface ExhaustedResource {
+  /** The errno code: ENOSPC, EDQUOT, EROFS, EMFILE or ENFILE. */
+  code: string;
+  condition: string;
+  retryAfterSec: number;
+}
+
+/**
+ * Whether `error`, or one of its causes (an adapter or the worker may wrap it: five links at most, so a
+ * cyclic chain ends too), is the server's disk or file table refusing (EXHAUSTED_RESOURCES); else undefined.
+ */
+export function exhaustedResource(error: unknown): ExhaustedResource | undefined {
+  let at: unknown = error;
+  for (let depth = 0; depth < 5 && at !== null && typeof at === 'object'; depth++) {
+    const code = (at as { code?: unknown }).code;
+    const known = typeof code === 'string' && Object.hasOwn(EXHAUSTED_RESOURCES, code) ? EXHAUSTED_RESOURCES[code] : undefined;
+    if (known && typeof code === 'string') return { code, ...known };
+    at = (at as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
 export interface ErrorEnvelopeBody {
   error: { code: string; message: string; param: string | null; request_id: string };
 }

@@ -1,8 +1,8 @@
 import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { AuthError, ClipagError, RetryableError, TooManyRequestsError, ValidationError, toErrorEnvelope } from '../../shared/errors.ts';
-import type { ErrorEnvelopeBody } from '../../shared/errors.ts';
+import { AuthError, ClipagError, RetryableError, TooManyRequestsError, ValidationError, exhaustedResource, toErrorEnvelope } from '../../shared/errors.ts';
+import type { ErrorEnvelopeBody, ExhaustedResource } from '../../shared/errors.ts';
 import { NewerJobRecordError } from '../../shared/jobstore.ts';
 import type { AppEnv, AppLogEntry } from '../types.ts';
 import { clientRequestId } from './request-id.ts';
@@ -47,6 +47,14 @@ export function envelopeFor(error: unknown, requestId: string): { status: number
     const message = status === 400 ? 'request body is not valid JSON' : status >= 500 ? 'internal error' : error.message;
     return { status, body: { error: { code, message, param: null, request_id: requestId } } };
   }
+  const exhausted = exhaustedResourceOf(error);
+  if (exhausted) {
+    // The server's own disk or file table, not the request and not a bug: the caller retries (with the
+    // same Idempotency-Key, which completes whatever the failed request left), and is told why. The
+    // operator's log line keeps the errno's own message, with its path.
+    const message = `${exhausted.condition} (${exhausted.code}); retry later`;
+    return { status: 503, body: { error: { code: 'unavailable', message, param: null, request_id: requestId } } };
+  }
   const envelope = toErrorEnvelope(error, requestId);
   if (error instanceof RetryableError && envelope.body.error.code === 'unavailable') {
     // Adapter errors carry SDK messages; callers only need to know to retry.
@@ -55,11 +63,19 @@ export function envelopeFor(error: unknown, requestId: string): { status: number
   return envelope;
 }
 
+/**
+ * The server's disk or file table refusing (ENOSPC, EROFS, EMFILE, …; also as the cause of an error
+ * that wraps it), unless the error is a 4xx that answers for itself.
+ */
+function exhaustedResourceOf(error: unknown): ExhaustedResource | undefined {
+  return error instanceof ClipagError && error.status < 500 ? undefined : exhaustedResource(error);
+}
+
 export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
   const { status, body } = envelopeFor(error, c.get('requestId') ?? 'unknown');
   c.set('errorCode', body.error.code);
   if (error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
-  if (status === 503) c.header('Retry-After', error instanceof NewerJobRecordError ? String(NEWER_RECORD_RETRY_AFTER_SEC) : '1');
+  if (status === 503) c.header('Retry-After', String(error instanceof NewerJobRecordError ? NEWER_RECORD_RETRY_AFTER_SEC : (exhaustedResourceOf(error)?.retryAfterSec ?? 1)));
   if (error instanceof TooManyRequestsError) c.header('Retry-After', String(error.retryAfterSec));
   // The first request with the key is still running: its job is a moment away.
   if (body.error.code === 'idempotency_in_progress') c.header('Retry-After', '1');

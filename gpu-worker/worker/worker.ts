@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { forEachLimited } from '../../shared/concurrency.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
 import { jobOutputsPrefix } from '../../shared/keys.ts';
-import { CorruptDocumentError, NonRetryableError, PreconditionFailedError, ValidationError } from '../../shared/errors.ts';
+import { CorruptDocumentError, NonRetryableError, PreconditionFailedError, ValidationError, exhaustedResource } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { isTerminal, type JobRecord, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, TERMINAL_STATUSES, waitingSince, type JobOutput, type JobStatus, type OutputCheck } from '../../shared/schemas/job.ts';
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
@@ -89,7 +89,9 @@ export interface WorkerConfig {
    * Receives in a row that fail (each followed by a back-off) after which the worker is unhealthy:
    * a task that can never receive takes no jobs while ECS sees it healthy. A receive the queue
    * refuses for good (NonRetryableError: AccessDenied, QueueDoesNotExist, a KMS key it may not use)
-   * makes it unhealthy at once. Default 10 (about 3 minutes of back-off).
+   * makes it unhealthy at once. Default 10 (about 3 minutes of back-off). A receive that fails on
+   * the server's own disk or file table (local mode: ENOSPC, EDQUOT, EROFS, EMFILE, ENFILE) does not
+   * count: the worker keeps trying, and takes jobs again once the disk is usable.
    */
   maxReceiveFailures?: number;
   /**
@@ -234,6 +236,8 @@ function withheldMessage(checks: readonly OutputCheck[]): string {
 
 const systemClock: Clock = { now: () => Date.now(), monotonic: () => performance.now() };
 const MAX_BACKOFF_MS = 30_000;
+/** While receives keep failing on the server's full (or read-only) disk or file table, how often that is said again. */
+const EXHAUSTION_REPEAT_MS = 5 * 60_000;
 /** Dead letters one sweep looks at (10 at a time); more wait for a later sweep. */
 const DEAD_LETTER_SWEEP_MAX = 100;
 /** The longest a retryable failure's message is held back before its retry (SQS allows 12 h). */
@@ -1490,7 +1494,12 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (outcome === 'done') log.info('warmed up', { ms: clock.now() - t0 });
       if (outcome === 'timeout') log.warn('warm-up took longer than its limit; polling without it', { limitMs });
     }
+    /** Receive failures in a row that count toward queue_unreachable. */
     let failures = 0;
+    /** Receive failures in a row of any kind: the back-off doubles with each. */
+    let failedInARow = 0;
+    /** While receives fail on the server's disk or file table (ENOSPC, EROFS, EMFILE, …): since when, how often, when last said. */
+    let exhaustion: { code: string; since: number; failures: number; saidAt: number } | undefined;
     const sweepMs = config.deadLetterSweepMs ?? 60_000;
     while (!stopping) {
       if (sweepMs > 0 && clock.now() - lastSweep >= sweepMs) {
@@ -1502,19 +1511,48 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       try {
         messages = await queue.receive({ max: 1, waitSec: config.receiveWaitSec, visibilitySec });
         failures = 0;
-      } catch (error) {
-        failures++;
-        emit({ type: 'poll_error', error });
-        // A queue this task may never read (refused for good), or one that failed every receive for
-        // minutes: a live task taking no jobs looks healthy to ECS, pages nobody, and counts toward
-        // the fleet's size. It goes, and ECS replaces it (or its restarts show, and page).
-        if (error instanceof NonRetryableError || failures >= maxReceiveFailures) {
-          log.error('cannot receive from the queue; giving up', { failures, nonRetryable: error instanceof NonRetryableError, error: describe(error) });
-          unhealthy('queue_unreachable', { failures });
-          continue;
+        failedInARow = 0;
+        if (exhaustion) {
+          log.info('receiving again: the disk or file table that refused is usable; taking jobs', { code: exhaustion.code, failures: exhaustion.failures, since: new Date(exhaustion.since).toISOString() });
+          exhaustion = undefined;
         }
-        const backoff = Math.min(MAX_BACKOFF_MS, (config.pollErrorBackoffMs ?? 1000) * 2 ** (failures - 1));
-        log.warn('receive failed; backing off', { backoffMs: backoff, error: describe(error) });
+      } catch (error) {
+        failedInARow++;
+        emit({ type: 'poll_error', error });
+        const exhausted = exhaustedResource(error);
+        if (exhausted) {
+          // Local mode's queue writes each delivery (and its lock) into the data folder: a full or
+          // read-only disk, or a file table out of descriptors, fails the receive, not the queue. It
+          // passes once an operator frees space, and giving up would stop `clipag serve`, API and all,
+          // for good. So it does not count toward queue_unreachable: the worker backs off and keeps
+          // trying, and says so at once and then every few minutes, not on every poll. (An SQS receive
+          // never fails so.)
+          const now = clock.now();
+          if (exhaustion?.code !== exhausted.code) exhaustion = { code: exhausted.code, since: now, failures: 0, saidAt: -Infinity };
+          exhaustion.failures++;
+          if (now - exhaustion.saidAt >= EXHAUSTION_REPEAT_MS) {
+            exhaustion.saidAt = now;
+            log.error(`cannot receive: ${exhausted.condition} (${exhausted.code}); no jobs are taken until it is usable again, and the worker keeps trying`, {
+              code: exhausted.code,
+              failures: exhaustion.failures,
+              since: new Date(exhaustion.since).toISOString(),
+              error: describe(error),
+            });
+          }
+        } else {
+          failures++;
+          // A queue this task may never read (refused for good), or one that failed every receive for
+          // minutes: a live task taking no jobs looks healthy to ECS, pages nobody, and counts toward
+          // the fleet's size. It goes, and ECS replaces it (or its restarts show, and page).
+          if (error instanceof NonRetryableError || failures >= maxReceiveFailures) {
+            log.error('cannot receive from the queue; giving up', { failures, nonRetryable: error instanceof NonRetryableError, error: describe(error) });
+            unhealthy('queue_unreachable', { failures });
+            continue;
+          }
+        }
+        const backoff = Math.min(MAX_BACKOFF_MS, (config.pollErrorBackoffMs ?? 1000) * 2 ** (failedInARow - 1));
+        if (exhausted) log.debug('receive failed; backing off', { backoffMs: backoff, code: exhausted.code });
+        else log.warn('receive failed; backing off', { backoffMs: backoff, error: describe(error) });
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, backoff);
           wakeBackoff = () => {
