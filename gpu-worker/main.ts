@@ -149,6 +149,8 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
       ...(config.workerHourlyUsd !== undefined ? { hourlyUsd: config.workerHourlyUsd } : {}),
       retryDelaySec: config.retryDelaySec,
       device: config.device,
+      // Local mode's store and queue are the data folder: its disk filling up is not this worker's to be replaced for.
+      storageOnThisDisk: config.mode === 'local',
       ...(maxSteps !== undefined ? { maxSteps } : {}),
       ...deps.worker,
     },

@@ -79,6 +79,15 @@ export interface WorkerConfig {
    */
   maxMachineFailures?: number;
   /**
+   * The blob store and queue are a folder on this machine's disk (local mode, `clipag serve`). A job
+   * whose writes fail there on a full or read-only disk, or on too many open files (ENOSPC, EROFS,
+   * EMFILE, …), then does not count toward maxMachineFailures: another machine would find the same
+   * disk (there is none; `serve` would exit, API and all), and it passes once an operator frees space.
+   * In AWS such a failure is this task's own disk (the model cache, temporary files): it counts, and
+   * ECS replaces the task. Default false.
+   */
+  storageOnThisDisk?: boolean;
+  /**
    * The device the engine runs on (`CLIPAG_EXECUTION_PROVIDER`). With `cuda`, a warm-up whose run
    * fails (runtime_failed, not out of memory) makes the worker unhealthy: the default model at the
    * default size cannot run on this GPU; and unexplained run failures of different jobs in a row
@@ -1309,7 +1318,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     // worker or the engine: an error line, which pages (WorkerErrorLines), not only the failure share.
     const bug = cls === 'permanent' && jobErrorOf(error).code === 'internal_error';
     log[bug ? 'error' : 'warn']('job attempt failed', { job_id: msg.job_id, owner: msg.owner, class: cls, receiveCount: m.receiveCount, lastAttempt, error: describe(error) });
-    if (isMachineFailure(error)) {
+    const diskOfTheStore = config.storageOnThisDisk ? exhaustedResource(error) : undefined;
+    if (diskOfTheStore) {
+      log.error(`job attempt failed: ${diskOfTheStore.condition} (${diskOfTheStore.code}); the job is retried, and jobs run again once the disk is usable`, { job_id: msg.job_id, owner: msg.owner, code: diskOfTheStore.code });
+    } else if (isMachineFailure(error)) {
       if (++machineFailures >= maxMachineFailures) unhealthy('machine_failures', { failures: machineFailures, error: describe(error) });
     } else if (config.device === 'cuda' && isUnexplainedRunFailure(error)) {
       // Neither the job's fault nor the machine's, on its own. Runs of different jobs failing so in a

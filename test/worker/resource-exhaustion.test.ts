@@ -7,7 +7,7 @@
 // cannot be made here on demand). Time is a test clock the test moves, never a sleep.
 import { afterEach, describe, expect, it } from 'vitest';
 import { RetryableError } from '../../shared/errors.ts';
-import type { JobQueue } from '../../shared/ports.ts';
+import type { BlobStore, JobQueue } from '../../shared/ports.ts';
 import { createWorker, type Logger, type QueueWorker, type WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import { type Env, OWNER, makeEnv, submit, waitFor } from './helpers.ts';
@@ -37,15 +37,15 @@ function failingReceive(queue: JobQueue, fail: (n: number) => Error | undefined)
 
 const MAX_RECEIVE_FAILURES = 3;
 
-function start(env: Env, queue: JobQueue, clock?: { now(): number }) {
+function start(env: Env, queue: JobQueue, clock?: { now(): number }, more: { blobs?: BlobStore; storageOnThisDisk?: boolean } = {}) {
   const events: WorkerEvent[] = [];
   const logs: Logged[] = [];
   const at = (level: string) => (msg: string, fields: Record<string, unknown> = {}) => void logs.push({ level, msg, fields });
   const log: Logger = { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
   const synthesizer: Synthesizer = { run: async () => outcome(6, false, [standInImage(0)]) };
   const worker = createWorker({
-    queue, jobs: env.jobs, blobs: env.blobs, synthesizer, log,
-    config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 0, progressIntervalMs: 0, pollErrorBackoffMs: 5, deadLetterSweepMs: 0, maxReceiveFailures: MAX_RECEIVE_FAILURES },
+    queue, jobs: env.jobs, blobs: more.blobs ?? env.blobs, synthesizer, log,
+    config: { visibilityTimeoutSec: 30, maxReceives: 3, receiveWaitSec: 0, progressIntervalMs: 0, pollErrorBackoffMs: 5, deadLetterSweepMs: 0, maxReceiveFailures: MAX_RECEIVE_FAILURES, ...(more.storageOnThisDisk ? { storageOnThisDisk: true } : {}), ...(more.blobs ? { resultWriteRetryMs: 0 } : {}) },
     ...(clock ? { clock } : {}),
     onEvent: (e) => events.push(e),
   });
@@ -107,5 +107,34 @@ describe('receives that fail on the server\'s disk or file table', () => {
     const w = start(env, failingReceive(env.queue, (n) => (n <= 4 ? errnoError('ENOSPC') : new RetryableError('SQS is unavailable: socket hang up'))));
     expect(await outcomeOf(env, job.id, w.events)).toBe('unhealthy: queue_unreachable');
     expect(w.events.filter((e) => e.type === 'poll_error')).toHaveLength(4 + MAX_RECEIVE_FAILURES);
+  });
+});
+
+describe("a job whose images cannot be stored on the server's full disk", () => {
+  /** The real local store, whose first `failures` image writes fail as a full disk fails them. */
+  function fullForImages(blobs: BlobStore, failures: number): BlobStore {
+    let n = 0;
+    return patched(blobs, {
+      put: async (...args: Parameters<BlobStore['put']>) => {
+        if (args[0].endsWith('.png') && ++n <= failures) throw errnoError('ENOSPC');
+        return blobs.put(...args);
+      },
+    });
+  }
+
+  it('local mode (storage on this disk): not a machine failure; both jobs are retried and succeed once space is free', async () => {
+    const env = await makeEnv();
+    const jobs = [await submit(env, { steps: 6 }), await submit(env, { steps: 6 })];
+    const w = start(env, env.queue, undefined, { blobs: fullForImages(env.blobs, 2), storageOnThisDisk: true });
+    for (const job of jobs) expect(await outcomeOf(env, job.id, w.events)).toBe('succeeded');
+    expect(w.events.filter((e) => e.type === 'unhealthy')).toEqual([]);
+    expect(w.logs.filter((l) => l.msg.startsWith("job attempt failed: the server's disk is full (ENOSPC)"))).toHaveLength(2);
+  });
+
+  it('in AWS (the task\'s own disk) the same failures are the machine\'s: the worker is unhealthy, for ECS to replace it', async () => {
+    const env = await makeEnv();
+    const jobs = [await submit(env, { steps: 6 }), await submit(env, { steps: 6 })];
+    const w = start(env, env.queue, undefined, { blobs: fullForImages(env.blobs, 2) });
+    expect(await outcomeOf(env, jobs[1]!.id, w.events)).toBe('unhealthy: machine_failures');
   });
 });
