@@ -8,10 +8,12 @@ import { parseConfig, type LocalConfig } from '../shared/config.ts';
 import { ConfigError, NonRetryableError } from '../shared/errors.ts';
 import { dataFolderWriteProblem } from '../shared/adapters/local/probe.ts';
 import { PRIVATE_DIR_MODE, closeDataFolder } from '../shared/adapters/local/private.ts';
+import type { LocalJobQueue } from '../shared/adapters/local/queue.ts';
+import { registerServer, SERVER_REFRESH_MS, type ServerRecord } from '../shared/adapters/local/servers.ts';
 import { createApp } from '../functions/app.ts';
 import { jsonLineLog, jsonLineLogAt } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
-import { startQueuedJobSweeps } from '../functions/queued-jobs.ts';
+import { RESEND_AFTER_MS, sendMessagesLeftUnsent, startQueuedJobSweeps, type QueuedJobDeps } from '../functions/queued-jobs.ts';
 import { webhookDeliveryFromConfig } from '../shared/webhooks.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
@@ -62,6 +64,8 @@ export async function serve(
     probeFolder?: (dir: string) => Promise<void>;
   } = {},
 ): Promise<ServeHandle> {
+  // Jobs queued before this moment were queued by another process (sendJobsLeftUnsent).
+  const startedAt = new Date();
   let config;
   try {
     // The local queue is a folder: short long-polls cost nothing and let Ctrl-C drain quickly.
@@ -91,16 +95,22 @@ export async function serve(
   });
   const { blobs, queue, jobs, keys, signingSecret } = deps.adapters;
   const apiKey = await localApiKey(local.dataDir, keys);
+  const log = jsonLineLogAt(local.logLevel);
+  // Before the port opens: a server starting beside this one sees it before this one's API takes a job.
+  const servers = await registerServer(local.dataDir, (msg, error) => log({ level: 'warn', msg, error: error.message }));
   // The signed-link routes go on the API app itself: one request id, one onError, one notFound, so
   // every error (a 405, an unknown path, a failure under /blobs) is the ErrorEnvelope.
   // Estimates count the steps the worker will run.
   const app = createApp(opts.maxSteps === undefined ? deps : { ...deps, limits: { ...deps.limits, maxSteps: opts.maxSteps } });
   mountLocalBlobRoutes(app, blobs, signingSecret);
   // The port first: a second `clipag serve` on a busy port fails before its worker takes a job.
-  const server = await startApiServer(app, local.port, local.host).catch((error: NodeJS.ErrnoException) => {
+  const server = await startApiServer(app, local.port, local.host).catch(async (error: NodeJS.ErrnoException) => {
+    await servers.remove();
     if (error.code === 'EADDRINUSE') throw portInUseError(local.port, local.host);
     throw error;
   });
+  // Before the worker starts, so that it finds their messages at once.
+  const leftUnsent = await sendJobsLeftUnsent({ blobs, jobs, queue, clock: () => new Date(), log }, startedAt, queue, servers);
   // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
   let markUnhealthy!: (reason: UnhealthyReason) => void;
   const unhealthy = new Promise<UnhealthyReason>((resolveUnhealthy) => (markUnhealthy = resolveUnhealthy));
@@ -110,8 +120,9 @@ export async function serve(
       if (event.type === 'unhealthy') markUnhealthy(event.reason);
     },
   });
-  // A job whose message was lost (a crash between its create and its send) gets it again. The first
-  // sweep runs now: a restart after such a crash picks the job up.
+  // A job whose message was lost (a crash between its create and its send) gets it again once it has
+  // waited RESEND_AFTER_MS (it may only be slow), and its failed completion webhooks are retried.
+  // Those a stopped server left unsent were sent above.
   const sweeps = startQueuedJobSweeps(
     {
       blobs,
@@ -119,7 +130,7 @@ export async function serve(
       queue,
       webhooks: webhookDeliveryFromConfig(local),
       clock: () => new Date(),
-      log: jsonLineLogAt(local.logLevel),
+      log,
     },
     opts.sweepEveryMs ?? 60_000,
   );
@@ -136,8 +147,10 @@ export async function serve(
         const results = await Promise.allSettled([
           server.close({ graceMs: opts.shutdownGraceMs ?? 5_000 }),
           (async () => {
+            leftUnsent.stop();
             await sweeps.stop();
             await worker.stop();
+            await servers.remove();
           })(),
         ]);
         const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -185,12 +198,70 @@ async function usableDataFolder(dataDir: string, probe?: (dir: string) => Promis
     throw new EngineError('invalid_input', `${named} cannot be made (${cannot(error)}); pass --data DIR or set CLIPAG_DATA_DIR to a folder this user can write`);
   }
   const problem = await dataFolderWriteProblem(dataDir, probe);
-  if (problem) throw new EngineError('invalid_input', `${problem}; pass --data DIR or set CLIPAG_DATA_DIR to a folder this user can write, or fix its permissions`);
+  if (problem) throw new EngineError('invalid_input', problem);
   // The adapters make every folder 0700 and every file 0600, but a data folder made by an older
   // version holds 0755 folders and 0644 files (job records with prompts and webhook secrets): its
   // root made 0700 closes all of them at once, so nothing under it needs a walk. Not a reason to
   // refuse to start: said once per folder, and the server runs.
   await closeDataFolder(dataDir, (message) => jsonLineLog({ level: 'warn', msg: message }));
+}
+
+/** The jobs that have a message in the local queue (waiting, in flight or dead-lettered), as `owner/jobId`. */
+async function jobsWithMessages(queue: LocalJobQueue): Promise<Set<string>> {
+  const named = new Set<string>();
+  for (const body of await queue.bodies()) {
+    try {
+      const message = JSON.parse(body) as { job_id?: unknown; owner?: unknown };
+      if (typeof message.job_id === 'string' && typeof message.owner === 'string') named.add(`${message.owner}/${message.job_id}`);
+    } catch {
+      // Not a job message: names no job.
+    }
+  }
+  return named;
+}
+
+/**
+ * Sends the messages of the jobs a stopped server left unsent (a kill -9 between a job's create and
+ * its send: sendMessagesLeftUnsent) at this start, not after the sweep's RESEND_AFTER_MS. Only with no
+ * other server running on the data folder: another's job may be between its create and its send. While
+ * one may be, it looks again every SERVER_REFRESH_MS (a killed server's record on a host this one
+ * cannot judge ages out), until the sweep's own rule has taken over. Failures are logged: the sweep
+ * sends those jobs later.
+ */
+async function sendJobsLeftUnsent(deps: QueuedJobDeps, startedAt: Date, queue: LocalJobQueue, servers: ServerRecord): Promise<{ stop(): void }> {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const attempt = async (): Promise<boolean> => {
+    try {
+      if (await servers.othersLive()) return false;
+      let inQueue: Promise<Set<string>> | undefined;
+      const { sent, failed } = await sendMessagesLeftUnsent(deps, {
+        before: startedAt,
+        hasMessage: async (job) => (await (inQueue ??= jobsWithMessages(queue))).has(`${job.owner}/${job.id}`),
+      });
+      if (sent > 0 || failed > 0) deps.log?.({ level: 'info', msg: 'sent the messages of queued jobs a stopped server left unsent', sent, failed });
+    } catch (error) {
+      deps.log?.({ level: 'warn', msg: 'could not look for jobs a stopped server left unsent; the queued-job sweep sends them later', error: (error as Error).message });
+    }
+    return true;
+  };
+  if (!(await attempt())) {
+    deps.log?.({ level: 'info', msg: 'another clipag serve may be running on this data folder: the jobs a stopped one left unsent are sent once it is alone (or by the queued-job sweep)' });
+    const retry = () => {
+      timer = undefined;
+      if (stopped || Date.now() - startedAt.getTime() > RESEND_AFTER_MS) return;
+      void attempt().then((done) => {
+        if (!done && !stopped) timer = setTimeout(retry, SERVER_REFRESH_MS).unref();
+      });
+    };
+    timer = setTimeout(retry, SERVER_REFRESH_MS).unref();
+  }
+  return {
+    stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+    },
+  };
 }
 
 /** Local mode keeps one API key for the owner "local" so the printed curl keeps working across restarts. */

@@ -150,14 +150,24 @@ export function isLongQueued(job: JobRecord, now: Date): boolean {
  * caller tries again; the job is not marked failed, since it may well have its message (waiting
  * in a backlog). Returns the record as it now stands.
  */
-export async function resendIfLongQueued(deps: QueuedJobDeps, job: JobRecord): Promise<{ job: JobRecord; resent: boolean; sendFailed: boolean }> {
+export function resendIfLongQueued(deps: QueuedJobDeps, job: JobRecord): Promise<{ job: JobRecord; resent: boolean; sendFailed: boolean }> {
+  return resendIf(deps, job, isLongQueued, 'long-queued job');
+}
+
+/** resendIfLongQueued's send, for the jobs `due` picks (judged again in the record's conditional write). */
+async function resendIf(
+  deps: QueuedJobDeps,
+  job: JobRecord,
+  due: (job: JobRecord, now: Date) => boolean,
+  what: string,
+): Promise<{ job: JobRecord; resent: boolean; sendFailed: boolean }> {
   const now = deps.clock();
-  if (!isLongQueued(job, now)) return { job, resent: false, sendFailed: false };
+  if (!due(job, now)) return { job, resent: false, sendFailed: false };
   let won = false;
   const stamp = now.toISOString();
   const before = job.enqueued_at;
   let current = await deps.jobs.update(job.owner, job.id, (cur) => {
-    won = isLongQueued(cur, now);
+    won = due(cur, now);
     return won ? { ...cur, enqueued_at: stamp } : null;
   });
   if (!won) return { job: current, resent: false, sendFailed: false };
@@ -166,12 +176,57 @@ export async function resendIfLongQueued(deps: QueuedJobDeps, job: JobRecord): P
     await clearPending(deps.blobs, 'msg', job.owner, job.id);
     return { job: current, resent: true, sendFailed: false };
   } catch (error) {
-    deps.log?.({ level: 'warn', msg: 're-send of a long-queued job failed', job_id: job.id, owner: job.owner, error: describe(error) });
+    deps.log?.({ level: 'warn', msg: `re-send of a ${what} failed`, job_id: job.id, owner: job.owner, error: describe(error) });
     current = await deps.jobs
       .update(job.owner, job.id, (cur) => (cur.enqueued_at === stamp ? { ...cur, enqueued_at: before } : null))
       .catch(() => current);
     return { job: current, resent: false, sendFailed: true };
   }
+}
+
+/**
+ * Sends the message of every job that a process which has ended left unsent: queued, never started,
+ * last queued before `before` (when the caller started), with an ordinary `pending/msg` marker (its
+ * send was never confirmed) and no message in the queue (`hasMessage`). The sweep waits RESEND_AFTER_MS
+ * for such a job, since its message may only be slow; a caller that knows no other process can be
+ * sending it (`clipag serve` starting alone on its data folder after a kill -9) sends it at once.
+ * Of concurrent senders (a replay, a sweep) only the one whose write moved `enqueued_at` sends, as in
+ * resendIfLongQueued. Returns how many were sent, and how many sends failed (the sweep retries those).
+ */
+export async function sendMessagesLeftUnsent(
+  deps: QueuedJobDeps,
+  { before, hasMessage }: { before: Date; hasMessage: (job: JobRecord) => Promise<boolean> },
+): Promise<{ sent: number; failed: number }> {
+  const result = { sent: 0, failed: 0 };
+  const markers: BlobMeta[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await deps.blobs.list(`${PENDING_JOBS_PREFIX}msg/`, cursor === undefined ? {} : { cursor });
+    markers.push(...page.items);
+    cursor = page.cursor;
+  } while (cursor !== undefined);
+  const leftUnsent = (job: JobRecord) => job.status === 'queued' && job.attempts === 0 && queuedSince(job) < before.getTime();
+  await forEachLimited(markers, SWEEP_CONCURRENCY, async (marker) => {
+    const named = parsePendingJobKey(marker.key);
+    // A refusal (its POST answered 503) is the sweep's to fail, never to send.
+    if (!named || named.kind !== 'msg' || markerOf(marker).state !== 'unproven') return;
+    try {
+      const job = await deps.jobs.get(named.owner, named.jobId);
+      if (!job || !leftUnsent(job) || (await hasMessage(job))) return;
+      const { resent, sendFailed } = await resendIf(deps, job, leftUnsent, 'job left unsent');
+      if (resent) {
+        result.sent++;
+        deps.log?.({ level: 'warn', msg: 'sent the message of a queued job that a stopped process left unsent', job_id: job.id, owner: job.owner });
+      }
+      if (sendFailed) result.failed++;
+    } catch (error) {
+      // A record this version cannot read: the sweep's to handle (and to log).
+      if (error instanceof NewerJobRecordError || error instanceof CorruptDocumentError) return;
+      result.failed++;
+      deps.log?.({ level: 'warn', msg: 'a job left unsent was not sent; the queued-job sweep sends it later', key: marker.key, error: describe(error) });
+    }
+  });
+  return result;
 }
 
 export interface SweepReport {

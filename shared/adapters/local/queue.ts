@@ -196,6 +196,16 @@ export class LocalJobQueue implements JobQueue {
     return null;
   }
 
+  /**
+   * The bodies of every message this queue holds, waiting or in flight, and of its dead letters:
+   * what a process starting on the folder checks a job's message against (an SQS queue cannot be
+   * listed, so the JobQueue port has no such call). Read without the lock: each file is whole.
+   */
+  async bodies(): Promise<string[]> {
+    const own = (await this.readAll(false)).map((m) => m.body);
+    return this.deadLetter ? [...own, ...(await this.deadLetter.bodies())] : own;
+  }
+
   /** Ids of the stored messages, oldest first (ids are time-sortable): one readdir, no file read. */
   private async messageIds(): Promise<string[]> {
     let names: string[];
