@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { type FileHandle, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { type FileHandle, open, readFile, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { forEachLimited } from '../../concurrency.ts';
@@ -17,7 +17,7 @@ import type {
 } from '../../ports.ts';
 import { KeyedMutex, withDirLock } from './lock.ts';
 import { buildLocalSignedUrl } from './signing.ts';
-import { removeStaleFiles, syncDir, writeFileDurable } from './durable.ts';
+import { removeStaleFiles, renameOver, syncDir, writeFileDurable } from './durable.ts';
 import { mkdirPrivate } from './private.ts';
 
 export interface LocalBlobStoreOptions {
@@ -101,7 +101,7 @@ export class LocalBlobStore implements BlobStore {
     try {
       await writeFileDurable(tmp, data);
     } catch (error) {
-      await rm(tmp, { force: true });
+      await rm(tmp, { force: true }).catch(() => undefined);
       throw error;
     }
     return tmp;
@@ -112,16 +112,16 @@ export class LocalBlobStore implements BlobStore {
     try {
       try {
         await mkdirPrivate(dirname(path));
-        await rename(tmp, path);
+        await renameOver(tmp, path);
       } catch (error) {
         // A delete of another key in the same folder (under that key's lock, not ours) removes the
         // folder when it empties it; if that fell between our mkdir and rename, make it again once.
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
         await mkdirPrivate(dirname(path));
-        await rename(tmp, path);
+        await renameOver(tmp, path);
       }
     } catch (error) {
-      await rm(tmp, { force: true });
+      await rm(tmp, { force: true }).catch(() => undefined);
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOTDIR' || code === 'EISDIR' || code === 'EEXIST' || code === 'ENOTEMPTY') {
         throw new ValidationError(`key conflicts with an existing key used as a folder: ${path}`, 'key');

@@ -1,4 +1,5 @@
-import { open, readdir, rm, stat } from 'node:fs/promises';
+import { open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { RetryableError } from '../../errors.ts';
 import { join } from 'node:path';
 import { privateFileMode } from './private.ts';
 
@@ -56,6 +57,40 @@ export async function removeStaleFiles(dir: string, maxAgeMs = STALE_TEMP_MS): P
       if (st.isFile() && st.mtimeMs < cutoff) await rm(path, { force: true });
     } catch {
       // Removed by another process meanwhile, or not ours to remove: leave it.
+    }
+  }
+}
+
+/** How long a rename over a file another reader holds open is tried again on Windows (see renameOver). */
+const RENAME_RETRY_MS = [10, 20, 40, 80, 160, 320, 640] as const;
+const IN_USE = new Set(['EPERM', 'EACCES', 'EBUSY']);
+
+/**
+ * Renames `from` over `to`, replacing it. On Windows a rename over a file that any process has open
+ * (a reader of the same record: a GET, a Prefer: wait, the worker) fails with EPERM/EACCES/EBUSY
+ * for as long as the handle is open, where POSIX systems replace it under the reader. There it is
+ * tried again for about 1.3 s, as graceful-fs does, and then fails as RetryableError (a 503 with
+ * Retry-After, not a 500). Elsewhere those codes are real permission problems, thrown at once.
+ */
+export async function renameOver(
+  from: string,
+  to: string,
+  options: { platform?: NodeJS.Platform; renameFile?: (from: string, to: string) => Promise<void>; sleep?: (ms: number) => Promise<void> } = {},
+): Promise<void> {
+  const platform = options.platform ?? process.platform;
+  const renameFile = options.renameFile ?? rename;
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await renameFile(from, to);
+      return;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? '';
+      if (platform !== 'win32' || !IN_USE.has(code)) throw error;
+      if (attempt >= RENAME_RETRY_MS.length) {
+        throw new RetryableError(`the file is in use by another reader (${code}); retry`, { cause: error });
+      }
+      await sleep(RENAME_RETRY_MS[attempt]!);
     }
   }
 }

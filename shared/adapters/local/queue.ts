@@ -7,7 +7,7 @@ import { PreconditionFailedError, ValidationError } from '../../errors.ts';
 import { newId } from '../../ids.ts';
 import type { JobQueue, ReceivedMessage, ReceiveOptions, SendOptions } from '../../ports.ts';
 import { checkQueueGroup } from '../../schemas/queue.ts';
-import { removeStaleFiles, syncDir, writeFileDurable } from './durable.ts';
+import { removeStaleFiles, renameOver, syncDir, writeFileDurable } from './durable.ts';
 import { hostId, KeyedMutex, processIsGone, withDirLock } from './lock.ts';
 import { mkdirPrivate } from './private.ts';
 
@@ -146,7 +146,7 @@ export class LocalJobQueue implements JobQueue {
     try {
       // fsync before the rename: a power loss leaves the old message or the new one, never an empty file.
       await writeFileDurable(tmp, JSON.stringify(message));
-      await rename(tmp, this.messagePath(message.id));
+      await renameOver(tmp, this.messagePath(message.id));
     } catch (error) {
       // A partial temp file holds the very space a full disk ran out of, and the sweep of old temp
       // files runs only when a queue opens: removed now, best effort, so the caller sees the write's error.
