@@ -6,6 +6,8 @@ import { BlobJobStore } from '../../shared/jobstore.ts';
 import { LocalBlobStore, LocalJobQueue } from '../../shared/adapters/local/index.ts';
 import { RetryableError } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, ListOptions } from '../../shared/ports.ts';
+import { PENDING_JOBS_PREFIX } from '../../shared/keys.ts';
+import { parseQueueMessage } from '../../shared/schemas/queue.ts';
 import { createApp, type AppDeps } from '../../functions/app.ts';
 
 export const LIMITS = { maxBodyBytes: 16 * 1024, maxUploadBytes: 8 * 1024 * 1024, signedUrlTtlSec: 600 };
@@ -115,4 +117,22 @@ export function blobsRefusingList(blobs: BlobStore, prefix: string): BlobStore {
       return typeof value === 'function' ? value.bind(target) : value;
     },
   });
+}
+
+/** Job ids of the messages waiting in `queue`, consumed (so each call sees only new ones). */
+export async function drainJobIds(queue: JobQueue): Promise<string[]> {
+  const ids: string[] = [];
+  for (;;) {
+    const batch = await queue.receive({ max: 10, waitSec: 0 });
+    if (batch.length === 0) return ids;
+    for (const m of batch) {
+      ids.push(parseQueueMessage(m.body).job_id);
+      await queue.ack(m.receipt);
+    }
+  }
+}
+
+/** The keys of the "message not sent yet" markers of the jobs in `blobs`. */
+export async function pendingMessageMarkers(blobs: BlobStore): Promise<string[]> {
+  return (await blobs.list(`${PENDING_JOBS_PREFIX}msg/`)).items.map((i) => i.key);
 }

@@ -4,12 +4,11 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { markMessageRefused, sendMessagesLeftUnsent, sweepQueuedJobs, type QueuedJobDeps } from '../../functions/queued-jobs.ts';
-import { PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
+import { pendingJobKey } from '../../shared/keys.ts';
 import type { JobQueue } from '../../shared/ports.ts';
 import type { JobRecord } from '../../shared/schemas/job.ts';
-import { parseQueueMessage } from '../../shared/schemas/queue.ts';
 import { httpWebhookSender } from '../../shared/webhooks.ts';
-import { harness, type Harness } from './helpers.ts';
+import { drainJobIds, harness, pendingMessageMarkers, type Harness } from './helpers.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -20,22 +19,9 @@ afterEach(() => h.close());
 const deps = (): QueuedJobDeps => ({ blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock: () => new Date() });
 const noMessage = async (_job: JobRecord) => false;
 
-/** Job ids of the messages waiting in the queue (consumed, so each call sees only new ones). */
-async function drain(): Promise<string[]> {
-  const ids: string[] = [];
-  for (;;) {
-    const batch = await h.queue.receive({ max: 10, waitSec: 0 });
-    if (batch.length === 0) return ids;
-    for (const m of batch) {
-      ids.push(parseQueueMessage(m.body).job_id);
-      await h.queue.ack(m.receipt);
-    }
-  }
-}
+const drain = () => drainJobIds(h.queue);
 
-async function msgMarkers(): Promise<string[]> {
-  return (await h.blobs.list(`${PENDING_JOBS_PREFIX}msg/`)).items.map((i) => i.key);
-}
+const msgMarkers = () => pendingMessageMarkers(h.blobs);
 
 /** A POST whose send never completes: the process "dies" after the job's create, before its message. */
 async function postDyingRequest(prompt = 'apple', idempotencyKey?: string): Promise<string> {

@@ -6,9 +6,8 @@ import { createApp } from '../../functions/app.ts';
 import { ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, type SweepDeps } from '../../functions/queued-jobs.ts';
 import { jobOutputsPrefix, PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import type { JobQueue } from '../../shared/ports.ts';
-import { parseQueueMessage } from '../../shared/schemas/queue.ts';
 import { httpWebhookSender } from '../../shared/webhooks.ts';
-import { blobsRefusingList, harness, queueWithOutage, type Harness } from './helpers.ts';
+import { blobsRefusingList, drainJobIds, harness, pendingMessageMarkers, queueWithOutage, type Harness } from './helpers.ts';
 
 let h: Harness;
 let offsetMs: number;
@@ -26,22 +25,9 @@ function sweepDeps(queue: JobQueue = h.queue): SweepDeps {
   return { blobs: h.blobs, jobs: h.jobs, queue, clock, log: (e) => logs.push(e), webhooks: { send: httpWebhookSender({ allowPrivate: true }), signedUrlTtlSec: 600 } };
 }
 
-/** Job ids of the messages waiting in the queue (consumed, so each call sees only new ones). */
-async function drain(): Promise<string[]> {
-  const ids: string[] = [];
-  for (;;) {
-    const batch = await h.queue.receive({ max: 10, waitSec: 0 });
-    if (batch.length === 0) return ids;
-    for (const m of batch) {
-      ids.push(parseQueueMessage(m.body).job_id);
-      await h.queue.ack(m.receipt);
-    }
-  }
-}
+const drain = () => drainJobIds(h.queue);
 
-async function markers(): Promise<string[]> {
-  return (await h.blobs.list(`${PENDING_JOBS_PREFIX}msg/`)).items.map((i) => i.key);
-}
+const markers = () => pendingMessageMarkers(h.blobs);
 
 /** A queue whose send never completes: the request "dies" after the job's create, before its message. */
 function queueThatDiesOnSend(): JobQueue {
