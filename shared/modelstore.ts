@@ -540,11 +540,18 @@ export class ModelStore {
         options.onProgress?.({ phase: 'index', index: total, total, bytesDone, bytesTotal });
       }
     } catch (e) {
-      // The conflict above removed the folder itself already.
-      if (uploaded.length > 0 && !(e instanceof ModelStoreError && e.code === 'conflict')) {
-        const listed = await this.describe(target).catch(() => null);
-        // Another push of the same bundle may have listed it meanwhile: then the files are in use.
-        if (listed?.content_hash !== contentHash && e instanceof Error) {
+      // The conflict above removed the folder itself already. The same bundle again (a --force repair of
+      // a damaged file) writes over the files the live index names: never removed. Otherwise only when
+      // the index, read now, names another bundle or none: another push of this bundle may have listed
+      // it meanwhile, and an index that cannot be read is no proof that nothing names them. (Two pushes
+      // of one new bundle at once, one failing before the other lists it, can still remove files the
+      // other then lists: a --force push repairs that.)
+      if (uploaded.length > 0 && !sameBundle && !(e instanceof ModelStoreError && e.code === 'conflict')) {
+        const listed = await this.describe(target).then(
+          (index) => ({ hash: index?.content_hash }),
+          () => undefined,
+        );
+        if (listed !== undefined && listed.hash !== contentHash && e instanceof Error) {
           const removed = await deleteKeys(this.blobs, uploaded).then(() => true, () => false);
           e.message += removed
             ? `; nothing was listed, and the ${uploaded.length} file(s) this push uploaded were removed`

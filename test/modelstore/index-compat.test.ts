@@ -213,3 +213,38 @@ describe('a push that fails partway (a full disk)', () => {
     expect((await new ModelStore(blobs).push(dir, 'spilled')).status).toBe('pushed');
   });
 });
+
+describe('a --force push of the same bundle (a repair) that fails partway', () => {
+  it('never removes files the live index names, even when the index cannot be read at that moment', async () => {
+    const inner = localBlobs();
+    const dir = bundle('live');
+    await new ModelStore(inner).push(dir, 'live');
+    const before = (await inner.list('models/live/')).items.map((i) => i.key).sort();
+    let puts = 0;
+    let indexReads = 0;
+    let armed = false;
+    const blobs = new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === 'put') {
+          return async (...args: Parameters<LocalBlobStore['put']>) => {
+            if (armed && ++puts === 2) throw Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+            return target.put(...args);
+          };
+        }
+        if (prop === 'get') {
+          return async (key: string) => {
+            if (armed && key === modelIndexKey('live') && ++indexReads >= 3) throw new Error('503 SlowDown');
+            return target.get(key);
+          };
+        }
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    armed = true;
+    const error = await new ModelStore(blobs).push(dir, 'live', { force: true }).then(() => undefined, (e: unknown) => e as Error);
+    expect(error?.message).toBe('read ECONNRESET');
+    expect((await inner.list('models/live/')).items.map((i) => i.key).sort()).toEqual(before);
+    expect((await new ModelStore(inner).describe('live'))?.name).toBe('live');
+  });
+});
