@@ -81,10 +81,10 @@ export interface WorkerConfig {
   /**
    * The blob store and queue are a folder on this machine's disk (local mode, `clipag serve`). A job
    * whose writes fail there on a full or read-only disk, or on too many open files (ENOSPC, EROFS,
-   * EMFILE, …), then does not count toward maxMachineFailures: another machine would find the same
-   * disk (there is none; `serve` would exit, API and all), and it passes once an operator frees space.
-   * In AWS such a failure is this task's own disk (the model cache, temporary files): it counts, and
-   * ECS replaces the task. Default false.
+   * EMFILE, …), then does not count toward maxMachineFailures, nor a receive failing so toward
+   * maxReceiveFailures: another machine would find the same disk (there is none; `serve` would exit,
+   * API and all), and it passes once an operator frees space. In AWS such a failure is this task's own
+   * (its disk, descriptors it leaks): it counts, and ECS replaces the task. Default false.
    */
   storageOnThisDisk?: boolean;
   /**
@@ -98,9 +98,9 @@ export interface WorkerConfig {
    * Receives in a row that fail (each followed by a back-off) after which the worker is unhealthy:
    * a task that can never receive takes no jobs while ECS sees it healthy. A receive the queue
    * refuses for good (NonRetryableError: AccessDenied, QueueDoesNotExist, a KMS key it may not use)
-   * makes it unhealthy at once. Default 10 (about 3 minutes of back-off). A receive that fails on
-   * the server's own disk or file table (local mode: ENOSPC, EDQUOT, EROFS, EMFILE, ENFILE) does not
-   * count: the worker keeps trying, and takes jobs again once the disk is usable.
+   * makes it unhealthy at once. Default 10 (about 3 minutes of back-off). With storageOnThisDisk, a
+   * receive that fails on the data folder's disk or file table (ENOSPC, EDQUOT, EROFS, EMFILE, ENFILE)
+   * does not count: the worker keeps trying, and takes jobs again once the disk is usable.
    */
   maxReceiveFailures?: number;
   /**
@@ -1531,14 +1531,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       } catch (error) {
         failedInARow++;
         emit({ type: 'poll_error', error });
-        const exhausted = exhaustedResource(error);
+        const exhausted = config.storageOnThisDisk ? exhaustedResource(error) : undefined;
         if (exhausted) {
           // Local mode's queue writes each delivery (and its lock) into the data folder: a full or
           // read-only disk, or a file table out of descriptors, fails the receive, not the queue. It
           // passes once an operator frees space, and giving up would stop `clipag serve`, API and all,
           // for good. So it does not count toward queue_unreachable: the worker backs off and keeps
-          // trying, and says so at once and then every few minutes, not on every poll. (An SQS receive
-          // never fails so.)
+          // trying, and says so at once and then every few minutes, not on every poll. (In AWS an
+          // EMFILE under an SQS error is this task leaking descriptors: it counts, and ECS replaces it.)
           const now = clock.now();
           if (exhaustion?.code !== exhausted.code) exhaustion = { code: exhausted.code, since: now, failures: 0, saidAt: -Infinity };
           exhaustion.failures++;

@@ -1,6 +1,6 @@
 // Local mode's queue writes each delivery (and its lock) into the data folder, so a full or read-only
 // disk, or a file table out of descriptors, fails the worker's receive. That is not the queue gone:
-// such failures never make the worker unhealthy (`queue_unreachable` stopped `clipag serve`, API and
+// in local mode (storageOnThisDisk) such failures never make the worker unhealthy (`queue_unreachable` stopped `clipag serve`, API and
 // all, after about 4 minutes of a full disk, and nothing came back once space was freed). The worker
 // backs off, says so once (and again every few minutes, not on every poll), and takes the job once the
 // receive works again. The real local adapters; the receive fails as Node's fs fails it (a full disk
@@ -37,7 +37,7 @@ function failingReceive(queue: JobQueue, fail: (n: number) => Error | undefined)
 
 const MAX_RECEIVE_FAILURES = 3;
 
-function start(env: Env, queue: JobQueue, clock?: { now(): number }, more: { blobs?: BlobStore; storageOnThisDisk?: boolean } = {}) {
+function start(env: Env, queue: JobQueue, clock?: { now(): number }, more: { blobs?: BlobStore; storageOnThisDisk?: boolean } = { storageOnThisDisk: true }) {
   const events: WorkerEvent[] = [];
   const logs: Logged[] = [];
   const at = (level: string) => (msg: string, fields: Record<string, unknown> = {}) => void logs.push({ level, msg, fields });
@@ -99,6 +99,14 @@ describe('receives that fail on the server\'s disk or file table', () => {
     expect(await outcomeOf(env, job.id, w.events)).toBe('succeeded');
     const lines = w.logs.filter((l) => l.msg.startsWith('cannot receive:'));
     expect(lines.map((l) => l.fields.failures)).toEqual([1, 4, 7]);
+  });
+
+  it('in AWS (no storage on this disk) they count: an SQS error over EMFILE is this task leaking descriptors, for ECS to replace it', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    const w = start(env, failingReceive(env.queue, () => new RetryableError('SQS request failed', { cause: errnoError('EMFILE') })), undefined, {});
+    expect(await outcomeOf(env, job.id, w.events)).toBe('unhealthy: queue_unreachable');
+    expect(w.events.filter((e) => e.type === 'poll_error')).toHaveLength(MAX_RECEIVE_FAILURES);
   });
 
   it('they do not hide a queue that is really gone: other failures after them still count toward queue_unreachable', async () => {
