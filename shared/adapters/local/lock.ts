@@ -163,9 +163,9 @@ async function removeIfSame(path: string, expected: Holder, token: string): Prom
 }
 
 /**
- * A lock file this process created, kept open while it is held: an inode cannot be freed, nor its
- * number reused, while a descriptor of it is open, so a path that stats to the same device and inode
- * is still this very file. Deciding that needs only a stat(), no new descriptor: the check used to
+ * A lock file this process created, kept open while it is held: on a local file system an inode
+ * cannot be freed, nor its number reused, while a descriptor of it is open, so a path that stats to
+ * the same device and inode is still this very file (on a network mount, see stillOurs). Deciding that needs only a stat(), no new descriptor: the check used to
  * read the file back, and under EMFILE (too many open files) that read failed and left a live lock
  * behind for the next writer of the key to wait out (staleMs).
  */
@@ -209,6 +209,15 @@ async function create(path: string, content: string): Promise<OwnFile | null> {
 
 /** Whether `path` still names `own`; false when it is gone or is another file (a breaker replaced it). */
 async function stillOurs(path: string, own: OwnFile): Promise<boolean> {
+  // Our own file first, through the descriptor held: unlinked (a breaker removed it) it has no links
+  // left. On a network mount another host's unlink frees the inode on the server, whose number the
+  // breaker's new lock may then get (ext4 reuses it at once), and the held descriptor reads ESTALE:
+  // either way it is not ours, whatever the path's numbers say.
+  try {
+    if ((await own.handle.stat({ bigint: true })).nlink === 0n) return false;
+  } catch {
+    return false;
+  }
   // stat() needs no descriptor; only a failure other than "not there" is tried again, briefly, so
   // that a passing error does not leave a lock that is ours to the age rule.
   for (let attempt = 0; ; attempt++) {
