@@ -150,7 +150,11 @@ export class BlobApiKeyStore {
  */
 export async function ownerCaseTwin(keys: Pick<BlobApiKeyStore, 'list'>, owner: string): Promise<string | undefined> {
   const folded = owner.toLowerCase();
-  return (await keys.list()).find((k) => k.owner !== owner && k.owner.toLowerCase() === folded)?.owner;
+  const all = await keys.list();
+  // An owner with keys of its own is an account: a pair made before key creation refused twins (each
+  // its own on S3 and Linux) keeps being served. The guard keeps a new pair from being made.
+  if (all.some((k) => k.owner === owner)) return undefined;
+  return all.find((k) => k.owner.toLowerCase() === folded)?.owner;
 }
 
 function encode(record: StoredApiKeyRecord): Uint8Array {

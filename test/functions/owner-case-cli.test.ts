@@ -104,3 +104,30 @@ describe('an --owner that differs from an account only in case', () => {
     expect(await stored(usageKey('Alice', '2026-12'))).toBe(ledger);
   });
 });
+
+describe('a case-twin pair made before key creation refused twins (each its own account on S3 and Linux)', () => {
+  it('both owners keep being served by policy and usage; a third spelling is still refused', async () => {
+    const plain = new LocalBlobStore({ rootDir: join(dir, 'plain'), signingSecret: 's'.repeat(32), publicBaseUrl: 'http://127.0.0.1:1' });
+    const keys = new BlobApiKeyStore(plain);
+    await keys.create({ name: 'alice', owner: 'Alice' });
+    // The older version's second key, for `alice`: a record as create writes it, under its owner.
+    const made = await keys.create({ name: 'other', owner: 'acct_tmp' });
+    const [record] = (await keys.list()).filter((k) => k.owner === 'acct_tmp');
+    const key = (await plain.list('keys/')).items.map((i) => i.key).find((k) => k.includes(record!.id))!;
+    const body = JSON.parse(Buffer.from((await plain.get(key))!.body).toString('utf8')) as Record<string, unknown>;
+    await plain.put(key, Buffer.from(JSON.stringify({ ...body, owner: 'alice' })));
+    expect(made.secret).toBeTruthy();
+    expect((await keys.list()).map((k) => k.owner).sort()).toEqual(['Alice', 'alice']);
+
+    const on = (argv: string[]) => cli((a, out) => policy(a, plain, out), ...argv);
+    for (const owner of ['alice', 'Alice']) {
+      const put = await on(['put', await policyFile(`${owner}.json`, 'a moon'), '--owner', owner]);
+      expect(put.code, put.stderr).toBe(0);
+      const shown = await cli((a, out) => usage(a, plain, out, () => NOW, {}), 'show', '--owner', owner);
+      expect(shown.code, shown.stderr).toBe(0);
+    }
+    const third = await on(['put', await policyFile('third.json', 'a moon'), '--owner', 'ALICE']);
+    expect(third.code).toBe(1);
+    expect(third.stderr).toMatch(/--owner "ALICE" differs from the existing owner "(Alice|alice)" only in case/);
+  });
+});
