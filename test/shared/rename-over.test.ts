@@ -3,7 +3,7 @@
 // records that the API and worker read concurrently, so there the rename is tried again briefly and
 // then fails as retryable (a 503), never a 500 (portability review #3). Windows is simulated: the
 // platform and the rename are passed in; a real rename does the work on this machine.
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,6 +53,15 @@ describe('renameOver', () => {
     expect((error as Error).message).toBe('the file is in use by another reader (EPERM); retry');
     expect(r.calls.n).toBe(8);
     expect(readFileSync(to, 'utf8')).toBe('old');
+  });
+
+  it('on Windows, EPERM over a folder (as Windows says it) is EISDIR at once, which the store answers as a key conflict, not a retry', async () => {
+    const { from, to } = files();
+    const folder = `${to}.d`;
+    mkdirSync(folder);
+    const r = renameFailing('EPERM', Infinity);
+    await expect(renameOver(from, folder, { platform: 'win32', renameFile: r.renameFile, sleep: noSleep })).rejects.toMatchObject({ code: 'EISDIR' });
+    expect(r.calls.n).toBe(1);
   });
 
   it('elsewhere EPERM is a real permission problem: thrown at once; and any other error is thrown at once everywhere', async () => {

@@ -75,7 +75,15 @@ export function syncPath(path: string, platform: NodeJS.Platform = process.platf
   const folder = statSync(path).isDirectory();
   const flags = syncOpenFlags(folder, platform);
   if (flags === undefined) return;
-  const fd = openSync(path, flags);
+  let fd: number;
+  try {
+    fd = openSync(path, flags);
+  } catch (error) {
+    // A read-only file on Windows (its attribute copied with it) cannot be opened for writing, so it
+    // cannot be flushed there: left, as a folder is. Elsewhere an open that fails is a real problem.
+    if (flags === 'r+' && ['EPERM', 'EACCES'].includes((error as NodeJS.ErrnoException).code ?? '')) return;
+    throw error;
+  }
   try {
     fsyncSync(fd);
   } catch (error) {

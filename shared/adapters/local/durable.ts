@@ -87,6 +87,10 @@ export async function renameOver(
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code ?? '';
       if (platform !== 'win32' || !IN_USE.has(code)) throw error;
+      // Windows says EPERM for a rename over a folder too: that is no reader, and no retry helps.
+      if (attempt === 0 && (await stat(to).then((st) => st.isDirectory(), () => false))) {
+        throw Object.assign(new Error(`EISDIR: illegal operation on a directory, rename '${from}' -> '${to}'`), { code: 'EISDIR', cause: error });
+      }
       if (attempt >= RENAME_RETRY_MS.length) {
         throw new RetryableError(`the file is in use by another reader (${code}); retry`, { cause: error });
       }
