@@ -114,12 +114,21 @@ export async function serve(
   // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).
   let markUnhealthy!: (reason: UnhealthyReason) => void;
   const unhealthy = new Promise<UnhealthyReason>((resolveUnhealthy) => (markUnhealthy = resolveUnhealthy));
-  const worker = startWorker({
-    queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache'),
-    onEvent: (event) => {
-      if (event.type === 'unhealthy') markUnhealthy(event.reason);
-    },
-  });
+  let worker: ReturnType<typeof startWorker>;
+  try {
+    worker = startWorker({
+      queue, blobs, jobs, config: local, recipeOverrides: opts.recipeOverrides, maxSteps: opts.maxSteps, modelStore: new ModelStore(blobs), modelCacheDir: join(local.dataDir, 'model-cache'),
+      onEvent: (event) => {
+        if (event.type === 'unhealthy') markUnhealthy(event.reason);
+      },
+    });
+  } catch (error) {
+    // Nothing started is left behind: a later server must not take this one's record for a live server.
+    await leftUnsent.stop();
+    await server.close({ graceMs: 0 }).catch(() => undefined);
+    await servers.remove();
+    throw error;
+  }
   // A job whose message was lost (a crash between its create and its send) gets it again once it has
   // waited RESEND_AFTER_MS (it may only be slow), and its failed completion webhooks are retried.
   // Those a stopped server left unsent were sent above.
@@ -147,7 +156,7 @@ export async function serve(
         const results = await Promise.allSettled([
           server.close({ graceMs: opts.shutdownGraceMs ?? 5_000 }),
           (async () => {
-            leftUnsent.stop();
+            await leftUnsent.stop();
             await sweeps.stop();
             await worker.stop();
             await servers.remove();
@@ -228,9 +237,11 @@ async function jobsWithMessages(queue: LocalJobQueue): Promise<Set<string>> {
  * cannot judge ages out), until the sweep's own rule has taken over. Failures are logged: the sweep
  * sends those jobs later.
  */
-async function sendJobsLeftUnsent(deps: QueuedJobDeps, startedAt: Date, queue: LocalJobQueue, servers: ServerRecord): Promise<{ stop(): void }> {
+async function sendJobsLeftUnsent(deps: QueuedJobDeps, startedAt: Date, queue: LocalJobQueue, servers: ServerRecord): Promise<{ stop(): Promise<void> }> {
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
+  /** A later look in progress: stop() waits for it, so nothing is sent once the server has stopped. */
+  let looking: Promise<unknown> | undefined;
   const attempt = async (): Promise<boolean> => {
     try {
       if (await servers.othersLive()) return false;
@@ -250,16 +261,18 @@ async function sendJobsLeftUnsent(deps: QueuedJobDeps, startedAt: Date, queue: L
     const retry = () => {
       timer = undefined;
       if (stopped || Date.now() - startedAt.getTime() > RESEND_AFTER_MS) return;
-      void attempt().then((done) => {
+      looking = attempt().then((done) => {
+        looking = undefined;
         if (!done && !stopped) timer = setTimeout(retry, SERVER_REFRESH_MS).unref();
       });
     };
     timer = setTimeout(retry, SERVER_REFRESH_MS).unref();
   }
   return {
-    stop() {
+    async stop() {
       stopped = true;
       if (timer) clearTimeout(timer);
+      await looking;
     },
   };
 }

@@ -316,8 +316,10 @@ describe('EnginePool', () => {
   it('the main event loop keeps running while the pool runs a long graph', async () => {
     const n = 1024;
     const x = { dtype: 'float32' as const, dims: [n, n], data: new Float32Array(n * n).map((_, i) => (i % 7) - 3) };
-    // Each step has a bound of its own well under the test's, so a step that never returns (seen once
-    // in CI, not reproduced in 900 pool starts under load) fails naming itself and what was measured.
+    // Each awaited step has a bound of its own well under the test's, so a step that never returns (seen
+    // once in CI, not reproduced in 900 pool starts under load; the event loop was alive, so it was the
+    // pool's) fails naming itself and what was measured. A direct run blocks the event loop, so its bound
+    // can fire only after it returns: it is there for the timings it records.
     const seen: string[] = [];
     const step = async <T>(what: string, p: Promise<T>): Promise<T> => {
       const t = performance.now();
