@@ -334,7 +334,8 @@ function textLines(bytes: Uint8Array, file: string, problems: string[]): Array<{
     const nl = bytes.indexOf(0x0a, start);
     const end = nl === -1 ? bytes.length : nl;
     const line = decodeUtf8Strictly(bytes.subarray(start, end));
-    if ('problem' in line) problems.push(`line ${number}: not UTF-8 (byte ${start + line.offset} of the file, 0x${bytes[start + line.offset]!.toString(16).toUpperCase().padStart(2, '0')}): save the file as UTF-8`);
+    if ('problem' in line && line.problem.startsWith('UTF-16')) problems.push(`line ${number}: ${line.problem}: save the file as UTF-8`);
+    else if ('problem' in line) problems.push(`line ${number}: not UTF-8 (byte ${start + line.offset} of the file, 0x${bytes[start + line.offset]!.toString(16).toUpperCase().padStart(2, '0')}): save the file as UTF-8`);
     else {
       // A byte-order mark, as Windows editors and spreadsheet exports write one; "\r" of a CRLF file.
       const t = (number === 1 ? line.text.replace(/^\uFEFF/, '') : line.text).replace(/\r$/, '');

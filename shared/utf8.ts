@@ -35,7 +35,8 @@ export function decodeUtf8Strictly(bytes: Uint8Array): { text: string } | { prob
 /**
  * Which UTF-16 `bytes` look like when they carry no byte-order mark: NULs on one parity only, in at
  * least a third of that parity's places among the first 4 KiB, as text that is mostly Latin script gives.
- * Text meant as UTF-8 has no NULs at all; a binary file would have them on both parities.
+ * Text written as UTF-8 has next to no NULs (U+0000 is valid, but no editor writes it); a binary file
+ * would have them on both parities.
  */
 function utf16WithoutMark(bytes: Uint8Array): 'little-endian' | 'big-endian' | undefined {
   const n = Math.min(bytes.length, 4096) & ~1;

@@ -1,6 +1,6 @@
 import { open, readdir, rename, rm, stat } from 'node:fs/promises';
-import { RetryableError } from '../../errors.ts';
 import { join } from 'node:path';
+import { RetryableError } from '../../errors.ts';
 import { privateFileMode } from './private.ts';
 
 /**
