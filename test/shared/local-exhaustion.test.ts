@@ -4,7 +4,8 @@
 // file (holding the very space that ran out until a restart an hour later).
 // Real failures where this machine allows them: a child process under `ulimit -f` (a write past the
 // file size limit fails with EFBIG after the file was created, as ENOSPC does on a full disk) or
-// `ulimit -n` (EMFILE). Only a failing rename is injected, through a wrapped node:fs/promises.
+// `ulimit -n` (EMFILE), run through bash: skipped on Windows, which has neither. Only a failing rename
+// is injected, through a wrapped node:fs/promises.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
