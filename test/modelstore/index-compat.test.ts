@@ -13,6 +13,7 @@ import { classifyError, jobErrorOf } from '../../gpu-worker/worker/errors.ts';
 import { LocalBlobStore } from '../../shared/adapters/local/index.ts';
 import { ModelStore, ModelStoreError, modelIndexKey, NewerModelIndexError, parseModelIndex } from '../../shared/modelstore.ts';
 import { makeTinyBundle } from '../helpers/bundle.ts';
+import { patched } from '../worker/stand-ins.ts';
 
 const tmp = (label: string) => mkdtempSync(join(tmpdir(), `clipag-${label}-`));
 const localBlobs = () => new LocalBlobStore({ rootDir: tmp('index-compat-blobs'), signingSecret: 'x'.repeat(32), publicBaseUrl: 'http://127.0.0.1:8787' });
@@ -192,16 +193,10 @@ describe('a push that fails partway (a full disk)', () => {
     let puts = 0;
     let full = true;
     // The real local store, with a disk that fills up at the third file.
-    const blobs = new Proxy(inner, {
-      get(target, prop, receiver) {
-        if (prop === 'put') {
-          return async (...args: Parameters<LocalBlobStore['put']>) => {
-            if (full && ++puts === 3) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
-            return target.put(...args);
-          };
-        }
-        const value = Reflect.get(target, prop, receiver);
-        return typeof value === 'function' ? value.bind(target) : value;
+    const blobs = patched(inner, {
+      put: async (...args: Parameters<LocalBlobStore['put']>) => {
+        if (full && ++puts === 3) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        return inner.put(...args);
       },
     });
     const dir = bundle('spilled');
@@ -223,22 +218,14 @@ describe('a --force push of the same bundle (a repair) that fails partway', () =
     let puts = 0;
     let indexReads = 0;
     let armed = false;
-    const blobs = new Proxy(inner, {
-      get(target, prop, receiver) {
-        if (prop === 'put') {
-          return async (...args: Parameters<LocalBlobStore['put']>) => {
-            if (armed && ++puts === 2) throw Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
-            return target.put(...args);
-          };
-        }
-        if (prop === 'get') {
-          return async (key: string) => {
-            if (armed && key === modelIndexKey('live') && ++indexReads >= 3) throw new Error('503 SlowDown');
-            return target.get(key);
-          };
-        }
-        const value = Reflect.get(target, prop, receiver);
-        return typeof value === 'function' ? value.bind(target) : value;
+    const blobs = patched(inner, {
+      put: async (...args: Parameters<LocalBlobStore['put']>) => {
+        if (armed && ++puts === 2) throw Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+        return inner.put(...args);
+      },
+      get: async (key: string) => {
+        if (armed && key === modelIndexKey('live') && ++indexReads >= 3) throw new Error('503 SlowDown');
+        return inner.get(key);
       },
     });
     armed = true;
