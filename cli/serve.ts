@@ -35,8 +35,9 @@ example with a local API key (made on first start, kept in .data/local-api-key).
   --steps N    cap the optimization steps of every job, 1-1000 (CPU demos); default: as requested
 
 Exit status: 0 stopped (Ctrl-C or SIGTERM, after draining the worker); 1 it could not start (the port
-in use, a data folder it cannot use, a bad setting in the environment), or its worker became unhealthy
-(a device or queue it cannot use: it stops rather than queue jobs nothing runs); 2 bad usage (a flag's value
+in use, a data folder it cannot use, a bad setting in the environment), its worker became unhealthy
+(a device or queue it cannot use: it stops rather than queue jobs nothing runs), or its data folder was
+removed while it ran (its keys and jobs went with it); 2 bad usage (a flag's value
 out of its range too).`;
 
 export interface ServeHandle {
@@ -48,6 +49,12 @@ export interface ServeHandle {
    * ADR 0023): it takes no more jobs, so the server should stop rather than queue jobs nothing runs.
    */
   unhealthy: Promise<UnhealthyReason>;
+  /**
+   * Resolves, in words, when the data folder (or its `blobs` folder) was removed or replaced while the
+   * server ran: the API keys, jobs and images went with it, so every request would answer 401 and the
+   * worker would write into folders made afresh. The server should stop and say so.
+   */
+  dataFolderLost: Promise<string>;
 }
 
 /** Starts everything; used by the verb and by the end-to-end tests. */
@@ -62,6 +69,8 @@ export async function serve(
     shutdownGraceMs?: number;
     /** Tests only: the data folder's write probe (the default creates and removes a file; see probe.ts). */
     probeFolder?: (dir: string) => Promise<void>;
+    /** Tests only: how often the server's record is touched, and the data folder looked at (default SERVER_REFRESH_MS). */
+    serverRefreshMs?: number;
   } = {},
 ): Promise<ServeHandle> {
   // Jobs queued before this moment were queued by another process (sendJobsLeftUnsent).
@@ -97,7 +106,15 @@ export async function serve(
   const apiKey = await localApiKey(local.dataDir, keys);
   const log = jsonLineLogAt(local.logLevel);
   // Before the port opens: a server starting beside this one sees it before this one's API takes a job.
-  const servers = await registerServer(local.dataDir, (msg, error) => log({ level: 'warn', msg, error: error.message }));
+  let markLost!: (reason: string) => void;
+  const dataFolderLost = new Promise<string>((resolveLost) => (markLost = resolveLost));
+  const servers = await registerServer(local.dataDir, (msg, error) => log({ level: 'warn', msg, error: error.message }), {
+    refreshMs: opts.serverRefreshMs,
+    onLost: (reason) => {
+      log({ level: 'error', msg: `${reason}: its API keys, jobs and images went with it; stopping` });
+      markLost(reason);
+    },
+  });
   // The signed-link routes go on the API app itself: one request id, one onError, one notFound, so
   // every error (a 405, an unknown path, a failure under /blobs) is the ErrorEnvelope.
   // Estimates count the steps the worker will run.
@@ -148,6 +165,7 @@ export async function serve(
     url: server.url,
     apiKey,
     unhealthy,
+    dataFolderLost,
     stop: () =>
       (stopping ??= (async () => {
         // The API at once, beside the worker's drain: it takes no new connection, and the requests in
@@ -325,13 +343,16 @@ export async function run(argv: string[]): Promise<number> {
     };
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
-    // A worker that takes no more jobs (ADR 0023) would leave the API queueing jobs nothing runs.
-    void handle.unhealthy.then((reason) => {
-      process.stderr.write(`clipag: the worker is unhealthy (${reason}; its log line says why) and takes no more jobs: stopping\n`);
+    const stopBecause = (message: string) => {
+      process.stderr.write(`clipag: ${message}: stopping\n`);
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
       handle.stop().then(() => resolveStop(1), () => resolveStop(1));
-    });
+    };
+    // A worker that takes no more jobs (ADR 0023) would leave the API queueing jobs nothing runs.
+    void handle.unhealthy.then((reason) => stopBecause(`the worker is unhealthy (${reason}; its log line says why) and takes no more jobs`));
+    // Going on would answer every request 401 with no reason given (its keys are gone).
+    void handle.dataFolderLost.then((reason) => stopBecause(`${reason}; its API keys, jobs and images went with it (start clipag serve again to make a new one)`));
   });
 }
 

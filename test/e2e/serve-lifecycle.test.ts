@@ -246,6 +246,52 @@ describe('serve and an unhealthy worker', () => {
   }, 60_000);
 });
 
+describe('serve and a data folder removed while it runs (a resource review: every request got 401 with no reason)', () => {
+  it('says so through the handle, naming the folder', async () => {
+    const dataDir = join(root, 'removed');
+    const h = await serve(await env(dataDir), { recipeOverrides: FAST_RECIPE, serverRefreshMs: 100 });
+    try {
+      rmSync(dataDir, { recursive: true, force: true });
+      expect(await h.dataFolderLost).toBe(`the data folder ${dataDir} was removed or replaced while this server ran`);
+    } finally {
+      await h.stop();
+    }
+  }, 30_000);
+
+  it('emptied (rm -rf data/*): named by its blobs folder', async () => {
+    const dataDir = join(root, 'emptied');
+    const h = await serve(await env(dataDir), { recipeOverrides: FAST_RECIPE, serverRefreshMs: 100 });
+    try {
+      for (const name of readdirSync(dataDir)) rmSync(join(dataDir, name), { recursive: true, force: true });
+      expect(await h.dataFolderLost).toBe(`the data folder's ${join(dataDir, 'blobs')} was removed or replaced while this server ran`);
+    } finally {
+      await h.stop();
+    }
+  }, 30_000);
+
+  it('the verb stops with exit 1, saying what was lost and what to do', async () => {
+    const { run } = await import('../../cli/serve.ts');
+    const saved = { ...process.env };
+    const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    const dataDir = join(root, 'removed-verb');
+    try {
+      Object.assign(process.env, await env(dataDir));
+      const code = run([]);
+      // The banner is written once the server runs: then its folder goes.
+      await vi.waitFor(() => expect(err.mock.calls.map((c) => String(c[0])).join('')).toMatch(/API and worker running/), { timeout: 20_000 });
+      rmSync(dataDir, { recursive: true, force: true });
+      expect(await code).toBe(1);
+      expect(err.mock.calls.map((c) => String(c[0])).join('')).toContain(
+        `clipag: the data folder ${dataDir} was removed or replaced while this server ran; its API keys, jobs and images went with it (start clipag serve again to make a new one): stopping`,
+      );
+    } finally {
+      err.mockRestore();
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      Object.assign(process.env, saved);
+    }
+  }, 60_000);
+});
+
 describe('serve stopping', () => {
   it('a held Prefer: wait is answered with the generation as it is, promptly, not dropped', async () => {
     const dataDir = join(root, 'held');

@@ -13,6 +13,18 @@ const SERVER_STALE_MS = 3 * SERVER_REFRESH_MS;
 /** A record of another host untouched this long is removed: its server has long ended (or hangs). */
 const SERVER_FORGOTTEN_MS = 60 * 60_000;
 
+/** What a server's record refresh reports when its data folder is gone (see `registerServer`). */
+export interface RegisterServerOptions {
+  /** How often the record is touched (default SERVER_REFRESH_MS; tests pass less). */
+  refreshMs?: number;
+  /**
+   * Called once, in words, when the data folder or its `blobs` folder was removed or replaced while
+   * this server ran: its API keys, job records and images went with it, so every request would get a
+   * 401 with no reason given, and the worker would write into folders made afresh.
+   */
+  onLost?: (reason: string) => void;
+}
+
 /** The records of the servers running in this process (tests run several): each is live, whatever its pid says. */
 const ownRecords = new Set<string>();
 
@@ -29,23 +41,63 @@ export interface ServerRecord {
  * with -9 leaves its record: its pid is gone (this host, lock.ts processIsGone), or, on a host this
  * one cannot judge (another container on a shared volume), it has not been touched for SERVER_STALE_MS.
  * Best effort: a record that cannot be written is logged, and the others are then taken as running.
+ * A touch that finds the record gone looks at the data folder: removed or replaced, `onLost` is told;
+ * still there, the record is written again.
  */
-export async function registerServer(dataDir: string, warn: (message: string, error: Error) => void): Promise<ServerRecord> {
+export async function registerServer(
+  dataDir: string,
+  warn: (message: string, error: Error) => void,
+  options: RegisterServerOptions = {},
+): Promise<ServerRecord> {
   const dir = join(dataDir, 'servers');
   const name = `${process.pid}-${randomBytes(4).toString('hex')}.json`;
   const path = join(dir, name);
-  try {
+  const writeRecord = async () => {
     await mkdirPrivate(dir);
     await writeFile(path, JSON.stringify({ pid: process.pid, host: hostId() }), { flag: 'wx', mode: PRIVATE_FILE_MODE });
+  };
+  try {
+    await writeRecord();
   } catch (error) {
     warn('could not record this server in its data folder; jobs a stopped server left unsent wait for the queued-job sweep', error as Error);
     return { othersLive: async () => true, remove: async () => undefined };
   }
   ownRecords.add(path);
-  const refresh = setInterval(() => {
+  // The folders whose loss takes the keys, records and images with it, as they are now (after the
+  // API key was made, so `blobs` exists).
+  const watched = [dataDir, join(dataDir, 'blobs')];
+  const identities = await Promise.all(watched.map((p) => stat(p).catch(() => null)));
+  let touching: Promise<void> | undefined;
+  let stopped = false;
+  const touch = async () => {
     const now = new Date();
-    utimes(path, now, now).catch(() => undefined);
-  }, SERVER_REFRESH_MS);
+    try {
+      await utimes(path, now, now);
+      return;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') return; // a passing fault: the next touch tries again
+    }
+    // The record is gone: the folder with it, or only the record (`servers/` cleared by hand).
+    for (const [i, folder] of watched.entries()) {
+      const before = identities[i];
+      if (!before) continue;
+      const now = await stat(folder).catch(() => null);
+      if (now && now.dev === before.dev && now.ino === before.ino) continue;
+      stopped = true;
+      clearInterval(refresh);
+      const named = i === 0 ? `the data folder ${dataDir}` : `the data folder's ${folder}`;
+      // Not "replaced" when another folder stands there: the queue's and the blob store's writes make
+      // their folders again, so a removed data folder is often back, empty, by the time this looks.
+      options.onLost?.(`${named} was removed or replaced while this server ran`);
+      return;
+    }
+    if (!stopped) await writeRecord().catch(() => undefined);
+  };
+  const refresh = setInterval(() => {
+    if (touching || stopped) return;
+    touching = touch().finally(() => (touching = undefined));
+  }, options.refreshMs ?? SERVER_REFRESH_MS);
   refresh.unref();
   return {
     async othersLive() {
@@ -76,7 +128,10 @@ export async function registerServer(dataDir: string, warn: (message: string, er
       return live;
     },
     async remove() {
+      stopped = true;
       clearInterval(refresh);
+      // A touch in flight may be writing the record again: it ends first, then the record goes.
+      await touching;
       ownRecords.delete(path);
       await rm(path, { force: true }).catch(() => undefined);
     },
