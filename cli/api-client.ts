@@ -150,6 +150,19 @@ export class ApiError extends Error implements MaybeLost {
   }
 }
 
+/**
+ * The API's 404 for a generation id this key's account has none under: `param: "id"`; a server from
+ * before that param was set is known by its message.
+ */
+export function isUnknownGeneration(e: unknown): e is ApiError {
+  return e instanceof ApiError && e.status === 404 && e.code === 'not_found' && (e.param === 'id' || (e.param === null && e.detail.startsWith('no generation')));
+}
+
+/** The app's own 404 for a path it has no route for (functions/middleware/errors.ts, notFound): the URL is wrong, not an id. */
+export function isUnknownRoute(e: unknown): e is ApiError {
+  return e instanceof ApiError && e.status === 404 && e.code === 'not_found' && e.param === null && e.detail.startsWith('no route for ');
+}
+
 /** The deadline came before an answer that ends the call (retries that ran out of time, an attempt unanswered at the deadline). */
 export class TimedOut extends Error implements MaybeLost {
   override readonly name: string = 'TimedOut';

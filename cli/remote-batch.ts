@@ -13,7 +13,7 @@ import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
 import { checkPngFileSync } from '../shared/png-check.ts';
 import { decodeUtf8Strictly } from '../shared/utf8.ts';
 import { GenerationRequest } from '../shared/schemas/generation.ts';
-import { ApiError, CannotSend, GaveUp, Interrupted, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
+import { ApiError, CannotSend, GaveUp, Interrupted, isUnknownRoute, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, writeWhole } from './common.ts';
 import {
   IDEMPOTENCY_KEY, INTERRUPTED_EXIT_CODE, PNG_SIGNATURE, TIMED_OUT_EXIT_CODE, WITHHELD_EXIT_CODE,
@@ -461,7 +461,7 @@ async function initUpload(ctx: RunContext, line: Line, st: LineState): Promise<s
  */
 function fatalOf(e: unknown, s: Session): Stop | undefined {
   if (e instanceof ApiError && e.status === 401) return { kind: 'fatal', usage: false, message: `the API refused the key from ${s.conn.keySource} (401 ${e.code}: ${e.detail}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes` };
-  if (e instanceof ApiError && e.status === 404 && e.code === 'not_found' && e.detail.startsWith('no route for ')) return { kind: 'fatal', usage: false, message: `${e.message}; is ${s.conn.urlSource} ${shownUrl(s.conn.url)} the API's base address (with its stage path, without /v1)?` };
+  if (isUnknownRoute(e)) return { kind: 'fatal', usage: false, message: `${e.message}; is ${s.conn.urlSource} ${shownUrl(s.conn.url)} the API's base address (with its stage path, without /v1)?` };
   if (e instanceof CannotSend && e.api) return { kind: 'fatal', usage: true, message: `${s.conn.urlSource} ${shownUrl(s.conn.url)}: ${e.message}` };
   if (e instanceof GaveUp && (e.refused || e.noHost)) return { kind: 'fatal', usage: false, message: `${e.message} (${e.refused ? `connection refused: is the API running at ${shownUrl(s.conn.url)}?` : `no such host: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right?`})` };
   return undefined;

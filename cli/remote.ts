@@ -12,7 +12,7 @@ import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkPngFile } from '../shared/png-check.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
-import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
+import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
 import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text.ts';
 // Re-exported: the tests and remote-batch.ts take them from here.
@@ -865,7 +865,7 @@ async function stopped(s: Session, e: unknown): Promise<number> {
       io.err(`clipag remote: ${trouble}`);
       return 1;
     }
-    if (e.status === 404 && e.code === 'not_found' && id !== undefined && e.detail.startsWith('no generation')) {
+    if (id !== undefined && isUnknownGeneration(e)) {
       io.err(`clipag remote: no generation ${id} for this key's account (404 not_found: ${e.detail}${rid}); check the id`);
       return 1;
     }
@@ -896,8 +896,7 @@ export function connectionTrouble(conn: Connection, e: unknown): string | undefi
   if (e instanceof ApiError) {
     const rid = e.requestId ? ` [request_id ${e.requestId}]` : '';
     if (e.status === 401) return `the API refused the key from ${conn.keySource} (401 ${e.code}: ${e.detail}${rid}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes`;
-    // The app's own answer to a path it has no route for (functions/middleware/errors.ts, notFound): the URL is wrong, not the id.
-    if (e.status === 404 && e.code === 'not_found' && e.detail.startsWith('no route for ')) return `${e.message}; is ${conn.urlSource} ${shownUrl(conn.url)} the API's base address (with its stage path, without /v1)?`;
+    if (isUnknownRoute(e)) return `${e.message}; is ${conn.urlSource} ${shownUrl(conn.url)} the API's base address (with its stage path, without /v1)?`;
     return undefined;
   }
   if (e instanceof GaveUp) {

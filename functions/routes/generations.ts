@@ -128,6 +128,14 @@ const createEstimate = createRoute({
   },
 });
 
+/**
+ * The 404 for an id this caller has no generation under. `param: "id"` tells it from the 404 for a
+ * path the API has no route for (`param: null`), without reading the message.
+ */
+function unknownGeneration(id: string): NotFoundError {
+  return new NotFoundError(`no generation ${id}`, { param: 'id' });
+}
+
 /** A route on one of the caller's generations: its id in the path, answered with one JSON body or the same errors. */
 function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, S extends z.ZodType>(
   method: M,
@@ -615,7 +623,7 @@ export function registerGenerationRoutes(
     try {
       return await jobs.update(owner, id, mutate, { retries: CANCEL_RETRIES });
     } catch (error) {
-      if (error instanceof NotFoundError) throw new NotFoundError(`no generation ${id}`);
+      if (error instanceof NotFoundError) throw unknownGeneration(id);
       if (error instanceof PreconditionFailedError) throw new RetryableError(`the generation is being updated; retry the ${action}`, { code: 'busy', cause: error });
       throw error;
     }
@@ -865,7 +873,7 @@ export function registerGenerationRoutes(
     const { id } = c.req.valid('param');
     c.set('jobId', id);
     let job = await jobs.get(c.get('owner'), id);
-    if (!job) throw new NotFoundError(`no generation ${id}`);
+    if (!job) throw unknownGeneration(id);
     job = await heldUntilEnded(c, job);
     return c.json(await view(job), 200);
   });
@@ -874,7 +882,7 @@ export function registerGenerationRoutes(
     const { id } = c.req.valid('param');
     c.set('jobId', id);
     const job = await jobs.get(c.get('owner'), id);
-    if (!job) throw new NotFoundError(`no generation ${id}`);
+    if (!job) throw unknownGeneration(id);
     return c.json({ object: 'list' as const, data: await generationFrames(job, blobs, limits.signedUrlTtlSec, ctx.clock()) }, 200);
   });
 
@@ -902,7 +910,7 @@ export function registerGenerationRoutes(
     c.set('jobId', id);
     const owner = c.get('owner');
     const found = await jobs.get(owner, id);
-    if (!found) throw new NotFoundError(`no generation ${id}`);
+    if (!found) throw unknownGeneration(id);
     const refusal = redeliveryRefusal(found);
     if (refusal) throw new ConflictError(refusal.message, { code: refusal.code });
     // The marker first: if this attempt fails, or the process dies before it is recorded, the

@@ -392,6 +392,22 @@ describe('cancel', () => {
     await expectEnvelope(await h.request(`/v1/generations/nosuchjob/cancel`, { method: 'POST' }), 404, 'not_found');
     expect((await h.jobs.get('acct_alice', id))!.status).toBe('failed');
   });
+
+  it('a 404 for an id carries param "id"; one for a path the API has no route for carries null (told apart without reading the message)', async () => {
+    const { id } = (await (await post({ prompt: 'apple' })).json()) as { id: string };
+    const asBob = { key: h.bob };
+    for (const [path, init] of [
+      [`/v1/generations/${id}`, asBob],
+      [`/v1/generations/${id}/frames`, asBob],
+      [`/v1/generations/${id}/cancel`, { method: 'POST', ...asBob }],
+      [`/v1/generations/${id}/webhook/redeliver`, { method: 'POST', ...asBob }],
+      [`/v1/generations/${id}`, { method: 'DELETE', ...asBob }],
+    ] as const) {
+      expect((await expectEnvelope(await h.request(path, init), 404, 'not_found')).param, path).toBe('id');
+    }
+    expect((await expectEnvelope(await h.request('/v1/nope'), 404, 'not_found')).param).toBeNull();
+    expect((await expectEnvelope(await h.request(`/v1/generations/${id}/nope`), 404, 'not_found')).param).toBeNull();
+  });
 });
 
 describe('another owner', () => {

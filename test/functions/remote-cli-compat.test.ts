@@ -126,6 +126,20 @@ describe.concurrent('clipag remote against a newer API', () => {
     expect(text.stderr).toContain('output check (trademark, blur) on image 0: looks like "a logo" (cosine 0.310): looks like a logo');
   });
 
+  it('a 404 is told apart by its param, not its wording: param "id" is a wrong id; null with the route wording is a wrong URL', async () => {
+    const notFound = (message: string, param: string | null) => standIn(() => ({ status: 404, json: { error: { code: 'not_found', message, param, request_id: 'r' } } }));
+    const byParam = await cli(['get', queued.id, '-o', join(dir, 'x.png')], notFound('generation not found', 'id').fetch);
+    expect(byParam.code).toBe(1);
+    expect(byParam.stderr).toContain(`clipag remote: no generation ${queued.id} for this key's account (404 not_found: generation not found [request_id r]); check the id`);
+    // A server from before the param: its wording still says which.
+    const byText = await cli(['get', queued.id, '-o', join(dir, 'x.png')], notFound(`no generation ${queued.id}`, null).fetch);
+    expect(byText.stderr).toContain('check the id');
+    const route = await cli(['get', queued.id, '-o', join(dir, 'x.png')], notFound(`no route for GET /v1/generations/${queued.id}`, null).fetch);
+    expect(route.code).toBe(1);
+    expect(route.stderr).toMatch(/the API's base address/);
+    expect(route.stderr).not.toContain('check the id');
+  });
+
   it('a status this version does not know is said once, shown as it is, and not taken for an end: the run reads on until the generation ends', async () => {
     const paused = { ...newer(queued), status: 'paused', started_at: queued.created_at };
     expect(GenerationView.safeParse(paused).success).toBe(false);
