@@ -615,7 +615,10 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
   const count = (...ss: Status[]) => states.filter((st) => ss.includes(st.status)).length;
   const costs = states.map((st) => st.cost_usd).filter((c): c is number => c !== null);
   const cost = costs.reduce((sum, c) => sum + c, 0);
-  const withheld = states.filter((st) => st.status === 'succeeded' && st.withheld.length > 0).length;
+  // A line whose every image the output check withheld ends failed with content_policy: `remote generate`
+  // exits 3 for that, not 1, and so does a batch whose only trouble it is.
+  const allWithheld = states.filter((st) => st.status === 'failed' && st.error?.code === 'content_policy').length;
+  const withheld = states.filter((st) => st.status === 'succeeded' && st.withheld.length > 0).length + allWithheld;
   const parts = (['succeeded', 'failed', 'canceled', 'refused', 'error', 'timed_out', 'interrupted', 'not_started'] as Status[])
     .map((k) => [k, count(k)] as const)
     .filter(([, n]) => n > 0)
@@ -633,7 +636,7 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
   if (stop?.kind === 'interrupted') return INTERRUPTED_EXIT_CODE;
   if (stop?.kind === 'fatal') return stop.usage ? 2 : 1;
   if (goesOn > 0 || stop?.kind === 'timed_out') return TIMED_OUT_EXIT_CODE;
-  if (count('failed', 'canceled', 'refused', 'error') > 0) return 1;
+  if (count('failed', 'canceled', 'refused', 'error') - allWithheld > 0) return 1;
   if (withheld > 0) return WITHHELD_EXIT_CODE;
   return 0;
 }

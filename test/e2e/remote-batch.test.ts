@@ -265,17 +265,29 @@ describe('clipag remote batch against the local server', () => {
     const file = jsonl(join(work, 'failing.jsonl'), [{ id: 'cat', prompt: 'a photo of a cat', width: 64, height: 64 }]);
     const strict = { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey };
     const first = await batch([file], strict);
-    expect(first.code).toBe(1);
+    // Every image withheld by the output check: exit 3, as `remote generate` exits for it, not 1.
+    expect(first.code).toBe(3);
+    expect(first.stderr).toContain('1 lines: 1 failed (1 with images withheld)');
     const [r1] = results(join(work, 'failing'));
     expect(r1).toMatchObject({ status: 'failed', withheld: [0], error: { code: 'content_policy' }, attempt: 1 });
     const again = await batch([file], strict);
-    expect(again.code).toBe(1);
+    expect(again.code).toBe(3);
     expect(results(join(work, 'failing'))[0]!.generation_id).toBe(r1!.generation_id);
     const retried = await batch([file, '--retry-failed'], strict);
-    expect(retried.code).toBe(1);
+    expect(retried.code).toBe(3);
     const [r3] = results(join(work, 'failing'));
     expect(r3).toMatchObject({ status: 'failed', attempt: 2 });
     expect(r3!.generation_id).not.toBe(r1!.generation_id);
+  });
+
+  it('a line withheld whole beside a line that failed otherwise: exit 1 (the failure decides)', async () => {
+    const file = jsonl(join(work, 'mixed.jsonl'), [
+      { id: 'cat', prompt: 'a photo of a cat', width: 64, height: 64 },
+      { id: 'nomodel', prompt: 'a red circle', width: 64, height: 64, model: 'no-such-model' },
+    ]);
+    const run = await batch([file], { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey });
+    expect(run.code, run.stderr).toBe(1);
+    expect(results(join(work, 'mixed')).map((r) => [r.id, r.status])).toEqual([['cat', 'failed'], ['nomodel', 'refused']]);
   });
 
   it('bad lines: every problem named by its line number, nothing sent (exit 2 through the CLI)', async () => {
