@@ -80,9 +80,12 @@ describe('gpu-worker/Dockerfile', () => {
     }
   });
 
-  it('installs Node 22', () => {
+  it('installs Node 22, the release CI tests on (scripts/with-node22.sh)', () => {
     const nodeStage = all('FROM').find((f) => f.args.startsWith('node:'));
     expect(nodeStage?.args).toMatch(/^node:22\.\d+\.\d+-/);
+    const ciVersion = /version="\$\{CLIPAG_NODE22_VERSION:-([\d.]+)\}"/.exec(readFileSync(path.join(REPO_ROOT, 'scripts/with-node22.sh'), 'utf8'))?.[1];
+    expect(ciVersion).toBeDefined();
+    expect(nodeStage!.args.split(/\s+/)[0]).toBe(`node:${ciVersion}-bookworm-slim`);
     const copies = inFinal('COPY').filter((c) => c.args.includes('--from=node'));
     expect(copies.some((c) => c.args.includes('/usr/local/bin/node'))).toBe(true);
   });
@@ -208,7 +211,7 @@ describe('.dockerignore', () => {
       .filter((l) => l !== '' && !l.startsWith('#'));
     // Everything out first, so README, docs, cli/ or test edits never change the image hash.
     expect(entries[0]).toBe('*');
-    expect(entries.filter((e) => e.startsWith('!')).sort()).toEqual(['!gpu-worker/', '!models/', '!package-lock.json', '!package.json', '!shared/', '!tsconfig.json']);
+    expect(entries.filter((e) => e.startsWith('!')).sort()).toEqual(['!THIRD_PARTY_NOTICES.md', '!gpu-worker/', '!models/', '!package-lock.json', '!package.json', '!shared/', '!tsconfig.json']);
     for (const e of ['**/node_modules', '**/.env', '**/.env.*', '**/.npmrc', '**/*.pem']) expect(entries).toContain(e);
     // The exclusions come after the allow-list, so they win inside the allowed folders.
     expect(entries.indexOf('**/node_modules')).toBeGreaterThan(entries.indexOf('!gpu-worker/'));
