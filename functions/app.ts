@@ -1,8 +1,9 @@
 import { OpenAPIHono, z } from '@hono/zod-openapi';
+import type { MiddlewareHandler } from 'hono';
 import { withSharedResponses } from './openapi-document.ts';
 import { IdempotencyLedger } from './idempotency.ts';
 import { auth } from './middleware/auth.ts';
-import { notFound, onError, validationHook } from './middleware/errors.ts';
+import { describeError, notFound, onError, validationHook } from './middleware/errors.ts';
 import { bodySizeLimit, declaredQueryOnly, requireJson, singleQueryParams, strictListQuery } from './middleware/limits.ts';
 import { noStore } from './middleware/cache.ts';
 import { headContentLength } from './middleware/head.ts';
@@ -52,6 +53,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('*', requestId());
   // Inside requestId: the HEAD's answer it makes again keeps every header, the request id included.
   app.use('*', headContentLength());
+  app.use('*', nonErrorThrowsAsErrors({ outsideRequestLog: true }));
   app.onError(onError(log));
   app.notFound(notFound(ROUTES));
 
@@ -149,6 +151,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('/v1/usage', singleQueryParams());
   app.use('/v1/uploads', requireJson());
   app.use('/v1/estimates', requireJson());
+  // Again innermost, next to the /v1 routes: there a non-Error's 500 is made where an Error's would
+  // be, so the middleware above (the request's log line, no-store, the RateLimit fields) sees it too.
+  app.use('/v1/*', nonErrorThrowsAsErrors({ outsideRequestLog: false }));
 
   registerModelRoutes(app, deps);
   registerUploadRoutes(app, deps, { clock, uploadGate });
@@ -156,4 +161,24 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerUsageRoutes(app, deps, { clock });
   registerWebhookSecretRoutes(app, deps, { clock });
   return app;
+}
+
+/**
+ * Hono hands onError only what is an `instanceof Error`; anything else thrown (a string, a plain
+ * object a library rejects with) would escape app.fetch, and in Lambda fail the invocation, which the
+ * gateway answers with its own 500 and no envelope. Rethrown as an Error (the value kept as its
+ * cause, for the log), it is answered as any bug is: 500 internal_error.
+ */
+function nonErrorThrowsAsErrors(options: { outsideRequestLog: boolean }): MiddlewareHandler<AppEnv> {
+  return async function nonErrorThrowsAsErrorsMiddleware(c, next) {
+    try {
+      await next();
+    } catch (thrown) {
+      if (thrown instanceof Error) throw thrown;
+      // Outside it, the value went past the request-log middleware (if that ran) before it wrote its
+      // line: the line is onError's to write. Inside it, the request-log middleware still writes it.
+      if (options.outsideRequestLog) c.set('requestLinePending', false);
+      throw new Error(`a non-Error was thrown: ${describeError(thrown)}`, { cause: thrown });
+    }
+  };
 }

@@ -166,14 +166,14 @@ export class IdempotencyLedger {
    * may have ended long ago) nor idempotency_key_reused (the body may be the same: a caller told so may
    * send it again under a new key, a second job).
    */
-  private newerClaim(key: string, detail: string, cause?: unknown): RetryableError {
+  private newerClaim(key: string, detail: string, cause?: unknown): NewerClaimError {
     this.options.log?.({
       level: 'error',
       msg: 'idempotency claim written by a newer clipag cannot be used here: its requests are answered 503 until a version that reads it serves them (finish the deploy, or upgrade)',
       key,
       detail,
     });
-    return new RetryableError('an Idempotency-Key claim written by a newer version cannot be used here; retry', { cause });
+    return new NewerClaimError({ cause });
   }
 
   /** A claim older than the stale age, or released (its time set to 1970): its request made no job and never will. */
@@ -278,7 +278,12 @@ export class IdempotencyLedger {
         if (!(error instanceof PreconditionFailedError)) throw error;
       }
       const read = await this.readClaim(blobKey);
-      if (!read) continue; // vanished in between: claim again
+      if (!read) {
+        // Vanished in between: claim again, after the same wait as any other round. A store that keeps
+        // refusing the write yet shows no claim would otherwise be asked again at once, past the deadline.
+        await nextClaimRound(attempt, deadline);
+        continue;
+      }
       const existing = read.claim;
       let takeOver = false;
       if (read.newer) throw this.newerClaim(read.newer.key, read.newer.detail, read.newer);
@@ -316,12 +321,30 @@ export class IdempotencyLedger {
           return { kind: 'claimed', jobId: args.jobId };
         } catch (error) {
           if (!(error instanceof PreconditionFailedError)) throw error;
-          continue;
         }
       }
-      if (Date.now() >= deadline) throw inProgress();
-      await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
+      await nextClaimRound(attempt, deadline);
     }
+  }
+}
+
+/**
+ * Between two rounds of a claim: 409 idempotency_in_progress once its wait is over, else a pause a
+ * little longer each round.
+ */
+async function nextClaimRound(attempt: number, deadline: number): Promise<void> {
+  if (Date.now() >= deadline) throw inProgress();
+  await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
+}
+
+/**
+ * An Idempotency-Key claim a newer clipag wrote that this version cannot use: answered as a job record
+ * a newer version wrote is (middleware/errors.ts), 503 `unavailable` with its own message and the same
+ * Retry-After, since the cause is the same deploy in progress.
+ */
+export class NewerClaimError extends RetryableError {
+  constructor(options: { cause?: unknown } = {}) {
+    super('the Idempotency-Key claim for this request was written by a newer version of the service; retry later', options);
   }
 }
 

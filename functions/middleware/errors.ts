@@ -1,9 +1,11 @@
 import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { AuthError, ClipagError, RetryableError, TooManyRequestsError, ValidationError, exhaustedResource, toErrorEnvelope } from '../../shared/errors.ts';
+import { isListedErrorCode } from '../../shared/error-codes.ts';
+import { AuthError, ClipagError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError, exhaustedResource, toErrorEnvelope } from '../../shared/errors.ts';
 import type { ErrorEnvelopeBody, ExhaustedResource } from '../../shared/errors.ts';
 import { NewerJobRecordError } from '../../shared/jobstore.ts';
+import { NewerClaimError } from '../idempotency.ts';
 import type { AppEnv, AppLogEntry } from '../types.ts';
 import { clientRequestId } from './request-id.ts';
 
@@ -29,17 +31,36 @@ const HTTP_EXCEPTION_CODES: Record<number, string> = {
 };
 
 /**
- * Retry-After of a job record a newer clipag wrote: a deploy under way serves it from the newer API
+ * Retry-After of a job record or an Idempotency-Key claim a newer clipag wrote: a deploy under way serves it from the newer API
  * within minutes; a rollback that stays, not before the newer version is back. Either way, not every second.
  */
 export const NEWER_RECORD_RETRY_AFTER_SEC = 30;
 
-/** Maps anything thrown to the one envelope; 5xx never leak internals. */
+/**
+ * Maps anything thrown to the one envelope; 5xx never leak internals, and no status and code pair
+ * leaves that the table (shared/error-codes.ts) does not list.
+ */
 export function envelopeFor(error: unknown, requestId: string): { status: number; body: ErrorEnvelopeBody } {
-  if (error instanceof NewerJobRecordError) {
+  const envelope = listedEnvelopeFor(error, requestId);
+  const { code } = envelope.body.error;
+  if (envelope.status < 500 && !isListedErrorCode(envelope.status, code)) {
+    // A 4xx no client was told of (a ConflictError without its code, say): a bug of ours, not the
+    // caller's mistake. The 500 is logged at error with the error's own code (onError, requestLog).
+    return { status: 500, body: { error: { code: 'internal_error', message: 'internal error', param: null, request_id: requestId } } };
+  }
+  return envelope;
+}
+
+function listedEnvelopeFor(error: unknown, requestId: string): { status: number; body: ErrorEnvelopeBody } {
+  if (writtenByNewerVersion(error)) {
     // Written by a newer API or worker (ADR 0030): this version must neither act on it nor call it
     // damage (409 corrupt_record tells the caller to give up). A version that reads it answers the retry.
     return { status: 503, body: { error: { code: 'unavailable', message: error.message, param: null, request_id: requestId } } };
+  }
+  if (error instanceof PreconditionFailedError) {
+    // A conditional write lost to another request, that no route turned into its own answer. Its
+    // message names the storage key; the caller only needs to retry, as for the routes' own `busy`.
+    return { status: 503, body: { error: { code: 'busy', message: 'the record is being updated by another request; retry', param: null, request_id: requestId } } };
   }
   if (error instanceof HTTPException && !(error instanceof ClipagError)) {
     const status = error.status;
@@ -63,6 +84,11 @@ export function envelopeFor(error: unknown, requestId: string): { status: number
   return envelope;
 }
 
+/** A job record or an Idempotency-Key claim a newer clipag wrote: the same deploy in progress, the same wait. */
+function writtenByNewerVersion(error: unknown): error is NewerJobRecordError | NewerClaimError {
+  return error instanceof NewerJobRecordError || error instanceof NewerClaimError;
+}
+
 /**
  * The server's disk or file table refusing (ENOSPC, EROFS, EMFILE, …; also as the cause of an error
  * that wraps it), unless the error is a 4xx that answers for itself.
@@ -74,9 +100,10 @@ function exhaustedResourceOf(error: unknown): ExhaustedResource | undefined {
 export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
   const { status, body } = envelopeFor(error, c.get('requestId') ?? 'unknown');
   c.set('errorCode', body.error.code);
-  if (error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
-  if (status === 503) c.header('Retry-After', String(error instanceof NewerJobRecordError ? NEWER_RECORD_RETRY_AFTER_SEC : (exhaustedResourceOf(error)?.retryAfterSec ?? 1)));
-  if (error instanceof TooManyRequestsError) c.header('Retry-After', String(error.retryAfterSec));
+  // Each by the status answered, not the error's own: an unlisted 4xx is answered 500 (envelopeFor).
+  if (status === 401 && error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
+  if (status === 503) c.header('Retry-After', String(writtenByNewerVersion(error) ? NEWER_RECORD_RETRY_AFTER_SEC : (exhaustedResourceOf(error)?.retryAfterSec ?? 1)));
+  if (status === 429 && error instanceof TooManyRequestsError) c.header('Retry-After', String(error.retryAfterSec));
   // The first request with the key is still running: its job is a moment away.
   if (body.error.code === 'idempotency_in_progress') c.header('Retry-After', '1');
   if (error instanceof HttpError && error.status === 405 && allowHeader.has(error)) c.header('Allow', allowHeader.get(error));
@@ -153,8 +180,14 @@ export function failureDetail(error: unknown): Record<string, unknown> {
   return detail;
 }
 
-function describeError(error: unknown): string {
-  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+/** `Name: message` of an Error; anything else as text, never throwing itself (String() does on an object without a prototype). */
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return `${error.name}: ${error.message}`;
+  try {
+    return String(error);
+  } catch {
+    return Object.prototype.toString.call(error);
+  }
 }
 
 /** The `$metadata` of the first AWS SDK error in `error`'s cause chain (five links at most, so a cyclic chain ends too). */

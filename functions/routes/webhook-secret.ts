@@ -102,8 +102,9 @@ export function registerWebhookSecretRoutes(app: OpenAPIHono<AppEnv>, deps: AppD
       rotated = await rotateAccountWebhookSecret(deps.blobs, c.get('owner'), now, idempotencyKey === undefined ? {} : { idempotencyKeySha256: idempotencyKeyHash(idempotencyKey) });
     } catch (error) {
       // Lost every conditional write to other rotations of the same account at once: no secret of
-      // this request's was stored, so trying again is safe.
-      if (error instanceof PreconditionFailedError) throw new RetryableError('the webhook secret is being rotated by other requests; retry');
+      // this request's was stored, so trying again is safe. `busy`: the table's code for a record
+      // another request is updating (an `unavailable` would have its message replaced by a generic one).
+      if (error instanceof PreconditionFailedError) throw new RetryableError('the webhook secret is being rotated by other requests; retry', { code: 'busy', cause: error });
       throw error;
     }
     const { doc, created } = rotated;

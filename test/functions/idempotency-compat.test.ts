@@ -5,6 +5,7 @@
 // (test/functions/corrupt-records.test.ts, generations.test.ts).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { canonicalJson, IdempotencyLedger, idempotencyRecordKey } from '../../functions/idempotency.ts';
+import { NEWER_RECORD_RETRY_AFTER_SEC } from '../../functions/middleware/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
@@ -23,6 +24,8 @@ const readClaim = async (key: string) => JSON.parse(Buffer.from((await h.blobs.g
 const writeClaim = (key: string, claim: unknown) => h.blobs.put(idempotencyRecordKey(OWNER, key), Buffer.from(JSON.stringify(claim)));
 const jobCount = async () => (await h.jobs.listByOwner(OWNER)).jobs.length;
 const logged = (msg: RegExp) => h.logs.filter((l) => msg.test((l as { msg?: string }).msg ?? ''));
+/** Said instead of the generic "a dependency is temporarily unavailable": the caller learns it is a deploy, not an outage. */
+const NEWER_CLAIM_MESSAGE = 'the Idempotency-Key claim for this request was written by a newer version of the service; retry later';
 
 describe('an Idempotency-Key claim a newer API wrote', () => {
   it.each([
@@ -56,8 +59,9 @@ describe('an Idempotency-Key claim a newer API wrote', () => {
     await writeClaim('order-3', { ...(await readClaim('order-3')), v: 3, body_hash: sha256Hex('hashed as v 3 hashes') });
     const before = await readClaim('order-3');
     const res = await post({ prompt: 'apple' }, 'order-3');
-    expect(res.headers.get('Retry-After')).toBe('1');
-    await expectEnvelope(res, 503, 'unavailable');
+    // The same wait as a job record a newer version wrote: the same deploy in progress.
+    expect(res.headers.get('Retry-After')).toBe(String(NEWER_RECORD_RETRY_AFTER_SEC));
+    expect((await expectEnvelope(res, 503, 'unavailable')).message).toBe(NEWER_CLAIM_MESSAGE);
     expect(await jobCount()).toBe(1);
     expect(await readClaim('order-3')).toEqual(before);
     expect(logged(/idempotency claim written by a newer clipag/)).toEqual([expect.objectContaining({ level: 'error', key: idempotencyRecordKey(OWNER, 'order-3') })]);
@@ -68,10 +72,12 @@ describe('an Idempotency-Key claim a newer API wrote', () => {
     const claim = { v: 4, job: { id: newJobId(), owner: OWNER }, body: { sha256: 'x'.repeat(64) }, created_ms: Date.now() };
     await writeClaim('order-4', claim);
     const res = await post({ prompt: 'apple' }, 'order-4');
-    expect(res.headers.get('Retry-After')).toBe('1');
-    await expectEnvelope(res, 503, 'unavailable');
+    expect(res.headers.get('Retry-After')).toBe(String(NEWER_RECORD_RETRY_AFTER_SEC));
+    expect((await expectEnvelope(res, 503, 'unavailable')).message).toBe(NEWER_CLAIM_MESSAGE);
     // "None" would invite a new POST with the key.
-    await expectEnvelope(await h.request('/v1/generations?idempotency_key=order-4'), 503, 'unavailable');
+    const lookup = await h.request('/v1/generations?idempotency_key=order-4');
+    expect(lookup.headers.get('Retry-After')).toBe(String(NEWER_RECORD_RETRY_AFTER_SEC));
+    expect((await expectEnvelope(lookup, 503, 'unavailable')).message).toBe(NEWER_CLAIM_MESSAGE);
     expect(await readClaim('order-4')).toEqual(claim);
     expect(await jobCount()).toBe(0);
     expect(await h.queue.depth()).toBe(0);

@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { createApp } from '../../functions/app.ts';
 import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { MemoryRateCounter } from '../../shared/adapters/local/rate-counter.ts';
-import { RetryableError } from '../../shared/errors.ts';
+import { PreconditionFailedError, RetryableError } from '../../shared/errors.ts';
 import { webhookSecretKey } from '../../shared/keys.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import { accountSigningSecrets, MAX_PREVIOUS_SECRETS, readAccountWebhookSecret, WEBHOOK_SECRET_PATTERN } from '../../shared/webhook-secrets.ts';
@@ -265,6 +265,29 @@ describe('bad input gets a clear error, never a 500', () => {
       const res = await call('/v1/webhook-secret', { method }, on);
       await expectEnvelope(res, 503, 'unavailable');
       expect(res.headers.get('Retry-After'), method).toBe('1');
+    }
+  });
+
+  it('a rotation that loses every conditional write to others: 503 busy with Retry-After, saying so; nothing of it stored', async () => {
+    const contended = new Proxy(h.blobs, {
+      get: (target, prop) => {
+        if (prop === 'putIfAbsent' || prop === 'replaceIfMatch') {
+          return (key: string, ...rest: unknown[]) => (key.startsWith('webhook-secrets/') ? Promise.reject(new PreconditionFailedError(`etag mismatch for ${key}`)) : (target as any)[prop](key, ...rest));
+        }
+        const value = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    }) as BlobStore;
+    const on = app({ blobs: contended });
+    // A create (a put if absent), then a rotation (a replace if it matches).
+    for (const had of [false, true]) {
+      const before = await readAccountWebhookSecret(h.blobs, 'acct_alice');
+      const res = await call('/v1/webhook-secret', { method: 'POST', headers: { 'Idempotency-Key': `contended-${had}` } }, on);
+      expect(res.headers.get('Retry-After'), `had ${had}`).toBe('1');
+      const error = await expectEnvelope(res, 503, 'busy');
+      expect(error.message).toBe('the webhook secret is being rotated by other requests; retry');
+      expect(await readAccountWebhookSecret(h.blobs, 'acct_alice')).toEqual(before);
+      if (!had) expect((await rotate()).status).toBe(201);
     }
   });
 });
