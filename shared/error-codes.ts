@@ -25,7 +25,7 @@ export const API_ERROR_CODES = [
   { status: 400, code: 'bad_request', meaning: 'any other malformed request (in local mode, also bytes that are not HTTP)', advice: 'fix the request' },
   { status: 401, code: 'unauthorized', meaning: 'a missing, malformed, unknown or revoked API key', advice: 'check the key' },
   { status: 403, code: 'forbidden', meaning: 'local mode: a signed link that is tampered with or expired', advice: 'ask for a fresh link' },
-  { status: 404, code: 'not_found', meaning: "no such generation (also another account's id), or no such path", advice: 'check the id and the path' },
+  { status: 404, code: 'not_found', meaning: "no such generation (also another account's id; `param` \"id\"), or no such path (`param` null)", advice: 'check the id, or the path' },
   { status: 405, code: 'method_not_allowed', meaning: 'the path exists, not with this method (`Allow` says which)', advice: 'use one of those' },
   { status: 409, code: 'idempotency_key_reused', meaning: 'the Idempotency-Key was used with another body', advice: 'a new key, or the first body' },
   { status: 409, code: 'idempotency_in_progress', meaning: "the key's first request is still being made", advice: 'retry after Retry-After seconds' },
@@ -71,5 +71,95 @@ export function errorCodeTableText(): string {
   return [
     "Stable and machine-readable; never reworded. Codes may be added: act on the HTTP status for one you do not know. The codes, by status:",
     ...rows,
+  ].join('\n');
+}
+
+/**
+ * What a client does about a failed generation: `fix_request`, the same request fails the same way
+ * again (change it, or the model); `resubmit`, a new request (a new Idempotency-Key) may succeed;
+ * `same_key`, repeat the POST with the same Idempotency-Key, which queues this very job.
+ */
+export type JobErrorClass = 'fix_request' | 'resubmit' | 'same_key';
+
+export interface JobErrorCode {
+  code: string;
+  class: JobErrorClass;
+  /** Why the generation failed. */
+  meaning: string;
+  /** What the caller does about it. */
+  advice: string;
+}
+
+/** The README groups these under one row: they share a meaning and advice. */
+const CANNOT_RUN = { class: 'fix_request', meaning: 'the request (or the model it names) cannot run', advice: 'fix the request; a retry fails the same way' } as const;
+const NOT_COMPILABLE = {
+  class: 'fix_request',
+  meaning: "the model's image tower (an imported one) uses an operation the gradient compiler cannot run or differentiate",
+  advice: 'use another model; the operator can check it with `clipag gradcheck`',
+} as const;
+
+/**
+ * The codes a failed generation carries (its `error.code`): the one table that JobError's description
+ * is written from, that the README's "Why a generation failed" table is checked against
+ * (test/functions/openapi-conformance.test.ts), and that the worker keeps a failed job to
+ * (gpu-worker/worker/errors.ts jobErrorOf: any other code is stored as internal_error). As with
+ * API_ERROR_CODES, a code is never reworded and codes may be added; a client treats one it does not
+ * know as internal_error.
+ */
+export const JOB_ERROR_CODES = [
+  { code: 'invalid_input', ...CANNOT_RUN },
+  { code: 'invalid_model', ...CANNOT_RUN },
+  { code: 'invalid_weights', ...CANNOT_RUN },
+  { code: 'invalid_tokenizer', ...CANNOT_RUN },
+  { code: 'numerical_error', class: 'fix_request', meaning: 'the loss became non-finite for this spec and seed', advice: 'another seed or fewer steps' },
+  { code: 'content_policy', class: 'fix_request', meaning: 'the output check withheld every image (ADR 0017)', advice: 'change the prompt; the compute is billed' },
+  { code: 'timeout', class: 'fix_request', meaning: "the run passed the deployment's time limit (`CLIPAG_JOB_TIMEOUT_SEC`)", advice: 'fewer steps, a smaller size or smaller `n`' },
+  {
+    code: 'out_of_memory',
+    class: 'fix_request',
+    meaning: "the run ran out of the worker's memory (the GPU's, or the host's) on its last delivery: the request is too large for this deployment's workers",
+    advice: 'a smaller size (`width` × `height`) or another model; `n` and `steps` do not change it',
+  },
+  { code: 'invalid_graph', ...NOT_COMPILABLE },
+  { code: 'unsupported_op', ...NOT_COMPILABLE },
+  { code: 'not_differentiable', ...NOT_COMPILABLE },
+  { code: 'retries_exhausted', class: 'resubmit', meaning: 'the worker failed to finish it on every delivery (machine or storage trouble)', advice: 'submit it again' },
+  { code: 'expired', class: 'resubmit', meaning: "AWS: no worker started it within the queue's retention (4 days)", advice: 'submit it again' },
+  { code: 'internal_error', class: 'resubmit', meaning: "a bug; the details are in the worker's log under the job id", advice: 'submit it again; report it if it repeats' },
+  { code: 'enqueue_failed', class: 'same_key', meaning: 'the POST got a 503 and the job never reached the queue', advice: 'repeat the POST with the same Idempotency-Key: it queues this job' },
+] as const satisfies readonly JobErrorCode[];
+
+export type JobErrorCodeName = (typeof JOB_ERROR_CODES)[number]['code'];
+
+const JOB_CODES: ReadonlySet<string> = new Set(JOB_ERROR_CODES.map((entry) => entry.code));
+
+/** Whether a failed generation may carry `code` (JOB_ERROR_CODES lists it). */
+export function isJobErrorCode(code: string): code is JobErrorCodeName {
+  return JOB_CODES.has(code);
+}
+
+const JOB_ERROR_CLASS_HEADINGS: Record<JobErrorClass, string> = {
+  fix_request: 'Fix the request (the same request fails the same way again)',
+  resubmit: 'Submit it again (a new request, with a new Idempotency-Key, may succeed)',
+  same_key: 'Repeat the POST with the same Idempotency-Key (it queues this very job)',
+};
+
+/** The job table in words, by class, for JobError's `code`: one line per meaning, as the README's rows group codes. */
+export function jobErrorCodeTableText(): string {
+  const classes = Object.keys(JOB_ERROR_CLASS_HEADINGS) as JobErrorClass[];
+  const lines = (cls: JobErrorClass) => {
+    const byMeaning = new Map<string, JobErrorCode[]>();
+    for (const e of JOB_ERROR_CODES.filter((x) => x.class === cls)) {
+      const key = `${e.meaning}\0${e.advice}`;
+      byMeaning.set(key, [...(byMeaning.get(key) ?? []), e]);
+    }
+    return [...byMeaning.values()].map((group) => {
+      const { meaning, advice } = group[0]!;
+      return `- ${group.map((e) => `\`${e.code}\``).join(', ')}: ${meaning}. ${advice[0]!.toUpperCase()}${advice.slice(1)}.`;
+    });
+  };
+  return [
+    'Why the generation failed. Stable and machine-readable; never reworded. Codes may be added: treat one you do not know like internal_error.',
+    ...classes.flatMap((cls) => [`${JOB_ERROR_CLASS_HEADINGS[cls]}:`, ...lines(cls)]),
   ].join('\n');
 }

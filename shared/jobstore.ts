@@ -1,6 +1,6 @@
 import { forEachLimited } from './concurrency.ts';
 import { readDoc } from './documents.ts';
-import { CorruptDocumentError, NotFoundError, PreconditionFailedError, ValidationError } from './errors.ts';
+import { CorruptDocumentError, NonRetryableError, NotFoundError, PreconditionFailedError, ValidationError } from './errors.ts';
 import type { BlobStore, JobMutation, JobPage, JobStore, UpdateOptions } from './ports.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './schemas/common.ts';
 import { JobRecord, waitingSince } from './schemas/job.ts';
@@ -37,7 +37,7 @@ export class BlobJobStore implements JobStore {
 
   async create(job: JobRecord): Promise<JobRecord> {
     const record = parseRecord(job);
-    if (record.version !== 1) throw new ValidationError('a new job record must have version 1', 'version');
+    if (record.version !== 1) throw new RefusedJobRecordError(`a new job record must have version 1, not ${record.version}`);
     const key = BlobJobStore.keyFor(record.owner, record.id);
     const body = encode(record);
     try {
@@ -75,7 +75,7 @@ export class BlobJobStore implements JobStore {
       }
       const proposed = mutate(structuredClone(current.record));
       if (proposed === null) return current.record;
-      if (proposed.id !== id || proposed.owner !== owner) throw new ValidationError('a job update cannot change id or owner', 'id');
+      if (proposed.id !== id || proposed.owner !== owner) throw new RefusedJobRecordError('a job update cannot change id or owner');
       const next = parseRecord({ ...proposed, version: current.record.version + 1 });
       try {
         await this.blobs.replaceIfMatch(key, encode(next), current.etag, { contentType: 'application/json' });
@@ -294,6 +294,19 @@ export async function endNewerJobRecord(
   }
 }
 
+/**
+ * A job record the store will not write: it breaks the record's schema (a NaN score, a field past its
+ * bound), or a create or update breaks the store's rules. Every writer builds its record from input
+ * already checked, so this is the writer's bug, never the caller's input: a 500 `internal_error` from
+ * the API (its answer says only "internal error") and a permanent `internal_error` for a job in the
+ * worker. The message, with zod's issues, is for the log.
+ */
+export class RefusedJobRecordError extends NonRetryableError {
+  constructor(why: string) {
+    super(`the job store refused to write a job record: ${why}`);
+  }
+}
+
 /** The fields an ending sets (those every version knows). */
 export type JobEnding = Pick<JobRecord, 'status' | 'finished_at'> & Partial<Pick<JobRecord, 'error'>>;
 
@@ -310,7 +323,7 @@ function assertJobId(id: string, param = 'id'): void {
 
 function parseRecord(job: unknown): JobRecord {
   const parsed = JobRecord.safeParse(job);
-  if (!parsed.success) throw new ValidationError(`invalid job record: ${parsed.error.message}`, 'job');
+  if (!parsed.success) throw new RefusedJobRecordError(`it does not validate: ${parsed.error.message}`);
   return parsed.data;
 }
 

@@ -1,6 +1,7 @@
 // Retry classes for the worker: a failure either releases the message for another attempt
 // (retryable) or fails the job for good with a reason (permanent). See docs/adr/0005.
 
+import { isJobErrorCode } from '../../shared/error-codes.ts';
 import { ClipagError, PreconditionFailedError, isRetryable } from '../../shared/errors.ts';
 import { EngineError } from '../engine/errors.ts';
 import { isDeviceFault, isOutOfMemory } from '../engine/runtime/session.ts';
@@ -66,7 +67,7 @@ export function isMachineFailure(error: unknown): boolean {
  * row failing so on one machine say the machine is broken (worker.ts, `run_failures`).
  */
 export function isUnexplainedRunFailure(error: unknown): boolean {
-  return error instanceof EngineError && error.code === 'runtime_failed' && !isOutOfMemory(error.message) && !isMachineFailure(error);
+  return error instanceof EngineError && error.code === 'runtime_failed' && !isOutOfMemoryFailure(error) && !isMachineFailure(error);
 }
 
 export function classifyError(error: unknown): ErrorClass {
@@ -93,16 +94,52 @@ export function redactPaths(message: string): string {
   });
 }
 
+/** What a failed job says of an error whose text is not the caller's to read. */
+export const INTERNAL_JOB_ERROR_MESSAGE = 'internal error while running the job';
+
 /**
- * The `{code, message}` stored on a failed job (and so shown to the API caller). Unknown errors never
- * leak their text; engine and 4xx messages are kept but with absolute paths redacted (the worker's
- * log line, via describe(), keeps the full message).
+ * An attempt's failure as the worker's `job finished` line and events name it: an engine error's or a
+ * ClipagError's own code (config_error, runtime_failed: what operators count failures by), with its
+ * message when it is an engine or 4xx one (absolute paths redacted; the worker's log line, via
+ * describe(), keeps the full message). Unknown errors never leak their text. Not what a failed job
+ * carries: jobErrorOf.
  */
-export function jobErrorOf(error: unknown): { code: string; message: string } {
+export function attemptErrorOf(error: unknown): { code: string; message: string } {
   if (error instanceof EngineError) return { code: error.code, message: redactPaths(error.message) };
   if (error instanceof ClipagError && error.status < 500) return { code: error.code, message: redactPaths(error.message) };
-  if (error instanceof ClipagError) return { code: error.code, message: 'internal error while running the job' };
-  return { code: 'internal_error', message: 'internal error while running the job' };
+  if (error instanceof ClipagError) return { code: error.code, message: INTERNAL_JOB_ERROR_MESSAGE };
+  return { code: 'internal_error', message: INTERNAL_JOB_ERROR_MESSAGE };
+}
+
+/**
+ * The `{code, message}` stored on a failed job (and so shown to the API caller): attemptErrorOf's when
+ * its code is one a failed generation documents (JOB_ERROR_CODES), else `internal_error` with a generic
+ * message. A code outside that table is a failure the worker does not know as the request's (a store's
+ * `validation_error` about a record it built, a `config_error`): its own code and message would tell
+ * the caller the wrong thing, and stay in the worker's log line.
+ */
+export function jobErrorOf(error: unknown): { code: string; message: string } {
+  const attempt = attemptErrorOf(error);
+  return isJobErrorCode(attempt.code) ? attempt : { code: 'internal_error', message: INTERNAL_JOB_ERROR_MESSAGE };
+}
+
+/** An engine run or load that failed for want of device (or host) memory (session.ts isOutOfMemory). */
+export function isOutOfMemoryFailure(error: unknown): boolean {
+  return error instanceof EngineError && error.code === 'runtime_failed' && isOutOfMemory(error.message);
+}
+
+/**
+ * What a job ends with when its last delivery failed with a retryable error. Out of memory is retried
+ * (the model may fit another GPU, ADR 0023; a run that fails so frees the engine's idle graphs for
+ * the next try), but one that still does not fit on its last delivery would fail so again: it ends
+ * `out_of_memory`, which tells the caller to make the request smaller, not to submit it again.
+ */
+export function exhaustedJobErrorOf(error: unknown, attempts: number): { code: string; message: string } {
+  const last = attemptErrorOf(error).message;
+  if (isOutOfMemoryFailure(error)) {
+    return { code: 'out_of_memory', message: `the run did not fit in the worker's memory on its last of ${attempts} attempts (${last}); the same request would fail so again: ask for a smaller size` };
+  }
+  return { code: 'retries_exhausted', message: `gave up after ${attempts} attempts; last error: ${last}` };
 }
 
 export function describe(error: unknown): Record<string, unknown> {

@@ -10,9 +10,9 @@ import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../share
 import { isTerminal, type JobRecord, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, TERMINAL_STATUSES, waitingSince, type JobOutput, type JobStatus, type OutputCheck } from '../../shared/schemas/job.ts';
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
 import { NewerQueueMessageError, parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
-import { BlobJobStore, NewerJobRecordError } from '../../shared/jobstore.ts';
+import { BlobJobStore, NewerJobRecordError, RefusedJobRecordError } from '../../shared/jobstore.ts';
 import { NewerModelError, type ModelRegistry } from '../models.ts';
-import { classifyError, describe, isMachineFailure, isUnexplainedRunFailure, jobErrorOf, StorageFailure } from './errors.ts';
+import { attemptErrorOf, classifyError, describe, exhaustedJobErrorOf, isMachineFailure, isUnexplainedRunFailure, jobErrorOf, StorageFailure } from './errors.ts';
 import { abortedOutcome, type SynthesisOutcome, type SynthesisProgress, type SynthesizedImage, type Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
 import type { WebhookNotifier } from '../../shared/webhooks.ts';
@@ -278,8 +278,9 @@ function deadLetteredMessage(attempts: number): string {
     : `the job's message was dead-lettered after ${attempts} attempt${attempts === 1 ? '' : 's'} that ended without an outcome (the worker stopped or crashed during each)`;
 }
 
-/** Not storage trouble: a conditional write that lost, a record that does not read, a bad argument. */
-const notStorageTrouble = (error: unknown) => error instanceof PreconditionFailedError || error instanceof CorruptDocumentError || error instanceof ValidationError;
+/** Not storage trouble: a conditional write that lost, a record that does not read or that the store will not write, a bad argument. */
+const notStorageTrouble = (error: unknown) =>
+  error instanceof PreconditionFailedError || error instanceof CorruptDocumentError || error instanceof RefusedJobRecordError || error instanceof ValidationError;
 
 export function createWorker(deps: WorkerDeps): QueueWorker {
   const { queue, jobs, blobs, synthesizer, models, config } = deps;
@@ -708,13 +709,13 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   async function putBackOrEnd(m: ReceivedMessage, msg: QueueMessage, attempt: number, error: unknown): Promise<JobRecord | 'ended'> {
     const rec = await markQueuedOrCanceled(msg, attempt);
     if (superseded(rec, attempt)) {
-      await finish(msg, 'lease_lost', { error: jobErrorOf(error) });
+      await finish(msg, 'lease_lost', { error: attemptErrorOf(error) });
       return 'ended';
     }
     if (rec.status === 'canceled') {
       await ack(m, 'canceled');
       await removeOrphans(rec);
-      await finish(msg, 'canceled', { error: jobErrorOf(error) });
+      await finish(msg, 'canceled', { error: attemptErrorOf(error) });
       return 'ended';
     }
     return rec;
@@ -1196,7 +1197,12 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           const frameAt = frameKey(msg.owner, msg.job_id, image.index, frame.step, width, height);
           writes.push(() => store(`image ${image.index}'s frame ${frame.step}`, () => blobs.put(frameAt, frame.png, { contentType: 'image/png' })));
         }
-        outputs.push({ key, width: image.width, height: image.height, clip_score: Number(image.clipScore.toFixed(6)) });
+        // A score that is not finite (a NaN cosine) is left out, as JobOutput's optional clip_score allows:
+        // the record would not validate with it, and the images are good without it.
+        const score = Number(image.clipScore.toFixed(6));
+        const scored = Number.isFinite(score);
+        if (!scored) log.warn('image score is not finite; its output has no clip_score', { job_id: msg.job_id, owner: msg.owner, image: image.index, clip_score: String(image.clipScore) });
+        outputs.push({ key, width: image.width, height: image.height, ...(scored ? { clip_score: score } : {}) });
       }
       // Marked before the first image is stored: until the record names them or they are removed, the
       // queued-job sweep can find images that this attempt leaves behind (a crash, a lost record write).
@@ -1338,12 +1344,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (cls === 'retryable' && !lastAttempt) {
         if (attempt > 0 && (await putBackOrEnd(m, msg, attempt, error)) === 'ended') return;
         await release(m, 'retryable_error', retryDelaySec(m));
-        return finish(msg, 'requeued', { error: jobErrorOf(error) });
+        return finish(msg, 'requeued', { error: attemptErrorOf(error) });
       }
-      const jobError =
-        cls === 'retryable'
-          ? { code: 'retries_exhausted', message: `gave up after ${m.receiveCount} attempts; last error: ${jobErrorOf(error).message}` }
-          : jobErrorOf(error);
+      const jobError = cls === 'retryable' ? exhaustedJobErrorOf(error, m.receiveCount) : jobErrorOf(error);
       const rec = await markFailed(msg, jobError, { m, attempt });
       if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobError });
       if (!isTerminal(rec.status)) {
@@ -1351,7 +1354,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         await ack(m, 'duplicate_of_running');
         return finish(msg, 'skipped', { error: jobError });
       }
-      if (cls === 'retryable') await deadLetter(m, 'retries_exhausted');
+      // Out of memory on the last delivery is the request's size, as a timeout is: no dead letter (which pages).
+      if (cls === 'retryable' && jobError.code === 'retries_exhausted') await deadLetter(m, 'retries_exhausted');
       else await ack(m, 'failed');
       // This run, or an earlier attempt, may have stored some images: a failed job keeps none.
       await removeOrphans(rec);

@@ -1,6 +1,7 @@
 import { z } from '@hono/zod-openapi';
 import { ApiKeyId, OwnerId, ResourceId, Timestamp } from './common.ts';
 import { GenerationSpec, MAX_IMAGES, StoredMetadata } from './generation.ts';
+import { jobErrorCodeTableText } from '../error-codes.ts';
 import { isValidKey } from '../keys.ts';
 import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES } from '../policy-constants.ts';
 
@@ -33,10 +34,8 @@ export const JobOutput = z
 
 export const JobError = z
   .object({
-    code: z.string().min(1).openapi({
-      description:
-        'Why the generation failed. Fix the request: invalid_input, invalid_model, invalid_weights, invalid_tokenizer, numerical_error (try another seed), content_policy, timeout. Submit it again: retries_exhausted, expired, internal_error. Repeat the POST with the same Idempotency-Key: enqueue_failed. Other codes may be added.',
-    }),
+    // An extensible string, as the envelope's code: the table says what each means, not an enum.
+    code: z.string().min(1).openapi({ description: jobErrorCodeTableText() }),
     message: z.string(),
   })
   .strict()

@@ -6,8 +6,8 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { MemoryRateCounter } from '../../shared/adapters/local/rate-counter.ts';
-import { API_ERROR_CODES, isListedErrorCode } from '../../shared/error-codes.ts';
-import { ConfigError, NonRetryableError, RetryableError } from '../../shared/errors.ts';
+import { API_ERROR_CODES, isListedErrorCode, JOB_ERROR_CODES, type JobErrorClass } from '../../shared/error-codes.ts';
+import { ConfigError, ConflictError, NonRetryableError, PreconditionFailedError, RetryableError, TooManyRequestsError } from '../../shared/errors.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import { recordRunSample } from '../../shared/run-stats.ts';
 import { recordUsage } from '../../shared/usage.ts';
@@ -362,6 +362,35 @@ describe('error codes: one table, in the document, in every description, in the 
     }
   });
 
+  it('a 4xx the table does not list never leaves either: a lost conditional write is 503 busy (no storage key), any other a 500 logged at error', async () => {
+    const { check } = await answerChecker(h.app);
+    const answer = async (error: Error) => {
+      h.logs.length = 0;
+      const app = createApp({ ...h.deps, models: () => Promise.reject(error) });
+      const res = await app.request('/v1/models', { headers: { Authorization: `Bearer ${h.alice}` } });
+      await check('GET', '/v1/models', res.clone()); // declared: 503 with its Retry-After, 500 as `default`
+      return res;
+    };
+    for (const error of [new PreconditionFailedError('object already exists: acct_x/jobs/01jabcdefabcdefabcdefabcdef.json'), new PreconditionFailedError('etag mismatch for acct_x/webhook-secret.json')]) {
+      const res = await answer(error);
+      expect(res.headers.get('Retry-After'), error.message).toBe('1');
+      const body = await expectEnvelope(res, 503, 'busy');
+      expect(JSON.stringify(body), error.message).not.toMatch(/acct_|\.json/);
+      expect(body.message).toBe('the record is being updated by another request; retry');
+      // The operator's line keeps the key.
+      expect(h.logs).toContainEqual(expect.objectContaining({ level: 'error', msg: 'request failed', status: 503, code: 'precondition_failed', error: expect.stringContaining('acct_x/') }));
+    }
+    for (const error of [new ConflictError('the record moved on under acct_x/jobs/y.json'), new TooManyRequestsError('slow down')]) {
+      const res = await answer(error);
+      expect(res.headers.get('Retry-After'), error.code).toBeNull();
+      const body = await expectEnvelope(res, 500, 'internal_error');
+      expect(body.message, error.code).toBe('internal error');
+      expect(h.logs, error.code).toContainEqual(expect.objectContaining({ level: 'error', msg: 'request failed', status: 500, code: error.code, error: expect.stringContaining(error.message) }));
+    }
+    // A 4xx the table lists still answers for itself.
+    await expectEnvelope(await answer(new ConflictError('generation g already succeeded', { code: 'job_terminal' })), 409, 'job_terminal');
+  });
+
   it("the README's table of HTTP errors names the same codes at the same statuses", async () => {
     const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
     const table = readme.slice(readme.indexOf('**HTTP errors**'), readme.indexOf('**Why a generation failed**'));
@@ -372,6 +401,74 @@ describe('error codes: one table, in the document, in every description, in the 
       return [...codes!.matchAll(/`([a-z_]+)`/g)].map((m) => `${status} ${m[1]}`);
     });
     expect(inReadme.sort()).toEqual(API_ERROR_CODES.map((e) => `${e.status} ${e.code}`).sort());
+  });
+
+  it("a store's refusal to write a job record is a 500 internal_error, not the caller's 400 validation_error; its detail is in the log", async () => {
+    // A bug in a writer (here a NaN clip_score slipped into a cancel's update) meets the record's schema.
+    class NaNScoreJobs extends BlobJobStore {
+      override update(...[owner, id, mutate, options]: Parameters<BlobJobStore['update']>) {
+        return super.update(owner, id, (cur) => {
+          const next = mutate(cur);
+          return next && { ...next, outputs: [{ key: `outputs/${owner}/${id}/0.png`, width: 64, height: 64, clip_score: Number.NaN }] };
+        }, options);
+      }
+    }
+    const created = (await (await h.request('/v1/generations', { json: { prompt: 'a red circle' } })).json()) as { id: string };
+    const app = createApp({ ...h.deps, jobs: new NaNScoreJobs(h.blobs) });
+    h.logs.length = 0;
+    const res = await app.request(`/v1/generations/${created.id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } });
+    const body = await expectEnvelope(res, 500, 'internal_error');
+    expect([body.message, body.param]).toEqual(['internal error', null]);
+    expect(h.logs).toContainEqual(expect.objectContaining({ msg: 'request failed', code: 'internal_error', error: expect.stringMatching(/^RefusedJobRecordError: the job store refused to write a job record: it does not validate: .*clip_score/s) }));
+    expect((await h.jobs.get('acct_alice', created.id))!.status).toBe('queued');
+  });
+});
+
+describe('job failure codes: one table, in the document and in the README', () => {
+  const CLASS_HEADINGS: Record<JobErrorClass, RegExp> = { fix_request: /^Fix the request/, resubmit: /^Submit it again/, same_key: /^Repeat the POST with the same Idempotency-Key/ };
+
+  it("JobError's code names each code once, under its class, with its meaning and advice", async () => {
+    const { doc } = await answerChecker(h.app);
+    const description: string = doc.components.schemas.JobError.properties.code.description;
+    expect(description).toMatch(/Codes may be added: treat one you do not know like internal_error/);
+    let heading: JobErrorClass | undefined;
+    const seen: string[] = [];
+    for (const line of description.split('\n').slice(1)) {
+      const cls = (Object.keys(CLASS_HEADINGS) as JobErrorClass[]).find((c) => CLASS_HEADINGS[c].test(line));
+      if (cls) {
+        heading = cls;
+        continue;
+      }
+      const codes = /^- ((?:`[a-z_]+`(?:, )?)+): /.exec(line)?.[1];
+      expect(codes, line).toBeDefined();
+      for (const [, code] of codes!.matchAll(/`([a-z_]+)`/g)) {
+        const entry = JOB_ERROR_CODES.find((e) => e.code === code);
+        expect(entry, code).toBeDefined();
+        expect(heading, code).toBe(entry!.class);
+        expect(line, code).toContain(`: ${entry!.meaning}. `);
+        expect(line.toLowerCase(), code).toContain(`. ${entry!.advice.toLowerCase()}.`);
+        seen.push(code!);
+      }
+    }
+    expect(seen.sort()).toEqual(JOB_ERROR_CODES.map((e) => e.code).sort());
+  });
+
+  it("the README's table of why a generation failed gives each code the table's meaning and advice", async () => {
+    const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
+    const section = readme.slice(readme.indexOf('**Why a generation failed**'));
+    const table = section.slice(0, section.indexOf('\n\n', section.indexOf('|')));
+    const rows = table.split('\n').filter((line) => /^\| `/.test(line));
+    const inReadme: string[] = [];
+    for (const row of rows) {
+      const [codes, meaning, advice] = row.split(' | ').map((cell) => cell.replace(/^\| |\s*\|$/g, '').trim());
+      for (const [, code] of codes!.matchAll(/`([a-z_]+)`/g)) {
+        const entry = JOB_ERROR_CODES.find((e) => e.code === code);
+        expect(entry, `README names ${code}, the table does not`).toBeDefined();
+        expect([meaning, advice], code).toEqual([entry!.meaning, entry!.advice]);
+        inReadme.push(code!);
+      }
+    }
+    expect(inReadme.sort()).toEqual(JOB_ERROR_CODES.map((e) => e.code).sort());
   });
 });
 

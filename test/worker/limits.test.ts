@@ -603,7 +603,7 @@ describe('a GPU that breaks after startup', () => {
     expect(w2.events.some((e) => e.type === 'unhealthy')).toBe(false);
   });
 
-  it('out of memory in every run is the jobs\' own: retried to their limit, the machine stays healthy', async () => {
+  it('out of memory in every run is the jobs\' own: retried to their limit, then failed out_of_memory (not dead-lettered), the machine stays healthy', async () => {
     const env = await makeEnv();
     let runs = 0;
     const tooBig: Synthesizer = {
@@ -614,9 +614,20 @@ describe('a GPU that breaks after startup', () => {
     };
     const queued = [await submit(env, { steps: 6 }), await submit(env, { steps: 6 }), await submit(env, { steps: 6 })];
     const w = start(env, tooBig, { maxMachineFailures: 2, retryDelaySec: 0, device: 'cuda' });
-    for (const job of queued) expect((await waitForStatus(env, job.id, ['failed'], 20_000)).error?.code).toBe('retries_exhausted');
+    for (const job of queued) {
+      // The same request would not fit again: the caller is told to make it smaller, not to submit it again.
+      const failed = await waitForStatus(env, job.id, ['failed'], 20_000);
+      expect(failed.error).toMatchObject({ code: 'out_of_memory', message: expect.stringMatching(/^the run did not fit in the worker's memory on its last of 3 attempts \(onnxruntime run failed: .*(out of memory|Failed to allocate memory)/) });
+      expect(failed.error!.message).toMatch(/ask for a smaller size$/);
+      // Paths in onnxruntime's text are redacted, as in any engine message a job shows.
+      expect(failed.error!.message).not.toMatch(/\/onnxruntime_src\//);
+    }
     expect(runs).toBe(9);
     expect(w.events.some((e) => e.type === 'unhealthy')).toBe(false);
+    // Failed as a timeout is, for its size: acked, not parked in the DLQ (each dead letter pages).
+    expect(w.events.some((e) => e.type === 'dead_lettered')).toBe(false);
+    await waitFor('the messages acked', async () => (await env.queue.depth()) === 0);
+    expect(await env.queue.deadLetter!.depth()).toBe(0);
   });
 
   it('one job that always fails with a generic runtime_failed does not make a healthy machine unhealthy, redelivered or among successes', async () => {

@@ -108,6 +108,32 @@ async function handle(msg: PoolRequest): Promise<{ value: unknown; transfer: Arr
   }
 }
 
+/** How many characters of a thrown non-Error's JSON a message quotes. */
+const THROWN_JSON_CHARS = 200;
+
+/**
+ * What was thrown, in words: an Error's message (or any object's string `message`), a string as it
+ * is, anything else by its type and its JSON as far as it serializes, never String()'s "[object
+ * Object]". The text can reach a failed job's message (runtime_failed, then retries_exhausted's "last error").
+ */
+function thrownText(e: unknown): string {
+  const message = (e as { message?: unknown } | null | undefined)?.message;
+  if (typeof message === 'string') return message;
+  if (typeof e === 'string') return e;
+  if (e === null || e === undefined) return `a thrown ${String(e)}`;
+  if (typeof e !== 'object' && typeof e !== 'function') return `a thrown ${typeof e} (${String(e)})`;
+  const name = (e as { constructor?: { name?: unknown } }).constructor?.name;
+  const type = `a thrown ${typeof name === 'string' && name !== '' ? name : 'object'}`;
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(e);
+  } catch {
+    // A cycle or a BigInt inside: the type alone.
+  }
+  if (json === undefined) return type;
+  return `${type} ${json.length > THROWN_JSON_CHARS ? `${json.slice(0, THROWN_JSON_CHARS)}…` : json}`;
+}
+
 port.on('message', (msg: PoolRequest) => {
   if (msg.type === 'crash') {
     // Thrown from the listener itself, so the thread dies before it takes any message queued behind this one.
@@ -128,7 +154,7 @@ port.on('message', (msg: PoolRequest) => {
       const err =
         e instanceof EngineError
           ? { code: e.code, message: e.message, detail: e.detail }
-          : { code: 'runtime_failed' as const, message: `engine worker failed: ${(e as Error)?.message ?? String(e)}`, detail: {} };
+          : { code: 'runtime_failed' as const, message: `engine worker failed: ${thrownText(e)}`, detail: {} };
       try {
         port.postMessage({ id: msg.id, ok: false, error: err } satisfies PoolResponse);
       } catch {

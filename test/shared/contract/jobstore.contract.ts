@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConflictError, NotFoundError, PreconditionFailedError, ValidationError } from '../../../shared/errors.ts';
 import { newJobId } from '../../../shared/ids.ts';
-import { BlobJobStore } from '../../../shared/jobstore.ts';
+import { BlobJobStore, RefusedJobRecordError } from '../../../shared/jobstore.ts';
 import type { BlobStore } from '../../../shared/ports.ts';
 import { GenerationSpec, isTerminal, newJobRecord, type JobRecord } from '../../../shared/schemas/index.ts';
 
@@ -38,8 +38,10 @@ export function jobStoreContract(
 
     it('create refuses an invalid record', async () => {
       const jobs = new BlobJobStore(await makeBlobStore());
-      await expect(jobs.create({ ...makeJob('acme'), status: 'exploded' } as never)).rejects.toBeInstanceOf(ValidationError);
-      await expect(jobs.create({ ...makeJob('acme'), version: 3 })).rejects.toBeInstanceOf(ValidationError);
+      // The writer's bug, not the caller's input: a 500-class error, never a 400 ValidationError.
+      await expect(jobs.create({ ...makeJob('acme'), status: 'exploded' } as never)).rejects.toBeInstanceOf(RefusedJobRecordError);
+      await expect(jobs.create({ ...makeJob('acme'), version: 3 })).rejects.toBeInstanceOf(RefusedJobRecordError);
+      await expect(jobs.create({ ...makeJob('acme'), status: 'exploded' } as never)).rejects.toMatchObject({ status: 500, code: 'internal_error', retryable: false });
     });
 
     it.runIf(options.enforcesConditionalWrites)('create is conditional: a second create of the same id fails', async () => {
@@ -87,9 +89,9 @@ export function jobStoreContract(
     it('an update cannot move a job to another owner or id, nor write an invalid record', async () => {
       const jobs = new BlobJobStore(await makeBlobStore());
       const job = await jobs.create(makeJob('acme'));
-      await expect(jobs.update('acme', job.id, (j) => ({ ...j, owner: 'mallory' }))).rejects.toBeInstanceOf(ValidationError);
+      await expect(jobs.update('acme', job.id, (j) => ({ ...j, owner: 'mallory' }))).rejects.toBeInstanceOf(RefusedJobRecordError);
       await expect(jobs.update('acme', job.id, (j) => ({ ...j, progress: { step: 99, total: 50 } }))).rejects.toBeInstanceOf(
-        ValidationError,
+        RefusedJobRecordError,
       );
     });
 
