@@ -14,6 +14,7 @@ import { createApp } from '../functions/app.ts';
 import { jsonLineLog, jsonLineLogAt } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
 import { RESEND_AFTER_MS, sendMessagesLeftUnsent, startQueuedJobSweeps, type QueuedJobDeps } from '../functions/queued-jobs.ts';
+import { localRetention } from '../functions/local-retention.ts';
 import { webhookDeliveryFromConfig } from '../shared/webhooks.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
@@ -29,6 +30,8 @@ export const usage = `usage: clipag serve [--port N] [--data DIR] [--steps N]
 Starts the HTTP API and the queue worker in one process on the local adapters. Jobs, outputs and
 keys persist under .data/ across restarts; queued jobs survive a restart. Prints a working curl
 example with a local API key (made on first start, kept in .data/local-api-key).
+Images and frames are kept for ever unless CLIPAG_OUTPUT_RETENTION_DAYS is set (then removed once
+a generation's outputs_expire_at has passed), uploads unless CLIPAG_UPLOAD_RETENTION_DAYS is set.
 
   --port N     listen port, 1-65535 (default $PORT or 8787)
   --data DIR   data folder (default $CLIPAG_DATA_DIR or .data)
@@ -55,6 +58,8 @@ export interface ServeHandle {
    * worker would write into folders made afresh. The server should stop and say so.
    */
   dataFolderLost: Promise<string>;
+  /** What the server removes after how many days (CLIPAG_OUTPUT_RETENTION_DAYS, CLIPAG_UPLOAD_RETENTION_DAYS); unset: kept. */
+  retentionDays: { outputs?: number; uploads?: number };
 }
 
 /** Starts everything; used by the verb and by the end-to-end tests. */
@@ -148,17 +153,29 @@ export async function serve(
   }
   // A job whose message was lost (a crash between its create and its send) gets it again once it has
   // waited RESEND_AFTER_MS (it may only be slow), and its failed completion webhooks are retried.
-  // Those a stopped server left unsent were sent above.
+  // Those a stopped server left unsent were sent above. With CLIPAG_OUTPUT_RETENTION_DAYS (which every
+  // view's `outputs_expire_at` announces) or CLIPAG_UPLOAD_RETENTION_DAYS, each sweep also removes what
+  // has expired, as the bucket's lifecycle rules do in AWS.
+  const clock = () => new Date();
+  const retention = localRetention({
+    blobs,
+    jobs,
+    clock,
+    log,
+    ...(local.outputRetentionDays !== undefined ? { outputRetentionDays: local.outputRetentionDays } : {}),
+    ...(local.uploadRetentionDays !== undefined ? { uploadRetentionDays: local.uploadRetentionDays } : {}),
+  });
   const sweeps = startQueuedJobSweeps(
     {
       blobs,
       jobs,
       queue,
       webhooks: webhookDeliveryFromConfig(local),
-      clock: () => new Date(),
+      clock,
       log,
     },
     opts.sweepEveryMs ?? 60_000,
+    retention ? { retention } : {},
   );
   let stopping: Promise<void> | undefined;
   return {
@@ -166,6 +183,10 @@ export async function serve(
     apiKey,
     unhealthy,
     dataFolderLost,
+    retentionDays: {
+      ...(local.outputRetentionDays !== undefined ? { outputs: local.outputRetentionDays } : {}),
+      ...(local.uploadRetentionDays !== undefined ? { uploads: local.uploadRetentionDays } : {}),
+    },
     stop: () =>
       (stopping ??= (async () => {
         // The API at once, beside the worker's drain: it takes no new connection, and the requests in
@@ -324,6 +345,7 @@ export async function run(argv: string[]): Promise<number> {
       `clipag: API and worker running at ${handle.url} (local mode, data in ${dataDir})`,
       // The cap is said here, and in the record of each job it cuts short (a warning): not a silent change.
       ...(maxSteps !== undefined ? [`clipag: --steps ${maxSteps}: every job is capped at ${maxSteps} step${maxSteps === 1 ? '' : 's'} (a job that asks for more gets a warning saying so)`] : []),
+      ...retentionLines(handle.retentionDays),
       '',
       'Try it:',
       `  export CLIPAG=${handle.url} CLIPAG_KEY=${key}     # as the README's examples use them`,
@@ -354,6 +376,15 @@ export async function run(argv: string[]): Promise<number> {
     // Going on would answer every request 401 with no reason given (its keys are gone).
     void handle.dataFolderLost.then((reason) => stopBecause(`${reason}; its API keys, jobs and images went with it (start clipag serve again to make a new one)`));
   });
+}
+
+/** What the server removes, and when: said at its start when a retention is set. */
+function retentionLines(retention: ServeHandle['retentionDays']): string[] {
+  const days = (n: number) => `${n} day${n === 1 ? '' : 's'}`;
+  return [
+    ...(retention.outputs !== undefined ? [`clipag: images and frames are removed ${days(retention.outputs)} after their generation ends (CLIPAG_OUTPUT_RETENTION_DAYS)`] : []),
+    ...(retention.uploads !== undefined ? [`clipag: uploads are removed ${days(retention.uploads)} after their PUT, unless a queued or running job names them (CLIPAG_UPLOAD_RETENTION_DAYS)`] : []),
+  ];
 }
 
 /**

@@ -8,6 +8,7 @@ import { isTerminal, TERMINAL_STATUSES, waitingSince, type JobRecord, type JobSt
 import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
 import { encodeQueueMessage } from '../shared/schemas/queue.ts';
 import type { ViewOptions } from '../shared/views.ts';
+import type { RetentionPass } from './local-retention.ts';
 import type { AppLogEntry } from './types.ts';
 
 /**
@@ -569,11 +570,14 @@ export interface SweepTimer {
 
 /**
  * Runs the sweep now and then every `everyMs` (local mode; in AWS a scheduled Lambda runs it). Sweeps
- * never overlap; a failed sweep is logged and the next one runs on time.
+ * never overlap; a failed sweep is logged and the next one runs on time. With `retention` (local mode's
+ * stand-in for the bucket's lifecycle rules), each sweep is followed by a retention pass, which is
+ * logged once when it removed something or failed, and never keeps the sweep from running.
  */
-export function startQueuedJobSweeps(deps: SweepDeps, everyMs: number): SweepTimer {
+export function startQueuedJobSweeps(deps: SweepDeps, everyMs: number, options: { retention?: RetentionPass } = {}): SweepTimer {
   let running: Promise<void> | undefined;
   let stopped = false;
+  const { retention } = options;
   const tick = () => {
     if (stopped || running) return;
     running = sweepQueuedJobs(deps)
@@ -583,6 +587,18 @@ export function startQueuedJobSweeps(deps: SweepDeps, everyMs: number): SweepTim
         },
         (error: unknown) => deps.log?.({ level: 'warn', msg: 'queued-job sweep failed; the next one runs on time', error: describe(error) }),
       )
+      .then(async () => {
+        if (!retention || stopped) return;
+        try {
+          const report = await retention.run();
+          if (report.generations > 0 || report.uploads > 0 || report.errors > 0) {
+            const msg = report.errors > 0 ? 'local retention: not all that has expired was removed; the next pass tries again' : 'local retention: removed what has expired';
+            deps.log?.({ level: report.errors > 0 ? 'warn' : 'info', msg, ...report });
+          }
+        } catch (error) {
+          deps.log?.({ level: 'warn', msg: 'local retention pass failed; the next one runs on time', error: describe(error) });
+        }
+      })
       .finally(() => {
         running = undefined;
       });

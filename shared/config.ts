@@ -81,8 +81,9 @@ const Common = {
   /** Generations one owner may have queued or running at once; the next POST is a 429 (ADR 0016). */
   maxActiveJobs: intIn(1, 1000, 100),
   /**
-   * How long the store keeps a generation's images (the bucket's lifecycle rule; the CDK sets it).
-   * Views then say until when the outputs exist (`outputs_expire_at`). Unset: kept (local mode).
+   * How long the store keeps a generation's images (the bucket's lifecycle rule; the CDK sets it;
+   * in local mode `clipag serve`'s retention pass removes them, functions/local-retention.ts).
+   * Views then say until when the outputs exist (`outputs_expire_at`). Unset: kept (local mode's default).
    */
   outputRetentionDays: z.coerce.number().int().min(1).max(3650).optional(),
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
@@ -134,6 +135,12 @@ const LocalConfig = z.object({
   retryDelaySec: intIn(0, 900, 2),
   /** The longest `Prefer: wait=N` a request may be held for until its generation ends (0: the header is ignored). */
   maxWaitSec: intIn(0, 900, 60),
+  /**
+   * How long `clipag serve` keeps an upload (days from its PUT), as the bucket's lifecycle rule does in
+   * AWS (the CDK's uploadRetentionDays, 5); one a queued or running job names stays until that job
+   * ends. Unset: kept (functions/local-retention.ts).
+   */
+  uploadRetentionDays: z.coerce.number().int().min(1).max(3650).optional(),
   ...Common,
 });
 
@@ -215,6 +222,7 @@ export const ENV_VARS = {
   CLIPAG_WEBHOOK_PORTS: 'webhookPorts',
   CLIPAG_WORKER_HOURLY_USD: 'workerHourlyUsd',
   CLIPAG_OUTPUT_RETENTION_DAYS: 'outputRetentionDays',
+  CLIPAG_UPLOAD_RETENTION_DAYS: 'uploadRetentionDays',
   CLIPAG_MAX_ACTIVE_JOBS: 'maxActiveJobs',
   CLIPAG_MAX_WAIT_SEC: 'maxWaitSec',
   CLIPAG_DISABLE_PREPACKING: 'disablePrepacking',

@@ -86,9 +86,12 @@ export function viewOptionsFromConfig(config: { workerHourlyUsd?: number | undef
 }
 
 /**
- * When a finished job's stored images (and frames) expire under the bucket's lifecycle rule: its end
- * plus the retention (S3 removes them at the next UTC midnight after that, so they may outlive it a
- * little, never the reverse). Null while nothing is stored, or when the deployment keeps outputs.
+ * When a finished job's stored images (and frames) expire under the bucket's lifecycle rule (in local
+ * mode, `clipag serve`'s retention pass: functions/local-retention.ts): its end plus the retention (S3
+ * removes them at the next UTC midnight after that, the local pass within minutes, so they may outlive
+ * it a little, never the reverse). Null while nothing is stored, or when the deployment keeps outputs.
+ * Past it the record is as it was: the view still lists the outputs, whose links answer 404, with this
+ * time (now past) saying why, and the frames list is empty.
  */
 export function outputsExpireAt(job: JobRecord, outputRetentionDays: number | undefined): string | null {
   if (outputRetentionDays === undefined || job.finished_at === null || job.outputs.length === 0) return null;

@@ -3,7 +3,7 @@ import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { checkPngFile } from '../../shared/png-check.ts';
-import { jobOutputsPrefix, parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
+import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
@@ -11,7 +11,7 @@ import { deletedRecord, isTerminal, newJobRecord } from '../../shared/schemas/jo
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
-import { deletePrefix } from '../../shared/prefix.ts';
+import { removeJobOutputs, requeueable } from '../../shared/retention.ts';
 import { canonicalJson, type Claim, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
 import { listFilter } from '../list-filter.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
@@ -43,14 +43,6 @@ const RETRY_AFTER_QUEUED_SEC = 30;
 /** ... and never longer than this: an extrapolation from a few early steps can be far off. */
 const RETRY_AFTER_MAX_SEC = 120;
 const ACTIVE_RECOUNT_PAUSE_MS = 100;
-
-/**
- * A job whose first enqueue failed (its POST answered 503): the retry with the same Idempotency-Key
- * queues it again. Not once the caller has deleted it (ADR 0021): a deleted generation stays ended.
- */
-function requeueable(job: JobRecord): boolean {
-  return job.status === 'failed' && job.error?.code === 'enqueue_failed' && job.deleted_at === undefined;
-}
 
 /** Tries of the write that fails a job whose send or create failed, and the pause before the second (growing). */
 const MARK_FAILED_TRIES = 3;
@@ -899,7 +891,7 @@ export function registerGenerationRoutes(
       }
       return cur.deleted_at !== undefined ? null : deletedRecord(cur, now);
     });
-    await deletePrefix(blobs, jobOutputsPrefix(owner, id));
+    await removeJobOutputs(blobs, owner, id);
     // Its images are gone: nothing is left for the sweep to settle.
     if (job.attempts > 0) await clearPending(blobs, 'outputs', owner, id);
     return c.json(await view(job), 200);

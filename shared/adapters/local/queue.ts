@@ -21,6 +21,12 @@ export interface LocalJobQueueOptions {
   maxReceives?: number;
   /** Whether to keep a dead-letter queue (default true). */
   deadLetter?: boolean;
+  /**
+   * How long a message is kept from its send (SQS's MessageRetentionPeriod); then a receive that meets
+   * it drops it. Default: for ever (local queued jobs wait for a worker however long it takes). The
+   * dead-letter queue keeps its letters DEAD_LETTER_RETENTION_SEC.
+   */
+  retentionSec?: number;
   /** How often a long poll re-reads the disk, for messages sent by another process (default 200 ms). */
   pollIntervalMs?: number;
   /** Hears about unreadable message files moved to `<dir>/corrupt` (default: a JSON line on stderr). */
@@ -55,6 +61,13 @@ const stderrLog = {
 const MAX_BODY_BYTES = 256 * 1024;
 
 /**
+ * How long the dead-letter queue keeps a letter: 14 days, as the AWS one does (cdk/lib/stateful-stack.ts,
+ * the longest SQS allows). Kept for ever, a settled letter was received and released again by every
+ * dead-letter sweep, a minute apart, until someone ran `clipag dlq purge`.
+ */
+export const DEAD_LETTER_RETENTION_SEC = 14 * 24 * 3600;
+
+/**
  * Fair delivery across tenants (SendOptions.group), as SQS fair queues do: a receive looks this many
  * visible messages past the oldest (twice an owner's default active-job limit) for one of a tenant
  * that has fewer messages in flight and fewer delivered lately, so that one tenant's backlog does not
@@ -85,6 +98,7 @@ export class LocalJobQueue implements JobQueue {
   private readonly dir: string;
   private readonly visibilitySec: number;
   private readonly maxReceives: number;
+  private readonly retentionMs: number;
   private readonly pollIntervalMs: number;
   private readonly log: NonNullable<LocalJobQueueOptions['log']>;
   /** Removal of temp files left by crashed writes, started when the queue opens (tests await it). */
@@ -105,6 +119,11 @@ export class LocalJobQueue implements JobQueue {
     this.tmpSwept = removeStaleFiles(join(this.dir, 'tmp')).catch(() => undefined);
     this.visibilitySec = options.visibilitySec ?? 30;
     this.maxReceives = options.maxReceives ?? 3;
+    const retentionSec = options.retentionSec ?? Infinity;
+    if (!(retentionSec === Infinity || (Number.isFinite(retentionSec) && retentionSec > 0))) {
+      throw new ValidationError('retentionSec must be a positive number of seconds or Infinity', 'retentionSec');
+    }
+    this.retentionMs = retentionSec * 1000;
     this.pollIntervalMs = options.pollIntervalMs ?? 200;
     checkVisibility(this.visibilitySec);
     if (!(this.maxReceives === Infinity || (Number.isInteger(this.maxReceives) && this.maxReceives >= 1))) {
@@ -118,6 +137,7 @@ export class LocalJobQueue implements JobQueue {
             visibilitySec: this.visibilitySec,
             maxReceives: Infinity,
             deadLetter: false,
+            retentionSec: DEAD_LETTER_RETENTION_SEC,
             pollIntervalMs: this.pollIntervalMs,
             log: this.log,
           });
@@ -202,7 +222,8 @@ export class LocalJobQueue implements JobQueue {
    * listed, so the JobQueue port has no such call). Read without the lock: each file is whole.
    */
   async bodies(): Promise<string[]> {
-    const own = (await this.readAll(false)).map((m) => m.body);
+    const now = Date.now();
+    const own = (await this.readAll(false)).filter((m) => !this.expired(m, now)).map((m) => m.body);
     return this.deadLetter ? [...own, ...(await this.deadLetter.bodies())] : own;
   }
 
@@ -340,6 +361,12 @@ export class LocalJobQueue implements JobQueue {
         if (idleTenants.size >= max || candidates.length >= max + FAIR_LOOKAHEAD) break;
         const message = await this.readKnown(id);
         if (!message) continue;
+        if (this.expired(message, now)) {
+          // Past its retention: gone, as SQS drops it (the oldest ids come first, so these are met first).
+          await rm(this.messagePath(message.id), { force: true });
+          this.parsedFiles.delete(message.id);
+          continue;
+        }
         const tenant = message.group !== undefined ? `g:${message.group}` : `m:${message.id}`;
         // In flight with a process that has died (a crash, a kill -9): its lease is void now, not at
         // the visibility timeout, so the job does not sit "running" for a minute after a restart.
@@ -425,7 +452,17 @@ export class LocalJobQueue implements JobQueue {
 
   /** Messages currently stored (visible, delayed or in flight); for tests and operators. */
   async depth(): Promise<number> {
-    return (await this.readAll(false)).length; // unlocked: skips unreadable files, moves nothing
+    const now = Date.now();
+    return (await this.readAll(false)).filter((m) => !this.expired(m, now)).length; // unlocked: skips unreadable files, moves nothing
+  }
+
+  /**
+   * Past its retention (counted from its send, as SQS counts it). One in flight is not, until its
+   * holder's lease ends: its ack or release must still find it.
+   */
+  private expired(message: StoredMessage, now: number): boolean {
+    const inFlight = message.visibleAt > now && message.deliveryToken !== null;
+    return now - message.sentAt >= this.retentionMs && !inFlight;
   }
 
   /** Files moved to `<dir>/corrupt` so far (operators inspect or delete them). */
