@@ -94,17 +94,20 @@ export class BlobJobStore implements JobStore {
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw new ValidationError('limit must be 1..100', 'limit');
     if (options.cursor !== undefined) assertJobId(options.cursor, 'cursor');
     if (options.endBefore !== undefined) assertJobId(options.endBefore, 'endBefore');
-    const listed = await this.blobs.list(`jobs/${owner}/`, {
-      limit,
-      ...(options.cursor !== undefined ? { cursor: BlobJobStore.keyFor(owner, options.cursor) } : {}),
-    });
+    const prefix = `jobs/${owner}/`;
+    const listOptions = { limit, ...(options.cursor !== undefined ? { cursor: BlobJobStore.keyFor(owner, options.cursor) } : {}) };
+    // Keys only: each document is read (get) below, and a store's list may read each one too (the local
+    // store hashes every object it lists for its etag), which made a page cost two reads per job.
+    const listed = this.blobs.listKeys
+      ? await this.blobs.listKeys(prefix, listOptions)
+      : await this.blobs.list(prefix, listOptions).then((page) => ({ keys: page.items.map((item) => item.key), ...(page.cursor !== undefined ? { cursor: page.cursor } : {}) }));
     // Keys list in order: the end cuts the page before any of its documents is read.
     const end = options.endBefore === undefined ? undefined : BlobJobStore.keyFor(owner, options.endBefore);
-    const kept = end === undefined ? listed.items : listed.items.filter((item) => item.key < end);
-    const page = kept.length < listed.items.length ? { items: kept } : listed;
+    const kept = end === undefined ? listed.keys : listed.keys.filter((key) => key < end);
+    const page = kept.length < listed.keys.length ? { keys: kept } : listed;
     // The page's records are read a few at once (one after another, a 100-job page waited on 100
     // round trips), each into its slot: the page keeps its key order, newest first.
-    const ids = page.items.map((item) => item.key.slice(`jobs/${owner}/`.length, -'.json'.length)).filter((id) => RESOURCE_ID_PATTERN.test(id)); // others are not job documents
+    const ids = page.keys.map((key) => key.slice(prefix.length, -'.json'.length)).filter((id) => RESOURCE_ID_PATTERN.test(id)); // others are not job documents
     const read: Array<JobRecord | CorruptDocumentError | null> = new Array(ids.length).fill(null);
     try {
       await forEachLimited(
@@ -131,8 +134,8 @@ export class BlobJobStore implements JobStore {
     }
     const jobs = read.filter((entry): entry is JobRecord => entry !== null && !(entry instanceof CorruptDocumentError));
     // The cursor given out is the last job id, so it stays meaningful to the caller and cannot name a key.
-    const last = page.items[page.items.length - 1];
-    return page.cursor && last ? { jobs, cursor: last.key.slice(`jobs/${owner}/`.length, -'.json'.length) } : { jobs };
+    const last = page.keys[page.keys.length - 1];
+    return page.cursor && last ? { jobs, cursor: last.slice(prefix.length, -'.json'.length) } : { jobs };
   }
 }
 

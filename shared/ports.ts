@@ -37,6 +37,14 @@ export interface ListPage {
   cursor?: string;
 }
 
+/** A `list` page's keys only (`listKeys`). */
+export interface KeyPage {
+  /** Ascending. */
+  keys: string[];
+  /** Present when more keys may follow. */
+  cursor?: string;
+}
+
 export interface SignedPutOptions {
   contentType: string;
   /** Upper bound on the upload size. */
@@ -68,6 +76,12 @@ export interface BlobStore {
   /** `null` when absent. */
   head(key: string): Promise<BlobMeta | null>;
   list(prefix: string, options?: ListOptions): Promise<ListPage>;
+  /**
+   * The keys `list` would give, with the same limit and cursor, without their metadata: for a caller
+   * that reads each object anyway (the local store reads and hashes every object it lists). A key may
+   * be gone by the time it is read. Optional: without it, take the keys of `list`.
+   */
+  listKeys?(prefix: string, options?: ListOptions): Promise<KeyPage>;
   /** Idempotent: deleting an absent key succeeds. */
   delete(key: string): Promise<void>;
   /**

@@ -15,6 +15,7 @@ import type {
   BlobMeta,
   BlobObject,
   BlobStore,
+  KeyPage,
   ListOptions,
   ListPage,
   PutOptions,
@@ -119,15 +120,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async list(prefix: string, options: ListOptions = {}): Promise<ListPage> {
-    assertValidPrefix(prefix);
-    const limit = options.limit ?? 1000;
-    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ValidationError('limit must be 1..1000', 'limit');
-    // The cursor is the last key returned (StartAfter), the same contract as the local adapter,
-    // so callers can build cursors from keys (the JobStore does).
-    // A page of at most 1000 keys (a few hundred KB of XML) is read before the call resolves: a small request.
-    const out = await this.small('S3 ListObjectsV2', (abortSignal) =>
-      this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: limit, StartAfter: options.cursor }), { abortSignal }),
-    );
+    const out = await this.listObjects(prefix, options);
     const items: BlobMeta[] = (out.Contents ?? []).map((o) => ({
       key: o.Key!,
       size: o.Size ?? 0,
@@ -137,6 +130,26 @@ export class S3BlobStore implements BlobStore {
     }));
     const last = items[items.length - 1];
     return out.IsTruncated && last ? { items, cursor: last.key } : { items };
+  }
+
+  /** The same request as `list` (it costs no more here), keys only. */
+  async listKeys(prefix: string, options: ListOptions = {}): Promise<KeyPage> {
+    const out = await this.listObjects(prefix, options);
+    const keys = (out.Contents ?? []).map((o) => o.Key!);
+    const last = keys[keys.length - 1];
+    return out.IsTruncated && last !== undefined ? { keys, cursor: last } : { keys };
+  }
+
+  private async listObjects(prefix: string, options: ListOptions) {
+    assertValidPrefix(prefix);
+    const limit = options.limit ?? 1000;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ValidationError('limit must be 1..1000', 'limit');
+    // The cursor is the last key returned (StartAfter), the same contract as the local adapter,
+    // so callers can build cursors from keys (the JobStore does).
+    // A page of at most 1000 keys (a few hundred KB of XML) is read before the call resolves: a small request.
+    return this.small('S3 ListObjectsV2', (abortSignal) =>
+      this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: limit, StartAfter: options.cursor }), { abortSignal }),
+    );
   }
 
   async delete(key: string): Promise<void> {

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import type { BigIntStats, Dirent } from 'node:fs';
 import { type FileHandle, open, readFile, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 import { PreconditionFailedError, ValidationError } from '../../errors.ts';
@@ -9,6 +10,7 @@ import type {
   BlobMeta,
   BlobObject,
   BlobStore,
+  KeyPage,
   ListOptions,
   ListPage,
   PutOptions,
@@ -51,6 +53,61 @@ const ETAG_CACHE_MIN_BYTES = 1 << 20;
 /** How many files `deleteMany` removes at once (as deletePrefix did before the batch delete). */
 const LOCAL_DELETES_AT_ONCE = 8;
 
+/**
+ * A folder changed more recently than this is read again by the next listing instead of being
+ * trusted from memory: folder mtimes come from a coarse clock (a kernel tick, ≤ 10 ms, on ext4, xfs,
+ * btrfs and APFS; whole seconds on HFS+; 2 s on FAT), and a second change within the same tick leaves
+ * the mtime as it was. Once a folder's mtime is older than any tick, every later change moves it.
+ * (This takes the file server's clock to be this machine's: a data folder on a network share whose
+ * server's clock runs seconds behind could keep a listing stale until the folder next changes.)
+ */
+export const LIST_CACHE_SETTLED_MS = 3000;
+/** Listings of fewer keys are read each time: reading them costs about what checking a cached one does. */
+export const LIST_CACHE_MIN_KEYS = 64;
+/** Bound on the listings kept: keys plus folders, ~100 bytes each (~20 MB at most), and entries. */
+const LIST_CACHE_MAX_WEIGHT = 200_000;
+const LIST_CACHE_MAX_FOLDERS = 32;
+/** How many folders a cached listing's check stats at once. */
+const LIST_STATS_AT_ONCE = 16;
+
+/** What identifies one state of a folder's entries (see LIST_CACHE_SETTLED_MS). */
+interface FolderStamp {
+  dev: bigint;
+  ino: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+/** Every file under a listed folder, read at the folders' stamps. */
+interface FolderTree {
+  /** Each folder read (relative to objects/, the listed one included) with its stamp taken before it was read. */
+  folders: Map<string, FolderStamp>;
+  /** The valid keys, sorted. */
+  keys: string[];
+  /** Files whose names are not keys (list() warns about them once and skips them). */
+  strays: string[];
+}
+
+function sameStamp(stamp: FolderStamp, now: BigIntStats): boolean {
+  return now.isDirectory() && stamp.dev === now.dev && stamp.ino === now.ino && stamp.mtimeNs === now.mtimeNs && stamp.ctimeNs === now.ctimeNs;
+}
+
+function treeWeight(tree: FolderTree): number {
+  return tree.keys.length + tree.strays.length + tree.folders.size;
+}
+
+/** The first index from `from` on where `pred` holds, for a `pred` false then true along `items`; `items.length` if none. */
+function firstIndex(items: readonly string[], pred: (item: string) => boolean, from = 0): number {
+  let lo = from;
+  let hi = items.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (pred(items[mid]!)) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
 function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
 }
@@ -70,6 +127,13 @@ export class LocalBlobStore implements BlobStore {
   private readonly log: NonNullable<LocalBlobStoreOptions['log']>;
   /** Stray names list() already warned about: one line per name, not one per listing. */
   private readonly warnedNames = new Set<string>();
+  /**
+   * Listings by the folder they walk, least recently used first: a listing re-read and re-sorted every
+   * folder's entries on each call, so paging a 30 000-job owner was quadratic. Checked against the
+   * folders' stamps before each use, so another process's (or this one's) create or delete is never missed.
+   */
+  private readonly trees = new Map<string, FolderTree>();
+  private treesWeight = 0;
   /** Removal of temp files left by crashed writes, started when the store opens (tests await it). */
   private readonly tmpSwept: Promise<void>;
 
@@ -273,47 +337,126 @@ export class LocalBlobStore implements BlobStore {
   }
 
   async list(prefix: string, options: ListOptions = {}): Promise<ListPage> {
+    const page = await this.listPage(prefix, options);
+    const items: BlobMeta[] = [];
+    for (const key of page.keys) {
+      const meta = await this.head(key);
+      if (meta) items.push(meta); // deleted between the folder read and head: skip
+    }
+    return page.cursor !== undefined ? { items, cursor: page.cursor } : { items };
+  }
+
+  /** `list` without reading any object: a caller that reads each document anyway need not have them hashed too. */
+  async listKeys(prefix: string, options: ListOptions = {}): Promise<KeyPage> {
+    return this.listPage(prefix, options);
+  }
+
+  private async listPage(prefix: string, options: ListOptions): Promise<KeyPage> {
     assertValidPrefix(prefix);
     const limit = options.limit ?? 1000;
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ValidationError('limit must be 1..1000', 'limit');
     // Walk only the deepest folder the prefix fully names.
     const baseFolder = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : '';
-    const keys: string[] = [];
+    const tree = (await this.cachedTree(baseFolder)) ?? (await this.readTree(baseFolder));
+    for (const rel of tree.strays) {
+      // A name no key can have (an editor's `x~`, a copy's `a b.json`, non-ASCII) was put there
+      // by hand, not by this store: skipped, as callers skip S3 keys they do not recognise. It
+      // used to make the whole listing (models, jobs, keys, the sweep) throw a 400.
+      if (rel.startsWith(prefix) && !this.warnedNames.has(rel)) {
+        this.warnedNames.add(rel);
+        this.log.warn('file under objects/ is not a valid key; list() skips it', { file: join(this.root, 'objects', rel) });
+      }
+    }
+    // The keys with the prefix are one run of the sorted list (the prefix may end inside a name: `p/a`
+    // matches `p/a/1` and `p/ab`); the page starts at the first key after the cursor.
+    const keys = tree.keys;
+    const first = firstIndex(keys, (k) => k >= prefix);
+    const end = firstIndex(keys, (k) => k >= prefix && !k.startsWith(prefix), first);
+    const after = options.cursor;
+    const start = after === undefined ? first : firstIndex(keys, (k) => k > after, first);
+    const pageKeys = keys.slice(start, Math.min(start + limit, end));
+    return end - start > limit ? { keys: pageKeys, cursor: pageKeys[pageKeys.length - 1] } : { keys: pageKeys };
+  }
+
+  /**
+   * The listing of `baseFolder` remembered by an earlier call, when none of its folders has changed
+   * since: each is stat'ed, and any difference in identity, mtime or ctime (a create, delete or rename
+   * in it changes its mtime, on Linux and macOS as POSIX says) drops the entry. Undefined otherwise.
+   */
+  private async cachedTree(baseFolder: string): Promise<FolderTree | undefined> {
+    const entry = this.trees.get(baseFolder);
+    if (!entry) return undefined;
+    let unchanged = true;
+    await forEachLimited([...entry.folders], LIST_STATS_AT_ONCE, async ([relDir, stamp]) => {
+      if (!unchanged) return;
+      const now = await stat(join(this.root, 'objects', relDir), { bigint: true }).catch(() => undefined);
+      if (!now || !sameStamp(stamp, now)) unchanged = false;
+    });
+    if (!unchanged) {
+      this.forgetTree(baseFolder);
+      return undefined;
+    }
+    // Most recently used last: eviction takes the first.
+    this.trees.delete(baseFolder);
+    this.trees.set(baseFolder, entry);
+    return entry;
+  }
+
+  /**
+   * Reads every folder under `baseFolder` (each one stat'ed BEFORE it is read, so a change during the
+   * read leaves a stamp that no longer matches) into sorted keys, and remembers them when every folder's
+   * mtime is older than LIST_CACHE_SETTLED_MS: a folder stamped with the clock tick a change lands in
+   * can change again within that tick and keep its mtime, so a folder changed that recently is re-read.
+   */
+  private async readTree(baseFolder: string): Promise<FolderTree> {
+    const settledBefore = BigInt(Date.now() - LIST_CACHE_SETTLED_MS) * 1_000_000n;
+    const tree: FolderTree = { folders: new Map(), keys: [], strays: [] };
+    let settled = true;
     const walk = async (relDir: string): Promise<void> => {
-      let entries;
+      const path = join(this.root, 'objects', relDir);
+      let folder: BigIntStats;
+      let entries: Dirent[];
       try {
-        entries = await readdir(join(this.root, 'objects', relDir), { withFileTypes: true });
+        folder = await stat(path, { bigint: true });
+        if (!folder.isDirectory()) return;
+        entries = await readdir(path, { withFileTypes: true });
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT' || (error as NodeJS.ErrnoException).code === 'ENOTDIR') return;
         throw error;
       }
+      tree.folders.set(relDir, { dev: folder.dev, ino: folder.ino, mtimeNs: folder.mtimeNs, ctimeNs: folder.ctimeNs });
+      if (folder.mtimeNs >= settledBefore) settled = false;
       for (const entry of entries) {
         const rel = relDir ? `${relDir}/${entry.name}` : entry.name;
         if (entry.isDirectory()) await walk(rel);
-        else if (entry.isFile() && rel.startsWith(prefix)) {
-          // A name no key can have (an editor's `x~`, a copy's `a b.json`, non-ASCII) was put there
-          // by hand, not by this store: skipped, as callers skip S3 keys they do not recognise. It
-          // used to make the whole listing (models, jobs, keys, the sweep) throw a 400.
-          if (isValidKey(rel)) keys.push(rel);
-          else if (!this.warnedNames.has(rel)) {
-            this.warnedNames.add(rel);
-            this.log.warn('file under objects/ is not a valid key; list() skips it', { file: join(this.root, 'objects', rel) });
-          }
-        }
+        else if (entry.isFile()) (isValidKey(rel) ? tree.keys : tree.strays).push(rel);
       }
     };
     await walk(baseFolder);
     // Plain code-unit order equals S3's UTF-8 byte order for the ASCII keys assertValidKey allows.
-    keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    const after = options.cursor;
-    const remaining = after === undefined ? keys : keys.filter((k) => k > after);
-    const pageKeys = remaining.slice(0, limit);
-    const items: BlobMeta[] = [];
-    for (const key of pageKeys) {
-      const meta = await this.head(key);
-      if (meta) items.push(meta); // deleted between readdir and head: skip
+    tree.keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    // A folder that is missing (nothing listed) has no stamp to check: it is read again each time, cheaply.
+    if (settled && tree.folders.has(baseFolder) && tree.keys.length >= LIST_CACHE_MIN_KEYS) this.rememberTree(baseFolder, tree);
+    return tree;
+  }
+
+  private rememberTree(baseFolder: string, tree: FolderTree): void {
+    const weight = treeWeight(tree);
+    if (weight > LIST_CACHE_MAX_WEIGHT) return;
+    this.forgetTree(baseFolder);
+    for (const [oldest] of this.trees) {
+      if (this.treesWeight + weight <= LIST_CACHE_MAX_WEIGHT && this.trees.size < LIST_CACHE_MAX_FOLDERS) break;
+      this.forgetTree(oldest);
     }
-    return remaining.length > limit ? { items, cursor: pageKeys[pageKeys.length - 1] } : { items };
+    this.trees.set(baseFolder, tree);
+    this.treesWeight += weight;
+  }
+
+  private forgetTree(baseFolder: string): void {
+    const entry = this.trees.get(baseFolder);
+    if (!entry) return;
+    this.trees.delete(baseFolder);
+    this.treesWeight -= treeWeight(entry);
   }
 
   async delete(key: string): Promise<void> {

@@ -99,6 +99,38 @@ export function blobStoreContract(
       expect(pages).toBe(3);
     });
 
+    it('listKeys gives the keys list gives, in order, after a cursor and under a partial prefix, and checks its arguments', async () => {
+      const { store } = await makeHarness();
+      expect(store.listKeys).toBeTypeOf('function');
+      for (const key of [...listKeys].reverse()) await store.put(key, bytes(key));
+      const all = await store.listKeys!('p/a/');
+      expect(all).toEqual({ keys: ['p/a/1', 'p/a/2', 'p/a/3', 'p/a/4', 'p/a/5'] });
+      expect((await store.listKeys!('p/a/', { cursor: 'p/a/3' })).keys).toEqual(['p/a/4', 'p/a/5']);
+      expect((await store.listKeys!('p/a')).keys).toEqual((await store.list('p/a')).items.map((i) => i.key));
+      expect((await store.listKeys!('p/a')).keys).toEqual(['p/a/1', 'p/a/2', 'p/a/3', 'p/a/4', 'p/a/5', 'p/ab/6']);
+      expect((await store.listKeys!('p/', { cursor: 'p/ab/6' })).keys).toEqual(['p/b/7']);
+      expect(await store.listKeys!('zzz/')).toEqual({ keys: [] });
+      await expect(store.listKeys!('p/', { limit: 0 })).rejects.toBeInstanceOf(ValidationError);
+      await expect(store.listKeys!('p/', { limit: 1001 })).rejects.toBeInstanceOf(ValidationError);
+      await expect(store.listKeys!('../p/')).rejects.toBeInstanceOf(ValidationError);
+    });
+
+    it.runIf(options.truncatedListing)('listKeys pages with limit and the returned cursor, as list does', async () => {
+      const { store } = await makeHarness();
+      for (const key of listKeys) await store.put(key, bytes(key));
+      const pages: string[][] = [];
+      let cursor: string | undefined;
+      do {
+        const page = await store.listKeys!('p/a/', { limit: 2, ...(cursor ? { cursor } : {}) });
+        const same = await store.list('p/a/', { limit: 2, ...(cursor ? { cursor } : {}) });
+        expect(page.cursor).toBe(same.cursor);
+        expect(page.keys).toEqual(same.items.map((i) => i.key));
+        pages.push(page.keys);
+        cursor = page.cursor;
+      } while (cursor && pages.length < 10);
+      expect(pages).toEqual([['p/a/1', 'p/a/2'], ['p/a/3', 'p/a/4'], ['p/a/5']]);
+    });
+
     it('delete removes the object and is idempotent', async () => {
       const { store } = await makeHarness();
       await store.put('d/x', bytes('x'));
