@@ -6,11 +6,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { LocalBlobStore } from '../../shared/adapters/local/blobstore.ts';
 import { NonRetryableError } from '../../shared/errors.ts';
-import { newJobId } from '../../shared/ids.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
-import { GenerationSpec, newJobRecord, type JobRecord } from '../../shared/schemas/index.ts';
+import type { JobRecord } from '../../shared/schemas/index.ts';
 import { makeTempDir } from './contract/helpers.ts';
+import { createdJobs } from '../helpers/jobs.ts';
 
 const LAT = 20;
 const cleanups: Array<() => Promise<void>> = [];
@@ -48,13 +48,7 @@ async function seeded(owner: string, count: number): Promise<{ raw: LocalBlobSto
   const { dir, cleanup } = await makeTempDir('jobstore-list');
   cleanups.push(cleanup);
   const raw = new LocalBlobStore({ rootDir: dir, signingSecret: 'x'.repeat(32), publicBaseUrl: 'http://127.0.0.1:1' });
-  const jobs = new BlobJobStore(raw);
-  const base = Date.now() - 1_000_000;
-  const created: JobRecord[] = [];
-  for (let i = 0; i < count; i++) {
-    created.push(await jobs.create(newJobRecord({ id: newJobId(base + i * 1000), owner, spec: GenerationSpec.parse({ prompt: `job ${i}`, steps: 50, model: 'toy' }) })));
-  }
-  return { raw, newestFirst: created.reverse() };
+  return { raw, newestFirst: await createdJobs(new BlobJobStore(raw), owner, count) };
 }
 
 describe('BlobJobStore.listByOwner reads a page at once', () => {

@@ -9,11 +9,10 @@ import { mkdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { LIST_CACHE_MIN_KEYS, LocalBlobStore } from '../../shared/adapters/local/blobstore.ts';
-import { newJobId } from '../../shared/ids.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
-import { GenerationSpec, newJobRecord, type JobRecord } from '../../shared/schemas/index.ts';
 import { makeTempDir } from './contract/helpers.ts';
+import { createdJobs } from '../helpers/jobs.ts';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -231,13 +230,7 @@ describe('BlobJobStore.listByOwner reads each listed document once', () => {
   async function seeded(owner: string, count: number) {
     const root = await tempRoot();
     const raw = open(root);
-    const jobs = new BlobJobStore(raw);
-    const base = Date.now() - 1_000_000;
-    const created: JobRecord[] = [];
-    for (let i = 0; i < count; i++) {
-      created.push(await jobs.create(newJobRecord({ id: newJobId(base + i * 1000), owner, spec: GenerationSpec.parse({ prompt: `job ${i}`, steps: 50, model: 'toy' }) })));
-    }
-    return { raw, newestFirst: created.reverse() };
+    return { raw, newestFirst: await createdJobs(new BlobJobStore(raw), owner, count) };
   }
 
   /** Every read of an object's bytes the store makes, by key: get (read whole) and head (hashed from a stream). */
