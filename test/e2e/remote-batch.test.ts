@@ -225,20 +225,20 @@ describe('clipag remote batch against the local server', () => {
     const file = jsonl(join(work, 'cat-retry.jsonl'), [{ id: 'c', prompt: 'a photo of a cat', init_file: 'cat-init.png', strength: 0.3, width: 64, height: 64 }]);
     const dir = join(work, 'cat-retry');
     const strict = { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey };
-    expect((await batch([file], strict)).code).toBe(1);
+    expect((await batch([file], strict)).code).toBe(3); // every image withheld: exit 3
     const [r1] = results(dir);
     expect(r1).toMatchObject({ status: 'failed', attempt: 1 });
     const uploadsBefore = (await uploads(strictKey)).length;
     const made = await listed(h.url, strictKey);
 
     rmSync(dir, { recursive: true });
-    expect((await batch([file], strict)).code).toBe(1);
+    expect((await batch([file], strict)).code).toBe(3); // every image withheld: exit 3
     expect(results(dir)[0]).toMatchObject({ status: 'failed', attempt: 1, generation_id: r1!.generation_id });
     expect(await listed(h.url, strictKey)).toEqual(made);
 
     rmSync(dir, { recursive: true });
     const retried = await batch([file, '--retry-failed'], strict);
-    expect(retried.code, retried.stderr).toBe(1);
+    expect(retried.code, retried.stderr).toBe(3);
     const [r2] = results(dir);
     expect(r2).toMatchObject({ status: 'failed', attempt: 2 });
     expect(r2!.generation_id).not.toBe(r1!.generation_id);

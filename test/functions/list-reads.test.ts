@@ -38,7 +38,8 @@ function countingApp() {
     expect(res.status).toBe(200);
     const body = (await res.json()) as { data: { id: string }[]; next_cursor: string | null };
     // (The API key is read through the harness's own store, not counted here.)
-    return { body, gets: calls.get ?? 0, lists: calls.list ?? 0 };
+    // A listing is either call: listByOwner takes keys only (listKeys) where the store has it.
+    return { body, gets: calls.get ?? 0, lists: (calls.list ?? 0) + (calls.listKeys ?? 0) };
   };
   return get;
 }

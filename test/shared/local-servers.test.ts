@@ -1,6 +1,6 @@
 // The server registry in a local data folder (shared/adapters/local/servers.ts): its record's refresh
 // notices a data folder removed or replaced while the server runs, and writes back a record removed alone.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
@@ -55,6 +55,28 @@ describe('a server record notices its data folder gone', () => {
     const { record, lost } = await registered(dataDir);
     for (const name of readdirSync(dataDir)) rmSync(join(dataDir, name), { recursive: true, force: true });
     expect(await lost).toBe(`the data folder's ${join(dataDir, 'blobs')} was removed or replaced while this server ran`);
+    await record.remove();
+  });
+
+  it('only its blobs folder removed (the record in servers/ untouched): told', async () => {
+    const dataDir = dataFolder('blobs-only');
+    const { record, lost } = await registered(dataDir);
+    rmSync(join(dataDir, 'blobs'), { recursive: true, force: true });
+    expect(await lost).toBe(`the data folder's ${join(dataDir, 'blobs')} was removed or replaced while this server ran`);
+    await record.remove();
+  });
+
+  it('made again at once, with the freed inode number: told (its birth time differs)', async () => {
+    const dataDir = dataFolder('made-again');
+    const before = statSync(dataDir);
+    const { record, lost } = await registered(dataDir);
+    // In one synchronous stretch: no refresh can look in between.
+    rmSync(dataDir, { recursive: true, force: true });
+    mkdirSync(join(dataDir, 'blobs'), { recursive: true });
+    const after = statSync(dataDir);
+    // On ext4 and xfs the number usually comes back; where it does not, the case is the plain replacement above.
+    if (after.ino === before.ino) expect(after.birthtimeMs).not.toBe(before.birthtimeMs);
+    expect(await lost).toBe(`the data folder ${dataDir} was removed or replaced while this server ran`);
     await record.remove();
   });
 

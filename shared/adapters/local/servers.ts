@@ -2,6 +2,7 @@
 // while it runs, so that one starting later can tell whether another may be creating jobs there (a job
 // between its create and its send is not one a stopped server left unsent).
 import { randomBytes } from 'node:crypto';
+import type { Stats } from 'node:fs';
 import { readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostId, processIsGone } from './lock.ts';
@@ -41,8 +42,8 @@ export interface ServerRecord {
  * with -9 leaves its record: its pid is gone (this host, lock.ts processIsGone), or, on a host this
  * one cannot judge (another container on a shared volume), it has not been touched for SERVER_STALE_MS.
  * Best effort: a record that cannot be written is logged, and the others are then taken as running.
- * A touch that finds the record gone looks at the data folder: removed or replaced, `onLost` is told;
- * still there, the record is written again.
+ * Each touch first looks at the data folder and its `blobs` folder: one removed or replaced, `onLost`
+ * is told; both still there and the record gone, the record is written again.
  */
 export async function registerServer(
   dataDir: string,
@@ -64,26 +65,18 @@ export async function registerServer(
   }
   ownRecords.add(path);
   // The folders whose loss takes the keys, records and images with it, as they are now (after the
-  // API key was made, so `blobs` exists).
+  // API key was made, so `blobs` exists). Looked at on every refresh: `rm -rf .data/blobs` leaves the
+  // record in `servers/` alone.
   const watched = [dataDir, join(dataDir, 'blobs')];
   const identities = await Promise.all(watched.map((p) => stat(p).catch(() => null)));
   let touching: Promise<void> | undefined;
   let stopped = false;
   const touch = async () => {
-    const now = new Date();
-    try {
-      await utimes(path, now, now);
-      return;
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') return; // a passing fault: the next touch tries again
-    }
-    // The record is gone: the folder with it, or only the record (`servers/` cleared by hand).
     for (const [i, folder] of watched.entries()) {
       const before = identities[i];
       if (!before) continue;
       const now = await stat(folder).catch(() => null);
-      if (now && now.dev === before.dev && now.ino === before.ino) continue;
+      if (now && sameFolder(before, now)) continue;
       stopped = true;
       clearInterval(refresh);
       const named = i === 0 ? `the data folder ${dataDir}` : `the data folder's ${folder}`;
@@ -92,7 +85,14 @@ export async function registerServer(
       options.onLost?.(`${named} was removed or replaced while this server ran`);
       return;
     }
-    if (!stopped) await writeRecord().catch(() => undefined);
+    const now = new Date();
+    try {
+      await utimes(path, now, now);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      // Only the record is gone (`servers/` cleared by hand): written again. Any other fault passes.
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && !stopped) await writeRecord().catch(() => undefined);
+    }
   };
   const refresh = setInterval(() => {
     if (touching || stopped) return;
@@ -136,4 +136,13 @@ export async function registerServer(
       await rm(path, { force: true }).catch(() => undefined);
     },
   };
+}
+
+/**
+ * Whether a folder is still the one seen before: its device and inode, and its birth time where the
+ * filesystem keeps one (a folder made again at once may get the freed inode number on ext4 or xfs, not
+ * the same birth time). A platform without birth times gives 0 or the ctime, which a folder keeps too.
+ */
+function sameFolder(before: Stats, now: Stats): boolean {
+  return now.isDirectory() && now.dev === before.dev && now.ino === before.ino && now.birthtimeMs === before.birthtimeMs;
 }
