@@ -69,7 +69,8 @@ interface LineState {
   upload: string | null;
   files: string[];
   seeds: number[];
-  clip_scores: number[];
+  /** One per file, in the same order; null for an image the API gave no score (a worker leaves out a score that is not finite). */
+  clip_scores: (number | null)[];
   withheld: number[];
   cost_usd: number | null;
   error: { code: string; message: string } | null;
@@ -592,7 +593,7 @@ async function settle(s: Session, line: Line, st: LineState, g: Generation, dir:
     writeWhole(join(dir, path), bytes);
     st.files.push(path);
     st.seeds.push(o.seed);
-    if (o.clip_score !== undefined) st.clip_scores.push(o.clip_score);
+    st.clip_scores.push(o.clip_score ?? null);
   }
 }
 

@@ -149,7 +149,8 @@ nothing listening there stops the run at once.
 DIR/results.jsonl: one line per input line, in order: id, line, status (succeeded, failed, canceled,
 refused: the API said no before any generation was made, error: the request could not be made
 (a rerun tries it again), timed_out or interrupted: it goes on, not_started), generation_id, files,
-seeds, clip_scores, withheld, cost_usd, error {code, message}, attempt.
+seeds, clip_scores (one per file, null where the image has none), withheld, cost_usd, error {code,
+message}, attempt.
 
 Exit status: 0 every line succeeded; 1 a line failed, was canceled, refused or could not be made
 (or the run stopped: a refused key, no API there); 2 bad usage, a bad line, no API key, or a URL fetch will not use; 3 images withheld by the output check (and nothing worse); 124 --timeout

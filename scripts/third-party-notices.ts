@@ -33,7 +33,9 @@ export function productionPackages(lock: { lockfileVersion?: number; packages?: 
   if (lock.lockfileVersion !== 3 || !lock.packages) throw new Error('package-lock.json is not lockfile version 3; run npm install with npm 9 or later');
   const seen = new Map<string, ProductionPackage>();
   for (const [path, entry] of Object.entries(lock.packages)) {
-    if (path === '' || entry.dev || entry.devOptional) continue;
+    // `devOptional` is a dev dependency that a production package also names as optional: an install
+    // without dev dependencies still puts it there. Only `dev` ones stay out.
+    if (path === '' || entry.dev) continue;
     const name = path.slice(path.lastIndexOf('node_modules/') + 'node_modules/'.length);
     const version = entry.version ?? '?';
     seen.set(`${name}@${version}`, { name, version, license: entry.license ?? '' });

@@ -584,10 +584,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
 
   // ------------------------------------------------------------ job record writes
 
-  const finish = (msg: QueueMessage, outcome: JobOutcome, extra: { stepsDone?: number; error?: { code: string; message: string }; workerSeconds?: number; secondsPerImage?: number } = {}) => {
+  const finish = (
+    msg: QueueMessage,
+    outcome: JobOutcome,
+    extra: { stepsDone?: number; error?: { code: string; message: string }; workerSeconds?: number; secondsPerImage?: number } = {},
+    /** The code the failure had before the job's table mapped it (a `config_error` the job shows as internal_error). */
+    attemptCode?: string,
+  ) => {
     // `error_code` at the top level: the failures-by-code metric (cdk/lib/queue-alarms.ts) takes its
-    // dimension from it. The codes are the worker's and the engine's own: a small, fixed set.
-    log.info('job finished', { job_id: msg.job_id, owner: msg.owner, outcome, ...runShapeOf.get(msg), ...(extra.error ? { error_code: extra.error.code } : {}), ...extra });
+    // dimension from it. The codes are the worker's and the engine's own (not only those a failed job
+    // may show): a small, fixed set.
+    const errorCode = attemptCode ?? extra.error?.code;
+    log.info('job finished', { job_id: msg.job_id, owner: msg.owner, outcome, ...runShapeOf.get(msg), ...(errorCode !== undefined ? { error_code: errorCode } : {}), ...extra });
     if (outcome === 'succeeded') {
       machineFailures = 0;
       runFailureJobs.clear();
@@ -1347,19 +1355,21 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         return finish(msg, 'requeued', { error: attemptErrorOf(error) });
       }
       const jobError = cls === 'retryable' ? exhaustedJobErrorOf(error, m.receiveCount) : jobErrorOf(error);
+      // What the metric counts the failure by: the job's code for an exhausted retry, else the error's own.
+      const attemptCode = cls === 'retryable' ? jobError.code : attemptErrorOf(error).code;
       const rec = await markFailed(msg, jobError, { m, attempt });
-      if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobError });
+      if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { error: jobError }, attemptCode);
       if (!isTerminal(rec.status)) {
         // Before a claim, another delivery took the job meanwhile: this one is a duplicate.
         await ack(m, 'duplicate_of_running');
-        return finish(msg, 'skipped', { error: jobError });
+        return finish(msg, 'skipped', { error: jobError }, attemptCode);
       }
       // Out of memory on the last delivery is the request's size, as a timeout is: no dead letter (which pages).
       if (cls === 'retryable' && jobError.code === 'retries_exhausted') await deadLetter(m, 'retries_exhausted');
       else await ack(m, 'failed');
       // This run, or an earlier attempt, may have stored some images: a failed job keeps none.
       await removeOrphans(rec);
-      return finish(msg, rec.status === 'canceled' ? 'canceled' : 'failed', { error: jobError });
+      return finish(msg, rec.status === 'canceled' ? 'canceled' : 'failed', { error: jobError }, attemptCode);
     } catch (writeError) {
       // Could not even record the failure (storage down?). The record still says this attempt runs
       // it, under a lease that lapses with the message's: the message is left to come back then (a

@@ -1044,6 +1044,29 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not eve
     expect(JSON.parse(post.body)).toMatchObject({ init: 'upload:upl1' });
   });
 
+  it('batch: an image the API gave no score keeps its place in clip_scores (null), so each score stays with its file', async () => {
+    const file = join(dir, 'unscored.jsonl');
+    writeFileSync(file, JSON.stringify({ id: 'u', prompt: 'a red circle', n: 2 }));
+    const url = `${base}/t/unscored`;
+    const expires = new Date(Date.now() + 3_600_000).toISOString();
+    const made = view(newJobId(), 'succeeded', {
+      outputs: [
+        { index: 0, seed: 7, url: `${url}/img/0.png?sig=a`, expires_at: expires, width: 64, height: 64 },
+        { index: 1, seed: 8, url: `${url}/img/1.png?sig=b`, expires_at: expires, width: 64, height: 64, clip_score: 0.3 },
+      ],
+    });
+    const r = route('unscored', (req) => {
+      if (req.method === 'GET' && req.path === '/v1/generations') return { status: 200, json: { object: 'list', data: [], next_cursor: null } };
+      if (req.path.startsWith('/img/')) return png();
+      if (req.method === 'POST' && req.path === '/v1/generations') return { status: 202, json: made };
+      return { status: 500, body: 'not to be asked' };
+    });
+    const res = await cli(['batch', file, '-d', join(dir, 'unscored-out'), '--url', r.url, '--key', KEY]);
+    expect(res.code, res.stderr).toBe(0);
+    const [line] = readFileSync(join(dir, 'unscored-out', 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { files: string[]; seeds: number[]; clip_scores: (number | null)[] });
+    expect(line).toMatchObject({ files: ['u-0.png', 'u-1.png'], seeds: [7, 8], clip_scores: [null, 0.3] });
+  });
+
   it('a batch file with bad lines: exit 2, its problems and "nothing was sent", then a one-line hint, not the usage', async () => {
     const r = route('never', () => ({ status: 500, body: 'no request was to be made' }));
     const bad = join(dir, 'bad-lines.jsonl');

@@ -26,7 +26,7 @@ describe('productionPackages and licenceProblems', () => {
       '': { version: '0.1.0' },
       'node_modules/a': { version: '1.0.0', license: 'MIT' },
       'node_modules/devonly': { version: '1.0.0', license: 'MIT', dev: true },
-      'node_modules/platform-dev': { version: '1.0.0', license: 'MIT', devOptional: true },
+      'node_modules/dev-and-optional': { version: '1.0.0', license: 'MIT', devOptional: true },
       'node_modules/a/node_modules/@s/b': { version: '2.0.0', license: 'GPL-3.0-only' },
       'node_modules/c': { version: '1.0.0' },
       'node_modules/d': { version: '1.0.0', license: '(MIT OR GPL-2.0)' },
@@ -34,8 +34,8 @@ describe('productionPackages and licenceProblems', () => {
     },
   };
 
-  it('takes every non-dev package once, named without its nesting, sorted', () => {
-    expect(productionPackages(lock).map((p) => `${p.name}@${p.version}`)).toEqual(['@s/b@2.0.0', 'a@1.0.0', 'c@1.0.0', 'd@1.0.0', 'e@1.0.0']);
+  it('takes every package an install without dev dependencies can hold (devOptional ones too) once, named without its nesting, sorted', () => {
+    expect(productionPackages(lock).map((p) => `${p.name}@${p.version}`)).toEqual(['@s/b@2.0.0', 'a@1.0.0', 'c@1.0.0', 'd@1.0.0', 'dev-and-optional@1.0.0', 'e@1.0.0']);
   });
 
   it('names a copyleft licence (unless offered beside another) and a missing one', () => {

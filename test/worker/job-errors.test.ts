@@ -56,7 +56,7 @@ describe('jobErrorOf keeps a failed job to the documented codes', () => {
 });
 
 describe('a failure with a code the table does not list', () => {
-  it('fails the job internal_error with a generic message, logged at error with its own code and message', async () => {
+  it('fails the job internal_error with a generic message, logged at error and counted by the metric with its own code', async () => {
     const env = await makeEnv();
     const thrown = [
       new NonRetryableError('S3 bucket "clipag-prod-models" does not exist', { code: 'config_error' }),
@@ -69,6 +69,8 @@ describe('a failure with a code the table does not list', () => {
       await w.worker.stop();
       expect((await env.jobs.get(OWNER, job.id))!, error.code).toMatchObject({ status: 'failed', attempts: 1, error: { code: 'internal_error', message: INTERNAL_JOB_ERROR_MESSAGE } });
       expect(w.logs.find((l) => l.msg === 'job attempt failed'), error.code).toMatchObject({ level: 'error', fields: { class: 'permanent', error: { code: error.code, message: error.message } } });
+      // The failures-by-code metric keeps the error's own code; the job shows internal_error.
+      expect(w.logs.find((l) => l.msg === 'job finished'), error.code).toMatchObject({ fields: { outcome: 'failed', error_code: error.code, error: { code: 'internal_error' } } });
     }
   });
 });
