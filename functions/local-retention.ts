@@ -6,6 +6,7 @@ import { PENDING_JOBS_PREFIX, parsePendingJobKey, uploadKey } from '../shared/ke
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN, SORTABLE_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore, JobStore } from '../shared/ports.ts';
 import { outputsVerdict, removeJobOutputs, type OutputsVerdict } from '../shared/retention.ts';
+import { outputsExpireMs } from '../shared/views.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
 import type { AppLogEntry } from './types.ts';
 
@@ -20,16 +21,22 @@ import type { AppLogEntry } from './types.ts';
  * job's images cannot expire before its creation plus the retention (its end comes later), so each
  * owner's jobs are read once, as the moment `now - retention` passes their creation: a window of
  * `jobs/<owner>/` between the last pass's boundary and this one's. What a window shows that is not
- * due yet (a job that ended late, or has not ended) is remembered with its expiry (`pending`), and
- * removed when that passes without a second read. The boundaries and `pending` are kept in one small
- * document (RETENTION_STATE_KEY), so a restart reads none of the records again.
+ * due yet (a job that ended late, or has not ended) is remembered with its end (`pending`), and
+ * removed when its end plus the retention passes without a second read. The end is kept, not the
+ * expiry, because the retention may change between passes and `outputs_expire_at` follows it. The
+ * boundaries and `pending` are kept in one small document (RETENTION_STATE_KEY), so a restart reads
+ * none of the records again.
  */
 
 const DAY_MS = 86_400_000;
 
 /** Where the pass keeps its progress (blob key; local mode only: the AWS bucket has no such object). */
 export const RETENTION_STATE_KEY = 'retention/state.json';
-/** Records read in one pass at most: a data folder of 30 000 jobs is read through in an hour or more (removals have their own bound). */
+/**
+ * Records read (or listed) in one pass at most: a data folder of 30 000 jobs is read through in an
+ * hour or more (removals have their own bound). Re-reads of remembered jobs that have not ended take
+ * at most half while the windows have records to read, so that jobs stuck unended never stop them.
+ */
 export const RETENTION_READS_PER_PASS = 500;
 /** Generations (and uploads) removed in one pass at most: a default job's 11 files take about 25 ms to list and remove. */
 export const RETENTION_REMOVALS_PER_PASS = 100;
@@ -72,7 +79,7 @@ export interface RetentionReport {
   /** The files those held (images and frames). */
   files: number;
   uploads: number;
-  /** Job records read (bounded by readsPerPass). */
+  /** Job records read, and those a listing skipped as unreadable (bounded by readsPerPass). */
   read: number;
   /** Removals or reads that failed (the next pass tries again). */
   errors: number;
@@ -87,15 +94,25 @@ export interface RetentionPass {
 
 const OwnerId = z.string().regex(OWNER_ID_PATTERN);
 const Ms = z.number().int().nonnegative();
-const StoredState = z.object({
-  v: z.literal(1),
-  /** Per owner: every job made before `upTo` was read; `scan`: the window now being read, down from `from`, after `cursor`. */
-  owners: z.record(OwnerId, z.object({ upTo: Ms.nullable(), scan: z.object({ from: Ms, cursor: z.string().regex(RESOURCE_ID_PATTERN) }).optional() })),
-  /** Jobs read but not due: [owner, id, expiry (ms) or null while it has not ended]. */
-  pending: z.array(z.tuple([OwnerId, z.string().regex(RESOURCE_ID_PATTERN), Ms.nullable()])),
-});
-type OwnerScan = z.output<typeof StoredState>['owners'][string];
-type Pending = { owner: string; id: string; until: number | null };
+/** Per owner: every job made before `upTo` was read; `scan`: the window now being read, down from `from`, after `cursor`. */
+const StoredOwners = z.record(OwnerId, z.object({ upTo: Ms.nullable(), scan: z.object({ from: Ms, cursor: z.string().regex(RESOURCE_ID_PATTERN) }).optional() }));
+const StoredState = z.discriminatedUnion('v', [
+  z.object({
+    v: z.literal(2),
+    owners: StoredOwners,
+    /** Jobs read but not due: [owner, id, end (ms) or null while it has not ended]. */
+    pending: z.array(z.tuple([OwnerId, z.string().regex(RESOURCE_ID_PATTERN), Ms.nullable()])),
+  }),
+  z.object({
+    // Written by the first version of this pass: [owner, id, expiry (ms) or null], the expiry worked
+    // out with the retention of the pass that read the job, which is not recorded.
+    v: z.literal(1),
+    owners: StoredOwners,
+    pending: z.array(z.tuple([OwnerId, z.string().regex(RESOURCE_ID_PATTERN), Ms.nullable()])),
+  }),
+]);
+type OwnerScan = z.output<typeof StoredOwners>[string];
+type Pending = { owner: string; id: string; endedAt: number | null };
 
 /** The pass, or undefined when neither retention is set (local mode keeps everything, as before). */
 export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
@@ -125,14 +142,18 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
       return;
     }
     for (const [owner, scan] of Object.entries(parsed.data.owners)) owners.set(owner, scan);
-    for (const [owner, id, until] of parsed.data.pending) pending.set(`${owner}/${id}`, { owner, id, until });
+    // A version 1 expiry cannot be turned back into the job's end (the retention it was worked out
+    // with is not known, and may differ from today's): each such job is read again (as one that has not
+    // ended is), so none of its images goes before the `outputs_expire_at` its view now shows.
+    const known = parsed.data.v === 2;
+    for (const [owner, id, endedAt] of parsed.data.pending) pending.set(`${owner}/${id}`, { owner, id, endedAt: known ? endedAt : null });
   }
 
   async function save(): Promise<void> {
     const state: z.input<typeof StoredState> = {
-      v: 1,
+      v: 2,
       owners: Object.fromEntries(owners),
-      pending: [...pending.values()].map((p) => [p.owner, p.id, p.until]),
+      pending: [...pending.values()].map((p) => [p.owner, p.id, p.endedAt]),
     };
     await deps.blobs.put(RETENTION_STATE_KEY, new TextEncoder().encode(JSON.stringify(state)), { contentType: 'application/json' });
   }
@@ -140,30 +161,30 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
   /**
    * Removes the images whose expiry has passed: the remembered jobs' first (no read needed once a job
    * has ended), then each owner's window of jobs whose creation `now - retention` has passed since the
-   * last window.
+   * last window, then more of the remembered jobs that have not ended, with what the windows left.
    */
   async function expireOutputs(days: number, now: number, report: RetentionReport, failed: (error: unknown) => void): Promise<void> {
     let mustSave = false;
     let boundaryMoved = false;
     let removals = 0;
-    /** Remembers a job with its expiry (null: not ended), or forgets it (undefined). */
-    const remember = (owner: string, id: string, until: number | null | undefined) => {
+    /** Remembers a job with its end (null: not ended), or forgets it (undefined). */
+    const remember = (owner: string, id: string, endedAt: number | null | undefined) => {
       const key = `${owner}/${id}`;
       const before = pending.get(key);
-      if (until === undefined) {
+      if (endedAt === undefined) {
         if (before) {
           pending.delete(key);
           mustSave = true;
         }
-      } else if (before?.until !== until) {
-        pending.set(key, { owner, id, until });
+      } else if (before?.endedAt !== endedAt) {
+        pending.set(key, { owner, id, endedAt });
         mustSave = true;
       }
     };
     const act = async (owner: string, id: string, verdict: OutputsVerdict): Promise<void> => {
-      if (verdict.kind !== 'remove') return remember(owner, id, verdict.kind === 'wait' ? verdict.until : undefined);
+      if (verdict.kind !== 'remove') return remember(owner, id, verdict.kind === 'wait' ? verdict.endedAt : undefined);
       // Due beyond this pass's share of removals, or its removal failed: the next pass removes it, unread.
-      if (removals >= removalsPerPass) return remember(owner, id, pending.get(`${owner}/${id}`)?.until ?? now);
+      if (removals >= removalsPerPass) return remember(owner, id, verdict.endedAt);
       removals++;
       try {
         const removed = await removeJobOutputs(deps.blobs, owner, id);
@@ -174,29 +195,42 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
         remember(owner, id, undefined);
       } catch (error) {
         failed(error);
-        remember(owner, id, pending.get(`${owner}/${id}`)?.until ?? now);
+        remember(owner, id, verdict.endedAt);
+      }
+    };
+    /** Remembered jobs read again in this pass. */
+    const reread = new Set<string>();
+    /**
+     * Reads remembered jobs that have not ended, up to `budget` reads in all, oldest read first: each
+     * one read goes to the back of `pending`, so the next pass reads the ones this one did not reach.
+     */
+    const rereadUnended = async (budget: number): Promise<void> => {
+      for (const p of [...pending.values()]) {
+        if (report.read >= budget || removals >= removalsPerPass) return;
+        const key = `${p.owner}/${p.id}`;
+        if (p.endedAt !== null || reread.has(key) || pending.get(key) !== p) continue;
+        reread.add(key);
+        report.read++;
+        pending.delete(key);
+        pending.set(key, p);
+        let job: JobRecord | null;
+        try {
+          job = await deps.jobs.get(p.owner, p.id);
+        } catch (error) {
+          // A record this version cannot read (damaged, or a newer clipag's): nothing it can judge.
+          if (error instanceof CorruptDocumentError) remember(p.owner, p.id, undefined);
+          else failed(error);
+          continue;
+        }
+        await act(p.owner, p.id, outputsVerdict(job, days, now));
       }
     };
 
     for (const p of [...pending.values()]) {
       if (removals >= removalsPerPass) break;
-      if (p.until !== null) {
-        if (p.until <= now) await act(p.owner, p.id, { kind: 'remove' });
-        continue;
-      }
-      if (report.read >= readsPerPass) continue;
-      report.read++;
-      let job: JobRecord | null;
-      try {
-        job = await deps.jobs.get(p.owner, p.id);
-      } catch (error) {
-        // A record this version cannot read (damaged, or a newer clipag's): nothing it can judge.
-        if (error instanceof CorruptDocumentError) remember(p.owner, p.id, undefined);
-        else failed(error);
-        continue;
-      }
-      await act(p.owner, p.id, outputsVerdict(job, days, now));
+      if (p.endedAt !== null && outputsExpireMs(p.endedAt, days) <= now) await act(p.owner, p.id, { kind: 'remove', endedAt: p.endedAt });
     }
+    await rereadUnended(Math.ceil(readsPerPass / 2));
 
     const target = now - days * DAY_MS;
     for (const owner of jobOwners) {
@@ -208,10 +242,11 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
       }
       const window = scan.scan!;
       while (report.read < readsPerPass && removals < removalsPerPass) {
+        const limit = Math.min(100, readsPerPass - report.read);
         let page;
         try {
           page = await deps.jobs.listByOwner(owner, {
-            limit: Math.min(100, readsPerPass - report.read),
+            limit,
             cursor: window.cursor,
             ...(scan.upTo !== null ? { endBefore: firstJobIdUntil(scan.upTo - 1) } : {}),
           });
@@ -219,8 +254,10 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
           failed(error);
           break;
         }
-        // listByOwner skips (and logs) the records this version cannot read.
-        report.read += page.jobs.length;
+        // listByOwner skips (and logs) the records this version cannot read; they count all the same (a
+        // window of them, after a rollback, was listed page after page in one pass). A page with a cursor
+        // listed all `limit` keys it asked for; the last page of a window is counted by what it returned.
+        report.read += page.cursor !== undefined ? limit : page.jobs.length;
         if (page.jobs.length > 0) mustSave = true; // what was read is not read again after a restart
         for (const job of page.jobs) await act(owner, job.id, outputsVerdict(job, days, now));
         boundaryMoved = true;
@@ -235,6 +272,7 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
         window.cursor = page.cursor;
       }
     }
+    await rereadUnended(readsPerPass);
 
     if (mustSave || (boundaryMoved && now - savedAt >= SAVE_EVERY_MS)) {
       try {

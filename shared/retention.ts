@@ -5,7 +5,7 @@ import { jobOutputsPrefix } from './keys.ts';
 import type { BlobStore } from './ports.ts';
 import { deletePrefix } from './prefix.ts';
 import { isTerminal, type JobRecord } from './schemas/job.ts';
-import { outputsExpireAt } from './views.ts';
+import { outputsExpireAt, outputsExpireMs } from './views.ts';
 
 /**
  * Removes a generation's stored images and their progress frames (`outputs/<owner>/<job>/`, all of
@@ -28,20 +28,21 @@ export function requeueable(job: Pick<JobRecord, 'status' | 'error' | 'deleted_a
 /**
  * What a retention of `days` makes of a job's stored images at `nowMs`:
  * - `remove`: its `outputs_expire_at` has passed (the view promised their removal by then);
- * - `wait` until a time: it ended with images, not yet expired; until null: it has not ended (or may
- *   run again), so whether and when cannot be told yet;
+ * - `wait` for a job that ended at `endedAt` (ms) with images, not yet expired; `endedAt` null: it has
+ *   not ended (or may run again), so whether and when cannot be told yet;
  * - `done`: nothing to remove, now or later (no record, deleted, or ended without images).
- * An ended record never changes its images or its end again, so a `wait` with a time needs no
- * second reading of the record.
+ * An ended record never changes its images or its end again, so a `wait` with an end needs no
+ * second reading of the record. The end is what a caller keeps, not the expiry: the expiry follows
+ * the retention (`outputsExpireMs`), which an operator may change between two passes.
  */
-export type OutputsVerdict = { kind: 'remove' } | { kind: 'done' } | { kind: 'wait'; until: number | null };
+export type OutputsVerdict = { kind: 'remove'; endedAt: number } | { kind: 'done' } | { kind: 'wait'; endedAt: number | null };
 
 export function outputsVerdict(job: JobRecord | null, days: number, nowMs: number): OutputsVerdict {
   // Deleted: DELETE removed them (and anything an attempt stored later is settled by that attempt).
   if (job === null || job.deleted_at !== undefined) return { kind: 'done' };
-  if (!isTerminal(job.status) || requeueable(job)) return { kind: 'wait', until: null };
-  const expires = outputsExpireAt(job, days);
-  if (expires === null) return { kind: 'done' };
-  const at = Date.parse(expires);
-  return at <= nowMs ? { kind: 'remove' } : { kind: 'wait', until: at };
+  if (!isTerminal(job.status) || requeueable(job)) return { kind: 'wait', endedAt: null };
+  if (outputsExpireAt(job, days) === null) return { kind: 'done' };
+  const endedAt = Date.parse(job.finished_at!);
+  return outputsExpireMs(endedAt, days) <= nowMs ? { kind: 'remove', endedAt } : { kind: 'wait', endedAt };
 }
+

@@ -95,7 +95,12 @@ export function viewOptionsFromConfig(config: { workerHourlyUsd?: number | undef
  */
 export function outputsExpireAt(job: JobRecord, outputRetentionDays: number | undefined): string | null {
   if (outputRetentionDays === undefined || job.finished_at === null || job.outputs.length === 0) return null;
-  return new Date(Date.parse(job.finished_at) + outputRetentionDays * 86_400_000).toISOString();
+  return new Date(outputsExpireMs(Date.parse(job.finished_at), outputRetentionDays)).toISOString();
+}
+
+/** When the images of a job that ended at `endedAt` (ms) expire under a retention of `days`: `outputs_expire_at`, in ms. */
+export function outputsExpireMs(endedAt: number, days: number): number {
+  return endedAt + days * 86_400_000;
 }
 
 /**

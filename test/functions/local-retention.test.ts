@@ -10,13 +10,14 @@ import { localRetention, RETENTION_STATE_KEY, type RetentionDeps } from '../../f
 import { startQueuedJobSweeps, type SweepDeps } from '../../functions/queued-jobs.ts';
 import type { AppLogEntry } from '../../functions/types.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
+import { BlobJobStore } from '../../shared/jobstore.ts';
 import { newId, newJobId } from '../../shared/ids.ts';
 import { jobOutputsPrefix, uploadKey } from '../../shared/keys.ts';
 import { markPending } from '../../shared/pending.ts';
 import type { BlobStore, JobStore } from '../../shared/ports.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { deletedRecord, newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
-import { frameKey } from '../../shared/views.ts';
+import { frameKey, outputsExpireAt } from '../../shared/views.ts';
 import { httpWebhookSender } from '../../shared/webhooks.ts';
 import { harness, type Harness } from './helpers.ts';
 
@@ -195,6 +196,118 @@ describe('output retention', () => {
     reads.n = 0;
     await pass({ jobs: again.jobs }).run();
     expect(again.reads.n).toBe(0);
+  });
+
+  it('a change of CLIPAG_OUTPUT_RETENTION_DAYS between passes moves each removal to the outputs_expire_at the view now shows, both ways (review 9, #1)', async () => {
+    // Ended 50 min short of 7 days after it was made: a 7-day pass remembers it, not yet due.
+    const raised = await job('acct_alice', T0 - 7 * DAY - 10 * MIN, T0 - 7 * DAY + 50 * MIN);
+    // Ended 20 days after it was made (queued while serve was stopped): a 30-day pass remembers it.
+    const lowered = await job('acct_bob', T0 - 40 * DAY, T0 - 20 * DAY);
+    expect(await pass({ outputRetentionDays: 30 }).run()).toMatchObject({ generations: 0 });
+
+    // Restarted with 7 days: `lowered`'s images (outputs_expire_at 13 days ago now) go at the first
+    // pass, not 10 days on; `raised` is read and remembered.
+    expect(Date.parse(outputsExpireAt(lowered, 7)!)).toBeLessThan(T0);
+    expect(await pass({ outputRetentionDays: 7 }).run()).toMatchObject({ generations: 1 });
+    expect([await stored(raised), await stored(lowered)]).toEqual([3, 0]);
+
+    // Restarted with 30 days, after its 7-day expiry: `raised` stays until its view's new outputs_expire_at.
+    const at30 = Date.parse(outputsExpireAt(raised, 30)!);
+    const p30 = pass({ outputRetentionDays: 30 });
+    offsetMs = 2 * 60 * MIN;
+    await p30.run();
+    offsetMs = at30 - T0 - MIN;
+    await p30.run();
+    expect(await stored(raised)).toBe(3);
+    offsetMs = at30 - T0 + MIN;
+    expect(await p30.run()).toMatchObject({ generations: 1 });
+    expect(await stored(raised)).toBe(0);
+  });
+
+  it('reads a state.json of the first version (absolute expiries of an unknown retention) without removing anything early (review 9, #1)', async () => {
+    // Remembered by a 7-day pass: its 7-day expiry has passed, its 14-day one has not.
+    const short = await job('acct_alice', T0 - 20 * DAY, T0 - 10 * DAY);
+    // Remembered by a 30-day pass: its 30-day expiry is 10 days away, its 14-day one 6 days past.
+    const long = await job('acct_alice', T0 - 40 * DAY, T0 - 20 * DAY);
+    const v1 = {
+      v: 1,
+      // Every job made before this was read: the windows hold neither job, only `pending` names them.
+      owners: { acct_alice: { upTo: T0 - 14 * DAY + 10 * MIN } },
+      pending: [
+        ['acct_alice', short.id, T0 - 3 * DAY],
+        ['acct_alice', long.id, T0 + 10 * DAY],
+      ],
+    };
+    await h.blobs.put(RETENTION_STATE_KEY, new TextEncoder().encode(JSON.stringify(v1)), { contentType: 'application/json' });
+    const p = pass({ outputRetentionDays: 14 });
+    expect(await p.run()).toMatchObject({ generations: 1, errors: 0 });
+    expect([await stored(short), await stored(long)]).toEqual([3, 0]);
+    // `short` goes at its 14-day outputs_expire_at, as its view says.
+    offsetMs = Date.parse(outputsExpireAt(short, 14)!) - T0 - MIN;
+    await p.run();
+    expect(await stored(short)).toBe(3);
+    offsetMs += 2 * MIN;
+    expect(await p.run()).toMatchObject({ generations: 1 });
+    expect(await stored(short)).toBe(0);
+  });
+
+  it('remembered jobs that never end do not starve the window scan (review 9, #5)', async () => {
+    // 60 jobs stuck running (a dead-lettered job no sweep failed, a newer version's record): each pass reads them again.
+    for (let i = 0; i < 60; i++) await job('acct_alice', T0 - 10 * DAY + i * MIN, null);
+    const recent = await job('acct_alice', T0 - 7 * DAY + 30 * MIN, T0 - 7 * DAY + 31 * MIN);
+    const p = pass({ readsPerPass: 50 });
+    await p.run();
+    await p.run();
+    // The boundary passes `recent`'s creation: the window holding it is read although 60 stuck jobs wait for a re-read.
+    offsetMs = 32 * MIN;
+    expect(await p.run()).toMatchObject({ generations: 1 });
+    expect(await stored(recent)).toBe(0);
+  });
+
+  it('remembered jobs that have not ended are read again in turn, not always the same first ones (review 9, #5)', async () => {
+    const running: JobRecord[] = [];
+    for (let i = 0; i < 60; i++) running.push(await job('acct_alice', T0 - 10 * DAY + i * MIN, null));
+    const p = pass({ readsPerPass: 20 });
+    for (let i = 0; i < 6; i++) await p.run(); // the window is read through: all 60 are remembered
+    // The ten made first (read last, so last in line) end, long enough ago that their images are due.
+    const ended = running.slice(0, 10);
+    for (const j of ended) {
+      const key = `${jobOutputsPrefix('acct_alice', j.id)}0.png`;
+      await h.blobs.put(key, png, { contentType: 'image/png' });
+      await h.jobs.update('acct_alice', j.id, (cur) => ({ ...cur, status: 'succeeded', finished_at: new Date(T0 - 9 * DAY).toISOString(), outputs: [{ key, width: 64, height: 64 }] }));
+    }
+    // 20 reads a pass over 60 remembered jobs: every one is read within three passes.
+    for (let i = 0; i < 3; i++) await p.run();
+    expect(await Promise.all(ended.map(stored))).toEqual(ended.map(() => 0));
+  });
+
+  it('records a listing skips as unreadable count toward the pass\'s reads: a window of them is listed a page per pass, not all at once (review 9, #5)', async () => {
+    // A window of 250 documents this version cannot read (after a rollback: a newer clipag's; here: damaged).
+    for (let i = 0; i < 250; i++) await h.blobs.put(`jobs/acct_alice/${newJobId(T0 - 10 * DAY + i * MIN)}.json`, new TextEncoder().encode('{"not": "a job"'), { contentType: 'application/json' });
+    const oldest = await job('acct_alice', T0 - 11 * DAY, T0 - 11 * DAY + MIN);
+    const listed = { n: 0 };
+    const blobs = new Proxy(h.blobs, {
+      get(target, prop, receiver) {
+        if (prop === 'listKeys') {
+          return async (prefix: string, options: Parameters<NonNullable<BlobStore['listKeys']>>[1]) => {
+            const page = await target.listKeys(prefix, options);
+            if (prefix.startsWith('jobs/')) listed.n += page.keys.length;
+            return page;
+          };
+        }
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    }) as BlobStore;
+    const p = pass({ blobs, jobs: new BlobJobStore(blobs), readsPerPass: 50 });
+    const perPass: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      listed.n = 0;
+      await p.run();
+      perPass.push(listed.n);
+    }
+    expect(perPass).toEqual([50, 50, 50, 50, 50, 1]);
+    expect(await stored(oldest)).toBe(0);
   });
 
   it('a failed removal is counted, never thrown, and done by a later pass', async () => {

@@ -24,7 +24,7 @@ export interface LocalJobQueueOptions {
   /**
    * How long a message is kept from its send (SQS's MessageRetentionPeriod); then a receive that meets
    * it drops it. Default: for ever (local queued jobs wait for a worker however long it takes). The
-   * dead-letter queue keeps its letters DEAD_LETTER_RETENTION_SEC.
+   * dead-letter queue keeps its letters DEAD_LETTER_RETENTION_SEC from their move there.
    */
   retentionSec?: number;
   /** How often a long poll re-reads the disk, for messages sent by another process (default 200 ms). */
@@ -37,7 +37,14 @@ const StoredMessage = z
   .object({
     id: z.string().regex(/^[0-9a-z]{26}$/),
     body: z.string().min(1),
+    /** When it came to this queue (a dead letter: when it was moved here); its retention counts from it. */
     sentAt: z.number().finite(),
+    /**
+     * When it was first sent, kept through a dead-letter move as SQS keeps a message's SentTimestamp:
+     * what a receive reports. Every file this version writes has it; one without was written before
+     * dead letters counted from their move (its `sentAt` may be the first send), see `stampLegacy`.
+     */
+    firstSentAt: z.number().finite().optional(),
     visibleAt: z.number().finite(),
     receiveCount: z.number().int().min(0),
     /** Changes on every delivery; a receipt names the delivery it came from. */
@@ -63,7 +70,10 @@ const MAX_BODY_BYTES = 256 * 1024;
 /**
  * How long the dead-letter queue keeps a letter: 14 days, as the AWS one does (cdk/lib/stateful-stack.ts,
  * the longest SQS allows). Kept for ever, a settled letter was received and released again by every
- * dead-letter sweep, a minute apart, until someone ran `clipag dlq purge`.
+ * dead-letter sweep, a minute apart, until someone ran `clipag dlq purge`. Counted from the letter's
+ * move to the dead-letter queue, not from its first send as SQS counts it: the local job queue keeps
+ * messages for ever (the AWS one 4 days), so a job queued over 14 days before it was dead-lettered lost
+ * its letter before the worker's dead-letter sweep, the only thing that fails it locally, could see it.
  */
 export const DEAD_LETTER_RETENTION_SEC = 14 * 24 * 3600;
 
@@ -266,10 +276,35 @@ export class LocalJobQueue implements JobQueue {
     return message;
   }
 
-  /** Used by the dead-letter move: keeps the original id, body and send time. */
+  /**
+   * Used by the dead-letter move: keeps the original id, body and first send time; `sentAt` is the
+   * move, so the retention counts from it here, and in an older clipag that reads the letter too.
+   */
   private async adopt(message: StoredMessage): Promise<void> {
-    await this.locked(() => this.write({ ...message, visibleAt: Date.now(), receiveCount: 0, deliveryToken: null }));
+    const now = Date.now();
+    await this.locked(() =>
+      this.write({ ...message, sentAt: now, firstSentAt: message.firstSentAt ?? message.sentAt, visibleAt: now, receiveCount: 0, deliveryToken: null }),
+    );
     notify(this.dir);
+  }
+
+  /**
+   * A message file written before dead letters counted from their move has no `firstSentAt`, and its
+   * `sentAt` may be its first send, weeks before the move: under a retention its clock starts now, when
+   * this version first meets it, so it is never dropped early (at most 14 days after an upgrade).
+   */
+  private async stampLegacy(message: StoredMessage, now: number): Promise<StoredMessage> {
+    if (message.firstSentAt !== undefined || this.retentionMs === Infinity) return message;
+    const stamped = { ...message, sentAt: now, firstSentAt: message.sentAt };
+    try {
+      await this.write(stamped);
+    } catch {
+      // Unstamped, it is kept (`expired` never drops one) and stamped by a later receive.
+      return message;
+    } finally {
+      this.parsedFiles.delete(message.id);
+    }
+    return stamped;
   }
 
   async send(body: string, options: SendOptions = {}): Promise<{ messageId: string }> {
@@ -280,7 +315,7 @@ export class LocalJobQueue implements JobQueue {
     if (options.group !== undefined) checkQueueGroup(options.group);
     const now = Date.now();
     const message: StoredMessage = {
-      id: newId(now), body, sentAt: now, visibleAt: now + delaySec * 1000, receiveCount: 0, deliveryToken: null,
+      id: newId(now), body, sentAt: now, firstSentAt: now, visibleAt: now + delaySec * 1000, receiveCount: 0, deliveryToken: null,
       ...(options.group !== undefined ? { group: options.group } : {}),
     };
     await this.locked(() => this.write(message));
@@ -359,8 +394,9 @@ export class LocalJobQueue implements JobQueue {
       for (const id of this.parsedFiles.keys()) if (!listed.has(id)) this.parsedFiles.delete(id);
       for (const id of ids) {
         if (idleTenants.size >= max || candidates.length >= max + FAIR_LOOKAHEAD) break;
-        const message = await this.readKnown(id);
-        if (!message) continue;
+        const known = await this.readKnown(id);
+        if (!known) continue;
+        const message = await this.stampLegacy(known, now);
         if (this.expired(message, now)) {
           // Past its retention: gone, as SQS drops it (the oldest ids come first, so these are met first).
           await rm(this.messagePath(message.id), { force: true });
@@ -405,7 +441,7 @@ export class LocalJobQueue implements JobQueue {
           body: delivered.body,
           receipt: `${delivered.id}.${delivered.deliveryToken}`,
           receiveCount: delivered.receiveCount,
-          sentAt: new Date(delivered.sentAt),
+          sentAt: new Date(delivered.firstSentAt ?? delivered.sentAt),
           ...(orphaned ? { previousHolderGone: true as const } : {}),
           ...(delivered.group !== undefined ? { group: delivered.group } : {}),
         });
@@ -457,12 +493,13 @@ export class LocalJobQueue implements JobQueue {
   }
 
   /**
-   * Past its retention (counted from its send, as SQS counts it). One in flight is not, until its
-   * holder's lease ends: its ack or release must still find it.
+   * Past its retention (counted from its coming to this queue). One in flight is not, until its
+   * holder's lease ends: its ack or release must still find it. Nor is one written before dead letters
+   * counted from their move, until a receive has stamped it (`stampLegacy`).
    */
   private expired(message: StoredMessage, now: number): boolean {
     const inFlight = message.visibleAt > now && message.deliveryToken !== null;
-    return now - message.sentAt >= this.retentionMs && !inFlight;
+    return now - message.sentAt >= this.retentionMs && !inFlight && message.firstSentAt !== undefined;
   }
 
   /** Files moved to `<dir>/corrupt` so far (operators inspect or delete them). */
