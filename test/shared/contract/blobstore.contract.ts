@@ -115,6 +115,9 @@ export function blobStoreContract(
       await expect(store.listKeys!('../p/')).rejects.toBeInstanceOf(ValidationError);
     });
 
+    // Skipped on s3rver, as the list paging test above is: a truncated ListObjectsV2 makes it build a DES
+    // continuation token, which OpenSSL 3 refuses (a 500). The local store runs it; the S3 adapter's
+    // listKeys makes the very request its list makes.
     it.runIf(options.truncatedListing)('listKeys pages with limit and the returned cursor, as list does', async () => {
       const { store } = await makeHarness();
       for (const key of listKeys) await store.put(key, bytes(key));
