@@ -195,6 +195,9 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
         remember(owner, id, undefined);
       } catch (error) {
         failed(error);
+        // To the back: a removal that keeps failing (a file it may not delete) must not take the first
+        // of every pass's removals.
+        pending.delete(`${owner}/${id}`);
         remember(owner, id, verdict.endedAt);
       }
     };

@@ -329,6 +329,29 @@ describe('output retention', () => {
   });
 });
 
+describe('a removal that keeps failing', () => {
+  it('goes to the back of the remembered jobs: it does not take the first of every pass\'s removals', async () => {
+    // One removal a pass. The newest expired job (the first any listing gives) cannot lose its files
+    // (a file it may not delete).
+    const other = await job('acct_alice', T0 - 10 * DAY, T0 - 9 * DAY);
+    const stuck = await job('acct_alice', T0 - 10 * DAY + MIN, T0 - 9 * DAY);
+    const stuckPrefix = jobOutputsPrefix('acct_alice', stuck.id);
+    const blobs = new Proxy(h.blobs, {
+      get(target, prop, receiver) {
+        if (prop === 'delete') return async (key: string) => (key.startsWith(stuckPrefix) ? Promise.reject(new Error('permission denied')) : target.delete(key));
+        if (prop === 'deleteMany') return async (keys: string[]) => (keys.some((k) => k.startsWith(stuckPrefix)) ? Promise.reject(new Error('permission denied')) : target.deleteMany(keys));
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    }) as BlobStore;
+    const p = pass({ blobs, removalsPerPass: 1 });
+    const reports = [await p.run(), await p.run(), await p.run()];
+    expect(await stored(other)).toBe(0);
+    expect(await stored(stuck)).toBe(3);
+    expect(reports.reduce((n, r) => n + r.generations, 0)).toBe(1);
+  });
+});
+
 describe('upload retention', () => {
   async function upload(madeMs: number): Promise<string> {
     const key = uploadKey('acct_alice', newId(madeMs));
