@@ -11,6 +11,14 @@ describe('THIRD_PARTY_NOTICES.md', () => {
     expect(readFileSync(NOTICES_FILE, 'utf8')).toBe(expectedNotices());
   });
 
+  it('carries the full text of the Apache License 2.0, which ftfy (rewritten in shared/text-clean.ts) asks to be given with it', () => {
+    const text = readFileSync(NOTICES_FILE, 'utf8');
+    const section = text.slice(text.indexOf('## The Apache License, Version 2.0'));
+    expect(section).toContain('TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION');
+    expect(section).toContain('END OF TERMS AND CONDITIONS');
+    expect(section).toContain('9. Accepting Warranty or Additional Liability.');
+  });
+
   it('every production package declares a licence, and none is copyleft', () => {
     const lock = JSON.parse(readFileSync(new URL('../../package-lock.json', import.meta.url), 'utf8'));
     const packages = productionPackages(lock);
