@@ -96,21 +96,12 @@ const OwnerId = z.string().regex(OWNER_ID_PATTERN);
 const Ms = z.number().int().nonnegative();
 /** Per owner: every job made before `upTo` was read; `scan`: the window now being read, down from `from`, after `cursor`. */
 const StoredOwners = z.record(OwnerId, z.object({ upTo: Ms.nullable(), scan: z.object({ from: Ms, cursor: z.string().regex(RESOURCE_ID_PATTERN) }).optional() }));
-const StoredState = z.discriminatedUnion('v', [
-  z.object({
-    v: z.literal(2),
-    owners: StoredOwners,
-    /** Jobs read but not due: [owner, id, end (ms) or null while it has not ended]. */
-    pending: z.array(z.tuple([OwnerId, z.string().regex(RESOURCE_ID_PATTERN), Ms.nullable()])),
-  }),
-  z.object({
-    // Written by the first version of this pass: [owner, id, expiry (ms) or null], the expiry worked
-    // out with the retention of the pass that read the job, which is not recorded.
-    v: z.literal(1),
-    owners: StoredOwners,
-    pending: z.array(z.tuple([OwnerId, z.string().regex(RESOURCE_ID_PATTERN), Ms.nullable()])),
-  }),
-]);
+const StoredState = z.object({
+  v: z.literal(1),
+  owners: StoredOwners,
+  /** Jobs read but not due: [owner, id, end (ms) or null while it has not ended]. */
+  pending: z.array(z.tuple([OwnerId, z.string().regex(RESOURCE_ID_PATTERN), Ms.nullable()])),
+});
 type OwnerScan = z.output<typeof StoredOwners>[string];
 type Pending = { owner: string; id: string; endedAt: number | null };
 
@@ -142,16 +133,12 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
       return;
     }
     for (const [owner, scan] of Object.entries(parsed.data.owners)) owners.set(owner, scan);
-    // A version 1 expiry cannot be turned back into the job's end (the retention it was worked out
-    // with is not known, and may differ from today's): each such job is read again (as one that has not
-    // ended is), so none of its images goes before the `outputs_expire_at` its view now shows.
-    const known = parsed.data.v === 2;
-    for (const [owner, id, endedAt] of parsed.data.pending) pending.set(`${owner}/${id}`, { owner, id, endedAt: known ? endedAt : null });
+    for (const [owner, id, endedAt] of parsed.data.pending) pending.set(`${owner}/${id}`, { owner, id, endedAt });
   }
 
   async function save(): Promise<void> {
     const state: z.input<typeof StoredState> = {
-      v: 2,
+      v: 1,
       owners: Object.fromEntries(owners),
       pending: [...pending.values()].map((p) => [p.owner, p.id, p.endedAt]),
     };

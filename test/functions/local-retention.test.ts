@@ -224,33 +224,6 @@ describe('output retention', () => {
     expect(await stored(raised)).toBe(0);
   });
 
-  it('reads a state.json of the first version (absolute expiries of an unknown retention) without removing anything early (review 9, #1)', async () => {
-    // Remembered by a 7-day pass: its 7-day expiry has passed, its 14-day one has not.
-    const short = await job('acct_alice', T0 - 20 * DAY, T0 - 10 * DAY);
-    // Remembered by a 30-day pass: its 30-day expiry is 10 days away, its 14-day one 6 days past.
-    const long = await job('acct_alice', T0 - 40 * DAY, T0 - 20 * DAY);
-    const v1 = {
-      v: 1,
-      // Every job made before this was read: the windows hold neither job, only `pending` names them.
-      owners: { acct_alice: { upTo: T0 - 14 * DAY + 10 * MIN } },
-      pending: [
-        ['acct_alice', short.id, T0 - 3 * DAY],
-        ['acct_alice', long.id, T0 + 10 * DAY],
-      ],
-    };
-    await h.blobs.put(RETENTION_STATE_KEY, new TextEncoder().encode(JSON.stringify(v1)), { contentType: 'application/json' });
-    const p = pass({ outputRetentionDays: 14 });
-    expect(await p.run()).toMatchObject({ generations: 1, errors: 0 });
-    expect([await stored(short), await stored(long)]).toEqual([3, 0]);
-    // `short` goes at its 14-day outputs_expire_at, as its view says.
-    offsetMs = Date.parse(outputsExpireAt(short, 14)!) - T0 - MIN;
-    await p.run();
-    expect(await stored(short)).toBe(3);
-    offsetMs += 2 * MIN;
-    expect(await p.run()).toMatchObject({ generations: 1 });
-    expect(await stored(short)).toBe(0);
-  });
-
   it('remembered jobs that never end do not starve the window scan (review 9, #5)', async () => {
     // 60 jobs stuck running (a dead-lettered job no sweep failed, a newer version's record): each pass reads them again.
     for (let i = 0; i < 60; i++) await job('acct_alice', T0 - 10 * DAY + i * MIN, null);
