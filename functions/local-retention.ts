@@ -5,6 +5,7 @@ import { NewerJobRecordError } from '../shared/jobstore.ts';
 import { PENDING_JOBS_PREFIX, parsePendingJobKey, uploadKey } from '../shared/keys.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN, SORTABLE_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore, JobStore } from '../shared/ports.ts';
+import { listKeys } from '../shared/prefix.ts';
 import { outputsVerdict, removeJobOutputs, type OutputsVerdict } from '../shared/retention.ts';
 import { outputsExpireMs } from '../shared/views.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
@@ -328,8 +329,8 @@ async function ownersUnder(blobs: BlobStore, prefix: string): Promise<string[]> 
   const found: string[] = [];
   let cursor: string | undefined;
   for (;;) {
-    const page = await blobs.list(prefix, { limit: 1, ...(cursor !== undefined ? { cursor } : {}) });
-    const key = page.items[0]?.key;
+    const page = await listKeys(blobs, prefix, { limit: 1, ...(cursor !== undefined ? { cursor } : {}) });
+    const key = page.keys[0];
     if (key === undefined) return found;
     const segment = key.slice(prefix.length).split('/')[0]!;
     if (OWNER_ID_PATTERN.test(segment) && key.length > prefix.length + segment.length) found.push(segment);
@@ -381,9 +382,9 @@ async function uploadsInUse(deps: RetentionDeps): Promise<Set<string> | null> {
   const named = new Set<string>();
   let cursor: string | undefined;
   do {
-    const page = await deps.blobs.list(`${PENDING_JOBS_PREFIX}active/`, cursor !== undefined ? { cursor } : {});
-    for (const marker of page.items) {
-      const job = parsePendingJobKey(marker.key);
+    const page = await listKeys(deps.blobs, `${PENDING_JOBS_PREFIX}active/`, cursor !== undefined ? { cursor } : {});
+    for (const marker of page.keys) {
+      const job = parsePendingJobKey(marker);
       if (!job || job.kind !== 'active') continue;
       let record: JobRecord | null | undefined;
       try {

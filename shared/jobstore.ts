@@ -2,6 +2,7 @@ import { forEachLimited } from './concurrency.ts';
 import { readDoc } from './documents.ts';
 import { CorruptDocumentError, NonRetryableError, NotFoundError, PreconditionFailedError, ValidationError } from './errors.ts';
 import type { BlobStore, JobMutation, JobPage, JobStore, UpdateOptions } from './ports.ts';
+import { listKeys } from './prefix.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './schemas/common.ts';
 import { JobRecord, waitingSince } from './schemas/job.ts';
 import { newerWriterOf } from './schemas/queue.ts';
@@ -98,9 +99,7 @@ export class BlobJobStore implements JobStore {
     const listOptions = { limit, ...(options.cursor !== undefined ? { cursor: BlobJobStore.keyFor(owner, options.cursor) } : {}) };
     // Keys only: each document is read (get) below, and a store's list may read each one too (the local
     // store hashes every object it lists for its etag), which made a page cost two reads per job.
-    const listed = this.blobs.listKeys
-      ? await this.blobs.listKeys(prefix, listOptions)
-      : await this.blobs.list(prefix, listOptions).then((page) => ({ keys: page.items.map((item) => item.key), ...(page.cursor !== undefined ? { cursor: page.cursor } : {}) }));
+    const listed = await listKeys(this.blobs, prefix, listOptions);
     // Keys list in order: the end cuts the page before any of its documents is read.
     const end = options.endBefore === undefined ? undefined : BlobJobStore.keyFor(owner, options.endBefore);
     const kept = end === undefined ? listed.keys : listed.keys.filter((key) => key < end);

@@ -1,7 +1,7 @@
 import { ValidationError } from './errors.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './names.ts';
 import type { BlobStore } from './ports.ts';
-import { deleteKeys, deletePrefix } from './prefix.ts';
+import { deleteKeys, deletePrefix, listKeys } from './prefix.ts';
 import type { JobRecord } from './schemas/job.ts';
 
 /**
@@ -111,8 +111,8 @@ export async function removeOrphanedOutputs(
   const doomed: string[] = [];
   let cursor: string | undefined;
   do {
-    const page = await blobs.list(prefix, cursor ? { cursor } : {});
-    for (const item of page.items) if (unnamed(item.key)) doomed.push(item.key);
+    const page = await listKeys(blobs, prefix, cursor ? { cursor } : {});
+    for (const key of page.keys) if (unnamed(key)) doomed.push(key);
     cursor = page.cursor;
   } while (cursor);
   await deleteKeys(blobs, doomed);

@@ -1,5 +1,17 @@
 import { forEachLimited } from './concurrency.ts';
-import type { BlobStore } from './ports.ts';
+import type { BlobStore, KeyPage, ListOptions } from './ports.ts';
+
+/**
+ * One page of the keys under `prefix`, as `list` would page them: through the store's `listKeys` where
+ * it has one. For callers that need no metadata: the local store's `list` opens and hashes every object
+ * it returns (a generation's frames, a job's outputs, the active-job markers of every POST).
+ */
+export async function listKeys(blobs: BlobStore, prefix: string, options: ListOptions = {}): Promise<KeyPage> {
+  if (blobs.listKeys) return blobs.listKeys(prefix, options);
+  const page = await blobs.list(prefix, options);
+  const keys = page.items.map((item) => item.key);
+  return page.cursor !== undefined ? { keys, cursor: page.cursor } : { keys };
+}
 
 /**
  * Deletes `keys`: in as few requests as the store allows (S3 DeleteObjects, 1000 keys a request), else
@@ -19,11 +31,10 @@ export async function deletePrefix(blobs: BlobStore, prefix: string): Promise<st
   const deleted: string[] = [];
   let cursor: string | undefined;
   do {
-    const page = await blobs.list(prefix, cursor ? { cursor } : {});
-    const keys = page.items.map((item) => item.key);
+    const { keys, cursor: next } = await listKeys(blobs, prefix, cursor ? { cursor } : {});
     await deleteKeys(blobs, keys);
     deleted.push(...keys);
-    cursor = page.cursor;
+    cursor = next;
   } while (cursor);
   return deleted;
 }

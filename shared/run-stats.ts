@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { updateDocument } from './documents.ts';
 import { assertValidKey } from './keys.ts';
 import type { BlobStore } from './ports.ts';
+import { listKeys } from './prefix.ts';
 import type { Stage } from './schedule.ts';
 
 export const RUN_STATS_PREFIX = 'stats/';
@@ -164,9 +165,9 @@ async function readNearbySizes(blobs: BlobStore, k: RunKey): Promise<SizedSample
   const sizes: Array<{ width: number; height: number }> = [];
   let cursor: string | undefined;
   do {
-    const page = await blobs.list(prefix, cursor === undefined ? {} : { cursor });
-    for (const item of page.items) {
-      const m = STATS_NAME.exec(item.key.slice(prefix.length));
+    const page = await listKeys(blobs, prefix, cursor === undefined ? {} : { cursor });
+    for (const key of page.keys) {
+      const m = STATS_NAME.exec(key.slice(prefix.length));
       if (m && m[3] === k.start && !(Number(m[1]) === k.width && Number(m[2]) === k.height)) sizes.push({ width: Number(m[1]), height: Number(m[2]) });
     }
     cursor = page.cursor;

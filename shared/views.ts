@@ -1,4 +1,5 @@
 import type { BlobStore } from './ports.ts';
+import { listKeys } from './prefix.ts';
 import { jobOutputsPrefix } from './keys.ts';
 import { costUsd } from './run-stats.ts';
 import { imageSeed } from './schemas/generation.ts';
@@ -58,11 +59,11 @@ export async function generationFrames(
   const found: Array<{ index: number; step: number; width: number | null; height: number | null; key: string }> = [];
   let cursor: string | undefined;
   do {
-    const page = await blobs.list(`${jobOutputsPrefix(job.owner, job.id)}frames/`, cursor === undefined ? {} : { cursor });
-    for (const item of page.items) {
-      const m = FRAME_KEY.exec(item.key);
+    const page = await listKeys(blobs, `${jobOutputsPrefix(job.owner, job.id)}frames/`, cursor === undefined ? {} : { cursor });
+    for (const key of page.keys) {
+      const m = FRAME_KEY.exec(key);
       if (m && published.has(Number(m[1]))) {
-        found.push({ index: Number(m[1]), step: Number(m[2]), width: m[3] ? Number(m[3]) : null, height: m[4] ? Number(m[4]) : null, key: item.key });
+        found.push({ index: Number(m[1]), step: Number(m[2]), width: m[3] ? Number(m[3]) : null, height: m[4] ? Number(m[4]) : null, key });
       }
     }
     cursor = page.cursor;

@@ -18,6 +18,7 @@ import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdPa
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
 import type { JobMutation } from '../../shared/ports.ts';
+import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
 import { CANCEL_WEBHOOK_TIMEOUT_MS, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
@@ -311,8 +312,8 @@ export function registerGenerationRoutes(
       for (let look = 0; ; look++) {
         // One page: the limit is at most 1000 (shared/config.ts), a page's size; an owner with more
         // markers than a page is over any limit.
-        const page = await blobs.list(`${PENDING_JOBS_PREFIX}active/${owner}/`);
-        const keys = page.items.map((item) => item.key);
+        const page = await listKeys(blobs, `${PENDING_JOBS_PREFIX}active/${owner}/`);
+        const keys = page.keys;
         if (page.cursor === undefined && !keys.includes(mine)) {
           // Written, yet not listed: the count cannot be trusted to include this request.
           throw new RetryableError('the active generations could not be counted; retry', { code: 'unavailable' });

@@ -104,14 +104,14 @@ export function queueWithOutage(queue: JobQueue, down = true): { queue: JobQueue
 }
 
 /**
- * The real blob store, with listings under `prefix` refused (an S3 503 or a missing permission):
+ * The real blob store, with listings (`list`, `listKeys`) under `prefix` refused (an S3 503 or a missing permission):
  * the best-effort removal of a job's stored images fails, everything else works.
  */
 export function blobsRefusingList(blobs: BlobStore, prefix: string): BlobStore {
   return new Proxy(blobs, {
     get: (target, prop) => {
-      if (prop === 'list') {
-        return (at: string, options?: ListOptions) => (at.startsWith(prefix) ? Promise.reject(new RetryableError(`injected: S3 503 on LIST ${at}`)) : target.list(at, options));
+      if (prop === 'list' || prop === 'listKeys') {
+        return (at: string, options?: ListOptions) => (at.startsWith(prefix) ? Promise.reject(new RetryableError(`injected: S3 503 on LIST ${at}`)) : target[prop](at, options));
       }
       const value = Reflect.get(target, prop, target);
       return typeof value === 'function' ? value.bind(target) : value;

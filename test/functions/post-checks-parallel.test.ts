@@ -39,7 +39,7 @@ function timedApp(maxActiveJobs = 100) {
   const blobs = new Proxy(h.blobs, {
     get(target, prop, receiver) {
       if (prop === 'put') return (key: string, body: Uint8Array, options?: never) => (key.startsWith('pending/active/') ? timed('active marker', () => target.put(key, body, options)) : target.put(key, body, options));
-      if (prop === 'list') return (prefix: string, options?: never) => (prefix.startsWith('pending/active/') ? timed('active list', () => target.list(prefix, options)) : target.list(prefix, options));
+      if (prop === 'listKeys') return (prefix: string, options?: never) => (prefix.startsWith('pending/active/') ? timed('active list', () => target.listKeys(prefix, options)) : target.listKeys(prefix, options));
       return Reflect.get(target, prop, receiver);
     },
   }) as BlobStore;

@@ -218,6 +218,8 @@ describe('an attempt stored images, then a later event ended the job without the
     const blobs = patched(env.blobs, {
       list: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) =>
         prefix.startsWith('outputs/') ? Promise.reject(new RetryableError('injected: S3 503 on LIST')) : env.blobs.list(prefix, options)) as never,
+      listKeys: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) =>
+        prefix.startsWith('outputs/') ? Promise.reject(new RetryableError('injected: S3 503 on LIST')) : env.blobs.listKeys(prefix, options)) as never,
     }) as BlobStore;
     const w = start({ queue: env.queue, jobs: env.jobs, blobs }, stepping(1, 1));
     await waitFor('the job to end', () => ended(w.events), 20_000);
@@ -320,6 +322,8 @@ describe('the queued-job sweep, on a marker of stored images', () => {
     const blobs = patched(env.blobs, {
       list: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) =>
         failing && prefix.startsWith('outputs/') ? Promise.reject(new RetryableError('injected: S3 503 on LIST')) : env.blobs.list(prefix, options)) as never,
+      listKeys: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) =>
+        failing && prefix.startsWith('outputs/') ? Promise.reject(new RetryableError('injected: S3 503 on LIST')) : env.blobs.listKeys(prefix, options)) as never,
     }) as BlobStore;
     const sweep = () => sweepOnce(env, blobs);
     expect(await sweep()).toMatchObject({ scanned: 1, cleared: 0, errors: 1 });
@@ -336,6 +340,7 @@ describe('removeOrphanedOutputs', () => {
     const listed: string[] = [];
     const blobs = patched(env.blobs, {
       list: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) => (listed.push(prefix), env.blobs.list(prefix, options))) as never,
+      listKeys: ((prefix: string, options?: Parameters<BlobStore['list']>[1]) => (listed.push(prefix), env.blobs.listKeys(prefix, options))) as never,
     }) as BlobStore;
     const job = await submit(env, { n: 2 });
     await leftByAnEarlierAttempt(env, job);
