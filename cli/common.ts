@@ -7,6 +7,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { makeStagingFolder, syncFolder, syncPath } from '../gpu-worker/engine/io/staging.ts';
 import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
+import { closestName } from '../shared/did-you-mean.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -40,29 +41,9 @@ export function refusal(verb: string, usage: string): (message: string, code?: n
   };
 }
 
-/** Edit distance of two short strings (a swap of two neighbours is one edit, as in --prot): for "did you mean". */
-function editDistance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
-    }
-  }
-  return d[a.length]![b.length]!;
-}
-
 /** The option of `names` (without dashes) closest to `given`, when it is close enough to be a typo. */
 export function closestOption(given: string, names: readonly string[]): string | undefined {
-  const bare = given.replace(/^-+/, '').replace(/=.*$/, '');
-  if (bare.length < 2) return undefined;
-  let best: { name: string; d: number } | undefined;
-  for (const name of names) {
-    // A prefix (--neg for --negative) is close whatever the distance.
-    const d = name.length > bare.length && name.startsWith(bare) && bare.length >= 3 ? 1 : editDistance(bare, name);
-    if (best === undefined || d < best.d) best = { name, d };
-  }
-  return best && best.d <= Math.max(1, Math.min(2, Math.floor(bare.length / 3))) ? best.name : undefined;
+  return closestName(given.replace(/^-+/, '').replace(/=.*$/, ''), names);
 }
 
 /** What node:util parseArgs returns for `config`. */

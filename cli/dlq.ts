@@ -3,7 +3,7 @@
 // dead-letters it, or its DLQ sweep does within a minute. So a dead letter is for an operator to read,
 // never to re-run: its job has already told its caller to submit again.
 import { storesFor } from '../shared/adapters/stores.ts';
-import { parseConfig } from '../shared/config.ts';
+import { operatorConfig } from '../shared/config.ts';
 import { ClipagError, CorruptDocumentError, ValidationError } from '../shared/errors.ts';
 import { NewerJobRecordError } from '../shared/jobstore.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
@@ -115,7 +115,7 @@ export interface DlqDeps {
 }
 
 async function openDeps(): Promise<DlqDeps> {
-  const stores = await storesFor(parseConfig(process.env));
+  const stores = await storesFor(operatorConfig(process.env, (line) => process.stderr.write(`clipag: warning: ${line}\n`)));
   if (!stores.queue.deadLetter) throw new ValidationError('no dead-letter queue is configured: set CLIPAG_DLQ_URL (the output DeadLetterQueueUrl of the Stateful stack)', 'CLIPAG_DLQ_URL');
   return { deadLetter: stores.queue.deadLetter, jobs: stores.jobs };
 }

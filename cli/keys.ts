@@ -2,7 +2,7 @@
 // (local `.data/` by default; S3 when CLIPAG_MODE=aws). Keys are stored hashed; the secret is printed once.
 import { storesFor } from '../shared/adapters/stores.ts';
 import { BlobApiKeyStore } from '../shared/apikeys.ts';
-import { parseConfig } from '../shared/config.ts';
+import { operatorConfig, storeDescription } from '../shared/config.ts';
 import { ClipagError, operatorMessage } from '../shared/errors.ts';
 import { newId } from '../shared/ids.ts';
 import { OWNER_ID_PATTERN } from '../shared/schemas/common.ts';
@@ -27,9 +27,10 @@ export const usage = `usage: clipag keys create --name NAME [--owner ID] [--json
 The store comes from the environment like the server's: CLIPAG_DATA_DIR (default .data) in
 local mode; CLIPAG_MODE=aws with AWS_REGION, CLIPAG_BUCKET, CLIPAG_QUEUE_URL for S3.`;
 
-/** Where the keys live; tests pass their own store. */
-export async function openKeyStore(env: Readonly<Record<string, string | undefined>> = process.env): Promise<BlobApiKeyStore> {
-  return (await storesFor(parseConfig(env))).keys;
+/** Where the keys live, and that place in words; tests pass their own store. */
+export async function openKeyStore(env: Readonly<Record<string, string | undefined>> = process.env): Promise<{ keys: BlobApiKeyStore; where: string }> {
+  const config = operatorConfig(env, (line) => process.stderr.write(`clipag: warning: ${line}\n`));
+  return { keys: (await storesFor(config)).keys, where: storeDescription(config) };
 }
 
 export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: string) => void = console.log): Promise<number> {
@@ -51,13 +52,15 @@ export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: s
       if (!ApiKeyRecord.shape.name.safeParse(values.name).success) return fail(`--name must be at most ${NAME_MAX} characters (got ${[...values.name.trim()].length})`);
       const owner = values.owner ?? `acct_${newId()}`;
       if (!OWNER_ID_PATTERN.test(owner)) return fail('--owner must match [A-Za-z0-9_-]{1,64}');
-      const keys = store ?? (await openKeyStore());
+      const { keys, where } = store ? { keys: store, where: undefined } : await openKeyStore();
       const { secret, record } = await keys.create({ name: values.name.trim(), owner });
-      if (values.json) out(JSON.stringify({ id: record.id, owner: record.owner, name: record.name, secret }));
+      if (values.json) out(JSON.stringify({ id: record.id, owner: record.owner, name: record.name, secret, ...(where !== undefined ? { store: where } : {}) }));
       else {
         out(`key id:  ${record.id}`);
         out(`owner:   ${record.owner}`);
         out(`name:    ${record.name}`);
+        // Which deployment will accept it: a key made in the wrong store is a 401 for the customer.
+        if (where !== undefined) out(`store:   ${where}`);
         out(`secret:  ${secret}`);
         out('');
         out('This secret is shown once and cannot be recovered (only its sha256 is stored). Use it as:');
@@ -66,7 +69,7 @@ export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: s
       return 0;
     }
     if (action === 'list') {
-      const keys = store ?? (await openKeyStore());
+      const keys = store ?? (await openKeyStore()).keys;
       const records = await keys.list();
       // The fields this version knows, never the hash: a field a newer clipag added to a record is not
       // known to be fit to print.
@@ -81,7 +84,7 @@ export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: s
       return 0;
     }
     if (rest.length !== 1) return fail('revoke takes exactly one KEY_ID');
-    const keys = store ?? (await openKeyStore());
+    const keys = store ?? (await openKeyStore()).keys;
     const record = await keys.revoke(rest[0]);
     out(`revoked ${record.id} (owner ${record.owner}, name ${record.name}) at ${record.revoked_at}`);
     return 0;

@@ -4,7 +4,7 @@
 import { existsSync, realpathSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { localLayout, storesFor } from '../shared/adapters/stores.ts';
-import { parseConfig, type Config } from '../shared/config.ts';
+import { operatorConfig, parseConfig, type Config } from '../shared/config.ts';
 import { isClipagError } from '../shared/errors.ts';
 import { ModelStore, type PushProgress, readManifestText } from '../shared/modelstore.ts';
 import type { BlobStore } from '../shared/ports.ts';
@@ -163,7 +163,7 @@ async function runImport(argv: string[]): Promise<number> {
 
 /** The model store of the configured blob store: `<dataDir>/blobs` locally, the bucket in AWS mode. */
 export async function configuredStore(env: Readonly<Record<string, string | undefined>> = process.env): Promise<{ store: ModelStore; where: string }> {
-  const config: Config = parseConfig(env);
+  const config: Config = operatorConfig(env, (line) => process.stderr.write(`clipag: warning: ${line}\n`));
   const { blobs } = await storesFor(config);
   const where = config.mode === 'aws' ? `s3://${config.bucket}/models/` : `${resolve(localLayout(config.dataDir).blobsDir, 'models')}/`;
   return { store: new ModelStore(blobs, { onWarning: (m) => process.stderr.write(`warning: ${m}\n`) }), where };

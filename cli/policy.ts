@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { BlobApiKeyStore, ownerCaseTwin } from '../shared/apikeys.ts';
 import { storesFor } from '../shared/adapters/stores.ts';
-import { parseConfig } from '../shared/config.ts';
+import { operatorConfig, storeDescription } from '../shared/config.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { ownerPolicyKey } from '../shared/keys.ts';
@@ -64,8 +64,14 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
       out(`${rest[0]}: valid; ${describe(parsed, body)}`);
       return 0;
     }
+    let where: string | undefined;
     try {
-      const store = blobs ?? (await storesFor(parseConfig(process.env))).blobs;
+      let store = blobs;
+      if (!store) {
+        const config = operatorConfig(process.env, (line) => process.stderr.write(`clipag: warning: ${line}\n`));
+        store = (await storesFor(config)).blobs;
+        where = storeDescription(config);
+      }
       const twin = values.owner === undefined ? undefined : await caseTwinRefusal(store, values.owner, 'replace');
       if (twin !== undefined) return fail(twin, 1);
       // Stored without an editor's byte-order mark: a clipag from before it was read refuses such a
@@ -75,11 +81,11 @@ export async function run(argv: string[], blobs?: BlobStore, out: (line: string)
     } catch (e) {
       return fail(`could not store ${key}: ${e instanceof Error ? e.message : String(e)}`, 1);
     }
-    out(`stored ${whose} at ${key}: ${describe(parsed, body)}; in force within a minute`);
+    out(`stored ${whose} at ${key}${where !== undefined ? ` in ${where}` : ''}: ${describe(parsed, body)}; in force within a minute`);
     return 0;
   }
   try {
-    const store = blobs ?? (await storesFor(parseConfig(process.env))).blobs;
+    const store = blobs ?? (await storesFor(operatorConfig(process.env, (line) => process.stderr.write(`clipag: warning: ${line}\n`)))).blobs;
     if (action === 'get') {
       const twin = values.owner === undefined ? undefined : await caseTwinRefusal(store, values.owner, 'show');
       if (twin !== undefined) return fail(twin, 1);

@@ -3,7 +3,7 @@
 // (the API then answers 409 and the worker's adds fail) or missed jobs whose adds failed.
 import { BlobApiKeyStore, ownerCaseTwin } from '../shared/apikeys.ts';
 import { storesFor } from '../shared/adapters/stores.ts';
-import { parseConfig, type Config } from '../shared/config.ts';
+import { operatorConfig, type Config } from '../shared/config.ts';
 import { CorruptDocumentError, operatorMessage } from '../shared/errors.ts';
 import { BlobJobStore } from '../shared/jobstore.ts';
 import { MONTH_PATTERN, usageKey } from '../shared/keys.ts';
@@ -62,7 +62,7 @@ export async function run(
 
   try {
     // The store and the price from the environment, as the API reads them.
-    const config: Config = parseConfig(env);
+    const config: Config = operatorConfig(env, (line) => process.stderr.write(`clipag: warning: ${line}\n`));
     const store = blobs ?? (await storesFor(config)).blobs;
     // In a local data folder on a case-insensitive file system (macOS and Windows by default, a bind
     // mount from a Mac) acct_alice and an existing acct_Alice name the same ledger and job folder.

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { storesFor } from '../shared/adapters/stores.ts';
-import { parseConfig, type Config } from '../shared/config.ts';
+import { parseConfig, settingWarnings, type Config } from '../shared/config.ts';
 import { ConfigError } from '../shared/errors.ts';
 import { BlobJobStore } from '../shared/jobstore.ts';
 import { ModelStore } from '../shared/modelstore.ts';
@@ -250,6 +250,7 @@ export async function main(env: Readonly<Record<string, string | undefined>> = p
     throw error;
   }
   const log = jsonLogger(config.logLevel, { component: 'worker' });
+  for (const line of settingWarnings(env)) log.warn(line);
   let running: RunningWorker | undefined;
   let unhealthy = false;
 

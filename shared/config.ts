@@ -1,22 +1,39 @@
 import { z } from 'zod';
+import { resolve } from 'node:path';
+import { closestName } from './did-you-mean.ts';
 import { ConfigError } from './errors.ts';
 import { MAX_IMAGE_FILE_BYTES } from './image-header.ts';
 import { MODEL_NAME_PATTERN } from './schemas/common.ts';
 
 /**
  * Process configuration, parsed once by a composition root from an env-like record, typed,
- * and failing fast with every problem listed. Nothing else in the code reads `process.env`.
+ * and failing fast with every problem listed. The server, the worker and the operator verbs read no
+ * other setting; the remote client (cli/remote.ts: CLIPAG_API_URL, CLIPAG_API_KEY), the entry script
+ * (bin/clipag.ts) and the CDK app (cdk/bin) read their own.
  */
 
 /** "true" or "false" in the environment; the mode gives the default. */
 const flag = (fallback: boolean) => z.enum(['true', 'false']).transform((v) => v === 'true').default(fallback);
-const intIn = (min: number, max: number, fallback: number) =>
-  z.coerce.number().int().min(min).max(max).default(fallback);
+/**
+ * An integer in [min, max], in decimal digits only: Number() would also take "0x1f90", "8e3" and "0b11"
+ * (the command line's flags refuse them too, cli/common.ts). The message names the range.
+ */
+const optionalIntIn = (min: number, max: number, message = `must be an integer in [${min}, ${max}]`) =>
+  z
+    .string()
+    .regex(/^\d{1,16}$/, message)
+    .transform(Number)
+    .refine((n) => n >= min && n <= max, message)
+    .optional();
+const intIn = (min: number, max: number, fallback: number) => optionalIntIn(min, max).transform((n) => n ?? fallback);
 
 const httpUrl = z.url({ protocol: /^https?$/ }).transform((u) => u.replace(/\/+$/, ''));
+/** A base URL links are made under: a query or fragment would swallow the path appended to it. */
+const baseUrl = httpUrl.refine((u) => !/[?#]/.test(u), 'must have no query (?) or fragment (#): paths are appended to it');
 
 const Common = {
-  publicBaseUrl: httpUrl.default('http://127.0.0.1:8787'),
+  /** Where signed links point (local mode). Unset: `clipag serve` uses its own address (cli/serve.ts). */
+  publicBaseUrl: baseUrl.default('http://127.0.0.1:8787'),
   port: intIn(1, 65535, 8787),
   host: z.string().min(1).default('127.0.0.1'),
   visibilityTimeoutSec: intIn(1, 43_200, 60),
@@ -35,9 +52,8 @@ const Common = {
    * The largest upload (an init image). At most the worker's decode limit: above it the API would take
    * an upload (202) that every worker then refuses for its size, a failed job.
    */
-  maxUploadBytes: z.coerce.number().int().min(1)
-    .max(MAX_IMAGE_FILE_BYTES, `must be at most ${MAX_IMAGE_FILE_BYTES} (32 MiB), the largest init image the worker decodes`)
-    .default(10 * 1024 * 1024),
+  maxUploadBytes: optionalIntIn(1, MAX_IMAGE_FILE_BYTES, `must be an integer in [1, ${MAX_IMAGE_FILE_BYTES}]: 32 MiB is the largest init image the worker decodes`)
+    .transform((n) => n ?? 10 * 1024 * 1024),
   maxBodyBytes: intIn(1024, 10 * 1024 * 1024, 64 * 1024),
   defaultModel: z.string().regex(MODEL_NAME_PATTERN).default('toy'),
   /**
@@ -45,7 +61,7 @@ const Common = {
    * worker image; the CDK reads it from the repo's folder). Requests naming no size get it. Unset: the
    * store's index says, else 224.
    */
-  defaultModelInputSize: z.coerce.number().int().min(1).max(4096).optional(),
+  defaultModelInputSize: optionalIntIn(1, 4096),
   modelsDir: z.string().min(1).default('models'),
   /** Where the worker runs the engine: onnxruntime's CUDA EP in the GPU container, CPU elsewhere. */
   device: z.enum(['cpu', 'cuda']).default('cpu'),
@@ -85,9 +101,14 @@ const Common = {
    * in local mode `clipag serve`'s retention pass removes them, functions/local-retention.ts).
    * Views then say until when the outputs exist (`outputs_expire_at`). Unset: kept (local mode's default).
    */
-  outputRetentionDays: z.coerce.number().int().min(1).max(3650).optional(),
+  outputRetentionDays: optionalIntIn(1, 3650),
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
-  workerHourlyUsd: z.coerce.number().min(0).max(1000).optional(),
+  workerHourlyUsd: z
+    .string()
+    .regex(/^\d{1,4}(\.\d{1,9})?$/, 'must be a decimal number of dollars in [0, 1000], such as 2.5')
+    .transform(Number)
+    .refine((n) => n <= 1000, 'must be a decimal number of dollars in [0, 1000], such as 2.5')
+    .optional(),
   /**
    * API requests one account may make per minute (a sliding window; the next is a 429 rate_limited,
    * ADR 0026). 0: no per-account limit. Local mode counts in the server's memory; AWS mode in the
@@ -140,7 +161,7 @@ const LocalConfig = z.object({
    * AWS (the CDK's uploadRetentionDays, 5); one a queued or running job names stays until that job
    * ends. Unset: kept (functions/local-retention.ts).
    */
-  uploadRetentionDays: z.coerce.number().int().min(1).max(3650).optional(),
+  uploadRetentionDays: optionalIntIn(1, 3650),
   ...Common,
 });
 
@@ -262,4 +283,58 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>): 
     return `${envName}: ${message}${shown}`;
   });
   throw new ConfigError(problems);
+}
+
+/**
+ * CLIPAG_* names that are not settings of the server, the worker or the operator verbs, yet are ours:
+ * the README's shell variables, the remote client's, the CDK app's and CI's. Not warned about.
+ */
+const OTHER_CLIPAG_NAMES = new Set(['CLIPAG', 'CLIPAG_KEY', 'CLIPAG_API_URL', 'CLIPAG_API_KEY', 'CLIPAG_STAGE', 'CLIPAG_ALARM_EMAIL', 'CLIPAG_STOP_TIMEOUT_SEC', 'CLIPAG_NODE22_VERSION']);
+
+/** Settings that only AWS mode reads: set while the mode is local, they point at a deployment this process will not use. */
+const AWS_ONLY_NAMES = ['CLIPAG_BUCKET', 'CLIPAG_QUEUE_URL', 'CLIPAG_DLQ_URL', 'CLIPAG_RATE_TABLE', 'CLIPAG_QUEUE_RETENTION_SEC'] as const;
+
+/**
+ * What the environment sets that no setting reads, in words, one line each: a CLIPAG_* name that is no
+ * setting (with the closest one: `CLIPAG_OUTPUT_RETENTON_DAYS=7` would otherwise keep images for ever,
+ * without a word), and, in local mode, the AWS-only settings, ignored. Composition roots log them once
+ * at start; parseConfig itself ignores unknown names, as a process's environment holds many.
+ */
+export function settingWarnings(env: Readonly<Record<string, string | undefined>>): string[] {
+  const known = Object.keys(ENV_VARS);
+  const warnings: string[] = [];
+  for (const name of Object.keys(env).sort()) {
+    if (env[name] === undefined || !/^CLIPAG_/i.test(name) || (name in ENV_VARS) || OTHER_CLIPAG_NAMES.has(name)) continue;
+    const near = closestName(name.toUpperCase(), known);
+    warnings.push(`${name} is not a clipag setting${near ? ` (did you mean ${near}?)` : ''}; ignored`);
+  }
+  const setAws = localMode(env) ? AWS_ONLY_NAMES.filter((name) => (env[name] ?? '').trim() !== '') : [];
+  if (setAws.length > 0) warnings.push(`${setAws.join(', ')} ${setAws.length === 1 ? 'is' : 'are'} set, but CLIPAG_MODE is not aws: the local store is used and ${setAws.length === 1 ? 'it is' : 'they are'} ignored`);
+  return warnings;
+}
+
+/** Whether `env` selects local mode (unset or blank CLIPAG_MODE is local). */
+function localMode(env: Readonly<Record<string, string | undefined>>): boolean {
+  return (env.CLIPAG_MODE ?? '').trim() === '' || env.CLIPAG_MODE!.trim() === 'local';
+}
+
+/**
+ * The configuration an operator verb (keys, policy, usage, models, dlq) works on. A verb that writes
+ * where the deployment will never read (a key made in the local data folder while the shell names a
+ * bucket and a queue) hands out a secret that is refused in production: AWS-only settings without
+ * CLIPAG_MODE=aws are refused here, not ignored. Other warnings go to `warn`.
+ */
+export function operatorConfig(env: Readonly<Record<string, string | undefined>>, warn: (line: string) => void): Config {
+  const config = parseConfig(env);
+  const setAws = AWS_ONLY_NAMES.filter((name) => (env[name] ?? '').trim() !== '');
+  if (config.mode === 'local' && setAws.length > 0) {
+    throw new ConfigError([`CLIPAG_MODE: is not aws, yet ${setAws.join(', ')} ${setAws.length === 1 ? 'is' : 'are'} set: set CLIPAG_MODE=aws to work on that deployment, or unset ${setAws.length === 1 ? 'it' : 'them'} to work on the local data folder`]);
+  }
+  for (const line of settingWarnings(env)) warn(line);
+  return config;
+}
+
+/** Where an operator verb's writes go, for its output: `s3://bucket` or the local data folder. */
+export function storeDescription(config: Config): string {
+  return config.mode === 'aws' ? `s3://${config.bucket}` : `the local data folder ${resolve(config.dataDir)}`;
 }

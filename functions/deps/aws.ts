@@ -1,5 +1,5 @@
 import { awsRateCounter, awsStores } from '../../shared/adapters/stores.ts';
-import { parseConfig, type AwsConfig } from '../../shared/config.ts';
+import { parseConfig, settingWarnings, type AwsConfig } from '../../shared/config.ts';
 import { ConfigError } from '../../shared/errors.ts';
 import type { AppDeps } from '../types.ts';
 import { policyFromStore } from '../../shared/prompt-policy.ts';
@@ -36,9 +36,13 @@ export function awsDeps(config: AwsConfig): AppDeps {
   };
 }
 
-/** The Lambda config, parsed once at cold start; anything but aws mode is a config error. */
-export function awsConfig(env: Readonly<Record<string, string | undefined>>): AwsConfig {
+/**
+ * The Lambda config, parsed once at cold start; anything but aws mode is a config error. A name that is
+ * no setting (a typo of one) is logged once, at warn, with the closest setting.
+ */
+export function awsConfig(env: Readonly<Record<string, string | undefined>>, warn: (line: string) => void = (line) => jsonLineLogAt('warn')({ level: 'warn', msg: line })): AwsConfig {
   const config = parseConfig(env);
   if (config.mode !== 'aws') throw new ConfigError(['CLIPAG_MODE: must be "aws" in Lambda (got "local")']);
+  for (const line of settingWarnings(env)) warn(line);
   return config;
 }

@@ -111,7 +111,7 @@ export function blobsRefusingList(blobs: BlobStore, prefix: string): BlobStore {
   return new Proxy(blobs, {
     get: (target, prop) => {
       if (prop === 'list' || prop === 'listKeys') {
-        return (at: string, options?: ListOptions) => (at.startsWith(prefix) ? Promise.reject(new RetryableError(`injected: S3 503 on LIST ${at}`)) : target[prop](at, options));
+        return (at: string, options?: ListOptions) => (at.startsWith(prefix) ? Promise.reject(new RetryableError(`injected: S3 503 on LIST ${at}`)) : target[prop]!(at, options));
       }
       const value = Reflect.get(target, prop, target);
       return typeof value === 'function' ? value.bind(target) : value;
