@@ -7,7 +7,7 @@
  */
 import { App } from 'aws-cdk-lib';
 import { buildClipag } from '../lib/clipag.ts';
-import { type PassedValue, selectStage } from '../lib/config.ts';
+import { contextKeyWarnings, type PassedValue, selectStage } from '../lib/config.ts';
 
 const app = new App();
 
@@ -16,6 +16,9 @@ const firstOf = (...sources: Array<[unknown, string]>): PassedValue | undefined 
   for (const [value, from] of sources) if (typeof value === 'string' && value !== '') return { value, from };
   return undefined;
 };
+
+// A mistyped key (`-c stgae=prod`) would otherwise deploy the default stage, or the entry's values, without a word.
+for (const warning of contextKeyWarnings(Object.keys(app.node.getAllContext() as Record<string, unknown>))) process.stderr.write(`${warning}\n`);
 
 const stage = firstOf([app.node.tryGetContext('stage'), '-c stage'], [process.env.CLIPAG_STAGE, '$CLIPAG_STAGE']) ?? { value: 'dev', from: 'the default' };
 const alarmEmail = firstOf([app.node.tryGetContext('alarmEmail'), '-c alarmEmail'], [process.env.CLIPAG_ALARM_EMAIL, '$CLIPAG_ALARM_EMAIL']);

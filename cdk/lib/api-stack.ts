@@ -11,9 +11,9 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
-import { BUCKET_PREFIXES, ENV, type StageConfig } from './config.ts';
+import { BUCKET_PREFIXES, processEnv, type StageConfig } from './config.ts';
 import { grantListBucket, grantPrefix, grantRateCounting, grantSend, grantWebhookSecrets } from './grants.ts';
-import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT, shippedModelInputSize, SWEEP_LAMBDA_ENTRY } from './paths.ts';
+import { LAMBDA_ENTRY, LOCKFILE, REPO_ROOT, SWEEP_LAMBDA_ENTRY } from './paths.ts';
 
 export interface ApiStackProps extends StackProps {
   readonly config: StageConfig;
@@ -86,25 +86,8 @@ export class ApiStack extends Stack {
       retention: config.logRetentionDays as logs.RetentionDays,
     }));
 
-    const environment = {
-      [ENV.mode]: 'aws',
-      [ENV.stage]: config.stage,
-      [ENV.bucket]: bucket.bucketName,
-      [ENV.queueUrl]: queue.queueUrl,
-      [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
-      [ENV.queueRetention]: String(config.queueRetentionDays * 24 * 3600),
-      [ENV.maxActiveJobs]: String(config.maxActiveJobsPerAccount),
-      [ENV.webhookPorts]: config.webhookPorts.join(','),
-      // Prefer: wait holds a request open: it must answer before the Lambda (and API Gateway's 30 s) cut it.
-      [ENV.maxWaitSec]: String(Math.max(0, config.lambdaTimeoutSeconds - 3)),
-      [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
-      [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
-      [ENV.defaultModel]: config.defaultModel,
-      ...(shippedModelInputSize(config.defaultModel) !== undefined ? { [ENV.defaultModelInputSize]: String(shippedModelInputSize(config.defaultModel)) } : {}),
-      [ENV.outputRetention]: String(config.outputRetentionDays),
-      NODE_OPTIONS: '--enable-source-maps',
-      // AWS_REGION is set by the Lambda runtime itself (reserved name).
-    };
+    // Each function's environment from the stage's entry (processEnv, which stageConfig's validation parses).
+    const shared = { bucketName: bucket.bucketName, queueUrl: queue.queueUrl };
 
     this.handler = new nodejs.NodejsFunction(this, 'Handler', {
       entry: props.entry ?? LAMBDA_ENTRY,
@@ -121,13 +104,7 @@ export class ApiStack extends Stack {
       bundling: BUNDLING,
       currentVersionOptions: KEEP_VERSIONS,
       // The rate limit is the handler's alone: the sweep serves no requests and may not touch the table.
-      environment: {
-        ...environment,
-        [ENV.rateTable]: rateCounters.tableName,
-        [ENV.rateLimitPerMin]: String(config.rateLimitPerMinute),
-        [ENV.uploadsPerHour]: String(config.uploadsPerHour),
-        [ENV.maxWaits]: String(config.maxWaitsPerAccount),
-      },
+      environment: processEnv(config, 'api', { ...shared, rateTableName: rateCounters.tableName }),
     });
     this.handlerAlias = new lambda.Alias(this, 'HandlerLive', { aliasName: LIVE_ALIAS, version: this.handler.currentVersion });
 
@@ -174,7 +151,7 @@ export class ApiStack extends Stack {
       logGroup: sweeperLogs,
       bundling: BUNDLING,
       currentVersionOptions: KEEP_VERSIONS,
-      environment,
+      environment: processEnv(config, 'sweep', shared),
     });
     // Lambda keeps the settings of asynchronous invocation per qualifier: the function's own above hold
     // only for an unqualified invoke, so the alias the schedule invokes states them again.

@@ -3,7 +3,7 @@ import { Aspects, Tags } from 'aws-cdk-lib';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import { ApiStack } from './api-stack.ts';
-import type { StageConfig } from './config.ts';
+import { assertProcessesStart, type StageConfig } from './config.ts';
 import { FunctionLogRetention } from './function-log-retention.ts';
 import { StatefulStack } from './stateful-stack.ts';
 import { WorkerStack } from './worker-stack.ts';
@@ -25,6 +25,8 @@ export interface ClipagOptions {
 
 /** Builds the three stacks of one stage. Shared by cdk/bin/app.ts and the tests. */
 export function buildClipag(app: App, config: StageConfig, options: ClipagOptions = {}): ClipagStacks {
+  // stageConfig has checked this already; a StageConfig built by hand has not.
+  assertProcessesStart(config);
   const prefix = `Clipag-${config.stage}`;
   const base = options.stackProps ?? {};
 

@@ -3,7 +3,11 @@
  * `cdk/bin/app.ts` is the only place that decides which stage is selected.
  */
 
+import { parseConfig } from '../../shared/config.ts';
+import { closestName } from '../../shared/did-you-mean.ts';
+import { ConfigError } from '../../shared/errors.ts';
 import { MODEL_NAME_PATTERN } from '../../shared/names.ts';
+import { shippedModelInputSize } from './paths.ts';
 
 export type StageName = 'dev' | 'prod';
 
@@ -377,6 +381,9 @@ function validate(cfg: StageConfig): void {
   if (cfg.maxInstances > 18) problems.push('maxInstances must be <= 18 (one step-scaling adjustment per task)');
   // Presigned URLs signed with role credentials die with the session (Lambda: ~1-12 h).
   if (cfg.signedUrlTtlSeconds > 43_200) problems.push('signedUrlTtlSeconds must be <= 43200');
+  // Last, what the processes themselves would say: a field the checks above have already named is not named twice.
+  const named = new Set(problems.map((p) => /^\w+/.exec(p)?.[0]));
+  problems.push(...processProblems(cfg).filter((p) => !named.has(/^\w+/.exec(p)?.[0])));
   if (problems.length > 0) {
     throw new Error(`Invalid config for stage "${cfg.stage}":\n  - ${problems.join('\n  - ')}`);
   }
@@ -417,7 +424,10 @@ export const ENV = {
   signedUrlTtl: 'CLIPAG_SIGNED_URL_TTL_SEC',
   stopTimeout: 'CLIPAG_STOP_TIMEOUT_SEC',
   executionProvider: 'CLIPAG_EXECUTION_PROVIDER',
-  /** Worker: wall-clock limit of one job attempt (shared/config.ts jobTimeoutSec; default 3600 when unset). */
+  /**
+   * Wall-clock limit of one job attempt (shared/config.ts jobTimeoutSec; default 3600 when unset): the worker's; the
+   * Lambdas get it too, as every process's parser checks it with the visibility timeout (at most 43200 s together).
+   */
   jobTimeout: 'CLIPAG_JOB_TIMEOUT_SEC',
   /** API: generations one account may have queued or running (jobs beyond get 429). */
   maxActiveJobs: 'CLIPAG_MAX_ACTIVE_JOBS',
@@ -446,3 +456,218 @@ export const ENV = {
 
 /** SQS redrive: after this many receives a message goes to the DLQ. */
 export const MAX_RECEIVE_COUNT = 3;
+
+// ---- the processes' environments ------------------------------------------------
+
+/** A variable name the CDK sets (ENV's values). */
+type EnvName = (typeof ENV)[keyof typeof ENV];
+
+/** The deployed resources each process's environment names: CloudFormation references at synth, stand-ins in `validate`. */
+export interface ProcessRefs {
+  readonly api: { readonly bucketName: string; readonly queueUrl: string; readonly rateTableName: string };
+  readonly sweep: { readonly bucketName: string; readonly queueUrl: string };
+  /** The worker also names its region: EC2-launched containers do not get one from ECS, and SDK v3 does not ask IMDS. */
+  readonly worker: { readonly bucketName: string; readonly queueUrl: string; readonly deadLetterQueueUrl: string; readonly region: string };
+}
+
+/** The processes the CDK starts: the API Lambda, the queued-job sweep Lambda, a GPU worker task. */
+export type ProcessRole = keyof ProcessRefs;
+
+const ROLE_NAMES: Readonly<Record<ProcessRole, string>> = {
+  api: 'the API Lambda',
+  sweep: 'the queued-job sweep Lambda',
+  worker: 'the GPU worker task',
+};
+
+/**
+ * The environment of one process, from the stage's entry and the resources it names: the one place each
+ * role's variables are chosen. The stacks set exactly this, and `validate` runs the processes' own parser
+ * (shared/config.ts) on it, so that synth refuses what a process would refuse at every start.
+ */
+export function processEnv<R extends ProcessRole>(config: StageConfig, role: R, refs: ProcessRefs[R]): Record<string, string> {
+  if (role === 'worker') {
+    const r = refs as ProcessRefs['worker'];
+    return {
+      [ENV.mode]: 'aws',
+      [ENV.stage]: config.stage,
+      [ENV.bucket]: r.bucketName,
+      [ENV.queueUrl]: r.queueUrl,
+      [ENV.dlqUrl]: r.deadLetterQueueUrl,
+      [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
+      [ENV.maxReceiveCount]: String(MAX_RECEIVE_COUNT),
+      [ENV.jobTimeout]: String(config.jobTimeoutSeconds),
+      [ENV.stopTimeout]: String(config.stopTimeoutSeconds),
+      [ENV.executionProvider]: 'cuda',
+      [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
+      [ENV.defaultModel]: config.defaultModel,
+      [ENV.outputRetention]: String(config.outputRetentionDays),
+      // The links in the completion webhooks the worker sends live as long as the API's.
+      [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
+      [ENV.webhookPorts]: config.webhookPorts.join(','),
+      [ENV.region]: r.region,
+    };
+  }
+  const inputSize = shippedModelInputSize(config.defaultModel);
+  const lambda = {
+    [ENV.mode]: 'aws',
+    [ENV.stage]: config.stage,
+    [ENV.bucket]: refs.bucketName,
+    [ENV.queueUrl]: refs.queueUrl,
+    [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
+    // Not used by either function, but their parser checks it with the visibility timeout (at most 12 h
+    // together, as SQS allows): unset, it would check its default 3600 s instead of the stage's limit.
+    [ENV.jobTimeout]: String(config.jobTimeoutSeconds),
+    [ENV.queueRetention]: String(config.queueRetentionDays * 24 * 3600),
+    [ENV.maxActiveJobs]: String(config.maxActiveJobsPerAccount),
+    [ENV.webhookPorts]: config.webhookPorts.join(','),
+    // Prefer: wait holds a request open: it must answer before the Lambda (and API Gateway's 30 s) cut it.
+    [ENV.maxWaitSec]: String(Math.max(0, config.lambdaTimeoutSeconds - 3)),
+    [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
+    [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
+    [ENV.defaultModel]: config.defaultModel,
+    ...(inputSize !== undefined ? { [ENV.defaultModelInputSize]: String(inputSize) } : {}),
+    [ENV.outputRetention]: String(config.outputRetentionDays),
+    NODE_OPTIONS: '--enable-source-maps',
+    // AWS_REGION is set by the Lambda runtime itself (reserved name).
+  };
+  if (role === 'sweep') return lambda;
+  // The rate limit is the handler's alone: the sweep serves no requests and may not touch the table.
+  const r = refs as ProcessRefs['api'];
+  return {
+    ...lambda,
+    [ENV.rateTable]: r.rateTableName,
+    [ENV.rateLimitPerMin]: String(config.rateLimitPerMinute),
+    [ENV.uploadsPerHour]: String(config.uploadsPerHour),
+    [ENV.maxWaits]: String(config.maxWaitsPerAccount),
+  };
+}
+
+/** Where each variable's value comes from, as a refusal names it: the stage entry's field, or what else sets it. */
+const ENV_SOURCE: Readonly<Record<EnvName, string>> = {
+  [ENV.mode]: 'the mode (processEnv in cdk/lib/config.ts)',
+  [ENV.stage]: 'stage',
+  [ENV.bucket]: "the Stateful stack's bucket (processEnv in cdk/lib/config.ts)",
+  [ENV.queueUrl]: "the Stateful stack's queue (processEnv in cdk/lib/config.ts)",
+  [ENV.dlqUrl]: "the Stateful stack's dead-letter queue (processEnv in cdk/lib/config.ts)",
+  [ENV.queueRetention]: 'queueRetentionDays',
+  [ENV.visibilityTimeout]: 'visibilityTimeoutSeconds',
+  [ENV.maxReceiveCount]: 'MAX_RECEIVE_COUNT (cdk/lib/config.ts)',
+  [ENV.signedUrlTtl]: 'signedUrlTtlSeconds',
+  [ENV.stopTimeout]: 'stopTimeoutSeconds',
+  [ENV.executionProvider]: 'the execution provider (processEnv in cdk/lib/config.ts)',
+  [ENV.jobTimeout]: 'jobTimeoutSeconds',
+  [ENV.maxActiveJobs]: 'maxActiveJobsPerAccount',
+  [ENV.webhookPorts]: 'webhookPorts',
+  [ENV.maxWaitSec]: 'lambdaTimeoutSeconds (less 3 s)',
+  [ENV.workerHourlyUsd]: 'workerHourlyUsd',
+  [ENV.outputRetention]: 'outputRetentionDays',
+  [ENV.defaultModel]: 'defaultModel',
+  [ENV.defaultModelInputSize]: "defaultModel (the image_size of its bundle's models/<name>/manifest.json)",
+  [ENV.rateTable]: "the Stateful stack's rate-counter table (processEnv in cdk/lib/config.ts)",
+  [ENV.rateLimitPerMin]: 'rateLimitPerMinute',
+  [ENV.uploadsPerHour]: 'uploadsPerHour',
+  [ENV.maxWaits]: 'maxWaitsPerAccount',
+  [ENV.region]: 'the region (processEnv in cdk/lib/config.ts)',
+};
+
+/** Stand-ins for the references, of the shape the parser checks (a bucket name, queue URLs, a table name, a region). */
+const PLACEHOLDER_REGION = 'us-east-1';
+const PLACEHOLDER_REFS: ProcessRefs = {
+  api: { bucketName: 'clipag-placeholder-bucket', queueUrl: 'https://sqs.us-east-1.amazonaws.com/123456789012/clipag-jobs', rateTableName: 'clipag-rate-counters' },
+  sweep: { bucketName: 'clipag-placeholder-bucket', queueUrl: 'https://sqs.us-east-1.amazonaws.com/123456789012/clipag-jobs' },
+  worker: {
+    bucketName: 'clipag-placeholder-bucket',
+    queueUrl: 'https://sqs.us-east-1.amazonaws.com/123456789012/clipag-jobs',
+    deadLetterQueueUrl: 'https://sqs.us-east-1.amazonaws.com/123456789012/clipag-jobs-dlq',
+    region: PLACEHOLDER_REGION,
+  },
+};
+
+const listed = (items: readonly string[]): string => (items.length <= 1 ? items.join('') : `${items.slice(0, -1).join(', ')} and ${items.at(-1)}`);
+
+/**
+ * What the processes' own parser (shared/config.ts, as each composition root runs it at start) says of
+ * each role's environment, stand-ins for the references: one line per problem, led by the stage field
+ * it comes from and naming the processes that would refuse it. A deploy with such a value succeeds, and
+ * then every cold start of the API fails (5xx) and every worker exits 78 in a restart loop.
+ */
+function processProblems(cfg: StageConfig): string[] {
+  const found = new Map<string, { source: string; roles: string[] }>();
+  const note = (issue: string, source: string, role: ProcessRole) => {
+    const entry = found.get(issue) ?? { source, roles: [] };
+    entry.roles.push(ROLE_NAMES[role]);
+    found.set(issue, entry);
+  };
+  for (const role of ['api', 'sweep', 'worker'] as const) {
+    let env: Record<string, string>;
+    try {
+      env = processEnv(cfg, role, PLACEHOLDER_REFS[role]);
+    } catch (error) {
+      note(`cannot build the environment: ${(error as Error).message}`, 'processEnv', role);
+      continue;
+    }
+    // The Lambda runtime sets AWS_REGION itself.
+    const atStart = role === 'worker' ? env : { ...env, [ENV.region]: PLACEHOLDER_REGION };
+    let issues: readonly string[];
+    try {
+      const parsed = parseConfig(atStart);
+      issues = parsed.mode === 'aws' ? [] : [`${ENV.mode}: must be "aws" (got "${parsed.mode}")`];
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      issues = error.problems;
+    }
+    for (const issue of issues) {
+      const name = /^([A-Z][A-Z0-9_]*):/.exec(issue)?.[1];
+      note(issue, (name !== undefined && (ENV_SOURCE as Record<string, string>)[name]) || (name ?? 'the environment'), role);
+    }
+  }
+  return [...found].map(([issue, { source, roles }]) => `${source}: ${listed(roles)} would refuse to start with it, after a deploy that succeeds (${issue})`);
+}
+
+/**
+ * Throws, as `stageConfig` does, when a process would refuse its environment: for a StageConfig that did
+ * not come through `stageConfig` (buildClipag runs it before building anything).
+ */
+export function assertProcessesStart(cfg: StageConfig): void {
+  const problems = processProblems(cfg);
+  if (problems.length > 0) throw new Error(`Invalid config for stage "${cfg.stage}":\n  - ${problems.join('\n  - ')}`);
+}
+
+// ---- context keys ------------------------------------------------------------------
+
+/** The context keys cdk/bin/app.ts reads (`-c stage=prod` and so on). */
+export const CONTEXT_KEYS = ['stage', 'alarmEmail', 'defaultModel'] as const;
+
+/**
+ * Plain context keys (no ':' or '@') that are not this app's yet belong there: cdk.json's own, and what
+ * the CDK CLI writes (`cdk acknowledge`).
+ */
+const OTHER_PLAIN_CONTEXT_KEYS = new Set(['cli-telemetry', 'acknowledged-issue-numbers']);
+
+/** The context key a mistyped one most likely meant: case, '-' and '_' aside (shared/did-you-mean.ts). */
+function closestContextKey(given: string): string | undefined {
+  const norm = (s: string) => s.toLowerCase().replace(/[-_]/g, '');
+  const near = closestName(norm(given), CONTEXT_KEYS.map(norm));
+  return CONTEXT_KEYS.find((key) => norm(key) === near);
+}
+
+/**
+ * One warning per context key that this app does not read and that looks like a user's own (no ':' or
+ * '@', which the CDK's feature flags and lookups carry): most likely a typo of `stage`, `alarmEmail` or
+ * `defaultModel`, which would otherwise deploy the default stage or the entry's values without a word.
+ * cdk/bin/app.ts prints them on stderr, once per synth.
+ */
+export function contextKeyWarnings(keys: Iterable<string>): string[] {
+  const known = new Set<string>(CONTEXT_KEYS);
+  const warnings: string[] = [];
+  for (const key of keys) {
+    if (/[:@]/.test(key) || known.has(key) || OTHER_PLAIN_CONTEXT_KEYS.has(key)) continue;
+    const guess = closestContextKey(key);
+    warnings.push(
+      `clipag: warning: context key ${JSON.stringify(key)} is not one this app reads` +
+        (guess !== undefined ? ` (did you mean ${guess}? -c ${guess}=…)` : ` (it reads ${listed(CONTEXT_KEYS.map(String))})`) +
+        '; ignored',
+    );
+  }
+  return warnings;
+}

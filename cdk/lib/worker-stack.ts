@@ -9,7 +9,7 @@ import type * as logs from 'aws-cdk-lib/aws-logs';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
-import { BUCKET_PREFIXES, ENV, MAX_RECEIVE_COUNT, type StageConfig } from './config.ts';
+import { BUCKET_PREFIXES, processEnv, type StageConfig } from './config.ts';
 import { type ApiHandlerRef, ClipagDashboard } from './dashboard.ts';
 import { GpuQueueWorker } from './gpu-queue-worker.ts';
 import { grantDeadLetterSweep, grantListBucket, grantPrefix, grantWebhookSecrets } from './grants.ts';
@@ -196,26 +196,9 @@ export class WorkerStack extends Stack {
       memoryMiB: config.taskMemoryMiB,
       stopTimeout: Duration.seconds(config.stopTimeoutSeconds),
       logRetention: config.logRetentionDays as logs.RetentionDays,
-      environment: {
-        [ENV.mode]: 'aws',
-        [ENV.stage]: config.stage,
-        [ENV.bucket]: bucket.bucketName,
-        [ENV.queueUrl]: queue.queueUrl,
-        [ENV.dlqUrl]: deadLetterQueue.queueUrl,
-        [ENV.visibilityTimeout]: String(config.visibilityTimeoutSeconds),
-        [ENV.maxReceiveCount]: String(MAX_RECEIVE_COUNT),
-        [ENV.jobTimeout]: String(config.jobTimeoutSeconds),
-        [ENV.stopTimeout]: String(config.stopTimeoutSeconds),
-        [ENV.executionProvider]: 'cuda',
-        [ENV.workerHourlyUsd]: String(config.workerHourlyUsd),
-        [ENV.defaultModel]: config.defaultModel,
-        [ENV.outputRetention]: String(config.outputRetentionDays),
-        // The links in the completion webhooks the worker sends live as long as the API's.
-        [ENV.signedUrlTtl]: String(config.signedUrlTtlSeconds),
-        [ENV.webhookPorts]: config.webhookPorts.join(','),
-        // EC2-launched containers do not get a region from ECS, and SDK v3 does not ask IMDS.
-        [ENV.region]: this.region,
-      },
+      // From the stage's entry (processEnv, which stageConfig's validation parses). The worker names its
+      // region: EC2-launched containers do not get one from ECS, and SDK v3 does not ask IMDS.
+      environment: processEnv(config, 'worker', { bucketName: bucket.bucketName, queueUrl: queue.queueUrl, deadLetterQueueUrl: deadLetterQueue.queueUrl, region: this.region }),
     });
 
     // Task role, least privilege: read the job record and update it (status, progress), read init

@@ -9,8 +9,8 @@ import { ContainerImage } from 'aws-cdk-lib/aws-ecs';
 import { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
-import { selectStage, STAGES, stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
-import { LAMBDA_STUB, REPO_ROOT, resources, testApp } from './helpers.ts';
+import { contextKeyWarnings, selectStage, STAGES, stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
+import { LAMBDA_STUB, REPO_ROOT, readCdkJson, resources, testApp } from './helpers.ts';
 
 const stubImage = ContainerImage.fromRegistry('public.ecr.aws/docker/library/busybox:stable');
 
@@ -100,6 +100,42 @@ describe('the default model and the alarm e-mail do not revert on a deploy witho
     const template = JSON.parse(readFileSync(path.join(outdir, 'Clipag-prod-Worker.template.json'), 'utf8')) as { Resources: Record<string, { Type: string; Properties: any }> };
     const td = Object.values(template.Resources).find((r) => r.Type === 'AWS::ECS::TaskDefinition')!;
     expect(td.Properties.ContainerDefinitions[0].Environment).toContainEqual({ Name: 'CLIPAG_DEFAULT_MODEL', Value: 'toy' });
+  });
+});
+
+describe('a mistyped context key is said at synth, with the key it meant (-c stgae=prod would synth dev)', () => {
+  it('warns of each plain key the app does not read, with a did-you-mean for a near one; never of its own keys, cdk.json\'s or the CDK\'s', () => {
+    expect(contextKeyWarnings(['stgae', 'Stage', 'alarm_email', 'alarmemail', 'defaultmodel', 'default-model', 'defualtModel', 'model'])).toEqual([
+      'clipag: warning: context key "stgae" is not one this app reads (did you mean stage? -c stage=…); ignored',
+      'clipag: warning: context key "Stage" is not one this app reads (did you mean stage? -c stage=…); ignored',
+      'clipag: warning: context key "alarm_email" is not one this app reads (did you mean alarmEmail? -c alarmEmail=…); ignored',
+      'clipag: warning: context key "alarmemail" is not one this app reads (did you mean alarmEmail? -c alarmEmail=…); ignored',
+      'clipag: warning: context key "defaultmodel" is not one this app reads (did you mean defaultModel? -c defaultModel=…); ignored',
+      'clipag: warning: context key "default-model" is not one this app reads (did you mean defaultModel? -c defaultModel=…); ignored',
+      'clipag: warning: context key "defualtModel" is not one this app reads (did you mean defaultModel? -c defaultModel=…); ignored',
+      'clipag: warning: context key "model" is not one this app reads (it reads stage, alarmEmail and defaultModel); ignored',
+    ]);
+    // The app's own keys; every key of cdk.json (feature flags carry '@' and ':', cli-telemetry is the CLI's);
+    // what the CDK CLI adds (aws:cdk:*, `cdk acknowledge`'s list) and its lookups' cache (cdk.context.json).
+    const quiet = ['stage', 'alarmEmail', 'defaultModel', ...Object.keys(readCdkJson().context), 'aws:cdk:bundling-stacks', 'aws:cdk:enable-path-metadata', 'acknowledged-issue-numbers', 'availability-zones:account=123456789012:region=eu-west-1'];
+    expect(contextKeyWarnings(quiet)).toEqual([]);
+  });
+
+  it('cdk/bin/app.ts prints them on stderr once, before the summary or a refusal (the real entry point)', () => {
+    const outdir = mkdtempSync(path.join(tmpdir(), 'clipag-app-'));
+    cleanups.push(() => rmSync(outdir, { recursive: true, force: true }));
+    const { CLIPAG_STAGE: _s, CLIPAG_ALARM_EMAIL: _e, ...rest } = process.env;
+    // `-c alarmemail=…` for prod: the key goes unread, so prod is refused for want of an alarm e-mail, and the warning says why.
+    const result = spawnSync(process.execPath, ['--import', 'tsx', 'cdk/bin/app.ts'], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      env: { ...rest, CDK_OUTDIR: outdir, CDK_CONTEXT_JSON: JSON.stringify({ ...readCdkJson().context, 'aws:cdk:bundling-stacks': [], stage: 'prod', alarmemail: 'ops@example.com' }) },
+    });
+    expect(result.status).not.toBe(0);
+    const warning = 'clipag: warning: context key "alarmemail" is not one this app reads (did you mean alarmEmail? -c alarmEmail=…); ignored';
+    expect(result.stderr.split(warning)).toHaveLength(2); // once
+    expect(result.stderr.indexOf(warning)).toBeLessThan(result.stderr.indexOf('alarmEmail is required in prod'));
+    expect(result.stderr).not.toMatch(/context key "(cli-telemetry|stage|@aws-cdk[^"]*)"/);
   });
 });
 

@@ -7,7 +7,7 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BUNDLING, LIVE_ALIAS } from '../../cdk/lib/api-stack.ts';
 import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
-import { BUCKET_PREFIXES, ENV, stageConfig } from '../../cdk/lib/config.ts';
+import { BUCKET_PREFIXES, ENV, stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
 import { backlogSteps } from '../../cdk/lib/gpu-queue-worker.ts';
 import { LAMBDA_ENTRY } from '../../cdk/lib/paths.ts';
 import { STATEFUL_LOGICAL_IDS } from '../../cdk/lib/stateful-stack.ts';
@@ -928,6 +928,136 @@ describe('environment contract with shared/config.ts', () => {
     const workerNames = (td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string }>).map((e) => e.Name);
     const unknown = [...lambdaNames, ...workerNames].filter((n) => !informational.has(n) && !(n in ENV_VARS));
     expect(unknown).toEqual([]);
+  });
+});
+
+describe('every process starts with the environment the CDK gives it (its own parser, shared/config.ts)', () => {
+  /** Stand-ins for the references, by name: any other variable must be a literal the stage table gave. */
+  const REFERENCE_STAND_INS: Record<string, string> = {
+    [ENV.bucket]: 'clipag-dev-bucket-abc123',
+    [ENV.queueUrl]: 'https://sqs.eu-west-1.amazonaws.com/123456789012/clipag-jobs',
+    [ENV.dlqUrl]: 'https://sqs.eu-west-1.amazonaws.com/123456789012/clipag-dlq',
+    [ENV.rateTable]: 'Clipag-dev-Stateful-ClipagRateCounters-ABC',
+    [ENV.region]: 'eu-west-1',
+  };
+  const literal = (name: string, value: unknown): string => {
+    if (typeof value === 'string') return value;
+    expect(REFERENCE_STAND_INS[name], `${name} is a reference (${JSON.stringify(value)}), not a value from the stage table`).toBeDefined();
+    return REFERENCE_STAND_INS[name]!;
+  };
+  /** Each process's environment as synthesized: the two functions' (with the AWS_REGION the Lambda runtime adds) and the worker task's. */
+  function synthesizedEnvs(built: ClipagStacks): Record<'api' | 'sweep' | 'worker', Record<string, string>> {
+    const apiResources = resources(Template.fromStack(built.api));
+    const fnEnv = (prefix: string) => {
+      const [, fn] = apiResources.find(([id, r]) => id.startsWith(prefix) && r.Type === 'AWS::Lambda::Function')!;
+      const vars = fn.Properties.Environment.Variables as Record<string, unknown>;
+      expect(vars[ENV.region], 'Lambda reserves AWS_REGION').toBeUndefined();
+      return { ...Object.fromEntries(Object.entries(vars).map(([k, v]) => [k, literal(k, v)])), [ENV.region]: 'eu-west-1' };
+    };
+    const [, td] = resources(Template.fromStack(built.worker)).find(([, r]) => r.Type === 'AWS::ECS::TaskDefinition')!;
+    const workerVars = td.Properties.ContainerDefinitions[0].Environment as Array<{ Name: string; Value: unknown }>;
+    return { api: fnEnv('Handler'), sweep: fnEnv('QueuedJobSweeper'), worker: Object.fromEntries(workerVars.map((e) => [e.Name, literal(e.Name, e.Value)])) };
+  }
+  /** Parses each as its composition root does at start (functions/lambda.ts and sweep-lambda.ts: awsConfig; gpu-worker/main.ts: parseConfig), and checks what the stage asked for arrived. */
+  async function expectEveryProcessStarts(built: ClipagStacks, cfg: StageConfig): Promise<void> {
+    const { awsConfig } = await import('../../functions/deps/aws.ts');
+    const { parseConfig, settingWarnings } = await import('../../shared/config.ts');
+    const envs = synthesizedEnvs(built);
+    for (const [role, env] of Object.entries(envs)) {
+      const warnings: string[] = [];
+      let config;
+      try {
+        config = role === 'worker' ? parseConfig(env) : awsConfig(env, (line) => warnings.push(line));
+      } catch (error) {
+        throw new Error(`${role} would refuse its synthesized environment: ${(error as Error).message}`);
+      }
+      expect(warnings, role).toEqual([]);
+      expect(settingWarnings(env), role).toEqual([]);
+      expect(config, role).toMatchObject({
+        mode: 'aws',
+        visibilityTimeoutSec: cfg.visibilityTimeoutSeconds,
+        // The 12-hour rule (job timeout + visibility timeout) is checked against the stage's own job timeout in every process.
+        jobTimeoutSec: cfg.jobTimeoutSeconds,
+        outputRetentionDays: cfg.outputRetentionDays,
+        signedUrlTtlSec: cfg.signedUrlTtlSeconds,
+        workerHourlyUsd: cfg.workerHourlyUsd,
+        webhookPorts: [...new Set(cfg.webhookPorts)],
+        defaultModel: cfg.defaultModel,
+      });
+      if (role !== 'worker') expect(config, role).toMatchObject({ queueRetentionSec: cfg.queueRetentionDays * 86_400, maxActiveJobs: cfg.maxActiveJobsPerAccount, maxWaitSec: cfg.lambdaTimeoutSeconds - 3 });
+      if (role === 'api') expect(config, role).toMatchObject({ rateLimitPerMin: cfg.rateLimitPerMinute, uploadsPerHour: cfg.uploadsPerHour, maxWaits: cfg.maxWaitsPerAccount });
+    }
+  }
+  const build = (cfg: StageConfig): ClipagStacks => {
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    return buildClipag(app, cfg, { lambdaEntry: LAMBDA_STUB, workerImage: stubImage });
+  };
+
+  it('dev and prod as shipped', async () => {
+    await expectEveryProcessStarts(stacks, dev);
+    await expectEveryProcessStarts(build(prodConfig()), prodConfig());
+  });
+
+  it('the upper bounds of the stage table: ten years of outputs, a 40000 s visibility timeout with a 3000 s job timeout, the widest limits', async () => {
+    const high = stageConfig('dev', {
+      outputRetentionDays: 3650,
+      visibilityTimeoutSeconds: 40_000,
+      jobTimeoutSeconds: 3_000,
+      signedUrlTtlSeconds: 43_200,
+      maxActiveJobsPerAccount: 1000,
+      rateLimitPerMinute: 1_000_000,
+      uploadsPerHour: 1_000_000,
+      maxWaitsPerAccount: 1_000_000,
+      lambdaTimeoutSeconds: 29,
+      queueRetentionDays: 14,
+      uploadRetentionDays: 3650,
+      webhookPorts: [1, 443, 65535],
+      workerHourlyUsd: 1000,
+    });
+    await expectEveryProcessStarts(build(high), high);
+  });
+
+  it('the lower bounds: one day of outputs, a 43199 s visibility timeout with a 1 s job timeout, no limits, a free worker', async () => {
+    const low = stageConfig('dev', {
+      outputRetentionDays: 1,
+      visibilityTimeoutSeconds: 43_199,
+      jobTimeoutSeconds: 1,
+      signedUrlTtlSeconds: 1,
+      maxActiveJobsPerAccount: 1,
+      rateLimitPerMinute: 0,
+      uploadsPerHour: 0,
+      maxWaitsPerAccount: 0,
+      lambdaTimeoutSeconds: 10,
+      queueRetentionDays: 1,
+      uploadRetentionDays: 2,
+      workerHourlyUsd: 0,
+    });
+    await expectEveryProcessStarts(build(low), low);
+  });
+
+  it('synth refuses what a process would refuse at start, naming the stage field and the processes (never a deploy that succeeds, then fails every start)', () => {
+    for (const days of [3651, 3653]) {
+      // 3653 is CloudWatch's ten-year option: a plausible value to copy, which the processes cap at 3650.
+      expect(() => stageConfig('dev', { outputRetentionDays: days }), String(days)).toThrow(
+        /outputRetentionDays: the API Lambda, the queued-job sweep Lambda and the GPU worker task would refuse to start with it, after a deploy that succeeds \(CLIPAG_OUTPUT_RETENTION_DAYS: /,
+      );
+    }
+    // A price the table's own check takes (in [0, 1000]) but the processes do not (decimal digits only: String(1e-7) is "1e-7").
+    expect(() => stageConfig('dev', { workerHourlyUsd: 1e-7 })).toThrow(/workerHourlyUsd: the API Lambda, the queued-job sweep Lambda and the GPU worker task would refuse to start with it.*CLIPAG_WORKER_HOURLY_USD/);
+    // One past 12 hours: said once, by the table's own check (the processes' parser says the same of CLIPAG_JOB_TIMEOUT_SEC).
+    let message = '';
+    try {
+      stageConfig('dev', { visibilityTimeoutSeconds: 43_199, jobTimeoutSeconds: 2 });
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    expect(message).toMatch(/jobTimeoutSeconds \+ visibilityTimeoutSeconds must be <= 43200/);
+    expect(message.split('\n').filter((line) => line.startsWith('  - '))).toHaveLength(1);
+    // A StageConfig made by hand, past stageConfig: buildClipag checks it before building anything.
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    expect(() => buildClipag(app, { ...dev, outputRetentionDays: 5000 }, { lambdaEntry: LAMBDA_STUB, workerImage: stubImage })).toThrow(/outputRetentionDays: .*CLIPAG_OUTPUT_RETENTION_DAYS/);
   });
 });
 
