@@ -8,9 +8,10 @@ import { endProcess } from '../gpu-worker/engine/runtime/pool.ts';
 // folder INIT_CWD. Relative paths on the command line (-o out.png, --init photo.png) mean the
 // caller's folder, so work from there. (`npm start` keeps the root: its .data/ lives there.)
 if (process.env.npm_lifecycle_event === 'clipag' && process.env.INIT_CWD) {
-  // The local store and the models folder stay the package root's, where `npm start` has them.
-  process.env.CLIPAG_DATA_DIR ??= resolve('.data');
-  process.env.CLIPAG_MODELS_DIR ??= resolve('models');
+  // The local store stays the package root's, where `npm start` has it. Unset or blank (what a compose
+  // file or a systemd unit gives for a variable it leaves empty), as the config reads it. The models
+  // folder needs nothing here: every verb defaults to the package's own (cli/common.ts PACKAGE_MODELS_DIR).
+  if ((process.env.CLIPAG_DATA_DIR ?? '').trim() === '') process.env.CLIPAG_DATA_DIR = resolve('.data');
   process.chdir(process.env.INIT_CWD);
 }
 

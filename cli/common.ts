@@ -8,11 +8,31 @@ import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { makeStagingFolder, syncFolder, syncPath } from '../gpu-worker/engine/io/staging.ts';
 import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
 import { closestName } from '../shared/did-you-mean.ts';
+import { parseConfig } from '../shared/config.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 /** The embedded default model bundle (trained by the project, shipped in the repo). */
 export const DEFAULT_MODEL_DIR = join(REPO_ROOT, 'models', 'toy');
+
+/**
+ * This package's models folder: where every verb looks when CLIPAG_MODELS_DIR is unset (or blank),
+ * whatever the working folder. `clipag serve` serves it, and `models push` checks a name against it
+ * (a push from another folder used to skip that check, and `models list` to leave its models out).
+ * shared/config.ts's own default, `models` in the working folder, is the worker image's (its working
+ * folder is the package root); the Lambda bundle has no package folder to point at.
+ */
+export const PACKAGE_MODELS_DIR = join(REPO_ROOT, 'models');
+
+/** `env` with CLIPAG_MODELS_DIR set to PACKAGE_MODELS_DIR where it is unset or blank (parseConfig's "unset"). */
+export function withPackageModelsDir(env: Readonly<Record<string, string | undefined>>): Record<string, string | undefined> {
+  return (env.CLIPAG_MODELS_DIR ?? '').trim() === '' ? { ...env, CLIPAG_MODELS_DIR: PACKAGE_MODELS_DIR } : { ...env };
+}
+
+/** The models folder of the verbs, absolute: CLIPAG_MODELS_DIR as the config reads it, else this package's. Throws ConfigError for a bad environment. */
+export function cliModelsDir(env: Readonly<Record<string, string | undefined>>): string {
+  return resolve(parseConfig(withPackageModelsDir(env)).modelsDir);
+}
 
 /**
  * The command line itself is wrong (a missing argument, flags that exclude each other, a flag's value
@@ -168,7 +188,7 @@ export function modelDir(arg: string | undefined): string {
   const dir = resolve(arg ?? DEFAULT_MODEL_DIR);
   if (!existsSync(dir)) {
     // A model's name (as the API takes it) where a folder is meant: the models folder's bundle of that name.
-    const named = arg && !/[\\/]/.test(arg) ? join(process.env.CLIPAG_MODELS_DIR ?? join(REPO_ROOT, 'models'), arg) : undefined;
+    const named = arg && !/[\\/]/.test(arg) ? modelsFolderHint(arg) : undefined;
     if (named !== undefined && statSync(named, { throwIfNoEntry: false })?.isDirectory()) {
       throw new EngineError('invalid_model', `model bundle ${dir} does not exist; --model takes a folder: for the model named ${arg}, pass --model ${relative(process.cwd(), named) || named}`);
     }
@@ -176,6 +196,15 @@ export function modelDir(arg: string | undefined): string {
   }
   if (!statSync(dir).isDirectory()) throw new EngineError('invalid_model', `--model ${dir} is a file; pass the bundle's folder (the one that holds manifest.json)`);
   return dir;
+}
+
+/** The models folder's entry named `name`, for a hint; none when the environment's settings do not parse (the hint is not worth that error). */
+function modelsFolderHint(name: string): string | undefined {
+  try {
+    return join(cliModelsDir(process.env), name);
+  } catch {
+    return undefined;
+  }
 }
 
 export function intArg(value: string | undefined, name: string, def: number, min: number, max: number): number {

@@ -4,7 +4,7 @@
 import { existsSync, realpathSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { localLayout, storesFor } from '../shared/adapters/stores.ts';
-import { operatorConfig, parseConfig, type Config } from '../shared/config.ts';
+import { operatorConfig, type Config } from '../shared/config.ts';
 import { isClipagError } from '../shared/errors.ts';
 import { ModelStore, type PushProgress, readManifestText } from '../shared/modelstore.ts';
 import type { BlobStore } from '../shared/ports.ts';
@@ -14,7 +14,7 @@ import { ActivationSchema } from '../gpu-worker/engine/clip/arch.ts';
 import { readManifest } from '../gpu-worker/engine/clip/bundle.ts';
 import { scanModelsDir } from '../gpu-worker/models.ts';
 import { importModel, type ImportProgress } from '../gpu-worker/engine/import/import.ts';
-import { UsageError, followLink, intArg, parseCliArgs } from './common.ts';
+import { UsageError, cliModelsDir, followLink, intArg, parseCliArgs } from './common.ts';
 
 export const summary = 'manage model bundles (import a CLIP checkpoint, push to and list the model store)';
 
@@ -48,9 +48,10 @@ refused unless --force. The store is the configured blob store: the local data f
 (CLIPAG_DATA_DIR, default .data) or, with CLIPAG_MODE=aws, the bucket CLIPAG_BUCKET (see
 shared/config.ts; AWS credentials from the usual chain).
 
-NAME must not be a folder of the models folder (CLIPAG_MODELS_DIR, default models/, which the worker
-image copies) holding another bundle: workers serve that folder before the store's model, while the
-API lists the pushed one. Such a push is refused unless --force; pushing that very bundle is fine.`;
+NAME must not be a folder of the models folder (CLIPAG_MODELS_DIR; default: this package's models/,
+whatever the working folder, which clipag serve serves and the worker image copies) holding another
+bundle: workers serve that folder before the store's model, while the API lists the pushed one. Such a
+push is refused unless --force; pushing that very bundle is fine.`;
 
 const LIST_USAGE = `usage: clipag models list [--json]
 
@@ -234,7 +235,8 @@ export async function runPush(argv: string[], env: Readonly<Record<string, strin
  * copy with the same manifest, whose sha256 pin the files) is the documented import-then-push flow.
  */
 function checkModelsFolderClash(name: string, dir: string, env: Readonly<Record<string, string | undefined>>, force: boolean, log: (line: string) => void): void {
-  const modelsDir = resolve(parseConfig(env).modelsDir);
+  // The folder clipag serve serves, from whatever folder this runs in (unset: the package's models/).
+  const modelsDir = cliModelsDir(env);
   const local = scanModelsDir(modelsDir)[name];
   if (local === undefined) return;
   const same = (() => {
@@ -273,7 +275,7 @@ export async function runList(argv: string[], env: Readonly<Record<string, strin
   if (!models.length) {
     // The folders under CLIPAG_MODELS_DIR are served too (clipag serve, the worker image): say so, or
     // "no models" reads as if the API had none.
-    const local = Object.keys(scanModelsDir(resolve(parseConfig(env).modelsDir)));
+    const local = Object.keys(scanModelsDir(cliModelsDir(env)));
     console.log(`no models pushed to ${where} (push one with clipag models push DIR --name NAME)${local.length ? `; served from the models folder as well: ${local.join(', ')}` : ''}`);
     return 0;
   }

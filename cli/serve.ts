@@ -4,7 +4,9 @@
 import { existsSync, readFileSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
 import { createServer, isIP } from 'node:net';
 import { join, resolve } from 'node:path';
-import { parseConfig, type LocalConfig } from '../shared/config.ts';
+import { parseConfig, settingWarnings, type LocalConfig } from '../shared/config.ts';
+import { closestName } from '../shared/did-you-mean.ts';
+import { localLayout } from '../shared/adapters/stores.ts';
 import { ConfigError, NonRetryableError } from '../shared/errors.ts';
 import { dataFolderWriteProblem } from '../shared/adapters/local/probe.ts';
 import { PRIVATE_DIR_MODE, closeDataFolder } from '../shared/adapters/local/private.ts';
@@ -21,8 +23,9 @@ import { startWorker } from '../gpu-worker/main.ts';
 import type { UnhealthyReason } from '../gpu-worker/worker/worker.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { loadOrt } from '../gpu-worker/engine/runtime/ort.ts';
-import { intArg, REPO_ROOT, parseCliArgs, shellWord } from './common.ts';
-import { ModelStore } from '../shared/modelstore.ts';
+import { scanModelsDir } from '../gpu-worker/models.ts';
+import { intArg, parseCliArgs, shellWord, withPackageModelsDir } from './common.ts';
+import { ModelStore, ModelStoreError } from '../shared/modelstore.ts';
 
 export const summary = 'run the API and the worker locally (no AWS account), with the embedded model';
 export const usage = `usage: clipag serve [--port N] [--data DIR] [--steps N]
@@ -46,6 +49,8 @@ out of its range too).`;
 export interface ServeHandle {
   url: string;
   apiKey: string;
+  /** The data folder, absolute: CLIPAG_DATA_DIR as the config reads it (unset or blank: .data). */
+  dataDir: string;
   stop(): Promise<void>;
   /**
    * Resolves with the reason when the worker becomes unhealthy (its device or queue cannot run jobs,
@@ -80,10 +85,18 @@ export async function serve(
 ): Promise<ServeHandle> {
   // Jobs queued before this moment were queued by another process (sendJobsLeftUnsent).
   const startedAt = new Date();
+  // Before the parse: a shell that exported CLIPAG_MODE=aws for the operator verbs (cdk/README) was
+  // told to set AWS_REGION, CLIPAG_BUCKET and CLIPAG_QUEUE_URL, which would only lead to this refusal.
+  if ((env.CLIPAG_MODE ?? '').trim() === 'aws') {
+    throw new EngineError('invalid_input', 'this command runs the local mode only, and CLIPAG_MODE=aws is set in this environment (as the operator verbs use it): unset CLIPAG_MODE for it (unset CLIPAG_MODE, or env -u CLIPAG_MODE npm start). In AWS the API runs on Lambda and the worker on ECS (see cdk/README.md)');
+  }
+  // What the environment sets, as the config reads it: a blank value is no value. Serve's own defaults
+  // (the package's models folder, its own address for signed links) then apply to a blank one too.
+  const given = setValues(env);
   let config;
   try {
     // The local queue is a folder: short long-polls cost nothing and let Ctrl-C drain quickly.
-    config = parseConfig({ CLIPAG_MODELS_DIR: join(REPO_ROOT, 'models'), CLIPAG_RECEIVE_WAIT_SEC: '2', ...env, CLIPAG_MODE: env.CLIPAG_MODE ?? 'local' });
+    config = parseConfig({ CLIPAG_RECEIVE_WAIT_SEC: '2', ...withPackageModelsDir(given) });
   } catch (e) {
     if (e instanceof ConfigError) throw new EngineError('invalid_input', e.message);
     throw e;
@@ -95,11 +108,19 @@ export async function serve(
   const local: LocalConfig = {
     ...config,
     dataDir: resolve(config.dataDir),
-    // Signed links must point at this server unless an explicit public URL was configured.
-    publicBaseUrl: env.CLIPAG_PUBLIC_BASE_URL ? config.publicBaseUrl : localBaseUrl(config.host, config.port),
+    modelsDir: resolve(config.modelsDir),
+    // Signed links point at this server unless a public URL is configured.
+    publicBaseUrl: config.publicBaseUrl ?? localBaseUrl(config.host, config.port),
   };
-  // A busy port is refused before the data folder is made or written (its keys, its signing secret).
-  if (local.port !== 0 && (await portInUse(local.port, local.host))) throw portInUseError(local.port, local.host);
+  // The models, before anything is written: a default model that names nothing behind a "running"
+  // banner refused every request that names no model, its curl example included.
+  const folderModels = modelsFolder(local.modelsDir);
+  const defaultInFolder = Object.hasOwn(folderModels, local.defaultModel);
+  // No store yet (a first start): nothing was pushed.
+  if (!defaultInFolder && !existsSync(localLayout(local.dataDir).blobsDir)) throw unknownDefaultModel(local, Object.keys(folderModels), []);
+  // A busy port, or a CLIPAG_HOST this machine has no address for, is refused before the data folder
+  // is made or written (its keys, its signing secret).
+  if (await portInUse(local.port, local.host)) throw portInUseError(local.port, local.host);
   await usableDataFolder(local.dataDir, opts.probeFolder);
   const deps = await localDeps(local).catch((error: unknown) => {
     // The signing secret unreadable or damaged (shared/adapters/local/secret.ts): its message names
@@ -108,6 +129,7 @@ export async function serve(
     throw error;
   });
   const { blobs, queue, jobs, keys, signingSecret } = deps.adapters;
+  if (!defaultInFolder) await defaultModelPushed(local, new ModelStore(blobs), Object.keys(folderModels));
   const apiKey = await localApiKey(local.dataDir, keys);
   const log = jsonLineLogAt(local.logLevel);
   // Before the port opens: a server starting beside this one sees it before this one's API takes a job.
@@ -129,6 +151,7 @@ export async function serve(
   const server = await startApiServer(app, local.port, local.host).catch(async (error: NodeJS.ErrnoException) => {
     await servers.remove();
     if (error.code === 'EADDRINUSE') throw portInUseError(local.port, local.host);
+    if (HOST_ERRORS.has(error.code ?? '')) throw hostError(local.host, error.code!);
     throw error;
   });
   // Before the worker starts, so that it finds their messages at once.
@@ -181,6 +204,7 @@ export async function serve(
   return {
     url: server.url,
     apiKey,
+    dataDir: local.dataDir,
     unhealthy,
     dataFolderLost,
     retentionDays: {
@@ -207,15 +231,85 @@ export async function serve(
   };
 }
 
+/** `env` without its unset and blank values: what parseConfig takes as set. */
+function setValues(env: Readonly<Record<string, string | undefined>>): Record<string, string> {
+  return Object.fromEntries(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined && entry[1].trim() !== ''));
+}
+
+/**
+ * The bundles of the models folder (the worker's own scan), refusing a CLIPAG_MODELS_DIR that is not
+ * a folder: the server would start with no model of its own, each request that names none refused.
+ */
+function modelsFolder(modelsDir: string): Record<string, string> {
+  const named = `the models folder ${modelsDir} (CLIPAG_MODELS_DIR; unset: this package's models/)`;
+  const cannot = (error: unknown) =>
+    new EngineError('invalid_input', `${named} cannot be used (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); set CLIPAG_MODELS_DIR to a folder of model bundles this user can read`);
+  let info;
+  try {
+    info = statSync(modelsDir, { throwIfNoEntry: false });
+  } catch (error) {
+    throw cannot(error);
+  }
+  if (info === undefined) throw new EngineError('invalid_input', `${named} does not exist; set CLIPAG_MODELS_DIR to a folder of model bundles (one <name>/manifest.json each)`);
+  if (!info.isDirectory()) throw new EngineError('invalid_input', `${named} is a file, not a folder; set CLIPAG_MODELS_DIR to a folder of model bundles (one <name>/manifest.json each)`);
+  try {
+    return scanModelsDir(modelsDir);
+  } catch (error) {
+    throw cannot(error); // a folder this user may not list
+  }
+}
+
+/** Refuses a default model the local store has no index of (read only: the index, never the bundle). */
+async function defaultModelPushed(config: LocalConfig, store: ModelStore, inFolder: string[]): Promise<void> {
+  try {
+    if (await store.describe(config.defaultModel)) return;
+  } catch (error) {
+    // Pushed, in a form this version cannot read (a newer clipag's index): the worker says so when asked for it.
+    if (error instanceof ModelStoreError) return;
+    throw error;
+  }
+  const pushed = await store.list().then(
+    (models) => models.map((m) => m.name),
+    () => [],
+  );
+  throw unknownDefaultModel(config, inFolder, pushed);
+}
+
+function unknownDefaultModel(config: LocalConfig, inFolder: string[], pushed: string[]): EngineError {
+  const available = [...new Set([...inFolder, ...pushed])].sort();
+  const near = closestName(config.defaultModel, available);
+  return new EngineError(
+    'invalid_input',
+    `CLIPAG_DEFAULT_MODEL ${config.defaultModel} is no model here: neither a bundle of the models folder ${config.modelsDir} (CLIPAG_MODELS_DIR) nor a model pushed to the local store, ` +
+      `so every request that names no model would be refused. Models available: ${available.length ? available.join(', ') : '(none)'}${near ? ` (did you mean ${near}?)` : ''}; ` +
+      `set CLIPAG_DEFAULT_MODEL to one of them, or push the bundle first (clipag models push DIR --name ${config.defaultModel})`,
+    { param: 'CLIPAG_DEFAULT_MODEL' },
+  );
+}
+
 function portInUseError(port: number, host: string): EngineError {
   return new EngineError('invalid_input', `port ${port} on ${host} is in use (another clipag serve?); pass --port N or set PORT`);
 }
 
-/** Whether something listens on the port now (a quick listen and close; any other failure is left to the real listen). */
+/** A listen's failures that say the host is not this machine's: a name that does not resolve, an address no interface has. */
+const HOST_ERRORS = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_NONAME', 'EADDRNOTAVAIL']);
+
+function hostError(host: string, code: string): EngineError {
+  const why = code === 'EADDRNOTAVAIL' ? 'no interface of this machine has that address' : 'a name that does not resolve';
+  return new EngineError('invalid_input', `CLIPAG_HOST ${host} is not an address of this machine (${why}, ${code}); set CLIPAG_HOST to one of its addresses: 127.0.0.1 (the default) for this machine only, 0.0.0.0 for every interface`);
+}
+
+/**
+ * Whether something listens on the port now (a quick listen and close). A host this machine has no
+ * address for is refused here, before the data folder is made; any other failure is left to the real listen.
+ */
 function portInUse(port: number, host: string): Promise<boolean> {
-  return new Promise((resolvePort) => {
+  return new Promise((resolvePort, reject) => {
     const probe = createServer();
-    probe.once('error', (error: NodeJS.ErrnoException) => resolvePort(error.code === 'EADDRINUSE'));
+    probe.once('error', (error: NodeJS.ErrnoException) => {
+      if (HOST_ERRORS.has(error.code ?? '')) reject(hostError(host, error.code!));
+      else resolvePort(error.code === 'EADDRINUSE');
+    });
     probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolvePort(false)));
   });
 }
@@ -335,8 +429,10 @@ export async function run(argv: string[]): Promise<number> {
   // A cap (min with each job's steps), validated before anything starts.
   const maxSteps = values.steps === undefined ? undefined : intArg(values.steps, 'steps', 0, 1, 1000);
   const env = { ...process.env, ...(port !== undefined ? { PORT: String(port) } : {}), ...(values.data ? { CLIPAG_DATA_DIR: values.data } : {}) };
+  // Settings no process reads (a misspelt name keeps its default without a word), said once, first.
+  for (const line of settingWarnings(env)) process.stderr.write(`clipag serve: warning: ${line}\n`);
   const handle = await serve(env, { maxSteps });
-  const dataDir = resolve(env.CLIPAG_DATA_DIR ?? '.data');
+  const dataDir = handle.dataDir;
   // The key itself only to a person at a terminal: under systemd, docker or CI, stderr is a log that
   // others read and keep. There the line says where the key is (the file is the owner's only).
   const key = process.stderr.isTTY ? handle.apiKey : `$(cat ${shellWord(join(dataDir, 'local-api-key'))})`;

@@ -32,8 +32,11 @@ const httpUrl = z.url({ protocol: /^https?$/ }).transform((u) => u.replace(/\/+$
 const baseUrl = httpUrl.refine((u) => !/[?#]/.test(u), 'must have no query (?) or fragment (#): paths are appended to it');
 
 const Common = {
-  /** Where signed links point (local mode). Unset: `clipag serve` uses its own address (cli/serve.ts). */
-  publicBaseUrl: baseUrl.default('http://127.0.0.1:8787'),
+  /**
+   * Where local signed links point. Unset: `clipag serve` uses its own address (cli/serve.ts); the
+   * operator verbs' local store, the default port's (shared/adapters/stores.ts).
+   */
+  publicBaseUrl: baseUrl.optional(),
   port: intIn(1, 65535, 8787),
   host: z.string().min(1).default('127.0.0.1'),
   visibilityTimeoutSec: intIn(1, 43_200, 60),

@@ -1507,7 +1507,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
             // The device cannot run anything: every job taken would fail on it. On a GPU, the default
             // model failing its run at the default size says the same (out of memory aside).
             if (isMachineFailure(error) || (config.device === 'cuda' && isUnexplainedRunFailure(error))) unhealthy('warm_up', { device: config.device ?? 'cpu', error: describe(error) });
-            else log.warn('warm-up failed; the first job pays the cold start', { error: describe(error) });
+            else log.warn(/^unknown model /.test((error as Error | undefined)?.message ?? '') ? 'warm-up failed: the default model does not exist; requests that name no model are refused until it does (a bundle in the models folder, or clipag models push)' : 'warm-up failed; the first job pays the cold start', { error: describe(error) });
             return 'failed' as const;
           },
         ),

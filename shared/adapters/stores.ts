@@ -48,7 +48,7 @@ export async function localStores(config: LocalConfig): Promise<LocalStores> {
   // closes a data folder an older version left readable by others (and says so, once, when it cannot).
   await closeDataFolder(config.dataDir, (message) => storeLog.warn(message));
   const layout = localLayout(config.dataDir);
-  const blobs = new LocalBlobStore({ rootDir: layout.blobsDir, signingSecret, publicBaseUrl: config.publicBaseUrl });
+  const blobs = new LocalBlobStore({ rootDir: layout.blobsDir, signingSecret, publicBaseUrl: config.publicBaseUrl ?? 'http://127.0.0.1:8787' });
   const queue = new LocalJobQueue({ dir: layout.queueDir, visibilitySec: config.visibilityTimeoutSec, maxReceives: config.maxReceives });
   return { blobs, queue, jobs: new BlobJobStore(blobs, { log: storeLog }), keys: new BlobApiKeyStore(blobs, { log: storeLog }), models: new ModelStore(blobs), signingSecret };
 }

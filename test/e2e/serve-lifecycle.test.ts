@@ -62,7 +62,9 @@ describe('serve refuses a data folder it cannot write, before anything starts', 
     const box = unprivilegedBox();
     try {
       const port = String(await freePort());
-      const res = await box.clipag(['serve', '--data', box.readOnly, '--port', port], { CLIPAG_MODELS_DIR: modelsDir, LOG_LEVEL: 'error' }, 30_000);
+      // The package's models/ (CLIPAG_MODELS_DIR unset): this run's temporary folder, which holds the tiny
+      // one, is not the child's to read, and serve checks its models folder before its data folder.
+      const res = await box.clipag(['serve', '--data', box.readOnly, '--port', port], { LOG_LEVEL: 'error' }, 30_000);
       expect([res.code, res.stdout], res.stderr).toEqual([1, '']);
       expect(res.stderr).toMatch(new RegExp(`^clipag serve: the data folder ${escape(box.readOnly)} is not writable by this user: EACCES creating a file there.*; pass --data DIR or set CLIPAG_DATA_DIR`));
       expect(readdirSync(box.readOnly)).toEqual([]);
