@@ -884,7 +884,14 @@ export function registerGenerationRoutes(
     c.set('jobId', id);
     const owner = c.get('owner');
     const now = ctx.clock().toISOString();
-    // The record first: once it says deleted, no view links an image, and a retry after a failed
+    // The `outputs` marker before the record: a process that dies between marking the record deleted
+    // and removing its images (a Lambda timeout, a killed serve) left them stored for good, still served
+    // through links signed before the DELETE; the queued-job sweep now finishes the removal
+    // (settleStoredOutputs removes all a deleted job stored). Only for an ended job that ran: one still
+    // running is refused below, and its attempt keeps its own marker.
+    const before = await jobs.get(owner, id);
+    if (before && isTerminal(before.status) && before.attempts > 0 && before.deleted_at === undefined) await markPending(blobs, 'outputs', owner, id);
+    // Then the record: once it says deleted, no view links an image, and a retry after a failed
     // delete of the objects below finishes the job.
     const job = await callerUpdate(owner, id, 'delete', (cur) => {
       if (!isTerminal(cur.status)) {

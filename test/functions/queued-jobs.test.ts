@@ -322,3 +322,40 @@ describe('queued-job sweep', () => {
     expect(sent).toEqual([second]);
   });
 });
+
+describe('a DELETE that dies between its record and its images (crash review, 2026-12-07)', () => {
+  it('leaves an outputs marker first, so the sweep removes the images a killed DELETE left behind', async () => {
+    const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
+    const keys = ['0.png', 'frames/0/0000_64x64.png'].map((k) => `${jobOutputsPrefix('acct_alice', id)}${k}`);
+    for (const key of keys) await h.blobs.put(key, new Uint8Array([1, 2, 3]), { contentType: 'image/png' });
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), outputs: [{ key: keys[0]!, width: 64, height: 64 }] }));
+    // The process dies once the record says deleted: every removal of its images fails from then on.
+    const dying = new Proxy(h.blobs, {
+      get(target, prop) {
+        if (prop === 'list' || prop === 'listKeys' || prop === 'delete' || prop === 'deleteMany') {
+          return (at: string, ...rest: unknown[]) => (at.startsWith('outputs/') ? Promise.reject(new Error('killed')) : (target[prop] as (...a: unknown[]) => unknown)(at, ...rest));
+        }
+        const value = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const app = createApp({ ...h.deps, blobs: dying });
+    const res = await app.request(`/v1/generations/${id}`, { method: 'DELETE', headers: { Authorization: `Bearer ${h.alice}` } });
+    expect(res.status).toBeGreaterThanOrEqual(500);
+    expect((await h.jobs.get('acct_alice', id))!.deleted_at).toEqual(expect.any(String));
+    expect((await h.blobs.listKeys(jobOutputsPrefix('acct_alice', id))).keys).toHaveLength(2); // left behind
+    expect((await h.blobs.listKeys(`${PENDING_JOBS_PREFIX}outputs/`)).keys).toEqual([pendingJobKey('outputs', 'acct_alice', id)]);
+    // The next sweep finishes the removal and drops the marker (and the job's active marker, ended).
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ cleared: 2, errors: 0 });
+    expect((await h.blobs.listKeys(jobOutputsPrefix('acct_alice', id))).keys).toEqual([]);
+    expect((await h.blobs.listKeys(`${PENDING_JOBS_PREFIX}outputs/`)).keys).toEqual([]);
+  });
+
+  it('a DELETE refused (the job still runs) or of a job never started leaves no marker', async () => {
+    const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
+    expect((await h.request(`/v1/generations/${id}`, { method: 'DELETE' })).status).toBe(409);
+    await h.request(`/v1/generations/${id}/cancel`, { method: 'POST' });
+    expect((await h.request(`/v1/generations/${id}`, { method: 'DELETE' })).status).toBe(200);
+    expect((await h.blobs.listKeys(`${PENDING_JOBS_PREFIX}outputs/`)).keys).toEqual([]);
+  });
+});
