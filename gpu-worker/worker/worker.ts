@@ -249,6 +249,8 @@ const MAX_BACKOFF_MS = 30_000;
 const EXHAUSTION_REPEAT_MS = 5 * 60_000;
 /** Dead letters one sweep looks at (10 at a time); more wait for a later sweep. */
 const DEAD_LETTER_SWEEP_MAX = 100;
+/** How soon after a worker starts its first dead-letter sweep runs (later ones: every deadLetterSweepMs). */
+const FIRST_DEAD_LETTER_SWEEP_MS = 10_000;
 /** The longest a retryable failure's message is held back before its retry (SQS allows 12 h). */
 const MAX_RETRY_DELAY_SEC = 900;
 /** Long enough for a model download and its compiles on a GPU instance; short of the 120 s ECS stop timeout. */
@@ -1438,6 +1440,12 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   // ------------------------------------------------------------ poll loop
 
   let lastSweep = clock.now();
+  /**
+   * The first sweep comes soon after the start, not a whole period later: a server restarted after its
+   * runs were killed finds their letters moved at its first receives, and a crash-looping one (each run
+   * shorter than the period) never swept at all, its jobs `running` through every restart.
+   */
+  let swept = false;
   /** DLQ messages already warned about (the sweep sees the same ones every time): warn once each. */
   const sweepWarned = new Set<string>();
   /** Marks jobs whose message sits in the DLQ but whose record is not terminal; leaves the message there. */
@@ -1465,7 +1473,10 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // A job running under a live lease has a holder (a duplicate of its message was dead-lettered):
         // left alone; the holder ends it, and a later sweep finds it ended. Live by the holder's clock,
         // so a sweeping worker whose clock runs ahead does not fail a run that is going on.
-        const held = job !== null && runsUnderLiveLease(job);
+        // Not when the lease is this very letter's delivery's: the queue moved the message because no one
+        // kept it hidden, so that delivery is over (a live holder's heartbeat would now be refused, and it
+        // stops), and the job would otherwise read `running` for up to two timeouts more, for nothing.
+        const held = job !== null && runsUnderLiveLease(job) && job.lease_message_id !== m.messageId;
         if (job && !isTerminal(job.status) && !held) {
           const error = { code: 'retries_exhausted', message: deadLetteredMessage(job.attempts) };
           const rec = await markFailed(msg, error);
@@ -1528,8 +1539,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     let exhaustion: { code: string; since: number; failures: number; saidAt: number } | undefined;
     const sweepMs = config.deadLetterSweepMs ?? 60_000;
     while (!stopping) {
-      if (sweepMs > 0 && clock.now() - lastSweep >= sweepMs) {
+      if (sweepMs > 0 && clock.now() - lastSweep >= (swept ? sweepMs : Math.min(sweepMs, FIRST_DEAD_LETTER_SWEEP_MS))) {
         lastSweep = clock.now();
+        swept = true;
         await sweepDeadLetters();
       }
       setState('polling');

@@ -85,6 +85,25 @@ describe('deliveries of one job racing', () => {
     expect((await env.jobs.get(OWNER, job.id))!.status).toBe('failed');
   });
 
+  it("a letter whose own delivery holds the lease is swept at once, by the first sweep soon after the worker starts (crash review: 'running' for 2 min)", async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 1 });
+    // Its last delivery died mid-run (a killed server): the record keeps that delivery's lease, which
+    // reads live for a minute more, and the queue moves the very message to the dead-letter queue.
+    const deliveries = [];
+    for (let i = 0; i < 3; i++) deliveries.push(...(await env.queue.receive({ waitSec: 0, visibilitySec: 0 })));
+    expect(deliveries.map((d) => d.messageId)).toEqual(Array(3).fill(deliveries[0]!.messageId));
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 3, lease_message_id: deliveries[0]!.messageId, lease_expires_at: new Date(Date.now() + 60_000).toISOString() }));
+    expect(await env.queue.receive({ waitSec: 0 })).toEqual([]); // the 4th receive moved it
+    expect(await env.queue.deadLetter!.depth()).toBe(1);
+    const t0 = Date.now();
+    // The default sweep period (60 s), and the default visibility timeout.
+    const w = start(env, { run: async () => outcome(1, false) }, { receiveWaitSec: 0, deadLetterSweepMs: 60_000 });
+    await waitFor('swept', () => w.events.some((e) => e.type === 'dead_lettered'), 20_000);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    expect((await env.jobs.get(OWNER, job.id))!).toMatchObject({ status: 'failed', error: { code: 'retries_exhausted' } });
+  });
+
   it('a duplicate message neither cancels nor fails a job another worker runs; the holder ends it, and a DELETE stays deleted', async () => {
     const h = await harness();
     try {
