@@ -195,7 +195,7 @@ function chunkCountOver(bytes: Uint8Array, dv: DataView, max: number): boolean {
 }
 
 /** One chunk: length, type, data and the CRC of type and data. */
-function pngChunkOf(type: string, data: Uint8Array): Buffer {
+export function pngChunkOf(type: string, data: Uint8Array): Buffer {
   const c = Buffer.alloc(12 + data.length);
   c.writeUInt32BE(data.length, 0);
   c.write(type, 4, 'latin1');

@@ -14,6 +14,7 @@ import type { WebhookNotifier } from '../../shared/webhooks.ts';
 import { readUsage } from '../../shared/usage.ts';
 import { generationView } from '../../shared/views.ts';
 import { FAST_RECIPE, OWNER, type Env, listKeys, makeEnv, makeModelsDir, submit, waitFor, waitForStatus } from './helpers.ts';
+import { xmpOf } from '../helpers/png.ts';
 
 let models: ModelRegistry;
 beforeAll(async () => {
@@ -84,6 +85,7 @@ describe('gpu-worker queue worker', () => {
       expect(obj?.contentType).toBe('image/png');
       const img = decodeImage(obj!.body);
       expect([img.width, img.height, out.width, out.height]).toEqual([64, 64, 64, 64]);
+      expect(xmpOf(obj!.body)).toContain('trainedAlgorithmicMedia'); // marked as generated (ADR 0032)
       expect(Number.isFinite(out.clip_score)).toBe(true);
     }
     // Seeds seed+i: the two images differ.
@@ -95,7 +97,9 @@ describe('gpu-worker queue worker', () => {
     const first = frames.find((k) => k.includes('/frames/0/0000_'))!;
     expect(first).toMatch(new RegExp(`^outputs/${OWNER}/${job.id}/frames/0/0000_(\\d+)x(\\d+)\\.png$`));
     const [, fw, fh] = /_(\d+)x(\d+)\.png$/.exec(first)!;
-    const firstPng = decodeImage((await env.blobs.get(first))!.body);
+    const firstBytes = (await env.blobs.get(first))!.body;
+    expect(xmpOf(firstBytes)).toContain('trainedAlgorithmicMedia'); // frames too
+    const firstPng = decodeImage(firstBytes);
     expect([Number(fw), Number(fh)]).toEqual([firstPng.width, firstPng.height]);
     expect(frames.some((k) => /\/frames\/1\/0004_\d+x\d+\.png$/.test(k))).toBe(true);
     // 6 steps × 8 views × 2 images of backward passes, plus GMM scoring and final scoring passes.

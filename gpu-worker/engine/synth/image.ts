@@ -13,11 +13,12 @@
 //   (and its tRNS alphas); a PLTE in a grey image is ignored, as libpng ignores it.
 // - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
 // - JPEG/WebP/GIF are refused with advice to convert to PNG: no decoder for them is installed.
+// - Every PNG written says, in XMP, that a trained model made it (GENERATED_IMAGE_XMP, ADR 0032).
 
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
 import { EngineError } from '../errors.ts';
 import { MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS } from '../../../shared/image-header.ts';
-import { checkPngFileSync } from '../../../shared/png-check.ts';
+import { checkPngFileSync, pngChunkOf } from '../../../shared/png-check.ts';
 import type { Rng } from './rng.ts';
 
 /** Planar float32 image: data[c·H·W + y·W + x], c ∈ {R,G,B}, values in [0,1]. */
@@ -84,7 +85,36 @@ function checkImage(img: PlanarImage, what: string): void {
 // ---------------------------------------------------------------------------------------------------
 // PNG
 
-/** 8-bit RGB PNG. Values are clamped to [0,1] and rounded half up (v·255 + 0.5, floored). */
+/**
+ * The XMP packet every PNG the engine writes carries: IPTC's DigitalSourceType "trainedAlgorithmicMedia"
+ * (made by a trained model), the machine-readable marking of generated images that the EU AI Act's
+ * Article 50(2) asks for and that exiftool, Adobe's tools and the IPTC-aware platforms read. Fixed bytes:
+ * no time, prompt, seed or model, so the same request still writes the same file, and nothing a caller
+ * sent travels inside an image they may share.
+ */
+export const GENERATED_IMAGE_XMP =
+  '<?xpacket begin="\uFEFF" id="W5M0MpCehiHzreSzNTczkc9d"?>' +
+  '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">' +
+  '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" xmlns:xmp="http://ns.adobe.com/xap/1.0/"' +
+  ' Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia" xmp:CreatorTool="clipag"/>' +
+  '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>';
+
+/**
+ * The iTXt chunk holding it, as the XMP specification puts XMP in a PNG: keyword "XML:com.adobe.xmp",
+ * uncompressed, no language tag or translated keyword, the packet in UTF-8; before the image data.
+ */
+const GENERATED_IMAGE_CHUNK = pngChunkOf(
+  'iTXt',
+  Buffer.concat([Buffer.from('XML:com.adobe.xmp', 'latin1'), Buffer.from([0, 0, 0, 0, 0]), Buffer.from(GENERATED_IMAGE_XMP, 'utf8')]),
+);
+
+/** The end of the IHDR chunk, which fast-png writes first: signature (8) + length, type, 13 data bytes, CRC. */
+const IHDR_END = 8 + 12 + 13;
+
+/**
+ * 8-bit RGB PNG, marked as generated (GENERATED_IMAGE_XMP). Values are clamped to [0,1] and rounded half
+ * up (v·255 + 0.5, floored).
+ */
 export function encodePng(img: PlanarImage): Uint8Array {
   checkImage(img, 'encodePng');
   const { width, height, data } = img;
@@ -99,7 +129,13 @@ export function encodePng(img: PlanarImage): Uint8Array {
       out[i * 3 + c] = q;
     }
   }
-  return pngEncode({ width, height, data: out, channels: 3, depth: 8 });
+  const png = pngEncode({ width, height, data: out, channels: 3, depth: 8 });
+  if (Buffer.from(png.subarray(12, 16)).toString('latin1') !== 'IHDR') throw new Error('encodePng: the encoder did not write IHDR first');
+  const marked = new Uint8Array(png.length + GENERATED_IMAGE_CHUNK.length);
+  marked.set(png.subarray(0, IHDR_END), 0);
+  marked.set(GENERATED_IMAGE_CHUNK, IHDR_END);
+  marked.set(png.subarray(IHDR_END), IHDR_END + GENERATED_IMAGE_CHUNK.length);
+  return marked;
 }
 
 /**
