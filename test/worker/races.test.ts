@@ -90,7 +90,7 @@ describe('deliveries of one job racing', () => {
     const job = await submit(env, { steps: 1 });
     // Its last delivery died mid-run (a killed server): the record keeps that delivery's lease, which
     // reads live for a minute more, and the queue moves the very message to the dead-letter queue.
-    const deliveries = [];
+    const deliveries: Array<{ messageId: string }> = [];
     for (let i = 0; i < 3; i++) deliveries.push(...(await env.queue.receive({ waitSec: 0, visibilitySec: 0 })));
     expect(deliveries.map((d) => d.messageId)).toEqual(Array(3).fill(deliveries[0]!.messageId));
     await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, status: 'running', attempts: 3, lease_message_id: deliveries[0]!.messageId, lease_expires_at: new Date(Date.now() + 60_000).toISOString() }));
