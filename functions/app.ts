@@ -60,8 +60,11 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerHealthRoutes(app);
   // Built on first request, once every route is registered; the same for the life of the app.
   let document: Record<string, unknown> | undefined;
-  app.get('/openapi.json', (c) =>
-    c.json(
+  app.get('/openapi.json', (c) => {
+    // Public and credential-free: a web tool (an API explorer, a client generator in the browser) may
+    // load the deployment's own document. The API itself sends no CORS headers: keys stay on servers.
+    c.header('Access-Control-Allow-Origin', '*');
+    return c.json(
       (document ??= withSharedResponses(
         app.getOpenAPI31Document({
           openapi: '3.1.0',
@@ -83,8 +86,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
           ],
         }) as unknown as Record<string, any>,
       )),
-    ),
-  );
+    );
+  });
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', {
     type: 'http',
     scheme: 'bearer',

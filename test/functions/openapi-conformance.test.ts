@@ -570,3 +570,14 @@ describe('the document, finding by finding', () => {
     expect(declared.content['application/json'].schema.oneOf).toContainEqual({ $ref: '#/components/schemas/GatewayError' });
   });
 });
+
+describe('who may load what from a browser', () => {
+  it('/openapi.json is open to every origin (public, no credentials); the API itself sends no CORS headers', async () => {
+    const doc = await h.app.request('/openapi.json', { headers: { Origin: 'https://editor.example' } });
+    expect(doc.status).toBe(200);
+    expect(doc.headers.get('access-control-allow-origin')).toBe('*');
+    const models = await h.request('/v1/models', { headers: { Origin: 'https://app.example' } });
+    expect(models.status).toBe(200);
+    expect(models.headers.get('access-control-allow-origin')).toBeNull();
+  });
+});
