@@ -29,6 +29,7 @@ export const ROUTES = [
   { pattern: /^\/healthz$/, methods: ['GET'] },
   { pattern: /^\/openapi\.json$/, methods: ['GET'] },
   { pattern: /^\/v1\/models$/, methods: ['GET'] },
+  { pattern: /^\/v1\/models\/[^/]+$/, methods: ['GET'] },
   { pattern: /^\/v1\/uploads$/, methods: ['POST'] },
   { pattern: /^\/v1\/estimates$/, methods: ['POST'] },
   { pattern: /^\/v1\/usage$/, methods: ['GET'] },

@@ -1,5 +1,7 @@
-import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
-import { Health, ModelList } from '../schemas.ts';
+import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
+import { NotFoundError } from '../../shared/errors.ts';
+import { ModelName } from '../../shared/schemas/generation.ts';
+import { Health, ModelInfo, ModelList } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
 
@@ -14,6 +16,17 @@ const listModels = createRoute({
   responses: { 200: { description: 'Models', content: { 'application/json': { schema: ModelList } } }, ...pick(400, 401, 503) },
 });
 
+const getModel = createRoute({
+  operationId: 'getModel',
+  tags: ['models'],
+  method: 'get',
+  path: '/v1/models/{id}',
+  summary: 'One deployed model, as the list shows it',
+  security: SECURITY,
+  request: { params: z.object({ id: ModelName.openapi({ param: { name: 'id', in: 'path' }, description: 'A model name, as `GET /v1/models` lists it (`toy`)' }) }) },
+  responses: { 200: { description: 'The model', content: { 'application/json': { schema: ModelInfo } } }, ...pick(400, 401, 404, 503) },
+});
+
 const healthz = createRoute({
   operationId: 'getHealth',
   tags: ['health'],
@@ -26,6 +39,12 @@ const healthz = createRoute({
 
 export function registerModelRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps): void {
   app.openapi(listModels, async (c) => c.json({ object: 'list' as const, data: await deps.models() }, 200));
+  app.openapi(getModel, async (c) => {
+    const { id } = c.req.valid('param');
+    const found = (await deps.models()).find((m) => m.id === id);
+    if (!found) throw new NotFoundError(`no model ${id} in this deployment (GET /v1/models lists them)`, { param: 'id' });
+    return c.json(found, 200);
+  });
 }
 
 export function registerHealthRoutes(app: OpenAPIHono<AppEnv>): void {

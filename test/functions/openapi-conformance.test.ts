@@ -85,6 +85,13 @@ describe('responses conform to /openapi.json', () => {
     expect((nearest.body as any).basis).toMatchObject({ method: 'nearest' });
     check('/v1/estimates', 'post', 200, nearest.body);
     check('/v1/models', 'get', 200, (await call('/v1/models')).body);
+    const one = await call('/v1/models/toy');
+    check('/v1/models/{id}', 'get', 200, one.body);
+    expect(one.body).toEqual(((await call('/v1/models')).body as { data: unknown[] }).data[0]);
+    const missing = await call('/v1/models/nosuch');
+    check('/v1/models/{id}', 'get', 404, missing.body);
+    expect(missing).toMatchObject({ status: 404, body: { error: { code: "not_found", param: "id" } } });
+    check('/v1/models/{id}', 'get', 400, (await call('/v1/models/Not%20A%20Name')).body);
     await recordUsage(h.blobs, 'acct_alice', 'job-oa', new Date(), { images: 2, workerSeconds: 3.5, encoderPasses: 10 });
     const usage = await call('/v1/usage');
     expect((usage.body as any).total.cost_usd).toBeGreaterThan(0);
@@ -515,7 +522,7 @@ describe('query parameters: an operation takes the ones it declares, no others',
         operations++;
       }
     }
-    expect(operations).toBe(14);
+    expect(operations).toBe(15);
   });
 });
 
