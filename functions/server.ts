@@ -99,9 +99,16 @@ export function startApiServer(
       }
     };
     // @hono/node-server's serve(), with the errorHandler it does not pass through.
-    const listener = getRequestListener(fetch, { hostname, errorHandler: requestErrorResponse });
+    // The hostname stands in for a missing Host header (below): an IPv6 address in brackets, as a URL has it.
+    const listener = getRequestListener(fetch, { hostname: hostname.includes(':') ? `[${hostname}]` : hostname, errorHandler: requestErrorResponse });
     const server = createServer(
       {
+        // An HTTP/1.1 request without a Host header reaches the app, as an HTTP/1.0 one always did:
+        // node-server puts the listening hostname in its URL. Node would otherwise answer it itself, a
+        // bare 400 with no envelope and no request id (no clientError, no listener). Nothing is read
+        // from the Host: signed blob links are built on the configured base URL and signed over path
+        // and query only, and no check trusts it; a client can send any Host it likes anyway.
+        requireHostHeader: false,
         ...(timeouts.headersMs !== undefined ? { headersTimeout: timeouts.headersMs } : {}),
         ...(timeouts.requestMs !== undefined ? { requestTimeout: timeouts.requestMs } : {}),
         ...(timeouts.checkEveryMs !== undefined ? { connectionsCheckingInterval: timeouts.checkEveryMs } : {}),

@@ -218,7 +218,7 @@ export function notFound(routes: ReadonlyArray<{ pattern: RegExp; methods: strin
 
 /** zod-openapi's defaultHook: validation failures become a 400 envelope naming the first bad field. */
 export function validationHook(
-  result: { success: true; data: unknown; target: string } | { success: false; error: { issues: ReadonlyArray<ZodIssueLike> }; target: string },
+  result: { success: true; data: unknown; target: string } | { success: false; error: { issues: ReadonlyArray<ZodIssueLike> }; target: string; data?: unknown },
 ): void {
   if (result.success) return;
   const issues = result.error.issues;
@@ -240,11 +240,40 @@ export function validationHook(
     .slice(0, 3)
     .map((issue) => {
       const p = paramOf(issue);
+      const missing = p ? missingField(issue, p, result.data) : undefined;
+      if (missing) return missing;
       // A rule that names its field itself ("limit must be …") is not prefixed with it again.
       return p && !issue.message.startsWith(`${p} `) ? `${p}: ${issue.message}` : issue.message;
     })
     .join('; ');
   throw new ValidationError(message || `invalid ${result.target}`, first ? paramOf(first) : undefined);
+}
+
+/**
+ * A required field the request leaves out, said so: "bytes is required (number)", where zod words it
+ * in JavaScript's terms ("expected number, received undefined"; JSON has no undefined) or names only
+ * the value it wanted (a literal or an enum). Whether the field is absent is read from what was
+ * validated (the JSON body, the query, the headers), not from zod's wording; undefined when it is there.
+ */
+function missingField(issue: ZodIssueLike, param: string, validated: unknown): string | undefined {
+  if (!['invalid_type', 'invalid_value', 'invalid_union'].includes(issue.code) || !isAbsent(validated, issue.path)) return undefined;
+  const values = Array.isArray(issue.values) ? issue.values.map((v) => JSON.stringify(v)) : [];
+  const expected =
+    issue.code === 'invalid_type' && typeof issue.expected === 'string' ? issue.expected : issue.code === 'invalid_value' && values.length > 0 ? (values.length === 1 ? values[0] : `one of ${values.join(', ')}`) : undefined;
+  return `${param} is required${expected ? ` (${expected})` : ''}`;
+}
+
+/** Whether `path` names a member its object lacks (or holds as undefined): false when the path does not lead to an object. */
+function isAbsent(validated: unknown, path: ReadonlyArray<PropertyKey>): boolean {
+  if (path.length === 0) return false;
+  let at = validated;
+  for (const key of path.slice(0, -1)) {
+    if (at === null || typeof at !== 'object') return false;
+    at = (at as Record<PropertyKey, unknown>)[key];
+  }
+  if (at === null || typeof at !== 'object') return false;
+  const last = path[path.length - 1]!;
+  return !Object.prototype.hasOwnProperty.call(at, last) || (at as Record<PropertyKey, unknown>)[last] === undefined;
 }
 
 /** zod's `.int()` bound (±2^53 − 1), which it reports beside a field's own bound. */
@@ -259,4 +288,7 @@ interface ZodIssueLike {
   path: ReadonlyArray<PropertyKey>;
   message: string;
   keys?: string[];
+  /** invalid_type's expected type ("number"); invalid_value's expected values (a literal's, an enum's). */
+  expected?: unknown;
+  values?: ReadonlyArray<unknown>;
 }

@@ -16,6 +16,7 @@ import type { PlanarImage } from './synth/image.ts';
 import { resizeBilinear } from './synth/image.ts';
 import { type GmmPrior, loadPrior } from './synth/prior.ts';
 import { promptStart, shownQuoted } from '../../shared/shown-text.ts';
+import { PROMPT_MAX_CHARS } from '../../shared/schemas/generation.ts';
 
 export interface EngineOptions {
   device?: Device;
@@ -51,11 +52,22 @@ const TEXT_BATCHES = [1, 4, 16];
 /** conceptEmbeddings keeps this many texts per model: a policy's concepts (at most 500) and room to spare. */
 export const CONCEPT_CACHE_SIZE = 2048;
 
-/** The bundle's tokenizer, refused when it has more tokens than the model's embedding has rows. */
+/**
+ * The bundle's tokenizer, refused when it has more tokens than the model's embedding has rows, and when
+ * it would fail or hold every prompt (TextTokenizer.selfCheck: a tokenizer.json @huggingface/tokenizers
+ * half-reads, or a regex of its own that backtracks on prompts up to the API's longest). The latter is
+ * the model's fault, said as `invalid_model` naming the tokenizer file at load (and so at `clipag
+ * models push`), where each prompt would otherwise fail as the caller's (`invalid_input`: "prompt is
+ * empty") or hang the worker.
+ */
 function bundleTokenizer(bundle: ModelBundle): TextTokenizer {
   const tokenizer = TextTokenizer.fromFile(bundle.tokenizerPath);
   if (tokenizer.vocabSize > bundle.arch.vocabSize) {
     throw new EngineError('invalid_tokenizer', `bundle ${bundle.manifest.name}: tokenizer has ${tokenizer.vocabSize} tokens but the model's embedding has ${bundle.arch.vocabSize} rows`);
+  }
+  const problem = tokenizer.selfCheck({ maxChars: PROMPT_MAX_CHARS });
+  if (problem !== undefined) {
+    throw new EngineError('invalid_model', `bundle ${bundle.manifest.name}: tokenizer ${bundle.tokenizerPath}: ${problem}`, { file: bundle.tokenizerPath });
   }
   return tokenizer;
 }

@@ -13,7 +13,7 @@ import { harness } from './helpers.ts';
 function rawRequest(url: string, raw: string): Promise<string> {
   const { hostname, port } = new URL(url);
   return new Promise((resolve, reject) => {
-    const socket = connect(Number(port), hostname, () => socket.write(raw));
+    const socket = connect(Number(port), hostname.replace(/^\[(.*)\]$/, '$1'), () => socket.write(raw));
     let out = '';
     socket.on('data', (d) => (out += d.toString()));
     socket.on('end', () => resolve(out));
@@ -153,6 +153,28 @@ describe('entry points', () => {
       // And a well-formed request on the same server is the app's, as before.
       const ok = parseRaw(await rawRequest(running.url, `GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`));
       expect(ok.status).toBe(200);
+    } finally {
+      await running.close();
+      await h.close();
+    }
+  });
+
+  it.each(['127.0.0.1', '::1'])('an HTTP/1.1 request with no Host header is the app\'s, as an HTTP/1.0 one is: not Node\'s bare 400 without a request id (listening on %s)', async (address) => {
+    const h = await harness();
+    // The listening address stands in for the Host in the request's URL: an IPv6 one too. (No IPv6 here: nothing to check.)
+    const running = await startApiServer(h.app, 0, address).catch((error: NodeJS.ErrnoException) => {
+      if (address === '::1' && ['EADDRNOTAVAIL', 'EAFNOSUPPORT'].includes(error.code ?? '')) return undefined;
+      throw error;
+    });
+    if (!running) return void (await h.close());
+    try {
+      for (const version of ['1.1', '1.0']) {
+        const noHost = parseRaw(await rawRequest(running.url, `GET /healthz HTTP/${version}\r\nConnection: close\r\n\r\n`));
+        expect([noHost.status, noHost.body, noHost.headers['x-request-id']], version).toEqual([200, '{"status":"ok"}', expect.stringMatching(/^req_/)]);
+        const missing = parseRaw(await rawRequest(running.url, `GET /v1/nope HTTP/${version}\r\nAuthorization: Bearer ${h.alice}\r\nConnection: close\r\n\r\n`));
+        expect([missing.status, missing.headers['content-type']], version).toEqual([404, expect.stringMatching(/^application\/json/)]);
+        expect(JSON.parse(missing.body), version).toEqual({ error: { code: 'not_found', message: expect.any(String), param: null, request_id: missing.headers['x-request-id'] } });
+      }
     } finally {
       await running.close();
       await h.close();

@@ -194,3 +194,57 @@ describe('a non-Error thrown, in Lambda', () => {
     }
   });
 });
+
+describe('what hono/aws-lambda cannot make a Request of, in Lambda', () => {
+  it("payload 2.0: cookies past Latin-1 (which the app never reads) are dropped, not a bare 400: the app answers, with the gateway's id", async () => {
+    const handler = lambdaHandler(createApp(h.deps));
+    for (const cookies of [['a=日本'], ['a=Ā', 'b=é'], ['session=ok']]) {
+      const res = (await handler({ ...event('/v1/models', { authorization: `Bearer ${h.alice}` }, 'Wq3bYnQLvHcEJbg='), cookies } as never)) as LambdaResult;
+      expect([res.statusCode, header(res, 'x-request-id'), JSON.parse(res.body).data.map((m: { id: string }) => m.id)], cookies.join('; ')).toEqual([200, 'Wq3bYnQLvHcEJbg=', ['toy']]);
+    }
+  });
+
+  it.each(FORMATS)('payload %s: TRACE, CONNECT and TRACK are answered by the app as local mode answers them: 405 with Allow on a path it serves, else 404', async (_format, make) => {
+    const handler = lambdaHandler(createApp(h.deps));
+    for (const method of ['TRACE', 'CONNECT', 'TRACK', 'trace']) {
+      const res = (await handler(make('/v1/models', { authorization: `Bearer ${h.alice}` }, 'Xq3bYnQLvHcEJbg=', { method, body: 'echo me' }) as never)) as LambdaResult;
+      expect([res.statusCode, header(res, 'allow'), header(res, 'x-request-id'), header(res, 'content-type')], method).toEqual([405, 'GET, HEAD', 'Xq3bYnQLvHcEJbg=', 'application/json']);
+      expect(JSON.parse(res.body), method).toEqual({ error: { code: 'method_not_allowed', message: 'method not allowed; use GET, HEAD', param: null, request_id: 'Xq3bYnQLvHcEJbg=' } });
+    }
+    const unknown = (await handler(make('/v1/nope', { authorization: `Bearer ${h.alice}` }, 'Yq3bYnQLvHcEJbg=', { method: 'TRACE' }) as never)) as LambdaResult;
+    expect([unknown.statusCode, JSON.parse(unknown.body).error.code, header(unknown, 'x-request-id')]).toEqual([404, 'not_found', 'Yq3bYnQLvHcEJbg=']);
+    // The app ran: its request line names the method as sent.
+    expect(h.logs).toContainEqual(expect.objectContaining({ request_id: 'Xq3bYnQLvHcEJbg=', method: 'TRACE', status: 405 }));
+  });
+
+  it.each(FORMATS)('payload %s: a non-ASCII Idempotency-Key is refused as in local mode (400 validation_error, Idempotency-Key), not stored percent-encoded', async (_format, make) => {
+    const handler = lambdaHandler(createApp(h.deps));
+    const headers = { authorization: `Bearer ${h.alice}`, 'content-type': 'application/json' };
+    const body = JSON.stringify({ prompt: 'apple' });
+    for (const key of ['café', 'ключ', 'key-😀']) {
+      const res = (await handler(make('/v1/generations', { ...headers, 'idempotency-key': key }, 'Zq3bYnQLvHcEJbg=', { method: 'POST', body }) as never)) as LambdaResult;
+      expect([res.statusCode, header(res, 'x-request-id')], key).toEqual([400, 'Zq3bYnQLvHcEJbg=']);
+      expect(JSON.parse(res.body).error, key).toEqual({ code: 'validation_error', message: 'Idempotency-Key: must be 1..255 visible ASCII characters (no spaces)', param: 'Idempotency-Key', request_id: 'Zq3bYnQLvHcEJbg=' });
+    }
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+    // The same header name as a REST API may spell it; and an ASCII key (a percent sign included) is the app's as before.
+    const spelt = (await handler(make('/v1/generations', { ...headers, 'Idempotency-Key': 'café' }, 'ar3bYnQLvHcEJbg=', { method: 'POST', body }) as never)) as LambdaResult;
+    expect([spelt.statusCode, JSON.parse(spelt.body).error?.param]).toEqual([400, 'Idempotency-Key']);
+    const plain = (await handler(make('/v1/generations', { ...headers, 'idempotency-key': 'caf%C3%A9' }, 'br3bYnQLvHcEJbg=', { method: 'POST', body }) as never)) as LambdaResult;
+    expect(plain.statusCode).toBe(202);
+    const listed = (await (await h.request('/v1/generations?idempotency_key=caf%25C3%25A9')).json()) as { data: Array<{ id: string }> };
+    expect(listed.data.map((g) => g.id)).toEqual([JSON.parse(plain.body).id]);
+  });
+
+  it.each(FORMATS)("payload %s: anything else `handle` answers itself (no X-Request-Id) becomes the app's 400 bad_request envelope, with the gateway's id", async (_format, make) => {
+    const handler = lambdaHandler(createApp(h.deps));
+    // A header value with a line break: no gateway sends one; it stands for whatever else the adapter cannot read.
+    const res = (await handler(make('/v1/models', { authorization: `Bearer ${h.alice}`, 'x-note': 'a\nb' }, 'cr3bYnQLvHcEJbg=') as never)) as LambdaResult;
+    expect([res.statusCode, header(res, 'content-type'), header(res, 'x-request-id')]).toEqual([400, 'application/json', 'cr3bYnQLvHcEJbg=']);
+    expect(JSON.parse(res.body)).toEqual({ error: { code: 'bad_request', message: expect.stringMatching(/^the request could not be read/), param: null, request_id: 'cr3bYnQLvHcEJbg=' } });
+    // Without an id of the gateway's shape, the app's own kind.
+    const noId = (await handler(make('/v1/models', { 'x-note': 'a\nb' }, 'not a gateway id') as never)) as LambdaResult;
+    expect([noId.statusCode, header(noId, 'x-request-id')]).toEqual([400, expect.stringMatching(/^req_[0-9a-z]{26}$/)]);
+    expect(JSON.parse(noId.body).error.request_id).toBe(header(noId, 'x-request-id'));
+  });
+});

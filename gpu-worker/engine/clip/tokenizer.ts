@@ -129,6 +129,67 @@ function hasByteLevel(pre: unknown): boolean {
   return false;
 }
 
+/**
+ * Where a normalizer or pre-tokenizer config holds a `pattern` that is neither `{"Regex": string}` nor
+ * `{"String": string}`: @huggingface/tokenizers only warns of one ("Unknown pattern type") and builds
+ * a step that does nothing (a Replace) or drops the whole text (a Split). JSON paths, e.g. "pre_tokenizer.pattern".
+ */
+function unreadPatterns(config: unknown, at: string): string[] {
+  if (Array.isArray(config)) return config.flatMap((c, i) => unreadPatterns(c, `${at}[${i}]`));
+  if (!isObj(config)) return [];
+  const here = 'pattern' in config && !(isObj(config.pattern) && (typeof config.pattern.Regex === 'string' || typeof config.pattern.String === 'string')) ? [`${at}.pattern`] : [];
+  return [...here, ...Object.entries(config).flatMap(([k, v]) => (k === 'pattern' ? [] : unreadPatterns(v, `${at}.${k}`)))];
+}
+
+/** The `pattern.Regex` sources of a normalizer or pre-tokenizer config: regexes the tokenizer.json brings, run by JS's backtracking engine. */
+function regexSources(config: unknown): string[] {
+  if (Array.isArray(config)) return config.flatMap(regexSources);
+  if (!isObj(config)) return [];
+  const here = isObj(config.pattern) && typeof config.pattern.Regex === 'string' ? [config.pattern.Regex] : [];
+  return [...here, ...Object.entries(config).flatMap(([k, v]) => (k === 'pattern' ? [] : regexSources(v)))];
+}
+
+/** How many words of its vocabulary selfCheck reads back. */
+const SELF_CHECK_WORDS = 8;
+
+/**
+ * Up to SELF_CHECK_WORDS words of a vocabulary as a prompt would spell them (a BPE's end-of-word
+ * "</w>" and a sentencepiece "▁" taken off), letters only and as text cleaning leaves them (lower
+ * case): lower-case ASCII words of three letters or more first, in the vocabulary's order (it stops
+ * at enough of those: CLIP's 49 408 tokens are not all read), then shorter or accented ones (a
+ * normalizer may strip an accent the vocabulary keeps).
+ */
+function plainVocabularyWords(vocab: Json, skip: (token: string) => boolean): string[] {
+  const best = new Set<string>();
+  const others = new Set<string>();
+  for (const token of Object.keys(vocab)) {
+    if (skip(token)) continue;
+    const word = token.replace(/<\/w>$/, '').replace(/^\u2581/, '');
+    if (/^[a-z]{3,}$/.test(word)) best.add(word);
+    else if (others.size < SELF_CHECK_WORDS && /^\p{L}+$/u.test(word) && cleanClipText(word) === word) others.add(word);
+    if (best.size >= SELF_CHECK_WORDS) break;
+  }
+  return [...best, ...others].slice(0, SELF_CHECK_WORDS);
+}
+
+export interface SelfCheckOptions {
+  /** The longest prompt the tokenizer is given (characters): the timed probes go up to it. */
+  maxChars: number;
+  /** How long one probe may take to tokenize (ms; default SELF_CHECK_BUDGET_MS). */
+  budgetMs?: number;
+}
+
+/**
+ * How long one timed probe may take. A sane tokenizer takes well under 1 ms for a 300-character prompt
+ * (the toy's and CLIP's: ~0.05–0.3 ms); this leaves room for a loaded machine, and a probe over it is
+ * timed once more before it counts (a GC pause or a descheduled thread does not repeat).
+ */
+export const SELF_CHECK_BUDGET_MS = 100;
+/** Probe lengths (characters) for a tokenizer.json with regexes of its own: small steps first (see selfCheck). */
+const RAMP_STEP = 2;
+const RAMP_SMALL_UP_TO = 64;
+const RAMP_GROWTH = 1.5;
+
 export interface PromptInspection {
   /** Tokens with start and end, before any truncation. */
   tokens: number;
@@ -185,6 +246,13 @@ export class TextTokenizer {
   private readonly words: readonly string[] | undefined;
   /** Added tokens other than the start, end and unknown ones, by id: no words, so a prompt of only these reads nothing. */
   private readonly otherSpecial = new Map<number, SpecialTokenText>();
+  /** The model's vocabulary (token → id) and its unknown token: selfCheck reads words of it back. */
+  private readonly vocab: Json;
+  private readonly unkToken: string | undefined;
+  /** JSON paths of patterns the library does not read (unreadPatterns), in what it is given. */
+  private readonly unread: readonly string[];
+  /** The regexes the tokenizer.json brings that tokenize() runs (generic mode's normalizer and pre-tokenizer). */
+  private readonly ownRegexes: readonly string[];
 
   private constructor(json: Json, opts: TextTokenizerOptions) {
     const src = opts.source ?? '<tokenizer json>';
@@ -256,6 +324,14 @@ export class TextTokenizer {
       this.otherSpecial.set(id, { text, role });
     }
     this.words = m.type === 'WordLevel' ? Object.keys(m.vocab as Json).filter((w) => !this.special.has(w) && w !== m.unk_token).sort() : undefined;
+    this.vocab = m.vocab as Json;
+    this.unkToken = typeof m.unk_token === 'string' ? m.unk_token : undefined;
+    // What tokenize() hands the library of the tokenizer.json's own (its normalizer unless subsumed, its
+    // pre-tokenizer as written: a `Whitespace` becomes this file's Split, no regex of the file's). Clip-bpe
+    // mode reads neither (tokenizeClip splits with CLIP_SPLIT_RE).
+    const given = this.mode === 'generic' ? { normalizer: hfJson.normalizer, pre_tokenizer: json.pre_tokenizer } : {};
+    this.unread = Object.entries(given).flatMap(([at, config]) => unreadPatterns(config, at));
+    this.ownRegexes = Object.values(given).flatMap(regexSources);
     try {
       this.hf = new Tokenizer(hfJson, hfConfig);
     } catch (e) {
@@ -329,6 +405,78 @@ export class TextTokenizer {
       }
       return id;
     });
+  }
+
+  /**
+   * What would make every prompt fail, or hold the thread, said for the operator: undefined when there is
+   * nothing. Run when a bundle is loaded (ClipEngine.check, which `clipag models push` runs, and
+   * ClipEngine.open): a tokenizer.json that @huggingface/tokenizers half-reads builds without an error,
+   * and then reads every prompt as empty (the caller would be told to fix the prompt), or backtracks for
+   * minutes on a prompt, on the worker's main thread. Three checks, each cheap:
+   * - a pattern the library does not read (unreadPatterns);
+   * - its own words: plain words of the vocabulary, tokenized one by one, must come out as tokens, and
+   *   most of them as known ones (not the unknown token);
+   * - time: probe strings of the kind that make a backtracking regex blow up (a run of one character,
+   *   of a word and a space, ended or not by a character that breaks it), each within `budgetMs`. For a
+   *   tokenizer.json with regexes of its own (`ownRegexes`) the probes grow in small steps up to
+   *   `maxChars`, with each regex's own letters among the run characters, so an exponential regex is
+   *   caught at a length where it still takes about the budget (a step multiplies an exponential's time
+   *   by its base squared: ×4 for (a+)+), never run at a length where it would take minutes. Without
+   *   such regexes the pipeline is this file's and the library's own (fixed, linear code): one round at
+   *   `maxChars` only.
+   * Limits: a probe is a handful of strings, not a proof. A regex that blows up only on characters or
+   * shapes the probes do not make (a run of "q" where the regex names no "q"; an alternation of two
+   * characters) passes, as does one that is slow only past `maxChars`; and nothing here interrupts an
+   * encode that is already running, so the budget bounds the check, not a prompt.
+   */
+  selfCheck(opts: SelfCheckOptions): string | undefined {
+    if (this.unread.length > 0) {
+      return `${this.unread.map((p) => JSON.stringify(p)).join(', ')} ${this.unread.length === 1 ? 'is' : 'are'} neither {"Regex": …} nor {"String": …}: @huggingface/tokenizers ignores ${this.unread.length === 1 ? 'it' : 'them'}, so the tokenizer would not do what its tokenizer.json says`;
+    }
+    const read = plainVocabularyWords(this.vocab, (t) => this.special.has(t) || t === this.unkToken).map((w) => ({ word: w, ids: this.tokenize(w) }));
+    const known = read.filter(({ ids }) => ids.length > 0 && ids.some((id) => id !== this.unkId && !this.otherSpecial.has(id)));
+    if (read.length > 0 && known.length * 2 < read.length) {
+      const shown = read.slice(0, 4).map(({ word, ids }) => `${JSON.stringify(word)} → ${ids.length === 0 ? 'no tokens' : 'the unknown token'}`);
+      return `it reads ${known.length} of ${read.length} words of its own vocabulary (${shown.join(', ')}${read.length > 4 ? ', …' : ''}): every prompt would fail as empty or unknown; its normalizer or pre-tokenizer is not one @huggingface/tokenizers reads as intended`;
+    }
+    return this.timeProbes(opts);
+  }
+
+  private timeProbes({ maxChars, budgetMs = SELF_CHECK_BUDGET_MS }: SelfCheckOptions): string | undefined {
+    const own = this.ownRegexes.length > 0;
+    // The letters and digits a regex names literally (its "a" in (a|aa)+$), up to 6, besides the usual runs.
+    const named = own ? [...new Set(this.ownRegexes.join('').toLowerCase().replace(/\\[pPu]\{[^}]*\}|\\./g, '').match(/[\p{L}\p{N}]/gu) ?? [])].slice(0, 6) : [];
+    const units = [...new Set(['a', '1', '.', 'é', 'a ', ...named])];
+    const lengths: number[] = [];
+    if (own) {
+      for (let n = RAMP_STEP; n <= Math.min(RAMP_SMALL_UP_TO, maxChars); n += RAMP_STEP) lengths.push(n);
+      for (let n = Math.round(RAMP_SMALL_UP_TO * RAMP_GROWTH); n < maxChars; n = Math.round(n * RAMP_GROWTH)) lengths.push(n);
+    }
+    if (lengths.at(-1) !== maxChars) lengths.push(maxChars);
+    for (const n of lengths) {
+      for (const unit of units) {
+        for (const end of ['', '!']) {
+          const count = Math.max(1, Math.floor((n - end.length) / unit.length));
+          const probe = unit.repeat(count) + end;
+          const took = (): number => {
+            const start = performance.now();
+            try {
+              this.tokenize(probe);
+            } catch {
+              // A probe's words the vocabulary lacks (no unk_token) are no fault here: only the time counts.
+            }
+            return performance.now() - start;
+          };
+          const first = took();
+          const ms = first > budgetMs ? Math.min(first, took()) : first;
+          if (ms > budgetMs) {
+            const shown = `${JSON.stringify(unit)} × ${count}${end ? ` then ${JSON.stringify(end)}` : ''} (${probe.length} characters)`;
+            return `tokenizing ${shown} took ${Math.round(ms)} ms, over the ${budgetMs} ms allowed: ${own ? `a regex of its normalizer or pre-tokenizer (${this.ownRegexes.map((r) => JSON.stringify(r)).join(', ')}) backtracks, and a longer prompt like it would hold the worker far longer` : 'the tokenizer is too slow to serve prompts'}`;
+          }
+        }
+      }
+    }
+    return undefined;
   }
 
   /**
