@@ -227,7 +227,7 @@ export class IdempotencyLedger {
       if (!args.waitForJob) return null;
       // Abandoned (its request died before the create): nothing to replay; the refusal stands.
       if (this.isStale(existing, Date.now())) return null;
-      if (Date.now() >= deadline) throw inProgress();
+      if (Date.now() >= deadline) throw inProgress(undefined, Date.parse(existing.created_at), this.options.staleMs);
       await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
     }
   }
@@ -270,6 +270,8 @@ export class IdempotencyLedger {
     const fresh: IdempotencyRecord = { v: CLAIM_VERSION, body_hash: args.bodyHash, job_id: args.jobId, created_at: args.now.toISOString() };
     const encoded = Buffer.from(JSON.stringify(fresh));
     const deadline = Date.now() + (this.options.waitMs ?? 3000);
+    /** The live claim last read: a 409 at the deadline says how long until it goes stale. */
+    let claimedAtMs: number | undefined;
     for (let attempt = 0; ; attempt++) {
       try {
         await this.blobs.putIfAbsent(blobKey, encoded, { contentType: 'application/json' });
@@ -313,6 +315,7 @@ export class IdempotencyLedger {
         takeOver = this.isStale(existing, args.now.getTime());
         if (!takeOver && same === undefined) throw untold();
         if (!takeOver && !same) throw keyReused();
+        claimedAtMs = Date.parse(existing.created_at);
       }
       if (takeOver) {
         // Conditionally: of two requests racing for it exactly one wins; the other reads again.
@@ -323,7 +326,7 @@ export class IdempotencyLedger {
           if (!(error instanceof PreconditionFailedError)) throw error;
         }
       }
-      await nextClaimRound(attempt, deadline);
+      await nextClaimRound(attempt, deadline, claimedAtMs, this.options.staleMs);
     }
   }
 }
@@ -332,8 +335,8 @@ export class IdempotencyLedger {
  * Between two rounds of a claim: 409 idempotency_in_progress once its wait is over, else a pause a
  * little longer each round.
  */
-async function nextClaimRound(attempt: number, deadline: number): Promise<void> {
-  if (Date.now() >= deadline) throw inProgress();
+async function nextClaimRound(attempt: number, deadline: number, claimedAtMs?: number, staleMs?: number): Promise<void> {
+  if (Date.now() >= deadline) throw inProgress(undefined, claimedAtMs, staleMs);
   await new Promise((r) => setTimeout(r, Math.min(25 * (attempt + 1), 200)));
 }
 
@@ -357,8 +360,28 @@ function parsedJson(bytes: Uint8Array): unknown {
   }
 }
 
-function inProgress(param = 'Idempotency-Key'): ConflictError {
-  return new ConflictError('a request with this Idempotency-Key is still being processed; retry shortly', { code: 'idempotency_in_progress', param });
+/** How young a claim still counts as a request in flight, its job a moment away (Retry-After: 1). */
+const IN_FLIGHT_CLAIM_MS = 5_000;
+
+/**
+ * 409 idempotency_in_progress, with the seconds a retry should wait: 1 while the claim is young (its
+ * request is being made, and its job a moment away), else until the claim goes stale and the key can be
+ * taken over (its request most likely died: a server killed mid-request made retries answer 409 with
+ * Retry-After: 1, thirty times over).
+ */
+export class IdempotencyInProgressError extends ConflictError {
+  readonly retryAfterSec: number;
+  constructor(param: string, retryAfterSec: number) {
+    super('a request with this Idempotency-Key is still being processed; retry shortly', { code: 'idempotency_in_progress', param });
+    this.retryAfterSec = retryAfterSec;
+  }
+}
+
+/** `claimedAtMs`: the live claim's time, when one was read. */
+function inProgress(param = 'Idempotency-Key', claimedAtMs?: number, staleMs = STALE_CLAIM_MS): IdempotencyInProgressError {
+  const age = claimedAtMs === undefined ? 0 : Date.now() - claimedAtMs;
+  const wait = age < IN_FLIGHT_CLAIM_MS ? 1 : Math.min(Math.ceil(staleMs / 1000), Math.max(1, Math.ceil((staleMs - age) / 1000)));
+  return new IdempotencyInProgressError(param, Number.isFinite(wait) ? wait : 1);
 }
 
 function keyReused(): ConflictError {

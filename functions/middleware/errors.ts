@@ -5,7 +5,7 @@ import { isListedErrorCode } from '../../shared/error-codes.ts';
 import { AuthError, ClipagError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError, exhaustedResource, toErrorEnvelope } from '../../shared/errors.ts';
 import type { ErrorEnvelopeBody, ExhaustedResource } from '../../shared/errors.ts';
 import { NewerJobRecordError } from '../../shared/jobstore.ts';
-import { NewerClaimError } from '../idempotency.ts';
+import { IdempotencyInProgressError, NewerClaimError } from '../idempotency.ts';
 import type { AppEnv, AppLogEntry } from '../types.ts';
 import { clientRequestId } from './request-id.ts';
 
@@ -104,8 +104,8 @@ export function errorResponse(c: Context<AppEnv>, error: unknown): Response {
   if (status === 401 && error instanceof AuthError) c.header('WWW-Authenticate', 'Bearer realm="clipag"');
   if (status === 503) c.header('Retry-After', String(writtenByNewerVersion(error) ? NEWER_RECORD_RETRY_AFTER_SEC : (exhaustedResourceOf(error)?.retryAfterSec ?? 1)));
   if (status === 429 && error instanceof TooManyRequestsError) c.header('Retry-After', String(error.retryAfterSec));
-  // The first request with the key is still running: its job is a moment away.
-  if (body.error.code === 'idempotency_in_progress') c.header('Retry-After', '1');
+  // The first request with the key is still running (its job a moment away), or died (until its claim is stale).
+  if (body.error.code === 'idempotency_in_progress') c.header('Retry-After', String(error instanceof IdempotencyInProgressError ? error.retryAfterSec : 1));
   if (error instanceof HttpError && error.status === 405 && allowHeader.has(error)) c.header('Allow', allowHeader.get(error));
   // RFC 9110 §12.5.3: a 415 for a content coding says which codings would do.
   if (error instanceof HttpError && error.status === 415 && error.param === 'Content-Encoding') c.header('Accept-Encoding', 'identity');

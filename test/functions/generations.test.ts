@@ -697,6 +697,22 @@ describe('Idempotency-Key', () => {
     expect(res.headers.get('Retry-After')).toBe('1');
   });
 
+  it('a claim 12 s old with no job (its request most likely died: a killed server) says to retry once it goes stale, not every second; a stale one is taken over', async () => {
+    const { idempotencyRecordKey } = await import('../../functions/idempotency.ts');
+    const first = (await (await post({ prompt: 'fig' }, { 'Idempotency-Key': 'orphan' })).json()) as { id: string };
+    const key = idempotencyRecordKey('acct_alice', 'orphan');
+    const claim = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString());
+    const orphaned = (ageMs: number) => h.blobs.put(key, Buffer.from(JSON.stringify({ ...claim, job_id: first.id.replace(/.$/, (c) => (c === '0' ? '1' : '0')), created_at: new Date(Date.now() - ageMs).toISOString() })));
+    await orphaned(12_000);
+    const res = await post({ prompt: 'fig' }, { 'Idempotency-Key': 'orphan' });
+    await expectEnvelope(res, 409, 'idempotency_in_progress');
+    // 30 s stale age, 12 s old, and the request's own wait (about 3 s) on top: 15 to 18 s left.
+    expect(Number(res.headers.get('Retry-After'))).toBeGreaterThanOrEqual(13);
+    expect(Number(res.headers.get('Retry-After'))).toBeLessThanOrEqual(18);
+    await orphaned(31_000);
+    expect((await post({ prompt: 'fig' }, { 'Idempotency-Key': 'orphan' })).status).toBe(202);
+  });
+
   it("a request naming no size gets the model's own input size; a width alone makes a square", async () => {
     const sized = (json: Record<string, unknown>) => post({ prompt: 'apple', ...json }).then(async (r) => ((await r.json()) as any).request);
     // The harness's model says input_size 224; a 64 px model gets 64 (below: models with other sizes).
