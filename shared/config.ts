@@ -108,7 +108,8 @@ const Common = {
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
   workerHourlyUsd: z
     .string()
-    .regex(/^\d{1,4}(\.\d{1,9})?$/, 'must be a decimal number of dollars in [0, 1000], such as 2.5')
+    // Any number of decimals (AWS's own price lists write 1.0060000000; a computed price has 17).
+    .regex(/^(\d{1,4}(\.\d*)?|\.\d+)$/, 'must be a decimal number of dollars in [0, 1000], such as 2.5')
     .transform(Number)
     .refine((n) => n <= 1000, 'must be a decimal number of dollars in [0, 1000], such as 2.5')
     .optional(),

@@ -1,6 +1,5 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import { NotFoundError } from '../../shared/errors.ts';
-import { ModelName } from '../../shared/schemas/generation.ts';
 import { Health, ModelInfo, ModelList } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, pick } from './common.ts';
@@ -23,7 +22,8 @@ const getModel = createRoute({
   path: '/v1/models/{id}',
   summary: 'One deployed model, as the list shows it',
   security: SECURITY,
-  request: { params: z.object({ id: ModelName.openapi({ param: { name: 'id', in: 'path' }, description: 'A model name, as `GET /v1/models` lists it (`toy`)' }) }) },
+  // Any name: one the deployment does not serve is a 404, whatever its form (`Toy` too).
+  request: { params: z.object({ id: z.string().min(1).max(200).openapi({ param: { name: 'id', in: 'path' }, description: 'A model name, as `GET /v1/models` lists it (`toy`)' }) }) },
   responses: { 200: { description: 'The model', content: { 'application/json': { schema: ModelInfo } } }, ...pick(400, 401, 404, 503) },
 });
 

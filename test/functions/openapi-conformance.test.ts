@@ -91,7 +91,10 @@ describe('responses conform to /openapi.json', () => {
     const missing = await call('/v1/models/nosuch');
     check('/v1/models/{id}', 'get', 404, missing.body);
     expect(missing).toMatchObject({ status: 404, body: { error: { code: "not_found", param: "id" } } });
-    check('/v1/models/{id}', 'get', 400, (await call('/v1/models/Not%20A%20Name')).body);
+    // Any name the deployment does not serve is a 404, whatever its form.
+    const upper = await call('/v1/models/Toy');
+    check('/v1/models/{id}', 'get', 404, upper.body);
+    expect(upper.status).toBe(404);
     await recordUsage(h.blobs, 'acct_alice', 'job-oa', new Date(), { images: 2, workerSeconds: 3.5, encoderPasses: 10 });
     const usage = await call('/v1/usage');
     expect((usage.body as any).total.cost_usd).toBeGreaterThan(0);

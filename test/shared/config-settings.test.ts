@@ -28,7 +28,11 @@ describe('numbers in settings', () => {
   it('a price is decimal dollars', () => {
     expect(parseConfig({ CLIPAG_WORKER_HOURLY_USD: '2.5' }).workerHourlyUsd).toBe(2.5);
     expect(parseConfig({ CLIPAG_WORKER_HOURLY_USD: '0' }).workerHourlyUsd).toBe(0);
-    for (const bad of ['0x1', '1e2', '-1', '1000.5', '$2']) {
+    // Any number of decimals: AWS's price lists write 1.0060000000; a computed price has 17.
+    for (const [given, read] of [['1.0060000000', 1.006], [String(0.1 + 0.2), 0.1 + 0.2], ['.5', 0.5], ['2.', 2]] as const) {
+      expect(parseConfig({ CLIPAG_WORKER_HOURLY_USD: given }).workerHourlyUsd, given).toBe(read);
+    }
+    for (const bad of ['0x1', '1e2', '-1', '1000.5', '$2', '.', '1.2.3']) {
       expect(() => parseConfig({ CLIPAG_WORKER_HOURLY_USD: bad }), bad).toThrow(`CLIPAG_WORKER_HOURLY_USD: must be a decimal number of dollars in [0, 1000], such as 2.5 (got "${bad}")`);
     }
   });

@@ -206,9 +206,10 @@ async function create(path: string, content: string): Promise<OwnFile | null> {
         await handle.close().catch(() => undefined);
         await unlink(staged).catch(() => undefined);
         if (code === 'EEXIST') return null;
-        // A file system without hard links (FAT, exFAT, some network mounts): created in place, as before.
-        if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return createInPlace(path, content);
-        throw error;
+        // Any other refusal: most likely a file system without hard links (FAT or exFAT, which Windows
+        // reports as EISDIR, others as EPERM or ENOTSUP; some network mounts), where the lock is created
+        // in place, as before; a real fault (EACCES, ENOSPC) fails there too, with its own error.
+        return createInPlace(path, content);
       }
       // The descriptor stays open on the one inode `path` now names (see OwnFile).
       await unlink(staged).catch(() => undefined);
