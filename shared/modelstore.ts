@@ -32,7 +32,7 @@ import { z } from 'zod';
 import { ClipagError, PreconditionFailedError } from './errors.ts';
 import { assertValidKey, isPlainRelativePath } from './keys.ts';
 import type { BlobStore } from './ports.ts';
-import { deleteKeys, deletePrefix } from './prefix.ts';
+import { deleteKeys, deletePrefix, listKeys } from './prefix.ts';
 import { MODEL_NAME_PATTERN } from './schemas/common.ts';
 import { decodeUtf8Strictly } from './utf8.ts';
 
@@ -393,9 +393,11 @@ export class ModelStore {
     const names: string[] = [];
     let cursor: string | undefined;
     do {
-      const page = await this.blobs.list(MODEL_STORE_PREFIX, cursor === undefined ? {} : { cursor });
-      for (const item of page.items) {
-        const m = /^models\/([^/]+)\/bundle\.json$/.exec(item.key);
+      // Keys only: the local store's list hashes every object it returns, every pushed weight file included
+      // (about 1 s per 300 MB on the first GET /v1/models after a start).
+      const page = await listKeys(this.blobs, MODEL_STORE_PREFIX, cursor === undefined ? {} : { cursor });
+      for (const key of page.keys) {
+        const m = /^models\/([^/]+)\/bundle\.json$/.exec(key);
         if (m && MODEL_NAME_RE.test(m[1])) names.push(m[1]);
       }
       cursor = page.cursor;

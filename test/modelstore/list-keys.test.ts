@@ -1,0 +1,46 @@
+/**
+ * Listing the pushed models reads their indexes only: the local store's `list` opened and hashed every
+ * object it returned, every pushed weight file included (about 1 s per 300 MB on the first
+ * GET /v1/models after a start). Through `listKeys`, no weight file is opened.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { LocalBlobStore } from '../../shared/adapters/local/index.ts';
+import { ModelStore } from '../../shared/modelstore.ts';
+import type { BlobStore } from '../../shared/ports.ts';
+import { makeTinyBundle } from '../helpers/bundle.ts';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+const tmp = (name: string) => {
+  const d = mkdtempSync(join(tmpdir(), `clipag-${name}-`));
+  dirs.push(d);
+  return d;
+};
+
+describe('ModelStore.list', () => {
+  it('finds the indexes by key, opening no pushed file but the indexes', async () => {
+    const blobs = new LocalBlobStore({ rootDir: tmp('models-blobs'), signingSecret: 's'.repeat(32), publicBaseUrl: 'http://127.0.0.1:1' });
+    await new ModelStore(blobs).push(makeTinyBundle('quickgelu', { dir: join(tmp('tiny'), 'b'), manifest: { name: 'tiny-a' } }), 'tiny-a');
+    const read: string[] = [];
+    const calls: string[] = [];
+    const counting = new Proxy(blobs, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== 'function') return value;
+        return (...args: unknown[]) => {
+          calls.push(String(prop));
+          if (prop === 'get' || prop === 'head') read.push(String(args[0]));
+          return value.apply(target, args);
+        };
+      },
+    }) as BlobStore;
+    expect((await new ModelStore(counting).list()).map((m) => m.name)).toEqual(['tiny-a']);
+    expect(calls).not.toContain('list');
+    expect(read.every((key) => key.endsWith('/bundle.json'))).toBe(true);
+  });
+});
