@@ -10,6 +10,7 @@ import type { BlobStore, KeyPage, ListOptions, ListPage } from '../../shared/por
 import { listKeys } from '../../shared/prefix.ts';
 import { frameKey } from '../../shared/views.ts';
 import { harness, type Harness } from './helpers.ts';
+import { countingBlobs } from '../helpers/counting-blobs.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -17,25 +18,9 @@ beforeEach(async () => {
 });
 afterEach(() => h.close());
 
-/** The harness's store, counting its calls by method. */
-function counting(): { blobs: BlobStore; calls: Record<string, number> } {
-  const calls: Record<string, number> = {};
-  const blobs = new Proxy(h.blobs, {
-    get(target, prop) {
-      const value = Reflect.get(target, prop, target);
-      if (typeof value !== 'function') return value;
-      return (...args: unknown[]) => {
-        calls[String(prop)] = (calls[String(prop)] ?? 0) + 1;
-        return value.apply(target, args);
-      };
-    },
-  }) as BlobStore;
-  return { blobs, calls };
-}
-
 describe('key-only listings', () => {
   it('POST, GET frames and DELETE list keys without reading an object through list', async () => {
-    const { blobs, calls } = counting();
+    const { blobs, calls } = countingBlobs(h.blobs);
     const app = createApp({ ...h.deps, blobs, jobs: new BlobJobStore(blobs) });
     const auth = { Authorization: `Bearer ${h.alice}` };
     const created = await app.request('/v1/generations', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'a red circle', model: 'toy' }) });

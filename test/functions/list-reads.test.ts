@@ -7,10 +7,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
-import type { BlobStore } from '../../shared/ports.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { harness, type Harness } from './helpers.ts';
+import { countingBlobs } from '../helpers/counting-blobs.ts';
 
 let h: Harness;
 beforeEach(async () => {
@@ -20,17 +20,7 @@ afterEach(() => h.close());
 
 /** The app on a blob store that counts its calls by method. */
 function countingApp() {
-  const calls: Record<string, number> = {};
-  const blobs = new Proxy(h.blobs, {
-    get(target, prop) {
-      const value = Reflect.get(target, prop, target);
-      if (typeof value !== 'function') return value;
-      return (...args: unknown[]) => {
-        calls[String(prop)] = (calls[String(prop)] ?? 0) + 1;
-        return value.apply(target, args);
-      };
-    },
-  }) as BlobStore;
+  const { blobs, calls } = countingBlobs(h.blobs);
   const app = createApp({ ...h.deps, blobs, jobs: new BlobJobStore(blobs) });
   const get = async (query: string) => {
     for (const k of Object.keys(calls)) delete calls[k];
