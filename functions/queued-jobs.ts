@@ -19,6 +19,8 @@ export const RESEND_AFTER_MS = 5 * 60_000;
 
 /** A marker whose job record never appeared (its create failed) is dropped after this long. */
 export const ORPHAN_MARKER_AFTER_MS = 15 * 60_000;
+/** An `outputs` marker younger than this, of an ended job not deleted, may be a DELETE's in flight (see sweepOne). */
+export const FRESH_OUTPUTS_MARKER_MS = 60_000;
 
 /**
  * Past the queue's retention by this much, a job no message can reach is failed `expired`: the
@@ -407,7 +409,11 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, 
       // An attempt stored images, and whoever ended the job could not settle them (it died, or the
       // removal failed): those no record names go now, then the marker. A job still queued or
       // running keeps it (an attempt may be storing); a store error is counted below and retried.
-      if (await settleStoredOutputs(deps.blobs, job)) report.cleared++;
+      // A fresh marker of an ended job that is not deleted is left for a later sweep: a DELETE writes
+      // it before marking the record deleted, and clearing it in between would leave that DELETE,
+      // should it then die, without the marker that finishes its removal.
+      if (isTerminal(job.status) && job.deleted_at === undefined && deps.clock().getTime() - marker.lastModified.getTime() < FRESH_OUTPUTS_MARKER_MS) report.kept++;
+      else if (await settleStoredOutputs(deps.blobs, job)) report.cleared++;
       else report.kept++;
     } else await sweepWebhook(deps, job, clear, report);
   } catch (error) {

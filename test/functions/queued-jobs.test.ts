@@ -351,6 +351,29 @@ describe('a DELETE that dies between its record and its images (crash review, 20
     expect((await h.blobs.listKeys(`${PENDING_JOBS_PREFIX}outputs/`)).keys).toEqual([]);
   });
 
+  it('a sweep between the marker and the record leaves the fresh marker, so a DELETE that dies after it is still finished', async () => {
+    const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
+    const image = `${jobOutputsPrefix('acct_alice', id)}0.png`;
+    await h.blobs.put(image, new Uint8Array([1, 2, 3]), { contentType: 'image/png' });
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), outputs: [{ key: image, width: 64, height: 64 }] }));
+    // The DELETE's first step, then a sweep, then its record step; then it dies before removing anything.
+    await markPending(h.blobs, 'outputs', 'acct_alice', id);
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ errors: 0 });
+    expect((await h.blobs.listKeys(`${PENDING_JOBS_PREFIX}outputs/`)).keys).toEqual([pendingJobKey('outputs', 'acct_alice', id)]);
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, deleted_at: new Date().toISOString(), outputs: [] }));
+    expect(await sweepQueuedJobs(sweepDeps())).toMatchObject({ errors: 0 });
+    expect((await h.blobs.listKeys(jobOutputsPrefix('acct_alice', id))).keys).toEqual([]);
+    // A fresh marker of an ended job nobody deletes is settled once it is older than a minute.
+    const { id: other } = (await (await h.request('/v1/generations', { json: { prompt: 'pear' } })).json()) as { id: string };
+    await h.jobs.update('acct_alice', other, (cur) => ({ ...cur, status: 'canceled', attempts: 1, finished_at: new Date().toISOString() }));
+    await markPending(h.blobs, 'outputs', 'acct_alice', other);
+    await sweepQueuedJobs(sweepDeps());
+    expect((await h.blobs.listKeys(`${PENDING_JOBS_PREFIX}outputs/`)).keys).toEqual([pendingJobKey('outputs', 'acct_alice', other)]);
+    offsetMs = 61_000;
+    await sweepQueuedJobs(sweepDeps());
+    expect((await h.blobs.listKeys(`${PENDING_JOBS_PREFIX}outputs/`)).keys).toEqual([]);
+  });
+
   it('a DELETE refused (the job still runs) or of a job never started leaves no marker', async () => {
     const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
     expect((await h.request(`/v1/generations/${id}`, { method: 'DELETE' })).status).toBe(409);

@@ -8,7 +8,7 @@ import type { ModelRegistry } from '../../gpu-worker/models.ts';
 import type { WorkerEvent } from '../../gpu-worker/worker/worker.ts';
 import type { Synthesizer } from '../../gpu-worker/worker/synthesizer.ts';
 import { RetryableError } from '../../shared/errors.ts';
-import { sweepQueuedJobs } from '../../functions/queued-jobs.ts';
+import { FRESH_OUTPUTS_MARKER_MS, sweepQueuedJobs } from '../../functions/queued-jobs.ts';
 import { jobOutputsPrefix, pendingJobKey, removeOrphanedOutputs } from '../../shared/keys.ts';
 import { markPending, settleStoredOutputs } from '../../shared/pending.ts';
 import type { BlobStore, JobStore } from '../../shared/ports.ts';
@@ -81,9 +81,13 @@ async function earlierDeliveryDied(env: Env): Promise<void> {
   await env.queue.release(first!.receipt);
 }
 
-/** One queued-job sweep over `blobs` (no job here owes a webhook: a send would be a bug). */
+/**
+ * One queued-job sweep over `blobs` (no job here owes a webhook: a send would be a bug), on a clock past
+ * the age at which an ended job's fresh `outputs` marker is settled (FRESH_OUTPUTS_MARKER_MS): as the
+ * sweep every 5 minutes finds it.
+ */
 const sweepOnce = (env: Env, blobs: BlobStore = env.blobs) =>
-  sweepQueuedJobs({ blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date(), webhooks: { send: () => Promise.reject(new Error('no webhook is owed here')), signedUrlTtlSec: 600 } });
+  sweepQueuedJobs({ blobs, jobs: env.jobs, queue: env.queue, clock: () => new Date(Date.now() + FRESH_OUTPUTS_MARKER_MS + 1000), webhooks: { send: () => Promise.reject(new Error('no webhook is owed here')), signedUrlTtlSec: 600 } });
 
 /**
  * A run of two images whose first image write waits for `meanwhile` (another path acting on the job)
