@@ -106,8 +106,13 @@ describe('serve with an output retention', () => {
     const dataDir = join(root, 'kept-for-ever');
     const { stores, old } = await folderWithGenerations(dataDir);
     // A marker each sweep clears (settling an ended job's stored images, all of them named): once the
-    // second is gone, the first sweep, and whatever followed it, is over.
-    const marker = (n: string) => markPending(stores.blobs, 'outputs', 'local', n);
+    // second is gone, the first sweep, and whatever followed it, is over. Dated two minutes back: the
+    // sweep leaves an ended job's marker alone for its first minute (a DELETE's may be in flight).
+    const marker = async (n: string) => {
+      await markPending(stores.blobs, 'outputs', 'local', n);
+      const past = new Date(Date.now() - 120_000);
+      utimesSync(join(dataDir, 'blobs', 'objects', pendingJobKey('outputs', 'local', n)), past, past);
+    };
     await marker(old);
     const h = await serve(await env(dataDir), { recipeOverrides: FAST_RECIPE, sweepEveryMs: 100 });
     try {
