@@ -13,6 +13,7 @@ import { requestLog } from './middleware/request-log.ts';
 import { registerGenerationRoutes } from './routes/generations.ts';
 import { registerHealthRoutes, registerModelRoutes } from './routes/models.ts';
 import { registerUploadRoutes } from './routes/uploads.ts';
+import { registerSpendLimitRoutes } from './routes/spend-limit.ts';
 import { registerUsageRoutes } from './routes/usage.ts';
 import { registerWebhookSecretRoutes } from './routes/webhook-secret.ts';
 import { ErrorEnvelope } from '../shared/schemas/error.ts';
@@ -34,6 +35,7 @@ export const ROUTES = [
   { pattern: /^\/v1\/estimates$/, methods: ['POST'] },
   { pattern: /^\/v1\/usage$/, methods: ['GET'] },
   { pattern: /^\/v1\/webhook-secret$/, methods: ['GET', 'POST', 'DELETE'] },
+  { pattern: /^\/v1\/spend-limit$/, methods: ['GET', 'PUT', 'DELETE'] },
   { pattern: /^\/v1\/generations$/, methods: ['GET', 'POST'] },
   { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET', 'DELETE'] },
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
@@ -81,7 +83,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
             { name: 'generations', description: 'Text-to-image jobs: create, estimate, poll, list, cancel, delete, redeliver their webhook' },
             { name: 'uploads', description: 'Init images for image-to-image' },
             { name: 'models', description: 'The deployed models' },
-            { name: 'usage', description: "The caller's usage and cost" },
+            { name: 'usage', description: "The caller's usage and cost, and its monthly spend limit" },
             { name: 'webhooks', description: "The account's webhook signing secret" },
             { name: 'health', description: 'Liveness' },
           ],
@@ -155,6 +157,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('/v1/usage', singleQueryParams());
   app.use('/v1/uploads', requireJson());
   app.use('/v1/estimates', requireJson());
+  app.use('/v1/spend-limit', requireJson('PUT'));
   // Again innermost, next to the /v1 routes: there a non-Error's 500 is made where an Error's would
   // be, so the middleware above (the request's log line, no-store, the RateLimit fields) sees it too.
   app.use('/v1/*', nonErrorThrowsAsErrors({ outsideRequestLog: false }));
@@ -164,6 +167,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   registerGenerationRoutes(app, deps, { clock, ledger, log, ...(waitGate ? { waitGate } : {}) });
   registerUsageRoutes(app, deps, { clock });
   registerWebhookSecretRoutes(app, deps, { clock });
+  registerSpendLimitRoutes(app, deps, { clock });
   return app;
 }
 

@@ -4,6 +4,7 @@ import { SORTABLE_ID_PATTERN } from '../shared/names.ts';
 import { ModelName } from '../shared/schemas/generation.ts';
 import { JobError, JobStatus, JobUsage } from '../shared/schemas/job.ts';
 import { IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE } from './idempotency.ts';
+import { MAX_MONTHLY_USD } from '../shared/spend-limits.ts';
 
 /**
  * Response shapes of the public API. Requests use the shared schemas directly
@@ -234,6 +235,42 @@ export const UsageView = z
     hourly_usd: z.number().nullable().openapi({ description: "The deployment's hourly worker price today; null where it sets none" }),
   })
   .openapi('Usage');
+
+/** PUT /v1/spend-limit's body (ADR 0033). */
+export const SpendLimitBody = z
+  .object({
+    monthly_usd: z
+      .number()
+      .finite()
+      .nonnegative()
+      .max(MAX_MONTHLY_USD)
+      // Micro-dollars, as the usage figures keep them: a finer limit could never be told apart from its rounding.
+      .refine((n) => Math.abs(Math.round(n * 1e6) / 1e6 - n) <= 1e-9 * Math.max(1, n), { message: 'monthly_usd has at most 6 decimals (micro-dollars, as the usage figures)' })
+      .openapi({ example: 25, description: `The most this account spends a UTC month, in USD (0 to ${MAX_MONTHLY_USD}; 0 refuses every new generation)` }),
+  })
+  .strict()
+  .openapi('SpendLimitRequest');
+
+export const SpendLimitView = z
+  .object({
+    object: z.literal('spend_limit'),
+    monthly_usd: z.number().nullable().openapi({ description: 'The limit; null: none is set' }),
+    updated_at: Timestamp.nullable().openapi({ description: 'When it was last set; null without one' }),
+    month: z.string().openapi({ example: '2026-12', description: 'The UTC month the figures are of (the current one)' }),
+    spent_usd: z.number().nullable().openapi({ description: "This month's cost so far, as GET /v1/usage totals it (generations that ended; queued and running ones are not in it yet); null where the deployment sets no price" }),
+    remaining_usd: z.number().nullable().openapi({ description: 'What is left of the limit (never below 0); null without a limit or a cost' }),
+    reached: z.boolean().openapi({ description: 'Whether new generations are refused now (402 spend_limit_reached): spent_usd has reached monthly_usd. Generations already queued or running still run, so the month can end above the limit by their cost' }),
+    resets_at: Timestamp.nullable().openapi({ description: 'When a reached limit stops refusing: the start of the next UTC month; null when not reached' }),
+    hourly_usd: z.number().nullable().openapi({ description: "The deployment's hourly worker price today; null where it sets none: then no cost is known and the limit refuses nothing" }),
+  })
+  .openapi('SpendLimit');
+
+export const SpendLimitDeleted = z
+  .object({
+    object: z.literal('spend_limit'),
+    deleted: z.boolean().openapi({ description: 'Whether there was a limit to remove (false: there was none; nothing changed)' }),
+  })
+  .openapi('SpendLimitDeleted');
 
 /** A replaced account webhook secret that still signs (ADR 0028): when it was made and when it stops. Never the secret. */
 const WebhookSecretPrevious = z

@@ -79,6 +79,18 @@ export class PayloadTooLargeError extends ClipagError {
   }
 }
 
+/**
+ * The account has spent what it allowed itself this month (402, ADR 0033): retrying does not help
+ * until the limit is raised or removed, or the next UTC month begins.
+ */
+export class SpendLimitReachedError extends ClipagError {
+  readonly status = 402;
+  readonly retryable = false;
+  constructor(message: string, options: ClipagErrorOptions = {}) {
+    super('spend_limit_reached', message, options);
+  }
+}
+
 /** The caller is at a limit of its own (429): it may try again after `retryAfterSec`. */
 export class TooManyRequestsError extends ClipagError {
   readonly status = 429;

@@ -163,6 +163,17 @@ export function webhookSecretKey(owner: string): string {
   return `${WEBHOOK_SECRETS_PREFIX}${owner}.json`;
 }
 
+/**
+ * Where one owner's monthly spend limit lives (ADR 0033): written by the API (PUT and DELETE
+ * /v1/spend-limit), read by it before each new generation.
+ */
+export const SPEND_LIMITS_PREFIX = 'spend-limits/';
+
+export function spendLimitKey(owner: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError(`not an owner id: ${JSON.stringify(owner)}`, 'owner');
+  return `${SPEND_LIMITS_PREFIX}${owner}.json`;
+}
+
 /** A UTC month, `YYYY-MM`. */
 export const MONTH_PATTERN = /^\d{4}-(0[1-9]|1[0-2])$/;
 

@@ -121,6 +121,7 @@ export class ApiStack extends Stack {
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.stats, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.usage, ['read']);
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.spendLimits, ['read', 'write', 'delete']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.config, ['read']);
     // POST, GET and DELETE /v1/webhook-secret (ADR 0028).
     grantWebhookSecrets(this.handler, bucket, 'manage');

@@ -4,6 +4,7 @@
  */
 
 import { parseConfig } from '../../shared/config.ts';
+import { SPEND_LIMITS_PREFIX } from '../../shared/keys.ts';
 import { closestName } from '../../shared/did-you-mean.ts';
 import { ConfigError } from '../../shared/errors.ts';
 import { MODEL_NAME_PATTERN } from '../../shared/names.ts';
@@ -402,6 +403,8 @@ export const BUCKET_PREFIXES = {
   stats: 'stats/',
   /** Each owner's usage per day, one document per month, for GET /v1/usage (shared/usage.ts). */
   usage: 'usage/',
+  /** Each owner's monthly spend limit, set through /v1/spend-limit and read by every POST /v1/generations (shared/spend-limits.ts). */
+  spendLimits: SPEND_LIMITS_PREFIX,
   /** Operator documents the API and the worker read: the content policy (shared/prompt-policy.ts). */
   config: 'config/',
 } as const;

@@ -26,12 +26,13 @@ const UTF8 = new TextDecoder('utf-8', { fatal: true });
 const JSON_CONTENT_TYPE = /^application\/(?:[a-z.-]+\+)?json(?:;\s*[a-zA-Z0-9-]+=[^;]+)*$/i;
 
 /**
- * POST bodies must be JSON: 415 envelope otherwise (also when the header is missing). Only POST: the
- * JSON paths take no other body, so a PUT or PATCH there is the router's 405, whatever it carries.
+ * Bodies of `method` (POST by default; PUT on /v1/spend-limit) must be JSON: 415 envelope otherwise
+ * (also when the header is missing). Only the method that takes a body on the path: any other one
+ * there is the router's 405, whatever it carries.
  */
-export function requireJson(): MiddlewareHandler<AppEnv> {
+export function requireJson(method: 'POST' | 'PUT' = 'POST'): MiddlewareHandler<AppEnv> {
   return async function requireJsonMiddleware(c, next) {
-    if (c.req.method === 'POST') {
+    if (c.req.method === method) {
       const contentType = c.req.header('Content-Type') ?? '';
       if (!JSON_CONTENT_TYPE.test(contentType)) {
         // Said with what came: "application/json ; charset=utf-8" and "application/json;" look right and are not read as JSON here.

@@ -33,6 +33,7 @@ export const uploadsTooMany = {
 export const errors = {
   400: envelope(describeErrorCodes('validation_error', 'invalid_json')),
   401: envelope(describeErrorCodes('unauthorized')),
+  402: envelope(describeErrorCodes('spend_limit_reached')),
   404: envelope(describeErrorCodes('not_found')),
   409: envelope(describeErrorCodes('corrupt_record')),
   413: envelope(describeErrorCodes('payload_too_large')),

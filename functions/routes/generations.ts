@@ -1,6 +1,6 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
+import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, SpendLimitReachedError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { checkPngFile } from '../../shared/png-check.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
@@ -17,6 +17,7 @@ import { listFilter } from '../list-filter.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
+import { nextMonthStart, readSpendLimit, spentThisMonthUsd } from '../../shared/spend-limits.ts';
 import type { JobMutation } from '../../shared/ports.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
@@ -96,7 +97,7 @@ const createGeneration = createRoute({
       },
       content: { 'application/json': { schema: GenerationView } },
     },
-    ...pick(400, 401, 413, 415, 429, 503),
+    ...pick(400, 401, 402, 413, 415, 429, 503),
     400: promptBadRequest,
     409: {
       ...conflict('idempotency_key_reused', 'idempotency_in_progress'),
@@ -374,6 +375,22 @@ export function registerGenerationRoutes(
     return Number.isFinite(soonest) ? Math.min(RETRY_AFTER_MAX_SEC, Math.max(1, Math.ceil(soonest))) : RETRY_AFTER_QUEUED_SEC;
   }
 
+  /**
+   * The owner's monthly spend limit (ADR 0033): refused once this month's cost, as GET /v1/usage
+   * totals it, has reached it. Nothing to compare where no cost is known (no price), and an owner
+   * without a limit costs one read of a document that is not there. A limit or a month that does not
+   * read is a 409 corrupt_record (the limit is never taken for none, the month never for zero).
+   */
+  async function checkSpendLimit(owner: string, now: Date): Promise<void> {
+    const limit = await readSpendLimit(blobs, owner);
+    if (limit === null) return;
+    const spent = await spentThisMonthUsd(blobs, owner, now, limits.workerHourlyUsd);
+    if (spent === null || spent < limit.monthly_usd) return;
+    throw new SpendLimitReachedError(
+      `this month's cost, $${spent}, has reached the account's monthly spend limit of $${limit.monthly_usd}: new generations are refused until ${nextMonthStart(now)} (the next UTC month), unless the limit is raised or removed (PUT or DELETE /v1/spend-limit)`,
+    );
+  }
+
   /** The place `takeActivePlace` took for a job this request will not make (best effort, as every marker removal). */
   const givePlaceBack = (owner: string, jobId: string) => clearPending(blobs, 'active', owner, jobId);
 
@@ -649,16 +666,17 @@ export function registerGenerationRoutes(
       let contentFlags: ContentFlag[];
       for (let pass = 0; ; pass++) {
         try {
-          // The three are independent (the models and the upload; the prompt policy; the owner's active
-          // markers), so they run at once: a POST waits on the slowest, not on their sum. Each is waited
-          // for, and the first failure in the order they ran in one after another (the spec, the prompts,
-          // the limit) is the answer, as then. The only write is this request's place among the active
+          // The four are independent (the models and the upload; the prompt policy; the owner's spend
+          // limit and month; the owner's active markers), so they run at once: a POST waits on the
+          // slowest, not on their sum. Each is waited for, and the first failure in the order they ran in
+          // one after another (the spec, the prompts, the spend limit, the active limit) is the answer. The only write is this request's place among the active
           // jobs, given back when any check fails; the other markers, the claim and the create all come
           // after (ADR 0012, 0016).
-          const [checked, screened, limit] = await Promise.allSettled([checkedSpec(owner, request), screenedPrompts(owner, request), takeActivePlace(owner, jobId)]);
-          if (limit.status === 'fulfilled' && (checked.status === 'rejected' || screened.status === 'rejected')) await givePlaceBack(owner, jobId);
+          const [checked, screened, spend, limit] = await Promise.allSettled([checkedSpec(owner, request), screenedPrompts(owner, request), checkSpendLimit(owner, now), takeActivePlace(owner, jobId)]);
+          if (limit.status === 'fulfilled' && (checked.status === 'rejected' || screened.status === 'rejected' || spend.status === 'rejected')) await givePlaceBack(owner, jobId);
           if (checked.status === 'rejected') throw checked.reason;
           if (screened.status === 'rejected') throw screened.reason;
+          if (spend.status === 'rejected') throw spend.reason;
           if (limit.status === 'rejected') throw limit.reason;
           spec = checked.value;
           contentFlags = screened.value;

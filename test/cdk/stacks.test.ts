@@ -814,7 +814,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     return out.sort();
   }
 
-  it('gives the Lambda exactly its prefixes: no deletes but of its pending markers and of outputs (DELETE /v1/generations/{id}), no writes to keys/ or outputs/', () => {
+  it('gives the Lambda exactly its prefixes: no deletes but of its pending markers, of outputs (DELETE /v1/generations/{id}) and of the account-set settings (webhook secret, spend limit), no writes to keys/ or outputs/', () => {
     expect(s3Grants(api, 'HandlerServiceRoleDefaultPolicy')).toEqual(
       [
         's3:GetObject jobs/*',
@@ -829,6 +829,9 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:GetObject models/*',
         's3:GetObject stats/*',
         's3:GetObject usage/*',
+        's3:GetObject spend-limits/*',
+        's3:PutObject spend-limits/*',
+        's3:DeleteObject spend-limits/*',
         's3:GetObject config/*',
         's3:GetObject webhook-secrets/*',
         's3:PutObject webhook-secrets/*',
