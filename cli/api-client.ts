@@ -39,7 +39,7 @@ import { z } from '@hono/zod-openapi';
 import type { ErrorEnvelope } from '../shared/schemas/error.ts';
 import type { GenerationRequest } from '../shared/schemas/generation.ts';
 import { JOB_STATUSES } from '../shared/schemas/job.ts';
-import { UploadView, WebhookSecretCreated, WebhookSecretDeleted, WebhookSecretStatus, type UploadRequest } from '../functions/schemas.ts';
+import { SpendLimitDeleted, SpendLimitView, UploadView, WebhookSecretCreated, WebhookSecretDeleted, WebhookSecretStatus, type UploadRequest } from '../functions/schemas.ts';
 
 /**
  * A generation as this client reads it: the fields `clipag remote` uses, checked as far as it uses them.
@@ -88,6 +88,7 @@ export type Upload = z.output<typeof UploadView>;
 type UploadBody = z.input<typeof UploadRequest>;
 export type WebhookSecret = z.output<typeof WebhookSecretCreated>;
 export type WebhookSecretState = z.output<typeof WebhookSecretStatus>;
+export type SpendLimit = z.output<typeof SpendLimitView>;
 type Envelope = ErrorEnvelope['error'];
 
 /** Back-off tries (network errors, the gateway's own answers) before giving up. */
@@ -124,6 +125,8 @@ const NOT_A: Readonly<Record<string, string>> = {
   'a webhook secret': 'not_a_webhook_secret',
   'a webhook secret status': 'not_a_webhook_secret',
   'a webhook secret deletion': 'not_a_webhook_secret',
+  'a spend limit': 'not_a_spend_limit',
+  'a spend limit deletion': 'not_a_spend_limit',
 };
 
 /** Said of a request that stopped without its answer: could an attempt have reached the server, its answer lost? */
@@ -467,13 +470,28 @@ export class ClipagClient {
     return (await this.#api<z.output<typeof WebhookSecretDeleted>>('DELETE', 'v1/webhook-secret', WebhookSecretDeleted, 'a webhook secret deletion', o)).json;
   }
 
+  /** GET /v1/spend-limit: the account's monthly limit (null: none) with this month's cost (ADR 0033). */
+  async spendLimit(o: CallOptions): Promise<SpendLimit> {
+    return (await this.#api<SpendLimit>('GET', 'v1/spend-limit', SpendLimitView, 'a spend limit', o)).json;
+  }
+
+  /** PUT /v1/spend-limit: sets it (a PUT: the same again after a lost answer sets the same). */
+  async setSpendLimit(monthlyUsd: number, o: CallOptions): Promise<SpendLimit> {
+    return (await this.#api<SpendLimit>('PUT', 'v1/spend-limit', SpendLimitView, 'a spend limit', { ...o, body: { monthly_usd: monthlyUsd } })).json;
+  }
+
+  /** DELETE /v1/spend-limit (idempotent: `deleted` false when there was none). */
+  async deleteSpendLimit(o: CallOptions): Promise<z.output<typeof SpendLimitDeleted>> {
+    return (await this.#api<z.output<typeof SpendLimitDeleted>>('DELETE', 'v1/spend-limit', SpendLimitDeleted, 'a spend limit deletion', o)).json;
+  }
+
   /** A signed URL's bytes (an output image), retried as the API is; no key sent. */
   async download(url: string, o: CallOptions): Promise<Uint8Array> {
     return (await this.#send({ method: 'GET', url, what: `GET ${shownUrl(url)}`, headers: {}, api: false, attemptMs: TRANSFER_ATTEMPT_MS, deadline: o.deadline })).bytes;
   }
 
   async #api<T>(
-    method: 'GET' | 'POST' | 'DELETE',
+    method: 'GET' | 'POST' | 'PUT' | 'DELETE',
     path: string,
     schema: Checks,
     kind: string,

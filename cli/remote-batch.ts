@@ -462,6 +462,8 @@ async function initUpload(ctx: RunContext, line: Line, st: LineState): Promise<s
  */
 function fatalOf(e: unknown, s: Session): Stop | undefined {
   if (e instanceof ApiError && e.status === 401) return { kind: 'fatal', usage: false, message: `the API refused the key from ${s.conn.keySource} (401 ${e.code}: ${e.detail}); check the key: --key, CLIPAG_API_KEY, or for a local server the key file npm start writes` };
+  // Every line after it would be refused the same: the lines not begun stay so, for a rerun once the limit is raised.
+  if (e instanceof ApiError && e.status === 402) return { kind: 'fatal', usage: false, message: `the account's monthly spend limit is reached (402 ${e.code}: ${e.detail}); raise it (clipag remote spend-limit set USD) and run the same command again: the lines not begun are made then` };
   if (isUnknownRoute(e)) return { kind: 'fatal', usage: false, message: `${e.message}; is ${s.conn.urlSource} ${shownUrl(s.conn.url)} the API's base address (with its stage path, without /v1)?` };
   if (e instanceof CannotSend && e.api) return { kind: 'fatal', usage: true, message: `${s.conn.urlSource} ${shownUrl(s.conn.url)}: ${e.message}` };
   if (e instanceof GaveUp && (e.refused || e.noHost)) return { kind: 'fatal', usage: false, message: `${e.message} (${e.refused ? `connection refused: is the API running at ${shownUrl(s.conn.url)}?` : `no such host: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right?`})` };

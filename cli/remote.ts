@@ -18,7 +18,7 @@ import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
 
-export const summary = "use a clipag API (deployed or local): generate, get, cancel, list, redeliver a webhook, or run a batch file, and the account's webhook secret, honouring Retry-After";
+export const summary = "use a clipag API (deployed or local): generate, get, cancel, list, redeliver a webhook, or run a batch file, and the account's webhook secret and spend limit, honouring Retry-After";
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
 const SYNOPSIS = {
   generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
@@ -27,6 +27,7 @@ const SYNOPSIS = {
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
   batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
   'webhook-secret': 'clipag remote webhook-secret create|show|delete [--idempotency-key K] [--timeout SEC] [--json]',
+  'spend-limit': 'clipag remote spend-limit show|set USD|delete [--timeout SEC] [--json]',
   redeliver: 'clipag remote redeliver ID [--timeout SEC] [--json]',
   list: `clipag remote list [--status S] [--webhook-status S] [--metadata K=V]... [--since T] [--until T]
            [--limit N | --all] [--cursor C] [--timeout SEC] [--json]`,
@@ -39,6 +40,7 @@ export const usage = `usage: ${SYNOPSIS.generate}
        ${SYNOPSIS.cancel}
        ${SYNOPSIS.batch}
        ${SYNOPSIS['webhook-secret']}
+       ${SYNOPSIS['spend-limit']}
        ${SYNOPSIS.redeliver}
        ${SYNOPSIS.list}
        each also takes [--url URL] [--key KEY]
@@ -70,12 +72,16 @@ webhook-secret create: make the account's webhook signing secret, or rotate it (
 webhook-secret show: whether the account has one, since when, and until when the replaced ones still
   sign (never a secret). webhook-secret delete: delete it and the replaced ones, at once; events are
   then signed with each generation's own secret alone (ADR 0028).
+spend-limit show: the account's monthly spend limit, this UTC month's cost and whether new generations
+  are refused. spend-limit set USD: set it (0 refuses every new generation); once the month's cost
+  reaches it, a new generation is refused 402 spend_limit_reached until it is raised or removed, or the
+  next month (ADR 0033). spend-limit delete: remove it.
 
   --timeout SEC       the whole command's bound: every request, hold, retry wait and download
-                      (default 600, cancel and webhook-secret 60; 0: read it once as it stands); the generation goes on
+                      (default 600, cancel, webhook-secret and spend-limit 60; 0: read it once as it stands); the generation goes on
                       after it: clipag remote get ID
   --cancel-on-interrupt   Ctrl-C cancels the generation (default: it goes on; how to pick it up is printed)
-  --json              print the generation (the API's view; webhook-secret: the API's answer) on stdout
+  --json              print the generation (the API's view; webhook-secret, spend-limit: the API's answer) on stdout
   --url URL           the API (default $CLIPAG_API_URL, else http://127.0.0.1:8787, what npm start serves);
                       no user name or password in it
   --key KEY           an API key (default $CLIPAG_API_KEY, else, for a --url on this machine: localhost,
@@ -223,6 +229,7 @@ export async function remote(argv: string[], io: RemoteIo): Promise<number> {
     if (action === 'get') return await get(rest, io);
     if (action === 'cancel') return await cancel(rest, io);
     if (action === 'webhook-secret') return await (await import('./remote-webhook-secret.ts')).webhookSecret(rest, io);
+    if (action === 'spend-limit') return await (await import('./remote-spend-limit.ts')).spendLimit(rest, io);
     if (action === 'list') return await (await import('./remote-list.ts')).list(rest, io);
     if (action === 'redeliver') return await redeliver(rest, io);
     // Loaded when used: the batch runner builds on this module's pieces.

@@ -856,8 +856,8 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not eve
     ['an --init file that is not a PNG', ['generate', 'a red circle', '--init', join(dir, 'notes.txt')], {}, /--init .*notes\.txt is not a PNG/],
     ['--steps out of range', ['generate', 'a red circle', '--steps', '0'], {}, /--steps must be an integer in \[1, 500\], got "0"/],
     ['a bad --timeout', ['get', 'abc', '--timeout', 'soon'], {}, /--timeout must be a number of seconds/],
-    ['an unknown action', ['lsit'], {}, /unknown action "lsit" \(known: generate, get, cancel, batch, webhook-secret, redeliver, list\)/],
-    ['no action', [], {}, /give an action: generate, get, cancel, batch, webhook-secret, redeliver or list/],
+    ['an unknown action', ['lsit'], {}, /unknown action "lsit" \(known: generate, get, cancel, batch, webhook-secret, spend-limit, redeliver, list\)/],
+    ['no action', [], {}, /give an action: generate, get, cancel, batch, webhook-secret, spend-limit, redeliver or list/],
     ['an unknown flag', ['cancel', 'abc', '--force'], {}, /unknown option --force/],
     ['a misspelt flag is named with the real one', ['generate', 'a red circle', '--stepz', '5'], {}, /unknown option --stepz \(did you mean --steps\?\)/],
     ['batch --parallel 0', ['batch', join(dir, 'unused.jsonl'), '--parallel', '0'], {}, /--parallel must be an integer in \[1, 16\], got "0"/],
@@ -871,14 +871,14 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not eve
       expect(res.stderr).toMatch(message);
       // The action's synopsis (all five for no action or an unknown one), then where the rest is: not
       // the whole usage, whose 90-odd lines would scroll the message away.
-      const action = ['generate', 'get', 'cancel', 'batch', 'webhook-secret', 'redeliver', 'list'].includes(argv[0] ?? '') ? argv[0]! : undefined;
-      const synopses = { generate: 'usage: clipag remote generate "PROMPT" [--negative T]', get: 'clipag remote get ID [-o out.png]', cancel: 'clipag remote cancel ID [--timeout SEC]', batch: 'clipag remote batch FILE.jsonl [-d DIR]', 'webhook-secret': 'clipag remote webhook-secret create|show|delete', redeliver: 'clipag remote redeliver ID', list: 'clipag remote list [--status S]' };
+      const action = ['generate', 'get', 'cancel', 'batch', 'webhook-secret', 'spend-limit', 'redeliver', 'list'].includes(argv[0] ?? '') ? argv[0]! : undefined;
+      const synopses = { generate: 'usage: clipag remote generate "PROMPT" [--negative T]', get: 'clipag remote get ID [-o out.png]', cancel: 'clipag remote cancel ID [--timeout SEC]', batch: 'clipag remote batch FILE.jsonl [-d DIR]', 'webhook-secret': 'clipag remote webhook-secret create|show|delete', 'spend-limit': 'clipag remote spend-limit show|set USD|delete', redeliver: 'clipag remote redeliver ID', list: 'clipag remote list [--status S]' };
       for (const [a, synopsis] of Object.entries(synopses)) {
         if (action === undefined || a === action) expect(res.stderr).toContain(action === undefined ? synopsis.replace(/^usage: /, '') : synopsis.replace(/^(usage: )?/, 'usage: '));
         else expect(res.stderr).not.toContain(synopsis.replace(/^usage: /, ''));
       }
       expect(res.stderr).not.toContain('Retries:');
-      expect(res.stderr.trimEnd().split('\n').length).toBeLessThanOrEqual(11);
+      expect(res.stderr.trimEnd().split('\n').length).toBeLessThanOrEqual(12);
       expect(res.stderr.trimEnd().split('\n').at(-1)).toBe('(clipag remote --help shows the usage)');
       expect(r.seen).toEqual([]);
     });
