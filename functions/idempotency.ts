@@ -47,6 +47,12 @@ const IdempotencyRecord = z
     created_at: z.string().refine((s) => Number.isFinite(Date.parse(s)), 'must be a time'),
   })
   .loose();
+/**
+ * What a claim holds in place of its body's hash once its generation is deleted (ADR 0021): an unsalted
+ * sha256 of a small body lets anyone who reads the store test guesses of the deleted prompt. A version
+ * before it reads the claim as one of another body (a retry with the key is a 409 there).
+ */
+export const DELETED_BODY_HASH = 'deleted';
 /** The `v` this version writes; a higher one was written by a newer version. */
 const CLAIM_VERSION = 2;
 /** A claim of a newer version than this one: all that is known of it where its fields do not read as this version's. */
@@ -67,6 +73,9 @@ const HASHED_AS_SENT_SINCE_MS = Date.parse('2026-12-05T18:01:00Z');
  * may hash the same body otherwise); neither a replay nor a reuse is certain.
  */
 function sameBody(existing: IdempotencyRecord, args: { bodyHash: string; sameBodyHashes?: readonly string[] }): boolean | undefined {
+  // Its generation was deleted: the hash would confirm a guess of the deleted prompt, so it went too,
+  // and any body with the key is answered that (deleted) generation.
+  if (existing.body_hash === DELETED_BODY_HASH) return true;
   if (existing.body_hash === args.bodyHash) return true;
   if (existing.v > CLAIM_VERSION) return undefined;
   // When the claim was made (a released claim's created_at is set to 1970 to mark it stale, which
@@ -200,6 +209,26 @@ export class IdempotencyLedger {
         return true;
       } catch (error) {
         // Someone wrote in between (a takeover, or our own re-write whose reply was lost): read again.
+        if (!(error instanceof PreconditionFailedError) || attempt >= 5) throw error;
+      }
+    }
+  }
+
+  /**
+   * Replaces the body hash of the claim that made `jobId` with DELETED_BODY_HASH, for a DELETE of that
+   * generation. A claim another job has since taken over (or none) is left alone. Conditional on what
+   * was read; a few lost races are read again.
+   */
+  async forgetBody(args: { owner: string; key: string; jobId: string }): Promise<void> {
+    const blobKey = idempotencyRecordKey(args.owner, args.key);
+    for (let attempt = 0; ; attempt++) {
+      const read = await this.readClaim(blobKey);
+      const claim = read?.claim;
+      if (!read || !claim || claim.job_id !== args.jobId || claim.body_hash === DELETED_BODY_HASH) return;
+      try {
+        await this.blobs.replaceIfMatch(blobKey, Buffer.from(JSON.stringify({ ...claim, body_hash: DELETED_BODY_HASH })), read.etag, { contentType: 'application/json' });
+        return;
+      } catch (error) {
         if (!(error instanceof PreconditionFailedError) || attempt >= 5) throw error;
       }
     }

@@ -188,7 +188,7 @@ const deleteGeneration = generationRoute(
     operationId: 'deleteGeneration',
     summary: "Delete a finished generation's images and frames, and blank its prompts and labels (idempotent)",
     description:
-      'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`. 409 job_not_finished while it is queued or running.',
+      'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`; the Idempotency-Key and the hash of the body are dropped from it (a retry with the key still answers this generation, whatever its body). Not removed: an init image it used (an upload of its own, removed by the deployment's upload retention). Where the deployment keeps earlier versions of stored objects (AWS prod: versioning), they expire 30 days later (images 1 day): the removal is complete then. 409 job_not_finished while it is queued or running.',
     ok: 'The generation as it now stands',
     conflicts: ['job_not_finished'],
   },
@@ -909,6 +909,10 @@ export function registerGenerationRoutes(
     // running is refused below, and its attempt keeps its own marker.
     const before = await jobs.get(owner, id);
     if (before && isTerminal(before.status) && before.attempts > 0 && before.deleted_at === undefined) await markPending(blobs, 'outputs', owner, id);
+    // The Idempotency-Key's claim keeps a hash of the body, which would confirm a guess of the deleted
+    // prompt: it goes before the record, which names the key (a retry of the DELETE, the record already
+    // blanked, could no longer find the claim).
+    if (before && isTerminal(before.status) && before.idempotency_key !== null) await ctx.ledger.forgetBody({ owner, key: before.idempotency_key, jobId: id });
     // Then the record: once it says deleted, no view links an image, and a retry after a failed
     // delete of the objects below finishes the job.
     const job = await callerUpdate(owner, id, 'delete', (cur) => {
