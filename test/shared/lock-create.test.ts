@@ -4,11 +4,11 @@
  * writer of the key waited out its staleness (crash review, 2026-12-07: 5 of 72 kills; the first POST
  * after the restart took 6.6 s instead of 0.5 s).
  */
-import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { withDirLock } from '../../shared/adapters/local/lock.ts';
+import { ABANDONED_STAGED_MS, withDirLock } from '../../shared/adapters/local/lock.ts';
 
 let dir: string | undefined;
 afterEach(async () => {
@@ -39,6 +39,22 @@ describe('withDirLock creating its lock', () => {
     expect(performance.now() - t0).toBeLessThan(1_000);
     // Released: only the stalled creator's staged file is left, which no lock reads.
     expect((await readdir(join(dir, 'locks'))).filter((name) => !name.startsWith('k.new-'))).toEqual([]);
+  });
+
+  it("the first lock in a folder removes the staged files killed processes left there, not a live create's", async () => {
+    dir = await mkdtemp(join(tmpdir(), 'clipag-lock-'));
+    const locks = join(dir, 'locks');
+    await mkdir(locks);
+    const old = new Date(Date.now() - ABANDONED_STAGED_MS - 5_000);
+    for (const name of ['k.new-4242-0123456789ab', 'other.new-7-abcdefabcdef']) {
+      await writeFile(join(locks, name), '{"token":"t","pid":4242}');
+      await utimes(join(locks, name), old, old);
+    }
+    await writeFile(join(locks, 'k.new-99-fedcba987654'), ''); // another process's create, this instant
+    await writeFile(join(locks, 'notes.new-x'), ''); // not a staged name
+    await utimes(join(locks, 'notes.new-x'), old, old);
+    expect(await withDirLock(join(locks, 'k'), async () => 'taken')).toBe('taken');
+    expect((await readdir(locks)).sort()).toEqual(['k.new-99-fedcba987654', 'notes.new-x']);
   });
 
   it('two lockers of one key still exclude each other', async () => {

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
-import { type FileHandle, link, open, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
+import { type FileHandle, link, open, readdir, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { RetryableError } from '../../errors.ts';
 import { PRIVATE_FILE_MODE, mkdirPrivate } from './private.ts';
 
@@ -182,9 +182,15 @@ interface OwnFile {
  * no pid to judge, and every later writer of the key (the queue has one lock) waited out staleMs for it
  * (5 of 72 kills in a crash test; the first POST after the restart took 6.6 s). A create whose write
  * fails (ENOSPC, EFBIG) removes the file it made before rethrowing. A process killed before its link
- * leaves only its `.new-` file, which no lock reads.
+ * leaves only its `.new-` file, which no lock reads; the next process to lock in that folder removes it
+ * (removeAbandonedStaged).
  */
 async function create(path: string, content: string): Promise<OwnFile | null> {
+  const dir = dirname(path);
+  if (!sweptDirs.has(dir)) {
+    sweptDirs.add(dir);
+    await removeAbandonedStaged(dir);
+  }
   const staged = `${path}.new-${process.pid}-${randomBytes(6).toString('hex')}`;
   for (;;) {
     let handle: FileHandle;
@@ -220,6 +226,38 @@ async function create(path: string, content: string): Promise<OwnFile | null> {
       throw error;
     }
   }
+}
+
+/** A staged lock file's name: `<lock>.new-<pid>-<12 hex>`. */
+const STAGED_NAME = /\.new-\d+-[0-9a-f]{12}$/;
+/** A staged file this old was left by a process killed before its link: a create links within milliseconds. */
+export const ABANDONED_STAGED_MS = 60_000;
+/** Folders of locks whose abandoned staged files this process has removed (once each: only a killed process leaves them). */
+const sweptDirs = new Set<string>();
+
+/**
+ * Removes the staged files (`.new-`) a killed process left in a folder of locks: nothing reads them, but
+ * a crash loop would fill the folder with them. Once per folder per process, at its first lock, so a
+ * restart after a kill cleans up after it; only those older than ABANDONED_STAGED_MS (a live create's
+ * is milliseconds old, another process's included). Best effort: a folder that does not list is left.
+ */
+async function removeAbandonedStaged(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return;
+  }
+  const before = Date.now() - ABANDONED_STAGED_MS;
+  await Promise.all(
+    names
+      .filter((name) => STAGED_NAME.test(name))
+      .map(async (name) => {
+        const path = join(dir, name);
+        const st = await stat(path).catch(() => null);
+        if (st && st.mtimeMs < before) await unlink(path).catch(() => undefined);
+      }),
+  );
 }
 
 /** `create` where hard links cannot be made: open `wx` and write (a kill in between leaves an empty lock, judged by its age). */
