@@ -2,6 +2,7 @@
 // succeeded job's time, split into the step loops and the rest; the API turns the recent ones into time
 // and cost estimates. One small JSON document per (model, size, start) at
 // `stats/<model>/<width>x<height>-<start>.json`, the last RUN_STATS_KEEP runs.
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { updateDocument } from './documents.ts';
 import { assertValidKey } from './keys.ts';
@@ -29,7 +30,7 @@ const RunSample = z
     /** Images in the job. */
     n: z.number().int().positive(),
     at: z.string(),
-    /** The job it came from, so a repeated add (an S3 write whose reply was lost) counts once; absent in samples recorded before. */
+    /** The job it came from (its runSampleJobTag once stored), so a repeated add (an S3 write whose reply was lost) counts once; absent in samples recorded before. */
     job: z.string().min(1).max(100).optional(),
     /**
      * The step loops by stage size (a coarse-to-fine run has up to 6), over all images, compile
@@ -117,9 +118,19 @@ export async function readRunSamples(blobs: BlobStore, k: RunKey): Promise<RunSa
  */
 export type RecordOutcome = 'recorded' | 'duplicate' | 'newer_document';
 
-/** Appends one run (a conditional read-modify-write: updateDocument), once per `sample.job`. */
+/**
+ * What a sample keeps of its job: a tag made from its id, enough to count a repeated add once. The
+ * document is every account's (no id or owner in it, as the README says): a plain id would tie a
+ * generation, deleted or not, to its size and time there.
+ */
+export function runSampleJobTag(jobId: string): string {
+  return `h${createHash('sha256').update(`clipag-run-sample:${jobId}`).digest('hex').slice(0, 32)}`;
+}
+
+/** Appends one run (a conditional read-modify-write: updateDocument), once per `sample.job` (stored as its runSampleJobTag). */
 export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSample): Promise<RecordOutcome> {
-  const checked = RunSample.parse(sample);
+  const parsed = RunSample.parse(sample);
+  const checked = parsed.job === undefined ? parsed : { ...parsed, job: runSampleJobTag(parsed.job) };
   let outcome: RecordOutcome = 'recorded';
   await updateDocument(blobs, runStatsKey(k), (current) => {
     const stored = current ? parseDoc(current) : ({ kind: 'unreadable' } as const);

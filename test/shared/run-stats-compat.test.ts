@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { LocalBlobStore } from '../../shared/adapters/local/blobstore.ts';
-import { readRunSamples, recordRunSample, RUN_STATS_KEEP, runStatsKey, type RunKey } from '../../shared/run-stats.ts';
+import { readRunSamples, recordRunSample, RUN_STATS_KEEP, runSampleJobTag, runStatsKey, type RunKey } from '../../shared/run-stats.ts';
 
 let blobs: LocalBlobStore;
 beforeEach(() => {
@@ -15,6 +15,8 @@ beforeEach(() => {
 
 const k: RunKey = { model: 'tiny', width: 64, height: 64, start: 'gmm' };
 const sample = (i: number) => ({ seconds: 10 + i, loopSeconds: 8, steps: 100, n: 1, at: new Date(Date.UTC(2026, 0, 1, 0, i)).toISOString(), job: `job${i}` });
+/** A sample as this version stores it: its job as a tag. */
+const storedSample = (i: number) => ({ ...sample(i), job: runSampleJobTag(`job${i}`) });
 const stored = async () => JSON.parse(Buffer.from((await blobs.get(runStatsKey(k)))!.body).toString());
 const put = (doc: unknown) => blobs.put(runStatsKey(k), Buffer.from(JSON.stringify(doc)));
 
@@ -32,13 +34,13 @@ describe('run statistics a newer worker wrote', () => {
     const after = await stored();
     expect(after.samples).toHaveLength(42);
     expect(after.samples[40]).toEqual({ ...sample(40), gpu: 'L4', stages: [{ width: 64, height: 64, steps: 100, seconds: 7, compile: 0.5 }] });
-    expect(after.samples[41]).toEqual(sample(41));
+    expect(after.samples[41]).toEqual(storedSample(41));
   });
 
   it('a top-level field a newer version added is kept by this version\'s write', async () => {
     await put({ v: 2, samples: [sample(0)], fleet: { gpu: 'L4' } });
     await recordRunSample(blobs, k, sample(1));
-    expect(await stored()).toEqual({ v: 2, samples: [sample(0), sample(1)], fleet: { gpu: 'L4' } });
+    expect(await stored()).toEqual({ v: 2, samples: [sample(0), storedSample(1)], fleet: { gpu: 'L4' } });
   });
 
   it('a document of a higher version is left untouched (the write is skipped, and says so) and gives no figures here', async () => {
@@ -56,7 +58,7 @@ describe('run statistics a newer worker wrote', () => {
     await put({ v: 2, samples: [sample(0), { seconds: 'eleven' }, sample(2)] });
     expect((await readRunSamples(blobs, k)).map((s) => s.job)).toEqual(['job0', 'job2']);
     await recordRunSample(blobs, k, sample(3));
-    expect((await stored()).samples).toEqual([sample(0), { seconds: 'eleven' }, sample(2), sample(3)]);
+    expect((await stored()).samples).toEqual([sample(0), { seconds: 'eleven' }, sample(2), storedSample(3)]);
     for (let i = 4; i < 4 + RUN_STATS_KEEP; i++) await recordRunSample(blobs, k, sample(i));
     expect((await stored()).samples).toHaveLength(RUN_STATS_KEEP);
     expect((await stored()).samples.some((s: { seconds: unknown }) => s.seconds === 'eleven')).toBe(false);
@@ -67,7 +69,7 @@ describe('run statistics a newer worker wrote', () => {
       await blobs.put(runStatsKey(k), Buffer.from(doc));
       expect(await readRunSamples(blobs, k)).toEqual([]);
       expect(await recordRunSample(blobs, k, sample(5))).toBe('recorded');
-      expect(await stored()).toEqual({ v: 2, samples: [sample(5)] });
+      expect(await stored()).toEqual({ v: 2, samples: [storedSample(5)] });
     }
   });
 
