@@ -32,6 +32,7 @@ export const ROUTES = [
   { pattern: /^\/v1\/models$/, methods: ['GET'] },
   { pattern: /^\/v1\/models\/[^/]+$/, methods: ['GET'] },
   { pattern: /^\/v1\/uploads$/, methods: ['POST'] },
+  { pattern: /^\/v1\/uploads\/[^/]+$/, methods: ['DELETE'] },
   { pattern: /^\/v1\/estimates$/, methods: ['POST'] },
   { pattern: /^\/v1\/usage$/, methods: ['GET'] },
   { pattern: /^\/v1\/webhook-secret$/, methods: ['GET', 'POST', 'DELETE'] },
@@ -81,7 +82,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
           servers: [{ url: '/', description: 'This deployment' }],
           tags: [
             { name: 'generations', description: 'Text-to-image jobs: create, estimate, poll, list, cancel, delete, redeliver their webhook' },
-            { name: 'uploads', description: 'Init images for image-to-image' },
+            { name: 'uploads', description: 'Init images for image-to-image: upload, delete' },
             { name: 'models', description: 'The deployed models' },
             { name: 'usage', description: "The caller's usage and cost, and its monthly spend limit" },
             { name: 'webhooks', description: "The account's webhook signing secret" },

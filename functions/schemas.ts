@@ -134,6 +134,14 @@ export const GenerationFrameList = z
 
 export const IdParam = z.object({ id: ResourceId.openapi({ param: { name: 'id', in: 'path' } }) });
 
+export const UploadDeleted = z
+  .object({
+    object: z.literal('upload'),
+    upload_id: ResourceId,
+    deleted: z.boolean().openapi({ description: 'Whether there was an upload to remove (false: none by that id: never made, expired, removed before, or another account\'s)' }),
+  })
+  .openapi('UploadDeleted');
+
 export const UPLOAD_CONTENT_TYPES = ['image/png'] as const;
 
 export const UploadRequest = z

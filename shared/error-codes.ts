@@ -33,6 +33,7 @@ export const API_ERROR_CODES = [
   { status: 409, code: 'job_terminal', meaning: 'a cancel of a generation that already succeeded or failed', advice: 'nothing to cancel' },
   { status: 409, code: 'job_not_finished', meaning: "a delete of a queued or running generation, or a redelivery of its webhook (its event is sent when it ends)", advice: 'cancel it first, or wait for it to end' },
   { status: 409, code: 'no_webhook', meaning: 'a webhook redelivery for a generation with no event to send: it asked for no webhook, it was deleted, or its POST was answered 503', advice: 'nothing to redeliver; GET the generation instead' },
+  { status: 409, code: 'upload_in_use', meaning: 'a delete of an upload that a queued or running generation of the account uses as its init', advice: 'wait for it to end (or cancel it), then delete the upload' },
   { status: 409, code: 'corrupt_record', meaning: 'the stored record is unreadable', advice: 'retrying will not help: contact the operator with the request_id' },
   { status: 408, code: 'request_timeout', meaning: "local mode: the request's headers or body stopped arriving before Node's time limit", advice: 'send the request again' },
   { status: 411, code: 'length_required', meaning: 'local mode: an upload PUT without Content-Length', advice: 'send the length' },

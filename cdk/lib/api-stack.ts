@@ -115,7 +115,8 @@ export class ApiStack extends Stack {
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.pending, ['write', 'delete']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.keys, ['read']);
-    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.uploads, ['read', 'write']);
+    // Delete: DELETE /v1/uploads/{id} removes an init image at once (an erasure need not wait for the lifecycle).
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.uploads, ['read', 'write', 'delete']);
     // Delete: DELETE /v1/generations/{id} removes the caller's images and frames.
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.outputs, ['read', 'delete']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.models, ['read']);

@@ -1,10 +1,12 @@
 import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
-import { PayloadTooLargeError } from '../../shared/errors.ts';
+import { ConflictError, CorruptDocumentError, PayloadTooLargeError } from '../../shared/errors.ts';
 import { newId } from '../../shared/ids.ts';
-import { uploadKey } from '../../shared/keys.ts';
-import { UploadRequest, UploadView } from '../schemas.ts';
+import { parsePendingJobKey, PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
+import { listKeys } from '../../shared/prefix.ts';
+import { isTerminal } from '../../shared/schemas/job.ts';
+import { IdParam, UploadDeleted, UploadRequest, UploadView } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
-import { SECURITY, pick, uploadsTooMany } from './common.ts';
+import { conflict, SECURITY, pick, uploadsTooMany } from './common.ts';
 import type { RateGate } from '../middleware/rate-limit.ts';
 
 const createUpload = createRoute({
@@ -20,6 +22,23 @@ const createUpload = createRoute({
     201: { description: 'Where to PUT the file', content: { 'application/json': { schema: UploadView } } },
     ...pick(400, 401, 413, 415, 503),
     429: uploadsTooMany,
+  },
+});
+
+const deleteUpload = createRoute({
+  operationId: 'deleteUpload',
+  tags: ['uploads'],
+  method: 'delete',
+  path: '/v1/uploads/{id}',
+  summary: 'Delete an init image now (idempotent)',
+  description:
+    "Removes the uploaded file from storage at once, rather than when the deployment's upload retention would (5 days in AWS). Generations that used it keep their images; a new request naming it is then a 400 upload_not_found. 409 upload_in_use while a queued or running generation of the account uses it (wait for it to end, or cancel it, first). A DELETE of a generation does not remove its init image (other generations may use it): this does.",
+  security: SECURITY,
+  request: { params: IdParam },
+  responses: {
+    200: { description: 'Removed, or there was none by that id', content: { 'application/json': { schema: UploadDeleted } } },
+    ...pick(400, 401, 413, 503),
+    409: conflict('upload_in_use'),
   },
 });
 
@@ -57,5 +76,42 @@ export function registerUploadRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ct
       },
       201,
     );
+  });
+
+  /**
+   * Whether a queued or running generation of `owner` names the upload: the owner's active markers
+   * (at most its active-job limit), each one's record. A record that does not read is no generation
+   * that can run. (A POST checking the upload at this moment may still queue one: its run then fails
+   * invalid_input, the init image not there, as for an upload that expired while it waited.)
+   */
+  async function inUseBy(owner: string, uploadId: string): Promise<string | null> {
+    let cursor: string | undefined;
+    do {
+      const page = await listKeys(deps.blobs, `${PENDING_JOBS_PREFIX}active/${owner}/`, cursor === undefined ? {} : { cursor });
+      for (const key of page.keys) {
+        const named = parsePendingJobKey(key);
+        if (!named) continue;
+        const job = await deps.jobs.get(owner, named.jobId).catch((error: unknown) => {
+          if (error instanceof CorruptDocumentError) return null;
+          throw error;
+        });
+        if (job && !isTerminal(job.status) && job.spec.init === `upload:${uploadId}`) return job.id;
+      }
+      cursor = page.cursor;
+    } while (cursor !== undefined);
+    return null;
+  }
+
+  app.openapi(deleteUpload, async (c) => {
+    const { id } = c.req.valid('param');
+    const owner = c.get('owner');
+    const key = uploadKey(owner, id);
+    const existed = (await deps.blobs.head(key)) !== null;
+    if (existed) {
+      const user = await inUseBy(owner, id);
+      if (user !== null) throw new ConflictError(`upload ${id} is the init image of generation ${user}, which is queued or running: delete the upload once it has ended (or cancel it)`, { code: 'upload_in_use', param: 'id' });
+      await deps.blobs.delete(key);
+    }
+    return c.json({ object: 'upload' as const, upload_id: id, deleted: existed }, 200);
   });
 }

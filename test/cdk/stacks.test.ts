@@ -814,7 +814,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     return out.sort();
   }
 
-  it('gives the Lambda exactly its prefixes: no deletes but of its pending markers, of outputs (DELETE /v1/generations/{id}) and of the account-set settings (webhook secret, spend limit), no writes to keys/ or outputs/', () => {
+  it('gives the Lambda exactly its prefixes: no deletes but of its pending markers, of outputs (DELETE /v1/generations/{id}), of uploads (DELETE /v1/uploads/{id}) and of the account-set settings (webhook secret, spend limit), no writes to keys/ or outputs/', () => {
     expect(s3Grants(api, 'HandlerServiceRoleDefaultPolicy')).toEqual(
       [
         's3:GetObject jobs/*',
@@ -824,6 +824,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:GetObject keys/*',
         's3:GetObject uploads/*',
         's3:PutObject uploads/*',
+        's3:DeleteObject uploads/*',
         's3:GetObject outputs/*',
         's3:DeleteObject outputs/*',
         's3:GetObject models/*',

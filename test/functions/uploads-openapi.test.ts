@@ -128,7 +128,7 @@ describe('GET /openapi.json', () => {
     };
     expect(doc.openapi).toMatch(/^3\.1\./);
     expect(Object.keys(doc.paths).sort()).toEqual(
-      ['/healthz', '/v1/estimates', '/v1/generations', '/v1/generations/{id}', '/v1/generations/{id}/cancel', '/v1/generations/{id}/frames', '/v1/generations/{id}/webhook/redeliver', '/v1/models', '/v1/models/{id}', '/v1/uploads', '/v1/spend-limit', '/v1/usage', '/v1/webhook-secret'].sort(),
+      ['/healthz', '/v1/estimates', '/v1/generations', '/v1/generations/{id}', '/v1/generations/{id}/cancel', '/v1/generations/{id}/frames', '/v1/generations/{id}/webhook/redeliver', '/v1/models', '/v1/models/{id}', '/v1/uploads', '/v1/uploads/{id}', '/v1/spend-limit', '/v1/usage', '/v1/webhook-secret'].sort(),
     );
     expect(Object.keys(doc.paths['/v1/generations']).sort()).toEqual(['get', 'post']);
     expect(doc.components.securitySchemes.bearerAuth).toMatchObject({ type: 'http', scheme: 'bearer' });
@@ -186,7 +186,7 @@ describe('GET /openapi.json', () => {
     }
     expect(operationIds.every((id) => typeof id === 'string' && /^[a-z][A-Za-z]+$/.test(id))).toBe(true);
     expect(new Set(operationIds).size).toBe(operationIds.length);
-    expect(operationIds).toHaveLength(19);
+    expect(operationIds).toHaveLength(20);
     // A request without model gets the deployment's default, so the schema must not claim one.
     expect(doc.components.schemas.GenerationRequest.required ?? []).not.toContain('model');
     expect(JSON.stringify(doc.components.schemas.GenerationRequest.properties!.model)).not.toContain('"default"');
