@@ -42,6 +42,17 @@ async function linkLife(blobs: BlobStore, ttlSec: number): Promise<number> {
 }
 
 /**
+ * A link to a job's stored images never outlives `outputs_expire_at` (the time the view promises
+ * they go): S3's lifecycle removes them at its next daily run after it, sometimes days later, and
+ * until then a link signed for the full life would still download them. Past it a link lives one
+ * second (the least a signature takes), so what the view lists no longer downloads. No expiry: `ttlSec`.
+ */
+export function linkLifeUntilExpiry(ttlSec: number, now: Date, expireAt: string | null): number {
+  if (expireAt === null) return ttlSec;
+  return Math.max(1, Math.min(ttlSec, Math.floor((Date.parse(expireAt) - now.getTime()) / 1000)));
+}
+
+/**
  * The progress frames of a job's published images (the image before step 0, 10, 20, …: every
  * `frameEvery` steps of the recipe), as signed URLs, by image index and step. Frames are stored with the
  * images when the run ends, so a job still running has none yet; a withheld image's are never stored.
@@ -51,10 +62,14 @@ export async function generationFrames(
   blobs: BlobStore,
   ttlSec: number,
   now: Date,
+  options: Pick<ViewOptions, 'outputRetentionDays'> = {},
 ): Promise<Array<{ index: number; step: number; width: number | null; height: number | null; url: string; expires_at: string }>> {
   const published = new Set(publishedIndices(job));
   if (published.size === 0 || job.deleted_at !== undefined) return [];
-  ttlSec = await linkLife(blobs, ttlSec);
+  // Past the outputs' expiry the frames are gone (or going: S3's lifecycle lags), as the view says.
+  const expireAt = outputsExpireAt(job, options.outputRetentionDays);
+  if (expireAt !== null && Date.parse(expireAt) <= now.getTime()) return [];
+  ttlSec = linkLifeUntilExpiry(await linkLife(blobs, ttlSec), now, expireAt);
   const expiresAt = linkExpiry(now, ttlSec);
   const found: Array<{ index: number; step: number; width: number | null; height: number | null; key: string }> = [];
   let cursor: string | undefined;
@@ -115,7 +130,7 @@ export async function generationView(
   now: Date,
   options: ViewOptions & { webhookSecret?: boolean } = {},
 ): Promise<GenerationView> {
-  if (job.outputs.length > 0 && job.deleted_at === undefined) ttlSec = await linkLife(blobs, ttlSec);
+  if (job.outputs.length > 0 && job.deleted_at === undefined) ttlSec = linkLifeUntilExpiry(await linkLife(blobs, ttlSec), now, outputsExpireAt(job, options.outputRetentionDays));
   const expiresAt = linkExpiry(now, ttlSec);
   const checks = new Map((job.output_checks ?? []).map((c) => [c.index, c]));
   const indices = publishedIndices(job);

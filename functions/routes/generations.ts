@@ -894,7 +894,7 @@ export function registerGenerationRoutes(
     c.set('jobId', id);
     const job = await jobs.get(c.get('owner'), id);
     if (!job) throw unknownGeneration(id);
-    return c.json({ object: 'list' as const, data: await generationFrames(job, blobs, limits.signedUrlTtlSec, ctx.clock()) }, 200);
+    return c.json({ object: 'list' as const, data: await generationFrames(job, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions) }, 200);
   });
 
   app.openapi(deleteGeneration, async (c) => {

@@ -1,0 +1,77 @@
+// A link to a generation's images never outlives its `outputs_expire_at` (the privacy review of
+// 2026-12-07): S3's lifecycle removes the objects at its next daily run after that time, sometimes days
+// later, and a link signed then for the full hour still downloaded them. Past it, a link lives one
+// second and the frames list is empty, as in local mode once the retention pass has run.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
+import { frameKey, linkLifeUntilExpiry } from '../../shared/views.ts';
+import { harness, type Harness } from './helpers.ts';
+
+let h: Harness;
+beforeEach(async () => {
+  h = await harness();
+});
+afterEach(() => h.close());
+
+const DAY = 86_400_000;
+
+async function succeededDaysAgo(days: number, now: number): Promise<string> {
+  const res = await h.request('/v1/generations', { json: { prompt: 'apple' } });
+  const { id } = (await res.json()) as { id: string };
+  await h.jobs.update('acct_alice', id, (cur) => ({
+    ...cur,
+    status: 'succeeded',
+    attempts: 1,
+    started_at: new Date(now - days * DAY - 5_000).toISOString(),
+    finished_at: new Date(now - days * DAY).toISOString(),
+    progress: { step: cur.progress.total, total: cur.progress.total },
+    outputs: [{ key: `outputs/acct_alice/${id}/0.png`, width: 224, height: 224 }],
+  }));
+  await h.blobs.put(`outputs/acct_alice/${id}/0.png`, new Uint8Array([1]));
+  await h.blobs.put(frameKey('acct_alice', id, 0, 0, 224, 224), new Uint8Array([1]));
+  return id;
+}
+
+describe('links against outputs_expire_at (a 30-day retention)', () => {
+  it('well before it: the full life; within the hour before it: until it; past it: one second, and no frames', async () => {
+    const now = Date.now();
+    const app = createApp({ ...h.deps, clock: () => new Date(now), limits: { ...h.deps.limits, outputRetentionDays: 30 } });
+    const get = async (path: string) => (await (await app.request(path, { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as any;
+    const valid = (url: string, at: number) => verifyLocalSignature('x'.repeat(32), 'GET', url, at).ok;
+
+    const fresh = await succeededDaysAgo(1, now);
+    const view = await get(`/v1/generations/${fresh}`);
+    // (Expiry times are said in whole seconds.)
+    expect(Date.parse(view.outputs[0].expires_at) - now).toBeGreaterThan(599_000);
+    expect(Date.parse(view.outputs[0].expires_at) - now).toBeLessThanOrEqual(600_000);
+    expect((await get(`/v1/generations/${fresh}/frames`)).data).toHaveLength(1);
+
+    // Ends 5 minutes from now (the links live 10): its links end with it.
+    const ending = await succeededDaysAgo(30 - 5 / 1440, now);
+    const soon = await get(`/v1/generations/${ending}`);
+    expect(Date.parse(soon.outputs[0].expires_at)).toBeLessThanOrEqual(Date.parse(soon.outputs_expire_at));
+    expect(Date.parse(soon.outputs[0].expires_at)).toBeGreaterThan(Date.parse(soon.outputs_expire_at) - 2_000);
+    const frames = (await get(`/v1/generations/${ending}/frames`)).data;
+    expect(Date.parse(frames[0].expires_at)).toBeLessThanOrEqual(Date.parse(soon.outputs_expire_at));
+
+    // Expired (S3 not yet round to removing it): listed, but its link is good for a second; no frames.
+    const expired = await succeededDaysAgo(31, now);
+    const past = await get(`/v1/generations/${expired}`);
+    expect(Date.parse(past.outputs_expire_at)).toBeLessThan(now);
+    expect(Date.parse(past.outputs[0].expires_at) - now).toBeGreaterThan(0);
+    expect(Date.parse(past.outputs[0].expires_at) - now).toBeLessThanOrEqual(1_000);
+    expect([valid(past.outputs[0].url, now), valid(past.outputs[0].url, now + 1_500)]).toEqual([true, false]); // signed, but only just
+    expect(valid(view.outputs[0].url, now + 1_500)).toBe(true);
+    expect((await get(`/v1/generations/${expired}/frames`)).data).toEqual([]);
+  });
+
+  it('linkLifeUntilExpiry: no expiry keeps the life; at least a second; never past the expiry', () => {
+    const now = new Date('2026-12-07T10:00:00Z');
+    expect(linkLifeUntilExpiry(600, now, null)).toBe(600);
+    expect(linkLifeUntilExpiry(600, now, '2026-12-08T10:00:00Z')).toBe(600);
+    expect(linkLifeUntilExpiry(600, now, '2026-12-07T10:02:00.900Z')).toBe(120);
+    expect(linkLifeUntilExpiry(600, now, '2026-12-07T10:00:00Z')).toBe(1);
+    expect(linkLifeUntilExpiry(600, now, '2026-11-07T10:00:00Z')).toBe(1);
+  });
+});
