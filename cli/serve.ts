@@ -294,7 +294,11 @@ function portInUseError(port: number, host: string): EngineError {
 /** A listen's failures that say the host is not this machine's: a name that does not resolve, an address no interface has. */
 const HOST_ERRORS = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_NONAME', 'EADDRNOTAVAIL']);
 
-function hostError(host: string, code: string): EngineError {
+export function hostError(host: string, code: string): EngineError {
+  // EAI_AGAIN is the resolver failing for now (no DNS server answered), not a verdict on the name: said so.
+  if (code === 'EAI_AGAIN') {
+    return new EngineError('invalid_input', `CLIPAG_HOST ${host} could not be resolved just now (the name server did not answer, ${code}): try again, or set CLIPAG_HOST to an address (127.0.0.1, the default, for this machine only; 0.0.0.0 for every interface)`);
+  }
   const why = code === 'EADDRNOTAVAIL' ? 'no interface of this machine has that address' : 'a name that does not resolve';
   return new EngineError('invalid_input', `CLIPAG_HOST ${host} is not an address of this machine (${why}, ${code}); set CLIPAG_HOST to one of its addresses: 127.0.0.1 (the default) for this machine only, 0.0.0.0 for every interface`);
 }
