@@ -304,11 +304,14 @@ const AWS_ONLY_NAMES = ['CLIPAG_BUCKET', 'CLIPAG_QUEUE_URL', 'CLIPAG_DLQ_URL', '
  * without a word), and, in local mode, the AWS-only settings, ignored. Composition roots log them once
  * at start; parseConfig itself ignores unknown names, as a process's environment holds many.
  */
-export function settingWarnings(env: Readonly<Record<string, string | undefined>>): string[] {
+export function settingWarnings(env: Readonly<Record<string, string | undefined>>, platform: NodeJS.Platform = process.platform): string[] {
   const known = Object.keys(ENV_VARS);
   const warnings: string[] = [];
+  // Windows' environment is case-insensitive: `clipag_mode` there is read as CLIPAG_MODE, so it is no
+  // misspelling (elsewhere it is a different name, and ignored).
+  const isKnown = (name: string) => name in ENV_VARS || OTHER_CLIPAG_NAMES.has(name);
   for (const name of Object.keys(env).sort()) {
-    if (env[name] === undefined || !/^CLIPAG_/i.test(name) || (name in ENV_VARS) || OTHER_CLIPAG_NAMES.has(name)) continue;
+    if (env[name] === undefined || !/^CLIPAG_/i.test(name) || isKnown(name) || (platform === 'win32' && isKnown(name.toUpperCase()))) continue;
     const near = closestName(name.toUpperCase(), known);
     warnings.push(`${name} is not a clipag setting${near ? ` (did you mean ${near}?)` : ''}; ignored`);
   }

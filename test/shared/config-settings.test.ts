@@ -52,10 +52,15 @@ describe('settingWarnings', () => {
     expect(settingWarnings({ CLIPAG_OUTPUT_RETENTON_DAYS: '7', CLIPAG_KEY: 'ck_x', CLIPAG: 'http://127.0.0.1:8787', CLIPAG_STAGE: 'dev', CLIPAG_API_URL: 'x', CLIPAG_API_KEY: 'y', PATH: '/bin', CLIPAG_STOP_TIMEOUT_SEC: '120' })).toEqual([
       'CLIPAG_OUTPUT_RETENTON_DAYS is not a clipag setting (did you mean CLIPAG_OUTPUT_RETENTION_DAYS?); ignored',
     ]);
-    expect(settingWarnings({ CLIPAG_JOB_TIMEOUT_SECS: '600', clipag_max_active_jobs: '5', CLIPAG_FROBNICATE: '1' })).toEqual([
+    expect(settingWarnings({ CLIPAG_JOB_TIMEOUT_SECS: '600', clipag_max_active_jobs: '5', CLIPAG_FROBNICATE: '1' }, 'linux')).toEqual([
       'CLIPAG_FROBNICATE is not a clipag setting; ignored',
       'CLIPAG_JOB_TIMEOUT_SECS is not a clipag setting (did you mean CLIPAG_JOB_TIMEOUT_SEC?); ignored',
       'clipag_max_active_jobs is not a clipag setting (did you mean CLIPAG_MAX_ACTIVE_JOBS?); ignored',
+    ]);
+    // On Windows the environment is case-insensitive: a lower-case setting is read, so it is no misspelling there.
+    expect(settingWarnings({ CLIPAG_JOB_TIMEOUT_SECS: '600', clipag_max_active_jobs: '5', Clipag_Api_Key: 'k', clipag_frobnicate: '1' }, 'win32')).toEqual([
+      'CLIPAG_JOB_TIMEOUT_SECS is not a clipag setting (did you mean CLIPAG_JOB_TIMEOUT_SEC?); ignored',
+      'clipag_frobnicate is not a clipag setting; ignored',
     ]);
     // No setting is warned about (the AWS-only ones are said apart, in local mode).
     const every = Object.fromEntries(Object.keys(ENV_VARS).map((name) => [name, 'x']));
