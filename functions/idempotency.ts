@@ -73,8 +73,9 @@ const HASHED_AS_SENT_SINCE_MS = Date.parse('2026-12-05T18:01:00Z');
  * may hash the same body otherwise); neither a replay nor a reuse is certain.
  */
 function sameBody(existing: IdempotencyRecord, args: { bodyHash: string; sameBodyHashes?: readonly string[] }): boolean | undefined {
-  // Its generation was deleted: the hash would confirm a guess of the deleted prompt, so it went too,
-  // and any body with the key is answered that (deleted) generation.
+  // Its generation was deleted (the DELETE marks the claim only once the record says so): the hash
+  // would confirm a guess of the deleted prompt, so it went too, and any body with the key is answered
+  // that (deleted) generation.
   if (existing.body_hash === DELETED_BODY_HASH) return true;
   if (existing.body_hash === args.bodyHash) return true;
   if (existing.v > CLAIM_VERSION) return undefined;

@@ -67,7 +67,7 @@ const jobHeaders = z.object({
   'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE).optional().openapi({
     param: { name: 'Idempotency-Key', in: 'header' },
     description:
-      "Same key and body → the same job (200); same key, other body → 409. A key belongs to the account (shared by all its API keys) and is kept as long as its generation's record. GET /v1/generations?idempotency_key= finds the generation it made.",
+      "Same key and body → the same job (200); same key, other body → 409, except once its generation is deleted: its body is forgotten with its prompt, and any body with the key gets that (deleted) generation. A key belongs to the account (shared by all its API keys) and is kept as long as its generation's record. GET /v1/generations?idempotency_key= finds the generation it made.",
   }),
 });
 
@@ -188,7 +188,7 @@ const deleteGeneration = generationRoute(
     operationId: 'deleteGeneration',
     summary: "Delete a finished generation's images and frames, and blank its prompts and labels (idempotent)",
     description:
-      'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`; the Idempotency-Key and the hash of the body are dropped from it (a retry with the key still answers this generation, whatever its body). Not removed: an init image it used (an upload of its own, removed by the upload retention of the deployment). Where the deployment keeps earlier versions of stored objects (AWS prod: versioning), they expire 30 days later (images 1 day): the removal is complete then. 409 job_not_finished while it is queued or running.',
+      'For a generation that has ended (cancel a queued or running one first). Its images and frames are removed from storage; its prompts, metadata, content flags and warnings are blanked in the record, which stays (with its usage) so the generation still shows in lists, with `deleted_at`; the Idempotency-Key and the hash of the body are dropped from it (a retry with the key still answers this generation, whatever its body). Not removed: an init image it used (an upload of its own, removed by the upload retention of the deployment, or at once by DELETE /v1/uploads/{id}). Where the deployment keeps earlier versions of stored objects (AWS prod: versioning), they expire 30 days later (images 1 day): the removal is complete then. 409 job_not_finished while it is queued or running.',
     ok: 'The generation as it now stands',
     conflicts: ['job_not_finished'],
   },
@@ -909,18 +909,23 @@ export function registerGenerationRoutes(
     // running is refused below, and its attempt keeps its own marker.
     const before = await jobs.get(owner, id);
     if (before && isTerminal(before.status) && before.attempts > 0 && before.deleted_at === undefined) await markPending(blobs, 'outputs', owner, id);
-    // The Idempotency-Key's claim keeps a hash of the body, which would confirm a guess of the deleted
-    // prompt: it goes before the record, which names the key (a retry of the DELETE, the record already
-    // blanked, could no longer find the claim).
-    if (before && isTerminal(before.status) && before.idempotency_key !== null) await ctx.ledger.forgetBody({ owner, key: before.idempotency_key, jobId: id });
     // Then the record: once it says deleted, no view links an image, and a retry after a failed
-    // delete of the objects below finishes the job.
-    const job = await callerUpdate(owner, id, 'delete', (cur) => {
+    // delete of the objects below finishes the job. It keeps its Idempotency-Key until the key's claim
+    // is done with (below): a retry of a DELETE that died in between finds the claim by it.
+    let job = await callerUpdate(owner, id, 'delete', (cur) => {
       if (!isTerminal(cur.status)) {
         throw new ConflictError(`generation ${id} is ${cur.status}; cancel it, and delete it once it has ended`, { code: 'job_not_finished' });
       }
       return cur.deleted_at !== undefined ? null : deletedRecord(cur, now);
     });
+    // The claim keeps a hash of the body, which would confirm a guess of the deleted prompt: replaced,
+    // only now that the record says deleted (a claim marked so answers any body with its generation,
+    // which must then be a deleted one), and then the key leaves the record.
+    // (A record an older version deleted still has both: its DELETE again scrubs them.)
+    if (job.idempotency_key !== null || job.body_hash !== null) {
+      if (job.idempotency_key !== null) await ctx.ledger.forgetBody({ owner, key: job.idempotency_key, jobId: id });
+      job = await callerUpdate(owner, id, 'delete', (cur) => (cur.idempotency_key === null && cur.body_hash === null ? null : { ...cur, idempotency_key: null, body_hash: null }));
+    }
     await removeJobOutputs(blobs, owner, id);
     // Its images are gone: nothing is left for the sweep to settle.
     if (job.attempts > 0) await clearPending(blobs, 'outputs', owner, id);

@@ -307,10 +307,9 @@ export function deletedRecord(job: JobRecord, at: string): JobRecord {
   return {
     ...rest,
     error,
-    // The key may be made of the caller's data (an order, an e-mail), and the body's unsalted hash would
-    // confirm a guess of the prompt: neither is read once the record is written (replays read the
-    // claim, whose own hash the DELETE replaces).
-    idempotency_key: null,
+    // The body's unsalted hash would confirm a guess of the prompt, and nothing reads it once the
+    // record is written (replays read the claim, whose own hash the DELETE replaces). The key stays
+    // until the DELETE has replaced that claim's hash, which it finds by the key; the DELETE then drops it.
     body_hash: null,
     ...(webhook ? { webhook: webhookOfDeleted(webhook) } : {}),
     ...(checks ? { output_checks: checks.map(deletedOutputCheck) } : {}),

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { canonicalJson, idempotencyRecordKey } from '../../functions/idempotency.ts';
 import { readDoc } from '../../shared/documents.ts';
-import { CorruptDocumentError } from '../../shared/errors.ts';
+import { CorruptDocumentError, PreconditionFailedError } from '../../shared/errors.ts';
+import { createApp } from '../../functions/app.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { GenerationRequest } from '../../shared/schemas/generation.ts';
 import { z } from 'zod';
@@ -81,6 +82,36 @@ describe('DELETE /v1/generations/{id} leaves nothing that confirms the prompt', 
       await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'something else' }, headers: { 'Idempotency-Key': key } }), 409, 'idempotency_key_reused');
     }
     expect((await h.jobs.get('acct_alice', kept))!.idempotency_key).toBe('kept-key');
+  });
+});
+
+describe('a DELETE that does not delete leaves the claim as it was', () => {
+  it("a record write that loses every race (503 busy): the claim keeps its hash, so the key with another body is still a 409", async () => {
+    const id = await finished();
+    const busy = createApp({
+      ...h.deps,
+      jobs: new Proxy(h.jobs, {
+        get: (target, prop, receiver) =>
+          prop === 'update' ? async () => Promise.reject(new PreconditionFailedError('lost the race')) : Reflect.get(target, prop, receiver),
+      }),
+    });
+    await expectEnvelope(await busy.request(`/v1/generations/${id}`, { method: 'DELETE', headers: { Authorization: `Bearer ${h.alice}` } }), 503, 'busy');
+    const claim = JSON.parse(Buffer.from((await h.blobs.get(idempotencyRecordKey('acct_alice', KEY)))!.body).toString());
+    expect(claim.body_hash).toBe(sha256Hex(canonicalJson(GenerationRequest.parse(BODY))));
+    await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'another body' }, headers: { 'Idempotency-Key': KEY } }), 409, 'idempotency_key_reused');
+    // The DELETE again, with a store that answers: done, and the key now answers the deleted generation.
+    expect((await h.request(`/v1/generations/${id}`, { method: 'DELETE' })).status).toBe(200);
+    expect((await h.request('/v1/generations', { json: { prompt: 'another body' }, headers: { 'Idempotency-Key': KEY } })).status).toBe(200);
+  });
+
+  it('a record an earlier version deleted (key and hash kept) is scrubbed by a DELETE again', async () => {
+    const id = await finished();
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, deleted_at: new Date().toISOString(), spec: { ...cur.spec, prompt: '[deleted]' } }));
+    expect((await h.jobs.get('acct_alice', id))!.idempotency_key).toBe(KEY);
+    expect((await h.request(`/v1/generations/${id}`, { method: 'DELETE' })).status).toBe(200);
+    const record = (await h.jobs.get('acct_alice', id))!;
+    expect([record.idempotency_key, record.body_hash]).toEqual([null, null]);
+    expect(JSON.parse(Buffer.from((await h.blobs.get(idempotencyRecordKey('acct_alice', KEY)))!.body).toString()).body_hash).toBe('deleted');
   });
 });
 
