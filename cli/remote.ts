@@ -722,7 +722,8 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
     if (g.outputs.length === 0 && g.withheld_outputs.length === 0) {
       // Deleted (ADR 0021), or its images expired: nothing to download, and -o asked for files.
       if (s.json) io.out(JSON.stringify(g));
-      io.err(`clipag remote: generation ${g.id} has no images to download${g.deleted_at ? ` (deleted at ${g.deleted_at})` : ''}`);
+      const why = g.deleted_at ? ` (deleted at ${g.deleted_at})` : typeof g.outputs_expire_at === 'string' && Date.parse(g.outputs_expire_at) <= Date.now() ? ` (its images expired at ${g.outputs_expire_at})` : '';
+      io.err(`clipag remote: generation ${g.id} has no images to download${why}`);
       return 1;
     }
     for (const o of g.outputs) {

@@ -44,8 +44,8 @@ async function linkLife(blobs: BlobStore, ttlSec: number): Promise<number> {
 /**
  * A link to a job's stored images never outlives `outputs_expire_at` (the time the view promises
  * they go): S3's lifecycle removes them at its next daily run after it, sometimes days later, and
- * until then a link signed for the full life would still download them. Past it a link lives one
- * second (the least a signature takes), so what the view lists no longer downloads. No expiry: `ttlSec`.
+ * until then a link signed for the full life would still download them. At least a second (the least
+ * a signature takes; past the expiry the views sign none). No expiry: `ttlSec`.
  */
 export function linkLifeUntilExpiry(ttlSec: number, now: Date, expireAt: string | null): number {
   if (expireAt === null) return ttlSec;
@@ -106,8 +106,8 @@ export function viewOptionsFromConfig(config: { workerHourlyUsd?: number | undef
  * mode, `clipag serve`'s retention pass: functions/local-retention.ts): its end plus the retention (S3
  * removes them at the next UTC midnight after that, the local pass within minutes, so they may outlive
  * it a little, never the reverse). Null while nothing is stored, or when the deployment keeps outputs.
- * Past it the record is as it was: the view still lists the outputs, whose links answer 404, with this
- * time (now past) saying why, and the frames list is empty.
+ * Past it the record is as it was (its outputs stay for the usage audit), but the view lists no outputs
+ * and no frames, with this time (now past) saying why.
  */
 export function outputsExpireAt(job: JobRecord, outputRetentionDays: number | undefined): string | null {
   if (outputRetentionDays === undefined || job.finished_at === null || job.outputs.length === 0) return null;
@@ -130,13 +130,17 @@ export async function generationView(
   now: Date,
   options: ViewOptions & { webhookSecret?: boolean } = {},
 ): Promise<GenerationView> {
-  if (job.outputs.length > 0 && job.deleted_at === undefined) ttlSec = linkLifeUntilExpiry(await linkLife(blobs, ttlSec), now, outputsExpireAt(job, options.outputRetentionDays));
+  const outputsExpire = outputsExpireAt(job, options.outputRetentionDays);
+  // Past it the images are gone, or going (S3's lifecycle runs daily, sometimes days late): none is
+  // listed, so no link to them is signed (the frames list is empty too); outputs_expire_at says why.
+  const expired = outputsExpire !== null && Date.parse(outputsExpire) <= now.getTime();
+  if (job.outputs.length > 0 && job.deleted_at === undefined && !expired) ttlSec = linkLifeUntilExpiry(await linkLife(blobs, ttlSec), now, outputsExpire);
   const expiresAt = linkExpiry(now, ttlSec);
   const checks = new Map((job.output_checks ?? []).map((c) => [c.index, c]));
   const indices = publishedIndices(job);
   const deleted = job.deleted_at !== undefined;
   const outputs = await Promise.all(
-    (deleted ? [] : job.outputs).map(async (output, k) => {
+    (deleted || expired ? [] : job.outputs).map(async (output, k) => {
       const stored = checks.get(indices[k]!)?.flags;
       const flags = stored && shownOutputFlags(stored);
       return {
@@ -166,7 +170,7 @@ export async function generationView(
     progress: { step: job.progress.step, total: job.progress.total, attempt: job.attempts },
     cancel_requested: job.cancel_requested,
     outputs,
-    outputs_expire_at: deleted ? null : outputsExpireAt(job, options.outputRetentionDays),
+    outputs_expire_at: deleted ? null : outputsExpire,
     withheld_outputs: withheld,
     error: shownError(job.error),
     usage: { ...shownUsage(job.usage), cost_usd: hourly === undefined ? null : costUsd(job.usage.worker_seconds, hourly), hourly_usd: hourly ?? null },

@@ -77,7 +77,7 @@ export const GenerationView = z
     cancel_requested: z.boolean(),
     outputs: z.array(GenerationOutputView),
     outputs_expire_at: Timestamp.nullable().openapi({
-      description: "When the deployment's storage removes the images and frames (the job's end plus its retention); their links stop working then, so download what you keep: no link is signed to outlive it, one signed after it lives a second, and the frames list is empty. Null while none are stored, or where the deployment keeps them.",
+      description: "When the deployment's storage removes the images and frames (the job's end plus its retention); their links stop working then, so download what you keep: no link is signed to outlive it, and past it the generation lists no outputs and no frames (this time says why). Null while none are stored, or where the deployment keeps them.",
     }),
     withheld_outputs: z.array(WithheldOutputView).openapi({
       description: 'Images the output check kept back (ADR 0017): not stored, no URL. Usage still counts them. Empty when none.',
