@@ -1,5 +1,6 @@
 import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
-import { ConflictError, CorruptDocumentError, PayloadTooLargeError } from '../../shared/errors.ts';
+import { ConflictError, CorruptDocumentError, PayloadTooLargeError, RetryableError } from '../../shared/errors.ts';
+import { NewerJobRecordError } from '../../shared/jobstore.ts';
 import { newId } from '../../shared/ids.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import { listKeys } from '../../shared/prefix.ts';
@@ -32,7 +33,7 @@ const deleteUpload = createRoute({
   path: '/v1/uploads/{id}',
   summary: 'Delete an init image now (idempotent)',
   description:
-    "Removes the uploaded file from storage at once, rather than when the deployment's upload retention would (5 days in AWS). Generations that used it keep their images; a new request naming it is then a 400 upload_not_found. 409 upload_in_use while a queued or running generation of the account uses it (wait for it to end, or cancel it, first). A DELETE of a generation does not remove its init image (other generations may use it): this does.",
+    "Removes the uploaded file from storage at once, rather than when the deployment's upload retention would (5 days in AWS; where the bucket keeps earlier versions, AWS prod, the removed one expires a day later). Generations that used it keep their images; a new request naming it is then a 400 upload_not_found. 409 upload_in_use while a queued or running generation of the account uses it (wait for it to end, or cancel it, first). A DELETE of a generation does not remove its init image (other generations may use it): this does.",
   security: SECURITY,
   request: { params: IdParam },
   responses: {
@@ -92,6 +93,13 @@ export function registerUploadRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ct
         const named = parsePendingJobKey(key);
         if (!named) continue;
         const job = await deps.jobs.get(owner, named.jobId).catch((error: unknown) => {
+          // A newer clipag's record (ADR 0030): what this version reads of it decides, and one it cannot
+          // read enough of may use the upload: the DELETE waits for a version that reads it (503, as GET).
+          if (error instanceof NewerJobRecordError) {
+            if (error.record !== undefined) return error.record;
+            throw new RetryableError('a generation of this account was written by a newer version of the service, and may use this upload; retry later', { cause: error });
+          }
+          // A damaged record never runs.
           if (error instanceof CorruptDocumentError) return null;
           throw error;
         });

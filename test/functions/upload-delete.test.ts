@@ -3,6 +3,7 @@
 // never by default locally). Refused 409 upload_in_use while a queued or running generation uses it.
 import { encode as pngEncode } from 'fast-png';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BlobJobStore } from '../../shared/jobstore.ts';
 import { uploadKey } from '../../shared/keys.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
@@ -53,6 +54,19 @@ describe('DELETE /v1/uploads/{id}', () => {
     // Another upload of alice's, used by no generation, was never in the way.
     const other = await upload();
     expect((await del(other)).status).toBe(200);
+  });
+
+  it("a generation whose record a newer clipag wrote (a status this version does not know) may still use it: 503, retry (ADR 0030); the upload stays", async () => {
+    const id = await upload();
+    const made = (await (await h.request('/v1/generations', { json: { prompt: 'apple', init: `upload:${id}` } })).json()) as { id: string };
+    const key = BlobJobStore.keyFor('acct_alice', made.id);
+    const raw = JSON.parse(Buffer.from((await h.blobs.get(key))!.body).toString());
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...raw, status: 'preempted' })));
+    await expectEnvelope(await del(id), 503, 'unavailable');
+    expect(await h.blobs.head(uploadKey('acct_alice', id))).not.toBeNull();
+    // A newer record this version reads enough of (an unknown field only) is judged by what it reads: queued, so in use.
+    await h.blobs.put(key, Buffer.from(JSON.stringify({ ...raw, priority: 'high' })));
+    await expectEnvelope(await del(id), 409, 'upload_in_use');
   });
 
   it('refuses an id that is not one (400, param id) and other methods (405 with Allow)', async () => {
