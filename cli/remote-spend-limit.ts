@@ -40,7 +40,12 @@ export async function spendLimit(argv: string[], io: RemoteIo): Promise<number> 
     return 0;
   } catch (e) {
     return requestFailed(s, e, {
-      advice: (error) => (error.status === 409 && error.code === 'corrupt_record' ? '; spend-limit set replaces a stored limit that does not read, delete removes it' : ''),
+      advice: (error) =>
+        error.status === 409 && error.code === 'corrupt_record'
+          ? sub === 'set'
+            ? "; this month's usage does not read (nothing was set): the operator repairs it (clipag usage rebuild)"
+            : "; the stored limit or this month's usage does not read: spend-limit set replaces a limit that does not read (delete removes it); the operator repairs a month (clipag usage rebuild)"
+          : '',
     });
   }
 }

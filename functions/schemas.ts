@@ -253,7 +253,7 @@ export const SpendLimitBody = z
       .nonnegative()
       .max(MAX_MONTHLY_USD)
       // Micro-dollars, as the usage figures keep them: a finer limit could never be told apart from its rounding.
-      .refine((n) => Math.abs(Math.round(n * 1e6) / 1e6 - n) <= 1e-9 * Math.max(1, n), { message: 'monthly_usd has at most 6 decimals (micro-dollars, as the usage figures)' })
+      .refine((n) => Math.abs(Math.round(n * 1e6) - n * 1e6) < 1e-3, { message: 'monthly_usd has at most 6 decimals (micro-dollars, as the usage figures)' })
       .openapi({ example: 25, description: `The most this account spends a UTC month, in USD (0 to ${MAX_MONTHLY_USD}; 0 refuses every new generation)` }),
   })
   .strict()

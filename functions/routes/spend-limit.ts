@@ -19,7 +19,7 @@ const getSpendLimit = createRoute({
   responses: {
     200: { description: 'The limit (monthly_usd null: none is set) and the month', content: { 'application/json': { schema: SpendLimitView } } },
     ...pick(400, 401, 413, 503),
-    409: { ...errors[409], description: "corrupt_record: the stored limit, or this month's usage, does not read. PUT replaces the limit, DELETE removes it" },
+    409: { ...errors[409], description: "corrupt_record: the stored limit, or this month's usage, does not read. A limit that does not read: PUT replaces it, DELETE removes it. A month: the operator repairs it (`clipag usage rebuild`); while a limit is set, new generations are refused 409 until then" },
   },
 });
 

@@ -58,6 +58,7 @@ describe('PUT, GET and DELETE /v1/spend-limit', () => {
       [{ monthly_usd: '10' }, 'monthly_usd'],
       [{ monthly_usd: 2e9 }, 'monthly_usd'],
       [{ monthly_usd: 0.0000001 }, 'at most 6 decimals'],
+      [{ monthly_usd: 1000.0000001 }, 'at most 6 decimals'],
       [{}, 'monthly_usd is required'],
       [{ monthly_usd: 5, currency: 'eur' }, 'currency'],
     ] as const) {
@@ -68,6 +69,9 @@ describe('PUT, GET and DELETE /v1/spend-limit', () => {
     await expectEnvelope(await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 5 }, key: 'ck_nope_nope' }), 401, 'unauthorized');
     await expectEnvelope(await call(app, '/v1/spend-limit', { method: 'POST', json: { monthly_usd: 5 } }), 405, 'method_not_allowed');
     expect(await h.blobs.head(spendLimitKey('acct_alice'))).toBeNull();
+    // Six decimals are taken at any size (as floating point writes them).
+    for (const monthly_usd of [0.1, 0.000001, 123456.789012, 999999999.999999, 1e9]) expect((await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd } })).status, String(monthly_usd)).toBe(200);
+    await call(app, '/v1/spend-limit', { method: 'DELETE' });
     // 0 is a limit: it refuses every new generation.
     expect((await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 0 } })).status).toBe(200);
     await expectEnvelope(await call(app, '/v1/generations', { json: BODY }), 402, 'spend_limit_reached');
