@@ -140,7 +140,8 @@ export async function recordRunSample(blobs: BlobStore, k: RunKey, sample: RunSa
       return null;
     }
     const had = stored.kind === 'current' ? stored : { entries: [], samples: [], rest: {} };
-    if (checked.job !== undefined && had.samples.some((s) => s.job === checked.job)) {
+    // By its tag, or by its plain id in a sample a version before the tags wrote (a repeat across the upgrade).
+    if (checked.job !== undefined && had.samples.some((s) => s.job === checked.job || s.job === parsed.job)) {
       outcome = 'duplicate';
       return null; // recorded already
     }

@@ -36,6 +36,11 @@ describe('the run statistics', () => {
     // Kept as a tag, not the id: the document is every account's, and the README says it holds no id.
     expect((await readRunSamples(h.blobs, toy())).map((s) => s.job)).toEqual([runSampleJobTag('job-1'), runSampleJobTag('job-2'), undefined]);
     expect(JSON.stringify((await readRunSamples(h.blobs, toy())))).not.toMatch(/job-1|job-2/);
+    // A sample an earlier version stored under the plain id still counts its job once.
+    const old = toy(96, 96);
+    await h.blobs.put(runStatsKey(old), Buffer.from(JSON.stringify({ v: 2, samples: [{ ...run(2, 0.1, 5), job: 'job-old' }] })));
+    expect(await recordRunSample(h.blobs, old, { ...run(2, 0.1, 5), job: 'job-old' })).toBe('duplicate');
+    expect(await readRunSamples(h.blobs, old)).toHaveLength(1);
   });
 });
 
