@@ -72,7 +72,7 @@ export class ApiStack extends Stack {
   readonly sweeperAlias: lambda.Alias;
   /** The sweep's log group: each sweep logs one `queued-job sweep` line with its figures (the alarms read `oldestQueuedSec`). */
   readonly sweeperLogGroup: logs.LogGroup;
-  /** The handler's log group: the app's warn and error lines (the dashboard links to it). */
+  /** The handler's log group: the app's lines, one per request and its warnings and errors (the dashboard links to it). */
   readonly handlerLogGroup: logs.LogGroup;
   readonly httpApi: apigw.HttpApi;
   /** The stage's JSON access log, one line per request with its `status` (the dashboard counts the 429s in it). */
@@ -110,8 +110,9 @@ export class ApiStack extends Stack {
 
     // Least privilege, per prefix. The API creates and updates job records (cancel,
     // idempotency), marks a new job's message pending until it is sent, reads API keys, signs PUT
-    // URLs for uploads and GET URLs for outputs. It deletes only its own pending markers and the
-    // outputs of a generation its owner deletes; it never writes keys (the `clipag keys` CLI does that).
+    // URLs for uploads and GET URLs for outputs. It deletes only its own pending markers, the outputs
+    // of a generation its owner deletes, an upload its owner deletes, and the account's own settings
+    // (spend limit, webhook secret); it never writes keys (the `clipag keys` CLI does that).
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.pending, ['write', 'delete']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.keys, ['read']);
