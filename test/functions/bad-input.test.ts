@@ -209,6 +209,12 @@ describe('auth', () => {
     });
   }
 
+  it('the scheme is case-insensitive, with any number of spaces before the key (RFC 9110 §11.1)', async () => {
+    for (const header of [`bearer ${h.alice}`, `BEARER ${h.alice}`, `Bearer   ${h.alice}`]) {
+      expect((await h.request('/v1/models', { key: null, headers: { Authorization: header } })).status, header).toBe(200);
+    }
+  });
+
   it('a right key id with a wrong secret → 401', async () => {
     const tampered = h.alice.slice(0, -1) + (h.alice.endsWith('A') ? 'B' : 'A');
     await expectEnvelope(await h.request('/v1/models', { key: tampered }), 401, 'unauthorized');
