@@ -7,7 +7,7 @@ import { usageKey } from '../../shared/keys.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
-import { RECENT_JOBS_KEPT, readUsage, rebuildUsage, recordUsage } from '../../shared/usage.ts';
+import { RECENT_JOBS_KEPT, readUsage, rebuildUsage, recordUsage, usageOfRecord } from '../../shared/usage.ts';
 import { OWNER, makeEnv } from '../worker/helpers.ts';
 
 const MONTH = '2026-03';
@@ -55,5 +55,20 @@ describe('the usage ledger, once per job for the whole month', () => {
     await recordUsage(blobs, OWNER, 'j4', new Date('2026-03-04T10:00:00Z'), one);
     expect(await readUsage(blobs, OWNER, MONTH)).toEqual([expect.objectContaining({ generations: 5 })]);
     expect(await stored(blobs)).toMatchObject({ counted_jobs: ['j0', 'j1', 'j2', 'j3', 'j4'] });
+  });
+});
+
+describe('which ended jobs the ledger counts (usageOfRecord)', () => {
+  it('a success, and a content_policy failure whose every image was withheld (the compute was spent); not a content_policy failure that withheld nothing, nor any other failure', () => {
+    const ok = succeeded('2026-03-03T10:00:00Z');
+    expect(usageOfRecord(ok)).toMatchObject({ day: '2026-03-03', images: 0, workerSeconds: 2 });
+    const check = { index: 0, withheld: true, flags: [] };
+    const allWithheld = { ...ok, status: 'failed' as const, error: { code: 'content_policy', message: 'every image withheld' }, output_checks: [check] };
+    expect(usageOfRecord(allWithheld)).toMatchObject({ images: 1, workerSeconds: 2 });
+    // Refused before any image was made (a worker-side prompt refusal): nothing withheld, nothing to count.
+    expect(usageOfRecord({ ...allWithheld, output_checks: [] })).toBeNull();
+    expect(usageOfRecord({ ...allWithheld, output_checks: [{ ...check, withheld: false }] })).toBeNull();
+    expect(usageOfRecord({ ...ok, status: 'failed', error: { code: 'timeout', message: 'ran past its limit' } })).toBeNull();
+    expect(usageOfRecord({ ...ok, finished_at: null })).toBeNull();
   });
 });
