@@ -129,6 +129,9 @@ export class WorkerStack extends Stack {
           volume: ec2.BlockDeviceVolume.ebs(config.rootVolumeGiB, {
             volumeType: ec2.EbsDeviceVolumeType.GP3,
             encrypted: true,
+            // Said, not left to the AMI's mapping: a volume kept after its instance would bill
+            // (100 GiB gp3, about $8 a month) for every scale-out, for ever.
+            deleteOnTermination: true,
           }),
         },
       ],

@@ -1250,8 +1250,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const ended = {
         stepsDone: outcome.stepsDone,
         ...(ours && allWithheld ? { error: done.error! } : {}),
-        // What the customer is billed for, on the operator's dashboard (cdk/lib/dashboard.ts reads these
-        // two from this line): the run's worker seconds, and per image made (withheld ones included).
+        // What the customer is billed for: the run's worker seconds, and per image made (withheld ones
+        // included). The operator's dashboard (cdk/lib/dashboard.ts) reads secondsPerImage from this line.
         ...(ours ? { workerSeconds: usage.worker_seconds, ...(outcome.images.length > 0 ? { secondsPerImage: Math.round((usage.worker_seconds / outcome.images.length) * 1000) / 1000 } : {}) } : {}),
       };
       // The run's time feeds the API's estimates (ADR 0014). Statistics only: a failure is logged.

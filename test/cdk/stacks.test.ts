@@ -414,6 +414,8 @@ describe('WorkerStack', () => {
     const lt = resources(worker).find(([, r]) => r.Type === 'AWS::EC2::LaunchTemplate')![1].Properties.LaunchTemplateData;
     expect(lt.InstanceType).toBe('g5.xlarge');
     expect(lt.MetadataOptions).toMatchObject({ HttpTokens: 'required', HttpPutResponseHopLimit: 1 });
+    // The root volume goes with its instance, whatever the AMI's mapping says: one kept would bill for every scale-out.
+    expect(lt.BlockDeviceMappings).toEqual([{ DeviceName: '/dev/xvda', Ebs: { DeleteOnTermination: true, Encrypted: true, VolumeSize: dev.rootVolumeGiB, VolumeType: 'gp3' } }]);
     // The GPU ECS AMI is an SSM parameter resolved at deploy time, not a synth-time lookup.
     const params = (worker.toJSON() as { Parameters: Record<string, { Default?: string }> }).Parameters;
     const amiParam = Object.entries(params).find(([id]) => id === lt.ImageId.Ref)?.[1];
