@@ -54,12 +54,15 @@ const usd = (n: number | null) => (n === null ? 'unknown (the deployment sets no
 
 /** What show and set print: the limit, the month against it, and whether new generations are refused. */
 function limitLines(l: SpendLimit): string[] {
-  if (l.monthly_usd === null) return [`no spend limit; spent in ${l.month}: ${usd(l.spent_usd)}`];
+  // A limit the operator set for the account (an older API does not say: undefined).
+  const operator = typeof l.operator_monthly_usd === 'number' ? `the operator's limit for this account: $${l.operator_monthly_usd} (the lower applies)` : undefined;
+  if (l.monthly_usd === null && operator === undefined) return [`no spend limit; spent in ${l.month}: ${usd(l.spent_usd)}`];
   return [
-    `monthly spend limit: $${l.monthly_usd} (set ${l.updated_at})`,
+    l.monthly_usd === null ? 'no monthly spend limit of your own' : `monthly spend limit: $${l.monthly_usd} (set ${l.updated_at})`,
+    ...(operator ? [operator] : []),
     `spent in ${l.month}: ${usd(l.spent_usd)}${l.remaining_usd !== null ? `; remaining $${l.remaining_usd}` : ''}`,
     l.reached
-      ? `reached: new generations are refused (402 spend_limit_reached) until ${l.resets_at}, unless the limit is raised or removed`
+      ? `reached: new generations are refused (402 spend_limit_reached) until ${l.resets_at}, unless the limit that applies is raised or removed`
       : l.spent_usd === null
         ? 'not enforced: with no price, no generation has a cost'
         : 'not reached: new generations are made (ones in flight when it is reached still run)',

@@ -3,19 +3,21 @@
 // (the API then answers 409 and the worker's adds fail) or missed jobs whose adds failed.
 import { BlobApiKeyStore, ownerCaseTwin } from '../shared/apikeys.ts';
 import { storesFor } from '../shared/adapters/stores.ts';
-import { operatorConfig, type Config } from '../shared/config.ts';
+import { operatorConfig, storeDescription, type Config } from '../shared/config.ts';
 import { CorruptDocumentError, operatorMessage } from '../shared/errors.ts';
 import { BlobJobStore } from '../shared/jobstore.ts';
 import { MONTH_PATTERN, usageKey } from '../shared/keys.ts';
 import { OWNER_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { MAX_KEYS_PER_DAY, monthCostUsd, readUsage, rebuildUsage, usageFromRecords, type DayUsage, type JobScan, type UsageFigures } from '../shared/usage.ts';
+import { deleteSpendLimit, effectiveSpendLimit, MAX_MONTHLY_USD, putSpendLimit, readSpendLimits } from '../shared/spend-limits.ts';
 import { refusal, parseCliArgs } from './common.ts';
 
-export const summary = "show an owner's usage ledger, audit it against the job records, or rebuild it from them";
+export const summary = "show an owner's usage ledger, audit it against the job records, rebuild it from them, or set the owner's spend limit";
 export const usage = `usage: clipag usage show --owner ID [--month YYYY-MM] [--json]
        clipag usage audit --owner ID [--month YYYY-MM] [--json]
        clipag usage rebuild --owner ID [--month YYYY-MM] [--skip-unreadable]
+       clipag usage limit --owner ID [--monthly-usd USD | --clear] [--json]
 
   show     the ledger's days and their cost, as GET /v1/usage shows them: each job at the price kept
            with it, the rest at the current CLIPAG_WORKER_HOURLY_USD (ADR 0022); unknown without one
@@ -24,6 +26,10 @@ export const usage = `usage: clipag usage show --owner ID [--month YYYY-MM] [--j
   rebuild  replace the ledger's month with what the records show: the repair for a ledger that does
            not read, or that missed jobs whose adds failed (the worker logged each). It refuses while
            a job record does not read, unless --skip-unreadable (those jobs are then not counted)
+  limit    the monthly spend limit the operator sets for an owner (ADR 0033): once the month's cost
+           reaches it, the API refuses the owner's new generations (402 spend_limit_reached). The
+           account cannot raise it; its own limit (PUT /v1/spend-limit) applies too, the lower of the
+           two. With neither option, shows both limits
 
 --month defaults to the current UTC month. The store comes from the environment like the server's:
 CLIPAG_DATA_DIR (default .data) in local mode; CLIPAG_MODE=aws with AWS_REGION, CLIPAG_BUCKET,
@@ -43,13 +49,20 @@ export async function run(
 ): Promise<number> {
   const { values, positionals } = parseCliArgs({
     args: argv,
-    options: { owner: { type: 'string' }, month: { type: 'string' }, json: { type: 'boolean' }, 'skip-unreadable': { type: 'boolean' } },
+    options: { owner: { type: 'string' }, month: { type: 'string' }, json: { type: 'boolean' }, 'skip-unreadable': { type: 'boolean' }, 'monthly-usd': { type: 'string' }, clear: { type: 'boolean' } },
     allowPositionals: true,
     strict: true,
   });
   const fail = refusal('usage', usage);
   const [action, ...rest] = positionals;
-  if (action !== 'show' && action !== 'audit' && action !== 'rebuild') return fail(action ? `unknown action "${action}"` : 'give an action');
+  if (action !== 'show' && action !== 'audit' && action !== 'rebuild' && action !== 'limit') return fail(action ? `unknown action "${action}"` : 'give an action');
+  if ((values['monthly-usd'] !== undefined || values.clear) && action !== 'limit') return fail(`--${values.clear ? 'clear' : 'monthly-usd'} goes with limit`);
+  if (values['monthly-usd'] !== undefined && values.clear) return fail('give --monthly-usd or --clear, not both');
+  if (action === 'limit' && values.month !== undefined) return fail('--month does not apply to limit (a limit is monthly: it applies to every month)');
+  // Dollars as written: digits with an optional decimal part, at most six (micro-dollars).
+  if (values['monthly-usd'] !== undefined && (!/^\d{1,10}(\.\d{1,6})?$/.test(values['monthly-usd']) || Number(values['monthly-usd']) > MAX_MONTHLY_USD)) {
+    return fail(`--monthly-usd must be an amount of USD from 0 to ${MAX_MONTHLY_USD} with at most 6 decimals, such as 250 or 99.50 (got "${values['monthly-usd']}")`);
+  }
   if (rest.length > 0) return fail(`unexpected argument "${rest[0]}"`);
   if (values.owner === undefined) return fail('give --owner ID');
   if (!OWNER_ID_PATTERN.test(values.owner)) return fail('--owner must match [A-Za-z0-9_-]{1,64}');
@@ -69,6 +82,20 @@ export async function run(
     const twin = await ownerCaseTwin(new BlobApiKeyStore(store), owner);
     if (twin !== undefined) {
       return fail(`--owner "${owner}" differs from the existing owner "${twin}" only in case: use "${twin}", or another id (in a local data folder on a case-insensitive file system, as on macOS and Windows, both name the same files, so this would ${action === 'rebuild' ? 'replace' : 'read'} ${twin}'s ledger)${action === 'rebuild' ? '; nothing changed' : ''}`, 1);
+    }
+    if (action === 'limit') {
+      const usd = values['monthly-usd'];
+      if (usd !== undefined) await putSpendLimit(store, owner, Number(usd), now(), 'operator');
+      const removed = values.clear ? await deleteSpendLimit(store, owner, 'operator') : undefined;
+      const limits = await readSpendLimits(store, owner);
+      const applies = effectiveSpendLimit(limits);
+      if (values.json) out(JSON.stringify({ owner, operator_monthly_usd: limits.operator?.monthly_usd ?? null, account_monthly_usd: limits.account?.monthly_usd ?? null, applies: applies?.monthly_usd ?? null, ...(removed !== undefined ? { removed } : {}) }));
+      else {
+        if (usd !== undefined) out(`set the operator's monthly spend limit of ${owner} to $${Number(usd)} (${storeDescription(config)})`);
+        if (removed !== undefined) out(removed ? `removed the operator's monthly spend limit of ${owner}` : `${owner} had no operator's spend limit: nothing removed`);
+        out(`${owner}: operator's limit ${limits.operator ? `$${limits.operator.monthly_usd}` : 'none'}; the account's own ${limits.account ? `$${limits.account.monthly_usd}` : 'none'}; ${applies ? `$${applies.monthly_usd} a month applies (the API refuses new generations once the month's cost reaches it; only where it has a price)` : 'no limit applies'}`);
+      }
+      return 0;
     }
     if (action === 'show') {
       const days = await readUsage(store, owner, month);

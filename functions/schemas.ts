@@ -262,12 +262,13 @@ export const SpendLimitBody = z
 export const SpendLimitView = z
   .object({
     object: z.literal('spend_limit'),
-    monthly_usd: z.number().nullable().openapi({ description: 'The limit; null: none is set' }),
+    monthly_usd: z.number().nullable().openapi({ description: "The account's own limit; null: it set none" }),
     updated_at: Timestamp.nullable().openapi({ description: 'When it was last set; null without one' }),
+    operator_monthly_usd: z.number().nullable().openapi({ description: "A limit the operator set for the account (the account cannot change it); null: none. The lower of the two applies" }),
     month: z.string().openapi({ example: '2026-12', description: 'The UTC month the figures are of (the current one)' }),
     spent_usd: z.number().nullable().openapi({ description: "This month's cost so far, as GET /v1/usage totals it (generations that ended; queued and running ones are not in it yet); null where the deployment sets no price" }),
-    remaining_usd: z.number().nullable().openapi({ description: 'What is left of the limit (never below 0); null without a limit or a cost' }),
-    reached: z.boolean().openapi({ description: 'Whether new generations are refused now (402 spend_limit_reached): spent_usd has reached monthly_usd. Generations already queued or running still run, so the month can end above the limit by their cost' }),
+    remaining_usd: z.number().nullable().openapi({ description: 'What is left of the limit that applies, the lower of the two (never below 0); null without a limit or a cost' }),
+    reached: z.boolean().openapi({ description: 'Whether new generations are refused now (402 spend_limit_reached): spent_usd has reached the lower of monthly_usd and operator_monthly_usd. Generations already queued or running still run, so the month can end above the limit by their cost' }),
     resets_at: Timestamp.nullable().openapi({ description: 'When a reached limit stops refusing: the start of the next UTC month; null when not reached' }),
     hourly_usd: z.number().nullable().openapi({ description: "The deployment's hourly worker price today; null where it sets none: then no cost is known and the limit refuses nothing" }),
   })

@@ -24,7 +24,7 @@ export const API_ERROR_CODES = [
   { status: 400, code: 'upload_interrupted', meaning: 'local mode: the client stopped sending a signed-URL upload mid-body', advice: 'send the upload again' },
   { status: 400, code: 'bad_request', meaning: 'any other malformed request (in local mode, also bytes that are not HTTP)', advice: 'fix the request' },
   { status: 401, code: 'unauthorized', meaning: 'a missing, malformed, unknown or revoked API key', advice: 'check the key' },
-  { status: 402, code: 'spend_limit_reached', meaning: "a new generation once the account's cost this month has reached the monthly limit it set (PUT /v1/spend-limit)", advice: 'raise or remove the limit, or wait for the next UTC month' },
+  { status: 402, code: 'spend_limit_reached', meaning: "a new generation once the account's cost this month has reached the monthly limit it set (PUT /v1/spend-limit), or a lower one the operator set for it", advice: 'raise or remove the limit (the operator raises theirs), or wait for the next UTC month' },
   { status: 403, code: 'forbidden', meaning: 'local mode: a signed link that is tampered with or expired', advice: 'ask for a fresh link' },
   { status: 404, code: 'not_found', meaning: "no such generation (also another account's id; `param` \"id\"), or no such path (`param` null)", advice: 'check the id, or the path' },
   { status: 405, code: 'method_not_allowed', meaning: 'the path exists, not with this method (`Allow` says which)', advice: 'use one of those' },

@@ -174,6 +174,15 @@ export function spendLimitKey(owner: string): string {
   return `${SPEND_LIMITS_PREFIX}${owner}.json`;
 }
 
+/**
+ * Where the operator's monthly spend limit for one owner lives (ADR 0033): under `config/`, which the
+ * operator writes (`clipag usage limit`) and the API only reads, so the account cannot raise it.
+ */
+export function operatorSpendLimitKey(owner: string): string {
+  if (!OWNER_ID_PATTERN.test(owner)) throw new ValidationError(`not an owner id: ${JSON.stringify(owner)}`, 'owner');
+  return `config/spend-limits/${owner}.json`;
+}
+
 /** A UTC month, `YYYY-MM`. */
 export const MONTH_PATTERN = /^\d{4}-(0[1-9]|1[0-2])$/;
 

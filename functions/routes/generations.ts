@@ -17,7 +17,7 @@ import { listFilter } from '../list-filter.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
-import { nextMonthStart, readSpendLimit, spentThisMonthUsd } from '../../shared/spend-limits.ts';
+import { effectiveSpendLimit, nextMonthStart, readSpendLimits, spentThisMonthUsd } from '../../shared/spend-limits.ts';
 import type { JobMutation } from '../../shared/ports.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
@@ -382,12 +382,14 @@ export function registerGenerationRoutes(
    * read is a 409 corrupt_record (the limit is never taken for none, the month never for zero).
    */
   async function checkSpendLimit(owner: string, now: Date): Promise<void> {
-    const limit = await readSpendLimit(blobs, owner);
+    const limit = effectiveSpendLimit(await readSpendLimits(blobs, owner));
     if (limit === null) return;
     const spent = await spentThisMonthUsd(blobs, owner, now, limits.workerHourlyUsd);
     if (spent === null || spent < limit.monthly_usd) return;
     throw new SpendLimitReachedError(
-      `this month's cost, $${spent}, has reached the account's monthly spend limit of $${limit.monthly_usd}: new generations are refused until ${nextMonthStart(now)} (the next UTC month), unless the limit is raised or removed (PUT or DELETE /v1/spend-limit)`,
+      limit.setter === 'account'
+        ? `this month's cost, $${spent}, has reached the account's monthly spend limit of $${limit.monthly_usd}: new generations are refused until ${nextMonthStart(now)} (the next UTC month), unless the limit is raised or removed (PUT or DELETE /v1/spend-limit)`
+        : `this month's cost, $${spent}, has reached the monthly limit of $${limit.monthly_usd} the operator set for this account: new generations are refused until ${nextMonthStart(now)} (the next UTC month), unless the operator raises it`,
     );
   }
 

@@ -2,7 +2,7 @@
 // remove it. POST /v1/generations reads it before each new generation (routes/generations.ts).
 import { createRoute, type OpenAPIHono } from '@hono/zod-openapi';
 import { ValidationError } from '../../shared/errors.ts';
-import { deleteSpendLimit, putSpendLimit, readSpendLimit, spendLimitStatus, spentThisMonthUsd } from '../../shared/spend-limits.ts';
+import { deleteSpendLimit, putSpendLimit, readSpendLimit, readSpendLimits, spendLimitStatus, spentThisMonthUsd } from '../../shared/spend-limits.ts';
 import { SpendLimitBody, SpendLimitDeleted, SpendLimitView } from '../schemas.ts';
 import type { AppDeps, AppEnv } from '../types.ts';
 import { SECURITY, errors, pick } from './common.ts';
@@ -30,7 +30,7 @@ const putSpendLimitRoute = createRoute({
   path: PATH,
   summary: "Set the account's monthly spend limit",
   description:
-    "Once this UTC month's cost (GET /v1/usage's total: the generations that ended, each at the price its run ended with) reaches `monthly_usd`, every new POST /v1/generations is refused with 402 `spend_limit_reached` until the limit is raised or removed, or the next UTC month begins. Generations already queued or running still run and are billed, so a month can end above the limit by what was in flight when it was reached (at most as many generations as the account may have active at once). A retry of a POST with an Idempotency-Key whose generation exists is answered that generation, as always. It applies from the next request. On a deployment that sets no price there is no cost to compare, so a limit cannot be set (400).",
+    "Once this UTC month's cost (GET /v1/usage's total: the generations that ended, each at the price its run ended with) reaches `monthly_usd` (or the lower limit the operator set for the account, `operator_monthly_usd`, which this does not change), every new POST /v1/generations is refused with 402 `spend_limit_reached` until the limit is raised or removed, or the next UTC month begins. Generations already queued or running still run and are billed, so a month can end above the limit by what was in flight when it was reached (at most as many generations as the account may have active at once). A retry of a POST with an Idempotency-Key whose generation exists is answered that generation, as always. It applies from the next request. On a deployment that sets no price there is no cost to compare, so a limit cannot be set (400).",
   security: SECURITY,
   request: { body: { required: true, content: { 'application/json': { schema: SpendLimitBody } } } },
   responses: {
@@ -45,7 +45,7 @@ const deleteSpendLimitRoute = createRoute({
   tags: ['usage'],
   method: 'delete',
   path: PATH,
-  summary: "Remove the account's monthly spend limit (idempotent)",
+  summary: "Remove the account's monthly spend limit (idempotent; a limit the operator set stays)",
   security: SECURITY,
   responses: {
     200: { description: 'Removed, or there was none', content: { 'application/json': { schema: SpendLimitDeleted } } },
@@ -55,16 +55,11 @@ const deleteSpendLimitRoute = createRoute({
 
 export function registerSpendLimitRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ctx: { clock: () => Date }): void {
   const price = deps.limits.workerHourlyUsd;
-  const view = async (owner: string, now: Date, limit: Awaited<ReturnType<typeof readSpendLimit>>) => ({
-    object: 'spend_limit' as const,
-    ...spendLimitStatus(limit, await spentThisMonthUsd(deps.blobs, owner, now, price), now),
-    hourly_usd: price ?? null,
-  });
-
   app.openapi(getSpendLimit, async (c) => {
     const owner = c.get('owner');
     const now = ctx.clock();
-    return c.json(await view(owner, now, await readSpendLimit(deps.blobs, owner)), 200);
+    const [limits, spent] = await Promise.all([readSpendLimits(deps.blobs, owner), spentThisMonthUsd(deps.blobs, owner, now, price)]);
+    return c.json({ object: 'spend_limit' as const, ...spendLimitStatus(limits, spent, now), hourly_usd: price ?? null }, 200);
   });
 
   app.openapi(putSpendLimitRoute, async (c) => {
@@ -77,8 +72,9 @@ export function registerSpendLimitRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps
     const now = ctx.clock();
     // The month first: when it does not read (a 409) nothing is stored.
     const spent = await spentThisMonthUsd(deps.blobs, owner, now, price);
-    const limit = await putSpendLimit(deps.blobs, owner, c.req.valid('json').monthly_usd, now);
-    return c.json({ object: 'spend_limit' as const, ...spendLimitStatus(limit, spent, now), hourly_usd: price }, 200);
+    const operator = await readSpendLimit(deps.blobs, owner, 'operator');
+    const account = await putSpendLimit(deps.blobs, owner, c.req.valid('json').monthly_usd, now);
+    return c.json({ object: 'spend_limit' as const, ...spendLimitStatus({ account, operator }, spent, now), hourly_usd: price }, 200);
   });
 
   app.openapi(deleteSpendLimitRoute, async (c) => {

@@ -4,6 +4,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { spendLimitKey, usageKey } from '../../shared/keys.ts';
+import { putSpendLimit } from '../../shared/spend-limits.ts';
 import { recordUsage } from '../../shared/usage.ts';
 import { expectEnvelope, harness, LIMITS, type Harness } from './helpers.ts';
 
@@ -36,11 +37,11 @@ describe('PUT, GET and DELETE /v1/spend-limit', () => {
     const app = appAt(NOW);
     await spend(4000); // $4
     const none = (await (await call(app, '/v1/spend-limit')).json()) as any;
-    expect(none).toEqual({ object: 'spend_limit', monthly_usd: null, updated_at: null, month: '2026-12', spent_usd: 4, remaining_usd: null, reached: false, resets_at: null, hourly_usd: PRICE });
+    expect(none).toEqual({ object: 'spend_limit', monthly_usd: null, updated_at: null, operator_monthly_usd: null, month: '2026-12', spent_usd: 4, remaining_usd: null, reached: false, resets_at: null, hourly_usd: PRICE });
 
     const put = await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 10 } });
     expect(put.status).toBe(200);
-    expect(await put.json()).toEqual({ object: 'spend_limit', monthly_usd: 10, updated_at: NOW.toISOString(), month: '2026-12', spent_usd: 4, remaining_usd: 6, reached: false, resets_at: null, hourly_usd: PRICE });
+    expect(await put.json()).toEqual({ object: 'spend_limit', monthly_usd: 10, updated_at: NOW.toISOString(), operator_monthly_usd: null, month: '2026-12', spent_usd: 4, remaining_usd: 6, reached: false, resets_at: null, hourly_usd: PRICE });
     expect(((await (await call(app, '/v1/spend-limit')).json()) as any).monthly_usd).toBe(10);
     // Another account sees its own: none.
     expect(((await (await call(app, '/v1/spend-limit', { key: h.bob })).json()) as any).monthly_usd).toBeNull();
@@ -132,6 +133,27 @@ describe('POST /v1/generations against the limit', () => {
     const unpriced = appAt(NOW, null);
     expect((await call(unpriced, '/v1/generations', { json: BODY })).status).toBe(202);
     expect((await (await call(unpriced, '/v1/spend-limit')).json()) as any).toMatchObject({ monthly_usd: 1, spent_usd: null, reached: false, hourly_usd: null });
+  });
+
+  it("a limit the operator set for the account: the lower of the two applies, the account can neither raise nor remove it", async () => {
+    const app = appAt(NOW);
+    await putSpendLimit(h.blobs, 'acct_alice', 3, NOW, 'operator');
+    await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 10 } });
+    await spend(2000); // $2
+    expect((await call(app, '/v1/generations', { json: BODY })).status).toBe(202);
+    expect(await (await call(app, '/v1/spend-limit')).json()).toMatchObject({ monthly_usd: 10, operator_monthly_usd: 3, spent_usd: 2, remaining_usd: 1, reached: false });
+    await spend(1000, new Date('2026-12-06T10:00:00Z')); // $3: the operator's limit reached, the account's not
+    const e = await expectEnvelope(await call(app, '/v1/generations', { json: BODY }), 402, 'spend_limit_reached');
+    expect(e.message).toContain('the monthly limit of $3 the operator set for this account');
+    expect(await (await call(app, '/v1/spend-limit')).json()).toMatchObject({ reached: true, remaining_usd: 0 });
+    // The account's DELETE removes its own; the operator's stays and still refuses.
+    expect(((await (await call(app, '/v1/spend-limit', { method: 'DELETE' })).json()) as any).deleted).toBe(true);
+    await expectEnvelope(await call(app, '/v1/generations', { json: BODY }), 402, 'spend_limit_reached');
+    // An account limit lower than the operator's is the one that applies, and its message says so.
+    await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 1 } });
+    expect((await expectEnvelope(await call(app, '/v1/generations', { json: BODY }), 402, 'spend_limit_reached')).message).toContain("the account's monthly spend limit of $1");
+    // Bob is held by neither.
+    expect((await call(app, '/v1/generations', { json: BODY, key: h.bob })).status).toBe(202);
   });
 
   it('a limit or a month that does not read is a 409 corrupt_record, never taken for none or for zero', async () => {

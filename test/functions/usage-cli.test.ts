@@ -5,6 +5,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { run } from '../../cli/usage.ts';
 import { usageKey } from '../../shared/keys.ts';
+import { readSpendLimit } from '../../shared/spend-limits.ts';
 import { newJobRecord, type JobRecord } from '../../shared/schemas/job.ts';
 import { GenerationSpec } from '../../shared/schemas/generation.ts';
 import { newJobId } from '../../shared/ids.ts';
@@ -257,5 +258,45 @@ describe('rebuildUsage', () => {
       for (const job of [first, late!]) await recordUsage(h.blobs, owner, job.id, new Date(job.finished_at!), usageOfRecord(job)!);
       expect(await readUsage(h.blobs, owner, month)).toEqual(days);
     }
+  });
+});
+
+describe('clipag usage limit (the operator spend limit of ADR 0033)', () => {
+  it('sets, shows and clears the operator limit of an owner; the API then applies the lower of it and the account own', async () => {
+    const set = await cli('limit', '--owner', 'acct_alice', '--monthly-usd', '2.50');
+    expect(set.code, set.stderr).toBe(0);
+    expect(set.lines[0]).toMatch(/^set the operator's monthly spend limit of acct_alice to \$2.5 \(the local data folder /);
+    expect(set.lines[1]).toBe("acct_alice: operator's limit $2.5; the account's own none; $2.5 a month applies (the API refuses new generations once the month's cost reaches it; only where it has a price)");
+    expect(await readSpendLimit(h.blobs, 'acct_alice', 'operator')).toMatchObject({ monthly_usd: 2.5 });
+    expect(await readSpendLimit(h.blobs, 'acct_alice')).toBeNull(); // the account's own is apart
+
+    // The API refuses alice once her month reaches it (at the deployment's price), and says whose it is.
+    const priced = createApp({ ...h.deps, clock: NOW, limits: { ...LIMITS, workerHourlyUsd: 3.6 } });
+    await recordUsage(h.blobs, 'acct_alice', 'j-limit', NOW(), { images: 1, workerSeconds: 2500, encoderPasses: 1, hourlyUsd: 3.6 });
+    const refused = await priced.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple' }) });
+    expect(refused.status).toBe(402);
+    expect(((await refused.json()) as { error: { message: string } }).error.message).toContain('the operator set for this account');
+
+    const json = await cli('limit', '--owner', 'acct_alice', '--json');
+    expect(JSON.parse(json.lines[0]!)).toEqual({ owner: 'acct_alice', operator_monthly_usd: 2.5, account_monthly_usd: null, applies: 2.5 });
+    const cleared = await cli('limit', '--owner', 'acct_alice', '--clear');
+    expect(cleared.lines).toEqual(["removed the operator's monthly spend limit of acct_alice", "acct_alice: operator's limit none; the account's own none; no limit applies"]);
+    expect((await cli('limit', '--owner', 'acct_alice', '--clear')).lines[0]).toBe("acct_alice had no operator's spend limit: nothing removed");
+  });
+
+  it('refuses what is not an amount, or options that do not go together, before touching the store (exit 2)', async () => {
+    for (const [argv, message] of [
+      [['limit', '--owner', 'acct_alice', '--monthly-usd', '$5'], /--monthly-usd must be an amount of USD/],
+      [['limit', '--owner', 'acct_alice', '--monthly-usd', '1.0000001'], /at most 6 decimals/],
+      [['limit', '--owner', 'acct_alice', '--monthly-usd', '5', '--clear'], /not both/],
+      [['limit', '--owner', 'acct_alice', '--month', '2026-12'], /--month does not apply to limit/],
+      [['show', '--owner', 'acct_alice', '--monthly-usd', '5'], /--monthly-usd goes with limit/],
+      [['limit', '--monthly-usd', '5'], /give --owner ID/],
+    ] as const) {
+      const res = await cli(...argv);
+      expect(res.code, argv.join(' ')).toBe(2);
+      expect(res.stderr, argv.join(' ')).toMatch(message);
+    }
+    expect(await readSpendLimit(h.blobs, 'acct_alice', 'operator')).toBeNull();
   });
 });

@@ -105,7 +105,7 @@ const KEPT: Record<string, number[]> = {
   'Init images': [...uploadDays, noncurrent('expire-uploads')],
   'Usage ledger': [],
   'Run statistics': [RUN_STATS_KEEP],
-  'Spend limit': [noncurrent('expire-noncurrent')],
+  'Spend limits': [noncurrent('expire-noncurrent')],
   'Account webhook secret': [graceHours, noncurrent('expire-noncurrent')],
   'API keys': [],
   'Work markers': [noncurrent('pending-markers')],
