@@ -126,3 +126,20 @@ describe('an Idempotency-Key claim a newer API wrote', () => {
     expect(logged(/corrupt idempotency claim taken over/)).toHaveLength(1);
   });
 });
+
+describe('release (a mutation review: a release that no longer checked the job survived before)', () => {
+  it("a request that gives up its claim after a takeover leaves the taker's claim alone (no second takeover, no second job)", async () => {
+    const ledger = new IdempotencyLedger(h.blobs, h.jobs, { staleMs: 30_000, waitMs: 200 });
+    const t0 = new Date('2026-12-20T08:00:00Z');
+    const first = newJobId(t0.getTime());
+    expect(await ledger.claim({ owner: 'acct_alice', key: 'k', bodyHash: 'h', jobId: first, now: t0 })).toEqual({ kind: 'claimed', jobId: first });
+    // The first request stalls past the stale age; a retry takes the key over.
+    const t1 = new Date(t0.getTime() + 31_000);
+    const second = newJobId(t1.getTime());
+    expect(await ledger.claim({ owner: 'acct_alice', key: 'k', bodyHash: 'h', jobId: second, now: t1 })).toEqual({ kind: 'claimed', jobId: second });
+    const before = (await h.blobs.get(idempotencyRecordKey('acct_alice', 'k')))!.body;
+    // The stalled first request's create fails, and it releases what it believes is its claim.
+    await ledger.release({ owner: 'acct_alice', key: 'k', jobId: first });
+    expect(Buffer.from((await h.blobs.get(idempotencyRecordKey('acct_alice', 'k')))!.body).toString()).toBe(Buffer.from(before).toString());
+  });
+});

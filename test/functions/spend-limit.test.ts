@@ -172,3 +172,17 @@ describe('POST /v1/generations against the limit', () => {
     expect((await call(app, '/v1/generations', { json: BODY })).status).toBe(202);
   });
 });
+
+describe('spend limit edges (a mutation review)', () => {
+  it('a month that ran past its limit (jobs already running when it was reached) shows remaining_usd 0, never negative', async () => {
+    const app = appAt(NOW);
+    await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 5 } });
+    await recordUsage(h.blobs, 'acct_alice', 'j1', new Date('2026-12-05T10:00:00Z'), { images: 1, workerSeconds: 6000, encoderPasses: 1, hourlyUsd: PRICE }); // $6
+    expect(await (await call(app, '/v1/spend-limit')).json()).toMatchObject({ spent_usd: 6, remaining_usd: 0, reached: true });
+  });
+
+  it('a limit of 0 refuses nothing where no cost is known (the price was removed)', async () => {
+    await call(appAt(NOW), '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 0 } });
+    expect((await call(appAt(NOW, null), '/v1/generations', { json: BODY })).status).toBe(202);
+  });
+});

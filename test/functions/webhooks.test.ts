@@ -912,3 +912,20 @@ async function fetchLocalSigned(url: string): Promise<Uint8Array> {
   expect(check).toMatchObject({ ok: true });
   return (await h.blobs.get((check as { key: string }).key))!.body;
 }
+
+describe('one deliverer per attempt (a mutation review: a claim that lapsed at once survived before)', () => {
+  it('two deliverers that find the same event due at once send it once (the claim holds while the first attempt is out)', async () => {
+    const { id } = await postWithWebhook();
+    await finish(id);
+    let sends = 0;
+    const releases: Array<(status: number) => void> = [];
+    const slow: WebhookDeliveryDeps = { ...deliveryDeps(), send: () => (sends++, new Promise<number>((r) => releases.push(r))) };
+    const first = deliverWebhook(slow, 'acct_alice', id);
+    await new Promise((r) => setTimeout(r, 100)); // the first has claimed and is sending
+    const second = deliverWebhook(slow, 'acct_alice', id);
+    await new Promise((r) => setTimeout(r, 100));
+    for (const release of releases) release(204);
+    expect([await first, await second]).toEqual(['delivered', 'held_elsewhere']);
+    expect(sends).toBe(1);
+  });
+});

@@ -160,3 +160,26 @@ describe('SlidingWindowRateLimiter', () => {
     expect(() => new SlidingWindowRateLimiter(counter, { limit: 5, name: 'Bad Name' })).toThrow(/name/);
   });
 });
+
+const EXACT_W = 60_000;
+const EXACT_T0 = 29_000_000 * EXACT_W;
+
+describe('exactness (a mutation review: each of these survived before)', () => {
+  it('lets exactly the sliding allowance through where the float product lands a hair under a whole number (60/min, a full previous window, 20 s in: 20)', async () => {
+    const l = new SlidingWindowRateLimiter(new MemoryRateCounter(), { limit: 60, name: 'requests' });
+    for (let i = 0; i < 60; i++) expect((await l.take('acct', EXACT_T0 + 1000)).allowed).toBe(true);
+    // 60 × (1 − 20/60) = 40 still counted: room for exactly 20 (60 − 60 × 2/3 is 19.999999999999993 in floats).
+    const got = [];
+    for (let i = 0; i < 21; i++) got.push((await l.take('acct', EXACT_T0 + EXACT_W + 20_000)).allowed);
+    expect(got.filter(Boolean)).toHaveLength(20);
+  });
+
+  it("keeps each window's count until the next window has read it as its previous (TTL two windows past the window's start)", async () => {
+    const seen: number[] = [];
+    const inner = new MemoryRateCounter();
+    const spy: RateCounter = { get: (k, w) => inner.get(k, w), addBelow: (k, w, c, exp) => (seen.push(exp), inner.addBelow(k, w, c, exp)) };
+    const l = new SlidingWindowRateLimiter(spy, { limit: 5, name: 'requests' });
+    await l.take('acct', EXACT_T0 + 59_000);
+    expect(seen[0]! * 1000).toBeGreaterThanOrEqual(EXACT_T0 + 2 * EXACT_W);
+  });
+});
