@@ -584,7 +584,12 @@ async function settle(s: Session, line: Line, st: LineState, g: Generation, dir:
   if (g.status !== 'succeeded') return;
   if (g.outputs.length === 0 && g.withheld_outputs.length === 0) {
     st.status = 'error';
-    st.error = { code: 'no_images', message: `generation ${g.id} has no images to download${g.deleted_at ? ` (deleted at ${g.deleted_at})` : ' (expired?)'}` };
+    const why = g.deleted_at
+      ? ` (deleted at ${g.deleted_at})`
+      : typeof g.outputs_expire_at === 'string' && Date.parse(g.outputs_expire_at) <= Date.now()
+        ? ` (its images expired at ${g.outputs_expire_at})`
+        : '';
+    st.error = { code: 'no_images', message: `generation ${g.id} has no images to download${why}` };
     return;
   }
   for (const o of g.outputs) {

@@ -2,7 +2,10 @@
 // 2026-12-07): S3's lifecycle removes the objects at its next daily run after that time, sometimes days
 // later, and a link signed then for the full hour still downloaded them. Past it the generation lists
 // no outputs and no frames, as in local mode once the retention pass has run.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { remote } from '../../cli/remote.ts';
 import { createApp } from '../../functions/app.ts';
 import { verifyLocalSignature } from '../../shared/adapters/local/index.ts';
 import { frameKey, linkLifeUntilExpiry } from '../../shared/views.ts';
@@ -66,6 +69,19 @@ describe('links against outputs_expire_at (a 30-day retention)', () => {
     expect((await get(`/v1/generations/${expired}/frames`)).data).toEqual([]);
     // Its record is as it was: the usage audit still counts its images.
     expect((await h.jobs.get('acct_alice', expired))!.outputs).toHaveLength(1);
+  });
+
+  it('clipag remote get of an expired generation says its images expired (exit 1), and writes nothing', async () => {
+    const now = Date.now();
+    const app = createApp({ ...h.deps, limits: { ...h.deps.limits, outputRetentionDays: 30 } });
+    const expired = await succeededDaysAgo(31, now);
+    const err: string[] = [];
+    const out = join(h.dir, 'expired.png');
+    const fetchApp = (async (input: string | URL | Request, init?: RequestInit) => app.request(new Request(input, init))) as typeof fetch;
+    const code = await remote(['get', expired, '-o', out, '--url', 'http://127.0.0.1:8787', '--key', h.alice], { env: {}, out: () => {}, err: (l) => err.push(l), fetch: fetchApp, sleep: async () => {} });
+    expect(code).toBe(1);
+    expect(err.join('\n')).toMatch(new RegExp(`generation ${expired} has no images to download \\(its images expired at `));
+    expect(existsSync(out)).toBe(false);
   });
 
   it('linkLifeUntilExpiry: no expiry keeps the life; at least a second; never past the expiry', () => {
