@@ -17,7 +17,7 @@ import { ApiError, CannotSend, GaveUp, Interrupted, isUnknownRoute, TimedOut, Wa
 import { UsageError, writeWhole } from './common.ts';
 import {
   IDEMPOTENCY_KEY, INTERRUPTED_EXIT_CODE, PNG_SIGNATURE, TIMED_OUT_EXIT_CODE, WITHHELD_EXIT_CODE,
-  connectionOptions, ended, outputPath, retryIn, session, shellWord, untilEnded, type RemoteIo, type Session,
+  connectionOptions, ended, noImagesMessage, outputPath, retryIn, session, shellWord, untilEnded, type RemoteIo, type Session,
 } from './remote.ts';
 
 /** More lines than this is a job for several files: the journal and the checks are per run. */
@@ -584,12 +584,7 @@ async function settle(s: Session, line: Line, st: LineState, g: Generation, dir:
   if (g.status !== 'succeeded') return;
   if (g.outputs.length === 0 && g.withheld_outputs.length === 0) {
     st.status = 'error';
-    const why = g.deleted_at
-      ? ` (deleted at ${g.deleted_at})`
-      : typeof g.outputs_expire_at === 'string' && Date.parse(g.outputs_expire_at) <= Date.now()
-        ? ` (its images expired at ${g.outputs_expire_at})`
-        : '';
-    st.error = { code: 'no_images', message: `generation ${g.id} has no images to download${why}` };
+    st.error = { code: 'no_images', message: noImagesMessage(g) };
     return;
   }
   for (const o of g.outputs) {

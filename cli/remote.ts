@@ -714,6 +714,13 @@ async function pause(ms: number, signal: AbortSignal | undefined): Promise<void>
   }
 }
 
+/** Why a succeeded generation lists no image to download: deleted (ADR 0021), or past its outputs_expire_at. */
+export function noImagesMessage(g: Generation): string {
+  const expired = typeof g.outputs_expire_at === 'string' && Date.parse(g.outputs_expire_at) <= Date.now();
+  const why = g.deleted_at ? ` (deleted at ${g.deleted_at})` : expired ? ` (its images expired at ${g.outputs_expire_at})` : '';
+  return `generation ${g.id} has no images to download${why}`;
+}
+
 /** The generation has ended: its images downloaded (to `paths`, by index), it reported, the exit status chosen. */
 async function finish(s: Session, g: Generation, paths: string[] | undefined): Promise<number> {
   const { io } = s;
@@ -722,8 +729,7 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
     if (g.outputs.length === 0 && g.withheld_outputs.length === 0) {
       // Deleted (ADR 0021), or its images expired: nothing to download, and -o asked for files.
       if (s.json) io.out(JSON.stringify(g));
-      const why = g.deleted_at ? ` (deleted at ${g.deleted_at})` : typeof g.outputs_expire_at === 'string' && Date.parse(g.outputs_expire_at) <= Date.now() ? ` (its images expired at ${g.outputs_expire_at})` : '';
-      io.err(`clipag remote: generation ${g.id} has no images to download${why}`);
+      io.err(`clipag remote: ${noImagesMessage(g)}`);
       return 1;
     }
     for (const o of g.outputs) {
