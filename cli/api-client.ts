@@ -68,6 +68,8 @@ const ClientGeneration = z.looseObject({
     }),
   ),
   withheld_outputs: z.array(z.looseObject({ index: z.number().int().nonnegative(), content_flags: z.array(z.looseObject({ rule: z.string() })) })),
+  // Absent from an API before it.
+  expired_outputs: z.array(z.looseObject({ index: z.number().int().nonnegative(), seed: z.number() })).optional(),
   error: z.looseObject({ code: z.string(), message: z.string() }).nullable(),
   usage: z.looseObject({ cost_usd: z.number().nullable() }),
   warnings: z.array(z.string()),
@@ -80,6 +82,8 @@ const ClientGeneration = z.looseObject({
 const ClientGenerationList = z.looseObject({ object: z.literal('list'), data: z.array(ClientGeneration), next_cursor: z.string().nullable().optional() });
 /** POST /v1/estimates: its answer is not read (the request check is the call's point), only told from another's. */
 const ClientEstimate = z.looseObject({ object: z.literal('estimate') });
+/** GET and PUT /v1/spend-limit: `operator_monthly_usd` is absent from an API before operator limits. */
+const ClientSpendLimit = SpendLimitView.extend({ operator_monthly_usd: z.number().nullable().optional() });
 
 export type GenerationBody = z.input<typeof GenerationRequest>;
 export type Generation = z.output<typeof ClientGeneration>;
@@ -88,7 +92,7 @@ export type Upload = z.output<typeof UploadView>;
 type UploadBody = z.input<typeof UploadRequest>;
 export type WebhookSecret = z.output<typeof WebhookSecretCreated>;
 export type WebhookSecretState = z.output<typeof WebhookSecretStatus>;
-export type SpendLimit = z.output<typeof SpendLimitView>;
+export type SpendLimit = z.output<typeof ClientSpendLimit>;
 type Envelope = ErrorEnvelope['error'];
 
 /** Back-off tries (network errors, the gateway's own answers) before giving up. */
@@ -472,12 +476,12 @@ export class ClipagClient {
 
   /** GET /v1/spend-limit: the account's monthly limit (null: none) with this month's cost (ADR 0033). */
   async spendLimit(o: CallOptions): Promise<SpendLimit> {
-    return (await this.#api<SpendLimit>('GET', 'v1/spend-limit', SpendLimitView, 'a spend limit', o)).json;
+    return (await this.#api<SpendLimit>('GET', 'v1/spend-limit', ClientSpendLimit, 'a spend limit', o)).json;
   }
 
   /** PUT /v1/spend-limit: sets it (a PUT: the same again after a lost answer sets the same). */
   async setSpendLimit(monthlyUsd: number, o: CallOptions): Promise<SpendLimit> {
-    return (await this.#api<SpendLimit>('PUT', 'v1/spend-limit', SpendLimitView, 'a spend limit', { ...o, body: { monthly_usd: monthlyUsd } })).json;
+    return (await this.#api<SpendLimit>('PUT', 'v1/spend-limit', ClientSpendLimit, 'a spend limit', { ...o, body: { monthly_usd: monthlyUsd } })).json;
   }
 
   /** DELETE /v1/spend-limit (idempotent: `deleted` false when there was none). */

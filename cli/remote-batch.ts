@@ -582,7 +582,7 @@ async function settle(s: Session, line: Line, st: LineState, g: Generation, dir:
   st.seeds = [];
   st.clip_scores = [];
   if (g.status !== 'succeeded') return;
-  if (g.outputs.length === 0 && g.withheld_outputs.length === 0) {
+  if (g.outputs.length === 0 && (g.withheld_outputs.length === 0 || (g.expired_outputs?.length ?? 0) > 0)) {
     st.status = 'error';
     st.error = { code: 'no_images', message: noImagesMessage(g) };
     return;

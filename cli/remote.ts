@@ -716,8 +716,11 @@ async function pause(ms: number, signal: AbortSignal | undefined): Promise<void>
 
 /** Why a succeeded generation lists no image to download: deleted (ADR 0021), or past its outputs_expire_at. */
 export function noImagesMessage(g: Generation): string {
-  const expired = typeof g.outputs_expire_at === 'string' && Date.parse(g.outputs_expire_at) <= Date.now();
-  const why = g.deleted_at ? ` (deleted at ${g.deleted_at})` : expired ? ` (its images expired at ${g.outputs_expire_at})` : '';
+  const gone = g.expired_outputs ?? [];
+  // The API's list says so; an older API's, the time (by this machine's clock).
+  const expired = gone.length > 0 || (typeof g.outputs_expire_at === 'string' && Date.parse(g.outputs_expire_at) <= Date.now());
+  const seeds = gone.length > 0 ? `; their seeds make them again: ${gone.map((o) => `image ${o.index} seed ${o.seed}`).join(', ')}` : '';
+  const why = g.deleted_at ? ` (deleted at ${g.deleted_at})` : expired ? ` (its images expired at ${g.outputs_expire_at}${seeds})` : '';
   return `generation ${g.id} has no images to download${why}`;
 }
 
@@ -726,7 +729,7 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
   const { io } = s;
   const written = new Map<number, string>();
   if (g.status === 'succeeded' && paths) {
-    if (g.outputs.length === 0 && g.withheld_outputs.length === 0) {
+    if (g.outputs.length === 0 && (g.withheld_outputs.length === 0 || (g.expired_outputs?.length ?? 0) > 0)) {
       // Deleted (ADR 0021), or its images expired: nothing to download, and -o asked for files.
       if (s.json) io.out(JSON.stringify(g));
       io.err(`clipag remote: ${noImagesMessage(g)}`);

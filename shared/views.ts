@@ -171,6 +171,16 @@ export async function generationView(
     cancel_requested: job.cancel_requested,
     outputs,
     outputs_expire_at: deleted ? null : outputsExpire,
+    // What made each image that is gone, so that it can be made again (its seed), without a link.
+    expired_outputs: expired && !deleted
+      ? job.outputs.map((output, k) => ({
+          index: indices[k]!,
+          seed: imageSeed(job.id, job.spec, indices[k]!),
+          width: output.width,
+          height: output.height,
+          ...(output.clip_score !== undefined ? { clip_score: output.clip_score } : {}),
+        }))
+      : [],
     withheld_outputs: withheld,
     error: shownError(job.error),
     usage: { ...shownUsage(job.usage), cost_usd: hourly === undefined ? null : costUsd(job.usage.worker_seconds, hourly), hourly_usd: hourly ?? null },

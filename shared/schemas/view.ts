@@ -52,6 +52,17 @@ export const GenerationOutputView = z
   })
   .openapi('GenerationOutput');
 
+/** An image whose storage expired (past `outputs_expire_at`): what made it, no link (ADR 0021 addendum). */
+export const ExpiredOutputView = z
+  .object({
+    index: z.number().int().nonnegative(),
+    seed: GenerationOutputView.shape.seed,
+    width: z.number().int().positive(),
+    height: z.number().int().positive(),
+    clip_score: z.number().optional(),
+  })
+  .openapi('ExpiredOutput');
+
 export const WithheldOutputView = z
   .object({
     index: z.number().int().nonnegative(),
@@ -77,7 +88,10 @@ export const GenerationView = z
     cancel_requested: z.boolean(),
     outputs: z.array(GenerationOutputView),
     outputs_expire_at: Timestamp.nullable().openapi({
-      description: "When the deployment's storage removes the images and frames (the job's end plus its retention); their links stop working then, so download what you keep: no link is signed to outlive it, and past it the generation lists no outputs and no frames (this time says why). Null while none are stored, or where the deployment keeps them.",
+      description: "When the deployment's storage removes the images and frames (the job's end plus its retention); their links stop working then, so download what you keep: no link is signed to outlive it, and past it the generation lists no outputs and no frames (this time says why; `expired_outputs` keeps each image's seed). Null while none are stored, or where the deployment keeps them.",
+    }),
+    expired_outputs: z.array(ExpiredOutputView).openapi({
+      description: 'Past `outputs_expire_at`: the images the storage removed, by index, with the seed that makes each again (no link). Empty before, and for a deleted generation.',
     }),
     withheld_outputs: z.array(WithheldOutputView).openapi({
       description: 'Images the output check kept back (ADR 0017): not stored, no URL. Usage still counts them. Empty when none.',

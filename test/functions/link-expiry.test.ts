@@ -65,6 +65,9 @@ describe('links against outputs_expire_at (a 30-day retention)', () => {
     const past = await get(`/v1/generations/${expired}`);
     expect(Date.parse(past.outputs_expire_at)).toBeLessThan(now);
     expect(past).toMatchObject({ status: 'succeeded', outputs: [] });
+    // What made the image stays, without a link: its seed makes it again.
+    expect(past.expired_outputs).toEqual([{ index: 0, seed: expect.any(Number), width: 224, height: 224 }]);
+    expect(view.expired_outputs).toEqual([]);
     expect(JSON.stringify(past)).not.toContain('sig=');
     expect((await get(`/v1/generations/${expired}/frames`)).data).toEqual([]);
     // Its record is as it was: the usage audit still counts its images.
@@ -80,7 +83,7 @@ describe('links against outputs_expire_at (a 30-day retention)', () => {
     const fetchApp = (async (input: string | URL | Request, init?: RequestInit) => app.request(new Request(input, init))) as typeof fetch;
     const code = await remote(['get', expired, '-o', out, '--url', 'http://127.0.0.1:8787', '--key', h.alice], { env: {}, out: () => {}, err: (l) => err.push(l), fetch: fetchApp, sleep: async () => {} });
     expect(code).toBe(1);
-    expect(err.join('\n')).toMatch(new RegExp(`generation ${expired} has no images to download \\(its images expired at `));
+    expect(err.join('\n')).toMatch(new RegExp(`generation ${expired} has no images to download \\(its images expired at \\S+; their seeds make them again: image 0 seed \\d+\\)`));
     expect(existsSync(out)).toBe(false);
   });
 

@@ -101,6 +101,7 @@ function view(id: string, status: Generation['status'], extra: Partial<Generatio
     cancel_requested: false,
     outputs: [],
     outputs_expire_at: null,
+    expired_outputs: [],
     withheld_outputs: [],
     error: null,
     usage: { encoder_passes: 0, worker_seconds: 0, cost_usd: null, hourly_usd: null },
