@@ -43,8 +43,8 @@ export async function spendLimit(argv: string[], io: RemoteIo): Promise<number> 
       advice: (error) =>
         error.status === 409 && error.code === 'corrupt_record'
           ? sub === 'set'
-            ? "; this month's usage does not read (nothing was set): the operator repairs it (clipag usage rebuild)"
-            : "; the stored limit or this month's usage does not read: spend-limit set replaces a limit that does not read (delete removes it); the operator repairs a month (clipag usage rebuild)"
+            ? "; this month's usage, or the limit the operator set for this account, does not read (nothing was set): the operator repairs it"
+            : "; your stored limit, the one the operator set for this account, or this month's usage does not read: spend-limit set replaces yours (delete removes it); the operator repairs theirs and the month (clipag usage limit, clipag usage rebuild)"
           : '',
     });
   }

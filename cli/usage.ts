@@ -85,6 +85,10 @@ export async function run(
     }
     if (action === 'limit') {
       const usd = values['monthly-usd'];
+      // A typo sets a limit on an account that does not exist, and the real one stays unlimited: said.
+      if (usd !== undefined && !(await new BlobApiKeyStore(store).list()).some((k) => k.owner === owner)) {
+        process.stderr.write(`clipag usage: warning: no API key names owner ${owner} (yet): check the id (clipag keys list)\n`);
+      }
       if (usd !== undefined) await putSpendLimit(store, owner, Number(usd), now(), 'operator');
       const removed = values.clear ? await deleteSpendLimit(store, owner, 'operator') : undefined;
       const limits = await readSpendLimits(store, owner);

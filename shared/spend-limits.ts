@@ -62,7 +62,8 @@ export async function readSpendLimits(blobs: BlobStore, owner: string): Promise<
 /** The limit that applies: the lower of the two set, with whose it is; null when neither is set. */
 export function effectiveSpendLimit(limits: { account: SpendLimit | null; operator: SpendLimit | null }): { monthly_usd: number; setter: SpendLimitSetter } | null {
   const { account, operator } = limits;
-  if (operator !== null && (account === null || operator.monthly_usd < account.monthly_usd)) return { monthly_usd: operator.monthly_usd, setter: 'operator' };
+  // At a tie, the operator's: the account raising its own would not let it through.
+  if (operator !== null && (account === null || operator.monthly_usd <= account.monthly_usd)) return { monthly_usd: operator.monthly_usd, setter: 'operator' };
   return account !== null ? { monthly_usd: account.monthly_usd, setter: 'account' } : null;
 }
 

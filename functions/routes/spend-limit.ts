@@ -17,9 +17,9 @@ const getSpendLimit = createRoute({
   summary: "The account's monthly spend limit, with this month's cost so far",
   security: SECURITY,
   responses: {
-    200: { description: 'The limit (monthly_usd null: none is set) and the month', content: { 'application/json': { schema: SpendLimitView } } },
+    200: { description: "The account's limit (monthly_usd null: it set none), the operator's for it (operator_monthly_usd) and the month", content: { 'application/json': { schema: SpendLimitView } } },
     ...pick(400, 401, 413, 503),
-    409: { ...errors[409], description: "corrupt_record: the stored limit, or this month's usage, does not read. A limit that does not read: PUT replaces it, DELETE removes it. A month: the operator repairs it (`clipag usage rebuild`); while a limit is set, new generations are refused 409 until then" },
+    409: { ...errors[409], description: "corrupt_record: the account's stored limit, the operator's limit for it, or this month's usage does not read. The account's own: PUT replaces it, DELETE removes it. The operator's, or a month: the operator repairs it (`clipag usage limit`, `clipag usage rebuild`); while a limit is set, new generations are refused 409 until then" },
   },
 });
 

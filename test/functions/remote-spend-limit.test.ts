@@ -94,6 +94,28 @@ describe('clipag remote spend-limit', () => {
   });
 });
 
+describe('against an API from before operator limits (no operator_monthly_usd in its answer)', () => {
+  it('show and set still read the answer', async () => {
+    const older = (async (input: string | URL | Request, init?: RequestInit) => {
+      const res = await app.request(new Request(input, init));
+      const body = (await res.json()) as Record<string, unknown>;
+      delete body.operator_monthly_usd;
+      return new Response(JSON.stringify(body), { status: res.status, headers: res.headers });
+    }) as typeof fetch;
+    const run = async (argv: string[]) => {
+      const out: string[] = [];
+      const err: string[] = [];
+      const code = await remote(argv, { env: {}, out: (l) => out.push(l), err: (l) => err.push(l), fetch: older, sleep: async () => {} });
+      return { code, stdout: out.join('\n'), stderr: err.join('\n') };
+    };
+    const set = await run(['spend-limit', 'set', '10', ...conn()]);
+    expect(set.code, set.stderr).toBe(0);
+    expect(set.stdout).toMatch(/^monthly spend limit: \$10 /);
+    expect(set.stdout).not.toContain('operator');
+    expect((await run(['spend-limit', 'show', ...conn()])).code).toBe(0);
+  });
+});
+
 describe('clipag remote batch at a reached limit', () => {
   it('stops at the first 402, says why and how to go on; the rerun after a raise makes the lines', async () => {
     await cli(['spend-limit', 'set', '0', ...conn()]);

@@ -152,6 +152,9 @@ describe('POST /v1/generations against the limit', () => {
     // An account limit lower than the operator's is the one that applies, and its message says so.
     await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 1 } });
     expect((await expectEnvelope(await call(app, '/v1/generations', { json: BODY }), 402, 'spend_limit_reached')).message).toContain("the account's monthly spend limit of $1");
+    // At a tie the operator's is named: raising the account's own would not help.
+    await call(app, '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 3 } });
+    expect((await expectEnvelope(await call(app, '/v1/generations', { json: BODY }), 402, 'spend_limit_reached')).message).toContain('the operator set for this account');
     // Bob is held by neither.
     expect((await call(app, '/v1/generations', { json: BODY, key: h.bob })).status).toBe(202);
   });

@@ -284,6 +284,19 @@ describe('clipag usage limit (the operator spend limit of ADR 0033)', () => {
     expect((await cli('limit', '--owner', 'acct_alice', '--clear')).lines[0]).toBe("acct_alice had no operator's spend limit: nothing removed");
   });
 
+  it('warns when no API key names the owner (a typo would leave the real account unlimited), and sets it all the same', async () => {
+    const written: string[] = [];
+    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: unknown) => (written.push(String(chunk)), true));
+    try {
+      expect((await cli('limit', '--owner', 'acct_alcie', '--monthly-usd', '5')).code).toBe(0);
+      expect((await cli('limit', '--owner', 'acct_alice', '--monthly-usd', '5')).code).toBe(0);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(written.filter((l) => l.includes('no API key names owner'))).toEqual(['clipag usage: warning: no API key names owner acct_alcie (yet): check the id (clipag keys list)\n']);
+    expect(await readSpendLimit(h.blobs, 'acct_alcie', 'operator')).toMatchObject({ monthly_usd: 5 });
+  });
+
   it('refuses what is not an amount, or options that do not go together, before touching the store (exit 2)', async () => {
     for (const [argv, message] of [
       [['limit', '--owner', 'acct_alice', '--monthly-usd', '$5'], /--monthly-usd must be an amount of USD/],
