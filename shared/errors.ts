@@ -62,6 +62,15 @@ export class ConflictError extends ClipagError {
   }
 }
 
+/** What was there is gone for good (410): a deleted or expired image. Retrying does not bring it back. */
+export class GoneError extends ClipagError {
+  readonly status = 410;
+  readonly retryable = false;
+  constructor(message: string, options: ClipagErrorOptions = {}) {
+    super('gone', message, options);
+  }
+}
+
 /** A conditional write lost: the object exists already, or its version/etag moved on. */
 export class PreconditionFailedError extends ClipagError {
   readonly status = 412;

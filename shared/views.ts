@@ -207,3 +207,37 @@ export async function generationView(
 export function webhookStatus(w: JobWebhook): WebhookStatus {
   return w.delivered_at !== null ? 'delivered' : w.given_up_at !== null ? 'failed' : 'pending';
 }
+
+/**
+ * Where image `index` of a job stands, for its stable link (GET /v1/generations/{id}/outputs/{index}):
+ * a freshly signed URL, or why there is none. The same rules as the view's `outputs`: none while the
+ * job runs, none for a withheld image, none once deleted or past `outputs_expire_at`, and a link that
+ * never outlives that expiry.
+ */
+export type OutputLink =
+  | { kind: 'link'; url: string; expires_at: string }
+  | { kind: 'not_ended'; status: JobRecord['status'] }
+  | { kind: 'no_such_image'; made: number }
+  | { kind: 'withheld' }
+  | { kind: 'deleted'; seed: number; deleted_at: string }
+  | { kind: 'expired'; seed: number; expired_at: string };
+
+export async function outputLink(
+  job: JobRecord,
+  index: number,
+  blobs: BlobStore,
+  ttlSec: number,
+  now: Date,
+  options: Pick<ViewOptions, 'outputRetentionDays'> = {},
+): Promise<OutputLink> {
+  if (job.status === 'queued' || job.status === 'running') return { kind: 'not_ended', status: job.status };
+  if ((job.output_checks ?? []).some((c) => c.withheld && c.index === index)) return { kind: 'withheld' };
+  const k = publishedIndices(job).indexOf(index);
+  if (k < 0) return { kind: 'no_such_image', made: job.outputs.length + (job.output_checks ?? []).filter((c) => c.withheld).length };
+  const seed = imageSeed(job.id, job.spec, index);
+  if (job.deleted_at !== undefined) return { kind: 'deleted', seed, deleted_at: job.deleted_at };
+  const expireAt = outputsExpireAt(job, options.outputRetentionDays);
+  if (expireAt !== null && Date.parse(expireAt) <= now.getTime()) return { kind: 'expired', seed, expired_at: expireAt };
+  const life = linkLifeUntilExpiry(await linkLife(blobs, ttlSec), now, expireAt);
+  return { kind: 'link', url: await blobs.signedGetUrl(job.outputs[k]!.key, life), expires_at: linkExpiry(now, life) };
+}

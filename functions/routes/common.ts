@@ -36,6 +36,7 @@ export const errors = {
   402: envelope(describeErrorCodes('spend_limit_reached')),
   404: envelope(describeErrorCodes('not_found')),
   409: envelope(describeErrorCodes('corrupt_record')),
+  410: envelope(describeErrorCodes('output_gone')),
   413: envelope(describeErrorCodes('payload_too_large')),
   415: {
     ...envelope(`${describeErrorCodes('unsupported_media_type')}. \`param\` names the header: "Content-Type", or "Content-Encoding" for a coding other than identity`),

@@ -1,6 +1,6 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import { ConflictError, CorruptDocumentError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, SpendLimitReachedError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
+import { ConflictError, CorruptDocumentError, GoneError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, SpendLimitReachedError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { checkPngFile } from '../../shared/png-check.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
@@ -21,7 +21,7 @@ import { effectiveSpendLimit, nextMonthStart, readSpendLimits, spentThisMonthUsd
 import type { JobMutation } from '../../shared/ports.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
-import { generationFrames, generationView, viewOptionsFromConfig } from '../../shared/views.ts';
+import { generationFrames, generationView, outputLink, viewOptionsFromConfig } from '../../shared/views.ts';
 import { CANCEL_WEBHOOK_TIMEOUT_MS, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
@@ -180,6 +180,40 @@ const listFrames = generationRoute(
   },
   GenerationFrameList,
 );
+
+/** An image's index in a path: digits only, as the view's `index` (no sign, exponent or leading zero). */
+const OutputIndexParam = IdParam.extend({
+  index: z
+    .string()
+    .regex(/^(?:0|[1-9]\d{0,5})$/, 'must be an image index: 0, 1, … (a whole number, as the generation\'s outputs[].index)')
+    .transform(Number)
+    .openapi({ param: { name: 'index', in: 'path' }, type: 'integer', example: '0' }),
+});
+
+const getOutput = createRoute({
+  operationId: 'getGenerationOutput',
+  tags: ['generations'],
+  method: 'get',
+  path: '/v1/generations/{id}/outputs/{index}',
+  summary: "One image of a generation, by a link that does not expire: a redirect to a freshly signed URL of the PNG",
+  description:
+    "A stable address for an image, to keep where the view's `outputs[].url` (signed, valid for an hour by default) would go stale: each request is authenticated and answered 302 with a newly signed URL, never valid past the outputs' expiry. HTTP clients drop the Authorization header when a redirect leaves the API's origin, as they should: the signed URL needs none (S3 refuses a request that carries both). 409 job_not_finished while the generation is queued or running; 404 (param index) for an index it did not make, or an image the output check withheld; 410 output_gone once the generation was deleted or its outputs expired (the message names the image's seed, which makes it again).",
+  security: SECURITY,
+  request: { params: OutputIndexParam },
+  responses: {
+    302: {
+      description: 'The image is at Location, a signed URL that works until Link-Expires-At (as the view\'s outputs[].expires_at)',
+      headers: {
+        Location: { description: 'The signed URL of the PNG', schema: { type: 'string' as const, format: 'uri' } },
+        'Link-Expires-At': { description: 'When the signed URL stops working (RFC 3339)', schema: { type: 'string' as const, format: 'date-time' } },
+        'Cache-Control': { description: '`private, no-store`: the next request signs a new URL', schema: { type: 'string' as const } },
+      },
+    },
+    ...pick(400, 401, 404),
+    409: conflict('job_not_finished'),
+    ...pick(410, 413, 503),
+  },
+});
 
 const deleteGeneration = generationRoute(
   'delete',
@@ -897,6 +931,35 @@ export function registerGenerationRoutes(
     const job = await jobs.get(c.get('owner'), id);
     if (!job) throw unknownGeneration(id);
     return c.json({ object: 'list' as const, data: await generationFrames(job, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions) }, 200);
+  });
+
+  app.openapi(getOutput, async (c) => {
+    const { id, index } = c.req.valid('param');
+    c.set('jobId', id);
+    const job = await jobs.get(c.get('owner'), id);
+    if (!job) throw unknownGeneration(id);
+    const link = await outputLink(job, index, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions);
+    switch (link.kind) {
+      case 'link':
+        c.header('Cache-Control', 'private, no-store');
+        c.header('Link-Expires-At', link.expires_at);
+        return c.redirect(link.url, 302);
+      case 'not_ended':
+        throw new ConflictError(`generation ${id} is ${link.status}: its images are stored when it ends`, { code: 'job_not_finished' });
+      case 'withheld':
+        throw new NotFoundError(`image ${index} of generation ${id} was withheld by the output check (withheld_outputs); it has no file`, { param: 'index' });
+      case 'no_such_image':
+        throw new NotFoundError(
+          link.made === 0
+            ? `generation ${id} ${job.status} and made no images`
+            : `generation ${id} has no image ${index}: it made ${link.made} (index 0${link.made > 1 ? `-${link.made - 1}` : ''})`,
+          { param: 'index' },
+        );
+      case 'deleted':
+        throw new GoneError(`image ${index} of generation ${id} was deleted at ${link.deleted_at}; the same request with seed ${link.seed} and n 1 makes it again`, { code: 'output_gone', param: 'index' });
+      case 'expired':
+        throw new GoneError(`image ${index} of generation ${id} expired at ${link.expired_at}; the same request with seed ${link.seed} and n 1 makes it again`, { code: 'output_gone', param: 'index' });
+    }
   });
 
   app.openapi(deleteGeneration, async (c) => {
