@@ -4,7 +4,7 @@ import { PENDING_JOBS_PREFIX, parsePendingJobKey, pendingJobKey, type PendingKin
 import { endNewerJobRecord, NewerJobRecordError, type JobEnding, type NewerJobSeen } from '../shared/jobstore.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
-import { isTerminal, TERMINAL_STATUSES, waitingSince, type JobRecord, type JobStatus } from '../shared/schemas/job.ts';
+import { canceledRecord, isTerminal, pastCancelDeadline, TERMINAL_STATUSES, waitingSince, type JobRecord, type JobStatus } from '../shared/schemas/job.ts';
 import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
 import { encodeQueueMessage } from '../shared/schemas/queue.ts';
 import type { ViewOptions } from '../shared/views.ts';
@@ -384,7 +384,9 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, 
     else if (named.kind === 'active') {
       // Counts against its owner while queued or running; an ended job's marker is one its ender
       // could not remove (a crash, a failed delete). A job no message can reach any more would hold
-      // its place (and its webhook) for ever: it fails `expired`.
+      // its place (and its webhook) for ever: it fails `expired`. A queued job past its caller's
+      // deadline ends `canceled` (ADR 0034), also while no worker runs to receive its message.
+      if (job.status === 'queued' && pastCancelDeadline(job, deps.clock().getTime())) job = await cancelPastDeadline(deps, job);
       if (!isTerminal(job.status) && deps.queueRetentionSec !== undefined && unreachable(job, deps.clock(), deps.queueRetentionSec)) {
         const expired = await expire(deps, job, deps.queueRetentionSec);
         if (isTerminal(expired.status) && expired.error?.code === 'expired') report.expired++;
@@ -499,6 +501,32 @@ function expiredEnding(job: { cancel_requested?: boolean }, now: Date, queueRete
   const days = Math.round((queueRetentionSec / 86_400) * 10) / 10;
   if (job.cancel_requested) return { status: 'canceled', finished_at: now.toISOString() };
   return { status: 'failed', finished_at: now.toISOString(), error: { code: 'expired', message: `not run within ${days} day(s) (how long the queue keeps a job); submit it again` } };
+}
+
+/**
+ * Ends `canceled` a queued job past its `cancel_after` deadline (ADR 0034), as a caller's cancel of a
+ * queued job does: conditionally (a worker that claimed it meanwhile ends it within a step), nothing
+ * billed; what an earlier attempt stored is settled, and the caller clears the job's place. Its webhook
+ * goes out with the sweep's webhooks (this one's, since the job is no longer among those still
+ * active). Returns the record as it now stands.
+ */
+async function cancelPastDeadline(deps: SweepDeps, job: JobRecord): Promise<JobRecord> {
+  const now = deps.clock();
+  let ended = false;
+  const updated = await deps.jobs.update(job.owner, job.id, (cur) => {
+    ended = cur.status === 'queued' && pastCancelDeadline(cur, now.getTime());
+    return ended ? canceledRecord(cur, now.toISOString(), now.getTime()) : null;
+  });
+  if (!ended) return updated;
+  deps.log?.({ level: 'info', msg: 'queued-job sweep: a queued job past its cancel_after ended canceled', job_id: job.id, owner: job.owner, cancel_after: job.spec.cancel_after });
+  // Queued again after an attempt that stored images: no record will name them (best effort; the
+  // `outputs` marker that attempt left brings a later sweep back to them).
+  if (updated.attempts > 0) {
+    await settleStoredOutputs(deps.blobs, updated).catch((error) =>
+      deps.log?.({ level: 'warn', msg: 'queued-job sweep: stored images of a job canceled at its deadline were not removed; a later sweep retries', job_id: job.id, owner: job.owner, error: describe(error) }),
+    );
+  }
+  return updated;
 }
 
 /** Fails an unreachable job `expired` (conditionally: a worker that took it meanwhile wins). */

@@ -7,7 +7,7 @@ import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } fro
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
-import { deletedRecord, isTerminal, newJobRecord } from '../../shared/schemas/job.ts';
+import { canceledRecord, deletedRecord, isTerminal, newJobRecord, pastCancelDeadline } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
@@ -645,10 +645,78 @@ export function registerGenerationRoutes(
         break;
       }
       if (!again) break;
-      latest = again;
+      latest = await endedAtDeadline(again);
     }
     c.header('Preference-Applied', `wait=${waitSec}`);
     return latest;
+  }
+
+  /**
+   * What follows a queued generation's end as canceled (a caller's cancel, or its cancel_after
+   * deadline, ADR 0034): its place among the owner's active ones is given back, images an earlier
+   * attempt stored are removed, and its webhook's first attempt is made. Returns the record as it
+   * then stands.
+   */
+  async function settleQueuedCancel(owner: string, id: string, canceled: JobRecord): Promise<JobRecord> {
+    let job = canceled;
+    // Canceled while queued: it no longer counts against its owner (a running one is the worker's to end).
+    await clearPending(blobs, 'active', owner, id);
+    // Queued again after an attempt that stored images (put back after a storage fault on its
+    // record): no record will name them. Best effort: the cancel stands, and the queued-job sweep
+    // retries from the marker the worker left. (Never started: nothing stored, nothing to look at.)
+    if (job.attempts > 0) {
+      await settleStoredOutputs(blobs, job).catch((error) =>
+        ctx.log({ level: 'warn', msg: 'stored images of a canceled generation were not removed; the queued-job sweep retries', job_id: id, owner, error: operatorMessage(error) }),
+      );
+    }
+    // Its event's first attempt, now rather than at the next sweep (up to 2 minutes in AWS). Awaited
+    // before the answer, never left running behind it: a Lambda is frozen once it has answered, and
+    // an attempt frozen mid-way would hold its claim and record nothing. The sender's deadline bounds
+    // the wait; a failure is recorded with its retry time, which the sweep keeps to. (A webhook
+    // already tried, by a cancel before this one or a worker, is the sweep's: a repeat stays quick.)
+    if (job.webhook?.attempts === 0 && webhookOwed(job)) {
+      const recorded = await deliverWebhook(cancelDelivery, owner, id).then(
+        () => true,
+        (error: unknown) => {
+          // The cancel stands either way; the marker brings the sweep to the event.
+          ctx.log({ level: 'warn', msg: "a canceled generation's webhook attempt was not recorded; the queued-job sweep sends it", job_id: id, owner, error: operatorMessage(error) });
+          return false;
+        },
+      );
+      // The answer shows the attempt's outcome (delivered, or failed with its error); a read that
+      // fails leaves the record the cancel wrote.
+      if (recorded) job = (await jobs.get(owner, id).catch(() => null)) ?? job;
+    }
+    return job;
+  }
+
+  /**
+   * A queued generation past its caller's deadline (cancel_after, ADR 0034) ends canceled when it is
+   * read, as the worker that receives it or the next sweep would end it: a GET then shows how it
+   * ended rather than `queued`. Conditional (a worker that claimed it meanwhile ends it within a step);
+   * a write that fails leaves it to them, and the read answers with the record as it was.
+   */
+  async function endedAtDeadline(job: JobRecord): Promise<JobRecord> {
+    const now = ctx.clock();
+    if (job.status !== 'queued' || !pastCancelDeadline(job, now.getTime())) return job;
+    let ended = false;
+    let updated: JobRecord;
+    try {
+      updated = await jobs.update(job.owner, job.id, (cur) => {
+        ended = cur.status === 'queued' && pastCancelDeadline(cur, now.getTime());
+        return ended ? canceledRecord(cur, now.toISOString(), now.getTime()) : null;
+      });
+    } catch (error) {
+      if (error instanceof CorruptDocumentError) throw error;
+      ctx.log({ level: 'warn', msg: 'a queued generation past its cancel_after was not ended on read; its worker or the sweep ends it', job_id: job.id, owner: job.owner, error: operatorMessage(error) });
+      return job;
+    }
+    if (!ended) return updated;
+    // The end stands: what follows it is best effort here, and the sweep finishes what fails.
+    return settleQueuedCancel(job.owner, job.id, updated).catch((error: unknown) => {
+      ctx.log({ level: 'warn', msg: 'a generation ended at its cancel_after on read; its place or webhook is left to the sweep', job_id: job.id, owner: job.owner, error: operatorMessage(error) });
+      return updated;
+    });
   }
 
   /**
@@ -921,7 +989,7 @@ export function registerGenerationRoutes(
     c.set('jobId', id);
     let job = await jobs.get(c.get('owner'), id);
     if (!job) throw unknownGeneration(id);
-    job = await heldUntilEnded(c, job);
+    job = await heldUntilEnded(c, await endedAtDeadline(job));
     return c.json(await view(job), 200);
   });
 
@@ -1044,36 +1112,7 @@ export function registerGenerationRoutes(
           return cur.cancel_requested ? null : { ...cur, cancel_requested: true };
       }
     });
-    if (job.status === 'canceled') {
-      // Canceled while queued: it no longer counts against its owner (a running one is the worker's to end).
-      await clearPending(blobs, 'active', owner, id);
-      // Queued again after an attempt that stored images (put back after a storage fault on its
-      // record): no record will name them. Best effort: the cancel stands, and the queued-job sweep
-      // retries from the marker the worker left. (Never started: nothing stored, nothing to look at.)
-      if (job.attempts > 0) {
-        await settleStoredOutputs(blobs, job).catch((error) =>
-          ctx.log({ level: 'warn', msg: 'stored images of a canceled generation were not removed; the queued-job sweep retries', job_id: id, owner, error: operatorMessage(error) }),
-        );
-      }
-      // Its event's first attempt, now rather than at the next sweep (up to 2 minutes in AWS). Awaited
-      // before the answer, never left running behind it: a Lambda is frozen once it has answered, and
-      // an attempt frozen mid-way would hold its claim and record nothing. The sender's deadline bounds
-      // the wait; a failure is recorded with its retry time, which the sweep keeps to. (A webhook
-      // already tried, by a cancel before this one or a worker, is the sweep's: a repeat stays quick.)
-      if (job.webhook?.attempts === 0 && webhookOwed(job)) {
-        const recorded = await deliverWebhook(cancelDelivery, owner, id).then(
-          () => true,
-          (error: unknown) => {
-            // The cancel stands either way; the marker brings the sweep to the event.
-            ctx.log({ level: 'warn', msg: "a canceled generation's webhook attempt was not recorded; the queued-job sweep sends it", job_id: id, owner, error: operatorMessage(error) });
-            return false;
-          },
-        );
-        // The answer shows the attempt's outcome (delivered, or failed with its error); a read that
-        // fails leaves the record the cancel wrote.
-        if (recorded) job = (await jobs.get(owner, id).catch(() => null)) ?? job;
-      }
-    }
+    if (job.status === 'canceled') job = await settleQueuedCancel(owner, id, job);
     return c.json(await view(job), 200);
   });
 }

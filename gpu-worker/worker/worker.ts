@@ -7,7 +7,7 @@ import { deletePrefix } from '../../shared/prefix.ts';
 import { jobOutputsPrefix } from '../../shared/keys.ts';
 import { CorruptDocumentError, NonRetryableError, PreconditionFailedError, ValidationError, exhaustedResource } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
-import { isTerminal, type JobRecord, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, TERMINAL_STATUSES, waitingSince, type JobOutput, type JobStatus, type OutputCheck } from '../../shared/schemas/job.ts';
+import { cancelDeadline, cancelDue as cancelDueAt, canceledRecord, isTerminal, type JobRecord, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, TERMINAL_STATUSES, waitingSince, type JobOutput, type JobStatus, type OutputCheck } from '../../shared/schemas/job.ts';
 import type { OutputScreen } from '../../shared/prompt-policy.ts';
 import { NewerQueueMessageError, parseQueueMessage, type QueueMessage } from '../../shared/schemas/queue.ts';
 import { BlobJobStore, NewerJobRecordError, RefusedJobRecordError } from '../../shared/jobstore.ts';
@@ -348,6 +348,14 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     emit({ type: 'state', state });
   };
   const iso = () => new Date(clock.now()).toISOString();
+  /**
+   * Whether the job is to end `canceled`: its caller asked to, or its `cancel_after` deadline has
+   * passed on this worker's clock (ADR 0034: a deadline is a cancel asked for in advance, and ends the
+   * job wherever a cancel request would).
+   */
+  const cancelDue = (cur: Pick<JobRecord, 'spec' | 'created_at' | 'cancel_requested'>): boolean => cancelDueAt(cur, clock.now());
+  /** `cur` ended `canceled` now (saying so when its deadline ended it: canceledRecord). */
+  const canceled = (cur: JobRecord): JobRecord => canceledRecord(cur, iso(), clock.now());
 
   /** Run-statistics documents a newer clipag wrote that this worker has said it leaves alone: said once each. */
   const newerStats = new Set<string>();
@@ -678,7 +686,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     return jobs.update(msg.owner, msg.job_id, (cur) =>
       isTerminal(cur.status) || heldByAnother(cur, m) || superseded(cur, attempt)
         ? null
-        : { ...cur, status: 'canceled', finished_at: iso(), ...(progress ? { progress } : {}) },
+        : { ...canceled(cur), ...(progress ? { progress } : {}) },
     );
   }
 
@@ -691,7 +699,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     return jobs.update(msg.owner, msg.job_id, (cur) => {
       if (isTerminal(cur.status)) return null;
       if (guard && (heldByAnother(cur, guard.m) || superseded(cur, guard.attempt))) return null;
-      return cur.cancel_requested ? { ...cur, status: 'canceled', finished_at: iso() } : { ...cur, status: 'failed', finished_at: iso(), error };
+      return cancelDue(cur) ? canceled(cur) : { ...cur, status: 'failed', finished_at: iso(), error };
     });
   }
 
@@ -734,8 +742,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
   async function markQueuedOrCanceled(msg: QueueMessage, attempt: number): Promise<JobRecord> {
     return jobs.update(msg.owner, msg.job_id, (cur) => {
       if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
-      return cur.cancel_requested
-        ? { ...cur, status: 'canceled', finished_at: iso() }
+      return cancelDue(cur)
+        ? canceled(cur)
         : { ...cur, status: 'queued', progress: { step: 0, total: cur.progress.total }, queued_at: iso() };
     });
   }
@@ -971,7 +979,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // which the holder sees at its next progress write).
       if (heldByAnother(job, m)) return dropDuplicate(m, msg, lease, job.lease_expires_at);
       if (copyOfHeld(job, m)) return deferCopy(m, msg, lease, job.lease_expires_at);
-      if (job.cancel_requested) {
+      // Canceled by its caller, or received past its deadline (ADR 0034): not run.
+      if (cancelDue(job)) {
         const rec = await markCanceled(msg, m, 0);
         await lease.release();
         await ack(m, rec.status === 'canceled' ? 'canceled_before_start' : 'changed_before_start');
@@ -1049,7 +1058,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           copy = true;
           return null;
         }
-        if (isTerminal(cur.status) || cur.cancel_requested) return null;
+        if (isTerminal(cur.status) || cancelDue(cur)) return null;
         claimed = true;
         const leaseUntil = new Date(lease.validFrom + visibilitySec * 1000).toISOString();
         return {
@@ -1094,9 +1103,23 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         lease.setDeadline(deadline);
         deadlineTimer = setTimeout(() => abortRun!('timeout'), Math.max(0, deadline - elapsedClock()));
       }
+      // The caller's deadline (ADR 0034), on the wall clock its created_at is stamped on: a cancel asked
+      // for in advance, checked at every step and by a timer for an idle engine. Passed, the run stops as
+      // on a cancel (markCanceled then says why).
+      const cancelAt = cancelDeadline(running);
+      let cancelAtTimer: NodeJS.Timeout | undefined;
+      const cancelAtPassed = () => cancelAt !== undefined && clock.now() >= cancelAt;
+      const watchCancelAt = () => {
+        if (cancelAt === undefined) return;
+        if (cancelAtPassed()) return abortRun!('cancel');
+        // A timer may fire a little early: it looks again then.
+        cancelAtTimer = setTimeout(watchCancelAt, Math.min(2 ** 31 - 1, Math.max(1, cancelAt - clock.now())));
+      };
+      watchCancelAt();
       const onProgress = (p: SynthesisProgress) => {
         progress.report(p);
         if (deadline !== undefined && elapsedClock() >= deadline) abortRun!('timeout');
+        if (cancelAtPassed()) abortRun!('cancel');
       };
       let outcome: SynthesisOutcome | undefined;
       let runError: unknown;
@@ -1110,6 +1133,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       } finally {
         lease.engineDone();
         clearTimeout(deadlineTimer);
+        clearTimeout(cancelAtTimer);
         current = undefined;
         await progress.close();
       }
@@ -1123,19 +1147,19 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         if (runError !== undefined) log.warn('run threw after the timeout abort', { job_id: msg.job_id, owner: msg.owner, error: describe(runError) });
         // A job its caller asked to cancel ends `canceled`, as markFailed ends it: a timeout's advice to
         // submit a smaller request would tell them to pay again for what they stopped.
-        let canceled = false;
+        let endedCanceled = false;
         const rec = await jobs.update(msg.owner, msg.job_id, (cur) => {
           if (isTerminal(cur.status) || cur.attempts !== attempt) return null;
-          canceled = cur.cancel_requested === true;
-          const ended = { ...cur, finished_at: iso(), progress: { step: Math.min(stepsDone, total), total } };
-          return canceled ? { ...ended, status: 'canceled' } : { ...ended, status: 'failed', error };
+          endedCanceled = cancelDue(cur);
+          const progressed = { ...cur, progress: { step: Math.min(stepsDone, total), total } };
+          return endedCanceled ? canceled(progressed) : { ...progressed, finished_at: iso(), status: 'failed', error };
         });
         await lease.release();
         if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone });
         await ack(m, 'timeout');
         // This run stored nothing; an earlier attempt may have.
         await removeOrphans(rec);
-        return canceled && rec.status === 'canceled' ? finish(msg, 'canceled', { stepsDone }) : finish(msg, 'failed', { stepsDone, error });
+        return endedCanceled && rec.status === 'canceled' ? finish(msg, 'canceled', { stepsDone }) : finish(msg, 'failed', { stepsDone, error });
       }
       if (runError !== undefined && reason !== undefined) {
         // The run threw on its way out of an abort (a session rejected mid-step): it ends as the abort
@@ -1155,7 +1179,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
         }
         const fresh = reason === 'cancel' ? undefined : await jobs.get(msg.owner, msg.job_id);
-        if (reason === 'cancel' || (fresh?.cancel_requested && !isTerminal(fresh.status))) {
+        if (reason === 'cancel' || (fresh && cancelDue(fresh) && !isTerminal(fresh.status))) {
           const rec = await markCanceled(msg, m, attempt, { step: Math.min(last.step, total), total });
           await lease.release();
           if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });

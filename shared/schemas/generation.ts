@@ -27,6 +27,9 @@ export const MAX_RELATIVE_PROMPT_WEIGHT = 1e6;
  * beside it weighed nothing. Weights are relative: nothing is lost by scaling them up together.
  */
 export const MIN_PROMPT_WEIGHT = 1e-6;
+/** The longest caller deadline a request may give (`cancel_after`, seconds from the generation's creation): a day. */
+export const MAX_CANCEL_AFTER_SEC = 86_400;
+const CANCEL_AFTER_RULE = `cancel_after must be a whole number of seconds, 1 to ${MAX_CANCEL_AFTER_SEC}`;
 /** A negative_prompt's weight, as a share of the positive weights together (the worker adds it as a prompt of this weight). */
 export const NEGATIVE_PROMPT_SHARE = 0.5;
 
@@ -134,6 +137,18 @@ const generationFields = {
       description:
         "Run only on this bundle of the model: its content_hash from GET /v1/models, or the first 12 or more of its hex digits (a generation's model_version names the bundle that made it). A deployment that serves another bundle under the model's name refuses the request (400, param model_version), or fails the generation with invalid_model when only the worker can tell. Without it the model's current bundle runs",
       example: '091b89290466ab11bc1d34b3c1328ef2cd3c006e6ba5e0d96c6517d8ea772d78',
+    }),
+  // The caller's deadline (ADR 0034). Stored only when given, as model_version: a spec without it stays
+  // readable by a worker from before it (ADR 0030).
+  cancel_after: z
+    .number({ error: CANCEL_AFTER_RULE })
+    .int(CANCEL_AFTER_RULE)
+    .min(1, CANCEL_AFTER_RULE)
+    .max(MAX_CANCEL_AFTER_SEC, CANCEL_AFTER_RULE)
+    .optional()
+    .openapi({
+      description: `Seconds (1–${MAX_CANCEL_AFTER_SEC}) from the generation's created_at: if it has not ended by then, it ends canceled, with error.code deadline_exceeded, and nothing is billed (as any canceled generation). A queued one is ended by the worker that receives it or by the deployment's sweep (within about 2 minutes of the deadline in AWS, 1 minute locally, with no worker running); a running one stops within a step. One that has done its last step when the deadline passes (its images being stored) ends succeeded, as after a late cancel. Without it a generation waits as long as the queue keeps it`,
+      example: 60,
     }),
 };
 

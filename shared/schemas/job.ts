@@ -286,6 +286,49 @@ export function waitingSince(job: JobRecord): number {
   return Math.max(Date.parse(job.enqueued_at ?? job.created_at), job.queued_at ? Date.parse(job.queued_at) : 0);
 }
 
+/**
+ * When the caller's deadline passes (ms since the epoch): `created_at` plus the request's
+ * `cancel_after` (ADR 0034); undefined without one.
+ */
+export function cancelDeadline(job: Pick<JobRecord, 'spec' | 'created_at'>): number | undefined {
+  const after = job.spec.cancel_after;
+  if (after === undefined) return undefined;
+  const created = Date.parse(job.created_at);
+  return Number.isFinite(created) ? created + after * 1000 : undefined;
+}
+
+/** Whether a job that has not ended is past its caller's deadline at `nowMs`: it is then treated as if its caller had asked to cancel it. */
+export function pastCancelDeadline(job: Pick<JobRecord, 'spec' | 'created_at'>, nowMs: number): boolean {
+  const deadline = cancelDeadline(job);
+  return deadline !== undefined && nowMs >= deadline;
+}
+
+/** The code a canceled generation's `error` carries when its `cancel_after` ended it (a caller's cancel carries none). */
+export const DEADLINE_EXCEEDED = 'deadline_exceeded';
+
+/** Why a generation its deadline ended was canceled (its view's `error`). */
+export function deadlineExceededError(job: Pick<JobRecord, 'spec'>): JobError {
+  return { code: DEADLINE_EXCEEDED, message: `canceled: the generation had not ended ${job.spec.cancel_after} s after it was created (cancel_after)` };
+}
+
+/**
+ * Whether a job is to be ended `canceled` at `nowMs`: its caller asked to (cancel_requested), or its
+ * deadline passed (ADR 0034). Whoever ends a job on a cancel request ends it on this.
+ */
+export function cancelDue(job: Pick<JobRecord, 'spec' | 'created_at' | 'cancel_requested'>, nowMs: number): boolean {
+  return job.cancel_requested || pastCancelDeadline(job, nowMs);
+}
+
+/**
+ * `cur` ended `canceled` at `finishedAt`. When no cancel was asked for and its deadline passed by
+ * `nowMs`, it says so: `cancel_requested` (the deadline is a cancel the caller asked for in advance) and
+ * `error` deadline_exceeded. A caller's cancel keeps `error` null, as before.
+ */
+export function canceledRecord(cur: JobRecord, finishedAt: string, nowMs: number): JobRecord {
+  const byDeadline = !cur.cancel_requested && pastCancelDeadline(cur, nowMs);
+  return { ...cur, status: 'canceled', finished_at: finishedAt, ...(byDeadline ? { cancel_requested: true, error: deadlineExceededError(cur) } : {}) };
+}
+
 export const DELETED_TEXT = '[deleted]';
 
 /**

@@ -98,7 +98,7 @@ export const GenerationView = z
     }),
     // Nullable here, not in the components: a union keeps JobError and GenerationWebhook themselves
     // non-null (`.nullable()` on a registered schema made the component nullable for every use).
-    error: z.union([JobError, z.null()]).openapi({ description: 'Why it failed: set when status is failed' }),
+    error: z.union([JobError, z.null()]).openapi({ description: 'Why it failed: set when status is failed. A canceled generation has none, unless its cancel_after deadline ended it: code deadline_exceeded (ADR 0034)' }),
     usage: GenerationUsageView,
     warnings: z.array(z.string()).openapi({
       description: 'What the model could not read of the prompts: words outside its vocabulary, or a prompt cut at its context length. Empty when it read them all.',
@@ -122,7 +122,7 @@ export const GenerationView = z
   })
   .openapi('Generation', {
     description:
-      'A text-to-image generation as it stands. `status` says where it is: `error` is set once it failed, `finished_at` once it ended (succeeded, failed or canceled)',
+      'A text-to-image generation as it stands. `status` says where it is: `error` is set once it failed (or, with code deadline_exceeded, once its cancel_after deadline canceled it), `finished_at` once it ended (succeeded, failed or canceled)',
   });
 export type GenerationView = z.output<typeof GenerationView>;
 
