@@ -39,6 +39,7 @@ import { z } from '@hono/zod-openapi';
 import type { ErrorEnvelope } from '../shared/schemas/error.ts';
 import type { GenerationRequest } from '../shared/schemas/generation.ts';
 import { JOB_STATUSES } from '../shared/schemas/job.ts';
+import { initImageContentType } from '../shared/init-image.ts';
 import { SpendLimitDeleted, SpendLimitView, UploadView, WebhookSecretCreated, WebhookSecretDeleted, WebhookSecretStatus, type UploadRequest } from '../functions/schemas.ts';
 
 /**
@@ -368,7 +369,7 @@ export class ClipagClient {
    * a second grant (each counts toward the upload quota).
    */
   async upload(bytes: Uint8Array, o: CallOptions): Promise<Upload> {
-    const body: UploadBody = { content_type: 'image/png', bytes: bytes.length };
+    const body: UploadBody = { content_type: initImageContentType(bytes), bytes: bytes.length };
     const { json } = await this.#api<Upload>('POST', 'v1/uploads', UploadView, 'an upload grant', { ...o, body });
     await this.#send({
       method: 'PUT',

@@ -22,8 +22,8 @@ export const usage = `usage: clipag generate "PROMPT" [options]
                       (default: the encoder size); one side alone (--size 64) is a square; larger sizes run
                       coarse to fine
   --seed S            uint32 seed (default: random, printed); the same seed gives the same PNG
-  --init KIND         gmm | noise | PATH.png (an init image); default gmm when the model ships a GMM prior,
-                      else noise (with a warning)
+  --init KIND         gmm | noise | PATH of a PNG or JPEG init image; default gmm when the model ships
+                      a GMM prior, else noise (with a warning)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
   --content-weight C  with an init image: pull toward its content (default 0; 20 with --style)
   --style             style transfer (CLIPStyler-like): the init image is the content, the prompt the
@@ -145,7 +145,7 @@ export async function run(argv: string[]): Promise<number> {
     try {
       initBytes = readFileSync(values.init!);
     } catch (e) {
-      const hint = (e as NodeJS.ErrnoException).code === 'ENOENT' ? ' (--init takes gmm, noise or a PNG file)' : '';
+      const hint = (e as NodeJS.ErrnoException).code === 'ENOENT' ? ' (--init takes gmm, noise or a PNG or JPEG file)' : '';
       throw new EngineError('invalid_input', `cannot read init image ${values.init}: ${(e as Error).message}${hint}`);
     }
   }

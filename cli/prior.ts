@@ -14,8 +14,8 @@ Streams every image under IMAGES (recursively), downscales it to 16×16 and fits
 covariance + 1e-4·I: one over all images (default), one per sub-folder of IMAGES (--per-folder, one
 folder per class as the CLIPAG authors did with Tiny-ImageNet), or one per k-means cluster of the
 16×16 images (--clusters K, seeded by --seed). Means and Cholesky factors are stored as F32, or the
-factors as F16 with --fp16. Corrupt, non-PNG or non-image files are skipped with a warning and
-counted; a folder without usable images is an error and writes nothing. An existing -o file is
+factors as F16 with --fp16. Corrupt files, and files that are neither PNG nor JPEG, are skipped
+with a warning and counted; a folder without usable images is an error and writes nothing. An existing -o file is
 replaced only with --force.`;
 
 export const usage = `usage: clipag prior <subcommand> [options]

@@ -10,7 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { canonicalJson } from '../functions/idempotency.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
-import { checkPngFileSync } from '../shared/png-check.ts';
+import { checkInitImageSync } from '../shared/init-image.ts';
 import { decodeUtf8Strictly } from '../shared/utf8.ts';
 import { GenerationRequest } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, GaveUp, Interrupted, isUnknownRoute, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
@@ -256,7 +256,7 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
     ids.set(id, number);
     let init: Line['initFile'];
     if (initFile !== undefined) {
-      if (typeof initFile !== 'string' || initFile === '') bad('"init_file" must be a path to a PNG');
+      if (typeof initFile !== 'string' || initFile === '') bad('"init_file" must be a path to a PNG or JPEG');
       else if (body.init !== undefined) bad('give "init" or "init_file", not both');
       else {
         let path: string;
@@ -348,8 +348,8 @@ function textLines(bytes: Uint8Array, file: string, problems: string[]): Array<{
 }
 
 /**
- * An init file checked and hashed; its bytes dropped. The check is the API's own (shared/png-check.ts):
- * a damaged or unusable PNG is a problem of the batch, found before anything is sent, not a refused
+ * An init file checked and hashed; its bytes dropped. The check is the API's own (shared/init-image.ts):
+ * a damaged or unusable PNG or JPEG is a problem of the batch, found before anything is sent, not a refused
  * upload per line that spends the hour's upload quota.
  */
 function hashInit(path: string, shown: string): { sha256: string } | { problem: string } {
@@ -357,8 +357,7 @@ function hashInit(path: string, shown: string): { sha256: string } | { problem: 
     const size = statSync(path).size;
     if (size > MAX_INIT_BYTES) return { problem: `"init_file" ${shown} is ${size} bytes; the API takes at most ${MAX_INIT_BYTES}` };
     const bytes = readFileSync(path);
-    if (!PNG_SIGNATURE.every((b, k) => bytes[k] === b)) return { problem: `"init_file" ${shown} is not a PNG (the API takes PNG init images only)` };
-    const check = checkPngFileSync(bytes);
+    const check = checkInitImageSync(bytes);
     if (!check.ok) return { problem: `"init_file" ${shown} cannot be an init image: ${check.reason}` };
     return { sha256: createHash('sha256').update(bytes).digest('hex') };
   } catch (e) {

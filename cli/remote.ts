@@ -10,7 +10,7 @@ import { setTimeout as sleepFor } from 'node:timers/promises';
 import { basename, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
-import { checkPngFile } from '../shared/png-check.ts';
+import { checkInitImage } from '../shared/init-image.ts';
 import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
@@ -55,7 +55,8 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
   --model NAME        a model id from GET /v1/models (default: the deployment's default)
   --model-version H   run only on that bundle of the model: its content_hash, or the first 12+ hex
                       digits (a generation's model_version, printed with it, makes it again)
-  --init KIND         gmm | noise | upload:ID | PATH.png (a file is uploaded first; its upload:ID is printed)
+  --init KIND         gmm | noise | upload:ID | PATH of a PNG or JPEG (uploaded first; its upload:ID
+                      is printed)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
   -o, --out FILE      output PNG (default out.png), written whole or not at all (a temporary file, renamed)
   --idempotency-key K the POST's Idempotency-Key (default: a new one); the same request with the same
@@ -126,7 +127,7 @@ batch: runs a file of requests. Each non-empty line of FILE is one JSON object: 
 negative_prompt, width, height, steps, seed, n, model, model_version, init, strength, metadata, webhook_url), plus:
   "id"         the line's name (1-64 of A-Z a-z 0-9 _ -; default line-<number>): its images are
                DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …)
-  "init_file"  a PNG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
+  "init_file"  a PNG or JPEG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
 Every line is checked before the first request: a bad one is named by its number and nothing is sent.
 A line with webhook_url gets its signing secret as "webhook_secret" in results.jsonl and --json (never
 printed otherwise): the journal and results.jsonl hold secrets, and are made mode 0600.
@@ -548,9 +549,8 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
     } catch (e) {
       throw new UsageError(`cannot read --init ${initFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
-    if (!PNG_SIGNATURE.every((b, i) => initBytes![i] === b)) throw new UsageError(`--init ${initFile} is not a PNG (the API takes PNG init images only)`);
-    // The API's own check, here: a damaged PNG would spend an upload of the hour's, then be refused.
-    const check = await checkPngFile(initBytes);
+    // The API's own check, here: a damaged PNG or JPEG (or another format) would spend an upload of the hour's, then be refused.
+    const check = await checkInitImage(initBytes);
     if (!check.ok) throw new UsageError(`--init ${initFile} cannot be an init image: ${check.reason}`);
     const initStat = statSync(initFile);
     for (const path of paths) {

@@ -8,6 +8,7 @@ import type { OpenAPIHono } from '@hono/zod-openapi';
 import { verifyLocalSignature } from '../shared/adapters/local/signing.ts';
 import { NotFoundError, PayloadTooLargeError, ValidationError } from '../shared/errors.ts';
 import { PNG_SIGNATURE } from '../shared/image-header.ts';
+import { isJpeg } from '../shared/jpeg.ts';
 import type { BlobStore } from '../shared/ports.ts';
 import { HttpError, methodNotAllowed } from './middleware/errors.ts';
 import type { AppEnv } from './types.ts';
@@ -28,6 +29,7 @@ const BLOB_RESPONSE_HEADERS: Readonly<Record<string, string>> = {
 };
 
 const isPngType = (contentType: string | undefined) => contentType !== undefined && /^image\/png\s*(;|$)/i.test(contentType);
+const isJpegType = (contentType: string | undefined) => contentType !== undefined && /^image\/jpeg\s*(;|$)/i.test(contentType);
 
 /**
  * Shown in place (inline) only for a PNG, the one type these links are signed for; anything else is
@@ -126,10 +128,13 @@ export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore,
     if (body.byteLength !== declared) {
       throw new ValidationError(`the body is ${body.byteLength} bytes but Content-Length says ${declared}`, 'Content-Length');
     }
-    // A link signed for a PNG stores only a PNG: other bytes (HTML, say) are never kept under this
-    // origin. The generation that uses the upload still checks the whole file.
+    // A link signed for a PNG stores only a PNG, one for a JPEG only a JPEG: other bytes (HTML, say)
+    // are never kept under this origin. The generation that uses the upload still checks the whole file.
     if (isPngType(check.contentType) && !startsWithPngSignature(body)) {
       throw new ValidationError('the body is not a PNG file (it does not start with the PNG signature); this upload URL is for image/png: convert the image to PNG', 'body');
+    }
+    if (isJpegType(check.contentType) && !isJpeg(body)) {
+      throw new ValidationError('the body is not a JPEG file (it does not start with the JPEG start-of-image marker); this upload URL is for image/jpeg', 'body');
     }
     const { etag } = await blobs.put(check.key, body, { contentType: check.contentType ?? c.req.header('content-type') ?? 'application/octet-stream' });
     return new Response(null, { status: 200, headers: { etag: `"${etag}"`, 'x-request-id': c.get('requestId') } });

@@ -142,7 +142,8 @@ export const UploadDeleted = z
   })
   .openapi('UploadDeleted');
 
-export const UPLOAD_CONTENT_TYPES = ['image/png'] as const;
+/** What an init image may be: a PNG, or a JPEG (ADR 0035). The worker reads the file's own signature, not this. */
+export const UPLOAD_CONTENT_TYPES = ['image/png', 'image/jpeg'] as const;
 
 export const UploadRequest = z
   .object({

@@ -32,7 +32,7 @@ export interface PngHeader {
 /** A refusal says why in words a caller can act on; `format` names a recognised other format. */
 export type PngHeaderCheck = { ok: true; header: PngHeader } | { ok: false; reason: string; format?: string };
 
-/** Formats people upload instead of PNG, recognised so the refusal can say "convert to PNG". */
+/** Formats people upload, recognised so a refusal can name them ("convert to PNG or JPEG"); JPEG is read (shared/jpeg.ts). */
 export function sniffImageFormat(b: Uint8Array): string | null {
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'JPEG';
   if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45 && b[10] === 0x42 && b[11] === 0x50) return 'WebP';
@@ -53,8 +53,8 @@ export function readPngHeader(bytes: Uint8Array, opts: { maxPixels?: number } = 
   const isPng = bytes.length >= 8 && PNG_SIGNATURE.every((v, i) => bytes[i] === v);
   if (!isPng) {
     const format = sniffImageFormat(bytes);
-    if (format) return { ok: false, format, reason: `${format} images are not supported: convert to PNG` };
-    return { ok: false, reason: 'unreadable image: not a PNG file (only PNG is supported; convert to PNG)' };
+    if (format) return { ok: false, format, reason: `${format} images are not supported: convert to PNG or JPEG` };
+    return { ok: false, reason: 'unreadable image: not a PNG or JPEG file (convert it to PNG or JPEG)' };
   }
   if (bytes.length < PNG_HEADER_BYTES) return { ok: false, reason: 'corrupt PNG: the file ends inside its header' };
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -2,7 +2,7 @@ import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, GoneError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, SpendLimitReachedError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newJobId } from '../../shared/ids.ts';
-import { checkPngFile } from '../../shared/png-check.ts';
+import { checkInitImage } from '../../shared/init-image.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
@@ -458,6 +458,8 @@ export function registerGenerationRoutes(
    * The upload exists, fits the limit and is a PNG the worker can decode: another format, too many
    * pixels, a damaged or cut-short file (the worker's own check: chunk CRCs, the palette, the pixel
    * data inflated to the header's size) is refused now with the reason, not queued to fail on a GPU.
+   * A JPEG gets the worker's segment walk (kind, size, scans, cut short); its compressed data is
+   * decoded only on the worker (shared/jpeg.ts says why).
    */
   async function checkUpload(owner: string, uploadId: string): Promise<void> {
     const key = uploadKey(owner, uploadId);
@@ -472,7 +474,7 @@ export function registerGenerationRoutes(
     if (checkedUploads.get(key) === meta.etag) return;
     const object = await blobs.get(key);
     if (!object) throw uploadNotFound(uploadId);
-    const check = await checkPngFile(object.body);
+    const check = await checkInitImage(object.body);
     if (!check.ok) throw new ValidationError(`upload ${uploadId} cannot be an init image: ${check.reason}`, 'init');
     checkedUploads.delete(key);
     checkedUploads.set(key, object.etag);

@@ -94,7 +94,7 @@ export const InitSpec = z
     example: 'gmm',
     pattern: `^(gmm|noise|upload:${RESOURCE_ID_PATTERN.source.slice(1, -1)})$`,
     description:
-      '"gmm" (class-conditional Gaussian prior), "noise", or "upload:<id>" (a PNG of at most 16 777 216 pixels, from POST /v1/uploads; the whole file is checked, as the worker would decode it, when the generation is requested)',
+      '"gmm" (class-conditional Gaussian prior), "noise", or "upload:<id>" (a PNG or a JPEG of at most 16 777 216 pixels, from POST /v1/uploads; when the generation is requested a PNG is checked whole, as the worker would decode it, and the segments of a JPEG are: kind, size, scans, cut short)',
   });
 
 export const ModelName = z.string().regex(MODEL_NAME_PATTERN);

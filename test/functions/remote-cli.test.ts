@@ -286,6 +286,22 @@ describe.concurrent('clipag remote: retries', () => {
     expect(readme.slice(readme.indexOf('## Command line'))).toMatch(/`npx clipag <verb>`\s+works/);
   });
 
+  it('an --init JPEG (ADR 0035) is checked here and asked for as image/jpeg; one cut short is refused before any request', async () => {
+    const r = route('jpeg-init', () => envelope(429, 'rate_limited', 'over the upload limit', null, { 'retry-after': '7126' }));
+    const { encode } = await import('jpeg-js');
+    const jpeg = encode({ width: 8, height: 8, data: new Uint8Array(256).fill(200) }, 90).data;
+    writeFileSync(join(dir, 'photo.jpg'), jpeg);
+    await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--init', join(dir, 'photo.jpg'), '-o', join(dir, 'never.png'), '--timeout', '600']);
+    const grant = r.seen.find((x) => x.path === '/v1/uploads');
+    expect(JSON.parse(grant!.body)).toEqual({ content_type: 'image/jpeg', bytes: jpeg.length });
+    writeFileSync(join(dir, 'cut.jpg'), jpeg.subarray(0, jpeg.length - 30));
+    const before = r.seen.length;
+    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--init', join(dir, 'cut.jpg'), '-o', join(dir, 'never.png')])).rejects.toThrow(
+      /--init \S*cut\.jpg cannot be an init image: corrupt JPEG: segment 0xFF[0-9A-F]{2} at byte \d+ runs past the end of the file/,
+    );
+    expect(r.seen.length).toBe(before);
+  });
+
   it('a Retry-After past --timeout before any generation exists (the upload quota): exit 1, not 124, naming the limit and when to retry', async () => {
     const r = route('upload-quota', () =>
       envelope(429, 'rate_limited', "over this account's limit of 1 uploads per 3600 s; retry after 7126 s", null, { 'retry-after': '7126', 'ratelimit-policy': '"requests";q=600;w=60, "uploads";q=1;w=3600', ratelimit: '"requests";r=598;t=60, "uploads";r=0;t=7126' }),
@@ -854,7 +870,7 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not eve
     ['--strength without an init image', ['generate', 'a red circle', '--strength', '0.5'], {}, /--strength needs an init image/],
     ['a --model-version that is no content hash start', ['generate', 'a red circle', '--model-version', 'latest'], {}, /--model-version must be 12 to 64 lower-case hex digits/],
     ['a --model-version of 11 digits', ['generate', 'a red circle', '--model-version', '27443256b13'], {}, /--model-version must be 12 to 64 lower-case hex digits/],
-    ['an --init file that is not a PNG', ['generate', 'a red circle', '--init', join(dir, 'notes.txt')], {}, /--init .*notes\.txt is not a PNG/],
+    ['an --init file that is neither a PNG nor a JPEG', ['generate', 'a red circle', '--init', join(dir, 'notes.txt')], {}, /--init .*notes\.txt cannot be an init image: unreadable image: not a PNG or JPEG file/],
     ['--steps out of range', ['generate', 'a red circle', '--steps', '0'], {}, /--steps must be an integer in \[1, 500\], got "0"/],
     ['a bad --timeout', ['get', 'abc', '--timeout', 'soon'], {}, /--timeout must be a number of seconds/],
     ['an unknown action', ['lsit'], {}, /unknown action "lsit" \(known: generate, get, cancel, batch, webhook-secret, spend-limit, redeliver, list\)/],

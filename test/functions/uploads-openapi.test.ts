@@ -57,12 +57,14 @@ describe('POST /v1/uploads', () => {
     const flipped = valid.slice();
     flipped[valid.length - 20] ^= 1; // inside the pixel data
     const cases: Array<[string, Uint8Array, RegExp]> = [
-      ['jpeg', new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46, 0x49, 0x46, 0, 1]), /JPEG images are not supported: convert to PNG/],
-      ['text', new TextEncoder().encode('hello, this is not an image at all'), /not a PNG file/],
+      // A JPEG is read now (ADR 0035): one cut short inside its first segment is refused as such.
+      ['jpeg', new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46, 0x49, 0x46, 0, 1]), /corrupt JPEG: segment 0xFFE0 at byte 2 runs past the end of the file/],
+      ['gif', new TextEncoder().encode('GIF89a\x01\x00\x01\x00'), /GIF images are not supported: convert to PNG or JPEG/],
+      ['text', new TextEncoder().encode('hello, this is not an image at all'), /not a PNG or JPEG file/],
       ['cut', valid.subarray(0, 20), /the file ends inside its header/],
       ['crc', badCrc, /header chunk fails its CRC check/],
       ['huge', huge, /5000×5000 = 25000000 pixels, over the limit of 16777216 pixels/],
-      ['empty', new Uint8Array(0), /not a PNG file/],
+      ['empty', new Uint8Array(0), /not a PNG or JPEG file/],
       // Past the header: the worker's own whole-file check.
       ['short', valid.subarray(0, valid.length - 20), /corrupt PNG: .*cut short/],
       ['flipped', flipped, /chunk "IDAT" fails its CRC check/],
@@ -78,6 +80,36 @@ describe('POST /v1/uploads', () => {
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
     expect(await h.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
   });
+  it('a JPEG init (ADR 0035): an image/jpeg upload URL, the bytes PUT through it, and a generation that uses them; its faults refused at generation time', async () => {
+    const { encode } = await import('jpeg-js');
+    const rgba = new Uint8Array(16 * 16 * 4).map((_, i) => (i % 4 === 3 ? 255 : 60 + (i % 97)));
+    const jpeg = new Uint8Array(encode({ width: 16, height: 16, data: rgba }, 90).data);
+    const { mountLocalBlobRoutes } = await import('../../functions/local-blobs.ts');
+    mountLocalBlobRoutes(h.app, h.blobs, 'x'.repeat(32));
+    const res = await h.request('/v1/uploads', { json: { content_type: 'image/jpeg', bytes: jpeg.length } });
+    expect(res.status).toBe(201);
+    const grant = (await res.json()) as { upload_id: string; init: string; url: string; headers: Record<string, string> };
+    expect(grant.headers['content-type']).toBe('image/jpeg');
+    // Through the signed URL: a PNG's bytes are not a JPEG, so not stored; the JPEG is.
+    const wrong = smallPng();
+    const wrongGrant = (await (await h.request('/v1/uploads', { json: { content_type: 'image/jpeg', bytes: wrong.length } })).json()) as { url: string };
+    const refused = await h.app.request(wrongGrant.url, { method: 'PUT', headers: { 'content-type': 'image/jpeg', 'content-length': String(wrong.length) }, body: wrong });
+    expect(refused.status).toBe(400);
+    expect(((await refused.json()) as { error: { message: string } }).error.message).toMatch(/not a JPEG file/);
+    const put = await h.app.request(grant.url, { method: 'PUT', headers: { ...grant.headers, 'content-length': String(jpeg.length) }, body: jpeg });
+    expect(put.status).toBe(200);
+    const ok = await h.request('/v1/generations', { json: { prompt: 'a', init: grant.init, strength: 0.5 } });
+    expect(ok.status).toBe(202);
+    // Arithmetic coding, which the decoder cannot read: refused with what to do, nothing queued for it.
+    const sof = jpeg.findIndex((b, i) => b === 0xff && jpeg[i + 1] === 0xc0);
+    const arithmetic = jpeg.slice();
+    arithmetic[sof + 1] = 0xc9;
+    await h.blobs.put('uploads/acct_alice/arith', arithmetic, { contentType: 'image/jpeg' });
+    const err = await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', init: 'upload:arith', strength: 0.5 } }), 400, 'validation_error');
+    expect([err.param, err.message]).toEqual(['init', 'upload arith cannot be an init image: arithmetic-coded JPEGs are not supported: save it as a baseline or progressive JPEG, or as a PNG']);
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toHaveLength(1);
+  });
+
   it('an upload checked whole once is not read again while it is unchanged; replaced, it is checked again', async () => {
     const key = 'uploads/acct_alice/again';
     await h.blobs.put(key, smallPng(), { contentType: 'image/png' });
@@ -128,7 +160,7 @@ describe('GET /openapi.json', () => {
     };
     expect(doc.openapi).toMatch(/^3\.1\./);
     expect(Object.keys(doc.paths).sort()).toEqual(
-      ['/healthz', '/v1/estimates', '/v1/generations', '/v1/generations/{id}', '/v1/generations/{id}/cancel', '/v1/generations/{id}/frames', '/v1/generations/{id}/webhook/redeliver', '/v1/models', '/v1/models/{id}', '/v1/uploads', '/v1/uploads/{id}', '/v1/spend-limit', '/v1/usage', '/v1/webhook-secret'].sort(),
+      ['/healthz', '/v1/estimates', '/v1/generations', '/v1/generations/{id}', '/v1/generations/{id}/cancel', '/v1/generations/{id}/frames', '/v1/generations/{id}/outputs/{index}', '/v1/generations/{id}/webhook/redeliver', '/v1/models', '/v1/models/{id}', '/v1/uploads', '/v1/uploads/{id}', '/v1/spend-limit', '/v1/usage', '/v1/webhook-secret'].sort(),
     );
     expect(Object.keys(doc.paths['/v1/generations']).sort()).toEqual(['get', 'post']);
     expect(doc.components.securitySchemes.bearerAuth).toMatchObject({ type: 'http', scheme: 'bearer' });
@@ -186,7 +218,7 @@ describe('GET /openapi.json', () => {
     }
     expect(operationIds.every((id) => typeof id === 'string' && /^[a-z][A-Za-z]+$/.test(id))).toBe(true);
     expect(new Set(operationIds).size).toBe(operationIds.length);
-    expect(operationIds).toHaveLength(20);
+    expect(operationIds).toHaveLength(21);
     // A request without model gets the deployment's default, so the schema must not claim one.
     expect(doc.components.schemas.GenerationRequest.required ?? []).not.toContain('model');
     expect(JSON.stringify(doc.components.schemas.GenerationRequest.properties!.model)).not.toContain('"default"');

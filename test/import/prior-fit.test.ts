@@ -3,6 +3,7 @@
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { encode as jpegEncode } from 'jpeg-js';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../cli/main.ts';
 import { EngineError } from '../../gpu-worker/engine/errors.ts';
@@ -87,6 +88,23 @@ describe('prior fit', () => {
     expect(prior.choleskyDType).toBe('float16');
     expect(prior.weights[0] + prior.weights[1]).toBeCloseTo(1, 12);
     expect(Array.from(prior.weights).sort()).toEqual(res.groups.map((g) => g.count / 13).sort().map((w) => expect.closeTo(w, 6)));
+  });
+
+  it("reads JPEG files as they come (Tiny-ImageNet's .JPEG, ADR 0035): none skipped, one component per class", async () => {
+    const jpegDir = mkdtempSync(join(tmpdir(), 'clipag-prior-jpeg-'));
+    for (const [name, rgb] of Object.entries(CLASSES)) {
+      mkdirSync(join(jpegDir, name));
+      for (let i = 0; i < 2; i++) {
+        const img = shapeImage(24, 20, rgb, i + 1);
+        const hw = img.width * img.height;
+        const rgba = new Uint8Array(4 * hw);
+        for (let k = 0; k < hw; k++) for (let c = 0; c < 4; c++) rgba[4 * k + c] = c === 3 ? 255 : Math.round(255 * img.data[c * hw + k]!);
+        writeFileSync(join(jpegDir, name, `${i}.JPEG`), jpegEncode({ width: img.width, height: img.height, data: rgba }, 90).data);
+      }
+    }
+    const res = await fitPriorFromFolder(jpegDir, { mode: { kind: 'per-folder' } });
+    expect(res.skipped).toEqual([]);
+    expect(res.groups).toEqual([{ name: 'blue', count: 2 }, { name: 'green', count: 2 }, { name: 'red', count: 2 }]);
   });
 
   it('an empty folder (or one with no usable image) is an error and writes no file', async () => {

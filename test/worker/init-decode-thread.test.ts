@@ -73,6 +73,20 @@ describe('the init image decode thread', () => {
     }
   });
 
+  it('a JPEG init (ADR 0035) decodes on the thread as in it: the same fits bit for bit, turned upright by its EXIF orientation', async () => {
+    const { encode } = await import('jpeg-js');
+    const rgba = new Uint8Array(60 * 40 * 4).map((_, i) => (i % 4 === 3 ? 255 : (i * 37) % 251));
+    const jpeg = new Uint8Array(encode({ width: 60, height: 40, data: rgba }, 90).data);
+    // Orientation 6 (a phone held upright): an APP1 Exif segment after SOI; the picture is 40 wide once turned.
+    const exif = [0x45, 0x78, 0x69, 0x66, 0, 0, 0x49, 0x49, 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0];
+    const turned = new Uint8Array([0xff, 0xd8, 0xff, 0xe1, 0, exif.length + 2, ...exif, ...jpeg.subarray(2)]);
+    const sizes = [{ width: 32, height: 48 }];
+    const image = await decodeInitImage(turned, { fitSizes: sizes });
+    expect([image.width, image.height]).toEqual([40, 60]);
+    const source = decodeImage(turned);
+    expect(Buffer.from(resizeCover(image, 32, 48).data.buffer).equals(Buffer.from(resizeCover(source, 32, 48).data.buffer))).toBe(true);
+  });
+
   it('the fits that come back are bit for bit the resizeCover of the in-thread decode, and the only sizes the image takes', async () => {
     const bytes = detailedPng(100, 50);
     const sizes = [{ width: 24, height: 16 }, { width: 64, height: 40 }, { width: 96, height: 64 }];

@@ -5,8 +5,9 @@
 //   - one per k-means cluster of the 16×16 vectors (--clusters K),
 // each with full covariance + floor·I (1e-4) and stored as means + Cholesky factors (F32, or F16).
 // Classes are fitted one after another, so memory holds one 768×768 accumulator plus the finished
-// factors (K · 2.4 MB in F32), not one accumulator per class. Unreadable files (corrupt, non-PNG, not
-// an image) are skipped with a warning and counted. No image at all is an error, and no file is written.
+// factors (K · 2.4 MB in F32), not one accumulator per class. Unreadable files (corrupt, neither PNG
+// nor JPEG, not an image) are skipped with a warning and counted. No image at all is an error, and no
+// file is written.
 
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';

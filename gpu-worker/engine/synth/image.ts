@@ -1,8 +1,9 @@
 // Host-side image I/O and simple image ops for the synthesis engine.
 //
 // The engine's image type is planar float32 CHW with values in [0,1]: that is the layout the ONNX step
-// graph consumes (NCHW), so no transposes happen between optimizer steps. PNG is the only codec
-// (fast-png, pure JS): a kept, lossless format makes bit-identical output per seed checkable.
+// graph consumes (NCHW), so no transposes happen between optimizer steps. Images are written as PNG
+// only (fast-png, pure JS): a kept, lossless format makes bit-identical output per seed checkable.
+// Init images may also be JPEG (jpeg-js, shared/jpeg.ts; ADR 0035).
 //
 // Decisions:
 // - Alpha is composited over white. A transparent region shows as white in viewers, and its stored RGB
@@ -12,13 +13,16 @@
 //   1/2/4-bit by 1/(2^d − 1). Palette images (colour type 3 only) are expanded through the palette
 //   (and its tRNS alphas); a PLTE in a grey image is ignored, as libpng ignores it.
 // - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
-// - JPEG/WebP/GIF are refused with advice to convert to PNG: no decoder for them is installed.
+// - JPEG init images are decoded as sRGB 8-bit, turned upright by their EXIF orientation; WebP, GIF and
+//   the others are refused with advice to convert to PNG or JPEG: no decoder for them is installed.
 // - Every PNG written says, in XMP, that a trained model made it (GENERATED_IMAGE_XMP, ADR 0032).
 
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
 import { EngineError } from '../errors.ts';
 import { MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS } from '../../../shared/image-header.ts';
 import { checkPngFileSync, pngChunkOf } from '../../../shared/png-check.ts';
+import { isJpeg } from '../../../shared/jpeg.ts';
+import { decodeJpeg } from './jpeg-decode.ts';
 import type { Rng } from './rng.ts';
 
 /** Planar float32 image: data[c·H·W + y·W + x], c ∈ {R,G,B}, values in [0,1]. */
@@ -139,8 +143,8 @@ export function encodePng(img: PlanarImage): Uint8Array {
 }
 
 /**
- * Decode a PNG into a planar RGB image in [0,1]. Refuses, with `invalid_input`: non-PNG formats (JPEG
- * etc.: "convert to PNG"), files over `maxBytes`, images over `maxPixels` (checked from the header before
+ * Decode a PNG or a JPEG into a planar RGB image in [0,1]. Refuses, with `invalid_input`: other formats
+ * (WebP etc.: "convert to PNG or JPEG"), files over `maxBytes`, images over `maxPixels` (checked from the header before
  * any pixel memory is allocated), and corrupt data (bad signature, CRC, zlib stream or chunk layout).
  */
 export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): PlanarImage {
@@ -149,6 +153,7 @@ export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): Plana
   if (bytes.length > maxBytes) {
     throw new EngineError('invalid_input', `image file is ${bytes.length} bytes, over the limit of ${maxBytes} bytes`, { limit: maxBytes, size: bytes.length });
   }
+  if (isJpeg(bytes)) return decodeJpegImage(bytes, maxPixels);
   // The shared check (the API runs it on uploads) reads the layout and inflates the pixel data first,
   // bounded by the header's size: fast-png inflates without bound (a few MB of deflated zeros behind a
   // 64×64 header took GBs and minutes), also in ancillary chunks (an iCCP profile, zTXt text), which
@@ -170,6 +175,21 @@ export function decodeImage(bytes: Uint8Array, limits: DecodeLimits = {}): Plana
     if (e instanceof EngineError) throw e;
     throw new EngineError('invalid_input', `corrupt PNG: ${decoderReason(e)}`);
   }
+}
+
+/** A JPEG (shared/jpeg.ts: its segments checked, then decoded strictly, turned upright by its EXIF orientation) as a planar image. */
+function decodeJpegImage(bytes: Uint8Array, maxPixels: number): PlanarImage {
+  const r = decodeJpeg(bytes, { maxPixels });
+  if (!r.ok) throw new EngineError('invalid_input', r.reason, { format: 'JPEG' });
+  const { width, height, rgb } = r.image;
+  const hw = width * height;
+  const data = new Float32Array(3 * hw);
+  for (let i = 0; i < hw; i++) {
+    data[i] = rgb[3 * i]! / 255;
+    data[hw + i] = rgb[3 * i + 1]! / 255;
+    data[2 * hw + i] = rgb[3 * i + 2]! / 255;
+  }
+  return { width, height, data };
 }
 
 /**
