@@ -16,7 +16,8 @@ import { createApp } from '../functions/app.ts';
 import { jsonLineLog, jsonLineLogAt } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
 import { RESEND_AFTER_MS, sendMessagesLeftUnsent, startQueuedJobSweeps, type QueuedJobDeps } from '../functions/queued-jobs.ts';
-import { localRetention } from '../functions/local-retention.ts';
+import { retentionPass } from '../functions/local-retention.ts';
+import { retentionDelete } from '../functions/generation-delete.ts';
 import { webhookDeliveryFromConfig } from '../shared/webhooks.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
 import { startWorker } from '../gpu-worker/main.ts';
@@ -34,7 +35,8 @@ Starts the HTTP API and the queue worker in one process on the local adapters. J
 keys persist under .data/ across restarts; queued jobs survive a restart. Prints a working curl
 example with a local API key (made on first start, kept in .data/local-api-key).
 Images and frames are kept for ever unless CLIPAG_OUTPUT_RETENTION_DAYS is set (then removed once
-a generation's outputs_expire_at has passed), uploads unless CLIPAG_UPLOAD_RETENTION_DAYS is set.
+a generation's outputs_expire_at has passed), uploads unless CLIPAG_UPLOAD_RETENTION_DAYS is set, and
+generations (their prompts and labels) until deleted, unless CLIPAG_RECORD_RETENTION_DAYS is set.
 
   --port N     listen port, 1-65535 (default $PORT or 8787)
   --data DIR   data folder (default $CLIPAG_DATA_DIR or .data)
@@ -63,8 +65,8 @@ export interface ServeHandle {
    * worker would write into folders made afresh. The server should stop and say so.
    */
   dataFolderLost: Promise<string>;
-  /** What the server removes after how many days (CLIPAG_OUTPUT_RETENTION_DAYS, CLIPAG_UPLOAD_RETENTION_DAYS); unset: kept. */
-  retentionDays: { outputs?: number; uploads?: number };
+  /** What the server removes after how many days (CLIPAG_OUTPUT_RETENTION_DAYS, CLIPAG_UPLOAD_RETENTION_DAYS, CLIPAG_RECORD_RETENTION_DAYS); unset: kept. */
+  retentionDays: { outputs?: number; uploads?: number; records?: number };
 }
 
 /** Starts everything; used by the verb and by the end-to-end tests. */
@@ -178,15 +180,17 @@ export async function serve(
   // waited RESEND_AFTER_MS (it may only be slow), and its failed completion webhooks are retried.
   // Those a stopped server left unsent were sent above. With CLIPAG_OUTPUT_RETENTION_DAYS (which every
   // view's `outputs_expire_at` announces) or CLIPAG_UPLOAD_RETENTION_DAYS, each sweep also removes what
-  // has expired, as the bucket's lifecycle rules do in AWS.
+  // has expired, as the bucket's lifecycle rules do in AWS; with CLIPAG_RECORD_RETENTION_DAYS it deletes
+  // the generations that ended that long ago, as the AWS sweep does (ADR 0037).
   const clock = () => new Date();
-  const retention = localRetention({
+  const retention = retentionPass({
     blobs,
     jobs,
     clock,
     log,
     ...(local.outputRetentionDays !== undefined ? { outputRetentionDays: local.outputRetentionDays } : {}),
     ...(local.uploadRetentionDays !== undefined ? { uploadRetentionDays: local.uploadRetentionDays } : {}),
+    ...(local.recordRetentionDays !== undefined ? { recordRetentionDays: local.recordRetentionDays, deleteGeneration: retentionDelete(blobs, jobs, clock, log) } : {}),
   });
   const sweeps = startQueuedJobSweeps(
     {
@@ -210,6 +214,7 @@ export async function serve(
     retentionDays: {
       ...(local.outputRetentionDays !== undefined ? { outputs: local.outputRetentionDays } : {}),
       ...(local.uploadRetentionDays !== undefined ? { uploads: local.uploadRetentionDays } : {}),
+      ...(local.recordRetentionDays !== undefined ? { records: local.recordRetentionDays } : {}),
     },
     stop: () =>
       (stopping ??= (async () => {
@@ -484,6 +489,7 @@ function retentionLines(retention: ServeHandle['retentionDays']): string[] {
   return [
     ...(retention.outputs !== undefined ? [`clipag: images and frames are removed ${days(retention.outputs)} after their generation ends (CLIPAG_OUTPUT_RETENTION_DAYS)`] : []),
     ...(retention.uploads !== undefined ? [`clipag: uploads are removed ${days(retention.uploads)} after their PUT, unless a queued or running job names them (CLIPAG_UPLOAD_RETENTION_DAYS)`] : []),
+    ...(retention.records !== undefined ? [`clipag: generations are deleted ${days(retention.records)} after they end, as DELETE deletes them: images gone, prompts and labels blanked (CLIPAG_RECORD_RETENTION_DAYS)`] : []),
   ];
 }
 

@@ -6,17 +6,19 @@ import { PENDING_JOBS_PREFIX, parsePendingJobKey, uploadKey } from '../shared/ke
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN, SORTABLE_ID_PATTERN } from '../shared/names.ts';
 import type { BlobStore, JobStore } from '../shared/ports.ts';
 import { listKeys } from '../shared/prefix.ts';
-import { outputsVerdict, removeJobOutputs, type OutputsVerdict } from '../shared/retention.ts';
+import { outputsVerdict, recordVerdict, removeJobOutputs, type OutputsVerdict } from '../shared/retention.ts';
 import { outputsExpireMs } from '../shared/views.ts';
 import { isTerminal, type JobRecord } from '../shared/schemas/job.ts';
 import type { AppLogEntry } from './types.ts';
 
 /**
- * Local mode's stand-in for the bucket's lifecycle rules (cdk/lib/stateful-stack.ts): with
+ * The retention passes. With CLIPAG_RECORD_RETENTION_DAYS (ADR 0037), in both modes (the AWS sweep runs
+ * it too): generations deleted as DELETE deletes them, that many days after they ended. The rest is
+ * local mode's stand-in for the bucket's lifecycle rules (cdk/lib/stateful-stack.ts): with
  * CLIPAG_OUTPUT_RETENTION_DAYS set it removes the images and frames of every generation whose
  * `outputs_expire_at` has passed, and with CLIPAG_UPLOAD_RETENTION_DAYS the uploads PUT that many days
- * ago. The record stays as it is, as in AWS: the view still lists the outputs, with links that answer
- * 404, and `outputs_expire_at` (now past) says why. Run by `clipag serve`'s background sweep.
+ * ago. The record stays as it is, as in AWS: past `outputs_expire_at` the view lists no outputs (it
+ * keeps `expired_outputs`). Run by `clipag serve`'s background sweep.
  *
  * It never reads every record per pass. Job ids sort newest first by creation (shared/ids.ts), and a
  * job's images cannot expire before its creation plus the retention (its end comes later), so each
@@ -25,14 +27,16 @@ import type { AppLogEntry } from './types.ts';
  * due yet (a job that ended late, or has not ended) is remembered with its end (`pending`), and
  * removed when its end plus the retention passes without a second read. The end is kept, not the
  * expiry, because the retention may change between passes and `outputs_expire_at` follows it. The
- * boundaries and `pending` are kept in one small document (RETENTION_STATE_KEY), so a restart reads
- * none of the records again.
+ * boundaries and `pending` are kept in one small document per retention (RETENTION_STATE_KEY,
+ * RECORD_RETENTION_STATE_KEY), so a restart reads none of the records again.
  */
 
 const DAY_MS = 86_400_000;
 
-/** Where the pass keeps its progress (blob key; local mode only: the AWS bucket has no such object). */
+/** Where the images' retention keeps its progress (blob key; local mode only: in AWS the bucket's lifecycle rule removes images). */
 export const RETENTION_STATE_KEY = 'retention/state.json';
+/** The record retention's progress (ADR 0037), kept apart: its windows trail the images' by the difference of the two retentions. */
+export const RECORD_RETENTION_STATE_KEY = 'retention/records.json';
 /**
  * Records read (or listed) in one pass at most: a data folder of 30 000 jobs is read through in an
  * hour or more (removals have their own bound). Re-reads of remembered jobs that have not ended take
@@ -68,6 +72,12 @@ export interface RetentionDeps {
   outputRetentionDays?: number;
   /** CLIPAG_UPLOAD_RETENTION_DAYS; unset: no upload is removed. */
   uploadRetentionDays?: number;
+  /**
+   * CLIPAG_RECORD_RETENTION_DAYS (ADR 0037); unset: records are kept until their caller deletes them.
+   * With it, `deleteGeneration` deletes a generation that ended that many days ago, as DELETE does.
+   */
+  recordRetentionDays?: number;
+  deleteGeneration?: (owner: string, id: string) => Promise<void>;
   /** Default RETENTION_READS_PER_PASS. */
   readsPerPass?: number;
   /** Default RETENTION_REMOVALS_PER_PASS. */
@@ -80,7 +90,9 @@ export interface RetentionReport {
   /** The files those held (images and frames). */
   files: number;
   uploads: number;
-  /** Job records read, and those a listing skipped as unreadable (bounded by readsPerPass). */
+  /** Generations deleted by the record retention. */
+  records: number;
+  /** Job records read, and those a listing skipped as unreadable (bounded by readsPerPass, per retention). */
   read: number;
   /** Removals or reads that failed (the next pass tries again). */
   errors: number;
@@ -106,178 +118,235 @@ const StoredState = z.object({
 type OwnerScan = z.output<typeof StoredOwners>[string];
 type Pending = { owner: string; id: string; endedAt: number | null };
 
-/** The pass, or undefined when neither retention is set (local mode keeps everything, as before). */
-export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
-  if (deps.outputRetentionDays === undefined && deps.uploadRetentionDays === undefined) return undefined;
+/**
+ * One retention that is due some days after a generation ended, read through each owner's windows of
+ * `jobs/` (see the top of this file): the images' (CLIPAG_OUTPUT_RETENTION_DAYS) or the whole
+ * generation's (CLIPAG_RECORD_RETENTION_DAYS). Each keeps its own boundaries and pending jobs, in its
+ * own state document.
+ */
+interface WindowedRetention {
+  /** For the log. */
+  name: string;
+  stateKey: string;
+  days: number;
+  verdict: (job: JobRecord, days: number, nowMs: number) => OutputsVerdict;
+  /** Removes what is due of one generation, and counts it in the report. */
+  remove: (owner: string, id: string, report: RetentionReport) => Promise<void>;
+}
+
+/** The pass, or undefined when no retention is set (local mode keeps everything, as before). */
+export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
+  if (deps.outputRetentionDays === undefined && deps.uploadRetentionDays === undefined && deps.recordRetentionDays === undefined) return undefined;
+  if (deps.recordRetentionDays !== undefined && !deps.deleteGeneration) throw new Error('retentionPass: a record retention needs deleteGeneration');
   const readsPerPass = deps.readsPerPass ?? RETENTION_READS_PER_PASS;
   const removalsPerPass = deps.removalsPerPass ?? RETENTION_REMOVALS_PER_PASS;
-  let loaded = false;
-  const owners = new Map<string, OwnerScan>();
-  const pending = new Map<string, Pending>();
-  let savedAt = -Infinity;
   let jobOwners: string[] = [];
   let uploadOwners: string[] = [];
   let ownersAt = -Infinity;
-
-  async function load(): Promise<void> {
-    const stored = await deps.blobs.get(RETENTION_STATE_KEY);
-    if (!stored) return;
-    let parsed;
-    try {
-      parsed = StoredState.safeParse(JSON.parse(new TextDecoder().decode(stored.body)));
-    } catch {
-      parsed = undefined;
-    }
-    if (!parsed?.success) {
-      // Damaged or hand-edited: every job is read once more, which is all it costs.
-      deps.log?.({ level: 'warn', msg: `local retention: ${RETENTION_STATE_KEY} is unreadable; every record is read again, a few hundred per minute` });
-      return;
-    }
-    for (const [owner, scan] of Object.entries(parsed.data.owners)) owners.set(owner, scan);
-    for (const [owner, id, endedAt] of parsed.data.pending) pending.set(`${owner}/${id}`, { owner, id, endedAt });
+  const windowed: Array<(now: number, report: RetentionReport, failed: (error: unknown) => void) => Promise<void>> = [];
+  if (deps.outputRetentionDays !== undefined) {
+    windowed.push(
+      windowedRetention({
+        name: 'outputs',
+        stateKey: RETENTION_STATE_KEY,
+        days: deps.outputRetentionDays,
+        verdict: outputsVerdict,
+        remove: async (owner, id, report) => {
+          const removed = await removeJobOutputs(deps.blobs, owner, id);
+          if (removed.length > 0) {
+            report.generations++;
+            report.files += removed.length;
+          }
+        },
+      }),
+    );
+  }
+  if (deps.recordRetentionDays !== undefined) {
+    const deleteGeneration = deps.deleteGeneration!;
+    windowed.push(
+      windowedRetention({
+        name: 'records',
+        stateKey: RECORD_RETENTION_STATE_KEY,
+        days: deps.recordRetentionDays,
+        verdict: recordVerdict,
+        remove: async (owner, id, report) => {
+          await deleteGeneration(owner, id);
+          report.records++;
+        },
+      }),
+    );
   }
 
-  async function save(): Promise<void> {
-    const state: z.input<typeof StoredState> = {
-      v: 1,
-      owners: Object.fromEntries(owners),
-      pending: [...pending.values()].map((p) => [p.owner, p.id, p.endedAt]),
-    };
-    await deps.blobs.put(RETENTION_STATE_KEY, new TextEncoder().encode(JSON.stringify(state)), { contentType: 'application/json' });
-  }
+  function windowedRetention(policy: WindowedRetention) {
+    let loaded = false;
+    const owners = new Map<string, OwnerScan>();
+    const pending = new Map<string, Pending>();
+    let savedAt = -Infinity;
+    const { days } = policy;
+    async function load(): Promise<void> {
+      const stored = await deps.blobs.get(policy.stateKey);
+      if (!stored) return;
+      let parsed;
+      try {
+        parsed = StoredState.safeParse(JSON.parse(new TextDecoder().decode(stored.body)));
+      } catch {
+        parsed = undefined;
+      }
+      if (!parsed?.success) {
+        // Damaged or hand-edited: every job is read once more, which is all it costs.
+        deps.log?.({ level: 'warn', msg: `retention (${policy.name}): ${policy.stateKey} is unreadable; every record is read again, a few hundred per minute` });
+        return;
+      }
+      for (const [owner, scan] of Object.entries(parsed.data.owners)) owners.set(owner, scan);
+      for (const [owner, id, endedAt] of parsed.data.pending) pending.set(`${owner}/${id}`, { owner, id, endedAt });
+    }
 
-  /**
-   * Removes the images whose expiry has passed: the remembered jobs' first (no read needed once a job
-   * has ended), then each owner's window of jobs whose creation `now - retention` has passed since the
-   * last window, then more of the remembered jobs that have not ended, with what the windows left.
-   */
-  async function expireOutputs(days: number, now: number, report: RetentionReport, failed: (error: unknown) => void): Promise<void> {
-    let mustSave = false;
-    let boundaryMoved = false;
-    let removals = 0;
-    /** Remembers a job with its end (null: not ended), or forgets it (undefined). */
-    const remember = (owner: string, id: string, endedAt: number | null | undefined) => {
-      const key = `${owner}/${id}`;
-      const before = pending.get(key);
-      if (endedAt === undefined) {
-        if (before) {
-          pending.delete(key);
+    async function save(): Promise<void> {
+      const state: z.input<typeof StoredState> = {
+        v: 1,
+        owners: Object.fromEntries(owners),
+        pending: [...pending.values()].map((p) => [p.owner, p.id, p.endedAt]),
+      };
+      await deps.blobs.put(policy.stateKey, new TextEncoder().encode(JSON.stringify(state)), { contentType: 'application/json' });
+    }
+
+    /**
+     * Removes the images whose expiry has passed: the remembered jobs' first (no read needed once a job
+     * has ended), then each owner's window of jobs whose creation `now - retention` has passed since the
+     * last window, then more of the remembered jobs that have not ended, with what the windows left.
+     */
+    async function expire(now: number, report: RetentionReport, failed: (error: unknown) => void): Promise<void> {
+      let mustSave = false;
+      let boundaryMoved = false;
+      let removals = 0;
+      /** Remembers a job with its end (null: not ended), or forgets it (undefined). */
+      const remember = (owner: string, id: string, endedAt: number | null | undefined) => {
+        const key = `${owner}/${id}`;
+        const before = pending.get(key);
+        if (endedAt === undefined) {
+          if (before) {
+            pending.delete(key);
+            mustSave = true;
+          }
+        } else if (before?.endedAt !== endedAt) {
+          pending.set(key, { owner, id, endedAt });
           mustSave = true;
         }
-      } else if (before?.endedAt !== endedAt) {
-        pending.set(key, { owner, id, endedAt });
-        mustSave = true;
-      }
-    };
-    const act = async (owner: string, id: string, verdict: OutputsVerdict): Promise<void> => {
-      if (verdict.kind !== 'remove') return remember(owner, id, verdict.kind === 'wait' ? verdict.endedAt : undefined);
-      // Due beyond this pass's share of removals, or its removal failed: the next pass removes it, unread.
-      if (removals >= removalsPerPass) return remember(owner, id, verdict.endedAt);
-      removals++;
-      try {
-        const removed = await removeJobOutputs(deps.blobs, owner, id);
-        if (removed.length > 0) {
-          report.generations++;
-          report.files += removed.length;
-        }
-        remember(owner, id, undefined);
-      } catch (error) {
-        failed(error);
-        // To the back: a removal that keeps failing (a file it may not delete) must not take the first
-        // of every pass's removals.
-        pending.delete(`${owner}/${id}`);
-        remember(owner, id, verdict.endedAt);
-      }
-    };
-    /** Remembered jobs read again in this pass. */
-    const reread = new Set<string>();
-    /**
-     * Reads remembered jobs that have not ended, up to `budget` reads in all, oldest read first: each
-     * one read goes to the back of `pending`, so the next pass reads the ones this one did not reach.
-     */
-    const rereadUnended = async (budget: number): Promise<void> => {
-      for (const p of [...pending.values()]) {
-        if (report.read >= budget || removals >= removalsPerPass) return;
-        const key = `${p.owner}/${p.id}`;
-        if (p.endedAt !== null || reread.has(key) || pending.get(key) !== p) continue;
-        reread.add(key);
-        report.read++;
-        pending.delete(key);
-        pending.set(key, p);
-        let job: JobRecord | null;
+      };
+      const act = async (owner: string, id: string, verdict: OutputsVerdict): Promise<void> => {
+        if (verdict.kind !== 'remove') return remember(owner, id, verdict.kind === 'wait' ? verdict.endedAt : undefined);
+        // Due beyond this pass's share of removals, or its removal failed: the next pass removes it, unread.
+        if (removals >= removalsPerPass) return remember(owner, id, verdict.endedAt);
+        removals++;
         try {
-          job = await deps.jobs.get(p.owner, p.id);
-        } catch (error) {
-          // A record this version cannot read (damaged, or a newer clipag's): nothing it can judge.
-          if (error instanceof CorruptDocumentError) remember(p.owner, p.id, undefined);
-          else failed(error);
-          continue;
-        }
-        await act(p.owner, p.id, outputsVerdict(job, days, now));
-      }
-    };
-
-    for (const p of [...pending.values()]) {
-      if (removals >= removalsPerPass) break;
-      if (p.endedAt !== null && outputsExpireMs(p.endedAt, days) <= now) await act(p.owner, p.id, { kind: 'remove', endedAt: p.endedAt });
-    }
-    await rereadUnended(Math.ceil(readsPerPass / 2));
-
-    const target = now - days * DAY_MS;
-    for (const owner of jobOwners) {
-      let scan = owners.get(owner) ?? { upTo: null };
-      if (!scan.scan) {
-        if (scan.upTo !== null && target - scan.upTo < WINDOW_MIN_MS) continue;
-        scan = { ...scan, scan: { from: target, cursor: lastJobIdFrom(target) } };
-        owners.set(owner, scan);
-      }
-      const window = scan.scan!;
-      while (report.read < readsPerPass && removals < removalsPerPass) {
-        const limit = Math.min(100, readsPerPass - report.read);
-        let page;
-        try {
-          page = await deps.jobs.listByOwner(owner, {
-            limit,
-            cursor: window.cursor,
-            ...(scan.upTo !== null ? { endBefore: firstJobIdUntil(scan.upTo - 1) } : {}),
-          });
+          await policy.remove(owner, id, report);
+          remember(owner, id, undefined);
         } catch (error) {
           failed(error);
-          break;
+          // To the back: a removal that keeps failing (a file it may not delete) must not take the first
+          // of every pass's removals.
+          pending.delete(`${owner}/${id}`);
+          remember(owner, id, verdict.endedAt);
         }
-        // listByOwner skips (and logs) the records this version cannot read; they count all the same (a
-        // window of them, after a rollback, was listed page after page in one pass). A page with a cursor
-        // listed all `limit` keys it asked for; the last page of a window is counted by what it returned.
-        report.read += page.cursor !== undefined ? limit : page.jobs.length;
-        if (page.jobs.length > 0) mustSave = true; // what was read is not read again after a restart
-        for (const job of page.jobs) await act(owner, job.id, outputsVerdict(job, days, now));
-        boundaryMoved = true;
-        if (page.cursor === undefined) {
-          // The window is read: every job made before its top has been seen. An owner's first one is
-          // saved at once (it may have taken many passes).
-          if (scan.upTo === null) mustSave = true;
-          scan = { upTo: window.from };
-          owners.set(owner, scan);
-          break;
+      };
+      /** Remembered jobs read again in this pass. */
+      const reread = new Set<string>();
+      /**
+       * Reads remembered jobs that have not ended, up to `budget` reads in all, oldest read first: each
+       * one read goes to the back of `pending`, so the next pass reads the ones this one did not reach.
+       */
+      const rereadUnended = async (budget: number): Promise<void> => {
+        for (const p of [...pending.values()]) {
+          if (report.read >= budget || removals >= removalsPerPass) return;
+          const key = `${p.owner}/${p.id}`;
+          if (p.endedAt !== null || reread.has(key) || pending.get(key) !== p) continue;
+          reread.add(key);
+          report.read++;
+          pending.delete(key);
+          pending.set(key, p);
+          let job: JobRecord | null;
+          try {
+            job = await deps.jobs.get(p.owner, p.id);
+          } catch (error) {
+            // A record this version cannot read (damaged, or a newer clipag's): nothing it can judge.
+            if (error instanceof CorruptDocumentError) remember(p.owner, p.id, undefined);
+            else failed(error);
+            continue;
+          }
+          await act(p.owner, p.id, job === null ? { kind: 'done' } : policy.verdict(job, days, now));
         }
-        window.cursor = page.cursor;
-      }
-    }
-    await rereadUnended(readsPerPass);
+      };
 
-    if (mustSave || (boundaryMoved && now - savedAt >= SAVE_EVERY_MS)) {
-      try {
-        await save();
-        savedAt = now;
-      } catch (error) {
-        failed(error);
+      for (const p of [...pending.values()]) {
+        if (removals >= removalsPerPass) break;
+        if (p.endedAt !== null && outputsExpireMs(p.endedAt, days) <= now) await act(p.owner, p.id, { kind: 'remove', endedAt: p.endedAt });
+      }
+      await rereadUnended(Math.ceil(readsPerPass / 2));
+
+      const target = now - days * DAY_MS;
+      for (const owner of jobOwners) {
+        let scan = owners.get(owner) ?? { upTo: null };
+        if (!scan.scan) {
+          if (scan.upTo !== null && target - scan.upTo < WINDOW_MIN_MS) continue;
+          scan = { ...scan, scan: { from: target, cursor: lastJobIdFrom(target) } };
+          owners.set(owner, scan);
+        }
+        const window = scan.scan!;
+        while (report.read < readsPerPass && removals < removalsPerPass) {
+          const limit = Math.min(100, readsPerPass - report.read);
+          let page;
+          try {
+            page = await deps.jobs.listByOwner(owner, {
+              limit,
+              cursor: window.cursor,
+              ...(scan.upTo !== null ? { endBefore: firstJobIdUntil(scan.upTo - 1) } : {}),
+            });
+          } catch (error) {
+            failed(error);
+            break;
+          }
+          // listByOwner skips (and logs) the records this version cannot read; they count all the same (a
+          // window of them, after a rollback, was listed page after page in one pass). A page with a cursor
+          // listed all `limit` keys it asked for; the last page of a window is counted by what it returned.
+          report.read += page.cursor !== undefined ? limit : page.jobs.length;
+          if (page.jobs.length > 0) mustSave = true; // what was read is not read again after a restart
+          for (const job of page.jobs) await act(owner, job.id, policy.verdict(job, days, now));
+          boundaryMoved = true;
+          if (page.cursor === undefined) {
+            // The window is read: every job made before its top has been seen. An owner's first one is
+            // saved at once (it may have taken many passes).
+            if (scan.upTo === null) mustSave = true;
+            scan = { upTo: window.from };
+            owners.set(owner, scan);
+            break;
+          }
+          window.cursor = page.cursor;
+        }
+      }
+      await rereadUnended(readsPerPass);
+
+      if (mustSave || (boundaryMoved && now - savedAt >= SAVE_EVERY_MS)) {
+        try {
+          await save();
+          savedAt = now;
+        } catch (error) {
+          failed(error);
+        }
       }
     }
+
+    return async (now: number, report: RetentionReport, failed: (error: unknown) => void): Promise<void> => {
+      if (!loaded) {
+        await load();
+        loaded = true;
+      }
+      await expire(now, report, failed);
+    };
   }
 
   return {
     async run() {
-      const report: RetentionReport = { generations: 0, files: 0, uploads: 0, read: 0, errors: 0 };
+      const report: RetentionReport = { generations: 0, files: 0, uploads: 0, records: 0, read: 0, errors: 0 };
       const failed = (error: unknown) => {
         report.errors++;
         report.error ??= error instanceof Error ? error.message : String(error);
@@ -286,7 +355,7 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
       if (now - ownersAt >= OWNERS_EVERY_MS) {
         try {
           [jobOwners, uploadOwners] = await Promise.all([
-            deps.outputRetentionDays === undefined ? [] : ownersUnder(deps.blobs, JOBS_PREFIX),
+            windowed.length === 0 ? [] : ownersUnder(deps.blobs, JOBS_PREFIX),
             deps.uploadRetentionDays === undefined ? [] : ownersUnder(deps.blobs, UPLOADS_PREFIX),
           ]);
           ownersAt = now;
@@ -295,12 +364,13 @@ export function localRetention(deps: RetentionDeps): RetentionPass | undefined {
           failed(error);
         }
       }
-      if (deps.outputRetentionDays !== undefined) {
-        if (!loaded) {
-          await load();
-          loaded = true;
-        }
-        await expireOutputs(deps.outputRetentionDays, now, report, failed);
+      // Each retention reads up to readsPerPass records of its own: the records' windows trail the
+      // images' by the difference of the two retentions.
+      for (const expire of windowed) {
+        const before = report.read;
+        report.read = 0;
+        await expire(now, report, failed);
+        report.read += before;
       }
 
       if (deps.uploadRetentionDays !== undefined) {

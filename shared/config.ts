@@ -105,6 +105,13 @@ const Common = {
    * Views then say until when the outputs exist (`outputs_expire_at`). Unset: kept (local mode's default).
    */
   outputRetentionDays: optionalIntIn(1, 3650),
+  /**
+   * How long a generation is kept at all (days after it ended; ADR 0037): then it is deleted as DELETE
+   * /v1/generations/{id} deletes it (images and frames removed; prompts, labels, flags, the
+   * Idempotency-Key blanked; usage kept). Run by `clipag serve`'s retention pass and, in AWS, by the
+   * queued-job sweep. Unset: kept until the caller deletes it.
+   */
+  recordRetentionDays: optionalIntIn(1, 3650),
   /** What one worker costs per hour (USD); generations then show `usage.cost_usd` and estimates a cost. Unset: no cost figures. */
   workerHourlyUsd: z
     .string()
@@ -248,6 +255,7 @@ export const ENV_VARS = {
   CLIPAG_WORKER_HOURLY_USD: 'workerHourlyUsd',
   CLIPAG_OUTPUT_RETENTION_DAYS: 'outputRetentionDays',
   CLIPAG_UPLOAD_RETENTION_DAYS: 'uploadRetentionDays',
+  CLIPAG_RECORD_RETENTION_DAYS: 'recordRetentionDays',
   CLIPAG_MAX_ACTIVE_JOBS: 'maxActiveJobs',
   CLIPAG_MAX_WAIT_SEC: 'maxWaitSec',
   CLIPAG_DISABLE_PREPACKING: 'disablePrepacking',

@@ -171,6 +171,9 @@ export class ApiStack extends Stack {
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.jobs, ['read', 'write']);
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.pending, ['write', 'delete']);
     grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.outputs, ['read', 'delete']);
+    // The record retention (ADR 0037), when the stage sets one: its progress document. Deleting a
+    // generation writes jobs/ (its record and Idempotency-Key claim) and removes outputs/, granted above.
+    if (config.recordRetentionDays !== null) grantPrefix(this.sweeper, bucket, BUCKET_PREFIXES.retention, ['read', 'write']);
     // The webhooks it retries are signed with their account's secret too (ADR 0028).
     grantWebhookSecrets(this.sweeper, bucket, 'sign');
     grantListBucket(this.sweeper, bucket);

@@ -26,6 +26,12 @@ export interface StageConfig {
    * it waits; one submitted days later can still find it expired (the job then fails, saying so).
    */
   readonly uploadRetentionDays: number;
+  /**
+   * Days after a generation ends that the queued-job sweep deletes it, as DELETE does: images and frames
+   * removed, prompts, labels, flags and the Idempotency-Key blanked, usage kept (ADR 0037). Null: kept
+   * until the customer deletes it. Set it to what the stage's privacy notice promises.
+   */
+  readonly recordRetentionDays: number | null;
   /** Origins allowed to PUT to presigned upload URLs from a browser. */
   readonly corsAllowedOrigins: readonly string[];
   /** Lifetime of signed GET/PUT URLs handed to callers. */
@@ -131,6 +137,7 @@ const dev: StageConfig = {
   bucketVersioning: false,
   outputRetentionDays: 7,
   uploadRetentionDays: 5,
+  recordRetentionDays: null,
   corsAllowedOrigins: ['*'],
   signedUrlTtlSeconds: 3600,
   visibilityTimeoutSeconds: 300,
@@ -367,6 +374,9 @@ function validate(cfg: StageConfig): void {
   if (cfg.queuedJobSweepMinutes > 360) problems.push('queuedJobSweepMinutes must be <= 360 (a sweep every 6 h at least)');
   // A job can wait queueRetentionDays before a worker reads its upload; its init image should
   // outlive that when the job follows the upload closely.
+  if (cfg.recordRetentionDays !== null && !(Number.isInteger(cfg.recordRetentionDays) && cfg.recordRetentionDays >= 1 && cfg.recordRetentionDays <= 3650)) {
+    problems.push('recordRetentionDays must be null (kept until deleted) or a whole number of days, 1 to 3650');
+  }
   if (cfg.uploadRetentionDays <= cfg.queueRetentionDays) problems.push('uploadRetentionDays must be > queueRetentionDays, or a queued job can lose its init image');
   // API Gateway HTTP APIs cut integrations at 30 s.
   if (cfg.lambdaTimeoutSeconds > 29) problems.push('lambdaTimeoutSeconds must be <= 29 (API Gateway limit)');
@@ -407,6 +417,8 @@ export const BUCKET_PREFIXES = {
   spendLimits: SPEND_LIMITS_PREFIX,
   /** Operator documents the API and the worker read: the content policy (shared/prompt-policy.ts). */
   config: 'config/',
+  /** The record retention's progress (functions/local-retention.ts RECORD_RETENTION_STATE_KEY): owner ids and job ids only. */
+  retention: 'retention/',
 } as const;
 
 /**
@@ -442,6 +454,8 @@ export const ENV = {
   workerHourlyUsd: 'CLIPAG_WORKER_HOURLY_USD',
   /** How long the bucket keeps outputs (outputRetentionDays): views say until when their links work. */
   outputRetention: 'CLIPAG_OUTPUT_RETENTION_DAYS',
+  /** The sweep's: how long after its end a generation is deleted (recordRetentionDays; unset: kept). */
+  recordRetention: 'CLIPAG_RECORD_RETENTION_DAYS',
   /** The model of a request that names none; the one the worker warms. */
   defaultModel: 'CLIPAG_DEFAULT_MODEL',
   /** Its input size when it ships in the worker image (the API cannot read the image). */
@@ -533,7 +547,7 @@ export function processEnv<R extends ProcessRole>(config: StageConfig, role: R, 
     NODE_OPTIONS: '--enable-source-maps',
     // AWS_REGION is set by the Lambda runtime itself (reserved name).
   };
-  if (role === 'sweep') return lambda;
+  if (role === 'sweep') return { ...lambda, ...(config.recordRetentionDays !== null ? { [ENV.recordRetention]: String(config.recordRetentionDays) } : {}) };
   // The rate limit is the handler's alone: the sweep serves no requests and may not touch the table.
   const r = refs as ProcessRefs['api'];
   return {
@@ -564,6 +578,7 @@ const ENV_SOURCE: Readonly<Record<EnvName, string>> = {
   [ENV.maxWaitSec]: 'lambdaTimeoutSeconds (less 3 s)',
   [ENV.workerHourlyUsd]: 'workerHourlyUsd',
   [ENV.outputRetention]: 'outputRetentionDays',
+  [ENV.recordRetention]: 'recordRetentionDays',
   [ENV.defaultModel]: 'defaultModel',
   [ENV.defaultModelInputSize]: "defaultModel (the image_size of its bundle's models/<name>/manifest.json)",
   [ENV.rateTable]: "the Stateful stack's rate-counter table (processEnv in cdk/lib/config.ts)",

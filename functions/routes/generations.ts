@@ -7,12 +7,13 @@ import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } fro
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
 import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
-import { canceledRecord, deletedRecord, isTerminal, newJobRecord, pastCancelDeadline } from '../../shared/schemas/job.ts';
+import { canceledRecord, isTerminal, newJobRecord, pastCancelDeadline } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
-import { removeJobOutputs, requeueable } from '../../shared/retention.ts';
+import { requeueable } from '../../shared/retention.ts';
 import { canonicalJson, type Claim, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
+import { deleteEndedGeneration } from '../generation-delete.ts';
 import { listFilter } from '../list-filter.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
@@ -1036,34 +1037,7 @@ export function registerGenerationRoutes(
     const { id } = c.req.valid('param');
     c.set('jobId', id);
     const owner = c.get('owner');
-    const now = ctx.clock().toISOString();
-    // The `outputs` marker before the record: a process that dies between marking the record deleted
-    // and removing its images (a Lambda timeout, a killed serve) left them stored for good, still served
-    // through links signed before the DELETE; the queued-job sweep now finishes the removal
-    // (settleStoredOutputs removes all a deleted job stored). Only for an ended job that ran: one still
-    // running is refused below, and its attempt keeps its own marker.
-    const before = await jobs.get(owner, id);
-    if (before && isTerminal(before.status) && before.attempts > 0 && before.deleted_at === undefined) await markPending(blobs, 'outputs', owner, id);
-    // Then the record: once it says deleted, no view links an image, and a retry after a failed
-    // delete of the objects below finishes the job. It keeps its Idempotency-Key until the key's claim
-    // is done with (below): a retry of a DELETE that died in between finds the claim by it.
-    let job = await callerUpdate(owner, id, 'delete', (cur) => {
-      if (!isTerminal(cur.status)) {
-        throw new ConflictError(`generation ${id} is ${cur.status}; cancel it, and delete it once it has ended`, { code: 'job_not_finished' });
-      }
-      return cur.deleted_at !== undefined ? null : deletedRecord(cur, now);
-    });
-    // The claim keeps a hash of the body, which would confirm a guess of the deleted prompt: replaced,
-    // only now that the record says deleted (a claim marked so answers any body with its generation,
-    // which must then be a deleted one), and then the key leaves the record.
-    // (A record an older version deleted still has both: its DELETE again scrubs them.)
-    if (job.idempotency_key !== null || job.body_hash !== null) {
-      if (job.idempotency_key !== null) await ctx.ledger.forgetBody({ owner, key: job.idempotency_key, jobId: id });
-      job = await callerUpdate(owner, id, 'delete', (cur) => (cur.idempotency_key === null && cur.body_hash === null ? null : { ...cur, idempotency_key: null, body_hash: null }));
-    }
-    await removeJobOutputs(blobs, owner, id);
-    // Its images are gone: nothing is left for the sweep to settle.
-    if (job.attempts > 0) await clearPending(blobs, 'outputs', owner, id);
+    const job = await deleteEndedGeneration({ blobs, jobs, ledger: ctx.ledger, update: (o, i, mutate) => callerUpdate(o, i, 'delete', mutate) }, owner, id, ctx.clock().toISOString());
     return c.json(await view(job), 200);
   });
 

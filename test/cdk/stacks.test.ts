@@ -878,6 +878,23 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     expect(sqs.sort()).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
   });
 
+  it('with a record retention (ADR 0037): the sweeper gets its days and its progress document (retention/), nothing more; the handler neither', () => {
+    const { app: app3, cleanup: cleanup3 } = testApp();
+    cleanups.push(cleanup3);
+    const withRetention = Template.fromStack(buildClipag(app3, stageConfig('dev', { recordRetentionDays: 90 }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).api);
+    expect(s3Grants(withRetention, 'QueuedJobSweeperServiceRoleDefaultPolicy')).toEqual(
+      ['s3:GetObject jobs/*', 's3:PutObject jobs/*', 's3:PutObject pending/*', 's3:DeleteObject pending/*', 's3:GetObject outputs/*', 's3:DeleteObject outputs/*', 's3:GetObject webhook-secrets/*', 's3:GetObject retention/*', 's3:PutObject retention/*', 's3:ListBucket WHOLE-BUCKET'].sort(),
+    );
+    const fns = Object.entries(withRetention.findResources('AWS::Lambda::Function')) as Array<[string, { Properties: { Environment: { Variables: Record<string, string> } } }]>;
+    const env = (name: string) => fns.find(([id]) => id.startsWith(name))![1].Properties.Environment.Variables;
+    expect(env('QueuedJobSweeper')[ENV.recordRetention]).toBe('90');
+    expect(env('Handler')[ENV.recordRetention]).toBeUndefined();
+    // The default (dev and prod): kept until the customer deletes it, and no grant for it.
+    expect([dev.recordRetentionDays, prodConfig().recordRetentionDays]).toEqual([null, null]);
+    expect(JSON.stringify(api.toJSON())).not.toContain(ENV.recordRetention);
+    for (const bad of [0, 1.5, 3651]) expect(() => stageConfig('dev', { recordRetentionDays: bad })).toThrow(/recordRetentionDays must be null/);
+  });
+
   it('gives the worker task role its prefixes and queue consumption only; it cannot read API keys', () => {
     const grants = s3Grants(worker, 'WorkerTaskDefinitionTaskRoleDefaultPolicy');
     expect(grants).toEqual(

@@ -6,7 +6,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { mountLocalBlobRoutes } from '../../functions/local-blobs.ts';
-import { localRetention, RETENTION_STATE_KEY, type RetentionDeps } from '../../functions/local-retention.ts';
+import { retentionPass, RETENTION_STATE_KEY, type RetentionDeps } from '../../functions/local-retention.ts';
 import { startQueuedJobSweeps, type SweepDeps } from '../../functions/queued-jobs.ts';
 import type { AppLogEntry } from '../../functions/types.ts';
 import { parseConfig, type LocalConfig } from '../../shared/config.ts';
@@ -81,7 +81,7 @@ function counting(jobs: JobStore): { jobs: JobStore; reads: { n: number } } {
 }
 
 function pass(overrides: Partial<RetentionDeps> = {}) {
-  const p = localRetention({ blobs: h.blobs, jobs: h.jobs, clock, ...('uploadRetentionDays' in overrides ? {} : { outputRetentionDays: 7 }), ...overrides });
+  const p = retentionPass({ blobs: h.blobs, jobs: h.jobs, clock, ...('uploadRetentionDays' in overrides ? {} : { outputRetentionDays: 7 }), ...overrides });
   if (!p) throw new Error('expected a retention pass');
   return p;
 }
@@ -160,7 +160,7 @@ describe('output retention', () => {
   });
 
   it('unset, no pass exists: local mode keeps everything, as before', () => {
-    expect(localRetention({ blobs: h.blobs, jobs: h.jobs, clock })).toBeUndefined();
+    expect(retentionPass({ blobs: h.blobs, jobs: h.jobs, clock })).toBeUndefined();
   });
 
   it('CLIPAG_UPLOAD_RETENTION_DAYS is a whole number of days, 1-3650, as CLIPAG_OUTPUT_RETENTION_DAYS; unset by default', () => {
@@ -373,8 +373,8 @@ describe('in the background sweep', () => {
   it('logs one line for a pass that removed something, none for one that did not, and a failing pass never stops the sweeps', async () => {
     const logs: AppLogEntry[] = [];
     const results = [
-      () => Promise.resolve({ generations: 2, files: 6, uploads: 0, read: 3, errors: 0 }),
-      () => Promise.resolve({ generations: 0, files: 0, uploads: 0, read: 0, errors: 0 }),
+      () => Promise.resolve({ generations: 2, files: 6, uploads: 0, records: 0, read: 3, errors: 0 }),
+      () => Promise.resolve({ generations: 0, files: 0, uploads: 0, records: 0, read: 0, errors: 0 }),
       () => Promise.reject(new Error('state folder gone')),
     ];
     let runs = 0;

@@ -115,6 +115,7 @@ const KEPT: Record<string, number[]> = {
   'Rate counters': [],
   'App logs': logDays,
   'Access log': logDays,
+  'Record retention progress': [],
   'Local-only files': [],
 };
 
@@ -146,6 +147,9 @@ describe(DOC, () => {
     if (dev.queueDays === prod.queueDays) expect(kept('Job queue')).toContain(`at most ${dev.queueDays} days (dev and prod)`);
     expect(kept('Dead-letter queue')).toContain(`${dev.deadLetterDays} days, counted by SQS`);
     expect(kept('Dead-letter queue')).toContain(`Local: ${localDeadLetterDays} days from the move`);
+    // The record retention (ADR 0037): the document says no stage sets one; a stage that does makes it say so.
+    expect([d.recordRetentionDays, p.recordRetentionDays]).toEqual([null, null]);
+    expect(kept('Job record')).toContain('dev and prod set no record retention');
     // The stage entries are what the rules were built from.
     expect(dev.rule('expire-outputs').ExpirationInDays).toBe(d.outputRetentionDays);
     expect(prod.rule('expire-outputs').ExpirationInDays).toBe(p.outputRetentionDays);

@@ -678,4 +678,58 @@ describe('the queued-job sweep Lambda (functions/sweep-lambda.ts) on s3rver and 
       }
     }
   });
+
+  it('with CLIPAG_RECORD_RETENTION_DAYS (ADR 0037) deletes a generation that ended that long ago, as DELETE does, and keeps its progress in the bucket', async () => {
+    const bucket = unique('retain').toLowerCase().slice(0, 63);
+    await s3Client().send(new CreateBucketCommand({ Bucket: bucket }));
+    const queueUrl = (await sqsClient().send(new CreateQueueCommand({ QueueName: unique('retain') }))).QueueUrl!;
+    const blobs = new S3BlobStore({ client: s3Client(), bucket });
+    const jobs = new BlobJobStore(blobs);
+    const DAY = 86_400_000;
+    const made = async (daysAgo: number) => {
+      const at = Date.now() - daysAgo * DAY;
+      const id = newJobId(at - 60_000);
+      const base = newJobRecord({ id, owner: 'acct_r', spec: GenerationSpec.parse({ prompt: 'a private prompt', model: 'toy' }), now: new Date(at - 60_000) });
+      const key = `outputs/acct_r/${id}/0.png`;
+      await blobs.put(key, new Uint8Array([1, 2, 3]), { contentType: 'image/png' });
+      await jobs.create({ ...base, status: 'succeeded', attempts: 1, started_at: new Date(at - 5_000).toISOString(), finished_at: new Date(at).toISOString(), outputs: [{ key, width: 64, height: 64 }] });
+      return id;
+    };
+    // One record only: s3rver fails a listing that is cut short (its continuation token uses a cipher
+    // Node's OpenSSL 3 refuses), and the pass lists `jobs/` one key at a time to find the owners. The
+    // younger ones the pass leaves are test/functions/record-retention.test.ts's.
+    const old = await made(31);
+    const env = {
+      CLIPAG_MODE: 'aws',
+      AWS_REGION: REGION,
+      CLIPAG_BUCKET: bucket,
+      CLIPAG_QUEUE_URL: queueUrl,
+      CLIPAG_S3_ENDPOINT: s3Endpoint,
+      CLIPAG_SQS_ENDPOINT: sqsEndpoint,
+      AWS_ACCESS_KEY_ID: 'S3RVER',
+      AWS_SECRET_ACCESS_KEY: 'S3RVER',
+      CLIPAG_RECORD_RETENTION_DAYS: '30',
+    };
+    const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, env);
+    vi.resetModules(); // the Lambda reads its settings at import
+    const lines: string[] = [];
+    const write = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => (lines.push(String(chunk)), true));
+    try {
+      const { handler } = await import('../../../functions/sweep-lambda.ts');
+      await handler();
+      const gone = (await jobs.get('acct_r', old))!;
+      expect([gone.spec.prompt, typeof gone.deleted_at]).toEqual(['[deleted]', 'string']);
+      expect((await blobs.list(`outputs/acct_r/${old}/`)).items).toEqual([]);
+      expect(await blobs.head('retention/records.json')).not.toBeNull();
+      expect(lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'record retention')).toMatchObject({ level: 'info', records: 1, errors: 0 });
+    } finally {
+      write.mockRestore();
+      vi.resetModules();
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
 });

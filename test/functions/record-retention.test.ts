@@ -1,0 +1,116 @@
+// CLIPAG_RECORD_RETENTION_DAYS (ADR 0037): a generation that ended that many days ago is deleted as
+// DELETE /v1/generations/{id} deletes it, by the retention pass (clipag serve's sweep; the AWS sweep
+// Lambda runs the same pass). Before, prompts, labels and webhook URLs were kept until each
+// generation was deleted by hand (the privacy review).
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createApp } from '../../functions/app.ts';
+import { retentionDelete } from '../../functions/generation-delete.ts';
+import { RECORD_RETENTION_STATE_KEY, retentionPass } from '../../functions/local-retention.ts';
+import { parseConfig } from '../../shared/config.ts';
+import { jobOutputsPrefix } from '../../shared/keys.ts';
+import { frameKey } from '../../shared/views.ts';
+import { harness, type Harness } from './helpers.ts';
+
+const DAY = 86_400_000;
+
+let h: Harness;
+let offsetMs: number;
+const clock = () => new Date(Date.now() + offsetMs);
+
+beforeEach(async () => {
+  h = await harness();
+  offsetMs = 0;
+});
+afterEach(() => h.close());
+
+/** A generation made through the API (with a key and labels), then ended `daysAgo` before now with one image and a frame. */
+async function ended(key: string, daysAgo: number): Promise<string> {
+  // Made through the API as it was then: its id and created_at carry the time, which the pass's windows go by.
+  const then = createApp({ ...h.deps, clock: () => new Date(Date.now() - daysAgo * DAY - 60_000) });
+  const res = await then.request('/v1/generations', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': key },
+    body: JSON.stringify({ prompt: `a red circle for ${key}`, metadata: { order: key } }),
+  });
+  expect(res.status).toBe(202);
+  const { id } = (await res.json()) as { id: string };
+  const out = `${jobOutputsPrefix('acct_alice', id)}0.png`;
+  await h.blobs.put(out, new Uint8Array([137, 80, 78, 71]), { contentType: 'image/png' });
+  await h.blobs.put(frameKey('acct_alice', id, 0, 0, 64, 64), new Uint8Array([1]), { contentType: 'image/png' });
+  await h.jobs.update('acct_alice', id, (cur) => ({
+    ...cur,
+    status: 'succeeded',
+    attempts: 1,
+    started_at: new Date(Date.now() - daysAgo * DAY - 5_000).toISOString(),
+    finished_at: new Date(Date.now() - daysAgo * DAY).toISOString(),
+    progress: { step: cur.progress.total, total: cur.progress.total },
+    outputs: [{ key: out, width: 64, height: 64 }],
+    usage: { encoder_passes: 100, worker_seconds: 4.5 },
+  }));
+  return id;
+}
+
+function pass(days: number, extra: { outputRetentionDays?: number } = {}) {
+  return retentionPass({ blobs: h.blobs, jobs: h.jobs, clock, recordRetentionDays: days, deleteGeneration: retentionDelete(h.blobs, h.jobs, clock), ...extra })!;
+}
+
+describe('the record retention', () => {
+  it('deletes a generation N days after it ended, as DELETE does; leaves younger and unended ones; a replay of its key answers it, deleted', async () => {
+    const old = await ended('order-old@example.com', 31);
+    const young = await ended('order-young', 10);
+    const queued = ((await (await h.request('/v1/generations', { json: { prompt: 'still queued' } })).json()) as { id: string }).id;
+
+    const report = await pass(30).run();
+    expect(report).toMatchObject({ records: 1, errors: 0 });
+
+    const gone = (await h.jobs.get('acct_alice', old))!;
+    expect(gone.deleted_at).toEqual(expect.any(String));
+    expect(gone.spec.prompt).toBe('[deleted]');
+    expect(gone.metadata ?? {}).toEqual({});
+    expect([gone.idempotency_key, gone.body_hash]).toEqual([null, null]);
+    // Usage stays for the owner's audit, as DELETE keeps it.
+    expect(gone.usage).toMatchObject({ encoder_passes: 100, worker_seconds: 4.5 });
+    expect((await h.blobs.list(jobOutputsPrefix('acct_alice', old))).items).toEqual([]);
+    // The key answers the deleted generation, whatever the body, as after a DELETE.
+    const replay = await h.request('/v1/generations', { json: { prompt: 'anything at all' }, headers: { 'Idempotency-Key': 'order-old@example.com' } });
+    expect(replay.status).toBe(200);
+    expect(((await replay.json()) as { id: string; deleted_at: string | null })).toMatchObject({ id: old, deleted_at: expect.any(String) });
+    // No trace of the prompt or the key left in the claim or the record.
+    const claims = await h.blobs.list('jobs/.idempotency/');
+    for (const c of claims.items) expect(new TextDecoder().decode((await h.blobs.get(c.key))!.body)).not.toContain('red circle for order-old');
+    expect(JSON.stringify(gone)).not.toContain('order-old@example.com');
+
+    const kept = (await h.jobs.get('acct_alice', young))!;
+    expect([kept.deleted_at, kept.spec.prompt]).toEqual([undefined, 'a red circle for order-young']);
+    expect((await h.blobs.list(jobOutputsPrefix('acct_alice', young))).items).toHaveLength(2);
+    expect((await h.jobs.get('acct_alice', queued))!.status).toBe('queued');
+    expect(await h.blobs.head(RECORD_RETENTION_STATE_KEY)).not.toBeNull();
+
+    // 21 days on: the younger one is due; the pass knew its end, and deletes it.
+    offsetMs = 21 * DAY;
+    expect((await pass(30).run()).records).toBe(1);
+    expect((await h.jobs.get('acct_alice', young))!.deleted_at).toEqual(expect.any(String));
+    expect((await h.jobs.get('acct_alice', queued))!.deleted_at).toBeUndefined();
+    // Nothing is deleted twice.
+    expect((await pass(30).run()).records).toBe(0);
+  });
+
+  it('beside an output retention: the images go at their expiry, the record at its own', async () => {
+    const id = await ended('both', 10);
+    const both = pass(30, { outputRetentionDays: 7 });
+    const first = await both.run();
+    expect(first).toMatchObject({ generations: 1, records: 0 });
+    expect((await h.blobs.list(jobOutputsPrefix('acct_alice', id))).items).toEqual([]);
+    expect((await h.jobs.get('acct_alice', id))!.spec.prompt).toBe('a red circle for both');
+    offsetMs = 21 * DAY;
+    expect((await both.run()).records).toBe(1);
+    expect((await h.jobs.get('acct_alice', id))!.spec.prompt).toBe('[deleted]');
+  });
+
+  it('is a setting of both modes, 1 to 3650 days; a pass without its delete is refused', () => {
+    expect(parseConfig({ CLIPAG_RECORD_RETENTION_DAYS: '90' })).toMatchObject({ recordRetentionDays: 90 });
+    expect(parseConfig({ CLIPAG_MODE: 'aws', AWS_REGION: 'eu-west-1', CLIPAG_BUCKET: 'b-1', CLIPAG_QUEUE_URL: 'https://sqs.eu-west-1.amazonaws.com/1/q', CLIPAG_RECORD_RETENTION_DAYS: '30' })).toMatchObject({ recordRetentionDays: 30 });
+    expect(() => parseConfig({ CLIPAG_RECORD_RETENTION_DAYS: '0' })).toThrow(/CLIPAG_RECORD_RETENTION_DAYS/);
+    expect(() => retentionPass({ blobs: h.blobs, jobs: h.jobs, clock, recordRetentionDays: 30 })).toThrow(/needs deleteGeneration/);
+  });
+});
