@@ -11,7 +11,7 @@ import { basename, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkInitImage } from '../shared/init-image.ts';
-import { MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
+import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
 import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text.ts';
@@ -22,7 +22,7 @@ export const summary = "use a clipag API (deployed or local): generate, get, can
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
 const SYNOPSIS = {
   generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
-           [--model-version H] [--init KIND] [--strength X] [-o out.png] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
+           [--model-version H] [--init KIND] [--strength X] [--cancel-after SEC] [-o out.png] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
   get: 'clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]',
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
   batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
@@ -58,6 +58,8 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
   --init KIND         gmm | noise | upload:ID | PATH of a PNG or JPEG (uploaded first; its upload:ID
                       is printed)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
+  --cancel-after SEC  the API ends it canceled, billed nothing, if it has not ended SEC seconds after it
+                      was made (1-86400; cancel_after, ADR 0034)
   -o, --out FILE      output PNG (default out.png), written whole or not at all (a temporary file, renamed)
   --idempotency-key K the POST's Idempotency-Key (default: a new one); the same request with the same
                       key gets the generation an earlier run made, never a second one. With --init
@@ -124,7 +126,8 @@ One page (--limit N, default 20; the command for the next page is printed on std
 Exit status: 0 listed (also when none matches), 1 refused or failed, 130 interrupted.
 
 batch: runs a file of requests. Each non-empty line of FILE is one JSON object: a POST /v1/generations body (prompt or prompts,
-negative_prompt, width, height, steps, seed, n, model, model_version, init, strength, metadata, webhook_url), plus:
+negative_prompt, width, height, steps, seed, n, model, model_version, init, strength, cancel_after, metadata, webhook_url),
+plus:
   "id"         the line's name (1-64 of A-Z a-z 0-9 _ -; default line-<number>): its images are
                DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …)
   "init_file"  a PNG or JPEG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
@@ -504,6 +507,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
       ...connectionOptions,
       negative: { type: 'string', multiple: true }, steps: { type: 'string' }, size: { type: 'string' }, seed: { type: 'string' }, n: { type: 'string' },
       model: { type: 'string' }, 'model-version': { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, out: { type: 'string', short: 'o' },
+      'cancel-after': { type: 'string' },
       'idempotency-key': { type: 'string' }, 'cancel-on-interrupt': { type: 'boolean' },
     },
   });
@@ -523,6 +527,8 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   const n = intFlag(values.n, 'n', 1, MAX_IMAGES) ?? 1;
   if (values.n !== undefined) body.n = n;
   if (values.model !== undefined) body.model = values.model;
+  const cancelAfter = intFlag(values['cancel-after'], 'cancel-after', 1, MAX_CANCEL_AFTER_SEC);
+  if (cancelAfter !== undefined) body.cancel_after = cancelAfter;
   const modelVersion = values['model-version'];
   if (modelVersion !== undefined) {
     if (!MODEL_VERSION_PATTERN.test(modelVersion)) throw new UsageError(`--model-version must be 12 to 64 lower-case hex digits (a content_hash from GET /v1/models, or its start), got "${modelVersion.slice(0, 80)}"`);
@@ -779,7 +785,9 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
     return 1;
   }
   if (g.status === 'canceled') {
-    io.err(`clipag remote: generation ${g.id} was canceled`);
+    // Its cancel_after deadline ended it (ADR 0034): say so, or it reads as if someone had canceled it.
+    const why = g.error?.code === 'deadline_exceeded' ? `: ${g.error.message} [deadline_exceeded]` : '';
+    io.err(`clipag remote: generation ${g.id} was canceled${why}`);
     return 1;
   }
   if (withheld.length > 0) {

@@ -286,6 +286,24 @@ describe.concurrent('clipag remote: retries', () => {
     expect(readme.slice(readme.indexOf('## Command line'))).toMatch(/`npx clipag <verb>`\s+works/);
   });
 
+  it('--cancel-after SEC sends cancel_after (ADR 0034); a generation its deadline ended says so; a bad value is refused before any request', async () => {
+    const id = newJobId();
+    const r = route('cancel-after', (req) =>
+      req.path === '/v1/generations'
+        ? { status: 202, json: view(id, 'canceled', { error: { code: 'deadline_exceeded', message: 'canceled: the generation had not ended 60 s after it was created (cancel_after)' } }) }
+        : { status: 404, json: {} },
+    );
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--cancel-after', '60', '-o', join(dir, 'never.png')]);
+    expect(res.code).toBe(1);
+    expect(JSON.parse(r.seen.find((x) => x.path === '/v1/generations')!.body)).toMatchObject({ prompt: 'a red circle', cancel_after: 60 });
+    expect(res.stderr).toContain(`generation ${id} was canceled: canceled: the generation had not ended 60 s after it was created (cancel_after) [deadline_exceeded]`);
+    const before = r.seen.length;
+    for (const bad of ['0', '86401', '1.5', 'soon']) {
+      await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--cancel-after', bad])).rejects.toThrow(/--cancel-after must be an integer in \[1, 86400\]/);
+    }
+    expect(r.seen.length).toBe(before);
+  });
+
   it('an --init JPEG (ADR 0035) is checked here and asked for as image/jpeg; one cut short is refused before any request', async () => {
     const r = route('jpeg-init', () => envelope(429, 'rate_limited', 'over the upload limit', null, { 'retry-after': '7126' }));
     const { encode } = await import('jpeg-js');
