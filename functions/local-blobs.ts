@@ -131,10 +131,12 @@ export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore,
     // A link signed for a PNG stores only a PNG, one for a JPEG only a JPEG: other bytes (HTML, say)
     // are never kept under this origin. The generation that uses the upload still checks the whole file.
     if (isPngType(check.contentType) && !startsWithPngSignature(body)) {
-      throw new ValidationError('the body is not a PNG file (it does not start with the PNG signature); this upload URL is for image/png: convert the image to PNG', 'body');
+      const advice = isJpeg(body) ? 'for a JPEG, ask POST /v1/uploads for content_type image/jpeg' : 'convert the image to PNG or JPEG';
+      throw new ValidationError(`the body is not a PNG file (it does not start with the PNG signature); this upload URL is for image/png: ${advice}`, 'body');
     }
     if (isJpegType(check.contentType) && !isJpeg(body)) {
-      throw new ValidationError('the body is not a JPEG file (it does not start with the JPEG start-of-image marker); this upload URL is for image/jpeg', 'body');
+      const advice = startsWithPngSignature(body) ? 'for a PNG, ask POST /v1/uploads for content_type image/png' : 'convert the image to PNG or JPEG';
+      throw new ValidationError(`the body is not a JPEG file (it does not start with the JPEG start-of-image marker); this upload URL is for image/jpeg: ${advice}`, 'body');
     }
     const { etag } = await blobs.put(check.key, body, { contentType: check.contentType ?? c.req.header('content-type') ?? 'application/octet-stream' });
     return new Response(null, { status: 200, headers: { etag: `"${etag}"`, 'x-request-id': c.get('requestId') } });

@@ -65,9 +65,13 @@ describe('signed PUT', () => {
     ];
     for (const [what, body] of cases) {
       const err = await expectEnvelope(await put(await grant(body.length), body, { 'content-length': String(body.length) }), 400, 'validation_error');
-      expect([err.param, err.message], what).toEqual(['body', 'the body is not a PNG file (it does not start with the PNG signature); this upload URL is for image/png: convert the image to PNG']);
+      expect([err.param, err.message], what).toEqual(['body', 'the body is not a PNG file (it does not start with the PNG signature); this upload URL is for image/png: convert the image to PNG or JPEG']);
       expect(await h.blobs.get('uploads/acct_alice/u1'), what).toBeNull();
     }
+    // A JPEG sent to a PNG link is told which link it needs (ADR 0035).
+    const jpeg = new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 0, 16, 0, 0, 0, 0]);
+    const wrongLink = await expectEnvelope(await put(await grant(jpeg.length), jpeg, { 'content-length': String(jpeg.length) }), 400, 'validation_error');
+    expect(wrongLink.message).toBe('the body is not a PNG file (it does not start with the PNG signature); this upload URL is for image/png: for a JPEG, ask POST /v1/uploads for content_type image/jpeg');
     expect((await put(await grant(8), pngBytes(8), { 'content-length': '8' })).status).toBe(200); // the signature alone passes here; the generation checks the rest
   });
 

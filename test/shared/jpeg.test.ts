@@ -97,6 +97,39 @@ describe('readJpegStructure: the segment walk the API and the worker both run', 
     expect(readJpegStructure(twelve)).toMatchObject({ ok: false, reason: expect.stringMatching(/^12-bit JPEGs are not supported/) });
   });
 
+  it('refuses, before any decoding, what the decoder can never read (the JPEG review: half of what the walk took, the decoder then refused, a third with a bare TypeError)', () => {
+    const edit = (at: number, value: number) => {
+      const b = new Uint8Array(JPEG);
+      b[at] = value;
+      return b;
+    };
+    const sof = markerAt(JPEG, 0xc0);
+    const sos = markerAt(JPEG, 0xda);
+    const dqt = markerAt(JPEG, 0xdb);
+    const dht = markerAt(JPEG, 0xc4);
+    const reason = (b: Uint8Array) => {
+      const r = readJpegStructure(b);
+      return r.ok ? 'accepted' : r.reason;
+    };
+    // A scan naming a component the frame does not have (SOS: length, count, then id/tables pairs).
+    expect(reason(edit(sos + 5, 9))).toBe('corrupt JPEG: scan 1 names component 9, which the frame does not have');
+    // Sampling factors of 0 (the SOF's first component: id, then h<<4|v).
+    expect(reason(edit(sof + 11, 0x01))).toBe(`corrupt JPEG: component ${JPEG[sof + 10]} has sampling factors 0×1 (each must be 1 to 4)`);
+    // A quantization table of precision 2.
+    expect(reason(edit(dqt + 4, 0x20))).toMatch(/^corrupt JPEG: a quantization table at byte \d+ has precision 2 and id 0/);
+    // A Huffman table whose code cannot exist: 200 codes of length 1.
+    expect(reason(edit(dht + 5, 200))).toMatch(/^corrupt JPEG: a Huffman table at byte \d+ describes a code that cannot exist$/);
+    // The tables missing altogether (the segment turned into a comment): named by the scan that needs them.
+    expect(reason(edit(dht + 1, 0xfe))).toBe('corrupt JPEG: scan 1 uses DC Huffman table 0, not defined before it');
+    // A marker the decoder does not know (arithmetic conditioning, 0xFFCC, in place of a comment).
+    expect(reason(edit(dht + 1, 0xcc))).toBe(`corrupt JPEG: unknown marker 0xFFCC at byte ${dht}`);
+    // A small file declaring a large image: its first scan has far less data than its blocks need.
+    const tall = new Uint8Array(JPEG);
+    tall[sof + 5] = 0x0f; // height 32 → 3872
+    tall[sof + 6] = 0x20;
+    expect(reason(tall)).toMatch(/^corrupt JPEG: scan 1 holds \d+ bytes of image data for \d+ blocks \(cut short\?\)$/);
+  });
+
   it(`refuses more than ${MAX_JPEG_SCANS} scans before any decoding (each is a pass over the image)`, () => {
     const sos = markerAt(JPEG, 0xda);
     const eoi = JPEG.length - 2;
@@ -187,6 +220,10 @@ describe('files from another encoder (libjpeg-turbo; test/fixtures/jpeg/README.m
     ['progressive', { components: 3, progressive: true, scans: 10 }],
     ['grey', { components: 1, progressive: false, scans: 1 }],
     ['restart', { components: 3, progressive: false, scans: 1 }],
+    // A restart interval (2) that does not divide a one-component scan's blocks: the published jpeg-js
+    // read past the scan's last block and refused both (the vendored decoder's one fix).
+    ['grey-restart', { components: 1, progressive: false, scans: 1 }],
+    ['progressive-restart', { components: 3, progressive: true, scans: 10 }],
   ])('%s: decoded within 2 of libjpeg-turbo (djpeg -nosmooth) at every sample', (name, structure) => {
     const bytes = fixture(`${name}.jpg`);
     expect(readJpegStructure(bytes)).toEqual({ ok: true, structure: { width: 32, height: 24, orientation: 1, ...structure } });

@@ -2,7 +2,7 @@
 // turned upright by the EXIF orientation. Here, not in shared/, so that the API's bundle, which only
 // walks the segments, does not carry the decoder.
 
-import { decode as jpegDecode } from 'jpeg-js';
+import jpegDecode from './vendor/jpeg-js-decoder.cjs';
 import { MAX_IMAGE_PIXELS } from '../../../shared/image-header.ts';
 import { corruptJpeg as corrupt, readJpegStructure, type JpegOrientation } from '../../../shared/jpeg.ts';
 
@@ -34,13 +34,16 @@ export function decodeJpeg(bytes: Uint8Array, opts: { maxPixels?: number } = {})
       formatAsRGBA: false,
       tolerantDecoding: false,
       maxResolutionInMP: Math.ceil(maxPixels / 1e6),
-      // Its coefficients (2 bytes each, per component at its sampling), lines and output: about
-      // 16 bytes a pixel at worst for 4 full-resolution components.
-      maxMemoryUsageInMB: Math.max(64, Math.ceil((maxPixels * 16) / 2 ** 20)),
+      // What jpeg-js counts: 4 bytes a coefficient (256 bytes an 8×8 block) per component at its
+      // sampling, its lines and the output. 28 bytes a pixel lets a 4:4:4 or CMYK file at the pixel
+      // limit through (the JPEG review: at 16 bytes one of 4096×3136 4:4:4 was refused as corrupt).
+      maxMemoryUsageInMB: Math.max(64, Math.ceil((maxPixels * 28) / 2 ** 20)),
     });
   } catch (e) {
-    const why = e instanceof Error && e.message.trim() ? e.message.trim() : 'the decoder could not read it';
-    return corrupt(why.replace(/\.$/, ''));
+    // The decoder's own refusals are plain Errors; a TypeError or RangeError is it tripping over data it
+    // did not expect, whose text ("Cannot read properties of undefined") would tell the caller nothing.
+    const own = e instanceof Error && !(e instanceof TypeError) && !(e instanceof RangeError) && e.message.trim();
+    return corrupt(own ? own.replace(/\.$/, '') : 'the decoder could not read its image data');
   }
   if (decoded.width !== width || decoded.height !== height || decoded.data.length !== 3 * width * height) {
     return corrupt(`the decoder read ${decoded.width}×${decoded.height} where the frame header says ${width}×${height}`);
