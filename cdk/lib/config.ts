@@ -183,6 +183,11 @@ const prod: StageConfig = {
   rateLimitPerMinute: 600,
   uploadsPerHour: 300,
   maxWaitsPerAccount: 12,
+  // Waits of up to 26 s (Prefer: wait; lambdaTimeoutSeconds − 3): a 100-step job on a warm GPU takes
+  // about 14 s, past dev's 12 s cap, so a prod caller gets its images from one request. Under API
+  // Gateway's 30 s with a cold start's second or two to spare; maxWaitsPerAccount bounds the
+  // executions one account's waits can hold.
+  lambdaTimeoutSeconds: 29,
   // On-demand by default in prod: a Spot reclaim costs a customer's job a restart.
   useSpot: false,
   // In this order when g5 has no on-demand capacity in the group's AZs: g6 (L4, cheaper), then g4dn

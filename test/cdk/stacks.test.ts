@@ -878,6 +878,15 @@ describe('IAM least privilege (every policy document of every stack)', () => {
     expect(sqs.sort()).toEqual(['sqs:GetQueueAttributes', 'sqs:SendMessage']);
   });
 
+  it("prod's API holds a Prefer: wait up to 26 s (a warm 100-step job takes about 14 s; ADR 0024's addendum), dev's 12 s; both under API Gateway's 30 s", () => {
+    const { app: app4, cleanup: cleanup4 } = testApp();
+    cleanups.push(cleanup4);
+    const prodApi = Template.fromStack(buildClipag(app4, prodConfig(), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).api);
+    const handler = (t: Template) => Object.entries(t.findResources('AWS::Lambda::Function')).find(([id]) => id.startsWith('Handler'))![1] as { Properties: { Timeout: number; Environment: { Variables: Record<string, string> } } };
+    expect([handler(prodApi).Properties.Timeout, handler(prodApi).Properties.Environment.Variables[ENV.maxWaitSec]]).toEqual([29, '26']);
+    expect([handler(api).Properties.Timeout, handler(api).Properties.Environment.Variables[ENV.maxWaitSec]]).toEqual([15, '12']);
+  });
+
   it('with a record retention (ADR 0037): the sweeper gets its days and its progress document (retention/), nothing more; the handler neither', () => {
     const { app: app3, cleanup: cleanup3 } = testApp();
     cleanups.push(cleanup3);
