@@ -101,8 +101,11 @@ export interface RetentionReport {
 }
 
 export interface RetentionPass {
-  /** One bounded pass; it throws only what its own state cannot survive (callers log it and go on). */
-  run(): Promise<RetentionReport>;
+  /**
+   * One bounded pass; it throws only what its own state cannot survive (callers log it and go on).
+   * With `deadline` (ms, Date.now()'s clock) no removal starts after it, and what was done is saved.
+   */
+  run(opts?: { deadline?: number }): Promise<RetentionReport>;
 }
 
 const OwnerId = z.string().regex(OWNER_ID_PATTERN);
@@ -130,8 +133,11 @@ interface WindowedRetention {
   stateKey: string;
   days: number;
   verdict: (job: JobRecord, days: number, nowMs: number) => OutputsVerdict;
-  /** Removes what is due of one generation, and counts it in the report. */
-  remove: (owner: string, id: string, report: RetentionReport) => Promise<void>;
+  /**
+   * Removes what is due of one generation, and counts it in the report; or, having read the record
+   * again, returns what it found instead (a `wait`: not due after all, or `done`: nothing to do).
+   */
+  remove: (owner: string, id: string, report: RetentionReport) => Promise<void | OutputsVerdict>;
 }
 
 /** The pass, or undefined when no retention is set (local mode keeps everything, as before). */
@@ -170,6 +176,20 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
         days: deps.recordRetentionDays,
         verdict: recordVerdict,
         remove: async (owner, id, report) => {
+          // Read again first: a job whose POST was answered 503 may have been queued again by a retry
+          // with its key since it was judged due (and end later), or its caller may have deleted it.
+          let fresh: JobRecord | null;
+          try {
+            fresh = await deps.jobs.get(owner, id);
+          } catch (error) {
+            // Damaged, or a newer clipag's: not this version's to delete; said once, then forgotten
+            // (else every pass, and in AWS every sweep, would fail on it).
+            if (!(error instanceof CorruptDocumentError)) throw error;
+            deps.log?.({ level: 'warn', msg: 'record retention: a record due for deletion does not read; left as it is', job_id: id, owner, error: error.message });
+            return { kind: 'done' };
+          }
+          const verdict = recordVerdict(fresh, deps.recordRetentionDays!, deps.clock().getTime());
+          if (verdict.kind !== 'remove') return verdict;
           await deleteGeneration(owner, id);
           report.records++;
         },
@@ -233,14 +253,17 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
           mustSave = true;
         }
       };
+      /** This pass's share of removals is used up, or its time (a Lambda's end): the next pass goes on. */
+      const spent = () => removals >= removalsPerPass || (deadline !== undefined && Date.now() >= deadline);
       const act = async (owner: string, id: string, verdict: OutputsVerdict): Promise<void> => {
         if (verdict.kind !== 'remove') return remember(owner, id, verdict.kind === 'wait' ? verdict.endedAt : undefined);
         // Due beyond this pass's share of removals, or its removal failed: the next pass removes it, unread.
-        if (removals >= removalsPerPass) return remember(owner, id, verdict.endedAt);
+        if (spent()) return remember(owner, id, verdict.endedAt);
         removals++;
         try {
-          await policy.remove(owner, id, report);
-          remember(owner, id, undefined);
+          const instead = await policy.remove(owner, id, report);
+          // The remover read the record again and found it not due after all (a job re-queued since): remembered as it now stands.
+          remember(owner, id, instead && instead.kind === 'wait' ? instead.endedAt : undefined);
         } catch (error) {
           failed(error);
           // To the back: a removal that keeps failing (a file it may not delete) must not take the first
@@ -257,7 +280,7 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
        */
       const rereadUnended = async (budget: number): Promise<void> => {
         for (const p of [...pending.values()]) {
-          if (report.read >= budget || removals >= removalsPerPass) return;
+          if (report.read >= budget || spent()) return;
           const key = `${p.owner}/${p.id}`;
           if (p.endedAt !== null || reread.has(key) || pending.get(key) !== p) continue;
           reread.add(key);
@@ -278,7 +301,7 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
       };
 
       for (const p of [...pending.values()]) {
-        if (removals >= removalsPerPass) break;
+        if (spent()) break;
         if (p.endedAt !== null && outputsExpireMs(p.endedAt, days) <= now) await act(p.owner, p.id, { kind: 'remove', endedAt: p.endedAt });
       }
       await rereadUnended(Math.ceil(readsPerPass / 2));
@@ -292,7 +315,7 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
           owners.set(owner, scan);
         }
         const window = scan.scan!;
-        while (report.read < readsPerPass && removals < removalsPerPass) {
+        while (report.read < readsPerPass && !spent()) {
           const limit = Math.min(100, readsPerPass - report.read);
           let page;
           try {
@@ -344,8 +367,11 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
     };
   }
 
+  /** The current pass's deadline (RetentionPass.run). */
+  let deadline: number | undefined;
   return {
-    async run() {
+    async run(opts = {}) {
+      deadline = opts.deadline;
       const report: RetentionReport = { generations: 0, files: 0, uploads: 0, records: 0, read: 0, errors: 0 };
       const failed = (error: unknown) => {
         report.errors++;

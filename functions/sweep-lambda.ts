@@ -42,7 +42,7 @@ export async function handler(_event?: unknown, context?: { getRemainingTimeInMi
   let retentionErrors = 0;
   if (retention && (deadline === undefined || Date.now() < deadline)) {
     try {
-      const r = await retention.run();
+      const r = await retention.run(deadline !== undefined ? { deadline } : {});
       retentionErrors = r.errors;
       if (r.records > 0 || r.errors > 0) jsonLineLog({ level: r.errors > 0 ? 'warn' : 'info', msg: 'record retention', records: r.records, read: r.read, errors: r.errors, ...(r.error !== undefined ? { error: r.error } : {}) });
     } catch (error) {

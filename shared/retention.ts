@@ -51,11 +51,13 @@ export function outputsVerdict(job: JobRecord | null, days: number, nowMs: numbe
  * What a record retention of `days` (CLIPAG_RECORD_RETENTION_DAYS, ADR 0037) makes of a job at
  * `nowMs`, in OutputsVerdict's terms: `remove` (delete it as DELETE does: its images, prompts, labels,
  * flags and Idempotency-Key) once `days` have passed since it ended; `wait` until then (`endedAt` null:
- * not ended, or it may run again); `done` for one deleted before, or no record.
+ * not ended); `done` for one deleted before, or no record.
  */
 export function recordVerdict(job: JobRecord | null, days: number, nowMs: number): OutputsVerdict {
   if (job === null || job.deleted_at !== undefined) return { kind: 'done' };
-  if (!isTerminal(job.status) || requeueable(job) || job.finished_at === null) return { kind: 'wait', endedAt: null };
+  // One whose POST was answered 503 (requeueable) counts from that end too: a retry with its key may
+  // queue it again, which the delete's own read sees (it is then not due), so it is judged then.
+  if (!isTerminal(job.status) || job.finished_at === null) return { kind: 'wait', endedAt: null };
   const endedAt = Date.parse(job.finished_at);
   return outputsExpireMs(endedAt, days) <= nowMs ? { kind: 'remove', endedAt } : { kind: 'wait', endedAt };
 }

@@ -188,7 +188,7 @@ const OutputIndexParam = IdParam.extend({
     .string()
     .regex(/^(?:0|[1-9]\d{0,5})$/, 'must be an image index: 0, 1, … (a whole number, as the generation\'s outputs[].index)')
     .transform(Number)
-    .openapi({ param: { name: 'index', in: 'path' }, type: 'integer', example: '0' }),
+    .openapi({ param: { name: 'index', in: 'path' }, type: 'integer', minimum: 0, maximum: 999_999 }),
 });
 
 const getOutput = createRoute({
@@ -648,7 +648,7 @@ export function registerGenerationRoutes(
         break;
       }
       if (!again) break;
-      latest = await endedAtDeadline(again);
+      latest = await endedAtDeadline(again, { webhook: false });
     }
     c.header('Preference-Applied', `wait=${waitSec}`);
     return latest;
@@ -660,7 +660,7 @@ export function registerGenerationRoutes(
    * attempt stored are removed, and its webhook's first attempt is made. Returns the record as it
    * then stands.
    */
-  async function settleQueuedCancel(owner: string, id: string, canceled: JobRecord): Promise<JobRecord> {
+  async function settleQueuedCancel(owner: string, id: string, canceled: JobRecord, opts: { webhook?: boolean } = {}): Promise<JobRecord> {
     let job = canceled;
     // Canceled while queued: it no longer counts against its owner (a running one is the worker's to end).
     await clearPending(blobs, 'active', owner, id);
@@ -677,7 +677,7 @@ export function registerGenerationRoutes(
     // an attempt frozen mid-way would hold its claim and record nothing. The sender's deadline bounds
     // the wait; a failure is recorded with its retry time, which the sweep keeps to. (A webhook
     // already tried, by a cancel before this one or a worker, is the sweep's: a repeat stays quick.)
-    if (job.webhook?.attempts === 0 && webhookOwed(job)) {
+    if (opts.webhook !== false && job.webhook?.attempts === 0 && webhookOwed(job)) {
       const recorded = await deliverWebhook(cancelDelivery, owner, id).then(
         () => true,
         (error: unknown) => {
@@ -697,9 +697,12 @@ export function registerGenerationRoutes(
    * A queued generation past its caller's deadline (cancel_after, ADR 0034) ends canceled when it is
    * read, as the worker that receives it or the next sweep would end it: a GET then shows how it
    * ended rather than `queued`. Conditional (a worker that claimed it meanwhile ends it within a step);
-   * a write that fails leaves it to them, and the read answers with the record as it was.
+   * a write that fails leaves it to them, and the read answers with the record as it was. The webhook's
+   * first attempt (up to CANCEL_WEBHOOK_TIMEOUT_MS) only with `webhook`: a plain GET has the time, a
+   * held wait, a list or an image link does not (a wait near its cap would run past the Lambda's end);
+   * the sweep sends it then, from the marker its POST left.
    */
-  async function endedAtDeadline(job: JobRecord): Promise<JobRecord> {
+  async function endedAtDeadline(job: JobRecord, opts: { webhook: boolean }): Promise<JobRecord> {
     const now = ctx.clock();
     if (job.status !== 'queued' || !pastCancelDeadline(job, now.getTime())) return job;
     let ended = false;
@@ -716,7 +719,7 @@ export function registerGenerationRoutes(
     }
     if (!ended) return updated;
     // The end stands: what follows it is best effort here, and the sweep finishes what fails.
-    return settleQueuedCancel(job.owner, job.id, updated).catch((error: unknown) => {
+    return settleQueuedCancel(job.owner, job.id, updated, { webhook: opts.webhook }).catch((error: unknown) => {
       ctx.log({ level: 'warn', msg: 'a generation ended at its cancel_after on read; its place or webhook is left to the sweep', job_id: job.id, owner: job.owner, error: operatorMessage(error) });
       return updated;
     });
@@ -829,7 +832,11 @@ export function registerGenerationRoutes(
               const marker = await messageMarker(blobs, owner, job.id);
               if (marker?.state === 'refused') job = await failRefusedJob(queuedJobDeps, job);
             }
-            if (requeueable(job)) {
+            if (requeueable(job) && pastCancelDeadline(job, now.getTime())) {
+              // Its cancel_after passed while it waited for this retry (ADR 0034): it ends canceled now,
+              // and this answer says so, rather than `queued` for a job no worker would run.
+              job = await jobs.update(owner, job.id, (cur) => (requeueable(cur) && pastCancelDeadline(cur, now.getTime()) ? canceledRecord(cur, now.toISOString(), now.getTime()) : null));
+            } else if (requeueable(job)) {
               // The earlier attempt got a 503: a retry with the same key re-queues the same job. Of
               // concurrent retries only the one whose write made the transition sends the message.
               // The sweep drops the markers of a failed job: they go back before the job is queued again,
@@ -983,7 +990,9 @@ export function registerGenerationRoutes(
       // A page read to its end goes on after its last document, a corrupt one skipped included.
       if (whole && page.cursor !== undefined) after = page.cursor;
     }
-    const data = await Promise.all(shown.map(view));
+    // As GET answers each: a queued one past its cancel_after has ended (ADR 0034). Its status may
+    // no longer match a status filter: the list shows what was read against it, now as it stands.
+    const data = await Promise.all(shown.map(async (job) => view(await endedAtDeadline(job, { webhook: false }))));
     return c.json({ object: 'list' as const, data, next_cursor: more ? (after ?? null) : null }, 200);
   });
 
@@ -992,7 +1001,8 @@ export function registerGenerationRoutes(
     c.set('jobId', id);
     let job = await jobs.get(c.get('owner'), id);
     if (!job) throw unknownGeneration(id);
-    job = await heldUntilEnded(c, await endedAtDeadline(job));
+    // A held wait makes no webhook attempt of its own (see endedAtDeadline).
+    job = await heldUntilEnded(c, await endedAtDeadline(job, { webhook: preferredWaitSec(c.req.header('Prefer'), limits.maxWaitSec ?? 0) === null }));
     return c.json(await view(job), 200);
   });
 
@@ -1007,8 +1017,10 @@ export function registerGenerationRoutes(
   app.openapi(getOutput, async (c) => {
     const { id, index } = c.req.valid('param');
     c.set('jobId', id);
-    const job = await jobs.get(c.get('owner'), id);
-    if (!job) throw unknownGeneration(id);
+    const found = await jobs.get(c.get('owner'), id);
+    if (!found) throw unknownGeneration(id);
+    // As GET answers it: a queued one past its cancel_after has ended (ADR 0034).
+    const job = await endedAtDeadline(found, { webhook: false });
     const link = await outputLink(job, index, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions);
     switch (link.kind) {
       case 'link':

@@ -198,3 +198,58 @@ describe('a GET of a queued generation past its cancel_after', () => {
     expect(performance.now() - started).toBeLessThan(5_000);
   });
 });
+
+describe('cancel_after everywhere a generation is read (the diff review of 2026-12-07)', () => {
+  const auth = () => ({ Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' });
+
+  it('its image link and the list answer it as GET does: canceled, not "queued"', async () => {
+    const res = await post('/v1/generations', { prompt: 'apple', cancel_after: 60 });
+    const { id } = (await res.json()) as { id: string };
+    offsetMs = 61_000;
+    const list = (await (await app.request('/v1/generations', { headers: auth() })).json()) as any;
+    expect([list.data[0].status, list.data[0].error?.code]).toEqual(['canceled', 'deadline_exceeded']);
+    const out = await app.request(`/v1/generations/${id}/outputs/0`, { headers: auth() });
+    expect(out.status).toBe(404);
+    expect(((await out.json()) as any).error.message).toBe(`generation ${id} canceled and made no images`);
+  });
+
+  it('a held wait that reaches the deadline answers within its cap: the webhook attempt is left to the sweep', async () => {
+    // A receiver that takes the request and never answers.
+    const { createServer } = await import('node:http');
+    const server = createServer(() => {});
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const capped = createApp({ ...h.deps, limits: { ...LIMITS, webhookAllowPrivate: true, maxWaitSec: 3 } });
+      const started = performance.now();
+      const res = await capped.request('/v1/generations', {
+        method: 'POST',
+        headers: { ...auth(), Prefer: 'wait=3' },
+        body: JSON.stringify({ prompt: 'apple', cancel_after: 2, webhook_url: `http://127.0.0.1:${port}/hook` }),
+      });
+      const view = (await res.json()) as any;
+      expect([view.status, view.error?.code, view.webhook.status]).toEqual(['canceled', 'deadline_exceeded', 'pending']);
+      expect(performance.now() - started).toBeLessThan(3_600);
+      // Its place is free already; its event is owed to the sweep (the marker its POST left).
+      expect((await h.blobs.list('pending/active/')).items).toEqual([]);
+      expect((await h.blobs.list('pending/hook/')).items.map((i) => i.key.endsWith(view.id))).toEqual([true]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it('the retry a 503 invited, past the deadline, answers the generation canceled, not queued', async () => {
+    const { queueWithOutage } = await import('./helpers.ts');
+    const { queue, outage } = queueWithOutage(h.queue);
+    const down = createApp({ ...h.deps, queue, clock });
+    const send = () => down.request('/v1/generations', { method: 'POST', headers: { ...auth(), 'Idempotency-Key': 'k-dl' }, body: JSON.stringify({ prompt: 'apple', cancel_after: 30 }) });
+    expect((await send()).status).toBe(503);
+    outage.down = false;
+    offsetMs = 40_000;
+    const retry = await send();
+    const body = (await retry.json()) as any;
+    expect([retry.status, body.status, body.error?.code]).toEqual([200, 'canceled', 'deadline_exceeded']);
+    expect(await h.queue.depth()).toBe(0);
+  });
+});

@@ -114,3 +114,53 @@ describe('the record retention', () => {
     expect(() => retentionPass({ blobs: h.blobs, jobs: h.jobs, clock, recordRetentionDays: 30 })).toThrow(/needs deleteGeneration/);
   });
 });
+
+describe('the record retention, from the diff review of 2026-12-07', () => {
+  it('deletes a generation whose POST was answered 503 (failed enqueue_failed) once due; one queued again since by a retry is left until it ends', async () => {
+    const { queueWithOutage } = await import('./helpers.ts');
+    const { queue } = queueWithOutage(h.queue);
+    const then = (daysAgo: number) => createApp({ ...h.deps, queue, clock: () => new Date(Date.now() - daysAgo * DAY) });
+    const refused = async (key: string, daysAgo: number) => {
+      const res = await then(daysAgo).request('/v1/generations', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json', 'Idempotency-Key': key },
+        body: JSON.stringify({ prompt: `private words for ${key}` }),
+      });
+      expect(res.status).toBe(503);
+      const listed = (await h.jobs.listByOwner('acct_alice')).jobs.find((j) => j.idempotency_key === key)!;
+      expect([listed.status, listed.error?.code]).toEqual(['failed', 'enqueue_failed']);
+      return listed.id;
+    };
+    const old = await refused('k-503-old', 40);
+    const retried = await refused('k-503-retried', 40);
+    // A retry with its key, days later, queued it again (the queue is up now).
+    await h.jobs.update('acct_alice', retried, (cur) => ({ ...cur, status: 'queued', finished_at: null, error: null }));
+
+    const report = await pass(30).run();
+    expect(report).toMatchObject({ records: 1, errors: 0 });
+    expect((await h.jobs.get('acct_alice', old))!.spec.prompt).toBe('[deleted]');
+    expect((await h.jobs.get('acct_alice', retried))!.spec.prompt).toBe('private words for k-503-retried');
+  });
+
+  it('a record that no longer reads is left as it is, said once; the pass does not fail on it again', async () => {
+    // Made 31 days ago, ended 10 days ago: read by the first pass, remembered with its end.
+    const id = await ended('turns-corrupt', 31);
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, finished_at: new Date(Date.now() - 10 * DAY).toISOString() }));
+    const logs: Array<Record<string, unknown>> = [];
+    const mk = () => retentionPass({ blobs: h.blobs, jobs: h.jobs, clock, log: (e) => logs.push(e as Record<string, unknown>), recordRetentionDays: 30, deleteGeneration: retentionDelete(h.blobs, h.jobs, clock) })!;
+    expect((await mk().run()).records).toBe(0); // read and remembered with its end
+    await h.blobs.put(`jobs/acct_alice/${id}.json`, new TextEncoder().encode('{"not": "a record"'), { contentType: 'application/json' });
+    offsetMs = 21 * DAY;
+    const first = await mk().run();
+    expect(first).toMatchObject({ records: 0, errors: 0 });
+    expect(logs.filter((l) => l.msg === 'record retention: a record due for deletion does not read; left as it is').map((l) => l.job_id)).toEqual([id]);
+    expect((await mk().run()).errors).toBe(0);
+  });
+
+  it('with a deadline already past (a sweep Lambda near its end), deletes nothing and keeps what it knows for the next pass', async () => {
+    const id = await ended('late', 31);
+    expect((await pass(30).run({ deadline: Date.now() - 1 })).records).toBe(0);
+    expect((await h.jobs.get('acct_alice', id))!.deleted_at).toBeUndefined();
+    expect((await pass(30).run()).records).toBe(1);
+  });
+});
