@@ -621,6 +621,21 @@ describe('per-call deadlines: a hung call fails in time as RetryableError; a tra
   }, 20_000);
 });
 
+/** The sweep Lambda's environment, on the stand-ins. */
+function sweepLambdaEnv(bucket: string, queueUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    CLIPAG_MODE: 'aws',
+    AWS_REGION: REGION,
+    CLIPAG_BUCKET: bucket,
+    CLIPAG_QUEUE_URL: queueUrl,
+    CLIPAG_S3_ENDPOINT: s3Endpoint,
+    CLIPAG_SQS_ENDPOINT: sqsEndpoint,
+    AWS_ACCESS_KEY_ID: 'S3RVER',
+    AWS_SECRET_ACCESS_KEY: 'S3RVER',
+    ...extra,
+  };
+}
+
 describe('the queued-job sweep Lambda (functions/sweep-lambda.ts) on s3rver and local-aws-sqs', () => {
   it('sends the message of a job whose create landed but whose send was lost, once, and drops its marker', async () => {
     const bucket = unique('sweep').toLowerCase().slice(0, 63);
@@ -634,16 +649,7 @@ describe('the queued-job sweep Lambda (functions/sweep-lambda.ts) on s3rver and 
     await markPending(blobs, 'msg', 'acct_s', id);
     await jobs.create(newJobRecord({ id, owner: 'acct_s', spec: GenerationSpec.parse({ prompt: 'lost', model: 'toy' }), now: createdAt }));
 
-    const env = {
-      CLIPAG_MODE: 'aws',
-      AWS_REGION: REGION,
-      CLIPAG_BUCKET: bucket,
-      CLIPAG_QUEUE_URL: queueUrl,
-      CLIPAG_S3_ENDPOINT: s3Endpoint,
-      CLIPAG_SQS_ENDPOINT: sqsEndpoint,
-      AWS_ACCESS_KEY_ID: 'S3RVER',
-      AWS_SECRET_ACCESS_KEY: 'S3RVER',
-    };
+    const env = sweepLambdaEnv(bucket, queueUrl);
     const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
     Object.assign(process.env, env);
     try {
@@ -699,17 +705,7 @@ describe('the queued-job sweep Lambda (functions/sweep-lambda.ts) on s3rver and 
     // Node's OpenSSL 3 refuses), and the pass lists `jobs/` one key at a time to find the owners. The
     // younger ones the pass leaves are test/functions/record-retention.test.ts's.
     const old = await made(31);
-    const env = {
-      CLIPAG_MODE: 'aws',
-      AWS_REGION: REGION,
-      CLIPAG_BUCKET: bucket,
-      CLIPAG_QUEUE_URL: queueUrl,
-      CLIPAG_S3_ENDPOINT: s3Endpoint,
-      CLIPAG_SQS_ENDPOINT: sqsEndpoint,
-      AWS_ACCESS_KEY_ID: 'S3RVER',
-      AWS_SECRET_ACCESS_KEY: 'S3RVER',
-      CLIPAG_RECORD_RETENTION_DAYS: '30',
-    };
+    const env = sweepLambdaEnv(bucket, queueUrl, { CLIPAG_RECORD_RETENTION_DAYS: '30' });
     const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
     Object.assign(process.env, env);
     vi.resetModules(); // the Lambda reads its settings at import
