@@ -126,8 +126,8 @@ One page (--limit N, default 20; the command for the next page is printed on std
 Exit status: 0 listed (also when none matches), 1 refused or failed, 130 interrupted.
 
 batch: runs a file of requests. Each non-empty line of FILE is one JSON object: a POST /v1/generations body (prompt or prompts,
-negative_prompt, width, height, steps, seed, n, model, model_version, init, strength, cancel_after, metadata, webhook_url),
-plus:
+negative_prompt, width, height, steps, seed, n, model, model_version, init, strength, cancel_after, metadata, webhook_url,
+webhook_events), plus:
   "id"         the line's name (1-64 of A-Z a-z 0-9 _ -; default line-<number>): its images are
                DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …)
   "init_file"  a PNG or JPEG (a path from FILE's folder) uploaded as the line's init image (instead of "init")

@@ -33,8 +33,30 @@ const INIT_UPLOAD_OPERATIONS = new Set(['createGeneration', 'createEstimate']);
 const UPLOAD_NOT_FOUND =
   'upload_not_found (`param` "init"): the upload does not exist, expired or is another account\'s; upload the image again. An upload that is there but not a usable image is a validation_error (`param` "init"): uploading it again will not help';
 
+/**
+ * The `generation.started` webhook (ADR 0036), beside the end events' `generation.ended` (functions/app.ts):
+ * the same body (GenerationEvent), signature and retries, sent only to a request that asked for it.
+ */
+function withStartedWebhook(doc: Json): void {
+  const ended = doc.webhooks?.['generation.ended'];
+  if (!ended?.post) return;
+  ended.post.description = `${ended.post.description} With webhook_events ["started", "ended"] the URL also receives generation.started (below), before the end event.`;
+  const started: Json = structuredClone(ended);
+  started.post.summary = 'A generation started (asked for with webhook_events ["started", "ended"]): POSTed to its webhook_url';
+  started.post.description =
+    'Sent once a worker first starts the generation (a later run of it, after a worker stopped, sends none), so that a wait before it (the queue, or the fleet scaling up from zero) can be told from a slow run. Signed, delivered at least once and retried exactly as the end events are (same secrets, headers and back-off), with its own webhook-id, while the generation has not ended: none is sent after its end event. The body is a GenerationEvent of type generation.started, `timestamp` its started_at, `data` the generation as it stood when the attempt was sent (running; already ended for a run so short that it ended first, the end event still following). Its delivery does not show in the generation\'s `webhook` (that is the end event\'s).';
+  const id = "evt_<generation id>_started: the same on every attempt, and never an end event's";
+  for (const p of started.post.parameters ?? []) {
+    if (p.name !== 'webhook-id') continue;
+    p.description = id;
+    if (p.schema) p.schema.description = id;
+  }
+  doc.webhooks['generation.started'] = started;
+}
+
 /** The document as served: each operation may also answer 429 and 5xx from the gateway, and 500 from the app; every response of the app carries X-Request-Id. */
 export function withSharedResponses(doc: Json): Json {
+  withStartedWebhook(doc);
   doc.components ??= {};
   doc.components.schemas ??= {};
   doc.components.schemas.GatewayError = GATEWAY_ERROR;

@@ -5,7 +5,7 @@ import { endNewerJobRecord, NewerJobRecordError, type JobEnding, type NewerJobSe
 import { clearPending, markPending, settleStoredOutputs } from '../shared/pending.ts';
 import type { BlobMeta, BlobStore, JobQueue, JobStore } from '../shared/ports.ts';
 import { canceledRecord, isTerminal, pastCancelDeadline, TERMINAL_STATUSES, waitingSince, type JobRecord, type JobStatus } from '../shared/schemas/job.ts';
-import { deliverWebhook, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
+import { deliverStartedEvent, deliverWebhook, startedEventDue, webhookOwed, type WebhookSender } from '../shared/webhooks.ts';
 import { encodeQueueMessage } from '../shared/schemas/queue.ts';
 import type { ViewOptions } from '../shared/views.ts';
 import type { RetentionPass } from './local-retention.ts';
@@ -249,7 +249,7 @@ export interface SweepReport {
   foreign: number;
   /** Markers not looked at this time: the sweep's deadline came first (counted in `kept` too). */
   deferred: number;
-  /** Completion webhooks sent with a 2xx answer. */
+  /** Webhook events (completions, and started events: ADR 0036) sent with a 2xx answer. */
   webhooksDelivered: number;
   /** Webhook attempts that failed (retried later, or given up after the last). */
   webhooksFailed: number;
@@ -401,7 +401,8 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, 
       if (isTerminal(job.status)) await clear();
       else {
         report.kept++;
-        unended?.add(`${job.owner}/${job.id}`);
+        // Its webhook marker is skipped unread, unless its started event (ADR 0036) is due.
+        if (!startedEventDue(job, deps.clock())) unended?.add(`${job.owner}/${job.id}`);
         if (job.status === 'queued') {
           const waitedSec = Math.max(0, Math.floor((deps.clock().getTime() - waitingSince(job)) / 1000));
           report.oldestQueuedSec = Math.max(report.oldestQueuedSec, waitedSec);
@@ -582,15 +583,25 @@ async function sweepMessage(deps: SweepDeps, job: JobRecord, marker: MessageMark
   }
 }
 
-/** A job that owes a completion webhook: deliver it once the job has ended and the attempt is due. */
+/**
+ * A job that owes a completion webhook: deliver it once the job has ended and the attempt is due.
+ * Before that, a started event it owes (ADR 0036) is retried here when due; once the job has ended
+ * that event is owed no more (the end event says it), so none goes out after the end.
+ */
 async function sweepWebhook(deps: SweepDeps, job: JobRecord, clear: (recheck?: boolean) => Promise<void>, report: SweepReport): Promise<void> {
   if (!webhookOwed(job)) return clear();
+  const delivery = { jobs: deps.jobs, blobs: deps.blobs, clock: deps.clock, ...deps.webhooks, ...(deps.log ? { log: deps.log } : {}) };
   if (!isTerminal(job.status)) {
+    if (startedEventDue(job, deps.clock())) {
+      const started = await deliverStartedEvent(delivery, job.owner, job.id);
+      if (started === 'delivered') report.webhooksDelivered++;
+      if (started === 'failed' || started === 'gave_up') report.webhooksFailed++;
+    }
     report.kept++;
     return;
   }
   // The worker made the first attempt, or nobody did (a cancel while queued, a crash).
-  const result = await deliverWebhook({ jobs: deps.jobs, blobs: deps.blobs, clock: deps.clock, ...deps.webhooks, ...(deps.log ? { log: deps.log } : {}) }, job.owner, job.id);
+  const result = await deliverWebhook(delivery, job.owner, job.id);
   if (result === 'delivered') report.webhooksDelivered++;
   if (result === 'failed' || result === 'gave_up') report.webhooksFailed++;
   if (result === 'delivered' || result === 'gave_up') return clear();
@@ -625,7 +636,7 @@ export function startQueuedJobSweeps(deps: SweepDeps, everyMs: number, options: 
         if (!retention || stopped) return;
         try {
           const report = await retention.run();
-          if (report.generations > 0 || report.uploads > 0 || report.errors > 0) {
+          if (report.generations > 0 || report.uploads > 0 || report.records > 0 || report.errors > 0) {
             const msg = report.errors > 0 ? 'local retention: not all that has expired was removed; the next pass tries again' : 'local retention: removed what has expired';
             deps.log?.({ level: report.errors > 0 ? 'warn' : 'info', msg, ...report });
           }

@@ -1,7 +1,9 @@
 // Completion webhooks (ADR 0013): URL policy, Standard Webhooks signing, an address-checked POST, and
 // the delivery of one job's event with its attempt bookkeeping in the job record. Used by the worker
 // (first attempt, right after a job ends), by the cancel of a queued job (its first attempt, bounded)
-// and by the queued-job sweep (retries, and jobs whose end nobody announced).
+// and by the queued-job sweep (retries, and jobs whose end nobody announced). A job that asked for it
+// also has a `generation.started` event (ADR 0036): first sent by the worker that claims the job, in
+// the background, retried by the sweep while the job has not ended.
 import { createHmac, randomUUID } from 'node:crypto';
 import { lookup as dnsLookup, promises as dnsPromises, type LookupAddress } from 'node:dns';
 import * as http from 'node:http';
@@ -9,7 +11,8 @@ import * as https from 'node:https';
 import { BlockList, isIP } from 'node:net';
 import { CorruptDocumentError, ValidationError } from './errors.ts';
 import type { BlobStore, JobStore } from './ports.ts';
-import { isTerminal, webhookOfDeleted, type JobRecord, type JobWebhook } from './schemas/job.ts';
+import { DEFAULT_WEBHOOK_EVENTS } from './schemas/generation.ts';
+import { isTerminal, webhookOfDeleted, type JobRecord, type JobWebhook, type JobWebhookStarted } from './schemas/job.ts';
 import { generationView, viewOptionsFromConfig, type ViewOptions } from './views.ts';
 import { accountSigningSecrets, newWebhookSecret } from './webhook-secrets.ts';
 
@@ -389,39 +392,64 @@ export function freshWebhookState(webhook: JobWebhook): JobWebhook {
   return { ...webhook, attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null };
 }
 
-function due(w: JobWebhook, now: Date): 'due' | 'not_due' | 'held_elsewhere' {
+/** The fields of a delivery state that say when its next attempt may go (the end event's, or the started event's). */
+type AttemptTimes = Pick<JobWebhookStarted, 'next_attempt_at' | 'claimed_until'>;
+
+function due(w: AttemptTimes, now: Date): 'due' | 'not_due' | 'held_elsewhere' {
   if (w.next_attempt_at !== null && Date.parse(w.next_attempt_at) > now.getTime()) return 'not_due';
   if (w.claimed_until !== null && Date.parse(w.claimed_until) > now.getTime()) return 'held_elsewhere';
   return 'due';
 }
 
 /**
- * One delivery attempt of a job's completion event, if the job has ended, still owes it, and it is
- * due. Of concurrent deliverers only the one whose conditional write claims the attempt sends. The
- * event id is the same on every attempt, so a receiver can drop repeats (delivery is at least once).
+ * The end event's turn: due, and no attempt of the job's `generation.started` held elsewhere at the
+ * moment (ADR 0036): a started attempt claimed before the job ended is let finish first, so that no
+ * started event goes out after the end event. The end attempt is then made by the next deliverer
+ * (the queued-job sweep), at most one claim's length later.
  */
-export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, jobId: string): Promise<DeliveryResult> {
-  const now = deps.clock();
-  const found = await deps.jobs.get(owner, jobId);
-  if (!found || !isTerminal(found.status) || !webhookOwed(found)) return 'nothing_to_send';
-  const state = due(found.webhook!, now);
+function endDue(w: JobWebhook, now: Date): 'due' | 'not_due' | 'held_elsewhere' {
+  const state = due(w, now);
   if (state !== 'due') return state;
-  let claimed = false;
-  const token = randomUUID();
-  const job = await deps.jobs.update(owner, jobId, (cur) => {
-    // Our own claim, written though its reply was lost (the retried write failed its condition): it
-    // is ours already, and taking it for another deliverer's would delay the event by the claim's length.
-    if (cur.webhook_claim === token && cur.webhook?.claimed_until != null) {
-      claimed = true;
-      return null;
-    }
-    claimed = isTerminal(cur.status) && webhookOwed(cur) && due(cur.webhook!, now) === 'due';
-    return claimed ? { ...cur, webhook: { ...cur.webhook!, claimed_until: new Date(now.getTime() + CLAIM_MS).toISOString() }, webhook_claim: token } : null;
-  });
-  if (!claimed) return 'held_elsewhere';
-  const webhook = job.webhook!;
+  const started = w.started?.claimed_until;
+  return started != null && Date.parse(started) > now.getTime() ? 'held_elsewhere' : 'due';
+}
 
-  const eventId = `evt_${job.id}_${job.status}`;
+/** A delivery state's fields after an attempt (the end event's, in the webhook; the started event's, in `webhook.started`). */
+type AttemptOutcome = Pick<JobWebhookStarted, 'attempts' | 'claimed_until' | 'last_error' | 'delivered_at' | 'given_up_at' | 'next_attempt_at'>;
+
+/** What an attempt that made `attempts` in all and ended with `error` (null: delivered) leaves. */
+function attemptOutcome(attempts: number, error: string | null, after: Date): AttemptOutcome {
+  const gaveUp = error !== null && attempts >= WEBHOOK_MAX_ATTEMPTS;
+  return {
+    attempts,
+    claimed_until: null,
+    last_error: error === null ? null : error.slice(0, 500),
+    delivered_at: error === null ? after.toISOString() : null,
+    given_up_at: gaveUp ? after.toISOString() : null,
+    next_attempt_at: error === null || gaveUp ? null : new Date(after.getTime() + WEBHOOK_RETRY_DELAYS_SEC[attempts - 1]! * 1000).toISOString(),
+  };
+}
+
+/** What one send of an event came to: its error (null: a 2xx). */
+interface SentEvent {
+  error: string | null;
+  httpStatus?: number;
+  sentAt: Date;
+}
+
+/**
+ * Builds, signs and sends one event of a claimed attempt: `{type, timestamp, data}` with `data` the
+ * generation view of `job` (of the latest record once it is deleted). Never throws: a failure is the
+ * attempt's error.
+ */
+async function sendEvent(
+  deps: WebhookDeliveryDeps,
+  job: JobRecord,
+  webhook: JobWebhook,
+  now: Date,
+  event: { id: string; type: string; timestamp: string },
+): Promise<SentEvent> {
+  const { owner, id: jobId } = job;
   const timestampSec = Math.floor(now.getTime() / 1000);
   let error: string | null = null;
   let sending = false;
@@ -435,7 +463,7 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     // deleted view, never the prompts and labels its owner has just removed (ADR 0021).
     const latest = job.deleted_at === undefined ? await deps.jobs.get(owner, jobId) : null;
     if (latest && latest.deleted_at !== undefined) data = await generationView(latest, deps.blobs, deps.signedUrlTtlSec, now, deps.view ?? {});
-    const body = JSON.stringify({ type: `generation.${job.status}`, timestamp: job.finished_at ?? now.toISOString(), data });
+    const body = JSON.stringify({ type: event.type, timestamp: event.timestamp, data });
     // The account's secrets (ADR 0028), read at each attempt so that a rotation or a delete applies
     // to retries too; the job's own secret always signs as well (receivers that keep it, as before).
     const secrets = [...(await accountSecretsOrNone(deps, owner, jobId, now)), webhook.secret];
@@ -447,9 +475,9 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
       headers: {
         'content-type': 'application/json',
         'user-agent': 'clipag-webhooks/1',
-        'webhook-id': eventId,
+        'webhook-id': event.id,
         'webhook-timestamp': String(timestampSec),
-        'webhook-signature': signWebhookWithEach(secrets, eventId, timestampSec, body),
+        'webhook-signature': signWebhookWithEach(secrets, event.id, timestampSec, body),
       },
     });
     httpStatus = status;
@@ -461,33 +489,168 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
     // The operator's log keeps the detail the caller's record does not show.
     if (error !== (cause instanceof Error ? cause.message : String(cause))) deps.log?.({ level: 'warn', msg: 'webhook: attempt refused or unresolved', job_id: jobId, owner, detail: cause instanceof Error ? cause.message : String(cause) });
   }
+  return { error, sentAt, ...(httpStatus !== undefined ? { httpStatus } : {}) };
+}
 
-  const after = deps.clock();
-  const attempts = webhook.attempts + 1;
-  const gaveUp = error !== null && attempts >= WEBHOOK_MAX_ATTEMPTS;
-  const next: JobWebhook = {
-    ...webhook,
-    attempts,
-    claimed_until: null,
-    last_error: error === null ? null : error.slice(0, 500),
-    delivered_at: error === null ? after.toISOString() : null,
-    given_up_at: gaveUp ? after.toISOString() : null,
-    next_attempt_at: error === null || gaveUp ? null : new Date(after.getTime() + WEBHOOK_RETRY_DELAYS_SEC[attempts - 1]! * 1000).toISOString(),
-  };
-  await deps.jobs.update(owner, jobId, (cur) => {
-    if (cur.webhook?.claimed_until !== webhook.claimed_until || cur.webhook_claim !== token) return null; // the claim lapsed and another deliverer took it
-    const { webhook_claim: _done, ...rest } = cur;
-    // Deleted while its event was owed: now that it has settled, the URL goes too (ADR 0021).
-    return { ...rest, webhook: rest.deleted_at !== undefined ? webhookOfDeleted(next) : next };
-  });
-  if (error !== null) {
-    deps.log?.({ level: 'warn', msg: gaveUp ? 'webhook: last attempt failed; giving up' : 'webhook: attempt failed; will retry', job_id: jobId, owner, attempts, error });
+/** The log line of a settled attempt. */
+function logAttempt(deps: WebhookDeliveryDeps, owner: string, jobId: string, eventId: string, attempts: number, sent: SentEvent, outcome: AttemptOutcome, after: Date): void {
+  if (sent.error !== null) {
+    deps.log?.({ level: 'warn', msg: outcome.given_up_at !== null ? 'webhook: last attempt failed; giving up' : 'webhook: attempt failed; will retry', job_id: jobId, owner, event_id: eventId, attempts, error: sent.error });
   } else {
     // "Did the customer's webhook arrive?" answered from the log. Never the URL (the caller's, and it
     // may carry a token) nor anything signed.
-    deps.log?.({ level: 'info', msg: 'webhook delivered', job_id: jobId, owner, event_id: eventId, attempts, http_status: httpStatus, ms: Math.max(0, after.getTime() - sentAt.getTime()) });
+    deps.log?.({ level: 'info', msg: 'webhook delivered', job_id: jobId, owner, event_id: eventId, attempts, http_status: sent.httpStatus, ms: Math.max(0, after.getTime() - sent.sentAt.getTime()) });
   }
-  return error === null ? 'delivered' : gaveUp ? 'gave_up' : 'failed';
+}
+
+/**
+ * One delivery attempt of a job's completion event, if the job has ended, still owes it, and it is
+ * due. Of concurrent deliverers only the one whose conditional write claims the attempt sends. The
+ * event id is the same on every attempt, so a receiver can drop repeats (delivery is at least once).
+ */
+export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, jobId: string): Promise<DeliveryResult> {
+  const now = deps.clock();
+  const found = await deps.jobs.get(owner, jobId);
+  if (!found || !isTerminal(found.status) || !webhookOwed(found)) return 'nothing_to_send';
+  const state = endDue(found.webhook!, now);
+  if (state !== 'due') return state;
+  let claimed = false;
+  const token = randomUUID();
+  const job = await deps.jobs.update(owner, jobId, (cur) => {
+    // Our own claim, written though its reply was lost (the retried write failed its condition): it
+    // is ours already, and taking it for another deliverer's would delay the event by the claim's length.
+    if (cur.webhook_claim === token && cur.webhook?.claimed_until != null) {
+      claimed = true;
+      return null;
+    }
+    claimed = isTerminal(cur.status) && webhookOwed(cur) && endDue(cur.webhook!, now) === 'due';
+    return claimed ? { ...cur, webhook: { ...cur.webhook!, claimed_until: new Date(now.getTime() + CLAIM_MS).toISOString() }, webhook_claim: token } : null;
+  });
+  if (!claimed) return 'held_elsewhere';
+  const webhook = job.webhook!;
+
+  const eventId = `evt_${job.id}_${job.status}`;
+  const sent = await sendEvent(deps, job, webhook, now, { id: eventId, type: `generation.${job.status}`, timestamp: job.finished_at ?? now.toISOString() });
+
+  const after = deps.clock();
+  const attempts = webhook.attempts + 1;
+  const outcome = attemptOutcome(attempts, sent.error, after);
+  await deps.jobs.update(owner, jobId, (cur) => {
+    if (cur.webhook?.claimed_until !== webhook.claimed_until || cur.webhook_claim !== token) return null; // the claim lapsed and another deliverer took it
+    const { webhook_claim: _done, ...rest } = cur;
+    // The webhook as it now stands (a started event's state written meanwhile stays), with this attempt's outcome.
+    const next: JobWebhook = { ...rest.webhook!, ...outcome };
+    // Deleted while its event was owed: now that it has settled, the URL goes too (ADR 0021).
+    return { ...rest, webhook: rest.deleted_at !== undefined ? webhookOfDeleted(next) : next };
+  });
+  logAttempt(deps, owner, jobId, eventId, attempts, sent, outcome, after);
+  return sent.error === null ? 'delivered' : outcome.given_up_at !== null ? 'gave_up' : 'failed';
+}
+
+/** Whether the job asked for its `generation.started` event (ADR 0036): a webhook, and `started` among its webhook_events. */
+export function wantsStartedEvent(job: JobRecord): boolean {
+  return job.webhook !== undefined && (job.spec.webhook_events ?? DEFAULT_WEBHOOK_EVENTS).includes('started');
+}
+
+const NO_STARTED_ATTEMPT: JobWebhookStarted = { attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null };
+
+/** The started event's delivery state (as new where no attempt was made yet). */
+export function startedEventState(webhook: JobWebhook): JobWebhookStarted {
+  return webhook.started ?? NO_STARTED_ATTEMPT;
+}
+
+/**
+ * Whether the job owes its caller a `generation.started` event (ADR 0036): asked for, a worker has
+ * started it, and it was neither delivered nor given up. Once the job has ended it is owed no more:
+ * the end event says all it would (its `started_at` included), and a started event after it would
+ * be stale.
+ */
+export function startedEventOwed(job: JobRecord): boolean {
+  if (!wantsStartedEvent(job) || job.started_at === null || isTerminal(job.status)) return false;
+  const state = startedEventState(job.webhook!);
+  return state.delivered_at === null && state.given_up_at === null;
+}
+
+/** Whether an attempt of the job's started event may go now: owed, not backing off, not held by another deliverer. */
+export function startedEventDue(job: JobRecord, now: Date): boolean {
+  return startedEventOwed(job) && due(startedEventState(job.webhook!), now) === 'due';
+}
+
+/** Whether an attempt of the end event has been made, or is out. */
+function endAttempted(w: JobWebhook): boolean {
+  return w.attempts > 0 || w.claimed_until !== null || w.delivered_at !== null || w.given_up_at !== null;
+}
+
+/**
+ * Whether the worker's first attempt of the started event (`first`, deliverStartedEvent) may go: no
+ * attempt of it was made or is out, and none of the end event either. Unlike a retry, it may go when
+ * the run has ended meanwhile (a run of seconds ends before its first attempt is claimed): the end
+ * event, not claimed yet, then waits for it (endDue), so it still goes first.
+ */
+function startedFirstAttemptAllowed(job: JobRecord): boolean {
+  if (!wantsStartedEvent(job) || job.started_at === null || job.error?.code === 'enqueue_failed') return false;
+  const state = startedEventState(job.webhook!);
+  return state.attempts === 0 && state.claimed_until === null && state.delivered_at === null && state.given_up_at === null && !endAttempted(job.webhook!);
+}
+
+/**
+ * Whether a worker that has just claimed the job makes the started event's first attempt: it is
+ * owed and no attempt of it was made or is out. A later attempt of the run (a redelivery after a
+ * crash, a retry) finds it delivered, backing off or claimed, and leaves it to the queued-job sweep.
+ */
+export function startedEventUntried(job: JobRecord): boolean {
+  if (!startedEventOwed(job)) return false;
+  const state = startedEventState(job.webhook!);
+  return state.attempts === 0 && state.claimed_until === null;
+}
+
+/**
+ * One delivery attempt of a job's `generation.started` event (ADR 0036), if the job owes it and it
+ * is due: claimed, signed, sent and recorded as the end event's attempts are, in its own state
+ * (`webhook.started`), with its own webhook-id (`evt_<job>_started`). A retry is claimed only while
+ * the job has not ended; the worker's first attempt (`first`) only while no attempt of the end event
+ * has been made. The end event is not claimed while a started attempt is (endDue). So a started event
+ * never goes out after the end event, and no retry of it once the job has ended.
+ */
+export async function deliverStartedEvent(deps: WebhookDeliveryDeps, owner: string, jobId: string, options: { first?: boolean } = {}): Promise<DeliveryResult> {
+  const now = deps.clock();
+  const allowed = options.first ? startedFirstAttemptAllowed : startedEventOwed;
+  const found = await deps.jobs.get(owner, jobId);
+  if (!found || !allowed(found)) return 'nothing_to_send';
+  const state = due(startedEventState(found.webhook!), now);
+  if (state !== 'due') return state;
+  let claimed = false;
+  const token = randomUUID();
+  const job = await deps.jobs.update(owner, jobId, (cur) => {
+    const mine = cur.webhook?.started;
+    // Our own claim, written though its reply was lost (as deliverWebhook's).
+    if (mine?.claim === token && mine.claimed_until != null) {
+      claimed = true;
+      return null;
+    }
+    claimed = allowed(cur) && due(startedEventState(cur.webhook!), now) === 'due';
+    if (!claimed) return null;
+    const started: JobWebhookStarted = { ...startedEventState(cur.webhook!), claimed_until: new Date(now.getTime() + CLAIM_MS).toISOString(), claim: token };
+    return { ...cur, webhook: { ...cur.webhook!, started } };
+  });
+  if (!claimed) return 'held_elsewhere';
+  const webhook = job.webhook!;
+  const held = webhook.started!;
+  const ours = (cur: JobRecord) => cur.webhook?.started?.claim === token && cur.webhook.started.claimed_until === held.claimed_until;
+
+  const eventId = `evt_${job.id}_started`;
+  const sent = await sendEvent(deps, job, webhook, now, { id: eventId, type: 'generation.started', timestamp: job.started_at ?? now.toISOString() });
+
+  const after = deps.clock();
+  const attempts = held.attempts + 1;
+  const outcome = attemptOutcome(attempts, sent.error, after);
+  await deps.jobs.update(owner, jobId, (cur) => {
+    if (!ours(cur)) return null; // the claim lapsed and another deliverer took it
+    const { claim: _done, ...rest } = cur.webhook!.started!;
+    return { ...cur, webhook: { ...cur.webhook!, started: { ...rest, ...outcome } } };
+  });
+  logAttempt(deps, owner, jobId, eventId, attempts, sent, outcome, after);
+  return sent.error === null ? 'delivered' : outcome.given_up_at !== null ? 'gave_up' : 'failed';
 }
 
 /**
@@ -513,6 +676,13 @@ export interface WebhookNotifier {
   /** A job ended: deliver its event now if it owes one. Never throws. */
   notify(owner: string, jobId: string): void;
   /**
+   * A worker has claimed the job (ADR 0036): deliver its `generation.started` event now if it owes
+   * one, in the background (the run never waits for the receiver). The job's end event, told later,
+   * waits for this attempt, so that the two go out in order. Never throws. Optional: a notifier
+   * without it announces ends only.
+   */
+  notifyStarted?(owner: string, jobId: string): void;
+  /**
    * Resolves when every delivery started so far has settled (each attempt is bounded by
    * WEBHOOK_TIMEOUT_MS), or after `capMs` whatever is still out (the sweep retries those).
    */
@@ -521,16 +691,32 @@ export interface WebhookNotifier {
 
 export function webhookNotifier(deps: WebhookDeliveryDeps): WebhookNotifier {
   const inflight = new Set<Promise<void>>();
+  /** The started event's attempt in flight, by job: the end event's attempt goes after it. */
+  const startedOf = new Map<string, Promise<void>>();
+  const track = (owner: string, jobId: string, attempt: () => Promise<DeliveryResult>): Promise<void> => {
+    const p: Promise<void> = attempt()
+      .then(() => undefined)
+      .catch((error: unknown) => {
+        // The attempt is not recorded (the store failed): the queued-job sweep tries again.
+        deps.log?.({ level: 'warn', msg: 'webhook: delivery failed before it was recorded; the sweep retries', job_id: jobId, owner, error: error instanceof Error ? error.message : String(error) });
+      })
+      .finally(() => inflight.delete(p));
+    inflight.add(p);
+    return p;
+  };
   return {
     notify(owner, jobId) {
-      const p: Promise<void> = deliverWebhook(deps, owner, jobId)
-        .then(() => undefined)
-        .catch((error: unknown) => {
-          // The attempt is not recorded (the store failed): the queued-job sweep tries again.
-          deps.log?.({ level: 'warn', msg: 'webhook: delivery failed before it was recorded; the sweep retries', job_id: jobId, owner, error: error instanceof Error ? error.message : String(error) });
-        })
-        .finally(() => inflight.delete(p));
-      inflight.add(p);
+      const before = startedOf.get(`${owner}/${jobId}`);
+      // `before` never rejects (track's catch).
+      track(owner, jobId, () => (before ? before.then(() => deliverWebhook(deps, owner, jobId)) : deliverWebhook(deps, owner, jobId)));
+    },
+    notifyStarted(owner, jobId) {
+      const key = `${owner}/${jobId}`;
+      const p = track(owner, jobId, () => deliverStartedEvent(deps, owner, jobId, { first: true }));
+      startedOf.set(key, p);
+      void p.finally(() => {
+        if (startedOf.get(key) === p) startedOf.delete(key);
+      });
     },
     async drain(capMs = 3 * WEBHOOK_TIMEOUT_MS) {
       let timer: NodeJS.Timeout | undefined;

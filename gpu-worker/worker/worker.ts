@@ -15,7 +15,7 @@ import { NewerModelError, type ModelRegistry } from '../models.ts';
 import { attemptErrorOf, classifyError, describe, exhaustedJobErrorOf, isMachineFailure, isUnexplainedRunFailure, jobErrorOf, StorageFailure } from './errors.ts';
 import { abortedOutcome, type SynthesisOutcome, type SynthesisProgress, type SynthesizedImage, type Synthesizer } from './synthesizer.ts';
 import { noTaskProtection, type TaskProtection } from './task-protection.ts';
-import type { WebhookNotifier } from '../../shared/webhooks.ts';
+import { startedEventUntried, type WebhookNotifier } from '../../shared/webhooks.ts';
 import { recordRunSample, runStartOf, runStatsKey } from '../../shared/run-stats.ts';
 import { recordUsage, usageOfRecord } from '../../shared/usage.ts';
 import { frameKey } from '../../shared/views.ts';
@@ -171,7 +171,7 @@ export interface WorkerDeps {
   config: WorkerConfig;
   /** Marks the task busy while a job is held, so scale-in takes idle tasks (default: none, outside ECS). */
   protection?: TaskProtection;
-  /** Told when a job ends here, to send its completion webhook at once (retries are the sweep's). */
+  /** Told when a job ends here, to send its completion webhook at once, and when one asking for it starts here, its started event (retries are the sweep's). */
   webhooks?: WebhookNotifier;
   /**
    * The output check (ADR 0017) for a job's owner: read before each run (the owner's current policy,
@@ -1082,6 +1082,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const queuedSec = Math.max(0, Math.round(clock.now() - waitingSince(running))) / 1000;
       log.info('job started', { ...about(m), ...(job.request_id ? { request_id: job.request_id } : {}), attempt, receiveCount: m.receiveCount, queuedSec, model: job.spec.model, steps, requestedSteps: job.spec.steps, n: job.spec.n });
       emit({ type: 'job_started', jobId: msg.job_id, attempt });
+      // The caller's generation.started event (ADR 0036), when it asked for one and no attempt of it was
+      // made: in the background, never waited for by the run; its retries are the queued-job sweep's.
+      if (startedEventUntried(running)) deps.webhooks?.notifyStarted?.(msg.owner, msg.job_id);
 
       // Run, with progress writes that double as the cancel check.
       const ac = new AbortController();

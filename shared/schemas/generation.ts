@@ -102,6 +102,40 @@ export const ModelName = z.string().regex(MODEL_NAME_PATTERN);
 /** A model_version: a content hash, whole or its first 12+ hex digits. */
 export const MODEL_VERSION_PATTERN = /^[0-9a-f]{12,64}$/;
 
+/** The webhook events a request may ask for (ADR 0036): `started` when a worker first starts the run, `ended` when it ends. */
+export const WEBHOOK_EVENTS = ['started', 'ended'] as const;
+export type WebhookEvent = (typeof WEBHOOK_EVENTS)[number];
+/** What a request that names no `webhook_events` gets: the end only, as before the field existed. */
+export const DEFAULT_WEBHOOK_EVENTS: readonly WebhookEvent[] = ['ended'];
+
+const WEBHOOK_EVENTS_DESCRIPTION =
+  'Which events webhook_url receives: "ended" (generation.succeeded, generation.failed or generation.canceled, once it ends) and, asked for, "started" (generation.started, once a worker first starts it: a wait before it is the queue or the fleet scaling up from zero). Default ["ended"]; "ended" must be among them. Each event is signed and retried alike, with its own webhook-id. Only with webhook_url';
+
+/**
+ * A request's webhook_events: every refusal names the field itself (param `webhook_events`, not an
+ * item's index), then the stored form's enum types it.
+ */
+const RequestWebhookEvents = z
+  .array(z.unknown())
+  .superRefine((events, ctx) => {
+    const unknown = events.filter((e) => typeof e !== 'string' || !(WEBHOOK_EVENTS as readonly string[]).includes(e));
+    if (events.length === 0) ctx.addIssue({ code: 'custom', message: `webhook_events must name at least one event (${WEBHOOK_EVENTS.map((e) => `"${e}"`).join(', ')}); leave it out for ["ended"]` });
+    else if (unknown.length > 0) ctx.addIssue({ code: 'custom', message: `webhook_events has unknown event ${(JSON.stringify(unknown[0]) ?? String(unknown[0])).slice(0, 40)}: the events are ${WEBHOOK_EVENTS.map((e) => `"${e}"`).join(' and ')}` });
+    else if (new Set(events).size !== events.length) ctx.addIssue({ code: 'custom', message: 'webhook_events names an event twice' });
+    else if (!events.includes('ended')) ctx.addIssue({ code: 'custom', message: 'webhook_events must include "ended" (the end event is what webhook.status and redelivery are about)' });
+  })
+  .pipe(z.array(z.enum(WEBHOOK_EVENTS)))
+  .optional()
+  .openapi({
+    description: WEBHOOK_EVENTS_DESCRIPTION,
+    items: { type: 'string', enum: [...WEBHOOK_EVENTS] },
+    minItems: 1,
+    maxItems: WEBHOOK_EVENTS.length,
+    uniqueItems: true,
+    contains: { const: 'ended' },
+    example: ['started', 'ended'],
+  } as object);
+
 const generationFields = {
   prompt: PromptText.optional(),
   prompts: z.array(WeightedPrompt).min(1).max(8).optional(),
@@ -150,6 +184,10 @@ const generationFields = {
       description: `Seconds (1–${MAX_CANCEL_AFTER_SEC}) from the generation's created_at: if it has not ended by then, it ends canceled, with error.code deadline_exceeded, and nothing is billed (as any canceled generation). A queued one is ended by the worker that receives it or by the deployment's sweep (within about 2 minutes of the deadline in AWS, 1 minute locally, with no worker running); a running one stops within a step. One that has done its last step when the deadline passes (its images being stored) ends succeeded, as after a late cancel. Without it a generation waits as long as the queue keeps it`,
       example: 60,
     }),
+  // The webhook events asked for (ADR 0036). Stored only when given, as model_version: a spec without
+  // it stays readable by a worker from before it (ADR 0030), and one with it waits for a worker that
+  // sends what it asks for. An event name a newer version adds reads as a newer writer's.
+  webhook_events: z.array(z.enum(WEBHOOK_EVENTS)).min(1).max(8).optional().openapi({ description: WEBHOOK_EVENTS_DESCRIPTION }),
 };
 
 /** Whether the bundle `contentHash` is the one `modelVersion` (a content hash or its start) names. */
@@ -174,7 +212,7 @@ export const MAX_PROMPTS_WITH_NEGATIVE = 8;
 
 /** Request-only checks: stored specs from before them must still parse. */
 function checkRequestOnly(
-  req: { init: string; strength?: number; prompt?: string; prompts?: { text: string; weight: number }[]; negative_prompt?: string },
+  req: { init: string; strength?: number; prompt?: string; prompts?: { text: string; weight: number }[]; negative_prompt?: string; webhook_events?: readonly string[]; webhook_url?: string },
   ctx: z.RefinementCtx,
 ): void {
   // The model reads a prompt after CLIP's cleaning (entities unescaped twice, control characters
@@ -221,6 +259,9 @@ function checkRequestOnly(
   }
   if (req.prompts && req.negative_prompt !== undefined && req.prompts.length + 1 > MAX_PROMPTS_WITH_NEGATIVE) {
     ctx.addIssue({ code: 'custom', path: ['negative_prompt'], message: `with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts fit (the model takes ${MAX_PROMPTS_WITH_NEGATIVE} in all); or give it as a prompt with a negative weight` });
+  }
+  if (req.webhook_events !== undefined && req.webhook_url === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['webhook_events'], message: 'webhook_events needs webhook_url: the events go there' });
   }
   if (req.strength !== undefined && !req.init.startsWith('upload:')) {
     // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
@@ -286,6 +327,7 @@ export const GenerationRequest = z
     height: RequestSide,
     model: ModelName.optional().openapi({ description: "The model's id from GET /v1/models; default: the one marked default there" }),
     metadata: GenerationMetadata.optional(),
+    webhook_events: RequestWebhookEvents,
     webhook_url: z
       .string()
       .max(2000)
@@ -295,7 +337,7 @@ export const GenerationRequest = z
       .openapi({
         format: 'uri',
         description:
-          'Called with a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature) when the generation succeeds, fails or is canceled. The body is the generation, outputs with signed URLs. In AWS: https on port 443 (unless the deployment allows others) of a public address; local mode on a loopback address also allows http, any port and this machine. No credentials, no #fragment. The event is signed with the account webhook secret (POST /v1/webhook-secret; recommended: the receiver holds it in advance) and always with the secret of the generation itself (`webhook.secret` in the POST response). A receiver that verifies with the per-generation secret may get the event before it has that response (with `Prefer: wait`, or when a lost response is retried): it should answer an event for a generation id it does not know yet with a non-2xx status (503, say), never a 2xx. It is retried (30 s, 2 min, …), and by then it has the secret; a 2xx counts as delivered, and the event is not sent again.',
+          'Called with a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature) when the generation succeeds, fails or is canceled (and, with webhook_events ["started", "ended"], when a worker first starts it). The body is the generation, outputs with signed URLs. In AWS: https on port 443 (unless the deployment allows others) of a public address; local mode on a loopback address also allows http, any port and this machine. No credentials, no #fragment. The event is signed with the account webhook secret (POST /v1/webhook-secret; recommended: the receiver holds it in advance) and always with the secret of the generation itself (`webhook.secret` in the POST response). A receiver that verifies with the per-generation secret may get the event before it has that response (with `Prefer: wait`, or when a lost response is retried): it should answer an event for a generation id it does not know yet with a non-2xx status (503, say), never a 2xx. It is retried (30 s, 2 min, …), and by then it has the secret; a 2xx counts as delivered, and the event is not sent again.',
         example: 'https://example.com/hooks/clipag',
       }),
   })

@@ -61,6 +61,24 @@ export const JobProgress = z
   .refine((p) => p.step <= p.total, { message: 'step must not exceed total' });
 
 /**
+ * The delivery state of a job's `generation.started` event (ADR 0036), kept apart from the end
+ * event's (JobWebhook's own fields, which `webhook.status` and the `webhook_status` filter read).
+ * Written by the first attempt; absent: none made yet. `claim` is the token of the attempt that holds
+ * `claimed_until` (a claim whose reply was lost is still known as its own).
+ */
+export const JobWebhookStarted = z
+  .object({
+    attempts: z.number().int().nonnegative(),
+    delivered_at: Timestamp.nullable(),
+    given_up_at: Timestamp.nullable(),
+    next_attempt_at: Timestamp.nullable(),
+    claimed_until: Timestamp.nullable(),
+    last_error: z.string().max(500).nullable(),
+    claim: z.string().min(1).max(100).optional(),
+  })
+  .loose();
+
+/**
  * Where and how the job's completion is announced (ADR 0013). `secret` signs every delivery
  * (Standard Webhooks: `whsec_` + base64 of the key). Deliveries retry with back-off until one gets a
  * 2xx or WEBHOOK_MAX_ATTEMPTS have failed.
@@ -78,6 +96,8 @@ export const JobWebhook = z
     /** A deliverer holds the next attempt until then; another one keeps off. */
     claimed_until: Timestamp.nullable(),
     last_error: z.string().max(500).nullable(),
+    /** The `generation.started` event's own delivery state (ADR 0036); absent: none attempted. */
+    started: JobWebhookStarted.optional(),
   })
   .loose()
   .openapi('JobWebhook');
@@ -237,6 +257,7 @@ export type JobOutput = z.output<typeof JobOutput>;
 export type JobUsage = z.output<typeof JobUsage>;
 export type JobError = z.output<typeof JobError>;
 export type JobWebhook = z.output<typeof JobWebhook>;
+export type JobWebhookStarted = z.output<typeof JobWebhookStarted>;
 export type ContentFlag = z.output<typeof ContentFlag>;
 export type OutputFlag = z.output<typeof OutputFlag>;
 export type OutputCheck = z.output<typeof OutputCheck>;

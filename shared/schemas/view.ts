@@ -127,16 +127,21 @@ export const GenerationView = z
 export type GenerationView = z.output<typeof GenerationView>;
 
 
-/** The body of a completion webhook (ADR 0013): what ended, when, and the generation as it then stood. */
+/**
+ * The body of a webhook event: a completion (ADR 0013), or the start a request asked for with
+ * webhook_events (ADR 0036); what happened, when, and the generation as it then stood.
+ */
 export const GenerationEvent = z
   .object({
-    type: z.enum(['generation.succeeded', 'generation.failed', 'generation.canceled']),
-    timestamp: Timestamp.openapi({ description: 'When the generation ended' }),
+    type: z.enum(['generation.started', 'generation.succeeded', 'generation.failed', 'generation.canceled']).openapi({
+      description: 'generation.started (only with webhook_events ["started", "ended"]): a worker has started the generation, once (not again for a run the deployment retries); the others: it ended so',
+    }),
+    timestamp: Timestamp.openapi({ description: 'When the generation ended; for generation.started, when a worker first started it (its started_at)' }),
     // Described here, not on `data`: an .openapi() on the registered GenerationView rewrites the Generation component's own description.
     data: GenerationView,
   })
   .strict()
   .openapi('GenerationEvent', {
-    description: 'What ended, when, and in `data` the generation as it stood when this attempt was sent: its `webhook` says the delivery state before this attempt (pending, with the attempts made so far)',
+    description: 'What happened (the generation started, or ended), when, and in `data` the generation as it stood when this attempt was sent: its `webhook` says the end event\'s delivery state before this attempt (pending, with the attempts made so far)',
   });
 export type GenerationEvent = z.output<typeof GenerationEvent>;
