@@ -41,6 +41,7 @@ export const ROUTES = [
   { pattern: /^\/v1\/generations\/[^/]+$/, methods: ['GET', 'DELETE'] },
   { pattern: /^\/v1\/generations\/[^/]+\/cancel$/, methods: ['POST'] },
   { pattern: /^\/v1\/generations\/[^/]+\/frames$/, methods: ['GET'] },
+  { pattern: /^\/v1\/generations\/[^/]+\/outputs\/[^/]+$/, methods: ['GET'] },
   { pattern: /^\/v1\/generations\/[^/]+\/webhook\/redeliver$/, methods: ['POST'] },
 ];
 

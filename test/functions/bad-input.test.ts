@@ -249,12 +249,13 @@ describe('routing', () => {
     const { ROUTES } = await import('../../functions/app.ts');
     const doc = (await (await h.request('/openapi.json')).json()) as { paths: Record<string, Record<string, unknown>> };
     for (const [template, item] of Object.entries(doc.paths)) {
-      const path = template.replace('{id}', 'abc');
+      const path = template.replace('{id}', 'abc').replace('{index}', '0');
       const route = ROUTES.find((r) => r.pattern.test(path));
       expect(route, template).toBeDefined();
       for (const method of Object.keys(item)) expect(route!.methods, `${method} ${template}`).toContain(method.toUpperCase());
     }
     await expectEnvelope(await h.request('/v1/generations/abc/webhook/redeliver', { method: 'GET' }), 405, 'method_not_allowed');
+    await expectEnvelope(await h.request('/v1/generations/abc/outputs/0', { method: 'DELETE' }), 405, 'method_not_allowed');
   });
 
   it('unknown route → 404 envelope; wrong method → 405 with Allow', async () => {

@@ -268,7 +268,7 @@ describe('generate: small messages', () => {
   it('--init with a typo: what --init takes', async () => {
     const r = await capture(() => main(['generate', 'a red circle', '--init', 'gnm', ...NO_MODEL_FLAGS]));
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/cannot read init image gnm: ENOENT.*\(--init takes gmm, noise or a PNG file\) \[invalid_input\]/);
+    expect(r.stderr).toMatch(/cannot read init image gnm: ENOENT.*\(--init takes gmm, noise or a PNG or JPEG file\) \[invalid_input\]/);
   });
 
   it('--model NAME (an API model name) points at the models folder\'s bundle of that name', async () => {
