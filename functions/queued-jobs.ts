@@ -592,13 +592,20 @@ async function sweepWebhook(deps: SweepDeps, job: JobRecord, clear: (recheck?: b
   if (!webhookOwed(job)) return clear();
   const delivery = { jobs: deps.jobs, blobs: deps.blobs, clock: deps.clock, ...deps.webhooks, ...(deps.log ? { log: deps.log } : {}) };
   if (!isTerminal(job.status)) {
-    if (startedEventDue(job, deps.clock())) {
-      const started = await deliverStartedEvent(delivery, job.owner, job.id);
-      if (started === 'delivered') report.webhooksDelivered++;
-      if (started === 'failed' || started === 'gave_up') report.webhooksFailed++;
+    if (!startedEventDue(job, deps.clock())) {
+      report.kept++;
+      return;
     }
-    report.kept++;
-    return;
+    const started = await deliverStartedEvent(delivery, job.owner, job.id);
+    if (started === 'delivered') report.webhooksDelivered++;
+    if (started === 'failed' || started === 'gave_up') report.webhooksFailed++;
+    // The run may have ended while this attempt was out, its own end attempt held back for it
+    // (endDue): the end event goes now, not a sweep later (the review of ADR 0036).
+    const fresh = await deps.jobs.get(job.owner, job.id).catch(() => null);
+    if (!fresh || !isTerminal(fresh.status) || !webhookOwed(fresh)) {
+      report.kept++;
+      return;
+    }
   }
   // The worker made the first attempt, or nobody did (a cancel while queued, a crash).
   const result = await deliverWebhook(delivery, job.owner, job.id);

@@ -587,10 +587,19 @@ function endAttempted(w: JobWebhook): boolean {
  * the run has ended meanwhile (a run of seconds ends before its first attempt is claimed): the end
  * event, not claimed yet, then waits for it (endDue), so it still goes first.
  */
-function startedFirstAttemptAllowed(job: JobRecord): boolean {
+function startedFirstAttemptAllowed(job: JobRecord, now: Date): boolean {
   if (!wantsStartedEvent(job) || job.started_at === null || job.error?.code === 'enqueue_failed') return false;
   const state = startedEventState(job.webhook!);
-  return state.attempts === 0 && state.claimed_until === null && state.delivered_at === null && state.given_up_at === null && !endAttempted(job.webhook!);
+  return state.attempts === 0 && claimFree(state, now) && state.delivered_at === null && state.given_up_at === null && !endAttempted(job.webhook!);
+}
+
+/**
+ * No deliverer holds the started event: never claimed, or the claim lapsed with no attempt recorded (its
+ * worker died during it). The run that takes over then makes that first attempt (the review of ADR 0036:
+ * it had counted a dead claim as held, and a short run ended before the sweep could retry it).
+ */
+function claimFree(state: JobWebhookStarted, now: Date): boolean {
+  return state.claimed_until === null || Date.parse(state.claimed_until) <= now.getTime();
 }
 
 /**
@@ -598,10 +607,10 @@ function startedFirstAttemptAllowed(job: JobRecord): boolean {
  * owed and no attempt of it was made or is out. A later attempt of the run (a redelivery after a
  * crash, a retry) finds it delivered, backing off or claimed, and leaves it to the queued-job sweep.
  */
-export function startedEventUntried(job: JobRecord): boolean {
+export function startedEventUntried(job: JobRecord, now: Date): boolean {
   if (!startedEventOwed(job)) return false;
   const state = startedEventState(job.webhook!);
-  return state.attempts === 0 && state.claimed_until === null;
+  return state.attempts === 0 && claimFree(state, now);
 }
 
 /**
@@ -614,7 +623,7 @@ export function startedEventUntried(job: JobRecord): boolean {
  */
 export async function deliverStartedEvent(deps: WebhookDeliveryDeps, owner: string, jobId: string, options: { first?: boolean } = {}): Promise<DeliveryResult> {
   const now = deps.clock();
-  const allowed = options.first ? startedFirstAttemptAllowed : startedEventOwed;
+  const allowed = (job: JobRecord) => (options.first ? startedFirstAttemptAllowed(job, now) : startedEventOwed(job));
   const found = await deps.jobs.get(owner, jobId);
   if (!found || !allowed(found)) return 'nothing_to_send';
   const state = due(startedEventState(found.webhook!), now);

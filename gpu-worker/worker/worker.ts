@@ -1084,7 +1084,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       emit({ type: 'job_started', jobId: msg.job_id, attempt });
       // The caller's generation.started event (ADR 0036), when it asked for one and no attempt of it was
       // made: in the background, never waited for by the run; its retries are the queued-job sweep's.
-      if (startedEventUntried(running)) deps.webhooks?.notifyStarted?.(msg.owner, msg.job_id);
+      if (startedEventUntried(running, new Date(clock.now()))) deps.webhooks?.notifyStarted?.(msg.owner, msg.job_id);
 
       // Run, with progress writes that double as the cancel check.
       const ac = new AbortController();
