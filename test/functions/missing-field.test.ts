@@ -16,7 +16,7 @@ describe('a missing required field', () => {
   it.each([
     ['/v1/uploads', { content_type: 'image/png' }, 'bytes', 'bytes is required (number)'],
     // A literal: zod names only the value it wanted, never that the field is missing.
-    ['/v1/uploads', {}, 'content_type', 'content_type is required ("image/png"); bytes is required (number)'],
+    ['/v1/uploads', {}, 'content_type', 'content_type is required (one of "image/png", "image/jpeg"); bytes is required (number)'],
     ['/v1/generations', { prompts: [{ text: 'a red circle' }] }, 'prompts.0.weight', 'prompts.0.weight is required (number)'],
     ['/v1/estimates', { prompts: [{ weight: 1 }] }, 'prompts.0.text', 'prompts.0.text is required (string)'],
   ])('POST %s %j → 400 validation_error, "… is required"', async (path, json, param, message) => {
