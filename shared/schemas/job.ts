@@ -61,6 +61,23 @@ export const JobProgress = z
   .refine((p) => p.step <= p.total, { message: 'step must not exceed total' });
 
 /**
+ * One webhook event's delivery state (ADR 0013): attempts made, when one got a 2xx or the last allowed
+ * one failed, the back-off, the claim of the attempt out, and the last error. The end event's is
+ * JobWebhook's own; the started event's is `webhook.started`.
+ */
+const DELIVERY_STATE = {
+  attempts: z.number().int().nonnegative(),
+  delivered_at: Timestamp.nullable(),
+  /** Set when the last allowed attempt failed; no more tries. */
+  given_up_at: Timestamp.nullable(),
+  /** No attempt before this (back-off after a failure). */
+  next_attempt_at: Timestamp.nullable(),
+  /** A deliverer holds the next attempt until then; another one keeps off. */
+  claimed_until: Timestamp.nullable(),
+  last_error: z.string().max(500).nullable(),
+};
+
+/**
  * The delivery state of a job's `generation.started` event (ADR 0036), kept apart from the end
  * event's (JobWebhook's own fields, which `webhook.status` and the `webhook_status` filter read).
  * Written by the first attempt; absent: none made yet. `claim` is the token of the attempt that holds
@@ -68,12 +85,7 @@ export const JobProgress = z
  */
 export const JobWebhookStarted = z
   .object({
-    attempts: z.number().int().nonnegative(),
-    delivered_at: Timestamp.nullable(),
-    given_up_at: Timestamp.nullable(),
-    next_attempt_at: Timestamp.nullable(),
-    claimed_until: Timestamp.nullable(),
-    last_error: z.string().max(500).nullable(),
+    ...DELIVERY_STATE,
     claim: z.string().min(1).max(100).optional(),
   })
   .loose();
@@ -87,15 +99,7 @@ export const JobWebhook = z
   .object({
     url: z.string().url().max(2000),
     secret: z.string().regex(/^whsec_[A-Za-z0-9+/]{32}$/),
-    attempts: z.number().int().nonnegative(),
-    delivered_at: Timestamp.nullable(),
-    /** Set when the last allowed attempt failed; no more tries. */
-    given_up_at: Timestamp.nullable(),
-    /** No attempt before this (back-off after a failure). */
-    next_attempt_at: Timestamp.nullable(),
-    /** A deliverer holds the next attempt until then; another one keeps off. */
-    claimed_until: Timestamp.nullable(),
-    last_error: z.string().max(500).nullable(),
+    ...DELIVERY_STATE,
     /** The `generation.started` event's own delivery state (ADR 0036); absent: none attempted. */
     started: JobWebhookStarted.optional(),
   })
