@@ -56,7 +56,7 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
   --model-version H   run only on that bundle of the model: its content_hash, or the first 12+ hex
                       digits (a generation's model_version, printed with it, makes it again)
   --init KIND         gmm | noise | upload:ID | PATH of a PNG or JPEG (uploaded first; its upload:ID
-                      is printed)
+                      is printed) | an https URL of one (the API fetches it and stores it as an upload)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
   --cancel-after SEC  the API ends it canceled, billed nothing, if it has not ended SEC seconds after it
                       was made (1-86400; cancel_after, ADR 0034)
@@ -535,10 +535,12 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
     body.model_version = modelVersion;
   }
   const init = values.init;
-  const initFile = init !== undefined && init !== 'gmm' && init !== 'noise' && !init.startsWith('upload:') ? init : undefined;
+  // A URL is the API's to fetch (ADR 0038): sent as given, never read as a path.
+  const initUrl = init !== undefined && /^https?:\/\//i.test(init);
+  const initFile = init !== undefined && init !== 'gmm' && init !== 'noise' && !init.startsWith('upload:') && !initUrl ? init : undefined;
   if (init !== undefined && initFile === undefined) body.init = init;
   if (values.strength !== undefined) {
-    if (initFile === undefined && !init?.startsWith('upload:')) throw new UsageError('--strength needs an init image (--init PATH.png or upload:ID); gmm and noise starts have nothing to keep');
+    if (initFile === undefined && !init?.startsWith('upload:') && !initUrl) throw new UsageError('--strength needs an init image (--init PATH.png, upload:ID or an https URL); gmm and noise starts have nothing to keep');
     const strength = decimalNumber(values.strength);
     if (!(strength >= 0 && strength <= 1)) throw new UsageError(`--strength must be a number in [0, 1], got "${values.strength}"`);
     body.strength = strength;

@@ -166,7 +166,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
 
   registerModelRoutes(app, deps);
   registerUploadRoutes(app, deps, { clock, uploadGate });
-  registerGenerationRoutes(app, deps, { clock, ledger, log, ...(waitGate ? { waitGate } : {}) });
+  registerGenerationRoutes(app, deps, { clock, ledger, log, ...(waitGate ? { waitGate } : {}), ...(uploadGate ? { uploadGate } : {}) });
   registerUsageRoutes(app, deps, { clock });
   registerWebhookSecretRoutes(app, deps, { clock });
   registerSpendLimitRoutes(app, deps, { clock });

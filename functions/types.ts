@@ -3,7 +3,7 @@ import type { ApiKeyRecord } from '../shared/schemas/apikey.ts';
 import type { BlobStore, JobQueue, JobStore, RateCounter } from '../shared/ports.ts';
 import type { ModelInfo } from './schemas.ts';
 import type { PromptPolicy } from '../shared/prompt-policy.ts';
-import type { WebhookSender } from '../shared/webhooks.ts';
+import type { WebhookResolver, WebhookSender } from '../shared/webhooks.ts';
 
 /** Checks a presented bearer secret; `null` when unknown, malformed or revoked. `BlobApiKeyStore` is one. */
 export interface ApiKeyVerifier {
@@ -72,6 +72,11 @@ export interface AppDeps {
    * waits for it: one given here must bound its own attempt.
    */
   webhookSend?: WebhookSender;
+  /**
+   * The name lookup of an init image fetched by URL (ADR 0038), under `limits`' webhook address policy.
+   * Default: the system's or c-ares, as a webhook's. Tests give names the addresses of their choosing.
+   */
+  initFetchResolve?: WebhookResolver;
   /** Defaults to `() => new Date()`. */
   clock?: () => Date;
   /** Defaults to `jsonLineLog`: one JSON line per entry, `info` on stdout, warnings and errors on stderr. */

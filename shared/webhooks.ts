@@ -149,37 +149,46 @@ function portList(ports: readonly number[]): string {
  * to store and show (`https:\\host\path` and `https:host/path` are both `https://host/path`).
  */
 export function checkWebhookUrl(raw: string, policy: WebhookPolicy): URL {
+  return checkOutboundUrl(raw, policy, 'webhook_url');
+}
+
+/**
+ * The address policy's check of a URL the deployment will call on a caller's behalf (a webhook, an
+ * init image to fetch), its refusals naming `field`: scheme, no credentials or fragment, no port 0,
+ * never link-local, and where private addresses are refused, a public literal on an allowed port.
+ */
+export function checkOutboundUrl(raw: string, policy: WebhookPolicy, field: string): URL {
   let url: URL;
   try {
     url = new URL(raw);
   } catch {
     const port = /:(\d+)$/.exec(typedAuthority(raw))?.[1];
-    if (port !== undefined && Number(port) > 65535) throw new ValidationError(`webhook_url has port ${port}; a port is 1-65535`, 'webhook_url');
-    throw new ValidationError('webhook_url is not a valid absolute URL', 'webhook_url');
+    if (port !== undefined && Number(port) > 65535) throw new ValidationError(`${field} has port ${port}; a port is 1-65535`, field);
+    throw new ValidationError(`${field} is not a valid absolute URL`, field);
   }
   const schemes = policy.allowPrivate ? ['https:', 'http:'] : ['https:'];
-  if (!schemes.includes(url.protocol)) throw new ValidationError(`webhook_url must use ${schemes.join(' or ')}`, 'webhook_url');
+  if (!schemes.includes(url.protocol)) throw new ValidationError(`${field} must use ${schemes.join(' or ')}`, field);
   // Empty credentials ("https://@host/") parse to none, but are credentials as typed.
-  if (url.username || url.password || typedAuthority(raw).includes('@')) throw new ValidationError('webhook_url must not carry credentials', 'webhook_url');
+  if (url.username || url.password || typedAuthority(raw).includes('@')) throw new ValidationError(`${field} must not carry credentials`, field);
   // An empty fragment ("…/#") leaves `hash` empty but stays in the URL; a serialized URL has a "#" only there.
-  if (url.href.includes('#')) throw new ValidationError('webhook_url must not have a #fragment', 'webhook_url');
+  if (url.href.includes('#')) throw new ValidationError(`${field} must not have a #fragment`, field);
   // Port 0 is no port a receiver can listen on, and Node's request reads it as "unset": the POST would
   // go to 80 or 443, not where the stored URL says.
-  if (url.port === '0') throw new ValidationError('webhook_url must not use port 0', 'webhook_url');
+  if (url.port === '0') throw new ValidationError(`${field} must not use port 0`, field);
   // A name's trailing dot (the root) names the same host: "localhost." is localhost.
   const literal = url.hostname.replace(/^\[|\]$/g, '').replace(/\.$/, '');
-  if (isIP(literal) !== 0 && isLinkLocalAddress(literal)) throw new ValidationError('webhook_url must not point at a link-local address (the instance metadata service)', 'webhook_url');
+  if (isIP(literal) !== 0 && isLinkLocalAddress(literal)) throw new ValidationError(`${field} must not point at a link-local address (the instance metadata service)`, field);
   if (!policy.allowPrivate) {
     const host = literal;
     if (host === 'localhost' || host.endsWith('.localhost') || (isIP(host) !== 0 && isPrivateAddress(host))) {
-      throw new ValidationError('webhook_url must point at a public address', 'webhook_url');
+      throw new ValidationError(`${field} must point at a public address`, field);
     }
     const ports = policy.ports ?? DEFAULT_WEBHOOK_PORTS;
     const port = url.port === '' ? 443 : Number(url.port); // https only here
-    if (!ports.includes(port)) throw new ValidationError(`webhook_url's port ${port} is not allowed here: webhooks go to port ${portList(ports)} only${ports.includes(443) ? ' (https\'s default, which the URL need not name)' : ''}`, 'webhook_url');
+    if (!ports.includes(port)) throw new ValidationError(`${field}'s port ${port} is not allowed here: ${field === 'webhook_url' ? 'webhooks go' : 'the deployment calls out'} to port ${portList(ports)} only${ports.includes(443) ? ' (https\'s default, which the URL need not name)' : ''}`, field);
   }
   // Percent-encoding and punycode can make the canonical form longer than the 2000 characters typed.
-  if (url.href.length > WEBHOOK_URL_MAX_CHARS) throw new ValidationError(`webhook_url is ${url.href.length} characters once encoded (${url.href.slice(0, 40)}…); at most ${WEBHOOK_URL_MAX_CHARS}`, 'webhook_url');
+  if (url.href.length > WEBHOOK_URL_MAX_CHARS) throw new ValidationError(`${field} is ${url.href.length} characters once encoded (${url.href.slice(0, 40)}…); at most ${WEBHOOK_URL_MAX_CHARS}`, field);
   return url;
 }
 
@@ -202,7 +211,7 @@ export const COULD_NOT_CONNECT = 'could not connect (refused, reset or unreachab
  * the same: otherwise `last_error` would tell a caller which internal names exist behind the
  * deployment. The operator's log keeps the socket's own text.
  */
-function callerError(cause: unknown, url: string): string {
+export function callerError(cause: unknown, url: string): string {
   const code = (cause as { code?: unknown } | null)?.code;
   const hostname = () => new URL(url).hostname;
   if (code === DNS_TIMEOUT) {
@@ -292,6 +301,32 @@ function dnsLookupOf(options: WebhookDnsOptions): { resolve: WebhookResolver; ca
   return { resolve, cancel: () => resolver.cancel() };
 }
 
+/** A `lookup` for node:http(s) that only ever connects to an address the policy allows. */
+export type CheckedLookup = (hostname: string, options: object, callback: (error: Error | null, address: string | LookupAddress[], family?: number) => void) => void;
+
+/**
+ * One outbound request's name lookup under the address policy: the connection goes to an address the
+ * policy allows, whatever the name resolves to (no DNS rebinding between a check and the connect).
+ * Through c-ares (dnsLookupOf) where private addresses are refused or `dns` is given; the system's
+ * resolver otherwise (local mode: see httpWebhookSender). `cancel` ends a lookup still running.
+ */
+export function addressCheckedLookup(policy: WebhookPolicy, options: { resolve?: WebhookResolver; dns?: WebhookDnsOptions } = {}): { lookup: CheckedLookup; cancel: () => void } {
+  const viaDns = options.resolve === undefined && (options.dns !== undefined || !policy.allowPrivate);
+  const systemResolve: WebhookResolver = (hostname, lookupOptions, callback) => dnsLookup(hostname, { ...lookupOptions, all: true }, callback);
+  const dns = viaDns ? dnsLookupOf(options.dns ?? {}) : undefined;
+  const resolveName = options.resolve ?? dns?.resolve ?? systemResolve;
+  const lookup: CheckedLookup = (hostname, lookupOptions, callback) => {
+    resolveName(hostname, lookupOptions, (error, addresses) => {
+      if (error) return callback(error, '');
+      const allowed = addresses.filter((a) => !isLinkLocalAddress(a.address) && (policy.allowPrivate || !isPrivateAddress(a.address)));
+      if (allowed.length === 0) return callback(Object.assign(new Error(`${hostname} resolves only to private addresses`), { code: PRIVATE_ONLY }), '');
+      if ((lookupOptions as { all?: boolean }).all) return callback(null, allowed);
+      return callback(null, allowed[0]!.address, allowed[0]!.family);
+    });
+  };
+  return { lookup, cancel: () => dns?.cancel() };
+}
+
 /**
  * POST over node:http(s), redirects not followed (a 3xx is a failure). The connection goes to an
  * address the policy allows: the lookup itself refuses the others, so a name that resolves to a
@@ -304,29 +339,18 @@ function dnsLookupOf(options: WebhookDnsOptions): { resolve: WebhookResolver; ca
  */
 export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: number; resolve?: WebhookResolver; dns?: WebhookDnsOptions } = {}): WebhookSender {
   const timeoutMs = options.timeoutMs ?? WEBHOOK_TIMEOUT_MS;
-  const viaDns = options.resolve === undefined && (options.dns !== undefined || !policy.allowPrivate);
-  const systemResolve: WebhookResolver = (hostname, lookupOptions, callback) => dnsLookup(hostname, { ...lookupOptions, all: true }, callback);
-  const lookupWith = (resolveName: WebhookResolver) => (hostname: string, lookupOptions: object, callback: (error: Error | null, address: string | LookupAddress[], family?: number) => void) => {
-    resolveName(hostname, lookupOptions, (error, addresses) => {
-      if (error) return callback(error, '');
-      const allowed = addresses.filter((a) => !isLinkLocalAddress(a.address) && (policy.allowPrivate || !isPrivateAddress(a.address)));
-      if (allowed.length === 0) return callback(Object.assign(new Error(`${hostname} resolves only to private addresses`), { code: PRIVATE_ONLY }), '');
-      if ((lookupOptions as { all?: boolean }).all) return callback(null, allowed);
-      return callback(null, allowed[0]!.address, allowed[0]!.family);
-    });
-  };
   return (request) =>
     new Promise<number>((resolve, reject) => {
       // Literal addresses are refused here; names, by the lookup below.
       const url = checkWebhookUrl(request.url, policy);
       const client = url.protocol === 'https:' ? https : http;
-      const dns = viaDns ? dnsLookupOf(options.dns ?? {}) : undefined;
+      const dns = addressCheckedLookup(policy, options);
       const req = client.request(
         url,
         {
           method: 'POST',
           headers: { ...request.headers, 'content-length': String(Buffer.byteLength(request.body)) },
-          lookup: lookupWith(options.resolve ?? dns?.resolve ?? systemResolve) as never,
+          lookup: dns.lookup as never,
           agent: false,
         },
         (res) => {
@@ -340,7 +364,7 @@ export function httpWebhookSender(policy: WebhookPolicy, options: { timeoutMs?: 
       // One deadline for the whole attempt, name lookup included. A socket timeout alone would let a
       // receiver that trickles its headers hold the attempt (and a drain, and the claim) for ever.
       const deadline = setTimeout(() => {
-        dns?.cancel();
+        dns.cancel();
         req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`));
       }, timeoutMs);
       req.on('error', (error) => {

@@ -1,7 +1,7 @@
 import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, GoneError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, SpendLimitReachedError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
-import { newJobId } from '../../shared/ids.ts';
+import { newId, newJobId } from '../../shared/ids.ts';
 import { checkInitImage } from '../../shared/init-image.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
@@ -14,6 +14,7 @@ import { clearPending, markPending, settleStoredOutputs } from '../../shared/pen
 import { requeueable } from '../../shared/retention.ts';
 import { canonicalJson, type Claim, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
 import { deleteEndedGeneration } from '../generation-delete.ts';
+import { fetchInitImage, isInitUrl } from '../init-url.ts';
 import { listFilter } from '../list-filter.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
@@ -23,7 +24,7 @@ import type { JobMutation } from '../../shared/ports.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, outputLink, viewOptionsFromConfig } from '../../shared/views.ts';
-import { CANCEL_WEBHOOK_TIMEOUT_MS, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
+import { CANCEL_WEBHOOK_TIMEOUT_MS, checkOutboundUrl, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
 import type { RateGate } from '../middleware/rate-limit.ts';
@@ -282,7 +283,7 @@ const cancelGeneration = generationRoute(
 export function registerGenerationRoutes(
   app: OpenAPIHono<AppEnv>,
   deps: AppDeps,
-  ctx: { clock: () => Date; ledger: IdempotencyLedger; log: (entry: AppLogEntry) => void; waitGate?: RateGate },
+  ctx: { clock: () => Date; ledger: IdempotencyLedger; log: (entry: AppLogEntry) => void; waitGate?: RateGate; uploadGate?: RateGate },
 ): void {
   const { blobs, jobs, queue, limits } = deps;
   const viewOptions = viewOptionsFromConfig(limits); // the worker price and output retention the views show
@@ -452,7 +453,25 @@ export function registerGenerationRoutes(
       throw new ValidationError(modelVersionMismatch(model, info.content_hash, spec.model_version), 'model_version');
     }
     if (spec.init.startsWith('upload:')) await checkUpload(owner, spec.init.slice('upload:'.length));
+    // A URL's form and address now; the image itself only once the generation is to be made (initFromUrl).
+    else if (isInitUrl(spec.init)) checkOutboundUrl(spec.init, webhookPolicy, 'init');
     return spec;
+  }
+
+  /**
+   * The spec with its URL init fetched and stored as an upload of the owner's (ADR 0038), counted among
+   * the account's uploads. Run once per generation made: a replay answers with its job and fetches nothing.
+   */
+  async function initFromUrl(c: Context<AppEnv>, owner: string, spec: GenerationSpec): Promise<GenerationSpec> {
+    if (!isInitUrl(spec.init)) return spec;
+    // Counted first: each fetch stores an image for days, as an upload does (ADR 0026).
+    const rateLimitFields = ctx.uploadGate ? await ctx.uploadGate.check(c) : null;
+    for (const [name, value] of Object.entries(rateLimitFields ?? {})) c.header(name, value, { append: true });
+    const image = await fetchInitImage(spec.init, { policy: webhookPolicy, maxBytes: limits.maxUploadBytes, ...(deps.initFetchResolve ? { resolve: deps.initFetchResolve } : {}) });
+    const uploadId = newId(ctx.clock().getTime());
+    const key = uploadKey(owner, uploadId);
+    await blobs.put(key, image.bytes, { contentType: image.contentType });
+    return { ...spec, init: `upload:${uploadId}` };
   }
 
   /**
@@ -872,6 +891,14 @@ export function registerGenerationRoutes(
           return c.json(await createdView(await heldUntilEnded(c, job)), 200);
         }
         jobId = claim.jobId;
+      }
+      try {
+        spec = await initFromUrl(c, owner, spec);
+      } catch (error) {
+        // Nothing was made: the place goes back and the key is free for a retry (a fixed URL, say).
+        await givePlaceBack(owner, jobId);
+        if (idempotencyKey !== undefined) await ctx.ledger.release({ owner, key: idempotencyKey, jobId });
+        throw error;
       }
       let job: JobRecord;
       try {

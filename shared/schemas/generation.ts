@@ -97,6 +97,29 @@ export const InitSpec = z
       '"gmm" (class-conditional Gaussian prior), "noise", or "upload:<id>" (a PNG or a JPEG of at most 16 777 216 pixels, from POST /v1/uploads; when the generation is requested a PNG is checked whole, as the worker would decode it, and the segments of a JPEG are: kind, size, scans, cut short)',
   });
 
+/** An init image named by URL in a request (ADR 0038): fetched by the API, stored as an upload. */
+export const INIT_URL_PATTERN = /^https?:\/\//i;
+export const INIT_URL_MAX_CHARS = 2000;
+
+/**
+ * A request's init: what a stored spec takes, or an http(s) URL of a PNG or a JPEG, which the API
+ * fetches when the generation is made and stores as an upload (the spec then names `upload:<id>`).
+ */
+export const RequestInitSpec = z
+  .string()
+  .refine((v) => v === 'gmm' || v === 'noise' || UPLOAD_INIT.test(v) || (INIT_URL_PATTERN.test(v) && v.length <= INIT_URL_MAX_CHARS && isWellFormedText(v)), {
+    message: `init must be "gmm", "noise", "upload:<id>" or the https URL of a PNG or a JPEG (at most ${INIT_URL_MAX_CHARS} characters)`,
+  })
+  .openapi({
+    example: 'gmm',
+    anyOf: [
+      { type: 'string', pattern: `^(gmm|noise|upload:${RESOURCE_ID_PATTERN.source.slice(1, -1)})$` },
+      { type: 'string', format: 'uri', pattern: '^[hH][tT][tT][pP][sS]?://', maxLength: INIT_URL_MAX_CHARS },
+    ],
+    description:
+      '"gmm" (class-conditional Gaussian prior), "noise", "upload:<id>" (a PNG or a JPEG of at most 16 777 216 pixels, from POST /v1/uploads; when the generation is requested a PNG is checked whole, as the worker would decode it, and the segments of a JPEG are: kind, size, scans, cut short), or the URL of such an image: the API fetches it once, when the generation is made (within 10 s, at most 3 redirects, no larger than an upload may be; in AWS only https on port 443 of a public address, as webhook_url), checks it as an upload, and stores it as one: the generation\'s request then shows init "upload:<id>", which DELETE /v1/uploads/{id} removes. The URL itself is not kept. An estimate checks the URL\'s form only',
+  } as object);
+
 export const ModelName = z.string().regex(MODEL_NAME_PATTERN);
 
 /** A model_version: a content hash, whole or its first 12+ hex digits. */
@@ -263,9 +286,9 @@ function checkRequestOnly(
   if (req.webhook_events !== undefined && req.webhook_url === undefined) {
     ctx.addIssue({ code: 'custom', path: ['webhook_events'], message: 'webhook_events needs webhook_url: the events go there' });
   }
-  if (req.strength !== undefined && !req.init.startsWith('upload:')) {
+  if (req.strength !== undefined && !req.init.startsWith('upload:') && !INIT_URL_PATTERN.test(req.init)) {
     // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
-    ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength applies only to an "upload:<id>" init' });
+    ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength applies only to an init image ("upload:<id>" or a URL)' });
   }
 }
 
@@ -326,6 +349,7 @@ export const GenerationRequest = z
     width: RequestSide,
     height: RequestSide,
     model: ModelName.optional().openapi({ description: "The model's id from GET /v1/models; default: the one marked default there" }),
+    init: RequestInitSpec.default('gmm'),
     metadata: GenerationMetadata.optional(),
     webhook_events: RequestWebhookEvents,
     webhook_url: z

@@ -667,6 +667,18 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it('--init URL is sent to the API as given (ADR 0038): nothing is read from disk or uploaded, and --strength goes with it', async () => {
+    const id = newJobId();
+    const url = `${base}/t/init-url`;
+    const r = route('init-url', (req) => (req.path === '/v1/generations' ? { status: 200, json: succeeded(url, id) } : png()));
+    const init = 'https://images.example.com/photos/cat.jpg?X-Amz-Signature=abc';
+    const res = await cli(['generate', 'a red circle', '--init', init, '--strength', '0.3', '--url', r.url, '--key', KEY, '-o', join(dir, 'init-url.png')]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(r.seen.filter((s) => s.path === '/v1/uploads')).toEqual([]);
+    const posted = r.seen.find((s) => s.path === '/v1/generations' && s.method === 'POST');
+    expect(JSON.parse(posted!.body)).toMatchObject({ prompt: 'a red circle', init, strength: 0.3 });
+  });
+
   it('--init FILE whose POST answer is lost: the resume command has --init upload:ID, not the file, so running it uploads nothing and replays the job', async () => {
     const id = newJobId();
     const uploadId = newJobId();

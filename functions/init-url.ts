@@ -1,0 +1,130 @@
+// An init image named by URL (`init: "https://…"`): the API fetches it once, when the generation is
+// made, under the same address policy as webhooks (public addresses on allowed ports in AWS, the
+// connection pinned to a checked address), checks it as it checks an upload, and stores it as an
+// upload, so that the job names `upload:<id>` and the worker reads it as any other (ADR 0038).
+
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { ValidationError } from '../shared/errors.ts';
+import { checkInitImage, type InitImageType } from '../shared/init-image.ts';
+import { addressCheckedLookup, callerError, checkOutboundUrl, type WebhookPolicy, type WebhookResolver } from '../shared/webhooks.ts';
+
+/** The whole fetch (every lookup, connection, redirect and the body) within this. */
+export const INIT_FETCH_TIMEOUT_MS = 10_000;
+/** Redirects followed (a CDN or a presigned link often answers one); each target is checked again. */
+export const INIT_FETCH_MAX_REDIRECTS = 3;
+
+export interface InitFetchOptions {
+  policy: WebhookPolicy;
+  maxBytes: number;
+  timeoutMs?: number;
+  /** Tests give names answers of their choosing (as httpWebhookSender's). */
+  resolve?: WebhookResolver;
+}
+
+export interface FetchedInitImage {
+  bytes: Uint8Array;
+  contentType: InitImageType;
+}
+
+/** Whether a request's `init` names an image by URL (the schema has checked its form). */
+export function isInitUrl(init: string): boolean {
+  return /^https?:\/\//i.test(init);
+}
+
+const refused = (message: string) => new ValidationError(`init ${message}`, 'init');
+
+/**
+ * The image at `raw`: fetched (GET, redirects followed up to INIT_FETCH_MAX_REDIRECTS), at most
+ * `maxBytes`, and checked as an upload is (a PNG whole, a JPEG's segments). Every failure is a 400 on
+ * `init` saying what happened in terms that reveal nothing of the deployment's own network (as a
+ * webhook's last_error: a name with no public address, "could not connect", "no answer").
+ */
+export async function fetchInitImage(raw: string, options: InitFetchOptions): Promise<FetchedInitImage> {
+  const timeoutMs = options.timeoutMs ?? INIT_FETCH_TIMEOUT_MS;
+  const deadline = Date.now() + timeoutMs;
+  let url = checkOutboundUrl(raw, options.policy, 'init');
+  for (let hop = 0; ; hop++) {
+    const answer = await getOnce(url, options, deadline, timeoutMs);
+    if (answer.kind === 'redirect') {
+      if (hop >= INIT_FETCH_MAX_REDIRECTS) throw refused(`URL redirected more than ${INIT_FETCH_MAX_REDIRECTS} times; give the image's final URL`);
+      let next: string;
+      try {
+        next = new URL(answer.location, url).href;
+      } catch {
+        throw refused(`URL redirected to an address that is not a URL (${answer.location.slice(0, 80)})`);
+      }
+      // The same policy for every hop: a public URL that redirects inside is refused.
+      try {
+        url = checkOutboundUrl(next, options.policy, 'init');
+      } catch (error) {
+        throw refused(`URL redirected to ${new URL(next).origin}, which is not allowed: ${(error as Error).message.replace(/^init /, '')}`);
+      }
+      continue;
+    }
+    const check = await checkInitImage(answer.body);
+    if (!check.ok) throw refused(`URL's content cannot be an init image (a PNG or a JPEG): ${check.reason}`);
+    return { bytes: answer.body, contentType: check.contentType };
+  }
+}
+
+type Answer = { kind: 'redirect'; location: string } | { kind: 'body'; body: Uint8Array };
+
+function getOnce(url: URL, options: InitFetchOptions, deadline: number, timeoutMs: number): Promise<Answer> {
+  return new Promise<Answer>((resolve, reject) => {
+    const left = deadline - Date.now();
+    if (left <= 0) return reject(refused(`URL gave no image within ${timeoutMs / 1000} s`));
+    const dns = addressCheckedLookup(options.policy, options.resolve ? { resolve: options.resolve } : {});
+    const client = url.protocol === 'https:' ? https : http;
+    let settled = false;
+    const fail = (error: ValidationError) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      dns.cancel();
+      req.destroy();
+      reject(error);
+    };
+    const timer = setTimeout(() => fail(refused(`URL gave no image within ${timeoutMs / 1000} s`)), left);
+    const req = client.get(url, { headers: { accept: 'image/png, image/jpeg', 'user-agent': 'clipag (init image fetch)' }, lookup: dns.lookup as never, agent: false }, (res) => {
+      const status = res.statusCode ?? 0;
+      if (status >= 300 && status < 400 && status !== 304) {
+        const location = res.headers.location;
+        res.destroy();
+        if (!location) return fail(refused(`URL answered HTTP ${status} without a Location`));
+        settled = true;
+        clearTimeout(timer);
+        return resolve({ kind: 'redirect', location });
+      }
+      if (status !== 200) {
+        res.destroy();
+        const hint = status >= 500 || status === 429 ? '; retry once it answers' : status === 401 || status === 403 ? ': the URL must be readable without credentials (a presigned link will do)' : '';
+        return fail(refused(`URL answered HTTP ${status}${hint}`));
+      }
+      const declared = Number(res.headers['content-length']);
+      if (Number.isFinite(declared) && declared > options.maxBytes) {
+        res.destroy();
+        return fail(refused(`URL's image is ${declared} bytes, over the ${options.maxBytes}-byte limit`));
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        // Counted as it comes: a server that sends more than it declared (or declares nothing) is cut off.
+        if (size > options.maxBytes) return fail(refused(`URL's image is over the ${options.maxBytes}-byte limit`));
+        chunks.push(chunk);
+      });
+      res.on('end', () => {
+        if (settled) return;
+        // Closed before the length it declared: a cut-short file, not the image.
+        if (!res.complete) return fail(refused(`URL's answer broke off before its end; retry`));
+        settled = true;
+        clearTimeout(timer);
+        resolve({ kind: 'body', body: new Uint8Array(Buffer.concat(chunks)) });
+      });
+      res.on('error', () => fail(refused(`URL's answer broke off before its end; retry`)));
+      res.on('aborted', () => fail(refused(`URL's answer broke off before its end; retry`)));
+    });
+    req.on('error', (error) => fail(refused(`URL: ${callerError(error, url.href)}`)));
+  });
+}
