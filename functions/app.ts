@@ -1,6 +1,7 @@
 import { OpenAPIHono, z } from '@hono/zod-openapi';
 import type { MiddlewareHandler } from 'hono';
 import { withSharedResponses } from './openapi-document.ts';
+import { toOpenApi30 } from './openapi-30.ts';
 import { IdempotencyLedger } from './idempotency.ts';
 import { auth } from './middleware/auth.ts';
 import { describeError, notFound, onError, validationHook } from './middleware/errors.ts';
@@ -29,6 +30,7 @@ export type { ModelInfo } from './schemas.ts';
 export const ROUTES = [
   { pattern: /^\/healthz$/, methods: ['GET'] },
   { pattern: /^\/openapi\.json$/, methods: ['GET'] },
+  { pattern: /^\/openapi-3\.0\.json$/, methods: ['GET'] },
   { pattern: /^\/v1\/models$/, methods: ['GET'] },
   { pattern: /^\/v1\/models\/[^/]+$/, methods: ['GET'] },
   { pattern: /^\/v1\/uploads$/, methods: ['POST'] },
@@ -63,35 +65,46 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.notFound(notFound(ROUTES));
 
   registerHealthRoutes(app);
+  // Each document's pointer to the other: the 3.0 form swaps the first for the second.
+  const pointerTo30 = ' The same API as OpenAPI 3.0.3, for client generators that read only 3.0, is at /openapi-3.0.json.';
+  const pointerTo31 =
+    " This is /openapi.json (OpenAPI 3.1.0, the original) converted mechanically to OpenAPI 3.0.3, for client generators that read only 3.0: the JSON Schema rules 3.0 cannot state (contains, propertyNames) are in the fields' descriptions instead.";
   // Built on first request, once every route is registered; the same for the life of the app.
-  let document: Record<string, unknown> | undefined;
+  let document: Record<string, any> | undefined;
+  let document30: Record<string, any> | undefined;
+  const openApi31 = () =>
+    (document ??= withSharedResponses(
+      app.getOpenAPI31Document({
+        openapi: '3.1.0',
+        info: {
+          title: 'clipag API',
+          version: '1.0.0',
+          description:
+            "Generator-free text-to-image: pixels optimized along the gradients of a robust CLIP (CLIPAG). Every 4xx/5xx the app gives has the ErrorEnvelope body; in AWS the gateway's own 429, 500 and 503 have the GatewayError body instead. Every response carries X-Request-Id. Undeclared methods on a path answer 405 method_not_allowed with Allow; HEAD answers as GET without a body. A /v1 operation refuses a query parameter it does not declare (an operation that declares none refuses any): 400 validation_error, `param` naming it." +
+            pointerTo30,
+        },
+        // Relative to where the document is served: the deployment answering this request.
+        servers: [{ url: '/', description: 'This deployment' }],
+        tags: [
+          { name: 'generations', description: 'Text-to-image jobs: create, estimate, poll, list, cancel, delete, redeliver their webhook' },
+          { name: 'uploads', description: 'Init images for image-to-image: upload, delete' },
+          { name: 'models', description: 'The deployed models' },
+          { name: 'usage', description: "The caller's usage and cost, and its monthly spend limit" },
+          { name: 'webhooks', description: "The account's webhook signing secret" },
+          { name: 'health', description: 'Liveness' },
+        ],
+      }) as unknown as Record<string, any>,
+    ));
   app.get('/openapi.json', (c) => {
     // Public and credential-free: a web tool (an API explorer, a client generator in the browser) may
     // load the deployment's own document. The API itself sends no CORS headers: keys stay on servers.
     c.header('Access-Control-Allow-Origin', '*');
-    return c.json(
-      (document ??= withSharedResponses(
-        app.getOpenAPI31Document({
-          openapi: '3.1.0',
-          info: {
-            title: 'clipag API',
-            version: '1.0.0',
-            description:
-              "Generator-free text-to-image: pixels optimized along the gradients of a robust CLIP (CLIPAG). Every 4xx/5xx the app gives has the ErrorEnvelope body; in AWS the gateway's own 429, 500 and 503 have the GatewayError body instead. Every response carries X-Request-Id. Undeclared methods on a path answer 405 method_not_allowed with Allow; HEAD answers as GET without a body. A /v1 operation refuses a query parameter it does not declare (an operation that declares none refuses any): 400 validation_error, `param` naming it.",
-          },
-          // Relative to where the document is served: the deployment answering this request.
-          servers: [{ url: '/', description: 'This deployment' }],
-          tags: [
-            { name: 'generations', description: 'Text-to-image jobs: create, estimate, poll, list, cancel, delete, redeliver their webhook' },
-            { name: 'uploads', description: 'Init images for image-to-image: upload, delete' },
-            { name: 'models', description: 'The deployed models' },
-            { name: 'usage', description: "The caller's usage and cost, and its monthly spend limit" },
-            { name: 'webhooks', description: "The account's webhook signing secret" },
-            { name: 'health', description: 'Liveness' },
-          ],
-        }) as unknown as Record<string, any>,
-      )),
-    );
+    return c.json(openApi31());
+  });
+  app.get('/openapi-3.0.json', (c) => {
+    c.header('Access-Control-Allow-Origin', '*');
+    const doc31 = openApi31();
+    return c.json((document30 ??= toOpenApi30({ ...doc31, info: { ...doc31.info, description: String(doc31.info.description).replace(pointerTo30, pointerTo31) } })));
   });
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', {
     type: 'http',
