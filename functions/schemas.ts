@@ -45,7 +45,7 @@ import { METADATA_MAX_KEYS } from '../shared/schemas/generation.ts';
  */
 export const LIST_SCAN_LIMIT = 100;
 export { GenerationOutputView, GenerationView } from '../shared/schemas/view.ts';
-import { GenerationView } from '../shared/schemas/view.ts';
+import { GenerationView, QueueView } from '../shared/schemas/view.ts';
 
 export const GenerationList = z
   .object({ object: z.literal('list'), data: z.array(GenerationView), next_cursor: z.string().nullable() })
@@ -205,6 +205,7 @@ export const EstimateView = z
       }),
     note: z.string().nullable().openapi({ description: 'Why there are no figures, when worker_seconds is null' }),
     hourly_usd: z.number().nullable(),
+    queue: QueueView.optional().openapi({ description: 'Where the API could read the fleet: whether a worker is there to take a generation made now, or one would be started first (ADR 0040). The figures above are run time only, not that wait' }),
   })
   .openapi('Estimate');
 

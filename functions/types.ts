@@ -4,6 +4,7 @@ import type { BlobStore, JobQueue, JobStore, RateCounter } from '../shared/ports
 import type { ModelInfo } from './schemas.ts';
 import type { PromptPolicy } from '../shared/prompt-policy.ts';
 import type { WebhookResolver, WebhookSender } from '../shared/webhooks.ts';
+import type { FleetView } from '../shared/worker-presence.ts';
 
 /** Checks a presented bearer secret; `null` when unknown, malformed or revoked. `BlobApiKeyStore` is one. */
 export interface ApiKeyVerifier {
@@ -77,6 +78,8 @@ export interface AppDeps {
    * Default: the system's or c-ares, as a webhook's. Tests give names the addresses of their choosing.
    */
   initFetchResolve?: WebhookResolver;
+  /** The fleet a queued generation's view tells of (ADR 0040). Default: the workers' presence in `blobs`, read at most every 15 s. */
+  fleet?: () => Promise<FleetView>;
   /** Defaults to `() => new Date()`. */
   clock?: () => Date;
   /** Defaults to `jsonLineLog`: one JSON line per entry, `info` on stdout, warnings and errors on stderr. */

@@ -22,6 +22,7 @@ import { createEngineSynthesizer, type Synthesizer } from './worker/synthesizer.
 import { ecsTaskProtection, type TaskProtection } from './worker/task-protection.ts';
 import { policyFromStore, type OutputScreen } from '../shared/prompt-policy.ts';
 import { webhookDeliveryFromConfig, webhookNotifier, type WebhookNotifier } from '../shared/webhooks.ts';
+import { startPresence } from './worker/presence.ts';
 import { createWorker, jsonLogger, type Logger, type QueueWorker, type WorkerConfig, type WorkerEvent } from './worker/worker.ts';
 
 export { createWorker, type QueueWorker, type WorkerState, type WorkerEvent } from './worker/worker.ts';
@@ -73,6 +74,11 @@ export interface StartWorkerDeps {
   warmUp?: boolean;
   log?: Logger;
   onEvent?: (event: WorkerEvent) => void;
+  /**
+   * The worker's presence document in `blobs` (ADR 0040), by which the API tells a caller whose
+   * generation waits whether a worker is up. Default: written, under a name from newWorkerId. `false`: none.
+   */
+  presence?: false | { workerId?: string; beatMs?: number };
 }
 
 export interface RunningWorker {
@@ -135,6 +141,8 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
         }
       : undefined;
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });
+  // Before the worker: its first state change is already the presence's to write.
+  const presence = deps.presence === false ? undefined : startPresence({ blobs: deps.blobs, ...(deps.presence ?? {}), log });
   const worker = createWorker({
     queue: deps.queue,
     jobs,
@@ -159,7 +167,10 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
     ...(outputScreen ? { outputScreen } : {}),
     ...(warm ? { warmUp: warm } : {}),
     log,
-    onEvent: deps.onEvent,
+    onEvent: (event) => {
+      if (event.type === 'state') presence?.state(event.state);
+      deps.onEvent?.(event);
+    },
   });
   worker.start();
   let stopped: Promise<void> | undefined;
@@ -169,6 +180,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
     stop() {
       stopped ??= (async () => {
         await worker.stop();
+        await presence?.stop();
         if (ownModels) await models.close();
       })();
       return stopped;

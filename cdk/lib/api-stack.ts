@@ -125,6 +125,8 @@ export class ApiStack extends Stack {
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.usage, ['read']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.spendLimits, ['read', 'write', 'delete']);
     grantPrefix(this.handler, bucket, BUCKET_PREFIXES.config, ['read']);
+    // The workers' presence, which a queued generation's view tells of (ADR 0040).
+    grantPrefix(this.handler, bucket, BUCKET_PREFIXES.workers, ['read']);
     // POST, GET and DELETE /v1/webhook-secret (ADR 0028).
     grantWebhookSecrets(this.handler, bucket, 'manage');
     grantListBucket(this.handler, bucket);

@@ -424,6 +424,8 @@ export const BUCKET_PREFIXES = {
   config: 'config/',
   /** The record retention's progress (functions/local-retention.ts RECORD_RETENTION_STATE_KEY): owner ids and job ids only. */
   retention: 'retention/',
+  /** Each worker's presence document (shared/worker-presence.ts, ADR 0040): a state and a time, no job or owner. */
+  workers: 'workers/',
 } as const;
 
 /**

@@ -63,6 +63,14 @@ export class StatefulStack extends Stack {
           noncurrentVersionExpiration: config.bucketVersioning ? Duration.days(1) : undefined,
         },
         {
+          // A worker killed without its stop (a lost instance) leaves its presence document; the API
+          // ignores it after 3 minutes, and this removes it (ADR 0040).
+          id: 'expire-worker-presence',
+          prefix: BUCKET_PREFIXES.workers,
+          expiration: Duration.days(1),
+          noncurrentVersionExpiration: config.bucketVersioning ? Duration.days(1) : undefined,
+        },
+        {
           // Abandoned presigned multipart uploads otherwise accrue storage invisibly.
           id: 'abort-incomplete-multipart',
           abortIncompleteMultipartUploadAfter: Duration.days(1),
@@ -81,6 +89,7 @@ export class StatefulStack extends Stack {
               // ExpiredObjectDeleteMarker beside an expiration in days in one rule, hence rules of their own.
               { id: 'outputs-markers', prefix: BUCKET_PREFIXES.outputs, expiredObjectDeleteMarker: true },
               { id: 'uploads-markers', prefix: BUCKET_PREFIXES.uploads, expiredObjectDeleteMarker: true },
+              { id: 'worker-presence-markers', prefix: BUCKET_PREFIXES.workers, expiredObjectDeleteMarker: true },
             ]
           : []),
       ],

@@ -227,6 +227,8 @@ export class WorkerStack extends Stack {
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.models, ['read']);
     // The operator's policy document: its output rules are checked on every image (ADR 0017).
     grantPrefix(taskRole, bucket, BUCKET_PREFIXES.config, ['read']);
+    // Its presence document, rewritten every minute and removed when it stops (ADR 0040).
+    grantPrefix(taskRole, bucket, BUCKET_PREFIXES.workers, ['write', 'delete']);
     // A job's first webhook attempt is signed with its account's secret too (ADR 0028).
     grantWebhookSecrets(taskRole, bucket, 'sign');
     grantListBucket(taskRole, bucket);

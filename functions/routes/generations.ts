@@ -24,6 +24,7 @@ import type { JobMutation } from '../../shared/ports.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, outputLink, viewOptionsFromConfig } from '../../shared/views.ts';
+import { cachedFleet, fleetNote } from '../../shared/worker-presence.ts';
 import { CANCEL_WEBHOOK_TIMEOUT_MS, checkOutboundUrl, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
@@ -287,9 +288,19 @@ export function registerGenerationRoutes(
 ): void {
   const { blobs, jobs, queue, limits } = deps;
   const viewOptions = viewOptionsFromConfig(limits); // the worker price and output retention the views show
-  const view = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions);
+  const fleet = deps.fleet ?? cachedFleet(blobs, ctx.clock);
+  /**
+   * A queued generation's view says whether a worker is there to take it (ADR 0040). The fleet that
+   * does not read leaves it out: a hint is not worth a failed GET.
+   */
+  const withQueue = async (job: JobRecord, shown: Promise<z.output<typeof GenerationView>>): Promise<z.output<typeof GenerationView>> => {
+    if (job.status !== 'queued') return shown;
+    const [v, f] = await Promise.all([shown, fleet().catch((error: unknown) => (ctx.log({ level: 'warn', msg: 'worker presence not read; queued views say nothing of the fleet', error: String(error) }), null))]);
+    return f ? { ...v, queue: { ...f, note: fleetNote(f) } } : v;
+  };
+  const view = (job: JobRecord) => withQueue(job, generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions));
   /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
-  const createdView = (job: JobRecord) => generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...viewOptions, webhookSecret: true });
+  const createdView = (job: JobRecord) => withQueue(job, generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), { ...viewOptions, webhookSecret: true }));
   const webhookPolicy = { allowPrivate: limits.webhookAllowPrivate ?? false, ...(limits.webhookPorts ? { ports: limits.webhookPorts } : {}) };
   const promptPolicy = deps.promptPolicy ?? (async () => defaultPromptPolicy());
   /**
@@ -958,6 +969,10 @@ export function registerGenerationRoutes(
     const schedule = defaultSchedule(spec.width, spec.height, stepsPerImage, inputSize);
     const { seconds, basis, note } = await estimateJob(blobs, { model: spec.model, width: spec.width, height: spec.height, start: runStartOf(spec.init) }, { n: spec.n, schedule });
     const hourly = limits.workerHourlyUsd;
+    const queue = await fleet().then(
+      (f) => ({ ...f, note: fleetNote(f) }),
+      () => undefined,
+    );
     return c.json(
       {
         object: 'estimate' as const,
@@ -971,6 +986,7 @@ export function registerGenerationRoutes(
         basis,
         note,
         hourly_usd: hourly ?? null,
+        ...(queue ? { queue } : {}),
       },
       200,
     );

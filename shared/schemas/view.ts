@@ -70,6 +70,19 @@ export const WithheldOutputView = z
   })
   .openapi('WithheldOutput');
 
+/** The fleet, as a generation that waits is told of it (ADR 0040; shared/worker-presence.ts). */
+export const QueueView = z
+  .object({
+    workers_ready: z.number().int().nonnegative().openapi({ description: 'Workers taking generations now (free or running one)' }),
+    workers_busy: z.number().int().nonnegative().openapi({ description: 'Of workers_ready, those running a generation now' }),
+    workers_starting: z.number().int().nonnegative().openapi({ description: 'Workers started and loading their model: ready within a minute or two' }),
+    note: z.string().openapi({ description: 'What that means for the wait, in words: a free worker starts it within seconds; with none running, one is started, which takes a few minutes' }),
+  })
+  .openapi('QueueState', {
+    description: "Only while a generation is queued (and in an estimate), where the API could read the fleet: whether a worker is there to take it, counted from the workers' presence at most 15 s old (ADR 0040). It does not say how many generations wait ahead (the queue is shared fairly among accounts)",
+  });
+export type QueueView = z.output<typeof QueueView>;
+
 export const GenerationView = z
   .object({
     id: ResourceId,
@@ -86,6 +99,8 @@ export const GenerationView = z
       }),
     }),
     cancel_requested: z.boolean(),
+    // Described on the component: an .openapi() here would rewrite QueueState's own description.
+    queue: QueueView.optional(),
     outputs: z.array(GenerationOutputView),
     outputs_expire_at: Timestamp.nullable().openapi({
       description: "When the deployment's storage removes the images and frames (the job's end plus its retention); their links stop working then, so download what you keep: no link is signed to outlive it, and past it the generation lists no outputs and no frames (this time says why; `expired_outputs` keeps each image's seed). Null while none are stored, or where the deployment keeps them.",

@@ -191,8 +191,9 @@ describe('StatefulStack', () => {
     const rule = (prefix: string) => rules.find((r) => r.Prefix === prefix);
     expect(rule('outputs/')).toMatchObject({ ExpirationInDays: dev.outputRetentionDays, Status: 'Enabled' });
     expect(rule('uploads/')).toMatchObject({ ExpirationInDays: dev.uploadRetentionDays, Status: 'Enabled' });
-    // Job records and keys must never expire.
-    expect(rules.filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix).sort()).toEqual(['outputs/', 'uploads/']);
+    // Job records and keys must never expire; a dead worker's presence document goes after a day (ADR 0040).
+    expect(rule('workers/')).toMatchObject({ ExpirationInDays: 1, Status: 'Enabled' });
+    expect(rules.filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix).sort()).toEqual(['outputs/', 'uploads/', 'workers/']);
     expect(rules.some((r) => r.AbortIncompleteMultipartUpload)).toBe(true);
     const cors = bucket.CorsConfiguration.CorsRules as Array<{ AllowedMethods: string[] }>;
     expect(cors.some((r) => r.AllowedMethods.includes('PUT'))).toBe(true);
@@ -228,11 +229,11 @@ describe('StatefulStack', () => {
     const rules = Template.fromStack(prod.stateful).toJSON().Resources.ClipagBucket.Properties.LifecycleConfiguration.Rules as Array<Record<string, unknown>>;
     expect(rules.find((r) => r.Prefix === 'pending/')).toMatchObject({ Status: 'Enabled', ExpiredObjectDeleteMarker: true, NoncurrentVersionExpiration: { NoncurrentDays: 1 } });
     // Still nothing expires a current job record, key or marker.
-    expect(rules.filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix).sort()).toEqual(['outputs/', 'uploads/']);
+    expect(rules.filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix).sort()).toEqual(['outputs/', 'uploads/', 'workers/']);
     // Each expiry, DELETE /v1/generations/{id} and withheld image leaves a delete marker under outputs/ or
     // uploads/: a rule of its own removes them (S3 refuses ExpiredObjectDeleteMarker beside ExpirationInDays),
     // and their old versions go after a day.
-    for (const prefix of ['outputs/', 'uploads/']) {
+    for (const prefix of ['outputs/', 'uploads/', 'workers/']) {
       const own = rules.filter((r) => r.Prefix === prefix);
       expect(own.find((r) => r.ExpiredObjectDeleteMarker === true), prefix).toMatchObject({ Status: 'Enabled' });
       for (const r of own) expect(r.ExpiredObjectDeleteMarker === true && r.ExpirationInDays !== undefined, `${prefix} ${String(r.Id)}`).toBe(false);
@@ -836,6 +837,7 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:PutObject spend-limits/*',
         's3:DeleteObject spend-limits/*',
         's3:GetObject config/*',
+        's3:GetObject workers/*',
         's3:GetObject webhook-secrets/*',
         's3:PutObject webhook-secrets/*',
         's3:DeleteObject webhook-secrets/*',
@@ -923,6 +925,8 @@ describe('IAM least privilege (every policy document of every stack)', () => {
         's3:DeleteObject pending/active/*',
         's3:PutObject pending/outputs/*',
         's3:DeleteObject pending/outputs/*',
+        's3:PutObject workers/*',
+        's3:DeleteObject workers/*',
         's3:GetObject webhook-secrets/*',
         's3:ListBucket WHOLE-BUCKET',
       ].sort(),

@@ -165,6 +165,8 @@ describe('POST /v1/estimates', () => {
     expect(await res.json()).toEqual({
       object: 'estimate', model: 'toy', width: 224, height: 224, steps: 100, worker_seconds: null, cost_usd: null, runs: 0, basis: null,
       note: 'no run of model toy with a gmm start was recorded on this deployment yet', hourly_usd: 3.6,
+      // No worker has written its presence here (ADR 0040).
+      queue: { workers_ready: 0, workers_busy: 0, workers_starting: 0, note: 'no worker is running: one is started when generations wait, which takes a few minutes (a machine boots and loads the model); the generation starts then' },
     });
     expect(await h.queue.receive({ max: 10, waitSec: 0 })).toEqual([]);
     expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);

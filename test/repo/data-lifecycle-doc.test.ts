@@ -116,6 +116,7 @@ const KEPT: Record<string, number[]> = {
   'App logs': logDays,
   'Access log': logDays,
   'Record retention progress': [],
+  'Worker presence': [dev.rule('expire-worker-presence').ExpirationInDays!],
   'Local-only files': [],
 };
 
@@ -168,9 +169,10 @@ describe(DOC, () => {
     expect(prose(doc)).toMatch(new RegExp(`prompts included, stays ${noncurrent('expire-noncurrent')} days,\\s+and the images ${noncurrent('expire-outputs')} day\\b`));
     expect(stated(/multipart uploads are aborted after (\d+) day/)).toBe(dev.rule('abort-incomplete-multipart').AbortIncompleteMultipartUpload!.DaysAfterInitiation);
     // No rule expires current job records, claims, usage, keys or statistics: the document says "for ever".
+    // (workers/ holds no customer data: a dead worker's presence document goes after a day.)
     for (const stage of [dev, prod]) {
       const expiring = [...stage.rules.values()].filter((r) => r.ExpirationInDays !== undefined).map((r) => r.Prefix);
-      expect(expiring.sort()).toEqual([BUCKET_PREFIXES.outputs, BUCKET_PREFIXES.uploads].sort());
+      expect(expiring.sort()).toEqual([BUCKET_PREFIXES.outputs, BUCKET_PREFIXES.uploads, BUCKET_PREFIXES.workers].sort());
     }
   });
 
