@@ -48,17 +48,20 @@ export async function fetchInitImage(raw: string, options: InitFetchOptions): Pr
     const answer = await getOnce(url, options, deadline, timeoutMs);
     if (answer.kind === 'redirect') {
       if (hop >= INIT_FETCH_MAX_REDIRECTS) throw refused(`URL redirected more than ${INIT_FETCH_MAX_REDIRECTS} times; give the image's final URL`);
-      let next: string;
+      let next: URL;
       try {
-        next = new URL(answer.location, url).href;
+        next = new URL(answer.location, url);
       } catch {
         throw refused(`URL redirected to an address that is not a URL (${answer.location.slice(0, 80)})`);
       }
+      // A Location's fragment is never sent (RFC 9110), and nothing of this URL is stored: it goes.
+      next.hash = '';
       // The same policy for every hop: a public URL that redirects inside is refused.
       try {
-        url = checkOutboundUrl(next, options.policy, 'init');
+        url = checkOutboundUrl(next.href, options.policy, 'init');
       } catch (error) {
-        throw refused(`URL redirected to ${new URL(next).origin}, which is not allowed: ${(error as Error).message.replace(/^init /, '')}`);
+        const where = next.origin === 'null' ? `a ${next.protocol} URL` : next.origin;
+        throw refused(`URL redirected to ${where}, which is not allowed: ${(error as Error).message.replace(/^init('s)? /, (_m, s: string | undefined) => (s ? 'its ' : ''))}`);
       }
       continue;
     }
@@ -101,18 +104,32 @@ function getOnce(url: URL, options: InitFetchOptions, deadline: number, timeoutM
         const hint = status >= 500 || status === 429 ? '; retry once it answers' : status === 401 || status === 403 ? ': the URL must be readable without credentials (a presigned link will do)' : '';
         return fail(refused(`URL answered HTTP ${status}${hint}`));
       }
+      const encoding = String(res.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+      if (encoding !== 'identity' && encoding !== '') {
+        // Never inflated here (no bomb to defuse): the stored bytes are the image as served.
+        res.destroy();
+        return fail(refused(`URL's image is served with Content-Encoding: ${encoding.slice(0, 40)}; serve the file as it is (no compression: PNG and JPEG are compressed already)`));
+      }
       const declared = Number(res.headers['content-length']);
       if (Number.isFinite(declared) && declared > options.maxBytes) {
         res.destroy();
         return fail(refused(`URL's image is ${declared} bytes, over the ${options.maxBytes}-byte limit`));
       }
-      const chunks: Buffer[] = [];
+      // Each chunk is copied into one buffer: kept as they come, a server that sends its body a byte
+      // at a time would hold a socket read buffer per byte (hundreds of bytes of memory for each).
+      let body = Buffer.allocUnsafe(Math.min(options.maxBytes, Number.isFinite(declared) && declared > 0 ? declared : 64 * 1024));
       let size = 0;
       res.on('data', (chunk: Buffer) => {
-        size += chunk.length;
+        if (settled) return;
         // Counted as it comes: a server that sends more than it declared (or declares nothing) is cut off.
-        if (size > options.maxBytes) return fail(refused(`URL's image is over the ${options.maxBytes}-byte limit`));
-        chunks.push(chunk);
+        if (size + chunk.length > options.maxBytes) return fail(refused(`URL's image is over the ${options.maxBytes}-byte limit`));
+        if (size + chunk.length > body.length) {
+          const grown = Buffer.allocUnsafe(Math.min(options.maxBytes, Math.max(size + chunk.length, body.length * 2)));
+          body.copy(grown, 0, 0, size);
+          body = grown;
+        }
+        chunk.copy(body, size);
+        size += chunk.length;
       });
       res.on('end', () => {
         if (settled) return;
@@ -120,11 +137,17 @@ function getOnce(url: URL, options: InitFetchOptions, deadline: number, timeoutM
         if (!res.complete) return fail(refused(`URL's answer broke off before its end; retry`));
         settled = true;
         clearTimeout(timer);
-        resolve({ kind: 'body', body: new Uint8Array(Buffer.concat(chunks)) });
+        resolve({ kind: 'body', body: new Uint8Array(body.buffer, body.byteOffset, size) });
       });
       res.on('error', () => fail(refused(`URL's answer broke off before its end; retry`)));
       res.on('aborted', () => fail(refused(`URL's answer broke off before its end; retry`)));
     });
-    req.on('error', (error) => fail(refused(`URL: ${callerError(error, url.href)}`)));
+    req.on('error', (error) => {
+      // The host answered, but not with HTTP this client reads (headers over 16 KB, a length given
+      // twice, not HTTP at all): said so, not "could not connect".
+      const code = String((error as { code?: unknown }).code ?? '');
+      if (code.startsWith('HPE_')) return fail(refused('URL answered with an invalid HTTP response (headers over 16 KB, or a malformed message)'));
+      fail(refused(`URL: ${callerError(error, url.href)}`));
+    });
   });
 }

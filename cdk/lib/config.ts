@@ -387,7 +387,7 @@ function validate(cfg: StageConfig): void {
   if (cfg.lambdaTimeoutSeconds > 29) problems.push('lambdaTimeoutSeconds must be <= 29 (API Gateway limit)');
   // A cancel of a queued generation waits up to 5 s on its webhook's receiver before it answers
   // (CANCEL_WEBHOOK_TIMEOUT_MS), after its own reads and writes: a shorter Lambda would be cut mid-cancel.
-  if (cfg.lambdaTimeoutSeconds < 10) problems.push('lambdaTimeoutSeconds must be >= 10 (a cancel may wait 5 s on a webhook receiver)');
+  if (cfg.lambdaTimeoutSeconds < 15) problems.push('lambdaTimeoutSeconds must be >= 15 (a POST may spend 10 s fetching an init image from a URL, and a cancel 5 s on a webhook receiver)');
   if (cfg.stopTimeoutSeconds < 120) problems.push('stopTimeoutSeconds must be >= 120 so a running job can drain');
   // A Spot instance is reclaimed two minutes after its interruption notice, whatever the stop timeout:
   // a longer one is never honoured there. (ECS documents a maximum of 120 s for Fargate only; for the

@@ -475,10 +475,11 @@ export function registerGenerationRoutes(
    */
   async function initFromUrl(c: Context<AppEnv>, owner: string, spec: GenerationSpec): Promise<GenerationSpec> {
     if (!isInitUrl(spec.init)) return spec;
-    // Counted first: each fetch stores an image for days, as an upload does (ADR 0026).
+    const image = await fetchInitImage(spec.init, { policy: webhookPolicy, maxBytes: limits.maxUploadBytes, ...(deps.initFetchResolve ? { resolve: deps.initFetchResolve } : {}) });
+    // Counted once there is an image to store (it is kept for days, as an upload: ADR 0026); a URL that
+    // gives none spends nothing, as a refused upload body does not.
     const rateLimitFields = ctx.uploadGate ? await ctx.uploadGate.check(c) : null;
     for (const [name, value] of Object.entries(rateLimitFields ?? {})) c.header(name, value, { append: true });
-    const image = await fetchInitImage(spec.init, { policy: webhookPolicy, maxBytes: limits.maxUploadBytes, ...(deps.initFetchResolve ? { resolve: deps.initFetchResolve } : {}) });
     const uploadId = newId(ctx.clock().getTime());
     const key = uploadKey(owner, uploadId);
     await blobs.put(key, image.bytes, { contentType: image.contentType });
@@ -932,6 +933,11 @@ export function registerGenerationRoutes(
         // key re-queues it. With a key, its claim is released otherwise, so that the retry is not a 409.
         await refuseJob(owner, jobId);
         if (idempotencyKey !== undefined) await ctx.ledger.release({ owner, key: idempotencyKey, jobId });
+        // An image this request fetched from a URL goes with it, unless the create landed after all:
+        // that job names it, and a retry with the same key re-queues it. Best effort.
+        if (isInitUrl(request.init) && spec.init.startsWith('upload:') && (await jobs.get(owner, jobId).catch(() => undefined)) === null) {
+          await blobs.delete(uploadKey(owner, spec.init.slice('upload:'.length))).catch(() => undefined);
+        }
         throw error;
       }
       if (idempotencyKey !== undefined && !(await claimStillOurs(owner, idempotencyKey, jobId))) {

@@ -1064,7 +1064,7 @@ describe('every process starts with the environment the CDK gives it (its own pa
       rateLimitPerMinute: 0,
       uploadsPerHour: 0,
       maxWaitsPerAccount: 0,
-      lambdaTimeoutSeconds: 10,
+      lambdaTimeoutSeconds: 15,
       queueRetentionDays: 1,
       uploadRetentionDays: 2,
       workerHourlyUsd: 0,
@@ -1107,7 +1107,9 @@ describe('stage config', () => {
     expect(() => stageConfig('staging')).toThrow(/Unknown stage "staging"/);
     expect(() => stageConfig('dev', { stopTimeoutSeconds: 30 })).toThrow(/stopTimeoutSeconds/);
     expect(() => stageConfig('dev', { lambdaTimeoutSeconds: 60 })).toThrow(/lambdaTimeoutSeconds/);
-    expect(() => stageConfig('dev', { lambdaTimeoutSeconds: 6 })).toThrow(/lambdaTimeoutSeconds must be >= 10/);
+    expect(() => stageConfig('dev', { lambdaTimeoutSeconds: 6 })).toThrow(/lambdaTimeoutSeconds must be >= 15/);
+    // A POST may spend 10 s fetching an init image from a URL (ADR 0038): a 10-14 s Lambda would be killed mid-request.
+    expect(() => stageConfig('dev', { lambdaTimeoutSeconds: 14 })).toThrow(/lambdaTimeoutSeconds must be >= 15 \(a POST may spend 10 s fetching an init image/);
     expect(() => stageConfig('dev', { logRetentionDays: 10 })).toThrow(/logRetentionDays/);
     expect(() => stageConfig('dev', { uploadRetentionDays: 4 })).toThrow(/uploadRetentionDays must be > queueRetentionDays/);
     expect(() => stageConfig('dev', { maxInstances: 0 })).toThrow(/maxInstances/);

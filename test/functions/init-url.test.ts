@@ -3,6 +3,8 @@
 // machine serve the images; the local policy (private addresses allowed) reaches them, and the AWS
 // policy's refusals are checked on the same requests.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import { gzipSync } from 'node:zlib';
 import type { AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { encode as pngEncode } from 'fast-png';
@@ -198,13 +200,91 @@ describe('init by URL', () => {
     expect([strength.param, strength.message]).toEqual(['strength', 'strength applies only to an init image ("upload:<id>" or a URL)']);
   });
 
-  it("counts each fetch among the account's uploads per hour", async () => {
+  it("counts each image fetched among the account's uploads per hour; a URL that gives none spends nothing", async () => {
     const post = localApp({ uploadsPerHour: 1, rateLimitPerMin: 100 }, { rateCounter: new MemoryRateCounter() });
-    expect((await post('/v1/generations', { prompt: 'a red circle', init: `${base}/cat.png` })).status).toBe(202);
+    const key = { 'Idempotency-Key': 'k-init-url-gate' };
+    await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: `${base}/typo.png` }, key), 400, 'validation_error');
+    expect((await post('/v1/generations', { prompt: 'a red circle', init: `${base}/cat.png` }, key)).status).toBe(202);
     const over = await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: `${base}/cat.png` }), 429, 'rate_limited');
     expect(over.message).toMatch(/limit of 1 uploads per 3600 s/);
-    expect(hits.length).toBe(1);
+    expect(hits.map((x) => x.path)).toEqual(['/typo.png', '/cat.png', '/cat.png']);
+    // The refused one stored nothing.
+    expect((await listKeys(h.blobs, 'uploads/')).keys).toHaveLength(1);
     // Generations without a URL init are not uploads.
     expect((await post('/v1/generations', { prompt: 'a red circle' })).status).toBe(202);
+  });
+
+  it('holds one buffer, not every chunk: a body sent a byte at a time costs no more memory than its bytes', async () => {
+    // A raw server: chunked encoding, one byte per chunk, for as long as the client reads.
+    const raw = createNetServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.once('data', () => {
+        socket.write('HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ntransfer-encoding: chunked\r\n\r\n');
+        const pump = () => {
+          if (socket.destroyed) return;
+          let ok = true;
+          for (let i = 0; i < 2000 && ok; i++) ok = socket.write('1\r\nx\r\n');
+          if (ok) setImmediate(pump);
+          else socket.once('drain', pump);
+        };
+        pump();
+      });
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      global.gc?.();
+      const before = process.memoryUsage().heapUsed;
+      let peak = before;
+      const sample = setInterval(() => (peak = Math.max(peak, process.memoryUsage().heapUsed)), 20);
+      const fetched = fetchInitImage(`http://127.0.0.1:${(raw.address() as AddressInfo).port}/drip.png`, { policy: { allowPrivate: true }, maxBytes: 8 << 20, timeoutMs: 2500 });
+      await expect(fetched).rejects.toMatchObject({ param: 'init', message: 'init URL gave no image within 2.5 s' });
+      clearInterval(sample);
+      // Kept chunk by chunk, 2.5 s of this grew the heap by hundreds of MB (the review's figure: 799 MB in 10 s).
+      expect(peak - before).toBeLessThan(64 << 20);
+    } finally {
+      await new Promise((resolve) => raw.close(resolve));
+    }
+  });
+
+  it('says what is wrong with an answer it cannot use: compressed, not HTTP, a redirect elsewhere', async () => {
+    const post = localApp();
+    routes['/gz.png'] = (_req, res) => res.writeHead(200, { 'content-encoding': 'gzip' }).end(gzipSync(PNG));
+    expect((await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: `${base}/gz.png` }), 400, 'validation_error')).message).toBe(
+      "init URL's image is served with Content-Encoding: gzip; serve the file as it is (no compression: PNG and JPEG are compressed already)",
+    );
+    // (resume: the request is read and dropped, so the client's close is seen and the server can close)
+    const banner = createNetServer((socket) => socket.resume().end('SSH-2.0-OpenSSH_9.2\r\n'));
+    await new Promise<void>((resolve) => banner.listen(0, '127.0.0.1', resolve));
+    try {
+      const notHttp = await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: `http://127.0.0.1:${(banner.address() as AddressInfo).port}/x.png` }), 400, 'validation_error');
+      expect(notHttp.message).toBe('init URL answered with an invalid HTTP response (headers over 16 KB, or a malformed message)');
+    } finally {
+      await new Promise((resolve) => banner.close(resolve));
+    }
+    routes['/to-file'] = (_req, res) => res.writeHead(302, { location: 'file:///etc/passwd' }).end();
+    expect((await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: `${base}/to-file` }), 400, 'validation_error')).message).toBe(
+      'init URL redirected to a file: URL, which is not allowed: must use https: or http:',
+    );
+    // A Location's fragment is never sent: followed without it.
+    routes['/frag'] = (_req, res) => res.writeHead(302, { location: '/cat.png#top' }).end();
+    expect((await post('/v1/generations', { prompt: 'a red circle', init: `${base}/frag` })).status).toBe(202);
+    expect(hits.at(-1)?.path).toBe('/cat.png');
+  });
+
+  it('a create that fails after the fetch takes the fetched image with it; the retry fetches once more and keeps one', async () => {
+    let failCreate = true;
+    const jobs = new Proxy(h.jobs, {
+      get(target, name, receiver) {
+        if (name === 'create') return (...args: Parameters<typeof target.create>) => (failCreate ? Promise.reject(new Error('InternalError')) : target.create(...args));
+        return Reflect.get(target, name, receiver);
+      },
+    });
+    const post = localApp({}, { jobs });
+    const key = { 'Idempotency-Key': 'k-init-url-create' };
+    expect((await post('/v1/generations', { prompt: 'a red circle', init: `${base}/cat.png` }, key)).status).toBe(500);
+    expect((await listKeys(h.blobs, 'uploads/')).keys).toEqual([]);
+    failCreate = false;
+    expect((await post('/v1/generations', { prompt: 'a red circle', init: `${base}/cat.png` }, key)).status).toBe(202);
+    expect((await listKeys(h.blobs, 'uploads/')).keys).toHaveLength(1);
   });
 });
