@@ -16,7 +16,7 @@ function linkExpiry(now: Date, ttlSec: number): string {
 }
 
 /** The image index of each of `job.outputs`: the published images in index order; a withheld one (ADR 0017) leaves a gap. */
-function publishedIndices(job: JobRecord): number[] {
+export function publishedIndices(job: JobRecord): number[] {
   const withheld = new Set((job.output_checks ?? []).filter((c) => c.withheld).map((c) => c.index));
   const indices: number[] = [];
   for (let i = 0; indices.length < job.outputs.length; i++) if (!withheld.has(i)) indices.push(i);

@@ -23,7 +23,7 @@ import { effectiveSpendLimit, nextMonthStart, readSpendLimits, spentThisMonthUsd
 import type { JobMutation } from '../../shared/ports.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
-import { generationFrames, generationView, outputLink, viewOptionsFromConfig } from '../../shared/views.ts';
+import { generationFrames, generationView, outputLink, publishedIndices, viewOptionsFromConfig } from '../../shared/views.ts';
 import { cachedFleet, fleetNote } from '../../shared/worker-presence.ts';
 import { CANCEL_WEBHOOK_TIMEOUT_MS, checkOutboundUrl, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
@@ -158,6 +158,12 @@ function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, 
   });
 }
 
+/**
+ * The PNG bytes one answer carries inline (include=b64), together: their base64 (a third more) and the
+ * rest of the view stay under Lambda's 6 MB response limit.
+ */
+export const MAX_INLINE_IMAGE_BYTES = 4 * 1024 * 1024;
+
 const getGeneration = createRoute({
   operationId: 'getGeneration',
   tags: ['generations'],
@@ -165,10 +171,17 @@ const getGeneration = createRoute({
   path: '/v1/generations/{id}',
   summary: 'A generation: status, progress, signed output URLs, usage',
   security: SECURITY,
-  request: { params: IdParam, headers: z.object({ Prefer }) },
+  description: `With include=b64, each listed image comes in the answer too (outputs[].b64_png, base64), so one GET with Prefer: wait has the images: at most ${MAX_INLINE_IMAGE_BYTES} bytes of PNG together (a 413 payload_too_large past it: fetch them by url). Without it, only links.`,
+  request: {
+    params: IdParam,
+    headers: z.object({ Prefer }),
+    query: z.object({
+      include: z.enum(['b64'], { error: 'include takes "b64" (the images in the answer, base64)' }).optional().openapi({ description: 'b64: each listed image inline as outputs[].b64_png' }),
+    }),
+  },
   responses: {
     200: { description: 'The generation', headers: preferenceApplied, content: { 'application/json': { schema: GenerationView } } },
-    ...pick(400, 401, 404, 409, 503),
+    ...pick(400, 401, 404, 409, 410, 413, 503),
   },
 });
 
@@ -1052,8 +1065,33 @@ export function registerGenerationRoutes(
     if (!job) throw unknownGeneration(id);
     // A held wait makes no webhook attempt of its own (see endedAtDeadline).
     job = await heldUntilEnded(c, await endedAtDeadline(job, { webhook: preferredWaitSec(c.req.header('Prefer'), limits.maxWaitSec ?? 0) === null }));
-    return c.json(await view(job), 200);
+    const shown = await view(job);
+    if (c.req.valid('query').include === 'b64') return c.json(await withInlineImages(job, shown), 200);
+    return c.json(shown, 200);
   });
+
+  /**
+   * The view with each image it lists inline (include=b64): read from the store, whose object is the
+   * one its url signs. Sizes first, so images over MAX_INLINE_IMAGE_BYTES together are never read.
+   */
+  async function withInlineImages(job: JobRecord, shown: z.output<typeof GenerationView>): Promise<z.output<typeof GenerationView>> {
+    if (shown.outputs.length === 0) return shown;
+    const keys = new Map(publishedIndices(job).map((index, k) => [index, job.outputs[k]!.key]));
+    const sizes = await Promise.all(shown.outputs.map(async (o) => (await blobs.head(keys.get(o.index)!))?.size ?? 0));
+    const total = sizes.reduce((a, b) => a + b, 0);
+    if (total > MAX_INLINE_IMAGE_BYTES) {
+      throw new PayloadTooLargeError(`the ${shown.outputs.length} images are ${total} bytes together, over the ${MAX_INLINE_IMAGE_BYTES} an answer carries inline: fetch them by outputs[].url (or GET /v1/generations/${job.id}/outputs/{index}), or leave include out`, { param: 'include' });
+    }
+    const outputs = await Promise.all(
+      shown.outputs.map(async (o) => {
+        const object = await blobs.get(keys.get(o.index)!);
+        // Gone since the view was made (a DELETE in between): its link would find nothing either.
+        if (!object) throw new GoneError(`image ${o.index} of generation ${job.id} was removed while this answer was made; the same request with seed ${o.seed} and n 1 makes it again`, { code: 'output_gone', param: 'include' });
+        return { ...o, b64_png: Buffer.from(object.body).toString('base64') };
+      }),
+    );
+    return { ...shown, outputs };
+  }
 
   app.openapi(listFrames, async (c) => {
     const { id } = c.req.valid('param');

@@ -49,6 +49,10 @@ export const GenerationOutputView = z
     content_flags: z.array(OutputFlag).optional().openapi({
       description: 'What the output check found in this image (copyright or trademark look-alikes); absent when nothing. Review before use.',
     }),
+    b64_png: z.string().optional().openapi({
+      format: 'byte',
+      description: 'The PNG itself, base64: only on GET /v1/generations/{id}?include=b64 (the same bytes as url)',
+    }),
   })
   .openapi('GenerationOutput');
 
