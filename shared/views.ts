@@ -3,8 +3,8 @@ import { listKeys } from './prefix.ts';
 import { jobOutputsPrefix } from './keys.ts';
 import { costUsd } from './run-stats.ts';
 import { imageSeed } from './schemas/generation.ts';
-import { shownContentFlags, shownError, shownOutputFlags, shownUsage, type JobRecord, type JobWebhook } from './schemas/job.ts';
-import type { GenerationView, WebhookStatus } from './schemas/view.ts';
+import { isTerminal, shownContentFlags, shownError, shownOutputFlags, shownUsage, startedEventState, wantsStartedEvent, type JobRecord, type JobWebhook } from './schemas/job.ts';
+import type { GenerationView, STARTED_EVENT_STATUSES, WebhookStatus } from './schemas/view.ts';
 
 /**
  * The `expires_at` of links signed from `now`. Signatures carry whole seconds (S3's X-Amz-Date, the
@@ -198,9 +198,18 @@ export async function generationView(
           attempts: w.attempts,
           last_error: w.last_error,
           ...(options.webhookSecret ? { secret: w.secret } : {}),
+          ...(wantsStartedEvent(job) ? { started: startedEventView(job) } : {}),
         }
       : null,
   };
+}
+
+/** The started event's delivery (ADR 0036): skipped once the job ended with it neither sent nor owed. */
+function startedEventView(job: JobRecord): { status: (typeof STARTED_EVENT_STATUSES)[number]; attempts: number; last_error: string | null } {
+  const state = startedEventState(job.webhook!);
+  // An ended job owes it no more (startedEventOwed); one attempt still out may yet deliver it.
+  const status = state.delivered_at !== null ? 'delivered' : state.given_up_at !== null ? 'failed' : isTerminal(job.status) && state.claimed_until === null ? 'skipped' : 'pending';
+  return { status, attempts: state.attempts, last_error: state.last_error };
 }
 
 /** A webhook's delivery state as the view shows it and the list filters on it. */

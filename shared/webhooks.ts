@@ -11,8 +11,7 @@ import * as https from 'node:https';
 import { BlockList, isIP } from 'node:net';
 import { CorruptDocumentError, ValidationError } from './errors.ts';
 import type { BlobStore, JobStore } from './ports.ts';
-import { DEFAULT_WEBHOOK_EVENTS } from './schemas/generation.ts';
-import { isTerminal, webhookOfDeleted, type JobRecord, type JobWebhook, type JobWebhookStarted } from './schemas/job.ts';
+import { isTerminal, startedEventOwed, startedEventState, wantsStartedEvent, webhookOfDeleted, type JobRecord, type JobWebhook, type JobWebhookStarted } from './schemas/job.ts';
 import { generationView, viewOptionsFromConfig, type ViewOptions } from './views.ts';
 import { accountSigningSecrets, newWebhookSecret } from './webhook-secrets.ts';
 
@@ -569,30 +568,6 @@ export async function deliverWebhook(deps: WebhookDeliveryDeps, owner: string, j
   });
   logAttempt(deps, owner, jobId, eventId, attempts, sent, outcome, after);
   return sent.error === null ? 'delivered' : outcome.given_up_at !== null ? 'gave_up' : 'failed';
-}
-
-/** Whether the job asked for its `generation.started` event (ADR 0036): a webhook, and `started` among its webhook_events. */
-export function wantsStartedEvent(job: JobRecord): boolean {
-  return job.webhook !== undefined && (job.spec.webhook_events ?? DEFAULT_WEBHOOK_EVENTS).includes('started');
-}
-
-const NO_STARTED_ATTEMPT: JobWebhookStarted = { attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null };
-
-/** The started event's delivery state (as new where no attempt was made yet). */
-export function startedEventState(webhook: JobWebhook): JobWebhookStarted {
-  return webhook.started ?? NO_STARTED_ATTEMPT;
-}
-
-/**
- * Whether the job owes its caller a `generation.started` event (ADR 0036): asked for, a worker has
- * started it, and it was neither delivered nor given up. Once the job has ended it is owed no more:
- * the end event says all it would (its `started_at` included), and a started event after it would
- * be stale.
- */
-export function startedEventOwed(job: JobRecord): boolean {
-  if (!wantsStartedEvent(job) || job.started_at === null || isTerminal(job.status)) return false;
-  const state = startedEventState(job.webhook!);
-  return state.delivered_at === null && state.given_up_at === null;
 }
 
 /** Whether an attempt of the job's started event may go now: owed, not backing off, not held by another deliverer. */

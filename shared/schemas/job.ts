@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { ApiKeyId, OwnerId, ResourceId, Timestamp } from './common.ts';
-import { GenerationSpec, MAX_IMAGES, StoredMetadata } from './generation.ts';
+import { DEFAULT_WEBHOOK_EVENTS, GenerationSpec, MAX_IMAGES, StoredMetadata } from './generation.ts';
 import { jobErrorCodeTableText } from '../error-codes.ts';
 import { isValidKey } from '../keys.ts';
 import { MAX_CONCEPT_CHARS, POLICY_CATEGORIES } from '../policy-constants.ts';
@@ -450,4 +450,28 @@ export function newJobRecord(args: {
       ? { webhook: { ...args.webhook, attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null } }
       : {}),
   });
+}
+
+/** Whether the job asked for its `generation.started` event (ADR 0036): a webhook, and `started` among its webhook_events. */
+export function wantsStartedEvent(job: JobRecord): boolean {
+  return job.webhook !== undefined && (job.spec.webhook_events ?? DEFAULT_WEBHOOK_EVENTS).includes('started');
+}
+
+const NO_STARTED_ATTEMPT: JobWebhookStarted = { attempts: 0, delivered_at: null, given_up_at: null, next_attempt_at: null, claimed_until: null, last_error: null };
+
+/** The started event's delivery state (as new where no attempt was made yet). */
+export function startedEventState(webhook: JobWebhook): JobWebhookStarted {
+  return webhook.started ?? NO_STARTED_ATTEMPT;
+}
+
+/**
+ * Whether the job owes its caller a `generation.started` event (ADR 0036): asked for, a worker has
+ * started it, and it was neither delivered nor given up. Once the job has ended it is owed no more:
+ * the end event says all it would (its `started_at` included), and a started event after it would
+ * be stale.
+ */
+export function startedEventOwed(job: JobRecord): boolean {
+  if (!wantsStartedEvent(job) || job.started_at === null || isTerminal(job.status)) return false;
+  const state = startedEventState(job.webhook!);
+  return state.delivered_at === null && state.given_up_at === null;
 }

@@ -8,6 +8,9 @@ import { ContentFlag, JobError, JobStatus, JobUsage, OutputFlag } from './job.ts
 export const WEBHOOK_STATUSES = ['pending', 'delivered', 'failed'] as const;
 export type WebhookStatus = (typeof WEBHOOK_STATUSES)[number];
 
+/** The started event's delivery as a view shows it (ADR 0036). */
+export const STARTED_EVENT_STATUSES = ['pending', 'delivered', 'failed', 'skipped'] as const;
+
 export const GenerationWebhookView = z
   .object({
     url: z.string(),
@@ -15,8 +18,19 @@ export const GenerationWebhookView = z
     attempts: z.number().int().nonnegative(),
     last_error: z.string().nullable(),
     secret: z.string().optional().openapi({ description: 'The signing secret (Standard Webhooks). Only in the response to the POST that made the generation, and in its idempotent replays.' }),
+    started: z
+      .object({
+        status: z.enum(STARTED_EVENT_STATUSES).openapi({
+          description: 'pending: owed (a worker started the generation) or still to come; delivered: an attempt was answered with a 2xx; failed: every attempt failed; skipped: it will not be sent (the generation ended without starting, or before an attempt went: the end event says when it started)',
+        }),
+        attempts: z.number().int().nonnegative(),
+        last_error: z.string().nullable(),
+      })
+      .optional()
+      .openapi({ description: 'Only where webhook_events asked for "started": the generation.started event\'s own delivery state (ADR 0036); status above is the end event\'s' }),
   })
   .openapi('GenerationWebhook');
+
 
 // Not JobUsage.extend: its OpenAPI form is allOf of two closed objects, which no usage can satisfy.
 export const GenerationUsageView = z

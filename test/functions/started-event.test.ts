@@ -232,6 +232,32 @@ describe('the sweep retries a started event', () => {
     expect(typesReceived()).toEqual(['generation.succeeded']);
   });
 
+  it("the view shows the started event's own delivery: pending, then failed attempts, delivered, or skipped once the job ended without it", async () => {
+    const started = async (id: string) => ((await (await localApp().request(`/v1/generations/${id}`, { headers: { Authorization: `Bearer ${h.alice}` } })).json()) as { webhook: { status: string; started?: unknown } }).webhook;
+    const a = await postWithStarted();
+    expect((await started(a.id)).started).toEqual({ status: 'pending', attempts: 0, last_error: null });
+    await claim(a.id);
+    expect(await deliverStartedEvent(deliveryDeps(refused), 'acct_alice', a.id)).toBe('failed');
+    expect((await started(a.id)).started).toEqual({ status: 'pending', attempts: 1, last_error: 'HTTP 503' });
+    offsetMs = 31_000;
+    await sweepQueuedJobs(sweepDeps());
+    expect(await started(a.id)).toMatchObject({ status: 'pending', started: { status: 'delivered', attempts: 2, last_error: null } });
+    // Ended after one failed attempt: no started event will follow the end event.
+    offsetMs = 0;
+    const b = await postWithStarted();
+    await claim(b.id);
+    expect(await deliverStartedEvent(deliveryDeps(refused), 'acct_alice', b.id)).toBe('failed');
+    await finish(b.id);
+    expect((await started(b.id)).started).toEqual({ status: 'skipped', attempts: 1, last_error: 'HTTP 503' });
+    // Canceled while queued: never started, so never sent.
+    const c = await postWithStarted();
+    expect((await localApp().request(`/v1/generations/${c.id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } })).status).toBe(200);
+    expect((await started(c.id)).started).toEqual({ status: 'skipped', attempts: 0, last_error: null });
+    // A generation that asked for the end event only shows no started state.
+    const plain = (await (await post({ prompt: 'apple', webhook_url: hook.url })).json()) as { webhook: Record<string, unknown> };
+    expect(plain.webhook).not.toHaveProperty('started');
+  });
+
   it('a job that did not ask for it, or has not started, owes no started event', async () => {
     const plain = (await (await post({ prompt: 'apple', webhook_url: hook.url })).json()) as { id: string };
     await claim(plain.id);
