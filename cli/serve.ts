@@ -17,6 +17,7 @@ import { jsonLineLog, jsonLineLogAt } from '../functions/log.ts';
 import { mountLocalBlobRoutes } from '../functions/local-blobs.ts';
 import { RESEND_AFTER_MS, sendMessagesLeftUnsent, startQueuedJobSweeps, type QueuedJobDeps } from '../functions/queued-jobs.ts';
 import { retentionPass } from '../functions/local-retention.ts';
+import { removeStalePresence } from '../shared/worker-presence.ts';
 import { retentionDelete } from '../functions/generation-delete.ts';
 import { webhookDeliveryFromConfig } from '../shared/webhooks.ts';
 import { localDeps, startApiServer } from '../functions/server.ts';
@@ -156,6 +157,9 @@ export async function serve(
     if (HOST_ERRORS.has(error.code ?? '')) throw hostError(local.host, error.code!);
     throw error;
   });
+  // What the bucket's lifecycle rule does in AWS: a presence document a killed `clipag serve` left is
+  // removed a day after its last write (the API stopped counting it after 3 minutes). Best effort.
+  await removeStalePresence(blobs, new Date()).catch((error: Error) => log({ level: 'warn', msg: 'stale worker presence not removed', error: error.message }));
   // Before the worker starts, so that it finds their messages at once.
   const leftUnsent = await sendJobsLeftUnsent({ blobs, jobs, queue, clock: () => new Date(), log }, startedAt, queue, servers);
   // Models: the repo's models/ folders, plus bundles pushed to the local store (clipag models push).

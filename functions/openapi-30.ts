@@ -75,6 +75,15 @@ export function toOpenApi30(doc31: Json): Json {
   }
   // 3.1 makes `paths` optional; 3.0 requires it.
   out.paths ??= {};
+  const schemas: Json = out.components?.schemas ?? {};
+  for (const name of [...convert.nullableCopies].sort()) {
+    const target = schemas[name];
+    const at = `#/components/schemas/${name}`;
+    if (!isObject(target) || target.type === undefined) throw new OpenApi30ConversionError('$ref', at, 'a nullable reference to a schema with no single type');
+    if (schemas[`${name}${NULLABLE_COPY_SUFFIX}`] !== undefined) throw new OpenApi30ConversionError('$ref', at, `its nullable copy's name ${name}${NULLABLE_COPY_SUFFIX} is taken`);
+    // 3.0.3: nullable does not add null to an enum of its own.
+    schemas[`${name}${NULLABLE_COPY_SUFFIX}`] = { ...copy(target), nullable: true, ...(Array.isArray(target.enum) && !target.enum.includes(null) ? { enum: [...target.enum, null] } : {}), description: `${target.description ? `${target.description} ` : ''}(${name}, or null.)` };
+  }
   return out;
 }
 
@@ -96,7 +105,15 @@ function convertInfo(info: Json, movedWebhooks: boolean): Json {
   return out;
 }
 
+const SCHEMAS = '#/components/schemas/';
+/** The name of a component's nullable copy (a nullable reference points at it). */
+export const NULLABLE_COPY_SUFFIX = 'OrNull';
+
 class Converter {
+  /** Components a nullable reference points at: each gets a nullable copy (nullableCopiesOf). */
+  readonly nullableCopies = new Set<string>();
+  /** Path items being inlined, to refuse a reference cycle by name rather than overflow the stack. */
+  private readonly inlining = new Set<string>();
   constructor(private readonly doc31: Json) {}
 
   components(components: Json, path: string): Json {
@@ -148,8 +165,14 @@ class Converter {
       const name = item.$ref.slice('#/components/pathItems/'.length);
       const target = this.doc31.components?.pathItems?.[name];
       if (!isObject(target)) throw new OpenApi30ConversionError('$ref', pointer(path, '$ref'), `no path item ${item.$ref}`);
+      if (this.inlining.has(name)) throw new OpenApi30ConversionError('$ref', pointer(path, '$ref'), `path item ${item.$ref} refers to itself`);
       const { $ref: _ref, ...siblings } = item;
-      return this.pathItem({ ...target, ...siblings }, path);
+      this.inlining.add(name);
+      try {
+        return this.pathItem({ ...target, ...siblings }, path);
+      } finally {
+        this.inlining.delete(name);
+      }
     }
     const out: Json = {};
     for (const [key, value] of Object.entries(item)) {
@@ -358,10 +381,10 @@ class Converter {
         case 'prefixItems': {
           if (!Array.isArray(value)) throw new OpenApi30ConversionError(key, at, 'not an array');
           // 3.0 has no tuples: each item is one of the listed schemas (a looser form), the positions in prose.
-          if (flattened.items === undefined || flattened.items === false) {
-            out.items = { anyOf: value.map((item, i) => this.schema(item, pointer(at, i))) };
-            if (flattened.items === false && flattened.maxItems === undefined) out.maxItems = value.length;
-          }
+          // With items beside it, items bounds only the later positions: no 3.0 form says that.
+          if (flattened.items !== undefined && flattened.items !== false) throw new OpenApi30ConversionError(key, at, 'beside items, which then applies to the later items only');
+          out.items = { anyOf: value.map((item, i) => this.schema(item, pointer(at, i))) };
+          if (flattened.items === false && flattened.maxItems === undefined) out.maxItems = value.length;
           notes.push(`Item i (from 0) must satisfy prefixItems[i] of ${JSON.stringify(value)}.`);
           break;
         }
@@ -398,8 +421,15 @@ class Converter {
       }
     }
     if (nullable) {
-      if (out.type === undefined && !out.allOf && !out.anyOf && !out.oneOf) throw new OpenApi30ConversionError('type', path, 'null allowed with no other type: 3.0 has no null type');
-      out.nullable = true;
+      const only = Array.isArray(out.allOf) && out.allOf.length === 1 ? out.allOf[0] : undefined;
+      if (out.type !== undefined) out.nullable = true;
+      else if (isObject(only) && typeof only.$ref === 'string' && only.$ref.startsWith(SCHEMAS) && !out.anyOf && !out.oneOf) {
+        // 3.0's nullable needs a type beside it (a strict reader, Ajv's among them, refuses the schema
+        // otherwise), and null must pass the reference too: it points at a nullable copy of its target.
+        const name = only.$ref.slice(SCHEMAS.length);
+        this.nullableCopies.add(name);
+        out.allOf = [{ $ref: `${SCHEMAS}${name}${NULLABLE_COPY_SUFFIX}` }];
+      } else throw new OpenApi30ConversionError('type', path, 'null allowed beside no single type or schema reference: 3.0 has no null type');
     }
     if (notes.length) out.description = [out.description, ...notes].filter(Boolean).reduce((text, note) => `${text}${/[.!?:]$/.test(text) ? '' : '.'} ${note}`);
     return out;
@@ -419,6 +449,7 @@ function withoutNullBranches(schema: Json): { schema: Json; nullable: boolean } 
     nullable = true;
     const rest = branches.filter((branch) => !isNullSchema(branch));
     const { [key]: _branches, ...others } = out;
+    if (rest.length === 0) throw new OpenApi30ConversionError(key, '(a schema)', 'only null branches: 3.0 has no null type');
     if (rest.length !== 1) {
       out = { ...others, [key]: rest };
       continue;

@@ -78,8 +78,8 @@ export interface AppDeps {
    * Default: the system's or c-ares, as a webhook's. Tests give names the addresses of their choosing.
    */
   initFetchResolve?: WebhookResolver;
-  /** The fleet a queued generation's view tells of (ADR 0040). Default: the workers' presence in `blobs`, read at most every 15 s. */
-  fleet?: () => Promise<FleetView>;
+  /** Reads the fleet a queued generation's view tells of (ADR 0040), at most every 15 s. Default: the workers' presence in `blobs`. */
+  fleet?: (now: Date) => Promise<FleetView>;
   /** Defaults to `() => new Date()`. */
   clock?: () => Date;
   /** Defaults to `jsonLineLog`: one JSON line per entry, `info` on stdout, warnings and errors on stderr. */

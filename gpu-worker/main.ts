@@ -141,8 +141,7 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
         }
       : undefined;
   const synthesizer = deps.synthesizer ?? createEngineSynthesizer({ models, blobs: deps.blobs, recipeOverrides: deps.recipeOverrides, maxSteps });
-  // Before the worker: its first state change is already the presence's to write.
-  const presence = deps.presence === false ? undefined : startPresence({ blobs: deps.blobs, ...(deps.presence ?? {}), log });
+  let presence: ReturnType<typeof startPresence> | undefined;
   const worker = createWorker({
     queue: deps.queue,
     jobs,
@@ -169,9 +168,14 @@ export function startWorker(deps: StartWorkerDeps): RunningWorker {
     log,
     onEvent: (event) => {
       if (event.type === 'state') presence?.state(event.state);
+      // An unhealthy worker takes no more jobs: it is no longer counted, whoever stops it and when.
+      if (event.type === 'unhealthy') presence?.state('stopped');
       deps.onEvent?.(event);
     },
   });
+  // Once the worker exists (a worker that could not be made leaves no presence), before it starts:
+  // its first state change is the presence's to write.
+  presence = deps.presence === false ? undefined : startPresence({ blobs: deps.blobs, ...(deps.presence ?? {}), log });
   worker.start();
   let stopped: Promise<void> | undefined;
   return {

@@ -7,15 +7,16 @@
 import { z } from 'zod';
 import type { BlobStore } from './ports.ts';
 import { assertValidKey } from './keys.ts';
-import { listKeys } from './prefix.ts';
 
 export const WORKERS_PREFIX = 'workers/';
 /** How often a worker rewrites its document while its state stays the same. */
 export const WORKER_BEAT_MS = 60_000;
 /** A document older than this is a worker that died without removing it (a killed task): not counted. */
 export const WORKER_STALE_MS = 3 * WORKER_BEAT_MS;
-/** At most this many documents are read (a fleet larger than this is reported at this size, "or more"). */
-export const MAX_WORKERS_READ = 50;
+/** At most this many fresh documents are read (a larger fleet is counted at this size). */
+export const MAX_WORKERS_READ = 200;
+/** A reading that takes longer than this is given up: a hint must not hold a GET or a POST. */
+export const FLEET_READ_TIMEOUT_MS = 500;
 
 /** What the fleet counts: `ready` takes jobs now (polling or running one), `starting` is loading its model. */
 export const PRESENCE_STATES = ['starting', 'ready', 'busy'] as const;
@@ -49,13 +50,24 @@ export interface FleetView {
 }
 
 /**
- * The fleet from the fresh presence documents (beat within WORKER_STALE_MS of `now`). A document that
- * does not read is not counted; the listing's own failure is the caller's to handle.
+ * The fleet from the fresh presence documents. Freshness is the store's own write time (the listing's
+ * lastModified, on the store's clock, not a worker's), so stale documents are dropped before any is
+ * read, however many a crash left. A document that no longer reads (removed since the listing) is not
+ * counted; any other failure fails the reading, which the caller then leaves out rather than report
+ * a fleet of zero.
  */
 export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView> {
+  const fresh: string[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await blobs.list(WORKERS_PREFIX, cursor === undefined ? {} : { cursor });
+    for (const item of page.items) {
+      if (item.key.endsWith('.json') && Math.abs(now.getTime() - item.lastModified.getTime()) <= WORKER_STALE_MS) fresh.push(item.key);
+    }
+    cursor = page.cursor;
+  } while (cursor !== undefined && fresh.length < MAX_WORKERS_READ);
   const fleet: FleetView = { workers_ready: 0, workers_busy: 0, workers_starting: 0 };
-  const page = await listKeys(blobs, WORKERS_PREFIX, { limit: MAX_WORKERS_READ });
-  const documents = await Promise.all(page.keys.filter((key) => key.endsWith('.json')).map((key) => blobs.get(key).catch(() => null)));
+  const documents = await Promise.all(fresh.slice(0, MAX_WORKERS_READ).map((key) => blobs.get(key)));
   for (const object of documents) {
     if (!object) continue;
     let presence: WorkerPresence;
@@ -64,9 +76,6 @@ export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView>
     } catch {
       continue;
     }
-    const beat = Date.parse(presence.beat_at);
-    // A worker's clock may run a little ahead of the API's: a beat "from the future" is fresh.
-    if (!Number.isFinite(beat) || now.getTime() - beat > WORKER_STALE_MS) continue;
     if (presence.state === 'starting') fleet.workers_starting++;
     else {
       fleet.workers_ready++;
@@ -76,20 +85,62 @@ export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView>
   return fleet;
 }
 
-/** Keeps one fleet reading per `ttlMs` (a poll loop of many callers lists the prefix once in that time). */
-export function cachedFleet(blobs: BlobStore, clock: () => Date, ttlMs = 15_000): () => Promise<FleetView> {
-  let cached: { at: number; value: Promise<FleetView> } | undefined;
+/**
+ * One fleet reading (`read`, readFleet on a store) per `ttlMs`: a poll loop of many callers lists the
+ * prefix once in that time. Each reading has FLEET_READ_TIMEOUT_MS; one that failed or took too long
+ * is told to `onFailure` once and remembered for `failureTtlMs`, so a store that fails is not asked
+ * again on every GET.
+ */
+export function cachedFleet(
+  read: (now: Date) => Promise<FleetView>,
+  clock: () => Date,
+  options: { ttlMs?: number; failureTtlMs?: number; timeoutMs?: number; onFailure?: (error: unknown) => void } = {},
+): () => Promise<FleetView> {
+  const ttlMs = options.ttlMs ?? 15_000;
+  const failureTtlMs = options.failureTtlMs ?? 5_000;
+  const timeoutMs = options.timeoutMs ?? FLEET_READ_TIMEOUT_MS;
+  let cached: { at: number; value: Promise<FleetView>; failed: boolean } | undefined;
   return () => {
     const now = clock();
-    if (!cached || now.getTime() - cached.at > ttlMs || now.getTime() < cached.at) {
-      const value = readFleet(blobs, now);
-      cached = { at: now.getTime(), value };
-      value.catch(() => {
-        if (cached?.value === value) cached = undefined;
+    const age = cached ? now.getTime() - cached.at : Infinity;
+    if (!cached || age < 0 || age > (cached.failed ? failureTtlMs : ttlMs)) {
+      let timer: NodeJS.Timeout | undefined;
+      const value = Promise.race([
+        read(now),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the workers' presence was not read within ${timeoutMs} ms`)), timeoutMs);
+          timer.unref?.();
+        }),
+      ]).finally(() => clearTimeout(timer));
+      const entry = { at: now.getTime(), value, failed: false };
+      cached = entry;
+      value.catch((error: unknown) => {
+        entry.failed = true;
+        options.onFailure?.(error);
       });
     }
     return cached.value;
   };
+}
+
+/**
+ * Removes presence documents older than `olderThanMs` (default a day): what the bucket's lifecycle rule
+ * does in AWS, for a local data folder, where a `clipag serve` killed without its stop leaves its own.
+ */
+export async function removeStalePresence(blobs: BlobStore, now: Date, olderThanMs = 86_400_000): Promise<number> {
+  let removed = 0;
+  let cursor: string | undefined;
+  do {
+    const page = await blobs.list(WORKERS_PREFIX, cursor === undefined ? {} : { cursor });
+    for (const item of page.items) {
+      if (now.getTime() - item.lastModified.getTime() > olderThanMs) {
+        await blobs.delete(item.key);
+        removed++;
+      }
+    }
+    cursor = page.cursor;
+  } while (cursor !== undefined);
+  return removed;
 }
 
 /** What a caller whose generation waits is told of the fleet, in words. */
@@ -98,7 +149,7 @@ export function fleetNote(fleet: FleetView): string {
   if (free > 0) return `${free === 1 ? 'a worker is' : `${free} workers are`} free: the generation starts within seconds`;
   if (fleet.workers_ready > 0) {
     const all = fleet.workers_ready === 1 ? 'the one worker is' : `all ${fleet.workers_ready} workers are`;
-    return `${all} running other generations: this one starts when one is free${fleet.workers_starting > 0 ? `, or when the ${fleet.workers_starting === 1 ? 'worker' : `${fleet.workers_starting} workers`} starting now ${fleet.workers_starting === 1 ? 'is' : 'are'} ready` : ' (more workers are started while generations wait, which takes a few minutes)'}`;
+    return `${all} running other generations: this one starts when one is free${fleet.workers_starting > 0 ? `, or when the ${fleet.workers_starting === 1 ? 'worker' : `${fleet.workers_starting} workers`} starting now ${fleet.workers_starting === 1 ? 'is' : 'are'} ready` : ' (while generations wait, more workers are started up to the deployment\'s maximum, which takes a few minutes)'}`;
   }
   if (fleet.workers_starting > 0) return `${fleet.workers_starting === 1 ? 'a worker is' : `${fleet.workers_starting} workers are`} starting (loading the model): the generation starts in a minute or two`;
   return 'no worker is running: one is started when generations wait, which takes a few minutes (a machine boots and loads the model); the generation starts then';

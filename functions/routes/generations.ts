@@ -24,7 +24,7 @@ import type { JobMutation } from '../../shared/ports.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, outputLink, publishedIndices, viewOptionsFromConfig } from '../../shared/views.ts';
-import { cachedFleet, fleetNote } from '../../shared/worker-presence.ts';
+import { cachedFleet, fleetNote, readFleet } from '../../shared/worker-presence.ts';
 import { CANCEL_WEBHOOK_TIMEOUT_MS, checkOutboundUrl, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
@@ -301,15 +301,16 @@ export function registerGenerationRoutes(
 ): void {
   const { blobs, jobs, queue, limits } = deps;
   const viewOptions = viewOptionsFromConfig(limits); // the worker price and output retention the views show
-  const fleet = deps.fleet ?? cachedFleet(blobs, ctx.clock);
-  /**
-   * A queued generation's view says whether a worker is there to take it (ADR 0040). The fleet that
-   * does not read leaves it out: a hint is not worth a failed GET.
-   */
+  const readFleetCached = cachedFleet(deps.fleet ?? ((now) => readFleet(blobs, now)), ctx.clock, {
+    onFailure: (error) => ctx.log({ level: 'warn', msg: 'worker presence not read; queued views and estimates say nothing of the fleet', error: String(error) }),
+  });
+  /** The fleet as a queued view and an estimate show it (ADR 0040); null where it does not read: a hint is not worth a failed answer. */
+  const queueState = () => readFleetCached().then((f) => ({ ...f, note: fleetNote(f) }), () => null);
+  /** A queued generation's view says whether a worker is there to take it. */
   const withQueue = async (job: JobRecord, shown: Promise<z.output<typeof GenerationView>>): Promise<z.output<typeof GenerationView>> => {
     if (job.status !== 'queued') return shown;
-    const [v, f] = await Promise.all([shown, fleet().catch((error: unknown) => (ctx.log({ level: 'warn', msg: 'worker presence not read; queued views say nothing of the fleet', error: String(error) }), null))]);
-    return f ? { ...v, queue: { ...f, note: fleetNote(f) } } : v;
+    const [v, queue] = await Promise.all([shown, queueState()]);
+    return queue ? { ...v, queue } : v;
   };
   const view = (job: JobRecord) => withQueue(job, generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions));
   /** What the POST answers: the caller that asked for a webhook gets its signing secret here. */
@@ -988,10 +989,7 @@ export function registerGenerationRoutes(
     const schedule = defaultSchedule(spec.width, spec.height, stepsPerImage, inputSize);
     const { seconds, basis, note } = await estimateJob(blobs, { model: spec.model, width: spec.width, height: spec.height, start: runStartOf(spec.init) }, { n: spec.n, schedule });
     const hourly = limits.workerHourlyUsd;
-    const queue = await fleet().then(
-      (f) => ({ ...f, note: fleetNote(f) }),
-      () => undefined,
-    );
+    const queue = await queueState();
     return c.json(
       {
         object: 'estimate' as const,

@@ -38,7 +38,10 @@ export function newWorkerId(): string {
   return `${host}-${process.pid}-${randomBytes(4).toString('hex')}`;
 }
 
-export function startPresence(opts: { blobs: BlobStore; workerId?: string; clock?: () => Date; beatMs?: number; log: Logger }): Presence {
+/** How long `stop()` waits for the document's removal: a store that hangs must not hold the worker's stop. */
+export const PRESENCE_STOP_WAIT_MS = 5_000;
+
+export function startPresence(opts: { blobs: BlobStore; workerId?: string; clock?: () => Date; beatMs?: number; stopWaitMs?: number; log: Logger }): Presence {
   const clock = opts.clock ?? (() => new Date());
   const workerId = opts.workerId ?? newWorkerId();
   const key = workerPresenceKey(workerId);
@@ -48,27 +51,42 @@ export function startPresence(opts: { blobs: BlobStore; workerId?: string; clock
   let stopped: Promise<void> | undefined;
   // One write at a time, in order: a removal never lands before a write queued ahead of it.
   let chain: Promise<void> = Promise.resolve();
-  const enqueue = (step: () => Promise<void>) => {
+  // A write waiting its turn writes the state as it is then: changes in between need no write of their own.
+  let writeWaiting = false;
+  // Whether the last step that landed was a removal: the beat then has nothing to do.
+  let removed = false;
+  const enqueue = (step: () => Promise<void>, what: string) => {
     chain = chain.then(step).then(
       () => {
         if (failing) opts.log.info('worker presence written again', { key });
         failing = false;
       },
       (error: unknown) => {
-        if (!failing) opts.log.warn('worker presence not written; tried again at the next beat', { key, error: String(error) });
+        if (!failing) opts.log.warn(`worker presence not ${what}`, { key, error: String(error) });
         failing = true;
       },
     );
   };
-  const write = () =>
+  const write = () => {
+    if (writeWaiting) return;
+    writeWaiting = true;
     enqueue(async () => {
+      writeWaiting = false;
       if (current === null || stopped) return;
+      removed = false;
       const doc: WorkerPresence = { v: 1, worker_id: workerId, state: current, started_at: startedAt, beat_at: clock().toISOString() };
       await opts.blobs.put(key, new TextEncoder().encode(JSON.stringify(doc)), { contentType: 'application/json' });
-    });
-  const remove = () => enqueue(() => opts.blobs.delete(key));
+    }, 'written; tried again at the next beat');
+  };
+  // A removal that fails is tried again at the next beat while the process lives; until then (and for
+  // good, if it ends first) the API stops counting the document 3 minutes after its last write.
+  const remove = () =>
+    enqueue(async () => {
+      await opts.blobs.delete(key);
+      removed = true;
+    }, 'removed; the API stops counting it 3 minutes after its last write');
   write();
-  const beat = setInterval(write, opts.beatMs ?? WORKER_BEAT_MS);
+  const beat = setInterval(() => (current !== null ? write() : removed ? undefined : remove()), opts.beatMs ?? WORKER_BEAT_MS);
   beat.unref();
   return {
     state(state) {
@@ -81,8 +99,11 @@ export function startPresence(opts: { blobs: BlobStore; workerId?: string; clock
     stop() {
       stopped ??= (async () => {
         clearInterval(beat);
+        current = null;
         remove();
-        await chain;
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([chain, new Promise<void>((resolve) => (timer = setTimeout(resolve, opts.stopWaitMs ?? PRESENCE_STOP_WAIT_MS)))]);
+        clearTimeout(timer);
       })();
       return stopped;
     },

@@ -97,7 +97,7 @@ export const QueueView = z
     note: z.string().openapi({ description: 'What that means for the wait, in words: a free worker starts it within seconds; with none running, one is started, which takes a few minutes' }),
   })
   .openapi('QueueState', {
-    description: "Only while a generation is queued (and in an estimate), where the API could read the fleet: whether a worker is there to take it, counted from the workers' presence at most 15 s old (ADR 0040). It does not say how many generations wait ahead (the queue is shared fairly among accounts)",
+    description: "Only while a generation is queued (and in an estimate), where the API could read the fleet: whether a worker is there to take it, counted from the workers' presence documents written in the last 3 minutes, read at most every 15 s (ADR 0040). It does not say how many generations wait ahead (the queue is shared fairly among accounts)",
   });
 export type QueueView = z.output<typeof QueueView>;
 

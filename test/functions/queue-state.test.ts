@@ -1,6 +1,8 @@
 // A queued generation says whether a worker is there to take it (ADR 0040, the peers review's G3):
 // `queue` from the workers' presence documents, fresh ones only, read at most every 15 s; absent once
 // the generation runs or has ended, and left out (never a failed GET) when the fleet does not read.
+import { utimes } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import { workerPresenceKey } from '../../shared/worker-presence.ts';
@@ -13,8 +15,10 @@ beforeEach(async () => {
 afterEach(() => h.close());
 
 const T0 = Date.parse('2026-12-07T12:00:00Z');
-async function presence(id: string, state: 'starting' | 'ready' | 'busy', beatAt: number, extra: object = {}) {
-  await h.blobs.put(workerPresenceKey(id), new TextEncoder().encode(JSON.stringify({ v: 1, worker_id: id, state, started_at: new Date(T0 - 600_000).toISOString(), beat_at: new Date(beatAt).toISOString(), ...extra })));
+/** A worker's document as written at `writtenAt`: freshness is the store's write time (its file's mtime here), not the worker's clock. */
+async function presence(id: string, state: 'starting' | 'ready' | 'busy', writtenAt: number, beatAt = writtenAt) {
+  await h.blobs.put(workerPresenceKey(id), new TextEncoder().encode(JSON.stringify({ v: 1, worker_id: id, state, started_at: new Date(T0 - 600_000).toISOString(), beat_at: new Date(beatAt).toISOString() })));
+  await utimes(join(h.dir, 'blobs', 'objects', workerPresenceKey(id)), new Date(writtenAt), new Date(writtenAt));
 }
 
 function app(now: () => number, extra: Record<string, unknown> = {}) {
@@ -42,7 +46,8 @@ describe('queue state of a queued generation', () => {
     await presence('a', 'ready', T0 - 30_000);
     await presence('b', 'busy', T0 - 150_000); // within the 3 minutes (also 16 s later)
     await presence('dead', 'ready', T0 - 181_000); // a killed task's leftover
-    await presence('future', 'starting', T0 + 5_000); // a worker clock a little ahead
+    await presence('future', 'starting', T0 + 5_000); // a store clock a little ahead of the API's
+    await presence('skewed', 'ready', T0 - 600_000, T0 + 3_600_000); // its worker's clock an hour ahead: the write time decides
     await h.blobs.put(workerPresenceKey('junk'), new TextEncoder().encode('{"v":1,'));
     const { post, get } = app(() => now);
     const { id, queue } = (await (await post('/v1/generations', { prompt: 'a red circle' })).json()) as { id: string; queue: unknown };
@@ -64,7 +69,7 @@ describe('queue state of a queued generation', () => {
   it('notes for a busy fleet with none starting, and for one that is only starting', async () => {
     const { fleetNote } = await import('../../shared/worker-presence.ts');
     expect(fleetNote({ workers_ready: 2, workers_busy: 2, workers_starting: 0 })).toBe(
-      'all 2 workers are running other generations: this one starts when one is free (more workers are started while generations wait, which takes a few minutes)',
+      "all 2 workers are running other generations: this one starts when one is free (while generations wait, more workers are started up to the deployment's maximum, which takes a few minutes)",
     );
     expect(fleetNote({ workers_ready: 0, workers_busy: 0, workers_starting: 2 })).toBe('2 workers are starting (loading the model): the generation starts in a minute or two');
     expect(fleetNote({ workers_ready: 3, workers_busy: 1, workers_starting: 0 })).toBe('2 workers are free: the generation starts within seconds');
@@ -81,16 +86,49 @@ describe('queue state of a queued generation', () => {
     expect(await (await get(`/v1/generations/${id}`)).json()).not.toHaveProperty('queue');
   });
 
-  it('a fleet that does not read leaves queue out and logs it: the generation is made and shown all the same', async () => {
-    const { post, get } = app(() => T0, { fleet: () => Promise.reject(new Error('AccessDenied')) });
+  it('a fleet that does not read leaves queue out and logs it once (not per GET): the generation is made and shown all the same', async () => {
+    let reads = 0;
+    const { post, get } = app(() => T0, { fleet: () => (reads++, Promise.reject(new Error('AccessDenied'))) });
     const made = await post('/v1/generations', { prompt: 'a red circle' });
     expect(made.status).toBe(202);
     const { id, ...view } = (await made.json()) as { id: string };
     expect(view).not.toHaveProperty('queue');
-    expect((await get(`/v1/generations/${id}`)).status).toBe(200);
-    expect(h.logs).toContainEqual(expect.objectContaining({ level: 'warn', msg: 'worker presence not read; queued views say nothing of the fleet' }));
+    for (let i = 0; i < 5; i++) expect(await (await get(`/v1/generations/${id}`)).json()).not.toHaveProperty('queue');
+    expect(reads).toBe(1); // a failure is remembered for 5 s
+    expect(h.logs.filter((l) => (l as { msg?: string }).msg === 'worker presence not read; queued views and estimates say nothing of the fleet')).toHaveLength(1);
     const estimate = await post('/v1/estimates', { prompt: 'a red circle' });
     expect([estimate.status, await estimate.json()]).not.toContainEqual(expect.objectContaining({ queue: expect.anything() }));
+  });
+
+  it('a reading that does not answer is given up within half a second: the GET is not held', async () => {
+    const { post } = app(() => T0, { fleet: () => new Promise(() => undefined) });
+    const started = Date.now();
+    const made = await post('/v1/generations', { prompt: 'a red circle' });
+    expect(made.status).toBe(202);
+    expect(await made.json()).not.toHaveProperty('queue');
+    expect(Date.now() - started).toBeLessThan(3_000);
+  });
+
+  it('a document that does not read fails the reading (queue left out), rather than count its worker as none', async () => {
+    await presence('a', 'ready', Date.now());
+    const get = h.blobs.get.bind(h.blobs);
+    h.blobs.get = async (key) => (key.startsWith('workers/') ? Promise.reject(new Error('SlowDown')) : get(key));
+    const { post } = app(() => Date.now());
+    expect(await (await post('/v1/generations', { prompt: 'a red circle' })).json()).not.toHaveProperty('queue');
+  });
+
+  it('stale documents are dropped by their write time before any is read: a crash\'s leftovers never crowd out the fleet', async () => {
+    for (let i = 0; i < 60; i++) await presence(`a-dead-${String(i).padStart(2, '0')}`, 'ready', T0 - 3_600_000);
+    await presence('z-live', 'ready', T0);
+    let reads = 0;
+    const get = h.blobs.get.bind(h.blobs);
+    h.blobs.get = async (key) => (key.startsWith('workers/') && reads++, get(key));
+    const { post } = app(() => T0);
+    expect(((await (await post('/v1/generations', { prompt: 'a red circle' })).json()) as { queue: { workers_ready: number } }).queue.workers_ready).toBe(1);
+    expect(reads).toBe(1);
+    // And clipag serve's start removes those a day old (the bucket's lifecycle rule does in AWS).
+    const { removeStalePresence } = await import('../../shared/worker-presence.ts');
+    expect(await removeStalePresence(h.blobs, new Date(T0 + 86_400_000 - 1_000))).toBe(60);
   });
 
   it('an estimate says whether a worker is there now', async () => {

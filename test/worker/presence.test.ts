@@ -47,7 +47,8 @@ describe('worker presence', () => {
     await waitFor('a beat', async () => (await read(blobs, 'w-1'))?.beat_at === '2026-12-07T12:01:00.000Z');
     presence.state('running');
     await waitFor('busy', async () => (await read(blobs, 'w-1'))?.state === 'busy');
-    expect(await readFleet(blobs, new Date(now))).toEqual({ workers_ready: 1, workers_busy: 1, workers_starting: 0 });
+    // Fresh by the store's write time (this machine's clock here), whatever the worker's clock says.
+    expect(await readFleet(blobs, new Date())).toEqual({ workers_ready: 1, workers_busy: 1, workers_starting: 0 });
     await Promise.all([presence.stop(), presence.stop()]);
     expect(await read(blobs, 'w-1')).toBeNull();
     // No beat writes it again after the stop.
@@ -82,6 +83,49 @@ describe('worker presence', () => {
     await waitFor('written again', () => read(real, 'w-3'));
     expect(lines).toContainEqual(expect.stringMatching(/^info worker presence written again/));
     await presence.stop();
+  });
+
+  it('coalesces: changes while a write waits its turn need no write of their own; the last state lands', async () => {
+    const real = blobsIn();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const puts: string[] = [];
+    const blobs = new Proxy(real, {
+      get(target, name, receiver) {
+        if (name === 'put')
+          return async (...args: Parameters<BlobStore['put']>) => {
+            puts.push((JSON.parse(Buffer.from(args[1]).toString()) as { state: string }).state);
+            if (puts.length === 1) await gate; // the first write is slow
+            return target.put(...args);
+          };
+        return Reflect.get(target, name, receiver);
+      },
+    }) as BlobStore;
+    const presence = startPresence({ blobs, workerId: 'w-5', log: log() });
+    await waitFor('the first write under way', () => puts.length === 1);
+    for (let i = 0; i < 50; i++) {
+      presence.state('running');
+      presence.state('polling');
+    }
+    presence.state('running');
+    release();
+    await waitFor('busy', async () => (await read(real, 'w-5'))?.state === 'busy');
+    expect(puts).toEqual(['starting', 'busy']);
+    await presence.stop();
+  });
+
+  it("stop does not wait for ever on a store that hangs: the worker's own stop is not held", async () => {
+    const real = blobsIn();
+    const blobs = new Proxy(real, {
+      get(target, name, receiver) {
+        if (name === 'put' || name === 'delete') return () => new Promise(() => undefined);
+        return Reflect.get(target, name, receiver);
+      },
+    }) as BlobStore;
+    const presence = startPresence({ blobs, workerId: 'w-6', stopWaitMs: 100, log: log() });
+    const started = Date.now();
+    await presence.stop();
+    expect(Date.now() - started).toBeLessThan(2_000);
   });
 
   it('the real worker: ready once it polls, busy while it runs a job, and gone after stop', async () => {
