@@ -78,6 +78,10 @@ const ClientGeneration = z.looseObject({
   content_flags: z.array(z.looseObject({ category: z.string(), term: z.string(), message: z.string() })),
   webhook: z.looseObject({ secret: z.string().optional() }).nullable(),
   deleted_at: z.string().nullable(),
+  // While queued (ADR 0040; absent from an API before it): shown, never needed, so one this version
+  // cannot read does not make the answer "not a generation" (the answer is returned as sent: remote.ts
+  // checks the note's type where it shows it).
+  queue: z.looseObject({ note: z.string() }).optional().catch(() => undefined),
 });
 /** GET /v1/generations: `data`, and `next_cursor` for paging (an older API's list has it too). */
 const ClientGenerationList = z.looseObject({ object: z.literal('list'), data: z.array(ClientGeneration), next_cursor: z.string().nullable().optional() });

@@ -597,7 +597,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
     }
     s.progress.id = created.generation.id;
     s.progress.last = created.generation;
-    if (!s.json) io.err(`clipag remote: ${created.replayed ? 'the API replayed generation' : 'created generation'} ${created.generation.id} (${created.generation.status})`);
+    if (!s.json) io.err(`clipag remote: ${created.replayed ? 'the API replayed generation' : 'created generation'} ${created.generation.id} (${progressText(created.generation)})`);
     const final = await untilEnded(s, created.generation, created.held);
     return await finish(s, final, paths);
   } catch (e) {
@@ -680,7 +680,11 @@ function waitSecUntil(deadline: number): number {
 function progressText(g: Generation): string {
   const p = g.progress;
   const steps = g.status === 'running' && p.total > 0 ? ` step ${p.step}/${p.total}` : '';
-  return `${g.status}${steps}${p.attempt > 1 ? ` (attempt ${p.attempt})` : ''}${g.cancel_requested && !ended(g) ? ', cancel requested' : ''}`;
+  // While queued, what the API says of the fleet (ADR 0040): a wait of minutes is a cold start, not a hang.
+  // (The answer as sent: a queue of another shape, which the schema let pass, says nothing here.)
+  const note = g.status === 'queued' ? (g.queue as { note?: unknown } | undefined)?.note : undefined;
+  const queue = typeof note === 'string' ? ` (${note})` : '';
+  return `${g.status}${steps}${queue}${p.attempt > 1 ? ` (attempt ${p.attempt})` : ''}${g.cancel_requested && !ended(g) ? ', cancel requested' : ''}`;
 }
 
 /** Reads the generation until it has ended, or throws TimedOut once a read at (or after) the deadline found it still going. */

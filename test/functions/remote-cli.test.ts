@@ -667,6 +667,24 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it("a queued generation's line says what the API says of the fleet (ADR 0040): a wait of minutes is a cold start; a queue it cannot read is left out", async () => {
+    const id = newJobId();
+    const url = `${base}/t/queue-note`;
+    const cold = { workers_ready: 0, workers_busy: 0, workers_starting: 0, note: 'no worker is running: one is started when generations wait, which takes a few minutes (a machine boots and loads the model); the generation starts then' };
+    const starting = { workers_ready: 0, workers_busy: 0, workers_starting: 1, note: 'a worker is starting (loading the model): the generation starts in a minute or two' };
+    const r = route('queue-note', (req, nth) => {
+      if (req.path === '/v1/generations') return { status: 202, json: { ...view(id, 'queued'), queue: cold }, headers: { 'preference-applied': 'wait=1' } };
+      if (req.path === `/v1/generations/${id}`) return nth === 1 ? { status: 200, json: { ...view(id, 'queued'), queue: starting }, headers: { 'preference-applied': 'wait=1' } } : nth === 2 ? { status: 200, json: { ...view(id, 'queued'), queue: 5 }, headers: { 'preference-applied': 'wait=1' } } : { status: 200, json: succeeded(url, id) };
+      return png();
+    });
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'queue-note.png')], {}, instantSleep());
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).toContain(`created generation ${id} (queued (${cold.note}))`);
+    expect(res.stderr).toContain(`${id}: queued (${starting.note})`);
+    // A queue this version cannot read (a newer server's shape) is dropped, not taken for a foreign answer.
+    expect(res.stderr.split('\n'), res.stderr).toContain(`clipag remote: ${id}: queued`);
+  });
+
   it('--init URL is sent to the API as given (ADR 0038): nothing is read from disk or uploaded, and --strength goes with it', async () => {
     const id = newJobId();
     const url = `${base}/t/init-url`;
