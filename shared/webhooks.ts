@@ -53,6 +53,8 @@ const PRIVATE = new BlockList();
 for (const [net, bits] of [
   ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
   ['192.0.0.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15], ['224.0.0.0', 4], ['240.0.0.0', 4],
+  // The documentation ranges (TEST-NET-1 to 3), as 2001:db8::/32 below: no legitimate receiver's address.
+  ['192.0.2.0', 24], ['198.51.100.0', 24], ['203.0.113.0', 24],
 ] as const) PRIVATE.addSubnet(net, bits, 'ipv4');
 // Also the IPv6 forms that embed an IPv4 address (IPv4-compatible ::/96, IPv4-translated ::ffff:0:0:0/96,
 // NAT64 64:ff9b::/96 and the

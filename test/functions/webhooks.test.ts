@@ -104,7 +104,7 @@ async function finish(id: string, status: 'succeeded' | 'failed' | 'canceled' = 
 
 describe('webhook URL policy', () => {
   it('refuses private, loopback, link-local and reserved addresses in every spelling', () => {
-    for (const a of ['127.0.0.1', '10.1.2.3', '172.16.0.1', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0', '::1', '::ffff:127.0.0.1', 'fe80::1', 'fd00::1', '::a9fe:a9fe', '2002:a9fe:a9fe::', 'fec0::1', 'not-an-ip']) {
+    for (const a of ['127.0.0.1', '10.1.2.3', '172.16.0.1', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0', '192.0.2.7', '198.51.100.7', '203.0.113.7', '::1', '::ffff:127.0.0.1', 'fe80::1', 'fd00::1', '::a9fe:a9fe', '2002:a9fe:a9fe::', 'fec0::1', 'not-an-ip']) {
       expect(isPrivateAddress(a), a).toBe(true);
     }
     for (const a of ['8.8.8.8', '1.1.1.1', '2606:4700::1111', '::ffff:8.8.8.8']) expect(isPrivateAddress(a), a).toBe(false);
