@@ -75,17 +75,27 @@ export class SlidingWindowRateLimiter {
     this.cacheEntries = options.cacheEntries ?? 10_000;
   }
 
+  /**
+   * A refusal of `subject` this limiter still remembers at `nowMs` (until its Retry-After), or null:
+   * known without the store and without counting, for work worth skipping when it would be refused.
+   */
+  knownRefusal(subject: string, nowMs: number): RateDecision | null {
+    const key = `${this.name}/${subject}`;
+    const until = this.refusedUntil.get(key);
+    if (until === undefined) return null;
+    // A refusal with more left than any this limiter gives (under two windows, `waitMs`) was made
+    // before the clock stepped back: its wait would grow by the step, so the store decides afresh.
+    if (nowMs < until && until - nowMs <= 2 * this.windowMs) return { limit: this.limit, windowSec: this.windowSec, allowed: false, remaining: 0, resetSec: wholeSec(until - nowMs), fromStore: false };
+    this.refusedUntil.delete(key);
+    return null;
+  }
+
   /** Counts one request of `subject` at `nowMs` if it is within the limit. Store errors propagate (the caller decides to fail open). */
   async take(subject: string, nowMs: number): Promise<RateDecision> {
     const key = `${this.name}/${subject}`;
     const base = { limit: this.limit, windowSec: this.windowSec };
-    const until = this.refusedUntil.get(key);
-    if (until !== undefined) {
-      // A refusal with more left than any this limiter gives (under two windows, `waitMs`) was made
-      // before the clock stepped back: its wait would grow by the step, so the store decides afresh.
-      if (nowMs < until && until - nowMs <= 2 * this.windowMs) return { ...base, allowed: false, remaining: 0, resetSec: wholeSec(until - nowMs), fromStore: false };
-      this.refusedUntil.delete(key);
-    }
+    const known = this.knownRefusal(subject, nowMs);
+    if (known) return known;
     const window = Math.floor(nowMs / this.windowMs);
     const elapsedMs = nowMs - window * this.windowMs;
     const weight = 1 - elapsedMs / this.windowMs;

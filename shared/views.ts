@@ -198,18 +198,28 @@ export async function generationView(
           attempts: w.attempts,
           last_error: w.last_error,
           ...(options.webhookSecret ? { secret: w.secret } : {}),
-          ...(wantsStartedEvent(job) ? { started: startedEventView(job) } : {}),
+          ...(wantsStartedEvent(job) ? { started: startedEventView(job, now) } : {}),
         }
       : null,
   };
 }
 
-/** The started event's delivery (ADR 0036): skipped once the job ended with it neither sent nor owed. */
-function startedEventView(job: JobRecord): { status: (typeof STARTED_EVENT_STATUSES)[number]; attempts: number; last_error: string | null } {
-  const state = startedEventState(job.webhook!);
-  // An ended job owes it no more (startedEventOwed); one attempt still out may yet deliver it.
-  const status = state.delivered_at !== null ? 'delivered' : state.given_up_at !== null ? 'failed' : isTerminal(job.status) && state.claimed_until === null ? 'skipped' : 'pending';
-  return { status, attempts: state.attempts, last_error: state.last_error };
+/**
+ * The started event's delivery (ADR 0036), by the sender's own rules (shared/webhooks.ts) at `now`:
+ * pending while it may still go (the job runs; an attempt is out; or, the job ended, its worker's first
+ * attempt is still allowed because the end event has not been tried), skipped once nothing will send it.
+ */
+function startedEventView(job: JobRecord, now: Date): { status: (typeof STARTED_EVENT_STATUSES)[number]; attempts: number; last_error: string | null } {
+  const w = job.webhook!;
+  const state = startedEventState(w);
+  const shown = (status: (typeof STARTED_EVENT_STATUSES)[number]) => ({ status, attempts: state.attempts, last_error: state.last_error });
+  if (state.delivered_at !== null) return shown('delivered');
+  if (state.given_up_at !== null) return shown('failed');
+  if (!isTerminal(job.status)) return shown('pending');
+  const attemptOut = state.claimed_until !== null && Date.parse(state.claimed_until) > now.getTime();
+  const endTried = w.attempts > 0 || w.claimed_until !== null || w.delivered_at !== null || w.given_up_at !== null;
+  const firstStillAllowed = state.attempts === 0 && job.started_at !== null && job.error?.code !== 'enqueue_failed' && !endTried;
+  return shown(attemptOut || firstStillAllowed ? 'pending' : 'skipped');
 }
 
 /** A webhook's delivery state as the view shows it and the list filters on it. */

@@ -70,12 +70,23 @@ export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView>
   const documents = await Promise.all(fresh.slice(0, MAX_WORKERS_READ).map((key) => blobs.get(key)));
   for (const object of documents) {
     if (!object) continue;
-    let presence: WorkerPresence;
+    let raw: unknown;
     try {
-      presence = WorkerPresence.parse(JSON.parse(Buffer.from(object.body).toString('utf8')));
+      raw = JSON.parse(Buffer.from(object.body).toString('utf8'));
     } catch {
+      continue; // damaged: no worker this version can know of
+    }
+    const parsed = WorkerPresence.safeParse(raw);
+    if (!parsed.success) {
+      // A newer worker's document (a later format, a state this version does not know) is a worker all
+      // the same: counted as none, a live fleet would read as a cold start. The reading fails instead.
+      const { v, state } = (raw ?? {}) as { v?: unknown; state?: unknown };
+      if ((typeof v === 'number' && v > 1) || (v === 1 && typeof state === 'string' && !(PRESENCE_STATES as readonly string[]).includes(state))) {
+        throw new Error(`worker presence ${object.key} is of a newer version (v ${String(v)}, state ${JSON.stringify(state)}): this API cannot count it`);
+      }
       continue;
     }
+    const presence = parsed.data;
     if (presence.state === 'starting') fleet.workers_starting++;
     else {
       fleet.workers_ready++;

@@ -489,6 +489,8 @@ export function registerGenerationRoutes(
    */
   async function initFromUrl(c: Context<AppEnv>, owner: string, spec: GenerationSpec): Promise<GenerationSpec> {
     if (!isInitUrl(spec.init)) return spec;
+    // An account this instance already refused (until its Retry-After) is not fetched for.
+    ctx.uploadGate?.refuseIfKnownOver(c);
     const image = await fetchInitImage(spec.init, { policy: webhookPolicy, maxBytes: limits.maxUploadBytes, ...(deps.initFetchResolve ? { resolve: deps.initFetchResolve } : {}) });
     // Counted once there is an image to store (it is kept for days, as an upload: ADR 0026); a URL that
     // gives none spends nothing, as a refused upload body does not.
@@ -965,7 +967,10 @@ export function registerGenerationRoutes(
         c.header('Idempotent-Replayed', 'true');
         return c.json(await createdView(await heldUntilEnded(c, theirs)), 200);
       }
-      await enqueue(job);
+      // Its cancel_after may have passed while this request fetched its init image (ADR 0038, 0034): it
+      // ends canceled now, as a read would end it, and is never sent to a worker.
+      job = await endedAtDeadline(job, { webhook: true });
+      if (job.status === 'queued') await enqueue(job);
       c.header('Location', `/v1/generations/${job.id}`);
       return c.json(await createdView(await heldUntilEnded(c, job)), 202);
     } catch (error) {
@@ -1064,6 +1069,7 @@ export function registerGenerationRoutes(
     // A held wait makes no webhook attempt of its own (see endedAtDeadline).
     job = await heldUntilEnded(c, await endedAtDeadline(job, { webhook: preferredWaitSec(c.req.header('Prefer'), limits.maxWaitSec ?? 0) === null }));
     const shown = await view(job);
+    // A HEAD reads the images too: it answers as the GET would, Content-Length included.
     if (c.req.valid('query').include === 'b64') return c.json(await withInlineImages(job, shown), 200);
     return c.json(shown, 200);
   });
@@ -1084,7 +1090,7 @@ export function registerGenerationRoutes(
       shown.outputs.map(async (o) => {
         const object = await blobs.get(keys.get(o.index)!);
         // Gone since the view was made (a DELETE in between): its link would find nothing either.
-        if (!object) throw new GoneError(`image ${o.index} of generation ${job.id} was removed while this answer was made; the same request with seed ${o.seed} and n 1 makes it again`, { code: 'output_gone', param: 'include' });
+        if (!object) throw new GoneError(`image ${o.index} of generation ${job.id} is no longer stored; the same request with seed ${o.seed} and n 1 makes it again`, { code: 'output_gone', param: 'include' });
         return { ...o, b64_png: Buffer.from(object.body).toString('base64') };
       }),
     );

@@ -79,6 +79,6 @@ describe('GET /v1/generations/{id}?include=b64', () => {
       return meta;
     };
     const error = await expectEnvelope(await h.request(`/v1/generations/${id}?include=b64`), 410, 'output_gone');
-    expect(error.message).toMatch(/^image 0 of generation \S+ was removed while this answer was made; the same request with seed \d+ and n 1 makes it again$/);
+    expect(error.message).toMatch(/^image 0 of generation \S+ is no longer stored; the same request with seed \d+ and n 1 makes it again$/);
   });
 });

@@ -249,6 +249,14 @@ describe('the sweep retries a started event', () => {
     expect(await deliverStartedEvent(deliveryDeps(refused), 'acct_alice', b.id)).toBe('failed');
     await finish(b.id);
     expect((await started(b.id)).started).toEqual({ status: 'skipped', attempts: 1, last_error: 'HTTP 503' });
+    // A run so short it ended before its worker's first attempt: that attempt may still go (before the
+    // end event), so pending; once the end event has been tried, nothing sends it.
+    const d = await postWithStarted();
+    await claim(d.id);
+    await finish(d.id);
+    expect((await started(d.id)).started).toEqual({ status: 'pending', attempts: 0, last_error: null });
+    await h.jobs.update('acct_alice', d.id, (cur) => ({ ...cur, webhook: { ...cur.webhook!, attempts: 1, last_error: 'HTTP 503' } }));
+    expect((await started(d.id)).started).toEqual({ status: 'skipped', attempts: 0, last_error: null });
     // Canceled while queued: never started, so never sent.
     const c = await postWithStarted();
     expect((await localApp().request(`/v1/generations/${c.id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${h.alice}` } })).status).toBe(200);
