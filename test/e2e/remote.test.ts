@@ -231,7 +231,8 @@ describe('clipag remote: Ctrl-C while the real API holds the POST (an API with n
     if (at >= 0) argv.splice(at, 2);
     const again = await interruptible([...argv, '--timeout', '0'], { CLIPAG_API_KEY: key }, new AbortController().signal);
     expect(again.code, again.stderr).toBe(124); // still queued: it goes on
-    expect(again.stderr).toContain(`the API replayed generation ${res.id} (queued)`);
+    // Queued, with what the API says of the fleet (ADR 0040): this API runs no worker.
+    expect(again.stderr).toContain(`the API replayed generation ${res.id} (queued (no worker is running: `);
     expect(await listed()).toHaveLength(before + 1);
   });
 });
