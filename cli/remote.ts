@@ -11,7 +11,7 @@ import { basename, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkInitImage } from '../shared/init-image.ts';
-import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isWellFormedText } from '../shared/schemas/generation.ts';
+import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isInitUrl, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
 import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text.ts';
@@ -536,7 +536,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   }
   const init = values.init;
   // A URL is the API's to fetch (ADR 0038): sent as given, never read as a path.
-  const initUrl = init !== undefined && /^https?:\/\//i.test(init);
+  const initUrl = init !== undefined && isInitUrl(init);
   const initFile = init !== undefined && init !== 'gmm' && init !== 'noise' && !init.startsWith('upload:') && !initUrl ? init : undefined;
   if (init !== undefined && initFile === undefined) body.init = init;
   if (values.strength !== undefined) {

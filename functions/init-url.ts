@@ -27,11 +27,6 @@ export interface FetchedInitImage {
   contentType: InitImageType;
 }
 
-/** Whether a request's `init` names an image by URL (the schema has checked its form). */
-export function isInitUrl(init: string): boolean {
-  return /^https?:\/\//i.test(init);
-}
-
 const refused = (message: string) => new ValidationError(`init ${message}`, 'init');
 
 /**

@@ -3,7 +3,7 @@ import { listKeys } from './prefix.ts';
 import { jobOutputsPrefix } from './keys.ts';
 import { costUsd } from './run-stats.ts';
 import { imageSeed } from './schemas/generation.ts';
-import { isTerminal, shownContentFlags, shownError, shownOutputFlags, shownUsage, startedEventState, wantsStartedEvent, type JobRecord, type JobWebhook } from './schemas/job.ts';
+import { claimFree, isTerminal, shownContentFlags, shownError, shownOutputFlags, shownUsage, startedEventState, startedFirstAttemptAllowed, wantsStartedEvent, type JobRecord, type JobWebhook } from './schemas/job.ts';
 import type { GenerationView, STARTED_EVENT_STATUSES, WebhookStatus } from './schemas/view.ts';
 
 /**
@@ -216,10 +216,8 @@ function startedEventView(job: JobRecord, now: Date): { status: (typeof STARTED_
   if (state.delivered_at !== null) return shown('delivered');
   if (state.given_up_at !== null) return shown('failed');
   if (!isTerminal(job.status)) return shown('pending');
-  const attemptOut = state.claimed_until !== null && Date.parse(state.claimed_until) > now.getTime();
-  const endTried = w.attempts > 0 || w.claimed_until !== null || w.delivered_at !== null || w.given_up_at !== null;
-  const firstStillAllowed = state.attempts === 0 && job.started_at !== null && job.error?.code !== 'enqueue_failed' && !endTried;
-  return shown(attemptOut || firstStillAllowed ? 'pending' : 'skipped');
+  // An attempt out, or the worker's first attempt still allowed (the end event not tried yet).
+  return shown(!claimFree(state, now) || startedFirstAttemptAllowed(job, now) ? 'pending' : 'skipped');
 }
 
 /** A webhook's delivery state as the view shows it and the list filters on it. */

@@ -6,7 +6,7 @@ import { checkInitImage } from '../../shared/init-image.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
-import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
+import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, isInitUrl, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
 import { canceledRecord, isTerminal, newJobRecord, pastCancelDeadline } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
@@ -14,7 +14,7 @@ import { clearPending, markPending, settleStoredOutputs } from '../../shared/pen
 import { requeueable } from '../../shared/retention.ts';
 import { canonicalJson, type Claim, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
 import { deleteEndedGeneration } from '../generation-delete.ts';
-import { fetchInitImage, isInitUrl } from '../init-url.ts';
+import { fetchInitImage } from '../init-url.ts';
 import { listFilter } from '../list-filter.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';

@@ -99,6 +99,8 @@ export const InitSpec = z
 
 /** An init image named by URL in a request (ADR 0038): fetched by the API, stored as an upload. */
 export const INIT_URL_PATTERN = /^https?:\/\//i;
+/** Whether a request's `init` names an image by URL (ADR 0038): the API fetches it, the CLI sends it as given. */
+export const isInitUrl = (init: string): boolean => INIT_URL_PATTERN.test(init);
 export const INIT_URL_MAX_CHARS = 2000;
 
 /**
@@ -286,7 +288,7 @@ function checkRequestOnly(
   if (req.webhook_events !== undefined && req.webhook_url === undefined) {
     ctx.addIssue({ code: 'custom', path: ['webhook_events'], message: 'webhook_events needs webhook_url: the events go there' });
   }
-  if (req.strength !== undefined && !req.init.startsWith('upload:') && !INIT_URL_PATTERN.test(req.init)) {
+  if (req.strength !== undefined && !req.init.startsWith('upload:') && !isInitUrl(req.init)) {
     // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
     ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength applies only to an init image ("upload:<id>" or a URL)' });
   }

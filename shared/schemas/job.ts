@@ -475,3 +475,29 @@ export function startedEventOwed(job: JobRecord): boolean {
   const state = startedEventState(job.webhook!);
   return state.delivered_at === null && state.given_up_at === null;
 }
+
+/** Whether an attempt of the end event has been made, or is out. */
+export function endAttempted(w: JobWebhook): boolean {
+  return w.attempts > 0 || w.claimed_until !== null || w.delivered_at !== null || w.given_up_at !== null;
+}
+
+/**
+ * Whether the worker's first attempt of the started event (`first`, deliverStartedEvent) may go: no
+ * attempt of it was made or is out, and none of the end event either. Unlike a retry, it may go when
+ * the run has ended meanwhile (a run of seconds ends before its first attempt is claimed): the end
+ * event, not claimed yet, then waits for it (endDue), so it still goes first.
+ */
+export function startedFirstAttemptAllowed(job: JobRecord, now: Date): boolean {
+  if (!wantsStartedEvent(job) || job.started_at === null || job.error?.code === 'enqueue_failed') return false;
+  const state = startedEventState(job.webhook!);
+  return state.attempts === 0 && claimFree(state, now) && state.delivered_at === null && state.given_up_at === null && !endAttempted(job.webhook!);
+}
+
+/**
+ * No deliverer holds the started event: never claimed, or the claim lapsed with no attempt recorded (its
+ * worker died during it). The run that takes over then makes that first attempt (the review of ADR 0036:
+ * it had counted a dead claim as held, and a short run ended before the sweep could retry it).
+ */
+export function claimFree(state: JobWebhookStarted, now: Date): boolean {
+  return state.claimed_until === null || Date.parse(state.claimed_until) <= now.getTime();
+}
