@@ -5,6 +5,7 @@
 // the documents are about the fleet, and every caller may learn its size.
 
 import { z } from 'zod';
+import { readDoc } from './documents.ts';
 import type { BlobStore } from './ports.ts';
 import { assertValidKey } from './keys.ts';
 
@@ -70,23 +71,15 @@ export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView>
   const documents = await Promise.all(fresh.slice(0, MAX_WORKERS_READ).map((key) => blobs.get(key)));
   for (const object of documents) {
     if (!object) continue;
-    let raw: unknown;
+    let presence: WorkerPresence;
     try {
-      raw = JSON.parse(Buffer.from(object.body).toString('utf8'));
-    } catch {
-      continue; // damaged: no worker this version can know of
-    }
-    const parsed = WorkerPresence.safeParse(raw);
-    if (!parsed.success) {
+      presence = readDoc(WorkerPresence, object.body, object.key);
+    } catch (error) {
       // A newer worker's document (a later format, a state this version does not know) is a worker all
       // the same: counted as none, a live fleet would read as a cold start. The reading fails instead.
-      const { v, state } = (raw ?? {}) as { v?: unknown; state?: unknown };
-      if ((typeof v === 'number' && v > 1) || (v === 1 && typeof state === 'string' && !(PRESENCE_STATES as readonly string[]).includes(state))) {
-        throw new Error(`worker presence ${object.key} is of a newer version (v ${String(v)}, state ${JSON.stringify(state)}): this API cannot count it`);
-      }
-      continue;
+      if (isNewerPresence(object.body, object.key)) throw new Error(`worker presence ${object.key} is of a newer version: this API cannot count it`, { cause: error });
+      continue; // damaged: no worker this version can know of
     }
-    const presence = parsed.data;
     if (presence.state === 'starting') fleet.workers_starting++;
     else {
       fleet.workers_ready++;
@@ -94,6 +87,19 @@ export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView>
     }
   }
   return fleet;
+}
+
+/** Just the version and state of a presence document, to tell a newer one from a damaged one. */
+const PresenceVersion = z.object({ v: z.number(), state: z.unknown() }).loose();
+
+function isNewerPresence(bytes: Uint8Array, key: string): boolean {
+  let seen: z.infer<typeof PresenceVersion>;
+  try {
+    seen = readDoc(PresenceVersion, bytes, key);
+  } catch {
+    return false;
+  }
+  return seen.v > 1 || (seen.v === 1 && typeof seen.state === 'string' && !(PRESENCE_STATES as readonly string[]).includes(seen.state));
 }
 
 /**
