@@ -1,7 +1,7 @@
 // Options shared by the verbs.
 import { randomUUID } from 'node:crypto';
 import { accessSync, chmodSync, closeSync, constants, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
-import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { basename, dirname, extname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
@@ -9,6 +9,7 @@ import { makeStagingFolder, syncFolder, syncPath } from '../gpu-worker/engine/io
 import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
 import { closestName } from '../shared/did-you-mean.ts';
 import { parseConfig } from '../shared/config.ts';
+import { DEFAULT_JPEG_QUALITY, MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY, outputFile as outputFileOf, type OutputFormat } from '../shared/output-format.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -226,6 +227,28 @@ export function numberArg(value: string | undefined, name: string, def: number |
   const n = decimalNumber(value);
   if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} must be a number in [${min}, ${max}], got "${value}"`);
   return n;
+}
+
+/** The help text of --format and --quality, generate's and remote generate's alike. */
+export const OUTPUT_FORMAT_USAGE = `  --format F          png | jpeg (default: jpeg when -o ends in .jpg or .jpeg, else png)
+  --quality Q         JPEG quality, ${MIN_OUTPUT_QUALITY}-${MAX_OUTPUT_QUALITY} (default ${DEFAULT_JPEG_QUALITY}); only with JPEG`;
+
+/**
+ * --format and --quality (ADR 0041): the format named, else the one -o's extension says (.jpg or
+ * .jpeg: JPEG; none given: PNG). A quality without JPEG is a usage error (it would be ignored), and an
+ * -o whose extension says another format than the one written is a warning. `out` is -o as given.
+ */
+export function outputFormatArgs(format: string | undefined, quality: string | undefined, out: string | undefined): { format: OutputFormat; quality?: number; defaultOut: string; warning?: string } {
+  const ext = out === undefined ? '' : extname(out).toLowerCase();
+  const fromExt: OutputFormat | undefined = ext === '.jpg' || ext === '.jpeg' ? 'jpeg' : ext === '.png' ? 'png' : undefined;
+  let chosen: OutputFormat;
+  if (format === undefined) chosen = fromExt ?? 'png';
+  else if (format === 'png' || format === 'jpeg' || format === 'jpg') chosen = format === 'jpg' ? 'jpeg' : format;
+  else throw new UsageError(`--format must be png or jpeg, got "${format.slice(0, 40)}"`);
+  if (quality !== undefined && chosen !== 'jpeg') throw new UsageError('--quality applies only to JPEG (--format jpeg, or -o FILE.jpg): a PNG is lossless');
+  const q = quality === undefined ? undefined : intArg(quality, 'quality', DEFAULT_JPEG_QUALITY, MIN_OUTPUT_QUALITY, MAX_OUTPUT_QUALITY);
+  const warning = out !== undefined && ext !== '' && fromExt !== chosen ? `-o ${out}: the image is written as a ${chosen === 'jpeg' ? 'JPEG' : 'PNG'} whatever the file's extension (${extname(out)})` : undefined;
+  return { format: chosen, ...(q !== undefined ? { quality: q } : {}), defaultOut: `out.${outputFileOf(chosen).extension}`, ...(warning ? { warning } : {}) };
 }
 
 /**

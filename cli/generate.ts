@@ -1,16 +1,17 @@
-// clipag generate: prompt in, PNG out.
+// clipag generate: prompt in, PNG (or JPEG) out.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
-import { dirname, extname, join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { defaultPromptPolicy, refusalMessage } from '../shared/prompt-policy.ts';
 import { NEGATIVE_PROMPT_SHARE } from '../shared/schemas/generation.ts';
 import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
-import { decodeImage, DEFAULT_MAX_BYTES } from '../gpu-worker/engine/synth/image.ts';
+import { decodeImage, DEFAULT_MAX_BYTES, encodeJpeg } from '../gpu-worker/engine/synth/image.ts';
+import { DEFAULT_JPEG_QUALITY } from '../shared/output-format.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { LIMITS, type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
 import { quotedPrompt } from './remote.ts';
-import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, intArg, modelDir, numberArg, outputFile, parseCliArgs, policyFile, sizeShape, writeWhole } from './common.ts';
+import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, intArg, modelDir, numberArg, OUTPUT_FORMAT_USAGE, outputFile, outputFormatArgs, parseCliArgs, policyFile, sizeShape, writeWhole } from './common.ts';
 
 export const summary = 'make an image from a text prompt (no generator: CLIP-guided pixel optimization)';
 export const usage = `usage: clipag generate "PROMPT" [options]
@@ -21,7 +22,7 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --size WxH          output size: multiples of 8, ${LIMITS.side[0]}-${LIMITS.side[1]} a side, at most ${LIMITS.pixels} pixels
                       (default: the encoder size); one side alone (--size 64) is a square; larger sizes run
                       coarse to fine
-  --seed S            uint32 seed (default: random, printed); the same seed gives the same PNG
+  --seed S            uint32 seed (default: random, printed); the same seed gives the same image, byte for byte
   --init KIND         gmm | noise | PATH of a PNG or JPEG init image; default gmm when the model ships
                       a GMM prior, else noise (with a warning)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
@@ -29,7 +30,8 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --style             style transfer (CLIPStyler-like): the init image is the content, the prompt the
                       style; starts from the image (strength 0), keeps its content, emphasizes patch views
   --views G,P         global and patch views per step (default: the model's recipe defaults, else 32,32)
-  -o, --out FILE      output PNG (default out.png), written whole or not at all
+  -o, --out FILE      output image (default out.png, or out.jpg with --format jpeg), written whole or not at all
+${OUTPUT_FORMAT_USAGE}
   --frames DIR        write a frame every 10 steps (into an empty or new folder)
   --policy FILE       a content policy document (config/prompt-policy.json format) instead of the shipped
                       one: its prompt rules refuse or flag before the run, its output rules after it; an
@@ -95,6 +97,7 @@ export async function run(argv: string[]): Promise<number> {
       negative: { type: 'string', multiple: true }, model: { type: 'string' }, steps: { type: 'string' }, size: { type: 'string' },
       seed: { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, 'content-weight': { type: 'string' },
       views: { type: 'string' }, style: { type: 'boolean' }, out: { type: 'string', short: 'o' }, frames: { type: 'string' }, json: { type: 'boolean' },
+      format: { type: 'string' }, quality: { type: 'string' },
       policy: { type: 'string' },
     },
     strict: true,
@@ -121,10 +124,11 @@ export async function run(argv: string[]): Promise<number> {
     return 1;
   }
   // Everything that can be checked before the run is: a bad flag must not cost a whole synthesis.
-  const out = outputFile(values.out ?? 'out.png', '-o');
+  const fileFormat = outputFormatArgs(values.format, values.quality, values.out);
+  const out = outputFile(values.out ?? fileFormat.defaultOut, '-o');
   // Said before the run, beside the prompt's warnings (and in --json's warnings).
   const cliWarnings: string[] = [];
-  if (extname(out) !== '' && extname(out).toLowerCase() !== '.png') cliWarnings.push(`-o ${out}: the image is written as a PNG whatever the file's extension (${extname(out)})`);
+  if (fileFormat.warning) cliWarnings.push(fileFormat.warning);
   const imageInit = values.init !== undefined && values.init !== 'gmm' && values.init !== 'noise';
   if (imageInit && sameFile(values.init!, out)) throw new EngineError('invalid_input', `-o ${out} is the --init image: the output would replace it; choose another -o`);
   if (!imageInit && values.strength !== undefined) throw new UsageError('--strength needs an init image (--init PATH.png); gmm and noise starts have nothing to keep');
@@ -258,14 +262,14 @@ export async function run(argv: string[]): Promise<number> {
       const existed = existsSync(out);
       try {
         // Whole or not at all: a failed write (a full disk, Ctrl-C) leaves the file that was there.
-        writeWhole(out, res.png);
+        writeWhole(out, fileFormat.format === 'jpeg' ? encodeJpeg(res.image, fileFormat.quality ?? DEFAULT_JPEG_QUALITY) : res.png);
       } catch (e) {
         const kept = existed ? 'the file that was there is as it was' : 'nothing was written';
         throw new EngineError('runtime_failed', `cannot write ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; ${kept}`);
       }
     }
     const summaryJson = {
-      output: withheld ? null : out, withheld: Boolean(withheld), model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
+      output: withheld ? null : out, output_format: fileFormat.format, withheld: Boolean(withheld), model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
       width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,
       scores: res.scores, initial_scores: res.initialScores, warnings: [...cliWarnings, ...res.warnings],
       content_flags: policyHits.map(({ rule, category, term, message }) => ({ rule, category, term, message })),

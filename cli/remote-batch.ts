@@ -15,8 +15,9 @@ import { decodeUtf8Strictly } from '../shared/utf8.ts';
 import { GenerationRequest } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, GaveUp, Interrupted, isUnknownRoute, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, writeWhole } from './common.ts';
+import { outputFile as outputFileOf } from '../shared/output-format.ts';
 import {
-  IDEMPOTENCY_KEY, INTERRUPTED_EXIT_CODE, PNG_SIGNATURE, TIMED_OUT_EXIT_CODE, WITHHELD_EXIT_CODE,
+  IDEMPOTENCY_KEY, INTERRUPTED_EXIT_CODE, checkDownloadedImage, TIMED_OUT_EXIT_CODE, WITHHELD_EXIT_CODE,
   connectionOptions, ended, noImagesMessage, outputPath, retryIn, session, shellWord, untilEnded, type RemoteIo, type Session,
 } from './remote.ts';
 
@@ -284,7 +285,7 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
       continue;
     }
     const n = checked.data.n;
-    const names = Array.from({ length: n }, (_, k) => outputPath(`${id}.png`, k, n));
+    const names = Array.from({ length: n }, (_, k) => outputPath(`${id}.${outputFileOf(checked.data.output_format ?? 'png').extension}`, k, n));
     for (const name of names) {
       // Case-folded: on macOS and Windows A.png and a.png are one file.
       const folded = name.toLowerCase();
@@ -590,7 +591,7 @@ async function settle(s: Session, line: Line, st: LineState, g: Generation, dir:
     const path = line.files[o.index];
     if (path === undefined) throw new ApiError(`GET /v1/generations/${g.id}`, 200, 'bad_output_index', `image ${o.index} of a generation of ${line.files.length}`);
     const bytes = await s.client.download(o.url, { deadline: s.deadline });
-    if (!PNG_SIGNATURE.every((b, i) => bytes[i] === b)) throw new ApiError(`GET image ${o.index}`, 200, 'not_png', `the signed URL answered ${bytes.length} bytes that are not a PNG`);
+    checkDownloadedImage(o, bytes);
     writeWhole(join(dir, path), bytes);
     st.files.push(path);
     st.seeds.push(o.seed);

@@ -13,7 +13,8 @@ import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkInitImage } from '../shared/init-image.ts';
 import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isInitUrl, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
-import { INTERRUPTED_EXIT_CODE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, shellWord, sizeShape, writeWhole } from './common.ts';
+import { INTERRUPTED_EXIT_CODE, OUTPUT_FORMAT_USAGE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, outputFormatArgs, shellWord, sizeShape, writeWhole } from './common.ts';
+import { isJpeg } from '../shared/jpeg.ts';
 import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text.ts';
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
@@ -22,7 +23,7 @@ export const summary = "use a clipag API (deployed or local): generate, get, can
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
 const SYNOPSIS = {
   generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
-           [--model-version H] [--init KIND] [--strength X] [--cancel-after SEC] [-o out.png] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
+           [--model-version H] [--init KIND] [--strength X] [--cancel-after SEC] [-o out.png] [--format png|jpeg] [--quality Q] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
   get: 'clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]',
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
   batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
@@ -60,7 +61,9 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
   --cancel-after SEC  the API ends it canceled, billed nothing, if it has not ended SEC seconds after it
                       was made (1-86400; cancel_after, ADR 0034)
-  -o, --out FILE      output PNG (default out.png), written whole or not at all (a temporary file, renamed)
+  -o, --out FILE      output image (default out.png, or out.jpg with --format jpeg), written whole or not
+                      at all (a temporary file, renamed)
+${OUTPUT_FORMAT_USAGE}
   --idempotency-key K the POST's Idempotency-Key (default: a new one); the same request with the same
                       key gets the generation an earlier run made, never a second one. With --init
                       PATH.png, run it again with --init upload:ID (the earlier run printed it): the
@@ -127,9 +130,9 @@ Exit status: 0 listed (also when none matches), 1 refused or failed, 130 interru
 
 batch: runs a file of requests. Each non-empty line of FILE is one JSON object: a POST /v1/generations body (prompt or prompts,
 negative_prompt, width, height, steps, seed, n, model, model_version, init, strength, cancel_after, metadata, webhook_url,
-webhook_events), plus:
+webhook_events, output_format, output_quality), plus:
   "id"         the line's name (1-64 of A-Z a-z 0-9 _ -; default line-<number>): its images are
-               DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …)
+               DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …; .jpg for output_format "jpeg")
   "init_file"  a PNG or JPEG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
 Every line is checked before the first request: a bad one is named by its number and nothing is sent.
 A line with webhook_url gets its signing secret as "webhook_secret" in results.jsonl and --json (never
@@ -184,6 +187,16 @@ const CANCEL_TIMEOUT_SEC = 60;
 /** The POST's Idempotency-Key, as the API checks it. */
 export const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
 export const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+
+/**
+ * Throws unless `bytes` are the image the view says `o` is (content_type; PNG from an API before it):
+ * a proxy's or a store's error page with a 200 is not an image, and is never written as one.
+ */
+export function checkDownloadedImage(o: { index: number; content_type?: string }, bytes: Uint8Array): void {
+  const jpeg = o.content_type === 'image/jpeg';
+  const ok = jpeg ? isJpeg(bytes) : PNG_SIGNATURE.every((b, i) => bytes[i] === b);
+  if (!ok) throw new ApiError(`GET image ${o.index}`, 200, jpeg ? 'not_jpeg' : 'not_png', `the signed URL answered ${bytes.length} bytes that are not a ${jpeg ? 'JPEG' : 'PNG'}`);
+}
 
 export interface RemoteIo {
   env: Readonly<Record<string, string | undefined>>;
@@ -507,7 +520,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
       ...connectionOptions,
       negative: { type: 'string', multiple: true }, steps: { type: 'string' }, size: { type: 'string' }, seed: { type: 'string' }, n: { type: 'string' },
       model: { type: 'string' }, 'model-version': { type: 'string' }, init: { type: 'string' }, strength: { type: 'string' }, out: { type: 'string', short: 'o' },
-      'cancel-after': { type: 'string' },
+      'cancel-after': { type: 'string' }, format: { type: 'string' }, quality: { type: 'string' },
       'idempotency-key': { type: 'string' }, 'cancel-on-interrupt': { type: 'boolean' },
     },
   });
@@ -548,7 +561,13 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   const userKey = values['idempotency-key'];
   const idempotencyKey = userKey ?? `clipag-remote-${randomUUID()}`;
   if (!IDEMPOTENCY_KEY.test(idempotencyKey)) throw new UsageError('--idempotency-key must be 1-255 visible ASCII characters, no spaces');
-  const outArg = values.out ?? 'out.png';
+  // The format asked of the API (ADR 0041): named, or the one -o's extension says.
+  const fileFormat = outputFormatArgs(values.format, values.quality, values.out);
+  if (fileFormat.format === 'jpeg') {
+    body.output_format = 'jpeg';
+    if (fileFormat.quality !== undefined) body.output_quality = fileFormat.quality;
+  }
+  const outArg = values.out ?? fileFormat.defaultOut;
   const paths = outputPaths(outArg, n);
   let initBytes: Uint8Array | undefined;
   if (initFile !== undefined) {
@@ -570,6 +589,7 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   s.progress.idempotencyKey = idempotencyKey;
   s.body = body;
   s.resumeCommand = (set) => generateCommand(s.cli, tokens, idempotencyKey, s.progress.uploadInit, set);
+  if (fileFormat.warning) io.err(`clipag remote: note: ${fileFormat.warning}`);
   if (initFile !== undefined) s.initFile = initFile;
   if (userKey !== undefined && initFile !== undefined) {
     io.err(
@@ -637,7 +657,7 @@ async function cancel(argv: string[], io: RemoteIo): Promise<number> {
   try {
     const g = await s.client.cancelGeneration(id, { deadline: s.deadline });
     if (s.json) io.out(JSON.stringify(g));
-    else io.out(`${g.id} ${g.status === 'canceled' ? 'canceled' : `${g.status}, cancel requested: it stops within a step`}`);
+    else io.out(`${g.id} ${g.status === 'canceled' ? 'canceled' : `${g.status}, cancel requested: it stops within about a second`}`);
     return 0;
   } catch (e) {
     if (e instanceof ApiError && e.code === 'job_terminal') {
@@ -752,8 +772,7 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
       if (path === undefined) throw new ApiError(`GET /v1/generations/${g.id}`, 200, 'bad_output_index', `image ${o.index} of a generation of ${paths.length} (its request.n)`);
       // Each file is written as soon as it is downloaded: a later failure keeps the images already here (and says which).
       const bytes = await s.client.download(o.url, { deadline: s.deadline });
-      // A proxy's or a store's error page with a 200 is not an image: never written as one.
-      if (!PNG_SIGNATURE.every((b, i) => bytes[i] === b)) throw new ApiError(`GET image ${o.index}`, 200, 'not_png', `the signed URL answered ${bytes.length} bytes that are not a PNG`);
+      checkDownloadedImage(o, bytes);
       try {
         writeWhole(path, bytes);
       } catch (e) {
@@ -829,7 +848,7 @@ async function cancelAfterInterrupt(s: Session, known: string | undefined): Prom
       }
     }
     const g = await client.cancelGeneration(id, { deadline });
-    io.err(`clipag remote: interrupted; generation ${id} ${g.status === 'canceled' ? 'canceled' : 'asked to cancel (it stops within a step)'} (--cancel-on-interrupt)`);
+    io.err(`clipag remote: interrupted; generation ${id} ${g.status === 'canceled' ? 'canceled' : 'asked to cancel (it stops within about a second)'} (--cancel-on-interrupt)`);
   } catch (ce) {
     if (ce instanceof ApiError && ce.code === 'job_terminal' && id !== undefined) {
       io.err(`clipag remote: interrupted; generation ${id} had already ended, nothing to cancel (${ce.detail}): ${getCommand(s, id)} downloads it`);

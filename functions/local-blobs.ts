@@ -32,12 +32,12 @@ const isPngType = (contentType: string | undefined) => contentType !== undefined
 const isJpegType = (contentType: string | undefined) => contentType !== undefined && /^image\/jpeg\s*(;|$)/i.test(contentType);
 
 /**
- * Shown in place (inline) only for a PNG, the one type these links are signed for; anything else is
- * a download. The name is the key's last segment, reduced to characters that need no quoting.
+ * Shown in place (inline) only for a PNG or a JPEG, the types these links are signed for (ADR 0041);
+ * anything else is a download. The name is the key's last segment, reduced to characters that need no quoting.
  */
 function contentDisposition(key: string, contentType: string): string {
   const name = (key.slice(key.lastIndexOf('/') + 1).replace(/[^A-Za-z0-9._=+@-]/g, '_') || 'blob').slice(0, 100);
-  return `${isPngType(contentType) ? 'inline' : 'attachment'}; filename="${name}"`;
+  return `${isPngType(contentType) || isJpegType(contentType) ? 'inline' : 'attachment'}; filename="${name}"`;
 }
 
 function startsWithPngSignature(body: Uint8Array): boolean {

@@ -1,5 +1,6 @@
 import { ValidationError } from './errors.ts';
 import { OWNER_ID_PATTERN, RESOURCE_ID_PATTERN } from './names.ts';
+import { OUTPUT_IMAGE_NAME } from './output-format.ts';
 import type { BlobStore } from './ports.ts';
 import { deleteKeys, deletePrefix, listKeys } from './prefix.ts';
 import type { JobRecord } from './schemas/job.ts';
@@ -47,7 +48,7 @@ export function uploadKey(owner: string, uploadId: string): string {
 }
 
 /**
- * Where a job's images live: `outputs/<owner>/<jobId>/<index>.png`, and each image's progress frames
+ * Where a job's images live: `outputs/<owner>/<jobId>/<index>.png` (`.jpg` for JPEG outputs, ADR 0041), and each image's progress frames
  * beside it under `frames/<index>/` (ADR 0005).
  */
 export function jobOutputsPrefix(owner: string, jobId: string): string {
@@ -66,11 +67,11 @@ export function jobOutputsPrefix(owner: string, jobId: string): string {
  *   there when it runs, but an attempt superseded while it stored (its lease lapsed; another attempt
  *   ended the job) can land its writes after that, and settles them itself (ADR 0021: a delete removes
  *   the images);
- * - a succeeded job: only what it does not name goes, an image `<index>.png` not in `outputs` and the
+ * - a succeeded job: only what it does not name goes, an image `<index>.png` (or `.jpg`) not in `outputs` and the
  *   frames (`frames/<index>/`) of such an index (a superseded attempt stored an index that the
  *   attempt which ended the job withheld, the owner's policy being read again per run). Its named
  *   images and their frames always stay, and so does any key of another shape (what a later version
- *   might store beside them); when a named key is not `<prefix><index>.png`, no frames are removed
+ *   might store beside them); when a named key is not `<prefix><index>.png` (or `.jpg`), no frames are removed
  *   (whose they are cannot be told).
  *
  * A record still queued or running is left alone (an attempt may be storing its images now), and
@@ -96,14 +97,14 @@ export async function removeOrphanedOutputs(
   const namedIndices = new Set<string>();
   let framesKnown = true;
   for (const key of named) {
-    const index = key.startsWith(prefix) ? /^(\d+)\.png$/.exec(key.slice(prefix.length))?.[1] : undefined;
+    const index = key.startsWith(prefix) ? OUTPUT_IMAGE_NAME.exec(key.slice(prefix.length))?.[1] : undefined;
     if (index === undefined) framesKnown = false;
     else namedIndices.add(index);
   }
   const unnamed = (key: string): boolean => {
     if (named.has(key) || !key.startsWith(prefix)) return false;
     const rest = key.slice(prefix.length);
-    if (/^\d+\.png$/.test(rest)) return true;
+    if (OUTPUT_IMAGE_NAME.test(rest)) return true;
     const frameOf = /^frames\/(\d+)\//.exec(rest)?.[1];
     return frameOf !== undefined && framesKnown && !namedIndices.has(frameOf);
   };

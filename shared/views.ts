@@ -1,6 +1,7 @@
 import type { BlobStore } from './ports.ts';
 import { listKeys } from './prefix.ts';
 import { jobOutputsPrefix } from './keys.ts';
+import { outputFile, outputFormatOfKey } from './output-format.ts';
 import { costUsd } from './run-stats.ts';
 import { imageSeed } from './schemas/generation.ts';
 import { claimFree, isTerminal, shownContentFlags, shownError, shownOutputFlags, shownUsage, startedEventState, startedFirstAttemptAllowed, wantsStartedEvent, type JobRecord, type JobWebhook } from './schemas/job.ts';
@@ -148,6 +149,7 @@ export async function generationView(
         seed: imageSeed(job.id, job.spec, indices[k]!),
         url: await blobs.signedGetUrl(output.key, ttlSec),
         expires_at: expiresAt,
+        content_type: outputFile(outputFormatOfKey(output.key)).contentType,
         width: output.width,
         height: output.height,
         ...(output.clip_score !== undefined ? { clip_score: output.clip_score } : {}),

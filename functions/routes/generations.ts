@@ -4,9 +4,10 @@ import { ConflictError, CorruptDocumentError, GoneError, NotFoundError, operator
 import { newId, newJobId } from '../../shared/ids.ts';
 import { checkInitImage } from '../../shared/init-image.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
+import { outputFormatOfKey } from '../../shared/output-format.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
-import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, isInitUrl, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest } from '../../shared/schemas/generation.ts';
+import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, isInitUrl, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest, storedOutputFormat } from '../../shared/schemas/generation.ts';
 import { canceledRecord, isTerminal, newJobRecord, pastCancelDeadline } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
@@ -171,12 +172,12 @@ const getGeneration = createRoute({
   path: '/v1/generations/{id}',
   summary: 'A generation: status, progress, signed output URLs, usage',
   security: SECURITY,
-  description: `With include=b64, each listed image comes in the answer too (outputs[].b64_png, base64), so one GET with Prefer: wait has the images: at most ${MAX_INLINE_IMAGE_BYTES} bytes of PNG together (a 413 payload_too_large past it: fetch them by url). Without it, only links.`,
+  description: `With include=b64, each listed image comes in the answer too (outputs[].b64_png, base64; b64_jpeg for JPEG outputs), so one GET with Prefer: wait has the images: at most ${MAX_INLINE_IMAGE_BYTES} bytes of images together (a 413 payload_too_large past it: fetch them by url). Without it, only links.`,
   request: {
     params: IdParam,
     headers: z.object({ Prefer }),
     query: z.object({
-      include: z.enum(['b64'], { error: 'include takes "b64" (the images in the answer, base64)' }).optional().openapi({ description: 'b64: each listed image inline as outputs[].b64_png' }),
+      include: z.enum(['b64'], { error: 'include takes "b64" (the images in the answer, base64)' }).optional().openapi({ description: 'b64: each listed image inline as outputs[].b64_png (a JPEG: b64_jpeg)' }),
     }),
   },
   responses: {
@@ -211,7 +212,7 @@ const getOutput = createRoute({
   tags: ['generations'],
   method: 'get',
   path: '/v1/generations/{id}/outputs/{index}',
-  summary: "One image of a generation, by a link that does not expire: a redirect to a freshly signed URL of the PNG",
+  summary: "One image of a generation, by a link that does not expire: a redirect to a freshly signed URL of the image",
   description:
     "A stable address for an image, to keep where the view's `outputs[].url` (signed, valid for an hour by default) would go stale: each request is authenticated and answered 302 with a newly signed URL, never valid past the outputs' expiry. HTTP clients drop the Authorization header when a redirect leaves the API's origin, as they should: the signed URL needs none (S3 refuses a request that carries both). 409 job_not_finished while the generation is queued or running; 404 (param index) for an index it did not make, or an image the output check withheld; 410 output_gone once the generation was deleted or its outputs expired (the message names the image's seed, which makes it again).",
   security: SECURITY,
@@ -220,7 +221,7 @@ const getOutput = createRoute({
     302: {
       description: 'The image is at Location, a signed URL that works until Link-Expires-At (as the view\'s outputs[].expires_at)',
       headers: {
-        Location: { description: 'The signed URL of the PNG', schema: { type: 'string' as const, format: 'uri' } },
+        Location: { description: 'The signed URL of the image (PNG, or JPEG for output_format "jpeg")', schema: { type: 'string' as const, format: 'uri' } },
         'Link-Expires-At': { description: 'When the signed URL stops working (RFC 3339)', schema: { type: 'string' as const, format: 'date-time' } },
         'Cache-Control': { description: '`private, no-store`: the next request signs a new URL', schema: { type: 'string' as const } },
       },
@@ -287,7 +288,7 @@ const cancelGeneration = generationRoute(
   {
     operationId: 'cancelGeneration',
     summary: 'Cancel a generation (idempotent)',
-    description: 'A queued job is canceled at once; a running one gets cancel_requested and stops within a step. A cancel that comes after its last step (while its images are being stored) is too late: it ends succeeded, and is billed as one. 409 for succeeded or failed jobs.',
+    description: 'A queued job is canceled at once; a running one gets cancel_requested, and its worker stops it within about a second (its progress interval) and a step; it ends canceled and is not billed, even when its last step came first. A cancel that comes while its images are being stored is too late: it ends succeeded, and is billed as one. 409 for succeeded or failed jobs.',
     ok: 'The generation after the cancel',
     conflicts: ['job_terminal'],
   },
@@ -472,7 +473,7 @@ export function registerGenerationRoutes(
     // No size named: the model's own (a 64 px model's image is not upscaled to 224 and billed for it);
     // a width alone makes a square.
     const width = askedWidth ?? askedHeight ?? defaultSideFor(info.input_size);
-    const spec: GenerationSpec = { ...fields, width, height: askedHeight ?? width, model };
+    const spec: GenerationSpec = storedOutputFormat({ ...fields, width, height: askedHeight ?? width, model });
     // Where the API reads the bundle's hash; else (the image's default model in AWS) the worker checks it.
     if (spec.model_version !== undefined && info.content_hash !== undefined && !isModelVersion(info.content_hash, spec.model_version)) {
       throw new ValidationError(modelVersionMismatch(model, info.content_hash, spec.model_version), 'model_version');
@@ -1091,7 +1092,7 @@ export function registerGenerationRoutes(
         const object = await blobs.get(keys.get(o.index)!);
         // Gone since the view was made (a DELETE in between): its link would find nothing either.
         if (!object) throw new GoneError(`image ${o.index} of generation ${job.id} is no longer stored; the same request with seed ${o.seed} and n 1 makes it again`, { code: 'output_gone', param: 'include' });
-        return { ...o, b64_png: Buffer.from(object.body).toString('base64') };
+        return { ...o, [outputFormatOfKey(keys.get(o.index)!) === 'jpeg' ? 'b64_jpeg' : 'b64_png']: Buffer.from(object.body).toString('base64') };
       }),
     );
     return { ...shown, outputs };

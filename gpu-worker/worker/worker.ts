@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { forEachLimited } from '../../shared/concurrency.ts';
 import { deletePrefix } from '../../shared/prefix.ts';
 import { jobOutputsPrefix } from '../../shared/keys.ts';
+import { outputFile } from '../../shared/output-format.ts';
 import { CorruptDocumentError, NonRetryableError, PreconditionFailedError, ValidationError, exhaustedResource } from '../../shared/errors.ts';
 import type { BlobStore, JobQueue, JobStore, ReceivedMessage } from '../../shared/ports.ts';
 import { cancelDeadline, cancelDue as cancelDueAt, canceledRecord, isTerminal, type JobRecord, MAX_JOB_WARNING_CHARS, MAX_JOB_WARNINGS, TERMINAL_STATUSES, waitingSince, type JobOutput, type JobStatus, type OutputCheck } from '../../shared/schemas/job.ts';
@@ -1213,6 +1214,18 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         await lease.release();
         return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
       }
+      // A cancel the API took while the run went on, which the throttled progress write had not seen
+      // yet (up to an interval and a step late): honoured as if it had stopped the run. Only a cancel
+      // that comes once the images are being stored is too late (the caller was answered "stops"; the
+      // compute is spent either way, the result is not theirs to be billed for).
+      if (before && before.cancel_requested && !isTerminal(before.status)) {
+        const rec = await markCanceled(msg, m, attempt, { step: Math.min(last.step, total), total });
+        await lease.release();
+        if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
+        await ack(m, 'canceled');
+        await removeOrphans(rec);
+        return finish(msg, 'canceled', { stepsDone: outcome.stepsDone });
+      }
 
       // Outputs first, then the record: a record never points at a missing object.
       const store = resultWriter(lease);
@@ -1220,15 +1233,21 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const outputs: JobOutput[] = [];
       // Several writes at once: a job's images and frames (up to ~200 objects) are billed time.
       const writes: Array<() => Promise<unknown>> = [];
+      // The format the spec asks for (ADR 0041); frames stay PNG.
+      const format = job.spec.output_format ?? 'png';
+      const file = outputFile(format);
       for (const image of outcome.images) {
-        const key = `${prefix}${image.index}.png`;
+        const key = `${prefix}${image.index}.${file.extension}`;
         if (withheld.has(image.index)) {
           // An earlier attempt under another policy may have stored it and its frames: the record never
           // names them, but they go too.
           writes.push(() => store(`withheld image ${image.index}`, () => blobs.delete(key)), () => store(`withheld image ${image.index}'s frames`, () => deletePrefix(blobs, `${prefix}frames/${image.index}/`)));
           continue;
         }
-        writes.push(() => store(`image ${image.index}`, () => blobs.put(key, image.png, { contentType: 'image/png' })));
+        const bytes = format === 'jpeg' ? image.jpeg : image.png;
+        // The synthesizer encodes what the spec asks for: an image without it is this code's fault, and stored as another format it would be a file the view misnames.
+        if (bytes === undefined) throw new Error(`the synthesizer made no ${format} file of image ${image.index}`);
+        writes.push(() => store(`image ${image.index}`, () => blobs.put(key, bytes, { contentType: file.contentType })));
         for (const frame of image.frames) {
           const { width, height } = pngSize(frame.png);
           const frameAt = frameKey(msg.owner, msg.job_id, image.index, frame.step, width, height);

@@ -1,6 +1,7 @@
 import { z } from '@hono/zod-openapi';
 import { CLIP_END_TOKEN_TEXT, CLIP_START_TOKEN_TEXT, cleanClipText, clipReadsNothing } from '../text-clean.ts';
 import { MODEL_NAME_PATTERN, RESOURCE_ID_PATTERN } from './common.ts';
+import { DEFAULT_JPEG_QUALITY, MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY, OUTPUT_FORMATS } from '../output-format.ts';
 
 export const PROMPT_MAX_CHARS = 300;
 export const MIN_SIDE = 64;
@@ -213,6 +214,16 @@ const generationFields = {
   // it stays readable by a worker from before it (ADR 0030), and one with it waits for a worker that
   // sends what it asks for. An event name a newer version adds reads as a newer writer's.
   webhook_events: z.array(z.enum(WEBHOOK_EVENTS)).min(1).max(8).optional().openapi({ description: WEBHOOK_EVENTS_DESCRIPTION }),
+  // The images' file format (ADR 0041). Stored only for JPEG, with its quality: a PNG spec stays
+  // readable by a worker from before it (ADR 0030), and a JPEG one waits for a worker that writes JPEG.
+  output_format: z.enum(OUTPUT_FORMATS).optional().openapi({
+    description: `The images' file format: "png" (lossless; the default) or "jpeg" (baseline, 4:4:4, at the default quality a tenth (smooth images) to two thirds (pure noise) of the PNG's size). Either way the same request with the same seed makes the same bytes, and the file says in XMP that a trained model made it. Only the images: frames stay PNG. A generation's request shows it only for "jpeg"`,
+    example: 'jpeg',
+  }),
+  output_quality: z.number().int().min(MIN_OUTPUT_QUALITY).max(MAX_OUTPUT_QUALITY).optional().openapi({
+    description: `JPEG quality, ${MIN_OUTPUT_QUALITY}–${MAX_OUTPUT_QUALITY} (libjpeg's scale; default ${DEFAULT_JPEG_QUALITY}). Only with output_format "jpeg"`,
+    example: DEFAULT_JPEG_QUALITY,
+  }),
 };
 
 /** Whether the bundle `contentHash` is the one `modelVersion` (a content hash or its start) names. */
@@ -237,7 +248,7 @@ export const MAX_PROMPTS_WITH_NEGATIVE = 8;
 
 /** Request-only checks: stored specs from before them must still parse. */
 function checkRequestOnly(
-  req: { init: string; strength?: number; prompt?: string; prompts?: { text: string; weight: number }[]; negative_prompt?: string; webhook_events?: readonly string[]; webhook_url?: string },
+  req: { init: string; strength?: number; output_format?: string; output_quality?: number; prompt?: string; prompts?: { text: string; weight: number }[]; negative_prompt?: string; webhook_events?: readonly string[]; webhook_url?: string },
   ctx: z.RefinementCtx,
 ): void {
   // The model reads a prompt after CLIP's cleaning (entities unescaped twice, control characters
@@ -287,6 +298,10 @@ function checkRequestOnly(
   }
   if (req.webhook_events !== undefined && req.webhook_url === undefined) {
     ctx.addIssue({ code: 'custom', path: ['webhook_events'], message: 'webhook_events needs webhook_url: the events go there' });
+  }
+  if (req.output_quality !== undefined && req.output_format !== 'jpeg') {
+    // Accepting it would silently ignore it: a PNG is lossless.
+    ctx.addIssue({ code: 'custom', path: ['output_quality'], message: 'output_quality applies only to output_format "jpeg" (a PNG is lossless)' });
   }
   if (req.strength !== undefined && !req.init.startsWith('upload:') && !isInitUrl(req.init)) {
     // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
@@ -379,6 +394,15 @@ export const GenerationRequest = z
     allOf: [{ properties: { prompts: { items: { properties: { weight: { minimum: -MAX_PROMPT_WEIGHT, maximum: MAX_PROMPT_WEIGHT } } } } } }],
     description: `Exactly one of prompt and prompts. Each prompts[].weight is at most ${MAX_PROMPT_WEIGHT} in magnitude (-${MAX_PROMPT_WEIGHT}…${MAX_PROMPT_WEIGHT}, not 0). Also checked, beyond what the schema says: every text (prompt, negative_prompt, prompts[].text, metadata values, webhook_url) must be well-formed Unicode (no lone UTF-16 surrogate); a prompt must not be empty once read as the model reads it (HTML entities, control characters and whitespace removed); with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts; strength only with an init image ("upload:<id>" or a URL); webhook_url https on port 443 (or a port the deployment allows) of a public address in AWS, never port 0`,
   });
+
+/**
+ * The stored form of a request's output fields (ADR 0041): nothing for PNG (a spec without them stays
+ * readable by a worker from before JPEG outputs), the format and its quality for JPEG.
+ */
+export function storedOutputFormat<T extends { output_format?: 'png' | 'jpeg'; output_quality?: number }>(spec: T): T {
+  const { output_format: format, output_quality: quality, ...rest } = spec;
+  return (format === 'jpeg' ? { ...rest, output_format: format, output_quality: quality ?? DEFAULT_JPEG_QUALITY } : rest) as T;
+}
 
 /** What a job stores and the worker runs: a request with every default filled in, the model included. */
 export const GenerationSpec = z.object({ ...generationFields, model: ModelName }).strict().superRefine(checkGeneration);

@@ -53,8 +53,10 @@ export const GenerationOutputView = z
       format: 'int64',
       description: 'The seed this image ran with (the request\'s seed + index, mod 2^32, or one the job chose when the request gave none): the same request with this seed and n 1 makes this image again, byte for byte, on the same deployment while its model and worker kind stay the same (another GPU type, a model pushed again under the same name (model_version then differs), or CLIPAG_DISABLE_PREPACKING may change its last bits)',
     }),
-    url: z.string().openapi({ description: 'Signed GET URL of the PNG' }),
+    url: z.string().openapi({ description: 'Signed GET URL of the image (its format: content_type)' }),
     expires_at: Timestamp,
+    // A string, not an enum: a format a later version adds must not fail a generated client's parse.
+    content_type: z.string().openapi({ description: 'The image\'s format: "image/png", or "image/jpeg" where the request asked for output_format "jpeg"', example: 'image/png' }),
     width: z.number().int().positive(),
     height: z.number().int().positive(),
     clip_score: z.number().optional().openapi({
@@ -65,7 +67,11 @@ export const GenerationOutputView = z
     }),
     b64_png: z.string().optional().openapi({
       format: 'byte',
-      description: 'The PNG itself, base64: only on GET /v1/generations/{id}?include=b64 (the same bytes as url)',
+      description: 'A PNG image itself, base64: only on GET /v1/generations/{id}?include=b64 (the same bytes as url)',
+    }),
+    b64_jpeg: z.string().optional().openapi({
+      format: 'byte',
+      description: 'A JPEG image itself (output_format "jpeg"), base64: only on GET /v1/generations/{id}?include=b64 (the same bytes as url)',
     }),
   })
   .openapi('GenerationOutput');

@@ -137,6 +137,44 @@ describe('local mode end to end', () => {
     expect(mean(0)).toBeGreaterThan(mean(1)); // still reddish: the init image was used
   });
 
+  it('output_format jpeg: the worker stores a JPEG (marked as generated), the view, the stable link and include=b64 say so, and the seed makes the same bytes again', async () => {
+    const made = async () => {
+      const post = await fetch(`${h.url}/v1/generations`, {
+        method: 'POST',
+        headers: { ...auth(h), 'content-type': 'application/json', prefer: 'wait=60' },
+        body: JSON.stringify({ prompt: 'a photo of a cat', width: 64, height: 64, seed: 9, output_format: 'jpeg' }),
+      });
+      expect(post.status).toBe(202);
+      const answered = (await post.json()) as any;
+      return ['succeeded', 'failed'].includes(answered.status) ? answered : await waitFor(h, answered.id, (j) => ['succeeded', 'failed'].includes(j.status));
+    };
+    const job = await made();
+    expect(job.status).toBe('succeeded');
+    // The request as stored: the format and the quality it was given by default.
+    expect([job.request.output_format, job.request.output_quality]).toEqual(['jpeg', 90]);
+    expect(job.outputs[0].content_type).toBe('image/jpeg');
+    const res = await fetch(job.outputs[0].url);
+    expect([res.status, res.headers.get('content-type'), res.headers.get('content-disposition')]).toEqual([200, 'image/jpeg', 'inline; filename="0.jpg"']);
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    expect([bytes[0], bytes[1]]).toEqual([0xff, 0xd8]);
+    expect(Buffer.from(bytes).includes('trainedAlgorithmicMedia')).toBe(true);
+    const img = decodeImage(bytes);
+    expect([img.width, img.height]).toEqual([64, 64]);
+    // The stable link redirects to it; include=b64 carries it as b64_jpeg (no b64_png).
+    const link = await fetch(`${h.url}/v1/generations/${job.id}/outputs/0`, { headers: auth(h), redirect: 'manual' });
+    expect(link.status).toBe(302);
+    expect(Buffer.from(await (await fetch(new URL(link.headers.get('location')!, h.url))).arrayBuffer()).equals(Buffer.from(bytes))).toBe(true);
+    const inline = (await (await fetch(`${h.url}/v1/generations/${job.id}?include=b64`, { headers: auth(h) })).json()) as any;
+    expect([inline.outputs[0].b64_png, Buffer.from(inline.outputs[0].b64_jpeg, 'base64').equals(Buffer.from(bytes))]).toEqual([undefined, true]);
+    // Frames stay PNG.
+    const frames = (await (await fetch(`${h.url}/v1/generations/${job.id}/frames`, { headers: auth(h) })).json()) as any;
+    expect((await fetch(frames.data[0].url)).headers.get('content-type')).toBe('image/png');
+    // The same request again (no Idempotency-Key: another generation) writes the same file.
+    const again = await made();
+    expect(again.id).not.toBe(job.id);
+    expect(Buffer.from(await (await fetch(again.outputs[0].url)).arrayBuffer()).equals(Buffer.from(bytes))).toBe(true);
+  });
+
   it('a webhook_url gets the signed completion event from the worker, with a working output link', async () => {
     const events: Array<{ headers: Record<string, string>; body: string }> = [];
     const receiver = createHttpServer((req, res) => {

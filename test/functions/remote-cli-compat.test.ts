@@ -43,7 +43,7 @@ function succeeded(): Record<string, any> {
     started_at: now,
     finished_at: now,
     progress: { step: 2, total: 2, attempt: 1 },
-    outputs: [{ index: 0, seed: 7, url: `${BASE}/img/0.png?sig=abc`, expires_at: now, width: 64, height: 64, clip_score: 0.25 }],
+    outputs: [{ index: 0, seed: 7, url: `${BASE}/img/0.png?sig=abc`, expires_at: now, content_type: 'image/png', width: 64, height: 64, clip_score: 0.25 }],
     outputs_expire_at: now,
   };
   expect(GenerationView.safeParse(g).success).toBe(true);

@@ -120,7 +120,7 @@ function view(id: string, status: Generation['status'], extra: Partial<Generatio
 /** A succeeded generation whose one image the stand-in serves at <url>/img/0.png. */
 function succeeded(url: string, id: string): Generation {
   return view(id, 'succeeded', {
-    outputs: [{ index: 0, seed: 7, url: `${url}/img/0.png?sig=abc`, expires_at: new Date(Date.now() + 3_600_000).toISOString(), width: 64, height: 64, clip_score: 0.25 }],
+    outputs: [{ index: 0, seed: 7, url: `${url}/img/0.png?sig=abc`, expires_at: new Date(Date.now() + 3_600_000).toISOString(), content_type: 'image/png', width: 64, height: 64, clip_score: 0.25 }],
   });
 }
 
@@ -302,6 +302,44 @@ describe.concurrent('clipag remote: retries', () => {
       await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--cancel-after', bad])).rejects.toThrow(/--cancel-after must be an integer in \[1, 86400\]/);
     }
     expect(r.seen.length).toBe(before);
+  });
+
+  it('--format jpeg / -o FILE.jpg asks for JPEG outputs (ADR 0041) and writes the JPEG the view names; a PNG where it names a JPEG is refused; --quality without JPEG is refused before any request', async () => {
+    const id = newJobId();
+    const { encode } = await import('jpeg-js');
+    const jpeg = encode({ width: 8, height: 8, data: new Uint8Array(256).fill(90) }, 90).data;
+    let serve: 'jpeg' | 'png' = 'jpeg';
+    const r = route('jpeg-out', (req) => {
+      if (req.path === '/v1/generations') {
+        const g = succeeded(`${base}/t/jpeg-out`, id);
+        return { status: 202, json: { ...g, outputs: g.outputs.map((o) => ({ ...o, content_type: 'image/jpeg' })) } };
+      }
+      if (req.path === '/img/0.png') return serve === 'jpeg' ? { status: 200, body: jpeg, headers: { 'content-type': 'image/jpeg' } } : png();
+      return { status: 404, body: '' };
+    });
+    const named = join(dir, 'named.out');
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--format', 'jpeg', '--quality', '70', '-o', named]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(JSON.parse(r.seen.find((x) => x.path === '/v1/generations')!.body)).toMatchObject({ output_format: 'jpeg', output_quality: 70 });
+    expect(readFileSync(named).equals(Buffer.from(jpeg))).toBe(true);
+    // The extension that does not say JPEG is noted, not refused.
+    expect(res.stderr).toContain(`clipag remote: note: -o ${named}: the image is written as a JPEG whatever the file's extension (.out)`);
+    // -o FILE.jpg alone asks for JPEG, at the API's default quality.
+    const before = r.seen.filter((x) => x.path === '/v1/generations').length;
+    expect((await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'by-ext.jpg')])).code).toBe(0);
+    const second = JSON.parse(r.seen.filter((x) => x.path === '/v1/generations')[before]!.body);
+    expect([second.output_format, 'output_quality' in second]).toEqual(['jpeg', false]);
+    // Bytes that are not what the view says: never written as the image.
+    serve = 'png';
+    const wrong = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'wrong.jpg')]);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/the signed URL answered \d+ bytes that are not a JPEG/);
+    expect(existsSync(join(dir, 'wrong.jpg'))).toBe(false);
+    const asked = r.seen.length;
+    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--quality', '70', '-o', join(dir, 'q.png')])).rejects.toThrow(/--quality applies only to JPEG/);
+    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--format', 'webp'])).rejects.toThrow(/--format must be png or jpeg, got "webp"/);
+    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--format', 'jpeg', '--quality', '101'])).rejects.toThrow(/--quality must be an integer in \[1, 100\]/);
+    expect(r.seen.length).toBe(asked);
   });
 
   it('an --init JPEG (ADR 0035) is checked here and asked for as image/jpeg; one cut short is refused before any request', async () => {
@@ -644,7 +682,7 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
     const url = `${base}/t/partial`;
     const g = view(id, 'succeeded', {
       request: { prompt: 'a red circle', width: 64, height: 64, steps: 100, n: 2, init: 'gmm', model: 'toy', seed: 7 },
-      outputs: [0, 1].map((i) => ({ index: i, seed: 7 + i, url: `${url}/img/${i}.png?sig=abc`, expires_at: new Date(Date.now() + 3_600_000).toISOString(), width: 64, height: 64 })),
+      outputs: [0, 1].map((i) => ({ index: i, seed: 7 + i, url: `${url}/img/${i}.png?sig=abc`, expires_at: new Date(Date.now() + 3_600_000).toISOString(), content_type: 'image/png', width: 64, height: 64 })),
     });
     const r = route('partial', (req) => (req.path === '/v1/generations' ? { status: 202, json: g } : req.path === '/img/0.png' ? png() : { status: 404, body: '' }));
     const out = join(dir, 'partial.png');
@@ -658,7 +696,7 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
   it('an image whose index is past the request\'s n: an error, not the first file overwritten', async () => {
     const id = newJobId();
     const url = `${base}/t/bad-index`;
-    const g = view(id, 'succeeded', { outputs: [{ index: 3, seed: 7, url: `${url}/img/0.png?sig=abc`, expires_at: new Date(Date.now() + 3_600_000).toISOString(), width: 64, height: 64 }] });
+    const g = view(id, 'succeeded', { outputs: [{ index: 3, seed: 7, url: `${url}/img/0.png?sig=abc`, expires_at: new Date(Date.now() + 3_600_000).toISOString(), content_type: 'image/png', width: 64, height: 64 }] });
     const r = route('bad-index', (req) => (req.path === '/v1/generations' ? { status: 202, json: g } : png()));
     const out = join(dir, 'bad-index.png');
     const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', out]);
@@ -1116,8 +1154,8 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not eve
     const expires = new Date(Date.now() + 3_600_000).toISOString();
     const made = view(newJobId(), 'succeeded', {
       outputs: [
-        { index: 0, seed: 7, url: `${url}/img/0.png?sig=a`, expires_at: expires, width: 64, height: 64 },
-        { index: 1, seed: 8, url: `${url}/img/1.png?sig=b`, expires_at: expires, width: 64, height: 64, clip_score: 0.3 },
+        { index: 0, seed: 7, url: `${url}/img/0.png?sig=a`, expires_at: expires, content_type: 'image/png', width: 64, height: 64 },
+        { index: 1, seed: 8, url: `${url}/img/1.png?sig=b`, expires_at: expires, content_type: 'image/png', width: 64, height: 64, clip_score: 0.3 },
       ],
     });
     const r = route('unscored', (req) => {

@@ -97,8 +97,8 @@ describe('a job record a newer version wrote', () => {
     expect(body.progress).toEqual({ step: 8, total: 8, attempt: 0 });
     expect(body.content_flags).toEqual([{ rule: 'c1', category: 'likeness', term: 'famous', message: 'a likeness', param: 'prompt' }]);
     expect(body.outputs.map((o: Record<string, unknown>) => Object.keys(o).sort())).toEqual([
-      ['clip_score', 'content_flags', 'expires_at', 'height', 'index', 'seed', 'url', 'width'],
-      ['expires_at', 'height', 'index', 'seed', 'url', 'width'], // its only flags are of a category and an action this version does not know
+      ['clip_score', 'content_flags', 'content_type', 'expires_at', 'height', 'index', 'seed', 'url', 'width'],
+      ['content_type', 'expires_at', 'height', 'index', 'seed', 'url', 'width'], // its only flags are of a category and an action this version does not know
     ]);
     expect(body.outputs[0].content_flags).toEqual([{ rule: 'r1', category: 'trademark', action: 'flag', concept: 'a logo', message: 'looks like a logo', cosine: 0.31 }]);
     expect(Object.keys(body.webhook).sort()).toEqual(['attempts', 'last_error', 'status', 'url']);

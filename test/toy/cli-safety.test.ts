@@ -406,12 +406,32 @@ describe('clipag generate with a model that ships no GMM prior (models/toy-plain
     }
   }, 60_000);
 
-  it('-o with another extension than .png: written as a PNG, with a warning saying so', async () => {
-    const r = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '-o', join(dir, 'photo.jpg')]);
+  it('-o with an extension that names no format it writes: written as a PNG, with a warning saying so', async () => {
+    const r = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '-o', join(dir, 'photo.webp')]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toMatch(/warning: -o .*photo\.jpg: the image is written as a PNG whatever the file's extension \(\.jpg\)/);
-    expect(readFileSync(join(dir, 'photo.jpg')).subarray(1, 4).toString()).toBe('PNG');
+    expect(r.stderr).toMatch(/warning: -o .*photo\.webp: the image is written as a PNG whatever the file's extension \(\.webp\)/);
+    expect(readFileSync(join(dir, 'photo.webp')).subarray(1, 4).toString()).toBe('PNG');
   }, 60_000);
+
+  it('-o FILE.jpg writes a JPEG (ADR 0041), --quality sets its quality; --format png over a .jpg name is a PNG with a warning; --quality without JPEG is a usage error', async () => {
+    const q90 = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '-o', join(dir, 'photo.jpg'), '--json']);
+    expect(q90.code, q90.stderr).toBe(0);
+    expect(q90.stderr).not.toMatch(/whatever the file's extension/);
+    expect(JSON.parse(q90.stdout).output_format).toBe('jpeg');
+    const jpeg = readFileSync(join(dir, 'photo.jpg'));
+    expect([jpeg[0], jpeg[1]]).toEqual([0xff, 0xd8]);
+    expect(jpeg.includes('trainedAlgorithmicMedia')).toBe(true);
+    const q20 = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '--format', 'jpeg', '--quality', '20', '-o', join(dir, 'rough.jpeg')]);
+    expect(q20.code, q20.stderr).toBe(0);
+    expect(readFileSync(join(dir, 'rough.jpeg')).length).toBeLessThan(jpeg.length);
+    const png = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '--format', 'png', '-o', join(dir, 'asked.jpg')]);
+    expect(png.code, png.stderr).toBe(0);
+    expect(png.stderr).toMatch(/warning: -o .*asked\.jpg: the image is written as a PNG whatever the file's extension \(\.jpg\)/);
+    expect(readFileSync(join(dir, 'asked.jpg')).subarray(1, 4).toString()).toBe('PNG');
+    const bad = await runCli(['generate', 'a red circle', '--quality', '50', '-o', join(dir, 'never.png')]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--quality applies only to JPEG');
+  }, 120_000);
 });
 
 describe('clipag embed --text', () => {

@@ -396,6 +396,18 @@ describe('removeOrphanedOutputs', () => {
     expect(await listKeys(env.blobs, `${prefix}1.png`)).toEqual([]);
   });
 
+  it('JPEG outputs (`<index>.jpg`, ADR 0041) are images as PNG ones are: an unnamed one goes with its frames, a named one\'s frames stay', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { n: 2 });
+    const prefix = jobOutputsPrefix(OWNER, job.id);
+    for (const key of [`${prefix}0.jpg`, `${prefix}1.jpg`, `${prefix}frames/0/0000_64x64.png`, `${prefix}frames/1/0000_64x64.png`]) {
+      await env.blobs.put(key, FRAME.png, { contentType: 'image/png' });
+    }
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    expect(await removeOrphanedOutputs(env.blobs, { ...rec, status: 'succeeded', attempts: 1, outputs: [{ key: `${prefix}0.jpg`, width: 64, height: 64 }] })).toBe(true);
+    expect(await listKeys(env.blobs, prefix)).toEqual([`${prefix}0.jpg`, `${prefix}frames/0/0000_64x64.png`]);
+  });
+
   it('a deleted record: everything under its prefix goes, whatever its status and whatever it names; another job\'s stays', async () => {
     const env = await makeEnv();
     const job = await submit(env, { n: 2 });

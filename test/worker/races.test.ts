@@ -121,10 +121,11 @@ describe('deliveries of one job racing', () => {
       expect(b.events.find((e) => e.type === 'acked')).toMatchObject({ reason: 'duplicate_of_running' });
       expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'running', cancel_requested: true });
       await expectStatus(await h.request(`/v1/generations/${id}`, { method: 'DELETE' }), 409); // not ended: nothing to delete yet
-      // A's engine was past its last step: the finished run wins over the late cancel (ADR 0005).
+      // A's engine was past its last step, but had stored nothing yet: the cancel the API answered ends it (ADR 0005).
       finishA();
       await waitFor('A done', () => finishedOf(a.events));
-      expect(finishedOf(a.events)).toMatchObject({ outcome: 'succeeded' });
+      expect(finishedOf(a.events)).toMatchObject({ outcome: 'canceled' });
+      expect(await h.jobs.get('acct_alice', id)).toMatchObject({ status: 'canceled', outputs: [] });
       expect((await h.request(`/v1/generations/${id}`, { method: 'DELETE' })).status).toBe(200);
       expect(await listKeys(h.blobs, `outputs/acct_alice/${id}/`)).toEqual([]);
     } finally {
@@ -180,6 +181,25 @@ describe('deliveries of one job racing', () => {
     expect(rec).toMatchObject({ status: 'succeeded', usage: { encoder_passes: 7 } });
     const days = await readUsage(env.blobs, OWNER, rec.finished_at!.slice(0, 7));
     expect(days).toEqual([expect.objectContaining({ generations: 1, encoder_passes: 7 })]);
+  });
+
+  it('a cancel the API took during the run\'s last interval, which no progress write saw, still ends it canceled: nothing stored, nothing billed (review-races F1)', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, { steps: 6 });
+    let finish!: () => void;
+    const gate = new Promise<void>((r) => (finish = r));
+    // A progress interval longer than the run: as a cancel in a GPU run's last second meets it.
+    const w = start(env, { run: async () => (await gate, outcome(6, false, [standInImage(0, [FRAME])])) }, { progressIntervalMs: 60_000 });
+    await waitFor('started', () => w.events.some((e) => e.type === 'job_started'));
+    await env.jobs.update(OWNER, job.id, (cur) => ({ ...cur, cancel_requested: true }));
+    finish();
+    await waitFor('done', () => finishedOf(w.events));
+    expect(finishedOf(w.events)).toMatchObject({ outcome: 'canceled' });
+    const rec = (await env.jobs.get(OWNER, job.id))!;
+    expect(rec).toMatchObject({ status: 'canceled', outputs: [], error: null, usage: { encoder_passes: 0, worker_seconds: 0 } });
+    expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([]);
+    expect(await readUsage(env.blobs, OWNER, rec.finished_at!.slice(0, 7))).toEqual([]);
+    await waitFor('the ack', async () => (await env.queue.depth()) === 0);
   });
 
   it('a job whose caller asked to cancel it ends canceled, not failed, when its last delivery dies and its message is dead-lettered', async () => {

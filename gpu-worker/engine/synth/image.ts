@@ -2,8 +2,9 @@
 //
 // The engine's image type is planar float32 CHW with values in [0,1]: that is the layout the ONNX step
 // graph consumes (NCHW), so no transposes happen between optimizer steps. Images are written as PNG
-// only (fast-png, pure JS): a kept, lossless format makes bit-identical output per seed checkable.
-// Init images may also be JPEG (jpeg-js, shared/jpeg.ts; ADR 0035).
+// (fast-png, pure JS): a kept, lossless format makes bit-identical output per seed checkable. A caller
+// may ask for JPEG instead (jpeg-js's encoder, ADR 0041): deterministic too, so the same request still
+// writes the same bytes. Init images may also be JPEG (jpeg-js, shared/jpeg.ts; ADR 0035).
 //
 // Decisions:
 // - Alpha is composited over white. A transparent region shows as white in viewers, and its stored RGB
@@ -15,13 +16,15 @@
 // - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
 // - JPEG init images are decoded as sRGB 8-bit, turned upright by their EXIF orientation; WebP, GIF and
 //   the others are refused with advice to convert to PNG or JPEG: no decoder for them is installed.
-// - Every PNG written says, in XMP, that a trained model made it (GENERATED_IMAGE_XMP, ADR 0032).
+// - Every PNG and JPEG written says, in XMP, that a trained model made it (GENERATED_IMAGE_XMP, ADR 0032).
 
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
+import jpegJs from 'jpeg-js';
 import { EngineError } from '../errors.ts';
 import { MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS } from '../../../shared/image-header.ts';
 import { checkPngFileSync, pngChunkOf } from '../../../shared/png-check.ts';
 import { isJpeg } from '../../../shared/jpeg.ts';
+import { MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY } from '../../../shared/output-format.ts';
 import { decodeJpeg } from './jpeg-decode.ts';
 import type { Rng } from './rng.ts';
 
@@ -116,29 +119,78 @@ const GENERATED_IMAGE_CHUNK = pngChunkOf(
 const IHDR_END = 8 + 12 + 13;
 
 /**
- * 8-bit RGB PNG, marked as generated (GENERATED_IMAGE_XMP). Values are clamped to [0,1] and rounded half
- * up (v·255 + 0.5, floored).
+ * The image as interleaved 8-bit samples, `channels` a pixel (a 4th, alpha, is opaque). Values are
+ * clamped to [0,1] and rounded half up (v·255 + 0.5, floored); a NaN pixel is refused.
  */
-export function encodePng(img: PlanarImage): Uint8Array {
-  checkImage(img, 'encodePng');
+function quantized(img: PlanarImage, what: string, channels: 3 | 4): Uint8Array {
+  checkImage(img, what);
   const { width, height, data } = img;
   const hw = width * height;
-  const out = new Uint8Array(3 * hw);
+  const out = new Uint8Array(channels * hw);
+  if (channels === 4) for (let i = 0; i < hw; i++) out[i * 4 + 3] = 255;
   for (let c = 0; c < 3; c++) {
     const base = c * hw;
     for (let i = 0; i < hw; i++) {
       const v = data[base + i];
-      if (v !== v) throw new EngineError('invalid_input', 'encodePng: image contains NaN pixels', { channel: c, index: i });
-      const q = Math.floor(Math.min(1, Math.max(0, v)) * 255 + 0.5);
-      out[i * 3 + c] = q;
+      if (v !== v) throw new EngineError('invalid_input', `${what}: image contains NaN pixels`, { channel: c, index: i });
+      out[i * channels + c] = Math.floor(Math.min(1, Math.max(0, v)) * 255 + 0.5);
     }
   }
-  const png = pngEncode({ width, height, data: out, channels: 3, depth: 8 });
+  return out;
+}
+
+/**
+ * 8-bit RGB PNG, marked as generated (GENERATED_IMAGE_XMP). Values are clamped to [0,1] and rounded half
+ * up (v·255 + 0.5, floored).
+ */
+export function encodePng(img: PlanarImage): Uint8Array {
+  const { width, height } = img;
+  const png = pngEncode({ width, height, data: quantized(img, 'encodePng', 3), channels: 3, depth: 8 });
   if (Buffer.from(png.subarray(12, 16)).toString('latin1') !== 'IHDR') throw new Error('encodePng: the encoder did not write IHDR first');
   const marked = new Uint8Array(png.length + GENERATED_IMAGE_CHUNK.length);
   marked.set(png.subarray(0, IHDR_END), 0);
   marked.set(GENERATED_IMAGE_CHUNK, IHDR_END);
   marked.set(png.subarray(IHDR_END), IHDR_END + GENERATED_IMAGE_CHUNK.length);
+  return marked;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// JPEG output
+
+/**
+ * The APP1 segment holding GENERATED_IMAGE_XMP, as the XMP specification (part 3, 1.1.3) puts XMP in a
+ * JPEG: marker FFE1, a length that counts itself, the namespace "http://ns.adobe.com/xap/1.0/" and a NUL,
+ * then the packet in UTF-8.
+ */
+const GENERATED_IMAGE_APP1 = (() => {
+  const body = Buffer.concat([Buffer.from('http://ns.adobe.com/xap/1.0/\0', 'latin1'), Buffer.from(GENERATED_IMAGE_XMP, 'utf8')]);
+  const segment = Buffer.alloc(4 + body.length);
+  segment.writeUInt16BE(0xffe1, 0);
+  segment.writeUInt16BE(2 + body.length, 2);
+  body.copy(segment, 4);
+  return new Uint8Array(segment);
+})();
+
+/**
+ * Baseline JPEG of the image at `quality` (1–100), 4:4:4 (no chroma subsampling: the engine's images are
+ * fine detail throughout, where 4:2:0 smears colour edges), marked as generated (GENERATED_IMAGE_XMP) in
+ * an APP1 segment after the JFIF header. The samples are rounded as encodePng rounds them, so a PNG and
+ * a JPEG of one run start from the same 8-bit image; the encoder is deterministic (same image and
+ * quality, same bytes).
+ */
+export function encodeJpeg(img: PlanarImage, quality: number): Uint8Array {
+  if (!Number.isInteger(quality) || quality < MIN_OUTPUT_QUALITY || quality > MAX_OUTPUT_QUALITY) {
+    throw new EngineError('invalid_input', `encodeJpeg: quality must be a whole number from ${MIN_OUTPUT_QUALITY} to ${MAX_OUTPUT_QUALITY}; got ${quality}`, { quality });
+  }
+  const { width, height } = img;
+  const jpeg = new Uint8Array(jpegJs.encode({ width, height, data: quantized(img, 'encodeJpeg', 4) }, quality).data);
+  // SOI, then the JFIF APP0 jpeg-js writes first: the XMP goes right after it, as JFIF asks.
+  if (jpeg[0] !== 0xff || jpeg[1] !== 0xd8 || jpeg[2] !== 0xff || jpeg[3] !== 0xe0) throw new Error('encodeJpeg: the encoder did not write SOI and APP0 first');
+  const app0End = 4 + ((jpeg[4]! << 8) | jpeg[5]!);
+  const marked = new Uint8Array(jpeg.length + GENERATED_IMAGE_APP1.length);
+  marked.set(jpeg.subarray(0, app0End), 0);
+  marked.set(GENERATED_IMAGE_APP1, app0End);
+  marked.set(jpeg.subarray(app0End), app0End + GENERATED_IMAGE_APP1.length);
   return marked;
 }
 
