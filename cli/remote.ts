@@ -87,7 +87,8 @@ spend-limit show: the account's monthly spend limit, this UTC month's cost and w
                       (default 600, cancel, webhook-secret and spend-limit 60; 0: read it once as it stands); the generation goes on
                       after it: clipag remote get ID
   --cancel-on-interrupt   Ctrl-C cancels the generation (default: it goes on; how to pick it up is printed)
-  --json              print the generation (the API's view; webhook-secret, spend-limit: the API's answer) on stdout
+  --json              print the generation (the API's view; webhook-secret, spend-limit: the API's answer) on stdout;
+                      generate, get and cancel print a refusal there too: {"error": {status, code, message, param, request_id}}
   --url URL           the API (default $CLIPAG_API_URL, else http://127.0.0.1:8787, what npm start serves);
                       no user name or password in it
   --key KEY           an API key (default $CLIPAG_API_KEY, else, for a --url on this machine: localhost,
@@ -910,6 +911,9 @@ async function stopped(s: Session, e: unknown): Promise<number> {
     return 1;
   }
   if (e instanceof ApiError) {
+    // With --json, a refusal is on stdout too, as the API said it (and as generate --json says its own):
+    // a pipeline reads the code there, not from stderr. The generation, where there is one, with it.
+    if (s.json) io.out(JSON.stringify({ error: { status: e.status, code: e.code, message: e.detail, param: e.param, request_id: e.requestId }, ...(progress.last ? { generation: progress.last } : {}) }));
     const rid = e.requestId ? ` [request_id ${e.requestId}]` : '';
     const trouble = connectionTrouble(s.conn, e);
     if (trouble !== undefined) {

@@ -30,6 +30,8 @@ import { intArg, parseCliArgs, shellWord, withPackageModelsDir } from './common.
 import { ModelStore, ModelStoreError } from '../shared/modelstore.ts';
 
 export const summary = 'run the API and the worker locally (no AWS account), with the embedded model';
+/** How long a reading of the workers' presence is reused locally (AWS: 15 s, a listing of S3 each). */
+export const LOCAL_FLEET_CACHE_MS = 1000;
 export const usage = `usage: clipag serve [--port N] [--data DIR] [--steps N]
 
 Starts the HTTP API and the queue worker in one process on the local adapters. Jobs, outputs and
@@ -148,7 +150,8 @@ export async function serve(
   // The signed-link routes go on the API app itself: one request id, one onError, one notFound, so
   // every error (a 405, an unknown path, a failure under /blobs) is the ErrorEnvelope.
   // Estimates count the steps the worker will run.
-  const app = createApp(opts.maxSteps === undefined ? deps : { ...deps, limits: { ...deps.limits, maxSteps: opts.maxSteps } });
+  // The fleet read each second (ADR 0040): a local folder, and one worker whose state changes by the job.
+  const app = createApp({ ...deps, fleetCacheMs: LOCAL_FLEET_CACHE_MS, ...(opts.maxSteps === undefined ? {} : { limits: { ...deps.limits, maxSteps: opts.maxSteps } }) });
   mountLocalBlobRoutes(app, blobs, signingSecret);
   // The port first: a second `clipag serve` on a busy port fails before its worker takes a job.
   const server = await startApiServer(app, local.port, local.host).catch(async (error: NodeJS.ErrnoException) => {

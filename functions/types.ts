@@ -78,8 +78,14 @@ export interface AppDeps {
    * Default: the system's or c-ares, as a webhook's. Tests give names the addresses of their choosing.
    */
   initFetchResolve?: WebhookResolver;
-  /** Reads the fleet a queued generation's view tells of (ADR 0040), at most every 15 s. Default: the workers' presence in `blobs`. */
+  /** Reads the fleet a queued generation's view tells of (ADR 0040), at most every `fleetCacheMs`. Default: the workers' presence in `blobs`. */
   fleet?: (now: Date) => Promise<FleetView>;
+  /**
+   * How long one reading of the fleet is told again (default 15 s: each is a listing of S3, per Lambda
+   * instance). `clipag serve` reads its own folder each second, so that its one worker's "busy" shows at
+   * the next request, not after 15 s of "a worker is free".
+   */
+  fleetCacheMs?: number;
   /** Defaults to `() => new Date()`. */
   clock?: () => Date;
   /** Defaults to `jsonLineLog`: one JSON line per entry, `info` on stdout, warnings and errors on stderr. */

@@ -40,7 +40,7 @@ export const API_ERROR_CODES = [
   { status: 411, code: 'length_required', meaning: 'local mode: an upload PUT without Content-Length', advice: 'send the length' },
   { status: 413, code: 'payload_too_large', meaning: 'a body or upload over its limit, or (`?include=b64`, `param: "include"`) images over 4 MiB together to put in one answer', advice: 'make it smaller; fetch the images by their links' },
   { status: 415, code: 'unsupported_media_type', meaning: 'a body that is not application/json in UTF-8, or that has a Content-Encoding', advice: 'set the Content-Type; send UTF-8, uncompressed' },
-  { status: 429, code: 'rate_limited', meaning: "over the account's requests per minute, or (POST /v1/uploads) its upload URLs per hour; the RateLimit fields say which", advice: 'retry after Retry-After seconds' },
+  { status: 429, code: 'rate_limited', meaning: "over the account's requests per minute, or (POST /v1/uploads, or a generation whose init is a URL) its uploads per hour; the RateLimit fields say which", advice: 'retry after Retry-After seconds' },
   { status: 429, code: 'too_many_active_jobs', meaning: 'as many generations queued or running as the account may have', advice: 'retry after Retry-After seconds' },
   { status: 431, code: 'headers_too_large', meaning: "local mode: request headers over Node's 16 KB", advice: 'send smaller headers' },
   { status: 500, code: 'internal_error', meaning: 'a bug or a misconfiguration', advice: 'retry later; report it with the request_id' },

@@ -9,7 +9,7 @@ const retryAfter = { 'Retry-After': { description: 'Seconds to wait before retry
 /** Where the deployment limits requests per account (ADR 0026), every /v1 answer carries these (IETF draft-ietf-httpapi-ratelimit-headers). */
 export const rateLimitFields = {
   'RateLimit-Policy': {
-    description: 'The limits that counted this request, most specific first: `"<name>";q=<count>;w=<window seconds>` each (sliding windows): `"requests"` per minute on every /v1 route, `"uploads"` per hour on POST /v1/uploads',
+    description: 'The limits that counted this request, most specific first: `"<name>";q=<count>;w=<window seconds>` each (sliding windows): `"requests"` per minute on every /v1 route, `"uploads"` per hour on POST /v1/uploads and on a POST /v1/generations whose `init` is a URL (the API stores the image as an upload)',
     schema: { type: 'string' as const },
   },
   RateLimit: {

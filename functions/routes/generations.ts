@@ -303,6 +303,7 @@ export function registerGenerationRoutes(
   const { blobs, jobs, queue, limits } = deps;
   const viewOptions = viewOptionsFromConfig(limits); // the worker price and output retention the views show
   const readFleetCached = cachedFleet(deps.fleet ?? ((now) => readFleet(blobs, now)), ctx.clock, {
+    ...(deps.fleetCacheMs !== undefined ? { ttlMs: deps.fleetCacheMs } : {}),
     onFailure: (error) => ctx.log({ level: 'warn', msg: 'worker presence not read; queued views and estimates say nothing of the fleet', error: String(error) }),
   });
   /** The fleet as a queued view and an estimate show it (ADR 0040); null where it does not read: a hint is not worth a failed answer. */
@@ -941,7 +942,7 @@ export function registerGenerationRoutes(
         c.set('jobId', jobId);
         await markQueuedJob(owner, jobId, webhook !== undefined, { placeTaken: true });
         job = await jobs.create(
-          newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId'), requestId: c.get('requestId') }),
+          newJobRecord({ id: jobId, owner, spec, now, idempotencyKey: idempotencyKey ?? null, bodyHash, contentFlags, ...(webhook ? { webhook } : {}), ...(request.metadata ? { metadata: request.metadata } : {}), apiKeyId: c.get('apiKeyId'), requestId: c.get('requestId'), ...(limits.maxSteps !== undefined ? { maxSteps: limits.maxSteps } : {}) }),
         );
       } catch (error) {
         // The create may have landed before the error (a timeout): such a job is refused (failed

@@ -424,6 +424,8 @@ export function newJobRecord(args: {
   metadata?: Record<string, string>;
   apiKeyId?: string;
   requestId?: string;
+  /** The deployment's cap on steps per image (`clipag serve --steps`), which the worker runs under: progress.total counts it from the start. */
+  maxSteps?: number;
 }): JobRecord {
   return JobRecord.parse({
     id: args.id,
@@ -431,7 +433,8 @@ export function newJobRecord(args: {
     status: 'queued',
     version: 1,
     spec: args.spec,
-    progress: { step: 0, total: args.spec.steps * args.spec.n }, // the worker counts steps over all n images
+    // The worker counts steps over all n images, under the deployment's cap: the total it will show, from the first view.
+    progress: { step: 0, total: Math.min(args.spec.steps, args.maxSteps ?? Infinity) * args.spec.n },
     created_at: (args.now ?? new Date()).toISOString(),
     started_at: null,
     finished_at: null,

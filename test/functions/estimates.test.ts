@@ -236,6 +236,9 @@ describe('POST /v1/estimates', () => {
     const capped = createApp({ ...h.deps, limits: { ...LIMITS, maxSteps: 3 } });
     const body = (await (await capped.request('/v1/estimates', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 100, n: 4 }) })).json()) as any;
     expect(body).toMatchObject({ steps: 12, worker_seconds: { median: 4 + 6 } });
+    // A generation made there counts the same steps from its first view (review-docs F5: it said 400 until it ran).
+    const made = (await (await capped.request('/v1/generations', { method: 'POST', headers: auth(), body: JSON.stringify({ prompt: 'apple', steps: 100, n: 4 }) })).json()) as any;
+    expect([made.status, made.progress, made.request.steps]).toEqual(['queued', { step: 0, total: 12, attempt: 0 }, 100]);
   });
 
   it('is validated like a generation: 400 for a bad body or unknown model, 415 without JSON, 401 without a key', async () => {

@@ -67,6 +67,17 @@ describe('queue state of a queued generation', () => {
     });
   });
 
+  it('with fleetCacheMs (clipag serve: 1 s), a worker that turned busy shows at the next second, not after 15 s of "a worker is free" (review-docs F4)', async () => {
+    const { LOCAL_FLEET_CACHE_MS } = await import('../../cli/serve.ts');
+    let now = T0;
+    await presence('w', 'ready', T0 - 1_000);
+    const { post } = app(() => now, { fleetCacheMs: LOCAL_FLEET_CACHE_MS });
+    expect(((await (await post('/v1/generations', { prompt: 'a red circle' })).json()) as { queue: { workers_busy: number } }).queue.workers_busy).toBe(0);
+    await presence('w', 'busy', T0);
+    now += 1_100;
+    expect(((await (await post('/v1/generations', { prompt: 'a blue square' })).json()) as { queue: { workers_busy: number; note: string } }).queue).toMatchObject({ workers_busy: 1, note: expect.stringMatching(/^the one worker is running other generations/) });
+  });
+
   it('notes for a busy fleet with none starting, and for one that is only starting', async () => {
     const { fleetNote } = await import('../../shared/worker-presence.ts');
     expect(fleetNote({ workers_ready: 2, workers_busy: 2, workers_starting: 0 })).toBe(

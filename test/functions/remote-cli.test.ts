@@ -233,6 +233,10 @@ describe.concurrent('clipag remote: retries', () => {
     expect(res.code).toBe(1);
     expect(r.seen).toHaveLength(1);
     expect(res.stderr).toMatch(/^clipag remote: POST \/t\/invalid\/v1\/generations: 400 validation_error: must be a multiple of 32 \(param width\) \[request_id req_validation_error\]$/);
+    // With --json the refusal is on stdout too, as the API said it (review-docs F3: stdout was empty).
+    const json = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'invalid.png'), '--json']);
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout)).toEqual({ error: { status: 400, code: 'validation_error', message: 'must be a multiple of 32', param: 'width', request_id: 'req_validation_error' } });
   });
 
   it('a 401: exit 1, saying to check the key and where it came from, never the key', async () => {
