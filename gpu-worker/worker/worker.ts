@@ -601,6 +601,8 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
     extra: { stepsDone?: number; error?: { code: string; message: string }; workerSeconds?: number; secondsPerImage?: number } = {},
     /** The code the failure had before the job's table mapped it (a `config_error` the job shows as internal_error). */
     attemptCode?: string,
+    /** The job's place among its owner's active jobs stays taken: its usage is not in the ledger yet (see jobEnded). */
+    placeKept = false,
   ) => {
     // `error_code` at the top level: the failures-by-code metric (cdk/lib/queue-alarms.ts) takes its
     // dimension from it. The codes are the worker's and the engine's own (not only those a failed job
@@ -611,16 +613,19 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       machineFailures = 0;
       runFailureJobs.clear();
     }
-    if (outcome === 'succeeded' || outcome === 'failed' || outcome === 'canceled') jobEnded(msg);
+    if (outcome === 'succeeded' || outcome === 'failed' || outcome === 'canceled') jobEnded(msg, placeKept);
     emit({ type: 'job_finished', jobId: msg.job_id, outcome, ...extra });
   };
 
   /**
    * A job ended here: its place among its owner's active jobs is free (ADR 0016; best effort, the
    * queued-job sweep removes a marker left behind), and its completion webhook goes out (ADR 0013).
+   * With `placeKept` (its usage write failed; the message comes back to record it) the place stays
+   * taken until the ledger has the run: a spend limit's check reads the ledger, and ADR 0033 bounds the
+   * overshoot by the jobs that hold places (review-races F2). The webhook goes out all the same.
    */
-  function jobEnded(msg: QueueMessage): void {
-    void clearPending(blobs, 'active', msg.owner, msg.job_id);
+  function jobEnded(msg: QueueMessage, placeKept = false): void {
+    if (!placeKept) void clearPending(blobs, 'active', msg.owner, msg.job_id);
     deps.webhooks?.notify(msg.owner, msg.job_id);
   }
 
@@ -969,8 +974,9 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         // it counts a job once, so telling it again is harmless. The ended job's marker and webhook
         // are seen to as well.
         if (!newerMessage && job.lease_message_id === m.messageId && usageOfRecord(job)) {
-          jobEnded(msg);
-          if (!job.usage_recorded_at && !(await settleUsage(m, msg, job, lease))) return finish(msg, 'skipped');
+          const settled = job.usage_recorded_at !== undefined || (await settleUsage(m, msg, job, lease));
+          jobEnded(msg, !settled);
+          if (!settled) return finish(msg, 'skipped');
         }
         await lease.release();
         await ack(m, `already_${job.status}`);
@@ -1324,7 +1330,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (ours && !(await settleUsage(m, msg, done, lease))) {
         await recordSample();
         await removeOrphans(done);
-        return finish(msg, allWithheld ? 'failed' : 'succeeded', ended);
+        return finish(msg, allWithheld ? 'failed' : 'succeeded', ended, undefined, true);
       }
       await lease.release();
       await ack(m, ours ? (allWithheld ? 'output_withheld' : 'succeeded') : `already_${done.status}`);

@@ -12,6 +12,8 @@ import { readRunSamples, runStartOf } from '../../shared/run-stats.ts';
 import { OWNER, listKeys, makeEnv, submit, waitFor } from './helpers.ts';
 import { finishedOf, outcome, patched, SqsReceiptRulesQueue, sleep, standInImage, start, stepping, stopWorkers } from './stand-ins.ts';
 import type { WorkerEvent } from '../../gpu-worker/worker/worker.ts';
+import { markPending } from '../../shared/pending.ts';
+import { pendingJobKey } from '../../shared/keys.ts';
 
 afterEach(stopWorkers);
 
@@ -143,6 +145,25 @@ describe('the usage ledger and the ack', () => {
     // The run's time still reached the estimates (the redelivery would not know it).
     expect(await readRunSamples(env.blobs, { model: rec.spec.model, width: rec.spec.width, height: rec.spec.height, start: runStartOf(rec.spec.init) })).toHaveLength(1);
     await waitFor('the queue empty', async () => (await env.queue.depth()) === 0);
+  });
+
+  it('the job keeps its place among the owner\'s active jobs until its usage is in the ledger (a spend limit reads the ledger; review-races F2)', async () => {
+    const env = await makeEnv();
+    const job = await submit(env, {});
+    await markPending(env.blobs, 'active', OWNER, job.id); // what the POST writes (ADR 0016)
+    let failing = true;
+    const { store } = failingWrites(env.blobs, `usage/${OWNER}/`, () => new RetryableError('injected: S3 503 SlowDown'), () => failing);
+    const w = start({ queue: env.queue, jobs: env.jobs, blobs: store }, stepping(2, 1, undefined, [standInImage(0)]), { retryDelaySec: 1 });
+    await waitFor('the usage write given back', () => ofType(w.events, 'released')[0]);
+    await waitFor('the run reported ended', () => finishedOf(w.events));
+    expect((await env.jobs.get(OWNER, job.id))!.status).toBe('succeeded');
+    await sleep(200); // a place freed at the end would be gone by now (the clear is not awaited)
+    expect(await listKeys(env.blobs, pendingJobKey('active', OWNER, job.id))).toHaveLength(1);
+    // The redelivery records the usage: the place is freed then.
+    failing = false;
+    await waitFor('the redelivery acked', () => ofType(w.events, 'acked')[0], 15_000);
+    await waitFor('the place freed', async () => (await listKeys(env.blobs, pendingJobKey('active', OWNER, job.id))).length === 0);
+    expect(await readUsage(env.blobs, OWNER, (await env.jobs.get(OWNER, job.id))!.finished_at!.slice(0, 7))).toEqual([expect.objectContaining({ generations: 1 })]);
   });
 
   it('a message back after its ack failed, once the ledger has counted 500 other jobs of the owner, adds nothing: the record says its usage is recorded', async () => {
