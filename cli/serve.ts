@@ -151,7 +151,7 @@ export async function serve(
   // every error (a 405, an unknown path, a failure under /blobs) is the ErrorEnvelope.
   // Estimates count the steps the worker will run.
   // The fleet read each second (ADR 0040): a local folder, and one worker whose state changes by the job.
-  const app = createApp({ ...deps, fleetCacheMs: LOCAL_FLEET_CACHE_MS, ...(opts.maxSteps === undefined ? {} : { limits: { ...deps.limits, maxSteps: opts.maxSteps } }) });
+  const app = createApp({ ...deps, fleetCacheMs: LOCAL_FLEET_CACHE_MS, fleetScales: false, ...(opts.maxSteps === undefined ? {} : { limits: { ...deps.limits, maxSteps: opts.maxSteps } }) });
   mountLocalBlobRoutes(app, blobs, signingSecret);
   // The port first: a second `clipag serve` on a busy port fails before its worker takes a job.
   const server = await startApiServer(app, local.port, local.host).catch(async (error: NodeJS.ErrnoException) => {

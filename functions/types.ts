@@ -86,6 +86,8 @@ export interface AppDeps {
    * the next request, not after 15 s of "a worker is free".
    */
   fleetCacheMs?: number;
+  /** Whether more workers are started while generations wait (AWS: yes, the default); the queue's note says so only then. */
+  fleetScales?: boolean;
   /** Defaults to `() => new Date()`. */
   clock?: () => Date;
   /** Defaults to `jsonLineLog`: one JSON line per entry, `info` on stdout, warnings and errors on stderr. */

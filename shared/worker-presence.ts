@@ -161,13 +161,16 @@ export async function removeStalePresence(blobs: BlobStore, now: Date, olderThan
 }
 
 /** What a caller whose generation waits is told of the fleet, in words. */
-export function fleetNote(fleet: FleetView): string {
+export function fleetNote(fleet: FleetView, options: { scales?: boolean } = {}): string {
+  // A fleet that does not scale (clipag serve: its one worker, in its own process) is told as it is.
+  const scales = options.scales ?? true;
   const free = fleet.workers_ready - fleet.workers_busy;
   if (free > 0) return `${free === 1 ? 'a worker is' : `${free} workers are`} free: the generation starts within seconds`;
   if (fleet.workers_ready > 0) {
     const all = fleet.workers_ready === 1 ? 'the one worker is' : `all ${fleet.workers_ready} workers are`;
-    return `${all} running other generations: this one starts when one is free${fleet.workers_starting > 0 ? `, or when the ${fleet.workers_starting === 1 ? 'worker' : `${fleet.workers_starting} workers`} starting now ${fleet.workers_starting === 1 ? 'is' : 'are'} ready` : ' (while generations wait, more workers are started up to the deployment\'s maximum, which takes a few minutes)'}`;
+    return `${all} running other generations: this one starts when one is free${fleet.workers_starting > 0 ? `, or when the ${fleet.workers_starting === 1 ? 'worker' : `${fleet.workers_starting} workers`} starting now ${fleet.workers_starting === 1 ? 'is' : 'are'} ready` : scales ? ' (while generations wait, more workers are started up to the deployment\'s maximum, which takes a few minutes)' : ''}`;
   }
   if (fleet.workers_starting > 0) return `${fleet.workers_starting === 1 ? 'a worker is' : `${fleet.workers_starting} workers are`} starting (loading the model): the generation starts in a minute or two`;
+  if (!scales) return "no worker is running: this server's worker has stopped or is unhealthy (its log says why); the generation starts when one runs again";
   return 'no worker is running: one is started when generations wait, which takes a few minutes (a machine boots and loads the model); the generation starts then';
 }

@@ -307,7 +307,7 @@ export function registerGenerationRoutes(
     onFailure: (error) => ctx.log({ level: 'warn', msg: 'worker presence not read; queued views and estimates say nothing of the fleet', error: String(error) }),
   });
   /** The fleet as a queued view and an estimate show it (ADR 0040); null where it does not read: a hint is not worth a failed answer. */
-  const queueState = () => readFleetCached().then((f) => ({ ...f, note: fleetNote(f) }), () => null);
+  const queueState = () => readFleetCached().then((f) => ({ ...f, note: fleetNote(f, { scales: deps.fleetScales ?? true }) }), () => null);
   /** A queued generation's view says whether a worker is there to take it. */
   const withQueue = async (job: JobRecord, shown: Promise<z.output<typeof GenerationView>>): Promise<z.output<typeof GenerationView>> => {
     if (job.status !== 'queued') return shown;

@@ -85,6 +85,9 @@ describe('queue state of a queued generation', () => {
     );
     expect(fleetNote({ workers_ready: 0, workers_busy: 0, workers_starting: 2 })).toBe('2 workers are starting (loading the model): the generation starts in a minute or two');
     expect(fleetNote({ workers_ready: 3, workers_busy: 1, workers_starting: 0 })).toBe('2 workers are free: the generation starts within seconds');
+    // clipag serve's one worker: nothing is started for the queue, and none running means it stopped.
+    expect(fleetNote({ workers_ready: 1, workers_busy: 1, workers_starting: 0 }, { scales: false })).toBe('the one worker is running other generations: this one starts when one is free');
+    expect(fleetNote({ workers_ready: 0, workers_busy: 0, workers_starting: 0 }, { scales: false })).toBe("no worker is running: this server's worker has stopped or is unhealthy (its log says why); the generation starts when one runs again");
   });
 
   it('a generation that runs or has ended has no queue', async () => {
