@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import { basename, isAbsolute, relative, resolve } from 'node:path';
+import { basename, extname, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkInitImage } from '../shared/init-image.ts';
@@ -774,6 +774,11 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
       // Each file is written as soon as it is downloaded: a later failure keeps the images already here (and says which).
       const bytes = await s.client.download(o.url, { deadline: s.deadline });
       checkDownloadedImage(o, bytes);
+      // `get -o out.png` of a generation that asked for JPEG: the file is what the API made, said once
+      // (generate said it before the request, from --format and -o).
+      const kind = o.content_type === 'image/jpeg' ? 'JPEG' : 'PNG';
+      const ext = extname(path).toLowerCase();
+      if (s.body === undefined && written.size === 0 && ext !== '' && (kind === 'JPEG' ? ext !== '.jpg' && ext !== '.jpeg' : ext !== '.png')) io.err(`clipag remote: note: ${path} is a ${kind} whatever its extension (${extname(path)}): the generation's images are ${kind}s`);
       try {
         writeWhole(path, bytes);
       } catch (e) {

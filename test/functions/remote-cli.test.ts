@@ -314,9 +314,9 @@ describe.concurrent('clipag remote: retries', () => {
     const jpeg = encode({ width: 8, height: 8, data: new Uint8Array(256).fill(90) }, 90).data;
     let serve: 'jpeg' | 'png' = 'jpeg';
     const r = route('jpeg-out', (req) => {
-      if (req.path === '/v1/generations') {
+      if (req.path === '/v1/generations' || req.path === `/v1/generations/${id}`) {
         const g = succeeded(`${base}/t/jpeg-out`, id);
-        return { status: 202, json: { ...g, outputs: g.outputs.map((o) => ({ ...o, content_type: 'image/jpeg' })) } };
+        return { status: req.method === 'POST' ? 202 : 200, json: { ...g, outputs: g.outputs.map((o) => ({ ...o, content_type: 'image/jpeg' })) } };
       }
       if (req.path === '/img/0.png') return serve === 'jpeg' ? { status: 200, body: jpeg, headers: { 'content-type': 'image/jpeg' } } : png();
       return { status: 404, body: '' };
@@ -333,6 +333,12 @@ describe.concurrent('clipag remote: retries', () => {
     expect((await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'by-ext.jpg')])).code).toBe(0);
     const second = JSON.parse(r.seen.filter((x) => x.path === '/v1/generations')[before]!.body);
     expect([second.output_format, 'output_quality' in second]).toEqual(['jpeg', false]);
+    // get -o with a .png name: the JPEG is written, and the extension noted.
+    const got = join(dir, 'got.png');
+    const get = await cli(['get', id, '--url', r.url, '--key', KEY, '-o', got]);
+    expect(get.code, get.stderr).toBe(0);
+    expect(readFileSync(got).equals(Buffer.from(jpeg))).toBe(true);
+    expect(get.stderr).toContain(`clipag remote: note: ${got} is a JPEG whatever its extension (.png): the generation's images are JPEGs`);
     // Bytes that are not what the view says: never written as the image.
     serve = 'png';
     const wrong = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'wrong.jpg')]);
