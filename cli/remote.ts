@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import { basename, extname, isAbsolute, relative, resolve } from 'node:path';
+import { basename, dirname, extname, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkInitImage } from '../shared/init-image.ts';
@@ -15,6 +15,7 @@ import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, OUTPUT_FORMAT_USAGE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, outputFormatArgs, shellWord, sizeShape, writeWhole } from './common.ts';
 import { isJpeg } from '../shared/jpeg.ts';
+import { localServerPorts } from '../shared/adapters/local/servers.ts';
 import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text.ts';
 // Re-exported: the tests and remote-batch.ts take them from here.
 export { INTERRUPTED_EXIT_CODE, WITHHELD_EXIT_CODE, invocation, shellWord };
@@ -194,6 +195,10 @@ export const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
  * a proxy's or a store's error page with a 200 is not an image, and is never written as one.
  */
 export function checkDownloadedImage(o: { index: number; content_type?: string }, bytes: Uint8Array): void {
+  // A format a newer API adds: not this version's to check, and not taken for a PNG.
+  if (o.content_type !== undefined && o.content_type !== 'image/png' && o.content_type !== 'image/jpeg') {
+    throw new ApiError(`GET image ${o.index}`, 200, 'unknown_image_type', `the image is ${JSON.stringify(o.content_type.slice(0, 60))}, which this clipag does not know: a newer clipag downloads it (or fetch outputs[].url yourself)`);
+  }
   const jpeg = o.content_type === 'image/jpeg';
   const ok = jpeg ? isJpeg(bytes) : PNG_SIGNATURE.every((b, i) => bytes[i] === b);
   if (!ok) throw new ApiError(`GET image ${o.index}`, 200, jpeg ? 'not_jpeg' : 'not_png', `the signed URL answered ${bytes.length} bytes that are not a ${jpeg ? 'JPEG' : 'PNG'}`);
@@ -302,7 +307,22 @@ function connection(values: { url?: string; key?: string }, env: RemoteIo['env']
   else {
     keySource = keyFile;
     // Only for a server on this machine: a local key is no business of a remote deployment.
-    if (isLoopbackUrl(parsed)) key = readKeyFile(keyFile);
+    if (isLoopbackUrl(parsed)) {
+      key = readKeyFile(keyFile);
+      // And only to a port a `clipag serve` of this data folder listens on (its record says): on a shared
+      // machine another user's listener on a loopback port (the default 8787 while no server runs) would
+      // be sent the key (review-tenancy F2).
+      const dataDir = dirname(keyFile);
+      const served = localServerPorts(dataDir);
+      const port = Number(parsed.port || (parsed.protocol === 'https:' ? 443 : 80));
+      if (key && !served.unknown && !served.ports.has(port)) {
+        const running = [...served.ports].sort((a, b) => a - b);
+        throw new UsageError(
+          `no clipag serve of ${dataDir} listens on port ${port} (${urlSource} ${shownUrl(parsed.href)}), so its key (${keyFile}) is not sent there: ${running.length ? `it runs on port ${running.join(', ')}; give that --url` : 'start one (npm start), or give the key with --key'}`,
+          { brief: true },
+        );
+      }
+    }
   }
   if (!key) {
     // Configuration, not the command line's shape: the message and a pointer to --help, not the whole usage.
@@ -662,6 +682,7 @@ async function cancel(argv: string[], io: RemoteIo): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof ApiError && e.code === 'job_terminal') {
+      if (s.json) io.out(JSON.stringify(apiErrorJson(e)));
       io.err(`clipag remote: nothing to cancel: ${e.detail}`);
       return 1;
     }
@@ -755,6 +776,11 @@ export function noImagesMessage(g: Generation): string {
   const seeds = gone.length > 0 ? `; their seeds make them again: ${gone.map((o) => `image ${o.index} seed ${o.seed}`).join(', ')}` : '';
   const why = g.deleted_at ? ` (deleted at ${g.deleted_at})` : expired ? ` (its images expired at ${g.outputs_expire_at}${seeds})` : '';
   return `generation ${g.id} has no images to download${why}`;
+}
+
+/** A refusal as --json prints it on stdout: the API's envelope, with the HTTP status. */
+function apiErrorJson(e: ApiError): { error: { status: number; code: string; message: string; param: string | null; request_id: string | null } } {
+  return { error: { status: e.status, code: e.code, message: e.detail, param: e.param, request_id: e.requestId } };
 }
 
 /** The generation has ended: its images downloaded (to `paths`, by index), it reported, the exit status chosen. */
@@ -918,7 +944,7 @@ async function stopped(s: Session, e: unknown): Promise<number> {
   if (e instanceof ApiError) {
     // With --json, a refusal is on stdout too, as the API said it (and as generate --json says its own):
     // a pipeline reads the code there, not from stderr. The generation, where there is one, with it.
-    if (s.json) io.out(JSON.stringify({ error: { status: e.status, code: e.code, message: e.detail, param: e.param, request_id: e.requestId }, ...(progress.last ? { generation: progress.last } : {}) }));
+    if (s.json) io.out(JSON.stringify({ ...apiErrorJson(e), ...(progress.last ? { generation: progress.last } : {}) }));
     const rid = e.requestId ? ` [request_id ${e.requestId}]` : '';
     const trouble = connectionTrouble(s.conn, e);
     if (trouble !== undefined) {
@@ -936,7 +962,11 @@ async function stopped(s: Session, e: unknown): Promise<number> {
       io.err(`clipag remote: ${e.message}; ${why}`);
       return 1;
     }
-    io.err(`clipag remote: ${e.message}${(goesOn && progress.last) || over || mayExist ? `; ${resume}` : ''}`);
+    // A JPEG asked of an API from before output_format (ADR 0041; -o FILE.jpg alone asks for one): its
+    // strict body check names the key, not the reason.
+    const olderApi = e.status === 400 && s.body?.output_format !== undefined && /output_(format|quality)/.test(`${e.param ?? ''} ${e.detail}`) && /unrecognized|unknown/i.test(e.detail);
+    const hint = olderApi ? '; this API is from before JPEG outputs: ask for a PNG (--format png, or -o FILE.png)' : '';
+    io.err(`clipag remote: ${e.message}${hint}${(goesOn && progress.last) || over || mayExist ? `; ${resume}` : ''}`);
     return 1;
   }
   if (e instanceof GaveUp) {

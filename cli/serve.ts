@@ -160,6 +160,8 @@ export async function serve(
     if (HOST_ERRORS.has(error.code ?? '')) throw hostError(local.host, error.code!);
     throw error;
   });
+  // The port in this server's record: clipag remote sends this folder's key only to a port a live record names.
+  await servers.listening(local.port);
   // What the bucket's lifecycle rule does in AWS: a presence document a killed `clipag serve` left is
   // removed a day after its last write (the API stopped counting it after 3 minutes). Best effort.
   await removeStalePresence(blobs, new Date()).catch((error: Error) => log({ level: 'warn', msg: 'stale worker presence not removed', error: error.message }));

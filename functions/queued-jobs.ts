@@ -10,6 +10,7 @@ import { encodeQueueMessage } from '../shared/schemas/queue.ts';
 import type { ViewOptions } from '../shared/views.ts';
 import type { RetentionPass } from './local-retention.ts';
 import type { AppLogEntry } from './types.ts';
+import { usageOfRecord } from '../shared/usage.ts';
 
 /**
  * A job queued this long and never started may have lost its message (a process that died between
@@ -263,6 +264,23 @@ export interface SweepReport {
 }
 
 /**
+ * How long an ended run's place is kept while its usage is not in the ledger (the worker gave the
+ * message back to record it: 30 s, then 60 s; its retry delays are at most 15 min). Past it the place
+ * goes whatever the ledger says: the last delivery gives up on the ledger (clipag usage rebuild).
+ */
+export const USAGE_AWAIT_MS = 60 * 60_000;
+
+/**
+ * Whether an ended job's active place is kept for its usage (review-diff15 F4): it made a run the
+ * ledger counts, the ledger has not got it (the record is stamped when it has), and it ended within
+ * USAGE_AWAIT_MS. Its worker frees the place once the usage is written (ADR 0033's addendum); the sweep
+ * freeing it earlier would let a POST take it while the spend check does not count the run.
+ */
+export function usageAwaited(job: JobRecord, now: Date): boolean {
+  return job.usage_recorded_at === undefined && job.finished_at !== null && usageOfRecord(job) !== null && now.getTime() - Date.parse(job.finished_at) < USAGE_AWAIT_MS;
+}
+
+/**
  * The queued-job sweep: walks the `pending/` markers and makes sure every job still queued and never
  * started has a message. Without it a job whose message was lost stays `queued` for ever unless its
  * caller happens to retry with the same Idempotency-Key. It also retries the completion webhooks
@@ -398,7 +416,8 @@ async function sweepOne(deps: SweepDeps, marker: BlobMeta, report: SweepReport, 
         );
         job = expired;
       }
-      if (isTerminal(job.status)) await clear();
+      if (isTerminal(job.status) && !usageAwaited(job, deps.clock())) await clear();
+      else if (isTerminal(job.status)) report.kept++;
       else {
         report.kept++;
         // Its webhook marker is skipped unread, unless its started event (ADR 0036) is due.

@@ -1221,10 +1221,11 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
       }
       // A cancel the API took while the run went on, which the throttled progress write had not seen
-      // yet (up to an interval and a step late): honoured as if it had stopped the run. Only a cancel
-      // that comes once the images are being stored is too late (the caller was answered "stops"; the
-      // compute is spent either way, the result is not theirs to be billed for).
-      if (before && before.cancel_requested && !isTerminal(before.status)) {
+      // yet (up to an interval and a step late), or a cancel_after deadline that passed in that time:
+      // honoured as if it had stopped the run. Only one that comes once the images are being stored is
+      // too late (the caller was answered "stops"; the compute is spent either way, the result is not
+      // theirs to be billed for).
+      if (before && cancelDue(before) && !isTerminal(before.status)) {
         const rec = await markCanceled(msg, m, attempt, { step: Math.min(last.step, total), total });
         await lease.release();
         if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });

@@ -207,7 +207,7 @@ const generationFields = {
     .max(MAX_CANCEL_AFTER_SEC, CANCEL_AFTER_RULE)
     .optional()
     .openapi({
-      description: `Seconds (1–${MAX_CANCEL_AFTER_SEC}) from the generation's created_at: if it has not ended by then, it ends canceled, with error.code deadline_exceeded, and nothing is billed (as any canceled generation). A queued one is ended by the worker that receives it or by the deployment's sweep (within about 2 minutes of the deadline in AWS, 1 minute locally, with no worker running); a running one stops within a step. One that has done its last step when the deadline passes (its images being stored) ends succeeded, as after a late cancel. Without it a generation waits as long as the queue keeps it`,
+      description: `Seconds (1–${MAX_CANCEL_AFTER_SEC}) from the generation's created_at: if it has not ended by then, it ends canceled, with error.code deadline_exceeded, and nothing is billed (as any canceled generation). A queued one is ended by the worker that receives it or by the deployment's sweep (within about 2 minutes of the deadline in AWS, 1 minute locally, with no worker running); a running one stops within a step. One whose images are being stored when the deadline passes ends succeeded, as after a late cancel. Without it a generation waits as long as the queue keeps it`,
       example: 60,
     }),
   // The webhook events asked for (ADR 0036). Stored only when given, as model_version: a spec without

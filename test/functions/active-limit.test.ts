@@ -108,8 +108,8 @@ describe('active generations per owner', () => {
     const app = limited();
     const a = (await (await post(app, { prompt: 'a' })).json()) as { id: string };
     const b = (await (await post(app, { prompt: 'b' })).json()) as { id: string };
-    // The worker finished `a` but crashed before removing its marker.
-    await h.jobs.update('acct_alice', a.id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString() }));
+    // The worker finished `a` and recorded its usage, but crashed before removing its marker.
+    await h.jobs.update('acct_alice', a.id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), usage_recorded_at: new Date().toISOString() }));
     expect((await post(app, { prompt: 'c' })).status).toBe(429);
     const report = await sweepQueuedJobs({ blobs: h.blobs, jobs: h.jobs, queue: h.queue, clock: () => new Date(), webhooks: { send: async () => 200, signedUrlTtlSec: 60 } });
     expect(report).toMatchObject({ cleared: 1, kept: 1, errors: 0 });

@@ -3,7 +3,7 @@
 import { markPending } from '../../shared/pending.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, type SweepDeps } from '../../functions/queued-jobs.ts';
+import { ORPHAN_MARKER_AFTER_MS, RESEND_AFTER_MS, startQueuedJobSweeps, sweepQueuedJobs, USAGE_AWAIT_MS, type SweepDeps } from '../../functions/queued-jobs.ts';
 import { jobOutputsPrefix, PENDING_JOBS_PREFIX, pendingJobKey } from '../../shared/keys.ts';
 import type { JobQueue } from '../../shared/ports.ts';
 import { httpWebhookSender } from '../../shared/webhooks.ts';
@@ -120,7 +120,8 @@ describe('queued-job sweep', () => {
     for (const id of ids) await markPending(h.blobs, 'msg', 'acct_alice', id);
     const [running, succeeded, canceled, waiting] = ids as [string, string, string, string];
     await h.jobs.update('acct_alice', running, (cur) => ({ ...cur, status: 'running', attempts: 1 }));
-    await h.jobs.update('acct_alice', succeeded, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString() }));
+    // Its worker recorded its usage (the record says so): its place is the sweep's to free.
+    await h.jobs.update('acct_alice', succeeded, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), usage_recorded_at: new Date().toISOString() }));
     expect((await h.request(`/v1/generations/${canceled}/cancel`, { method: 'POST' })).status).toBe(200);
     offsetMs = RESEND_AFTER_MS / 2; // waiting, but not for long
     const report = await sweepQueuedJobs(sweepDeps());
@@ -183,6 +184,31 @@ describe('queued-job sweep', () => {
     expect(sent).toEqual(['generation.failed', 'generation.failed']);
     for (const id of [live, resent]) expect((await h.jobs.get('acct_alice', id))!.status).not.toBe('failed');
     expect((await h.blobs.list(`${PENDING_JOBS_PREFIX}active/`)).items.map((i) => i.key).sort()).toEqual([live, resent].map((id) => pendingJobKey('active', 'acct_alice', id)).sort());
+  });
+
+  it("an ended run's place is kept while its usage is not in the ledger (its worker frees it once written), for at most USAGE_AWAIT_MS (review-diff15 F4)", async () => {
+    const res = await h.request('/v1/generations', { json: { prompt: 'apple' } });
+    const { id } = (await res.json()) as { id: string };
+    await drain();
+    const finished = clock().toISOString();
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, started_at: finished, finished_at: finished, outputs: [{ key: `${jobOutputsPrefix('acct_alice', id)}0.png`, width: 64, height: 64 }], usage: { encoder_passes: 7, worker_seconds: 2 } }));
+    const active = async () => (await h.blobs.list(`${PENDING_JOBS_PREFIX}active/`)).items.map((i) => i.key);
+    expect(await active()).toEqual([pendingJobKey('active', 'acct_alice', id)]);
+    await sweepQueuedJobs(sweepDeps());
+    expect(await active()).toEqual([pendingJobKey('active', 'acct_alice', id)]);
+    // The ledger has it (the record says so): the place goes.
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, usage_recorded_at: clock().toISOString() }));
+    await sweepQueuedJobs(sweepDeps());
+    expect(await active()).toEqual([]);
+    // Never written (the last delivery gave up on the ledger, its own clear failed): freed after USAGE_AWAIT_MS.
+    await markPending(h.blobs, 'active', 'acct_alice', id);
+    await h.jobs.update('acct_alice', id, (cur) => { const { usage_recorded_at: _r, ...rest } = cur; return rest; });
+    offsetMs = USAGE_AWAIT_MS - 60_000;
+    await sweepQueuedJobs(sweepDeps());
+    expect(await active()).toHaveLength(1);
+    offsetMs = USAGE_AWAIT_MS + 60_000;
+    await sweepQueuedJobs(sweepDeps());
+    expect(await active()).toEqual([]);
   });
 
   it('an expired job keeps none of the images an attempt of it stored; a live job\'s stay', async () => {
@@ -328,7 +354,7 @@ describe('a DELETE that dies between its record and its images (crash review, 20
     const { id } = (await (await h.request('/v1/generations', { json: { prompt: 'apple' } })).json()) as { id: string };
     const keys = ['0.png', 'frames/0/0000_64x64.png'].map((k) => `${jobOutputsPrefix('acct_alice', id)}${k}`);
     for (const key of keys) await h.blobs.put(key, new Uint8Array([1, 2, 3]), { contentType: 'image/png' });
-    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), outputs: [{ key: keys[0]!, width: 64, height: 64 }] }));
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, status: 'succeeded', attempts: 1, finished_at: new Date().toISOString(), usage_recorded_at: new Date().toISOString(), outputs: [{ key: keys[0]!, width: 64, height: 64 }] }));
     // The process dies once the record says deleted: every removal of its images fails from then on.
     const dying = new Proxy(h.blobs, {
       get(target, prop) {

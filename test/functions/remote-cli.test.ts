@@ -14,7 +14,7 @@ import type { Generation } from '../../cli/api-client.ts';
 import { ClipagClient, GaveUp, retryAfterMs, WaitPastDeadline } from '../../cli/api-client.ts';
 import { REPO_ROOT } from '../../cli/common.ts';
 import { main } from '../../cli/main.ts';
-import { generateCommand, invocation, outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
+import { checkDownloadedImage, generateCommand, invocation, outputPath, remote, shellWord, type RemoteIo } from '../../cli/remote.ts';
 import { parseArgs as nodeParseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
 import { parseCliArgs } from '../../cli/common.ts';
@@ -23,6 +23,7 @@ import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { UploadView } from '../../functions/schemas.ts';
 import { GenerationView } from '../../shared/schemas/view.ts';
+import { hostId } from '../../shared/adapters/local/lock.ts';
 import { unprivilegedBox, unprivilegedUnavailable } from '../helpers/unprivileged.ts';
 import { EstimateView } from '../../functions/schemas.ts';
 
@@ -345,6 +346,14 @@ describe.concurrent('clipag remote: retries', () => {
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toMatch(/the signed URL answered \d+ bytes that are not a JPEG/);
     expect(existsSync(join(dir, 'wrong.jpg'))).toBe(false);
+    // A type a newer API adds is not taken for a PNG.
+    expect(() => checkDownloadedImage({ index: 0, content_type: 'image/webp' }, new Uint8Array(PNG))).toThrow(/the image is "image\/webp", which this clipag does not know: a newer clipag downloads it/);
+    expect(() => checkDownloadedImage({ index: 0 }, new Uint8Array(PNG))).not.toThrow(); // an API from before content_type: PNG
+    // An API from before output_format refuses the key: said so, with what to do.
+    const older = route('jpeg-older-api', () => envelope(400, 'validation_error', 'Unrecognized key: "output_format"', null));
+    const old = await cli(['generate', 'a red circle', '--url', older.url, '--key', KEY, '-o', join(dir, 'older.jpg')]);
+    expect(old.code).toBe(1);
+    expect(old.stderr).toMatch(/400 validation_error: Unrecognized key: "output_format".*; this API is from before JPEG outputs: ask for a PNG \(--format png, or -o FILE\.png\)$/);
     const asked = r.seen.length;
     await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--quality', '70', '-o', join(dir, 'q.png')])).rejects.toThrow(/--quality applies only to JPEG/);
     await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--format', 'webp'])).rejects.toThrow(/--format must be png or jpeg, got "webp"/);
@@ -424,6 +433,9 @@ describe.concurrent('clipag remote: retries', () => {
     expect(r.seen[0]).toMatchObject({ method: 'POST', path: `/v1/generations/${id}/cancel` });
     const terminal = await cli(['cancel', id, '--url', r.url, '--key', KEY]);
     expect([terminal.code, terminal.stderr]).toEqual([1, `clipag remote: nothing to cancel: generation ${id} already succeeded`]);
+    // --json: the refusal on stdout too (review-diff15 F1).
+    const json = await cli(['cancel', id, '--url', r.url, '--key', KEY, '--json']);
+    expect([json.code, JSON.parse(json.stdout)]).toEqual([1, { error: { status: 409, code: 'job_terminal', message: `generation ${id} already succeeded`, param: null, request_id: 'req_job_terminal' } }]);
   });
 
   it('Retry-After as seconds or as an HTTP date (an IMF-fixdate); a decimal rounded up; anything else unreadable', () => {
@@ -778,8 +790,10 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
 
   it('the local key file goes only to a loopback address (127.0.0.0/8, localhost, [::1]): never to a name that starts with "127."', async () => {
     const data = join(dir, 'loop-key');
-    mkdirSync(data, { recursive: true });
+    mkdirSync(join(data, 'servers'), { recursive: true });
     writeFileSync(join(data, 'local-api-key'), 'ck_local_key\n');
+    // A clipag serve of this folder on port 8787, as its record says (this process stands in for it).
+    writeFileSync(join(data, 'servers', 'a.json'), JSON.stringify({ pid: process.pid, host: hostId(), port: 8787 }));
     const id = newJobId();
     const seen: string[] = [];
     const fetch = fakeFetch(view(id, 'running'), seen);
@@ -793,6 +807,30 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
       expect(res.stderr).not.toContain('warning');
     }
     expect(seen.map((s) => s.split(' ').slice(1).join(' '))).toEqual(Array(3).fill('Bearer ck_local_key'));
+  });
+
+  it('the local key file goes only to a port a live clipag serve of its folder listens on (its record says): another listener on a loopback port gets nothing (review-tenancy F2)', async () => {
+    const data = join(dir, 'port-key');
+    mkdirSync(join(data, 'servers'), { recursive: true });
+    writeFileSync(join(data, 'local-api-key'), 'ck_local_key\n');
+    const id = newJobId();
+    const seen: string[] = [];
+    const fetch = fakeFetch(view(id, 'running'), seen);
+    const get = (url: string) => cli(['get', id, '--url', url, '--timeout', '0'], { CLIPAG_DATA_DIR: data }, { fetch });
+    // No server of this folder runs: the default port is someone else's listener, or nothing.
+    await expect(get('http://127.0.0.1:8787')).rejects.toThrow(`no clipag serve of ${data} listens on port 8787 (--url http://127.0.0.1:8787/), so its key (${join(data, 'local-api-key')}) is not sent there: start one (npm start), or give the key with --key`);
+    // One runs on 8790 (a live pid); a record of a process that has ended counts for nothing.
+    writeFileSync(join(data, 'servers', 'live.json'), JSON.stringify({ pid: process.pid, host: hostId(), port: 8790 }));
+    writeFileSync(join(data, 'servers', 'gone.json'), JSON.stringify({ pid: 2 ** 22 + 12345, host: hostId(), port: 8787 }));
+    await expect(get('http://localhost:8787')).rejects.toThrow(/listens on port 8787 .*: it runs on port 8790; give that --url$/);
+    expect(seen).toEqual([]);
+    expect((await get('http://localhost:8790')).code).toBe(124);
+    // --key is the caller's own choice: sent wherever --url says.
+    expect((await cli(['get', id, '--url', 'http://127.0.0.1:8787', '--key', 'ck_given', '--timeout', '0'], { CLIPAG_DATA_DIR: data }, { fetch })).code).toBe(124);
+    // A live server whose record names no port (a version from before ports were recorded): any port, as before.
+    writeFileSync(join(data, 'servers', 'old.json'), JSON.stringify({ pid: process.pid, host: hostId() }));
+    expect((await get('http://127.0.0.1:8787')).code).toBe(124);
+    expect(seen.map((line) => line.split(' ').slice(1).join(' '))).toEqual(['Bearer ck_local_key', 'Bearer ck_given', 'Bearer ck_local_key']);
   });
 
   it('a key over plain http to another machine: a warning on stderr; none for https', async () => {

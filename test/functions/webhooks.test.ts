@@ -97,7 +97,8 @@ async function finish(id: string, status: 'succeeded' | 'failed' | 'canceled' = 
     status,
     attempts: 1,
     finished_at: clock().toISOString(),
-    ...(status === 'succeeded' ? { outputs: [{ key, width: 224, height: 224 }] } : {}),
+    // As a worker ends it: a succeeded run's usage recorded (the sweep then frees its place, ADR 0033).
+    ...(status === 'succeeded' ? { outputs: [{ key, width: 224, height: 224 }], usage_recorded_at: clock().toISOString() } : {}),
     ...(status === 'failed' ? { error: { code: 'runtime_failed', message: 'boom' } } : {}),
   }));
 }

@@ -113,6 +113,23 @@ describe('cancel_after at the worker', () => {
     await waitFor('the ack', async () => (await env.queue.depth()) === 0);
   });
 
+  it('a deadline that passes after the last step but before the images are stored still ends it canceled, nothing stored or billed (review-diff15 F3)', async () => {
+    const env = await makeEnv();
+    const clock = movableClock();
+    const job = await submitAt(env, new Date(clock.now()), { cancel_after: 60 });
+    let finish!: () => void;
+    const gate = new Promise<void>((r) => (finish = r));
+    // A run past its last step (it no longer looks at the abort): the deadline passes, then it returns its image.
+    const w = start(env, { run: async () => (await gate, outcome(6, false, [standInImage(0)])) }, clock);
+    await waitFor('started', () => w.events.some((e) => e.type === 'job_started'));
+    clock.offsetMs = 61_000;
+    await sleep(100);
+    finish();
+    const done = await waitForStatus(env, job.id, ['canceled', 'succeeded', 'failed']);
+    expect([done.status, done.error?.code, done.outputs, done.usage]).toEqual(['canceled', 'deadline_exceeded', [], { encoder_passes: 0, worker_seconds: 0 }]);
+    expect(await listKeys(env.blobs, `outputs/${OWNER}/${job.id}/`)).toEqual([]);
+  });
+
   it('an engine that reports no step is stopped by the timer at the deadline', async () => {
     const env = await makeEnv();
     const clock = movableClock();

@@ -3,6 +3,7 @@
 // between its create and its send is not one a stopped server left unsent).
 import { randomBytes } from 'node:crypto';
 import type { Stats } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostId, processIsGone } from './lock.ts';
@@ -34,6 +35,12 @@ export interface ServerRecord {
   othersLive(): Promise<boolean>;
   /** Removes this server's record. Idempotent. */
   remove(): Promise<void>;
+  /**
+   * Writes the port this server listens on into its record: `clipag remote` sends the folder's API key
+   * only to a loopback port a live record names (on a shared machine, another user's listener on a
+   * loopback port would otherwise be sent the key). Best effort, as the record is.
+   */
+  listening(port: number): Promise<void>;
 }
 
 /**
@@ -53,15 +60,17 @@ export async function registerServer(
   const dir = join(dataDir, 'servers');
   const name = `${process.pid}-${randomBytes(4).toString('hex')}.json`;
   const path = join(dir, name);
+  let port: number | undefined;
+  const recordText = () => JSON.stringify({ pid: process.pid, host: hostId(), ...(port !== undefined ? { port } : {}) });
   const writeRecord = async () => {
     await mkdirPrivate(dir);
-    await writeFile(path, JSON.stringify({ pid: process.pid, host: hostId() }), { flag: 'wx', mode: PRIVATE_FILE_MODE });
+    await writeFile(path, recordText(), { flag: 'wx', mode: PRIVATE_FILE_MODE });
   };
   try {
     await writeRecord();
   } catch (error) {
     warn('could not record this server in its data folder; jobs a stopped server left unsent wait for the queued-job sweep', error as Error);
-    return { othersLive: async () => true, remove: async () => undefined };
+    return { othersLive: async () => true, remove: async () => undefined, listening: async () => undefined };
   }
   ownRecords.add(path);
   // The folders whose loss takes the keys, records and images with it, as they are now (after the
@@ -127,6 +136,11 @@ export async function registerServer(
       }
       return live;
     },
+    async listening(listeningOn: number) {
+      port = listeningOn;
+      if (stopped) return;
+      await writeFile(path, recordText(), { mode: PRIVATE_FILE_MODE }).catch((error: Error) => warn('could not write this server\'s port into its record; clipag remote will not send this folder\'s key to it', error));
+    },
     async remove() {
       stopped = true;
       clearInterval(refresh);
@@ -136,6 +150,43 @@ export async function registerServer(
       await rm(path, { force: true }).catch(() => undefined);
     },
   };
+}
+
+/**
+ * The loopback ports the live `clipag serve` processes of `dataDir` listen on, from their records
+ * (synchronous: the CLI reads it while it parses its arguments). `unknown` when a live server's record
+ * names no port (a server from before ports were recorded, or one whose port write failed): its port
+ * cannot be told, so the caller cannot refuse one.
+ */
+export function localServerPorts(dataDir: string): { ports: Set<number>; unknown: boolean } {
+  const dir = join(dataDir, 'servers');
+  const ports = new Set<number>();
+  let unknown = false;
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return { ports, unknown };
+  }
+  for (const name of names) {
+    if (!name.endsWith('.json')) continue;
+    let record: { pid?: unknown; host?: unknown; port?: unknown };
+    let mtimeMs: number;
+    try {
+      mtimeMs = statSync(join(dir, name)).mtimeMs;
+      record = JSON.parse(readFileSync(join(dir, name), 'utf8')) as typeof record;
+    } catch {
+      continue; // removed meanwhile, or written halfway: no port to trust
+    }
+    const pid = Number.isSafeInteger(record.pid) && (record.pid as number) > 0 ? (record.pid as number) : undefined;
+    const host = typeof record.host === 'string' ? record.host : undefined;
+    // As othersLive judges a record: a process on this host by its pid, one of another host by its touches.
+    const live = pid !== undefined && host === hostId() ? !processIsGone(pid, host) : Date.now() - mtimeMs < SERVER_STALE_MS;
+    if (!live) continue;
+    if (Number.isSafeInteger(record.port) && (record.port as number) > 0) ports.add(record.port as number);
+    else unknown = true;
+  }
+  return { ports, unknown };
 }
 
 /**
