@@ -1181,6 +1181,15 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       if (runError !== undefined) throw runError;
       if (!outcome) throw new Error('synthesizer returned nothing');
       const last = progress.latest ?? { step: outcome.stepsDone, total };
+      /** Ends the job canceled once its run has returned (a cancel or a deadline): recorded, acked, what it stored settled. */
+      const endCanceledAfterRun = async (stepsDone: number) => {
+        const rec = await markCanceled(msg, m, attempt, { step: Math.min(last.step, total), total });
+        await lease.release();
+        if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone });
+        await ack(m, 'canceled');
+        await removeOrphans(rec);
+        return finish(msg, 'canceled', { stepsDone });
+      };
 
       if (outcome.aborted) {
         if (reason === 'lease_lost') {
@@ -1190,12 +1199,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
         }
         const fresh = reason === 'cancel' ? undefined : await jobs.get(msg.owner, msg.job_id);
         if (reason === 'cancel' || (fresh && cancelDue(fresh) && !isTerminal(fresh.status))) {
-          const rec = await markCanceled(msg, m, attempt, { step: Math.min(last.step, total), total });
-          await lease.release();
-          if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
-          await ack(m, 'canceled');
-          await removeOrphans(rec);
-          return finish(msg, 'canceled', { stepsDone: outcome.stepsDone });
+          return await endCanceledAfterRun(outcome.stepsDone);
         }
         // Drain: the next worker redoes the job from the start (the seed makes it the same image).
         const rec = await markQueued(msg, attempt);
@@ -1226,12 +1230,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       // too late (the caller was answered "stops"; the compute is spent either way, the result is not
       // theirs to be billed for).
       if (before && cancelDue(before) && !isTerminal(before.status)) {
-        const rec = await markCanceled(msg, m, attempt, { step: Math.min(last.step, total), total });
-        await lease.release();
-        if (superseded(rec, attempt)) return finish(msg, 'lease_lost', { stepsDone: outcome.stepsDone });
-        await ack(m, 'canceled');
-        await removeOrphans(rec);
-        return finish(msg, 'canceled', { stepsDone: outcome.stepsDone });
+        return await endCanceledAfterRun(outcome.stepsDone);
       }
 
       // Outputs first, then the record: a record never points at a missing object.
