@@ -233,21 +233,27 @@ export function numberArg(value: string | undefined, name: string, def: number |
 export const OUTPUT_FORMAT_USAGE = `  --format F          png | jpeg (default: jpeg when -o ends in .jpg or .jpeg, else png)
   --quality Q         JPEG quality, ${MIN_OUTPUT_QUALITY}-${MAX_OUTPUT_QUALITY} (default ${DEFAULT_JPEG_QUALITY}); only with JPEG`;
 
+/** The image format a file name's extension says (.png; .jpg or .jpeg), if any. */
+export function formatOfFileName(path: string): OutputFormat | undefined {
+  const ext = extname(path).toLowerCase();
+  return ext === '.jpg' || ext === '.jpeg' ? 'jpeg' : ext === '.png' ? 'png' : undefined;
+}
+
 /**
  * --format and --quality (ADR 0041): the format named, else the one -o's extension says (.jpg or
  * .jpeg: JPEG; none given: PNG). A quality without JPEG is a usage error (it would be ignored), and an
  * -o whose extension says another format than the one written is a warning. `out` is -o as given.
  */
 export function outputFormatArgs(format: string | undefined, quality: string | undefined, out: string | undefined): { format: OutputFormat; quality?: number; defaultOut: string; warning?: string } {
-  const ext = out === undefined ? '' : extname(out).toLowerCase();
-  const fromExt: OutputFormat | undefined = ext === '.jpg' || ext === '.jpeg' ? 'jpeg' : ext === '.png' ? 'png' : undefined;
+  const ext = out === undefined ? '' : extname(out);
+  const fromExt = out === undefined ? undefined : formatOfFileName(out);
   let chosen: OutputFormat;
   if (format === undefined) chosen = fromExt ?? 'png';
   else if (format === 'png' || format === 'jpeg' || format === 'jpg') chosen = format === 'jpg' ? 'jpeg' : format;
   else throw new UsageError(`--format must be png or jpeg, got "${format.slice(0, 40)}"`);
   if (quality !== undefined && chosen !== 'jpeg') throw new UsageError('--quality applies only to JPEG (--format jpeg, or -o FILE.jpg): a PNG is lossless');
   const q = quality === undefined ? undefined : intArg(quality, 'quality', DEFAULT_JPEG_QUALITY, MIN_OUTPUT_QUALITY, MAX_OUTPUT_QUALITY);
-  const warning = out !== undefined && ext !== '' && fromExt !== chosen ? `-o ${out}: the image is written as a ${chosen === 'jpeg' ? 'JPEG' : 'PNG'} whatever the file's extension (${extname(out)})` : undefined;
+  const warning = out !== undefined && ext !== '' && fromExt !== chosen ? `-o ${out}: the image is written as a ${chosen === 'jpeg' ? 'JPEG' : 'PNG'} whatever the file's extension (${ext})` : undefined;
   return { format: chosen, ...(q !== undefined ? { quality: q } : {}), defaultOut: `out.${outputFileOf(chosen).extension}`, ...(warning ? { warning } : {}) };
 }
 

@@ -13,7 +13,7 @@ import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkInitImage } from '../shared/init-image.ts';
 import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isInitUrl, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
-import { INTERRUPTED_EXIT_CODE, OUTPUT_FORMAT_USAGE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, invocation, outputFile, outputFormatArgs, shellWord, sizeShape, writeWhole } from './common.ts';
+import { INTERRUPTED_EXIT_CODE, OUTPUT_FORMAT_USAGE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, formatOfFileName, invocation, outputFile, outputFormatArgs, shellWord, sizeShape, writeWhole } from './common.ts';
 import { isJpeg } from '../shared/jpeg.ts';
 import { localServerPorts } from '../shared/adapters/local/servers.ts';
 import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text.ts';
@@ -802,9 +802,9 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
       checkDownloadedImage(o, bytes);
       // `get -o out.png` of a generation that asked for JPEG: the file is what the API made, said once
       // (generate said it before the request, from --format and -o).
-      const kind = o.content_type === 'image/jpeg' ? 'JPEG' : 'PNG';
-      const ext = extname(path).toLowerCase();
-      if (s.body === undefined && written.size === 0 && ext !== '' && (kind === 'JPEG' ? ext !== '.jpg' && ext !== '.jpeg' : ext !== '.png')) io.err(`clipag remote: note: ${path} is a ${kind} whatever its extension (${extname(path)}): the generation's images are ${kind}s`);
+      const jpeg = o.content_type === 'image/jpeg';
+      const kind = jpeg ? 'JPEG' : 'PNG';
+      if (s.body === undefined && written.size === 0 && extname(path) !== '' && formatOfFileName(path) !== (jpeg ? 'jpeg' : 'png')) io.err(`clipag remote: note: ${path} is a ${kind} whatever its extension (${extname(path)}): the generation's images are ${kind}s`);
       try {
         writeWhole(path, bytes);
       } catch (e) {
