@@ -120,14 +120,8 @@ export async function registerServer(
         }
         const [text, info] = await Promise.all([readFile(otherPath, 'utf8').catch(() => null), stat(otherPath).catch(() => null)]);
         if (text === null || !info) continue; // removed meanwhile: that server has stopped
-        let holder: { pid?: unknown; host?: unknown } = {};
-        try {
-          holder = JSON.parse(text) as typeof holder;
-        } catch {
-          // Written halfway: judged by its age below.
-        }
-        const pid = Number.isSafeInteger(holder.pid) && (holder.pid as number) > 0 ? (holder.pid as number) : undefined;
-        const host = typeof holder.host === 'string' ? holder.host : undefined;
+        // Written halfway: no fields, judged by its age below.
+        const { pid, host } = recordFields(text);
         // This pid on this host is this process, and not the record's server (its records are in ownRecords).
         const ended = pid !== undefined && host !== undefined && (processIsGone(pid, host) || (host === hostId() && pid === process.pid));
         const untouchedMs = Date.now() - info.mtimeMs;
@@ -152,6 +146,20 @@ export async function registerServer(
   };
 }
 
+/** A server record's fields, each only when it is valid; none from a record written halfway. */
+function recordFields(text: string): { pid?: number; host?: string; port?: number } {
+  let record: { pid?: unknown; host?: unknown; port?: unknown } = {};
+  try {
+    record = JSON.parse(text) as typeof record;
+  } catch {
+    return {};
+  }
+  const positive = (v: unknown) => (Number.isSafeInteger(v) && (v as number) > 0 ? (v as number) : undefined);
+  const pid = positive(record.pid);
+  const port = positive(record.port);
+  return { ...(pid !== undefined ? { pid } : {}), ...(typeof record.host === 'string' ? { host: record.host } : {}), ...(port !== undefined ? { port } : {}) };
+}
+
 /**
  * The loopback ports the live `clipag serve` processes of `dataDir` listen on, from their records
  * (synchronous: the CLI reads it while it parses its arguments). `unknown` when a live server's record
@@ -170,21 +178,21 @@ export function localServerPorts(dataDir: string): { ports: Set<number>; unknown
   }
   for (const name of names) {
     if (!name.endsWith('.json')) continue;
-    let record: { pid?: unknown; host?: unknown; port?: unknown };
+    let text: string;
     let mtimeMs: number;
     try {
       mtimeMs = statSync(join(dir, name)).mtimeMs;
-      record = JSON.parse(readFileSync(join(dir, name), 'utf8')) as typeof record;
+      text = readFileSync(join(dir, name), 'utf8');
     } catch {
-      continue; // removed meanwhile, or written halfway: no port to trust
+      continue; // removed meanwhile
     }
-    const pid = Number.isSafeInteger(record.pid) && (record.pid as number) > 0 ? (record.pid as number) : undefined;
-    const host = typeof record.host === 'string' ? record.host : undefined;
+    const { pid, host, port } = recordFields(text);
+    if (pid === undefined) continue; // written halfway: no port to trust
     // As othersLive judges a record: a process on this host by its pid, one of another host by its touches.
-    const live = pid !== undefined && host === hostId() ? !processIsGone(pid, host) : Date.now() - mtimeMs < SERVER_STALE_MS;
+    const live = host === hostId() ? !processIsGone(pid, host) : Date.now() - mtimeMs < SERVER_STALE_MS;
     if (!live) continue;
-    if (Number.isSafeInteger(record.port) && (record.port as number) > 0) ports.add(record.port as number);
-    else unknown = true;
+    if (port !== undefined) ports.add(port);
+    else unknown = true; // a server from before ports were recorded
   }
   return { ports, unknown };
 }
