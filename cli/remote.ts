@@ -11,7 +11,7 @@ import { basename, dirname, extname, isAbsolute, relative, resolve } from 'node:
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkInitImage } from '../shared/init-image.ts';
-import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isInitUrl, isWellFormedText } from '../shared/schemas/generation.ts';
+import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isInitToStore, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, OUTPUT_FORMAT_USAGE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, formatOfFileName, invocation, outputFile, outputFormatArgs, shellWord, sizeShape, writeWhole } from './common.ts';
 import { isJpeg } from '../shared/jpeg.ts';
@@ -59,6 +59,7 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
                       digits (a generation's model_version, printed with it, makes it again)
   --init KIND         gmm | noise | upload:ID | PATH of a PNG or JPEG (uploaded first; its upload:ID
                       is printed) | an https URL of one (the API fetches it and stores it as an upload)
+                      | a data:image/png;base64,… URI (the API decodes it and stores it as an upload)
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
   --cancel-after SEC  the API ends it canceled, billed nothing, if it has not ended SEC seconds after it
                       was made (1-86400; cancel_after, ADR 0034)
@@ -569,12 +570,12 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
     body.model_version = modelVersion;
   }
   const init = values.init;
-  // A URL is the API's to fetch (ADR 0038): sent as given, never read as a path.
-  const initUrl = init !== undefined && isInitUrl(init);
-  const initFile = init !== undefined && init !== 'gmm' && init !== 'noise' && !init.startsWith('upload:') && !initUrl ? init : undefined;
+  // A URL is the API's to fetch (ADR 0038), a data: URI its to decode (ADR 0042): sent as given, never read as a path.
+  const initToStore = init !== undefined && isInitToStore(init);
+  const initFile = init !== undefined && init !== 'gmm' && init !== 'noise' && !init.startsWith('upload:') && !initToStore ? init : undefined;
   if (init !== undefined && initFile === undefined) body.init = init;
   if (values.strength !== undefined) {
-    if (initFile === undefined && !init?.startsWith('upload:') && !initUrl) throw new UsageError('--strength needs an init image (--init PATH.png, upload:ID or an https URL); gmm and noise starts have nothing to keep');
+    if (initFile === undefined && !init?.startsWith('upload:') && !initToStore) throw new UsageError('--strength needs an init image (--init PATH.png, upload:ID, an https URL or a data: URI); gmm and noise starts have nothing to keep');
     const strength = decimalNumber(values.strength);
     if (!(strength >= 0 && strength <= 1)) throw new UsageError(`--strength must be a number in [0, 1], got "${values.strength}"`);
     body.strength = strength;

@@ -31,3 +31,37 @@ function jpegCheck(bytes: Uint8Array, opts: { maxPixels?: number }): InitImageCh
   const r = readJpegStructure(bytes, opts);
   return r.ok ? { ok: true, contentType: 'image/jpeg' } : { ok: false, reason: r.reason };
 }
+
+/** The media types a data: URI may declare; the bytes' own signature decides which it is. */
+const DATA_URI_IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/jpg', 'image/pjpeg']);
+/** Standard or URL-safe base64, padded or not (a length of 4k + 1 is never base64). */
+const BASE64_BODY = /^[A-Za-z0-9+/\-_]*={0,2}$/;
+
+export type InitDataUri = { ok: true; bytes: Uint8Array } | { ok: false; reason: string };
+
+/**
+ * The bytes of `data:image/png;base64,…` (or image/jpeg), or the reason they cannot be had: another
+ * media type, no `;base64`, characters outside base64, or more than `maxBytes` decoded. Whether the
+ * bytes are an image the worker can read is checkInitImage's to say. Nothing of the URI's data is
+ * quoted back (it may be 60 KB of base64).
+ */
+export function decodeInitDataUri(raw: string, maxBytes: number): InitDataUri {
+  const comma = raw.indexOf(',');
+  if (comma < 0) return { ok: false, reason: 'a data: URI needs a comma before its data (data:image/png;base64,…)' };
+  const params = raw.slice('data:'.length, comma).split(';').map((p) => p.trim().toLowerCase());
+  const mediaType = params[0] ?? '';
+  if (!DATA_URI_IMAGE_TYPES.has(mediaType)) {
+    const said = mediaType === '' ? 'no media type (which means text/plain)' : `media type "${mediaType.slice(0, 60)}"`;
+    return { ok: false, reason: `a data: URI with ${said}; an init image is data:image/png;base64,… or data:image/jpeg;base64,…` };
+  }
+  if (params[params.length - 1] !== 'base64') return { ok: false, reason: `a data: URI's image must be base64 (data:${mediaType};base64,…)` };
+  // Whitespace is allowed inside (RFC 2045 wraps base64 lines), and dropped.
+  const body = raw.slice(comma + 1).replace(/[\t\n\r ]+/g, '');
+  if (body === '') return { ok: false, reason: 'the data: URI has no data after its comma' };
+  if (!BASE64_BODY.test(body) || body.replace(/=+$/, '').length % 4 === 1) {
+    return { ok: false, reason: 'the data: URI\'s data is not base64 (A-Z, a-z, 0-9, "+" and "/", or "-" and "_", then at most two "=")' };
+  }
+  const decodedBytes = Math.floor((body.replace(/=+$/, '').length * 3) / 4);
+  if (decodedBytes > maxBytes) return { ok: false, reason: `the data: URI's image is ${decodedBytes} bytes, over the ${maxBytes}-byte limit of an upload` };
+  return { ok: true, bytes: new Uint8Array(Buffer.from(body, 'base64')) };
+}

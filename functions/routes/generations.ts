@@ -2,12 +2,12 @@ import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, GoneError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, SpendLimitReachedError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newId, newJobId } from '../../shared/ids.ts';
-import { checkInitImage } from '../../shared/init-image.ts';
+import { checkInitImage, decodeInitDataUri, type InitImageType } from '../../shared/init-image.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import { outputFormatOfKey } from '../../shared/output-format.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
 import { defaultPromptPolicy, refusalMessage } from '../../shared/prompt-policy.ts';
-import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, isInitUrl, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest, storedOutputFormat } from '../../shared/schemas/generation.ts';
+import { DEFAULT_SIDE, defaultSideFor, GenerationRequest, isInitDataUri, isInitToStore, isInitUrl, type GenerationSpec, isModelVersion, modelVersionMismatch, type ParsedGenerationRequest, storedOutputFormat } from '../../shared/schemas/generation.ts';
 import { canceledRecord, isTerminal, newJobRecord, pastCancelDeadline } from '../../shared/schemas/job.ts';
 import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
@@ -480,20 +480,34 @@ export function registerGenerationRoutes(
       throw new ValidationError(modelVersionMismatch(model, info.content_hash, spec.model_version), 'model_version');
     }
     if (spec.init.startsWith('upload:')) await checkUpload(owner, spec.init.slice('upload:'.length));
-    // A URL's form and address now; the image itself only once the generation is to be made (initFromUrl).
+    // A URL's form and address now; the image itself only once the generation is to be made (initStored).
     else if (isInitUrl(spec.init)) checkOutboundUrl(spec.init, webhookPolicy, 'init');
+    // An inline image is here already: checked whole now, as an upload is, so an estimate says too.
+    else if (isInitDataUri(spec.init)) await initDataImage(spec.init);
     return spec;
   }
 
+  /** A data: URI init's image, checked as an upload is (ADR 0042); a 400 on `init` saying why not. */
+  async function initDataImage(raw: string): Promise<{ bytes: Uint8Array; contentType: InitImageType }> {
+    const decoded = decodeInitDataUri(raw, limits.maxUploadBytes);
+    if (!decoded.ok) throw new ValidationError(`init: ${decoded.reason}`, 'init');
+    const check = await checkInitImage(decoded.bytes);
+    if (!check.ok) throw new ValidationError(`init: the data: URI's image cannot be an init image (a PNG or a JPEG): ${check.reason}`, 'init');
+    return { bytes: decoded.bytes, contentType: check.contentType };
+  }
+
   /**
-   * The spec with its URL init fetched and stored as an upload of the owner's (ADR 0038), counted among
-   * the account's uploads. Run once per generation made: a replay answers with its job and fetches nothing.
+   * The spec with its URL init fetched (ADR 0038), or its data: URI decoded (ADR 0042), and stored as
+   * an upload of the owner's, counted among the account's uploads. Run once per generation made: a
+   * replay answers with its job and fetches nothing.
    */
-  async function initFromUrl(c: Context<AppEnv>, owner: string, spec: GenerationSpec): Promise<GenerationSpec> {
-    if (!isInitUrl(spec.init)) return spec;
+  async function initStored(c: Context<AppEnv>, owner: string, spec: GenerationSpec): Promise<GenerationSpec> {
+    if (!isInitToStore(spec.init)) return spec;
     // An account this instance already refused (until its Retry-After) is not fetched for.
     ctx.uploadGate?.refuseIfKnownOver(c);
-    const image = await fetchInitImage(spec.init, { policy: webhookPolicy, maxBytes: limits.maxUploadBytes, ...(deps.initFetchResolve ? { resolve: deps.initFetchResolve } : {}) });
+    const image = isInitDataUri(spec.init)
+      ? await initDataImage(spec.init)
+      : await fetchInitImage(spec.init, { policy: webhookPolicy, maxBytes: limits.maxUploadBytes, ...(deps.initFetchResolve ? { resolve: deps.initFetchResolve } : {}) });
     // Counted once there is an image to store (it is kept for days, as an upload: ADR 0026); a URL that
     // gives none spends nothing, as a refused upload body does not.
     const rateLimitFields = ctx.uploadGate ? await ctx.uploadGate.check(c) : null;
@@ -923,7 +937,7 @@ export function registerGenerationRoutes(
         jobId = claim.jobId;
       }
       try {
-        spec = await initFromUrl(c, owner, spec);
+        spec = await initStored(c, owner, spec);
       } catch (error) {
         // Nothing was made: the place goes back and the key is free for a retry (a fixed URL, say).
         await givePlaceBack(owner, jobId);
@@ -953,7 +967,7 @@ export function registerGenerationRoutes(
         if (idempotencyKey !== undefined) await ctx.ledger.release({ owner, key: idempotencyKey, jobId });
         // An image this request fetched from a URL goes with it, unless the create landed after all:
         // that job names it, and a retry with the same key re-queues it. Best effort.
-        if (isInitUrl(request.init) && spec.init.startsWith('upload:') && (await jobs.get(owner, jobId).catch(() => undefined)) === null) {
+        if (isInitToStore(request.init) && spec.init.startsWith('upload:') && (await jobs.get(owner, jobId).catch(() => undefined)) === null) {
           await blobs.delete(uploadKey(owner, spec.init.slice('upload:'.length))).catch(() => undefined);
         }
         throw error;

@@ -103,6 +103,11 @@ export const INIT_URL_PATTERN = /^https?:\/\//i;
 /** Whether a request's `init` names an image by URL (ADR 0038): the API fetches it, the CLI sends it as given. */
 export const isInitUrl = (init: string): boolean => INIT_URL_PATTERN.test(init);
 export const INIT_URL_MAX_CHARS = 2000;
+/** An init image given inline, as an RFC 2397 `data:` URI of a PNG or a JPEG in base64 (ADR 0042): decoded by the API, stored as an upload. */
+export const INIT_DATA_URI_PATTERN = /^data:/i;
+export const isInitDataUri = (init: string): boolean => INIT_DATA_URI_PATTERN.test(init);
+/** Whether the API turns a request's init into an upload of the caller's (a URL it fetches, a data: URI it decodes). */
+export const isInitToStore = (init: string): boolean => isInitUrl(init) || isInitDataUri(init);
 
 /**
  * A request's init: what a stored spec takes, or an http(s) URL of a PNG or a JPEG, which the API
@@ -110,17 +115,18 @@ export const INIT_URL_MAX_CHARS = 2000;
  */
 export const RequestInitSpec = z
   .string()
-  .refine((v) => v === 'gmm' || v === 'noise' || UPLOAD_INIT.test(v) || (INIT_URL_PATTERN.test(v) && v.length <= INIT_URL_MAX_CHARS && isWellFormedText(v)), {
-    message: `init must be "gmm", "noise", "upload:<id>" or the https URL of a PNG or a JPEG (at most ${INIT_URL_MAX_CHARS} characters)`,
+  .refine((v) => v === 'gmm' || v === 'noise' || UPLOAD_INIT.test(v) || (INIT_URL_PATTERN.test(v) && v.length <= INIT_URL_MAX_CHARS && isWellFormedText(v)) || INIT_DATA_URI_PATTERN.test(v), {
+    message: `init must be "gmm", "noise", "upload:<id>", the https URL of a PNG or a JPEG (at most ${INIT_URL_MAX_CHARS} characters), or such an image as a data: URI (data:image/png;base64,…)`,
   })
   .openapi({
     example: 'gmm',
     anyOf: [
       { type: 'string', pattern: `^(gmm|noise|upload:${RESOURCE_ID_PATTERN.source.slice(1, -1)})$` },
       { type: 'string', format: 'uri', pattern: '^[hH][tT][tT][pP][sS]?://', maxLength: INIT_URL_MAX_CHARS },
+      { type: 'string', pattern: '^[dD][aA][tT][aA]:' },
     ],
     description:
-      '"gmm" (class-conditional Gaussian prior), "noise", "upload:<id>" (a PNG or a JPEG of at most 16 777 216 pixels, from POST /v1/uploads; when the generation is requested a PNG is checked whole, as the worker would decode it, and the segments of a JPEG are: kind, size, scans, cut short), or the URL of such an image: the API fetches it once, when the generation is made (within 10 s, at most 3 redirects, no larger than an upload may be; in AWS only https on port 443 of a public address, as webhook_url), checks it as an upload, and stores it as one: the generation\'s request then shows init "upload:<id>", which DELETE /v1/uploads/{id} removes. The URL itself is not kept. An estimate checks the URL as far as it can without fetching it: its form, scheme and port, and an address written as a number (a name is not looked up)',
+      '"gmm" (class-conditional Gaussian prior), "noise", "upload:<id>" (a PNG or a JPEG of at most 16 777 216 pixels, from POST /v1/uploads; when the generation is requested a PNG is checked whole, as the worker would decode it, and the segments of a JPEG are: kind, size, scans, cut short), or the URL of such an image: the API fetches it once, when the generation is made (within 10 s, at most 3 redirects, no larger than an upload may be; in AWS only https on port 443 of a public address, as webhook_url), checks it as an upload, and stores it as one: the generation\'s request then shows init "upload:<id>", which DELETE /v1/uploads/{id} removes. The URL itself is not kept. An estimate checks the URL as far as it can without fetching it: its form, scheme and port, and an address written as a number (a name is not looked up). Or the image itself, as a data: URI (data:image/png;base64,… or data:image/jpeg;base64,…; standard or URL-safe base64): decoded, checked as an upload and stored as one in the same way, within the request body\'s size limit (64 KiB unless the deployment sets another), so for small images; an estimate checks it whole',
   } as object);
 
 export const ModelName = z.string().regex(MODEL_NAME_PATTERN);
@@ -303,9 +309,9 @@ function checkRequestOnly(
     // Accepting it would silently ignore it: a PNG is lossless.
     ctx.addIssue({ code: 'custom', path: ['output_quality'], message: 'output_quality applies only to output_format "jpeg" (a PNG is lossless)' });
   }
-  if (req.strength !== undefined && !req.init.startsWith('upload:') && !isInitUrl(req.init)) {
+  if (req.strength !== undefined && !req.init.startsWith('upload:') && !isInitToStore(req.init)) {
     // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
-    ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength applies only to an init image ("upload:<id>" or a URL)' });
+    ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength applies only to an init image ("upload:<id>", a URL or a data: URI)' });
   }
 }
 
@@ -392,7 +398,7 @@ export const GenerationRequest = z
     oneOf: [{ required: ['prompt'] }, { required: ['prompts'] }],
     // The request's own bound on a weight (checkRequestOnly): not on WeightedPrompt, which stored specs share.
     allOf: [{ properties: { prompts: { items: { properties: { weight: { minimum: -MAX_PROMPT_WEIGHT, maximum: MAX_PROMPT_WEIGHT } } } } } }],
-    description: `Exactly one of prompt and prompts. Each prompts[].weight is at most ${MAX_PROMPT_WEIGHT} in magnitude (-${MAX_PROMPT_WEIGHT}…${MAX_PROMPT_WEIGHT}, not 0). Also checked, beyond what the schema says: every text (prompt, negative_prompt, prompts[].text, metadata values, webhook_url) must be well-formed Unicode (no lone UTF-16 surrogate); a prompt must not be empty once read as the model reads it (HTML entities, control characters and whitespace removed); with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts; strength only with an init image ("upload:<id>" or a URL); webhook_url https on port 443 (or a port the deployment allows) of a public address in AWS, never port 0`,
+    description: `Exactly one of prompt and prompts. Each prompts[].weight is at most ${MAX_PROMPT_WEIGHT} in magnitude (-${MAX_PROMPT_WEIGHT}…${MAX_PROMPT_WEIGHT}, not 0). Also checked, beyond what the schema says: every text (prompt, negative_prompt, prompts[].text, metadata values, webhook_url) must be well-formed Unicode (no lone UTF-16 surrogate); a prompt must not be empty once read as the model reads it (HTML entities, control characters and whitespace removed); with negative_prompt at most ${MAX_PROMPTS_WITH_NEGATIVE - 1} prompts; strength only with an init image ("upload:<id>", a URL or a data: URI); webhook_url https on port 443 (or a port the deployment allows) of a public address in AWS, never port 0`,
   });
 
 /**

@@ -199,14 +199,14 @@ describe('init by URL', () => {
     expect(hits).toEqual([]);
   });
 
-  it('is refused where the schema says so: a non-http scheme, and strength with no init image', async () => {
+  it('is refused where the schema says so: a non-http scheme (a data: URI is read as one: ADR 0042), and strength with no init image', async () => {
     const post = localApp();
     for (const init of ['ftp://example.com/a.png', 'data:image/png;base64,iVBORw0KGgo=', `${base}/cat.png`.replace('http', 'file')]) {
       const error = await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init }), 400, 'validation_error');
       expect(error.param).toBe('init');
     }
     const strength = await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', strength: 0.5 }), 400, 'validation_error');
-    expect([strength.param, strength.message]).toEqual(['strength', 'strength applies only to an init image ("upload:<id>" or a URL)']);
+    expect([strength.param, strength.message]).toEqual(['strength', 'strength applies only to an init image ("upload:<id>", a URL or a data: URI)']);
   });
 
   it("counts each image fetched among the account's uploads per hour; a URL that gives none spends nothing", async () => {

@@ -757,6 +757,18 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
     expect(JSON.parse(posted!.body)).toMatchObject({ prompt: 'a red circle', init, strength: 0.3 });
   });
 
+  it('--init data: URI is sent to the API as given (ADR 0042), never read as a path', async () => {
+    const id = newJobId();
+    const url = `${base}/t/init-data`;
+    const r = route('init-data', (req) => (req.path === '/v1/generations' ? { status: 200, json: succeeded(url, id) } : png()));
+    const init = `data:image/png;base64,${Buffer.from(PNG).toString('base64')}`;
+    const res = await cli(['generate', 'a red circle', '--init', init, '--strength', '0.3', '--url', r.url, '--key', KEY, '-o', join(dir, 'init-data.png')]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(r.seen.filter((s) => s.path === '/v1/uploads')).toEqual([]);
+    const posted = r.seen.find((s) => s.path === '/v1/generations' && s.method === 'POST');
+    expect(JSON.parse(posted!.body)).toMatchObject({ prompt: 'a red circle', init, strength: 0.3 });
+  });
+
   it('--init FILE whose POST answer is lost: the resume command has --init upload:ID, not the file, so running it uploads nothing and replays the job', async () => {
     const id = newJobId();
     const uploadId = newJobId();
