@@ -9,7 +9,7 @@ import { makeStagingFolder, syncFolder, syncPath } from '../gpu-worker/engine/io
 import { parsePolicyDocument, type PromptPolicy } from '../shared/prompt-policy.ts';
 import { closestName } from '../shared/did-you-mean.ts';
 import { parseConfig } from '../shared/config.ts';
-import { DEFAULT_JPEG_QUALITY, MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY, outputFile as outputFileOf, type OutputFormat } from '../shared/output-format.ts';
+import { DEFAULT_JPEG_QUALITY, isLossyOutputFormat, MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY, outputFile as outputFileOf, type OutputFormat } from '../shared/output-format.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -230,30 +230,33 @@ export function numberArg(value: string | undefined, name: string, def: number |
 }
 
 /** The help text of --format and --quality, generate's and remote generate's alike. */
-export const OUTPUT_FORMAT_USAGE = `  --format F          png | jpeg (default: jpeg when -o ends in .jpg or .jpeg, else png)
-  --quality Q         JPEG quality, ${MIN_OUTPUT_QUALITY}-${MAX_OUTPUT_QUALITY} (default ${DEFAULT_JPEG_QUALITY}); only with JPEG`;
+export const OUTPUT_FORMAT_USAGE = `  --format F          png | jpeg | webp (default: what -o's extension says, .jpg/.jpeg or .webp, else png)
+  --quality Q         JPEG or WebP quality, ${MIN_OUTPUT_QUALITY}-${MAX_OUTPUT_QUALITY} (default ${DEFAULT_JPEG_QUALITY}); only with JPEG or WebP`;
 
-/** The image format a file name's extension says (.png; .jpg or .jpeg), if any. */
+/** The image format a file name's extension says (.png; .jpg or .jpeg; .webp), if any. */
 export function formatOfFileName(path: string): OutputFormat | undefined {
   const ext = extname(path).toLowerCase();
-  return ext === '.jpg' || ext === '.jpeg' ? 'jpeg' : ext === '.png' ? 'png' : undefined;
+  return ext === '.jpg' || ext === '.jpeg' ? 'jpeg' : ext === '.png' ? 'png' : ext === '.webp' ? 'webp' : undefined;
 }
 
+/** A format's name in a sentence. */
+export const FORMAT_NAME: Record<OutputFormat, string> = { png: 'PNG', jpeg: 'JPEG', webp: 'WebP' };
+
 /**
- * --format and --quality (ADR 0041): the format named, else the one -o's extension says (.jpg or
- * .jpeg: JPEG; none given: PNG). A quality without JPEG is a usage error (it would be ignored), and an
- * -o whose extension says another format than the one written is a warning. `out` is -o as given.
+ * --format and --quality (ADR 0041, 0043): the format named, else the one -o's extension says (.jpg or
+ * .jpeg: JPEG; .webp: WebP; none given: PNG). A quality with PNG is a usage error (it would be ignored),
+ * and an -o whose extension says another format than the one written is a warning. `out` is -o as given.
  */
 export function outputFormatArgs(format: string | undefined, quality: string | undefined, out: string | undefined): { format: OutputFormat; quality?: number; defaultOut: string; warning?: string } {
   const ext = out === undefined ? '' : extname(out);
   const fromExt = out === undefined ? undefined : formatOfFileName(out);
   let chosen: OutputFormat;
   if (format === undefined) chosen = fromExt ?? 'png';
-  else if (format === 'png' || format === 'jpeg' || format === 'jpg') chosen = format === 'jpg' ? 'jpeg' : format;
-  else throw new UsageError(`--format must be png or jpeg, got "${format.slice(0, 40)}"`);
-  if (quality !== undefined && chosen !== 'jpeg') throw new UsageError('--quality applies only to JPEG (--format jpeg, or -o FILE.jpg): a PNG is lossless');
+  else if (format === 'png' || format === 'jpeg' || format === 'jpg' || format === 'webp') chosen = format === 'jpg' ? 'jpeg' : format;
+  else throw new UsageError(`--format must be png, jpeg or webp, got "${format.slice(0, 40)}"`);
+  if (quality !== undefined && !isLossyOutputFormat(chosen)) throw new UsageError('--quality applies only to JPEG or WebP (--format jpeg|webp, or -o FILE.jpg|FILE.webp): a PNG is lossless');
   const q = quality === undefined ? undefined : intArg(quality, 'quality', DEFAULT_JPEG_QUALITY, MIN_OUTPUT_QUALITY, MAX_OUTPUT_QUALITY);
-  const warning = out !== undefined && ext !== '' && fromExt !== chosen ? `-o ${out}: the image is written as a ${chosen === 'jpeg' ? 'JPEG' : 'PNG'} whatever the file's extension (${ext})` : undefined;
+  const warning = out !== undefined && ext !== '' && fromExt !== chosen ? `-o ${out}: the image is written as a ${FORMAT_NAME[chosen]} whatever the file's extension (${ext})` : undefined;
   return { format: chosen, ...(q !== undefined ? { quality: q } : {}), defaultOut: `out.${outputFileOf(chosen).extension}`, ...(warning ? { warning } : {}) };
 }
 

@@ -6,8 +6,8 @@ import { ClipEngine } from '../gpu-worker/engine/engine.ts';
 import { defaultPromptPolicy, refusalMessage } from '../shared/prompt-policy.ts';
 import { NEGATIVE_PROMPT_SHARE } from '../shared/schemas/generation.ts';
 import { EngineError, whereFrom } from '../gpu-worker/engine/errors.ts';
-import { decodeImage, DEFAULT_MAX_BYTES, encodeJpeg } from '../gpu-worker/engine/synth/image.ts';
-import { DEFAULT_JPEG_QUALITY } from '../shared/output-format.ts';
+import { decodeImage, DEFAULT_MAX_BYTES, encodeOutput } from '../gpu-worker/engine/synth/image.ts';
+import { defaultOutputQuality, isLossyOutputFormat } from '../shared/output-format.ts';
 import { type InitSpec, type SynthProgress, synthesize } from '../gpu-worker/engine/synth/synthesize.ts';
 import { LIMITS, type Recipe, STYLE_CONTENT_WEIGHT, STYLE_RECIPE } from '../gpu-worker/engine/synth/recipe.ts';
 import { quotedPrompt } from './remote.ts';
@@ -30,7 +30,7 @@ export const usage = `usage: clipag generate "PROMPT" [options]
   --style             style transfer (CLIPStyler-like): the init image is the content, the prompt the
                       style; starts from the image (strength 0), keeps its content, emphasizes patch views
   --views G,P         global and patch views per step (default: the model's recipe defaults, else 32,32)
-  -o, --out FILE      output image (default out.png, or out.jpg with --format jpeg), written whole or not at all
+  -o, --out FILE      output image (default out.png; out.jpg or out.webp with --format jpeg or webp), written whole or not at all
 ${OUTPUT_FORMAT_USAGE}
   --frames DIR        write a frame every 10 steps (into an empty or new folder)
   --policy FILE       a content policy document (config/prompt-policy.json format) instead of the shipped
@@ -262,14 +262,16 @@ export async function run(argv: string[]): Promise<number> {
       const existed = existsSync(out);
       try {
         // Whole or not at all: a failed write (a full disk, Ctrl-C) leaves the file that was there.
-        writeWhole(out, fileFormat.format === 'jpeg' ? encodeJpeg(res.image, fileFormat.quality ?? DEFAULT_JPEG_QUALITY) : res.png);
+        writeWhole(out, await encodeOutput(res.image, fileFormat.format, fileFormat.quality, res.png));
       } catch (e) {
         const kept = existed ? 'the file that was there is as it was' : 'nothing was written';
         throw new EngineError('runtime_failed', `cannot write ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; ${kept}`);
       }
     }
     const summaryJson = {
-      output: withheld ? null : out, output_format: fileFormat.format, withheld: Boolean(withheld), model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
+      output: withheld ? null : out, output_format: fileFormat.format,
+      ...(isLossyOutputFormat(fileFormat.format) ? { output_quality: fileFormat.quality ?? defaultOutputQuality(fileFormat.format) } : {}),
+      withheld: Boolean(withheld), model: engine.name, robust: engine.bundle.manifest.robust, prompt: positionals[0], negative: values.negative ?? [],
       width, height, seed, steps: res.stepsDone, best_step: res.bestStep, best_loss: res.bestLoss,
       scores: res.scores, initial_scores: res.initialScores, warnings: [...cliWarnings, ...res.warnings],
       content_flags: policyHits.map(({ rule, category, term, message }) => ({ rule, category, term, message })),

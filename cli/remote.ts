@@ -13,8 +13,9 @@ import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
 import { checkInitImage } from '../shared/init-image.ts';
 import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isInitToStore, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
-import { INTERRUPTED_EXIT_CODE, OUTPUT_FORMAT_USAGE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, formatOfFileName, invocation, outputFile, outputFormatArgs, shellWord, sizeShape, writeWhole } from './common.ts';
+import { INTERRUPTED_EXIT_CODE, OUTPUT_FORMAT_USAGE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, FORMAT_NAME, formatOfFileName, invocation, outputFile, outputFormatArgs, shellWord, sizeShape, writeWhole } from './common.ts';
 import { isJpeg } from '../shared/jpeg.ts';
+import { isLossyOutputFormat, outputFormatOfContentType } from '../shared/output-format.ts';
 import { localServerPorts } from '../shared/adapters/local/servers.ts';
 import { invisibleEscaped, promptStart, shownQuoted } from '../shared/shown-text.ts';
 // Re-exported: the tests and remote-batch.ts take them from here.
@@ -24,7 +25,7 @@ export const summary = "use a clipag API (deployed or local): generate, get, can
 /** Each action's synopsis: the usage's first lines, and what a usage error of that action prints. */
 const SYNOPSIS = {
   generate: `clipag remote generate "PROMPT" [--negative T] [--steps N] [--size WxH] [--seed S] [--n N] [--model NAME]
-           [--model-version H] [--init KIND] [--strength X] [--cancel-after SEC] [-o out.png] [--format png|jpeg] [--quality Q] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
+           [--model-version H] [--init KIND] [--strength X] [--cancel-after SEC] [-o out.png] [--format png|jpeg|webp] [--quality Q] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
   get: 'clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]',
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
   batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
@@ -63,7 +64,7 @@ retry), wait for it (Prefer: wait), download its images, print id, status, seeds
   --strength X        with an init image: 0 keeps it, 1 replaces it with noise (default 0.6)
   --cancel-after SEC  the API ends it canceled, billed nothing, if it has not ended SEC seconds after it
                       was made (1-86400; cancel_after, ADR 0034)
-  -o, --out FILE      output image (default out.png, or out.jpg with --format jpeg), written whole or not
+  -o, --out FILE      output image (default out.png; out.jpg or out.webp with --format jpeg or webp), written whole or not
                       at all (a temporary file, renamed)
 ${OUTPUT_FORMAT_USAGE}
   --idempotency-key K the POST's Idempotency-Key (default: a new one); the same request with the same
@@ -135,7 +136,7 @@ batch: runs a file of requests. Each non-empty line of FILE is one JSON object: 
 negative_prompt, width, height, steps, seed, n, model, model_version, init, strength, cancel_after, metadata, webhook_url,
 webhook_events, output_format, output_quality), plus:
   "id"         the line's name (1-64 of A-Z a-z 0-9 _ -; default line-<number>): its images are
-               DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …; .jpg for output_format "jpeg")
+               DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …; .jpg or .webp for output_format "jpeg" or "webp")
   "init_file"  a PNG or JPEG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
 Every line is checked before the first request: a bad one is named by its number and nothing is sent.
 A line with webhook_url gets its signing secret as "webhook_secret" in results.jsonl and --json (never
@@ -197,13 +198,16 @@ export const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
  */
 export function checkDownloadedImage(o: { index: number; content_type?: string }, bytes: Uint8Array): void {
   // A format a newer API adds: not this version's to check, and not taken for a PNG.
-  if (o.content_type !== undefined && o.content_type !== 'image/png' && o.content_type !== 'image/jpeg') {
-    throw new ApiError(`GET image ${o.index}`, 200, 'unknown_image_type', `the image is ${JSON.stringify(o.content_type.slice(0, 60))}, which this clipag does not know: a newer clipag downloads it (or fetch outputs[].url yourself)`);
+  const format = o.content_type === undefined ? 'png' : outputFormatOfContentType(o.content_type);
+  if (format === undefined) {
+    throw new ApiError(`GET image ${o.index}`, 200, 'unknown_image_type', `the image is ${JSON.stringify(o.content_type!.slice(0, 60))}, which this clipag does not know: a newer clipag downloads it (or fetch outputs[].url yourself)`);
   }
-  const jpeg = o.content_type === 'image/jpeg';
-  const ok = jpeg ? isJpeg(bytes) : PNG_SIGNATURE.every((b, i) => bytes[i] === b);
-  if (!ok) throw new ApiError(`GET image ${o.index}`, 200, jpeg ? 'not_jpeg' : 'not_png', `the signed URL answered ${bytes.length} bytes that are not a ${jpeg ? 'JPEG' : 'PNG'}`);
+  const ok = format === 'jpeg' ? isJpeg(bytes) : format === 'webp' ? isWebp(bytes) : PNG_SIGNATURE.every((b, i) => bytes[i] === b);
+  if (!ok) throw new ApiError(`GET image ${o.index}`, 200, `not_${format}`, `the signed URL answered ${bytes.length} bytes that are not a ${FORMAT_NAME[format]}`);
 }
+
+/** RIFF, a size, then WEBP: a WebP file's first twelve bytes. */
+const isWebp = (bytes: Uint8Array): boolean => bytes.length >= 12 && Buffer.from(bytes.subarray(0, 4)).toString('latin1') === 'RIFF' && Buffer.from(bytes.subarray(8, 12)).toString('latin1') === 'WEBP';
 
 export interface RemoteIo {
   env: Readonly<Record<string, string | undefined>>;
@@ -585,8 +589,8 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   if (!IDEMPOTENCY_KEY.test(idempotencyKey)) throw new UsageError('--idempotency-key must be 1-255 visible ASCII characters, no spaces');
   // The format asked of the API (ADR 0041): named, or the one -o's extension says.
   const fileFormat = outputFormatArgs(values.format, values.quality, values.out);
-  if (fileFormat.format === 'jpeg') {
-    body.output_format = 'jpeg';
+  if (isLossyOutputFormat(fileFormat.format)) {
+    body.output_format = fileFormat.format;
     if (fileFormat.quality !== undefined) body.output_quality = fileFormat.quality;
   }
   const outArg = values.out ?? fileFormat.defaultOut;
@@ -803,9 +807,9 @@ async function finish(s: Session, g: Generation, paths: string[] | undefined): P
       checkDownloadedImage(o, bytes);
       // `get -o out.png` of a generation that asked for JPEG: the file is what the API made, said once
       // (generate said it before the request, from --format and -o).
-      const jpeg = o.content_type === 'image/jpeg';
-      const kind = jpeg ? 'JPEG' : 'PNG';
-      if (s.body === undefined && written.size === 0 && extname(path) !== '' && formatOfFileName(path) !== (jpeg ? 'jpeg' : 'png')) io.err(`clipag remote: note: ${path} is a ${kind} whatever its extension (${extname(path)}): the generation's images are ${kind}s`);
+      const format = outputFormatOfContentType(typeof o.content_type === 'string' ? o.content_type : undefined) ?? 'png';
+      const kind = FORMAT_NAME[format];
+      if (s.body === undefined && written.size === 0 && extname(path) !== '' && formatOfFileName(path) !== format) io.err(`clipag remote: note: ${path} is a ${kind} whatever its extension (${extname(path)}): the generation's images are ${kind}s`);
       try {
         writeWhole(path, bytes);
       } catch (e) {
@@ -964,9 +968,15 @@ async function stopped(s: Session, e: unknown): Promise<number> {
       return 1;
     }
     // A JPEG asked of an API from before output_format (ADR 0041; -o FILE.jpg alone asks for one): its
-    // strict body check names the key, not the reason.
+    // strict body check names the key, not the reason. A WebP asked of one from before WebP (ADR 0043):
+    // its enum names the formats it has.
     const olderApi = e.status === 400 && s.body?.output_format !== undefined && /output_(format|quality)/.test(`${e.param ?? ''} ${e.detail}`) && /unrecognized|unknown/i.test(e.detail);
-    const hint = olderApi ? '; this API is from before JPEG outputs: ask for a PNG (--format png, or -o FILE.png)' : '';
+    const beforeWebp = e.status === 400 && s.body?.output_format === 'webp' && e.param === 'output_format' && !/webp/.test(e.detail);
+    const hint = olderApi
+      ? '; this API is from before JPEG outputs: ask for a PNG (--format png, or -o FILE.png)'
+      : beforeWebp
+        ? '; this API is from before WebP outputs: ask for a JPEG or a PNG (--format jpeg|png, or -o FILE.jpg|FILE.png)'
+        : '';
     io.err(`clipag remote: ${e.message}${hint}${(goesOn && progress.last) || over || mayExist ? `; ${resume}` : ''}`);
     return 1;
   }

@@ -30,14 +30,15 @@ const BLOB_RESPONSE_HEADERS: Readonly<Record<string, string>> = {
 
 const isPngType = (contentType: string | undefined) => contentType !== undefined && /^image\/png\s*(;|$)/i.test(contentType);
 const isJpegType = (contentType: string | undefined) => contentType !== undefined && /^image\/jpeg\s*(;|$)/i.test(contentType);
+const isWebpType = (contentType: string) => /^image\/webp\s*(;|$)/i.test(contentType);
 
 /**
- * Shown in place (inline) only for a PNG or a JPEG, the types these links are signed for (ADR 0041);
+ * Shown in place (inline) only for a PNG, a JPEG or a WebP, the types these links are signed for (ADR 0041, 0043);
  * anything else is a download. The name is the key's last segment, reduced to characters that need no quoting.
  */
 function contentDisposition(key: string, contentType: string): string {
   const name = (key.slice(key.lastIndexOf('/') + 1).replace(/[^A-Za-z0-9._=+@-]/g, '_') || 'blob').slice(0, 100);
-  return `${isPngType(contentType) || isJpegType(contentType) ? 'inline' : 'attachment'}; filename="${name}"`;
+  return `${isPngType(contentType) || isJpegType(contentType) || isWebpType(contentType) ? 'inline' : 'attachment'}; filename="${name}"`;
 }
 
 function startsWithPngSignature(body: Uint8Array): boolean {

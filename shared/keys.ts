@@ -48,7 +48,7 @@ export function uploadKey(owner: string, uploadId: string): string {
 }
 
 /**
- * Where a job's images live: `outputs/<owner>/<jobId>/<index>.png` (`.jpg` for JPEG outputs, ADR 0041), and each image's progress frames
+ * Where a job's images live: `outputs/<owner>/<jobId>/<index>.png` (`.jpg` for JPEG outputs, ADR 0041; `.webp` for WebP, ADR 0043), and each image's progress frames
  * beside it under `frames/<index>/` (ADR 0005).
  */
 export function jobOutputsPrefix(owner: string, jobId: string): string {
@@ -67,11 +67,11 @@ export function jobOutputsPrefix(owner: string, jobId: string): string {
  *   there when it runs, but an attempt superseded while it stored (its lease lapsed; another attempt
  *   ended the job) can land its writes after that, and settles them itself (ADR 0021: a delete removes
  *   the images);
- * - a succeeded job: only what it does not name goes, an image `<index>.png` (or `.jpg`) not in `outputs` and the
+ * - a succeeded job: only what it does not name goes, an image `<index>.png` (or `.jpg`, `.webp`) not in `outputs` and the
  *   frames (`frames/<index>/`) of such an index (a superseded attempt stored an index that the
  *   attempt which ended the job withheld, the owner's policy being read again per run). Its named
  *   images and their frames always stay, and so does any key of another shape (what a later version
- *   might store beside them); when a named key is not `<prefix><index>.png` (or `.jpg`), no frames are removed
+ *   might store beside them); when a named key is not `<prefix><index>.png` (or `.jpg`, `.webp`), no frames are removed
  *   (whose they are cannot be told).
  *
  * A record still queued or running is left alone (an attempt may be storing its images now), and

@@ -172,12 +172,12 @@ const getGeneration = createRoute({
   path: '/v1/generations/{id}',
   summary: 'A generation: status, progress, signed output URLs, usage',
   security: SECURITY,
-  description: `With include=b64, each listed image comes in the answer too (outputs[].b64_png, base64; b64_jpeg for JPEG outputs), so one GET with Prefer: wait has the images: at most ${MAX_INLINE_IMAGE_BYTES} bytes of images together (a 413 payload_too_large past it: fetch them by url). Without it, only links.`,
+  description: `With include=b64, each listed image comes in the answer too (outputs[].b64_png, base64; b64_jpeg for JPEG outputs, b64_webp for WebP), so one GET with Prefer: wait has the images: at most ${MAX_INLINE_IMAGE_BYTES} bytes of images together (a 413 payload_too_large past it: fetch them by url). Without it, only links.`,
   request: {
     params: IdParam,
     headers: z.object({ Prefer }),
     query: z.object({
-      include: z.enum(['b64'], { error: 'include takes "b64" (the images in the answer, base64)' }).optional().openapi({ description: 'b64: each listed image inline as outputs[].b64_png (a JPEG: b64_jpeg)' }),
+      include: z.enum(['b64'], { error: 'include takes "b64" (the images in the answer, base64)' }).optional().openapi({ description: 'b64: each listed image inline as outputs[].b64_png (a JPEG: b64_jpeg, a WebP: b64_webp)' }),
     }),
   },
   responses: {
@@ -221,7 +221,7 @@ const getOutput = createRoute({
     302: {
       description: 'The image is at Location, a signed URL that works until Link-Expires-At (as the view\'s outputs[].expires_at)',
       headers: {
-        Location: { description: 'The signed URL of the image (PNG, or JPEG for output_format "jpeg")', schema: { type: 'string' as const, format: 'uri' } },
+        Location: { description: 'The signed URL of the image (PNG, or JPEG or WebP for output_format "jpeg" or "webp")', schema: { type: 'string' as const, format: 'uri' } },
         'Link-Expires-At': { description: 'When the signed URL stops working (RFC 3339)', schema: { type: 'string' as const, format: 'date-time' } },
         'Cache-Control': { description: '`private, no-store`: the next request signs a new URL', schema: { type: 'string' as const } },
       },
@@ -1107,7 +1107,7 @@ export function registerGenerationRoutes(
         const object = await blobs.get(keys.get(o.index)!);
         // Gone since the view was made (a DELETE in between): its link would find nothing either.
         if (!object) throw new GoneError(`image ${o.index} of generation ${job.id} is no longer stored; the same request with seed ${o.seed} and n 1 makes it again`, { code: 'output_gone', param: 'include' });
-        return { ...o, [outputFormatOfKey(keys.get(o.index)!) === 'jpeg' ? 'b64_jpeg' : 'b64_png']: Buffer.from(object.body).toString('base64') };
+        return { ...o, [`b64_${outputFormatOfKey(keys.get(o.index)!)}`]: Buffer.from(object.body).toString('base64') };
       }),
     );
     return { ...shown, outputs };

@@ -10,8 +10,8 @@ import { uploadKey } from '../../shared/keys.ts';
 import type { BlobStore } from '../../shared/ports.ts';
 import { imageSeed, isModelVersion, modelVersionMismatch, NEGATIVE_PROMPT_SHARE, weightedPrompts, type GenerationSpec } from '../../shared/schemas/generation.ts';
 import { EngineError } from '../engine/errors.ts';
-import { encodeJpeg } from '../engine/synth/image.ts';
-import { DEFAULT_JPEG_QUALITY } from '../../shared/output-format.ts';
+import { encodeOutput } from '../engine/synth/image.ts';
+import { isLossyOutputFormat, type LossyOutputFormat } from '../../shared/output-format.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../../shared/image-header.ts';
 import type { ClipEngine } from '../engine/engine.ts';
 import type { Recipe, Stage } from '../engine/synth/recipe.ts';
@@ -44,8 +44,8 @@ export interface SynthesizedImage {
   index: number;
   seed: number;
   png: Uint8Array;
-  /** The image as a JPEG, only when the spec asks for one (output_format "jpeg", at its output_quality; ADR 0041). */
-  jpeg?: Uint8Array;
+  /** The image in the lossy format the spec asks for (output_format "jpeg" or "webp", at its output_quality; ADR 0041, 0043). */
+  lossy?: { format: LossyOutputFormat; bytes: Uint8Array };
   width: number;
   height: number;
   /** Weighted mean cosine between the output and the positive prompts (the engine's final scoring pass). */
@@ -294,7 +294,7 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
           }
           outcome.images.push({
             index: i, seed: requests[i].seed, png: res.png, width: res.width, height: res.height,
-            ...(job.spec.output_format === 'jpeg' ? { jpeg: encodeJpeg(res.image, job.spec.output_quality ?? DEFAULT_JPEG_QUALITY) } : {}),
+            ...(isLossyOutputFormat(job.spec.output_format) ? { lossy: { format: job.spec.output_format, bytes: await encodeOutput(res.image, job.spec.output_format, job.spec.output_quality) } } : {}),
             clipScore: clipScore(res.scores), scores: res.scores, screenCosines: res.screenCosines, frames: res.frames, stepsDone: res.stepsDone,
           });
         }

@@ -1239,7 +1239,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
       const outputs: JobOutput[] = [];
       // Several writes at once: a job's images and frames (up to ~200 objects) are billed time.
       const writes: Array<() => Promise<unknown>> = [];
-      // The format the spec asks for (ADR 0041); frames stay PNG.
+      // The format the spec asks for (ADR 0041, 0043); frames stay PNG.
       const format = job.spec.output_format ?? 'png';
       const file = outputFile(format);
       for (const image of outcome.images) {
@@ -1250,7 +1250,7 @@ export function createWorker(deps: WorkerDeps): QueueWorker {
           writes.push(() => store(`withheld image ${image.index}`, () => blobs.delete(key)), () => store(`withheld image ${image.index}'s frames`, () => deletePrefix(blobs, `${prefix}frames/${image.index}/`)));
           continue;
         }
-        const bytes = format === 'jpeg' ? image.jpeg : image.png;
+        const bytes = format === 'png' ? image.png : image.lossy?.format === format ? image.lossy.bytes : undefined;
         // The synthesizer encodes what the spec asks for: an image without it is this code's fault, and stored as another format it would be a file the view misnames.
         if (bytes === undefined) throw new Error(`the synthesizer made no ${format} file of image ${image.index}`);
         writes.push(() => store(`image ${image.index}`, () => blobs.put(key, bytes, { contentType: file.contentType })));

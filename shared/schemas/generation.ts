@@ -1,7 +1,7 @@
 import { z } from '@hono/zod-openapi';
 import { CLIP_END_TOKEN_TEXT, CLIP_START_TOKEN_TEXT, cleanClipText, clipReadsNothing } from '../text-clean.ts';
 import { MODEL_NAME_PATTERN, RESOURCE_ID_PATTERN } from './common.ts';
-import { DEFAULT_JPEG_QUALITY, MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY, OUTPUT_FORMATS } from '../output-format.ts';
+import { DEFAULT_JPEG_QUALITY, DEFAULT_WEBP_QUALITY, defaultOutputQuality, isLossyOutputFormat, MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY, OUTPUT_FORMATS, type OutputFormat } from '../output-format.ts';
 
 export const PROMPT_MAX_CHARS = 300;
 export const MIN_SIDE = 64;
@@ -220,14 +220,15 @@ const generationFields = {
   // it stays readable by a worker from before it (ADR 0030), and one with it waits for a worker that
   // sends what it asks for. An event name a newer version adds reads as a newer writer's.
   webhook_events: z.array(z.enum(WEBHOOK_EVENTS)).min(1).max(8).optional().openapi({ description: WEBHOOK_EVENTS_DESCRIPTION }),
-  // The images' file format (ADR 0041). Stored only for JPEG, with its quality: a PNG spec stays
-  // readable by a worker from before it (ADR 0030), and a JPEG one waits for a worker that writes JPEG.
+  // The images' file format (ADR 0041, 0043). Stored only for JPEG and WebP, with the quality: a PNG
+  // spec stays readable by a worker from before it (ADR 0030), and a JPEG or WebP one waits for a worker
+  // that writes that format.
   output_format: z.enum(OUTPUT_FORMATS).optional().openapi({
-    description: `The images' file format: "png" (lossless; the default) or "jpeg" (baseline, 4:4:4, at the default quality a tenth (smooth images) to two thirds (pure noise) of the PNG's size). Either way the same request with the same seed makes the same bytes, and the file says in XMP that a trained model made it. Only the images: frames stay PNG. A generation's request shows it only for "jpeg"`,
+    description: `The images' file format: "png" (lossless; the default), "jpeg" (baseline, 4:4:4, at the default quality a tenth (smooth images) to two thirds (pure noise) of the PNG's size) or "webp" (lossy VP8, 4:2:0 with sharp colour conversion, at the default quality about a fifth of the PNG's size on the embedded model's images). Whichever, the same request with the same seed makes the same bytes, and the file says in XMP that a trained model made it. Only the images: frames stay PNG. A generation's request shows it only for "jpeg" and "webp"`,
     example: 'jpeg',
   }),
   output_quality: z.number().int().min(MIN_OUTPUT_QUALITY).max(MAX_OUTPUT_QUALITY).optional().openapi({
-    description: `JPEG quality, ${MIN_OUTPUT_QUALITY}–${MAX_OUTPUT_QUALITY} (libjpeg's scale; default ${DEFAULT_JPEG_QUALITY}). Only with output_format "jpeg"`,
+    description: `JPEG or WebP quality, ${MIN_OUTPUT_QUALITY}–${MAX_OUTPUT_QUALITY} (libjpeg's and libwebp's scales; default ${DEFAULT_JPEG_QUALITY} for JPEG, ${DEFAULT_WEBP_QUALITY} for WebP). Only with output_format "jpeg" or "webp"`,
     example: DEFAULT_JPEG_QUALITY,
   }),
 };
@@ -305,9 +306,9 @@ function checkRequestOnly(
   if (req.webhook_events !== undefined && req.webhook_url === undefined) {
     ctx.addIssue({ code: 'custom', path: ['webhook_events'], message: 'webhook_events needs webhook_url: the events go there' });
   }
-  if (req.output_quality !== undefined && req.output_format !== 'jpeg') {
+  if (req.output_quality !== undefined && !isLossyOutputFormat(req.output_format)) {
     // Accepting it would silently ignore it: a PNG is lossless.
-    ctx.addIssue({ code: 'custom', path: ['output_quality'], message: 'output_quality applies only to output_format "jpeg" (a PNG is lossless)' });
+    ctx.addIssue({ code: 'custom', path: ['output_quality'], message: 'output_quality applies only to output_format "jpeg" or "webp" (a PNG is lossless)' });
   }
   if (req.strength !== undefined && !req.init.startsWith('upload:') && !isInitToStore(req.init)) {
     // Accepting it would silently ignore it: "gmm" and "noise" starts have nothing to keep.
@@ -402,12 +403,12 @@ export const GenerationRequest = z
   });
 
 /**
- * The stored form of a request's output fields (ADR 0041): nothing for PNG (a spec without them stays
- * readable by a worker from before JPEG outputs), the format and its quality for JPEG.
+ * The stored form of a request's output fields (ADR 0041, 0043): nothing for PNG (a spec without them
+ * stays readable by a worker from before JPEG outputs), the format and its quality for JPEG and WebP.
  */
-export function storedOutputFormat<T extends { output_format?: 'png' | 'jpeg'; output_quality?: number }>(spec: T): T {
+export function storedOutputFormat<T extends { output_format?: OutputFormat; output_quality?: number }>(spec: T): T {
   const { output_format: format, output_quality: quality, ...rest } = spec;
-  return (format === 'jpeg' ? { ...rest, output_format: format, output_quality: quality ?? DEFAULT_JPEG_QUALITY } : rest) as T;
+  return (isLossyOutputFormat(format) ? { ...rest, output_format: format, output_quality: quality ?? defaultOutputQuality(format) } : rest) as T;
 }
 
 /** What a job stores and the worker runs: a request with every default filled in, the model included. */

@@ -56,7 +56,7 @@ export const GenerationOutputView = z
     url: z.string().openapi({ description: 'Signed GET URL of the image (its format: content_type)' }),
     expires_at: Timestamp,
     // A string, not an enum: a format a later version adds must not fail a generated client's parse.
-    content_type: z.string().openapi({ description: 'The image\'s format: "image/png", or "image/jpeg" where the request asked for output_format "jpeg"', example: 'image/png' }),
+    content_type: z.string().openapi({ description: 'The image\'s format: "image/png", or "image/jpeg" or "image/webp" where the request asked for output_format "jpeg" or "webp"', example: 'image/png' }),
     width: z.number().int().positive(),
     height: z.number().int().positive(),
     clip_score: z.number().optional().openapi({
@@ -72,6 +72,10 @@ export const GenerationOutputView = z
     b64_jpeg: z.string().optional().openapi({
       format: 'byte',
       description: 'A JPEG image itself (output_format "jpeg"), base64: only on GET /v1/generations/{id}?include=b64 (the same bytes as url)',
+    }),
+    b64_webp: z.string().optional().openapi({
+      format: 'byte',
+      description: 'A WebP image itself (output_format "webp"), base64: only on GET /v1/generations/{id}?include=b64 (the same bytes as url)',
     }),
   })
   .openapi('GenerationOutput');

@@ -175,6 +175,26 @@ describe('local mode end to end', () => {
     expect(Buffer.from(await (await fetch(again.outputs[0].url)).arrayBuffer()).equals(Buffer.from(bytes))).toBe(true);
   });
 
+  it('output_format webp (ADR 0043): the worker stores a WebP marked as generated, at the quality asked, and the view, the link and include=b64 say so', async () => {
+    const post = await fetch(`${h.url}/v1/generations`, {
+      method: 'POST',
+      headers: { ...auth(h), 'content-type': 'application/json', prefer: 'wait=60' },
+      body: JSON.stringify({ prompt: 'a photo of a cat', width: 64, height: 64, seed: 9, output_format: 'webp', output_quality: 80 }),
+    });
+    expect(post.status).toBe(202);
+    const answered = (await post.json()) as any;
+    const job = ['succeeded', 'failed'].includes(answered.status) ? answered : await waitFor(h, answered.id, (j) => ['succeeded', 'failed'].includes(j.status));
+    expect(job.status).toBe('succeeded');
+    expect([job.request.output_format, job.request.output_quality, job.outputs[0].content_type]).toEqual(['webp', 80, 'image/webp']);
+    const res = await fetch(job.outputs[0].url);
+    expect([res.status, res.headers.get('content-type'), res.headers.get('content-disposition')]).toEqual([200, 'image/webp', 'inline; filename="0.webp"']);
+    const bytes = Buffer.from(await res.arrayBuffer());
+    expect([bytes.toString('latin1', 0, 4), bytes.toString('latin1', 8, 16)]).toEqual(['RIFF', 'WEBPVP8X']);
+    expect(bytes.includes('trainedAlgorithmicMedia')).toBe(true);
+    const inline = (await (await fetch(`${h.url}/v1/generations/${job.id}?include=b64`, { headers: auth(h) })).json()) as any;
+    expect([inline.outputs[0].b64_png, Buffer.from(inline.outputs[0].b64_webp, 'base64').equals(bytes)]).toEqual([undefined, true]);
+  });
+
   it('a webhook_url gets the signed completion event from the worker, with a working output link', async () => {
     const events: Array<{ headers: Record<string, string>; body: string }> = [];
     const receiver = createHttpServer((req, res) => {

@@ -1,4 +1,4 @@
-// output_format and output_quality (ADR 0041): checked at the API, stored only for JPEG (a PNG spec
+// output_format and output_quality (ADR 0041, 0043): checked at the API, stored only for JPEG and WebP (a PNG spec
 // stays readable by a worker from before the field, ADR 0030), part of the Idempotency-Key's body, and
 // the view's content_type and inline field follow the stored image's kind.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -20,6 +20,12 @@ describe('output_format and output_quality', () => {
     expect((await h.jobs.get('acct_alice', jpeg.id))!.spec).toMatchObject({ output_format: 'jpeg', output_quality: 90 });
     const q = (await (await post({ prompt: 'apple', output_format: 'jpeg', output_quality: 55 })).json()) as Created;
     expect(q.request.output_quality).toBe(55);
+    // WebP (ADR 0043) likewise: its quality stored, 90 when none is given.
+    const webp = (await (await post({ prompt: 'apple', output_format: 'webp' })).json()) as Created;
+    expect([webp.request.output_format, webp.request.output_quality]).toEqual(['webp', 90]);
+    expect((await h.jobs.get('acct_alice', webp.id))!.spec).toMatchObject({ output_format: 'webp', output_quality: 90 });
+    const wq = (await (await post({ prompt: 'apple', output_format: 'webp', output_quality: 40 })).json()) as Created;
+    expect(wq.request.output_quality).toBe(40);
     for (const body of [{ prompt: 'apple', output_format: 'png' }, { prompt: 'apple' }]) {
       const res = await post(body);
       expect(res.status).toBe(202);
@@ -32,13 +38,14 @@ describe('output_format and output_quality', () => {
 
   it('refuses a quality without jpeg, out of 1–100 or not whole, and an unknown format, naming the field; nothing is queued', async () => {
     const cases: Array<[Record<string, unknown>, string, RegExp]> = [
-      [{ output_quality: 80 }, 'output_quality', /^output_quality applies only to output_format "jpeg" \(a PNG is lossless\)$/],
-      [{ output_format: 'png', output_quality: 80 }, 'output_quality', /applies only to output_format "jpeg"/],
+      [{ output_quality: 80 }, 'output_quality', /^output_quality applies only to output_format "jpeg" or "webp" \(a PNG is lossless\)$/],
+      [{ output_format: 'png', output_quality: 80 }, 'output_quality', /applies only to output_format "jpeg" or "webp"/],
+      [{ output_format: 'webp', output_quality: 0 }, 'output_quality', /./],
       [{ output_format: 'jpeg', output_quality: 0 }, 'output_quality', /./],
       [{ output_format: 'jpeg', output_quality: 101 }, 'output_quality', /./],
       [{ output_format: 'jpeg', output_quality: 50.5 }, 'output_quality', /./],
-      [{ output_format: 'webp' }, 'output_format', /png|jpeg/],
-      [{ output_format: 'JPEG' }, 'output_format', /png|jpeg/],
+      [{ output_format: 'gif' }, 'output_format', /png|jpeg|webp/],
+      [{ output_format: 'JPEG' }, 'output_format', /png|jpeg|webp/],
     ];
     for (const [extra, param, message] of cases) {
       const error = await expectEnvelope(await post({ prompt: 'apple', ...extra }), 400, 'validation_error');
@@ -62,24 +69,27 @@ describe('output_format and output_quality', () => {
     expect(error.param).toBe('output_quality');
   });
 
-  it("the view names each stored image's type from its key, and include=b64 puts a JPEG in b64_jpeg, a PNG in b64_png", async () => {
-    const created = (await (await post({ prompt: 'apple', n: 2, output_format: 'jpeg' })).json()) as Created;
+  it("the view names each stored image's type from its key, and include=b64 puts a JPEG in b64_jpeg, a WebP in b64_webp, a PNG in b64_png", async () => {
+    const created = (await (await post({ prompt: 'apple', n: 3, output_format: 'jpeg' })).json()) as Created;
     const prefix = `outputs/acct_alice/${created.id}/`;
     const jpeg = Uint8Array.from([0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]);
     const png = Uint8Array.from([137, 80, 78, 71, 13, 10, 26, 10, 9]);
-    // Image 1 a PNG: a record an older worker wrote (or a later format) is shown as what its key says.
+    const webp = Uint8Array.from(Buffer.from('RIFF\x04\x00\x00\x00WEBP', 'latin1'));
+    // Images 1 and 2 another type: a record an older worker wrote (or a later format) is shown as what its key says.
     await h.blobs.put(`${prefix}0.jpg`, jpeg, { contentType: 'image/jpeg' });
     await h.blobs.put(`${prefix}1.png`, png, { contentType: 'image/png' });
+    await h.blobs.put(`${prefix}2.webp`, webp, { contentType: 'image/webp' });
     await h.jobs.update('acct_alice', created.id, (cur) => ({
       ...cur, status: 'succeeded', attempts: 1, started_at: new Date().toISOString(), finished_at: new Date().toISOString(),
-      outputs: [{ key: `${prefix}0.jpg`, width: 64, height: 64 }, { key: `${prefix}1.png`, width: 64, height: 64 }],
+      outputs: [{ key: `${prefix}0.jpg`, width: 64, height: 64 }, { key: `${prefix}1.png`, width: 64, height: 64 }, { key: `${prefix}2.webp`, width: 64, height: 64 }],
     }));
     const view = (await (await h.request(`/v1/generations/${created.id}`)).json()) as { outputs: Array<Record<string, unknown>> };
-    expect(view.outputs.map((o) => o.content_type)).toEqual(['image/jpeg', 'image/png']);
+    expect(view.outputs.map((o) => o.content_type)).toEqual(['image/jpeg', 'image/png', 'image/webp']);
     const inline = (await (await h.request(`/v1/generations/${created.id}?include=b64`)).json()) as { outputs: Array<Record<string, string | undefined>> };
-    expect(inline.outputs.map((o) => [o.b64_jpeg, o.b64_png])).toEqual([
-      [Buffer.from(jpeg).toString('base64'), undefined],
-      [undefined, Buffer.from(png).toString('base64')],
+    expect(inline.outputs.map((o) => [o.b64_jpeg, o.b64_png, o.b64_webp])).toEqual([
+      [Buffer.from(jpeg).toString('base64'), undefined, undefined],
+      [undefined, Buffer.from(png).toString('base64'), undefined],
+      [undefined, undefined, Buffer.from(webp).toString('base64')],
     ]);
   });
 });

@@ -19,7 +19,7 @@ import { parseArgs as nodeParseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
 import { parseCliArgs } from '../../cli/common.ts';
 import { encode as fastPngEncode } from 'fast-png';
-import { encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
+import { encodeOutput, encodePng, solidImage } from '../../gpu-worker/engine/synth/image.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { UploadView } from '../../functions/schemas.ts';
 import { GenerationView } from '../../shared/schemas/view.ts';
@@ -347,7 +347,11 @@ describe.concurrent('clipag remote: retries', () => {
     expect(wrong.stderr).toMatch(/the signed URL answered \d+ bytes that are not a JPEG/);
     expect(existsSync(join(dir, 'wrong.jpg'))).toBe(false);
     // A type a newer API adds is not taken for a PNG.
-    expect(() => checkDownloadedImage({ index: 0, content_type: 'image/webp' }, new Uint8Array(PNG))).toThrow(/the image is "image\/webp", which this clipag does not know: a newer clipag downloads it/);
+    expect(() => checkDownloadedImage({ index: 0, content_type: 'image/avif' }, new Uint8Array(PNG))).toThrow(/the image is "image\/avif", which this clipag does not know: a newer clipag downloads it/);
+    // A WebP (ADR 0043) is checked by its RIFF/WEBP header.
+    const webpHead = Uint8Array.from(Buffer.from('RIFF\x04\x00\x00\x00WEBPVP8X', 'latin1'));
+    expect(() => checkDownloadedImage({ index: 0, content_type: 'image/webp' }, webpHead)).not.toThrow();
+    expect(() => checkDownloadedImage({ index: 0, content_type: 'image/webp' }, new Uint8Array(PNG))).toThrow(/bytes that are not a WebP/);
     expect(() => checkDownloadedImage({ index: 0 }, new Uint8Array(PNG))).not.toThrow(); // an API from before content_type: PNG
     // An API from before output_format refuses the key: said so, with what to do.
     const older = route('jpeg-older-api', () => envelope(400, 'validation_error', 'Unrecognized key: "output_format"', null));
@@ -355,10 +359,34 @@ describe.concurrent('clipag remote: retries', () => {
     expect(old.code).toBe(1);
     expect(old.stderr).toMatch(/400 validation_error: Unrecognized key: "output_format".*; this API is from before JPEG outputs: ask for a PNG \(--format png, or -o FILE\.png\)$/);
     const asked = r.seen.length;
-    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--quality', '70', '-o', join(dir, 'q.png')])).rejects.toThrow(/--quality applies only to JPEG/);
-    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--format', 'webp'])).rejects.toThrow(/--format must be png or jpeg, got "webp"/);
+    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--quality', '70', '-o', join(dir, 'q.png')])).rejects.toThrow(/--quality applies only to JPEG or WebP/);
+    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--format', 'gif'])).rejects.toThrow(/--format must be png, jpeg or webp, got "gif"/);
     await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--format', 'jpeg', '--quality', '101'])).rejects.toThrow(/--quality must be an integer in \[1, 100\]/);
     expect(r.seen.length).toBe(asked);
+  });
+
+  it('-o FILE.webp asks for WebP outputs (ADR 0043) and writes the WebP the view names; an API from before WebP is said to be one', async () => {
+    const id = newJobId();
+    const webp = Buffer.from(await encodeOutput({ width: 8, height: 8, data: new Float32Array(192).fill(0.4) }, 'webp'));
+    const r = route('webp-out', (req) => {
+      if (req.path === '/v1/generations' || req.path === `/v1/generations/${id}`) {
+        const g = succeeded(`${base}/t/webp-out`, id);
+        return { status: req.method === 'POST' ? 202 : 200, json: { ...g, outputs: g.outputs.map((o) => ({ ...o, content_type: 'image/webp' })) } };
+      }
+      if (req.path === '/img/0.png') return { status: 200, body: webp, headers: { 'content-type': 'image/webp' } };
+      return { status: 404, body: '' };
+    });
+    const out = join(dir, 'asked.webp');
+    const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--quality', '60', '-o', out]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).not.toMatch(/whatever/);
+    expect(JSON.parse(r.seen.find((x) => x.path === '/v1/generations')!.body)).toMatchObject({ output_format: 'webp', output_quality: 60 });
+    expect(readFileSync(out).equals(webp)).toBe(true);
+    // An API with JPEG outputs but not WebP: its enum refuses "webp"; the CLI says what to ask for instead.
+    const older = route('webp-older-api', () => envelope(400, 'validation_error', 'output_format: Invalid option: expected one of "png"|"jpeg"', 'output_format'));
+    const old = await cli(['generate', 'a red circle', '--url', older.url, '--key', KEY, '--format', 'webp']);
+    expect(old.code).toBe(1);
+    expect(old.stderr).toMatch(/; this API is from before WebP outputs: ask for a JPEG or a PNG \(--format jpeg\|png, or -o FILE\.jpg\|FILE\.png\)$/);
   });
 
   it('an --init JPEG (ADR 0035) is checked here and asked for as image/jpeg; one cut short is refused before any request', async () => {

@@ -407,10 +407,18 @@ describe('clipag generate with a model that ships no GMM prior (models/toy-plain
   }, 60_000);
 
   it('-o with an extension that names no format it writes: written as a PNG, with a warning saying so', async () => {
-    const r = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '-o', join(dir, 'photo.webp')]);
+    const r = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '-o', join(dir, 'photo.gif')]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toMatch(/warning: -o .*photo\.webp: the image is written as a PNG whatever the file's extension \(\.webp\)/);
-    expect(readFileSync(join(dir, 'photo.webp')).subarray(1, 4).toString()).toBe('PNG');
+    expect(r.stderr).toMatch(/warning: -o .*photo\.gif: the image is written as a PNG whatever the file's extension \(\.gif\)/);
+    expect(readFileSync(join(dir, 'photo.gif')).subarray(1, 4).toString()).toBe('PNG');
+    // -o FILE.webp names a format it writes (ADR 0043): a WebP, no warning; --quality applies to it.
+    const webp = await runCli(['generate', 'a red circle', '--steps', '1', '--seed', '5', '--quality', '70', '-o', join(dir, 'photo.webp'), '--json']);
+    expect(webp.code, webp.stderr).toBe(0);
+    expect(webp.stderr).not.toMatch(/whatever the file's extension/);
+    expect([JSON.parse(webp.stdout).output_format, JSON.parse(webp.stdout).output_quality]).toEqual(['webp', 70]);
+    const bytes = readFileSync(join(dir, 'photo.webp'));
+    expect([bytes.toString('latin1', 0, 4), bytes.toString('latin1', 8, 16)]).toEqual(['RIFF', 'WEBPVP8X']);
+    expect(bytes.includes('trainedAlgorithmicMedia')).toBe(true);
   }, 60_000);
 
   it('-o FILE.jpg writes a JPEG (ADR 0041), --quality sets its quality; --format png over a .jpg name is a PNG with a warning; --quality without JPEG is a usage error', async () => {
@@ -430,7 +438,7 @@ describe('clipag generate with a model that ships no GMM prior (models/toy-plain
     expect(readFileSync(join(dir, 'asked.jpg')).subarray(1, 4).toString()).toBe('PNG');
     const bad = await runCli(['generate', 'a red circle', '--quality', '50', '-o', join(dir, 'never.png')]);
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toContain('--quality applies only to JPEG');
+    expect(bad.stderr).toContain('--quality applies only to JPEG or WebP');
   }, 120_000);
 });
 

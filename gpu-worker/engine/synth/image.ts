@@ -3,8 +3,8 @@
 // The engine's image type is planar float32 CHW with values in [0,1]: that is the layout the ONNX step
 // graph consumes (NCHW), so no transposes happen between optimizer steps. Images are written as PNG
 // (fast-png, pure JS): a kept, lossless format makes bit-identical output per seed checkable. A caller
-// may ask for JPEG instead (jpeg-js's encoder, ADR 0041): deterministic too, so the same request still
-// writes the same bytes. Init images may also be JPEG (jpeg-js, shared/jpeg.ts; ADR 0035).
+// may ask for JPEG instead (jpeg-js's encoder, ADR 0041) or WebP (libwebp in WebAssembly, ADR 0043):
+// deterministic too, so the same request still writes the same bytes. Init images may also be JPEG (jpeg-js, shared/jpeg.ts; ADR 0035).
 //
 // Decisions:
 // - Alpha is composited over white. A transparent region shows as white in viewers, and its stored RGB
@@ -16,7 +16,7 @@
 // - The ICC profile and gamma chunks are ignored: values are taken as sRGB-encoded, as CLIP was trained.
 // - JPEG init images are decoded as sRGB 8-bit, turned upright by their EXIF orientation; WebP, GIF and
 //   the others are refused with advice to convert to PNG or JPEG: no decoder for them is installed.
-// - Every PNG and JPEG written says, in XMP, that a trained model made it (GENERATED_IMAGE_XMP, ADR 0032).
+// - Every PNG, JPEG and WebP written says, in XMP, that a trained model made it (GENERATED_IMAGE_XMP, ADR 0032).
 
 import { decode as pngDecode, encode as pngEncode, type DecodedPng } from 'fast-png';
 import jpegJs from 'jpeg-js';
@@ -24,8 +24,9 @@ import { EngineError } from '../errors.ts';
 import { MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS } from '../../../shared/image-header.ts';
 import { checkPngFileSync, pngChunkOf } from '../../../shared/png-check.ts';
 import { isJpeg } from '../../../shared/jpeg.ts';
-import { MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY } from '../../../shared/output-format.ts';
+import { defaultOutputQuality, MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY, type OutputFormat } from '../../../shared/output-format.ts';
 import { decodeJpeg } from './jpeg-decode.ts';
+import { encodeWebpRgba } from './webp.ts';
 import type { Rng } from './rng.ts';
 
 /** Planar float32 image: data[c·H·W + y·W + x], c ∈ {R,G,B}, values in [0,1]. */
@@ -192,6 +193,59 @@ export function encodeJpeg(img: PlanarImage, quality: number): Uint8Array {
   marked.set(GENERATED_IMAGE_APP1, app0End);
   marked.set(jpeg.subarray(app0End), app0End + GENERATED_IMAGE_APP1.length);
   return marked;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// WebP output
+
+/** A RIFF chunk: four-character code, little-endian size, payload, a pad byte when the size is odd. */
+function riffChunk(fourcc: string, payload: Uint8Array): Buffer {
+  const chunk = Buffer.alloc(8 + payload.length + (payload.length & 1));
+  chunk.write(fourcc, 0, 'latin1');
+  chunk.writeUInt32LE(payload.length, 4);
+  chunk.set(payload, 8);
+  return chunk;
+}
+
+/** The `XMP ` chunk holding GENERATED_IMAGE_XMP, as the WebP container specification puts XMP. */
+const GENERATED_IMAGE_WEBP_XMP = riffChunk('XMP ', Buffer.from(GENERATED_IMAGE_XMP, 'utf8'));
+/** VP8X's flag for "an XMP chunk follows the image" (the container specification's X bit). */
+const VP8X_XMP_FLAG = 0x04;
+
+/**
+ * Lossy WebP of the image at `quality` (1–100, libwebp's scale; 4:2:0 with libwebp's sharp RGB→YUV),
+ * marked as generated (GENERATED_IMAGE_XMP) in the extended file format: VP8X (canvas size, XMP flag),
+ * the encoder's VP8 chunk, then an `XMP ` chunk. The samples are rounded as encodePng rounds them; the
+ * encoder is WebAssembly, so the same image and quality give the same bytes on every host.
+ */
+export async function encodeWebp(img: PlanarImage, quality: number): Promise<Uint8Array> {
+  if (!Number.isInteger(quality) || quality < MIN_OUTPUT_QUALITY || quality > MAX_OUTPUT_QUALITY) {
+    throw new EngineError('invalid_input', `encodeWebp: quality must be a whole number from ${MIN_OUTPUT_QUALITY} to ${MAX_OUTPUT_QUALITY}; got ${quality}`, { quality });
+  }
+  const { width, height } = img;
+  const simple = Buffer.from(await encodeWebpRgba(quantized(img, 'encodeWebp', 4), width, height, quality));
+  // RIFF, its size, WEBP, then the one VP8 chunk of the simple format: moved whole behind a VP8X.
+  if (simple.toString('latin1', 0, 4) !== 'RIFF' || simple.toString('latin1', 8, 16) !== 'WEBPVP8 ') throw new Error('encodeWebp: the encoder did not write a simple lossy WebP');
+  const vp8 = simple.subarray(12, 12 + 8 + simple.readUInt32LE(16) + (simple.readUInt32LE(16) & 1));
+  const vp8x = Buffer.alloc(10);
+  vp8x[0] = VP8X_XMP_FLAG;
+  vp8x.writeUIntLE(width - 1, 4, 3);
+  vp8x.writeUIntLE(height - 1, 7, 3);
+  const body = Buffer.concat([Buffer.from('WEBP', 'latin1'), riffChunk('VP8X', vp8x), vp8, GENERATED_IMAGE_WEBP_XMP]);
+  const header = Buffer.alloc(8);
+  header.write('RIFF', 0, 'latin1');
+  header.writeUInt32LE(body.length, 4);
+  return new Uint8Array(Buffer.concat([header, body]));
+}
+
+/**
+ * The image as a file of `format` (ADR 0041, 0043): a lossy one at `quality` (its default when none),
+ * a PNG as encodePng writes it (`png`, when the caller has those bytes already).
+ */
+export async function encodeOutput(img: PlanarImage, format: OutputFormat, quality?: number, png?: Uint8Array): Promise<Uint8Array> {
+  if (format === 'png') return png ?? encodePng(img);
+  const q = quality ?? defaultOutputQuality(format);
+  return format === 'jpeg' ? encodeJpeg(img, q) : encodeWebp(img, q);
 }
 
 /**
