@@ -134,8 +134,10 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   // First under /v1, so its one line per request follows every answer below it, refusals included.
   app.use('/v1/*', requestLog(log));
   app.use('/v1/*', noStore());
-  app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
+  // The key before the body: auth reads only headers, so a request without a valid key gets its 401
+  // before any of its body is read (a chunked one is read whole by the limit).
   app.use('/v1/*', auth(deps.keys));
+  app.use('/v1/*', bodySizeLimit(deps.limits.maxBodyBytes));
   // Per-account limits (ADR 0026): every request; the uploads among them (each may store an image for
   // days); and the `Prefer: wait` holds (each keeps an API instance busy), counted over one longest
   // wait so that the budget is about the holds one account can have at once.

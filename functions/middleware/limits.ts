@@ -5,14 +5,31 @@ import { LIMIT_RULE } from '../schemas.ts';
 import type { AppEnv } from '../types.ts';
 import { HttpError, errorResponse } from './errors.ts';
 
-/** Refuses bodies over `maxBytes` (declared or streamed) with a 413 envelope. */
+/** Node's error for a request whose client went away before its body ended ("aborted", ECONNRESET). */
+const isAbortedBody = (error: unknown): boolean =>
+  error instanceof Error && ((error as NodeJS.ErrnoException).code === 'ECONNRESET' || error.message === 'aborted');
+
+/**
+ * Refuses bodies over `maxBytes` (declared or streamed) with a 413 envelope. A body with no length is
+ * read whole here, before the route: a client that goes away before its end is a 400 (logged as a
+ * refusal, as any cut-off body the route reads), not a 500 `request failed` line anyone could write.
+ */
 export function bodySizeLimit(maxBytes: number): MiddlewareHandler<AppEnv> {
   const limit = bodyLimit({
     maxSize: maxBytes,
     onError: (c) => errorResponse(c as never, new PayloadTooLargeError(`request body exceeds ${maxBytes} bytes`)),
   });
   return async function bodySizeLimitMiddleware(c, next) {
-    return limit(c, next);
+    let reachedRoute = false;
+    try {
+      return await limit(c, async () => {
+        reachedRoute = true;
+        await next();
+      });
+    } catch (error) {
+      if (!reachedRoute && isAbortedBody(error)) throw new HttpError(400, 'invalid_json', 'the request body ended before it was whole (the connection closed)');
+      throw error;
+    }
   };
 }
 
