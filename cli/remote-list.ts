@@ -25,6 +25,7 @@ export async function list(argv: string[], io: RemoteIo): Promise<number> {
       ...connectionOptions,
       status: { type: 'string' },
       'webhook-status': { type: 'string' },
+      'api-key-id': { type: 'string' },
       metadata: { type: 'string', multiple: true },
       since: { type: 'string' },
       until: { type: 'string' },
@@ -33,7 +34,7 @@ export async function list(argv: string[], io: RemoteIo): Promise<number> {
       all: { type: 'boolean' },
     },
   });
-  if (positionals.length > 0) throw new UsageError(`list takes no argument (got ${JSON.stringify(positionals[0])}); filter with --status, --webhook-status, --metadata K=V, --since or --until`);
+  if (positionals.length > 0) throw new UsageError(`list takes no argument (got ${JSON.stringify(positionals[0])}); filter with --status, --webhook-status, --api-key-id, --metadata K=V, --since or --until`);
   const query = new URLSearchParams();
   if (values.status !== undefined) {
     if (!(JOB_STATUSES as readonly string[]).includes(values.status)) throw new UsageError(`--status is one of ${JOB_STATUSES.join(', ')} (got ${JSON.stringify(values.status)})`);
@@ -42,6 +43,11 @@ export async function list(argv: string[], io: RemoteIo): Promise<number> {
   if (values['webhook-status'] !== undefined) {
     if (!(WEBHOOK_STATUSES as readonly string[]).includes(values['webhook-status'])) throw new UsageError(`--webhook-status is one of ${WEBHOOK_STATUSES.join(', ')} (got ${JSON.stringify(values['webhook-status'])})`);
     query.set('webhook_status', values['webhook-status']);
+  }
+  const keyId = values['api-key-id'];
+  if (keyId !== undefined) {
+    if (!SORTABLE_ID_PATTERN.test(keyId)) throw new UsageError(`--api-key-id is an API key's id: the 26 characters between ck_ and the next _ of the key (got ${JSON.stringify(keyId.slice(0, 40))})`);
+    query.set('api_key_id', keyId);
   }
   const labels = values.metadata ?? [];
   if (labels.length > METADATA_MAX_KEYS) throw new UsageError(`at most ${METADATA_MAX_KEYS} --metadata filters (a generation has at most ${METADATA_MAX_KEYS} labels)`);

@@ -32,7 +32,7 @@ const SYNOPSIS = {
   'webhook-secret': 'clipag remote webhook-secret create|show|delete [--idempotency-key K] [--timeout SEC] [--json]',
   'spend-limit': 'clipag remote spend-limit show|set USD|delete [--timeout SEC] [--json]',
   redeliver: 'clipag remote redeliver ID [--timeout SEC] [--json]',
-  list: `clipag remote list [--status S] [--webhook-status S] [--metadata K=V]... [--since T] [--until T]
+  list: `clipag remote list [--status S] [--webhook-status S] [--api-key-id ID] [--metadata K=V]... [--since T] [--until T]
            [--limit N | --all] [--cursor C] [--timeout SEC] [--json]`,
 } as const;
 type Action = keyof typeof SYNOPSIS;
@@ -127,6 +127,8 @@ prompt), or with --json the API's view of each, one JSON object per line. Filter
   --status S          queued, running, succeeded, failed or canceled
   --webhook-status S  pending, delivered or failed (every attempt failed: redeliver with
                       POST /v1/generations/ID/webhook/redeliver)
+  --api-key-id ID     made with that API key (its id, the 26 characters after ck_): what a leaked key
+                      set going, to cancel
   --metadata K=V      label K is exactly V (repeatable)
   --since T, --until T  created after / before T (RFC 3339, such as 2026-12-01T00:00:00Z; exclusive)
 One page (--limit N, default 20; the command for the next page is printed on stderr), or --all of them.

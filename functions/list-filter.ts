@@ -12,6 +12,7 @@ export interface ListFilterQuery {
   created_after?: string | undefined;
   created_before?: string | undefined;
   webhook_status?: WebhookStatus | undefined;
+  api_key_id?: string | undefined;
 }
 
 /**
@@ -58,7 +59,7 @@ export function listFilter(query: ListFilterQuery, raw: Record<string, string>):
   const fromBefore = before === undefined ? undefined : lastJobIdFrom(before);
   const startAfter = [query.cursor, fromBefore].filter((id): id is string => id !== undefined).sort().at(-1);
 
-  const { status, webhook_status: hook } = query;
+  const { status, webhook_status: hook, api_key_id: apiKeyId } = query;
   return {
     // The bounds are positions in id order: a job's id and its created_at are one clock reading (the
     // POST makes both from it); created_at is compared too, so that a job whose two differ is shown by
@@ -70,8 +71,9 @@ export function listFilter(query: ListFilterQuery, raw: Record<string, string>):
       (after === undefined || Date.parse(job.created_at) > after) &&
       (status === undefined || job.status === status) &&
       (hook === undefined || (job.webhook !== undefined && webhookStatus(job.webhook) === hook)) &&
+      (apiKeyId === undefined || job.api_key_id === apiKeyId) &&
       metadata.every(([k, v]) => Object.hasOwn(job.metadata ?? {}, k) && job.metadata![k] === v),
-    selective: status !== undefined || hook !== undefined || metadata.length > 0,
+    selective: status !== undefined || hook !== undefined || apiKeyId !== undefined || metadata.length > 0,
   };
 }
 

@@ -102,6 +102,10 @@ export const ListQuery = z.object({
       example: { batch: 'spring-catalog' },
       description: `Only generations whose metadata has KEY with exactly VALUE: \`metadata[batch]=spring-catalog\` (percent-encode the brackets if your client does not). Several must all match (at most ${METADATA_MAX_KEYS}). A scan, as with \`status\`.`,
     }),
+  api_key_id: ApiKeyId.optional().openapi({
+    param: { name: 'api_key_id', in: 'query' },
+    description: "Only the generations this API key of yours created (its id: the part of the secret between `ck_` and the next `_`; a generation's `api_key_id`): after a key leaks, what it set going, to cancel. A scan, as with `status`.",
+  }),
   idempotency_key: z
     .string()
     .regex(IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE)

@@ -252,7 +252,7 @@ const listGenerations = createRoute({
   method: 'get',
   path: '/v1/generations',
   summary: "The caller's generations, newest first; or the one an Idempotency-Key made",
-  description: `One request reads at most ${LIST_SCAN_LIMIT} generations, the largest page: \`limit\` of them, or with \`status\`, \`webhook_status\` or \`metadata[KEY]\` up to ${LIST_SCAN_LIMIT} looked at to find \`limit\` that match (keep paging while \`next_cursor\` is set). \`created_before\` and \`created_after\` bound the list itself (ids sort by creation time), so they cost no scan; with the others they narrow it. Every list request counts as one request against the account's rate limit, whatever its size (ADR 0026).`,
+  description: `One request reads at most ${LIST_SCAN_LIMIT} generations, the largest page: \`limit\` of them, or with \`status\`, \`webhook_status\`, \`api_key_id\` or \`metadata[KEY]\` up to ${LIST_SCAN_LIMIT} looked at to find \`limit\` that match (keep paging while \`next_cursor\` is set). \`created_before\` and \`created_after\` bound the list itself (ids sort by creation time), so they cost no scan; with the others they narrow it. Every list request counts as one request against the account's rate limit, whatever its size (ADR 0026).`,
   security: SECURITY,
   request: { query: ListQuery },
   responses: {

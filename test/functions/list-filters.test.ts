@@ -156,6 +156,25 @@ describe('GET /v1/generations: metadata and webhook_status', () => {
     await expectEnvelope(await h.request('/v1/generations?webhook_status=given_up'), 400, 'validation_error');
   });
 
+  it('api_key_id shows what one key of the account made (after a leak: what to cancel); another key\'s id, or none recorded, matches none', async () => {
+    const created = await h.keys.create({ name: 'ci', owner: 'acct_alice' });
+    const leaked = { id: created.record.id, secret: created.secret };
+    const made = async (key: string) => {
+      const res = await h.app.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'apple' }) });
+      expect(res.status).toBe(202);
+      return ((await res.json()) as { id: string; api_key_id: string }).id;
+    };
+    const byLeaked = [await made(leaked.secret), await made(h.alice), await made(leaked.secret)];
+    const pages = await all(`api_key_id=${leaked.id}`);
+    expect(idsOf(pages)).toEqual([byLeaked[2], byLeaked[0]]);
+    expect(pages.flatMap((p) => p.data.map((g) => (g as unknown as { api_key_id: string }).api_key_id))).toEqual([leaked.id, leaked.id]);
+    // With status too: the queued ones, to cancel.
+    expect(idsOf(await all(`api_key_id=${leaked.id}&status=queued`))).toEqual([byLeaked[2], byLeaked[0]]);
+    expect(idsOf(await all(`api_key_id=${newJobId()}`))).toEqual([]);
+    const bad = await expectEnvelope(await h.request('/v1/generations?api_key_id=ck_live'), 400, 'validation_error');
+    expect(bad.param).toBe('api_key_id');
+  });
+
   it('every filter at once: the generations that pass all of them', async () => {
     const ids = await jobsOfAlice(60);
     const query = `status=succeeded&webhook_status=failed&metadata[batch]=b0&created_after=${at(5).toISOString()}&created_before=${at(55).toISOString()}`;

@@ -486,7 +486,7 @@ describe('query parameters: an operation takes the ones it declares, no others',
   it('a misspelt filter is refused, naming it, where it once answered plausible wrong data', async () => {
     await h.request('/v1/generations', { json: { prompt: 'apple' } });
     const statu = await expectEnvelope(await h.request('/v1/generations?statu=failed'), 400, 'validation_error');
-    expect([statu.param, statu.message]).toEqual(['statu', 'unknown query parameter "statu": GET /v1/generations takes limit, cursor, status, created_after, created_before, webhook_status, metadata[KEY], idempotency_key']);
+    expect([statu.param, statu.message]).toEqual(['statu', 'unknown query parameter "statu": GET /v1/generations takes limit, cursor, status, created_after, created_before, webhook_status, metadata[KEY], api_key_id, idempotency_key']);
     const mnth = await expectEnvelope(await h.request('/v1/usage?mnth=2020-01'), 400, 'validation_error');
     expect([mnth.param, mnth.message]).toEqual(['mnth', 'unknown query parameter "mnth": GET /v1/usage takes month, api_key_id']);
     // HEAD as its GET; the declared ones still work.

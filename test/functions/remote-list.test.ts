@@ -68,6 +68,10 @@ describe('clipag remote list', () => {
     expect(shown.every((g) => g.status === 'succeeded' && g.metadata.batch === 'b0')).toBe(true);
     const until = await list('--until', '2026-11-01T00:02:00Z', '--webhook-status', 'failed');
     expect([until.code, until.stdout, until.stderr]).toEqual([0, [], 'clipag remote: no generation matches']);
+    // --api-key-id: what one key made (these were made with none recorded, so none matches).
+    const keyId = '01jabcdefabcdefabcdefabcde';
+    const byKey = await list('--api-key-id', keyId);
+    expect([byKey.code, byKey.queries, byKey.stderr]).toEqual([0, [`?api_key_id=${keyId}`], 'clipag remote: no generation matches']);
   });
 
   it('--all follows next_cursor to the end, 100 a page', async () => {
@@ -88,6 +92,7 @@ describe('clipag remote list', () => {
       [['--limit', '0'], /--limit is a whole number from 1 to 100/],
       [['--limit', '5', '--all'], /--limit goes without --all/],
       [['--cursor', 'nope'], /--cursor is the cursor an earlier list printed/],
+      [['--api-key-id', 'ck_live_abc'], /--api-key-id is an API key's id: the 26 characters between ck_ and the next _/],
       [['extra'], /list takes no argument/],
     ] as const) {
       await expect(list(...args), args.join(' ')).rejects.toThrow(UsageError);
