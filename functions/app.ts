@@ -60,6 +60,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use('*', requestId());
   // Inside requestId: the HEAD's answer it makes again keeps every header, the request id included.
   app.use('*', headContentLength());
+  // Every answer, /healthz, the documents and the 404 of an unknown path included: no-store (where the
+  // route set no Cache-Control of its own), nosniff and no framing (security review F5).
+  app.use('*', noStore());
   app.use('*', nonErrorThrowsAsErrors({ outsideRequestLog: true }));
   app.onError(onError(log));
   app.notFound(notFound(ROUTES));
@@ -133,7 +136,6 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
 
   // First under /v1, so its one line per request follows every answer below it, refusals included.
   app.use('/v1/*', requestLog(log));
-  app.use('/v1/*', noStore());
   // The key before the body: auth reads only headers, so a request without a valid key gets its 401
   // before any of its body is read (a chunked one is read whole by the limit).
   app.use('/v1/*', auth(deps.keys));

@@ -175,10 +175,13 @@ describe('bad generation requests → 4xx envelope, nothing written', () => {
     }
   });
 
-  it('every API answer, an error too, is marked Cache-Control: no-store (signed links, webhook secrets, one caller\'s jobs), nosniff and not for framing', async () => {
+  it('every answer, an error too, is marked Cache-Control: no-store (signed links, webhook secrets, one caller\'s jobs), nosniff and not for framing', async () => {
     const created = await h.request('/v1/generations', { json: { prompt: 'a' } });
     expect([created.status, created.headers.get('Cache-Control')]).toEqual([202, 'no-store']);
-    for (const res of [created, await h.request('/v1/generations'), await h.request('/v1/generations/nope'), await h.request('/v1/models'), await h.request('/v1/generations', { key: null })]) {
+    // Outside /v1 too (security review F5): the health check, both documents and an unknown path's 404.
+    const outside = [await h.app.request('/healthz'), await h.app.request('/openapi.json'), await h.app.request('/openapi-3.0.json'), await h.app.request('/no/such/path')];
+    expect(outside.map((r) => r.status)).toEqual([200, 200, 200, 404]);
+    for (const res of [created, await h.request('/v1/generations'), await h.request('/v1/generations/nope'), await h.request('/v1/models'), await h.request('/v1/generations', { key: null }), ...outside]) {
       expect(res.headers.get('Cache-Control'), res.url).toBe('no-store');
       expect(res.headers.get('X-Content-Type-Options'), res.url).toBe('nosniff');
       expect(res.headers.get('X-Frame-Options'), res.url).toBe('DENY');
