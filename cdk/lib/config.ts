@@ -96,6 +96,15 @@ export interface StageConfig {
    * a `-c defaultModel` that differs from its entry (`selectStage`).
    */
   readonly defaultModel: string;
+  /**
+   * The GPU instances' AMI. Null (dev and prod as shipped): the ECS-optimized Amazon Linux 2023 GPU AMI
+   * that AWS recommends at each deploy (the SSM parameter
+   * `/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id`), so any deploy, an
+   * API-only one included, may move the fleet to a new NVIDIA driver. An AMI id (`ami-…`, of the stage's
+   * region): that image until this entry changes, moved on purpose and followed by a smoke job
+   * (cdk/README.md, "Pin or roll back the GPU AMI").
+   */
+  readonly gpuAmiId: string | null;
   readonly useSpot: boolean;
   readonly maxInstances: number;
   /** Queue backlog (visible + in flight) one task is expected to absorb before another is added. */
@@ -156,6 +165,7 @@ const dev: StageConfig = {
   instanceTypes: ['g5.xlarge', 'g4dn.xlarge'],
   workerHourlyUsd: 1.006,
   defaultModel: 'toy',
+  gpuAmiId: null,
   useSpot: true,
   maxInstances: 2,
   jobsPerTask: 4,
@@ -298,6 +308,9 @@ export function ecsPlaceable(type: string): { cpuUnits: number; memoryMiB: numbe
   return { cpuUnits: spec.vcpus * 1024, memoryMiB: Math.floor(spec.memoryMiB * 0.9) };
 }
 
+/** An EC2 image id: `ami-` and 8 (older) or 17 hex digits. */
+export const GPU_AMI_ID_PATTERN = /^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$/;
+
 /** The retention periods CloudWatch Logs accepts. */
 const LOG_RETENTION_DAYS = new Set([
   1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
@@ -356,6 +369,7 @@ function validate(cfg: StageConfig): void {
   // (gpu-queue-worker.ts): CloudWatch refuses an alarm whose period × evaluation periods exceeds one day
   // when the period is under an hour, so 1440 one-minute periods at most.
   if (cfg.scaleInAfterIdleMinutes > 1440) problems.push('scaleInAfterIdleMinutes must be <= 1440 (the scale-in alarm evaluates 1-minute periods, and CloudWatch allows at most a day of them)');
+  if (cfg.gpuAmiId !== null && !GPU_AMI_ID_PATTERN.test(cfg.gpuAmiId)) problems.push(`gpuAmiId must be null (the recommended ECS GPU AMI at each deploy) or an AMI id (ami- and 8 or 17 hex digits); got ${JSON.stringify(cfg.gpuAmiId)}`);
   if (!MODEL_NAME_PATTERN.test(cfg.defaultModel)) problems.push(`defaultModel is not a model name: ${JSON.stringify(cfg.defaultModel)} (lower-case letters, digits, '.', '_', '-')`);
   if (cfg.alarmEmail !== undefined && !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(cfg.alarmEmail)) problems.push(`alarmEmail is not an e-mail address: ${JSON.stringify(cfg.alarmEmail)}`);
   if (cfg.stage === 'prod' && cfg.alarmEmail === undefined) problems.push('alarmEmail is required in prod (alarmEmail in the prod entry of cdk/lib/config.ts, -c alarmEmail=ops@example.com or $CLIPAG_ALARM_EMAIL): the alarms would tell nobody');

@@ -67,6 +67,15 @@ export interface QueueAlarmsProps {
 export const JOB_FAILURE_PERCENT = 50;
 export const JOB_FAILURE_MIN_JOBS = 5;
 
+/**
+ * Where an alarm's entry is in the runbook, at the end of its description: the SNS e-mail carries the
+ * description, and it is what reaches the on-call's phone. `entry` is a `####` heading of cdk/README.md's
+ * "On call" section (a test checks each one exists).
+ */
+export function runbookPointer(entry: string): string {
+  return `Runbook: cdk/README.md, On call, ${entry}.`;
+}
+
 /** Operator alarms for the job pipeline, published to one SNS topic. */
 export class QueueAlarms extends Construct {
   readonly topic: sns.Topic;
@@ -142,11 +151,16 @@ export class QueueAlarms extends Construct {
     );
     if (props.email) this.topic.addSubscription(new subs.EmailSubscription(props.email));
     const action = new actions.SnsAction(this.topic);
+    // The one runbook entry of the three sweep alarms.
+    const sweepEntry = 'Queued-job sweep failing, not running, or its events dropped';
 
-    /** Most alarms here: at or over its threshold for `periods` periods; no data (an idle queue or API) is healthy. */
-    const atLeast = (id: string, description: string, metric: cloudwatch.IMetric, threshold: number, periods: number) =>
+    /**
+     * Most alarms here: at or over its threshold for `periods` periods; no data (an idle queue or API) is
+     * healthy. `entry`: its runbook entry, named at the end of the description (runbookPointer).
+     */
+    const atLeast = (id: string, entry: string, description: string, metric: cloudwatch.IMetric, threshold: number, periods: number) =>
       new cloudwatch.Alarm(this, id, {
-        alarmDescription: description,
+        alarmDescription: `${description} ${runbookPointer(entry)}`,
         metric,
         threshold,
         comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
@@ -159,14 +173,15 @@ export class QueueAlarms extends Construct {
      * `logGroup` whose `field` is `value`, and the alarm fires when one or more come in each of
      * `periods` 5-minute periods.
      */
-    const onLines = (logGroup: logs.ILogGroup, alarmId: string, field: string, value: string, metricName: string, description: string, periods: number) => {
+    const onLines = (logGroup: logs.ILogGroup, alarmId: string, entry: string, field: string, value: string, metricName: string, description: string, periods: number) => {
       const filter = new logs.MetricFilter(this, `${alarmId}Filter`, { logGroup, filterPattern: logs.FilterPattern.stringValue(field, '=', value), metricNamespace: namespace, metricName, metricValue: '1' });
-      return { filter, alarm: atLeast(alarmId, description, filter.metric({ period: Duration.minutes(5), statistic: 'Sum' }), 1, periods) };
+      return { filter, alarm: atLeast(alarmId, entry, description, filter.metric({ period: Duration.minutes(5), statistic: 'Sum' }), 1, periods) };
     };
 
     // Any message in the DLQ is a job that failed three times: a human should look.
     this.dlqDepthAlarm = atLeast(
       'DlqDepth',
+      'DLQ depth',
       'Jobs are landing in the dead-letter queue (failed after 3 receives).',
       props.deadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(1), statistic: 'Maximum' }),
       props.dlqDepth,
@@ -182,6 +197,7 @@ export class QueueAlarms extends Construct {
     // QueuedJobSweepEventsDropped), so this one reading OK on missing data never hides a stopped sweep.
     this.oldestQueuedJobAlarm = atLeast(
       'OldestQueuedJob',
+      'Oldest queued job',
       `A queued job has waited more than ${props.oldestQueuedJobSeconds}s to start (the queued-job sweep's oldestQueuedSec).`,
       (this.oldestQueuedJobFilter = new logs.MetricFilter(this, 'OldestQueuedJobFilter', {
         logGroup: props.queuedJobSweep.logGroup,
@@ -199,6 +215,7 @@ export class QueueAlarms extends Construct {
     // One failed sweep is retried by the next; failures for 15 minutes straight need a human.
     this.queuedJobSweepAlarm = atLeast(
       'QueuedJobSweepErrors',
+      sweepEntry,
       'The queued-job sweep has failed for 15 minutes: jobs that lost their queue message are not re-sent, and the queued-job wait is not measured.',
       props.queuedJobSweep.fn.metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }),
       1,
@@ -213,7 +230,7 @@ export class QueueAlarms extends Construct {
     const sweepPeriod = Duration.minutes(props.queuedJobSweepMinutes);
     const notRunningPeriods = 3;
     this.queuedJobSweepNotRunningAlarm = new cloudwatch.Alarm(this, 'QueuedJobSweepNotRunning', {
-      alarmDescription: `The queued-job sweep has not run for ${notRunningPeriods * props.queuedJobSweepMinutes} minutes (scheduled every ${props.queuedJobSweepMinutes} min): throttled, its events dropped, its schedule disabled or its function gone. Lost messages are not re-sent, owed webhooks not retried, and the queued-job wait alarm has no data.`,
+      alarmDescription: `The queued-job sweep has not run for ${notRunningPeriods * props.queuedJobSweepMinutes} minutes (scheduled every ${props.queuedJobSweepMinutes} min): throttled, its events dropped, its schedule disabled or its function gone. Lost messages are not re-sent, owed webhooks not retried, and the queued-job wait alarm has no data. ${runbookPointer(sweepEntry)}`,
       metric: props.queuedJobSweep.fn.metricInvocations({ period: sweepPeriod, statistic: 'Sum' }),
       threshold: 1,
       comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
@@ -225,6 +242,7 @@ export class QueueAlarms extends Construct {
     // Prefer: wait calls can take the account's): one is worth a look before the runs stop altogether.
     this.queuedJobSweepDroppedAlarm = atLeast(
       'QueuedJobSweepEventsDropped',
+      sweepEntry,
       "Lambda dropped a scheduled queued-job sweep (AsyncEventsDropped: it waited longer than one sweep period, most likely throttled by the account's concurrency).",
       props.queuedJobSweep.fn.metric('AsyncEventsDropped', { period: Duration.minutes(5), statistic: 'Sum' }),
       1,
@@ -241,6 +259,7 @@ export class QueueAlarms extends Construct {
     this.api5xxAlarm = props.httpApi
       ? atLeast(
           'Api5xx',
+          'API 5xx share',
           `The public API answered ${api5xxPercent} % or more of its requests with 5xx in two 5-minute periods in a row (at least ${api5xxMinRequests} requests each): the app's 500s, or the gateway's own for a failing or timing-out Lambda.`,
           new cloudwatch.MathExpression({
             label: '5xx share of requests (%)',
@@ -261,6 +280,7 @@ export class QueueAlarms extends Construct {
     this.apiThrottlesAlarm = props.apiFunction
       ? atLeast(
           'ApiThrottles',
+          'API Lambda throttled',
           "The API Lambda was throttled in two 5-minute periods in a row: callers got errors because the account's (or the function's) concurrency was used up.",
           props.apiFunction.metricThrottles({ period: fiveMinutes, statistic: 'Sum' }),
           1,
@@ -271,7 +291,7 @@ export class QueueAlarms extends Construct {
     // The worker logs at `error` only what an operator must act on: an unhealthy worker (ADR 0023),
     // a usage add that failed (the ledger misses a job until `clipag usage rebuild`), a failure it
     // could not record, a corrupt job document, a content policy that does not parse.
-    const workerErrors = onLines(props.workerLogGroup, 'WorkerErrorLines', '$.level', 'error', 'WorkerErrorLines', 'The GPU worker logged an error line (search its log group for "level":"error").', 1);
+    const workerErrors = onLines(props.workerLogGroup, 'WorkerErrorLines', 'GPU worker error line', '$.level', 'error', 'WorkerErrorLines', 'The GPU worker logged an error line (search its log group for "level":"error").', 1);
     this.workerErrorLinesFilter = workerErrors.filter;
     this.workerErrorAlarm = workerErrors.alarm;
 
@@ -296,6 +316,7 @@ export class QueueAlarms extends Construct {
     const linesPer5Min = (filter: logs.MetricFilter) => filter.metric({ period: Duration.minutes(5), statistic: 'Sum' });
     this.apiErrorAlarm = atLeast(
       'ApiErrorLines',
+      'API or sweep error line',
       'The API handler or the queued-job sweep logged an error line (search both log groups for "level":"error"; a 503\'s `request failed` line is not counted).',
       new cloudwatch.MathExpression({
         label: 'error lines of the API handler and the queued-job sweep',
@@ -328,6 +349,7 @@ export class QueueAlarms extends Construct {
     const finished = (outcome: string) => this.jobOutcomesFilter.metric({ period: Duration.minutes(15), statistic: 'Sum', dimensionsMap: { Outcome: outcome } });
     this.jobFailureRatioAlarm = atLeast(
       'JobFailureRatio',
+      'Job failure share',
       `${JOB_FAILURE_PERCENT} % or more of the jobs the GPU worker finished in 15 minutes failed (at least ${JOB_FAILURE_MIN_JOBS} jobs): search its log group for "job finished" with "outcome":"failed" and read their error codes.`,
       new cloudwatch.MathExpression({
         label: 'failed share of finished jobs (%)',
@@ -346,6 +368,7 @@ export class QueueAlarms extends Construct {
       ? onLines(
           props.apiLogGroup,
           'RateLimitFailingOpen',
+          'Rate limits failing open',
           '$.event',
           'rate_limit_unavailable',
           'RateLimitUnavailable',
@@ -373,6 +396,7 @@ export class QueueAlarms extends Construct {
       });
       this.gpuIdleInstancesAlarm = atLeast(
         'GpuIdleInstances',
+        'GPU instances idle',
         `GPU instances have been in service for ${fleet.idleMinutes} minutes while the job queue was empty (nothing visible, nothing in flight): they are billed and do nothing. Check the Auto Scaling group's instances and the cluster's container instances.`,
         new cloudwatch.MathExpression({
           label: 'GPU instances in service with an empty backlog (1 = yes)',
@@ -414,7 +438,7 @@ export class QueueAlarms extends Construct {
       const message = events.RuleTargetInput.fromText(
         `clipag ${props.stage}: a GPU worker task stopped abnormally. Exit code: ${field('$.detail.containers[0].exitCode')}. ` +
           `Stop code: ${field('$.detail.stopCode')}. Reason: ${field('$.detail.stoppedReason')} ${field('$.detail.containers[0].reason')}. ` +
-          `Task: ${field('$.detail.taskArn')}. Runbook: cdk/README.md, On call, A worker task stopped abnormally.`,
+          `Task: ${field('$.detail.taskArn')}. ${runbookPointer('A worker task stopped abnormally')}`,
       );
       // A target of its own rather than events-targets' SnsTopic, which grants every EventBridge rule
       // (events.amazonaws.com, no condition) publish on the topic: this rule alone may.

@@ -84,7 +84,7 @@ export class WorkerStack extends Stack {
       allowAllOutbound: true,
     });
 
-    const instanceRole = new iam.Role(this, 'InstanceRole', {
+    const instanceRole = new GpuInstanceRole(this, 'InstanceRole', {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
       description: 'ECS container instance role for the GPU workers (the ECS agent only)',
     });
@@ -110,10 +110,7 @@ export class WorkerStack extends Stack {
       userData.addCommands('echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config');
     }
     const launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
-      // ECS-optimized Amazon Linux 2023 GPU AMI (NVIDIA driver + container toolkit; Amazon Linux 2
-      // left support on 2026-06-30). It is an SSM parameter resolved at deploy time, so synth needs
-      // no AWS call.
-      machineImage: ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.GPU),
+      machineImage: gpuMachineImage(config.gpuAmiId),
       instanceType: new ec2.InstanceType(primaryType!),
       userData,
       role: instanceRole,
@@ -204,6 +201,9 @@ export class WorkerStack extends Stack {
       environment: processEnv(config, 'worker', { bucketName: bucket.bucketName, queueUrl: queue.queueUrl, deadLetterQueueUrl: deadLetterQueue.queueUrl, region: this.region }),
     });
 
+    // The host writes the worker's log group alone (GpuInstanceRole, below, drops CDK's logs grant on `*`).
+    this.worker.logGroup.grantWrite(instanceRole);
+
     // Task role, least privilege: read the job record and update it (status, progress), read init
     // images, model files and the policy, write outputs and frames (delete an earlier copy of a
     // withheld image), read-modify-write stats/ and usage/, delete pending/active/ markers, write and delete
@@ -288,5 +288,41 @@ export class WorkerStack extends Stack {
     out('WorkerLogGroupName', this.worker.logGroup.logGroupName, "The GPU worker's JSON log lines (aws logs tail / filter-log-events)");
     out('DashboardName', this.dashboard.dashboard.dashboardName, 'CloudWatch dashboard of the stage');
     out('DashboardUrl', `https://console.aws.amazon.com/cloudwatch/home?region=${Aws.REGION}#dashboards/dashboard/${this.dashboard.dashboard.dashboardName}`, 'The dashboard in the console');
+  }
+}
+
+/**
+ * The GPU hosts' AMI. Without a pinned id: the ECS-optimized Amazon Linux 2023 GPU AMI (NVIDIA driver and
+ * container toolkit; Amazon Linux 2 left support on 2026-06-30), an SSM parameter resolved at each deploy,
+ * so synth needs no AWS call and every deploy takes the image AWS recommends that day. With one
+ * (`gpuAmiId` in the stage's entry): that image, until the entry changes (cdk/README.md, "Pin or roll
+ * back the GPU AMI"). An id needs no lookup either; it names an image of the stage's region.
+ */
+export function gpuMachineImage(gpuAmiId: string | null): ec2.IMachineImage {
+  if (gpuAmiId === null) return ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.GPU);
+  return { getImage: () => ({ imageId: gpuAmiId, osType: ec2.OperatingSystemType.LINUX, userData: ec2.UserData.forLinux() }) };
+}
+
+/**
+ * The ECS container-instance role of the GPU hosts. `Cluster.addAsgCapacityProvider` adds CDK's minimal
+ * ECS instance policy to it, whose statement on `*` also allows `logs:CreateLogStream` and
+ * `logs:PutLogEvents` (CDK keeps them for a CloudWatch agent a user may install). None runs here, and the
+ * worker's awslogs driver needs them on its own log group at most (the ECS-optimized AMI's agent has it
+ * write with the task execution role, which CDK grants on that group). A host allowed every log group
+ * could write `"level":"error"` lines into the API's or the sweep's log group, forging pages or burying
+ * real ones. So the logs actions of a statement on `*` are dropped here, and the worker stack grants
+ * them on the worker's log group alone (`logGroup.grantWrite`).
+ */
+class GpuInstanceRole extends iam.Role {
+  override addToPrincipalPolicy(statement: iam.PolicyStatement): iam.AddToPrincipalPolicyResult {
+    const isLogs = (action: string) => action.startsWith('logs:');
+    const plain = statement.effect === iam.Effect.ALLOW && statement.notActions.length === 0 && statement.notResources.length === 0 && statement.principals.length === 0;
+    if (!plain || !statement.resources.includes('*') || !statement.actions.some(isLogs)) return super.addToPrincipalPolicy(statement);
+    const rest = statement.actions.filter((action) => !isLogs(action));
+    // A statement of logs actions alone on `*`: replaced whole by the scoped grant.
+    if (rest.length === 0) return { statementAdded: true };
+    return super.addToPrincipalPolicy(
+      new iam.PolicyStatement({ ...(statement.sid ? { sid: statement.sid } : {}), actions: rest, resources: statement.resources, conditions: statement.conditions }),
+    );
   }
 }

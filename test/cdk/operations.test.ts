@@ -10,7 +10,8 @@ import { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
 import { contextKeyWarnings, selectStage, STAGES, stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
-import { LAMBDA_STUB, REPO_ROOT, readCdkJson, resources, testApp } from './helpers.ts';
+import { runbookPointer } from '../../cdk/lib/queue-alarms.ts';
+import { LAMBDA_STUB, REPO_ROOT, asArray, policyStatements, readCdkJson, resources, testApp } from './helpers.ts';
 
 const stubImage = ContainerImage.fromRegistry('public.ecr.aws/docker/library/busybox:stable');
 
@@ -240,9 +241,47 @@ describe('stack outputs the runbook reads (M4)', () => {
     const b = built.prod;
     const templates = { Stateful: b.stateful, Api: b.api, Worker: b.worker };
     for (const [stack, output] of used) expect(Object.keys((templates[stack].toJSON() as { Outputs: object }).Outputs), `${stack} ${output}`).toContain(output);
-    for (const entry of ['DLQ depth', 'Oldest queued job', 'Queued-job sweep failing, not running, or its events dropped', 'API 5xx share', 'API Lambda throttled', 'Rate limits failing open', 'GPU worker error line', 'API or sweep error line', 'Job failure share', 'GPU instances idle', 'A worker task stopped abnormally', 'Pause GPU spending']) {
+    for (const entry of ['DLQ depth', 'Oldest queued job', 'Queued-job sweep failing, not running, or its events dropped', 'API 5xx share', 'API Lambda throttled', 'Rate limits failing open', 'GPU worker error line', 'API or sweep error line', 'Job failure share', 'GPU instances idle', 'A worker task stopped abnormally', 'Pause GPU spending', 'Check that alarms reach someone', 'Rotate or revoke a customer\'s API key', 'Pin or roll back the GPU AMI']) {
       expect(text, entry).toContain(`#### ${entry}\n`);
     }
+  });
+
+  it('each alarm\'s e-mail (its AlarmDescription) ends with where its runbook entry is, as the task-stopped notice does (review-ops 6)', () => {
+    const text = readme();
+    const sweep = 'Queued-job sweep failing, not running, or its events dropped';
+    const expected: Record<string, string> = {
+      DlqDepth: 'DLQ depth',
+      OldestQueuedJob: 'Oldest queued job',
+      QueuedJobSweepErrors: sweep,
+      QueuedJobSweepNotRunning: sweep,
+      QueuedJobSweepEventsDropped: sweep,
+      Api5xx: 'API 5xx share',
+      ApiThrottles: 'API Lambda throttled',
+      WorkerErrorLines: 'GPU worker error line',
+      ApiErrorLines: 'API or sweep error line',
+      JobFailureRatio: 'Job failure share',
+      RateLimitFailingOpen: 'Rate limits failing open',
+      GpuIdleInstances: 'GPU instances idle',
+    };
+    for (const stage of ['dev', 'prod'] as const) {
+      const { worker, stacks } = built[stage];
+      // Every alarm that notifies the topic: the twelve of QueueAlarms (the scaling policy's two do not).
+      const alarms = resources(worker).filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm' && JSON.stringify(r.Properties.AlarmActions ?? []).includes('AlarmsTopic'));
+      expect(alarms.map(([id]) => id.replace(/^Alarms/, '').replace(/[0-9A-F]{8}$/, '')).sort()).toEqual(Object.keys(expected).sort());
+      expect(stacks.worker.alarms.operatorAlarms).toHaveLength(12);
+      for (const [id, alarm] of alarms) {
+        const entry = expected[id.replace(/^Alarms/, '').replace(/[0-9A-F]{8}$/, '')]!;
+        const description = alarm.Properties.AlarmDescription as string;
+        expect(description, id).toMatch(/\. Runbook: cdk\/README\.md, On call, [^.]+\.$/);
+        expect(description.endsWith(` ${runbookPointer(entry)}`), `${id}: ${description}`).toBe(true);
+        expect(text, entry).toContain(`#### ${entry}\n`);
+        // CloudWatch's limit on a description.
+        expect(description.length, id).toBeLessThanOrEqual(1024);
+      }
+    }
+    // The notice says it the same way.
+    const rule = resource(built.prod.worker, 'AlarmsWorkerTaskStopped09EC3212');
+    expect(rule.Properties.Targets[0].InputTransformer.InputTemplate).toContain(runbookPointer('A worker task stopped abnormally'));
   });
 });
 
@@ -303,5 +342,126 @@ describe('the API alarms (L4)', () => {
     expect(throttles.Properties).toMatchObject({ Namespace: 'AWS/Lambda', MetricName: 'Throttles', Statistic: 'Sum', Period: 300, Threshold: 1, EvaluationPeriods: 2, AlarmActions: [topicRef], OKActions: [topicRef] });
     expect(JSON.stringify(throttles.Properties.Dimensions)).toMatch(/Handler[0-9A-F]{8}/);
     expect(JSON.stringify(throttles.Properties.Dimensions)).not.toContain('QueuedJobSweeper');
+  });
+});
+
+describe('the runbook\'s bucket table says who may touch each prefix, as the grants do (review-ops 4)', () => {
+  type Role = 'api' | 'sweep' | 'worker';
+  const ROLE_OF_POLICY: Record<string, Role> = {
+    HandlerServiceRoleDefaultPolicy: 'api',
+    QueuedJobSweeperServiceRoleDefaultPolicy: 'sweep',
+    WorkerTaskDefinitionTaskRoleDefaultPolicy: 'worker',
+  };
+
+  /** Every object grant on the bucket: role → prefix → actions (Get, Put, Delete). */
+  function objectGrants(templates: Template[]): Map<Role, Map<string, Set<string>>> {
+    const out = new Map<Role, Map<string, Set<string>>>();
+    for (const t of templates) {
+      for (const { owner, statement } of policyStatements(t)) {
+        if (statement.Effect !== 'Allow') continue;
+        const actions = asArray(statement.Action).filter((a) => /^s3:(Get|Put|Delete)Object$/.test(a));
+        if (actions.length === 0) continue;
+        const role = Object.entries(ROLE_OF_POLICY).find(([prefix]) => owner.startsWith(prefix))?.[1];
+        // A role with object access that the table has no column for fails here.
+        expect(role, `${owner} has S3 object grants but no column in the table`).toBeDefined();
+        for (const r of asArray(statement.Resource)) {
+          const prefix = JSON.stringify(r).match(/"\/([a-z-]+\/(?:[a-z-]+\/)*)\*"/)?.[1];
+          expect(prefix, `${owner}: ${JSON.stringify(r)}`).toBeDefined();
+          const byPrefix = out.get(role!) ?? new Map<string, Set<string>>();
+          const set = byPrefix.get(prefix!) ?? new Set<string>();
+          for (const a of actions) set.add(a.replace(/^s3:/, '').replace(/Object$/, ''));
+          byPrefix.set(prefix!, set);
+          out.set(role!, byPrefix);
+        }
+      }
+    }
+    return out;
+  }
+
+  /** The table's rows: the prefixes of the first column, and the actions each role's cell names. */
+  function tableRows(text: string): Array<{ prefixes: string[]; cells: Record<Role, Set<string>> }> {
+    const section = text.slice(text.indexOf('## Bucket layout and who may touch it'), text.indexOf('\n## ', text.indexOf('## Bucket layout and who may touch it') + 1));
+    const lines = section.split('\n').filter((l) => l.startsWith('| `'));
+    expect(section).toContain('| Prefix | API Lambda | Sweep Lambda | Worker task role | Lifecycle |');
+    return lines.map((line) => {
+      const cells = line.split('|').slice(1, -1).map((c) => c.trim());
+      expect(cells, line).toHaveLength(5);
+      const prefixes = [...cells[0]!.matchAll(/`([^`]+)`/g)].map((m) => m[1]!.replace(/<[a-z]+>\/$/, ''));
+      const actions = (cell: string) => new Set([...cell.matchAll(/\b(Get|Put|Delete)\b/g)].map((m) => m[1]!));
+      return { prefixes, cells: { api: actions(cells[1]!), sweep: actions(cells[2]!), worker: actions(cells[3]!) } };
+    });
+  }
+
+  it('every prefix granted to the API, the sweep or the worker has a row, and each row names exactly the actions granted', () => {
+    // Prod as shipped, and with a record retention (the sweep's retention/ grant exists only then).
+    const withRetention = build(stageConfig('prod', { alarmEmail: 'ops@example.com', recordRetentionDays: 90 }));
+    const templates = [built.prod, withRetention].flatMap((b) => [b.stateful, b.api, b.worker]);
+    const grants = objectGrants(templates);
+    expect([...grants.keys()].sort()).toEqual(['api', 'sweep', 'worker']);
+    const rows = tableRows(readme());
+    // A grant covers a row when the row's prefix lies under the granted one (pending/ covers pending/msg/), or the other way round.
+    const covers = (granted: string, documented: string) => documented.startsWith(granted) || granted.startsWith(documented);
+    const missing: string[] = [];
+    for (const [role, byPrefix] of grants) {
+      for (const prefix of byPrefix.keys()) {
+        if (!rows.some((row) => row.prefixes.some((p) => covers(prefix, p)))) missing.push(`${role}: ${prefix}`);
+      }
+    }
+    expect(missing, 'prefixes granted but missing from cdk/README.md\'s bucket table').toEqual([]);
+    for (const row of rows) {
+      for (const role of ['api', 'sweep', 'worker'] as const) {
+        const want = new Set<string>();
+        for (const [prefix, actions] of grants.get(role) ?? []) {
+          if (row.prefixes.some((p) => covers(prefix, p))) for (const a of actions) want.add(a);
+        }
+        expect([...row.cells[role]].sort(), `${row.prefixes.join(', ')}: ${role}`).toEqual([...want].sort());
+      }
+    }
+  });
+
+  it('has the rows the review found missing (spend-limits/, webhook-secrets/, workers/) and the API\'s Delete on uploads/, all of them granted', () => {
+    const grants = objectGrants([built.prod.api, built.prod.worker]);
+    expect([...grants.get('api')!.keys()]).toEqual(expect.arrayContaining(['spend-limits/', 'webhook-secrets/', 'workers/']));
+    expect([...grants.get('api')!.get('uploads/')!].sort()).toEqual(['Delete', 'Get', 'Put']);
+    const rows = tableRows(readme());
+    for (const prefix of ['spend-limits/', 'webhook-secrets/', 'workers/']) expect(rows.some((r) => r.prefixes.includes(prefix)), prefix).toBe(true);
+    expect([...rows.find((r) => r.prefixes.includes('uploads/'))!.cells.api].sort()).toEqual(['Delete', 'Get', 'Put']);
+  });
+});
+
+describe('runbook entries an operator needs (review-ops 5 and 7)', () => {
+  it('says that a deploy after a destroy makes a new, empty bucket, and how to get the old one back', () => {
+    const text = readme();
+    expect(text).toContain('**Deploying again after a destroy starts on a new, empty bucket.**');
+    expect(text).toContain('`cdk import Clipag-<stage>-Stateful`');
+    expect(text).toMatch(/aws s3 sync s3:\/\/<old bucket>\/keys\/ s3:\/\/<new bucket>\/keys\//);
+    // The bucket's name is generated, which is why a new stack makes a new bucket.
+    expect(resource(built.prod.stateful, 'ClipagBucket').Properties.BucketName).toBeUndefined();
+  });
+
+  it('rotates and revokes a key with the commands and flags `clipag keys` has', () => {
+    const text = readme();
+    const section = text.slice(text.indexOf("#### Rotate or revoke a customer's API key"), text.indexOf('\nDestroying:', text.indexOf("#### Rotate or revoke a customer's API key")));
+    const usage = readFileSync(path.join(REPO_ROOT, 'cli', 'keys.ts'), 'utf8');
+    const commands = [...section.matchAll(/^clipag keys ([a-z]+)([^#\n]*)/gm)];
+    expect(commands.map((m) => m[1])).toEqual(['list', 'create', 'revoke']);
+    for (const m of commands) {
+      expect(usage, m[1]).toContain(`clipag keys ${m[1]}`);
+      for (const flag of m[2]!.match(/--[a-z-]+/g) ?? []) expect(usage, flag).toContain(`${flag} `);
+    }
+    expect(section).toContain('`--owner`');
+    expect(section).toMatch(/takes effect at once/);
+  });
+
+  it('shows how to check the alarm subscription and test the alarm path, and that a worker deploy waits for running jobs', () => {
+    const text = readme();
+    expect(text).toContain('aws sns list-subscriptions-by-topic --topic-arn "$(out Worker AlarmTopicArn)"');
+    expect(text).toContain('PendingConfirmation');
+    expect(text).toContain('aws cloudwatch set-alarm-state --alarm-name "$ALARM" --state-value ALARM');
+    // The alarm the test sets exists under the name prefix the command uses (CloudFormation names it <stack>-<logical id>-…).
+    expect(Object.keys((built.prod.worker.toJSON() as { Resources: object }).Resources).some((id) => id.startsWith('AlarmsDlqDepth'))).toBe(true);
+    expect(text).toContain('**A worker deploy waits for running jobs.**');
+    for (const stage of ['dev', 'prod'] as const) expect(built[stage].config.jobTimeoutSeconds / 60 + 5).toBe(65);
+    expect(text).toContain('`jobTimeoutSeconds` + 5 minutes (65 minutes in both');
   });
 });

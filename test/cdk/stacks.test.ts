@@ -424,6 +424,52 @@ describe('WorkerStack', () => {
     expect(amiParam?.Default).toBe('/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id');
   });
 
+  it('pins the GPU AMI when the stage names one (no SSM parameter, so no deploy moves the driver); unpinned by default (review-ops 1)', () => {
+    // As shipped, both stages take the recommended AMI at each deploy (the test above).
+    expect([dev.gpuAmiId, prodConfig().gpuAmiId]).toEqual([null, null]);
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const pinned = Template.fromStack(buildClipag(app, stageConfig('prod', { alarmEmail: 'ops@example.com', gpuAmiId: 'ami-0123456789abcdef0' }), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    const lt = resources(pinned).find(([, r]) => r.Type === 'AWS::EC2::LaunchTemplate')!;
+    expect(lt[0]).toBe('LaunchTemplate04EC5460');
+    expect(lt[1].Properties.LaunchTemplateData.ImageId).toBe('ami-0123456789abcdef0');
+    const params = (pinned.toJSON() as { Parameters?: Record<string, { Type: string; Default?: string }> }).Parameters ?? {};
+    // No image parameter (the CDK's own bootstrap-version parameter stays).
+    expect(Object.values(params).filter((p) => p.Type.includes('AWS::EC2::Image::Id') || (p.Default ?? '').startsWith('/aws/service/'))).toEqual([]);
+    expect(JSON.stringify(pinned.toJSON())).not.toContain('optimized-ami');
+    // The same launch template otherwise.
+    expect(lt[1].Properties.LaunchTemplateData.MetadataOptions).toMatchObject({ HttpTokens: 'required', HttpPutResponseHopLimit: 1 });
+    expect(stageConfig('dev', { gpuAmiId: 'ami-12345678' }).gpuAmiId).toBe('ami-12345678');
+    for (const bad of ['ami-xyz', 'AMI-0123456789abcdef0', '/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id', '', 'ami-0123456789abcdef']) {
+      expect(() => stageConfig('prod', { alarmEmail: 'ops@example.com', gpuAmiId: bad }), bad).toThrow(/gpuAmiId must be null \(the recommended ECS GPU AMI at each deploy\) or an AMI id/);
+    }
+  });
+
+  it("lets the GPU hosts write the worker's log group alone, not every log group; the ECS agent keeps what it needs (review-ops 9)", () => {
+    const { app, cleanup } = testApp();
+    cleanups.push(cleanup);
+    const prod = Template.fromStack(buildClipag(app, prodConfig(), { lambdaEntry: LAMBDA_STUB, workerImage: stubImage }).worker);
+    for (const t of [worker, prod]) {
+      const statements = policyStatements(t).filter(({ owner }) => owner.startsWith('InstanceRoleDefaultPolicy')).map(({ statement }) => statement);
+      const logs = statements.filter((st) => asArray(st.Action).some((a) => a.startsWith('logs:')));
+      expect(logs).toHaveLength(1);
+      expect(logs[0]).toMatchObject({ Effect: 'Allow', Action: ['logs:CreateLogStream', 'logs:PutLogEvents'], Resource: { 'Fn::GetAtt': [expect.stringMatching(/^WorkerLogs[0-9A-F]{8}$/), 'Arn'] } });
+      for (const st of statements) {
+        if (asArray(st.Resource).includes('*')) expect(asArray(st.Action).filter((a) => a.startsWith('logs:')), JSON.stringify(st)).toEqual([]);
+      }
+      // The agent's own: register with this cluster, poll, pull from ECR.
+      const actions = statements.flatMap((st) => asArray(st.Action));
+      expect(actions).toEqual(expect.arrayContaining(['ecs:RegisterContainerInstance', 'ecs:DeregisterContainerInstance', 'ecs:Submit*', 'ecs:Poll', 'ecs:StartTelemetrySession', 'ecs:DiscoverPollEndpoint', 'ecr:GetAuthorizationToken']));
+      const onAny = statements.find((st) => asArray(st.Action).includes('ecs:DiscoverPollEndpoint'))!;
+      expect([asArray(onAny.Action).sort(), onAny.Resource]).toEqual([['ecr:GetAuthorizationToken', 'ecs:DiscoverPollEndpoint'], '*']);
+      // The task's own log driver writes with the execution role, on the same log group (CDK's grant).
+      const execution = policyStatements(t).filter(({ owner }) => /^WorkerTaskDefinitionExecutionRoleDefaultPolicy/.test(owner)).map(({ statement }) => statement);
+      expect(execution.find((st) => asArray(st.Action).includes('logs:PutLogEvents'))?.Resource).toEqual({ 'Fn::GetAtt': [expect.stringMatching(/^WorkerLogs[0-9A-F]{8}$/), 'Arn'] });
+    }
+    // The role and its policy keep their logical IDs.
+    expect(Object.keys(worker.toJSON().Resources).filter((id) => /^InstanceRole/.test(id)).sort()).toEqual([expect.stringMatching(/^InstanceRole[0-9A-F]{8}$/), expect.stringMatching(/^InstanceRoleDefaultPolicy[0-9A-F]{8}$/)].sort());
+  });
+
   it('uses Spot with the configured types in dev; in prod on-demand, the first of its types in order that has capacity', () => {
     worker.hasResourceProperties('AWS::AutoScaling::AutoScalingGroup', {
       MixedInstancesPolicy: {
