@@ -218,6 +218,25 @@ describe('bundle validation', () => {
     const outside = await loadBundle(edited('path-sum', (m) => (m.sha256 = { '../../../../etc/hostname': '0'.repeat(64) }))).catch((e) => e);
     expect([outside.code, outside.message]).toEqual(['invalid_model', expect.stringMatching(/etc\/hostname.*must be a plain relative path/)]);
   });
+  it('a manifest from a newer clipag (a later format_version) says to upgrade, not a schema error', async () => {
+    const edited = (name: string, edit: (m: Record<string, unknown>) => void) =>
+      variant(name, (d) => {
+        const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+        edit(m);
+        writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+      });
+    // A newer version may also add fields this one does not know: the version is judged first.
+    const newer = await loadBundle(edited('version-2', (m) => Object.assign(m, { format_version: 2, text_onnx: 'text.onnx' }))).catch((e) => e);
+    expect(newer).toBeInstanceOf(EngineError);
+    expect(newer.code).toBe('invalid_model');
+    expect(newer.message).toMatch(/manifest\.json was made by a newer clipag \(bundle format_version 2; this version reads 1\): upgrade clipag/);
+    expect(newer.message).not.toMatch(/Invalid input|Unrecognized key/);
+    // A version that is no newer one (0, a string) stays a broken manifest.
+    for (const [name, v] of [['version-0', 0], ['version-str', '2'], ['version-frac', 1.5]] as const) {
+      const err = await loadBundle(edited(name, (m) => (m.format_version = v))).catch((e) => e);
+      expect([err.code, err.message], name).toEqual(['invalid_model', expect.stringMatching(/is not a valid bundle manifest: format_version/)]);
+    }
+  });
   it('a folder where a file should be is refused as such, not a raw EISDIR', async () => {
     const dir = variant('folder-weights', (d) => {
       const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));

@@ -137,6 +137,16 @@ export function readManifest(dir: string): Manifest {
   if (typeof format === 'string' && format !== BUNDLE_FORMAT) {
     throw new EngineError('invalid_model', `${path} is a "${format}" bundle, not a CLIP model bundle ("${BUNDLE_FORMAT}"): pass a CLIP model folder (models/toy, or one made with clipag models import)`, { path });
   }
+  // A later format_version is not a corrupt manifest: a newer clipag made it (its fields may mean
+  // something else), and only upgrading this one helps, as the model store says for its index.
+  const version = (raw as { format_version?: unknown } | null)?.format_version;
+  if (format === BUNDLE_FORMAT && typeof version === 'number' && Number.isInteger(version) && version > BUNDLE_FORMAT_VERSION) {
+    throw new EngineError(
+      'invalid_model',
+      `${path} was made by a newer clipag (bundle format_version ${version}; this version reads ${BUNDLE_FORMAT_VERSION}): upgrade clipag (the CLI, the workers and the API) to read it`,
+      { path, formatVersion: version },
+    );
+  }
   const parsed = ManifestSchema.safeParse(raw);
   if (!parsed.success) throw new EngineError('invalid_model', `${path} is not a valid bundle manifest: ${issueText(parsed.error)}`, { path });
   if (parsed.data.recipe) {

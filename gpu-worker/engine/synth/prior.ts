@@ -171,8 +171,7 @@ export function loadPrior(path: string): GmmPrior {
   try {
     file = readSafetensors(path);
   } catch (e) {
-    const msg = (e as Error).message;
-    throw new EngineError('invalid_model', `invalid prior file ${path}: cannot read it as safetensors: ${msg}`, { path });
+    throw new EngineError('invalid_model', `invalid prior file ${path}: ${readFailure((e as Error).message, path)}`, { path });
   }
   try {
     return priorFromTensors(file.tensors, file.metadata);
@@ -180,6 +179,14 @@ export function loadPrior(path: string): GmmPrior {
     if (e instanceof EngineError) throw new EngineError(e.code, e.message.replace('invalid prior file:', `invalid prior file ${path}:`), { ...e.detail, path });
     throw e;
   }
+}
+
+/** The reader's message without the path it repeats (the caller names the file once). */
+function readFailure(msg: string, path: string): string {
+  const opening = `cannot open safetensors file ${path}: `;
+  if (msg.startsWith(opening)) return `cannot open it: ${msg.slice(opening.length).replace(`, open '${path}'`, '')}`;
+  if (msg.startsWith(`${path}: `)) msg = msg.slice(path.length + 2);
+  return `cannot read it as safetensors: ${msg}`;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -215,20 +222,66 @@ export function samplePrior(prior: GmmPrior, n: number, rng: Rng): Float32Array 
 }
 
 export function samplePriorDetailed(prior: GmmPrior, n: number, rng: Rng): PriorSamples {
+  const out = emptySamples(prior, n);
+  const work = samplingWork(prior, n, rng, out);
+  while (!work.next().done);
+  return out;
+}
+
+/** How long samplePriorYielding computes before letting the thread's other work run. */
+export const PRIOR_SLICE_MS = 8;
+
+/**
+ * samplePriorDetailed in slices of about `sliceMs` (default PRIOR_SLICE_MS), yielding to the event loop
+ * (setImmediate) between them: at the default 1000 samples sampling is ~0.5 s of CPU, and 5 s at the
+ * 10 000 maximum, which would otherwise stall everything sharing the thread (`clipag serve`'s API, a
+ * worker's heartbeat, an abort timer). The work and the rng draws are exactly those of the synchronous
+ * version, in the same order, so the samples are bit-identical. `signal` is checked between slices: an
+ * abort returns undefined (the rng is then left part-way).
+ */
+export async function samplePriorYielding(
+  prior: GmmPrior, n: number, rng: Rng, opts: { signal?: AbortSignal; sliceMs?: number } = {},
+): Promise<PriorSamples | undefined> {
+  const out = emptySamples(prior, n);
+  const sliceMs = opts.sliceMs ?? PRIOR_SLICE_MS;
+  if (opts.signal?.aborted) return undefined;
+  const work = samplingWork(prior, n, rng, out);
+  let deadline = performance.now() + sliceMs;
+  while (!work.next().done) {
+    if (performance.now() < deadline) continue;
+    await new Promise<void>((res) => setImmediate(res));
+    if (opts.signal?.aborted) return undefined;
+    deadline = performance.now() + sliceMs;
+  }
+  return out;
+}
+
+function emptySamples(prior: GmmPrior, n: number): PriorSamples {
   if (!Number.isInteger(n) || n < 1) throw new EngineError('invalid_input', `prior sample count must be a positive integer; got ${n}`, { param: 'samples' });
+  return { data: new Float32Array(n * prior.dim), components: new Int32Array(n) };
+}
+
+/**
+ * The sampling itself, as a generator that pauses after each unit of work (one sample's draws, one
+ * component's factor decode, one sample's L·z): the synchronous and the yielding samplers both run it
+ * to the end, so they cannot differ.
+ */
+function* samplingWork(prior: GmmPrior, n: number, rng: Rng, result: PriorSamples): Generator<void, void, void> {
   const D = prior.dim;
-  const comps = new Int32Array(n);
+  const comps = result.components;
   const z = new Float64Array(n * D);
   for (let i = 0; i < n; i++) {
     comps[i] = prior.components === 1 ? 0 : rng.categorical(prior.weights);
     for (let j = 0; j < D; j++) z[i * D + j] = rng.normal();
+    yield;
   }
-  const out = new Float32Array(n * D);
+  const out = result.data;
   // Group by component so each factor is decoded once.
   const L = new Float32Array(D * D);
   const used = new Set<number>(comps);
   for (const k of [...used].sort((a, b) => a - b)) {
     componentFactor(prior, k, L);
+    yield;
     const mb = k * D;
     for (let i = 0; i < n; i++) {
       if (comps[i] !== k) continue;
@@ -239,9 +292,9 @@ export function samplePriorDetailed(prior: GmmPrior, n: number, rng: Rng): Prior
         for (let c = 0; c <= r; c++) acc += L[row + c] * z[zb + c];
         out[zb + r] = acc < 0 ? 0 : acc > 1 ? 1 : acc;
       }
+      yield;
     }
   }
-  return { data: out, components: comps };
 }
 
 /** Row i of a [n, dim] sample buffer as a 16×16 PlanarImage (a copy). */

@@ -9,7 +9,7 @@ import { fillViewOperators, type Window } from './resample.ts';
 import { DEFAULT_RECIPE, LIMITS, type Recipe, type Stage, defaultSchedule, validateRecipe } from './recipe.ts';
 import { type PlanarImage, cloneImage, encodePng, noiseImage, resizeBilinear, resizeCover, solidImage, squareCropsCovering } from './image.ts';
 import { Rng } from './rng.ts';
-import { samplePrior } from './prior.ts';
+import { samplePriorYielding } from './prior.ts';
 import { MAX_PROMPT_WEIGHT, MAX_RELATIVE_PROMPT_WEIGHT } from '../../../shared/schemas/generation.ts';
 
 export interface WeightedPrompt {
@@ -640,8 +640,13 @@ async function initialImage(
       if (!path) throw new EngineError('invalid_input', `model ${engine.name} ships no GMM prior; use init "noise" or fit one with clipag prior fit`, { param: 'init' });
       const prior = engine.prior(path);
       const n = r.initSamples;
-      const samples = samplePrior(prior, n, rng); // n × 3·16·16, CHW, [0,1]
       const res = prior.resolution;
+      // Sampled in slices that yield to the event loop (0.5 s of CPU at 1000 samples, 5 s at 10 000):
+      // the thread's other work (a server's requests, a heartbeat) runs meanwhile, and an abort is seen
+      // within a slice. An aborted run's image is thrown away, so any image will do: component 0's mean.
+      const drawn = await samplePriorYielding(prior, n, rng, signal ? { signal } : {});
+      if (!drawn) return resizeBilinear({ width: res, height: res, data: prior.means.slice(0, 3 * res * res) }, W, H);
+      const samples = drawn.data; // n × 3·16·16, CHW, [0,1]
       const S = engine.imageSize;
       const B = n === 1 ? 1 : 16;
       let bestScore = -Infinity;

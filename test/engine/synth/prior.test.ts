@@ -11,7 +11,7 @@ import { solidImage } from '../../../gpu-worker/engine/synth/image.ts';
 import { makeTestPrior } from '../../../gpu-worker/engine/synth/make-test-prior.ts';
 import {
   GaussianAccumulator, PRIOR_DIM, assemblePrior, fitComponent, choleskyInPlace, downscaleForPrior, fitPrior, kmeans, loadPrior, priorFromTensors,
-  priorToTensors, sampleImage, samplePrior, samplePriorDetailed, writePrior, type GmmPrior,
+  priorToTensors, sampleImage, samplePrior, samplePriorDetailed, samplePriorYielding, writePrior, type GmmPrior,
 } from '../../../gpu-worker/engine/synth/prior.ts';
 import { createRng } from '../../../gpu-worker/engine/synth/rng.ts';
 
@@ -179,6 +179,65 @@ describe('samplePrior', () => {
   });
 });
 
+describe('samplePriorYielding (sampling in slices that yield to the event loop)', () => {
+  const toy = loadPrior(fileURLToPath(new URL('../../../models/toy/prior.safetensors', import.meta.url))); // 3 components, float16
+  const hash = (a: ArrayBufferView) => createHash('sha256').update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest('hex');
+
+  it('gives the same samples, bit for bit, as the synchronous sampler did before it existed, and leaves the rng in the same state', async () => {
+    // sha256 of samplePriorDetailed(toy, 300, createRng(7)).data by the code before sampling was sliced (e3e936a).
+    const BEFORE = 'f9f5eee6cb911b58a9b0d249205d06ec68f232bea027274cd457a9f613789abd';
+    const rs = createRng(7), ry = createRng(7);
+    const sync = samplePriorDetailed(toy, 300, rs);
+    const sliced = (await samplePriorYielding(toy, 300, ry, { sliceMs: 0 }))!; // a yield after every unit of work
+    expect(hash(sync.data)).toBe(BEFORE);
+    expect(hash(sliced.data)).toBe(BEFORE);
+    expect(Array.from(sliced.components)).toEqual(Array.from(sync.components));
+    expect(new Set(sync.components).size).toBe(3);
+    expect(ry.next()).toBe(rs.next());
+    await expect(samplePriorYielding(toy, 0, createRng(1))).rejects.toThrow(EngineError);
+  });
+
+  it('lets a timer set during sampling fire long before sampling ends (no long stall of the thread)', async () => {
+    let last = performance.now();
+    let worstGap = 0;
+    const tick = setInterval(() => {
+      const now = performance.now();
+      worstGap = Math.max(worstGap, now - last);
+      last = now;
+    }, 5);
+    try {
+      const t0 = performance.now();
+      let firedAt = -1;
+      let done = false;
+      setTimeout(() => (firedAt = done ? Infinity : performance.now() - t0), 1);
+      await samplePriorYielding(toy, 2000, createRng(1)); // ~1 s of CPU on a 2-core machine; one call blocked for all of it before
+      done = true;
+      const total = performance.now() - t0;
+      expect(firedAt).toBeGreaterThanOrEqual(0);
+      expect(firedAt).toBeLessThan(total / 4);
+      expect(worstGap).toBeLessThan(150);
+    } finally {
+      clearInterval(tick);
+    }
+  });
+
+  it('stops within a slice when its signal aborts, and returns undefined', async () => {
+    const ac = new AbortController();
+    expect(await samplePriorYielding(toy, 10, createRng(1), { signal: AbortSignal.abort() })).toBeUndefined();
+    let abortedAt = 0;
+    setTimeout(() => {
+      abortedAt = performance.now();
+      ac.abort();
+    }, 20);
+    const t0 = performance.now();
+    const res = await samplePriorYielding(toy, 4000, createRng(1), { signal: ac.signal }); // ~2 s to the end
+    const end = performance.now();
+    expect(res).toBeUndefined();
+    expect(abortedAt).toBeGreaterThan(t0);
+    expect(end - abortedAt).toBeLessThan(150);
+  });
+});
+
 describe('prior files', () => {
   const base = fitPrior([synthetic(40, 3).samples, synthetic(10, 4, 0.3).samples], { source: 'unit test' });
 
@@ -241,11 +300,24 @@ describe('prior files', () => {
     const bytes = readFileSync(good);
     const trunc = join(dir, 'truncated.safetensors');
     writeFileSync(trunc, bytes.subarray(0, bytes.length - 1000));
-    expectModelError(() => loadPrior(trunc), /invalid prior file .*truncated\.safetensors/);
+    expectModelError(() => loadPrior(trunc), /invalid prior file .*truncated\.safetensors: cannot read it as safetensors: tensor '\w+' ends at /);
     const junk = join(dir, 'junk.safetensors');
     writeFileSync(junk, Buffer.from('not a safetensors file at all'));
     expectModelError(() => loadPrior(junk), /cannot read it as safetensors/);
-    expectModelError(() => loadPrior(join(dir, 'nope.safetensors')), /cannot read it as safetensors/);
+    const nope = join(dir, 'nope.safetensors');
+    expectModelError(() => loadPrior(nope), /^invalid prior file .*nope\.safetensors: cannot open it: ENOENT: no such file or directory$/);
+    // Each message names the file once (the reader's own "<path>: " and Node's "open '<path>'" are dropped).
+    for (const p of [trunc, junk, nope]) {
+      const message = (() => {
+        try {
+          loadPrior(p);
+        } catch (e) {
+          return (e as Error).message;
+        }
+        return '';
+      })();
+      expect(message.split(p).length - 1, message).toBe(1);
+    }
     // priorFromTensors without metadata at all
     expectModelError(() => priorFromTensors(new Map(tensors), undefined), /"format"/);
   });

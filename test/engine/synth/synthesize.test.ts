@@ -174,6 +174,29 @@ describe('synthesis on the tiny model', () => {
     expect(res.usage.encoderPasses).toBe(16);
   });
 
+  it('GMM sampling yields to the event loop: a timer set during it fires at once, and an abort during it ends the run promptly', async () => {
+    const ac = new AbortController();
+    let batches = 0;
+    const watched = new Proxy(engine, {
+      get: (t, p, r) => (p === 'embedPixels' ? (...args: Parameters<ClipEngine['embedPixels']>) => (batches++, t.embedPixels(...args)) : Reflect.get(t, p, r)),
+    });
+    const req: SynthRequest = { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 32, height: 32, seed: 1, init: { kind: 'gmm', priorPath: PRIOR }, recipe: { steps: 50, ...FAST, initSamples: 8000 } };
+    // 8000 samples are ~4 s of sampling on a 2-core machine: before sampling yielded, the timer fired only then.
+    let abortedAt = 0;
+    const t0 = performance.now();
+    setTimeout(() => {
+      abortedAt = performance.now();
+      ac.abort();
+    }, 50);
+    const res = await synthesize(watched, req, { signal: ac.signal });
+    const end = performance.now();
+    expect(abortedAt - t0).toBeLessThan(500);
+    expect(end - abortedAt).toBeLessThan(300);
+    expect(res).toMatchObject({ aborted: true, stepsDone: 0 });
+    expect(batches).toBe(0); // sampling never finished, so the start search never began
+    expect(res.usage.encoderPasses).toBe(0);
+  });
+
   it('init image with strength keeps content (strength 0 starts from the image)', async () => {
     const red = solidImage(32, 32, [0.9, 0.1, 0.1]);
     const req = { prompts: [{ text: 'a photo of a cat', weight: 1 }], width: 32, height: 32, seed: 1, init: { kind: 'image' as const, image: red, strength: 0 }, contentWeight: 50, recipe: { steps: 5, ...FAST } };
