@@ -5,20 +5,12 @@
  * bytes, so a seed still reproduces a file.
  */
 import { describe, expect, it } from 'vitest';
+import { smoothPicture } from '../../helpers/picture.ts';
 import { GENERATED_IMAGE_XMP, decodeImage, encodeJpeg, encodePng, type PlanarImage } from '../../../gpu-worker/engine/synth/image.ts';
 import { readJpegStructure } from '../../../shared/jpeg.ts';
 import { EngineError } from '../../../gpu-worker/engine/errors.ts';
 
-/** A smooth picture with some detail: what a JPEG is for (noise would defeat any lossy coder). */
-function picture(width: number, height: number): PlanarImage {
-  const data = new Float32Array(3 * width * height);
-  for (let c = 0; c < 3; c++) {
-    for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) data[c * width * height + y * width + x] = 0.5 + 0.35 * Math.sin((x + 2 * c) / 5) * Math.cos((y - c) / 7);
-    }
-  }
-  return { width, height, data };
-}
+const picture = smoothPicture;
 
 /** The JPEG's marker segments before its first scan: [marker, payload]. */
 function segments(jpeg: Uint8Array): Array<[number, Buffer]> {
