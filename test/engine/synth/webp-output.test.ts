@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { smoothPicture } from '../../helpers/picture.ts';
 import { decodeWebpRgba } from '../../../gpu-worker/engine/synth/webp.ts';
-import { GENERATED_IMAGE_XMP, encodeOutput, encodePng, encodeWebp, type PlanarImage } from '../../../gpu-worker/engine/synth/image.ts';
+import { GENERATED_IMAGE_XMP, encodeOutput, encodePng, encodeWebp } from '../../../gpu-worker/engine/synth/image.ts';
 import { EngineError } from '../../../gpu-worker/engine/errors.ts';
 
 const picture = smoothPicture;
