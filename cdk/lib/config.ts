@@ -130,6 +130,15 @@ export interface StageConfig {
    * deploy to the next: a deploy without any removes the subscription an earlier one made).
    */
   readonly alarmEmail?: string;
+  /**
+   * A monthly AWS Budget, in USD, on the **whole account's** cost (not only this stage's: cost-allocation
+   * tags must be activated by hand and count only from then on, so a tag filter would read $0, and never
+   * notify, on a deployment where nobody did it). Credits and refunds are left out, so promotional credits
+   * do not hide a runaway fleet. It notifies the alarm topic at 80 % and 100 % of actual spend and at
+   * 100 % of AWS's forecast for the month (cdk/README.md, On call, "AWS spend over budget"). Null: no
+   * budget. A whole number of dollars, 1 to 100000 (the upper bound catches a typo's extra digits).
+   */
+  readonly monthlyBudgetUsd: number | null;
 }
 
 /** What each stage's entry states for itself, never taken over from another stage's entry. */
@@ -179,6 +188,12 @@ const dev: StageConfig = {
   logRetentionDays: 14,
   alarmOldestQueuedJobSeconds: 900,
   alarmDlqDepth: 1,
+  // Dev's bill is the idle floor (about $3-6 a month, cdk/README.md "What a stage costs"), a few dollars
+  // of bursts (about $0.20 each on Spot) and smoke jobs: $100 is far above a normal month, and two
+  // instances kept busy (at most 2 x $1.006 x 24 = $48 a day on demand, less on Spot) pass it in about
+  // two days, before the month's invoice. With prod in the same account it also counts prod's cost (the
+  // budget reads the whole account): set it to null there, and let prod's cover the account.
+  monthlyBudgetUsd: 100,
 };
 
 const prod: StageConfig = {
@@ -208,6 +223,12 @@ const prod: StageConfig = {
   containerInsights: true,
   logRetentionDays: 90,
   alarmOldestQueuedJobSeconds: 600,
+  // About 994 g5.xlarge hours at workerHourlyUsd (ADR 0014): 1.4 instances busy around the clock, a
+  // sixth of the fleet at maxInstances (8 x $1.006 x 730 h = $5,875 a month), with the idle floor and
+  // the scale-out tails (about $0.60 a burst, ADR 0014's addendum) well inside it. A fleet held at its
+  // maximum ($193 a day) passes it in about five days, and the fleet-at-max alarm pages after 3 hours.
+  // Set it to the month you expect, with margin, once the stage has customers.
+  monthlyBudgetUsd: 1000,
 };
 
 export const STAGES: Readonly<Record<StageName, StageConfig>> = { dev, prod };
@@ -387,6 +408,9 @@ function validate(cfg: StageConfig): void {
   for (const field of ['rateLimitPerMinute', 'uploadsPerHour', 'maxWaitsPerAccount'] as const) {
     const value = cfg[field];
     if (!(Number.isInteger(value) && value >= 0 && value <= 1_000_000)) problems.push(`${field} must be an integer in [0, 1000000] (0 turns the limit off)`);
+  }
+  if (cfg.monthlyBudgetUsd !== null && !(Number.isInteger(cfg.monthlyBudgetUsd) && cfg.monthlyBudgetUsd >= 1 && cfg.monthlyBudgetUsd <= 100_000)) {
+    problems.push(`monthlyBudgetUsd must be null (no budget) or a whole number of USD, 1 to 100000; got ${JSON.stringify(cfg.monthlyBudgetUsd)}`);
   }
   if (cfg.queueRetentionDays > 14) problems.push('queueRetentionDays must be <= 14 (SQS limit)');
   // The sweep's invocations are dropped once the next is due (maxEventAge), which Lambda allows up to 6 h.

@@ -10,7 +10,7 @@ import { Construct } from 'constructs';
 import type { StageConfig } from './config.ts';
 import type { GpuQueueWorker } from './gpu-queue-worker.ts';
 import { metricNamespace } from './metrics.ts';
-import { JOB_FAILURE_MIN_JOBS, JOB_FAILURE_PERCENT, type QueueAlarms, type QueuedJobSweepRef } from './queue-alarms.ts';
+import { BUDGET_ACTUAL_PERCENTS, BUDGET_FORECAST_PERCENT, BUDGET_RUNBOOK_ENTRY, JOB_FAILURE_MIN_JOBS, JOB_FAILURE_PERCENT, type QueueAlarms, type QueuedJobSweepRef } from './queue-alarms.ts';
 
 /** The API's request handler and the log group its warn and error lines go to. */
 export interface ApiHandlerRef {
@@ -392,6 +392,8 @@ export class ClipagDashboard extends Construct {
       '- **API or queued-job sweep error line**: the API handler or the sweep logged something an operator must act on (a content policy that does not parse, a refused job that could not be settled, a lone 500: a bug; a 503\'s line is the 5xx share\'s); search both log groups for `"level":"error"`.' + see('API or sweep error line'),
       `- **Job failure share ≥ ${thresholdOf(alarms.jobFailureRatioAlarm)} % in ${windowMinutes(alarms.jobFailureRatioAlarm)} min** (of ${JOB_FAILURE_MIN_JOBS} or more finished jobs): a default model that is not in the store, a model that fails every run, a policy that withholds everything.` + see('Job failure share'),
       ...(alarms.gpuIdleInstancesAlarm ? [`- **GPU instances idle for ${windowMinutes(alarms.gpuIdleInstancesAlarm)} min**: instances in service while the queue was empty: billed for nothing.` + see('GPU instances idle')] : []),
+      ...(alarms.gpuFleetAtMaxAlarm ? [`- **GPU fleet at its maximum (${thresholdOf(alarms.gpuFleetAtMaxAlarm)} instances) for ${windowMinutes(alarms.gpuFleetAtMaxAlarm)} min**: busy and healthy perhaps, but it is where the money goes; who is submitting, and is it expected?` + see('GPU fleet at its maximum')] : []),
+      ...(alarms.monthlyBudget ? [`- Not an alarm, a notice on the same topic from AWS Budgets: **the account's AWS cost this month** over ${BUDGET_ACTUAL_PERCENTS.join(' % or ')} % of $${config.monthlyBudgetUsd}, or forecast over ${BUDGET_FORECAST_PERCENT} % (the whole account's cost, credits left out; updated a few times a day).` + see(BUDGET_RUNBOOK_ENTRY)] : []),
       ...(alarms.workerTaskStoppedRule ? ['- Not an alarm, a notice on the same topic: **a worker task stopped abnormally** (non-zero exit code, or it never started).' + see('A worker task stopped abnormally')] : []),
     ];
     return [

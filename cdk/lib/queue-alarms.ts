@@ -1,7 +1,8 @@
-import { Duration, Stack } from 'aws-cdk-lib';
+import { Aws, Duration, Stack } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as budgets from 'aws-cdk-lib/aws-budgets';
 import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as events from 'aws-cdk-lib/aws-events';
@@ -32,6 +33,8 @@ export interface GpuFleetRef {
   readonly queue: sqs.IQueue;
   /** Minutes of instances in service with an empty backlog before it pages; longer than the normal tail after a burst. */
   readonly idleMinutes: number;
+  /** The group's maximum (maxInstances): held for GPU_FLEET_AT_MAX_HOURS, it pages. */
+  readonly maxInstances: number;
 }
 
 export interface QueueAlarmsProps {
@@ -59,13 +62,28 @@ export interface QueueAlarmsProps {
   readonly apiLogGroup?: logs.ILogGroup;
   /** The worker service: a task that stops with a non-zero exit code, or never starts, is reported to the topic. */
   readonly workerService?: WorkerServiceRef;
-  /** The GPU instances: in service for `idleMinutes` with an empty backlog pages. */
+  /** The GPU instances: in service for `idleMinutes` with an empty backlog pages, and so does the group held at its maximum. */
   readonly gpuFleet?: GpuFleetRef;
+  /** A monthly AWS Budget on the account's whole cost, in USD, notifying the topic (monthlyBudgetUsd); absent or null: none. */
+  readonly monthlyBudgetUsd?: number | null;
 }
 
 /** The share of finished jobs that failed, in %, that pages (JobFailureRatio), and the jobs a window needs first. */
 export const JOB_FAILURE_PERCENT = 50;
 export const JOB_FAILURE_MIN_JOBS = 5;
+
+/**
+ * Hours the GPU group must sit at its maximum before it pages (GpuFleetAtMax). A busy fleet at its
+ * maximum is healthy to every other alarm and is where the money goes (prod: 8 x $1.006 = $8 an hour,
+ * $193 a day). A burst is at the maximum only while the backlog needs every task (prod: 29 jobs or more
+ * waiting or running, at jobsPerTask 4), and a warm job takes seconds to minutes, so even a batch of
+ * hundreds clears well inside 3 hours; 3 hours there costs about $24 in prod ($6 in dev) before anyone is told.
+ */
+export const GPU_FLEET_AT_MAX_HOURS = 3;
+
+/** The monthly budget's notifications, in % of its amount: what actual spend crossed, and what AWS forecasts for the month. */
+export const BUDGET_ACTUAL_PERCENTS = [80, 100] as const;
+export const BUDGET_FORECAST_PERCENT = 100;
 
 /**
  * Where an alarm's entry is in the runbook, at the end of its description: the SNS e-mail carries the
@@ -74,6 +92,18 @@ export const JOB_FAILURE_MIN_JOBS = 5;
  */
 export function runbookPointer(entry: string): string {
   return `Runbook: cdk/README.md, On call, ${entry}.`;
+}
+
+/** The runbook entry of the monthly AWS budget's notifications. */
+export const BUDGET_RUNBOOK_ENTRY = 'AWS spend over budget';
+
+/**
+ * The budget's name, unique in the account (stage and region), which its notification carries: it has
+ * no description, and a budget's name may not hold ':', so the pointer is said without one. At most 100
+ * characters with any region's name (14 at most today).
+ */
+export function budgetName(stage: StageName, region: string): string {
+  return `clipag-${stage}-${region} account cost - runbook cdk/README.md On call - ${BUDGET_RUNBOOK_ENTRY}`;
 }
 
 /** Operator alarms for the job pipeline, published to one SNS topic. */
@@ -97,6 +127,10 @@ export class QueueAlarms extends Construct {
   readonly jobFailureRatioAlarm: cloudwatch.Alarm;
   /** GPU instances in service while the backlog stayed empty for `gpuFleet.idleMinutes`. */
   readonly gpuIdleInstancesAlarm: cloudwatch.Alarm | undefined;
+  /** The GPU group at its maximum for GPU_FLEET_AT_MAX_HOURS: a busy, healthy fleet, and the bill's largest part. */
+  readonly gpuFleetAtMaxAlarm: cloudwatch.Alarm | undefined;
+  /** The monthly AWS Budget on the account's whole cost; it notifies the topic itself (no CloudWatch alarm). */
+  readonly monthlyBudget: budgets.CfnBudget | undefined;
   /** Reports each worker task that stopped with a non-zero exit code or failed to start, straight to the topic. */
   readonly workerTaskStoppedRule: events.Rule | undefined;
   /** The namespace of the custom metrics below: `Clipag/<stage>`. */
@@ -130,6 +164,7 @@ export class QueueAlarms extends Construct {
       this.jobFailureRatioAlarm,
       this.rateLimitFailingOpenAlarm,
       this.gpuIdleInstancesAlarm,
+      this.gpuFleetAtMaxAlarm,
     ].filter((a): a is cloudwatch.Alarm => a !== undefined);
   }
 
@@ -411,6 +446,20 @@ export class QueueAlarms extends Construct {
         1,
         Math.ceil(fleet.idleMinutes / 5),
       );
+
+      // Nothing else pages on a fleet that is busy and healthy: a leaked key, a customer's loop or many
+      // small accounts can keep every instance at work for days, and the first signal would be the
+      // invoice (the monthly budget below lags by hours). The fewest instances in service in each
+      // 5 minutes at the group's maximum, every period for GPU_FLEET_AT_MAX_HOURS, pages; one dip below
+      // it starts the count again.
+      this.gpuFleetAtMaxAlarm = atLeast(
+        'GpuFleetAtMax',
+        'GPU fleet at its maximum',
+        `The GPU Auto Scaling group has had all ${fleet.maxInstances} of its instances (maxInstances) in service for ${GPU_FLEET_AT_MAX_HOURS} hours: healthy perhaps, but it is where the money goes. Find who is submitting, and whether it is expected.`,
+        inService,
+        fleet.maxInstances,
+        GPU_FLEET_AT_MAX_HOURS * 12,
+      );
     }
 
     // A worker that dies without a JSON line pages nobody through the error-line alarm: an OOM kill at
@@ -457,6 +506,44 @@ export class QueueAlarms extends Construct {
     for (const alarm of this.operatorAlarms) {
       alarm.addAlarmAction(action);
       alarm.addOkAction(action);
+    }
+
+    // The money itself, whatever spends it: a monthly AWS Budget on the account's whole cost (a filter on
+    // the `stage` tag would read $0, and never notify, until someone activates it as a cost-allocation
+    // tag, and would miss what carries no tag). Credits and refunds are left out, so promotional credits
+    // do not hide a runaway month. AWS publishes its notifications to the topic itself, which is why
+    // budgets.amazonaws.com must be allowed to (the topic's policy replaced SNS's default, above), and
+    // the budget is created after that policy: AWS checks that it may publish when the budget is made.
+    if (props.monthlyBudgetUsd !== undefined && props.monthlyBudgetUsd !== null) {
+      const account = Stack.of(this).account;
+      this.topic.addToResourcePolicy(
+        new iam.PolicyStatement({
+          sid: 'BudgetsPublish',
+          principals: [new iam.ServicePrincipal('budgets.amazonaws.com')],
+          actions: ['sns:Publish'],
+          resources: [this.topic.topicArn],
+          conditions: {
+            StringEquals: { 'aws:SourceAccount': account },
+            ArnLike: { 'aws:SourceArn': `arn:${Aws.PARTITION}:budgets::${account}:*` },
+          },
+        }),
+      );
+      const toTopic = [{ subscriptionType: 'SNS', address: this.topic.topicArn }];
+      const notify = (notificationType: 'ACTUAL' | 'FORECASTED', threshold: number): budgets.CfnBudget.NotificationWithSubscribersProperty => ({
+        notification: { notificationType, comparisonOperator: 'GREATER_THAN', threshold, thresholdType: 'PERCENTAGE' },
+        subscribers: toTopic,
+      });
+      const budget = (this.monthlyBudget = new budgets.CfnBudget(this, 'MonthlyBudget', {
+        budget: {
+          budgetName: budgetName(props.stage, Aws.REGION),
+          budgetType: 'COST',
+          timeUnit: 'MONTHLY',
+          budgetLimit: { amount: props.monthlyBudgetUsd, unit: 'USD' },
+          costTypes: { includeCredit: false, includeRefund: false },
+        },
+        notificationsWithSubscribers: [...BUDGET_ACTUAL_PERCENTS.map((p) => notify('ACTUAL', p)), notify('FORECASTED', BUDGET_FORECAST_PERCENT)],
+      }));
+      budget.node.addDependency(this.topic);
     }
   }
 }

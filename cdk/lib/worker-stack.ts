@@ -256,7 +256,9 @@ export class WorkerStack extends Stack {
         // about 15 minutes before managed scaling removes an empty instance (ADR 0023), with margin;
         // at least an hour, and at most the day of 5-minute periods an alarm may evaluate.
         idleMinutes: Math.min(1440, Math.max(60, config.scaleInAfterIdleMinutes + 30)),
+        maxInstances: config.maxInstances,
       },
+      monthlyBudgetUsd: config.monthlyBudgetUsd,
     });
 
     // Beside the alarms it shows, with every reference it reads already here.

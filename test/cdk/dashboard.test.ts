@@ -252,11 +252,11 @@ describe('the dashboard', () => {
       const operatorAlarms = resources(b.worker)
         .filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm' && JSON.stringify(r.Properties.AlarmActions ?? []).includes('AlarmsTopic'))
         .map(([id]) => ({ 'Fn::GetAtt': [id, 'Arn'] }));
-      expect(operatorAlarms).toHaveLength(12);
+      expect(operatorAlarms).toHaveLength(13);
       expect(shown).toHaveLength(operatorAlarms.length);
       expect(shown).toEqual(expect.arrayContaining(operatorAlarms));
       const a = b.stacks.worker.alarms;
-      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.queuedJobSweepNotRunningAlarm, a.queuedJobSweepDroppedAlarm, a.api5xxAlarm!, a.apiThrottlesAlarm!, a.workerErrorAlarm, a.apiErrorAlarm, a.jobFailureRatioAlarm, a.rateLimitFailingOpenAlarm!, a.gpuIdleInstancesAlarm!]) {
+      for (const alarm of [a.dlqDepthAlarm, a.oldestQueuedJobAlarm, a.queuedJobSweepAlarm, a.queuedJobSweepNotRunningAlarm, a.queuedJobSweepDroppedAlarm, a.api5xxAlarm!, a.apiThrottlesAlarm!, a.workerErrorAlarm, a.apiErrorAlarm, a.jobFailureRatioAlarm, a.rateLimitFailingOpenAlarm!, a.gpuIdleInstancesAlarm!, a.gpuFleetAtMaxAlarm!]) {
         expect(shown).toContainEqual(b.stacks.worker.resolve(alarm.alarmArn));
       }
     }
@@ -272,14 +272,14 @@ describe('the dashboard', () => {
       expect(md).toMatch(new RegExp(`^# clipag ${stage}\\n`));
       expect(md).toContain('cdk/README.md, section "On call"');
       const idleMinutes = Math.max(60, b.config.scaleInAfterIdleMinutes + 30);
-      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', `**Queued-job sweep not running for ${3 * b.config.queuedJobSweepMinutes} min**`, '**Queued-job sweep event dropped**', '**API 5xx ≥ 20 % of requests per 5 min, 2 periods in a row**', '**API Lambda throttled, 2 periods of 5 min in a row**', '**Rate limits failing open for 15 min**', '**GPU worker error line**', '**API or queued-job sweep error line**', '**Job failure share ≥ 50 % in 15 min**', `**GPU instances idle for ${idleMinutes} min**`, '**a worker task stopped abnormally**']) {
+      for (const line of [`**DLQ depth ≥ ${b.config.alarmDlqDepth}**`, `**Oldest queued job ≥ ${b.config.alarmOldestQueuedJobSeconds} s**`, '**Queued-job sweep failing for 15 min**', `**Queued-job sweep not running for ${3 * b.config.queuedJobSweepMinutes} min**`, '**Queued-job sweep event dropped**', '**API 5xx ≥ 20 % of requests per 5 min, 2 periods in a row**', '**API Lambda throttled, 2 periods of 5 min in a row**', '**Rate limits failing open for 15 min**', '**GPU worker error line**', '**API or queued-job sweep error line**', '**Job failure share ≥ 50 % in 15 min**', `**GPU instances idle for ${idleMinutes} min**`, `**GPU fleet at its maximum (${b.config.maxInstances} instances) for 180 min**`, "**the account's AWS cost this month**", `of $${b.config.monthlyBudgetUsd}`, '**a worker task stopped abnormally**']) {
         expect(md).toContain(line);
       }
       // The runbook section it names exists, and so does each entry a line points to.
       const readme = readFileSync(path.join(REPO_ROOT, 'cdk', 'README.md'), 'utf8');
       expect(readme).toMatch(/^### On call$/m);
       const entries = [...md.matchAll(/→ runbook: \*([^*]+)\*/g)].map((m) => m[1]!);
-      expect(new Set(entries).size).toBe(11);
+      expect(new Set(entries).size).toBe(13);
       for (const entry of entries) expect(readme, entry).toContain(`#### ${entry}\n`);
       expect(md).toContain('rate_limited');
     }
@@ -570,8 +570,8 @@ describe('the dashboard', () => {
       const own = resources(b.worker).filter(([id]) => id.startsWith('Dashboard')).map(([, r]) => r.Type);
       expect(own.sort()).toEqual(['AWS::CloudWatch::Dashboard', ...Array(7).fill('AWS::Logs::MetricFilter')]);
       b.worker.resourceCountIs('AWS::SNS::Topic', 1);
-      // The twelve operator alarms (QueueAlarms) and the scaling policy's two.
-      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 14);
+      // The thirteen operator alarms (QueueAlarms) and the scaling policy's two.
+      b.worker.resourceCountIs('AWS::CloudWatch::Alarm', 15);
       // It reads no Logs Insights queries (each view of such a widget is billed by the data it scans).
       expect(dashboardOf(b.worker).widgets.map((w) => w.type).every((t) => t === 'metric' || t === 'text' || t === 'alarm')).toBe(true);
     }

@@ -10,7 +10,7 @@ import { Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
 import { contextKeyWarnings, selectStage, STAGES, stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
-import { runbookPointer } from '../../cdk/lib/queue-alarms.ts';
+import { BUDGET_RUNBOOK_ENTRY, budgetName, GPU_FLEET_AT_MAX_HOURS, runbookPointer } from '../../cdk/lib/queue-alarms.ts';
 import { LAMBDA_STUB, REPO_ROOT, asArray, policyStatements, readCdkJson, resources, testApp } from './helpers.ts';
 
 const stubImage = ContainerImage.fromRegistry('public.ecr.aws/docker/library/busybox:stable');
@@ -241,7 +241,7 @@ describe('stack outputs the runbook reads (M4)', () => {
     const b = built.prod;
     const templates = { Stateful: b.stateful, Api: b.api, Worker: b.worker };
     for (const [stack, output] of used) expect(Object.keys((templates[stack].toJSON() as { Outputs: object }).Outputs), `${stack} ${output}`).toContain(output);
-    for (const entry of ['DLQ depth', 'Oldest queued job', 'Queued-job sweep failing, not running, or its events dropped', 'API 5xx share', 'API Lambda throttled', 'Rate limits failing open', 'GPU worker error line', 'API or sweep error line', 'Job failure share', 'GPU instances idle', 'A worker task stopped abnormally', 'Pause GPU spending', 'Check that alarms reach someone', 'Rotate or revoke a customer\'s API key', 'Pin or roll back the GPU AMI']) {
+    for (const entry of ['DLQ depth', 'Oldest queued job', 'Queued-job sweep failing, not running, or its events dropped', 'API 5xx share', 'API Lambda throttled', 'Rate limits failing open', 'GPU worker error line', 'API or sweep error line', 'Job failure share', 'GPU instances idle', 'A worker task stopped abnormally', 'Pause GPU spending', 'Check that alarms reach someone', 'Rotate or revoke a customer\'s API key', 'Pin or roll back the GPU AMI', 'GPU fleet at its maximum', BUDGET_RUNBOOK_ENTRY]) {
       expect(text, entry).toContain(`#### ${entry}\n`);
     }
   });
@@ -262,13 +262,14 @@ describe('stack outputs the runbook reads (M4)', () => {
       JobFailureRatio: 'Job failure share',
       RateLimitFailingOpen: 'Rate limits failing open',
       GpuIdleInstances: 'GPU instances idle',
+      GpuFleetAtMax: 'GPU fleet at its maximum',
     };
     for (const stage of ['dev', 'prod'] as const) {
       const { worker, stacks } = built[stage];
-      // Every alarm that notifies the topic: the twelve of QueueAlarms (the scaling policy's two do not).
+      // Every alarm that notifies the topic: the thirteen of QueueAlarms (the scaling policy's two do not).
       const alarms = resources(worker).filter(([, r]) => r.Type === 'AWS::CloudWatch::Alarm' && JSON.stringify(r.Properties.AlarmActions ?? []).includes('AlarmsTopic'));
       expect(alarms.map(([id]) => id.replace(/^Alarms/, '').replace(/[0-9A-F]{8}$/, '')).sort()).toEqual(Object.keys(expected).sort());
-      expect(stacks.worker.alarms.operatorAlarms).toHaveLength(12);
+      expect(stacks.worker.alarms.operatorAlarms).toHaveLength(13);
       for (const [id, alarm] of alarms) {
         const entry = expected[id.replace(/^Alarms/, '').replace(/[0-9A-F]{8}$/, '')]!;
         const description = alarm.Properties.AlarmDescription as string;
@@ -324,6 +325,126 @@ describe('paid GPU instances with nothing to do (M7)', () => {
     // A stage that waits longer before scaling in gets a longer window: the normal tail never pages.
     const slow = build(stageConfig('dev', { scaleInAfterIdleMinutes: 60 }));
     expect(resource(slow.worker, 'AlarmsGpuIdleInstances146A8D9F').Properties.EvaluationPeriods).toBe(18);
+  });
+});
+
+describe('what pages on spend (review-ops 2)', () => {
+  const budgetOf = (t: Template) => resources(t).filter(([, r]) => r.Type === 'AWS::Budgets::Budget');
+
+  it('alarms when the GPU group has sat at its maximum for 3 hours: a busy, healthy fleet is where the money goes', () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const { worker, config } = built[stage];
+      // Its logical ID, pinned: a new one would replace the alarm (and lose its history).
+      const alarm = resource(worker, 'AlarmsGpuFleetAtMaxDF00CD0C');
+      expect(alarm.Type).toBe('AWS::CloudWatch::Alarm');
+      expect(alarm.Properties).toMatchObject({
+        Namespace: 'AWS/AutoScaling',
+        MetricName: 'GroupInServiceInstances',
+        Dimensions: [{ Name: 'AutoScalingGroupName', Value: { Ref: 'GpuAsgASG4AAF2DD0' } }],
+        // The fewest in service in each 5 minutes, at the maximum in every period of the window.
+        Statistic: 'Minimum',
+        Period: 300,
+        Threshold: config.maxInstances,
+        ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+        EvaluationPeriods: (GPU_FLEET_AT_MAX_HOURS * 60) / 5,
+        TreatMissingData: 'notBreaching',
+        AlarmActions: [topicRef],
+        OKActions: [topicRef],
+      });
+      expect(GPU_FLEET_AT_MAX_HOURS).toBe(3);
+      // Within CloudWatch's one day of sub-hour periods.
+      expect(alarm.Properties.EvaluationPeriods * alarm.Properties.Period).toBeLessThanOrEqual(86_400);
+      expect(alarm.Properties.AlarmDescription).toContain(`all ${config.maxInstances} of its instances`);
+    }
+    expect(resource(built.prod.worker, 'AlarmsGpuFleetAtMaxDF00CD0C').Properties.Threshold).toBe(8);
+  });
+
+  it("adds a monthly AWS Budget on the account's whole cost, credits left out, with actual and forecast notices to the alarm topic", () => {
+    for (const stage of ['dev', 'prod'] as const) {
+      const { worker, config } = built[stage];
+      const budgets = budgetOf(worker);
+      expect(budgets.map(([id]) => id)).toEqual(['AlarmsMonthlyBudgetB1B5DE74']);
+      const [, budget] = budgets[0]!;
+      expect(config.monthlyBudgetUsd).toBe(stage === 'prod' ? 1000 : 100);
+      expect(budget.Properties.Budget).toEqual({
+        BudgetName: { 'Fn::Join': ['', [`clipag-${stage}-`, { Ref: 'AWS::Region' }, ` account cost - runbook cdk/README.md On call - ${BUDGET_RUNBOOK_ENTRY}`]] },
+        BudgetType: 'COST',
+        TimeUnit: 'MONTHLY',
+        BudgetLimit: { Amount: config.monthlyBudgetUsd, Unit: 'USD' },
+        // No CostFilters: the whole account (a tag filter reads $0 until the tag is activated by hand).
+        CostTypes: { IncludeCredit: false, IncludeRefund: false },
+      });
+      const notices = (budget.Properties.NotificationsWithSubscribers as Array<{ Notification: Record<string, unknown>; Subscribers: unknown[] }>);
+      expect(notices.map((n) => [n.Notification.NotificationType, n.Notification.Threshold, n.Notification.ThresholdType, n.Notification.ComparisonOperator])).toEqual([
+        ['ACTUAL', 80, 'PERCENTAGE', 'GREATER_THAN'],
+        ['ACTUAL', 100, 'PERCENTAGE', 'GREATER_THAN'],
+        ['FORECASTED', 100, 'PERCENTAGE', 'GREATER_THAN'],
+      ]);
+      for (const n of notices) expect(n.Subscribers).toEqual([{ SubscriptionType: 'SNS', Address: topicRef }]);
+      // Created after the topic's policy lets AWS Budgets publish (AWS checks it when the budget is made).
+      expect(budget.DependsOn).toEqual(expect.arrayContaining(['AlarmsTopicPolicyED3A875E']));
+    }
+    // Its name says where the runbook entry is, within a budget name's 100 characters and without ':'
+    // (which a budget name may not hold), for the longest region names.
+    const text = readme();
+    expect(text).toContain(`#### ${BUDGET_RUNBOOK_ENTRY}\n`);
+    for (const region of ['ap-southeast-2', 'ap-northeast-3', 'us-gov-west-1']) {
+      const name = budgetName('prod', region);
+      expect(name.length, name).toBeLessThanOrEqual(100);
+      expect(name).not.toMatch(/[:\\]/);
+    }
+  });
+
+  it('lets AWS Budgets publish to the alarm topic, for this account\'s budgets only, and only where a budget exists', () => {
+    const budgetStatements = (t: Template) =>
+      policyStatements(t).filter(({ type, statement }) => type === 'AWS::SNS::TopicPolicy' && JSON.stringify((statement as { Principal?: unknown }).Principal ?? '').includes('budgets.amazonaws.com'));
+    const [one, ...rest] = budgetStatements(built.prod.worker);
+    expect(rest).toEqual([]);
+    expect(one!.statement).toMatchObject({
+      Effect: 'Allow',
+      Action: 'sns:Publish',
+      Resource: topicRef,
+      Condition: {
+        StringEquals: { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } },
+        ArnLike: { 'aws:SourceArn': { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':budgets::', { Ref: 'AWS::AccountId' }, ':*']] } },
+      },
+    });
+    // monthlyBudgetUsd null: no budget, and the topic lets AWS Budgets in no more.
+    const none = build(stageConfig('dev', { monthlyBudgetUsd: null }));
+    expect(budgetOf(none.worker)).toEqual([]);
+    expect(budgetStatements(none.worker)).toEqual([]);
+    expect(none.stacks.worker.alarms.monthlyBudget).toBeUndefined();
+  });
+
+  it('takes a whole number of dollars from 1 to 100000, or null; anything else fails the synth', () => {
+    for (const ok of [null, 1, 250, 100_000]) expect(stageConfig('dev', { monthlyBudgetUsd: ok }).monthlyBudgetUsd).toBe(ok);
+    for (const bad of [0, -5, 12.5, 100_001, Number.NaN]) {
+      expect(() => stageConfig('dev', { monthlyBudgetUsd: bad }), String(bad)).toThrow(/monthlyBudgetUsd must be null \(no budget\) or a whole number of USD, 1 to 100000/);
+    }
+    // Prod states its own amount, not dev's.
+    expect([STAGES.dev.monthlyBudgetUsd, STAGES.prod.monthlyBudgetUsd]).toEqual([100, 1000]);
+  });
+});
+
+describe('Lambda concurrency is a stated deploy requirement (review-ops 3)', () => {
+  it("names the account's concurrency quota, the figure prod needs from its config, and how to check and raise it", () => {
+    const text = readme();
+    const deploy = text.slice(text.indexOf('## Deploy\n'), text.indexOf('\n```bash\nnpx cdk bootstrap'));
+    expect(deploy).toContain('**Lambda concurrency** is a requirement too');
+    expect(deploy).toContain('*Concurrent executions*');
+    const prod = STAGES.prod;
+    const dev = STAGES.dev;
+    // Per waiting account: its wait budget, twice that while the window slides; the other requests: the stage's burst; the sweep: 1.
+    expect(deploy).toContain(`**${prod.apiThrottleBurst} + ${2 * prod.maxWaitsPerAccount} × (accounts waiting at the same time) + 1**`);
+    expect(deploy).toContain(`${prod.apiThrottleBurst + 5 * 2 * prod.maxWaitsPerAccount + 1} with five such accounts`);
+    expect(deploy).toContain(`${prod.apiThrottleRatePerSecond} a second × ${prod.lambdaTimeoutSeconds} s = ${(prod.apiThrottleRatePerSecond * prod.lambdaTimeoutSeconds).toLocaleString('en-US')}`);
+    expect(deploy).toContain(`about ${dev.apiThrottleBurst} + ${2 * dev.maxWaitsPerAccount} × accounts + 1`);
+    expect(deploy).toContain(`(prod ${prod.maxWaitsPerAccount},\n  dev ${dev.maxWaitsPerAccount})`);
+    expect(deploy).toContain('aws lambda get-account-settings');
+    expect(deploy).toContain('aws service-quotas request-service-quota-increase --service-code lambda --quota-code L-B99A9384');
+    // Not reserved (a reservation fails the deploy on an account at 10, and caps the function): the runbook says so.
+    expect(deploy).toContain('Neither function reserves concurrency.');
+    for (const [, fn] of resources(built.prod.api).filter(([, r]) => r.Type === 'AWS::Lambda::Function')) expect(fn.Properties.ReservedConcurrentExecutions).toBeUndefined();
   });
 });
 

@@ -658,6 +658,13 @@ describe('WorkerStack', () => {
       expect.objectContaining({ Action: 'sns:Publish', Principal: { Service: 'cloudwatch.amazonaws.com' }, Resource: { Ref: expect.stringMatching(/^AlarmsTopic/) }, Condition: { StringEquals: { 'aws:SourceAccount': expect.anything() } } }),
       // EventBridge may publish for the task-stopped rule alone, not for any rule of any account.
       expect.objectContaining({ Action: 'sns:Publish', Principal: { Service: 'events.amazonaws.com' }, Resource: { Ref: expect.stringMatching(/^AlarmsTopic/) }, Condition: { ArnEquals: { 'aws:SourceArn': { 'Fn::GetAtt': ['AlarmsWorkerTaskStopped09EC3212', 'Arn'] } } } }),
+      // AWS Budgets publishes the monthly budget's notices itself (review-ops 2): this account's budgets only.
+      expect.objectContaining({
+        Action: 'sns:Publish',
+        Principal: { Service: 'budgets.amazonaws.com' },
+        Resource: { Ref: expect.stringMatching(/^AlarmsTopic/) },
+        Condition: { StringEquals: { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } }, ArnLike: { 'aws:SourceArn': expect.objectContaining({ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':budgets::', { Ref: 'AWS::AccountId' }, ':*']] }) } },
+      }),
     ]);
     // The TLS-only deny stays.
     expect(statements).toContainEqual(expect.objectContaining({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } }));
@@ -767,8 +774,9 @@ describe('WorkerStack', () => {
       expect(a.Properties.OKActions).toEqual([{ Ref: expect.stringMatching(/^AlarmsTopic/) }]);
     }
     expect([notRunningId, droppedId]).toEqual([expect.stringMatching(/^AlarmsQueuedJobSweepNotRunning/), expect.stringMatching(/^AlarmsQueuedJobSweepEventsDropped/)]);
-    // The existing alarms keep their logical IDs.
-    expect(alarms.map(([id]) => id)).toEqual(expect.arrayContaining(['AlarmsQueuedJobSweepErrors4353CE89', 'AlarmsOldestQueuedJob57F197CD']));
+    // The existing alarms keep their logical IDs, and so do the spend alarm and the budget (review-ops 2).
+    expect(alarms.map(([id]) => id)).toEqual(expect.arrayContaining(['AlarmsQueuedJobSweepErrors4353CE89', 'AlarmsOldestQueuedJob57F197CD', 'AlarmsGpuFleetAtMaxDF00CD0C']));
+    expect(Object.keys(worker.toJSON().Resources)).toContain('AlarmsMonthlyBudgetB1B5DE74');
     // The window follows the stage's sweep period, and stays within CloudWatch's one day for sub-hour periods.
     const { app, cleanup } = testApp();
     cleanups.push(cleanup);
