@@ -10,9 +10,9 @@ import { dirname, join, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { canonicalJson } from '../functions/idempotency.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
-import { checkInitImageSync } from '../shared/init-image.ts';
+import { checkInitDataUriSync, checkInitImageSync } from '../shared/init-image.ts';
 import { decodeUtf8Strictly } from '../shared/utf8.ts';
-import { GenerationRequest } from '../shared/schemas/generation.ts';
+import { GenerationRequest, isInitDataUri } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, GaveUp, Interrupted, isUnknownRoute, TimedOut, WaitPastDeadline, shownUrl, type Generation, type GenerationBody } from './api-client.ts';
 import { UsageError, writeWhole } from './common.ts';
 import { outputFile as outputFileOf } from '../shared/output-format.ts';
@@ -283,6 +283,11 @@ function readLines(file: string, batchKey: string, dir: string): Line[] {
     if (!checked.success) {
       for (const issue of checked.error.issues) bad(`${issue.path.length ? issue.path.join('.') : 'the request'}: ${issue.message}`);
       continue;
+    }
+    // An inline image (ADR 0042) gets the API's own check too: the schema reads only its "data:".
+    if (isInitDataUri(checked.data.init)) {
+      const image = checkInitDataUriSync(checked.data.init, MAX_IMAGE_FILE_BYTES);
+      if (!image.ok) bad(`init: ${image.reason}`);
     }
     const n = checked.data.n;
     const names = Array.from({ length: n }, (_, k) => outputPath(`${id}.${outputFileOf(checked.data.output_format ?? 'png').extension}`, k, n));

@@ -3,7 +3,7 @@
 // --all of them, with remote's connection options, retries and exit statuses. A line per generation,
 // or with --json one JSON object per line (the API's view), for jq.
 import { parseCliArgs as parseArgs, UsageError } from './common.ts';
-import type { Generation } from './api-client.ts';
+import { ApiError, type Generation } from './api-client.ts';
 import { command, connectionOptions, optionWords, quotedPrompt, requestFailed, session, type RemoteIo } from './remote.ts';
 import { JOB_STATUSES } from '../shared/schemas/job.ts';
 import { WEBHOOK_STATUSES } from '../shared/schemas/view.ts';
@@ -85,7 +85,13 @@ export async function list(argv: string[], io: RemoteIo): Promise<number> {
       cursor = nextCursor ?? undefined;
     } while (values.all && cursor !== undefined);
   } catch (e) {
-    const tail = shown > 0 && cursor !== undefined ? `; ${shown} listed so far: ${again(cursor)} goes on from there` : '';
+    // An API from before the filter refuses it as an unknown parameter: said so, not as a typo of ours.
+    const olderApi = e instanceof ApiError && e.status === 400 && e.param === 'api_key_id' && /unknown query parameter/.test(e.detail);
+    const tail = olderApi
+      ? '; this API is from before the api_key_id filter: list without --api-key-id and read each line\'s api_key_id (--json)'
+      : shown > 0 && cursor !== undefined
+        ? `; ${shown} listed so far: ${again(cursor)} goes on from there`
+        : '';
     return requestFailed(s, e, { tail });
   }
   // One page: the next one's command, on stderr (stdout stays the list).

@@ -10,8 +10,9 @@ import { setTimeout as sleepFor } from 'node:timers/promises';
 import { basename, dirname, extname, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
-import { checkInitImage } from '../shared/init-image.ts';
-import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isInitToStore, isWellFormedText } from '../shared/schemas/generation.ts';
+import { checkInitDataUriSync, checkInitImage } from '../shared/init-image.ts';
+import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
+import { MAX_CANCEL_AFTER_SEC, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, MODEL_VERSION_PATTERN, PROMPT_MAX_CHARS, SIDE_MULTIPLE, WeightedPrompt, isInitDataUri, isInitToStore, isWellFormedText } from '../shared/schemas/generation.ts';
 import { ApiError, CannotSend, ClipagClient, GaveUp, Interrupted, TimedOut, WaitPastDeadline, isLoopbackUrl, isUnknownGeneration, isUnknownRoute, scrubbed, shownUrl, untilText, type Generation, type GenerationBody } from './api-client.ts';
 import { INTERRUPTED_EXIT_CODE, OUTPUT_FORMAT_USAGE, UsageError, WITHHELD_EXIT_CODE, decimalNumber, FORMAT_NAME, formatOfFileName, invocation, outputFile, outputFormatArgs, shellWord, sizeShape, writeWhole } from './common.ts';
 import { isJpeg } from '../shared/jpeg.ts';
@@ -580,6 +581,11 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
   const initToStore = init !== undefined && isInitToStore(init);
   const initFile = init !== undefined && init !== 'gmm' && init !== 'noise' && !init.startsWith('upload:') && !initToStore ? init : undefined;
   if (init !== undefined && initFile === undefined) body.init = init;
+  // An inline image (ADR 0042) is checked here as the API would: a bad one is a usage error, before any request.
+  if (init !== undefined && isInitDataUri(init)) {
+    const image = checkInitDataUriSync(init, MAX_IMAGE_FILE_BYTES);
+    if (!image.ok) throw new UsageError(`--init data:…: ${image.reason}`);
+  }
   if (values.strength !== undefined) {
     if (initFile === undefined && !init?.startsWith('upload:') && !initToStore) throw new UsageError('--strength needs an init image (--init PATH.png, upload:ID, an https URL or a data: URI); gmm and noise starts have nothing to keep');
     const strength = decimalNumber(values.strength);
@@ -974,11 +980,15 @@ async function stopped(s: Session, e: unknown): Promise<number> {
     // its enum names the formats it has.
     const olderApi = e.status === 400 && s.body?.output_format !== undefined && /output_(format|quality)/.test(`${e.param ?? ''} ${e.detail}`) && /unrecognized|unknown/i.test(e.detail);
     const beforeWebp = e.status === 400 && s.body?.output_format === 'webp' && e.param === 'output_format' && !/webp/.test(e.detail);
+    // A data: URI init sent to an API from before them (ADR 0042): its init rule does not name them.
+    const beforeDataInit = e.status === 400 && typeof s.body?.init === 'string' && isInitDataUri(s.body.init) && e.param === 'init' && !/data:/.test(e.detail);
     const hint = olderApi
       ? '; this API is from before JPEG outputs: ask for a PNG (--format png, or -o FILE.png)'
       : beforeWebp
         ? '; this API is from before WebP outputs: ask for a JPEG or a PNG (--format jpeg|png, or -o FILE.jpg|FILE.png)'
-        : '';
+        : beforeDataInit
+          ? '; this API is from before data: URI inits: save the image to a file and give its path as --init (it is uploaded first)'
+          : '';
     io.err(`clipag remote: ${e.message}${hint}${(goesOn && progress.last) || over || mayExist ? `; ${resume}` : ''}`);
     return 1;
   }

@@ -45,15 +45,19 @@ function startsWithPngSignature(body: Uint8Array): boolean {
   return body.byteLength >= PNG_SIGNATURE.length && PNG_SIGNATURE.every((byte, i) => body[i] === byte);
 }
 
+/** The first buffer readDeclared fills; it doubles, up to the declared length, as the body comes. */
+const FIRST_BODY_BUFFER_BYTES = 64 * 1024;
+
 /**
- * Reads the body into one buffer of its declared length; `null` as soon as it turns out longer (the
- * rest is never buffered). One buffer, allocated once: a body that trickles in byte by byte is not
- * kept as a million small pieces (about 33 bytes of memory each). Like an S3 presigned PUT, which
- * signs the exact length, the caller has already required a Content-Length within the grant.
+ * Reads the body into one growing buffer; `null` as soon as it turns out longer than `declared` (the
+ * rest is never buffered). One buffer, doubled as the bytes come (at most the declared length): a body
+ * that trickles in byte by byte is not kept as a million small pieces (about 33 bytes of memory each),
+ * and a PUT that declares 8 MiB and sends nothing holds 64 KiB, not 8 MiB. Like an S3 presigned PUT,
+ * which signs the exact length, the caller has already required a Content-Length within the grant.
  */
 async function readDeclared(body: ReadableStream<Uint8Array> | null, declared: number): Promise<Uint8Array | null> {
-  const out = Buffer.alloc(declared);
   if (!body) return new Uint8Array(0);
+  let out = Buffer.alloc(Math.min(declared, FIRST_BODY_BUFFER_BYTES));
   const reader = body.getReader();
   let total = 0;
   for (;;) {
@@ -67,12 +71,18 @@ async function readDeclared(body: ReadableStream<Uint8Array> | null, declared: n
     }
     const { done, value } = step;
     if (done) break;
-    if (total + value.byteLength > declared) {
+    const needed = total + value.byteLength;
+    if (needed > declared) {
       await reader.cancel().catch(() => undefined);
       return null;
     }
+    if (needed > out.length) {
+      const grown = Buffer.alloc(Math.min(declared, Math.max(needed, out.length * 2)));
+      out.copy(grown, 0, 0, total);
+      out = grown;
+    }
     out.set(value, total);
-    total += value.byteLength;
+    total = needed;
   }
   return out.subarray(0, total);
 }

@@ -33,7 +33,7 @@ function jpegCheck(bytes: Uint8Array, opts: { maxPixels?: number }): InitImageCh
 }
 
 /** The media types a data: URI may declare; the bytes' own signature decides which it is. */
-const DATA_URI_IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/jpg', 'image/pjpeg']);
+const DATA_URI_IMAGE_TYPES = new Set(['image/png', 'image/x-png', 'image/jpeg', 'image/jpg', 'image/pjpeg']);
 /** Standard or URL-safe base64, padded or not (a length of 4k + 1 is never base64). */
 const BASE64_BODY = /^[A-Za-z0-9+/\-_]*={0,2}$/;
 
@@ -55,8 +55,17 @@ export function decodeInitDataUri(raw: string, maxBytes: number): InitDataUri {
     return { ok: false, reason: `a data: URI with ${said}; an init image is data:image/png;base64,… or data:image/jpeg;base64,…` };
   }
   if (params[params.length - 1] !== 'base64') return { ok: false, reason: `a data: URI's image must be base64 (data:${mediaType};base64,…)` };
-  // Whitespace is allowed inside (RFC 2045 wraps base64 lines), and dropped.
-  const body = raw.slice(comma + 1).replace(/[\t\n\r ]+/g, '');
+  // RFC 2397's data is URL-encoded where it must be (encodeURIComponent writes "+" as %2B, "/" as %2F,
+  // "=" as %3D); whitespace is allowed inside (RFC 2045 wraps base64 lines), and dropped.
+  let data = raw.slice(comma + 1);
+  if (data.includes('%')) {
+    try {
+      data = decodeURIComponent(data);
+    } catch {
+      return { ok: false, reason: 'the data: URI\'s data has a "%" that is not a percent-encoded byte' };
+    }
+  }
+  const body = data.replace(/\s+/g, '');
   if (body === '') return { ok: false, reason: 'the data: URI has no data after its comma' };
   if (!BASE64_BODY.test(body) || body.replace(/=+$/, '').length % 4 === 1) {
     return { ok: false, reason: 'the data: URI\'s data is not base64 (A-Z, a-z, 0-9, "+" and "/", or "-" and "_", then at most two "=")' };
@@ -64,4 +73,25 @@ export function decodeInitDataUri(raw: string, maxBytes: number): InitDataUri {
   const decodedBytes = Math.floor((body.replace(/=+$/, '').length * 3) / 4);
   if (decodedBytes > maxBytes) return { ok: false, reason: `the data: URI's image is ${decodedBytes} bytes, over the ${maxBytes}-byte limit of an upload` };
   return { ok: true, bytes: new Uint8Array(Buffer.from(body, 'base64')) };
+}
+
+export type InitDataImage = { ok: true; bytes: Uint8Array; contentType: InitImageType } | { ok: false; reason: string };
+
+const dataImageCheck = (decoded: InitDataUri, check: (bytes: Uint8Array) => InitImageCheck): InitDataImage => {
+  if (!decoded.ok) return decoded;
+  const image = check(decoded.bytes);
+  return image.ok ? { ok: true, bytes: decoded.bytes, contentType: image.contentType } : { ok: false, reason: `the data: URI's image cannot be an init image (a PNG or a JPEG): ${image.reason}` };
+};
+
+/** A data: URI init's image, decoded and checked as an upload is (the API's check; ADR 0042). */
+export async function checkInitDataUri(raw: string, maxBytes: number): Promise<InitDataImage> {
+  const decoded = decodeInitDataUri(raw, maxBytes);
+  if (!decoded.ok) return decoded;
+  const image = await checkInitImage(decoded.bytes);
+  return dataImageCheck(decoded, () => image);
+}
+
+/** checkInitDataUri, on this thread at once: the CLI's check of a batch line or a --init before anything is sent. */
+export function checkInitDataUriSync(raw: string, maxBytes: number): InitDataImage {
+  return dataImageCheck(decodeInitDataUri(raw, maxBytes), (bytes) => checkInitImageSync(bytes));
 }

@@ -17,7 +17,14 @@ const isAbortedBody = (error: unknown): boolean =>
 export function bodySizeLimit(maxBytes: number): MiddlewareHandler<AppEnv> {
   const limit = bodyLimit({
     maxSize: maxBytes,
-    onError: (c) => errorResponse(c as never, new PayloadTooLargeError(`request body exceeds ${maxBytes} bytes`)),
+    onError: (c) =>
+      errorResponse(
+        c as never,
+        new PayloadTooLargeError(
+          // A generation's body is small but for an inline init image (ADR 0042): say where a large one goes.
+          `request body exceeds ${maxBytes} bytes${/^\/v1\/(generations|estimates)$/.test(c.req.path) ? '; an init image this large goes by POST /v1/uploads (then "init": "upload:<id>") or an https URL, not inline as a data: URI' : ''}`,
+        ),
+      ),
   });
   return async function bodySizeLimitMiddleware(c, next) {
     let reachedRoute = false;

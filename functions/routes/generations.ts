@@ -2,7 +2,7 @@ import { createRoute, z, type OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { ConflictError, CorruptDocumentError, GoneError, NotFoundError, operatorMessage, PayloadTooLargeError, PreconditionFailedError, RetryableError, SpendLimitReachedError, TooManyRequestsError, ValidationError } from '../../shared/errors.ts';
 import { newId, newJobId } from '../../shared/ids.ts';
-import { checkInitImage, decodeInitDataUri, type InitImageType } from '../../shared/init-image.ts';
+import { checkInitDataUri, checkInitImage, type InitImageType } from '../../shared/init-image.ts';
 import { parsePendingJobKey, PENDING_JOBS_PREFIX, pendingJobKey, uploadKey } from '../../shared/keys.ts';
 import { outputFormatOfKey } from '../../shared/output-format.ts';
 import type { ContentFlag, JobRecord } from '../../shared/schemas/job.ts';
@@ -489,11 +489,9 @@ export function registerGenerationRoutes(
 
   /** A data: URI init's image, checked as an upload is (ADR 0042); a 400 on `init` saying why not. */
   async function initDataImage(raw: string): Promise<{ bytes: Uint8Array; contentType: InitImageType }> {
-    const decoded = decodeInitDataUri(raw, limits.maxUploadBytes);
-    if (!decoded.ok) throw new ValidationError(`init: ${decoded.reason}`, 'init');
-    const check = await checkInitImage(decoded.bytes);
-    if (!check.ok) throw new ValidationError(`init: the data: URI's image cannot be an init image (a PNG or a JPEG): ${check.reason}`, 'init');
-    return { bytes: decoded.bytes, contentType: check.contentType };
+    const image = await checkInitDataUri(raw, limits.maxUploadBytes);
+    if (!image.ok) throw new ValidationError(`init: ${image.reason}`, 'init');
+    return image;
   }
 
   /**

@@ -312,6 +312,10 @@ describe('clipag remote batch against the local server', () => {
         '[1, 2]',
         JSON.stringify({ id: 'nul', prompt: 'x' }),
         JSON.stringify({ id: 'own', prompt: 'x', init_file: 'bad/own.png' }),
+        // Inline images (ADR 0042) get the API's check too, not only the schema's "data:".
+        JSON.stringify({ id: 'inline-text', prompt: 'x', init: 'data:text/plain;base64,aGVsbG8=' }),
+        JSON.stringify({ id: 'inline-junk', prompt: 'x', init: 'data:image/png;base64,@@@@' }),
+        JSON.stringify({ id: 'inline-ok', prompt: 'x', init: `data:image/png;base64,${Buffer.from(encodePng(solidImage(8, 8, [0.2, 0.4, 0.6]))).toString('base64')}` }),
       ].join('\n'),
     );
     // Nothing listens there: a request would fail otherwise than with these problems.
@@ -329,12 +333,15 @@ describe('clipag remote batch against the local server', () => {
       'line 11: not a JSON object',
       'line 12: "id" nul is a device name on Windows',
       "line 13: \"init_file\" bad/own.png is line 13's output in",
+      'line 14: init: a data: URI with media type "text/plain"',
+      "line 15: init: the data: URI's data is not base64",
     ]) {
       expect(message).toContain(want);
     }
     // Line 1 (after a byte-order mark) is fine.
-    expect(message).toMatch(/11 problems, nothing was sent/);
+    expect(message).toMatch(/13 problems, nothing was sent/);
     expect(message).not.toContain('line 1:');
+    expect(message).not.toContain('line 16:');
   });
 });
 

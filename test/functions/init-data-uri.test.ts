@@ -109,11 +109,23 @@ describe('init as a data: URI', () => {
 
   it('an image past the body limit is a 413 before anything is decoded; past the upload limit, a 400 that says so', async () => {
     const big = `data:image/png;base64,${'A'.repeat(LIMITS.maxBodyBytes)}`;
-    await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: big }), 413, 'payload_too_large');
+    const tooBig = await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: big }), 413, 'payload_too_large');
+    expect(tooBig.message).toMatch(/an init image this large goes by POST \/v1\/uploads \(then "init": "upload:<id>"\) or an https URL/);
     const app = createApp({ ...h.deps, limits: { ...h.deps.limits, maxUploadBytes: 64 } });
     const over = await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: pngUri }, {}, app), 400, 'validation_error');
     expect(over.message).toBe(`init: the data: URI's image is ${PNG.length} bytes, over the 64-byte limit of an upload`);
     expect(await uploads()).toEqual([]);
+  });
+
+  it('takes the spellings clients write: percent-encoded data (encodeURIComponent), image/x-png, any whitespace', async () => {
+    for (const init of [
+      `data:image/png;base64,${encodeURIComponent(b64(PNG))}`,
+      `data:image/x-png;base64,${b64(PNG)}`,
+      `data:image/png;base64,${b64(PNG).replace(/(.{10})/g, '$1\u00a0\f')}`,
+    ]) {
+      expect(decodeInitDataUri(init, 1 << 20), init.slice(0, 30)).toEqual({ ok: true, bytes: new Uint8Array(PNG) });
+    }
+    expect(decodeInitDataUri('data:image/png;base64,iVBOR%zz', 1 << 20)).toMatchObject({ ok: false, reason: expect.stringContaining('"%" that is not a percent-encoded byte') });
   });
 
   it('strength goes with a data: URI init (the schema), and the decoder counts bytes before it decodes', () => {

@@ -56,6 +56,26 @@ describe('signed PUT', () => {
     expect((await h.blobs.get('uploads/acct_alice/u1'))?.size).toBe(10);
   });
 
+  it('stores a body that comes in pieces of every size, past the first buffer, byte for byte (one buffer, grown as it comes)', async () => {
+    const n = 200_000;
+    const want = pngBytes(n).map((b, i) => (i < 8 ? b : (i * 31) % 251));
+    const sizes = [8, 1, 70_000, 3, 1, 65_536, 1];
+    let at = 0;
+    let k = 0;
+    const pieces = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (at >= n) return controller.close();
+        const size = Math.min(sizes[k++ % sizes.length]!, n - at);
+        controller.enqueue(want.slice(at, at + size));
+        at += size;
+      },
+    });
+    const signed = await h.blobs.signedPutUrl('uploads/acct_alice/u1', { contentType: 'image/png', maxBytes: n, contentLength: n, expiresSec: 60 });
+    const res = await put(pathOf(signed.url), pieces, { 'content-length': String(n) });
+    expect(res.status).toBe(200);
+    expect(Buffer.from((await h.blobs.get('uploads/acct_alice/u1'))!.body).equals(Buffer.from(want))).toBe(true);
+  });
+
   it('a link signed for image/png stores only bytes that start as a PNG: HTML or anything else → 400 (param "body"), nothing stored', async () => {
     const html = new TextEncoder().encode('<html><script>alert(document.cookie)</script></html>');
     const cases: Array<[string, Uint8Array]> = [

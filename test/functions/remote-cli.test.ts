@@ -795,6 +795,15 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
     expect(r.seen.filter((s) => s.path === '/v1/uploads')).toEqual([]);
     const posted = r.seen.find((s) => s.path === '/v1/generations' && s.method === 'POST');
     expect(JSON.parse(posted!.body)).toMatchObject({ prompt: 'a red circle', init, strength: 0.3 });
+    // Checked here first, as the API would: a bad one is a usage error and nothing is sent.
+    const asked = r.seen.length;
+    await expect(cli(['generate', 'a red circle', '--init', 'data:image/png;base64,aGVsbG8=', '--url', r.url, '--key', KEY])).rejects.toThrow(/--init data:…: the data: URI's image cannot be an init image \(a PNG or a JPEG\)/);
+    expect(r.seen.length).toBe(asked);
+    // An API from before data: inits refuses the init by its older rule: the CLI says what to do instead.
+    const older = route('data-older-api', () => envelope(400, 'validation_error', 'init must be "gmm", "noise", "upload:<id>" or the https URL of a PNG or a JPEG (at most 2000 characters)', 'init'));
+    const old = await cli(['generate', 'a red circle', '--init', init, '--url', older.url, '--key', KEY]);
+    expect(old.code).toBe(1);
+    expect(old.stderr).toMatch(/; this API is from before data: URI inits: save the image to a file and give its path as --init \(it is uploaded first\)$/);
   });
 
   it('--init FILE whose POST answer is lost: the resume command has --init upload:ID, not the file, so running it uploads nothing and replays the job', async () => {

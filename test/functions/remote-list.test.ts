@@ -72,6 +72,16 @@ describe('clipag remote list', () => {
     const keyId = '01jabcdefabcdefabcdefabcde';
     const byKey = await list('--api-key-id', keyId);
     expect([byKey.code, byKey.queries, byKey.stderr]).toEqual([0, [`?api_key_id=${keyId}`], 'clipag remote: no generation matches']);
+    // An API from before the filter refuses it as an unknown query parameter: the CLI says so.
+    const err: string[] = [];
+    const olderApi = (async () =>
+      new Response(JSON.stringify({ error: { code: 'validation_error', message: 'unknown query parameter "api_key_id": GET /v1/generations takes limit, cursor, status', param: 'api_key_id', request_id: 'req_1' } }), {
+        status: 400,
+        headers: { 'content-type': 'application/json' },
+      })) as typeof fetch;
+    const code = await remote(['list', '--url', 'http://127.0.0.1:8787', '--key', h.alice, '--api-key-id', keyId], { env: {}, out: () => undefined, err: (l) => err.push(l), fetch: olderApi, sleep: async () => {} });
+    expect(code).toBe(1);
+    expect(err.join('\n')).toMatch(/; this API is from before the api_key_id filter: list without --api-key-id and read each line's api_key_id \(--json\)$/);
   });
 
   it('--all follows next_cursor to the end, 100 a page', async () => {

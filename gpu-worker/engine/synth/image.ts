@@ -209,6 +209,8 @@ function riffChunk(fourcc: string, payload: Uint8Array): Buffer {
 
 /** The `XMP ` chunk holding GENERATED_IMAGE_XMP, as the WebP container specification puts XMP. */
 const GENERATED_IMAGE_WEBP_XMP = riffChunk('XMP ', Buffer.from(GENERATED_IMAGE_XMP, 'utf8'));
+/** The largest side a WebP holds (VP8's 14-bit width and height). */
+export const WEBP_MAX_SIDE = 16383;
 /** VP8X's flag for "an XMP chunk follows the image" (the container specification's X bit). */
 const VP8X_XMP_FLAG = 0x04;
 
@@ -223,6 +225,10 @@ export async function encodeWebp(img: PlanarImage, quality: number): Promise<Uin
     throw new EngineError('invalid_input', `encodeWebp: quality must be a whole number from ${MIN_OUTPUT_QUALITY} to ${MAX_OUTPUT_QUALITY}; got ${quality}`, { quality });
   }
   const { width, height } = img;
+  // WebP's own bound (14-bit sizes in the VP8 header); the API's and the CLI's sizes are far below it.
+  if (width > WEBP_MAX_SIDE || height > WEBP_MAX_SIDE) {
+    throw new EngineError('invalid_input', `encodeWebp: a WebP is at most ${WEBP_MAX_SIDE} pixels a side; got ${width}×${height} (ask for PNG or JPEG)`, { width, height });
+  }
   const simple = Buffer.from(await encodeWebpRgba(quantized(img, 'encodeWebp', 4), width, height, quality));
   // RIFF, its size, WEBP, then the one VP8 chunk of the simple format: moved whole behind a VP8X.
   if (simple.toString('latin1', 0, 4) !== 'RIFF' || simple.toString('latin1', 8, 16) !== 'WEBPVP8 ') throw new Error('encodeWebp: the encoder did not write a simple lossy WebP');

@@ -67,6 +67,8 @@ describe('encodeWebp', () => {
     for (const quality of [0, 101, 50.5, Number.NaN]) {
       await expect(encodeWebp(picture(8, 8), quality)).rejects.toSatisfy((e: unknown) => e instanceof EngineError && e.code === 'invalid_input' && /quality must be a whole number from 1 to 100/.test(e.message));
     }
+    // Past WebP's own 16383-pixel side: said as invalid_input, not libwebp's bare failure.
+    await expect(encodeWebp({ width: 16384, height: 1, data: new Float32Array(3 * 16384) }, 90)).rejects.toSatisfy((e: unknown) => e instanceof EngineError && e.code === 'invalid_input' && /at most 16383 pixels a side/.test(e.message));
     const bad = picture(8, 8);
     bad.data[5] = Number.NaN;
     await expect(encodeWebp(bad, 90)).rejects.toSatisfy((e: unknown) => e instanceof EngineError && e.code === 'invalid_input' && /NaN/.test(e.message));
