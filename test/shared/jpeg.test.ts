@@ -235,6 +235,17 @@ describe('files from another encoder (libjpeg-turbo; test/fixtures/jpeg/README.m
     expect(worst).toBeLessThanOrEqual(2);
   });
 
+  it('a CMYK JPEG with its Adobe segment (as Photoshop and Pillow write it) decodes within 2 of Pillow\'s own RGB conversion', () => {
+    const bytes = fixture('cmyk.jpg');
+    expect(readJpegStructure(bytes)).toMatchObject({ ok: true, structure: { width: 16, height: 12, components: 4 } });
+    const r = decodeJpeg(bytes);
+    if (!r.ok) throw new Error(r.reason);
+    const ref = pnm('cmyk.pil.pnm');
+    expect([r.image.width, r.image.height]).toEqual([ref.width, ref.height]);
+    const worst = r.image.rgb.reduce((m, v, i) => Math.max(m, Math.abs(v - ref.rgb[i]!)), 0);
+    expect(worst).toBeLessThanOrEqual(2);
+  });
+
   it('arithmetic coding, as libjpeg-turbo writes it, is refused with what to do', () => {
     expect(readJpegStructure(fixture('arithmetic.jpg'))).toEqual({ ok: false, reason: 'arithmetic-coded JPEGs are not supported: save it as a baseline or progressive JPEG, or as a PNG' });
   });
