@@ -37,7 +37,7 @@ const DATA_URI_IMAGE_TYPES = new Set(['image/png', 'image/x-png', 'image/jpeg', 
 /** Standard or URL-safe base64, padded or not (a length of 4k + 1 is never base64). */
 const BASE64_BODY = /^[A-Za-z0-9+/\-_]*={0,2}$/;
 
-export type InitDataUri = { ok: true; bytes: Uint8Array } | { ok: false; reason: string };
+export type InitDataUri = { ok: true; bytes: Uint8Array; spacesDropped?: true } | { ok: false; reason: string };
 
 /**
  * The bytes of `data:image/png;base64,…` (or image/jpeg), or the reason they cannot be had: another
@@ -57,14 +57,9 @@ export function decodeInitDataUri(raw: string, maxBytes: number): InitDataUri {
   if (params[params.length - 1] !== 'base64') return { ok: false, reason: `a data: URI's image must be base64 (data:${mediaType};base64,…)` };
   // RFC 2397's data is URL-encoded where it must be (encodeURIComponent writes "+" as %2B, "/" as %2F,
   // "=" as %3D); whitespace is allowed inside (RFC 2045 wraps base64 lines), and dropped.
-  let data = raw.slice(comma + 1);
-  if (data.includes('%')) {
-    try {
-      data = decodeURIComponent(data);
-    } catch {
-      return { ok: false, reason: 'the data: URI\'s data has a "%" that is not a percent-encoded byte' };
-    }
-  }
+  // Each %XX is read as the byte it encodes (a byte outside base64, or a "%" that encodes none, fails
+  // the base64 check below).
+  const data = raw.slice(comma + 1).replace(/%([0-9A-Fa-f]{2})/g, (_m, hex: string) => String.fromCharCode(parseInt(hex, 16)));
   const body = data.replace(/\s+/g, '');
   if (body === '') return { ok: false, reason: 'the data: URI has no data after its comma' };
   if (!BASE64_BODY.test(body) || body.replace(/=+$/, '').length % 4 === 1) {
@@ -72,7 +67,7 @@ export function decodeInitDataUri(raw: string, maxBytes: number): InitDataUri {
   }
   const decodedBytes = Math.floor((body.replace(/=+$/, '').length * 3) / 4);
   if (decodedBytes > maxBytes) return { ok: false, reason: `the data: URI's image is ${decodedBytes} bytes, over the ${maxBytes}-byte limit of an upload` };
-  return { ok: true, bytes: new Uint8Array(Buffer.from(body, 'base64')) };
+  return { ok: true, bytes: new Uint8Array(Buffer.from(body, 'base64')), ...(/ /.test(data) ? { spacesDropped: true as const } : {}) };
 }
 
 export type InitDataImage = { ok: true; bytes: Uint8Array; contentType: InitImageType } | { ok: false; reason: string };
@@ -80,7 +75,10 @@ export type InitDataImage = { ok: true; bytes: Uint8Array; contentType: InitImag
 const dataImageCheck = (decoded: InitDataUri, check: (bytes: Uint8Array) => InitImageCheck): InitDataImage => {
   if (!decoded.ok) return decoded;
   const image = check(decoded.bytes);
-  return image.ok ? { ok: true, bytes: decoded.bytes, contentType: image.contentType } : { ok: false, reason: `the data: URI's image cannot be an init image (a PNG or a JPEG): ${image.reason}` };
+  if (image.ok) return { ok: true, bytes: decoded.bytes, contentType: image.contentType };
+  // Spaces are dropped as line wrapping is, but a space is also what a form decoder makes of "+".
+  const spaces = decoded.spacesDropped ? ' (spaces in its data were dropped: if a form decoder turned its "+" into spaces, send it percent-encoded (%2B) or as JSON)' : '';
+  return { ok: false, reason: `the data: URI's image cannot be an init image (a PNG or a JPEG): ${image.reason}${spaces}` };
 };
 
 /** A data: URI init's image, decoded and checked as an upload is (the API's check; ADR 0042). */

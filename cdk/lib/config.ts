@@ -135,7 +135,8 @@ export interface StageConfig {
    * tags must be activated by hand and count only from then on, so a tag filter would read $0, and never
    * notify, on a deployment where nobody did it). Credits and refunds are left out, so promotional credits
    * do not hide a runaway fleet. It notifies the alarm topic at 80 % and 100 % of actual spend and at
-   * 100 % of AWS's forecast for the month (cdk/README.md, On call, "AWS spend over budget"). Null: no
+   * 100 % of AWS's forecast for the month (cdk/README.md, On call, "AWS spend over budget"). In an AWS
+   * Organizations management account it reads the whole organization's bill. Null: no
    * budget. A whole number of dollars, 1 to 100000 (the upper bound catches a typo's extra digits).
    */
   readonly monthlyBudgetUsd: number | null;

@@ -103,8 +103,16 @@ export const BUDGET_RUNBOOK_ENTRY = 'AWS spend over budget';
  * characters with any region's name (14 at most today).
  */
 export function budgetName(stage: StageName, region: string): string {
-  return `clipag-${stage}-${region} account cost - runbook cdk/README.md On call - ${BUDGET_RUNBOOK_ENTRY}`;
+  return `clipag-${stage}-${region} cost ${BUDGET_NOTICES_TAG} - runbook cdk/README.md On call - ${BUDGET_RUNBOOK_ENTRY}`;
 }
+
+/**
+ * The notices in the budget's name ("a80-100f100": actual 80 and 100 %, forecast 100 %). A change to a
+ * budget's notifications replaces it, and CloudFormation creates the new one before it deletes the old:
+ * under the same name AWS refuses it ("already exists") and the whole deploy rolls back. With the
+ * notices in the name, a change to them is a new name too.
+ */
+export const BUDGET_NOTICES_TAG = `a${BUDGET_ACTUAL_PERCENTS.join('-')}f${BUDGET_FORECAST_PERCENT}`;
 
 /** Operator alarms for the job pipeline, published to one SNS topic. */
 export class QueueAlarms extends Construct {
@@ -449,17 +457,28 @@ export class QueueAlarms extends Construct {
 
       // Nothing else pages on a fleet that is busy and healthy: a leaked key, a customer's loop or many
       // small accounts can keep every instance at work for days, and the first signal would be the
-      // invoice (the monthly budget below lags by hours). The fewest instances in service in each
-      // 5 minutes at the group's maximum, every period for GPU_FLEET_AT_MAX_HOURS, pages; one dip below
-      // it starts the count again.
+      // invoice (the monthly budget below lags by hours). The group's desired capacity, not its
+      // instances in service: a fleet that cannot launch its last instances (the vCPU or Spot quota,
+      // no capacity in the region) wants them all the same, and is as busy, or stuck; counting only
+      // what is in service, a prod fleet held at 7 of 8 would cost $170 a day and never page. The
+      // fewest desired in each 5 minutes at the maximum, in all but 2 of the window's periods (one
+      // missing datapoint does not restart 3 hours).
+      const desired = new cloudwatch.Metric({
+        namespace: 'AWS/AutoScaling',
+        metricName: 'GroupDesiredCapacity',
+        dimensionsMap: { AutoScalingGroupName: fleet.autoScalingGroupName },
+        period: fiveMinutes,
+        statistic: 'Minimum',
+      });
       this.gpuFleetAtMaxAlarm = atLeast(
         'GpuFleetAtMax',
         'GPU fleet at its maximum',
-        `The GPU Auto Scaling group has had all ${fleet.maxInstances} of its instances (maxInstances) in service for ${GPU_FLEET_AT_MAX_HOURS} hours: healthy perhaps, but it is where the money goes. Find who is submitting, and whether it is expected.`,
-        inService,
+        `The GPU Auto Scaling group has wanted all ${fleet.maxInstances} of its instances (desired capacity at maxInstances, launched or not) for ${GPU_FLEET_AT_MAX_HOURS} hours: busy and healthy perhaps, or unable to launch them; either way it is where the money goes. Find who is submitting, and whether it is expected.`,
+        desired,
         fleet.maxInstances,
         GPU_FLEET_AT_MAX_HOURS * 12,
       );
+      (this.gpuFleetAtMaxAlarm.node.defaultChild as cloudwatch.CfnAlarm).datapointsToAlarm = GPU_FLEET_AT_MAX_HOURS * 12 - 2;
     }
 
     // A worker that dies without a JSON line pages nobody through the error-line alarm: an OOM kill at

@@ -22,7 +22,7 @@ export function bodySizeLimit(maxBytes: number): MiddlewareHandler<AppEnv> {
         c as never,
         new PayloadTooLargeError(
           // A generation's body is small but for an inline init image (ADR 0042): say where a large one goes.
-          `request body exceeds ${maxBytes} bytes${/^\/v1\/(generations|estimates)$/.test(c.req.path) ? '; an init image this large goes by POST /v1/uploads (then "init": "upload:<id>") or an https URL, not inline as a data: URI' : ''}`,
+          `request body exceeds ${maxBytes} bytes${/^\/v1\/(generations|estimates)$/.test(c.req.path) ? '; if it holds an inline init image (a data: URI), send that image by POST /v1/uploads (then "init": "upload:<id>") or as an https URL' : ''}`,
         ),
       ),
   });

@@ -339,14 +339,16 @@ describe('what pages on spend (review-ops 2)', () => {
       expect(alarm.Type).toBe('AWS::CloudWatch::Alarm');
       expect(alarm.Properties).toMatchObject({
         Namespace: 'AWS/AutoScaling',
-        MetricName: 'GroupInServiceInstances',
+        // Desired, not in service: a fleet that cannot launch its last instances wants them all the same.
+        MetricName: 'GroupDesiredCapacity',
         Dimensions: [{ Name: 'AutoScalingGroupName', Value: { Ref: 'GpuAsgASG4AAF2DD0' } }],
-        // The fewest in service in each 5 minutes, at the maximum in every period of the window.
+        // The fewest desired in each 5 minutes, at the maximum in all but 2 periods of the window.
         Statistic: 'Minimum',
         Period: 300,
         Threshold: config.maxInstances,
         ComparisonOperator: 'GreaterThanOrEqualToThreshold',
         EvaluationPeriods: (GPU_FLEET_AT_MAX_HOURS * 60) / 5,
+        DatapointsToAlarm: (GPU_FLEET_AT_MAX_HOURS * 60) / 5 - 2,
         TreatMissingData: 'notBreaching',
         AlarmActions: [topicRef],
         OKActions: [topicRef],
@@ -354,7 +356,7 @@ describe('what pages on spend (review-ops 2)', () => {
       expect(GPU_FLEET_AT_MAX_HOURS).toBe(3);
       // Within CloudWatch's one day of sub-hour periods.
       expect(alarm.Properties.EvaluationPeriods * alarm.Properties.Period).toBeLessThanOrEqual(86_400);
-      expect(alarm.Properties.AlarmDescription).toContain(`all ${config.maxInstances} of its instances`);
+      expect(alarm.Properties.AlarmDescription).toContain(`wanted all ${config.maxInstances} of its instances`);
     }
     expect(resource(built.prod.worker, 'AlarmsGpuFleetAtMaxDF00CD0C').Properties.Threshold).toBe(8);
   });
@@ -367,7 +369,8 @@ describe('what pages on spend (review-ops 2)', () => {
       const [, budget] = budgets[0]!;
       expect(config.monthlyBudgetUsd).toBe(stage === 'prod' ? 1000 : 100);
       expect(budget.Properties.Budget).toEqual({
-        BudgetName: { 'Fn::Join': ['', [`clipag-${stage}-`, { Ref: 'AWS::Region' }, ` account cost - runbook cdk/README.md On call - ${BUDGET_RUNBOOK_ENTRY}`]] },
+        // The notices in the name (a80-100f100): a change to them is a new budget, not a clash with the old name.
+        BudgetName: { 'Fn::Join': ['', [`clipag-${stage}-`, { Ref: 'AWS::Region' }, ` cost a80-100f100 - runbook cdk/README.md On call - ${BUDGET_RUNBOOK_ENTRY}`]] },
         BudgetType: 'COST',
         TimeUnit: 'MONTHLY',
         BudgetLimit: { Amount: config.monthlyBudgetUsd, Unit: 'USD' },

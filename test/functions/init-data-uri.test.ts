@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { encode as pngEncode } from 'fast-png';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { decodeInitDataUri } from '../../shared/init-image.ts';
+import { checkInitDataUriSync, decodeInitDataUri } from '../../shared/init-image.ts';
 import { PENDING_JOBS_PREFIX, uploadKey } from '../../shared/keys.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import { GenerationRequest } from '../../shared/schemas/generation.ts';
@@ -110,7 +110,7 @@ describe('init as a data: URI', () => {
   it('an image past the body limit is a 413 before anything is decoded; past the upload limit, a 400 that says so', async () => {
     const big = `data:image/png;base64,${'A'.repeat(LIMITS.maxBodyBytes)}`;
     const tooBig = await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: big }), 413, 'payload_too_large');
-    expect(tooBig.message).toMatch(/an init image this large goes by POST \/v1\/uploads \(then "init": "upload:<id>"\) or an https URL/);
+    expect(tooBig.message).toMatch(/if it holds an inline init image \(a data: URI\), send that image by POST \/v1\/uploads \(then "init": "upload:<id>"\) or as an https URL/);
     const app = createApp({ ...h.deps, limits: { ...h.deps.limits, maxUploadBytes: 64 } });
     const over = await expectEnvelope(await post('/v1/generations', { prompt: 'a red circle', init: pngUri }, {}, app), 400, 'validation_error');
     expect(over.message).toBe(`init: the data: URI's image is ${PNG.length} bytes, over the 64-byte limit of an upload`);
@@ -125,7 +125,14 @@ describe('init as a data: URI', () => {
     ]) {
       expect(decodeInitDataUri(init, 1 << 20), init.slice(0, 30)).toEqual({ ok: true, bytes: new Uint8Array(PNG) });
     }
-    expect(decodeInitDataUri('data:image/png;base64,iVBOR%zz', 1 << 20)).toMatchObject({ ok: false, reason: expect.stringContaining('"%" that is not a percent-encoded byte') });
+    // A "%" that encodes no base64 character (or none at all) is no base64: said so, whatever the byte.
+    for (const odd of ['iVBOR%zz', 'iVBORw0K%FF', 'iVBORw0K%2C', 'iVBORw0K%00']) {
+      expect(decodeInitDataUri(`data:image/png;base64,${odd}`, 1 << 20), odd).toMatchObject({ ok: false, reason: expect.stringContaining('is not base64') });
+    }
+    // A form decoder's "+" turned into spaces: the image check fails, and the reason says what may have happened.
+    const spaced = checkInitDataUriSync(`data:image/png;base64,${b64(PNG).replace(/\+/g, ' ')}`, 1 << 20);
+    expect(b64(PNG)).toContain('+');
+    expect(spaced).toMatchObject({ ok: false, reason: expect.stringContaining('spaces in its data were dropped: if a form decoder turned its "+" into spaces, send it percent-encoded (%2B)') });
   });
 
   it('strength goes with a data: URI init (the schema), and the decoder counts bytes before it decodes', () => {
