@@ -119,6 +119,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.openAPIRegistry.registerWebhook({
     method: 'post',
     path: 'generation.ended',
+    operationId: 'generationEnded',
     summary: 'A generation ended (succeeded, failed or canceled): POSTed to its webhook_url',
     security: [], // signed (webhook-signature), not authenticated with a key
     description:
@@ -129,9 +130,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
         'webhook-timestamp': z.string().openapi({ description: 'Unix seconds of the attempt' }),
         'webhook-signature': z.string().openapi({ description: "v1,<base64 HMAC-SHA256>: one per signing secret, space-separated (the account's current secret, its replaced ones still inside their 24 hours, then the generation's own)" }),
       }),
-      body: { content: { 'application/json': { schema: GenerationEvent } } },
+      body: { required: true, content: { 'application/json': { schema: GenerationEvent } } },
     },
-    responses: { 200: { description: 'Any 2xx: delivered' } },
+    responses: { '2XX': { description: 'Any 2xx: delivered' } },
   });
 
   // First under /v1, so its one line per request follows every answer below it, refusals included.

@@ -42,6 +42,7 @@ function withStartedWebhook(doc: Json): void {
   if (!ended?.post) return;
   ended.post.description = `${ended.post.description} With webhook_events ["started", "ended"] the URL also receives generation.started (below), before the end event.`;
   const started: Json = structuredClone(ended);
+  started.post.operationId = 'generationStarted';
   started.post.summary = 'A generation started (asked for with webhook_events ["started", "ended"]): POSTed to its webhook_url';
   started.post.description =
     'Sent once a worker first starts the generation (a later run of it, after a worker stopped, sends none), so that a wait before it (the queue, or the fleet scaling up from zero) can be told from a slow run. Signed, delivered at least once and retried exactly as the end events are (same secrets, headers and back-off), with its own webhook-id, while the generation has not ended: none is sent after its end event. The body is a GenerationEvent of type generation.started, `timestamp` its started_at, `data` the generation as it stood when the attempt was sent (running; already ended for a run so short that it ended first, the end event still following). Its delivery does not show in the generation\'s `webhook` (that is the end event\'s).';

@@ -162,12 +162,15 @@ export const UploadView = z
     upload_id: ResourceId,
     object: z.literal('upload'),
     init: z.string().openapi({ example: 'upload:01j...', description: 'Pass this as `init` in a generation request' }),
-    method: z.literal('PUT'),
-    url: z.string(),
-    headers: z.record(z.string(), z.string()),
-    expires_at: Timestamp,
-    bytes: z.number().int(),
-    max_bytes: z.number().int(),
+    method: z.literal('PUT').openapi({ description: 'The method to send the file with' }),
+    url: z.string().openapi({ description: 'The signed URL to PUT the file to, without the API key (it needs none). In AWS it is S3\'s: its errors are S3\'s XML, not the error envelope' }),
+    headers: z.record(z.string(), z.string()).openapi({
+      description: 'Every header the PUT must carry, as given (content-type and content-length: both are signed, so another type or length is refused)',
+      example: { 'content-type': 'image/png', 'content-length': '10960' },
+    }),
+    expires_at: Timestamp.openapi({ description: 'When the URL stops taking the PUT' }),
+    bytes: z.number().int().openapi({ description: 'The exact length the body must have (the request\'s bytes)' }),
+    max_bytes: z.number().int().openapi({ description: 'The deployment\'s largest upload (CLIPAG_MAX_UPLOAD_BYTES), not this upload\'s size' }),
   })
   .openapi('Upload');
 

@@ -214,14 +214,14 @@ const getOutput = createRoute({
   path: '/v1/generations/{id}/outputs/{index}',
   summary: "One image of a generation, by a link that does not expire: a redirect to a freshly signed URL of the image",
   description:
-    "A stable address for an image, to keep where the view's `outputs[].url` (signed, valid for an hour by default) would go stale: each request is authenticated and answered 302 with a newly signed URL, never valid past the outputs' expiry. HTTP clients drop the Authorization header when a redirect leaves the API's origin, as they should: the signed URL needs none (S3 refuses a request that carries both). 409 job_not_finished while the generation is queued or running; 404 (param index) for an index it did not make, or an image the output check withheld; 410 output_gone once the generation was deleted or its outputs expired (the message names the image's seed, which makes it again).",
+    "A stable address for an image, to keep where the view's `outputs[].url` (signed, valid for an hour by default) would go stale: each request is authenticated and answered 302 with a newly signed URL, never valid past the outputs' expiry. HTTP clients drop the Authorization header when a redirect leaves the API's origin, as they should: the signed URL needs none (S3 refuses a request that carries both). 409 job_not_finished while the generation is queued or running; 404 (param index) for an index it did not make, or an image the output check withheld; 410 output_gone once the generation was deleted or its outputs expired (the message names the image's seed, which makes it again). A client that follows redirects gets the image's bytes (its Content-Type), not JSON: read the answer as a blob (openapi-fetch: `parseAs: \"blob\"`), or ask with redirects off and read Location.",
   security: SECURITY,
   request: { params: OutputIndexParam },
   responses: {
     302: {
       description: 'The image is at Location, a signed URL that works until Link-Expires-At (as the view\'s outputs[].expires_at)',
       headers: {
-        Location: { description: 'The signed URL of the image (PNG, or JPEG or WebP for output_format "jpeg" or "webp")', schema: { type: 'string' as const, format: 'uri' } },
+        Location: { required: true, description: 'The signed URL of the image (PNG, or JPEG or WebP for output_format "jpeg" or "webp")', schema: { type: 'string' as const, format: 'uri' } },
         'Link-Expires-At': { description: 'When the signed URL stops working (RFC 3339)', schema: { type: 'string' as const, format: 'date-time' } },
         'Cache-Control': { description: '`private, no-store`: the next request signs a new URL', schema: { type: 'string' as const } },
       },

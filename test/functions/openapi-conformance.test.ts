@@ -154,6 +154,14 @@ describe('requests conform to /openapi.json', () => {
     const { deliverWebhook } = await import('../../shared/webhooks.ts');
     const doc = (await (await h.app.request('/openapi.json')).json()) as any;
     expect(doc.webhooks['generation.ended'].post.requestBody.content['application/json'].schema.$ref).toBe('#/components/schemas/GenerationEvent');
+    // For a generated receiver (the OpenAPI review): a delivery always has a body, any 2xx is delivered,
+    // and each event has an operationId to name its handler by.
+    for (const [event, operationId] of [['generation.ended', 'generationEnded'], ['generation.started', 'generationStarted']] as const) {
+      const post = doc.webhooks[event].post;
+      expect([post.operationId, post.requestBody.required, Object.keys(post.responses)]).toEqual([operationId, true, ['2XX']]);
+    }
+    // The stable image link always names the image: a generated client may rely on Location.
+    expect(doc.paths['/v1/generations/{id}/outputs/{index}'].get.responses['302'].headers.Location.required).toBe(true);
     const ajv = new Ajv2020({ strict: false, allErrors: true });
     ajv.addSchema(doc, 'api');
     const validEvent = ajv.getSchema('api#/components/schemas/GenerationEvent')!;
