@@ -3,7 +3,9 @@
  * CI machines, so the image is never built here; these tests read the file as text and
  * assert the properties the deployment relies on.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { build } from 'esbuild';
 import { describe, expect, it } from 'vitest';
@@ -100,6 +102,35 @@ describe('gpu-worker/Dockerfile', () => {
     const ciIndex = finalStage.indexOf(npmCi[0]!);
     expect(copyLock).toBeGreaterThanOrEqual(0);
     expect(finalStage.indexOf(inFinal('COPY')[copyLock]!)).toBeLessThan(ciIndex);
+  });
+
+  it("keeps only this platform's onnxruntime binaries, in the install's own layer (run here on a copy of the package's tree)", () => {
+    const npmCi = inFinal('RUN').find((r) => /\bnpm ci\b/.test(r.args))!;
+    // The pruning runs in the same RUN as the install: a later layer could not shrink the image.
+    const prune = npmCi.args.slice(npmCi.args.indexOf('ort_arch='));
+    expect(prune).toMatch(/^ort_arch=/);
+    const platforms = ['darwin/arm64', 'linux/arm64', 'linux/x64', 'win32/arm64', 'win32/x64'];
+    const kept = (machine: string) => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'clipag-prune-'));
+      try {
+        for (const p of platforms) {
+          mkdirSync(path.join(dir, 'node_modules/onnxruntime-node/bin/napi-v6', p), { recursive: true });
+          writeFileSync(path.join(dir, 'node_modules/onnxruntime-node/bin/napi-v6', p, 'onnxruntime_binding.node'), '');
+        }
+        // `uname -m` as the build machine answers it; `sh`, as RUN's shell form runs it.
+        mkdirSync(path.join(dir, 'shim'));
+        writeFileSync(path.join(dir, 'shim/uname'), `#!/bin/sh\necho ${machine}\n`, { mode: 0o755 });
+        execFileSync('sh', ['-c', prune], { cwd: dir, env: { ...process.env, PATH: `${path.join(dir, 'shim')}:${process.env.PATH}` }, stdio: 'pipe' });
+        return execFileSync('find', ['node_modules/onnxruntime-node/bin', '-type', 'd'], { cwd: dir, encoding: 'utf8' }).trim().split('\n').sort();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    };
+    const tree = (arch: string) => ['node_modules/onnxruntime-node/bin', 'node_modules/onnxruntime-node/bin/napi-v6', 'node_modules/onnxruntime-node/bin/napi-v6/linux', `node_modules/onnxruntime-node/bin/napi-v6/linux/${arch}`];
+    expect(kept('x86_64')).toEqual(tree('x64'));
+    expect(kept('aarch64')).toEqual(tree('arm64'));
+    // A machine with no binaries of its own fails the build (the final ls), rather than shipping none.
+    expect(() => kept('riscv64')).toThrow();
   });
 
   it('fails the build when the CUDA provider links against a library the base image lacks (libcuda aside: the driver\'s, mounted at run time)', () => {
