@@ -430,13 +430,10 @@ export class QueueAlarms extends Construct {
     // instances throughout and no job at all.
     if (props.gpuFleet) {
       const fleet = props.gpuFleet;
-      const inService = new cloudwatch.Metric({
-        namespace: 'AWS/AutoScaling',
-        metricName: 'GroupInServiceInstances',
-        dimensionsMap: { AutoScalingGroupName: fleet.autoScalingGroupName },
-        period: fiveMinutes,
-        statistic: 'Minimum',
-      });
+      /** The group's metric `metricName`, its fewest in each 5 minutes. */
+      const groupMinimum = (metricName: string) =>
+        new cloudwatch.Metric({ namespace: 'AWS/AutoScaling', metricName, dimensionsMap: { AutoScalingGroupName: fleet.autoScalingGroupName }, period: fiveMinutes, statistic: 'Minimum' });
+      const inService = groupMinimum('GroupInServiceInstances');
       this.gpuIdleInstancesAlarm = atLeast(
         'GpuIdleInstances',
         'GPU instances idle',
@@ -463,13 +460,7 @@ export class QueueAlarms extends Construct {
       // what is in service, a prod fleet held at 7 of 8 would cost $170 a day and never page. The
       // fewest desired in each 5 minutes at the maximum, in all but 2 of the window's periods (one
       // missing datapoint does not restart 3 hours).
-      const desired = new cloudwatch.Metric({
-        namespace: 'AWS/AutoScaling',
-        metricName: 'GroupDesiredCapacity',
-        dimensionsMap: { AutoScalingGroupName: fleet.autoScalingGroupName },
-        period: fiveMinutes,
-        statistic: 'Minimum',
-      });
+      const desired = groupMinimum('GroupDesiredCapacity');
       this.gpuFleetAtMaxAlarm = atLeast(
         'GpuFleetAtMax',
         'GPU fleet at its maximum',
