@@ -37,6 +37,9 @@ const DATA_URI_IMAGE_TYPES = new Set(['image/png', 'image/x-png', 'image/jpeg', 
 /** Standard or URL-safe base64, padded or not (a length of 4k + 1 is never base64). */
 const BASE64_BODY = /^[A-Za-z0-9+/\-_]*={0,2}$/;
 
+/** Spaces are dropped as line wrapping is, but a space is also what a form decoder makes of "+": said where the data then fails. */
+const SPACES_DROPPED = ' (spaces in its data were dropped: if a form decoder turned its "+" into spaces, send it percent-encoded (%2B) or as JSON)';
+
 export type InitDataUri = { ok: true; bytes: Uint8Array; spacesDropped?: true } | { ok: false; reason: string };
 
 /**
@@ -63,7 +66,7 @@ export function decodeInitDataUri(raw: string, maxBytes: number): InitDataUri {
   const body = data.replace(/\s+/g, '');
   if (body === '') return { ok: false, reason: 'the data: URI has no data after its comma' };
   if (!BASE64_BODY.test(body) || body.replace(/=+$/, '').length % 4 === 1) {
-    return { ok: false, reason: 'the data: URI\'s data is not base64 (A-Z, a-z, 0-9, "+" and "/", or "-" and "_", then at most two "=")' };
+    return { ok: false, reason: `the data: URI's data is not base64 (A-Z, a-z, 0-9, "+" and "/", or "-" and "_", then at most two "=")${/ /.test(data) ? SPACES_DROPPED : ''}` };
   }
   const decodedBytes = Math.floor((body.replace(/=+$/, '').length * 3) / 4);
   if (decodedBytes > maxBytes) return { ok: false, reason: `the data: URI's image is ${decodedBytes} bytes, over the ${maxBytes}-byte limit of an upload` };
@@ -76,8 +79,7 @@ const dataImageCheck = (decoded: InitDataUri, check: (bytes: Uint8Array) => Init
   if (!decoded.ok) return decoded;
   const image = check(decoded.bytes);
   if (image.ok) return { ok: true, bytes: decoded.bytes, contentType: image.contentType };
-  // Spaces are dropped as line wrapping is, but a space is also what a form decoder makes of "+".
-  const spaces = decoded.spacesDropped ? ' (spaces in its data were dropped: if a form decoder turned its "+" into spaces, send it percent-encoded (%2B) or as JSON)' : '';
+  const spaces = decoded.spacesDropped ? SPACES_DROPPED : '';
   return { ok: false, reason: `the data: URI's image cannot be an init image (a PNG or a JPEG): ${image.reason}${spaces}` };
 };
 

@@ -160,7 +160,8 @@ export class WorkerStack extends Stack {
             },
       },
       // One-minute group metrics (free): instances in service, pending, desired. The idle-GPU alarm
-      // reads GroupInServiceInstances; without collection the group publishes nothing.
+      // reads GroupInServiceInstances and the at-maximum one GroupDesiredCapacity; without collection
+      // the group publishes neither.
       groupMetrics: [autoscaling.GroupMetrics.all()],
     });
 

@@ -133,6 +133,9 @@ describe('init as a data: URI', () => {
     const spaced = checkInitDataUriSync(`data:image/png;base64,${b64(PNG).replace(/\+/g, ' ')}`, 1 << 20);
     expect(b64(PNG)).toContain('+');
     expect(spaced).toMatchObject({ ok: false, reason: expect.stringContaining('spaces in its data were dropped: if a form decoder turned its "+" into spaces, send it percent-encoded (%2B)') });
+    // Also where dropping them leaves a length no base64 has (4k + 1): the base64 check says it then.
+    const data = 'iVBO+w0KAA'; // 10 characters: 9 once its space goes
+    expect(decodeInitDataUri(`data:image/png;base64,${data.replace('+', ' ')}`, 1 << 20)).toMatchObject({ ok: false, reason: expect.stringMatching(/is not base64 .*spaces in its data were dropped/) });
   });
 
   it('strength goes with a data: URI init (the schema), and the decoder counts bytes before it decodes', () => {

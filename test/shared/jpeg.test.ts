@@ -235,7 +235,7 @@ describe('files from another encoder (libjpeg-turbo; test/fixtures/jpeg/README.m
     expect(worst).toBeLessThanOrEqual(2);
   });
 
-  it('a CMYK JPEG with its Adobe segment (as Photoshop and Pillow write it) decodes within 2 of Pillow\'s own RGB conversion', () => {
+  it('a CMYK JPEG with its Adobe segment (transform 0, inverted CMYK, as Pillow writes it) decodes within 2 of Pillow\'s own RGB conversion', () => {
     const bytes = fixture('cmyk.jpg');
     expect(readJpegStructure(bytes)).toMatchObject({ ok: true, structure: { width: 16, height: 12, components: 4 } });
     const r = decodeJpeg(bytes);
