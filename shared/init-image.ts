@@ -59,9 +59,8 @@ export function decodeInitDataUri(raw: string, maxBytes: number): InitDataUri {
   }
   if (params[params.length - 1] !== 'base64') return { ok: false, reason: `a data: URI's image must be base64 (data:${mediaType};base64,…)` };
   // RFC 2397's data is URL-encoded where it must be (encodeURIComponent writes "+" as %2B, "/" as %2F,
-  // "=" as %3D); whitespace is allowed inside (RFC 2045 wraps base64 lines), and dropped.
-  // Each %XX is read as the byte it encodes (a byte outside base64, or a "%" that encodes none, fails
-  // the base64 check below).
+  // "=" as %3D): each %XX is read as the byte it encodes (a byte outside base64, or a "%" that encodes
+  // none, fails the base64 check below). Whitespace is allowed inside (RFC 2045 wraps base64 lines), and dropped.
   const data = raw.slice(comma + 1).replace(/%([0-9A-Fa-f]{2})/g, (_m, hex: string) => String.fromCharCode(parseInt(hex, 16)));
   const body = data.replace(/\s+/g, '');
   if (body === '') return { ok: false, reason: 'the data: URI has no data after its comma' };

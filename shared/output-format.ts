@@ -9,7 +9,7 @@ export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 /** The formats whose images are lossy, and so take a quality (a PNG is lossless). */
 export const LOSSY_OUTPUT_FORMATS = ['jpeg', 'webp'] as const satisfies readonly OutputFormat[];
 export type LossyOutputFormat = (typeof LOSSY_OUTPUT_FORMATS)[number];
-export const isLossyOutputFormat = (format: string | undefined): format is LossyOutputFormat => format === 'jpeg' || format === 'webp';
+export const isLossyOutputFormat = (format: string | undefined): format is LossyOutputFormat => (LOSSY_OUTPUT_FORMATS as readonly (string | undefined)[]).includes(format);
 
 /** The JPEG and WebP qualities a request may ask for (libjpeg's and libwebp's scales: 100 the finest). */
 export const MIN_OUTPUT_QUALITY = 1;

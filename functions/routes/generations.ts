@@ -487,12 +487,18 @@ export function registerGenerationRoutes(
     return spec;
   }
 
-  /** A data: URI init's image, checked as an upload is (ADR 0042); a 400 on `init` saying why not. */
+  /**
+   * A data: URI init's image, checked as an upload is (ADR 0042); a 400 on `init` saying why not. A POST
+   * asks twice (its checks, then the store): the last image checked is kept, so a PNG is inflated once.
+   */
   async function initDataImage(raw: string): Promise<{ bytes: Uint8Array; contentType: InitImageType }> {
+    if (lastDataImage?.raw === raw) return lastDataImage.image;
     const image = await checkInitDataUri(raw, limits.maxUploadBytes);
     if (!image.ok) throw new ValidationError(`init: ${image.reason}`, 'init');
+    lastDataImage = { raw, image };
     return image;
   }
+  let lastDataImage: { raw: string; image: { bytes: Uint8Array; contentType: InitImageType } } | undefined;
 
   /**
    * The spec with its URL init fetched (ADR 0038), or its data: URI decoded (ADR 0042), and stored as
