@@ -85,7 +85,7 @@ export function withSharedResponses(doc: Json): Json {
             }
           : { description: "The gateway's throttle (GatewayError; AWS only): retry with back-off", content: ERROR_OR_GATEWAY };
       if (responses[503]) responses[503] = { ...responses[503], description: `${responses[503].description}. Also a request that outlived the function (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
-      if (responses[413]) responses[413] = { ...responses[413], description: `${responses[413].description}. Also the gateway's own, for a body over 10 MB (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
+      if (responses[413]) responses[413] = { ...responses[413], description: `${responses[413].description}. Also the gateway's own, for a request past Lambda's 6 MB payload limit (GatewayError; AWS only)`, content: ERROR_OR_GATEWAY };
       if (v1) {
         if (responses[401]) {
           responses[401].headers = { ...responses[401].headers, 'WWW-Authenticate': { description: 'Bearer realm="clipag"', required: true, schema: { type: 'string' } } };

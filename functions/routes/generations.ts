@@ -164,6 +164,12 @@ function generationRoute<M extends 'get' | 'post' | 'delete', P extends string, 
  * rest of the view stay under Lambda's 6 MB response limit.
  */
 export const MAX_INLINE_IMAGE_BYTES = 4 * 1024 * 1024;
+/**
+ * The most one list page's generations take, each JSON-escaped as Lambda carries the body (5 MiB: under
+ * Lambda's 6 MB response limit, with room for the envelope and headers). A page that would pass it ends
+ * early, with next_cursor set, as a filtered page may.
+ */
+export const LIST_ANSWER_BUDGET_BYTES = 5 * 1024 * 1024;
 
 const getGeneration = createRoute({
   operationId: 'getGeneration',
@@ -252,7 +258,7 @@ const listGenerations = createRoute({
   method: 'get',
   path: '/v1/generations',
   summary: "The caller's generations, newest first; or the one an Idempotency-Key made",
-  description: `One request reads at most ${LIST_SCAN_LIMIT} generations, the largest page: \`limit\` of them, or with \`status\`, \`webhook_status\`, \`api_key_id\` or \`metadata[KEY]\` up to ${LIST_SCAN_LIMIT} looked at to find \`limit\` that match (keep paging while \`next_cursor\` is set). \`created_before\` and \`created_after\` bound the list itself (ids sort by creation time), so they cost no scan; with the others they narrow it. Every list request counts as one request against the account's rate limit, whatever its size (ADR 0026).`,
+  description: `One request reads at most ${LIST_SCAN_LIMIT} generations, the largest page: \`limit\` of them, or with \`status\`, \`webhook_status\`, \`api_key_id\` or \`metadata[KEY]\` up to ${LIST_SCAN_LIMIT} looked at to find \`limit\` that match (keep paging while \`next_cursor\` is set). \`created_before\` and \`created_after\` bound the list itself (ids sort by creation time), so they cost no scan; with the others they narrow it. A page also ends early, \`next_cursor\` set, once its generations pass about 5 MiB (only labels and prompts near their limits come close). Every list request counts as one request against the account's rate limit, whatever its size (ADR 0026).`,
   security: SECURITY,
   request: { query: ListQuery },
   responses: {
@@ -1077,8 +1083,20 @@ export function registerGenerationRoutes(
     }
     // As GET answers each: a queued one past its cancel_after has ended (ADR 0034). Its status may
     // no longer match a status filter: the list shows what was read against it, now as it stands.
-    const data = await Promise.all(shown.map(async (job) => view(await endedAtDeadline(job, { webhook: false }))));
-    return c.json({ object: 'list' as const, data, next_cursor: more ? (after ?? null) : null }, 200);
+    const views = await Promise.all(shown.map(async (job) => view(await endedAtDeadline(job, { webhook: false }))));
+    // A page fits one answer: Lambda refuses a response over 6 MB (API Gateway then answers a bare 500),
+    // and it carries the body JSON-escaped once more, which doubles a label full of control characters.
+    // Past LIST_ANSWER_BUDGET_BYTES the page ends early, and next_cursor goes on from its last generation.
+    let bytes = 0;
+    let fits = 0;
+    for (const v of views) {
+      bytes += Buffer.byteLength(JSON.stringify(JSON.stringify(v)));
+      if (fits > 0 && bytes > LIST_ANSWER_BUDGET_BYTES) break;
+      fits++;
+    }
+    const data = views.slice(0, fits);
+    const nextCursor = fits < views.length ? data[fits - 1]!.id : more ? (after ?? null) : null;
+    return c.json({ object: 'list' as const, data, next_cursor: nextCursor }, 200);
   });
 
   app.openapi(getGeneration, async (c) => {

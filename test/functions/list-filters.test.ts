@@ -6,6 +6,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
+import { LIST_ANSWER_BUDGET_BYTES } from '../../functions/routes/generations.ts';
 import { newJobId } from '../../shared/ids.ts';
 import { BlobJobStore } from '../../shared/jobstore.ts';
 import type { BlobStore } from '../../shared/ports.ts';
@@ -206,5 +207,32 @@ describe('GET /v1/generations: metadata and webhook_status', () => {
     await jobsOfAlice(6);
     const res = await h.request('/v1/generations?metadata[batch]=b0', { key: h.bob });
     expect(((await res.json()) as Page).data).toEqual([]);
+  });
+});
+
+describe('GET /v1/generations: a page fits one answer', () => {
+  it("ends a page early once its generations pass LIST_ANSWER_BUDGET_BYTES as Lambda escapes them, and next_cursor goes on from its last one (review-lambda 1)", async () => {
+    // 100 generations with the largest labels, all control characters: each is 6 bytes in JSON and 7
+    // once Lambda escapes the body again, so a full page is about 5.6 MB (over Lambda's 6 MB with the rest).
+    const labels = Object.fromEntries(Array.from({ length: 16 }, (_, k) => [`k${k}`, '\u0001'.repeat(500)]));
+    const ids: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      const now = at(i);
+      const job = newJobRecord({ id: newJobId(now.getTime()), owner: 'acct_alice', now, spec: GenerationSpec.parse({ prompt: `p${i}`, model: 'toy' }), metadata: labels });
+      await h.jobs.create(job);
+      ids.push(job.id);
+    }
+    const first = await h.request('/v1/generations?limit=100');
+    expect(first.status).toBe(200);
+    const text = await first.text();
+    const page = JSON.parse(text) as Page;
+    expect(page.data.length).toBeGreaterThan(0);
+    expect(page.data.length).toBeLessThan(100);
+    // The page as Lambda carries it stays under the budget, with room to spare for the envelope.
+    expect(Buffer.byteLength(JSON.stringify(text))).toBeLessThanOrEqual(LIST_ANSWER_BUDGET_BYTES + 64 * 1024);
+    expect(page.next_cursor).toBe(page.data.at(-1)!.id);
+    // Paging on gives the rest, in order, none twice or missed.
+    const rest = await all('', 100, page.next_cursor);
+    expect([...idsOf([page]), ...idsOf(rest)]).toEqual([...ids].reverse());
   });
 });
