@@ -105,6 +105,13 @@ describe('bundle validation', () => {
     edit(dir);
     return dir;
   };
+  /** A bundle whose manifest `edit` changed. */
+  const edited = (name: string, edit: (m: Record<string, unknown>) => void) =>
+    variant(name, (d) => {
+      const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
+      edit(m);
+      writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
+    });
   it('missing manifest', async () => {
     const dir = variant('nomanifest', (d) => rmSync(join(d, 'manifest.json')));
     await expect(loadBundle(dir)).rejects.toThrow(/no manifest.json/);
@@ -204,12 +211,6 @@ describe('bundle validation', () => {
     expect(checkRecipeDefaults({ flip: true, resize: [0.9, 1.1] })).toEqual({ flip: true, resize: [0.9, 1.1] });
   });
   it('file names must be plain paths inside the bundle, and regular files (checksum keys included)', async () => {
-    const edited = (name: string, edit: (m: Record<string, unknown>) => void) =>
-      variant(name, (d) => {
-        const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
-        edit(m);
-        writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
-      });
     for (const [name, weights] of [['dot', '.'], ['dotdir', './weights.safetensors'], ['up', 'a/../weights.safetensors'], ['abs', '/etc/passwd']]) {
       const err = await loadBundle(edited(`path-${name}`, (m) => (m.weights = weights))).catch((e) => e);
       expect([err.code, err.message]).toEqual(['invalid_model', expect.stringMatching(/must be a plain relative path inside the bundle/)]);
@@ -219,12 +220,6 @@ describe('bundle validation', () => {
     expect([outside.code, outside.message]).toEqual(['invalid_model', expect.stringMatching(/etc\/hostname.*must be a plain relative path/)]);
   });
   it('a manifest from a newer clipag (a later format_version) says to upgrade, not a schema error', async () => {
-    const edited = (name: string, edit: (m: Record<string, unknown>) => void) =>
-      variant(name, (d) => {
-        const m = JSON.parse(readFileSync(join(d, 'manifest.json'), 'utf8'));
-        edit(m);
-        writeFileSync(join(d, 'manifest.json'), JSON.stringify(m));
-      });
     // A newer version may also add fields this one does not know: the version is judged first.
     const newer = await loadBundle(edited('version-2', (m) => Object.assign(m, { format_version: 2, text_onnx: 'text.onnx' }))).catch((e) => e);
     expect(newer).toBeInstanceOf(EngineError);
