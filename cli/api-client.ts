@@ -375,17 +375,31 @@ export class ClipagClient {
   async upload(bytes: Uint8Array, o: CallOptions): Promise<Upload> {
     const body: UploadBody = { content_type: initImageContentType(bytes), bytes: bytes.length };
     const { json } = await this.#api<Upload>('POST', 'v1/uploads', UploadView, 'an upload grant', { ...o, body });
-    await this.#send({
-      method: 'PUT',
-      url: json.url,
-      what: `PUT ${shownUrl(json.url)}`,
-      headers: json.headers,
-      body: bytes,
-      api: false,
-      attemptMs: TRANSFER_ATTEMPT_MS,
-      deadline: o.deadline,
-    });
-    return json;
+    const what = `PUT ${shownUrl(json.url)}`;
+    // Whether a try whose answer was lost came before (in an earlier round of this loop too).
+    let earlierLost = false;
+    for (let conflicts = 0; ; conflicts++) {
+      try {
+        await this.#send({ method: 'PUT', url: json.url, what, headers: json.headers, body: bytes, api: false, attemptMs: TRANSFER_ATTEMPT_MS, deadline: o.deadline });
+        return json;
+      } catch (e) {
+        // The link writes once (ADR 0044): after a try whose answer was lost, a 412 says that try landed.
+        earlierLost ||= e instanceof ApiError && e.lost;
+        if (e instanceof ApiError && earlierLost && e.status === 412) {
+          this.#note(`clipag remote: ${what}: 412 after a try whose answer was lost: that try stored the image (the link writes once)`);
+          return json;
+        }
+        // S3's 409 ConditionalRequestConflict: that lost try is still being written; its outcome decides.
+        if (e instanceof ApiError && earlierLost && e.status === 409 && conflicts < 2 && Date.now() < o.deadline) {
+          this.#note(`clipag remote: ${what}: 409 while a try whose answer was lost is still being stored; asking again in 1 s`);
+          await this.#sleep(1000, this.#signal).catch((error: unknown) => {
+            throw this.#signal?.aborted ? Object.assign(new Interrupted(`interrupted while waiting to retry ${what}`), { lost: true }) : error;
+          });
+          continue;
+        }
+        throw e;
+      }
+    }
   }
 
   /**
@@ -691,7 +705,10 @@ export class ClipagClient {
     if (status >= 500) return { retry: 'backoff', why, lost };
     // API Gateway answers a path it has no route for with 404 "Not Found" (HTTP API) or 403 "Missing Authentication Token" (REST API).
     const wrongPath = status === 404 || (status === 403 && message === 'Missing Authentication Token');
-    const hint = a.api ? (wrongPath ? " (is the URL the API's base address, with its stage path and without /v1?)" : '') : status === 403 || status === 404 ? ' (the link expired, or the image was deleted)' : '';
+    const hint = a.api
+      ? wrongPath ? " (is the URL the API's base address, with its stage path and without /v1?)" : ''
+      : status === 403 || status === 404 ? ' (the link expired, or the image was deleted)'
+      : status === 412 && a.method === 'PUT' ? ' (the upload link was used already: each writes once)' : '';
     return { retry: 'no', error: new ApiError(a.what, status, `http_${status}`, `${message ?? 'no error envelope'}${hint}`), lost };
   }
 }
@@ -759,5 +776,8 @@ function gatewayMessage(text: string): string | undefined {
     // Not JSON.
   }
   const flat = text.replace(/\s+/g, ' ').trim();
+  // S3's own error document (a signed link's answer in AWS): its Code and Message.
+  const s3 = /^<\?xml[^>]*>\s*<Error>\s*<Code>([A-Za-z]{1,64})<\/Code>\s*<Message>([^<]{0,200})<\/Message>/.exec(flat);
+  if (s3) return scrubbed(`${s3[1]}: ${s3[2]}`);
   return flat && flat.length <= 200 && !flat.startsWith('<') ? scrubbed(flat) : undefined;
 }

@@ -6,7 +6,7 @@
 // request id, its one onError (every failure is the ErrorEnvelope) and its notFound.
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import { verifyLocalSignature } from '../shared/adapters/local/signing.ts';
-import { NotFoundError, PayloadTooLargeError, ValidationError } from '../shared/errors.ts';
+import { NotFoundError, PayloadTooLargeError, PreconditionFailedError, ValidationError } from '../shared/errors.ts';
 import { PNG_SIGNATURE } from '../shared/image-header.ts';
 import { isJpeg } from '../shared/jpeg.ts';
 import type { BlobStore } from '../shared/ports.ts';
@@ -14,6 +14,8 @@ import { HttpError, methodNotAllowed } from './middleware/errors.ts';
 import type { AppEnv } from './types.ts';
 
 const forbidden = (reason: string) => new HttpError(403, 'forbidden', `signed link rejected: ${reason}`);
+/** A create-only link's second PUT (S3 answers it 412 PreconditionFailed). */
+const linkUsed = () => new HttpError(412, 'upload_link_used', 'this upload link was used already: each writes once, and what it wrote stays; ask POST /v1/uploads for another');
 
 /**
  * On every `/blobs` answer. These links are served on the API's own origin, so a stored body must
@@ -121,6 +123,13 @@ export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore,
       const got = c.req.header('content-type');
       throw new ValidationError(`Content-Type must be ${check.contentType}; got ${got === undefined ? 'none' : JSON.stringify(got.slice(0, 100))}`, 'Content-Type');
     }
+    if (check.createOnly) {
+      // S3 refuses a PUT without the header this link signs (403): say which one it is.
+      const got = c.req.header('if-none-match');
+      if (got?.trim() !== '*') throw new ValidationError(`this upload link writes once: send If-None-Match: * (one of the headers the upload answer names); got ${got === undefined ? 'none' : JSON.stringify(got.slice(0, 100))}`, 'If-None-Match');
+      // Before the body is read; the write below decides for a PUT that races this one.
+      if ((await blobs.head(check.key)) !== null) throw linkUsed();
+    }
     const header = c.req.header('content-length');
     if (header === undefined) throw new HttpError(411, 'length_required', 'Content-Length is required (the upload URL grants a fixed number of bytes)');
     if (!/^\d{1,15}$/.test(header)) throw new ValidationError('Content-Length must be a non-negative integer', 'Content-Length');
@@ -151,7 +160,12 @@ export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore,
       const advice = startsWithPngSignature(body) ? 'for a PNG, ask POST /v1/uploads for content_type image/png' : 'convert the image to PNG or JPEG';
       throw new ValidationError(`the body is not a JPEG file (it does not start with the JPEG start-of-image marker); this upload URL is for image/jpeg: ${advice}`, 'body');
     }
-    const { etag } = await blobs.put(check.key, body, { contentType: check.contentType ?? c.req.header('content-type') ?? 'application/octet-stream' });
+    const contentType = check.contentType ?? c.req.header('content-type') ?? 'application/octet-stream';
+    const { etag } = check.createOnly
+      ? await blobs.putIfAbsent(check.key, body, { contentType }).catch((e: unknown) => {
+          throw e instanceof PreconditionFailedError ? linkUsed() : e;
+        })
+      : await blobs.put(check.key, body, { contentType });
     return new Response(null, { status: 200, headers: { etag: `"${etag}"`, 'x-request-id': c.get('requestId') } });
   });
 

@@ -165,8 +165,9 @@ export const UploadView = z
     method: z.literal('PUT').openapi({ description: 'The method to send the file with' }),
     url: z.string().openapi({ description: 'The signed URL to PUT the file to, without the API key (it needs none). In AWS it is S3\'s: its errors are S3\'s XML, not the error envelope' }),
     headers: z.record(z.string(), z.string()).openapi({
-      description: 'Every header the PUT must carry, as given (content-type and content-length: both are signed, so another type or length is refused)',
-      example: { 'content-type': 'image/png', 'content-length': '10960' },
+      description:
+        'Every header the PUT must carry, as given: content-type, content-length and if-none-match: * (all signed, so another type or length, or a PUT without the condition, is refused). The link writes once: a second PUT to it is refused (412) and the first upload stays, so a PUT retried after a lost answer that gets 412 had landed',
+      example: { 'content-type': 'image/png', 'content-length': '10960', 'if-none-match': '*' },
     }),
     expires_at: Timestamp.openapi({ description: 'When the URL stops taking the PUT' }),
     bytes: z.number().int().openapi({ description: 'The exact length the body must have (the request\'s bytes)' }),

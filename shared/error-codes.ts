@@ -38,6 +38,7 @@ export const API_ERROR_CODES = [
   { status: 408, code: 'request_timeout', meaning: "local mode: the request's headers or body stopped arriving before Node's time limit", advice: 'send the request again' },
   { status: 410, code: 'output_gone', meaning: "an image of a generation that was deleted, or whose outputs expired (`outputs_expire_at`), or one deleted while `?include=b64` read it; the message names its seed", advice: 'make it again: the same request with that seed and n 1' },
   { status: 411, code: 'length_required', meaning: 'local mode: an upload PUT without Content-Length', advice: 'send the length' },
+  { status: 412, code: 'upload_link_used', meaning: 'local mode: a second PUT to an upload link (each link writes once; S3 answers it 412 PreconditionFailed)', advice: 'ask POST /v1/uploads for another' },
   { status: 413, code: 'payload_too_large', meaning: 'a body or upload over its limit, or (`?include=b64`, `param: "include"`) images over 4 MiB together to put in one answer', advice: 'make it smaller; fetch the images by their links' },
   { status: 415, code: 'unsupported_media_type', meaning: 'a body that is not application/json in UTF-8, or that has a Content-Encoding', advice: 'set the Content-Type; send UTF-8, uncompressed' },
   { status: 429, code: 'rate_limited', meaning: "over the account's requests per minute, or (POST /v1/uploads, or a generation whose init is a URL) its uploads per hour; the RateLimit fields say which", advice: 'retry after Retry-After seconds' },

@@ -57,6 +57,12 @@ export interface SignedPutOptions {
    * `head` the object after upload and reject it if it is too large. See `enforcesMaxBytes`.
    */
   contentLength?: number;
+  /**
+   * The URL only creates the object: a PUT while one exists at the key is refused (412) and changes
+   * nothing, so a link writes once and cannot replace what it wrote (S3 signs `If-None-Match: *`,
+   * which the client must send). A retried PUT whose first try landed is refused the same way.
+   */
+  createOnly?: boolean;
 }
 
 export interface SignedPut {

@@ -57,6 +57,8 @@ export function registerUploadRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps, ct
       maxBytes: limits.maxUploadBytes,
       // Signed into the URL: S3 refuses a body of any other length.
       contentLength: bytes,
+      // A link writes once: it cannot replace an image a generation was accepted on (ADR 0044).
+      createOnly: true,
       expiresSec: limits.uploadUrlTtlSec ?? 900,
     });
     // Counted once the URL exists: a refused body or a failed signing spends nothing of the hour's

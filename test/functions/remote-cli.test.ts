@@ -683,6 +683,47 @@ describe.concurrent('clipag remote: lost answers, deadlines, budgets', () => {
     expect(tries).toBeLessThanOrEqual(12);
   });
 
+  describe('an upload link writes once (ADR 0044)', () => {
+    const S3_URL = 'https://bucket.s3.us-east-1.amazonaws.com/uploads/acct_a/u1?X-Amz-Signature=SECRETSIG';
+    const grant = { upload_id: 'u1', object: 'upload', init: 'upload:u1', method: 'PUT', url: S3_URL, headers: { 'content-type': 'image/png', 'content-length': String(PNG.length), 'if-none-match': '*' }, expires_at: new Date(Date.now() + 900_000).toISOString(), bytes: PNG.length, max_bytes: 1 << 20 };
+    const s3Error = (status: number, code: string, message: string) => new Response(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${message}</Message></Error>`, { status, headers: { 'content-type': 'application/xml' } });
+    const PRECONDITION = () => s3Error(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold');
+    /** The grant, then each PUT answered by the next of `puts`. */
+    function uploadClient(puts: Array<() => Response>): { client: ClipagClient; sent: Array<{ method: string; headers: Record<string, string> }>; notes: string[] } {
+      const sent: Array<{ method: string; headers: Record<string, string> }> = [];
+      const notes: string[] = [];
+      const f = async (url: string | URL, init: RequestInit = {}) => {
+        sent.push({ method: init.method ?? 'GET', headers: { ...(init.headers as Record<string, string>) } });
+        if (String(url).endsWith('/v1/uploads')) return new Response(JSON.stringify(grant), { status: 201, headers: { 'content-type': 'application/json' } });
+        const next = puts.shift();
+        if (!next) throw new Error('one PUT too many');
+        return next();
+      };
+      return { client: new ClipagClient({ url: 'http://127.0.0.1:8787', key: KEY, note: (l) => void notes.push(l), fetch: f as typeof fetch, sleep: async () => {}, random: () => 0 }), sent, notes };
+    }
+
+    it('the PUT carries the condition the grant names; a 412 after a try whose answer was lost (a 500) is that try having landed', async () => {
+      const { client, sent, notes } = uploadClient([() => s3Error(500, 'InternalError', 'We encountered an internal error'), PRECONDITION]);
+      expect((await client.upload(PNG, { deadline: Date.now() + 60_000 })).init).toBe('upload:u1');
+      expect(sent.filter((r) => r.method === 'PUT').map((r) => r.headers['if-none-match'])).toEqual(['*', '*']);
+      expect(notes.at(-1)).toBe('clipag remote: PUT https://bucket.s3.us-east-1.amazonaws.com/uploads/acct_a/u1: 412 after a try whose answer was lost: that try stored the image (the link writes once)');
+    });
+
+    it("S3's 409 while a lost try is still being stored is asked again; its 412 then ends it", async () => {
+      const { client, notes } = uploadClient([() => s3Error(503, 'SlowDown', 'Please reduce your request rate'), () => s3Error(409, 'ConditionalRequestConflict', 'A conflicting conditional operation is currently in progress'), PRECONDITION]);
+      expect((await client.upload(PNG, { deadline: Date.now() + 60_000 })).init).toBe('upload:u1');
+      expect(notes.some((l) => l.includes('409 while a try whose answer was lost is still being stored'))).toBe(true);
+    });
+
+    it('a 412 on the first try (the link used by someone else, or before) is an error that says so, never a success', async () => {
+      const { client } = uploadClient([PRECONDITION]);
+      const error = await client.upload(PNG, { deadline: Date.now() + 60_000 }).catch((e: unknown) => e);
+      expect(error).toMatchObject({ status: 412 });
+      expect(String(error)).toContain('412 http_412: PreconditionFailed: At least one of the pre-conditions you specified did not hold (the upload link was used already: each writes once)');
+      expect(String(error)).not.toContain('SECRETSIG');
+    });
+  });
+
   it('a redirect: exit 1 at once, its Location shown without its query (a signature)', async () => {
     const r = route('redirect', () => ({ status: 307, headers: { location: 'https://other.example/v1/generations?X-Amz-Signature=SECRETSIG' } }));
     const res = await cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '-o', join(dir, 'redirect.png')]);

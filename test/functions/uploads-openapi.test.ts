@@ -93,11 +93,22 @@ describe('POST /v1/uploads', () => {
     // Through the signed URL: a PNG's bytes are not a JPEG, so not stored; the JPEG is.
     const wrong = smallPng();
     const wrongGrant = (await (await h.request('/v1/uploads', { json: { content_type: 'image/jpeg', bytes: wrong.length } })).json()) as { url: string };
-    const refused = await h.app.request(wrongGrant.url, { method: 'PUT', headers: { 'content-type': 'image/jpeg', 'content-length': String(wrong.length) }, body: wrong });
+    const refused = await h.app.request(wrongGrant.url, { method: 'PUT', headers: { 'content-type': 'image/jpeg', 'content-length': String(wrong.length), 'if-none-match': '*' }, body: wrong });
     expect(refused.status).toBe(400);
     expect(((await refused.json()) as { error: { message: string } }).error.message).toMatch(/not a JPEG file/);
+    expect(grant.headers['if-none-match']).toBe('*');
+    // Without the condition the answer names (S3 refuses it as a signature mismatch): refused, saying which header.
+    const { 'if-none-match': _condition, ...withoutCondition } = grant.headers;
+    const unconditional = await expectEnvelope(await h.app.request(grant.url, { method: 'PUT', headers: withoutCondition, body: jpeg }), 400, 'validation_error');
+    expect([unconditional.param, unconditional.message]).toEqual(['If-None-Match', 'this upload link writes once: send If-None-Match: * (one of the headers the upload answer names); got none']);
     const put = await h.app.request(grant.url, { method: 'PUT', headers: { ...grant.headers, 'content-length': String(jpeg.length) }, body: jpeg });
     expect(put.status).toBe(200);
+    // The link writes once (ADR 0044): another image of the same length sent through it is refused and the first stays.
+    const other = jpeg.slice();
+    other[other.length - 3] ^= 0xff;
+    const again = await expectEnvelope(await h.app.request(grant.url, { method: 'PUT', headers: grant.headers, body: other }), 412, 'upload_link_used');
+    expect(again.message).toMatch(/used already: each writes once.*POST \/v1\/uploads/);
+    expect(new Uint8Array((await h.blobs.get(`uploads/acct_alice/${grant.upload_id}`))!.body)).toEqual(jpeg);
     const ok = await h.request('/v1/generations', { json: { prompt: 'a', init: grant.init, strength: 0.5 } });
     expect(ok.status).toBe(202);
     // Arithmetic coding, which the decoder cannot read: refused with what to do, nothing queued for it.

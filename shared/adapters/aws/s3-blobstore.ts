@@ -313,6 +313,11 @@ export class S3BlobStore implements BlobStore {
       headers['content-length'] = String(options.contentLength);
       signed.add('content-length');
     }
+    if (options.createOnly) {
+      // Signed, so a client that leaves it out is refused (403) rather than allowed to overwrite.
+      headers['if-none-match'] = '*';
+      signed.add('if-none-match');
+    }
     // The signature's date is whole seconds taken during the call: the floored "now" before it is
     // the earliest the link can expire, so expiresAt never promises more than S3 will honour.
     const signedAtMs = Math.floor(Date.now() / 1000) * 1000;
@@ -323,6 +328,7 @@ export class S3BlobStore implements BlobStore {
         Key: key,
         ContentType: options.contentType,
         ...(options.contentLength !== undefined ? { ContentLength: options.contentLength } : {}),
+        ...(options.createOnly ? { IfNoneMatch: '*' } : {}),
       }),
       // Keep these as signed headers (not query parameters) so the client must send exactly them.
       { expiresIn: expiresSec, signableHeaders: signed, unhoistableHeaders: signed },

@@ -554,12 +554,17 @@ export class LocalBlobStore implements BlobStore {
       maxBytes: options.contentLength ?? options.maxBytes,
       ...(options.contentLength !== undefined ? { exactBytes: options.contentLength } : {}),
       contentType: options.contentType,
+      ...(options.createOnly ? { createOnly: true } : {}),
     });
     return {
       url,
       method: 'PUT',
-      // As S3 returns them: a promised length is part of the grant and must be sent as is.
-      headers: { 'content-type': options.contentType, ...(options.contentLength !== undefined ? { 'content-length': String(options.contentLength) } : {}) },
+      // As S3 returns them: a promised length and a create-only condition are part of the grant and must be sent as is.
+      headers: {
+        'content-type': options.contentType,
+        ...(options.contentLength !== undefined ? { 'content-length': String(options.contentLength) } : {}),
+        ...(options.createOnly ? { 'if-none-match': '*' } : {}),
+      },
       expiresAt: new Date(expiresAtSec * 1000),
       // The local server reads `max` from the verified URL and refuses larger bodies.
       enforcesMaxBytes: true,

@@ -3,8 +3,8 @@ import { assertValidKey } from '../../keys.ts';
 
 /**
  * Local stand-in for S3 presigned URLs: `<baseUrl>/blobs/<key>?expires=<unix s>&sig=<hex>`
- * (PUT links add `method=PUT&max=<bytes>&ct=<content type>`, and `len=<bytes>` when the grant is for
- * an exact size, as S3 signs a promised Content-Length), signed with HMAC-SHA256 over
+ * (PUT links add `method=PUT&max=<bytes>&ct=<content type>`, `len=<bytes>` when the grant is for
+ * an exact size, as S3 signs a promised Content-Length, and `once=1` when it only creates), signed with HMAC-SHA256 over
  * every parameter that grants something, so none can be changed without breaking the signature.
  */
 
@@ -16,6 +16,8 @@ export interface LocalSignedGrant {
   /** The only body size the grant accepts (S3 signs a promised Content-Length the same way). */
   exactBytes?: number;
   contentType?: string;
+  /** The PUT only creates the object (SignedPutOptions.createOnly): the client sends `If-None-Match: *`. */
+  createOnly?: boolean;
 }
 
 export type LocalSignatureCheck =
@@ -25,7 +27,11 @@ export type LocalSignatureCheck =
 function stringToSign(grant: LocalSignedGrant): string {
   // A JSON array: no field can run into the next (a content type holding "\n" and a made-up length,
   // say), whatever characters the query carries.
-  return JSON.stringify(['clipag-local-v2', grant.method, grant.key, grant.expiresAtSec, grant.maxBytes ?? null, grant.contentType ?? null, grant.exactBytes ?? null]);
+  // A create-only grant adds its mark at the end, so every other link signs as it did before it.
+  return JSON.stringify([
+    'clipag-local-v2', grant.method, grant.key, grant.expiresAtSec, grant.maxBytes ?? null, grant.contentType ?? null, grant.exactBytes ?? null,
+    ...(grant.createOnly ? ['create-only'] : []),
+  ]);
 }
 
 function sign(secret: string, grant: LocalSignedGrant): string {
@@ -44,6 +50,7 @@ export function buildLocalSignedUrl(baseUrl: string, secret: string, grant: Loca
     if (grant.maxBytes !== undefined) url.searchParams.set('max', String(grant.maxBytes));
     if (grant.exactBytes !== undefined) url.searchParams.set('len', String(grant.exactBytes));
     if (grant.contentType !== undefined) url.searchParams.set('ct', grant.contentType);
+    if (grant.createOnly) url.searchParams.set('once', '1');
   }
   url.searchParams.set('sig', sign(secret, grant));
   return url.toString();
@@ -87,6 +94,8 @@ export function verifyLocalSignature(
   if (len !== null && !/^\d{1,15}$/.test(len)) return { ok: false, reason: 'malformed' };
   const ct = q.get('ct');
   if (ct !== null && (ct.length > 200 || /[\x00-\x1f\x7f]/.test(ct))) return { ok: false, reason: 'malformed' };
+  const once = q.get('once');
+  if (once !== null && once !== '1') return { ok: false, reason: 'malformed' };
   const grant: LocalSignedGrant = {
     method: grantedMethod,
     key,
@@ -94,6 +103,7 @@ export function verifyLocalSignature(
     ...(grantedMethod === 'PUT' && max !== null ? { maxBytes: Number(max) } : {}),
     ...(grantedMethod === 'PUT' && len !== null ? { exactBytes: Number(len) } : {}),
     ...(grantedMethod === 'PUT' && ct !== null ? { contentType: ct } : {}),
+    ...(grantedMethod === 'PUT' && once !== null ? { createOnly: true } : {}),
   };
   const expected = Buffer.from(sign(secret, grant), 'hex');
   if (!timingSafeEqual(expected, Buffer.from(sig, 'hex'))) return { ok: false, reason: 'bad_signature' };

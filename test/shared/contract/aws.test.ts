@@ -311,6 +311,15 @@ describe('S3 adapter specifics', () => {
     expect(calls.filter((o) => o?.forceRefresh === true).length).toBe(forcedBefore);
   });
 
+  it('a create-only signed PUT signs If-None-Match (s3rver does not check it; S3 refuses the PUT without it, and a second one 412)', async () => {
+    const store = await freshS3Store();
+    const signed = await store.signedPutUrl('uploads/once.png', { contentType: 'image/png', maxBytes: 100, contentLength: 5, expiresSec: 60, createOnly: true });
+    expect(new URL(signed.url).searchParams.get('X-Amz-SignedHeaders')!.split(';')).toEqual(expect.arrayContaining(['content-length', 'content-type', 'if-none-match']));
+    expect(signed.headers['if-none-match']).toBe('*');
+    const plain = await store.signedPutUrl('uploads/twice.png', { contentType: 'image/png', maxBytes: 100, contentLength: 5, expiresSec: 60 });
+    expect(new URL(plain.url).searchParams.get('X-Amz-SignedHeaders')).not.toContain('if-none-match');
+  });
+
   it('a signed PUT without a declared size cannot bound the size (enforcesMaxBytes is false)', async () => {
     const store = await freshS3Store();
     const signed = await store.signedPutUrl('uploads/unsized.png', { contentType: 'image/png', maxBytes: 4, expiresSec: 60 });

@@ -279,6 +279,25 @@ export function blobStoreContract(
       expect((await harness.store.head('uploads/u2.png'))?.size).toBe(10);
     });
 
+    it('a create-only signed PUT names If-None-Match: * among the headers to send; where conditional writes are enforced, a second PUT through it changes nothing', async () => {
+      const harness = await makeHarness();
+      const first = pngBytes('first');
+      const signed = await harness.store.signedPutUrl('uploads/once.png', { contentType: 'image/png', maxBytes: 1024, expiresSec: 60, contentLength: first.length, createOnly: true });
+      expect(signed.headers).toEqual({ 'content-type': 'image/png', 'content-length': String(first.length), 'if-none-match': '*' });
+      expect((await harness.upload(signed.url, signed.headers, first)).status).toBe(200);
+      if (options.enforcesConditionalWrites) {
+        const second = pngBytes('other');
+        expect(second.length).toBe(first.length);
+        expect((await harness.upload(signed.url, signed.headers, second)).status).toBe(412);
+        expect(new Uint8Array((await harness.store.get('uploads/once.png'))!.body)).toEqual(first);
+      }
+      // Without it the link is as before: nothing more to send, and it may write again.
+      const plain = await harness.store.signedPutUrl('uploads/twice.png', { contentType: 'image/png', maxBytes: 1024, expiresSec: 60, contentLength: first.length });
+      expect(plain.headers['if-none-match']).toBeUndefined();
+      expect((await harness.upload(plain.url, plain.headers, first)).status).toBe(200);
+      expect((await harness.upload(plain.url, plain.headers, pngBytes('other'))).status).toBe(200);
+    });
+
     it('signed URL requests are validated', async () => {
       const { store } = await makeHarness();
       await expect(store.signedGetUrl('x', 0)).rejects.toBeInstanceOf(ValidationError);
