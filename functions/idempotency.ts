@@ -371,13 +371,15 @@ async function nextClaimRound(attempt: number, deadline: number, claimedAtMs?: n
 }
 
 /**
- * An Idempotency-Key claim a newer clipag wrote that this version cannot use: answered as a job record
+ * An Idempotency-Key claim a newer clipag wrote that this version cannot use (or a retry whose body only
+ * a newer version reads, of a key that made a generation: `message` says so): answered as a job record
  * a newer version wrote is (middleware/errors.ts), 503 `unavailable` with its own message and the same
  * Retry-After, since the cause is the same deploy in progress.
  */
 export class NewerClaimError extends RetryableError {
-  constructor(options: { cause?: unknown } = {}) {
-    super('the Idempotency-Key claim for this request was written by a newer version of the service; retry later', options);
+  constructor(options: { cause?: unknown; message?: string } = {}) {
+    const { message, ...rest } = options;
+    super(message ?? 'the Idempotency-Key claim for this request was written by a newer version of the service; retry later', rest);
   }
 }
 

@@ -13,10 +13,12 @@ import { sha256Hex } from '../../shared/schemas/apikey.ts';
 import { failRefusedJob, markMessageRefused, messageMarker, resendIfMessageUnproven, sendJobMessage } from '../queued-jobs.ts';
 import { clearPending, markPending, settleStoredOutputs } from '../../shared/pending.ts';
 import { requeueable } from '../../shared/retention.ts';
-import { canonicalJson, type Claim, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger } from '../idempotency.ts';
+import { canonicalJson, type Claim, IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_RULE, type IdempotencyLedger, NewerClaimError } from '../idempotency.ts';
 import { deleteEndedGeneration } from '../generation-delete.ts';
 import { fetchInitImage } from '../init-url.ts';
 import { listFilter } from '../list-filter.ts';
+import { validationHook } from '../middleware/errors.ts';
+import { newerWriterOf } from '../../shared/schemas/queue.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
@@ -822,6 +824,31 @@ export function registerGenerationRoutes(
     }
   }
 
+  /**
+   * The create route's validation hook (ADR 0030, the compatibility review's F1). A body this version
+   * refuses only for what a newer one added (a field, an enum value) is, under an Idempotency-Key that
+   * already made a generation, most likely the retry of a request a newer API took before a rollback:
+   * a 400 would tell the caller the request is wrong though its generation exists and is billed when a
+   * newer worker runs it, and a caller who "fixes" it under a new key makes a second one. Such a retry
+   * gets 503 with Retry-After instead, and a version that reads the body answers it. Every other
+   * refusal is the usual 400 (validationHook).
+   */
+  async function refusedBody(result: { success: false; target: string; data?: unknown; error: { issues: ReadonlyArray<unknown> } }, c: Context<AppEnv>): Promise<never> {
+    const key = c.req.header('Idempotency-Key');
+    const newer = key !== undefined && IDEMPOTENCY_KEY_PATTERN.test(key) && result.target === 'json' ? newerWriterOf(GenerationRequest, result.data) : null;
+    if (newer && key !== undefined) {
+      // A claim whose job is not written yet is 409 idempotency_in_progress here, as for any retry.
+      const made = await ctx.ledger.madeBy({ owner: c.get('owner'), key, now: ctx.clock() });
+      if (made) {
+        throw new NewerClaimError({
+          message: `this Idempotency-Key already made generation ${made.id}, with request fields this version of the service does not read (${newer.unknown.slice(0, 3).join(', ')}): the service is being deployed or rolled back; retry later with the same key and body`,
+        });
+      }
+    }
+    validationHook(result as Parameters<typeof validationHook>[0]);
+    throw new ValidationError(`invalid ${result.target}`); // not reached: validationHook throws for a failed result
+  }
+
   app.openapi(createGeneration, async (c) => {
     try {
       const request = c.req.valid('json');
@@ -1005,7 +1032,7 @@ export function registerGenerationRoutes(
       if (error instanceof PreconditionFailedError) throw new RetryableError('the generation is being updated; retry the request', { code: 'busy', cause: error });
       throw error;
     }
-  });
+  }, (result, c) => (result.success ? undefined : refusedBody(result, c)));
 
   app.openapi(createEstimate, async (c) => {
     const request = c.req.valid('json');

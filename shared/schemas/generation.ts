@@ -152,7 +152,8 @@ const RequestWebhookEvents = z
   .superRefine((events, ctx) => {
     const unknown = events.filter((e) => typeof e !== 'string' || !(WEBHOOK_EVENTS as readonly string[]).includes(e));
     if (events.length === 0) ctx.addIssue({ code: 'custom', message: `webhook_events must name at least one event (${WEBHOOK_EVENTS.map((e) => `"${e}"`).join(', ')}); leave it out for ["ended"]` });
-    else if (unknown.length > 0) ctx.addIssue({ code: 'custom', message: `webhook_events has unknown event ${(JSON.stringify(unknown[0]) ?? String(unknown[0])).slice(0, 40)}: the events are ${WEBHOOK_EVENTS.map((e) => `"${e}"`).join(' and ')}` });
+    // An invalid_value (the events this version knows): a newer version's event, not damage (newerWriterOf).
+    else if (unknown.length > 0) ctx.addIssue({ code: 'invalid_value', values: [...WEBHOOK_EVENTS], input: events, message: `webhook_events has unknown event ${(JSON.stringify(unknown[0]) ?? String(unknown[0])).slice(0, 40)}: the events are ${WEBHOOK_EVENTS.map((e) => `"${e}"`).join(' and ')}` });
     else if (new Set(events).size !== events.length) ctx.addIssue({ code: 'custom', message: 'webhook_events names an event twice' });
     else if (!events.includes('ended')) ctx.addIssue({ code: 'custom', message: 'webhook_events must include "ended" (the end event is what webhook.status and redelivery are about)' });
   })

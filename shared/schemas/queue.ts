@@ -127,6 +127,11 @@ function unknownValue(issue: SchemaIssue, root: unknown): string | null {
   const got = valueAt(root, issue.path);
   // An enum value added later (a status, a category): a string where strings are expected.
   if (typeof got === 'string' && issue.values.every((v) => typeof v === 'string')) return `${pathText(issue.path)}: ${JSON.stringify(got).slice(0, 60)}`;
+  // A list of them (webhook_events), refused whole: its strings that are not among the values.
+  if (Array.isArray(got) && got.length > 0 && got.every((v) => typeof v === 'string') && issue.values.every((v) => typeof v === 'string')) {
+    const added = got.filter((v) => !issue.values!.includes(v));
+    if (added.length > 0) return `${pathText(issue.path)}: ${JSON.stringify(added).slice(0, 60)}`;
+  }
   // A version above every one this version knows; a lower or odd one is damage.
   const known = issue.values.filter((v): v is number => typeof v === 'number');
   if (typeof got === 'number' && Number.isSafeInteger(got) && known.length === issue.values.length && got > Math.max(...known)) return `${pathText(issue.path)}: ${got}`;

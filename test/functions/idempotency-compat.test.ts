@@ -143,3 +143,39 @@ describe('release (a mutation review: a release that no longer checked the job s
     expect(Buffer.from((await h.blobs.get(idempotencyRecordKey('acct_alice', 'k')))!.body).toString()).toBe(Buffer.from(before).toString());
   });
 });
+
+// The compatibility review's F1: a POST a newer API took (its answer lost), retried with its key once the
+// API is rolled back to this version, which does not read a field of the body. The body is refused
+// before the route runs, so the key was never looked at: a 400 told the caller the request was wrong,
+// though its generation exists and runs (billed) on a newer worker.
+describe("a retry whose body only a newer version reads, of a key that made a generation", () => {
+  it.each([
+    ['a field this version does not know', { prompt: 'a red circle', guidance: 3 }, 'guidance'],
+    ['an output format it does not know', { prompt: 'a red circle', output_format: 'avif' }, 'output_format: "avif"'],
+    ['a webhook event it does not know', { prompt: 'a red circle', webhook_url: 'https://hooks.example.com/x', webhook_events: ['ended', 'progress'] }, 'webhook_events: ["progress"]'],
+  ])('%s: 503 unavailable with the newer-version Retry-After, naming the generation and the field; nothing made', async (_name, newerBody, named) => {
+    // What the newer API made for it (here: the same key, a body this version reads).
+    const first = await post({ prompt: 'a red circle' }, 'order-9');
+    const { id } = (await first.json()) as { id: string };
+    const retry = await post(newerBody, 'order-9');
+    const err = await expectEnvelope(retry, 503, 'unavailable');
+    expect(retry.headers.get('Retry-After')).toBe(String(NEWER_RECORD_RETRY_AFTER_SEC));
+    expect(err.message).toBe(`this Idempotency-Key already made generation ${id}, with request fields this version of the service does not read (${named}): the service is being deployed or rolled back; retry later with the same key and body`);
+    expect(await jobCount()).toBe(1);
+  });
+
+  it('without a key, with a key that made nothing, or for a body that is wrong in itself: the usual 400', async () => {
+    await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', guidance: 3 } }), 400, 'validation_error');
+    await expectEnvelope(await post({ prompt: 'a', guidance: 3 }, 'never-used'), 400, 'validation_error');
+    expect((await post({ prompt: 'a red circle' }, 'order-10')).status).toBe(202);
+    // A wrong value of a known field is no newer version's: 400, whatever the key made.
+    const wrong = await expectEnvelope(await post({ prompt: 'a red circle', steps: -1 }, 'order-10'), 400, 'validation_error');
+    expect(wrong.param).toBe('steps');
+    const mixed = await expectEnvelope(await post({ prompt: 'a red circle', steps: -1, guidance: 3 }, 'order-10'), 400, 'validation_error');
+    expect(mixed.param).not.toBeNull();
+    // An unknown event without the key is still refused with its own words.
+    const events = await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', webhook_url: 'https://hooks.example.com/x', webhook_events: ['ended', 'progress'] } }), 400, 'validation_error');
+    expect([events.param, events.message]).toEqual(['webhook_events', 'webhook_events has unknown event "progress": the events are "started" and "ended"']);
+    expect(await jobCount()).toBe(1);
+  });
+});
