@@ -182,8 +182,13 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
           try {
             fresh = await deps.jobs.get(owner, id);
           } catch (error) {
-            // Damaged, or a newer clipag's: not this version's to delete; said once, then forgotten
+            // A newer clipag's (a rollback): not this version's to delete; judged again once it reads
+            // (remembered as not ended, so each pass reads it again). Damaged: said once, then forgotten
             // (else every pass, and in AWS every sweep, would fail on it).
+            if (error instanceof NewerJobRecordError) {
+              deps.log?.({ level: 'warn', msg: 'record retention: a record due for deletion was written by a newer clipag; kept, and judged again once this service reads it', job_id: id, owner });
+              return { kind: 'wait', endedAt: null };
+            }
             if (!(error instanceof CorruptDocumentError)) throw error;
             deps.log?.({ level: 'warn', msg: 'record retention: a record due for deletion does not read; left as it is', job_id: id, owner, error: error.message });
             return { kind: 'done' };
@@ -291,8 +296,10 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
           try {
             job = await deps.jobs.get(p.owner, p.id);
           } catch (error) {
-            // A record this version cannot read (damaged, or a newer clipag's): nothing it can judge.
-            if (error instanceof CorruptDocumentError) remember(p.owner, p.id, undefined);
+            // A newer clipag's record (a rollback): kept, to be judged once it reads. A damaged one: nothing
+            // any version can judge, forgotten.
+            if (error instanceof NewerJobRecordError) remember(p.owner, p.id, null);
+            else if (error instanceof CorruptDocumentError) remember(p.owner, p.id, undefined);
             else failed(error);
             continue;
           }
@@ -334,6 +341,9 @@ export function retentionPass(deps: RetentionDeps): RetentionPass | undefined {
           report.read += page.cursor !== undefined ? limit : page.jobs.length;
           if (page.jobs.length > 0) mustSave = true; // what was read is not read again after a restart
           for (const job of page.jobs) await act(owner, job.id, policy.verdict(job, days, now));
+          // What a newer clipag wrote (a rollback) is not passed by: kept as not ended, so that each pass
+          // reads it again until a version that reads it judges it (the window's boundary moves past it).
+          for (const id of page.newer ?? []) remember(owner, id, null);
           boundaryMoved = true;
           if (page.cursor === undefined) {
             // The window is read: every job made before its top has been seen. An owner's first one is

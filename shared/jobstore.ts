@@ -132,9 +132,10 @@ export class BlobJobStore implements JobStore {
       }
     }
     const jobs = read.filter((entry): entry is JobRecord => entry !== null && !(entry instanceof CorruptDocumentError));
+    const newer = ids.filter((_, index) => read[index] instanceof NewerJobRecordError);
     // The cursor given out is the last job id, so it stays meaningful to the caller and cannot name a key.
     const last = page.keys[page.keys.length - 1];
-    return page.cursor && last ? { jobs, cursor: last.slice(prefix.length, -'.json'.length) } : { jobs };
+    return { jobs, ...(page.cursor && last ? { cursor: last.slice(prefix.length, -'.json'.length) } : {}), ...(newer.length > 0 ? { newer } : {}) };
   }
 }
 

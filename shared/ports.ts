@@ -184,6 +184,11 @@ export interface JobPage {
   /** Newest first. */
   jobs: JobRecord[];
   cursor?: string;
+  /**
+   * The ids of the page's records a newer clipag wrote, which `jobs` leaves out (this version cannot
+   * make their view): a reader that must come back to each (the retention) remembers them. Absent when none.
+   */
+  newer?: string[];
 }
 
 export interface JobStore {

@@ -164,3 +164,56 @@ describe('the record retention, from the diff review of 2026-12-07', () => {
     expect((await pass(30).run()).records).toBe(1);
   });
 });
+
+// The compatibility review's F2: the sweep is rolled back with the API (ADR 0030), and the older version
+// meets records a newer one wrote. Each used to be passed by (the window) or forgotten (a re-read, the
+// remove's own re-read), and no pass after the roll-forward came back to it: never deleted.
+describe('the record retention across a rollback (records a newer clipag wrote)', () => {
+  const stored = (id: string) => `jobs/acct_alice/${id}.json`;
+  /** The record as a newer clipag would have it (a spec field this version does not know), or back as it was. */
+  async function newer(id: string, on: boolean): Promise<void> {
+    const raw = JSON.parse(new TextDecoder().decode((await h.blobs.get(stored(id)))!.body)) as { spec: Record<string, unknown> };
+    if (on) raw.spec.guidance = 3;
+    else delete raw.spec.guidance;
+    await h.blobs.put(stored(id), new TextEncoder().encode(JSON.stringify(raw)), { contentType: 'application/json' });
+  }
+  const logs: Array<Record<string, unknown>> = [];
+  const mk = () => retentionPass({ blobs: h.blobs, jobs: h.jobs, clock, log: (e) => logs.push(e as Record<string, unknown>), recordRetentionDays: 30, deleteGeneration: retentionDelete(h.blobs, h.jobs, clock) })!;
+
+  it('one due when the window first reads it, unreadable then: kept, and deleted by the first pass that reads it', async () => {
+    const id = await ended('newer-in-window', 31);
+    await newer(id, true);
+    expect(await mk().run()).toMatchObject({ records: 0, errors: 0 });
+    expect((await h.jobs.get('acct_alice', id).catch(() => null))).toBeNull(); // still unreadable here (a newer record's GET is 503)
+    await newer(id, false); // the roll-forward
+    expect((await mk().run()).records).toBe(1);
+    expect((await h.jobs.get('acct_alice', id))!.deleted_at).toEqual(expect.any(String));
+  });
+
+  it('one remembered with its end, unreadable when it comes due: kept (said so), and deleted once it reads', async () => {
+    const id = await ended('newer-when-due', 31);
+    await h.jobs.update('acct_alice', id, (cur) => ({ ...cur, finished_at: new Date(Date.now() - 10 * DAY).toISOString() }));
+    expect((await mk().run()).records).toBe(0); // remembered with its end
+    await newer(id, true);
+    offsetMs = 21 * DAY;
+    expect(await mk().run()).toMatchObject({ records: 0, errors: 0 });
+    expect(logs.filter((l) => l.msg === 'record retention: a record due for deletion was written by a newer clipag; kept, and judged again once this service reads it').map((l) => l.job_id)).toEqual([id]);
+    expect(await mk().run()).toMatchObject({ records: 0, errors: 0 });
+    await newer(id, false);
+    expect((await mk().run()).records).toBe(1);
+  });
+
+  it('one remembered unended, unreadable when read again: kept, and judged once it reads and has ended', async () => {
+    // Made 31 days ago and still queued: the window reads it and remembers it, not ended.
+    const then = createApp({ ...h.deps, clock: () => new Date(Date.now() - 31 * DAY) });
+    const made = await then.request('/v1/generations', { method: 'POST', headers: { Authorization: `Bearer ${h.alice}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'queued, then a newer worker ends it' }) });
+    const queued = ((await made.json()) as { id: string }).id;
+    expect((await mk().run()).records).toBe(0);
+    await newer(queued, true);
+    expect(await mk().run()).toMatchObject({ records: 0, errors: 0 });
+    await newer(queued, false);
+    await h.jobs.update('acct_alice', queued, (cur) => ({ ...cur, status: 'failed', attempts: 1, finished_at: new Date(Date.now() - 31 * DAY).toISOString(), error: { code: 'timeout', message: 'ran out of time' } }));
+    expect((await mk().run()).records).toBe(1);
+    expect((await h.jobs.get('acct_alice', queued))!.deleted_at).toEqual(expect.any(String));
+  });
+});
