@@ -336,7 +336,9 @@ function connection(values: { url?: string; key?: string }, env: RemoteIo['env']
     // Configuration, not the command line's shape: the message and a pointer to --help, not the whole usage.
     throw new UsageError(
       `no API key for ${parsed.origin} (${urlSource}): pass --key KEY or set CLIPAG_API_KEY (a deployment's operator issues keys with \`clipag keys create\`)` +
-        (isLoopbackUrl(parsed) ? `; for a local server, \`npm start\` writes one to ${keyFile}, which does not exist or is empty (CLIPAG_DATA_DIR moves it)` : ''),
+        (isLoopbackUrl(parsed) ? `; for a local server, \`npm start\` writes one to ${keyFile}, which does not exist or is empty (CLIPAG_DATA_DIR moves it)` : '') +
+        // The names earlier READMEs exported for curl: set, and read by nothing.
+        (env.CLIPAG_KEY || env.CLIPAG ? `; ${[env.CLIPAG ? 'CLIPAG' : '', env.CLIPAG_KEY ? 'CLIPAG_KEY' : ''].filter(Boolean).join(' and ')} ${env.CLIPAG && env.CLIPAG_KEY ? 'are' : 'is'} set, but this CLI reads CLIPAG_API_URL and CLIPAG_API_KEY` : ''),
       { brief: true },
     );
   }

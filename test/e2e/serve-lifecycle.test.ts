@@ -167,12 +167,12 @@ describe('the start banner and the API key (a security review: the key landed in
     const key = readFileSync(join(dataDir, 'local-api-key'), 'utf8').trim();
     expect(key).toMatch(/^ck_/);
     expect(logged).not.toContain(key);
-    const line = /^ {2}(export CLIPAG=\S+ CLIPAG_KEY=.*?) {5}# as the README's examples use them$/m.exec(logged)?.[1];
-    expect(line).toBe(`export CLIPAG=${/running at (\S+)/.exec(logged)?.[1]} CLIPAG_KEY=$(cat '${join(root, "banner'\\''s data")}/local-api-key')`);
+    const line = /^ {2}(export CLIPAG_API_URL=\S+ CLIPAG_API_KEY=.*?) {5}# as the README's examples and clipag remote use them$/m.exec(logged)?.[1];
+    expect(line).toBe(`export CLIPAG_API_URL=${/running at (\S+)/.exec(logged)?.[1]} CLIPAG_API_KEY=$(cat '${join(root, "banner'\\''s data")}/local-api-key')`);
     // Pasted into a shell, it sets the key.
-    expect(execFileSync('bash', ['-c', `${line}; printf %s "$CLIPAG_KEY"`], { encoding: 'utf8' })).toBe(key);
+    expect(execFileSync('bash', ['-c', `${line}; printf %s "$CLIPAG_API_KEY"`], { encoding: 'utf8' })).toBe(key);
 
-    expect(await banner(dataDir, true)).toContain(` CLIPAG_KEY=${key} `);
+    expect(await banner(dataDir, true)).toContain(` CLIPAG_API_KEY=${key} `);
   }, 90_000);
 });
 

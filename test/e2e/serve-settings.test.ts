@@ -81,7 +81,7 @@ describe('CLIPAG_DATA_DIR as the config reads it (trimmed; blank is the default 
     // The verb's banner (stderr not a terminal): `data in` and the `$(cat …)` line name that folder.
     const { stderr } = await verbStderr({ ...(await env(dataDir)), CLIPAG_DATA_DIR: `  ${dataDir}  ` });
     expect(stderr).toContain(`(local mode, data in ${dataDir})`);
-    expect(stderr).toContain(` CLIPAG_KEY=$(cat '${dataDir}/local-api-key')`);
+    expect(stderr).toContain(` CLIPAG_API_KEY=$(cat '${dataDir}/local-api-key')`);
     expect(existsSync(join(dataDir, 'local-api-key'))).toBe(true);
   }, 60_000);
 

@@ -1063,7 +1063,7 @@ describe.concurrent('clipag remote: Ctrl-C while waiting', () => {
 /** Through the verb dispatch (usage errors exit 2 with the usage), with this environment; the stand-in counts requests. */
 async function viaMain(argv: string[], env: Record<string, string | undefined>): Promise<{ code: number; stderr: string }> {
   const err: string[] = [];
-  for (const name of ['CLIPAG_API_URL', 'CLIPAG_API_KEY', 'CLIPAG_DATA_DIR']) vi.stubEnv(name, env[name]);
+  for (const name of ['CLIPAG_API_URL', 'CLIPAG_API_KEY', 'CLIPAG_DATA_DIR', 'CLIPAG', 'CLIPAG_KEY']) vi.stubEnv(name, env[name]);
   const error = vi.spyOn(console, 'error').mockImplementation((...a) => void err.push(a.join(' ')));
   const write = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s)), true));
   try {
@@ -1374,6 +1374,13 @@ describe("clipag remote: argument errors exit 2 with the action's usage (not eve
     const res = await viaMain(['get', 'abc', '--url', 'https://api.example.com/prod'], { CLIPAG_DATA_DIR: data });
     expect(res.code).toBe(2);
     expect(res.stderr).toMatch(/no API key for https:\/\/api\.example\.com \(--url\): pass --key KEY or set CLIPAG_API_KEY \(a deployment's operator issues keys with `clipag keys create`\)\n/);
+  });
+
+  it('the variables earlier READMEs exported for curl (CLIPAG, CLIPAG_KEY) are named when no key is found, with what the CLI reads', async () => {
+    const res = await viaMain(['get', 'abc', '--url', 'https://api.example.com/prod'], { CLIPAG_DATA_DIR: join(dir, 'none'), CLIPAG: 'http://127.0.0.1:9', CLIPAG_KEY: 'ck_old_name' });
+    expect(res.code).toBe(2);
+    expect(res.stderr).toContain("issues keys with `clipag keys create`); CLIPAG and CLIPAG_KEY are set, but this CLI reads CLIPAG_API_URL and CLIPAG_API_KEY\n");
+    expect(res.stderr).not.toContain('ck_old_name');
   });
 });
 
