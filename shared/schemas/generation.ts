@@ -2,6 +2,7 @@ import { z } from '@hono/zod-openapi';
 import { CLIP_END_TOKEN_TEXT, CLIP_START_TOKEN_TEXT, cleanClipText, clipReadsNothing } from '../text-clean.ts';
 import { MODEL_NAME_PATTERN, RESOURCE_ID_PATTERN } from './common.ts';
 import { DEFAULT_JPEG_QUALITY, DEFAULT_WEBP_QUALITY, defaultOutputQuality, isLossyOutputFormat, MAX_OUTPUT_QUALITY, MIN_OUTPUT_QUALITY, OUTPUT_FORMATS, type OutputFormat } from '../output-format.ts';
+import './field-hints.ts';
 
 export const PROMPT_MAX_CHARS = 300;
 export const MIN_SIDE = 64;

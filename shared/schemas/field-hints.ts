@@ -1,0 +1,55 @@
+// What a request with a field this API does not take is told: the nearest field (a typo), or the one this
+// API names what other image APIs call otherwise ("size", "num_images"). Installed once as zod's error
+// text for unknown keys, so every strict request schema (the API's bodies, the CLI's batch lines) says it.
+import { z } from '@hono/zod-openapi';
+import { closestName } from '../did-you-mean.ts';
+
+/** Names other image APIs use, and what this one takes instead (only those of the object in question are offered). */
+const OTHER_NAMES: Readonly<Record<string, readonly string[]>> = {
+  size: ['width', 'height'],
+  resolution: ['width', 'height'],
+  dimensions: ['width', 'height'],
+  num_images: ['n'],
+  num_outputs: ['n'],
+  count: ['n'],
+  batch_size: ['n'],
+  samples: ['n'],
+  num_inference_steps: ['steps'],
+  format: ['output_format'],
+  image_format: ['output_format'],
+  response_format: ['output_format'],
+  quality: ['output_quality'],
+  negative: ['negative_prompt'],
+  text: ['prompt'],
+  init_image: ['init'],
+  image: ['init'],
+  callback_url: ['webhook_url'],
+  webhook: ['webhook_url'],
+};
+
+/** `did you mean "prompt"?`, or `this API takes "width" and "height"`; undefined when nothing is near. */
+export function fieldHint(given: string, known: readonly string[]): string | undefined {
+  const other = OTHER_NAMES[given.toLowerCase()]?.filter((name) => known.includes(name));
+  if (other?.length) return `this API takes ${other.map((n) => `"${n}"`).join(' and ')}`;
+  const near = closestName(given, known) ?? closestName(given.toLowerCase(), known);
+  return near === undefined ? undefined : `did you mean "${near}"?`;
+}
+
+/** zod's text for an `unrecognized_keys` issue, with a hint for each key that has one. */
+export function unknownKeysMessage(keys: readonly string[], known: readonly string[]): string {
+  const quoted = keys.map((k) => JSON.stringify(k.length > 60 ? `${k.slice(0, 60)}…` : k));
+  const hints = keys.map((k) => fieldHint(k, known));
+  const base = `Unrecognized key${keys.length === 1 ? '' : 's'}: ${quoted.join(', ')}`;
+  if (!hints.some(Boolean)) return base;
+  if (keys.length === 1) return `${base} (${hints[0]})`;
+  return `${base} (${keys.map((_, i) => (hints[i] ? `${quoted[i]}: ${hints[i]}` : '')).filter(Boolean).join('; ')})`;
+}
+
+z.config({
+  customError: (issue) => {
+    if (issue.code !== 'unrecognized_keys') return undefined;
+    const shape = (issue as { inst?: { shape?: unknown } }).inst?.shape;
+    if (!shape || typeof shape !== 'object') return undefined;
+    return unknownKeysMessage(issue.keys, Object.keys(shape));
+  },
+});
