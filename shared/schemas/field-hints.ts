@@ -5,7 +5,7 @@ import { z } from '@hono/zod-openapi';
 import { closestName } from '../did-you-mean.ts';
 
 /** Names other image APIs use, and what this one takes instead (only those of the object in question are offered). */
-const OTHER_NAMES: Readonly<Record<string, readonly string[]>> = {
+const OTHER_NAMES: ReadonlyMap<string, readonly string[]> = new Map(Object.entries({
   size: ['width', 'height'],
   resolution: ['width', 'height'],
   dimensions: ['width', 'height'],
@@ -25,11 +25,12 @@ const OTHER_NAMES: Readonly<Record<string, readonly string[]>> = {
   image: ['init'],
   callback_url: ['webhook_url'],
   webhook: ['webhook_url'],
-};
+}));
 
 /** `did you mean "prompt"?`, or `this API takes "width" and "height"`; undefined when nothing is near. */
 export function fieldHint(given: string, known: readonly string[]): string | undefined {
-  const other = OTHER_NAMES[given.toLowerCase()]?.filter((name) => known.includes(name));
+  // A Map: a key such as "constructor" must find nothing (an object's prototype would answer it).
+  const other = OTHER_NAMES.get(given.toLowerCase())?.filter((name) => known.includes(name));
   if (other?.length) return `this API takes ${other.map((n) => `"${n}"`).join(' and ')}`;
   const near = closestName(given, known) ?? closestName(given.toLowerCase(), known);
   return near === undefined ? undefined : `did you mean "${near}"?`;
@@ -50,6 +51,11 @@ z.config({
     if (issue.code !== 'unrecognized_keys') return undefined;
     const shape = (issue as { inst?: { shape?: unknown } }).inst?.shape;
     if (!shape || typeof shape !== 'object') return undefined;
-    return unknownKeysMessage(issue.keys, Object.keys(shape));
+    try {
+      return unknownKeysMessage(issue.keys, Object.keys(shape));
+    } catch {
+      // A hint must never turn a 400 into a 500: zod's own words then.
+      return undefined;
+    }
   },
 });

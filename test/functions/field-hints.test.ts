@@ -40,6 +40,8 @@ describe('an unknown field in a request body', () => {
     expect(unknownKeysMessage(['x'.repeat(100)], ['prompt'])).toBe(`Unrecognized key: "${'x'.repeat(60)}…"`);
     expect(fieldHint('SIZE', ['width', 'height'])).toBe('this API takes "width" and "height"');
     expect(fieldHint('size', ['bytes'])).toBeUndefined();
+    // Names an object's prototype holds are no names here (the fuzz test found "constructor" a 500).
+    for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) expect(fieldHint(name, ['bytes', 'content_type']), name).toBeUndefined();
     // The same text where the CLI checks a batch line against the request schema.
     expect(GenerationRequest.safeParse({ prompt: 'a', num_outputs: 2 }).error?.issues[0]?.message).toBe('Unrecognized key: "num_outputs" (this API takes "n")');
   });
