@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isEngineError } from '../gpu-worker/engine/errors.ts';
+import { closestName } from '../shared/did-you-mean.ts';
 import { REPO_ROOT, UsageError } from './common.ts';
 
 type Verb = { run(argv: string[]): Promise<number>; usage: string; summary: string };
@@ -53,7 +54,8 @@ export async function main(argv: string[]): Promise<number> {
   const load = VERBS[verb];
   if (!load) {
     // A wrong command line: the usage, as for no verb, after what was wrong.
-    console.error(`clipag: unknown verb "${verb}"\n\n${await verbList()}`);
+    const near = closestName(verb, Object.keys(VERBS));
+    console.error(`clipag: unknown verb "${verb}"${near ? ` (did you mean ${near}?)` : ''}\n\n${await verbList()}`);
     return 2;
   }
   const mod = await load();
@@ -68,6 +70,12 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`clipag ${verb}: ${e.message} [${e.code}]`);
       return 1;
     }
+    const npmTook = e instanceof UsageError || (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) ? npmTookFlags(process.env, mod.usage) : '';
+    if (npmTook) {
+      // The command line as npm left it: what it reports is a symptom, the missing -- the cause.
+      console.error(`clipag ${verb}: ${(e as Error).message}\n${npmTook}`);
+      return 2;
+    }
     if (e instanceof UsageError && e.brief) {
       // Not the command line's shape (no key configured, a bad line in a file): the whole usage would hide the message.
       console.error(`clipag ${verb}: ${e.message}\n(clipag ${verb} --help shows the usage)`);
@@ -79,4 +87,26 @@ export async function main(argv: string[]): Promise<number> {
     }
     throw e;
   }
+}
+
+/**
+ * Under `npm run` (`npm run clipag generate … --steps 3`, `npm start --port 8788`), npm takes the options
+ * written before a `--` for its own configuration: the verb sees their values as stray arguments, and
+ * says something true but beside the point ("give exactly one prompt"). npm leaves each such option in the
+ * environment as npm_config_<name>; those that are the verb's options are named here, with the fix. '' when none.
+ */
+export function npmTookFlags(env: Readonly<Record<string, string | undefined>>, usage: string): string {
+  // The package's scripts that hand the user's arguments to this CLI (npx and npm test run it otherwise).
+  const script = env.npm_lifecycle_event;
+  if (script !== 'clipag' && script !== 'start') return '';
+  const flags = Object.keys(env)
+    // Set, not npm's own empty defaults (npm_config_yes= is in every script's environment).
+    .filter((k) => k.startsWith('npm_config_') && env[k] !== '')
+    .map((k) => k.slice('npm_config_'.length).replace(/_/g, '-'))
+    .map((name) => (name.length === 1 ? `-${name}` : `--${name}`))
+    .filter((flag) => new RegExp(`(^|[\\s\\[(,|])${flag.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?=[\\s\\]=,|)]|$)`, 'm').test(usage));
+  if (flags.length === 0) return '';
+  flags.sort();
+  const run = script === 'start' ? 'npm start --' : `npm run ${script} --`;
+  return `npm took ${flags.join(', ')} for itself: npm passes options on only after --, so write ${run} ${script === 'start' ? '' : '<verb> '}… (as in: ${run}${script === 'start' ? ' --port 8788' : ' generate "a red circle" --steps 3'})`;
 }

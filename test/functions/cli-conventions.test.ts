@@ -58,6 +58,48 @@ describe('an unknown verb', () => {
     expect(r.stderr).toContain('  serve ');
     expect(r.stderr).toContain('  remote ');
   });
+
+  it('a typo of a verb is told the verb (the new-user review)', async () => {
+    const r = await capture(() => main(['generat', 'a red circle']));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^clipag: unknown verb "generat" \(did you mean generate\?\)\n\nusage: clipag <verb>/);
+  });
+});
+
+describe('options npm took for itself (npm run clipag generate … --steps 3, without the --)', () => {
+  // npm leaves them in the environment as npm_config_<name> and hands the verb their values as stray arguments.
+  const asNpm = (env: Record<string, string>) => {
+    for (const [k, v] of Object.entries(env)) vi.stubEnv(k, v);
+  };
+  afterEach(() => vi.unstubAllEnvs());
+
+  it('the verb says what it saw, then which of its options npm took and where the -- goes; exit 2', async () => {
+    asNpm({ npm_lifecycle_event: 'clipag', npm_config_steps: 'true', npm_config_o: 'true', npm_config_yes: '', npm_config_cache: '/root/.npm' });
+    const r = await capture(() => main(['generate', 'a', 'red', 'circle', '3', 'x.png']));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(
+      'clipag generate: give exactly one prompt, in quotes: clipag generate "a large red circle on the left"\n' +
+        'npm took --steps, -o for itself: npm passes options on only after --, so write npm run clipag -- <verb> … (as in: npm run clipag -- generate "a red circle" --steps 3)',
+    );
+  });
+
+  it('npm start --port 8788: serve is told npm start -- --port', async () => {
+    asNpm({ npm_lifecycle_event: 'start', npm_config_port: 'true' });
+    const r = await capture(() => main(['serve', '8788']));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('npm took --port for itself: npm passes options on only after --, so write npm start -- … (as in: npm start -- --port 8788)');
+  });
+
+  it("outside npm's clipag and start scripts, or with none of the verb's options taken, the usage error is as before", async () => {
+    asNpm({ npm_config_steps: 'true' });
+    vi.stubEnv('npm_lifecycle_event', undefined);
+    expect((await capture(() => main(['generate', 'a', 'b']))).stderr).not.toContain('npm took');
+    asNpm({ npm_lifecycle_event: 'test' });
+    expect((await capture(() => main(['generate', 'a', 'b']))).stderr).not.toContain('npm took');
+    vi.unstubAllEnvs();
+    asNpm({ npm_lifecycle_event: 'clipag', npm_config_registry: 'https://registry.npmjs.org/' });
+    expect((await capture(() => main(['generate', 'a', 'b']))).stderr).not.toContain('npm took');
+  });
 });
 
 describe('clipag --help', () => {
