@@ -157,7 +157,11 @@ function parseArgsUsageError(e: unknown, argv: readonly string[], names: readonl
     // The argument as typed: parseArgs names one letter of a group ("-r" of "-red").
     const typed = argv.find((a) => a === given || a.startsWith(`${given}=`)) ?? argv.find((a) => !a.startsWith('--') && a.startsWith(given)) ?? given;
     const near = closestOption(typed, names);
-    const hint = near !== undefined ? ` (did you mean --${near}?)` : positionals ? ` (an argument that starts with "-" goes after --, as in -- ${JSON.stringify(typed)})` : '';
+    // serve's --data, given to an operator verb (keys, usage, policy, dlq): they read the folder from the environment.
+    const dataFlag = (typed === '--data' || typed.startsWith('--data=')) && !names.includes('data');
+    const hint = dataFlag
+      ? ': this command reads the data folder from CLIPAG_DATA_DIR (serve\'s --data), as in CLIPAG_DATA_DIR=DIR clipag keys create --name NAME'
+      : near !== undefined ? ` (did you mean --${near}?)` : positionals ? ` (an argument that starts with "-" goes after --, as in -- ${JSON.stringify(typed)})` : '';
     return new UsageError(`unknown option ${typed === given || typed.startsWith(`${given}=`) ? given : `${given} (in ${typed})`}${hint}`);
   }
   if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {

@@ -1,5 +1,7 @@
 // clipag keys: issue, list and revoke API keys in the configured blob store
 // (local `.data/` by default; S3 when CLIPAG_MODE=aws). Keys are stored hashed; the secret is printed once.
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { storesFor } from '../shared/adapters/stores.ts';
 import { BlobApiKeyStore } from '../shared/apikeys.ts';
 import { operatorConfig, storeDescription } from '../shared/config.ts';
@@ -30,7 +32,11 @@ local mode; CLIPAG_MODE=aws with AWS_REGION, CLIPAG_BUCKET, CLIPAG_QUEUE_URL for
 /** Where the keys live, and that place in words; tests pass their own store. */
 export async function openKeyStore(env: Readonly<Record<string, string | undefined>> = process.env): Promise<{ keys: BlobApiKeyStore; where: string }> {
   const config = operatorConfig(env, (line) => process.stderr.write(`clipag: warning: ${line}\n`));
-  return { keys: (await storesFor(config)).keys, where: storeDescription(config) };
+  // A folder made now serves nobody yet: a server run with another --data (or CLIPAG_DATA_DIR) would
+  // answer this key 401 (the new-user review), so the output says so where the key's store is named.
+  const fresh = config.mode === 'local' && !existsSync(resolve(config.dataDir));
+  const where = `${storeDescription(config)}${fresh ? ' (new: no clipag serve has used it; a server started with another --data or CLIPAG_DATA_DIR does not accept keys made here)' : ''}`;
+  return { keys: (await storesFor(config)).keys, where };
 }
 
 export async function run(argv: string[], store?: BlobApiKeyStore, out: (line: string) => void = console.log): Promise<number> {

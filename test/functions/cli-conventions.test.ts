@@ -66,6 +66,14 @@ describe('an unknown verb', () => {
   });
 });
 
+describe("serve's --data given to an operator verb (the new-user review)", () => {
+  it('is told where those verbs read the folder from', async () => {
+    const r = await capture(() => main(['keys', 'create', '--name', 'acme', '--data', '/tmp/x']));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^clipag keys: unknown option --data: this command reads the data folder from CLIPAG_DATA_DIR \(serve's --data\), as in CLIPAG_DATA_DIR=DIR clipag keys create --name NAME\n/);
+  });
+});
+
 describe('options npm took for itself (npm run clipag generate … --steps 3, without the --)', () => {
   // npm leaves them in the environment as npm_config_<name> and hands the verb their values as stray arguments.
   const asNpm = (env: Record<string, string>) => {

@@ -101,6 +101,11 @@ describe('operator verbs', () => {
       const json: string[] = [];
       expect(await keysCli(['create', '--name', 'acme', '--json'], undefined, (l) => json.push(l))).toBe(0);
       expect(JSON.parse(json[0]!)).toMatchObject({ store: `the local data folder ${dir}` });
+      // A folder that did not exist (a typo, or the server runs with --data elsewhere) is said to be new.
+      process.env.CLIPAG_DATA_DIR = join(dir, 'not-yet');
+      const fresh: string[] = [];
+      expect(await keysCli(['create', '--name', 'acme'], undefined, (l) => fresh.push(l))).toBe(0);
+      expect(fresh).toContain(`store:   the local data folder ${join(dir, 'not-yet')} (new: no clipag serve has used it; a server started with another --data or CLIPAG_DATA_DIR does not accept keys made here)`);
     } finally {
       if (saved === undefined) delete process.env.CLIPAG_DATA_DIR;
       else process.env.CLIPAG_DATA_DIR = saved;
