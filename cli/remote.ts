@@ -610,7 +610,8 @@ async function generate(argv: string[], io: RemoteIo): Promise<number> {
     try {
       initBytes = readFileSync(initFile);
     } catch (e) {
-      throw new UsageError(`cannot read --init ${initFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new UsageError(`cannot read --init ${initFile}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a folder, not a file' : code === 'EACCES' ? 'permission denied' : (code ?? (e as Error).message)}`);
     }
     // The API's own check, here: a damaged PNG or JPEG (or another format) would spend an upload of the hour's, then be refused.
     const check = await checkInitImage(initBytes);

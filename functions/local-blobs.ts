@@ -138,7 +138,7 @@ export function mountLocalBlobRoutes(app: OpenAPIHono<AppEnv>, blobs: BlobStore,
     if (declared > max) throw new PayloadTooLargeError(`upload is limited to ${check.maxBytes} bytes`);
     if (check.exactBytes !== undefined && declared !== check.exactBytes) {
       // S3 refuses this too (the promised Content-Length is signed); say why instead of "forbidden".
-      throw new ValidationError(`this upload URL is for exactly ${check.exactBytes} bytes, but Content-Length is ${declared}`, 'Content-Length');
+      throw new ValidationError(`this upload URL is for exactly ${check.exactBytes} bytes, but Content-Length is ${declared}${declared < check.exactBytes ? ' (send the file as it is: curl --data-binary @FILE, not -d, which drops line breaks)' : ''}`, 'Content-Length');
     }
     // Read no more than was declared (which the grant's limit bounds, above).
     const body = await readDeclared(c.req.raw.body, declared);

@@ -66,7 +66,7 @@ export function registerSpendLimitRoutes(app: OpenAPIHono<AppEnv>, deps: AppDeps
     // Without a price no generation has a cost, so nothing could ever reach the limit: say so, rather
     // than store a limit that looks like protection and is none.
     if (price === undefined) {
-      throw new ValidationError('this deployment sets no price (hourly_usd is null), so generations have no cost to hold to a limit in dollars', 'monthly_usd');
+      throw new ValidationError('this deployment sets no price (hourly_usd is null), so generations have no cost to hold to a limit in dollars (its operator sets one with CLIPAG_WORKER_HOURLY_USD)', 'monthly_usd');
     }
     const owner = c.get('owner');
     const now = ctx.clock();

@@ -130,7 +130,15 @@ export const RequestInitSpec = z
       '"gmm" (class-conditional Gaussian prior), "noise", "upload:<id>" (a PNG or a JPEG of at most 16 777 216 pixels, from POST /v1/uploads; when the generation is requested a PNG is checked whole, as the worker would decode it, and the segments of a JPEG are: kind, size, scans, cut short), or the URL of such an image: the API fetches it once, when the generation is made (within 10 s, at most 3 redirects, no larger than an upload may be; in AWS only https on port 443 of a public address, as webhook_url), checks it as an upload, and stores it as one: the generation\'s request then shows init "upload:<id>", which DELETE /v1/uploads/{id} removes. The URL itself is not kept. An estimate checks the URL as far as it can without fetching it: its form, scheme and port, and an address written as a number (a name is not looked up). Or the image itself, as a data: URI (data:image/png;base64,… or data:image/jpeg;base64,…; standard or URL-safe base64): decoded, checked as an upload and stored as one in the same way, within the request body\'s size limit (64 KiB unless the deployment sets another), so for small images; an estimate checks it whole',
   } as object);
 
-export const ModelName = z.string().regex(MODEL_NAME_PATTERN);
+// A model is named as GET /v1/models lists it; `clipag generate --model` takes a folder, and its
+// "models/toy" copied into a request was answered with the bare pattern (the new-user review).
+export const ModelName = z.string().regex(MODEL_NAME_PATTERN, {
+  error: (issue) => {
+    const given = typeof issue.input === 'string' ? issue.input : '';
+    const named = /[\\/]/.test(given) ? given.split(/[\\/]/).filter(Boolean).pop() : undefined;
+    return `model is a name from GET /v1/models (lower-case letters, digits, ., _ and -, at most 64 characters)${named && MODEL_NAME_PATTERN.test(named) ? `, not a folder: for the bundle in ${JSON.stringify(given.slice(0, 100))}, "${named}"` : ''}`;
+  },
+});
 
 /** A model_version: a content hash, whole or its first 12+ hex digits. */
 export const MODEL_VERSION_PATTERN = /^[0-9a-f]{12,64}$/;

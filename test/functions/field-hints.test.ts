@@ -45,4 +45,11 @@ describe('an unknown field in a request body', () => {
     // The same text where the CLI checks a batch line against the request schema.
     expect(GenerationRequest.safeParse({ prompt: 'a', num_outputs: 2 }).error?.issues[0]?.message).toBe('Unrecognized key: "num_outputs" (this API takes "n")');
   });
+
+  it('a model given as a folder (as clipag generate --model takes it) is told the name to send', async () => {
+    const err = await expectEnvelope(await h.request('/v1/generations', { json: { prompt: 'a', model: 'models/toy' } }), 400, 'validation_error');
+    expect([err.param, err.message]).toEqual(['model', 'model is a name from GET /v1/models (lower-case letters, digits, ., _ and -, at most 64 characters), not a folder: for the bundle in "models/toy", "toy"']);
+    const upper = await expectEnvelope(await h.request('/v1/estimates', { json: { prompt: 'a', model: 'Toy' } }), 400, 'validation_error');
+    expect(upper.message).toBe('model is a name from GET /v1/models (lower-case letters, digits, ., _ and -, at most 64 characters)');
+  });
 });

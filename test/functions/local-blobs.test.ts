@@ -98,6 +98,8 @@ describe('signed PUT', () => {
   it('a shorter body with a matching Content-Length → 400: the grant is for an exact size, as on S3', async () => {
     const err = await expectEnvelope(await put(await grant(10), new Uint8Array(5), { 'content-length': '5' }), 400, 'validation_error');
     expect(err.param).toBe('Content-Length');
+    // Most often curl -d, which drops the file's line breaks (the new-user review): said so.
+    expect(err.message).toBe('this upload URL is for exactly 10 bytes, but Content-Length is 5 (send the file as it is: curl --data-binary @FILE, not -d, which drops line breaks)');
     expect(await h.blobs.get('uploads/acct_alice/u1')).toBeNull();
   });
 

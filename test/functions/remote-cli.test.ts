@@ -403,6 +403,10 @@ describe.concurrent('clipag remote: retries', () => {
       /--init \S*cut\.jpg cannot be an init image: corrupt JPEG: segment 0xFF[0-9A-F]{2} at byte \d+ runs past the end of the file/,
     );
     expect(r.seen.length).toBe(before);
+    // A path that is not there, or a folder: said in words, not as an errno (the new-user review).
+    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--init', join(dir, 'missing.png')])).rejects.toThrow(`cannot read --init ${join(dir, 'missing.png')}: no such file`);
+    await expect(cli(['generate', 'a red circle', '--url', r.url, '--key', KEY, '--init', dir])).rejects.toThrow(`cannot read --init ${dir}: a folder, not a file`);
+    expect(r.seen.length).toBe(before);
   });
 
   it('a Retry-After past --timeout before any generation exists (the upload quota): exit 1, not 124, naming the limit and when to retry', async () => {

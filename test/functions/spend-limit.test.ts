@@ -80,7 +80,7 @@ describe('PUT, GET and DELETE /v1/spend-limit', () => {
 
   it('a deployment without a price refuses to set one (no cost could ever reach it)', async () => {
     const e = await expectEnvelope(await call(appAt(NOW, null), '/v1/spend-limit', { method: 'PUT', json: { monthly_usd: 10 } }), 400, 'validation_error');
-    expect([e.param, e.message]).toEqual(['monthly_usd', expect.stringContaining('sets no price')]);
+    expect([e.param, e.message]).toEqual(['monthly_usd', 'this deployment sets no price (hourly_usd is null), so generations have no cost to hold to a limit in dollars (its operator sets one with CLIPAG_WORKER_HOURLY_USD)']);
     expect(await h.blobs.head(spendLimitKey('acct_alice'))).toBeNull();
   });
 });
