@@ -2,6 +2,7 @@ import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { isListedErrorCode } from '../../shared/error-codes.ts';
+import { numberRuleMessage } from '../../shared/schemas/field-hints.ts';
 import { AuthError, ClipagError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError, exhaustedResource, toErrorEnvelope } from '../../shared/errors.ts';
 import type { ErrorEnvelopeBody, ExhaustedResource } from '../../shared/errors.ts';
 import { NewerJobRecordError } from '../../shared/jobstore.ts';
@@ -243,7 +244,8 @@ export function validationHook(
       const missing = p ? missingField(issue, p, result.data) : undefined;
       if (missing) return missing;
       // A rule that names its field itself ("limit must be …") is not prefixed with it again.
-      return p && !issue.message.startsWith(`${p} `) ? `${p}: ${issue.message}` : issue.message;
+      const text = numberRuleMessage(issue) ?? issue.message;
+      return p && !text.startsWith(`${p} `) ? `${p}: ${text}` : text;
     })
     .join('; ');
   throw new ValidationError(message || `invalid ${result.target}`, first ? paramOf(first) : undefined);
@@ -284,6 +286,9 @@ function isSafeIntegerBound(issue: ZodIssueLike): boolean {
 interface ZodIssueLike {
   maximum?: unknown;
   minimum?: unknown;
+  /** too_small / too_big: "number", "string", "array"…; and whether the bound itself is allowed. */
+  origin?: unknown;
+  inclusive?: unknown;
   code: string;
   path: ReadonlyArray<PropertyKey>;
   message: string;

@@ -46,15 +46,30 @@ export function unknownKeysMessage(keys: readonly string[], known: readonly stri
   return `${base} (${keys.map((_, i) => (hints[i] ? `${quoted[i]}: ${hints[i]}` : '')).filter(Boolean).join('; ')})`;
 }
 
+/**
+ * A number's rule in the words the hand-written messages use ("must be a whole number", "must be at
+ * least 64"), where zod says "Invalid input: expected int, received number" (which reads as a
+ * contradiction in JSON, where every number is a number) or "Too small: expected number to be >=64".
+ * From a finalized issue (no input): the API's validation hook words its 400s with it.
+ */
+export function numberRuleMessage(issue: { code: string; origin?: unknown; expected?: unknown; minimum?: unknown; maximum?: unknown; inclusive?: unknown }): string | undefined {
+  const bound = (v: unknown) => (typeof v === 'number' || typeof v === 'bigint' ? String(v) : undefined);
+  // expected "int" is a number that is not a whole one (a string would expect "number").
+  if (issue.code === 'invalid_type' && issue.expected === 'int') return 'must be a whole number';
+  if (issue.code === 'too_small' && issue.origin === 'number' && bound(issue.minimum) !== undefined) return issue.inclusive === false ? `must be greater than ${bound(issue.minimum)}` : `must be at least ${bound(issue.minimum)}`;
+  if (issue.code === 'too_big' && issue.origin === 'number' && bound(issue.maximum) !== undefined) return issue.inclusive === false ? `must be less than ${bound(issue.maximum)}` : `must be at most ${bound(issue.maximum)}`;
+  return undefined;
+}
+
 z.config({
   customError: (issue) => {
-    if (issue.code !== 'unrecognized_keys') return undefined;
-    const shape = (issue as { inst?: { shape?: unknown } }).inst?.shape;
-    if (!shape || typeof shape !== 'object') return undefined;
+    // A hint must never turn a 400 into a 500: zod's own words then.
     try {
+      if (issue.code !== 'unrecognized_keys') return undefined;
+      const shape = (issue as { inst?: { shape?: unknown } }).inst?.shape;
+      if (!shape || typeof shape !== 'object') return undefined;
       return unknownKeysMessage(issue.keys, Object.keys(shape));
     } catch {
-      // A hint must never turn a 400 into a 500: zod's own words then.
       return undefined;
     }
   },

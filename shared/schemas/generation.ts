@@ -55,7 +55,20 @@ const PromptText = z
 export const DEFAULT_SIDE = 224;
 
 /** An output side: `multipleOf`, not a refine, so the OpenAPI document states the rule too. */
-const SideValue = z.number().int().min(MIN_SIDE).max(MAX_SIDE).multipleOf(SIDE_MULTIPLE, { message: `must be a multiple of ${SIDE_MULTIPLE}` });
+const SideValue = z
+  .number()
+  .int()
+  .min(MIN_SIDE)
+  .max(MAX_SIDE)
+  .multipleOf(SIDE_MULTIPLE, {
+    // The sizes on either side, as a caller asking for 100 wants to know what to ask for instead.
+    error: (issue) => {
+      const v = typeof issue.input === 'number' ? issue.input : NaN;
+      const lower = Math.max(MIN_SIDE, Math.floor(v / SIDE_MULTIPLE) * SIDE_MULTIPLE);
+      const upper = Math.min(MAX_SIDE, lower + SIDE_MULTIPLE);
+      return `must be a multiple of ${SIDE_MULTIPLE}${Number.isFinite(v) && v > MIN_SIDE && v < MAX_SIDE ? ` (such as ${lower} or ${upper})` : ''}`;
+    },
+  });
 /** A stored spec's side (every stored spec names both; the default is for specs made before that). */
 const Side = SideValue.default(DEFAULT_SIDE);
 /** A request's side: when absent, the model's own input size (checkedSpec); a missing height takes the width. */
@@ -72,7 +85,8 @@ export function defaultSideFor(inputSize: number | undefined): number {
 }
 
 export const WeightedPrompt = z
-  .object({
+  .object(
+    {
     text: PromptText,
     weight: z
       .number()
@@ -81,7 +95,10 @@ export const WeightedPrompt = z
         not: { const: 0 },
         description: `Non-zero: a negative weight steers away from the text; at least one prompt must weigh more than 0. Weights are relative; in a request each is ${MIN_PROMPT_WEIGHT} to ${MAX_PROMPT_WEIGHT} in magnitude and at most ${MAX_RELATIVE_PROMPT_WEIGHT} times the positive weights together, and the same text given with opposite weights must not cancel out`,
       }),
-  })
+    },
+    // ["a red circle"] where objects are wanted: what one looks like, and the field for a single text.
+    { error: (issue) => (issue.code === 'invalid_type' && issue.expected === 'object' ? 'each of prompts is {"text": "…", "weight": 1}; for one text alone, send "prompt": "…"' : undefined) },
+  )
   .strict()
   .openapi('WeightedPrompt');
 

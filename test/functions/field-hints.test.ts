@@ -52,4 +52,15 @@ describe('an unknown field in a request body', () => {
     const upper = await expectEnvelope(await h.request('/v1/estimates', { json: { prompt: 'a', model: 'Toy' } }), 400, 'validation_error');
     expect(upper.message).toBe('model is a name from GET /v1/models (lower-case letters, digits, ., _ and -, at most 64 characters)');
   });
+
+  it.each([
+    [{ prompt: 'a', seed: 1.5 }, 'seed', 'seed: must be a whole number'],
+    [{ prompt: 'a', width: 100 }, 'width', 'width: must be a multiple of 32 (such as 96 or 128)'],
+    [{ prompt: 'a', width: 20 }, 'width', 'width: must be at least 64'],
+    [{ prompt: 'a', steps: 0 }, 'steps', 'steps: must be at least 1'],
+    [{ prompts: ['a red circle'] }, 'prompts.0', 'prompts.0: each of prompts is {"text": "…", "weight": 1}; for one text alone, send "prompt": "…"'],
+  ])('a number or a prompts item out of its rule %j: said in the words of the rule (zod said "expected int, received number")', async (body, param, message) => {
+    const err = await expectEnvelope(await h.request('/v1/generations', { json: body }), 400, 'validation_error');
+    expect([err.param, err.message]).toEqual([param, message]);
+  });
 });

@@ -25,7 +25,7 @@ describe('GenerationRequest', () => {
       n: 1,
       init: 'gmm',
     });
-    expect(GenerationRequest.safeParse({ prompt: 'x', width: 100 }).error?.issues[0]).toMatchObject({ path: ['width'], message: 'must be a multiple of 32' });
+    expect(GenerationRequest.safeParse({ prompt: 'x', width: 100 }).error?.issues[0]).toMatchObject({ path: ['width'], message: 'must be a multiple of 32 (such as 96 or 128)' });
     // A stored spec from before sizes were the model's own still gets 224.
     expect(GenerationSpec.parse({ prompt: 'x', model: 'toy' })).toMatchObject({ width: 224, height: 224 });
   });
