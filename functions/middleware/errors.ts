@@ -213,7 +213,15 @@ export function notFound(routes: ReadonlyArray<{ pattern: RegExp; methods: strin
   return function notFoundHandler(c) {
     const match = routes.find((r) => r.pattern.test(c.req.path));
     if (match) return errorResponse(c, methodNotAllowed(match.methods));
-    return errorResponse(c, new HttpError(404, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
+    // The address a newcomer opens first, and a trailing slash on a path that exists without it.
+    const trimmed = c.req.path.length > 1 ? c.req.path.replace(/\/+$/, '') : c.req.path;
+    const hint =
+      c.req.path === '/'
+        ? ': the API is under /v1 (GET /v1/models, POST /v1/generations …); GET /openapi.json describes it'
+        : trimmed !== c.req.path && routes.some((r) => r.pattern.test(trimmed))
+          ? `: without the trailing slash, ${trimmed}`
+          : '';
+    return errorResponse(c, new HttpError(404, 'not_found', `no route for ${c.req.method} ${c.req.path}${hint}`));
   };
 }
 

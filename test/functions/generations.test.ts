@@ -408,6 +408,12 @@ describe('cancel', () => {
     expect((await expectEnvelope(await h.request('/v1/nope'), 404, 'not_found')).param).toBeNull();
     expect((await expectEnvelope(await h.request(`/v1/generations/${id}/nope`), 404, 'not_found')).param).toBeNull();
   });
+
+  it('the root and a trailing slash: the 404 says where the API is, or the path without the slash (the new-user review)', async () => {
+    expect((await expectEnvelope(await h.request('/'), 404, 'not_found')).message).toBe('no route for GET /: the API is under /v1 (GET /v1/models, POST /v1/generations …); GET /openapi.json describes it');
+    expect((await expectEnvelope(await h.request('/v1/generations/'), 404, 'not_found')).message).toBe('no route for GET /v1/generations/: without the trailing slash, /v1/generations');
+    expect((await expectEnvelope(await h.request('/v1/nope/'), 404, 'not_found')).message).toBe('no route for GET /v1/nope/');
+  });
 });
 
 describe('another owner', () => {
