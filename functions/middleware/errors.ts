@@ -252,7 +252,8 @@ export function validationHook(
       const missing = p ? missingField(issue, p, result.data) : undefined;
       if (missing) return missing;
       // A rule that names its field itself ("limit must be …") is not prefixed with it again.
-      const text = numberRuleMessage(issue) ?? issue.message;
+      // Only zod's own words are replaced: a schema's hand-written message says more ("from 1 to 100").
+      const text = (/^(Too small|Too big|Invalid input): /.test(issue.message) ? numberRuleMessage(issue) : undefined) ?? issue.message;
       return p && !text.startsWith(`${p} `) ? `${p}: ${text}` : text;
     })
     .join('; ');
