@@ -149,6 +149,18 @@ export class CorruptDocumentError extends ClipagError {
 }
 
 /**
+ * A stored document a newer clipag wrote (a version, a field or a value this one does not know; ADR
+ * 0030): not damage, and not this version's to act on. The API answers it as a newer job record,
+ * 503 `unavailable` with the newer-version Retry-After, and a version that reads it answers the retry.
+ */
+export class NewerDocumentError extends CorruptDocumentError {
+  constructor(key: string, detail: string, publicMessage: string, options: ClipagErrorOptions = {}) {
+    super(key, detail, options);
+    this.message = publicMessage;
+  }
+}
+
+/**
  * An error as an operator's tool shows it: a corrupt record by its storage key and what is wrong with
  * it (the API's wording, "contact the operator", is for callers).
  */

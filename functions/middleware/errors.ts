@@ -3,7 +3,7 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { isListedErrorCode } from '../../shared/error-codes.ts';
 import { numberRuleMessage } from '../../shared/schemas/field-hints.ts';
-import { AuthError, ClipagError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError, exhaustedResource, toErrorEnvelope } from '../../shared/errors.ts';
+import { AuthError, ClipagError, NewerDocumentError, PreconditionFailedError, RetryableError, TooManyRequestsError, ValidationError, exhaustedResource, toErrorEnvelope } from '../../shared/errors.ts';
 import type { ErrorEnvelopeBody, ExhaustedResource } from '../../shared/errors.ts';
 import { NewerJobRecordError } from '../../shared/jobstore.ts';
 import { IdempotencyInProgressError, NewerClaimError } from '../idempotency.ts';
@@ -86,8 +86,8 @@ function listedEnvelopeFor(error: unknown, requestId: string): { status: number;
 }
 
 /** A job record or an Idempotency-Key claim a newer clipag wrote: the same deploy in progress, the same wait. */
-function writtenByNewerVersion(error: unknown): error is NewerJobRecordError | NewerClaimError {
-  return error instanceof NewerJobRecordError || error instanceof NewerClaimError;
+function writtenByNewerVersion(error: unknown): error is NewerJobRecordError | NewerClaimError | NewerDocumentError {
+  return error instanceof NewerJobRecordError || error instanceof NewerClaimError || error instanceof NewerDocumentError;
 }
 
 /**

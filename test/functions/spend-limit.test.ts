@@ -189,3 +189,20 @@ describe('spend limit edges (a mutation review)', () => {
     expect((await call(appAt(NOW, null), '/v1/generations', { json: BODY })).status).toBe(202);
   });
 });
+
+// The compatibility review's F4: a limit a newer clipag wrote (a later `v`) read by this version (a
+// rollback, or an operator's newer CLI) was "corrupt, contact the operator" on every POST of the account.
+describe('a spend limit a newer clipag wrote', () => {
+  it('answers the POST and GET it guards 503 unavailable with the newer-version Retry-After, never corrupt_record; damage stays a 409', async () => {
+    const app = appAt(NOW);
+    await h.blobs.put(spendLimitKey('acct_alice'), new TextEncoder().encode(JSON.stringify({ v: 2, monthly_usd: 10, updated_at: '2026-12-01T00:00:00.000Z', per_model: { toy: 5 } })));
+    for (const res of [await call(app, '/v1/generations', { json: BODY }), await call(app, '/v1/spend-limit')]) {
+      const err = await expectEnvelope(res, 503, 'unavailable');
+      expect(err.message).toBe("the account's spend limit was written by a newer version of the service; retry later");
+      expect(res.headers.get('Retry-After')).toBe('30');
+    }
+    expect((await h.jobs.listByOwner('acct_alice')).jobs).toEqual([]);
+    await h.blobs.put(spendLimitKey('acct_alice'), new TextEncoder().encode(JSON.stringify({ v: 1, monthly_usd: 'ten' })));
+    await expectEnvelope(await call(app, '/v1/generations', { json: BODY }), 409, 'corrupt_record');
+  });
+});
