@@ -43,7 +43,8 @@ export interface SynthesisProgress {
 export interface SynthesizedImage {
   index: number;
   seed: number;
-  png: Uint8Array;
+  /** Encoded when first read (SynthResult.png): a JPEG or WebP job's image is never encoded as a PNG. */
+  readonly png: Uint8Array;
   /** The image in the lossy format the spec asks for (output_format "jpeg" or "webp", at its output_quality; ADR 0041, 0043). */
   lossy?: { format: LossyOutputFormat; bytes: Uint8Array };
   width: number;
@@ -293,7 +294,11 @@ export function createEngineSynthesizer(options: EngineSynthesizerOptions): Synt
             break;
           }
           outcome.images.push({
-            index: i, seed: requests[i].seed, png: res.png, width: res.width, height: res.height,
+            // Read through: a PNG is encoded only for a job that stores one.
+            get png() {
+              return res.png;
+            },
+            index: i, seed: requests[i].seed, width: res.width, height: res.height,
             ...(isLossyOutputFormat(job.spec.output_format) ? { lossy: { format: job.spec.output_format, bytes: await encodeOutput(res.image, job.spec.output_format, job.spec.output_quality) } } : {}),
             clipScore: clipScore(res.scores), scores: res.scores, screenCosines: res.screenCosines, frames: res.frames, stepsDone: res.stepsDone,
           });

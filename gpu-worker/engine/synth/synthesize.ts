@@ -75,7 +75,8 @@ export interface PromptScore {
 }
 
 export interface SynthResult {
-  png: Uint8Array;
+  /** The image as a PNG, encoded when first read (a JPEG or WebP job never reads it: 3–39 ms saved). */
+  readonly png: Uint8Array;
   image: PlanarImage;
   width: number;
   height: number;
@@ -97,6 +98,7 @@ export interface SynthResult {
     /** Image-encoder forward+backward passes (views × steps) plus forward-only scoring passes. */
     encoderPasses: number;
     encoderBackwardPasses: number;
+    /** `encode`: the progress frames' PNGs (the final PNG is encoded when first read, outside these). */
     timingsMs: { init: number; compile: number; optimize: number; sessionRun: number; score: number; encode: number; total: number };
     /** Each stage run: its size, the steps done and the wall time of its step loop (compile excluded). Run statistics fit a step's cost against its size from these (ADR 0014). */
     stages: StageTiming[];
@@ -486,12 +488,13 @@ export async function synthesize(engine: ClipEngine, req: SynthRequest, opts: Sy
   // An aborted run's image is thrown away: it is not scored.
   const { scores, screenCosines } = aborted ? unscored() : await scoreImage(finalImage, screenUnits);
   timings.score = performance.now() - ts;
-  const te = performance.now();
-  const png = encodePng(finalImage);
-  timings.encode += performance.now() - te;
   timings.total = performance.now() - t0;
+  let png: Uint8Array | undefined;
   return {
-    png, image: finalImage, width: req.width, height: req.height, frames, bestLoss: best.loss, bestStep: best.step, lossHistory,
+    get png() {
+      return (png ??= encodePng(finalImage));
+    },
+    image: finalImage, width: req.width, height: req.height, frames, bestLoss: best.loss, bestStep: best.step, lossHistory,
     initialScores, initialImage: initialCopy, scores, screenCosines, stepsDone, aborted, warnings: engine.promptWarnings(req.prompts.map((p) => p.text)),
     usage: { encoderPasses, encoderBackwardPasses, timingsMs: timings, stages: stageTimings },
   };

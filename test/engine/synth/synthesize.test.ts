@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClipEngine } from '../../../gpu-worker/engine/engine.ts';
 import { EngineError } from '../../../gpu-worker/engine/errors.ts';
-import { decodeImage, resizeCover, solidImage, squareCropsCovering } from '../../../gpu-worker/engine/synth/image.ts';
+import { decodeImage, encodePng, resizeCover, solidImage, squareCropsCovering } from '../../../gpu-worker/engine/synth/image.ts';
 import { augmentViews, stepGraph } from '../../../gpu-worker/engine/synth/step-graph.ts';
 import { createSession } from '../../../gpu-worker/engine/runtime/session.ts';
 import { encodeModel } from '../../../gpu-worker/engine/onnx/codec.ts';
@@ -43,6 +43,10 @@ describe('synthesis on the tiny model', () => {
     const png = decodeImage(res.png);
     expect([png.width, png.height]).toEqual([32, 32]);
     expect(res.bestLoss).toBe(Math.min(...res.lossHistory));
+    // The PNG is encoded when first read (a JPEG or WebP job never reads it), once: the same bytes after.
+    expect(Object.getOwnPropertyDescriptor(res, 'png')?.get).toBeTypeOf('function');
+    expect(res.png).toBe(res.png);
+    expect(Buffer.from(res.png).equals(Buffer.from(encodePng(res.image)))).toBe(true);
   });
 
   it('a negative prompt lowers its own similarity', async () => {
