@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import { appendFileSync, chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { hostname } from 'node:os';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { canonicalJson } from '../functions/idempotency.ts';
 import { MAX_IMAGE_FILE_BYTES } from '../shared/image-header.ts';
@@ -69,6 +70,8 @@ interface LineState {
   attempt: number;
   upload: string | null;
   files: string[];
+  /** Each file's sha256 as written, in the same order: a later run keeps a file only while it holds these bytes. */
+  files_sha256: string[];
   seeds: number[];
   /** One per file, in the same order; null for an image the API gave no score (a worker leaves out a score that is not finite). */
   clip_scores: (number | null)[];
@@ -82,6 +85,8 @@ interface LineState {
   webhook_secret: string | null;
   /** The line's Idempotency-Key stem, to match the journal to the file. */
   stem: string;
+  /** Succeeded in an earlier run, its files still holding its images: nothing done for it in this one (not journaled). */
+  kept?: boolean;
 }
 
 /** The journal's record: what changed for a line (appended, never rewritten; the last record of a field wins). */
@@ -135,14 +140,20 @@ function lockDir(dir: string): () => void {
   for (let tries = 0; ; tries++) {
     try {
       const fd = openSync(path, 'wx');
-      writeSync(fd, String(process.pid));
+      // The host too: a pid says nothing of another machine's (or container's) runs, over a shared -d.
+      writeSync(fd, `${process.pid} ${hostname()}`);
       closeSync(fd);
       return () => rmSync(path, { force: true });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 0) throw new UsageError(`cannot lock ${dir} for this run (${path}): ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { brief: true });
-      const pid = Number(readFileSync(path, 'utf8').trim());
-      if (Number.isSafeInteger(pid) && pid > 0 && alive(pid)) {
-        throw new UsageError(`another run (pid ${pid}) is using ${dir}; wait for it, or give this one another -d (if no such run is going on, remove ${path})`, { brief: true });
+      const [pidText = '', host] = readFileSync(path, 'utf8').trim().split(/\s+/);
+      const pid = Number(pidText);
+      const removeHint = `(if no such run is going on, remove ${path})`;
+      if (host !== undefined && host !== hostname()) throw new UsageError(`another run (pid ${pid} on ${host}) is using ${dir}; wait for it, or give this one another -d ${removeHint}`, { brief: true });
+      // Our own pid is a run that died before us: in a container every run is pid 1, and a killed one
+      // left its lock (alive(1) is true there, and no run could ever start again).
+      if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+        throw new UsageError(`another run (pid ${pid}) is using ${dir}; wait for it, or give this one another -d ${removeHint}`, { brief: true });
       }
       rmSync(path, { force: true });
     }
@@ -178,7 +189,7 @@ async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, d
 
   let next = 0;
   let stop: Stop | undefined;
-  const report = (st: LineState) => io.out(json ? JSON.stringify(resultOf(st)) : lineText(st, dir));
+  const report = (st: LineState) => io.out(json ? JSON.stringify(printedResultOf(st)) : lineText(st, dir));
   const runner = async () => {
     for (;;) {
       const i = next++;
@@ -392,17 +403,18 @@ function readJournal(path: string): Map<string, JournalRecord> {
 function startState(line: Line, earlier: JournalRecord | undefined, retryFailed: boolean, dir: string): LineState {
   const st: LineState = {
     id: line.id, line: line.number, status: 'not_started', generation_id: null, attempt: 1, upload: null,
-    files: [], seeds: [], clip_scores: [], withheld: [], cost_usd: null, error: null, webhook_secret: null, stem: line.stem,
+    files: [], files_sha256: [], seeds: [], clip_scores: [], withheld: [], cost_usd: null, error: null, webhook_secret: null, stem: line.stem,
   };
   if (!earlier) return st;
   st.attempt = typeof earlier.attempt === 'number' ? earlier.attempt : 1;
   // An upload is the line's for good: its POST body names it, so a resumed POST must name the same one.
   st.upload = typeof earlier.upload === 'string' ? earlier.upload : null;
-  const done = earlier.status === 'succeeded' && Array.isArray(earlier.files) && earlier.files.length > 0 && earlier.files.every((f) => typeof f === 'string' && existsSync(join(dir, f)));
-  if (done) return { ...st, ...earlier, status: 'succeeded', stem: line.stem } as LineState;
+  const done = earlier.status === 'succeeded' && Array.isArray(earlier.files) && earlier.files.length > 0 && earlier.files.every((f, i) => typeof f === 'string' && holds(join(dir, f), earlier.files_sha256?.[i]));
+  if (done) return { ...st, files_sha256: [], ...earlier, status: 'succeeded', stem: line.stem, kept: true } as LineState;
   // Only an attempt seen to end failed or canceled is made again; one submitted goes on (its POST again
-  // gets it), whatever an earlier attempt ended as.
-  if ((earlier.status === 'failed' || earlier.status === 'canceled' || (earlier.status === 'refused' && earlier.error?.code === KEY_USED)) && retryFailed) {
+  // gets it), whatever an earlier attempt ended as. So is one whose images are gone for good (its
+  // generation deleted, or its images expired): nothing of it can be delivered any more.
+  if ((earlier.status === 'failed' || earlier.status === 'canceled' || (earlier.status === 'refused' && earlier.error?.code === KEY_USED) || (earlier.status === 'error' && earlier.error?.code === NO_IMAGES)) && retryFailed) {
     st.attempt += 1;
     // The next attempt is a new request: a new upload would do, but the line's own still does.
     return st;
@@ -415,6 +427,27 @@ function startState(line: Line, earlier: JournalRecord | undefined, retryFailed:
 
 /** The API's 409 for an Idempotency-Key used with another body. */
 const KEY_USED = 'idempotency_key_reused';
+/** A line whose generation succeeded with no image left to download (deleted, or its images expired). */
+const NO_IMAGES = 'no_images';
+
+/**
+ * Whether the file is there and holds the bytes a run wrote to it (`sha256`, from the journal). A file
+ * another line has written since (a line added above id-less ones renames them all; an "id" reused for
+ * another prompt) is not this line's image, and is downloaded again. A journal from before the hashes
+ * has none: the file's presence is all it can say.
+ */
+function holds(path: string, sha256: unknown): boolean {
+  if (!existsSync(path)) return false;
+  if (typeof sha256 !== 'string') return true;
+  try {
+    return createHash('sha256').update(readFileSync(path)).digest('hex') === sha256;
+  } catch {
+    return false;
+  }
+}
+
+/** A succeeded generation with nothing left to download: deleted, or its images expired. */
+const imagesGone = (g: Generation) => g.status === 'succeeded' && g.outputs.length === 0 && (g.deleted_at != null || (g.expired_outputs?.length ?? 0) > 0);
 const keyOf = (line: Line, st: LineState) => (st.attempt === 1 ? line.stem : `${line.stem}-${st.attempt}`);
 
 /**
@@ -433,7 +466,7 @@ async function lookUp(ctx: RunContext, s: Session, line: Line, st: LineState): P
     const g = await s.client.generationByKey(keyOf(line, st), { deadline: s.deadline });
     if (!g) return;
     if (line.initFile) st.upload = g.request.init;
-    if (!(ctx.retryFailed && (g.status === 'failed' || g.status === 'canceled'))) return;
+    if (!(ctx.retryFailed && (g.status === 'failed' || g.status === 'canceled' || imagesGone(g)))) return;
     st.attempt += 1;
   }
 }
@@ -573,7 +606,7 @@ function keyUsedDetail(ctx: RunContext, line: Line, key: string, detail: string)
 
 /** The fields an ended line's journal record and result carry. */
 function outcome(st: LineState): Partial<LineState> {
-  return { status: st.status, files: st.files, seeds: st.seeds, clip_scores: st.clip_scores, withheld: st.withheld, cost_usd: st.cost_usd, error: st.error, generation_id: st.generation_id, webhook_secret: st.webhook_secret };
+  return { status: st.status, files: st.files, files_sha256: st.files_sha256, seeds: st.seeds, clip_scores: st.clip_scores, withheld: st.withheld, cost_usd: st.cost_usd, error: st.error, generation_id: st.generation_id, webhook_secret: st.webhook_secret };
 }
 
 
@@ -584,12 +617,13 @@ async function settle(s: Session, line: Line, st: LineState, g: Generation, dir:
   st.withheld = g.withheld_outputs.map((w) => w.index);
   st.error = g.error ? { code: g.error.code, message: g.error.message } : null;
   st.files = [];
+  st.files_sha256 = [];
   st.seeds = [];
   st.clip_scores = [];
   if (g.status !== 'succeeded') return;
   if (g.outputs.length === 0 && (g.withheld_outputs.length === 0 || (g.expired_outputs?.length ?? 0) > 0)) {
     st.status = 'error';
-    st.error = { code: 'no_images', message: noImagesMessage(g) };
+    st.error = { code: NO_IMAGES, message: `${noImagesMessage(g)}; --retry-failed makes this line again (a new generation)` };
     return;
   }
   for (const o of g.outputs) {
@@ -599,20 +633,30 @@ async function settle(s: Session, line: Line, st: LineState, g: Generation, dir:
     checkDownloadedImage(o, bytes);
     writeWhole(join(dir, path), bytes);
     st.files.push(path);
+    st.files_sha256.push(createHash('sha256').update(bytes).digest('hex'));
     st.seeds.push(o.seed);
     st.clip_scores.push(o.clip_score ?? null);
   }
 }
 
 function resultOf(st: LineState): Record<string, unknown> {
-  const { stem: _stem, upload: _upload, attempt, ...rest } = st;
+  const { stem: _stem, upload: _upload, kept: _kept, attempt, ...rest } = st;
   return { ...rest, attempt };
+}
+
+/**
+ * A line as --json prints it on stdout: the results file's record without the webhook's signing secret,
+ * which a pipeline's captured stdout (a CI log) must not hold; results.jsonl (mode 0600) keeps it.
+ */
+function printedResultOf(st: LineState): Record<string, unknown> {
+  const { webhook_secret: _secret, ...rest } = resultOf(st);
+  return rest;
 }
 
 function lineText(st: LineState, dir: string): string {
   const what =
     st.status === 'succeeded'
-      ? `${st.files.length ? `wrote ${st.files.map((f) => join(dir, f)).join(', ')}` : ''}${st.withheld.length ? `; withheld by the output check: image ${st.withheld.join(', ')}` : ''}`
+      ? `${st.files.length ? `${st.kept ? 'kept' : 'wrote'} ${st.files.map((f) => join(dir, f)).join(', ')}` : ''}${st.withheld.length ? `; withheld by the output check: image ${st.withheld.join(', ')}` : ''}`
       : st.error
         ? `${st.error.code}: ${st.error.message}`
         : '';

@@ -142,20 +142,27 @@ webhook_events, output_format, output_quality), plus:
                DIR/<id>.png (n > 1: <id>-0.png, <id>-1.png, …; .jpg or .webp for output_format "jpeg" or "webp")
   "init_file"  a PNG or JPEG (a path from FILE's folder) uploaded as the line's init image (instead of "init")
 Every line is checked before the first request: a bad one is named by its number and nothing is sent.
-A line with webhook_url gets its signing secret as "webhook_secret" in results.jsonl and --json (never
-printed otherwise): the journal and results.jsonl hold secrets, and are made mode 0600.
+A line with webhook_url gets its signing secret as "webhook_secret" in results.jsonl (never printed,
+--json included: a pipeline's captured stdout is a log): the journal and results.jsonl hold secrets,
+and are made mode 0600.
 
   -d, --dir DIR     where the images, results.jsonl and the run's journal go (default: FILE's name
                     without .jsonl, beside it)
   --parallel N      lines in flight at once (1-16, default 4)
   --retry-failed    lines an earlier run of this command saw fail or canceled are made again (by
                     default they stay as they ended: the same Idempotency-Key gets the same generation),
-                    and lines refused 409 idempotency_key_reused (see below)
+                    lines whose generation has no image left (deleted, or its images expired), and
+                    lines refused 409 idempotency_key_reused (see below)
   --batch-key K     mixed into every line's Idempotency-Key: another K makes every line again
   --timeout SEC     the whole run's bound (default 3600); generations go on after it
-  --json            print each line's result (as results.jsonl has it) on stdout as it ends
+  --json            print each line's result (as results.jsonl has it, without webhook_secret) on stdout as it ends
 
-Running the same command again resumes: lines that succeeded and whose images are in DIR are kept;
+A line's Idempotency-Key comes from its id (line-<number> without one), its body, its init_file's
+bytes and --batch-key: the line is made once per account, and a later run of it (a new DIR too) gets
+that generation again; --batch-key K (a date, say) makes every line anew. Without "id", a line added or
+removed above renames and remakes the lines after it: give lines an "id" in a file you edit.
+Running the same command again resumes: lines that succeeded and whose images are in DIR (the bytes
+the run wrote: a file another line wrote since is downloaded again) are kept;
 every other line's POST is sent again with its own Idempotency-Key, which gets the generation an
 earlier run made (never a second one), and is waited for and downloaded. An init file is uploaded
 once however many lines name it, and not again on a resumed run (unless the API no longer has it).
@@ -169,13 +176,13 @@ nothing listening there stops the run at once.
 DIR/results.jsonl: one line per input line, in order: id, line, status (succeeded, failed, canceled,
 refused: the API said no before any generation was made, error: the request could not be made
 (a rerun tries it again), timed_out or interrupted: it goes on, not_started), generation_id, files,
-seeds, clip_scores (one per file, null where the image has none), withheld, cost_usd, error {code,
-message}, attempt.
+files_sha256 (each file's sha256 as written), seeds, clip_scores (one per file, null where the image
+has none), withheld, cost_usd, error {code, message}, webhook_secret, attempt.
 
 Exit status: 0 every line succeeded; 1 a line failed, was canceled, refused or could not be made
 (or the run stopped: a refused key, no API there); 2 bad usage, a bad line, no API key, or a URL fetch will not use; 3 images withheld by the output check (and nothing worse); 124 --timeout
-passed with generations going on; 130 interrupted (Ctrl-C; generations go on); where several apply,
-the first of 130, 124, 1, 3.`;
+passed with generations going on; 130 interrupted (Ctrl-C; generations go on), 143 on a SIGTERM
+(as Ctrl-C: results.jsonl written, DIR unlocked); where several apply, the first of 130/143, 124, 1, 3.`;
 
 /** Where `npm start` listens by default. */
 export const DEFAULT_API_URL = 'http://127.0.0.1:8787';
@@ -234,19 +241,33 @@ export interface RemoteIo {
 export async function run(argv: string[]): Promise<number> {
   const interrupt = new AbortController();
   let presses = 0;
+  let terminated = false;
   const onSigint = () => {
     // A second Ctrl-C does not wait for the first to be handled (a cancel on its way, say).
-    if (++presses > 1) process.exit(INTERRUPTED_EXIT_CODE);
+    if (++presses > 1) process.exit(terminated ? TERMINATED_EXIT_CODE : INTERRUPTED_EXIT_CODE);
     interrupt.abort();
   };
+  // A SIGTERM (a scheduler's timeout, docker stop, systemd) stops as Ctrl-C does: a batch writes its
+  // results and unlocks its folder. Without a handler Node died at once, and as a container's pid 1 it
+  // ignored the signal until the SIGKILL.
+  const onSigterm = () => {
+    terminated = true;
+    onSigint();
+  };
   process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigterm);
   try {
     const env = { ...process.env };
-    return await remote(argv, { env, out: (line) => console.log(line), err: (line) => void process.stderr.write(`${line}\n`), signal: interrupt.signal, invokedAs: invocation(env, process.argv[1], process.cwd()) });
+    const code = await remote(argv, { env, out: (line) => console.log(line), err: (line) => void process.stderr.write(`${line}\n`), signal: interrupt.signal, invokedAs: invocation(env, process.argv[1], process.cwd()) });
+    return terminated && code === INTERRUPTED_EXIT_CODE ? TERMINATED_EXIT_CODE : code;
   } finally {
     process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigterm);
   }
 }
+
+/** What a shell reports for a process a SIGTERM ended (128 + 15), as it reports 130 for Ctrl-C. */
+export const TERMINATED_EXIT_CODE = 143;
 
 export async function remote(argv: string[], io: RemoteIo): Promise<number> {
   const [action, ...rest] = argv;

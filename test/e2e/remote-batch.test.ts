@@ -5,11 +5,12 @@
 // generations going on (an API without a worker) says how to resume, and the resume finds them.
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawn } from 'node:child_process';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { remote } from '../../cli/remote.ts';
-import { UsageError } from '../../cli/common.ts';
+import { REPO_ROOT, UsageError } from '../../cli/common.ts';
 import { serve, type ServeHandle } from '../../cli/serve.ts';
 import { createApp } from '../../functions/app.ts';
 import { localDeps, startApiServer } from '../../functions/server.ts';
@@ -199,6 +200,34 @@ describe('clipag remote batch against the local server', () => {
     expect((await uploads(h.apiKey)).length).toBe(uploadsBefore);
   });
 
+  // The pipeline review's F1: a file another line has written since (id-less lines renumbered by a line
+  // added above them) was kept as this line's image, "wrote" printed, exit 0.
+  it("a rerun keeps a line's file only while it holds the bytes the line's run wrote; one another line has written since is downloaded again", async () => {
+    const a = jsonl(join(work, 'shift-a.jsonl'), [{ prompt: 'a red circle', seed: 1 }, { prompt: 'a green square', seed: 2 }]);
+    const dir = join(work, 'shift');
+    expect((await batch([a, '-d', dir], env())).code).toBe(0);
+    const first = results(dir);
+    expect(first.map((r) => (r.files_sha256 as string[]).length)).toEqual([1, 1]);
+    // One line added on top: every id-less line is renamed, and its files written over.
+    const b = jsonl(join(work, 'shift-b.jsonl'), [{ prompt: 'a blue star', seed: 3 }, { prompt: 'a red circle', seed: 1 }, { prompt: 'a green square', seed: 2 }]);
+    expect((await batch([b, '-d', dir], env())).code).toBe(0);
+    const made = await listed(h.url, h.apiKey);
+    const again = await batch([a, '-d', dir], env());
+    expect(again.code).toBe(0);
+    // Each file holds its own generation's image again (downloaded again: that generation, no new one).
+    for (const r of results(dir)) {
+      const res = await fetch(`${h.url}/v1/generations/${r.generation_id}/outputs/0`, { headers: { Authorization: `Bearer ${h.apiKey}` } });
+      const want = new Uint8Array(await res.arrayBuffer());
+      expect(createHash('sha256').update(readFileSync(join(dir, r.files[0]!))).digest('hex'), r.id).toBe(createHash('sha256').update(want).digest('hex'));
+    }
+    expect(results(dir).map((r) => r.generation_id)).toEqual(first.map((r) => r.generation_id));
+    expect(await listed(h.url, h.apiKey)).toEqual(made);
+    expect(again.stdout.every((l) => l.includes(' wrote '))).toBe(true);
+    // And run once more, nothing has changed: kept, said so.
+    const kept = await batch([a, '-d', dir], env());
+    expect(kept.stdout.map((l) => l.split(' ')[3])).toEqual(['kept', 'kept']);
+  });
+
   it('a line whose generation was deleted and whose journal is gone: the lookup finds it, says it was deleted, and makes nothing (no upload, no generation)', async () => {
     writeFileSync(join(work, 'gone-init.png'), encodePng(solidImage(64, 64, [0.8, 0.8, 0.1])));
     const file = jsonl(join(work, 'deleted.jsonl'), [{ id: 'g', prompt: 'a yellow square', init_file: 'gone-init.png', width: 64, height: 64 }]);
@@ -218,6 +247,20 @@ describe('clipag remote batch against the local server', () => {
     expect((r!.error as { message: string }).message).toMatch(/has no images to download \(deleted at /);
     expect(await listed(h.url, h.apiKey)).toEqual(made);
     expect((await uploads(h.apiKey)).length).toBe(uploadsBefore);
+    // The pipeline review's F3: the message says how to make it again, and --retry-failed does (it looped before).
+    expect((r!.error as { message: string }).message).toMatch(/; --retry-failed makes this line again \(a new generation\)$/);
+    const retried = await batch([file, '--retry-failed'], env());
+    expect(retried.code, retried.stderr).toBe(0);
+    const [made2] = results(dir);
+    expect(made2).toMatchObject({ status: 'succeeded', attempt: 2 });
+    expect(made2!.generation_id).not.toBe(first!.generation_id);
+    // And with the journal (its record: error no_images), the same.
+    expect((await fetch(`${h.url}/v1/generations/${made2!.generation_id}`, { method: 'DELETE', headers: auth })).status).toBe(200);
+    rmSync(join(dir, 'g.png'));
+    expect((await batch([file], env())).code).toBe(1);
+    const third = await batch([file, '--retry-failed'], env());
+    expect(third.code, third.stderr).toBe(0);
+    expect(results(dir)[0]).toMatchObject({ status: 'succeeded', attempt: 3 });
   });
 
   it('--retry-failed without a journal: the lookup passes the failed attempt (no guess, no upload) and makes the next; without the flag the same failed generation', async () => {
@@ -375,7 +418,7 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     expect((await listed(api.url, key)).sort()).toEqual(r.map((x) => x.generation_id).sort());
   });
 
-  it('a line with webhook_url keeps its signing secret (the POST\'s answer only) in the journal, results.jsonl and --json, files 0600; a run without the journal learns it again', async () => {
+  it('a line with webhook_url keeps its signing secret (the POST\'s answer only) in the journal and results.jsonl (not --json\'s stdout), files 0600; a run without the journal learns it again', async () => {
     const file = jsonl(join(work, 'hooks.jsonl'), [
       { id: 'hooked', prompt: 'a red circle', webhook_url: 'http://127.0.0.1:9/hook' },
       { id: 'plain', prompt: 'a blue square' },
@@ -388,7 +431,9 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     expect(hooked).toMatchObject({ id: 'hooked', status: 'timed_out', webhook_secret: expect.stringMatching(/^whsec_[A-Za-z0-9+/]{32}$/) });
     expect(plain).toMatchObject({ id: 'plain', webhook_secret: null });
     const secret = hooked!.webhook_secret as string;
-    expect(run.stdout.map((l) => JSON.parse(l) as { id: string; webhook_secret: unknown }).find((l) => l.id === 'hooked')?.webhook_secret).toBe(secret);
+    // Not on stdout, --json included (a pipeline's captured stdout is a log: the pipeline review's F6).
+    expect(run.stdout.map((l) => JSON.parse(l) as { id: string; webhook_secret?: unknown }).find((l) => l.id === 'hooked')).toMatchObject({ status: 'timed_out' });
+    expect(run.stdout.join('\n')).not.toContain('whsec_');
     expect(run.stderr).not.toContain('whsec_');
     expect(readFileSync(join(dir, 'journal.jsonl'), 'utf8')).toContain(secret);
     // Only the owner may read the files that hold it (the images' folder may be shared).
@@ -474,6 +519,36 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     const statuses = results(join(work, 'interrupted')).map((x) => x.status);
     expect(statuses.filter((s) => s === 'interrupted')).toHaveLength(2);
     expect(statuses.filter((s) => s === 'not_started')).toHaveLength(4);
+  });
+
+  // The pipeline review's F4: a SIGTERM (a scheduler's timeout, docker stop) killed the run at once: no
+  // results.jsonl, its lock left; in a container (pid 1) the signal was ignored and the lock held pid 1,
+  // which no later run there could take over.
+  it('SIGTERM: stops as Ctrl-C does (results.jsonl written, the folder unlocked), exit 143', async () => {
+    const file = jsonl(join(work, 'term.jsonl'), Array.from({ length: 4 }, (_, i) => ({ id: `t${i}`, prompt: `a blue square ${i}` })));
+    const dir = join(work, 'term');
+    const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'clipag.mjs'), 'remote', 'batch', file, '--parallel', '1'], {
+      env: { ...process.env, CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key },
+      stdio: 'ignore',
+    });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const journal = join(dir, 'journal.jsonl');
+    while (!(existsSync(journal) && readFileSync(journal, 'utf8').includes('"submitted"'))) await new Promise((r) => setTimeout(r, 50));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(143);
+    expect(results(dir).map((r) => r.status)).toEqual(['interrupted', 'not_started', 'not_started', 'not_started']);
+    expect(existsSync(join(dir, '.lock'))).toBe(false);
+  }, 60_000);
+
+  it("a lock naming this process's own pid (a container's pid 1, killed) is taken over; one of another host is refused, naming it", async () => {
+    const file = jsonl(join(work, 'pid1.jsonl'), [{ id: 'p', prompt: 'a red circle' }]);
+    const dir = join(work, 'pid1');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, '.lock'), `${process.pid} ${hostname()}`);
+    const run = await batch([file, '--timeout', '1'], { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key });
+    expect(run.code, run.stderr).toBe(124);
+    writeFileSync(join(dir, '.lock'), `1 build-host-7`);
+    await expect(batch([file, '--timeout', '1'], { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key })).rejects.toThrow(`another run (pid 1 on build-host-7) is using ${dir}; wait for it, or give this one another -d (if no such run is going on, remove ${join(dir, '.lock')})`);
   });
 });
 
