@@ -98,7 +98,9 @@ export class StatefulStack extends Stack {
         {
           allowedMethods: [s3.HttpMethods.PUT, s3.HttpMethods.GET, s3.HttpMethods.HEAD],
           allowedOrigins: [...config.corsAllowedOrigins],
-          allowedHeaders: ['content-type', 'content-length', 'content-md5', 'x-amz-*'],
+          // Every header an upload grant signs (its answer's `headers`): a browser's preflight names them,
+          // and a signed one cannot be left out. if-none-match: the link writes once (ADR 0044).
+          allowedHeaders: ['content-type', 'content-length', 'content-md5', 'if-none-match', 'x-amz-*'],
           exposedHeaders: ['ETag'],
           maxAge: 3000,
         },

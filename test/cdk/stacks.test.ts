@@ -5,6 +5,8 @@ import { Token } from 'aws-cdk-lib';
 import { ContainerImage } from 'aws-cdk-lib/aws-ecs';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { S3Client } from '@aws-sdk/client-s3';
+import { S3BlobStore } from '../../shared/adapters/aws/s3-blobstore.ts';
 import { BUNDLING, LIVE_ALIAS } from '../../cdk/lib/api-stack.ts';
 import { buildClipag, type ClipagStacks } from '../../cdk/lib/clipag.ts';
 import { BUCKET_PREFIXES, ENV, stageConfig, type StageConfig } from '../../cdk/lib/config.ts';
@@ -197,6 +199,17 @@ describe('StatefulStack', () => {
     expect(rules.some((r) => r.AbortIncompleteMultipartUpload)).toBe(true);
     const cors = bucket.CorsConfiguration.CorsRules as Array<{ AllowedMethods: string[] }>;
     expect(cors.some((r) => r.AllowedMethods.includes('PUT'))).toBe(true);
+  });
+
+  it("allows a browser's PUT every header an upload grant signs (a preflight naming one the rule lacks is refused, and a signed one cannot be left out)", async () => {
+    const rules = stateful.toJSON().Resources.ClipagBucket.Properties.CorsConfiguration.CorsRules as Array<{ AllowedMethods: string[]; AllowedHeaders: string[] }>;
+    const put = rules.find((r) => r.AllowedMethods.includes('PUT'))!;
+    const allowed = (h: string) => put.AllowedHeaders.some((a) => (a.endsWith('*') ? h.startsWith(a.slice(0, -1)) : a === h));
+    // The grant POST /v1/uploads makes (functions/routes/uploads.ts), signed offline.
+    const store = new S3BlobStore({ client: new S3Client({ region: 'eu-west-1', credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' } }), bucket: 'b' });
+    const grant = await store.signedPutUrl('uploads/o/u1', { contentType: 'image/png', maxBytes: 4096, contentLength: 1234, expiresSec: 60, createOnly: true });
+    expect(Object.keys(grant.headers).sort()).toEqual(['content-length', 'content-type', 'if-none-match']);
+    for (const h of Object.keys(grant.headers)) expect(allowed(h), h).toBe(true);
   });
 
   it('wires the job queue to the DLQ with maxReceiveCount 3, both SSE-encrypted, TLS only', () => {
