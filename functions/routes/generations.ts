@@ -19,6 +19,7 @@ import { fetchInitImage } from '../init-url.ts';
 import { listFilter } from '../list-filter.ts';
 import { validationHook } from '../middleware/errors.ts';
 import { newerWriterOf } from '../../shared/schemas/queue.ts';
+import { NewerJobRecordError } from '../../shared/jobstore.ts';
 import { EstimateView, GenerationFrameList, GenerationList, GenerationView, IdParam, LIST_SCAN_LIMIT, ListQuery } from '../schemas.ts';
 import { costUsd, estimateJob, runStartOf } from '../../shared/run-stats.ts';
 import { defaultSchedule } from '../../shared/schedule.ts';
@@ -826,22 +827,27 @@ export function registerGenerationRoutes(
 
   /**
    * The create route's validation hook (ADR 0030, the compatibility review's F1). A body this version
-   * refuses only for what a newer one added (a field, an enum value) is, under an Idempotency-Key that
-   * already made a generation, most likely the retry of a request a newer API took before a rollback:
-   * a 400 would tell the caller the request is wrong though its generation exists and is billed when a
-   * newer worker runs it, and a caller who "fixes" it under a new key makes a second one. Such a retry
-   * gets 503 with Retry-After instead, and a version that reads the body answers it. Every other
-   * refusal is the usual 400 (validationHook).
+   * refuses only for what a newer one added (a field, an enum value), under an Idempotency-Key whose
+   * generation this version cannot read either (a newer API stored it, then the API was rolled back), is
+   * the retry of that request: a 400 would tell the caller the request is wrong though its generation
+   * exists and is billed when a newer worker runs it, and a caller who "fixes" it under a new key makes a
+   * second one. Such a retry gets 503 with Retry-After instead, and a version that reads the body answers
+   * it. A key whose generation reads here was made with a body this version reads, so this body is
+   * another (a typo of a field, say): the usual 400 (validationHook), as is every other refusal.
    */
   async function refusedBody(result: { success: false; target: string; data?: unknown; error: { issues: ReadonlyArray<unknown> } }, c: Context<AppEnv>): Promise<never> {
     const key = c.req.header('Idempotency-Key');
     const newer = key !== undefined && IDEMPOTENCY_KEY_PATTERN.test(key) && result.target === 'json' ? newerWriterOf(GenerationRequest, result.data) : null;
     if (newer && key !== undefined) {
-      // A claim whose job is not written yet is 409 idempotency_in_progress here, as for any retry.
-      const made = await ctx.ledger.madeBy({ owner: c.get('owner'), key, now: ctx.clock() });
-      if (made) {
+      try {
+        // A newer claim is a 503 of its own (NewerClaimError); one whose job is not written yet a 409.
+        await ctx.ledger.madeBy({ owner: c.get('owner'), key, now: ctx.clock() });
+      } catch (error) {
+        if (!(error instanceof NewerJobRecordError)) throw error;
+        const id = /([^/]+)\.json$/.exec(error.key)?.[1];
         throw new NewerClaimError({
-          message: `this Idempotency-Key already made generation ${made.id}, with request fields this version of the service does not read (${newer.unknown.slice(0, 3).join(', ')}): the service is being deployed or rolled back; retry later with the same key and body`,
+          message: `this Idempotency-Key already made generation ${id ?? '(unnamed)'}, with request fields this version of the service does not read (${newer.unknown.slice(0, 3).join(', ')}): the service is being deployed or rolled back; retry later with the same key and body`,
+          cause: error,
         });
       }
     }
