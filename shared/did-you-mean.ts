@@ -10,14 +10,21 @@ function editDistance(a: string, b: string): number {
   return d[a.length]![b.length]!;
 }
 
+/** The longest text looked at for a near name. */
+const MAX_GIVEN_CHARS = 64;
+
 /**
  * The name of `names` closest to `given`, when it is close enough to be a typo: within one edit, two for
  * names of six characters and more; a name `given` begins (at least 3 characters of it) counts as one.
  */
 export function closestName(given: string, names: readonly string[]): string | undefined {
-  if (given.length < 2) return undefined;
+  // A name is short; a long `given` is no typo of one, and its table would cost length × length (a
+  // request body's 60 000-character key took seconds of CPU: the diff review).
+  if (given.length < 2 || given.length > MAX_GIVEN_CHARS) return undefined;
   let best: { name: string; d: number } | undefined;
   for (const name of names) {
+    // More than two edits apart by length alone, and no prefix: it cannot be the one.
+    if (Math.abs(name.length - given.length) > 2 && !(name.startsWith(given) && given.length >= 3)) continue;
     const d = name.length > given.length && name.startsWith(given) && given.length >= 3 ? 1 : editDistance(given, name);
     if (best === undefined || d < best.d) best = { name, d };
   }

@@ -36,11 +36,17 @@ export function fieldHint(given: string, known: readonly string[]): string | und
   return near === undefined ? undefined : `did you mean "${near}"?`;
 }
 
+/** The unknown keys a message names, at most. */
+const MAX_KEYS_NAMED = 5;
+
 /** zod's text for an `unrecognized_keys` issue, with a hint for each key that has one. */
-export function unknownKeysMessage(keys: readonly string[], known: readonly string[]): string {
+export function unknownKeysMessage(allKeys: readonly string[], known: readonly string[]): string {
+  // A body may hold thousands of keys: the message names the first few (and hints for those only).
+  const keys = allKeys.slice(0, MAX_KEYS_NAMED);
   const quoted = keys.map((k) => JSON.stringify(k.length > 60 ? `${k.slice(0, 60)}…` : k));
   const hints = keys.map((k) => fieldHint(k, known));
-  const base = `Unrecognized key${keys.length === 1 ? '' : 's'}: ${quoted.join(', ')}`;
+  const more = allKeys.length - keys.length;
+  const base = `Unrecognized key${allKeys.length === 1 ? '' : 's'}: ${quoted.join(', ')}${more > 0 ? ` and ${more} more` : ''}`;
   if (!hints.some(Boolean)) return base;
   if (keys.length === 1) return `${base} (${hints[0]})`;
   return `${base} (${keys.map((_, i) => (hints[i] ? `${quoted[i]}: ${hints[i]}` : '')).filter(Boolean).join('; ')})`;
