@@ -9,10 +9,7 @@ import { JOB_STATUSES } from '../shared/schemas/job.ts';
 import { WEBHOOK_STATUSES } from '../shared/schemas/view.ts';
 import { METADATA_KEY_PATTERN, METADATA_KEY_RULE, METADATA_MAX_KEYS } from '../shared/schemas/generation.ts';
 import { SORTABLE_ID_PATTERN } from '../shared/names.ts';
-import { z } from '@hono/zod-openapi';
-
-/** The API's created_after / created_before form (functions/schemas.ts ListQuery). */
-const RFC3339 = z.iso.datetime({ offset: true });
+import { ListQuery } from '../functions/schemas.ts';
 
 /** One page, or every page with --all (each one request, rate-limited like any): generous. */
 const LIST_TIMEOUT_SEC = 300;
@@ -66,8 +63,10 @@ export async function list(argv: string[], io: RemoteIo): Promise<number> {
     if (value === undefined) continue;
     // The API checks the form (RFC 3339); a date alone is the most common slip, said here with the fix.
     if (/^\d{4}-\d{2}-\d{2}$/.test(value)) throw new UsageError(`--${flag} takes a date and time, such as ${value}T00:00:00Z`);
-    // Any other form the API would refuse is refused here, in the flag's own name (the new-user review).
-    if (!RFC3339.safeParse(value).success) throw new UsageError(`--${flag} takes an RFC 3339 date and time, such as 2026-12-01T00:00:00Z or 2026-12-01T09:30:00+09:00 (got ${JSON.stringify(value.slice(0, 60))})`);
+    // Any other form the API would refuse is refused here by the API's own rule, in the flag's name (the
+    // new-user review): its message names the parameter, said as the flag.
+    const checked = ListQuery.shape[param].safeParse(value);
+    if (!checked.success) throw new UsageError(`${(checked.error.issues[0]?.message ?? `${param} must be an RFC 3339 date-time`).replace(param, `--${flag}`)} (got ${JSON.stringify(value.slice(0, 60))})`);
     query.set(param, value);
   }
   if (values.all && values.limit !== undefined) throw new UsageError('--limit goes without --all (--all reads every page, 100 at a time)');

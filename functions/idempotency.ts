@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { readDoc } from '../shared/documents.ts';
+import { parsedJson, readDoc } from '../shared/documents.ts';
 import { ConflictError, CorruptDocumentError, PreconditionFailedError, RetryableError } from '../shared/errors.ts';
 import type { BlobStore, JobStore } from '../shared/ports.ts';
 import type { JobRecord } from '../shared/schemas/job.ts';
@@ -380,15 +380,6 @@ export class NewerClaimError extends RetryableError {
   constructor(options: { cause?: unknown; message?: string } = {}) {
     const { message, ...rest } = options;
     super(message ?? 'the Idempotency-Key claim for this request was written by a newer version of the service; retry later', rest);
-  }
-}
-
-/** The JSON a document holds, or undefined where it holds none (readDoc has said why). */
-function parsedJson(bytes: Uint8Array): unknown {
-  try {
-    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
-  } catch {
-    return undefined;
   }
 }
 

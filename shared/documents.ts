@@ -12,6 +12,15 @@ export interface DocSchema<T> {
  * naming `key`: the one way every store reads its documents, so corruption never surfaces as a
  * SyntaxError / ZodError 500.
  */
+/** The JSON a document holds, or undefined where it holds none (not UTF-8, not JSON: readDoc says why). */
+export function parsedJson(bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch {
+    return undefined;
+  }
+}
+
 export function readDoc<T>(schema: DocSchema<T>, bytes: Uint8Array, key: string): T {
   let value: unknown;
   try {

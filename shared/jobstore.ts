@@ -1,5 +1,5 @@
 import { forEachLimited } from './concurrency.ts';
-import { readDoc } from './documents.ts';
+import { parsedJson, readDoc } from './documents.ts';
 import { CorruptDocumentError, NonRetryableError, NotFoundError, PreconditionFailedError, ValidationError } from './errors.ts';
 import type { BlobStore, JobMutation, JobPage, JobStore, UpdateOptions } from './ports.ts';
 import { listKeys } from './prefix.ts';
@@ -224,23 +224,10 @@ function namesCaseVariant(doc: unknown, owner: string, id: string): boolean {
   return doc.id !== id && doc.id.toLowerCase() === id.toLowerCase();
 }
 
-/** The document as JSON, or undefined when it is not UTF-8 JSON. */
-function parsedJson(body: Uint8Array): unknown {
-  try {
-    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
-  } catch {
-    return undefined;
-  }
-}
-
 /** The NewerJobRecordError for a record readDoc refused, or undefined when it is damage. */
 function newerRecordError(body: Uint8Array, key: string, owner: string, id: string): NewerJobRecordError | undefined {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
-  } catch {
-    return undefined;
-  }
+  const raw = parsedJson(body);
+  if (raw === undefined) return undefined;
   const newer = newerWriterOf(JobRecord, raw);
   if (!newer || !isPlainRecord(raw) || raw.owner !== owner || raw.id !== id || typeof raw.status !== 'string') return undefined;
   const text = (v: unknown) => (typeof v === 'string' ? v : undefined);

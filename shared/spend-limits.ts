@@ -5,7 +5,7 @@
 // lower of the two, a new generation is refused (402 spend_limit_reached) until that limit is raised or
 // removed, or the next UTC month begins. Generations already queued or running still run.
 import { z } from 'zod';
-import { readDoc } from './documents.ts';
+import { parsedJson, readDoc } from './documents.ts';
 import { CorruptDocumentError, NewerDocumentError } from './errors.ts';
 import { newerWriterOf } from './schemas/queue.ts';
 import { operatorSpendLimitKey, spendLimitKey } from './keys.ts';
@@ -43,19 +43,12 @@ export async function readSpendLimit(blobs: BlobStore, owner: string, setter: Sp
   } catch (error) {
     // A newer clipag's limit (a later `v`; the compatibility review's F4): the POST it guards is answered
     // 503 until a version that reads it serves it, never "corrupt, contact the operator".
-    const newer = error instanceof CorruptDocumentError && !(error instanceof NewerDocumentError) ? newerWriterOf(SpendLimitDoc, jsonOf(found.body)) : null;
+    const newer = error instanceof CorruptDocumentError && !(error instanceof NewerDocumentError) ? newerWriterOf(SpendLimitDoc, parsedJson(found.body)) : null;
     if (newer) throw new NewerDocumentError(key, `written by a newer clipag (this version does not know ${newer.unknown.slice(0, 5).join(', ')})`, "the account's spend limit was written by a newer version of the service; retry later", { cause: error });
     throw error;
   }
 }
 
-function jsonOf(bytes: Uint8Array): unknown {
-  try {
-    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
-  } catch {
-    return undefined;
-  }
-}
 
 /** Sets (or replaces) the owner's limit; the last write wins, as for any setting. */
 export async function putSpendLimit(blobs: BlobStore, owner: string, monthlyUsd: number, now: Date, setter: SpendLimitSetter = 'account'): Promise<SpendLimit> {

@@ -33,7 +33,7 @@ const deleteUpload = createRoute({
   path: '/v1/uploads/{id}',
   summary: 'Delete an init image now (idempotent)',
   description:
-    "Removes the uploaded file from storage at once, rather than when the deployment's upload retention would (5 days in AWS; where the bucket keeps earlier versions, AWS prod, the removed one expires a day later). Generations that used it keep their images; a new request naming it is then a 400 upload_not_found. 409 upload_in_use while a queued or running generation of the account uses it (wait for it to end, or cancel it, first). A DELETE of a generation does not remove its init image (other generations may use it): this does.",
+    "Removes the uploaded file from storage at once, rather than when the deployment's upload retention would (5 days in AWS; where the bucket keeps earlier versions, AWS prod, the removed one expires a day later). Generations that used it keep their images; a new request naming it is then a 400 upload_not_found (unless its upload link, within its life, writes the id again). 409 upload_in_use while a queued or running generation of the account uses it (wait for it to end, or cancel it, first). A DELETE of a generation does not remove its init image (other generations may use it): this does.",
   security: SECURITY,
   request: { params: IdParam },
   responses: {

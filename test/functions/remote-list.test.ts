@@ -100,8 +100,8 @@ describe('clipag remote list', () => {
       [['--metadata', 'a b=1'], /--metadata takes KEY=VALUE/],
       [['--since', '2026-12-01'], /--since takes a date and time, such as 2026-12-01T00:00:00Z/],
       // Any other form the API would refuse, in the flag's name (it named created_after, exit 1).
-      [['--since', 'yesterday'], /--since takes an RFC 3339 date and time, such as 2026-12-01T00:00:00Z or 2026-12-01T09:30:00\+09:00 \(got "yesterday"\)/],
-      [['--until', '2026-12-01 10:00:00Z'], /--until takes an RFC 3339 date and time/],
+      [['--since', 'yesterday'], /--since must be an RFC 3339 date-time with an upper-case T and Z \(or an offset\), seconds 00 to 59, such as 2026-12-01T00:00:00Z \(got "yesterday"\)/],
+      [['--until', '2026-12-01t10:00:00z'], /--until must be an RFC 3339 date-time with an upper-case T and Z/],
       [['--limit', '0'], /--limit is a whole number from 1 to 100/],
       [['--limit', '5', '--all'], /--limit goes without --all/],
       [['--cursor', 'nope'], /--cursor is the cursor an earlier list printed/],

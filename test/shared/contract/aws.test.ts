@@ -311,7 +311,7 @@ describe('S3 adapter specifics', () => {
     expect(calls.filter((o) => o?.forceRefresh === true).length).toBe(forcedBefore);
   });
 
-  it('a create-only signed PUT signs If-None-Match (s3rver does not check it; S3 refuses the PUT without it, and a second one 412)', async () => {
+  it('a create-only signed PUT signs If-None-Match and names it among the headers to send (which S3 then enforces; s3rver ignores it, so the refusals are tested on the local store)', async () => {
     const store = await freshS3Store();
     const signed = await store.signedPutUrl('uploads/once.png', { contentType: 'image/png', maxBytes: 100, contentLength: 5, expiresSec: 60, createOnly: true });
     expect(new URL(signed.url).searchParams.get('X-Amz-SignedHeaders')!.split(';')).toEqual(expect.arrayContaining(['content-length', 'content-type', 'if-none-match']));
