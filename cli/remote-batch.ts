@@ -115,6 +115,7 @@ export async function batch(argv: string[], io: RemoteIo): Promise<number> {
   if (batchKey !== '' && !IDEMPOTENCY_KEY.test(batchKey)) throw new UsageError('--batch-key must be visible ASCII characters, no spaces');
   const dir = resolve(values.dir ?? join(dirname(file), `${file.replace(/^.*[\\/]/, '').replace(/\.jsonl$/i, '')}${/\.jsonl$/i.test(file) ? '' : '-out'}`));
   const lines = readLines(file, batchKey, dir);
+  for (const warning of sameRequests(lines)) io.err(`clipag remote batch: warning: ${warning}`);
   try {
     mkdirSync(dir, { recursive: true });
   } catch (e) {
@@ -170,7 +171,14 @@ function alive(pid: number): boolean {
 }
 
 /** Why a whole run stopped before its lines did: Ctrl-C, the deadline, or a failure every line would meet. */
-type Stop = { kind: 'interrupted' } | { kind: 'timed_out' } | { kind: 'fatal'; message: string; usage: boolean };
+type Stop = { kind: 'interrupted' } | { kind: 'timed_out' } | { kind: 'fatal'; message: string; usage: boolean; /** Nothing a person must fix (the API restarting): the same command later goes on. */ tempfail?: boolean };
+
+/**
+ * The run stopped, or lines could not be made, for a reason that passes (the API down or restarting, a
+ * network that gave up), with nothing a person must fix: the same command again finishes it. BSD's
+ * EX_TEMPFAIL, so that a pipeline can retry on it and page a person on 1.
+ */
+export const TEMPFAIL_EXIT_CODE = 75;
 
 async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, dir: string, values: { url?: string; 'batch-key'?: string; 'retry-failed'?: boolean; json?: boolean }, parallel: number): Promise<number> {
   const json = Boolean(values.json);
@@ -200,8 +208,10 @@ async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, d
         continue;
       }
       if (stop !== undefined) {
-        // Not begun in this run; a generation an earlier run made for it goes on.
+        // Not begun in this run; a generation an earlier run made for it goes on. Reported as every
+        // other line is: a script reading stdout sees the whole file (the pipeline review).
         st.status = st.generation_id === null ? 'not_started' : stop.kind === 'interrupted' ? 'interrupted' : 'timed_out';
+        report(st);
         continue;
       }
       const stopped = await runLine(ctx, lines[i]!, st);
@@ -228,6 +238,21 @@ interface RunContext {
 }
 
 /** FILE read and every line checked, before any request: all of a file's problems at once, by line number. */
+/**
+ * Lines without an "id" that send the same request with a seed (the same image, byte for byte): each
+ * is made, and paid for (the pipeline review found a file with a line pasted twice). Said, not refused:
+ * without a seed two such lines are two variants, which is a way to ask for them.
+ */
+function sameRequests(lines: readonly Line[]): string[] {
+  const seen = new Map<string, number[]>();
+  for (const line of lines) {
+    if (line.id !== `line-${line.number}` || line.body.seed === undefined) continue;
+    const same = canonicalJson([line.body, line.initFile?.sha256 ?? null]);
+    seen.set(same, [...(seen.get(same) ?? []), line.number]);
+  }
+  return [...seen.values()].filter((numbers) => numbers.length > 1).map((numbers) => `lines ${numbers.join(', ')} are the same request with the same seed (no "id"): each is made and billed, the same image each time; drop the copies, or give each an "id" if that is what you want`);
+}
+
 function readLines(file: string, batchKey: string, dir: string): Line[] {
   let bytes: Uint8Array;
   try {
@@ -504,7 +529,7 @@ function fatalOf(e: unknown, s: Session): Stop | undefined {
   if (e instanceof ApiError && e.status === 402) return { kind: 'fatal', usage: false, message: `the account's monthly spend limit is reached (402 ${e.code}: ${e.detail}); raise it (clipag remote spend-limit set USD) and run the same command again: the lines not begun are made then` };
   if (isUnknownRoute(e)) return { kind: 'fatal', usage: false, message: `${e.message}; is ${s.conn.urlSource} ${shownUrl(s.conn.url)} the API's base address (with its stage path, without /v1)?` };
   if (e instanceof CannotSend && e.api) return { kind: 'fatal', usage: true, message: `${s.conn.urlSource} ${shownUrl(s.conn.url)}: ${e.message}` };
-  if (e instanceof GaveUp && (e.refused || e.noHost)) return { kind: 'fatal', usage: false, message: `${e.message} (${e.refused ? `connection refused: is the API running at ${shownUrl(s.conn.url)}?` : `no such host: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right?`})` };
+  if (e instanceof GaveUp && (e.refused || e.noHost)) return { kind: 'fatal', usage: false, ...(e.refused ? { tempfail: true } : {}), message: `${e.message} (${e.refused ? `connection refused: is the API running at ${shownUrl(s.conn.url)}? (the same command again goes on)` : `no such host: is ${s.conn.urlSource} ${shownUrl(s.conn.url)} right?`})` };
   return undefined;
 }
 
@@ -663,10 +688,21 @@ function lineText(st: LineState, dir: string): string {
   return `${st.id} ${st.status}${st.generation_id ? ` ${st.generation_id}` : ''}${what ? ` ${what}` : ''}`;
 }
 
+/**
+ * The summary's cost: the lines' together, and where some were kept from an earlier run (paid then),
+ * how much of it this run's lines cost (a resumed run's total is not what it spent: the pipeline review).
+ */
+export function costText(states: ReadonlyArray<Pick<LineState, 'status' | 'cost_usd' | 'kept'>>): string {
+  const costs = states.map((st) => st.cost_usd).filter((c): c is number => c !== null);
+  if (costs.length === 0) return '';
+  const cost = costs.reduce((sum, c) => sum + c, 0);
+  const keptCost = states.filter((st) => st.kept && st.cost_usd !== null).reduce((sum, st) => sum + st.cost_usd!, 0);
+  const succeeded = states.filter((st) => st.status === 'succeeded').length;
+  return `; cost $${cost.toFixed(4)}${costs.length < succeeded ? ` (${costs.length} priced)` : ''}${keptCost > 0 ? ` ($${(cost - keptCost).toFixed(4)} of it this run's; the rest kept from earlier runs)` : ''}`;
+}
+
 function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, file: string, dir: string, values: { url?: string; 'batch-key'?: string }): number {
   const count = (...ss: Status[]) => states.filter((st) => ss.includes(st.status)).length;
-  const costs = states.map((st) => st.cost_usd).filter((c): c is number => c !== null);
-  const cost = costs.reduce((sum, c) => sum + c, 0);
   // A line whose every image the output check withheld ends failed with content_policy: `remote generate`
   // exits 3 for that, not 1, and so does a batch whose only trouble it is.
   const allWithheld = states.filter((st) => st.status === 'failed' && st.error?.code === 'content_policy').length;
@@ -676,7 +712,7 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
     .filter(([, n]) => n > 0)
     .map(([k, n]) => `${n} ${k.replace('_', ' ')}`);
   if (stop?.kind === 'fatal') io.err(`clipag remote batch: stopped: ${stop.message}`);
-  io.err(`clipag remote batch: ${states.length} lines: ${parts.join(', ')}${withheld ? ` (${withheld} with images withheld)` : ''}${costs.length ? `; cost $${cost.toFixed(4)}${costs.length < count('succeeded') ? ` (${costs.length} priced)` : ''}` : ''}; results in ${join(dir, RESULTS)}`);
+  io.err(`clipag remote batch: ${states.length} lines: ${parts.join(', ')}${withheld ? ` (${withheld} with images withheld)` : ''}${costText(states)}; results in ${join(dir, RESULTS)}`);
   // Generations that go on (timed out or interrupted), and lines not begun or whose POST may have
   // landed: the same command again picks each up where it is.
   const goesOn = count('timed_out', 'interrupted');
@@ -686,9 +722,14 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
     io.err(`clipag remote batch: ${goesOn ? `${goesOn} generation${goesOn === 1 ? '' : 's'} go${goesOn === 1 ? 'es' : ''} on; ` : ''}${again.map(shellWord).join(' ')} ${goesOn ? 'picks them up and runs' : 'runs'} the lines not finished (no line is made twice)`);
   }
   if (stop?.kind === 'interrupted') return INTERRUPTED_EXIT_CODE;
-  if (stop?.kind === 'fatal') return stop.usage ? 2 : 1;
+  if (stop?.kind === 'fatal' && !stop.tempfail) return stop.usage ? 2 : 1;
   if (goesOn > 0 || stop?.kind === 'timed_out') return TIMED_OUT_EXIT_CODE;
-  if (count('failed', 'canceled', 'refused', 'error') - allWithheld > 0) return 1;
+  // A person must act (a line refused, failed, canceled, or with no image left: --retry-failed) …
+  const gone = states.filter((st) => st.status === 'error' && st.error?.code === NO_IMAGES).length;
+  if (count('failed', 'canceled', 'refused') - allWithheld + gone > 0) return 1;
+  // … or nothing must be fixed: lines that could not be made (a network or an API that gave up), a
+  // stop on a refused connection (the API restarting). The same command finishes them.
+  if (count('error') - gone > 0 || stop?.kind === 'fatal') return TEMPFAIL_EXIT_CODE;
   if (withheld > 0) return WITHHELD_EXIT_CODE;
   return 0;
 }

@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleepFor } from 'node:timers/promises';
+import { setMaxListeners } from 'node:events';
 import { basename, dirname, extname, isAbsolute, relative, resolve } from 'node:path';
 import { parseCliArgs as parseArgs } from './common.ts';
 import { RESOURCE_ID_PATTERN } from '../shared/names.ts';
@@ -179,10 +180,16 @@ refused: the API said no before any generation was made, error: the request coul
 files_sha256 (each file's sha256 as written), seeds, clip_scores (one per file, null where the image
 has none), withheld, cost_usd, error {code, message}, webhook_secret, attempt.
 
-Exit status: 0 every line succeeded; 1 a line failed, was canceled, refused or could not be made
-(or the run stopped: a refused key, no API there); 2 bad usage, a bad line, no API key, or a URL fetch will not use; 3 images withheld by the output check (and nothing worse); 124 --timeout
-passed with generations going on; 130 interrupted (Ctrl-C; generations go on), 143 on a SIGTERM
-(as Ctrl-C: results.jsonl written, DIR unlocked); where several apply, the first of 130/143, 124, 1, 3.`;
+Exit status: 0 every line succeeded; 1 a person must act: a line failed, was canceled or refused, or
+has no image left (--retry-failed), or the run stopped on a refused key, a spend limit, no API at that
+URL; 75 nothing to fix: lines could not be made (a network or an API that gave up) or the run stopped
+on a refused connection (the API restarting): the same command again finishes it; 2 bad usage, a bad
+line, no API key, or a URL fetch will not use; 3 images withheld by the output check (and nothing
+worse); 124 --timeout passed with generations going on; 130 interrupted (Ctrl-C; generations go on),
+143 on a SIGTERM (as Ctrl-C: results.jsonl written, DIR unlocked); where several apply, the first of
+130/143, 124, 1, 75, 3. With --json, stdout has every line's result, those not begun too.
+A webhook event carries the generation's metadata, not the line's "id": put the id in "metadata" to
+match events to lines.`;
 
 /** Where `npm start` listens by default. */
 export const DEFAULT_API_URL = 'http://127.0.0.1:8787';
@@ -240,6 +247,9 @@ export interface RemoteIo {
 /** The verb: the composition root. The environment is read here, once, and SIGINT wired to an abort. */
 export async function run(argv: string[]): Promise<number> {
   const interrupt = new AbortController();
+  // Every request in flight listens to it (a batch at --parallel 16 with retries has dozens): no leak,
+  // and Node's warning at 11 listeners was noise on stderr.
+  setMaxListeners(0, interrupt.signal);
   let presses = 0;
   let terminated = false;
   const onSigint = () => {

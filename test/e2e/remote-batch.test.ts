@@ -10,6 +10,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { remote } from '../../cli/remote.ts';
+import { costText } from '../../cli/remote-batch.ts';
 import { REPO_ROOT, UsageError } from '../../cli/common.ts';
 import { serve, type ServeHandle } from '../../cli/serve.ts';
 import { createApp } from '../../functions/app.ts';
@@ -331,6 +332,32 @@ describe('clipag remote batch against the local server', () => {
     const run = await batch([file], { CLIPAG_API_URL: h.url, CLIPAG_API_KEY: strictKey });
     expect(run.code, run.stderr).toBe(1);
     expect(results(join(work, 'mixed')).map((r) => [r.id, r.status])).toEqual([['cat', 'failed'], ['nomodel', 'refused']]);
+  });
+
+  // The pipeline review's F5, F7, F9: nothing listening (the API restarting) is a stop the same command
+  // goes on from: exit 75, not the 1 of a refused line; --json reports every line, the ones not begun too;
+  // a line pasted twice (the same request, the same seed, no id) is said before anything is sent.
+  it('nothing listening: exit 75 (EX_TEMPFAIL), every line on --json stdout; a seeded line pasted twice is warned of', async () => {
+    const port = await freePort();
+    const file = jsonl(join(work, 'down.jsonl'), [
+      { prompt: 'a red circle', seed: 5 },
+      { prompt: 'a blue square' },
+      { prompt: 'a red circle', seed: 5 },
+      { prompt: 'a blue square' },
+    ]);
+    const run = await batch([file, '--json', '--parallel', '1'], { CLIPAG_API_URL: `http://127.0.0.1:${port}`, CLIPAG_API_KEY: 'ck_any_key' });
+    expect(run.code, run.stderr).toBe(75);
+    expect(run.stderr).toContain('clipag remote batch: warning: lines 1, 3 are the same request with the same seed (no "id"): each is made and billed, the same image each time; drop the copies, or give each an "id" if that is what you want');
+    expect(run.stderr).not.toContain('lines 2, 4');
+    expect(run.stderr).toMatch(/stopped: .*connection refused: is the API running at http:\/\/127\.0\.0\.1:\d+\/\? \(the same command again goes on\)/);
+    expect(run.stdout.map((l) => (JSON.parse(l) as { id: string }).id)).toEqual(['line-1', 'line-2', 'line-3', 'line-4']);
+  });
+
+  it("the summary's cost says how much of it this run spent when lines were kept from an earlier run", () => {
+    const line = (status: 'succeeded' | 'failed', cost_usd: number | null, kept?: boolean) => ({ status, cost_usd, ...(kept ? { kept } : {}) });
+    expect(costText([line('succeeded', 0.5, true), line('succeeded', 0.25), line('failed', 0.125)])).toBe("; cost $0.8750 ($0.3750 of it this run's; the rest kept from earlier runs)");
+    expect(costText([line('succeeded', 0.5), line('succeeded', null)])).toBe('; cost $0.5000 (1 priced)');
+    expect(costText([line('succeeded', null)])).toBe('');
   });
 
   it('bad lines: every problem named by its line number, nothing sent (exit 2 through the CLI)', async () => {
