@@ -56,7 +56,7 @@ interface Line {
   files: string[];
 }
 
-type Status = 'succeeded' | 'failed' | 'canceled' | 'refused' | 'error' | 'timed_out' | 'interrupted' | 'not_started';
+type Status = 'succeeded' | 'failed' | 'canceled' | 'refused' | 'error' | 'timed_out' | 'interrupted' | 'not_started' | typeof SUBMITTED;
 /** The journal's word for a line whose POST was answered: its generation goes on (a --retry-failed run makes no other). */
 const SUBMITTED = 'submitted';
 
@@ -104,7 +104,7 @@ export async function batch(argv: string[], io: RemoteIo): Promise<number> {
     strict: true,
     options: {
       ...connectionOptions,
-      dir: { type: 'string', short: 'd' }, parallel: { type: 'string' }, 'retry-failed': { type: 'boolean' }, 'batch-key': { type: 'string' },
+      dir: { type: 'string', short: 'd' }, parallel: { type: 'string' }, 'retry-failed': { type: 'boolean' }, 'batch-key': { type: 'string' }, 'submit-only': { type: 'boolean' },
     },
   });
   if (positionals.length !== 1) throw new UsageError('give one file of requests, one JSON object a line: clipag remote batch requests.jsonl');
@@ -180,7 +180,7 @@ type Stop = { kind: 'interrupted' } | { kind: 'timed_out' } | { kind: 'fatal'; m
  */
 export const TEMPFAIL_EXIT_CODE = 75;
 
-async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, dir: string, values: { url?: string; 'batch-key'?: string; 'retry-failed'?: boolean; json?: boolean }, parallel: number): Promise<number> {
+async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, dir: string, values: { url?: string; 'batch-key'?: string; 'retry-failed'?: boolean; 'submit-only'?: boolean; json?: boolean }, parallel: number): Promise<number> {
   const json = Boolean(values.json);
   const journal = join(dir, JOURNAL);
   // A journal an older version wrote (0644, before it held secrets) is closed before one is added.
@@ -191,7 +191,7 @@ async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, d
   // An init file is uploaded once a run, whatever the lines that name it, and kept for the next run.
   const uploads = new Map<string, Promise<string>>();
   for (const [stem, r] of earlier) if (stem.startsWith('upload-') && typeof r.upload === 'string') uploads.set(stem.slice('upload-'.length), Promise.resolve(r.upload));
-  const ctx: RunContext = { s, dir, record, uploads, earlier, retryFailed: Boolean(values['retry-failed']) };
+  const ctx: RunContext = { s, dir, record, uploads, earlier, retryFailed: Boolean(values['retry-failed']), submitOnly: Boolean(values['submit-only']) };
   const kept = states.filter((st) => st.status === 'succeeded').length;
   io.err(`clipag remote batch: ${lines.length} line${lines.length === 1 ? '' : 's'} from ${file} → ${dir}${kept ? ` (${kept} kept from an earlier run)` : ''}; ${parallel} at once`);
 
@@ -235,6 +235,8 @@ interface RunContext {
   /** The journal of earlier runs into DIR, by line stem: a line it has no record of looks its key up (lookUp). */
   earlier: ReadonlyMap<string, JournalRecord>;
   retryFailed: boolean;
+  /** --submit-only: a line ends once its POST is answered (its generation goes on); a run without it collects. */
+  submitOnly: boolean;
 }
 
 /** FILE read and every line checked, before any request: all of a file's problems at once, by line number. */
@@ -571,6 +573,11 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
       st.webhook_secret = created.generation.webhook?.secret ?? null;
       // Kept at once: a run that stops now still knows the line's generation, and that this attempt goes on.
       record({ stem: line.stem, id: line.id, attempt: st.attempt, generation_id: st.generation_id, webhook_secret: st.webhook_secret, status: SUBMITTED, error: null });
+      // --submit-only: the line is made; its webhook (or a run without the flag) takes it from here.
+      if (ctx.submitOnly && !ended(created.generation)) {
+        st.status = SUBMITTED;
+        return undefined;
+      }
       const g = await untilEnded(s, created.generation, created.held);
       await settle(s, line, st, g, dir);
       record({ stem: line.stem, id: line.id, attempt: st.attempt, ...outcome(st) });
@@ -707,7 +714,7 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
   // exits 3 for that, not 1, and so does a batch whose only trouble it is.
   const allWithheld = states.filter((st) => st.status === 'failed' && st.error?.code === 'content_policy').length;
   const withheld = states.filter((st) => st.status === 'succeeded' && st.withheld.length > 0).length + allWithheld;
-  const parts = (['succeeded', 'failed', 'canceled', 'refused', 'error', 'timed_out', 'interrupted', 'not_started'] as Status[])
+  const parts = (['succeeded', SUBMITTED, 'failed', 'canceled', 'refused', 'error', 'timed_out', 'interrupted', 'not_started'] as Status[])
     .map((k) => [k, count(k)] as const)
     .filter(([, n]) => n > 0)
     .map(([k, n]) => `${n} ${k.replace('_', ' ')}`);
@@ -717,9 +724,11 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
   // landed: the same command again picks each up where it is.
   const goesOn = count('timed_out', 'interrupted');
   const unfinished = goesOn + count('not_started', 'error');
-  if (unfinished > 0) {
+  const submitted = count(SUBMITTED);
+  if (unfinished > 0 || submitted > 0) {
     const again = [...(io.invokedAs ?? ['clipag']), 'remote', 'batch', file, '-d', dir, ...(values.url !== undefined ? ['--url', values.url] : []), ...(values['batch-key'] !== undefined ? ['--batch-key', values['batch-key']] : [])];
-    io.err(`clipag remote batch: ${goesOn ? `${goesOn} generation${goesOn === 1 ? '' : 's'} go${goesOn === 1 ? 'es' : ''} on; ` : ''}${again.map(shellWord).join(' ')} ${goesOn ? 'picks them up and runs' : 'runs'} the lines not finished (no line is made twice)`);
+    const going = goesOn + submitted;
+    io.err(`clipag remote batch: ${going ? `${going} generation${going === 1 ? '' : 's'} go${going === 1 ? 'es' : ''} on; ` : ''}${again.map(shellWord).join(' ')} ${going ? (unfinished > 0 ? 'picks them up and runs the lines not finished' : 'waits for them and downloads their images') : 'runs the lines not finished'} (no line is made twice)`);
   }
   if (stop?.kind === 'interrupted') return INTERRUPTED_EXIT_CODE;
   if (stop?.kind === 'fatal' && !stop.tempfail) return stop.usage ? 2 : 1;

@@ -30,7 +30,7 @@ const SYNOPSIS = {
            [--model-version H] [--init KIND] [--strength X] [--cancel-after SEC] [-o out.png] [--format png|jpeg|webp] [--quality Q] [--idempotency-key K] [--timeout SEC] [--cancel-on-interrupt] [--json]`,
   get: 'clipag remote get ID [-o out.png] [--timeout SEC] [--cancel-on-interrupt] [--json]',
   cancel: 'clipag remote cancel ID [--timeout SEC] [--json]',
-  batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--timeout SEC] [--json]',
+  batch: 'clipag remote batch FILE.jsonl [-d DIR] [--parallel N] [--retry-failed] [--batch-key K] [--submit-only] [--timeout SEC] [--json]',
   'webhook-secret': 'clipag remote webhook-secret create|show|delete [--idempotency-key K] [--timeout SEC] [--json]',
   'spend-limit': 'clipag remote spend-limit show|set USD|delete [--timeout SEC] [--json]',
   redeliver: 'clipag remote redeliver ID [--timeout SEC] [--json]',
@@ -155,6 +155,8 @@ and are made mode 0600.
                     lines whose generation has no image left (deleted, or its images expired), and
                     lines refused 409 idempotency_key_reused (see below)
   --batch-key K     mixed into every line's Idempotency-Key: another K makes every line again
+  --submit-only     each line ends once its POST is answered (status "submitted": its generation goes
+                    on, and its webhook tells when it ends); the same command without it collects them
   --timeout SEC     the whole run's bound (default 3600); generations go on after it
   --json            print each line's result (as results.jsonl has it, without webhook_secret) on stdout as it ends
 
@@ -176,7 +178,8 @@ nothing listening there stops the run at once.
 
 DIR/results.jsonl: one line per input line, in order: id, line, status (succeeded, failed, canceled,
 refused: the API said no before any generation was made, error: the request could not be made
-(a rerun tries it again), timed_out or interrupted: it goes on, not_started), generation_id, files,
+(a rerun tries it again), timed_out or interrupted: it goes on, submitted: --submit-only made it and it
+goes on, not_started), generation_id, files,
 files_sha256 (each file's sha256 as written), seeds, clip_scores (one per file, null where the image
 has none), withheld, cost_usd, error {code, message}, webhook_secret, attempt.
 
@@ -187,7 +190,8 @@ on a refused connection (the API restarting): the same command again finishes it
 line, no API key, or a URL fetch will not use; 3 images withheld by the output check (and nothing
 worse); 124 --timeout passed with generations going on; 130 interrupted (Ctrl-C; generations go on),
 143 on a SIGTERM (as Ctrl-C: results.jsonl written, DIR unlocked); where several apply, the first of
-130/143, 124, 1, 75, 3. With --json, stdout has every line's result, those not begun too.
+130/143, 124, 1, 75, 3 (a --submit-only run whose lines were all made exits 0). With --json, stdout
+has every line's result, those not begun too.
 A webhook event carries the generation's metadata, not the line's "id": put the id in "metadata" to
 match events to lines.`;
 

@@ -548,6 +548,25 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     expect(statuses.filter((s) => s === 'not_started')).toHaveLength(4);
   });
 
+  // The pipeline review's F8: a pipeline the webhooks drive submits and leaves.
+  it('--submit-only: each line ends once its POST is answered (submitted, exit 0); the same command without it finds the same generations', async () => {
+    const file = jsonl(join(work, 'submit.jsonl'), [{ id: 's1', prompt: 'a red circle' }, { id: 's2', prompt: 'a blue square' }]);
+    const e = { CLIPAG_API_URL: api.url, CLIPAG_API_KEY: key };
+    const before = (await listed(api.url, key)).length;
+    const run = await batch([file, '--submit-only'], e);
+    expect(run.code, run.stderr).toBe(0);
+    const made = results(join(work, 'submit'));
+    expect(made.map((r) => [r.id, r.status])).toEqual([['s1', 'submitted'], ['s2', 'submitted']]);
+    expect(made.every((r) => typeof r.generation_id === 'string')).toBe(true);
+    expect(run.stderr).toMatch(/2 generations go on; .* waits for them and downloads their images \(no line is made twice\)/);
+    expect((await listed(api.url, key)).length).toBe(before + 2);
+    // Collected later (here: still queued, so it times out), the same generations, nothing new.
+    const collect = await batch([file, '--timeout', '1'], e);
+    expect(collect.code).toBe(124);
+    expect(results(join(work, 'submit')).map((r) => r.generation_id)).toEqual(made.map((r) => r.generation_id));
+    expect((await listed(api.url, key)).length).toBe(before + 2);
+  });
+
   // The pipeline review's F4: a SIGTERM (a scheduler's timeout, docker stop) killed the run at once: no
   // results.jsonl, its lock left; in a container (pid 1) the signal was ignored and the lock held pid 1,
   // which no later run there could take over.
