@@ -8,6 +8,8 @@ import { z } from 'zod';
 import { readDoc } from './documents.ts';
 import type { BlobStore } from './ports.ts';
 import { assertValidKey } from './keys.ts';
+import { OUTPUT_FORMATS } from './output-format.ts';
+import { GenerationSpec, WEBHOOK_EVENTS } from './schemas/generation.ts';
 
 export const WORKERS_PREFIX = 'workers/';
 /** How often a worker rewrites its document while its state stays the same. */
@@ -23,6 +25,20 @@ export const FLEET_READ_TIMEOUT_MS = 500;
 export const PRESENCE_STATES = ['starting', 'ready', 'busy'] as const;
 export type PresenceState = (typeof PRESENCE_STATES)[number];
 
+/**
+ * What a worker reads of a stored request (its spec): the keys, and the values of the fields whose
+ * values a later version may add to. A queued generation whose spec holds something no running worker
+ * reads waits for an upgraded one (ADR 0030): the API says so instead of "starts within seconds".
+ * Optional: a worker from before it says nothing, and is taken to read everything (as before).
+ */
+export const SpecReads = z
+  .object({
+    spec_keys: z.array(z.string().max(64)).max(200),
+    values: z.record(z.string().max(64), z.array(z.string().max(64)).max(100)),
+  })
+  .loose();
+export type SpecReads = z.infer<typeof SpecReads>;
+
 export const WorkerPresence = z
   .object({
     v: z.literal(1),
@@ -30,9 +46,34 @@ export const WorkerPresence = z
     state: z.enum(PRESENCE_STATES),
     started_at: z.string(),
     beat_at: z.string(),
+    reads: SpecReads.optional(),
   })
   .loose();
 export type WorkerPresence = z.infer<typeof WorkerPresence>;
+
+/**
+ * What this version reads of a stored spec: its schema's keys, and the values of its open lists. A
+ * field whose values grow (a new output format, a new webhook event) belongs here when it is added.
+ */
+export function specReads(): SpecReads {
+  return { spec_keys: Object.keys(GenerationSpec.shape), values: { output_format: [...OUTPUT_FORMATS], webhook_events: [...WEBHOOK_EVENTS] } };
+}
+
+/** What of `spec` a worker that `reads` does not read ("output_format: \"webp\"", "guidance"); empty when it reads all of it. */
+export function unreadIn(spec: Readonly<Record<string, unknown>>, reads: SpecReads): string[] {
+  const unread: string[] = [];
+  for (const [key, value] of Object.entries(spec)) {
+    if (value === undefined) continue;
+    if (!reads.spec_keys.includes(key)) {
+      unread.push(key);
+      continue;
+    }
+    const known = Object.hasOwn(reads.values, key) ? reads.values[key] : undefined;
+    if (!known) continue;
+    for (const v of Array.isArray(value) ? value : [value]) if (typeof v === 'string' && !known.includes(v)) unread.push(`${key}: ${JSON.stringify(v)}`);
+  }
+  return unread;
+}
 
 export function workerPresenceKey(workerId: string): string {
   const key = `${WORKERS_PREFIX}${workerId}.json`;
@@ -50,6 +91,32 @@ export interface FleetView {
   workers_starting: number;
 }
 
+/** A fleet reading: the counts, and what each counted worker reads (null: a worker from before `reads`). Not shown as such. */
+export interface FleetReading extends FleetView {
+  readers?: Array<{ state: PresenceState; reads: SpecReads | null }>;
+}
+
+/** The counts alone, as a view shows them. */
+export function fleetCounts(fleet: FleetView): FleetView {
+  return { workers_ready: fleet.workers_ready, workers_busy: fleet.workers_busy, workers_starting: fleet.workers_starting };
+}
+
+/**
+ * What of a queued generation's spec no counted worker reads: empty when some worker reads all of it,
+ * or some may (one that does not say what it reads), or the reading has no workers or none listed.
+ */
+export function unreadByFleet(fleet: FleetReading, spec: Readonly<Record<string, unknown>>): string[] {
+  const readers = fleet.readers ?? [];
+  if (readers.length === 0 || readers.some((r) => r.reads === null)) return [];
+  let least: string[] | undefined;
+  for (const r of readers) {
+    const unread = unreadIn(spec, r.reads!);
+    if (unread.length === 0) return [];
+    if (least === undefined || unread.length < least.length) least = unread;
+  }
+  return least ?? [];
+}
+
 /**
  * The fleet from the fresh presence documents. Freshness is the store's own write time (the listing's
  * lastModified, on the store's clock, not a worker's), so stale documents are dropped before any is
@@ -57,7 +124,7 @@ export interface FleetView {
  * counted; any other failure fails the reading, which the caller then leaves out rather than report
  * a fleet of zero.
  */
-export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView> {
+export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetReading> {
   const fresh: string[] = [];
   let cursor: string | undefined;
   do {
@@ -67,7 +134,7 @@ export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView>
     }
     cursor = page.cursor;
   } while (cursor !== undefined && fresh.length < MAX_WORKERS_READ);
-  const fleet: FleetView = { workers_ready: 0, workers_busy: 0, workers_starting: 0 };
+  const fleet: FleetReading & { readers: NonNullable<FleetReading['readers']> } = { workers_ready: 0, workers_busy: 0, workers_starting: 0, readers: [] };
   const documents = await Promise.all(fresh.slice(0, MAX_WORKERS_READ).map((key) => blobs.get(key)));
   for (const object of documents) {
     if (!object) continue;
@@ -80,6 +147,7 @@ export async function readFleet(blobs: BlobStore, now: Date): Promise<FleetView>
       if (isNewerPresence(object.body, object.key)) throw new Error(`worker presence ${object.key} is of a newer version: this API cannot count it`, { cause: error });
       continue; // damaged: no worker this version can know of
     }
+    fleet.readers.push({ state: presence.state, reads: presence.reads ?? null });
     if (presence.state === 'starting') fleet.workers_starting++;
     else {
       fleet.workers_ready++;
@@ -109,14 +177,14 @@ function isNewerPresence(bytes: Uint8Array, key: string): boolean {
  * again on every GET.
  */
 export function cachedFleet(
-  read: (now: Date) => Promise<FleetView>,
+  read: (now: Date) => Promise<FleetReading>,
   clock: () => Date,
   options: { ttlMs?: number; failureTtlMs?: number; timeoutMs?: number; onFailure?: (error: unknown) => void } = {},
-): () => Promise<FleetView> {
+): () => Promise<FleetReading> {
   const ttlMs = options.ttlMs ?? 15_000;
   const failureTtlMs = options.failureTtlMs ?? 5_000;
   const timeoutMs = options.timeoutMs ?? FLEET_READ_TIMEOUT_MS;
-  let cached: { at: number; value: Promise<FleetView>; failed: boolean } | undefined;
+  let cached: { at: number; value: Promise<FleetReading>; failed: boolean } | undefined;
   return () => {
     const now = clock();
     const age = cached ? now.getTime() - cached.at : Infinity;
@@ -160,8 +228,11 @@ export async function removeStalePresence(blobs: BlobStore, now: Date, olderThan
   return removed;
 }
 
-/** What a caller whose generation waits is told of the fleet, in words. */
-export function fleetNote(fleet: FleetView, options: { scales?: boolean } = {}): string {
+/** What a caller whose generation waits is told of the fleet, in words; `unread`: what of its request no worker running reads (unreadByFleet). */
+export function fleetNote(fleet: FleetView, options: { scales?: boolean; unread?: readonly string[] } = {}): string {
+  if (options.unread?.length && fleet.workers_ready + fleet.workers_starting > 0) {
+    return `no worker running now reads this generation's request (${options.unread.slice(0, 3).join(', ')}): the service is being deployed or rolled back, and it starts once a worker of the version that made it runs`;
+  }
   // A fleet that does not scale (clipag serve: its one worker, in its own process) is told as it is.
   const scales = options.scales ?? true;
   const free = fleet.workers_ready - fleet.workers_busy;

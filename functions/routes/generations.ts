@@ -28,7 +28,7 @@ import type { JobMutation } from '../../shared/ports.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import type { AppDeps, AppEnv, AppLogEntry } from '../types.ts';
 import { generationFrames, generationView, outputLink, publishedIndices, viewOptionsFromConfig } from '../../shared/views.ts';
-import { cachedFleet, fleetNote, readFleet } from '../../shared/worker-presence.ts';
+import { cachedFleet, fleetCounts, fleetNote, readFleet, unreadByFleet } from '../../shared/worker-presence.ts';
 import { CANCEL_WEBHOOK_TIMEOUT_MS, checkOutboundUrl, checkWebhookUrl, deliverWebhook, freshWebhookState, httpWebhookSender, newWebhookSecret, WEBHOOK_MAX_ATTEMPTS, webhookOwed, type WebhookDeliveryDeps } from '../../shared/webhooks.ts';
 import type { ApiErrorCodeName } from '../../shared/error-codes.ts';
 import { conflict, preferredWaitSec, promptBadRequest, SECURITY, pick } from './common.ts';
@@ -316,11 +316,13 @@ export function registerGenerationRoutes(
     onFailure: (error) => ctx.log({ level: 'warn', msg: 'worker presence not read; queued views and estimates say nothing of the fleet', error: String(error) }),
   });
   /** The fleet as a queued view and an estimate show it (ADR 0040); null where it does not read: a hint is not worth a failed answer. */
-  const queueState = () => readFleetCached().then((f) => ({ ...f, note: fleetNote(f, { scales: deps.fleetScales ?? true }) }), () => null);
+  // A queued generation's own: whether any worker running reads its request (a deploy or a rollback).
+  const queueState = (spec?: Readonly<Record<string, unknown>>) =>
+    readFleetCached().then((f) => ({ ...fleetCounts(f), note: fleetNote(f, { scales: deps.fleetScales ?? true, ...(spec ? { unread: unreadByFleet(f, spec) } : {}) }) }), () => null);
   /** A queued generation's view says whether a worker is there to take it. */
   const withQueue = async (job: JobRecord, shown: Promise<z.output<typeof GenerationView>>): Promise<z.output<typeof GenerationView>> => {
     if (job.status !== 'queued') return shown;
-    const [v, queue] = await Promise.all([shown, queueState()]);
+    const [v, queue] = await Promise.all([shown, queueState(job.spec)]);
     return queue ? { ...v, queue } : v;
   };
   const view = (job: JobRecord) => withQueue(job, generationView(job, blobs, limits.signedUrlTtlSec, ctx.clock(), viewOptions));

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { BlobStore } from '../../shared/ports.ts';
-import { WORKER_BEAT_MS, workerPresenceKey, type PresenceState, type WorkerPresence } from '../../shared/worker-presence.ts';
+import { WORKER_BEAT_MS, specReads, workerPresenceKey, type PresenceState, type WorkerPresence } from '../../shared/worker-presence.ts';
 import type { Logger, WorkerState } from './worker.ts';
 
 export interface Presence {
@@ -46,6 +46,8 @@ export function startPresence(opts: { blobs: BlobStore; workerId?: string; clock
   const workerId = opts.workerId ?? newWorkerId();
   const key = workerPresenceKey(workerId);
   const startedAt = clock().toISOString();
+  // What this worker reads of a stored request: the API tells a generation only a newer worker runs so.
+  const reads = specReads();
   let current: PresenceState | null = 'starting';
   let failing = false;
   let stopped: Promise<void> | undefined;
@@ -74,7 +76,7 @@ export function startPresence(opts: { blobs: BlobStore; workerId?: string; clock
       writeWaiting = false;
       if (current === null || stopped) return;
       removed = false;
-      const doc: WorkerPresence = { v: 1, worker_id: workerId, state: current, started_at: startedAt, beat_at: clock().toISOString() };
+      const doc: WorkerPresence = { v: 1, worker_id: workerId, state: current, started_at: startedAt, beat_at: clock().toISOString(), reads };
       await opts.blobs.put(key, new TextEncoder().encode(JSON.stringify(doc)), { contentType: 'application/json' });
     }, 'written; tried again at the next beat');
   };

@@ -5,7 +5,7 @@ import { utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
-import { workerPresenceKey } from '../../shared/worker-presence.ts';
+import { specReads, type SpecReads, workerPresenceKey } from '../../shared/worker-presence.ts';
 import { expectEnvelope, harness, type Harness } from './helpers.ts';
 
 let h: Harness;
@@ -16,8 +16,8 @@ afterEach(() => h.close());
 
 const T0 = Date.parse('2026-12-07T12:00:00Z');
 /** A worker's document as written at `writtenAt`: freshness is the store's write time (its file's mtime here), not the worker's clock. */
-async function presence(id: string, state: 'starting' | 'ready' | 'busy', writtenAt: number, beatAt = writtenAt) {
-  await h.blobs.put(workerPresenceKey(id), new TextEncoder().encode(JSON.stringify({ v: 1, worker_id: id, state, started_at: new Date(T0 - 600_000).toISOString(), beat_at: new Date(beatAt).toISOString() })));
+async function presence(id: string, state: 'starting' | 'ready' | 'busy', writtenAt: number, beatAt = writtenAt, reads?: SpecReads) {
+  await h.blobs.put(workerPresenceKey(id), new TextEncoder().encode(JSON.stringify({ v: 1, worker_id: id, state, started_at: new Date(T0 - 600_000).toISOString(), beat_at: new Date(beatAt).toISOString(), ...(reads ? { reads } : {}) })));
   await utimes(join(h.dir, 'blobs', 'objects', workerPresenceKey(id)), new Date(writtenAt), new Date(writtenAt));
 }
 
@@ -88,6 +88,31 @@ describe('queue state of a queued generation', () => {
     // clipag serve's one worker: nothing is started for the queue, and none running means it stopped.
     expect(fleetNote({ workers_ready: 1, workers_busy: 1, workers_starting: 0 }, { scales: false })).toBe('the one worker is running other generations: this one starts when one is free');
     expect(fleetNote({ workers_ready: 0, workers_busy: 0, workers_starting: 0 }, { scales: false })).toBe("no worker is running: this server's worker has stopped or is unhealthy (its log says why); the generation starts when one runs again");
+  });
+
+  // The compatibility review's F3: during a deploy or a rollback, a generation only a newer worker reads
+  // was told "a worker is free: starts within seconds" while every worker running put it back.
+  it("a generation no running worker reads (a field, or a value, of a newer version) is told so, not 'starts within seconds'", async () => {
+    const older: SpecReads = { ...specReads(), values: { ...specReads().values, output_format: ['png', 'jpeg'] } };
+    await presence('old-1', 'ready', T0 - 10_000, T0 - 10_000, older);
+    await presence('old-2', 'busy', T0 - 10_000, T0 - 10_000, older);
+    const { post, get } = app(() => T0);
+    const webp = (await (await post('/v1/generations', { prompt: 'a red circle', output_format: 'webp' })).json()) as { id: string; queue: unknown };
+    const told = { workers_ready: 2, workers_busy: 1, workers_starting: 0, note: 'no worker running now reads this generation\'s request (output_format: "webp"): the service is being deployed or rolled back, and it starts once a worker of the version that made it runs' };
+    expect(webp.queue).toEqual(told);
+    expect(((await (await get(`/v1/generations/${webp.id}`)).json()) as { queue: unknown }).queue).toEqual(told);
+    // One those workers read is told as before.
+    const png = (await (await post('/v1/generations', { prompt: 'a red circle' })).json()) as { queue: { note: string } };
+    expect(png.queue.note).toBe('a worker is free: the generation starts within seconds');
+  });
+
+  it('a worker that reads it, or one from before workers said what they read, counts as one that may: the note is as before', async () => {
+    const older: SpecReads = { ...specReads(), values: { ...specReads().values, output_format: ['png', 'jpeg'] } };
+    await presence('old', 'ready', T0 - 10_000, T0 - 10_000, older);
+    await presence('silent', 'ready', T0 - 10_000); // no `reads`: from before the field
+    const { post } = app(() => T0);
+    const webp = (await (await post('/v1/generations', { prompt: 'a red circle', output_format: 'webp' })).json()) as { queue: { note: string } };
+    expect(webp.queue.note).toBe('2 workers are free: the generation starts within seconds');
   });
 
   it('a generation that runs or has ended has no queue', async () => {

@@ -8,7 +8,7 @@ import { presenceStateOf, startPresence } from '../../gpu-worker/worker/presence
 import type { Logger } from '../../gpu-worker/worker/worker.ts';
 import { LocalBlobStore } from '../../shared/adapters/local/index.ts';
 import type { BlobStore } from '../../shared/ports.ts';
-import { readFleet, WORKERS_PREFIX, workerPresenceKey } from '../../shared/worker-presence.ts';
+import { readFleet, specReads, WORKERS_PREFIX, workerPresenceKey } from '../../shared/worker-presence.ts';
 import { listKeys } from '../../shared/prefix.ts';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,7 +40,9 @@ describe('worker presence', () => {
     let now = Date.parse('2026-12-07T12:00:00Z');
     const presence = startPresence({ blobs, workerId: 'w-1', clock: () => new Date(now), beatMs: 40, log: log() });
     await waitFor('the first write', () => read(blobs, 'w-1'));
-    expect(await read(blobs, 'w-1')).toEqual({ v: 1, worker_id: 'w-1', state: 'starting', started_at: '2026-12-07T12:00:00.000Z', beat_at: '2026-12-07T12:00:00.000Z' });
+    // With what it reads of a stored request (the API tells a generation only a newer worker runs so).
+    expect(await read(blobs, 'w-1')).toEqual({ v: 1, worker_id: 'w-1', state: 'starting', started_at: '2026-12-07T12:00:00.000Z', beat_at: '2026-12-07T12:00:00.000Z', reads: specReads() });
+    expect(specReads().spec_keys).toEqual(expect.arrayContaining(['prompt', 'output_format', 'webhook_events', 'cancel_after']));
     presence.state('polling');
     await waitFor('ready', async () => (await read(blobs, 'w-1'))?.state === 'ready');
     now += 60_000;
@@ -48,7 +50,7 @@ describe('worker presence', () => {
     presence.state('running');
     await waitFor('busy', async () => (await read(blobs, 'w-1'))?.state === 'busy');
     // Fresh by the store's write time (this machine's clock here), whatever the worker's clock says.
-    expect(await readFleet(blobs, new Date())).toEqual({ workers_ready: 1, workers_busy: 1, workers_starting: 0 });
+    expect(await readFleet(blobs, new Date())).toEqual({ workers_ready: 1, workers_busy: 1, workers_starting: 0, readers: [{ state: 'busy', reads: specReads() }] });
     await Promise.all([presence.stop(), presence.stop()]);
     expect(await read(blobs, 'w-1')).toBeNull();
     // No beat writes it again after the stop.
