@@ -262,7 +262,8 @@ export async function run(argv: string[]): Promise<number> {
       const existed = existsSync(out);
       try {
         // Whole or not at all: a failed write (a full disk, Ctrl-C) leaves the file that was there.
-        writeWhole(out, await encodeOutput(res.image, fileFormat.format, fileFormat.quality, res.png));
+        // The PNG only for a PNG (res.png is encoded when read: a JPEG or WebP never encodes one).
+        writeWhole(out, await encodeOutput(res.image, fileFormat.format, fileFormat.quality, fileFormat.format === 'png' ? res.png : undefined));
       } catch (e) {
         const kept = existed ? 'the file that was there is as it was' : 'nothing was written';
         throw new EngineError('runtime_failed', `cannot write ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; ${kept}`);

@@ -77,7 +77,8 @@ interface LineState {
   clip_scores: (number | null)[];
   withheld: number[];
   cost_usd: number | null;
-  error: { code: string; message: string } | null;
+  /** `retryable` (an `error` line's): the same command again may finish it (a network, the API or a link that gave up), with nothing to fix. */
+  error: { code: string; message: string; retryable?: boolean } | null;
   /**
    * The signing secret of the generation's webhook (a line with `webhook_url`): the API answers it in
    * the POST only (and its replays), so it is kept here, or no event of the line could be verified.
@@ -210,8 +211,9 @@ async function runBatch(s: Session, io: RemoteIo, lines: Line[], file: string, d
       if (stop !== undefined) {
         // Not begun in this run; a generation an earlier run made for it goes on. Reported as every
         // other line is: a script reading stdout sees the whole file (the pipeline review).
-        st.status = st.generation_id === null ? 'not_started' : stop.kind === 'interrupted' ? 'interrupted' : 'timed_out';
-        report(st);
+        st.status = st.generation_id === null ? 'not_started' : stop.kind === 'interrupted' ? 'interrupted' : stop.kind === 'timed_out' ? 'timed_out' : SUBMITTED;
+        // Stdout is every line's only with --json (a script reads it whole); the human summary counts them.
+        if (json) report(st);
         continue;
       }
       const stopped = await runLine(ctx, lines[i]!, st);
@@ -437,7 +439,11 @@ function startState(line: Line, earlier: JournalRecord | undefined, retryFailed:
   // An upload is the line's for good: its POST body names it, so a resumed POST must name the same one.
   st.upload = typeof earlier.upload === 'string' ? earlier.upload : null;
   const done = earlier.status === 'succeeded' && Array.isArray(earlier.files) && earlier.files.length > 0 && earlier.files.every((f, i) => typeof f === 'string' && holds(join(dir, f), earlier.files_sha256?.[i]));
-  if (done) return { ...st, files_sha256: [], ...earlier, status: 'succeeded', stem: line.stem, kept: true } as LineState;
+  if (done) {
+    // A journal from before the hashes: the files as they are now (kept because they are there).
+    const files_sha256 = Array.isArray(earlier.files_sha256) && earlier.files_sha256.length === earlier.files!.length ? earlier.files_sha256 : earlier.files!.map((f) => createHash('sha256').update(readFileSync(join(dir, f))).digest('hex'));
+    return { ...st, ...earlier, files_sha256, status: 'succeeded', stem: line.stem, kept: true } as LineState;
+  }
   // Only an attempt seen to end failed or canceled is made again; one submitted goes on (its POST again
   // gets it), whatever an earlier attempt ended as. So is one whose images are gone for good (its
   // generation deleted, or its images expired): nothing of it can be delivered any more.
@@ -471,6 +477,17 @@ function holds(path: string, sha256: unknown): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Whether a line's failure passes by itself (a network, the API or a signed link that gave up: a 5xx, a
+ * 429, an expired link's 403/404), so that the same command finishes the line, or a person must act
+ * (a full disk, a folder in the way, a URL fetch will never use). Unknown: a person.
+ */
+function passes(e: unknown): boolean {
+  if (e instanceof GaveUp) return true;
+  if (e instanceof ApiError) return e.status >= 500 || e.status === 429 || e.status === 408 || (!e.what.includes('/v1/') && (e.status === 403 || e.status === 404));
+  return false;
 }
 
 /** A succeeded generation with nothing left to download: deleted, or its images expired. */
@@ -620,7 +637,7 @@ async function runLine(ctx: RunContext, line: Line, st: LineState): Promise<Stop
         st.status = 'error';
         const code = e instanceof ApiError ? e.code : e instanceof GaveUp ? 'gave_up' : e instanceof CannotSend ? 'cannot_send' : ((e as NodeJS.ErrnoException).code ?? 'error');
         const lost = st.generation_id === null && (e as { lost?: boolean }).lost === true;
-        st.error = { code, message: `${(e as Error).message}${lost ? '; the POST may have reached the API: running the command again gets its generation if it was made, never a second one' : ''}` };
+        st.error = { code, message: `${(e as Error).message}${lost ? '; the POST may have reached the API: running the command again gets its generation if it was made, never a second one' : ''}`, retryable: passes(e) };
       }
       record({ stem: line.stem, id: line.id, attempt: st.attempt, ...outcome(st) });
       return undefined;
@@ -705,10 +722,10 @@ export function costText(states: ReadonlyArray<Pick<LineState, 'status' | 'cost_
   const cost = costs.reduce((sum, c) => sum + c, 0);
   const keptCost = states.filter((st) => st.kept && st.cost_usd !== null).reduce((sum, st) => sum + st.cost_usd!, 0);
   const succeeded = states.filter((st) => st.status === 'succeeded').length;
-  return `; cost $${cost.toFixed(4)}${costs.length < succeeded ? ` (${costs.length} priced)` : ''}${keptCost > 0 ? ` ($${(cost - keptCost).toFixed(4)} of it this run's; the rest kept from earlier runs)` : ''}`;
+  return `; cost $${cost.toFixed(4)}${costs.length < succeeded ? ` (${costs.length} priced)` : ''}${keptCost > 0 ? ` (of it $${keptCost.toFixed(4)} for lines kept from earlier runs)` : ''}`;
 }
 
-function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, file: string, dir: string, values: { url?: string; 'batch-key'?: string }): number {
+function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, file: string, dir: string, values: { url?: string; 'batch-key'?: string; 'submit-only'?: boolean }): number {
   const count = (...ss: Status[]) => states.filter((st) => ss.includes(st.status)).length;
   // A line whose every image the output check withheld ends failed with content_policy: `remote generate`
   // exits 3 for that, not 1, and so does a batch whose only trouble it is.
@@ -726,7 +743,8 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
   const unfinished = goesOn + count('not_started', 'error');
   const submitted = count(SUBMITTED);
   if (unfinished > 0 || submitted > 0) {
-    const again = [...(io.invokedAs ?? ['clipag']), 'remote', 'batch', file, '-d', dir, ...(values.url !== undefined ? ['--url', values.url] : []), ...(values['batch-key'] !== undefined ? ['--batch-key', values['batch-key']] : [])];
+    // A --submit-only run's lines not begun are begun by the same command; its submitted ones collected without the flag.
+    const again = [...(io.invokedAs ?? ['clipag']), 'remote', 'batch', file, '-d', dir, ...(values.url !== undefined ? ['--url', values.url] : []), ...(values['batch-key'] !== undefined ? ['--batch-key', values['batch-key']] : []), ...(values['submit-only'] && unfinished > 0 ? ['--submit-only'] : [])];
     const going = goesOn + submitted;
     io.err(`clipag remote batch: ${going ? `${going} generation${going === 1 ? '' : 's'} go${going === 1 ? 'es' : ''} on; ` : ''}${again.map(shellWord).join(' ')} ${going ? (unfinished > 0 ? 'picks them up and runs the lines not finished' : 'waits for them and downloads their images') : 'runs the lines not finished'} (no line is made twice)`);
   }
@@ -738,6 +756,8 @@ function summarize(io: RemoteIo, states: LineState[], stop: Stop | undefined, fi
   if (count('failed', 'canceled', 'refused') - allWithheld + gone > 0) return 1;
   // … or nothing must be fixed: lines that could not be made (a network or an API that gave up), a
   // stop on a refused connection (the API restarting). The same command finishes them.
+  const toFix = states.filter((st) => st.status === 'error' && st.error?.code !== NO_IMAGES && st.error?.retryable !== true).length;
+  if (toFix > 0) return 1;
   if (count('error') - gone > 0 || stop?.kind === 'fatal') return TEMPFAIL_EXIT_CODE;
   if (withheld > 0) return WITHHELD_EXIT_CODE;
   return 0;

@@ -116,7 +116,8 @@ canceled generation, or --timeout passed before any generation was made; 2 bad u
 will not use, too), or no API key (no --key, no CLIPAG_API_KEY and, for a --url on this machine, no
 key file); 3 withheld by the output check (as clipag generate); 124 --timeout passed while a
 generation goes on (or may have been made, or its images are still to download): the printed command
-picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt). webhook-secret: 0 done
+picks it up; 130 interrupted (Ctrl-C; it goes on unless --cancel-on-interrupt), 143 on a SIGTERM (as
+Ctrl-C, --cancel-on-interrupt included). webhook-secret: 0 done
 (show and delete also when there is none), 1 refused or failed, 124 --timeout passed after a create's
 POST may have made a secret (the printed command gets it), 130 interrupted.
 
@@ -178,8 +179,8 @@ nothing listening there stops the run at once.
 
 DIR/results.jsonl: one line per input line, in order: id, line, status (succeeded, failed, canceled,
 refused: the API said no before any generation was made, error: the request could not be made
-(a rerun tries it again), timed_out or interrupted: it goes on, submitted: --submit-only made it and it
-goes on, not_started), generation_id, files,
+(a rerun tries it again), timed_out or interrupted: it goes on, submitted: --submit-only made it, or a
+stopped run had it from an earlier one, and it goes on, not_started), generation_id, files,
 files_sha256 (each file's sha256 as written), seeds, clip_scores (one per file, null where the image
 has none), withheld, cost_usd, error {code, message}, webhook_secret, attempt.
 
@@ -189,9 +190,11 @@ URL; 75 nothing to fix: lines could not be made (a network or an API that gave u
 on a refused connection (the API restarting): the same command again finishes it; 2 bad usage, a bad
 line, no API key, or a URL fetch will not use; 3 images withheld by the output check (and nothing
 worse); 124 --timeout passed with generations going on; 130 interrupted (Ctrl-C; generations go on),
-143 on a SIGTERM (as Ctrl-C: results.jsonl written, DIR unlocked); where several apply, the first of
-130/143, 124, 1, 75, 3 (a --submit-only run whose lines were all made exits 0). With --json, stdout
-has every line's result, those not begun too.
+143 on a SIGTERM (as Ctrl-C: results.jsonl written, DIR unlocked). Where several apply: 130/143 first,
+then a stop a person must fix (1, or 2), then 124, 1, 75, 3; a --submit-only run whose lines were all
+made exits 0. An "error" line's error says "retryable": true where the same command may finish it (a
+network, the API or a link that gave up; exit 75), else a person must act (a full disk; exit 1).
+With --json, stdout has every line's result, those not begun too.
 A webhook event carries the generation's metadata, not the line's "id": put the id in "metadata" to
 match events to lines.`;
 

@@ -353,11 +353,25 @@ describe('clipag remote batch against the local server', () => {
     expect(run.stdout.map((l) => (JSON.parse(l) as { id: string }).id)).toEqual(['line-1', 'line-2', 'line-3', 'line-4']);
   });
 
-  it("the summary's cost says how much of it this run spent when lines were kept from an earlier run", () => {
+  it("the summary's cost says how much of it is for lines kept from an earlier run (paid then)", () => {
     const line = (status: 'succeeded' | 'failed', cost_usd: number | null, kept?: boolean) => ({ status, cost_usd, ...(kept ? { kept } : {}) });
-    expect(costText([line('succeeded', 0.5, true), line('succeeded', 0.25), line('failed', 0.125)])).toBe("; cost $0.8750 ($0.3750 of it this run's; the rest kept from earlier runs)");
+    expect(costText([line('succeeded', 0.5, true), line('succeeded', 0.25), line('failed', 0.125)])).toBe('; cost $0.8750 (of it $0.5000 for lines kept from earlier runs)');
     expect(costText([line('succeeded', 0.5), line('succeeded', null)])).toBe('; cost $0.5000 (1 priced)');
     expect(costText([line('succeeded', null)])).toBe('');
+  });
+
+  // The review of the exit-75 change: an error a person must fix (a folder where the image goes) exited
+  // 75 ("run it again"), and a pipeline retrying on 75 looped for ever.
+  it('a line that could not be kept for a reason a person must fix (a folder at its image path): error, not retryable, exit 1', async () => {
+    const file = jsonl(join(work, 'blocked.jsonl'), [{ id: 'b', prompt: 'a red circle', seed: 9 }]);
+    const dir = join(work, 'blocked');
+    mkdirSync(join(dir, 'b.png'), { recursive: true });
+    const run = await batch([file], env());
+    expect(run.code, run.stderr).toBe(1);
+    const [r] = results(dir);
+    expect(r).toMatchObject({ status: 'error', error: { retryable: false } });
+    rmSync(join(dir, 'b.png'), { recursive: true });
+    expect((await batch([file], env())).code).toBe(0);
   });
 
   it('bad lines: every problem named by its line number, nothing sent (exit 2 through the CLI)', async () => {
@@ -520,6 +534,8 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/stopped: the API refused the key from CLIPAG_API_KEY \(401 /);
     expect(results(join(work, 'badkey')).map((r) => r.status)).toEqual(Array(12).fill('not_started'));
+    // Without --json the lines not begun are counted in the summary, not printed one by one (a 500-line file printed 500).
+    expect(run.stdout).toEqual([]);
   });
 
   it('Ctrl-C: exit 130, the lines in flight interrupted (they go on), the rest not started', async () => {
