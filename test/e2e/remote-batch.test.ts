@@ -534,8 +534,9 @@ describe('clipag remote batch: --timeout while the generations go on (an API wit
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/stopped: the API refused the key from CLIPAG_API_KEY \(401 /);
     expect(results(join(work, 'badkey')).map((r) => r.status)).toEqual(Array(12).fill('not_started'));
-    // Without --json the lines not begun are counted in the summary, not printed one by one (a 500-line file printed 500).
-    expect(run.stdout).toEqual([]);
+    // Without --json the lines not begun are counted in the summary, not printed one by one (a 500-line
+    // file printed 500): only the one the key was refused on.
+    expect(run.stdout).toEqual(['line-1 not_started']);
   });
 
   it('Ctrl-C: exit 130, the lines in flight interrupted (they go on), the rest not started', async () => {
