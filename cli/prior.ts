@@ -1,7 +1,8 @@
 // clipag prior <subcommand>: GMM initialization priors (docs/prior-format.md). `fit` streams an image
 // folder into a prior file (gpu-worker/engine/import/prior-fit.ts).
-import { existsSync } from 'node:fs';
-import { basename, resolve } from 'node:path';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { readManifest, sha256File } from '../gpu-worker/engine/clip/bundle.ts';
 import { EngineError } from '../gpu-worker/engine/errors.ts';
 import { fitPriorFromFolder, writePriorAtomic, type PriorFitMode } from '../gpu-worker/engine/import/prior-fit.ts';
 import { UsageError, intArg, outputFile, parseCliArgs } from './common.ts';
@@ -16,7 +17,8 @@ folder per class as the CLIPAG authors did with Tiny-ImageNet), or one per k-mea
 16×16 images (--clusters K, seeded by --seed). Means and Cholesky factors are stored as F32, or the
 factors as F16 with --fp16. Corrupt files, and files that are neither PNG nor JPEG, are skipped
 with a warning and counted; a folder without usable images is an error and writes nothing. An existing -o file is
-replaced only with --force.`;
+replaced only with --force. Written into a model bundle's folder (-o models/x/prior.safetensors), it becomes
+that model's prior: its manifest.json names it (unless it names another).`;
 
 export const usage = `usage: clipag prior <subcommand> [options]
 
@@ -77,6 +79,7 @@ async function runFit(argv: string[]): Promise<number> {
     },
   });
   await writePriorAtomic(out, res.prior, { source: values.source ?? `clipag prior fit ${basename(resolve(positionals[0]))}` });
+  const bundleNote = await useInBundle(out);
   const summaryObj = {
     out, components: res.prior.components, groups: res.groups, files: res.files, used: res.used, skipped: res.skipped.length, small: res.small,
     cholesky: res.prior.choleskyDType,
@@ -87,5 +90,31 @@ async function runFit(argv: string[]): Promise<number> {
     for (const g of res.groups.slice(0, 20)) console.log(`  ${g.name}: ${g.count} images`);
     if (res.groups.length > 20) console.log(`  … ${res.groups.length - 20} more`);
   }
+  if (bundleNote) process.stderr.write(`clipag prior fit: ${bundleNote}\n`);
   return 0;
+}
+
+/**
+ * A prior written into a model bundle's folder is that model's prior: its manifest names it (and its
+ * sha256, where the manifest lists checksums), or generate --init gmm and models push never used it (the
+ * import review: the operator had to edit manifest.json by hand, and a push left the prior behind). A
+ * manifest that names another prior is left as it is, and said so. Undefined where -o is in no bundle.
+ */
+async function useInBundle(out: string): Promise<string | undefined> {
+  const dir = dirname(out);
+  const manifestPath = join(dir, 'manifest.json');
+  if (!existsSync(manifestPath)) return undefined;
+  const manifest = readManifest(dir); // a bundle this version reads, or a clear error
+  const name = basename(out);
+  if (manifest.prior !== undefined && manifest.prior !== name) {
+    return `${dir} is model bundle ${manifest.name}, whose manifest.json names the prior ${manifest.prior}: left as it is (set "prior" to "${name}" to use this one)`;
+  }
+  const raw = JSON.parse(readFileSync(manifestPath, 'utf8')) as Record<string, unknown>;
+  raw.prior = name;
+  if (raw.sha256 && typeof raw.sha256 === 'object') (raw.sha256 as Record<string, string>)[name] = await sha256File(out);
+  const tmp = join(dir, `.manifest.json.tmp-${process.pid}`);
+  writeFileSync(tmp, `${JSON.stringify(raw, null, 2)}\n`);
+  renameSync(tmp, manifestPath);
+  readManifest(dir);
+  return `${dir} is model bundle ${manifest.name}: its manifest.json now names ${name} as its prior${raw.sha256 ? ' (with its sha256)' : ''}, so generate --init gmm and models push use it (its content hash, model_version, changes)`;
 }

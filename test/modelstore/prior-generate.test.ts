@@ -83,6 +83,32 @@ describe('prior fit → generate --init gmm', () => {
   });
 });
 
+// The import review: a prior fitted into a bundle's folder was used by nothing until manifest.json was
+// edited by hand (generate said "ships no GMM prior … fit one", which the operator had just done).
+describe('prior fit -o BUNDLE/prior.safetensors', () => {
+  it("makes it the bundle's prior: the manifest names it (with its sha256 where it lists them), and generate --init gmm starts from it", async () => {
+    const images = makeImageFolder();
+    const model = makeTinyBundle('quickgelu', { manifest: { name: 'tiny-fit-into' } });
+    const raw = JSON.parse(readFileSync(join(model, 'manifest.json'), 'utf8')) as { prior?: string; sha256?: Record<string, string> };
+    expect(raw.prior).toBeUndefined();
+    const fit = await runCli(['prior', 'fit', images, '-o', join(model, 'prior.safetensors'), '--per-folder']);
+    expect(fit.code, fit.stderr).toBe(0);
+    expect(fit.stderr).toContain(`clipag prior fit: ${model} is model bundle tiny-fit-into: its manifest.json now names prior.safetensors as its prior`);
+    const after = JSON.parse(readFileSync(join(model, 'manifest.json'), 'utf8')) as { prior?: string; sha256?: Record<string, string> };
+    expect(after.prior).toBe('prior.safetensors');
+    if (raw.sha256) expect(after.sha256?.['prior.safetensors']).toMatch(/^[0-9a-f]{64}$/);
+    const gen = await runCli(['generate', 'a photo of a cat', '--model', model, '--init', 'gmm', '--steps', '2', '--views', '4,4', '--seed', '7', '-o', join(model, '..', 'fit-into.png'), '--json']);
+    expect(gen.code, gen.stderr).toBe(0);
+    expect(gen.stderr).not.toContain('ships no GMM prior');
+    // A manifest naming another prior is left alone, and said so.
+    const other = makeTinyBundle('quickgelu', { manifest: { name: 'tiny-other-prior' }, prior: join(model, 'prior.safetensors') });
+    const again = await runCli(['prior', 'fit', images, '-o', join(other, 'second.safetensors')]);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain('whose manifest.json names the prior prior.safetensors: left as it is (set "prior" to "second.safetensors" to use this one)');
+    expect((JSON.parse(readFileSync(join(other, 'manifest.json'), 'utf8')) as { prior: string }).prior).toBe('prior.safetensors');
+  });
+});
+
 describe('generate checks its flags and output before any work', () => {
   const runCliErr = (argv: string[]) => runMain(argv);
 

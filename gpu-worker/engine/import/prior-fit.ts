@@ -166,7 +166,7 @@ export async function fitPriorFromFolder(dir: string, opts: PriorFitOptions = {}
 
 function noImages(dir: string, files: number, skipped: { file: string; reason: string }[]): EngineError {
   const why = files === 0 ? 'it holds no files' : `all ${files} files were skipped (e.g. ${skipped[0]?.file}: ${skipped[0]?.reason})`;
-  return new EngineError('invalid_input', `no usable images in ${dir}: ${why}. Put PNG images in it (one sub-folder per class with --per-folder); no prior was written`, { path: dir });
+  return new EngineError('invalid_input', `no usable images in ${dir}: ${why}. Put PNG or JPEG images in it (one sub-folder per class with --per-folder); no prior was written`, { path: dir });
 }
 
 /** Concatenate one-component priors; weights proportional to image counts. */
