@@ -1,7 +1,7 @@
 // clipag models <subcommand>: model bundle management. Subcommands live in SUBCOMMANDS; `import`
 // turns a CLIP checkpoint into a bundle (gpu-worker/engine/import, docs/import.md); `push` and `list`
 // work on the model store (shared/modelstore.ts, docs/model-store.md).
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { localLayout, storesFor } from '../shared/adapters/stores.ts';
 import { operatorConfig, type Config } from '../shared/config.ts';
@@ -123,6 +123,8 @@ async function runImport(argv: string[]): Promise<number> {
   if (!values.out) throw new UsageError('models import needs -o DIR (the new bundle folder)');
   // The source first: a missing file is the first thing to fix, before the tokenizer flags.
   if (!existsSync(positionals[0]!)) throw new EngineError('invalid_input', `models import: SRC ${resolve(positionals[0]!)} does not exist`);
+  const srcProblem = importSourceProblem(resolve(positionals[0]!));
+  if (srcProblem) throw new EngineError('invalid_input', `models import: ${srcProblem}`);
   let activation;
   if (values.activation !== undefined) {
     const a = ActivationSchema.safeParse(values.activation);
@@ -285,4 +287,24 @@ export async function runList(argv: string[], env: Readonly<Record<string, strin
   const fmt = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
   console.log(`${where}\n${fmt(head)}\n${rows.map(fmt).join('\n')}`);
   return 0;
+}
+
+/** Weights files a downloaded model's folder holds, in the order they are offered (the import review). */
+const WEIGHTS_FILE = /^(open_clip_model\.safetensors|open_clip_pytorch_model\.bin|model\.safetensors|pytorch_model\.bin|.+\.(pt|pth|bin|safetensors))$/;
+
+/**
+ * What is wrong with SRC before it is read, said with the fix: a folder (a Hugging Face or open_clip
+ * download, or a bundle), or a sharded checkpoint's index. Undefined for a file to read.
+ */
+export function importSourceProblem(src: string): string | undefined {
+  if (statSync(src).isDirectory()) {
+    if (existsSync(join(src, 'manifest.json'))) return `${src} is a folder holding manifest.json: a model bundle already (push it with clipag models push ${src}, or generate with --model ${src})`;
+    const entries = readdirSync(src);
+    const weights = entries.filter((f) => WEIGHTS_FILE.test(f) && !/\.index\.json$/.test(f)).sort((a, b) => Number(/^(open_clip|model\.)/.test(b)) - Number(/^(open_clip|model\.)/.test(a)));
+    const shards = entries.filter((f) => /-\d{5}-of-\d{5}\.(safetensors|bin)$/.test(f));
+    if (shards.length > 0) return `${src} holds a sharded checkpoint (${shards.slice(0, 2).join(', ')}, …): clipag reads one weights file; save it unsharded first (transformers: model.save_pretrained(DIR, max_shard_size="20GB"))`;
+    return `${src} is a folder: give its weights file${weights.length ? ` (${weights.slice(0, 3).map((f) => join(src, f)).join(', ')}${weights.length > 3 ? ', …' : ''})` : ' (model.safetensors, open_clip_pytorch_model.bin, a .pt …)'}; a config.json beside it is read too`;
+  }
+  if (/\.index\.json$/.test(src)) return `${src} is a sharded checkpoint's index: clipag reads one weights file; save it unsharded first (transformers: model.save_pretrained(DIR, max_shard_size="20GB"))`;
+  return undefined;
 }

@@ -355,3 +355,38 @@ describe('two imports to the same -o DIR at once', () => {
     expect(readdirSync(work).filter((f) => f.includes('.importing-'))).toEqual([]);
   });
 });
+
+// The import review: the downloaded model's folder given as SRC (the most natural first command) was
+// answered "cannot read …: EISDIR", and a sharded checkpoint's index "not safetensors".
+describe('SRC that is a folder, or a sharded checkpoint', () => {
+  const refusedByCli = async (src: string): Promise<string> => {
+    const errs: string[] = [];
+    const orig = console.error;
+    console.error = (s: string) => errs.push(s);
+    try {
+      expect(await main(['models', 'import', src, '-o', join(work, `never-${errs.length}-${Math.random()}`), '--vocab', vocab])).toBe(1);
+    } finally {
+      console.error = orig;
+    }
+    return errs.join('\n');
+  };
+
+  it('a download folder names the weights files in it; a bundle folder says it is one and how to use it', async () => {
+    const hub = join(work, 'hub-download');
+    mkdirSync(hub);
+    for (const f of ['config.json', 'model.safetensors', 'pytorch_model.bin', 'README.md']) writeFileSync(join(hub, f), '{}');
+    expect(await refusedByCli(hub)).toContain(`models import: ${hub} is a folder: give its weights file (${join(hub, 'model.safetensors')}, ${join(hub, 'pytorch_model.bin')}); a config.json beside it is read too [invalid_input]`);
+    const bundle = join(work, 'a-bundle');
+    mkdirSync(bundle);
+    writeFileSync(join(bundle, 'manifest.json'), '{}');
+    expect(await refusedByCli(bundle)).toContain(`${bundle} is a folder holding manifest.json: a model bundle already (push it with clipag models push ${bundle}, or generate with --model ${bundle})`);
+  });
+
+  it('a sharded checkpoint, its folder or its index, is told to be saved unsharded', async () => {
+    const sharded = join(work, 'sharded');
+    mkdirSync(sharded);
+    for (const f of ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']) writeFileSync(join(sharded, f), '{}');
+    expect(await refusedByCli(sharded)).toMatch(/holds a sharded checkpoint \(model-00001-of-00002\.safetensors, model-00002-of-00002\.safetensors, …\): clipag reads one weights file; save it unsharded first/);
+    expect(await refusedByCli(join(sharded, 'model.safetensors.index.json'))).toMatch(/model\.safetensors\.index\.json is a sharded checkpoint's index: clipag reads one weights file/);
+  });
+});

@@ -274,6 +274,15 @@ describe('models import: fixture formats', () => {
     expect(m.image_features).toBeLessThan(1e-5);
     expect(m.text_features).toBeLessThan(1e-5);
     expect(m.logits_per_image).toBeLessThan(1e-5);
+
+    // The import review: a config.json without num_attention_heads (or hidden_act) is the model
+    // transformers builds from it, with CLIPTextConfig's 8 heads (the vision tower's 12 does not divide
+    // this tiny width, so it is given here), not width // 64; and the report says where each came from.
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['CLIPModel'], projection_dim: 32, text_config: { hidden_size: 64 }, vision_config: { hidden_size: 64, num_attention_heads: 1 } }));
+    const defaults = await importModel(join(dir, 'model.safetensors'), { ...quiet, out: outDir('hf-defaults') });
+    expect(defaults.arch).toMatchObject({ textHeads: 8, visionHeads: 1, activation: 'quick_gelu' });
+    expect(defaults.inferred.textHeads).toMatch(/config\.json \(no text_config\.num_attention_heads: transformers' default 8\)/);
+    expect(defaults.inferred.activation).toMatch(/config\.json \(no hidden_act: transformers' default quick_gelu\)/);
   });
 
   it('the CLI verb writes a bundle and prints a JSON summary', async () => {

@@ -295,10 +295,14 @@ function hfHints(weightsPath: string, configPath: string | undefined): ArchHints
   };
   if (norm(ta) !== norm(va)) throw new EngineError('invalid_model', `${path}: the text tower uses ${ta} and the vision tower ${va}; a bundle has one activation`, { path });
   hints.activation = norm(ta);
-  hints.from.activation = `${path} hidden_act`;
+  const actGiven = cfg.text_config?.hidden_act !== undefined || cfg.vision_config?.hidden_act !== undefined;
+  hints.from.activation = actGiven ? `${path} hidden_act` : `${path} (no hidden_act: transformers' default quick_gelu)`;
+  // What transformers builds from this file where it names no head count: CLIPTextConfig's default 8,
+  // CLIPVisionConfig's 12 (the import review: width / 64 made another model of the same files).
+  const HF_DEFAULT_HEADS = { text_config: 8, vision_config: 12 } as const;
   const heads = (k: 'text_config' | 'vision_config') => {
     const h = cfg[k]?.num_attention_heads;
-    if (h === undefined) return undefined;
+    if (h === undefined) return HF_DEFAULT_HEADS[k];
     if (typeof h !== 'number' || !Number.isSafeInteger(h) || h <= 0) {
       throw new EngineError('invalid_input', `${path}: ${k}.num_attention_heads must be a positive integer, got ${JSON.stringify(h)}; fix the file (or pass --hf-config with a corrected copy)`, { path });
     }
@@ -306,8 +310,10 @@ function hfHints(weightsPath: string, configPath: string | undefined): ArchHints
   };
   hints.textHeads = heads('text_config');
   hints.visionHeads = heads('vision_config');
-  if (hints.textHeads) hints.from.textHeads = `${path} text_config.num_attention_heads`;
-  if (hints.visionHeads) hints.from.visionHeads = `${path} vision_config.num_attention_heads`;
+  const headsFrom = (k: 'text_config' | 'vision_config') =>
+    cfg[k]?.num_attention_heads !== undefined ? `${path} ${k}.num_attention_heads` : `${path} (no ${k}.num_attention_heads: transformers' default ${HF_DEFAULT_HEADS[k]})`;
+  hints.from.textHeads = headsFrom('text_config');
+  hints.from.visionHeads = headsFrom('vision_config');
   return hints;
 }
 
