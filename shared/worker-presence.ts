@@ -46,7 +46,9 @@ export const WorkerPresence = z
     state: z.enum(PRESENCE_STATES),
     started_at: z.string(),
     beat_at: z.string(),
-    reads: SpecReads.optional(),
+    // A `reads` this version cannot read (a newer worker's, larger or otherwise shaped) is left out, the
+    // worker counted as one that may read anything: never a document, and a worker, lost to it.
+    reads: SpecReads.optional().catch(undefined),
   })
   .loose();
 export type WorkerPresence = z.infer<typeof WorkerPresence>;

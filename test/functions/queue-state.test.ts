@@ -115,6 +115,13 @@ describe('queue state of a queued generation', () => {
     expect(webp.queue.note).toBe('2 workers are free: the generation starts within seconds');
   });
 
+  it("a newer worker's `reads` this version cannot parse leaves the worker counted, as one that may read anything", async () => {
+    await presence('newer', 'ready', T0 - 10_000, T0 - 10_000, { spec_keys: Array.from({ length: 300 }, (_, i) => `k${i}`), values: {} } as SpecReads);
+    const { post } = app(() => T0);
+    const webp = (await (await post('/v1/generations', { prompt: 'a red circle', output_format: 'webp' })).json()) as { queue: { workers_ready: number; note: string } };
+    expect(webp.queue).toMatchObject({ workers_ready: 1, note: 'a worker is free: the generation starts within seconds' });
+  });
+
   it('a generation that runs or has ended has no queue', async () => {
     const { post, get } = app(() => T0);
     const { id } = (await (await post('/v1/generations', { prompt: 'a red circle' })).json()) as { id: string };
