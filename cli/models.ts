@@ -289,6 +289,9 @@ export async function runList(argv: string[], env: Readonly<Record<string, strin
   return 0;
 }
 
+/** What a sharded checkpoint (its shards or its index) is told. */
+const SAVE_UNSHARDED = 'clipag reads one weights file; save it unsharded first (transformers: model.save_pretrained(DIR, max_shard_size="20GB"))';
+
 /** Weights files a downloaded model's folder holds, in the order they are offered (the import review). */
 const WEIGHTS_FILE = /^(open_clip_model\.safetensors|open_clip_pytorch_model\.bin|model\.safetensors|pytorch_model\.bin|.+\.(pt|pth|bin|safetensors))$/;
 
@@ -302,9 +305,9 @@ export function importSourceProblem(src: string): string | undefined {
     const entries = readdirSync(src);
     const weights = entries.filter((f) => WEIGHTS_FILE.test(f) && !/\.index\.json$/.test(f)).sort((a, b) => Number(/^(open_clip|model\.)/.test(b)) - Number(/^(open_clip|model\.)/.test(a)));
     const shards = entries.filter((f) => /-\d{5}-of-\d{5}\.(safetensors|bin)$/.test(f));
-    if (shards.length > 0) return `${src} holds a sharded checkpoint (${shards.slice(0, 2).join(', ')}, …): clipag reads one weights file; save it unsharded first (transformers: model.save_pretrained(DIR, max_shard_size="20GB"))`;
+    if (shards.length > 0) return `${src} holds a sharded checkpoint (${shards.slice(0, 2).join(', ')}, …): ${SAVE_UNSHARDED}`;
     return `${src} is a folder: give its weights file${weights.length ? ` (${weights.slice(0, 3).map((f) => join(src, f)).join(', ')}${weights.length > 3 ? ', …' : ''})` : ' (model.safetensors, open_clip_pytorch_model.bin, a .pt …)'}; a config.json beside it is read too`;
   }
-  if (/\.index\.json$/.test(src)) return `${src} is a sharded checkpoint's index: clipag reads one weights file; save it unsharded first (transformers: model.save_pretrained(DIR, max_shard_size="20GB"))`;
+  if (/\.index\.json$/.test(src)) return `${src} is a sharded checkpoint's index: ${SAVE_UNSHARDED}`;
   return undefined;
 }
